@@ -1,0 +1,174 @@
+"""The `mntcr` command line: dump | restore | show | diff | check | vm.
+
+Each verb parses its arguments here and calls one function of the module that
+owns the concept; errors reach the user as one line on stderr and exit 2
+(`diff` exits 1 when the trees differ).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
+
+
+class UsageError(Exception):
+    """A problem the user can fix: printed as one line, exit 2."""
+
+
+def _add_dump(sub) -> None:
+    p = sub.add_parser(
+        "dump", help="dump the mount namespaces of a process tree into an image directory",
+        description="Dump every mount namespace of the process tree rooted at PID (mounts, peer groups, "
+                    "masters, overmounts, tmpfs contents, overlay layers) and each process's root, cwd and "
+                    "open files into DIR, then kill the tree unless --leave-running. The image is written "
+                    "to a temporary directory and renamed into place, so a failed or killed dump never "
+                    "leaves an image that restore accepts.")
+    p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
+                   help="root of the process tree to dump")
+    p.add_argument("-D", "--images-dir", dest="images_dir", required=True, metavar="DIR",
+                   help="image directory to create (must not exist, or be empty)")
+    p.add_argument("--leave-running", action="store_true", help="do not kill the tree after dumping")
+    p.add_argument("--external", action="append", default=[], metavar="SPEC",
+                   help="mnt[MOUNTPOINT]:KEY declares the mount at MOUNTPOINT (in the root process's "
+                        "namespace) external: it is recorded by KEY and not dumped; dev[MAJ:MIN]:KEY "
+                        "declares a block device external. Repeatable.")
+
+
+def _add_restore(sub) -> None:
+    p = sub.add_parser(
+        "restore", help="restore an image into fresh namespaces with stand-in processes",
+        description="Recreate the dumped mount namespaces with the new mount API (open_tree, move_mount "
+                    "with MOVE_MOUNT_SET_GROUP, fsopen/fsmount, mount_setattr) and one stand-in process per "
+                    "dumped process, with the same root, cwd and fds. The stand-ins sleep until killed. "
+                    "Nothing is built in a namespace that existed before: if restore dies, nothing is left "
+                    "mounted.")
+    p.add_argument("-D", "--images-dir", dest="images_dir", required=True, metavar="DIR")
+    p.add_argument("--root", metavar="DIR",
+                   help="host directory to use as the dumped root mount when that mount came from outside "
+                        "the namespace (like criu's --root); not needed when the root was created inside")
+    p.add_argument("--external", action="append", default=[], metavar="SPEC",
+                   help="mnt[KEY]:HOSTPATH gives the host path for the external mount recorded as KEY; "
+                        "dev[KEY]:PATH gives a block device (or an image file, attached to a loop device) "
+                        "for the external device KEY. Repeatable.")
+    p.add_argument("--pidfile", required=True, metavar="FILE", help="write the root stand-in's pid here")
+
+
+def _add_show(sub) -> None:
+    p = sub.add_parser(
+        "show", help="print a mount tree with propagation annotated",
+        description="Print a mount tree like findmnt, annotated with peer groups (shared:N), masters "
+                    "(master:N), propagate_from and unbindable. SOURCE is pid:N, a mountinfo file, or "
+                    "-D DIR for an image (tree, peer groups and each process's fds).")
+    p.add_argument("source", nargs="?", metavar="SOURCE", help="pid:N or a mountinfo file")
+    p.add_argument("-D", "--images-dir", dest="images_dir", metavar="DIR", help="show an image directory")
+
+
+def _add_diff(sub) -> None:
+    p = sub.add_parser(
+        "diff", help="compare two mount trees up to renumbering",
+        description="Compare two mount trees in canonical form (mount ids, peer-group ids and devices "
+                    "renamed by first appearance, siblings sorted). Prints a tree marking each mount and "
+                    "attribute that differs. Exit status: 0 equal, 1 different, 2 error.")
+    p.add_argument("a", metavar="A", help="pid:N or a mountinfo file")
+    p.add_argument("b", metavar="B", help="pid:N or a mountinfo file")
+
+
+def _add_check(sub) -> None:
+    sub.add_parser(
+        "check", help="report the kernel features the engine needs",
+        description="Probe, without changing anything on the host, each kernel feature the engine uses "
+                    "(open_tree, move_mount, MOVE_MOUNT_SET_GROUP, fsopen/fsmount, mount_setattr, "
+                    "statmount/listmount, STATX_MNT_ID_UNIQUE) and print present/missing for each, like "
+                    "`criu check`. Exit 0 when everything restore needs is present, 2 otherwise.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (also used by tests to check --help)."""
+    parser = argparse.ArgumentParser(
+        prog="mntcr",
+        description="Checkpoint/restore of Linux mount namespaces (the mounts-v2 way).")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _add_dump(sub)
+    _add_restore(sub)
+    _add_show(sub)
+    _add_diff(sub)
+    _add_check(sub)
+    try:
+        from vm.cli import add_parser as add_vm
+    except ImportError:
+        add_vm = None
+    if add_vm is not None:
+        add_vm(sub)
+    return parser
+
+
+def _cmd_diff(args) -> int:
+    from engine import mountinfo, topology
+    a = mountinfo.read_source(args.a)
+    b = mountinfo.read_source(args.b)
+    equal, text = topology.diff_report(a, b, names=(args.a, args.b))
+    sys.stdout.write(text)
+    return EXIT_OK if equal else EXIT_DIFFERENT
+
+
+def _cmd_show(args) -> int:
+    if args.images_dir:
+        if args.source:
+            raise UsageError("show: give either SOURCE or -D DIR, not both")
+        from engine import image
+        sys.stdout.write(image.render(image.load(args.images_dir)))
+        return EXIT_OK
+    if not args.source:
+        raise UsageError("show: give SOURCE (pid:N or a mountinfo file) or -D DIR")
+    from engine import mountinfo, topology
+    sys.stdout.write(topology.render_tree(mountinfo.read_source(args.source)))
+    return EXIT_OK
+
+
+def _cmd_check(args) -> int:
+    from engine import features
+    report = features.probe()
+    sys.stdout.write(features.render(report))
+    return EXIT_OK if features.restore_ready(report) else EXIT_ERROR
+
+
+def _cmd_dump(args) -> int:
+    from engine import dump
+    dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external)
+    return EXIT_OK
+
+
+def _cmd_restore(args) -> int:
+    from engine import restore
+    pid = restore.restore(args.images_dir, root=args.root, externals=args.external, pidfile=args.pidfile)
+    print(f"restored: root stand-in pid {pid}")
+    return EXIT_OK
+
+
+_COMMANDS = {"diff": _cmd_diff, "show": _cmd_show, "check": _cmd_check, "dump": _cmd_dump,
+             "restore": _cmd_restore}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mntcr` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = _COMMANDS.get(args.verb) or getattr(args, "handler", None)
+    try:
+        return handler(args)
+    except UsageError as e:
+        print(f"mntcr {args.verb}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OSError, ValueError) as e:
+        # Every engine error is one line: it names the mount or file and the reason.
+        print(f"mntcr {args.verb}: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Run a Python function in a forked child and get its result back.
+
+Entering a mount namespace (setns) or unsharing one changes the calling
+process for good, and setns needs a single-threaded caller: both are done in a
+forked child, never in the caller. The child's return value (or exception)
+comes back pickled over a pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+import traceback
+
+from engine import kernel
+
+
+class ChildError(Exception):
+    """The child raised; carries the child's exception text and traceback."""
+
+    def __init__(self, exc: BaseException | None, text: str, tb: str):
+        self.exc = exc
+        self.tb = tb
+        super().__init__(text)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while True:
+        data = os.read(fd, 1 << 20)
+        if not data:
+            return b"".join(chunks)
+        chunks.append(data)
+
+
+def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple[int, ...] = (), **kwargs):
+    """Call ``fn(*args, **kwargs)`` in a forked child and return its result.
+
+    With ``unshare_flags`` containing CLONE_NEWNS the child first gets its own
+    mount namespace, made recursively private when ``private`` (so nothing it
+    mounts reaches the caller's namespace). An exception in the child is
+    re-raised here: OSError and ValueError keep their type (so callers can
+    report them as one line), anything else becomes ChildError.
+    """
+    rfd, wfd = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 0
+        try:
+            os.close(rfd)
+            if unshare_flags:
+                kernel.unshare(unshare_flags)
+                if unshare_flags & kernel.CLONE_NEWNS and private:
+                    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+            result = ("ok", fn(*args, **kwargs))
+        except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
+            code = 1
+            try:
+                pickle.dumps(e)
+                exc = e
+            except Exception:
+                exc = None
+            result = ("err", (exc, f"{type(e).__name__}: {e}", traceback.format_exc()))
+        try:
+            data = pickle.dumps(result)
+        except Exception as e:  # noqa: BLE001
+            data = pickle.dumps(("err", (None, f"unpicklable result: {e}", "")))
+            code = 1
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(wfd, view)
+                view = view[n:]
+        finally:
+            os._exit(code)
+    os.close(wfd)
+    try:
+        data = _read_all(rfd)
+    finally:
+        os.close(rfd)
+        _, status = os.waitpid(pid, 0)
+    if not data:
+        if os.WIFSIGNALED(status):
+            raise ChildError(None, f"child killed by {signal.Signals(os.WTERMSIG(status)).name}", "")
+        raise ChildError(None, f"child exited with status {os.waitstatus_to_exitcode(status)} and no result", "")
+    kind, payload = pickle.loads(data)
+    if kind == "ok":
+        return payload
+    exc, text, tb = payload
+    if isinstance(exc, (OSError, ValueError)):
+        raise exc
+    raise ChildError(exc, text, tb)
+
+
+def in_mount_ns(fn, *args, extra_flags: int = 0, **kwargs):
+    """Run ``fn`` in a forked child inside a fresh, recursively private mount namespace."""
+    return run(fn, *args, unshare_flags=kernel.CLONE_NEWNS | extra_flags, **kwargs)

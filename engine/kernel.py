@@ -1,0 +1,321 @@
+"""ctypes bindings for the mount and namespace syscalls the engine uses.
+
+x86_64 and aarch64 share the new mount API numbers (they were allocated
+together for all architectures). Every wrapper raises OSError with errno and a
+message naming the call, so callers can turn failures into one-line errors.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import struct
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+# Syscall numbers (unified table for the new mount API; classic ones per arch).
+_ARCH = platform.machine()
+if _ARCH == "x86_64":
+    NR = dict(setns=308, unshare=272, pivot_root=155, name_to_handle_at=303, open_by_handle_at=304,
+              statx=332, mount=165, umount2=166)
+elif _ARCH in ("aarch64", "arm64"):
+    NR = dict(setns=268, unshare=97, pivot_root=41, name_to_handle_at=264, open_by_handle_at=265,
+              statx=291, mount=40, umount2=39)
+else:  # pragma: no cover - other architectures are not supported yet
+    raise ImportError(f"mntcr: unsupported architecture {_ARCH}")
+NR.update(open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
+          mount_setattr=442, statmount=457, listmount=458)
+
+# open_tree
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_NO_AUTOMOUNT = 0x800
+AT_FDCWD = -100
+
+# move_mount
+MOVE_MOUNT_F_SYMLINKS = 0x01
+MOVE_MOUNT_F_AUTOMOUNTS = 0x02
+MOVE_MOUNT_F_EMPTY_PATH = 0x04
+MOVE_MOUNT_T_SYMLINKS = 0x10
+MOVE_MOUNT_T_AUTOMOUNTS = 0x20
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOVE_MOUNT_SET_GROUP = 0x100
+MOVE_MOUNT_BENEATH = 0x200
+
+# fsopen / fsconfig / fsmount
+FSOPEN_CLOEXEC = 0x1
+FSCONFIG_SET_FLAG = 0
+FSCONFIG_SET_STRING = 1
+FSCONFIG_SET_BINARY = 2
+FSCONFIG_SET_PATH = 3
+FSCONFIG_SET_PATH_EMPTY = 4
+FSCONFIG_SET_FD = 5
+FSCONFIG_CMD_CREATE = 6
+FSCONFIG_CMD_RECONFIGURE = 7
+FSMOUNT_CLOEXEC = 0x1
+
+# mount attributes (mount_setattr, fsmount)
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
+MOUNT_ATTR__ATIME = 0x70
+MOUNT_ATTR_RELATIME = 0x00
+MOUNT_ATTR_NOATIME = 0x10
+MOUNT_ATTR_STRICTATIME = 0x20
+MOUNT_ATTR_NODIRATIME = 0x80
+MOUNT_ATTR_IDMAP = 0x100000
+MOUNT_ATTR_NOSYMFOLLOW = 0x200000
+
+# propagation (mount(2) flags, also mount_attr.propagation)
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+
+MNT_DETACH = 2
+
+# clone / unshare flags
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+# statx
+STATX_MNT_ID = 0x1000
+STATX_MNT_ID_UNIQUE = 0x4000
+
+# statmount / listmount
+STATMOUNT_SB_BASIC = 0x1
+STATMOUNT_MNT_BASIC = 0x2
+STATMOUNT_PROPAGATE_FROM = 0x4
+STATMOUNT_MNT_ROOT = 0x8
+STATMOUNT_MNT_POINT = 0x10
+STATMOUNT_FS_TYPE = 0x20
+STATMOUNT_MNT_NS_ID = 0x40
+STATMOUNT_MNT_OPTS = 0x80
+STATMOUNT_FS_SUBTYPE = 0x100
+STATMOUNT_SB_SOURCE = 0x200
+LSMT_ROOT = 0xFFFFFFFFFFFFFFFF
+MNT_ID_REQ_SIZE_VER0 = 24
+MNT_ID_REQ_SIZE_VER1 = 32
+
+
+def _check(ret: int, what: str) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return ret
+
+
+def _b(path: str | bytes | None) -> bytes | None:
+    if path is None:
+        return None
+    return os.fsencode(path)
+
+
+def open_tree(dfd: int, path: str, flags: int) -> int:
+    """open_tree(2): an O_PATH fd on a mount, or (OPEN_TREE_CLONE) on a detached copy."""
+    return _check(_syscall(NR["open_tree"], ctypes.c_int(dfd), _b(path), ctypes.c_uint(flags | OPEN_TREE_CLOEXEC)),
+                  f"open_tree({path!r})")
+
+
+def move_mount(from_dfd: int, from_path: str, to_dfd: int, to_path: str, flags: int) -> None:
+    """move_mount(2): attach/move a mount, or with MOVE_MOUNT_SET_GROUP copy sharing."""
+    _check(_syscall(NR["move_mount"], ctypes.c_int(from_dfd), _b(from_path), ctypes.c_int(to_dfd), _b(to_path),
+                    ctypes.c_uint(flags)), f"move_mount({from_path!r} -> {to_path!r})")
+
+
+def fsopen(fstype: str) -> int:
+    """fsopen(2): a filesystem context for `fstype`."""
+    return _check(_syscall(NR["fsopen"], _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), f"fsopen({fstype!r})")
+
+
+def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | bytes | None = None, aux: int = 0) -> None:
+    """fsconfig(2)."""
+    val = _b(value) if isinstance(value, str) else value
+    ret = _syscall(NR["fsconfig"], ctypes.c_int(fd), ctypes.c_uint(cmd), _b(key), val, ctypes.c_int(aux))
+    if ret < 0:
+        err = ctypes.get_errno()
+        detail = read_fs_log(fd)
+        raise OSError(err, f"fsconfig({key or cmd!r}{'=' + repr(value) if value is not None else ''}): "
+                           f"{os.strerror(err)}{': ' + detail if detail else ''}")
+
+
+def read_fs_log(fd: int) -> str:
+    """Messages the kernel queued on a filesystem context (why fsconfig failed)."""
+    msgs = []
+    while True:
+        try:
+            data = os.read(fd, 4096)
+        except OSError:
+            break
+        if not data:
+            break
+        msgs.append(data.decode(errors="replace").strip())
+    return "; ".join(msgs)
+
+
+def fsmount(fd: int, attr_flags: int = 0) -> int:
+    """fsmount(2): a detached mount of the superblock created on `fd`."""
+    return _check(_syscall(NR["fsmount"], ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags)),
+                  "fsmount")
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def mount_setattr(dfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
+                  propagation: int = 0) -> None:
+    """mount_setattr(2): change per-mount flags and/or propagation."""
+    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
+    _check(_syscall(NR["mount_setattr"], ctypes.c_int(dfd), _b(path), ctypes.c_uint(flags), ctypes.byref(attr),
+                    ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr({path!r})")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    """mount(2)."""
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
+           f"mount({source!r}, {target!r}, {fstype!r})")
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount2({target!r})")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2)."""
+    _check(_syscall(NR["pivot_root"], _b(new_root), _b(put_old)), f"pivot_root({new_root!r}, {put_old!r})")
+
+
+def setns(fd: int, nstype: int = 0) -> None:
+    """setns(2). Entering a mount namespace needs a single-threaded caller."""
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def unshare(flags: int) -> None:
+    """unshare(2)."""
+    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
+
+
+class _Statx(ctypes.Structure):
+    # Only the fields we read; the buffer is the full 256-byte struct statx.
+    _fields_ = [("buf", ctypes.c_uint8 * 256)]
+
+
+def statx_mnt_id(path: str, dfd: int = AT_FDCWD, flags: int = 0, unique: bool = False) -> int:
+    """The mount id of `path` (of fd `dfd` with AT_EMPTY_PATH), old-style or 64-bit unique."""
+    buf = _Statx()
+    mask = STATX_MNT_ID_UNIQUE if unique else STATX_MNT_ID
+    _check(_syscall(NR["statx"], ctypes.c_int(dfd), _b(path), ctypes.c_int(flags), ctypes.c_uint(mask),
+                    ctypes.byref(buf)), f"statx({path!r})")
+    raw = bytes(buf.buf)
+    got_mask = struct.unpack_from("<I", raw, 0)[0]
+    if not got_mask & mask:
+        raise OSError(errno.ENOSYS, f"statx({path!r}): kernel did not return {'STATX_MNT_ID_UNIQUE' if unique else 'STATX_MNT_ID'}")
+    return struct.unpack_from("<Q", raw, 0x90)[0]
+
+
+# --- statmount / listmount ---------------------------------------------------
+
+def _mnt_id_req(mnt_id: int, param: int, ns_id: int = 0) -> bytes:
+    # struct mnt_id_req { u32 size; u32 mnt_ns_fd; u64 mnt_id; u64 param; u64 mnt_ns_id; }
+    return struct.pack("<IIQQQ", MNT_ID_REQ_SIZE_VER1, 0, mnt_id, param, ns_id)
+
+
+def listmount(ns_id: int = 0, start: int = 0, batch: int = 4096) -> list[int]:
+    """All unique mount ids of a mount namespace (the caller's when ns_id is 0)."""
+    ids: list[int] = []
+    last = start
+    arr = (ctypes.c_uint64 * batch)()
+    while True:
+        req = _mnt_id_req(LSMT_ROOT, last, ns_id)
+        n = _check(_syscall(NR["listmount"], req, arr, ctypes.c_size_t(batch), ctypes.c_uint(0)), "listmount")
+        ids.extend(arr[:n])
+        if n < batch:
+            return ids
+        last = ids[-1]
+
+
+STATMOUNT_ALL = (STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_PROPAGATE_FROM | STATMOUNT_MNT_ROOT
+                 | STATMOUNT_MNT_POINT | STATMOUNT_FS_TYPE | STATMOUNT_MNT_NS_ID | STATMOUNT_MNT_OPTS
+                 | STATMOUNT_FS_SUBTYPE | STATMOUNT_SB_SOURCE)
+
+
+def statmount(mnt_id: int, mask: int = STATMOUNT_ALL, ns_id: int = 0) -> dict:
+    """statmount(2) of a unique mount id, decoded into a dict (strings are None when not returned)."""
+    size = 4096
+    while True:
+        buf = ctypes.create_string_buffer(size)
+        req = _mnt_id_req(mnt_id, mask, ns_id)
+        ret = _syscall(NR["statmount"], req, buf, ctypes.c_size_t(size), ctypes.c_uint(0))
+        if ret < 0:
+            err = ctypes.get_errno()
+            if err == errno.EOVERFLOW and size < (1 << 24):
+                size *= 4
+                continue
+            raise OSError(err, f"statmount({mnt_id}): {os.strerror(err)}")
+        break
+    raw = buf.raw
+    (total, o_mnt_opts, got, sb_major, sb_minor, sb_magic, sb_flags, o_fs_type, uid, upid, old_id, old_pid,
+     attr, prop, peer, master, pfrom, o_root, o_point, ns, o_subtype, o_source) = struct.unpack_from(
+        "<IIQIIQIIQQIIQQQQQIIQII", raw, 0)
+
+    def s(off: int, bit: int) -> str | None:
+        if not got & bit:
+            return None
+        end = raw.index(b"\0", 512 + off)
+        return raw[512 + off:end].decode(errors="surrogateescape")
+
+    return dict(
+        mask=got, sb_major=sb_major, sb_minor=sb_minor, sb_magic=sb_magic, sb_flags=sb_flags,
+        mnt_id=uid, parent_id=upid, mnt_id_old=old_id, parent_id_old=old_pid, mnt_attr=attr,
+        propagation=prop, peer_group=peer, master=master, propagate_from=pfrom, ns_id=ns,
+        mnt_opts=s(o_mnt_opts, STATMOUNT_MNT_OPTS), fs_type=s(o_fs_type, STATMOUNT_FS_TYPE),
+        mnt_root=s(o_root, STATMOUNT_MNT_ROOT), mnt_point=s(o_point, STATMOUNT_MNT_POINT),
+        fs_subtype=s(o_subtype, STATMOUNT_FS_SUBTYPE), sb_source=s(o_source, STATMOUNT_SB_SOURCE),
+    )
+
+
+# --- file handles --------------------------------------------------------------
+
+MAX_HANDLE_SZ = 128
+
+
+def name_to_handle_at(dfd: int, path: str, flags: int = 0) -> tuple[int, bytes, int]:
+    """name_to_handle_at(2): (handle_type, handle bytes, mount id)."""
+    buf = ctypes.create_string_buffer(8 + MAX_HANDLE_SZ)
+    struct.pack_into("<I", buf, 0, MAX_HANDLE_SZ)
+    mnt = ctypes.c_int(0)
+    _check(_syscall(NR["name_to_handle_at"], ctypes.c_int(dfd), _b(path), buf, ctypes.byref(mnt), ctypes.c_int(flags)),
+           f"name_to_handle_at({path!r})")
+    nbytes, htype = struct.unpack_from("<Ii", buf.raw, 0)
+    return htype, buf.raw[8:8 + nbytes], mnt.value
+
+
+def open_by_handle_at(mount_fd: int, handle_type: int, handle: bytes, flags: int) -> int:
+    """open_by_handle_at(2)."""
+    buf = ctypes.create_string_buffer(struct.pack("<Ii", len(handle), handle_type) + handle)
+    return _check(_syscall(NR["open_by_handle_at"], ctypes.c_int(mount_fd), buf, ctypes.c_int(flags | os.O_CLOEXEC)),
+                  "open_by_handle_at")

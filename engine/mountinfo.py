@@ -1,0 +1,262 @@
+"""Mount records: parse /proc/PID/mountinfo, or read them through statmount/listmount.
+
+A `Mount` is one line of mountinfo, decoded: octal escapes undone, optional
+fields split into peer group, master, propagate_from and unbindable. `format_line`
+turns a record back into the exact kernel text, so parse -> format round-trips.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field, replace
+
+__all__ = [
+    "Mount",
+    "MountinfoError",
+    "parse",
+    "parse_line",
+    "format_line",
+    "format_all",
+    "read_pid",
+    "read_file",
+    "read_source",
+    "unescape",
+    "escape",
+]
+
+
+class MountinfoError(ValueError):
+    """A mountinfo text that does not follow the kernel's format."""
+
+    def __init__(self, lineno: int, message: str, line: str = ""):
+        self.lineno = lineno
+        self.line = line
+        super().__init__(f"mountinfo line {lineno}: {message}" + (f": {line!r}" if line else ""))
+
+
+_OCTAL = re.compile(r"\\([0-7]{3})")
+
+
+def unescape(text: str) -> str:
+    """Undo the kernel's octal escapes (``\\040`` space, ``\\011`` tab, ``\\012`` newline, ``\\134`` backslash)."""
+    if "\\" not in text:
+        return text
+    return _OCTAL.sub(lambda m: chr(int(m.group(1), 8)), text)
+
+
+def escape(text: str, chars: str = " \t\n\\") -> str:
+    """Escape like the kernel's seq_escape: each char of `chars` becomes ``\\ooo``."""
+    if not any(c in text for c in chars):
+        return text
+    return "".join(f"\\{ord(c):03o}" if c in chars else c for c in text)
+
+
+@dataclass(frozen=True, slots=True)
+class Mount:
+    """One mount as mountinfo describes it (ids as the kernel shows them)."""
+
+    mnt_id: int
+    parent_id: int
+    major: int
+    minor: int
+    root: str
+    mountpoint: str
+    mount_opts: tuple[str, ...]
+    fstype: str
+    source: str
+    super_opts: tuple[str, ...]
+    shared: int | None = None
+    master: int | None = None
+    propagate_from: int | None = None
+    unbindable: bool = False
+    # Optional fields the kernel may add that we do not know; kept for round trips.
+    extra_optional: tuple[str, ...] = ()
+    # 64-bit unique id (statmount / STATX_MNT_ID_UNIQUE) when known, else None.
+    unique_id: int | None = field(default=None, compare=False)
+
+    @property
+    def dev(self) -> str:
+        """``MAJ:MIN`` of the superblock."""
+        return f"{self.major}:{self.minor}"
+
+    @property
+    def basetype(self) -> str:
+        """fstype without its subtype (``fuse`` for ``fuse.sshfs``)."""
+        return self.fstype.split(".", 1)[0]
+
+    @property
+    def subtype(self) -> str | None:
+        """The subtype of ``fstype.subtype``, or None."""
+        parts = self.fstype.split(".", 1)
+        return parts[1] if len(parts) == 2 else None
+
+    @property
+    def readonly(self) -> bool:
+        return "ro" in self.mount_opts
+
+    def super_opt(self, name: str) -> str | None:
+        """Value of superblock option `name` (``""`` for a bare flag, None if absent), unescaped."""
+        for opt in self.super_opts:
+            key, sep, value = opt.partition("=")
+            if key == name:
+                return unescape(value) if sep else ""
+        return None
+
+    def with_(self, **changes) -> "Mount":
+        """A copy with some fields changed."""
+        return replace(self, **changes)
+
+
+def _int(lineno: int, text: str, what: str, line: str) -> int:
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise MountinfoError(lineno, f"{what} is not a number ({text!r})", line) from None
+    if value < 0:
+        raise MountinfoError(lineno, f"{what} is negative ({text!r})", line)
+    return value
+
+
+def parse_line(line: str, lineno: int = 1) -> Mount:
+    """Parse one mountinfo line; raise MountinfoError naming the line and the problem."""
+    raw = line.rstrip("\n")
+    fields = raw.split(" ")
+    if "" in fields:
+        raise MountinfoError(lineno, "empty field (double or trailing space)", raw)
+    try:
+        sep = fields.index("-", 6)
+    except ValueError:
+        raise MountinfoError(lineno, "no ' - ' separator after the optional fields", raw) from None
+    if len(fields) < 10 or sep < 6:
+        raise MountinfoError(lineno, f"too few fields ({len(fields)}, need at least 10)", raw)
+    if len(fields) - sep - 1 != 3:
+        raise MountinfoError(lineno, f"expected 3 fields after ' - ', got {len(fields) - sep - 1}", raw)
+    mnt_id = _int(lineno, fields[0], "mount id", raw)
+    parent_id = _int(lineno, fields[1], "parent id", raw)
+    majmin = fields[2].split(":")
+    if len(majmin) != 2:
+        raise MountinfoError(lineno, f"device is not MAJ:MIN ({fields[2]!r})", raw)
+    major = _int(lineno, majmin[0], "major", raw)
+    minor = _int(lineno, majmin[1], "minor", raw)
+    root = unescape(fields[3])
+    mountpoint = unescape(fields[4])
+    if not root.startswith("/") and not root.startswith("net:") and "[" not in root:
+        # Pseudo filesystems (nsfs, pipefs) show e.g. "net:[4026531840]" as root.
+        raise MountinfoError(lineno, f"root is not an absolute path ({fields[3]!r})", raw)
+    if not mountpoint.startswith("/"):
+        raise MountinfoError(lineno, f"mount point is not an absolute path ({fields[4]!r})", raw)
+    mount_opts = tuple(fields[5].split(","))
+    shared = master = propagate_from = None
+    unbindable = False
+    extra: list[str] = []
+    for opt in fields[6:sep]:
+        tag, colon, value = opt.partition(":")
+        if tag == "shared" and colon:
+            shared = _int(lineno, value, "shared peer group", raw)
+        elif tag == "master" and colon:
+            master = _int(lineno, value, "master peer group", raw)
+        elif tag == "propagate_from" and colon:
+            propagate_from = _int(lineno, value, "propagate_from group", raw)
+        elif opt == "unbindable":
+            unbindable = True
+        elif colon or opt.replace("_", "").isalnum():
+            extra.append(opt)  # a future optional field: keep it, it round-trips
+        else:
+            raise MountinfoError(lineno, f"bad optional field {opt!r}", raw)
+    fstype = unescape(fields[sep + 1])
+    source = unescape(fields[sep + 2])
+    super_opts = tuple(fields[sep + 3].split(","))
+    return Mount(
+        mnt_id=mnt_id,
+        parent_id=parent_id,
+        major=major,
+        minor=minor,
+        root=root,
+        mountpoint=mountpoint,
+        mount_opts=mount_opts,
+        fstype=fstype,
+        source=source,
+        super_opts=super_opts,
+        shared=shared,
+        master=master,
+        propagate_from=propagate_from,
+        unbindable=unbindable,
+        extra_optional=tuple(extra),
+    )
+
+
+def parse(text: str) -> list[Mount]:
+    """Parse a whole mountinfo text (blank lines are an error, a final newline is not)."""
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    mounts = []
+    seen: set[int] = set()
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            raise MountinfoError(lineno, "blank line")
+        m = parse_line(line, lineno)
+        if m.mnt_id in seen:
+            raise MountinfoError(lineno, f"duplicate mount id {m.mnt_id}", line)
+        seen.add(m.mnt_id)
+        mounts.append(m)
+    return mounts
+
+
+def format_line(m: Mount) -> str:
+    """The mountinfo line for `m`, exactly as the kernel prints it (without newline)."""
+    optional = []
+    if m.shared is not None:
+        optional.append(f"shared:{m.shared}")
+    if m.master is not None:
+        optional.append(f"master:{m.master}")
+        if m.propagate_from is not None:
+            optional.append(f"propagate_from:{m.propagate_from}")
+    elif m.propagate_from is not None:
+        optional.append(f"propagate_from:{m.propagate_from}")
+    if m.unbindable:
+        optional.append("unbindable")
+    optional.extend(m.extra_optional)
+    parts = [
+        str(m.mnt_id),
+        str(m.parent_id),
+        f"{m.major}:{m.minor}",
+        escape(m.root),
+        escape(m.mountpoint),
+        ",".join(m.mount_opts),
+        *optional,
+        "-",
+        escape(m.fstype),
+        escape(m.source),
+        ",".join(m.super_opts),
+    ]
+    return " ".join(parts)
+
+
+def format_all(mounts) -> str:
+    """A whole mountinfo text for `mounts`."""
+    return "".join(format_line(m) + "\n" for m in mounts)
+
+
+def read_file(path: str) -> list[Mount]:
+    """Parse a mountinfo file."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return parse(f.read())
+
+
+def read_pid(pid: int | str, proc: str = "/proc") -> list[Mount]:
+    """Parse /proc/PID/mountinfo (`pid` may be ``self``)."""
+    return read_file(f"{proc}/{pid}/mountinfo")
+
+
+def read_source(spec: str) -> list[Mount]:
+    """Read mounts from ``pid:N`` (or ``pid:self``) or from a mountinfo file path."""
+    if spec.startswith("pid:"):
+        pid = spec[4:]
+        if pid != "self" and not pid.isdigit():
+            raise ValueError(f"bad pid in {spec!r}: expected pid:N or pid:self")
+        if pid != "self" and not os.path.exists(f"/proc/{pid}"):
+            raise ValueError(f"no such process: {pid}")
+        return read_pid(pid)
+    return read_file(spec)
