@@ -1,0 +1,322 @@
+"""Which criu to run, and how to run it.
+
+`--criu SPEC` picks one:
+
+- ``system``: the host's own ``criu`` from $PATH (Debian bookworm's 3.17.1
+  cannot start on kernels >= 6.13).
+- ``trixie`` / ``sid``: a minbase Debian userland with criu, debootstrapped on
+  first use into ``$MNTCR_CACHE/criu/<suite>`` (default ``~/.cache/mntcr``),
+  from the Debian mirror the host's own apt sources name. criu 4.x needs glibc
+  2.38, which bookworm lacks, so it runs from that userland.
+- ``auto``: ``system`` on kernels before 6.13 when the host has criu, else ``trixie``.
+- a PATH: a criu binary (run as is) or a userland directory holding ``usr/sbin/criu``.
+
+A userland criu runs in a private mount namespace whose root is the userland,
+entered by pivot_root (a plain chroot leaves the host's mount tree around
+criu's root, which makes criu fail on its own mount tree). It stays in the
+host's pid and network namespaces: criu must see the processes it dumps, and
+reaches the target's other namespaces through /proc/PID. It gets a fresh
+/proc, the host's /sys and /dev (recursive binds) and a /run tmpfs. Every path
+criu must see (images dir, restore root, external mount sources) is bound in
+at the same path. The namespace dies with criu, so nothing stays mounted; the
+empty mountpoint directories created inside the userland are removed after.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import glob
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from engine import kernel
+
+__all__ = ["CriuEnv", "CriuEnvError", "resolve", "cache_dir", "debian_mirror", "build_userland"]
+
+SUITES = ("trixie", "sid")
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+
+
+class CriuEnvError(RuntimeError):
+    """criu cannot be located or its userland cannot be built; the message is one line."""
+
+
+def cache_dir() -> str:
+    """The project's cache directory: ``$MNTCR_CACHE`` or ``~/.cache/mntcr``."""
+    return os.environ.get("MNTCR_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "mntcr")
+
+
+def _kernel_version() -> tuple[int, int]:
+    m = re.match(r"(\d+)\.(\d+)", platform.release())
+    return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
+
+
+def _sources_entries() -> list[tuple[str, list[str]]]:
+    """(uri, suites) for every ``deb`` entry of the host's apt sources, one-line and deb822."""
+    entries: list[tuple[str, list[str]]] = []
+    files = ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*.list"))
+    for path in files:
+        try:
+            text = open(path, encoding="utf-8", errors="replace").read()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            line = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()
+            if len(line) >= 3 and line[0] == "deb":
+                entries.append((line[1], [line[2]]))
+    for path in sorted(glob.glob("/etc/apt/sources.list.d/*.sources")):
+        try:
+            text = open(path, encoding="utf-8", errors="replace").read()
+        except OSError:
+            continue
+        for stanza in re.split(r"\n\s*\n", text):
+            fields: dict[str, str] = {}
+            for line in stanza.splitlines():
+                if line.startswith("#") or ":" not in line:
+                    continue
+                key, _, value = line.partition(":")
+                fields[key.strip().lower()] = value.strip()
+            if "deb" not in fields.get("types", "").split() or fields.get("enabled", "yes") == "no":
+                continue
+            for uri in fields.get("uris", "").split():
+                entries.append((uri, fields.get("suites", "").split()))
+    return entries
+
+
+def debian_mirror() -> str:
+    """The Debian archive URL the host's own apt sources use (read now, never changed).
+
+    Picks the first ``deb`` entry whose suite is a plain Debian release (not
+    -security/-updates/-backports) and whose URL is not the security archive.
+    """
+    for uri, suites in _sources_entries():
+        if "security" in uri:
+            continue
+        if any(re.fullmatch(r"[a-z]+", s) for s in suites) and "debian" in uri:
+            return uri.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def build_userland(suite: str, dest: str, *, log=sys.stderr) -> None:
+    """Debootstrap a minbase ``suite`` userland with criu into ``dest`` (atomic: built aside, then renamed).
+
+    Progress goes to ``log``. Concurrent callers (xdist workers) serialize on a
+    lock file next to ``dest``; the second one finds the finished userland.
+    """
+    if suite not in SUITES:
+        raise CriuEnvError(f"unknown criu suite {suite!r}: expected one of {', '.join(SUITES)}")
+    debootstrap = shutil.which("debootstrap") or ("/usr/sbin/debootstrap" if os.path.exists("/usr/sbin/debootstrap") else None)
+    if not debootstrap:
+        raise CriuEnvError("debootstrap is not installed (apt-get install debootstrap) - needed to build the criu userland")
+    if not os.path.exists(KEYRING):
+        raise CriuEnvError(f"{KEYRING} missing (apt-get install debian-archive-keyring)")
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    with open(dest + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _userland_criu(dest):
+            return
+        tmp = f"{dest}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        mirror = debian_mirror()
+        print(f"mntcr: building criu userland: debootstrap --variant=minbase {suite} from {mirror} "
+              f"into {dest} (about 30 s, once)", file=log, flush=True)
+        start = time.monotonic()
+        cmd = [debootstrap, "--variant=minbase", "--include=criu", f"--keyring={KEYRING}", suite, tmp, mirror]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        tail: list[str] = []
+        for line in proc.stdout:
+            line = line.rstrip("\n")
+            tail = (tail + [line])[-20:]
+            # Only debootstrap's stage lines, not one per package: enough to show it is alive.
+            if line.startswith(("I: Retrieving InRelease", "I: Resolving", "I: Installing core", "I: Unpacking the base",
+                                "I: Configuring the base", "I: Base system installed", "E:", "W: Failure")):
+                print(f"mntcr:   {line}", file=log, flush=True)
+        if proc.wait() != 0 or not _userland_criu(tmp):
+            shutil.rmtree(tmp, ignore_errors=True)
+            errors = [l for l in tail if l.startswith("E:")] or tail[-1:] or ["no output"]
+            raise CriuEnvError(f"debootstrap {suite} failed (exit {proc.returncode}): {errors[0]}")
+        # debootstrap's apt cache is dead weight here.
+        for deb in glob.glob(os.path.join(tmp, "var/cache/apt/archives/*.deb")):
+            os.unlink(deb)
+        os.rename(tmp, dest)
+        print(f"mntcr: criu userland ready in {time.monotonic() - start:.1f} s: {dest}", file=log, flush=True)
+
+
+def _userland_criu(root: str) -> str | None:
+    for rel in ("usr/sbin/criu", "sbin/criu", "usr/bin/criu"):
+        if os.path.isfile(os.path.join(root, rel)) and os.access(os.path.join(root, rel), os.X_OK):
+            return "/" + rel
+    return None
+
+
+@dataclass
+class CriuEnv:
+    """A criu to run: ``binary`` on the host (``root`` None), or ``binary`` inside the userland ``root``."""
+
+    spec: str
+    binary: str
+    root: str | None = None
+    _check: tuple[bool, str] | None = field(default=None, repr=False, compare=False)
+    _version: str | None = field(default=None, repr=False, compare=False)
+
+    def describe(self) -> str:
+        """One line naming this criu, e.g. ``criu 4.1.1 (trixie userland /root/.cache/mntcr/criu/trixie)``."""
+        where = f"{self.spec} userland {self.root}" if self.root else self.binary
+        return f"criu {self.version()} ({where})"
+
+    def version(self) -> str:
+        """criu's version number, or ``unknown``."""
+        if self._version is None:
+            try:
+                out = self.run(["--version"], timeout=30).stdout
+                m = re.search(r"Version:\s*(\S+)", out)
+                self._version = m.group(1) if m else "unknown"
+            except (OSError, subprocess.SubprocessError):
+                self._version = "unknown"
+        return self._version
+
+    def run(self, args: list[str], *, binds: tuple[str, ...] | list[str] = (), timeout: float | None = None,
+            stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+        """Run ``criu *args`` and return the finished process (stdout and stderr as text, merged).
+
+        ``binds`` are host paths criu must see; inside a userland they are bound
+        in at the same path (files and directories).
+        """
+        cmd = [self.binary, *args]
+        if self.root is None:
+            return subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  text=True, timeout=timeout)
+        made = _prepare_mountpoints(self.root, binds)
+        try:
+            return subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=timeout, preexec_fn=lambda: _enter_userland(self.root, binds))
+        finally:
+            _remove_mountpoints(made)
+
+    def check(self) -> tuple[bool, str]:
+        """Run ``criu check`` once (cached) -> (ok, reason). reason is criu's verdict line or its first error."""
+        if self._check is None:
+            try:
+                proc = self.run(["check"], timeout=120)
+            except (OSError, subprocess.SubprocessError) as e:
+                self._check = (False, f"criu check could not run: {e}")
+            else:
+                lines = [l.strip() for l in proc.stdout.splitlines() if l.strip()]
+                if proc.returncode == 0:
+                    self._check = (True, lines[-1] if lines else "criu check passed")
+                else:
+                    err = first_error(proc.stdout) or (lines[-1] if lines else "no output")
+                    self._check = (False, f"criu check failed (exit {proc.returncode}): {err}")
+        return self._check
+
+
+def first_error(text: str) -> str | None:
+    """criu's first error line in a log or output text, without its timestamp prefix; None if none."""
+    for line in text.splitlines():
+        if "Error" in line:
+            # criu log lines look like "(00.012345) Error (criu/mount.c:123): message".
+            return re.sub(r"^\(\s*[\d.]+\)\s*", "", line).strip()
+    return None
+
+
+def _prepare_mountpoints(root: str, binds) -> list[str]:
+    """Create, inside the userland, the mountpoints for ``binds``; return what was created (deepest last)."""
+    made: list[str] = []
+    for path in sorted({os.path.abspath(b) for b in binds}, key=len):
+        target = os.path.join(root, path.lstrip("/"))
+        parts = path.strip("/").split("/")
+        cur = root
+        for i, part in enumerate(parts):
+            cur = os.path.join(cur, part)
+            if os.path.lexists(cur):
+                continue
+            last = i == len(parts) - 1
+            if last and not os.path.isdir(path):
+                open(cur, "w").close()  # a file bind needs a file to sit on
+            else:
+                os.mkdir(cur)
+            made.append(cur)
+        del target
+    return made
+
+
+def _remove_mountpoints(made: list[str]) -> None:
+    for path in reversed(made):
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                os.rmdir(path)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass  # not empty or busy: harmless leftover in the cache
+
+
+def _enter_userland(root: str, binds) -> None:
+    """In the forked child before exec: private mount ns, userland mounts, pivot_root into it.
+
+    Errors are written to stderr (criu's output pipe) and end the child with
+    status 126, so the caller sees the reason instead of a bare preexec failure.
+    """
+    try:
+        kernel.unshare(kernel.CLONE_NEWNS)
+        # Slave, not private: bound-in host mounts keep their master (needed for
+        # --enable-external-masters), yet nothing mounted here reaches the host.
+        kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
+        kernel.mount(root, root, None, kernel.MS_BIND)
+        kernel.mount("proc", os.path.join(root, "proc"), "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
+        kernel.mount("/sys", os.path.join(root, "sys"), None, kernel.MS_BIND | kernel.MS_REC)
+        kernel.mount("/dev", os.path.join(root, "dev"), None, kernel.MS_BIND | kernel.MS_REC)
+        kernel.mount("tmpfs", os.path.join(root, "run"), "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=755")
+        for path in sorted({os.path.abspath(b) for b in binds}, key=len):
+            kernel.mount(path, os.path.join(root, path.lstrip("/")), None, kernel.MS_BIND | kernel.MS_REC)
+        os.chdir(root)
+        kernel.pivot_root(".", ".")
+        kernel.umount2(".", kernel.MNT_DETACH)
+        os.chdir("/")
+    except BaseException as e:  # noqa: BLE001 - must not return into exec on failure
+        os.write(2, f"mntcr: cannot enter criu userland {root}: {e}\n".encode())
+        os._exit(126)
+
+
+_RESOLVED: dict[str, CriuEnv] = {}
+
+
+def resolve(spec: str | None = "auto") -> CriuEnv:
+    """Locate (building on first use) the criu named by ``spec``; cached per spec for this process.
+
+    Raises CriuEnvError with a one-line reason when that criu cannot be had.
+    """
+    spec = spec or "auto"
+    if spec in _RESOLVED:
+        return _RESOLVED[spec]
+    if spec == "auto":
+        host = shutil.which("criu")
+        env = resolve("system") if host and _kernel_version() < (6, 13) else resolve("trixie")
+    elif spec == "system":
+        host = shutil.which("criu")
+        if not host:
+            raise CriuEnvError("no criu on the host's PATH (apt-get install criu, or use --criu trixie)")
+        env = CriuEnv("system", host)
+    elif spec in SUITES:
+        dest = os.path.join(cache_dir(), "criu", spec)
+        if not _userland_criu(dest):
+            build_userland(spec, dest)
+        env = CriuEnv(spec, _userland_criu(dest), dest)
+    elif os.path.isdir(spec):
+        binary = _userland_criu(spec)
+        if not binary:
+            raise CriuEnvError(f"{spec} is a directory without usr/sbin/criu")
+        env = CriuEnv(spec, binary, os.path.abspath(spec))
+    elif os.path.isfile(spec) and os.access(spec, os.X_OK):
+        env = CriuEnv(spec, os.path.abspath(spec))
+    else:
+        raise CriuEnvError(f"--criu {spec}: not system, auto, {', '.join(SUITES)}, a criu binary or a userland dir")
+    _RESOLVED[spec] = env
+    return env
