@@ -21,6 +21,8 @@ __all__ = [
     "read_pid",
     "read_file",
     "read_source",
+    "read_statmount",
+    "mount_from_statmount",
     "unescape",
     "escape",
 ]
@@ -260,3 +262,90 @@ def read_source(spec: str) -> list[Mount]:
             raise ValueError(f"no such process: {pid}")
         return read_pid(pid)
     return read_file(spec)
+
+
+# --- statmount / listmount ---------------------------------------------------
+
+# Per-mount flags in the order show_mnt_opts() prints them (fs/proc_namespace.c),
+# as MOUNT_ATTR_* bits of statmount's mnt_attr.
+_ATTR_NAMES = ((0x2, "nosuid"), (0x4, "nodev"), (0x8, "noexec"))
+_ATTR_AFTER_ATIME = ((0x200000, "nosymfollow"), (0x100000, "idmapped"))
+# Superblock flags statmount reports in sb_flags, in show_sb_opts() order.
+_SB_NAMES = ((16, "sync"), (128, "dirsync"), (64, "mand"), (1 << 25, "lazytime"))
+_MS_UNBINDABLE, _MS_SLAVE, _MS_SHARED = 1 << 17, 1 << 19, 1 << 20
+
+
+def _mount_opts_from_attr(attr: int) -> tuple[str, ...]:
+    opts = ["ro" if attr & 0x1 else "rw"]
+    opts += [name for bit, name in _ATTR_NAMES if attr & bit]
+    atime = attr & 0x70
+    if atime == 0x10:
+        opts.append("noatime")
+    if attr & 0x80:
+        opts.append("nodiratime")
+    if atime == 0x00:  # MOUNT_ATTR_RELATIME is 0; strictatime (0x20) prints nothing
+        opts.append("relatime")
+    opts += [name for bit, name in _ATTR_AFTER_ATIME if attr & bit]
+    return tuple(opts)
+
+
+def mount_from_statmount(sm: dict) -> Mount:
+    """A `Mount` from one decoded statmount record (engine.kernel.statmount).
+
+    The text fields come unescaped from statmount, like `parse` leaves them;
+    superblock options come escaped like mountinfo's, so both sources compare
+    field by field.
+    """
+    fstype = sm["fs_type"] or ""
+    if sm.get("fs_subtype"):
+        fstype += "." + sm["fs_subtype"]
+    super_opts = ["ro" if sm["sb_flags"] & 0x1 else "rw"]
+    super_opts += [name for bit, name in _SB_NAMES if sm["sb_flags"] & bit]
+    if sm.get("mnt_opts"):
+        super_opts += sm["mnt_opts"].split(",")
+    prop = sm["propagation"]
+    slave = bool(prop & _MS_SLAVE)
+    pfrom = sm["propagate_from"] if slave else 0
+    return Mount(
+        mnt_id=sm["mnt_id_old"],
+        parent_id=sm["parent_id_old"],
+        major=sm["sb_major"],
+        minor=sm["sb_minor"],
+        root=sm["mnt_root"] or "",
+        mountpoint=sm["mnt_point"] or "",
+        mount_opts=_mount_opts_from_attr(sm["mnt_attr"]),
+        fstype=fstype,
+        # mountinfo prints "none" for a mount without a device name.
+        source=sm.get("sb_source") or "none",
+        super_opts=tuple(super_opts),
+        shared=sm["peer_group"] if prop & _MS_SHARED else None,
+        master=sm["master"] if slave else None,
+        # mountinfo shows propagate_from only when it says more than master:.
+        propagate_from=pfrom if pfrom and pfrom != sm["master"] else None,
+        unbindable=bool(prop & _MS_UNBINDABLE),
+        unique_id=sm["mnt_id"],
+    )
+
+
+def read_statmount(ns_id: int = 0) -> list[Mount]:
+    """The mounts of a mount namespace through listmount(2)/statmount(2) (Linux >= 6.8).
+
+    `ns_id` 0 means the caller's namespace. Mounts are in listmount order
+    (ascending unique id, i.e. creation order); each has `unique_id` set.
+    Raises OSError (ENOSYS on older kernels). A mount that disappears between
+    listmount and statmount is skipped.
+    """
+    import errno
+
+    from engine import kernel
+
+    mounts = []
+    for uid in kernel.listmount(ns_id=ns_id):
+        try:
+            sm = kernel.statmount(uid, ns_id=ns_id)
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                continue
+            raise
+        mounts.append(mount_from_statmount(sm))
+    return mounts

@@ -1,0 +1,573 @@
+"""Mount trees: structure, canonical form and diff.
+
+`Tree` indexes a list of `Mount` records once (children, roots, overmount
+stacks, peer groups, masters, superblocks, a parents-first order) so that
+planners can walk 10,000+ mounts without scanning the list per mount.
+
+`canonical` names everything that a restore renumbers (mount ids, peer-group
+ids, devices) by its place in a canonical walk, so two trees are the same up to
+renaming exactly when their canonical texts are equal. `diff_report` explains a
+difference as a findmnt-like tree. `render_tree` prints one tree for `mntcr show`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass, field
+
+from engine.mountinfo import Mount, escape
+
+__all__ = ["Tree", "Canonical", "canonical", "diff_report", "render_tree", "propagation_text"]
+
+
+def _path_depth(path: str) -> int:
+    return len([p for p in path.split("/") if p])
+
+
+class Tree:
+    """A list of mounts indexed as a tree plus its propagation and superblock relations.
+
+    Mounts whose parent is not in the list (or is the mount itself) are roots.
+    Everything is built in one pass plus one sort per sibling list, so building
+    is O(n log n).
+
+    Attributes:
+        mounts: the mounts in input order.
+        by_id: mnt_id -> Mount.
+        children: mnt_id -> child mounts, in input order.
+        roots: root mounts, in input order.
+        order: every mount, parents before children (depth first); among
+            siblings, deeper mountpoints first, so a sibling never hides the
+            mountpoint of one placed after it, and an overmount of the parent
+            comes after the parent's other children.
+        depth: mnt_id -> depth (roots are 0).
+        overmount: mnt_id -> the child mounted on top of it (same mountpoint).
+        peer_groups: shared id -> member mounts.
+        slaves: master id -> mounts with that master.
+        propagated: propagate_from id -> mounts showing it.
+        external_groups: ids used as master/propagate_from that no mount in the
+            list has as its shared id (the master lives outside this tree).
+        superblocks: (major, minor) -> mounts of that superblock.
+    """
+
+    def __init__(self, mounts):
+        self.mounts: list[Mount] = list(mounts)
+        self.by_id: dict[int, Mount] = {}
+        for m in self.mounts:
+            if m.mnt_id in self.by_id:
+                raise ValueError(f"duplicate mount id {m.mnt_id} ({m.mountpoint})")
+            self.by_id[m.mnt_id] = m
+        self.children: dict[int, list[Mount]] = {m.mnt_id: [] for m in self.mounts}
+        self.roots: list[Mount] = []
+        self.peer_groups: dict[int, list[Mount]] = {}
+        self.slaves: dict[int, list[Mount]] = {}
+        self.propagated: dict[int, list[Mount]] = {}
+        self.superblocks: dict[tuple[int, int], list[Mount]] = {}
+        self.overmount: dict[int, Mount] = {}
+        for m in self.mounts:
+            parent = self.by_id.get(m.parent_id) if m.parent_id != m.mnt_id else None
+            if parent is None:
+                self.roots.append(m)
+            else:
+                self.children[parent.mnt_id].append(m)
+                if m.mountpoint == parent.mountpoint:
+                    self.overmount.setdefault(parent.mnt_id, m)
+            if m.shared is not None:
+                self.peer_groups.setdefault(m.shared, []).append(m)
+            if m.master is not None:
+                self.slaves.setdefault(m.master, []).append(m)
+            if m.propagate_from is not None:
+                self.propagated.setdefault(m.propagate_from, []).append(m)
+            self.superblocks.setdefault((m.major, m.minor), []).append(m)
+        referenced = set(self.slaves) | set(self.propagated)
+        self.external_groups: set[int] = referenced - set(self.peer_groups)
+        self.depth: dict[int, int] = {}
+        self.order: list[Mount] = []
+        stack = [(r, 0) for r in reversed(self._placement_order(self.roots))]
+        while stack:
+            m, d = stack.pop()
+            self.depth[m.mnt_id] = d
+            self.order.append(m)
+            kids = self.children[m.mnt_id]
+            if kids:
+                stack.extend((c, d + 1) for c in reversed(self._placement_order(kids)))
+        if len(self.order) != len(self.mounts):
+            # Only a parent cycle keeps mounts from being reached from a root.
+            stuck = next(m for m in self.mounts if m.mnt_id not in self.depth)
+            raise ValueError(f"mount tree has a parent cycle through mount {stuck.mnt_id} ({stuck.mountpoint})")
+
+    @staticmethod
+    def _placement_order(siblings: list[Mount]) -> list[Mount]:
+        return sorted(siblings, key=lambda m: (-_path_depth(m.mountpoint),
+                                              m.unique_id if m.unique_id is not None else m.mnt_id))
+
+    def __len__(self) -> int:
+        return len(self.mounts)
+
+    def parent(self, m: Mount) -> Mount | None:
+        """The parent mount of `m`, or None for a root."""
+        if m.parent_id == m.mnt_id:
+            return None
+        return self.by_id.get(m.parent_id)
+
+    def stacks(self) -> list[list[Mount]]:
+        """Overmount stacks, each bottom first: mounts that sit on their parent's mountpoint."""
+        tops = set(id(m) for m in self.overmount.values())
+        result = []
+        for bottom_id in self.overmount:
+            bottom = self.by_id[bottom_id]
+            if id(bottom) in tops:
+                continue  # not the bottom of its stack
+            chain = [bottom]
+            while chain[-1].mnt_id in self.overmount:
+                chain.append(self.overmount[chain[-1].mnt_id])
+            result.append(chain)
+        return result
+
+    def group_masters(self) -> dict[int, set[int]]:
+        """shared id -> the master ids its members have (empty when the group is not a slave)."""
+        out: dict[int, set[int]] = {}
+        for gid, members in self.peer_groups.items():
+            out[gid] = {m.master for m in members if m.master is not None}
+        return out
+
+
+# --- canonical form -----------------------------------------------------------
+
+def _h(obj) -> bytes:
+    return hashlib.blake2b(repr(obj).encode("utf-8", "surrogateescape"), digest_size=16).digest()
+
+
+def _own_key(m: Mount) -> tuple:
+    """What a mount is, without anything a restore renumbers."""
+    return (m.mountpoint, m.root, m.fstype, m.source, m.mount_opts, m.super_opts, m.shared is not None,
+            m.master is not None, m.propagate_from is not None, m.unbindable, m.extra_optional)
+
+
+@dataclass
+class Canonical:
+    """The canonical form of a mount tree.
+
+    `text` is equal for two trees exactly when they are the same up to
+    renumbering of mount ids, peer-group ids and devices, and up to line order.
+    `labels` maps each mnt_id to a renumbering-invariant label: the escaped
+    mountpoint, with ``#k`` (k-th in canonical order) when several mounts share it.
+    """
+
+    text: str
+    order: list[Mount]
+    labels: dict[int, str]
+    lines: dict[int, str]
+    group_names: dict[int, str]
+    sb_names: dict[tuple[int, int], str]
+    tree: Tree
+    keys: dict[int, tuple] = field(repr=False, default_factory=dict)
+
+    def label(self, mnt_id: int) -> str:
+        """The stable label of mount `mnt_id` (KeyError if it is not in the tree)."""
+        try:
+            return self.labels[mnt_id]
+        except KeyError:
+            raise KeyError(f"mount {mnt_id} is not in the tree") from None
+
+
+def _refine(tree: Tree, color: dict[int, bytes]) -> dict[int, bytes]:
+    """Colour refinement over the tree, peer-group, master, propagate_from and superblock relations.
+
+    Colours are hashes of label-free signatures, so equal trees up to renaming
+    get equal colours; it stops when the partition into colours stops growing.
+    """
+    mounts = tree.mounts
+    parts = len(set(color.values()))
+    group_ids = set(tree.peer_groups) | set(tree.slaves) | set(tree.propagated)
+    for _ in range(len(mounts) + 1):
+        gcol = {g: _h((sorted(color[m.mnt_id] for m in tree.peer_groups.get(g, ())),
+                       sorted(color[m.mnt_id] for m in tree.slaves.get(g, ())),
+                       sorted(color[m.mnt_id] for m in tree.propagated.get(g, ()))))
+                for g in group_ids}
+        sbcol = {d: _h(sorted(color[m.mnt_id] for m in ms)) for d, ms in tree.superblocks.items()}
+        new = {}
+        for m in mounts:
+            parent = tree.parent(m)
+            new[m.mnt_id] = _h((color[m.mnt_id], color[parent.mnt_id] if parent else b"",
+                                sorted(color[c.mnt_id] for c in tree.children[m.mnt_id]),
+                                gcol.get(m.shared, b""), gcol.get(m.master, b""),
+                                gcol.get(m.propagate_from, b""), sbcol[(m.major, m.minor)]))
+        new_parts = len(set(new.values()))
+        color = new
+        if new_parts == parts:
+            break
+        parts = new_parts
+    return color
+
+
+def canonical(mounts) -> Canonical:
+    """The canonical form of `mounts` (a list of Mount, or a Tree).
+
+    Siblings are ordered by a label-free key (own attributes, then a hash of
+    their subtree). Identical siblings can still differ in how they are tied to
+    the rest (peer groups, superblocks): then colour refinement over those
+    relations orders them. Peer groups (shared, master, propagate_from ids) and
+    superblocks are then named P1.., S1.. by first appearance in the walk.
+    Siblings that stay tied after refinement are interchangeable in all but
+    pathological (regular, refinement-resistant) structures; their input order
+    decides, which can then report a false difference, never a false equality.
+    """
+    tree = mounts if isinstance(mounts, Tree) else Tree(mounts)
+    # Bottom-up subtree hashes: children are hashed before their parent.
+    sub: dict[int, bytes] = {}
+    for m in reversed(tree.order):
+        sub[m.mnt_id] = _h((_own_key(m), sorted(sub[c.mnt_id] for c in tree.children[m.mnt_id])))
+
+    def sibling_key(m: Mount, color=None):
+        return (_own_key(m), sub[m.mnt_id], color[m.mnt_id] if color else b"")
+
+    sibling_lists = [tree.roots] + [k for k in tree.children.values() if len(k) > 1]
+    tied = any(len({sub[m.mnt_id] for m in sibs}) < len(sibs) for sibs in sibling_lists)
+    color = None
+    if tied:
+        # Start from the position in the tree (own subtree plus the path of
+        # ancestors' subtrees), then let group and superblock ties split it.
+        pos: dict[int, bytes] = {}
+        for m in tree.order:
+            parent = tree.parent(m)
+            pos[m.mnt_id] = _h((pos[parent.mnt_id] if parent else b"", sub[m.mnt_id]))
+        color = _refine(tree, pos)
+
+    order: list[Mount] = []
+    depth: dict[int, int] = {}
+    stack = [(r, 0) for r in reversed(sorted(tree.roots, key=lambda m: sibling_key(m, color)))]
+    while stack:
+        m, d = stack.pop()
+        order.append(m)
+        depth[m.mnt_id] = d
+        kids = tree.children[m.mnt_id]
+        if kids:
+            stack.extend((c, d + 1) for c in reversed(sorted(kids, key=lambda c: sibling_key(c, color))))
+
+    group_names: dict[int, str] = {}
+    sb_names: dict[tuple[int, int], str] = {}
+
+    def gname(gid: int) -> str:
+        if gid not in group_names:
+            group_names[gid] = f"P{len(group_names) + 1}"
+        return group_names[gid]
+
+    lines: dict[int, str] = {}
+    out = []
+    mp_count: dict[str, int] = {}
+    for m in order:
+        mp_count[m.mountpoint] = mp_count.get(m.mountpoint, 0) + 1
+        dev = (m.major, m.minor)
+        if dev not in sb_names:
+            sb_names[dev] = f"S{len(sb_names) + 1}"
+        prop = []
+        if m.shared is not None:
+            prop.append(f"shared:{gname(m.shared)}")
+        if m.master is not None:
+            prop.append(f"master:{gname(m.master)}")
+        if m.propagate_from is not None:
+            prop.append(f"propagate_from:{gname(m.propagate_from)}")
+        if m.unbindable:
+            prop.append("unbindable")
+        prop.extend(m.extra_optional)
+        line = (f"{escape(m.mountpoint)} root={escape(m.root)} type={escape(m.fstype)} "
+                f"source={escape(m.source)} opts={','.join(m.mount_opts)} sb={sb_names[dev]} "
+                f"sbopts={','.join(m.super_opts)} prop={' '.join(prop) or 'private'}")
+        lines[m.mnt_id] = line
+        out.append("  " * depth[m.mnt_id] + line)
+    seen: dict[str, int] = {}
+    labels: dict[int, str] = {}
+    for m in order:
+        base = escape(m.mountpoint)
+        if mp_count[m.mountpoint] == 1:
+            labels[m.mnt_id] = base
+        else:
+            seen[base] = seen.get(base, 0) + 1
+            labels[m.mnt_id] = f"{base}#{seen[base]}"
+    keys = {m.mnt_id: sibling_key(m, color) for m in tree.mounts}
+    return Canonical(text="".join(line + "\n" for line in out), order=order, labels=labels, lines=lines,
+                     group_names=group_names, sb_names=sb_names, tree=tree, keys=keys)
+
+
+# --- rendering ----------------------------------------------------------------
+
+def propagation_text(m: Mount) -> str:
+    """The propagation of `m` as mountinfo spells it, or ``private``."""
+    parts = []
+    if m.shared is not None:
+        parts.append(f"shared:{m.shared}")
+    if m.master is not None:
+        parts.append(f"master:{m.master}")
+    if m.propagate_from is not None:
+        parts.append(f"propagate_from:{m.propagate_from}")
+    if m.unbindable:
+        parts.append("unbindable")
+    parts.extend(m.extra_optional)
+    return " ".join(parts) or "private"
+
+
+def _source_col(m: Mount) -> str:
+    # findmnt shows a bind of a subdirectory as SOURCE[/root].
+    src = escape(m.source)
+    return src if m.root == "/" else f"{src}[{escape(m.root)}]"
+
+
+def _tree_walk(roots, children_of):
+    """Yield (item, prefix) in depth-first order with findmnt-style branch prefixes."""
+    stack = [(r, "", i == len(roots) - 1, True) for i, r in reversed(list(enumerate(roots)))]
+    while stack:
+        item, lead, last, is_root = stack.pop()
+        prefix = "" if is_root else lead + ("└─" if last else "├─")
+        yield item, prefix
+        kids = children_of(item)
+        sub_lead = "" if is_root else lead + ("  " if last else "│ ")
+        for i in range(len(kids) - 1, -1, -1):
+            stack.append((kids[i], sub_lead, i == len(kids) - 1, False))
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    out = []
+    for r in rows:
+        cells = [c.ljust(w) for c, w in zip(r, widths)] + [r[-1]]
+        out.append(" ".join(cells).rstrip() + "\n")
+    return "".join(out)
+
+
+def render_tree(mounts) -> str:
+    """A findmnt-like tree of `mounts` with propagation and overmounts annotated."""
+    tree = mounts if isinstance(mounts, Tree) else Tree(mounts)
+    if not tree.mounts:
+        return "(no mounts)\n"
+    covers = {top.mnt_id: bottom for bottom, top in tree.overmount.items()}
+    rows = [["ID", "TARGET", "SOURCE", "FSTYPE", "OPTIONS", "PROPAGATION"]]
+    for m, prefix in _tree_walk(tree.roots, lambda m: tree.children[m.mnt_id]):
+        prop = propagation_text(m)
+        if m.mnt_id in covers:
+            prop += f" [on top of {covers[m.mnt_id]}]"
+        if m.mnt_id in tree.overmount:
+            prop += f" [covered by {tree.overmount[m.mnt_id].mnt_id}]"
+        rows.append([str(m.mnt_id), prefix + escape(m.mountpoint), _source_col(m), escape(m.fstype),
+                     ",".join(m.mount_opts), prop])
+    notes = []
+    if tree.external_groups:
+        notes.append("external masters (no member in this tree): "
+                     + ", ".join(str(g) for g in sorted(tree.external_groups)))
+    return _table(rows) + "".join(n + "\n" for n in notes)
+
+
+# --- diff -----------------------------------------------------------------------
+
+def _match(ca: Canonical, cb: Canonical) -> dict[int, int]:
+    """Pair mounts of A with mounts of B, top down: A mnt_id -> B mnt_id.
+
+    Children of paired parents are paired on ever weaker evidence: identical
+    subtree, then same mountpoint+root+fstype, same mountpoint, same
+    root+fstype+source (a moved mount). What stays unpaired was added or dropped.
+    """
+    ta, tb = ca.tree, cb.tree
+    a_rank = {m.mnt_id: i for i, m in enumerate(ca.order)}
+    b_rank = {m.mnt_id: i for i, m in enumerate(cb.order)}
+    pairs: dict[int, int] = {}
+    criteria = (
+        lambda m, c: c.keys[m.mnt_id][:2],
+        lambda m, c: (m.mountpoint, m.root, m.fstype),
+        lambda m, c: m.mountpoint,
+        lambda m, c: (m.root, m.fstype, m.source),
+    )
+    work = [(sorted(ta.roots, key=lambda m: a_rank[m.mnt_id]), sorted(tb.roots, key=lambda m: b_rank[m.mnt_id]))]
+    while work:
+        xs, ys = work.pop()
+        for crit in criteria:
+            if not xs or not ys:
+                break
+            buckets: dict = {}
+            for y in ys:
+                buckets.setdefault(crit(y, cb), []).append(y)
+            rest_x = []
+            used = set()
+            for x in xs:
+                cand = buckets.get(crit(x, ca))
+                if cand:
+                    y = cand.pop(0)
+                    used.add(y.mnt_id)
+                    pairs[x.mnt_id] = y.mnt_id
+                    work.append((sorted(ta.children[x.mnt_id], key=lambda m: a_rank[m.mnt_id]),
+                                 sorted(tb.children[y.mnt_id], key=lambda m: b_rank[m.mnt_id])))
+                else:
+                    rest_x.append(x)
+            xs = rest_x
+            ys = [y for y in ys if y.mnt_id not in used]
+    return pairs
+
+
+def _related(tree: Tree, m: Mount, what: str) -> list[Mount]:
+    if what == "peers":
+        return tree.peer_groups.get(m.shared, []) if m.shared is not None else []
+    if what == "superblock":
+        return tree.superblocks[(m.major, m.minor)]
+    gid = m.master if what == "master" else m.propagate_from
+    if gid is None:
+        return []
+    # A master is identified by its members and by who else follows it.
+    followers = tree.slaves.get(gid, []) if what == "master" else tree.propagated.get(gid, [])
+    return tree.peer_groups.get(gid, []) + followers
+
+
+def _attr_changes(a: Mount, b: Mount, ca: Canonical, cb: Canonical, pairs: dict[int, int],
+                  back: dict[int, int]) -> list[str]:
+    """The attributes that differ between paired mounts, one readable line each."""
+    out = []
+
+    def plain(name, va, vb):
+        if va != vb:
+            out.append(f"{name}: {va} -> {vb}")
+
+    plain("mountpoint", escape(a.mountpoint), escape(b.mountpoint))
+    plain("root", escape(a.root), escape(b.root))
+    plain("fstype", escape(a.fstype), escape(b.fstype))
+    plain("source", escape(a.source), escape(b.source))
+    plain("options", ",".join(a.mount_opts), ",".join(b.mount_opts))
+    plain("superblock options", ",".join(a.super_opts), ",".join(b.super_opts))
+    plain("unbindable", a.unbindable, b.unbindable)
+    plain("other optional fields", " ".join(a.extra_optional) or "-", " ".join(b.extra_optional) or "-")
+
+    def members_a(ms):  # A mounts, shown by their A labels; only paired ones compare
+        return sorted(ca.labels[m.mnt_id] for m in ms if m.mnt_id in pairs)
+
+    def members_b(ms):  # B mounts shown by the label of their A partner
+        return sorted(ca.labels[back[m.mnt_id]] for m in ms if m.mnt_id in back)
+
+    for what, va, vb in (("peers", a.shared, b.shared), ("master", a.master, b.master),
+                         ("propagate_from", a.propagate_from, b.propagate_from)):
+        name = {"peers": "shared"}.get(what, what)
+        if (va is None) != (vb is None):
+            sa = f"{name}:{ca.group_names[va]}" if va is not None else f"no {name}"
+            sb = f"{name}:{cb.group_names[vb]}" if vb is not None else f"no {name}"
+            out.append(f"{name}: {sa} -> {sb}")
+            continue
+        if va is None:
+            continue
+        ra, rb = members_a(_related(ca.tree, a, what)), members_b(_related(cb.tree, b, what))
+        if ra != rb:
+            label = {"peers": "peer group", "master": "master group (its members + its slaves)",
+                     "propagate_from": "propagate_from group (its members + who shows it)"}[what]
+            out.append(f"{label}: {{{', '.join(ra)}}} -> {{{', '.join(rb)}}}")
+    ra = members_a(_related(ca.tree, a, "superblock"))
+    rb = members_b(_related(cb.tree, b, "superblock"))
+    if ra != rb:
+        out.append(f"superblock shared with: {{{', '.join(ra)}}} -> {{{', '.join(rb)}}}")
+    return out
+
+
+def _summary(m: Mount, c: Canonical) -> str:
+    prop = c.lines[m.mnt_id].split(" prop=", 1)[1]
+    return f"{_source_col(m)} {escape(m.fstype)} {','.join(m.mount_opts)} {prop}"
+
+
+def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool, str]:
+    """Compare two mount lists up to renumbering: (equal, report).
+
+    The report is a findmnt-like tree of both: ``!`` marks a mount whose
+    attributes differ (each differing attribute on its own line below),
+    ``-`` a mount only in A, ``+`` one only in B. Unchanged subtrees are folded.
+    Equality is decided on the canonical texts; the per-mount explanation is
+    best effort, with the canonical text diff appended when it finds nothing.
+    """
+    ca, cb = canonical(a), canonical(b)
+    na, nb = names
+    if ca.text == cb.text:
+        return True, f"equal: {na} and {nb} have the same mount tree ({len(ca.order)} mounts)\n"
+    pairs = _match(ca, cb)
+    back = {v: k for k, v in pairs.items()}
+    ta, tb = ca.tree, cb.tree
+    changes = {x: _attr_changes(ta.by_id[x], tb.by_id[y], ca, cb, pairs, back) for x, y in pairs.items()}
+    only_a = [m for m in ca.order if m.mnt_id not in pairs]
+    only_b = [m for m in cb.order if m.mnt_id not in back]
+    changed = [x for x, ch in changes.items() if ch]
+
+    # Nodes: ("p", a_id) paired, ("a", a_id) only in A, ("b", b_id) only in B.
+    a_rank = {m.mnt_id: i for i, m in enumerate(ca.order)}
+    b_rank = {m.mnt_id: i for i, m in enumerate(cb.order)}
+
+    def kids(node):
+        kind, i = node
+        out = []
+        if kind in ("p", "a"):
+            for c in ta.children[i]:
+                out.append(("p" if c.mnt_id in pairs else "a", c.mnt_id))
+        if kind in ("p", "b"):
+            j = pairs[i] if kind == "p" else i
+            out.extend(("b", c.mnt_id) for c in tb.children[j] if c.mnt_id not in back)
+        return sorted(out, key=lambda n: (n[0] == "b", a_rank[n[1]] if n[0] != "b" else b_rank[n[1]]))
+
+    # Which nodes have a difference at or below them (to fold the rest).
+    dirty: set = set()
+    roots = [("p" if m.mnt_id in pairs else "a", m.mnt_id) for m in ta.roots] + \
+            [("b", m.mnt_id) for m in tb.roots if m.mnt_id not in back]
+    roots.sort(key=lambda n: (n[0] == "b", a_rank[n[1]] if n[0] != "b" else b_rank[n[1]]))
+    post = []
+    stack = list(roots)
+    while stack:
+        n = stack.pop()
+        post.append(n)
+        stack.extend(kids(n))
+    for n in reversed(post):
+        if n[0] != "p" or changes[n[1]] or any(k in dirty for k in kids(n)):
+            dirty.add(n)
+
+    rows = [["", "TARGET", "SOURCE FSTYPE OPTIONS PROPAGATION"]]
+    details: dict[int, list[str]] = {}
+    folded = 0
+
+    def children_of(n):
+        nonlocal folded
+        ks = kids(n)
+        if n in dirty:
+            return ks
+        folded += _count_below(n)
+        return []
+
+    def _count_below(n):
+        total, st = 0, list(kids(n))
+        while st:
+            k = st.pop()
+            total += 1
+            st.extend(kids(k))
+        return total
+
+    for n, prefix in _tree_walk(roots, children_of):
+        kind, i = n
+        if kind == "b":
+            m = tb.by_id[i]
+            rows.append(["+", prefix + escape(m.mountpoint), _summary(m, cb) + "  (only in B)"])
+            continue
+        m = ta.by_id[i]
+        if kind == "a":
+            rows.append(["-", prefix + escape(m.mountpoint), _summary(m, ca) + "  (only in A)"])
+            continue
+        mark = "!" if changes[i] else " "
+        note = ""
+        if n not in dirty and kids(n):
+            note = f"  ({_count_below(n)} unchanged below)"
+        rows.append([mark, prefix + escape(m.mountpoint), _summary(m, ca) + note])
+        if changes[i]:
+            details[len(rows) - 1] = changes[i]
+    table = _table(rows).splitlines(keepends=True)
+    body = []
+    for idx, line in enumerate(table):
+        body.append(line)
+        for d in details.get(idx, ()):
+            body.append(f"!     {d}\n")
+    head = (f"different: {len(changed)} changed, {len(only_a)} only in A, {len(only_b)} only in B\n"
+            f"A = {na}\nB = {nb}\n"
+            f"legend: '!' attributes differ (A -> B), '-' only in A, '+' only in B\n")
+    text = head + "".join(body)
+    if not changed and not only_a and not only_b:
+        text += ("no single mount explains the difference (relations between mounts differ); "
+                 "canonical forms:\n")
+        text += "".join(difflib.unified_diff(ca.text.splitlines(keepends=True), cb.text.splitlines(keepends=True),
+                                             fromfile="A", tofile="B"))
+    return False, text
