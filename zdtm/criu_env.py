@@ -217,12 +217,17 @@ class CriuEnv:
         return self._check
 
 
+# Error lines criu logs and then carries on from: not the reason anything failed.
+_BENIGN_ERRORS = ("Can't setup RLIMIT_NOFILE",)
+
+
 def first_error(text: str) -> str | None:
     """criu's first error line in a log or output text, without its timestamp prefix; None if none."""
     for line in text.splitlines():
-        if "Error" in line:
-            # criu log lines look like "(00.012345) Error (criu/mount.c:123): message".
-            return re.sub(r"^\(\s*[\d.]+\)\s*", "", line).strip()
+        if "Error" in line and not any(b in line for b in _BENIGN_ERRORS):
+            # criu log lines look like "(00.012345) Error (criu/mount.c:123): message",
+            # restore's with the task's pid after the timestamp: "(00.01) 1: Error ...".
+            return re.sub(r"^\(\s*[\d.]+\)\s*(\d+:\s*)?", "", line).strip()
     return None
 
 
