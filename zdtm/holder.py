@@ -1,0 +1,72 @@
+"""The holder: what a scenario's setup ends in, and how the runner sees it is ready.
+
+The holder lives in the container root, not in the project tree (the project
+is not visible in the container), and is plain sh + the host's `sleep`:
+
+    /.zdtm/zdtm-hold      sh script: stdio onto the container's /dev/null, then
+                          exec /.zdtm/zdtm-holding infinity
+    /.zdtm/zdtm-holding   symlink to the host's sleep (reachable through /usr)
+
+Setup ends in ``exec zdtm-hold`` (/.zdtm is on PATH). The process keeps the
+namespaces, root, cwd and fds setup gave it, and sleeps until killed.
+
+Ready protocol: the runner polls /proc/PID/cmdline of the scenario's root
+process; it is ready when argv[0] is /.zdtm/zdtm-holding. So the holder has no
+control fd at all (nothing to exclude from the compared state, nothing that
+points outside the container for criu), and its stdio are files inside its
+own root.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+HOLD_DIR = "/.zdtm"
+HOLD_CMD = "zdtm-hold"
+HOLD_ARGV0 = f"{HOLD_DIR}/zdtm-holding"
+
+HOLD_SCRIPT = f"""#!/bin/sh
+# zdtm holder: keep namespaces, root, cwd and fds; stdio stay inside the container.
+exec </dev/null >/dev/null 2>&1
+exec {HOLD_ARGV0} infinity
+"""
+
+# Prepended to every setup script. `set -e`: the first failing command fails
+# the setup (reported as a setup error, with the output).
+PRELUDE = f"""set -e
+export PATH={HOLD_DIR}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# zdtm_wait FILE [SECONDS]: wait until FILE exists (e.g. a background process in a
+# nested namespace says it has finished its mounts).
+zdtm_wait() {{
+    _n=$(( ${{2:-10}} * 20 ))
+    while [ ! -e "$1" ]; do
+        _n=$((_n - 1)); [ "$_n" -gt 0 ] || {{ echo "zdtm_wait: $1 did not appear" >&2; return 1; }}
+        sleep 0.05
+    done
+}}
+"""
+
+
+def install(root: str) -> None:
+    """Put the holder script and its sleep link under `root` (a container root being built)."""
+    sleep = shutil.which("sleep", path="/usr/bin:/bin")
+    if sleep is None:
+        raise FileNotFoundError("holder: no `sleep` in /usr/bin or /bin")
+    d = os.path.join(root, HOLD_DIR.lstrip("/"))
+    os.makedirs(d, mode=0o755, exist_ok=True)
+    script = os.path.join(d, HOLD_CMD)
+    with open(script, "w") as f:
+        f.write(HOLD_SCRIPT)
+    os.chmod(script, 0o755)
+    os.symlink(os.path.realpath(sleep), os.path.join(root, HOLD_ARGV0.lstrip("/")))
+
+
+def is_ready(pid: int) -> bool:
+    """Whether process `pid` is the holder (argv[0] is the holder's marker)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv0 = f.read().split(b"\0", 1)[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return argv0 == HOLD_ARGV0.encode()

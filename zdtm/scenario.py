@@ -1,0 +1,200 @@
+"""Scenario files: load, expand the params matrix, render with jinja2, validate.
+
+A scenario file is YAML. Rendering is per field, after YAML parsing: the file
+must be valid YAML as written, ``params`` (and ``exclude``) are taken as they
+are, and every other string in the file is a jinja2 template rendered with
+one combination of the matrix (undefined names are errors). So templates live
+in strings (block scalars ``|`` for scripts), never around YAML structure:
+
+    params:
+      parent: [private, shared]
+    setup: |
+      mount --make-{{ parent }} /mnt
+    expect:
+      criu: "{% if parent == 'shared' %}crfail: criu bug 123{% else %}pass{% endif %}"
+
+Rendered strings of non-script fields that must have a structure (``expect``,
+``iters``, ``timeout``) are parsed after rendering, so a template may choose a
+value per combination.
+
+Every problem is a `ScenarioError` naming the file, the line when known, the
+key, and what is allowed (zdtm/schema.py holds the allowed keys and values).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import re
+from dataclasses import dataclass, field
+
+import jinja2
+import yaml
+
+from zdtm import schema
+
+__all__ = ["ScenarioError", "Expectation", "Requires", "Scenario", "ScenarioFile", "load", "render"]
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be used: names file, line, key and what is allowed."""
+
+    def __init__(self, path: str, message: str, line: int | None = None):
+        self.path = path
+        self.line = line
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {message}")
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """What one backend is expected to do with one scenario instance."""
+
+    outcome: str  # "pass" | "crfail" | "skip"
+    reason: str = ""
+
+    def __str__(self) -> str:
+        return self.outcome + (f" ({self.reason})" if self.reason else "")
+
+
+@dataclass(frozen=True)
+class Requires:
+    """What the machine must offer; a missing item skips the scenario with the reason."""
+
+    kernel: str = ""            # version range, e.g. ">=5.15,<6.13"
+    filesystems: tuple[str, ...] = ()
+    commands: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One rendered combination of a scenario file: everything a cycle needs."""
+
+    path: str                     # file path as given to load()
+    name: str                     # file stem
+    params: dict                  # this combination (ordered like the file)
+    description: str
+    setup: str
+    check: str | None
+    requires: Requires
+    expect: dict                  # backend name -> Expectation; "*" -> default
+    flavors: tuple[str, ...]
+    timeout: float
+    iters: int
+
+    @property
+    def param_id(self) -> str:
+        """``key=value-key=value`` (empty without params): the matrix part of the test id."""
+        return "-".join(f"{k}={_id_value(v)}" for k, v in self.params.items())
+
+    def expectation(self, backend: str) -> Expectation:
+        """The expectation for `backend` (the file's default when it names no such backend)."""
+        return self.expect.get(backend) or self.expect.get("*") or Expectation("pass")
+
+
+def _id_value(value) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return re.sub(r"[^\w.+:]", "_", text)
+
+
+@dataclass
+class ScenarioFile:
+    """A parsed (not yet rendered) scenario file and its matrix."""
+
+    path: str
+    raw: dict
+    lines: dict = field(default_factory=dict)   # dotted key -> line number
+
+    def combinations(self) -> list[dict]:
+        """Every parameter combination (a list with one empty dict without params), minus `exclude`."""
+        params = self.raw.get("params") or {}
+        names = list(params)
+        combos = [dict(zip(names, values)) for values in itertools.product(*(params[n] for n in names))]
+        excludes = self.raw.get("exclude") or []
+        return [c for c in combos if not any(all(c.get(k) == v for k, v in ex.items()) for ex in excludes)]
+
+    def render_all(self) -> list[Scenario]:
+        """One Scenario per combination."""
+        return [render(self, combo) for combo in self.combinations()]
+
+
+# --- loading ---------------------------------------------------------------
+
+def _to_python(node, path: str, lines: dict, prefix: str = ""):
+    """Turn a composed YAML node into Python data, recording the line of every mapping key."""
+    if isinstance(node, yaml.MappingNode):
+        out = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise ScenarioError(path, "mapping keys must be plain strings", key_node.start_mark.line + 1)
+            key = key_node.value
+            dotted = f"{prefix}.{key}" if prefix else key
+            if key in out:
+                raise ScenarioError(path, f"duplicate key {dotted!r}", key_node.start_mark.line + 1)
+            lines[dotted] = key_node.start_mark.line + 1
+            out[key] = _to_python(value_node, path, lines, dotted)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_to_python(v, path, lines, f"{prefix}[{i}]") for i, v in enumerate(node.value)]
+    # Scalars: let the safe constructor resolve ints, bools, null, strings.
+    return yaml.SafeLoader(yaml.dump(None)).construct_object(node, deep=True)
+
+
+def load(path: str) -> ScenarioFile:
+    """Read and validate the structure of a scenario file (before rendering)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ScenarioError(path, f"cannot read: {e.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e)
+        raise ScenarioError(path, f"not valid YAML: {problem}", mark.line + 1 if mark else None) from None
+    if node is None:
+        raise ScenarioError(path, "empty file; a scenario needs at least " + ", ".join(schema.REQUIRED))
+    if not isinstance(node, yaml.MappingNode):
+        raise ScenarioError(path, "the top level must be a mapping of keys: " + ", ".join(schema.TOP_KEYS), 1)
+    lines: dict = {}
+    raw = _to_python(node, path, lines)
+    sf = ScenarioFile(path=path, raw=raw, lines=lines)
+    schema.validate_raw(sf, ScenarioError)
+    return sf
+
+
+# --- rendering -------------------------------------------------------------
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
+                          autoescape=False)
+
+
+def _render_str(sf: ScenarioFile, key: str, text: str, params: dict) -> str:
+    try:
+        return _ENV.from_string(text).render(**params)
+    except jinja2.TemplateError as e:
+        raise ScenarioError(sf.path, f"key {key!r}: template error: {e}", sf.lines.get(key.split("[")[0])) from None
+
+
+def _render_value(sf: ScenarioFile, key: str, value, params: dict):
+    if isinstance(value, str):
+        return _render_str(sf, key, value, params)
+    if isinstance(value, list):
+        return [_render_value(sf, f"{key}[{i}]", v, params) for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _render_value(sf, f"{key}.{k}", v, params) for k, v in value.items()}
+    return value
+
+
+def render(sf: ScenarioFile, params: dict) -> Scenario:
+    """Render every templated field of `sf` with `params` and build the validated Scenario."""
+    raw = {k: (v if k in ("params", "exclude") else _render_value(sf, k, v, params))
+           for k, v in sf.raw.items()}
+    return schema.build(sf, raw, params, ScenarioError)
+
+
+def scenario_name(path: str) -> str:
+    """The scenario's short name: the file name without .yaml."""
+    return os.path.splitext(os.path.basename(path))[0]

@@ -1,0 +1,225 @@
+"""The scenario schema: which keys exist, which values they take, and the checks.
+
+Two passes: `validate_raw` checks the file as written (keys, types, the params
+matrix) so a typo fails at collection even before rendering; `build` checks
+the rendered values of one combination and makes the Scenario.
+"""
+
+from __future__ import annotations
+
+import re
+
+TOP_KEYS = {
+    "description": "what real setup or bug this reproduces (string, required)",
+    "requires": "mapping with kernel, filesystems, commands, features",
+    "params": "mapping NAME: [values...]; each combination is one test id",
+    "exclude": "list of {NAME: value, ...} combinations to leave out of the matrix",
+    "setup": "sh script run as root inside the scenario, ending in `exec zdtm-hold` (required)",
+    "check": "sh script; its output before dump must equal its output after every restore",
+    "expect": "pass | crfail: REASON | {BACKEND: pass | crfail: REASON | skip: REASON, ...}",
+    "flavors": "list of flavors this scenario runs in: ns, vm",
+    "timeout": "seconds for the whole scenario (number, default 60)",
+    "iters": "minimum number of dump/restore iterations (integer, default 1)",
+}
+REQUIRED = ("description", "setup")
+REQUIRES_KEYS = {
+    "kernel": "version range like '>=5.15' or '>=5.15,<6.13'",
+    "filesystems": "list of names from /proc/filesystems",
+    "commands": "list of commands that must be on PATH",
+    "features": "list of `mntcr check` feature names",
+}
+FLAVORS = ("ns", "vm")
+OUTCOMES = ("pass", "crfail", "skip")
+DEFAULT_TIMEOUT = 60.0
+_PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VERSION_TERM = re.compile(r"^(>=|<=|==|!=|<|>)\s*(\d+(?:\.\d+){0,2})$")
+
+
+def _allowed(keys) -> str:
+    return ", ".join(keys)
+
+
+def validate_raw(sf, error) -> None:
+    """Check the unrendered file: known keys, required keys, params/exclude shapes."""
+    raw, path, lines = sf.raw, sf.path, sf.lines
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise error(path, f"unknown key {key!r}; allowed: {_allowed(TOP_KEYS)}", lines.get(key))
+    for key in REQUIRED:
+        if key not in raw:
+            raise error(path, f"missing required key {key!r} ({TOP_KEYS[key]})")
+    for key in ("description", "setup", "check"):
+        if key in raw and not isinstance(raw[key], str):
+            raise error(path, f"key {key!r} must be a string ({TOP_KEYS[key]})", lines.get(key))
+    params = raw.get("params")
+    if params is not None:
+        if not isinstance(params, dict) or not params:
+            raise error(path, f"key 'params' must be a non-empty mapping ({TOP_KEYS['params']})", lines.get("params"))
+        for name, values in params.items():
+            if not _PARAM_NAME.match(name):
+                raise error(path, f"params name {name!r} must be an identifier (letters, digits, _)",
+                            lines.get(f"params.{name}"))
+            if name in TOP_KEYS:
+                raise error(path, f"params name {name!r} clashes with a scenario key", lines.get(f"params.{name}"))
+            if not isinstance(values, list) or not values:
+                raise error(path, f"key 'params.{name}' must be a non-empty list of values",
+                            lines.get(f"params.{name}"))
+            for v in values:
+                if not isinstance(v, (str, int, float, bool)):
+                    raise error(path, f"key 'params.{name}': values must be scalars, got {v!r}",
+                                lines.get(f"params.{name}"))
+            if len(set(map(str, values))) != len(values):
+                raise error(path, f"key 'params.{name}' has duplicate values", lines.get(f"params.{name}"))
+    exclude = raw.get("exclude")
+    if exclude is not None:
+        if not isinstance(exclude, list) or not all(isinstance(e, dict) for e in exclude):
+            raise error(path, f"key 'exclude' must be {TOP_KEYS['exclude']}", lines.get("exclude"))
+        for e in exclude:
+            for name, value in e.items():
+                if name not in (params or {}):
+                    raise error(path, f"key 'exclude' names unknown param {name!r}; params: "
+                                      f"{_allowed(params or {}) or '(none)'}", lines.get("exclude"))
+                if value not in params[name]:
+                    raise error(path, f"key 'exclude': {value!r} is not a value of param {name!r}",
+                                lines.get("exclude"))
+    requires = raw.get("requires")
+    if requires is not None:
+        if not isinstance(requires, dict):
+            raise error(path, f"key 'requires' must be a mapping with keys {_allowed(REQUIRES_KEYS)}",
+                        lines.get("requires"))
+        for key in requires:
+            if key not in REQUIRES_KEYS:
+                raise error(path, f"unknown key 'requires.{key}'; allowed: {_allowed(REQUIRES_KEYS)}",
+                            lines.get(f"requires.{key}"))
+    flavors = raw.get("flavors")
+    if flavors is not None:
+        if not isinstance(flavors, list) or not flavors:
+            raise error(path, f"key 'flavors' must be a non-empty list of: {_allowed(FLAVORS)}", lines.get("flavors"))
+        for fl in flavors:
+            if fl not in FLAVORS:
+                raise error(path, f"key 'flavors': unknown flavor {fl!r}; allowed: {_allowed(FLAVORS)}",
+                            lines.get("flavors"))
+
+
+def parse_version(text: str) -> tuple[int, ...]:
+    """'6.1.12-foo' -> (6, 1, 12); missing parts are 0."""
+    m = re.match(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?", text)
+    if not m:
+        raise ValueError(f"not a kernel version: {text!r}")
+    return tuple(int(g or 0) for g in m.groups())
+
+
+def check_kernel_range(spec: str) -> list[tuple[str, tuple[int, ...]]]:
+    """Parse '>=5.15,<6.13' into [('>=', (5,15,0)), ('<', (6,13,0))]; ValueError when malformed."""
+    terms = []
+    for part in spec.split(","):
+        m = _VERSION_TERM.match(part.strip())
+        if not m:
+            raise ValueError(f"bad version term {part.strip()!r} (use >=X.Y, <X.Y, ==X.Y...)")
+        terms.append((m.group(1), parse_version(m.group(2))))
+    return terms
+
+
+def kernel_in_range(release: str, spec: str) -> bool:
+    """Whether kernel `release` (uname -r) satisfies range `spec`."""
+    v = parse_version(release)
+    ops = {">=": v.__ge__, "<=": v.__le__, "==": v.__eq__, "!=": v.__ne__, "<": v.__lt__, ">": v.__gt__}
+    return all(ops[op](ver) for op, ver in check_kernel_range(spec))
+
+
+def _str_list(path, lines, error, key, value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = value.split()
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise error(path, f"key {key!r} must be a list of names", lines.get(key))
+    return tuple(value)
+
+
+def _expectation(path, lines, error, key, value):
+    from zdtm.scenario import Expectation
+    if isinstance(value, str):
+        text = value.strip()
+        outcome, sep, reason = text.partition(":")
+        outcome = outcome.strip()
+        value = {outcome: reason.strip()} if sep else outcome
+    if value == "pass":
+        return Expectation("pass")
+    if isinstance(value, dict) and len(value) == 1:
+        (outcome, reason), = value.items()
+        if outcome in ("crfail", "skip"):
+            if not isinstance(reason, str) or not reason.strip():
+                raise error(path, f"key {key!r}: {outcome} needs a reason (a non-empty string)", lines.get(key))
+            return Expectation(outcome, reason.strip())
+        if outcome == "pass":
+            return Expectation("pass")
+    raise error(path, f"key {key!r}: bad value {value!r}; allowed: pass, crfail: REASON, skip: REASON",
+                lines.get(key))
+
+
+def _expect(path, lines, error, value) -> dict:
+    """Normalise `expect` into {backend or '*': Expectation}."""
+    if value is None:
+        return {"*": _expectation(path, lines, error, "expect", "pass")}
+    if isinstance(value, str):
+        return {"*": _expectation(path, lines, error, "expect", value)}
+    if isinstance(value, dict):
+        if len(value) == 1 and next(iter(value)) in OUTCOMES:
+            return {"*": _expectation(path, lines, error, "expect", value)}
+        out = {}
+        for backend, v in value.items():
+            if not re.match(r"^[a-z][a-z0-9_]*$", backend):
+                raise error(path, f"key 'expect': {backend!r} is not a backend name "
+                                  "(use a lower-case name like mntcr, criu, or 'default')", lines.get("expect"))
+            out["*" if backend == "default" else backend] = _expectation(
+                path, lines, error, f"expect.{backend}", v)
+        return out
+    raise error(path, f"key 'expect': bad value {value!r}; allowed: {TOP_KEYS['expect']}", lines.get("expect"))
+
+
+def _number(path, lines, error, key, value, kind, default):
+    if value is None:
+        return default
+    if isinstance(value, str):
+        try:
+            value = kind(value.strip())
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0 or (
+            kind is int and value != int(value)):
+        raise error(path, f"key {key!r} must be a positive {kind.__name__}, got {value!r}", lines.get(key))
+    return kind(value)
+
+
+def build(sf, raw: dict, params: dict, error):
+    """Validate the rendered values of one combination and return the Scenario."""
+    from zdtm.scenario import Requires, Scenario, scenario_name
+    path, lines = sf.path, sf.lines
+    req = raw.get("requires") or {}
+    kernel = req.get("kernel", "")
+    if kernel:
+        if not isinstance(kernel, str):
+            kernel = str(kernel)
+        try:
+            check_kernel_range(kernel)
+        except ValueError as e:
+            raise error(path, f"key 'requires.kernel': {e}", lines.get("requires.kernel")) from None
+    requires = Requires(
+        kernel=kernel,
+        filesystems=_str_list(path, lines, error, "requires.filesystems", req.get("filesystems", [])),
+        commands=_str_list(path, lines, error, "requires.commands", req.get("commands", [])),
+        features=_str_list(path, lines, error, "requires.features", req.get("features", [])),
+    )
+    check = raw.get("check")
+    return Scenario(
+        path=path,
+        name=scenario_name(path),
+        params=dict(params),
+        description=raw["description"].strip(),
+        setup=raw["setup"],
+        check=check if check and check.strip() else None,
+        requires=requires,
+        expect=_expect(path, lines, error, raw.get("expect")),
+        flavors=tuple(raw.get("flavors") or FLAVORS),
+        timeout=_number(path, lines, error, "timeout", raw.get("timeout"), float, DEFAULT_TIMEOUT),
+        iters=_number(path, lines, error, "iters", raw.get("iters"), int, 1),
+    )

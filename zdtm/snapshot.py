@@ -1,0 +1,327 @@
+"""Snapshot of a scenario's process tree, compared up to renumbering before and after C/R.
+
+Per process: the canonical mount tree of its mount namespace as it sees it
+(/proc/PID/mountinfo, relative to its root), its fd table (number, flags,
+offset, path, mount by canonical label or ``detached``), cwd and root (path and
+mount label). For the tree: which processes share which namespaces (a
+partition, plus whether a namespace is the runner's own), peer groups that span
+several mount namespaces, and the output of the scenario's `check` script run
+inside the scenario's namespaces and root.
+
+Processes are identified by their state, not by pid (pids change on restore):
+the per-process texts are sorted, and the partition names processes by that
+order. Parentage is not compared (a restore may re-parent stand-ins).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+
+from engine import mountinfo
+
+NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
+_O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
+_ANON = re.compile(r"^(pipe|socket|anon_inode:[^\[]*|anon_inode):\[\d+\]$")
+CHECK_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "HOME": "/root"}
+
+
+class SnapshotError(Exception):
+    """The tree could not be read (a process vanished, check timed out...)."""
+
+
+# --- process trees -----------------------------------------------------------
+
+def _ppids() -> dict[int, int]:
+    out = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] != "Z":
+            out[int(name)] = int(fields[1])
+    return out
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and its live descendants (host pids), root first, parents before children."""
+    ppids = _ppids()
+    if root not in ppids:
+        return []
+    children: dict[int, list[int]] = {}
+    for pid, ppid in ppids.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo.extend(sorted(children.get(pid, ())))
+    return out
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def kill_tree(root: int, timeout: float = 10.0) -> None:
+    """SIGKILL `root` and its descendants and wait until they are gone (or zombies)."""
+    pids = tree_pids(root)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while alive(pid) and time.monotonic() < deadline:
+            try:
+                os.waitpid(pid, os.WNOHANG)  # reap it when it is ours
+            except ChildProcessError:
+                pass
+            time.sleep(0.01)
+
+
+# --- one process ----------------------------------------------------------------
+
+@dataclass
+class Proc:
+    """The compared state of one process (pid only for reference, never compared)."""
+
+    pid: int
+    mounts: list                 # engine.mountinfo.Mount, as read
+    tree_text: str               # canonical mount tree
+    root: str
+    cwd: str
+    fds: list[str]
+    ns: dict[str, int] = field(default_factory=dict)
+
+    def text(self) -> str:
+        """The compared text of this process."""
+        out = ["mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
+        out += [f"root: {self.root}", f"cwd: {self.cwd}"]
+        out += [f"fd {fd}" for fd in self.fds]
+        return "\n".join(out) + "\n"
+
+
+def _fdinfo(pid: int, fd: str) -> dict[str, str]:
+    out = {}
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out[key.strip()] = value.strip()
+    return out
+
+
+def _where(canon, mnt_id: int | None) -> str:
+    if mnt_id is None:
+        return "?"
+    try:
+        return canon.label(mnt_id)
+    except KeyError:
+        return "detached"
+
+
+def read_proc(pid: int, topology) -> Proc:
+    """Read the compared state of process `pid` (host pid)."""
+    from engine import kernel
+    try:
+        mounts = mountinfo.read_pid(pid)
+        canon = topology.canonical(mounts)
+        fds = []
+        for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+            try:
+                path = os.readlink(f"/proc/{pid}/fd/{fd}")
+                info = _fdinfo(pid, fd)
+            except FileNotFoundError:
+                continue  # closed while we looked
+            path = _ANON.sub(r"\1", path)
+            flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
+            mnt = int(info["mnt_id"]) if "mnt_id" in info else None
+            fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt)}")
+        places = {}
+        for what in ("root", "cwd"):
+            path = os.readlink(f"/proc/{pid}/{what}")
+            places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'))}"
+        ns = {t: os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}
+    except FileNotFoundError as e:
+        raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
+    return Proc(pid=pid, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
+                fds=fds, ns=ns)
+
+
+# --- the whole tree ---------------------------------------------------------------
+
+@dataclass
+class Snapshot:
+    """Compared state of a process tree (see the module docstring)."""
+
+    procs: list[Proc]            # sorted by text
+    namespaces: str              # partition text
+    cross_peers: str             # peer groups spanning mount namespaces
+    check_output: str | None
+
+    def text(self) -> str:
+        """Everything compared, as one text."""
+        out = []
+        for i, p in enumerate(self.procs):
+            out.append(f"process P{i}:")
+            out += ["  " + line for line in p.text().splitlines()]
+        out.append("namespaces:")
+        out += ["  " + line for line in self.namespaces.splitlines()]
+        if self.cross_peers:
+            out.append("peer groups across mount namespaces:")
+            out += ["  " + line for line in self.cross_peers.splitlines()]
+        if self.check_output is not None:
+            out.append("check output:")
+            out += ["  | " + line for line in self.check_output.splitlines()]
+        return "\n".join(out) + "\n"
+
+    def to_json(self) -> dict:
+        """A JSON-able form (for the report): per process the raw mountinfo and the text."""
+        return {"procs": [{"pid": p.pid, "mountinfo": mountinfo.format_all(p.mounts), "text": p.text()}
+                          for p in self.procs],
+                "namespaces": self.namespaces, "cross_peers": self.cross_peers,
+                "check_output": self.check_output}
+
+
+def _partition(procs: list[Proc]) -> str:
+    own = {}
+    for t in NS_TYPES:
+        try:
+            own[t] = os.stat(f"/proc/self/ns/{t}").st_ino
+        except OSError:
+            own[t] = None
+    lines = []
+    for t in NS_TYPES:
+        groups: dict[int, list[str]] = {}
+        for i, p in enumerate(procs):
+            groups.setdefault(p.ns[t], []).append(f"P{i}")
+        parts = sorted(("{" + ",".join(members) + "}" + ("=runner's" if ino == own[t] else ""))
+                       for ino, members in groups.items())
+        lines.append(f"{t}: " + " ".join(parts))
+    return "\n".join(lines)
+
+
+def _cross_peers(procs: list[Proc], topology) -> str:
+    """Peer groups with members in more than one mount namespace, by process and mount label."""
+    by_ns: dict[int, int] = {}
+    members: dict[int, set] = {}
+    for i, p in enumerate(procs):
+        if p.ns["mnt"] in by_ns:
+            continue  # one process per namespace is enough
+        by_ns[p.ns["mnt"]] = i
+        canon = topology.canonical(p.mounts)
+        for m in p.mounts:
+            if m.shared is not None:
+                members.setdefault(m.shared, set()).add((f"P{i}", canon.label(m.mnt_id), "peer"))
+            if m.master is not None:
+                members.setdefault(m.master, set()).add((f"P{i}", canon.label(m.mnt_id), "slave"))
+    lines = []
+    for group in members.values():
+        if len({proc for proc, _, _ in group}) > 1:
+            lines.append(" ".join(f"{proc}:{label}({kind})" for proc, label, kind in sorted(group)))
+    return "\n".join(sorted(lines))
+
+
+def run_check(pid: int, script: str, timeout: float) -> str:
+    """Run `script` with sh inside the mount, UTS, IPC and PID namespaces and the root of `pid`.
+
+    Returns stdout and stderr together, plus ``[exit N]`` when it fails: all of it is compared.
+    """
+    cmd = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-p", "-r", "sh", "-c", "cd / && " + script]
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              env=CHECK_ENV, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise SnapshotError(f"check script did not finish within {timeout:g}s") from None
+    out = proc.stdout.decode(errors="replace")
+    if proc.returncode:
+        out += f"[exit {proc.returncode}]\n"
+    return out
+
+
+def take(root: int, check: str | None = None, timeout: float = 30.0, topology=None) -> Snapshot:
+    """Snapshot the tree rooted at host pid `root` (and run `check` in it when given)."""
+    if topology is None:
+        from engine import topology
+    if not alive(root):
+        raise SnapshotError(f"process {root} is not running")
+    check_output = run_check(root, check, timeout) if check else None
+    pids = tree_pids(root)
+    procs = sorted((read_proc(pid, topology) for pid in pids), key=lambda p: p.text())
+    return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
+                    check_output=check_output)
+
+
+# --- comparison -----------------------------------------------------------------
+
+def _pair(a: list[Proc], b: list[Proc]) -> list[tuple[Proc | None, Proc | None]]:
+    """Pair processes: identical texts first, then the rest in order."""
+    left, right = list(a), list(b)
+    pairs = []
+    for p in list(left):
+        q = next((q for q in right if q.text() == p.text()), None)
+        if q is not None:
+            left.remove(p)
+            right.remove(q)
+    for i in range(max(len(left), len(right))):
+        pairs.append((left[i] if i < len(left) else None, right[i] if i < len(right) else None))
+    return pairs
+
+
+def compare(before: Snapshot, after: Snapshot, names=("before", "after"), topology=None) -> tuple[bool, str]:
+    """(equal, report): the report leads with what differs, then a tree diff per differing process."""
+    if topology is None:
+        from engine import topology
+    if before.text() == after.text():
+        return True, ""
+    out = []
+    if before.check_output != after.check_output:
+        out.append(f"check output differs ({names[0]} vs {names[1]}):")
+        out += ["  " + line.rstrip("\n") for line in difflib.unified_diff(
+            (before.check_output or "").splitlines(True), (after.check_output or "").splitlines(True),
+            names[0], names[1], n=2)]
+    if len(before.procs) != len(after.procs):
+        out.append(f"process count differs: {len(before.procs)} {names[0]}, {len(after.procs)} {names[1]}")
+    for p, q in _pair(before.procs, after.procs):
+        if p is None or q is None:
+            extra = p or q
+            out.append(f"a process only {names[0] if q is None else names[1]} (pid {extra.pid}):")
+            out += ["  " + line for line in extra.text().splitlines()]
+            continue
+        head = f"process (pid {p.pid} {names[0]}, {q.pid} {names[1]}):"
+        if p.tree_text != q.tree_text:
+            _, tree_report = topology.diff_report(p.mounts, q.mounts, names=names)
+            out.append(head + " mount tree differs")
+            out += ["  " + line for line in tree_report.rstrip("\n").splitlines()]
+            head = ""
+        rest_a = [line for line in p.text().splitlines() if not line.startswith(("mounts:", "  "))]
+        rest_b = [line for line in q.text().splitlines() if not line.startswith(("mounts:", "  "))]
+        if rest_a != rest_b:
+            out.append((head or "  same process:") + " root/cwd/fds differ")
+            out += ["  " + line for line in difflib.unified_diff(rest_a, rest_b, names[0], names[1], n=1,
+                                                                 lineterm="")]
+    for what, a, b in (("namespaces", before.namespaces, after.namespaces),
+                       ("peer groups across mount namespaces", before.cross_peers, after.cross_peers)):
+        if a != b:
+            out.append(f"{what} differ:")
+            out += ["  " + line for line in difflib.unified_diff(a.splitlines(), b.splitlines(), names[0],
+                                                                 names[1], n=1, lineterm="")]
+    if not out:  # sorted order differed only through ties: show the whole texts
+        out += [line for line in difflib.unified_diff(before.text().splitlines(), after.text().splitlines(),
+                                                      names[0], names[1], lineterm="")]
+    return False, "\n".join(out) + "\n"
