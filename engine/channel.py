@@ -1,0 +1,78 @@
+"""Messages with file descriptors between the restorer and its helper processes.
+
+One message is a pickled Python object sent in one SOCK_SEQPACKET datagram,
+with any number of fds attached (SCM_RIGHTS). Seqpacket keeps message
+boundaries, so a message and its fds always arrive together.
+"""
+
+from __future__ import annotations
+
+import pickle
+import socket
+
+_MAX_MSG = 1 << 22
+_MAX_FDS = 250  # SCM_MAX_FD is 253
+
+
+class ChannelClosed(EOFError):
+    """The peer closed the channel (usually: the peer died)."""
+
+
+class Channel:
+    """One end of a seqpacket socket pair carrying (object, fds) messages."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+
+    @classmethod
+    def pair(cls) -> tuple["Channel", "Channel"]:
+        """Two connected ends (inheritable across fork, closed on exec)."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        return cls(a), cls(b)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, obj, fds: list[int] | tuple[int, ...] = ()) -> None:
+        """Send `obj` with `fds` attached (fds stay open on this side)."""
+        data = pickle.dumps(obj)
+        if len(data) > _MAX_MSG:
+            raise ValueError(f"message too large ({len(data)} bytes)")
+        fds = list(fds)
+        if len(fds) > _MAX_FDS:
+            raise ValueError(f"too many fds in one message ({len(fds)})")
+        socket.send_fds(self.sock, [data], fds)
+
+    def recv(self) -> tuple[object, list[int]]:
+        """Receive one message: (obj, fds). The caller owns the fds."""
+        data, fds, flags, _ = socket.recv_fds(self.sock, _MAX_MSG, _MAX_FDS)
+        if not data:
+            for fd in fds:
+                _close(fd)
+            raise ChannelClosed("peer closed the channel")
+        if flags & socket.MSG_CTRUNC:
+            for fd in fds:
+                _close(fd)
+            raise OSError("file descriptors were truncated in transit (fd limit?)")
+        return pickle.loads(data), fds
+
+    def call(self, obj, fds=()) -> tuple[object, list[int]]:
+        """Send a request and wait for its reply; a reply ("error", text) raises OSError."""
+        self.send(obj, fds)
+        reply, rfds = self.recv()
+        if isinstance(reply, tuple) and reply and reply[0] == "error":
+            for fd in rfds:
+                _close(fd)
+            raise OSError(reply[1])
+        return reply, rfds
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _close(fd: int) -> None:
+    import os
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,603 @@
+"""Dump: a process tree's mount namespaces, roots, cwds and open files -> image directory.
+
+Steps:
+ 1. find the process tree and stop it (SIGSTOP) so nothing changes under us;
+ 2. per mount namespace, a helper enters it (setns) and reads mountinfo and each
+    member process's root, cwd and fds (paths as seen from the namespace root,
+    mount ids from fdinfo/statx);
+ 3. plan superblocks: content archives (tmpfs, ramfs), externals, namespace-tagged
+    pseudo filesystems; refuse anything unsupported before writing;
+ 4. per namespace, a second helper enters a private copy of it, uncovers
+    overmounted mounts and hands back detached clones of the mounts whose files
+    must be archived (or whose pid namespace must be read);
+ 5. write the image atomically, then kill the tree (or resume it).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import platform
+import re
+import signal
+import stat
+import time
+
+from engine import channel, content, fs, image, kernel, mountinfo
+from engine.image import is_beneath, rel_to
+
+NS_GET_PARENT = 0xB702
+_EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
+_EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
+
+
+class DumpError(OSError):
+    """Dump refuses: one line naming the mount/process and the reason."""
+
+
+# --- process tree --------------------------------------------------------------
+
+def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
+    """[(pid, ppid)] of the tree rooted at root_pid, parents first (one scan of /proc)."""
+    if not os.path.isdir(f"/proc/{root_pid}"):
+        raise DumpError(errno.ESRCH, f"no such process: {root_pid}")
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces and parens: ppid is the 2nd field after the last ')'
+        ppid = int(data[data.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    order = [(root_pid, None)]
+    i = 0
+    while i < len(order):
+        pid = order[i][0]
+        for c in sorted(children.get(pid, ())):
+            order.append((c, pid))
+        i += 1
+    return order
+
+
+def _signal_all(pids, sig) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _wait_gone(pids, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break  # a zombie waiting for its (non-dumped) parent: gone for us
+            except OSError:
+                break
+            time.sleep(0.005)
+
+
+def _wait_stopped(pids, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state in ("T", "t", "Z", "X"):
+                break
+            time.sleep(0.002)
+
+
+# --- externals -----------------------------------------------------------------
+
+def parse_externals(specs) -> tuple[dict[str, str], dict[str, str]]:
+    """`mnt[MOUNTPOINT]:KEY` and `dev[MAJ:MIN]:KEY` -> ({mountpoint: key}, {dev: key})."""
+    mnts: dict[str, str] = {}
+    devs: dict[str, str] = {}
+    for spec in specs:
+        m = _EXT_MNT.match(spec)
+        if m:
+            mp = os.path.normpath(m["what"])
+            if not mp.startswith("/"):
+                raise ValueError(f"--external {spec}: the mount point must be absolute")
+            mnts[mp] = m["key"]
+            continue
+        m = _EXT_DEV.match(spec)
+        if m:
+            devs[m["what"]] = m["key"]
+            continue
+        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY or dev[MAJ:MIN]:KEY")
+    return mnts, devs
+
+
+# --- per-namespace inspection (runs in a forked child inside the namespace) -----------
+
+def _parse_fdinfo(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key == "pos":
+            out["pos"] = int(value)
+        elif key == "flags":
+            out["flags"] = int(value, 8)
+        elif key == "mnt_id":
+            out["mnt_id"] = int(value)
+    return out
+
+
+def _loc(hostproc: int, link: str, pid: int, what: str) -> dict:
+    path = os.readlink(link, dir_fd=hostproc)
+    mnt = kernel.statx_mnt_id(link, dfd=hostproc)
+    return {"abs": path, "mnt": mnt}
+
+
+def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
+    """In a forked child: enter the namespace, read mountinfo and each process's root, cwd, fds."""
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
+        text = f.read()
+    procs = {}
+    for pid in pids:
+        try:
+            root = _loc(hostproc, f"{pid}/root", pid, "root")
+            cwd = _loc(hostproc, f"{pid}/cwd", pid, "cwd")
+            fds = []
+            dfd = os.open(f"{pid}/fd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=hostproc)
+            try:
+                names = os.listdir(dfd)
+            finally:
+                os.close(dfd)
+            for name in names:
+                n = int(name)
+                link = f"{pid}/fd/{n}"
+                try:
+                    target = os.readlink(link, dir_fd=hostproc)
+                    with os.fdopen(os.open(f"{pid}/fdinfo/{n}", os.O_RDONLY, dir_fd=hostproc)) as f:
+                        info = _parse_fdinfo(f.read())
+                    st = os.stat(link, dir_fd=hostproc)
+                except FileNotFoundError:
+                    continue  # closed while we looked (the tree is stopped, so: a race with exit)
+                fds.append({"fd": n, "target": target, "mode": st.st_mode, **info})
+        except FileNotFoundError:
+            raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
+        procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
+    return {"mountinfo": text, "procs": procs}
+
+
+def _clone_mounts(ns_fd: int, wanted: list[int], chan: channel.Channel) -> None:
+    """In a forked child: clone each wanted mount (original ids) of the namespace and send the fds.
+
+    Works in a private copy of the namespace so it may unmount what covers a
+    mount (an overmount, or a mount over one of its ancestors' paths) without
+    touching the original. Mounts are visited children first, siblings with
+    shorter mount points first: by the time a mount is reached, everything
+    that could cover its path has been cloned if wanted and unmounted.
+    """
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+
+    def read():
+        with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
+            return mountinfo.parse(f.read())
+
+    orig = read()
+    kernel.unshare(kernel.CLONE_NEWNS)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    copy = read()
+    # Map original -> copy by (parent, mount point): unique since the kernel tucks
+    # a mount propagated onto an occupied mount point under the existing one.
+    o_ids = {m.mnt_id for m in orig}
+    c_ids = {m.mnt_id for m in copy}
+    o_root = next(m for m in orig if m.parent_id not in o_ids)
+    c_root = next(m for m in copy if m.parent_id not in c_ids)
+    c_children: dict[tuple[int, str], int] = {(m.parent_id, m.mountpoint): m.mnt_id for m in copy}
+    o_children: dict[int, list[mountinfo.Mount]] = {}
+    for m in orig:
+        if m.mnt_id != o_root.mnt_id:
+            o_children.setdefault(m.parent_id, []).append(m)
+    to_copy = {o_root.mnt_id: c_root.mnt_id}
+    stack = [o_root]
+    while stack:
+        m = stack.pop()
+        for c in o_children.get(m.mnt_id, ()):
+            cid = c_children.get((to_copy[m.mnt_id], c.mountpoint))
+            if cid is None:
+                raise DumpError(errno.EIO, f"mount {c.mnt_id} ({c.mountpoint}) has no twin in the namespace copy")
+            to_copy[c.mnt_id] = cid
+            stack.append(c)
+    want = set(wanted)
+    result: dict[int, int] = {}
+
+    def top_path(mp: str) -> str:
+        # "/" names the root we stand on, never what is mounted over it; "/.." does.
+        return "/.." if mp == "/" else mp
+
+    def clone(m: mountinfo.Mount) -> None:
+        path = top_path(m.mountpoint)
+        if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
+            raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
+        result[m.mnt_id] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
+
+    # Fast path: mounts whose path already leads to them.
+    orig_by_id = {m.mnt_id: m for m in orig}
+    slow = []
+    for mid in sorted(want):
+        m = orig_by_id[mid]
+        try:
+            if kernel.statx_mnt_id(top_path(m.mountpoint), flags=kernel.AT_SYMLINK_NOFOLLOW) == to_copy[mid]:
+                clone(m)
+                continue
+        except OSError:
+            pass
+        slow.append(mid)
+    if slow:
+        remaining = set(slow)
+
+        def visit(m: mountinfo.Mount) -> None:
+            kids = sorted(o_children.get(m.mnt_id, ()), key=lambda c: (len(c.mountpoint), c.mountpoint))
+            for c in kids:
+                if remaining:
+                    visit(c)
+            if m.mnt_id in remaining:
+                clone(m)
+                remaining.discard(m.mnt_id)
+            if m is not o_root and remaining:
+                kernel.umount2(top_path(m.mountpoint), kernel.MNT_DETACH)
+
+        import sys
+        sys.setrecursionlimit(max(10000, len(orig) * 2 + 100))
+        visit(o_root)
+    items = sorted(result.items())
+    for i in range(0, len(items), 200):
+        batch = items[i:i + 200]
+        chan.send([mid for mid, _ in batch], [fd for _, fd in batch])
+    chan.send("done")
+
+
+def _forked(fn, *args):
+    """Run fn(*args, chan) in a forked child; yield messages (obj, fds) until 'done'."""
+    parent, child = channel.Channel.pair()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            parent.close()
+            fn(*args, child)
+        except BaseException as e:  # noqa: BLE001
+            try:
+                child.send(("error", str(e)))
+            except Exception:
+                pass
+            code = 1
+        os._exit(code)
+    child.close()
+    try:
+        while True:
+            msg, fds = parent.recv()
+            if msg == "done":
+                return
+            if isinstance(msg, tuple) and msg and msg[0] == "error":
+                raise DumpError(errno.EIO, msg[1])
+            yield msg, fds
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+
+
+# --- the dump ------------------------------------------------------------------
+
+def _ns_inode(pid, kind) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except FileNotFoundError:
+        return None
+
+
+def _pidns_parent_ino(pid: int) -> int | None:
+    fd = os.open(f"/proc/{pid}/ns/pid", os.O_RDONLY)
+    try:
+        pfd = fcntl.ioctl(fd, NS_GET_PARENT)
+    except OSError:
+        return None  # parent is outside what we may see
+    finally:
+        os.close(fd)
+    try:
+        return os.fstat(pfd).st_ino
+    finally:
+        os.close(pfd)
+
+
+def _hostname_of(pid: int) -> str:
+    from engine import forkrun
+
+    def read(fd):
+        kernel.setns(fd, kernel.CLONE_NEWUTS)
+        return os.uname().nodename
+
+    fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY)
+    try:
+        return forkrun.run(read, fd)
+    finally:
+        os.close(fd)
+
+
+def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=()) -> dict:
+    """Dump the tree at root_pid into images_dir (atomically); return the manifest."""
+    ext_mnts, ext_devs = parse_externals(externals)
+    writer = image.ImageWriter(images_dir)
+    tree = process_tree(root_pid)
+    pids = [p for p, _ in tree]
+    _signal_all(pids, signal.SIGSTOP)
+    ok = False
+    try:
+        _wait_stopped(pids)
+        doc = _collect(tree, writer, ext_mnts, ext_devs)
+        writer.commit(doc)
+        ok = True
+        return doc
+    finally:
+        if not ok:
+            writer.abort()
+        if ok and not leave_running:
+            _signal_all(pids, signal.SIGKILL)
+            _wait_gone(pids)
+        else:
+            _signal_all(pids, signal.SIGCONT)
+
+
+def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
+    me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
+    ns_of: dict[int, dict[str, int]] = {}
+    for pid, _ in tree:
+        ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
+        if ns_of[pid]["user"] != me["user"]:
+            raise DumpError(errno.EOPNOTSUPP, f"process {pid} is in another user namespace: not supported yet")
+
+    # Name namespaces by first appearance (root process first).
+    names: dict[tuple[str, int], str] = {}
+    for pid, _ in tree:
+        for k in image.NS_KINDS:
+            key = (k, ns_of[pid][k])
+            if key not in names:
+                names[key] = f"{k}-{len([n for n in names if n[0] == k])}"
+
+    # 2. inspect each mount namespace
+    by_mntns: dict[int, list[int]] = {}
+    for pid, _ in tree:
+        by_mntns.setdefault(ns_of[pid]["mnt"], []).append(pid)
+    ns_data: dict[int, dict] = {}
+    from engine import forkrun
+    for ino, members in by_mntns.items():
+        fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
+        try:
+            ns_data[ino] = forkrun.run(_inspect_ns, fd, members)
+        finally:
+            os.close(fd)
+        ns_data[ino]["mounts"] = mountinfo.parse(ns_data[ino]["mountinfo"])
+
+    # 3. plan superblocks
+    superblocks: dict[str, dict] = {}
+    sb_of_dev: dict[str, str] = {}
+    mntns_doc: dict[str, dict] = {}
+    mount_ns: dict[int, int] = {}        # mount id -> mntns inode
+    mounts_by_id: dict[int, mountinfo.Mount] = {}
+    root_ns = ns_of[tree[0][0]]["mnt"]
+    used_ext = set()
+    for ino, data in ns_data.items():
+        mounts = data["mounts"]
+        ids = {m.mnt_id for m in mounts}
+        roots = [m for m in mounts if m.parent_id not in ids]
+        if len(roots) != 1:
+            raise DumpError(errno.EIO, f"mount namespace {names[('mnt', ino)]}: {len(roots)} root mounts")
+        root = roots[0]
+        entries = []
+        for m in mounts:
+            mounts_by_id[m.mnt_id] = m
+            mount_ns[m.mnt_id] = ino
+            if m.dev not in sb_of_dev:
+                sid = f"sb-{len(sb_of_dev)}"
+                sb_of_dev[m.dev] = sid
+                superblocks[sid] = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts),
+                                    "dev": m.dev, "external": False, "archives": []}
+            ext_key = ext_mnts.get(m.mountpoint) if ino == root_ns else None
+            if ext_key is not None:
+                used_ext.add(m.mountpoint)
+            entries.append({
+                "id": m.mnt_id, "parent": None if m is root else m.parent_id, "mountpoint": m.mountpoint,
+                "root": m.root, "fstype": m.fstype, "source": m.source, "mount_opts": list(m.mount_opts),
+                "super_opts": list(m.super_opts), "shared": m.shared, "master": m.master,
+                "propagate_from": m.propagate_from, "unbindable": m.unbindable, "sb": sb_of_dev[m.dev],
+                "external": ext_key, "dev": m.dev,
+            })
+        mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
+    unknown = set(ext_mnts) - used_ext
+    if unknown:
+        raise DumpError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
+    # An overmount stack has several mounts at one mount point: the external is the visible (top) one.
+    for ns in mntns_doc.values():
+        by_mp: dict[str, list[dict]] = {}
+        for e in ns["mounts"]:
+            if e["external"]:
+                by_mp.setdefault(e["mountpoint"], []).append(e)
+        for mp, es in by_mp.items():
+            if len(es) > 1:
+                for e in es:
+                    if any(o["parent"] == e["id"] for o in es):
+                        e["external"] = None
+
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            if e["external"]:
+                superblocks[e["sb"]]["external"] = True
+    # The namespace root on a filesystem we cannot dump came from outside (criu's --root).
+    for ns in mntns_doc.values():
+        root = next(e for e in ns["mounts"] if e["id"] == ns["root"])
+        sb = superblocks[root["sb"]]
+        handler = fs.lookup(sb["fstype"])
+        if not sb["external"] and (handler is None or not (handler.content or handler.ns is None)):
+            root["external"] = "root"
+            sb["external"] = True
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            sb = superblocks[e["sb"]]
+            if sb["external"]:
+                continue
+            if e["dev"] in ext_devs:
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: "
+                                                  "block devices are not supported yet")
+            if fs.lookup(e["fstype"]) is None:
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not supported")
+    # Mounts of an external superblock must be binds of some external mount of it.
+    ext_roots: dict[str, list[str]] = {}
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            if e["external"]:
+                ext_roots.setdefault(e["sb"], []).append(e["root"])
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            if superblocks[e["sb"]]["external"] and not e["external"]:
+                if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
+                    raise DumpError(errno.EOPNOTSUPP,
+                                    f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its files lie outside "
+                                    "every external mount of the same filesystem; declare it --external too")
+
+    # Which mounts to clone: one per disjoint root of each content superblock, one per proc.
+    clone_plan: dict[int, list[int]] = {}
+    archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
+    proc_mount_of_sb: dict[str, int] = {}
+    mounts_of_sb: dict[str, list[dict]] = {}
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            mounts_of_sb.setdefault(e["sb"], []).append(e)
+    for sid, es in mounts_of_sb.items():
+        sb = superblocks[sid]
+        if sb["external"]:
+            continue
+        handler = fs.lookup(sb["fstype"])
+        if handler.content:
+            chosen: list[str] = []
+            for e in sorted(es, key=lambda e: (len(e["root"]), e["root"])):
+                if not e["root"].startswith("/"):
+                    continue
+                if not any(is_beneath(e["root"], r) for r in chosen):
+                    chosen.append(e["root"])
+                    archive_for[e["id"]] = (sid, e["root"])
+                    clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
+        elif handler.ns == "pid":
+            e = es[0]
+            proc_mount_of_sb[sid] = e["id"]
+            clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
+
+    # pid namespaces
+    pidns_doc: dict[str, dict] = {}
+    ino_name = {ino: name for (k, ino), name in names.items() if k == "pid"}
+    for pid, _ in tree:
+        ino = ns_of[pid]["pid"]
+        name = ino_name[ino]
+        if name in pidns_doc:
+            continue
+        parent_ino = _pidns_parent_ino(pid)
+        pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == me["pid"]}
+
+    # 4. clone and archive
+    n_archive = 0
+    for ino, wanted in clone_plan.items():
+        fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
+        try:
+            for mids, fds in _forked(_clone_mounts, fd, wanted):
+                try:
+                    for mid, mfd in zip(mids, fds):
+                        if mid in archive_for:
+                            sid, root = archive_for[mid]
+                            name = f"sb-{n_archive}.tar"
+                            n_archive += 1
+                            content.archive(mfd, writer.path(name))
+                            superblocks[sid]["archives"].append({"file": name, "root": root})
+                        else:
+                            sid = mntns_sb(mntns_doc, mid)
+                            try:
+                                pino = os.stat(f"/proc/self/fd/{mfd}/1/ns/pid").st_ino
+                            except OSError:
+                                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mounts_by_id[mid].mountpoint}) on "
+                                                                  "proc: its pid namespace has no init") from None
+                            if pino not in ino_name:
+                                raise DumpError(errno.EOPNOTSUPP,
+                                                f"mount {mid} ({mounts_by_id[mid].mountpoint}) on proc: it belongs "
+                                                "to a pid namespace outside the dumped tree")
+                            superblocks[sid]["pidns"] = ino_name[pino]
+                finally:
+                    for mfd in fds:
+                        os.close(mfd)
+        finally:
+            os.close(fd)
+
+    # 5. processes
+    procs_doc = []
+    uts_names: dict[str, str] = {}
+    for pid, ppid in tree:
+        ino = ns_of[pid]["mnt"]
+        pdata = ns_data[ino]["procs"][pid]
+        entry = {
+            "pid": pid, "ppid": ppid,
+            "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
+            "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
+            "root": _place(pdata["root"], mounts_by_id, pid, "root"),
+            "cwd": _place(pdata["cwd"], mounts_by_id, pid, "cwd"),
+            "fds": [],
+        }
+        for f in pdata["fds"]:
+            mode = f["mode"]
+            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                    or stat.S_ISLNK(mode)) or not f["target"].startswith("/"):
+                raise DumpError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): only files and "
+                                                  "directories are supported")
+            loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
+            entry["fds"].append({"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
+                                 "type": "dir" if stat.S_ISDIR(mode) else "file", **loc})
+        uts = entry["ns"]["uts"]
+        if uts not in uts_names and "uts" not in entry["host_ns"]:
+            uts_names[uts] = _hostname_of(pid)
+        procs_doc.append(entry)
+
+    return {
+        "kernel": platform.release(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
+        "hostnames": uts_names,
+    }
+
+
+def mntns_sb(mntns_doc: dict, mid: int) -> str:
+    """The superblock id of mount `mid`."""
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            if e["id"] == mid:
+                return e["sb"]
+    raise KeyError(mid)
+
+
+def _place(loc: dict, mounts_by_id: dict, pid: int, what: str) -> dict:
+    """{abs path, mnt id} -> {mnt, path relative to the mount's root}."""
+    path, mnt = loc["abs"], loc["mnt"]
+    if path.endswith(" (deleted)"):
+        raise DumpError(errno.EOPNOTSUPP, f"process {pid} {what}: {path}: deleted files are not supported yet")
+    m = mounts_by_id.get(mnt)
+    if m is None:
+        raise DumpError(errno.EOPNOTSUPP, f"process {pid} {what} ({path}) is on mount {mnt}, which is in no dumped "
+                                          "namespace (lazily unmounted?): detached mounts are not supported yet")
+    if not is_beneath(path, m.mountpoint):
+        raise DumpError(errno.EIO, f"process {pid} {what}: {path} is not beneath its mount's {m.mountpoint}")
+    return {"mnt": mnt, "path": "/" + rel_to(path, m.mountpoint)}

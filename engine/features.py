@@ -1,0 +1,145 @@
+"""Kernel feature probe (`mntcr check`).
+
+Each probe really calls the syscall, in a forked child inside a throwaway
+private mount namespace, so nothing on the host changes and "present" means
+"works here", not "the headers say so".
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from engine import forkrun, kernel
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One probed feature."""
+
+    name: str
+    present: bool
+    detail: str
+    required: bool  # restore cannot work at all without it
+    since: str      # first kernel that has it
+
+
+# name -> (required, first kernel)
+FEATURES = {
+    "open_tree": (True, "5.2"),
+    "move_mount": (True, "5.2"),
+    "fsopen/fsmount": (True, "5.2"),
+    "mount_setattr": (True, "5.12"),
+    "MOVE_MOUNT_SET_GROUP": (False, "5.15"),
+    "statmount/listmount": (False, "6.8"),
+    "STATX_MNT_ID_UNIQUE": (False, "6.8"),
+}
+
+
+def _probe_in_child() -> dict[str, tuple[bool, str]]:
+    res: dict[str, tuple[bool, str]] = {}
+
+    def attempt(name, fn):
+        try:
+            detail = fn() or "ok"
+            res[name] = (True, detail)
+        except OSError as e:
+            res[name] = (False, os.strerror(e.errno) if e.errno else str(e))
+
+    def fs():
+        fd = kernel.fsopen("tmpfs")
+        kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
+        mfd = kernel.fsmount(fd)
+        os.close(fd)
+        state["tmpfs"] = mfd
+
+    state: dict[str, int] = {}
+    attempt("fsopen/fsmount", fs)
+    attempt("open_tree", lambda: state.__setitem__("clone", kernel.open_tree(kernel.AT_FDCWD, "/",
+                                                                              kernel.OPEN_TREE_CLONE)))
+
+    def move():
+        if "tmpfs" not in state:
+            raise OSError(errno.ENOSYS, "needs fsmount")
+        # Attach the test tmpfs over /tmp of this throwaway namespace.
+        kernel.move_mount(state["tmpfs"], "", kernel.AT_FDCWD, "/tmp", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+
+    attempt("move_mount", move)
+
+    def setattr_():
+        if "tmpfs" not in state:
+            raise OSError(errno.ENOSYS, "needs fsmount")
+        kernel.mount_setattr(state["tmpfs"], "", kernel.AT_EMPTY_PATH, attr_set=kernel.MOUNT_ATTR_NOSUID)
+
+    attempt("mount_setattr", setattr_)
+
+    def set_group():
+        if "tmpfs" not in state:
+            raise OSError(errno.ENOSYS, "needs an attached tmpfs")
+        os.makedirs("/tmp/a", exist_ok=True)
+        os.makedirs("/tmp/b", exist_ok=True)
+        kernel.mount(None, "/tmp", None, kernel.MS_SHARED)
+        b1 = kernel.open_tree(kernel.AT_FDCWD, "/tmp", kernel.OPEN_TREE_CLONE)
+        kernel.move_mount(b1, "", kernel.AT_FDCWD, "/tmp/b", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        # Attached under a shared parent it became shared; SET_GROUP wants a private target.
+        kernel.mount_setattr(b1, "", kernel.AT_EMPTY_PATH, propagation=kernel.MS_PRIVATE)
+        kernel.move_mount(kernel.AT_FDCWD, "/tmp", kernel.AT_FDCWD, "/tmp/b", kernel.MOVE_MOUNT_SET_GROUP)
+        from engine import mountinfo
+        mounts = {m.mountpoint: m for m in mountinfo.read_pid("self")}
+        if mounts["/tmp/b"].shared is None or mounts["/tmp/b"].shared != mounts["/tmp"].shared:
+            raise OSError(errno.EINVAL, "SET_GROUP did not copy the peer group")
+
+    attempt("MOVE_MOUNT_SET_GROUP", set_group)
+    attempt("statmount/listmount", lambda: kernel.statmount(kernel.listmount()[0]) and None)
+    attempt("STATX_MNT_ID_UNIQUE", lambda: kernel.statx_mnt_id("/", unique=True) and None)
+    return res
+
+
+def probe() -> list[Feature]:
+    """Probe every feature in FEATURES (a forked child in a private mount namespace)."""
+    try:
+        results = forkrun.in_mount_ns(_probe_in_child)
+    except OSError as e:
+        results = {name: (False, f"cannot create a mount namespace: {e}") for name in FEATURES}
+    out = []
+    for name, (required, since) in FEATURES.items():
+        present, detail = results.get(name, (False, "not probed"))
+        out.append(Feature(name, present, detail, required, since))
+    return out
+
+
+def render(report: list[Feature]) -> str:
+    """Human-readable report, one line per feature, then a verdict line."""
+    lines = []
+    for f in report:
+        state = "present" if f.present else "MISSING"
+        need = "required" if f.required else "optional"
+        extra = "" if f.present else f" ({f.detail}; kernel >= {f.since})"
+        lines.append(f"{f.name:<22} {state:<8} {need}{extra}")
+    missing = [f.name for f in report if f.required and not f.present]
+    lines.append("Looks good." if not missing else f"Restore is not possible: missing {', '.join(missing)}.")
+    return "\n".join(lines) + "\n"
+
+
+def restore_ready(report: list[Feature]) -> bool:
+    """True when every required feature is present."""
+    return all(f.present for f in report if f.required)
+
+
+_cache: dict[str, Feature] | None = None
+
+
+def available() -> dict[str, Feature]:
+    """Probe once per process and cache the result, by feature name."""
+    global _cache
+    if _cache is None:
+        _cache = {f.name: f for f in probe()}
+    return _cache
+
+
+def require(name: str, why: str) -> None:
+    """Raise OSError(ENOSYS) with one clear line if feature `name` is missing."""
+    f = available()[name]
+    if not f.present:
+        raise OSError(errno.ENOSYS, f"kernel lacks {name} (kernel >= {f.since}), needed for {why}: {f.detail}")
