@@ -64,7 +64,7 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def spawn_tree(workdir: str, setup: str = "", before_exec: str = "") -> Tree:
+def spawn_tree(workdir: str, setup: str = "", before_exec: str = "", unshare: str = "-mpf") -> Tree:
     """Build a container tree; ``setup`` runs before pivot_root with $R the new root,
     ``before_exec`` after it (busybox only, e.g. to open fds the sleeper inherits)."""
     root = os.path.join(workdir, "ctroot")
@@ -72,7 +72,7 @@ def spawn_tree(workdir: str, setup: str = "", before_exec: str = "") -> Tree:
     script = PROLOGUE.format(busybox=BUSYBOX) + setup + EPILOGUE.format(before_exec=before_exec)
     errpath = os.path.join(workdir, "setup.err")
     with open(errpath, "w") as err:
-        proc = subprocess.Popen(["unshare", "-mpf", "--propagation", "private", "sh", "-c", script, "sh", root],
+        proc = subprocess.Popen(["unshare", unshare, "--propagation", "private", "sh", "-c", script, "sh", root],
                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, close_fds=True)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:

@@ -69,8 +69,12 @@ class CriuBackend:
 
     name = "criu"
 
-    def __init__(self, spec: str | None = "auto", *, verbosity: int = 4, timeout: float = 300.0):
+    def __init__(self, spec: str | None = "auto", *, verbosity: int = 4, timeout: float = 300.0,
+                 dump_args: tuple[str, ...] = (), restore_args: tuple[str, ...] = ()):
         self.spec = spec or "auto"
+        # Extra criu flags per action, e.g. restore_args=("--mntns-compat-mode",) (restore-only in criu 4).
+        self.dump_args = tuple(dump_args)
+        self.restore_args = tuple(restore_args)
         self.verbosity = verbosity
         self.timeout = timeout
         self._env: criu_env.CriuEnv | None = None
@@ -142,6 +146,7 @@ class CriuBackend:
         if leave_running:
             args.append("--leave-running")
         args += self._external_args(sorted((externals or {}).items()))
+        args += self.dump_args
         # Written before dump: the pid and the tree's root are only readable while it runs.
         with open(os.path.join(images_dir, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)
@@ -188,6 +193,7 @@ class CriuBackend:
         ext = sorted((externals or {}).items())
         args += self._external_args((key, os.path.abspath(path)) for key, path in ext)
         binds += [os.path.abspath(path) for _, path in ext]
+        args += self.restore_args
         self._run("restore", args, log_path, binds)
         try:
             with open(pidfile) as f:

@@ -42,6 +42,10 @@ __all__ = ["CriuEnv", "CriuEnvError", "resolve", "cache_dir", "debian_mirror", "
 SUITES = ("trixie", "sid")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# criu itself, plus what it execs for a tree with its own network namespace
+# (iptables-restore/-save for network locking and rules, ip for addresses and routes).
+PACKAGES = ("criu", "iptables", "iproute2")
+MARKER = ".mntcr-packages"  # in the userland: the package list it was built with
 
 
 class CriuEnvError(RuntimeError):
@@ -120,15 +124,19 @@ def build_userland(suite: str, dest: str, *, log=sys.stderr) -> None:
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     with open(dest + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if _userland_criu(dest):
+        if _userland_ready(dest):
             return
+        if os.path.exists(dest):
+            print(f"mntcr: rebuilding {dest}: built without some of {', '.join(PACKAGES)}", file=log, flush=True)
+            shutil.rmtree(dest)
         tmp = f"{dest}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         mirror = debian_mirror()
         print(f"mntcr: building criu userland: debootstrap --variant=minbase {suite} from {mirror} "
               f"into {dest} (about 30 s, once)", file=log, flush=True)
         start = time.monotonic()
-        cmd = [debootstrap, "--variant=minbase", "--include=criu", f"--keyring={KEYRING}", suite, tmp, mirror]
+        cmd = [debootstrap, "--variant=minbase", "--include=" + ",".join(PACKAGES), f"--keyring={KEYRING}",
+               suite, tmp, mirror]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail: list[str] = []
         for line in proc.stdout:
@@ -145,8 +153,20 @@ def build_userland(suite: str, dest: str, *, log=sys.stderr) -> None:
         # debootstrap's apt cache is dead weight here.
         for deb in glob.glob(os.path.join(tmp, "var/cache/apt/archives/*.deb")):
             os.unlink(deb)
+        with open(os.path.join(tmp, MARKER), "w") as f:
+            f.write("\n".join(PACKAGES) + "\n")
         os.rename(tmp, dest)
         print(f"mntcr: criu userland ready in {time.monotonic() - start:.1f} s: {dest}", file=log, flush=True)
+
+
+def _userland_ready(root: str) -> bool:
+    """True when ``root`` is a userland built with every package of PACKAGES."""
+    try:
+        with open(os.path.join(root, MARKER)) as f:
+            built = set(f.read().split())
+    except OSError:
+        return False
+    return set(PACKAGES) <= built and _userland_criu(root) is not None
 
 
 def _userland_criu(root: str) -> str | None:
@@ -311,7 +331,7 @@ def resolve(spec: str | None = "auto") -> CriuEnv:
         env = CriuEnv("system", host)
     elif spec in SUITES:
         dest = os.path.join(cache_dir(), "criu", spec)
-        if not _userland_criu(dest):
+        if not _userland_ready(dest):
             build_userland(spec, dest)
         env = CriuEnv(spec, _userland_criu(dest), dest)
     elif os.path.isdir(spec):
