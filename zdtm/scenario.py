@@ -198,3 +198,44 @@ def render(sf: ScenarioFile, params: dict) -> Scenario:
 def scenario_name(path: str) -> str:
     """The scenario's short name: the file name without .yaml."""
     return os.path.splitext(os.path.basename(path))[0]
+
+
+# --- requirements ------------------------------------------------------------
+
+def _filesystems() -> set[str]:
+    try:
+        with open("/proc/filesystems") as f:
+            return {line.split()[-1] for line in f if line.strip()}
+    except OSError:
+        return set()
+
+
+def missing_requirement(req: Requires, features: dict | None = None) -> str | None:
+    """None when this machine meets `req`, else the first unmet requirement as a skip reason.
+
+    `features` maps `mntcr check` names to Feature (engine.features.available());
+    None probes them when the scenario asks for any.
+    """
+    import shutil
+    if req.kernel:
+        release = os.uname().release
+        if not schema.kernel_in_range(release, req.kernel):
+            return f"needs kernel {req.kernel}, this is {release}"
+    if req.filesystems:
+        have = _filesystems()
+        for fs in req.filesystems:
+            if fs not in have:
+                return f"filesystem {fs} is not in /proc/filesystems (module not loaded or not built)"
+    for cmd in req.commands:
+        if shutil.which(cmd) is None:
+            return f"command {cmd} is not installed"
+    if req.features:
+        if features is None:
+            from engine import features as engine_features
+            features = engine_features.available()
+        for name in req.features:
+            if name not in features:
+                return f"unknown kernel feature {name!r} (mntcr check knows: {', '.join(features)})"
+            if not features[name].present:
+                return f"kernel feature {name} is missing: {features[name].detail}"
+    return None

@@ -1,0 +1,3 @@
+"""Load the zdtm scenario runner plugin (options, scenario collection, summary, leak guard)."""
+
+pytest_plugins = ["zdtm.plugin"]

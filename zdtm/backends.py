@@ -1,0 +1,185 @@
+"""Backends: what checkpoints and restores a scenario's process tree.
+
+Interface (`Backend`):
+
+- ``name``: what ``--backend`` and a scenario's ``expect: {NAME: ...}`` call it;
+- ``unavailable()``: None, or why it cannot run here (the scenario is skipped);
+- ``expectation(scenario)``: pass / crfail(reason) / skip(reason) for this backend;
+- ``dump(pid, images_dir, externals, ctx)``: dump the tree at host pid `pid`
+  into `images_dir` and kill it; raise BackendError (one line) on refusal;
+- ``restore(images_dir, externals, ctx) -> pid``: restore it; return the host
+  pid of the restored root; raise BackendError on refusal.
+
+`externals` are the flavor's host mounts (zdtm.flavors.External: key,
+mountpoint inside the container, host path). `ctx` (`Context`) gives the
+scenario, the flavor, a log directory (kept in the report on failure) and
+``on_cleanup(fn)`` for what must go once the restored tree is dead (e.g. a
+criu restore root). New backends register with `register`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class BackendError(Exception):
+    """The backend refused or failed to dump/restore; the message's first line is the reason."""
+
+    def __init__(self, stage: str, message: str, log: str | None = None):
+        self.stage = stage
+        self.log = log
+        super().__init__(message)
+
+
+@dataclass
+class Context:
+    """What a backend may use besides pid and images: the scenario, its flavor, where to log."""
+
+    scenario: object
+    flavor: object
+    log_dir: str
+    workdir: str
+    iteration: int = 0
+    cleanups: list = field(default_factory=list)
+
+    def on_cleanup(self, fn) -> None:
+        """Run `fn()` after the restored tree has been killed."""
+        self.cleanups.append(fn)
+
+    def log_path(self, name: str) -> str:
+        os.makedirs(self.log_dir, exist_ok=True)
+        return os.path.join(self.log_dir, f"{name}.iter{self.iteration}.log")
+
+
+class Backend:
+    """Base class; see the module docstring."""
+
+    name = "?"
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def expectation(self, scenario):
+        return scenario.expectation(self.name)
+
+    def dump(self, pid: int, images_dir: str, externals, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def restore(self, images_dir: str, externals, ctx: Context) -> int:
+        raise NotImplementedError
+
+
+def _error_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1].strip() if lines else ""
+
+
+class MntcrBackend(Backend):
+    """Our engine, through its command line (`python -m engine.cli`), so a crash stays a failure."""
+
+    name = "mntcr"
+
+    def __init__(self, timeout: float | None = None):
+        self.timeout = timeout
+
+    def _run(self, stage: str, args: list[str], ctx: Context) -> None:
+        log = ctx.log_path(stage)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        cmd = [sys.executable, "-m", "engine.cli", stage, *args]
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env=env, cwd=_PROJECT_ROOT, timeout=self.timeout or ctx.scenario.timeout)
+        except subprocess.TimeoutExpired:
+            raise BackendError(stage, f"mntcr {stage}: timed out after {self.timeout or ctx.scenario.timeout:g}s",
+                               log) from None
+        with open(log, "wb") as f:
+            f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + proc.stdout + b"--- stderr\n" + proc.stderr)
+        if proc.returncode != 0:
+            err = _error_line(proc.stderr.decode(errors="replace")) or f"exit status {proc.returncode}, no message"
+            raise BackendError(stage, err, log)
+
+    def dump(self, pid, images_dir, externals, ctx):
+        args = ["-t", str(pid), "-D", images_dir]
+        for ext in externals:
+            args += ["--external", f"mnt[{ext.mountpoint}]:{ext.key}"]
+        self._run("dump", args, ctx)
+
+    def restore(self, images_dir, externals, ctx):
+        pidfile = os.path.join(ctx.workdir, f"restore.iter{ctx.iteration}.pid")
+        args = ["-D", images_dir, "--pidfile", pidfile]
+        for ext in externals:
+            args += ["--external", f"mnt[{ext.key}]:{ext.host_path}"]
+        self._run("restore", args, ctx)
+        try:
+            with open(pidfile) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError) as e:
+            raise BackendError("restore", f"mntcr restore succeeded but left no pid in {pidfile}: {e}") from None
+
+
+class CriuBackend(Backend):
+    """criu through zdtm.criu_backend (which finds or builds a criu that runs here)."""
+
+    name = "criu"
+
+    def __init__(self, spec: str = "auto"):
+        self.spec = spec
+        self._impl = None
+
+    def impl(self):
+        if self._impl is None:
+            from zdtm import criu_backend
+            self._impl = criu_backend.CriuBackend(self.spec)
+        return self._impl
+
+    def unavailable(self):
+        ok, reason = self.impl().available()
+        return None if ok else reason
+
+    def _call(self, stage, fn, *args, **kwargs):
+        from zdtm import criu_backend
+        try:
+            return fn(*args, **kwargs)
+        except criu_backend.BackendError as e:
+            raise BackendError(stage, str(e)) from None
+
+    def dump(self, pid, images_dir, externals, ctx):
+        self._call("dump", self.impl().dump, pid, images_dir, {e.mountpoint: e.key for e in externals},
+                   ctx.log_dir)
+
+    def restore(self, images_dir, externals, ctx):
+        import shutil
+        root = os.path.join(ctx.workdir, f"criu-root.iter{ctx.iteration}")
+        self._call("restore", self.impl().prepare_root, images_dir, root)
+        ctx.on_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
+        return self._call("restore", self.impl().restore, images_dir, {e.key: e.host_path for e in externals},
+                          root, ctx.log_dir)
+
+
+_REGISTRY: dict[str, object] = {"mntcr": MntcrBackend, "criu": CriuBackend}
+
+
+def register(name: str, factory) -> None:
+    """Make backend `name` available to --backend (`factory(config)` returns a Backend)."""
+    _REGISTRY[name] = factory
+
+
+def names() -> list[str]:
+    """Registered backend names."""
+    return list(_REGISTRY)
+
+
+def create(name: str, config=None) -> Backend:
+    """A backend instance; ValueError naming the registered ones when `name` is unknown."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; available: {', '.join(_REGISTRY)}")
+    factory = _REGISTRY[name]
+    if name == "criu" and factory is CriuBackend:
+        return CriuBackend((config.getoption("criu", None) if config is not None else None) or "auto")
+    return factory() if isinstance(factory, type) else factory(config)

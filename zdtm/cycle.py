@@ -1,0 +1,121 @@
+"""One C/R cycle of a started scenario: snapshot -> dump -> restore -> snapshot -> compare, N times.
+
+The flavor has already started the scenario (its setup ran; a setup failure
+never reaches here). `run` returns an Outcome when the scenario behaved as
+expected for the backend and raises CycleFailure otherwise:
+
+- expect pass: every dump and restore succeeds and every restored state equals
+  the state before the first dump (iteration k dumps the tree iteration k-1
+  restored);
+- expect crfail: the backend must refuse (BackendError) at some dump or
+  restore; if every iteration succeeds that is an "unexpected success".
+
+Snapshots and backend logs are written to `workdir` (kept in the report
+directory when the test fails).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+
+from zdtm import snapshot
+from zdtm.backends import BackendError, Context
+
+
+class CycleFailure(Exception):
+    """The scenario did not behave as expected; the message is the readable report."""
+
+    def __init__(self, message: str, kind: str = "fail"):
+        self.kind = kind
+        super().__init__(message)
+
+
+@dataclass
+class Outcome:
+    """How an expected outcome was reached: 'pass', or 'crfail' with the backend's error."""
+
+    kind: str
+    detail: str = ""
+
+
+def _save(path: str, snap: snapshot.Snapshot) -> None:
+    with open(path, "w") as f:
+        json.dump(snap.to_json(), f, indent=1)
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while snapshot.alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topology=None) -> Outcome:
+    """Run `iters` dump/restore iterations on `running`; see the module docstring."""
+    expect = backend.expectation(scenario)
+    crfail = expect.outcome == "crfail"
+    timeout = scenario.timeout
+    before = snapshot.take(running.pid, scenario.check, timeout, topology=topology)
+    _save(os.path.join(workdir, "before.json"), before)
+    with open(os.path.join(workdir, "before.txt"), "w") as f:
+        f.write(before.text())
+    pid = running.pid
+    restored: int | None = None
+    cleanups: list = []
+    try:
+        for i in range(iters):
+            ctx = Context(scenario=scenario, flavor=flavor, log_dir=os.path.join(workdir, "logs"),
+                          workdir=workdir, iteration=i)
+            images = os.path.join(workdir, f"images.{i}")
+            stage = "dump"
+            try:
+                backend.dump(pid, images, running.externals, ctx)
+                # The backend killed the tree; make sure, so restore cannot meet the old one.
+                if not _wait_gone(pid):
+                    snapshot.kill_tree(pid)
+                if i == 0:
+                    flavor.forget(running)
+                for fn in cleanups:
+                    fn()
+                cleanups = []
+                restored = None
+                stage = "restore"
+                restored = pid = backend.restore(images, running.externals, ctx)
+            except BackendError as e:
+                where = f"{stage} failed (iteration {i + 1}/{iters})"
+                if crfail:
+                    return Outcome("crfail", f"{where}: {e}")
+                log = f"\n[log: {e.log}]" if e.log else ""
+                raise CycleFailure(f"{backend.name} {where}: {e}{log}", kind="cr-error") from None
+            finally:
+                cleanups += ctx.cleanups
+            try:
+                after = snapshot.take(pid, scenario.check, timeout, topology=topology)
+            except snapshot.SnapshotError as e:
+                raise CycleFailure(f"after {backend.name} restore (iteration {i + 1}/{iters}): {e}") from None
+            _save(os.path.join(workdir, f"after.{i}.json"), after)
+            with open(os.path.join(workdir, f"after.{i}.txt"), "w") as f:
+                f.write(after.text())
+            equal, report = snapshot.compare(before, after, names=("before dump", f"after restore {i + 1}"),
+                                             topology=topology)
+            if not equal:
+                lead = (f"{backend.name}: restored state differs from the state before dump "
+                        f"(iteration {i + 1}/{iters})")
+                if crfail:
+                    lead += f"; the scenario expects crfail ({expect.reason}) but the backend did not refuse"
+                raise CycleFailure(lead + ":\n" + report, kind="mismatch")
+        if crfail:
+            raise CycleFailure(f"unexpected success: {backend.name} was expected to fail ({expect.reason}), "
+                               f"but {iters} dump/restore iteration(s) succeeded with the same state",
+                               kind="unexpected-success")
+        return Outcome("pass")
+    finally:
+        if restored is not None:
+            snapshot.kill_tree(restored)
+        for fn in cleanups:
+            fn()

@@ -1,0 +1,289 @@
+"""pytest plugin: scenario files become tests; options, summary table, report, leak guard.
+
+- Collects ``scenarios/**/*.yaml`` (YAML files with a directory called
+  ``scenarios`` in their path). One item per parameter combination x backend
+  x flavor; its id is ``path::name[params-backend-flavor]``.
+- A bad scenario file is a collection error naming file, line, key and what
+  is allowed.
+- Setup runs in the item's setup phase: a failing setup is a pytest *error*
+  ("SETUP ERROR"), not a test failure. The C/R cycle is the call phase.
+- The controller (also under xdist) collects every report into the summary
+  table (scenario x backend x flavor) and, with --report DIR, writes
+  report.html and summary.md there; failed items keep their images and logs
+  under DIR/<test id>/.
+- Leak guard: the host's mounts at session start vs at session end; a leak
+  fails the session and names the mount.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import pytest
+
+from zdtm import backends, cycle, leakguard, scenario as scenario_mod
+from zdtm.flavors import SetupError
+from zdtm.flavors import get as get_flavor
+
+_PROP = "zdtm"
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("zdtm", "zdtm-style mount C/R scenarios")
+    group.addoption("--backend", default="mntcr", metavar="NAME",
+                    help="C/R backend: mntcr (default), criu, or all (every registered backend)")
+    group.addoption("--flavor", default="ns", metavar="NAME",
+                    help="where scenarios run: ns (throwaway namespaces here, default) or vm")
+    group.addoption("--kernel", default=None, metavar="NAME", help="kernel for the vm flavor (see vm/kernels.toml)")
+    group.addoption("--vm-provider", default=None, metavar="NAME", help="VM provider for the vm flavor")
+    group.addoption("--iters", type=int, default=1, metavar="N",
+                    help="dump/restore iterations per scenario, each on the tree the previous one restored")
+    group.addoption("--report", default=None, metavar="DIR",
+                    help="keep images and logs of failures in DIR and write DIR/report.html and DIR/summary.md")
+    group.addoption("--criu", default="auto", metavar="PATH|trixie|sid|system|auto",
+                    help="which criu the criu backend runs (see zdtm/criu_env.py)")
+
+
+def _is_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+class _State:
+    """Per-session state of the plugin (on config)."""
+
+    def __init__(self, config):
+        self.config = config
+        value = config.getoption("backend")
+        if value == "all":
+            self.backend_names = backends.names()
+        else:
+            self.backend_names = [b.strip() for b in value.split(",") if b.strip()]
+            for name in self.backend_names:
+                if name not in backends.names():
+                    raise pytest.UsageError(f"--backend {name}: unknown backend; available: "
+                                            f"{', '.join(backends.names())}, all")
+        self.flavor_names = [f.strip() for f in config.getoption("flavor").split(",") if f.strip()]
+        self.iters = config.getoption("iters")
+        if self.iters < 1:
+            raise pytest.UsageError("--iters must be at least 1")
+        report = config.getoption("report")
+        self.report_dir = os.path.abspath(report) if report else None
+        self._backends: dict[str, backends.Backend] = {}
+        self._unavailable: dict[str, str | None] = {}
+        self.results: dict[str, dict] = {}   # nodeid -> summary row (controller only)
+        self.guard = None
+        self.leaks = []
+        self.tmp_base = None
+
+    def backend(self, name: str):
+        if name not in self._backends:
+            self._backends[name] = backends.create(name, self.config)
+        return self._backends[name]
+
+    def backend_unavailable(self, name: str) -> str | None:
+        if name not in self._unavailable:
+            try:
+                self._unavailable[name] = self.backend(name).unavailable()
+            except Exception as e:  # noqa: BLE001 - a broken backend is a skip with its reason
+                self._unavailable[name] = f"{type(e).__name__}: {e}"
+        return self._unavailable[name]
+
+    def workdir(self, nodeid: str) -> str:
+        if self.tmp_base is None:
+            self.tmp_base = tempfile.mkdtemp(prefix="zdtm-")
+        return tempfile.mkdtemp(prefix=safe_name(nodeid)[-60:] + ".", dir=self.tmp_base)
+
+
+def safe_name(nodeid: str) -> str:
+    """A file name for a test id."""
+    return re.sub(r"[^\w.=+-]+", "_", nodeid).strip("_")
+
+
+def _state(config) -> _State:
+    return config.stash[_STATE_KEY]
+
+
+_STATE_KEY = pytest.StashKey[_State]()
+
+
+def pytest_configure(config):
+    config.stash[_STATE_KEY] = _State(config)
+    config.addinivalue_line("markers", "zdtm: a zdtm scenario (collected from scenarios/**/*.yaml)")
+    if not _is_worker(config):
+        _state(config).guard = leakguard.Guard()
+        config.pluginmanager.register(Controller(config), "zdtm-controller")
+
+
+def pytest_unconfigure(config):
+    state = config.stash.get(_STATE_KEY, None)
+    if state is not None and state.tmp_base:
+        shutil.rmtree(state.tmp_base, ignore_errors=True)
+
+
+def pytest_collect_file(file_path, parent):
+    if file_path.suffix in (".yaml", ".yml") and "scenarios" in file_path.parent.parts:
+        return ScenarioFileNode.from_parent(parent, path=file_path)
+    return None
+
+
+class ScenarioFileNode(pytest.File):
+    """One scenario file: an item per combination x backend x flavor."""
+
+    def collect(self):
+        state = _state(self.config)
+        sf = scenario_mod.load(str(self.path))
+        for sc in sf.render_all():
+            for bname in state.backend_names:
+                for fname in state.flavor_names:
+                    parts = [p for p in (sc.param_id, bname, fname) if p]
+                    yield ScenarioItem.from_parent(self, name=f"{sc.name}[{'-'.join(parts)}]", scenario=sc,
+                                                   backend_name=bname, flavor_name=fname)
+
+    def repr_failure(self, excinfo):
+        if isinstance(excinfo.value, scenario_mod.ScenarioError):
+            return f"scenario error: {excinfo.value}"
+        return super().repr_failure(excinfo)
+
+
+class ScenarioItem(pytest.Item):
+    """One scenario instance run through one backend in one flavor."""
+
+    def __init__(self, *, scenario, backend_name, flavor_name, **kwargs):
+        super().__init__(**kwargs)
+        self.scenario = scenario
+        self.backend_name = backend_name
+        self.flavor_name = flavor_name
+        self.running = None
+        self.flavor = None
+        self.workdir = None
+        self.failed = False
+        self.add_marker("zdtm")
+        self.user_properties.append((_PROP, json.dumps({
+            "scenario": os.path.relpath(scenario.path, str(self.config.rootpath)),
+            "params": scenario.param_id, "backend": backend_name, "flavor": flavor_name,
+            "expect": str(scenario.expectation(backend_name))})))
+
+    def setup(self):
+        state = _state(self.config)
+        sc = self.scenario
+        expect = sc.expectation(self.backend_name)
+        if expect.outcome == "skip":
+            pytest.skip(f"{self.backend_name}: {expect.reason}")
+        if self.flavor_name not in sc.flavors:
+            pytest.skip(f"scenario runs only in flavors: {', '.join(sc.flavors)}")
+        try:
+            self.flavor = get_flavor(self.flavor_name)
+        except ValueError as e:
+            pytest.skip(str(e))
+        reason = self.flavor.unavailable() or scenario_mod.missing_requirement(sc.requires)
+        if reason:
+            pytest.skip(reason)
+        reason = state.backend_unavailable(self.backend_name)
+        if reason:
+            pytest.skip(f"backend {self.backend_name} unavailable: {reason}")
+        self.workdir = state.workdir(self.nodeid)
+        try:
+            self.running = self.flavor.start(sc, self.workdir)
+        except SetupError as e:
+            self.failed = True
+            with open(os.path.join(self.workdir, "setup.log"), "w") as f:
+                f.write(str(e) + "\n")
+            raise
+        with open(os.path.join(self.workdir, "setup.log"), "w") as f:
+            f.write(self.running.setup_output)
+
+    def runtest(self):
+        state = _state(self.config)
+        iters = max(state.iters, self.scenario.iters)
+        try:
+            outcome = cycle.run(self.scenario, state.backend(self.backend_name), self.flavor, self.running,
+                                self.workdir, iters=iters)
+        except BaseException:
+            self.failed = True
+            raise
+        if outcome.kind == "crfail":
+            self.user_properties.append(("zdtm_crfail", outcome.detail))
+
+    def teardown(self):
+        state = _state(self.config)
+        if self.running is not None:
+            self.flavor.stop(self.running)
+            self.running = None
+        if self.workdir:
+            if self.failed and state.report_dir:
+                dest = os.path.join(state.report_dir, safe_name(self.nodeid))
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.copytree(self.workdir, dest, symlinks=True)
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def repr_failure(self, excinfo, style=None):
+        exc = excinfo.value
+        if isinstance(exc, SetupError):
+            return f"SETUP ERROR (not a C/R failure) in {self.scenario.path}: {exc}"
+        if isinstance(exc, cycle.CycleFailure):
+            return str(exc)
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self):
+        return self.path, None, self.name
+
+
+# --- summary, report, leak guard (controller only) ---------------------------------
+
+def _reason(report) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):
+        text = longrepr[2]
+        return text[len("Skipped: "):] if text.startswith("Skipped: ") else text
+    text = report.longreprtext if longrepr is not None else ""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+class Controller:
+    """Hooks that run only in the controlling process (also under xdist): summary, report, leak guard."""
+
+    def __init__(self, config):
+        self.config = config
+        self.state = _state(config)
+
+    def pytest_runtest_logreport(self, report):
+        props = dict(report.user_properties)
+        if _PROP not in props:
+            return
+        row = self.state.results.setdefault(report.nodeid,
+                                            dict(json.loads(props[_PROP]), outcome="pass", reason=""))
+        if report.when == "setup" and report.skipped:
+            row.update(outcome="skip", reason=_reason(report))
+        elif report.failed:
+            if row["outcome"] in ("pass", "skip"):  # the first failure is the reason
+                row.update(outcome="error" if report.when != "call" else "fail", reason=_reason(report),
+                           artifacts=safe_name(report.nodeid))
+        elif report.when == "call" and report.passed and "zdtm_crfail" in props:
+            row.update(reason="crfail as expected: " + props["zdtm_crfail"])
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        state = self.state
+        if state.guard is not None:
+            state.leaks = state.guard.check()
+            if state.leaks:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if state.report_dir and state.results:
+            from zdtm import report
+            report.write(state.report_dir, state.results)
+
+    def pytest_terminal_summary(self, terminalreporter, exitstatus, config):
+        state = self.state
+        if state.results:
+            from zdtm import report
+            terminalreporter.write_sep("=", "zdtm summary")
+            terminalreporter.write_line(report.table(state.results))
+            if state.report_dir:
+                terminalreporter.write_line(f"report: {os.path.join(state.report_dir, 'report.html')}")
+        if state.leaks:
+            terminalreporter.write_sep("=", "LEAKED MOUNTS", red=True)
+            terminalreporter.write_line(leakguard.describe(state.leaks))
