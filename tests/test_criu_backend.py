@@ -164,8 +164,32 @@ def test_roundtrip_shared_bind(backend, trees, tmp_path):
     assert shape(after)[0][0] == "/" and mountinfo.parse(after)[0].root == root
     with open(f"/proc/{pid}/root/b/file") as f:
         assert f.read() == "hello\n"  # tmpfs content came back through criu's images
+    # the root mount's own files came back through prepare_root's copy
+    assert os.path.samefile(f"/proc/{pid}/exe", f"/proc/{pid}/root/bin/busybox")
+    assert os.stat(os.path.join(root, "bin/busybox")).st_size == os.stat(BUSYBOX).st_size
     assert open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:3] == [b"sleep", b"100000"]
     assert os.path.isfile(os.path.join(logs, "restore.log"))
+
+
+def test_external_host_usr(backend, trees, tmp_path):
+    """The host's /usr bound read-only into the tree, declared external: restored as a bind of the
+    host's /usr again (inside criu's userland it is reached under another path, not over its own /usr)."""
+    made, restored = trees
+    setup = 'mkdir -p "$R/usr"; mount --bind /usr "$R/usr"; mount -o remount,bind,ro "$R/usr"\n'
+    tree = spawn_tree(str(tmp_path), setup)
+    made.append(tree)
+    before = open(f"/proc/{tree.pid}/mountinfo").read()
+    images, logs = str(tmp_path / "images"), str(tmp_path / "logs")
+    backend.dump(tree.pid, images, {"/usr": "usr"}, logs)
+    tree.proc.wait(timeout=10)
+    root = backend.prepare_root(images, str(tmp_path / "restore-root"))
+    pid = backend.restore(images, {"usr": "/usr"}, root, logs)
+    restored.append(pid)
+    after = open(f"/proc/{pid}/mountinfo").read()
+    usr = [m for m in mountinfo.parse(after) if m.mountpoint == "/usr"]
+    assert len(usr) == 1 and usr[0].root == "/usr" and "ro" in usr[0].mount_opts, after
+    assert shape(after)[1:] == shape(before)[1:]
+    assert os.path.samefile(f"/proc/{pid}/root/usr/bin", "/usr/bin")
 
 
 def test_dump_error_reaches_message(backend, trees, tmp_path):

@@ -8,15 +8,18 @@ What criu needs from the tree it dumps (measured with criu 4.1.1 on 6.18):
   fail with "Can't lookup mount");
 - criu does not dump the mount namespace's root mount (nor its contents): the
   restore needs ``--root R`` with R a directory of the same mode holding the
-  mountpoint directories of the root mount's children and any file the tree
-  uses on the root mount. `prepare_root` builds such a directory from what
-  `dump` recorded; it is a plain directory (no mounts on the host), removed
-  with shutil.rmtree once the restored tree is gone;
+  mountpoint directories of the root mount's children and every file the tree
+  uses on the root mount (exe, open files, cwd). `dump` copies the root mount
+  (not its children) into the images dir first, `prepare_root` copies it back
+  out; R is a plain directory (no mounts on the host), removed with
+  shutil.rmtree once the restored tree is gone. The restored root mount is a
+  bind of R (ext4 or whatever holds R), not the dumped fs: compare the root
+  mount as external;
 - the restore can only take the dumped pid back once it is gone (reaped), else
   "Can't fork for PID: File exists"; `restore` waits for it.
 
-`dump` records those facts in ``<images_dir>/mntcr-criu.json`` (criu ignores
-files it does not know in its images dir).
+`dump` records those facts in ``<images_dir>/mntcr-criu.json`` and the root
+copy in ``<images_dir>/mntcr-root`` (criu ignores files it does not know).
 """
 
 from __future__ import annotations
@@ -27,32 +30,20 @@ import shutil
 import stat
 import time
 
-from engine import mountinfo
+from engine import kernel, mountinfo
 from zdtm import criu_env
 
-__all__ = ["BackendError", "CriuBackend", "META_FILE"]
+__all__ = ["BackendError", "CriuBackend", "META_FILE", "ROOT_FILES"]
 
 META_FILE = "mntcr-criu.json"
-ROOT_FILES = "mntcr-root"  # files the tree uses on its root mount, saved at dump
+ROOT_FILES = "mntcr-root"  # a copy of the tree's root mount, saved at dump
+# Regular file contents copied from the root mount at most (a container root is a small
+# tmpfs; past this, files are created empty and criu says which one it missed).
+ROOT_COPY_LIMIT = 256 << 20
 
 
 class BackendError(Exception):
     """A dump or restore failed; the message is one line (criu's first error line)."""
-
-
-def _tree_pids(pid: int) -> list[int]:
-    """pid and all its descendants (host pids), via /proc/PID/task/*/children."""
-    out, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        out.append(p)
-        try:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{tid}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
-        except OSError:
-            pass
-    return out
 
 
 def _gone(pid: int) -> bool:
@@ -72,11 +63,11 @@ class CriuBackend:
     def __init__(self, spec: str | None = "auto", *, verbosity: int = 4, timeout: float = 300.0,
                  dump_args: tuple[str, ...] = (), restore_args: tuple[str, ...] = ()):
         self.spec = spec or "auto"
+        self.verbosity = verbosity
+        self.timeout = timeout
         # Extra criu flags per action, e.g. restore_args=("--mntns-compat-mode",) (restore-only in criu 4).
         self.dump_args = tuple(dump_args)
         self.restore_args = tuple(restore_args)
-        self.verbosity = verbosity
-        self.timeout = timeout
         self._env: criu_env.CriuEnv | None = None
 
     # -- availability -----------------------------------------------------------------------
@@ -94,13 +85,20 @@ class CriuBackend:
         except criu_env.CriuEnvError as e:
             return False, str(e)
         ok, reason = env.check()
-        return ok, (f"{env.describe()}: {reason}")
+        return ok, f"{env.describe()}: {reason}"
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _run(self, action: str, args: list[str], log_path: str, binds: list[str]) -> None:
+    def _env_or_error(self, action: str) -> criu_env.CriuEnv:
         try:
-            proc = self.env().run(args, binds=binds, timeout=self.timeout)
+            return self.env()
+        except criu_env.CriuEnvError as e:
+            raise BackendError(f"criu {action}: {e}") from None
+
+    def _run(self, action: str, args: list[str], log_path: str, binds: list) -> None:
+        env = self._env_or_error(action)
+        try:
+            proc = env.run(args, binds=binds, timeout=self.timeout)
         except criu_env.CriuEnvError as e:
             raise BackendError(f"criu {action}: {e}") from None
         except Exception as e:  # timeout, exec failure: still one line
@@ -115,52 +113,50 @@ class CriuBackend:
             err = criu_env.first_error(text) or (proc.stdout.strip().splitlines() or ["no output"])[-1]
             raise BackendError(f"criu {action} failed (exit {proc.returncode}): {err} [log: {log_path}]")
 
-    @staticmethod
-    def _external_args(pairs) -> list[str]:
-        args = []
-        for left, right in pairs:
-            args += ["--external", f"mnt[{left}]:{right}"]
-        return args
-
     # -- dump / restore ---------------------------------------------------------------------
 
     def dump(self, pid: int, images_dir: str, externals: dict[str, str] | None = None, log_dir: str | None = None,
-             *, external_masters: bool = False, leave_running: bool = False) -> None:
+             *, external_masters: bool = False, leave_running: bool = False, tag: str = "") -> None:
         """``criu dump -t pid -D images_dir``; the tree is killed afterwards unless ``leave_running``.
 
         ``externals`` maps a mountpoint (as seen inside the tree) to the key the
         restore will bind a host path on. Raises BackendError with criu's first
-        error line; criu's log is ``log_dir/dump.log`` (default: images_dir).
+        error line; criu's log is ``log_dir/dump<tag>.log`` (default: images_dir).
+        Before criu runs, the tree's root mount (which criu does not dump) is
+        copied under images_dir/mntcr-root for `prepare_root`.
         """
         images_dir = os.path.abspath(images_dir)
         log_dir = os.path.abspath(log_dir or images_dir)
         os.makedirs(images_dir, exist_ok=True)
         os.makedirs(log_dir, exist_ok=True)
+        # Both read from the live tree: criu kills it.
         meta = self._record(pid)
-        log_path = os.path.join(log_dir, "dump.log")
+        meta["root_copy"] = _snapshot_root(pid, os.path.join(images_dir, ROOT_FILES))
+        with open(os.path.join(images_dir, META_FILE), "w") as f:
+            json.dump(meta, f, indent=1)
+        log_path = os.path.join(log_dir, f"dump{tag}.log")
         args = ["dump", "-t", str(pid), "-D", images_dir, "-o", log_path, f"-v{self.verbosity}"]
         if meta["shell_job"]:
             args.append("--shell-job")
         if external_masters:
-            args += ["--enable-external-masters"]
+            args.append("--enable-external-masters")
         if leave_running:
             args.append("--leave-running")
-        args += self._external_args(sorted((externals or {}).items()))
+        for mountpoint, key in sorted((externals or {}).items()):
+            args += ["--external", f"mnt[{mountpoint}]:{key}"]
         args += self.dump_args
-        # Written before dump: the pid and the tree's root are only readable while it runs.
-        with open(os.path.join(images_dir, META_FILE), "w") as f:
-            json.dump(meta, f, indent=1)
-        self._save_root_files(meta, images_dir)
         self._run("dump", args, log_path, [images_dir, log_dir])
 
     def restore(self, images_dir: str, externals: dict[str, str] | None = None, root: str | None = None,
-                log_dir: str | None = None, *, external_masters: bool = False, wait_timeout: float = 10.0) -> int:
+                log_dir: str | None = None, *, external_masters: bool = False, wait_timeout: float = 10.0,
+                tag: str = "") -> int:
         """``criu restore -d`` from images_dir; returns the restored root task's host pid.
 
         ``externals`` maps each key given at dump to the host path to bind there.
         ``root`` is the directory the restored mount namespace gets as its root
         (see `prepare_root`); None lets criu use its own root. Waits (up to
-        ``wait_timeout`` s) until the dumped pid is gone first.
+        ``wait_timeout`` s) until the dumped pid is gone first. criu's log is
+        ``log_dir/restore<tag>.log``.
         """
         images_dir = os.path.abspath(images_dir)
         log_dir = os.path.abspath(log_dir or images_dir)
@@ -171,17 +167,17 @@ class CriuBackend:
             deadline = time.monotonic() + wait_timeout
             while not _gone(dumped):
                 if time.monotonic() > deadline:
-                    raise BackendError(f"criu restore: dumped pid {dumped} still exists after {wait_timeout:.0f} s "
+                    raise BackendError(f"criu restore: dumped pid {dumped} still exists after {wait_timeout:g} s "
                                        f"(a zombie its parent has not reaped?)")
                 time.sleep(0.01)
-        log_path = os.path.join(log_dir, "restore.log")
-        pidfile = os.path.join(log_dir, "restore.pid")
+        log_path = os.path.join(log_dir, f"restore{tag}.log")
+        pidfile = os.path.join(log_dir, f"restore{tag}.pid")
         try:
             os.unlink(pidfile)  # criu refuses to overwrite it
         except FileNotFoundError:
             pass
         args = ["restore", "-d", "-D", images_dir, "-o", log_path, f"-v{self.verbosity}", "--pidfile", pidfile]
-        binds = [images_dir, log_dir]
+        binds: list = [images_dir, log_dir]
         if root is not None:
             root = os.path.abspath(root)
             args += ["--root", root]
@@ -189,10 +185,14 @@ class CriuBackend:
         if meta.get("shell_job"):
             args.append("--shell-job")
         if external_masters:
-            args += ["--enable-external-masters"]
-        ext = sorted((externals or {}).items())
-        args += self._external_args((key, os.path.abspath(path)) for key, path in ext)
-        binds += [os.path.abspath(path) for _, path in ext]
+            args.append("--enable-external-masters")
+        env = self._env_or_error("restore")
+        for key, path in sorted((externals or {}).items()):
+            # criu opens the source inside its own root: host paths a userland would hide
+            # (the host's /usr over the userland's) are bound in elsewhere.
+            inside = env.inside(path, f"ext-{key}")
+            args += ["--external", f"mnt[{key}]:{inside}"]
+            binds.append((os.path.abspath(path), inside))
         args += self.restore_args
         self._run("restore", args, log_path, binds)
         try:
@@ -205,76 +205,18 @@ class CriuBackend:
 
     @staticmethod
     def _record(pid: int) -> dict:
-        """What restore and prepare_root need, read from the live tree before criu kills it."""
+        """What restore needs and what a reader of the images wants to know, from the live tree."""
         try:
-            text = open(f"/proc/{pid}/mountinfo").read()
-            st = os.stat(f"/proc/{pid}/root")
+            with open(f"/proc/{pid}/mountinfo") as f:
+                text = f.read()
             sid = os.getsid(pid)
         except OSError as e:
             raise BackendError(f"criu dump: cannot read pid {pid}: {e.strerror}") from None
         mounts = mountinfo.parse(text)
-        ids = {m.mnt_id for m in mounts}
-        roots = [m for m in mounts if m.parent_id not in ids or m.mountpoint == "/"]
-        root = next((m for m in roots if m.mountpoint == "/"), roots[0] if roots else None)
-        children = []
-        for m in mounts:
-            if root is not None and m.parent_id == root.mnt_id and m.mountpoint != "/":
-                children.append(m.mountpoint)
-        return {
-            "pid": pid,
-            "shell_job": sid != pid,
-            "root_mode": stat.S_IMODE(st.st_mode),
-            "root_uid": st.st_uid,
-            "root_gid": st.st_gid,
-            "root_children": children,
-            "files_on_root": CriuBackend._files_on_root(pid, root.mnt_id if root else None),
-            "mountinfo": text,
-        }
-
-    @staticmethod
-    def _files_on_root(pid: int, root_mnt_id: int | None) -> dict[str, str]:
-        """{path: /proc link to read it through} for what the tree uses on its root mount:
-        executables, mapped files, open files and directories, cwds. criu does not dump the
-        root mount's files, it reopens them by path, so the restore root must hold them."""
-        if root_mnt_id is None:
-            return {}
-        found: dict[str, str] = {}
-        for p in _tree_pids(pid):
-            links = [f"/proc/{p}/exe", f"/proc/{p}/cwd"]
-            for sub in ("fd", "map_files"):
-                try:
-                    links += [f"/proc/{p}/{sub}/{n}" for n in os.listdir(f"/proc/{p}/{sub}")]
-                except OSError:
-                    pass
-            for link in links:
-                try:
-                    path = os.readlink(link)
-                    fd = os.open(link, os.O_PATH)
-                except OSError:
-                    continue  # sockets, pipes, anon inodes: not files on a mount
-                try:
-                    with open(f"/proc/self/fdinfo/{fd}") as f:
-                        mnt = next((int(l.split()[1]) for l in f if l.startswith("mnt_id:")), None)
-                finally:
-                    os.close(fd)
-                if mnt == root_mnt_id and path.startswith("/") and not path.endswith(" (deleted)"):
-                    found.setdefault(path, link)
-        return found
-
-    @staticmethod
-    def _save_root_files(meta: dict, images_dir: str) -> None:
-        """Copy the root mount's files the tree uses (through their /proc links) under images_dir/mntcr-root."""
-        for path, link in meta["files_on_root"].items():
-            dst = os.path.join(images_dir, ROOT_FILES, path.lstrip("/"))
-            try:
-                if os.path.isdir(link):
-                    os.makedirs(dst, exist_ok=True)
-                elif os.path.isfile(link):
-                    os.makedirs(os.path.dirname(dst), exist_ok=True)
-                    shutil.copyfile(link, dst)
-                    shutil.copymode(link, dst)
-            except OSError as e:
-                raise BackendError(f"criu dump: cannot save {path} (via {link}): {e.strerror}") from None
+        root = next((m for m in mounts if m.mountpoint == "/"), None)
+        children = [m.mountpoint for m in mounts
+                    if root is not None and m.parent_id == root.mnt_id and m.mnt_id != root.mnt_id]
+        return {"pid": pid, "shell_job": sid != pid, "root_children": children, "mountinfo": text}
 
     @staticmethod
     def read_meta(images_dir: str) -> dict:
@@ -287,23 +229,102 @@ class CriuBackend:
 
     @classmethod
     def prepare_root(cls, images_dir: str, dest: str) -> str:
-        """Make ``dest`` a restore root for the images: same mode and owner as the dumped root,
-        the mountpoint dirs of the root mount's children, and the files the tree used on
-        the root mount (executables, open and mapped files, cwds; saved by dump).
+        """Make ``dest`` a restore root for the images: a copy of the dumped tree's root mount
+        (files, symlinks, device nodes, modes, owners; the mountpoints of its child mounts as
+        empty directories or files), as saved by dump.
 
         ``dest`` is a plain directory: nothing is mounted on the host. Remove it with
         shutil.rmtree after the restored tree has exited (its mounts live only in the
         restored tree's own mount namespace and vanish with it).
         """
-        meta = cls.read_meta(images_dir)
-        if not meta:
-            raise BackendError(f"no {META_FILE} in {images_dir}: images not dumped by this backend")
-        os.makedirs(dest, exist_ok=True)
-        for mp in sorted(meta["root_children"], key=len):
-            os.makedirs(os.path.join(dest, mp.lstrip("/")), exist_ok=True)
         saved = os.path.join(images_dir, ROOT_FILES)
-        if os.path.isdir(saved):
-            shutil.copytree(saved, dest, symlinks=True, dirs_exist_ok=True)
-        os.chown(dest, meta["root_uid"], meta["root_gid"])
-        os.chmod(dest, meta["root_mode"])
+        if not cls.read_meta(images_dir) or not os.path.isdir(saved):
+            raise BackendError(f"no {META_FILE} or {ROOT_FILES} in {images_dir}: images not dumped by this backend")
+        _copy_tree(saved, dest)
         return dest
+
+
+# -- the root mount's copy ------------------------------------------------------------------
+
+def _copy_entry(src: str, dst: str, st: os.stat_result, content: bool) -> None:
+    """Recreate one non-directory entry ``src`` at ``dst`` (file content only when ``content``)."""
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISREG(mode):
+        if content:
+            shutil.copyfile(src, dst, follow_symlinks=False)
+        else:
+            open(dst, "wb").close()
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(dst, 0o600)
+    else:
+        return  # sockets: criu recreates bound unix sockets itself
+    os.lchown(dst, st.st_uid, st.st_gid)
+    if not stat.S_ISLNK(mode):
+        os.chmod(dst, stat.S_IMODE(mode))
+
+
+def _snapshot_root(pid: int, dest: str) -> dict:
+    """Copy the root mount of ``pid``'s mount namespace (not its child mounts) to ``dest``.
+
+    Walks /proc/PID/root; an entry whose statx mount id is not the root's is a
+    child mount's mountpoint: it becomes an empty directory or file and is not
+    descended. Returns counts for the record.
+    """
+    base = f"/proc/{pid}/root"
+    counts = {"entries": 0, "bytes": 0, "mountpoints": 0, "emptied": 0}
+
+    def walk(src: str, dst: str, root_id: int) -> None:
+        for entry in os.scandir(src):
+            s_path, d_path = entry.path, os.path.join(dst, entry.name)
+            st = os.lstat(s_path)
+            counts["entries"] += 1
+            on_root = stat.S_ISLNK(st.st_mode) or root_id == kernel.statx_mnt_id(
+                s_path, flags=kernel.AT_SYMLINK_NOFOLLOW | kernel.AT_NO_AUTOMOUNT)
+            if stat.S_ISDIR(st.st_mode):
+                os.mkdir(d_path)
+                if on_root:
+                    walk(s_path, d_path, root_id)
+                else:
+                    counts["mountpoints"] += 1
+                os.chown(d_path, st.st_uid, st.st_gid)
+                os.chmod(d_path, stat.S_IMODE(st.st_mode))
+                continue
+            content = on_root and counts["bytes"] + st.st_size <= ROOT_COPY_LIMIT
+            if not on_root:
+                counts["mountpoints"] += 1
+            elif stat.S_ISREG(st.st_mode):
+                if content:
+                    counts["bytes"] += st.st_size
+                else:
+                    counts["emptied"] += 1
+            _copy_entry(s_path, d_path, st, content)
+
+    shutil.rmtree(dest, ignore_errors=True)
+    try:
+        os.makedirs(dest)
+        walk(base, dest, kernel.statx_mnt_id(base))
+        st = os.stat(base)
+        os.chown(dest, st.st_uid, st.st_gid)
+        os.chmod(dest, stat.S_IMODE(st.st_mode))
+    except OSError as e:
+        raise BackendError(f"criu dump: cannot copy the root mount of pid {pid}: {e}") from None
+    return counts
+
+
+def _copy_tree(src: str, dst: str) -> None:
+    """Copy a saved root ``src`` to ``dst``, keeping device nodes, fifos, symlinks, modes, owners."""
+    os.makedirs(dst, exist_ok=True)
+    for entry in os.scandir(src):
+        s_path, d_path = entry.path, os.path.join(dst, entry.name)
+        st = os.lstat(s_path)
+        if stat.S_ISDIR(st.st_mode):
+            _copy_tree(s_path, d_path)
+        elif not os.path.lexists(d_path):
+            _copy_entry(s_path, d_path, st, content=True)
+    st = os.stat(src)
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))

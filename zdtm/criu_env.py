@@ -18,7 +18,9 @@ host's pid and network namespaces: criu must see the processes it dumps, and
 reaches the target's other namespaces through /proc/PID. It gets a fresh
 /proc, the host's /sys and /dev (recursive binds) and a /run tmpfs. Every path
 criu must see (images dir, restore root, external mount sources) is bound in
-at the same path. The namespace dies with criu, so nothing stays mounted; the
+at the same path, except paths that would cover the userland's own (the host's
+/usr as an external mount source): those go under /run/mntcr/<name>
+(`CriuEnv.inside` says where). The namespace dies with criu, so nothing stays mounted; the
 empty mountpoint directories created inside the userland are removed after.
 """
 
@@ -202,21 +204,36 @@ class CriuEnv:
                 self._version = "unknown"
         return self._version
 
-    def run(self, args: list[str], *, binds: tuple[str, ...] | list[str] = (), timeout: float | None = None,
+    def inside(self, host_path: str, alias: str) -> str:
+        """Where criu will see ``host_path``: the same path for a host criu or a harmless
+        path inside a userland, else ``/run/mntcr/<alias>`` (e.g. the host's /usr, which
+        would otherwise cover the userland's own /usr)."""
+        host_path = os.path.abspath(host_path)
+        if self.root is None or not _shadows_userland(host_path):
+            return host_path
+        return f"{ALIAS_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', alias)}"
+
+    def run(self, args: list[str], *, binds=(), timeout: float | None = None,
             stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
         """Run ``criu *args`` and return the finished process (stdout and stderr as text, merged).
 
-        ``binds`` are host paths criu must see; inside a userland they are bound
-        in at the same path (files and directories).
+        ``binds`` are what criu must see: host paths (bound at the same path) or
+        (host path, path inside) pairs, see `inside`. Ignored for a host criu.
         """
         cmd = [self.binary, *args]
         if self.root is None:
             return subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, timeout=timeout)
-        made = _prepare_mountpoints(self.root, binds)
+        pairs = sorted({(os.path.abspath(b), os.path.abspath(b)) if isinstance(b, str)
+                        else (os.path.abspath(b[0]), b[1]) for b in binds}, key=lambda hb: len(hb[1]))
+        for host, inside in pairs:
+            if _shadows_userland(inside) and not inside.startswith(ALIAS_DIR + "/"):
+                raise CriuEnvError(f"cannot bind {host} at {inside} in the criu userland: it would cover "
+                                   f"the userland's own files (use CriuEnv.inside)")
+        made = _prepare_mountpoints(self.root, [p for p in pairs if not p[1].startswith("/run/")])
         try:
             return subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=timeout, preexec_fn=lambda: _enter_userland(self.root, binds))
+                                  timeout=timeout, preexec_fn=lambda: _enter_userland(self.root, pairs))
         finally:
             _remove_mountpoints(made)
 
@@ -251,24 +268,33 @@ def first_error(text: str) -> str | None:
     return None
 
 
-def _prepare_mountpoints(root: str, binds) -> list[str]:
-    """Create, inside the userland, the mountpoints for ``binds``; return what was created (deepest last)."""
+ALIAS_DIR = "/run/mntcr"  # on the userland's /run tmpfs: mountpoints there leave nothing behind
+# Userland paths a same-path bind must not cover (criu's own binary, libraries, config, mounts).
+_USERLAND_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/proc", "/sys", "/dev",
+                  "/run", "/var/lib", "/var/run")
+
+
+def _shadows_userland(path: str) -> bool:
+    path = os.path.abspath(path)
+    return path == "/" or any(path == d or path.startswith(d + "/") or d.startswith(path + "/")
+                              for d in _USERLAND_DIRS)
+
+
+def _prepare_mountpoints(root: str, pairs) -> list[str]:
+    """Create, inside the userland, the mountpoints for (host, inside) ``pairs``; return what was created."""
     made: list[str] = []
-    for path in sorted({os.path.abspath(b) for b in binds}, key=len):
-        target = os.path.join(root, path.lstrip("/"))
-        parts = path.strip("/").split("/")
+    for host, inside in pairs:
+        parts = inside.strip("/").split("/")
         cur = root
         for i, part in enumerate(parts):
             cur = os.path.join(cur, part)
             if os.path.lexists(cur):
                 continue
-            last = i == len(parts) - 1
-            if last and not os.path.isdir(path):
+            if i == len(parts) - 1 and not os.path.isdir(host):
                 open(cur, "w").close()  # a file bind needs a file to sit on
             else:
                 os.mkdir(cur)
             made.append(cur)
-        del target
     return made
 
 
@@ -283,7 +309,7 @@ def _remove_mountpoints(made: list[str]) -> None:
             pass  # not empty or busy: harmless leftover in the cache
 
 
-def _enter_userland(root: str, binds) -> None:
+def _enter_userland(root: str, pairs) -> None:
     """In the forked child before exec: private mount ns, userland mounts, pivot_root into it.
 
     Errors are written to stderr (criu's output pipe) and end the child with
@@ -299,8 +325,15 @@ def _enter_userland(root: str, binds) -> None:
         kernel.mount("/sys", os.path.join(root, "sys"), None, kernel.MS_BIND | kernel.MS_REC)
         kernel.mount("/dev", os.path.join(root, "dev"), None, kernel.MS_BIND | kernel.MS_REC)
         kernel.mount("tmpfs", os.path.join(root, "run"), "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=755")
-        for path in sorted({os.path.abspath(b) for b in binds}, key=len):
-            kernel.mount(path, os.path.join(root, path.lstrip("/")), None, kernel.MS_BIND | kernel.MS_REC)
+        for host, inside in pairs:  # shortest inside path first: nested binds land on their parents
+            target = os.path.join(root, inside.lstrip("/"))
+            if inside.startswith(ALIAS_DIR + "/"):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if os.path.isdir(host):
+                    os.makedirs(target, exist_ok=True)
+                elif not os.path.exists(target):
+                    open(target, "w").close()
+            kernel.mount(host, target, None, kernel.MS_BIND | kernel.MS_REC)
         os.chdir(root)
         kernel.pivot_root(".", ".")
         kernel.umount2(".", kernel.MNT_DETACH)
