@@ -56,7 +56,7 @@ def module_order(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
         name = _modname(mod)
         path_of[name] = mod
         deps[name] = [_modname(d) for d in rest.split()]
-    builtin = set()
+    builtin: set[str] | None = None  # None: unknown (7.x packages ship no modules.builtin)
     bfile = moddir / "modules.builtin"
     if bfile.exists():
         builtin = {_modname(l) for l in bfile.read_text().split()}
@@ -75,6 +75,8 @@ def module_order(moddir: Path, wanted: tuple[str, ...]) -> list[str]:
         w = _norm(w)
         if w in path_of:
             visit(w)
+        elif builtin is None:
+            say(f"{moddir.name}: no {w} module and no modules.builtin; assuming {w} is built in")
         elif w not in builtin:
             raise VMError(f"kernel module {w} is neither built into {moddir.name} nor shipped with it")
     return order
