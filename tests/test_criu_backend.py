@@ -171,6 +171,29 @@ def test_roundtrip_shared_bind(backend, trees, tmp_path):
     assert os.path.isfile(os.path.join(logs, "restore.log"))
 
 
+def test_roundtrip_tmpfs_root(backend, trees, tmp_path):
+    """Without a root directory, a dumped tmpfs root comes back as a tmpfs with the same source and
+    options (made inside criu's namespace), so the whole mount table matches, root included."""
+    if backend.env().root is None:
+        pytest.skip("host criu: a tmpfs restore root needs the criu userland")
+    made, restored = trees
+    tree = spawn_tree(str(tmp_path), SHARED_BIND)
+    made.append(tree)
+    before = open(f"/proc/{tree.pid}/mountinfo").read()
+    images, logs = str(tmp_path / "images"), str(tmp_path / "logs")
+    backend.dump(tree.pid, images, {}, logs)
+    tree.proc.wait(timeout=10)
+    host_mounts = open("/proc/self/mountinfo").read()
+    pid = backend.restore(images, {}, None, logs)
+    restored.append(pid)
+    after = open(f"/proc/{pid}/mountinfo").read()
+    assert shape(after) == shape(before), f"before:\n{before}\nafter:\n{after}"
+    root = next(m for m in mountinfo.parse(after) if m.mountpoint == "/")
+    assert (root.fstype, root.source, root.super_opts) == ("tmpfs", "ctroot", ("rw", "mode=755"))
+    assert os.path.samefile(f"/proc/{pid}/exe", f"/proc/{pid}/root/bin/busybox")
+    assert open("/proc/self/mountinfo").read() == host_mounts  # the tmpfs never reached the host
+
+
 def test_external_host_usr(backend, trees, tmp_path):
     """The host's /usr bound read-only into the tree, declared external: restored as a bind of the
     host's /usr again (inside criu's userland it is reached under another path, not over its own /usr)."""

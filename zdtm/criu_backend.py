@@ -46,6 +46,14 @@ class BackendError(Exception):
     """A dump or restore failed; the message is one line (criu's first error line)."""
 
 
+def env_is_userland(backend: "CriuBackend") -> bool:
+    """Whether the backend's criu runs pivoted into a userland (which a tmpfs root needs)."""
+    try:
+        return backend.env().root is not None
+    except criu_env.CriuEnvError:
+        return False
+
+
 def _gone(pid: int) -> bool:
     """True when pid no longer exists (a zombie still holds its pid)."""
     try:
@@ -95,10 +103,10 @@ class CriuBackend:
         except criu_env.CriuEnvError as e:
             raise BackendError(f"criu {action}: {e}") from None
 
-    def _run(self, action: str, args: list[str], log_path: str, binds: list) -> None:
+    def _run(self, action: str, args: list[str], log_path: str, binds: list, tmpfs_root: dict | None = None) -> None:
         env = self._env_or_error(action)
         try:
-            proc = env.run(args, binds=binds, timeout=self.timeout)
+            proc = env.run(args, binds=binds, timeout=self.timeout, tmpfs_root=tmpfs_root)
         except criu_env.CriuEnvError as e:
             raise BackendError(f"criu {action}: {e}") from None
         except Exception as e:  # timeout, exec failure: still one line
@@ -154,7 +162,10 @@ class CriuBackend:
 
         ``externals`` maps each key given at dump to the host path to bind there.
         ``root`` is the directory the restored mount namespace gets as its root
-        (see `prepare_root`); None lets criu use its own root. Waits (up to
+        (see `prepare_root`). With None and a tmpfs root at dump (and a criu
+        userland), the root is a tmpfs like the dumped one (same source and
+        options), filled from the dump's root copy inside criu's namespace: it
+        lives only in the restored namespace, nothing to clean up. Waits (up to
         ``wait_timeout`` s) until the dumped pid is gone first. criu's log is
         ``log_dir/restore<tag>.log``.
         """
@@ -170,6 +181,7 @@ class CriuBackend:
                     raise BackendError(f"criu restore: dumped pid {dumped} still exists after {wait_timeout:g} s "
                                        f"(a zombie its parent has not reaped?)")
                 time.sleep(0.01)
+        env = self._env_or_error("restore")
         log_path = os.path.join(log_dir, f"restore{tag}.log")
         pidfile = os.path.join(log_dir, f"restore{tag}.pid")
         try:
@@ -178,7 +190,10 @@ class CriuBackend:
             pass
         args = ["restore", "-d", "-D", images_dir, "-o", log_path, f"-v{self.verbosity}", "--pidfile", pidfile]
         binds: list = [images_dir, log_dir]
-        if root is not None:
+        tmpfs_root = None
+        if root is None and env_is_userland(self) and (tmpfs_root := self._tmpfs_root(images_dir, meta)):
+            args += ["--root", tmpfs_root["inside"]]
+        elif root is not None:
             root = os.path.abspath(root)
             args += ["--root", root]
             binds.append(root)
@@ -186,7 +201,6 @@ class CriuBackend:
             args.append("--shell-job")
         if external_masters:
             args.append("--enable-external-masters")
-        env = self._env_or_error("restore")
         for key, path in sorted((externals or {}).items()):
             # criu opens the source inside its own root: host paths a userland would hide
             # (the host's /usr over the userland's) are bound in elsewhere.
@@ -194,7 +208,7 @@ class CriuBackend:
             args += ["--external", f"mnt[{key}]:{inside}"]
             binds.append((os.path.abspath(path), inside))
         args += self.restore_args
-        self._run("restore", args, log_path, binds)
+        self._run("restore", args, log_path, binds, tmpfs_root=tmpfs_root)
         try:
             with open(pidfile) as f:
                 return int(f.read().strip())
@@ -219,6 +233,23 @@ class CriuBackend:
         return {"pid": pid, "shell_job": sid != pid, "root_children": children, "mountinfo": text}
 
     @staticmethod
+    def _tmpfs_root(images_dir: str, meta: dict) -> dict | None:
+        """The tmpfs_root spec (zdtm.criu_env.CriuEnv.run) recreating a dumped tmpfs root, else None."""
+        saved = os.path.join(images_dir, ROOT_FILES)
+        mounts = mountinfo.parse(meta.get("mountinfo", ""))
+        root = next((m for m in mounts if m.mountpoint == "/"), None)
+        if root is None or root.fstype != "tmpfs" or root.root != "/" or not os.path.isdir(saved):
+            return None
+        flags = 0
+        for opt, flag in (("ro", kernel.MS_RDONLY), ("nosuid", kernel.MS_NOSUID), ("nodev", kernel.MS_NODEV),
+                          ("noexec", kernel.MS_NOEXEC)):
+            if opt in root.mount_opts:
+                flags |= flag
+        data = ",".join(o for o in root.super_opts if o not in ("rw", "ro"))
+        return {"inside": criu_env.ALIAS_DIR + "/root", "source": root.source, "flags": flags, "data": data,
+                "copy_from": saved}
+
+    @staticmethod
     def read_meta(images_dir: str) -> dict:
         """What `dump` recorded about the tree (empty when the images were not made by this backend)."""
         try:
@@ -240,32 +271,11 @@ class CriuBackend:
         saved = os.path.join(images_dir, ROOT_FILES)
         if not cls.read_meta(images_dir) or not os.path.isdir(saved):
             raise BackendError(f"no {META_FILE} or {ROOT_FILES} in {images_dir}: images not dumped by this backend")
-        _copy_tree(saved, dest)
+        criu_env.copy_tree(saved, dest)
         return dest
 
 
 # -- the root mount's copy ------------------------------------------------------------------
-
-def _copy_entry(src: str, dst: str, st: os.stat_result, content: bool) -> None:
-    """Recreate one non-directory entry ``src`` at ``dst`` (file content only when ``content``)."""
-    mode = st.st_mode
-    if stat.S_ISLNK(mode):
-        os.symlink(os.readlink(src), dst)
-    elif stat.S_ISREG(mode):
-        if content:
-            shutil.copyfile(src, dst, follow_symlinks=False)
-        else:
-            open(dst, "wb").close()
-    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
-    elif stat.S_ISFIFO(mode):
-        os.mkfifo(dst, 0o600)
-    else:
-        return  # sockets: criu recreates bound unix sockets itself
-    os.lchown(dst, st.st_uid, st.st_gid)
-    if not stat.S_ISLNK(mode):
-        os.chmod(dst, stat.S_IMODE(mode))
-
 
 def _snapshot_root(pid: int, dest: str) -> dict:
     """Copy the root mount of ``pid``'s mount namespace (not its child mounts) to ``dest``.
@@ -301,7 +311,7 @@ def _snapshot_root(pid: int, dest: str) -> dict:
                     counts["bytes"] += st.st_size
                 else:
                     counts["emptied"] += 1
-            _copy_entry(s_path, d_path, st, content)
+            criu_env.copy_entry(s_path, d_path, st, content)
 
     shutil.rmtree(dest, ignore_errors=True)
     try:
@@ -313,18 +323,3 @@ def _snapshot_root(pid: int, dest: str) -> dict:
     except OSError as e:
         raise BackendError(f"criu dump: cannot copy the root mount of pid {pid}: {e}") from None
     return counts
-
-
-def _copy_tree(src: str, dst: str) -> None:
-    """Copy a saved root ``src`` to ``dst``, keeping device nodes, fifos, symlinks, modes, owners."""
-    os.makedirs(dst, exist_ok=True)
-    for entry in os.scandir(src):
-        s_path, d_path = entry.path, os.path.join(dst, entry.name)
-        st = os.lstat(s_path)
-        if stat.S_ISDIR(st.st_mode):
-            _copy_tree(s_path, d_path)
-        elif not os.path.lexists(d_path):
-            _copy_entry(s_path, d_path, st, content=True)
-    st = os.stat(src)
-    os.chown(dst, st.st_uid, st.st_gid)
-    os.chmod(dst, stat.S_IMODE(st.st_mode))

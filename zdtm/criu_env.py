@@ -31,7 +31,9 @@ import glob
 import os
 import platform
 import re
+import json
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -41,6 +43,7 @@ from engine import kernel
 
 __all__ = ["CriuEnv", "CriuEnvError", "resolve", "cache_dir", "debian_mirror", "build_userland"]
 
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SUITES = ("trixie", "sid")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -213,15 +216,22 @@ class CriuEnv:
             return host_path
         return f"{ALIAS_DIR}/{re.sub(r'[^A-Za-z0-9_.-]', '_', alias)}"
 
-    def run(self, args: list[str], *, binds=(), timeout: float | None = None,
-            stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    def run(self, args: list[str], *, binds=(), timeout: float | None = None, stdin=subprocess.DEVNULL,
+            tmpfs_root: dict | None = None) -> subprocess.CompletedProcess:
         """Run ``criu *args`` and return the finished process (stdout and stderr as text, merged).
 
         ``binds`` are what criu must see: host paths (bound at the same path) or
         (host path, path inside) pairs, see `inside`. Ignored for a host criu.
+        ``tmpfs_root`` (userland only): {"inside", "source", "flags", "data",
+        "copy_from"}: a tmpfs mounted at ``inside`` in criu's namespace and
+        filled from the host directory ``copy_from`` before criu starts; a
+        restore given it as --root keeps it alive in the restored namespace
+        (it never exists on the host).
         """
         cmd = [self.binary, *args]
         if self.root is None:
+            if tmpfs_root:
+                raise CriuEnvError("a tmpfs restore root needs a criu userland (--criu trixie|sid)")
             return subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, timeout=timeout)
         pairs = sorted({(os.path.abspath(b), os.path.abspath(b)) if isinstance(b, str)
@@ -231,9 +241,15 @@ class CriuEnv:
                 raise CriuEnvError(f"cannot bind {host} at {inside} in the criu userland: it would cover "
                                    f"the userland's own files (use CriuEnv.inside)")
         made = _prepare_mountpoints(self.root, [p for p in pairs if not p[1].startswith("/run/")])
+        spec = json.dumps({"root": self.root, "pairs": pairs, "tmpfs_root": tmpfs_root})
+        # A fresh interpreter enters the namespace and execs criu: no preexec_fn in a
+        # (possibly threaded) runner, and room to copy files before pivot_root.
+        helper = [sys.executable, "-m", "zdtm.criu_env", "enter", spec, "--", *cmd]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         try:
-            return subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                  timeout=timeout, preexec_fn=lambda: _enter_userland(self.root, pairs))
+            return subprocess.run(helper, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=timeout, env=env)
         finally:
             _remove_mountpoints(made)
 
@@ -309,11 +325,11 @@ def _remove_mountpoints(made: list[str]) -> None:
             pass  # not empty or busy: harmless leftover in the cache
 
 
-def _enter_userland(root: str, pairs) -> None:
-    """In the forked child before exec: private mount ns, userland mounts, pivot_root into it.
+def _enter_userland(root: str, pairs, tmpfs_root: dict | None = None) -> None:
+    """In the helper process before exec: private mount ns, userland mounts, pivot_root into it.
 
-    Errors are written to stderr (criu's output pipe) and end the child with
-    status 126, so the caller sees the reason instead of a bare preexec failure.
+    Errors are written to stderr (criu's output pipe) and end the helper with
+    status 126, so the caller sees the reason.
     """
     try:
         kernel.unshare(kernel.CLONE_NEWNS)
@@ -334,6 +350,11 @@ def _enter_userland(root: str, pairs) -> None:
                 elif not os.path.exists(target):
                     open(target, "w").close()
             kernel.mount(host, target, None, kernel.MS_BIND | kernel.MS_REC)
+        if tmpfs_root:
+            target = os.path.join(root, tmpfs_root["inside"].lstrip("/"))
+            os.makedirs(target, exist_ok=True)
+            kernel.mount(tmpfs_root["source"], target, "tmpfs", tmpfs_root["flags"], tmpfs_root["data"] or None)
+            copy_tree(tmpfs_root["copy_from"], target)
         os.chdir(root)
         kernel.pivot_root(".", ".")
         kernel.umount2(".", kernel.MNT_DETACH)
@@ -341,6 +362,44 @@ def _enter_userland(root: str, pairs) -> None:
     except BaseException as e:  # noqa: BLE001 - must not return into exec on failure
         os.write(2, f"mntcr: cannot enter criu userland {root}: {e}\n".encode())
         os._exit(126)
+
+
+# -- copying a file tree (the restore root) ---------------------------------------------------
+
+def copy_entry(src: str, dst: str, st: os.stat_result, content: bool = True) -> None:
+    """Recreate one non-directory entry ``src`` at ``dst`` (file content only when ``content``)."""
+    mode = st.st_mode
+    if stat.S_ISLNK(mode):
+        os.symlink(os.readlink(src), dst)
+    elif stat.S_ISREG(mode):
+        if content:
+            shutil.copyfile(src, dst, follow_symlinks=False)
+        else:
+            open(dst, "wb").close()
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        os.mknod(dst, stat.S_IFMT(mode) | 0o600, st.st_rdev)
+    elif stat.S_ISFIFO(mode):
+        os.mkfifo(dst, 0o600)
+    else:
+        return  # sockets: criu recreates bound unix sockets itself
+    os.lchown(dst, st.st_uid, st.st_gid)
+    if not stat.S_ISLNK(mode):
+        os.chmod(dst, stat.S_IMODE(mode))
+
+
+def copy_tree(src: str, dst: str) -> None:
+    """Copy directory ``src`` into ``dst`` keeping device nodes, fifos, symlinks, modes and owners."""
+    os.makedirs(dst, exist_ok=True)
+    for entry in os.scandir(src):
+        s_path, d_path = entry.path, os.path.join(dst, entry.name)
+        st = os.lstat(s_path)
+        if stat.S_ISDIR(st.st_mode):
+            copy_tree(s_path, d_path)
+        elif not os.path.lexists(d_path):
+            copy_entry(s_path, d_path, st)
+    st = os.stat(src)
+    os.chown(dst, st.st_uid, st.st_gid)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
 
 
 _RESOLVED: dict[str, CriuEnv] = {}
@@ -378,3 +437,21 @@ def resolve(spec: str | None = "auto") -> CriuEnv:
         raise CriuEnvError(f"--criu {spec}: not system, auto, {', '.join(SUITES)}, a criu binary or a userland dir")
     _RESOLVED[spec] = env
     return env
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m zdtm.criu_env enter SPEC -- criu ARGS``: the helper `CriuEnv.run` starts."""
+    if len(argv) < 4 or argv[0] != "enter" or argv[2] != "--":
+        print("usage: python -m zdtm.criu_env enter SPEC_JSON -- CRIU [ARGS...]", file=sys.stderr)
+        return 2
+    spec = json.loads(argv[1])
+    _enter_userland(spec["root"], [tuple(p) for p in spec["pairs"]], spec.get("tmpfs_root"))
+    try:
+        os.execv(argv[3], argv[3:])
+    except OSError as e:
+        print(f"mntcr: cannot run {argv[3]} in the criu userland: {e}", file=sys.stderr)
+        return 126
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
