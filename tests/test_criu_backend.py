@@ -169,6 +169,9 @@ def test_roundtrip_shared_bind(backend, trees, tmp_path):
     assert os.stat(os.path.join(root, "bin/busybox")).st_size == os.stat(BUSYBOX).st_size
     assert open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[1:3] == [b"sleep", b"100000"]
     assert os.path.isfile(os.path.join(logs, "restore.log"))
+    for action in ("dump", "restore"):
+        t = backend.timings[action]
+        assert t["criu"] is not None and 0 < t["criu"] <= t["wall"]
 
 
 def test_roundtrip_tmpfs_root(backend, trees, tmp_path):

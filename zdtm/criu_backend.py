@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import time
@@ -54,6 +55,18 @@ def env_is_userland(backend: "CriuBackend") -> bool:
         return False
 
 
+def _log_seconds(log_path: str) -> float | None:
+    """The last "(SS.ffffff)" timestamp of a criu log: criu's own run time."""
+    try:
+        with open(log_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(log_path) - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return None
+    stamps = re.findall(r"^\(\s*(\d+\.\d+)\)", tail, re.M)
+    return float(stamps[-1]) if stamps else None
+
+
 def _gone(pid: int) -> bool:
     """True when pid no longer exists (a zombie still holds its pid)."""
     try:
@@ -77,6 +90,9 @@ class CriuBackend:
         self.dump_args = tuple(dump_args)
         self.restore_args = tuple(restore_args)
         self._env: criu_env.CriuEnv | None = None
+        # Per action ("dump"/"restore") of the last call: {"wall": s, "criu": s}; "criu" is
+        # criu's own duration from its log (without entering the userland), None if unknown.
+        self.timings: dict[str, dict] = {}
 
     # -- availability -----------------------------------------------------------------------
 
@@ -105,6 +121,7 @@ class CriuBackend:
 
     def _run(self, action: str, args: list[str], log_path: str, binds: list, tmpfs_root: dict | None = None) -> None:
         env = self._env_or_error(action)
+        start = time.monotonic()
         try:
             proc = env.run(args, binds=binds, timeout=self.timeout, tmpfs_root=tmpfs_root)
         except criu_env.CriuEnvError as e:
@@ -120,6 +137,7 @@ class CriuBackend:
                 pass
             err = criu_env.first_error(text) or (proc.stdout.strip().splitlines() or ["no output"])[-1]
             raise BackendError(f"criu {action} failed (exit {proc.returncode}): {err} [log: {log_path}]")
+        self.timings[action] = {"wall": time.monotonic() - start, "criu": _log_seconds(log_path)}
 
     # -- dump / restore ---------------------------------------------------------------------
 
