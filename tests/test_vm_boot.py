@@ -1,0 +1,132 @@
+"""vm/ fast path: boots throwaway VMs (kernel 6.1, downloaded once into the cache) with qemu.
+
+Marked `vm`; deselect with -m 'not vm'. The kernel download happens on first
+use (tens of seconds) and is reused from $MNTCR_CACHE / ~/.cache/mntcr after.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from vm.errors import VMError
+
+pytestmark = pytest.mark.vm
+KERNEL = os.environ.get("MNTCR_TEST_KERNEL", "6.1")
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+def _requirements() -> str | None:
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
+    if not Path("/bin/busybox").exists():
+        return "busybox-static is not installed (/bin/busybox)"
+    if os.geteuid() != 0:
+        return "needs root (dpkg -x of kernel packages keeps root-owned modes; qemu 9p passthrough)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def kernel():
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    from vm import kernels, matrix
+    return kernels.ensure(matrix.lookup(KERNEL))
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    return tmp_path_factory.mktemp("vmresults")
+
+
+@pytest.fixture(scope="module")
+def vm(kernel, results):
+    from vm.qemu import QemuVM
+    v = QemuVM(kernel, results)
+    v.start()
+    yield v
+    v.close()
+
+
+def test_exit_status_and_output_pass_through(vm, kernel):
+    r = vm.run(["sh", "-c", "uname -r; echo oops >&2; exit 3"])
+    assert r.status == 3
+    assert r.stdout == kernel.version + "\n"
+    assert r.stderr == "oops\n"
+    assert vm.run(["true"]).status == 0
+    assert vm.run("kill -9 $$").status == 137
+
+
+def test_project_visible_and_cwd_env(vm):
+    r = vm.run(["sh", "-c", "pwd; cat pyproject.toml | head -3; echo $FOO"], cwd=PROJECT, env={"FOO": "a b"})
+    assert r.status == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == str(PROJECT)
+    assert lines[1:4] == (PROJECT / "pyproject.toml").read_text().splitlines()[:3]
+    assert lines[-1] == "a b"
+
+
+def test_vm_writes_reach_only_the_results_dir(vm, results):
+    name = f"mntcr-vm-probe-{uuid.uuid4().hex}"
+    outside = PROJECT / name
+    r = vm.run(["sh", "-c", f"echo x > {outside} && echo y > {results}/{name} && id -u"])
+    assert r.status == 0, r.stderr
+    assert r.stdout.strip() == "0"  # root in the guest
+    assert (results / name).read_text() == "y\n"
+    assert not outside.exists(), "a write in the VM reached the host outside the results dir"
+
+
+def test_command_timeout_is_a_clear_error(kernel, results):
+    from vm.qemu import QemuVM
+    with QemuVM(kernel, results) as v:
+        t0 = time.monotonic()
+        with pytest.raises(VMError, match="timed out after 2s"):
+            v.run(["sleep", "60"], timeout=2)
+        assert time.monotonic() - t0 < 20
+
+
+def test_kernel_panic_is_reported_not_a_hang(kernel, results):
+    from vm.qemu import QemuVM
+    # no such init and no root device: the kernel panics; panic=-1 ends qemu at once
+    v = QemuVM(kernel, results, init="/no/such/init", boot_timeout=60)
+    t0 = time.monotonic()
+    with pytest.raises(VMError, match="Kernel panic"):
+        try:
+            v.start()
+        finally:
+            v.close()
+    assert time.monotonic() - t0 < 60
+
+
+def test_boot_timeout_is_a_clear_error(kernel, results):
+    from vm.qemu import QemuVM
+    v = QemuVM(kernel, results, boot_timeout=0.5)
+    with pytest.raises(VMError, match="within the boot timeout|control socket within"):
+        try:
+            v.start()
+        finally:
+            v.close()
+    assert v.proc.poll() is not None, "qemu was left running after the boot timeout"
+
+
+def test_cli_run_passes_status_through(kernel, capfd):
+    from engine import cli
+    rc = cli.main(["vm", "run", "--kernel", KERNEL, "--", "sh", "-c", "echo from-vm; exit 3"])
+    out, err = capfd.readouterr()
+    assert rc == 3
+    assert out == "from-vm\n"
+    assert "booting kernel" in err
+
+
+def test_cli_run_unknown_kernel_is_one_line_exit_2(capfd):
+    from engine import cli
+    rc = cli.main(["vm", "run", "--kernel", "nope", "--", "true"])
+    _, err = capfd.readouterr()
+    assert rc == 2
+    assert err.strip().count("\n") == 0 and "unknown kernel 'nope'" in err
