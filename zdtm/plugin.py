@@ -186,13 +186,17 @@ class ScenarioItem(pytest.Item):
         if reason:
             pytest.skip(f"backend {self.backend_name} unavailable: {reason}")
         self.workdir = state.workdir(self.nodeid)
+        error = None
         try:
             self.running = self.flavor.start(sc, self.workdir)
         except SetupError as e:
+            error = str(e)
+        if error is not None:
             self.failed = True
             with open(os.path.join(self.workdir, "setup.log"), "w") as f:
-                f.write(str(e) + "\n")
-            raise
+                f.write(error + "\n")
+            # In the setup phase pytest reports an ERROR; pytrace=False keeps it to the message.
+            pytest.fail(f"SETUP ERROR (not a C/R failure) in {sc.path}: {error}", pytrace=False)
         with open(os.path.join(self.workdir, "setup.log"), "w") as f:
             f.write(self.running.setup_output)
 
@@ -222,8 +226,6 @@ class ScenarioItem(pytest.Item):
 
     def repr_failure(self, excinfo, style=None):
         exc = excinfo.value
-        if isinstance(exc, SetupError):
-            return f"SETUP ERROR (not a C/R failure) in {self.scenario.path}: {exc}"
         if isinstance(exc, cycle.CycleFailure):
             return str(exc)
         return super().repr_failure(excinfo, style=style)

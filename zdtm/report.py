@@ -18,7 +18,7 @@ import subprocess
 
 from engine import mountinfo
 
-_WIDTH = 70
+_WIDTH = 100
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22", "#7f7f7f")
 
 

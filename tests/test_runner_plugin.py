@@ -1,0 +1,208 @@
+"""The runner end to end through pytest (pytester, in a subprocess): real ns flavor, fake backends.
+
+The fake backends stand in for an engine so the runner can be tested before
+and independently of it: `rerun` "restores" by running the setup again in a
+fresh container (so a correct runner sees equal states), `mutate` does the same
+but lets setup know it is a restore (so states differ where the scenario
+chooses), `refuse` refuses every dump.
+"""
+
+import os
+import re
+import sys
+
+import pytest
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root (namespaces, mounts)")
+
+FAKES = '''
+import dataclasses
+from zdtm import backends, snapshot
+from zdtm.backends import Backend, BackendError
+
+pytest_plugins = ["zdtm.plugin"]
+
+
+class Rerun(Backend):
+    """Restores by running the scenario's setup again in a fresh container."""
+    name = "rerun"
+    prefix = ""
+
+    def dump(self, pid, images_dir, externals, ctx):
+        snapshot.kill_tree(pid)
+
+    def restore(self, images_dir, externals, ctx):
+        sc = ctx.scenario
+        if self.prefix:
+            sc = dataclasses.replace(sc, setup=self.prefix + "\\n" + sc.setup)
+        running = ctx.flavor.start(sc, f"{ctx.workdir}/rerun{ctx.iteration}")
+        ctx.on_cleanup(lambda: ctx.flavor.stop(running))
+        return running.pid
+
+
+class Mutate(Rerun):
+    name = "mutate"
+    prefix = "ZDTM_RESTORED=1"
+
+
+class Refuse(Backend):
+    name = "refuse"
+
+    def dump(self, pid, images_dir, externals, ctx):
+        raise BackendError("dump", "refuse: this backend refuses every dump")
+
+
+backends.register("rerun", Rerun)
+backends.register("mutate", Mutate)
+backends.register("refuse", Refuse)
+'''
+
+SHARED = """\
+description: a shared tmpfs with a bind, an fd and a cwd in it
+params:
+  prop: [shared, private]
+setup: |
+  mount -t tmpfs t /mnt
+  mkdir /mnt/a /mnt/b
+  mount --make-{{ prop }} /mnt
+  mount --bind /mnt/a /mnt/b
+  if [ -n "${ZDTM_RESTORED:-}" ]; then mount --make-private /mnt/b; fi
+  echo x > /mnt/a/f
+  exec 7</mnt/a/f
+  cd /mnt/b
+  exec zdtm-hold
+check: |
+  cat /mnt/b/f
+"""
+
+
+@pytest.fixture
+def run(pytester, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", PROJECT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    pytester.makeconftest(FAKES)
+
+    def go(scenarios: dict, *args):
+        for name, text in scenarios.items():
+            path = pytester.path / "scenarios" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "scenarios", *args, timeout=300)
+    return go
+
+
+def summary(result) -> str:
+    out = result.stdout.str()
+    return out[out.index("zdtm summary"):] if "zdtm summary" in out else ""
+
+
+def test_matching_states_pass_and_ids_carry_params(run):
+    result = run({"p/shared.yaml": SHARED}, "--backend", "rerun", "-v")
+    result.assert_outcomes(passed=2)
+    out = result.stdout.str()
+    assert "scenarios/p/shared.yaml::shared[prop=shared-rerun-ns] PASSED" in out
+    assert "scenarios/p/shared.yaml::shared[prop=private-rerun-ns] PASSED" in out
+    assert re.search(r"scenarios/p/shared.yaml\[prop=shared\]\s+pass", summary(result))
+
+
+def test_k_selects_one_combination_and_iters(run):
+    result = run({"p/shared.yaml": SHARED}, "--backend", "rerun", "-k", "private", "--iters", "3", "-v")
+    result.assert_outcomes(passed=1, deselected=1)
+
+
+def test_tree_difference_fails_with_a_tree_diff_and_report(run, pytester):
+    report = pytester.path / "rep"
+    result = run({"p/shared.yaml": SHARED}, "--backend", "mutate", "-k", "prop=shared" if False else "shared-",
+                 "--report", str(report))
+    result.assert_outcomes(failed=1, deselected=1)
+    out = result.stdout.str()
+    assert "mutate: restored state differs from the state before dump (iteration 1/1)" in out
+    assert "mount tree differs" in out
+    assert "/mnt/b" in out
+    assert re.search(r"shared\.yaml\[prop=shared\]\s+FAIL: mutate: restored state differs", summary(result))
+    kept = [d for d in os.listdir(report) if d.startswith("scenarios_p_shared")]
+    assert len(kept) == 1
+    assert {"before.json", "after.0.json", "setup.log"} <= set(os.listdir(report / kept[0]))
+    html = (report / "report.html").read_text()
+    assert "<svg" in html and "#ffb3b3" in html  # graphs drawn, a differing mount highlighted
+    assert "| scenarios/p/shared.yaml[prop=shared] | FAIL: mutate: restored state differs" in \
+        (report / "summary.md").read_text()
+
+
+def test_check_output_difference_fails(run):
+    scen = SHARED.replace("cat /mnt/b/f", "cat /proc/sys/kernel/random/uuid")
+    result = run({"p/shared.yaml": scen}, "--backend", "rerun", "-k", "private")
+    result.assert_outcomes(failed=1, deselected=1)
+    assert "check output differs (before dump vs after restore 1)" in result.stdout.str()
+
+
+def test_crfail_expected_and_refused_passes(run):
+    scen = "description: d\nexpect: {refuse: {crfail: the fake refuses}}\nsetup: exec zdtm-hold\n"
+    result = run({"c.yaml": scen}, "--backend", "refuse")
+    result.assert_outcomes(passed=1)
+    assert "pass: crfail as expected: dump failed (iteration 1/1): refuse: this backend" in summary(result)
+
+
+def test_crfail_unexpected_success_fails(run):
+    scen = "description: d\nexpect: {rerun: {crfail: should not work}}\nsetup: exec zdtm-hold\n"
+    result = run({"c.yaml": scen}, "--backend", "rerun")
+    result.assert_outcomes(failed=1)
+    assert "unexpected success: rerun was expected to fail (should not work)" in result.stdout.str()
+
+
+def test_refusal_without_crfail_fails_with_the_backend_error(run):
+    result = run({"c.yaml": "description: d\nsetup: exec zdtm-hold\n"}, "--backend", "refuse")
+    result.assert_outcomes(failed=1)
+    assert "refuse dump failed (iteration 1/1): refuse: this backend refuses every dump" in result.stdout.str()
+
+
+def test_setup_failure_is_a_setup_error(run):
+    scen = "description: d\nsetup: |\n  echo about to fail\n  false\n  exec zdtm-hold\n"
+    result = run({"bad.yaml": scen}, "--backend", "rerun")
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert "SETUP ERROR (not a C/R failure)" in out
+    assert "setup exited with status 1 before `exec zdtm-hold`" in out
+    assert "about to fail" in out
+    assert re.search(r"bad\.yaml\s+ERROR: SETUP ERROR", summary(result))
+
+
+def test_background_process_holding_setup_pipe_is_a_setup_error(run):
+    scen = "description: d\nsetup: |\n  sleep 60 &\n  exec zdtm-hold\n"
+    result = run({"bg.yaml": scen}, "--backend", "rerun")
+    result.assert_outcomes(errors=1)
+    assert "still has setup's stdout/stderr" in result.stdout.str()
+
+
+def test_schema_error_is_a_collection_error(run):
+    result = run({"x.yaml": "description: d\nsetup: s\nflavours: [ns]\n"})
+    result.assert_outcomes(errors=1)
+    out = result.stdout.str()
+    assert re.search(r"scenario error: \S*scenarios/x.yaml:3: unknown key 'flavours'; allowed: description", out)
+
+
+def test_skip_reasons_in_summary(run):
+    scens = {"k.yaml": "description: d\nrequires: {kernel: '<2.6'}\nsetup: exec zdtm-hold\n",
+             "s.yaml": "description: d\nexpect: {skip: not today}\nsetup: exec zdtm-hold\n"}
+    result = run(scens, "--backend", "rerun")
+    result.assert_outcomes(skipped=2)
+    table = summary(result)
+    assert re.search(r"k\.yaml\s+skip: needs kernel <2.6", table)
+    assert re.search(r"s\.yaml\s+skip: rerun: not today", table)
+
+
+def test_backend_all_xdist_and_junitxml(run, pytester):
+    scen = ("description: d\nexpect: {refuse: {crfail: refuses}}\nsetup: |\n"
+            "  mount -t tmpfs t /mnt\n  exec zdtm-hold\n")
+    junit = pytester.path / "junit.xml"
+    result = run({"a.yaml": scen, "b.yaml": scen}, "--backend", "rerun,refuse,mutate", "-n", "2",
+                 f"--junitxml={junit}")
+    result.assert_outcomes(passed=6)
+    table = summary(result)
+    header = table.splitlines()[1]
+    assert "mutate/ns" in header and "refuse/ns" in header and "rerun/ns" in header
+    assert re.search(r"scenarios/a\.yaml\s+pass\s+pass: crfail as expected", table)
+    assert "6 pass" in table
+    xml = junit.read_text()
+    assert xml.count("<testcase") == 6 and 'name="a[refuse-ns]"' in xml
