@@ -28,7 +28,10 @@ def make_vm(kernel_name: str, provider: str, results_dir: str | Path, **opts):
         from vm.qemu import QemuVM
         return QemuVM(kernels.ensure(spec), results_dir, **opts)
     if provider == "vagrant":
-        from vm.vagrant import VagrantVM
+        try:
+            from vm.vagrant import VagrantVM
+        except ImportError:
+            raise VMError("provider vagrant is not implemented yet (vm/vagrant.py); use --provider qemu") from None
         return VagrantVM(kernels.ensure(spec), results_dir, **opts)
     raise VMError(f"unknown provider {provider!r}; use one of {', '.join(PROVIDERS)}")
 

@@ -190,6 +190,8 @@ class VmFlavor(Flavor):
             if not spec.nine_p:
                 return f"kernel {self.kernel} has no 9p; it runs with --vm-provider vagrant only"
         elif self.provider == "vagrant":
+            if not os.path.exists(os.path.join(_PROJECT_ROOT, "vm", "vagrant.py")):
+                return "the vagrant provider is not implemented yet (vm/vagrant.py); use --vm-provider qemu"
             if not shutil.which("vagrant"):
                 return "vagrant is not installed (apt-get install vagrant vagrant-libvirt libvirt-daemon-system)"
         return None
