@@ -94,7 +94,12 @@ class _State:
 
     def workdir(self, nodeid: str) -> str:
         if self.tmp_base is None:
-            self.tmp_base = tempfile.mkdtemp(prefix="zdtm-")
+            parent = None
+            if "vm" in self.flavor_names:
+                # A VM sees the host only through its results share, never the host's /tmp.
+                from vm import cache
+                parent = cache.sub("zdtm-work")
+            self.tmp_base = tempfile.mkdtemp(prefix="zdtm-", dir=parent)
         return tempfile.mkdtemp(prefix=safe_name(nodeid)[-60:] + ".", dir=self.tmp_base)
 
 
@@ -120,6 +125,11 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     state = config.stash.get(_STATE_KEY, None)
+    if state is not None and "vm" in state.flavor_names:
+        try:
+            get_flavor("vm").close()
+        except ValueError:
+            pass
     if state is not None and state.tmp_base:
         shutil.rmtree(state.tmp_base, ignore_errors=True)
 
@@ -179,13 +189,25 @@ class ScenarioItem(pytest.Item):
             self.flavor = get_flavor(self.flavor_name)
         except ValueError as e:
             pytest.skip(str(e))
-        reason = self.flavor.unavailable() or scenario_mod.missing_requirement(sc.requires)
+        if getattr(self.flavor, "remote", False):
+            self.flavor.configure(kernel=self.config.getoption("kernel") or self.flavor.kernel,
+                                  provider=self.config.getoption("vm_provider") or self.flavor.provider,
+                                  results_root=None)
+        remote = getattr(self.flavor, "remote", False)
+        reason = self.flavor.unavailable()
+        if reason:
+            pytest.skip(f"flavor {self.flavor_name}: {reason}")
+        # A remote flavor checks requirements and the backend where the scenario runs.
+        reason = None if remote else scenario_mod.missing_requirement(sc.requires)
         if reason:
             pytest.skip(reason)
-        reason = state.backend_unavailable(self.backend_name)
+        reason = None if remote else state.backend_unavailable(self.backend_name)
         if reason:
             pytest.skip(f"backend {self.backend_name} unavailable: {reason}")
         self.workdir = state.workdir(self.nodeid)
+        if remote:
+            self._setup_remote(state)
+            return
         error = None
         try:
             self.running = self.flavor.start(sc, self.workdir)
@@ -200,8 +222,28 @@ class ScenarioItem(pytest.Item):
         with open(os.path.join(self.workdir, "setup.log"), "w") as f:
             f.write(self.running.setup_output)
 
+    def _setup_remote(self, state):
+        """A remote flavor (vm) runs setup and cycle in one go; setup errors and skips surface here."""
+        self.flavor.results_root = state.tmp_base
+        iters = max(state.iters, self.scenario.iters)
+        self.remote_outcome = out = self.flavor.run_scenario(self.scenario, self.backend_name, iters, self.workdir)
+        if out.outcome == "skip":
+            pytest.skip(out.message)
+        if out.outcome == "setup-error":
+            self.failed = True
+            pytest.fail(f"SETUP ERROR (not a C/R failure) in {self.scenario.path} "
+                        f"(kernel {out.kernel}): {out.message}", pytrace=False)
+
     def runtest(self):
         state = _state(self.config)
+        out = getattr(self, "remote_outcome", None)
+        if out is not None:
+            if out.outcome == "fail":
+                self.failed = True
+                raise cycle.CycleFailure(f"[kernel {out.kernel}] {out.message}", kind=out.kind)
+            if out.outcome == "crfail":
+                self.user_properties.append(("zdtm_crfail", out.message))
+            return
         iters = max(state.iters, self.scenario.iters)
         try:
             outcome = cycle.run(self.scenario, state.backend(self.backend_name), self.flavor, self.running,
