@@ -195,14 +195,17 @@ def test_skip_reasons_in_summary(run):
 def test_backend_all_xdist_and_junitxml(run, pytester):
     scen = ("description: d\nexpect: {refuse: {crfail: refuses}}\nsetup: |\n"
             "  mount -t tmpfs t /mnt\n  exec zdtm-hold\n")
+    differs = "description: d\nsetup: exec zdtm-hold\ncheck: cat /proc/sys/kernel/random/uuid\n"
     junit = pytester.path / "junit.xml"
-    result = run({"a.yaml": scen, "b.yaml": scen}, "--backend", "rerun,refuse,mutate", "-n", "2",
-                 f"--junitxml={junit}")
-    result.assert_outcomes(passed=6)
+    result = run({"a.yaml": scen, "b.yaml": scen, "c.yaml": differs}, "--backend", "rerun,refuse,mutate",
+                 "-n", "2", f"--junitxml={junit}")
+    result.assert_outcomes(passed=6, failed=3)
     table = summary(result)
     header = table.splitlines()[1]
     assert "mutate/ns" in header and "refuse/ns" in header and "rerun/ns" in header
     assert re.search(r"scenarios/a\.yaml\s+pass\s+pass: crfail as expected", table)
-    assert "6 pass" in table
+    # The reason is the failure's first line, not xdist's worker header.
+    assert re.search(r"scenarios/c\.yaml\s+FAIL: mutate: restored state differs.*FAIL: refuse dump failed", table)
+    assert "6 pass, 3 fail" in table or "3 fail, 6 pass" in table
     xml = junit.read_text()
-    assert xml.count("<testcase") == 6 and 'name="a[refuse-ns]"' in xml
+    assert xml.count("<testcase") == 9 and 'name="a[refuse-ns]"' in xml

@@ -151,15 +151,12 @@ class CriuBackend(Backend):
 
     def dump(self, pid, images_dir, externals, ctx):
         self._call("dump", self.impl().dump, pid, images_dir, {e.mountpoint: e.key for e in externals},
-                   ctx.log_dir)
+                   ctx.log_dir, tag=f".iter{ctx.iteration}")
 
     def restore(self, images_dir, externals, ctx):
-        import shutil
-        root = os.path.join(ctx.workdir, f"criu-root.iter{ctx.iteration}")
-        self._call("restore", self.impl().prepare_root, images_dir, root)
-        ctx.on_cleanup(lambda: shutil.rmtree(root, ignore_errors=True))
+        # root=None: criu_backend rebuilds the dumped tmpfs root inside criu's own namespace.
         return self._call("restore", self.impl().restore, images_dir, {e.key: e.host_path for e in externals},
-                          root, ctx.log_dir)
+                          None, ctx.log_dir, tag=f".iter{ctx.iteration}")
 
 
 _REGISTRY: dict[str, object] = {"mntcr": MntcrBackend, "criu": CriuBackend}

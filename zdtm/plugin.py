@@ -278,13 +278,17 @@ class ScenarioItem(pytest.Item):
 
 # --- summary, report, leak guard (controller only) ---------------------------------
 
+_XDIST_HEADER = re.compile(r"^\[gw\d+\] \S+ -- Python ")
+
+
 def _reason(report) -> str:
     longrepr = report.longrepr
     if isinstance(longrepr, tuple):
         text = longrepr[2]
         return text[len("Skipped: "):] if text.startswith("Skipped: ") else text
     text = report.longreprtext if longrepr is not None else ""
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    # xdist prefixes a worker header ("[gw1] linux -- Python 3.11 ...") to the text.
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not _XDIST_HEADER.match(line)]
     return lines[0] if lines else ""
 
 
