@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import heapq
+import itertools
+from collections import deque
 from dataclasses import dataclass, field
 
 from engine.mountinfo import Mount, escape
@@ -207,12 +210,16 @@ def canonical(mounts) -> Canonical:
 
     Siblings are ordered by a label-free key (own attributes, then a hash of
     their subtree). Identical siblings can still differ in how they are tied to
-    the rest (peer groups, superblocks): then colour refinement over those
-    relations orders them. Peer groups (shared, master, propagate_from ids) and
-    superblocks are then named P1.., S1.. by first appearance in the walk.
-    Siblings that stay tied after refinement are interchangeable in all but
-    pathological (regular, refinement-resistant) structures; their input order
-    decides, which can then report a false difference, never a false equality.
+    the rest (peer groups, superblocks): colour refinement over those relations
+    orders them. Siblings still tied after that are interchangeable as far as
+    refinement can tell; they are taken greedily, each time the one whose peer
+    groups / superblock were named earliest (so the partner of a mount just
+    walked comes next, as in two-member groups spread over identical siblings).
+    Peer groups (shared, master, propagate_from ids) and superblocks are named
+    P1.., S1.. by first appearance in the walk. Only structures that defeat
+    both steps (highly regular ones no mount table is likely to have) could get
+    two texts for one tree: a false difference, never a false equality, since
+    the text describes the tree completely.
     """
     tree = mounts if isinstance(mounts, Tree) else Tree(mounts)
     # Bottom-up subtree hashes: children are hashed before their parent.
@@ -235,48 +242,101 @@ def canonical(mounts) -> Canonical:
             pos[m.mnt_id] = _h((pos[parent.mnt_id] if parent else b"", sub[m.mnt_id]))
         color = _refine(tree, pos)
 
-    order: list[Mount] = []
-    depth: dict[int, int] = {}
-    stack = [(r, 0) for r in reversed(sorted(tree.roots, key=lambda m: sibling_key(m, color)))]
-    while stack:
-        m, d = stack.pop()
-        order.append(m)
-        depth[m.mnt_id] = d
-        kids = tree.children[m.mnt_id]
-        if kids:
-            stack.extend((c, d + 1) for c in reversed(sorted(kids, key=lambda c: sibling_key(c, color))))
-
     group_names: dict[int, str] = {}
     sb_names: dict[tuple[int, int], str] = {}
+    named: dict[tuple, int] = {}  # ("g", gid) / ("s", dev) -> rank of its name
+    waiting: dict[tuple, list] = {}  # unnamed ref -> tied candidates whose greedy key it lowers
+    unnamed = 1 << 62
 
-    def gname(gid: int) -> str:
-        if gid not in group_names:
-            group_names[gid] = f"P{len(group_names) + 1}"
-        return group_names[gid]
+    def refs(m: Mount) -> tuple:
+        return (("g", m.shared), ("g", m.master), ("g", m.propagate_from), ("s", (m.major, m.minor)))
 
+    def greedy_key(m: Mount) -> tuple:
+        return tuple(-1 if r[1] is None else named.get(r, unnamed) for r in refs(m))
+
+    class _Tied:
+        """Siblings no key tells apart: picked one at a time, each time the one whose peer
+        groups / superblock already have the earliest names (so partners follow each other)."""
+
+        def __init__(self, run: list[Mount]):
+            self.left = len(run)
+            self.done: set[int] = set()
+            self.by_id = {m.mnt_id: m for m in run}
+            self.seq = {m.mnt_id: i for i, m in enumerate(run)}
+            self.heap = [(greedy_key(m), i, m.mnt_id) for i, m in enumerate(run)]
+            heapq.heapify(self.heap)
+            for m in run:
+                for r in refs(m):
+                    if r[1] is not None and r not in named:
+                        waiting.setdefault(r, []).append((self, m))
+
+        def pop(self) -> Mount:
+            while True:
+                key, _, mid = heapq.heappop(self.heap)
+                m = self.by_id[mid]
+                if mid in self.done or key != greedy_key(m):
+                    continue  # stale: a fresher entry was pushed when a name was given
+                self.done.add(mid)
+                self.left -= 1
+                return m
+
+    def give_name(r: tuple, names: dict, prefix: str) -> str:
+        if r[1] not in names:
+            names[r[1]] = f"{prefix}{len(names) + 1}"
+            named[r] = len(names)
+            for tied, m in waiting.pop(r, ()):
+                if m.mnt_id not in tied.done:
+                    heapq.heappush(tied.heap, (greedy_key(m), tied.seq[m.mnt_id], m.mnt_id))
+        return names[r[1]]
+
+    def frame(siblings: list[Mount]) -> list:
+        ordered = sorted(siblings, key=lambda m: sibling_key(m, color))
+        runs: list = []
+        for _, grp in itertools.groupby(ordered, key=lambda m: sibling_key(m, color)):
+            run = list(grp)
+            runs.append(run[0] if len(run) == 1 else _Tied(run))
+        runs.reverse()
+        return runs
+
+    order: list[Mount] = []
+    depth: dict[int, int] = {}
     lines: dict[int, str] = {}
     out = []
     mp_count: dict[str, int] = {}
-    for m in order:
+    stack = [(frame(tree.roots), 0)]
+    while stack:
+        runs, d = stack[-1]
+        if not runs:
+            stack.pop()
+            continue
+        top = runs[-1]
+        if isinstance(top, _Tied):
+            m = top.pop()
+            if not top.left:
+                runs.pop()
+        else:
+            m = runs.pop()
+        order.append(m)
+        depth[m.mnt_id] = d
         mp_count[m.mountpoint] = mp_count.get(m.mountpoint, 0) + 1
-        dev = (m.major, m.minor)
-        if dev not in sb_names:
-            sb_names[dev] = f"S{len(sb_names) + 1}"
+        sb = give_name(("s", (m.major, m.minor)), sb_names, "S")
         prop = []
         if m.shared is not None:
-            prop.append(f"shared:{gname(m.shared)}")
+            prop.append(f"shared:{give_name(('g', m.shared), group_names, 'P')}")
         if m.master is not None:
-            prop.append(f"master:{gname(m.master)}")
+            prop.append(f"master:{give_name(('g', m.master), group_names, 'P')}")
         if m.propagate_from is not None:
-            prop.append(f"propagate_from:{gname(m.propagate_from)}")
+            prop.append(f"propagate_from:{give_name(('g', m.propagate_from), group_names, 'P')}")
         if m.unbindable:
             prop.append("unbindable")
         prop.extend(m.extra_optional)
         line = (f"{escape(m.mountpoint)} root={escape(m.root)} type={escape(m.fstype)} "
-                f"source={escape(m.source)} opts={','.join(m.mount_opts)} sb={sb_names[dev]} "
+                f"source={escape(m.source)} opts={','.join(m.mount_opts)} sb={sb} "
                 f"sbopts={','.join(m.super_opts)} prop={' '.join(prop) or 'private'}")
         lines[m.mnt_id] = line
-        out.append("  " * depth[m.mnt_id] + line)
+        out.append("  " * d + line)
+        if tree.children[m.mnt_id]:
+            stack.append((frame(tree.children[m.mnt_id]), d + 1))
     seen: dict[str, int] = {}
     labels: dict[int, str] = {}
     for m in order:
@@ -385,13 +445,13 @@ def _match(ca: Canonical, cb: Canonical) -> dict[int, int]:
                 break
             buckets: dict = {}
             for y in ys:
-                buckets.setdefault(crit(y, cb), []).append(y)
+                buckets.setdefault(crit(y, cb), deque()).append(y)
             rest_x = []
             used = set()
             for x in xs:
                 cand = buckets.get(crit(x, ca))
                 if cand:
-                    y = cand.pop(0)
+                    y = cand.popleft()
                     used.add(y.mnt_id)
                     pairs[x.mnt_id] = y.mnt_id
                     work.append((sorted(ta.children[x.mnt_id], key=lambda m: a_rank[m.mnt_id]),
@@ -401,6 +461,12 @@ def _match(ca: Canonical, cb: Canonical) -> dict[int, int]:
             xs = rest_x
             ys = [y for y in ys if y.mnt_id not in used]
     return pairs
+
+
+def _related_key(m: Mount, what: str):
+    if what == "superblock":
+        return (m.major, m.minor)
+    return {"peers": m.shared, "master": m.master, "propagate_from": m.propagate_from}[what]
 
 
 def _related(tree: Tree, m: Mount, what: str) -> list[Mount]:
@@ -417,7 +483,7 @@ def _related(tree: Tree, m: Mount, what: str) -> list[Mount]:
 
 
 def _attr_changes(a: Mount, b: Mount, ca: Canonical, cb: Canonical, pairs: dict[int, int],
-                  back: dict[int, int]) -> list[str]:
+                  back: dict[int, int], cache: dict) -> list[str]:
     """The attributes that differ between paired mounts, one readable line each."""
     out = []
 
@@ -434,11 +500,19 @@ def _attr_changes(a: Mount, b: Mount, ca: Canonical, cb: Canonical, pairs: dict[
     plain("unbindable", a.unbindable, b.unbindable)
     plain("other optional fields", " ".join(a.extra_optional) or "-", " ".join(b.extra_optional) or "-")
 
-    def members_a(ms):  # A mounts, shown by their A labels; only paired ones compare
-        return sorted(ca.labels[m.mnt_id] for m in ms if m.mnt_id in pairs)
+    # Related mounts as sorted A labels (B mounts by their A partner); only paired ones
+    # compare. Cached per group / superblock so big groups cost O(size) once, not per member.
+    def members_a(m, what):
+        key = ("a", what, _related_key(m, what))
+        if key not in cache:
+            cache[key] = sorted(ca.labels[x.mnt_id] for x in _related(ca.tree, m, what) if x.mnt_id in pairs)
+        return cache[key]
 
-    def members_b(ms):  # B mounts shown by the label of their A partner
-        return sorted(ca.labels[back[m.mnt_id]] for m in ms if m.mnt_id in back)
+    def members_b(m, what):
+        key = ("b", what, _related_key(m, what))
+        if key not in cache:
+            cache[key] = sorted(ca.labels[back[x.mnt_id]] for x in _related(cb.tree, m, what) if x.mnt_id in back)
+        return cache[key]
 
     for what, va, vb in (("peers", a.shared, b.shared), ("master", a.master, b.master),
                          ("propagate_from", a.propagate_from, b.propagate_from)):
@@ -450,13 +524,12 @@ def _attr_changes(a: Mount, b: Mount, ca: Canonical, cb: Canonical, pairs: dict[
             continue
         if va is None:
             continue
-        ra, rb = members_a(_related(ca.tree, a, what)), members_b(_related(cb.tree, b, what))
+        ra, rb = members_a(a, what), members_b(b, what)
         if ra != rb:
             label = {"peers": "peer group", "master": "master group (its members + its slaves)",
                      "propagate_from": "propagate_from group (its members + who shows it)"}[what]
             out.append(f"{label}: {{{', '.join(ra)}}} -> {{{', '.join(rb)}}}")
-    ra = members_a(_related(ca.tree, a, "superblock"))
-    rb = members_b(_related(cb.tree, b, "superblock"))
+    ra, rb = members_a(a, "superblock"), members_b(b, "superblock")
     if ra != rb:
         out.append(f"superblock shared with: {{{', '.join(ra)}}} -> {{{', '.join(rb)}}}")
     return out
@@ -465,6 +538,9 @@ def _attr_changes(a: Mount, b: Mount, ca: Canonical, cb: Canonical, pairs: dict[
 def _summary(m: Mount, c: Canonical) -> str:
     prop = c.lines[m.mnt_id].split(" prop=", 1)[1]
     return f"{_source_col(m)} {escape(m.fstype)} {','.join(m.mount_opts)} {prop}"
+
+
+_MAX_CLEAN_SIBLINGS = 12
 
 
 def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool, str]:
@@ -483,7 +559,8 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
     pairs = _match(ca, cb)
     back = {v: k for k, v in pairs.items()}
     ta, tb = ca.tree, cb.tree
-    changes = {x: _attr_changes(ta.by_id[x], tb.by_id[y], ca, cb, pairs, back) for x, y in pairs.items()}
+    cache: dict = {}
+    changes = {x: _attr_changes(ta.by_id[x], tb.by_id[y], ca, cb, pairs, back, cache) for x, y in pairs.items()}
     only_a = [m for m in ca.order if m.mnt_id not in pairs]
     only_b = [m for m in cb.order if m.mnt_id not in back]
     changed = [x for x, ch in changes.items() if ch]
@@ -520,17 +597,9 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
 
     rows = [["", "TARGET", "SOURCE FSTYPE OPTIONS PROPAGATION"]]
     details: dict[int, list[str]] = {}
-    folded = 0
+    folds: dict[tuple, int] = {}
 
-    def children_of(n):
-        nonlocal folded
-        ks = kids(n)
-        if n in dirty:
-            return ks
-        folded += _count_below(n)
-        return []
-
-    def _count_below(n):
+    def count_below(n):
         total, st = 0, list(kids(n))
         while st:
             k = st.pop()
@@ -538,8 +607,24 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
             st.extend(kids(k))
         return total
 
+    def children_of(n):
+        # Unchanged subtrees show only their top mount; many unchanged siblings of a
+        # change shrink to one "... unchanged" line.
+        if n[0] == "fold" or n not in dirty:
+            return []
+        ks = kids(n)
+        clean = [k for k in ks if k not in dirty]
+        if len(clean) <= _MAX_CLEAN_SIBLINGS:
+            return ks
+        fold = ("fold", n)
+        folds[fold] = len(clean) + sum(count_below(k) for k in clean)
+        return [k for k in ks if k in dirty] + [fold]
+
     for n, prefix in _tree_walk(roots, children_of):
         kind, i = n
+        if kind == "fold":
+            rows.append(["", prefix + f"... {folds[n]} unchanged mounts", ""])
+            continue
         if kind == "b":
             m = tb.by_id[i]
             rows.append(["+", prefix + escape(m.mountpoint), _summary(m, cb) + "  (only in B)"])
@@ -551,7 +636,7 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
         mark = "!" if changes[i] else " "
         note = ""
         if n not in dirty and kids(n):
-            note = f"  ({_count_below(n)} unchanged below)"
+            note = f"  ({count_below(n)} unchanged below)"
         rows.append([mark, prefix + escape(m.mountpoint), _summary(m, ca) + note])
         if changes[i]:
             details[len(rows) - 1] = changes[i]
