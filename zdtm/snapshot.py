@@ -126,20 +126,27 @@ def _fdinfo(pid: int, fd: str) -> dict[str, str]:
     return out
 
 
-def _where(canon, mnt_id: int | None) -> str:
+def _where(canon, mnt_id: int | None, elsewhere: dict) -> str:
+    """The mount's label in this namespace; ``other-ns:LABEL`` for a mount of another namespace
+    of the tree; ``detached`` for a mount no namespace of the tree has."""
     if mnt_id is None:
         return "?"
     try:
         return canon.label(mnt_id)
     except KeyError:
-        return "detached"
+        pass
+    if mnt_id in elsewhere:
+        return f"other-ns:{elsewhere[mnt_id]}"
+    return "detached"
 
 
-def read_proc(pid: int, topology) -> Proc:
-    """Read the compared state of process `pid` (host pid)."""
+def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None) -> Proc:
+    """Read the compared state of process `pid` (host pid); `elsewhere` maps mount ids of the
+    tree's other namespaces to their labels there."""
     from engine import kernel
+    elsewhere = elsewhere or {}
     try:
-        mounts = mountinfo.read_pid(pid)
+        mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
         fds = []
         for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
@@ -151,11 +158,11 @@ def read_proc(pid: int, topology) -> Proc:
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
             mnt = int(info["mnt_id"]) if "mnt_id" in info else None
-            fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt)}")
+            fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}")
         places = {}
         for what in ("root", "cwd"):
             path = os.readlink(f"/proc/{pid}/{what}")
-            places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'))}"
+            places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'), elsewhere)}"
         ns = {t: os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
@@ -262,7 +269,15 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
         raise SnapshotError(f"process {root} is not running")
     check_output = run_check(root, check, timeout) if check else None
     pids = tree_pids(root)
-    procs = sorted((read_proc(pid, topology) for pid in pids), key=lambda p: p.text())
+    tables, labels = {}, {}
+    for pid in pids:
+        try:
+            tables[pid] = mountinfo.read_pid(pid)
+        except FileNotFoundError:
+            raise SnapshotError(f"process {pid} vanished while being read") from None
+        canon = topology.canonical(tables[pid])
+        labels.update({m.mnt_id: canon.label(m.mnt_id) for m in tables[pid]})
+    procs = sorted((read_proc(pid, topology, labels, tables[pid]) for pid in pids), key=lambda p: p.text())
     return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
                     check_output=check_output)
 

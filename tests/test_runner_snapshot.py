@@ -1,0 +1,83 @@
+"""Snapshots of real scenario trees (ns flavor) and their comparison."""
+
+import os
+import shutil
+
+import pytest
+
+from zdtm import scenario, snapshot
+from zdtm.flavors import ns
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("nsenter"),
+                                reason="the ns flavor needs root; check scripts need nsenter")
+
+
+def start(tmp_path, setup, check=None):
+    text = "description: d\nsetup: |\n" + "".join(f"  {line}\n" for line in setup.splitlines())
+    if check:
+        text += f"check: {check}\n"
+    p = tmp_path / "s.yaml"
+    p.write_text(text)
+    sc = scenario.load(str(p)).render_all()[0]
+    return sc, ns.FLAVOR.start(sc, str(tmp_path / "work"))
+
+
+def test_fds_cwd_detached_mount_and_nested_namespace(tmp_path):
+    sc, running = start(tmp_path, """\
+mount -t tmpfs t /mnt
+echo hello > /mnt/f
+exec 7</mnt/f
+read -r line <&7 || true
+mkdir /mnt/d
+cd /mnt/d
+mount -t tmpfs gone /tmp
+echo x > /tmp/g
+exec 8</tmp/g
+umount -l /tmp
+unshare -m sh -c 'mount -t tmpfs inner /run; touch /run/ok; exec sleep infinity' </dev/null >/dev/null 2>&1 8<&- &
+zdtm_wait /proc/$!/root/run/ok
+exec zdtm-hold""", check="hostname; cat /mnt/f")
+    try:
+        snap = snapshot.take(running.pid, sc.check)
+    finally:
+        ns.FLAVOR.stop(running)
+    assert not snapshot.alive(running.pid)
+    text = snap.text()
+    assert len(snap.procs) == 2
+    holder = next(p for p in snap.procs if any(fd.startswith("8:") for fd in p.fds))
+    nested = next(p for p in snap.procs if p is not holder)
+    # The nested process inherited fd 7: a mount of the holder's namespace, not of its own.
+    assert any(fd.startswith("7: /mnt/f") and fd.endswith("mnt=other-ns:/mnt") for fd in nested.fds)
+    fd7 = next(fd for fd in holder.fds if fd.startswith("7:"))
+    # `read` moved the shared offset past "hello\n".
+    assert fd7.startswith("7: /mnt/f flags=0 pos=") and fd7.endswith("mnt=/mnt") and "pos=0 " not in fd7
+    assert any(fd.startswith("8: ") and fd.endswith("mnt=detached") for fd in holder.fds)
+    assert holder.cwd == "/mnt/d mnt=/mnt"
+    assert "/run root=/ type=tmpfs source=inner" in text  # the nested namespace's mount
+    assert "mnt: {P0} {P1}" in text and "pid: {P0,P1}" in text
+    assert snap.check_output == "zdtm\nhello\n"
+
+
+def test_compare_equal_and_different(tmp_path):
+    setup = "mount -t tmpfs t /mnt\necho abc > /mnt/f\nexec 5</mnt/f\nexec zdtm-hold"
+    sc, a = start(tmp_path, setup)
+    try:
+        snap_a = snapshot.take(a.pid)
+    finally:
+        ns.FLAVOR.stop(a)
+    sc, b = start(tmp_path, setup)
+    try:
+        snap_b = snapshot.take(b.pid)
+    finally:
+        ns.FLAVOR.stop(b)
+    equal, report = snapshot.compare(snap_a, snap_b)
+    assert equal, report
+    sc, c = start(tmp_path, setup.replace("exec 5<", "mount -o remount,ro /mnt\nexec 6<"))
+    try:
+        snap_c = snapshot.take(c.pid)
+    finally:
+        ns.FLAVOR.stop(c)
+    equal, report = snapshot.compare(snap_a, snap_c)
+    assert not equal
+    assert "mount tree differs" in report and "root/cwd/fds differ" in report
+    assert "-fd 5: /mnt/f" in report and "+fd 6: /mnt/f" in report
