@@ -547,7 +547,7 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
     """Compare two mount lists up to renumbering: (equal, report).
 
     The report is a findmnt-like tree of both: ``!`` marks a mount whose
-    attributes differ (each differing attribute on its own line below),
+    attributes differ (each differing attribute below it on a ``!   * `` line),
     ``-`` a mount only in A, ``+`` one only in B. Unchanged subtrees are folded.
     Equality is decided on the canonical texts; the per-mount explanation is
     best effort, with the canonical text diff appended when it finds nothing.
@@ -645,7 +645,7 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
     for idx, line in enumerate(table):
         body.append(line)
         for d in details.get(idx, ()):
-            body.append(f"!     {d}\n")
+            body.append(f"!   * {d}\n")
     head = (f"different: {len(changed)} changed, {len(only_a)} only in A, {len(only_b)} only in B\n"
             f"A = {na}\nB = {nb}\n"
             f"legend: '!' attributes differ (A -> B), '-' only in A, '+' only in B\n")
