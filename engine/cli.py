@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except (OSError, ValueError) as e:
         # Every engine error is one line: it names the mount or file and the reason.
-        print(f"mntcr {args.verb}: {e}", file=sys.stderr)
+        text = e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else str(e)
+        print(f"mntcr {args.verb}: {' '.join(str(text).split())}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130

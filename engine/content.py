@@ -31,26 +31,31 @@ def archive(mount_fd: int, out_path: str) -> None:
         raise OSError(f"archiving files failed: {err}")
 
 
-def check_members(archive_path: str) -> None:
+def check_members(archive_fd: int, name: str) -> None:
     """Refuse archives with absolute names or `..` components before extracting anything."""
-    proc = subprocess.run([_tar(), "-tf", archive_path], stdin=subprocess.DEVNULL, capture_output=True)
+    os.lseek(archive_fd, 0, os.SEEK_SET)
+    proc = subprocess.run([_tar(), "-tf", "-"], stdin=archive_fd, capture_output=True)
     if proc.returncode != 0:
         err = (proc.stderr.decode(errors="replace").strip().splitlines() or ["unreadable"])[-1]
-        raise OSError(f"archive {os.path.basename(archive_path)} is damaged: {err}")
+        raise OSError(f"archive {name} is damaged: {err}")
     for raw in proc.stdout.split(b"\n"):
         if not raw:
             continue
-        name = raw.decode(errors="surrogateescape")
-        if name.startswith("/") or ".." in name.split("/"):
-            raise OSError(f"archive {os.path.basename(archive_path)} has an unsafe member {name!r}")
+        member = raw.decode(errors="surrogateescape")
+        if member.startswith("/") or ".." in member.split("/"):
+            raise OSError(f"archive {name} has an unsafe member {member!r}")
 
 
-def extract(archive_path: str, dir_fd: int) -> None:
-    """Extract `archive_path` into the directory behind `dir_fd` (owners, modes, xattrs kept)."""
-    check_members(archive_path)
-    cmd = [_tar(), "-C", f"/proc/self/fd/{dir_fd}", "-xpf", archive_path, *_COMMON,
+def extract(archive_fd: int, name: str, dir_fd: int) -> None:
+    """Extract the archive open on `archive_fd` into the directory behind `dir_fd`.
+
+    Owners, modes, xattrs and ACLs are kept; members are checked first.
+    """
+    check_members(archive_fd, name)
+    os.lseek(archive_fd, 0, os.SEEK_SET)
+    cmd = [_tar(), "-C", f"/proc/self/fd/{dir_fd}", "-xpf", "-", *_COMMON,
            "--same-owner", "--delay-directory-restore"]
-    proc = subprocess.run(cmd, pass_fds=(dir_fd,), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    proc = subprocess.run(cmd, pass_fds=(dir_fd,), stdin=archive_fd, capture_output=True, text=True)
     if proc.returncode != 0:
         err = (proc.stderr.strip().splitlines() or ["tar failed"])[-1]
-        raise OSError(f"extracting {os.path.basename(archive_path)} failed: {err}")
+        raise OSError(f"extracting {name} failed: {err}")

@@ -319,3 +319,32 @@ def open_by_handle_at(mount_fd: int, handle_type: int, handle: bytes, flags: int
     buf = ctypes.create_string_buffer(struct.pack("<Ii", len(handle), handle_type) + handle)
     return _check(_syscall(NR["open_by_handle_at"], ctypes.c_int(mount_fd), buf, ctypes.c_int(flags | os.O_CLOEXEC)),
                   "open_by_handle_at")
+
+
+# --- openat2 -----------------------------------------------------------------------
+
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+NR["openat2"] = 437
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    """openat2(2): open `path` beneath `dfd` under the RESOLVE_* restrictions."""
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(_syscall(NR["openat2"], ctypes.c_int(dfd), _b(path), ctypes.byref(how),
+                           ctypes.c_size_t(ctypes.sizeof(how))), f"openat2({path!r})")
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def set_pdeathsig(sig: int) -> None:
+    """prctl(PR_SET_PDEATHSIG): get `sig` when the parent thread exits (0 clears it)."""
+    _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")

@@ -1,0 +1,566 @@
+"""Restore: image directory -> fresh namespaces with stand-in processes (the mounts-v2 way).
+
+The restorer is a forked child that first unshares a *service* mount
+namespace (a slave copy of the host's, so nothing propagates back), then:
+
+ 1. stand-ins: one per dumped process, forked parents first, in the same pid
+    namespace nesting; uts/ipc/net/cgroup namespaces unshared or joined so
+    processes share them as they did;
+ 2. superblocks: each created once with fsopen/fsconfig/fsmount (from a
+    stand-in inside the right namespace for proc, mqueue, sysfs, cgroup2),
+    archived files extracted into it; external mounts cloned from host paths;
+ 3. mounts: every mount a plain, private, detached clone (open_tree
+    OPEN_TREE_CLONE) of its superblock at its root, with its per-mount flags
+    (mount_setattr);
+ 4. namespaces: for each, unshare a copy of the service namespace, put the root
+    mount over /, pivot_root into it and drop the rest; then move every other
+    mount onto (parent, mount point), parents first and, among siblings, deeper
+    mount points first so no path walk crosses a mount. The fd on each mount
+    point taken before the move (mp_fd) still reaches what gets covered;
+ 5. sharing: group mounts by (shared, master); walk groups parents first: copy
+    the parent group with MOVE_MOUNT_SET_GROUP, make slave, then shared; copy
+    the other members from the group's first mount. Unbindable last;
+ 6. stand-ins enter their mount namespace, root and cwd, and receive their
+    fds, each opened from the equivalent mount (through mp_fd when covered).
+
+Nothing is ever built in a namespace that existed before, and every helper dies
+with the restorer, so a killed restore leaves nothing mounted.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import signal
+
+from engine import channel, content, features, forkrun, fs, image, kernel, standin
+from engine.image import is_beneath, rel_to
+
+_EXT_MNT = re.compile(r"^mnt\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
+
+_ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
+               "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
+               "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
+_ALL_FLAGS = sum(_ATTR_FLAGS.values())
+_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
+_BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
+_O_CLOEXEC_DUMPED = 0o2000000
+
+
+class RestoreError(OSError):
+    """Restore refuses or fails: one line naming the mount/process and the reason."""
+
+
+def parse_externals(specs, root: str | None) -> dict[str, str]:
+    """`mnt[KEY]:HOSTPATH` -> {key: hostpath}; --root DIR becomes key "root"."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        m = _EXT_MNT.match(spec)
+        if not m:
+            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH")
+        out[m["key"]] = m["path"]
+    if root is not None:
+        out["root"] = root
+    for key, path in out.items():
+        if not os.path.exists(path):
+            raise ValueError(f"external {key}: {path} does not exist")
+    return out
+
+
+def attr_of(mount_opts) -> tuple[int, int]:
+    """(attr_set, attr_clr) for mount_setattr from mountinfo per-mount options."""
+    opts = set(mount_opts)
+    attr_set = sum(flag for name, flag in _ATTR_FLAGS.items() if name in opts)
+    if "noatime" in opts:
+        attr_set |= kernel.MOUNT_ATTR_NOATIME
+    elif "relatime" in opts:
+        attr_set |= kernel.MOUNT_ATTR_RELATIME
+    else:
+        attr_set |= kernel.MOUNT_ATTR_STRICTATIME
+    return attr_set, (_ALL_FLAGS | kernel.MOUNT_ATTR__ATIME) & ~attr_set | kernel.MOUNT_ATTR__ATIME
+
+
+_fault_step = 0
+
+
+def step(name: str) -> None:
+    """A point where fault injection (MNTCR_FAULT_STEP=k) may kill the restorer."""
+    global _fault_step
+    _fault_step += 1
+    target = os.environ.get("MNTCR_FAULT_STEP")
+    if target and int(target) == _fault_step:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str | None = None) -> int:
+    """Restore the image; return the root stand-in's pid (and write it to pidfile)."""
+    doc = image.load(images_dir)
+    ext = parse_externals(externals, root)
+    needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")})
+    missing = [k for k in needed if k not in ext]
+    if missing:
+        hint = ", ".join("--root DIR" if k == "root" else f"--external mnt[{k}]:HOSTPATH" for k in missing)
+        raise RestoreError(errno.EINVAL, f"the image needs external mounts: give {hint}")
+    for name in ("open_tree", "move_mount", "fsopen/fsmount", "mount_setattr"):
+        features.require(name, "restore")
+    if any(m.get("shared") or m.get("master") for ns in doc["mntns"].values() for m in ns["mounts"]):
+        features.require("MOVE_MOUNT_SET_GROUP", "restoring shared and slave mounts")
+    img_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY)
+    try:
+        pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
+    except forkrun.ChildError as e:
+        raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+    finally:
+        os.close(img_fd)
+    if pidfile:
+        tmp = pidfile + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{pid}\n")
+        os.rename(tmp, pidfile)
+    return pid
+
+
+class _Restorer:
+    """State of one restore, inside the restorer process."""
+
+    def __init__(self, doc: dict, img_fd: int, ext: dict[str, str]):
+        self.doc = doc
+        self.img_fd = img_fd
+        self.ext = ext
+        self.mounts: dict[int, dict] = {}
+        self.ns_of_mount: dict[int, str] = {}
+        for ns_id, ns in doc["mntns"].items():
+            for m in ns["mounts"]:
+                self.mounts[m["id"]] = m
+                self.ns_of_mount[m["id"]] = ns_id
+        self.children: dict[int, list[dict]] = {}
+        for m in self.mounts.values():
+            if m.get("parent") is not None:
+                self.children.setdefault(m["parent"], []).append(m)
+        self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
+        self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
+        self.sb_fd: dict[str, int] = {}
+        self.ns_fd: dict[str, int] = {}
+        self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
+        self.hostpid: dict[int, int] = {}
+        self.nsfd_of: dict[tuple[str, str], int] = {}  # (kind, ns id) -> fd
+        self.current_ns: str | None = None
+        # The host's /proc, reachable whatever mount namespace we stand in (reopening fds).
+        self.hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def enter(self, ns_id: str) -> None:
+        """setns into restored mount namespace ns_id (propagation changes need the caller inside)."""
+        if self.current_ns != ns_id:
+            kernel.setns(self.ns_fd[ns_id], kernel.CLONE_NEWNS)
+            self.current_ns = ns_id
+
+    def set_propagation(self, m: dict, prop: int) -> None:
+        """mount_setattr propagation of an attached mount, from inside its namespace."""
+        self.enter(self.ns_of_mount[m["id"]])
+        try:
+            kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, propagation=prop)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting propagation: "
+                                        f"{e.strerror}") from None
+
+    # -- 1. stand-ins ---------------------------------------------------------
+
+    def spawn_standins(self) -> None:
+        procs = self.doc["processes"]
+        by_pid = {p["pid"]: p for p in procs}
+        own = {k: os.open(f"/proc/self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in ("uts", "ipc", "net", "cgroup")}
+        for p in procs:
+            parent = by_pid.get(p.get("ppid"))
+            ppidns = parent["ns"]["pid"] if parent else None
+            if parent is None:
+                mode = "same" if "pid" in p.get("host_ns", ()) else "new"
+            elif p["ns"]["pid"] == ppidns:
+                mode = "same"
+            elif ("pid", p["ns"]["pid"]) in self.nsfd_of:
+                mode = "join"
+            else:
+                mode = "new"
+            ours, theirs = channel.Channel.pair()
+            fds = [theirs.fileno()]
+            if mode == "join":
+                fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
+            if parent is None:
+                hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno())
+            else:
+                pchan = self.chans[parent["pid"]]
+                before = self._children_of(self.hostpid[parent["pid"]])
+                pchan.call(("spawn", mode), fds)
+                new = self._children_of(self.hostpid[parent["pid"]]) - before
+                if len(new) != 1:
+                    raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
+                hp = new.pop()
+            theirs.close()
+            self.chans[p["pid"]] = ours
+            self.hostpid[p["pid"]] = hp
+            step("spawn")
+            if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
+                self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+            for kind in ("uts", "ipc", "net", "cgroup"):
+                nsid = p["ns"][kind]
+                inherited = parent["ns"][kind] if parent else None
+                if parent is None and kind in p.get("host_ns", ()):
+                    action, fds = None, []
+                elif nsid == inherited:
+                    action, fds = None, []
+                elif kind in p.get("host_ns", ()):
+                    action, fds = "join", [own[kind]]
+                elif (kind, nsid) in self.nsfd_of:
+                    action, fds = "join", [self.nsfd_of[(kind, nsid)]]
+                else:
+                    action, fds = "new", []
+                hostname = self.doc.get("hostnames", {}).get(nsid) if kind == "uts" and action == "new" else None
+                if action:
+                    ours.call(("ns", kind, action, hostname), fds)
+                if (kind, nsid) not in self.nsfd_of:
+                    self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        for fd in own.values():
+            os.close(fd)
+
+    @staticmethod
+    def _children_of(pid: int) -> set[int]:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(x) for x in f.read().split()}
+
+    def _standin_in(self, kind: str, nsid: str) -> channel.Channel:
+        for p in self.doc["processes"]:
+            if p["ns"][kind] == nsid:
+                return self.chans[p["pid"]]
+        raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
+
+    # -- 2. superblocks ---------------------------------------------------------
+
+    def create_superblocks(self) -> None:
+        users: dict[str, dict] = {}
+        for m in self.mounts.values():
+            users.setdefault(m["sb"], m)
+        for sid, sb in self.doc["superblocks"].items():
+            if sb.get("external") or sid not in users:
+                continue
+            handler = fs.lookup(sb["fstype"])
+            if handler is None:
+                raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
+            params = handler.fsconfig_params(sb["super_opts"])
+            source = sb["source"] if handler.keep_source else None
+            fstype = sb["fstype"].split(".", 1)[0]
+            where = f"mount {users[sid]['id']} ({users[sid]['mountpoint']})"
+            try:
+                if handler.ns:
+                    chan = self._creator(sid, sb, handler.ns, users[sid])
+                    _, fds = chan.call(("fsmount", fstype, source, params, 0))
+                    fd = fds[0]
+                else:
+                    fd = standin.fsmount(fstype, source, params)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where} on {sb['fstype']}: {e.strerror or e}") from None
+            self.sb_fd[sid] = fd
+            for arc in sb.get("archives") or []:
+                dir_fd = self._mkdirs_beneath(fd, arc["root"])
+                afd = os.open(arc["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+                try:
+                    content.extract(afd, arc["file"], dir_fd)
+                except OSError as e:
+                    raise RestoreError(errno.EIO, f"{where}: {e}") from None
+                finally:
+                    os.close(afd)
+                    if dir_fd != fd:
+                        os.close(dir_fd)
+            step("superblock")
+
+    def _creator(self, sid: str, sb: dict, kind: str, user: dict) -> channel.Channel:
+        if kind == "pid":
+            if not sb.get("pidns"):
+                raise RestoreError(errno.EINVAL, f"superblock {sid} (proc) has no pid namespace in the image")
+            return self._standin_in("pid", sb["pidns"])
+        # Tagged with the namespace of the processes that see the mount.
+        ns_id = self.ns_of_mount[user["id"]]
+        for p in self.doc["processes"]:
+            if p["ns"]["mnt"] == ns_id:
+                return self.chans[p["pid"]]
+        return self.chans[self.doc["processes"][0]["pid"]]
+
+    @staticmethod
+    def _mkdirs_beneath(base_fd: int, path: str) -> int:
+        if path == "/":
+            return base_fd
+        cur = os.dup(base_fd)
+        for part in path.strip("/").split("/"):
+            try:
+                os.mkdir(part, 0o755, dir_fd=cur)
+            except FileExistsError:
+                pass
+            nxt = kernel.openat2(cur, part, os.O_PATH | os.O_DIRECTORY, _BENEATH)
+            os.close(cur)
+            cur = nxt
+        return cur
+
+    # -- 3. plain mounts ------------------------------------------------------------
+
+    def _ext_source(self, m: dict) -> tuple[int, str]:
+        """(fd of a detached clone of the external mount covering m, path of m's root inside it)."""
+        best = None
+        for e in self.mounts.values():
+            if e["sb"] == m["sb"] and e.get("external") and is_beneath(m["root"], e["root"]):
+                if best is None or len(e["root"]) > len(best["root"]):
+                    best = e
+        if best is None:
+            raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
+        if best["id"] not in self.mnt_fd:
+            self._clone_external(best)
+        return self.mnt_fd[best["id"]], rel_to(m["root"], best["root"])
+
+    def _clone_external(self, e: dict) -> None:
+        path = self.ext[e["external"]]
+        try:
+            self.mnt_fd[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
+        except OSError as err:
+            raise RestoreError(err.errno, f"external {e['external']} ({path}) for mount {e['id']} "
+                                          f"({e['mountpoint']}): {err.strerror}") from None
+
+    def clone_mounts(self) -> None:
+        for m in self.mounts.values():
+            if m.get("external") and m["id"] not in self.mnt_fd:
+                self._clone_external(m)
+        for m in self.mounts.values():
+            if m["id"] not in self.mnt_fd:
+                if self.doc["superblocks"][m["sb"]].get("external"):
+                    base, rel = self._ext_source(m)
+                else:
+                    base, rel = self.sb_fd[m["sb"]], rel_to(m["root"], "/")
+                try:
+                    if rel:
+                        where = kernel.openat2(base, rel, os.O_PATH, _BENEATH)
+                        try:
+                            fd = kernel.open_tree(where, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+                        finally:
+                            os.close(where)
+                    else:
+                        fd = kernel.open_tree(base, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+                except OSError as e:
+                    raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): cannot bind root "
+                                                f"{m['root']}: {e.strerror}") from None
+                self.mnt_fd[m["id"]] = fd
+            aset, aclr = attr_of(m["mount_opts"])
+            try:
+                kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr,
+                                     propagation=kernel.MS_PRIVATE)
+            except OSError as e:
+                raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting "
+                                            f"{','.join(m['mount_opts'])}: {e.strerror}") from None
+        for fd in self.sb_fd.values():
+            os.close(fd)
+        self.sb_fd.clear()
+        step("clones")
+
+    # -- 4. namespaces ------------------------------------------------------------
+
+    def build_namespaces(self, service_fd: int) -> None:
+        for ns_id, ns in self.doc["mntns"].items():
+            kernel.setns(service_fd, kernel.CLONE_NEWNS)
+            kernel.unshare(kernel.CLONE_NEWNS)
+            self.ns_fd[ns_id] = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            root = self.mnt_fd[ns["root"]]
+            kernel.move_mount(root, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+            os.fchdir(root)
+            kernel.pivot_root(".", ".")
+            kernel.umount2(".", kernel.MNT_DETACH)
+            os.chdir("/")
+            step("pivot")
+            # Parents first; among siblings deeper mount points first, the overmount of
+            # the parent's root (relative path "") last.
+            queue = [ns["root"]]
+            while queue:
+                pid_ = queue.pop()
+                parent = self.mounts[pid_]
+                kids = sorted(self.children.get(pid_, ()),
+                              key=lambda c: -rel_to(c["mountpoint"], parent["mountpoint"]).count("/")
+                              - (1 if rel_to(c["mountpoint"], parent["mountpoint"]) else 0))
+                for c in kids:
+                    self._attach(parent, c)
+                    queue.append(c["id"])
+                step("attach")
+        kernel.setns(service_fd, kernel.CLONE_NEWNS)
+        self.current_ns = None
+
+    def _attach(self, parent: dict, c: dict) -> None:
+        rel = rel_to(c["mountpoint"], parent["mountpoint"])
+        pfd = self.mnt_fd[parent["id"]]
+        try:
+            if rel:
+                mp = kernel.openat2(pfd, rel, os.O_PATH, _BENEATH | kernel.RESOLVE_NO_XDEV)
+            else:
+                mp = os.dup(pfd)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): its mount point is missing in "
+                                        f"mount {parent['id']} ({parent['mountpoint']}): {e.strerror}") from None
+        self.mp_fd[c["id"]] = mp
+        try:
+            kernel.move_mount(self.mnt_fd[c["id"]], "", mp, "",
+                              kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): attaching it: {e.strerror}") from None
+
+    # -- 5. sharing -----------------------------------------------------------------
+
+    def restore_sharing(self) -> None:
+        groups: dict[tuple, list[dict]] = {}
+        for m in self.mounts.values():
+            if m.get("shared") or m.get("master"):
+                groups.setdefault((m.get("shared"), m.get("master")), []).append(m)
+        shared_groups: dict[int, tuple] = {key[0]: key for key in groups if key[0]}
+        done: set[tuple] = set()
+
+        def set_group(src: dict | int, dst: dict, why: str) -> None:
+            sfd = src if isinstance(src, int) else self.mnt_fd[src["id"]]
+            self.enter(self.ns_of_mount[dst["id"]])
+            try:
+                kernel.move_mount(sfd, "", self.mnt_fd[dst["id"]], "", kernel.MOVE_MOUNT_SET_GROUP
+                                  | kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+            except OSError as e:
+                raise RestoreError(e.errno, f"mount {dst['id']} ({dst['mountpoint']}): {why}: {e.strerror}") from None
+
+        def widest(members: list[dict], root: str) -> dict | None:
+            best = None
+            for x in members:
+                if is_beneath(root, x["root"]) and (best is None or len(x["root"]) < len(best["root"])):
+                    best = x
+            return best
+
+        def setup(key: tuple) -> None:
+            if key in done:
+                return
+            done.add(key)
+            shared, master = key
+            members = sorted(groups[key], key=lambda x: (len(x["root"]), x["id"]))
+            first = members[0]
+            if master:
+                pkey = shared_groups.get(master)
+                if pkey is not None:
+                    setup(pkey)
+                    src = widest(groups[pkey], first["root"])
+                    if src is None:
+                        raise RestoreError(errno.EOPNOTSUPP, f"mount {first['id']} ({first['mountpoint']}): no mount "
+                                                             f"of its master group {master} covers its root")
+                    set_group(src, first, f"joining master group {master}")
+                else:
+                    src_fd = self._external_master(first, master)
+                    try:
+                        set_group(src_fd, first, f"joining external master group {master}")
+                    finally:
+                        os.close(src_fd)
+                self.set_propagation(first, kernel.MS_SLAVE)
+            if shared:
+                self.set_propagation(first, kernel.MS_SHARED)
+            for m in members[1:]:
+                src = widest(members[:members.index(m)], m["root"])
+                if src is None:
+                    raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): no mount of its peer "
+                                                         f"group covers its root {m['root']}")
+                set_group(src, m, "joining its peer group")
+            step("group")
+
+        for key in sorted(groups, key=lambda k: (k[0] or 0, k[1] or 0)):
+            setup(key)
+        for m in self.mounts.values():
+            if m.get("unbindable"):
+                self.set_propagation(m, kernel.MS_UNBINDABLE)
+
+    def _external_master(self, m: dict, master: int) -> int:
+        """An fd on a host mount (in the service namespace) that is in or a slave of external group `master`."""
+        for e in self.mounts.values():
+            if e.get("external") and e["sb"] == m["sb"] and (e.get("master") == master or e.get("shared") == master):
+                path = self.ext[e["external"]]
+                return kernel.open_tree(kernel.AT_FDCWD, path, 0)
+        raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): its master group {master} is "
+                                             "outside the image and no --external mount gives it")
+
+    # -- 6. processes ---------------------------------------------------------------
+
+    def open_at(self, mnt: int, path: str, flags: int) -> int:
+        """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered."""
+        parts = [x for x in path.split("/") if x]
+        mpoint = self.mounts[mnt]["mountpoint"]
+        by_rel = {rel_to(c["mountpoint"], mpoint): c["id"] for c in self.children.get(mnt, ())}
+        base, rest = self.mnt_fd[mnt], parts
+        for k in range(len(parts), 0, -1):
+            cid = by_rel.get("/".join(parts[:k]))
+            if cid is not None:
+                base, rest = self.mp_fd[cid], parts[k:]
+                break
+        if rest:
+            return kernel.openat2(base, "/".join(rest), flags, _BENEATH | kernel.RESOLVE_NO_XDEV)
+        return os.open(f"self/fd/{base}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
+
+    def place_processes(self) -> None:
+        for p in self.doc["processes"]:
+            chan = self.chans[p["pid"]]
+            where = f"process {p['pid']}"
+            try:
+                root = self.open_at(p["root"]["mnt"], p["root"]["path"], os.O_PATH | os.O_DIRECTORY)
+                cwd = self.open_at(p["cwd"]["mnt"], p["cwd"]["path"], os.O_PATH | os.O_DIRECTORY)
+            except OSError as e:
+                raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
+            try:
+                chan.call(("enter",), [self.ns_fd[p["ns"]["mnt"]], root, cwd])
+            finally:
+                os.close(root)
+                os.close(cwd)
+            batch_items, batch_fds = [], []
+
+            def flush():
+                if batch_items:
+                    try:
+                        chan.call(("fds", list(batch_items)), batch_fds)
+                    finally:
+                        for fd in batch_fds:
+                            os.close(fd)
+                    batch_items.clear()
+                    batch_fds.clear()
+
+            for f in p["fds"]:
+                flags = f["flags"] & ~_OPEN_DROP
+                try:
+                    fd = self.open_at(f["mnt"], f["path"], flags)
+                except OSError as e:
+                    raise RestoreError(e.errno, f"{where} fd {f['fd']}: {f['path']} on mount {f['mnt']}: "
+                                                f"{e.strerror or e}") from None
+                if f["pos"] and f.get("type") != "dir":
+                    os.lseek(fd, f["pos"], os.SEEK_SET)
+                batch_items.append((f["fd"], bool(f["flags"] & _O_CLOEXEC_DUMPED)))
+                batch_fds.append(fd)
+                if len(batch_items) >= 200:
+                    flush()
+            flush()
+            step("process")
+
+    def detach(self) -> None:
+        for p in reversed(self.doc["processes"]):
+            self.chans[p["pid"]].call(("detach",))
+
+
+def _restorer(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
+    """The restorer process body (already in its own copy of the host mount namespace)."""
+    kernel.set_pdeathsig(signal.SIGKILL)
+    # A slave copy: host mount events still arrive (external masters keep working),
+    # nothing we do travels back to the host.
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 4 * len([m for ns in doc["mntns"].values() for m in ns["mounts"]]) + 1024))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    service_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    r = _Restorer(doc, img_fd, ext)
+    step("start")
+    r.spawn_standins()
+    r.create_superblocks()
+    r.clone_mounts()
+    r.build_namespaces(service_fd)
+    r.restore_sharing()
+    r.place_processes()
+    r.detach()
+    return r.hostpid[doc["processes"][0]["pid"]]

@@ -1,0 +1,184 @@
+"""Stand-in processes: one per dumped process, driven by the restorer over a channel.
+
+A stand-in is forked by its parent stand-in (the root one by the restorer), so
+the process tree and the pid namespaces nest as they did. It then does what
+the restorer asks, each request answered by ("ok", value) or ("error", text):
+
+  spawn    fork a child stand-in (same, new, or an existing pid namespace)
+  ns       unshare or setns one namespace (uts, ipc, net, cgroup); set hostname
+  fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
+  enter    setns into its restored mount namespace, chroot to its root, chdir
+  fds      install open files at their numbers
+  detach   drop the channel and every other fd and sleep until killed
+
+If the restorer dies, the channel closes and every stand-in exits (and
+PDEATHSIG covers a stand-in blocked elsewhere), so a killed restore leaves no
+namespace alive.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+
+from engine import channel, kernel
+
+NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
+            "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
+
+
+def spawn(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
+    """Fork a stand-in serving the channel on `sock_fd`; return its pid as the caller sees it.
+
+    mode "same": in the caller's pid namespace; "new": in a new child pid
+    namespace (the stand-in is its init); "join": in the namespace `pidns_fd`.
+    The caller's pid_for_children is put back afterwards.
+    """
+    saved = None
+    if mode != "same":
+        saved = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        if mode == "new":
+            kernel.unshare(kernel.CLONE_NEWPID)
+        else:
+            kernel.setns(pidns_fd, kernel.CLONE_NEWPID)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                kernel.set_pdeathsig(signal.SIGKILL)
+                _serve(channel.Channel(socket.socket(fileno=sock_fd)))
+            finally:
+                os._exit(1)
+        return pid
+    finally:
+        if saved is not None:
+            kernel.setns(saved, kernel.CLONE_NEWPID)
+            os.close(saved)
+
+
+def _fsmount(fstype: str, source: str | None, params, attr: int) -> int:
+    fd = kernel.fsopen(fstype)
+    try:
+        if source is not None:
+            kernel.fsconfig(fd, kernel.FSCONFIG_SET_STRING, "source", source)
+        for key, value in params:
+            if value is None:
+                kernel.fsconfig(fd, kernel.FSCONFIG_SET_FLAG, key)
+            else:
+                kernel.fsconfig(fd, kernel.FSCONFIG_SET_STRING, key, value)
+        kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
+        return kernel.fsmount(fd, attr)
+    finally:
+        os.close(fd)
+
+
+def fsmount(fstype: str, source: str | None, params, attr: int = 0) -> int:
+    """Create a superblock with fsopen/fsconfig/fsmount; return the detached mount's fd."""
+    try:
+        return _fsmount(fstype, source, params, attr)
+    except OSError as e:
+        raise OSError(e.errno, f"creating {fstype}: {e.strerror if e.strerror else e}") from None
+
+
+def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
+    """dup2 each received fd onto its dumped number; returns the (maybe moved) channel."""
+    targets = {n for n, _ in items}
+    top = max(targets | set(fds) | {chan.fileno()}) + 1
+    # Our channel and the received fds must not sit on a number about to be filled.
+    if chan.fileno() in targets:
+        newfd = fcntl.fcntl(chan.fileno(), fcntl.F_DUPFD_CLOEXEC, top)
+        os.close(chan.sock.detach())
+        chan = channel.Channel(socket.socket(fileno=newfd))
+        top = newfd + 1
+    moved = []
+    for fd in fds:
+        if fd in targets:
+            new = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top)
+            os.close(fd)
+            top = new + 1
+            fd = new
+        moved.append(fd)
+    for (n, cloexec), fd in zip(items, moved):
+        os.dup2(fd, n, inheritable=not cloexec)
+        os.close(fd)
+    return chan
+
+
+def _detach(keep: set[int]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    low = 0
+    for n in sorted(keep) + [1 << 20]:
+        if n > low:
+            os.closerange(low, n)
+        low = n + 1
+    while True:
+        signal.pause()
+
+
+def _serve(chan: channel.Channel) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    installed: set[int] = set()
+    while True:
+        try:
+            msg, fds = chan.recv()
+        except (channel.ChannelClosed, ConnectionError):
+            os._exit(1)
+        op = msg[0]
+        try:
+            if op == "spawn":
+                _, mode = msg
+                sock_fd = fds[0]
+                pid = spawn(mode, fds[1] if len(fds) > 1 else None, sock_fd)
+                reply = pid
+            elif op == "ns":
+                _, kind, action, hostname = msg
+                if action == "new":
+                    kernel.unshare(NS_FLAGS[kind])
+                elif action == "join":
+                    kernel.setns(fds[0], NS_FLAGS[kind])
+                if hostname is not None:
+                    socket.sethostname(hostname)
+                reply = None
+            elif op == "fsmount":
+                _, fstype, source, params, attr = msg
+                mfd = fsmount(fstype, source, params, attr)
+                chan.send(("ok", None), [mfd])
+                os.close(mfd)
+                for fd in fds:
+                    os.close(fd)
+                continue
+            elif op == "enter":
+                ns_fd, root_fd, cwd_fd = fds
+                kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+                os.fchdir(root_fd)
+                os.chroot(".")
+                os.fchdir(cwd_fd)
+                reply = None
+            elif op == "fds":
+                _, items = msg
+                chan = _install_fds(chan, items, fds)
+                installed.update(n for n, _ in items)
+                fds = []
+                reply = None
+            elif op == "detach":
+                # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
+                kernel.set_pdeathsig(0)
+                chan.send(("ok", None))
+                _detach(installed)
+            else:
+                raise OSError(f"unknown stand-in request {op!r}")
+            for fd in fds:
+                if fd not in installed:
+                    os.close(fd)
+            chan.send(("ok", reply))
+        except OSError as e:
+            for fd in fds:
+                try:
+                    if fd not in installed:
+                        os.close(fd)
+                except OSError:
+                    pass
+            chan.send(("error", str(e)))
