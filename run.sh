@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install what mntcr needs (Debian packages, Python packages) and run one job.
+#   ./run.sh scenarios [PYTEST ARGS...]   the scenario library (pytest scenarios/), ns flavor on this kernel
+#   ./run.sh tests     [PYTEST ARGS...]   the project's own tests (tests/)
+# Needs root (mount namespaces, mounts); a fresh Debian 12 machine needs nothing else.
+set -euo pipefail
+cd "$(dirname "$0")"
+job="${1:-}"; shift || true
+case "$job" in
+  scenarios|tests) ;;
+  *) echo "usage: $0 scenarios|tests [pytest args...]" >&2; exit 2 ;;
+esac
+if [ "$(id -u)" != 0 ]; then
+  echo "run.sh: must run as root (it creates mount namespaces and mounts inside them)" >&2; exit 2
+fi
+
+# Debian packages: GNU tar (tmpfs contents), util-linux (unshare, nsenter, findmnt), graphviz (reports),
+# mkfs tools and squashfs for the filesystem scenarios, qemu + busybox for the VM flavor, debootstrap for criu.
+pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3
+      qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils)
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "run.sh: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "Running pip as the 'root' user" || true
+
+if [ "$job" = scenarios ]; then
+  exec python3 -m pytest scenarios/ -n 2 "$@"
+else
+  exec python3 -m pytest tests/ -n 2 "$@"
+fi
