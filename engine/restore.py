@@ -34,7 +34,7 @@ import os
 import re
 import signal
 
-from engine import channel, content, features, forkrun, fs, image, kernel, standin
+from engine import channel, content, features, forkrun, fs, image, kernel, sharing, standin
 from engine.image import is_beneath, rel_to
 
 _EXT_MNT = re.compile(r"^mnt\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
@@ -408,67 +408,33 @@ class _Restorer:
     # -- 5. sharing -----------------------------------------------------------------
 
     def restore_sharing(self) -> None:
-        groups: dict[tuple, list[dict]] = {}
-        for m in self.mounts.values():
-            if m.get("shared") or m.get("master"):
-                groups.setdefault((m.get("shared"), m.get("master")), []).append(m)
-        shared_groups: dict[int, tuple] = {key[0]: key for key in groups if key[0]}
-        done: set[tuple] = set()
-
-        def set_group(src: dict | int, dst: dict, why: str) -> None:
-            sfd = src if isinstance(src, int) else self.mnt_fd[src["id"]]
+        """Execute the sharing plan (engine.sharing) on the attached mounts."""
+        try:
+            ops = sharing.plan(list(self.mounts.values()))
+        except sharing.PlanError as e:
+            raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
+        props = {"slave": kernel.MS_SLAVE, "shared": kernel.MS_SHARED, "unbindable": kernel.MS_UNBINDABLE}
+        for op in ops:
+            if op[0] in props:
+                self.set_propagation(self.mounts[op[1]], props[op[0]])
+                continue
+            if op[0] == "set_group":
+                src, dst = self.mnt_fd[op[1]], self.mounts[op[2]]
+                why, close = f"copying the sharing of mount {op[1]}", False
+            else:
+                dst = self.mounts[op[1]]
+                src = self._external_master(dst, op[2])
+                why, close = f"joining external master group {op[2]}", True
             self.enter(self.ns_of_mount[dst["id"]])
             try:
-                kernel.move_mount(sfd, "", self.mnt_fd[dst["id"]], "", kernel.MOVE_MOUNT_SET_GROUP
+                kernel.move_mount(src, "", self.mnt_fd[dst["id"]], "", kernel.MOVE_MOUNT_SET_GROUP
                                   | kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
             except OSError as e:
                 raise RestoreError(e.errno, f"mount {dst['id']} ({dst['mountpoint']}): {why}: {e.strerror}") from None
-
-        def widest(members: list[dict], root: str) -> dict | None:
-            best = None
-            for x in members:
-                if is_beneath(root, x["root"]) and (best is None or len(x["root"]) < len(best["root"])):
-                    best = x
-            return best
-
-        def setup(key: tuple) -> None:
-            if key in done:
-                return
-            done.add(key)
-            shared, master = key
-            members = sorted(groups[key], key=lambda x: (len(x["root"]), x["id"]))
-            first = members[0]
-            if master:
-                pkey = shared_groups.get(master)
-                if pkey is not None:
-                    setup(pkey)
-                    src = widest(groups[pkey], first["root"])
-                    if src is None:
-                        raise RestoreError(errno.EOPNOTSUPP, f"mount {first['id']} ({first['mountpoint']}): no mount "
-                                                             f"of its master group {master} covers its root")
-                    set_group(src, first, f"joining master group {master}")
-                else:
-                    src_fd = self._external_master(first, master)
-                    try:
-                        set_group(src_fd, first, f"joining external master group {master}")
-                    finally:
-                        os.close(src_fd)
-                self.set_propagation(first, kernel.MS_SLAVE)
-            if shared:
-                self.set_propagation(first, kernel.MS_SHARED)
-            for m in members[1:]:
-                src = widest(members[:members.index(m)], m["root"])
-                if src is None:
-                    raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): no mount of its peer "
-                                                         f"group covers its root {m['root']}")
-                set_group(src, m, "joining its peer group")
+            finally:
+                if close:
+                    os.close(src)
             step("group")
-
-        for key in sorted(groups, key=lambda k: (k[0] or 0, k[1] or 0)):
-            setup(key)
-        for m in self.mounts.values():
-            if m.get("unbindable"):
-                self.set_propagation(m, kernel.MS_UNBINDABLE)
 
     def _external_master(self, m: dict, master: int) -> int:
         """An fd on a host mount (in the service namespace) that is in or a slave of external group `master`."""

@@ -1,0 +1,69 @@
+"""The sharing planner (engine.sharing.plan) on hand-made trees: order of SET_GROUP / slave / shared."""
+
+import pytest
+
+from engine import sharing
+
+
+def M(mid, root="/", shared=None, master=None, unbindable=False, mp=None):
+    return {"id": mid, "root": root, "shared": shared, "master": master, "unbindable": unbindable,
+            "mountpoint": mp or f"/m{mid}"}
+
+
+def test_private_tree_needs_nothing():
+    assert sharing.plan([M(1), M(2, "/a")]) == []
+
+
+def test_peer_group_made_shared_once_then_copied_from_a_covering_member():
+    ops = sharing.plan([M(3, "/a/b", shared=7), M(1, "/", shared=7), M(2, "/a", shared=7)])
+    assert ops[0] == ("shared", 1)  # the widest root starts the group
+    assert set(ops[1:]) == {("set_group", 1, 2), ("set_group", 1, 3)}
+    assert len(ops) == 3
+
+
+def test_slave_group_copies_parent_then_becomes_slave_then_shared():
+    mounts = [M(10, "/", shared=2, master=1), M(11, "/x", shared=2, master=1), M(1, "/", shared=1)]
+    ops = sharing.plan(mounts)
+    assert ops == [("shared", 1), ("set_group", 1, 10), ("slave", 10), ("shared", 10), ("set_group", 10, 11)]
+
+
+def test_slave_only_members_each_copy_the_first():
+    ops = sharing.plan([M(1, shared=1), M(5, master=1), M(6, master=1)])
+    assert ops == [("shared", 1), ("set_group", 1, 5), ("slave", 5), ("set_group", 5, 6)]
+
+
+def test_parents_first_even_when_listed_last():
+    # group 3 is a slave of group 2 which is a slave of group 1; listed backwards
+    mounts = [M(30, shared=3, master=2), M(20, shared=2, master=1), M(10, shared=1)]
+    ops = sharing.plan(mounts)
+    order = [op[-1] if op[0] != "set_group" else op[2] for op in ops]
+    assert order.index(10) < order.index(20) < order.index(30)
+    assert ("set_group", 10, 20) in ops and ("set_group", 20, 30) in ops
+
+
+def test_master_group_member_must_cover_the_slave_root():
+    mounts = [M(1, "/a", shared=1), M(2, "/b", master=1)]
+    with pytest.raises(sharing.PlanError, match=r"mount 2 .*master group 1 covers its root /b"):
+        sharing.plan(mounts)
+
+
+def test_external_master_is_joined_from_the_host():
+    ops = sharing.plan([M(4, "/", master=99), M(5, "/", shared=8, master=99)])
+    assert ("external", 4, 99) in ops and ("slave", 4) in ops
+    assert ("external", 5, 99) in ops and ops.index(("external", 5, 99)) < ops.index(("shared", 5))
+
+
+def test_unbindable_comes_last():
+    ops = sharing.plan([M(1, unbindable=True), M(2, shared=1), M(3, shared=1)])
+    assert ops[-1] == ("unbindable", 1)
+
+
+def test_member_outside_every_wider_root_is_refused_with_its_name():
+    with pytest.raises(sharing.PlanError, match=r"mount 2 \(/m2\): no mount of its peer group covers"):
+        sharing.plan([M(1, "/a", shared=1), M(2, "/b", shared=1)])
+
+
+def test_master_cycle_is_refused():
+    # a corrupt image: group 1 is a slave of group 2 and 2 of 1
+    with pytest.raises(sharing.PlanError, match="cycle"):
+        sharing.plan([M(1, shared=1, master=2), M(2, shared=2, master=1)])
