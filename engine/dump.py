@@ -24,7 +24,7 @@ import signal
 import stat
 import time
 
-from engine import channel, content, fs, image, kernel, mountinfo
+from engine import channel, content, forkrun, fs, image, kernel, mountinfo
 from engine.image import is_beneath, rel_to
 
 NS_GET_PARENT = 0xB702
@@ -143,10 +143,48 @@ def _loc(hostproc: int, link: str, pid: int, what: str) -> dict:
     return {"abs": path, "mnt": mnt}
 
 
+def _enter_ns_root(ns_fd: int, pids: list[int], hostproc: int) -> None:
+    """setns into the mount namespace and chroot to its root mount.
+
+    setns puts us on whatever is mounted on top of the namespace's "/" (the
+    chroot problem of an overmounted root), and ".." cannot step below an
+    overmount. So take the roots the member processes have and keep the one
+    that sees the most mounts: a process's root is the namespace root unless
+    it chrooted, and a chroot sees a subset.
+    """
+    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+    best, best_n = None, -1
+    seen = set()
+    for pid in pids:
+        fd = os.open(f"{pid}/root", os.O_PATH | os.O_DIRECTORY, dir_fd=hostproc)
+        key = (kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH), os.fstat(fd).st_ino)
+        if key in seen:
+            os.close(fd)
+            continue
+        seen.add(key)
+        n = forkrun.run(_count_mounts_from, fd, hostproc)
+        if n > best_n:
+            if best is not None:
+                os.close(best)
+            best, best_n = fd, n
+        else:
+            os.close(fd)
+    os.fchdir(best)
+    os.chroot(".")
+    os.close(best)
+
+
+def _count_mounts_from(root_fd: int, hostproc: int) -> int:
+    os.fchdir(root_fd)
+    os.chroot(".")
+    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
+        return sum(1 for _ in f)
+
+
 def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
     """In a forked child: enter the namespace, read mountinfo and each process's root, cwd, fds."""
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+    _enter_ns_root(ns_fd, pids, hostproc)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
         text = f.read()
     procs = {}
@@ -177,7 +215,7 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
     return {"mountinfo": text, "procs": procs}
 
 
-def _clone_mounts(ns_fd: int, wanted: list[int], chan: channel.Channel) -> None:
+def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], chan: channel.Channel) -> None:
     """In a forked child: clone each wanted mount (original ids) of the namespace and send the fds.
 
     Works in a private copy of the namespace so it may unmount what covers a
@@ -187,7 +225,7 @@ def _clone_mounts(ns_fd: int, wanted: list[int], chan: channel.Channel) -> None:
     that could cover its path has been cloned if wanted and unmounted.
     """
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+    _enter_ns_root(ns_fd, pids, hostproc)
 
     def read():
         with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
@@ -321,7 +359,6 @@ def _pidns_parent_ino(pid: int) -> int | None:
 
 
 def _hostname_of(pid: int) -> str:
-    from engine import forkrun
 
     def read(fd):
         kernel.setns(fd, kernel.CLONE_NEWUTS)
@@ -379,7 +416,6 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     for pid, _ in tree:
         by_mntns.setdefault(ns_of[pid]["mnt"], []).append(pid)
     ns_data: dict[int, dict] = {}
-    from engine import forkrun
     for ino, members in by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
@@ -517,7 +553,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     for ino, wanted in clone_plan.items():
         fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
         try:
-            for mids, fds in _forked(_clone_mounts, fd, wanted):
+            for mids, fds in _forked(_clone_mounts, fd, by_mntns[ino], wanted):
                 try:
                     for mid, mfd in zip(mids, fds):
                         if mid in archive_for:
