@@ -15,6 +15,12 @@ What criu needs from the tree it dumps (measured with criu 4.1.1 on 6.18):
   shutil.rmtree once the restored tree is gone. The restored root mount is a
   bind of R (ext4 or whatever holds R), not the dumped fs: compare the root
   mount as external;
+- a mount whose master peer group has no shared member in any mount namespace
+  of the tree (its master lives outside, e.g. a container's rslave bind of a
+  host mount) is "external slavery": criu refuses it ("has unreachable
+  sharing. Try --enable-external-masters") unless given that flag. `dump`
+  derives it from the live tree (`unreachable_masters`), records it and
+  passes the flag to dump and restore;
 - the restore can only take the dumped pid back once it is gone (reaped), else
   "Can't fork for PID: File exists"; `restore` waits for it.
 
@@ -67,6 +73,34 @@ def _log_seconds(log_path: str) -> float | None:
     return float(stamps[-1]) if stamps else None
 
 
+def tree_pids(pid: int) -> list[int]:
+    """``pid`` and its descendants (every thread's children), parents first."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop(0)
+        out.append(p)
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{p}/task/{tid}/children") as f:
+                    todo += [int(c) for c in f.read().split()]
+            except OSError:
+                pass
+    return out
+
+
+def unreachable_masters(mountinfos: list[str]) -> list[str]:
+    """Mountpoints (``ns N: /path``) of mounts whose master peer group is not shared by any
+    mount of the given mount namespaces (the tree's): what --enable-external-masters is for."""
+    parsed = [mountinfo.parse(text) for text in mountinfos]
+    shared = {m.shared for mounts in parsed for m in mounts if m.shared is not None}
+    return [f"ns {i}: {m.mountpoint} (master:{m.master})" for i, mounts in enumerate(parsed)
+            for m in mounts if m.master is not None and m.master not in shared]
+
+
 def _gone(pid: int) -> bool:
     """True when pid no longer exists (a zombie still holds its pid)."""
     try:
@@ -93,6 +127,8 @@ class CriuBackend:
         # Per action ("dump"/"restore") of the last call: {"wall": s, "criu": s}; "criu" is
         # criu's own duration from its log (without entering the userland), None if unknown.
         self.timings: dict[str, dict] = {}
+        # Per action: the criu arguments of the last call (which flags were derived).
+        self.last_args: dict[str, list[str]] = {}
 
     # -- availability -----------------------------------------------------------------------
 
@@ -121,6 +157,7 @@ class CriuBackend:
 
     def _run(self, action: str, args: list[str], log_path: str, binds: list, tmpfs_root: dict | None = None) -> None:
         env = self._env_or_error(action)
+        self.last_args[action] = list(args)
         start = time.monotonic()
         try:
             proc = env.run(args, binds=binds, timeout=self.timeout, tmpfs_root=tmpfs_root)
@@ -142,7 +179,7 @@ class CriuBackend:
     # -- dump / restore ---------------------------------------------------------------------
 
     def dump(self, pid: int, images_dir: str, externals: dict[str, str] | None = None, log_dir: str | None = None,
-             *, external_masters: bool = False, leave_running: bool = False, tag: str = "") -> None:
+             *, external_masters: bool | None = None, leave_running: bool = False, tag: str = "") -> None:
         """``criu dump -t pid -D images_dir``; the tree is killed afterwards unless ``leave_running``.
 
         ``externals`` maps a mountpoint (as seen inside the tree) to the key the
@@ -150,6 +187,9 @@ class CriuBackend:
         error line; criu's log is ``log_dir/dump<tag>.log`` (default: images_dir).
         Before criu runs, the tree's root mount (which criu does not dump) is
         copied under images_dir/mntcr-root for `prepare_root`.
+        ``external_masters`` None (default) passes --enable-external-masters
+        when the tree has a mount whose master is outside it (`unreachable_masters`);
+        the choice is recorded for `restore`.
         """
         images_dir = os.path.abspath(images_dir)
         log_dir = os.path.abspath(log_dir or images_dir)
@@ -158,6 +198,9 @@ class CriuBackend:
         # Both read from the live tree: criu kills it.
         meta = self._record(pid)
         meta["root_copy"] = _snapshot_root(pid, os.path.join(images_dir, ROOT_FILES))
+        if external_masters is None:
+            external_masters = bool(meta["unreachable_masters"])
+        meta["external_masters"] = bool(external_masters)
         with open(os.path.join(images_dir, META_FILE), "w") as f:
             json.dump(meta, f, indent=1)
         log_path = os.path.join(log_dir, f"dump{tag}.log")
@@ -174,7 +217,7 @@ class CriuBackend:
         self._run("dump", args, log_path, [images_dir, log_dir])
 
     def restore(self, images_dir: str, externals: dict[str, str] | None = None, root: str | None = None,
-                log_dir: str | None = None, *, external_masters: bool = False, wait_timeout: float = 10.0,
+                log_dir: str | None = None, *, external_masters: bool | None = None, wait_timeout: float = 10.0,
                 tag: str = "") -> int:
         """``criu restore -d`` from images_dir; returns the restored root task's host pid.
 
@@ -185,7 +228,7 @@ class CriuBackend:
         options), filled from the dump's root copy inside criu's namespace: it
         lives only in the restored namespace, nothing to clean up. Waits (up to
         ``wait_timeout`` s) until the dumped pid is gone first. criu's log is
-        ``log_dir/restore<tag>.log``.
+        ``log_dir/restore<tag>.log``. ``external_masters`` None: as chosen at dump.
         """
         images_dir = os.path.abspath(images_dir)
         log_dir = os.path.abspath(log_dir or images_dir)
@@ -217,6 +260,8 @@ class CriuBackend:
             binds.append(root)
         if meta.get("shell_job"):
             args.append("--shell-job")
+        if external_masters is None:
+            external_masters = bool(meta.get("external_masters"))
         if external_masters:
             args.append("--enable-external-masters")
         for key, path in sorted((externals or {}).items()):
@@ -248,7 +293,18 @@ class CriuBackend:
         root = next((m for m in mounts if m.mountpoint == "/"), None)
         children = [m.mountpoint for m in mounts
                     if root is not None and m.parent_id == root.mnt_id and m.mnt_id != root.mnt_id]
-        return {"pid": pid, "shell_job": sid != pid, "root_children": children, "mountinfo": text}
+        # Every mount namespace of the tree (criu dumps them all), once each.
+        by_ns: dict[str, str] = {}
+        for p in tree_pids(pid):
+            try:
+                ns = os.readlink(f"/proc/{p}/ns/mnt")
+                if ns not in by_ns:
+                    with open(f"/proc/{p}/mountinfo") as f:
+                        by_ns[ns] = f.read()
+            except OSError:
+                continue  # exited meanwhile
+        return {"pid": pid, "shell_job": sid != pid, "root_children": children, "mountinfo": text,
+                "unreachable_masters": unreachable_masters(list(by_ns.values()) or [text])}
 
     @staticmethod
     def _tmpfs_root(images_dir: str, meta: dict) -> dict | None:
