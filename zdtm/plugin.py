@@ -269,6 +269,10 @@ class ScenarioItem(pytest.Item):
     def repr_failure(self, excinfo, style=None):
         exc = excinfo.value
         if isinstance(exc, cycle.CycleFailure):
+            state = _state(self.config)
+            if self.workdir and state.report_dir:
+                # teardown copies the workdir there and deletes it: name the copy's logs.
+                return str(exc).replace(self.workdir, os.path.join(state.report_dir, safe_name(self.nodeid)))
             return str(exc)
         return super().repr_failure(excinfo, style=style)
 
