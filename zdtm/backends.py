@@ -20,6 +20,7 @@ criu restore root). New backends register with `register`.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -123,6 +124,21 @@ class MntcrBackend(Backend):
             raise BackendError("restore", f"mntcr restore succeeded but left no pid in {pidfile}: {e}") from None
 
 
+_CRIU_FAILED = re.compile(r"^criu \w+ failed \(exit (-?\d+)\): (.*?)(?: \[log: (\S+)\])?$", re.S)
+
+
+def split_criu_error(text: str) -> tuple[str, str | None]:
+    """criu_backend's "criu dump failed (exit N): LINE [log: PATH]" -> ("LINE (criu exit N)", PATH).
+
+    The cycle already says which stage failed; the message keeps criu's own error line
+    first, so it survives the summary table's truncation. Other texts pass unchanged.
+    """
+    m = _CRIU_FAILED.match(text.strip())
+    if not m:
+        return text, None
+    return f"{m.group(2)} (criu exit {m.group(1)})", m.group(3)
+
+
 class CriuBackend(Backend):
     """criu through zdtm.criu_backend (which finds or builds a criu that runs here)."""
 
@@ -147,7 +163,8 @@ class CriuBackend(Backend):
         try:
             return fn(*args, **kwargs)
         except criu_backend.BackendError as e:
-            raise BackendError(stage, str(e)) from None
+            message, log = split_criu_error(str(e))
+            raise BackendError(stage, message, log) from None
 
     def dump(self, pid, images_dir, externals, ctx):
         self._call("dump", self.impl().dump, pid, images_dir, {e.mountpoint: e.key for e in externals},
