@@ -76,3 +76,40 @@ def _close(fd: int) -> None:
         os.close(fd)
     except OSError:
         pass
+
+
+def call_in_child(fn, *args) -> tuple[object, list[int]]:
+    """Run ``fn(*args, chan)`` in a forked child that answers with one message ("ok", obj) + fds.
+
+    For work that must change the process for good (unshare, chroot) and hand
+    back file descriptors. An exception in the child comes back as OSError.
+    """
+    import os
+    import traceback
+    parent, child = Channel.pair()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            parent.close()
+            fn(*args, child)
+        except BaseException as e:  # noqa: BLE001 - reported to the parent
+            code = 1
+            try:
+                child.send(("error", f"{e}" if isinstance(e, OSError) else traceback.format_exc(limit=3)))
+            except Exception:
+                pass
+        os._exit(code)
+    child.close()
+    try:
+        reply, fds = parent.recv()
+    except ChannelClosed:
+        reply, fds = ("error", "helper process died"), []
+    finally:
+        parent.close()
+        os.waitpid(pid, 0)
+    if reply[0] == "error":
+        for fd in fds:
+            _close(fd)
+        raise OSError(reply[1])
+    return reply[1], fds

@@ -187,6 +187,11 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
     _enter_ns_root(ns_fd, pids, hostproc)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
         text = f.read()
+    # 64-bit unique ids (creation order) where the kernel has statmount (6.8+).
+    try:
+        unique = {m.mnt_id: m.unique_id for m in mountinfo.read_statmount()}
+    except OSError:
+        unique = {}
     procs = {}
     for pid in pids:
         try:
@@ -212,7 +217,7 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
         except FileNotFoundError:
             raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
         procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
-    return {"mountinfo": text, "procs": procs}
+    return {"mountinfo": text, "procs": procs, "unique": unique}
 
 
 def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], chan: channel.Channel) -> None:
@@ -422,7 +427,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             ns_data[ino] = forkrun.run(_inspect_ns, fd, members)
         finally:
             os.close(fd)
-        ns_data[ino]["mounts"] = mountinfo.parse(ns_data[ino]["mountinfo"])
+        uniq = ns_data[ino]["unique"]
+        ns_data[ino]["mounts"] = [m.with_(unique_id=uniq.get(m.mnt_id))
+                                  for m in mountinfo.parse(ns_data[ino]["mountinfo"])]
 
     # 3. plan superblocks
     superblocks: dict[str, dict] = {}
@@ -456,7 +463,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 "root": m.root, "fstype": m.fstype, "source": m.source, "mount_opts": list(m.mount_opts),
                 "super_opts": list(m.super_opts), "shared": m.shared, "master": m.master,
                 "propagate_from": m.propagate_from, "unbindable": m.unbindable, "sb": sb_of_dev[m.dev],
-                "external": ext_key, "dev": m.dev,
+                "external": ext_key, "dev": m.dev, "uid": m.unique_id,
             })
         mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
     unknown = set(ext_mnts) - used_ext
@@ -509,6 +516,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                     raise DumpError(errno.EOPNOTSUPP,
                                     f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its files lie outside "
                                     "every external mount of the same filesystem; declare it --external too")
+
+    _plan_overlays(superblocks, mntns_doc, ns_data, names)
 
     # Which mounts to clone: one per disjoint root of each content superblock, one per proc.
     clone_plan: dict[int, list[int]] = {}
@@ -614,6 +623,28 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
         "hostnames": uts_names,
     }
+
+
+def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dict) -> None:
+    """Record each in-namespace overlay's layers as (mount, path) as they were at its creation."""
+    from engine.fs import overlay
+    ns_by_name = {names[("mnt", ino)]: ino for ino in ns_data}
+    for sid, sb in superblocks.items():
+        if sb["external"] or sb["fstype"] != "overlay":
+            continue
+        users = [(ns_name, e) for ns_name, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid]
+        ns_name, oldest = min(users, key=lambda u: (u[1]["uid"] or u[1]["id"]))
+        where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
+        mounts = ns_data[ns_by_name[ns_name]]["mounts"]
+        layers = []
+        for key, path in overlay.layer_paths(sb["super_opts"]):
+            if not path.startswith("/"):
+                raise DumpError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
+            found = overlay.resolve(path, mounts, oldest["uid"])
+            if found is None:
+                raise DumpError(errno.ENOENT, f"{where}: no mount holds its layer {path}")
+            layers.append({"path": path, "mnt": found[0], "rel": found[1]})
+        sb["layers"] = layers
 
 
 def mntns_sb(mntns_doc: dict, mid: int) -> str:

@@ -240,8 +240,8 @@ class _Restorer:
         for m in self.mounts.values():
             users.setdefault(m["sb"], m)
         for sid, sb in self.doc["superblocks"].items():
-            if sb.get("external") or sid not in users:
-                continue
+            if sb.get("external") or sid not in users or sb.get("layers") is not None:
+                continue  # external: cloned from the host; overlay: created after its layers
             handler = fs.lookup(sb["fstype"])
             if handler is None:
                 raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
@@ -323,14 +323,25 @@ class _Restorer:
                                           f"({e['mountpoint']}): {err.strerror}") from None
 
     def clone_mounts(self) -> None:
-        for m in self.mounts.values():
-            if m.get("external") and m["id"] not in self.mnt_fd:
+        """A private detached clone of every mount, in the original creation order.
+
+        Creation order (unique ids) is kept so a second dump sees the same
+        "younger than the overlay" relations; an overlay superblock is created
+        when its oldest mount comes up, after the layers it needs.
+        """
+        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"]))
+        for m in order:
+            if m["id"] in self.mnt_fd:
+                continue
+            sb = self.doc["superblocks"][m["sb"]]
+            if m.get("external"):
                 self._clone_external(m)
-        for m in self.mounts.values():
-            if m["id"] not in self.mnt_fd:
-                if self.doc["superblocks"][m["sb"]].get("external"):
+            else:
+                if sb.get("external"):
                     base, rel = self._ext_source(m)
                 else:
+                    if m["sb"] not in self.sb_fd and sb.get("layers") is not None:
+                        self._create_overlay(m["sb"], sb, m)
                     base, rel = self.sb_fd[m["sb"]], rel_to(m["root"], "/")
                 try:
                     if rel:
@@ -345,6 +356,7 @@ class _Restorer:
                     raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): cannot bind root "
                                                 f"{m['root']}: {e.strerror}") from None
                 self.mnt_fd[m["id"]] = fd
+        for m in order:
             aset, aclr = attr_of(m["mount_opts"])
             try:
                 kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr,
@@ -356,6 +368,29 @@ class _Restorer:
             os.close(fd)
         self.sb_fd.clear()
         step("clones")
+
+    def _create_overlay(self, sid: str, sb: dict, first: dict) -> None:
+        from engine.fs import overlay
+        where = f"mount {first['id']} ({first['mountpoint']}) on overlay"
+        binds: list[tuple[str, int]] = []
+        try:
+            for path, mnt, rel in overlay.yard_binds(sb["layers"]):
+                if mnt not in self.mnt_fd:
+                    raise RestoreError(errno.EINVAL, f"{where}: its layers at {path} lie on mount {mnt}, which "
+                                                     "is not older than the overlay")
+                rel = rel.lstrip("/")
+                base = self.mnt_fd[mnt]
+                binds.append((path, kernel.openat2(base, rel, os.O_PATH | os.O_DIRECTORY,
+                                                   _BENEATH | kernel.RESOLVE_NO_XDEV) if rel else os.dup(base)))
+            self.sb_fd[sid] = overlay.create(sb["source"], sb["super_opts"], binds)
+        except OSError as e:
+            if isinstance(e, RestoreError):
+                raise
+            raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+        finally:
+            for _, fd in binds:
+                os.close(fd)
+        step("superblock")
 
     # -- 4. namespaces ------------------------------------------------------------
 

@@ -27,6 +27,8 @@ class FsType:
     no_opts: bool = False
     # Keep the mountinfo source string when creating (fsconfig "source").
     keep_source: bool = True
+    # Built on layers that are other mounts (overlay): recreated after them.
+    layers: bool = False
 
     def fsconfig_params(self, super_opts: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
         """(key, value) pairs for fsconfig; value None means a flag."""
@@ -77,4 +79,4 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from engine.fs import pseudo, tmpfs  # noqa: F401  (modules register themselves)
+    from engine.fs import overlay, pseudo, tmpfs  # noqa: F401  (modules register themselves)

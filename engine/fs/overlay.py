@@ -1,0 +1,144 @@
+"""overlayfs inside the namespace: layers recorded as (mount, path), recreated with the original strings.
+
+Dump: overlay's mountinfo options name its layers by the strings given at
+mount time. Each absolute layer path is resolved in the namespace *as it was
+when the overlay was mounted*: mounts younger than the overlay (64-bit unique
+mount ids only grow) are skipped, so a layer that was overmounted afterwards
+is still found beneath the overmount (overlayfs-cr-thread.txt, case b).
+
+Restore: a forked helper builds a private "yard" where each original layer
+path leads to a clone of the recorded layer directory, chroots into it and
+creates the overlay with the original option strings. The restored options
+therefore show the original paths (never a temporary one), so a second C/R
+works the same way.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from engine import channel, kernel
+from engine.fs import FsType, register
+from engine.image import is_beneath, rel_to
+from engine.mountinfo import unescape
+
+LAYER_KEYS = ("lowerdir", "upperdir", "workdir", "lowerdir+", "datadir+")
+
+OVERLAY = register(FsType("overlay", layers=True))
+
+
+def split_lower(value: str) -> list[str]:
+    """Split a lowerdir value on ':' (and '::' data-only separators), honouring '\\:' escapes."""
+    out, cur, i = [], [], 0
+    while i < len(value):
+        c = value[i]
+        if c == "\\" and i + 1 < len(value):
+            cur.append(value[i + 1])
+            i += 2
+            continue
+        if c == ":":
+            out.append("".join(cur))
+            cur = []
+            i += 1
+            continue
+        cur.append(c)
+        i += 1
+    out.append("".join(cur))
+    return [p for p in out if p]
+
+
+def layer_paths(super_opts) -> list[tuple[str, str]]:
+    """(option, path) for every layer named in the overlay's super options."""
+    out = []
+    for opt in super_opts:
+        key, sep, value = opt.partition("=")
+        if key not in LAYER_KEYS or not sep:
+            continue
+        value = unescape(value)
+        paths = split_lower(value) if key == "lowerdir" else [value]
+        out.extend((key, p) for p in paths)
+    return out
+
+
+def resolve(path: str, mounts, born: int | None) -> tuple[int, str] | None:
+    """The mount a layer `path` lay on when a mount with unique id `born` was created, and the path inside it.
+
+    `mounts` are engine.mountinfo.Mount records of one namespace with
+    `unique_id` set where known. Without unique ids every mount counts.
+    """
+    best = None
+    for m in mounts:
+        if born is not None and m.unique_id is not None and m.unique_id >= born:
+            continue
+        if not is_beneath(path, m.mountpoint):
+            continue
+        key = (len(m.mountpoint), m.unique_id if m.unique_id is not None else m.mnt_id)
+        if best is None or key > best[0]:
+            best = (key, m)
+    if best is None:
+        return None
+    m = best[1]
+    return m.mnt_id, "/" + rel_to(path, m.mountpoint)
+
+
+# --- restore side -------------------------------------------------------------------
+
+def yard_binds(layers: list[dict]) -> list[tuple[str, int, str]]:
+    """Group layers by their mount: (path in the yard, layer mount id, path inside that mount).
+
+    Layers on one mount are reached through one bind of their common directory,
+    because overlayfs wants upperdir and workdir under the same mount.
+    """
+    groups: dict[int, list[dict]] = {}
+    for layer in layers:
+        groups.setdefault(layer["mnt"], []).append(layer)
+    out = []
+    for mnt, ls in groups.items():
+        common = os.path.commonpath([x["rel"] for x in ls])
+        prefixes = set()
+        for x in ls:
+            below = len([c for c in x["rel"].split("/") if c]) - len([c for c in common.split("/") if c])
+            parts = [c for c in x["path"].split("/") if c]
+            prefixes.add("/" + "/".join(parts[:len(parts) - below]))
+        if len(prefixes) != 1:
+            raise OSError(errno.EINVAL, f"overlay layers on mount {mnt} do not sit at one place: {sorted(prefixes)}")
+        out.append((prefixes.pop(), mnt, common))
+    return sorted(out, key=lambda t: (len(t[0]), t[0]))
+
+
+def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, str | None]],
+           chan: channel.Channel) -> None:
+    """In a forked child: a yard where the layers sit at their original paths, then create the overlay."""
+    kernel.unshare(kernel.CLONE_NEWNS)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    fd = kernel.fsopen("tmpfs")
+    kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
+    yard = kernel.fsmount(fd)
+    kernel.move_mount(yard, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    os.fchdir(yard)
+    os.chroot(".")
+    yard_id = kernel.statx_mnt_id("/")
+    for path, layer_fd in binds:
+        rel = path.strip("/")
+        if rel and not os.path.isdir(rel):
+            parent = os.path.dirname(rel) or "."
+            while not os.path.exists(parent):
+                parent = os.path.dirname(parent) or "."
+            if kernel.statx_mnt_id(parent) != yard_id:
+                raise OSError(errno.ENOENT, f"overlay layer directory {path} does not exist in its parent layer")
+            os.makedirs(rel)
+        clone = kernel.open_tree(layer_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+        kernel.move_mount(clone, "", kernel.AT_FDCWD, "/" + rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    os.chdir("/")
+    from engine.standin import fsmount
+    mfd = fsmount("overlay", source, params)
+    chan.send(("ok", None), [mfd])
+
+
+def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
+    """Create the overlay superblock; `binds` are (original path, O_PATH fd of the directory to show there)."""
+    from engine.fs import lookup
+    params = lookup("overlay").fsconfig_params(super_opts)
+    _, fds = channel.call_in_child(_build, binds, source, params)
+    return fds[0]
