@@ -24,7 +24,7 @@ def _tar() -> str:
 
 def archive(mount_fd: int, out_path: str) -> None:
     """Write every file of the mount behind `mount_fd` into the tar archive `out_path`."""
-    cmd = [_tar(), "-C", f"/proc/self/fd/{mount_fd}", "--sparse", *_COMMON, "-cf", out_path, "."]
+    cmd = [_tar(), "-C", f"/proc/self/fd/{mount_fd}", "--sparse", "--one-file-system", *_COMMON, "-cf", out_path, "."]
     proc = subprocess.run(cmd, pass_fds=(mount_fd,), stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode != 0:
         err = (proc.stderr.strip().splitlines() or ["tar failed"])[-1]

@@ -558,7 +558,6 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == me["pid"]}
 
     # 4. clone and archive
-    n_archive = 0
     for ino, wanted in clone_plan.items():
         fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
         try:
@@ -567,9 +566,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                     for mid, mfd in zip(mids, fds):
                         if mid in archive_for:
                             sid, root = archive_for[mid]
-                            name = f"sb-{n_archive}.tar"
-                            n_archive += 1
-                            content.archive(mfd, writer.path(name))
+                            name, path = writer.new_archive()
+                            content.archive(mfd, path)
                             superblocks[sid]["archives"].append({"file": name, "root": root})
                         else:
                             sid = mntns_sb(mntns_doc, mid)
@@ -592,6 +590,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     # 5. processes
     procs_doc = []
     uts_names: dict[str, str] = {}
+    unplaced: list[tuple[dict, int, str]] = []   # (location to fill, pid, /proc link relative to the pid)
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
@@ -599,10 +598,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             "pid": pid, "ppid": ppid,
             "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
             "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
-            "root": _place(pdata["root"], mounts_by_id, pid, "root"),
-            "cwd": _place(pdata["cwd"], mounts_by_id, pid, "cwd"),
             "fds": [],
         }
+        for key in ("root", "cwd"):
+            entry[key] = _place(pdata[key], mounts_by_id, pid, key)
+            if entry[key].get("detached"):
+                unplaced.append((entry[key], pid, key))
         for f in pdata["fds"]:
             mode = f["mode"]
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
@@ -610,18 +611,23 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 raise DumpError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): only files and "
                                                   "directories are supported")
             loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
-            entry["fds"].append({"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
-                                 "type": "dir" if stat.S_ISDIR(mode) else "file", **loc})
+            fd_entry = {"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
+                        "type": "dir" if stat.S_ISDIR(mode) else "file", **loc}
+            entry["fds"].append(fd_entry)
+            if loc.get("detached"):
+                unplaced.append((fd_entry, pid, f"fd/{f['fd']}"))
         uts = entry["ns"]["uts"]
         if uts not in uts_names and "uts" not in entry["host_ns"]:
             uts_names[uts] = _hostname_of(pid)
         procs_doc.append(entry)
 
+    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer)
+
     return {
         "kernel": platform.release(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
-        "hostnames": uts_names,
+        "hostnames": uts_names, "detached": detached_doc,
     }
 
 
@@ -647,6 +653,47 @@ def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dic
         sb["layers"] = layers
 
 
+def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer) -> dict:
+    """Describe each detached mount that a process holds a file or cwd on (see engine/detached.py)."""
+    from engine import detached
+    by_mnt: dict[int, list[tuple[dict, int, str]]] = {}
+    for item in unplaced:
+        by_mnt.setdefault(item[0]["mnt"], []).append(item)
+    out: dict[str, dict] = {}
+
+    def ns_open(ino):
+        return os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY), by_mntns[ino]
+
+    for mnt, items in sorted(by_mnt.items()):
+        loc0, pid0, link0 = items[0]
+        where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on detached mount {mnt}"
+        try:
+            facts = [(detached.probe(pid, link), loc["path"]) for loc, pid, link in items]
+            f0 = facts[0][0]
+            sid = sb_of_dev.get(f0["dev"])
+            if sid is not None:
+                candidates = [(ino, m) for ino, data in ns_data.items() for m in data["mounts"] if m.dev == f0["dev"]]
+                vis, root_on_v = detached.root_via_visible(f0, facts[0][1], candidates, ns_open)
+                vroot = mounts_by_id[vis].root
+                root = vroot if root_on_v == "/" else (root_on_v if vroot == "/" else vroot + root_on_v)
+            else:
+                if f0["magic"] not in (kernel.TMPFS_MAGIC, kernel.RAMFS_MAGIC):
+                    raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
+                                                      "visible; only a detached tmpfs or ramfs can be dumped whole")
+                sid = f"sb-{len(superblocks)}"
+                name, path = writer.new_archive()
+                detached.archive_invisible(facts, path)
+                fstype = "tmpfs" if f0["magic"] == kernel.TMPFS_MAGIC else "ramfs"
+                superblocks[sid] = {"fstype": fstype, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
+                                    "external": False, "archives": [{"file": name, "root": "/"}]}
+                root = "/"
+        except OSError as e:
+            raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+        out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
+                         "mountpoint": "(detached)"}
+    return out
+
+
 def mntns_sb(mntns_doc: dict, mid: int) -> str:
     """The superblock id of mount `mid`."""
     for ns in mntns_doc.values():
@@ -663,8 +710,8 @@ def _place(loc: dict, mounts_by_id: dict, pid: int, what: str) -> dict:
         raise DumpError(errno.EOPNOTSUPP, f"process {pid} {what}: {path}: deleted files are not supported yet")
     m = mounts_by_id.get(mnt)
     if m is None:
-        raise DumpError(errno.EOPNOTSUPP, f"process {pid} {what} ({path}) is on mount {mnt}, which is in no dumped "
-                                          "namespace (lazily unmounted?): detached mounts are not supported yet")
+        # In no dumped namespace: a lazily unmounted (detached) mount, resolved later.
+        return {"mnt": mnt, "path": path, "detached": True}
     if not is_beneath(path, m.mountpoint):
         raise DumpError(errno.EIO, f"process {pid} {what}: {path} is not beneath its mount's {m.mountpoint}")
     return {"mnt": mnt, "path": "/" + rel_to(path, m.mountpoint)}

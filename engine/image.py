@@ -91,6 +91,12 @@ class ImageWriter:
         """Path of a member file inside the temporary image."""
         return os.path.join(self.tmp, name)
 
+    def new_archive(self) -> tuple[str, str]:
+        """(name, path) for the next superblock archive, sb-N.tar."""
+        self._archives = getattr(self, "_archives", 0) + 1
+        name = f"sb-{self._archives - 1}.tar"
+        return name, self.path(name)
+
     def commit(self, doc: dict) -> None:
         """Write the manifest, fsync, and rename the whole directory into place."""
         doc = dict(doc, format=FORMAT, version=VERSION)
@@ -253,6 +259,20 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
             for c in chain:
                 state[c] = 2
 
+    detached = doc.get("detached") or {}
+    if not isinstance(detached, dict):
+        _fail("'detached' must be an object")
+    for key, d in detached.items():
+        what = f"detached mount {key}"
+        did = _typed(d, "id", int, what)
+        if str(did) != key or did in all_ids:
+            _fail(f"{what}: bad or duplicate id")
+        if _typed(d, "sb", str, what) not in sbs:
+            _fail(f"{what}: unknown superblock {d['sb']!r}")
+        check_abs_path(_typed(d, "root", str, what), f"{what} root")
+        _typed(d, "mount_opts", list, what)
+    detached_ids = {d["id"] for d in detached.values()}
+
     nfds = 0
     pids = set()
     for p in procs:
@@ -268,7 +288,7 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
             _fail(f"{what}: unknown pid namespace {ns.get('pid')!r}")
         for key in ("root", "cwd"):
             loc = _typed(p, key, dict, what)
-            _check_loc(loc, all_ids, f"{what} {key}")
+            _check_loc(loc, all_ids, detached_ids, f"{what} {key}")
         fds = _typed(p, "fds", list, what)
         nfds += len(fds)
         if nfds > MAX_FDS:
@@ -281,16 +301,16 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
             seen_fd.add(n)
             _typed(fd, "flags", int, f"{what} fd {n}")
             _typed(fd, "pos", int, f"{what} fd {n}")
-            _check_loc(fd, all_ids, f"{what} fd {n}")
+            _check_loc(fd, all_ids, detached_ids, f"{what} fd {n}")
     for p in procs:
         if p.get("ppid") is not None and p["ppid"] not in pids:
             _fail(f"process {p['pid']}: parent {p['ppid']} is not in the image")
 
 
-def _check_loc(loc: dict, mount_ids: set[int], what: str) -> None:
+def _check_loc(loc: dict, mount_ids: set[int], detached_ids: set[int], what: str) -> None:
     mnt = _typed(loc, "mnt", int, what)
-    if mnt not in mount_ids and not loc.get("detached"):
-        _fail(f"{what}: unknown mount {mnt}")
+    if mnt not in (detached_ids if loc.get("detached") else mount_ids):
+        _fail(f"{what}: unknown {'detached ' if loc.get('detached') else ''}mount {mnt}")
     check_abs_path(_typed(loc, "path", str, what), f"{what} path")
 
 

@@ -348,3 +348,31 @@ PR_SET_PDEATHSIG = 1
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): get `sig` when the parent thread exits (0 clears it)."""
     _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+
+
+class _Statfs(ctypes.Structure):
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+
+
+TMPFS_MAGIC = 0x01021994
+RAMFS_MAGIC = 0x858458F6
+
+
+def fstatfs_type(fd: int) -> int:
+    """f_type (the filesystem magic) of the filesystem behind fd."""
+    buf = _Statfs()
+    _check(_libc.fstatfs(ctypes.c_int(fd), ctypes.byref(buf)), "fstatfs")
+    return buf.f_type & 0xFFFFFFFF
+
+
+# statvfs f_flag bits -> mountinfo per-mount option names
+ST_FLAGS = {1: "ro", 2: "nosuid", 4: "nodev", 8: "noexec", 1024: "noatime", 2048: "nodiratime",
+            4096: "relatime", 8192: "nosymfollow"}
+
+
+def mount_opts_of_fd(fd: int) -> list[str]:
+    """Per-mount options of the mount behind fd, in mountinfo's order (from fstatvfs)."""
+    flags = os.fstatvfs(fd).f_flag
+    opts = ["ro" if flags & 1 else "rw"]
+    opts += [name for bit, name in ST_FLAGS.items() if bit != 1 and flags & bit]
+    return opts

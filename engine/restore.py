@@ -138,6 +138,7 @@ class _Restorer:
         for m in self.mounts.values():
             if m.get("parent") is not None:
                 self.children.setdefault(m["parent"], []).append(m)
+        self.detached: dict[int, dict] = {d["id"]: d for d in (doc.get("detached") or {}).values()}
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
@@ -237,7 +238,7 @@ class _Restorer:
 
     def create_superblocks(self) -> None:
         users: dict[str, dict] = {}
-        for m in self.mounts.values():
+        for m in list(self.mounts.values()) + list(self.detached.values()):
             users.setdefault(m["sb"], m)
         for sid, sb in self.doc["superblocks"].items():
             if sb.get("external") or sid not in users or sb.get("layers") is not None:
@@ -356,7 +357,9 @@ class _Restorer:
                     raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): cannot bind root "
                                                 f"{m['root']}: {e.strerror}") from None
                 self.mnt_fd[m["id"]] = fd
-        for m in order:
+        for d in self.detached.values():
+            self._clone_detached(d)
+        for m in order + list(self.detached.values()):
             aset, aclr = attr_of(m["mount_opts"])
             try:
                 kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr,
@@ -368,6 +371,28 @@ class _Restorer:
             os.close(fd)
         self.sb_fd.clear()
         step("clones")
+
+    def _clone_detached(self, d: dict) -> None:
+        """A detached mount stays a clone that is never attached: its files look lazily unmounted."""
+        sb = self.doc["superblocks"][d["sb"]]
+        if sb.get("external"):
+            base, rel = self._ext_source(d)
+        else:
+            if d["sb"] not in self.sb_fd:
+                raise RestoreError(errno.EINVAL, f"detached mount {d['id']}: its superblock {d['sb']} was not created")
+            base, rel = self.sb_fd[d["sb"]], rel_to(d["root"], "/")
+        try:
+            if rel:
+                where = kernel.openat2(base, rel, os.O_PATH, _BENEATH)
+                try:
+                    fd = kernel.open_tree(where, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+                finally:
+                    os.close(where)
+            else:
+                fd = kernel.open_tree(base, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+        except OSError as e:
+            raise RestoreError(e.errno, f"detached mount {d['id']}: cannot bind root {d['root']}: {e.strerror}") from None
+        self.mnt_fd[d["id"]] = fd
 
     def _create_overlay(self, sid: str, sb: dict, first: dict) -> None:
         from engine.fs import overlay
@@ -485,6 +510,10 @@ class _Restorer:
     def open_at(self, mnt: int, path: str, flags: int) -> int:
         """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered."""
         parts = [x for x in path.split("/") if x]
+        if mnt in self.detached:
+            if parts:
+                return kernel.openat2(self.mnt_fd[mnt], "/".join(parts), flags, _BENEATH | kernel.RESOLVE_NO_XDEV)
+            return os.open(f"self/fd/{self.mnt_fd[mnt]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
         mpoint = self.mounts[mnt]["mountpoint"]
         by_rel = {rel_to(c["mountpoint"], mpoint): c["id"] for c in self.children.get(mnt, ())}
         base, rest = self.mnt_fd[mnt], parts

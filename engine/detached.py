@@ -1,0 +1,141 @@
+"""Dump side of detached mounts: files and cwds on lazily unmounted mounts (detached-mounts-idea.txt).
+
+fdinfo gives such a file's mount id, but no namespace lists that mount. What
+restore needs is where the detached mount's root lies in some superblock:
+
+- the superblock is still mounted somewhere visible: take the file's handle
+  (name_to_handle_at) and open it on the visible mount (open_by_handle_at);
+  its path there, minus its path inside the detached mount, is the detached
+  mount's root on that mount;
+- it is not (a tmpfs only reachable through the fds): climb ".." from a
+  directory fd (or cwd) to the detached mount's root and archive its whole
+  content; with only regular files, archive those files.
+
+Restore then clones the superblock at that root into a detached mount (never
+attached anywhere) and opens the fds there.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import stat
+import tarfile
+
+from engine import content, forkrun, kernel
+from engine.image import is_beneath, rel_to
+
+
+class DetachedError(OSError):
+    """A detached mount that cannot be dumped (one line)."""
+
+
+def probe(pid: int, what: str) -> dict:
+    """Facts about a process's fd/cwd/root that lies on a detached mount (read from the host)."""
+    link = f"/proc/{pid}/{what}"
+    fd = os.open(link, os.O_PATH)
+    try:
+        st = os.fstat(fd)
+        try:
+            htype, handle, _ = kernel.name_to_handle_at(fd, "", kernel.AT_EMPTY_PATH)
+        except OSError:
+            htype, handle = None, None
+        return {"dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", "is_dir": stat.S_ISDIR(st.st_mode),
+                "magic": kernel.fstatfs_type(fd), "mount_opts": kernel.mount_opts_of_fd(fd),
+                "handle": (htype, handle), "link": link}
+    finally:
+        os.close(fd)
+
+
+def _path_on(ns_fd: int, pids: list[int], mountpoint: str, mnt_id: int, htype: int, handle: bytes) -> str | None:
+    """In a forked child inside the namespace: the path of a file handle on the mount at `mountpoint`."""
+    from engine.dump import _enter_ns_root
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    _enter_ns_root(ns_fd, pids, hostproc)
+    path = "/.." if mountpoint == "/" else mountpoint
+    mfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # open_by_handle_at refuses O_PATH fds
+    if kernel.statx_mnt_id("", mfd, kernel.AT_EMPTY_PATH) != mnt_id:
+        return None  # covered: try another mount of the superblock
+    fd = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH)
+    return os.readlink(f"thread-self/fd/{fd}", dir_fd=hostproc)
+
+
+def root_via_visible(facts: dict, inner_path: str, candidates, ns_open) -> tuple[int, str]:
+    """(visible mount id, root of the detached mount inside that mount) through the file handle.
+
+    `candidates` are (ns inode, Mount) of the same superblock; `ns_open(ino)`
+    gives (ns fd, member pids) to enter that namespace.
+    """
+    htype, handle = facts["handle"]
+    if htype is None:
+        raise DetachedError(errno.EOPNOTSUPP, "the filesystem gives no file handles")
+    for ino, m in candidates:
+        ns_fd, pids = ns_open(ino)
+        try:
+            seen = forkrun.run(_path_on, ns_fd, pids, m.mountpoint, m.mnt_id, htype, handle)
+        except OSError:
+            continue
+        finally:
+            os.close(ns_fd)
+        if seen is None or not is_beneath(seen, m.mountpoint):
+            continue
+        on_mount = "/" + rel_to(seen, m.mountpoint)
+        if inner_path == "/":
+            return m.mnt_id, on_mount
+        if on_mount == inner_path or on_mount.endswith(inner_path):
+            root = on_mount[: len(on_mount) - len(inner_path)] or "/"
+            return m.mnt_id, root
+        raise DetachedError(errno.EOPNOTSUPP, f"its file is {on_mount} on the visible mount {m.mnt_id} "
+                                              f"({m.mountpoint}) but {inner_path} on the detached one (renamed?)")
+    raise DetachedError(errno.EOPNOTSUPP, "no visible mount of its filesystem can open it by handle")
+
+
+def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> None:
+    """Archive a detached tmpfs reachable only through fds: its whole tree from a directory, else the files.
+
+    `locs` are (probe facts, path inside the detached mount).
+    """
+    dirs = [(f, p) for f, p in locs if f["is_dir"]]
+    if dirs:
+        facts, inner = dirs[0]
+        fd = os.open(facts["link"], os.O_PATH | os.O_DIRECTORY)
+        try:
+            # Climb to the detached mount's root: ".." stops there (it has no parent).
+            while True:
+                up = os.open("..", os.O_PATH | os.O_DIRECTORY, dir_fd=fd)
+                a, b = os.fstat(fd), os.fstat(up)
+                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
+                    os.close(up)
+                    break
+                os.close(fd)
+                fd = up
+            # A mount in no namespace cannot be cloned (open_tree says EINVAL); its
+            # children were disconnected by the lazy umount, so archive it in place.
+            content.archive(fd, out_path)
+        finally:
+            os.close(fd)
+        return
+    with tarfile.open(out_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        made = set()
+        for facts, inner in locs:
+            parts = [c for c in inner.split("/") if c]
+            for i in range(1, len(parts)):
+                d = "/".join(parts[:i])
+                if d not in made:
+                    info = tarfile.TarInfo(d)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+                    made.add(d)
+            name = "/".join(parts)
+            if name in made:
+                continue
+            made.add(name)
+            with open(facts["link"], "rb") as f:
+                st = os.fstat(f.fileno())
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = st.st_size, stat.S_IMODE(st.st_mode)
+                info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
+                data = f.read()
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
