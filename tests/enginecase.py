@@ -1,0 +1,537 @@
+"""Throwaway containers for the engine's integration tests: build, snapshot, dump, restore, compare.
+
+A test gives a `sh -e` setup script; `EngineCase.start(setup)` runs it as pid 1
+of fresh mount, PID, UTS and IPC namespaces inside a container root built like
+this (all in the new mount namespace, never on the host):
+
+    /            tmpfs made inside the namespace (the dumped root is not external)
+    /usr /etc    read-only non-recursive binds of the host's, declared external
+                 (dump: mnt[/usr]:usr mnt[/etc]:etc; restore: mnt[usr]:/usr ...)
+    /bin /lib /lib64 /sbin   symlinks into usr/
+    /dev         tmpfs with null and zero;  /proc  of the new PID namespace
+    /tmp /mnt /run /root     empty directories
+    /.hold/mntcr-hold        symlink to the host's sleep
+
+The setup's stdout/stderr are a pipe to the test (shown when setup fails); it
+ends in `hold`, which moves stdio onto the container's /dev/null and execs
+/.hold/mntcr-hold (comm "mntcr-hold"). The tree is ready when every process
+in it is called mntcr-hold and the setup pipe has closed, so background
+processes in nested namespaces must end in `hold` too (or set that comm
+themselves, like a Python holder that opens O_CLOEXEC fds).
+
+Process layout: test -> keeper (this file run as a program; optionally
+entering an "outer" mount namespace first, unshares, forks) -> container pid 1.
+
+`Outer` is a mount namespace owned by the test that plays "the host" for
+masters outside the dump: private everywhere, with one shared tmpfs that the
+container root binds (and setup makes a slave).
+
+`State`/`take` snapshot a tree (zdtm.snapshot: canonical mount tree per
+process, fds with flags/offset/mount label, root, cwd, namespace sharing, the
+output of a check script) plus what each fd reads through /proc/PID/fd/N.
+`assert_same` compares two states with engine.topology.diff_report and fails
+with readable diffs.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import select
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+
+import pytest
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if PROJECT_ROOT not in sys.path:
+    sys.path.insert(0, PROJECT_ROOT)
+
+HOLD = "/.hold/mntcr-hold"
+HOLD_COMM = "mntcr-hold"
+DUMP_EXTERNALS = ("--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
+RESTORE_EXTERNALS = ("--external", "mnt[usr]:/usr", "--external", "mnt[etc]:/etc")
+SETUP_FAILED = 125
+_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C"}
+
+# Prepended to every setup script.
+PRELUDE = f"""
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# wait_for FILE: until FILE exists (a background process says it is done), at most 10s.
+wait_for() {{
+    _n=200
+    while [ ! -e "$1" ]; do
+        _n=$((_n - 1)); [ "$_n" -gt 0 ] || {{ echo "wait_for: $1 did not appear" >&2; return 1; }}
+        sleep 0.05
+    done
+}}
+# hold: stdio onto the container's /dev/null, then sleep keeping root, cwd and fds.
+hold() {{
+    exec </dev/null >/dev/null 2>&1
+    exec {HOLD} 100000
+}}
+"""
+
+# A Python holder (for fds only a program can open, e.g. O_CLOEXEC ones): run
+# `exec python3 -c "$PYHOLD_HEAD ...your opens... $PYHOLD_TAIL"`-style code built with py_hold().
+_PY_HOLD_TAIL = f"""
+import ctypes, signal
+os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+ctypes.CDLL(None).prctl(15, b"{HOLD_COMM}", 0, 0, 0)  # PR_SET_NAME: ready
+while True:
+    signal.pause()
+"""
+
+
+def py_hold(body: str) -> str:
+    """A setup line that execs python3 running `body` (which may open fds), then holding."""
+    code = "import os\n" + body + _PY_HOLD_TAIL
+    return "exec python3 -c '" + code.replace("'", "'\\''") + "'\n"
+
+
+class SetupError(Exception):
+    """The container could not be built or its setup failed (message has the setup output)."""
+
+
+class CRError(AssertionError):
+    """mntcr dump or restore failed; the message has its exit status and stderr."""
+
+    def __init__(self, verb: str, proc: subprocess.CompletedProcess):
+        self.verb = verb
+        self.proc = proc
+        super().__init__(f"mntcr {verb} exited {proc.returncode}:\n{proc.stderr.strip()}")
+
+
+# --- the keeper and the container's pid 1 (run as a program) --------------------------
+
+def _build_root(staging: str, binds: list[tuple[int, str]]) -> None:
+    from engine import kernel
+    kernel.mount("tmpfs", staging, "tmpfs", 0, "mode=0755")
+    for name in ("usr", "etc"):
+        target = os.path.join(staging, name)
+        os.mkdir(target, 0o755)
+        kernel.mount("/" + name, target, None, kernel.MS_BIND)  # not MS_REC: only that mount
+        kernel.mount(None, target, None, kernel.MS_REMOUNT | kernel.MS_BIND | kernel.MS_RDONLY)
+    for name in ("bin", "lib", "lib64", "sbin"):
+        os.symlink("usr/" + name, os.path.join(staging, name))
+    dev = os.path.join(staging, "dev")
+    os.mkdir(dev, 0o755)
+    kernel.mount("tmpfs", dev, "tmpfs", kernel.MS_NOSUID, "mode=0755")
+    for name, minor in (("null", 3), ("zero", 5)):
+        os.mknod(os.path.join(dev, name), 0o666 | stat.S_IFCHR, os.makedev(1, minor))
+        os.chmod(os.path.join(dev, name), 0o666)  # mknod's mode went through the umask
+    for name, mode in (("proc", 0o555), ("tmp", 0o1777), ("mnt", 0o755), ("run", 0o755), ("root", 0o700),
+                       (".hold", 0o755)):
+        os.mkdir(os.path.join(staging, name))
+        os.chmod(os.path.join(staging, name), mode)
+    os.symlink(os.path.realpath(shutil.which("sleep", path="/usr/bin:/bin")), os.path.join(staging, HOLD[1:]))
+    for fd, where in binds:
+        target = os.path.join(staging, where.lstrip("/"))
+        os.makedirs(target, exist_ok=True)
+        kernel.mount(f"/proc/self/fd/{fd}", target, None, kernel.MS_BIND)
+        os.close(fd)
+
+
+def _container_pid1(cfg: dict, out_fd: int, binds: list[tuple[int, str]]) -> None:
+    """Pid 1 of the container: root, pivot_root, /proc, then exec the setup. Never returns."""
+    from engine import kernel
+    try:
+        socket.sethostname(cfg["hostname"])
+        staging = "/tmp"  # covered only in this private namespace
+        _build_root(staging, binds)
+        os.chdir(staging)
+        kernel.pivot_root(".", ".")
+        kernel.umount2(".", kernel.MNT_DETACH)
+        os.chdir("/")
+        kernel.mount("proc", "/proc", "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
+        os.setsid()
+        null = os.open("/dev/null", os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        os.closerange(3, 65536)  # nothing of the test's leaks into the tree
+        os.umask(0o022)
+        os.execve("/bin/sh", ["sh", "-e", "-c", PRELUDE + cfg["setup"]], _ENV)
+    except BaseException as e:  # noqa: BLE001 - reported through the setup pipe
+        try:
+            os.write(out_fd, f"enginecase: building the container failed: {e}\n".encode())
+        finally:
+            os._exit(SETUP_FAILED)
+
+
+def keeper_main(cfg: dict) -> int:
+    """Enter the outer namespace if any, unshare, fork the container's pid 1, report its pid, wait."""
+    from engine import kernel, mountinfo
+    out_fd = cfg["out_fd"]
+    if cfg.get("outer_pid"):
+        fd = os.open(f"/proc/{cfg['outer_pid']}/ns/mnt", os.O_RDONLY)
+        kernel.setns(fd, kernel.CLONE_NEWNS)
+        os.close(fd)
+    bind_paths = [src for src, _ in cfg.get("binds", ())]
+    kernel.unshare(kernel.CLONE_NEWNS | kernel.CLONE_NEWPID | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC)
+    if cfg.get("outer_pid"):
+        # The outer namespace is private except the binds' sources (shared on purpose): check,
+        # since mounting under a shared mount here would propagate out.
+        for m in mountinfo.read_pid("self"):
+            if m.shared is not None and m.mountpoint not in bind_paths:
+                raise SystemExit(f"enginecase: outer namespace has a shared mount at {m.mountpoint}")
+    else:
+        kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    binds = [(os.open(src, os.O_PATH | os.O_DIRECTORY), dst) for src, dst in cfg.get("binds", ())]
+    sys.stdout.flush()
+    pid = os.fork()
+    if pid == 0:
+        _container_pid1(cfg, out_fd, binds)
+    os.close(out_fd)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # stderr was the setup pipe: only the tree keeps it
+    for fd, _ in binds:
+        os.close(fd)
+    print(f"pid {pid}", flush=True)
+    _, status = os.waitpid(pid, 0)
+    return 0
+
+
+# --- the test's side ---------------------------------------------------------------------
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+class _Pipe:
+    """Collects a pipe's output in a thread; `closed` is set at EOF."""
+
+    def __init__(self, fd: int):
+        self.data = bytearray()
+        self.closed = threading.Event()
+        threading.Thread(target=self._pump, args=(fd,), daemon=True).start()
+
+    def _pump(self, fd: int) -> None:
+        try:
+            while chunk := os.read(fd, 65536):
+                self.data += chunk
+        finally:
+            os.close(fd)
+            self.closed.set()
+
+    def text(self) -> str:
+        return self.data.decode(errors="replace")
+
+
+def mntcr(*args: str, env: dict | None = None, nsenter: int | None = None,
+          timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run `python -m engine.cli ARGS` (inside the mount namespace of pid `nsenter` when given)."""
+    cmd = [sys.executable, "-m", "engine.cli", *args]
+    if nsenter:
+        cmd = ["nsenter", "-t", str(nsenter), "-m", f"--wd={PROJECT_ROOT}", "--"] + cmd
+    full_env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, **(env or {}))
+    return subprocess.run(cmd, cwd=PROJECT_ROOT, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+class Outer:
+    """A mount namespace that plays "the host" of a container: private, one shared tmpfs at `path`.
+
+    `path` must be an existing directory; it is mounted on only inside this namespace.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        script = f"mount -t tmpfs outer {path} && mount --make-shared {path} && echo ready && exec sleep 100000"
+        self.proc = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True, text=True)
+        line = self.proc.stdout.readline().strip()
+        if line != "ready":
+            self.close()
+            raise SetupError(f"outer namespace: {line or 'no output'}")
+        self.pid = self.proc.pid  # unshare and sh exec in place
+
+    def sh(self, script: str) -> str:
+        """Run `script` with sh in the outer namespace; return its output (fail on error)."""
+        r = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "--", "sh", "-ec", script],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, f"outer: {script!r} failed: {r.stderr.strip()}"
+        return r.stdout
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+class EngineCase:
+    """One test's containers and restored trees; `close()` kills every tree it knows."""
+
+    def __init__(self, workdir: str):
+        self.workdir = str(workdir)
+        self.trees: list[int] = []      # root pids to kill at the end (original and restored)
+        self.keepers: list[subprocess.Popen] = []
+        self.outers: list[Outer] = []
+        self.n_images = 0
+
+    # -- building --------------------------------------------------------------------
+
+    def outer(self) -> Outer:
+        """A fresh outer namespace (see `Outer`) whose shared tmpfs sits on a new directory."""
+        path = os.path.join(self.workdir, f"outer{len(self.outers)}")
+        os.mkdir(path)
+        o = Outer(path)
+        self.outers.append(o)
+        return o
+
+    def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 20) -> int:
+        """Run `setup` as pid 1 of a new container; return its host pid once the tree is ready.
+
+        `binds` are (outer path, container path) pairs bound into the root before pivot_root
+        (sources in `outer`'s namespace).
+        """
+        out_r, out_w = os.pipe()
+        cfg = {"setup": setup, "out_fd": out_w, "hostname": "mntcr-test",
+               "outer_pid": outer.pid if outer else None, "binds": [list(b) for b in binds]}
+        env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
+        try:
+            keeper = subprocess.Popen([sys.executable, os.path.abspath(__file__), "keeper", json.dumps(cfg)],
+                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=out_w,
+                                      pass_fds=(out_w,), env=env, cwd=PROJECT_ROOT, start_new_session=True)
+        finally:
+            os.close(out_w)
+        self.keepers.append(keeper)
+        pipe = _Pipe(out_r)
+        deadline = time.monotonic() + timeout
+        line = b""
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([keeper.stdout], [], [], left)[0]:
+                break
+            ch = os.read(keeper.stdout.fileno(), 1)
+            if not ch:
+                break
+            line += ch
+        if not line.startswith(b"pid "):
+            keeper.kill()
+            pipe.closed.wait(2)
+            raise SetupError(f"the keeper did not start the container: {pipe.text().strip() or 'no output'}")
+        pid = int(line.split()[1])
+        self.trees.append(pid)
+        from zdtm.snapshot import alive, tree_pids
+        while True:
+            pids = tree_pids(pid)
+            if pids and all(_comm(p) == HOLD_COMM for p in pids):
+                break
+            if not alive(pid):
+                pipe.closed.wait(2)
+                raise SetupError(f"setup failed before `hold`:\n{pipe.text().rstrip()}")
+            if time.monotonic() > deadline:
+                raise SetupError(f"setup did not reach `hold` in every process within {timeout:g}s:\n"
+                                 f"{pipe.text().rstrip()}")
+            time.sleep(0.02)
+        if not pipe.closed.wait(5):
+            raise SetupError("a process of the tree still has setup's stdout/stderr open (a pipe to the test): "
+                             "end background processes in `hold` or redirect their stdio")
+        return pid
+
+    # -- C/R -----------------------------------------------------------------------------
+
+    def new_images_dir(self) -> str:
+        """A path for a new image directory (not created: dump creates it)."""
+        self.n_images += 1
+        return os.path.join(self.workdir, f"images{self.n_images}")
+
+    def dump(self, pid: int, images_dir: str, extra: tuple = ()) -> None:
+        """`mntcr dump` the tree at `pid` (externals /usr and /etc) into `images_dir`; raise CRError."""
+        r = mntcr("dump", "-t", str(pid), "-D", images_dir, *DUMP_EXTERNALS, *extra)
+        if r.returncode:
+            raise CRError("dump", r)
+
+    def restore(self, images_dir: str, extra: tuple = (), outer: Outer | None = None) -> int:
+        """`mntcr restore` (externals /usr and /etc) -> root stand-in pid (killed at close)."""
+        pidfile = images_dir.rstrip("/") + ".pid"
+        r = mntcr("restore", "-D", images_dir, *RESTORE_EXTERNALS, *extra, "--pidfile", pidfile,
+                  nsenter=outer.pid if outer else None)
+        if r.returncode:
+            raise CRError("restore", r)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.trees.append(pid)
+        return pid
+
+    def cr(self, pid: int, dump_extra: tuple = (), restore_extra: tuple = (), outer: Outer | None = None) -> int:
+        """Dump the tree at `pid` (which dies) and restore it; return the restored root pid."""
+        images = self.new_images_dir()
+        self.dump(pid, images, dump_extra)
+        return self.restore(images, restore_extra, outer)
+
+    def roundtrip(self, setup: str, check: str | None = None, iters: int = 1, outer: Outer | None = None,
+                  binds: tuple = (), dump_extra: tuple = (), restore_extra: tuple = ()) -> list["State"]:
+        """Start, snapshot, then `iters` times C/R + snapshot + compare with the first; return the states."""
+        pid = self.start(setup, outer=outer, binds=binds)
+        states = [take(pid, check)]
+        for _ in range(iters):
+            pid = self.cr(pid, dump_extra, restore_extra, outer)
+            states.append(take(pid, check))
+            assert_same(states[0], states[-1])
+        return states
+
+    def close(self) -> None:
+        """Kill every tree, keeper and outer namespace this case started."""
+        from zdtm.snapshot import kill_tree
+        for pid in self.trees:
+            kill_tree(pid)
+        for k in self.keepers:
+            try:
+                k.wait(5)
+            except subprocess.TimeoutExpired:
+                k.kill()
+                k.wait()
+            k.stdout.close()
+        for o in self.outers:
+            o.close()
+
+
+# --- snapshots -------------------------------------------------------------------------
+
+def fd_data(pid: int) -> list[str]:
+    """What each fd of `pid` reads, through /proc/PID/fd/N: size, hash and the bytes at its offset
+    for files, the names for directories, the device for device nodes."""
+    out = []
+    for name in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
+        link = f"/proc/{pid}/fd/{name}"
+        try:
+            st = os.stat(link)
+            with open(f"/proc/{pid}/fdinfo/{name}") as f:
+                pos = int(next(line for line in f if line.startswith("pos:")).split()[1])
+            if stat.S_ISREG(st.st_mode):
+                with open(link, "rb") as f:
+                    data = f.read()
+                out.append(f"{name}: file size={len(data)} sha256={hashlib.sha256(data).hexdigest()[:16]} "
+                           f"at-pos={data[pos:pos + 16]!r}")
+            elif stat.S_ISDIR(st.st_mode):
+                out.append(f"{name}: dir {sorted(os.listdir(link))}")
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                out.append(f"{name}: dev {os.major(st.st_rdev)}:{os.minor(st.st_rdev)}")
+            else:
+                out.append(f"{name}: mode {st.st_mode:o}")
+        except FileNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class State:
+    """A snapshot of a tree (zdtm.snapshot) plus what each process's fds read."""
+
+    snap: object
+    fd_data: list[list[str]]   # same order as snap.procs
+
+    @property
+    def root(self):
+        """The snapshot's record of the tree's root process (it is the one whose pid we were given)."""
+        return next(p for p in self.snap.procs if p.pid == self.pid)
+
+    pid: int = 0
+
+
+def take(pid: int, check: str | None = None) -> State:
+    """Snapshot the tree rooted at host pid `pid` (and run `check` in its namespaces and root)."""
+    from zdtm import snapshot
+    snap = snapshot.take(pid, check=check, timeout=30)
+    return State(snap=snap, fd_data=[fd_data(p.pid) for p in snap.procs], pid=pid)
+
+
+def assert_same(before: State, after: State) -> None:
+    """Fail with readable diffs unless the two states are equal up to renumbering."""
+    from engine import topology
+    from zdtm import snapshot
+    problems = []
+    a, b = before.snap.procs, after.snap.procs
+    if len(a) == len(b):
+        for p, q in zip(a, b):
+            equal, report = topology.diff_report(p.mounts, q.mounts, names=("before", "after"))
+            if not equal:
+                problems.append(f"mount tree of process pid {p.pid} -> {q.pid} differs:\n{report}")
+    equal, report = snapshot.compare(before.snap, after.snap)
+    if not equal:
+        problems.append(report)
+    if before.fd_data != after.fd_data:
+        for p, q, da, db in zip(a, b, before.fd_data, after.fd_data):
+            if da != db:
+                problems.append(f"fd data of process pid {p.pid} -> {q.pid} differs:\n" + "\n".join(
+                    difflib.unified_diff(da, db, "before", "after", lineterm="")))
+    assert not problems, "\n".join(problems)
+
+
+@pytest.fixture
+def case(tmp_path):
+    """An EngineCase in the test's tmp_path; every tree it started is killed at teardown."""
+    if os.geteuid() != 0:
+        pytest.skip("engine tests need root (they create namespaces and mount inside them)")
+    c = EngineCase(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+# --- host checks -------------------------------------------------------------------------
+
+def host_mountinfo() -> str:
+    """The test process's own mountinfo (the host's, or whatever namespace the test runs in)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+        return f.read()
+
+
+def mounts_added(before: str, after: str) -> list[str]:
+    """Mounts in `after` that `before` lacked, as mountinfo lines (mount ids may be reused)."""
+    from zdtm import leakguard
+    return [f"{m.mnt_id} {m.mountpoint} {m.fstype}" for m in leakguard.leaked(before, after)]
+
+
+def tree_hash(path: str) -> str:
+    """A hash of a directory tree: names, modes, sizes and contents (not times)."""
+    h = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            h.update(f"{os.path.relpath(p, path)} {st.st_mode:o} {st.st_size}\n".encode())
+            if stat.S_ISREG(st.st_mode):
+                with open(p, "rb") as f:
+                    h.update(hashlib.sha256(f.read()).digest())
+    return h.hexdigest()
+
+
+def procs_with(needle: str) -> list[int]:
+    """Pids (other than ours) whose command line contains `needle`."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if needle.encode() in f.read():
+                    out.append(int(name))
+        except OSError:
+            pass
+    return out
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    if len(sys.argv) == 3 and sys.argv[1] == "keeper":
+        sys.exit(keeper_main(json.loads(sys.argv[2])))
+    sys.exit("usage: enginecase.py keeper CONFIG_JSON")
