@@ -56,6 +56,9 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if PROJECT_ROOT not in sys.path:
     sys.path.insert(0, PROJECT_ROOT)
 
+# Which tree's engine the CLI runs (default: this checkout). Set MNTCR_ENGINE_ROOT to test another
+# checkout's engine, e.g. an exported commit while the working tree is being edited.
+ENGINE_ROOT = os.environ.get("MNTCR_ENGINE_ROOT", PROJECT_ROOT)
 HOLD = "/.hold/mntcr-hold"
 HOLD_COMM = "mntcr-hold"
 DUMP_EXTERNALS = ("--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
@@ -235,9 +238,9 @@ def mntcr(*args: str, env: dict | None = None, nsenter: int | None = None,
     """Run `python -m engine.cli ARGS` (inside the mount namespace of pid `nsenter` when given)."""
     cmd = [sys.executable, "-m", "engine.cli", *args]
     if nsenter:
-        cmd = ["nsenter", "-t", str(nsenter), "-m", f"--wd={PROJECT_ROOT}", "--"] + cmd
-    full_env = dict(os.environ, PYTHONPATH=PROJECT_ROOT, **(env or {}))
-    return subprocess.run(cmd, cwd=PROJECT_ROOT, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
+        cmd = ["nsenter", "-t", str(nsenter), "-m", f"--wd={ENGINE_ROOT}", "--"] + cmd
+    full_env = dict(os.environ, PYTHONPATH=ENGINE_ROOT, **(env or {}))
+    return subprocess.run(cmd, cwd=ENGINE_ROOT, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout)
 
 
