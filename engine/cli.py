@@ -169,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # noqa: BLE001 - a bug: still one line, the traceback on request
+        if os.environ.get("MNTCR_DEBUG"):
+            raise
+        text = " ".join(str(e).split()) or type(e).__name__
+        print(f"mntcr {args.verb}: internal error: {text} (MNTCR_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,6 +25,7 @@ import stat
 import time
 
 from engine import channel, content, forkrun, fs, image, kernel, mountinfo
+from engine.fs.block import BLOCK_TYPES
 from engine.image import is_beneath, rel_to
 
 NS_GET_PARENT = 0xB702
@@ -187,6 +188,16 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
     _enter_ns_root(ns_fd, pids, hostproc)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
         text = f.read()
+    # A btrfs mount shows an anonymous device: the block device is its source's.
+    source_rdev = {}
+    for m in mountinfo.parse(text):
+        if m.basetype in BLOCK_TYPES and m.source.startswith("/"):
+            try:
+                st = os.stat(m.source)
+            except OSError:
+                continue
+            if stat.S_ISBLK(st.st_mode):
+                source_rdev[m.mnt_id] = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
     # 64-bit unique ids (creation order) where the kernel has statmount (6.8+).
     try:
         unique = {m.mnt_id: m.unique_id for m in mountinfo.read_statmount()}
@@ -217,7 +228,7 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
         except FileNotFoundError:
             raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
         procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
-    return {"mountinfo": text, "procs": procs, "unique": unique}
+    return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev}
 
 
 def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], chan: channel.Channel) -> None:
@@ -455,6 +466,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 sb_of_dev[m.dev] = sid
                 superblocks[sid] = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts),
                                     "dev": m.dev, "external": False, "archives": []}
+                handler = fs.lookup(m.fstype)
+                if handler is not None and handler.block:
+                    superblocks[sid]["device"] = {"dev": data["source_rdev"].get(m.mnt_id)
+                                                  or (m.dev if m.major else None)}
             ext_key = ext_mnts.get(m.mountpoint) if ino == root_ns else None
             if ext_key is not None:
                 used_ext.add(m.mountpoint)
@@ -485,12 +500,32 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         for e in ns["mounts"]:
             if e["external"]:
                 superblocks[e["sb"]]["external"] = True
-    # The namespace root on a filesystem we cannot dump came from outside (criu's --root).
+    # Block devices: declared external, or a loop device over a file we dump, else refused.
+    loops: dict[str, list[tuple[str, dict]]] = {}   # backing superblock -> [(block sb, loop status)]
+    from engine.fs import block
+    for sid, sb in superblocks.items():
+        dev = (sb.get("device") or {}).get("dev")
+        if dev is None or sb["external"]:
+            continue
+        if dev in ext_devs:
+            sb["device"]["key"] = ext_devs[dev]
+            continue
+        st = block.loop_status(os.makedev(*(int(x) for x in dev.split(":"))))
+        backing = sb_of_dev.get(st["dev"]) if st else None
+        if backing is not None and fs.lookup(superblocks[backing]["fstype"]).content \
+                and not superblocks[backing]["external"]:
+            loops.setdefault(backing, []).append((sid, st))
+            sb["device"]["loop"] = {"sb": backing, "offset": st["offset"], "sizelimit": st["sizelimit"],
+                                    "ro": st["ro"]}
+            continue
+        sb["device"]["unresolved"] = True
+    # The namespace root on a filesystem we cannot recreate came from outside (criu's --root).
     for ns in mntns_doc.values():
         root = next(e for e in ns["mounts"] if e["id"] == ns["root"])
         sb = superblocks[root["sb"]]
         handler = fs.lookup(sb["fstype"])
-        if not sb["external"] and (handler is None or not (handler.content or handler.ns is None)):
+        if not sb["external"] and (handler is None or (sb.get("device") or {}).get("unresolved")
+                                   or not (handler.content or handler.ns is None)):
             root["external"] = "root"
             sb["external"] = True
     for ns in mntns_doc.values():
@@ -498,11 +533,13 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             sb = superblocks[e["sb"]]
             if sb["external"]:
                 continue
-            if e["dev"] in ext_devs:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: "
-                                                  "block devices are not supported yet")
             if fs.lookup(e["fstype"]) is None:
                 raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not supported")
+            dev = sb.get("device") or {}
+            if dev.get("unresolved"):
+                what = f"block device {dev['dev']}" if dev.get("dev") else "its block device"
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: {what} "
+                                                  f"is not external; declare it with --external dev[MAJ:MIN]:KEY")
     # Mounts of an external superblock must be binds of some external mount of it.
     ext_roots: dict[str, list[str]] = {}
     for ns in mntns_doc.values():
@@ -557,6 +594,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         parent_ino = _pidns_parent_ino(pid)
         pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == me["pid"]}
 
+    # A disk image we archive must hold what its filesystem has cached: flush (the tree is stopped).
+    if loops:
+        os.sync()
+
     # 4. clone and archive
     for ino, wanted in clone_plan.items():
         fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
@@ -569,6 +610,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                             name, path = writer.new_archive()
                             content.archive(mfd, path)
                             superblocks[sid]["archives"].append({"file": name, "root": root})
+                            for bsid, st in loops.get(sid, ()):
+                                rel = block.find_inode(mfd, st["ino"])
+                                if rel is not None:
+                                    loop = superblocks[bsid]["device"]["loop"]
+                                    loop["path"] = rel if root == "/" else root + rel
                         else:
                             sid = mntns_sb(mntns_doc, mid)
                             try:
@@ -586,6 +632,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                         os.close(mfd)
         finally:
             os.close(fd)
+
+    for bsid in (b for items in loops.values() for b, _ in items):
+        if "path" not in superblocks[bsid]["device"]["loop"]:
+            raise DumpError(errno.EOPNOTSUPP, f"superblock {bsid} ({superblocks[bsid]['fstype']} on "
+                                              f"{superblocks[bsid]['source']}): its loop device's backing file is not "
+                                              "reachable in the dumped filesystems")
 
     # 5. processes
     procs_doc = []

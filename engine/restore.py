@@ -33,11 +33,12 @@ import errno
 import os
 import re
 import signal
+import stat
 
 from engine import channel, content, features, forkrun, fs, image, kernel, sharing, standin
 from engine.image import is_beneath, rel_to
 
-_EXT_MNT = re.compile(r"^mnt\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
+_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
 _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
@@ -53,13 +54,13 @@ class RestoreError(OSError):
 
 
 def parse_externals(specs, root: str | None) -> dict[str, str]:
-    """`mnt[KEY]:HOSTPATH` -> {key: hostpath}; --root DIR becomes key "root"."""
+    """`mnt[KEY]:HOSTPATH` -> {key: hostpath}, `dev[KEY]:PATH` -> {"dev:"+key: path}; --root DIR is key "root"."""
     out: dict[str, str] = {}
     for spec in specs:
         m = _EXT_MNT.match(spec)
         if not m:
-            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH")
-        out[m["key"]] = m["path"]
+            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH or dev[KEY]:PATH")
+        out[("dev:" if m["kind"] == "dev" else "") + m["key"]] = m["path"]
     if root is not None:
         out["root"] = root
     for key, path in out.items():
@@ -97,10 +98,13 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     """Restore the image; return the root stand-in's pid (and write it to pidfile)."""
     doc = image.load(images_dir)
     ext = parse_externals(externals, root)
-    needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")})
+    needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
+                    | {"dev:" + sb["device"]["key"] for sb in doc["superblocks"].values()
+                       if (sb.get("device") or {}).get("key") and not sb.get("external")})
     missing = [k for k in needed if k not in ext]
     if missing:
-        hint = ", ".join("--root DIR" if k == "root" else f"--external mnt[{k}]:HOSTPATH" for k in missing)
+        hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
+                         else f"--external mnt[{k}]:HOSTPATH" for k in missing)
         raise RestoreError(errno.EINVAL, f"the image needs external mounts: give {hint}")
     for name in ("open_tree", "move_mount", "fsopen/fsmount", "mount_setattr"):
         features.require(name, "restore")
@@ -240,9 +244,15 @@ class _Restorer:
         users: dict[str, dict] = {}
         for m in list(self.mounts.values()) + list(self.detached.values()):
             users.setdefault(m["sb"], m)
-        for sid, sb in self.doc["superblocks"].items():
+        # Block filesystems last: a loop device may sit on a file of a tmpfs restored here.
+        order = sorted(self.doc["superblocks"].items(), key=lambda kv: bool(kv[1].get("device")))
+        for sid, sb in order:
             if sb.get("external") or sid not in users or sb.get("layers") is not None:
                 continue  # external: cloned from the host; overlay: created after its layers
+            if sb.get("device"):
+                self.sb_fd[sid] = self._create_block(sid, sb, users[sid])
+                step("superblock")
+                continue
             handler = fs.lookup(sb["fstype"])
             if handler is None:
                 raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
@@ -272,6 +282,44 @@ class _Restorer:
                     if dir_fd != fd:
                         os.close(dir_fd)
             step("superblock")
+
+    def _create_block(self, sid: str, sb: dict, user: dict) -> int:
+        from engine.fs import block
+        handler = fs.lookup(sb["fstype"])
+        where = f"mount {user['id']} ({user['mountpoint']}) on {sb['fstype']}"
+        dev = sb["device"]
+        loop_fd = file_fd = None
+        try:
+            if dev.get("key"):
+                path = self.ext["dev:" + dev["key"]]
+                st = os.stat(path)
+                if stat.S_ISBLK(st.st_mode):
+                    rdev = st.st_rdev
+                elif stat.S_ISREG(st.st_mode):
+                    file_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                    loop_fd, rdev = block.attach_loop(file_fd)
+                else:
+                    raise RestoreError(errno.EINVAL, f"{where}: external device {dev['key']}: {path} is neither a "
+                                                     "block device nor an image file")
+            else:
+                loop = dev["loop"]
+                base = self.sb_fd.get(loop["sb"])
+                if base is None:
+                    raise RestoreError(errno.EINVAL, f"{where}: the filesystem of its loop device's backing file "
+                                                     "was not restored")
+                file_fd = kernel.openat2(base, loop["path"].lstrip("/"),
+                                         (os.O_RDONLY if loop["ro"] else os.O_RDWR), _BENEATH | kernel.RESOLVE_NO_XDEV)
+                loop_fd, rdev = block.attach_loop(file_fd, loop["offset"], loop["sizelimit"], loop["ro"])
+            return block.create(sb["fstype"].split(".", 1)[0], sb["source"], rdev,
+                                handler.fsconfig_params(sb["super_opts"]))
+        except OSError as e:
+            if isinstance(e, RestoreError):
+                raise
+            raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+        finally:
+            for fd in (loop_fd, file_fd):
+                if fd is not None:
+                    os.close(fd)
 
     def _creator(self, sid: str, sb: dict, kind: str, user: dict) -> channel.Channel:
         if kind == "pid":

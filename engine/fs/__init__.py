@@ -29,6 +29,8 @@ class FsType:
     keep_source: bool = True
     # Built on layers that are other mounts (overlay): recreated after them.
     layers: bool = False
+    # Lives on a block device (recorded as external or as a loop device over a dumped file).
+    block: bool = False
 
     def fsconfig_params(self, super_opts: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
         """(key, value) pairs for fsconfig; value None means a flag."""
@@ -79,4 +81,4 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    from engine.fs import overlay, pseudo, tmpfs  # noqa: F401  (modules register themselves)
+    from engine.fs import block, overlay, pseudo, tmpfs  # noqa: F401  (modules register themselves)

@@ -1,0 +1,134 @@
+"""Block filesystems (ext2/3/4, xfs, btrfs, squashfs, ...): mounted again from a device.
+
+The device is not part of the image. Either it is declared external
+(`--external dev[MAJ:MIN]:KEY` at dump, `--external dev[KEY]:PATH` at restore,
+PATH a block device or an image file), or it is a loop device whose backing
+file lies on a filesystem the image holds (a container that made its own
+disk image): restore attaches a new loop device to the restored file.
+
+The superblock is created through the original source string (e.g.
+/dev/loop3) by a helper that places a device node with that name in a
+private /dev, so the restored mountinfo shows the same source.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+
+from engine import channel, kernel
+from engine.fs import FsType, register
+
+BLOCK_TYPES = ("ext2", "ext3", "ext4", "xfs", "btrfs", "squashfs", "erofs", "vfat", "exfat", "f2fs")
+for _name in BLOCK_TYPES:
+    register(FsType(_name, block=True, drop_opts=frozenset({"subvol", "subvolid"}) if _name == "btrfs"
+                    else frozenset()))
+
+LOOP_MAJOR = 7
+LOOP_CTL_GET_FREE = 0x4C82
+LOOP_SET_FD = 0x4C00
+LOOP_CLR_FD = 0x4C01
+LOOP_SET_STATUS64 = 0x4C04
+LOOP_GET_STATUS64 = 0x4C05
+LOOP_CONFIGURE = 0x4C0A
+LO_FLAGS_READ_ONLY = 1
+LO_FLAGS_AUTOCLEAR = 4
+_INFO64 = "<QQQQQIIII64s64s32sQQ"  # struct loop_info64 (232 bytes)
+
+
+def _open_bdev(rdev: int) -> int | None:
+    """Open the host's node for block device `rdev` (its name from sysfs), read-only."""
+    try:
+        with open(f"/sys/dev/block/{os.major(rdev)}:{os.minor(rdev)}/uevent") as f:
+            name = next(line[8:].strip() for line in f if line.startswith("DEVNAME="))
+        fd = os.open(f"/dev/{name}", os.O_RDONLY | os.O_CLOEXEC)
+    except (OSError, StopIteration):
+        return None
+    if os.fstat(fd).st_rdev != rdev:
+        os.close(fd)
+        return None
+    return fd
+
+
+def loop_status(rdev: int) -> dict | None:
+    """Backing file (dev, inode), offset, size limit and flags of loop device `rdev`, or None."""
+    if os.major(rdev) != LOOP_MAJOR:
+        return None
+    fd = _open_bdev(rdev)
+    if fd is None:
+        return None
+    try:
+        buf = fcntl.ioctl(fd, LOOP_GET_STATUS64, bytes(struct.calcsize(_INFO64)))
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    dev, ino, _, offset, sizelimit, _, _, _, flags, *_ = struct.unpack(_INFO64, buf)
+    return {"dev": f"{os.major(dev)}:{os.minor(dev)}", "ino": ino, "offset": offset, "sizelimit": sizelimit,
+            "ro": bool(flags & LO_FLAGS_READ_ONLY)}
+
+
+def attach_loop(file_fd: int, offset: int = 0, sizelimit: int = 0, readonly: bool = False) -> tuple[int, int]:
+    """Attach a free loop device to the open file; return (loop fd, rdev). It detaches when last closed."""
+    ctl = os.open("/dev/loop-control", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        for _ in range(8):
+            n = fcntl.ioctl(ctl, LOOP_CTL_GET_FREE)
+            try:
+                lfd = os.open(f"/dev/loop{n}", (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+            except FileNotFoundError:
+                # No node in this /dev (e.g. a container's): make one in a private place.
+                raise OSError(errno.ENOENT, f"/dev/loop{n} does not exist; is this a full /dev?") from None
+            flags = LO_FLAGS_AUTOCLEAR | (LO_FLAGS_READ_ONLY if readonly else 0)
+            info = struct.pack(_INFO64, 0, 0, 0, offset, sizelimit, 0, 0, 0, flags, b"", b"", b"", 0, 0)
+            config = struct.pack("<II", file_fd, 0) + info + bytes(64)
+            try:
+                fcntl.ioctl(lfd, LOOP_CONFIGURE, config)
+            except OSError as e:
+                if e.errno == errno.EBUSY:  # raced with someone else for that device
+                    os.close(lfd)
+                    continue
+                if e.errno not in (errno.EINVAL, errno.ENOTTY):
+                    os.close(lfd)
+                    raise
+                fcntl.ioctl(lfd, LOOP_SET_FD, file_fd)  # kernels before 5.8
+                fcntl.ioctl(lfd, LOOP_SET_STATUS64, info)
+            return lfd, os.fstat(lfd).st_rdev
+        raise OSError(errno.EBUSY, "no free loop device")
+    finally:
+        os.close(ctl)
+
+
+def _create(fstype: str, source: str, rdev: int, params, chan: channel.Channel) -> None:
+    """In a forked child: a private /dev where `source` names the device, then fsopen/fsmount."""
+    kernel.unshare(kernel.CLONE_NEWNS)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    name = source if source.startswith("/") else f"/dev/mntcr-{os.major(rdev)}-{os.minor(rdev)}"
+    parent = os.path.dirname(name)
+    os.makedirs(parent, exist_ok=True)
+    kernel.mount("mntcr-dev", parent, "tmpfs", 0, "mode=755")
+    os.mknod(name, 0o600 | stat.S_IFBLK, rdev)
+    from engine.standin import fsmount
+    chan.send(("ok", None), [fsmount(fstype, name, params)])
+
+
+def create(fstype: str, source: str, rdev: int, params) -> int:
+    """Create the filesystem on block device `rdev`, shown with the original `source` string."""
+    _, fds = channel.call_in_child(_create, fstype, source, rdev, params)
+    return fds[0]
+
+
+def find_inode(root_fd: int, ino: int) -> str | None:
+    """Path (from root_fd) of the regular file with inode `ino`, searching one filesystem."""
+    top = f"/proc/self/fd/{root_fd}"
+    dev = os.stat(top).st_dev
+    for dirpath, dirnames, filenames in os.walk(top):
+        for f in filenames:
+            st = os.lstat(os.path.join(dirpath, f))
+            if st.st_ino == ino and st.st_dev == dev and stat.S_ISREG(st.st_mode):
+                return "/" + os.path.relpath(os.path.join(dirpath, f), top)
+        dirnames[:] = [d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == dev]
+    return None
