@@ -143,6 +143,8 @@ class _Restorer:
             if m.get("parent") is not None:
                 self.children.setdefault(m["parent"], []).append(m)
         self.detached: dict[int, dict] = {d["id"]: d for d in (doc.get("detached") or {}).values()}
+        self._ext_by_sb: dict[str, list[dict]] | None = None
+        self._child_rel: dict[int, dict[str, int]] = {}  # mount -> {child mount point relative to it: child}
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
@@ -352,9 +354,14 @@ class _Restorer:
 
     def _ext_source(self, m: dict) -> tuple[int, str]:
         """(fd of a detached clone of the external mount covering m, path of m's root inside it)."""
+        if self._ext_by_sb is None:
+            self._ext_by_sb = {}
+            for e in self.mounts.values():
+                if e.get("external"):
+                    self._ext_by_sb.setdefault(e["sb"], []).append(e)
         best = None
-        for e in self.mounts.values():
-            if e["sb"] == m["sb"] and e.get("external") and is_beneath(m["root"], e["root"]):
+        for e in self._ext_by_sb.get(m["sb"], ()):
+            if is_beneath(m["root"], e["root"]):
                 if best is None or len(e["root"]) > len(best["root"]):
                     best = e
         if best is None:
@@ -562,8 +569,11 @@ class _Restorer:
             if parts:
                 return kernel.openat2(self.mnt_fd[mnt], "/".join(parts), flags, _BENEATH | kernel.RESOLVE_NO_XDEV)
             return os.open(f"self/fd/{self.mnt_fd[mnt]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
-        mpoint = self.mounts[mnt]["mountpoint"]
-        by_rel = {rel_to(c["mountpoint"], mpoint): c["id"] for c in self.children.get(mnt, ())}
+        by_rel = self._child_rel.get(mnt)
+        if by_rel is None:
+            mpoint = self.mounts[mnt]["mountpoint"]
+            by_rel = self._child_rel[mnt] = {rel_to(c["mountpoint"], mpoint): c["id"]
+                                             for c in self.children.get(mnt, ())}
         base, rest = self.mnt_fd[mnt], parts
         for k in range(len(parts), 0, -1):
             cid = by_rel.get("/".join(parts[:k]))

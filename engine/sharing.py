@@ -22,19 +22,42 @@ The plan is a list of plain tuples so it can be tested without a kernel:
 
 from __future__ import annotations
 
-from engine.image import is_beneath
 
 
 class PlanError(ValueError):
     """The sharing cannot be rebuilt with SET_GROUP (one line naming the mount)."""
 
 
+def _ancestors(root: str):
+    """`root` and each directory above it, deepest first ("/a/b", "/a", "/")."""
+    yield root
+    while root != "/":
+        root = root.rsplit("/", 1)[0] or "/"
+        yield root
+
+
+class _Roots:
+    """Members of a group by root, to find a member whose root covers a path in O(depth)."""
+
+    def __init__(self):
+        self.by_root: dict[str, dict] = {}
+
+    def add(self, m: dict) -> None:
+        self.by_root.setdefault(m["root"], m)
+
+    def widest_covering(self, root: str) -> dict | None:
+        best = None
+        for r in _ancestors(root):
+            if r in self.by_root:
+                best = self.by_root[r]
+        return best
+
+
 def _widest(members: list[dict], root: str) -> dict | None:
-    best = None
+    roots = _Roots()
     for x in members:
-        if is_beneath(root, x["root"]) and (best is None or len(x["root"]) < len(best["root"])):
-            best = x
-    return best
+        roots.add(x)
+    return roots.widest_covering(root)
 
 
 def plan(mounts) -> list[tuple]:
@@ -70,8 +93,11 @@ def plan(mounts) -> list[tuple]:
             ops.append(("slave", first["id"]))
         if shared:
             ops.append(("shared", first["id"]))
-        for i, m in enumerate(members[1:], 1):
-            src = _widest(members[:i], m["root"])
+        seen = _Roots()
+        seen.add(first)
+        for m in members[1:]:
+            src = seen.widest_covering(m["root"])
+            seen.add(m)
             if src is None:
                 raise PlanError(f"mount {m['id']} ({m['mountpoint']}): no mount of its peer group covers its "
                                 f"root {m['root']}")
