@@ -67,6 +67,7 @@ class _State:
                     raise pytest.UsageError(f"--backend {name}: unknown backend; available: "
                                             f"{', '.join(backends.names())}, all")
         self.flavor_names = [f.strip() for f in config.getoption("flavor").split(",") if f.strip()]
+        self.kernel_names = _vm_kernels(config.getoption("kernel")) if "vm" in self.flavor_names else [None]
         self.iters = config.getoption("iters")
         if self.iters < 1:
             raise pytest.UsageError("--iters must be at least 1")
@@ -101,6 +102,25 @@ class _State:
                 parent = cache.sub("zdtm-work")
             self.tmp_base = tempfile.mkdtemp(prefix="zdtm-", dir=parent)
         return tempfile.mkdtemp(prefix=safe_name(nodeid)[-60:] + ".", dir=self.tmp_base)
+
+
+def _vm_kernels(value: str | None) -> list[str | None]:
+    """--kernel NAME | NAME,NAME | all -> matrix names for the vm flavor ([None]: the flavor's default).
+
+    `all` is every row of vm/kernels.toml but `host` (that one is the ns flavor);
+    a row a provider cannot boot (no 9p for qemu) is then skipped with its reason.
+    """
+    if not value:
+        return [None]
+    from vm import matrix
+    rows = matrix.load()
+    if value == "all":
+        return [n for n, spec in rows.items() if not spec.is_host]
+    names = [k.strip() for k in value.split(",") if k.strip()]
+    for n in names:
+        if n not in rows:
+            raise pytest.UsageError(f"--kernel {n}: unknown kernel; the matrix has: {', '.join(rows)}, all")
+    return names
 
 
 def safe_name(nodeid: str) -> str:
@@ -149,9 +169,13 @@ class ScenarioFileNode(pytest.File):
         for sc in sf.render_all():
             for bname in state.backend_names:
                 for fname in state.flavor_names:
-                    parts = [p for p in (sc.param_id, bname, fname) if p]
-                    yield ScenarioItem.from_parent(self, name=f"{sc.name}[{'-'.join(parts)}]", scenario=sc,
-                                                   backend_name=bname, flavor_name=fname)
+                    kernels = state.kernel_names if fname == "vm" else [None]
+                    for kname in kernels:
+                        # the kernel joins the id only when several run (ids stay stable for one)
+                        fid = f"{fname}-{kname}" if kname and len(kernels) > 1 else fname
+                        parts = [p for p in (sc.param_id, bname, fid) if p]
+                        yield ScenarioItem.from_parent(self, name=f"{sc.name}[{'-'.join(parts)}]", scenario=sc,
+                                                       backend_name=bname, flavor_name=fname, kernel_name=kname)
 
     def repr_failure(self, excinfo):
         if isinstance(excinfo.value, scenario_mod.ScenarioError):
@@ -162,11 +186,15 @@ class ScenarioFileNode(pytest.File):
 class ScenarioItem(pytest.Item):
     """One scenario instance run through one backend in one flavor."""
 
-    def __init__(self, *, scenario, backend_name, flavor_name, **kwargs):
+    def __init__(self, *, scenario, backend_name, flavor_name, kernel_name=None, **kwargs):
         super().__init__(**kwargs)
         self.scenario = scenario
         self.backend_name = backend_name
         self.flavor_name = flavor_name
+        self.kernel_name = kernel_name  # vm flavor: the matrix kernel of this item (None: the default)
+        if kernel_name:
+            # with --dist loadgroup a kernel's items share one worker, hence one VM
+            self.add_marker(pytest.mark.xdist_group(f"vm-{kernel_name}"))
         self.running = None
         self.flavor = None
         self.workdir = None
@@ -174,7 +202,8 @@ class ScenarioItem(pytest.Item):
         self.add_marker("zdtm")
         self.user_properties.append((_PROP, json.dumps({
             "scenario": os.path.relpath(scenario.path, str(self.config.rootpath)),
-            "params": scenario.param_id, "backend": backend_name, "flavor": flavor_name,
+            "params": scenario.param_id, "backend": backend_name,
+            "flavor": f"{flavor_name}:{kernel_name}" if kernel_name else flavor_name,
             "expect": str(scenario.expectation(backend_name))})))
 
     def setup(self):
@@ -190,7 +219,7 @@ class ScenarioItem(pytest.Item):
         except ValueError as e:
             pytest.skip(str(e))
         if getattr(self.flavor, "remote", False):
-            self.flavor.configure(kernel=self.config.getoption("kernel") or self.flavor.kernel,
+            self.flavor.configure(kernel=self.kernel_name or self.flavor.kernel,
                                   provider=self.config.getoption("vm_provider") or self.flavor.provider,
                                   results_root=None)
         remote = getattr(self.flavor, "remote", False)
