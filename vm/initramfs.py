@@ -27,6 +27,10 @@ GUEST = Path(__file__).with_name("guest")
 # check, relocation). Other modules (loop, ext4, squashfs...) load on demand with
 # modprobe in the guest, which sees the kernel's depmod'ed modules directory.
 DEFAULT_MODULES = ("virtio_pci", "virtio_console", "virtio_rng", "9pnet_virtio", "9p", "overlay")
+# The Vagrant box has no kernel of its own: its initrd brings the disk, network and root fs drivers.
+DISK_MODULES = ("virtio_pci", "virtio_blk", "virtio_net", "ext4")
+INIT = GUEST / "init"
+DISK_INIT = GUEST / "init-disk"
 
 
 def _norm(name: str) -> str:
@@ -95,8 +99,12 @@ def _module_bytes(path: Path) -> bytes:
     return data
 
 
-def build_bytes(kernel: Kernel, modules: tuple[str, ...] = DEFAULT_MODULES) -> bytes:
-    """The initramfs image (uncompressed newc cpio) for `kernel`."""
+def build_bytes(kernel: Kernel, modules: tuple[str, ...] = DEFAULT_MODULES, init: Path = INIT) -> bytes:
+    """The initramfs image (uncompressed newc cpio) for `kernel`, with `init` as /init.
+
+    INIT is the fast path's stage 1 (host / over 9p); DISK_INIT boots the
+    Vagrant box's root disk (/dev/vda).
+    """
     if not BUSYBOX.exists():
         raise VMError(f"{BUSYBOX} missing: apt-get install busybox-static")
     order = module_order(kernel.moddir, modules)
@@ -107,7 +115,7 @@ def build_bytes(kernel: Kernel, modules: tuple[str, ...] = DEFAULT_MODULES) -> b
     w.chr("dev/console", 5, 1)
     w.chr("dev/null", 1, 3, 0o666)
     w.file("bin/busybox", BUSYBOX.read_bytes(), 0o755)
-    w.file("init", (GUEST / "init").read_bytes(), 0o755)
+    w.file("init", init.read_bytes(), 0o755)
     w.file("etc/mntcr/stage2", (GUEST / "stage2").read_bytes(), 0o644)
     names = []
     for rel in order:
@@ -119,24 +127,26 @@ def build_bytes(kernel: Kernel, modules: tuple[str, ...] = DEFAULT_MODULES) -> b
     return buf.getvalue()
 
 
-def _key(kernel: Kernel, modules: tuple[str, ...]) -> str:
+def _key(kernel: Kernel, modules: tuple[str, ...], init: Path) -> str:
     h = hashlib.sha256()
-    for p in (BUSYBOX, GUEST / "init", GUEST / "stage2", Path(__file__), Path(cpio.__file__)):
+    for p in (BUSYBOX, init, GUEST / "stage2", Path(__file__), Path(cpio.__file__)):
         h.update(p.read_bytes())
     h.update(repr((kernel.version, modules)).encode())
     return h.hexdigest()[:16]
 
 
-def ensure(kernel: Kernel, modules: tuple[str, ...] = DEFAULT_MODULES) -> Path:
-    """The cached initramfs for kernel + modules, built on first use."""
-    out = cache.sub("initramfs") / f"{kernel.name}-{_key(kernel, modules)}.cpio"
+def ensure(kernel: Kernel, modules: tuple[str, ...] = DEFAULT_MODULES, init: Path = INIT) -> Path:
+    """The cached initramfs for kernel + modules + init script, built on first use."""
+    # one cached image per kernel and init script; the key changes with any input
+    prefix = kernel.name if init == INIT else f"{kernel.name}-{init.name}"
+    out = cache.sub("initramfs") / f"{prefix}-{_key(kernel, modules, init)}.cpio"
     if out.exists():
         return out
     say(f"building initramfs for {kernel.name} ({kernel.version})")
     tmp = out.with_suffix(".partial")
-    tmp.write_bytes(build_bytes(kernel, modules))
+    tmp.write_bytes(build_bytes(kernel, modules, init))
     tmp.rename(out)
-    for old in out.parent.glob(f"{kernel.name}-*.cpio"):
-        if old != out:
+    for old in out.parent.glob(f"{prefix}-*.cpio"):
+        if old != out and old.name[len(prefix) + 1:].count("-") == 0:
             old.unlink(missing_ok=True)
     return out
