@@ -28,7 +28,8 @@ def _case(row: dict) -> str:
 
 def _cell(row: dict, width: int | None = _WIDTH) -> str:
     outcome = {"fail": "FAIL", "error": "ERROR"}.get(row["outcome"], row["outcome"])
-    reason = row.get("reason", "")
+    # One line per cell: a reason (e.g. a crfail backend's multi-line refusal) keeps its first line.
+    reason = next((line.strip() for line in row.get("reason", "").splitlines() if line.strip()), "")
     text = f"{outcome}: {reason}" if reason else outcome
     if width and len(text) > width:
         text = text[:width - 3] + "..."
