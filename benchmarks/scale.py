@@ -1,0 +1,279 @@
+"""Scale benchmark: dump and restore trees of N mounts, against the kernel floor (not part of the test run).
+
+    python benchmarks/scale.py --mounts 1000,10000 [--profile DIR] [--keep DIR]
+
+For each N: a throwaway container (zdtm's ns flavor: new mount/PID/UTS/IPC
+namespaces, a tmpfs root, the host's /usr, /etc... as external read-only
+binds) is filled up to exactly N mounts in its namespace with a mix of tmpfs
+mounts, binds, shared groups, slaves (and shared+slaves), overmount stacks,
+unbindable mounts and plain binds as filler. Then, in the same run:
+
+- `mntcr dump` and `mntcr restore` (the CLI, each in a fresh process), wall
+  time and peak RSS (the largest ru_maxrss among the mntcr process and its
+  children, from RUSAGE_CHILDREN of a fresh wrapper process);
+- the restored tree is compared with the original (engine.topology), so a
+  broken restore is never timed as a fast one;
+- the kernel floor: benchmarks/floor.c builds the same tree from an op list
+  computed from the image beforehand (median of 3 runs).
+
+The output ends with one line per figure:
+
+    restore/floor N: X.XX
+    dump_s N: X.XX
+    restore_s N: X.XX
+    peak_rss_mib N: X
+    growth 10000/1000: X.XX       (restore time at 10000 / at 1000, when both ran)
+
+`--profile DIR` runs dump and restore under cProfile (DIR/dump-N.prof,
+DIR/restore-N.prof); timings then include the profiler's overhead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, _ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import floor  # noqa: E402
+from engine import forkrun, kernel, mountinfo, topology  # noqa: E402
+from zdtm import snapshot  # noqa: E402
+from zdtm.flavors.ns import NsFlavor  # noqa: E402
+from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
+
+BENCH = "/mnt/bench"
+GROUP_MOUNTS = 11  # mounts one group adds (see _group)
+
+# A fresh process that runs the command and reports its children's usage: the
+# wrapper's own RSS never counts, and every mntcr helper (forked, then waited
+# for) is folded into RUSAGE_CHILDREN.
+_MEASURE = r"""
+import json, resource, subprocess, sys, time
+t = time.monotonic()
+p = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, capture_output=True, text=True)
+dt = time.monotonic() - t
+ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"rc": p.returncode, "wall": dt, "maxrss_kib": ru.ru_maxrss, "user": ru.ru_utime,
+                  "sys": ru.ru_stime, "stdout": p.stdout, "stderr": p.stderr}))
+"""
+
+
+def _scenario() -> Scenario:
+    return Scenario(path="<benchmarks/scale.py>", name="scale", params={}, description="scale benchmark",
+                    setup=f"mkdir -p {BENCH}\nexec zdtm-hold\n", check=None, requires=Requires(),
+                    expect={"*": Expectation("pass")}, flavors=("ns",), timeout=600.0, iters=1)
+
+
+# --- building the tree (in a forked child inside the container's mount namespace) ---
+
+def _mkdirs(*paths: str) -> None:
+    for p in paths:
+        os.makedirs(p, exist_ok=True)
+
+
+def _group(k: int) -> None:
+    """One group of GROUP_MOUNTS mounts: tmpfs, a shared mount with a peer, a shared+slave,
+    a mount propagated to all three, a subdirectory bind, an overmount stack, an unbindable."""
+    m, B = kernel.mount, kernel.MS_BIND
+    g = f"{BENCH}/g{k}"
+    _mkdirs(g)
+    m(f"g{k}", g, "tmpfs", 0, "size=1m")                                   # 1
+    _mkdirs(f"{g}/a", f"{g}/b", f"{g}/s", f"{g}/o", f"{g}/u", f"{g}/p")
+    m(f"a{k}", f"{g}/a", "tmpfs", kernel.MS_NOSUID, "size=1m")              # 2
+    _mkdirs(f"{g}/a/x", f"{g}/a/y")
+    with open(f"{g}/a/y/data", "w") as f:
+        f.write(f"group {k}\n")
+    m(None, f"{g}/a", None, kernel.MS_SHARED)
+    m(f"{g}/a", f"{g}/b", None, B)                                          # 3 peer of a
+    m(f"{g}/a", f"{g}/s", None, B)                                          # 4
+    m(None, f"{g}/s", None, kernel.MS_SLAVE)
+    m(None, f"{g}/s", None, kernel.MS_SHARED)                               # shared + slave
+    m(f"x{k}", f"{g}/a/x", "tmpfs", 0, "size=1m")                           # 5, 6, 7: a/x b/x s/x
+    m(f"{g}/a/y", f"{g}/p", None, B)                                        # 8 root /y, peer of a
+    m(f"o{k}", f"{g}/o", "tmpfs", kernel.MS_NODEV, "size=1m")               # 9
+    m(f"{g}/a/y", f"{g}/o", None, B)                                        # 10 over 9
+    m(f"{g}/a/x", f"{g}/u", None, B)                                        # 11
+    m(None, f"{g}/u", None, kernel.MS_UNBINDABLE)
+
+
+def _populate(pid: int, n: int) -> int:
+    """In a forked child: enter the container's mount namespace and add mounts up to `n`; return the count."""
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+    # The container's /proc shows its own pid namespace, where we have no pid: keep the host's.
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    kernel.setns(fd, kernel.CLONE_NEWNS)
+    os.chdir("/")
+
+    def count() -> int:
+        with open(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc), "rb") as f:
+            return f.read().count(b"\n")
+
+    kernel.mount("bench", BENCH, "tmpfs", 0, "size=64m")
+    have = count()
+    groups = max(0, (n - have) // GROUP_MOUNTS - 1)
+    for k in range(groups):
+        _group(k)
+    have = count()
+    _mkdirs(f"{BENCH}/fill/src")
+    for k in range(n - have):
+        os.mkdir(f"{BENCH}/fill/f{k}")
+        kernel.mount(f"{BENCH}/fill/src", f"{BENCH}/fill/f{k}", None, kernel.MS_BIND)
+    return count()
+
+
+# --- measuring ---------------------------------------------------------------------
+
+def _measured(cmd: list[str]) -> dict:
+    env = dict(os.environ, PYTHONPATH=_ROOT)
+    out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env,
+                         cwd=_ROOT)
+    if out.returncode != 0:
+        raise RuntimeError(f"measuring wrapper failed: {out.stderr.strip()}")
+    res = json.loads(out.stdout)
+    if res["rc"] != 0:
+        err = (res["stderr"].strip().splitlines() or [f"exit {res['rc']}"])[-1]
+        raise RuntimeError(f"{' '.join(cmd[2:5])}: {err}")
+    return res
+
+
+def _mntcr(verb: str, args: list[str], profile: str | None) -> list[str]:
+    if profile:
+        return [sys.executable, "-m", "cProfile", "-o", profile, "-m", "engine.cli", verb, *args]
+    return [sys.executable, "-m", "engine.cli", verb, *args]
+
+
+def run_one(n: int, work: str, binary: str, profile_dir: str | None) -> dict:
+    """Build a tree of `n` mounts, dump, restore, compare, and run the floor; return the figures."""
+    flavor = NsFlavor()
+    cdir = os.path.join(work, f"n{n}")
+    os.makedirs(cdir)
+    running = flavor.start(_scenario(), cdir)
+    restored = None
+    try:
+        t = time.monotonic()
+        got = forkrun.run(_populate, running.pid, n)
+        build_s = time.monotonic() - t
+        if got != n:
+            raise RuntimeError(f"built {got} mounts, wanted {n}")
+        before = mountinfo.read_pid(running.pid)
+        images = os.path.join(cdir, "images")
+        ext_dump = [a for e in running.externals for a in ("--external", f"mnt[{e.mountpoint}]:{e.key}")]
+        ext_rest = [a for e in running.externals for a in ("--external", f"mnt[{e.key}]:{e.host_path}")]
+        prof = (lambda verb: os.path.join(profile_dir, f"{verb}-{n}.prof")) if profile_dir else (lambda verb: None)
+        dump = _measured(_mntcr("dump", ["-t", str(running.pid), "-D", images, *ext_dump], prof("dump")))
+        flavor.forget(running)
+        pidfile = os.path.join(cdir, "restored.pid")
+        error = None
+        try:
+            rest = _measured(_mntcr("restore", ["-D", images, "--pidfile", pidfile, *ext_rest], prof("restore")))
+        except RuntimeError as e:
+            # Still measure the floor: the figure says the restore failed, with its error line.
+            error, equal = str(e), False
+            rest = {"wall": float("nan"), "maxrss_kib": 0, "user": float("nan"), "sys": float("nan")}
+            print(f"N={n}: restore failed: {error}", file=sys.stderr)
+        if error is None and not os.path.exists(pidfile):
+            # Under cProfile the CLI's exit status is lost: a missing pid file is the failure.
+            error, equal = "restore left no pid file (see the restore profile's run)", False
+            print(f"N={n}: restore failed: {error}", file=sys.stderr)
+        if error is None:
+            with open(pidfile) as f:
+                restored = int(f.read())
+            after = mountinfo.read_pid(restored)
+            equal, report = topology.diff_report(before, after, names=("before dump", "after restore"))
+            if not equal:
+                print(f"N={n}: the restored tree differs:\n" + "\n".join(report.splitlines()[:40]),
+                      file=sys.stderr)
+        with open(os.path.join(images, "mntcr.json")) as f:
+            doc = json.load(f)
+        ops = floor.ops_from_image(doc, {e.key: e.host_path for e in running.externals})
+        runs = []
+        for _ in range(3):
+            secs, text = floor.run_floor(binary, ops, cdir)
+            runs.append(secs)
+        f_equal, f_report = topology.diff_report(before, mountinfo.parse(text), names=("before dump", "floor"))
+        if not f_equal:
+            print(f"N={n}: the floor's tree differs:\n" + "\n".join(f_report.splitlines()[:40]), file=sys.stderr)
+        image_bytes = sum(os.path.getsize(os.path.join(images, x)) for x in os.listdir(images))
+        return {"n": n, "build_s": build_s, "dump_s": dump["wall"], "restore_s": rest["wall"],
+                "dump_rss_mib": dump["maxrss_kib"] / 1024, "restore_rss_mib": rest["maxrss_kib"] / 1024,
+                "dump_cpu_s": dump["user"] + dump["sys"], "restore_cpu_s": rest["user"] + rest["sys"],
+                "floor_s": statistics.median(runs), "equal": equal, "floor_equal": f_equal,
+                "floor_ops": len(ops), "image_mib": image_bytes / (1 << 20),
+                "superblocks": len(doc["superblocks"]), "error": error}
+    finally:
+        if restored is not None:
+            snapshot.kill_tree(restored)
+        flavor.stop(running)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark for each N of --mounts and print the figures."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--mounts", default="100,1000,10000,50000",
+                   help="comma-separated tree sizes (total mounts in the container's namespace)")
+    p.add_argument("--profile", metavar="DIR", help="run dump and restore under cProfile, profiles into DIR")
+    p.add_argument("--keep", metavar="DIR", help="work in DIR and keep images and floor op lists")
+    args = p.parse_args(argv)
+    sizes = [int(x) for x in args.mounts.split(",") if x]
+    if os.geteuid() != 0:
+        print("scale.py: needs root (namespaces and mounts in a throwaway container)", file=sys.stderr)
+        return 2
+    # Restore keeps an fd per mount and one per mount point: lift the fd limit (root may) so the
+    # benchmark measures time, not the distribution's default hard limit.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 4 * max(sizes) + 4096
+    if hard != resource.RLIM_INFINITY and hard < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, want))
+        except (ValueError, OSError) as e:
+            print(f"scale.py: note: RLIMIT_NOFILE hard limit stays {hard} ({e}); restore needs about "
+                  f"2 fds per mount", file=sys.stderr)
+    if args.profile:
+        os.makedirs(args.profile, exist_ok=True)
+    work = args.keep or tempfile.mkdtemp(prefix="mntcr-scale-")
+    os.makedirs(work, exist_ok=True)
+    results = []
+    try:
+        binary = floor.compile_floor(work)
+        for n in sizes:
+            r = run_one(n, work, binary, args.profile and os.path.abspath(args.profile))
+            results.append(r)
+            print(f"N={n}: build {r['build_s']:.2f}s, dump {r['dump_s']:.2f}s (cpu {r['dump_cpu_s']:.2f}s, "
+                  f"rss {r['dump_rss_mib']:.0f} MiB), restore {r['restore_s']:.2f}s (cpu {r['restore_cpu_s']:.2f}s, "
+                  f"rss {r['restore_rss_mib']:.0f} MiB), floor {r['floor_s'] * 1000:.1f} ms ({r['floor_ops']} ops), "
+                  f"{r['superblocks']} superblocks, image {r['image_mib']:.1f} MiB, "
+                  f"restored tree {'equal' if r['equal'] else 'DIFFERENT'}, "
+                  f"floor tree {'equal' if r['floor_equal'] else 'DIFFERENT'}", flush=True)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    by_n = {r["n"]: r for r in results}
+    for r in results:
+        n = r["n"]
+        if r["error"]:
+            # No number to give: say so on the figure's own line rather than print a fake one.
+            print(f"restore/floor {n}: failed ({r['error']})")
+        else:
+            print(f"restore/floor {n}: {r['restore_s'] / r['floor_s']:.2f}")
+        print(f"dump_s {n}: {r['dump_s']:.2f}")
+        print(f"restore_s {n}: " + ("failed" if r["error"] else f"{r['restore_s']:.2f}"))
+        print(f"peak_rss_mib {n}: {max(r['dump_rss_mib'], r['restore_rss_mib']):.0f}")
+    if 1000 in by_n and 10000 in by_n and not (by_n[1000]["error"] or by_n[10000]["error"]):
+        print(f"growth 10000/1000: {by_n[10000]['restore_s'] / by_n[1000]['restore_s']:.2f}")
+    if 1000 in by_n and 10000 in by_n and (by_n[1000]["error"] or by_n[10000]["error"]):
+        print("growth 10000/1000: failed (a restore failed)")
+    return 0 if all(r["equal"] and r["floor_equal"] for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
