@@ -390,9 +390,10 @@ def _hostname_of(pid: int) -> str:
 def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=()) -> dict:
     """Dump the tree at root_pid into images_dir (atomically); return the manifest."""
     ext_mnts, ext_devs = parse_externals(externals)
-    writer = image.ImageWriter(images_dir)
     tree = process_tree(root_pid)
     pids = [p for p, _ in tree]
+    _precheck(pids, ext_mnts)
+    writer = image.ImageWriter(images_dir)
     _signal_all(pids, signal.SIGSTOP)
     ok = False
     try:
@@ -409,6 +410,23 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             _wait_gone(pids)
         else:
             _signal_all(pids, signal.SIGCONT)
+
+
+def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
+    """Refuse unsupported filesystems before stopping anything.
+
+    Looking at files of a FUSE mount whose daemon we stopped would hang, so
+    this reads only mountinfo, never the filesystems.
+    """
+    for pid in pids:
+        try:
+            mounts = mountinfo.read_pid(pid)
+        except FileNotFoundError:
+            continue
+        ext_devs = {m.dev for m in mounts if m.mountpoint in ext_mnts}
+        for m in mounts:
+            if fs.lookup(m.fstype) is None and m.dev not in ext_devs:
+                raise DumpError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}) on {m.fstype}: not supported")
 
 
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:

@@ -47,6 +47,11 @@ _ALL_FLAGS = sum(_ATTR_FLAGS.values())
 _OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
+# mount(2) flags for per-mount options (the path without mount_setattr)
+_LEGACY_FLAGS = {"ro": kernel.MS_RDONLY, "nosuid": kernel.MS_NOSUID, "nodev": kernel.MS_NODEV,
+                 "noexec": kernel.MS_NOEXEC, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21,
+                 "nosymfollow": 256}
+_MS_STRICTATIME = 1 << 24
 
 
 class RestoreError(OSError):
@@ -106,7 +111,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
         hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
                          else f"--external mnt[{k}]:HOSTPATH" for k in missing)
         raise RestoreError(errno.EINVAL, f"the image needs external mounts: give {hint}")
-    for name in ("open_tree", "move_mount", "fsopen/fsmount", "mount_setattr"):
+    for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
     if any(m.get("shared") or m.get("master") for ns in doc["mntns"].values() for m in ns["mounts"]):
         features.require("MOVE_MOUNT_SET_GROUP", "restoring shared and slave mounts")
@@ -155,6 +160,10 @@ class _Restorer:
         self.current_ns: str | None = None
         # The host's /proc, reachable whatever mount namespace we stand in (reopening fds).
         self.hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Without mount_setattr (kernels before 5.12) flags and propagation go through mount(2)
+        # on attached mounts; MNTCR_NO_MOUNT_SETATTR=1 forces that path (to test it anywhere).
+        self.legacy = (os.environ.get("MNTCR_NO_MOUNT_SETATTR") == "1"
+                       or not features.available()["mount_setattr"].present)
 
     def enter(self, ns_id: str) -> None:
         """setns into restored mount namespace ns_id (propagation changes need the caller inside)."""
@@ -166,7 +175,12 @@ class _Restorer:
         """mount_setattr propagation of an attached mount, from inside its namespace."""
         self.enter(self.ns_of_mount[m["id"]])
         try:
-            kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, propagation=prop)
+            if self.legacy:
+                os.fchdir(self.hostproc)
+                kernel.mount(None, f"self/fd/{self.mnt_fd[m['id']]}", None, prop)
+                os.chdir("/")
+            else:
+                kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, propagation=prop)
         except OSError as e:
             raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting propagation: "
                                         f"{e.strerror}") from None
@@ -414,7 +428,7 @@ class _Restorer:
                 self.mnt_fd[m["id"]] = fd
         for d in self.detached.values():
             self._clone_detached(d)
-        for m in order + list(self.detached.values()):
+        for m in ([] if self.legacy else order + list(self.detached.values())):
             aset, aclr = attr_of(m["mount_opts"])
             try:
                 kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr,
@@ -485,6 +499,8 @@ class _Restorer:
             kernel.pivot_root(".", ".")
             kernel.umount2(".", kernel.MNT_DETACH)
             os.chdir("/")
+            if self.legacy:
+                self._legacy_attrs(self.mounts[ns["root"]])
             step("pivot")
             # Parents first; among siblings deeper mount points first, the overmount of
             # the parent's root (relative path "") last.
@@ -497,10 +513,29 @@ class _Restorer:
                               - (1 if rel_to(c["mountpoint"], parent["mountpoint"]) else 0))
                 for c in kids:
                     self._attach(parent, c)
+                    if self.legacy:
+                        self._legacy_attrs(c)
                     queue.append(c["id"])
                 step("attach")
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         self.current_ns = None
+
+    def _legacy_attrs(self, m: dict) -> None:
+        """Per-mount flags and private propagation with mount(2), on the attached mount (we stand in its ns)."""
+        opts = set(m["mount_opts"])
+        flags = kernel.MS_REMOUNT | kernel.MS_BIND | sum(f for name, f in _LEGACY_FLAGS.items() if name in opts)
+        if not opts & {"noatime", "relatime"}:
+            flags |= _MS_STRICTATIME
+        try:
+            # The host /proc's self/fd/N names the mount itself (also a file bind; "." would not).
+            os.fchdir(self.hostproc)
+            kernel.mount(None, f"self/fd/{self.mnt_fd[m['id']]}", None, flags)
+            kernel.mount(None, f"self/fd/{self.mnt_fd[m['id']]}", None, kernel.MS_PRIVATE)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting "
+                                        f"{','.join(m['mount_opts'])}: {e.strerror}") from None
+        finally:
+            os.chdir("/")
 
     def _attach(self, parent: dict, c: dict) -> None:
         rel = rel_to(c["mountpoint"], parent["mountpoint"])
