@@ -59,31 +59,44 @@ def _probe_in_child() -> dict[str, tuple[bool, str]]:
     attempt("open_tree", lambda: state.__setitem__("clone", kernel.open_tree(kernel.AT_FDCWD, "/",
                                                                               kernel.OPEN_TREE_CLONE)))
 
+    def detached() -> int:
+        # Each probe stands on its own: a detached mount from fsmount, else from open_tree,
+        # else a plain tmpfs mounted the old way, so one missing call does not hide another.
+        if "tmpfs" in state:
+            return state["tmpfs"]
+        if "clone" in state:
+            return state["clone"]
+        raise OSError(errno.ENOSYS, "no detached mount to try it on (fsmount and open_tree are missing)")
+
     def move():
-        if "tmpfs" not in state:
-            raise OSError(errno.ENOSYS, "needs fsmount")
-        # Attach the test tmpfs over /tmp of this throwaway namespace.
-        kernel.move_mount(state["tmpfs"], "", kernel.AT_FDCWD, "/tmp", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        if "tmpfs" in state or "clone" in state:
+            # Attach the test mount over /tmp of this throwaway namespace.
+            kernel.move_mount(detached(), "", kernel.AT_FDCWD, "/tmp", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        else:
+            kernel.mount("probe", "/tmp", "tmpfs", 0)
+            os.makedirs("/tmp/m", exist_ok=True)
+            kernel.move_mount(kernel.AT_FDCWD, "/tmp", kernel.AT_FDCWD, "/tmp/m", 0)
+        state["attached"] = True
 
     attempt("move_mount", move)
 
     def setattr_():
-        if "tmpfs" not in state:
-            raise OSError(errno.ENOSYS, "needs fsmount")
-        kernel.mount_setattr(state["tmpfs"], "", kernel.AT_EMPTY_PATH, attr_set=kernel.MOUNT_ATTR_NOSUID)
+        if "tmpfs" in state or "clone" in state:
+            kernel.mount_setattr(detached(), "", kernel.AT_EMPTY_PATH, attr_set=kernel.MOUNT_ATTR_NOSUID)
+        else:
+            kernel.mount_setattr(kernel.AT_FDCWD, "/tmp", 0, attr_set=kernel.MOUNT_ATTR_NOSUID)
 
     attempt("mount_setattr", setattr_)
 
     def set_group():
-        if "tmpfs" not in state:
-            raise OSError(errno.ENOSYS, "needs an attached tmpfs")
+        if not state.get("attached"):
+            kernel.mount("probe", "/tmp", "tmpfs", 0)
         os.makedirs("/tmp/a", exist_ok=True)
         os.makedirs("/tmp/b", exist_ok=True)
         kernel.mount(None, "/tmp", None, kernel.MS_SHARED)
-        b1 = kernel.open_tree(kernel.AT_FDCWD, "/tmp", kernel.OPEN_TREE_CLONE)
-        kernel.move_mount(b1, "", kernel.AT_FDCWD, "/tmp/b", kernel.MOVE_MOUNT_F_EMPTY_PATH)
-        # Attached under a shared parent it became shared; SET_GROUP wants a private target.
-        kernel.mount_setattr(b1, "", kernel.AT_EMPTY_PATH, propagation=kernel.MS_PRIVATE)
+        kernel.mount("/tmp", "/tmp/b", None, kernel.MS_BIND)
+        # A bind of a shared mount is its peer; SET_GROUP wants a private target.
+        kernel.mount(None, "/tmp/b", None, kernel.MS_PRIVATE)
         kernel.move_mount(kernel.AT_FDCWD, "/tmp", kernel.AT_FDCWD, "/tmp/b", kernel.MOVE_MOUNT_SET_GROUP)
         from engine import mountinfo
         mounts = {m.mountpoint: m for m in mountinfo.read_pid("self")}
