@@ -148,6 +148,8 @@ def _container_pid1(cfg: dict, out_fd: int, binds: list[tuple[int, str]]) -> Non
     """Pid 1 of the container: root, pivot_root, /proc, then exec the setup. Never returns."""
     from engine import kernel
     try:
+        # If the keeper is killed (a failed start), the container dies with it instead of lingering.
+        kernel.set_pdeathsig(signal.SIGKILL)
         socket.sethostname(cfg["hostname"])
         staging = "/tmp"  # covered only in this private namespace
         _build_root(staging, binds)
