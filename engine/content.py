@@ -1,20 +1,31 @@
-"""Files of a superblock: archive them from a mount fd, extract them into one.
+"""Files of superblocks: archive them from mount fds, extract them into new superblocks.
 
 GNU tar keeps what a container's tmpfs can hold: modes, owners (numeric),
-xattrs and ACLs, symlinks, hard links, device nodes, sparse files. It runs on
-the host side with `-C /proc/self/fd/N`, N being a detached clone of the mount
-with no children, so it sees exactly that mount's files.
+xattrs and ACLs, symlinks, hard links, device nodes, sparse files.
+
+One tar process serves many superblocks: a forked helper, in a private mount
+namespace, attaches each superblock's mount (a detached clone with no
+children) as `sb-K` under a staging tmpfs and runs tar once over all of them.
+Restore does the same in reverse. The archive's size and sha256 go into the
+manifest and are checked before anything is extracted.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 
+from engine import channel, kernel
+
 _COMMON = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"]
+MEMBER = re.compile(r"^sb-[0-9]+$")
 
 
+@functools.cache
 def _tar() -> str:
     tar = shutil.which("tar")
     if not tar:
@@ -22,40 +33,124 @@ def _tar() -> str:
     return tar
 
 
-def archive(mount_fd: int, out_path: str) -> None:
-    """Write every file of the mount behind `mount_fd` into the tar archive `out_path`."""
-    cmd = [_tar(), "-C", f"/proc/self/fd/{mount_fd}", "--sparse", "--one-file-system", *_COMMON, "-cf", out_path, "."]
-    proc = subprocess.run(cmd, pass_fds=(mount_fd,), stdin=subprocess.DEVNULL, capture_output=True, text=True)
-    if proc.returncode != 0:
-        err = (proc.stderr.strip().splitlines() or ["tar failed"])[-1]
-        raise OSError(f"archiving files failed: {err}")
+def _last_line(text: str, default: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else default
 
 
-def check_members(archive_fd: int, name: str) -> None:
-    """Refuse archives with absolute names or `..` components before extracting anything."""
+def _staging(mounts: list[tuple[int, str]]) -> int:
+    """In a private namespace: a tmpfs with each (mount fd, name) attached at name; return its fd."""
+    kernel.unshare(kernel.CLONE_NEWNS)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    fd = kernel.fsopen("tmpfs")
+    kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
+    staging = kernel.fsmount(fd)
+    os.close(fd)
+    # Stacked on "/" of this private namespace: our own lookups of "/usr/bin/tar" still
+    # start below it, while /proc/self/fd/STAGING reaches it.
+    kernel.move_mount(staging, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    for mfd, name in mounts:
+        os.mkdir(name, 0o700, dir_fd=staging)
+        kernel.move_mount(mfd, "", staging, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    return staging
+
+
+def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Channel) -> None:
+    staging = _staging(mounts)
+    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", *_COMMON, "-cf", "-",
+           *sorted(name for _, name in mounts)]
+    proc = subprocess.run(cmd, pass_fds=(staging,), stdin=subprocess.DEVNULL, stdout=out_fd,
+                          stderr=subprocess.PIPE, text=True)
+    if proc.returncode not in (0, 1):  # 1: "file changed as we read it", the tree is stopped
+        raise OSError(f"archiving files failed: {_last_line(proc.stderr, 'tar failed')}")
+    chan.send(("ok", None))
+
+
+def archive(mounts: list[tuple[int, str]], out_path: str) -> dict:
+    """Archive the files of each (detached mount fd, member name) into out_path; return its size and sha256.
+
+    The mount fds are attached inside a throwaway namespace (the caller's fds
+    stay open but their mounts end up detached).
+    """
+    with open(out_path, "wb") as out:
+        channel.call_in_child(_archive_child, mounts, out.fileno())
+        out.flush()
+        os.fsync(out.fileno())
+    return digest_path(out_path)
+
+
+def archive_dir(dir_fd: int, out_path: str) -> dict:
+    """Archive one directory tree (on a mount that cannot be cloned) as member sb-0; size and sha256."""
+    cmd = [_tar(), "-C", f"/proc/self/fd/{dir_fd}", "--sparse", "--one-file-system", *_COMMON, "-cf", out_path,
+           "--transform=s,^\\.,sb-0,", "."]
+    proc = subprocess.run(cmd, pass_fds=(dir_fd,), stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode not in (0, 1):
+        raise OSError(f"archiving files failed: {_last_line(proc.stderr, 'tar failed')}")
+    return digest_path(out_path)
+
+
+def digest_fd(fd: int) -> dict:
+    """{"size", "sha256"} of the file open on fd (read from the start)."""
+    h = hashlib.sha256()
+    size = 0
+    os.lseek(fd, 0, os.SEEK_SET)
+    while True:
+        data = os.read(fd, 1 << 20)
+        if not data:
+            break
+        h.update(data)
+        size += len(data)
+    return {"size": size, "sha256": h.hexdigest()}
+
+
+def digest_path(path: str) -> dict:
+    """{"size", "sha256"} of a file."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return digest_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
+    """Refuse archives with absolute names, `..`, or members outside `allowed` top-level names."""
     os.lseek(archive_fd, 0, os.SEEK_SET)
     proc = subprocess.run([_tar(), "-tf", "-"], stdin=archive_fd, capture_output=True)
     if proc.returncode != 0:
-        err = (proc.stderr.decode(errors="replace").strip().splitlines() or ["unreadable"])[-1]
-        raise OSError(f"archive {name} is damaged: {err}")
+        raise OSError(f"archive {name} is damaged: {_last_line(proc.stderr.decode(errors='replace'), 'unreadable')}")
     for raw in proc.stdout.split(b"\n"):
         if not raw:
             continue
         member = raw.decode(errors="surrogateescape")
-        if member.startswith("/") or ".." in member.split("/"):
+        parts = member.split("/")
+        if member.startswith("/") or ".." in parts or parts[0] not in allowed:
             raise OSError(f"archive {name} has an unsafe member {member!r}")
 
 
-def extract(archive_fd: int, name: str, dir_fd: int) -> None:
-    """Extract the archive open on `archive_fd` into the directory behind `dir_fd`.
-
-    Owners, modes, xattrs and ACLs are kept; members are checked first.
-    """
-    check_members(archive_fd, name)
+def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, chan: channel.Channel) -> None:
+    staging = _staging(targets)
     os.lseek(archive_fd, 0, os.SEEK_SET)
-    cmd = [_tar(), "-C", f"/proc/self/fd/{dir_fd}", "-xpf", "-", *_COMMON,
-           "--same-owner", "--delay-directory-restore"]
-    proc = subprocess.run(cmd, pass_fds=(dir_fd,), stdin=archive_fd, capture_output=True, text=True)
+    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *_COMMON, "--same-owner",
+           "--delay-directory-restore"]
+    proc = subprocess.run(cmd, pass_fds=(staging,), stdin=archive_fd, capture_output=True, text=True)
     if proc.returncode != 0:
-        err = (proc.stderr.strip().splitlines() or ["tar failed"])[-1]
-        raise OSError(f"extracting {name} failed: {err}")
+        raise OSError(f"extracting {name} failed: {_last_line(proc.stderr, 'tar failed')}")
+    chan.send(("ok", None))
+
+
+def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]]) -> None:
+    """Check the archive against `expect` (size, sha256) and its members, then extract each member
+    into the directory behind its fd: `targets` are (O_PATH fd of a directory, member name)."""
+    got = digest_fd(archive_fd)
+    if got != {"size": expect.get("size"), "sha256": expect.get("sha256")}:
+        raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
+                      f"do not match the manifest ({expect.get('size')}, {str(expect.get('sha256'))[:16]}...)")
+    check_members(archive_fd, name, {m for _, m in targets})
+    clones = []
+    try:
+        for dir_fd, member in targets:
+            clones.append((kernel.open_tree(dir_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH), member))
+        channel.call_in_child(_extract_child, clones, archive_fd, name)
+    finally:
+        for fd, _ in clones:
+            os.close(fd)

@@ -91,8 +91,9 @@ def root_via_visible(facts: dict, inner_path: str, candidates, ns_open) -> tuple
     raise DetachedError(errno.EOPNOTSUPP, "no visible mount of its filesystem can open it by handle")
 
 
-def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> None:
-    """Archive a detached tmpfs reachable only through fds: its whole tree from a directory, else the files.
+def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
+    """Archive a detached tmpfs reachable only through fds (member sb-0): its whole tree from a
+    directory, else the files. Returns the archive's size and sha256.
 
     `locs` are (probe facts, path inside the detached mount).
     """
@@ -112,15 +113,17 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> None:
                 fd = up
             # A mount in no namespace cannot be cloned (open_tree says EINVAL); its
             # children were disconnected by the lazy umount, so archive it in place.
-            content.archive(fd, out_path)
+            return content.archive_dir(fd, out_path)
         finally:
             os.close(fd)
-        return
     with tarfile.open(out_path, "w", format=tarfile.PAX_FORMAT) as tar:
-        made = set()
+        made = {"sb-0"}
+        root = tarfile.TarInfo("sb-0")
+        root.type, root.mode = tarfile.DIRTYPE, 0o1777
+        tar.addfile(root)
         for facts, inner in locs:
-            parts = [c for c in inner.split("/") if c]
-            for i in range(1, len(parts)):
+            parts = ["sb-0"] + [c for c in inner.split("/") if c]
+            for i in range(2, len(parts)):
                 d = "/".join(parts[:i])
                 if d not in made:
                     info = tarfile.TarInfo(d)
@@ -133,9 +136,9 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> None:
             made.add(name)
             with open(facts["link"], "rb") as f:
                 st = os.fstat(f.fileno())
-                info = tarfile.TarInfo(name)
-                info.size, info.mode = st.st_size, stat.S_IMODE(st.st_mode)
-                info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
                 data = f.read()
-                info.size = len(data)
+                info = tarfile.TarInfo(name)
+                info.size, info.mode = len(data), stat.S_IMODE(st.st_mode)
+                info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
                 tar.addfile(info, io.BytesIO(data))
+    return content.digest_path(out_path)

@@ -616,40 +616,59 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     if loops:
         os.sync()
 
-    # 4. clone and archive
-    for ino, wanted in clone_plan.items():
-        fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
-        try:
-            for mids, fds in _forked(_clone_mounts, fd, by_mntns[ino], wanted):
-                try:
-                    for mid, mfd in zip(mids, fds):
-                        if mid in archive_for:
-                            sid, root = archive_for[mid]
-                            name, path = writer.new_archive()
-                            content.archive(mfd, path)
-                            superblocks[sid]["archives"].append({"file": name, "root": root})
-                            for bsid, st in loops.get(sid, ()):
-                                rel = block.find_inode(mfd, st["ino"])
-                                if rel is not None:
-                                    loop = superblocks[bsid]["device"]["loop"]
-                                    loop["path"] = rel if root == "/" else root + rel
-                        else:
-                            sid = mntns_sb(mntns_doc, mid)
-                            try:
-                                pino = os.stat(f"/proc/self/fd/{mfd}/1/ns/pid").st_ino
-                            except OSError:
-                                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mounts_by_id[mid].mountpoint}) on "
-                                                                  "proc: its pid namespace has no init") from None
-                            if pino not in ino_name:
-                                raise DumpError(errno.EOPNOTSUPP,
-                                                f"mount {mid} ({mounts_by_id[mid].mountpoint}) on proc: it belongs "
-                                                "to a pid namespace outside the dumped tree")
-                            superblocks[sid]["pidns"] = ino_name[pino]
-                finally:
-                    for mfd in fds:
-                        os.close(mfd)
-        finally:
-            os.close(fd)
+    # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
+    files: dict[str, dict] = {}
+    batch: list[tuple[int, str, str, str]] = []   # (mount fd, member, sb id, root)
+
+    def flush():
+        if not batch:
+            return
+        name, path = writer.new_archive()
+        files[name] = content.archive([(mfd, member) for mfd, member, _, _ in batch], path)
+        for mfd, member, sid, root in batch:
+            superblocks[sid]["archives"].append({"file": name, "member": member, "root": root})
+            os.close(mfd)
+        batch.clear()
+
+    try:
+        for ino, wanted in clone_plan.items():
+            fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
+            try:
+                for mids, fds in _forked(_clone_mounts, fd, by_mntns[ino], wanted):
+                    kept = set()
+                    try:
+                        for mid, mfd in zip(mids, fds):
+                            if mid in archive_for:
+                                sid, root = archive_for[mid]
+                                for bsid, st in loops.get(sid, ()):
+                                    rel = block.find_inode(mfd, st["ino"])
+                                    if rel is not None:
+                                        loop = superblocks[bsid]["device"]["loop"]
+                                        loop["path"] = rel if root == "/" else root + rel
+                                top = f"/proc/self/fd/{mfd}"
+                                if not os.listdir(top):
+                                    st = os.stat(top)
+                                    superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
+                                                                      "uid": st.st_uid, "gid": st.st_gid}
+                                    continue
+                                batch.append((mfd, f"sb-{sum(len(x['archives']) for x in superblocks.values()) + len(batch)}",
+                                              sid, root))
+                                kept.add(mfd)
+                                if len(batch) >= 500:
+                                    flush()
+                                    kept.clear()
+                            else:
+                                _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name)
+                    finally:
+                        for mfd in fds:
+                            if mfd not in kept:
+                                os.close(mfd)
+            finally:
+                os.close(fd)
+        flush()
+    finally:
+        for mfd, *_ in batch:
+            os.close(mfd)
 
     for bsid in (b for items in loops.values() for b, _ in items):
         if "path" not in superblocks[bsid]["device"]["loop"]:
@@ -691,13 +710,13 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             uts_names[uts] = _hostname_of(pid)
         procs_doc.append(entry)
 
-    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer)
+    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     return {
         "kernel": platform.release(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
-        "hostnames": uts_names, "detached": detached_doc,
+        "hostnames": uts_names, "detached": detached_doc, "files": files,
     }
 
 
@@ -723,7 +742,7 @@ def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dic
         sb["layers"] = layers
 
 
-def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer) -> dict:
+def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
     """Describe each detached mount that a process holds a file or cwd on (see engine/detached.py)."""
     from engine import detached
     by_mnt: dict[int, list[tuple[dict, int, str]]] = {}
@@ -752,16 +771,30 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                                                       "visible; only a detached tmpfs or ramfs can be dumped whole")
                 sid = f"sb-{len(superblocks)}"
                 name, path = writer.new_archive()
-                detached.archive_invisible(facts, path)
+                files[name] = detached.archive_invisible(facts, path)
                 fstype = "tmpfs" if f0["magic"] == kernel.TMPFS_MAGIC else "ramfs"
                 superblocks[sid] = {"fstype": fstype, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
-                                    "external": False, "archives": [{"file": name, "root": "/"}]}
+                                    "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
                 root = "/"
         except OSError as e:
             raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
         out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
                          "mountpoint": "(detached)"}
     return out
+
+
+def _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name) -> None:
+    """Record which dumped pid namespace the proc mount `mid` (clone fd `mfd`) belongs to."""
+    sid = mntns_sb(mntns_doc, mid)
+    try:
+        pino = os.stat(f"/proc/self/fd/{mfd}/1/ns/pid").st_ino
+    except OSError:
+        raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mounts_by_id[mid].mountpoint}) on "
+                                          "proc: its pid namespace has no init") from None
+    if pino not in ino_name:
+        raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mounts_by_id[mid].mountpoint}) on proc: it belongs "
+                                          "to a pid namespace outside the dumped tree")
+    superblocks[sid]["pidns"] = ino_name[pino]
 
 
 def mntns_sb(mntns_doc: dict, mid: int) -> str:

@@ -16,6 +16,7 @@ import os
 import posixpath
 import re
 import shutil
+import stat
 import tempfile
 
 FORMAT = "mntcr-image"
@@ -29,7 +30,8 @@ MAX_FDS = 1_000_000
 MAX_MANIFEST_BYTES = 1 << 30
 MAX_PATH = 4096
 
-_ARCHIVE_NAME = re.compile(r"^sb-[0-9]+\.tar$")
+_ARCHIVE_NAME = re.compile(r"^files-[0-9]+\.tar$")
+_MEMBER_NAME = re.compile(r"^sb-[0-9]+$")
 NS_KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup")
 
 
@@ -92,9 +94,9 @@ class ImageWriter:
         return os.path.join(self.tmp, name)
 
     def new_archive(self) -> tuple[str, str]:
-        """(name, path) for the next superblock archive, sb-N.tar."""
+        """(name, path) for the next archive, files-N.tar."""
         self._archives = getattr(self, "_archives", 0) + 1
-        name = f"sb-{self._archives - 1}.tar"
+        name = f"files-{self._archives - 1}.tar"
         return name, self.path(name)
 
     def commit(self, doc: dict) -> None:
@@ -103,7 +105,8 @@ class ImageWriter:
         validate(doc, self.tmp, check_archives=True)
         mpath = self.path(MANIFEST)
         with open(mpath, "w") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
+            # Compact: with indent json falls back to its slow pure-Python encoder.
+            f.write(json.dumps(doc, sort_keys=True, separators=(",", ":")))
             f.flush()
             os.fsync(f.fileno())
         if os.path.isdir(self.target):
@@ -122,20 +125,29 @@ class ImageWriter:
 
 def load(images_dir: str) -> dict:
     """Read and validate an image directory; raise ImageError with one line if it is bad."""
-    mpath = os.path.join(images_dir, MANIFEST)
     if not os.path.isdir(images_dir):
         raise ImageError(f"no image directory {images_dir}")
+    dfd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        st = os.stat(mpath)
-    except FileNotFoundError:
-        raise ImageError(f"{images_dir} is not a mntcr image (no {MANIFEST}; an interrupted dump?)") from None
-    if st.st_size > MAX_MANIFEST_BYTES:
-        _fail(f"{MANIFEST} is absurdly large ({st.st_size} bytes)")
-    try:
-        with open(mpath) as f:
-            doc = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        _fail(f"{MANIFEST} is not valid JSON ({e})")
+        try:
+            # Never through a symlink: the manifest must be this directory's own file.
+            fd = os.open(MANIFEST, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        except FileNotFoundError:
+            raise ImageError(f"{images_dir} is not a mntcr image (no {MANIFEST}; an interrupted dump?)") from None
+        except OSError as e:
+            raise ImageError(f"bad image: {MANIFEST} cannot be opened ({e.strerror}; a symlink?)") from None
+    finally:
+        os.close(dfd)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            _fail(f"{MANIFEST} is not a regular file")
+        if st.st_size > MAX_MANIFEST_BYTES:
+            _fail(f"{MANIFEST} is absurdly large ({st.st_size} bytes)")
+        try:
+            doc = json.loads(f.read())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            _fail(f"{MANIFEST} is not valid JSON ({e})")
     validate(doc, images_dir, check_archives=True)
     return doc
 
@@ -165,6 +177,25 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
     if not procs:
         _fail("no processes")
 
+    files = doc.get("files") or {}
+    if not isinstance(files, dict):
+        _fail("'files' must be an object")
+    members: set[tuple[str, str]] = set()
+    for name, meta in files.items():
+        if not _ARCHIVE_NAME.match(name):
+            _fail(f"archive name {name!r} is not files-N.tar")
+        size = _typed(meta, "size", int, f"archive {name}")
+        if not isinstance(meta.get("sha256"), str) or not re.fullmatch(r"[0-9a-f]{64}", meta["sha256"]):
+            _fail(f"archive {name}: sha256 missing or malformed")
+        if check_archives:
+            try:
+                st = os.stat(os.path.join(images_dir, name), follow_symlinks=False)
+            except FileNotFoundError:
+                _fail(f"archive {name} is missing")
+            if not stat.S_ISREG(st.st_mode):
+                _fail(f"archive {name} is not a regular file")
+            if st.st_size != size:
+                _fail(f"archive {name} is damaged: {st.st_size} bytes, the manifest says {size}")
     for sid, sb in sbs.items():
         what = f"superblock {sid}"
         _typed(sb, "fstype", str, what)
@@ -174,11 +205,18 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
             _fail(f"{what}: super_opts must be strings")
         for a in sb.get("archives") or []:
             name = _typed(a, "file", str, what)
-            if not _ARCHIVE_NAME.match(name):
-                _fail(f"{what}: archive name {name!r} is not sb-N.tar")
+            if name not in files:
+                _fail(f"{what}: archive {name!r} is not listed in 'files'")
+            member = _typed(a, "member", str, what)
+            if not _MEMBER_NAME.match(member) or (name, member) in members:
+                _fail(f"{what}: bad or duplicate archive member {member!r}")
+            members.add((name, member))
             check_abs_path(_typed(a, "root", str, what), f"{what} archive root")
-            if check_archives and not os.path.isfile(os.path.join(images_dir, name)):
-                _fail(f"{what}: archive {name} is missing")
+        er = sb.get("empty_root")
+        if er is not None:
+            for k in ("mode", "uid", "gid"):
+                _typed(er, k, int, f"{what} empty_root")
+            check_abs_path(_typed(er, "root", str, f"{what} empty_root"), f"{what} empty_root")
         if not isinstance(sb.get("external", False), bool):
             _fail(f"{what}: 'external' must be true or false")
         if sb.get("pidns") is not None and sb["pidns"] not in pidns:
@@ -327,7 +365,7 @@ def render(doc: dict) -> str:
     for sid, sb in sorted(doc["superblocks"].items(), key=lambda kv: int(kv[0].split("-")[-1])
                           if kv[0].split("-")[-1].isdigit() else 0):
         how = "external (bound from the host at restore)" if sb.get("external") else \
-              ("archives " + ", ".join(a["file"] for a in sb.get("archives") or [])) if sb.get("archives") else \
+              ("files " + ", ".join(f"{a['file']}:{a['member']}" for a in sb.get("archives") or [])) if sb.get("archives") else \
               ("pid namespace " + sb["pidns"]) if sb.get("pidns") else "created empty"
         lines.append(f"  {sid}: {sb['fstype']} {sb['source']} [{','.join(sb['super_opts'])}] {how}")
     lines.append("\nprocesses:")

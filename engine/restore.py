@@ -262,10 +262,14 @@ class _Restorer:
             users.setdefault(m["sb"], m)
         # Block filesystems last: a loop device may sit on a file of a tmpfs restored here.
         order = sorted(self.doc["superblocks"].items(), key=lambda kv: bool(kv[1].get("device")))
+        extracted = False
         for sid, sb in order:
             if sb.get("external") or sid not in users or sb.get("layers") is not None:
                 continue  # external: cloned from the host; overlay: created after its layers
             if sb.get("device"):
+                if not extracted:
+                    self._extract_files()
+                    extracted = True
                 self.sb_fd[sid] = self._create_block(sid, sb, users[sid])
                 step("superblock")
                 continue
@@ -286,18 +290,42 @@ class _Restorer:
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"{where} on {sb['fstype']}: {e.strerror or e}") from None
             self.sb_fd[sid] = fd
-            for arc in sb.get("archives") or []:
-                dir_fd = self._mkdirs_beneath(fd, arc["root"])
-                afd = os.open(arc["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+            step("superblock")
+        if not extracted:
+            self._extract_files()
+
+    def _extract_files(self) -> None:
+        """Fill the new superblocks: one tar per archive file, each member into its superblock."""
+        targets: dict[str, list[tuple[int, str]]] = {}
+        owned: list[int] = []
+        try:
+            for sid, sb in self.doc["superblocks"].items():
+                if sid not in self.sb_fd:
+                    continue
+                for arc in sb.get("archives") or []:
+                    dir_fd = self._mkdirs_beneath(self.sb_fd[sid], arc["root"])
+                    if dir_fd != self.sb_fd[sid]:
+                        owned.append(dir_fd)
+                    targets.setdefault(arc["file"], []).append((dir_fd, arc["member"]))
+                er = sb.get("empty_root")
+                if er is not None:
+                    dir_fd = self._mkdirs_beneath(self.sb_fd[sid], er["root"])
+                    os.chown(f"self/fd/{dir_fd}", er["uid"], er["gid"], dir_fd=self.hostproc)
+                    os.chmod(f"self/fd/{dir_fd}", er["mode"], dir_fd=self.hostproc)
+                    if dir_fd != self.sb_fd[sid]:
+                        os.close(dir_fd)
+            for name, tlist in sorted(targets.items()):
+                afd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
                 try:
-                    content.extract(afd, arc["file"], dir_fd)
+                    content.extract(afd, name, self.doc["files"][name], tlist)
                 except OSError as e:
-                    raise RestoreError(errno.EIO, f"{where}: {e}") from None
+                    raise RestoreError(errno.EIO, str(e.strerror or e)) from None
                 finally:
                     os.close(afd)
-                    if dir_fd != fd:
-                        os.close(dir_fd)
-            step("superblock")
+                step("extract")
+        finally:
+            for fd in owned:
+                os.close(fd)
 
     def _create_block(self, sid: str, sb: dict, user: dict) -> int:
         from engine.fs import block
