@@ -394,6 +394,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     pids = [p for p, _ in tree]
     _precheck(pids, ext_mnts)
     writer = image.ImageWriter(images_dir)
+    watchdog = _watchdog(pids)
     _signal_all(pids, signal.SIGSTOP)
     ok = False
     try:
@@ -410,6 +411,25 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             _wait_gone(pids)
         else:
             _signal_all(pids, signal.SIGCONT)
+        os.kill(watchdog, signal.SIGKILL)
+        os.waitpid(watchdog, 0)
+
+
+def _watchdog(pids: list[int]) -> int:
+    """A child that resumes the stopped tree if this dump dies (SIGKILL included)."""
+    me = kernel.pidfd_open(os.getpid())
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGUSR1, lambda *_: (_signal_all(pids, signal.SIGCONT), os._exit(0)))
+            kernel.set_pdeathsig(signal.SIGUSR1)
+            while not kernel.exited(me):
+                signal.pause()
+        finally:
+            _signal_all(pids, signal.SIGCONT)
+            os._exit(0)
+    os.close(me)
+    return pid
 
 
 def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:

@@ -376,3 +376,30 @@ def mount_opts_of_fd(fd: int) -> list[str]:
     opts = ["ro" if flags & 1 else "rw"]
     opts += [name for bit, name in ST_FLAGS.items() if bit != 1 and flags & bit]
     return opts
+
+
+NR["pidfd_open"] = 434
+
+
+def pidfd_open(pid: int) -> int:
+    """pidfd_open(2): an fd that becomes readable when process `pid` exits."""
+    return _check(_syscall(NR["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), f"pidfd_open({pid})")
+
+
+def exited(pidfd: int) -> bool:
+    """True when the process behind `pidfd` has exited (non-blocking)."""
+    import select
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
+
+
+def die_with_parent(parent_pidfd: int, sig: int) -> None:
+    """In a fresh child: get `sig` when the parent dies, and exit now if it already has.
+
+    PR_SET_PDEATHSIG set after fork misses a parent that died in between; the
+    parent's pidfd (opened before fork) closes that gap.
+    """
+    set_pdeathsig(sig)
+    if exited(parent_pidfd):
+        os._exit(1)

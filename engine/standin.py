@@ -36,6 +36,7 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
     namespace (the stand-in is its init); "join": in the namespace `pidns_fd`.
     The caller's pid_for_children is put back afterwards.
     """
+    me = kernel.pidfd_open(os.getpid())
     saved = None
     if mode != "same":
         saved = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -47,15 +48,36 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
         pid = os.fork()
         if pid == 0:
             try:
-                kernel.set_pdeathsig(signal.SIGKILL)
+                kernel.die_with_parent(me, signal.SIGKILL)
+                _drop_inherited(sock_fd)
                 _serve(channel.Channel(socket.socket(fileno=sock_fd)))
             finally:
                 os._exit(1)
         return pid
     finally:
+        os.close(me)
         if saved is not None:
             kernel.setns(saved, kernel.CLONE_NEWPID)
             os.close(saved)
+
+
+def _drop_inherited(keep: int) -> None:
+    """Close every fd inherited from the parent but our channel; stdio onto /dev/null.
+
+    Otherwise a stand-in would hold the restorer's end of its own channel (and
+    the caller's result pipe) and never see them close if the restorer dies.
+    """
+    null = os.open("/dev/null", os.O_RDWR)
+    for n in (0, 1, 2):
+        if n != null:
+            os.dup2(null, n)
+    lo = 3
+    for n in sorted({keep, null, 1 << 20}):
+        if n >= lo:
+            os.closerange(lo, n)
+            lo = n + 1
+    if null > 2 and null != keep:
+        os.close(null)
 
 
 def _fsmount(fstype: str, source: str | None, params, attr: int) -> int:
