@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"rss {r['dump_rss_mib']:.0f} MiB), restore {r['restore_s']:.2f}s (cpu {r['restore_cpu_s']:.2f}s, "
                   f"rss {r['restore_rss_mib']:.0f} MiB), floor {r['floor_s'] * 1000:.1f} ms ({r['floor_ops']} ops), "
                   f"{r['superblocks']} superblocks, image {r['image_mib']:.1f} MiB, "
-                  f"restored tree {'equal' if r['equal'] else 'DIFFERENT'}, "
+                  f"restored tree {'restore failed' if r['error'] else 'equal' if r['equal'] else 'DIFFERENT'}, "
                   f"floor tree {'equal' if r['floor_equal'] else 'DIFFERENT'}", flush=True)
     finally:
         if not args.keep:
