@@ -104,10 +104,6 @@ def test_check_lines_and_status_agree():
     assert r.returncode == (2 if missing_required else 0), r.stdout
 
 
-BUG_PROBES = pytest.mark.xfail(strict=True, reason="engine bug: mntcr check: without fsopen, move_mount and "
-                                                  "mount_setattr are reported missing too")
-
-
 def _needed(name: str) -> str:
     """"required" or "optional", as `mntcr check` declares feature `name` on this machine."""
     return _parse_check(mntcr("check").stdout)[name][1]
@@ -115,7 +111,7 @@ def _needed(name: str) -> str:
 
 @needs_seccomp
 @pytest.mark.parametrize("blocked,feature", [("open_tree", "open_tree"),
-                                             pytest.param("fsopen", "fsopen/fsmount", marks=BUG_PROBES),
+                                             ("fsopen", "fsopen/fsmount"),
                                              ("mount_setattr", "mount_setattr"), ("move_mount", "move_mount")])
 def test_check_sees_missing_feature(blocked, feature):
     """A kernel without a syscall (seccomp: ENOSYS) is reported missing (and only what depends on
@@ -371,7 +367,7 @@ def test_unsupported_filesystem(case, tmp_path):
 # --- missing kernel feature at restore ------------------------------------------------------------
 
 @needs_seccomp
-@pytest.mark.parametrize("blocked", ["open_tree", pytest.param("fsopen", marks=BUG_PROBES), "move_mount",
+@pytest.mark.parametrize("blocked", ["open_tree", "fsopen", "move_mount",
                                      "mount_setattr"])
 def test_restore_without_feature(case, base_image, tmp_path, blocked):
     """Restore on a kernel without a syscall: when `mntcr check` calls it required, one line naming it
@@ -414,12 +410,12 @@ hold
 
 
 def _killed_restore(img: str, k: int, pidfile: str, mounts: str, digest: str) -> list[str]:
-    """Restore with MNTCR_FAULT_STEP=k; return the problems seen ('' entries never), or None if it
+    """Restore with MNTCR_FAULT_STEP=k; return the problems seen (a list, maybe empty), or None if it
     succeeded. Leftover processes are killed (by pid) so the walk can go on."""
     import subprocess
     try:
         r = mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, "--pidfile", pidfile,
-                  env={"MNTCR_FAULT_STEP": str(k)}, timeout=5)
+                  env={"MNTCR_FAULT_STEP": str(k)}, timeout=3)
     except subprocess.TimeoutExpired:
         r = None
     if r is not None and r.returncode == 0:
@@ -480,6 +476,7 @@ def test_sigkill_at_every_restore_step(case, tmp_path):
     from zdtm.snapshot import kill_tree
     kill_tree(new)  # (its stand-ins' command lines name the image too)
     for i in range(3):
-        problems += _killed_restore(img, 2, os.path.join(str(tmp_path), f"again{i}.pid"), mounts, digest) or \
-            ["step 2: restore succeeded although it should have been killed"]
+        seen = _killed_restore(img, 2, os.path.join(str(tmp_path), f"again{i}.pid"), mounts, digest)
+        assert seen is not None, "step 2: restore succeeded although it should have been killed"
+        problems += seen
     assert problems == [], "\n".join(problems)
