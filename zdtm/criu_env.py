@@ -222,25 +222,29 @@ class CriuEnv:
 
         ``binds`` are what criu must see: host paths (bound at the same path) or
         (host path, path inside) pairs, see `inside`. Ignored for a host criu.
-        ``tmpfs_root`` (userland only): {"inside", "source", "flags", "data",
-        "copy_from"}: a tmpfs mounted at ``inside`` in criu's namespace and
-        filled from the host directory ``copy_from`` before criu starts; a
-        restore given it as --root keeps it alive in the restored namespace
-        (it never exists on the host).
+        ``tmpfs_root``: {"inside", "source", "flags", "data", "copy_from"}: a
+        tmpfs mounted at ``inside`` in criu's namespace and filled from the
+        host directory ``copy_from`` before criu starts; a restore given it as
+        --root keeps it alive in the restored namespace (it never exists on the
+        host). For a host criu (no userland) ``inside`` must be an existing
+        directory: it is covered only in criu's private namespace.
         """
         cmd = [self.binary, *args]
-        if self.root is None:
-            if tmpfs_root:
-                raise CriuEnvError("a tmpfs restore root needs a criu userland (--criu trixie|sid)")
+        if self.root is None and not tmpfs_root:
             return subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                   text=True, timeout=timeout)
+        if self.root is None:
+            # A host criu with a tmpfs root: the helper only makes a private (slave) mount
+            # namespace, mounts the tmpfs at tmpfs_root["inside"] (an existing host directory,
+            # covered only in that namespace) and execs criu there; no pivot_root, no binds.
+            binds = ()
         pairs = sorted({(os.path.abspath(b), os.path.abspath(b)) if isinstance(b, str)
                         else (os.path.abspath(b[0]), b[1]) for b in binds}, key=lambda hb: len(hb[1]))
         for host, inside in pairs:
             if _shadows_userland(inside) and not inside.startswith(ALIAS_DIR + "/"):
                 raise CriuEnvError(f"cannot bind {host} at {inside} in the criu userland: it would cover "
                                    f"the userland's own files (use CriuEnv.inside)")
-        made = _prepare_mountpoints(self.root, [p for p in pairs if not p[1].startswith("/run/")])
+        made = _prepare_mountpoints(self.root, [p for p in pairs if not p[1].startswith("/run/")]) if self.root else []
         spec = json.dumps({"root": self.root, "pairs": pairs, "tmpfs_root": tmpfs_root})
         # A fresh interpreter enters the namespace and execs criu: no preexec_fn in a
         # (possibly threaded) runner, and room to copy files before pivot_root.
@@ -336,6 +340,11 @@ def _enter_userland(root: str, pairs, tmpfs_root: dict | None = None) -> None:
         # Slave, not private: bound-in host mounts keep their master (needed for
         # --enable-external-masters), yet nothing mounted here reaches the host.
         kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
+        if root is None:  # a host criu that only needs its tmpfs root (see CriuEnv.run)
+            kernel.mount(tmpfs_root["source"], tmpfs_root["inside"], "tmpfs", tmpfs_root["flags"],
+                         tmpfs_root["data"] or None)
+            copy_tree(tmpfs_root["copy_from"], tmpfs_root["inside"])
+            return
         kernel.mount(root, root, None, kernel.MS_BIND)
         kernel.mount("proc", os.path.join(root, "proc"), "proc", kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
         kernel.mount("/sys", os.path.join(root, "sys"), None, kernel.MS_BIND | kernel.MS_REC)
