@@ -223,10 +223,11 @@ class CriuBackend:
 
         ``externals`` maps each key given at dump to the host path to bind there.
         ``root`` is the directory the restored mount namespace gets as its root
-        (see `prepare_root`). With None and a tmpfs root at dump (and a criu
-        userland), the root is a tmpfs like the dumped one (same source and
-        options), filled from the dump's root copy inside criu's namespace: it
-        lives only in the restored namespace, nothing to clean up. Waits (up to
+        (see `prepare_root`). With None and a tmpfs root at dump, the root is a
+        tmpfs like the dumped one (same source and options), filled from the
+        dump's root copy inside criu's namespace (a userland's, or a private
+        one made for a host criu): it lives only in the restored namespace,
+        nothing to clean up. Waits (up to
         ``wait_timeout`` s) until the dumped pid is gone first. criu's log is
         ``log_dir/restore<tag>.log``. ``external_masters`` None: as chosen at dump.
         """
@@ -252,7 +253,7 @@ class CriuBackend:
         args = ["restore", "-d", "-D", images_dir, "-o", log_path, f"-v{self.verbosity}", "--pidfile", pidfile]
         binds: list = [images_dir, log_dir]
         tmpfs_root = None
-        if root is None and env_is_userland(self) and (tmpfs_root := self._tmpfs_root(images_dir, meta)):
+        if root is None and (tmpfs_root := self._tmpfs_root(images_dir, meta, env.root is not None)):
             args += ["--root", tmpfs_root["inside"]]
         elif root is not None:
             root = os.path.abspath(root)
@@ -307,8 +308,11 @@ class CriuBackend:
                 "unreachable_masters": unreachable_masters(list(by_ns.values()) or [text])}
 
     @staticmethod
-    def _tmpfs_root(images_dir: str, meta: dict) -> dict | None:
-        """The tmpfs_root spec (zdtm.criu_env.CriuEnv.run) recreating a dumped tmpfs root, else None."""
+    def _tmpfs_root(images_dir: str, meta: dict, userland: bool = True) -> dict | None:
+        """The tmpfs_root spec (zdtm.criu_env.CriuEnv.run) recreating a dumped tmpfs root, else None.
+
+        In a userland it sits on the userland's /run tmpfs; a host criu gets it over an empty
+        directory of the images dir (covered only in criu's own namespace)."""
         saved = os.path.join(images_dir, ROOT_FILES)
         mounts = mountinfo.parse(meta.get("mountinfo", ""))
         root = next((m for m in mounts if m.mountpoint == "/"), None)
@@ -320,8 +324,11 @@ class CriuBackend:
             if opt in root.mount_opts:
                 flags |= flag
         data = ",".join(o for o in root.super_opts if o not in ("rw", "ro"))
-        return {"inside": criu_env.ALIAS_DIR + "/root", "source": root.source, "flags": flags, "data": data,
-                "copy_from": saved}
+        inside = criu_env.ALIAS_DIR + "/root"
+        if not userland:
+            inside = os.path.join(images_dir, "mntcr-root-mnt")
+            os.makedirs(inside, exist_ok=True)
+        return {"inside": inside, "source": root.source, "flags": flags, "data": data, "copy_from": saved}
 
     @staticmethod
     def read_meta(images_dir: str) -> dict:
