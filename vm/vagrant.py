@@ -198,14 +198,33 @@ class VagrantVM:
                                    capture_output=True, text=True, cwd=self.dir)
                 if p.returncode != 0:
                     raise VMError(f"vagrant box add failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+        self._drop_old_boxes(env, name)
         return name
+
+    def _drop_old_boxes(self, env: dict[str, str], keep: str) -> None:
+        """Remove boxes of earlier recipes from Vagrant and their base volumes from libvirt's pool."""
+        p = subprocess.run(["vagrant", "box", "list", "--machine-readable"], env=env, capture_output=True,
+                           text=True, cwd=self.dir)
+        prefix = keep.rsplit("-", 1)[0] + "-"
+        for line in p.stdout.splitlines():
+            parts = line.split(",")
+            if len(parts) >= 4 and parts[2] == "box-name" and parts[3].startswith(prefix) and parts[3] != keep:
+                subprocess.run(["vagrant", "box", "remove", "--force", "--all", parts[3]], env=env,
+                               capture_output=True, cwd=self.dir)
+                vol = parts[3].replace("/", "-VAGRANTSLASH-")
+                vols = subprocess.run(["virsh", "-q", "vol-list", "default"], capture_output=True, text=True)
+                for vline in vols.stdout.splitlines():
+                    if vline.split() and vline.split()[0].startswith(vol + "_vagrant_box_image"):
+                        subprocess.run(["virsh", "-q", "vol-delete", "--pool", "default", vline.split()[0]],
+                                       capture_output=True)
 
     def render(self, box: str, kernel_path: Path, initrd: Path) -> str:
         """The Vagrantfile text for this VM."""
         import jinja2
         cmdline = ("root=/dev/vda rw console=ttyS0 quiet panic=-1 oops=panic mitigations=off tsc=reliable "
                    "net.ifnames=0 systemd.show_status=0 rd.udev.log_level=3 systemd.log_level=warning "
-                   "systemd.firstboot=off")
+                   "systemd.firstboot=off "
+                   f"mntcr.ip={vagrant_box.GUEST_ADDR} mntcr.gw={vagrant_box.GUEST_GW}")
         if self.extra_cmdline:
             cmdline += " " + self.extra_cmdline
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
