@@ -29,6 +29,7 @@ with the restorer, so a killed restore leaves nothing mounted.
 
 from __future__ import annotations
 
+import bisect
 import errno
 import os
 import re
@@ -151,6 +152,9 @@ class _Restorer:
         self._ext_by_sb: dict[str, list[dict]] | None = None
         self._child_rel: dict[int, dict[str, int]] = {}  # mount -> {child mount point relative to it: child}
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
+        self.ext_src: dict[int, int] = {}  # external mount id -> detached clone of its host path
+        self.ext_host: dict[int, int] = {}  # external mount id -> O_PATH fd on the host's mount itself
+        self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
         self.ns_fd: dict[str, int] = {}
@@ -165,25 +169,17 @@ class _Restorer:
         self.legacy = (os.environ.get("MNTCR_NO_MOUNT_SETATTR") == "1"
                        or not features.available()["mount_setattr"].present)
 
+    def to_service(self) -> None:
+        """Back into the service namespace (a copy of the host's)."""
+        if self.current_ns is not None:
+            kernel.setns(self.service_fd, kernel.CLONE_NEWNS)
+            self.current_ns = None
+
     def enter(self, ns_id: str) -> None:
         """setns into restored mount namespace ns_id (propagation changes need the caller inside)."""
         if self.current_ns != ns_id:
             kernel.setns(self.ns_fd[ns_id], kernel.CLONE_NEWNS)
             self.current_ns = ns_id
-
-    def set_propagation(self, m: dict, prop: int) -> None:
-        """mount_setattr propagation of an attached mount, from inside its namespace."""
-        self.enter(self.ns_of_mount[m["id"]])
-        try:
-            if self.legacy:
-                os.fchdir(self.hostproc)
-                kernel.mount(None, f"self/fd/{self.mnt_fd[m['id']]}", None, prop)
-                os.chdir("/")
-            else:
-                kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, propagation=prop)
-        except OSError as e:
-            raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting propagation: "
-                                        f"{e.strerror}") from None
 
     # -- 1. stand-ins ---------------------------------------------------------
 
@@ -394,8 +390,28 @@ class _Restorer:
 
     # -- 3. plain mounts ------------------------------------------------------------
 
-    def _ext_source(self, m: dict) -> tuple[int, str]:
-        """(fd of a detached clone of the external mount covering m, path of m's root inside it)."""
+    # -- 3+4. mounts and namespaces ------------------------------------------------------
+
+    def _source(self, m: dict) -> tuple[int, str]:
+        """(fd of a never-attached mount to clone m from, path of m's root inside it).
+
+        Fresh superblocks are cloned from their fsmount fd; external ones from a
+        detached clone of the external mount whose root covers m's root. Clone
+        sources stay detached: open_tree only clones mounts of our own namespace
+        or detached ones, and we move between namespaces while assembling.
+        """
+        sb = self.doc["superblocks"][m["sb"]]
+        if not sb.get("external"):
+            if m["sb"] not in self.sb_fd:
+                if sb.get("layers") is None:
+                    raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
+                                                     f"{m['sb']} was not created")
+                self._create_overlay(m["sb"], sb, m)
+            return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
+        # A clone of a host path may only be cloned again from the namespace it came from.
+        self.to_service()
+        if m.get("external"):
+            return self.ext_src[m["id"]], ""
         if self._ext_by_sb is None:
             self._ext_by_sb = {}
             for e in self.mounts.values():
@@ -408,76 +424,25 @@ class _Restorer:
                     best = e
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
-        if best["id"] not in self.mnt_fd:
-            self._clone_external(best)
-        return self.mnt_fd[best["id"]], rel_to(m["root"], best["root"])
+        return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
 
-    def _clone_external(self, e: dict) -> None:
-        path = self.ext[e["external"]]
-        try:
-            self.mnt_fd[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
-        except OSError as err:
-            raise RestoreError(err.errno, f"external {e['external']} ({path}) for mount {e['id']} "
-                                          f"({e['mountpoint']}): {err.strerror}") from None
-
-    def clone_mounts(self) -> None:
-        """A private detached clone of every mount, in the original creation order.
-
-        Creation order (unique ids) is kept so a second dump sees the same
-        "younger than the overlay" relations; an overlay superblock is created
-        when its oldest mount comes up, after the layers it needs.
-        """
-        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"]))
-        for m in order:
-            if m["id"] in self.mnt_fd:
+    def open_externals(self) -> None:
+        """Detached clones of every external mount's host path (while we still see the host's tree)."""
+        for e in self.mounts.values():
+            if not e.get("external"):
                 continue
-            sb = self.doc["superblocks"][m["sb"]]
-            if m.get("external"):
-                self._clone_external(m)
-            else:
-                if sb.get("external"):
-                    base, rel = self._ext_source(m)
-                else:
-                    if m["sb"] not in self.sb_fd and sb.get("layers") is not None:
-                        self._create_overlay(m["sb"], sb, m)
-                    base, rel = self.sb_fd[m["sb"]], rel_to(m["root"], "/")
-                try:
-                    if rel:
-                        where = kernel.openat2(base, rel, os.O_PATH, _BENEATH)
-                        try:
-                            fd = kernel.open_tree(where, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
-                        finally:
-                            os.close(where)
-                    else:
-                        fd = kernel.open_tree(base, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
-                except OSError as e:
-                    raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): cannot bind root "
-                                                f"{m['root']}: {e.strerror}") from None
-                self.mnt_fd[m["id"]] = fd
-        for d in self.detached.values():
-            self._clone_detached(d)
-        for m in ([] if self.legacy else order + list(self.detached.values())):
-            aset, aclr = attr_of(m["mount_opts"])
+            path = self.ext[e["external"]]
             try:
-                kernel.mount_setattr(self.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr,
-                                     propagation=kernel.MS_PRIVATE)
-            except OSError as e:
-                raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting "
-                                            f"{','.join(m['mount_opts'])}: {e.strerror}") from None
-        for fd in self.sb_fd.values():
-            os.close(fd)
-        self.sb_fd.clear()
-        step("clones")
+                self.ext_src[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
+                if e.get("master") or e.get("shared"):
+                    # The host's own mount there: the way into an external peer group.
+                    self.ext_host[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, 0)
+            except OSError as err:
+                raise RestoreError(err.errno, f"external {e['external']} ({path}) for mount {e['id']} "
+                                              f"({e['mountpoint']}): {err.strerror}") from None
 
-    def _clone_detached(self, d: dict) -> None:
-        """A detached mount stays a clone that is never attached: its files look lazily unmounted."""
-        sb = self.doc["superblocks"][d["sb"]]
-        if sb.get("external"):
-            base, rel = self._ext_source(d)
-        else:
-            if d["sb"] not in self.sb_fd:
-                raise RestoreError(errno.EINVAL, f"detached mount {d['id']}: its superblock {d['sb']} was not created")
-            base, rel = self.sb_fd[d["sb"]], rel_to(d["root"], "/")
+    def _clone(self, m: dict, what: str = "mount") -> int:
+        base, rel = self._source(m)
         try:
             if rel:
                 where = kernel.openat2(base, rel, os.O_PATH, _BENEATH)
@@ -488,8 +453,18 @@ class _Restorer:
             else:
                 fd = kernel.open_tree(base, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
         except OSError as e:
-            raise RestoreError(e.errno, f"detached mount {d['id']}: cannot bind root {d['root']}: {e.strerror}") from None
-        self.mnt_fd[d["id"]] = fd
+            raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): cannot bind root "
+                                        f"{m['root']}: {e.strerror}") from None
+        if not self.legacy:
+            aset, aclr = attr_of(m["mount_opts"])
+            try:
+                kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr,
+                                     propagation=kernel.MS_PRIVATE)
+            except OSError as e:
+                os.close(fd)
+                raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): setting "
+                                            f"{','.join(m['mount_opts'])}: {e.strerror}") from None
+        return fd
 
     def _create_overlay(self, sid: str, sb: dict, first: dict) -> None:
         from engine.fs import overlay
@@ -497,13 +472,16 @@ class _Restorer:
         binds: list[tuple[str, int]] = []
         try:
             for path, mnt, rel in overlay.yard_binds(sb["layers"]):
-                if mnt not in self.mnt_fd:
+                layer = self.mounts.get(mnt)
+                if layer is None:
                     raise RestoreError(errno.EINVAL, f"{where}: its layers at {path} lie on mount {mnt}, which "
-                                                     "is not older than the overlay")
-                rel = rel.lstrip("/")
-                base = self.mnt_fd[mnt]
-                binds.append((path, kernel.openat2(base, rel, os.O_PATH | os.O_DIRECTORY,
-                                                   _BENEATH | kernel.RESOLVE_NO_XDEV) if rel else os.dup(base)))
+                                                     "is not in the image")
+                # The layer directory on the layer's superblock (a detached source, not the attached mount).
+                base, root_rel = self._source(layer)
+                inner = "/".join(x for x in (root_rel, rel.strip("/")) if x)
+                binds.append((path, kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH)
+                              if inner else os.dup(base)))
+            self.to_service()  # the yard is built in a copy of the service namespace
             self.sb_fd[sid] = overlay.create(sb["source"], sb["super_opts"], binds)
         except OSError as e:
             if isinstance(e, RestoreError):
@@ -514,39 +492,114 @@ class _Restorer:
                 os.close(fd)
         step("superblock")
 
-    # -- 4. namespaces ------------------------------------------------------------
+    def _plan_fds(self) -> None:
+        """Decide which fds must outlive the assembly (the rest close as soon as they are done).
 
-    def build_namespaces(self, service_fd: int) -> None:
-        for ns_id, ns in self.doc["mntns"].items():
-            kernel.setns(service_fd, kernel.CLONE_NEWNS)
-            kernel.unshare(kernel.CLONE_NEWNS)
-            self.ns_fd[ns_id] = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            root = self.mnt_fd[ns["root"]]
-            kernel.move_mount(root, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
-            os.fchdir(root)
-            kernel.pivot_root(".", ".")
-            kernel.umount2(".", kernel.MNT_DETACH)
-            os.chdir("/")
-            if self.legacy:
-                self._legacy_attrs(self.mounts[ns["root"]])
-            step("pivot")
-            # Parents first; among siblings deeper mount points first, the overmount of
-            # the parent's root (relative path "") last.
-            queue = [ns["root"]]
-            while queue:
-                pid_ = queue.pop()
-                parent = self.mounts[pid_]
-                kids = sorted(self.children.get(pid_, ()),
-                              key=lambda c: -rel_to(c["mountpoint"], parent["mountpoint"]).count("/")
-                              - (1 if rel_to(c["mountpoint"], parent["mountpoint"]) else 0))
+        Kept: mounts a process's root, cwd or fd lies on (and the mount points of
+        their children, to reach what those cover), and covered mounts that the
+        sharing step must reach (uncovered ones are found again by path).
+        """
+        self.referenced: set[int] = set()
+        for p in self.doc["processes"]:
+            for loc in [p["root"], p["cwd"], *p["fds"]]:
+                if not loc.get("detached"):
+                    self.referenced.add(loc["mnt"])
+        self.shared_ids = {m["id"] for m in self.mounts.values()
+                           if m.get("shared") or m.get("master") or m.get("unbindable")}
+        covered: dict[int, bool] = {}
+        for ns in self.doc["mntns"].values():
+            stack = [(ns["root"], False)]
+            while stack:
+                mid, cov = stack.pop()
+                covered[mid] = cov
+                kids = self.children.get(mid, ())
+                rels = {rel_to(c["mountpoint"], self.mounts[mid]["mountpoint"]) for c in kids}
+                over_root = "" in rels
                 for c in kids:
-                    self._attach(parent, c)
-                    if self.legacy:
-                        self._legacy_attrs(c)
-                    queue.append(c["id"])
+                    r = rel_to(c["mountpoint"], self.mounts[mid]["mountpoint"])
+                    parts = r.split("/") if r else []
+                    hidden = (over_root and r != "") or any("/".join(parts[:k]) in rels for k in range(1, len(parts)))
+                    stack.append((c["id"], cov or hidden))
+                if over_root:
+                    covered[mid] = True
+        self.keep = {mid for mid in self.shared_ids if covered.get(mid)} | self.referenced
+        self.keep |= {ns["root"] for ns in self.doc["mntns"].values()}
+
+    def assemble(self, service_fd: int) -> None:
+        """Clone every mount in its original creation order and attach it as soon as its parent is.
+
+        Keeping creation order keeps the "younger than the overlay" relations a
+        second dump relies on. Each mount point is opened in its parent before
+        anything could cover it: normally right before the move; early, when a
+        sibling about to be attached covers it.
+        """
+        self._plan_fds()
+        self.new_id: dict[int, int] = {}
+        roots = {ns["root"]: ns_id for ns_id, ns in self.doc["mntns"].items()}
+        attached: set[int] = set()
+        pending: dict[int, list[dict]] = {}
+        left = {mid: len(kids) for mid, kids in self.children.items()}
+        self._sorted_rels: dict[int, list[tuple[str, int]]] = {}
+        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"]))
+
+        def done(mid: int) -> None:
+            # All of mid's children are attached: its fd is needed only if kept.
+            if left.get(mid, 0) == 0 and mid not in self.keep and mid in self.mnt_fd:
+                if mid in self.shared_ids:
+                    self.new_id[mid] = kernel.statx_mnt_id("", self.mnt_fd[mid], kernel.AT_EMPTY_PATH)
+                os.close(self.mnt_fd.pop(mid))
+
+        for m in order:
+            ns_id = self.ns_of_mount[m["id"]]
+            self.mnt_fd[m["id"]] = self._clone(m)
+            if m["id"] in roots:
+                self._new_namespace(ns_id, m, service_fd)
+                ready = [m]
+            elif m["parent"] in attached:
+                ready = [m]
+            else:
+                pending.setdefault(m["parent"], []).append(m)
+                continue
+            while ready:
+                x = ready.pop()
+                if x["id"] not in roots:
+                    self.enter(self.ns_of_mount[x["id"]])
+                    self._attach(self.mounts[x["parent"]], x)
+                    left[x["parent"]] -= 1
+                    done(x["parent"])
+                attached.add(x["id"])
+                if self.legacy:
+                    self.enter(self.ns_of_mount[x["id"]])
+                    self._legacy_attrs(x)
+                ready.extend(sorted(pending.pop(x["id"], ()), key=lambda c: (c.get("uid") or 0, c["id"]),
+                                    reverse=True))
+                done(x["id"])
                 step("attach")
+        if pending:
+            mid = next(iter(pending))
+            raise RestoreError(errno.EINVAL, f"mount {mid}: children left unattached (parent cycle?)")
+        for d in self.detached.values():
+            self.mnt_fd[d["id"]] = self._clone(d, "detached mount")
+        for fd in list(self.sb_fd.values()) + list(self.ext_src.values()):
+            os.close(fd)
+        self.sb_fd.clear()
+        self.ext_src.clear()
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         self.current_ns = None
+
+    def _new_namespace(self, ns_id: str, root: dict, service_fd: int) -> None:
+        """A copy of the service namespace, pivoted into `root` (nothing else of it stays)."""
+        kernel.setns(service_fd, kernel.CLONE_NEWNS)
+        kernel.unshare(kernel.CLONE_NEWNS)
+        self.ns_fd[ns_id] = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self.current_ns = ns_id
+        fd = self.mnt_fd[root["id"]]
+        kernel.move_mount(fd, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        os.fchdir(fd)
+        kernel.pivot_root(".", ".")
+        kernel.umount2(".", kernel.MNT_DETACH)
+        os.chdir("/")
+        step("pivot")
 
     def _legacy_attrs(self, m: dict) -> None:
         """Per-mount flags and private propagation with mount(2), on the attached mount (we stand in its ns)."""
@@ -565,25 +618,89 @@ class _Restorer:
         finally:
             os.chdir("/")
 
-    def _attach(self, parent: dict, c: dict) -> None:
+    def _mountpoint_fd(self, parent: dict, c: dict) -> int:
         rel = rel_to(c["mountpoint"], parent["mountpoint"])
         pfd = self.mnt_fd[parent["id"]]
         try:
             if rel:
-                mp = kernel.openat2(pfd, rel, os.O_PATH, _BENEATH | kernel.RESOLVE_NO_XDEV)
-            else:
-                mp = os.dup(pfd)
+                return kernel.openat2(pfd, rel, os.O_PATH, _BENEATH | kernel.RESOLVE_NO_XDEV)
+            return os.dup(pfd)
         except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                raise RestoreError(e.errno, f"out of file descriptors at mount {c['id']} ({c['mountpoint']}): "
+                                            f"raise RLIMIT_NOFILE (ulimit -n)") from None
             raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): its mount point is missing in "
                                         f"mount {parent['id']} ({parent['mountpoint']}): {e.strerror}") from None
-        self.mp_fd[c["id"]] = mp
+
+    def _attach(self, parent: dict, c: dict) -> None:
+        """Move c onto its mount point; first open the mount points c is about to cover."""
+        rel = rel_to(c["mountpoint"], parent["mountpoint"])
+        rels = self._sorted_rels.get(parent["id"])
+        if rels is None:
+            rels = self._sorted_rels[parent["id"]] = sorted(
+                (rel_to(k["mountpoint"], parent["mountpoint"]), k["id"]) for k in self.children[parent["id"]])
+        if rel == "":
+            at_risk = [k for _, k in rels]
+        else:
+            lo = bisect.bisect_left(rels, (rel + "/", -1))
+            hi = bisect.bisect_left(rels, (rel + "0", -1))  # "0" sorts right after "/"
+            at_risk = [k for _, k in rels[lo:hi]]
+        for k in at_risk:
+            if k != c["id"] and k not in self.mp_fd and k not in self._moved:
+                self.mp_fd[k] = self._mountpoint_fd(parent, self.mounts[k])
+        mp = self.mp_fd.get(c["id"])
+        if mp is None:
+            mp = self._mountpoint_fd(parent, c)
         try:
             kernel.move_mount(self.mnt_fd[c["id"]], "", mp, "",
                               kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
         except OSError as e:
             raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): attaching it: {e.strerror}") from None
+        self._moved.add(c["id"])
+        if parent["id"] in self.referenced:
+            self.mp_fd[c["id"]] = mp  # open_at reaches what c covers through it
+        else:
+            self.mp_fd.pop(c["id"], None)
+            os.close(mp)
 
     # -- 5. sharing -----------------------------------------------------------------
+
+    def _fd_for(self, m: dict) -> tuple[int, bool]:
+        """(fd on attached mount m, whether the caller must close it): kept, or found again by path."""
+        fd = self.mnt_fd.get(m["id"])
+        if fd is not None:
+            return fd, False
+        ns_id = self.ns_of_mount[m["id"]]
+        self.enter(ns_id)
+        root = self.mnt_fd[self.doc["mntns"][ns_id]["root"]]
+        rel = m["mountpoint"].lstrip("/")
+        try:
+            fd = kernel.openat2(root, rel, os.O_PATH, _BENEATH | kernel.RESOLVE_NO_MAGICLINKS) if rel else os.dup(root)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): cannot reach it again: "
+                                        f"{e.strerror}") from None
+        if kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH) != self.new_id.get(m["id"]):
+            os.close(fd)
+            raise RestoreError(errno.EIO, f"mount {m['id']} ({m['mountpoint']}): its path leads to another mount")
+        return fd, True
+
+    def set_propagation(self, m: dict, prop: int) -> None:
+        """Change the propagation of an attached mount, from inside its namespace."""
+        fd, close = self._fd_for(m)
+        self.enter(self.ns_of_mount[m["id"]])
+        try:
+            if self.legacy:
+                os.fchdir(self.hostproc)
+                kernel.mount(None, f"self/fd/{fd}", None, prop)
+                os.chdir("/")
+            else:
+                kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, propagation=prop)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting propagation: "
+                                        f"{e.strerror}") from None
+        finally:
+            if close:
+                os.close(fd)
 
     def restore_sharing(self) -> None:
         """Execute the sharing plan (engine.sharing) on the attached mounts."""
@@ -597,33 +714,39 @@ class _Restorer:
                 self.set_propagation(self.mounts[op[1]], props[op[0]])
                 continue
             if op[0] == "set_group":
-                src, dst = self.mnt_fd[op[1]], self.mounts[op[2]]
-                why, close = f"copying the sharing of mount {op[1]}", False
+                dst = self.mounts[op[2]]
+                src, close_src = self._fd_for(self.mounts[op[1]])
+                why = f"copying the sharing of mount {op[1]}"
             else:
                 dst = self.mounts[op[1]]
-                src = self._external_master(dst, op[2])
-                why, close = f"joining external master group {op[2]}", True
+                src, close_src = self._external_master(dst, op[2]), True
+                why = f"joining external master group {op[2]}"
+            try:
+                dfd, close_dst = self._fd_for(dst)
+            except RestoreError:
+                if close_src:
+                    os.close(src)
+                raise
             self.enter(self.ns_of_mount[dst["id"]])
             try:
-                kernel.move_mount(src, "", self.mnt_fd[dst["id"]], "", kernel.MOVE_MOUNT_SET_GROUP
+                kernel.move_mount(src, "", dfd, "", kernel.MOVE_MOUNT_SET_GROUP
                                   | kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
             except OSError as e:
                 raise RestoreError(e.errno, f"mount {dst['id']} ({dst['mountpoint']}): {why}: {e.strerror}") from None
             finally:
-                if close:
+                if close_src:
                     os.close(src)
+                if close_dst:
+                    os.close(dfd)
             step("group")
 
     def _external_master(self, m: dict, master: int) -> int:
         """An fd on a host mount (in the service namespace) that is in or a slave of external group `master`."""
         for e in self.mounts.values():
             if e.get("external") and e["sb"] == m["sb"] and (e.get("master") == master or e.get("shared") == master):
-                path = self.ext[e["external"]]
-                return kernel.open_tree(kernel.AT_FDCWD, path, 0)
+                return os.dup(self.ext_host[e["id"]])
         raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): its master group {master} is "
                                              "outside the image and no --external mount gives it")
-
-    # -- 6. processes ---------------------------------------------------------------
 
     def open_at(self, mnt: int, path: str, flags: int) -> int:
         """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered."""
@@ -706,11 +829,12 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     service_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     r = _Restorer(doc, img_fd, ext)
+    r.service_fd = service_fd
     step("start")
     r.spawn_standins()
+    r.open_externals()
     r.create_superblocks()
-    r.clone_mounts()
-    r.build_namespaces(service_fd)
+    r.assemble(service_fd)
     r.restore_sharing()
     r.place_processes()
     r.detach()
