@@ -17,7 +17,7 @@ fi
 # Debian packages: GNU tar (tmpfs contents), util-linux (unshare, nsenter, findmnt), graphviz (reports),
 # mkfs tools and squashfs for the filesystem scenarios, qemu + busybox for the VM flavor, debootstrap for criu.
 pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3
-      qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils)
+      qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
