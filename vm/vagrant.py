@@ -341,9 +341,21 @@ class VagrantVM:
         r = self._ssh(f"sudo -n tar -C {q} -cf - .", timeout=600)
         if r.returncode != 0:
             self._fail(f"copying {dest} back from the VM failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
+        refused = []
+
+        def only_data(member, path):
+            # tarfile's data filter refuses absolute names, '..', links leading out of dest and
+            # device nodes; such members are left out (named in a progress line), the rest arrives
+            try:
+                return tarfile.data_filter(member, path)
+            except tarfile.FilterError:
+                refused.append(member.name)
+                return None
+
         with tarfile.open(fileobj=io.BytesIO(r.stdout), mode="r") as t:
-            # the data filter refuses absolute names, '..', links out of dest and device nodes
-            t.extractall(dest, filter="data")
+            t.extractall(dest, filter=only_data)
+        if refused:
+            say(f"not copied back from the VM (would lead outside {dest}): {', '.join(refused[:5])}")
 
     # --- commands ------------------------------------------------------------
 
