@@ -673,10 +673,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                     continue
                                 batch.append((mfd, f"sb-{sum(len(x['archives']) for x in superblocks.values()) + len(batch)}",
                                               sid, root))
-                                kept.add(mfd)
+                                kept.add(mfd)  # the batch owns it now (flush closes it)
                                 if len(batch) >= 500:
                                     flush()
-                                    kept.clear()
                             else:
                                 _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name)
                     finally:
