@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import itertools
 import os
 import platform
 import re
@@ -639,6 +640,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
     files: dict[str, dict] = {}
     batch: list[tuple[int, str, str, str]] = []   # (mount fd, member, sb id, root)
+    member_no = itertools.count()
 
     def flush():
         if not batch:
@@ -671,8 +673,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                     superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
                                                                       "uid": st.st_uid, "gid": st.st_gid}
                                     continue
-                                batch.append((mfd, f"sb-{sum(len(x['archives']) for x in superblocks.values()) + len(batch)}",
-                                              sid, root))
+                                batch.append((mfd, f"sb-{next(member_no)}", sid, root))
                                 kept.add(mfd)  # the batch owns it now (flush closes it)
                                 if len(batch) >= 500:
                                     flush()
