@@ -201,7 +201,7 @@ def keeper_main(cfg: dict) -> int:
     for fd, _ in binds:
         os.close(fd)
     print(f"pid {pid}", flush=True)
-    _, status = os.waitpid(pid, 0)
+    os.waitpid(pid, 0)
     return 0
 
 

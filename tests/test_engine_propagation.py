@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from enginecase import case  # noqa: F401  (fixture)
+from enginecase import assert_same, case, take  # noqa: F401  (case: fixture)
 from zdtm.snapshot import run_check, tree_pids
 
 # Mount a tmpfs named "probe" at each place in turn; print where copies appeared; unmount them all.
@@ -52,7 +52,6 @@ def test_propagation_kind(case, kind):
     """shared, slave, shared+slave, private, unbindable (and a peer whose root is a sub-directory)."""
     setup, places = KINDS[kind]
     pid = case.start(f"mkdir /mnt/m /mnt/p; mount -t tmpfs m /mnt/m; mkdir /mnt/m/sub\n{setup}\nhold\n")
-    from enginecase import assert_same, take
     before = take(pid)
     seen_before = probe(pid, places)
     new = case.cr(pid)
@@ -76,7 +75,6 @@ unshare -m --propagation unchanged sh -c '
 wait_for /tmp/child-ready
 hold
 """
-    from enginecase import assert_same, take
     pid = case.start(setup)
     before = take(pid)
     assert before.snap.cross_peers, "the setup should make a group spanning two namespaces"
@@ -109,7 +107,6 @@ mount --make-slave /ext
 mkdir /mnt/e; mount --bind /ext /mnt/e
 hold
 """
-    from enginecase import assert_same, take
     pid = case.start(setup, outer=outer, binds=((outer.path, "/ext"),))
     before = take(pid, check="cat /ext/f")
     ext = next(m for m in before.root.mounts if m.mountpoint == "/ext")
@@ -147,7 +144,6 @@ mount --bind /mnt/a /mnt/c
 mount --bind /mnt/a /mnt/d; mount --make-slave /mnt/d
 hold
 """
-    from enginecase import assert_same, take
     pid = case.start(setup)
     before = take(pid)
     where_x = sorted(m.mountpoint for m in before.root.mounts if m.source == "x")
@@ -175,7 +171,6 @@ mount --bind a b; mount --bind a b; mount --bind a b
 cd /
 hold
 """
-    from enginecase import assert_same, take
     pid = case.start(setup)
     before = take(pid)
     n = len([m for m in before.root.mounts if m.mountpoint.startswith(where + "/")])
