@@ -299,27 +299,72 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], chan: channel.
             pass
         slow.append(mid)
     if slow:
-        remaining = set(slow)
-
-        def visit(m: mountinfo.Mount) -> None:
-            kids = sorted(o_children.get(m.mnt_id, ()), key=lambda c: (len(c.mountpoint), c.mountpoint))
-            for c in kids:
-                if remaining:
-                    visit(c)
-            if m.mnt_id in remaining:
-                clone(m)
-                remaining.discard(m.mnt_id)
-            if m is not o_root and remaining:
-                kernel.umount2(top_path(m.mountpoint), kernel.MNT_DETACH)
-
-        import sys
-        sys.setrecursionlimit(max(10000, len(orig) * 2 + 100))
-        visit(o_root)
+        _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
     items = sorted(result.items())
     for i in range(0, len(items), 200):
         batch = items[i:i + 200]
         chan.send([mid for mid, _ in batch], [fd for _, fd in batch])
     chan.send("done")
+
+
+def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
+    """Clone covered targets by lazily unmounting what covers them (in a private namespace copy).
+
+    A cover is a sibling mounted over a directory above a target's mount
+    point, or a mount over its (or an ancestor's) root. One umount takes a
+    cover's whole subtree, so only covers holding no pending target are
+    unmounted; repeat until every target is visible.
+    """
+    remaining = set(targets)
+
+    def rel(c, p):
+        return rel_to(c.mountpoint, p.mountpoint)
+
+    def chain(mid):
+        out = []
+        while mid in by_id and by_id[mid] is not root:
+            out.append(mid)
+            mid = by_id[mid].parent_id
+        return out + [root.mnt_id]
+
+    while remaining:
+        for mid in sorted(remaining):
+            path = top_path(by_id[mid].mountpoint)
+            try:
+                visible = kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) == to_copy[mid]
+            except OSError:
+                visible = False
+            if visible:
+                clone(by_id[mid])
+                remaining.discard(mid)
+        if not remaining:
+            return
+        inside = set()
+        for mid in remaining:
+            inside.update(chain(mid))
+        covers = set()
+        for mid in remaining:
+            ids = chain(mid)
+            for node, parent in zip(ids, ids[1:] + [None]):
+                n = by_id[node]
+                for c in children.get(node, ()):
+                    if rel(c, n) == "" and c.mnt_id not in inside:
+                        covers.add(c.mnt_id)   # a mount over this node's root
+                if parent is None:
+                    continue
+                r = rel(n, by_id[parent])
+                for c in children.get(parent, ()):
+                    rc = rel(c, by_id[parent])
+                    if c.mnt_id != node and c.mnt_id not in inside and (rc == "" and r or r.startswith(rc + "/")):
+                        covers.add(c.mnt_id)   # a sibling over a directory above it
+        if not covers:
+            mid = min(remaining)
+            raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")
+        for c in sorted(covers, key=lambda x: -len(by_id[x].mountpoint)):
+            try:
+                kernel.umount2(top_path(by_id[c].mountpoint), kernel.MNT_DETACH)
+            except OSError:
+                pass  # already gone with an outer cover
 
 
 def _forked(fn, *args):
