@@ -78,11 +78,12 @@ def _close(fd: int) -> None:
         pass
 
 
-def call_in_child(fn, *args) -> tuple[object, list[int]]:
-    """Run ``fn(*args, chan)`` in a forked child that answers with one message ("ok", obj) + fds.
+def fork_stream(fn, *args):
+    """Run ``fn(*args, chan)`` in a forked child; yield each (obj, fds) it sends until it sends "done".
 
-    For work that must change the process for good (unshare, chroot) and hand
-    back file descriptors. An exception in the child comes back as OSError.
+    For work that must change the process for good (setns, unshare, chroot)
+    and hand back file descriptors. An exception in the child, or its death,
+    comes back as OSError; the child is always reaped.
     """
     import os
     import traceback
@@ -102,14 +103,34 @@ def call_in_child(fn, *args) -> tuple[object, list[int]]:
         os._exit(code)
     child.close()
     try:
-        reply, fds = parent.recv()
-    except ChannelClosed:
-        reply, fds = ("error", "helper process died"), []
+        while True:
+            try:
+                msg, fds = parent.recv()
+            except ChannelClosed:
+                raise OSError("helper process died") from None
+            if msg == "done":
+                return
+            if isinstance(msg, tuple) and msg and msg[0] == "error":
+                for fd in fds:
+                    _close(fd)
+                raise OSError(msg[1])
+            yield msg, fds
     finally:
         parent.close()
         os.waitpid(pid, 0)
-    if reply[0] == "error":
-        for fd in fds:
-            _close(fd)
-        raise OSError(reply[1])
-    return reply[1], fds
+
+
+def call_in_child(fn, *args) -> tuple[object, list[int]]:
+    """Run ``fn(*args, chan)`` in a forked child that answers with one message ("ok", obj) + fds."""
+    def once(*a):
+        chan = a[-1]
+        fn(*a)
+        chan.send("done")
+    stream = fork_stream(once, *args)
+    try:
+        (_, obj), fds = next(stream)
+    except StopIteration:
+        raise OSError("helper process sent no answer") from None
+    finally:
+        stream.close()  # reaps the child
+    return obj, fds

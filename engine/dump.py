@@ -367,36 +367,6 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                 pass  # already gone with an outer cover
 
 
-def _forked(fn, *args):
-    """Run fn(*args, chan) in a forked child; yield messages (obj, fds) until 'done'."""
-    parent, child = channel.Channel.pair()
-    pid = os.fork()
-    if pid == 0:
-        code = 0
-        try:
-            parent.close()
-            fn(*args, child)
-        except BaseException as e:  # noqa: BLE001
-            try:
-                child.send(("error", str(e)))
-            except Exception:
-                pass
-            code = 1
-        os._exit(code)
-    child.close()
-    try:
-        while True:
-            msg, fds = parent.recv()
-            if msg == "done":
-                return
-            if isinstance(msg, tuple) and msg and msg[0] == "error":
-                raise DumpError(errno.EIO, msg[1])
-            yield msg, fds
-    finally:
-        parent.close()
-        os.waitpid(pid, 0)
-
-
 # --- the dump ------------------------------------------------------------------
 
 def _ns_inode(pid, kind) -> int | None:
@@ -701,7 +671,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         for ino, wanted in clone_plan.items():
             fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
             try:
-                for mids, fds in _forked(_clone_mounts, fd, by_mntns[ino], wanted):
+                for mids, fds in channel.fork_stream(_clone_mounts, fd, by_mntns[ino], wanted):
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):
