@@ -33,7 +33,7 @@ import yaml
 
 from zdtm import schema
 
-__all__ = ["ScenarioError", "Expectation", "Requires", "Scenario", "ScenarioFile", "load", "render"]
+__all__ = ["ScenarioError", "Expectation", "Requires", "Container", "Scenario", "ScenarioFile", "load", "render"]
 
 
 class ScenarioError(ValueError):
@@ -68,6 +68,25 @@ class Requires:
 
 
 @dataclass(frozen=True)
+class Container:
+    """How the flavor builds the container (schema key `container`).
+
+    `root` "slave": the container root is a slave of a peer group that lives
+    outside the dumped tree (in a mount namespace the runner made, never the
+    host's), like an LXC container on a host whose / is shared. The host dirs in
+    `slave_host_dirs` are bound in as slaves of such outside groups too.
+    """
+
+    root: str = "private"                    # "private" | "slave"
+    slave_host_dirs: tuple[str, ...] = ()
+
+    @property
+    def external_slavery(self) -> bool:
+        """Whether some container mount has a master outside the tree."""
+        return self.root == "slave" or bool(self.slave_host_dirs)
+
+
+@dataclass(frozen=True)
 class Scenario:
     """One rendered combination of a scenario file: everything a cycle needs."""
 
@@ -82,6 +101,7 @@ class Scenario:
     flavors: tuple[str, ...]
     timeout: float
     iters: int
+    container: Container = Container()
 
     @property
     def param_id(self) -> str:

@@ -20,6 +20,7 @@ TOP_KEYS = {
     "flavors": "list of flavors this scenario runs in: ns, vm",
     "timeout": "seconds for the whole scenario (number, default 60)",
     "iters": "minimum number of dump/restore iterations (integer, default 1)",
+    "container": "mapping with root, host_dirs: how the flavor builds the container (default: all private)",
 }
 REQUIRED = ("description", "setup")
 REQUIRES_KEYS = {
@@ -28,6 +29,12 @@ REQUIRES_KEYS = {
     "commands": "list of commands that must be on PATH",
     "features": "list of `mntcr check` feature names",
 }
+CONTAINER_KEYS = {
+    "root": "private (default) | slave: the container root is a slave of a peer group outside the tree",
+    "host_dirs": "private (default) | slave | list of host dirs (usr, etc...) bound in as slaves of outside groups",
+}
+HOST_DIRS = ("usr", "bin", "lib", "lib64", "sbin", "etc")
+PROPAGATIONS = ("private", "slave")
 FLAVORS = ("ns", "vm")
 OUTCOMES = ("pass", "crfail", "skip")
 DEFAULT_TIMEOUT = 60.0
@@ -91,6 +98,15 @@ def validate_raw(sf, error) -> None:
             if key not in REQUIRES_KEYS:
                 raise error(path, f"unknown key 'requires.{key}'; allowed: {_allowed(REQUIRES_KEYS)}",
                             lines.get(f"requires.{key}"))
+    container = raw.get("container")
+    if container is not None:
+        if not isinstance(container, dict):
+            raise error(path, f"key 'container' must be a mapping with keys {_allowed(CONTAINER_KEYS)}",
+                        lines.get("container"))
+        for key in container:
+            if key not in CONTAINER_KEYS:
+                raise error(path, f"unknown key 'container.{key}'; allowed: {_allowed(CONTAINER_KEYS)}",
+                            lines.get(f"container.{key}"))
     flavors = raw.get("flavors")
     if flavors is not None:
         if not isinstance(flavors, list) or not flavors:
@@ -133,6 +149,27 @@ def _str_list(path, lines, error, key, value) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
         raise error(path, f"key {key!r} must be a list of names", lines.get(key))
     return tuple(value)
+
+
+def _container(path, lines, error, value):
+    """`container: {root: private|slave, host_dirs: private|slave|[names]}` -> Container."""
+    from zdtm.scenario import Container
+    value = value or {}
+    root = value.get("root", "private")
+    if root not in PROPAGATIONS:
+        raise error(path, f"key 'container.root': bad value {root!r}; allowed: {_allowed(PROPAGATIONS)}",
+                    lines.get("container.root"))
+    dirs = value.get("host_dirs", "private")
+    if dirs == "slave":
+        slave_dirs = HOST_DIRS
+    elif dirs == "private":
+        slave_dirs = ()
+    elif isinstance(dirs, list) and dirs and all(d in HOST_DIRS for d in dirs):
+        slave_dirs = tuple(dirs)
+    else:
+        raise error(path, f"key 'container.host_dirs': bad value {dirs!r}; allowed: {_allowed(PROPAGATIONS)} "
+                          f"or a list of: {_allowed(HOST_DIRS)}", lines.get("container.host_dirs"))
+    return Container(root=root, slave_host_dirs=slave_dirs)
 
 
 def _expectation(path, lines, error, key, value):
@@ -222,4 +259,5 @@ def build(sf, raw: dict, params: dict, error):
         flavors=tuple(raw.get("flavors") or FLAVORS),
         timeout=_number(path, lines, error, "timeout", raw.get("timeout"), float, DEFAULT_TIMEOUT),
         iters=_number(path, lines, error, "iters", raw.get("iters"), int, 1),
+        container=_container(path, lines, error, raw.get("container")),
     )
