@@ -15,6 +15,19 @@ external to the backend under their names (usr, etc...); a fresh /proc of the
 new PID namespace; a private /dev tmpfs with null, zero, full, random, urandom
 and tty; /tmp, /mnt, /run, /root directories.
 
+External slavery (scenario key `container: {root: slave, host_dirs: ...}`):
+the keeper first unshares a mount namespace of its own ("outer", recursively
+private, never the host's) and makes the outside peer groups there: a shared
+tmpfs on WORKDIR/outer that becomes the container root, and shared self-binds
+of the chosen host dirs. The container's namespace is a recursively *slave*
+copy of the keeper's, so the root and those binds are slaves of groups that
+live only in the keeper's namespace (the LXC picture: `/` is `master:N` of a
+host group). The root is then declared external too (key `rootfs`, host path
+WORKDIR/outer), and the backend's restore runs inside the keeper's namespace
+(`NsFlavor.backend_for`), where those paths are the master groups' mounts: the
+engine joins the restored root to its master through them. The keeper stays
+alive until `stop()`, because its namespace holds the outside groups.
+
 Setup's stdout/stderr are a pipe to the runner (its output is shown when setup
 fails); the holder moves its own stdio to the container's /dev/null, and the
 runner waits for the pipe to close, so no process of the tree points outside
@@ -47,6 +60,10 @@ _PIPE_GRACE = 3.0
 SETUP_FAILED = 125
 
 
+OUTER_DIR = "outer"          # WORKDIR/outer: the outside root's mount point in the keeper's namespace
+ROOT_KEY = "rootfs"          # external key of the container root when it is a slave of the outside
+
+
 def host_externals() -> list[External]:
     """The host directories the container root binds (directories only, not merged-/usr symlinks)."""
     out = []
@@ -57,11 +74,38 @@ def host_externals() -> list[External]:
     return out
 
 
+def _bound_dirs(names) -> list[str]:
+    """The names among `names` that the container root binds here (directories, not symlinks)."""
+    return [n for n in names if os.path.isdir("/" + n) and not os.path.islink("/" + n)]
+
+
+# --- the keeper's outer namespace (external slavery) -------------------------
+
+def _make_outer(outer_root: str | None, slave_dirs: list[str]) -> None:
+    """In the keeper: a private mount namespace of its own holding the outside peer groups.
+
+    Nothing here reaches the host: the namespace is unshared and made
+    recursively private before anything is mounted.
+    """
+    from engine import kernel
+    kernel.unshare(kernel.CLONE_NEWNS)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    if outer_root:
+        kernel.mount("zdtm-outer", outer_root, "tmpfs", 0, "mode=0755")
+        kernel.mount(None, outer_root, None, kernel.MS_SHARED)
+    for name in slave_dirs:
+        # A self-bind makes /NAME a mount root (MOVE_MOUNT_SET_GROUP needs one) with a group of its own.
+        kernel.mount("/" + name, "/" + name, None, kernel.MS_BIND)
+        kernel.mount(None, "/" + name, None, kernel.MS_SHARED)
+
+
 # --- inside: the container's init ------------------------------------------
 
-def _build_root(root: str) -> None:
+def _build_root(root: str, fresh: bool = True) -> None:
+    """Fill the container root at `root`: a new tmpfs there when `fresh`, else the mount already there."""
     from engine import kernel
-    kernel.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
+    if fresh:
+        kernel.mount("tmpfs", root, "tmpfs", 0, "mode=0755")
     for name in HOST_DIRS:
         host, target = "/" + name, os.path.join(root, name)
         if os.path.islink(host):
@@ -94,10 +138,14 @@ def _container_init(cfg: dict, out_fd: int) -> None:
     from engine import kernel
     try:
         kernel.unshare(kernel.CLONE_NEWNS | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC)
-        kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+        outer_root = cfg.get("outer_root")
+        # Slave, not private, when the keeper holds outside groups: their copies here become
+        # slaves of them (everything else in the keeper's namespace is private, and stays so).
+        kernel.mount(None, "/", None, kernel.MS_REC | (kernel.MS_SLAVE if cfg.get("outer") else kernel.MS_PRIVATE))
         socket.sethostname("zdtm")
-        staging = "/tmp"  # hidden by the new root only in this private namespace
-        _build_root(staging)
+        # the outside tmpfs (a slave here) or a tmpfs on /tmp, hidden by the new root in this namespace
+        staging = outer_root or "/tmp"
+        _build_root(staging, fresh=not outer_root)
         os.chdir(staging)
         kernel.pivot_root(".", ".")
         kernel.umount2(".", kernel.MNT_DETACH)
@@ -125,6 +173,8 @@ def keeper_main(config_path: str) -> int:
     with open(config_path) as f:
         cfg = json.load(f)
     out_fd = cfg["out_fd"]
+    if cfg.get("outer"):
+        _make_outer(cfg.get("outer_root"), cfg.get("slave_dirs", []))
     kernel.unshare(kernel.CLONE_NEWPID)
     sys.stdout.flush()
     pid = os.fork()
@@ -134,6 +184,11 @@ def keeper_main(config_path: str) -> int:
     print(f"pid {pid}", flush=True)
     _, status = os.waitpid(pid, 0)
     print(f"exit {os.waitstatus_to_exitcode(status)}", flush=True)
+    if cfg.get("outer"):
+        # The outside groups must outlive the dumped tree (restore joins them): hold the
+        # namespace until the runner closes our stdin (stop(), or the runner died).
+        while sys.stdin.buffer.read(4096):
+            pass
     return 0
 
 
@@ -209,20 +264,33 @@ class NsFlavor(Flavor):
         deadline = time.monotonic() + scenario.timeout
         out_r, out_w = os.pipe()
         config = os.path.join(workdir, "ns-config.json")
+        cfg = {"setup": scenario.setup, "out_fd": out_w}
+        externals = host_externals()
+        container = getattr(scenario, "container", None)
+        outer = bool(container and container.external_slavery)
+        if outer:
+            cfg.update(outer=True, slave_dirs=_bound_dirs(container.slave_host_dirs))
+            if container.root == "slave":
+                cfg["outer_root"] = os.path.join(os.path.abspath(workdir), OUTER_DIR)
+                os.makedirs(cfg["outer_root"], exist_ok=True)
+                externals.insert(0, External(key=ROOT_KEY, mountpoint="/", host_path=cfg["outer_root"]))
         with open(config, "w") as f:
-            json.dump({"setup": scenario.setup, "out_fd": out_w}, f)
+            json.dump(cfg, f)
         env = dict(os.environ)
         env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         log = open(os.path.join(workdir, "keeper.log"), "wb")
         try:
-            proc = subprocess.Popen([sys.executable, "-m", "zdtm.flavors.ns", config], stdin=subprocess.DEVNULL,
+            # With outside groups the keeper holds its namespace until its stdin closes.
+            proc = subprocess.Popen([sys.executable, "-m", "zdtm.flavors.ns", config],
+                                    stdin=subprocess.PIPE if outer else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=log, pass_fds=(out_w,), env=env,
                                     cwd=_PROJECT_ROOT)
         finally:
             os.close(out_w)
             log.close()
         keeper = _Keeper(proc, out_r)
-        running = Running(pid=0, externals=host_externals(), handle=keeper)
+        keeper.outer = outer
+        running = Running(pid=0, externals=externals, handle=keeper)
         try:
             line = keeper.read_line(deadline)
             if not line or not line.startswith("pid "):
@@ -264,9 +332,23 @@ class NsFlavor(Flavor):
         out = keeper.text().rstrip()
         return message + (":\n" + out if out else " (no output)")
 
+    def backend_for(self, running: Running, backend):
+        """The backend to use on `running`: restore inside the keeper's namespace when it holds outside groups.
+
+        The restored mounts must join master groups that exist only there, and
+        the engine reaches them through the externals' host paths in the
+        namespace its restore starts in.
+        """
+        keeper = running.handle
+        if keeper is None or not keeper.outer:
+            return backend
+        return RestoreInNamespace(backend, keeper.proc.pid)
+
     def forget(self, running: Running) -> None:
         keeper = running.handle
-        if keeper is not None and keeper.wait(10) is None:
+        if keeper is None or keeper.outer:
+            return  # the keeper reaped the tree's init itself and holds the outside groups until stop()
+        if keeper.wait(10) is None:
             keeper.proc.kill()
             keeper.proc.wait()
 
@@ -276,10 +358,60 @@ class NsFlavor(Flavor):
             kill_tree(running.pid)
         keeper = running.handle
         if keeper is not None:
+            if keeper.proc.stdin is not None:
+                keeper.proc.stdin.close()  # an outer keeper lets its namespace go
             if keeper.wait(10) is None:
                 keeper.proc.kill()
                 keeper.proc.wait()
             keeper.proc.stdout.close()
+
+
+class RestoreInNamespace:
+    """A backend whose restore runs in the mount namespace of process `ns_pid` (dump is unchanged).
+
+    A forked child enters the namespace (setns needs a single-threaded
+    caller) and calls the wrapped backend's restore there, so the engine's
+    restore starts in that namespace. BackendError comes back as such.
+    """
+
+    def __init__(self, inner, ns_pid: int):
+        self.inner = inner
+        self.ns_pid = ns_pid
+        self.name = inner.name
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)
+
+    def dump(self, pid, images_dir, externals, ctx):
+        return self.inner.dump(pid, images_dir, externals, ctx)
+
+    def restore(self, images_dir, externals, ctx):
+        from engine import forkrun, kernel
+        from zdtm.backends import BackendError
+
+        def in_ns():
+            fd = os.open(f"/proc/{self.ns_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                kernel.setns(fd, kernel.CLONE_NEWNS)
+            finally:
+                os.close(fd)
+            try:
+                pid = self.inner.restore(images_dir, externals, ctx)
+            except BackendError as e:
+                return ("error", e.stage, str(e), e.log)
+            if ctx.cleanups:
+                # they were registered in this child and would be lost with it
+                raise RuntimeError(f"backend {self.name} registered cleanups inside the keeper's namespace")
+            return ("ok", pid)
+
+        try:
+            result = forkrun.run(in_ns)
+        except (OSError, forkrun.ChildError) as e:
+            raise BackendError("restore", f"restore in the keeper's mount namespace (pid {self.ns_pid}): {e}") \
+                from None
+        if result[0] == "error":
+            raise BackendError(*result[1:])
+        return result[1]
 
 
 FLAVOR = NsFlavor()
