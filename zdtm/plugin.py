@@ -274,9 +274,12 @@ class ScenarioItem(pytest.Item):
                 self.user_properties.append(("zdtm_crfail", out.message))
             return
         iters = max(state.iters, self.scenario.iters)
+        backend = state.backend(self.backend_name)
+        adapt = getattr(self.flavor, "backend_for", None)
+        if adapt is not None:
+            backend = adapt(self.running, backend)  # e.g. restore where the flavor's outside groups live
         try:
-            outcome = cycle.run(self.scenario, state.backend(self.backend_name), self.flavor, self.running,
-                                self.workdir, iters=iters)
+            outcome = cycle.run(self.scenario, backend, self.flavor, self.running, self.workdir, iters=iters)
         except BaseException:
             self.failed = True
             raise
