@@ -21,6 +21,12 @@
  *   M I P REL                         move_mount I onto REL of mount P
  *   G FROM TO                         move_mount MOVE_MOUNT_SET_GROUP
  *   P I PROPAGATION                   mount_setattr propagation (MS_SHARED...)
+ *   O I PATH                          open(PATH, O_PATH) into mount slot I (a visible mount)
+ *   X I                               close mount slot I
+ *   Y S                               close superblock slot S
+ *
+ * floor.py interleaves creation, moves and closes so that only the fds still
+ * needed are open (fd limits: an fd per mount does not fit RLIMIT_NOFILE).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -119,7 +125,7 @@ int main(int argc, char **argv)
 				o->kv[i] = strdup(s);
 			}
 			break;
-		case 'T': case 'K':
+		case 'T': case 'K': case 'O':
 			if (fscanf(f, "%d %4095s", &o->a, s) != 2) goto bad;
 			o->s = strdup(s);
 			break;
@@ -130,7 +136,7 @@ int main(int argc, char **argv)
 		case 'A':
 			if (fscanf(f, "%d %lu %lu", &o->a, &o->x, &o->y) != 3) goto bad;
 			break;
-		case 'R':
+		case 'R': case 'X': case 'Y':
 			if (fscanf(f, "%d", &o->a) != 1) goto bad;
 			break;
 		case 'G':
@@ -142,7 +148,7 @@ int main(int argc, char **argv)
 		default:
 			goto bad;
 		}
-		if (o->kind == 'F' || o->kind == 'T' || o->kind == 'K') {
+		if (o->kind == 'F' || o->kind == 'T' || o->kind == 'K' || o->kind == 'Y') {
 			if (o->a >= nsb) nsb = o->a + 1;
 		} else if (o->a >= nslots) {
 			nslots = o->a + 1;
@@ -225,6 +231,16 @@ int main(int argc, char **argv)
 			if (syscall(SYS_move_mount, m[o->a], "", m[o->b], "",
 				    X_MOVE_SET_GROUP | X_MOVE_F_EMPTY | X_MOVE_T_EMPTY))
 				die("set group", NULL);
+			break;
+		case 'O':
+			m[o->a] = open(o->s, O_PATH | O_NOFOLLOW);
+			if (m[o->a] < 0) die("open", o->s);
+			break;
+		case 'X':
+			close(m[o->a]);
+			break;
+		case 'Y':
+			close(sb[o->a]);
 			break;
 		case 'P':
 			at.prop = o->x;

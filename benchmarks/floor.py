@@ -61,7 +61,8 @@ def ops_from_image(doc: dict, externals: dict[str, str]) -> list[str]:
         if m.get("parent") is not None:
             children.setdefault(m["parent"], []).append(m)
 
-    create: list[str] = []
+    # Superblock creation ops (emitted lazily, just before the first clone of each).
+    sb_ops: dict[str, list[str]] = {}
     sb_slot: dict[str, int] = {}
     ext_slot: dict[int, int] = {}      # external mount id -> superblock slot of its host clone
     for m in mounts:
@@ -71,7 +72,7 @@ def ops_from_image(doc: dict, externals: dict[str, str]) -> list[str]:
             if host is None:
                 raise FloorError(f"floor: no host path for external {m['external']!r}")
             ext_slot[m["id"]] = len(sb_slot) + len(ext_slot)
-            create.append(f"T {ext_slot[m['id']]} {_word(host, 'host path')}")
+            sb_ops[f"ext-{m['id']}"] = [f"T {ext_slot[m['id']]} {_word(host, 'host path')}"]
         elif not sb.get("external") and m["sb"] not in sb_slot:
             handler = fs.lookup(sb["fstype"])
             if handler is None:
@@ -82,11 +83,12 @@ def ops_from_image(doc: dict, externals: dict[str, str]) -> list[str]:
             s = sb_slot[m["sb"]] = len(sb_slot) + len(ext_slot)
             kv = " ".join(f"{_word(k, 'option')} {_word(v, 'option value') if v is not None else '-'}"
                           for k, v in params)
-            create.append(f"F {s} {_word(sb['fstype'].split('.', 1)[0], 'fstype')} {len(params)} {kv}".rstrip())
+            sb_ops[m["sb"]] = [f"F {s} {_word(sb['fstype'].split('.', 1)[0], 'fstype')} {len(params)} {kv}".rstrip()]
 
-    def source_of(m: dict) -> tuple[int, str]:
+    def source_of(m: dict) -> tuple[str, int, str]:
+        """(creation key, superblock slot, root inside it) to clone m from."""
         if not sbs[m["sb"]].get("external"):
-            return sb_slot[m["sb"]], m["root"]
+            return m["sb"], sb_slot[m["sb"]], m["root"]
         best = None
         for e in mounts:
             if e["sb"] == m["sb"] and e.get("external") and is_beneath(m["root"], e["root"]):
@@ -94,30 +96,28 @@ def ops_from_image(doc: dict, externals: dict[str, str]) -> list[str]:
                     best = e
         if best is None:
             raise FloorError(f"floor: mount {m['id']} ({m['mountpoint']}): no external mount covers it")
-        return ext_slot[best["id"]], "/" + rel_to(m["root"], best["root"])
+        return f"ext-{best['id']}", ext_slot[best["id"]], "/" + rel_to(m["root"], best["root"])
 
-    dirs: list[str] = []
-    clones: list[str] = []
+    # Directories the mount points and roots need, made right after their superblock is created.
     seen_dirs: set[tuple[int, str]] = set()
+    last_clone: dict[str, int] = {}
     for m in mounts:
-        s, root = source_of(m)
+        key, s, root = source_of(m)
         if not sbs[m["sb"]].get("external") and root != "/" and (s, root) not in seen_dirs:
             seen_dirs.add((s, root))
-            dirs.append(f"K {s} {_word(_rel(root), 'path')}")
-        clones.append(f"C {slot[m['id']]} {s} {_word(_rel(root), 'path')}")
-        aset, aclr = attr_of(m["mount_opts"])
-        clones.append(f"A {slot[m['id']]} {aset} {aclr}")
+            sb_ops[key].append(f"K {s} {_word(_rel(root), 'path')}")
         parent = by_id.get(m.get("parent"))
         if parent is not None and not sbs[parent["sb"]].get("external"):
             rel = rel_to(m["mountpoint"], parent["mountpoint"])
             if rel:
-                ps, proot = source_of(parent)
+                pkey, ps, proot = source_of(parent)
                 d = _rel(proot.rstrip("/") + "/" + rel)
                 if (ps, d) not in seen_dirs:
                     seen_dirs.add((ps, d))
-                    dirs.append(f"K {ps} {_word(d, 'path')}")
+                    sb_ops[pkey].append(f"K {ps} {_word(d, 'path')}")
 
-    moves = [f"R {slot[ns['root']]}"]
+    # Order of creation: the root, then parents first, deeper siblings first (as the engine).
+    order: list[tuple[int, int | None, str]] = [(ns["root"], None, "")]
     queue = [ns["root"]]
     while queue:
         pid = queue.pop()
@@ -126,14 +126,65 @@ def ops_from_image(doc: dict, externals: dict[str, str]) -> list[str]:
                       key=lambda c: -rel_to(c["mountpoint"], parent["mountpoint"]).count("/")
                       - (1 if rel_to(c["mountpoint"], parent["mountpoint"]) else 0))
         for c in kids:
-            moves.append(f"M {slot[c['id']]} {slot[pid]} {_word(_rel(rel_to(c['mountpoint'], parent['mountpoint'])), 'path')}")
+            order.append((c["id"], pid, rel_to(c["mountpoint"], parent["mountpoint"])))
             queue.append(c["id"])
 
-    return create + dirs + clones + moves + _sharing_ops(mounts, slot)
+    # Mounts reachable by their path in the final tree are reopened by path for the sharing ops;
+    # only covered ones keep their fd to the end.
+    top: dict[tuple[int, str], int] = {(m["parent"], m["mountpoint"]): m["id"] for m in mounts
+                                       if m.get("parent") is not None}
+
+    def visible(m: dict) -> bool:
+        cur = ns["root"]
+        while (cur, "/") in top:
+            cur = top[(cur, "/")]
+        parts = [p for p in m["mountpoint"].split("/") if p]
+        for k in range(1, len(parts) + 1):
+            prefix = "/" + "/".join(parts[:k])
+            while (cur, prefix) in top:
+                cur = top[(cur, prefix)]
+        return cur == m["id"]
+
+    sharing = {m["id"] for m in mounts if m.get("shared") or m.get("master") or m.get("unbindable")}
+    keep = {mid for mid in sharing if not visible(by_id[mid])}
+    last_child: dict[int, int] = {}
+    for mid, pid, _ in order:
+        last_clone[source_of(by_id[mid])[0]] = mid
+        if pid is not None:
+            last_child[pid] = mid
+
+    # Host paths must be opened before the pivot_root that hides them.
+    ops: list[str] = [op for key, lst in sb_ops.items() if key.startswith("ext-") for op in lst]
+    created: set[str] = {key for key in sb_ops if key.startswith("ext-")}
+    for mid, pid, rel in order:
+        m = by_id[mid]
+        key, s, root = source_of(m)
+        if key not in created:
+            created.add(key)
+            ops += sb_ops[key]
+        ops.append(f"C {slot[mid]} {s} {_word(_rel(root), 'path')}")
+        aset, aclr = attr_of(m["mount_opts"])
+        ops.append(f"A {slot[mid]} {aset} {aclr}")
+        if last_clone[key] == mid:
+            ops.append(f"Y {s}")
+        if pid is None:
+            ops.append(f"R {slot[mid]}")
+        else:
+            ops.append(f"M {slot[mid]} {slot[pid]} {_word(_rel(rel), 'path')}")
+            # The parent's fd is done once its last child is attached.
+            if last_child.get(pid) == mid and pid not in keep:
+                ops.append(f"X {slot[pid]}")
+        if mid not in last_child and mid not in keep:
+            ops.append(f"X {slot[mid]}")
+
+    return ops + _sharing_ops(mounts, slot, {mid: by_id[mid]["mountpoint"] for mid in sharing - keep})
 
 
-def _sharing_ops(mounts: list[dict], slot: dict[int, int]) -> list[str]:
-    """SET_GROUP / slave / shared ops, parent groups first; unbindable last."""
+def _sharing_ops(mounts: list[dict], slot: dict[int, int], reopen: dict[int, str]) -> list[str]:
+    """SET_GROUP / slave / shared ops, parent groups first; unbindable last.
+
+    Mounts in `reopen` (id -> path) had their fd closed: each op opens them by path first.
+    """
     groups: dict[tuple, list[dict]] = {}
     for m in mounts:
         if m.get("shared") or m.get("master"):
@@ -173,7 +224,15 @@ def _sharing_ops(mounts: list[dict], slot: dict[int, int]) -> list[str]:
     for key in sorted(groups, key=lambda k: (k[0] or 0, k[1] or 0)):
         setup(key)
     ops += [f"P {slot[m['id']]} {kernel.MS_UNBINDABLE}" for m in mounts if m.get("unbindable")]
-    return ops
+    id_of = {v: k for k, v in slot.items()}
+    out: list[str] = []
+    for op in ops:
+        used = [int(x) for x in (op.split()[1:3] if op[0] == "G" else op.split()[1:2])]
+        opened = [u for u in dict.fromkeys(used) if id_of[u] in reopen]
+        out += [f"O {u} {_word(reopen[id_of[u]], 'path')}" for u in opened]
+        out.append(op)
+        out += [f"X {u}" for u in opened]
+    return out
 
 
 def compile_floor(workdir: str) -> str:

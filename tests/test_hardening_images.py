@@ -245,8 +245,6 @@ def test_symlinked_archive_is_refused(base_image, tmp_path):
     assert code == 2 and name in err
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug (notes/bugs.md): image.load opens mntcr.json following a "
-                   "symlink, while archives are opened O_NOFOLLOW")
 def test_symlinked_manifest_outside_is_refused(base_image, tmp_path):
     img, rext = base_image
     work = _copy(img, str(tmp_path))
@@ -276,8 +274,6 @@ def test_sparse_absurd_manifest_is_refused_before_reading(base_image, tmp_path):
     assert code == 2 and "absurd" in err
 
 
-@pytest.mark.xfail(strict=True, reason="engine bug (notes/bugs.md): archives carry no size/checksum in the "
-                   "manifest; an all-zero archive extracts as empty and restore fails later with a wrong reason")
 def test_archive_of_zeros_is_refused(base_image, tmp_path):
     """An archive replaced by a large run of zeros (what a torn write leaves) is not taken as empty."""
     img, rext = base_image
