@@ -1,14 +1,38 @@
-"""Leak guard: the host's mounts at session start against the host's mounts at session end.
+"""Leak guard: what a test session left behind on the host.
 
-A mount is identified by (mount id, device, root, mountpoint): a mount id the
-kernel reused for another mount counts as new. Any mount present at the end
-and not at the start is a leak; the session fails and names it. The
-comparison works on mountinfo text, so it can be tested on made-up tables.
+- Mounts: the host's mounts at session start against the host's mounts at
+  session end. A mount is identified by (mount id, device, root, mountpoint):
+  a mount id the kernel reused for another mount counts as new. A mount
+  present at the end and not at the start is a leak; one present at the start
+  and gone at the end *disappeared* (a test unmounted a host mount). Either
+  fails the session and names the mount.
+- Per test: the same comparison after each test's teardown, in the process
+  that ran the test (`Tracker`), so the report names the test that leaked.
+- Processes: holders (argv0 or comm is the holder's), keepers of the ns
+  flavor and restored stand-ins of *this* session still alive at its end.
+  They keep namespaces (and mounts) alive where no host mountinfo shows them.
+  A session marks what it starts with ``ZDTM_SESSION=<id>`` in the
+  environment (processes inherit it, the ns flavor passes it into the
+  container), so other sessions running on the same machine are not blamed.
+
+Comparisons work on mountinfo text and a /proc directory argument, so they
+can be tested on made-up tables.
 """
 
 from __future__ import annotations
 
+import os
+import time
+import uuid
+from dataclasses import dataclass
+
 from engine import mountinfo
+
+SESSION_ENV = "ZDTM_SESSION"
+HOLDER_ARGV0 = "/.zdtm/zdtm-holding"            # zdtm/holder.py's marker
+HOLDER_COMMS = ("zdtm-holding", "mntcr-hold")
+# argv words of our own helper processes: ns-flavor keepers, the engine's CLI (restorer, stand-ins fork from it)
+_HELPER_ARGS = ("zdtm.flavors.ns", "engine.cli")
 
 
 def _key(m: mountinfo.Mount) -> tuple:
@@ -21,22 +45,132 @@ def leaked(start_text: str, end_text: str) -> list[mountinfo.Mount]:
     return [m for m in mountinfo.parse(end_text) if _key(m) not in start]
 
 
+def gone(start_text: str, end_text: str) -> list[mountinfo.Mount]:
+    """Mounts in `start_text` that are no longer in `end_text` (a host mount was unmounted)."""
+    return leaked(end_text, start_text)
+
+
 def describe(mounts: list[mountinfo.Mount]) -> str:
     """One line per leaked mount: where, what, and how to remove it."""
     return "\n".join(f"leaked mount: {m.mountpoint} ({m.fstype} {m.source}, mount id {m.mnt_id}); "
                      f"remove with: umount -l {m.mountpoint}" for m in mounts)
 
 
+def describe_gone(mounts: list[mountinfo.Mount]) -> str:
+    """One line per host mount that disappeared."""
+    return "\n".join(f"host mount disappeared: {m.mountpoint} ({m.fstype} {m.source}, mount id {m.mnt_id}, "
+                     f"root {m.root})" for m in mounts)
+
+
+def read_mountinfo(path: str = "/proc/self/mountinfo") -> str:
+    """The text of a mountinfo file."""
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return f.read()
+
+
 class Guard:
-    """Records a mountinfo file at creation; `check()` returns what leaked since."""
+    """Records a mountinfo file at creation; `check()` returns what leaked since, `gone()` what disappeared."""
 
     def __init__(self, path: str = "/proc/self/mountinfo"):
         self.path = path
         self.start = self._read()
 
     def _read(self) -> str:
-        with open(self.path, encoding="utf-8", errors="surrogateescape") as f:
-            return f.read()
+        return read_mountinfo(self.path)
 
     def check(self) -> list[mountinfo.Mount]:
         return leaked(self.start, self._read())
+
+    def gone(self) -> list[mountinfo.Mount]:
+        return gone(self.start, self._read())
+
+
+class Tracker:
+    """Per-test attribution: `step()` after each test returns its new and its vanished mounts.
+
+    The baseline moves to the current table after every step, so a leak is
+    reported once, by the first test after which it is seen.
+    """
+
+    def __init__(self, path: str = "/proc/self/mountinfo"):
+        self.path = path
+        self.last = read_mountinfo(path)
+
+    def step(self) -> tuple[list[mountinfo.Mount], list[mountinfo.Mount]]:
+        now = read_mountinfo(self.path)
+        new, vanished = leaked(self.last, now), gone(self.last, now)
+        self.last = now
+        return new, vanished
+
+
+# --- leftover processes ------------------------------------------------------------
+
+def new_session_id() -> str:
+    """A fresh session marker value."""
+    return uuid.uuid4().hex[:16]
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """A process of this session still alive at its end."""
+
+    pid: int
+    what: str      # "holder", "keeper", "stand-in or engine process"
+    cmdline: str
+
+
+def _read(path: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _classify(argv: list[str], comm: str) -> str | None:
+    if (argv and argv[0] == HOLDER_ARGV0) or comm in HOLDER_COMMS:
+        return "holder"
+    if "zdtm.flavors.ns" in argv:
+        return "keeper"
+    if "engine.cli" in argv:
+        return "stand-in or engine process"
+    return None
+
+
+def leftover_processes(session: str, proc: str = "/proc", exclude: set[int] | None = None) -> list[Leftover]:
+    """Holders, keepers and stand-ins carrying ``ZDTM_SESSION=session`` that are alive (not zombies)."""
+    marker = f"{SESSION_ENV}={session}".encode()
+    exclude = exclude or set()
+    out = []
+    for name in os.listdir(proc):
+        if not name.isdigit() or int(name) in exclude:
+            continue
+        base = os.path.join(proc, name)
+        env = _read(os.path.join(base, "environ"))
+        if not env or marker not in env.split(b"\0"):
+            continue
+        stat = _read(os.path.join(base, "stat"))
+        if stat is None or stat.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"]):
+            continue
+        argv = [a.decode(errors="replace") for a in (_read(os.path.join(base, "cmdline")) or b"").split(b"\0") if a]
+        comm = (_read(os.path.join(base, "comm")) or b"").decode(errors="replace").strip()
+        what = _classify(argv, comm)
+        if what:
+            out.append(Leftover(int(name), what, " ".join(argv) or f"[{comm}]"))
+    return sorted(out, key=lambda p: p.pid)
+
+
+def wait_leftovers(session: str, grace: float = 3.0, proc: str = "/proc",
+                   exclude: set[int] | None = None) -> list[Leftover]:
+    """`leftover_processes`, after giving killed trees up to `grace` seconds to go away."""
+    deadline = time.monotonic() + grace
+    while True:
+        found = leftover_processes(session, proc, exclude)
+        if not found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.1)
+
+
+def describe_processes(found: list[Leftover]) -> str:
+    """One line per leftover process, with how to end it."""
+    return "\n".join(f"leftover {p.what}: pid {p.pid} ({p.cmdline}); end it with: kill -9 {p.pid}" for p in found)
