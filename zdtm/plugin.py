@@ -11,8 +11,12 @@
   table (scenario x backend x flavor) and, with --report DIR, writes
   report.html and summary.md there; failed items keep their images and logs
   under DIR/<test id>/.
-- Leak guard: the host's mounts at session start vs at session end; a leak
-  fails the session and names the mount.
+- Leak guard (zdtm/leakguard.py): the host's mounts at session start vs at
+  session end (new and disappeared mounts), and the holders, keepers and
+  stand-ins of this session still alive at its end, fail the session and are
+  named; after every test, the process that ran it compares its mountinfo
+  with the table before the test and fails that test's teardown naming the
+  mounts it leaked or removed.
 """
 
 from __future__ import annotations
@@ -78,6 +82,9 @@ class _State:
         self.results: dict[str, dict] = {}   # nodeid -> summary row (controller only)
         self.guard = None
         self.leaks = []
+        self.gone = []          # host mounts that disappeared during the session
+        self.leftovers = []     # processes of this session alive at its end
+        self.tracker = None     # per-test mountinfo comparison (every process that runs tests)
         self.tmp_base = None
 
     def backend(self, name: str):
@@ -139,6 +146,9 @@ def pytest_configure(config):
     config.stash[_STATE_KEY] = _State(config)
     config.addinivalue_line("markers", "zdtm: a zdtm scenario (collected from scenarios/**/*.yaml)")
     if not _is_worker(config):
+        # Marks every process this session starts (workers, keepers, containers, stand-ins
+        # inherit it), so leftovers are found without blaming other sessions on the machine.
+        os.environ[leakguard.SESSION_ENV] = leakguard.new_session_id()
         _state(config).guard = leakguard.Guard()
         config.pluginmanager.register(Controller(config), "zdtm-controller")
 
@@ -312,6 +322,41 @@ class ScenarioItem(pytest.Item):
         return self.path, None, self.name
 
 
+# --- per-test leak check (every process that runs tests) ---------------------------
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    state = _state(item.config)
+    if state.tracker is None:
+        state.tracker = leakguard.Tracker()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After the test's own teardown: the mounts it left on (or took off) this process's namespace."""
+    state = _state(item.config)
+    error = None
+    try:
+        result = yield
+    except BaseException as e:  # noqa: BLE001 - re-raised below, after the check
+        error = e
+    if state.tracker is None:
+        if error is not None:
+            raise error
+        return None
+    new, vanished = state.tracker.step()
+    text = "\n".join(t for t in (leakguard.describe(new), leakguard.describe_gone(vanished)) if t)
+    if text:
+        text = f"leak guard: {item.nodeid} changed the host's mounts:\n{text}"
+        if error is not None:
+            item.add_report_section("teardown", "leak guard", text)
+        else:
+            pytest.fail(text, pytrace=False)
+    if error is not None:
+        raise error
+    return result
+
+
 # --- summary, report, leak guard (controller only) ---------------------------------
 
 _XDIST_HEADER = re.compile(r"^\[gw\d+\] \S+ -- Python ")
@@ -354,7 +399,10 @@ class Controller:
         state = self.state
         if state.guard is not None:
             state.leaks = state.guard.check()
-            if state.leaks:
+            state.gone = state.guard.gone()
+            session_id = os.environ.get(leakguard.SESSION_ENV)
+            state.leftovers = leakguard.wait_leftovers(session_id, exclude={os.getpid()}) if session_id else []
+            if state.leaks or state.gone or state.leftovers:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if state.report_dir and state.results:
             from zdtm import report
@@ -371,3 +419,9 @@ class Controller:
         if state.leaks:
             terminalreporter.write_sep("=", "LEAKED MOUNTS", red=True)
             terminalreporter.write_line(leakguard.describe(state.leaks))
+        if state.gone:
+            terminalreporter.write_sep("=", "HOST MOUNTS THAT DISAPPEARED", red=True)
+            terminalreporter.write_line(leakguard.describe_gone(state.gone))
+        if state.leftovers:
+            terminalreporter.write_sep("=", "LEFTOVER PROCESSES", red=True)
+            terminalreporter.write_line(leakguard.describe_processes(state.leftovers))
