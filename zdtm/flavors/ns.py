@@ -159,6 +159,8 @@ def _container_init(cfg: dict, out_fd: int) -> None:
         os.umask(0o022)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                "LANG": "C"}
+        if os.environ.get("ZDTM_SESSION"):
+            env["ZDTM_SESSION"] = os.environ["ZDTM_SESSION"]  # the leak guard finds this session's holders
         os.execve("/bin/sh", ["sh", "-c", holder.PRELUDE + cfg["setup"]], env)
     except BaseException as e:  # noqa: BLE001 - any failure here is a setup error, reported on the pipe
         try:
