@@ -1,4 +1,4 @@
-"""The leak guard: a mount that appears after the session started is reported by name.
+"""The leak guard: leaked and vanished mounts, per session and per test, and leftover processes.
 
 Nothing here mounts on the host: the comparisons run on made-up mountinfo
 text, in a forked child's private mount namespace, or in a pytest session
@@ -7,7 +7,9 @@ started inside `unshare -m --propagation private`.
 
 import os
 import shutil
+import subprocess
 import sys
+import time
 
 import pytest
 
@@ -68,7 +70,172 @@ def test_uses_leaky(leaky):
     result = pytester.run("env", f"PYTHONPATH={env_path}", "unshare", "-m", "--propagation", "private",
                           sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", timeout=120)
     out = result.stdout.str()
-    assert "1 passed" in out
+    assert "1 passed, 1 error" in out  # the per-test check fails the leaking test's teardown
+    assert "leak guard: test_leaky.py::test_uses_leaky changed the host's mounts" in out
     assert "LEAKED MOUNTS" in out
     assert "leaked mount: /mnt (tmpfs zdtm-deliberate-leak" in out
     assert result.ret == 1
+
+
+# --- (2) host mounts that disappeared ------------------------------------------------
+
+def test_gone_on_made_up_tables():
+    end = START.splitlines(True)[0]
+    vanished = leakguard.gone(START, end)
+    assert [m.mountpoint for m in vanished] == ["/proc"]
+    assert "host mount disappeared: /proc (proc proc" in leakguard.describe_gone(vanished)
+    assert leakguard.gone(START, START) == []
+    # a new mount is a leak, not a disappearance
+    assert leakguard.gone(START, START + "99 22 0:50 / /mnt rw - tmpfs t rw\n") == []
+
+
+def _guard_sees_unmount():
+    kernel.mount("zdtm-present", "/mnt", "tmpfs", 0)  # forked child's private namespace
+    guard = leakguard.Guard()
+    before = guard.gone()
+    kernel.umount2("/mnt", 0)
+    return before, [(m.mountpoint, m.source) for m in guard.gone()], guard.check()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create a mount namespace")
+def test_guard_sees_a_mount_disappear_in_its_namespace():
+    before, vanished, leaked = forkrun.in_mount_ns(_guard_sees_unmount)
+    assert before == []
+    assert vanished == [("/mnt", "zdtm-present")]
+    assert leaked == []
+
+
+# --- (5) per-test attribution --------------------------------------------------------
+
+def test_tracker_reports_each_change_once(tmp_path):
+    table = tmp_path / "mountinfo"
+    table.write_text(START)
+    tracker = leakguard.Tracker(str(table))
+    assert tracker.step() == ([], [])
+    table.write_text(START + "99 22 0:50 / /mnt/a rw - tmpfs a rw\n")
+    new, vanished = tracker.step()
+    assert [m.mountpoint for m in new] == ["/mnt/a"] and vanished == []
+    assert tracker.step() == ([], [])  # reported once, by the step that saw it first
+    table.write_text(START.splitlines(True)[0] + "99 22 0:50 / /mnt/a rw - tmpfs a rw\n")
+    new, vanished = tracker.step()
+    assert new == [] and [m.mountpoint for m in vanished] == ["/proc"]
+
+
+def _run_inner_session(pytester, *, private_ns: bool):
+    env_path = PROJECT + os.pathsep + os.environ.get("PYTHONPATH", "")
+    wrap = ["unshare", "-m", "--propagation", "private"] if private_ns else []
+    return pytester.run("env", f"PYTHONPATH={env_path}", *wrap, sys.executable, "-m", "pytest",
+                        "-p", "no:cacheprovider", "-q", "-rA", timeout=120)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
+                    reason="needs root and unshare to run a session in a private mount namespace")
+def test_per_test_check_names_the_test_that_leaked(pytester):
+    pytester.makeconftest('pytest_plugins = ["zdtm.plugin"]\n')
+    pytester.makepyfile(test_attr='''
+import subprocess
+
+def test_clean_before():
+    pass
+
+def test_leaks():
+    # inside the session's private mount namespace (see the caller); never unmounted
+    subprocess.run(["mount", "-t", "tmpfs", "zdtm-attributed-leak", "/mnt"], check=True)
+
+def test_clean_after():
+    pass
+''')
+    result = _run_inner_session(pytester, private_ns=True)
+    out = result.stdout.str()
+    assert "3 passed, 1 error" in out, out
+    assert "ERROR at teardown of test_leaks" in out
+    assert "leak guard: test_attr.py::test_leaks changed the host's mounts" in out
+    assert "leaked mount: /mnt (tmpfs zdtm-attributed-leak" in out
+    # the clean tests around it are not blamed
+    assert "teardown of test_clean" not in out
+    assert result.ret == 1
+
+
+# --- (4) leftover holders, keepers, stand-ins ----------------------------------------
+
+def _spawn(argv, session, argv0=None):
+    env = dict(os.environ, **{leakguard.SESSION_ENV: session})
+    if argv0:
+        argv = ["bash", "-c", f'exec -a {argv0} "$@"', "bash", *argv]
+    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+
+
+def _reap(*procs):
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_leftover_processes_of_the_session_are_named():
+    session, other = leakguard.new_session_id(), leakguard.new_session_id()
+    holder = _spawn(["sleep", "60"], session, argv0=leakguard.HOLDER_ARGV0)
+    standin = _spawn([sys.executable, "-c", "import time; time.sleep(60)", "-m", "engine.cli", "restore"], session)
+    plain = _spawn(["sleep", "60"], session)                                  # not ours to judge
+    foreign = _spawn(["sleep", "60"], other, argv0=leakguard.HOLDER_ARGV0)    # another session's holder
+    try:
+        deadline = time.monotonic() + 10
+        while True:  # until bash has exec'd and the environ/cmdline are the final ones
+            found = leakguard.leftover_processes(session)
+            if len(found) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert [(p.pid, p.what) for p in found] == sorted(
+            [(holder.pid, "holder"), (standin.pid, "stand-in or engine process")])
+        text = leakguard.describe_processes(found)
+        assert f"leftover holder: pid {holder.pid} ({leakguard.HOLDER_ARGV0} 60); end it with: kill -9 {holder.pid}" \
+            in text
+    finally:
+        _reap(holder, standin, plain, foreign)
+    assert leakguard.wait_leftovers(session, grace=2) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root")
+def test_ns_flavor_holders_carry_the_session_marker(tmp_path, monkeypatch):
+    from zdtm import scenario as sc
+    from zdtm.flavors.ns import FLAVOR as NS
+    session = leakguard.new_session_id()
+    monkeypatch.setenv(leakguard.SESSION_ENV, session)
+    path = tmp_path / "hold.yaml"
+    path.write_text("description: holder only\nsetup: exec zdtm-hold\n")
+    s = sc.load(str(path)).render_all()[0]
+    running = NS.start(s, str(tmp_path / "work"))
+    try:
+        found = leakguard.leftover_processes(session)
+        assert [(p.pid, p.what) for p in found if p.what == "holder"] == [(running.pid, "holder")]
+        assert any(p.what == "keeper" for p in found)
+    finally:
+        NS.stop(running)
+    assert leakguard.wait_leftovers(session, grace=5) == []
+
+
+def test_session_with_a_leftover_holder_fails_and_names_it(pytester, tmp_path):
+    pidfile = tmp_path / "pid"
+    pytester.makeconftest('pytest_plugins = ["zdtm.plugin"]\n')
+    pytester.makepyfile(test_leftover=f'''
+import subprocess
+
+def test_leaves_a_holder():
+    # inherits the session's marker from os.environ, like a holder the ns flavor starts
+    p = subprocess.Popen(["bash", "-c", 'exec -a {leakguard.HOLDER_ARGV0} sleep 120'],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+    open({str(pidfile)!r}, "w").write(str(p.pid))
+''')
+    try:
+        result = _run_inner_session(pytester, private_ns=False)
+        out = result.stdout.str()
+        pid = int(pidfile.read_text())
+        assert "1 passed" in out
+        assert "LEFTOVER PROCESSES" in out
+        assert f"leftover holder: pid {pid} ({leakguard.HOLDER_ARGV0} 120)" in out
+        assert result.ret == 1
+    finally:
+        if pidfile.exists():
+            try:
+                os.kill(int(pidfile.read_text()), 9)
+            except ProcessLookupError:
+                pass
