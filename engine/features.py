@@ -11,7 +11,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from engine import forkrun, kernel
+from engine import forkrun, kernel, mountinfo
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,6 @@ def _probe_in_child() -> dict[str, tuple[bool, str]]:
         # A bind of a shared mount is its peer; SET_GROUP wants a private target.
         kernel.mount(None, "/tmp/b", None, kernel.MS_PRIVATE)
         kernel.move_mount(kernel.AT_FDCWD, "/tmp", kernel.AT_FDCWD, "/tmp/b", kernel.MOVE_MOUNT_SET_GROUP)
-        from engine import mountinfo
         mounts = {m.mountpoint: m for m in mountinfo.read_pid("self")}
         if mounts["/tmp/b"].shared is None or mounts["/tmp/b"].shared != mounts["/tmp"].shared:
             raise OSError(errno.EINVAL, "SET_GROUP did not copy the peer group")

@@ -7,9 +7,12 @@ turns a record back into the exact kernel text, so parse -> format round-trips.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from dataclasses import dataclass, field, replace
+
+from engine import kernel
 
 __all__ = [
     "Mount",
@@ -335,10 +338,6 @@ def read_statmount(ns_id: int = 0) -> list[Mount]:
     Raises OSError (ENOSYS on older kernels). A mount that disappears between
     listmount and statmount is skipped.
     """
-    import errno
-
-    from engine import kernel
-
     mounts = []
     for uid in kernel.listmount(ns_id=ns_id):
         try:

@@ -30,13 +30,18 @@ with the restorer, so a killed restore leaves nothing mounted.
 from __future__ import annotations
 
 import bisect
+import cProfile
 import errno
+import marshal
 import os
 import re
+import resource
 import signal
 import stat
 
 from engine import channel, content, features, forkrun, fs, image, kernel, sharing, standin
+# Every module the restorer uses after it pivots into a restored root must be imported here.
+from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
 
 _EXT_MNT = re.compile(r"^(?P<kind>mnt|dev)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
@@ -324,7 +329,6 @@ class _Restorer:
                 os.close(fd)
 
     def _create_block(self, sid: str, sb: dict, user: dict) -> int:
-        from engine.fs import block
         handler = fs.lookup(sb["fstype"])
         where = f"mount {user['id']} ({user['mountpoint']}) on {sb['fstype']}"
         dev = sb["device"]
@@ -469,7 +473,6 @@ class _Restorer:
         return fd
 
     def _create_overlay(self, sid: str, sb: dict, first: dict) -> None:
-        from engine.fs import overlay
         where = f"mount {first['id']} ({first['mountpoint']}) on overlay"
         binds: list[tuple[str, int]] = []
         try:
@@ -528,7 +531,6 @@ class _Restorer:
         self.keep |= {ns["root"] for ns in self.doc["mntns"].values()}
         # Within the fd budget, keep every shared mount's fd too: finding them again by path
         # costs three syscalls each in the sharing step.
-        import resource
         budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2 - len(self.mounts) // 8 - 256
         if len(self.keep | self.shared_ids) < budget:
             self.keep |= self.shared_ids
@@ -830,8 +832,6 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     out = os.environ.get("MNTCR_PROFILE")
     if not out:
         return _restore_body(doc, img_fd, ext)
-    import cProfile
-    import marshal
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)  # before we pivot away
     prof = cProfile.Profile()
     try:
@@ -848,7 +848,6 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     # A slave copy: host mount events still arrive (external masters keep working),
     # nothing we do travels back to the host.
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
-    import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 4 * len([m for ns in doc["mntns"].values() for m in ns["mounts"]]) + 1024))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))

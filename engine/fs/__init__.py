@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from engine.mountinfo import unescape
+
 # Superblock flags mountinfo shows among the super options; fsconfig takes them as flags.
 SB_FLAG_OPTS = frozenset({"ro", "sync", "dirsync", "lazytime", "mand"})
 
@@ -42,7 +44,6 @@ class FsType:
             if key == "rw" or key in self.drop_opts or key in _ALWAYS_DROP:
                 continue
             if sep:
-                from engine.mountinfo import unescape
                 params.append((key, unescape(value)))
             else:
                 params.append((key, None))

@@ -20,6 +20,7 @@ import stat
 import struct
 
 from engine import channel, kernel
+from engine.standin import fsmount
 from engine.fs import FsType, register
 
 BLOCK_TYPES = ("ext2", "ext3", "ext4", "xfs", "btrfs", "squashfs", "erofs", "vfat", "exfat", "f2fs")
@@ -111,7 +112,6 @@ def _create(fstype: str, source: str, rdev: int, params, chan: channel.Channel) 
     os.makedirs(parent, exist_ok=True)
     kernel.mount("mntcr-dev", parent, "tmpfs", 0, "mode=755")
     os.mknod(name, 0o600 | stat.S_IFBLK, rdev)
-    from engine.standin import fsmount
     chan.send(("ok", None), [fsmount(fstype, name, params)])
 
 

@@ -19,7 +19,8 @@ import errno
 import os
 
 from engine import channel, kernel
-from engine.fs import FsType, register
+from engine.standin import fsmount
+from engine.fs import FsType, lookup, register
 from engine.image import is_beneath, rel_to
 from engine.mountinfo import unescape
 
@@ -131,14 +132,12 @@ def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, st
         clone = kernel.open_tree(layer_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
         kernel.move_mount(clone, "", kernel.AT_FDCWD, "/" + rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
     os.chdir("/")
-    from engine.standin import fsmount
     mfd = fsmount("overlay", source, params)
     chan.send(("ok", None), [mfd])
 
 
 def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
     """Create the overlay superblock; `binds` are (original path, O_PATH fd of the directory to show there)."""
-    from engine.fs import lookup
     params = lookup("overlay").fsconfig_params(super_opts)
     _, fds = channel.call_in_child(_build, binds, source, params)
     return fds[0]
