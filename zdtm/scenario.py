@@ -256,6 +256,8 @@ def missing_requirement(req: Requires, features: dict | None = None) -> str | No
         for name in req.features:
             if name not in features:
                 return f"unknown kernel feature {name!r} (mntcr check knows: {', '.join(features)})"
-            if not features[name].present:
-                return f"kernel feature {name} is missing: {features[name].detail}"
+            f = features[name]
+            if not f.present:
+                since = f" (kernel >= {f.since})" if getattr(f, "since", None) else ""
+                return f"kernel feature {name}{since} is missing: {f.detail}"
     return None
