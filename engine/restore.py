@@ -93,6 +93,36 @@ def attr_of(mount_opts) -> tuple[int, int]:
     return attr_set, (_ALL_FLAGS | kernel.MOUNT_ATTR__ATIME) & ~attr_set | kernel.MOUNT_ATTR__ATIME
 
 
+def _clones_detached() -> bool:
+    """Whether open_tree(OPEN_TREE_CLONE) accepts a detached mount (Linux >= 6.15)."""
+    fd = kernel.fsopen("tmpfs")
+    try:
+        kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
+        mnt = kernel.fsmount(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.close(kernel.open_tree(mnt, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(mnt)
+
+
+def _make_yard() -> int:
+    """A tmpfs stacked on / of the service namespace (our own lookups of "/" still start below it)."""
+    fd = kernel.fsopen("tmpfs")
+    try:
+        kernel.fsconfig(fd, kernel.FSCONFIG_SET_STRING, "mode", "0700")
+        kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
+        yard = kernel.fsmount(fd)
+    finally:
+        os.close(fd)
+    kernel.move_mount(yard, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    return yard
+
+
 _fault_step = 0
 
 
@@ -173,6 +203,11 @@ class _Restorer:
         # on attached mounts; MNTCR_NO_MOUNT_SETATTR=1 forces that path (to test it anywhere).
         self.legacy = (os.environ.get("MNTCR_NO_MOUNT_SETATTR") == "1"
                        or not features.available()["mount_setattr"].present)
+        # Before Linux 6.15 open_tree cannot clone a detached mount: new superblocks are then
+        # attached in a yard of the service namespace and cloned from there.
+        # MNTCR_ATTACHED_SOURCES=1 forces that path (to test it on any kernel).
+        attached = os.environ.get("MNTCR_ATTACHED_SOURCES") == "1" or not _clones_detached()
+        self.yard = _make_yard() if attached else None
 
     def to_service(self) -> None:
         """Back into the service namespace (a copy of the host's)."""
@@ -271,7 +306,7 @@ class _Restorer:
                 if not extracted:
                     self._extract_files()
                     extracted = True
-                self.sb_fd[sid] = self._create_block(sid, sb, users[sid])
+                self.sb_fd[sid] = self._settle(sid, self._create_block(sid, sb, users[sid]))
                 step("superblock")
                 continue
             handler = fs.lookup(sb["fstype"])
@@ -290,10 +325,17 @@ class _Restorer:
                     fd = standin.fsmount(fstype, source, params)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"{where} on {sb['fstype']}: {e.strerror or e}") from None
-            self.sb_fd[sid] = fd
+            self.sb_fd[sid] = self._settle(sid, fd)
             step("superblock")
         if not extracted:
             self._extract_files()
+
+    def _settle(self, sid: str, fd: int) -> int:
+        """A new superblock's mount as a clone source: as is, or attached in the yard (older kernels)."""
+        if self.yard is not None:
+            os.mkdir(sid, 0o700, dir_fd=self.yard)
+            kernel.move_mount(fd, "", self.yard, sid, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        return fd
 
     def _extract_files(self) -> None:
         """Fill the new superblocks: one tar per archive file, each member into its superblock."""
@@ -437,7 +479,8 @@ class _Restorer:
                 continue
             path = self.ext[e["external"]]
             try:
-                self.ext_src[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
+                self.ext_src[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path,
+                                                         kernel.OPEN_TREE_CLONE if self.yard is None else 0)
                 if e.get("master") or e.get("shared"):
                     # The host's own mount there: the way into an external peer group.
                     self.ext_host[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, 0)
@@ -447,6 +490,8 @@ class _Restorer:
 
     def _clone(self, m: dict, what: str = "mount") -> int:
         base, rel = self._source(m)
+        if self.yard is not None:
+            self.to_service()  # attached sources clone only from their own namespace
         try:
             if rel:
                 where = kernel.openat2(base, rel, os.O_PATH, _BENEATH)
@@ -486,8 +531,8 @@ class _Restorer:
                 inner = "/".join(x for x in (root_rel, rel.strip("/")) if x)
                 binds.append((path, kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH)
                               if inner else os.dup(base)))
-            self.to_service()  # the yard is built in a copy of the service namespace
-            self.sb_fd[sid] = overlay.create(sb["source"], sb["super_opts"], binds)
+            self.to_service()  # the layers are cloned from the service namespace
+            self.sb_fd[sid] = self._settle(sid, overlay.create(sb["source"], sb["super_opts"], binds))
         except OSError as e:
             if isinstance(e, RestoreError):
                 raise
@@ -601,7 +646,7 @@ class _Restorer:
         """A copy of the service namespace, pivoted into `root` (nothing else of it stays)."""
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         kernel.unshare(kernel.CLONE_NEWNS)
-        self.ns_fd[ns_id] = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
         self.current_ns = ns_id
         fd = self.mnt_fd[root["id"]]
         kernel.move_mount(fd, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)

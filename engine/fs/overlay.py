@@ -110,7 +110,7 @@ def yard_binds(layers: list[dict]) -> list[tuple[str, int, str]]:
 
 def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, str | None]],
            chan: channel.Channel) -> None:
-    """In a forked child: a yard where the layers sit at their original paths, then create the overlay."""
+    """In a forked child: a yard where the layer clones sit at their original paths, then create the overlay."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     fd = kernel.fsopen("tmpfs")
@@ -129,15 +129,25 @@ def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, st
             if kernel.statx_mnt_id(parent) != yard_id:
                 raise OSError(errno.ENOENT, f"overlay layer directory {path} does not exist in its parent layer")
             os.makedirs(rel)
-        clone = kernel.open_tree(layer_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
-        kernel.move_mount(clone, "", kernel.AT_FDCWD, "/" + rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        kernel.move_mount(layer_fd, "", kernel.AT_FDCWD, "/" + rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
     os.chdir("/")
     mfd = fsmount("overlay", source, params)
     chan.send(("ok", None), [mfd])
 
 
 def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
-    """Create the overlay superblock; `binds` are (original path, O_PATH fd of the directory to show there)."""
+    """Create the overlay superblock; `binds` are (original path, O_PATH fd of the directory to show there).
+
+    The clones are made here, in the caller's namespace (older kernels clone
+    only mounts of the caller's own namespace); the helper attaches them.
+    """
     params = lookup("overlay").fsconfig_params(super_opts)
-    _, fds = channel.call_in_child(_build, binds, source, params)
+    clones = []
+    try:
+        for path, fd in binds:
+            clones.append((path, kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)))
+        _, fds = channel.call_in_child(_build, clones, source, params)
+    finally:
+        for _, fd in clones:
+            os.close(fd)
     return fds[0]
