@@ -97,8 +97,10 @@ class QemuVM:
             cmdline += f" rdinit={self.init}"
         if self.extra_cmdline:
             cmdline += " " + self.extra_cmdline
+        # -cpu qemu64 under TCG: ~0.4 s less CPU to result than -cpu max (fewer features to emulate
+        # and probe); the userland only needs baseline x86-64. q35, 512 MB, no virtio-rng: no gain.
         return [
-            QEMU, "-accel", self.accel, "-machine", "pc", "-cpu", "max" if self.accel == "tcg" else "host",
+            QEMU, "-accel", self.accel, "-machine", "pc", "-cpu", "qemu64" if self.accel == "tcg" else "host",
             "-smp", "1", "-m", str(self.memory_mb),
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(self.kernel.boot_image), "-initrd", str(initrd), "-append", cmdline,
