@@ -139,7 +139,11 @@ def _build_root(staging: str, binds: list[tuple[int, str]]) -> None:
     os.symlink(os.path.realpath(shutil.which("sleep", path="/usr/bin:/bin")), os.path.join(staging, HOLD[1:]))
     for fd, where in binds:
         target = os.path.join(staging, where.lstrip("/"))
-        os.makedirs(target, exist_ok=True)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.makedirs(target, exist_ok=True)
+        else:  # a file bind lands on a file
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            open(target, "a").close()
         kernel.mount(f"/proc/self/fd/{fd}", target, None, kernel.MS_BIND)
         os.close(fd)
 
@@ -191,7 +195,7 @@ def keeper_main(cfg: dict) -> int:
                 raise SystemExit(f"enginecase: outer namespace has a shared mount at {m.mountpoint}")
     else:
         kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    binds = [(os.open(src, os.O_PATH | os.O_DIRECTORY), dst) for src, dst in cfg.get("binds", ())]
+    binds = [(os.open(src, os.O_PATH), dst) for src, dst in cfg.get("binds", ())]  # directories or files
     sys.stdout.flush()
     pid = os.fork()
     if pid == 0:

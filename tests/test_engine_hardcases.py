@@ -204,3 +204,25 @@ def test_block_device_declared_external(case, tmp_path):
     finally:
         if dev:
             subprocess.run(["losetup", "-d", dev])
+
+
+def test_file_binds_from_outside_declared_external(case, tmp_path):
+    """docker's /etc/hosts, /etc/resolv.conf, /etc/hostname: host files bound in, declared external."""
+    files = {}
+    for name, text in (("hosts", "127.0.0.1 localhost\n"), ("resolv.conf", "nameserver 127.0.0.53\n"),
+                       ("hostname", "ctr\n")):
+        files[name] = tmp_path / name
+        files[name].write_text(text)
+    binds = tuple((str(path), f"/run/host/{name}") for name, path in files.items())
+    dump_ext = tuple(a for name in files for a in ("--external", f"mnt[/run/host/{name}]:{name}"))
+    restore_ext = tuple(a for name, path in files.items() for a in ("--external", f"mnt[{name}]:{path}"))
+    before, after = case.roundtrip("exec 5</run/host/hosts\nhold\n", check="cat /run/host/*", binds=binds,
+                                   dump_extra=dump_ext, restore_extra=restore_ext)
+    assert "nameserver 127.0.0.53" in after.snap.check_output
+    for name in files:
+        m = next(m for m in after.root.mounts if m.mountpoint == f"/run/host/{name}")
+        assert m.root.endswith("/" + name)   # a file bind of the host's file, not a copy
+    # the same file: a change on the host shows inside the restored container
+    files["hosts"].write_text("changed\n")
+    with open(f"/proc/{after.pid}/root/run/host/hosts") as f:
+        assert f.read() == "changed\n"
