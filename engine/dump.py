@@ -454,8 +454,13 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
     Looking at files of a FUSE mount whose daemon we stopped would hang, so
     this reads only mountinfo, never the filesystems.
     """
+    seen: set[int] = set()
     for pid in pids:
         try:
+            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if ns in seen:
+                continue  # one look per mount namespace
+            seen.add(ns)
             mounts = mountinfo.read_pid(pid)
         except FileNotFoundError:
             continue

@@ -101,8 +101,7 @@ class ImageWriter:
 
     def commit(self, doc: dict) -> None:
         """Write the manifest, fsync, and rename the whole directory into place."""
-        doc = dict(doc, format=FORMAT, version=VERSION)
-        validate(doc, self.tmp, check_archives=True)
+        doc = dict(doc, format=FORMAT, version=VERSION)  # restore validates it (load), dump built it
         mpath = self.path(MANIFEST)
         with open(mpath, "w") as f:
             # Compact: with indent json falls back to its slow pure-Python encoder.
