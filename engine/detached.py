@@ -23,7 +23,7 @@ import os
 import stat
 import tarfile
 
-from engine import content, forkrun, kernel
+from engine import content, kernel
 from engine.image import is_beneath, rel_to
 
 
@@ -48,39 +48,44 @@ def probe(pid: int, what: str) -> dict:
         os.close(fd)
 
 
-def _path_on(ns_fd: int, pids: list[int], mountpoint: str, mnt_id: int, htype: int, handle: bytes) -> str | None:
-    """In a forked child inside the namespace: the path of a file handle on the mount at `mountpoint`."""
-    from engine.dump import _enter_ns_root
-    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    _enter_ns_root(ns_fd, pids, hostproc)
-    path = "/.." if mountpoint == "/" else mountpoint
-    mfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)  # open_by_handle_at refuses O_PATH fds
-    if kernel.statx_mnt_id("", mfd, kernel.AT_EMPTY_PATH) != mnt_id:
-        return None  # covered: try another mount of the superblock
-    fd = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH)
-    return os.readlink(f"thread-self/fd/{fd}", dir_fd=hostproc)
+def _path_through_clone(clone_fd: int, htype: int, handle: bytes) -> str | None:
+    """Path of a file handle inside a clone of a visible mount (relative to that mount's root)."""
+    try:
+        root = os.open(f"/proc/self/fd/{clone_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # a file bind: no directory to resolve the handle against
+    try:
+        fd = kernel.open_by_handle_at(root, htype, handle, os.O_PATH)
+    except OSError:
+        return None
+    finally:
+        os.close(root)
+    try:
+        # The clone is detached: its fds' paths start at the clone's root.
+        return os.readlink(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
 
 
-def root_via_visible(facts: dict, inner_path: str, candidates, ns_open) -> tuple[int, str]:
+def root_via_visible(facts: dict, inner_path: str, candidates, clone_of) -> tuple[int, str]:
     """(visible mount id, root of the detached mount inside that mount) through the file handle.
 
-    `candidates` are (ns inode, Mount) of the same superblock; `ns_open(ino)`
-    gives (ns fd, member pids) to enter that namespace.
+    `candidates` are Mounts of the same superblock, widest root first;
+    `clone_of(mount)` gives a detached clone of one (covered ones included) or None.
     """
     htype, handle = facts["handle"]
     if htype is None:
         raise DetachedError(errno.EOPNOTSUPP, "the filesystem gives no file handles")
-    for ino, m in candidates:
-        ns_fd, pids = ns_open(ino)
+    for m in candidates:
+        clone = clone_of(m)
+        if clone is None:
+            continue
         try:
-            seen = forkrun.run(_path_on, ns_fd, pids, m.mountpoint, m.mnt_id, htype, handle)
-        except OSError:
-            continue
+            on_mount = _path_through_clone(clone, htype, handle)
         finally:
-            os.close(ns_fd)
-        if seen is None or not is_beneath(seen, m.mountpoint):
+            os.close(clone)
+        if on_mount is None:
             continue
-        on_mount = "/" + rel_to(seen, m.mountpoint)
         if inner_path == "/":
             return m.mnt_id, on_mount
         if on_mount == inner_path or on_mount.endswith(inner_path):

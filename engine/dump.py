@@ -357,14 +357,22 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                     rc = rel(c, by_id[parent])
                     if c.mnt_id != node and c.mnt_id not in inside and (rc == "" and r or r.startswith(rc + "/")):
                         covers.add(c.mnt_id)   # a sibling over a directory above it
-        if not covers:
+        # Outer covers first: what an outer cover hides is reachable only once it is gone.
+        progress = False
+        for c in sorted(covers, key=lambda x: (len(by_id[x].mountpoint), x)):
+            path = top_path(by_id[c].mountpoint)
+            try:
+                # Only if its path leads to it: else it is gone already (unmounting the path
+                # would take whatever is there now, maybe a target) or still out of reach.
+                if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[c]:
+                    continue
+                kernel.umount2(path, kernel.MNT_DETACH)
+                progress = True
+            except OSError:
+                pass
+        if not progress:
             mid = min(remaining)
             raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")
-        for c in sorted(covers, key=lambda x: -len(by_id[x].mountpoint)):
-            try:
-                kernel.umount2(top_path(by_id[c].mountpoint), kernel.MNT_DETACH)
-            except OSError:
-                pass  # already gone with an outer cover
 
 
 # --- the dump ------------------------------------------------------------------
@@ -790,8 +798,22 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
         by_mnt.setdefault(item[0]["mnt"], []).append(item)
     out: dict[str, dict] = {}
 
-    def ns_open(ino):
-        return os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY), by_mntns[ino]
+    ns_of_mount = {m.mnt_id: ino for ino, data in ns_data.items() for m in data["mounts"]}
+
+    def clone_of(m) -> int | None:
+        """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
+        ino = ns_of_mount[m.mnt_id]
+        nsfd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
+        try:
+            for mids, fds in channel.fork_stream(_clone_mounts, nsfd, by_mntns[ino], [m.mnt_id]):
+                for fd in fds[1:]:
+                    os.close(fd)
+                return fds[0] if fds else None
+        except OSError:
+            return None
+        finally:
+            os.close(nsfd)
+        return None
 
     for mnt, items in sorted(by_mnt.items()):
         loc0, pid0, link0 = items[0]
@@ -801,8 +823,9 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
             f0 = facts[0][0]
             sid = sb_of_dev.get(f0["dev"])
             if sid is not None:
-                candidates = [(ino, m) for ino, data in ns_data.items() for m in data["mounts"] if m.dev == f0["dev"]]
-                vis, root_on_v = detached.root_via_visible(f0, facts[0][1], candidates, ns_open)
+                candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == f0["dev"]),
+                                    key=lambda m: (len(m.root), m.mnt_id))
+                vis, root_on_v = detached.root_via_visible(f0, facts[0][1], candidates, clone_of)
                 vroot = mounts_by_id[vis].root
                 root = vroot if root_on_v == "/" else (root_on_v if vroot == "/" else vroot + root_on_v)
             else:

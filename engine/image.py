@@ -100,10 +100,16 @@ class ImageWriter:
         return name, self.path(name)
 
     def commit(self, doc: dict) -> None:
-        """Write the manifest, fsync, and rename the whole directory into place."""
+        """Write the manifest and move the image into place.
+
+        The manifest is written as mntcr.json.part, the directory renamed to
+        its final name, and only then the manifest renamed to mntcr.json: at
+        no moment does a directory hold a manifest before every archive is in
+        place, so a dump killed anywhere leaves nothing restore accepts.
+        """
         doc = dict(doc, format=FORMAT, version=VERSION)  # restore validates it (load), dump built it
-        mpath = self.path(MANIFEST)
-        with open(mpath, "w") as f:
+        part = MANIFEST + ".part"
+        with open(self.path(part), "w") as f:
             # Compact: with indent json falls back to its slow pure-Python encoder.
             f.write(json.dumps(doc, sort_keys=True, separators=(",", ":")))
             f.flush()
@@ -112,6 +118,12 @@ class ImageWriter:
             os.rmdir(self.target)  # empty, checked in __init__
         os.rename(self.tmp, self.target)
         self.tmp = None
+        os.rename(os.path.join(self.target, part), os.path.join(self.target, MANIFEST))
+        dfd = os.open(self.target, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
 
     def abort(self) -> None:
         """Remove the temporary directory."""
