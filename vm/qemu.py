@@ -32,6 +32,9 @@ from vm.errors import VMError
 from vm.kernels import Kernel
 from vm.progress import say
 
+# The checkout the guest must see (it may lie under /tmp, which the guest mounts afresh).
+_PROJECT = Path(__file__).resolve().parent.parent
+
 QEMU = "qemu-system-x86_64"
 JOBS = ".mntcr-vm"
 
@@ -92,7 +95,7 @@ class QemuVM:
         cmdline = (f"console=ttyS0 quiet panic=-1 oops=panic mitigations=off tsc=reliable acpi=off "
                    f"cryptomgr.notests "
                    f"mntcr.results={self.results} mntcr.moddir={self.kernel.moddir} "
-                   f"mntcr.kver={self.kernel.version}")
+                   f"mntcr.kver={self.kernel.version} mntcr.project={_PROJECT}")
         if self.init:
             cmdline += f" rdinit={self.init}"
         if self.extra_cmdline:
