@@ -25,7 +25,12 @@ def _add_dump(sub) -> None:
                     "masters, overmounts, tmpfs contents, overlay layers) and each process's root, cwd and "
                     "open files into DIR, then kill the tree unless --leave-running. The image is written "
                     "to a temporary directory and renamed into place, so a failed or killed dump never "
-                    "leaves an image that restore accepts.")
+                    "leaves an image that restore accepts. Supported: tmpfs and ramfs (contents archived), "
+                    "proc, sysfs, devpts, mqueue, cgroup2, binfmt_misc, overlayfs built on dumped mounts, "
+                    "block filesystems (a loop device over a dumped image file is found automatically, any "
+                    "other device must be declared external), files and cwds on lazily unmounted mounts. "
+                    "Refused with one line: other filesystems (FUSE included), fds that are not files or "
+                    "directories, deleted files, processes in another user namespace.")
     p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
                    help="root of the process tree to dump")
     p.add_argument("-D", "--images-dir", dest="images_dir", required=True, metavar="DIR",
