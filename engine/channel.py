@@ -86,12 +86,16 @@ def fork_stream(fn, *args):
     comes back as OSError; the child is always reaped.
     """
     import os
+    import signal
     import traceback
+    from engine import kernel
     parent, child = Channel.pair()
+    me = kernel.pidfd_open(os.getpid())
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
+            kernel.die_with_parent(me, signal.SIGKILL)  # never outlive the caller
             parent.close()
             fn(*args, child)
         except BaseException as e:  # noqa: BLE001 - reported to the parent
@@ -102,6 +106,7 @@ def fork_stream(fn, *args):
                 pass
         os._exit(code)
     child.close()
+    os.close(me)
     try:
         while True:
             try:

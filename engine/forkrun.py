@@ -47,10 +47,13 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
     rfd, wfd = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
+    me = kernel.pidfd_open(os.getpid())
     pid = os.fork()
     if pid == 0:  # child
         code = 0
         try:
+            # A helper never outlives its caller (a killed dump must not leave one spinning).
+            kernel.die_with_parent(me, signal.SIGKILL)
             os.close(rfd)
             if unshare_flags:
                 kernel.unshare(unshare_flags)
@@ -78,6 +81,7 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
         finally:
             os._exit(code)
     os.close(wfd)
+    os.close(me)
     try:
         data = _read_all(rfd)
     finally:
