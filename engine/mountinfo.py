@@ -209,20 +209,24 @@ def parse(text: str) -> list[Mount]:
     return mounts
 
 
+def optional_fields(m: Mount, group=str) -> list[str]:
+    """The optional fields of `m` in the kernel's order; `group` names a peer group id."""
+    out = []
+    if m.shared is not None:
+        out.append(f"shared:{group(m.shared)}")
+    if m.master is not None:
+        out.append(f"master:{group(m.master)}")
+    if m.propagate_from is not None:
+        out.append(f"propagate_from:{group(m.propagate_from)}")
+    if m.unbindable:
+        out.append("unbindable")
+    out.extend(m.extra_optional)
+    return out
+
+
 def format_line(m: Mount) -> str:
     """The mountinfo line for `m`, exactly as the kernel prints it (without newline)."""
-    optional = []
-    if m.shared is not None:
-        optional.append(f"shared:{m.shared}")
-    if m.master is not None:
-        optional.append(f"master:{m.master}")
-        if m.propagate_from is not None:
-            optional.append(f"propagate_from:{m.propagate_from}")
-    elif m.propagate_from is not None:
-        optional.append(f"propagate_from:{m.propagate_from}")
-    if m.unbindable:
-        optional.append("unbindable")
-    optional.extend(m.extra_optional)
+    optional = optional_fields(m)
     parts = [
         str(m.mnt_id),
         str(m.parent_id),

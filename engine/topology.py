@@ -19,7 +19,7 @@ import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
-from engine.mountinfo import Mount, escape
+from engine.mountinfo import Mount, escape, optional_fields
 
 __all__ = ["Tree", "Canonical", "canonical", "diff_report", "render_tree", "propagation_text"]
 
@@ -320,16 +320,7 @@ def canonical(mounts) -> Canonical:
         depth[m.mnt_id] = d
         mp_count[m.mountpoint] = mp_count.get(m.mountpoint, 0) + 1
         sb = give_name(("s", (m.major, m.minor)), sb_names, "S")
-        prop = []
-        if m.shared is not None:
-            prop.append(f"shared:{give_name(('g', m.shared), group_names, 'P')}")
-        if m.master is not None:
-            prop.append(f"master:{give_name(('g', m.master), group_names, 'P')}")
-        if m.propagate_from is not None:
-            prop.append(f"propagate_from:{give_name(('g', m.propagate_from), group_names, 'P')}")
-        if m.unbindable:
-            prop.append("unbindable")
-        prop.extend(m.extra_optional)
+        prop = optional_fields(m, lambda g: give_name(("g", g), group_names, "P"))
         line = (f"{escape(m.mountpoint)} root={escape(m.root)} type={escape(m.fstype)} "
                 f"source={escape(m.source)} opts={','.join(m.mount_opts)} sb={sb} "
                 f"sbopts={','.join(m.super_opts)} prop={' '.join(prop) or 'private'}")
@@ -355,17 +346,7 @@ def canonical(mounts) -> Canonical:
 
 def propagation_text(m: Mount) -> str:
     """The propagation of `m` as mountinfo spells it, or ``private``."""
-    parts = []
-    if m.shared is not None:
-        parts.append(f"shared:{m.shared}")
-    if m.master is not None:
-        parts.append(f"master:{m.master}")
-    if m.propagate_from is not None:
-        parts.append(f"propagate_from:{m.propagate_from}")
-    if m.unbindable:
-        parts.append("unbindable")
-    parts.extend(m.extra_optional)
-    return " ".join(parts) or "private"
+    return " ".join(optional_fields(m)) or "private"
 
 
 def _source_col(m: Mount) -> str:
