@@ -510,7 +510,8 @@ def mounts_added(before: str, after: str) -> list[str]:
 
 
 def tree_hash(path: str) -> str:
-    """A hash of a directory tree: names, modes, sizes and contents (not times)."""
+    """A hash of a directory tree: names, types, modes, sizes, link targets and contents (not times;
+    FIFOs are not read)."""
     h = hashlib.sha256()
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
@@ -518,7 +519,9 @@ def tree_hash(path: str) -> str:
             p = os.path.join(dirpath, name)
             st = os.lstat(p)
             h.update(f"{os.path.relpath(p, path)} {st.st_mode:o} {st.st_size}\n".encode())
-            if stat.S_ISREG(st.st_mode):
+            if stat.S_ISLNK(st.st_mode):
+                h.update(os.readlink(p).encode())
+            elif stat.S_ISREG(st.st_mode):
                 with open(p, "rb") as f:
                     h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()

@@ -13,7 +13,6 @@ never leave a mount in the host namespace, never change the image directory.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is needed for 
 from hypothesis import HealthCheck, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from enginecase import tree_hash  # noqa: E402
 from zdtm import leakguard, snapshot  # noqa: E402
 from zdtm.flavors.ns import NsFlavor  # noqa: E402
 from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
@@ -86,30 +86,13 @@ def base_image(tmp_path_factory):
     return img, rext
 
 
-def _tree_digest(path: str) -> str:
-    """Names, types, modes and contents of everything under `path` (FIFOs are not read)."""
-    h = hashlib.sha256()
-    for dirpath, dirnames, filenames in os.walk(path):
-        dirnames.sort()
-        for name in sorted(dirnames + filenames):
-            p = os.path.join(dirpath, name)
-            st = os.lstat(p)
-            h.update(f"{os.path.relpath(p, path)} {st.st_mode:o} {st.st_size}\n".encode())
-            if os.path.islink(p):
-                h.update(os.readlink(p).encode())
-            elif os.path.isfile(p):
-                with open(p, "rb") as f:
-                    h.update(hashlib.sha256(f.read()).digest())
-    return h.hexdigest()
-
-
 def restore_outcome(img: str, rext: list[str], workdir: str) -> tuple[int, str]:
     """Restore `img`; check the hardening invariants; return (exit status, stderr).
 
     Success is allowed (a harmless mutation); the restored tree is killed.
     """
     guard = leakguard.Guard()
-    digest = _tree_digest(img)
+    digest = tree_hash(img)
     pidfile = os.path.join(workdir, "pid")
     try:
         r = _mntcr("restore", "-D", img, "--pidfile", pidfile, *rext)
@@ -127,7 +110,7 @@ def restore_outcome(img: str, rext: list[str], workdir: str) -> tuple[int, str]:
         assert not os.path.exists(pidfile), "a refused restore wrote a pid file"
     leaked = guard.check()
     assert not leaked, leakguard.describe(leaked)
-    assert _tree_digest(img) == digest, "restore changed the image directory"
+    assert tree_hash(img) == digest, "restore changed the image directory"
     return r.returncode, r.stderr.strip()
 
 
