@@ -232,14 +232,14 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
     return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev}
 
 
-def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], chan: channel.Channel) -> None:
+def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, chan: channel.Channel) -> None:
     """In a forked child: clone each wanted mount (original ids) of the namespace and send the fds.
 
+    `orig` is the namespace's mount list as dump read it (the tree is stopped).
     Works in a private copy of the namespace so it may unmount what covers a
     mount (an overmount, or a mount over one of its ancestors' paths) without
-    touching the original. Mounts are visited children first, siblings with
-    shorter mount points first: by the time a mount is reached, everything
-    that could cover its path has been cloned if wanted and unmounted.
+    touching the original: visible mounts are cloned at once, covered ones
+    after their covers are gone (see _uncover).
     """
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
     _enter_ns_root(ns_fd, pids, hostproc)
@@ -248,7 +248,6 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], chan: channel.
         with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
             return mountinfo.parse(f.read())
 
-    orig = read()
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     copy = read()
@@ -684,7 +683,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         for ino, wanted in clone_plan.items():
             fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
             try:
-                for mids, fds in channel.fork_stream(_clone_mounts, fd, by_mntns[ino], wanted):
+                for mids, fds in channel.fork_stream(_clone_mounts, fd, by_mntns[ino], wanted, ns_data[ino]["mounts"]):
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):
@@ -805,7 +804,7 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
         ino = ns_of_mount[m.mnt_id]
         nsfd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
         try:
-            for mids, fds in channel.fork_stream(_clone_mounts, nsfd, by_mntns[ino], [m.mnt_id]):
+            for mids, fds in channel.fork_stream(_clone_mounts, nsfd, by_mntns[ino], [m.mnt_id], ns_data[ino]["mounts"]):
                 for fd in fds[1:]:
                     os.close(fd)
                 return fds[0] if fds else None
