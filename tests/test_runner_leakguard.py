@@ -224,6 +224,12 @@ def test_leaves_a_holder():
     p = subprocess.Popen(["bash", "-c", 'exec -a {leakguard.HOLDER_ARGV0} sleep 120'],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
     open({str(pidfile)!r}, "w").write(str(p.pid))
+    # a holder is a holder once bash has exec'd it (else the session may end first and see only bash)
+    import time
+    for _ in range(500):
+        if open(f"/proc/{{p.pid}}/cmdline", "rb").read().startswith({leakguard.HOLDER_ARGV0.encode()!r}):
+            break
+        time.sleep(0.01)
 ''')
     try:
         result = _run_inner_session(pytester, private_ns=False)
