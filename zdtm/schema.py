@@ -89,24 +89,16 @@ def validate_raw(sf, error) -> None:
                 if value not in params[name]:
                     raise error(path, f"key 'exclude': {value!r} is not a value of param {name!r}",
                                 lines.get("exclude"))
-    requires = raw.get("requires")
-    if requires is not None:
-        if not isinstance(requires, dict):
-            raise error(path, f"key 'requires' must be a mapping with keys {_allowed(REQUIRES_KEYS)}",
-                        lines.get("requires"))
-        for key in requires:
-            if key not in REQUIRES_KEYS:
-                raise error(path, f"unknown key 'requires.{key}'; allowed: {_allowed(REQUIRES_KEYS)}",
-                            lines.get(f"requires.{key}"))
-    container = raw.get("container")
-    if container is not None:
-        if not isinstance(container, dict):
-            raise error(path, f"key 'container' must be a mapping with keys {_allowed(CONTAINER_KEYS)}",
-                        lines.get("container"))
-        for key in container:
-            if key not in CONTAINER_KEYS:
-                raise error(path, f"unknown key 'container.{key}'; allowed: {_allowed(CONTAINER_KEYS)}",
-                            lines.get(f"container.{key}"))
+    for name, allowed in (("requires", REQUIRES_KEYS), ("container", CONTAINER_KEYS)):
+        section = raw.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise error(path, f"key {name!r} must be a mapping with keys {_allowed(allowed)}", lines.get(name))
+        for key in section:
+            if key not in allowed:
+                raise error(path, f"unknown key '{name}.{key}'; allowed: {_allowed(allowed)}",
+                            lines.get(f"{name}.{key}"))
     flavors = raw.get("flavors")
     if flavors is not None:
         if not isinstance(flavors, list) or not flavors:
