@@ -509,6 +509,25 @@ def mounts_added(before: str, after: str) -> list[str]:
     return [f"{m.mnt_id} {m.mountpoint} {m.fstype}" for m in leakguard.leaked(before, after)]
 
 
+def copy_image(img: str, dest: str) -> str:
+    """A copy of image directory `img` at DEST/img (symlinks kept as links)."""
+    out = os.path.join(str(dest), "img")
+    shutil.copytree(img, out, symlinks=True)
+    return out
+
+
+def load_manifest(img: str) -> dict:
+    """The image's mntcr.json."""
+    with open(os.path.join(img, "mntcr.json")) as f:
+        return json.load(f)
+
+
+def save_manifest(img: str, doc) -> None:
+    """Overwrite the image's mntcr.json (tests forge images this way)."""
+    with open(os.path.join(img, "mntcr.json"), "w") as f:
+        json.dump(doc, f)
+
+
 def tree_hash(path: str) -> str:
     """A hash of a directory tree: names, types, modes, sizes, link targets and contents (not times;
     FIFOs are not read)."""

@@ -9,11 +9,9 @@ unchanged, and no restore process left behind.
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import platform
 import re
-import shutil
 import struct
 import tarfile
 import time
@@ -21,7 +19,8 @@ import time
 import pytest
 
 import enginecase
-from enginecase import EngineCase, case, host_mountinfo, mntcr, mounts_added, procs_with, tree_hash  # noqa: F401
+from enginecase import (EngineCase, case, copy_image, host_mountinfo, load_manifest, mntcr,  # noqa: F401
+                        mounts_added, procs_with, save_manifest, tree_hash)
 
 # --- seccomp: make chosen syscalls fail with ENOSYS in one child (a kernel "without" them) -----
 
@@ -158,20 +157,7 @@ def base_image(tmp_path_factory):
         c.close()
 
 
-def _copy(base: str, tmp_path) -> str:
-    dst = os.path.join(str(tmp_path), "img")
-    shutil.copytree(base, dst, symlinks=True)
-    return dst
-
-
-def _doc(img: str) -> dict:
-    with open(os.path.join(img, "mntcr.json")) as f:
-        return json.load(f)
-
-
-def _save(img: str, doc) -> None:
-    with open(os.path.join(img, "mntcr.json"), "w") as f:
-        json.dump(doc, f)
+_copy, _doc, _save = copy_image, load_manifest, save_manifest
 
 
 def _root_ns(doc) -> dict:

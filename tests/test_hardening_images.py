@@ -13,9 +13,7 @@ never leave a mount in the host namespace, never change the image directory.
 from __future__ import annotations
 
 import copy
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,7 +25,7 @@ hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is needed for 
 from hypothesis import HealthCheck, given, note, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from enginecase import tree_hash  # noqa: E402
+from enginecase import copy_image, load_manifest, save_manifest, tree_hash  # noqa: E402
 from zdtm import leakguard, snapshot  # noqa: E402
 from zdtm.flavors.ns import NsFlavor  # noqa: E402
 from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
@@ -114,20 +112,7 @@ def restore_outcome(img: str, rext: list[str], workdir: str) -> tuple[int, str]:
     return r.returncode, r.stderr.strip()
 
 
-def _copy(img: str, dest: str) -> str:
-    out = os.path.join(dest, "img")
-    shutil.copytree(img, out, symlinks=True)
-    return out
-
-
-def _load(img: str) -> dict:
-    with open(os.path.join(img, "mntcr.json")) as f:
-        return json.load(f)
-
-
-def _save(img: str, doc) -> None:
-    with open(os.path.join(img, "mntcr.json"), "w") as f:
-        json.dump(doc, f)
+_copy, _load, _save = copy_image, load_manifest, save_manifest
 
 
 # --- the base image is sound (so a refusal below is the mutation's doing) -------
