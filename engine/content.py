@@ -79,9 +79,12 @@ def archive(mounts: list[tuple[int, str]], out_path: str) -> dict:
     return digest_path(out_path)
 
 
-def archive_dir(dir_fd: int, out_path: str) -> dict:
-    """Archive one directory tree (on a mount that cannot be cloned) as member sb-0; size and sha256."""
-    cmd = [_tar(), "-C", f"/proc/self/fd/{dir_fd}", "--sparse", "--one-file-system", *_COMMON, "-cf", out_path,
+def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = ()) -> dict:
+    """Archive one directory tree (on a mount that cannot be cloned) as member sb-0, leaving out
+    the subtrees `exclude` (paths relative to it, archived elsewhere); size and sha256."""
+    skip = [f"--exclude=./{rel}" for rel in exclude]
+    cmd = [_tar(), "-C", f"/proc/self/fd/{dir_fd}", "--sparse", "--one-file-system", *_COMMON,
+           *(["--anchored", "--no-wildcards", *skip] if skip else []), "-cf", out_path,
            "--transform=s,^\\.,sb-0,", "."]
     proc = subprocess.run(cmd, pass_fds=(dir_fd,), stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if proc.returncode not in (0, 1):

@@ -7,6 +7,12 @@ restore needs is where the detached mount's root lies in some superblock:
   (name_to_handle_at) and open it on the visible mount (open_by_handle_at);
   its path there, minus its path inside the detached mount, is the detached
   mount's root on that mount;
+- the file lies outside every visible mount's root (the detached mount was
+  wider than what stays visible): open a visible mount's root directory by
+  handle *on the detached mount* and climb ".." to a fixed point, which is the
+  detached mount's root or the superblock's root, both of known path; search
+  there for the file's inode. The files that only the detached mount reaches
+  are then archived from there (tmpfs, ramfs);
 - it is not (a tmpfs only reachable through the fds): climb ".." from a
   directory fd (or cwd) to the detached mount's root and archive its whole
   content; with only regular files, archive those files.
@@ -42,14 +48,20 @@ def probe(pid: int, what: str) -> dict:
         except OSError:
             htype, handle = None, None
         return {"dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", "is_dir": stat.S_ISDIR(st.st_mode),
+                "is_reg": stat.S_ISREG(st.st_mode), "ino": st.st_ino,
                 "magic": kernel.fstatfs_type(fd), "mount_opts": kernel.mount_opts_of_fd(fd),
                 "handle": (htype, handle), "link": link}
     finally:
         os.close(fd)
 
 
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def _path_through_clone(clone_fd: int, htype: int, handle: bytes) -> str | None:
-    """Path of a file handle inside a clone of a visible mount (relative to that mount's root)."""
+    """Path of a file handle inside a clone of a visible mount (relative to that mount's root),
+    or None when the clone cannot reach the file."""
     try:
         root = os.open(f"/proc/self/fd/{clone_fd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
@@ -57,18 +69,35 @@ def _path_through_clone(clone_fd: int, htype: int, handle: bytes) -> str | None:
     try:
         fd = kernel.open_by_handle_at(root, htype, handle, os.O_PATH)
     except OSError:
-        return None
-    finally:
         os.close(root)
+        return None
     try:
-        # The clone is detached: its fds' paths start at the clone's root.
-        return os.readlink(f"/proc/self/fd/{fd}")
+        # The clone is detached: its fds' paths start at the clone's root. A file
+        # outside that root still opens by handle, but its link then reads "/" or
+        # a partial path: only a path that resolves back to the same inode counts.
+        path = os.readlink(f"/proc/self/fd/{fd}")
+        if not path.startswith("/"):
+            return None
+        if path == "/":
+            back = os.open(".", os.O_PATH | os.O_CLOEXEC, dir_fd=root)
+        else:
+            try:
+                back = kernel.openat2(root, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
+                                      kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_MAGICLINKS | kernel.RESOLVE_NO_XDEV)
+            except OSError:
+                return None
+        try:
+            return path if _same(os.fstat(back), os.fstat(fd)) else None
+        finally:
+            os.close(back)
     finally:
         os.close(fd)
+        os.close(root)
 
 
-def root_via_visible(facts: dict, inner_path: str, candidates, clone_of) -> tuple[int, str]:
-    """(visible mount id, root of the detached mount inside that mount) through the file handle.
+def root_via_visible(facts: dict, inner_path: str, candidates, clone_of) -> tuple[int, str] | None:
+    """(visible mount id, root of the detached mount inside that mount) through the file handle;
+    None when no visible mount reaches the file (see locate_outside).
 
     `candidates` are Mounts of the same superblock, widest root first;
     `clone_of(mount)` gives a detached clone of one (covered ones included) or None.
@@ -91,9 +120,86 @@ def root_via_visible(facts: dict, inner_path: str, candidates, clone_of) -> tupl
         if on_mount == inner_path or on_mount.endswith(inner_path):
             root = on_mount[: len(on_mount) - len(inner_path)] or "/"
             return m.mnt_id, root
-        raise DetachedError(errno.EOPNOTSUPP, f"its file is {on_mount} on the visible mount {m.mnt_id} "
-                                              f"({m.mountpoint}) but {inner_path} on the detached one (renamed?)")
-    raise DetachedError(errno.EOPNOTSUPP, "no visible mount of its filesystem can open it by handle")
+        # Another hard link's name: the search in locate_outside picks the right one.
+    return None
+
+
+def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
+    """(directory fd on the detached mount, its path in the superblock): the fixed point of ".."
+    from a visible mount's root opened by handle on the detached mount.
+
+    ".." stops at the detached mount's root, or, from outside it, at the
+    superblock's root; either way the steps climbed from the visible root (of
+    known path) give the fixed point's path.
+    """
+    if not (facts["is_dir"] or facts["is_reg"]):
+        raise DetachedError(errno.EOPNOTSUPP, "only a regular file or directory outside every visible mount "
+                                              "of its filesystem can be located")
+    # open_by_handle_at wants a real (not O_PATH) fd on the mount it resolves on.
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | (os.O_DIRECTORY if facts["is_dir"] else 0)
+    pfd = os.open(facts["link"], flags)
+    try:
+        for m in candidates:
+            clone = clone_of(m)
+            if clone is None:
+                continue
+            try:
+                root = os.open(f"/proc/self/fd/{clone}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue  # a file bind
+            finally:
+                os.close(clone)
+            try:
+                htype, handle, _ = kernel.name_to_handle_at(root, "", kernel.AT_EMPTY_PATH)
+            finally:
+                os.close(root)
+            d = kernel.open_by_handle_at(pfd, htype, handle, os.O_RDONLY | os.O_DIRECTORY)
+            steps = 0
+            while True:
+                up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=d)
+                if _same(os.fstat(d), os.fstat(up)):
+                    os.close(up)
+                    break
+                os.close(d)
+                d, steps = up, steps + 1
+            parts = [c for c in m.root.split("/") if c]
+            if steps > len(parts):
+                os.close(d)
+                raise DetachedError(errno.EIO, f"climbed {steps} levels above the root {m.root} of mount "
+                                               f"{m.mnt_id}: the filesystem changed while it was dumped")
+            return d, "/" + "/".join(parts[: len(parts) - steps])
+        raise DetachedError(errno.EOPNOTSUPP, "no visible mount of its filesystem is a directory to locate it from")
+    finally:
+        os.close(pfd)
+
+
+def locate_outside(facts: dict, inner_path: str, d_fd: int, d_path: str) -> str:
+    """Root of the detached mount in its superblock: search the tree at `d_fd` (superblock path
+    `d_path`, from anchor) for the file's inode under a name ending in `inner_path`."""
+    top = f"/proc/self/fd/{d_fd}"
+    top_st = os.stat(top)
+    want = (top_st.st_dev, facts["ino"])
+
+    def root_if(rel: str) -> str | None:
+        full = d_path if rel == "/" else (rel if d_path == "/" else d_path + rel)
+        if inner_path == "/":
+            return full
+        if full.endswith(inner_path):
+            return full[: len(full) - len(inner_path)] or "/"
+        return None
+
+    if (top_st.st_dev, top_st.st_ino) == want and (r := root_if("/")) is not None:
+        return r
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            st = os.lstat(os.path.join(dirpath, name))
+            if (st.st_dev, st.st_ino) == want:
+                r = root_if("/" + os.path.relpath(os.path.join(dirpath, name), top))
+                if r is not None:
+                    return r
+        dirnames[:] = [d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == top_st.st_dev]
+    raise DetachedError(errno.ENOENT, f"its file ({inner_path}) is found nowhere in its filesystem "
+                                      "(unlinked, or renamed while dumped?)")
 
 
 def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:

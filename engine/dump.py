@@ -814,35 +814,72 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
             os.close(nsfd)
         return None
 
-    for mnt, items in sorted(by_mnt.items()):
-        loc0, pid0, link0 = items[0]
-        where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on detached mount {mnt}"
-        try:
-            facts = [(detached.probe(pid, link), loc["path"]) for loc, pid, link in items]
-            f0 = facts[0][0]
-            sid = sb_of_dev.get(f0["dev"])
-            if sid is not None:
-                candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == f0["dev"]),
-                                    key=lambda m: (len(m.root), m.mnt_id))
-                vis, root_on_v = detached.root_via_visible(f0, facts[0][1], candidates, clone_of)
-                vroot = mounts_by_id[vis].root
-                root = vroot if root_on_v == "/" else (root_on_v if vroot == "/" else vroot + root_on_v)
-            else:
-                if f0["magic"] not in (kernel.TMPFS_MAGIC, kernel.RAMFS_MAGIC):
-                    raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                                      "visible; only a detached tmpfs or ramfs can be dumped whole")
-                sid = f"sb-{len(superblocks)}"
-                name, path = writer.new_archive()
-                files[name] = detached.archive_invisible(facts, path)
-                fstype = "tmpfs" if f0["magic"] == kernel.TMPFS_MAGIC else "ramfs"
-                superblocks[sid] = {"fstype": fstype, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
-                                    "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
-                root = "/"
-        except OSError as e:
-            raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
-        out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
-                         "mountpoint": "(detached)"}
+    anchors: list[int] = []
+    beyond: list[tuple[str, str, int, str]] = []
+    try:
+        for mnt, items in sorted(by_mnt.items()):
+            loc0, pid0, link0 = items[0]
+            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on detached mount {mnt}"
+            try:
+                facts = [(detached.probe(pid, link), loc["path"]) for loc, pid, link in items]
+                f0 = facts[0][0]
+                sid = sb_of_dev.get(f0["dev"])
+                if sid is not None:
+                    candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == f0["dev"]),
+                                        key=lambda m: (len(m.root), m.mnt_id))
+                    found = detached.root_via_visible(f0, facts[0][1], candidates, clone_of)
+                    if found is not None:
+                        vis, root_on_v = found
+                        vroot = mounts_by_id[vis].root
+                        root = vroot if root_on_v == "/" else (root_on_v if vroot == "/" else vroot + root_on_v)
+                    else:
+                        d_fd, d_path = detached.anchor(f0, candidates, clone_of)
+                        anchors.append(d_fd)
+                        root = detached.locate_outside(f0, facts[0][1], d_fd, d_path)
+                        if fs.lookup(superblocks[sid]["fstype"]).content:
+                            beyond.append((sid, root, d_fd, d_path))
+                else:
+                    if f0["magic"] not in (kernel.TMPFS_MAGIC, kernel.RAMFS_MAGIC):
+                        raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
+                                                          "visible; only a detached tmpfs or ramfs can be dumped whole")
+                    sid = f"sb-{len(superblocks)}"
+                    name, path = writer.new_archive()
+                    files[name] = detached.archive_invisible(facts, path)
+                    fstype = "tmpfs" if f0["magic"] == kernel.TMPFS_MAGIC else "ramfs"
+                    superblocks[sid] = {"fstype": fstype, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
+                                        "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
+                    root = "/"
+            except OSError as e:
+                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+            out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
+                             "mountpoint": "(detached)"}
+        _archive_beyond(beyond, superblocks, writer, files)
+    finally:
+        for fd in anchors:
+            os.close(fd)
     return out
+
+
+def _archive_beyond(beyond, superblocks, writer, files) -> None:
+    """Archive what only detached mounts reach of a content superblock: each widest detached root
+    (sb id, root, anchor fd, anchor path) not already archived, minus the archived roots inside it."""
+    done: dict[str, list[str]] = {}
+    for sid, root, d_fd, d_path in sorted(beyond, key=lambda b: (b[0], len(b[1]), b[1])):
+        sb = superblocks[sid]
+        covered = [a["root"] for a in sb["archives"]] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
+        if any(is_beneath(root, c) for c in covered + done.get(sid, [])):
+            continue
+        rel = rel_to(root, d_path)
+        r_fd = d_fd if not rel else kernel.openat2(d_fd, rel, os.O_PATH | os.O_DIRECTORY,
+                                                   kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_XDEV)
+        try:
+            name, path = writer.new_archive()
+            files[name] = content.archive_dir(r_fd, path, [rel_to(c, root) for c in covered if is_beneath(c, root)])
+        finally:
+            if r_fd != d_fd:
+                os.close(r_fd)
+        sb["archives"].append({"file": name, "member": "sb-0", "root": root})
+        done.setdefault(sid, []).append(root)
 
 
 def _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name) -> None:
