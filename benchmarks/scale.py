@@ -25,7 +25,8 @@ The output ends with one line per figure:
     growth 10000/1000: X.XX       (restore time at 10000 / at 1000, when both ran)
 
 `--profile DIR` runs dump and restore under cProfile (DIR/dump-N.prof,
-DIR/restore-N.prof); timings then include the profiler's overhead.
+DIR/restore-N.prof, and the forked restorer's DIR/restorer-N.prof through
+MNTCR_PROFILE); timings then include the profiler's overhead.
 """
 
 from __future__ import annotations
@@ -133,8 +134,8 @@ def _populate(pid: int, n: int) -> int:
 
 # --- measuring ---------------------------------------------------------------------
 
-def _measured(cmd: list[str]) -> dict:
-    env = dict(os.environ, PYTHONPATH=_ROOT)
+def _measured(cmd: list[str], extra_env: dict | None = None) -> dict:
+    env = dict(os.environ, PYTHONPATH=_ROOT, **(extra_env or {}))
     out = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, env=env,
                          cwd=_ROOT)
     if out.returncode != 0:
@@ -175,7 +176,8 @@ def run_one(n: int, work: str, binary: str, profile_dir: str | None) -> dict:
         pidfile = os.path.join(cdir, "restored.pid")
         error = None
         try:
-            rest = _measured(_mntcr("restore", ["-D", images, "--pidfile", pidfile, *ext_rest], prof("restore")))
+            rest = _measured(_mntcr("restore", ["-D", images, "--pidfile", pidfile, *ext_rest], prof("restore")),
+                             {"MNTCR_PROFILE": prof("restorer")} if profile_dir else None)
         except RuntimeError as e:
             # Still measure the floor: the figure says the restore failed, with its error line.
             error, equal = str(e), False
