@@ -315,9 +315,22 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
     unmounted; repeat until every target is visible.
     """
     remaining = set(targets)
+    # Children by (parent, mount point): a cover is found by looking up the few
+    # directories above a target, never by scanning all siblings (a parent may
+    # have thousands of children).
+    at: dict[tuple[int, str], list[int]] = {}
+    for parent, cs in children.items():
+        for c in cs:
+            at.setdefault((parent, c.mountpoint), []).append(c.mnt_id)
 
-    def rel(c, p):
-        return rel_to(c.mountpoint, p.mountpoint)
+    def above(n, p) -> list[str]:
+        """Mount points of p's directories that hide n's: p's own root and each proper ancestor of n's."""
+        r = rel_to(n.mountpoint, p.mountpoint)
+        if not r:
+            return []
+        parts = r.split("/")
+        base = "" if p.mountpoint == "/" else p.mountpoint
+        return [p.mountpoint] + [base + "/" + "/".join(parts[:i]) for i in range(1, len(parts))]
 
     def chain(mid):
         out = []
@@ -346,16 +359,15 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
             ids = chain(mid)
             for node, parent in zip(ids, ids[1:] + [None]):
                 n = by_id[node]
-                for c in children.get(node, ()):
-                    if rel(c, n) == "" and c.mnt_id not in inside:
-                        covers.add(c.mnt_id)   # a mount over this node's root
+                for c in at.get((node, n.mountpoint), ()):
+                    if c not in inside:
+                        covers.add(c)   # a mount over this node's root
                 if parent is None:
                     continue
-                r = rel(n, by_id[parent])
-                for c in children.get(parent, ()):
-                    rc = rel(c, by_id[parent])
-                    if c.mnt_id != node and c.mnt_id not in inside and (rc == "" and r or r.startswith(rc + "/")):
-                        covers.add(c.mnt_id)   # a sibling over a directory above it
+                for mp in above(n, by_id[parent]):
+                    for c in at.get((parent, mp), ()):
+                        if c != node and c not in inside:
+                            covers.add(c)   # a sibling over a directory above it
         # Outer covers first: what an outer cover hides is reachable only once it is gone.
         progress = False
         for c in sorted(covers, key=lambda x: (len(by_id[x].mountpoint), x)):
