@@ -480,13 +480,14 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
             if ns in seen:
                 continue  # one look per mount namespace
             seen.add(ns)
-            mounts = mountinfo.read_pid(pid)
+            with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+                mounts = mountinfo.brief(f.read())
         except FileNotFoundError:
             continue
-        ext_devs = {m.dev for m in mounts if m.mountpoint in ext_mnts}
-        for m in mounts:
-            if fs.lookup(m.fstype) is None and m.dev not in ext_devs:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}) on {m.fstype}: not supported")
+        ext_devs = {dev for _, dev, mp, _ in mounts if mp in ext_mnts}
+        for mid, dev, mp, fstype in mounts:
+            if fs.lookup(fstype) is None and dev not in ext_devs:
+                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported")
 
 
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
@@ -516,9 +517,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             ns_data[ino] = forkrun.run(_inspect_ns, fd, members)
         finally:
             os.close(fd)
-        uniq = ns_data[ino]["unique"]
-        ns_data[ino]["mounts"] = [m.with_(unique_id=uniq.get(m.mnt_id))
-                                  for m in mountinfo.parse(ns_data[ino]["mountinfo"])]
+        ns_data[ino]["mounts"] = mountinfo.parse(ns_data[ino].pop("mountinfo"), ns_data[ino]["unique"])
 
     # 3. plan superblocks
     superblocks: dict[str, dict] = {}

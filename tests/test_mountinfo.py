@@ -115,6 +115,25 @@ def test_blank_line_and_duplicate_id():
         mountinfo.parse("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n1 0 8:1 / / rw - ext4 /dev/sda1 rw\n")
 
 
+@pytest.mark.parametrize("path", [pathlib.Path("/proc/self/mountinfo"), *LISTINGS],
+                         ids=["self", *(p.name for p in LISTINGS)])
+def test_brief_agrees_with_parse(path):
+    text = path.read_text(errors="surrogateescape")
+    assert mountinfo.brief(text) == [(m.mnt_id, m.dev, m.mountpoint, m.fstype) for m in mountinfo.parse(text)]
+
+
+def test_brief_reports_a_broken_line_as_parse_does():
+    with pytest.raises(MountinfoError, match="line 2: .*separator"):
+        mountinfo.brief("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n36 35 98:0 / /mnt rw ext3 /dev/x rw\n")
+    with pytest.raises(MountinfoError, match="line 1: mount id"):
+        mountinfo.brief("x 35 98:0 / /mnt rw - ext3 /dev/x rw\n")
+
+
+def test_parse_takes_unique_ids():
+    text = "1 0 8:1 / / rw - ext4 /dev/sda1 rw\n2 1 0:5 / /proc rw - proc proc rw\n"
+    assert [m.unique_id for m in mountinfo.parse(text, {2: 1 << 40})] == [None, 1 << 40]
+
+
 # --- statmount / listmount ------------------------------------------------------
 
 def _require_statmount():
