@@ -78,13 +78,9 @@ def _close(fd: int) -> None:
         pass
 
 
-def fork_stream(fn, *args):
-    """Run ``fn(*args, chan)`` in a forked child; yield each (obj, fds) it sends until it sends "done".
-
-    For work that must change the process for good (setns, unshare, chroot)
-    and hand back file descriptors. An exception in the child, or its death,
-    comes back as OSError; the child is always reaped.
-    """
+def _fork(fn, args) -> tuple[int, Channel]:
+    """Fork a child running ``fn(*args, chan)``; return (pid, our end). An exception in the
+    child is sent as ("error", text); the child dies with us (SIGKILL)."""
     import os
     import signal
     import traceback
@@ -107,35 +103,68 @@ def fork_stream(fn, *args):
         os._exit(code)
     child.close()
     os.close(me)
+    return pid, parent
+
+
+def _next(chan: Channel) -> tuple[object, list[int]]:
+    """The helper's next message; its error or death as OSError."""
+    try:
+        msg, fds = chan.recv()
+    except ChannelClosed:
+        raise OSError("helper process died") from None
+    if isinstance(msg, tuple) and msg and msg[0] == "error":
+        for fd in fds:
+            _close(fd)
+        raise OSError(msg[1])
+    return msg, fds
+
+
+def fork_stream(fn, *args):
+    """Run ``fn(*args, chan)`` in a forked child; yield each (obj, fds) it sends until it sends "done".
+
+    For work that must change the process for good (setns, unshare, chroot)
+    and hand back file descriptors. An exception in the child, or its death,
+    comes back as OSError; the child is always reaped.
+    """
+    import os
+    pid, chan = _fork(fn, args)
     try:
         while True:
-            try:
-                msg, fds = parent.recv()
-            except ChannelClosed:
-                raise OSError("helper process died") from None
+            msg, fds = _next(chan)
             if msg == "done":
                 return
-            if isinstance(msg, tuple) and msg and msg[0] == "error":
-                for fd in fds:
-                    _close(fd)
-                raise OSError(msg[1])
             yield msg, fds
     finally:
-        parent.close()
+        chan.close()
         os.waitpid(pid, 0)
+
+
+class Pending:
+    """A helper started by spawn(), working while we go on; wait() gives its answer."""
+
+    def __init__(self, pid: int, chan: Channel):
+        self.pid, self.chan = pid, chan
+
+    def wait(self) -> tuple[object, list[int]]:
+        """Its ("ok", obj) answer as (obj, fds); its error or death as OSError. Reaps it."""
+        import os
+        try:
+            msg, fds = _next(self.chan)
+            if not (isinstance(msg, tuple) and msg and msg[0] == "ok"):
+                for fd in fds:
+                    _close(fd)
+                raise OSError(f"helper process answered {msg!r}")
+            return msg[1], fds
+        finally:
+            self.chan.close()
+            os.waitpid(self.pid, 0)
+
+
+def spawn(fn, *args) -> Pending:
+    """Start ``fn(*args, chan)`` in a forked child that answers with one message ("ok", obj) + fds."""
+    return Pending(*_fork(fn, args))
 
 
 def call_in_child(fn, *args) -> tuple[object, list[int]]:
     """Run ``fn(*args, chan)`` in a forked child that answers with one message ("ok", obj) + fds."""
-    def once(*a):
-        chan = a[-1]
-        fn(*a)
-        chan.send("done")
-    stream = fork_stream(once, *args)
-    try:
-        (_, obj), fds = next(stream)
-    except StopIteration:
-        raise OSError("helper process sent no answer") from None
-    finally:
-        stream.close()  # reaps the child
-    return obj, fds
+    return spawn(fn, *args).wait()

@@ -130,7 +130,13 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
             raise OSError(f"archive {name} has an unsafe member {member!r}")
 
 
-def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, chan: channel.Channel) -> None:
+def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
+                   chan: channel.Channel) -> None:
+    got = digest_fd(archive_fd)
+    if got != {"size": expect.get("size"), "sha256": expect.get("sha256")}:
+        raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
+                      f"do not match the manifest ({expect.get('size')}, {str(expect.get('sha256'))[:16]}...)")
+    check_members(archive_fd, name, {m for _, m in targets})
     staging = _staging(targets)
     os.lseek(archive_fd, 0, os.SEEK_SET)
     cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *_COMMON, "--same-owner",
@@ -141,19 +147,21 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, c
     chan.send(("ok", None))
 
 
-def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]]) -> None:
-    """Check the archive against `expect` (size, sha256) and its members, then extract each member
-    into the directory behind its fd: `targets` are (O_PATH fd of a directory, member name)."""
-    got = digest_fd(archive_fd)
-    if got != {"size": expect.get("size"), "sha256": expect.get("sha256")}:
-        raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
-                      f"do not match the manifest ({expect.get('size')}, {str(expect.get('sha256'))[:16]}...)")
-    check_members(archive_fd, name, {m for _, m in targets})
+def extract_start(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]]) -> channel.Pending:
+    """Start extracting the archive in a helper: it checks the archive against `expect` (size,
+    sha256) and its members, then extracts each member into the directory behind its fd
+    (`targets`: (O_PATH fd of a directory, member name)). wait() on the result reports the outcome;
+    nothing is extracted from an archive that fails a check. The caller's fds may be closed at once."""
     clones = []
     try:
         for dir_fd, member in targets:
             clones.append((kernel.open_tree(dir_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH), member))
-        channel.call_in_child(_extract_child, clones, archive_fd, name)
+        return channel.spawn(_extract_child, clones, archive_fd, name, expect)
     finally:
         for fd, _ in clones:
             os.close(fd)
+
+
+def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]]) -> None:
+    """extract_start, then wait for it."""
+    extract_start(archive_fd, name, expect, targets).wait()

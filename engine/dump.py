@@ -191,7 +191,8 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
         text = f.read()
     # A btrfs mount shows an anonymous device: the block device is its source's.
     source_rdev = {}
-    for m in mountinfo.parse(text):
+    parsed = mountinfo.parse(text)
+    for m in parsed:
         if m.basetype in BLOCK_TYPES and m.source.startswith("/"):
             try:
                 st = os.stat(m.source)
@@ -199,6 +200,17 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
                 continue
             if stat.S_ISBLK(st.st_mode):
                 source_rdev[m.mnt_id] = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+    # Whether a bind's root is a directory (so restore may make it while files are still being
+    # extracted): the type of its mount point, read where the path leads to that very mount.
+    dirs = {}
+    for m in parsed:
+        if m.root != "/" and (h := fs.lookup(m.fstype)) is not None and h.content:
+            try:
+                mid, mode = kernel.statx_mnt_id_mode(m.mountpoint, flags=kernel.AT_SYMLINK_NOFOLLOW)
+            except OSError:
+                continue
+            if mid == m.mnt_id:
+                dirs[m.mnt_id] = stat.S_ISDIR(mode)
     # 64-bit unique ids (creation order) where the kernel has statmount (6.8+).
     try:
         unique = {m.mnt_id: m.unique_id for m in mountinfo.read_statmount()}
@@ -229,7 +241,7 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
         except FileNotFoundError:
             raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
         procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
-    return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev}
+    return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev, "dirs": dirs}
 
 
 def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, chan: channel.Channel) -> None:
@@ -557,6 +569,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 "propagate_from": m.propagate_from, "unbindable": m.unbindable, "sb": sb_of_dev[m.dev],
                 "external": ext_key, "dev": m.dev, "uid": m.unique_id,
             })
+            if m.mnt_id in data["dirs"]:
+                entries[-1]["dir"] = data["dirs"][m.mnt_id]
         mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
     unknown = set(ext_mnts) - used_ext
     if unknown:

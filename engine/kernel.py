@@ -224,17 +224,30 @@ class _Statx(ctypes.Structure):
     _fields_ = [("buf", ctypes.c_uint8 * 256)]
 
 
-def statx_mnt_id(path: str, dfd: int = AT_FDCWD, flags: int = 0, unique: bool = False) -> int:
-    """The mount id of `path` (of fd `dfd` with AT_EMPTY_PATH), old-style or 64-bit unique."""
+STATX_TYPE = 0x1
+
+
+def _statx_mnt(path: str, dfd: int, flags: int, unique: bool) -> bytes:
     buf = _Statx()
     mask = STATX_MNT_ID_UNIQUE if unique else STATX_MNT_ID
-    _check(_syscall(NR["statx"], ctypes.c_int(dfd), _b(path), ctypes.c_int(flags), ctypes.c_uint(mask),
+    _check(_syscall(NR["statx"], ctypes.c_int(dfd), _b(path), ctypes.c_int(flags), ctypes.c_uint(mask | STATX_TYPE),
                     ctypes.byref(buf)), f"statx({path!r})")
     raw = bytes(buf.buf)
     got_mask = struct.unpack_from("<I", raw, 0)[0]
     if not got_mask & mask:
         raise OSError(errno.ENOSYS, f"statx({path!r}): kernel did not return {'STATX_MNT_ID_UNIQUE' if unique else 'STATX_MNT_ID'}")
-    return struct.unpack_from("<Q", raw, 0x90)[0]
+    return raw
+
+
+def statx_mnt_id(path: str, dfd: int = AT_FDCWD, flags: int = 0, unique: bool = False) -> int:
+    """The mount id of `path` (of fd `dfd` with AT_EMPTY_PATH), old-style or 64-bit unique."""
+    return struct.unpack_from("<Q", _statx_mnt(path, dfd, flags, unique), 0x90)[0]
+
+
+def statx_mnt_id_mode(path: str, dfd: int = AT_FDCWD, flags: int = 0) -> tuple[int, int]:
+    """(mount id, st_mode) of `path` in one call."""
+    raw = _statx_mnt(path, dfd, flags, False)
+    return struct.unpack_from("<Q", raw, 0x90)[0], struct.unpack_from("<H", raw, 0x1c)[0]
 
 
 # --- statmount / listmount ---------------------------------------------------

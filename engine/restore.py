@@ -7,8 +7,13 @@ namespace (a slave copy of the host's, so nothing propagates back), then:
     namespace nesting; uts/ipc/net/cgroup namespaces unshared or joined so
     processes share them as they did;
  2. superblocks: each created once with fsopen/fsconfig/fsmount (from a
-    stand-in inside the right namespace for proc, mqueue, sysfs, cgroup2),
-    archived files extracted into it; external mounts cloned from host paths;
+    stand-in inside the right namespace for proc, mqueue, sysfs, cgroup2);
+    external mounts cloned from host paths. Archived files are extracted by
+    helpers (one tar per archive) *while* steps 3-5 run: a mount point or bind
+    root not extracted yet is made as a directory (tar keeps it and sets its
+    attributes), anything else waits for them (join_files), as do overlays,
+    loop devices and step 6. After the wait, a mount lost meanwhile (tar
+    replaced its mount point: a hostile archive) fails the restore;
  3. mounts: every mount a plain, private, detached clone (open_tree
     OPEN_TREE_CLONE) of its superblock at its root, with its per-mount flags
     (mount_setattr);
@@ -39,7 +44,7 @@ import resource
 import signal
 import stat
 
-from engine import channel, content, features, forkrun, fs, image, kernel, sharing, standin
+from engine import channel, content, features, forkrun, fs, image, kernel, mountinfo, sharing, standin
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
@@ -124,14 +129,14 @@ def _make_yard() -> int:
 
 
 _fault_step = 0
+_FAULT_AT = int(os.environ.get("MNTCR_FAULT_STEP") or 0)  # read once: step() runs ~2 times per mount
 
 
 def step(name: str) -> None:
     """A point where fault injection (MNTCR_FAULT_STEP=k) may kill the restorer."""
     global _fault_step
     _fault_step += 1
-    target = os.environ.get("MNTCR_FAULT_STEP")
-    if target and int(target) == _fault_step:
+    if _fault_step == _FAULT_AT:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -192,6 +197,9 @@ class _Restorer:
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
+        self.extracting: list[tuple[str, channel.Pending]] = []  # archive helpers still at work
+        self.filling: set[str] = set()     # superblocks those helpers write into
+        self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
         self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
         self.hostpid: dict[int, int] = {}
@@ -306,6 +314,7 @@ class _Restorer:
                 if not extracted:
                     self._extract_files()
                     extracted = True
+                self.join_files()  # its loop device may sit on a file being extracted
                 self.sb_fd[sid] = self._settle(sid, self._create_block(sid, sb, users[sid]))
                 step("superblock")
                 continue
@@ -338,7 +347,8 @@ class _Restorer:
         return fd
 
     def _extract_files(self) -> None:
-        """Fill the new superblocks: one tar per archive file, each member into its superblock."""
+        """Start filling the new superblocks: one helper per archive file, each member into its
+        superblock. They work while mounts are assembled; join_files waits for them."""
         targets: dict[str, list[tuple[int, str]]] = {}
         owned: list[int] = []
         try:
@@ -346,6 +356,7 @@ class _Restorer:
                 if sid not in self.sb_fd:
                     continue
                 for arc in sb.get("archives") or []:
+                    self.filling.add(sid)
                     dir_fd = self._mkdirs_beneath(self.sb_fd[sid], arc["root"])
                     if dir_fd != self.sb_fd[sid]:
                         owned.append(dir_fd)
@@ -360,15 +371,74 @@ class _Restorer:
             for name, tlist in sorted(targets.items()):
                 afd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
                 try:
-                    content.extract(afd, name, self.doc["files"][name], tlist)
+                    self.extracting.append((name, content.extract_start(afd, name, self.doc["files"][name], tlist)))
                 except OSError as e:
                     raise RestoreError(errno.EIO, str(e.strerror or e)) from None
                 finally:
                     os.close(afd)
-                step("extract")
         finally:
             for fd in owned:
                 os.close(fd)
+
+    def join_files(self) -> None:
+        """Wait until every archive is extracted (before anything reads the files), then check
+        that no mount attached meanwhile was lost.
+
+        tar removes an (empty) directory to put another kind of file there, and
+        removing a mount point in another namespace detaches what is mounted on
+        it: a damaged or hostile archive could silently take a mount away.
+        """
+        if not self.extracting:
+            return
+        while self.extracting:
+            name, pending = self.extracting.pop(0)
+            try:
+                pending.wait()
+            except OSError as e:
+                raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+            step("extract")
+        back = self.current_ns
+        for ns_id, n in self.attached_in.items():
+            self._check_count(ns_id, 1 + n)
+        self.filling.clear()
+        if back is not None:
+            self.enter(back)  # a caller in the middle of attaching stands where it stood
+
+    def _check_count(self, ns_id: str, want: int) -> None:
+        """Restored namespace ns_id has `want` mounts, else name one that is missing."""
+        self.enter(ns_id)
+        try:
+            # mountinfo lists what lies under our root, and setns put us on top of an overmounted "/".
+            os.fchdir(self.mnt_fd[self.doc["mntns"][ns_id]["root"]])
+            os.chroot(".")
+            with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc),
+                           encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+        finally:
+            self.to_service()  # setns resets root and cwd
+        if text.count("\n") == want:
+            return
+        there = {mp for _, _, mp, _ in mountinfo.brief(text)}
+        gone = [m for m in self.mounts.values() if m["id"] in self._moved and self.ns_of_mount[m["id"]] == ns_id
+                and m["mountpoint"] not in there]
+        what = f"mount {gone[0]['id']} ({gone[0]['mountpoint']})" if gone else f"a mount of {ns_id}"
+        raise RestoreError(errno.EIO, f"{what} vanished while files were extracted: an archive replaced its "
+                                      "mount point (damaged or hostile image)")
+
+    def _beneath_or_made(self, sid: str, base: int, rel: str, is_dir: bool | None, flags: int, resolve: int) -> int:
+        """openat2 beneath `base` (on superblock `sid`); while files are still being extracted into
+        that superblock, a missing directory is made (tar, finding it, keeps it and sets its
+        attributes at its end), and anything else waits for the extraction."""
+        try:
+            return kernel.openat2(base, rel, flags, resolve)
+        except FileNotFoundError:
+            if not (self.extracting and sid in self.filling):
+                raise
+        if is_dir:
+            os.close(self._mkdirs_beneath(base, "/" + rel))
+        else:
+            self.join_files()
+        return kernel.openat2(base, rel, flags, resolve)
 
     def _create_block(self, sid: str, sb: dict, user: dict) -> int:
         handler = fs.lookup(sb["fstype"])
@@ -494,7 +564,7 @@ class _Restorer:
             self.to_service()  # attached sources clone only from their own namespace
         try:
             if rel:
-                where = kernel.openat2(base, rel, os.O_PATH, _BENEATH)
+                where = self._beneath_or_made(m["sb"], base, rel, m.get("dir"), os.O_PATH, _BENEATH)
                 try:
                     fd = kernel.open_tree(where, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
                 finally:
@@ -519,6 +589,7 @@ class _Restorer:
 
     def _create_overlay(self, sid: str, sb: dict, first: dict) -> None:
         where = f"mount {first['id']} ({first['mountpoint']}) on overlay"
+        self.join_files()  # overlayfs wants its layers complete
         binds: list[tuple[str, int]] = []
         try:
             for path, mnt, rel in overlay.yard_binds(sb["layers"]):
@@ -678,7 +749,11 @@ class _Restorer:
         pfd = self.mnt_fd[parent["id"]]
         try:
             if rel:
-                return kernel.openat2(pfd, rel, os.O_PATH, _BENEATH | kernel.RESOLVE_NO_XDEV)
+                # The mount point has the type of the root of the mount that goes there.
+                fd = self.mnt_fd.get(c["id"])
+                is_dir = stat.S_ISDIR(os.fstat(fd).st_mode) if fd is not None else c.get("dir")
+                return self._beneath_or_made(parent["sb"], pfd, rel, is_dir, os.O_PATH,
+                                             _BENEATH | kernel.RESOLVE_NO_XDEV)
             return os.dup(pfd)
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
@@ -712,6 +787,9 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): attaching it: {e.strerror}") from None
         self._moved.add(c["id"])
+        if self.extracting:
+            ns_id = self.ns_of_mount[c["id"]]
+            self.attached_in[ns_id] = self.attached_in.get(ns_id, 0) + 1
         if parent["id"] in self.referenced:
             self.mp_fd[c["id"]] = mp  # open_at reaches what c covers through it
         else:
@@ -905,6 +983,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     r.create_superblocks()
     r.assemble(service_fd)
     r.restore_sharing()
+    r.join_files()  # processes open files: all of them must be there
     r.place_processes()
     r.detach()
     return r.hostpid[doc["processes"][0]["pid"]]

@@ -335,18 +335,23 @@ def test_archive_member_escapes(base_image, tmp_path, member):
         assert not os.path.exists(where)
 
 
-@pytest.mark.parametrize("target", ["absolute", "relative"])
+@pytest.mark.parametrize("target", ["absolute", "relative", "file"])
 def test_symlink_in_restore_path(base_image, tmp_path, target):
     """A tmpfs content whose mount point directory (/mnt/t/d) became a symlink pointing outside
-    (to a host directory): refused, and nothing is mounted on the host directory."""
+    (to a host directory), or a plain file: refused, and nothing is mounted on the host directory.
+    Files are extracted while mounts are attached: whichever comes first at /mnt/t/d, the restore
+    must refuse (a file put in place of an attached mount point detaches the mount)."""
     img = _copy(base_image, tmp_path)
     victim = os.path.join(str(tmp_path), "victim")
     os.mkdir(victim)
     doc = _doc(img)
     name, member = _archive_of(doc, "/mnt/t"), _member_of(doc, "/mnt/t", "d")
     link = tarfile.TarInfo(member)
-    link.type = tarfile.SYMTYPE
-    link.linkname = victim if target == "absolute" else "../../../../../../.." + victim
+    if target == "file":
+        link.type, link.size = tarfile.REGTYPE, 0
+    else:
+        link.type = tarfile.SYMTYPE
+        link.linkname = victim if target == "absolute" else "../../../../../../.." + victim
     _rewrite_archive(os.path.join(img, name), {member: link})
     _forge_manifest(img, name)
     restore_refused(img, r"/mnt/t/d", tmp_path)
