@@ -140,24 +140,36 @@ def fork_stream(fn, *args):
 
 
 class Pending:
-    """A helper started by spawn(), working while we go on; wait() gives its answer."""
+    """A helper started by spawn(), working while we go on: recv() its messages as they come,
+    or wait() for its final ("ok", obj) answer."""
 
     def __init__(self, pid: int, chan: Channel):
         self.pid, self.chan = pid, chan
+        self.reaped = False
+
+    def recv(self) -> tuple[object, list[int]]:
+        """Its next message; its error or death as OSError."""
+        return _next(self.chan)
+
+    def reap(self) -> None:
+        """Close our end and wait for it to exit (once)."""
+        import os
+        if not self.reaped:
+            self.reaped = True
+            self.chan.close()
+            os.waitpid(self.pid, 0)
 
     def wait(self) -> tuple[object, list[int]]:
         """Its ("ok", obj) answer as (obj, fds); its error or death as OSError. Reaps it."""
-        import os
         try:
-            msg, fds = _next(self.chan)
+            msg, fds = self.recv()
             if not (isinstance(msg, tuple) and msg and msg[0] == "ok"):
                 for fd in fds:
                     _close(fd)
                 raise OSError(f"helper process answered {msg!r}")
             return msg[1], fds
         finally:
-            self.chan.close()
-            os.waitpid(self.pid, 0)
+            self.reap()
 
 
 def spawn(fn, *args) -> Pending:

@@ -44,7 +44,7 @@ import resource
 import signal
 import stat
 
-from engine import channel, content, features, forkrun, fs, image, kernel, mountinfo, sharing, standin
+from engine import channel, content, features, filler, forkrun, fs, image, kernel, mountinfo, sharing, standin
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
@@ -197,7 +197,8 @@ class _Restorer:
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
-        self.extracting: list[tuple[str, channel.Pending]] = []  # archive helpers still at work
+        self.extracting: list = []  # the archive helper (channel.Pending or filler.Filler), while at work
+        self.filler: filler.Filler | None = None
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
@@ -301,19 +302,23 @@ class _Restorer:
     # -- 2. superblocks ---------------------------------------------------------
 
     def create_superblocks(self) -> None:
+        """Create every superblock the image needs (external ones are cloned later, overlays when
+        first used). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
+        while the rest of the restore goes on."""
         users: dict[str, dict] = {}
         for m in list(self.mounts.values()) + list(self.detached.values()):
             users.setdefault(m["sb"], m)
+        plans = []
         # Block filesystems last: a loop device may sit on a file of a tmpfs restored here.
         order = sorted(self.doc["superblocks"].items(), key=lambda kv: bool(kv[1].get("device")))
-        extracted = False
+        started = False
         for sid, sb in order:
             if sb.get("external") or sid not in users or sb.get("layers") is not None:
                 continue  # external: cloned from the host; overlay: created after its layers
             if sb.get("device"):
-                if not extracted:
-                    self._extract_files()
-                    extracted = True
+                if not started:
+                    self._start_filling(plans, users)
+                    started = True
                 self.join_files()  # its loop device may sit on a file being extracted
                 self.sb_fd[sid] = self._settle(sid, self._create_block(sid, sb, users[sid]))
                 step("superblock")
@@ -324,7 +329,10 @@ class _Restorer:
             params = handler.fsconfig_params(sb["super_opts"])
             source = sb["source"] if handler.keep_source else None
             fstype = sb["fstype"].split(".", 1)[0]
-            where = f"mount {users[sid]['id']} ({users[sid]['mountpoint']})"
+            where = f"mount {users[sid]['id']} ({users[sid]['mountpoint']}) on {sb['fstype']}"
+            if not handler.ns and self.yard is None:
+                plans.append((sid, fstype, source, params, where))
+                continue
             try:
                 if handler.ns:
                     chan = self._creator(sid, sb, handler.ns, users[sid])
@@ -333,11 +341,56 @@ class _Restorer:
                 else:
                     fd = standin.fsmount(fstype, source, params)
             except OSError as e:
-                raise RestoreError(e.errno or errno.EIO, f"{where} on {sb['fstype']}: {e.strerror or e}") from None
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
             self.sb_fd[sid] = self._settle(sid, fd)
             step("superblock")
-        if not extracted:
+        if not started:
+            self._start_filling(plans, users)
+
+    def _start_filling(self, plans: list, users: dict) -> None:
+        """Start the helper that makes `plans` and extracts every archive (or, with a yard, just
+        the extraction helper: the superblocks exist already)."""
+        if plans:
+            # In the order assemble() first clones from them (creation order, detached last).
+            rank: dict[str, int] = {}
+            for m in sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"])):
+                rank.setdefault(m["sb"], len(rank))
+            plans.sort(key=lambda p: rank.get(p[0], len(rank)))
+        if self.yard is not None:
             self._extract_files()
+            return
+        fills: dict[str, list] = {}
+        empties = []
+        for sid, sb in self.doc["superblocks"].items():
+            for arc in sb.get("archives") or []:
+                fills.setdefault(arc["file"], []).append((sid, arc["root"], arc["member"]))
+            if sb.get("empty_root") is not None:
+                empties.append((sid, sb["empty_root"]))
+        made = {p[0] for p in plans}
+        # Archives only fill superblocks made here (a member for any other fails the member check).
+        fills = {name: kept for name, spec in fills.items() if (kept := [t for t in spec if t[0] in made])}
+        afds = []
+        try:
+            jobs = []
+            for name, spec in sorted(fills.items()):
+                afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd))
+                jobs.append((afds[-1], name, self.doc["files"][name], spec))
+            self.filler = filler.Filler(plans, jobs, [(sid, er) for sid, er in empties if sid in made])
+        finally:
+            for fd in afds:
+                os.close(fd)
+        self.filling |= {sid for spec in fills.values() for sid, _, _ in spec}
+        self.extracting.append(self.filler)
+
+    def _sb(self, sid: str) -> int | None:
+        """The fd of new superblock `sid` (taken from the helper the first time), None if none."""
+        fd = self.sb_fd.get(sid)
+        if fd is None and self.filler is not None and sid in self.filler.sids:
+            try:
+                fd = self.sb_fd[sid] = self.filler.take(sid)
+            except OSError as e:
+                raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+        return fd
 
     def _settle(self, sid: str, fd: int) -> int:
         """A new superblock's mount as a clone source: as is, or attached in the yard (older kernels)."""
@@ -357,25 +410,27 @@ class _Restorer:
                     continue
                 for arc in sb.get("archives") or []:
                     self.filling.add(sid)
-                    dir_fd = self._mkdirs_beneath(self.sb_fd[sid], arc["root"])
+                    dir_fd = content.mkdirs_beneath(self.sb_fd[sid], arc["root"])
                     if dir_fd != self.sb_fd[sid]:
                         owned.append(dir_fd)
                     targets.setdefault(arc["file"], []).append((dir_fd, arc["member"]))
                 er = sb.get("empty_root")
                 if er is not None:
-                    dir_fd = self._mkdirs_beneath(self.sb_fd[sid], er["root"])
+                    dir_fd = content.mkdirs_beneath(self.sb_fd[sid], er["root"])
                     os.chown(f"self/fd/{dir_fd}", er["uid"], er["gid"], dir_fd=self.hostproc)
                     os.chmod(f"self/fd/{dir_fd}", er["mode"], dir_fd=self.hostproc)
                     if dir_fd != self.sb_fd[sid]:
                         os.close(dir_fd)
+            jobs = []
             for name, tlist in sorted(targets.items()):
                 afd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+                owned.append(afd)
+                jobs.append((afd, name, self.doc["files"][name], tlist))
+            if jobs:
                 try:
-                    self.extracting.append((name, content.extract_start(afd, name, self.doc["files"][name], tlist)))
+                    self.extracting.append(content.extract_start(jobs))
                 except OSError as e:
                     raise RestoreError(errno.EIO, str(e.strerror or e)) from None
-                finally:
-                    os.close(afd)
         finally:
             for fd in owned:
                 os.close(fd)
@@ -391,7 +446,7 @@ class _Restorer:
         if not self.extracting:
             return
         while self.extracting:
-            name, pending = self.extracting.pop(0)
+            pending = self.extracting.pop(0)
             try:
                 pending.wait()
             except OSError as e:
@@ -425,17 +480,18 @@ class _Restorer:
         raise RestoreError(errno.EIO, f"{what} vanished while files were extracted: an archive replaced its "
                                       "mount point (damaged or hostile image)")
 
-    def _beneath_or_made(self, sid: str, base: int, rel: str, is_dir: bool | None, flags: int, resolve: int) -> int:
+    def _beneath_or_made(self, sid: str, base: int, rel: str, is_dir, flags: int, resolve: int) -> int:
         """openat2 beneath `base` (on superblock `sid`); while files are still being extracted into
         that superblock, a missing directory is made (tar, finding it, keeps it and sets its
-        attributes at its end), and anything else waits for the extraction."""
+        attributes at its end), and anything else waits for the extraction. `is_dir()` says
+        whether the path should be a directory (None: unknown)."""
         try:
             return kernel.openat2(base, rel, flags, resolve)
         except FileNotFoundError:
             if not (self.extracting and sid in self.filling):
                 raise
-        if is_dir:
-            os.close(self._mkdirs_beneath(base, "/" + rel))
+        if is_dir():
+            os.close(content.mkdirs_beneath(base, "/" + rel))
         else:
             self.join_files()
         return kernel.openat2(base, rel, flags, resolve)
@@ -459,7 +515,7 @@ class _Restorer:
                                                      "block device nor an image file")
             else:
                 loop = dev["loop"]
-                base = self.sb_fd.get(loop["sb"])
+                base = self._sb(loop["sb"])
                 if base is None:
                     raise RestoreError(errno.EINVAL, f"{where}: the filesystem of its loop device's backing file "
                                                      "was not restored")
@@ -489,21 +545,6 @@ class _Restorer:
                 return self.chans[p["pid"]]
         return self.chans[self.doc["processes"][0]["pid"]]
 
-    @staticmethod
-    def _mkdirs_beneath(base_fd: int, path: str) -> int:
-        if path == "/":
-            return base_fd
-        cur = os.dup(base_fd)
-        for part in path.strip("/").split("/"):
-            try:
-                os.mkdir(part, 0o755, dir_fd=cur)
-            except FileExistsError:
-                pass
-            nxt = kernel.openat2(cur, part, os.O_PATH | os.O_DIRECTORY, _BENEATH)
-            os.close(cur)
-            cur = nxt
-        return cur
-
     # -- 3. plain mounts ------------------------------------------------------------
 
     # -- 3+4. mounts and namespaces ------------------------------------------------------
@@ -518,7 +559,7 @@ class _Restorer:
         """
         sb = self.doc["superblocks"][m["sb"]]
         if not sb.get("external"):
-            if m["sb"] not in self.sb_fd:
+            if self._sb(m["sb"]) is None:
                 if sb.get("layers") is None:
                     raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
                                                      f"{m['sb']} was not created")
@@ -564,7 +605,7 @@ class _Restorer:
             self.to_service()  # attached sources clone only from their own namespace
         try:
             if rel:
-                where = self._beneath_or_made(m["sb"], base, rel, m.get("dir"), os.O_PATH, _BENEATH)
+                where = self._beneath_or_made(m["sb"], base, rel, lambda: m.get("dir"), os.O_PATH, _BENEATH)
                 try:
                     fd = kernel.open_tree(where, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
                 finally:
@@ -709,6 +750,8 @@ class _Restorer:
         for fd in list(self.sb_fd.values()) + list(self.ext_src.values()):
             os.close(fd)
         self.sb_fd.clear()
+        if self.filler is not None:
+            self.filler.close()
         self.ext_src.clear()
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         self.current_ns = None
@@ -750,8 +793,9 @@ class _Restorer:
         try:
             if rel:
                 # The mount point has the type of the root of the mount that goes there.
-                fd = self.mnt_fd.get(c["id"])
-                is_dir = stat.S_ISDIR(os.fstat(fd).st_mode) if fd is not None else c.get("dir")
+                def is_dir():
+                    fd = self.mnt_fd.get(c["id"])
+                    return stat.S_ISDIR(os.fstat(fd).st_mode) if fd is not None else c.get("dir")
                 return self._beneath_or_made(parent["sb"], pfd, rel, is_dir, os.O_PATH,
                                              _BENEATH | kernel.RESOLVE_NO_XDEV)
             return os.dup(pfd)

@@ -1,0 +1,102 @@
+"""A helper that makes the plain superblocks and fills them while the restorer assembles mounts.
+
+Creating thousands of tmpfs superblocks and extracting their files takes
+about as long as attaching the mounts; on two CPUs both can run at once. The
+helper (forked from the restorer, in its service namespace) creates each
+superblock that needs no namespace (fsopen/fsconfig/fsmount) in the order the
+restorer first clones from them and streams their fds back in batches; then
+it makes the archive roots, applies empty roots' owner and mode, and extracts
+the archives one after the other (content.extract). The restorer takes each
+superblock when it first needs it (take) and waits for the files (wait)
+before anything reads them. Cloning from a detached superblock mount whose
+files are still arriving is fine: the restorer makes missing directories
+itself (restore.py) and waits for anything else.
+"""
+
+from __future__ import annotations
+
+import os
+
+from engine import channel, content, standin
+
+
+def _body(plans, fills, empties, chan: channel.Channel) -> None:
+    made: dict[str, int] = {}
+    batch: list[str] = []
+    size = 1  # the first superblock at once (the restorer starts with it), then growing batches
+    for sid, fstype, source, params, where in plans:
+        try:
+            made[sid] = standin.fsmount(fstype, source, params)
+        except OSError as e:
+            raise OSError(e.errno, f"{where}: {e.strerror or e}") from None
+        batch.append(sid)
+        if len(batch) >= size:
+            chan.send(("sbs", batch), [made[s] for s in batch])
+            batch, size = [], min(size * 4, 128)
+    if batch:
+        chan.send(("sbs", batch), [made[s] for s in batch])
+    chan.send(("made", None))
+    for sid, er in empties:
+        fd = content.mkdirs_beneath(made[sid], er["root"])
+        os.chown(f"/proc/self/fd/{fd}", er["uid"], er["gid"])
+        os.chmod(f"/proc/self/fd/{fd}", er["mode"])
+        if fd != made[sid]:
+            os.close(fd)
+    for archive_fd, name, expect, spec in fills:
+        targets = [(content.mkdirs_beneath(made[sid], root), member) for sid, root, member in spec]
+        try:
+            content.extract(archive_fd, name, expect, targets)
+        finally:
+            for (fd, _), (sid, _, _) in zip(targets, spec):
+                if fd != made[sid]:
+                    os.close(fd)
+    chan.send(("ok", None))
+
+
+class Filler:
+    """The restorer's side of the helper."""
+
+    def __init__(self, plans, fills, empties):
+        """`plans`: (sid, fstype, source, fsconfig params, where for errors) in order of first use;
+        `fills`: (archive fd, name, expected size/sha256, [(sid, root, member)]);
+        `empties`: (sid, empty_root record). The archive fds may be closed after this returns."""
+        self.sids = {p[0] for p in plans}
+        self.got: dict[str, int] = {}
+        self.made = self.done = False
+        self.pending = channel.spawn(_body, plans, fills, empties)
+
+    def _recv(self) -> None:
+        try:
+            msg, fds = self.pending.recv()
+        except OSError:
+            self.pending.reap()
+            raise
+        kind = msg[0] if isinstance(msg, tuple) and msg else None
+        if kind == "sbs":
+            self.got.update(zip(msg[1], fds))
+        elif kind == "made":
+            self.made = True
+        elif kind == "ok":
+            self.done = True
+            self.pending.reap()
+        else:
+            raise OSError(f"superblock helper sent {msg!r}")
+
+    def take(self, sid: str) -> int:
+        """The fd of superblock `sid` (the caller owns it)."""
+        while sid not in self.got:
+            if self.made:
+                raise OSError(f"superblock helper did not make {sid}")
+            self._recv()
+        return self.got.pop(sid)
+
+    def wait(self) -> None:
+        """Until every archive is extracted; superblocks not taken yet stay available."""
+        while not self.done:
+            self._recv()
+
+    def close(self) -> None:
+        """Close the fds of superblocks never taken."""
+        for fd in self.got.values():
+            os.close(fd)
+        self.got.clear()
