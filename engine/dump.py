@@ -256,25 +256,24 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
     _enter_ns_root(ns_fd, pids, hostproc)
 
-    def read():
-        with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
-            return mountinfo.parse(f.read())
-
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    copy = read()
+    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
+                   encoding="utf-8", errors="surrogateescape") as f:
+        copy = mountinfo.brief(f.read())  # ids and mount points are all we need of the copy
     # Map original -> copy by (parent, mount point): unique since the kernel tucks
     # a mount propagated onto an occupied mount point under the existing one.
     o_ids = {m.mnt_id for m in orig}
-    c_ids = {m.mnt_id for m in copy}
+    c_ids = {mid for mid, *_ in copy}
     o_root = next(m for m in orig if m.parent_id not in o_ids)
-    c_root = next(m for m in copy if m.parent_id not in c_ids)
-    c_children: dict[tuple[int, str], int] = {(m.parent_id, m.mountpoint): m.mnt_id for m in copy}
+    c_root = next(mid for mid, parent, *_ in copy if parent not in c_ids)
+    c_children: dict[tuple[int, str], int] = {(parent, mp): mid for mid, parent, _, mp, _ in copy}
     o_children: dict[int, list[mountinfo.Mount]] = {}
     for m in orig:
         if m.mnt_id != o_root.mnt_id:
             o_children.setdefault(m.parent_id, []).append(m)
-    to_copy = {o_root.mnt_id: c_root.mnt_id}
+    del copy, c_ids
+    to_copy = {o_root.mnt_id: c_root}
     stack = [o_root]
     while stack:
         m = stack.pop()
@@ -496,8 +495,8 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
                 mounts = mountinfo.brief(f.read())
         except FileNotFoundError:
             continue
-        ext_devs = {dev for _, dev, mp, _ in mounts if mp in ext_mnts}
-        for mid, dev, mp, fstype in mounts:
+        ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
+        for mid, _, dev, mp, fstype in mounts:
             if fs.lookup(fstype) is None and dev not in ext_devs:
                 raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported")
 
@@ -539,6 +538,15 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     mounts_by_id: dict[int, mountinfo.Mount] = {}
     root_ns = ns_of[tree[0][0]]["mnt"]
     used_ext = set()
+    # Equal option lists are one list object (never changed): 50,000 mounts have a few dozen.
+    lists: dict[tuple[str, ...], list[str]] = {}
+
+    def shared_list(opts: tuple[str, ...]) -> list[str]:
+        got = lists.get(opts)
+        if got is None:
+            got = lists[opts] = list(opts)
+        return got
+
     for ino, data in ns_data.items():
         mounts = data["mounts"]
         ids = {m.mnt_id for m in mounts}
@@ -562,12 +570,14 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             ext_key = ext_mnts.get(m.mountpoint) if ino == root_ns else None
             if ext_key is not None:
                 used_ext.add(m.mountpoint)
+            sid = sb_of_dev[m.dev]
             entries.append({
                 "id": m.mnt_id, "parent": None if m is root else m.parent_id, "mountpoint": m.mountpoint,
-                "root": m.root, "fstype": m.fstype, "source": m.source, "mount_opts": list(m.mount_opts),
-                "super_opts": list(m.super_opts), "shared": m.shared, "master": m.master,
-                "propagate_from": m.propagate_from, "unbindable": m.unbindable, "sb": sb_of_dev[m.dev],
-                "external": ext_key, "dev": m.dev, "uid": m.unique_id,
+                "root": m.root, "fstype": superblocks[sid]["fstype"], "source": m.source,
+                "mount_opts": shared_list(m.mount_opts), "super_opts": shared_list(m.super_opts),
+                "shared": m.shared, "master": m.master, "propagate_from": m.propagate_from,
+                "unbindable": m.unbindable, "sb": sid, "external": ext_key, "dev": superblocks[sid]["dev"],
+                "uid": m.unique_id,
             })
             if m.mnt_id in data["dirs"]:
                 entries[-1]["dir"] = data["dirs"][m.mnt_id]

@@ -72,6 +72,39 @@ def rel_to(path: str, base: str) -> str:
 
 # --- writing -------------------------------------------------------------------
 
+def _dumps(obj) -> str:
+    # Compact: with indent json falls back to its slow pure-Python encoder.
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def write_json(write, obj, depth: int = 4, chunk: int = 1000) -> None:
+    """Write json.dumps(obj, sort_keys=True, compact) in pieces, never the whole text at once.
+
+    The manifest of 50,000 mounts is tens of MiB as one string (more while the
+    encoder joins it). Small dicts are walked key by key down to `depth`; big
+    dicts and lists go out `chunk` items per json.dumps call.
+    """
+    if depth == 0 or not isinstance(obj, (dict, list)):
+        write(_dumps(obj))
+    elif isinstance(obj, list):
+        write("[")
+        for i in range(0, len(obj), chunk):
+            write(("," if i else "") + _dumps(obj[i:i + chunk])[1:-1])
+        write("]")
+    elif len(obj) > 64:
+        keys = sorted(obj)
+        write("{")
+        for i in range(0, len(keys), chunk):
+            write(("," if i else "") + _dumps({k: obj[k] for k in keys[i:i + chunk]})[1:-1])
+        write("}")
+    else:
+        write("{")
+        for n, k in enumerate(sorted(obj)):
+            write(("," if n else "") + _dumps(k) + ":")
+            write_json(write, obj[k], depth - 1, chunk)
+        write("}")
+
+
 class ImageWriter:
     """Builds an image in a temporary directory next to DIR, then renames it into place.
 
@@ -109,8 +142,7 @@ class ImageWriter:
         doc = dict(doc, format=FORMAT, version=VERSION)  # restore validates it (load), dump built it
         part = MANIFEST + ".part"
         with open(self.path(part), "w") as f:
-            # Compact: with indent json falls back to its slow pure-Python encoder.
-            f.write(json.dumps(doc, sort_keys=True, separators=(",", ":")))
+            write_json(f.write, doc)
             f.flush()
             os.fsync(f.fileno())
         if os.path.isdir(self.target):

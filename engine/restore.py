@@ -473,7 +473,7 @@ class _Restorer:
             self.to_service()  # setns resets root and cwd
         if text.count("\n") == want:
             return
-        there = {mp for _, _, mp, _ in mountinfo.brief(text)}
+        there = {mp for _, _, _, mp, _ in mountinfo.brief(text)}
         gone = [m for m in self.mounts.values() if m["id"] in self._moved and self.ns_of_mount[m["id"]] == ns_id
                 and m["mountpoint"] not in there]
         what = f"mount {gone[0]['id']} ({gone[0]['mountpoint']})" if gone else f"a mount of {ns_id}"

@@ -272,3 +272,26 @@ def test_deep_mount_chain_is_handled(base_image, tmp_path):
     _save(work, doc)
     restore_outcome(work, rext, str(tmp_path))
 
+
+
+def test_manifest_written_in_pieces_is_the_same_json():
+    """image.write_json (the manifest writer that never holds the whole text) writes exactly what
+    json.dumps(sort_keys=True, compact) does, for big lists and dicts at every level and small ones."""
+    import io
+    import json
+    from engine.image import write_json
+    doc = {
+        "mntns": {"mnt-0": {"root": 1, "mounts": [{"id": i, "mountpoint": f"/m/{i}", "opts": ["rw", "x"],
+                                                   "shared": None} for i in range(2500)]}},
+        "superblocks": {f"sb-{i}": {"fstype": "tmpfs", "archives": [{"file": "f", "root": "/"}]}
+                        for i in range(1500)},
+        "small": {"b": [], "a": {}, "c": "\u00e9\"\\"}, "n": 1.5, "t": True, "z": None,
+        "empty_big": [[] for _ in range(1001)],
+    }
+    chunks: list[str] = []
+    write_json(chunks.append, doc)
+    assert "".join(chunks) == json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    assert max(len(c) for c in chunks) < len("".join(chunks)) / 2   # really in pieces
+    buf = io.StringIO()
+    write_json(buf.write, [])
+    assert buf.getvalue() == "[]"

@@ -119,7 +119,8 @@ def test_blank_line_and_duplicate_id():
                          ids=["self", *(p.name for p in LISTINGS)])
 def test_brief_agrees_with_parse(path):
     text = path.read_text(errors="surrogateescape")
-    assert mountinfo.brief(text) == [(m.mnt_id, m.dev, m.mountpoint, m.fstype) for m in mountinfo.parse(text)]
+    assert mountinfo.brief(text) == [(m.mnt_id, m.parent_id, m.dev, m.mountpoint, m.fstype)
+                                     for m in mountinfo.parse(text)]
 
 
 def test_brief_reports_a_broken_line_as_parse_does():
