@@ -119,34 +119,37 @@ MNT_ID_REQ_SIZE_VER0 = 24
 MNT_ID_REQ_SIZE_VER1 = 32
 
 
-def _check(ret: int, what: str) -> int:
+def _check(ret: int, what) -> int:
+    """`ret`, or OSError naming the call: `what` is its text, or a callable making it (hot
+    wrappers format their message only when they fail)."""
     if ret < 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
+        raise OSError(err, f"{what() if callable(what) else what}: {os.strerror(err)}")
     return ret
 
 
 def _b(path: str | bytes | None) -> bytes | None:
-    if path is None:
-        return None
-    return os.fsencode(path)
+    # os.fsencode, inlined: this runs for every path of every mount syscall.
+    if type(path) is str:
+        return path.encode("utf-8", "surrogateescape") if path else b""
+    return path
 
 
 def open_tree(dfd: int, path: str, flags: int) -> int:
     """open_tree(2): an O_PATH fd on a mount, or (OPEN_TREE_CLONE) on a detached copy."""
     return _check(_syscall(NR["open_tree"], ctypes.c_int(dfd), _b(path), ctypes.c_uint(flags | OPEN_TREE_CLOEXEC)),
-                  f"open_tree({path!r})")
+                  lambda: f"open_tree({path!r})")
 
 
 def move_mount(from_dfd: int, from_path: str, to_dfd: int, to_path: str, flags: int) -> None:
     """move_mount(2): attach/move a mount, or with MOVE_MOUNT_SET_GROUP copy sharing."""
     _check(_syscall(NR["move_mount"], ctypes.c_int(from_dfd), _b(from_path), ctypes.c_int(to_dfd), _b(to_path),
-                    ctypes.c_uint(flags)), f"move_mount({from_path!r} -> {to_path!r})")
+                    ctypes.c_uint(flags)), lambda: f"move_mount({from_path!r} -> {to_path!r})")
 
 
 def fsopen(fstype: str) -> int:
     """fsopen(2): a filesystem context for `fstype`."""
-    return _check(_syscall(NR["fsopen"], _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), f"fsopen({fstype!r})")
+    return _check(_syscall(NR["fsopen"], _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), lambda: f"fsopen({fstype!r})")
 
 
 def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | bytes | None = None, aux: int = 0) -> None:
@@ -190,23 +193,23 @@ def mount_setattr(dfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: 
     """mount_setattr(2): change per-mount flags and/or propagation."""
     attr = _MountAttr(attr_set, attr_clr, propagation, 0)
     _check(_syscall(NR["mount_setattr"], ctypes.c_int(dfd), _b(path), ctypes.c_uint(flags), ctypes.byref(attr),
-                    ctypes.c_size_t(ctypes.sizeof(attr))), f"mount_setattr({path!r})")
+                    ctypes.c_size_t(ctypes.sizeof(attr))), lambda: f"mount_setattr({path!r})")
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
     """mount(2)."""
     _check(_libc.mount(_b(source), _b(target), _b(fstype), ctypes.c_ulong(flags), _b(data)),
-           f"mount({source!r}, {target!r}, {fstype!r})")
+           lambda: f"mount({source!r}, {target!r}, {fstype!r})")
 
 
 def umount2(target: str, flags: int = 0) -> None:
     """umount2(2)."""
-    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), f"umount2({target!r})")
+    _check(_libc.umount2(_b(target), ctypes.c_int(flags)), lambda: f"umount2({target!r})")
 
 
 def pivot_root(new_root: str, put_old: str) -> None:
     """pivot_root(2)."""
-    _check(_syscall(NR["pivot_root"], _b(new_root), _b(put_old)), f"pivot_root({new_root!r}, {put_old!r})")
+    _check(_syscall(NR["pivot_root"], _b(new_root), _b(put_old)), lambda: f"pivot_root({new_root!r}, {put_old!r})")
 
 
 def setns(fd: int, nstype: int = 0) -> None:
@@ -216,7 +219,7 @@ def setns(fd: int, nstype: int = 0) -> None:
 
 def unshare(flags: int) -> None:
     """unshare(2)."""
-    _check(_libc.unshare(ctypes.c_int(flags)), f"unshare({flags:#x})")
+    _check(_libc.unshare(ctypes.c_int(flags)), lambda: f"unshare({flags:#x})")
 
 
 class _Statx(ctypes.Structure):
@@ -231,7 +234,7 @@ def _statx_mnt(path: str, dfd: int, flags: int, unique: bool) -> bytes:
     buf = _Statx()
     mask = STATX_MNT_ID_UNIQUE if unique else STATX_MNT_ID
     _check(_syscall(NR["statx"], ctypes.c_int(dfd), _b(path), ctypes.c_int(flags), ctypes.c_uint(mask | STATX_TYPE),
-                    ctypes.byref(buf)), f"statx({path!r})")
+                    ctypes.byref(buf)), lambda: f"statx({path!r})")
     raw = bytes(buf.buf)
     got_mask = struct.unpack_from("<I", raw, 0)[0]
     if not got_mask & mask:
@@ -322,7 +325,7 @@ def name_to_handle_at(dfd: int, path: str, flags: int = 0) -> tuple[int, bytes, 
     struct.pack_into("<I", buf, 0, MAX_HANDLE_SZ)
     mnt = ctypes.c_int(0)
     _check(_syscall(NR["name_to_handle_at"], ctypes.c_int(dfd), _b(path), buf, ctypes.byref(mnt), ctypes.c_int(flags)),
-           f"name_to_handle_at({path!r})")
+           lambda: f"name_to_handle_at({path!r})")
     nbytes, htype = struct.unpack_from("<Ii", buf.raw, 0)
     return htype, buf.raw[8:8 + nbytes], mnt.value
 
@@ -352,7 +355,7 @@ def openat2(dfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int
     """openat2(2): open `path` beneath `dfd` under the RESOLVE_* restrictions."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
     return _check(_syscall(NR["openat2"], ctypes.c_int(dfd), _b(path), ctypes.byref(how),
-                           ctypes.c_size_t(ctypes.sizeof(how))), f"openat2({path!r})")
+                           ctypes.c_size_t(ctypes.sizeof(how))), lambda: f"openat2({path!r})")
 
 
 PR_SET_PDEATHSIG = 1
@@ -396,7 +399,7 @@ NR["pidfd_open"] = 434
 
 def pidfd_open(pid: int) -> int:
     """pidfd_open(2): an fd that becomes readable when process `pid` exits."""
-    return _check(_syscall(NR["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), f"pidfd_open({pid})")
+    return _check(_syscall(NR["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), lambda: f"pidfd_open({pid})")
 
 
 def exited(pidfd: int) -> bool:
