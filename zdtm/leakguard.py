@@ -4,8 +4,11 @@
   session end. A mount is identified by (mount id, device, root, mountpoint):
   a mount id the kernel reused for another mount counts as new. A mount
   present at the end and not at the start is a leak; one present at the start
-  and gone at the end *disappeared* (a test unmounted a host mount). Either
-  fails the session and names the mount.
+  and gone at the end *disappeared* (a test unmounted a host mount); one
+  present at both whose per-mount flags or propagation (shared, master,
+  propagate_from, unbindable) differ *changed* (a test ran mount --make-* or
+  a bind remount on the host). Any of these fails the session and names the
+  mount.
 - Per test: the same comparison after each test's teardown, in the process
   that ran the test (`Tracker`), so the report names the test that leaked.
 - Processes: holders (argv0 or comm is the holder's), keepers of the ns
@@ -50,6 +53,25 @@ def gone(start_text: str, end_text: str) -> list[mountinfo.Mount]:
     return leaked(end_text, start_text)
 
 
+def _state(m: mountinfo.Mount) -> tuple:
+    return (m.mount_opts, m.shared, m.master, m.propagate_from, m.unbindable)
+
+
+def changed(start_text: str, end_text: str) -> list[tuple[mountinfo.Mount, mountinfo.Mount]]:
+    """(before, after) of each mount in both texts whose flags or propagation differ."""
+    start = {_key(m): m for m in mountinfo.parse(start_text)}
+    return [(start[_key(m)], m) for m in mountinfo.parse(end_text)
+            if _key(m) in start and _state(start[_key(m)]) != _state(m)]
+
+
+def describe_changed(pairs: list[tuple[mountinfo.Mount, mountinfo.Mount]]) -> str:
+    """One line per host mount whose flags or propagation changed: before -> after."""
+    def show(m):
+        return " ".join([",".join(m.mount_opts), *mountinfo.optional_fields(m)] or ["private"])
+    return "\n".join(f"host mount changed: {b.mountpoint} (mount id {b.mnt_id}): {show(b)} -> {show(a)}"
+                     for b, a in pairs)
+
+
 def describe(mounts: list[mountinfo.Mount]) -> str:
     """One line per leaked mount: where, what, and how to remove it."""
     return "\n".join(f"leaked mount: {m.mountpoint} ({m.fstype} {m.source}, mount id {m.mnt_id}); "
@@ -84,6 +106,9 @@ class Guard:
     def gone(self) -> list[mountinfo.Mount]:
         return gone(self.start, self._read())
 
+    def changed(self) -> list[tuple[mountinfo.Mount, mountinfo.Mount]]:
+        return changed(self.start, self._read())
+
 
 class Tracker:
     """Per-test attribution: `step()` after each test returns its new and its vanished mounts.
@@ -96,11 +121,12 @@ class Tracker:
         self.path = path
         self.last = read_mountinfo(path)
 
-    def step(self) -> tuple[list[mountinfo.Mount], list[mountinfo.Mount]]:
+    def step(self) -> tuple[list[mountinfo.Mount], list[mountinfo.Mount], list[tuple]]:
+        """(new mounts, vanished mounts, changed mounts) since the last step."""
         now = read_mountinfo(self.path)
-        new, vanished = leaked(self.last, now), gone(self.last, now)
+        new, vanished, altered = leaked(self.last, now), gone(self.last, now), changed(self.last, now)
         self.last = now
-        return new, vanished
+        return new, vanished, altered
 
 
 # --- leftover processes ------------------------------------------------------------

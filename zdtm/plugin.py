@@ -12,11 +12,11 @@
   report.html and summary.md there; failed items keep their images and logs
   under DIR/<test id>/.
 - Leak guard (zdtm/leakguard.py): the host's mounts at session start vs at
-  session end (new and disappeared mounts), and the holders, keepers and
+  session end (new, disappeared and changed mounts), and the holders, keepers and
   stand-ins of this session still alive at its end, fail the session and are
   named; after every test, the process that ran it compares its mountinfo
   with the table before the test and fails that test's teardown naming the
-  mounts it leaked or removed.
+  mounts it leaked, removed or changed.
 """
 
 from __future__ import annotations
@@ -83,6 +83,7 @@ class _State:
         self.guard = None
         self.leaks = []
         self.gone = []          # host mounts that disappeared during the session
+        self.changed = []       # host mounts whose flags or propagation changed
         self.leftovers = []     # processes of this session alive at its end
         self.tracker = None     # per-test mountinfo comparison (every process that runs tests)
         self.tmp_base = None
@@ -344,8 +345,9 @@ def pytest_runtest_teardown(item, nextitem):
         if error is not None:
             raise error
         return None
-    new, vanished = state.tracker.step()
-    text = "\n".join(t for t in (leakguard.describe(new), leakguard.describe_gone(vanished)) if t)
+    new, vanished, altered = state.tracker.step()
+    text = "\n".join(t for t in (leakguard.describe(new), leakguard.describe_gone(vanished),
+                                 leakguard.describe_changed(altered)) if t)
     if text:
         text = f"leak guard: {item.nodeid} changed the host's mounts:\n{text}"
         if error is not None:
@@ -400,9 +402,10 @@ class Controller:
         if state.guard is not None:
             state.leaks = state.guard.check()
             state.gone = state.guard.gone()
+            state.changed = state.guard.changed()
             session_id = os.environ.get(leakguard.SESSION_ENV)
             state.leftovers = leakguard.wait_leftovers(session_id, exclude={os.getpid()}) if session_id else []
-            if state.leaks or state.gone or state.leftovers:
+            if state.leaks or state.gone or state.changed or state.leftovers:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if state.report_dir and state.results:
             from zdtm import report
@@ -422,6 +425,9 @@ class Controller:
         if state.gone:
             terminalreporter.write_sep("=", "HOST MOUNTS THAT DISAPPEARED", red=True)
             terminalreporter.write_line(leakguard.describe_gone(state.gone))
+        if state.changed:
+            terminalreporter.write_sep("=", "HOST MOUNTS THAT CHANGED", red=True)
+            terminalreporter.write_line(leakguard.describe_changed(state.changed))
         if state.leftovers:
             terminalreporter.write_sep("=", "LEFTOVER PROCESSES", red=True)
             terminalreporter.write_line(leakguard.describe_processes(state.leftovers))
