@@ -197,6 +197,9 @@ class _Restorer:
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
+        self.helper_src: dict[str, int] = {}  # superblock -> its root mount, for sharing helpers
+        self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
+        self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.extracting: list = []  # the archive helper (channel.Pending or filler.Filler), while at work
         self.filler: filler.Filler | None = None
         self.filling: set[str] = set()     # superblocks those helpers write into
@@ -668,6 +671,14 @@ class _Restorer:
                     self.referenced.add(loc["mnt"])
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
+        try:
+            self.sharing_ops = sharing.plan(
+                list(self.mounts.values()),
+                helper_ok=lambda sid: sid in self.doc["superblocks"] and not self.doc["superblocks"][sid].get("external"))
+        except sharing.PlanError as e:
+            raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
+        # Superblocks a helper mount is cloned from (at their root) in the sharing step.
+        self.helper_sbs = {op[2] for op in self.sharing_ops if op[0] == "helper"}
         covered: dict[int, bool] = {}
         for ns in self.doc["mntns"].values():
             stack = [(ns["root"], False)]
@@ -747,6 +758,10 @@ class _Restorer:
             raise RestoreError(errno.EINVAL, f"mount {mid}: children left unattached (parent cycle?)")
         for d in self.detached.values():
             self.mnt_fd[d["id"]] = self._clone(d, "detached mount")
+        for sid in self.helper_sbs:
+            fd = self._sb(sid)
+            if fd is not None:
+                self.helper_src[sid] = os.dup(fd)
         for fd in list(self.sb_fd.values()) + list(self.ext_src.values()):
             os.close(fd)
         self.sb_fd.clear()
@@ -844,6 +859,8 @@ class _Restorer:
 
     def _fd_for(self, m: dict) -> tuple[int, bool]:
         """(fd on attached mount m, whether the caller must close it): kept, or found again by path."""
+        if m["id"] < 0:
+            return m["fd"], False
         fd = self.mnt_fd.get(m["id"])
         if fd is not None:
             return fd, False
@@ -864,7 +881,7 @@ class _Restorer:
     def set_propagation(self, m: dict, prop: int) -> None:
         """Change the propagation of an attached mount, from inside its namespace."""
         fd, close = self._fd_for(m)
-        self.enter(self.ns_of_mount[m["id"]])
+        self._enter_for(m)
         try:
             if self.legacy:
                 os.fchdir(self.hostproc)
@@ -880,42 +897,100 @@ class _Restorer:
                 os.close(fd)
 
     def restore_sharing(self) -> None:
-        """Execute the sharing plan (engine.sharing) on the attached mounts."""
-        try:
-            ops = sharing.plan(list(self.mounts.values()))
-        except sharing.PlanError as e:
-            raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
+        """Execute the sharing plan (engine.sharing, made in _plan_fds) on the attached mounts."""
         props = {"slave": kernel.MS_SLAVE, "shared": kernel.MS_SHARED, "unbindable": kernel.MS_UNBINDABLE}
-        for op in ops:
-            if op[0] in props:
-                self.set_propagation(self.mounts[op[1]], props[op[0]])
-                continue
-            if op[0] == "set_group":
-                dst = self.mounts[op[2]]
-                src, close_src = self._fd_for(self.mounts[op[1]])
-                why = f"copying the sharing of mount {op[1]}"
-            else:
-                dst = self.mounts[op[1]]
-                src, close_src = self._external_master(dst, op[2]), True
-                why = f"joining external master group {op[2]}"
-            try:
-                dfd, close_dst = self._fd_for(dst)
-            except RestoreError:
-                if close_src:
-                    os.close(src)
-                raise
-            self.enter(self.ns_of_mount[dst["id"]])
-            try:
-                kernel.move_mount(src, "", dfd, "", kernel.MOVE_MOUNT_SET_GROUP
-                                  | kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
-            except OSError as e:
-                raise RestoreError(e.errno, f"mount {dst['id']} ({dst['mountpoint']}): {why}: {e.strerror}") from None
-            finally:
-                if close_src:
-                    os.close(src)
-                if close_dst:
-                    os.close(dfd)
-            step("group")
+        try:
+            for op in self.sharing_ops:
+                if op[0] == "helper":
+                    self._helper(op[1], op[2])
+                elif op[0] == "drop":
+                    self._drop_helper(op[1])
+                elif op[0] in props:
+                    self.set_propagation(self._mount(op[1]), props[op[0]])
+                else:
+                    self._set_group(op)
+                step("group")
+        finally:
+            for hid in list(self.helpers):
+                self._drop_helper(hid)
+            for fd in self.helper_src.values():
+                os.close(fd)
+            self.helper_src.clear()
+
+    def _mount(self, mid: int) -> dict:
+        return self.helpers[mid] if mid < 0 else self.mounts[mid]
+
+    def _set_group(self, op: tuple) -> None:
+        """("set_group", src, dst) or ("external", dst, master): MOVE_MOUNT_SET_GROUP into dst."""
+        if op[0] == "set_group":
+            dst = self._mount(op[2])
+            src, close_src = self._fd_for(self._mount(op[1]))
+            why = f"copying the sharing of mount {op[1]}"
+        else:
+            dst = self._mount(op[1])
+            src, close_src = self._external_master(dst, op[2]), True
+            why = f"joining external master group {op[2]}"
+        try:
+            dfd, close_dst = self._fd_for(dst)
+        except RestoreError:
+            if close_src:
+                os.close(src)
+            raise
+        self._enter_for(dst)
+        try:
+            kernel.move_mount(src, "", dfd, "", kernel.MOVE_MOUNT_SET_GROUP
+                              | kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {dst['id']} ({dst['mountpoint']}): {why}: {e.strerror}") from None
+        finally:
+            if close_src:
+                os.close(src)
+            if close_dst:
+                os.close(dfd)
+
+    def _enter_for(self, m: dict) -> None:
+        """Stand where changes to m's propagation are allowed: its namespace (helpers: the service one)."""
+        if m["id"] < 0:
+            self.to_service()
+        else:
+            self.enter(self.ns_of_mount[m["id"]])
+
+    def _helper(self, hid: int, sid: str) -> None:
+        """A private mount of superblock sid's root to start a peer group with (see engine.sharing).
+        Detached where its propagation can be changed so (mount_setattr on Linux >= 6.15), else
+        attached in a yard of the service namespace."""
+        try:
+            # mount(2) (no mount_setattr) changes propagation of attached mounts only.
+            if self.helper_yard is None and (self.yard is not None or self.legacy):
+                self.to_service()
+                self.helper_yard = self.yard if self.yard is not None else _make_yard()
+            if self.helper_yard is not None:
+                self.to_service()  # attached sources clone only from their own namespace
+            fd = kernel.open_tree(self.helper_src[sid], "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+            if self.helper_yard is not None:
+                os.mkdir(f"helper{-hid}", 0o700, dir_fd=self.helper_yard)
+                kernel.move_mount(fd, "", self.helper_yard, f"helper{-hid}", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        except (OSError, KeyError) as e:
+            raise RestoreError(getattr(e, "errno", None) or errno.EIO,
+                               f"superblock {sid}: a helper mount of its root for its peer group: "
+                               f"{getattr(e, 'strerror', None) or e}") from None
+        self.helpers[hid] = {"id": hid, "sb": sid, "root": "/", "fd": fd,
+                             "mountpoint": f"(helper of superblock {sid})"}
+
+    def _drop_helper(self, hid: int) -> None:
+        h = self.helpers.pop(hid, None)
+        if h is None:
+            return
+        try:
+            if self.helper_yard is not None:
+                self.to_service()
+                os.fchdir(self.hostproc)  # the host /proc's self/fd/N names the helper itself
+                try:
+                    kernel.umount2(f"self/fd/{h['fd']}", kernel.MNT_DETACH)
+                finally:
+                    os.chdir("/")
+        finally:
+            os.close(h["fd"])
 
     def _external_master(self, m: dict, master: int) -> int:
         """An fd on a host mount (in the service namespace) that is in or a slave of external group `master`."""

@@ -14,10 +14,21 @@ mount already in place and private, the plan (from the mounts-v2 talk):
   whose root covers its root;
 - unbindable last.
 
+SET_GROUP copies only from a mount whose root covers the target's. When no
+member of a group covers all the others (peers /a and /b of a superblock
+whose "/" mount is gone), or a slave group's root lies outside every member
+of its master group, a temporary *helper* mount of the superblock's root
+starts the group instead (it covers everything), takes the group's master
+and sharing, hands them to the members, and is dropped at the end. Helpers
+need a superblock the restore creates (`helper_ok`); the master group of a
+group with a helper gets one too (it must cover "/").
+
 The plan is a list of plain tuples so it can be tested without a kernel:
   ("set_group", src_id, dst_id)     copy src's peer group and master onto dst
   ("external", dst_id, master)      copy from the host mount that gives external group `master`
   ("slave", id) / ("shared", id) / ("unbindable", id)
+  ("helper", hid, sb)               attach a private mount of superblock sb's root (hid < 0)
+  ("drop", hid)                     unmount the helper (its group lives on in the members)
 """
 
 from __future__ import annotations
@@ -60,15 +71,56 @@ def _widest(members: list[dict], root: str) -> dict | None:
     return roots.widest_covering(root)
 
 
-def plan(mounts) -> list[tuple]:
-    """The ordered operations that give `mounts` (image mount dicts) their propagation."""
+def _first_uncovered(members: list[dict]) -> dict | None:
+    """The first member (widest roots first) whose root no earlier member covers, or None."""
+    seen = _Roots()
+    seen.add(members[0])
+    for m in members[1:]:
+        if seen.widest_covering(m["root"]) is None:
+            return m
+        seen.add(m)
+    return None
+
+
+def plan(mounts, helper_ok=lambda sb: False) -> list[tuple]:
+    """The ordered operations that give `mounts` (image mount dicts) their propagation.
+    `helper_ok(sb)`: whether a helper mount of superblock sb's root can be made."""
     groups: dict[tuple, list[dict]] = {}
     for m in mounts:
         if m.get("shared") or m.get("master"):
             groups.setdefault((m.get("shared"), m.get("master")), []).append(m)
+    for key in groups:
+        groups[key].sort(key=lambda x: (len(x["root"]), x["root"], x["id"]))
     by_shared: dict[int, tuple] = {key[0]: key for key in groups if key[0]}
+    children: dict[tuple, list[tuple]] = {}
+    for key in groups:
+        if key[1] in by_shared:
+            children.setdefault(by_shared[key[1]], []).append(key)
+
+    # Which groups start with a helper: decided before any is set up (a helper must come first).
+    need: dict[tuple, bool] = {}
+
+    def needs(key: tuple, path: tuple = ()) -> bool:
+        if key in need:
+            return need[key]
+        if key in path:
+            raise PlanError(f"peer group {key[0]} is its own master through a cycle")
+        members = groups[key]
+        kids = [(c, needs(c, path + (key,))) for c in children.get(key, ())]
+        sbs = {x.get("sb") for x in members}
+        if members[0]["root"] == "/" or len(sbs) != 1 or not helper_ok(members[0].get("sb")):
+            need[key] = False
+        else:
+            need[key] = (_first_uncovered(members) is not None
+                         or any(k or _widest(members, groups[c][0]["root"]) is None for c, k in kids))
+        return need[key]
+
+    for key in groups:
+        needs(key)
+
     ops: list[tuple] = []
     state: dict[tuple, int] = {}  # 1 in progress, 2 done
+    helper_of: dict[tuple, dict] = {}
 
     def setup(key: tuple) -> None:
         if state.get(key) == 2:
@@ -77,13 +129,20 @@ def plan(mounts) -> list[tuple]:
             raise PlanError(f"peer group {key[0]} is its own master through a cycle")
         state[key] = 1
         shared, master = key
-        members = sorted(groups[key], key=lambda x: (len(x["root"]), x["root"], x["id"]))
-        first = members[0]
+        members = groups[key]
+        if need[key]:
+            first = {"id": -1 - len(helper_of), "root": "/", "sb": members[0].get("sb"),
+                     "mountpoint": f"(helper for peer group {shared or master})"}
+            helper_of[key] = first
+            ops.append(("helper", first["id"], first["sb"]))
+            rest = members
+        else:
+            first, rest = members[0], members[1:]
         if master:
             pkey = by_shared.get(master)
             if pkey is not None:
                 setup(pkey)
-                src = _widest(groups[pkey], first["root"])
+                src = _widest(groups[pkey] + ([helper_of[pkey]] if pkey in helper_of else []), first["root"])
                 if src is None:
                     raise PlanError(f"mount {first['id']} ({first['mountpoint']}): no mount of its master group "
                                     f"{master} covers its root {first['root']}")
@@ -95,7 +154,7 @@ def plan(mounts) -> list[tuple]:
             ops.append(("shared", first["id"]))
         seen = _Roots()
         seen.add(first)
-        for m in members[1:]:
+        for m in rest:
             src = seen.widest_covering(m["root"])
             seen.add(m)
             if src is None:
@@ -106,6 +165,8 @@ def plan(mounts) -> list[tuple]:
 
     for key in sorted(groups, key=lambda k: (k[0] or 0, k[1] or 0)):
         setup(key)
+    for h in helper_of.values():
+        ops.append(("drop", h["id"]))
     for m in mounts:
         if m.get("unbindable"):
             ops.append(("unbindable", m["id"]))

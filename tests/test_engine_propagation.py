@@ -177,3 +177,36 @@ hold
     assert n >= 3
     new = case.cr(pid)
     assert_same(before, take(new))
+
+
+@pytest.mark.parametrize("how", ["detached", "yard", "mount2"])
+def test_peers_no_member_covers(case, monkeypatch, how):
+    """A peer group of /a and /b binds (their "/" mount gone) and a slave group rooted at /c/d
+    outside both: restored through a helper mount of the superblock's root, detached (Linux
+    >= 6.15), attached in a yard (older kernels: MNTCR_ATTACHED_SOURCES=1), or with mount(2)
+    for propagation (no mount_setattr: MNTCR_NO_MOUNT_SETATTR=1). Propagation still works: a
+    mount under the master's subtree reaches the slave."""
+    if how == "yard":
+        monkeypatch.setenv("MNTCR_ATTACHED_SOURCES", "1")
+    elif how == "mount2":
+        monkeypatch.setenv("MNTCR_NO_MOUNT_SETATTR", "1")
+    setup = """
+mkdir -p /mnt/t /mnt/pa /mnt/pb /mnt/pd /mnt/pc
+mount -t tmpfs t /mnt/t; mount --make-shared /mnt/t
+mkdir -p /mnt/t/a /mnt/t/b /mnt/t/c/d/e
+mount --bind /mnt/t/a /mnt/pa; mount --bind /mnt/t/b /mnt/pb
+mount --bind /mnt/t/c/d /mnt/pd; mount --make-slave /mnt/pd; mount --make-shared /mnt/pd
+mount --bind /mnt/t/c /mnt/pc
+umount /mnt/t
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    groups = {m.mountpoint: (m.shared, m.master) for m in before.root.mounts if m.mountpoint.startswith("/mnt/p")}
+    assert groups["/mnt/pa"][0] == groups["/mnt/pb"][0] == groups["/mnt/pc"][0] is not None
+    assert groups["/mnt/pd"][1] == groups["/mnt/pa"][0]
+    seen = probe(pid, "/mnt/pc/d/e /mnt/pd/e")
+    assert "/mnt/pd/e" in seen.splitlines()[0]   # master -> slave
+    new = case.cr(pid)
+    assert_same(before, take(new))
+    assert probe(new, "/mnt/pc/d/e /mnt/pd/e") == seen

@@ -67,3 +67,39 @@ def test_master_cycle_is_refused():
     # a corrupt image: group 1 is a slave of group 2 and 2 of 1
     with pytest.raises(sharing.PlanError, match="cycle"):
         sharing.plan([M(1, shared=1, master=2), M(2, shared=2, master=1)])
+
+
+def H(mid, root="/", shared=None, master=None, sb="sb-1"):
+    return dict(M(mid, root, shared, master), sb=sb)
+
+
+def test_peers_no_member_covers_start_from_a_helper_of_the_superblock_root():
+    ops = sharing.plan([H(1, "/a", shared=1), H(2, "/b", shared=1)], helper_ok=lambda sb: sb == "sb-1")
+    assert ops == [("helper", -1, "sb-1"), ("shared", -1), ("set_group", -1, 1), ("set_group", -1, 2),
+                   ("drop", -1)]
+
+
+def test_slave_root_outside_its_masters_gives_the_master_group_a_helper():
+    ops = sharing.plan([H(1, "/a", shared=1), H(2, "/b", master=1)], helper_ok=lambda sb: True)
+    assert ops == [("helper", -1, "sb-1"), ("shared", -1), ("set_group", -1, 1),
+                   ("set_group", -1, 2), ("slave", 2), ("drop", -1)]
+
+
+def test_helper_groups_chain_up_to_the_master():
+    # group 2 (slave of 1) needs a helper: so does group 1, to hand it "/"; group 1's own members cover
+    mounts = [H(1, "/a", shared=1), H(2, "/a/x", shared=1), H(3, "/p", shared=2, master=1),
+              H(4, "/q", shared=2, master=1)]
+    ops = sharing.plan(mounts, helper_ok=lambda sb: True)
+    assert ops[:3] == [("helper", -1, "sb-1"), ("shared", -1), ("set_group", -1, 1)]
+    assert ("helper", -2, "sb-1") in ops
+    i = ops.index(("helper", -2, "sb-1"))
+    assert ops[i + 1:i + 4] == [("set_group", -1, -2), ("slave", -2), ("shared", -2)]
+    assert {("set_group", -2, 3), ("set_group", -2, 4)} <= set(ops)
+    assert ops[-2:] == [("drop", -1), ("drop", -2)]
+
+
+def test_no_helper_for_an_external_superblock_or_a_root_member():
+    with pytest.raises(sharing.PlanError, match="no mount of its peer group covers"):
+        sharing.plan([H(1, "/a", shared=1), H(2, "/b", shared=1)], helper_ok=lambda sb: False)
+    ops = sharing.plan([H(1, "/", shared=1), H(2, "/b", shared=1)], helper_ok=lambda sb: True)
+    assert not any(op[0] == "helper" for op in ops)
