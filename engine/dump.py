@@ -379,6 +379,15 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                     for c in at.get((parent, mp), ()):
                         if c != node and c not in inside:
                             covers.add(c)   # a sibling over a directory above it
+        # A cover may itself be overmounted (a stack at its mount point, e.g. propagated there):
+        # its path leads to the top of that stack, which goes first.
+        stack = list(covers)
+        while stack:
+            c = stack.pop()
+            for top in at.get((c, by_id[c].mountpoint), ()):
+                if top not in covers and top not in inside:
+                    covers.add(top)
+                    stack.append(top)
         # Outer covers first: what an outer cover hides is reachable only once it is gone.
         progress = False
         for c in sorted(covers, key=lambda x: (len(by_id[x].mountpoint), x)):

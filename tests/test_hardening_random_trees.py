@@ -169,6 +169,7 @@ def test_render_setup_is_deterministic_and_indexes_wrap():
 # Sequences that once failed (each also a scenario in scenarios/regressions/): always run first.
 _FOUND = [
     [("tmpfs", 0, 0), ("unbindable", 0, 0), ("bind", 0, 1), ("bind", 2, 0), ("lazy", 1, 0)],
+    [("tmpfs", 0, 0), ("shared", 0, 0), ("bind", 0, 0), ("tmpfs", 14, 0), ("over", 0, 0), ("over", 0, 0)],
 ]
 
 
@@ -177,6 +178,7 @@ _FOUND = [
                                  HealthCheck.function_scoped_fixture])
 @given(ops=ops_strategy)
 @example(ops=_FOUND[0])
+@example(ops=_FOUND[1])
 def test_random_tree_round_trips(ops):
     _needs_root()
     guard = leakguard.Guard()
