@@ -403,8 +403,9 @@ class _Restorer:
         return fd
 
     def _extract_files(self) -> None:
-        """Start filling the new superblocks: one helper per archive file, each member into its
-        superblock. They work while mounts are assembled; join_files waits for them."""
+        """Start filling superblocks made here (with a yard: filler.py cannot make them then):
+        one helper extracts the archives one after the other, each member into its superblock,
+        while mounts are assembled; join_files waits for it."""
         targets: dict[str, list[tuple[int, str]]] = {}
         owned: list[int] = []
         try:
