@@ -24,9 +24,9 @@ def _body(plans, fills, empties, chan: channel.Channel) -> None:
     made: dict[str, int] = {}
     batch: list[str] = []
     size = 1  # the first superblock at once (the restorer starts with it), then growing batches
-    for sid, fstype, source, params, where in plans:
+    for sid, fstype, source, params, attr, where in plans:
         try:
-            made[sid] = standin.fsmount(fstype, source, params)
+            made[sid] = standin.fsmount(fstype, source, params, attr)
         except OSError as e:
             raise OSError(e.errno, f"{where}: {e.strerror or e}") from None
         batch.append(sid)
@@ -57,7 +57,8 @@ class Filler:
     """The restorer's side of the helper."""
 
     def __init__(self, plans, fills, empties):
-        """`plans`: (sid, fstype, source, fsconfig params, where for errors) in order of first use;
+        """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
+        order of first use;
         `fills`: (archive fd, name, expected size/sha256, [(sid, root, member)]);
         `empties`: (sid, empty_root record). The archive fds may be closed after this returns."""
         self.sids = {p[0] for p in plans}

@@ -35,6 +35,7 @@ with the restorer, so a killed restore leaves nothing mounted.
 from __future__ import annotations
 
 import bisect
+import collections
 import cProfile
 import errno
 import marshal
@@ -63,6 +64,9 @@ _LEGACY_FLAGS = {"ro": kernel.MS_RDONLY, "nosuid": kernel.MS_NOSUID, "nodev": ke
                  "noexec": kernel.MS_NOEXEC, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21,
                  "nosymfollow": 256}
 _MS_STRICTATIME = 1 << 24
+_PLAIN = frozenset({"rw", "relatime"})   # what fsmount gives without attributes
+# Options a superblock's base mount may be made with (fsmount attributes; never "ro").
+_BASE_OK = frozenset({"rw", "relatime", "noatime", "strictatime"}) | (frozenset(_ATTR_FLAGS) - {"ro"})
 
 
 class RestoreError(OSError):
@@ -198,6 +202,7 @@ class _Restorer:
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
         self.helper_src: dict[str, int] = {}  # superblock -> its root mount, for sharing helpers
+        self.base_opts: dict[str, frozenset] = {}  # superblock -> options its own mount was made with
         self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.extracting: list = []  # the archive helper (channel.Pending or filler.Filler), while at work
@@ -309,8 +314,15 @@ class _Restorer:
         first used). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
         while the rest of the restore goes on."""
         users: dict[str, dict] = {}
+        counts: dict[str, collections.Counter] = {}
         for m in list(self.mounts.values()) + list(self.detached.values()):
             users.setdefault(m["sb"], m)
+            opts = frozenset(m["mount_opts"])
+            if opts <= _BASE_OK:
+                counts.setdefault(m["sb"], collections.Counter())[opts] += 1
+        # A new superblock's own mount (fsmount) carries the per-mount options most of its mounts
+        # have (never "ro": files are extracted through it): their clones need no mount_setattr.
+        common = {sid: c.most_common(1)[0][0] for sid, c in counts.items()}
         plans = []
         # Block filesystems last: a loop device may sit on a file of a tmpfs restored here.
         order = sorted(self.doc["superblocks"].items(), key=lambda kv: bool(kv[1].get("device")))
@@ -333,16 +345,18 @@ class _Restorer:
             source = sb["source"] if handler.keep_source else None
             fstype = sb["fstype"].split(".", 1)[0]
             where = f"mount {users[sid]['id']} ({users[sid]['mountpoint']}) on {sb['fstype']}"
+            self.base_opts[sid] = common.get(sid, _PLAIN)
+            attr = attr_of(self.base_opts[sid])[0]
             if not handler.ns and self.yard is None:
-                plans.append((sid, fstype, source, params, where))
+                plans.append((sid, fstype, source, params, attr, where))
                 continue
             try:
                 if handler.ns:
                     chan = self._creator(sid, sb, handler.ns, users[sid])
-                    _, fds = chan.call(("fsmount", fstype, source, params, 0))
+                    _, fds = chan.call(("fsmount", fstype, source, params, attr))
                     fd = fds[0]
                 else:
-                    fd = standin.fsmount(fstype, source, params)
+                    fd = standin.fsmount(fstype, source, params, attr)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
             self.sb_fd[sid] = self._settle(sid, fd)
@@ -619,8 +633,9 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): cannot bind root "
                                         f"{m['root']}: {e.strerror}") from None
-        plain = not self.doc["superblocks"][m["sb"]].get("external") and set(m["mount_opts"]) == {"rw", "relatime"}
-        # A clone of a fresh superblock is already private, rw and relatime: no call needed then.
+        plain = (not self.doc["superblocks"][m["sb"]].get("external")
+                 and frozenset(m["mount_opts"]) == self.base_opts.get(m["sb"], _PLAIN))
+        # A clone of a fresh superblock is already private, with its base options: no call needed then.
         if not self.legacy and not plain:
             aset, aclr = attr_of(m["mount_opts"])
             try:
