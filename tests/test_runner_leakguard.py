@@ -111,14 +111,14 @@ def test_tracker_reports_each_change_once(tmp_path):
     table = tmp_path / "mountinfo"
     table.write_text(START)
     tracker = leakguard.Tracker(str(table))
-    assert tracker.step() == ([], [])
+    assert tracker.step() == ([], [], [])
     table.write_text(START + "99 22 0:50 / /mnt/a rw - tmpfs a rw\n")
-    new, vanished = tracker.step()
-    assert [m.mountpoint for m in new] == ["/mnt/a"] and vanished == []
-    assert tracker.step() == ([], [])  # reported once, by the step that saw it first
+    new, vanished, changed = tracker.step()
+    assert [m.mountpoint for m in new] == ["/mnt/a"] and vanished == [] and changed == []
+    assert tracker.step() == ([], [], [])  # reported once, by the step that saw it first
     table.write_text(START.splitlines(True)[0] + "99 22 0:50 / /mnt/a rw - tmpfs a rw\n")
-    new, vanished = tracker.step()
-    assert new == [] and [m.mountpoint for m in vanished] == ["/proc"]
+    new, vanished, changed = tracker.step()
+    assert new == [] and [m.mountpoint for m in vanished] == ["/proc"] and changed == []
 
 
 def _run_inner_session(pytester, *, private_ns: bool):
