@@ -419,15 +419,11 @@ class Controller:
             terminalreporter.write_line(report.table(state.results))
             if state.report_dir:
                 terminalreporter.write_line(f"report: {os.path.join(state.report_dir, 'report.html')}")
-        if state.leaks:
-            terminalreporter.write_sep("=", "LEAKED MOUNTS", red=True)
-            terminalreporter.write_line(leakguard.describe(state.leaks))
-        if state.gone:
-            terminalreporter.write_sep("=", "HOST MOUNTS THAT DISAPPEARED", red=True)
-            terminalreporter.write_line(leakguard.describe_gone(state.gone))
-        if state.changed:
-            terminalreporter.write_sep("=", "HOST MOUNTS THAT CHANGED", red=True)
-            terminalreporter.write_line(leakguard.describe_changed(state.changed))
-        if state.leftovers:
-            terminalreporter.write_sep("=", "LEFTOVER PROCESSES", red=True)
-            terminalreporter.write_line(leakguard.describe_processes(state.leftovers))
+        for title, found, describe in (
+                ("LEAKED MOUNTS", state.leaks, leakguard.describe),
+                ("HOST MOUNTS THAT DISAPPEARED", state.gone, leakguard.describe_gone),
+                ("HOST MOUNTS THAT CHANGED", state.changed, leakguard.describe_changed),
+                ("LEFTOVER PROCESSES", state.leftovers, leakguard.describe_processes)):
+            if found:
+                terminalreporter.write_sep("=", title, red=True)
+                terminalreporter.write_line(describe(found))
