@@ -148,7 +148,8 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
             raise OSError(f"archive {name} has an unsafe member {member!r}")
 
 
-def _extract_one(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict) -> None:
+def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
+                   chan: channel.Channel) -> None:
     got = digest_fd(archive_fd)
     if got != {"size": expect.get("size"), "sha256": expect.get("sha256")}:
         raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
@@ -161,36 +162,18 @@ def _extract_one(targets: list[tuple[int, str]], archive_fd: int, name: str, exp
     proc = subprocess.run(cmd, pass_fds=(staging,), stdin=archive_fd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise OSError(f"extracting {name} failed: {_last_line(proc.stderr, 'tar failed')}")
-    os.close(staging)
-
-
-def _extract_child(jobs, chan: channel.Channel) -> None:
-    for targets, archive_fd, name, expect in jobs:
-        _extract_one(targets, archive_fd, name, expect)
     chan.send(("ok", None))
 
 
-def extract_start(jobs: list[tuple[int, str, dict, list[tuple[int, str]]]]) -> channel.Pending:
-    """Start extracting archives, one after the other, in one helper (so it takes one CPU, not
-    one per archive). A job is (archive fd, name, expected {size, sha256}, targets: (O_PATH fd
-    of a directory, member name)): the helper checks the archive's digest and members, then
-    extracts each member into its directory; nothing is extracted from an archive that fails a
-    check. wait() on the result reports the outcome. The caller's fds may be closed at once."""
-    clones: list[int] = []
-    try:
-        planned = []
-        for archive_fd, name, expect, targets in jobs:
-            mine = []
-            for dir_fd, member in targets:
-                clones.append(kernel.open_tree(dir_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH))
-                mine.append((clones[-1], member))
-            planned.append((mine, archive_fd, name, expect))
-        return channel.spawn(_extract_child, planned)
-    finally:
-        for fd in clones:
-            os.close(fd)
-
-
 def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]]) -> None:
-    """Extract one archive (see extract_start) and wait for it."""
-    extract_start([(archive_fd, name, expect, targets)]).wait()
+    """Check the archive against `expect` (size, sha256) and its members, then extract each member
+    into the directory behind its fd (`targets`: (O_PATH fd of a directory, member name)), in a
+    helper; nothing is extracted from an archive that fails a check."""
+    clones = []
+    try:
+        for dir_fd, member in targets:
+            clones.append((kernel.open_tree(dir_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH), member))
+        channel.call_in_child(_extract_child, clones, archive_fd, name, expect)
+    finally:
+        for fd, _ in clones:
+            os.close(fd)

@@ -4,7 +4,8 @@ Creating thousands of tmpfs superblocks and extracting their files takes
 about as long as attaching the mounts; on two CPUs both can run at once. The
 helper (forked from the restorer, in its service namespace) creates each
 superblock that needs no namespace (fsopen/fsconfig/fsmount) in the order the
-restorer first clones from them and streams their fds back in batches; then
+restorer first clones from them and streams their fds back in batches (with
+a yard, on older kernels, the restorer makes them and hands them over); then
 it makes the archive roots, applies empty roots' owner and mode, and extracts
 the archives one after the other (content.extract). The restorer takes each
 superblock when it first needs it (take) and waits for the files (wait)
@@ -20,8 +21,8 @@ import os
 from engine import channel, content, standin
 
 
-def _body(plans, fills, empties, chan: channel.Channel) -> None:
-    made: dict[str, int] = {}
+def _body(plans, given, fills, empties, hostproc, chan: channel.Channel) -> None:
+    made: dict[str, int] = dict(given)
     batch: list[str] = []
     size = 1  # the first superblock at once (the restorer starts with it), then growing batches
     for sid, fstype, source, params, attr, where in plans:
@@ -38,8 +39,8 @@ def _body(plans, fills, empties, chan: channel.Channel) -> None:
     chan.send(("made", None))
     for sid, er in empties:
         fd = content.mkdirs_beneath(made[sid], er["root"])
-        os.chown(f"/proc/self/fd/{fd}", er["uid"], er["gid"])
-        os.chmod(f"/proc/self/fd/{fd}", er["mode"])
+        os.chown(f"self/fd/{fd}", er["uid"], er["gid"], dir_fd=hostproc)
+        os.chmod(f"self/fd/{fd}", er["mode"], dir_fd=hostproc)
         if fd != made[sid]:
             os.close(fd)
     for archive_fd, name, expect, spec in fills:
@@ -56,15 +57,16 @@ def _body(plans, fills, empties, chan: channel.Channel) -> None:
 class Filler:
     """The restorer's side of the helper."""
 
-    def __init__(self, plans, fills, empties):
+    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int):
         """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
-        order of first use;
-        `fills`: (archive fd, name, expected size/sha256, [(sid, root, member)]);
-        `empties`: (sid, empty_root record). The archive fds may be closed after this returns."""
+        order of first use; `given`: superblocks that exist already ({sid: fd}, e.g. attached in
+        a yard), to fill only; `fills`: (archive fd, name, expected size/sha256, [(sid, root,
+        member)]); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc.
+        The archive fds may be closed after this returns."""
         self.sids = {p[0] for p in plans}
         self.got: dict[str, int] = {}
         self.made = self.done = False
-        self.pending = channel.spawn(_body, plans, fills, empties)
+        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc)
 
     def _recv(self) -> None:
         try:

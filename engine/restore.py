@@ -8,8 +8,8 @@ namespace (a slave copy of the host's, so nothing propagates back), then:
     processes share them as they did;
  2. superblocks: each created once with fsopen/fsconfig/fsmount (from a
     stand-in inside the right namespace for proc, mqueue, sysfs, cgroup2);
-    external mounts cloned from host paths. Archived files are extracted by
-    helpers (one tar per archive) *while* steps 3-5 run: a mount point or bind
+    external mounts cloned from host paths. Archived files are extracted by a
+    helper (engine/filler.py) *while* steps 3-5 run: a mount point or bind
     root not extracted yet is made as a directory (tar keeps it and sets its
     attributes), anything else waits for them (join_files), as do overlays,
     loop devices and step 6. After the wait, a mount lost meanwhile (tar
@@ -205,8 +205,7 @@ class _Restorer:
         self.base_opts: dict[str, frozenset] = {}  # superblock -> options its own mount was made with
         self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
-        self.extracting: list = []  # the archive helper (channel.Pending or filler.Filler), while at work
-        self.filler: filler.Filler | None = None
+        self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
@@ -365,39 +364,42 @@ class _Restorer:
             self._start_filling(plans, users)
 
     def _start_filling(self, plans: list, users: dict) -> None:
-        """Start the helper that makes `plans` and extracts every archive (or, with a yard, just
-        the extraction helper: the superblocks exist already)."""
+        """Start the helper (engine/filler.py) that makes `plans` and fills every superblock with
+        archived files; with a yard the superblocks exist already and it only fills them."""
         if plans:
             # In the order assemble() first clones from them (creation order, detached last).
             rank: dict[str, int] = {}
             for m in sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"])):
                 rank.setdefault(m["sb"], len(rank))
             plans.sort(key=lambda p: rank.get(p[0], len(rank)))
-        if self.yard is not None:
-            self._extract_files()
-            return
+        given = dict(self.sb_fd) if self.yard is not None else {}
+        made = {p[0] for p in plans} | set(given)
         fills: dict[str, list] = {}
         empties = []
         for sid, sb in self.doc["superblocks"].items():
+            if sid not in made:
+                continue  # archives only fill superblocks made here (any other member fails the member check)
             for arc in sb.get("archives") or []:
                 fills.setdefault(arc["file"], []).append((sid, arc["root"], arc["member"]))
             if sb.get("empty_root") is not None:
                 empties.append((sid, sb["empty_root"]))
-        made = {p[0] for p in plans}
-        # Archives only fill superblocks made here (a member for any other fails the member check).
-        fills = {name: kept for name, spec in fills.items() if (kept := [t for t in spec if t[0] in made])}
+        if not (plans or fills or empties):
+            return
         afds = []
         try:
             jobs = []
             for name, spec in sorted(fills.items()):
                 afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd))
                 jobs.append((afds[-1], name, self.doc["files"][name], spec))
-            self.filler = filler.Filler(plans, jobs, [(sid, er) for sid, er in empties if sid in made])
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc)
         finally:
             for fd in afds:
                 os.close(fd)
         self.filling |= {sid for spec in fills.values() for sid, _, _ in spec}
-        self.extracting.append(self.filler)
+
+    def _filling_now(self) -> bool:
+        """Whether the helper may still be writing files."""
+        return self.filler is not None and not self.filler.done
 
     def _sb(self, sid: str) -> int | None:
         """The fd of new superblock `sid` (taken from the helper the first time), None if none."""
@@ -416,43 +418,6 @@ class _Restorer:
             kernel.move_mount(fd, "", self.yard, sid, kernel.MOVE_MOUNT_F_EMPTY_PATH)
         return fd
 
-    def _extract_files(self) -> None:
-        """Start filling superblocks made here (with a yard: filler.py cannot make them then):
-        one helper extracts the archives one after the other, each member into its superblock,
-        while mounts are assembled; join_files waits for it."""
-        targets: dict[str, list[tuple[int, str]]] = {}
-        owned: list[int] = []
-        try:
-            for sid, sb in self.doc["superblocks"].items():
-                if sid not in self.sb_fd:
-                    continue
-                for arc in sb.get("archives") or []:
-                    self.filling.add(sid)
-                    dir_fd = content.mkdirs_beneath(self.sb_fd[sid], arc["root"])
-                    if dir_fd != self.sb_fd[sid]:
-                        owned.append(dir_fd)
-                    targets.setdefault(arc["file"], []).append((dir_fd, arc["member"]))
-                er = sb.get("empty_root")
-                if er is not None:
-                    dir_fd = content.mkdirs_beneath(self.sb_fd[sid], er["root"])
-                    os.chown(f"self/fd/{dir_fd}", er["uid"], er["gid"], dir_fd=self.hostproc)
-                    os.chmod(f"self/fd/{dir_fd}", er["mode"], dir_fd=self.hostproc)
-                    if dir_fd != self.sb_fd[sid]:
-                        os.close(dir_fd)
-            jobs = []
-            for name, tlist in sorted(targets.items()):
-                afd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
-                owned.append(afd)
-                jobs.append((afd, name, self.doc["files"][name], tlist))
-            if jobs:
-                try:
-                    self.extracting.append(content.extract_start(jobs))
-                except OSError as e:
-                    raise RestoreError(errno.EIO, str(e.strerror or e)) from None
-        finally:
-            for fd in owned:
-                os.close(fd)
-
     def join_files(self) -> None:
         """Wait until every archive is extracted (before anything reads the files), then check
         that no mount attached meanwhile was lost.
@@ -461,15 +426,13 @@ class _Restorer:
         removing a mount point in another namespace detaches what is mounted on
         it: a damaged or hostile archive could silently take a mount away.
         """
-        if not self.extracting:
+        if not self._filling_now():
             return
-        while self.extracting:
-            pending = self.extracting.pop(0)
-            try:
-                pending.wait()
-            except OSError as e:
-                raise RestoreError(errno.EIO, str(e.strerror or e)) from None
-            step("extract")
+        try:
+            self.filler.wait()
+        except OSError as e:
+            raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+        step("extract")
         back = self.current_ns
         for ns_id, n in self.attached_in.items():
             self._check_count(ns_id, 1 + n)
@@ -506,7 +469,7 @@ class _Restorer:
         try:
             return kernel.openat2(base, rel, flags, resolve)
         except FileNotFoundError:
-            if not (self.extracting and sid in self.filling):
+            if not (self._filling_now() and sid in self.filling):
                 raise
         if is_dir():
             os.close(content.mkdirs_beneath(base, "/" + rel))
@@ -862,7 +825,7 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): attaching it: {e.strerror}") from None
         self._moved.add(c["id"])
-        if self.extracting:
+        if self._filling_now():
             ns_id = self.ns_of_mount[c["id"]]
             self.attached_in[ns_id] = self.attached_in.get(ns_id, 0) + 1
         if parent["id"] in self.referenced:
