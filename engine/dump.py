@@ -26,6 +26,8 @@ import stat
 import time
 
 from engine import channel, content, forkrun, fs, image, kernel, mountinfo
+from engine.fdtable import FdTable
+from engine.fds import FdError
 from engine.fs.block import BLOCK_TYPES
 from engine.image import is_beneath, rel_to
 
@@ -767,10 +769,48 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                               f"{superblocks[bsid]['source']}): its loop device's backing file is not "
                                               "reachable in the dumped filesystems")
 
-    # 5. processes
+    # 5. processes (fds by kind: engine/fdtable.py)
+    fdtable = FdTable()
+    try:
+        procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable)
+        fdtable.mark_shared(procs_doc)
+    except FdError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+    finally:
+        fdtable.close()
+    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)]
+    uts_names = {}
+    for p in procs_doc:
+        uts = p["ns"]["uts"]
+        if uts not in uts_names and "uts" not in p["host_ns"]:
+            uts_names[uts] = _hostname_of(p["pid"])
+
+    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+
+    doc = {
+        "kernel": platform.release(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
+        "hostnames": uts_names, "detached": detached_doc, "files": files,
+    }
+    if fdtable.objects:
+        doc["objects"] = fdtable.objects
+    return doc
+
+
+def _unplaced_of(p: dict):
+    """(location, /proc link relative to the pid) of each of p's root, cwd and fds on a detached mount."""
+    for key in ("root", "cwd"):
+        if p[key].get("detached"):
+            yield p[key], key
+    for f in p["fds"]:
+        if f.get("detached"):
+            yield f, f"fd/{f['fd']}"
+
+
+def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable) -> list[dict]:
+    """The image's process entries: namespaces, root, cwd and fds (each by its kind)."""
     procs_doc = []
-    uts_names: dict[str, str] = {}
-    unplaced: list[tuple[dict, int, str]] = []   # (location to fill, pid, /proc link relative to the pid)
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
@@ -782,33 +822,14 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         }
         for key in ("root", "cwd"):
             entry[key] = _place(pdata[key], mounts_by_id, pid, key)
-            if entry[key].get("detached"):
-                unplaced.append((entry[key], pid, key))
         for f in pdata["fds"]:
-            mode = f["mode"]
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                    or stat.S_ISLNK(mode)) or not f["target"].startswith("/"):
-                raise DumpError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): only files and "
-                                                  "directories are supported")
-            loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
-            fd_entry = {"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
-                        "type": "dir" if stat.S_ISDIR(mode) else "file", **loc}
+            fd_entry = fdtable.entry(pid, f)
+            if fd_entry.pop("placed"):
+                loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
+                fd_entry.update(loc)
             entry["fds"].append(fd_entry)
-            if loc.get("detached"):
-                unplaced.append((fd_entry, pid, f"fd/{f['fd']}"))
-        uts = entry["ns"]["uts"]
-        if uts not in uts_names and "uts" not in entry["host_ns"]:
-            uts_names[uts] = _hostname_of(pid)
         procs_doc.append(entry)
-
-    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
-
-    return {
-        "kernel": platform.release(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
-        "hostnames": uts_names, "detached": detached_doc, "files": files,
-    }
+    return procs_doc
 
 
 def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dict) -> None:

@@ -355,6 +355,7 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
         _typed(d, "mount_opts", list, what)
     detached_ids = {d["id"] for d in detached.values()}
 
+    objects = _check_objects(doc.get("objects") or {})
     nfds = 0
     pids = set()
     for p in procs:
@@ -383,10 +384,39 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
             seen_fd.add(n)
             _typed(fd, "flags", int, f"{what} fd {n}")
             _typed(fd, "pos", int, f"{what} fd {n}")
-            _check_loc(fd, all_ids, detached_ids, f"{what} fd {n}")
+            _check_fd(fd, objects, all_ids, detached_ids, f"{what} fd {n}")
     for p in procs:
         if p.get("ppid") is not None and p["ppid"] not in pids:
             _fail(f"process {p['pid']}: parent {p['ppid']} is not in the image")
+
+
+def _check_objects(objects) -> dict:
+    """The image's fd objects (pipes, memfds, sockets), each checked by its kind."""
+    from engine import fds
+    if not isinstance(objects, dict):
+        _fail("'objects' must be an object")
+    for key, obj in objects.items():
+        kind = fds.lookup(obj.get("kind")) if isinstance(obj, dict) and isinstance(obj.get("kind"), str) else None
+        if kind is None:
+            _fail(f"object {key!r}: unknown kind")
+        kind.check_object(obj, f"object {key}")
+    return objects
+
+
+def _check_fd(fd: dict, objects: dict, mount_ids: set[int], detached_ids: set[int], what: str) -> None:
+    """One fd entry: its kind known, its file on a known mount when it has one, its payload sane."""
+    from engine import fds
+    name = fd.get("kind", "file")
+    kind = fds.lookup(name) if isinstance(name, str) else None
+    if kind is None:
+        _fail(f"{what}: unknown fd kind {name!r}")
+    if kind.placed:
+        _check_loc(fd, mount_ids, detached_ids, what)
+    if "desc" in fd and not isinstance(fd["desc"], str):
+        _fail(f"{what}: 'desc' must be a string")
+    if "obj" in fd and fd["obj"] not in objects:
+        _fail(f"{what}: unknown object {fd['obj']!r}")
+    kind.check(fd, what)
 
 
 def _check_loc(loc: dict, mount_ids: set[int], detached_ids: set[int], what: str) -> None:
@@ -419,8 +449,10 @@ def render(doc: dict) -> str:
         lines.append(f"    root: mount {p['root']['mnt']} {p['root']['path']}")
         lines.append(f"    cwd:  mount {p['cwd']['mnt']} {p['cwd']['path']}")
         for fd in p["fds"]:
-            lines.append(f"    fd {fd['fd']}: mount {fd['mnt']} {fd['path']} flags={fd['flags']:o} pos={fd['pos']}"
-                         + (" (detached)" if fd.get("detached") else ""))
+            where = f"mount {fd['mnt']} {fd['path']}" if "mnt" in fd else fd.get("obj", "")
+            lines.append(f"    fd {fd['fd']}: {fd.get('kind', 'file')} {where} flags={fd['flags']:o} pos={fd['pos']}"
+                         + (" (detached)" if fd.get("detached") else "")
+                         + (f" shared as {fd['desc']}" if fd.get("desc") else ""))
     return "\n".join(lines) + "\n"
 
 

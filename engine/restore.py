@@ -46,6 +46,7 @@ import signal
 import stat
 
 from engine import channel, content, features, filler, forkrun, fs, image, kernel, mountinfo, sharing, standin
+from engine.fdmaker import FdMaker
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
@@ -56,7 +57,6 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
                "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
-_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
 # mount(2) flags for per-mount options (the path without mount_setattr)
@@ -646,7 +646,7 @@ class _Restorer:
         self.referenced: set[int] = set()
         for p in self.doc["processes"]:
             for loc in [p["root"], p["cwd"], *p["fds"]]:
-                if not loc.get("detached"):
+                if "mnt" in loc and not loc.get("detached"):
                     self.referenced.add(loc["mnt"])
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
@@ -1002,6 +1002,13 @@ class _Restorer:
         return os.open(f"self/fd/{base}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def place_processes(self) -> None:
+        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at)
+        try:
+            self._place_processes()
+        finally:
+            self._fds.close()
+
+    def _place_processes(self) -> None:
         for p in self.doc["processes"]:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
@@ -1027,20 +1034,26 @@ class _Restorer:
                     batch_items.clear()
                     batch_fds.clear()
 
+            after = []
             for f in p["fds"]:
-                flags = f["flags"] & ~_OPEN_DROP
                 try:
-                    fd = self.open_at(f["mnt"], f["path"], flags)
+                    fd, first = self._fds.open(f, chan)
                 except OSError as e:
-                    raise RestoreError(e.errno, f"{where} fd {f['fd']}: {f['path']} on mount {f['mnt']}: "
-                                                f"{e.strerror or e}") from None
-                if f["pos"] and f.get("type") != "dir":
-                    os.lseek(fd, f["pos"], os.SEEK_SET)
+                    what = f"{f['path']} on mount {f['mnt']}: " if "path" in f else ""
+                    raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
+                                                             f"{what}{e.strerror or e}") from None
+                if first and (todo := self._fds.after(f)) is not None:
+                    after.append(todo)
                 batch_items.append((f["fd"], bool(f["flags"] & _O_CLOEXEC_DUMPED)))
                 batch_fds.append(fd)
                 if len(batch_items) >= 200:
                     flush()
             flush()
+            for kind, fn, args in after:
+                try:
+                    chan.call(("kind", kind, fn, args))
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
             step("process")
 
     def detach(self) -> None:

@@ -9,6 +9,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
   enter    setns into its restored mount namespace, chroot to its root, chdir
   fds      install open files at their numbers
+  kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
   detach   drop the channel and every other fd and sleep until killed
 
 If the restorer dies, the channel closes and every stand-in exits (and
@@ -185,6 +186,18 @@ def _serve(chan: channel.Channel) -> None:
                 installed.update(n for n, _ in items)
                 fds = []
                 reply = None
+            elif op == "kind":
+                # A step of an fd kind that must run in this process (engine/fds/): its reply fds go back.
+                _, kind, fn, args = msg
+                from engine import fds as fdkinds
+                reply, out = fdkinds.lookup(kind).standin[fn](args, fds)
+                chan.send(("ok", reply), out)
+                for fd in out:
+                    os.close(fd)
+                for fd in fds:
+                    if fd not in installed:
+                        os.close(fd)
+                continue
             elif op == "detach":
                 # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
                 kernel.set_pdeathsig(0)

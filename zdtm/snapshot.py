@@ -2,8 +2,10 @@
 
 Per process: the canonical mount tree of its mount namespace as it sees it
 (/proc/PID/mountinfo, relative to its root), its fd table (number, flags,
-offset, path, mount by canonical label or ``detached``), cwd and root (path and
-mount label). For the tree: which processes share which namespaces (a
+offset, path, mount by canonical label or ``detached``, and per kind what the
+fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
+see zdtm/fdkinds.py), cwd and root (path and mount label). Which fds are one
+pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), peer groups that span
 several mount namespaces, and the output of the scenario's `check` script run
 inside the scenario's namespaces and root.
@@ -24,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine import mountinfo
+from zdtm import fdkinds
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
@@ -155,10 +158,12 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None) ->
                 info = _fdinfo(pid, fd)
             except FileNotFoundError:
                 continue  # closed while we looked
+            extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
             mnt = int(info["mnt_id"]) if "mnt_id" in info else None
-            fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}")
+            fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}"
+                       + (f" {extra}" if extra else ""))
         places = {}
         for what in ("root", "cwd"):
             path = os.readlink(f"/proc/{pid}/{what}")
@@ -180,6 +185,7 @@ class Snapshot:
     namespaces: str              # partition text
     cross_peers: str             # peer groups spanning mount namespaces
     check_output: str | None
+    sharing: str = ""            # fds that are one pipe/FIFO or one open file description (zdtm/fdkinds.py)
 
     def text(self) -> str:
         """Everything compared, as one text."""
@@ -192,6 +198,9 @@ class Snapshot:
         if self.cross_peers:
             out.append("peer groups across mount namespaces:")
             out += ["  " + line for line in self.cross_peers.splitlines()]
+        if self.sharing:
+            out.append("fd sharing:")
+            out += ["  " + line for line in self.sharing.splitlines()]
         if self.check_output is not None:
             out.append("check output:")
             out += ["  | " + line for line in self.check_output.splitlines()]
@@ -201,7 +210,7 @@ class Snapshot:
         """A JSON-able form (for the report): per process the raw mountinfo and the text."""
         return {"procs": [{"pid": p.pid, "mountinfo": mountinfo.format_all(p.mounts), "text": p.text()}
                           for p in self.procs],
-                "namespaces": self.namespaces, "cross_peers": self.cross_peers,
+                "namespaces": self.namespaces, "cross_peers": self.cross_peers, "sharing": self.sharing,
                 "check_output": self.check_output}
 
 
@@ -279,7 +288,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
         labels.update({m.mnt_id: canon.label(m.mnt_id) for m in tables[pid]})
     procs = sorted((read_proc(pid, topology, labels, tables[pid]) for pid in pids), key=lambda p: p.text())
     return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
-                    check_output=check_output)
+                    check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]))
 
 
 # --- comparison -----------------------------------------------------------------
@@ -331,7 +340,8 @@ def compare(before: Snapshot, after: Snapshot, names=("before", "after"), topolo
             out += ["  " + line for line in difflib.unified_diff(rest_a, rest_b, names[0], names[1], n=1,
                                                                  lineterm="")]
     for what, a, b in (("namespaces", before.namespaces, after.namespaces),
-                       ("peer groups across mount namespaces", before.cross_peers, after.cross_peers)):
+                       ("peer groups across mount namespaces", before.cross_peers, after.cross_peers),
+                       ("fd sharing", before.sharing, after.sharing)):
         if a != b:
             out.append(f"{what} differ:")
             out += ["  " + line for line in difflib.unified_diff(a.splitlines(), b.splitlines(), names[0],

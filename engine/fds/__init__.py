@@ -1,0 +1,153 @@
+"""Fd kinds: what dump keeps of an open file description and how restore makes it again.
+
+One module per kind (file, pipe, unix socket, eventfd, ...) registers an
+`FdKind`; modules are discovered, so dump.py, restore.py and standin.py name no
+kind. Dump classifies each fd by its /proc link target and mode (`classify`);
+an fd no kind claims is refused naming the fd and what it is, before anything
+is written, and the tree is resumed.
+
+An image fd entry always has `fd`, `flags`, `pos` and `kind` (absent: a file,
+for images of earlier dumps); `desc` names an open file description held by
+several fds (restore makes it once and hands the same description to each);
+`obj` names an object in the image's `objects` (a pipe, a socket pair) that
+several descriptions refer to. Everything else in the entry is the kind's own
+payload, checked by its `check`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+class FdError(OSError):
+    """An fd that cannot be dumped or restored (one line naming it)."""
+
+
+@dataclass
+class DumpFd:
+    """One fd of a stopped process, as a kind's dump hook sees it."""
+
+    pid: int
+    fd: int
+    target: str          # readlink of /proc/PID/fd/N
+    mode: int            # st_mode of the file
+    flags: int
+    pos: int
+    pidfd: int           # pidfd of the process (the tree is stopped)
+    objects: dict        # the image's "objects", shared by all fds of the dump
+    _copy: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"process {self.pid} fd {self.fd} ({self.target})"
+
+    def info(self) -> dict[str, list[str]]:
+        """/proc/PID/fdinfo/N as {key: [values of each line with that key]}."""
+        out: dict[str, list[str]] = {}
+        with open(f"/proc/{self.pid}/fdinfo/{self.fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out.setdefault(key.strip(), []).append(value.strip())
+        return out
+
+    def copy(self) -> int:
+        """Our own fd on the same open file description (closed by `close`)."""
+        if self._copy is None:
+            from engine.fds import sys as fsys
+            self._copy = fsys.pidfd_getfd(self.pidfd, self.fd)
+        return self._copy
+
+    def close(self) -> None:
+        if self._copy is not None:
+            os.close(self._copy)
+            self._copy = None
+
+
+@dataclass
+class RestoreFd:
+    """What a kind's open hook gets at restore: the entry, the image's objects, helpers."""
+
+    entry: dict
+    objects: dict        # image "objects"
+    state: dict          # per-object state shared by the hooks of one restore (e.g. made pipe ends)
+    open_at: Callable    # open_at(mnt, path, flags) on the restored mount (restore.py)
+    standin: Callable    # standin(kind, fn, args, fds) -> (reply, fds): run a kind's hook in the stand-in
+    keep: list           # fds to close only after every process got its fds (fifo keepers)
+
+    @property
+    def where(self) -> str:
+        return f"fd {self.entry['fd']} ({self.entry.get('kind', 'file')})"
+
+
+def _no_payload(entry: dict, what: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class FdKind:
+    """How one kind of open file is dumped and recreated."""
+
+    name: str
+    # Does a /proc link target with this st_mode belong to this kind? Kinds are asked in `order`.
+    matches: Callable[[str, int], bool]
+    # dump(DumpFd) -> extra entry fields (may add to DumpFd.objects); runs with the tree stopped.
+    dump: Callable[[DumpFd], dict]
+    # open(RestoreFd) -> an fd (ours, closed by the caller) on a new open file description.
+    open: Callable[[RestoreFd], int]
+    order: int = 50
+    # The fd names a file on a mount (entry has mnt, path, maybe detached), placed like a file.
+    placed: bool = False
+    # check(entry, what): raise image.ImageError (via image._fail) on a bad payload.
+    check: Callable[[dict, str], None] = _no_payload
+    # check_object(obj, what): the same for an image object whose "kind" is this kind's name.
+    check_object: Callable[[dict, str], None] = _no_payload
+    # after(entry) -> a stand-in step run once its fds are installed: (fn, args) or None (epoll).
+    after: Callable[[dict], tuple | None] = lambda entry: None
+    # Functions a stand-in may run for this kind: name -> fn(args, fds) -> (reply, fds).
+    standin: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, FdKind] = {}
+_loaded = False
+
+
+def register(kind: FdKind) -> FdKind:
+    """Add a kind to the registry."""
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "sys":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def lookup(name: str) -> FdKind | None:
+    """The kind called `name` (None when unknown)."""
+    _load()
+    return _REGISTRY.get(name)
+
+
+def classify(target: str, mode: int) -> FdKind | None:
+    """The kind of an fd from its /proc link target and mode, or None when no kind handles it."""
+    _load()
+    for kind in sorted(_REGISTRY.values(), key=lambda k: (k.order, k.name)):
+        if kind.matches(target, mode):
+            return kind
+    return None
+
+
+def describe(target: str) -> str:
+    """A short name of what an unsupported fd is, for the refusal ("socket:[123]" -> "socket")."""
+    if target.startswith("anon_inode:"):
+        return target[len("anon_inode:"):].strip("[]")
+    return target.split(":", 1)[0] if ":[" in target else target
