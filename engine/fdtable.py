@@ -20,6 +20,7 @@ class FdTable:
 
     def __init__(self):
         self.objects: dict[str, dict] = {}
+        self.scratch: dict = {}
         self._pidfds: dict[int, int] = {}
         self._inode: dict[tuple[int, int], int] = {}   # (pid, fd) -> (dev, ino) key
 
@@ -36,7 +37,7 @@ class FdTable:
             raise fds.FdError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): "
                                                 f"{fds.describe(f['target'])} fds are not supported")
         d = fds.DumpFd(pid=pid, fd=f["fd"], target=f["target"], mode=f["mode"], flags=f["flags"], pos=f["pos"],
-                       pidfd=self._pidfd(pid), objects=self.objects)
+                       pidfd=self._pidfd(pid), objects=self.objects, scratch=self.scratch)
         try:
             payload = kind.dump(d)
         except fds.FdError:

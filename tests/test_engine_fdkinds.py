@@ -139,3 +139,31 @@ s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); os.dup2(s.fileno(), 10); o
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): .*socket.* not supported", str(err.value)), err.value
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_unix_sockets(case):
+    """A socket pair across two processes with queued data both ways, an unbound socket, an abstract
+    listening socket, a path-bound listening one and a path-bound datagram one."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+a, b = socket.socketpair(); a.send(b"to b"); b.send(b"to a!")
+sp_a, sp_b = a.detach(), b.detach()
+if os.fork() == 0:
+    os.dup2(sp_b, 20); os.close(sp_a); os.close(sp_b)
+else:
+    os.dup2(sp_a, 21); os.close(sp_a); os.close(sp_b)
+    u = socket.socket(socket.AF_UNIX); os.dup2(u.fileno(), 22)
+    ab = socket.socket(socket.AF_UNIX); ab.bind(b"\\0zdtm-abstract"); ab.listen(7); os.dup2(ab.fileno(), 23)
+    ls = socket.socket(socket.AF_UNIX); ls.bind("/mnt/t/listen.sock"); ls.listen(); os.dup2(ls.fileno(), 24)
+    dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); dg.bind("/mnt/t/dgram.sock"); os.dup2(dg.fileno(), 25)
+    for s in (u, ab, ls, dg): s.close()
+""")
+    before, after = case.roundtrip(setup, check="ls -l /mnt/t | cut -c1")
+    lines = after.snap.sharing.splitlines()
+    assert any(re.fullmatch(r"socketpair P\d:2[01] \| P\d:2[01]", line) for line in lines), lines
+    assert "inq=5" in _fd(after, 21)
+    assert "name=b'\\x00zdtm-abstract' listening=1" in _fd(after, 23)
+    assert "name='/mnt/t/listen.sock' listening=1" in _fd(after, 24)
+    assert "name='/mnt/t/dgram.sock' listening=0" in _fd(after, 25)

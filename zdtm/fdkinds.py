@@ -59,7 +59,8 @@ def _socket(c: int) -> str:
             except OSError:
                 peer = None
             out += f" name={s.getsockname()!r} listening={listening} connected={peer is not None}"
-            out += f" inq={_inq(c)}"
+            if not listening:
+                out += f" inq={_inq(c)}"
         return out
     finally:
         s.close()
@@ -115,7 +116,7 @@ def sharing(pids: list[int]) -> str:
             except OSError:
                 continue
             by_inode.setdefault((st.st_dev, st.st_ino), []).append((i, pid, int(name), target))
-    lines = []
+    lines = _socket_pairs(by_inode)
     for members in by_inode.values():
         target = members[0][3]
         import stat as st_mod
@@ -147,3 +148,33 @@ def _is_fifo(pid: int, fd: int) -> bool:
         return st_mod.S_ISFIFO(os.stat(f"/proc/{pid}/fd/{fd}").st_mode)
     except OSError:
         return False
+
+
+def _socket_pairs(by_inode: dict) -> list[str]:
+    """Lines "socketpair P0:3 | P1:4" for connected unix sockets held by the tree (peers by sock_diag)."""
+    from engine.fds import unix
+    socks = {}
+    for (_, ino), members in by_inode.items():
+        if members[0][3].startswith("socket:"):
+            socks[ino] = members
+    if not socks:
+        return []
+    diag: dict[int, dict] = {}
+    for members in socks.values():
+        pid = members[0][1]
+        try:
+            net = os.stat(f"/proc/{pid}/ns/net").st_ino
+            if net not in diag:
+                diag[net] = unix._diag_in(pid)
+            diag.setdefault("all", {}).update(diag[net])
+        except OSError:
+            continue
+    lines = []
+    table = diag.get("all", {})
+    for ino, members in socks.items():
+        peer = table.get(ino, {}).get("peer")
+        if peer in socks and ino < peer:
+            a = " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in members))
+            b = " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in socks[peer]))
+            lines.append("socketpair " + " | ".join(sorted((a, b))))
+    return lines

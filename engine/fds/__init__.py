@@ -39,6 +39,7 @@ class DumpFd:
     pos: int
     pidfd: int           # pidfd of the process (the tree is stopped)
     objects: dict        # the image's "objects", shared by all fds of the dump
+    scratch: dict = field(default_factory=dict)   # per-dump caches of the kinds (e.g. sock_diag tables)
     _copy: int | None = None
 
     @property
