@@ -25,7 +25,7 @@ import signal
 import stat
 import time
 
-from engine import channel, content, forkrun, fs, image, kernel, mountinfo
+from engine import channel, content, fds as fdkinds, forkrun, fs, image, kernel, mountinfo
 from engine.fdtable import FdTable
 from engine.fds import FdError
 from engine.fs.block import BLOCK_TYPES
@@ -240,6 +240,8 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
                 except FileNotFoundError:
                     continue  # closed while we looked (the tree is stopped, so: a race with exit)
                 fds.append({"fd": n, "target": target, "mode": st.st_mode, **info})
+                if (seen := fdkinds.inspect_in_ns(target, st.st_mode, hostproc, pid, n, parsed)) is not None:
+                    fds[-1]["in_ns"] = seen   # what a kind reads from inside the namespace (inotify watches)
         except FileNotFoundError:
             raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
         procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
@@ -823,7 +825,8 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable) -> list[d
         for key in ("root", "cwd"):
             entry[key] = _place(pdata[key], mounts_by_id, pid, key)
         for f in pdata["fds"]:
-            fd_entry = fdtable.entry(pid, f)
+            fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
+                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what))
             if fd_entry.pop("placed"):
                 loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
                 fd_entry.update(loc)

@@ -12,7 +12,8 @@ from engine import fds
 class FdMaker:
     """Makes fds for the restorer; `close` drops its own copies once every stand-in holds its fds."""
 
-    def __init__(self, objects: dict, open_at):
+    def __init__(self, objects: dict, open_at, proc: int = -1):
+        self.proc = proc
         self.objects = objects
         self.open_at = open_at
         self.state: dict = {}
@@ -31,7 +32,7 @@ class FdMaker:
             return got
 
         r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
-                          standin=standin, keep=self.keep)
+                          standin=standin, keep=self.keep, proc=self.proc)
         fd = kind.open(r)
         if desc is not None:
             self.descs[desc] = os.dup(fd)

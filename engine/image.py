@@ -412,11 +412,14 @@ def _check_fd(fd: dict, objects: dict, mount_ids: set[int], detached_ids: set[in
         _fail(f"{what}: unknown fd kind {name!r}")
     if kind.placed:
         _check_loc(fd, mount_ids, detached_ids, what)
+    kind.check(fd, what)
+    for mnt in kind.mounts(fd):
+        if mnt not in mount_ids:
+            _fail(f"{what}: unknown mount {mnt}")
     if "desc" in fd and not isinstance(fd["desc"], str):
         _fail(f"{what}: 'desc' must be a string")
     if "obj" in fd and fd["obj"] not in objects:
         _fail(f"{what}: unknown object {fd['obj']!r}")
-    kind.check(fd, what)
 
 
 def _check_loc(loc: dict, mount_ids: set[int], detached_ids: set[int], what: str) -> None:

@@ -46,6 +46,7 @@ import signal
 import stat
 
 from engine import channel, content, features, filler, forkrun, fs, image, kernel, mountinfo, sharing, standin
+from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
@@ -645,9 +646,11 @@ class _Restorer:
         """
         self.referenced: set[int] = set()
         for p in self.doc["processes"]:
-            for loc in [p["root"], p["cwd"], *p["fds"]]:
-                if "mnt" in loc and not loc.get("detached"):
+            for loc in [p["root"], p["cwd"]]:
+                if not loc.get("detached"):
                     self.referenced.add(loc["mnt"])
+            for f in p["fds"]:
+                self.referenced.update(fdkinds.mounts_used(f))
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
         try:
@@ -1002,7 +1005,7 @@ class _Restorer:
         return os.open(f"self/fd/{base}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def place_processes(self) -> None:
-        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at)
+        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc)
         try:
             self._place_processes()
         finally:

@@ -167,3 +167,23 @@ else:
     assert "name=b'\\x00zdtm-abstract' listening=1" in _fd(after, 23)
     assert "name='/mnt/t/listen.sock' listening=1" in _fd(after, 24)
     assert "name='/mnt/t/dgram.sock' listening=0" in _fd(after, 25)
+
+
+def test_inotify_watches(case):
+    """Watches on a directory and a file of a tmpfs, with a gap in the wds (a watch removed), seen
+    through a bind of a subdirectory too; events after restore reach the restored instance."""
+    setup = """
+mkdir /mnt/t /mnt/b; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d /mnt/t/e; touch /mnt/t/d/f /mnt/t/e/g
+mount --bind /mnt/t/e /mnt/b
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(os.O_NONBLOCK)
+libc.inotify_add_watch(i, b"/mnt/t/d", 0x100 | 0x200)
+gone = libc.inotify_add_watch(i, b"/mnt/t", 0x2); libc.inotify_rm_watch(i, gone)
+libc.inotify_add_watch(i, b"/mnt/t/d/f", 0x2)
+libc.inotify_add_watch(i, b"/mnt/b/g", 0x4)
+os.dup2(i, 10); os.close(i)
+""")
+    before, after = case.roundtrip(setup)
+    assert "watches=1:300,3:2,4:4" in _fd(after, 10), _fd(after, 10)

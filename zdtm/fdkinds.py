@@ -78,6 +78,11 @@ def details(pid: int, fd: int, target: str) -> str:
             if target == "anon_inode:[timerfd]":
                 armed = info["it_value"] != "(0, 0)"
                 return f"clockid={info['clockid']} interval={info['it_interval']} armed={armed}"
+            if target == "anon_inode:inotify":
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    ws = sorted((int(m[1], 16), m[2]) for m in re.finditer(r"inotify wd:([0-9a-f]+) .*?mask:([0-9a-f]+)",
+                                                                         f.read()))
+                return "watches=" + ",".join(f"{wd}:{mask}" for wd, mask in ws)
             if target == "anon_inode:[eventpoll]":
                 with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                     targets = sorted((int(m[1]), m[2], m[3]) for m in _TFD.finditer(f.read()))

@@ -40,6 +40,8 @@ class DumpFd:
     pidfd: int           # pidfd of the process (the tree is stopped)
     objects: dict        # the image's "objects", shared by all fds of the dump
     scratch: dict = field(default_factory=dict)   # per-dump caches of the kinds (e.g. sock_diag tables)
+    in_ns: object = None                          # what the kind's in_ns hook read
+    place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}
     _copy: int | None = None
 
     @property
@@ -78,6 +80,7 @@ class RestoreFd:
     open_at: Callable    # open_at(mnt, path, flags) on the restored mount (restore.py)
     standin: Callable    # standin(kind, fn, args, fds) -> (reply, fds): run a kind's hook in the stand-in
     keep: list           # fds to close only after every process got its fds (fifo keepers)
+    proc: int = -1       # an fd on the host's /proc (to name our fds by path: proc/self/fd/N)
 
     @property
     def where(self) -> str:
@@ -110,6 +113,12 @@ class FdKind:
     after: Callable[[dict], tuple | None] = lambda entry: None
     # Functions a stand-in may run for this kind: name -> fn(args, fds) -> (reply, fds).
     standin: dict = field(default_factory=dict)
+    # in_ns(hostproc, pid, fd, mounts) -> picklable facts read inside the process's mount namespace,
+    # chrooted to its root (paths as the namespace sees them); given to dump as DumpFd.in_ns.
+    in_ns: Callable | None = None
+    # mounts(entry) -> ids of the attached mounts restore opens for this entry besides its own
+    # `mnt` (inotify watches); restore keeps an fd on each.
+    mounts: Callable[[dict], list] = lambda entry: []
 
 
 _REGISTRY: dict[str, FdKind] = {}
@@ -147,8 +156,28 @@ def classify(target: str, mode: int) -> FdKind | None:
     return None
 
 
+def inspect_in_ns(target: str, mode: int, hostproc: int, pid: int, fd: int, mounts) -> object:
+    """Run the in-namespace hook of the fd's kind, if it has one (else None)."""
+    kind = classify(target, mode)
+    if kind is None or kind.in_ns is None:
+        return None
+    return kind.in_ns(hostproc, pid, fd, mounts)
+
+
+def mounts_used(entry: dict) -> list[int]:
+    """Ids of the attached mounts restore opens files on for fd entry `entry`."""
+    kind = lookup(entry.get("kind", "file"))
+    own = [entry["mnt"]] if "mnt" in entry and not entry.get("detached") else []
+    return own + (list(kind.mounts(entry)) if kind is not None else [])
+
+
 def describe(target: str) -> str:
     """A short name of what an unsupported fd is, for the refusal ("socket:[123]" -> "socket")."""
     if target.startswith("anon_inode:"):
         return target[len("anon_inode:"):].strip("[]")
     return target.split(":", 1)[0] if ":[" in target else target
+
+
+# Load every kind now: dump asks for them in helpers that have entered (and chrooted into) a
+# container's mount namespace, where this package's directory is out of reach.
+_load()
