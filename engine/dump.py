@@ -775,7 +775,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     fdtable = FdTable()
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable)
-        fdtable.mark_shared(procs_doc)
+        fdtable.finish(procs_doc)
     except FdError as e:
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:

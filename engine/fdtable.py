@@ -38,7 +38,7 @@ class FdTable:
                                                 f"{fds.describe(f['target'])} fds are not supported")
         d = fds.DumpFd(pid=pid, fd=f["fd"], target=f["target"], mode=f["mode"], flags=f["flags"], pos=f["pos"],
                        pidfd=self._pidfd(pid), objects=self.objects, scratch=self.scratch,
-                       in_ns=f.get("in_ns"), place=place)
+                       in_ns=f.get("in_ns"), place=place, mnt=f.get("mnt_id", 0))
         try:
             payload = kind.dump(d)
         except fds.FdError:
@@ -57,6 +57,13 @@ class FdTable:
         except OSError:
             pass
         return out
+
+    def finish(self, procs_doc: list[dict]) -> None:
+        """Once every fd is dumped: let each kind complete its entries (or refuse), then mark sharing."""
+        entries = [e for p in procs_doc for e in p["fds"]]
+        for name in sorted({e.get("kind", "file") for e in entries}):
+            fds.lookup(name).finish(self.objects, entries)
+        self.mark_shared(procs_doc)
 
     def mark_shared(self, procs_doc: list[dict]) -> None:
         """Give fds that are one open file description the same "desc" id (dup, fork, SCM_RIGHTS)."""

@@ -187,3 +187,33 @@ os.dup2(i, 10); os.close(i)
 """)
     before, after = case.roundtrip(setup)
     assert "watches=1:300,3:2,4:4" in _fd(after, 10), _fd(after, 10)
+
+
+def test_ptys_on_devpts_of_the_tree(case):
+    """Two pty pairs on a devpts instance of the container (numbers 0 and 2: 1 was closed), the
+    slave of one held by a child; termios and window size of the first pair are kept."""
+    setup = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+""" + py_hold("""
+import fcntl, struct, termios
+def pair():
+    m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)
+    fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+    n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+    return m, n
+m0, n0 = pair(); m1, n1 = pair(); m2, n2 = pair(); os.close(m1)
+s0 = os.open(f"/dev/pts/{n0}", os.O_RDWR | os.O_NOCTTY); s2 = os.open(f"/dev/pts/{n2}", os.O_RDWR | os.O_NOCTTY)
+fcntl.ioctl(m0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+a = termios.tcgetattr(s0); a[3] &= ~termios.ECHO; termios.tcsetattr(s0, termios.TCSANOW, a)
+if os.fork() == 0:
+    os.dup2(s2, 12)
+else:
+    os.dup2(m0, 10); os.dup2(s0, 11); os.dup2(m2, 13)
+for fd in (m0, m2, s0, s2): os.close(fd)
+""")
+    check = """for p in /proc/[0-9]*; do ls -l $p/fd | awk 'NR > 1 && $9 >= 10 {print $9, $11}'; done | sort
+stty -F /dev/pts/0 size; stty -F /dev/pts/0 -a | grep -o -- '-\\?echo '"""
+    before, after = case.roundtrip(setup, check=check)
+    out = after.snap.check_output
+    assert "10 /dev/pts/ptmx" in out and "11 /dev/pts/0" in out and "12 /dev/pts/2" in out, out
+    assert "40 120" in out and "-echo" in out, out

@@ -39,6 +39,7 @@ class DumpFd:
     pos: int
     pidfd: int           # pidfd of the process (the tree is stopped)
     objects: dict        # the image's "objects", shared by all fds of the dump
+    mnt: int = 0         # fdinfo mnt_id
     scratch: dict = field(default_factory=dict)   # per-dump caches of the kinds (e.g. sock_diag tables)
     in_ns: object = None                          # what the kind's in_ns hook read
     place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}
@@ -119,6 +120,8 @@ class FdKind:
     # mounts(entry) -> ids of the attached mounts restore opens for this entry besides its own
     # `mnt` (inotify watches); restore keeps an fd on each.
     mounts: Callable[[dict], list] = lambda entry: []
+    # finish(objects, entries): once every fd is dumped, complete or refuse (a pty slave without master).
+    finish: Callable[[dict, list], None] = lambda objects, entries: None
 
 
 _REGISTRY: dict[str, FdKind] = {}
