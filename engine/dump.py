@@ -25,7 +25,7 @@ import signal
 import stat
 import time
 
-from engine import channel, content, fds as fdkinds, forkrun, fs, image, kernel, mountinfo
+from engine import channel, content, fds as fdkinds, forkrun, fs, image, kernel, mappings, mountinfo
 from engine.fdtable import FdTable
 from engine.fds import FdError
 from engine.fs.block import BLOCK_TYPES
@@ -244,7 +244,7 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
                     fds[-1]["in_ns"] = seen   # what a kind reads from inside the namespace (inotify watches)
         except FileNotFoundError:
             raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
-        procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
+        procs[pid] = {"root": root, "cwd": cwd, "fds": fds, **mappings.read(hostproc, pid)}
     return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev, "dirs": dirs}
 
 
@@ -831,6 +831,11 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable) -> list[d
                 loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
                 fd_entry.update(loc)
             entry["fds"].append(fd_entry)
+        # Mapped files on mounts of the tree (the rest: anonymous shared memory, memfds, detached).
+        entry["maps"] = [_place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping")
+                         for path, mnt in pdata["maps"] if mnt in mounts_by_id]
+        if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
+            entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
         procs_doc.append(entry)
     return procs_doc
 

@@ -372,6 +372,13 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
         for key in ("root", "cwd"):
             loc = _typed(p, key, dict, what)
             _check_loc(loc, all_ids, detached_ids, f"{what} {key}")
+        maps = p.get("maps", [])
+        if not isinstance(maps, list) or len(maps) > MAX_FDS:
+            _fail(f"{what}: 'maps' must be a list")
+        for loc in maps + ([p["exe"]] if "exe" in p else []):
+            if not isinstance(loc, dict) or loc.get("detached"):
+                _fail(f"{what}: bad mapping")
+            _check_loc(loc, all_ids, detached_ids, f"{what} mapping")
         fds = _typed(p, "fds", list, what)
         nfds += len(fds)
         if nfds > MAX_FDS:

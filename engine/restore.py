@@ -646,7 +646,7 @@ class _Restorer:
         """
         self.referenced: set[int] = set()
         for p in self.doc["processes"]:
-            for loc in [p["root"], p["cwd"]]:
+            for loc in [p["root"], p["cwd"], *p.get("maps", ()), *([p["exe"]] if "exe" in p else [])]:
                 if not loc.get("detached"):
                     self.referenced.add(loc["mnt"])
             for f in p["fds"]:
@@ -1052,12 +1052,31 @@ class _Restorer:
                 if len(batch_items) >= 200:
                     flush()
             flush()
+            self._map_files(p, chan, where)
             for kind, fn, args in after:
                 try:
                     chan.call(("kind", kind, fn, args))
                 except OSError as e:
                     raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
             step("process")
+
+    def _map_files(self, p: dict, chan, where: str) -> None:
+        """Have the stand-in map the files the process mapped (and its executable), from their mounts."""
+        locs = {(m["mnt"], m["path"]): m for m in [*p.get("maps", ()), *([p["exe"]] if "exe" in p else [])]}
+        todo = list(locs.values())
+        for i in range(0, len(todo), 200):
+            fds = []
+            try:
+                for m in todo[i:i + 200]:
+                    try:
+                        fds.append(self.open_at(m["mnt"], m["path"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
+                    except OSError as e:
+                        raise RestoreError(e.errno, f"{where}: mapped file {m['path']} on mount {m['mnt']}: "
+                                                    f"{e.strerror or e}") from None
+                chan.call(("map",), fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def detach(self) -> None:
         for p in reversed(self.doc["processes"]):

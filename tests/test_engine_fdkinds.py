@@ -217,3 +217,24 @@ stty -F /dev/pts/0 size; stty -F /dev/pts/0 -a | grep -o -- '-\\?echo '"""
     out = after.snap.check_output
     assert "10 /dev/pts/ptmx" in out and "11 /dev/pts/0" in out and "12 /dev/pts/2" in out, out
     assert "40 120" in out and "-echo" in out, out
+
+
+def test_file_mappings(case):
+    """A process maps a file of a tmpfs that is then overmounted, and a file of a bind mount:
+    the stand-in maps the same files from the same mounts (maps and map_files show them)."""
+    setup = """
+mkdir /mnt/t /mnt/b /mnt/src; mount -t tmpfs t /mnt/t; mount -t tmpfs src /mnt/src
+head -c 8192 /dev/zero > /mnt/t/lib.so; mkdir /mnt/src/d; head -c 100 /dev/zero > /mnt/src/d/data
+mount --bind /mnt/src/d /mnt/b
+""" + py_hold("""
+import mmap
+f1 = open("/mnt/t/lib.so", "rb"); m1 = mmap.mmap(f1.fileno(), 8192, prot=mmap.PROT_READ); f1.close()
+f2 = open("/mnt/b/data", "rb"); m2 = mmap.mmap(f2.fileno(), 100, prot=mmap.PROT_READ); f2.close()
+import subprocess
+subprocess.run(["mount", "-t", "tmpfs", "cover", "/mnt/t"], check=True)
+""")
+    before, after = case.roundtrip(setup)
+    for state in (before, after):
+        maps = state.root.maps
+        # /mnt/t#1: the first mount at /mnt/t, beneath the cover (topology's label of a stack).
+        assert "/mnt/t/lib.so mnt=/mnt/t#1" in maps and "/mnt/b/data mnt=/mnt/b" in maps, maps

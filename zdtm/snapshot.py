@@ -111,12 +111,14 @@ class Proc:
     cwd: str
     fds: list[str]
     ns: dict[str, int] = field(default_factory=dict)
+    maps: list[str] = field(default_factory=list)   # mapped files (and exe) off the ignored mounts
 
     def text(self) -> str:
         """The compared text of this process."""
         out = ["mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
         out += [f"root: {self.root}", f"cwd: {self.cwd}"]
         out += [f"fd {fd}" for fd in self.fds]
+        out += [f"map {m}" for m in self.maps]
         return "\n".join(out) + "\n"
 
 
@@ -143,9 +145,30 @@ def _where(canon, mnt_id: int | None, elsewhere: dict) -> str:
     return "detached"
 
 
-def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None) -> Proc:
+def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
+    """Files `pid` maps and its executable, with their mount labels, except those on mounts
+    labelled in `ignore` (or beneath them) and those on no mount of the tree."""
+    from engine import kernel
+    out = set()
+    links = [f"/proc/{pid}/map_files/{n}" for n in os.listdir(f"/proc/{pid}/map_files")] + [f"/proc/{pid}/exe"]
+    for link in links:
+        try:
+            path = os.readlink(link)
+            label = _where(canon, kernel.statx_mnt_id(link), elsewhere)
+        except OSError:
+            continue
+        # A stand-in's interpreter may live outside the tree altogether ("detached": on no mount of
+        # the tree's namespaces); mappings there are not compared (nor restored: engine/mappings.py).
+        if label == "detached" or any(label == i or label.startswith(i.rstrip("/") + "/") for i in ignore):
+            continue
+        out.add(("exe " if link.endswith("/exe") else "") + f"{path} mnt={label}")
+    return sorted(out)
+
+
+def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ignore_maps_on=None) -> Proc:
     """Read the compared state of process `pid` (host pid); `elsewhere` maps mount ids of the
-    tree's other namespaces to their labels there."""
+    tree's other namespaces to their labels there. Mappings are read only when
+    `ignore_maps_on` (mount labels whose mappings are not compared) is given."""
     from engine import kernel
     elsewhere = elsewhere or {}
     try:
@@ -169,10 +192,11 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None) ->
             path = os.readlink(f"/proc/{pid}/{what}")
             places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'), elsewhere)}"
         ns = {t: os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}
+        maps = _maps(pid, canon, elsewhere, tuple(ignore_maps_on)) if ignore_maps_on is not None else []
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
-                fds=fds, ns=ns)
+                fds=fds, ns=ns, maps=maps)
 
 
 # --- the whole tree ---------------------------------------------------------------
@@ -270,8 +294,10 @@ def run_check(pid: int, script: str, timeout: float) -> str:
     return out
 
 
-def take(root: int, check: str | None = None, timeout: float = 30.0, topology=None) -> Snapshot:
-    """Snapshot the tree rooted at host pid `root` (and run `check` in it when given)."""
+def take(root: int, check: str | None = None, timeout: float = 30.0, topology=None,
+         ignore_maps_on=None) -> Snapshot:
+    """Snapshot the tree rooted at host pid `root` (and run `check` in it when given); mapped files
+    are compared when `ignore_maps_on` names the mounts (labels) whose mappings are not."""
     if topology is None:
         from engine import topology
     if not alive(root):
@@ -286,7 +312,8 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
             raise SnapshotError(f"process {pid} vanished while being read") from None
         canon = topology.canonical(tables[pid])
         labels.update({m.mnt_id: canon.label(m.mnt_id) for m in tables[pid]})
-    procs = sorted((read_proc(pid, topology, labels, tables[pid]) for pid in pids), key=lambda p: p.text())
+    procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on) for pid in pids),
+                   key=lambda p: p.text())
     return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
                     check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]))
 
