@@ -207,6 +207,8 @@ class _Restorer:
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
         self.filling: set[str] = set()     # superblocks those helpers write into
+        self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
+        self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
         self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
         self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
@@ -341,6 +343,10 @@ class _Restorer:
             if handler is None:
                 raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
             params = handler.fsconfig_params(sb["super_opts"])
+            if handler.content and ("ro", None) in params:
+                # Files are extracted into it first: made read-only once they are all there (seal).
+                params.remove(("ro", None))
+                self.ro_later.add(sid)
             source = sb["source"] if handler.keep_source else None
             fstype = sb["fstype"].split(".", 1)[0]
             where = f"mount {users[sid]['id']} ({users[sid]['mountpoint']}) on {sb['fstype']}"
@@ -359,6 +365,7 @@ class _Restorer:
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
             self.sb_fd[sid] = self._settle(sid, fd)
+            self._keep_for_seal(sid, fd)
             step("superblock")
         if not started:
             self._start_filling(plans, users)
@@ -391,7 +398,9 @@ class _Restorer:
             for name, spec in sorted(fills.items()):
                 afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd))
                 jobs.append((afds[-1], name, self.doc["files"][name], spec))
-            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc)
+            where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
+                     for sid, m in users.items()}
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where)
         finally:
             for fd in afds:
                 os.close(fd)
@@ -409,7 +418,32 @@ class _Restorer:
                 fd = self.sb_fd[sid] = self.filler.take(sid)
             except OSError as e:
                 raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+            self._keep_for_seal(sid, fd)
         return fd
+
+    def _keep_for_seal(self, sid: str, fd: int) -> None:
+        """Keep a mount of a superblock that seal() makes read-only after it is filled."""
+        if sid in self.ro_later and sid not in self.ro_fd:
+            self.ro_fd[sid] = os.dup(fd)
+
+    def seal(self) -> None:
+        """Make read-only the superblocks that were read-only at dump (created writable to be filled);
+        per-mount read-only flags were set on each mount already."""
+        self.join_files()
+        for sid in sorted(self.ro_later):
+            fd = self.ro_fd.pop(sid, None)
+            if fd is None:
+                continue  # never taken: no mount was cloned from it
+            m = next((m for m in self.mounts.values() if m["sb"] == sid), None)
+            where = f"mount {m['id']} ({m['mountpoint']})" if m else f"superblock {sid}"
+            try:
+                kernel.superblock_readonly(fd)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where} on {self.doc['superblocks'][sid]['fstype']}: "
+                                                         f"making its superblock read-only: {e.strerror or e}") from None
+            finally:
+                os.close(fd)
+            step("seal")
 
     def _settle(self, sid: str, fd: int) -> int:
         """A new superblock's mount as a clone source: as is, or attached in the yard (older kernels)."""
@@ -1082,6 +1116,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     r.assemble(service_fd)
     r.restore_sharing()
     r.join_files()  # processes open files: all of them must be there
+    r.seal()
     r.place_processes()
     r.detach()
     return r.hostpid[doc["processes"][0]["pid"]]

@@ -1,0 +1,49 @@
+"""Engine round trips of the mount tables real container runtimes make (issue 14, items 1-4, 7).
+
+runc and podman mask /proc/acpi with a read-only tmpfs; systemd-nspawn binds
+files that are deleted afterwards; a service with a private /proc lives in
+the host's pid namespace. Each case is built in a throwaway container
+(tests/enginecase.py), dumped, restored and compared.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from enginecase import case  # noqa: F401  (fixture)
+
+
+def test_ro_tmpfs_empty(case):
+    """`mount -t tmpfs -o ro tmpfs /proc/acpi`-style masking: an empty read-only tmpfs."""
+    setup = """
+mkdir /mnt/acpi
+mount -t tmpfs -o ro tmpfs /mnt/acpi
+hold
+"""
+    before, after = case.roundtrip(setup, check="grep ' /mnt/acpi ' /proc/self/mountinfo | cut -d' ' -f5-")
+    assert "ro" in after.snap.check_output
+
+
+def test_ro_tmpfs_with_files(case):
+    """A tmpfs filled, then remounted read-only (superblock ro), with a rw bind of it (per-mount rw
+    over an ro superblock is still ro) and an ro bind of a rw tmpfs (per-mount ro kept)."""
+    setup = """
+mkdir /mnt/t /mnt/b /mnt/w /mnt/wro
+mount -t tmpfs -o mode=0755 data /mnt/t
+mkdir /mnt/t/d; echo hello > /mnt/t/d/f
+mount --bind /mnt/t/d /mnt/b
+mount -o remount,ro /mnt/t
+mount -t tmpfs w /mnt/w; echo w > /mnt/w/f
+mount --bind /mnt/w /mnt/wro; mount -o remount,bind,ro /mnt/wro
+exec 7</mnt/t/d/f
+hold
+"""
+    check = """
+grep -E ' /mnt/(t|b|w|wro) ' /proc/self/mountinfo | cut -d' ' -f5- | sed 's/ shared:[0-9]*//'
+cat /mnt/b/f /mnt/wro/f
+touch /mnt/t/x 2>&1 | sed 's/.*: //'
+touch /mnt/wro/x 2>&1 | sed 's/.*: //'
+"""
+    before, after = case.roundtrip(setup, check=check)
+    out = after.snap.check_output
+    assert "hello" in out and "Read-only file system" in out
