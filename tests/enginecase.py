@@ -113,6 +113,9 @@ class CRError(AssertionError):
         self.proc = proc
         super().__init__(f"mntcr {verb} exited {proc.returncode}:\n{proc.stderr.strip()}")
 
+    def __reduce__(self):
+        return (type(self), (self.verb, self.proc), self.__dict__)
+
 
 # --- the keeper and the container's pid 1 (run as a program) --------------------------
 

@@ -47,3 +47,19 @@ touch /mnt/wro/x 2>&1 | sed 's/.*: //'
     before, after = case.roundtrip(setup, check=check)
     out = after.snap.check_output
     assert "hello" in out and "Read-only file system" in out
+
+
+EMPTY_SOURCE_MOUNT = """python3 -c 'import ctypes, sys; sys.exit(ctypes.CDLL(None, use_errno=True).mount(b"", b"/mnt/e", b"tmpfs", 0, None))'"""
+
+
+def test_empty_mount_source(case):
+    """mount("", "/mnt/e", "tmpfs"): mountinfo shows `- tmpfs  rw` (an empty source field)."""
+    setup = f"""
+mkdir /mnt/e
+{EMPTY_SOURCE_MOUNT}
+echo data > /mnt/e/f
+hold
+"""
+    check = "grep ' /mnt/e ' /proc/self/mountinfo | cut -d' ' -f5- | sed 's/ shared:[0-9]*//'; cat /mnt/e/f"
+    before, after = case.roundtrip(setup, check=check)
+    assert "- tmpfs  rw" in after.snap.check_output and "data" in after.snap.check_output
