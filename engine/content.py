@@ -50,7 +50,11 @@ def _staging(mounts: list[tuple[int, str]]) -> int:
     # start below it, while /proc/self/fd/STAGING reaches it.
     kernel.move_mount(staging, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
     for mfd, name in mounts:
-        os.mkdir(name, 0o700, dir_fd=staging)
+        member, _, only = name.partition("/")
+        os.mkdir(member, 0o700, dir_fd=staging)
+        if only:
+            # A mount of one file: attached on an empty file of its own name inside the member.
+            os.close(os.open(f"{member}/{only}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=staging))
         kernel.move_mount(mfd, "", staging, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
     return staging
 
@@ -68,6 +72,7 @@ def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Cha
 
 def archive(mounts: list[tuple[int, str]], out_path: str) -> dict:
     """Archive the files of each (detached mount fd, member name) into out_path; return its size and sha256.
+    A mount of a single file is named "MEMBER/FILENAME": the member then holds that file alone.
 
     The mount fds are attached inside a throwaway namespace (the caller's fds
     stay open but their mounts end up detached).

@@ -710,16 +710,21 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
 
     # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
     files: dict[str, dict] = {}
-    batch: list[tuple[int, str, str, str]] = []   # (mount fd, member, sb id, root)
+    # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
+    batch: list[tuple[int, str, str, str, str | None]] = []
     member_no = itertools.count()
 
     def flush():
         if not batch:
             return
         name, path = writer.new_archive()
-        files[name] = content.archive([(mfd, member) for mfd, member, _, _ in batch], path)
-        for mfd, member, sid, root in batch:
-            superblocks[sid]["archives"].append({"file": name, "member": member, "root": root})
+        files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
+                                       for mfd, member, _, _, only in batch], path)
+        for mfd, member, sid, root, only in batch:
+            arc = {"file": name, "member": member, "root": root}
+            if only is not None:
+                arc["only"] = only  # a file bind's file: the member holds it alone, not its directory
+            superblocks[sid]["archives"].append(arc)
             os.close(mfd)
         batch.clear()
 
@@ -739,12 +744,21 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                         loop = superblocks[bsid]["device"]["loop"]
                                         loop["path"] = rel if root == "/" else root + rel
                                 top = f"/proc/self/fd/{mfd}"
+                                if not stat.S_ISDIR(os.fstat(mfd).st_mode):
+                                    # A file bind (its directory may be on no mount at all): the
+                                    # member holds the file alone, extracted into its directory.
+                                    parent, _, base = root.rpartition("/")
+                                    batch.append((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
+                                    kept.add(mfd)
+                                    if len(batch) >= 500:
+                                        flush()
+                                    continue
                                 if not os.listdir(top):
                                     st = os.stat(top)
                                     superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
                                                                       "uid": st.st_uid, "gid": st.st_gid}
                                     continue
-                                batch.append((mfd, f"sb-{next(member_no)}", sid, root))
+                                batch.append((mfd, f"sb-{next(member_no)}", sid, root, None))
                                 kept.add(mfd)  # the batch owns it now (flush closes it)
                                 if len(batch) >= 500:
                                     flush()
@@ -910,7 +924,7 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
     done: dict[str, list[str]] = {}
     for sid, root, d_fd, d_path in sorted(beyond, key=lambda b: (b[0], len(b[1]), b[1])):
         sb = superblocks[sid]
-        covered = [a["root"] for a in sb["archives"]] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
+        covered = [a["root"] for a in sb["archives"] if "only" not in a] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
         if any(is_beneath(root, c) for c in covered + done.get(sid, [])):
             continue
         rel = rel_to(root, d_path)

@@ -254,6 +254,10 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
                 _fail(f"{what}: bad or duplicate archive member {member!r}")
             members.add((name, member))
             check_abs_path(_typed(a, "root", str, what), f"{what} archive root")
+            only = a.get("only")
+            if only is not None and (not isinstance(only, str) or only in ("", ".", "..") or "/" in only
+                                     or "\0" in only or len(only) > 255):
+                _fail(f"{what}: archive {name} member {member}: 'only' must be one file name")
         er = sb.get("empty_root")
         if er is not None:
             for k in ("mode", "uid", "gid"):

@@ -63,3 +63,27 @@ hold
     check = "grep ' /mnt/e ' /proc/self/mountinfo | cut -d' ' -f5- | sed 's/ shared:[0-9]*//'; cat /mnt/e/f"
     before, after = case.roundtrip(setup, check=check)
     assert "- tmpfs  rw" in after.snap.check_output and "data" in after.snap.check_output
+
+
+def test_file_bind_of_unmounted_tmpfs(case):
+    """A file bind whose tmpfs has no directory-rooted mount left (`umount /s` after the bind)."""
+    setup = """
+mkdir /s; mount -t tmpfs x /s
+echo d > /s/file; echo other > /s/other
+touch /mnt/target /mnt/target2
+mount --bind /s/file /mnt/target
+mount --bind /s/file /mnt/target2
+umount /s
+exec 7</mnt/target
+hold
+"""
+    check = "cat /mnt/target /mnt/target2; grep -c ' /mnt/target' /proc/self/mountinfo"
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    assert after.snap.check_output.startswith("d\nd\n")
+
+
+def test_proc_of_host_pidns_without_pid1(case):
+    """A tree in the dumper's pid namespace that mounted its own /proc (a systemd service with a
+    private /proc), dumped where pid 1 of that namespace cannot be inspected: the proc mount's pid
+    namespace is found through the tree's own processes."""
+    pytest.skip("placeholder")
