@@ -703,6 +703,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             continue
         parent_ino = _pidns_parent_ino(pid)
         pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == me["pid"]}
+    # Who each pid namespace's processes are (their pid in it, start time): a proc mount is
+    # matched to its namespace through them, never through its pid 1 (maybe not ours to inspect).
+    members: dict[int, list[tuple[int, bytes]]] = {}
+    for pid, _ in tree:
+        members.setdefault(ns_of[pid]["pid"], []).append(_pid_identity(f"/proc/{pid}"))
 
     # A disk image we archive must hold what its filesystem has cached: flush (the tree is stopped).
     if loops:
@@ -763,7 +768,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                 if len(batch) >= 500:
                                     flush()
                             else:
-                                _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name)
+                                _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name, members)
                     finally:
                         for mfd in fds:
                             if mfd not in kept:
@@ -940,18 +945,48 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
         done.setdefault(sid, []).append(root)
 
 
-def _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name) -> None:
-    """Record which dumped pid namespace the proc mount `mid` (clone fd `mfd`) belongs to."""
-    sid = mntns_sb(mntns_doc, mid)
+def _pid_identity(piddir: str) -> tuple[int, bytes]:
+    """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`)."""
+    with open(f"{piddir}/status", "rb") as f:
+        nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
+    with open(f"{piddir}/stat", "rb") as f:
+        data = f.read()
+    # starttime is field 22; fields after comm (which may hold spaces) start at field 3
+    return int(nspid), data[data.rindex(b")") + 2:].split()[19]
+
+
+def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:
+    """Whether the proc mount at `proc_fd` shows, as `pid`, the process started at `starttime`
+    that lives in pid namespace `ino`."""
+    base = f"/proc/self/fd/{proc_fd}/{pid}"
     try:
-        pino = os.stat(f"/proc/self/fd/{mfd}/1/ns/pid").st_ino
-    except OSError:
-        raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mounts_by_id[mid].mountpoint}) on "
-                                          "proc: its pid namespace has no init") from None
-    if pino not in ino_name:
-        raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mounts_by_id[mid].mountpoint}) on proc: it belongs "
-                                          "to a pid namespace outside the dumped tree")
-    superblocks[sid]["pidns"] = ino_name[pino]
+        with open(f"{base}/stat", "rb") as f:
+            data = f.read()
+        return (data[data.rindex(b")") + 2:].split()[19] == starttime
+                and os.stat(f"{base}/ns/pid").st_ino == ino)
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+def _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name, members) -> None:
+    """Record which dumped pid namespace the proc mount `mid` (clone fd `mfd`) belongs to.
+
+    A proc mount lists the processes of its pid namespace under their pids there. The namespace
+    is the one (of the dumped tree's) all of whose dumped processes the mount shows under their
+    own pids; `members` gives them per namespace inode: [(pid there, start time)]."""
+    sid = mntns_sb(mntns_doc, mid)
+    where = f"mount {mid} ({mounts_by_id[mid].mountpoint}) on proc"
+    found = [ino for ino, procs in members.items()
+             if all(_shows(mfd, pid, start, ino) for pid, start in procs)]
+    if len(found) > 1:
+        # Only if each process had the same pid in a namespace and in its parent: not seen in practice.
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: it matches pid namespaces {', '.join(sorted(ino_name[i] for i in found))}"
+                                          " alike; cannot tell which it belongs to")
+    if not found:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: it belongs to a pid namespace outside the dumped tree "
+                                          "(it shows none of the tree's namespaces' processes as theirs); "
+                                          f"declare it --external mnt[{mounts_by_id[mid].mountpoint}]:KEY")
+    superblocks[sid]["pidns"] = ino_name[found[0]]
 
 
 def mntns_sb(mntns_doc: dict, mid: int) -> str:

@@ -86,4 +86,47 @@ def test_proc_of_host_pidns_without_pid1(case):
     """A tree in the dumper's pid namespace that mounted its own /proc (a systemd service with a
     private /proc), dumped where pid 1 of that namespace cannot be inspected: the proc mount's pid
     namespace is found through the tree's own processes."""
-    pytest.skip("placeholder")
+    import os
+    try:
+        os.stat("/proc/1/ns/pid")
+        pid1_readable = True
+    except PermissionError:
+        pid1_readable = False
+    setup = """
+mkdir /mnt/p
+mount -t proc -o nosuid,nodev proc /mnt/p
+exec 7</mnt/p/sys/kernel/ostype
+cd /mnt/p
+hold
+"""
+    check = "grep ' /mnt/p ' /proc/self/mountinfo | cut -d' ' -f5- | sed 's/ shared:[0-9]*//'; ls /mnt/p/1 >/dev/null && echo sees-pid-1"
+    pid = case.start(setup, host_pidns=True)
+    from enginecase import assert_same, take
+    before = take(pid, check)
+    after = take(case.cr(pid), check)
+    assert_same(before, after)
+    assert "sees-pid-1" in after.snap.check_output
+    # Where pid 1 can be inspected this passes either way; here (a sandbox) it is the real case.
+    print("pid 1 readable:", pid1_readable)
+
+
+def test_proc_of_outside_pidns_is_refused_and_tree_resumed(case):
+    """A container (its own pid namespace) holding a bind of the test's /proc: that proc belongs to
+    no namespace of the tree; dump refuses naming the mount and the tree keeps running."""
+    import os
+    import re
+    from enginecase import DUMP_EXTERNALS, mntcr
+    pid = case.start("hold\n", binds=(("/proc", "/mnt"),))
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *DUMP_EXTERNALS)
+    assert r.returncode != 0
+    assert re.search(r"mount \d+ \(/mnt\) on proc: it belongs to a pid namespace outside the dumped tree",
+                     r.stderr), r.stderr
+    assert not os.path.exists(images)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")
+    # What the message says to do works: the proc declared external is bound again from the host.
+    restored = case.cr(pid, dump_extra=("--external", "mnt[/mnt]:hostproc"),
+                       restore_extra=("--external", "mnt[hostproc]:/proc"))
+    with open(f"/proc/{restored}/mountinfo") as f:
+        assert any(line.split()[4] == "/mnt" and " - proc " in line for line in f)
