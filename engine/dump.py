@@ -25,7 +25,7 @@ import signal
 import stat
 import time
 
-from engine import channel, content, forkrun, fs, image, kernel, mountinfo
+from engine import channel, content, forkrun, fs, ghosts, image, kernel, mountinfo
 from engine.fs.block import BLOCK_TYPES
 from engine.image import is_beneath, rel_to
 
@@ -580,9 +580,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             if ext_key is not None:
                 used_ext.add(m.mountpoint)
             sid = sb_of_dev[m.dev]
+            m_root, deleted = ghosts.split_root(m.root)
             entries.append({
                 "id": m.mnt_id, "parent": None if m is root else m.parent_id, "mountpoint": m.mountpoint,
-                "root": m.root, "fstype": superblocks[sid]["fstype"], "source": m.source,
+                "root": m_root, "fstype": superblocks[sid]["fstype"], "source": m.source,
                 "mount_opts": shared_list(m.mount_opts), "super_opts": shared_list(m.super_opts),
                 "shared": m.shared, "master": m.master, "propagate_from": m.propagate_from,
                 "unbindable": m.unbindable, "sb": sid, "external": ext_key, "dev": superblocks[sid]["dev"],
@@ -590,6 +591,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             })
             if m.mnt_id in data["dirs"]:
                 entries[-1]["dir"] = data["dirs"][m.mnt_id]
+            if deleted:
+                entries[-1]["ghost"] = True   # its root was unlinked: named once archived
         mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
     unknown = set(ext_mnts) - used_ext
     if unknown:
@@ -658,6 +661,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 ext_roots.setdefault(e["sb"], []).append(e["root"])
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
+            if superblocks[e["sb"]]["external"] and not e["external"] and e.get("ghost"):
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                                  f"{e['root']} was deleted on a filesystem from outside the dump; "
+                                                  "declare the mount --external")
             if superblocks[e["sb"]]["external"] and not e["external"]:
                 if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
                     raise DumpError(errno.EOPNOTSUPP,
@@ -670,6 +677,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     clone_plan: dict[int, list[int]] = {}
     archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
     proc_mount_of_sb: dict[str, int] = {}
+    ghost_for: dict[int, tuple[str, str]] = {}      # mount id -> (sb id, deleted root) to archive
+    ghost_roots: dict[tuple[str, str], int] = {}
+    ghosts_doc: dict[str, dict] = {}
     mounts_of_sb: dict[str, list[dict]] = {}
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
@@ -679,10 +689,20 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         if sb["external"]:
             continue
         handler = fs.lookup(sb["fstype"])
+        for e in es:
+            if e.get("ghost"):
+                if not handler.content:
+                    raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its "
+                                                      f"root {e['root']} was deleted; only a tmpfs or ramfs can "
+                                                      "hold it again")
+                if (sid, e["root"]) not in ghost_roots:
+                    ghost_roots[(sid, e["root"])] = e["id"]
+                    ghost_for[e["id"]] = (sid, e["root"])
+                    clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
         if handler.content:
             chosen: list[str] = []
             for e in sorted(es, key=lambda e: (len(e["root"]), e["root"])):
-                if not e["root"].startswith("/"):
+                if not e["root"].startswith("/") or e.get("ghost"):
                     continue
                 if not any(is_beneath(e["root"], r) for r in chosen):
                     chosen.append(e["root"])
@@ -741,7 +761,18 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):
-                            if mid in archive_for:
+                            if mid in ghost_for:
+                                sid, root = ghost_for[mid]
+                                name, path = writer.new_archive()
+                                try:
+                                    files[name] = ghosts.archive_link("/proc/self/fd", str(mfd), root, path,
+                                                                      pass_fds=(mfd,))
+                                except OSError as e:
+                                    raise DumpError(e.errno or errno.EIO, f"mount {mid} "
+                                                    f"({mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
+                                ghosts_doc[f"g-{len(ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
+                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1]}
+                            elif mid in archive_for:
                                 sid, root = archive_for[mid]
                                 for bsid, st in loops.get(sid, ()):
                                     rel = block.find_inode(mfd, st["ino"])
@@ -786,6 +817,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                               f"{superblocks[bsid]['source']}): its loop device's backing file is not "
                                               "reachable in the dumped filesystems")
 
+    gid_of = {(g["sb"], g["path"]): gid for gid, g in ghosts_doc.items()}
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            if e.get("ghost") is True:
+                e["ghost"] = gid_of[(e["sb"], e["root"])]
+
     # 5. processes
     procs_doc = []
     uts_names: dict[str, str] = {}
@@ -809,9 +846,19 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                     or stat.S_ISLNK(mode)) or not f["target"].startswith("/"):
                 raise DumpError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): only files and "
                                                   "directories are supported")
-            loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
+            target = f["target"]
+            ghost = None
+            if target.endswith(ghosts.DELETED_FD):
+                target = target[: -len(ghosts.DELETED_FD)]
+                m = mounts_by_id.get(f["mnt_id"])
+                if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
+                    # Not the (deleted) root of its mount: a file unlinked while open.
+                    ghost = _fd_ghost(pid, f, target, m, mntns_doc, superblocks, ghosts_doc, writer, files)
+            loc = _place({"abs": target, "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
             fd_entry = {"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
                         "type": "dir" if stat.S_ISDIR(mode) else "file", **loc}
+            if ghost is not None:
+                fd_entry["ghost"] = ghost
             entry["fds"].append(fd_entry)
             if loc.get("detached"):
                 unplaced.append((fd_entry, pid, f"fd/{f['fd']}"))
@@ -820,14 +867,51 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             uts_names[uts] = _hostname_of(pid)
         procs_doc.append(entry)
 
+    for g in ghosts_doc.values():
+        g.pop("inode", None)  # only to share one ghost between the fds of one file
     detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     return {
         "kernel": platform.release(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
-        "hostnames": uts_names, "detached": detached_doc, "files": files,
+        "hostnames": uts_names, "detached": detached_doc, "files": files, "ghosts": ghosts_doc,
     }
+
+
+def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
+    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it."""
+    where = f"process {pid} fd {f['fd']} ({path} (deleted))"
+    if m is None:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount: not supported yet")
+    sid = mntns_sb(mntns_doc, m.mnt_id)
+    sb = superblocks[sid]
+    handler = fs.lookup(sb["fstype"])
+    if sb["external"] or handler is None or not handler.content:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a tmpfs or ramfs made "
+                                          "in the dumped tree can hold it again)")
+    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files are supported")
+    if st.st_nlink:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link); "
+                                          "deleted names of linked files are not supported yet")
+    key = f"{st.st_dev}:{st.st_ino}"
+    for gid, g in ghosts_doc.items():
+        if g.get("inode") == key:
+            return gid
+    m_root = ghosts.split_root(m.root)[0]
+    rel = rel_to(path, m.mountpoint)
+    sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
+    gid = f"g-{len(ghosts_doc)}"
+    name, out = writer.new_archive()
+    try:
+        files[name] = ghosts.archive_link(f"/proc/{pid}/fd", str(f["fd"]), sb_path, out)
+    except OSError as e:
+        raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+    ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",
+                       "only": sb_path.rsplit("/", 1)[1], "inode": key}
+    return gid
 
 
 def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dict) -> None:

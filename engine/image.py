@@ -268,6 +268,24 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
         if sb.get("pidns") is not None and sb["pidns"] not in pidns:
             _fail(f"{what}: unknown pid namespace {sb['pidns']!r}")
 
+    ghosts = doc.get("ghosts") or {}
+    if not isinstance(ghosts, dict):
+        _fail("'ghosts' must be an object")
+    for gid, g in ghosts.items():
+        what = f"ghost {gid}"
+        if _typed(g, "sb", str, what) not in sbs:
+            _fail(f"{what}: unknown superblock {g['sb']!r}")
+        path = check_abs_path(_typed(g, "path", str, what), f"{what} path")
+        name = _typed(g, "file", str, what)
+        if name not in files:
+            _fail(f"{what}: archive {name!r} is not listed in 'files'")
+        member = _typed(g, "member", str, what)
+        if not _MEMBER_NAME.match(member) or (name, member) in members:
+            _fail(f"{what}: bad or duplicate archive member {member!r}")
+        members.add((name, member))
+        if path == "/" or _typed(g, "only", str, what) != path.rsplit("/", 1)[1]:
+            _fail(f"{what}: 'only' must be the last name of its path {path}")
+
     for pid_id, p in pidns.items():
         parent = p.get("parent") if isinstance(p, dict) else None
         if parent is not None and parent not in pidns:
@@ -314,6 +332,10 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
                     _fail(f"{mwhat}: {k} must be a positive integer")
             if "dir" in m and not isinstance(m["dir"], bool):
                 _fail(f"{mwhat}: 'dir' must be true or false")
+            if m.get("ghost") is not None:
+                g = ghosts.get(m["ghost"]) if isinstance(m["ghost"], str) else None
+                if g is None or g["sb"] != m["sb"] or g["path"] != m["root"]:
+                    _fail(f"{mwhat}: ghost {m['ghost']!r} is unknown or not its deleted root")
         root = _typed(ns, "root", int, what)
         if root not in by_id:
             _fail(f"{what}: root mount {root} is not among its mounts")
@@ -358,6 +380,7 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
         check_abs_path(_typed(d, "root", str, what), f"{what} root")
         _typed(d, "mount_opts", list, what)
     detached_ids = {d["id"] for d in detached.values()}
+    sb_of_mount = {m["id"]: m["sb"] for ns in mntns.values() for m in ns["mounts"]}
 
     nfds = 0
     pids = set()
@@ -388,6 +411,10 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
             _typed(fd, "flags", int, f"{what} fd {n}")
             _typed(fd, "pos", int, f"{what} fd {n}")
             _check_loc(fd, all_ids, detached_ids, f"{what} fd {n}")
+            if fd.get("ghost") is not None:
+                g = ghosts.get(fd["ghost"]) if isinstance(fd["ghost"], str) else None
+                if g is None or fd.get("detached") or sb_of_mount.get(fd["mnt"]) != g["sb"]:
+                    _fail(f"{what} fd {n}: ghost {fd['ghost']!r} is unknown or on another filesystem")
     for p in procs:
         if p.get("ppid") is not None and p["ppid"] not in pids:
             _fail(f"process {p['pid']}: parent {p['ppid']} is not in the image")

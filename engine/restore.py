@@ -45,7 +45,8 @@ import resource
 import signal
 import stat
 
-from engine import channel, content, features, filler, forkrun, fs, image, kernel, mountinfo, sharing, standin
+from engine import (channel, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo, sharing,
+                    standin)
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
@@ -209,6 +210,20 @@ class _Restorer:
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
         self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
+        # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
+        self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
+        self.ghost_fd: dict[str, int] = {}    # ghost id -> O_PATH fd its open files are reopened from
+        self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts mounts are made from, linked until attached
+        self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
+        self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
+        for p in doc["processes"]:
+            for f in p["fds"]:
+                if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
+                    self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
+                    self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
+        for m in self.mounts.values():
+            if m.get("ghost"):
+                self.ghost_user.setdefault(m["ghost"], m)
         self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
         self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
@@ -225,6 +240,8 @@ class _Restorer:
         # attached in a yard of the service namespace and cloned from there.
         # MNTCR_ATTACHED_SOURCES=1 forces that path (to test it on any kernel).
         attached = os.environ.get("MNTCR_ATTACHED_SOURCES") == "1" or not _clones_detached()
+        # The root below the yard: setns into the service namespace puts us on top of it.
+        self.service_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.yard = _make_yard() if attached else None
 
     def to_service(self) -> None:
@@ -615,7 +632,56 @@ class _Restorer:
                                               f"({e['mountpoint']}): {err.strerror}") from None
 
     def _clone(self, m: dict, what: str = "mount") -> int:
-        base, rel = self._source(m)
+        fd = self._clone_plain(m, what)
+        for gid, path in self.ghost_fds_on.get(m["id"], ()):
+            if gid not in self.ghost_fd:
+                ghost = self._ghost(gid)
+                try:
+                    self.ghost_fd[gid] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
+                                                        _BENEATH | kernel.RESOLVE_NO_XDEV)
+                finally:
+                    ghost.remove()  # files open on it keep it, unlinked as it was
+        return fd
+
+    def _ghost(self, gid: str) -> ghosts.Ghost:
+        """Recreate ghost `gid` under its old name on its new superblock (the caller removes it)."""
+        g = self.doc["ghosts"][gid]
+        user = self.ghost_user[gid]
+        where = f"mount {user['id']} ({user['mountpoint']})"
+        self.join_files()  # the superblock's own files first: the ghost's old name may be in use again
+        base = self._sb(g["sb"])
+        if base is None:
+            raise RestoreError(errno.EINVAL, f"{where}: the filesystem of its deleted file {g['path']} was not restored")
+        # tar runs in a copy of the namespace we stand in: the service one has its /proc and tar
+        # (beneath the yard, if there is one).
+        self.to_service()
+        os.fchdir(self.service_root)
+        os.chroot(".")
+        os.chdir("/")
+        afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+        try:
+            return ghosts.Ghost(base, g["path"], afd, g["file"], self.doc["files"][g["file"]], g["only"])
+        except OSError as e:
+            if isinstance(e, RestoreError):
+                raise
+            raise RestoreError(e.errno or errno.EIO, f"{where}: recreating its deleted file {g['path']}: "
+                                                     f"{e.strerror or e}") from None
+        finally:
+            os.close(afd)
+
+    def _clone_plain(self, m: dict, what: str) -> int:
+        if m.get("ghost"):
+            # Its root was unlinked: cloned from the ghost, recreated once and unlinked again.
+            src = self.ghost_src.get(m["ghost"])
+            if src is None:
+                # It stays linked until its mounts are attached (the kernel attaches none whose root
+                # is unlinked); assemble() removes it then.
+                ghost = self.ghost_live[m["ghost"]] = self._ghost(m["ghost"])
+                src = self.ghost_src[m["ghost"]] = kernel.openat2(ghost.dir, ghost.name, os.O_PATH | os.O_NOFOLLOW,
+                                                                  _BENEATH | kernel.RESOLVE_NO_XDEV)
+            base, rel = src, ""
+        else:
+            base, rel = self._source(m)
         if self.yard is not None:
             self.to_service()  # attached sources clone only from their own namespace
         try:
@@ -775,9 +841,17 @@ class _Restorer:
             fd = self._sb(sid)
             if fd is not None:
                 self.helper_src[sid] = os.dup(fd)
-        for fd in list(self.sb_fd.values()) + list(self.ext_src.values()):
+        for gid in sorted(self.ghost_live):
+            try:
+                self.ghost_live.pop(gid).remove()
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"mount {self.ghost_user[gid]['id']} "
+                                                         f"({self.ghost_user[gid]['mountpoint']}): unlinking its root "
+                                                         f"{self.doc['ghosts'][gid]['path']} again: {e.strerror or e}") from None
+        for fd in list(self.sb_fd.values()) + list(self.ext_src.values()) + list(self.ghost_src.values()):
             os.close(fd)
         self.sb_fd.clear()
+        self.ghost_src.clear()
         if self.filler is not None:
             self.filler.close()
         self.ext_src.clear()
@@ -1064,7 +1138,12 @@ class _Restorer:
             for f in p["fds"]:
                 flags = f["flags"] & ~_OPEN_DROP
                 try:
-                    fd = self.open_at(f["mnt"], f["path"], flags)
+                    if f.get("ghost"):
+                        # Unlinked at restore too: reopened from the fd taken while it had its name.
+                        fd = os.open(f"self/fd/{self.ghost_fd[f['ghost']]}", flags | os.O_CLOEXEC,
+                                     dir_fd=self.hostproc)
+                    else:
+                        fd = self.open_at(f["mnt"], f["path"], flags)
                 except OSError as e:
                     raise RestoreError(e.errno, f"{where} fd {f['fd']}: {f['path']} on mount {f['mnt']}: "
                                                 f"{e.strerror or e}") from None

@@ -130,3 +130,61 @@ def test_proc_of_outside_pidns_is_refused_and_tree_resumed(case):
                        restore_extra=("--external", "mnt[hostproc]:/proc"))
     with open(f"/proc/{restored}/mountinfo") as f:
         assert any(line.split()[4] == "/mnt" and " - proc " in line for line in f)
+
+
+# --- deleted files and mount roots (ghosts) ---------------------------------------------------
+
+def test_bind_of_deleted_file_and_dir(case):
+    """systemd-nspawn binds a temporary file (boot_id) and deletes it; CRIU's mntns_deleted binds a
+    directory and a file and removes both: the mount roots show `//deleted`. A name deleted and
+    then reused (/s/reused) must not be confused with the ghost."""
+    setup = """
+mkdir /s; mount -t tmpfs s /s
+echo 0123-boot-id > /s/boot_id; chmod 0444 /s/boot_id
+mkdir /s/srcdir; chmod 0710 /s/srcdir
+echo old > /s/reused
+mkfifo /s/kmsg
+touch /mnt/boot_id /mnt/reused /mnt/kmsg; mkdir /mnt/dir
+mount --bind /s/boot_id /mnt/boot_id
+mount --bind /s/srcdir /mnt/dir
+mount --bind /s/reused /mnt/reused
+mount --bind /s/kmsg /mnt/kmsg
+rm /s/boot_id /s/reused /s/kmsg; rmdir /s/srcdir
+echo new > /s/reused
+exec 7</mnt/boot_id
+hold
+"""
+    check = """
+grep -E ' /mnt/(boot_id|dir|reused|kmsg) ' /proc/self/mountinfo | cut -d' ' -f4,5 | sort
+cat /mnt/boot_id /mnt/reused /s/reused; stat -c '%n %a %F' /mnt/boot_id /mnt/dir /mnt/kmsg; ls -a /s
+"""
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    out = after.snap.check_output
+    assert "/boot_id//deleted /mnt/boot_id" in out and "/srcdir//deleted /mnt/dir" in out
+    assert "0123-boot-id\nold\nnew\n" in out and "/mnt/dir 710 directory" in out and "fifo" in out
+
+
+def test_open_deleted_files(case):
+    """Files unlinked while open (CRIU's ghost files, mntns_ghost): two fds on one deleted file in
+    a bind mount of another mount namespace-like subtree, one on a deleted file whose name is
+    reused; restored as unlinked files on the same mounts, sharing their inode."""
+    setup = """
+mkdir /mnt/t /mnt/b; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d
+mount --bind /mnt/t/d /mnt/b
+printf 'ghost data' > /mnt/b/g; chmod 0640 /mnt/b/g
+echo first > /mnt/t/name
+exec 7</mnt/b/g 8<>/mnt/b/g 9</mnt/t/name
+rm /mnt/b/g /mnt/t/name
+echo second > /mnt/t/name
+hold
+"""
+    check = """
+ls -l /proc/1/fd/7 /proc/1/fd/8 /proc/1/fd/9 | sed 's/.* -> //'
+cat /proc/1/fd/7 /proc/1/fd/9 /mnt/t/name; ls -a /mnt/b
+[ "$(stat -L -c %i /proc/1/fd/7)" = "$(stat -L -c %i /proc/1/fd/8)" ] && echo "7 and 8 share an inode"
+stat -L -c '%a %h' /proc/1/fd/7
+"""
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    out = after.snap.check_output
+    assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out
+    assert "ghost datafirst\nsecond\n" in out and "7 and 8 share an inode" in out and "640 0" in out
