@@ -21,7 +21,7 @@ import os
 from engine import channel, content, standin
 
 
-def _body(plans, given, fills, empties, hostproc, where, chan: channel.Channel) -> None:
+def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
     batch: list[str] = []
     size = 1  # the first superblock at once (the restorer starts with it), then growing batches
@@ -47,7 +47,7 @@ def _body(plans, given, fills, empties, hostproc, where, chan: channel.Channel) 
                 if fd != made[sid]:
                     os.close(fd)
         except OSError as e:
-            raise OSError(e.errno, f"{where.get(sid, sid)}: its empty root {er['root']}: {e.strerror or e}") from None
+            raise OSError(e.errno, f"{mount_of.get(sid, sid)}: its empty root {er['root']}: {e.strerror or e}") from None
     for archive_fd, name, expect, spec in fills:
         targets = []
         try:
@@ -55,12 +55,12 @@ def _body(plans, given, fills, empties, hostproc, where, chan: channel.Channel) 
                 try:
                     targets.append((content.mkdirs_beneath(made[sid], root), member))
                 except OSError as e:
-                    raise OSError(e.errno, f"{where.get(sid, sid)}: making {root} to extract its files into: "
+                    raise OSError(e.errno, f"{mount_of.get(sid, sid)}: making {root} to extract its files into: "
                                            f"{e.strerror or e}") from None
             try:
                 content.extract(archive_fd, name, expect, targets)
             except OSError as e:
-                names = ", ".join(sorted({where.get(sid, sid) for sid, _, _ in spec}))
+                names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
                 raise OSError(e.errno, f"{names}: {e.strerror or e}") from None
         finally:
             for (fd, _), (sid, _, _) in zip(targets, spec):

@@ -188,3 +188,51 @@ stat -L -c '%a %h' /proc/1/fd/7
     out = after.snap.check_output
     assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out
     assert "ghost datafirst\nsecond\n" in out and "7 and 8 share an inode" in out and "640 0" in out
+
+
+def test_hostile_ghost_and_file_bind_records_are_refused(case):
+    """The image fields this issue adds (ghosts, archive 'only') pass the validator when dump wrote
+    them and are refused, with one line, when they point elsewhere."""
+    import copy
+    import json
+    import os
+    from engine import image
+    setup = """
+mkdir /s; mount -t tmpfs s /s
+echo a > /s/f; echo b > /s/g; touch /mnt/f /mnt/g
+mount --bind /s/f /mnt/f
+mount --bind /s/g /mnt/g
+rm /s/f
+umount /s
+mkdir /t; mount -t tmpfs t /t; echo c > /t/h; exec 7</t/h; rm /t/h
+hold
+"""
+    pid = case.start(setup)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    doc = image.load(images)
+    assert len(doc["ghosts"]) == 2
+    assert any(a.get("only") == "g" for sb in doc["superblocks"].values() for a in sb.get("archives") or [])
+
+    def refused(mutate, match):
+        bad = copy.deepcopy(doc)
+        mutate(bad)
+        with open(os.path.join(images, image.MANIFEST), "w") as f:
+            json.dump(bad, f)
+        with pytest.raises(image.ImageError, match=match):
+            image.load(images)
+
+    gid = next(iter(doc["ghosts"]))
+    mnt = next(m for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("ghost"))
+    fd = next(f for p in doc["processes"] for f in p["fds"] if f.get("ghost"))
+    arc = next(a for sb in doc["superblocks"].values() for a in sb.get("archives") or [] if a.get("only"))
+    refused(lambda d: d["ghosts"][gid].update(path="/../etc/shadow"), r"\.\.")
+    refused(lambda d: d["ghosts"][gid].update(only="other"), "'only' must be the last name")
+    refused(lambda d: d["ghosts"][gid].update(sb="sb-999"), "unknown superblock")
+    refused(lambda d: next(m for ns in d["mntns"].values() for m in ns["mounts"]
+                           if m["id"] == mnt["id"]).update(ghost="g-99"), "ghost 'g-99' is unknown")
+    refused(lambda d: next(f for p in d["processes"] for f in p["fds"]
+                           if f["fd"] == fd["fd"]).update(ghost="g-99"), "ghost 'g-99' is unknown")
+    refused(lambda d: next(a for sb in d["superblocks"].values() for a in sb.get("archives") or []
+                           if a.get("only")).update(only="../x"), "'only' must be one file name")
+    assert arc["root"] == "/"
