@@ -449,7 +449,9 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     pids = [p for p, _ in tree]
     _precheck(pids, ext_mnts)
     writer = image.ImageWriter(images_dir)
-    watchdog = _watchdog(pids)
+    # A process that was stopped already stays stopped, whatever happens (--leave-running too).
+    resume = [p for p in pids if _state(p) not in ("T", "t")]
+    watchdog = _watchdog(resume)
     _signal_all(pids, signal.SIGSTOP)
     ok = False
     try:
@@ -465,9 +467,18 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             _signal_all(pids, signal.SIGKILL)
             _wait_gone(pids)
         else:
-            _signal_all(pids, signal.SIGCONT)
+            _signal_all(resume, signal.SIGCONT)
         os.kill(watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
+
+
+def _state(pid: int) -> str:
+    """The state letter of a process (R, S, T...), "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _watchdog(pids: list[int]) -> int:

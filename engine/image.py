@@ -104,11 +104,32 @@ def write_json(write, obj, depth: int = 4, chunk: int = 1000) -> None:
         write("}")
 
 
+def _remove_stale(parent: str, prefix: str) -> None:
+    """Remove the temporary directories (PREFIX + PID-...) of dumps into the same place that died
+    before their commit: their pid is gone. A live dump's directory, and anything that is not a
+    plain directory (a symlink), is left alone."""
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and os.path.exists(f"/proc/{pid}"):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                continue
+        except OSError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+
+
 class ImageWriter:
     """Builds an image in a temporary directory next to DIR, then renames it into place.
 
-    A dump that dies before `commit` leaves only a `.DIR.tmp-*` directory without
-    a manifest, which `load` refuses.
+    A dump that dies before `commit` leaves only a `.DIR.tmp-PID-*` directory without
+    a manifest, which `load` refuses; the next dump into the same place removes it.
     """
 
     def __init__(self, target: str):
@@ -118,7 +139,9 @@ class ImageWriter:
             raise ImageError(f"cannot create image {target}: {parent} is not a directory")
         if os.path.exists(self.target) and (not os.path.isdir(self.target) or os.listdir(self.target)):
             raise ImageError(f"image directory {target} exists and is not empty")
-        self.tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(self.target)}.tmp-", dir=parent)
+        prefix = f".{os.path.basename(self.target)}.tmp-"
+        _remove_stale(parent, prefix)
+        self.tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
 
     def path(self, name: str) -> str:
         """Path of a member file inside the temporary image."""
