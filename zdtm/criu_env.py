@@ -144,7 +144,7 @@ def build_userland(suite: str, dest: str, *, log=sys.stderr) -> None:
         tmp = f"{dest}.tmp-{os.getpid()}"
         mirror = debian_mirror()
         print(f"mntcr: building criu userland: debootstrap --variant=minbase {suite} from {mirror} "
-              f"into {dest} (about 30 s, once)", file=log, flush=True)
+              f"into {dest} (about a minute, once)", file=log, flush=True)
         start = time.monotonic()
         # debootstrap mounts proc and sys inside the target (and chroots there): in a private mount
         # namespace of its own, so none of that reaches the host's mount table, even when it is killed.
