@@ -50,6 +50,9 @@ def pytest_addoption(parser):
                     help="dump/restore iterations per scenario, each on the tree the previous one restored")
     group.addoption("--report", default=None, metavar="DIR",
                     help="keep images and logs of failures in DIR and write DIR/report.html and DIR/summary.md")
+    group.addoption("--update-golden", action="store_true", default=False,
+                    help="write each scenario's check output before dump to NAME.out beside it "
+                         "(instead of comparing with it)")
     group.addoption("--criu", default="auto", metavar="PATH|trixie|sid|system|auto",
                     help="which criu the criu backend runs (see zdtm/criu_env.py)")
 
@@ -74,6 +77,9 @@ class _State:
                                             f"{', '.join(backends.names())}, all")
         self.flavor_names = [f.strip() for f in config.getoption("flavor").split(",") if f.strip()]
         self.kernel_names = _vm_kernels(config.getoption("kernel")) if "vm" in self.flavor_names else [None]
+        self.update_golden = config.getoption("update_golden")
+        if self.update_golden and self.flavor_names != ["ns"]:
+            raise pytest.UsageError("--update-golden runs in the ns flavor only (--flavor ns)")
         self.iters = config.getoption("iters")
         if self.iters < 1:
             raise pytest.UsageError("--iters must be at least 1")
@@ -298,7 +304,8 @@ class ScenarioItem(pytest.Item):
         if adapt is not None:
             backend = adapt(self.running, backend)  # e.g. restore where the flavor's outside groups live
         try:
-            outcome = cycle.run(self.scenario, backend, self.flavor, self.running, self.workdir, iters=iters)
+            outcome = cycle.run(self.scenario, backend, self.flavor, self.running, self.workdir, iters=iters,
+                                update_golden=state.update_golden)
         except BaseException:
             self.failed = True
             raise
