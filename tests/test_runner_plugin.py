@@ -251,9 +251,11 @@ def test_a_golden_file_without_this_combination_fails(run, pytester):
 
 
 def test_golden_output_of_a_scenario_without_params_is_the_file(run, pytester):
-    scen = "description: d\nsetup: |\n  echo hi > /tmp/f\n  exec zdtm-hold\ncheck: cat /tmp/f\n"
+    # the check has the setup's helpers (zdtm_spaces, zdtm_mounts...)
+    scen = ("description: d\nsetup: |\n  echo hi > /tmp/f\n  exec zdtm-hold\n"
+            "check: |\n  cat /tmp/f\n  echo 'a   b' | zdtm_spaces\n")
     (pytester.path / "scenarios").mkdir()
-    (pytester.path / "scenarios" / "g.out").write_text("hi\n")
+    (pytester.path / "scenarios" / "g.out").write_text("hi\na b\n")
     run({"g.yaml": scen}, "--backend", "rerun").assert_outcomes(passed=1)
     (pytester.path / "scenarios" / "g.out").write_text("ho\n")
     run({"g.yaml": scen}, "--backend", "rerun").assert_outcomes(failed=1)
