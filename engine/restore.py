@@ -499,7 +499,14 @@ class _Restorer:
             if not (self._filling_now() and sid in self.filling):
                 raise
         if is_dir():
-            os.close(content.mkdirs_beneath(base, "/" + rel))
+            try:
+                os.close(content.mkdirs_beneath(base, "/" + rel))
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
+                # A read-only mount of a writable superblock (an OCI runtime's read-only root):
+                # tar writes through the superblock's own mount, so wait for it.
+                self.join_files()
         else:
             self.join_files()
         return kernel.openat2(base, rel, flags, resolve)
