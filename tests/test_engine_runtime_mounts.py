@@ -213,6 +213,8 @@ hold
     doc = image.load(images)
     assert len(doc["ghosts"]) == 2
     assert any(a.get("only") == "g" for sb in doc["superblocks"].values() for a in sb.get("archives") or [])
+    shown = image.render(doc)  # `mntcr show -D`: roots and fds as the kernel showed them
+    assert "/f//deleted" in shown and "/h (deleted)" in shown
 
     def refused(mutate, match):
         bad = copy.deepcopy(doc)
