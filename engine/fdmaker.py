@@ -12,8 +12,9 @@ from engine import fds
 class FdMaker:
     """Makes fds for the restorer; `close` drops its own copies once every stand-in holds its fds."""
 
-    def __init__(self, objects: dict, open_at, proc: int = -1):
+    def __init__(self, objects: dict, open_at, proc: int = -1, open_ghost=None):
         self.proc = proc
+        self.open_ghost = open_ghost
         self.objects = objects
         self.open_at = open_at
         self.state: dict = {}
@@ -32,7 +33,8 @@ class FdMaker:
             return got
 
         r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
-                          standin=standin, keep=self.keep, proc=self.proc)
+                          standin=standin, keep=self.keep, proc=self.proc,
+                          open_ghost=self.open_ghost)
         fd = kind.open(r)
         if desc is not None:
             self.descs[desc] = os.dup(fd)

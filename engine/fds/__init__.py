@@ -82,6 +82,7 @@ class RestoreFd:
     standin: Callable    # standin(kind, fn, args, fds) -> (reply, fds): run a kind's hook in the stand-in
     keep: list           # fds to close only after every process got its fds (fifo keepers)
     proc: int = -1       # an fd on the host's /proc (to name our fds by path: proc/self/fd/N)
+    open_ghost: Callable | None = None   # open_ghost(ghost id, flags): a file unlinked while open
 
     @property
     def where(self) -> str:
@@ -120,6 +121,8 @@ class FdKind:
     # mounts(entry) -> ids of the attached mounts restore opens for this entry besides its own
     # `mnt` (inotify watches); restore keeps an fd on each.
     mounts: Callable[[dict], list] = lambda entry: []
+    # Its own fields of an image fd entry: name -> engine.imageformat.F (types; `check` does the rest).
+    fields: dict = field(default_factory=dict)
     # finish(objects, entries): once every fd is dumped, complete or refuse (a pty slave without master).
     finish: Callable[[dict, list], None] = lambda objects, entries: None
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 
+from engine.imageformat import LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
@@ -76,4 +77,4 @@ def _register(args, fds):
 
 
 register(FdKind(name="epoll", matches=lambda t, m: t == "anon_inode:[eventpoll]", dump=_dump, open=_open,
-                check=_check, after=_after, standin={"register": _register}))
+                check=_check, after=_after, standin={"register": _register}, fields={"targets": F(LIST)}))

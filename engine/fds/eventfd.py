@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from engine.imageformat import BOOL, INT, F
 from engine.fds import FdKind, RestoreFd, register
 
 
@@ -26,4 +27,4 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="eventfd", matches=lambda t, m: t == "anon_inode:[eventfd]", dump=_dump, open=_open,
-                check=_check))
+                check=_check, fields={"count": F(INT), "semaphore": F(BOOL, required=False)}))

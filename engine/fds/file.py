@@ -18,7 +18,11 @@ def _matches(target: str, mode: int) -> bool:
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    fd = r.open_at(e["mnt"], e["path"], e["flags"] & ~OPEN_DROP)
+    flags = e["flags"] & ~OPEN_DROP
+    if e.get("ghost"):
+        fd = r.open_ghost(e["ghost"], flags)   # unlinked at restore too (engine/ghosts.py)
+    else:
+        fd = r.open_at(e["mnt"], e["path"], flags)
     if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
         os.lseek(fd, e["pos"], os.SEEK_SET)
     return fd

@@ -18,6 +18,7 @@ import errno
 import os
 import re
 
+from engine.imageformat import LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 _WATCH = re.compile(r"wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) .*?"
@@ -132,4 +133,4 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="inotify", matches=lambda t, m: t == "anon_inode:inotify", dump=_dump, open=_open,
-                check=_check, in_ns=_in_ns, mounts=lambda e: [w["mnt"] for w in e["watches"]]))
+                check=_check, in_ns=_in_ns, mounts=lambda e: [w["mnt"] for w in e["watches"]], fields={"watches": F(LIST)}))

@@ -20,6 +20,7 @@ import stat
 import struct
 import termios
 
+from engine.imageformat import DICT, STR, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 TIOCGPTN = 0x80045430
@@ -144,4 +145,4 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check,
-                check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30))
+                check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30, fields={"end": F(STR), "ptmx": F(DICT)}))

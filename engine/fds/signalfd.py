@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from engine.imageformat import INT, F
 from engine.fds import FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
@@ -23,4 +24,4 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="signalfd", matches=lambda t, m: t == "anon_inode:[signalfd]", dump=_dump, open=_open,
-                check=_check))
+                check=_check, fields={"sigmask": F(INT)}))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 
+from engine.imageformat import INT, F
 from engine.fds import FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
@@ -47,4 +48,4 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="timerfd", matches=lambda t, m: t == "anon_inode:[timerfd]", dump=_dump, open=_open,
-                check=_check))
+                check=_check, fields={"clockid": F(INT), "value_ns": F(INT), "interval_ns": F(INT), "ticks": F(INT, required=False)}))

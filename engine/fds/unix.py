@@ -22,6 +22,7 @@ import os
 import socket
 import struct
 
+from engine.imageformat import INT, STR, F, path_rule
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -220,4 +221,4 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                check=_check, check_object=_check_object, standin={"make": _make}))
+                check=_check, check_object=_check_object, standin={"make": _make}, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False)}))
