@@ -925,7 +925,7 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
             entry[key] = _place(pdata[key], mounts_by_id, pid, key)
         for f in pdata["fds"]:
             fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
-                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what))
+                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"])
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)

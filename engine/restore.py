@@ -1189,7 +1189,7 @@ class _Restorer:
                 try:
                     fd, first = self._fds.open(f, chan)
                 except OSError as e:
-                    what = f"{f['path']} on mount {f['mnt']}: " if "path" in f else ""
+                    what = f"{f['path']} on mount {f['mnt']}: " if "mnt" in f else ""
                     raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
                                                              f"{what}{e.strerror or e}") from None
                 if first and (todo := self._fds.after(f)) is not None:

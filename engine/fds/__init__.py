@@ -43,6 +43,7 @@ class DumpFd:
     scratch: dict = field(default_factory=dict)   # per-dump caches of the kinds (e.g. sock_diag tables)
     in_ns: object = None                          # what the kind's in_ns hook read
     place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}
+    mounts: list = field(default_factory=list)    # engine.mountinfo.Mount of the process's namespace
     _copy: int | None = None
 
     @property

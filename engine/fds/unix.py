@@ -19,10 +19,14 @@ from __future__ import annotations
 import base64
 import errno
 import os
+import re
 import socket
+import stat
 import struct
 
-from engine.imageformat import INT, STR, F, path_rule
+from engine import kernel
+
+from engine.imageformat import DICT, INT, LOC, STR, F, path_rule, record
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -111,8 +115,8 @@ def _dump(d) -> dict:
             diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
         rec = diag.get(ino, {})
         out = {"type": TYPES[typ], **_name(s.getsockname())}
-        if "path" in out and not out["path"].startswith("/"):
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket bound to a relative path: not supported")
+        if "path" in out:
+            out["bound"] = _locate(d, out["path"], rec.get("vfs"))
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
@@ -144,6 +148,56 @@ def _dump(d) -> dict:
         s.close()
 
 
+_MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
+MAX_WALK = 100_000
+
+
+def _locate(d, name: str, vfs) -> dict:
+    """{mnt, path} of the socket file a path-bound socket made (its name may be relative, or go
+    through /proc/self/fd/N/, as conmon binds its attach socket): the name when it leads to the
+    socket's inode (sock_diag's VFS dev and ino), else a bounded search of the visible mounts of
+    that filesystem."""
+    if vfs is None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, but its socket file is gone: not supported")
+    ino, kdev = vfs
+    dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
+    root = f"/proc/{d.pid}/root"
+    if name.startswith("/") and not _MAGIC.match(name):
+        try:
+            st = os.stat(root + name, follow_symlinks=False)
+            if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
+                return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW), "socket")
+        except OSError:
+            pass
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    seen = 0
+    for m in sorted((m for m in d.mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
+        top = root + ("" if m.mountpoint == "/" else m.mountpoint)
+        try:
+            if kernel.statx_mnt_id(top or "/", flags=kernel.AT_SYMLINK_NOFOLLOW) != m.mnt_id:
+                continue   # covered
+        except OSError:
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):
+            seen += len(dirnames) + len(filenames)
+            if seen > MAX_WALK:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: socket file of {name} not found within {MAX_WALK} "
+                                                "entries: not supported")
+            dirnames[:] = [x for x in dirnames if not os.path.ismount(os.path.join(dirpath, x))]
+            for f in filenames:
+                full = os.path.join(dirpath, f)
+                try:
+                    st = os.lstat(full)
+                except OSError:
+                    continue
+                if stat.S_ISSOCK(st.st_mode) and st.st_ino == ino and st.st_dev == dev:
+                    rel = full[len(top):] or "/"
+                    path = rel if m.mountpoint == "/" else m.mountpoint + rel
+                    return d.place(path, m.mnt_id, "socket")
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no visible mount "
+                                    "(beneath an overmount or detached): not supported")
+
+
 def _inq(fd: int) -> int:
     import fcntl
     import termios
@@ -158,6 +212,8 @@ def _check(entry: dict, what: str) -> None:
         check_abs_path(entry["path"], what)
         if len(entry["path"]) > 107:
             _fail(f"{what}: socket path too long")
+        if not isinstance(entry.get("bound"), dict) or entry["bound"].get("detached"):
+            _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
     if "obj" in entry and entry.get("end") not in (0, 1):
@@ -189,18 +245,42 @@ def _make(args, fds):
         if "abstract" in spec:
             s.bind(b"\0" + base64.b64decode(spec["abstract"]))
         elif "path" in spec:
-            try:
-                import stat
-                if stat.S_ISSOCK(os.lstat(spec["path"]).st_mode):
-                    os.unlink(spec["path"])   # a dead socket's node: bind makes a new one
-            except FileNotFoundError:
-                pass
-            s.bind(spec["path"])
+            _bind_path(s, spec, fds)
         if "listen" in spec:
             s.listen(spec["listen"])
         return None, [s.detach()]
     finally:
         s.close()
+
+
+def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
+    """Bind to the dumped name, the socket file landing in the directory received (fds[0]).
+
+    A name through /proc/self/fd/N/ is bound the same way, with that directory at N for the
+    call; any other name is bound as it reads, from the stand-in's restored root."""
+    name, d = spec["path"], fds[0] if fds else None
+    if d is not None:
+        try:
+            if stat.S_ISSOCK(os.lstat(spec["base"], dir_fd=d).st_mode):
+                os.unlink(spec["base"], dir_fd=d)   # the dumped socket's node: bind makes a new one
+        except FileNotFoundError:
+            pass
+    m = _MAGIC.match(name)
+    if m is None or d is None:
+        s.bind(name)
+        return
+    n = int(m[1])
+    try:
+        os.fstat(n)
+        raise OSError(errno.EBUSY, f"binding {name}: fd {n} is in use in the stand-in")
+    except OSError as e:
+        if e.errno != errno.EBADF:
+            raise
+    os.dup2(d, n)
+    try:
+        s.bind(name)
+    finally:
+        os.close(n)
 
 
 def _open(r: RestoreFd) -> int:
@@ -214,11 +294,24 @@ def _open(r: RestoreFd) -> int:
         fd = os.dup(st[e["end"]])
     else:
         spec = {k: e[k] for k in ("type", "abstract", "path", "listen") if k in e}
-        fd = r.standin("make", spec)[0]
+        sent = []
+        if "bound" in e:
+            # The directory of its socket file, on the restored mount: the stand-in binds there.
+            b = e["bound"]
+            parent = b["path"].rsplit("/", 1)[0] or "/"
+            sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
+            spec["base"] = b["path"].rsplit("/", 1)[1]
+        try:
+            fd = r.standin("make", spec, sent)[0]
+        finally:
+            for x in sent:
+                os.close(x)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
 
 
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                check=_check, check_object=_check_object, standin={"make": _make}, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False)}))
+                mounts=lambda e: [e["bound"]["mnt"]] if "bound" in e else [],
+                check=_check, check_object=_check_object, standin={"make": _make}, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
+                        "bound": F(DICT, required=False, rule=record(LOC))}))
