@@ -238,3 +238,21 @@ subprocess.run(["mount", "-t", "tmpfs", "cover", "/mnt/t"], check=True)
         maps = state.root.maps
         # /mnt/t#1: the first mount at /mnt/t, beneath the cover (topology's label of a stack).
         assert "/mnt/t/lib.so mnt=/mnt/t#1" in maps and "/mnt/b/data mnt=/mnt/b" in maps, maps
+
+
+def test_unix_socket_bound_through_proc_fd_and_dangling(case):
+    """conmon's ways: a listening socket bound as /proc/self/fd/N/attach (its file in a directory
+    reached through an fd, which is closed since), and a connected socket whose peer is gone."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir -p /mnt/t/userdata
+""" + py_hold("""
+import socket
+d = os.open("/mnt/t/userdata", os.O_PATH)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.bind(f"/proc/self/fd/{d}/attach"); s.listen(10)
+os.dup2(s.fileno(), 10); os.close(d)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET); b.close(); os.dup2(a.fileno(), 11)
+""")
+    before, after = case.roundtrip(setup, check="ls -l /mnt/t/userdata | cut -c1")
+    assert re.search(r"name='/proc/self/fd/\d+/attach' listening=1", _fd(after, 10)), _fd(after, 10)
+    assert "connected=True" in _fd(after, 11)
+    assert after.snap.check_output.splitlines()[-1] == "s"

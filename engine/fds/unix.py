@@ -26,7 +26,7 @@ import struct
 
 from engine import kernel
 
-from engine.imageformat import DICT, INT, LOC, STR, F, path_rule, record
+from engine.imageformat import BOOL, DICT, INT, LOC, STR, F, path_rule, record
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -124,6 +124,14 @@ def _dump(d) -> dict:
                                                 "accepted: not supported")
             return out
         peer = rec.get("peer")
+        if not peer and "path" not in out and "abstract" not in out and _connected(s):
+            # Its peer is gone (closed by a process that exited: podman's end of conmon's sync
+            # socket): restored as one end of a pair whose other end is closed at once.
+            out["dangling"] = True
+            if _inq(c):
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a socket whose peer is gone: "
+                                                "not supported yet")
+            return out
         if peer:
             peer_rec = diag.get(peer, {})
             if peer_rec.get("peer") != ino:
@@ -174,28 +182,43 @@ def _locate(d, name: str, vfs) -> dict:
     for m in sorted((m for m in d.mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
         top = root + ("" if m.mountpoint == "/" else m.mountpoint)
         try:
-            if kernel.statx_mnt_id(top or "/", flags=kernel.AT_SYMLINK_NOFOLLOW) != m.mnt_id:
+            if kernel.statx_mnt_id(top) != m.mnt_id:   # (following /proc/PID/root itself)
                 continue   # covered
         except OSError:
             continue
-        for dirpath, dirnames, filenames in os.walk(top):
-            seen += len(dirnames) + len(filenames)
+        stack = [top]
+        while stack:
+            here = stack.pop()
+            try:
+                entries = list(os.scandir(here))
+            except OSError:
+                continue
+            seen += len(entries)
             if seen > MAX_WALK:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: socket file of {name} not found within {MAX_WALK} "
                                                 "entries: not supported")
-            dirnames[:] = [x for x in dirnames if not os.path.ismount(os.path.join(dirpath, x))]
-            for f in filenames:
-                full = os.path.join(dirpath, f)
+            for ent in entries:
                 try:
-                    st = os.lstat(full)
+                    st = ent.stat(follow_symlinks=False)
                 except OSError:
                     continue
-                if stat.S_ISSOCK(st.st_mode) and st.st_ino == ino and st.st_dev == dev:
-                    rel = full[len(top):] or "/"
-                    path = rel if m.mountpoint == "/" else m.mountpoint + rel
-                    return d.place(path, m.mnt_id, "socket")
+                if st.st_dev != dev:
+                    continue   # another mount (its own filesystem is searched as its own mount)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(ent.path)
+                elif stat.S_ISSOCK(st.st_mode) and st.st_ino == ino:
+                    rel = ent.path[len(top):]
+                    return d.place(rel if m.mountpoint == "/" else m.mountpoint + rel, m.mnt_id, "socket")
     raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no visible mount "
                                     "(beneath an overmount or detached): not supported")
+
+
+def _connected(s: socket.socket) -> bool:
+    try:
+        s.getpeername()
+        return True
+    except OSError:
+        return False
 
 
 def _inq(fd: int) -> int:
@@ -233,6 +256,10 @@ _TYPE_NO = {v: k for k, v in TYPES.items()}
 def _make(args, fds):
     """In the stand-in: a socket (or a pair) of its network namespace, bound and listening as dumped."""
     spec = args
+    if spec.get("dangling"):
+        a, b = socket.socketpair(socket.AF_UNIX, _TYPE_NO[spec["type"]])
+        b.close()
+        return None, [a.detach()]
     if spec.get("pair"):
         a, b = socket.socketpair(socket.AF_UNIX, _TYPE_NO[spec["type"]])
         out = [a.detach(), b.detach()]
@@ -245,6 +272,11 @@ def _make(args, fds):
         if "abstract" in spec:
             s.bind(b"\0" + base64.b64decode(spec["abstract"]))
         elif "path" in spec:
+            if _MAGIC.match(spec["path"]):
+                import fcntl
+                hi = fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 1024)   # off any fd number N it names
+                s.close()
+                s = socket.socket(fileno=hi)
             _bind_path(s, spec, fds)
         if "listen" in spec:
             s.listen(spec["listen"])
@@ -270,17 +302,25 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
         s.bind(name)
         return
     n = int(m[1])
+    import fcntl
+    # Whatever the stand-in holds at N (its channel, maybe) steps aside for the call: it is
+    # single-threaded, and N holds the same description again right after.
     try:
-        os.fstat(n)
-        raise OSError(errno.EBUSY, f"binding {name}: fd {n} is in use in the stand-in")
+        saved = fcntl.fcntl(n, fcntl.F_DUPFD_CLOEXEC, 1024)
     except OSError as e:
         if e.errno != errno.EBADF:
             raise
+        saved = None
+    cloexec = saved is not None and not os.get_inheritable(n)
     os.dup2(d, n)
     try:
         s.bind(name)
     finally:
-        os.close(n)
+        if saved is None:
+            os.close(n)
+        else:
+            os.dup2(saved, n, inheritable=not cloexec)
+            os.close(saved)
 
 
 def _open(r: RestoreFd) -> int:
@@ -293,7 +333,7 @@ def _open(r: RestoreFd) -> int:
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen") if k in e}
+        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling") if k in e}
         sent = []
         if "bound" in e:
             # The directory of its socket file, on the restored mount: the stand-in binds there.
@@ -314,4 +354,4 @@ def _open(r: RestoreFd) -> int:
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
                 mounts=lambda e: [e["bound"]["mnt"]] if "bound" in e else [],
                 check=_check, check_object=_check_object, standin={"make": _make}, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
-                        "bound": F(DICT, required=False, rule=record(LOC))}))
+                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False)}))
