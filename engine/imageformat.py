@@ -556,7 +556,9 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             if (a["file"], a["member"]) in members:
                 _fail(f"{what}: duplicate archive member {a['file']}:{a['member']}")
             members.add((a["file"], a["member"]))
-            archive_bytes[a["file"]] = archive_bytes.get(a["file"], 0) + _size_limit(sb)
+            limit = _size_limit(sb)
+            if archive_bytes.get(a["file"], 0) is not None:
+                archive_bytes[a["file"]] = None if limit is None else archive_bytes.get(a["file"], 0) + limit
         for opt in sb["super_opts"] if not external else ():
             key, sep, value = opt.partition("=")
             if key in HOST_OPTS:
@@ -599,7 +601,8 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
         if handler.ns == "pid" and sid in used_sbs and not sb.get("pidns"):
             _fail(f"{what}: a proc superblock needs its pid namespace")
     for name, limit in archive_bytes.items():
-        if 0 < limit < files[name]["size"]:
+        # (+ the end of archive and tar's padding to its 10 KiB record)
+        if limit is not None and limit + 10240 < files[name]["size"]:
             _fail(f"archive {name}: {files[name]['size']} bytes is more than its superblocks may hold ({limit})")
     _check_overlay_cycles(sbs, mounts)
 
@@ -625,17 +628,24 @@ def _check_device(what: str, sid: str, sb: dict, device: dict | None, sbs: dict)
             _fail(f"{what}: its loop file must lie on a tmpfs or ramfs of the image (not {loop['sb']!r})")
 
 
-def _size_limit(sb: dict) -> int:
-    """Bytes a tmpfs may hold by its size= option (0: no limit known)."""
+def _size_limit(sb: dict) -> int | None:
+    """The most archive bytes a tmpfs may take by its size= and nr_inodes= options (None: no limit
+    shown, e.g. ramfs): twice the data (sparse and block padding) plus two 512-byte blocks an inode
+    (header, long name), or 64 MiB of headers when nr_inodes is not shown."""
+    size = inodes = None
     for opt in sb["super_opts"]:
-        if opt.startswith("size="):
-            v = opt[5:]
-            mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(v[-1:].lower(), 1)
+        key, _, v = opt.partition("=")
+        if key in ("size", "nr_inodes") and v:
+            mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(v[-1].lower(), 1)
             digits = v[:-1] if mult != 1 else v
             if digits.isdigit():
-                # An archive holds the data plus a 512-byte header a file and the end blocks.
-                return int(digits) * mult * 2 + (1 << 20)
-    return 0
+                if key == "size":
+                    size = int(digits) * mult
+                else:
+                    inodes = int(digits) * mult
+    if not size:  # size=0 is "no limit" too
+        return None
+    return 2 * size + (1024 * inodes if inodes else 64 << 20)
 
 
 def _check_overlay_cycles(sbs: dict, mounts: dict) -> None:

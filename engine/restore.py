@@ -195,8 +195,12 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
         except BaseException:
             pidfile_mod.kill_tree(pid)
             raise
-    finally:
+    except BaseException:
         signal.signal(signal.SIGINT, old_int)
+        raise
+    # Published: from here a late Ctrl-C must not turn the success into a failure, so SIGINT stays
+    # ignored in this process (the CLI prints the pid and exits 0).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return pid
 
 
