@@ -168,6 +168,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
         raise RestoreError(errno.EINVAL, f"the image needs external mounts: give {hint}")
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
+    _check_fd_numbers(doc)
     if any(m.get("shared") or m.get("master") for ns in doc["mntns"].values() for m in ns["mounts"]):
         features.require("MOVE_MOUNT_SET_GROUP", "restoring shared and slave mounts")
     img_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY)
@@ -203,6 +204,17 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     # ignored in this process (the CLI prints the pid and exits 0).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return pid
+
+
+def _check_fd_numbers(doc: dict) -> None:
+    """Every dumped fd number must fit under this machine's open-file limit (the stand-ins' hard
+    RLIMIT_NOFILE), else restore would end in a bare EBADF from dup2 in a stand-in."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    for p in doc["processes"]:
+        for f in p["fds"]:
+            if hard != resource.RLIM_INFINITY and f["fd"] >= hard:
+                raise RestoreError(errno.EMFILE, f"process {p['pid']} fd {f['fd']}: above this machine's open-file "
+                                                 f"limit (RLIMIT_NOFILE hard {hard}); raise it (ulimit -Hn)")
 
 
 class _Restorer:
