@@ -53,6 +53,7 @@ USERNET_RB = HERE / "vagrant_usernet.rb"
 # Where libvirt's qemu (user libvirt-qemu) can read the kernel and initrd: the
 # cache under /root is not traversable for it.
 BOOT_DIR = Path("/var/lib/libvirt/images/mntcr-boot")
+GUEST_PYTHON = "/usr/bin/python3"
 # Never copied into the guest: VCS data and caches.
 _EXCLUDE = (".git", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", "*.pyc")
 
@@ -120,7 +121,8 @@ class VagrantVM:
     """One throwaway Vagrant machine; start() brings it up, run() runs commands, close() destroys it."""
 
     def __init__(self, kernel: Kernel, results_dir: Path | str, *, memory_mb: int = 1024, cpus: int = 1,
-                 boot_timeout: float = 300.0, project: Path | str = PROJECT_ROOT, extra_cmdline: str = ""):
+                 boot_timeout: float = 300.0, project: Path | str = PROJECT_ROOT, extra_cmdline: str = "",
+                 accel: str | None = None):
         self.kernel = kernel
         self.results = Path(results_dir).resolve()
         self.memory_mb = memory_mb
@@ -128,6 +130,10 @@ class VagrantVM:
         self.boot_timeout = boot_timeout
         self.project = Path(project).resolve()
         self.extra_cmdline = extra_cmdline
+        # TCG (libvirt driver "qemu") unless KVM is asked for: libvirtd runs with /dev/kvm hidden
+        # (vm/libvirt_host.py), so the KVM probe of the fast path does not apply here.
+        from vm import accel as accel_mod
+        self.accel = accel_mod.forced(accel) or "tcg"
         self.id = uuid.uuid4().hex[:8]
         self.dir: Path | None = None
         self.v = None  # vagrant.Vagrant
@@ -138,6 +144,13 @@ class VagrantVM:
         self.port = 0
         self._created = False
         self.ctl_dir: Path | None = None
+
+    def guest_python(self) -> str:
+        """The interpreter the guest runs the runner with: the box's own python3 (vm/vagrant_box.py
+
+        installs it with PyYAML and Jinja2); the host's interpreter is not in the guest.
+        """
+        return GUEST_PYTHON
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -230,6 +243,7 @@ class VagrantVM:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         return env.from_string(TEMPLATE.read_text()).render(
             kernel_name=self.kernel.name, kernel_version=self.kernel.version, box=box, machine="default",
+            driver="kvm" if self.accel == "kvm" else "qemu",
             prefix=f"mntcr-{self.id}-", boot_timeout=self.boot_timeout, ssh_port=self.port,
             private_key=str(vagrant_box.insecure_key(public=False)), memory_mb=self.memory_mb, cpus=self.cpus,
             kernel=str(kernel_path), initrd=str(initrd), cmdline=cmdline, usernet_rb=str(USERNET_RB),
@@ -252,7 +266,8 @@ class VagrantVM:
         ipath = _stage(initrd, f"{self.kernel.name}-initrd")
         self.port = _free_port()
         (self.dir / "Vagrantfile").write_text(self.render(box, kpath, ipath))
-        say(f"vagrant up: kernel {self.kernel.name} ({self.kernel.version}), ssh on 127.0.0.1:{self.port}")
+        say(f"vagrant up: kernel {self.kernel.name} ({self.kernel.version}), accel {self.accel}, "
+            f"ssh on 127.0.0.1:{self.port}")
         t0 = time.monotonic()
         with self._log() as log:
             self.v = vagrant.Vagrant(root=str(self.dir), env=env, out_cm=lambda: _keep(log),
