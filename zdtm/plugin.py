@@ -87,6 +87,7 @@ class _State:
         self.gone = []          # host mounts that disappeared during the session
         self.changed = []       # host mounts whose flags or propagation changed
         self.leftovers = []     # processes of this session alive at its end
+        self.unexpected = []    # vm flavor: results that differ from vm/expected.toml (zdtm.expected)
         self.tracker = None     # per-test mountinfo comparison (every process that runs tests)
         self.tmp_base = None
 
@@ -101,15 +102,15 @@ class _State:
         return tempfile.mkdtemp(prefix=safe_name(nodeid)[-60:] + ".", dir=self.tmp_base)
 
 
-def _vm_kernels(value: str | None) -> list[str | None]:
-    """--kernel NAME | NAME,NAME | all -> matrix names for the vm flavor ([None]: the flavor's default).
+def _vm_kernels(value: str | None) -> list[str]:
+    """--kernel NAME | NAME,NAME | all -> matrix names for the vm flavor (none given: the default kernel).
 
     `all` is every row of vm/kernels.toml but `host` (that one is the ns flavor);
     a row a provider cannot boot (no 9p for qemu) is then skipped with its reason.
     """
+    from vm import matrix, session
     if not value:
-        return [None]
-    from vm import matrix
+        return [session.DEFAULT_KERNEL]
     rows = matrix.load()
     if value == "all":
         return [n for n, spec in rows.items() if not spec.is_host]
@@ -359,6 +360,11 @@ class Controller:
             state.leftovers = leakguard.wait_leftovers(session_id, exclude={os.getpid()}) if session_id else []
             if state.leaks or state.gone or state.changed or state.leftovers:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if "vm" in state.flavor_names and state.results:
+            from zdtm import expected
+            state.unexpected = expected.check(state.results, str(self.config.rootpath))
+            if state.unexpected:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if state.report_dir and state.results:
             from zdtm import report
             report.write(state.report_dir, state.results)
@@ -375,7 +381,9 @@ class Controller:
                 ("LEAKED MOUNTS", state.leaks, leakguard.describe),
                 ("HOST MOUNTS THAT DISAPPEARED", state.gone, leakguard.describe_gone),
                 ("HOST MOUNTS THAT CHANGED", state.changed, leakguard.describe_changed),
-                ("LEFTOVER PROCESSES", state.leftovers, leakguard.describe_processes)):
+                ("LEFTOVER PROCESSES", state.leftovers, leakguard.describe_processes),
+                ("KERNEL MATRIX: RESULTS THAT DIFFER FROM vm/expected.toml", state.unexpected,
+                 lambda found: "\n".join(map(str, found)))):
             if found:
                 terminalreporter.write_sep("=", title, red=True)
                 terminalreporter.write_line(describe(found))
