@@ -60,3 +60,27 @@ def test_workdir_outside_results_root_is_refused(flavor, tmp_path):
     s = _scenario(root, "any", "description: d\nsetup: exec zdtm-hold\n")
     with pytest.raises(ValueError, match="not under the results root"):
         f.run(_spec(s), str(tmp_path / "elsewhere"))
+
+
+def test_scenarios_run_from_a_virtualenv_under_tmp(tmp_path_factory):
+    """The guest mounts its own /tmp: the runner's virtualenv there must still be its interpreter."""
+    import subprocess
+    import sys
+    import tempfile
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    venv = tempfile.mkdtemp(prefix="mntcr-venv-", dir="/tmp")
+    try:
+        # --system-site-packages: pytest, PyYAML and Jinja2 come from the base interpreter
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+        project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=project)
+        r = subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pytest", "-p", "no:cacheprovider",
+                            "--flavor", "vm", "--kernel", KERNEL, "scenarios/basic/tmpfs.yaml"],
+                           cwd=project, env=env, capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        assert "1 passed" in r.stdout
+    finally:
+        import shutil
+        shutil.rmtree(venv, ignore_errors=True)

@@ -54,6 +54,8 @@ USERNET_RB = HERE / "vagrant_usernet.rb"
 # cache under /root is not traversable for it.
 BOOT_DIR = Path("/var/lib/libvirt/images/mntcr-boot")
 GUEST_PYTHON = "/usr/bin/python3"
+# Module subtrees copied into the box (filesystems, loop, what they depend on: crc, raid6, crypto).
+GUEST_MODULE_DIRS = ("kernel/fs", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/drivers/block")
 # Never copied into the guest: VCS data and caches.
 _EXCLUDE = (".git", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", "*.pyc")
 
@@ -287,6 +289,7 @@ class VagrantVM:
             self._fail(f"ssh into the machine failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
         self.guest_release = r.stdout.decode().strip()
         self._push(self.project, exclude=_EXCLUDE)
+        self._push_modules()
         self.boot_seconds = time.monotonic() - t0
         say(f"kernel {self.kernel.name} up in {self.boot_seconds:.1f}s (vagrant up {self.up_seconds:.1f}s)")
         return self
@@ -349,6 +352,27 @@ class VagrantVM:
         r = self._ssh(f"sudo -n tar -C / --no-same-owner -xf -", input=buf.getvalue(), timeout=300)
         if r.returncode != 0:
             self._fail(f"copying {src} into the VM failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
+
+    def _push_modules(self) -> None:
+        """The kernel's filesystem, block and library modules into the box's /lib/modules/VERSION.
+
+        The box has no kernel of its own; with these (and the depmod indexes)
+        modprobe in the guest loads ext4, xfs, btrfs, loop... as the fast path's
+        guest does from the 9p-visible module tree.
+        """
+        moddir = self.kernel.moddir
+        buf = io.BytesIO()
+        dest = f"lib/modules/{self.kernel.version}"
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for p in sorted(moddir.glob("modules.*")):
+                t.add(str(p), arcname=f"{dest}/{p.name}")
+            for sub in GUEST_MODULE_DIRS:
+                if (moddir / sub).is_dir():
+                    t.add(str(moddir / sub), arcname=f"{dest}/{sub}")
+        r = self._ssh("sudo -n tar -C / --no-same-owner -xf -", input=buf.getvalue(), timeout=300)
+        if r.returncode != 0:
+            self._fail(f"copying the kernel's modules into the VM failed: "
+                       f"{r.stderr.decode(errors='replace').strip()[-200:]}")
 
     def _pull(self, dest: Path) -> None:
         """Copy the guest's dest directory back into the host's dest (only there)."""
