@@ -86,6 +86,18 @@ def keep_paths() -> list[str]:
     return [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
 
 
+def _die_with_parent() -> None:
+    """In the qemu child before exec: SIGKILL it when the process that started it dies.
+
+    An interrupted pytest kills its xdist workers without their atexit hooks;
+    qemu runs in a session of its own (so a ^C meant for pytest does not reach
+    it) and would otherwise keep running with nobody to close it.
+    """
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
 def _check_path(p: Path, what: str) -> None:
     # Paths travel on the kernel command line and through sh: keep them plain.
     if any(c.isspace() or c in "'\"\\$`" for c in str(p)):
@@ -175,7 +187,7 @@ class QemuVM:
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv(initrd), stdin=subprocess.DEVNULL,
                                      stdout=open(self.tmp / "qemu.log", "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         deadline = t0 + self.boot_timeout
         self.sock = self._connect(deadline)
         line = self._readline(deadline, "boot")

@@ -14,6 +14,7 @@ the teardown happen in one function wherever the scenario runs.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import pickle
@@ -37,6 +38,7 @@ class ItemSpec:
     kernel: str | None = None   # vm flavor: the matrix kernel (None: the flavor's default)
     provider: str | None = None  # vm flavor: --vm-provider (None: the flavor's default)
     accel: str | None = None    # vm flavor: --vm-accel kvm|tcg (None: MNTCR_VM_ACCEL, else probed)
+    timeout_scale: float = 1.0  # the place is slower than the machine the timeouts were set for (TCG)
 
 
 @dataclass
@@ -104,6 +106,9 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> O
     from zdtm import scenario as scenario_mod
     from zdtm.flavors import SetupError
     sc = spec.scenario
+    if spec.timeout_scale != 1.0:
+        # setup, every backend call and every check get the longer limit
+        sc = dataclasses.replace(sc, timeout=sc.timeout * spec.timeout_scale)
     release = os.uname().release
     reason = static_skip(spec) or place.unavailable()
     if not reason:

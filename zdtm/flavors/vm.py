@@ -25,9 +25,14 @@ cache): the only host directory the VM can write to.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Under TCG a guest runs several times slower than the host (more on a loaded one): the
+# scenario's timeouts (setup, each backend call, each check) are multiplied by this.
+TCG_TIMEOUT_SCALE = 5.0
 
 _VMS: dict[tuple, object] = {}
 
@@ -121,12 +126,15 @@ class VmFlavor:
         for name in (item.RESULT_FILE, item.SPEC_FILE):
             if os.path.exists(os.path.join(wd, name)):
                 os.unlink(os.path.join(wd, name))
-        item.write_spec(spec, wd)
         kernel = spec.kernel or session.DEFAULT_KERNEL
         provider = spec.provider or session.DEFAULT_PROVIDER
         vm = vm_for(kernel, provider, root, accel=spec.accel)
+        if vm.accel == "tcg":
+            # every instruction emulated: the scenario's timeouts were set for a real machine
+            spec = dataclasses.replace(spec, timeout_scale=TCG_TIMEOUT_SCALE)
+        item.write_spec(spec, wd)
         argv = [vm.guest_python(), "-m", "zdtm.item", wd]
-        limit = max(120.0, spec.scenario.timeout * (2 + spec.iters * 3))
+        limit = max(120.0, spec.scenario.timeout * spec.timeout_scale * (2 + spec.iters * 3))
         r = run_in_vm(vm, (kernel, provider, root, spec.accel), argv, timeout=limit)
         out = item.read_outcome(wd)
         if out is None:
