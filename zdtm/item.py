@@ -39,6 +39,7 @@ class ItemSpec:
     provider: str | None = None  # vm flavor: --vm-provider (None: the flavor's default)
     accel: str | None = None    # vm flavor: --vm-accel kvm|tcg (None: MNTCR_VM_ACCEL, else probed)
     timeout_scale: float = 1.0  # the place is slower than the machine the timeouts were set for (TCG)
+    update_golden: bool = False  # --update-golden: write the check's output as the golden output
 
 
 @dataclass
@@ -131,7 +132,7 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> O
         _write(workdir, "setup.log", running.setup_output)
         bk = place.backend_for(running, backend(spec.backend, spec.criu))
         try:
-            out = cycle.run(sc, bk, place, running, workdir, iters=spec.iters)
+            out = cycle.run(sc, bk, place, running, workdir, iters=spec.iters, update_golden=spec.update_golden)
         except cycle.CycleFailure as e:
             return Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output)
         return Outcome(out.kind, out.detail, kernel=release, setup_output=running.setup_output)
