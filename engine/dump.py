@@ -810,8 +810,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                 except OSError as e:
                                     raise DumpError(e.errno or errno.EIO, f"mount {mid} "
                                                     f"({mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
+                                st = os.fstat(mfd)
                                 ghosts_doc[f"g-{len(ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
-                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1]}
+                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1],
+                                                                      "inode": f"{st.st_dev}:{st.st_ino}"}
                             elif mid in archive_for:
                                 sid, root = archive_for[mid]
                                 for bsid, st in loops.get(sid, ()):
@@ -914,7 +916,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         procs_doc.append(entry)
 
     for g in ghosts_doc.values():
-        g.pop("inode", None)  # only to share one ghost between the fds of one file
+        g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     return {
@@ -946,7 +948,7 @@ def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files
     key = f"{st.st_dev}:{st.st_ino}"
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
-            return gid
+            return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     m_root = ghosts.split_root(m.root)[0]
     rel = rel_to(path, m.mountpoint)
     sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)

@@ -149,6 +149,7 @@ mount --bind /s/boot_id /mnt/boot_id
 mount --bind /s/srcdir /mnt/dir
 mount --bind /s/reused /mnt/reused
 mount --bind /s/kmsg /mnt/kmsg
+exec 8</s/boot_id
 rm /s/boot_id /s/reused /s/kmsg; rmdir /s/srcdir
 echo new > /s/reused
 exec 7</mnt/boot_id
@@ -157,9 +158,12 @@ hold
     check = """
 grep -E ' /mnt/(boot_id|dir|reused|kmsg) ' /proc/self/mountinfo | cut -d' ' -f4,5 | sort
 cat /mnt/boot_id /mnt/reused /s/reused; stat -c '%n %a %F' /mnt/boot_id /mnt/dir /mnt/kmsg; ls -a /s
+ls -l /proc/1/fd/8 | sed 's/.* -> //'
+[ "$(stat -L -c %i /proc/1/fd/8)" = "$(stat -c %i /mnt/boot_id)" ] && echo "fd 8 is the bound file"
 """
     *_, after = case.roundtrip(setup, check=check, iters=2)
     out = after.snap.check_output
+    assert "/s/boot_id (deleted)" in out and "fd 8 is the bound file" in out
     assert "/boot_id//deleted /mnt/boot_id" in out and "/srcdir//deleted /mnt/dir" in out
     assert "0123-boot-id\nold\nnew\n" in out and "/mnt/dir 710 directory" in out and "fifo" in out
 
