@@ -879,7 +879,17 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             "fds": [],
         }
         for key in ("root", "cwd"):
-            entry[key] = _place(pdata[key], mounts_by_id, pid, key)
+            loc, ghost = pdata[key], None
+            if loc["abs"].endswith(ghosts.DELETED_FD):
+                target = loc["abs"][: -len(ghosts.DELETED_FD)]
+                m = mounts_by_id.get(loc["mnt"])
+                if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
+                    # A directory removed while it was the cwd (or root): always empty.
+                    ghost = _fd_ghost(pid, key, target, m, mntns_doc, superblocks, ghosts_doc, writer, files)
+                loc = {"abs": target, "mnt": loc["mnt"]}
+            entry[key] = _place(loc, mounts_by_id, pid, key)
+            if ghost is not None:
+                entry[key]["ghost"] = ghost
             if entry[key].get("detached"):
                 unplaced.append((entry[key], pid, key))
         for f in pdata["fds"]:
@@ -895,7 +905,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 m = mounts_by_id.get(f["mnt_id"])
                 if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
                     # Not the (deleted) root of its mount: a file unlinked while open.
-                    ghost = _fd_ghost(pid, f, target, m, mntns_doc, superblocks, ghosts_doc, writer, files)
+                    ghost = _fd_ghost(pid, f"fd/{f['fd']}", target, m, mntns_doc, superblocks, ghosts_doc,
+                                      writer, files)
             # Opened through a mount outside the dumped namespaces, but reachable at the same path
             # here: restored on that visible mount (the outside mount itself cannot be recreated).
             outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
@@ -927,9 +938,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     }
 
 
-def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
-    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it."""
-    where = f"process {pid} fd {f['fd']} ({path} (deleted))"
+def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
+    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it
+    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root")."""
+    where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
     if m is None:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
                                           "namespaces: not supported yet")
@@ -939,9 +951,9 @@ def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files
     if sb["external"] or handler is None or not handler.content:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a tmpfs or ramfs made "
                                           "in the dumped tree can hold it again)")
-    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
-    if not stat.S_ISREG(st.st_mode):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files are supported")
+    st = os.stat(f"/proc/{pid}/{link}")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files and directories are supported")
     if st.st_nlink:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link); "
                                           "deleted names of linked files are not supported yet")
@@ -955,7 +967,8 @@ def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files
     gid = f"g-{len(ghosts_doc)}"
     name, out = writer.new_archive()
     try:
-        files[name] = ghosts.archive_link(f"/proc/{pid}/fd", str(f["fd"]), sb_path, out)
+        d, _, entry = f"/proc/{pid}/{link}".rpartition("/")
+        files[name] = ghosts.archive_link(d, entry, sb_path, out)
     except OSError as e:
         raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
     ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",

@@ -238,6 +238,8 @@ LOC_FIELDS = {
     "mnt": F(INT, rule=rng(1, MAX_ID)),                       # a mount id (of the tree, or detached)
     "path": F(STR, rule=path_rule),                           # relative to that mount's root
     "detached": F(BOOL, required=False),                      # the mount is in "detached"
+    # Unlinked (a file deleted while open, a cwd removed): reopened from that ghost (engine/ghosts.py).
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
 }
 LOC = Record("location", LOC_FIELDS)
 
@@ -248,8 +250,6 @@ FD = Record("fd", {
                else f"has bits that are no open(2) flags ({v:#o})"),
     "pos": F(INT, rule=rng(0, MAX_OFF)),
     "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
-    # A file unlinked while open: reopened from that ghost (engine/ghosts.py), on the same superblock.
-    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
 })
 
 PROCESS = Record("process", {
@@ -734,15 +734,12 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"{what}: 'host_ns' names a namespace twice")
         for key in ("root", "cwd"):
             _check_loc(p[key], mounts, detached, f"{what} {key}")
+            _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
             check_record(FD, fd, fwhat)
-            gid = fd.get("ghost")
-            if gid is not None:
-                g = (doc.get("ghosts") or {}).get(gid)
-                if g is None or fd.get("detached") or fd["mnt"] not in mounts or mounts[fd["mnt"]]["sb"] != g["sb"]:
-                    _fail(f"{fwhat}: ghost {gid!r} is unknown or on another filesystem")
+            _check_ghost_ref(doc, fd, mounts, fwhat)
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
             seen_fd.add(fd["fd"])
@@ -762,6 +759,15 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"hostname for {str(uts)[:40]!r}, a uts namespace no process is in")
         if type(name) is not str or strlen(MAX_HOSTNAME)(name):
             _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+def _check_ghost_ref(doc: dict, loc: dict, mounts: dict, what: str) -> None:
+    """A location reopened from a ghost: the ghost exists and lies on the superblock of its mount."""
+    gid = loc.get("ghost")
+    if gid is not None:
+        g = (doc.get("ghosts") or {}).get(gid)
+        if g is None or loc.get("detached") or loc["mnt"] not in mounts or mounts[loc["mnt"]]["sb"] != g["sb"]:
+            _fail(f"{what}: ghost {gid!r} is unknown or on another filesystem")
 
 
 def _check_loc(loc: dict, mounts: dict, detached: dict, what: str) -> None:

@@ -242,7 +242,7 @@ class _Restorer:
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
         for p in doc["processes"]:
-            for f in p["fds"]:
+            for f in [p["root"], p["cwd"], *p["fds"]]:
                 if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
                     self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
                     self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
@@ -1153,8 +1153,10 @@ class _Restorer:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
             try:
-                root = self.open_at(p["root"]["mnt"], p["root"]["path"], os.O_PATH | os.O_DIRECTORY)
-                cwd = self.open_at(p["cwd"]["mnt"], p["cwd"]["path"], os.O_PATH | os.O_DIRECTORY)
+                root, cwd = (os.open(f"self/fd/{self.ghost_fd[loc['ghost']]}", os.O_PATH | os.O_DIRECTORY
+                                     | os.O_CLOEXEC, dir_fd=self.hostproc) if loc.get("ghost")
+                             else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
+                             for loc in (p["root"], p["cwd"]))
             except OSError as e:
                 raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
             try:

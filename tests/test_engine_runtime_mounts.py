@@ -180,17 +180,20 @@ echo first > /mnt/t/name
 exec 7</mnt/b/g 8<>/mnt/b/g 9</mnt/t/name
 rm /mnt/b/g /mnt/t/name
 echo second > /mnt/t/name
+mkdir /mnt/t/gone; chmod 0705 /mnt/t/gone; cd /mnt/t/gone; rmdir /mnt/t/gone
 hold
 """
     check = """
-ls -l /proc/1/fd/7 /proc/1/fd/8 /proc/1/fd/9 | sed 's/.* -> //'
+ls -l /proc/1/fd/7 /proc/1/fd/8 /proc/1/fd/9 /proc/1/cwd | sed 's/.* -> //'
+stat -L -c '%a %h' /proc/1/cwd
 cat /proc/1/fd/7 /proc/1/fd/9 /mnt/t/name; ls -a /mnt/b
 [ "$(stat -L -c %i /proc/1/fd/7)" = "$(stat -L -c %i /proc/1/fd/8)" ] && echo "7 and 8 share an inode"
 stat -L -c '%a %h' /proc/1/fd/7
 """
     *_, after = case.roundtrip(setup, check=check, iters=2)
     out = after.snap.check_output
-    assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out
+    assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out and "/mnt/t/gone (deleted)" in out
+    assert "705 0" in out
     assert "ghost datafirst\nsecond\n" in out and "7 and 8 share an inode" in out and "640 0" in out
 
 
