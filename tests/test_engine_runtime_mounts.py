@@ -149,6 +149,7 @@ mount --bind /s/boot_id /mnt/boot_id
 mount --bind /s/srcdir /mnt/dir
 mount --bind /s/reused /mnt/reused
 mount --bind /s/kmsg /mnt/kmsg
+exec 8</s/boot_id
 rm /s/boot_id /s/reused /s/kmsg; rmdir /s/srcdir
 echo new > /s/reused
 exec 7</mnt/boot_id
@@ -157,9 +158,12 @@ hold
     check = """
 grep -E ' /mnt/(boot_id|dir|reused|kmsg) ' /proc/self/mountinfo | cut -d' ' -f4,5 | sort
 cat /mnt/boot_id /mnt/reused /s/reused; stat -c '%n %a %F' /mnt/boot_id /mnt/dir /mnt/kmsg; ls -a /s
+ls -l /proc/1/fd/8 | sed 's/.* -> //'
+[ "$(stat -L -c %i /proc/1/fd/8)" = "$(stat -c %i /mnt/boot_id)" ] && echo "fd 8 is the bound file"
 """
     *_, after = case.roundtrip(setup, check=check, iters=2)
     out = after.snap.check_output
+    assert "/s/boot_id (deleted)" in out and "fd 8 is the bound file" in out
     assert "/boot_id//deleted /mnt/boot_id" in out and "/srcdir//deleted /mnt/dir" in out
     assert "0123-boot-id\nold\nnew\n" in out and "/mnt/dir 710 directory" in out and "fifo" in out
 
@@ -176,17 +180,20 @@ echo first > /mnt/t/name
 exec 7</mnt/b/g 8<>/mnt/b/g 9</mnt/t/name
 rm /mnt/b/g /mnt/t/name
 echo second > /mnt/t/name
+mkdir /mnt/t/gone; chmod 0705 /mnt/t/gone; cd /mnt/t/gone; rmdir /mnt/t/gone
 hold
 """
     check = """
-ls -l /proc/1/fd/7 /proc/1/fd/8 /proc/1/fd/9 | sed 's/.* -> //'
+ls -l /proc/1/fd/7 /proc/1/fd/8 /proc/1/fd/9 /proc/1/cwd | sed 's/.* -> //'
+stat -L -c '%a %h' /proc/1/cwd
 cat /proc/1/fd/7 /proc/1/fd/9 /mnt/t/name; ls -a /mnt/b
 [ "$(stat -L -c %i /proc/1/fd/7)" = "$(stat -L -c %i /proc/1/fd/8)" ] && echo "7 and 8 share an inode"
 stat -L -c '%a %h' /proc/1/fd/7
 """
     *_, after = case.roundtrip(setup, check=check, iters=2)
     out = after.snap.check_output
-    assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out
+    assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out and "/mnt/t/gone (deleted)" in out
+    assert "705 0" in out
     assert "ghost datafirst\nsecond\n" in out and "7 and 8 share an inode" in out and "640 0" in out
 
 
@@ -238,3 +245,24 @@ hold
     refused(lambda d: next(a for sb in d["superblocks"].values() for a in sb.get("archives") or []
                            if a.get("only")).update(only="../x"), "must be one file name")
     assert arc["root"] == "/"
+
+
+def test_fill_error_names_the_mount(case):
+    """An archive that fails to extract (here: damaged) is reported with the mounts it fills, in
+    one line (the report of issue 14: "[Errno 30] Read-only file system: 'self/fd/21'")."""
+    import os
+    import re
+    from enginecase import RESTORE_EXTERNALS, mntcr
+    pid = case.start("mkdir /mnt/t; mount -t tmpfs -o ro t /mnt/t\nmkdir /mnt/u; mount -t tmpfs u /mnt/u\n"
+                     "echo x > /mnt/u/f\nhold\n")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    name = sorted(n for n in os.listdir(images) if n.endswith(".tar"))[0]
+    with open(os.path.join(images, name), "r+b") as f:
+        f.seek(600)
+        f.write(b"\xff" * 16)  # same size: only the checksum tells
+    r = mntcr("restore", "-D", images, *RESTORE_EXTERNALS, "--pidfile", images + ".pid")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Errno None" not in lines[0], r.stderr
+    assert re.search(r"mount \d+ \(/mnt/u\) on tmpfs.*archive files-\d+\.tar is damaged", lines[0]), lines[0]
