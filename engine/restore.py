@@ -1180,54 +1180,71 @@ class _Restorer:
         return os.open(f"self/fd/{self.ghost_fd[gid]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def _place_processes(self) -> None:
+        # Every stand-in enters its root first: some objects are made before any fd (a socket pair
+        # connected through a listener's name binds that name where the holder sees it).
+        for p in self.doc["processes"]:
+            self._enter(p)
+        try:
+            self._fds.prepare(self.doc["processes"], self.chans)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"fds: {e.strerror or e}") from None
         for p in self.doc["processes"]:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
-            try:
-                root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY) if loc.get("ghost")
-                             else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
-                             for loc in (p["root"], p["cwd"]))
-            except OSError as e:
-                raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
-            try:
-                chan.call(("enter",), [self.ns_fd[p["ns"]["mnt"]], root, cwd])
-            finally:
-                os.close(root)
-                os.close(cwd)
-            batch_items, batch_fds = [], []
-
-            def flush():
-                if batch_items:
-                    try:
-                        chan.call(("fds", list(batch_items)), batch_fds)
-                    finally:
-                        for fd in batch_fds:
-                            os.close(fd)
-                    batch_items.clear()
-                    batch_fds.clear()
-
-            after = []
-            for f in p["fds"]:
-                try:
-                    fd, first = self._fds.open(f, chan)
-                except OSError as e:
-                    what = f"{f['path']} on mount {f['mnt']}: " if "mnt" in f else ""
-                    raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
-                                                             f"{what}{e.strerror or e}") from None
-                if first and (todo := self._fds.after(f)) is not None:
-                    after.append(todo)
-                batch_items.append((f["fd"], bool(f["flags"] & _O_CLOEXEC_DUMPED)))
-                batch_fds.append(fd)
-                if len(batch_items) >= 200:
-                    flush()
-            flush()
-            self._map_files(p, chan, where)
-            for kind, fn, args in after:
-                try:
-                    chan.call(("kind", kind, fn, args))
-                except OSError as e:
-                    raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
+            self._place_fds(p, chan, where)
             step("process")
+
+    def _enter(self, p: dict) -> None:
+        """Put process p's stand-in into its mount namespace, root and cwd."""
+        chan = self.chans[p["pid"]]
+        where = f"process {p['pid']}"
+        try:
+            root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY) if loc.get("ghost")
+                         else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
+                         for loc in (p["root"], p["cwd"]))
+        except OSError as e:
+            raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
+        try:
+            chan.call(("enter",), [self.ns_fd[p["ns"]["mnt"]], root, cwd])
+        finally:
+            os.close(root)
+            os.close(cwd)
+
+    def _place_fds(self, p: dict, chan, where: str) -> None:
+        """Make process p's fds (engine/fds/), install them at their numbers, map its files."""
+        batch_items, batch_fds = [], []
+
+        def flush():
+            if batch_items:
+                try:
+                    chan.call(("fds", list(batch_items)), batch_fds)
+                finally:
+                    for fd in batch_fds:
+                        os.close(fd)
+                batch_items.clear()
+                batch_fds.clear()
+
+        after = []
+        for f in p["fds"]:
+            try:
+                fd, first = self._fds.open(f, chan)
+            except OSError as e:
+                what = f"{f['path']} on mount {f['mnt']}: " if "mnt" in f else ""
+                raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
+                                                         f"{what}{e.strerror or e}") from None
+            if first and (todo := self._fds.after(f)) is not None:
+                after.append(todo)
+            batch_items.append((f["fd"], bool(f["flags"] & _O_CLOEXEC_DUMPED)))
+            batch_fds.append(fd)
+            if len(batch_items) >= 200:
+                flush()
+        flush()
+        self._map_files(p, chan, where)
+        for kind, fn, args in after:
+            try:
+                chan.call(("kind", kind, fn, args))
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
 
     def _map_files(self, p: dict, chan, where: str) -> None:
         """Have the stand-in map the files the process mapped (and its executable), from their mounts."""

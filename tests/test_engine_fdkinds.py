@@ -256,3 +256,32 @@ a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET); b.close(); os.d
     assert re.search(r"name='/proc/self/fd/\d+/attach' listening=1", _fd(after, 10)), _fd(after, 10)
     assert "connected=True" in _fd(after, 11)
     assert after.snap.check_output.splitlines()[-1] == "s"
+
+
+@pytest.mark.parametrize("name", ["path", "abstract"])
+def test_unix_connection_through_a_listener(case, name):
+    """A service listening on a name, a client (another process) connected to it and the accepted
+    connection, with data queued both ways: the accepted end keeps the listener's name, the
+    client's peer name is the listener's, and the listener still works."""
+    addr = '"/mnt/t/srv.sock"' if name == "path" else 'b"\\0zdtm-srv"'
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold(f"""
+import socket
+addr = {addr}
+lst = socket.socket(socket.AF_UNIX); lst.bind(addr); lst.listen(4)
+c = socket.socket(socket.AF_UNIX); c.connect(addr)
+a, _ = lst.accept(); a.send(b"hello client"); c.send(b"hi")
+if os.fork() == 0:
+    os.dup2(c.fileno(), 20)
+else:
+    os.dup2(lst.fileno(), 20); os.dup2(a.fileno(), 21)
+for s in (lst, c, a): s.close()
+""")
+    before, after = case.roundtrip(setup)
+    lines = after.snap.sharing.splitlines()
+    assert any(re.fullmatch(r"socketpair P\d:2[01] \| P\d:2[01]", line) for line in lines), lines
+    fds = [line for p in after.snap.procs for line in p.fds if line.startswith(("20:", "21:"))]
+    assert sum("listening=1" in line for line in fds) == 1, fds
+    assert any("listening=0 connected=True inq=2" in line and "srv" in line for line in fds), fds
+    assert any("name='' listening=0 connected=True inq=12" in line for line in fds), fds

@@ -124,6 +124,9 @@ class FdKind:
     mounts: Callable[[dict], list] = lambda entry: []
     # Its own fields of an image fd entry: name -> engine.imageformat.F (types; `check` does the rest).
     fields: dict = field(default_factory=dict)
+    # prepare(key, object, [(entry, chan)], call) -> fds kept as the object's restore state, made
+    # before any fd once all stand-ins entered their roots (call(chan, fn, args, fds) -> fds).
+    prepare: Callable | None = None
     # finish(objects, entries): once every fd is dumped, complete or refuse (a pty slave without master).
     finish: Callable[[dict, list], None] = lambda objects, entries: None
 

@@ -115,15 +115,16 @@ def _dump(d) -> dict:
             diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
         rec = diag.get(ino, {})
         out = {"type": TYPES[typ], **_name(s.getsockname())}
-        if "path" in out:
-            out["bound"] = _locate(d, out["path"], rec.get("vfs"))
+        peer = rec.get("peer")
+        mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
+        if "path" in out and not mutual:
+            out["bound"] = _locate(d, out["path"], rec.get("vfs"))   # (an accepted end's name is its listener's)
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with connections not yet "
                                                 "accepted: not supported")
             return out
-        peer = rec.get("peer")
         if not peer and "path" not in out and "abstract" not in out and _connected(s):
             # Its peer is gone (closed by a process that exited: podman's end of conmon's sync
             # socket): restored as one end of a pair whose other end is closed at once.
@@ -139,9 +140,19 @@ def _dump(d) -> dict:
                                                 "pair (a named or listening one): not supported")
             a, b = sorted((ino, peer))
             obj = f"unixpair-{netns}-{a}-{b}"
-            d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
+            o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
             end = 0 if ino == a else 1
             out.update({"obj": obj, "end": end})
+            if "path" in out or "abstract" in out:
+                # The accepted end of a connection to a listener: its name is the listener's, and the
+                # other end's peer name too. Made again through a listener of that name.
+                if o.get("via", {}).get("end", end) != end or out["type"] == "dgram" \
+                        or _MAGIC.match(out.get("path", "")):
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
+                                                    "named, or named through /proc: not supported")
+                o["via"] = {"end": end, **{k: out[k] for k in ("path", "abstract") if k in out}}
+                for k in ("path", "abstract"):
+                    out.pop(k, None)
             if out["type"] == "stream":
                 n = _inq(c)
                 if n > MAX_DATA:
@@ -244,10 +255,20 @@ def _check(entry: dict, what: str) -> None:
 
 
 def _check_object(obj: dict, what: str) -> None:
-    from engine.image import _fail
+    from engine.image import _fail, check_abs_path
     if obj.get("type") not in TYPES.values() or not isinstance(obj.get("data"), list) or len(obj["data"]) != 2 \
             or not all(isinstance(x, str) and len(x) <= MAX_DATA * 4 // 3 + 4 for x in obj["data"]):
         _fail(f"{what}: bad unix socket pair")
+    via = obj.get("via")
+    if via is not None:
+        if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
+            _fail(f"{what}: bad listener name of a socket pair")
+        if "path" in via:
+            check_abs_path(via["path"], what)
+            if len(via["path"]) > 107 or _MAGIC.match(via["path"]):
+                _fail(f"{what}: bad listener path of a socket pair")
+        elif not isinstance(via["abstract"], str) or len(via["abstract"]) > 148:
+            _fail(f"{what}: bad abstract listener name of a socket pair")
 
 
 _TYPE_NO = {v: k for k, v in TYPES.items()}
@@ -323,6 +344,51 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
             os.close(saved)
 
 
+def _prepare(key: str, obj: dict, holders: list, call):
+    """A pair connected through a listener's name: the holder of its accepted end binds a
+    listener there, connects, accepts, and removes it again (before the tree's own sockets are
+    made, so the name is free). Returns [end 0, end 1]."""
+    via = obj.get("via")
+    if via is None:
+        return None
+    chan = next((ch for e, ch in holders if e.get("end") == via["end"]), holders[0][1])
+    spec = {"type": obj["type"], "data": obj["data"], "accepted": via["end"],
+            **{k: via[k] for k in ("path", "abstract") if k in via}}
+    return call(chan, "via", spec)
+
+
+def _via(spec, fds):
+    """In the stand-in: a connection through a temporary listener at the dumped name."""
+    t = _TYPE_NO[spec["type"]]
+    name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
+    lst = socket.socket(socket.AF_UNIX, t)
+    try:
+        if isinstance(name, str):
+            try:
+                if stat.S_ISSOCK(os.lstat(name).st_mode):
+                    os.unlink(name)
+            except FileNotFoundError:
+                pass
+        lst.bind(name)
+        lst.listen(1)
+        c = socket.socket(socket.AF_UNIX, t)
+        c.connect(name)
+        a, _ = lst.accept()
+    finally:
+        lst.close()
+        if isinstance(name, str):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+    ends = [None, None]
+    ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
+    for end, data in enumerate(spec.get("data") or ()):
+        if data:
+            os.write(ends[1 - end], base64.b64decode(data))
+    return None, ends
+
+
 def _open(r: RestoreFd) -> int:
     e = r.entry
     if "obj" in e:
@@ -353,5 +419,5 @@ def _open(r: RestoreFd) -> int:
 
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
                 mounts=lambda e: [e["bound"]["mnt"]] if "bound" in e else [],
-                check=_check, check_object=_check_object, standin={"make": _make}, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
+                check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False)}))
