@@ -32,6 +32,7 @@ from engine.image import is_beneath, rel_to
 NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
+_EXT_FILE = re.compile(r"^file\[(?P<what>/[^\]]*)\]:(?P<key>[^\s\[\]]+)$")
 
 
 class DumpError(OSError):
@@ -119,8 +120,26 @@ def parse_externals(specs) -> tuple[dict[str, str], dict[str, str]]:
         if m:
             devs[m["what"]] = m["key"]
             continue
-        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY or dev[MAJ:MIN]:KEY")
+        if _EXT_FILE.match(spec):
+            continue  # see parse_external_files
+        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY, dev[MAJ:MIN]:KEY or file[PATH]:KEY")
     return mnts, devs
+
+
+def parse_external_files(specs) -> dict[str, str]:
+    """`file[PATH]:KEY` -> {PATH: KEY}: fds on PATH (as /proc/PID/fd shows it) are not dumped;
+    restore opens the host path given with `file[KEY]:HOSTPATH` (a log on the host, say)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        m = _EXT_FILE.match(spec)
+        if m:
+            out[m["what"]] = m["key"]
+    return out
+
+
+def _external_file_hint(path: str) -> str:
+    return (f"declare it with --external file[{path}]:KEY (and restore with --external file[KEY]:HOSTPATH), "
+            "or run the tree with that fd on a file of its own mounts")
 
 
 # --- per-namespace inspection (runs in a forked child inside the namespace) -----------
@@ -474,6 +493,7 @@ def _hostname_of(pid: int) -> str:
 def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=()) -> dict:
     """Dump the tree at root_pid into images_dir (atomically); return the manifest."""
     ext_mnts, ext_devs = parse_externals(externals)
+    ext_files = parse_external_files(externals)
     tree = process_tree(root_pid)
     pids = [p for p, _ in tree]
     _precheck(pids, ext_mnts)
@@ -483,7 +503,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     ok = False
     try:
         _wait_stopped(pids)
-        doc = _collect(tree, writer, ext_mnts, ext_devs)
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files)
         writer.commit(doc)
         ok = True
         return doc
@@ -539,7 +559,7 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
                 raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported")
 
 
-def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
+def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
     me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
     ns_of: dict[int, dict[str, int]] = {}
     for pid, _ in tree:
@@ -798,6 +818,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
 
     # 5. processes
     procs_doc = []
+    used_files: set[str] = set()
     uts_names: dict[str, str] = {}
     unplaced: list[tuple[dict, int, str]] = []   # (location to fill, pid, /proc link relative to the pid)
     for pid, ppid in tree:
@@ -815,6 +836,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 unplaced.append((entry[key], pid, key))
         for f in pdata["fds"]:
             mode = f["mode"]
+            if ext_files and f["target"] in ext_files:
+                entry["fds"].append({"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
+                                     "type": "dir" if stat.S_ISDIR(mode) else "file",
+                                     "external": ext_files[f["target"]]})
+                used_files.add(f["target"])
+                continue
             if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
                     or stat.S_ISLNK(mode)) or not f["target"].startswith("/"):
                 raise DumpError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): only files and "
@@ -836,6 +863,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             uts_names[uts] = _hostname_of(pid)
         procs_doc.append(entry)
 
+    unknown = set(ext_files or ()) - used_files
+    if unknown:
+        raise DumpError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} open")
     detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     return {
@@ -898,7 +928,8 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
     try:
         for mnt, items in sorted(by_mnt.items()):
             loc0, pid0, link0 = items[0]
-            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on detached mount {mnt}"
+            # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
+            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on mount {mnt}, in no dumped namespace"
             try:
                 facts = [(detached.probe(pid, link), loc["path"]) for loc, pid, link in items]
                 f0 = facts[0][0]
@@ -907,6 +938,11 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                     candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == f0["dev"]),
                                         key=lambda m: (len(m.root), m.mnt_id))
                     found = detached.root_via_visible(f0, facts[0][1], candidates, clone_of)
+                    if found is None and superblocks[sid]["external"]:
+                        # Restore reaches an external filesystem only through its external mounts: a
+                        # file beside them (a host log the runtime gave as stdout) cannot be reopened.
+                        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
+                                                          f"reaches the file; {_external_file_hint(loc0['path'])}")
                     if found is not None:
                         vis, root_on_v = found
                         vroot = mounts_by_id[vis].root
@@ -920,7 +956,8 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                 else:
                     if f0["magic"] not in (kernel.TMPFS_MAGIC, kernel.RAMFS_MAGIC):
                         raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                                          "visible; only a detached tmpfs or ramfs can be dumped whole")
+                                                          "visible (only a detached tmpfs or ramfs can be dumped "
+                                                          f"whole); {_external_file_hint(loc0['path'])}")
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
                     files[name] = detached.archive_invisible(facts, path)
@@ -928,8 +965,11 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                     superblocks[sid] = {"fstype": fstype, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
                                         "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
                     root = "/"
+            except DumpError:
+                raise
             except OSError as e:
-                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+                hint = f"; {_external_file_hint(loc0['path'])}" if link0.startswith("fd/") else ""
+                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}") from None
             out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
                              "mountpoint": "(detached)"}
         _archive_beyond(beyond, superblocks, writer, files)

@@ -383,6 +383,12 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
             seen_fd.add(n)
             _typed(fd, "flags", int, f"{what} fd {n}")
             _typed(fd, "pos", int, f"{what} fd {n}")
+            if fd.get("external") is not None:
+                # A file outside the image (--external file[...]): restore opens the host path given for KEY.
+                key = _typed(fd, "external", str, f"{what} fd {n}")
+                if not key or len(key) > 256 or any(c in key for c in "[]\0\n"):
+                    _fail(f"{what} fd {n}: bad external key {key!r}")
+                continue
             _check_loc(fd, all_ids, detached_ids, f"{what} fd {n}")
     for p in procs:
         if p.get("ppid") is not None and p["ppid"] not in pids:
@@ -419,6 +425,9 @@ def render(doc: dict) -> str:
         lines.append(f"    root: mount {p['root']['mnt']} {p['root']['path']}")
         lines.append(f"    cwd:  mount {p['cwd']['mnt']} {p['cwd']['path']}")
         for fd in p["fds"]:
+            if fd.get("external"):
+                lines.append(f"    fd {fd['fd']}: external file {fd['external']} flags={fd['flags']:o} pos={fd['pos']}")
+                continue
             lines.append(f"    fd {fd['fd']}: mount {fd['mnt']} {fd['path']} flags={fd['flags']:o} pos={fd['pos']}"
                          + (" (detached)" if fd.get("detached") else ""))
     return "\n".join(lines) + "\n"

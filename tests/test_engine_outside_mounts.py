@@ -10,9 +10,10 @@ a file no dumped mount reaches is refused, naming it and --external file[].
 
 from __future__ import annotations
 
+import os
 import re
 
-from enginecase import CRError, case, take  # noqa: F401  (fixture)
+from enginecase import case, mntcr, take  # noqa: F401  (fixture)
 from zdtm.snapshot import tree_pids
 
 # pid 1 keeps the parent namespace; its child opened /dev/null and a tmpfs file there, then unshared.
@@ -53,3 +54,48 @@ def test_fd_opened_before_unshare(case):
     assert b[7][1] == "/dev" and b[8][1] == "/mnt/t"
     assert before.fd_data[0] == after.fd_data[0]
     assert before.root.tree_text == after.root.tree_text
+
+
+# The child opens /etc/passwd (the container's /etc is a bind of the host's, declared external), then
+# unshares and unmounts /etc: no dumped mount reaches the file any more (a runtime's host log).
+HOST_FILE = """
+sh -c 'exec 7</etc/passwd; dd bs=3 count=1 <&7 >/dev/null 2>&1
+       exec unshare -m sh -c "umount /etc; exec /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1"' &
+hold
+"""
+
+
+def test_host_file_refused_with_the_flag(case):
+    """Dump refuses (naming the file and --external file[...]) and leaves the tree running."""
+    pid = case.start(HOST_FILE)
+    child = _child(pid)
+    r = _dump(case, child)
+    assert r.returncode != 0, "dump accepted an fd that restore cannot reopen"
+    err = r.stderr
+    assert "fd 7 (/etc/passwd)" in err and "--external file[/etc/passwd]:KEY" in err, err
+    assert os.path.exists(f"/proc/{child}") and _state(child) not in ("T", "Z"), "the tree was not left running"
+
+
+def test_host_file_declared_external(case):
+    """--external file[/etc/passwd]:pw at dump, file[pw]:/etc/passwd at restore: the same file at
+    the same offset, still on a mount outside the tree."""
+    pid = case.start(HOST_FILE)
+    child = _child(pid)
+    before = take(child)
+    images = case.new_images_dir()
+    r = _dump(case, child, "--external", "file[/etc/passwd]:pw", images=images)
+    assert r.returncode == 0, r.stderr
+    after = take(case.restore(images, ("--external", "file[pw]:/etc/passwd")))
+    assert _fds(before)[7] == _fds(after)[7] == (_fds(before)[7][0], "detached")
+    assert "pos=3" in _fds(after)[7][0]
+    assert before.fd_data[0] == after.fd_data[0]
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _dump(case, pid: int, *extra: str, images: str | None = None):
+    """mntcr dump with /usr external only (the child unmounted /etc)."""
+    return mntcr("dump", "-t", str(pid), "-D", images or case.new_images_dir(), "--external", "mnt[/usr]:usr", *extra)
