@@ -678,13 +678,23 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     "ro": st["ro"]}
             continue
         sb["device"]["unresolved"] = True
-    # The namespace root on a filesystem we cannot recreate came from outside (criu's --root).
-    for ns in mntns_doc.values():
+    # The namespace root on a filesystem we cannot recreate came from outside (criu's --root): also
+    # when a volume of the same filesystem was declared external (the root is no bind of that
+    # volume), and an overlay root whose layers no mount of the namespace holds (a runtime made it).
+    ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
+    for ns_name, ns in mntns_doc.items():
         root = next(e for e in ns["mounts"] if e["id"] == ns["root"])
+        if root["external"]:
+            continue
         sb = superblocks[root["sb"]]
         handler = fs.lookup(sb["fstype"])
-        if not sb["external"] and (handler is None or (sb.get("device") or {}).get("unresolved")
-                                   or not (handler.content or handler.ns is None)):
+        if sb["external"]:
+            if not any(e["external"] and e["sb"] == root["sb"] and is_beneath(root["root"], e["root"])
+                       for n in mntns_doc.values() for e in n["mounts"]):
+                root["external"] = "root"
+        elif (handler is None or (sb.get("device") or {}).get("unresolved")
+              or not (handler.content or handler.ns is None)
+              or (handler.layers and not _layers_held(sb, ns_mounts[ns_name], root))):
             root["external"] = "root"
             sb["external"] = True
     for ns in mntns_doc.values():
@@ -697,8 +707,16 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             dev = sb.get("device") or {}
             if dev.get("unresolved"):
                 what = f"block device {dev['dev']}" if dev.get("dev") else "its block device"
+                devflag = f"--external dev[{dev.get('dev') or 'MAJ:MIN'}]:KEY"
+                if e["root"] == "/":
+                    how = (f"declare it with {devflag} (the device is mounted again at restore), or the mount "
+                           f"with --external mnt[{e['mountpoint']}]:KEY (a host path is bound back)")
+                else:
+                    # A volume: a directory of the host's filesystem, never the whole device again.
+                    how = (f"declare the mount with --external mnt[{e['mountpoint']}]:KEY (restore binds the host "
+                           f"path given for KEY; {devflag} would mount the whole filesystem again)")
                 raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: {what} "
-                                                  f"is not external; declare it with --external dev[MAJ:MIN]:KEY")
+                                                  f"is not external; {how}")
     # Mounts of an external superblock must be binds of some external mount of it.
     ext_roots: dict[str, list[str]] = {}
     for ns in mntns_doc.values():
@@ -711,8 +729,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
                     raise DumpError(errno.EOPNOTSUPP,
                                     f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its files lie outside "
-                                    "every external mount of the same filesystem; declare it --external too")
+                                    "every external mount of the same filesystem; declare it too with --external "
+                                    f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
 
+    _check_sharing(mntns_doc, superblocks)
     _plan_overlays(superblocks, mntns_doc, ns_data, names)
 
     # Which mounts to clone: one per disjoint root of each content superblock, one per proc.
@@ -876,6 +896,38 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     }
 
 
+def _layers_held(sb: dict, mounts: list, root: dict) -> bool:
+    """Whether every layer of the overlay `sb` lay on a mount of the namespace (`mounts`) older than
+    its root mount `root` (else the runtime built it elsewhere: it is restored like a directory root)."""
+    from engine.fs import overlay
+    return all(overlay.resolve(path, mounts, root["uid"]) is not None and path.startswith("/")
+               for _, path in overlay.layer_paths(sb["super_opts"]))
+
+
+def _check_sharing(mntns_doc: dict, superblocks: dict) -> None:
+    """Refuse propagation restore could not rebuild (its plan, made here first), and slaves of a peer
+    group outside the dumped namespaces that no external mount joins (restore copies such a master
+    from the host mount given for an external mount of the same filesystem in or under that group)."""
+    from engine import sharing
+    mounts = [e for ns in mntns_doc.values() for e in ns["mounts"]]
+    try:
+        ops = sharing.plan(mounts, helper_ok=lambda sid: sid in superblocks and not superblocks[sid]["external"])
+    except sharing.PlanError as e:
+        raise DumpError(errno.EOPNOTSUPP, f"{e}: restore cannot rebuild this propagation") from None
+    by_id = {e["id"]: e for e in mounts}
+    for op in ops:
+        if op[0] != "external":
+            continue
+        dst, master = by_id[op[1]], op[2]
+        if not any(e["external"] and e["sb"] == dst["sb"] and master in (e["master"], e["shared"]) for e in mounts):
+            raise DumpError(errno.EOPNOTSUPP,
+                            f"mount {dst['id']} ({dst['mountpoint']}) on {dst['fstype']}: a slave of peer group "
+                            f"{master}, which lies outside the dumped namespaces (external slavery), and no external "
+                            f"mount of its filesystem is in or under that group; declare it with --external "
+                            f"mnt[{dst['mountpoint']}]:KEY (restore joins the host mount given for KEY), or make it "
+                            "private before the dump")
+
+
 def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dict) -> None:
     """Record each in-namespace overlay's layers as (mount, path) as they were at its creation."""
     from engine.fs import overlay
@@ -893,7 +945,8 @@ def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dic
                 raise DumpError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
             found = overlay.resolve(path, mounts, oldest["uid"])
             if found is None:
-                raise DumpError(errno.ENOENT, f"{where}: no mount holds its layer {path}")
+                raise DumpError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
+                                              f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
             layers.append({"path": path, "mnt": found[0], "rel": found[1]})
         sb["layers"] = layers
 

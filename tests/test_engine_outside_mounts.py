@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
+
+import pytest
 
 from enginecase import case, mntcr, take  # noqa: F401  (fixture)
 from zdtm.snapshot import tree_pids
@@ -99,3 +103,39 @@ def _state(pid: int) -> str:
 def _dump(case, pid: int, *extra: str, images: str | None = None):
     """mntcr dump with /usr external only (the child unmounted /etc)."""
     return mntcr("dump", "-t", str(pid), "-D", images or case.new_images_dir(), "--external", "mnt[/usr]:usr", *extra)
+
+
+def test_external_slavery_refused_at_dump(case):
+    """A slave of an outside group with no --external for it: refused at dump (it used to be
+    accepted and fail at restore), naming the mount and the flag; the tree keeps running."""
+    outer = case.outer()
+    pid = case.start("mount --make-slave /ext\nhold\n", outer=outer, binds=((outer.path, "/ext"),))
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), "--external", "mnt[/usr]:usr",
+              "--external", "mnt[/etc]:etc")
+    assert r.returncode != 0, "dump accepted a master it cannot give back"
+    assert "(/ext)" in r.stderr and "--external mnt[/ext]:KEY" in r.stderr, r.stderr
+    assert _state(pid) not in ("T", "Z"), "the tree was not left running"
+
+
+def test_volume_of_host_disk_asks_for_the_mount(case, tmp_path):
+    """A volume (a bind of a directory) of a host block device that is not external: the message
+    names --external mnt[VOLUME] (binding the host path back), not the device (issue 14 item 8)."""
+    for cmd in ("mkfs.ext4", "losetup"):
+        if shutil.which(cmd) is None:
+            pytest.skip(f"{cmd} is not installed (Debian packages e2fsprogs, mount)")
+    img = tmp_path / "disk.img"
+    subprocess.run(["truncate", "-s", "32M", str(img)], check=True)
+    subprocess.run(["mkfs.ext4", "-q", str(img)], check=True)
+    dev = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    try:
+        rdev = os.stat(dev).st_rdev
+        pid = case.start(f"mknod /dev/disk b {os.major(rdev)} {os.minor(rdev)}; mkdir /mnt/fs /mnt/vol\n"
+                         "mount /dev/disk /mnt/fs; mkdir /mnt/fs/data; mount --bind /mnt/fs/data /mnt/vol\n"
+                         "umount /mnt/fs; hold\n")
+        r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), "--external", "mnt[/usr]:usr",
+                  "--external", "mnt[/etc]:etc")
+        assert r.returncode != 0
+        assert "(/mnt/vol)" in r.stderr and "declare the mount with --external mnt[/mnt/vol]:KEY" in r.stderr, r.stderr
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)
