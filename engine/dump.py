@@ -556,7 +556,8 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
         ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
         for mid, _, dev, mp, fstype in mounts:
             if fs.lookup(fstype) is None and dev not in ext_devs:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported")
+                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported; "
+                                                  f"declare it with --external mnt[{mp}]:KEY")
 
 
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
@@ -643,7 +644,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     unknown = set(ext_mnts) - used_ext
     if unknown:
         raise DumpError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
-    # An overmount stack has several mounts at one mount point: the external is the visible (top) one.
+    # An overmount stack has several mounts at one mount point: the external is the visible (top) one,
+    # unless the stack holds a type we cannot dump (devtmpfs under a runtime's tmpfs /dev): then that.
     for ns in mntns_doc.values():
         by_mp: dict[str, list[dict]] = {}
         for e in ns["mounts"]:
@@ -651,8 +653,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 by_mp.setdefault(e["mountpoint"], []).append(e)
         for mp, es in by_mp.items():
             if len(es) > 1:
+                unsupported = [e for e in es if fs.lookup(e["fstype"]) is None]
                 for e in es:
-                    if any(o["parent"] == e["id"] for o in es):
+                    if (e not in unsupported) if unsupported else any(o["parent"] == e["id"] for o in es):
                         e["external"] = None
 
     for ns in mntns_doc.values():
@@ -702,8 +705,16 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             sb = superblocks[e["sb"]]
             if sb["external"]:
                 continue
-            if fs.lookup(e["fstype"]) is None:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not supported")
+            handler = fs.lookup(e["fstype"])
+            if handler is None:
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not "
+                                                  f"supported; declare it with --external mnt[{e['mountpoint']}]:KEY")
+            if handler.fresh_roots is not None and e["root"] not in handler.fresh_roots:
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                                  f"{e['root']} exists only in the instance it was bound from (LXC's "
+                                                  "/dev/console is a host pty); declare it with --external "
+                                                  f"mnt[{e['mountpoint']}]:KEY (restore binds the host path given "
+                                                  "for KEY, e.g. a new console)")
             dev = sb.get("device") or {}
             if dev.get("unresolved"):
                 what = f"block device {dev['dev']}" if dev.get("dev") else "its block device"

@@ -17,6 +17,7 @@ import subprocess
 
 import pytest
 
+import enginecase
 from enginecase import case, mntcr, take  # noqa: F401  (fixture)
 from zdtm.snapshot import tree_pids
 
@@ -139,3 +140,43 @@ def test_volume_of_host_disk_asks_for_the_mount(case, tmp_path):
         assert "(/mnt/vol)" in r.stderr and "declare the mount with --external mnt[/mnt/vol]:KEY" in r.stderr, r.stderr
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
+
+
+def test_covered_unsupported_mount_declared_external(case):
+    """devtmpfs at /mnt/d under a tmpfs: --external mnt[/mnt/d] applies to the devtmpfs (a type
+    that cannot be dumped), the tmpfs over it is dumped (issue 14 item 6)."""
+    if not os.path.exists("/dev/null") or "devtmpfs" not in open("/proc/filesystems").read():
+        pytest.skip("no devtmpfs on this kernel")
+    host = next((line.split() for line in open("/proc/self/mountinfo") if " - devtmpfs " in line), None)
+    if host is None or host[3] != "/":
+        pytest.skip("the host has no devtmpfs mount at its root to bind back")
+    before, after = case.roundtrip(
+        "mkdir /mnt/d; mount -t devtmpfs devtmpfs /mnt/d; mount -t tmpfs cover /mnt/d; echo top > /mnt/d/f\nhold\n",
+        check="cat /mnt/d/f; unshare -m --propagation private sh -c 'umount /mnt/d; ls /mnt/d/null'",
+        dump_extra=("--external", "mnt[/mnt/d]:devs"), restore_extra=("--external", f"mnt[devs]:{host[4]}"))
+    stack = [m.fstype for m in after.root.mounts if m.mountpoint == "/mnt/d"]
+    assert sorted(stack) == ["devtmpfs", "tmpfs"]
+
+
+def test_console_pty_bind(case):
+    """LXC's /dev/console: a file bind of a host pty (root /N of the host's devpts). Undeclared it is
+    refused at dump (it used to fail at restore: "cannot bind root /N"); declared external it
+    round-trips, bound from the host path given at restore (issue 14 item 6)."""
+    master, slave = os.openpty()
+    try:
+        name = os.ttyname(slave)
+        pid = case.start("hold\n", binds=((name, "/dev/console"),))
+        r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), "--external", "mnt[/usr]:usr",
+                  "--external", "mnt[/etc]:etc", "--leave-running")
+        assert r.returncode != 0, "dump accepted a pty bind that restore cannot recreate"
+        assert "(/dev/console) on devpts" in r.stderr and "--external mnt[/dev/console]:KEY" in r.stderr, r.stderr
+        assert _state(pid) not in ("T", "Z")
+        before = take(pid)
+        after = take(case.cr(pid, ("--external", "mnt[/dev/console]:console"),
+                             ("--external", f"mnt[console]:{name}")))
+        enginecase.assert_same(before, after)
+        m = next(m for m in after.root.mounts if m.mountpoint == "/dev/console")
+        assert m.fstype == "devpts" and m.root == "/" + name.rsplit("/", 1)[1]
+    finally:
+        os.close(master)
+        os.close(slave)
