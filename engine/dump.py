@@ -697,7 +697,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 root["external"] = "root"
         elif (handler is None or (sb.get("device") or {}).get("unresolved")
               or not (handler.content or handler.ns is None)
-              or (handler.layers and not _layers_held(sb, ns_mounts[ns_name], root))):
+              or (handler.layers and not _layers_held(sb, root["sb"], mntns_doc, ns_mounts))):
             root["external"] = "root"
             sb["external"] = True
     for ns in mntns_doc.values():
@@ -907,11 +907,14 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     }
 
 
-def _layers_held(sb: dict, mounts: list, root: dict) -> bool:
-    """Whether every layer of the overlay `sb` lay on a mount of the namespace (`mounts`) older than
-    its root mount `root` (else the runtime built it elsewhere: it is restored like a directory root)."""
+def _layers_held(sb: dict, sid: str, mntns_doc: dict, ns_mounts: dict) -> bool:
+    """Whether every layer of the overlay `sb` (id `sid`) lay on a mount of the namespace of its oldest
+    mount, older than it (see _plan_overlays); else the runtime built it outside the dumped
+    namespaces and it is restored like a directory root."""
     from engine.fs import overlay
-    return all(overlay.resolve(path, mounts, root["uid"]) is not None and path.startswith("/")
+    ns_name, oldest = min(((n, e) for n, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid),
+                          key=lambda u: (u[1]["uid"] or u[1]["id"]))
+    return all(path.startswith("/") and overlay.resolve(path, ns_mounts[ns_name], oldest["uid"]) is not None
                for _, path in overlay.layer_paths(sb["super_opts"]))
 
 

@@ -180,3 +180,33 @@ def test_console_pty_bind(case):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_overlay_root_made_outside(case):
+    """A container whose root is an overlay its runtime made outside (layers in the outer "host"
+    namespace): treated like a directory root (restored with --root), not refused with "no mount
+    holds its layer" (issue 14 item 8)."""
+    if "overlay" not in open("/proc/filesystems").read():
+        pytest.skip("overlay is not in /proc/filesystems")
+    outer = case.outer()
+    p = outer.path
+    # Private: the keeper's lazy umount of its old root would otherwise propagate to the overlay.
+    outer.sh(f"mount --make-private {p}")
+    outer.sh(f"mkdir -p {p}/l/usr {p}/l/.hold {p}/u {p}/w {p}/merged && echo image > {p}/l/os-release && "
+             f"for b in bin lib lib64 sbin; do ln -s usr/$b {p}/l/$b; done && "
+             f"ln -s {os.path.realpath(shutil.which('sleep'))} {p}/l/.hold/mntcr-hold && "
+             f"mount -t overlay overlay -o lowerdir={p}/l,upperdir={p}/u,workdir={p}/w {p}/merged")
+    pid = case.start("""
+unshare -m sh -c 'mount --rbind /usr /ovl/usr; mkdir -p /ovl/old; cd /ovl; pivot_root . old; cd /
+                  python3 -c "import ctypes; assert ctypes.CDLL(None).umount2(b\\"/old\\", 2) == 0"
+                  exec 0</os-release 1>/state 2>&1; exec /.hold/mntcr-hold 100000' &
+hold
+""", outer=outer, binds=((f"{p}/merged", "/ovl"),))
+    child = _child(pid)
+    before = take(child)
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(child), "-D", images, "--external", "mnt[/usr]:usr")
+    assert r.returncode == 0, r.stderr
+    after = take(case.restore(images, ("--root", f"{p}/merged"), outer=outer))
+    enginecase.assert_same(before, after)
+    assert next(m for m in after.root.mounts if m.mountpoint == "/").fstype == "overlay"
