@@ -90,6 +90,7 @@ def test_host_file_declared_external(case):
     images = case.new_images_dir()
     r = _dump(case, child, "--external", "file[/etc/passwd]:pw", images=images)
     assert r.returncode == 0, r.stderr
+    _hostile_external_fd_refused(images)
     after = take(case.restore(images, ("--external", "file[pw]:/etc/passwd")))
     assert _fds(before)[7] == _fds(after)[7] == (_fds(before)[7][0], "detached")
     assert "pos=3" in _fds(after)[7][0]
@@ -210,3 +211,28 @@ hold
     after = take(case.restore(images, ("--root", f"{p}/merged"), outer=outer))
     enginecase.assert_same(before, after)
     assert next(m for m in after.root.mounts if m.mountpoint == "/").fstype == "overlay"
+
+
+def _hostile_external_fd_refused(images: str) -> None:
+    """The external fd record passes the validator as dump wrote it (and `mntcr show` names it);
+    one with a mount too, or a key that is no key, is refused with one line."""
+    import copy
+    import json
+    from engine import image
+    doc = image.load(images)
+    assert "external file pw" in image.render(doc)
+    manifest = os.path.join(images, image.MANIFEST)
+    good = open(manifest).read()
+    fd = next(f for p in doc["processes"] for f in p["fds"] if f.get("external"))
+    try:
+        for change, match in (({"mnt": 1, "path": "/x"}, "no mount or path"), ({"external": "../x"}, "external"),
+                              ({"external": 7}, "external")):
+            bad = copy.deepcopy(doc)
+            next(f for p in bad["processes"] for f in p["fds"] if f["fd"] == fd["fd"]).update(change)
+            with open(manifest, "w") as f:
+                json.dump(bad, f)
+            with pytest.raises(image.ImageError, match=match):
+                image.load(images)
+    finally:
+        with open(manifest, "w") as f:
+            f.write(good)
