@@ -1006,7 +1006,9 @@ def _check_sharing(mntns_doc: dict, superblocks: dict) -> None:
     try:
         ops = sharing.plan(mounts, helper_ok=lambda sid: sid in superblocks and not superblocks[sid]["external"])
     except sharing.PlanError as e:
-        raise DumpError(errno.EOPNOTSUPP, f"{e}: restore cannot rebuild this propagation") from None
+        raise DumpError(errno.EOPNOTSUPP, f"{e}: restore cannot rebuild this propagation (an external filesystem "
+                                          "gets no helper mount of its root: declare a mount of the group that "
+                                          "covers the others external too, or make them private)") from None
     by_id = {e["id"]: e for e in mounts}
     for op in ops:
         if op[0] != "external":

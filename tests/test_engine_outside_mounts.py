@@ -236,3 +236,18 @@ def _hostile_external_fd_refused(images: str) -> None:
     finally:
         with open(manifest, "w") as f:
             f.write(good)
+
+
+def test_external_peers_with_disjoint_roots_refused_at_dump(case):
+    """Two external binds of one outside tmpfs (roots /x and /y) in one peer group, and no mount of
+    the group covering both: restore could not join them, so dump refuses (it used to fail at
+    restore) and the tree keeps running. Not rebuilt yet (issue 14 item 6)."""
+    outer = case.outer()
+    p = outer.path
+    outer.sh(f"mkdir {p}/x {p}/y")
+    pid = case.start("umount /o\nhold\n", outer=outer, binds=((p, "/o"), (f"{p}/x", "/a"), (f"{p}/y", "/b")))
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), "--external", "mnt[/usr]:usr",
+              "--external", "mnt[/etc]:etc", "--external", "mnt[/a]:a", "--external", "mnt[/b]:b")
+    assert r.returncode != 0, "dump accepted peers restore cannot join"
+    assert "restore cannot rebuild this propagation" in r.stderr, r.stderr
+    assert _state(pid) not in ("T", "Z"), "the tree was not left running"
