@@ -660,13 +660,16 @@ class _Restorer:
 
     def open_external_files(self) -> None:
         """Open each fd declared external at dump (--external file[KEY]:HOSTPATH) on the host."""
+        from engine.fds.file import OPEN_DROP
         for p in self.doc["processes"]:
             for f in p["fds"]:
                 if f.get("external"):
                     path = self.ext["file:" + f["external"]]
                     try:
-                        self.ext_files[(p["pid"], f["fd"])] = os.open(
-                            path, (f["flags"] & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOCTTY)
+                        fd = self.ext_files[(p["pid"], f["fd"])] = os.open(
+                            path, (f["flags"] & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOCTTY)
+                        if f["pos"] and f.get("type") != "dir" and not f["flags"] & os.O_PATH:
+                            os.lseek(fd, f["pos"], os.SEEK_SET)
                     except OSError as e:
                         raise RestoreError(e.errno, f"process {p['pid']} fd {f['fd']}: external file "
                                                     f"{f['external']} ({path}): {e.strerror or e}") from None

@@ -225,7 +225,7 @@ def _hostile_external_fd_refused(images: str) -> None:
     good = open(manifest).read()
     fd = next(f for p in doc["processes"] for f in p["fds"] if f.get("external"))
     try:
-        for change, match in (({"mnt": 1, "path": "/x"}, "no mount or path"), ({"external": "../x"}, "external"),
+        for change, match in (({"mnt": 1, "path": "/x"}, "unknown field .mnt."), ({"external": "../x"}, "external"),
                               ({"external": 7}, "external")):
             bad = copy.deepcopy(doc)
             next(f for p in bad["processes"] for f in p["fds"] if f["fd"] == fd["fd"]).update(change)
