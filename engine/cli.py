@@ -46,7 +46,9 @@ def _add_dump(sub) -> None:
     p.add_argument("--external", action="append", default=[], metavar="SPEC",
                    help="mnt[MOUNTPOINT]:KEY declares the mount at MOUNTPOINT (in the root process's "
                         "namespace) external: it is recorded by KEY and not dumped; dev[MAJ:MIN]:KEY "
-                        "declares a block device external. Repeatable.")
+                        "declares a block device external; file[PATH]:KEY declares the file PATH (as "
+                        "/proc/PID/fd shows it) that processes hold open external: recorded by KEY with its "
+                        "flags and offset, reopened at restore from the host path given for KEY. Repeatable.")
 
 
 def _add_restore(sub) -> None:
@@ -64,7 +66,8 @@ def _add_restore(sub) -> None:
     p.add_argument("--external", action="append", default=[], metavar="SPEC",
                    help="mnt[KEY]:HOSTPATH gives the host path for the external mount recorded as KEY; "
                         "dev[KEY]:PATH gives a block device (or an image file, attached to a loop device) "
-                        "for the external device KEY. Repeatable.")
+                        "for the external device KEY; file[KEY]:HOSTPATH gives the file to open for the "
+                        "external file KEY. Repeatable.")
     p.add_argument("--pidfile", required=True, metavar="FILE",
                    help="write the root stand-in's pid here (must not exist; written only when the whole "
                         "tree runs, else nothing of the restore is left)")
