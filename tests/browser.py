@@ -41,6 +41,8 @@ class Page:
     console: list[str] = field(default_factory=list)   # "LEVEL: text" of console calls, log entries, exceptions
     values: dict = field(default_factory=dict)          # expression -> its value after load
     screenshot: bytes = b""                             # PNG of the full page
+    height: int = 0                                     # of the full page, CSS pixels
+    clips: list = field(default_factory=list)           # PNG per requested (top, height) band
 
 
 class _Pipe:
@@ -118,8 +120,10 @@ def _high(fds: tuple[int, int]) -> tuple[int, int]:
     return out
 
 
-def load(path: str, expressions: tuple[str, ...] = (), width: int = 1400, timeout: float = 180.0) -> Page:
-    """Load file `path`, evaluate `expressions` after the load event, take a full-page screenshot."""
+def load(path: str, expressions: tuple[str, ...] = (), width: int = 1400, timeout: float = 180.0,
+         clips: tuple[tuple[int, int], ...] = ()) -> Page:
+    """Load file `path`, evaluate `expressions` after the load event, take a full-page screenshot
+    (and one of each (top, height) band in `clips`, for a closer look)."""
     exe = executable()
     if exe is None:
         raise BrowserError("chromium is not installed (apt-get install chromium)")
@@ -149,6 +153,12 @@ def load(path: str, expressions: tuple[str, ...] = (), width: int = 1400, timeou
             page.values[expr] = res.get("result", {}).get("value")
         shot = pipe.call("Page.captureScreenshot", session, format="png", captureBeyondViewport=True)
         page.screenshot = base64.b64decode(shot["data"])
+        page.height = pipe.call("Runtime.evaluate", session, expression="document.documentElement.scrollHeight",
+                                returnByValue=True).get("result", {}).get("value") or 0
+        for top, height in clips:
+            band = pipe.call("Page.captureScreenshot", session, format="png", captureBeyondViewport=True,
+                             clip={"x": 0, "y": top, "width": width, "height": height, "scale": 1})
+            page.clips.append(base64.b64decode(band["data"]))
         page.console = _console_lines(pipe.events)
         try:
             pipe.call("Browser.close")

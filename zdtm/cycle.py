@@ -16,6 +16,7 @@ directory when the test fails).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -55,12 +56,32 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
     return True
 
 
-def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topology=None) -> Outcome:
-    """Run `iters` dump/restore iterations on `running`; see the module docstring."""
+def _add(timings: dict | None, name: str, started: float) -> None:
+    if timings is not None:
+        timings[name] = timings.get(name, 0.0) + time.monotonic() - started
+
+
+@contextlib.contextmanager
+def phase(timings: dict | None, name: str):
+    """Add the wall time of the block to timings[name] (seconds), also when it raises."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        _add(timings, name, started)
+
+
+def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topology=None,
+        timings: dict | None = None) -> Outcome:
+    """Run `iters` dump/restore iterations on `running`; see the module docstring.
+
+    `timings`, when given, receives the seconds spent per phase, summed over the
+    iterations: dump, restore, compare (snapshots and their comparison)."""
     expect = backend.expectation(scenario)
     crfail = expect.outcome == "crfail"
     timeout = scenario.timeout
-    before = snapshot.take(running.pid, scenario.check, timeout, topology=topology)
+    with phase(timings, "compare"):
+        before = snapshot.take(running.pid, scenario.check, timeout, topology=topology)
     _save(os.path.join(workdir, "before.json"), before)
     with open(os.path.join(workdir, "before.txt"), "w") as f:
         f.write(before.text())
@@ -74,10 +95,11 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
             images = os.path.join(workdir, f"images.{i}")
             stage = "dump"
             try:
-                backend.dump(pid, images, running.externals, ctx)
-                # The backend killed the tree; make sure, so restore cannot meet the old one.
-                if not _wait_gone(pid):
-                    snapshot.kill_tree(pid)
+                with phase(timings, "dump"):
+                    backend.dump(pid, images, running.externals, ctx)
+                    # The backend killed the tree; make sure, so restore cannot meet the old one.
+                    if not _wait_gone(pid):
+                        snapshot.kill_tree(pid)
                 if i == 0:
                     flavor.forget(running)
                 for fn in cleanups:
@@ -85,7 +107,8 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 cleanups = []
                 restored = None
                 stage = "restore"
-                restored = pid = backend.restore(images, running.externals, ctx)
+                with phase(timings, "restore"):
+                    restored = pid = backend.restore(images, running.externals, ctx)
             except BackendError as e:
                 where = f"{stage} failed (iteration {i + 1}/{iters})"
                 if crfail:
@@ -94,6 +117,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 raise CycleFailure(f"{backend.name} {where}: {e}{log}", kind="cr-error") from None
             finally:
                 cleanups += ctx.cleanups
+            started = time.monotonic()
             try:
                 after = snapshot.take(pid, scenario.check, timeout, topology=topology)
             except snapshot.SnapshotError as e:
@@ -103,6 +127,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 f.write(after.text())
             equal, report = snapshot.compare(before, after, names=("before dump", f"after restore {i + 1}"),
                                              topology=topology)
+            _add(timings, "compare", started)
             if not equal:
                 lead = (f"{backend.name}: restored state differs from the state before dump "
                         f"(iteration {i + 1}/{iters})")

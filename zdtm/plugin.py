@@ -29,11 +29,11 @@ import tempfile
 
 import pytest
 
-from zdtm import backends, cycle, leakguard, scenario as scenario_mod
+from zdtm import backends, cycle, leakguard, report_record, scenario as scenario_mod
 from zdtm.flavors import SetupError
 from zdtm.flavors import get as get_flavor
 
-_PROP = "zdtm"
+_PROP = report_record.PROP
 
 
 def pytest_addoption(parser):
@@ -210,12 +210,11 @@ class ScenarioItem(pytest.Item):
         self.flavor = None
         self.workdir = None
         self.failed = False
+        self.timings: dict[str, float] = {}   # phase -> seconds (zdtm.report_record.PHASES)
         self.add_marker("zdtm")
-        self.user_properties.append((_PROP, json.dumps({
-            "scenario": os.path.relpath(scenario.path, str(self.config.rootpath)),
-            "params": scenario.param_id, "backend": backend_name,
-            "flavor": f"{flavor_name}:{kernel_name}" if kernel_name else flavor_name,
-            "expect": str(scenario.expectation(backend_name))})))
+        self.user_properties += report_record.properties(report_record.facts(
+            scenario, os.path.relpath(scenario.path, str(self.config.rootpath)), backend_name, flavor_name,
+            kernel_name))
 
     def setup(self):
         state = _state(self.config)
@@ -250,7 +249,8 @@ class ScenarioItem(pytest.Item):
             return
         error = None
         try:
-            self.running = self.flavor.start(sc, self.workdir)
+            with cycle.phase(self.timings, "setup"):
+                self.running = self.flavor.start(sc, self.workdir)
         except SetupError as e:
             error = str(e)
         if error is not None:
@@ -267,6 +267,9 @@ class ScenarioItem(pytest.Item):
         self.flavor.results_root = state.tmp_base
         iters = max(state.iters, self.scenario.iters)
         self.remote_outcome = out = self.flavor.run_scenario(self.scenario, self.backend_name, iters, self.workdir)
+        self.timings.update(getattr(out, "timings", None) or {})
+        if out.kernel:
+            self.user_properties.append(("kernel_release", out.kernel))
         if out.outcome == "skip":
             pytest.skip(out.message)
         if out.outcome == "setup-error":
@@ -290,7 +293,8 @@ class ScenarioItem(pytest.Item):
         if adapt is not None:
             backend = adapt(self.running, backend)  # e.g. restore where the flavor's outside groups live
         try:
-            outcome = cycle.run(self.scenario, backend, self.flavor, self.running, self.workdir, iters=iters)
+            outcome = cycle.run(self.scenario, backend, self.flavor, self.running, self.workdir, iters=iters,
+                                timings=self.timings)
         except BaseException:
             self.failed = True
             raise
@@ -302,11 +306,10 @@ class ScenarioItem(pytest.Item):
         if self.running is not None:
             self.flavor.stop(self.running)
             self.running = None
+        self.user_properties += report_record.timing_properties(self.timings)
         if self.workdir:
-            if self.failed and state.report_dir:
-                dest = os.path.join(state.report_dir, safe_name(self.nodeid))
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.copytree(self.workdir, dest, symlinks=True)
+            if state.report_dir:
+                report_record.keep(self.workdir, os.path.join(state.report_dir, safe_name(self.nodeid)), self.failed)
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def repr_failure(self, excinfo, style=None):
@@ -362,6 +365,7 @@ def pytest_runtest_teardown(item, nextitem):
 # --- summary, report, leak guard (controller only) ---------------------------------
 
 _XDIST_HEADER = re.compile(r"^\[gw\d+\] \S+ -- Python ")
+_MESSAGE_LIMIT = 20000  # characters of a failure's full text kept for the report
 
 
 def _reason(report) -> str:
@@ -387,13 +391,17 @@ class Controller:
         if _PROP not in props:
             return
         row = self.state.results.setdefault(report.nodeid,
-                                            dict(json.loads(props[_PROP]), outcome="pass", reason=""))
+                                            dict(json.loads(props[_PROP]), outcome="pass", reason="",
+                                                 artifacts=safe_name(report.nodeid)))
+        row["timings"] = report_record.timings_from(props)
+        if "kernel_release" in props:
+            row["kernel_release"] = props["kernel_release"]
         if report.when == "setup" and report.skipped:
             row.update(outcome="skip", reason=_reason(report))
         elif report.failed:
             if row["outcome"] in ("pass", "skip"):  # the first failure is the reason
                 row.update(outcome="error" if report.when != "call" else "fail", reason=_reason(report),
-                           artifacts=safe_name(report.nodeid))
+                           message=report.longreprtext[:_MESSAGE_LIMIT])
         elif report.when == "call" and report.passed and "zdtm_crfail" in props:
             row.update(reason="crfail as expected: " + props["zdtm_crfail"])
 

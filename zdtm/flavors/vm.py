@@ -29,7 +29,7 @@ import json
 import os
 import shutil
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from zdtm.flavors import Flavor, Running
 
@@ -49,6 +49,7 @@ class VmOutcome:
     kind: str = ""          # CycleFailure.kind for failures (mismatch, cr-error, unexpected-success)
     kernel: str = ""        # uname -r inside the VM
     seconds: float = 0.0    # wall time of the job in the VM
+    timings: dict = field(default_factory=dict)  # seconds per phase: setup, dump, restore, compare
 
 
 # --- guest side ---------------------------------------------------------------
@@ -78,15 +79,17 @@ def run_inside(path: str, params: dict, backend_name: str, iters: int, workdir: 
     if reason:
         return VmOutcome("skip", f"{reason} (kernel {release})", kernel=release)
     os.makedirs(workdir, exist_ok=True)
+    timings: dict = {}
     try:
-        running = NS.start(s, workdir)
+        with cycle.phase(timings, "setup"):
+            running = NS.start(s, workdir)
     except SetupError as e:
-        return VmOutcome("setup-error", str(e), kernel=release)
+        return VmOutcome("setup-error", str(e), kernel=release, timings=timings)
     try:
-        out = cycle.run(s, backend, NS, running, workdir, iters=iters)
-        return VmOutcome(out.kind, out.detail, kernel=release)
+        out = cycle.run(s, backend, NS, running, workdir, iters=iters, timings=timings)
+        return VmOutcome(out.kind, out.detail, kernel=release, timings=timings)
     except cycle.CycleFailure as e:
-        return VmOutcome("fail", str(e), kind=e.kind, kernel=release)
+        return VmOutcome("fail", str(e), kind=e.kind, kernel=release, timings=timings)
     finally:
         NS.stop(running)
 
