@@ -48,8 +48,9 @@ white-space:pre-wrap}
 .trees{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
 .trees figure{margin:0;border:1px solid #ddd;padding:4px;background:#fff;max-width:100%;overflow-x:auto}
 .trees figcaption{font-size:11px;color:#555}
-.pair{display:flex;gap:12px;align-items:flex-start;flex-wrap:wrap}
-.pair>div{border:1px solid #ddd;padding:4px;overflow-x:auto;max-width:49%}
+.pair{display:flex;gap:12px;align-items:flex-start;margin-bottom:8px}
+.pair>div{border:1px solid #ddd;padding:4px;overflow-x:auto;flex:1 1 0;min-width:0}
+.pair svg,.trees svg{max-width:100%;height:auto}
 details.case{border:1px solid #ddd;margin:4px 0;padding:2px 8px}details.case>summary{cursor:pointer}
 details.case[open]{padding-bottom:8px}
 .badge{display:inline-block;border-radius:3px;padding:0 4px;margin-left:4px;font-size:11px}
@@ -222,7 +223,7 @@ def first_error_line(files_dir: str) -> tuple[str, str] | None:
 
 def _legend() -> str:
     return ("<p class='legend'><span><b>box</b> a mount (mount point, type source, propagation)</span>"
-            "<span>colour: peer group G<i>n</i> (same colour in every namespace)</span>"
+            "<span>colour: peer group G1, G2... (same colour in every namespace)</span>"
             "<span>dotted arrow: master &#8594; slave</span><span>dashed border: unbindable</span>"
             "<span>grey with <b style='color:#b00000'>ro</b>: read-only</span>"
             "<span>red edge: overmount</span><span>&#9679; open file / cwd / root</span>"
