@@ -260,6 +260,37 @@ def test_merge_errors_are_one_line(tmp_path, capsys):
     assert "no such file or directory" in capsys.readouterr().err
 
 
+def test_ci_workflow_merges_every_jobs_report(tmp_path):
+    """Each job uploads its --report directory (with its JUnit XML); the report job downloads them
+    under zdtm-matrix/runs, merges them into zdtm-matrix and uploads that; as the workflow lays it out,
+    the merged page links into runs/."""
+    import yaml
+    flow = yaml.safe_load(open(os.path.join(os.path.dirname(__file__), "..", ".github", "workflows",
+                                            "kernels.yml")))
+    jobs = flow["jobs"]
+    for name in ("vm", "host"):
+        run = " ".join(s.get("run", "") for s in jobs[name]["steps"])
+        assert "--report" in run and "--junitxml" in run, name
+        up = [s for s in jobs[name]["steps"] if s.get("uses", "").startswith("actions/upload-artifact")]
+        assert up and up[0]["if"] == "always()" and up[0]["with"]["name"].startswith("zdtm-"), name
+    assert "--backend mntcr,criu" in " ".join(s.get("run", "") for s in jobs["host"]["steps"])
+    report_job = jobs["report"]
+    assert set(report_job["needs"]) == {"vm", "host"} and report_job["if"] == "always()"
+    steps = report_job["steps"]
+    down = next(s for s in steps if s.get("uses", "").startswith("actions/download-artifact"))
+    merge = next(s for s in steps if "mntcr report merge" in s.get("run", ""))
+    up = next(s for s in steps if s.get("uses", "").startswith("actions/upload-artifact"))
+    assert down["with"]["pattern"] == "zdtm-*" and down["with"]["path"] == "zdtm-matrix/runs"
+    assert "zdtm-matrix/runs -o zdtm-matrix" in merge["run"] and up["with"]["path"] == "zdtm-matrix"
+    # the same layout here: one job's report under runs/, merged into its parent
+    job = tmp_path / "zdtm-matrix" / "runs" / "zdtm-host"
+    rows = _failing_run(str(job))
+    report.write_results(str(job), {r["nodeid"]: {k: v for k, v in r.items() if k not in ("nodeid", "run_dir")}
+                                    for r in rows})
+    text = open(report_merge.merge([str(tmp_path / "zdtm-matrix" / "runs")], str(tmp_path / "zdtm-matrix"))).read()
+    assert f"href='runs/zdtm-host/{rows[1]['artifacts']}/after.0.json'" in text
+
+
 def test_mntcr_cli_has_report_merge():
     from engine import cli
     args = cli.build_parser().parse_args(["report", "merge", "a", "b", "-o", "out"])
