@@ -157,6 +157,22 @@ def test_page_sections_links_and_escaping(tmp_path):
     assert "slowest restores" in text
 
 
+def test_first_engine_error_line_in_iteration_order(tmp_path):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "restore.iter1.log").write_text("(00.1) Error (criu/mount.c:3): later\n")
+    (logs / "dump.iter0.log").write_text("(00.0) dumping, no problem\n(00.2) Warn: not an error\n")
+    (logs / "restore.iter0.log").write_text(
+        "(00.1) mnt: Found /mnt\n(00.3) Error (criu/mount-v2.c:9): mnt-v2: Failed to set group\n"
+        "(00.4) Error (criu/cr-restore.c:1): Restoring FAILED.\n")
+    path, line = report_html.first_error_line(str(tmp_path))
+    assert os.path.basename(path) == "restore.iter0.log"
+    assert line == "(00.3) Error (criu/mount-v2.c:9): mnt-v2: Failed to set group"
+    (logs / "dump.iter0.log").write_text("$ python -m engine.cli dump\n--- stdout\n--- stderr\n"
+                                         "mntcr dump: /mnt/x: fuse is not supported\n")
+    assert report_html.first_error_line(str(tmp_path))[1] == "mntcr dump: /mnt/x: fuse is not supported"
+
+
 def test_page_without_kept_files_still_reports(tmp_path):
     rows = [rd.row(outcome="fail", reason="boom", run_dir=None), rd.row(backend="criu", outcome="skip")]
     text = report_html.page(rows, str(tmp_path))

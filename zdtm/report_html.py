@@ -30,8 +30,10 @@ from zdtm.report_record import PHASES
 
 OPEN_ALL_UP_TO = 30      # scenario sections start open on pages with at most this many cases
 SLOWEST = 10             # rows of the "slowest" timing table
-_ERROR_LINE = re.compile(r"\bError\b|\berror:|^mntcr \w+: |Traceback|\bfailed\b", re.I)
-_ITER = re.compile(r"\.(\d+)\.")
+# criu: "Error (criu/mount.c:123): ..."; mntcr: "mntcr restore: <mount>: <reason>" on stderr.
+_ERROR_LINE = re.compile(r"\bError\b|\berror:|^mntcr \w+: ")
+_ITER = re.compile(r"\.(\d+)\.")          # after.N.json
+_LOG_ITER = re.compile(r"iter(\d+)")        # dump.iterN.log
 
 CSS = """
 body{font-family:sans-serif;margin:0 1.5em 3em;color:#222;font-size:14px}
@@ -209,7 +211,7 @@ def _matrix(page: _Page, rows, cases, columns, anchors, case_ids) -> None:
 def first_error_line(files_dir: str) -> tuple[str, str] | None:
     """(log file, its first error line) over the kept backend logs, in iteration and name order."""
     logs = sorted(glob.glob(os.path.join(files_dir, "logs", "*")),
-                  key=lambda p: (int(m.group(1)) if (m := _ITER.search(os.path.basename(p))) else 0, p))
+                  key=lambda p: (int(m.group(1)) if (m := _LOG_ITER.search(os.path.basename(p))) else 0, p))
     for path in logs:
         text = _read(path) or ""
         # mntcr's log: the command, its stdout, then its stderr; the error is on stderr.
