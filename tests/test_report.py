@@ -113,6 +113,9 @@ def test_differing_labels_per_namespace():
     before = report_graph.namespaces(rd.snapshot())
     after = report_graph.namespaces(rd.snapshot(ns1=rd.NS1.replace("/srv rw master:10", "/srv rw")))
     assert report_graph.differing_labels(before, after) == [{"/srv"}, set()]
+    # /srv joins /mnt's group: /mnt kept its own line but gained a peer, so it differs too
+    joined = report_graph.namespaces(rd.snapshot(ns1=rd.NS1.replace("/srv rw master:10", "/srv rw shared:10")))
+    assert report_graph.differing_labels(before, joined) == [{"/srv", "/mnt#1"}, set()]
 
 
 # --- the page --------------------------------------------------------------------------

@@ -312,7 +312,17 @@ def differing_labels(before: list[Namespace], after: list[Namespace]) -> list[se
     for i in range(max(len(before), len(after))):
         a = before[i] if i < len(before) else None
         b = after[i] if i < len(after) else None
-        la = {a.canon.labels[k]: v for k, v in a.canon.lines.items()} if a else {}
-        lb = {b.canon.labels[k]: v for k, v in b.canon.lines.items()} if b else {}
+        la, lb = _signatures(a), _signatures(b)
         out.append({k for k in set(la) | set(lb) if la.get(k) != lb.get(k)})
     return out
+
+
+def _signatures(ns: Namespace | None) -> dict[str, tuple]:
+    """label -> (canonical line, labels of its peers, labels of its master group's members): a mount
+    that kept its own line but lost or gained a peer differs too."""
+    if ns is None:
+        return {}
+    labels, tree = ns.canon.labels, ns.canon.tree
+    members = {g: sorted(labels[m.mnt_id] for m in ms) for g, ms in tree.peer_groups.items()}
+    return {labels[m.mnt_id]: (ns.canon.lines[m.mnt_id], tuple(members.get(m.shared, ())),
+                               tuple(members.get(m.master, ()))) for m in ns.mounts}
