@@ -39,7 +39,7 @@ class Page:
     """What loading a page produced."""
 
     console: list[str] = field(default_factory=list)   # "LEVEL: text" of console calls, log entries, exceptions
-    values: dict = field(default_factory=dict)          # expression -> its value after load
+    values: dict = field(default_factory=dict)          # expression -> its value after load (promises awaited)
     screenshot: bytes = b""                             # PNG of the full page
     height: int = 0                                     # of the full page, CSS pixels
     clips: list = field(default_factory=list)           # PNG per requested (top, height) band
@@ -149,7 +149,7 @@ def load(path: str, expressions: tuple[str, ...] = (), width: int = 1400, timeou
         pipe.wait_event("Page.loadEventFired")
         page = Page()
         for expr in expressions:
-            res = pipe.call("Runtime.evaluate", session, expression=expr, returnByValue=True)
+            res = pipe.call("Runtime.evaluate", session, expression=expr, returnByValue=True, awaitPromise=True)
             page.values[expr] = res.get("result", {}).get("value")
         shot = pipe.call("Page.captureScreenshot", session, format="png", captureBeyondViewport=True)
         page.screenshot = base64.b64decode(shot["data"])

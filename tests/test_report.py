@@ -182,16 +182,21 @@ def test_page_without_kept_files_still_reports(tmp_path):
     assert "no files were kept" in text and "no snapshot kept" in text and "<svg" not in text
 
 
-@needs_dot
-def test_two_hundred_scenarios_stay_small(tmp_path):
-    """200 cases with two namespaces each: one dot run, equal trees drawn once, a page of a few MB
-    whose scenario sections start closed."""
+def _many(tmp_path, count: int) -> list[dict]:
     rows = []
-    for i in range(200):
+    for i in range(count):
         r = rd.row(f"scenarios/many/s{i}.yaml", description=f"scenario {i}")
         ns1 = rd.NS1 if i % 2 else rd.NS1.replace("/srv", f"/srv{i}")
         rd.keep(str(tmp_path), r, before=rd.snapshot(ns1=ns1))
         rows.append(dict(r, run_dir=str(tmp_path)))
+    return rows
+
+
+@needs_dot
+def test_two_hundred_scenarios_stay_small(tmp_path):
+    """200 cases with two namespaces each: one dot run, equal trees drawn once, a page of a few MB
+    whose scenario sections start closed, their pictures images the browser loads when shown."""
+    rows = _many(tmp_path, 200)
     calls = []
     real = report_graph.subprocess.run
     report_graph.subprocess.run = lambda *a, **k: calls.append(a) or real(*a, **k)
@@ -200,7 +205,8 @@ def test_two_hundred_scenarios_stay_small(tmp_path):
     finally:
         report_graph.subprocess.run = real
     assert len(calls) == 1
-    assert text.count("<svg") == 400
+    assert text.count("<img class='tree' loading='lazy' alt='mount tree' src='data:image/svg+xml;base64,") == 400
+    assert "<svg" not in text
     assert len(text.encode()) < 5_000_000, len(text.encode())
     assert "<details class='case' id='s0'>" in text  # closed: only opened sections are laid out
 
@@ -322,7 +328,8 @@ def test_mntcr_cli_has_report_merge():
 @pytest.mark.skipif(browser.executable() is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_in_headless_chromium(tmp_path):
     """The page loads without a console message (the CSP would log any script or fetch), every
-    picture is an SVG with drawn nodes, and the screenshot is a real image (kept as report.png)."""
+    picture is an SVG with drawn nodes, and the screenshot is a real image (kept as report.png);
+    on a big page, an opened scenario's picture (a lazy image) loads and has a size."""
     rows = _failing_run(str(tmp_path))
     path = tmp_path / "report.html"
     path.write_text(report_html.page(rows, str(tmp_path)))
@@ -341,6 +348,18 @@ def test_report_in_headless_chromium(tmp_path):
     assert page.values["document.querySelector('h1').textContent"] == "zdtm report"
     assert page.screenshot.startswith(b"\x89PNG\r\n\x1a\n") and len(page.screenshot) > 20000
     (tmp_path / "report.png").write_bytes(page.screenshot)
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "report.html").write_text(report_html.page(_many(big, report_html.OPEN_ALL_UP_TO + 5), str(big)))
+    shown = ("new Promise(done => { const d = document.querySelector('details.case'); d.open = true;"
+             " const i = d.querySelector('img.tree'); i.scrollIntoView();"
+             " const size = () => done([i.naturalWidth, i.getBoundingClientRect().height]);"
+             " if (i.complete) size(); else { i.onload = size; i.onerror = () => done([-1, -1]); } })")
+    page = browser.load(str(big / "report.html"), ("document.querySelectorAll('img.tree').length", shown))
+    assert page.console == [], page.console
+    assert page.values["document.querySelectorAll('img.tree').length"] == 2 * (report_html.OPEN_ALL_UP_TO + 5)
+    width, height = page.values[shown]
+    assert width > 50 and height > 50, (width, height)  # an opened section's picture loads and is drawn
     keep = os.environ.get("ZDTM_KEEP_SCREENSHOT")
     if keep:  # to look at it: ZDTM_KEEP_SCREENSHOT=/tmp/report.png pytest tests/test_report.py -k chromium
         shutil.copyfile(tmp_path / "report.png", keep)

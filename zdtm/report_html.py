@@ -17,6 +17,7 @@ own labels. Scenario sections are <details> (open only on small pages), so a
 
 from __future__ import annotations
 
+import base64
 import difflib
 import glob
 import html
@@ -28,7 +29,7 @@ import statistics
 from zdtm import report_graph
 from zdtm.report_record import PHASES
 
-OPEN_ALL_UP_TO = 30      # scenario sections start open on pages with at most this many cases
+OPEN_ALL_UP_TO = 30      # scenario sections start open, their pictures inline, up to this many cases
 SLOWEST = 10             # rows of the "slowest" timing table
 # criu: "Error (criu/mount.c:123): ..."; mntcr: "mntcr restore: <mount>: <reason>" on stderr.
 _ERROR_LINE = re.compile(r"\bError\b|\berror:|^mntcr \w+: ")
@@ -52,7 +53,7 @@ white-space:pre-wrap}
 .trees figcaption{font-size:11px;color:#555}
 .pair{display:flex;gap:12px;align-items:flex-start;margin-bottom:8px}
 .pair>div{border:1px solid #ddd;padding:4px;overflow-x:auto;flex:1 1 0;min-width:0}
-.pair svg,.trees svg{max-width:100%;height:auto}
+.pair svg,.trees svg,img.tree{max-width:100%;height:auto}
 details.case{border:1px solid #ddd;margin:4px 0;padding:2px 8px}details.case>summary{cursor:pointer}
 details.case[open]{padding-bottom:8px}
 .badge{display:inline-block;border-radius:3px;padding:0 4px;margin-left:4px;font-size:11px}
@@ -123,12 +124,13 @@ class _Page:
     def add(self, *texts: str) -> None:
         self.parts.extend(texts)
 
-    def picture(self, dot: str) -> None:
-        """A placeholder for the SVG of `dot` (equal sources are rendered once)."""
+    def picture(self, dot: str, inline: bool = True) -> None:
+        """A placeholder for the SVG of `dot` (equal sources are rendered once): inline, or as a
+        lazily loaded image (the browser then neither builds its DOM nor decodes it until shown)."""
         if dot not in self.cache:
             self.cache[dot] = len(self.dots)
             self.dots.append(dot)
-        self.parts.append(_Picture(self.cache[dot]))
+        self.parts.append(_Picture(self.cache[dot], inline))
 
     def link(self, path: str, text: str | None = None) -> str:
         rel = os.path.relpath(path, self.out_dir)
@@ -136,12 +138,22 @@ class _Page:
 
     def text(self) -> str:
         svgs = report_graph.render(self.dots)
-        return "".join(svgs[p.index] if isinstance(p, _Picture) else p for p in self.parts)
+        out = []
+        for p in self.parts:
+            if not isinstance(p, _Picture):
+                out.append(p)
+            elif p.inline or not svgs[p.index].startswith("<svg"):
+                out.append(svgs[p.index])
+            else:
+                data = base64.b64encode(svgs[p.index].encode()).decode()
+                out.append(f"<img class='tree' loading='lazy' alt='mount tree' src='data:image/svg+xml;base64,{data}'>")
+        return "".join(out)
 
 
 class _Picture:
-    def __init__(self, index: int):
+    def __init__(self, index: int, inline: bool):
         self.index = index
+        self.inline = inline
 
 
 def _anchors(rows: list[dict]) -> dict[int, str]:
@@ -232,7 +244,7 @@ def _legend() -> str:
             f"<span style='background:{report_graph.HIGHLIGHT_FILL}'>differs after restore</span></p>")
 
 
-def _trees(page: _Page, snap: dict, highlight=None, caption_suffix: str = "") -> list:
+def _trees(page: _Page, snap: dict, highlight=None, caption_suffix: str = "", inline: bool = True) -> list:
     spaces = report_graph.namespaces(snap)
     names = report_graph.group_names(spaces)
     homes = report_graph.group_homes(spaces)
@@ -240,7 +252,7 @@ def _trees(page: _Page, snap: dict, highlight=None, caption_suffix: str = "") ->
     for i, ns in enumerate(spaces):
         page.add("<figure>")
         page.picture(report_graph.dot_source(ns, names, (highlight or [set()] * len(spaces))[i],
-                                             ns.title + caption_suffix, homes))
+                                             ns.title + caption_suffix, homes), inline)
         page.add("</figure>")
     page.add("</div>")
     return spaces
@@ -369,7 +381,7 @@ def _scenario(page: _Page, case: str, by_col: dict, columns, case_id: str, open_
         page.add(f"<h4>mount tree it built <span class='note'>(before dump; {_e(column_of(source)[0])}, "
                  f"{_e(source['backend'])})</span></h4>")
         try:
-            _trees(page, snap)
+            _trees(page, snap, inline=open_)
         except ValueError as e:
             page.add(f"<p class='note'>snapshot unreadable: {_e(e)}</p>")
         golden = source.get("golden")
