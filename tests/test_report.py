@@ -176,6 +176,23 @@ def test_first_engine_error_line_in_iteration_order(tmp_path):
     assert report_html.first_error_line(str(tmp_path))[1] == "mntcr dump: /mnt/x: fuse is not supported"
 
 
+def test_golden_output_is_kept_and_shown(tmp_path):
+    from zdtm import report_record
+    work, run = tmp_path / "work", tmp_path / "run"
+    work.mkdir()
+    (work / "before.json").write_text(json.dumps(rd.snapshot(check="hello\n")))
+    (work / "images.0").mkdir()
+    r = rd.row("scenarios/p/g.yaml")
+    report_record.keep(str(work), str(run / r["artifacts"]), failed=False, golden="hello\n")
+    assert sorted(os.listdir(run / r["artifacts"])) == ["before.json", "golden.out"]
+    text = report_html.page([dict(r, run_dir=str(run))], str(run))
+    assert "golden check output" in text and "(g.out; the check before dump matches it)" in text
+    assert "check output (before dump)" not in text  # the same text once
+    report_record.keep(str(work), str(run / r["artifacts"]), failed=False, golden="bye\n")
+    text = report_html.page([dict(r, run_dir=str(run))], str(run))
+    assert "differs from it" in text and "check output (before dump)" in text
+
+
 def test_page_without_kept_files_still_reports(tmp_path):
     rows = [rd.row(outcome="fail", reason="boom", run_dir=None), rd.row(backend="criu", outcome="skip")]
     text = report_html.page(rows, str(tmp_path))

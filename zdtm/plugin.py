@@ -309,7 +309,8 @@ class ScenarioItem(pytest.Item):
         self.user_properties += report_record.timing_properties(self.timings)
         if self.workdir:
             if state.report_dir:
-                report_record.keep(self.workdir, os.path.join(state.report_dir, safe_name(self.nodeid)), self.failed)
+                report_record.keep(self.workdir, os.path.join(state.report_dir, safe_name(self.nodeid)), self.failed,
+                                   golden=getattr(self.scenario, "golden", None))
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def repr_failure(self, excinfo, style=None):

@@ -27,7 +27,7 @@ import re
 import statistics
 
 from zdtm import report_graph
-from zdtm.report_record import PHASES
+from zdtm.report_record import GOLDEN_FILE, PHASES
 
 OPEN_ALL_UP_TO = 30      # scenario sections start open, their pictures inline, up to this many cases
 SLOWEST = 10             # rows of the "slowest" timing table
@@ -384,11 +384,15 @@ def _scenario(page: _Page, case: str, by_col: dict, columns, case_id: str, open_
             _trees(page, snap, inline=open_)
         except ValueError as e:
             page.add(f"<p class='note'>snapshot unreadable: {_e(e)}</p>")
-        golden = source.get("golden")
+        golden = _read(os.path.join(_files_dir(source), GOLDEN_FILE))
+        check = snap.get("check_output")
         if golden is not None:
-            page.add("<h4>golden check output</h4><pre>" + _e(golden) + "</pre>")
-        if snap.get("check_output") is not None:
-            page.add("<h4>check output (before dump)</h4><pre>" + _e(snap["check_output"] or "(empty)") + "</pre>")
+            same = "matches" if check == golden else "differs from"
+            name = os.path.splitext(os.path.basename(source["scenario"]))[0] + ".out"
+            page.add(f"<h4>golden check output <span class='note'>({_e(name)}; the check before dump {same} it)"
+                     "</span></h4><pre>" + _e(golden or "(empty)") + "</pre>")
+        if check is not None and check != golden:
+            page.add("<h4>check output (before dump)</h4><pre>" + _e(check or "(empty)") + "</pre>")
     else:
         page.add("<p class='note'>no snapshot kept (skipped, or a setup error).</p>")
     page.add("<table><tr><th>kernel</th><th>engine</th><th>outcome</th>"

@@ -65,15 +65,23 @@ def timings_from(props: dict) -> dict[str, float]:
     return out
 
 
-def keep(workdir: str, dest: str, failed: bool) -> None:
+GOLDEN_FILE = "golden.out"
+
+
+def keep(workdir: str, dest: str, failed: bool, golden: str | None = None) -> None:
     """Keep a finished item's files under `dest`: everything when it failed (images, logs,
-    snapshots), else only the snapshot before dump."""
+    snapshots), else only the snapshot before dump; plus the scenario's golden check output for
+    this combination (its NAME.out section) as golden.out, when it has one."""
     shutil.rmtree(dest, ignore_errors=True)
     if failed:
         shutil.copytree(workdir, dest, symlinks=True)
-        return
-    names = [n for n in _KEPT_ON_PASS if os.path.isfile(os.path.join(workdir, n))]
-    if names:
+    else:
+        names = [n for n in _KEPT_ON_PASS if os.path.isfile(os.path.join(workdir, n))]
+        if names:
+            os.makedirs(dest, exist_ok=True)
+            for n in names:
+                shutil.copyfile(os.path.join(workdir, n), os.path.join(dest, n))
+    if golden is not None:
         os.makedirs(dest, exist_ok=True)
-        for n in names:
-            shutil.copyfile(os.path.join(workdir, n), os.path.join(dest, n))
+        with open(os.path.join(dest, GOLDEN_FILE), "w") as f:
+            f.write(golden)
