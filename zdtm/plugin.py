@@ -9,8 +9,10 @@
   ("SETUP ERROR"), not a test failure. The C/R cycle is the call phase.
 - The controller (also under xdist) collects every report into the summary
   table (scenario x backend x flavor) and, with --report DIR, writes
-  report.html and summary.md there; failed items keep their images and logs
-  under DIR/<test id>/.
+  report.html, summary.md and results.json there (zdtm/report*.py); every
+  item keeps its snapshot before dump under DIR/<test id>/, failed items
+  their images and logs too. Items carry kernel, engine, flavor and phase
+  times as user properties (JUnit XML <property>, zdtm/report_record.py).
 - Leak guard (zdtm/leakguard.py): the host's mounts at session start vs at
   session end (new, disappeared and changed mounts), and the holders, keepers and
   stand-ins of this session still alive at its end, fail the session and are
