@@ -241,7 +241,36 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
         except FileNotFoundError:
             raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
         procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
+    _same_path_outside(procs, parsed, hostproc)
     return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev, "dirs": dirs}
+
+
+def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
+    """In the namespace (chrooted at its root): each fd on a mount this namespace lacks that its path
+    here reaches too (same superblock, same inode) gets `visible_mnt`, the mount the path leads to
+    (used only when no dumped namespace has the fd's mount).
+
+    A process that opened a file before it unshared (/dev/null of every systemd service and
+    bwrap sandbox, a runtime's log) holds it through a mount of the parent namespace, which is
+    not dumped; its namespace copy has the file at the same path on a mount of the same
+    superblock. Lazily unmounted mounts have no such path (see _plan_detached).
+    """
+    ids = {m.mnt_id for m in mounts}
+    devs = {m.mnt_id: m.dev for m in mounts}
+    for pid, data in procs.items():
+        for f in data["fds"]:
+            if f.get("mnt_id") in ids or not f["target"].startswith("/") or f["target"].endswith(" (deleted)"):
+                continue
+            try:
+                want = os.stat(f"{pid}/fd/{f['fd']}", dir_fd=hostproc)
+                link = stat.S_ISLNK(f["mode"])
+                here = os.stat(f["target"], follow_symlinks=not link)
+                mid = kernel.statx_mnt_id(f["target"], flags=kernel.AT_SYMLINK_NOFOLLOW if link else 0)
+            except OSError:
+                continue
+            dev = f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}"
+            if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
+                f["visible_mnt"] = mid
 
 
 def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, chan: channel.Channel) -> None:
@@ -449,7 +478,9 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     pids = [p for p, _ in tree]
     _precheck(pids, ext_mnts)
     writer = image.ImageWriter(images_dir)
-    watchdog = _watchdog(pids)
+    # A process that was stopped already stays stopped, whatever happens (--leave-running too).
+    resume = [p for p in pids if _state(p) not in ("T", "t")]
+    watchdog = _watchdog(resume)
     _signal_all(pids, signal.SIGSTOP)
     ok = False
     try:
@@ -465,9 +496,18 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             _signal_all(pids, signal.SIGKILL)
             _wait_gone(pids)
         else:
-            _signal_all(pids, signal.SIGCONT)
+            _signal_all(resume, signal.SIGCONT)
         os.kill(watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
+
+
+def _state(pid: int) -> str:
+    """The state letter of a process (R, S, T...), "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _watchdog(pids: list[int]) -> int:
@@ -790,9 +830,15 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                     or stat.S_ISLNK(mode)) or not f["target"].startswith("/"):
                 raise DumpError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): only files and "
                                                   "directories are supported")
-            loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
+            # Opened through a mount outside the dumped namespaces, but reachable at the same path
+            # here: restored on that visible mount (the outside mount itself cannot be recreated).
+            outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
+            loc = _place({"abs": f["target"], "mnt": f["visible_mnt"] if outside else f["mnt_id"]},
+                         mounts_by_id, pid, f"fd {f['fd']}")
             fd_entry = {"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
                         "type": "dir" if stat.S_ISDIR(mode) else "file", **loc}
+            if outside:
+                fd_entry["outside"] = True
             entry["fds"].append(fd_entry)
             if loc.get("detached"):
                 unplaced.append((fd_entry, pid, f"fd/{f['fd']}"))

@@ -46,6 +46,7 @@ import signal
 import stat
 
 from engine import channel, content, features, filler, forkrun, fs, image, kernel, mountinfo, sharing, standin
+from engine import pidfile as pidfile_mod
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
@@ -144,8 +145,16 @@ def step(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str | None = None) -> int:
-    """Restore the image; return the root stand-in's pid (and write it to pidfile)."""
+def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str | None = None,
+            devices: str = "container") -> int:
+    """Restore the image; return the root stand-in's pid (and write it to pidfile).
+
+    Atomic: the tree runs and the pid file names it, or nothing is left (engine/pidfile.py).
+    `devices` is the policy for device nodes in archives (engine/content.py, IMAGE.md).
+    """
+    content.set_device_policy(devices)
+    if pidfile:
+        pidfile_mod.check(pidfile)  # before anything is built
     doc = image.load(images_dir)
     ext = parse_externals(externals, root)
     needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
@@ -161,17 +170,33 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     if any(m.get("shared") or m.get("master") for ns in doc["mntns"].values() for m in ns["mounts"]):
         features.require("MOVE_MOUNT_SET_GROUP", "restoring shared and slave mounts")
     img_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY)
+    # Ctrl-C kills the restorer (and so everything it made, see _restorer); here it is noted and
+    # acted on once the restorer's answer is in, so a tree finished meanwhile is killed, not lost.
+    interrupted: list[int] = []
+    old_int = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
     try:
-        pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
-    except forkrun.ChildError as e:
-        raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+        try:
+            pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
+        except forkrun.ChildError as e:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+        finally:
+            os.close(img_fd)
+        published = False
+        try:
+            if pidfile and not interrupted:
+                pidfile_mod.publish(pidfile, pid)
+                published = True
+            if interrupted:
+                if published:
+                    os.unlink(pidfile)
+                raise KeyboardInterrupt
+        except BaseException:
+            pidfile_mod.kill_tree(pid)
+            raise
     finally:
-        os.close(img_fd)
-    if pidfile:
-        tmp = pidfile + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{pid}\n")
-        os.rename(tmp, pidfile)
+        signal.signal(signal.SIGINT, old_int)
     return pid
 
 
@@ -377,8 +402,10 @@ class _Restorer:
         fills: dict[str, list] = {}
         empties = []
         for sid, sb in self.doc["superblocks"].items():
-            if sid not in made:
-                continue  # archives only fill superblocks made here (any other member fails the member check)
+            if sid not in made or not fs.lookup(sb["fstype"]).content:
+                # Archives only fill tmpfs/ramfs made here, never a namespace-bound superblock
+                # (the host's own mqueue or cgroup2 when the namespace is the host's).
+                continue
             for arc in sb.get("archives") or []:
                 fills.setdefault(arc["file"], []).append((sid, arc["root"], arc["member"]))
             if sb.get("empty_root") is not None:
@@ -472,7 +499,14 @@ class _Restorer:
             if not (self._filling_now() and sid in self.filling):
                 raise
         if is_dir():
-            os.close(content.mkdirs_beneath(base, "/" + rel))
+            try:
+                os.close(content.mkdirs_beneath(base, "/" + rel))
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
+                # A read-only mount of a writable superblock (an OCI runtime's read-only root):
+                # tar writes through the superblock's own mount, so wait for it.
+                self.join_files()
         else:
             self.join_files()
         return kernel.openat2(base, rel, flags, resolve)
@@ -1050,6 +1084,7 @@ class _Restorer:
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
     out = os.environ.get("MNTCR_PROFILE")
     if not out:
         return _restore_body(doc, img_fd, ext)
