@@ -53,6 +53,14 @@ def test_namespaces_files_and_groups_are_read_from_the_snapshot():
     assert "P0 fd 0: /dev/null" not in sum(first.files.values(), [])  # the holder's stdio is noise
     names = report_graph.group_names(spaces)
     assert names == {10: "G1", 99: "G2"}
+    # an fd on a mount of the other namespace is drawn on that mount, there
+    snap = rd.snapshot()
+    snap["procs"][1]["text"] += "fd 9: /peer/x flags=0 pos=0 mnt=other-ns:/mnt#1\n"
+    snap["procs"][0]["text"] += "fd 9: /peer/y flags=0 pos=0 mnt=other-ns:/peer\n"
+    first, second = report_graph.namespaces(snap)
+    assert first.files["/mnt#1"] == ["P1 fd 9: /peer/x (from namespace 2)"]
+    assert second.files["/peer"] == ["P0 fd 9: /peer/y (from namespace 1)"]
+    assert not [w for ns in (first, second) for w in ns.files if w.startswith("other-ns:")]
     assert report_graph.group_homes(spaces) == {10: [0, 1]}
 
 

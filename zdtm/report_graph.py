@@ -119,6 +119,14 @@ def namespaces(snap: dict, topology=None) -> list[Namespace]:
             for where, what in _files(i, procs[i].get("text", "")):
                 ns.files.setdefault(where, []).append(what)
         out.append(ns)
+    # A file on a mount of another namespace of the tree ("other-ns:LABEL") is drawn there.
+    for ns in out:
+        for where in [w for w in ns.files if w.startswith("other-ns:")]:
+            label = where[len("other-ns:"):]
+            home = next((o for o in out if o is not ns and label in o.canon.labels.values()), None)
+            if home is not None:
+                home.files.setdefault(label, []).extend(f"{f} (from namespace {ns.index + 1})"
+                                                        for f in ns.files.pop(where))
     return out
 
 
