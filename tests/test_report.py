@@ -201,6 +201,18 @@ def test_golden_output_is_kept_and_shown(tmp_path):
     assert "differs from it" in text and "check output (before dump)" in text
 
 
+def test_a_slow_restore_is_flagged_in_the_matrix(tmp_path):
+    rows = [rd.row(f"scenarios/t/s{i}.yaml", run_dir=None) for i in range(4)]
+    rows[2]["timings"] = dict(rows[2]["timings"], restore=9.5)
+    rows.append(rd.row("scenarios/t/s0.yaml", backend="criu", run_dir=None))  # its own column
+    text = report_html.page(rows, str(tmp_path))
+    assert text.count("<span class='slow'>slow restore 9.5 s</span>") == 1
+    assert text.count("slow dump") == 0
+    matrix = text.split("<h2 id='failures'>")[0]
+    row = next(line for line in matrix.split("<tr>") if "s2.yaml" in line)
+    assert "slow restore 9.5 s" in row
+
+
 def test_page_without_kept_files_still_reports(tmp_path):
     rows = [rd.row(outcome="fail", reason="boom", run_dir=None), rd.row(backend="criu", outcome="skip")]
     text = report_html.page(rows, str(tmp_path))

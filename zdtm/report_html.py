@@ -31,6 +31,8 @@ from zdtm.report_record import GOLDEN_FILE, PHASES
 
 OPEN_ALL_UP_TO = 30      # scenario sections start open, their pictures inline, up to this many cases
 SLOWEST = 10             # rows of the "slowest" timing table
+SLOW_FACTOR = 3.0        # a dump or restore this many times its column's median is flagged in the matrix
+SLOW_MIN = 1.0           # ... when it also takes at least this many seconds
 # criu: "Error (criu/mount.c:123): ..."; mntcr: "mntcr restore: <mount>: <reason>" on stderr.
 _ERROR_LINE = re.compile(r"\bError\b|\berror:|^mntcr \w+: ")
 _ITER = re.compile(r"\.(\d+)\.")          # after.N.json
@@ -46,6 +48,7 @@ th{background:#eee}td.pass{background:#c8f0c8}td.fail{background:#f5b5b5}td.erro
 td.skip{background:#e8e8e8;color:#555}td.none{color:#aaa}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .reason{color:#444;font-size:11px}
+.slow{display:inline-block;background:#ffe08a;border-radius:3px;padding:0 3px;font-size:11px;margin-left:3px}
 pre{background:#f6f6f6;border:1px solid #e2e2e2;padding:6px;font-size:11px;overflow-x:auto;max-height:40em;
 white-space:pre-wrap}
 .trees{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start}
@@ -185,8 +188,27 @@ def counts(rows: list[dict]) -> str:
 
 # --- sections -------------------------------------------------------------------------
 
+def _slow(rows) -> dict[int, list[str]]:
+    """id(row) -> "restore 12.3 s" for the dumps and restores far above their column's median."""
+    medians = {}
+    for col in {column_of(r) for r in rows}:
+        for p in ("dump", "restore"):
+            vals = [r["timings"][p] for r in rows if column_of(r) == col and p in (r.get("timings") or {})]
+            if vals:
+                medians[(col, p)] = statistics.median(vals)
+    out: dict[int, list[str]] = {}
+    for r in rows:
+        for p in ("dump", "restore"):
+            v = (r.get("timings") or {}).get(p)
+            m = medians.get((column_of(r), p))
+            if v is not None and m is not None and v >= SLOW_MIN and v > SLOW_FACTOR * m:
+                out.setdefault(id(r), []).append(f"slow {p} {v:.1f} s")
+    return out
+
+
 def _matrix(page: _Page, rows, cases, columns, anchors, case_ids) -> None:
     several = len({c[2] for c in columns}) > 1
+    slow = _slow(rows)
     kernels: list[tuple[str, int]] = []
     for col in columns:
         if kernels and kernels[-1][0] == col[0]:
@@ -195,7 +217,9 @@ def _matrix(page: _Page, rows, cases, columns, anchors, case_ids) -> None:
             kernels.append((col[0], 1))
     page.add("<h2 id='matrix'>Matrix</h2>",
              "<p class='note'>rows: scenario and parameters; columns: kernel x engine. "
-             "Failures link to their section, scenario names to what the scenario built.</p>",
+             "Failures link to their section, scenario names to what the scenario built; "
+             f"<span class='slow'>slow restore</span>: more than {SLOW_FACTOR:g} times the median of its "
+             "column.</p>",
              "<table class='matrix'><tr><th rowspan='2'>scenario</th>",
              "".join(f"<th colspan='{n}'>kernel {_e(k)}</th>" for k, n in kernels), "</tr><tr>",
              "".join(f"<th>{_e(_column_label(c, several))}</th>" for c in columns), "</tr>")
@@ -213,6 +237,7 @@ def _matrix(page: _Page, rows, cases, columns, anchors, case_ids) -> None:
             tip = (r.get("reason") or "") + ("\n" if r.get("reason") and times else "") + \
                 " ".join(f"{p} {times[p]:.2f}s" for p in PHASES if p in times)
             cell = _e(word) + (f": <span class='reason'>{_e(reason)}</span>" if reason else "")
+            cell += "".join(f"<span class='slow'>{_e(x)}</span>" for x in slow.get(id(r), ()))
             if outcome in ("fail", "error"):
                 cell = f"<a href='#{_e(anchors[id(r)])}'>{cell}</a>"
             page.add(f"<td class='{_e(outcome)}' title='{_e(tip)}'>{cell}</td>")
