@@ -25,6 +25,7 @@ import json
 import os
 import re
 import statistics
+import urllib.parse
 
 from zdtm import report_graph
 from zdtm.report_record import GOLDEN_FILE, PHASES
@@ -136,7 +137,7 @@ class _Page:
         self.parts.append(_Picture(self.cache[dot], inline))
 
     def link(self, path: str, text: str | None = None) -> str:
-        rel = os.path.relpath(path, self.out_dir)
+        rel = urllib.parse.quote(os.path.relpath(path, self.out_dir))  # a '#' or '?' in a name stays a name
         return f"<a href='{_e(rel)}'>{_e(text or os.path.basename(path))}</a>"
 
     def text(self) -> str:
