@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 
 from engine import channel, kernel
@@ -39,6 +40,10 @@ def _last_line(text: str, default: str) -> str:
     return lines[-1] if lines else default
 
 
+# For modules that run tar themselves (engine/ghosts.py).
+tar, COMMON, last_line = _tar, _COMMON, _last_line
+
+
 def _staging(mounts: list[tuple[int, str]]) -> int:
     """In a private namespace: a tmpfs with each (mount fd, name) attached at name; return its fd."""
     kernel.unshare(kernel.CLONE_NEWNS)
@@ -51,7 +56,15 @@ def _staging(mounts: list[tuple[int, str]]) -> int:
     # start below it, while /proc/self/fd/STAGING reaches it.
     kernel.move_mount(staging, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
     for mfd, name in mounts:
-        os.mkdir(name, 0o700, dir_fd=staging)
+        member, _, only = name.partition("/")
+        os.mkdir(member, 0o700, dir_fd=staging)
+        if only:
+            # A mount of one file (or of an unlinked directory): attached on an empty object of
+            # its kind, named as it was, inside the member.
+            if stat.S_ISDIR(os.fstat(mfd).st_mode):
+                os.mkdir(f"{member}/{only}", 0o700, dir_fd=staging)
+            else:
+                os.close(os.open(f"{member}/{only}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=staging))
         kernel.move_mount(mfd, "", staging, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
     return staging
 
@@ -69,6 +82,7 @@ def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Cha
 
 def archive(mounts: list[tuple[int, str]], out_path: str) -> dict:
     """Archive the files of each (detached mount fd, member name) into out_path; return its size and sha256.
+    A mount of a single file is named "MEMBER/FILENAME": the member then holds that file alone.
 
     The mount fds are attached inside a throwaway namespace (the caller's fds
     stay open but their mounts end up detached).

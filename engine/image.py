@@ -277,7 +277,8 @@ def render(doc: dict) -> str:
         lines.append(f"    root: mount {p['root']['mnt']} {p['root']['path']}")
         lines.append(f"    cwd:  mount {p['cwd']['mnt']} {p['cwd']['path']}")
         for fd in p["fds"]:
-            lines.append(f"    fd {fd['fd']}: mount {fd['mnt']} {fd['path']} flags={fd['flags']:o} pos={fd['pos']}"
+            deleted = " (deleted)" if fd.get("ghost") else ""
+            lines.append(f"    fd {fd['fd']}: mount {fd['mnt']} {fd['path']}{deleted} flags={fd['flags']:o} pos={fd['pos']}"
                          + (" (detached)" if fd.get("detached") else ""))
     return "\n".join(lines) + "\n"
 
@@ -293,7 +294,9 @@ def to_mounts(doc: dict, ns_id: str):
         major, minor = (int(x) for x in dev.split(":"))
         out.append(Mount(
             mnt_id=m["id"], parent_id=m["parent"] if m.get("parent") is not None else 0,
-            major=major, minor=minor, root=m["root"], mountpoint=m["mountpoint"],
+            # a mount made from a ghost shows its root as mountinfo did: unlinked
+            major=major, minor=minor, root=m["root"] + ("//deleted" if m.get("ghost") else ""),
+            mountpoint=m["mountpoint"],
             mount_opts=tuple(m["mount_opts"]), fstype=sb["fstype"], source=sb["source"],
             super_opts=tuple(sb["super_opts"]), shared=m.get("shared"), master=m.get("master"),
             propagate_from=m.get("propagate_from"), unbindable=bool(m.get("unbindable"))))

@@ -72,6 +72,7 @@ _KEY = re.compile(r"^[A-Za-z0-9_.:+@/-]{1,256}$")
 _ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
 _MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
 
 NONE = type(None)
 INT, STR, BOOL, LIST, DICT = (int,), (str,), (bool,), (list,), (dict,)
@@ -247,6 +248,8 @@ FD = Record("fd", {
                else f"has bits that are no open(2) flags ({v:#o})"),
     "pos": F(INT, rule=rng(0, MAX_OFF)),
     "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
+    # A file unlinked while open: reopened from that ghost (engine/ghosts.py), on the same superblock.
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
 })
 
 PROCESS = Record("process", {
@@ -275,6 +278,8 @@ MOUNT = Record("mount", {
     "external": F(OPT_STR, required=False, rule=pattern(_KEY, "an external key")),
     "uid": F(OPT_INT, required=False, rule=rng(0, (1 << 64) - 1)),  # 64-bit unique id (creation order)
     "dir": F(BOOL, required=False),                           # whether its root is a directory
+    # Its root was unlinked (mountinfo `ROOT//deleted`): made from that ghost; `root` is its path.
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
     # What mountinfo showed (restore takes them from the superblock; kept for `mntcr show`).
     "fstype": F(STR, required=False, rule=pattern(_FSTYPE, "a filesystem type name")),
     "source": F(STR, required=False, rule=strlen(MAX_PATH)),
@@ -291,6 +296,24 @@ ARCHIVE_REF = Record("archive reference", {
     "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
     "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
     "root": F(STR, rule=path_rule),                           # where the member's files go in the superblock
+    # The member holds only this file of that directory (a file bind with no directory mount).
+    "only": F(STR, required=False, rule=lambda v: _name_rule(v)),
+})
+
+
+def _name_rule(v) -> str | None:
+    """One directory entry name: no '/', not '.' or '..', no NUL, at most 255 bytes."""
+    if v in ("", ".", "..") or "/" in v or "\0" in v or len(v.encode("utf-8", "surrogateescape")) > 255:
+        return f"must be one file name (got {v[:80]!r})"
+    return None
+
+
+GHOST = Record("ghost", {
+    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs or ramfs of the image
+    "path": F(STR, rule=path_rule),                           # its old path in that superblock
+    "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
+    "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
+    "only": F(STR, rule=lambda v: _name_rule(v)),             # the name the member holds: path's last
 })
 
 EMPTY_ROOT = Record("empty root", {
@@ -365,10 +388,11 @@ MANIFEST = Record("manifest", {
     "hostnames": F(DICT, required=False),
     "detached": F(OPT_DICT, required=False),
     "files": F(OPT_DICT, required=False),
+    "ghosts": F(OPT_DICT, required=False),                    # {g-N: GHOST}: deleted files and mount roots
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP, DEVICE,
-                                          LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST)}
+                                          LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST)}
 
 
 # --- the validator ----------------------------------------------------------------------------
@@ -403,6 +427,7 @@ def validate(doc) -> None:
     mounts = _check_mntns(doc["mntns"], sbs)
     detached = _check_detached(doc.get("detached") or {}, sbs, mounts)
     _check_superblocks(sbs, files, pidns, mounts, detached)
+    _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts)
     _check_processes(doc, mounts, detached)
 
 
@@ -427,6 +452,7 @@ def _check_counts(doc: dict) -> None:
     if nfds > MAX_FDS:
         _fail(f"{nfds} fds is absurd (at most {MAX_FDS})")
     for key, hi in (("superblocks", MAX_MOUNTS), ("pidns", MAX_PROCESSES), ("detached", MAX_FDS),
+                    ("ghosts", MAX_FDS + MAX_MOUNTS),
                     ("hostnames", MAX_PROCESSES), ("files", MAX_ARCHIVES)):
         if len(doc.get(key) or ()) > hi:
             _fail(f"{len(doc[key])} {key} is absurd (at most {hi})")
@@ -604,6 +630,34 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
     _check_overlay_cycles(sbs, mounts)
 
 
+def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
+    """Ghosts lie on a tmpfs or ramfs the image makes, each its own archive member (one no
+    superblock extracts), named as the last part of its path; a mount made from a ghost has
+    the ghost's superblock and path as its own (fds are checked with their processes)."""
+    from engine import fs
+    taken = {(a["file"], a["member"]) for sb in sbs.values() for a in sb.get("archives") or ()}
+    for gid, g in ghosts.items():
+        what = f"ghost {str(gid)[:24]}"
+        if not _GHOST_ID.match(gid):
+            _fail(f"ghost id {gid[:40]!r} is not g-N")
+        check_record(GHOST, g, what)
+        sb = sbs.get(g["sb"])
+        handler = fs.lookup(sb["fstype"]) if sb is not None else None
+        if sb is None or sb.get("external") or handler is None or not handler.content:
+            _fail(f"{what}: it must lie on a tmpfs or ramfs of the image (not {g['sb']!r})")
+        if g["path"] == "/" or g["path"].rsplit("/", 1)[1] != g["only"]:
+            _fail(f"{what}: 'only' must be the last name of its path {g['path'][:80]}")
+        if g["file"] not in files:
+            _fail(f"{what}: archive {g['file']!r} is not listed in 'files'")
+        if (g["file"], g["member"]) in taken:
+            _fail(f"{what}: duplicate archive member {g['file']}:{g['member']}")
+        taken.add((g["file"], g["member"]))
+    for m in mounts.values():
+        gid = m.get("ghost")
+        if gid is not None and (gid not in ghosts or ghosts[gid]["sb"] != m["sb"] or ghosts[gid]["path"] != m["root"]):
+            _fail(f"mount {m['id']}: ghost {gid!r} is unknown or not its deleted root")
+
+
 def _check_device(what: str, sid: str, sb: dict, device: dict | None, sbs: dict) -> None:
     """A block superblock made by restore: from the user's --external dev[KEY] or an image loop file."""
     if device is None or (device.get("key") is None) == (device.get("loop") is None):
@@ -684,6 +738,11 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
             check_record(FD, fd, fwhat)
+            gid = fd.get("ghost")
+            if gid is not None:
+                g = (doc.get("ghosts") or {}).get(gid)
+                if g is None or fd.get("detached") or fd["mnt"] not in mounts or mounts[fd["mnt"]]["sb"] != g["sb"]:
+                    _fail(f"{fwhat}: ghost {gid!r} is unknown or on another filesystem")
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
             seen_fd.add(fd["fd"])

@@ -50,6 +50,14 @@ zdtm_ids() { sed 's/ shared:[0-9]*/ shared/g;s/ master:[0-9]*/ master/g'; }
 # zdtm_mounts DIR [COLUMNS]: DIR and the mounts beneath it in list form, sorted
 # (the tree form orders siblings by mount id); COLUMNS default TARGET,SOURCE,PROPAGATION.
 zdtm_mounts() { findmnt -n -l -o "${2:-TARGET,SOURCE,PROPAGATION}" -R "$1" | zdtm_spaces | sort; }
+# zdtm_host: the host's root device (the source of the container's /usr bind, /dev/sda1 on
+# one machine, /dev/vda on another) becomes HOST, with its type when that precedes it, so
+# that check output naming host binds is the same on every machine.
+zdtm_host() {
+    _src=$(findmnt -n -o SOURCE -T /usr | head -n 1 | sed 's/\[.*//')
+    _type=$(findmnt -n -o FSTYPE -T /usr | head -n 1)
+    if [ -z "$_src" ]; then cat; else sed "s|$_type $_src\b|HOST|g;s|$_src\b|HOST|g"; fi
+}
 """
 
 # Prepended to every setup script. `set -e`: the first failing command fails

@@ -42,9 +42,13 @@ class ScenarioError(ValueError):
 
     def __init__(self, path: str, message: str, line: int | None = None):
         self.path = path
+        self.message = message
         self.line = line
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.message, self.line), self.__dict__)
 
 
 @dataclass(frozen=True)
