@@ -213,6 +213,17 @@ def test_a_slow_restore_is_flagged_in_the_matrix(tmp_path):
     assert "slow restore 9.5 s" in row
 
 
+def test_a_setup_error_shows_the_setup_output(tmp_path):
+    r = rd.row(outcome="error", reason="SETUP ERROR (not a C/R failure) in s.yaml: mount: <bad>")
+    d = tmp_path / r["artifacts"]
+    d.mkdir()
+    (d / "setup.log").write_text("mount: /mnt/<x>: special device t does not exist\n")
+    text = report_html.page([dict(r, run_dir=str(tmp_path))], str(tmp_path))
+    failure = text.split("<h2 id='failures'>")[1].split("<h2 id='timings'>")[0]
+    assert "<h4>setup output</h4><pre>mount: /mnt/&lt;x&gt;: special device t does not exist" in failure
+    assert "ERROR" in failure and "href='" + r["artifacts"] + "/setup.log'" in failure
+
+
 def test_page_without_kept_files_still_reports(tmp_path):
     rows = [rd.row(outcome="fail", reason="boom", run_dir=None), rd.row(backend="criu", outcome="skip")]
     text = report_html.page(rows, str(tmp_path))
