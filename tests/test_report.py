@@ -129,7 +129,8 @@ def test_differing_labels_per_namespace():
 # --- the page --------------------------------------------------------------------------
 
 def _failing_run(run_dir: str) -> list[dict]:
-    ok = rd.row("scenarios/p/a.yaml", "prop=shared", description="first " + rd.HOSTILE)
+    ok = rd.row("scenarios/p/a.yaml", "prop=shared-opt=a_b", description="first " + rd.HOSTILE,
+                param_values={"prop": "shared", "opt": "a b<i>"})
     bad = rd.row("scenarios/p/b.yaml", backend="criu", outcome="fail",
                  reason="criu restore failed " + rd.HOSTILE, message="full text\n" + rd.HOSTILE,
                  description="second")
@@ -162,7 +163,7 @@ def test_page_sections_links_and_escaping(tmp_path):
     assert "--- before dump" in text and "+++ after.0" in text
     assert "full text" in text
     # per scenario: description, parameters, the picture, the check output, timings
-    assert "<th>prop</th></tr><tr><td>shared</td>" in text
+    assert "<th>prop</th><th>opt</th></tr><tr><td>shared</td><td>a b&lt;i&gt;</td>" in text
     assert text.count("<svg") == 2 + 2 + 2 + 2  # a, b: 2 namespaces; failure: 2 x before/after
     assert "check output (before dump)" in text and "hello" in text
     assert "slowest restores" in text

@@ -392,7 +392,9 @@ def _scenario(page: _Page, case: str, by_col: dict, columns, case_id: str, open_
     if first.get("description"):
         page.add(f"<p class='desc'>{_e(first['description'])}</p>")
     if first.get("params"):
-        pairs = [p.split("=", 1) for p in first["params"].split("-") if "=" in p]
+        # the values as the scenario gave them; rows of older runs have only the id form
+        pairs = list((first.get("param_values") or {}).items()) or \
+            [p.split("=", 1) for p in first["params"].split("-") if "=" in p]
         page.add("<table><tr>" + "".join(f"<th>{_e(k)}</th>" for k, _ in pairs) + "</tr><tr>"
                  + "".join(f"<td>{_e(v)}</td>" for _, v in pairs) + "</tr></table>"
                  if pairs else f"<p>parameters: <code>{_e(first['params'])}</code></p>")

@@ -6,7 +6,8 @@ the files are kept under the report directory, where `zdtm.report` reads them.
 
 Properties of every scenario item (other CI dashboards can use them):
 
-    zdtm            JSON: scenario, params, backend, flavor, kernel, expect, description
+    zdtm            JSON: scenario, params (the id part), param_values, backend, flavor, kernel,
+                    expect, description
     engine          the backend (mntcr, criu, ...)
     flavor          ns, or vm:KERNEL
     kernel          the kernel column of the matrix: the release (uname -r) in the
@@ -37,7 +38,8 @@ def kernel_column(flavor_name: str, kernel_name: str | None) -> str:
 
 def facts(scenario, rel_path: str, backend: str, flavor_name: str, kernel_name: str | None) -> dict:
     """The JSON facts of an item (the `zdtm` property)."""
-    return {"scenario": rel_path, "params": scenario.param_id, "backend": backend,
+    return {"scenario": rel_path, "params": scenario.param_id,
+            "param_values": {k: str(v) for k, v in scenario.params.items()}, "backend": backend,
             "flavor": f"{flavor_name}:{kernel_name}" if kernel_name else flavor_name,
             "kernel": kernel_column(flavor_name, kernel_name),
             "expect": str(scenario.expectation(backend)), "description": scenario.description.strip()}
