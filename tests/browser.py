@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-breakpad", "--disable-dev-shm-usage", "--remote-debugging-pipe")
+         "--disable-component-update", "--no-first-run", "--disable-breakpad", "--disable-dev-shm-usage",
+         "--remote-debugging-pipe")
 
 
 def executable() -> str | None:
