@@ -354,14 +354,14 @@ def _timings(page: _Page, rows, columns, case_ids) -> None:
              "<p class='note'>seconds per phase, summed over the iterations of each test "
              "(setup: the container and the scenario's setup; compare: snapshots and check scripts).</p>",
              "<table><tr><th>kernel</th><th>engine</th><th>tests</th>"
-             + "".join(f"<th>{p} total</th><th>{p} median</th><th>{p} max</th>" for p in PHASES) + "</tr>")
+             + "".join(f"<th>{p} s<br><span class='reason'>total / median / max</span></th>" for p in PHASES)
+             + "</tr>")
     for col in columns:
         mine = [r.get("timings") or {} for r in rows if column_of(r) == col]
         cells = []
         for p in PHASES:
             vals = [t[p] for t in mine if p in t]
-            cells += ([f"{sum(vals):.2f}", f"{statistics.median(vals):.2f}", f"{max(vals):.2f}"] if vals
-                      else ["-", "-", "-"])
+            cells.append(f"{sum(vals):.2f} / {statistics.median(vals):.2f} / {max(vals):.2f}" if vals else "-")
         page.add(f"<tr><td>{_e(col[0])}</td><td>{_e(_column_label(col, True))}</td>"
                  f"<td class='num'>{len(mine)}</td>" + "".join(f"<td class='num'>{c}</td>" for c in cells)
                  + "</tr>")
