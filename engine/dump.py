@@ -814,8 +814,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                 except OSError as e:
                                     raise DumpError(e.errno or errno.EIO, f"mount {mid} "
                                                     f"({mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
+                                st = os.fstat(mfd)
                                 ghosts_doc[f"g-{len(ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
-                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1]}
+                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1],
+                                                                      "inode": f"{st.st_dev}:{st.st_ino}"}
                             elif mid in archive_for:
                                 sid, root = archive_for[mid]
                                 for bsid, st in loops.get(sid, ()):
@@ -885,7 +887,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             uts_names[uts] = _hostname_of(p["pid"])
 
     for g in ghosts_doc.values():
-        g.pop("inode", None)  # only to share one ghost between the fds of one file
+        g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     doc = {
@@ -922,7 +924,7 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
             "fds": [],
         }
         for key in ("root", "cwd"):
-            entry[key] = _place(pdata[key], mounts_by_id, pid, key)
+            entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)
         for f in pdata["fds"]:
             fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
                 {"abs": path, "mnt": mnt}, mounts_by_id, pid, what))
@@ -938,6 +940,22 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
     return procs_doc
 
 
+def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:
+    """Where a process's root or cwd lies: mount and path, and its ghost if it was removed."""
+    ghost = None
+    if loc["abs"].endswith(ghosts.DELETED_FD):
+        target = loc["abs"][: -len(ghosts.DELETED_FD)]
+        m = mounts_by_id.get(loc["mnt"])
+        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
+            # A directory removed while it was the cwd (or root): always empty.
+            ghost = _fd_ghost(pid, key, target, m, *ghost_ctx)
+        loc = {"abs": target, "mnt": loc["mnt"]}
+    placed = _place(loc, mounts_by_id, pid, key)
+    if ghost is not None:
+        placed["ghost"] = ghost
+    return placed
+
+
 def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
     """Where an fd on a file (of a placed kind) lies: mount and path, ghost or outside when so."""
     target = f["target"]
@@ -947,7 +965,7 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
         m = mounts_by_id.get(f["mnt_id"])
         if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
             # Not the (deleted) root of its mount: a file unlinked while open.
-            ghost = _fd_ghost(pid, f, target, m, *ghost_ctx)
+            ghost = _fd_ghost(pid, f"fd/{f['fd']}", target, m, *ghost_ctx)
     # Opened through a mount outside the dumped namespaces, but reachable at the same path
     # here: restored on that visible mount (the outside mount itself cannot be recreated).
     outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
@@ -960,9 +978,10 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
     return loc
 
 
-def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
-    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it."""
-    where = f"process {pid} fd {f['fd']} ({path} (deleted))"
+def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
+    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it
+    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root")."""
+    where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
     if m is None:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
                                           "namespaces: not supported yet")
@@ -972,23 +991,24 @@ def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files
     if sb["external"] or handler is None or not handler.content:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a tmpfs or ramfs made "
                                           "in the dumped tree can hold it again)")
-    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
-    if not stat.S_ISREG(st.st_mode):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files are supported")
+    st = os.stat(f"/proc/{pid}/{link}")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files and directories are supported")
     if st.st_nlink:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link); "
                                           "deleted names of linked files are not supported yet")
     key = f"{st.st_dev}:{st.st_ino}"
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
-            return gid
+            return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     m_root = ghosts.split_root(m.root)[0]
     rel = rel_to(path, m.mountpoint)
     sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
     gid = f"g-{len(ghosts_doc)}"
     name, out = writer.new_archive()
     try:
-        files[name] = ghosts.archive_link(f"/proc/{pid}/fd", str(f["fd"]), sb_path, out)
+        d, _, entry = f"/proc/{pid}/{link}".rpartition("/")
+        files[name] = ghosts.archive_link(d, entry, sb_path, out)
     except OSError as e:
         raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
     ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",

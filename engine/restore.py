@@ -169,6 +169,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
         raise RestoreError(errno.EINVAL, f"the image needs external mounts: give {hint}")
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
+    _check_fd_numbers(doc)
     if any(m.get("shared") or m.get("master") for ns in doc["mntns"].values() for m in ns["mounts"]):
         features.require("MOVE_MOUNT_SET_GROUP", "restoring shared and slave mounts")
     img_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY)
@@ -204,6 +205,17 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     # ignored in this process (the CLI prints the pid and exits 0).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     return pid
+
+
+def _check_fd_numbers(doc: dict) -> None:
+    """Every dumped fd number must fit under this machine's open-file limit (the stand-ins' hard
+    RLIMIT_NOFILE), else restore would end in a bare EBADF from dup2 in a stand-in."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    for p in doc["processes"]:
+        for f in p["fds"]:
+            if hard != resource.RLIM_INFINITY and f["fd"] >= hard:
+                raise RestoreError(errno.EMFILE, f"process {p['pid']} fd {f['fd']}: above this machine's open-file "
+                                                 f"limit (RLIMIT_NOFILE hard {hard}); raise it (ulimit -Hn)")
 
 
 class _Restorer:
@@ -243,11 +255,11 @@ class _Restorer:
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         self.ghost_fd: dict[str, int] = {}    # ghost id -> O_PATH fd its open files are reopened from
-        self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts mounts are made from, linked until attached
+        self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts recreated, linked until the mounts are attached
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
         for p in doc["processes"]:
-            for f in p["fds"]:
+            for f in [p["root"], p["cwd"], *p["fds"]]:
                 if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
                     self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
                     self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
@@ -674,16 +686,21 @@ class _Restorer:
         fd = self._clone_plain(m, what)
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if gid not in self.ghost_fd:
-                ghost = self._ghost(gid)
+                self._ghost(gid)
                 try:
                     self.ghost_fd[gid] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
                                                         _BENEATH | kernel.RESOLVE_NO_XDEV)
-                finally:
-                    ghost.remove()  # files open on it keep it, unlinked as it was
+                except OSError as e:
+                    raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): its deleted file {path} "
+                                                f"cannot be opened: {e.strerror}") from None
         return fd
 
     def _ghost(self, gid: str) -> ghosts.Ghost:
-        """Recreate ghost `gid` under its old name on its new superblock (the caller removes it)."""
+        """Ghost `gid` under its old name on its new superblock: recreated the first time, linked
+        until the mounts are assembled (the kernel attaches no mount whose root is unlinked), then
+        unlinked again by assemble(); what was opened or mounted from it keeps it."""
+        if gid in self.ghost_live:
+            return self.ghost_live[gid]
         g = self.doc["ghosts"][gid]
         user = self.ghost_user[gid]
         where = f"mount {user['id']} ({user['mountpoint']})"
@@ -699,7 +716,9 @@ class _Restorer:
         os.chdir("/")
         afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
         try:
-            return ghosts.Ghost(base, g["path"], afd, g["file"], self.doc["files"][g["file"]], g["only"])
+            ghost = self.ghost_live[gid] = ghosts.Ghost(base, g["path"], afd, g["file"], self.doc["files"][g["file"]],
+                                                        g["only"])
+            return ghost
         except OSError as e:
             if isinstance(e, RestoreError):
                 raise
@@ -713,9 +732,7 @@ class _Restorer:
             # Its root was unlinked: cloned from the ghost, recreated once and unlinked again.
             src = self.ghost_src.get(m["ghost"])
             if src is None:
-                # It stays linked until its mounts are attached (the kernel attaches none whose root
-                # is unlinked); assemble() removes it then.
-                ghost = self.ghost_live[m["ghost"]] = self._ghost(m["ghost"])
+                ghost = self._ghost(m["ghost"])
                 src = self.ghost_src[m["ghost"]] = kernel.openat2(ghost.dir, ghost.name, os.O_PATH | os.O_NOFOLLOW,
                                                                   _BENEATH | kernel.RESOLVE_NO_XDEV)
             base, rel = src, ""
@@ -1167,8 +1184,9 @@ class _Restorer:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
             try:
-                root = self.open_at(p["root"]["mnt"], p["root"]["path"], os.O_PATH | os.O_DIRECTORY)
-                cwd = self.open_at(p["cwd"]["mnt"], p["cwd"]["path"], os.O_PATH | os.O_DIRECTORY)
+                root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY) if loc.get("ghost")
+                             else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
+                             for loc in (p["root"], p["cwd"]))
             except OSError as e:
                 raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
             try:

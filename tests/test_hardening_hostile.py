@@ -467,6 +467,16 @@ def test_bad_fd_number_is_refused_by_range(base_image, tmp_path):
     refused(img, r"process \d+ fd 1048576: 'fd' out of range", tmp_path)
 
 
+def test_fd_number_above_the_open_file_limit_is_refused(base_image, tmp_path):
+    """Class 5: an fd number the format allows but this machine's RLIMIT_NOFILE does not."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard > (1 << 20) - 1:
+        pytest.skip(f"RLIMIT_NOFILE hard limit {hard} admits every fd number the format allows")
+    img = _mutated(base_image, tmp_path, lambda d: d["processes"][0]["fds"][-1].update(fd=hard))
+    refused(img, rf"process \d+ fd {hard}: above this machine's open-file limit", tmp_path)
+
+
 def test_tar_failure_names_its_reason(base_image, tmp_path):
     """Class 5: a damaged archive is refused with tar's reason, not "Exiting with failure status"."""
     img = copy_image(base_image, tmp_path)
