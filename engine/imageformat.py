@@ -27,6 +27,12 @@ How to add a field (e.g. a new kind of fd):
      to IMAGE.md.
 A new record kind is a new Record plus `rule=record(NEW)` (or
 `list_of(record(NEW), MAX)`) where it appears.
+
+Each table is compiled once into a straight-line check (`_compile`): rules
+made by `rng`, `pattern` and `path_rule` are inlined, those of `strlen` and
+`list_of` run once per distinct value (equal option lists of thousands of
+mounts are checked once), any other function is called as is. So a rule must
+be pure: the same value always gets the same answer.
 """
 
 from __future__ import annotations
