@@ -27,6 +27,12 @@ How to add a field (e.g. a new kind of fd):
      to IMAGE.md.
 A new record kind is a new Record plus `rule=record(NEW)` (or
 `list_of(record(NEW), MAX)`) where it appears.
+
+Each table is compiled once into a straight-line check (`_compile`): rules
+made by `rng`, `pattern` and `path_rule` are inlined, those of `strlen` and
+`list_of` run once per distinct value (equal option lists of thousands of
+mounts are checked once), any other function is called as is. So a rule must
+be pure: the same value always gets the same answer.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ _NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}$")
 _SB_ID = re.compile(r"^sb-[0-9]{1,9}$")
 _DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}$")
 _FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}$")
-_KEY = re.compile(r"^[A-Za-z0-9_.:+@/-]{1,256}$")
+_KEY = re.compile(r"^[^\s\[\]\x00]{1,256}$")  # what --external accepts: no space, no brackets
 _ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
 _MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -359,6 +365,16 @@ FD = Record("fd", {
     "outside": F(BOOL, required=False),
 })
 
+_EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")
+
+# An fd declared external at dump (--external file[PATH]:KEY) has no mount: restore opens the
+# host path given for KEY (--external file[KEY]:HOSTPATH), with these flags and offset.
+EXTERNAL_FD = Record("fd (external file)", {
+    **FD_BASE,
+    "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
+    "external": F(STR, rule=pattern(_EXT_FILE_KEY, "a key of --external file[PATH]:KEY")),
+})
+
 PROCESS = Record("process", {
     "pid": F(INT, rule=rng(1, MAX_PID)),
     "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
@@ -502,7 +518,7 @@ MANIFEST = Record("manifest", {
     "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
 })
 
-_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP,
+_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP,
                                           DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST)}
 
 
@@ -862,6 +878,14 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
+            if type(fd) is dict and "external" in fd:
+                check_record(EXTERNAL_FD, fd, fwhat)
+                if fd.get("kind", "file") != "file":
+                    _fail(f"{fwhat}: an external file is of kind file")
+                if fd["fd"] in seen_fd:
+                    _fail(f"{what}: duplicate fd number {fd['fd']}")
+                seen_fd.add(fd["fd"])
+                continue
             kind = _fd_kind(fd, fwhat)
             check_record(FD if kind.name == "file" else _kind_record(kind), fd, fwhat)
             kind.check(fd, fwhat)

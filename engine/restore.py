@@ -54,7 +54,7 @@ from engine.fdmaker import FdMaker
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
 
-_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
+_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
 _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
@@ -77,13 +77,14 @@ class RestoreError(OSError):
 
 
 def parse_externals(specs, root: str | None) -> dict[str, str]:
-    """`mnt[KEY]:HOSTPATH` -> {key: hostpath}, `dev[KEY]:PATH` -> {"dev:"+key: path}; --root DIR is key "root"."""
+    """`mnt[KEY]:HOSTPATH` -> {key: hostpath}, `dev[KEY]:PATH` -> {"dev:"+key: path},
+    `file[KEY]:HOSTPATH` -> {"file:"+key: path}; --root DIR is key "root"."""
     out: dict[str, str] = {}
     for spec in specs:
         m = _EXT_MNT.match(spec)
         if not m:
-            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH or dev[KEY]:PATH")
-        out[("dev:" if m["kind"] == "dev" else "") + m["key"]] = m["path"]
+            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH, dev[KEY]:PATH or file[KEY]:HOSTPATH")
+        out[("" if m["kind"] == "mnt" else m["kind"] + ":") + m["key"]] = m["path"]
     if root is not None:
         out["root"] = root
     for key, path in out.items():
@@ -161,12 +162,14 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     ext = parse_externals(externals, root)
     needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
                     | {"dev:" + sb["device"]["key"] for sb in doc["superblocks"].values()
-                       if (sb.get("device") or {}).get("key") and not sb.get("external")})
+                       if (sb.get("device") or {}).get("key") and not sb.get("external")}
+                    | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
     missing = [k for k in needed if k not in ext]
     if missing:
         hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
+                         else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
                          else f"--external mnt[{k}]:HOSTPATH" for k in missing)
-        raise RestoreError(errno.EINVAL, f"the image needs external mounts: give {hint}")
+        raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}")
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
     _check_fd_numbers(doc)
@@ -241,6 +244,7 @@ class _Restorer:
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
         self.ext_src: dict[int, int] = {}  # external mount id -> detached clone of its host path
         self.ext_host: dict[int, int] = {}  # external mount id -> O_PATH fd on the host's mount itself
+        self.ext_files: dict[tuple[int, int], int] = {}  # (pid, fd) -> the external file, opened on the host
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
@@ -666,8 +670,25 @@ class _Restorer:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
 
+    def open_external_files(self) -> None:
+        """Open each fd declared external at dump (--external file[KEY]:HOSTPATH) on the host."""
+        from engine.fds.file import OPEN_DROP
+        for p in self.doc["processes"]:
+            for f in p["fds"]:
+                if f.get("external"):
+                    path = self.ext["file:" + f["external"]]
+                    try:
+                        fd = self.ext_files[(p["pid"], f["fd"])] = os.open(
+                            path, (f["flags"] & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOCTTY)
+                        if f["pos"] and f.get("type") != "dir" and not f["flags"] & os.O_PATH:
+                            os.lseek(fd, f["pos"], os.SEEK_SET)
+                    except OSError as e:
+                        raise RestoreError(e.errno, f"process {p['pid']} fd {f['fd']}: external file "
+                                                    f"{f['external']} ({path}): {e.strerror or e}") from None
+
     def open_externals(self) -> None:
         """Detached clones of every external mount's host path (while we still see the host's tree)."""
+        self.open_external_files()
         for e in self.mounts.values():
             if not e.get("external"):
                 continue
@@ -1209,7 +1230,11 @@ class _Restorer:
             after = []
             for f in p["fds"]:
                 try:
-                    fd, first = self._fds.open(f, chan)
+                    ext = self.ext_files.pop((p["pid"], f["fd"]), None)
+                    if ext is not None:
+                        fd, first = ext, False  # --external file[KEY]:HOSTPATH, opened on the host before assembly
+                    else:
+                        fd, first = self._fds.open(f, chan)
                 except OSError as e:
                     what = f"{f['path']} on mount {f['mnt']}: " if "path" in f else ""
                     raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
