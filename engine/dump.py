@@ -813,20 +813,30 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
 
 def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dict) -> None:
     """Record each in-namespace overlay's layers as (mount, path) as they were at its creation."""
+    from engine import strategy
     from engine.fs import overlay
+    unique = strategy.current().layers == "unique-ids"
     ns_by_name = {names[("mnt", ino)]: ino for ino in ns_data}
     for sid, sb in superblocks.items():
         if sb["external"] or sb["fstype"] != "overlay":
             continue
         users = [(ns_name, e) for ns_name, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid]
-        ns_name, oldest = min(users, key=lambda u: (u[1]["uid"] or u[1]["id"]))
+        ns_name, oldest = min(users, key=lambda u: ((u[1]["uid"] if unique else None) or u[1]["id"]))
         where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
         mounts = ns_data[ns_by_name[ns_name]]["mounts"]
         layers = []
         for key, path in overlay.layer_paths(sb["super_opts"]):
             if not path.startswith("/"):
                 raise DumpError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
-            found = overlay.resolve(path, mounts, oldest["uid"])
+            if not unique:
+                late = overlay.overmounted_after(path, mounts, oldest["id"])
+                if late is not None:
+                    raise DumpError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
+                                                      f"{late.mnt_id} ({late.mountpoint}), which may have been "
+                                                      "mounted over it after the overlay; without unique mount ids "
+                                                      "(STATX_MNT_ID_UNIQUE, Linux >= 6.8) dump cannot tell which "
+                                                      "mount holds the layer")
+            found = overlay.resolve(path, mounts, oldest["uid"] if unique else None, unique)
             if found is None:
                 raise DumpError(errno.ENOENT, f"{where}: no mount holds its layer {path}")
             layers.append({"path": path, "mnt": found[0], "rel": found[1]})

@@ -45,7 +45,7 @@ import resource
 import signal
 import stat
 
-from engine import channel, content, features, filler, forkrun, fs, image, kernel, mountinfo, sharing, standin
+from engine import channel, content, features, filler, forkrun, fs, image, kernel, mountinfo, sharing, standin, strategy
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
@@ -102,23 +102,6 @@ def attr_of(mount_opts) -> tuple[int, int]:
     return attr_set, (_ALL_FLAGS | kernel.MOUNT_ATTR__ATIME) & ~attr_set | kernel.MOUNT_ATTR__ATIME
 
 
-def _clones_detached() -> bool:
-    """Whether open_tree(OPEN_TREE_CLONE) accepts a detached mount (Linux >= 6.15)."""
-    fd = kernel.fsopen("tmpfs")
-    try:
-        kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
-        mnt = kernel.fsmount(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.close(kernel.open_tree(mnt, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH))
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(mnt)
-
-
 def _make_yard() -> int:
     """A tmpfs stacked on / of the service namespace (our own lookups of "/" still start below it)."""
     fd = kernel.fsopen("tmpfs")
@@ -158,8 +141,14 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
         raise RestoreError(errno.EINVAL, f"the image needs external mounts: give {hint}")
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
-    if any(m.get("shared") or m.get("master") for ns in doc["mntns"].values() for m in ns["mounts"]):
-        features.require("MOVE_MOUNT_SET_GROUP", "restoring shared and slave mounts")
+    chosen = strategy.current()
+    if chosen.sharing == "refuse":
+        for ns in doc["mntns"].values():
+            for m in ns["mounts"]:
+                if m.get("shared") or m.get("master"):
+                    raise RestoreError(errno.ENOSYS, f"mount {m['id']} ({m['mountpoint']}) is shared or a slave: "
+                                                     "this kernel cannot rebuild peer groups (strategy sharing="
+                                                     "refuse; MOVE_MOUNT_SET_GROUP needs Linux >= 5.15)")
     img_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY)
     try:
         pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
@@ -215,15 +204,13 @@ class _Restorer:
         self.current_ns: str | None = None
         # The host's /proc, reachable whatever mount namespace we stand in (reopening fds).
         self.hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        # Without mount_setattr (kernels before 5.12) flags and propagation go through mount(2)
-        # on attached mounts; MNTCR_NO_MOUNT_SETATTR=1 forces that path (to test it anywhere).
-        self.legacy = (os.environ.get("MNTCR_NO_MOUNT_SETATTR") == "1"
-                       or not features.available()["mount_setattr"].present)
-        # Before Linux 6.15 open_tree cannot clone a detached mount: new superblocks are then
-        # attached in a yard of the service namespace and cloned from there.
-        # MNTCR_ATTACHED_SOURCES=1 forces that path (to test it on any kernel).
-        attached = os.environ.get("MNTCR_ATTACHED_SOURCES") == "1" or not _clones_detached()
-        self.yard = _make_yard() if attached else None
+        # The kernel-compatibility paths (engine.strategy, chosen in the parent before the fork).
+        chosen = strategy.current()
+        # flags=remount: without mount_setattr flags and propagation go through mount(2) on attached mounts.
+        self.legacy = chosen.flags == "remount"
+        # sources=yard: open_tree cannot clone a detached mount, so new superblocks are attached
+        # in a yard of the service namespace and cloned from there.
+        self.yard = _make_yard() if chosen.sources == "yard" else None
 
     def to_service(self) -> None:
         """Back into the service namespace (a copy of the host's)."""
