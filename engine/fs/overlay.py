@@ -7,9 +7,12 @@ mount ids only grow) are skipped, so a layer that was overmounted afterwards
 is still found beneath the overmount (overlayfs-cr-thread.txt, case b).
 Before Linux 6.8 there are no unique ids, and legacy ids (the lowest free
 number) say nothing certain about age: `overmounted_after` names a layer
-whose path now resolves to a mount with a larger legacy id than the overlay
-(it may have been mounted over the layer afterwards), and dump refuses it
-(engine.strategy, layers=refuse-ambiguous).
+directory that is itself a mount point with a larger legacy id than the
+overlay (it may have been mounted over the layer afterwards), and dump
+refuses it (engine.strategy, layers=refuse-ambiguous). A layer path crossing
+a mount above the layer directory is taken as it resolves now (the common
+case: layers on a tmpfs mounted before them; ids restored by our own restore
+are not in creation order, so they cannot decide that case either).
 
 Restore: a forked helper builds a private "yard" where each original layer
 path leads to a clone of the recorded layer directory, chroots into it and
@@ -93,10 +96,10 @@ def resolve(path: str, mounts, born: int | None, unique: bool = True) -> tuple[i
 
 
 def overmounted_after(path: str, mounts, overlay_id: int):
-    """Without unique ids: the mount `path` resolves to now when its legacy id is larger than the
-    overlay's (`overlay_id`), so it may have been mounted over the layer after the overlay; else None."""
+    """Without unique ids: the mount at layer directory `path` itself when its legacy id is larger than
+    the overlay's (`overlay_id`): it may have been mounted over the layer after the overlay; else None."""
     m = _top(path, mounts, None, False)
-    return m if m is not None and m.mnt_id > overlay_id else None
+    return m if m is not None and m.mountpoint == path and m.mnt_id > overlay_id else None
 
 
 # --- restore side -------------------------------------------------------------------
