@@ -501,13 +501,35 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
                 continue  # one look per mount namespace
             seen.add(ns)
             with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-                mounts = mountinfo.brief(f.read())
+                text = f.read()
+            mounts = mountinfo.brief(text)
         except FileNotFoundError:
             continue
         ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
         for mid, _, dev, mp, fstype in mounts:
             if fs.lookup(fstype) is None and dev not in ext_devs:
                 raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported")
+        _refuse_sharing(text)
+
+
+def _refuse_sharing(text: str) -> None:
+    """Where this kernel's strategy cannot rebuild peer groups (sharing=refuse: no
+    MOVE_MOUNT_SET_GROUP), refuse a tree with shared or slave mounts before it is stopped: restore
+    here would refuse the image, and the tree would be lost."""
+    from engine import strategy
+    if strategy.current().sharing == "set-group":
+        return
+    found = []
+    for line in text.splitlines():
+        fields = line.partition(" - ")[0].split(" ")
+        if any(x.startswith(("shared:", "master:")) for x in fields[6:]):
+            found.append(f"{fields[0]} ({mountinfo.unescape(fields[4])})")
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise DumpError(errno.ENOSYS, f"mount{'s' if len(found) > 1 else ''} {', '.join(found[:3])}{more}: "
+                                      "shared or slave, and this kernel "
+                                      "cannot restore peer groups (no MOVE_MOUNT_SET_GROUP; Linux >= 5.15 "
+                                      "restores them); the tree keeps running")
 
 
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:

@@ -118,16 +118,26 @@ def test_overmounted_layer_refused_without_unique_ids(case):
     assert_same(before, take(new, "cat /mnt/merged/f"))
 
 
-def test_sharing_refused_at_restore_when_forced(case):
-    """sharing=refuse: an image with a shared mount is refused at restore with one line naming the
-    mount and the facility, nothing mounted on the host."""
-    pid = case.start("mkdir /mnt/s; mount -t tmpfs s /mnt/s; mount --make-shared /mnt/s\nhold\n")
+def test_sharing_refused_when_forced(case):
+    """sharing=refuse (no MOVE_MOUNT_SET_GROUP): dump refuses a tree with a shared mount before
+    stopping it, one line naming the mount and the kernel that restores it, the tree left running;
+    an image made elsewhere is refused at restore the same way, nothing mounted on the host."""
+    env = {"MNTCR_STRATEGY": "sharing=refuse"}
+    pid = case.start("mkdir /mnt/s /mnt/p; mount -t tmpfs s /mnt/s; mount --make-shared /mnt/s\n"
+                     "mount -t tmpfs p /mnt/p\nhold\n")
     images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/s\): shared or slave, .*no MOVE_MOUNT_SET_GROUP; "
+                        r"Linux >= 5\.15 restores them\); the tree keeps running\n", r.stderr), r.stderr
+    assert not os.path.exists(images)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
+
     case.dump(pid, images)
     mounts = host_mountinfo()
     pidfile = images + ".pid"
-    r = mntcr("restore", "-D", images, *enginecase.RESTORE_EXTERNALS, "--pidfile", pidfile,
-              env={"MNTCR_STRATEGY": "sharing=refuse"})
+    r = mntcr("restore", "-D", images, *enginecase.RESTORE_EXTERNALS, "--pidfile", pidfile, env=env)
     assert r.returncode == 2, r.stderr
     assert re.fullmatch(r"mntcr restore: mount \d+ \(/mnt/s\) is shared or a slave: .*sharing=refuse.*"
                         r"MOVE_MOUNT_SET_GROUP needs Linux >= 5\.15\)\n", r.stderr), r.stderr
