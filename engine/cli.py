@@ -58,7 +58,13 @@ def _add_restore(sub) -> None:
                    help="mnt[KEY]:HOSTPATH gives the host path for the external mount recorded as KEY; "
                         "dev[KEY]:PATH gives a block device (or an image file, attached to a loop device) "
                         "for the external device KEY. Repeatable.")
-    p.add_argument("--pidfile", required=True, metavar="FILE", help="write the root stand-in's pid here")
+    p.add_argument("--pidfile", required=True, metavar="FILE",
+                   help="write the root stand-in's pid here (must not exist; written only when the whole "
+                        "tree runs, else nothing of the restore is left)")
+    p.add_argument("--devices", choices=("container", "all", "none"), default="container",
+                   help="device nodes archives may create: 'container' (default) the character devices "
+                        "every container has (null, zero, full, random, urandom, tty, console, ptmx), "
+                        "'all' whatever the image holds (only for images you trust), 'none' no device node")
 
 
 def _add_show(sub) -> None:
@@ -155,7 +161,8 @@ def _cmd_dump(args) -> int:
 
 def _cmd_restore(args) -> int:
     from engine import restore
-    pid = restore.restore(args.images_dir, root=args.root, externals=args.external, pidfile=args.pidfile)
+    pid = restore.restore(args.images_dir, root=args.root, externals=args.external, pidfile=args.pidfile,
+                          devices=args.devices)
     print(f"restored: root stand-in pid {pid}")
     return EXIT_OK
 
@@ -180,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mntcr {args.verb}: {' '.join(str(text).split())}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
+        what = "nothing was restored" if args.verb == "restore" else "stopped"
+        print(f"mntcr {args.verb}: interrupted: {what}", file=sys.stderr)
         return 130
     except Exception as e:  # noqa: BLE001 - a bug: still one line, the traceback on request
         if os.environ.get("MNTCR_DEBUG"):

@@ -17,6 +17,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import subprocess
 
 from engine import channel, kernel
@@ -34,8 +35,13 @@ def _tar() -> str:
 
 
 def _last_line(text: str, default: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
+    """tar's own reason: its last line that is not the closing "Exiting with failure status"."""
+    lines = [line for line in text.strip().splitlines() if line.strip() and "Exiting with failure status" not in line]
     return lines[-1] if lines else default
+
+
+# For modules that run tar themselves (engine/ghosts.py).
+tar, COMMON, last_line = _tar, _COMMON, _last_line
 
 
 def _staging(mounts: list[tuple[int, str]]) -> int:
@@ -50,7 +56,15 @@ def _staging(mounts: list[tuple[int, str]]) -> int:
     # start below it, while /proc/self/fd/STAGING reaches it.
     kernel.move_mount(staging, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
     for mfd, name in mounts:
-        os.mkdir(name, 0o700, dir_fd=staging)
+        member, _, only = name.partition("/")
+        os.mkdir(member, 0o700, dir_fd=staging)
+        if only:
+            # A mount of one file (or of an unlinked directory): attached on an empty object of
+            # its kind, named as it was, inside the member.
+            if stat.S_ISDIR(os.fstat(mfd).st_mode):
+                os.mkdir(f"{member}/{only}", 0o700, dir_fd=staging)
+            else:
+                os.close(os.open(f"{member}/{only}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=staging))
         kernel.move_mount(mfd, "", staging, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
     return staging
 
@@ -68,6 +82,7 @@ def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Cha
 
 def archive(mounts: list[tuple[int, str]], out_path: str) -> dict:
     """Archive the files of each (detached mount fd, member name) into out_path; return its size and sha256.
+    A mount of a single file is named "MEMBER/FILENAME": the member then holds that file alone.
 
     The mount fds are attached inside a throwaway namespace (the caller's fds
     stay open but their mounts end up detached).
@@ -133,19 +148,96 @@ def mkdirs_beneath(base_fd: int, path: str) -> int:
     return cur
 
 
+# Device nodes restore makes by default: the character devices every container gets
+# (null, zero, full, random, urandom, tty, console, ptmx; the OCI runtime spec's list).
+CONTAINER_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)})
+DEVICE_POLICIES = ("container", "all", "none")
+_device_policy = "container"
+
+
+def set_device_policy(policy: str) -> None:
+    """Which device nodes archives may hold (restore --devices): "container" (CONTAINER_DEVICES),
+    "all" (whatever the image has: only for images you trust) or "none"."""
+    global _device_policy
+    if policy not in DEVICE_POLICIES:
+        raise ValueError(f"--devices {policy!r}: expected one of {', '.join(DEVICE_POLICIES)}")
+    _device_policy = policy
+
+
+def _c_unquote(text: str, start: int) -> tuple[str, int]:
+    """The C-quoted string (tar --quoting-style=c) starting at text[start] == '"', and the index after it."""
+    i = start + 1
+    simple = {"n": "\n", "t": "\t", "r": "\r", "f": "\f", "v": "\v", "a": "\a", "b": "\b", "\\": "\\",
+              '"': '"', "?": "?", "'": "'"}
+    raw = bytearray()
+    while i < len(text):
+        c = text[i]
+        if c == '"':
+            return raw.decode("utf-8", "surrogateescape"), i + 1
+        if c == "\\" and i + 1 < len(text):
+            n = text[i + 1]
+            if n in "01234567":
+                j = i + 1
+                while j < len(text) and j < i + 4 and text[j] in "01234567":
+                    j += 1
+                raw.append(int(text[i + 1:j], 8) & 0xFF)
+                i = j
+                continue
+            raw.extend(simple.get(n, n).encode("utf-8", "surrogateescape"))
+            i += 2
+            continue
+        raw.extend(c.encode("utf-8", "surrogateescape"))
+        i += 1
+    raise ValueError("unterminated name")
+
+
+def _member_ok(member: str, allowed: set[str]) -> bool:
+    parts = member.split("/")
+    return not (member.startswith("/") or ".." in parts or parts[0] not in allowed)
+
+
 def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
-    """Refuse archives with absolute names, `..`, or members outside `allowed` top-level names."""
+    """Refuse an archive whose members could reach outside the superblocks it fills: absolute names,
+    `..`, a top-level name not in `allowed`, a path through a member that is a symlink, a hard
+    link to outside, or a device node the device policy does not allow (see IMAGE.md)."""
     os.lseek(archive_fd, 0, os.SEEK_SET)
-    proc = subprocess.run([_tar(), "-tf", "-"], stdin=archive_fd, capture_output=True)
+    proc = subprocess.run([_tar(), "-tvf", "-", "--quoting-style=c", "--numeric-owner"], stdin=archive_fd,
+                          capture_output=True)
     if proc.returncode != 0:
         raise OSError(f"archive {name} is damaged: {_last_line(proc.stderr.decode(errors='replace'), 'unreadable')}")
-    for raw in proc.stdout.split(b"\n"):
-        if not raw:
+    symlinks: set[str] = set()
+    for line in proc.stdout.decode("utf-8", "surrogateescape").split("\n"):
+        if not line:
             continue
-        member = raw.decode(errors="surrogateescape")
-        parts = member.split("/")
-        if member.startswith("/") or ".." in parts or parts[0] not in allowed:
+        q = line.find(' "')
+        try:
+            member, end = _c_unquote(line, q + 1)
+        except ValueError:
+            q = -1
+        if q < 0:
+            raise OSError(f"archive {name}: cannot read its listing line {line[:80]!r}")
+        kind, fields = line[0], line[:q].split()
+        member = member.rstrip("/") or member
+        if not _member_ok(member, allowed):
             raise OSError(f"archive {name} has an unsafe member {member!r}")
+        parts = member.split("/")
+        for k in range(1, len(parts)):
+            if "/".join(parts[:k]) in symlinks:
+                raise OSError(f"archive {name}: member {member!r} lies beneath a symlink of the archive")
+        if kind == "l":
+            symlinks.add(member)
+        elif kind == "h":
+            target, _ = _c_unquote(line, line.index('"', line.index(" link to ", end) + 8))
+            if not _member_ok(target.rstrip("/"), allowed):
+                raise OSError(f"archive {name}: member {member!r} is a hard link to {target!r}, outside the archive")
+        elif kind in "cb":
+            major, _, minor = fields[2].partition(",")
+            dev = (int(major), int(minor))
+            if _device_policy == "none" or (_device_policy == "container" and (kind != "c" or dev not in
+                                                                               CONTAINER_DEVICES)):
+                raise OSError(f"archive {name}: member {member!r} is a {'character' if kind == 'c' else 'block'} "
+                              f"device {dev[0]}:{dev[1]}, which the device policy ({_device_policy}) refuses; "
+                              "restore --devices all trusts the image's device nodes")
 
 
 def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,

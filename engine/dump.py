@@ -25,7 +25,7 @@ import signal
 import stat
 import time
 
-from engine import channel, content, forkrun, fs, image, kernel, mountinfo
+from engine import channel, content, forkrun, fs, ghosts, image, kernel, mountinfo
 from engine.fs.block import BLOCK_TYPES
 from engine.image import is_beneath, rel_to
 
@@ -241,7 +241,36 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
         except FileNotFoundError:
             raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
         procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
+    _same_path_outside(procs, parsed, hostproc)
     return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev, "dirs": dirs}
+
+
+def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
+    """In the namespace (chrooted at its root): each fd on a mount this namespace lacks that its path
+    here reaches too (same superblock, same inode) gets `visible_mnt`, the mount the path leads to
+    (used only when no dumped namespace has the fd's mount).
+
+    A process that opened a file before it unshared (/dev/null of every systemd service and
+    bwrap sandbox, a runtime's log) holds it through a mount of the parent namespace, which is
+    not dumped; its namespace copy has the file at the same path on a mount of the same
+    superblock. Lazily unmounted mounts have no such path (see _plan_detached).
+    """
+    ids = {m.mnt_id for m in mounts}
+    devs = {m.mnt_id: m.dev for m in mounts}
+    for pid, data in procs.items():
+        for f in data["fds"]:
+            if f.get("mnt_id") in ids or not f["target"].startswith("/") or f["target"].endswith(" (deleted)"):
+                continue
+            try:
+                want = os.stat(f"{pid}/fd/{f['fd']}", dir_fd=hostproc)
+                link = stat.S_ISLNK(f["mode"])
+                here = os.stat(f["target"], follow_symlinks=not link)
+                mid = kernel.statx_mnt_id(f["target"], flags=kernel.AT_SYMLINK_NOFOLLOW if link else 0)
+            except OSError:
+                continue
+            dev = f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}"
+            if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
+                f["visible_mnt"] = mid
 
 
 def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, chan: channel.Channel) -> None:
@@ -449,7 +478,9 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     pids = [p for p, _ in tree]
     _precheck(pids, ext_mnts)
     writer = image.ImageWriter(images_dir)
-    watchdog = _watchdog(pids)
+    # A process that was stopped already stays stopped, whatever happens (--leave-running too).
+    resume = [p for p in pids if _state(p) not in ("T", "t")]
+    watchdog = _watchdog(resume)
     _signal_all(pids, signal.SIGSTOP)
     ok = False
     try:
@@ -465,9 +496,18 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             _signal_all(pids, signal.SIGKILL)
             _wait_gone(pids)
         else:
-            _signal_all(pids, signal.SIGCONT)
+            _signal_all(resume, signal.SIGCONT)
         os.kill(watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
+
+
+def _state(pid: int) -> str:
+    """The state letter of a process (R, S, T...), "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _watchdog(pids: list[int]) -> int:
@@ -602,9 +642,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             if ext_key is not None:
                 used_ext.add(m.mountpoint)
             sid = sb_of_dev[m.dev]
+            m_root, deleted = ghosts.split_root(m.root)
             entries.append({
                 "id": m.mnt_id, "parent": None if m is root else m.parent_id, "mountpoint": m.mountpoint,
-                "root": m.root, "fstype": superblocks[sid]["fstype"], "source": m.source,
+                "root": m_root, "fstype": superblocks[sid]["fstype"], "source": m.source,
                 "mount_opts": shared_list(m.mount_opts), "super_opts": shared_list(m.super_opts),
                 "shared": m.shared, "master": m.master, "propagate_from": m.propagate_from,
                 "unbindable": m.unbindable, "sb": sid, "external": ext_key, "dev": superblocks[sid]["dev"],
@@ -612,6 +653,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             })
             if m.mnt_id in data["dirs"]:
                 entries[-1]["dir"] = data["dirs"][m.mnt_id]
+            if deleted:
+                entries[-1]["ghost"] = True   # its root was unlinked: named once archived
         mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
     unknown = set(ext_mnts) - used_ext
     if unknown:
@@ -680,6 +723,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 ext_roots.setdefault(e["sb"], []).append(e["root"])
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
+            if superblocks[e["sb"]]["external"] and not e["external"] and e.get("ghost"):
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                                  f"{e['root']} was deleted on a filesystem from outside the dump; "
+                                                  "declare the mount --external")
             if superblocks[e["sb"]]["external"] and not e["external"]:
                 if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
                     raise DumpError(errno.EOPNOTSUPP,
@@ -692,6 +739,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     clone_plan: dict[int, list[int]] = {}
     archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
     proc_mount_of_sb: dict[str, int] = {}
+    ghost_for: dict[int, tuple[str, str]] = {}      # mount id -> (sb id, deleted root) to archive
+    ghost_roots: dict[tuple[str, str], int] = {}
+    ghosts_doc: dict[str, dict] = {}
     mounts_of_sb: dict[str, list[dict]] = {}
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
@@ -701,10 +751,20 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         if sb["external"]:
             continue
         handler = fs.lookup(sb["fstype"])
+        for e in es:
+            if e.get("ghost"):
+                if not handler.content:
+                    raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its "
+                                                      f"root {e['root']} was deleted; only a tmpfs or ramfs can "
+                                                      "hold it again")
+                if (sid, e["root"]) not in ghost_roots:
+                    ghost_roots[(sid, e["root"])] = e["id"]
+                    ghost_for[e["id"]] = (sid, e["root"])
+                    clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
         if handler.content:
             chosen: list[str] = []
             for e in sorted(es, key=lambda e: (len(e["root"]), e["root"])):
-                if not e["root"].startswith("/"):
+                if not e["root"].startswith("/") or e.get("ghost"):
                     continue
                 if not any(is_beneath(e["root"], r) for r in chosen):
                     chosen.append(e["root"])
@@ -725,6 +785,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             continue
         parent_ino = _pidns_parent_ino(pid)
         pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == me["pid"]}
+    # Who each pid namespace's processes are (their pid in it, start time): a proc mount is
+    # matched to its namespace through them, never through its pid 1 (maybe not ours to inspect).
+    members: dict[int, list[tuple[int, bytes]]] = {}
+    for pid, _ in tree:
+        members.setdefault(ns_of[pid]["pid"], []).append(_pid_identity(f"/proc/{pid}"))
 
     # A disk image we archive must hold what its filesystem has cached: flush (the tree is stopped).
     if loops:
@@ -732,16 +797,21 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
 
     # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
     files: dict[str, dict] = {}
-    batch: list[tuple[int, str, str, str]] = []   # (mount fd, member, sb id, root)
+    # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
+    batch: list[tuple[int, str, str, str, str | None]] = []
     member_no = itertools.count()
 
     def flush():
         if not batch:
             return
         name, path = writer.new_archive()
-        files[name] = content.archive([(mfd, member) for mfd, member, _, _ in batch], path)
-        for mfd, member, sid, root in batch:
-            superblocks[sid]["archives"].append({"file": name, "member": member, "root": root})
+        files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
+                                       for mfd, member, _, _, only in batch], path)
+        for mfd, member, sid, root, only in batch:
+            arc = {"file": name, "member": member, "root": root}
+            if only is not None:
+                arc["only"] = only  # a file bind's file: the member holds it alone, not its directory
+            superblocks[sid]["archives"].append(arc)
             os.close(mfd)
         batch.clear()
 
@@ -753,7 +823,18 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):
-                            if mid in archive_for:
+                            if mid in ghost_for:
+                                sid, root = ghost_for[mid]
+                                name, path = writer.new_archive()
+                                try:
+                                    files[name] = ghosts.archive_link("/proc/self/fd", str(mfd), root, path,
+                                                                      pass_fds=(mfd,))
+                                except OSError as e:
+                                    raise DumpError(e.errno or errno.EIO, f"mount {mid} "
+                                                    f"({mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
+                                ghosts_doc[f"g-{len(ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
+                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1]}
+                            elif mid in archive_for:
                                 sid, root = archive_for[mid]
                                 for bsid, st in loops.get(sid, ()):
                                     rel = block.find_inode(mfd, st["ino"])
@@ -761,17 +842,26 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                         loop = superblocks[bsid]["device"]["loop"]
                                         loop["path"] = rel if root == "/" else root + rel
                                 top = f"/proc/self/fd/{mfd}"
+                                if not stat.S_ISDIR(os.fstat(mfd).st_mode):
+                                    # A file bind (its directory may be on no mount at all): the
+                                    # member holds the file alone, extracted into its directory.
+                                    parent, _, base = root.rpartition("/")
+                                    batch.append((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
+                                    kept.add(mfd)
+                                    if len(batch) >= 500:
+                                        flush()
+                                    continue
                                 if not os.listdir(top):
                                     st = os.stat(top)
                                     superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
                                                                       "uid": st.st_uid, "gid": st.st_gid}
                                     continue
-                                batch.append((mfd, f"sb-{next(member_no)}", sid, root))
+                                batch.append((mfd, f"sb-{next(member_no)}", sid, root, None))
                                 kept.add(mfd)  # the batch owns it now (flush closes it)
                                 if len(batch) >= 500:
                                     flush()
                             else:
-                                _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name)
+                                _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name, members)
                     finally:
                         for mfd in fds:
                             if mfd not in kept:
@@ -788,6 +878,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             raise DumpError(errno.EOPNOTSUPP, f"superblock {bsid} ({superblocks[bsid]['fstype']} on "
                                               f"{superblocks[bsid]['source']}): its loop device's backing file is not "
                                               "reachable in the dumped filesystems")
+
+    gid_of = {(g["sb"], g["path"]): gid for gid, g in ghosts_doc.items()}
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            if e.get("ghost") is True:
+                e["ghost"] = gid_of[(e["sb"], e["root"])]
 
     # 5. processes
     procs_doc = []
@@ -812,9 +908,25 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                     or stat.S_ISLNK(mode)) or not f["target"].startswith("/"):
                 raise DumpError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): only files and "
                                                   "directories are supported")
-            loc = _place({"abs": f["target"], "mnt": f["mnt_id"]}, mounts_by_id, pid, f"fd {f['fd']}")
+            target = f["target"]
+            ghost = None
+            if target.endswith(ghosts.DELETED_FD):
+                target = target[: -len(ghosts.DELETED_FD)]
+                m = mounts_by_id.get(f["mnt_id"])
+                if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
+                    # Not the (deleted) root of its mount: a file unlinked while open.
+                    ghost = _fd_ghost(pid, f, target, m, mntns_doc, superblocks, ghosts_doc, writer, files)
+            # Opened through a mount outside the dumped namespaces, but reachable at the same path
+            # here: restored on that visible mount (the outside mount itself cannot be recreated).
+            outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
+            loc = _place({"abs": target, "mnt": f["visible_mnt"] if outside else f["mnt_id"]},
+                         mounts_by_id, pid, f"fd {f['fd']}")
             fd_entry = {"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
                         "type": "dir" if stat.S_ISDIR(mode) else "file", **loc}
+            if outside:
+                fd_entry["outside"] = True
+            if ghost is not None:
+                fd_entry["ghost"] = ghost
             entry["fds"].append(fd_entry)
             if loc.get("detached"):
                 unplaced.append((fd_entry, pid, f"fd/{f['fd']}"))
@@ -823,14 +935,52 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             uts_names[uts] = _hostname_of(pid)
         procs_doc.append(entry)
 
+    for g in ghosts_doc.values():
+        g.pop("inode", None)  # only to share one ghost between the fds of one file
     detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     return {
         "kernel": platform.release(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
-        "hostnames": uts_names, "detached": detached_doc, "files": files,
+        "hostnames": uts_names, "detached": detached_doc, "files": files, "ghosts": ghosts_doc,
     }
+
+
+def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
+    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it."""
+    where = f"process {pid} fd {f['fd']} ({path} (deleted))"
+    if m is None:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
+                                          "namespaces: not supported yet")
+    sid = mntns_sb(mntns_doc, m.mnt_id)
+    sb = superblocks[sid]
+    handler = fs.lookup(sb["fstype"])
+    if sb["external"] or handler is None or not handler.content:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a tmpfs or ramfs made "
+                                          "in the dumped tree can hold it again)")
+    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
+    if not stat.S_ISREG(st.st_mode):
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files are supported")
+    if st.st_nlink:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link); "
+                                          "deleted names of linked files are not supported yet")
+    key = f"{st.st_dev}:{st.st_ino}"
+    for gid, g in ghosts_doc.items():
+        if g.get("inode") == key:
+            return gid
+    m_root = ghosts.split_root(m.root)[0]
+    rel = rel_to(path, m.mountpoint)
+    sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
+    gid = f"g-{len(ghosts_doc)}"
+    name, out = writer.new_archive()
+    try:
+        files[name] = ghosts.archive_link(f"/proc/{pid}/fd", str(f["fd"]), sb_path, out)
+    except OSError as e:
+        raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+    ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",
+                       "only": sb_path.rsplit("/", 1)[1], "inode": key}
+    return gid
 
 
 def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dict) -> None:
@@ -942,7 +1092,7 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
     done: dict[str, list[str]] = {}
     for sid, root, d_fd, d_path in sorted(beyond, key=lambda b: (b[0], len(b[1]), b[1])):
         sb = superblocks[sid]
-        covered = [a["root"] for a in sb["archives"]] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
+        covered = [a["root"] for a in sb["archives"] if "only" not in a] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
         if any(is_beneath(root, c) for c in covered + done.get(sid, [])):
             continue
         rel = rel_to(root, d_path)
@@ -958,18 +1108,48 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
         done.setdefault(sid, []).append(root)
 
 
-def _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name) -> None:
-    """Record which dumped pid namespace the proc mount `mid` (clone fd `mfd`) belongs to."""
-    sid = mntns_sb(mntns_doc, mid)
+def _pid_identity(piddir: str) -> tuple[int, bytes]:
+    """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`)."""
+    with open(f"{piddir}/status", "rb") as f:
+        nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
+    with open(f"{piddir}/stat", "rb") as f:
+        data = f.read()
+    # starttime is field 22; fields after comm (which may hold spaces) start at field 3
+    return int(nspid), data[data.rindex(b")") + 2:].split()[19]
+
+
+def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:
+    """Whether the proc mount at `proc_fd` shows, as `pid`, the process started at `starttime`
+    that lives in pid namespace `ino`."""
+    base = f"/proc/self/fd/{proc_fd}/{pid}"
     try:
-        pino = os.stat(f"/proc/self/fd/{mfd}/1/ns/pid").st_ino
-    except OSError:
-        raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mounts_by_id[mid].mountpoint}) on "
-                                          "proc: its pid namespace has no init") from None
-    if pino not in ino_name:
-        raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mounts_by_id[mid].mountpoint}) on proc: it belongs "
-                                          "to a pid namespace outside the dumped tree")
-    superblocks[sid]["pidns"] = ino_name[pino]
+        with open(f"{base}/stat", "rb") as f:
+            data = f.read()
+        return (data[data.rindex(b")") + 2:].split()[19] == starttime
+                and os.stat(f"{base}/ns/pid").st_ino == ino)
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+def _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name, members) -> None:
+    """Record which dumped pid namespace the proc mount `mid` (clone fd `mfd`) belongs to.
+
+    A proc mount lists the processes of its pid namespace under their pids there. The namespace
+    is the one (of the dumped tree's) all of whose dumped processes the mount shows under their
+    own pids; `members` gives them per namespace inode: [(pid there, start time)]."""
+    sid = mntns_sb(mntns_doc, mid)
+    where = f"mount {mid} ({mounts_by_id[mid].mountpoint}) on proc"
+    found = [ino for ino, procs in members.items()
+             if all(_shows(mfd, pid, start, ino) for pid, start in procs)]
+    if len(found) > 1:
+        # Only if each process had the same pid in a namespace and in its parent: not seen in practice.
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: it matches pid namespaces {', '.join(sorted(ino_name[i] for i in found))}"
+                                          " alike; cannot tell which it belongs to")
+    if not found:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: it belongs to a pid namespace outside the dumped tree "
+                                          "(it shows none of the tree's namespaces' processes as theirs); "
+                                          f"declare it --external mnt[{mounts_by_id[mid].mountpoint}]:KEY")
+    superblocks[sid]["pidns"] = ino_name[found[0]]
 
 
 def mntns_sb(mntns_doc: dict, mid: int) -> str:

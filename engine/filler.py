@@ -21,7 +21,7 @@ import os
 from engine import channel, content, standin
 
 
-def _body(plans, given, fills, empties, hostproc, chan: channel.Channel) -> None:
+def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
     batch: list[str] = []
     size = 1  # the first superblock at once (the restorer starts with it), then growing batches
@@ -38,15 +38,30 @@ def _body(plans, given, fills, empties, hostproc, chan: channel.Channel) -> None
         chan.send(("sbs", batch), [made[s] for s in batch])
     chan.send(("made", None))
     for sid, er in empties:
-        fd = content.mkdirs_beneath(made[sid], er["root"])
-        os.chown(f"self/fd/{fd}", er["uid"], er["gid"], dir_fd=hostproc)
-        os.chmod(f"self/fd/{fd}", er["mode"], dir_fd=hostproc)
-        if fd != made[sid]:
-            os.close(fd)
-    for archive_fd, name, expect, spec in fills:
-        targets = [(content.mkdirs_beneath(made[sid], root), member) for sid, root, member in spec]
         try:
-            content.extract(archive_fd, name, expect, targets)
+            fd = content.mkdirs_beneath(made[sid], er["root"])
+            try:
+                os.chown(f"self/fd/{fd}", er["uid"], er["gid"], dir_fd=hostproc)
+                os.chmod(f"self/fd/{fd}", er["mode"], dir_fd=hostproc)
+            finally:
+                if fd != made[sid]:
+                    os.close(fd)
+        except OSError as e:
+            raise OSError(e.errno, f"{mount_of.get(sid, sid)}: its empty root {er['root']}: {e.strerror or e}") from None
+    for archive_fd, name, expect, spec in fills:
+        targets = []
+        try:
+            for sid, root, member in spec:
+                try:
+                    targets.append((content.mkdirs_beneath(made[sid], root), member))
+                except OSError as e:
+                    raise OSError(e.errno, f"{mount_of.get(sid, sid)}: making {root} to extract its files into: "
+                                           f"{e.strerror or e}") from None
+            try:
+                content.extract(archive_fd, name, expect, targets)
+            except OSError as e:
+                names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
+                raise OSError(e.errno, f"{names}: {e.strerror or e}") from None
         finally:
             for (fd, _), (sid, _, _) in zip(targets, spec):
                 if fd != made[sid]:
@@ -57,16 +72,17 @@ def _body(plans, given, fills, empties, hostproc, chan: channel.Channel) -> None
 class Filler:
     """The restorer's side of the helper."""
 
-    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int):
+    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None):
         """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
         order of first use; `given`: superblocks that exist already ({sid: fd}, e.g. attached in
         a yard), to fill only; `fills`: (archive fd, name, expected size/sha256, [(sid, root,
-        member)]); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc.
+        member)]); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc;
+        `where`: {sid: "mount N (PATH) on TYPE"}, to name the mount in an error.
         The archive fds may be closed after this returns."""
         self.sids = {p[0] for p in plans}
         self.got: dict[str, int] = {}
         self.made = self.done = False
-        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc)
+        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {})
 
     def _recv(self) -> None:
         try:

@@ -22,8 +22,12 @@ class ChildError(Exception):
 
     def __init__(self, exc: BaseException | None, text: str, tb: str):
         self.exc = exc
+        self.text = text
         self.tb = tb
         super().__init__(text)
+
+    def __reduce__(self):
+        return (type(self), (self.exc, self.text, self.tb), self.__dict__)
 
 
 def _read_all(fd: int) -> bytes:
@@ -63,7 +67,7 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
         except BaseException as e:  # noqa: BLE001 - everything goes back to the parent
             code = 1
             try:
-                pickle.dumps(e)
+                pickle.loads(pickle.dumps(e))  # an exception that cannot be rebuilt goes back as text
                 exc = e
             except Exception:
                 exc = None

@@ -183,6 +183,26 @@ def fsmount(fd: int, attr_flags: int = 0) -> int:
                   "fsmount")
 
 
+FSPICK_CLOEXEC = 0x1
+FSPICK_EMPTY_PATH = 0x8
+
+
+def fspick(dfd: int, path: str, flags: int) -> int:
+    """fspick(2): a filesystem context for reconfiguring the superblock at a mount's root."""
+    return _check(_syscall(NR["fspick"], ctypes.c_int(dfd), _b(path), ctypes.c_uint(flags | FSPICK_CLOEXEC)),
+                  lambda: f"fspick({path!r})")
+
+
+def superblock_readonly(mount_fd: int) -> None:
+    """Make the superblock of the mount at `mount_fd` (its root; detached is fine) read-only."""
+    fd = fspick(mount_fd, "", FSPICK_EMPTY_PATH)
+    try:
+        fsconfig(fd, FSCONFIG_SET_FLAG, "ro")
+        fsconfig(fd, FSCONFIG_CMD_RECONFIGURE)
+    finally:
+        os.close(fd)
+
+
 class _MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
                 ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]

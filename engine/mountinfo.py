@@ -36,8 +36,13 @@ class MountinfoError(ValueError):
 
     def __init__(self, lineno: int, message: str, line: str = ""):
         self.lineno = lineno
+        self.message = message
         self.line = line
         super().__init__(f"mountinfo line {lineno}: {message}" + (f": {line!r}" if line else ""))
+
+    def __reduce__(self):
+        # Raised in forked helpers and pickled back: rebuild from the constructor's arguments.
+        return (type(self), (self.lineno, self.message, self.line), self.__dict__)
 
 
 _OCTAL = re.compile(r"\\([0-7]{3})")
@@ -128,12 +133,13 @@ def parse_line(line: str, lineno: int = 1, unique: dict[int, int] | None = None)
     `unique` maps mount ids to their 64-bit unique ids (statmount), when known."""
     raw = line.rstrip("\n")
     fields = raw.split(" ")
-    if "" in fields:
-        raise MountinfoError(lineno, "empty field (double or trailing space)", raw)
     try:
         sep = fields.index("-", 6)
     except ValueError:
         raise MountinfoError(lineno, "no ' - ' separator after the optional fields", raw) from None
+    # The source may be empty (mount("", dir, "tmpfs") prints "- tmpfs  rw"); no other field may.
+    if "" in fields[:sep + 2] or "" in fields[sep + 3:]:
+        raise MountinfoError(lineno, "empty field (double or trailing space)", raw)
     if len(fields) < 10 or sep < 6:
         raise MountinfoError(lineno, f"too few fields ({len(fields)}, need at least 10)", raw)
     if len(fields) - sep - 1 != 3:
@@ -344,7 +350,7 @@ def mount_from_statmount(sm: dict) -> Mount:
         mount_opts=_mount_opts_from_attr(sm["mnt_attr"]),
         fstype=fstype,
         # mountinfo prints "none" for a mount without a device name.
-        source=sm.get("sb_source") or "none",
+        source=sm["sb_source"] if sm.get("sb_source") is not None else "none",
         super_opts=tuple(super_opts),
         shared=sm["peer_group"] if prop & _MS_SHARED else None,
         master=sm["master"] if slave else None,

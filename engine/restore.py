@@ -45,7 +45,9 @@ import resource
 import signal
 import stat
 
-from engine import channel, content, features, filler, forkrun, fs, image, kernel, mountinfo, sharing, standin, strategy
+from engine import (channel, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo, sharing,
+                    standin, strategy)
+from engine import pidfile as pidfile_mod
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
@@ -127,8 +129,16 @@ def step(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str | None = None) -> int:
-    """Restore the image; return the root stand-in's pid (and write it to pidfile)."""
+def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str | None = None,
+            devices: str = "container") -> int:
+    """Restore the image; return the root stand-in's pid (and write it to pidfile).
+
+    Atomic: the tree runs and the pid file names it, or nothing is left (engine/pidfile.py).
+    `devices` is the policy for device nodes in archives (engine/content.py, IMAGE.md).
+    """
+    content.set_device_policy(devices)
+    if pidfile:
+        pidfile_mod.check(pidfile)  # before anything is built
     doc = image.load(images_dir)
     ext = parse_externals(externals, root)
     needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
@@ -150,17 +160,33 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
                                                      "this kernel cannot rebuild peer groups (strategy sharing="
                                                      "refuse; MOVE_MOUNT_SET_GROUP needs Linux >= 5.15)")
     img_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY)
+    # Ctrl-C kills the restorer (and so everything it made, see _restorer); here it is noted and
+    # acted on once the restorer's answer is in, so a tree finished meanwhile is killed, not lost.
+    interrupted: list[int] = []
+    old_int = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
     try:
-        pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
-    except forkrun.ChildError as e:
-        raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+        try:
+            pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
+        except forkrun.ChildError as e:
+            if interrupted:
+                raise KeyboardInterrupt from None
+            raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+        finally:
+            os.close(img_fd)
+        published = False
+        try:
+            if pidfile and not interrupted:
+                pidfile_mod.publish(pidfile, pid)
+                published = True
+            if interrupted:
+                if published:
+                    os.unlink(pidfile)
+                raise KeyboardInterrupt
+        except BaseException:
+            pidfile_mod.kill_tree(pid)
+            raise
     finally:
-        os.close(img_fd)
-    if pidfile:
-        tmp = pidfile + ".tmp"
-        with open(tmp, "w") as f:
-            f.write(f"{pid}\n")
-        os.rename(tmp, pidfile)
+        signal.signal(signal.SIGINT, old_int)
     return pid
 
 
@@ -196,6 +222,22 @@ class _Restorer:
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
         self.filling: set[str] = set()     # superblocks those helpers write into
+        self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
+        self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
+        # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
+        self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
+        self.ghost_fd: dict[str, int] = {}    # ghost id -> O_PATH fd its open files are reopened from
+        self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts mounts are made from, linked until attached
+        self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
+        self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
+        for p in doc["processes"]:
+            for f in p["fds"]:
+                if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
+                    self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
+                    self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
+        for m in self.mounts.values():
+            if m.get("ghost"):
+                self.ghost_user.setdefault(m["ghost"], m)
         self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
         self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
@@ -210,6 +252,8 @@ class _Restorer:
         self.legacy = chosen.flags == "remount"
         # sources=yard: open_tree cannot clone a detached mount, so new superblocks are attached
         # in a yard of the service namespace and cloned from there.
+        # The root below the yard: setns into the service namespace puts us on top of it.
+        self.service_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         self.yard = _make_yard() if chosen.sources == "yard" else None
 
     def to_service(self) -> None:
@@ -328,6 +372,10 @@ class _Restorer:
             if handler is None:
                 raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
             params = handler.fsconfig_params(sb["super_opts"])
+            if handler.content and ("ro", None) in params:
+                # Files are extracted into it first: made read-only once they are all there (seal).
+                params.remove(("ro", None))
+                self.ro_later.add(sid)
             source = sb["source"] if handler.keep_source else None
             fstype = sb["fstype"].split(".", 1)[0]
             where = f"mount {users[sid]['id']} ({users[sid]['mountpoint']}) on {sb['fstype']}"
@@ -346,6 +394,7 @@ class _Restorer:
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
             self.sb_fd[sid] = self._settle(sid, fd)
+            self._keep_for_seal(sid, fd)
             step("superblock")
         if not started:
             self._start_filling(plans, users)
@@ -364,8 +413,10 @@ class _Restorer:
         fills: dict[str, list] = {}
         empties = []
         for sid, sb in self.doc["superblocks"].items():
-            if sid not in made:
-                continue  # archives only fill superblocks made here (any other member fails the member check)
+            if sid not in made or not fs.lookup(sb["fstype"]).content:
+                # Archives only fill tmpfs/ramfs made here, never a namespace-bound superblock
+                # (the host's own mqueue or cgroup2 when the namespace is the host's).
+                continue
             for arc in sb.get("archives") or []:
                 fills.setdefault(arc["file"], []).append((sid, arc["root"], arc["member"]))
             if sb.get("empty_root") is not None:
@@ -378,7 +429,9 @@ class _Restorer:
             for name, spec in sorted(fills.items()):
                 afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd))
                 jobs.append((afds[-1], name, self.doc["files"][name], spec))
-            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc)
+            where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
+                     for sid, m in users.items()}
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where)
         finally:
             for fd in afds:
                 os.close(fd)
@@ -396,7 +449,32 @@ class _Restorer:
                 fd = self.sb_fd[sid] = self.filler.take(sid)
             except OSError as e:
                 raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+            self._keep_for_seal(sid, fd)
         return fd
+
+    def _keep_for_seal(self, sid: str, fd: int) -> None:
+        """Keep a mount of a superblock that seal() makes read-only after it is filled."""
+        if sid in self.ro_later and sid not in self.ro_fd:
+            self.ro_fd[sid] = os.dup(fd)
+
+    def seal(self) -> None:
+        """Make read-only the superblocks that were read-only at dump (created writable to be filled);
+        per-mount read-only flags were set on each mount already."""
+        self.join_files()
+        for sid in sorted(self.ro_later):
+            fd = self.ro_fd.pop(sid, None)
+            if fd is None:
+                continue  # never taken: no mount was cloned from it
+            m = next((m for m in self.mounts.values() if m["sb"] == sid), None)
+            where = f"mount {m['id']} ({m['mountpoint']})" if m else f"superblock {sid}"
+            try:
+                kernel.superblock_readonly(fd)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where} on {self.doc['superblocks'][sid]['fstype']}: "
+                                                         f"making its superblock read-only: {e.strerror or e}") from None
+            finally:
+                os.close(fd)
+            step("seal")
 
     def _settle(self, sid: str, fd: int) -> int:
         """A new superblock's mount as a clone source: as is, or attached in the yard (older kernels)."""
@@ -459,7 +537,14 @@ class _Restorer:
             if not (self._filling_now() and sid in self.filling):
                 raise
         if is_dir():
-            os.close(content.mkdirs_beneath(base, "/" + rel))
+            try:
+                os.close(content.mkdirs_beneath(base, "/" + rel))
+            except OSError as e:
+                if e.errno != errno.EROFS:
+                    raise
+                # A read-only mount of a writable superblock (an OCI runtime's read-only root):
+                # tar writes through the superblock's own mount, so wait for it.
+                self.join_files()
         else:
             self.join_files()
         return kernel.openat2(base, rel, flags, resolve)
@@ -568,7 +653,56 @@ class _Restorer:
                                               f"({e['mountpoint']}): {err.strerror}") from None
 
     def _clone(self, m: dict, what: str = "mount") -> int:
-        base, rel = self._source(m)
+        fd = self._clone_plain(m, what)
+        for gid, path in self.ghost_fds_on.get(m["id"], ()):
+            if gid not in self.ghost_fd:
+                ghost = self._ghost(gid)
+                try:
+                    self.ghost_fd[gid] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
+                                                        _BENEATH | kernel.RESOLVE_NO_XDEV)
+                finally:
+                    ghost.remove()  # files open on it keep it, unlinked as it was
+        return fd
+
+    def _ghost(self, gid: str) -> ghosts.Ghost:
+        """Recreate ghost `gid` under its old name on its new superblock (the caller removes it)."""
+        g = self.doc["ghosts"][gid]
+        user = self.ghost_user[gid]
+        where = f"mount {user['id']} ({user['mountpoint']})"
+        self.join_files()  # the superblock's own files first: the ghost's old name may be in use again
+        base = self._sb(g["sb"])
+        if base is None:
+            raise RestoreError(errno.EINVAL, f"{where}: the filesystem of its deleted file {g['path']} was not restored")
+        # tar runs in a copy of the namespace we stand in: the service one has its /proc and tar
+        # (beneath the yard, if there is one).
+        self.to_service()
+        os.fchdir(self.service_root)
+        os.chroot(".")
+        os.chdir("/")
+        afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+        try:
+            return ghosts.Ghost(base, g["path"], afd, g["file"], self.doc["files"][g["file"]], g["only"])
+        except OSError as e:
+            if isinstance(e, RestoreError):
+                raise
+            raise RestoreError(e.errno or errno.EIO, f"{where}: recreating its deleted file {g['path']}: "
+                                                     f"{e.strerror or e}") from None
+        finally:
+            os.close(afd)
+
+    def _clone_plain(self, m: dict, what: str) -> int:
+        if m.get("ghost"):
+            # Its root was unlinked: cloned from the ghost, recreated once and unlinked again.
+            src = self.ghost_src.get(m["ghost"])
+            if src is None:
+                # It stays linked until its mounts are attached (the kernel attaches none whose root
+                # is unlinked); assemble() removes it then.
+                ghost = self.ghost_live[m["ghost"]] = self._ghost(m["ghost"])
+                src = self.ghost_src[m["ghost"]] = kernel.openat2(ghost.dir, ghost.name, os.O_PATH | os.O_NOFOLLOW,
+                                                                  _BENEATH | kernel.RESOLVE_NO_XDEV)
+            base, rel = src, ""
+        else:
+            base, rel = self._source(m)
         if self.yard is not None:
             self.to_service()  # attached sources clone only from their own namespace
         try:
@@ -728,9 +862,17 @@ class _Restorer:
             fd = self._sb(sid)
             if fd is not None:
                 self.helper_src[sid] = os.dup(fd)
-        for fd in list(self.sb_fd.values()) + list(self.ext_src.values()):
+        for gid in sorted(self.ghost_live):
+            try:
+                self.ghost_live.pop(gid).remove()
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"mount {self.ghost_user[gid]['id']} "
+                                                         f"({self.ghost_user[gid]['mountpoint']}): unlinking its root "
+                                                         f"{self.doc['ghosts'][gid]['path']} again: {e.strerror or e}") from None
+        for fd in list(self.sb_fd.values()) + list(self.ext_src.values()) + list(self.ghost_src.values()):
             os.close(fd)
         self.sb_fd.clear()
+        self.ghost_src.clear()
         if self.filler is not None:
             self.filler.close()
         self.ext_src.clear()
@@ -1017,7 +1159,12 @@ class _Restorer:
             for f in p["fds"]:
                 flags = f["flags"] & ~_OPEN_DROP
                 try:
-                    fd = self.open_at(f["mnt"], f["path"], flags)
+                    if f.get("ghost"):
+                        # Unlinked at restore too: reopened from the fd taken while it had its name.
+                        fd = os.open(f"self/fd/{self.ghost_fd[f['ghost']]}", flags | os.O_CLOEXEC,
+                                     dir_fd=self.hostproc)
+                    else:
+                        fd = self.open_at(f["mnt"], f["path"], flags)
                 except OSError as e:
                     raise RestoreError(e.errno, f"{where} fd {f['fd']}: {f['path']} on mount {f['mnt']}: "
                                                 f"{e.strerror or e}") from None
@@ -1037,6 +1184,7 @@ class _Restorer:
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
     out = os.environ.get("MNTCR_PROFILE")
     if not out:
         return _restore_body(doc, img_fd, ext)
@@ -1069,6 +1217,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     r.assemble(service_fd)
     r.restore_sharing()
     r.join_files()  # processes open files: all of them must be there
+    r.seal()
     r.place_processes()
     r.detach()
     return r.hostpid[doc["processes"][0]["pid"]]

@@ -113,6 +113,9 @@ class CRError(AssertionError):
         self.proc = proc
         super().__init__(f"mntcr {verb} exited {proc.returncode}:\n{proc.stderr.strip()}")
 
+    def __reduce__(self):
+        return (type(self), (self.verb, self.proc), self.__dict__)
+
 
 # --- the keeper and the container's pid 1 (run as a program) --------------------------
 
@@ -186,7 +189,9 @@ def keeper_main(cfg: dict) -> int:
         kernel.setns(fd, kernel.CLONE_NEWNS)
         os.close(fd)
     bind_paths = [src for src, _ in cfg.get("binds", ())]
-    kernel.unshare(kernel.CLONE_NEWNS | kernel.CLONE_NEWPID | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC)
+    # host_pidns: the tree stays in the test's pid namespace (a service with a private /proc).
+    pidns = 0 if cfg.get("host_pidns") else kernel.CLONE_NEWPID
+    kernel.unshare(kernel.CLONE_NEWNS | pidns | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC)
     if cfg.get("outer_pid"):
         # The outer namespace is private except the binds' sources (shared on purpose): check,
         # since mounting under a shared mount here would propagate out.
@@ -302,15 +307,18 @@ class EngineCase:
         self.outers.append(o)
         return o
 
-    def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 20) -> int:
+    def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 20,
+              host_pidns: bool = False) -> int:
         """Run `setup` as pid 1 of a new container; return its host pid once the tree is ready.
 
         `binds` are (outer path, container path) pairs bound into the root before pivot_root
-        (sources in `outer`'s namespace).
+        (sources in `outer`'s namespace). `host_pidns`: no new pid namespace (the setup is then
+        not pid 1 and its /proc shows the test's pid namespace).
         """
         out_r, out_w = os.pipe()
         cfg = {"setup": setup, "out_fd": out_w, "hostname": "mntcr-test",
-               "outer_pid": outer.pid if outer else None, "binds": [list(b) for b in binds]}
+               "outer_pid": outer.pid if outer else None, "binds": [list(b) for b in binds],
+               "host_pidns": host_pidns}
         env = dict(os.environ, PYTHONPATH=PROJECT_ROOT)
         try:
             keeper = subprocess.Popen([sys.executable, os.path.abspath(__file__), "keeper", json.dumps(cfg)],

@@ -245,3 +245,144 @@ def test_leaves_a_holder():
                 os.kill(int(pidfile.read_text()), 9)
             except ProcessLookupError:
                 pass
+
+
+# --- (6) attribution on a busy machine: foreign changes warn, leaks are named at their test -------
+#
+# The inner session watches a throwaway mount namespace (ZDTM_LEAKGUARD_MOUNTINFO), held by a
+# process outside the session, as "the host": nothing here mounts in the real host's namespace.
+# A foreign program (started before the session, so without its marker) mounts and unmounts there
+# while the tests run, and leaves one mount behind, like a container runtime would.
+
+FOREIGN = '''
+while [ ! -e {flags}/go ]; do sleep 0.05; done
+mkdir -p {work}/containers/a {work}/containers/b
+mount -t tmpfs foreign-runtime {work}/containers/a
+mount -t tmpfs foreign-runtime {work}/containers/b
+umount {work}/containers/b
+touch {flags}/done
+'''
+
+BUSY_TESTS = {
+    "test_a": '''
+import os, subprocess, time
+
+def _wait(path):
+    for _ in range(1200):  # the other worker's test, at most a minute
+        if os.path.exists(path):
+            return
+        time.sleep(0.05)
+
+def test_leaks_under_its_tmp_path(tmp_path):
+    _wait({flags!r} + "/b-started")
+    (tmp_path / "m").mkdir()
+    subprocess.run(["nsenter", "-t", "{holder}", "-m", "mount", "-t", "tmpfs", "zdtm-real-leak",
+                    str(tmp_path / "m")], check=True)
+    open({flags!r} + "/a-leaked", "w").close()
+''',
+    "test_b": '''
+import os, time
+
+def _wait(path):
+    for _ in range(1200):
+        if os.path.exists(path):
+            return
+        time.sleep(0.05)
+
+def test_runs_meanwhile():
+    open({flags!r} + "/b-started", "w").close()
+    open({flags!r} + "/go", "w").close()
+    _wait({flags!r} + "/done")
+    _wait({flags!r} + "/a-leaked")
+''',
+}
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),
+                    reason="needs root, unshare and nsenter for a throwaway mount namespace")
+def test_foreign_mounts_warn_and_a_leak_is_named_at_its_own_test(pytester, tmp_path):
+    pytest.importorskip("xdist")
+    flags, work = tmp_path / "flags", tmp_path / "work"
+    flags.mkdir()
+    work.mkdir()
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "600"],
+                              stdin=subprocess.DEVNULL)
+    foreign = None
+    try:
+        for _ in range(200):  # until unshare has exec'd sleep in the new namespace
+            if os.readlink(f"/proc/{holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+                break
+            time.sleep(0.05)
+        foreign = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-m", "sh", "-ec",
+                                    FOREIGN.format(flags=flags, work=work)],
+                                   env={k: v for k, v in os.environ.items() if k != leakguard.SESSION_ENV},
+                                   stdin=subprocess.DEVNULL)
+        pytester.makeconftest('pytest_plugins = ["zdtm.plugin"]\n')
+        for name, text in BUSY_TESTS.items():
+            pytester.makepyfile(**{name: text.format(flags=str(flags), holder=holder.pid)})
+        env_path = PROJECT + os.pathsep + os.environ.get("PYTHONPATH", "")
+        result = pytester.run("env", f"PYTHONPATH={env_path}",
+                              f"{leakguard.MOUNTINFO_ENV}=/proc/{holder.pid}/mountinfo",
+                              sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA",
+                              "-n", "2", "--dist", "loadscope", timeout=300)
+        out = result.stdout.str()
+        assert foreign.wait(timeout=60) == 0
+        # the leak: named at its own test's teardown, and at the session's end
+        assert "ERROR at teardown of test_leaks_under_its_tmp_path" in out, out
+        assert "leak guard: test_a.py::test_leaks_under_its_tmp_path changed the host's mounts" in out
+        assert "LEAKED MOUNTS" in out and "(tmpfs zdtm-real-leak" in out
+        # the other test, running meanwhile, is not blamed for either
+        assert "teardown of test_runs_meanwhile" not in out
+        outcomes = result.parseoutcomes()
+        assert (outcomes.get("passed"), outcomes.get("errors", outcomes.get("error"))) == (2, 1), out
+        # the foreign program's mounts: a warning, not a failure
+        assert "HOST MOUNT CHANGES BY OTHER PROGRAMS" in out
+        assert f"leaked mount: {work}/containers/a (tmpfs foreign-runtime" in out.split(
+            "HOST MOUNT CHANGES BY OTHER PROGRAMS")[1]
+        assert "foreign-runtime" not in out.split("LEAKED MOUNTS")[1].split("HOST MOUNT CHANGES")[0]
+        assert result.ret == 1
+    finally:
+        for p in (foreign, holder):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),
+                    reason="needs root, unshare and nsenter for a throwaway mount namespace")
+def test_a_run_with_only_foreign_mount_changes_is_green(pytester, tmp_path):
+    flags, work = tmp_path / "flags", tmp_path / "work"
+    flags.mkdir()
+    work.mkdir()
+    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "600"],
+                              stdin=subprocess.DEVNULL)
+    foreign = None
+    try:
+        for _ in range(200):
+            if os.readlink(f"/proc/{holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
+                break
+            time.sleep(0.05)
+        foreign = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-m", "sh", "-ec",
+                                    FOREIGN.format(flags=flags, work=work)],
+                                   env={k: v for k, v in os.environ.items() if k != leakguard.SESSION_ENV},
+                                   stdin=subprocess.DEVNULL)
+        pytester.makeconftest('pytest_plugins = ["zdtm.plugin"]\n')
+        pytester.makepyfile(test_b=BUSY_TESTS["test_b"].format(flags=str(flags)).replace(
+            '    _wait({flags!r} + "/a-leaked")\n'.format(flags=str(flags)), ""))
+        env_path = PROJECT + os.pathsep + os.environ.get("PYTHONPATH", "")
+        result = pytester.run("env", f"PYTHONPATH={env_path}",
+                              f"{leakguard.MOUNTINFO_ENV}=/proc/{holder.pid}/mountinfo",
+                              sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", timeout=300)
+        out = result.stdout.str()
+        assert foreign.wait(timeout=60) == 0
+        outcomes = result.parseoutcomes()
+        assert outcomes.get("passed") == 1 and not outcomes.get("errors", outcomes.get("error")), out
+        assert "ForeignMountChange: leak guard: during test_b.py::test_runs_meanwhile other programs" in out
+        assert "HOST MOUNT CHANGES BY OTHER PROGRAMS" in out
+        assert "LEAKED MOUNTS" not in out and "DISAPPEARED" not in out
+        assert result.ret == 0
+    finally:
+        for p in (foreign, holder):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()

@@ -209,3 +209,53 @@ def test_backend_all_xdist_and_junitxml(run, pytester):
     assert "6 pass, 3 fail" in table or "3 fail, 6 pass" in table
     xml = junit.read_text()
     assert xml.count("<testcase") == 9 and 'name="a[refuse-ns]"' in xml
+
+
+# --- golden check output (zdtm/golden.py) ----------------------------------------------
+
+def test_a_check_that_fails_before_dump_fails(run):
+    scen = "description: d\nsetup: exec zdtm-hold\ncheck: cat /mnt/missing\n"
+    result = run({"c.yaml": scen}, "--backend", "rerun")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "check failed before dump (exit 1)" in out
+    assert "cat: /mnt/missing: No such file or directory" in out
+    assert re.search(r"c\.yaml\s+FAIL: check failed before dump \(exit 1\)", summary(result))
+
+
+def test_golden_output_mismatch_fails_and_update_golden_writes_it(run, pytester):
+    golden = pytester.path / "scenarios" / "p" / "shared.out"
+    golden.parent.mkdir(parents=True)
+    golden.write_text("=== prop=shared\nx\n=== prop=private\ny\n")
+    result = run({"p/shared.yaml": SHARED}, "--backend", "rerun")
+    result.assert_outcomes(passed=1, failed=1)
+    out = result.stdout.str()
+    assert "check output before dump differs from the golden output in shared.out" in out
+    assert "-y" in out and "+x" in out
+    assert re.search(r"shared\.yaml\[prop=private\]\s+FAIL: check output before dump differs", summary(result))
+    # --update-golden writes what the checks print, sections in the matrix's order
+    result = run({"p/shared.yaml": SHARED}, "--backend", "rerun", "--update-golden", "-n", "2")
+    result.assert_outcomes(passed=2)
+    assert golden.read_text() == "=== prop=shared\nx\n=== prop=private\nx\n"
+    run({"p/shared.yaml": SHARED}, "--backend", "rerun").assert_outcomes(passed=2)
+
+
+def test_a_golden_file_without_this_combination_fails(run, pytester):
+    golden = pytester.path / "scenarios" / "p" / "shared.out"
+    golden.parent.mkdir(parents=True)
+    golden.write_text("=== prop=shared\nx\n")
+    result = run({"p/shared.yaml": SHARED}, "--backend", "rerun", "-k", "private")
+    result.assert_outcomes(failed=1, deselected=1)
+    assert "shared.out has no golden output for combination prop=private: write it with --update-golden" \
+        in result.stdout.str()
+
+
+def test_golden_output_of_a_scenario_without_params_is_the_file(run, pytester):
+    # the check has the setup's helpers (zdtm_spaces, zdtm_mounts...)
+    scen = ("description: d\nsetup: |\n  echo hi > /tmp/f\n  exec zdtm-hold\n"
+            "check: |\n  cat /tmp/f\n  echo 'a   b' | zdtm_spaces\n")
+    (pytester.path / "scenarios").mkdir()
+    (pytester.path / "scenarios" / "g.out").write_text("hi\na b\n")
+    run({"g.yaml": scen}, "--backend", "rerun").assert_outcomes(passed=1)
+    (pytester.path / "scenarios" / "g.out").write_text("ho\n")
+    run({"g.yaml": scen}, "--backend", "rerun").assert_outcomes(failed=1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import lzma
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -143,7 +144,8 @@ def ensure(kernel: Kernel, modules: tuple[str, ...] = DEFAULT_MODULES, init: Pat
     if out.exists():
         return out
     say(f"building initramfs for {kernel.name} ({kernel.version})")
-    tmp = out.with_suffix(".partial")
+    # Two xdist workers may build the same image at once: each writes its own file, the renames are atomic.
+    tmp = out.with_name(f"{out.name}.{os.getpid()}.partial")
     tmp.write_bytes(build_bytes(kernel, modules, init))
     tmp.rename(out)
     for old in out.parent.glob(f"{prefix}-*.cpio"):

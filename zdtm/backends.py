@@ -36,6 +36,9 @@ class BackendError(Exception):
         self.log = log
         super().__init__(message)
 
+    def __reduce__(self):
+        return (type(self), (self.stage, str(self), self.log), self.__dict__)
+
 
 @dataclass
 class Context:

@@ -118,6 +118,7 @@ def build_userland(suite: str, dest: str, *, log=sys.stderr) -> None:
 
     Progress goes to ``log``. Concurrent callers (xdist workers) serialize on a
     lock file next to ``dest``; the second one finds the finished userland.
+    debootstrap runs in a private mount namespace: nothing is mounted on the host.
     """
     if suite not in SUITES:
         raise CriuEnvError(f"unknown criu suite {suite!r}: expected one of {', '.join(SUITES)}")
@@ -126,6 +127,9 @@ def build_userland(suite: str, dest: str, *, log=sys.stderr) -> None:
         raise CriuEnvError("debootstrap is not installed (apt-get install debootstrap) - needed to build the criu userland")
     if not os.path.exists(KEYRING):
         raise CriuEnvError(f"{KEYRING} missing (apt-get install debian-archive-keyring)")
+    unshare = shutil.which("unshare")
+    if not unshare:
+        raise CriuEnvError("unshare is not installed (apt-get install util-linux) - needed to build the criu userland")
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     with open(dest + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -134,13 +138,17 @@ def build_userland(suite: str, dest: str, *, log=sys.stderr) -> None:
         if os.path.exists(dest):
             print(f"mntcr: rebuilding {dest}: built without some of {', '.join(PACKAGES)}", file=log, flush=True)
             shutil.rmtree(dest)
+        # Under the lock no other build runs: any build directory left here is a killed build's.
+        for stale in glob.glob(glob.escape(dest) + ".tmp-*"):
+            shutil.rmtree(stale, ignore_errors=True)
         tmp = f"{dest}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
         mirror = debian_mirror()
         print(f"mntcr: building criu userland: debootstrap --variant=minbase {suite} from {mirror} "
-              f"into {dest} (about 30 s, once)", file=log, flush=True)
+              f"into {dest} (about a minute, once)", file=log, flush=True)
         start = time.monotonic()
-        cmd = [debootstrap, "--variant=minbase", "--include=" + ",".join(PACKAGES), f"--keyring={KEYRING}",
+        # debootstrap mounts proc and sys inside the target (and chroots there): in a private mount
+        # namespace of its own, so none of that reaches the host's mount table, even when it is killed.
+        cmd = [unshare, "--mount", "--propagation", "private", debootstrap, "--variant=minbase", "--include=" + ",".join(PACKAGES), f"--keyring={KEYRING}",
                suite, tmp, mirror]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         tail: list[str] = []

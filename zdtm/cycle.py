@@ -4,6 +4,8 @@ The flavor has already started the scenario (its setup ran; a setup failure
 never reaches here). `run` returns an Outcome when the scenario behaved as
 expected for the backend and raises CycleFailure otherwise:
 
+- before anything: the scenario's check exits 0 and prints its golden output
+  (NAME.out, zdtm/golden.py) when it has one;
 - expect pass: every dump and restore succeeds and every restored state equals
   the state before the first dump (iteration k dumps the tree iteration k-1
   restored);
@@ -21,7 +23,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from zdtm import snapshot
+from zdtm import golden, snapshot
 from zdtm.backends import BackendError, Context
 
 
@@ -55,8 +57,25 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
     return True
 
 
-def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topology=None) -> Outcome:
-    """Run `iters` dump/restore iterations on `running`; see the module docstring."""
+def _check_golden(scenario, output: str, workdir: str, update: bool) -> None:
+    """The check before dump must exit 0 and print the golden output (or, updating, writes it)."""
+    if update and not golden.exit_status(output):
+        golden.update(scenario, output)
+        return
+    problem = golden.verify(scenario, output)
+    if problem:
+        with open(os.path.join(workdir, "check.out.bad"), "w") as f:  # fstests' NAME.out.bad
+            f.write(output)
+        raise CycleFailure(problem, kind="check")
+
+
+def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topology=None,
+        update_golden: bool = False) -> Outcome:
+    """Run `iters` dump/restore iterations on `running`; see the module docstring.
+
+    `update_golden`: write the check's output before dump as the scenario's golden
+    output (zdtm/golden.py) instead of comparing it.
+    """
     expect = backend.expectation(scenario)
     crfail = expect.outcome == "crfail"
     timeout = scenario.timeout
@@ -64,6 +83,8 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
     _save(os.path.join(workdir, "before.json"), before)
     with open(os.path.join(workdir, "before.txt"), "w") as f:
         f.write(before.text())
+    if scenario.check:
+        _check_golden(scenario, before.check_output, workdir, update_golden)
     pid = running.pid
     restored: int | None = None
     cleanups: list = []

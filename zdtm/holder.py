@@ -32,20 +32,43 @@ exec </dev/null >/dev/null 2>&1
 exec {HOLD_ARGV0} infinity
 """
 
+# Shell helpers for both setup and check scripts (fstests' common/filter): one
+# spelling of the filters that keep check output comparable.
+HELPERS = r"""# zdtm_wait FILE [SECONDS]: wait until FILE exists (e.g. a background process in a
+# nested namespace says it has finished its mounts).
+zdtm_wait() {
+    _n=$(( ${2:-10} * 20 ))
+    while [ ! -e "$1" ]; do
+        _n=$((_n - 1)); [ "$_n" -gt 0 ] || { echo "zdtm_wait: $1 did not appear" >&2; return 1; }
+        sleep 0.05
+    done
+}
+# zdtm_spaces: runs of blanks (findmnt's column padding) become one space.
+zdtm_spaces() { sed 's/[[:space:]]\+/ /g'; }
+# zdtm_ids: peer group and master numbers dropped (a restore need not keep them).
+zdtm_ids() { sed 's/ shared:[0-9]*/ shared/g;s/ master:[0-9]*/ master/g'; }
+# zdtm_mounts DIR [COLUMNS]: DIR and the mounts beneath it in list form, sorted
+# (the tree form orders siblings by mount id); COLUMNS default TARGET,SOURCE,PROPAGATION.
+zdtm_mounts() { findmnt -n -l -o "${2:-TARGET,SOURCE,PROPAGATION}" -R "$1" | zdtm_spaces | sort; }
+# zdtm_host: the host's root device (the source of the container's /usr bind, /dev/sda1 on
+# one machine, /dev/vda on another) becomes HOST, with its type when that precedes it, so
+# that check output naming host binds is the same on every machine.
+zdtm_host() {
+    _src=$(findmnt -n -o SOURCE -T /usr | head -n 1 | sed 's/\[.*//')
+    _type=$(findmnt -n -o FSTYPE -T /usr | head -n 1)
+    if [ -z "$_src" ]; then cat; else sed "s|$_type $_src\b|HOST|g;s|$_src\b|HOST|g"; fi
+}
+"""
+
 # Prepended to every setup script. `set -e`: the first failing command fails
 # the setup (reported as a setup error, with the output).
 PRELUDE = f"""set -e
 export PATH={HOLD_DIR}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# zdtm_wait FILE [SECONDS]: wait until FILE exists (e.g. a background process in a
-# nested namespace says it has finished its mounts).
-zdtm_wait() {{
-    _n=$(( ${{2:-10}} * 20 ))
-    while [ ! -e "$1" ]; do
-        _n=$((_n - 1)); [ "$_n" -gt 0 ] || {{ echo "zdtm_wait: $1 did not appear" >&2; return 1; }}
-        sleep 0.05
-    done
-}}
-"""
+{HELPERS}"""
+
+# Prepended to every check script (no `set -e`: a check reports what it sees; its exit
+# status must be 0 before dump, see zdtm/golden.py).
+CHECK_PRELUDE = HELPERS
 
 
 def install(root: str) -> None:

@@ -18,16 +18,33 @@
   environment (processes inherit it, the ns flavor passes it into the
   container), so other sessions running on the same machine are not blamed.
 
+Attribution (a workstation's table changes under other programs too:
+container runtimes, automounts, another test run):
+
+- A change is a test's own when the mount's mount point or source carries the
+  test's identity (its workdir, its tmp_path); it fails that test's teardown.
+- A change carrying the session's identity (the session id, which names the
+  runner's work directories, or the session's pytest basetemp) but not the
+  running test's is another test's of the same session (another xdist worker):
+  never reported at this test, that test's own check or the session check sees it.
+- Anything else is foreign: a warning naming the test it was seen during and
+  at the end of the session, never a failure, unless the session's mount
+  namespace is its own (no process outside the session in it, e.g. a run
+  under ``unshare -m``): then every change is the session's, charged to the
+  running test when only one test runs at a time.
+
 Comparisons work on mountinfo text and a /proc directory argument, so they
-can be tested on made-up tables.
+can be tested on made-up tables; ``ZDTM_LEAKGUARD_MOUNTINFO`` names another
+table to watch (a throwaway namespace's, for the runner's own tests).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from engine import mountinfo
 
@@ -84,17 +101,123 @@ def describe_gone(mounts: list[mountinfo.Mount]) -> str:
                      f"root {m.root})" for m in mounts)
 
 
+MOUNTINFO_ENV = "ZDTM_LEAKGUARD_MOUNTINFO"   # the table the guard watches (tests point it elsewhere)
+EXCLUSIVE_ENV = "ZDTM_SESSION_NS_EXCLUSIVE"  # "1": the session owns the watched mount namespace
+
+
+def watched_table() -> str:
+    """The mountinfo file the guard compares: ``$ZDTM_LEAKGUARD_MOUNTINFO`` or this process's."""
+    return os.environ.get(MOUNTINFO_ENV) or "/proc/self/mountinfo"
+
+
 def read_mountinfo(path: str = "/proc/self/mountinfo") -> str:
     """The text of a mountinfo file."""
     with open(path, encoding="utf-8", errors="surrogateescape") as f:
         return f.read()
 
 
+@dataclass
+class Changes:
+    """What changed in a mount table between two readings."""
+
+    new: list = field(default_factory=list)        # mounts that appeared
+    gone: list = field(default_factory=list)       # mounts that disappeared
+    changed: list = field(default_factory=list)    # (before, after) pairs: flags or propagation
+
+    @classmethod
+    def between(cls, start_text: str, end_text: str) -> "Changes":
+        """The changes from one mountinfo text to another."""
+        return cls(leaked(start_text, end_text), gone(start_text, end_text), changed(start_text, end_text))
+
+    def __bool__(self) -> bool:
+        return bool(self.new or self.gone or self.changed)
+
+    def split(self, marks) -> tuple["Changes", "Changes"]:
+        """(changes of mounts carrying one of `marks` (see `carries`), the rest)."""
+        yes, no = Changes(), Changes()
+        for name in ("new", "gone"):
+            for m in getattr(self, name):
+                getattr(yes if carries(m, marks) else no, name).append(m)
+        for pair in self.changed:
+            (yes if carries(pair[1], marks) else no).changed.append(pair)
+        return yes, no
+
+    def __add__(self, other: "Changes") -> "Changes":
+        return Changes(self.new + other.new, self.gone + other.gone, self.changed + other.changed)
+
+    def describe(self) -> str:
+        """One line per change (see describe, describe_gone, describe_changed)."""
+        return "\n".join(t for t in (describe(self.new), describe_gone(self.gone),
+                                      describe_changed(self.changed)) if t)
+
+
+def carries(m: mountinfo.Mount, marks) -> bool:
+    """Whether mount `m` carries one of `marks` in its mount point or source.
+
+    A mark starting with ``/`` is a directory: the mount point (or source) is
+    that directory or beneath it. Any other mark (a session id) is a substring.
+    """
+    for mark in marks:
+        if not mark:
+            continue
+        for text in (m.mountpoint, m.source or ""):
+            if mark.startswith("/"):
+                if text == mark or text.startswith(mark.rstrip("/") + "/"):
+                    return True
+            elif mark in text:
+                return True
+    return False
+
+
+def attribute(changes: Changes, test_marks, session_marks, *, sole: bool) -> tuple[Changes, Changes]:
+    """(the test's own changes, foreign changes) among `changes` seen during one test.
+
+    `sole`: the session owns the watched namespace and this is the only test
+    running, so every change is the test's. Changes carrying `session_marks`
+    but not `test_marks` belong to another test of the session: in neither.
+    """
+    if sole:
+        return changes, Changes()
+    own, rest = changes.split(test_marks)
+    _, foreign = rest.split(session_marks)
+    return own, foreign
+
+
+def namespace_exclusive(session: str, path: str | None = None, proc: str = "/proc",
+                        me: int | None = None) -> bool:
+    """Whether every process in the mount namespace of the watched table is of this session.
+
+    Processes of the session carry ``ZDTM_SESSION=session`` in their environment;
+    `me` (the calling process, which set the marker after it started) counts too.
+    """
+    path = path or watched_table()
+    match = re.match(r"/proc/(\d+|self)/", path)
+    owner = match.group(1) if match else "self"
+    me = os.getpid() if me is None else me
+    try:
+        ns = os.readlink(os.path.join(proc, owner, "ns", "mnt"))
+    except OSError:
+        return False
+    marker = f"{SESSION_ENV}={session}".encode()
+    for name in os.listdir(proc):
+        if not name.isdigit() or int(name) == me:
+            continue
+        try:
+            if os.readlink(os.path.join(proc, name, "ns", "mnt")) != ns:
+                continue
+        except OSError:
+            continue  # gone, or a kernel thread we may not look at
+        env = _read(os.path.join(proc, name, "environ"))
+        if env is None or marker not in env.split(b"\0"):
+            return False
+    return True
+
+
 class Guard:
     """Records a mountinfo file at creation; `check()` returns what leaked since, `gone()` what disappeared."""
 
-    def __init__(self, path: str = "/proc/self/mountinfo"):
-        self.path = path
+    def __init__(self, path: str | None = None):
+        self.path = path or watched_table()
         self.start = self._read()
 
     def _read(self) -> str:
@@ -109,6 +232,10 @@ class Guard:
     def changed(self) -> list[tuple[mountinfo.Mount, mountinfo.Mount]]:
         return changed(self.start, self._read())
 
+    def changes(self) -> Changes:
+        """Everything that changed since creation."""
+        return Changes.between(self.start, self._read())
+
 
 class Tracker:
     """Per-test attribution: `step()` after each test returns its new and its vanished mounts.
@@ -117,9 +244,13 @@ class Tracker:
     reported once, by the first test after which it is seen.
     """
 
-    def __init__(self, path: str = "/proc/self/mountinfo"):
-        self.path = path
-        self.last = read_mountinfo(path)
+    def __init__(self, path: str | None = None):
+        self.path = path or watched_table()
+        self.last = read_mountinfo(self.path)
+
+    def changes(self) -> Changes:
+        """`step()` as a Changes."""
+        return Changes(*self.step())
 
     def step(self) -> tuple[list[mountinfo.Mount], list[mountinfo.Mount], list[tuple]]:
         """(new mounts, vanished mounts, changed mounts) since the last step."""
@@ -195,6 +326,10 @@ def wait_leftovers(session: str, grace: float = 3.0, proc: str = "/proc",
         if not found or time.monotonic() >= deadline:
             return found
         time.sleep(0.1)
+
+
+class ForeignMountChange(UserWarning):
+    """The host's mount table changed during a test, not by this session (a warning, not a failure)."""
 
 
 def describe_processes(found: list[Leftover]) -> str:

@@ -16,7 +16,8 @@
   stand-ins of this session still alive at its end, fail the session and are
   named; after every test, the process that ran it compares its mountinfo
   with the table before the test and fails that test's teardown naming the
-  mounts it leaked, removed or changed.
+  mounts it leaked, removed or changed. Only the test's own changes count
+  (leakguard.attribute); other programs' changes are a warning.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 
 import pytest
 
@@ -48,6 +50,9 @@ def pytest_addoption(parser):
                     help="dump/restore iterations per scenario, each on the tree the previous one restored")
     group.addoption("--report", default=None, metavar="DIR",
                     help="keep images and logs of failures in DIR and write DIR/report.html and DIR/summary.md")
+    group.addoption("--update-golden", action="store_true", default=False,
+                    help="write each scenario's check output before dump to NAME.out beside it "
+                         "(instead of comparing with it)")
     group.addoption("--criu", default="auto", metavar="PATH|trixie|sid|system|auto",
                     help="which criu the criu backend runs (see zdtm/criu_env.py)")
 
@@ -72,6 +77,9 @@ class _State:
                                             f"{', '.join(backends.names())}, all")
         self.flavor_names = [f.strip() for f in config.getoption("flavor").split(",") if f.strip()]
         self.kernel_names = _vm_kernels(config.getoption("kernel")) if "vm" in self.flavor_names else [None]
+        self.update_golden = config.getoption("update_golden")
+        if self.update_golden and self.flavor_names != ["ns"]:
+            raise pytest.UsageError("--update-golden runs in the ns flavor only (--flavor ns)")
         self.iters = config.getoption("iters")
         if self.iters < 1:
             raise pytest.UsageError("--iters must be at least 1")
@@ -84,6 +92,7 @@ class _State:
         self.leaks = []
         self.gone = []          # host mounts that disappeared during the session
         self.changed = []       # host mounts whose flags or propagation changed
+        self.foreign = leakguard.Changes()  # host mount changes by other programs (a warning)
         self.leftovers = []     # processes of this session alive at its end
         self.tracker = None     # per-test mountinfo comparison (every process that runs tests)
         self.tmp_base = None
@@ -108,7 +117,9 @@ class _State:
                 # A VM sees the host only through its results share, never the host's /tmp.
                 from vm import cache
                 parent = cache.sub("zdtm-work")
-            self.tmp_base = tempfile.mkdtemp(prefix="zdtm-", dir=parent)
+            # the session id in the name: a mount beneath is recognisably this session's (leak guard)
+            session = os.environ.get(leakguard.SESSION_ENV, "")
+            self.tmp_base = tempfile.mkdtemp(prefix=f"zdtm-{session}-" if session else "zdtm-", dir=parent)
         return tempfile.mkdtemp(prefix=safe_name(nodeid)[-60:] + ".", dir=self.tmp_base)
 
 
@@ -150,6 +161,9 @@ def pytest_configure(config):
         # Marks every process this session starts (workers, keepers, containers, stand-ins
         # inherit it), so leftovers are found without blaming other sessions on the machine.
         os.environ[leakguard.SESSION_ENV] = leakguard.new_session_id()
+        # Workers inherit whether every change of the host's table is this session's.
+        os.environ[leakguard.EXCLUSIVE_ENV] = "1" if leakguard.namespace_exclusive(
+            os.environ[leakguard.SESSION_ENV]) else "0"
         _state(config).guard = leakguard.Guard()
         config.pluginmanager.register(Controller(config), "zdtm-controller")
 
@@ -290,7 +304,8 @@ class ScenarioItem(pytest.Item):
         if adapt is not None:
             backend = adapt(self.running, backend)  # e.g. restore where the flavor's outside groups live
         try:
-            outcome = cycle.run(self.scenario, backend, self.flavor, self.running, self.workdir, iters=iters)
+            outcome = cycle.run(self.scenario, backend, self.flavor, self.running, self.workdir, iters=iters,
+                                update_golden=state.update_golden)
         except BaseException:
             self.failed = True
             raise
@@ -336,6 +351,7 @@ def pytest_runtest_setup(item):
 def pytest_runtest_teardown(item, nextitem):
     """After the test's own teardown: the mounts it left on (or took off) this process's namespace."""
     state = _state(item.config)
+    test_marks = _test_marks(item)  # before the fixtures go (tmp_path)
     error = None
     try:
         result = yield
@@ -345,9 +361,13 @@ def pytest_runtest_teardown(item, nextitem):
         if error is not None:
             raise error
         return None
-    new, vanished, altered = state.tracker.step()
-    text = "\n".join(t for t in (leakguard.describe(new), leakguard.describe_gone(vanished),
-                                 leakguard.describe_changed(altered)) if t)
+    own, foreign = leakguard.attribute(state.tracker.changes(), test_marks, _session_marks(item.config),
+                                       sole=_sole_runner(item.config))
+    if foreign:
+        warnings.warn(leakguard.ForeignMountChange(
+            f"leak guard: during {item.nodeid} other programs changed the host's mounts "
+            f"(not this test's, not a failure):\n{foreign.describe()}"))
+    text = own.describe()
     if text:
         text = f"leak guard: {item.nodeid} changed the host's mounts:\n{text}"
         if error is not None:
@@ -357,6 +377,33 @@ def pytest_runtest_teardown(item, nextitem):
     if error is not None:
         raise error
     return result
+
+
+def _test_marks(item) -> list[str]:
+    """What a mount of this test carries (leak guard): its workdir, its tmp_path."""
+    marks = [getattr(item, "workdir", None)]
+    funcargs = getattr(item, "funcargs", None) or {}
+    marks += [str(funcargs[name]) for name in ("tmp_path", "tmpdir") if name in funcargs]
+    return [os.path.abspath(m) for m in marks if m]
+
+
+def _session_marks(config) -> list[str]:
+    """What a mount of this session carries: the session id (in the runner's work directories'
+    names) and the session's pytest basetemp (the workers' are beneath the controller's)."""
+    marks = [os.environ.get(leakguard.SESSION_ENV, "")]
+    factory = getattr(config, "_tmp_path_factory", None)
+    if factory is not None:
+        base = factory.getbasetemp()
+        marks.append(str(base.parent if base.name.startswith("popen-gw") else base))
+    return [m for m in marks if m]
+
+
+def _sole_runner(config) -> bool:
+    """Whether every change of the host's table during a test is that test's: the session owns
+    the namespace and runs one test at a time."""
+    if os.environ.get(leakguard.EXCLUSIVE_ENV) != "1":
+        return False
+    return not _is_worker(config) or int(config.workerinput.get("workercount", 1)) <= 1
 
 
 # --- summary, report, leak guard (controller only) ---------------------------------
@@ -400,9 +447,12 @@ class Controller:
     def pytest_sessionfinish(self, session, exitstatus):
         state = self.state
         if state.guard is not None:
-            state.leaks = state.guard.check()
-            state.gone = state.guard.gone()
-            state.changed = state.guard.changed()
+            changes = state.guard.changes()
+            if os.environ.get(leakguard.EXCLUSIVE_ENV) == "1":
+                own, state.foreign = changes, leakguard.Changes()
+            else:
+                own, state.foreign = changes.split(_session_marks(self.config))
+            state.leaks, state.gone, state.changed = own.new, own.gone, own.changed
             session_id = os.environ.get(leakguard.SESSION_ENV)
             state.leftovers = leakguard.wait_leftovers(session_id, exclude={os.getpid()}) if session_id else []
             if state.leaks or state.gone or state.changed or state.leftovers:
@@ -427,3 +477,7 @@ class Controller:
             if found:
                 terminalreporter.write_sep("=", title, red=True)
                 terminalreporter.write_line(describe(found))
+        if state.foreign:
+            terminalreporter.write_sep("=", "HOST MOUNT CHANGES BY OTHER PROGRAMS (a warning, not a failure)",
+                                       yellow=True)
+            terminalreporter.write_line(state.foreign.describe())

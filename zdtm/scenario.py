@@ -23,6 +23,7 @@ key, and what is allowed (zdtm/schema.py holds the allowed keys and values).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import re
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 import jinja2
 import yaml
 
-from zdtm import schema
+from zdtm import golden, schema
 
 __all__ = ["ScenarioError", "Expectation", "Requires", "Container", "Scenario", "ScenarioFile", "load", "render"]
 
@@ -41,9 +42,13 @@ class ScenarioError(ValueError):
 
     def __init__(self, path: str, message: str, line: int | None = None):
         self.path = path
+        self.message = message
         self.line = line
         where = f"{path}:{line}" if line else path
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.message, self.line), self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -103,15 +108,22 @@ class Scenario:
     timeout: float
     iters: int
     container: Container = Container()
+    golden_path: str | None = None   # NAME.out beside the file, when there is one (zdtm/golden.py)
+    golden: str | None = None        # its expected check output for this combination (None: none for it)
 
     @property
     def param_id(self) -> str:
         """``key=value-key=value`` (empty without params): the matrix part of the test id."""
-        return "-".join(f"{k}={_id_value(v)}" for k, v in self.params.items())
+        return param_id(self.params)
 
     def expectation(self, backend: str) -> Expectation:
         """The expectation for `backend` (the file's default when it names no such backend)."""
         return self.expect.get(backend) or self.expect.get("*") or Expectation("pass")
+
+
+def param_id(params: dict) -> str:
+    """The matrix part of a test id for one combination (see Scenario.param_id)."""
+    return "-".join(f"{k}={_id_value(v)}" for k, v in params.items())
 
 
 def _id_value(value) -> str:
@@ -126,6 +138,7 @@ class ScenarioFile:
     path: str
     raw: dict
     lines: dict = field(default_factory=dict)   # dotted key -> line number
+    golden: dict | None = None                  # param_id -> expected check output (NAME.out), or None
 
     def combinations(self) -> list[dict]:
         """Every parameter combination (a list with one empty dict without params), minus `exclude`."""
@@ -183,6 +196,10 @@ def load(path: str) -> ScenarioFile:
     raw = _to_python(node, path, lines)
     sf = ScenarioFile(path=path, raw=raw, lines=lines)
     schema.validate_raw(sf, ScenarioError)
+    try:
+        sf.golden = golden.load(path, sectioned=bool(raw.get("params")))
+    except (golden.GoldenError, OSError) as e:
+        raise ScenarioError(golden.path_for(path), f"golden output: {e}") from None
     return sf
 
 
@@ -213,7 +230,10 @@ def render(sf: ScenarioFile, params: dict) -> Scenario:
     """Render every templated field of `sf` with `params` and build the validated Scenario."""
     raw = {k: (v if k in ("params", "exclude") else _render_value(sf, k, v, params))
            for k, v in sf.raw.items()}
-    return schema.build(sf, raw, params, ScenarioError)
+    sc = schema.build(sf, raw, params, ScenarioError)
+    if sf.golden is None:
+        return sc
+    return dataclasses.replace(sc, golden_path=golden.path_for(sf.path), golden=sf.golden.get(sc.param_id))
 
 
 def scenario_name(path: str) -> str:

@@ -15,7 +15,7 @@ TOP_KEYS = {
     "params": "mapping NAME: [values...]; each combination is one test id",
     "exclude": "list of {NAME: value, ...} combinations to leave out of the matrix",
     "setup": "sh script run as root inside the scenario, ending in `exec zdtm-hold` (required)",
-    "check": "sh script; its output before dump must equal its output after every restore",
+    "check": "sh script; exits 0 and prints NAME.out (when there is one) before dump, the same after every restore",
     "expect": "pass | crfail: REASON | {BACKEND: pass | crfail: REASON | skip: REASON, ...}",
     "flavors": "list of flavors this scenario runs in: ns, vm",
     "timeout": "seconds for the whole scenario (number, default 60)",

@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine import mountinfo
+from zdtm import holder
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
@@ -249,7 +250,7 @@ def run_check(pid: int, script: str, timeout: float) -> str:
 
     Returns stdout and stderr together, plus ``[exit N]`` when it fails: all of it is compared.
     """
-    cmd = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-p", "-r", "sh", "-c", "cd / && " + script]
+    cmd = ["nsenter", "-t", str(pid), "-m", "-u", "-i", "-p", "-r", "sh", "-c", holder.CHECK_PRELUDE + "cd / && " + script]
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               env=CHECK_ENV, timeout=timeout)

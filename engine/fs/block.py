@@ -107,10 +107,11 @@ def _create(fstype: str, source: str, rdev: int, params, chan: channel.Channel) 
     """In a forked child: a private /dev where `source` names the device, then fsopen/fsmount."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    name = source if source.startswith("/") else f"/dev/mntcr-{os.major(rdev)}-{os.minor(rdev)}"
-    parent = os.path.dirname(name)
-    os.makedirs(parent, exist_ok=True)
-    kernel.mount("mntcr-dev", parent, "tmpfs", 0, "mode=755")
+    # A tmpfs over /dev first: every directory and the node are made in it, never on the host's
+    # (the image checks a source is a normalised path under /dev: engine/imageformat.py).
+    kernel.mount("mntcr-dev", "/dev", "tmpfs", 0, "mode=755")
+    name = source if source.startswith("/dev/") else f"/dev/mntcr-{os.major(rdev)}-{os.minor(rdev)}"
+    os.makedirs(os.path.dirname(name), exist_ok=True)
     os.mknod(name, 0o600 | stat.S_IFBLK, rdev)
     chan.send(("ok", None), [fsmount(fstype, name, params)])
 

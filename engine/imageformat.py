@@ -1,0 +1,772 @@
+"""The image format: one typed definition of the manifest (mntcr.json) and the one validator.
+
+An image is input from outside (it travels between machines, CI artifacts,
+bug reports) and restore runs as root, so nothing of it is read before it has
+passed `validate`: every record's fields (name, JSON type, range, format),
+then the rules between records (ids that must exist and be unique, parent
+chains without cycles, which superblock may carry what). A manifest that
+fails is refused with one line naming the element and the rule it broke.
+Restore, sharing and `mntcr show` read the plain dicts afterwards, the way
+dump wrote them; IMAGE.md describes the format for people.
+
+The definition is declarative: each record kind is a `Record`, a table of
+`F` fields. `F(types, required, rule)`: `types` are the exact JSON types
+allowed (`INT`, `STR`, `BOOL`, ... ; `None` in the tuple makes null allowed),
+`rule` a function value -> error text or None (range, pattern, a nested
+record or list). Unknown keys are refused: a field restore reads must be
+declared here.
+
+How to add a field (e.g. a new kind of fd):
+  1. add `"name": F(types, required=False, rule=...)` to its Record below
+     (new fields are optional, so older images still load; bump
+     image.VERSION only when an existing field changes meaning);
+  2. if it names another element (a mount id, a superblock, a namespace),
+     check the reference in the matching `_check_*` function below, and any
+     path with `path_rule` (normalised absolute, no `..`);
+  3. add a hostile value for it to tests/test_hardening_hostile.py and a line
+     to IMAGE.md.
+A new record kind is a new Record plus `rule=record(NEW)` (or
+`list_of(record(NEW), MAX)`) where it appears.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, VERSION, ImageError,
+                          check_abs_path, is_beneath)
+
+# --- bounds (far above any real container, low enough to refuse hostile input early) ---------
+
+MAX_ID = (1 << 63) - 1          # mount ids, unique ids, peer group ids
+MAX_PID = 1 << 22               # PID_MAX_LIMIT
+MAX_FD = (1 << 20) - 1          # fs.nr_open's default ceiling: the highest fd number a process may have
+MAX_OPTS = 256                  # options of one mount or superblock
+MAX_OPT = 4096                  # one option string
+MAX_ARCHIVES = 1 << 16          # archive files of one image
+MAX_LAYERS = 512                # overlayfs takes at most 500 lower layers
+MAX_HOSTNAME = 64               # HOST_NAME_MAX
+MAX_UID = (1 << 32) - 2         # (uid_t)-1 means "no change"
+MAX_OFF = (1 << 63) - 1         # file offsets and sizes (loff_t)
+
+# Per-mount options mountinfo shows (show_mnt_opts + rw/ro); restore knows each of them.
+MOUNT_OPTS = frozenset({"rw", "ro", "nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime",
+                        "strictatime", "nosymfollow", "idmapped"})
+# open(2) flags an fd may carry (fdinfo shows these; O_LARGEFILE always on 64-bit).
+_O_LARGEFILE = 0o100000
+OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
+              | os.O_DSYNC | os.O_SYNC | getattr(os, "O_ASYNC", 0o20000) | os.O_DIRECT | _O_LARGEFILE
+              | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH)
+# Super options that name a device or file of the machine (an external journal, a log or
+# realtime device, a btrfs member device): the image may never make restore open one.
+HOST_OPTS = frozenset({"journal_dev", "journal_path", "logdev", "rtdev", "device"})
+
+_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}$")
+_SB_ID = re.compile(r"^sb-[0-9]{1,9}$")
+_DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}$")
+_FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}$")
+_KEY = re.compile(r"^[A-Za-z0-9_.:+@/-]{1,256}$")
+_ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
+_MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
+
+NONE = type(None)
+INT, STR, BOOL, LIST, DICT = (int,), (str,), (bool,), (list,), (dict,)
+OPT_INT, OPT_STR, OPT_BOOL, OPT_DICT, OPT_LIST = (int, NONE), (str, NONE), (bool, NONE), (dict, NONE), (list, NONE)
+_TYPE_NAMES = {int: "an integer", str: "a string", bool: "true or false", list: "a list", dict: "an object",
+               NONE: "null"}
+
+Rule = Callable[[object], "str | None"]
+
+
+class Bad(Exception):
+    """A rule's failure deep inside a value: carries the path from the field to the culprit."""
+
+    def __init__(self, where: str, why: str):
+        super().__init__(where, why)
+        self.where, self.why = where, why
+
+
+@dataclass(frozen=True)
+class F:
+    """One field of a record: allowed JSON types (exact: a bool is no integer), required or not, rule."""
+
+    types: tuple
+    required: bool = True
+    rule: Rule | None = None
+
+
+@dataclass(frozen=True)
+class Record:
+    """A kind of record: its name (for messages) and fields."""
+
+    name: str
+    fields: dict
+
+    @property
+    def required(self) -> frozenset:
+        return frozenset(k for k, f in self.fields.items() if f.required)
+
+
+def _fail(msg: str):
+    raise ImageError(f"bad image: {msg}")
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+def rng(lo: int, hi: int) -> Rule:
+    """An integer in lo..hi (null passes: the field's types say whether it is allowed)."""
+    def rule(v):
+        if v is not None and not lo <= v <= hi:
+            return f"out of range ({v} not in {lo}..{hi})"
+        return None
+    return rule
+
+
+def pattern(rx: re.Pattern, text: str) -> Rule:
+    """A string matching rx (described as `text` in errors)."""
+    def rule(v):
+        if v is not None and not rx.match(v):
+            return f"must be {text} (got {v[:80]!r})"
+        return None
+    return rule
+
+
+def strlen(hi: int) -> Rule:
+    """A string of at most hi characters, no NUL."""
+    def rule(v):
+        if v is not None and (len(v) > hi or "\0" in v):
+            return f"must be a string of at most {hi} characters without NUL"
+        return None
+    return rule
+
+
+def path_rule(v) -> str | None:
+    """A normalised absolute path with no '.', '..', NUL or oversize (null passes)."""
+    if v is None:
+        return None
+    try:
+        check_abs_path(v, "path")
+    except ImageError as e:
+        return str(e).split("path: ", 1)[-1]
+    return None
+
+
+_NS_ROOT = re.compile(r"^[a-z_]{1,16}:\[[0-9]{1,20}\]$")
+
+
+def root_rule(v) -> str | None:
+    """A mount's root: a path in its superblock, or a kernel object name like net:[4026531840]
+    (nsfs; only on external superblocks, checked with them)."""
+    if v.startswith("/"):
+        return path_rule(v)
+    return None if _NS_ROOT.match(v) else f"must be an absolute path or kind:[N] (got {v[:80]!r})"
+
+
+def list_of(item: Rule | tuple, hi: int, types: tuple = STR) -> Rule:
+    """A list of at most `hi` items, each of `types` passing `item` (a rule) if given."""
+    def rule(v):
+        if v is None:
+            return None
+        if len(v) > hi:
+            return f"has {len(v)} items (at most {hi})"
+        for i, x in enumerate(v):
+            if type(x) not in types:
+                raise Bad(f"[{i}]", f"must be {_types_text(types)}")
+            if item is not None:
+                try:
+                    why = item(x)
+                except Bad as b:
+                    raise Bad(f"[{i}]{b.where}", b.why) from None
+                if why:
+                    raise Bad(f"[{i}]", why)
+        return None
+    return rule
+
+
+def record(rec: Record) -> Rule:
+    """A nested record (checked field by field)."""
+    def rule(v):
+        if v is not None:
+            check_record(rec, v, "")
+        return None
+    return rule
+
+
+def _types_text(types: tuple) -> str:
+    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+
+def check_record(rec: Record, obj, what: str) -> None:
+    """Check one record against its table: an object, no unknown key, every required one, each
+    value's type and rule. Raise ImageError naming `what` (or Bad, inside a nested value)."""
+    if type(obj) is not dict:
+        _where(what, "", f"must be an object ({rec.name})")
+    fields = rec.fields
+    for k, v in obj.items():
+        f = fields.get(k)
+        if f is None:
+            _where(what, "", f"unknown field {str(k)[:40]!r} in {rec.name}")
+        if type(v) not in f.types:
+            _where(what, k, f"must be {_types_text(f.types)}")
+        if f.rule is not None:
+            try:
+                why = f.rule(v)
+            except Bad as b:
+                _where(what, f"{k}{b.where}", b.why)
+            if why:
+                _where(what, k, why)
+    if len(obj) < len(fields):
+        missing = _REQUIRED[rec.name] - obj.keys()
+        if missing:
+            _where(what, min(missing), "is missing")
+
+
+def _where(what: str, field: str, why: str):
+    if not what:  # nested: the caller adds its own place
+        raise Bad(f".{field}" if field else "", why)
+    _fail(f"{what}: {field!r} {why}" if field else f"{what}: {why}")
+
+
+# --- the records ------------------------------------------------------------------------------
+
+LOC_FIELDS = {
+    "mnt": F(INT, rule=rng(1, MAX_ID)),                       # a mount id (of the tree, or detached)
+    "path": F(STR, rule=path_rule),                           # relative to that mount's root
+    "detached": F(BOOL, required=False),                      # the mount is in "detached"
+}
+LOC = Record("location", LOC_FIELDS)
+
+FD = Record("fd", {
+    **LOC_FIELDS,
+    "fd": F(INT, rule=rng(0, MAX_FD)),
+    "flags": F(INT, rule=lambda v: None if v & ~OPEN_FLAGS == 0 and v >= 0
+               else f"has bits that are no open(2) flags ({v:#o})"),
+    "pos": F(INT, rule=rng(0, MAX_OFF)),
+    "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
+    # A file unlinked while open: reopened from that ghost (engine/ghosts.py), on the same superblock.
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+})
+
+PROCESS = Record("process", {
+    "pid": F(INT, rule=rng(1, MAX_PID)),
+    "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
+    "ns": F(DICT),                                            # {kind: namespace id}, every kind of NS_KINDS
+    "host_ns": F(LIST, required=False, rule=list_of(
+        lambda v: None if v in NS_KINDS else f"must be one of {', '.join(NS_KINDS)}", len(NS_KINDS))),
+    "root": F(DICT, rule=record(LOC)),
+    "cwd": F(DICT, rule=record(LOC)),
+    "fds": F(LIST),                                           # FD records, checked with their count
+})
+
+MOUNT = Record("mount", {
+    "id": F(INT, rule=rng(1, MAX_ID)),
+    "parent": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),  # null only for the namespace root
+    "mountpoint": F(STR, rule=path_rule),
+    "root": F(STR, rule=root_rule),                           # path of the mount's root in its superblock
+    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),
+    "mount_opts": F(LIST, rule=list_of(
+        lambda v: None if v in MOUNT_OPTS else f"is no per-mount option ({v[:40]!r})", MAX_OPTS)),
+    "shared": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
+    "master": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
+    "propagate_from": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
+    "unbindable": F(OPT_BOOL, required=False),
+    "external": F(OPT_STR, required=False, rule=pattern(_KEY, "an external key")),
+    "uid": F(OPT_INT, required=False, rule=rng(0, (1 << 64) - 1)),  # 64-bit unique id (creation order)
+    "dir": F(BOOL, required=False),                           # whether its root is a directory
+    # Its root was unlinked (mountinfo `ROOT//deleted`): made from that ghost; `root` is its path.
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+    # What mountinfo showed (restore takes them from the superblock; kept for `mntcr show`).
+    "fstype": F(STR, required=False, rule=pattern(_FSTYPE, "a filesystem type name")),
+    "source": F(STR, required=False, rule=strlen(MAX_PATH)),
+    "super_opts": F(LIST, required=False, rule=list_of(strlen(MAX_OPT), MAX_OPTS)),
+    "dev": F(OPT_STR, required=False, rule=pattern(_DEVNUM, "MAJOR:MINOR")),
+})
+
+MNTNS = Record("mount namespace", {
+    "root": F(INT, rule=rng(1, MAX_ID)),
+    "mounts": F(LIST),                                        # MOUNT records, checked with their count
+})
+
+ARCHIVE_REF = Record("archive reference", {
+    "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
+    "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
+    "root": F(STR, rule=path_rule),                           # where the member's files go in the superblock
+    # The member holds only this file of that directory (a file bind with no directory mount).
+    "only": F(STR, required=False, rule=lambda v: _name_rule(v)),
+})
+
+
+def _name_rule(v) -> str | None:
+    """One directory entry name: no '/', not '.' or '..', no NUL, at most 255 bytes."""
+    if v in ("", ".", "..") or "/" in v or "\0" in v or len(v.encode("utf-8", "surrogateescape")) > 255:
+        return f"must be one file name (got {v[:80]!r})"
+    return None
+
+
+GHOST = Record("ghost", {
+    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs or ramfs of the image
+    "path": F(STR, rule=path_rule),                           # its old path in that superblock
+    "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
+    "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
+    "only": F(STR, rule=lambda v: _name_rule(v)),             # the name the member holds: path's last
+})
+
+EMPTY_ROOT = Record("empty root", {
+    "root": F(STR, rule=path_rule),
+    "mode": F(INT, rule=rng(0, 0o7777)),
+    "uid": F(INT, rule=rng(0, MAX_UID)),
+    "gid": F(INT, rule=rng(0, MAX_UID)),
+})
+
+LOOP = Record("loop device", {
+    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # the content superblock holding the file
+    "path": F(STR, rule=path_rule),                           # the backing file in that superblock
+    "offset": F(INT, rule=rng(0, MAX_OFF)),
+    "sizelimit": F(INT, rule=rng(0, MAX_OFF)),
+    "ro": F(BOOL),
+})
+
+DEVICE = Record("device", {
+    "dev": F(OPT_STR, required=False, rule=pattern(_DEVNUM, "MAJOR:MINOR")),  # as seen at dump
+    "key": F(STR, required=False, rule=pattern(_KEY, "an external key")),      # --external dev[KEY]:PATH
+    "loop": F(DICT, required=False, rule=record(LOOP)),
+    "unresolved": F(BOOL, required=False),                    # dump found neither (then the sb is external)
+})
+
+LAYER = Record("overlay layer", {
+    "path": F(STR, rule=path_rule),                           # the path the overlay options name
+    "mnt": F(INT, rule=rng(1, MAX_ID)),                       # the mount of the image it lies on
+    "rel": F(STR, rule=path_rule),                            # the path inside that mount
+})
+
+SUPERBLOCK = Record("superblock", {
+    "fstype": F(STR, rule=pattern(_FSTYPE, "a filesystem type name")),
+    "source": F(STR, rule=strlen(MAX_PATH)),
+    "super_opts": F(LIST, rule=list_of(strlen(MAX_OPT), MAX_OPTS)),
+    "dev": F(OPT_STR, required=False, rule=pattern(_DEVNUM, "MAJOR:MINOR")),
+    "external": F(BOOL, required=False),
+    "archives": F(LIST, required=False, rule=list_of(record(ARCHIVE_REF), MAX_ARCHIVES, DICT)),
+    "empty_root": F(OPT_DICT, required=False, rule=record(EMPTY_ROOT)),
+    "device": F(OPT_DICT, required=False, rule=record(DEVICE)),
+    "layers": F(OPT_LIST, required=False, rule=list_of(record(LAYER), MAX_LAYERS, DICT)),
+    "pidns": F(OPT_STR, required=False, rule=pattern(_NS_ID, "a namespace id")),
+})
+
+PIDNS = Record("pid namespace", {
+    "parent": F(OPT_STR, required=False, rule=pattern(_NS_ID, "a namespace id")),
+    "host": F(BOOL, required=False),
+})
+
+DETACHED = Record("detached mount", {
+    "id": F(INT, rule=rng(1, MAX_ID)),
+    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),
+    "root": F(STR, rule=path_rule),
+    "mount_opts": F(LIST, rule=list_of(
+        lambda v: None if v in MOUNT_OPTS else f"is no per-mount option ({v[:40]!r})", MAX_OPTS)),
+    "mountpoint": F(STR, required=False, rule=strlen(64)),
+})
+
+ARCHIVE_FILE = Record("archive", {
+    "size": F(INT, rule=rng(0, MAX_OFF)),
+    "sha256": F(STR, rule=pattern(_SHA256, "64 lowercase hex digits")),
+})
+
+MANIFEST = Record("manifest", {
+    "format": F(STR),
+    "version": F(INT),
+    "kernel": F(STR, required=False, rule=strlen(256)),       # informational
+    "created": F(STR, required=False, rule=strlen(64)),       # informational
+    "superblocks": F(DICT),
+    "mntns": F(DICT),
+    "pidns": F(DICT),
+    "processes": F(LIST),
+    "hostnames": F(DICT, required=False),
+    "detached": F(OPT_DICT, required=False),
+    "files": F(OPT_DICT, required=False),
+    "ghosts": F(OPT_DICT, required=False),                    # {g-N: GHOST}: deleted files and mount roots
+})
+
+_REQUIRED = {r.name: r.required for r in (LOC, FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP, DEVICE,
+                                          LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST)}
+
+
+# --- the validator ----------------------------------------------------------------------------
+
+def validate(doc) -> None:
+    """Check the whole manifest; raise ImageError (one line) on the first problem.
+
+    Order: format and version, then every count (before any record is looked
+    at), then the records kind by kind, each with its references.
+    """
+    if type(doc) is not dict:
+        _fail("the manifest is not an object")
+    if doc.get("format") != FORMAT:
+        _fail(f"format is {str(doc.get('format'))[:40]!r}, expected {FORMAT!r}")
+    version = doc.get("version")
+    if version != VERSION or type(version) is not int:
+        _fail(f"format version {str(version)[:20]} is not supported by this mntcr (it reads version {VERSION})")
+    check_record(MANIFEST, doc, "manifest")
+    _check_counts(doc)
+    files = doc.get("files") or {}
+    for name, meta in files.items():
+        if not _ARCHIVE.match(name):
+            _fail(f"archive name {name[:80]!r} is not files-N.tar")
+        check_record(ARCHIVE_FILE, meta, f"archive {name}")
+    pidns = doc["pidns"]
+    _check_pidns(pidns)
+    sbs = doc["superblocks"]
+    for sid, sb in sbs.items():
+        if not _SB_ID.match(sid):
+            _fail(f"superblock id {sid[:40]!r} is not sb-N")
+        check_record(SUPERBLOCK, sb, f"superblock {sid}")
+    mounts = _check_mntns(doc["mntns"], sbs)
+    detached = _check_detached(doc.get("detached") or {}, sbs, mounts)
+    _check_superblocks(sbs, files, pidns, mounts, detached)
+    _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts)
+    _check_processes(doc, mounts, detached)
+
+
+def _check_counts(doc: dict) -> None:
+    """Every count is bounded before the records are walked (a huge list costs nothing then)."""
+    procs, mntns = doc["processes"], doc["mntns"]
+    if not procs:
+        _fail("no processes")
+    if len(procs) > MAX_PROCESSES:
+        _fail(f"{len(procs)} processes is absurd (at most {MAX_PROCESSES})")
+    total = 0
+    for ns_id, ns in mntns.items():
+        check_record(MNTNS, ns, f"mount namespace {str(ns_id)[:40]}")
+        total += len(ns["mounts"])
+    if total > MAX_MOUNTS:
+        _fail(f"{total} mounts is absurd (at most {MAX_MOUNTS})")
+    nfds = 0
+    for i, p in enumerate(procs):
+        if type(p) is not dict or type(p.get("fds")) is not list:
+            check_record(PROCESS, p, f"process #{i}")
+        nfds += len(p["fds"])
+    if nfds > MAX_FDS:
+        _fail(f"{nfds} fds is absurd (at most {MAX_FDS})")
+    for key, hi in (("superblocks", MAX_MOUNTS), ("pidns", MAX_PROCESSES), ("detached", MAX_FDS),
+                    ("ghosts", MAX_FDS + MAX_MOUNTS),
+                    ("hostnames", MAX_PROCESSES), ("files", MAX_ARCHIVES)):
+        if len(doc.get(key) or ()) > hi:
+            _fail(f"{len(doc[key])} {key} is absurd (at most {hi})")
+
+
+def _check_pidns(pidns: dict) -> None:
+    for pid_id, p in pidns.items():
+        if not _NS_ID.match(pid_id) or not pid_id.startswith("pid-"):
+            _fail(f"pid namespace id {pid_id[:40]!r} is not pid-N")
+        check_record(PIDNS, p, f"pid namespace {pid_id}")
+        if p.get("parent") is not None and p["parent"] not in pidns:
+            _fail(f"pid namespace {pid_id}: unknown parent {p['parent']!r}")
+    for pid_id in pidns:   # parent chains end (no cycles)
+        seen, cur = set(), pid_id
+        while cur is not None:
+            if cur in seen:
+                _fail(f"pid namespace {pid_id}: parent cycle")
+            seen.add(cur)
+            cur = pidns[cur].get("parent")
+
+
+def _check_mntns(mntns: dict, sbs: dict) -> dict[int, dict]:
+    """Mount records, ids unique over all namespaces, one root each, every parent chain reaching it."""
+    all_mounts: dict[int, dict] = {}
+    for ns_id, ns in mntns.items():
+        what = f"mount namespace {ns_id}"
+        if not _NS_ID.match(ns_id) or not ns_id.startswith("mnt-"):
+            _fail(f"mount namespace id {ns_id[:40]!r} is not mnt-N")
+        by_id: dict[int, dict] = {}
+        for i, m in enumerate(ns["mounts"]):
+            if type(m) is dict and type(m.get("id")) is int:
+                mwhat = f"mount {m['id']}"
+            else:
+                mwhat = f"{what} mount #{i}"
+            check_record(MOUNT, m, mwhat)
+            mid = m["id"]
+            if mid in all_mounts:
+                _fail(f"{what}: duplicate mount id {mid}")
+            all_mounts[mid] = by_id[mid] = m
+            sb = sbs.get(m["sb"])
+            if sb is None:
+                _fail(f"{mwhat}: unknown superblock {m['sb']!r}")
+            if m.get("external") is not None and not sb.get("external"):
+                _fail(f"{mwhat}: external key {m['external']!r} on superblock {m['sb']}, which is not external")
+        root = ns["root"]
+        if root not in by_id:
+            _fail(f"{what}: root mount {root} is not among its mounts")
+        if by_id[root].get("parent") is not None:
+            _fail(f"{what}: root mount {root} has a parent")
+        if by_id[root]["mountpoint"] != "/":
+            _fail(f"{what}: root mount {root} is not mounted at /")
+        for m in ns["mounts"]:
+            if m["id"] == root:
+                continue
+            parent = m.get("parent")
+            if parent not in by_id:
+                _fail(f"mount {m['id']}: parent {parent!r} is not in {ns_id}")
+            if not is_beneath(m["mountpoint"], by_id[parent]["mountpoint"]):
+                _fail(f"mount {m['id']}: mountpoint {m['mountpoint']} is outside its parent's "
+                      f"{by_id[parent]['mountpoint']}")
+        # every mount reaches the root (no cycles, no second root): iterative, any depth
+        state: dict[int, int] = {root: 2}
+        for m in ns["mounts"]:
+            chain, cur = [], m["id"]
+            while state.get(cur) != 2:
+                if state.get(cur) == 1:
+                    _fail(f"mount {m['id']}: parent cycle")
+                state[cur] = 1
+                chain.append(cur)
+                cur = by_id[cur].get("parent")
+                if cur is None:
+                    _fail(f"mount {m['id']}: does not reach the namespace root")
+            for c in chain:
+                state[c] = 2
+    return all_mounts
+
+
+def _check_detached(detached: dict, sbs: dict, mounts: dict) -> dict[int, dict]:
+    out: dict[int, dict] = {}
+    for key, d in detached.items():
+        what = f"detached mount {str(key)[:24]}"
+        check_record(DETACHED, d, what)
+        if str(d["id"]) != key or d["id"] in mounts or d["id"] in out:
+            _fail(f"{what}: bad or duplicate id {d['id']}")
+        if d["sb"] not in sbs:
+            _fail(f"{what}: unknown superblock {d['sb']!r}")
+        out[d["id"]] = d
+    return out
+
+
+def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detached: dict) -> None:
+    """What each superblock may carry follows from its filesystem type (engine/fs):
+
+    - archives and an empty root only on types whose files are dumped (tmpfs, ramfs);
+      never on a namespace-bound one (mqueue, cgroup2, proc, sysfs...: restore would
+      write into the host's own when the namespace is the host's);
+    - a block filesystem only with a device record: an external device the user maps at
+      restore (key) or a loop device over a file of a content superblock of the image;
+    - overlayfs only with its layers record, every layer path its options name recorded
+      on a mount of the image; no layer cycle between overlays;
+    - no super option naming a host device or file; a block source only under /dev;
+    - a pid namespace only on proc, and proc always with one;
+    - external superblocks are only bound from the paths the user maps: nothing to create.
+    """
+    from engine import fs
+    from engine.fs.overlay import LAYER_KEYS, layer_paths
+    users: dict[str, list[dict]] = {}
+    for m in list(mounts.values()) + list(detached.values()):
+        users.setdefault(m["sb"], []).append(m)
+    used_sbs = users.keys()
+    members: set[tuple[str, str]] = set()
+    archive_bytes: dict[str, int] = {}
+    for sid, sb in sbs.items():
+        what = f"superblock {sid} ({sb['fstype']})"
+        handler = fs.lookup(sb["fstype"])
+        external = sb.get("external", False)
+        if handler is None and not external and sid in used_sbs:
+            _fail(f"{what}: filesystem type {sb['fstype']!r} is not supported")
+        archives = sb.get("archives") or []
+        content = handler is not None and handler.content and not external
+        if (archives or sb.get("empty_root") is not None) and not content:
+            _fail(f"{what}: only a tmpfs or ramfs made by restore gets archived files "
+                  f"({'external' if external else sb['fstype']} does not)")
+        for a in archives:
+            if a["file"] not in files:
+                _fail(f"{what}: archive {a['file']!r} is not listed in 'files'")
+            if (a["file"], a["member"]) in members:
+                _fail(f"{what}: duplicate archive member {a['file']}:{a['member']}")
+            members.add((a["file"], a["member"]))
+            archive_bytes[a["file"]] = archive_bytes.get(a["file"], 0) + _size_limit(sb)
+        for opt in sb["super_opts"] if not external else ():
+            key, sep, value = opt.partition("=")
+            if key in HOST_OPTS:
+                _fail(f"{what}: super option {key!r} names a device or file of the host: refused")
+            # (options restore never passes back, like btrfs subvol=/x, name paths inside the fs)
+            if value.startswith("/") and not (handler is not None and (key in handler.drop_opts
+                                                                       or handler.layers and key in LAYER_KEYS)):
+                _fail(f"{what}: super option {opt[:80]!r} names a host path: refused")
+        if sb.get("pidns") is not None:
+            if handler is None or handler.ns != "pid":
+                _fail(f"{what}: a pid namespace only belongs to a proc superblock")
+            if sb["pidns"] not in pidns:
+                _fail(f"{what}: unknown pid namespace {sb['pidns']!r}")
+        device, layers = sb.get("device"), sb.get("layers")
+        if not external and sid in used_sbs:
+            for m in users.get(sid, ()):
+                if not m["root"].startswith("/"):
+                    _fail(f"mount {m['id']}: root {m['root']!r} is no path; only an external mount may have that")
+        if external or handler is None:
+            if layers is not None or (device or {}).get("loop") or (device or {}).get("key"):
+                _fail(f"{what}: an external superblock is bound from the host path given at restore; "
+                      "it has no device or layers to create it from")
+            continue
+        if handler.block:
+            _check_device(what, sid, sb, device, sbs)
+        elif device is not None:
+            _fail(f"{what}: a device record only belongs to a block filesystem")
+        if handler.layers:
+            if layers is None:
+                _fail(f"{what}: an overlay needs its layers record (layers come only from mounts of the image)")
+            recorded = {x["path"] for x in layers}
+            for key, path in layer_paths(sb["super_opts"]):
+                if path not in recorded:
+                    _fail(f"{what}: layer {key}={path[:80]} is not in its layers record")
+            for x in layers:
+                if x["mnt"] not in mounts:
+                    _fail(f"{what}: layer {x['path']} lies on mount {x['mnt']}, which is not in the image")
+        elif layers is not None:
+            _fail(f"{what}: a layers record only belongs to an overlay")
+        if handler.ns == "pid" and sid in used_sbs and not sb.get("pidns"):
+            _fail(f"{what}: a proc superblock needs its pid namespace")
+    for name, limit in archive_bytes.items():
+        if 0 < limit < files[name]["size"]:
+            _fail(f"archive {name}: {files[name]['size']} bytes is more than its superblocks may hold ({limit})")
+    _check_overlay_cycles(sbs, mounts)
+
+
+def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
+    """Ghosts lie on a tmpfs or ramfs the image makes, each its own archive member (one no
+    superblock extracts), named as the last part of its path; a mount made from a ghost has
+    the ghost's superblock and path as its own (fds are checked with their processes)."""
+    from engine import fs
+    taken = {(a["file"], a["member"]) for sb in sbs.values() for a in sb.get("archives") or ()}
+    for gid, g in ghosts.items():
+        what = f"ghost {str(gid)[:24]}"
+        if not _GHOST_ID.match(gid):
+            _fail(f"ghost id {gid[:40]!r} is not g-N")
+        check_record(GHOST, g, what)
+        sb = sbs.get(g["sb"])
+        handler = fs.lookup(sb["fstype"]) if sb is not None else None
+        if sb is None or sb.get("external") or handler is None or not handler.content:
+            _fail(f"{what}: it must lie on a tmpfs or ramfs of the image (not {g['sb']!r})")
+        if g["path"] == "/" or g["path"].rsplit("/", 1)[1] != g["only"]:
+            _fail(f"{what}: 'only' must be the last name of its path {g['path'][:80]}")
+        if g["file"] not in files:
+            _fail(f"{what}: archive {g['file']!r} is not listed in 'files'")
+        if (g["file"], g["member"]) in taken:
+            _fail(f"{what}: duplicate archive member {g['file']}:{g['member']}")
+        taken.add((g["file"], g["member"]))
+    for m in mounts.values():
+        gid = m.get("ghost")
+        if gid is not None and (gid not in ghosts or ghosts[gid]["sb"] != m["sb"] or ghosts[gid]["path"] != m["root"]):
+            _fail(f"mount {m['id']}: ghost {gid!r} is unknown or not its deleted root")
+
+
+def _check_device(what: str, sid: str, sb: dict, device: dict | None, sbs: dict) -> None:
+    """A block superblock made by restore: from the user's --external dev[KEY] or an image loop file."""
+    if device is None or (device.get("key") is None) == (device.get("loop") is None):
+        _fail(f"{what}: a block filesystem is mounted only from the device the user maps at restore "
+              "(--external dev[KEY]:PATH) or a loop file of the image: it needs a device record with one of them")
+    if device.get("unresolved"):
+        _fail(f"{what}: its device was not resolved at dump")
+    src = sb["source"]
+    if src.startswith("/") and not src.startswith("/dev/"):
+        _fail(f"{what}: source {src[:80]!r} is not a device name under /dev")
+    if src.startswith("/"):
+        check_abs_path(src, f"{what} source")
+    loop = device.get("loop")
+    if loop is not None:
+        from engine import fs
+        base = sbs.get(loop["sb"])
+        handler = fs.lookup(base["fstype"]) if base is not None else None
+        if base is None or base.get("external") or handler is None or not handler.content or loop["sb"] == sid:
+            _fail(f"{what}: its loop file must lie on a tmpfs or ramfs of the image (not {loop['sb']!r})")
+
+
+def _size_limit(sb: dict) -> int:
+    """Bytes a tmpfs may hold by its size= option (0: no limit known)."""
+    for opt in sb["super_opts"]:
+        if opt.startswith("size="):
+            v = opt[5:]
+            mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(v[-1:].lower(), 1)
+            digits = v[:-1] if mult != 1 else v
+            if digits.isdigit():
+                # An archive holds the data plus a 512-byte header a file and the end blocks.
+                return int(digits) * mult * 2 + (1 << 20)
+    return 0
+
+
+def _check_overlay_cycles(sbs: dict, mounts: dict) -> None:
+    """An overlay whose layer lies (through other overlays) on itself could never be made."""
+    deps = {sid: {mounts[x["mnt"]]["sb"] for x in sb.get("layers") or ()} for sid, sb in sbs.items()
+            if sb.get("layers")}
+    for start in deps:
+        seen, stack = set(), [start]
+        while stack:
+            cur = stack.pop()
+            for nxt in deps.get(cur, ()):
+                if nxt == start:
+                    _fail(f"superblock {start} (overlay): its layers lie on itself (a layer cycle)")
+                if nxt not in seen:
+                    seen.add(nxt)
+                    stack.append(nxt)
+
+
+def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
+    mntns, pidns = doc["mntns"], doc["pidns"]
+    pids: set[int] = set()
+    uts_used = set()
+    for i, p in enumerate(doc["processes"]):
+        what = f"process {p['pid']}" if type(p) is dict and type(p.get("pid")) is int else f"process #{i}"
+        check_record(PROCESS, p, what)
+        pid = p["pid"]
+        if pid in pids:
+            _fail(f"duplicate process {pid}")
+        pids.add(pid)
+        ns = p["ns"]
+        if set(ns) != set(NS_KINDS):
+            _fail(f"{what}: 'ns' must name exactly the namespaces {', '.join(NS_KINDS)}")
+        for kind, nsid in ns.items():
+            if type(nsid) is not str or not _NS_ID.match(nsid) or not nsid.startswith(kind + "-"):
+                _fail(f"{what}: {kind} namespace {str(nsid)[:40]!r} is not {kind}-N")
+        if ns["mnt"] not in mntns:
+            _fail(f"{what}: unknown mount namespace {ns['mnt']!r}")
+        if ns["pid"] not in pidns:
+            _fail(f"{what}: unknown pid namespace {ns['pid']!r}")
+        uts_used.add(ns["uts"])
+        if len(set(p.get("host_ns") or ())) != len(p.get("host_ns") or ()):
+            _fail(f"{what}: 'host_ns' names a namespace twice")
+        for key in ("root", "cwd"):
+            _check_loc(p[key], mounts, detached, f"{what} {key}")
+        seen_fd = set()
+        for fd in p["fds"]:
+            fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
+            check_record(FD, fd, fwhat)
+            gid = fd.get("ghost")
+            if gid is not None:
+                g = (doc.get("ghosts") or {}).get(gid)
+                if g is None or fd.get("detached") or fd["mnt"] not in mounts or mounts[fd["mnt"]]["sb"] != g["sb"]:
+                    _fail(f"{fwhat}: ghost {gid!r} is unknown or on another filesystem")
+            if fd["fd"] in seen_fd:
+                _fail(f"{what}: duplicate fd number {fd['fd']}")
+            seen_fd.add(fd["fd"])
+            _check_loc(fd, mounts, detached, fwhat)
+    # Stand-ins are forked parents first: the first process is the root of the tree, every
+    # other one's parent comes before it (so there is no cycle either).
+    earlier: set[int] = set()
+    for i, p in enumerate(doc["processes"]):
+        ppid = p.get("ppid")
+        if i == 0 and ppid is not None:
+            _fail(f"process {p['pid']}: the first process is the root of the tree and has no parent in it")
+        if i > 0 and ppid not in earlier:
+            _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
+        earlier.add(p["pid"])
+    for uts, name in (doc.get("hostnames") or {}).items():
+        if uts not in uts_used:
+            _fail(f"hostname for {str(uts)[:40]!r}, a uts namespace no process is in")
+        if type(name) is not str or strlen(MAX_HOSTNAME)(name):
+            _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+def _check_loc(loc: dict, mounts: dict, detached: dict, what: str) -> None:
+    if loc.get("detached"):
+        if loc["mnt"] not in detached:
+            _fail(f"{what}: unknown detached mount {loc['mnt']}")
+    elif loc["mnt"] not in mounts:
+        _fail(f"{what}: unknown mount {loc['mnt']}")

@@ -1,0 +1,240 @@
+"""Engine round trips of the mount tables real container runtimes make (issue 14, items 1-4, 7).
+
+runc and podman mask /proc/acpi with a read-only tmpfs; systemd-nspawn binds
+files that are deleted afterwards; a service with a private /proc lives in
+the host's pid namespace. Each case is built in a throwaway container
+(tests/enginecase.py), dumped, restored and compared.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from enginecase import case  # noqa: F401  (fixture)
+
+
+def test_ro_tmpfs_empty(case):
+    """`mount -t tmpfs -o ro tmpfs /proc/acpi`-style masking: an empty read-only tmpfs."""
+    setup = """
+mkdir /mnt/acpi
+mount -t tmpfs -o ro tmpfs /mnt/acpi
+hold
+"""
+    before, after = case.roundtrip(setup, check="grep ' /mnt/acpi ' /proc/self/mountinfo | cut -d' ' -f5-")
+    assert "ro" in after.snap.check_output
+
+
+def test_ro_tmpfs_with_files(case):
+    """A tmpfs filled, then remounted read-only (superblock ro), with a rw bind of it (per-mount rw
+    over an ro superblock is still ro) and an ro bind of a rw tmpfs (per-mount ro kept)."""
+    setup = """
+mkdir /mnt/t /mnt/b /mnt/w /mnt/wro
+mount -t tmpfs -o mode=0755 data /mnt/t
+mkdir /mnt/t/d; echo hello > /mnt/t/d/f
+mount --bind /mnt/t/d /mnt/b
+mount -o remount,ro /mnt/t
+mount -t tmpfs w /mnt/w; echo w > /mnt/w/f
+mount --bind /mnt/w /mnt/wro; mount -o remount,bind,ro /mnt/wro
+exec 7</mnt/t/d/f
+hold
+"""
+    check = """
+grep -E ' /mnt/(t|b|w|wro) ' /proc/self/mountinfo | cut -d' ' -f5- | sed 's/ shared:[0-9]*//'
+cat /mnt/b/f /mnt/wro/f
+touch /mnt/t/x 2>&1 | sed 's/.*: //'
+touch /mnt/wro/x 2>&1 | sed 's/.*: //'
+"""
+    before, after = case.roundtrip(setup, check=check)
+    out = after.snap.check_output
+    assert "hello" in out and "Read-only file system" in out
+
+
+EMPTY_SOURCE_MOUNT = """python3 -c 'import ctypes, sys; sys.exit(ctypes.CDLL(None, use_errno=True).mount(b"", b"/mnt/e", b"tmpfs", 0, None))'"""
+
+
+def test_empty_mount_source(case):
+    """mount("", "/mnt/e", "tmpfs"): mountinfo shows `- tmpfs  rw` (an empty source field)."""
+    setup = f"""
+mkdir /mnt/e
+{EMPTY_SOURCE_MOUNT}
+echo data > /mnt/e/f
+hold
+"""
+    check = "grep ' /mnt/e ' /proc/self/mountinfo | cut -d' ' -f5- | sed 's/ shared:[0-9]*//'; cat /mnt/e/f"
+    before, after = case.roundtrip(setup, check=check)
+    assert "- tmpfs  rw" in after.snap.check_output and "data" in after.snap.check_output
+
+
+def test_file_bind_of_unmounted_tmpfs(case):
+    """A file bind whose tmpfs has no directory-rooted mount left (`umount /s` after the bind)."""
+    setup = """
+mkdir /s; mount -t tmpfs x /s
+echo d > /s/file; echo other > /s/other
+touch /mnt/target /mnt/target2
+mount --bind /s/file /mnt/target
+mount --bind /s/file /mnt/target2
+umount /s
+exec 7</mnt/target
+hold
+"""
+    check = "cat /mnt/target /mnt/target2; grep -c ' /mnt/target' /proc/self/mountinfo"
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    assert after.snap.check_output.startswith("d\nd\n")
+
+
+def test_proc_of_host_pidns_without_pid1(case):
+    """A tree in the dumper's pid namespace that mounted its own /proc (a systemd service with a
+    private /proc), dumped where pid 1 of that namespace cannot be inspected: the proc mount's pid
+    namespace is found through the tree's own processes."""
+    import os
+    try:
+        os.stat("/proc/1/ns/pid")
+        pid1_readable = True
+    except PermissionError:
+        pid1_readable = False
+    setup = """
+mkdir /mnt/p
+mount -t proc -o nosuid,nodev proc /mnt/p
+exec 7</mnt/p/sys/kernel/ostype
+cd /mnt/p
+hold
+"""
+    check = "grep ' /mnt/p ' /proc/self/mountinfo | cut -d' ' -f5- | sed 's/ shared:[0-9]*//'; ls /mnt/p/1 >/dev/null && echo sees-pid-1"
+    pid = case.start(setup, host_pidns=True)
+    from enginecase import assert_same, take
+    before = take(pid, check)
+    after = take(case.cr(pid), check)
+    assert_same(before, after)
+    assert "sees-pid-1" in after.snap.check_output
+    # Where pid 1 can be inspected this passes either way; here (a sandbox) it is the real case.
+    print("pid 1 readable:", pid1_readable)
+
+
+def test_proc_of_outside_pidns_is_refused_and_tree_resumed(case):
+    """A container (its own pid namespace) holding a bind of the test's /proc: that proc belongs to
+    no namespace of the tree; dump refuses naming the mount and the tree keeps running."""
+    import os
+    import re
+    from enginecase import DUMP_EXTERNALS, mntcr
+    pid = case.start("hold\n", binds=(("/proc", "/mnt"),))
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *DUMP_EXTERNALS)
+    assert r.returncode != 0
+    assert re.search(r"mount \d+ \(/mnt\) on proc: it belongs to a pid namespace outside the dumped tree",
+                     r.stderr), r.stderr
+    assert not os.path.exists(images)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")
+    # What the message says to do works: the proc declared external is bound again from the host.
+    restored = case.cr(pid, dump_extra=("--external", "mnt[/mnt]:hostproc"),
+                       restore_extra=("--external", "mnt[hostproc]:/proc"))
+    with open(f"/proc/{restored}/mountinfo") as f:
+        assert any(line.split()[4] == "/mnt" and " - proc " in line for line in f)
+
+
+# --- deleted files and mount roots (ghosts) ---------------------------------------------------
+
+def test_bind_of_deleted_file_and_dir(case):
+    """systemd-nspawn binds a temporary file (boot_id) and deletes it; CRIU's mntns_deleted binds a
+    directory and a file and removes both: the mount roots show `//deleted`. A name deleted and
+    then reused (/s/reused) must not be confused with the ghost."""
+    setup = """
+mkdir /s; mount -t tmpfs s /s
+echo 0123-boot-id > /s/boot_id; chmod 0444 /s/boot_id
+mkdir /s/srcdir; chmod 0710 /s/srcdir
+echo old > /s/reused
+mkfifo /s/kmsg
+touch /mnt/boot_id /mnt/reused /mnt/kmsg; mkdir /mnt/dir
+mount --bind /s/boot_id /mnt/boot_id
+mount --bind /s/srcdir /mnt/dir
+mount --bind /s/reused /mnt/reused
+mount --bind /s/kmsg /mnt/kmsg
+rm /s/boot_id /s/reused /s/kmsg; rmdir /s/srcdir
+echo new > /s/reused
+exec 7</mnt/boot_id
+hold
+"""
+    check = """
+grep -E ' /mnt/(boot_id|dir|reused|kmsg) ' /proc/self/mountinfo | cut -d' ' -f4,5 | sort
+cat /mnt/boot_id /mnt/reused /s/reused; stat -c '%n %a %F' /mnt/boot_id /mnt/dir /mnt/kmsg; ls -a /s
+"""
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    out = after.snap.check_output
+    assert "/boot_id//deleted /mnt/boot_id" in out and "/srcdir//deleted /mnt/dir" in out
+    assert "0123-boot-id\nold\nnew\n" in out and "/mnt/dir 710 directory" in out and "fifo" in out
+
+
+def test_open_deleted_files(case):
+    """Files unlinked while open (CRIU's ghost files, mntns_ghost): two fds on one deleted file in
+    a bind mount of another mount namespace-like subtree, one on a deleted file whose name is
+    reused; restored as unlinked files on the same mounts, sharing their inode."""
+    setup = """
+mkdir /mnt/t /mnt/b; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d
+mount --bind /mnt/t/d /mnt/b
+printf 'ghost data' > /mnt/b/g; chmod 0640 /mnt/b/g
+echo first > /mnt/t/name
+exec 7</mnt/b/g 8<>/mnt/b/g 9</mnt/t/name
+rm /mnt/b/g /mnt/t/name
+echo second > /mnt/t/name
+hold
+"""
+    check = """
+ls -l /proc/1/fd/7 /proc/1/fd/8 /proc/1/fd/9 | sed 's/.* -> //'
+cat /proc/1/fd/7 /proc/1/fd/9 /mnt/t/name; ls -a /mnt/b
+[ "$(stat -L -c %i /proc/1/fd/7)" = "$(stat -L -c %i /proc/1/fd/8)" ] && echo "7 and 8 share an inode"
+stat -L -c '%a %h' /proc/1/fd/7
+"""
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    out = after.snap.check_output
+    assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out
+    assert "ghost datafirst\nsecond\n" in out and "7 and 8 share an inode" in out and "640 0" in out
+
+
+def test_hostile_ghost_and_file_bind_records_are_refused(case):
+    """The image fields this issue adds (ghosts, archive 'only') pass the validator when dump wrote
+    them and are refused, with one line, when they point elsewhere."""
+    import copy
+    import json
+    import os
+    from engine import image
+    setup = """
+mkdir /s; mount -t tmpfs s /s
+echo a > /s/f; echo b > /s/g; touch /mnt/f /mnt/g
+mount --bind /s/f /mnt/f
+mount --bind /s/g /mnt/g
+rm /s/f
+umount /s
+mkdir /t; mount -t tmpfs t /t; echo c > /t/h; exec 7</t/h; rm /t/h
+hold
+"""
+    pid = case.start(setup)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    doc = image.load(images)
+    assert len(doc["ghosts"]) == 2
+    assert any(a.get("only") == "g" for sb in doc["superblocks"].values() for a in sb.get("archives") or [])
+    shown = image.render(doc)  # `mntcr show -D`: roots and fds as the kernel showed them
+    assert "/f//deleted" in shown and "/h (deleted)" in shown
+
+    def refused(mutate, match):
+        bad = copy.deepcopy(doc)
+        mutate(bad)
+        with open(os.path.join(images, image.MANIFEST), "w") as f:
+            json.dump(bad, f)
+        with pytest.raises(image.ImageError, match=match):
+            image.load(images)
+
+    gid = next(iter(doc["ghosts"]))
+    mnt = next(m for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("ghost"))
+    fd = next(f for p in doc["processes"] for f in p["fds"] if f.get("ghost"))
+    arc = next(a for sb in doc["superblocks"].values() for a in sb.get("archives") or [] if a.get("only"))
+    refused(lambda d: d["ghosts"][gid].update(path="/../etc/shadow"), r"\.\.")
+    refused(lambda d: d["ghosts"][gid].update(only="other"), "'only' must be the last name")
+    refused(lambda d: d["ghosts"][gid].update(sb="sb-999"), "tmpfs or ramfs of the image")
+    refused(lambda d: next(m for ns in d["mntns"].values() for m in ns["mounts"]
+                           if m["id"] == mnt["id"]).update(ghost="g-99"), "ghost 'g-99' is unknown")
+    refused(lambda d: next(f for p in d["processes"] for f in p["fds"]
+                           if f["fd"] == fd["fd"]).update(ghost="g-99"), "ghost 'g-99' is unknown")
+    refused(lambda d: next(a for sb in d["superblocks"].values() for a in sb.get("archives") or []
+                           if a.get("only")).update(only="../x"), "must be one file name")
+    assert arc["root"] == "/"
