@@ -24,8 +24,9 @@ A minimal failing sequence is printed by hypothesis as `ops=[...]`;
 
 On a kernel without MOVE_MOUNT_SET_GROUP (strategy sharing=refuse) the
 sequences contain no shared/slave ops. A short derandomized run in a VM:
-`mntcr vm run --kernel 5.10 -- env CI=true HYPOTHESIS_PROFILE=smoke python3 -m pytest
-tests/test_hardening_random_trees.py -p no:cacheprovider`.
+`mntcr vm run --kernel 5.10 --timeout 3000 -- env CI=true HYPOTHESIS_PROFILE=smoke
+MNTCR_HARDEN_TIMEOUT=300 PYTHON -m pytest tests/test_hardening_random_trees.py -p no:cacheprovider`
+(PYTHON: the interpreter that has pytest and hypothesis).
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ DETACHED = os.environ.get("MNTCR_HARDEN_DETACHED", "1") == "1"
 # CI runs a fixed sequence of examples (the same ones on every run, so a red CI is the
 # change's fault, not the dice's); elsewhere each run explores new ones.
 CI = os.environ.get("CI") == "true"
+# Seconds for each setup, dump and restore; a TCG VM on a loaded machine needs more (MNTCR_HARDEN_TIMEOUT).
+TIMEOUT = float(os.environ.get("MNTCR_HARDEN_TIMEOUT") or 60)
 MAX_MOUNTS = 400          # beyond this a sequence is rejected (rbind + propagation can explode)
 _TOO_MANY = "hardening: too many mounts"
 
@@ -136,7 +139,7 @@ CHECK = "find /mnt 2>/dev/null | sort; find /mnt -type f 2>/dev/null | sort | xa
 def _scenario(setup: str) -> Scenario:
     return Scenario(path="<tests/test_hardening_random_trees.py>", name="random_tree", params={},
                     description="random mount operations", setup=setup, check=CHECK, requires=Requires(),
-                    expect={"*": Expectation("pass")}, flavors=("ns",), timeout=60.0, iters=1)
+                    expect={"*": Expectation("pass")}, flavors=("ns",), timeout=TIMEOUT, iters=1)
 
 
 ops_strategy = st.lists(
@@ -156,7 +159,7 @@ def run_ops(ops, workdir: str) -> None:
             assume(False)
         raise
     try:
-        cycle.run(_scenario(setup), MntcrBackend(timeout=60), flavor, running, workdir)
+        cycle.run(_scenario(setup), MntcrBackend(timeout=TIMEOUT), flavor, running, workdir)
     finally:
         flavor.stop(running)
 
