@@ -7,9 +7,16 @@ owns the concept; errors reach the user as one line on stderr and exit 2
 
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import sys
+
+if __name__ == "__main__":  # pragma: no cover - `python -m engine.cli`
+    # Ctrl-C before main() takes over (while modules load): nothing was done yet; one line, no traceback.
+    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("mntcr: interrupted: nothing was done\n"),
+                                             os._exit(130)))
+
+import argparse  # noqa: E402
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 
@@ -177,6 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = _COMMANDS.get(args.verb) or getattr(args, "handler", None)
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt below
         return handler(args)
     except UsageError as e:
         print(f"mntcr {args.verb}: {e}", file=sys.stderr)

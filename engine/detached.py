@@ -245,6 +245,15 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
             if name in made:
                 continue
             made.add(name)
+            if not facts["is_reg"]:
+                # A FIFO (a process's pipe on it is dumped by engine/fds/pipe.py): the node only;
+                # opening it to read would block.
+                st = os.stat(facts["link"])
+                if stat.S_ISFIFO(st.st_mode):
+                    info = tarfile.TarInfo(name)
+                    info.type, info.mode, info.uid, info.gid = tarfile.FIFOTYPE, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
+                    tar.addfile(info)
+                    continue
             with open(facts["link"], "rb") as f:
                 st = os.fstat(f.fileno())
                 data = f.read()

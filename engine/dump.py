@@ -25,7 +25,9 @@ import signal
 import stat
 import time
 
-from engine import channel, content, forkrun, fs, ghosts, image, kernel, mountinfo
+from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
+from engine.fds import FdError
+from engine.fdtable import FdTable
 from engine.fs.block import BLOCK_TYPES
 from engine.image import is_beneath, rel_to
 
@@ -238,9 +240,11 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
                 except FileNotFoundError:
                     continue  # closed while we looked (the tree is stopped, so: a race with exit)
                 fds.append({"fd": n, "target": target, "mode": st.st_mode, **info})
+                if (seen := fdkinds.inspect_in_ns(target, st.st_mode, hostproc, pid, n, parsed)) is not None:
+                    fds[-1]["in_ns"] = seen   # what a kind reads from inside the namespace (inotify watches)
         except FileNotFoundError:
             raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
-        procs[pid] = {"root": root, "cwd": cwd, "fds": fds}
+        procs[pid] = {"root": root, "cwd": cwd, "fds": fds, **mappings.read(hostproc, pid)}
     _same_path_outside(procs, parsed, hostproc)
     return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev, "dirs": dirs}
 
@@ -885,10 +889,51 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             if e.get("ghost") is True:
                 e["ghost"] = gid_of[(e["sb"], e["root"])]
 
-    # 5. processes
-    procs_doc = []
+    # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
+    fdtable = FdTable()
+    try:
+        procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
+                               (mntns_doc, superblocks, ghosts_doc, writer, files))
+        fdtable.finish(procs_doc)
+    except FdError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+    finally:
+        fdtable.close()
+    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)]
     uts_names: dict[str, str] = {}
-    unplaced: list[tuple[dict, int, str]] = []   # (location to fill, pid, /proc link relative to the pid)
+    for p in procs_doc:
+        uts = p["ns"]["uts"]
+        if uts not in uts_names and "uts" not in p["host_ns"]:
+            uts_names[uts] = _hostname_of(p["pid"])
+
+    for g in ghosts_doc.values():
+        g.pop("inode", None)  # only to share one ghost between the fds of one file
+    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+
+    doc = {
+        "kernel": platform.release(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
+        "hostnames": uts_names, "detached": detached_doc, "files": files, "ghosts": ghosts_doc,
+    }
+    if fdtable.objects:
+        doc["objects"] = fdtable.objects
+    return doc
+
+
+def _unplaced_of(p: dict):
+    """(location, /proc link relative to the pid) of each of p's root, cwd and fds on a detached mount."""
+    for key in ("root", "cwd"):
+        if p[key].get("detached"):
+            yield p[key], key
+    for f in p["fds"]:
+        if f.get("detached"):
+            yield f, f"fd/{f['fd']}"
+
+
+def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx) -> list[dict]:
+    """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files."""
+    procs_doc = []
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
@@ -900,51 +945,41 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
         }
         for key in ("root", "cwd"):
             entry[key] = _place(pdata[key], mounts_by_id, pid, key)
-            if entry[key].get("detached"):
-                unplaced.append((entry[key], pid, key))
         for f in pdata["fds"]:
-            mode = f["mode"]
-            if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                    or stat.S_ISLNK(mode)) or not f["target"].startswith("/"):
-                raise DumpError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): only files and "
-                                                  "directories are supported")
-            target = f["target"]
-            ghost = None
-            if target.endswith(ghosts.DELETED_FD):
-                target = target[: -len(ghosts.DELETED_FD)]
-                m = mounts_by_id.get(f["mnt_id"])
-                if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
-                    # Not the (deleted) root of its mount: a file unlinked while open.
-                    ghost = _fd_ghost(pid, f, target, m, mntns_doc, superblocks, ghosts_doc, writer, files)
-            # Opened through a mount outside the dumped namespaces, but reachable at the same path
-            # here: restored on that visible mount (the outside mount itself cannot be recreated).
-            outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
-            loc = _place({"abs": target, "mnt": f["visible_mnt"] if outside else f["mnt_id"]},
-                         mounts_by_id, pid, f"fd {f['fd']}")
-            fd_entry = {"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
-                        "type": "dir" if stat.S_ISDIR(mode) else "file", **loc}
-            if outside:
-                fd_entry["outside"] = True
-            if ghost is not None:
-                fd_entry["ghost"] = ghost
+            fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
+                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what))
+            if fd_entry.pop("placed"):
+                fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
-            if loc.get("detached"):
-                unplaced.append((fd_entry, pid, f"fd/{f['fd']}"))
-        uts = entry["ns"]["uts"]
-        if uts not in uts_names and "uts" not in entry["host_ns"]:
-            uts_names[uts] = _hostname_of(pid)
+        # Mapped files on mounts of the tree (the rest: anonymous shared memory, memfds, detached).
+        entry["maps"] = [_place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping")
+                         for path, mnt in pdata["maps"] if mnt in mounts_by_id]
+        if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
+            entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
         procs_doc.append(entry)
+    return procs_doc
 
-    for g in ghosts_doc.values():
-        g.pop("inode", None)  # only to share one ghost between the fds of one file
-    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
-    return {
-        "kernel": platform.release(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
-        "hostnames": uts_names, "detached": detached_doc, "files": files, "ghosts": ghosts_doc,
-    }
+def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
+    """Where an fd on a file (of a placed kind) lies: mount and path, ghost or outside when so."""
+    target = f["target"]
+    ghost = None
+    if target.endswith(ghosts.DELETED_FD):
+        target = target[: -len(ghosts.DELETED_FD)]
+        m = mounts_by_id.get(f["mnt_id"])
+        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
+            # Not the (deleted) root of its mount: a file unlinked while open.
+            ghost = _fd_ghost(pid, f, target, m, *ghost_ctx)
+    # Opened through a mount outside the dumped namespaces, but reachable at the same path
+    # here: restored on that visible mount (the outside mount itself cannot be recreated).
+    outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
+    loc = _place({"abs": target, "mnt": f["visible_mnt"] if outside else f["mnt_id"]},
+                 mounts_by_id, pid, f"fd {f['fd']}")
+    if outside:
+        loc["outside"] = True
+    if ghost is not None:
+        loc["ghost"] = ghost
+    return loc
 
 
 def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:

@@ -47,7 +47,7 @@ def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channe
                 if fd != made[sid]:
                     os.close(fd)
         except OSError as e:
-            raise OSError(e.errno, f"{mount_of.get(sid, sid)}: its empty root {er['root']}: {e.strerror or e}") from None
+            raise _named(e, f"{mount_of.get(sid, sid)}: its empty root {er['root']}") from None
     for archive_fd, name, expect, spec in fills:
         targets = []
         try:
@@ -55,18 +55,23 @@ def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channe
                 try:
                     targets.append((content.mkdirs_beneath(made[sid], root), member))
                 except OSError as e:
-                    raise OSError(e.errno, f"{mount_of.get(sid, sid)}: making {root} to extract its files into: "
-                                           f"{e.strerror or e}") from None
+                    raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
             try:
                 content.extract(archive_fd, name, expect, targets)
             except OSError as e:
                 names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
-                raise OSError(e.errno, f"{names}: {e.strerror or e}") from None
+                raise _named(e, names) from None
         finally:
             for (fd, _), (sid, _, _) in zip(targets, spec):
                 if fd != made[sid]:
                     os.close(fd)
     chan.send(("ok", None))
+
+
+def _named(e: OSError, where: str) -> OSError:
+    """`e` with `where` (the mounts it concerns) in front of its text; no "[Errno None]"."""
+    text = f"{where}: {e.strerror or e}"
+    return OSError(e.errno, text) if e.errno else OSError(text)
 
 
 class Filler:

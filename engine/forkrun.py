@@ -52,10 +52,15 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
     sys.stdout.flush()
     sys.stderr.flush()
     me = kernel.pidfd_open(os.getpid())
+    # Ctrl-C during the fork must not hit the child's after-fork hooks (a stray "Exception ignored"
+    # traceback): SIGINT waits until the child has its default action (die, silently) back.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     pid = os.fork()
     if pid == 0:  # child
         code = 0
         try:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             # A helper never outlives its caller (a killed dump must not leave one spinning).
             kernel.die_with_parent(me, signal.SIGKILL)
             os.close(rfd)
@@ -84,6 +89,7 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
                 view = view[n:]
         finally:
             os._exit(code)
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     os.close(wfd)
     os.close(me)
     try:

@@ -278,8 +278,12 @@ def render(doc: dict) -> str:
         lines.append(f"    cwd:  mount {p['cwd']['mnt']} {p['cwd']['path']}")
         for fd in p["fds"]:
             deleted = " (deleted)" if fd.get("ghost") else ""
-            lines.append(f"    fd {fd['fd']}: mount {fd['mnt']} {fd['path']}{deleted} flags={fd['flags']:o} pos={fd['pos']}"
-                         + (" (detached)" if fd.get("detached") else ""))
+            where = f"mount {fd['mnt']} {fd['path']}{deleted}" if "mnt" in fd else fd.get("obj", "")
+            lines.append(f"    fd {fd['fd']}: {fd.get('kind', 'file')} {where} flags={fd['flags']:o} pos={fd['pos']}"
+                         + (" (detached)" if fd.get("detached") else "")
+                         + (f" shared as {fd['desc']}" if fd.get("desc") else ""))
+        for m in p.get("maps", ()):
+            lines.append(f"    maps: mount {m['mnt']} {m['path']}")
     return "\n".join(lines) + "\n"
 
 

@@ -241,15 +241,31 @@ LOC_FIELDS = {
 }
 LOC = Record("location", LOC_FIELDS)
 
-FD = Record("fd", {
-    **LOC_FIELDS,
+_DESC_ID = re.compile(r"^d-[0-9]{1,9}$")
+_OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}$")
+
+# Fields of every fd entry, whatever its kind (engine/fds/): a kind adds its own (FdKind.fields)
+# and, when its fd names a file on a mount (FdKind.placed), the location fields.
+FD_BASE = {
     "fd": F(INT, rule=rng(0, MAX_FD)),
     "flags": F(INT, rule=lambda v: None if v & ~OPEN_FLAGS == 0 and v >= 0
                else f"has bits that are no open(2) flags ({v:#o})"),
     "pos": F(INT, rule=rng(0, MAX_OFF)),
+    "kind": F(STR, required=False, rule=pattern(re.compile(r"^[a-z]{1,16}$"), "an fd kind name")),  # absent: file
+    # One open file description held by several fds (of one or several processes).
+    "desc": F(STR, required=False, rule=pattern(_DESC_ID, "a description id d-N")),
+    # An entry of "objects" (a pipe, a socket pair, a memfd, a pty) the description belongs to.
+    "obj": F(STR, required=False, rule=pattern(_OBJ_ID, "an object id")),
+}
+
+FD = Record("fd", {
+    **FD_BASE,
+    **LOC_FIELDS,
     "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
     # A file unlinked while open: reopened from that ghost (engine/ghosts.py), on the same superblock.
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+    # Opened through a mount outside the dumped namespaces: restored on the visible one (dump.py).
+    "outside": F(BOOL, required=False),
 })
 
 PROCESS = Record("process", {
@@ -261,6 +277,9 @@ PROCESS = Record("process", {
     "root": F(DICT, rule=record(LOC)),
     "cwd": F(DICT, rule=record(LOC)),
     "fds": F(LIST),                                           # FD records, checked with their count
+    # Mapped files and the executable on mounts of the tree (engine/mappings.py).
+    "maps": F(LIST, required=False, rule=list_of(record(LOC), MAX_FDS, DICT)),
+    "exe": F(DICT, required=False, rule=record(LOC)),
 })
 
 MOUNT = Record("mount", {
@@ -389,6 +408,7 @@ MANIFEST = Record("manifest", {
     "detached": F(OPT_DICT, required=False),
     "files": F(OPT_DICT, required=False),
     "ghosts": F(OPT_DICT, required=False),                    # {g-N: GHOST}: deleted files and mount roots
+    "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP, DEVICE,
@@ -428,6 +448,7 @@ def validate(doc) -> None:
     detached = _check_detached(doc.get("detached") or {}, sbs, mounts)
     _check_superblocks(sbs, files, pidns, mounts, detached)
     _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts)
+    _check_objects(doc.get("objects") or {})
     _check_processes(doc, mounts, detached)
 
 
@@ -582,7 +603,9 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             if (a["file"], a["member"]) in members:
                 _fail(f"{what}: duplicate archive member {a['file']}:{a['member']}")
             members.add((a["file"], a["member"]))
-            archive_bytes[a["file"]] = archive_bytes.get(a["file"], 0) + _size_limit(sb)
+            limit = _size_limit(sb)
+            if archive_bytes.get(a["file"], 0) is not None:
+                archive_bytes[a["file"]] = None if limit is None else archive_bytes.get(a["file"], 0) + limit
         for opt in sb["super_opts"] if not external else ():
             key, sep, value = opt.partition("=")
             if key in HOST_OPTS:
@@ -625,7 +648,8 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
         if handler.ns == "pid" and sid in used_sbs and not sb.get("pidns"):
             _fail(f"{what}: a proc superblock needs its pid namespace")
     for name, limit in archive_bytes.items():
-        if 0 < limit < files[name]["size"]:
+        # (+ the end of archive and tar's padding to its 10 KiB record)
+        if limit is not None and limit + 10240 < files[name]["size"]:
             _fail(f"archive {name}: {files[name]['size']} bytes is more than its superblocks may hold ({limit})")
     _check_overlay_cycles(sbs, mounts)
 
@@ -679,17 +703,24 @@ def _check_device(what: str, sid: str, sb: dict, device: dict | None, sbs: dict)
             _fail(f"{what}: its loop file must lie on a tmpfs or ramfs of the image (not {loop['sb']!r})")
 
 
-def _size_limit(sb: dict) -> int:
-    """Bytes a tmpfs may hold by its size= option (0: no limit known)."""
+def _size_limit(sb: dict) -> int | None:
+    """The most archive bytes a tmpfs may take by its size= and nr_inodes= options (None: no limit
+    shown, e.g. ramfs): twice the data (sparse and block padding) plus two 512-byte blocks an inode
+    (header, long name), or 64 MiB of headers when nr_inodes is not shown."""
+    size = inodes = None
     for opt in sb["super_opts"]:
-        if opt.startswith("size="):
-            v = opt[5:]
-            mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(v[-1:].lower(), 1)
+        key, _, v = opt.partition("=")
+        if key in ("size", "nr_inodes") and v:
+            mult = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(v[-1].lower(), 1)
             digits = v[:-1] if mult != 1 else v
             if digits.isdigit():
-                # An archive holds the data plus a 512-byte header a file and the end blocks.
-                return int(digits) * mult * 2 + (1 << 20)
-    return 0
+                if key == "size":
+                    size = int(digits) * mult
+                else:
+                    inodes = int(digits) * mult
+    if not size:  # size=0 is "no limit" too
+        return None
+    return 2 * size + (1024 * inodes if inodes else 64 << 20)
 
 
 def _check_overlay_cycles(sbs: dict, mounts: dict) -> None:
@@ -734,10 +765,21 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"{what}: 'host_ns' names a namespace twice")
         for key in ("root", "cwd"):
             _check_loc(p[key], mounts, detached, f"{what} {key}")
+        for loc in (p.get("maps") or []) + ([p["exe"]] if "exe" in p else []):
+            if loc.get("detached"):
+                _fail(f"{what}: a mapping on a detached mount")
+            _check_loc(loc, mounts, detached, f"{what} mapping")
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
-            check_record(FD, fd, fwhat)
+            kind = _fd_kind(fd, fwhat)
+            check_record(FD if kind.name == "file" else _kind_record(kind), fd, fwhat)
+            kind.check(fd, fwhat)
+            if "obj" in fd and fd["obj"] not in (doc.get("objects") or {}):
+                _fail(f"{fwhat}: unknown object {fd['obj']!r}")
+            for mnt in kind.mounts(fd):
+                if mnt not in mounts:
+                    _fail(f"{fwhat}: unknown mount {mnt}")
             gid = fd.get("ghost")
             if gid is not None:
                 g = (doc.get("ghosts") or {}).get(gid)
@@ -746,7 +788,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
             seen_fd.add(fd["fd"])
-            _check_loc(fd, mounts, detached, fwhat)
+            if kind.placed:
+                _check_loc(fd, mounts, detached, fwhat)
     # Stand-ins are forked parents first: the first process is the root of the tree, every
     # other one's parent comes before it (so there is no cycle either).
     earlier: set[int] = set()
@@ -770,3 +813,41 @@ def _check_loc(loc: dict, mounts: dict, detached: dict, what: str) -> None:
             _fail(f"{what}: unknown detached mount {loc['mnt']}")
     elif loc["mnt"] not in mounts:
         _fail(f"{what}: unknown mount {loc['mnt']}")
+
+
+# --- fd kinds (engine/fds/) ---------------------------------------------------------------------
+
+_KIND_RECORDS: dict[str, Record] = {}
+
+
+def _fd_kind(fd, what: str):
+    """The FdKind of an fd entry (refused when unknown)."""
+    from engine import fds
+    name = fd.get("kind", "file") if type(fd) is dict else "file"
+    kind = fds.lookup(name) if type(name) is str else None
+    if kind is None:
+        _fail(f"{what}: unknown fd kind {str(name)[:40]!r}")
+    return kind
+
+
+def _kind_record(kind) -> Record:
+    """The record of an fd of `kind`: the common fields, location fields when placed, its own."""
+    rec = _KIND_RECORDS.get(kind.name)
+    if rec is None:
+        placed = {**LOC_FIELDS, "outside": F(BOOL, required=False)} if kind.placed else {}
+        rec = Record(f"fd ({kind.name})", {**FD_BASE, **placed, **kind.fields})
+        _KIND_RECORDS[kind.name] = rec
+        _REQUIRED[rec.name] = rec.required
+    return rec
+
+
+def _check_objects(objects: dict) -> None:
+    """Each object (a pipe, socket pair, memfd, pty) checked by the kind it names."""
+    from engine import fds
+    for key, obj in objects.items():
+        if not _OBJ_ID.match(key):
+            _fail(f"object id {key[:40]!r} is not KIND-N")
+        kind = fds.lookup(obj.get("kind")) if type(obj) is dict and type(obj.get("kind")) is str else None
+        if kind is None:
+            _fail(f"object {key}: unknown kind")
+        kind.check_object(obj, f"object {key}")

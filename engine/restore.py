@@ -48,6 +48,8 @@ import stat
 from engine import (channel, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo, sharing,
                     standin, strategy)
 from engine import pidfile as pidfile_mod
+from engine import fds as fdkinds
+from engine.fdmaker import FdMaker
 # Every module the restorer uses after it pivots into a restored root must be imported here.
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
@@ -58,7 +60,6 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
                "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
-_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
 # mount(2) flags for per-mount options (the path without mount_setattr)
@@ -185,8 +186,12 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
         except BaseException:
             pidfile_mod.kill_tree(pid)
             raise
-    finally:
+    except BaseException:
         signal.signal(signal.SIGINT, old_int)
+        raise
+    # Published: from here a late Ctrl-C must not turn the success into a failure, so SIGINT stays
+    # ignored in this process (the CLI prints the pid and exits 0).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return pid
 
 
@@ -766,9 +771,11 @@ class _Restorer:
         """
         self.referenced: set[int] = set()
         for p in self.doc["processes"]:
-            for loc in [p["root"], p["cwd"], *p["fds"]]:
+            for loc in [p["root"], p["cwd"], *p.get("maps", ()), *([p["exe"]] if "exe" in p else [])]:
                 if not loc.get("detached"):
                     self.referenced.add(loc["mnt"])
+            for f in p["fds"]:
+                self.referenced.update(fdkinds.mounts_used(f))
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
         try:
@@ -1131,6 +1138,18 @@ class _Restorer:
         return os.open(f"self/fd/{base}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def place_processes(self) -> None:
+        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost)
+        try:
+            self._place_processes()
+        finally:
+            self._fds.close()
+
+    def _open_ghost(self, gid: str, flags: int) -> int:
+        """A new description of ghost `gid` (unlinked at restore too): reopened from the fd taken while
+        it had its name."""
+        return os.open(f"self/fd/{self.ghost_fd[gid]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
+
+    def _place_processes(self) -> None:
         for p in self.doc["processes"]:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
@@ -1156,26 +1175,46 @@ class _Restorer:
                     batch_items.clear()
                     batch_fds.clear()
 
+            after = []
             for f in p["fds"]:
-                flags = f["flags"] & ~_OPEN_DROP
                 try:
-                    if f.get("ghost"):
-                        # Unlinked at restore too: reopened from the fd taken while it had its name.
-                        fd = os.open(f"self/fd/{self.ghost_fd[f['ghost']]}", flags | os.O_CLOEXEC,
-                                     dir_fd=self.hostproc)
-                    else:
-                        fd = self.open_at(f["mnt"], f["path"], flags)
+                    fd, first = self._fds.open(f, chan)
                 except OSError as e:
-                    raise RestoreError(e.errno, f"{where} fd {f['fd']}: {f['path']} on mount {f['mnt']}: "
-                                                f"{e.strerror or e}") from None
-                if f["pos"] and f.get("type") != "dir":
-                    os.lseek(fd, f["pos"], os.SEEK_SET)
+                    what = f"{f['path']} on mount {f['mnt']}: " if "path" in f else ""
+                    raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
+                                                             f"{what}{e.strerror or e}") from None
+                if first and (todo := self._fds.after(f)) is not None:
+                    after.append(todo)
                 batch_items.append((f["fd"], bool(f["flags"] & _O_CLOEXEC_DUMPED)))
                 batch_fds.append(fd)
                 if len(batch_items) >= 200:
                     flush()
             flush()
+            self._map_files(p, chan, where)
+            for kind, fn, args in after:
+                try:
+                    chan.call(("kind", kind, fn, args))
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
             step("process")
+
+    def _map_files(self, p: dict, chan, where: str) -> None:
+        """Have the stand-in map the files the process mapped (and its executable), from their mounts."""
+        locs = {(m["mnt"], m["path"]): m for m in [*p.get("maps", ()), *([p["exe"]] if "exe" in p else [])]}
+        todo = list(locs.values())
+        for i in range(0, len(todo), 200):
+            fds = []
+            try:
+                for m in todo[i:i + 200]:
+                    try:
+                        fds.append(self.open_at(m["mnt"], m["path"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
+                    except OSError as e:
+                        raise RestoreError(e.errno, f"{where}: mapped file {m['path']} on mount {m['mnt']}: "
+                                                    f"{e.strerror or e}") from None
+                chan.call(("map",), fds)
+            finally:
+                for fd in fds:
+                    os.close(fd)
 
     def detach(self) -> None:
         for p in reversed(self.doc["processes"]):

@@ -9,6 +9,8 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
   enter    setns into its restored mount namespace, chroot to its root, chdir
   fds      install open files at their numbers
+  map      map each file received (engine/mappings.py)
+  kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
   detach   drop the channel and every other fd and sleep until killed
 
 If the restorer dies, the channel closes and every stand-in exits (and
@@ -23,7 +25,7 @@ import os
 import signal
 import socket
 
-from engine import channel, kernel
+from engine import channel, fds as fdkinds, kernel, mappings  # imported before a stand-in chroots
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -184,6 +186,20 @@ def _serve(chan: channel.Channel) -> None:
                 chan = _install_fds(chan, items, fds)
                 installed.update(n for n, _ in items)
                 fds = []
+                reply = None
+            elif op == "kind":
+                # A step of an fd kind that must run in this process (engine/fds/): its reply fds go back.
+                _, kind, fn, args = msg
+                reply, out = fdkinds.lookup(kind).standin[fn](args, fds)
+                chan.send(("ok", reply), out)
+                for fd in out:
+                    os.close(fd)
+                for fd in fds:
+                    if fd not in installed:
+                        os.close(fd)
+                continue
+            elif op == "map":
+                mappings.map_files(fds)
                 reply = None
             elif op == "detach":
                 # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.

@@ -465,7 +465,7 @@ class State:
 def take(pid: int, check: str | None = None) -> State:
     """Snapshot the tree rooted at host pid `pid` (and run `check` in its namespaces and root)."""
     from zdtm import snapshot
-    snap = snapshot.take(pid, check=check, timeout=30)
+    snap = snapshot.take(pid, check=check, timeout=30, ignore_maps_on=("/usr", "/etc"))
     return State(snap=snap, fd_data=[fd_data(p.pid) for p in snap.procs], pid=pid)
 
 

@@ -238,3 +238,24 @@ hold
     refused(lambda d: next(a for sb in d["superblocks"].values() for a in sb.get("archives") or []
                            if a.get("only")).update(only="../x"), "must be one file name")
     assert arc["root"] == "/"
+
+
+def test_fill_error_names_the_mount(case):
+    """An archive that fails to extract (here: damaged) is reported with the mounts it fills, in
+    one line (the report of issue 14: "[Errno 30] Read-only file system: 'self/fd/21'")."""
+    import os
+    import re
+    from enginecase import RESTORE_EXTERNALS, mntcr
+    pid = case.start("mkdir /mnt/t; mount -t tmpfs -o ro t /mnt/t\nmkdir /mnt/u; mount -t tmpfs u /mnt/u\n"
+                     "echo x > /mnt/u/f\nhold\n")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    name = sorted(n for n in os.listdir(images) if n.endswith(".tar"))[0]
+    with open(os.path.join(images, name), "r+b") as f:
+        f.seek(600)
+        f.write(b"\xff" * 16)  # same size: only the checksum tells
+    r = mntcr("restore", "-D", images, *RESTORE_EXTERNALS, "--pidfile", images + ".pid")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Errno None" not in lines[0], r.stderr
+    assert re.search(r"mount \d+ \(/mnt/u\) on tmpfs.*archive files-\d+\.tar is damaged", lines[0]), lines[0]

@@ -16,13 +16,18 @@ def flavor(tmp_path_factory):
     reason = _requirements()
     if reason:
         pytest.skip(reason)
-    from zdtm.flavors import get
-    f = get("vm")
+    from zdtm.flavors.vm import VmFlavor
     root = tmp_path_factory.mktemp("vmflavor")
-    f.configure(kernel=KERNEL, provider="qemu", results_root=str(root))
-    assert f.unavailable() is None
+    f = VmFlavor(results_root=str(root))
+    assert f.unavailable(_spec(None)) is None
     yield f, root
     f.close()
+
+
+def _spec(scenario, **kw):
+    from zdtm.item import ItemSpec
+    return ItemSpec(scenario=scenario, backend="mntcr", flavor="vm", iters=1, kernel=KERNEL, provider="qemu",
+                    **kw)
 
 
 def _scenario(root, name: str, text: str):
@@ -35,7 +40,7 @@ def _scenario(root, name: str, text: str):
 def test_skip_reason_is_computed_on_the_guest_kernel(flavor):
     f, root = flavor
     s = _scenario(root, "old", "description: d\nrequires:\n  kernel: '<5.0'\nsetup: exec zdtm-hold\n")
-    res = f.run_scenario(s, "mntcr", 1, str(root / "old"))
+    res = f.run(_spec(s), str(root / "old"))
     assert res.outcome == "skip"
     assert res.kernel != os.uname().release  # it ran on the VM's kernel, not the host's
     assert f"this is {res.kernel}" in res.message
@@ -44,14 +49,38 @@ def test_skip_reason_is_computed_on_the_guest_kernel(flavor):
 def test_setup_output_and_failure_come_back(flavor):
     f, root = flavor
     s = _scenario(root, "bad", "description: d\nsetup: |\n  echo \"in-vm $(uname -r)\"; exit 7\n")
-    res = f.run_scenario(s, "mntcr", 1, str(root / "bad"))
+    res = f.run(_spec(s), str(root / "bad"))
     assert res.outcome == "setup-error"
     assert "status 7" in res.message and f"in-vm {res.kernel}" in res.message
-    assert (root / "bad" / "vm-result.json").exists()
+    assert (root / "bad" / "item-result.json").exists()
 
 
 def test_workdir_outside_results_root_is_refused(flavor, tmp_path):
     f, root = flavor
     s = _scenario(root, "any", "description: d\nsetup: exec zdtm-hold\n")
     with pytest.raises(ValueError, match="not under the results root"):
-        f.run_scenario(s, "mntcr", 1, str(tmp_path / "elsewhere"))
+        f.run(_spec(s), str(tmp_path / "elsewhere"))
+
+
+def test_scenarios_run_from_a_virtualenv_under_tmp(tmp_path_factory):
+    """The guest mounts its own /tmp: the runner's virtualenv there must still be its interpreter."""
+    import subprocess
+    import sys
+    import tempfile
+    reason = _requirements()
+    if reason:
+        pytest.skip(reason)
+    venv = tempfile.mkdtemp(prefix="mntcr-venv-", dir="/tmp")
+    try:
+        # --system-site-packages: pytest, PyYAML and Jinja2 come from the base interpreter
+        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", venv], check=True)
+        project = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env = dict(os.environ, PYTHONPATH=project)
+        r = subprocess.run([os.path.join(venv, "bin", "python"), "-m", "pytest", "-p", "no:cacheprovider",
+                            "--flavor", "vm", "--kernel", KERNEL, "scenarios/basic/tmpfs.yaml"],
+                           cwd=project, env=env, capture_output=True, text=True, timeout=1200)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+        assert "1 passed" in r.stdout
+    finally:
+        import shutil
+        shutil.rmtree(venv, ignore_errors=True)

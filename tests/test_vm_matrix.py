@@ -142,3 +142,29 @@ def test_pvh_note_detection_and_extraction(tmp_path):
     assert (tmp_path / "vmlinux").read_bytes() == pvh
     bz.write_bytes(b"MZ" + lzma.compress(plain, format=lzma.FORMAT_XZ))
     assert not kernels.extract_vmlinux(bz, tmp_path / "vmlinux2")
+
+
+@pytest.mark.skipif(not initramfs.BUSYBOX.exists(), reason="busybox-static is not installed (/bin/busybox)")
+def test_initramfs_cache_is_safe_under_concurrent_first_use(tmp_path, monkeypatch):
+    """Two xdist workers building the same image on a cold cache both get it (6.12 row once failed so)."""
+    import multiprocessing
+    monkeypatch.setenv("MNTCR_CACHE", str(tmp_path / "cache"))
+    k = _fake_kernel(tmp_path)
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        paths = pool.starmap(initramfs.ensure, [(k, ("c",))] * 8)
+    assert len(set(paths)) == 1 and Path(paths[0]).read_bytes() == initramfs.build_bytes(k, ("c",))
+    assert [p.name for p in Path(paths[0]).parent.iterdir()] == [Path(paths[0]).name]  # no partial left
+
+
+def test_guest_keeps_interpreter_and_project_under_tmp(monkeypatch):
+    """A virtualenv under /tmp (which the guest mounts afresh) is bound back in by stage 1."""
+    import sys
+    from vm import qemu
+    monkeypatch.setattr(sys, "prefix", "/tmp/venv")
+    monkeypatch.setattr(sys, "exec_prefix", "/tmp/venv")
+    monkeypatch.setattr(qemu, "_PROJECT", Path("/tmp/venv/src/mntcr"))
+    keep = qemu.keep_paths()
+    assert "/tmp/venv" in keep and not any(p.startswith("/tmp/venv/") for p in keep)
+    assert all(p.startswith(("/tmp/", "/run/")) for p in keep)
+    assert "mntcr.keep=" in (initramfs.INIT.read_text())

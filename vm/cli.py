@@ -8,7 +8,7 @@ import shutil
 import sys
 import tempfile
 
-from vm import kernels, matrix
+from vm import kernels, matrix, session
 from vm.errors import VMError
 
 EXIT_ERROR = 2
@@ -28,8 +28,10 @@ def add_parser(subparsers) -> None:
                     "CMD's output and exit with its status. --results DIR is shared writable at the same "
                     "path; it is the only place the VM can write to on the host.")
     r.add_argument("--kernel", required=True, metavar="NAME", help="a name from `mntcr vm kernels`")
-    r.add_argument("--provider", choices=("qemu", "vagrant"), default="qemu",
+    r.add_argument("--provider", choices=session.PROVIDERS, default=session.DEFAULT_PROVIDER,
                    help="qemu: direct kernel boot (fast, default); vagrant: the libvirt box")
+    r.add_argument("--accel", choices=("kvm", "tcg"), default=None,
+                   help="force the accelerator (default: MNTCR_VM_ACCEL, else KVM when a probe boot works)")
     r.add_argument("--results", metavar="DIR", help="writable share (default: a temporary directory)")
     r.add_argument("--timeout", type=float, default=600.0, metavar="SEC", help="limit for CMD (default 600)")
     r.add_argument("--boot-timeout", type=float, default=120.0, metavar="SEC", help="limit for the boot")
@@ -87,9 +89,8 @@ def cmd_run(args) -> int:
         out.flush()
 
     try:
-        from vm import session
         with session.open_vm(args.kernel, args.provider, results, memory_mb=args.memory,
-                             boot_timeout=args.boot_timeout) as vm:
+                             boot_timeout=args.boot_timeout, accel=args.accel) as vm:
             r = vm.run(cmd, cwd=os.getcwd(), timeout=args.timeout, on_output=show)
         return r.status
     except (VMError, ValueError, OSError) as e:

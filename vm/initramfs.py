@@ -15,6 +15,7 @@ import lzma
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from vm import cache, cpio
@@ -144,10 +145,17 @@ def ensure(kernel: Kernel, modules: tuple[str, ...] = DEFAULT_MODULES, init: Pat
     if out.exists():
         return out
     say(f"building initramfs for {kernel.name} ({kernel.version})")
-    # Two xdist workers may build the same image at once: each writes its own file, the renames are atomic.
-    tmp = out.with_name(f"{out.name}.{os.getpid()}.partial")
-    tmp.write_bytes(build_bytes(kernel, modules, init))
-    tmp.rename(out)
+    # Two xdist workers may build the same image on a cold cache: each writes its own
+    # partial file and renames it into place (atomic; the second rename replaces an
+    # identical image), so neither ever renames or reads the other's half-written file.
+    fd, tmp_name = tempfile.mkstemp(prefix=f"{out.stem}.", suffix=".partial", dir=out.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(build_bytes(kernel, modules, init))
+        os.replace(tmp_name, out)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
     for old in out.parent.glob(f"{prefix}-*.cpio"):
         if old != out and old.name[len(prefix) + 1:].count("-") == 0:
             old.unlink(missing_ok=True)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from vm import accel as accel_mod
 from vm import initramfs
 from vm.errors import VMError
 from vm.kernels import Kernel
@@ -49,9 +50,52 @@ class Result:
     seconds: float
 
 
-def default_accel() -> str:
-    """`tcg` unless MNTCR_VM_ACCEL says otherwise (KVM hangs on machines like the CI's)."""
-    return os.environ.get("MNTCR_VM_ACCEL", "tcg")
+# Directories the guest mounts afresh (tmpfs): host files there are hidden unless kept (keep_paths).
+GUEST_PRIVATE = ("/tmp", "/run")
+
+
+def unavailable() -> str | None:
+    """Why the fast path cannot run here (one line), or None. Boots nothing."""
+    if not shutil.which(QEMU):
+        return f"{QEMU} is not installed (apt-get install qemu-system-x86)"
+    if not initramfs.BUSYBOX.exists():
+        return f"{initramfs.BUSYBOX} is missing (apt-get install busybox-static)"
+    for p in keep_paths():
+        if any(c.isspace() or c in "'\"\\$`:" for c in p):
+            return f"{p} (the interpreter or the project) has whitespace, quotes or ':' in its path; the VM cannot keep it"
+    return None
+
+
+def _under_private(path: str) -> bool:
+    return any(path == d or path.startswith(d + "/") for d in GUEST_PRIVATE)
+
+
+def keep_paths() -> list[str]:
+    """Host paths the guest must see that lie where it mounts a fresh tmpfs: the project, the interpreter.
+
+    The guest runs the host's own interpreter (guest_python) from the host's /
+    over 9p; a virtualenv or interpreter under /tmp or /run would be hidden by
+    the guest's own tmpfs there, so stage 1 binds these back over it.
+    """
+    import sys
+    wanted = {str(_PROJECT), sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
+              os.path.dirname(os.path.realpath(sys.executable))}
+    paths = sorted(os.path.realpath(p) for p in wanted if p)
+    paths = [p for p in paths if _under_private(p)]
+    # a path inside another kept path comes with it
+    return [p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths)]
+
+
+def _die_with_parent() -> None:
+    """In the qemu child before exec: SIGKILL it when the process that started it dies.
+
+    An interrupted pytest kills its xdist workers without their atexit hooks;
+    qemu runs in a session of its own (so a ^C meant for pytest does not reach
+    it) and would otherwise keep running with nobody to close it.
+    """
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def _check_path(p: Path, what: str) -> None:
@@ -71,7 +115,9 @@ class QemuVM:
         _check_path(self.results, "results")
         _check_path(kernel.moddir, "modules")
         self.memory_mb = memory_mb
-        self.accel = accel or default_accel()
+        self.accel_choice = accel     # --vm-accel; None: MNTCR_VM_ACCEL, else the KVM probe (at start)
+        self.accel = accel_mod.forced(accel) or ""
+        self.accel_why = ""
         self.extra_cmdline = extra_cmdline
         self.boot_timeout = boot_timeout
         self.modules = modules
@@ -84,6 +130,11 @@ class QemuVM:
         self.boot_seconds = 0.0
         self.guest_release = ""
 
+    def guest_python(self) -> str:
+        """The interpreter the guest runs the runner with: this one (the guest sees the host's /)."""
+        import sys
+        return sys.executable
+
     # --- lifecycle -----------------------------------------------------------
 
     def argv(self, initrd: Path) -> list[str]:
@@ -95,7 +146,10 @@ class QemuVM:
         cmdline = (f"console=ttyS0 quiet panic=-1 oops=panic mitigations=off tsc=reliable acpi=off "
                    f"cryptomgr.notests "
                    f"mntcr.results={self.results} mntcr.moddir={self.kernel.moddir} "
-                   f"mntcr.kver={self.kernel.version} mntcr.project={_PROJECT}")
+                   f"mntcr.kver={self.kernel.version}")
+        keep = keep_paths()
+        if keep:
+            cmdline += " mntcr.keep=" + ":".join(keep)
         if self.init:
             cmdline += f" rdinit={self.init}"
         if self.extra_cmdline:
@@ -124,14 +178,16 @@ class QemuVM:
         if not shutil.which(QEMU):
             raise VMError(f"{QEMU} not found: apt-get install qemu-system-x86")
         initrd = initramfs.ensure(self.kernel, self.modules)
+        self.accel, self.accel_why = accel_mod.choose(self.kernel.boot_image, initrd, self.accel_choice)
         self.results.mkdir(parents=True, exist_ok=True)
         (self.results / JOBS).mkdir(exist_ok=True)
         self.tmp = Path(tempfile.mkdtemp(prefix="mntcr-vm-"))
-        say(f"booting kernel {self.kernel.name} ({self.kernel.version}) with qemu -accel {self.accel}")
+        say(f"booting kernel {self.kernel.name} ({self.kernel.version}) with qemu -accel {self.accel} "
+            f"({self.accel_why})")
         t0 = time.monotonic()
         self.proc = subprocess.Popen(self.argv(initrd), stdin=subprocess.DEVNULL,
                                      stdout=open(self.tmp / "qemu.log", "wb"), stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         deadline = t0 + self.boot_timeout
         self.sock = self._connect(deadline)
         line = self._readline(deadline, "boot")

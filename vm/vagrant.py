@@ -53,6 +53,9 @@ USERNET_RB = HERE / "vagrant_usernet.rb"
 # Where libvirt's qemu (user libvirt-qemu) can read the kernel and initrd: the
 # cache under /root is not traversable for it.
 BOOT_DIR = Path("/var/lib/libvirt/images/mntcr-boot")
+GUEST_PYTHON = "/usr/bin/python3"
+# Module subtrees copied into the box (filesystems, loop, what they depend on: crc, raid6, crypto).
+GUEST_MODULE_DIRS = ("kernel/fs", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/drivers/block")
 # Never copied into the guest: VCS data and caches.
 _EXCLUDE = (".git", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", "*.pyc")
 
@@ -120,7 +123,8 @@ class VagrantVM:
     """One throwaway Vagrant machine; start() brings it up, run() runs commands, close() destroys it."""
 
     def __init__(self, kernel: Kernel, results_dir: Path | str, *, memory_mb: int = 1024, cpus: int = 1,
-                 boot_timeout: float = 300.0, project: Path | str = PROJECT_ROOT, extra_cmdline: str = ""):
+                 boot_timeout: float = 300.0, project: Path | str = PROJECT_ROOT, extra_cmdline: str = "",
+                 accel: str | None = None):
         self.kernel = kernel
         self.results = Path(results_dir).resolve()
         self.memory_mb = memory_mb
@@ -128,6 +132,10 @@ class VagrantVM:
         self.boot_timeout = boot_timeout
         self.project = Path(project).resolve()
         self.extra_cmdline = extra_cmdline
+        # TCG (libvirt driver "qemu") unless KVM is asked for: libvirtd runs with /dev/kvm hidden
+        # (vm/libvirt_host.py), so the KVM probe of the fast path does not apply here.
+        from vm import accel as accel_mod
+        self.accel = accel_mod.forced(accel) or "tcg"
         self.id = uuid.uuid4().hex[:8]
         self.dir: Path | None = None
         self.v = None  # vagrant.Vagrant
@@ -138,6 +146,13 @@ class VagrantVM:
         self.port = 0
         self._created = False
         self.ctl_dir: Path | None = None
+
+    def guest_python(self) -> str:
+        """The interpreter the guest runs the runner with: the box's own python3 (vm/vagrant_box.py
+
+        installs it with PyYAML and Jinja2); the host's interpreter is not in the guest.
+        """
+        return GUEST_PYTHON
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -230,6 +245,7 @@ class VagrantVM:
         env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
         return env.from_string(TEMPLATE.read_text()).render(
             kernel_name=self.kernel.name, kernel_version=self.kernel.version, box=box, machine="default",
+            driver="kvm" if self.accel == "kvm" else "qemu",
             prefix=f"mntcr-{self.id}-", boot_timeout=self.boot_timeout, ssh_port=self.port,
             private_key=str(vagrant_box.insecure_key(public=False)), memory_mb=self.memory_mb, cpus=self.cpus,
             kernel=str(kernel_path), initrd=str(initrd), cmdline=cmdline, usernet_rb=str(USERNET_RB),
@@ -252,7 +268,8 @@ class VagrantVM:
         ipath = _stage(initrd, f"{self.kernel.name}-initrd")
         self.port = _free_port()
         (self.dir / "Vagrantfile").write_text(self.render(box, kpath, ipath))
-        say(f"vagrant up: kernel {self.kernel.name} ({self.kernel.version}), ssh on 127.0.0.1:{self.port}")
+        say(f"vagrant up: kernel {self.kernel.name} ({self.kernel.version}), accel {self.accel}, "
+            f"ssh on 127.0.0.1:{self.port}")
         t0 = time.monotonic()
         with self._log() as log:
             self.v = vagrant.Vagrant(root=str(self.dir), env=env, out_cm=lambda: _keep(log),
@@ -272,6 +289,7 @@ class VagrantVM:
             self._fail(f"ssh into the machine failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
         self.guest_release = r.stdout.decode().strip()
         self._push(self.project, exclude=_EXCLUDE)
+        self._push_modules()
         self.boot_seconds = time.monotonic() - t0
         say(f"kernel {self.kernel.name} up in {self.boot_seconds:.1f}s (vagrant up {self.up_seconds:.1f}s)")
         return self
@@ -334,6 +352,27 @@ class VagrantVM:
         r = self._ssh(f"sudo -n tar -C / --no-same-owner -xf -", input=buf.getvalue(), timeout=300)
         if r.returncode != 0:
             self._fail(f"copying {src} into the VM failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
+
+    def _push_modules(self) -> None:
+        """The kernel's filesystem, block and library modules into the box's /lib/modules/VERSION.
+
+        The box has no kernel of its own; with these (and the depmod indexes)
+        modprobe in the guest loads ext4, xfs, btrfs, loop... as the fast path's
+        guest does from the 9p-visible module tree.
+        """
+        moddir = self.kernel.moddir
+        buf = io.BytesIO()
+        dest = f"lib/modules/{self.kernel.version}"
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for p in sorted(moddir.glob("modules.*")):
+                t.add(str(p), arcname=f"{dest}/{p.name}")
+            for sub in GUEST_MODULE_DIRS:
+                if (moddir / sub).is_dir():
+                    t.add(str(moddir / sub), arcname=f"{dest}/{sub}")
+        r = self._ssh("sudo -n tar -C / --no-same-owner -xf -", input=buf.getvalue(), timeout=300)
+        if r.returncode != 0:
+            self._fail(f"copying the kernel's modules into the VM failed: "
+                       f"{r.stderr.decode(errors='replace').strip()[-200:]}")
 
     def _pull(self, dest: Path) -> None:
         """Copy the guest's dest directory back into the host's dest (only there)."""

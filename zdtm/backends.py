@@ -192,11 +192,17 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
-def create(name: str, config=None) -> Backend:
-    """A backend instance; ValueError naming the registered ones when `name` is unknown."""
+def create(name: str, config=None, *, criu: str | None = None) -> Backend:
+    """A backend instance; ValueError naming the registered ones when `name` is unknown.
+
+    `criu` is the --criu choice of the criu backend (else read from a pytest
+    `config`, else "auto"); other factories get `config` as before.
+    """
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; available: {', '.join(_REGISTRY)}")
     factory = _REGISTRY[name]
     if name == "criu" and factory is CriuBackend:
-        return CriuBackend((config.getoption("criu", None) if config is not None else None) or "auto")
+        if criu is None and config is not None:
+            criu = config.getoption("criu", None)
+        return CriuBackend(criu or "auto")
     return factory() if isinstance(factory, type) else factory(config)

@@ -79,7 +79,10 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
     expect = backend.expectation(scenario)
     crfail = expect.outcome == "crfail"
     timeout = scenario.timeout
-    before = snapshot.take(running.pid, scenario.check, timeout, topology=topology)
+    # Mappings are compared except on the flavor's host mounts, where a stand-in maps its own
+    # interpreter and libraries (engine/mappings.py).
+    host = tuple(e.mountpoint for e in running.externals)
+    before = snapshot.take(running.pid, scenario.check, timeout, topology=topology, ignore_maps_on=host)
     _save(os.path.join(workdir, "before.json"), before)
     with open(os.path.join(workdir, "before.txt"), "w") as f:
         f.write(before.text())
@@ -116,7 +119,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
             finally:
                 cleanups += ctx.cleanups
             try:
-                after = snapshot.take(pid, scenario.check, timeout, topology=topology)
+                after = snapshot.take(pid, scenario.check, timeout, topology=topology, ignore_maps_on=host)
             except snapshot.SnapshotError as e:
                 raise CycleFailure(f"after {backend.name} restore (iteration {i + 1}/{iters}): {e}") from None
             _save(os.path.join(workdir, f"after.{i}.json"), after)

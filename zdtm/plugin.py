@@ -31,8 +31,7 @@ import warnings
 
 import pytest
 
-from zdtm import backends, cycle, leakguard, scenario as scenario_mod
-from zdtm.flavors import SetupError
+from zdtm import backends, cycle, item as item_mod, leakguard, scenario as scenario_mod
 from zdtm.flavors import get as get_flavor
 
 _PROP = "zdtm"
@@ -44,8 +43,13 @@ def pytest_addoption(parser):
                     help="C/R backend: mntcr (default), criu, or all (every registered backend)")
     group.addoption("--flavor", default="ns", metavar="NAME",
                     help="where scenarios run: ns (throwaway namespaces here, default) or vm")
-    group.addoption("--kernel", default=None, metavar="NAME", help="kernel for the vm flavor (see vm/kernels.toml)")
-    group.addoption("--vm-provider", default=None, metavar="NAME", help="VM provider for the vm flavor")
+    group.addoption("--kernel", default=None, metavar="NAME",
+                    help="kernel(s) for the vm flavor: NAME, NAME,NAME or all (see vm/kernels.toml; default 6.1)")
+    group.addoption("--vm-provider", default="qemu", choices=("qemu", "vagrant"),
+                    help="VM provider for the vm flavor: qemu (fast path, default) or vagrant")
+    group.addoption("--vm-accel", default=None, choices=("kvm", "tcg"),
+                    help="force the vm flavor's accelerator (default: MNTCR_VM_ACCEL, else KVM when a probe "
+                         "boot works, else TCG)")
     group.addoption("--iters", type=int, default=1, metavar="N",
                     help="dump/restore iterations per scenario, each on the tree the previous one restored")
     group.addoption("--report", default=None, metavar="DIR",
@@ -85,8 +89,6 @@ class _State:
             raise pytest.UsageError("--iters must be at least 1")
         report = config.getoption("report")
         self.report_dir = os.path.abspath(report) if report else None
-        self._backends: dict[str, backends.Backend] = {}
-        self._unavailable: dict[str, str | None] = {}
         self.results: dict[str, dict] = {}   # nodeid -> summary row (controller only)
         self.guard = None
         self.leaks = []
@@ -94,21 +96,9 @@ class _State:
         self.changed = []       # host mounts whose flags or propagation changed
         self.foreign = leakguard.Changes()  # host mount changes by other programs (a warning)
         self.leftovers = []     # processes of this session alive at its end
+        self.unexpected = []    # vm flavor: results that differ from vm/expected.toml (zdtm.expected)
         self.tracker = None     # per-test mountinfo comparison (every process that runs tests)
         self.tmp_base = None
-
-    def backend(self, name: str):
-        if name not in self._backends:
-            self._backends[name] = backends.create(name, self.config)
-        return self._backends[name]
-
-    def backend_unavailable(self, name: str) -> str | None:
-        if name not in self._unavailable:
-            try:
-                self._unavailable[name] = self.backend(name).unavailable()
-            except Exception as e:  # noqa: BLE001 - a broken backend is a skip with its reason
-                self._unavailable[name] = f"{type(e).__name__}: {e}"
-        return self._unavailable[name]
 
     def workdir(self, nodeid: str) -> str:
         if self.tmp_base is None:
@@ -123,15 +113,15 @@ class _State:
         return tempfile.mkdtemp(prefix=safe_name(nodeid)[-60:] + ".", dir=self.tmp_base)
 
 
-def _vm_kernels(value: str | None) -> list[str | None]:
-    """--kernel NAME | NAME,NAME | all -> matrix names for the vm flavor ([None]: the flavor's default).
+def _vm_kernels(value: str | None) -> list[str]:
+    """--kernel NAME | NAME,NAME | all -> matrix names for the vm flavor (none given: the default kernel).
 
     `all` is every row of vm/kernels.toml but `host` (that one is the ns flavor);
     a row a provider cannot boot (no 9p for qemu) is then skipped with its reason.
     """
+    from vm import matrix, session
     if not value:
-        return [None]
-    from vm import matrix
+        return [session.DEFAULT_KERNEL]
     rows = matrix.load()
     if value == "all":
         return [n for n, spec in rows.items() if not spec.is_host]
@@ -170,11 +160,12 @@ def pytest_configure(config):
 
 def pytest_unconfigure(config):
     state = config.stash.get(_STATE_KEY, None)
-    if state is not None and "vm" in state.flavor_names:
-        try:
-            get_flavor("vm").close()
-        except ValueError:
-            pass
+    if state is not None:
+        for name in state.flavor_names:
+            try:
+                get_flavor(name).close()
+            except ValueError:
+                pass
     if state is not None and state.tmp_base:
         shutil.rmtree(state.tmp_base, ignore_errors=True)
 
@@ -209,7 +200,13 @@ class ScenarioFileNode(pytest.File):
 
 
 class ScenarioItem(pytest.Item):
-    """One scenario instance run through one backend in one flavor."""
+    """One scenario instance run through one backend in one flavor.
+
+    Its settings are resolved once, here, into `self.spec` (zdtm.item.ItemSpec);
+    the flavor runs it (`flavor.run(spec, workdir)`: in this process for ns, in a
+    guest for vm) in the setup phase, and the Outcome becomes the report: skip,
+    setup error (pytest ERROR), or, in the call phase, pass / crfail / failure.
+    """
 
     def __init__(self, *, scenario, backend_name, flavor_name, kernel_name=None, **kwargs):
         super().__init__(**kwargs)
@@ -220,8 +217,15 @@ class ScenarioItem(pytest.Item):
         if kernel_name:
             # with --dist loadgroup a kernel's items share one worker, hence one VM
             self.add_marker(pytest.mark.xdist_group(f"vm-{kernel_name}"))
-        self.running = None
+        state = _state(self.config)
+        vm = flavor_name == "vm"
+        self.spec = item_mod.ItemSpec(
+            scenario=scenario, backend=backend_name, flavor=flavor_name,
+            iters=max(state.iters, scenario.iters), criu=self.config.getoption("criu") or "auto",
+            kernel=kernel_name if vm else None, provider=self.config.getoption("vm_provider") if vm else None,
+            accel=self.config.getoption("vm_accel") if vm else None, update_golden=state.update_golden)
         self.flavor = None
+        self.outcome = None
         self.workdir = None
         self.failed = False
         self.add_marker("zdtm")
@@ -233,90 +237,38 @@ class ScenarioItem(pytest.Item):
 
     def setup(self):
         state = _state(self.config)
-        sc = self.scenario
-        expect = sc.expectation(self.backend_name)
-        if expect.outcome == "skip":
-            pytest.skip(f"{self.backend_name}: {expect.reason}")
-        if self.flavor_name not in sc.flavors:
-            pytest.skip(f"scenario runs only in flavors: {', '.join(sc.flavors)}")
+        reason = item_mod.static_skip(self.spec)
+        if reason:
+            pytest.skip(reason)
         try:
             self.flavor = get_flavor(self.flavor_name)
         except ValueError as e:
             pytest.skip(str(e))
-        if getattr(self.flavor, "remote", False):
-            self.flavor.configure(kernel=self.kernel_name or self.flavor.kernel,
-                                  provider=self.config.getoption("vm_provider") or self.flavor.provider,
-                                  results_root=None)
-        remote = getattr(self.flavor, "remote", False)
-        reason = self.flavor.unavailable()
+        reason = self.flavor.unavailable(self.spec)
         if reason:
             pytest.skip(f"flavor {self.flavor_name}: {reason}")
-        # A remote flavor checks requirements and the backend where the scenario runs.
-        reason = None if remote else scenario_mod.missing_requirement(sc.requires)
-        if reason:
-            pytest.skip(reason)
-        reason = None if remote else state.backend_unavailable(self.backend_name)
-        if reason:
-            pytest.skip(f"backend {self.backend_name} unavailable: {reason}")
         self.workdir = state.workdir(self.nodeid)
-        if remote:
-            self._setup_remote(state)
-            return
-        error = None
-        try:
-            self.running = self.flavor.start(sc, self.workdir)
-        except SetupError as e:
-            error = str(e)
-        if error is not None:
-            self.failed = True
-            with open(os.path.join(self.workdir, "setup.log"), "w") as f:
-                f.write(error + "\n")
-            # In the setup phase pytest reports an ERROR; pytrace=False keeps it to the message.
-            pytest.fail(f"SETUP ERROR (not a C/R failure) in {sc.path}: {error}", pytrace=False)
-        with open(os.path.join(self.workdir, "setup.log"), "w") as f:
-            f.write(self.running.setup_output)
-
-    def _setup_remote(self, state):
-        """A remote flavor (vm) runs setup and cycle in one go; setup errors and skips surface here."""
-        self.flavor.results_root = state.tmp_base
-        iters = max(state.iters, self.scenario.iters)
-        self.remote_outcome = out = self.flavor.run_scenario(self.scenario, self.backend_name, iters, self.workdir)
+        self.outcome = out = self.flavor.run(self.spec, self.workdir)
         if out.outcome == "skip":
             pytest.skip(out.message)
         if out.outcome == "setup-error":
             self.failed = True
-            pytest.fail(f"SETUP ERROR (not a C/R failure) in {self.scenario.path} "
-                        f"(kernel {out.kernel}): {out.message}", pytrace=False)
+            where = f" (kernel {out.kernel})" if self.flavor_name == "vm" else ""
+            # In the setup phase pytest reports an ERROR; pytrace=False keeps it to the message.
+            pytest.fail(f"SETUP ERROR (not a C/R failure) in {self.scenario.path}{where}: {out.message}",
+                        pytrace=False)
 
     def runtest(self):
-        state = _state(self.config)
-        out = getattr(self, "remote_outcome", None)
-        if out is not None:
-            if out.outcome == "fail":
-                self.failed = True
-                raise cycle.CycleFailure(f"[kernel {out.kernel}] {out.message}", kind=out.kind)
-            if out.outcome == "crfail":
-                self.user_properties.append(("zdtm_crfail", out.message))
-            return
-        iters = max(state.iters, self.scenario.iters)
-        backend = state.backend(self.backend_name)
-        adapt = getattr(self.flavor, "backend_for", None)
-        if adapt is not None:
-            backend = adapt(self.running, backend)  # e.g. restore where the flavor's outside groups live
-        try:
-            outcome = cycle.run(self.scenario, backend, self.flavor, self.running, self.workdir, iters=iters,
-                                update_golden=state.update_golden)
-        except BaseException:
+        out = self.outcome
+        if out.outcome == "fail":
             self.failed = True
-            raise
-        if outcome.kind == "crfail":
-            self.user_properties.append(("zdtm_crfail", outcome.detail))
+            where = f"[kernel {out.kernel}] " if self.flavor_name == "vm" else ""
+            raise cycle.CycleFailure(where + out.message, kind=out.kind)
+        if out.outcome == "crfail":
+            self.user_properties.append(("zdtm_crfail", out.message))
 
     def teardown(self):
         state = _state(self.config)
-        if self.running is not None:
-            self.flavor.stop(self.running)
-            self.running = None
         if self.workdir:
             if self.failed and state.report_dir:
                 dest = os.path.join(state.report_dir, safe_name(self.nodeid))
@@ -457,6 +409,11 @@ class Controller:
             state.leftovers = leakguard.wait_leftovers(session_id, exclude={os.getpid()}) if session_id else []
             if state.leaks or state.gone or state.changed or state.leftovers:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        if "vm" in state.flavor_names and state.results:
+            from zdtm import expected
+            state.unexpected = expected.check(state.results, str(self.config.rootpath))
+            if state.unexpected:
+                session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if state.report_dir and state.results:
             from zdtm import report
             report.write(state.report_dir, state.results)
@@ -473,7 +430,9 @@ class Controller:
                 ("LEAKED MOUNTS", state.leaks, leakguard.describe),
                 ("HOST MOUNTS THAT DISAPPEARED", state.gone, leakguard.describe_gone),
                 ("HOST MOUNTS THAT CHANGED", state.changed, leakguard.describe_changed),
-                ("LEFTOVER PROCESSES", state.leftovers, leakguard.describe_processes)):
+                ("LEFTOVER PROCESSES", state.leftovers, leakguard.describe_processes),
+                ("KERNEL MATRIX: RESULTS THAT DIFFER FROM vm/expected.toml", state.unexpected,
+                 lambda found: "\n".join(map(str, found)))):
             if found:
                 terminalreporter.write_sep("=", title, red=True)
                 terminalreporter.write_line(describe(found))

@@ -251,6 +251,30 @@ def _filesystems() -> set[str]:
         return set()
 
 
+def load_filesystem_modules(req: Requires) -> list[str]:
+    """Load the kernel modules of the filesystems `req` names that /proc/filesystems lacks; what failed.
+
+    Used in a VM guest, whose kernel's modules ship with it (modprobe sees them
+    under /lib/modules): a module that is merely not loaded yet must not skip a
+    scenario. Block filesystems on loop devices (`losetup` among the commands)
+    get the loop driver too. Never called on the host: the runner does not load
+    modules into the machine's own kernel.
+    """
+    import subprocess
+    have = _filesystems()
+    wanted = [fs for fs in req.filesystems if fs not in have]
+    if "losetup" in req.commands and not os.path.exists("/sys/module/loop"):
+        wanted.append("loop")
+    failed = []
+    for name in wanted:
+        # the fs-NAME alias (MODULE_ALIAS_FS) finds the module of a filesystem whose module is named otherwise
+        if not any(subprocess.run(["modprobe", "-q", alias], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL).returncode == 0
+                   for alias in (name, f"fs-{name}")):
+            failed.append(name)
+    return failed
+
+
 def missing_requirement(req: Requires, features: dict | None = None) -> str | None:
     """None when this machine meets `req`, else the first unmet requirement as a skip reason.
 

@@ -2,8 +2,10 @@
 
 Per process: the canonical mount tree of its mount namespace as it sees it
 (/proc/PID/mountinfo, relative to its root), its fd table (number, flags,
-offset, path, mount by canonical label or ``detached``), cwd and root (path and
-mount label). For the tree: which processes share which namespaces (a
+offset, path, mount by canonical label or ``detached``, and per kind what the
+fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
+see zdtm/fdkinds.py), cwd and root (path and mount label). Which fds are one
+pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), peer groups that span
 several mount namespaces, and the output of the scenario's `check` script run
 inside the scenario's namespaces and root.
@@ -24,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 
 from engine import mountinfo
-from zdtm import holder
+from zdtm import fdkinds, holder
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
@@ -109,12 +111,14 @@ class Proc:
     cwd: str
     fds: list[str]
     ns: dict[str, int] = field(default_factory=dict)
+    maps: list[str] = field(default_factory=list)   # mapped files (and exe) off the ignored mounts
 
     def text(self) -> str:
         """The compared text of this process."""
         out = ["mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
         out += [f"root: {self.root}", f"cwd: {self.cwd}"]
         out += [f"fd {fd}" for fd in self.fds]
+        out += [f"map {m}" for m in self.maps]
         return "\n".join(out) + "\n"
 
 
@@ -141,9 +145,30 @@ def _where(canon, mnt_id: int | None, elsewhere: dict) -> str:
     return "detached"
 
 
-def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None) -> Proc:
+def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
+    """Files `pid` maps and its executable, with their mount labels, except those on mounts
+    labelled in `ignore` (or beneath them) and those on no mount of the tree."""
+    from engine import kernel
+    out = set()
+    links = [f"/proc/{pid}/map_files/{n}" for n in os.listdir(f"/proc/{pid}/map_files")] + [f"/proc/{pid}/exe"]
+    for link in links:
+        try:
+            path = os.readlink(link)
+            label = _where(canon, kernel.statx_mnt_id(link), elsewhere)
+        except OSError:
+            continue
+        # A stand-in's interpreter may live outside the tree altogether ("detached": on no mount of
+        # the tree's namespaces); mappings there are not compared (nor restored: engine/mappings.py).
+        if label == "detached" or any(label == i or label.startswith(i.rstrip("/") + "/") for i in ignore):
+            continue
+        out.add(("exe " if link.endswith("/exe") else "") + f"{path} mnt={label}")
+    return sorted(out)
+
+
+def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ignore_maps_on=None) -> Proc:
     """Read the compared state of process `pid` (host pid); `elsewhere` maps mount ids of the
-    tree's other namespaces to their labels there."""
+    tree's other namespaces to their labels there. Mappings are read only when
+    `ignore_maps_on` (mount labels whose mappings are not compared) is given."""
     from engine import kernel
     elsewhere = elsewhere or {}
     try:
@@ -156,19 +181,22 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None) ->
                 info = _fdinfo(pid, fd)
             except FileNotFoundError:
                 continue  # closed while we looked
+            extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
             mnt = int(info["mnt_id"]) if "mnt_id" in info else None
-            fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}")
+            fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}"
+                       + (f" {extra}" if extra else ""))
         places = {}
         for what in ("root", "cwd"):
             path = os.readlink(f"/proc/{pid}/{what}")
             places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'), elsewhere)}"
         ns = {t: os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}
+        maps = _maps(pid, canon, elsewhere, tuple(ignore_maps_on)) if ignore_maps_on is not None else []
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
-                fds=fds, ns=ns)
+                fds=fds, ns=ns, maps=maps)
 
 
 # --- the whole tree ---------------------------------------------------------------
@@ -181,6 +209,7 @@ class Snapshot:
     namespaces: str              # partition text
     cross_peers: str             # peer groups spanning mount namespaces
     check_output: str | None
+    sharing: str = ""            # fds that are one pipe/FIFO or one open file description (zdtm/fdkinds.py)
 
     def text(self) -> str:
         """Everything compared, as one text."""
@@ -193,6 +222,9 @@ class Snapshot:
         if self.cross_peers:
             out.append("peer groups across mount namespaces:")
             out += ["  " + line for line in self.cross_peers.splitlines()]
+        if self.sharing:
+            out.append("fd sharing:")
+            out += ["  " + line for line in self.sharing.splitlines()]
         if self.check_output is not None:
             out.append("check output:")
             out += ["  | " + line for line in self.check_output.splitlines()]
@@ -202,7 +234,7 @@ class Snapshot:
         """A JSON-able form (for the report): per process the raw mountinfo and the text."""
         return {"procs": [{"pid": p.pid, "mountinfo": mountinfo.format_all(p.mounts), "text": p.text()}
                           for p in self.procs],
-                "namespaces": self.namespaces, "cross_peers": self.cross_peers,
+                "namespaces": self.namespaces, "cross_peers": self.cross_peers, "sharing": self.sharing,
                 "check_output": self.check_output}
 
 
@@ -262,8 +294,10 @@ def run_check(pid: int, script: str, timeout: float) -> str:
     return out
 
 
-def take(root: int, check: str | None = None, timeout: float = 30.0, topology=None) -> Snapshot:
-    """Snapshot the tree rooted at host pid `root` (and run `check` in it when given)."""
+def take(root: int, check: str | None = None, timeout: float = 30.0, topology=None,
+         ignore_maps_on=None) -> Snapshot:
+    """Snapshot the tree rooted at host pid `root` (and run `check` in it when given); mapped files
+    are compared when `ignore_maps_on` names the mounts (labels) whose mappings are not."""
     if topology is None:
         from engine import topology
     if not alive(root):
@@ -278,9 +312,10 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
             raise SnapshotError(f"process {pid} vanished while being read") from None
         canon = topology.canonical(tables[pid])
         labels.update({m.mnt_id: canon.label(m.mnt_id) for m in tables[pid]})
-    procs = sorted((read_proc(pid, topology, labels, tables[pid]) for pid in pids), key=lambda p: p.text())
+    procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on) for pid in pids),
+                   key=lambda p: p.text())
     return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
-                    check_output=check_output)
+                    check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]))
 
 
 # --- comparison -----------------------------------------------------------------
@@ -332,7 +367,8 @@ def compare(before: Snapshot, after: Snapshot, names=("before", "after"), topolo
             out += ["  " + line for line in difflib.unified_diff(rest_a, rest_b, names[0], names[1], n=1,
                                                                  lineterm="")]
     for what, a, b in (("namespaces", before.namespaces, after.namespaces),
-                       ("peer groups across mount namespaces", before.cross_peers, after.cross_peers)):
+                       ("peer groups across mount namespaces", before.cross_peers, after.cross_peers),
+                       ("fd sharing", before.sharing, after.sharing)):
         if a != b:
             out.append(f"{what} differ:")
             out += ["  " + line for line in difflib.unified_diff(a.splitlines(), b.splitlines(), names[0],

@@ -1,0 +1,56 @@
+"""Restore side of the fd tables: make each image fd entry with its kind's hook, once per open
+file description (fds with the same "desc" get the same description), and say which stand-in
+steps must follow once a process's fds are installed (epoll registrations)."""
+
+from __future__ import annotations
+
+import os
+
+from engine import fds
+
+
+class FdMaker:
+    """Makes fds for the restorer; `close` drops its own copies once every stand-in holds its fds."""
+
+    def __init__(self, objects: dict, open_at, proc: int = -1, open_ghost=None):
+        self.proc = proc
+        self.open_ghost = open_ghost
+        self.objects = objects
+        self.open_at = open_at
+        self.state: dict = {}
+        self.keep: list[int] = []
+        self.descs: dict[str, int] = {}
+
+    def open(self, entry: dict, chan) -> tuple[int, bool]:
+        """(our fd for `entry`, whether it is a new description); the caller sends and closes the fd."""
+        desc = entry.get("desc")
+        if desc is not None and desc in self.descs:
+            return os.dup(self.descs[desc]), False
+        kind = fds.lookup(entry.get("kind", "file"))
+
+        def standin(fn, args, sent=()):
+            _, got = chan.call(("kind", kind.name, fn, args), list(sent))
+            return got
+
+        r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
+                          standin=standin, keep=self.keep, proc=self.proc,
+                          open_ghost=self.open_ghost)
+        fd = kind.open(r)
+        if desc is not None:
+            self.descs[desc] = os.dup(fd)
+        return fd, True
+
+    def after(self, entry: dict) -> tuple[str, str, object] | None:
+        """(kind, stand-in function, args) to run once the process holds its fds, or None."""
+        kind = fds.lookup(entry.get("kind", "file"))
+        todo = kind.after(entry)
+        return None if todo is None else (kind.name, *todo)
+
+    def close(self) -> None:
+        for fd in list(self.descs.values()) + self.keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.descs.clear()
+        self.keep.clear()

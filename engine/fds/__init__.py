@@ -1,0 +1,189 @@
+"""Fd kinds: what dump keeps of an open file description and how restore makes it again.
+
+One module per kind (file, pipe, unix socket, eventfd, ...) registers an
+`FdKind`; modules are discovered, so dump.py, restore.py and standin.py name no
+kind. Dump classifies each fd by its /proc link target and mode (`classify`);
+an fd no kind claims is refused naming the fd and what it is, before anything
+is written, and the tree is resumed.
+
+An image fd entry always has `fd`, `flags`, `pos` and `kind` (absent: a file,
+for images of earlier dumps); `desc` names an open file description held by
+several fds (restore makes it once and hands the same description to each);
+`obj` names an object in the image's `objects` (a pipe, a socket pair) that
+several descriptions refer to. Everything else in the entry is the kind's own
+payload, checked by its `check`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+class FdError(OSError):
+    """An fd that cannot be dumped or restored (one line naming it)."""
+
+
+@dataclass
+class DumpFd:
+    """One fd of a stopped process, as a kind's dump hook sees it."""
+
+    pid: int
+    fd: int
+    target: str          # readlink of /proc/PID/fd/N
+    mode: int            # st_mode of the file
+    flags: int
+    pos: int
+    pidfd: int           # pidfd of the process (the tree is stopped)
+    objects: dict        # the image's "objects", shared by all fds of the dump
+    mnt: int = 0         # fdinfo mnt_id
+    scratch: dict = field(default_factory=dict)   # per-dump caches of the kinds (e.g. sock_diag tables)
+    in_ns: object = None                          # what the kind's in_ns hook read
+    place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}
+    _copy: int | None = None
+
+    @property
+    def where(self) -> str:
+        return f"process {self.pid} fd {self.fd} ({self.target})"
+
+    def info(self) -> dict[str, list[str]]:
+        """/proc/PID/fdinfo/N as {key: [values of each line with that key]}."""
+        out: dict[str, list[str]] = {}
+        with open(f"/proc/{self.pid}/fdinfo/{self.fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out.setdefault(key.strip(), []).append(value.strip())
+        return out
+
+    def copy(self) -> int:
+        """Our own fd on the same open file description (closed by `close`)."""
+        if self._copy is None:
+            from engine.fds import sys as fsys
+            self._copy = fsys.pidfd_getfd(self.pidfd, self.fd)
+        return self._copy
+
+    def close(self) -> None:
+        if self._copy is not None:
+            os.close(self._copy)
+            self._copy = None
+
+
+@dataclass
+class RestoreFd:
+    """What a kind's open hook gets at restore: the entry, the image's objects, helpers."""
+
+    entry: dict
+    objects: dict        # image "objects"
+    state: dict          # per-object state shared by the hooks of one restore (e.g. made pipe ends)
+    open_at: Callable    # open_at(mnt, path, flags) on the restored mount (restore.py)
+    standin: Callable    # standin(kind, fn, args, fds) -> (reply, fds): run a kind's hook in the stand-in
+    keep: list           # fds to close only after every process got its fds (fifo keepers)
+    proc: int = -1       # an fd on the host's /proc (to name our fds by path: proc/self/fd/N)
+    open_ghost: Callable | None = None   # open_ghost(ghost id, flags): a file unlinked while open
+
+    @property
+    def where(self) -> str:
+        return f"fd {self.entry['fd']} ({self.entry.get('kind', 'file')})"
+
+
+def _no_payload(entry: dict, what: str) -> None:
+    return None
+
+
+@dataclass(frozen=True)
+class FdKind:
+    """How one kind of open file is dumped and recreated."""
+
+    name: str
+    # Does a /proc link target with this st_mode belong to this kind? Kinds are asked in `order`.
+    matches: Callable[[str, int], bool]
+    # dump(DumpFd) -> extra entry fields (may add to DumpFd.objects); runs with the tree stopped.
+    dump: Callable[[DumpFd], dict]
+    # open(RestoreFd) -> an fd (ours, closed by the caller) on a new open file description.
+    open: Callable[[RestoreFd], int]
+    order: int = 50
+    # The fd names a file on a mount (entry has mnt, path, maybe detached), placed like a file.
+    placed: bool = False
+    # check(entry, what): raise image.ImageError (via image._fail) on a bad payload.
+    check: Callable[[dict, str], None] = _no_payload
+    # check_object(obj, what): the same for an image object whose "kind" is this kind's name.
+    check_object: Callable[[dict, str], None] = _no_payload
+    # after(entry) -> a stand-in step run once its fds are installed: (fn, args) or None (epoll).
+    after: Callable[[dict], tuple | None] = lambda entry: None
+    # Functions a stand-in may run for this kind: name -> fn(args, fds) -> (reply, fds).
+    standin: dict = field(default_factory=dict)
+    # in_ns(hostproc, pid, fd, mounts) -> picklable facts read inside the process's mount namespace,
+    # chrooted to its root (paths as the namespace sees them); given to dump as DumpFd.in_ns.
+    in_ns: Callable | None = None
+    # mounts(entry) -> ids of the attached mounts restore opens for this entry besides its own
+    # `mnt` (inotify watches); restore keeps an fd on each.
+    mounts: Callable[[dict], list] = lambda entry: []
+    # Its own fields of an image fd entry: name -> engine.imageformat.F (types; `check` does the rest).
+    fields: dict = field(default_factory=dict)
+    # finish(objects, entries): once every fd is dumped, complete or refuse (a pty slave without master).
+    finish: Callable[[dict, list], None] = lambda objects, entries: None
+
+
+_REGISTRY: dict[str, FdKind] = {}
+_loaded = False
+
+
+def register(kind: FdKind) -> FdKind:
+    """Add a kind to the registry."""
+    _REGISTRY[kind.name] = kind
+    return kind
+
+
+def _load() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for info in pkgutil.iter_modules(__path__):
+        if info.name != "sys":
+            importlib.import_module(f"{__name__}.{info.name}")
+
+
+def lookup(name: str) -> FdKind | None:
+    """The kind called `name` (None when unknown)."""
+    _load()
+    return _REGISTRY.get(name)
+
+
+def classify(target: str, mode: int) -> FdKind | None:
+    """The kind of an fd from its /proc link target and mode, or None when no kind handles it."""
+    _load()
+    for kind in sorted(_REGISTRY.values(), key=lambda k: (k.order, k.name)):
+        if kind.matches(target, mode):
+            return kind
+    return None
+
+
+def inspect_in_ns(target: str, mode: int, hostproc: int, pid: int, fd: int, mounts) -> object:
+    """Run the in-namespace hook of the fd's kind, if it has one (else None)."""
+    kind = classify(target, mode)
+    if kind is None or kind.in_ns is None:
+        return None
+    return kind.in_ns(hostproc, pid, fd, mounts)
+
+
+def mounts_used(entry: dict) -> list[int]:
+    """Ids of the attached mounts restore opens files on for fd entry `entry`."""
+    kind = lookup(entry.get("kind", "file"))
+    own = [entry["mnt"]] if "mnt" in entry and not entry.get("detached") else []
+    return own + (list(kind.mounts(entry)) if kind is not None else [])
+
+
+def describe(target: str) -> str:
+    """A short name of what an unsupported fd is, for the refusal ("socket:[123]" -> "socket")."""
+    if target.startswith("anon_inode:"):
+        return target[len("anon_inode:"):].strip("[]")
+    return target.split(":", 1)[0] if ":[" in target else target
+
+
+# Load every kind now: dump asks for them in helpers that have entered (and chrooted into) a
+# container's mount namespace, where this package's directory is out of reach.
+_load()

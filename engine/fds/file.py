@@ -1,0 +1,35 @@
+"""Files, directories, device nodes and O_PATH fds: reopened by path on the same mount."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from engine.fds import FdKind, RestoreFd, register
+
+# Flags that only mattered when the file was opened (or that we set ourselves).
+OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _matches(target: str, mode: int) -> bool:
+    return target.startswith("/") and (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode)
+                                       or stat.S_ISBLK(mode) or stat.S_ISLNK(mode))
+
+
+def _open(r: RestoreFd) -> int:
+    e = r.entry
+    flags = e["flags"] & ~OPEN_DROP
+    if e.get("ghost"):
+        fd = r.open_ghost(e["ghost"], flags)   # unlinked at restore too (engine/ghosts.py)
+    else:
+        fd = r.open_at(e["mnt"], e["path"], flags)
+    if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
+        os.lseek(fd, e["pos"], os.SEEK_SET)
+    return fd
+
+
+def _dump(d) -> dict:
+    return {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
+
+
+register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90))

@@ -1,0 +1,136 @@
+"""inotify: each watch (wd, mask) on the same inode, reached through a mount of the restored tree.
+
+fdinfo names a watched inode by device and file handle. Inside the process's
+mount namespace (the in_ns hook) the handle is opened through a visible mount
+of that device, giving the inode's path and mount there; restore opens that
+path on the restored mount and adds the watch through /proc/self/fd/N, in wd
+order. The kernel hands out wds cyclically, so a gap (a watch removed) is
+recreated with throwaway watches on memfds, removed again.
+
+Not done: unread events, watches on a filesystem reachable only beneath an
+overmount or on a detached mount (refused at dump), fanotify.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+
+from engine.imageformat import LIST, F
+from engine.fds import FdError, FdKind, RestoreFd, register
+
+_WATCH = re.compile(r"wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) .*?"
+                    r"fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+)")
+MAX_GAP = 4096
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
+    """In the namespace: [{wd, mask, abs, mnt}] or [{wd, error}] per watch."""
+    from engine import kernel
+    with open(os.open(f"{pid}/fdinfo/{fd}", os.O_RDONLY, dir_fd=hostproc)) as f:
+        text = f.read()
+    out = []
+    for m in _WATCH.finditer(text):
+        wd, mask = int(m[1], 16), int(m[4], 16)
+        sdev = int(m[3], 16)
+        dev = f"{sdev >> 20}:{sdev & 0xFFFFF}"
+        handle = bytes.fromhex(m[7])[:int(m[5], 16)]
+        got = None
+        for mnt in sorted((x for x in mounts if x.dev == dev), key=lambda x: (len(x.root), x.mnt_id)):
+            try:
+                if kernel.statx_mnt_id(mnt.mountpoint, flags=kernel.AT_SYMLINK_NOFOLLOW) != mnt.mnt_id:
+                    continue   # covered: its path leads elsewhere
+                mfd = os.open(mnt.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            except OSError:
+                continue
+            try:
+                h = kernel.open_by_handle_at(mfd, int(m[6], 16), handle, os.O_PATH)
+            except OSError:
+                continue
+            finally:
+                os.close(mfd)
+            try:
+                path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
+                got = {"wd": wd, "mask": mask, "abs": path,
+                       "mnt": kernel.statx_mnt_id("", h, kernel.AT_EMPTY_PATH)}
+            finally:
+                os.close(h)
+            break
+        out.append(got or {"wd": wd, "error": f"watch {wd} is on device {dev}, which no visible mount reaches"})
+    return out
+
+
+def _dump(d) -> dict:
+    watches = []
+    for w in d.in_ns or []:
+        if "error" in w:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify {w['error']}: not supported")
+        loc = d.place(w["abs"], w["mnt"], f"fd {d.fd} inotify watch {w['wd']}")
+        if loc.get("detached"):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify watch {w['wd']} on a detached mount: not supported")
+        watches.append({"wd": w["wd"], "mask": w["mask"], "mnt": loc["mnt"], "path": loc["path"]})
+    return {"watches": sorted(watches, key=lambda w: w["wd"])}
+
+
+def _check(entry: dict, what: str) -> None:
+    from engine.image import _fail, check_abs_path
+    ws = entry.get("watches")
+    if not isinstance(ws, list):
+        _fail(f"{what}: inotify watches must be a list")
+    last = 0
+    for w in ws:
+        if not isinstance(w, dict) or not all(isinstance(w.get(k), int) for k in ("wd", "mask", "mnt")) \
+                or not last < w["wd"] <= last + MAX_GAP:
+            _fail(f"{what}: bad inotify watch")
+        last = w["wd"]
+        check_abs_path(w.get("path"), f"{what} watch {w['wd']}")
+
+
+def _add(ifd: int, proc: int, fd: int, mask: int) -> int:
+    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        os.fchdir(proc)
+        wd = _libc.inotify_add_watch(ifd, f"self/fd/{fd}".encode(), ctypes.c_uint32(mask))
+        if wd < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"inotify_add_watch: {os.strerror(e)}")
+        return wd
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+
+
+def _open(r: RestoreFd) -> int:
+    e = r.entry
+    ifd = _libc.inotify_init1(os.O_CLOEXEC | (e["flags"] & os.O_NONBLOCK))
+    if ifd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    try:
+        nxt = 1   # a fresh inotify instance hands out 1, 2, ... (cyclically: a removed wd is not reused)
+        for w in e["watches"]:
+            while nxt < w["wd"]:
+                probe = os.memfd_create("mntcr-wd", os.MFD_CLOEXEC)
+                try:
+                    _libc.inotify_rm_watch(ifd, _add(ifd, r.proc, probe, 0x2))   # IN_MODIFY, then gone
+                finally:
+                    os.close(probe)
+                nxt += 1
+            fd = r.open_at(w["mnt"], w["path"], os.O_PATH)
+            try:
+                wd = _add(ifd, r.proc, fd, w["mask"])
+            finally:
+                os.close(fd)
+            if wd != w["wd"]:
+                raise OSError(errno.EEXIST, f"inotify watch came back as wd {wd}, not {w['wd']}")
+            nxt = wd + 1
+        return ifd
+    except BaseException:
+        os.close(ifd)
+        raise
+
+
+register(FdKind(name="inotify", matches=lambda t, m: t == "anon_inode:inotify", dump=_dump, open=_open,
+                check=_check, in_ns=_in_ns, mounts=lambda e: [w["mnt"] for w in e["watches"]], fields={"watches": F(LIST)}))

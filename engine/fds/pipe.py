@@ -1,0 +1,143 @@
+"""Pipes and FIFOs: both ends of one pipe from one object, buffered data put back.
+
+Dump reads the buffered bytes without consuming them: it opens another read
+end of the pipe through /proc (a new description, so the process's flags and
+its own ends are untouched) and tee(2)s the buffer into a private pipe of the
+same capacity. A FIFO is a pipe reached by a path: restore opens it on the
+restored mount (also beneath an overmount or on a detached mount), a keeper
+O_RDWR open holds the pipe alive and writes the data first, so neither a
+read-only nor a write-only open blocks.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import fcntl
+import os
+import stat
+
+from engine.fds import FdError, FdKind, RestoreFd, register
+from engine.fds import sys as fsys
+
+MAX_DATA = 1 << 24   # a pipe holds at most pipe-user-pages-hard: 16 MiB is far above any default
+
+
+def _read_buffer(d) -> tuple[bytes, int]:
+    """(buffered bytes, capacity) of the pipe behind fd `d`, leaving the bytes where they are."""
+    rd = os.open(f"/proc/{d.pid}/fd/{d.fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        size = fcntl.fcntl(rd, fsys.F_GETPIPE_SZ)
+        r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            fcntl.fcntl(w, fsys.F_SETPIPE_SZ, size)
+            try:
+                n = fsys.tee(rd, w, size)
+            except OSError as e:
+                if e.errno != errno.EAGAIN:
+                    raise
+                n = 0   # empty
+            data = b""
+            while len(data) < n:
+                data += os.read(r, n - len(data))
+            return data, size
+        finally:
+            os.close(r)
+            os.close(w)
+    finally:
+        os.close(rd)
+
+
+def _dump(d, prefix: str = "pipe") -> dict:
+    st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
+    obj = f"{prefix}-{st.st_dev}-{st.st_ino}"
+    if obj not in d.objects:
+        data, size = _read_buffer(d)
+        d.objects[obj] = {"kind": "pipe", "size": size, "data": base64.b64encode(data).decode()}
+    return {"obj": obj}
+
+
+def _check(entry: dict, what: str) -> None:
+    from engine.image import _fail
+    if not isinstance(entry.get("obj"), str):
+        _fail(f"{what}: a pipe needs 'obj'")
+
+
+def check_object(obj: dict, what: str) -> None:
+    """Validate a pipe object of the image."""
+    from engine.image import _fail
+    if not isinstance(obj.get("size"), int) or not 0 < obj["size"] <= MAX_DATA:
+        _fail(f"{what}: bad pipe size")
+    try:
+        data = base64.b64decode(obj.get("data", ""), validate=True)
+    except (ValueError, TypeError):
+        _fail(f"{what}: pipe data is not base64")
+    if len(data) > obj["size"]:
+        _fail(f"{what}: more pipe data than the pipe holds")
+
+
+def _fill(w: int, obj: dict, where: str) -> None:
+    fcntl.fcntl(w, fsys.F_SETPIPE_SZ, obj["size"])
+    data = base64.b64decode(obj["data"])
+    fl = fcntl.fcntl(w, fcntl.F_GETFL)
+    fcntl.fcntl(w, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    try:
+        done = 0
+        while done < len(data):
+            done += os.write(w, data[done:])
+    except BlockingIOError:
+        raise FdError(errno.EAGAIN, f"{where}: the pipe's data does not fit back") from None
+    finally:
+        fcntl.fcntl(w, fcntl.F_SETFL, fl)
+
+
+def _set_flags(fd: int, flags: int) -> None:
+    """Give the new description the dumped status flags (O_NONBLOCK, O_APPEND...)."""
+    want = flags & (os.O_NONBLOCK | os.O_APPEND | os.O_DIRECT | getattr(os, "O_NOATIME", 0))
+    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~(os.O_NONBLOCK | os.O_APPEND | os.O_DIRECT)) | want)
+
+
+def _open_pipe(r: RestoreFd) -> int:
+    e = r.entry
+    obj = e["obj"]
+    st = r.state.get(obj)
+    if st is None:
+        rd, w = os.pipe2(os.O_CLOEXEC)
+        _fill(w, r.objects[obj], f"{r.where} pipe")
+        st = r.state[obj] = {"ends": [rd, w], "used": set()}
+        r.keep.extend((rd, w))
+    acc = e["flags"] & os.O_ACCMODE
+    end = st["ends"][0 if acc == os.O_RDONLY else 1]
+    if end in st["used"]:
+        # A second description of this end: opened again through /proc (like a FIFO open).
+        fd = os.open(f"/proc/self/fd/{end}", (acc if acc != os.O_RDWR else os.O_RDWR) | os.O_NONBLOCK | os.O_CLOEXEC)
+    else:
+        st["used"].add(end)
+        fd = os.dup(end)   # the description itself: its flags are set below, once
+    _set_flags(fd, e["flags"])
+    return fd
+
+
+def _open_fifo(r: RestoreFd) -> int:
+    e = r.entry
+    key = e.get("obj")
+    if key is not None and key not in r.state:
+        # A keeper open: never blocks, keeps the pipe (and the data written now) alive.
+        keeper = r.open_at(e["mnt"], e["path"], os.O_RDWR | os.O_NONBLOCK)
+        r.keep.append(keeper)
+        r.state[key] = {"keeper": keeper}
+        _fill(keeper, r.objects[key], f"{r.where} fifo")
+    fd = r.open_at(e["mnt"], e["path"], (e["flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
+    _set_flags(fd, e["flags"])
+    return fd
+
+
+def _dump_fifo(d) -> dict:
+    return _dump(d, "fifo")
+
+
+register(FdKind(name="pipe", matches=lambda t, m: t.startswith("pipe:["), dump=_dump, open=_open_pipe,
+                check=_check, check_object=check_object, order=10))
+register(FdKind(name="fifo", matches=lambda t, m: stat.S_ISFIFO(m) and t.startswith("/"), dump=_dump_fifo,
+                open=_open_fifo, check=_check, placed=True, order=10))

@@ -1,0 +1,148 @@
+"""Pseudo-terminals on a devpts instance of the tree: master and slave fds, pairs and numbers.
+
+A master is recorded with its pty number (TIOCGPTN) and where its ptmx was
+opened (/dev/pts/ptmx, or a ptmx node that finds the devpts instance beside
+it); a slave as a file on the devpts mount. Restore opens that ptmx on the
+restored mount until the kernel hands out the same number (the numbers below
+it stay taken until every process holds its fds), unlocks it and gives back
+the terminal's termios and window size; slaves are then opened by path.
+
+Not done: a slave whose master the tree does not hold (refused at dump),
+controlling terminals and sessions, data in flight.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import stat
+import struct
+import termios
+
+from engine.imageformat import DICT, STR, F
+from engine.fds import FdError, FdKind, RestoreFd, register
+
+TIOCGPTN = 0x80045430
+TIOCSPTLCK = 0x40045431
+TIOCGPTPEER = 0x5441
+MAX_INDEX = 1 << 20
+
+
+def _is_master(mode: int, rdev: int) -> bool:
+    return stat.S_ISCHR(mode) and os.major(rdev) == 5 and os.minor(rdev) == 2
+
+
+def _matches(target: str, mode: int) -> bool:
+    return target.startswith("/") and stat.S_ISCHR(mode) and (target.endswith("ptmx") or "/pts/" in target
+                                                              or target.startswith("/dev/pts"))
+
+
+def _index(fd: int) -> int:
+    return struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, b"\0\0\0\0"))[0]
+
+
+def _dump(d) -> dict:
+    st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
+    key = ("pty", _instance(d, st))
+    if _is_master(st.st_mode, st.st_rdev):
+        c = d.copy()
+        index = _index(c)
+        obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
+        o = d.objects.setdefault(obj, {"kind": "pty", "index": index})
+        attrs = termios.tcgetattr(c)
+        o["termios"] = attrs[:6] + [[x if isinstance(x, int) else ord(x) for x in attrs[6]]]
+        o["winsize"] = list(struct.unpack("HHHH", fcntl.ioctl(c, termios.TIOCGWINSZ, b"\0" * 8)))
+        return {"obj": obj, "end": "master"}
+    index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
+    obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
+    d.objects.setdefault(obj, {"kind": "pty", "index": index})
+    return {"obj": obj, "end": "slave"}
+
+
+def _instance(d, st) -> int:
+    """The devpts instance (its superblock's device) the fd's pty lives on."""
+    if not _is_master(st.st_mode, st.st_rdev):
+        return st.st_dev
+    peer = fcntl.ioctl(d.copy(), TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
+    try:
+        return os.fstat(peer).st_dev
+    finally:
+        os.close(peer)
+
+
+def _finish(objects: dict, entries: list[dict]) -> None:
+    """Every slave entry learns where its master's ptmx is opened (restore may meet it first)."""
+    masters = {e["obj"]: {k: e[k] for k in ("mnt", "path")} for e in entries
+               if e.get("kind") == "pty" and e["end"] == "master" and not e.get("detached")}
+    for e in entries:
+        if e.get("kind") != "pty":
+            continue
+        if e["obj"] not in masters:
+            raise FdError(errno.EOPNOTSUPP, f"fd {e['fd']} ({e.get('path')}): pty {objects[e['obj']]['index']} "
+                                            "whose master the tree does not hold (or holds on a detached mount): "
+                                            "not supported")
+        e["ptmx"] = masters[e["obj"]]
+
+
+def _check(entry: dict, what: str) -> None:
+    from engine.image import _fail, check_abs_path
+    if entry.get("end") not in ("master", "slave") or not isinstance(entry.get("obj"), str) \
+            or not isinstance(entry.get("ptmx"), dict) or not isinstance(entry["ptmx"].get("mnt"), int):
+        _fail(f"{what}: bad pty entry")
+    check_abs_path(entry["ptmx"].get("path"), f"{what} ptmx")
+
+
+def _check_object(obj: dict, what: str) -> None:
+    from engine.image import _fail
+    if not isinstance(obj.get("index"), int) or not 0 <= obj["index"] < MAX_INDEX:
+        _fail(f"{what}: bad pty")
+    t = obj.get("termios")
+    if t is not None and (not isinstance(t, list) or len(t) != 7 or not all(isinstance(x, int) for x in t[:6])
+                          or not isinstance(t[6], list) or not all(isinstance(x, int) and 0 <= x < 256 for x in t[6])
+                          or not isinstance(obj.get("winsize"), list) or len(obj["winsize"]) != 4):
+        _fail(f"{what}: bad pty termios")
+
+
+def _master(r: RestoreFd, key: str) -> int:
+    got = r.state.get(key)
+    if got is not None:
+        return got
+    o = r.objects[key]
+    m = r.entry["ptmx"]
+    taken = []
+    try:
+        while True:
+            fd = r.open_at(m["mnt"], m["path"], os.O_RDWR | os.O_NOCTTY)
+            n = _index(fd)
+            if n == o["index"]:
+                break
+            taken.append(fd)
+            if n > o["index"] or len(taken) > 4096:
+                raise OSError(errno.EBUSY, f"pty {o['index']} is taken on the restored devpts (got {n})")
+    finally:
+        r.keep.extend(taken)   # freed only once every process holds its fds
+    fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 0))
+    if "termios" in o:
+        t = o["termios"]
+        termios.tcsetattr(fd, termios.TCSANOW, t[:6] + [[bytes([c]) if i not in (termios.VMIN, termios.VTIME) else c
+                                                         for i, c in enumerate(t[6])]])
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", *o["winsize"]))
+    r.keep.append(fd)
+    r.state[key] = fd
+    return fd
+
+
+def _open(r: RestoreFd) -> int:
+    e = r.entry
+    master = _master(r, e["obj"])
+    if e["end"] == "master":
+        fd = os.dup(master)
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (e["flags"] & os.O_NONBLOCK))
+        return fd
+    return r.open_at(e["mnt"], e["path"], (e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)) | os.O_NOCTTY)
+
+
+register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check,
+                check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30, fields={"end": F(STR), "ptmx": F(DICT)}))

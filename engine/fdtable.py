@@ -1,0 +1,97 @@
+"""Dump side of the fd tables: each fd of a stopped process -> an image entry of its kind, and
+which fds (of one or several processes) are one open file description.
+
+The kinds live in engine/fds/; this module only asks them. Sharing is found
+with kcmp(KCMP_FILE), asked only among fds on the same inode, so a tree of
+ordinary fds costs one stat per fd.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from engine import fds, kernel
+from engine.fds import sys as fsys
+
+
+class FdTable:
+    """Collects fd entries; `objects` is the image's shared objects (pipes, memfds, sockets)."""
+
+    def __init__(self):
+        self.objects: dict[str, dict] = {}
+        self.scratch: dict = {}
+        self._pidfds: dict[int, int] = {}
+        self._inode: dict[tuple[int, int], int] = {}   # (pid, fd) -> (dev, ino) key
+
+    def _pidfd(self, pid: int) -> int:
+        if pid not in self._pidfds:
+            self._pidfds[pid] = kernel.pidfd_open(pid)
+        return self._pidfds[pid]
+
+    def entry(self, pid: int, f: dict, place=None) -> dict:
+        """The image entry of fd record `f` (from dump._inspect_ns) of process `pid`; its "placed" key
+        says whether the caller must add the mount and path (popped by the caller)."""
+        kind = fds.classify(f["target"], f["mode"])
+        if kind is None:
+            raise fds.FdError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): "
+                                                f"{fds.describe(f['target'])} fds are not supported")
+        d = fds.DumpFd(pid=pid, fd=f["fd"], target=f["target"], mode=f["mode"], flags=f["flags"], pos=f["pos"],
+                       pidfd=self._pidfd(pid), objects=self.objects, scratch=self.scratch,
+                       in_ns=f.get("in_ns"), place=place, mnt=f.get("mnt_id", 0))
+        try:
+            payload = kind.dump(d)
+        except fds.FdError:
+            raise
+        except OSError as e:
+            raise fds.FdError(e.errno or errno.EIO, f"{d.where}: {kind.name}: {e.strerror or e}") from None
+        finally:
+            d.close()
+        out = {"fd": f["fd"], "flags": f["flags"], "pos": f["pos"], "placed": kind.placed}
+        if kind.name != "file":
+            out["kind"] = kind.name
+        out.update(payload)
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
+            self._inode[(pid, f["fd"])] = (st.st_dev, st.st_ino)
+        except OSError:
+            pass
+        return out
+
+    def finish(self, procs_doc: list[dict]) -> None:
+        """Once every fd is dumped: let each kind complete its entries (or refuse), then mark sharing."""
+        entries = [e for p in procs_doc for e in p["fds"]]
+        for name in sorted({e.get("kind", "file") for e in entries}):
+            fds.lookup(name).finish(self.objects, entries)
+        self.mark_shared(procs_doc)
+
+    def mark_shared(self, procs_doc: list[dict]) -> None:
+        """Give fds that are one open file description the same "desc" id (dup, fork, SCM_RIGHTS)."""
+        by_inode: dict[tuple[int, int], list[tuple[int, dict]]] = {}
+        for p in procs_doc:
+            for e in p["fds"]:
+                key = self._inode.get((p["pid"], e["fd"]))
+                if key is not None:
+                    by_inode.setdefault(key, []).append((p["pid"], e))
+        n = 0
+        for members in by_inode.values():
+            if len(members) < 2:
+                continue
+            groups: list[list[tuple[int, dict]]] = []
+            for pid, e in members:
+                for g in groups:
+                    if fsys.same_file(g[0][0], g[0][1]["fd"], pid, e["fd"]):
+                        g.append((pid, e))
+                        break
+                else:
+                    groups.append([(pid, e)])
+            for g in groups:
+                if len(g) > 1:
+                    for _, e in g:
+                        e["desc"] = f"d-{n}"
+                    n += 1
+
+    def close(self) -> None:
+        for fd in self._pidfds.values():
+            os.close(fd)
+        self._pidfds.clear()

@@ -1,0 +1,240 @@
+"""Engine round trips of fds that are not plain files: pipes (buffered data, a full pipe, a pipe
+whose writer is gone, ends shared across processes), FIFOs (beneath an overmount, on a detached
+mount), eventfd, signalfd, timerfd, epoll (also watching another epoll), memfd, O_PATH; and the
+refusal of a kind the engine does not restore (the tree keeps running).
+
+The snapshot (zdtm/snapshot.py) compares each fd's kind details and which fds share an object
+or an open file description; the tests also read the restored state directly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+
+from enginecase import CRError, case, py_hold  # noqa: F401  (fixture)
+
+
+def _lines(state, pid_index=None) -> list[str]:
+    p = state.root if pid_index is None else state.snap.procs[pid_index]
+    return p.fds
+
+
+def _fd(state, n: int) -> str:
+    return next(line for line in state.root.fds if line.startswith(f"{n}: "))
+
+
+def test_pipe_data_and_ends(case):
+    """A pipe with data both ends held, a full pipe, a pipe whose writer is gone (data kept)."""
+    setup = py_hold("""
+import fcntl
+r, w = os.pipe(); os.write(w, b"hello pipe"); os.dup2(r, 10); os.dup2(w, 11)
+r2, w2 = os.pipe(); fcntl.fcntl(w2, fcntl.F_SETFL, os.O_NONBLOCK)
+try:
+    while True: os.write(w2, b"x" * 4096)
+except BlockingIOError:
+    pass
+os.dup2(r2, 12); os.dup2(w2, 13)
+r3, w3 = os.pipe(); os.write(w3, b"orphaned"); os.close(w3); os.dup2(r3, 14)
+for fd in (r, w, r2, w2, r3): os.close(fd)
+""")
+    before, after = case.roundtrip(setup)
+    assert "bytes=10" in _fd(after, 10) and "pipe" in _fd(after, 10)
+    assert "bytes=65536" in _fd(after, 12)
+    assert "bytes=8" in _fd(after, 14)
+    assert "flags=4001" in _fd(after, 13)   # O_NONBLOCK|O_WRONLY kept on the write end
+
+
+def test_pipe_shared_by_two_processes(case):
+    """A child holds the read end, the parent the write end and a dup of it: one pipe, one description."""
+    setup = py_hold("""
+r, w = os.pipe(); os.write(w, b"data")
+if os.fork() == 0:
+    os.close(w); os.dup2(r, 20)
+else:
+    os.close(r); os.dup2(w, 21); os.dup2(w, 22); os.close(w)
+""")
+    before, after = case.roundtrip(setup)
+    lines = after.snap.sharing.splitlines()
+    # Parent (P0 or P1) holds 21+22 as one description; the child 20 (+ the holder's pipe fd 3).
+    assert any(re.fullmatch(r"description P(\d):21 P\1:22", line) for line in lines), lines
+    assert any(re.fullmatch(r"pipe (P\d:\d+ ?){4}", line) and ":20" in line and ":21" in line for line in lines), lines
+
+
+def test_eventfd_signalfd_timerfd_epoll(case):
+    """Counters, masks, timers and an epoll watching them and another epoll, with the data words."""
+    setup = py_hold("""
+import select, signal, ctypes
+e = os.eventfd(7, os.EFD_SEMAPHORE | os.EFD_NONBLOCK); os.dup2(e, 10)
+libc = ctypes.CDLL(None, use_errno=True)
+mask = ctypes.c_uint64((1 << (signal.SIGUSR1 - 1)) | (1 << (signal.SIGHUP - 1)))
+s = libc.signalfd(-1, ctypes.byref(mask), os.O_NONBLOCK); os.dup2(s, 11)
+class TS(ctypes.Structure): _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+class ITS(ctypes.Structure): _fields_ = [("i", TS), ("v", TS)]
+t = libc.timerfd_create(1, 0); libc.timerfd_settime(t, 0, ctypes.byref(ITS(TS(30, 0), TS(3000, 0))), None)
+os.dup2(t, 12)
+t2 = libc.timerfd_create(0, 0); os.dup2(t2, 13)   # never armed
+inner = select.epoll(); inner.register(10, select.EPOLLIN); os.dup2(inner.fileno(), 14)
+outer = select.epoll(); outer.register(14, select.EPOLLIN); outer.register(12, select.EPOLLIN | select.EPOLLET)
+os.dup2(outer.fileno(), 15)
+for fd in (e, s, t, t2): os.close(fd)
+""")
+    before, after = case.roundtrip(setup)
+    assert "count=7 semaphore=1" in _fd(after, 10)
+    assert "sigmask=0000000000000201" in _fd(after, 11)
+    assert "clockid=1 interval=(30, 0) armed=True" in _fd(after, 12)
+    assert "armed=False" in _fd(after, 13)
+    # Python's epoll leaves the upper half of the data word unset: compare the fd half only.
+    assert re.search(r"targets=10:19:[0-9a-f]*a$", _fd(after, 14))
+    assert re.search(r"targets=12:80000019:[0-9a-f]*c,14:19:[0-9a-f]*e$", _fd(after, 15))
+
+
+def test_memfd_and_o_path(case):
+    """A sealed memfd with content at an offset, a second description of it, an O_PATH fd."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f
+""" + py_hold("""
+import fcntl
+m = os.memfd_create("state", os.MFD_ALLOW_SEALING); os.write(m, b"memfd content"); os.lseek(m, 3, 0)
+fcntl.fcntl(m, 1033, 8 | 4)   # F_ADD_SEALS: F_SEAL_WRITE | F_SEAL_GROW
+os.dup2(m, 10); os.dup2(os.open(f"/proc/self/fd/{m}", os.O_RDONLY), 11)
+os.dup2(os.open("/mnt/t/f", os.O_PATH), 12)
+""")
+    before, after = case.roundtrip(setup)
+    assert "/memfd:state (deleted)" in _fd(after, 10) and "pos=3" in _fd(after, 10)
+    assert "seals=12 size=13" in _fd(after, 10)
+    assert "pos=0" in _fd(after, 11)
+    assert _fd(after, 12).startswith("12: /mnt/t/f flags=10000000")
+
+
+def test_fifo_beneath_overmount_and_detached(case):
+    """A FIFO with data opened before its directory was covered, and one on a lazily unmounted tmpfs."""
+    setup = """
+mkdir /mnt/t /mnt/d; mount -t tmpfs t /mnt/t; mount -t tmpfs d /mnt/d
+mkfifo /mnt/t/fifo /mnt/d/fifo
+exec 5<>/mnt/t/fifo; echo buffered >&5; exec 6</mnt/t/fifo
+exec 7<>/mnt/d/fifo; echo other >&7
+mount -t tmpfs cover /mnt/t
+umount -l /mnt/d
+hold
+"""
+    before, after = case.roundtrip(setup, check="ls /mnt/t")
+    assert "bytes=9" in _fd(after, 5) and "mnt=/mnt/t" in _fd(after, 5)
+    assert "mnt=detached bytes=6" in _fd(after, 7)
+    assert "pipe P0:5 P0:6" in after.snap.sharing
+
+
+def test_unsupported_kind_refused_tree_kept(case):
+    """An inet socket is refused at dump naming the fd and kind; the tree keeps running."""
+    setup = py_hold("""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); os.dup2(s.fileno(), 10); os.close(s.detach())
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): .*socket.* not supported", str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_unix_sockets(case):
+    """A socket pair across two processes with queued data both ways, an unbound socket, an abstract
+    listening socket, a path-bound listening one and a path-bound datagram one."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+a, b = socket.socketpair(); a.send(b"to b"); b.send(b"to a!")
+sp_a, sp_b = a.detach(), b.detach()
+if os.fork() == 0:
+    os.dup2(sp_b, 20); os.close(sp_a); os.close(sp_b)
+else:
+    os.dup2(sp_a, 21); os.close(sp_a); os.close(sp_b)
+    u = socket.socket(socket.AF_UNIX); os.dup2(u.fileno(), 22)
+    ab = socket.socket(socket.AF_UNIX); ab.bind(b"\\0zdtm-abstract"); ab.listen(7); os.dup2(ab.fileno(), 23)
+    ls = socket.socket(socket.AF_UNIX); ls.bind("/mnt/t/listen.sock"); ls.listen(); os.dup2(ls.fileno(), 24)
+    dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); dg.bind("/mnt/t/dgram.sock"); os.dup2(dg.fileno(), 25)
+    for s in (u, ab, ls, dg): s.close()
+""")
+    before, after = case.roundtrip(setup, check="ls -l /mnt/t | cut -c1")
+    lines = after.snap.sharing.splitlines()
+    assert any(re.fullmatch(r"socketpair P\d:2[01] \| P\d:2[01]", line) for line in lines), lines
+    assert "inq=5" in _fd(after, 21)
+    assert "name=b'\\x00zdtm-abstract' listening=1" in _fd(after, 23)
+    assert "name='/mnt/t/listen.sock' listening=1" in _fd(after, 24)
+    assert "name='/mnt/t/dgram.sock' listening=0" in _fd(after, 25)
+
+
+def test_inotify_watches(case):
+    """Watches on a directory and a file of a tmpfs, with a gap in the wds (a watch removed), seen
+    through a bind of a subdirectory too; events after restore reach the restored instance."""
+    setup = """
+mkdir /mnt/t /mnt/b; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d /mnt/t/e; touch /mnt/t/d/f /mnt/t/e/g
+mount --bind /mnt/t/e /mnt/b
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(os.O_NONBLOCK)
+libc.inotify_add_watch(i, b"/mnt/t/d", 0x100 | 0x200)
+gone = libc.inotify_add_watch(i, b"/mnt/t", 0x2); libc.inotify_rm_watch(i, gone)
+libc.inotify_add_watch(i, b"/mnt/t/d/f", 0x2)
+libc.inotify_add_watch(i, b"/mnt/b/g", 0x4)
+os.dup2(i, 10); os.close(i)
+""")
+    before, after = case.roundtrip(setup)
+    assert "watches=1:300,3:2,4:4" in _fd(after, 10), _fd(after, 10)
+
+
+def test_ptys_on_devpts_of_the_tree(case):
+    """Two pty pairs on a devpts instance of the container (numbers 0 and 2: 1 was closed), the
+    slave of one held by a child; termios and window size of the first pair are kept."""
+    setup = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+""" + py_hold("""
+import fcntl, struct, termios
+def pair():
+    m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)
+    fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+    n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+    return m, n
+m0, n0 = pair(); m1, n1 = pair(); m2, n2 = pair(); os.close(m1)
+s0 = os.open(f"/dev/pts/{n0}", os.O_RDWR | os.O_NOCTTY); s2 = os.open(f"/dev/pts/{n2}", os.O_RDWR | os.O_NOCTTY)
+fcntl.ioctl(m0, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+a = termios.tcgetattr(s0); a[3] &= ~termios.ECHO; termios.tcsetattr(s0, termios.TCSANOW, a)
+if os.fork() == 0:
+    os.dup2(s2, 12)
+else:
+    os.dup2(m0, 10); os.dup2(s0, 11); os.dup2(m2, 13)
+for fd in (m0, m2, s0, s2): os.close(fd)
+""")
+    check = """for p in /proc/[0-9]*; do ls -l $p/fd | awk 'NR > 1 && $9 >= 10 {print $9, $11}'; done | sort
+stty -F /dev/pts/0 size; stty -F /dev/pts/0 -a | grep -o -- '-\\?echo '"""
+    before, after = case.roundtrip(setup, check=check)
+    out = after.snap.check_output
+    assert "10 /dev/pts/ptmx" in out and "11 /dev/pts/0" in out and "12 /dev/pts/2" in out, out
+    assert "40 120" in out and "-echo" in out, out
+
+
+def test_file_mappings(case):
+    """A process maps a file of a tmpfs that is then overmounted, and a file of a bind mount:
+    the stand-in maps the same files from the same mounts (maps and map_files show them)."""
+    setup = """
+mkdir /mnt/t /mnt/b /mnt/src; mount -t tmpfs t /mnt/t; mount -t tmpfs src /mnt/src
+head -c 8192 /dev/zero > /mnt/t/lib.so; mkdir /mnt/src/d; head -c 100 /dev/zero > /mnt/src/d/data
+mount --bind /mnt/src/d /mnt/b
+""" + py_hold("""
+import mmap
+f1 = open("/mnt/t/lib.so", "rb"); m1 = mmap.mmap(f1.fileno(), 8192, prot=mmap.PROT_READ); f1.close()
+f2 = open("/mnt/b/data", "rb"); m2 = mmap.mmap(f2.fileno(), 100, prot=mmap.PROT_READ); f2.close()
+import subprocess
+subprocess.run(["mount", "-t", "tmpfs", "cover", "/mnt/t"], check=True)
+""")
+    before, after = case.roundtrip(setup)
+    for state in (before, after):
+        maps = state.root.maps
+        # /mnt/t#1: the first mount at /mnt/t, beneath the cover (topology's label of a stack).
+        assert "/mnt/t/lib.so mnt=/mnt/t#1" in maps and "/mnt/b/data mnt=/mnt/b" in maps, maps

@@ -1,0 +1,91 @@
+"""The image records of fd kinds (engine/fds/) are untrusted input too: a dumped image with every
+kind validates, and each hostile change to an fd entry, an object or a mapping is refused by the
+one validator (engine/imageformat.py) with one line naming the element."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from enginecase import case, load_manifest, py_hold  # noqa: F401  (fixture)
+from engine import image
+
+SETUP = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d; head -c 4096 /dev/zero > /mnt/t/lib
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
+""" + py_hold("""
+import ctypes, fcntl, mmap, select, socket, struct
+libc = ctypes.CDLL(None)
+r, w = os.pipe(); os.write(w, b"x"); os.dup2(r, 10); os.dup2(w, 11)
+os.dup2(os.eventfd(1), 12)
+ep = select.epoll(); ep.register(12, select.EPOLLIN); os.dup2(ep.fileno(), 13)
+a, b = socket.socketpair(); os.dup2(a.fileno(), 14); os.dup2(b.fileno(), 15)
+i = libc.inotify_init1(0); libc.inotify_add_watch(i, b"/mnt/t/d", 0x100); os.dup2(i, 16)
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+os.dup2(m, 17)
+f = open("/mnt/t/lib", "rb"); mm = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
+""")
+
+
+def _fd(doc, kind):
+    return next(f for p in doc["processes"] for f in p["fds"] if f.get("kind") == kind)
+
+
+def _obj(doc, kind):
+    return next(o for o in doc["objects"].values() if o["kind"] == kind)
+
+
+MUTATIONS = {
+    "unknown kind": lambda d: _fd(d, "eventfd").update(kind="bogus"),
+    "unknown field": lambda d: _fd(d, "eventfd").update(colour="red"),
+    "pipe without object": lambda d: _fd(d, "pipe").pop("obj"),
+    "missing object": lambda d: _fd(d, "pipe").update(obj="pipe-1-2"),
+    "pipe data not base64": lambda d: _obj(d, "pipe").update(data="!!"),
+    "pipe of no size": lambda d: _obj(d, "pipe").update(size=0),
+    "pipe data beyond its size": lambda d: _obj(d, "pipe").update(size=1, data="eHl6"),
+    "epoll target fd": lambda d: _fd(d, "epoll")["targets"][0].update(fd=-1),
+    "unix relative path": lambda d: _fd(d, "unix").update(path="relative/sock"),
+    "unix pair end": lambda d: _fd(d, "unix").update(end=7),
+    "inotify watch mount": lambda d: _fd(d, "inotify")["watches"][0].update(mnt=987654),
+    "inotify watch path": lambda d: _fd(d, "inotify")["watches"][0].update(path="/../etc"),
+    "pty ptmx mount": lambda d: _fd(d, "pty")["ptmx"].update(mnt=987654),
+    "mapping path": lambda d: d["processes"][0]["maps"][0].update(path="/a/../b"),
+    "mapping mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654),
+    "object id": lambda d: d["objects"].update({"../x": {"kind": "pipe", "size": 1, "data": ""}}),
+}
+
+
+@pytest.fixture(scope="module")
+def dumped(tmp_path_factory):
+    """(manifest, image dir) of a tree holding one fd of each kind."""
+    from enginecase import EngineCase
+    import os
+    if os.geteuid() != 0:
+        pytest.skip("needs root (namespaces)")
+    c = EngineCase(tmp_path_factory.mktemp("fdkinds"))
+    try:
+        pid = c.start(SETUP)
+        img = c.new_images_dir()
+        c.dump(pid, img)
+        yield load_manifest(img), img
+    finally:
+        c.close()
+
+
+def test_dumped_image_with_every_kind_validates(dumped):
+    doc, img = dumped
+    kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
+    assert {"pipe", "eventfd", "epoll", "unix", "inotify", "pty"} <= kinds
+    assert doc["processes"][0]["maps"]
+    image.validate(copy.deepcopy(doc), img)
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+def test_hostile_fd_records_are_refused(dumped, name):
+    doc, img = dumped
+    bad = copy.deepcopy(doc)
+    MUTATIONS[name](bad)
+    with pytest.raises(image.ImageError) as err:
+        image.validate(bad, img)
+    assert "\n" not in str(err.value)

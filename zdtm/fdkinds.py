@@ -1,0 +1,185 @@
+"""What the snapshot compares of fds that are not plain files, and which fds are one object.
+
+`details` reads an fd's kind-specific state through a copy of it (pidfd_getfd:
+the same open file description, read without consuming anything): buffered
+bytes and capacity of a pipe or FIFO, eventfd counter, signalfd mask, timerfd
+clock and interval (and whether it is armed: the time left moves), epoll
+targets, memfd seals and size, a socket's family, type, name and state.
+`sharing` names, per pipe/FIFO and per open file description held by more
+than one fd, which processes (by their index in the sorted snapshot) and fd
+numbers hold it.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+import struct
+import termios
+
+from engine import kernel
+from engine.fds import sys as fsys
+
+_TFD = re.compile(r"^tfd:\s*(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)", re.M)
+
+
+def _info(pid: int, fd: int) -> dict[str, str]:
+    out = {}
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
+def _copy(pid: int, fd: int) -> int:
+    pidfd = kernel.pidfd_open(pid)
+    try:
+        return fsys.pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+
+
+def _inq(fd: int) -> int:
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _socket(c: int) -> str:
+    s = socket.socket(fileno=os.dup(c))
+    try:
+        fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+        typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+        listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+        out = f"socket family={fam} type={typ}"
+        if fam == socket.AF_UNIX:
+            try:
+                peer = s.getpeername()
+            except OSError:
+                peer = None
+            out += f" name={s.getsockname()!r} listening={listening} connected={peer is not None}"
+            if not listening:
+                out += f" inq={_inq(c)}"
+        return out
+    finally:
+        s.close()
+
+
+def details(pid: int, fd: int, target: str) -> str:
+    """The compared state of fd `fd` of `pid` beyond path, flags, offset and mount ('' for files)."""
+    try:
+        if target.startswith(("pipe:", "socket:", "anon_inode:")) or target.startswith("/memfd:"):
+            info = _info(pid, fd)
+            if target == "anon_inode:[eventfd]":
+                return f"count={int(info['eventfd-count'], 16)} semaphore={info.get('eventfd-semaphore', '?')}"
+            if target == "anon_inode:[signalfd]":
+                return f"sigmask={info['sigmask']}"
+            if target == "anon_inode:[timerfd]":
+                armed = info["it_value"] != "(0, 0)"
+                return f"clockid={info['clockid']} interval={info['it_interval']} armed={armed}"
+            if target == "anon_inode:inotify":
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    ws = sorted((int(m[1], 16), m[2]) for m in re.finditer(r"inotify wd:([0-9a-f]+) .*?mask:([0-9a-f]+)",
+                                                                         f.read()))
+                return "watches=" + ",".join(f"{wd}:{mask}" for wd, mask in ws)
+            if target == "anon_inode:[eventpoll]":
+                with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                    targets = sorted((int(m[1]), m[2], m[3]) for m in _TFD.finditer(f.read()))
+                return "targets=" + ",".join(f"{t}:{e}:{d}" for t, e, d in targets)
+        c = None
+        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        import stat as st_mod
+        if not (target.startswith(("pipe:", "socket:")) or target.startswith("/memfd:") or st_mod.S_ISFIFO(st.st_mode)):
+            return ""
+        c = _copy(pid, fd)
+        try:
+            if target.startswith("socket:"):
+                return _socket(c)
+            if target.startswith("/memfd:"):
+                return f"seals={fcntl.fcntl(c, fsys.F_GET_SEALS)} size={os.fstat(c).st_size}"
+            return f"bytes={_inq(c)} size={fcntl.fcntl(c, fsys.F_GETPIPE_SZ)}"
+        finally:
+            os.close(c)
+    except (OSError, KeyError) as e:
+        return f"unreadable ({type(e).__name__})"
+
+
+def sharing(pids: list[int]) -> str:
+    """Lines naming the fds (P<index>:<fd>) that are one pipe/FIFO, and those that are one open
+    file description; `pids` in the snapshot's process order."""
+    by_inode: dict[tuple[int, int], list[tuple[int, int, int, str]]] = {}
+    for i, pid in enumerate(pids):
+        try:
+            names = sorted(os.listdir(f"/proc/{pid}/fd"), key=int)
+        except OSError:
+            continue
+        for name in names:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{name}")
+                target = os.readlink(f"/proc/{pid}/fd/{name}")
+            except OSError:
+                continue
+            by_inode.setdefault((st.st_dev, st.st_ino), []).append((i, pid, int(name), target))
+    lines = _socket_pairs(by_inode)
+    for members in by_inode.values():
+        target = members[0][3]
+        import stat as st_mod
+        if target.startswith("pipe:") or (target.startswith("/") and _is_fifo(members[0][1], members[0][2])):
+            if len(members) > 1:
+                lines.append("pipe " + " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in members)))
+        if len(members) < 2:
+            continue
+        groups: list[list[tuple[int, int, int, str]]] = []
+        for m in members:
+            for g in groups:
+                try:
+                    if fsys.same_file(g[0][1], g[0][2], m[1], m[2]):
+                        g.append(m)
+                        break
+                except OSError:
+                    pass
+            else:
+                groups.append([m])
+        for g in groups:
+            if len(g) > 1:
+                lines.append("description " + " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in g)))
+    return "\n".join(sorted(lines))
+
+
+def _is_fifo(pid: int, fd: int) -> bool:
+    import stat as st_mod
+    try:
+        return st_mod.S_ISFIFO(os.stat(f"/proc/{pid}/fd/{fd}").st_mode)
+    except OSError:
+        return False
+
+
+def _socket_pairs(by_inode: dict) -> list[str]:
+    """Lines "socketpair P0:3 | P1:4" for connected unix sockets held by the tree (peers by sock_diag)."""
+    from engine.fds import unix
+    socks = {}
+    for (_, ino), members in by_inode.items():
+        if members[0][3].startswith("socket:"):
+            socks[ino] = members
+    if not socks:
+        return []
+    diag: dict[int, dict] = {}
+    for members in socks.values():
+        pid = members[0][1]
+        try:
+            net = os.stat(f"/proc/{pid}/ns/net").st_ino
+            if net not in diag:
+                diag[net] = unix._diag_in(pid)
+            diag.setdefault("all", {}).update(diag[net])
+        except OSError:
+            continue
+    lines = []
+    table = diag.get("all", {})
+    for ino, members in socks.items():
+        peer = table.get(ino, {}).get("peer")
+        if peer in socks and ino < peer:
+            a = " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in members))
+            b = " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in socks[peer]))
+            lines.append("socketpair " + " | ".join(sorted((a, b))))
+    return lines
