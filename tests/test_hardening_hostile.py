@@ -303,7 +303,7 @@ def test_overlay_layer_cycle_is_refused(base_image, tmp_path):
 @pytest.mark.parametrize("attached", [False, True], ids=["default", "attached-sources"])
 def test_no_archive_for_a_namespace_bound_superblock(base_image, tmp_path, attached):
     """Class 3: the tmpfs's archive pointed at the mqueue superblock, whose processes are made to
-    share the restoring host's IPC namespace; on both restore paths (MNTCR_ATTACHED_SOURCES=1 is the
+    share the restoring host's IPC namespace; on both restore paths (MNTCR_STRATEGY=sources=yard is the
     pre-6.15 one)."""
     def mutate(d):
         arc = dict(_sb(d, "/mnt/t")["archives"][0])
@@ -311,7 +311,7 @@ def test_no_archive_for_a_namespace_bound_superblock(base_image, tmp_path, attac
         _sb(d, "/mnt/mq")["archives"] = [arc]
         for p in d["processes"]:
             p["host_ns"] = sorted(set(p.get("host_ns") or []) | {"ipc"})
-    env = {"MNTCR_ATTACHED_SOURCES": "1"} if attached else None
+    env = {"MNTCR_STRATEGY": "sources=yard"} if attached else None
     refused(_mutated(base_image, tmp_path, mutate), r"superblock sb-\d+ \(mqueue\): only a tmpfs or ramfs",
             tmp_path, env=env)
 
