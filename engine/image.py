@@ -161,7 +161,14 @@ class ImageWriter:
         no moment does a directory hold a manifest before every archive is in
         place, so a dump killed anywhere leaves nothing restore accepts.
         """
-        doc = dict(doc, format=FORMAT, version=VERSION)  # restore validates it (load), dump built it
+        doc = dict(doc, format=FORMAT, version=VERSION)
+        # Dump never writes an image restore would refuse: the same validator, before anything is
+        # renamed into place (the dump then fails and resumes the tree).
+        from engine import imageformat
+        try:
+            imageformat.validate(doc)
+        except ImageError as e:
+            raise ImageError(f"dump produced an image restore would refuse ({e}): a bug, please report it") from None
         part = MANIFEST + ".part"
         with open(self.path(part), "w") as f:
             write_json(f.write, doc)
@@ -277,6 +284,9 @@ def render(doc: dict) -> str:
         lines.append(f"    root: mount {p['root']['mnt']} {p['root']['path']}")
         lines.append(f"    cwd:  mount {p['cwd']['mnt']} {p['cwd']['path']}")
         for fd in p["fds"]:
+            if fd.get("external"):
+                lines.append(f"    fd {fd['fd']}: external file {fd['external']} flags={fd['flags']:o} pos={fd['pos']}")
+                continue
             deleted = " (deleted)" if fd.get("ghost") else ""
             where = f"mount {fd['mnt']} {fd['path']}{deleted}" if "mnt" in fd else fd.get("obj", "")
             lines.append(f"    fd {fd['fd']}: {fd.get('kind', 'file')} {where} flags={fd['flags']:o} pos={fd['pos']}"

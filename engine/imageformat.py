@@ -27,6 +27,12 @@ How to add a field (e.g. a new kind of fd):
      to IMAGE.md.
 A new record kind is a new Record plus `rule=record(NEW)` (or
 `list_of(record(NEW), MAX)`) where it appears.
+
+Each table is compiled once into a straight-line check (`_compile`): rules
+made by `rng`, `pattern` and `path_rule` are inlined, those of `strlen` and
+`list_of` run once per distinct value (equal option lists of thousands of
+mounts are checked once), any other function is called as is. So a rule must
+be pure: the same value always gets the same answer.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ _NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}$")
 _SB_ID = re.compile(r"^sb-[0-9]{1,9}$")
 _DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}$")
 _FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}$")
-_KEY = re.compile(r"^[A-Za-z0-9_.:+@/-]{1,256}$")
+_KEY = re.compile(r"^[^\s\[\]\x00]{1,256}$")  # what --external accepts: no space, no brackets
 _ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
 _MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -124,6 +130,7 @@ def rng(lo: int, hi: int) -> Rule:
         if v is not None and not lo <= v <= hi:
             return f"out of range ({v} not in {lo}..{hi})"
         return None
+    rule.inline = ("range", lo, hi)
     return rule
 
 
@@ -133,6 +140,7 @@ def pattern(rx: re.Pattern, text: str) -> Rule:
         if v is not None and not rx.match(v):
             return f"must be {text} (got {v[:80]!r})"
         return None
+    rule.inline = ("pattern", rx)
     return rule
 
 
@@ -142,6 +150,7 @@ def strlen(hi: int) -> Rule:
         if v is not None and (len(v) > hi or "\0" in v):
             return f"must be a string of at most {hi} characters without NUL"
         return None
+    rule.inline = ("cached",)
     return rule
 
 
@@ -156,6 +165,9 @@ def path_rule(v) -> str | None:
     return None
 
 
+path_rule.inline = ("path",)
+
+
 _NS_ROOT = re.compile(r"^[a-z_]{1,16}:\[[0-9]{1,20}\]$")
 
 
@@ -165,6 +177,9 @@ def root_rule(v) -> str | None:
     if v.startswith("/"):
         return path_rule(v)
     return None if _NS_ROOT.match(v) else f"must be an absolute path or kind:[N] (got {v[:80]!r})"
+
+
+root_rule.inline = ("path",)  # the fast test of a path, else this rule
 
 
 def list_of(item: Rule | tuple, hi: int, types: tuple = STR) -> Rule:
@@ -185,6 +200,7 @@ def list_of(item: Rule | tuple, hi: int, types: tuple = STR) -> Rule:
                 if why:
                     raise Bad(f"[{i}]", why)
         return None
+    rule.inline = ("cached",) if item is None or getattr(item, "inline", ("",))[0] != "record" else ()
     return rule
 
 
@@ -194,6 +210,7 @@ def record(rec: Record) -> Rule:
         if v is not None:
             check_record(rec, v, "")
         return None
+    rule.inline = ("record",)
     return rule
 
 
@@ -203,30 +220,105 @@ def _types_text(types: tuple) -> str:
 
 def check_record(rec: Record, obj, what: str) -> None:
     """Check one record against its table: an object, no unknown key, every required one, each
-    value's type and rule. Raise ImageError naming `what` (or Bad, inside a nested value)."""
+    value's type and rule. Raise ImageError naming `what` (or Bad, inside a nested value).
+
+    The table is compiled once into a function (_compile): 10,000 mounts are checked in a few
+    milliseconds more than reading them takes, which a loop over the table would not do."""
+    fn = _compiled.get(rec.name)
+    if fn is None:
+        fn = _compile_into(rec)
+    fn(obj, what)
+
+
+def _compile_into(rec: Record) -> Callable:
+    fn = _compiled[rec.name] = _compile(rec)
+    return fn
+
+
+_compiled: dict[str, Callable] = {}
+_MISSING = object()
+_CACHE_MAX = 1 << 16
+
+
+def _slow(rec: Record, what: str, key: str, v) -> None:
+    """The generic check of one field (its types, then its rule), raising the error; the compiled
+    code calls it when a fast test did not pass (or for rules it does not inline)."""
+    f = rec.fields[key]
+    if type(v) not in f.types:
+        _where(what, key, f"must be {_types_text(f.types)}")
+    if f.rule is not None:
+        try:
+            why = f.rule(v)
+        except Bad as b:
+            _where(what, f"{key}{b.where}", b.why)
+        if why:
+            _where(what, key, why)
+
+
+def _unknown_or_missing(rec: Record, obj, what: str) -> None:
     if type(obj) is not dict:
         _where(what, "", f"must be an object ({rec.name})")
-    fields = rec.fields
-    for k, v in obj.items():
-        f = fields.get(k)
-        if f is None:
+    for k in obj:
+        if k not in rec.fields:
             _where(what, "", f"unknown field {str(k)[:40]!r} in {rec.name}")
-        if type(v) not in f.types:
-            _where(what, k, f"must be {_types_text(f.types)}")
-        if f.rule is not None:
-            try:
-                why = f.rule(v)
-            except Bad as b:
-                _where(what, f"{k}{b.where}", b.why)
-            if why:
-                _where(what, k, why)
-    if len(obj) < len(fields):
-        missing = _REQUIRED[rec.name] - obj.keys()
-        if missing:
-            _where(what, min(missing), "is missing")
+    missing = rec.required - obj.keys()
+    if missing:
+        _where(what, min(missing), "is missing")
 
 
-def _where(what: str, field: str, why: str):
+def _compile(rec: Record) -> Callable:
+    """Python source for one record's check, straight-line, with the common rules inlined."""
+    env = {"_rec": rec, "_slow": _slow, "_um": _unknown_or_missing, "_M": _MISSING, "dict": dict,
+           "ALLOWED": frozenset(rec.fields), "REQUIRED": rec.required, "MAXP": MAX_PATH, "CMAX": _CACHE_MAX,
+           "TypeError": TypeError, "tuple": tuple, "type": type, "len": len, "str": str}
+    lines = ["def check(o, what):",
+             "    if type(o) is not dict or not ALLOWED.issuperset(o) or not REQUIRED <= o.keys():",
+             "        _um(_rec, o, what)",
+             "    g = o.get"]
+    for n, (key, f) in enumerate(rec.fields.items()):
+        env[f"T{n}"] = f.types
+        k = repr(key)
+        lines.append(f"    v = g({k}, _M)")
+        lines.append("    if v is not _M:")
+        types = " and ".join(f"t is not T{n}[{i}]" for i in range(len(f.types)))
+        env.update({f"T{n}": f.types})
+        lines.append("        t = type(v)")
+        lines.append(f"        if {types}: _slow(_rec, what, {k}, v)")
+        kind = (getattr(f.rule, "inline", None) or ("call",)) if f.rule is not None else ("none",)
+        nullable = "v is not None and " if type(None) in f.types else ""
+        if kind[:1] == ("none",):
+            continue
+        if kind[0] == "range":
+            env[f"LO{n}"], env[f"HI{n}"] = kind[1], kind[2]
+            lines.append(f"        if {nullable}not LO{n} <= v <= HI{n}: _slow(_rec, what, {k}, v)")
+        elif kind[0] == "pattern":
+            env[f"RX{n}"] = kind[1].match
+            lines.append(f"        if {nullable}RX{n}(v) is None: _slow(_rec, what, {k}, v)")
+        elif kind[0] == "path":
+            lines.append(f"        if {nullable}(v[:1] != '/' or '/.' in v or '//' in v or '\\x00' in v "
+                         "or len(v) > MAXP or (v[-1] == '/' and v != '/')):")
+            lines.append(f"            _slow(_rec, what, {k}, v)")
+        elif kind[0] == "cached":
+            # Same value, same answer: equal option lists (thousands of mounts share a few) are checked once.
+            env[f"SEEN{n}"] = seen = set()
+            lines.append("        try:")
+            lines.append("            key = v if t is str else tuple(v) if t is list else None")
+            lines.append(f"            hit = key is not None and key in SEEN{n}")
+            lines.append("        except TypeError:")
+            lines.append("            key, hit = None, False")
+            lines.append("        if not hit:")
+            lines.append(f"            _slow(_rec, what, {k}, v)")
+            lines.append(f"            if key is not None and len(SEEN{n}) < CMAX: SEEN{n}.add(key)")
+            del seen
+        else:
+            lines.append(f"        _slow(_rec, what, {k}, v)")
+    exec(compile("\n".join(lines) + "\n", f"<imageformat record {rec.name}>", "exec"), env)  # noqa: S102
+    return env["check"]
+
+
+def _where(what, field: str, why: str):
+    if type(what) is tuple:  # (template, args...): formatted only when there is an error
+        what = what[0].format(*(str(a)[:40] for a in what[1:]))
     if not what:  # nested: the caller adds its own place
         raise Bad(f".{field}" if field else "", why)
     _fail(f"{what}: {field!r} {why}" if field else f"{what}: {why}")
@@ -240,6 +332,11 @@ LOC_FIELDS = {
     "detached": F(BOOL, required=False),                      # the mount is in "detached"
 }
 LOC = Record("location", LOC_FIELDS)
+# A root or cwd: a directory removed while in use is reopened from its ghost (engine/ghosts.py).
+DIR_LOC = Record("root or cwd", {
+    **LOC_FIELDS,
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+})
 
 _DESC_ID = re.compile(r"^d-[0-9]{1,9}$")
 _OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}$")
@@ -268,14 +365,24 @@ FD = Record("fd", {
     "outside": F(BOOL, required=False),
 })
 
+_EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")
+
+# An fd declared external at dump (--external file[PATH]:KEY) has no mount: restore opens the
+# host path given for KEY (--external file[KEY]:HOSTPATH), with these flags and offset.
+EXTERNAL_FD = Record("fd (external file)", {
+    **FD_BASE,
+    "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
+    "external": F(STR, rule=pattern(_EXT_FILE_KEY, "a key of --external file[PATH]:KEY")),
+})
+
 PROCESS = Record("process", {
     "pid": F(INT, rule=rng(1, MAX_PID)),
     "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
     "ns": F(DICT),                                            # {kind: namespace id}, every kind of NS_KINDS
     "host_ns": F(LIST, required=False, rule=list_of(
         lambda v: None if v in NS_KINDS else f"must be one of {', '.join(NS_KINDS)}", len(NS_KINDS))),
-    "root": F(DICT, rule=record(LOC)),
-    "cwd": F(DICT, rule=record(LOC)),
+    "root": F(DICT, rule=record(DIR_LOC)),
+    "cwd": F(DICT, rule=record(DIR_LOC)),
     "fds": F(LIST),                                           # FD records, checked with their count
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
     "maps": F(LIST, required=False, rule=list_of(record(LOC), MAX_FDS, DICT)),
@@ -411,8 +518,8 @@ MANIFEST = Record("manifest", {
     "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
 })
 
-_REQUIRED = {r.name: r.required for r in (LOC, FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP, DEVICE,
-                                          LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST)}
+_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP,
+                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST)}
 
 
 # --- the validator ----------------------------------------------------------------------------
@@ -503,21 +610,18 @@ def _check_mntns(mntns: dict, sbs: dict) -> dict[int, dict]:
         if not _NS_ID.match(ns_id) or not ns_id.startswith("mnt-"):
             _fail(f"mount namespace id {ns_id[:40]!r} is not mnt-N")
         by_id: dict[int, dict] = {}
+        check_mount = _compiled.get(MOUNT.name) or _compile_into(MOUNT)
         for i, m in enumerate(ns["mounts"]):
-            if type(m) is dict and type(m.get("id")) is int:
-                mwhat = f"mount {m['id']}"
-            else:
-                mwhat = f"{what} mount #{i}"
-            check_record(MOUNT, m, mwhat)
+            check_mount(m, ("mount {}", m.get("id")) if type(m) is dict else ("{} mount #{}", ns_id, i))
             mid = m["id"]
             if mid in all_mounts:
                 _fail(f"{what}: duplicate mount id {mid}")
             all_mounts[mid] = by_id[mid] = m
             sb = sbs.get(m["sb"])
             if sb is None:
-                _fail(f"{mwhat}: unknown superblock {m['sb']!r}")
+                _fail(f"mount {mid}: unknown superblock {m['sb']!r}")
             if m.get("external") is not None and not sb.get("external"):
-                _fail(f"{mwhat}: external key {m['external']!r} on superblock {m['sb']}, which is not external")
+                _fail(f"mount {mid}: external key {m['external']!r} on superblock {m['sb']}, which is not external")
         root = ns["root"]
         if root not in by_id:
             _fail(f"{what}: root mount {root} is not among its mounts")
@@ -580,10 +684,12 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
     """
     from engine import fs
     from engine.fs.overlay import LAYER_KEYS, layer_paths
-    users: dict[str, list[dict]] = {}
-    for m in list(mounts.values()) + list(detached.values()):
-        users.setdefault(m["sb"], []).append(m)
-    used_sbs = users.keys()
+    used_sbs = {m["sb"] for m in mounts.values()} | {d["sb"] for d in detached.values()}
+    # Roots that are no path (nsfs names like net:[N]) are rare: only external mounts may have one.
+    odd_roots: dict[str, list[dict]] = {}
+    for m in mounts.values():
+        if m["root"][:1] != "/":
+            odd_roots.setdefault(m["sb"], []).append(m)
     members: set[tuple[str, str]] = set()
     archive_bytes: dict[str, int] = {}
     for sid, sb in sbs.items():
@@ -620,10 +726,9 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             if sb["pidns"] not in pidns:
                 _fail(f"{what}: unknown pid namespace {sb['pidns']!r}")
         device, layers = sb.get("device"), sb.get("layers")
-        if not external and sid in used_sbs:
-            for m in users.get(sid, ()):
-                if not m["root"].startswith("/"):
-                    _fail(f"mount {m['id']}: root {m['root']!r} is no path; only an external mount may have that")
+        if not external:
+            for m in odd_roots.get(sid, ()):
+                _fail(f"mount {m['id']}: root {m['root']!r} is no path; only an external mount may have that")
         if external or handler is None:
             if layers is not None or (device or {}).get("loop") or (device or {}).get("key"):
                 _fail(f"{what}: an external superblock is bound from the host path given at restore; "
@@ -765,6 +870,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"{what}: 'host_ns' names a namespace twice")
         for key in ("root", "cwd"):
             _check_loc(p[key], mounts, detached, f"{what} {key}")
+            _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
         for loc in (p.get("maps") or []) + ([p["exe"]] if "exe" in p else []):
             if loc.get("detached"):
                 _fail(f"{what}: a mapping on a detached mount")
@@ -772,6 +878,14 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
+            if type(fd) is dict and "external" in fd:
+                check_record(EXTERNAL_FD, fd, fwhat)
+                if fd.get("kind", "file") != "file":
+                    _fail(f"{fwhat}: an external file is of kind file")
+                if fd["fd"] in seen_fd:
+                    _fail(f"{what}: duplicate fd number {fd['fd']}")
+                seen_fd.add(fd["fd"])
+                continue
             kind = _fd_kind(fd, fwhat)
             check_record(FD if kind.name == "file" else _kind_record(kind), fd, fwhat)
             kind.check(fd, fwhat)
@@ -780,11 +894,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
-            gid = fd.get("ghost")
-            if gid is not None:
-                g = (doc.get("ghosts") or {}).get(gid)
-                if g is None or fd.get("detached") or fd["mnt"] not in mounts or mounts[fd["mnt"]]["sb"] != g["sb"]:
-                    _fail(f"{fwhat}: ghost {gid!r} is unknown or on another filesystem")
+            _check_ghost_ref(doc, fd, mounts, fwhat)
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
             seen_fd.add(fd["fd"])
@@ -805,6 +915,15 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"hostname for {str(uts)[:40]!r}, a uts namespace no process is in")
         if type(name) is not str or strlen(MAX_HOSTNAME)(name):
             _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+def _check_ghost_ref(doc: dict, loc: dict, mounts: dict, what: str) -> None:
+    """A location reopened from a ghost: the ghost exists and lies on the superblock of its mount."""
+    gid = loc.get("ghost")
+    if gid is not None:
+        g = (doc.get("ghosts") or {}).get(gid)
+        if g is None or loc.get("detached") or loc["mnt"] not in mounts or mounts[loc["mnt"]]["sb"] != g["sb"]:
+            _fail(f"{what}: ghost {gid!r} is unknown or on another filesystem")
 
 
 def _check_loc(loc: dict, mounts: dict, detached: dict, what: str) -> None:
