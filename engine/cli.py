@@ -1,4 +1,4 @@
-"""The `mntcr` command line: dump | restore | show | diff | check | vm.
+"""The `mntcr` command line: dump | restore | show | diff | check | vm | report.
 
 Each verb parses its arguments here and calls one function of the module that
 owns the concept; errors reach the user as one line on stderr and exit 2
@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_vm = None
     if add_vm is not None:
         add_vm(sub)
+    try:
+        from zdtm.report_merge import add_parser as add_report
+    except ImportError:
+        add_report = None
+    if add_report is not None:
+        add_report(sub)
     return parser
 
 

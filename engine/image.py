@@ -161,7 +161,14 @@ class ImageWriter:
         no moment does a directory hold a manifest before every archive is in
         place, so a dump killed anywhere leaves nothing restore accepts.
         """
-        doc = dict(doc, format=FORMAT, version=VERSION)  # restore validates it (load), dump built it
+        doc = dict(doc, format=FORMAT, version=VERSION)
+        # Dump never writes an image restore would refuse: the same validator, before anything is
+        # renamed into place (the dump then fails and resumes the tree).
+        from engine import imageformat
+        try:
+            imageformat.validate(doc)
+        except ImageError as e:
+            raise ImageError(f"dump produced an image restore would refuse ({e}): a bug, please report it") from None
         part = MANIFEST + ".part"
         with open(self.path(part), "w") as f:
             write_json(f.write, doc)

@@ -27,6 +27,12 @@ How to add a field (e.g. a new kind of fd):
      to IMAGE.md.
 A new record kind is a new Record plus `rule=record(NEW)` (or
 `list_of(record(NEW), MAX)`) where it appears.
+
+Each table is compiled once into a straight-line check (`_compile`): rules
+made by `rng`, `pattern` and `path_rule` are inlined, those of `strlen` and
+`list_of` run once per distinct value (equal option lists of thousands of
+mounts are checked once), any other function is called as is. So a rule must
+be pure: the same value always gets the same answer.
 """
 
 from __future__ import annotations
@@ -68,7 +74,7 @@ _NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}$")
 _SB_ID = re.compile(r"^sb-[0-9]{1,9}$")
 _DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}$")
 _FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}$")
-_KEY = re.compile(r"^[A-Za-z0-9_.:+@/-]{1,256}$")
+_KEY = re.compile(r"^[^\s\[\]\x00]{1,256}$")  # what --external accepts: no space, no brackets
 _ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
 _MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

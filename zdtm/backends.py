@@ -116,7 +116,9 @@ class MntcrBackend(Backend):
 
     def restore(self, images_dir, externals, ctx):
         pidfile = os.path.join(ctx.workdir, f"restore.iter{ctx.iteration}.pid")
-        args = ["-D", images_dir, "--pidfile", pidfile]
+        # The image was just dumped by this run: its device nodes (a container's loop devices,
+        # /dev/fuse) are trusted, unlike an image from elsewhere (IMAGE.md, --devices).
+        args = ["-D", images_dir, "--pidfile", pidfile, "--devices", "all"]
         for ext in externals:
             args += ["--external", f"mnt[{ext.key}]:{ext.host_path}"]
         self._run("restore", args, ctx)
