@@ -1,4 +1,4 @@
-"""The `mntcr` command line: dump | restore | show | diff | check | vm.
+"""The `mntcr` command line: dump | restore | show | diff | check | vm | report.
 
 Each verb parses its arguments here and calls one function of the module that
 owns the concept; errors reach the user as one line on stderr and exit 2
@@ -46,7 +46,9 @@ def _add_dump(sub) -> None:
     p.add_argument("--external", action="append", default=[], metavar="SPEC",
                    help="mnt[MOUNTPOINT]:KEY declares the mount at MOUNTPOINT (in the root process's "
                         "namespace) external: it is recorded by KEY and not dumped; dev[MAJ:MIN]:KEY "
-                        "declares a block device external. Repeatable.")
+                        "declares a block device external; file[PATH]:KEY declares the file PATH (as "
+                        "/proc/PID/fd shows it) that processes hold open external: recorded by KEY with its "
+                        "flags and offset, reopened at restore from the host path given for KEY. Repeatable.")
 
 
 def _add_restore(sub) -> None:
@@ -64,7 +66,8 @@ def _add_restore(sub) -> None:
     p.add_argument("--external", action="append", default=[], metavar="SPEC",
                    help="mnt[KEY]:HOSTPATH gives the host path for the external mount recorded as KEY; "
                         "dev[KEY]:PATH gives a block device (or an image file, attached to a loop device) "
-                        "for the external device KEY. Repeatable.")
+                        "for the external device KEY; file[KEY]:HOSTPATH gives the file to open for the "
+                        "external file KEY. Repeatable.")
     p.add_argument("--pidfile", required=True, metavar="FILE",
                    help="write the root stand-in's pid here (must not exist; written only when the whole "
                         "tree runs, else nothing of the restore is left)")
@@ -120,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
         add_vm = None
     if add_vm is not None:
         add_vm(sub)
+    try:
+        from zdtm.report_merge import add_parser as add_report
+    except ImportError:
+        add_report = None
+    if add_report is not None:
+        add_report(sub)
     return parser
 
 

@@ -34,6 +34,7 @@ from engine.image import is_beneath, rel_to
 NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
+_EXT_FILE = re.compile(r"^file\[(?P<what>/[^\]]*)\]:(?P<key>[^\s\[\]]+)$")
 
 
 class DumpError(OSError):
@@ -121,8 +122,26 @@ def parse_externals(specs) -> tuple[dict[str, str], dict[str, str]]:
         if m:
             devs[m["what"]] = m["key"]
             continue
-        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY or dev[MAJ:MIN]:KEY")
+        if _EXT_FILE.match(spec):
+            continue  # see parse_external_files
+        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY, dev[MAJ:MIN]:KEY or file[PATH]:KEY")
     return mnts, devs
+
+
+def parse_external_files(specs) -> dict[str, str]:
+    """`file[PATH]:KEY` -> {PATH: KEY}: fds on PATH (as /proc/PID/fd shows it) are not dumped;
+    restore opens the host path given with `file[KEY]:HOSTPATH` (a log on the host, say)."""
+    out: dict[str, str] = {}
+    for spec in specs:
+        m = _EXT_FILE.match(spec)
+        if m:
+            out[m["what"]] = m["key"]
+    return out
+
+
+def _external_file_hint(path: str) -> str:
+    return (f"declare it with --external file[{path}]:KEY (and restore with --external file[KEY]:HOSTPATH), "
+            "or run the tree with that fd on a file of its own mounts")
 
 
 # --- per-namespace inspection (runs in a forked child inside the namespace) -----------
@@ -478,6 +497,7 @@ def _hostname_of(pid: int) -> str:
 def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=()) -> dict:
     """Dump the tree at root_pid into images_dir (atomically); return the manifest."""
     ext_mnts, ext_devs = parse_externals(externals)
+    ext_files = parse_external_files(externals)
     tree = process_tree(root_pid)
     pids = [p for p, _ in tree]
     _precheck(pids, ext_mnts)
@@ -489,7 +509,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     ok = False
     try:
         _wait_stopped(pids)
-        doc = _collect(tree, writer, ext_mnts, ext_devs)
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files)
         writer.commit(doc)
         ok = True
         return doc
@@ -551,10 +571,11 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
         ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
         for mid, _, dev, mp, fstype in mounts:
             if fs.lookup(fstype) is None and dev not in ext_devs:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported")
+                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported; "
+                                                  f"declare it with --external mnt[{mp}]:KEY")
 
 
-def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
+def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
     me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
     ns_of: dict[int, dict[str, int]] = {}
     for pid, _ in tree:
@@ -641,7 +662,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     unknown = set(ext_mnts) - used_ext
     if unknown:
         raise DumpError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
-    # An overmount stack has several mounts at one mount point: the external is the visible (top) one.
+    # An overmount stack has several mounts at one mount point: the external is the visible (top) one,
+    # unless the stack holds a type we cannot dump (devtmpfs under a runtime's tmpfs /dev): then that.
     for ns in mntns_doc.values():
         by_mp: dict[str, list[dict]] = {}
         for e in ns["mounts"]:
@@ -649,8 +671,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 by_mp.setdefault(e["mountpoint"], []).append(e)
         for mp, es in by_mp.items():
             if len(es) > 1:
+                unsupported = [e for e in es if fs.lookup(e["fstype"]) is None]
                 for e in es:
-                    if any(o["parent"] == e["id"] for o in es):
+                    if (e not in unsupported) if unsupported else any(o["parent"] == e["id"] for o in es):
                         e["external"] = None
 
     for ns in mntns_doc.values():
@@ -676,13 +699,23 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                     "ro": st["ro"]}
             continue
         sb["device"]["unresolved"] = True
-    # The namespace root on a filesystem we cannot recreate came from outside (criu's --root).
-    for ns in mntns_doc.values():
+    # The namespace root on a filesystem we cannot recreate came from outside (criu's --root): also
+    # when a volume of the same filesystem was declared external (the root is no bind of that
+    # volume), and an overlay root whose layers no mount of the namespace holds (a runtime made it).
+    ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
+    for ns_name, ns in mntns_doc.items():
         root = next(e for e in ns["mounts"] if e["id"] == ns["root"])
+        if root["external"]:
+            continue
         sb = superblocks[root["sb"]]
         handler = fs.lookup(sb["fstype"])
-        if not sb["external"] and (handler is None or (sb.get("device") or {}).get("unresolved")
-                                   or not (handler.content or handler.ns is None)):
+        if sb["external"]:
+            if not any(e["external"] and e["sb"] == root["sb"] and is_beneath(root["root"], e["root"])
+                       for n in mntns_doc.values() for e in n["mounts"]):
+                root["external"] = "root"
+        elif (handler is None or (sb.get("device") or {}).get("unresolved")
+              or not (handler.content or handler.ns is None)
+              or (handler.layers and not _layers_held(sb, root["sb"], mntns_doc, ns_mounts))):
             root["external"] = "root"
             sb["external"] = True
     for ns in mntns_doc.values():
@@ -690,13 +723,29 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             sb = superblocks[e["sb"]]
             if sb["external"]:
                 continue
-            if fs.lookup(e["fstype"]) is None:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not supported")
+            handler = fs.lookup(e["fstype"])
+            if handler is None:
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not "
+                                                  f"supported; declare it with --external mnt[{e['mountpoint']}]:KEY")
+            if handler.fresh_roots is not None and e["root"] not in handler.fresh_roots:
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                                  f"{e['root']} exists only in the instance it was bound from (LXC's "
+                                                  "/dev/console is a host pty); declare it with --external "
+                                                  f"mnt[{e['mountpoint']}]:KEY (restore binds the host path given "
+                                                  "for KEY, e.g. a new console)")
             dev = sb.get("device") or {}
             if dev.get("unresolved"):
                 what = f"block device {dev['dev']}" if dev.get("dev") else "its block device"
+                devflag = f"--external dev[{dev.get('dev') or 'MAJ:MIN'}]:KEY"
+                if e["root"] == "/":
+                    how = (f"declare it with {devflag} (the device is mounted again at restore), or the mount "
+                           f"with --external mnt[{e['mountpoint']}]:KEY (a host path is bound back)")
+                else:
+                    # A volume: a directory of the host's filesystem, never the whole device again.
+                    how = (f"declare the mount with --external mnt[{e['mountpoint']}]:KEY (restore binds the host "
+                           f"path given for KEY; {devflag} would mount the whole filesystem again)")
                 raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: {what} "
-                                                  f"is not external; declare it with --external dev[MAJ:MIN]:KEY")
+                                                  f"is not external; {how}")
     # Mounts of an external superblock must be binds of some external mount of it.
     ext_roots: dict[str, list[str]] = {}
     for ns in mntns_doc.values():
@@ -713,8 +762,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                 if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
                     raise DumpError(errno.EOPNOTSUPP,
                                     f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its files lie outside "
-                                    "every external mount of the same filesystem; declare it --external too")
+                                    "every external mount of the same filesystem; declare it too with --external "
+                                    f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
 
+    _check_sharing(mntns_doc, superblocks)
     _plan_overlays(superblocks, mntns_doc, ns_data, names)
 
     # Which mounts to clone: one per disjoint root of each content superblock, one per proc.
@@ -814,8 +865,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
                                 except OSError as e:
                                     raise DumpError(e.errno or errno.EIO, f"mount {mid} "
                                                     f"({mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
+                                st = os.fstat(mfd)
                                 ghosts_doc[f"g-{len(ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
-                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1]}
+                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1],
+                                                                      "inode": f"{st.st_dev}:{st.st_ino}"}
                             elif mid in archive_for:
                                 sid, root = archive_for[mid]
                                 for bsid, st in loops.get(sid, ()):
@@ -871,7 +924,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
     fdtable = FdTable()
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
-                               (mntns_doc, superblocks, ghosts_doc, writer, files))
+                               (mntns_doc, superblocks, ghosts_doc, writer, files), ext_files or {})
         fdtable.finish(procs_doc)
     except FdError as e:
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
@@ -885,7 +938,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs) -> dict:
             uts_names[uts] = _hostname_of(p["pid"])
 
     for g in ghosts_doc.values():
-        g.pop("inode", None)  # only to share one ghost between the fds of one file
+        g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     doc = {
@@ -909,9 +962,11 @@ def _unplaced_of(p: dict):
             yield f, f"fd/{f['fd']}"
 
 
-def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx) -> list[dict]:
-    """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files."""
+def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files) -> list[dict]:
+    """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files.
+    fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only."""
     procs_doc = []
+    used_files: set[str] = set()
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
@@ -922,8 +977,14 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
             "fds": [],
         }
         for key in ("root", "cwd"):
-            entry[key] = _place(pdata[key], mounts_by_id, pid, key)
+            entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)
         for f in pdata["fds"]:
+            if f["target"] in ext_files:
+                entry["fds"].append({"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
+                                     "type": "dir" if stat.S_ISDIR(f["mode"]) else "file",
+                                     "external": ext_files[f["target"]]})
+                used_files.add(f["target"])
+                continue
             fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
                 {"abs": path, "mnt": mnt}, mounts_by_id, pid, what))
             if fd_entry.pop("placed"):
@@ -935,7 +996,26 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
         if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
             entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
         procs_doc.append(entry)
+    unknown = set(ext_files) - used_files
+    if unknown:
+        raise DumpError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} open")
     return procs_doc
+
+
+def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:
+    """Where a process's root or cwd lies: mount and path, and its ghost if it was removed."""
+    ghost = None
+    if loc["abs"].endswith(ghosts.DELETED_FD):
+        target = loc["abs"][: -len(ghosts.DELETED_FD)]
+        m = mounts_by_id.get(loc["mnt"])
+        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
+            # A directory removed while it was the cwd (or root): always empty.
+            ghost = _fd_ghost(pid, key, target, m, *ghost_ctx)
+        loc = {"abs": target, "mnt": loc["mnt"]}
+    placed = _place(loc, mounts_by_id, pid, key)
+    if ghost is not None:
+        placed["ghost"] = ghost
+    return placed
 
 
 def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
@@ -947,7 +1027,7 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
         m = mounts_by_id.get(f["mnt_id"])
         if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
             # Not the (deleted) root of its mount: a file unlinked while open.
-            ghost = _fd_ghost(pid, f, target, m, *ghost_ctx)
+            ghost = _fd_ghost(pid, f"fd/{f['fd']}", target, m, *ghost_ctx)
     # Opened through a mount outside the dumped namespaces, but reachable at the same path
     # here: restored on that visible mount (the outside mount itself cannot be recreated).
     outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
@@ -960,9 +1040,47 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
     return loc
 
 
-def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
-    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it."""
-    where = f"process {pid} fd {f['fd']} ({path} (deleted))"
+def _layers_held(sb: dict, sid: str, mntns_doc: dict, ns_mounts: dict) -> bool:
+    """Whether every layer of the overlay `sb` (id `sid`) lay on a mount of the namespace of its oldest
+    mount, older than it (see _plan_overlays); else the runtime built it outside the dumped
+    namespaces and it is restored like a directory root."""
+    from engine.fs import overlay
+    ns_name, oldest = min(((n, e) for n, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid),
+                          key=lambda u: (u[1]["uid"] or u[1]["id"]))
+    return all(path.startswith("/") and overlay.resolve(path, ns_mounts[ns_name], oldest["uid"]) is not None
+               for _, path in overlay.layer_paths(sb["super_opts"]))
+
+
+def _check_sharing(mntns_doc: dict, superblocks: dict) -> None:
+    """Refuse propagation restore could not rebuild (its plan, made here first), and slaves of a peer
+    group outside the dumped namespaces that no external mount joins (restore copies such a master
+    from the host mount given for an external mount of the same filesystem in or under that group)."""
+    from engine import sharing
+    mounts = [e for ns in mntns_doc.values() for e in ns["mounts"]]
+    try:
+        ops = sharing.plan(mounts, helper_ok=lambda sid: sid in superblocks and not superblocks[sid]["external"])
+    except sharing.PlanError as e:
+        raise DumpError(errno.EOPNOTSUPP, f"{e}: restore cannot rebuild this propagation (an external filesystem "
+                                          "gets no helper mount of its root: declare a mount of the group that "
+                                          "covers the others external too, or make them private)") from None
+    by_id = {e["id"]: e for e in mounts}
+    for op in ops:
+        if op[0] != "external":
+            continue
+        dst, master = by_id[op[1]], op[2]
+        if not any(e["external"] and e["sb"] == dst["sb"] and master in (e["master"], e["shared"]) for e in mounts):
+            raise DumpError(errno.EOPNOTSUPP,
+                            f"mount {dst['id']} ({dst['mountpoint']}) on {dst['fstype']}: a slave of peer group "
+                            f"{master}, which lies outside the dumped namespaces (external slavery), and no external "
+                            f"mount of its filesystem is in or under that group; declare it with --external "
+                            f"mnt[{dst['mountpoint']}]:KEY (restore joins the host mount given for KEY), or make it "
+                            "private before the dump")
+
+
+def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
+    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it
+    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root")."""
+    where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
     if m is None:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
                                           "namespaces: not supported yet")
@@ -972,23 +1090,24 @@ def _fd_ghost(pid, f, path, m, mntns_doc, superblocks, ghosts_doc, writer, files
     if sb["external"] or handler is None or not handler.content:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a tmpfs or ramfs made "
                                           "in the dumped tree can hold it again)")
-    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
-    if not stat.S_ISREG(st.st_mode):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files are supported")
+    st = os.stat(f"/proc/{pid}/{link}")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files and directories are supported")
     if st.st_nlink:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link); "
                                           "deleted names of linked files are not supported yet")
     key = f"{st.st_dev}:{st.st_ino}"
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
-            return gid
+            return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     m_root = ghosts.split_root(m.root)[0]
     rel = rel_to(path, m.mountpoint)
     sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
     gid = f"g-{len(ghosts_doc)}"
     name, out = writer.new_archive()
     try:
-        files[name] = ghosts.archive_link(f"/proc/{pid}/fd", str(f["fd"]), sb_path, out)
+        d, _, entry = f"/proc/{pid}/{link}".rpartition("/")
+        files[name] = ghosts.archive_link(d, entry, sb_path, out)
     except OSError as e:
         raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
     ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",
@@ -1013,7 +1132,8 @@ def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dic
                 raise DumpError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
             found = overlay.resolve(path, mounts, oldest["uid"])
             if found is None:
-                raise DumpError(errno.ENOENT, f"{where}: no mount holds its layer {path}")
+                raise DumpError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
+                                              f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
             layers.append({"path": path, "mnt": found[0], "rel": found[1]})
         sb["layers"] = layers
 
@@ -1048,7 +1168,8 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
     try:
         for mnt, items in sorted(by_mnt.items()):
             loc0, pid0, link0 = items[0]
-            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on detached mount {mnt}"
+            # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
+            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on mount {mnt}, in no dumped namespace"
             try:
                 facts = [(detached.probe(pid, link), loc["path"]) for loc, pid, link in items]
                 f0 = facts[0][0]
@@ -1057,6 +1178,11 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                     candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == f0["dev"]),
                                         key=lambda m: (len(m.root), m.mnt_id))
                     found = detached.root_via_visible(f0, facts[0][1], candidates, clone_of)
+                    if found is None and superblocks[sid]["external"]:
+                        # Restore reaches an external filesystem only through its external mounts: a
+                        # file beside them (a host log the runtime gave as stdout) cannot be reopened.
+                        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
+                                                          f"reaches the file; {_external_file_hint(loc0['path'])}")
                     if found is not None:
                         vis, root_on_v = found
                         vroot = mounts_by_id[vis].root
@@ -1070,7 +1196,8 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                 else:
                     if f0["magic"] not in (kernel.TMPFS_MAGIC, kernel.RAMFS_MAGIC):
                         raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                                          "visible; only a detached tmpfs or ramfs can be dumped whole")
+                                                          "visible (only a detached tmpfs or ramfs can be dumped "
+                                                          f"whole); {_external_file_hint(loc0['path'])}")
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
                     files[name] = detached.archive_invisible(facts, path)
@@ -1078,8 +1205,11 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                     superblocks[sid] = {"fstype": fstype, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
                                         "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
                     root = "/"
+            except DumpError:
+                raise
             except OSError as e:
-                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+                hint = f"; {_external_file_hint(loc0['path'])}" if link0.startswith("fd/") else ""
+                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}") from None
             out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
                              "mountpoint": "(detached)"}
         _archive_beyond(beyond, superblocks, writer, files)

@@ -284,6 +284,9 @@ def render(doc: dict) -> str:
         lines.append(f"    root: mount {p['root']['mnt']} {p['root']['path']}")
         lines.append(f"    cwd:  mount {p['cwd']['mnt']} {p['cwd']['path']}")
         for fd in p["fds"]:
+            if fd.get("external"):
+                lines.append(f"    fd {fd['fd']}: external file {fd['external']} flags={fd['flags']:o} pos={fd['pos']}")
+                continue
             deleted = " (deleted)" if fd.get("ghost") else ""
             where = f"mount {fd['mnt']} {fd['path']}{deleted}" if "mnt" in fd else fd.get("obj", "")
             lines.append(f"    fd {fd['fd']}: {fd.get('kind', 'file')} {where} flags={fd['flags']:o} pos={fd['pos']}"

@@ -332,6 +332,11 @@ LOC_FIELDS = {
     "detached": F(BOOL, required=False),                      # the mount is in "detached"
 }
 LOC = Record("location", LOC_FIELDS)
+# A root or cwd: a directory removed while in use is reopened from its ghost (engine/ghosts.py).
+DIR_LOC = Record("root or cwd", {
+    **LOC_FIELDS,
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+})
 
 _DESC_ID = re.compile(r"^d-[0-9]{1,9}$")
 _OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}$")
@@ -360,14 +365,24 @@ FD = Record("fd", {
     "outside": F(BOOL, required=False),
 })
 
+_EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")
+
+# An fd declared external at dump (--external file[PATH]:KEY) has no mount: restore opens the
+# host path given for KEY (--external file[KEY]:HOSTPATH), with these flags and offset.
+EXTERNAL_FD = Record("fd (external file)", {
+    **FD_BASE,
+    "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
+    "external": F(STR, rule=pattern(_EXT_FILE_KEY, "a key of --external file[PATH]:KEY")),
+})
+
 PROCESS = Record("process", {
     "pid": F(INT, rule=rng(1, MAX_PID)),
     "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
     "ns": F(DICT),                                            # {kind: namespace id}, every kind of NS_KINDS
     "host_ns": F(LIST, required=False, rule=list_of(
         lambda v: None if v in NS_KINDS else f"must be one of {', '.join(NS_KINDS)}", len(NS_KINDS))),
-    "root": F(DICT, rule=record(LOC)),
-    "cwd": F(DICT, rule=record(LOC)),
+    "root": F(DICT, rule=record(DIR_LOC)),
+    "cwd": F(DICT, rule=record(DIR_LOC)),
     "fds": F(LIST),                                           # FD records, checked with their count
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
     "maps": F(LIST, required=False, rule=list_of(record(LOC), MAX_FDS, DICT)),
@@ -503,8 +518,8 @@ MANIFEST = Record("manifest", {
     "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
 })
 
-_REQUIRED = {r.name: r.required for r in (LOC, FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP, DEVICE,
-                                          LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST)}
+_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP,
+                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST)}
 
 
 # --- the validator ----------------------------------------------------------------------------
@@ -855,6 +870,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"{what}: 'host_ns' names a namespace twice")
         for key in ("root", "cwd"):
             _check_loc(p[key], mounts, detached, f"{what} {key}")
+            _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
         for loc in (p.get("maps") or []) + ([p["exe"]] if "exe" in p else []):
             if loc.get("detached"):
                 _fail(f"{what}: a mapping on a detached mount")
@@ -862,6 +878,14 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
+            if type(fd) is dict and "external" in fd:
+                check_record(EXTERNAL_FD, fd, fwhat)
+                if fd.get("kind", "file") != "file":
+                    _fail(f"{fwhat}: an external file is of kind file")
+                if fd["fd"] in seen_fd:
+                    _fail(f"{what}: duplicate fd number {fd['fd']}")
+                seen_fd.add(fd["fd"])
+                continue
             kind = _fd_kind(fd, fwhat)
             check_record(FD if kind.name == "file" else _kind_record(kind), fd, fwhat)
             kind.check(fd, fwhat)
@@ -870,11 +894,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
-            gid = fd.get("ghost")
-            if gid is not None:
-                g = (doc.get("ghosts") or {}).get(gid)
-                if g is None or fd.get("detached") or fd["mnt"] not in mounts or mounts[fd["mnt"]]["sb"] != g["sb"]:
-                    _fail(f"{fwhat}: ghost {gid!r} is unknown or on another filesystem")
+            _check_ghost_ref(doc, fd, mounts, fwhat)
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
             seen_fd.add(fd["fd"])
@@ -895,6 +915,15 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"hostname for {str(uts)[:40]!r}, a uts namespace no process is in")
         if type(name) is not str or strlen(MAX_HOSTNAME)(name):
             _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+def _check_ghost_ref(doc: dict, loc: dict, mounts: dict, what: str) -> None:
+    """A location reopened from a ghost: the ghost exists and lies on the superblock of its mount."""
+    gid = loc.get("ghost")
+    if gid is not None:
+        g = (doc.get("ghosts") or {}).get(gid)
+        if g is None or loc.get("detached") or loc["mnt"] not in mounts or mounts[loc["mnt"]]["sb"] != g["sb"]:
+            _fail(f"{what}: ghost {gid!r} is unknown or on another filesystem")
 
 
 def _check_loc(loc: dict, mounts: dict, detached: dict, what: str) -> None:

@@ -54,7 +54,7 @@ from engine.fdmaker import FdMaker
 from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
 
-_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
+_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
 _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
@@ -77,13 +77,14 @@ class RestoreError(OSError):
 
 
 def parse_externals(specs, root: str | None) -> dict[str, str]:
-    """`mnt[KEY]:HOSTPATH` -> {key: hostpath}, `dev[KEY]:PATH` -> {"dev:"+key: path}; --root DIR is key "root"."""
+    """`mnt[KEY]:HOSTPATH` -> {key: hostpath}, `dev[KEY]:PATH` -> {"dev:"+key: path},
+    `file[KEY]:HOSTPATH` -> {"file:"+key: path}; --root DIR is key "root"."""
     out: dict[str, str] = {}
     for spec in specs:
         m = _EXT_MNT.match(spec)
         if not m:
-            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH or dev[KEY]:PATH")
-        out[("dev:" if m["kind"] == "dev" else "") + m["key"]] = m["path"]
+            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH, dev[KEY]:PATH or file[KEY]:HOSTPATH")
+        out[("" if m["kind"] == "mnt" else m["kind"] + ":") + m["key"]] = m["path"]
     if root is not None:
         out["root"] = root
     for key, path in out.items():
@@ -161,12 +162,14 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     ext = parse_externals(externals, root)
     needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
                     | {"dev:" + sb["device"]["key"] for sb in doc["superblocks"].values()
-                       if (sb.get("device") or {}).get("key") and not sb.get("external")})
+                       if (sb.get("device") or {}).get("key") and not sb.get("external")}
+                    | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
     missing = [k for k in needed if k not in ext]
     if missing:
         hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
+                         else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
                          else f"--external mnt[{k}]:HOSTPATH" for k in missing)
-        raise RestoreError(errno.EINVAL, f"the image needs external mounts: give {hint}")
+        raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}")
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
     _check_fd_numbers(doc)
@@ -241,6 +244,7 @@ class _Restorer:
         self.mnt_fd: dict[int, int] = {}   # mount id -> fd on the mount (detached, then attached)
         self.ext_src: dict[int, int] = {}  # external mount id -> detached clone of its host path
         self.ext_host: dict[int, int] = {}  # external mount id -> O_PATH fd on the host's mount itself
+        self.ext_files: dict[tuple[int, int], int] = {}  # (pid, fd) -> the external file, opened on the host
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
@@ -255,11 +259,11 @@ class _Restorer:
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         self.ghost_fd: dict[str, int] = {}    # ghost id -> O_PATH fd its open files are reopened from
-        self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts mounts are made from, linked until attached
+        self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts recreated, linked until the mounts are attached
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
         for p in doc["processes"]:
-            for f in p["fds"]:
+            for f in [p["root"], p["cwd"], *p["fds"]]:
                 if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
                     self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
                     self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
@@ -666,8 +670,25 @@ class _Restorer:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
 
+    def open_external_files(self) -> None:
+        """Open each fd declared external at dump (--external file[KEY]:HOSTPATH) on the host."""
+        from engine.fds.file import OPEN_DROP
+        for p in self.doc["processes"]:
+            for f in p["fds"]:
+                if f.get("external"):
+                    path = self.ext["file:" + f["external"]]
+                    try:
+                        fd = self.ext_files[(p["pid"], f["fd"])] = os.open(
+                            path, (f["flags"] & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOCTTY)
+                        if f["pos"] and f.get("type") != "dir" and not f["flags"] & os.O_PATH:
+                            os.lseek(fd, f["pos"], os.SEEK_SET)
+                    except OSError as e:
+                        raise RestoreError(e.errno, f"process {p['pid']} fd {f['fd']}: external file "
+                                                    f"{f['external']} ({path}): {e.strerror or e}") from None
+
     def open_externals(self) -> None:
         """Detached clones of every external mount's host path (while we still see the host's tree)."""
+        self.open_external_files()
         for e in self.mounts.values():
             if not e.get("external"):
                 continue
@@ -686,16 +707,21 @@ class _Restorer:
         fd = self._clone_plain(m, what)
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if gid not in self.ghost_fd:
-                ghost = self._ghost(gid)
+                self._ghost(gid)
                 try:
                     self.ghost_fd[gid] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
                                                         _BENEATH | kernel.RESOLVE_NO_XDEV)
-                finally:
-                    ghost.remove()  # files open on it keep it, unlinked as it was
+                except OSError as e:
+                    raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): its deleted file {path} "
+                                                f"cannot be opened: {e.strerror}") from None
         return fd
 
     def _ghost(self, gid: str) -> ghosts.Ghost:
-        """Recreate ghost `gid` under its old name on its new superblock (the caller removes it)."""
+        """Ghost `gid` under its old name on its new superblock: recreated the first time, linked
+        until the mounts are assembled (the kernel attaches no mount whose root is unlinked), then
+        unlinked again by assemble(); what was opened or mounted from it keeps it."""
+        if gid in self.ghost_live:
+            return self.ghost_live[gid]
         g = self.doc["ghosts"][gid]
         user = self.ghost_user[gid]
         where = f"mount {user['id']} ({user['mountpoint']})"
@@ -711,7 +737,9 @@ class _Restorer:
         os.chdir("/")
         afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
         try:
-            return ghosts.Ghost(base, g["path"], afd, g["file"], self.doc["files"][g["file"]], g["only"])
+            ghost = self.ghost_live[gid] = ghosts.Ghost(base, g["path"], afd, g["file"], self.doc["files"][g["file"]],
+                                                        g["only"])
+            return ghost
         except OSError as e:
             if isinstance(e, RestoreError):
                 raise
@@ -725,9 +753,7 @@ class _Restorer:
             # Its root was unlinked: cloned from the ghost, recreated once and unlinked again.
             src = self.ghost_src.get(m["ghost"])
             if src is None:
-                # It stays linked until its mounts are attached (the kernel attaches none whose root
-                # is unlinked); assemble() removes it then.
-                ghost = self.ghost_live[m["ghost"]] = self._ghost(m["ghost"])
+                ghost = self._ghost(m["ghost"])
                 src = self.ghost_src[m["ghost"]] = kernel.openat2(ghost.dir, ghost.name, os.O_PATH | os.O_NOFOLLOW,
                                                                   _BENEATH | kernel.RESOLVE_NO_XDEV)
             base, rel = src, ""
@@ -1179,8 +1205,9 @@ class _Restorer:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
             try:
-                root = self.open_at(p["root"]["mnt"], p["root"]["path"], os.O_PATH | os.O_DIRECTORY)
-                cwd = self.open_at(p["cwd"]["mnt"], p["cwd"]["path"], os.O_PATH | os.O_DIRECTORY)
+                root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY) if loc.get("ghost")
+                             else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
+                             for loc in (p["root"], p["cwd"]))
             except OSError as e:
                 raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
             try:
@@ -1203,7 +1230,11 @@ class _Restorer:
             after = []
             for f in p["fds"]:
                 try:
-                    fd, first = self._fds.open(f, chan)
+                    ext = self.ext_files.pop((p["pid"], f["fd"]), None)
+                    if ext is not None:
+                        fd, first = ext, False  # --external file[KEY]:HOSTPATH, opened on the host before assembly
+                    else:
+                        fd, first = self._fds.open(f, chan)
                 except OSError as e:
                     what = f"{f['path']} on mount {f['mnt']}: " if "path" in f else ""
                     raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "

@@ -366,7 +366,8 @@ def test_unsupported_filesystem(case, tmp_path):
     pid = case.start("mkdir /mnt/b; mount -t bpf bpf /mnt/b\nhold\n")
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
-    assert_refused(r, r"^mntcr dump: mount \d+ \(/mnt/b\) on bpf: not supported$", verb="dump")
+    assert_refused(r, r"^mntcr dump: mount \d+ \(/mnt/b\) on bpf: not supported; declare it with --external "
+                      r"mnt\[/mnt/b\]:KEY$", verb="dump")
     assert not os.path.exists(images)
     assert [n for n in os.listdir(case.workdir) if n.startswith(".images")] == []
     r2 = mntcr("restore", "-D", images, *enginecase.RESTORE_EXTERNALS, "--pidfile", images + ".pid")

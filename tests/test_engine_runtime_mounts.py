@@ -149,6 +149,7 @@ mount --bind /s/boot_id /mnt/boot_id
 mount --bind /s/srcdir /mnt/dir
 mount --bind /s/reused /mnt/reused
 mount --bind /s/kmsg /mnt/kmsg
+exec 8</s/boot_id
 rm /s/boot_id /s/reused /s/kmsg; rmdir /s/srcdir
 echo new > /s/reused
 exec 7</mnt/boot_id
@@ -157,9 +158,12 @@ hold
     check = """
 grep -E ' /mnt/(boot_id|dir|reused|kmsg) ' /proc/self/mountinfo | cut -d' ' -f4,5 | sort
 cat /mnt/boot_id /mnt/reused /s/reused; stat -c '%n %a %F' /mnt/boot_id /mnt/dir /mnt/kmsg; ls -a /s
+ls -l /proc/1/fd/8 | sed 's/.* -> //'
+[ "$(stat -L -c %i /proc/1/fd/8)" = "$(stat -c %i /mnt/boot_id)" ] && echo "fd 8 is the bound file"
 """
     *_, after = case.roundtrip(setup, check=check, iters=2)
     out = after.snap.check_output
+    assert "/s/boot_id (deleted)" in out and "fd 8 is the bound file" in out
     assert "/boot_id//deleted /mnt/boot_id" in out and "/srcdir//deleted /mnt/dir" in out
     assert "0123-boot-id\nold\nnew\n" in out and "/mnt/dir 710 directory" in out and "fifo" in out
 
@@ -176,17 +180,20 @@ echo first > /mnt/t/name
 exec 7</mnt/b/g 8<>/mnt/b/g 9</mnt/t/name
 rm /mnt/b/g /mnt/t/name
 echo second > /mnt/t/name
+mkdir /mnt/t/gone; chmod 0705 /mnt/t/gone; cd /mnt/t/gone; rmdir /mnt/t/gone
 hold
 """
     check = """
-ls -l /proc/1/fd/7 /proc/1/fd/8 /proc/1/fd/9 | sed 's/.* -> //'
+ls -l /proc/1/fd/7 /proc/1/fd/8 /proc/1/fd/9 /proc/1/cwd | sed 's/.* -> //'
+stat -L -c '%a %h' /proc/1/cwd
 cat /proc/1/fd/7 /proc/1/fd/9 /mnt/t/name; ls -a /mnt/b
 [ "$(stat -L -c %i /proc/1/fd/7)" = "$(stat -L -c %i /proc/1/fd/8)" ] && echo "7 and 8 share an inode"
 stat -L -c '%a %h' /proc/1/fd/7
 """
     *_, after = case.roundtrip(setup, check=check, iters=2)
     out = after.snap.check_output
-    assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out
+    assert "/mnt/b/g (deleted)" in out and "/mnt/t/name (deleted)" in out and "/mnt/t/gone (deleted)" in out
+    assert "705 0" in out
     assert "ghost datafirst\nsecond\n" in out and "7 and 8 share an inode" in out and "640 0" in out
 
 

@@ -18,6 +18,7 @@ directory when the test fails).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -57,6 +58,21 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
     return True
 
 
+def _add(timings: dict | None, name: str, started: float) -> None:
+    if timings is not None:
+        timings[name] = timings.get(name, 0.0) + time.monotonic() - started
+
+
+@contextlib.contextmanager
+def phase(timings: dict | None, name: str):
+    """Add the wall time of the block to timings[name] (seconds), also when it raises."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        _add(timings, name, started)
+
+
 def _check_golden(scenario, output: str, workdir: str, update: bool) -> None:
     """The check before dump must exit 0 and print the golden output (or, updating, writes it)."""
     if update and not golden.exit_status(output):
@@ -70,11 +86,13 @@ def _check_golden(scenario, output: str, workdir: str, update: bool) -> None:
 
 
 def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topology=None,
-        update_golden: bool = False) -> Outcome:
+        update_golden: bool = False, timings: dict | None = None) -> Outcome:
     """Run `iters` dump/restore iterations on `running`; see the module docstring.
 
     `update_golden`: write the check's output before dump as the scenario's golden
-    output (zdtm/golden.py) instead of comparing it.
+    output (zdtm/golden.py) instead of comparing it. `timings`, when given, receives
+    the seconds spent per phase, summed over the iterations: dump, restore, compare
+    (snapshots and their comparison).
     """
     expect = backend.expectation(scenario)
     crfail = expect.outcome == "crfail"
@@ -82,7 +100,8 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
     # Mappings are compared except on the flavor's host mounts, where a stand-in maps its own
     # interpreter and libraries (engine/mappings.py).
     host = tuple(e.mountpoint for e in running.externals)
-    before = snapshot.take(running.pid, scenario.check, timeout, topology=topology, ignore_maps_on=host)
+    with phase(timings, "compare"):
+        before = snapshot.take(running.pid, scenario.check, timeout, topology=topology, ignore_maps_on=host)
     _save(os.path.join(workdir, "before.json"), before)
     with open(os.path.join(workdir, "before.txt"), "w") as f:
         f.write(before.text())
@@ -98,10 +117,11 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
             images = os.path.join(workdir, f"images.{i}")
             stage = "dump"
             try:
-                backend.dump(pid, images, running.externals, ctx)
-                # The backend killed the tree; make sure, so restore cannot meet the old one.
-                if not _wait_gone(pid):
-                    snapshot.kill_tree(pid)
+                with phase(timings, "dump"):
+                    backend.dump(pid, images, running.externals, ctx)
+                    # The backend killed the tree; make sure, so restore cannot meet the old one.
+                    if not _wait_gone(pid):
+                        snapshot.kill_tree(pid)
                 if i == 0:
                     flavor.forget(running)
                 for fn in cleanups:
@@ -109,7 +129,8 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 cleanups = []
                 restored = None
                 stage = "restore"
-                restored = pid = backend.restore(images, running.externals, ctx)
+                with phase(timings, "restore"):
+                    restored = pid = backend.restore(images, running.externals, ctx)
             except BackendError as e:
                 where = f"{stage} failed (iteration {i + 1}/{iters})"
                 if crfail:
@@ -118,6 +139,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 raise CycleFailure(f"{backend.name} {where}: {e}{log}", kind="cr-error") from None
             finally:
                 cleanups += ctx.cleanups
+            started = time.monotonic()
             try:
                 after = snapshot.take(pid, scenario.check, timeout, topology=topology, ignore_maps_on=host)
             except snapshot.SnapshotError as e:
@@ -127,6 +149,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 f.write(after.text())
             equal, report = snapshot.compare(before, after, names=("before dump", f"after restore {i + 1}"),
                                              topology=topology)
+            _add(timings, "compare", started)
             if not equal:
                 lead = (f"{backend.name}: restored state differs from the state before dump "
                         f"(iteration {i + 1}/{iters})")

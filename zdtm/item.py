@@ -19,7 +19,7 @@ import json
 import os
 import pickle
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 OUTCOMES = ("pass", "crfail", "skip", "fail", "setup-error")
 SPEC_FILE = "item-spec.pickle"
@@ -52,6 +52,7 @@ class Outcome:
     kernel: str = ""
     seconds: float = 0.0
     setup_output: str = ""
+    timings: dict = field(default_factory=dict)  # seconds per phase: setup, dump, restore, compare
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -122,20 +123,24 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> O
     if reason:
         return Outcome("skip", reason, kernel=release)
     os.makedirs(workdir, exist_ok=True)
+    timings: dict[str, float] = {}
     with contextlib.ExitStack() as undo:
         try:
-            running = place.start(sc, workdir)
+            with cycle.phase(timings, "setup"):
+                running = place.start(sc, workdir)
         except SetupError as e:
             _write(workdir, "setup.log", str(e) + "\n")
-            return Outcome("setup-error", str(e), kernel=release)
+            return Outcome("setup-error", str(e), kernel=release, timings=timings)
         undo.callback(place.stop, running)
         _write(workdir, "setup.log", running.setup_output)
         bk = place.backend_for(running, backend(spec.backend, spec.criu))
         try:
-            out = cycle.run(sc, bk, place, running, workdir, iters=spec.iters, update_golden=spec.update_golden)
+            out = cycle.run(sc, bk, place, running, workdir, iters=spec.iters, update_golden=spec.update_golden,
+                            timings=timings)
         except cycle.CycleFailure as e:
-            return Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output)
-        return Outcome(out.kind, out.detail, kernel=release, setup_output=running.setup_output)
+            return Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output,
+                           timings=timings)
+        return Outcome(out.kind, out.detail, kernel=release, setup_output=running.setup_output, timings=timings)
 
 
 def _write(workdir: str, name: str, text: str) -> None:

@@ -9,8 +9,10 @@
   ("SETUP ERROR"), not a test failure. The C/R cycle is the call phase.
 - The controller (also under xdist) collects every report into the summary
   table (scenario x backend x flavor) and, with --report DIR, writes
-  report.html and summary.md there; failed items keep their images and logs
-  under DIR/<test id>/.
+  report.html, summary.md and results.json there (zdtm/report*.py); every
+  item keeps its snapshot before dump under DIR/<test id>/, failed items
+  their images and logs too. Items carry kernel, engine, flavor and phase
+  times as user properties (JUnit XML <property>, zdtm/report_record.py).
 - Leak guard (zdtm/leakguard.py): the host's mounts at session start vs at
   session end (new, disappeared and changed mounts), and the holders, keepers and
   stand-ins of this session still alive at its end, fail the session and are
@@ -31,10 +33,10 @@ import warnings
 
 import pytest
 
-from zdtm import backends, cycle, item as item_mod, leakguard, scenario as scenario_mod
+from zdtm import backends, cycle, item as item_mod, leakguard, report_record, scenario as scenario_mod
 from zdtm.flavors import get as get_flavor
 
-_PROP = "zdtm"
+_PROP = report_record.PROP
 
 
 def pytest_addoption(parser):
@@ -228,12 +230,11 @@ class ScenarioItem(pytest.Item):
         self.outcome = None
         self.workdir = None
         self.failed = False
+        self.timings: dict[str, float] = {}   # phase -> seconds (zdtm.report_record.PHASES)
         self.add_marker("zdtm")
-        self.user_properties.append((_PROP, json.dumps({
-            "scenario": os.path.relpath(scenario.path, str(self.config.rootpath)),
-            "params": scenario.param_id, "backend": backend_name,
-            "flavor": f"{flavor_name}:{kernel_name}" if kernel_name else flavor_name,
-            "expect": str(scenario.expectation(backend_name))})))
+        self.user_properties += report_record.properties(report_record.facts(
+            scenario, os.path.relpath(scenario.path, str(self.config.rootpath)), backend_name, flavor_name,
+            kernel_name))
 
     def setup(self):
         state = _state(self.config)
@@ -249,6 +250,9 @@ class ScenarioItem(pytest.Item):
             pytest.skip(f"flavor {self.flavor_name}: {reason}")
         self.workdir = state.workdir(self.nodeid)
         self.outcome = out = self.flavor.run(self.spec, self.workdir)
+        self.timings.update(out.timings)
+        if out.kernel:
+            self.user_properties.append(("kernel_release", out.kernel))
         if out.outcome == "skip":
             pytest.skip(out.message)
         if out.outcome == "setup-error":
@@ -269,11 +273,11 @@ class ScenarioItem(pytest.Item):
 
     def teardown(self):
         state = _state(self.config)
+        self.user_properties += report_record.timing_properties(self.timings)
         if self.workdir:
-            if self.failed and state.report_dir:
-                dest = os.path.join(state.report_dir, safe_name(self.nodeid))
-                shutil.rmtree(dest, ignore_errors=True)
-                shutil.copytree(self.workdir, dest, symlinks=True)
+            if state.report_dir:
+                report_record.keep(self.workdir, os.path.join(state.report_dir, safe_name(self.nodeid)), self.failed,
+                                   golden=getattr(self.scenario, "golden", None))
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def repr_failure(self, excinfo, style=None):
@@ -361,6 +365,7 @@ def _sole_runner(config) -> bool:
 # --- summary, report, leak guard (controller only) ---------------------------------
 
 _XDIST_HEADER = re.compile(r"^\[gw\d+\] \S+ -- Python ")
+_MESSAGE_LIMIT = 20000  # characters of a failure's full text kept for the report
 
 
 def _reason(report) -> str:
@@ -386,13 +391,17 @@ class Controller:
         if _PROP not in props:
             return
         row = self.state.results.setdefault(report.nodeid,
-                                            dict(json.loads(props[_PROP]), outcome="pass", reason=""))
+                                            dict(json.loads(props[_PROP]), outcome="pass", reason="",
+                                                 artifacts=safe_name(report.nodeid)))
+        row["timings"] = report_record.timings_from(props)
+        if "kernel_release" in props:
+            row["kernel_release"] = props["kernel_release"]
         if report.when == "setup" and report.skipped:
             row.update(outcome="skip", reason=_reason(report))
         elif report.failed:
             if row["outcome"] in ("pass", "skip"):  # the first failure is the reason
                 row.update(outcome="error" if report.when != "call" else "fail", reason=_reason(report),
-                           artifacts=safe_name(report.nodeid))
+                           message=report.longreprtext[:_MESSAGE_LIMIT])
         elif report.when == "call" and report.passed and "zdtm_crfail" in props:
             row.update(reason="crfail as expected: " + props["zdtm_crfail"])
 

@@ -33,6 +33,9 @@ class FsType:
     layers: bool = False
     # Lives on a block device (recorded as external or as a loop device over a dumped file).
     block: bool = False
+    # Mount roots a new instance has (None: any). A bind of another root (a pseudo-terminal of
+    # a devpts instance, LXC's /dev/console) cannot be recreated: it must be declared external.
+    fresh_roots: frozenset[str] | None = None
 
     def fsconfig_params(self, super_opts: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
         """(key, value) pairs for fsconfig; value None means a flag."""

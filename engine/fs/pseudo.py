@@ -12,6 +12,6 @@ SYSFS = register(FsType("sysfs", ns="net"))
 MQUEUE = register(FsType("mqueue", ns="ipc"))
 # cgroup2 options (nsdelegate, memory_recursiveprot) belong to the single hierarchy.
 CGROUP2 = register(FsType("cgroup2", ns="cgroup", no_opts=True))
-# devpts always creates a new instance with the new mount API.
-DEVPTS = register(FsType("devpts"))
+# devpts always creates a new instance with the new mount API; a new instance has no pty yet.
+DEVPTS = register(FsType("devpts", fresh_roots=frozenset({"/", "/ptmx"})))
 BINFMT_MISC = register(FsType("binfmt_misc"))
