@@ -151,6 +151,9 @@ def mkdirs_beneath(base_fd: int, path: str) -> int:
 # Device nodes restore makes by default: the character devices every container gets
 # (null, zero, full, random, urandom, tty, console, ptmx; the OCI runtime spec's list).
 CONTAINER_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)})
+# overlayfs's whiteout: char 0:0 names no device (opening it fails with ENXIO) and every overlay
+# upper layer that hides a lower file holds one, so every policy lets it through.
+WHITEOUT = (0, 0)
 DEVICE_POLICIES = ("container", "all", "none")
 _device_policy = "container"
 
@@ -237,6 +240,8 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
         elif kind in "cb":
             major, _, minor = line[:q].split()[2].partition(",")
             dev = (int(major), int(minor))
+            if kind == "c" and dev == WHITEOUT:
+                continue
             if _device_policy == "none" or (_device_policy == "container" and (kind != "c" or dev not in
                                                                                CONTAINER_DEVICES)):
                 raise OSError(f"archive {name}: member {member!r} is a {'character' if kind == 'c' else 'block'} "

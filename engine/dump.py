@@ -822,7 +822,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     # matched to its namespace through them, never through its pid 1 (maybe not ours to inspect).
     members: dict[int, list[tuple[int, bytes]]] = {}
     for pid, _ in tree:
-        members.setdefault(ns_of[pid]["pid"], []).append(_pid_identity(f"/proc/{pid}"))
+        ident = _pid_identity(f"/proc/{pid}")
+        if ident is not None:
+            members.setdefault(ns_of[pid]["pid"], []).append(ident)
 
     # A disk image we archive must hold what its filesystem has cached: flush (the tree is stopped).
     if loops:
@@ -1241,14 +1243,18 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
         done.setdefault(sid, []).append(root)
 
 
-def _pid_identity(piddir: str) -> tuple[int, bytes]:
-    """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`)."""
-    with open(f"{piddir}/status", "rb") as f:
-        nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
+def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
+    """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`); None for a
+    zombie (its namespace links are gone, so no proc mount can be matched through it)."""
     with open(f"{piddir}/stat", "rb") as f:
         data = f.read()
-    # starttime is field 22; fields after comm (which may hold spaces) start at field 3
-    return int(nspid), data[data.rindex(b")") + 2:].split()[19]
+    # fields after comm (which may hold spaces): state is field 3, starttime field 22
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    with open(f"{piddir}/status", "rb") as f:
+        nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
+    return int(nspid), fields[19]
 
 
 def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:

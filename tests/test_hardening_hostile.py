@@ -683,7 +683,9 @@ def test_archive_escapes(base_image, tmp_path, kind):
 def test_container_device_nodes_are_restored(case, tmp_path):
     """The device policy's other side: /dev/null-like nodes in a tmpfs (a container's /dev) restore;
     --devices none refuses them."""
-    pid = case.start("mkdir /mnt/dev; mount -t tmpfs d /mnt/dev; mknod -m 666 /mnt/dev/null c 1 3\nhold\n")
+    # /mnt/dev/wh: an overlay whiteout (char 0:0), which every overlay upper that hid a file holds.
+    pid = case.start("mkdir /mnt/dev; mount -t tmpfs d /mnt/dev; mknod -m 666 /mnt/dev/null c 1 3\n"
+                     "mknod /mnt/dev/wh c 0 0\nhold\n")
     images = case.new_images_dir()
     case.dump(pid, images)
     host = Host(images, _victim(tmp_path))
@@ -700,6 +702,7 @@ def test_container_device_nodes_are_restored(case, tmp_path):
     with open(f"/proc/{new}/root/mnt/dev/null", "w") as f:
         f.write("x")   # a real null device
     assert os.stat(f"/proc/{new}/root/mnt/dev/null").st_rdev == os.makedev(1, 3)
+    assert os.stat(f"/proc/{new}/root/mnt/dev/wh").st_rdev == os.makedev(0, 0)
 
 
 def test_validator_errors_cross_process_boundaries():
