@@ -744,7 +744,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             recorded = {x["path"] for x in layers}
             for key, path in layer_paths(sb["super_opts"]):
                 if path not in recorded:
-                    _fail(f"{what}: layer {key}={path[:80]} is not in its layers record")
+                    _fail(f"{what}: layer {key}={path[:200]} is not in its layers record")
             for x in layers:
                 if x["mnt"] not in mounts:
                     _fail(f"{what}: layer {x['path']} lies on mount {x['mnt']}, which is not in the image")
