@@ -172,10 +172,12 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     try:
         try:
             pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
-        except forkrun.ChildError as e:
-            if interrupted:
+        except (forkrun.ChildError, OSError, ValueError) as e:
+            if interrupted:  # whatever the restorer's helpers said as they died
                 raise KeyboardInterrupt from None
-            raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+            if isinstance(e, forkrun.ChildError):
+                raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+            raise
         finally:
             os.close(img_fd)
         published = False

@@ -285,7 +285,7 @@ def test_overlay_layer_not_in_its_record_is_refused(base_image, tmp_path):
     victim = _victim(tmp_path)
     img = _mutated(base_image, tmp_path, lambda d: _to_overlay(
         d, victim, [{"path": "/etc", "mnt": _mount(d, "/mnt/t")["id"], "rel": "/"}]))
-    refused(img, r"layer upperdir=.*victim/up is not in its layers record", tmp_path)
+    refused(img, r"layer upperdir=/\S+ is not in its layers record", tmp_path)
 
 
 def test_overlay_layer_cycle_is_refused(base_image, tmp_path):
