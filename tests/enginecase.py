@@ -519,6 +519,21 @@ def mounts_added(before: str, after: str) -> list[str]:
     return [f"{m.mnt_id} {m.mountpoint} {m.fstype}" for m in leakguard.leaked(before, after)]
 
 
+def dumped_image(tmp_path_factory, setup: str, reason: str):
+    """Generator for a module fixture: an image dumped once from a tree built by `setup` (the
+    tree is killed and its case closed after the module); skips with `reason` when not root."""
+    if os.geteuid() != 0:
+        pytest.skip(reason)
+    c = EngineCase(tmp_path_factory.mktemp("base"))
+    try:
+        pid = c.start(setup)
+        images = c.new_images_dir()
+        c.dump(pid, images)
+        yield images
+    finally:
+        c.close()
+
+
 def copy_image(img: str, dest: str) -> str:
     """A copy of image directory `img` at DEST/img (symlinks kept as links)."""
     out = os.path.join(str(dest), "img")

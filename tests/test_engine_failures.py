@@ -145,16 +145,7 @@ hold
 @pytest.fixture(scope="module")
 def base_image(tmp_path_factory):
     """A valid image (tmpfs with a child mount, a peer group, an fd, cwd on a tmpfs)."""
-    if os.geteuid() != 0:
-        pytest.skip("engine tests need root")
-    c = EngineCase(tmp_path_factory.mktemp("base"))
-    try:
-        pid = c.start(BASE_SETUP)
-        images = c.new_images_dir()
-        c.dump(pid, images)
-        yield images
-    finally:
-        c.close()
+    yield from enginecase.dumped_image(tmp_path_factory, BASE_SETUP, "engine tests need root")
 
 
 _copy, _doc, _save = copy_image, load_manifest, save_manifest

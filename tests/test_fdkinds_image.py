@@ -59,18 +59,9 @@ MUTATIONS = {
 @pytest.fixture(scope="module")
 def dumped(tmp_path_factory):
     """(manifest, image dir) of a tree holding one fd of each kind."""
-    from enginecase import EngineCase
-    import os
-    if os.geteuid() != 0:
-        pytest.skip("needs root (namespaces)")
-    c = EngineCase(tmp_path_factory.mktemp("fdkinds"))
-    try:
-        pid = c.start(SETUP)
-        img = c.new_images_dir()
-        c.dump(pid, img)
+    import enginecase
+    for img in enginecase.dumped_image(tmp_path_factory, SETUP, "needs root (namespaces)"):
         yield load_manifest(img), img
-    finally:
-        c.close()
 
 
 def test_dumped_image_with_every_kind_validates(dumped):

@@ -50,16 +50,8 @@ hold
 @pytest.fixture(scope="module")
 def base_image(tmp_path_factory):
     """A valid image: two tmpfs (one with a size limit), an mqueue, an fd and a cwd on a tmpfs."""
-    if os.geteuid() != 0:
-        pytest.skip("hostile image tests need root (they dump a real container and restore)")
-    c = EngineCase(tmp_path_factory.mktemp("base"))
-    try:
-        pid = c.start(BASE_SETUP)
-        images = c.new_images_dir()
-        c.dump(pid, images)
-        yield images
-    finally:
-        c.close()
+    yield from enginecase.dumped_image(tmp_path_factory, BASE_SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
 
 
 # --- what must hold after every refused restore -------------------------------------------------

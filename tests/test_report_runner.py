@@ -15,42 +15,13 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
+import fakebackends
+
 PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root (namespaces, mounts)")
 
-FAKES = '''
-import dataclasses
-from zdtm import backends, snapshot
-from zdtm.backends import Backend
-
-pytest_plugins = ["zdtm.plugin"]
-
-
-class Rerun(Backend):
-    name = "rerun"
-    prefix = ""
-
-    def dump(self, pid, images_dir, externals, ctx):
-        snapshot.kill_tree(pid)
-
-    def restore(self, images_dir, externals, ctx):
-        sc = ctx.scenario
-        if self.prefix:
-            sc = dataclasses.replace(sc, setup=self.prefix + "\\n" + sc.setup)
-        running = ctx.flavor.start(sc, f"{ctx.workdir}/rerun{ctx.iteration}")
-        ctx.on_cleanup(lambda: ctx.flavor.stop(running))
-        return running.pid
-
-
-class Mutate(Rerun):
-    name = "mutate"
-    prefix = "ZDTM_RESTORED=1"
-
-
-backends.register("rerun", Rerun)
-backends.register("mutate", Mutate)
-'''
+FAKES = fakebackends.FAKES
 
 SHARED = """\
 description: a shared tmpfs <b>with</b> a bind, an fd and a cwd in it
