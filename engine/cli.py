@@ -102,8 +102,10 @@ def _add_check(sub) -> None:
         "check", help="report the kernel features the engine needs",
         description="Probe, without changing anything on the host, each kernel feature the engine uses "
                     "(open_tree, move_mount, MOVE_MOUNT_SET_GROUP, fsopen/fsmount, mount_setattr, "
-                    "statmount/listmount, STATX_MNT_ID_UNIQUE) and print present/missing for each, like "
-                    "`criu check`. Exit 0 when everything restore needs is present, 2 otherwise.")
+                    "statmount/listmount, STATX_MNT_ID_UNIQUE, open_tree of detached mounts) and print "
+                    "present/missing for each, like `criu check`, then the strategy chosen from them (which "
+                    "primitive carries out each kernel-dependent step; MNTCR_STRATEGY forces axes for tests). "
+                    "Exit 0 when everything restore needs is present, 2 otherwise.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -156,9 +158,14 @@ def _cmd_show(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from engine import features
+    import os
+    from engine import features, strategy
+    override = os.environ.get(strategy.ENV, "")
+    strategy.parse_override(override)  # a bad override: one line, before any probing
     report = features.probe()
     sys.stdout.write(features.render(report))
+    chosen, forced = strategy.choose({f.name: f.present for f in report}, override)
+    sys.stdout.write(chosen.render(forced))
     return EXIT_OK if features.restore_ready(report) else EXIT_ERROR
 
 

@@ -565,7 +565,8 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
                 continue  # one look per mount namespace
             seen.add(ns)
             with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
-                mounts = mountinfo.brief(f.read())
+                text = f.read()
+            mounts = mountinfo.brief(text)
         except FileNotFoundError:
             continue
         ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
@@ -573,6 +574,27 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
             if fs.lookup(fstype) is None and dev not in ext_devs:
                 raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported; "
                                                   f"declare it with --external mnt[{mp}]:KEY")
+        _refuse_sharing(text)
+
+
+def _refuse_sharing(text: str) -> None:
+    """Where this kernel's strategy cannot rebuild peer groups (sharing=refuse: no
+    MOVE_MOUNT_SET_GROUP), refuse a tree with shared or slave mounts before it is stopped: restore
+    here would refuse the image, and the tree would be lost."""
+    from engine import strategy
+    if strategy.current().sharing == "set-group":
+        return
+    found = []
+    for line in text.splitlines():
+        fields = line.partition(" - ")[0].split(" ")
+        if any(x.startswith(("shared:", "master:")) for x in fields[6:]):
+            found.append(f"{fields[0]} ({mountinfo.unescape(fields[4])})")
+    if found:
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        raise DumpError(errno.ENOSYS, f"mount{'s' if len(found) > 1 else ''} {', '.join(found[:3])}{more}: "
+                                      "shared or slave, and this kernel "
+                                      "cannot restore peer groups (no MOVE_MOUNT_SET_GROUP; Linux >= 5.15 "
+                                      "restores them); the tree keeps running")
 
 
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
@@ -822,7 +844,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     # matched to its namespace through them, never through its pid 1 (maybe not ours to inspect).
     members: dict[int, list[tuple[int, bytes]]] = {}
     for pid, _ in tree:
-        members.setdefault(ns_of[pid]["pid"], []).append(_pid_identity(f"/proc/{pid}"))
+        ident = _pid_identity(f"/proc/{pid}")
+        if ident is not None:
+            members.setdefault(ns_of[pid]["pid"], []).append(ident)
 
     # A disk image we archive must hold what its filesystem has cached: flush (the tree is stopped).
     if loops:
@@ -986,7 +1010,7 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
                 used_files.add(f["target"])
                 continue
             fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
-                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what))
+                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"])
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
@@ -1117,20 +1141,30 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
 
 def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dict) -> None:
     """Record each in-namespace overlay's layers as (mount, path) as they were at its creation."""
+    from engine import strategy
     from engine.fs import overlay
+    unique = strategy.current().layers == "unique-ids"
     ns_by_name = {names[("mnt", ino)]: ino for ino in ns_data}
     for sid, sb in superblocks.items():
         if sb["external"] or sb["fstype"] != "overlay":
             continue
         users = [(ns_name, e) for ns_name, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid]
-        ns_name, oldest = min(users, key=lambda u: (u[1]["uid"] or u[1]["id"]))
+        ns_name, oldest = min(users, key=lambda u: ((u[1]["uid"] if unique else None) or u[1]["id"]))
         where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
         mounts = ns_data[ns_by_name[ns_name]]["mounts"]
         layers = []
         for key, path in overlay.layer_paths(sb["super_opts"]):
             if not path.startswith("/"):
                 raise DumpError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
-            found = overlay.resolve(path, mounts, oldest["uid"])
+            if not unique:
+                late = overlay.overmounted_after(path, mounts, oldest["id"])
+                if late is not None:
+                    raise DumpError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
+                                                      f"{late.mnt_id} ({late.mountpoint}), which may have been "
+                                                      "mounted over it after the overlay; without unique mount ids "
+                                                      "(STATX_MNT_ID_UNIQUE, Linux >= 6.8) dump cannot tell which "
+                                                      "mount holds the layer")
+            found = overlay.resolve(path, mounts, oldest["uid"] if unique else None, unique)
             if found is None:
                 raise DumpError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
                                               f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
@@ -1241,14 +1275,18 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
         done.setdefault(sid, []).append(root)
 
 
-def _pid_identity(piddir: str) -> tuple[int, bytes]:
-    """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`)."""
-    with open(f"{piddir}/status", "rb") as f:
-        nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
+def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
+    """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`); None for a
+    zombie (its namespace links are gone, so no proc mount can be matched through it)."""
     with open(f"{piddir}/stat", "rb") as f:
         data = f.read()
-    # starttime is field 22; fields after comm (which may hold spaces) start at field 3
-    return int(nspid), data[data.rindex(b")") + 2:].split()[19]
+    # fields after comm (which may hold spaces): state is field 3, starttime field 22
+    fields = data[data.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    with open(f"{piddir}/status", "rb") as f:
+        nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
+    return int(nspid), fields[19]
 
 
 def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:

@@ -21,6 +21,28 @@ class FdMaker:
         self.keep: list[int] = []
         self.descs: dict[str, int] = {}
 
+    def prepare(self, processes: list[dict], chans: dict) -> None:
+        """Make the objects that must exist before any fd (FdKind.prepare), once every stand-in has
+        entered its root: each kind gets its objects and their holders as (entry, stand-in call)."""
+        holders: dict[str, list] = {}
+        for p in processes:
+            chan = chans[p["pid"]]
+            for e in p["fds"]:
+                if "obj" in e:
+                    holders.setdefault(e["obj"], []).append((e, chan))
+        for key, obj in self.objects.items():
+            kind = fds.lookup(obj["kind"])
+            if kind.prepare is None or key not in holders:
+                continue
+
+            def call(chan, fn, args, sent=(), kind=kind):
+                return chan.call(("kind", kind.name, fn, args), list(sent))[1]
+
+            got = kind.prepare(key, obj, holders[key], call)
+            if got is not None:
+                self.state[key] = got
+                self.keep.extend(got)
+
     def open(self, entry: dict, chan) -> tuple[int, bool]:
         """(our fd for `entry`, whether it is a new description); the caller sends and closes the fd."""
         desc = entry.get("desc")

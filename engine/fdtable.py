@@ -29,7 +29,7 @@ class FdTable:
             self._pidfds[pid] = kernel.pidfd_open(pid)
         return self._pidfds[pid]
 
-    def entry(self, pid: int, f: dict, place=None) -> dict:
+    def entry(self, pid: int, f: dict, place=None, mounts=()) -> dict:
         """The image entry of fd record `f` (from dump._inspect_ns) of process `pid`; its "placed" key
         says whether the caller must add the mount and path (popped by the caller)."""
         kind = fds.classify(f["target"], f["mode"])
@@ -38,7 +38,8 @@ class FdTable:
                                                 f"{fds.describe(f['target'])} fds are not supported")
         d = fds.DumpFd(pid=pid, fd=f["fd"], target=f["target"], mode=f["mode"], flags=f["flags"], pos=f["pos"],
                        pidfd=self._pidfd(pid), objects=self.objects, scratch=self.scratch,
-                       in_ns=f.get("in_ns"), place=place, mnt=f.get("mnt_id", 0))
+                       in_ns=f.get("in_ns"), place=place, mnt=f.get("mnt_id", 0),
+                       mounts=list(mounts))
         try:
             payload = kind.dump(d)
         except fds.FdError:

@@ -34,6 +34,8 @@ FEATURES = {
     "MOVE_MOUNT_SET_GROUP": (False, "5.15"),
     "statmount/listmount": (False, "6.8"),
     "STATX_MNT_ID_UNIQUE": (False, "6.8"),
+    # without it: new superblocks are attached in a yard and cloned from there
+    "open_tree(detached)": (False, "6.15"),
 }
 
 
@@ -105,6 +107,20 @@ def _probe_in_child() -> dict[str, tuple[bool, str]]:
     attempt("MOVE_MOUNT_SET_GROUP", set_group)
     attempt("statmount/listmount", lambda: kernel.statmount(kernel.listmount()[0]) and None)
     attempt("STATX_MNT_ID_UNIQUE", lambda: kernel.statx_mnt_id("/", unique=True) and None)
+
+    def clone_detached():
+        fd = kernel.fsopen("tmpfs")
+        try:
+            kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
+            mnt = kernel.fsmount(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.close(kernel.open_tree(mnt, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH))
+        finally:
+            os.close(mnt)
+
+    attempt("open_tree(detached)", clone_detached)
     return res
 
 

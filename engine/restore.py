@@ -46,7 +46,7 @@ import signal
 import stat
 
 from engine import (channel, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo, sharing,
-                    standin)
+                    standin, strategy)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -106,23 +106,6 @@ def attr_of(mount_opts) -> tuple[int, int]:
     return attr_set, (_ALL_FLAGS | kernel.MOUNT_ATTR__ATIME) & ~attr_set | kernel.MOUNT_ATTR__ATIME
 
 
-def _clones_detached() -> bool:
-    """Whether open_tree(OPEN_TREE_CLONE) accepts a detached mount (Linux >= 6.15)."""
-    fd = kernel.fsopen("tmpfs")
-    try:
-        kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
-        mnt = kernel.fsmount(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.close(kernel.open_tree(mnt, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH))
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(mnt)
-
-
 def _make_yard() -> int:
     """A tmpfs stacked on / of the service namespace (our own lookups of "/" still start below it)."""
     fd = kernel.fsopen("tmpfs")
@@ -173,8 +156,14 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
     _check_fd_numbers(doc)
-    if any(m.get("shared") or m.get("master") for ns in doc["mntns"].values() for m in ns["mounts"]):
-        features.require("MOVE_MOUNT_SET_GROUP", "restoring shared and slave mounts")
+    chosen = strategy.current()
+    if chosen.sharing == "refuse":
+        for ns in doc["mntns"].values():
+            for m in ns["mounts"]:
+                if m.get("shared") or m.get("master"):
+                    raise RestoreError(errno.ENOSYS, f"mount {m['id']} ({m['mountpoint']}) is shared or a slave: "
+                                                     "this kernel cannot rebuild peer groups (strategy sharing="
+                                                     "refuse; MOVE_MOUNT_SET_GROUP needs Linux >= 5.15)")
     img_fd = os.open(images_dir, os.O_PATH | os.O_DIRECTORY)
     # Ctrl-C kills the restorer (and so everything it made, see _restorer); here it is noted and
     # acted on once the restorer's answer is in, so a tree finished meanwhile is killed, not lost.
@@ -183,10 +172,12 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     try:
         try:
             pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
-        except forkrun.ChildError as e:
-            if interrupted:
+        except (forkrun.ChildError, OSError, ValueError) as e:
+            if interrupted:  # whatever the restorer's helpers said as they died
                 raise KeyboardInterrupt from None
-            raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+            if isinstance(e, forkrun.ChildError):
+                raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+            raise
         finally:
             os.close(img_fd)
         published = False
@@ -278,17 +269,15 @@ class _Restorer:
         self.current_ns: str | None = None
         # The host's /proc, reachable whatever mount namespace we stand in (reopening fds).
         self.hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        # Without mount_setattr (kernels before 5.12) flags and propagation go through mount(2)
-        # on attached mounts; MNTCR_NO_MOUNT_SETATTR=1 forces that path (to test it anywhere).
-        self.legacy = (os.environ.get("MNTCR_NO_MOUNT_SETATTR") == "1"
-                       or not features.available()["mount_setattr"].present)
-        # Before Linux 6.15 open_tree cannot clone a detached mount: new superblocks are then
-        # attached in a yard of the service namespace and cloned from there.
-        # MNTCR_ATTACHED_SOURCES=1 forces that path (to test it on any kernel).
-        attached = os.environ.get("MNTCR_ATTACHED_SOURCES") == "1" or not _clones_detached()
+        # The kernel-compatibility paths (engine.strategy, chosen in the parent before the fork).
+        chosen = strategy.current()
+        # flags=remount: without mount_setattr flags and propagation go through mount(2) on attached mounts.
+        self.legacy = chosen.flags == "remount"
+        # sources=yard: open_tree cannot clone a detached mount, so new superblocks are attached
+        # in a yard of the service namespace and cloned from there.
         # The root below the yard: setns into the service namespace puts us on top of it.
         self.service_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.yard = _make_yard() if attached else None
+        self.yard = _make_yard() if chosen.sources == "yard" else None
 
     def to_service(self) -> None:
         """Back into the service namespace (a copy of the host's)."""
@@ -1201,58 +1190,75 @@ class _Restorer:
         return os.open(f"self/fd/{self.ghost_fd[gid]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def _place_processes(self) -> None:
+        # Every stand-in enters its root first: some objects are made before any fd (a socket pair
+        # connected through a listener's name binds that name where the holder sees it).
+        for p in self.doc["processes"]:
+            self._enter(p)
+        try:
+            self._fds.prepare(self.doc["processes"], self.chans)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"fds: {e.strerror or e}") from None
         for p in self.doc["processes"]:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
-            try:
-                root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY) if loc.get("ghost")
-                             else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
-                             for loc in (p["root"], p["cwd"]))
-            except OSError as e:
-                raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
-            try:
-                chan.call(("enter",), [self.ns_fd[p["ns"]["mnt"]], root, cwd])
-            finally:
-                os.close(root)
-                os.close(cwd)
-            batch_items, batch_fds = [], []
-
-            def flush():
-                if batch_items:
-                    try:
-                        chan.call(("fds", list(batch_items)), batch_fds)
-                    finally:
-                        for fd in batch_fds:
-                            os.close(fd)
-                    batch_items.clear()
-                    batch_fds.clear()
-
-            after = []
-            for f in p["fds"]:
-                try:
-                    ext = self.ext_files.pop((p["pid"], f["fd"]), None)
-                    if ext is not None:
-                        fd, first = ext, False  # --external file[KEY]:HOSTPATH, opened on the host before assembly
-                    else:
-                        fd, first = self._fds.open(f, chan)
-                except OSError as e:
-                    what = f"{f['path']} on mount {f['mnt']}: " if "path" in f else ""
-                    raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
-                                                             f"{what}{e.strerror or e}") from None
-                if first and (todo := self._fds.after(f)) is not None:
-                    after.append(todo)
-                batch_items.append((f["fd"], bool(f["flags"] & _O_CLOEXEC_DUMPED)))
-                batch_fds.append(fd)
-                if len(batch_items) >= 200:
-                    flush()
-            flush()
-            self._map_files(p, chan, where)
-            for kind, fn, args in after:
-                try:
-                    chan.call(("kind", kind, fn, args))
-                except OSError as e:
-                    raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
+            self._place_fds(p, chan, where)
             step("process")
+
+    def _enter(self, p: dict) -> None:
+        """Put process p's stand-in into its mount namespace, root and cwd."""
+        chan = self.chans[p["pid"]]
+        where = f"process {p['pid']}"
+        try:
+            root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY) if loc.get("ghost")
+                         else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
+                         for loc in (p["root"], p["cwd"]))
+        except OSError as e:
+            raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
+        try:
+            chan.call(("enter",), [self.ns_fd[p["ns"]["mnt"]], root, cwd])
+        finally:
+            os.close(root)
+            os.close(cwd)
+
+    def _place_fds(self, p: dict, chan, where: str) -> None:
+        """Make process p's fds (engine/fds/), install them at their numbers, map its files."""
+        batch_items, batch_fds = [], []
+
+        def flush():
+            if batch_items:
+                try:
+                    chan.call(("fds", list(batch_items)), batch_fds)
+                finally:
+                    for fd in batch_fds:
+                        os.close(fd)
+                batch_items.clear()
+                batch_fds.clear()
+
+        after = []
+        for f in p["fds"]:
+            try:
+                ext = self.ext_files.pop((p["pid"], f["fd"]), None)
+                if ext is not None:
+                    fd, first = ext, False  # --external file[KEY]:HOSTPATH, opened on the host before assembly
+                else:
+                    fd, first = self._fds.open(f, chan)
+            except OSError as e:
+                what = f"{f['path']} on mount {f['mnt']}: " if "mnt" in f else ""
+                raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
+                                                         f"{what}{e.strerror or e}") from None
+            if first and (todo := self._fds.after(f)) is not None:
+                after.append(todo)
+            batch_items.append((f["fd"], bool(f["flags"] & _O_CLOEXEC_DUMPED)))
+            batch_fds.append(fd)
+            if len(batch_items) >= 200:
+                flush()
+        flush()
+        self._map_files(p, chan, where)
+        for kind, fn, args in after:
+            try:
+                chan.call(("kind", kind, fn, args))
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
 
     def _map_files(self, p: dict, chan, where: str) -> None:
         """Have the stand-in map the files the process mapped (and its executable), from their mounts."""

@@ -238,3 +238,50 @@ subprocess.run(["mount", "-t", "tmpfs", "cover", "/mnt/t"], check=True)
         maps = state.root.maps
         # /mnt/t#1: the first mount at /mnt/t, beneath the cover (topology's label of a stack).
         assert "/mnt/t/lib.so mnt=/mnt/t#1" in maps and "/mnt/b/data mnt=/mnt/b" in maps, maps
+
+
+def test_unix_socket_bound_through_proc_fd_and_dangling(case):
+    """conmon's ways: a listening socket bound as /proc/self/fd/N/attach (its file in a directory
+    reached through an fd, which is closed since), and a connected socket whose peer is gone."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir -p /mnt/t/userdata
+""" + py_hold("""
+import socket
+d = os.open("/mnt/t/userdata", os.O_PATH)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); s.bind(f"/proc/self/fd/{d}/attach"); s.listen(10)
+os.dup2(s.fileno(), 10); os.close(d)
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET); b.close(); os.dup2(a.fileno(), 11)
+""")
+    before, after = case.roundtrip(setup, check="ls -l /mnt/t/userdata | cut -c1")
+    assert re.search(r"name='/proc/self/fd/\d+/attach' listening=1", _fd(after, 10)), _fd(after, 10)
+    assert "connected=True" in _fd(after, 11)
+    assert after.snap.check_output.splitlines()[-1] == "s"
+
+
+@pytest.mark.parametrize("name", ["path", "abstract"])
+def test_unix_connection_through_a_listener(case, name):
+    """A service listening on a name, a client (another process) connected to it and the accepted
+    connection, with data queued both ways: the accepted end keeps the listener's name, the
+    client's peer name is the listener's, and the listener still works."""
+    addr = '"/mnt/t/srv.sock"' if name == "path" else 'b"\\0zdtm-srv"'
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold(f"""
+import socket
+addr = {addr}
+lst = socket.socket(socket.AF_UNIX); lst.bind(addr); lst.listen(4)
+c = socket.socket(socket.AF_UNIX); c.connect(addr)
+a, _ = lst.accept(); a.send(b"hello client"); c.send(b"hi")
+if os.fork() == 0:
+    os.dup2(c.fileno(), 20)
+else:
+    os.dup2(lst.fileno(), 20); os.dup2(a.fileno(), 21)
+for s in (lst, c, a): s.close()
+""")
+    before, after = case.roundtrip(setup)
+    lines = after.snap.sharing.splitlines()
+    assert any(re.fullmatch(r"socketpair P\d:2[01] \| P\d:2[01]", line) for line in lines), lines
+    fds = [line for p in after.snap.procs for line in p.fds if line.startswith(("20:", "21:"))]
+    assert sum("listening=1" in line for line in fds) == 1, fds
+    assert any("listening=0 connected=True inq=2" in line and "srv" in line for line in fds), fds
+    assert any("name='' listening=0 connected=True inq=12" in line for line in fds), fds

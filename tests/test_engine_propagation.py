@@ -183,13 +183,13 @@ hold
 def test_peers_no_member_covers(case, monkeypatch, how):
     """A peer group of /a and /b binds (their "/" mount gone) and a slave group rooted at /c/d
     outside both: restored through a helper mount of the superblock's root, detached (Linux
-    >= 6.15), attached in a yard (older kernels: MNTCR_ATTACHED_SOURCES=1), or with mount(2)
-    for propagation (no mount_setattr: MNTCR_NO_MOUNT_SETATTR=1). Propagation still works: a
+    >= 6.15), attached in a yard (older kernels: MNTCR_STRATEGY=sources=yard), or with mount(2)
+    for propagation (no mount_setattr: MNTCR_STRATEGY=flags=remount). Propagation still works: a
     mount under the master's subtree reaches the slave."""
     if how == "yard":
-        monkeypatch.setenv("MNTCR_ATTACHED_SOURCES", "1")
+        monkeypatch.setenv("MNTCR_STRATEGY", "sources=yard")
     elif how == "mount2":
-        monkeypatch.setenv("MNTCR_NO_MOUNT_SETATTR", "1")
+        monkeypatch.setenv("MNTCR_STRATEGY", "flags=remount")
     setup = """
 mkdir -p /mnt/t /mnt/pa /mnt/pb /mnt/pd /mnt/pc
 mount -t tmpfs t /mnt/t; mount --make-shared /mnt/t

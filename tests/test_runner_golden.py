@@ -71,3 +71,25 @@ def test_a_broken_golden_file_is_a_scenario_error(tmp_path):
     (tmp_path / "s.out").write_text("stray\n")
     with pytest.raises(scenario.ScenarioError, match=r"s\.out: golden output: .*before the first"):
         scenario.load(str(path))
+
+
+def test_concurrent_updates_of_one_file_keep_every_section(tmp_path):
+    import os
+    path = tmp_path / "s.yaml"
+    path.write_text(SCEN)
+    combos = scenario.load(str(path)).render_all()
+    pids = []
+    for sc in combos:  # two xdist workers writing sections of the same file
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for i in range(30):
+                    golden.update(sc, f"{sc.params['a']} {i}\n")
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    assert [os.waitstatus_to_exitcode(os.waitpid(p, 0)[1]) for p in pids] == [0, 0]
+    assert (tmp_path / "s.out").read_text() == "=== a=1\n1 29\n=== a=2\n2 29\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.out", "s.yaml"]

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import difflib
 import fcntl
-import hashlib
 import os
 import re
-import tempfile
 
 SECTION = "=== "
 _EXIT = re.compile(r"\[exit (\d+)\]\n\Z")
@@ -121,8 +119,9 @@ def update(scenario, output: str) -> str:
     sectioned = bool(scenario.params)
     # the file's matrix order, so that sections keep their place whichever worker writes first
     order = [scenario_mod.param_id(c) for c in scenario_mod.load(scenario.path).combinations()]
-    lock_name = "zdtm-golden-" + hashlib.sha256(os.path.abspath(path).encode()).hexdigest()[:16] + ".lock"
-    with open(os.path.join(tempfile.gettempdir(), lock_name), "w") as lock:
+    # the scenario's directory is the lock (a flock on a directory fd): no lock file is left behind
+    lock = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY | os.O_DIRECTORY)
+    try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         sections = load(scenario.path, sectioned) or {}
         sections[scenario.param_id if sectioned else ""] = output
@@ -131,4 +130,6 @@ def update(scenario, output: str) -> str:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    finally:
+        os.close(lock)  # releases the flock
     return path

@@ -70,6 +70,7 @@ class Requires:
     filesystems: tuple[str, ...] = ()
     commands: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
+    strategy: tuple[str, ...] = ()   # "axis=value" choices of engine.strategy
 
 
 @dataclass(frozen=True)
@@ -304,4 +305,18 @@ def missing_requirement(req: Requires, features: dict | None = None) -> str | No
             if not f.present:
                 since = f" (kernel >= {f.since})" if getattr(f, "since", None) else ""
                 return f"kernel feature {name}{since} is missing: {f.detail}"
+    if req.strategy:
+        from engine import features as engine_features, strategy
+        if features is None:
+            features = engine_features.available()
+        chosen, forced = strategy.choose({n: f.present for n, f in features.items()}, os.environ.get(strategy.ENV, ""))
+        for item in req.strategy:
+            if item not in chosen.names():
+                axis, value = item.split("=", 1)
+                fast, _, feature = strategy.AXES[axis]
+                since = engine_features.FEATURES.get(feature, (None, "?"))[1]
+                why = (f"{strategy.ENV} forces it" if axis in forced
+                       else f"kernel feature {feature} (kernel >= {since}) is missing" if value == fast
+                       else f"kernel feature {feature} is present")
+                return f"needs strategy {item}, this kernel uses {axis}={getattr(chosen, axis)}: {why}"
     return None

@@ -11,7 +11,7 @@ import re
 
 TOP_KEYS = {
     "description": "what real setup or bug this reproduces (string, required)",
-    "requires": "mapping with kernel, filesystems, commands, features",
+    "requires": "mapping with kernel, filesystems, commands, features, strategy",
     "params": "mapping NAME: [values...]; each combination is one test id",
     "exclude": "list of {NAME: value, ...} combinations to leave out of the matrix",
     "setup": "sh script run as root inside the scenario, ending in `exec zdtm-hold` (required)",
@@ -28,6 +28,7 @@ REQUIRES_KEYS = {
     "filesystems": "list of names from /proc/filesystems",
     "commands": "list of commands that must be on PATH",
     "features": "list of `mntcr check` feature names",
+    "strategy": "list of axis=value choices of the engine's kernel strategy (`mntcr check`, engine/strategy.py)",
 }
 CONTAINER_KEYS = {
     "root": "private (default) | slave: the container root is a slave of a peer group outside the tree",
@@ -143,6 +144,17 @@ def _str_list(path, lines, error, key, value) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _strategy(path, lines, error, value) -> tuple[str, ...]:
+    from engine import strategy
+    items = _str_list(path, lines, error, "requires.strategy", value)
+    try:
+        strategy.parse_override(",".join(items))
+    except strategy.StrategyError as e:
+        raise error(path, f"key 'requires.strategy': {str(e).split(': ', 1)[1]}",
+                    lines.get("requires.strategy")) from None
+    return items
+
+
 def _container(path, lines, error, value):
     """`container: {root: private|slave, host_dirs: private|slave|[names]}` -> Container."""
     from zdtm.scenario import Container
@@ -237,6 +249,7 @@ def build(sf, raw: dict, params: dict, error):
         filesystems=_str_list(path, lines, error, "requires.filesystems", req.get("filesystems", [])),
         commands=_str_list(path, lines, error, "requires.commands", req.get("commands", [])),
         features=_str_list(path, lines, error, "requires.features", req.get("features", [])),
+        strategy=_strategy(path, lines, error, req.get("strategy", [])),
     )
     check = raw.get("check")
     return Scenario(

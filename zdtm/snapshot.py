@@ -146,11 +146,13 @@ def _where(canon, mnt_id: int | None, elsewhere: dict) -> str:
 
 
 def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
-    """Files `pid` maps and its executable, with their mount labels, except those on mounts
+    """Files `pid` maps (its executable among them), with their mount labels, except those on mounts
     labelled in `ignore` (or beneath them) and those on no mount of the tree."""
     from engine import kernel
     out = set()
-    links = [f"/proc/{pid}/map_files/{n}" for n in os.listdir(f"/proc/{pid}/map_files")] + [f"/proc/{pid}/exe"]
+    # Not /proc/PID/exe: a stand-in cannot change its own (the kernel refuses while the old one is
+    # mapped), so the executable is compared as one of the mapped files only.
+    links = [f"/proc/{pid}/map_files/{n}" for n in os.listdir(f"/proc/{pid}/map_files")]
     for link in links:
         try:
             path = os.readlink(link)
@@ -161,7 +163,7 @@ def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
         # the tree's namespaces); mappings there are not compared (nor restored: engine/mappings.py).
         if label == "detached" or any(label == i or label.startswith(i.rstrip("/") + "/") for i in ignore):
             continue
-        out.add(("exe " if link.endswith("/exe") else "") + f"{path} mnt={label}")
+        out.add(f"{path} mnt={label}")
     return sorted(out)
 
 

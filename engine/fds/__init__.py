@@ -43,6 +43,7 @@ class DumpFd:
     scratch: dict = field(default_factory=dict)   # per-dump caches of the kinds (e.g. sock_diag tables)
     in_ns: object = None                          # what the kind's in_ns hook read
     place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}
+    mounts: list = field(default_factory=list)    # engine.mountinfo.Mount of the process's namespace
     _copy: int | None = None
 
     @property
@@ -123,6 +124,9 @@ class FdKind:
     mounts: Callable[[dict], list] = lambda entry: []
     # Its own fields of an image fd entry: name -> engine.imageformat.F (types; `check` does the rest).
     fields: dict = field(default_factory=dict)
+    # prepare(key, object, [(entry, chan)], call) -> fds kept as the object's restore state, made
+    # before any fd once all stand-ins entered their roots (call(chan, fn, args, fds) -> fds).
+    prepare: Callable | None = None
     # finish(objects, entries): once every fd is dumped, complete or refuse (a pty slave without master).
     finish: Callable[[dict, list], None] = lambda objects, entries: None
 

@@ -7,7 +7,8 @@ restored mount until the kernel hands out the same number (the numbers below
 it stay taken until every process holds its fds), unlocks it and gives back
 the terminal's termios and window size; slaves are then opened by path.
 
-Not done: a slave whose master the tree does not hold (refused at dump),
+A slave whose master the tree does not hold (a terminal from outside, on an
+external devpts) is reopened by path like any device node. Not done:
 controlling terminals and sessions, data in flight.
 """
 
@@ -79,9 +80,15 @@ def _finish(objects: dict, entries: list[dict]) -> None:
         if e.get("kind") != "pty":
             continue
         if e["obj"] not in masters:
-            raise FdError(errno.EOPNOTSUPP, f"fd {e['fd']} ({e.get('path')}): pty {objects[e['obj']]['index']} "
-                                            "whose master the tree does not hold (or holds on a detached mount): "
-                                            "not supported")
+            if e["end"] == "master":
+                raise FdError(errno.EOPNOTSUPP, f"fd {e['fd']} ({e.get('path')}): pty master on a detached mount: "
+                                                "not supported")
+            # A terminal from outside the tree (the one dump was started from, on an external
+            # devpts): reopened by path like any device node, as before ptys were a kind.
+            objects.pop(e.pop("obj"), None)
+            del e["kind"], e["end"]
+            e["type"] = "file"
+            continue
         e["ptmx"] = masters[e["obj"]]
 
 

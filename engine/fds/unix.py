@@ -19,10 +19,14 @@ from __future__ import annotations
 import base64
 import errno
 import os
+import re
 import socket
+import stat
 import struct
 
-from engine.imageformat import INT, STR, F, path_rule
+from engine import kernel
+
+from engine.imageformat import BOOL, DICT, INT, LOC, STR, F, path_rule, record
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -111,15 +115,24 @@ def _dump(d) -> dict:
             diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
         rec = diag.get(ino, {})
         out = {"type": TYPES[typ], **_name(s.getsockname())}
-        if "path" in out and not out["path"].startswith("/"):
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket bound to a relative path: not supported")
+        peer = rec.get("peer")
+        mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
+        if "path" in out and not mutual:
+            out["bound"] = _locate(d, out["path"], rec.get("vfs"))   # (an accepted end's name is its listener's)
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with connections not yet "
                                                 "accepted: not supported")
             return out
-        peer = rec.get("peer")
+        if not peer and "path" not in out and "abstract" not in out and _connected(s):
+            # Its peer is gone (closed by a process that exited: podman's end of conmon's sync
+            # socket): restored as one end of a pair whose other end is closed at once.
+            out["dangling"] = True
+            if _inq(c):
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a socket whose peer is gone: "
+                                                "not supported yet")
+            return out
         if peer:
             peer_rec = diag.get(peer, {})
             if peer_rec.get("peer") != ino:
@@ -127,9 +140,19 @@ def _dump(d) -> dict:
                                                 "pair (a named or listening one): not supported")
             a, b = sorted((ino, peer))
             obj = f"unixpair-{netns}-{a}-{b}"
-            d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
+            o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
             end = 0 if ino == a else 1
             out.update({"obj": obj, "end": end})
+            if "path" in out or "abstract" in out:
+                # The accepted end of a connection to a listener: its name is the listener's, and the
+                # other end's peer name too. Made again through a listener of that name.
+                if o.get("via", {}).get("end", end) != end or out["type"] == "dgram" \
+                        or _MAGIC.match(out.get("path", "")):
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
+                                                    "named, or named through /proc: not supported")
+                o["via"] = {"end": end, **{k: out[k] for k in ("path", "abstract") if k in out}}
+                for k in ("path", "abstract"):
+                    out.pop(k, None)
             if out["type"] == "stream":
                 n = _inq(c)
                 if n > MAX_DATA:
@@ -142,6 +165,71 @@ def _dump(d) -> dict:
         return out
     finally:
         s.close()
+
+
+_MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
+MAX_WALK = 100_000
+
+
+def _locate(d, name: str, vfs) -> dict:
+    """{mnt, path} of the socket file a path-bound socket made (its name may be relative, or go
+    through /proc/self/fd/N/, as conmon binds its attach socket): the name when it leads to the
+    socket's inode (sock_diag's VFS dev and ino), else a bounded search of the visible mounts of
+    that filesystem."""
+    if vfs is None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, but its socket file is gone: not supported")
+    ino, kdev = vfs
+    dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
+    root = f"/proc/{d.pid}/root"
+    if name.startswith("/") and not _MAGIC.match(name):
+        try:
+            st = os.stat(root + name, follow_symlinks=False)
+            if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
+                return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW), "socket")
+        except OSError:
+            pass
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    seen = 0
+    for m in sorted((m for m in d.mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
+        top = root + ("" if m.mountpoint == "/" else m.mountpoint)
+        try:
+            if kernel.statx_mnt_id(top) != m.mnt_id:   # (following /proc/PID/root itself)
+                continue   # covered
+        except OSError:
+            continue
+        stack = [top]
+        while stack:
+            here = stack.pop()
+            try:
+                entries = list(os.scandir(here))
+            except OSError:
+                continue
+            seen += len(entries)
+            if seen > MAX_WALK:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: socket file of {name} not found within {MAX_WALK} "
+                                                "entries: not supported")
+            for ent in entries:
+                try:
+                    st = ent.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if st.st_dev != dev:
+                    continue   # another mount (its own filesystem is searched as its own mount)
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(ent.path)
+                elif stat.S_ISSOCK(st.st_mode) and st.st_ino == ino:
+                    rel = ent.path[len(top):]
+                    return d.place(rel if m.mountpoint == "/" else m.mountpoint + rel, m.mnt_id, "socket")
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no visible mount "
+                                    "(beneath an overmount or detached): not supported")
+
+
+def _connected(s: socket.socket) -> bool:
+    try:
+        s.getpeername()
+        return True
+    except OSError:
+        return False
 
 
 def _inq(fd: int) -> int:
@@ -158,6 +246,8 @@ def _check(entry: dict, what: str) -> None:
         check_abs_path(entry["path"], what)
         if len(entry["path"]) > 107:
             _fail(f"{what}: socket path too long")
+        if not isinstance(entry.get("bound"), dict) or entry["bound"].get("detached"):
+            _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
     if "obj" in entry and entry.get("end") not in (0, 1):
@@ -165,10 +255,20 @@ def _check(entry: dict, what: str) -> None:
 
 
 def _check_object(obj: dict, what: str) -> None:
-    from engine.image import _fail
+    from engine.image import _fail, check_abs_path
     if obj.get("type") not in TYPES.values() or not isinstance(obj.get("data"), list) or len(obj["data"]) != 2 \
             or not all(isinstance(x, str) and len(x) <= MAX_DATA * 4 // 3 + 4 for x in obj["data"]):
         _fail(f"{what}: bad unix socket pair")
+    via = obj.get("via")
+    if via is not None:
+        if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
+            _fail(f"{what}: bad listener name of a socket pair")
+        if "path" in via:
+            check_abs_path(via["path"], what)
+            if len(via["path"]) > 107 or _MAGIC.match(via["path"]):
+                _fail(f"{what}: bad listener path of a socket pair")
+        elif not isinstance(via["abstract"], str) or len(via["abstract"]) > 148:
+            _fail(f"{what}: bad abstract listener name of a socket pair")
 
 
 _TYPE_NO = {v: k for k, v in TYPES.items()}
@@ -177,6 +277,10 @@ _TYPE_NO = {v: k for k, v in TYPES.items()}
 def _make(args, fds):
     """In the stand-in: a socket (or a pair) of its network namespace, bound and listening as dumped."""
     spec = args
+    if spec.get("dangling"):
+        a, b = socket.socketpair(socket.AF_UNIX, _TYPE_NO[spec["type"]])
+        b.close()
+        return None, [a.detach()]
     if spec.get("pair"):
         a, b = socket.socketpair(socket.AF_UNIX, _TYPE_NO[spec["type"]])
         out = [a.detach(), b.detach()]
@@ -189,18 +293,100 @@ def _make(args, fds):
         if "abstract" in spec:
             s.bind(b"\0" + base64.b64decode(spec["abstract"]))
         elif "path" in spec:
-            try:
-                import stat
-                if stat.S_ISSOCK(os.lstat(spec["path"]).st_mode):
-                    os.unlink(spec["path"])   # a dead socket's node: bind makes a new one
-            except FileNotFoundError:
-                pass
-            s.bind(spec["path"])
+            if _MAGIC.match(spec["path"]):
+                import fcntl
+                hi = fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 1024)   # off any fd number N it names
+                s.close()
+                s = socket.socket(fileno=hi)
+            _bind_path(s, spec, fds)
         if "listen" in spec:
             s.listen(spec["listen"])
         return None, [s.detach()]
     finally:
         s.close()
+
+
+def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
+    """Bind to the dumped name, the socket file landing in the directory received (fds[0]).
+
+    A name through /proc/self/fd/N/ is bound the same way, with that directory at N for the
+    call; any other name is bound as it reads, from the stand-in's restored root."""
+    name, d = spec["path"], fds[0] if fds else None
+    if d is not None:
+        try:
+            if stat.S_ISSOCK(os.lstat(spec["base"], dir_fd=d).st_mode):
+                os.unlink(spec["base"], dir_fd=d)   # the dumped socket's node: bind makes a new one
+        except FileNotFoundError:
+            pass
+    m = _MAGIC.match(name)
+    if m is None or d is None:
+        s.bind(name)
+        return
+    n = int(m[1])
+    import fcntl
+    # Whatever the stand-in holds at N (its channel, maybe) steps aside for the call: it is
+    # single-threaded, and N holds the same description again right after.
+    try:
+        saved = fcntl.fcntl(n, fcntl.F_DUPFD_CLOEXEC, 1024)
+    except OSError as e:
+        if e.errno != errno.EBADF:
+            raise
+        saved = None
+    cloexec = saved is not None and not os.get_inheritable(n)
+    os.dup2(d, n)
+    try:
+        s.bind(name)
+    finally:
+        if saved is None:
+            os.close(n)
+        else:
+            os.dup2(saved, n, inheritable=not cloexec)
+            os.close(saved)
+
+
+def _prepare(key: str, obj: dict, holders: list, call):
+    """A pair connected through a listener's name: the holder of its accepted end binds a
+    listener there, connects, accepts, and removes it again (before the tree's own sockets are
+    made, so the name is free). Returns [end 0, end 1]."""
+    via = obj.get("via")
+    if via is None:
+        return None
+    chan = next((ch for e, ch in holders if e.get("end") == via["end"]), holders[0][1])
+    spec = {"type": obj["type"], "data": obj["data"], "accepted": via["end"],
+            **{k: via[k] for k in ("path", "abstract") if k in via}}
+    return call(chan, "via", spec)
+
+
+def _via(spec, fds):
+    """In the stand-in: a connection through a temporary listener at the dumped name."""
+    t = _TYPE_NO[spec["type"]]
+    name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
+    lst = socket.socket(socket.AF_UNIX, t)
+    try:
+        if isinstance(name, str):
+            try:
+                if stat.S_ISSOCK(os.lstat(name).st_mode):
+                    os.unlink(name)
+            except FileNotFoundError:
+                pass
+        lst.bind(name)
+        lst.listen(1)
+        c = socket.socket(socket.AF_UNIX, t)
+        c.connect(name)
+        a, _ = lst.accept()
+    finally:
+        lst.close()
+        if isinstance(name, str):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+    ends = [None, None]
+    ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
+    for end, data in enumerate(spec.get("data") or ()):
+        if data:
+            os.write(ends[1 - end], base64.b64decode(data))
+    return None, ends
 
 
 def _open(r: RestoreFd) -> int:
@@ -213,12 +399,25 @@ def _open(r: RestoreFd) -> int:
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen") if k in e}
-        fd = r.standin("make", spec)[0]
+        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling") if k in e}
+        sent = []
+        if "bound" in e:
+            # The directory of its socket file, on the restored mount: the stand-in binds there.
+            b = e["bound"]
+            parent = b["path"].rsplit("/", 1)[0] or "/"
+            sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
+            spec["base"] = b["path"].rsplit("/", 1)[1]
+        try:
+            fd = r.standin("make", spec, sent)[0]
+        finally:
+            for x in sent:
+                os.close(x)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
 
 
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                check=_check, check_object=_check_object, standin={"make": _make}, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False)}))
+                mounts=lambda e: [e["bound"]["mnt"]] if "bound" in e else [],
+                check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
+                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False)}))

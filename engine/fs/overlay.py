@@ -5,6 +5,14 @@ mount time. Each absolute layer path is resolved in the namespace *as it was
 when the overlay was mounted*: mounts younger than the overlay (64-bit unique
 mount ids only grow) are skipped, so a layer that was overmounted afterwards
 is still found beneath the overmount (overlayfs-cr-thread.txt, case b).
+Before Linux 6.8 there are no unique ids, and legacy ids (the lowest free
+number) say nothing certain about age: `overmounted_after` names a layer
+directory that is itself a mount point with a larger legacy id than the
+overlay (it may have been mounted over the layer afterwards), and dump
+refuses it (engine.strategy, layers=refuse-ambiguous). A layer path crossing
+a mount above the layer directory is taken as it resolves now (the common
+case: layers on a tmpfs mounted before them; ids restored by our own restore
+are not in creation order, so they cannot decide that case either).
 
 Restore: a forked helper builds a private "yard" where each original layer
 path leads to a clone of the recorded layer directory, chroots into it and
@@ -62,25 +70,36 @@ def layer_paths(super_opts) -> list[tuple[str, str]]:
     return out
 
 
-def resolve(path: str, mounts, born: int | None) -> tuple[int, str] | None:
-    """The mount a layer `path` lay on when a mount with unique id `born` was created, and the path inside it.
-
-    `mounts` are engine.mountinfo.Mount records of one namespace with
-    `unique_id` set where known. Without unique ids every mount counts.
-    """
+def _top(path: str, mounts, born: int | None, unique: bool):
     best = None
     for m in mounts:
-        if born is not None and m.unique_id is not None and m.unique_id >= born:
+        uid = m.unique_id if unique else None
+        if born is not None and uid is not None and uid >= born:
             continue
         if not is_beneath(path, m.mountpoint):
             continue
-        key = (len(m.mountpoint), m.unique_id if m.unique_id is not None else m.mnt_id)
+        key = (len(m.mountpoint), uid if uid is not None else m.mnt_id)
         if best is None or key > best[0]:
             best = (key, m)
-    if best is None:
-        return None
-    m = best[1]
-    return m.mnt_id, "/" + rel_to(path, m.mountpoint)
+    return None if best is None else best[1]
+
+
+def resolve(path: str, mounts, born: int | None, unique: bool = True) -> tuple[int, str] | None:
+    """The mount a layer `path` lay on when a mount with unique id `born` was created, and the path inside it.
+
+    `mounts` are engine.mountinfo.Mount records of one namespace with
+    `unique_id` set where known. Without unique ids (or with `unique` False)
+    every mount counts: the path resolves as it does now.
+    """
+    m = _top(path, mounts, born, unique)
+    return None if m is None else (m.mnt_id, "/" + rel_to(path, m.mountpoint))
+
+
+def overmounted_after(path: str, mounts, overlay_id: int):
+    """Without unique ids: the mount at layer directory `path` itself when its legacy id is larger than
+    the overlay's (`overlay_id`): it may have been mounted over the layer after the overlay; else None."""
+    m = _top(path, mounts, None, False)
+    return m if m is not None and m.mountpoint == path and m.mnt_id > overlay_id else None
 
 
 # --- restore side -------------------------------------------------------------------

@@ -1,0 +1,145 @@
+"""The kernel-compatibility strategy (engine/strategy.py): chosen from probed features, forced only
+through MNTCR_STRATEGY, reported by `mntcr check`, nameable in a scenario's `requires`, and each
+slow path refusing what it cannot do at the right time (dump, with the tree left running)."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+import enginecase
+from enginecase import assert_same, case, host_mountinfo, mntcr, mounts_added, take  # noqa: F401
+from engine import strategy
+from engine.features import Feature
+from zdtm import scenario as sc
+
+NEW = {"MOVE_MOUNT_SET_GROUP": True, "mount_setattr": True, "open_tree(detached)": True,
+       "STATX_MNT_ID_UNIQUE": True}
+OLD = {name: False for name in NEW}   # a 5.10 kernel
+
+
+def test_choice_follows_features():
+    """Each axis takes its fast value exactly when its feature is present."""
+    assert strategy.choose(NEW)[0].names() == ["sharing=set-group", "flags=setattr", "sources=detached",
+                                               "layers=unique-ids"]
+    assert strategy.choose(OLD)[0].names() == ["sharing=refuse", "flags=remount", "sources=yard",
+                                               "layers=refuse-ambiguous"]
+    six_one = dict(NEW, **{"open_tree(detached)": False, "STATX_MNT_ID_UNIQUE": False})
+    assert strategy.choose(six_one)[0].names() == ["sharing=set-group", "flags=setattr", "sources=yard",
+                                                   "layers=refuse-ambiguous"]
+
+
+def test_override_forces_slow_paths_only():
+    """MNTCR_STRATEGY forces named axes; forcing a path whose facility is missing is refused, and so
+    is an unknown axis or value."""
+    chosen, forced = strategy.choose(NEW, "flags=remount, sources=yard")
+    assert (chosen.flags, chosen.sources, chosen.sharing) == ("remount", "yard", "set-group")
+    assert forced == {"flags", "sources"}
+    with pytest.raises(strategy.StrategyError, match="MOVE_MOUNT_SET_GROUP"):
+        strategy.choose(OLD, "sharing=set-group")
+    for bad in ("flags", "flags=fast", "colour=blue"):
+        with pytest.raises(strategy.StrategyError, match="known: sharing=set-group"):
+            strategy.choose(NEW, bad)
+
+
+def test_check_reports_strategy():
+    """`mntcr check` prints one line per axis with its value and why; a forced axis says so; a bad
+    override is one line and exit 2."""
+    r = mntcr("check")
+    lines = {m[1]: (m[2], m[3]) for m in re.finditer(r"^  (\w+)\s+(\S+)\s+\((.*)\)$", r.stdout, re.M)}
+    assert sorted(lines) == sorted(strategy.AXES), r.stdout
+    assert all(why.endswith(("present", "missing")) for _, why in lines.values()), r.stdout
+    r = mntcr("check", env={"MNTCR_STRATEGY": "layers=refuse-ambiguous"})
+    assert re.search(r"^  layers\s+refuse-ambiguous\s+\(forced by MNTCR_STRATEGY\)$", r.stdout, re.M), r.stdout
+    r = mntcr("check", env={"MNTCR_STRATEGY": "layers=maybe"})
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().count("\n") == 0 and "layers=maybe" in r.stderr
+
+
+def _features(have: dict[str, bool]) -> dict[str, Feature]:
+    return {n: Feature(n, p, "ok" if p else "Function not implemented", False, "5.15") for n, p in have.items()}
+
+
+def test_requires_strategy():
+    """`requires.strategy` skips a scenario whose named choice this kernel does not make, with the
+    facility named; a choice it makes runs; an unknown choice is a schema error."""
+    req = sc.Requires(strategy=("sharing=set-group",))
+    assert sc.missing_requirement(req, _features(NEW)) is None
+    why = sc.missing_requirement(req, _features(OLD))
+    assert "sharing=set-group" in why and "MOVE_MOUNT_SET_GROUP" in why and "5.15" in why, why
+    why = sc.missing_requirement(sc.Requires(strategy=("layers=refuse-ambiguous",)), _features(NEW))
+    assert "STATX_MNT_ID_UNIQUE is present" in why, why
+
+
+def test_requires_strategy_schema(tmp_path):
+    """A scenario naming an unknown strategy choice fails to load, naming the key."""
+    p = tmp_path / "bad.yaml"
+    p.write_text("description: x\nrequires:\n  strategy: [sharing=maybe]\nsetup: exec zdtm-hold\n")
+    with pytest.raises(Exception, match=r"requires\.strategy.*sharing=maybe"):
+        sc.load(str(p)).render_all()
+
+
+OVERMOUNTED = """
+mkdir -p /run/ovl /mnt/merged
+mount -t tmpfs ovl /run/ovl
+mkdir -p /run/ovl/lower /run/ovl/upper /run/ovl/work
+echo real > /run/ovl/lower/f
+mount -t overlay overlay -o lowerdir=/run/ovl/lower,upperdir=/run/ovl/upper,workdir=/run/ovl/work /mnt/merged
+{decoy}
+hold
+"""
+
+
+def test_overmounted_layer_refused_without_unique_ids(case):
+    """Without unique mount ids (forced: layers=refuse-ambiguous) an overlay whose lower path now
+    resolves to a mount younger than it is refused at dump, one line naming both mounts and the
+    facility, the tree left running; the same overlay without the decoy dumps and restores."""
+    env = {"MNTCR_STRATEGY": "layers=refuse-ambiguous"}
+    pid = case.start(OVERMOUNTED.format(decoy="mount -t tmpfs decoy /run/ovl/lower; echo decoy > /run/ovl/lower/f"))
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
+    assert r.returncode == 2, r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line
+    assert re.search(r"^mntcr dump: mount \d+ \(/mnt/merged\) on overlay: its layer lowerdir=/run/ovl/lower "
+                     r"now lies on mount \d+ \(/run/ovl/lower\).*STATX_MNT_ID_UNIQUE, Linux >= 6\.8", line), line
+    assert not os.path.exists(images)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
+
+    plain = case.start(OVERMOUNTED.format(decoy=""))
+    before = take(plain, "cat /mnt/merged/f")
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(plain), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
+    assert r.returncode == 0, r.stderr
+    new = case.restore(images)
+    assert_same(before, take(new, "cat /mnt/merged/f"))
+
+
+def test_sharing_refused_when_forced(case):
+    """sharing=refuse (no MOVE_MOUNT_SET_GROUP): dump refuses a tree with a shared mount before
+    stopping it, one line naming the mount and the kernel that restores it, the tree left running;
+    an image made elsewhere is refused at restore the same way, nothing mounted on the host."""
+    env = {"MNTCR_STRATEGY": "sharing=refuse"}
+    pid = case.start("mkdir /mnt/s /mnt/p; mount -t tmpfs s /mnt/s; mount --make-shared /mnt/s\n"
+                     "mount -t tmpfs p /mnt/p\nhold\n")
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/s\): shared or slave, .*no MOVE_MOUNT_SET_GROUP; "
+                        r"Linux >= 5\.15 restores them\); the tree keeps running\n", r.stderr), r.stderr
+    assert not os.path.exists(images)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
+
+    case.dump(pid, images)
+    mounts = host_mountinfo()
+    pidfile = images + ".pid"
+    r = mntcr("restore", "-D", images, *enginecase.RESTORE_EXTERNALS, "--pidfile", pidfile, env=env)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr restore: mount \d+ \(/mnt/s\) is shared or a slave: .*sharing=refuse.*"
+                        r"MOVE_MOUNT_SET_GROUP needs Linux >= 5\.15\)\n", r.stderr), r.stderr
+    assert mounts_added(mounts, host_mountinfo()) == []
+    assert not os.path.exists(pidfile)
