@@ -60,7 +60,10 @@ zdtm_kopts() { sed 's/,\(uuid\|redirect_dir\|index\|xino\|metacopy\|nfs_export\|
 zdtm_host() {
     _src=$(findmnt -n -o SOURCE -T /usr | head -n 1 | sed 's/\[.*//')
     _type=$(findmnt -n -o FSTYPE -T /usr | head -n 1)
-    if [ -z "$_src" ]; then cat; else sed "s|$_type $_src\b|HOST|g;s|$_src\b|HOST|g"; fi
+    # whole fields only: in a VM the root's source is "overlay", which must not eat "ctr-overlay"
+    if [ -z "$_src" ]; then cat; else
+        sed -E "s#(^|[[:space:]])$_type $_src([[:space:]]|\[|\$)#\1HOST\2#g;s#(^|[[:space:]])$_src([[:space:]]|\[|\$)#\1HOST\2#g"
+    fi
 }
 """
 
