@@ -534,6 +534,17 @@ def dumped_image(tmp_path_factory, setup: str, reason: str):
         c.close()
 
 
+def ext4_on_loop(tmp_path, name: str = "disk.img") -> tuple[str, str]:
+    """A fresh 32 MiB ext4 image under tmp_path attached to a free loop device: (image path,
+    /dev/loopN). The caller detaches it (losetup -d)."""
+    img = str(tmp_path / name)
+    subprocess.run(["truncate", "-s", "32M", img], check=True)
+    subprocess.run(["mkfs.ext4", "-q", img], check=True)
+    dev = subprocess.run(["losetup", "--find", "--show", img], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    return img, dev
+
+
 def copy_image(img: str, dest: str) -> str:
     """A copy of image directory `img` at DEST/img (symlinks kept as links)."""
     out = os.path.join(str(dest), "img")

@@ -15,6 +15,7 @@ import subprocess
 
 import pytest
 
+import enginecase
 from enginecase import case  # noqa: F401  (fixture)
 
 LOOP_NODES = "mknod /dev/loop-control c 10 237; for i in $(seq 0 31); do mknod /dev/loop$i b 7 $i; done\n"
@@ -177,11 +178,7 @@ mkdir /mnt/fs; mount -o loop /tmp/disk.img /mnt/fs; echo data > /mnt/fs/f; exec 
 
 def test_block_device_declared_external(case, tmp_path):
     _need("mkfs.ext4", "losetup")
-    img = tmp_path / "ext.img"
-    subprocess.run(["truncate", "-s", "32M", str(img)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", str(img)], check=True)
-    dev = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    img, dev = enginecase.ext4_on_loop(tmp_path, "ext.img")
     try:
         rdev = os.stat(dev).st_rdev
         majmin = f"{os.major(rdev)}:{os.minor(rdev)}"

@@ -125,11 +125,7 @@ def test_volume_of_host_disk_asks_for_the_mount(case, tmp_path):
     for cmd in ("mkfs.ext4", "losetup"):
         if shutil.which(cmd) is None:
             pytest.skip(f"{cmd} is not installed (Debian packages e2fsprogs, mount)")
-    img = tmp_path / "disk.img"
-    subprocess.run(["truncate", "-s", "32M", str(img)], check=True)
-    subprocess.run(["mkfs.ext4", "-q", str(img)], check=True)
-    dev = subprocess.run(["losetup", "--find", "--show", str(img)], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    _, dev = enginecase.ext4_on_loop(tmp_path)
     try:
         rdev = os.stat(dev).st_rdev
         pid = case.start(f"mknod /dev/disk b {os.major(rdev)} {os.minor(rdev)}; mkdir /mnt/fs /mnt/vol\n"

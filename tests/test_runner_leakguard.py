@@ -5,6 +5,7 @@ text, in a forked child's private mount namespace, or in a pytest session
 started inside `unshare -m --propagation private`.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -298,10 +299,11 @@ def test_runs_meanwhile():
 }
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),
-                    reason="needs root, unshare and nsenter for a throwaway mount namespace")
-def test_foreign_mounts_warn_and_a_leak_is_named_at_its_own_test(pytester, tmp_path):
-    pytest.importorskip("xdist")
+@contextlib.contextmanager
+def _foreign_program(tmp_path):
+    """(flags dir, work dir, holder, foreign): a throwaway mount namespace held by `holder`, in
+    which `foreign` (FOREIGN, without the session's marker) mounts and unmounts like another
+    program on the host; both are killed on exit."""
     flags, work = tmp_path / "flags", tmp_path / "work"
     flags.mkdir()
     work.mkdir()
@@ -317,6 +319,19 @@ def test_foreign_mounts_warn_and_a_leak_is_named_at_its_own_test(pytester, tmp_p
                                     FOREIGN.format(flags=flags, work=work)],
                                    env={k: v for k, v in os.environ.items() if k != leakguard.SESSION_ENV},
                                    stdin=subprocess.DEVNULL)
+        yield flags, work, holder, foreign
+    finally:
+        for p in (foreign, holder):
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),
+                    reason="needs root, unshare and nsenter for a throwaway mount namespace")
+def test_foreign_mounts_warn_and_a_leak_is_named_at_its_own_test(pytester, tmp_path):
+    pytest.importorskip("xdist")
+    with _foreign_program(tmp_path) as (flags, work, holder, foreign):
         pytester.makeconftest('pytest_plugins = ["zdtm.plugin"]\n')
         for name, text in BUSY_TESTS.items():
             pytester.makepyfile(**{name: text.format(flags=str(flags), holder=holder.pid)})
@@ -341,31 +356,12 @@ def test_foreign_mounts_warn_and_a_leak_is_named_at_its_own_test(pytester, tmp_p
             "HOST MOUNT CHANGES BY OTHER PROGRAMS")[1]
         assert "foreign-runtime" not in out.split("LEAKED MOUNTS")[1].split("HOST MOUNT CHANGES")[0]
         assert result.ret == 1
-    finally:
-        for p in (foreign, holder):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"),
                     reason="needs root, unshare and nsenter for a throwaway mount namespace")
 def test_a_run_with_only_foreign_mount_changes_is_green(pytester, tmp_path):
-    flags, work = tmp_path / "flags", tmp_path / "work"
-    flags.mkdir()
-    work.mkdir()
-    holder = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sleep", "600"],
-                              stdin=subprocess.DEVNULL)
-    foreign = None
-    try:
-        for _ in range(200):
-            if os.readlink(f"/proc/{holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
-                break
-            time.sleep(0.05)
-        foreign = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-m", "sh", "-ec",
-                                    FOREIGN.format(flags=flags, work=work)],
-                                   env={k: v for k, v in os.environ.items() if k != leakguard.SESSION_ENV},
-                                   stdin=subprocess.DEVNULL)
+    with _foreign_program(tmp_path) as (flags, work, holder, foreign):
         pytester.makeconftest('pytest_plugins = ["zdtm.plugin"]\n')
         pytester.makepyfile(test_b=BUSY_TESTS["test_b"].format(flags=str(flags)).replace(
             '    _wait({flags!r} + "/a-leaked")\n'.format(flags=str(flags)), ""))
@@ -381,8 +377,3 @@ def test_a_run_with_only_foreign_mount_changes_is_green(pytester, tmp_path):
         assert "HOST MOUNT CHANGES BY OTHER PROGRAMS" in out
         assert "LEAKED MOUNTS" not in out and "DISAPPEARED" not in out
         assert result.ret == 0
-    finally:
-        for p in (foreign, holder):
-            if p is not None and p.poll() is None:
-                p.kill()
-                p.wait()
