@@ -558,6 +558,7 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
     this reads only mountinfo, never the filesystems.
     """
     seen: set[int] = set()
+    texts: list[str] = []
     for pid in pids:
         try:
             ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
@@ -575,6 +576,34 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
                 raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported; "
                                                   f"declare it with --external mnt[{mp}]:KEY")
         _refuse_sharing(text)
+        texts.append(text)
+    _check_construct(texts, ext_mnts)
+
+
+def _check_construct(texts: list[str], ext_mnts) -> None:
+    """Where peer groups are built while mounting (sharing=construct: no MOVE_MOUNT_SET_GROUP),
+    plan the construction now, from mountinfo alone, and refuse a tree no order builds while it
+    keeps running, naming the mount (engine/construct.py)."""
+    from engine import construct, strategy
+    if strategy.current().sharing != "construct":
+        return
+    mounts, ext_devs = [], set()
+    for text in texts:
+        for m in mountinfo.parse(text):
+            if m.mountpoint in ext_mnts:
+                ext_devs.add(m.dev)
+            mounts.append({"id": m.mnt_id, "parent": m.parent_id, "mountpoint": m.mountpoint, "root": m.root,
+                           "sb": m.dev, "shared": m.shared, "master": m.master,
+                           "external": m.mountpoint in ext_mnts, "unbindable": m.unbindable})
+    if not any(m["shared"] or m["master"] for m in mounts):
+        return
+    seen: dict[int, dict] = {}
+    for m in mounts:
+        seen.setdefault(m["id"], m)  # one entry per mount, however many namespaces list it
+    try:
+        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs)
+    except construct.PlanError as e:
+        raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
 
 
 def _refuse_sharing(text: str) -> None:
@@ -582,7 +611,7 @@ def _refuse_sharing(text: str) -> None:
     MOVE_MOUNT_SET_GROUP), refuse a tree with shared or slave mounts before it is stopped: restore
     here would refuse the image, and the tree would be lost."""
     from engine import strategy
-    if strategy.current().sharing == "set-group":
+    if strategy.current().sharing != "refuse":
         return
     found = []
     for line in text.splitlines():

@@ -45,8 +45,8 @@ import resource
 import signal
 import stat
 
-from engine import (channel, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo, sharing,
-                    standin, strategy)
+from engine import (channel, construct, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
+                    sharing, standin, strategy)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -692,8 +692,11 @@ class _Restorer:
                 raise RestoreError(err.errno, f"external {e['external']} ({path}) for mount {e['id']} "
                                               f"({e['mountpoint']}): {err.strerror}") from None
 
-    def _clone(self, m: dict, what: str = "mount") -> int:
-        fd = self._clone_plain(m, what)
+    def _clone(self, m: dict, what: str = "mount", base: tuple | None = None) -> int:
+        """A detached clone of m's root with its per-mount flags: private, from its superblock or
+        external source; or, with `base` = (fd, path beneath it) from engine.construct, a bind of
+        that mount that keeps the peer group and master it inherits."""
+        fd = self._clone_plain(m, what, base)
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if gid not in self.ghost_fd:
                 self._ghost(gid)
@@ -737,8 +740,10 @@ class _Restorer:
         finally:
             os.close(afd)
 
-    def _clone_plain(self, m: dict, what: str) -> int:
-        if m.get("ghost"):
+    def _clone_plain(self, m: dict, what: str, given: tuple | None = None) -> int:
+        if given is not None:
+            base, rel = given  # the caller stands where that mount may be cloned
+        elif m.get("ghost"):
             # Its root was unlinked: cloned from the ghost, recreated once and unlinked again.
             src = self.ghost_src.get(m["ghost"])
             if src is None:
@@ -748,7 +753,7 @@ class _Restorer:
             base, rel = src, ""
         else:
             base, rel = self._source(m)
-        if self.yard is not None:
+        if self.yard is not None and given is None:
             self.to_service()  # attached sources clone only from their own namespace
         try:
             if rel:
@@ -762,14 +767,15 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): cannot bind root "
                                         f"{m['root']}: {e.strerror}") from None
-        plain = (not self.doc["superblocks"][m["sb"]].get("external")
+        plain = (not self.doc["superblocks"][m["sb"]].get("external") and given is None
                  and frozenset(m["mount_opts"]) == self.base_opts.get(m["sb"], _PLAIN))
         # A clone of a fresh superblock is already private, with its base options: no call needed then.
         if not self.legacy and not plain:
             aset, aclr = attr_of(m["mount_opts"])
             try:
+                # A bind that is to keep the group it inherited (engine.construct) stays as it is.
                 kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr,
-                                     propagation=kernel.MS_PRIVATE)
+                                     propagation=kernel.MS_PRIVATE if given is None else 0)
             except OSError as e:
                 os.close(fd)
                 raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): setting "
@@ -818,11 +824,15 @@ class _Restorer:
                 self.referenced.update(fdkinds.mounts_used(f))
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
+        helper_ok = lambda sid: sid in self.doc["superblocks"] and not self.doc["superblocks"][sid].get("external")  # noqa: E731
         try:
-            self.sharing_ops = sharing.plan(
-                list(self.mounts.values()),
-                helper_ok=lambda sid: sid in self.doc["superblocks"] and not self.doc["superblocks"][sid].get("external"))
-        except sharing.PlanError as e:
+            if strategy.current().sharing == "construct":
+                # Built while mounting (engine.construct); nothing is left for the sharing step.
+                self.construct_ops = construct.plan(list(self.mounts.values()), helper_ok)
+                self.sharing_ops = []
+            else:
+                self.sharing_ops = sharing.plan(list(self.mounts.values()), helper_ok=helper_ok)
+        except (sharing.PlanError, construct.PlanError) as e:
             raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
         # Superblocks a helper mount is cloned from (at their root) in the sharing step.
         self.helper_sbs = {op[2] for op in self.sharing_ops if op[0] == "helper"}
@@ -903,6 +913,11 @@ class _Restorer:
         if pending:
             mid = next(iter(pending))
             raise RestoreError(errno.EINVAL, f"mount {mid}: children left unattached (parent cycle?)")
+        self.finish_assembly(service_fd)
+
+    def finish_assembly(self, service_fd: int) -> None:
+        """After every mount is attached: clone the detached mounts, unlink the ghosts again, close
+        the sources, and stand in the service namespace."""
         for d in self.detached.values():
             self.mnt_fd[d["id"]] = self._clone(d, "detached mount")
         for sid in self.helper_sbs:
@@ -932,6 +947,10 @@ class _Restorer:
         kernel.unshare(kernel.CLONE_NEWNS)
         self.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
         self.current_ns = ns_id
+        self._pivot_into(root)
+
+    def _pivot_into(self, root: dict) -> None:
+        """Make mount `root` the root of the namespace we stand in (a fresh copy of the service one)."""
         fd = self.mnt_fd[root["id"]]
         kernel.move_mount(fd, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
         os.fchdir(fd)
@@ -940,8 +959,9 @@ class _Restorer:
         os.chdir("/")
         step("pivot")
 
-    def _legacy_attrs(self, m: dict) -> None:
-        """Per-mount flags and private propagation with mount(2), on the attached mount (we stand in its ns)."""
+    def _legacy_attrs(self, m: dict, private: bool = True) -> None:
+        """Per-mount flags and private propagation (unless not `private`: engine.construct sets it)
+        with mount(2), on the attached mount (we stand in its ns)."""
         opts = set(m["mount_opts"])
         flags = kernel.MS_REMOUNT | kernel.MS_BIND | sum(f for name, f in _LEGACY_FLAGS.items() if name in opts)
         if not opts & {"noatime", "relatime"}:
@@ -950,7 +970,8 @@ class _Restorer:
             # The host /proc's self/fd/N names the mount itself (also a file bind; "." would not).
             os.fchdir(self.hostproc)
             kernel.mount(None, f"self/fd/{self.mnt_fd[m['id']]}", None, flags)
-            kernel.mount(None, f"self/fd/{self.mnt_fd[m['id']]}", None, kernel.MS_PRIVATE)
+            if private:
+                kernel.mount(None, f"self/fd/{self.mnt_fd[m['id']]}", None, kernel.MS_PRIVATE)
         except OSError as e:
             raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting "
                                         f"{','.join(m['mount_opts'])}: {e.strerror}") from None
@@ -1315,7 +1336,10 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     r.spawn_standins()
     r.open_externals()
     r.create_superblocks()
-    r.assemble(service_fd)
+    if strategy.current().sharing == "construct":
+        construct.assemble(r, service_fd)  # peer groups and masters made while mounting
+    else:
+        r.assemble(service_fd)
     r.restore_sharing()
     r.join_files()  # processes open files: all of them must be there
     r.seal()

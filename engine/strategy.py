@@ -5,8 +5,10 @@ primitive that carries out a step. Each such choice is an *axis* with a few
 named values, chosen once from the probed features (engine.features):
 
   sharing  set-group    MOVE_MOUNT_SET_GROUP copies peer groups and masters (Linux >= 5.15)
-           refuse       no way to join a mount to a group after the fact: restore refuses
-                        images with shared or slave mounts, naming one
+           construct    no way to join a mount to a group after the fact: each mount is made in
+                        its group while mounting, binds of a member, with propagation's copies
+                        accounted for (engine/construct.py); dump refuses a tree no order builds
+           refuse       (only when forced) dump and restore refuse shared or slave mounts
   flags    setattr      mount_setattr on the detached clones (Linux >= 5.12)
            remount      mount(2) MS_REMOUNT|MS_BIND and MS_PRIVATE etc. on attached mounts
   sources  detached     open_tree clones detached mounts (Linux >= 6.15)
@@ -32,10 +34,12 @@ import os
 from dataclasses import dataclass, fields
 
 ENV = "MNTCR_STRATEGY"
+# Values an axis takes only when forced (tests of the paths that refuse).
+EXTRA = {"sharing": ("refuse",)}
 
 # axis -> (value when the facility is present, value without it, the feature that decides)
 AXES = {
-    "sharing": ("set-group", "refuse", "MOVE_MOUNT_SET_GROUP"),
+    "sharing": ("set-group", "construct", "MOVE_MOUNT_SET_GROUP"),
     "flags": ("setattr", "remount", "mount_setattr"),
     "sources": ("detached", "yard", "open_tree(detached)"),
     "layers": ("unique-ids", "refuse-ambiguous", "STATX_MNT_ID_UNIQUE"),
@@ -76,8 +80,8 @@ def parse_override(text: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for item in filter(None, (x.strip() for x in text.split(","))):
         axis, sep, value = item.partition("=")
-        if not sep or axis not in AXES or value not in AXES[axis][:2]:
-            known = "; ".join(f"{a}={'|'.join(v[:2])}" for a, v in AXES.items())
+        if not sep or axis not in AXES or value not in AXES[axis][:2] + EXTRA.get(axis, ()):
+            known = "; ".join(f"{a}={'|'.join(v[:2] + EXTRA.get(a, ()))}" for a, v in AXES.items())
             raise StrategyError(f"{ENV}: {item!r} is not axis=value (known: {known})")
         out[axis] = value
     return out

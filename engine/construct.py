@@ -1,0 +1,766 @@
+"""Peer groups and masters by construction (strategy sharing=construct: no MOVE_MOUNT_SET_GROUP, Linux < 5.15).
+
+Without MOVE_MOUNT_SET_GROUP a mount can only *inherit* its peer group and
+master, when it is made (mounts-migration-talk.txt): a bind of a shared
+mount joins the group, a bind of a slave is a slave of the same master, and
+a mount attached under a shared parent is made shared and copied into every
+peer and slave of that parent. So restore builds each mount in the group it
+ends up in, in an order where propagation makes exactly the mounts the image
+has, and never one more:
+
+- a peer group's first mount to be made gets a *seed*: a temporary mount of
+  its superblock's root, attached in the service namespace's yard and made
+  shared (a slave group's seed is a bind of its master's seed, made slave,
+  then shared). Members are binds of their group's seed, so they are in the
+  group before they are attached;
+- mounts are attached in the image's creation order (parents first); when a
+  step would make propagation copy the mount somewhere, the copy must be a
+  mount of the image not made yet (at that place, same superblock and root):
+  it is *adopted*, not made again. A step whose copy the image lacks, or that
+  would slide a copy beneath a mount already there, is put off, and a later
+  mount is tried first;
+- right after each step the new mount and its copies get the propagation the
+  image gives them (make private, make slave of the current group, make
+  shared) when that reaches it; the seeds are made private and dropped at
+  the end (their group lives on in the members), and so are the copies that
+  propagation made inside them.
+
+The planner simulates the kernel's propagation (fs/pnode.c: peers, slave
+groups, copies only where the member's root covers the mount point) over
+every mount it has made, seeds and their copies included, so the same plan is
+checked at dump (a tree it cannot build is refused while it keeps running)
+and executed at restore. Groups it cannot build this way (copies the image
+lacks whatever the order, "reparenting" under a shared parent, a peer of a
+group outside the image) are refused, naming the mount; Linux >= 5.15
+restores them with MOVE_MOUNT_SET_GROUP.
+
+The plan is a list of tuples (ids < 0 are seeds):
+  ("seed", sid, sb, root, src)   attach a seed in the yard; src None: the superblock's root,
+                                 ("node", id, rel) a bind of made mount id, ("ext", id, rel) of
+                                 the host mount of external mount id
+  ("make", id, src)              clone mount id (src as above; None: a plain private clone)
+  ("attach", id, [copy ids])     attach it (a namespace root: make the namespace); the copies
+                                 propagation makes appear with it
+  ("prop", id, "private" | "slave" | "shared")
+  ("drop", sid)                  make the seed private and unmount it
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PlanError(ValueError):
+    """The tree cannot be built without MOVE_MOUNT_SET_GROUP (one line naming a mount)."""
+
+
+_NEED = "; Linux >= 5.15 restores it with MOVE_MOUNT_SET_GROUP"
+
+
+def _rel(path: str, base: str) -> str:
+    """`path` relative to `base` ("" when equal); None when not beneath it."""
+    if path == base:
+        return ""
+    prefix = base.rstrip("/") + "/"
+    return path[len(prefix):] if path.startswith(prefix) else None
+
+
+def _join(base: str, rel: str) -> str:
+    return base if not rel else base.rstrip("/") + "/" + rel
+
+
+@dataclass
+class _Node:
+    id: int
+    sb: object
+    root: str
+    mountpoint: str | None   # None: not in a restored tree (seed, copy inside a seed, host mount)
+    real: bool               # a mount of the image
+
+
+class _State:
+    """The simulated kernel state: each made mount's (peer group, master group) as tokens, with an
+    undo journal so a step that fails can be taken back."""
+
+    def __init__(self):
+        self.nodes: dict[int, _Node] = {}
+        self.ks: dict[int, object] = {}      # node -> peer group token or None
+        self.km: dict[int, object] = {}      # node -> master group token or None
+        self.members: dict[object, set] = {}
+        self.slaves: dict[object, set] = {}
+        self.bind: dict[int, object] = {}    # image group id -> token
+        self.tokbind: dict[object, int] = {}
+        self.occupied: dict[tuple[int, str], int] = {}  # (parent, mount point) -> child made there
+        self.made: set[int] = set()
+        self.next_token = 0
+        self.next_junk = -1_000_000
+        self.log: list = []
+
+    # -- journal -----------------------------------------------------------
+    def _dset(self, d: dict, k, v) -> None:
+        self.log.append(("d", d, k, d.get(k, _MISSING)))
+        d[k] = v
+
+    def _sadd(self, d: dict, k, x) -> None:
+        s = d.setdefault(k, set())
+        if x not in s:
+            s.add(x)
+            self.log.append(("s+", s, x))
+
+    def _sdel(self, d: dict, k, x) -> None:
+        s = d.get(k)
+        if s is not None and x in s:
+            s.discard(x)
+            self.log.append(("s-", s, x))
+
+    def mark(self) -> int:
+        return len(self.log)
+
+    def undo(self, mark: int) -> None:
+        while len(self.log) > mark:
+            e = self.log.pop()
+            if e[0] == "d":
+                _, d, k, old = e
+                if old is _MISSING:
+                    d.pop(k, None)
+                else:
+                    d[k] = old
+            elif e[0] == "s+":
+                e[1].discard(e[2])
+            elif e[0] == "s-":
+                e[1].add(e[2])
+            elif e[0] == "made":
+                self.made.discard(e[1])
+
+    def token(self) -> int:
+        self.next_token += 1
+        self.log.append(("n",))  # tokens are never reused: nothing to undo
+        return self.next_token
+
+    # -- state changes -------------------------------------------------------
+    def add(self, node: _Node, ks, km) -> None:
+        self._dset(self.nodes, node.id, node)
+        self.set_state(node.id, ks, km)
+        if node.real:
+            self.made.add(node.id)
+            self.log.append(("made", node.id))
+
+    def set_state(self, n: int, ks, km) -> None:
+        old_s, old_m = self.ks.get(n), self.km.get(n)
+        if old_s is not None:
+            self._sdel(self.members, old_s, n)
+        if old_m is not None:
+            self._sdel(self.slaves, old_m, n)
+        self._dset(self.ks, n, ks)
+        self._dset(self.km, n, km)
+        if ks is not None:
+            self._sadd(self.members, ks, n)
+        if km is not None:
+            self._sadd(self.slaves, km, n)
+
+    def _leave(self, n: int, new_master) -> None:
+        """n leaves its peer group; when it was the last member, the group's slaves move to
+        `new_master` (the kernel's do_make_slave)."""
+        s = self.ks.get(n)
+        if s is None:
+            return
+        if not (self.members.get(s, set()) - {n}):
+            for x in list(self.slaves.get(s, ())):
+                self.set_state(x, self.ks[x], new_master)
+
+    def make_private(self, n: int) -> None:
+        self._leave(n, self.km.get(n))
+        self.set_state(n, None, None)
+
+    def make_slave(self, n: int) -> None:
+        s, m = self.ks.get(n), self.km.get(n)
+        if s is None:
+            return
+        others = self.members.get(s, set()) - {n}
+        self._leave(n, m)
+        self.set_state(n, None, s if others else m)
+
+    def make_shared(self, n: int) -> None:
+        if self.ks.get(n) is None:
+            self.set_state(n, self.token(), self.km.get(n))
+
+    def bound(self, token) -> bool:
+        return token in self.tokbind
+
+    def do_bind(self, g: int, token) -> None:
+        self._dset(self.bind, g, token)
+        self._dset(self.tokbind, token, g)
+
+
+_MISSING = object()
+
+
+class _Planner:
+    def __init__(self, mounts, helper_ok, describe=None):
+        self.mounts = {m["id"]: m for m in mounts}
+        self.helper_ok = helper_ok
+        self.order = sorted(mounts, key=lambda m: (m.get("uid") or 0, m["id"]))
+        self.children: dict[tuple[int, str], list[dict]] = {}
+        for m in mounts:
+            if m.get("parent") is not None and m["parent"] in self.mounts:
+                self.children.setdefault((m["parent"], m["mountpoint"]), []).append(m)
+        self.by_shared: dict[int, list[dict]] = {}
+        for m in mounts:
+            if m.get("shared"):
+                self.by_shared.setdefault(m["shared"], []).append(m)
+        self.st = _State()
+        self.ops: list[tuple] = []
+        self.next_seed = -1
+        self.seeds: list[int] = []
+        # External masters: the host mounts (in the service namespace) that are slaves of them.
+        self.ext_nodes: dict[int, list[int]] = {}
+        self.ext_of: dict[int, int] = {}  # host-mount node -> its external mount
+        for m in mounts:
+            if m.get("external") and m.get("master") and m["master"] not in self.by_shared:
+                tok = ("ext", m["master"])
+                nid = -500_000 - m["id"]
+                self.st.add(_Node(nid, m["sb"], m["root"], None, False), None, tok)
+                self.st.do_bind(m["master"], tok)
+                self.ext_nodes.setdefault(m["master"], []).append(nid)
+                self.ext_of[nid] = m["id"]
+        self.st.log.clear()
+        self._constraints()
+
+    def _tree(self, g: int) -> list[dict]:
+        """The mounts of image peer group g's propagation tree: its members, its slaves, their groups'."""
+        out, seen, todo = [], set(), [g]
+        while todo:
+            t = todo.pop()
+            if t in seen:
+                continue
+            seen.add(t)
+            out.extend(self.by_shared.get(t, ()))
+            for x in self.slaves_of.get(t, ()):
+                if x.get("shared"):
+                    todo.append(x["shared"])
+                else:
+                    out.append(x)
+        return out
+
+    def _copy_candidate(self, c: dict, dentry: str, q: dict) -> bool:
+        rel = _rel(dentry, q["root"])
+        if rel is None:
+            return False
+        return any(x["sb"] == c["sb"] and x["root"] == c["root"] and x is not c
+                   for x in self.children.get((q["id"], _join(q["mountpoint"], rel)), ()))
+
+    def _constraints(self) -> None:
+        """Which mounts should wait for which (from the image alone): a mount attached under a shared
+        parent waits for the members of the parent's propagation tree that hold a copy of it (so
+        propagation makes that copy), and a member that holds no copy of it waits for it (so it gets
+        none). Only a preference: the simulation decides what is possible."""
+        self.slaves_of: dict[int, list[dict]] = {}
+        for m in self.mounts.values():
+            if m.get("master"):
+                self.slaves_of.setdefault(m["master"], []).append(m)
+        trees: dict[int, list[dict]] = {}
+        self.wait_for: dict[int, list[int]] = {}   # c -> mounts to make before c
+        self.blocks: dict[int, list[int]] = {}     # q -> mounts to attach before q is made
+        for c in self.mounts.values():
+            p = self.mounts.get(c.get("parent"))
+            if p is None or not p.get("shared"):
+                continue
+            tree = trees.get(p["shared"])
+            if tree is None:
+                tree = trees[p["shared"]] = self._tree(p["shared"])
+            if len(tree) > 1:
+                dentry = _join(p["root"], _rel(c["mountpoint"], p["mountpoint"]))
+                for q in tree:
+                    if q is p or q is c or _rel(dentry, q["root"]) is None:
+                        continue
+                    if self._copy_candidate(c, dentry, q):
+                        self.wait_for.setdefault(c["id"], []).append(q["id"])
+                    else:
+                        self.blocks.setdefault(q["id"], []).append(c["id"])
+
+    def _deferred(self, m: dict) -> bool:
+        made = self.st.made
+        return (any(q not in made for q in self.wait_for.get(m["id"], ()))
+                or any(c not in made for c in self.blocks.get(m["id"], ())))
+
+    @staticmethod
+    def where(m: dict) -> str:
+        return f"mount {m['id']} ({m['mountpoint']})"
+
+    # -- sources ---------------------------------------------------------------
+    def _src_of(self, nid: int, root: str):
+        """The plan's spelling of "a bind of node nid at root"."""
+        node = self.st.nodes[nid]
+        rel = _rel(root, node.root)
+        if nid in self.ext_of:
+            return ("ext", self.ext_of[nid], rel)
+        return ("node", nid, rel)
+
+    def _find(self, sb, root: str, ks, km, peer_only=False) -> int | None:
+        """A made mount (seed first) of superblock sb, whose root covers `root`, in state (ks, km)
+        (peer_only: any member of group ks)."""
+        pool = self.st.members.get(ks, set()) if ks is not None else self.st.slaves.get(km, set())
+        best = None
+        for n in pool:
+            node = self.st.nodes[n]
+            if node.sb != sb or _rel(root, node.root) is None:
+                continue
+            if node.mountpoint is None and node.id not in self.seeds and node.id not in self.ext_of:
+                continue  # a copy inside a seed: not a source
+            if not peer_only and (self.st.ks[n], self.st.km[n]) != (ks, km):
+                continue
+            if node.real and node.mountpoint is not None:
+                rank = 1
+            else:
+                rank = 0
+            if best is None or (rank, len(node.root)) < best[0]:
+                best = ((rank, len(node.root)), n)
+        return best[1] if best else None
+
+    def _seed(self, sb, src, ops_after, root="/") -> int:
+        sid = self.next_seed
+        self.next_seed -= 1
+        self.seeds.append(sid)
+        self.ops.append(("seed", sid, sb, root, src))
+        return sid
+
+    def _ensure(self, g: int, sb) -> object:
+        """The token of image peer group g, making its seed when it has none yet."""
+        tok = self.st.bind.get(g)
+        if tok is not None:
+            return tok
+        members = self.by_shared.get(g)
+        if not members:
+            raise PlanError(f"peer group {g} has no mount in the image{_NEED}")
+        first = members[0]
+        if not self.helper_ok(first["sb"]):
+            raise PlanError(f"{self.where(first)}: its peer group {g} is on a filesystem the restore does not "
+                            f"create, so no temporary mount can start the group{_NEED}")
+        master = first.get("master")
+        if master:
+            if master in self._ensuring:
+                raise PlanError(f"peer group {g} is its own master through a cycle")
+            self._ensuring.add(master)
+            try:
+                mt = self._ensure(master, first["sb"])
+            finally:
+                self._ensuring.discard(master)
+            src = self._find(first["sb"], "/", mt, None, peer_only=True)
+            if src is None:
+                raise PlanError(f"{self.where(first)}: no mount of its master group {master} covers the root "
+                                f"of its superblock{_NEED}")
+            sid = self._seed(first["sb"], self._src_of(src, "/"), None)
+            self.st.add(_Node(sid, first["sb"], "/", None, False), self.st.ks[src], self.st.km[src])
+            self.ops.append(("prop", sid, "slave"))
+            self.st.make_slave(sid)
+            self.ops.append(("prop", sid, "shared"))
+            self.st.make_shared(sid)
+        else:
+            sid = self._seed(first["sb"], None, None)
+            self.st.add(_Node(sid, first["sb"], "/", None, False), None, None)
+            self.ops.append(("prop", sid, "shared"))
+            self.st.make_shared(sid)
+        self.st.do_bind(g, self.st.ks[sid])
+        return self.st.ks[sid]
+
+    def _master_token(self, h: int, sb):
+        if h in self.by_shared:
+            return self._ensure(h, sb)
+        tok = self.st.bind.get(h)
+        if tok is None:
+            raise PlanError(f"master group {h} is outside the image and no external mount gives it{_NEED}")
+        return tok
+
+    # -- one step ----------------------------------------------------------------
+    def _make(self, m: dict) -> None:
+        """Choose how m is made and record it (ops and state); PlanError when no way works."""
+        g, h = m.get("shared"), m.get("master")
+        parent = self.mounts.get(m.get("parent"))
+        parent_shared = parent is not None and self.st.ks.get(parent["id"]) is not None
+        src = None
+        state = (None, None)
+        if m.get("external") and not (g or h):
+            pass  # a plain clone of the host path (restore's usual way)
+        elif m.get("external"):
+            ext = [n for n in self.ext_nodes.get(h, ()) if self.ext_of[n] == m["id"]]
+            if not ext or g:
+                raise PlanError(f"{self.where(m)}: an external mount that is shared cannot be rebuilt{_NEED}")
+            src, state = ("ext", m["id"], ""), (None, self.st.bind[h])
+        elif g and not h and not self.helper_ok(m["sb"]):
+            pass  # no seed: a plain clone, made shared once attached (the first of its group)
+        elif g or h:
+            th = self._master_token(h, m["sb"]) if h else None
+            tg = self.st.bind.get(g) if g else None
+            if g and tg is None and self.helper_ok(m["sb"]):
+                tg = self._ensure(g, m["sb"])
+            if g and tg is not None:
+                n = self._find(m["sb"], m["root"], tg, th)
+                if n is None:
+                    raise PlanError(f"{self.where(m)}: no mount of its peer group {g} covers its root "
+                                    f"{m['root']}{_NEED}")
+                src, state = self._src_of(n, m["root"]), (tg, th)
+            else:
+                # First of a slave group (or a plain slave): a bind of a member of the master group,
+                # made slave (and shared) once attached.
+                n = self._find(m["sb"], m["root"], th, None, peer_only=True)
+                if n is None and not parent_shared:
+                    n = self._find(m["sb"], m["root"], None, th)
+                if n is None:
+                    raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
+                                    f"{m['root']}{_NEED}")
+                src, state = self._src_of(n, m["root"]), (self.st.ks[n], self.st.km[n])
+        self.ops.append(("make", m["id"], src))
+        self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True), *state)
+        copies = self._attach(m, parent) if parent is not None else []
+        self.ops.append(("attach", m["id"], [c["id"] for c in copies]))
+        for x in [m] + copies:
+            self._reach(x)
+
+    def _attach(self, m: dict, parent: dict) -> list[dict]:
+        """Attach m under parent: the copies propagation makes (image mounts, adopted)."""
+        key = (parent["id"], m["mountpoint"])
+        if key in self.st.occupied:
+            raise PlanError(f"{self.where(m)}: another mount is already at its mount point")
+        self.st._dset(self.st.occupied, key, m["id"])
+        pt = self.st.ks.get(parent["id"])
+        if pt is None:
+            return []
+        if self.st.ks[m["id"]] is None:
+            self.st.set_state(m["id"], self.st.token(), self.st.km[m["id"]])
+        dentry = _join(parent["root"], _rel(m["mountpoint"], parent["mountpoint"]))
+        copies: list[dict] = []
+
+        def copy_into(q: int, ks, km) -> None:
+            qn = self.st.nodes[q]
+            rel = _rel(dentry, qn.root)
+            if rel is None:
+                return
+            if not qn.real or qn.mountpoint is None:
+                jid = self.st.next_junk
+                self.st.next_junk -= 1
+                self.st.add(_Node(jid, m["sb"], m["root"], None, False), ks, km)
+                return
+            mp = _join(qn.mountpoint, rel)
+            if (q, mp) in self.st.occupied:
+                raise PlanError(f"{self.where(m)}: propagation would slide a copy beneath the mount at {mp} "
+                                f"(reparenting){_NEED}")
+            cands = [c for c in self.children.get((q, mp), ()) if c["id"] not in self.st.made
+                     and c["sb"] == m["sb"] and c["root"] == m["root"]]
+            if not cands:
+                raise PlanError(f"{self.where(m)}: propagation would copy it to {mp}, where the image has no such "
+                                f"mount (non-uniform propagation){_NEED}")
+            c = min(cands, key=lambda c: (c.get("uid") or 0, c["id"]))
+            self.st.add(_Node(c["id"], c["sb"], c["root"], c["mountpoint"], True), ks, km)
+            self.st._dset(self.st.occupied, (q, mp), c["id"])
+            copies.append(c)
+
+        def visit(t, src, src_master, exclude) -> None:
+            peers = sorted(self.st.members.get(t, ()))
+            slaves = sorted(self.st.slaves.get(t, ()))
+            for q in peers:
+                if q != exclude and q != m["id"]:
+                    copy_into(q, src, src_master)
+            groups: dict[object, list[int]] = {}
+            for q in slaves:
+                if q == m["id"]:
+                    continue
+                if self.st.ks.get(q) is None:
+                    copy_into(q, None, src)
+                else:
+                    groups.setdefault(self.st.ks[q], []).append(q)
+            for u in groups:
+                visit(u, self.st.token(), src, None)
+
+        visit(pt, self.st.ks[m["id"]], self.st.km[m["id"]], parent["id"])
+        return copies
+
+    def _reach(self, m: dict) -> None:
+        """Give made mount m its image propagation from the state it has (ops), or PlanError."""
+        st, n = self.st, m["id"]
+        g, h = m.get("shared"), m.get("master")
+        th = self._master_token(h, m["sb"]) if h else None
+        tg = st.bind.get(g) if g else None
+
+        def op(kind):
+            self.ops.append(("prop", n, kind))
+            getattr(st, "make_" + kind)(n)
+
+        s, k = st.ks[n], st.km[n]
+        if not g and not h:
+            if s is not None or k is not None:
+                op("private")
+        elif not g:
+            if s is None and k == th:
+                pass
+            elif s == th or (s is not None and k == th and not (st.members[s] - {n})):
+                op("slave")
+        elif tg is not None:
+            pass  # checked below
+        elif not h:
+            if s is not None and not st.bound(s) and k is None:
+                st.do_bind(g, s)
+            else:
+                if s is not None or k is not None:
+                    op("private")
+                op("shared")
+                st.do_bind(g, st.ks[n])
+        else:
+            if s is not None and not st.bound(s) and k == th:
+                st.do_bind(g, s)
+            elif s == th:
+                op("slave")
+                op("shared")
+                st.do_bind(g, st.ks[n])
+            elif s is None and k == th:
+                op("shared")
+                st.do_bind(g, st.ks[n])
+        want = (st.bind.get(g) if g else None, th)
+        if (st.ks[n], st.km[n]) != want:
+            raise PlanError(f"{self.where(m)}: the way it must be made leaves it in another peer group or with "
+                            f"another master than it had{_NEED}")
+
+    # -- the whole plan ----------------------------------------------------------------
+    def run(self) -> list[tuple]:
+        self._ensuring: set = set()
+        pending = list(self.order)
+        start = 0
+        while True:
+            while start < len(pending) and pending[start]["id"] in self.st.made:
+                start += 1
+            if start == len(pending):
+                break
+            first_err = None
+            ready = [m for m in pending[start:] if m["id"] not in self.st.made
+                     and (m.get("parent") not in self.mounts or m["parent"] in self.st.made)]
+            ready.sort(key=self._deferred)  # stable: creation order within each kind
+            for m in ready:
+                mark, nops, nseeds, seed_no = self.st.mark(), len(self.ops), len(self.seeds), self.next_seed
+                try:
+                    self._make(m)
+                except PlanError as e:
+                    self.st.undo(mark)
+                    del self.ops[nops:]
+                    del self.seeds[nseeds:]
+                    self.next_seed = seed_no
+                    first_err = first_err or e
+                    continue
+                self.st.log.clear()
+                break
+            else:
+                raise first_err or PlanError(f"{self.where(pending[start])}: its parent cannot be made")
+        for sid in self.seeds:
+            self.ops.append(("drop", sid))
+        for m in self.order:
+            if m.get("unbindable"):
+                self.ops.append(("prop", m["id"], "unbindable"))
+        return self.ops
+
+
+def plan(mounts, helper_ok=lambda sb: True) -> list[tuple]:
+    """The construction plan for `mounts` (image mount dicts of every namespace: id, parent,
+    mountpoint, root, sb, shared, master, external, uid); PlanError naming a mount when none works.
+    `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made."""
+    return _Planner(list(mounts), helper_ok).run()
+
+
+# -- restore: executing the plan -----------------------------------------------------------
+
+def assemble(r, service_fd: int) -> None:
+    """Build every restored namespace by the plan (engine.restore's assemble step for
+    sharing=construct): `r` is the restore's _Restorer."""
+    import errno
+    import os
+
+    from engine import kernel
+    from engine.restore import _BENEATH, RestoreError, _make_yard, step
+
+    r._plan_fds()
+    r.new_id = {}
+    r._sorted_rels = {}
+    roots = {ns["root"]: ns_id for ns_id, ns in r.doc["mntns"].items()}
+    seeds: dict[int, dict] = {}
+    # Plain clones of a host mount (attached in the service namespace, so a slave of the host's
+    # groups) that are to be private: made so with their flags, before the plan's steps for them.
+    plain_from_host: dict[int, bool] = {}
+    props = {"private": kernel.MS_PRIVATE, "slave": kernel.MS_SLAVE, "shared": kernel.MS_SHARED,
+             "unbindable": kernel.MS_UNBINDABLE}
+
+    def mount_of(i: int) -> dict:
+        return seeds[i] if i < 0 else r.mounts[i]
+
+    def source(src: tuple) -> tuple[int, str]:
+        """(fd, path beneath it) to bind from, standing where that mount may be cloned."""
+        kind, i, rel = src
+        if kind == "ext":
+            r.to_service()
+            return r.ext_host[i], rel
+        if i < 0:
+            r.to_service()
+            return seeds[i]["fd"], rel
+        r.enter(r.ns_of_mount[i])
+        return r.mnt_fd[i], rel
+
+    def clone_at(base: int, rel: str, what: str) -> int:
+        try:
+            where = kernel.openat2(base, rel, os.O_PATH, _BENEATH) if rel else os.dup(base)
+            try:
+                return kernel.open_tree(where, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+            finally:
+                os.close(where)
+        except OSError as e:
+            raise RestoreError(e.errno, f"{what}: cannot bind {rel or 'its root'}: {e.strerror}") from None
+
+    def set_flags(m: dict, private: bool = False) -> None:
+        """Per-mount flags of an attached mount (its propagation is the plan's)."""
+        r.enter(r.ns_of_mount[m["id"]])
+        if r.legacy:
+            r._legacy_attrs(m, private=private)
+            return
+        from engine.restore import attr_of
+        aset, aclr = attr_of(m["mount_opts"])
+        try:
+            kernel.mount_setattr(r.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting "
+                                        f"{','.join(m['mount_opts'])}: {e.strerror}") from None
+
+    def adopt(c: dict, mp: int | None) -> None:
+        """Copy c was made by propagation: find it (the top of its mount point, just made)."""
+        q = r.mounts[c["parent"]]
+        rel = c["mountpoint"][len(q["mountpoint"].rstrip("/")) + 1:] if c["mountpoint"] != q["mountpoint"] else ""
+        try:
+            fd = kernel.openat2(r.mnt_fd[q["id"]], rel, os.O_PATH, _BENEATH) if rel else None
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): the copy propagation was to "
+                                        f"make is not there: {e.strerror}") from None
+        if fd is None or kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH) == \
+                kernel.statx_mnt_id("", r.mnt_fd[q["id"]], kernel.AT_EMPTY_PATH):
+            if fd is not None:
+                os.close(fd)
+            raise RestoreError(errno.EIO, f"mount {c['id']} ({c['mountpoint']}): propagation did not make it")
+        r.mnt_fd[c["id"]] = fd
+        r._moved.add(c["id"])
+        if q["id"] in r.referenced and mp is not None:
+            r.mp_fd[c["id"]] = mp  # open_at reaches what c covers through it
+        elif mp is not None:
+            os.close(mp)
+        if r._filling_now():
+            ns_id = r.ns_of_mount[c["id"]]
+            r.attached_in[ns_id] = r.attached_in.get(ns_id, 0) + 1
+
+    debug = os.environ.get("MNTCR_DEBUG_CONSTRUCT")
+    # Every namespace is copied from the service one before any seed exists: a copy of a seed (and of
+    # the copies in it) would join restored peer groups, and dropping it would unmount theirs.
+    for ns_id in r.doc["mntns"]:
+        r.to_service()
+        kernel.unshare(kernel.CLONE_NEWNS)
+        r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
+        r.current_ns = ns_id
+    for op in r.construct_ops:
+        kind = op[0]
+        if debug:
+            import sys
+            print("construct:", op, file=sys.stderr)
+            for ns_id in r.ns_fd:
+                back = r.current_ns
+                r.enter(ns_id)
+                with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=r.hostproc)) as f:
+                    print("   ", ns_id, [(x.split()[4], x.split()[6]) for x in f.read().splitlines() if "/mnt" in x],
+                          file=sys.stderr)
+                if back is None:
+                    r.to_service()
+                else:
+                    r.enter(back)
+        if kind == "seed":
+            _, sid, sb, root, src = op
+            what = f"a temporary mount of superblock {sb} for its peer group"
+            if src is None:
+                base, rel = r._source({"id": sid, "sb": sb, "root": root, "mountpoint": f"({what})"})
+                r.to_service()
+            else:
+                base, rel = source(src)
+            fd = clone_at(base, rel, what)
+            r.to_service()
+            if r.helper_yard is None:
+                r.helper_yard = r.yard if r.yard is not None else _make_yard()
+            try:
+                os.mkdir(f"seed{-sid}", 0o700, dir_fd=r.helper_yard)
+                kernel.move_mount(fd, "", r.helper_yard, f"seed{-sid}", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+            except OSError as e:
+                os.close(fd)
+                raise RestoreError(e.errno, f"{what}: {e.strerror}") from None
+            seeds[sid] = {"id": sid, "sb": sb, "root": root, "fd": fd, "mountpoint": f"({what})"}
+        elif kind == "make":
+            _, mid, src = op
+            m = r.mounts[mid]
+            r.mnt_fd[mid] = r._clone(m) if src is None else r._clone(m, base=source(src))
+            if src is None and not (m.get("shared") or m.get("master")):
+                plain_from_host[mid] = bool(r.doc["superblocks"][m["sb"]].get("external"))
+        elif kind == "attach":
+            _, mid, copies = op
+            m = r.mounts[mid]
+            if mid in roots:
+                r.enter(roots[mid])
+                r._pivot_into(m)
+            else:
+                r.enter(r.ns_of_mount[mid])
+                # The copies' mount points, opened before propagation covers them.
+                mps = {}
+                for cid in copies:
+                    c = r.mounts[cid]
+                    mps[cid] = r._mountpoint_fd(r.mounts[c["parent"]], c)
+                r.enter(r.ns_of_mount[mid])
+                r._attach(r.mounts[m["parent"]], m)
+                for cid in copies:
+                    adopt(r.mounts[cid], mps.pop(cid))
+            if r.legacy:
+                set_flags(m, private=plain_from_host.pop(mid, False))
+            for cid in copies:
+                set_flags(r.mounts[cid])
+            step("attach")
+        elif kind == "prop":
+            _, i, what = op
+            r.set_propagation(mount_of(i), props[what])
+            step("group")
+        elif kind == "drop":
+            s = seeds.pop(op[1])
+            r.to_service()
+            os.fchdir(r.hostproc)  # the host /proc's self/fd/N names the seed itself
+            try:
+                # The seed and the copies propagation made in it, private first: unmounting a copy
+                # whose parent is still a peer of restored mounts would unmount theirs too.
+                kernel.mount(None, f"self/fd/{s['fd']}", None, kernel.MS_PRIVATE | kernel.MS_REC)
+                kernel.umount2(f"self/fd/{s['fd']}", kernel.MNT_DETACH)
+            finally:
+                os.chdir("/")
+                os.close(s["fd"])
+    _check_counts(r)
+    r.finish_assembly(service_fd)
+
+
+def _check_counts(r) -> None:
+    """Each restored namespace holds exactly the image's mounts: a copy the plan did not foresee
+    (the kernel propagated where the simulation said it would not) fails the restore here."""
+    import errno
+    import os
+
+    from engine.restore import RestoreError
+    want: dict[str, int] = {}
+    for mid, ns_id in r.ns_of_mount.items():
+        want[ns_id] = want.get(ns_id, 0) + 1
+    for ns_id, n in want.items():
+        r.enter(ns_id)
+        try:
+            os.fchdir(r.mnt_fd[r.doc["mntns"][ns_id]["root"]])
+            os.chroot(".")
+            with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc),
+                           encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+                have = text.count("\n")
+        finally:
+            r.to_service()
+        if have != n:
+            if os.environ.get("MNTCR_DEBUG"):
+                print(text, file=__import__("sys").stderr)
+            raise RestoreError(errno.EIO, f"mount namespace {ns_id}: {have} mounts after building its peer groups, "
+                                          f"the image has {n} (propagation made mounts the plan did not foresee)")
