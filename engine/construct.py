@@ -242,12 +242,13 @@ class _Planner:
                     out.append(x)
         return out
 
-    def _copy_candidate(self, c: dict, dentry: str, q: dict) -> bool:
+    def _copy_candidates(self, c: dict, dentry: str, q: dict) -> list[dict]:
+        """The mounts of the image that a copy of c propagated into q could be."""
         rel = _rel(dentry, q["root"])
         if rel is None:
-            return False
-        return any(x["sb"] == c["sb"] and x["root"] == c["root"] and x is not c
-                   for x in self.children.get((q["id"], _join(q["mountpoint"], rel)), ()))
+            return []
+        return [x for x in self.children.get((q["id"], _join(q["mountpoint"], rel)), ())
+                if x["sb"] == c["sb"] and x["root"] == c["root"] and x is not c]
 
     def _constraints(self) -> None:
         """Which mounts should wait for which (from the image alone): a mount attached under a shared
@@ -261,6 +262,7 @@ class _Planner:
         trees: dict[int, list[dict]] = {}
         self.wait_for: dict[int, list[int]] = {}   # c -> mounts to make before c
         self.blocks: dict[int, list[int]] = {}     # q -> mounts to attach before q is made
+        self.copy_of: dict[int, list[int]] = {}    # x -> mounts whose propagated copy x may be
         for c in self.mounts.values():
             p = self.mounts.get(c.get("parent"))
             if p is None or not p.get("shared"):
@@ -273,15 +275,20 @@ class _Planner:
                 for q in tree:
                     if q is p or q is c or _rel(dentry, q["root"]) is None:
                         continue
-                    if self._copy_candidate(c, dentry, q):
+                    cands = self._copy_candidates(c, dentry, q)
+                    if cands:
                         self.wait_for.setdefault(c["id"], []).append(q["id"])
+                        for x in cands:
+                            self.copy_of.setdefault(x["id"], []).append(c["id"])
                     else:
                         self.blocks.setdefault(q["id"], []).append(c["id"])
 
-    def _deferred(self, m: dict) -> bool:
+    def _deferred(self, m: dict) -> tuple[bool, bool]:
+        """(m waits for others, m may rather be made by propagation): later when true."""
         made = self.st.made
         return (any(q not in made for q in self.wait_for.get(m["id"], ()))
-                or any(c not in made for c in self.blocks.get(m["id"], ())))
+                or any(c not in made for c in self.blocks.get(m["id"], ())),
+                any(c not in made for c in self.copy_of.get(m["id"], ())))
 
     @staticmethod
     def where(m: dict) -> str:
