@@ -24,7 +24,7 @@ def test_choice_follows_features():
     """Each axis takes its fast value exactly when its feature is present."""
     assert strategy.choose(NEW)[0].names() == ["sharing=set-group", "flags=setattr", "sources=detached",
                                                "layers=unique-ids"]
-    assert strategy.choose(OLD)[0].names() == ["sharing=refuse", "flags=remount", "sources=yard",
+    assert strategy.choose(OLD)[0].names() == ["sharing=construct", "flags=remount", "sources=yard",
                                                "layers=refuse-ambiguous"]
     six_one = dict(NEW, **{"open_tree(detached)": False, "STATX_MNT_ID_UNIQUE": False})
     assert strategy.choose(six_one)[0].names() == ["sharing=set-group", "flags=setattr", "sources=yard",

@@ -1,0 +1,167 @@
+"""Peer groups and masters built while mounting (engine/construct.py, strategy sharing=construct:
+kernels without MOVE_MOUNT_SET_GROUP, Linux < 5.15).
+
+The planner is checked on its own (which mounts are made, from what, which ones propagation
+makes), and the whole path on this kernel with MNTCR_STRATEGY forcing what a 5.10 kernel
+would choose (sharing=construct, flags=remount, sources=yard): round trips compared with the
+canonical comparison, propagation probed after restore, and dump refusing, with the tree left
+running, what no order can build.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+import enginecase
+from enginecase import assert_same, case, mntcr, take  # noqa: F401  (case: fixture)
+from engine import construct
+from test_engine_propagation import KINDS, probe
+
+OLD_KERNEL = "sharing=construct,flags=remount,sources=yard"
+
+
+def M(id, parent, mp, root="/", sb="a", shared=None, master=None, **kw):
+    """An image mount dict with what the planner reads."""
+    return dict(id=id, parent=parent, mountpoint=mp, root=root, sb=sb, shared=shared, master=master, **kw)
+
+
+BASE = [M(1, None, "/", sb="root"), M(2, 1, "/mnt", sb="root")]
+
+
+def plan(mounts):
+    return construct.plan(mounts, helper_ok=lambda sb: sb != "root")
+
+
+def made(ops):
+    """Mount ids in the order they are made, and the copies each attach adopts."""
+    return [op[1] for op in ops if op[0] == "make"], {op[1]: op[2] for op in ops if op[0] == "attach" and op[2]}
+
+
+def test_members_are_binds_of_a_seed():
+    """A shared mount and its bind: a seed of the superblock's root is made shared, both members are
+    binds of it (the bind at its root /a), a private child under the shared parent is made private
+    again once attached, and the seed is dropped at the end."""
+    ops = plan(BASE + [M(10, 2, "/mnt/x", shared=5), M(11, 10, "/mnt/x/a/sub", sb="s"),
+                       M(12, 10, "/mnt/x/b", root="/a", shared=5)])
+    assert ("seed", -1, "a", "/", None) in ops and ("prop", -1, "shared") in ops
+    assert ("make", 10, ("node", -1, "")) in ops and ("make", 12, ("node", -1, "a")) in ops
+    assert ops.index(("attach", 11, [])) < ops.index(("prop", 11, "private"))
+    assert ops[-1] == ("drop", -1)
+
+
+def test_rbind_copy_is_adopted():
+    """rbind under a shared parent: the child below the source waits until the bind exists, so
+    attaching it propagates the copy below the bind (adopted, not made)."""
+    order, adopted = made(plan(BASE + [M(10, 2, "/mnt/x", shared=5), M(11, 10, "/mnt/x/a/sub", sb="s"),
+                                       M(12, 10, "/mnt/x/b", root="/a", shared=5),
+                                       M(13, 12, "/mnt/x/b/sub", sb="s", shared=6)]))
+    assert order == [1, 2, 10, 12, 11] and adopted == {11: [13]}
+
+
+@pytest.mark.parametrize("variant", ["late_peer", "umount_copy"])
+def test_non_uniform_order(variant):
+    """A child the later peer lacks is attached before that peer is made; one both have is attached
+    after (nonuniform.yaml)."""
+    tree = BASE + [M(10, 2, "/mnt/a", shared=5), M(12, 2, "/mnt/b", shared=5)]
+    if variant == "late_peer":
+        tree += [M(11, 10, "/mnt/a/x", sb="e", shared=7), M(13, 10, "/mnt/a/y", sb="l", shared=8),
+                 M(14, 12, "/mnt/b/y", sb="l", shared=8)]
+        order, adopted = made(plan(tree))
+        assert order.index(11) < order.index(12) < order.index(13) and adopted == {13: [14]}
+    else:
+        tree += [M(13, 10, "/mnt/a/x", sb="c", shared=7)]
+        order, adopted = made(plan(tree))
+        assert order.index(13) < order.index(12) and not adopted
+
+
+def test_slaves_and_shared_slaves():
+    """A slave is a bind of a master member made slave; a shared+slave group starts from a seed that
+    is a bind of the master's seed, made slave then shared; its members are binds of that seed."""
+    ops = plan(BASE + [M(10, 2, "/mnt/m", shared=5), M(11, 2, "/mnt/p", master=5),
+                       M(12, 2, "/mnt/q", shared=8, master=5), M(13, 2, "/mnt/q2", root="/d", shared=8, master=5)])
+    assert ops.index(("make", 11, ("node", -1, ""))) < ops.index(("prop", 11, "slave"))
+    i = ops.index(("seed", -2, "a", "/", ("node", -1, "")))
+    assert ops[i + 1:i + 3] == [("prop", -2, "slave"), ("prop", -2, "shared")]
+    assert ("make", 13, ("node", -2, "d")) in ops
+
+
+def test_external_master():
+    """A container root that is a slave of a group outside the image is a bind of the host's mount
+    (a slave of that group in the service namespace)."""
+    ops = plan([M(1, None, "/", sb="root", master=99, external="root"), M(2, 1, "/mnt", sb="t")])
+    assert ops[0] == ("make", 1, ("ext", 1, ""))
+
+
+def test_reparenting_refused():
+    """`mount --bind a b` twice under a shared parent: the second bind's copies slide beneath the
+    first ones (the talk's reparenting); no order makes that, so the plan names the mount."""
+    tree = BASE + [M(10, 2, "/mnt/t", shared=5),
+                   M(11, 10, "/mnt/t/b", root="/a", shared=5), M(12, 10, "/mnt/t/a", root="/a", shared=5),
+                   M(13, 11, "/mnt/t/b", root="/a", shared=5), M(14, 12, "/mnt/t/a", root="/a", shared=5)]
+    with pytest.raises(construct.PlanError, match=r"^mount \d+ \(/mnt/t/[ab]\): .*reparenting.*Linux >= 5\.15"):
+        plan(tree)
+
+
+@pytest.fixture
+def old_kernel(monkeypatch):
+    """Force the paths a 5.10 kernel takes (no SET_GROUP, no mount_setattr, no detached clones)."""
+    monkeypatch.setenv("MNTCR_STRATEGY", OLD_KERNEL)
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_round_trip_kinds(case, old_kernel, kind):
+    """Each propagation kind restores equal, and a probe mount propagates as it did before."""
+    setup, places = KINDS[kind]
+    pid = case.start(f"mkdir /mnt/m /mnt/p; mount -t tmpfs m /mnt/m; mkdir /mnt/m/sub\n{setup}\nhold\n")
+    before = take(pid)
+    seen = probe(pid, places)
+    new = case.cr(pid)
+    assert_same(before, take(new))
+    assert probe(new, places) == seen
+
+
+def test_round_trip_uncovered_and_cross_namespace(case, old_kernel):
+    """Peers no member of which covers the others (seeded from the superblock's root), a shared+slave
+    group outside them, and a group spanning a nested namespace, in one tree; restored twice."""
+    setup = """
+mkdir -p /mnt/t /mnt/pa /mnt/pb /mnt/pd /mnt/s
+mount -t tmpfs t /mnt/t; mount --make-shared /mnt/t
+mkdir -p /mnt/t/a /mnt/t/b /mnt/t/c/d/e
+mount --bind /mnt/t/a /mnt/pa; mount --bind /mnt/t/b /mnt/pb
+mount --bind /mnt/t/c/d /mnt/pd; mount --make-slave /mnt/pd; mount --make-shared /mnt/pd
+umount /mnt/t
+mount -t tmpfs s /mnt/s; mount --make-shared /mnt/s; mkdir /mnt/s/early /mnt/s/late
+mount -t tmpfs early /mnt/s/early
+unshare -m --propagation unchanged sh -c '
+    touch /tmp/child-ready
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /tmp/child-ready
+mount -t tmpfs late /mnt/s/late
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    assert before.snap.cross_peers
+    for _ in range(2):
+        pid = case.cr(pid)
+        assert_same(before, take(pid))
+
+
+def test_dump_refuses_what_no_order_builds(case, old_kernel):
+    """Reparenting under a shared parent (three binds of a onto b): dump refuses before stopping the tree, one line naming the
+    mount and the kernel that restores it; the tree keeps running and no image is left."""
+    pid = case.start("mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/a /mnt/t/b\n"
+                     "mount --make-shared /mnt/t; cd /mnt/t; mount --bind a b; mount --bind a b; mount --bind a b\n"
+                     "cd /\nhold\n")
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/t/[ab]\): propagation would slide a copy beneath .*"
+                        r"\(reparenting\); Linux >= 5\.15 restores it with MOVE_MOUNT_SET_GROUP; the tree keeps "
+                        r"running\n", r.stderr), r.stderr
+    assert not os.path.exists(images)
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
