@@ -388,10 +388,27 @@ class _Planner:
         state = (None, None)
         if m.get("external") and not (g or h):
             pass  # a plain clone of the host path (restore's usual way)
-        elif m.get("external"):
-            ext = [n for n in self.ext_nodes.get(h, ()) if self.ext_of[n] == m["id"]]
-            if not ext or g:
-                raise PlanError(f"{self.where(m)}: an external mount that is shared cannot be rebuilt{_NEED}")
+        elif parent is None and not (m.get("external") and h in self.ext_nodes):
+            # A namespace root: pivot_root refuses a shared one, so it is made private or a slave
+            # and becomes shared (the first of its group) once it is the root.
+            if g and g in self.st.bind:
+                raise PlanError(f"{self.where(m)}: the root of a mount namespace that joins an existing peer "
+                                f"group{_NEED}")
+            if h:
+                th = self._master_token(h, m["sb"])
+                n = self._find(m["sb"], m["root"], None, th)
+                if n is None:
+                    peer = self._find(m["sb"], "/", th, None, peer_only=True)
+                    if peer is None:
+                        raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
+                                        f"{m['root']}{_NEED}")
+                    n = self._seed(m["sb"], self._src_of(peer, "/"), None)
+                    self.st.add(_Node(n, m["sb"], "/", None, False), self.st.ks[peer], self.st.km[peer])
+                    self.ops.append(("prop", n, "slave"))
+                    self.st.make_slave(n)
+                src, state = self._src_of(n, m["root"]), (None, th)
+        elif m.get("external") and h in self.ext_nodes:
+            # A bind of the host's mount, a slave of the outside group there (made shared after, if).
             src, state = ("ext", m["id"], ""), (None, self.st.bind[h])
         elif g and not h and not self.helper_ok(m["sb"]):
             pass  # no seed: a plain clone, made shared once attached (the first of its group)
@@ -418,6 +435,11 @@ class _Planner:
                 src, state = self._src_of(n, m["root"]), (self.st.ks[n], self.st.km[n])
         self.ops.append(("make", m["id"], src))
         self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True), *state)
+        if parent is None and state[0] is not None:
+            # pivot_root refuses a shared new root: the root joins a group only as its first member
+            # (made shared once it is the root), or as a slave.
+            raise PlanError(f"{self.where(m)}: the root of a mount namespace that joins an existing peer "
+                            f"group{_NEED}")
         copies = self._attach(m, parent) if parent is not None else []
         self.ops.append(("attach", m["id"], [c["id"] for c in copies]))
         for x in [m] + copies:
@@ -539,7 +561,9 @@ class _Planner:
             first_err = None
             ready = [m for m in pending[start:] if m["id"] not in self.st.made
                      and (m.get("parent") not in self.mounts or m["parent"] in self.st.made)]
-            ready.sort(key=self._deferred)  # stable: creation order within each kind
+            # Stable: creation order within each kind; among mounts that propagation may make, the
+            # shallowest first (the bind itself rather than its copies inside its peers).
+            ready.sort(key=lambda m: (*self._deferred(m), m["mountpoint"].count("/") if self._deferred(m)[1] else 0))
             for m in ready:
                 mark, nops, nseeds, seed_no = self.st.mark(), len(self.ops), len(self.seeds), self.next_seed
                 try:
@@ -586,9 +610,6 @@ def assemble(r, service_fd: int) -> None:
     r._sorted_rels = {}
     roots = {ns["root"]: ns_id for ns_id, ns in r.doc["mntns"].items()}
     seeds: dict[int, dict] = {}
-    # Plain clones of a host mount (attached in the service namespace, so a slave of the host's
-    # groups) that are to be private: made so with their flags, before the plan's steps for them.
-    plain_from_host: dict[int, bool] = {}
     props = {"private": kernel.MS_PRIVATE, "slave": kernel.MS_SLAVE, "shared": kernel.MS_SHARED,
              "unbindable": kernel.MS_UNBINDABLE}
 
@@ -634,14 +655,20 @@ def assemble(r, service_fd: int) -> None:
     def adopt(c: dict, mp: int | None) -> None:
         """Copy c was made by propagation: find it (the top of its mount point, just made)."""
         q = r.mounts[c["parent"]]
-        rel = c["mountpoint"][len(q["mountpoint"].rstrip("/")) + 1:] if c["mountpoint"] != q["mountpoint"] else ""
+        # The walk to c's mount point, from the nearest mount above it whose mount point differs
+        # (a copy on top of q's root is reached through q's own mount point), ends on the top mount.
+        top = q
+        while top["mountpoint"] == c["mountpoint"] and top.get("parent") in r.mounts:
+            top = r.mounts[top["parent"]]
+        rel = _rel(c["mountpoint"], top["mountpoint"])
         try:
-            fd = kernel.openat2(r.mnt_fd[q["id"]], rel, os.O_PATH, _BENEATH) if rel else None
+            fd = kernel.openat2(r.mnt_fd[top["id"]], rel, os.O_PATH, _BENEATH) if rel else None
         except OSError as e:
             raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): the copy propagation was to "
                                         f"make is not there: {e.strerror}") from None
         if fd is None or kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH) == \
                 kernel.statx_mnt_id("", r.mnt_fd[q["id"]], kernel.AT_EMPTY_PATH):
+            # (also when c sits on q's root: q's own mount point leads to c, not to q)
             if fd is not None:
                 os.close(fd)
             raise RestoreError(errno.EIO, f"mount {c['id']} ({c['mountpoint']}): propagation did not make it")
@@ -701,8 +728,6 @@ def assemble(r, service_fd: int) -> None:
             _, mid, src = op
             m = r.mounts[mid]
             r.mnt_fd[mid] = r._clone(m) if src is None else r._clone(m, base=source(src))
-            if src is None and not (m.get("shared") or m.get("master")):
-                plain_from_host[mid] = bool(r.doc["superblocks"][m["sb"]].get("external"))
         elif kind == "attach":
             _, mid, copies = op
             m = r.mounts[mid]
@@ -721,7 +746,7 @@ def assemble(r, service_fd: int) -> None:
                 for cid in copies:
                     adopt(r.mounts[cid], mps.pop(cid))
             if r.legacy:
-                set_flags(m, private=plain_from_host.pop(mid, False))
+                set_flags(m)
             for cid in copies:
                 set_flags(r.mounts[cid])
             step("attach")
@@ -771,3 +796,24 @@ def _check_counts(r) -> None:
                 print(text, file=__import__("sys").stderr)
             raise RestoreError(errno.EIO, f"mount namespace {ns_id}: {have} mounts after building its peer groups, "
                                           f"the image has {n} (propagation made mounts the plan did not foresee)")
+
+
+def private_in_yard(r, path: str, name: str) -> int:
+    """A private copy of the service namespace's mount at `path`, attached in the yard as `name`
+    (a source whose clones are private from the start); returns an fd on it."""
+    import os
+
+    from engine import kernel
+    fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
+    try:
+        os.mkdir(name, 0o700, dir_fd=r.yard)
+        kernel.move_mount(fd, "", r.yard, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        os.fchdir(r.hostproc)  # the host /proc's self/fd/N names the mount itself
+        try:
+            kernel.mount(None, f"self/fd/{fd}", None, kernel.MS_PRIVATE)
+        finally:
+            os.chdir("/")
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

@@ -683,8 +683,14 @@ class _Restorer:
                 continue
             path = self.ext[e["external"]]
             try:
-                self.ext_src[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path,
-                                                         kernel.OPEN_TREE_CLONE if self.yard is None else 0)
+                if self.yard is not None and strategy.current().sharing == "construct":
+                    # Clones of the service namespace's own mount would be slaves of the host's
+                    # groups until made private, after they are attached: too late where peer
+                    # groups are built while attaching (engine.construct). A private copy in the yard.
+                    self.ext_src[e["id"]] = construct.private_in_yard(self, path, f"ext{e['id']}")
+                else:
+                    self.ext_src[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path,
+                                                             kernel.OPEN_TREE_CLONE if self.yard is None else 0)
                 if e.get("master") or e.get("shared"):
                     # The host's own mount there: the way into an external peer group.
                     self.ext_host[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, 0)
