@@ -43,6 +43,9 @@ The plan is a list of tuples (ids < 0 are seeds):
                                  propagation makes appear with it
   ("prop", id, "private" | "slave" | "shared")
   ("drop", sid)                  make the seed private and unmount it
+  ("nscopy", id, root)           make the namespace of root mount id a copy of the namespace of
+                                 root mount `root` (which holds only that root yet): its root is a
+                                 peer of `root`
 """
 
 from __future__ import annotations
@@ -444,6 +447,15 @@ class _Planner:
         self.ops.append(("attach", m["id"], [c["id"] for c in copies]))
         for x in [m] + copies:
             self._reach(x)
+        if parent is None and self.st.ks[m["id"]] is not None:
+            # Other namespaces whose root is a peer of this one (a namespace copied with propagation
+            # unchanged) are copies of this namespace made now, while it holds only its root.
+            for x in self.order:
+                if (x.get("parent") not in self.mounts and x["id"] not in self.st.made
+                        and (x.get("shared"), x.get("master"), x["sb"], x["root"]) == (g, h, m["sb"], m["root"])):
+                    self.ops.append(("nscopy", x["id"], m["id"]))
+                    self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True),
+                                self.st.ks[m["id"]], self.st.km[m["id"]])
 
     def _attach(self, m: dict, parent: dict) -> list[dict]:
         """Attach m under parent: the copies propagation makes (image mounts, adopted)."""
@@ -563,7 +575,10 @@ class _Planner:
                      and (m.get("parent") not in self.mounts or m["parent"] in self.st.made)]
             # Stable: creation order within each kind; among mounts that propagation may make, the
             # shallowest first (the bind itself rather than its copies inside its peers).
-            ready.sort(key=lambda m: (*self._deferred(m), m["mountpoint"].count("/") if self._deferred(m)[1] else 0))
+            # Namespace roots come first, masters before slaves: a root cannot join a group that a
+            # seed started (pivot_root refuses a shared root), so it must start it.
+            ready.sort(key=lambda m: (m.get("parent") in self.mounts, bool(m.get("master")), *self._deferred(m),
+                                      m["mountpoint"].count("/") if self._deferred(m)[1] else 0))
             for m in ready:
                 mark, nops, nseeds, seed_no = self.st.mark(), len(self.ops), len(self.seeds), self.next_seed
                 try:
@@ -750,6 +765,16 @@ def assemble(r, service_fd: int) -> None:
             for cid in copies:
                 set_flags(r.mounts[cid])
             step("attach")
+        elif kind == "nscopy":
+            _, mid, src = op
+            ns_id = r.ns_of_mount[mid]
+            r.enter(r.ns_of_mount[src])
+            kernel.unshare(kernel.CLONE_NEWNS)
+            os.close(r.ns_fd[ns_id])  # the copy of the service namespace made for it at the start
+            r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
+            r.current_ns = ns_id
+            r.mnt_fd[mid] = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            set_flags(r.mounts[mid])
         elif kind == "prop":
             _, i, what = op
             r.set_propagation(mount_of(i), props[what])

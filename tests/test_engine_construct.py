@@ -165,3 +165,17 @@ def test_dump_refuses_what_no_order_builds(case, old_kernel):
     assert not os.path.exists(images)
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
+
+
+def test_namespace_roots():
+    """A namespace root is never made shared before pivot_root (which refuses that): the first root of
+    a group is made plain and shared once it is the root, a peer root in another namespace is a copy
+    of that namespace made while it holds only its root, and a shared+slave root (systemd's
+    PrivateTmp) is a bind of a slave seed, made shared after."""
+    ops = plan([M(1, None, "/", sb="r", shared=3), M(2, 1, "/mnt", sb="t"),
+                M(5, None, "/", sb="r", shared=3), M(6, 5, "/mnt", sb="t"),
+                M(8, None, "/", sb="r", shared=9, master=3), M(10, 8, "/mnt", sb="t")])
+    assert ops[:4] == [("make", 1, None), ("attach", 1, []), ("prop", 1, "shared"), ("nscopy", 5, 1)]
+    assert ("attach", 2, [6, 10]) in ops   # the copies in the peer and slave roots are propagation's
+    i = ops.index(("attach", 8, []))
+    assert ops[i - 1][0] == "make" and ops[i - 1][2][1] < 0 and ops[i + 1] == ("prop", 8, "shared")
