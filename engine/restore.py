@@ -24,7 +24,9 @@ namespace (a slave copy of the host's, so nothing propagates back), then:
     point taken before the move (mp_fd) still reaches what gets covered;
  5. sharing: group mounts by (shared, master); walk groups parents first: copy
     the parent group with MOVE_MOUNT_SET_GROUP, make slave, then shared; copy
-    the other members from the group's first mount. Unbindable last;
+    the other members from the group's first mount. Unbindable last.
+    Without MOVE_MOUNT_SET_GROUP (strategy sharing=construct) steps 3-5 are
+    one: engine/construct.py makes each mount in its group as it attaches it;
  6. stand-ins enter their mount namespace, root and cwd, and receive their
     fds, each opened from the equivalent mount (through mp_fd when covered).
 
