@@ -683,7 +683,6 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
     - external superblocks are only bound from the paths the user maps: nothing to create.
     """
     from engine import fs
-    from engine.fs.overlay import LAYER_KEYS, layer_paths
     used_sbs = {m["sb"] for m in mounts.values()} | {d["sb"] for d in detached.values()}
     # Roots that are no path (nsfs names like net:[N]) are rare: only external mounts may have one.
     odd_roots: dict[str, list[dict]] = {}
@@ -718,10 +717,10 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                 _fail(f"{what}: super option {key!r} names a device or file of the host: refused")
             # (options restore never passes back, like btrfs subvol=/x, name paths inside the fs)
             if value.startswith("/") and not (handler is not None and (key in handler.drop_opts
-                                                                       or handler.layers and key in LAYER_KEYS)):
+                                                                       or key in handler.path_opts)):
                 _fail(f"{what}: super option {opt[:80]!r} names a host path: refused")
         if sb.get("pidns") is not None:
-            if handler is None or handler.ns != "pid":
+            if handler is None or handler.ns_key != "pidns":
                 _fail(f"{what}: a pid namespace only belongs to a proc superblock")
             if sb["pidns"] not in pidns:
                 _fail(f"{what}: unknown pid namespace {sb['pidns']!r}")
@@ -734,7 +733,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                 _fail(f"{what}: an external superblock is bound from the host path given at restore; "
                       "it has no device or layers to create it from")
             continue
-        if handler.block:
+        if handler.device:
             _check_device(what, sid, sb, device, sbs)
         elif device is not None:
             _fail(f"{what}: a device record only belongs to a block filesystem")
@@ -742,7 +741,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             if layers is None:
                 _fail(f"{what}: an overlay needs its layers record (layers come only from mounts of the image)")
             recorded = {x["path"] for x in layers}
-            for key, path in layer_paths(sb["super_opts"]):
+            for key, path in handler.layer_paths(sb["super_opts"]):
                 if path not in recorded:
                     _fail(f"{what}: layer {key}={path[:200]} is not in its layers record")
             for x in layers:
@@ -750,7 +749,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                     _fail(f"{what}: layer {x['path']} lies on mount {x['mnt']}, which is not in the image")
         elif layers is not None:
             _fail(f"{what}: a layers record only belongs to an overlay")
-        if handler.ns == "pid" and sid in used_sbs and not sb.get("pidns"):
+        if handler.ns_key == "pidns" and sid in used_sbs and not sb.get("pidns"):
             _fail(f"{what}: a proc superblock needs its pid namespace")
     for name, limit in archive_bytes.items():
         # (+ the end of archive and tar's padding to its 10 KiB record)

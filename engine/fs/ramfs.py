@@ -1,0 +1,6 @@
+"""ramfs: a memory filesystem whose files are dumped into an archive."""
+
+from engine import kernel
+from engine.fs import FsType, register
+
+TYPE = register(FsType("ramfs", content=True, magic=kernel.RAMFS_MAGIC, requires=("ramfs",)))

@@ -1,0 +1,6 @@
+"""vfat: a block filesystem (engine/fs/_blockdev.py)."""
+
+from engine.fs import register
+from engine.fs._blockdev import BlockType
+
+TYPE = register(BlockType("vfat", requires=("vfat",)))
