@@ -46,6 +46,38 @@ ON_USE = "on-use"          # when a mount of it is first cloned (its layers are 
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """How the --fstype battery (scenarios/battery/) makes a fresh superblock of a type.
+
+    `make` is sh run in the scenario's container as root with FS (an empty directory to mount it
+    on), SRC (a directory tree the battery's files are in: f, d/sub/g) and WORK (a tmpfs for
+    images) set. It mounts a new superblock at $FS holding SRC's files when `tree` (else the
+    battery uses only its root). Everything it makes lives in the container and dies with it
+    (loop devices are set to clear themselves); a server or daemon it starts must be a process of
+    the container too.
+    """
+
+    make: str
+    commands: tuple[str, ...] = ()   # commands the recipe runs (a missing one skips, naming it)
+    tree: bool = True                # $FS holds SRC's files after `make` (a pseudo filesystem cannot)
+    loop: bool = False               # it needs loop device nodes in the container's private /dev
+
+
+def block_recipe(mkfs: str, size: str = "64M", options: str = "", copy: str = "cp -a") -> Recipe:
+    """A battery recipe for a writable block type: an empty image file formatted with `mkfs`
+    (its command line up to the image path), mounted from a loop device, SRC copied in."""
+    opts = f",{options}" if options else ""
+    return Recipe(make=f'truncate -s {size} "$WORK/img"\n{mkfs} "$WORK/img" >/dev/null\n'
+                       f'mount -o loop{opts} "$WORK/img" "$FS"\n{copy} "$SRC/." "$FS/"\nsync',
+                  commands=(mkfs.split()[0], "losetup"), loop=True)
+
+
+def pseudo_recipe(name: str) -> Recipe:
+    """A battery recipe for a pseudo filesystem: mounted empty (or as the kernel fills it)."""
+    return Recipe(make=f'mount -t {name} battery "$FS"', tree=False)
+
+
+@dataclass(frozen=True)
 class FsType:
     """How one filesystem type is dumped and recreated. Hooks are methods with neutral defaults."""
 
@@ -77,7 +109,7 @@ class FsType:
     # Names /proc/filesystems must list for the kernel to make it.
     requires: tuple[str, ...] = ()
     # How the --fstype battery makes a fresh superblock of this type (scenarios/battery/), or None.
-    recipe: object | None = None
+    recipe: Recipe | None = None
 
     @property
     def when(self) -> str:
@@ -142,6 +174,7 @@ _ALWAYS_DROP = frozenset({"seclabel"})
 
 _REGISTRY: dict[str, FsType] = {}
 _MODULE_OF: dict[str, str] = {}
+_BY_MODULE: dict[str, list[FsType]] = {}
 _current_module: list[str] = []
 
 
@@ -150,6 +183,7 @@ def register(fs: FsType) -> FsType:
     _REGISTRY[fs.name] = fs
     if _current_module:
         _MODULE_OF[fs.name] = _current_module[-1]
+        _BY_MODULE.setdefault(_current_module[-1], []).append(fs)
     return fs
 
 
@@ -175,6 +209,18 @@ def module_of(name: str) -> str | None:
     """The module (short name) that registered type `name`."""
     _load()
     return _MODULE_OF.get(name)
+
+
+def battery() -> dict[str, FsType]:
+    """Battery name -> type, for every type with a recipe; the name is its module's (engine/fs/NAME.py),
+    so a module copied under a new name is a new battery entry (the last type with a recipe in it)."""
+    _load()
+    out = {}
+    for module in sorted(_BY_MODULE):
+        with_recipe = [t for t in _BY_MODULE[module] if t.recipe is not None]
+        if with_recipe:
+            out[module] = with_recipe[-1]
+    return out
 
 
 def content_names() -> str:
