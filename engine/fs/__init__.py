@@ -61,20 +61,23 @@ class Recipe:
     commands: tuple[str, ...] = ()   # commands the recipe runs (a missing one skips, naming it)
     tree: bool = True                # $FS holds SRC's files after `make` (a pseudo filesystem cannot)
     loop: bool = False               # it needs loop device nodes in the container's private /dev
+    # Battery scenarios mntcr is known to fail on this type: (scenario name, reason) -> crfail.
+    known_failures: tuple[tuple[str, str], ...] = ()
 
 
-def block_recipe(mkfs: str, size: str = "64M", options: str = "", copy: str = "cp -a") -> Recipe:
+def block_recipe(mkfs: str, size: str = "64M", options: str = "", copy: str = "cp -a",
+                 known_failures: tuple[tuple[str, str], ...] = ()) -> Recipe:
     """A battery recipe for a writable block type: an empty image file formatted with `mkfs`
     (its command line up to the image path), mounted from a loop device, SRC copied in."""
     opts = f",{options}" if options else ""
     return Recipe(make=f'truncate -s {size} "$WORK/img"\n{mkfs} "$WORK/img" >/dev/null\n'
                        f'mount -o loop{opts} "$WORK/img" "$FS"\n{copy} "$SRC/." "$FS/"\nsync',
-                  commands=(mkfs.split()[0], "losetup"), loop=True)
+                  commands=(mkfs.split()[0], "losetup"), loop=True, known_failures=known_failures)
 
 
-def pseudo_recipe(name: str) -> Recipe:
+def pseudo_recipe(name: str, known_failures: tuple[tuple[str, str], ...] = ()) -> Recipe:
     """A battery recipe for a pseudo filesystem: mounted empty (or as the kernel fills it)."""
-    return Recipe(make=f'mount -t {name} battery "$FS"', tree=False)
+    return Recipe(make=f'mount -t {name} battery "$FS"', tree=False, known_failures=known_failures)
 
 
 @dataclass(frozen=True)

@@ -126,8 +126,10 @@ class BlockType(FsType):
     device: bool = True
 
     def device_of(self, mount) -> str | None:
-        # btrfs shows an anonymous device number: the block device is its source's.
-        if not mount.source.startswith("/"):
+        # btrfs shows an anonymous device number: the block device is its source's. Others show
+        # the device itself: trust that (a restored mount's source names the device it had at
+        # dump, which may be another one now).
+        if mount.major or not mount.source.startswith("/"):
             return None
         try:
             st = os.stat(mount.source)

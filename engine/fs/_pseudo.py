@@ -10,17 +10,25 @@ from dataclasses import dataclass
 from engine.fs import FsError, FsType
 
 
+# The battery's lazy scenario on a filesystem without file handles (no export operations): an fd
+# on a lazily unmounted mount of it cannot be placed on a visible mount (engine/detached.py).
+NO_HANDLES = (("lazy", "an fd on a lazily unmounted mount of a filesystem without file handles is refused "
+                       "(engine/detached.py needs name_to_handle_at)"),)
+
+
 @dataclass(frozen=True)
 class EmptyOnly(FsType):
     """A pseudo filesystem dump accepts only while it holds nothing (what it held is not dumpable)."""
 
     what: str = "files"
+    # Names every new instance has (bpf's preloaded iterators): they are made again.
+    fresh_names: frozenset[str] = frozenset()
 
     def wants_probe(self) -> bool:
         return True
 
     def probe(self, sid: str, mid: int, mount_fd: int, plan) -> None:
-        names = os.listdir(f"/proc/self/fd/{mount_fd}")
+        names = [n for n in os.listdir(f"/proc/self/fd/{mount_fd}") if n not in self.fresh_names]
         if names:
             mp = plan.mounts_by_id[mid].mountpoint
             raise FsError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {self.name}: it holds {self.what} "
