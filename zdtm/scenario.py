@@ -139,14 +139,15 @@ class ScenarioFile:
     raw: dict
     lines: dict = field(default_factory=dict)   # dotted key -> line number
     golden: dict | None = None                  # param_id -> expected check output (NAME.out), or None
-    fstypes: list = field(default_factory=list)  # a battery file: the --fstype entries it runs for
+    fstypes: list | None = None                 # a battery file: the --fstype entries it runs for (None: all)
 
     def combinations(self) -> list[dict]:
         """Every parameter combination (a list with one empty dict without params), minus `exclude`;
         a battery file's first parameter is `fstype` (the selected entries, zdtm/battery.py)."""
         params = self.raw.get("params") or {}
         if self.raw.get("battery"):
-            params = {"fstype": self.fstypes, **params}
+            from zdtm import battery
+            params = {"fstype": battery.select(None) if self.fstypes is None else self.fstypes, **params}
         names = list(params)
         combos = [dict(zip(names, values)) for values in itertools.product(*(params[n] for n in names))]
         excludes = self.raw.get("exclude") or []
