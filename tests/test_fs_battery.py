@@ -8,12 +8,15 @@ and runs the battery for it with no other change.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 import pytest
 
+import enginecase
+from enginecase import case  # noqa: F401  (fixture)
 from engine import fs
 from zdtm import battery
 
@@ -72,3 +75,22 @@ def test_a_copied_type_module_runs_the_battery(tmp_path):
     ran = [line for line in out.splitlines() if line.startswith("PASSED ") and "fstype=copiedfs" in line]
     assert len(ran) == len([n for n in os.listdir(os.path.join(root, "scenarios", "battery")) if n.endswith(".yaml")]), \
         out[-4000:]
+
+
+def test_a_hugetlbfs_with_files_is_refused(case):
+    """hugetlbfs files cannot be archived: dump refuses one that holds any (its probe hook), names
+    the mount and the file, writes no image, and the tree keeps running."""
+    with open("/proc/filesystems") as f:
+        if "hugetlbfs" not in f.read():
+            pytest.skip("hugetlbfs is not in /proc/filesystems (kernel without CONFIG_HUGETLBFS)")
+    pid = case.start("mkdir /mnt/h; mount -t hugetlbfs battery /mnt/h; touch /mnt/h/pages\nhold\n")
+    images = case.new_images_dir()
+    r = enginecase.mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
+    assert r.returncode == 2, r.stderr
+    assert re.search(r"^mntcr dump: mount \d+ \(/mnt/h\) on hugetlbfs: it holds files \(pages\.\.\.\), which "
+                     r"cannot be dumped; declare it with --external mnt\[/mnt/h\]:KEY, or empty it$",
+                     r.stderr.strip()), r.stderr
+    assert not os.path.exists(images)
+    with open(f"/proc/{pid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    assert state in ("S", "R"), f"the tree was left in state {state} after a refused dump"
