@@ -10,12 +10,6 @@ from dataclasses import dataclass
 from engine.fs import FsError, FsType
 
 
-# The battery's lazy scenario on a filesystem without file handles (no export operations): an fd
-# on a lazily unmounted mount of it cannot be placed on a visible mount (engine/detached.py).
-NO_HANDLES = (("lazy", "an fd on a lazily unmounted mount of a filesystem without file handles is refused "
-                       "(engine/detached.py needs name_to_handle_at)"),)
-
-
 @dataclass(frozen=True)
 class EmptyOnly(FsType):
     """A pseudo filesystem dump accepts only while it holds nothing (what it held is not dumpable)."""

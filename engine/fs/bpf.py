@@ -2,8 +2,8 @@
 taken (made again empty at restore). One with pins must be declared --external."""
 
 from engine.fs import pseudo_recipe, register
-from engine.fs._pseudo import NO_HANDLES as _NO_HANDLES, EmptyOnly
+from engine.fs._pseudo import EmptyOnly
 
 TYPE = register(EmptyOnly("bpf", what="pinned BPF objects", requires=("bpf",),
-                          recipe=pseudo_recipe("bpf", _NO_HANDLES),
+                          recipe=pseudo_recipe("bpf"),
                           fresh_names=frozenset({"maps.debug", "progs.debug"})))  # bpf_preload's iterators

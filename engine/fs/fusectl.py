@@ -5,6 +5,5 @@ declare that mount --external); a mount of its own in the container is made agai
 """
 
 from engine.fs import FsType, pseudo_recipe, register
-from engine.fs._pseudo import NO_HANDLES
 
-TYPE = register(FsType("fusectl", requires=("fusectl",), recipe=pseudo_recipe("fusectl", NO_HANDLES)))
+TYPE = register(FsType("fusectl", requires=("fusectl",), recipe=pseudo_recipe("fusectl")))

@@ -2,7 +2,7 @@
 (made again empty, with its options, at restore). One with files must be declared --external."""
 
 from engine.fs import pseudo_recipe, register
-from engine.fs._pseudo import NO_HANDLES, EmptyOnly
+from engine.fs._pseudo import EmptyOnly
 
 TYPE = register(EmptyOnly("hugetlbfs", what="files", requires=("hugetlbfs",),
-                          recipe=pseudo_recipe("hugetlbfs", NO_HANDLES)))
+                          recipe=pseudo_recipe("hugetlbfs")))

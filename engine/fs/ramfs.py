@@ -4,6 +4,4 @@ from engine import kernel
 from engine.fs import FsType, Recipe, register
 
 TYPE = register(FsType("ramfs", content=True, magic=kernel.RAMFS_MAGIC, requires=("ramfs",),
-                       recipe=Recipe(make='mount -t ramfs battery "$FS"\ncp -a "$SRC/." "$FS/"', known_failures=(
-                           ("lazy", "ramfs gives no file handles: an fd on a lazily unmounted mount of it is "
-                                    "refused (engine/detached.py needs name_to_handle_at)"),))))
+                       recipe=Recipe(make='mount -t ramfs battery "$FS"\ncp -a "$SRC/." "$FS/"')))
