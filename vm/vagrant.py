@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from vm import cache, initramfs, libvirt_host, vagrant_box
+from vm import box_volume, cache, initramfs, libvirt_host, vagrant_box
 from vm.errors import VMError
 from vm.kernels import Kernel
 from vm.progress import say
@@ -52,7 +52,7 @@ TEMPLATE = HERE / "Vagrantfile.j2"
 USERNET_RB = HERE / "vagrant_usernet.rb"
 # Where libvirt's qemu (user libvirt-qemu) can read the kernel and initrd: the
 # cache under /root is not traversable for it.
-BOOT_DIR = Path("/var/lib/libvirt/images/mntcr-boot")
+BOOT_DIR = box_volume.STATE_DIR
 GUEST_PYTHON = "/usr/bin/python3"
 # Module subtrees copied into the box (filesystems, loop, what they depend on: crc, raid6, crypto).
 GUEST_MODULE_DIRS = ("kernel/fs", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/drivers/block")
@@ -276,7 +276,9 @@ class VagrantVM:
                                      err_cm=lambda: _keep(log))
             self._created = True
             try:
-                self.v.up(provider="libvirt")
+                # the box's base volume in libvirt's pool is shared by every process and cache (vm/box_volume.py)
+                with box_volume.held(box, vagrant_box.ensure_box()):
+                    self.v.up(provider="libvirt")
             except subprocess.CalledProcessError:
                 self._fail(f"vagrant up failed: {self._vagrant_tail()}")
             self.up_seconds = time.monotonic() - t0
