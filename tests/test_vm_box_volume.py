@@ -1,9 +1,9 @@
 """vm/box_volume.py without libvirt: the pool is a directory, virsh a fake that reads and writes it.
 
 What is checked: concurrent first `vagrant up`s of one box do not both create its pool volume
-(vagrant-libvirt checks, then creates: "storage volume ... exists already"), a volume not
-uploaded from this cache's box file (another cache's, a half-written one) is removed and
-uploaded again, and one that was is reused.
+(vagrant-libvirt checks, then creates: "storage volume ... exists already"), a volume of the
+name not uploaded from this cache's box image (a half-written one, another cache's) is removed
+and uploaded again, one that was is reused, and other volumes are left alone.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import pytest
 from vm import box_volume
 
 BOX = "mntcr/bookworm-0123456789ab"
-VOL = box_volume.volume_prefix(BOX) + "0_box.img"
+MTIME = 1796321798
+VOL = f"mntcr-VAGRANTSLASH-bookworm-0123456789ab_vagrant_box_image_0_{MTIME}_box.img"
 
 
 @pytest.fixture
@@ -46,9 +47,11 @@ def pool(tmp_path, monkeypatch):
 
 @pytest.fixture
 def box_file(tmp_path):
-    f = tmp_path / "cache" / "mntcr-bookworm-0123456789ab.box"
-    f.parent.mkdir()
+    """The box's image as `vagrant box add` unpacked it (its mtime names the volume)."""
+    f = tmp_path / "home" / "boxes" / "mntcr-VAGRANTSLASH-bookworm-0123456789ab" / "0" / "libvirt" / "box.img"
+    f.parent.mkdir(parents=True)
     f.write_bytes(b"box")
+    os.utime(f, (MTIME, MTIME))
     return f
 
 
@@ -79,12 +82,16 @@ def test_concurrent_first_ups_create_the_volume_once(pool, box_file):
     assert box_volume.matches(VOL, str(pool / VOL), box_file), "the upload was not recorded"
 
 
-def test_a_volume_from_another_box_is_replaced(pool, box_file, capsys, monkeypatch):
+def test_a_stale_volume_of_the_name_is_replaced_and_others_kept(pool, box_file, capsys, monkeypatch):
     monkeypatch.delenv("MNTCR_QUIET", raising=False)
-    (pool / VOL).write_bytes(b"from another cache's box")
+    assert box_volume.volume_name(BOX, box_file) == VOL
+    (pool / VOL).write_bytes(b"half an upload")
+    other = pool / VOL.replace(str(MTIME), str(MTIME - 100))  # another cache's image of this box
+    other.write_bytes(b"another cache's")
     with box_volume.held(BOX, box_file):
         assert not (pool / VOL).exists(), "the stale volume was kept for vagrant up"
         _fake_up(pool)
+    assert other.read_bytes() == b"another cache's", "a volume vagrant up does not use was touched"
     assert (pool / VOL).read_bytes() == b"uploaded"
     assert "removing it" in capsys.readouterr().err
     # now recorded: the next up keeps it
@@ -92,13 +99,13 @@ def test_a_volume_from_another_box_is_replaced(pool, box_file, capsys, monkeypat
         assert (pool / VOL).read_bytes() == b"uploaded"
 
 
-def test_a_recorded_volume_is_reused_until_it_or_the_box_changes(pool, box_file):
+def test_a_recorded_volume_is_reused_until_the_image_changes(pool, box_file):
     with box_volume.held(BOX, box_file):
         _fake_up(pool)
     first = (pool / VOL).stat().st_ino
     with box_volume.held(BOX, box_file):
         assert (pool / VOL).stat().st_ino == first
-    box_file.write_bytes(b"rebuilt box")  # the cache's box was built again: its volume is not this one
-    os.utime(box_file, ns=(1, 1))
+    box_file.write_bytes(b"another image")  # replaced, same mtime second: the same volume name
+    os.utime(box_file, (MTIME, MTIME))
     with box_volume.held(BOX, box_file):
         assert not (pool / VOL).exists()

@@ -1,25 +1,27 @@
 """The box's base volume in libvirt's storage pool, shared by every process and cache on the machine.
 
-    with box_volume.held(box_name, box_file):   # around the `vagrant up`
+    with box_volume.held(box_name, box_image):   # around the `vagrant up`
         vm.v.up(provider="libvirt")
 
-vagrant-libvirt uploads a box into the pool ("default") the first time a
-machine of it comes up, under a name made from the box name only, and reuses
-a volume of that name from then on. Two hazards follow, both seen with an
-empty MNTCR_CACHE:
+vagrant-libvirt uploads the box's image (box.img as `vagrant box add` unpacked
+it under VAGRANT_HOME) into the pool ("default") the first time a machine of
+it comes up, and reuses a volume of that name from then on. The name is the
+box name plus, for a box without a version like ours, the image file's mtime
+in seconds (volume_name). Two hazards follow, both seen with an empty MNTCR_CACHE:
 - two processes (xdist workers) bringing up the first machine at once both
   find no volume and both create it: the second fails with "storage volume
   ... exists already" (vagrant-libvirt's lock is a Mutex inside one process);
-- the pool outlives a cache directory: a volume of the same name uploaded
-  from another cache's box (built separately: not the same bytes) or left
-  half-written by a killed upload would be reused silently.
+- the pool outlives a cache directory and a killed upload: a volume of that
+  name left half-written, or made from another image with the same name and
+  second, would be reused silently.
 
 So a `vagrant up` runs under a lock on a file beside the pool's boot files
 (system-wide, like the pool; a lock inside one cache would not see another
 cache's processes): exclusive while the volume is checked, replaced or
-uploaded, shared while machines merely build on it. Which box file a volume
-was uploaded from is recorded beside it (vagrant-libvirt records nothing);
-a volume without a matching record is removed, saying so, and uploaded again.
+uploaded, shared while machines merely build on it. Which image a volume was
+uploaded from is recorded beside it (vagrant-libvirt records nothing); a
+volume without a matching record is removed, saying so, and uploaded again.
+Volumes of other names (other caches' boxes) are not touched.
 """
 
 from __future__ import annotations
@@ -39,30 +41,28 @@ POOL = "default"
 STATE_DIR = Path("/var/lib/libvirt/images/mntcr-boot")
 
 
-def volume_prefix(box_name: str) -> str:
-    """The start of the pool volume name vagrant-libvirt gives the box's image (then version, disk)."""
-    return box_name.replace("/", "-VAGRANTSLASH-") + "_vagrant_box_image_"
+def volume_name(box_name: str, box_image: Path) -> str:
+    """The pool volume vagrant-libvirt makes of a version-less box's image (its get_volume_name)."""
+    return (box_name.replace("/", "-VAGRANTSLASH-") + f"_vagrant_box_image_0_{int(box_image.stat().st_mtime)}"
+            "_box.img")
 
 
 def _virsh(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["virsh", "-q", *args], capture_output=True, text=True, timeout=120)
 
 
-def pool_volumes(box_name: str) -> dict[str, str]:
-    """The pool's volumes of this box: name -> path."""
-    p = _virsh("vol-list", POOL)
-    prefix = volume_prefix(box_name)
-    out = {}
-    for line in p.stdout.splitlines():
+def volume_path(vol: str) -> str | None:
+    """The path of pool volume `vol`, or None when the pool has no such volume."""
+    for line in _virsh("vol-list", POOL).stdout.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0].startswith(prefix):
-            out[parts[0]] = parts[1]
-    return out
+        if len(parts) >= 2 and parts[0] == vol:
+            return parts[1]
+    return None
 
 
-def _box_identity(box_file: Path) -> dict:
-    st = box_file.stat()
-    return {"box": str(box_file.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+def _image_identity(box_image: Path) -> dict:
+    st = box_image.stat()
+    return {"image": str(box_image.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
 
 def _volume_identity(path: str) -> dict | None:
@@ -84,56 +84,53 @@ def _recorded(vol: str) -> dict | None:
         return None
 
 
-def _record(vol: str, path: str, box_file: Path) -> None:
+def _record(vol: str, path: str, box_image: Path) -> None:
     ident = _volume_identity(path)
     if ident is None:
         return
     tmp = _record_path(vol).with_suffix(f".{os.getpid()}.partial")
-    tmp.write_text(json.dumps({"from": _box_identity(box_file), "volume": ident}))
+    tmp.write_text(json.dumps({"from": _image_identity(box_image), "volume": ident}))
     tmp.rename(_record_path(vol))
 
 
-def matches(vol: str, path: str, box_file: Path) -> bool:
-    """Whether the pool volume is the one uploaded from box_file (and unchanged since)."""
+def matches(vol: str, path: str, box_image: Path) -> bool:
+    """Whether the pool volume is the one uploaded from box_image (and unchanged since)."""
     rec = _recorded(vol)
-    return bool(rec) and rec.get("from") == _box_identity(box_file) and rec.get("volume") == _volume_identity(path)
+    return bool(rec) and rec.get("from") == _image_identity(box_image) and rec.get("volume") == _volume_identity(path)
 
 
-def _remove(vol: str, box_file: Path) -> None:
-    say(f"libvirt pool volume {vol} was not uploaded from {box_file} (another MNTCR_CACHE's box, "
-        "or an interrupted upload): removing it, vagrant up uploads this box again")
+def _remove(vol: str, box_image: Path) -> None:
+    say(f"libvirt pool volume {vol} was not uploaded from {box_image} (an interrupted upload, or another "
+        "cache's image of the same name): removing it, vagrant up uploads the image again")
     p = _virsh("vol-delete", "--pool", POOL, vol)
-    if p.returncode != 0 and _exists(vol):
+    if p.returncode != 0 and volume_path(vol) is not None:
         raise VMError(f"cannot remove the stale libvirt volume {vol}: {(p.stderr.strip().splitlines() or ['?'])[-1]}"
                       f" (remove it with: virsh vol-delete --pool {POOL} {vol})")
     _record_path(vol).unlink(missing_ok=True)
 
 
-def _exists(vol: str) -> bool:
-    return _virsh("vol-info", "--pool", POOL, vol).returncode == 0
-
-
 @contextmanager
-def held(box_name: str, box_file: Path):
-    """Hold the pool volume of box_name for a `vagrant up`: checked, stale ones replaced, uploads serialised."""
+def held(box_name: str, box_image: Path):
+    """Hold the pool volume of the box for a `vagrant up`: checked, a stale one replaced, uploads serialised."""
     STATE_DIR.mkdir(parents=True, exist_ok=True)
+    vol = volume_name(box_name, box_image)
     with open(STATE_DIR / "pool.lock", "a+") as lock:
         # POSIX record locks: turning the exclusive lock into a shared one is atomic (flock's is not),
         # so no other process can remove the checked volume in between.
         fcntl.lockf(lock, fcntl.LOCK_EX)
         try:
-            vols = pool_volumes(box_name)
-            for vol, path in vols.items():
-                if not matches(vol, path, box_file):
-                    _remove(vol, box_file)
-            uploading = not pool_volumes(box_name)
+            path = volume_path(vol)
+            if path is not None and not matches(vol, path, box_image):
+                _remove(vol, box_image)
+                path = None
+            uploading = path is None
             if not uploading:
                 fcntl.lockf(lock, fcntl.LOCK_SH)
             try:
                 yield
             finally:
-                if uploading:
-                    for vol, path in pool_volumes(box_name).items():
-                        _record(vol, path, box_file)
+                path = volume_path(vol) if uploading else None
+                if path is not None:
+                    _record(vol, path, box_image)
         finally:
             fcntl.lockf(lock, fcntl.LOCK_UN)

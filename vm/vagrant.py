@@ -216,6 +216,11 @@ class VagrantVM:
         self._drop_old_boxes(env, name)
         return name
 
+    @staticmethod
+    def _box_image(env: dict[str, str], box: str) -> Path:
+        """The box's image as `vagrant box add` unpacked it (what vagrant-libvirt uploads to the pool)."""
+        return Path(env["VAGRANT_HOME"]) / "boxes" / box.replace("/", "-VAGRANTSLASH-") / "0" / "libvirt" / "box.img"
+
     def _drop_old_boxes(self, env: dict[str, str], keep: str) -> None:
         """Remove boxes of earlier recipes from Vagrant and their base volumes from libvirt's pool."""
         p = subprocess.run(["vagrant", "box", "list", "--machine-readable"], env=env, capture_output=True,
@@ -277,7 +282,7 @@ class VagrantVM:
             self._created = True
             try:
                 # the box's base volume in libvirt's pool is shared by every process and cache (vm/box_volume.py)
-                with box_volume.held(box, vagrant_box.ensure_box()):
+                with box_volume.held(box, self._box_image(env, box)):
                     self.v.up(provider="libvirt")
             except subprocess.CalledProcessError:
                 self._fail(f"vagrant up failed: {self._vagrant_tail()}")
