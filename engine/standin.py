@@ -15,7 +15,14 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
 
 If the restorer dies, the channel closes and every stand-in exits (and
 PDEATHSIG covers a stand-in blocked elsewhere), so a killed restore leaves no
-namespace alive.
+namespace alive. Detaching clears PDEATHSIG (the restorer exits right after),
+so from then until the restore commits (its pid file published) the root
+stand-in holds the tree's life instead: its detach request carries a lifeline,
+a socket whose other end only `mntcr restore` holds. The root waits on it
+before it sleeps: "c" (commit) lets the tree live; end of file (the restore
+interrupted, killed or failed after the restorer exited) kills the whole tree:
+the root is the leader of a process group of its own that every stand-in
+inherits, or init of its pid namespace.
 """
 
 from __future__ import annotations
@@ -31,12 +38,13 @@ NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kerne
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
 
 
-def spawn(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
+def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> int:
     """Fork a stand-in serving the channel on `sock_fd`; return its pid as the caller sees it.
 
     mode "same": in the caller's pid namespace; "new": in a new child pid
     namespace (the stand-in is its init); "join": in the namespace `pidns_fd`.
-    The caller's pid_for_children is put back afterwards.
+    The caller's pid_for_children is put back afterwards. The `root` stand-in
+    leads a process group of its own, inherited by the whole tree (see detach).
     """
     me = kernel.pidfd_open(os.getpid())
     saved = None
@@ -51,6 +59,8 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
         if pid == 0:
             try:
                 kernel.die_with_parent(me, signal.SIGKILL)
+                if root:
+                    os.setpgid(0, 0)
                 _drop_inherited(sock_fd)
                 _serve(channel.Channel(socket.socket(fileno=sock_fd)))
             finally:
@@ -142,6 +152,20 @@ def _detach(keep: set[int]) -> None:
         signal.pause()
 
 
+def _await_commit(lifeline: int) -> None:
+    """The root stand-in until the restore commits: "c" on the lifeline, else the tree dies."""
+    try:
+        word = os.read(lifeline, 1)
+    except OSError:
+        word = b""
+    if word == b"c":
+        os.close(lifeline)  # before the restore returns: `mntcr restore` waits for this end to close
+        return
+    if os.getpid() != 1 and os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # the tree's own group, us included
+    os._exit(1)  # as init of our pid namespace, the kernel kills everything in it with us
+
+
 def _serve(chan: channel.Channel) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     installed: set[int] = set()
@@ -205,6 +229,8 @@ def _serve(chan: channel.Channel) -> None:
                 # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
                 kernel.set_pdeathsig(0)
                 chan.send(("ok", None))
+                if fds:  # the root stand-in: the tree lives only once the restore commits
+                    _await_commit(fds[0])
                 _detach(installed)
             else:
                 raise OSError(f"unknown stand-in request {op!r}")

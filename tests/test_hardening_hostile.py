@@ -18,6 +18,7 @@ device nodes.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -381,12 +382,94 @@ def _first_child(pid: int, timeout: float = 60) -> None:
         time.sleep(0.002)
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _set_subreaper(on: bool) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(int(on)), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _descendants() -> list[int]:
+    """Every live descendant of this process (through each of its threads)."""
+    out, todo = [], [(os.getpid(), tid) for tid in os.listdir("/proc/self/task")]
+    while todo:
+        pid, tid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for k in kids:
+            out.append(k)
+            try:
+                todo.extend((k, t) for t in os.listdir(f"/proc/{k}/task"))
+            except OSError:
+                pass
+    return out
+
+
+def _in_new_namespaces(pids: list[int]) -> list[str]:
+    """Those of `pids` living in a pid or mount namespace other than ours: made by the restore."""
+    mine = {k: os.readlink(f"/proc/self/ns/{k}") for k in ("pid", "mnt")}
+    found = []
+    for p in pids:
+        try:
+            theirs = {k: os.readlink(f"/proc/{p}/ns/{k}") for k in ("pid", "mnt")}
+        except OSError:
+            continue  # gone, or a zombie (it holds no namespace any more)
+        if theirs != mine:
+            found.append(f"pid {p} (pid ns {theirs['pid']}, mnt ns {theirs['mnt']})")
+    return found
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _restore_leftovers(timeout: float = 60) -> list[str]:
+    """What the restore left alive in namespaces of its own. This process is the child subreaper
+    while the restore runs, so the restore's orphans (a stand-in whose restorer and `mntcr restore`
+    are gone) are reparented here and found as descendants, whatever their command line. A tree
+    being killed gets `timeout` to die (a slow machine, not a pass condition)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap_children()
+        left = _in_new_namespaces(_descendants())
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def subreaper():
+    """This process as child subreaper for the test: the restore's orphans come to us (and are reaped)."""
+    _set_subreaper(True)
+    try:
+        yield
+    finally:
+        _set_subreaper(False)
+        for p in _descendants():
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _restore_leftovers(timeout=10)
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
-def test_ctrl_c_leaves_a_named_tree_or_nothing(base_image, tmp_path, delay):
+def test_ctrl_c_leaves_a_named_tree_or_nothing(base_image, tmp_path, delay, subreaper):
     """Class 4: SIGINT to the restore's process group (what Ctrl-C does) `delay` seconds after the
     restorer was forked: either the restore finished (exit 0, the pid file names a live tree) or it
-    exits 130 with one line and nothing of it is left. (Before that, Python itself may still be
-    starting up: a Ctrl-C there is the interpreter's, and nothing was done.)"""
+    exits 130 with one line and nothing of it is left: no process in a namespace the restore made
+    (found by namespace, not command line: see _restore_leftovers). (Before that, Python itself may
+    still be starting up: a Ctrl-C there is the interpreter's, and nothing was done.)"""
     img = copy_image(base_image, tmp_path)
     host = Host(img, _victim(tmp_path))
     pidfile = os.path.join(str(tmp_path), "c.pid")
@@ -408,10 +491,13 @@ def test_ctrl_c_leaves_a_named_tree_or_nothing(base_image, tmp_path, delay):
         from zdtm.snapshot import kill_tree
         kill_tree(pid)
         os.unlink(pidfile)
+        assert _restore_leftovers() == [], "the committed tree was killed, yet parts of it live on"
         return
     assert p.returncode == 130, f"exit {p.returncode} (SIGINT {delay}s after the restorer was forked): {err}"
     lines = err.strip().splitlines()
     assert lines == ["mntcr restore: interrupted: nothing was restored"], err
+    left = _restore_leftovers()
+    assert left == [], f"an interrupted restore left processes in namespaces it made: {', '.join(left)}"
     host.assert_untouched(pidfile)
 
 
