@@ -1,0 +1,276 @@
+"""User namespaces: who owns a namespace, the tree of user namespaces, their maps.
+
+Namespaces are named by what survives a restore: a user namespace by its
+place in the tree below the reader's own (the chain of uid/gid maps and
+setgroups from the top down), never by inode. Maps are read from the
+caller's user namespace (the runner's or the dumper's, normally the initial
+one), where /proc/PID/uid_map shows every range in the caller's ids, so the
+same namespace reads the same before and after a restore.
+
+An idmapped mount's maps come from statmount (Linux 6.15: STATMOUNT_MNT_UIDMAP
+/ STATMOUNT_MNT_GIDMAP), also as the caller sees them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+from dataclasses import dataclass
+
+from engine import kernel
+
+# linux/nsfs.h
+NS_GET_USERNS = 0xB701
+NS_GET_PARENT = 0xB702
+NS_GET_MNTNS_ID = 0x8008B705   # _IOR(0xb7, 0x5, __u64)
+
+STATMOUNT_MNT_UIDMAP = 0x2000
+STATMOUNT_MNT_GIDMAP = 0x4000
+
+
+def ns_owner_fd(ns_path_or_fd) -> int:
+    """A new fd on the user namespace that owns the namespace at `ns_path_or_fd`."""
+    fd = os.open(ns_path_or_fd, os.O_RDONLY | os.O_CLOEXEC) if isinstance(ns_path_or_fd, str) else ns_path_or_fd
+    try:
+        return fcntl.ioctl(fd, NS_GET_USERNS)
+    finally:
+        if isinstance(ns_path_or_fd, str):
+            os.close(fd)
+
+
+def parent_fd(userns_fd: int) -> int | None:
+    """A new fd on the parent of user namespace `userns_fd`, or None at the top the caller may see."""
+    try:
+        return fcntl.ioctl(userns_fd, NS_GET_PARENT)
+    except OSError as e:
+        if e.errno == errno.EPERM:  # the parent is outside the caller's user namespace (or none)
+            return None
+        raise
+
+
+def ino(fd: int) -> int:
+    """The inode number that names the namespace at `fd` on this boot."""
+    return os.fstat(fd).st_ino
+
+
+def own_userns_ino() -> int:
+    """The inode of the caller's user namespace."""
+    return os.stat("/proc/self/ns/user").st_ino
+
+
+@dataclass(frozen=True)
+class Maps:
+    """The id maps of one user namespace as the reader sees them."""
+
+    uid_map: tuple[tuple[int, int, int], ...]
+    gid_map: tuple[tuple[int, int, int], ...]
+    setgroups: str            # "allow" or "deny"
+
+    def text(self) -> str:
+        """One stable line: ``uid 0 100000 65536 gid 0 100000 65536 setgroups allow``."""
+        def ranges(m):
+            return ",".join(f"{a} {b} {c}" for a, b, c in m) or "-"
+        return f"uid {ranges(self.uid_map)} gid {ranges(self.gid_map)} setgroups {self.setgroups}"
+
+
+def parse_map(text: str) -> tuple[tuple[int, int, int], ...]:
+    """Parse a uid_map / gid_map text into (inside, outside, count) triples."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts:
+            out.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    return tuple(out)
+
+
+def read_maps_of_pid(pid: int) -> Maps:
+    """The maps of the user namespace process `pid` is in."""
+    with open(f"/proc/{pid}/uid_map") as f:
+        uid = parse_map(f.read())
+    with open(f"/proc/{pid}/gid_map") as f:
+        gid = parse_map(f.read())
+    with open(f"/proc/{pid}/setgroups") as f:
+        sg = f.read().strip()
+    return Maps(uid, gid, sg)
+
+
+def read_maps_of_fd(userns_fd: int) -> Maps:
+    """The maps of the user namespace at `userns_fd` (which may hold no process): a forked child
+    joins it and waits while the caller reads the child's /proc files, so that the maps are shown
+    in the caller's ids."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        ok = os.read(ready_r, 1)
+        if not ok:
+            raise OSError(errno.EPERM, "cannot enter a user namespace to read its maps")
+        return read_maps_of_pid(pid)
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+        os.waitpid(pid, 0)
+
+
+class UsernsTree:
+    """The user namespaces met while reading a process tree, below the reader's own.
+
+    `describe(fd)` names a user namespace by its chain of maps from the reader's
+    namespace down (``init`` is the reader's own; ``init > [maps] > [maps]`` a
+    grandchild), which is what a restore must reproduce.
+    """
+
+    def __init__(self):
+        self.top = own_userns_ino()
+        self._desc: dict[int, str] = {self.top: "init"}
+        self._maps: dict[int, Maps] = {}
+        self._parent: dict[int, int | None] = {self.top: None}
+
+    def _learn(self, fd: int, pid: int | None = None) -> int:
+        key = ino(fd)
+        if key in self._desc:
+            return key
+        par = parent_fd(fd)
+        if par is None:
+            self._parent[key] = None
+            self._desc[key] = "outside"
+            return key
+        try:
+            pkey = self._learn(par)
+        finally:
+            os.close(par)
+        maps = read_maps_of_pid(pid) if pid is not None else read_maps_of_fd(fd)
+        self._maps[key] = maps
+        self._parent[key] = pkey
+        self._desc[key] = f"{self._desc[pkey]} > [{maps.text()}]"
+        return key
+
+    def of_pid(self, pid: int) -> int:
+        """The inode of `pid`'s user namespace (learnt with its ancestors)."""
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self._learn(fd, pid)
+        finally:
+            os.close(fd)
+
+    def owner_of(self, pid: int, nstype: str) -> int:
+        """The inode of the user namespace owning `pid`'s namespace of type `nstype` (``mnt``, ``pid``...)."""
+        fd = ns_owner_fd(f"/proc/{pid}/ns/{nstype}")
+        try:
+            return self._learn(fd)
+        finally:
+            os.close(fd)
+
+    def describe(self, key: int) -> str:
+        """The chain-of-maps name of a learnt user namespace."""
+        return self._desc[key]
+
+    def maps(self, key: int) -> Maps | None:
+        """The maps of a learnt user namespace (None for the reader's own)."""
+        return self._maps.get(key)
+
+    def parent(self, key: int) -> int | None:
+        """The inode of a learnt user namespace's parent (None at the top)."""
+        return self._parent.get(key)
+
+    def depth(self, key: int) -> int:
+        """0 for the reader's own user namespace, 1 for a child, ..."""
+        d = 0
+        while self._parent.get(key) is not None:
+            key = self._parent[key]
+            d += 1
+        return d
+
+
+def mntns_id(pid: int) -> int:
+    """The 64-bit id of `pid`'s mount namespace (for listmount/statmount; Linux 6.10)."""
+    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        buf = bytearray(8)
+        fcntl.ioctl(fd, NS_GET_MNTNS_ID, buf, True)
+        return struct.unpack("<Q", bytes(buf))[0]
+    finally:
+        os.close(fd)
+
+
+def _statmount_idmap(mnt_id: int, ns_id: int) -> tuple[str, str]:
+    """(uid map, gid map) of an idmapped mount as statmount shows them (``inside outside count``
+    ranges joined by ``,``), in the caller's ids."""
+    size = 1 << 16
+    buf = ctypes.create_string_buffer(size)
+    req = kernel._mnt_id_req(mnt_id, STATMOUNT_MNT_UIDMAP | STATMOUNT_MNT_GIDMAP, ns_id)
+    ret = kernel._syscall(kernel.NR["statmount"], req, buf, ctypes.c_size_t(size), ctypes.c_uint(0))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"statmount({mnt_id}) idmap: {os.strerror(err)}")
+    raw = buf.raw
+    got = struct.unpack_from("<Q", raw, 8)[0]
+    # struct statmount: the idmap fields follow sb_source, opt_num/array, opt_sec_num/array and
+    # supported_mask (offset 0x88 after the fields engine.kernel.statmount decodes).
+    uid_num, uid_off, gid_num, gid_off = struct.unpack_from("<IIII", raw, 0x98)
+
+    def strings(num: int, off: int, bit: int) -> str:
+        if not got & bit:
+            return "?"
+        out, pos = [], 512 + off
+        for _ in range(num):
+            end = raw.index(b"\0", pos)
+            out.append(raw[pos:end].decode())
+            pos = end + 1
+        return ",".join(" ".join(s.split()) for s in out) or "-"
+
+    return strings(uid_num, uid_off, STATMOUNT_MNT_UIDMAP), strings(gid_num, gid_off, STATMOUNT_MNT_GIDMAP)
+
+
+def idmaps(pid: int, mounts) -> dict[int, str]:
+    """mountinfo id -> ``uid RANGES gid RANGES`` for the idmapped mounts of `pid`'s namespace.
+
+    Empty when no mount is idmapped; ``unknown (why)`` per mount when the kernel cannot say
+    (statmount's idmap fields are Linux 6.15)."""
+    marked = [m for m in mounts if "idmapped" in m.mount_opts]
+    if not marked:
+        return {}
+    try:
+        ns = mntns_id(pid)
+        by_old = {}
+        for uid in kernel.listmount(ns):
+            info = kernel.statmount(uid, kernel.STATMOUNT_MNT_BASIC, ns)
+            by_old[info["mnt_id_old"]] = uid
+    except OSError as e:
+        return {m.mnt_id: f"unknown ({e.strerror})" for m in marked}
+    out = {}
+    for m in marked:
+        try:
+            u, g = _statmount_idmap(by_old[m.mnt_id], ns)
+            out[m.mnt_id] = f"uid {u} gid {g}"
+        except (OSError, KeyError) as e:
+            out[m.mnt_id] = f"unknown ({getattr(e, 'strerror', None) or 'mount gone'})"
+    return out
+
+
+def creds(pid: int) -> str:
+    """``uid R,E,S,F gid R,E,S,F groups G,...`` of `pid` in the reader's ids."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Uid", "Gid", "Groups"):
+                fields[key] = value.split()
+    return (f"uid {','.join(fields.get('Uid', []))} gid {','.join(fields.get('Gid', []))} "
+            f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'}")
