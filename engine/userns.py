@@ -20,7 +20,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from engine import kernel
+from engine import forkrun, kernel
 
 # linux/nsfs.h
 NS_GET_USERNS = 0xB701
@@ -274,3 +274,152 @@ def creds(pid: int) -> str:
                 fields[key] = value.split()
     return (f"uid {','.join(fields.get('Uid', []))} gid {','.join(fields.get('Gid', []))} "
             f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'}")
+
+
+# --- restore: making user namespaces and locked mount namespaces --------------------------------
+
+def _hold_in(prepare) -> tuple[int, int, int]:
+    """Fork a child that runs `prepare()` (setns/unshare) and then waits; return (pid, ready_r, go_w).
+    The caller reads one byte from ready_r (empty: the child failed) and closes go_w to let it go."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            prepare()
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            code = 0
+        except BaseException:  # noqa: BLE001 - the empty pipe tells the parent
+            pass
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    return pid, ready_r, go_w
+
+
+def _release(pid: int, ready_r: int, go_w: int) -> None:
+    os.close(ready_r)
+    os.close(go_w)
+    os.waitpid(pid, 0)
+
+
+def translate(ranges, parent_ranges) -> list[tuple[int, int, int]]:
+    """Ranges whose outside ids are the reader's, rewritten with outside ids as a parent user
+    namespace (whose own map is `parent_ranges`, also in the reader's ids) sees them: a child's map
+    is written from inside its parent. ValueError when an id is not mapped in the parent (the
+    kernel would refuse the map too). `parent_ranges` None: the parent is the reader's namespace."""
+    if parent_ranges is None:
+        return [tuple(r) for r in ranges]
+    out = []
+    for inside, outside, count in ranges:
+        while count:
+            hit = next(((pi, po, pc) for pi, po, pc in parent_ranges if po <= outside < po + pc), None)
+            if hit is None:
+                raise ValueError(f"id {outside} is not mapped in the parent user namespace")
+            pi, po, pc = hit
+            n = min(count, po + pc - outside)
+            out.append((inside, pi + (outside - po), n))
+            inside, outside, count = inside + n, outside + n, count - n
+    return out
+
+
+def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = None) -> int:
+    """A new user namespace with `maps` (outside ids in the caller's ids), as a child of the
+    caller's user namespace or of `parent_fd` (whose maps are `parent_maps`); returns an fd on it.
+
+    A child process unshares it and waits; the maps are written by a process in the parent
+    namespace (the caller, or a second child that joined the parent), as the kernel requires."""
+    def become_parent_root():
+        # In the parent, act as an id it maps (its root when it has one): the new namespace's owner,
+        # and the writer of its maps, must be ids the parent knows.
+        kernel.setns(parent_fd, kernel.CLONE_NEWUSER)
+        gid = 0 if any(i == 0 for i, _, _ in parent_maps.gid_map) else parent_maps.gid_map[0][0]
+        uid = 0 if any(i == 0 for i, _, _ in parent_maps.uid_map) else parent_maps.uid_map[0][0]
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        # Changing ids cleared "dumpable", which makes /proc/PID files root's (the initial
+        # namespace's, unmapped here): the maps could not be written.
+        _set_dumpable()
+
+    def unshare_user():
+        if parent_fd is not None:
+            become_parent_root()
+        kernel.unshare(kernel.CLONE_NEWUSER)
+
+    child = _hold_in(unshare_user)
+    pid, ready_r, go_w = child
+    try:
+        if not os.read(ready_r, 1):
+            raise OSError(errno.EPERM, "cannot create a user namespace")
+        uid = translate(maps.uid_map, parent_maps.uid_map if parent_maps else None)
+        gid = translate(maps.gid_map, parent_maps.gid_map if parent_maps else None)
+
+        def write_maps():
+            if parent_fd is not None:
+                become_parent_root()
+            for name, text in (("setgroups", maps.setgroups), ("uid_map", _map_text(uid)),
+                               ("gid_map", _map_text(gid))):
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(text)
+
+        if parent_fd is None:
+            write_maps()
+        else:
+            forkrun.run(write_maps)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise OSError(e.errno, f"making a user namespace ({maps.text()}): {e.strerror or e}") from None
+    finally:
+        _release(*child)
+
+
+def _set_dumpable() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 1, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_DUMPABLE): {os.strerror(err)}")
+
+
+def _map_text(ranges) -> str:
+    return "".join(f"{a} {b} {c}\n" for a, b, c in ranges)
+
+
+def copy_mntns_into(userns_fd: int, mntns_fd: int) -> int:
+    """A copy of mount namespace `mntns_fd` made from inside user namespace `userns_fd`; returns an
+    fd on the copy. The kernel locks what it copies into a less privileged user namespace (every
+    mount but the root, and each mount's flags), as it did when the dumped namespace was made."""
+    def prepare():
+        kernel.setns(mntns_fd, kernel.CLONE_NEWNS)     # as the caller: needs its privilege
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+        kernel.unshare(kernel.CLONE_NEWNS)
+    held = _hold_in(prepare)
+    pid, ready_r, _ = held
+    try:
+        if not os.read(ready_r, 1):
+            raise OSError(errno.EPERM, "cannot copy a mount namespace into a user namespace")
+        return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        _release(*held)
+
+
+def caller_ranges() -> tuple[tuple, tuple]:
+    """(uid ranges, gid ranges) the caller's user namespace maps: ids a map may use as outside ids."""
+    m = read_maps_of_pid(os.getpid())
+    return tuple((i, c) for i, _, c in m.uid_map), tuple((i, c) for i, _, c in m.gid_map)
+
+
+def uncovered(ranges, have) -> int | None:
+    """The first outside id of `ranges` that no (start, count) of `have` covers, or None."""
+    for _, outside, count in ranges:
+        pos, end = outside, outside + count
+        while pos < end:
+            hit = next(((s, c) for s, c in have if s <= pos < s + c), None)
+            if hit is None:
+                return pos
+            pos = hit[0] + hit[1]
+    return None
