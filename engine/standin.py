@@ -10,6 +10,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   enter    setns into its restored mount namespace, chroot to its root, chdir
   fds      install open files at their numbers
   map      map each file received (engine/mappings.py)
+  become   join its user namespace and take its ids there (engine/userns_cr.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
   detach   drop the channel and every other fd and sleep until killed
 
@@ -25,7 +26,7 @@ import os
 import signal
 import socket
 
-from engine import channel, fds as fdkinds, kernel, mappings  # imported before a stand-in chroots
+from engine import channel, fds as fdkinds, kernel, mappings, userns_cr  # imported before a stand-in chroots
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -200,6 +201,11 @@ def _serve(chan: channel.Channel) -> None:
                 continue
             elif op == "map":
                 mappings.map_files(fds)
+                reply = None
+            elif op == "become":
+                # Last request but detach: join the process's user namespace with its ids there.
+                _, uid, gid, groups = msg
+                userns_cr.become(fds[0], uid, gid, groups)
                 reply = None
             elif op == "detach":
                 # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.

@@ -389,9 +389,10 @@ def _map_text(ranges) -> str:
     return "".join(f"{a} {b} {c}\n" for a, b, c in ranges)
 
 
-def copy_mntns_into(userns_fd: int, mntns_fd: int) -> int:
+def copy_mntns_into(userns_fd: int, mntns_fd: int, proc_fd: int | None = None) -> int:
     """A copy of mount namespace `mntns_fd` made from inside user namespace `userns_fd`; returns an
-    fd on the copy. The kernel locks what it copies into a less privileged user namespace (every
+    fd on the copy (`proc_fd`: a /proc to find it in, when the caller's root has none). The kernel
+    locks what it copies into a less privileged user namespace (every
     mount but the root, and each mount's flags), as it did when the dumped namespace was made."""
     def prepare():
         kernel.setns(mntns_fd, kernel.CLONE_NEWNS)     # as the caller: needs its privilege
@@ -402,7 +403,9 @@ def copy_mntns_into(userns_fd: int, mntns_fd: int) -> int:
     try:
         if not os.read(ready_r, 1):
             raise OSError(errno.EPERM, "cannot copy a mount namespace into a user namespace")
-        return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        if proc_fd is None:
+            return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(f"{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
     finally:
         _release(*held)
 

@@ -1,0 +1,315 @@
+"""Checkpoint/restore of user namespaces: what dump records, what restore rebuilds.
+
+Dump (`plan`): every user namespace of the tree below the dumper's own gets a
+record ``user-N`` (parent, uid and gid maps in the dumper's ids, setgroups);
+a process in one names it and its credentials there (inside ids); a mount
+namespace owned by one names its owner, and its mounts say whether they are
+locked and which of their flags are (engine/mntlocks.py probes it).
+
+Restore (`Rebuild`): the user namespaces are made first (engine/userns.make).
+A mount namespace owned by one is assembled as usual up to its locked mounts
+(with only their locked flags), then copied from inside its user namespace, so
+that the kernel locks exactly those mounts and flags (engine/userns.
+copy_mntns_into); the copy replaces it and its own (unlocked) mounts are
+attached to the copy afterwards. Last, each stand-in joins its user namespace
+and takes its credentials there.
+
+What is refused (at dump, the tree keeps running): pid, uts, ipc, net and
+cgroup namespaces owned by a user namespace of the tree; idmapped mounts; a
+mount namespace whose locked mounts are not all older than its unlocked ones
+or hang below an unlocked one; an unlocked mount with locked flags.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from engine import mntlocks, mountinfo, topology, userns
+
+FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
+
+
+class UsernsError(OSError):
+    """A tree or image this module cannot handle; one line."""
+
+    def __reduce__(self):
+        return (type(self), (self.errno, self.strerror))
+
+
+# --- dump ---------------------------------------------------------------------------------------
+
+def _inside(ids, ranges) -> list[int]:
+    """Reader's ids -> ids inside a namespace with `ranges` (inside, outside, count)."""
+    out = []
+    for i in ids:
+        hit = next((ins + (i - o) for ins, o, c in ranges if o <= i < o + c), None)
+        out.append(hit if hit is not None else 65534)  # unmapped: the overflow id, as the kernel shows it
+    return out
+
+
+def _creds(pid: int, maps: userns.Maps) -> dict:
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Uid", "Gid", "Groups"):
+                fields[key] = [int(x) for x in value.split()]
+    return {"uid": _inside(fields["Uid"], maps.uid_map), "gid": _inside(fields["Gid"], maps.gid_map),
+            "groups": _inside(fields.get("Groups", []), maps.gid_map)}
+
+
+def plan(tree, names: dict, ns_kinds) -> dict:
+    """The user-namespace part of the image for `tree` [(pid, ppid)]: {"userns": {...},
+    "proc": {pid: {"userns": id, "creds": {...}}}, "mntns_owner": {mnt ns name: userns id}}.
+    Raises UsernsError for what restore cannot rebuild."""
+    users = userns.UsernsTree()
+    ids: dict[int, str] = {}
+    doc: dict[str, dict] = {}
+
+    def name(key: int) -> str | None:
+        if key == users.top:
+            return None
+        if key not in ids:
+            parent = users.parent(key)
+            if parent is None:
+                raise UsernsError(errno.EOPNOTSUPP, "a user namespace outside the dumper's: cannot be dumped")
+            pname = name(parent)
+            ids[key] = f"user-{len(ids) + 1}"
+            maps = users.maps(key)
+            doc[ids[key]] = {"parent": pname, "uid_map": [list(r) for r in maps.uid_map],
+                             "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups}
+        return ids[key]
+
+    procs: dict[int, dict] = {}
+    owners: dict[str, str] = {}
+    for pid, _ in tree:
+        own = users.of_pid(pid)
+        uname = name(own)
+        if uname is not None:
+            procs[pid] = {"userns": uname, "creds": _creds(pid, users.maps(own))}
+        for kind in ns_kinds:
+            owner = users.owner_of(pid, kind)
+            if kind == "mnt":
+                oname = name(owner)
+                if oname is not None:
+                    nsname = names[("mnt", os.stat(f"/proc/{pid}/ns/mnt").st_ino)]
+                    owners[nsname] = oname
+            elif owner != users.top:
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to a user "
+                                                    f"namespace of the tree: not supported yet")
+    return {"userns": doc, "proc": procs, "mntns_owner": owners}
+
+
+def owner_to_join(mntns_fd: int) -> int | None:
+    """An fd on the user namespace owning mount namespace `mntns_fd`, or None when it is the
+    caller's: a helper that copies the namespace joins it first, so that the copy keeps its locks
+    and adds none."""
+    owner = userns.ns_owner_fd(mntns_fd)
+    if userns.ino(owner) == userns.own_userns_ino():
+        os.close(owner)
+        return None
+    return owner
+
+
+def _state_flags(state: str) -> tuple[bool, list[str]]:
+    head, _, rest = state.partition(" flags=")
+    return head != "unlocked", [f for f in rest.split(",") if f] if rest else []
+
+
+def locks(pid: int, entries: list[dict], nsname: str) -> None:
+    """Probe which mounts of `pid`'s mount namespace are locked and mark its image entries
+    (``locked``, ``locked_flags``); refuse what restore cannot reproduce."""
+    mounts = mountinfo.read_pid(pid)
+    if any("idmapped" in m.mount_opts for m in mounts):
+        m = next(m for m in mounts if "idmapped" in m.mount_opts)
+        raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): idmapped: not supported yet")
+    canon = topology.canonical(mounts)
+    got = mntlocks.probe(pid, mounts, canon.text)
+    if isinstance(got, str):
+        raise UsernsError(errno.EIO, f"mount namespace {nsname}: {got}")
+    by_id = {e["id"]: e for e in entries}
+    if set(by_id) != {m.mnt_id for m in mounts}:
+        raise UsernsError(errno.EOPNOTSUPP, f"mount namespace {nsname}: process {pid} sees only part of it "
+                                            "(a chroot): locks cannot be told")
+    root = next(e for e in entries if e.get("parent") is None)
+    for m in mounts:
+        e = by_id[m.mnt_id]
+        state = got[canon.label(m.mnt_id)]
+        if state == "hidden":
+            # Beneath a locked mount: part of what was copied, so locked with what it had set.
+            locked, flags = True, [f for f in FLAG_NAMES if f in m.mount_opts] + ["atime"]
+        else:
+            locked, flags = _state_flags(state)
+        if e is root and not locked:
+            # A restored root sits on the hidden root of its namespace (pivot_root), so the copy
+            # into the user namespace always locks it; an unlocked one cannot be reproduced.
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): the root of mount "
+                                                f"namespace {nsname} is not locked: not supported yet")
+        if locked:
+            e["locked"] = True
+            e["locked_flags"] = flags
+        elif flags:
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): unlocked with locked flags "
+                                                f"({','.join(flags)}): not supported yet")
+    locked_ids = {e["id"] for e in entries if e.get("locked")}
+    for e in entries:
+        if e.get("locked") and e.get("parent") is not None and e["parent"] != root["id"] \
+                and e["parent"] not in locked_ids:
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): locked below an unlocked "
+                                                "mount: not supported yet")
+    newest_locked = max((e.get("uid") or 0 for e in entries if e.get("locked")), default=0)
+    for e in entries:
+        if not e.get("locked") and e is not root and (e.get("uid") or 0) < newest_locked:
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): unlocked but older than "
+                                                "a locked mount: not supported yet")
+
+
+# --- restore ------------------------------------------------------------------------------------
+
+_ATTR = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8}  # MOUNT_ATTR_*
+
+
+def _maps_of(rec: dict) -> userns.Maps:
+    return userns.Maps(tuple(tuple(r) for r in rec["uid_map"]), tuple(tuple(r) for r in rec["gid_map"]),
+                       rec["setgroups"])
+
+
+class Rebuild:
+    """The user-namespace side of one restore (hooks called by engine/restore.py)."""
+
+    def __init__(self, doc: dict):
+        self.doc = doc
+        self.users = doc.get("userns") or {}
+        self.fd: dict[str, int] = {}
+        self.owned = {ns_id: ns["owner"] for ns_id, ns in doc["mntns"].items() if ns.get("owner")}
+        self.copied: set[str] = set()
+
+    def make_userns(self) -> None:
+        """Every user namespace of the image, parents first, after checking that the restoring
+        user may map the ids (one line naming the namespace and the id otherwise)."""
+        if not self.users:
+            return
+        have_uid, have_gid = userns.caller_ranges()
+        todo = list(self.users)
+        while todo:
+            uid = next(u for u in todo if self.users[u].get("parent") in (None, *self.fd))
+            todo.remove(uid)
+            rec = self.users[uid]
+            parent = rec.get("parent")
+            if parent is None:
+                for key, have in (("uid_map", have_uid), ("gid_map", have_gid)):
+                    bad = userns.uncovered(rec[key], have)
+                    if bad is not None:
+                        raise UsernsError(errno.EPERM, f"user namespace {uid}: {key} maps id {bad}, which the "
+                                                       "restoring user's namespace does not have")
+            self.fd[uid] = userns.make(_maps_of(rec), self.fd.get(parent),
+                                       _maps_of(self.users[parent]) if parent else None)
+
+    def close(self) -> None:
+        for fd in self.fd.values():
+            os.close(fd)
+        self.fd.clear()
+
+    # -- locked mounts -------------------------------------------------------------------------
+
+    def must_copy_before(self, ns_id: str, m: dict) -> bool:
+        """Whether namespace ns_id must be copied into its user namespace before mount m is attached
+        (m is the first of its own, unlocked, mounts)."""
+        return ns_id in self.owned and ns_id not in self.copied and not m.get("locked") \
+            and m["id"] != self.doc["mntns"][ns_id]["root"]
+
+    def copy(self, r, ns_id: str, attached: set[int]) -> None:
+        """Replace restored namespace ns_id (root and locked mounts attached, nothing else) by its copy
+        made inside its user namespace; re-point the restorer's fds at the copies."""
+        from engine import kernel
+        ns = self.doc["mntns"][ns_id]
+        mine = [m for m in ns["mounts"] if m["id"] == ns["root"] or m.get("locked")]
+        missing = [m for m in mine if m["id"] not in attached]
+        if missing:
+            raise UsernsError(errno.EINVAL, f"mount {missing[0]['id']} ({missing[0]['mountpoint']}): locked but "
+                                            f"not attached before {ns_id} is copied into its user namespace")
+        ids = {m["id"] for m in mine}
+        covered = {m["parent"] for m in mine if m.get("parent") in ids
+                   and r.mounts[m["parent"]]["mountpoint"] == m["mountpoint"]}
+        extra = {}
+        for m in mine:
+            locked = set(m.get("locked_flags") or ())
+            bits = sum(_ATTR[f] for f in FLAG_NAMES if f in m["mount_opts"] and f not in locked)
+            if bits:
+                extra[m["id"]] = bits
+        r.enter(ns_id)
+        # Flags set later than the copy are not locked: off while the kernel copies, on again after.
+        for mid, bits in extra.items():
+            if mid not in covered:
+                fd = self._open(r.mounts[mid])
+                try:
+                    kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_clr=bits)
+                finally:
+                    os.close(fd)
+        new = userns.copy_mntns_into(self.fd[ns["owner"]], r.ns_fd[ns_id], r.hostproc)
+        r.to_service()
+        os.close(r.ns_fd[ns_id])
+        r.ns_fd[ns_id] = new
+        self.copied.add(ns_id)
+        r.enter(ns_id)
+        for m in mine:
+            mid = m["id"]
+            old = r.mnt_fd.pop(mid, None)
+            if old is not None:
+                os.close(old)
+            mp = r.mp_fd.pop(mid, None)
+            if mp is not None:
+                os.close(mp)   # reached what the staging mount covered: nothing in the copy
+            if mid in covered:
+                continue       # beneath another locked mount: nothing can reach it, nor needs to
+            fd = self._open(m)
+            if mid in extra:
+                kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_set=extra[mid])
+            if mid in r.shared_ids:
+                r.new_id[mid] = kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH)
+            if old is not None or mid == ns["root"]:
+                r.mnt_fd[mid] = fd
+            else:
+                os.close(fd)
+
+    @staticmethod
+    def _open(m: dict) -> int:
+        # setns put us on the namespace's hidden root, below the restored "/": "/.." is what is
+        # mounted over it, and mount points resolve from there.
+        top = os.open("/..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        rel = m["mountpoint"].strip("/")
+        if not rel:
+            return top
+        try:
+            return os.open(rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
+        finally:
+            os.close(top)
+
+    def copy_rest(self, r, attached: set[int]) -> None:
+        """Namespaces that have no mount of their own: copied once everything is attached."""
+        for ns_id in self.owned:
+            if ns_id not in self.copied:
+                self.copy(r, ns_id, attached)
+
+    # -- stand-ins ---------------------------------------------------------------------------------
+
+    def become(self, chans: dict) -> None:
+        """Each stand-in of a process in a user namespace joins it and takes its ids there (last:
+        it gives up its privilege over everything else)."""
+        for p in self.doc["processes"]:
+            if "userns" in p:
+                creds = p.get("creds") or {"uid": [0] * 4, "gid": [0] * 4, "groups": []}
+                deny = self.users[p["userns"]]["setgroups"] == "deny"
+                chans[p["pid"]].call(("become", creds["uid"], creds["gid"], None if deny else creds["groups"]),
+                                     [self.fd[p["userns"]]])
+
+
+def become(userns_fd: int, uid: list[int], gid: list[int], groups: list[int] | None) -> None:
+    """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs)."""
+    from engine import kernel
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    if groups is not None:
+        os.setgroups(groups)
+    os.setresgid(gid[0], gid[1], gid[2])
+    os.setresuid(uid[0], uid[1], uid[2])
