@@ -44,19 +44,28 @@ def _inside(ids, ranges) -> list[int]:
     out = []
     for i in ids:
         hit = next((ins + (i - o) for ins, o, c in ranges if o <= i < o + c), None)
-        out.append(hit if hit is not None else 65534)  # unmapped: the overflow id, as the kernel shows it
+        out.append(hit)  # None: unmapped there
     return out
 
 
-def _creds(pid: int, maps: userns.Maps) -> dict:
+def _creds(pid: int, maps: userns.Maps) -> dict | None:
+    """The ids of `pid` inside its user namespace; None when they are the dumper's root, unmapped."""
     fields = {}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("Uid", "Gid", "Groups"):
                 fields[key] = [int(x) for x in value.split()]
-    return {"uid": _inside(fields["Uid"], maps.uid_map), "gid": _inside(fields["Gid"], maps.gid_map),
-            "groups": _inside(fields.get("Groups", []), maps.gid_map)}
+    out = {"uid": _inside(fields["Uid"], maps.uid_map), "gid": _inside(fields["Gid"], maps.gid_map),
+           "groups": _inside(fields.get("Groups", []), maps.gid_map)}
+    if None not in out["uid"] + out["gid"] + out["groups"]:
+        return out
+    if set(fields["Uid"] + fields["Gid"] + fields.get("Groups", [])) == {0}:
+        # The dumper's root, unmapped there (a namespace made by root that never switched ids): a
+        # stand-in keeps its own ids, which are those.
+        return None
+    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: ids {fields['Uid']} / {fields['Gid']} not all mapped in "
+                                        "its user namespace: not supported yet")
 
 
 def plan(tree, names: dict, ns_kinds) -> dict:
@@ -87,7 +96,10 @@ def plan(tree, names: dict, ns_kinds) -> dict:
         own = users.of_pid(pid)
         uname = name(own)
         if uname is not None:
-            procs[pid] = {"userns": uname, "creds": _creds(pid, users.maps(own))}
+            procs[pid] = {"userns": uname}
+            creds = _creds(pid, users.maps(own))
+            if creds is not None:
+                procs[pid]["creds"] = creds
         for kind in ns_kinds:
             owner = users.owner_of(pid, kind)
             if kind == "mnt":
@@ -299,16 +311,18 @@ class Rebuild:
         it gives up its privilege over everything else)."""
         for p in self.doc["processes"]:
             if "userns" in p:
-                creds = p.get("creds") or {"uid": [0] * 4, "gid": [0] * 4, "groups": []}
+                creds = p.get("creds")
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
-                chans[p["pid"]].call(("become", creds["uid"], creds["gid"], None if deny else creds["groups"]),
-                                     [self.fd[p["userns"]]])
+                chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
+                                      None if deny or not creds else creds["groups"]), [self.fd[p["userns"]]])
 
 
 def become(userns_fd: int, uid: list[int], gid: list[int], groups: list[int] | None) -> None:
     """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs)."""
     from engine import kernel
     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    if uid is None:
+        return  # the process kept the dumper's (unmapped) ids: so does the stand-in
     if groups is not None:
         os.setgroups(groups)
     os.setresgid(gid[0], gid[1], gid[2])
