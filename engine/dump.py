@@ -688,6 +688,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             if deleted:
                 entries[-1]["ghost"] = True   # its root was unlinked: named once archived
         mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
+        try:
+            userns_cr.record_idmaps(by_mntns[ino][0], entries)
+        except OSError as e:
+            raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
         owner = users["mntns_owner"].get(names[("mnt", ino)])
         if owner is not None:
             mntns_doc[names[("mnt", ino)]]["owner"] = owner

@@ -421,6 +421,8 @@ MOUNT = Record("mount", {
     "dev": F(OPT_STR, required=False, rule=pattern(_DEVNUM, "MAJOR:MINOR")),
     # Locked in its namespace (MNT_LOCKED), and which of its flags are locked (engine/mntlocks.py).
     "locked": F(BOOL, required=False),
+    # The map of an idmapped mount (the user namespace restore gives it), in the dumper's ids.
+    "idmap": F(DICT, required=False, rule=lambda v: record(IDMAP)(v)),
     "locked_flags": F(LIST, required=False, rule=list_of(
         lambda v: None if v in LOCK_FLAGS else f"is no lockable flag ({v[:40]!r})", len(LOCK_FLAGS))),
 })
@@ -467,6 +469,12 @@ def _ids_rule(n: int, hi: int = 4):
             return f"must be {n if n == hi else f'{n} to {hi}'} ids of 0..{MAX_UID}"
         return None
     return rule
+
+
+IDMAP = Record("idmap", {
+    "uid_map": F(LIST, rule=_map_rule),
+    "gid_map": F(LIST, rule=_map_rule),
+})
 
 
 CREDS = Record("credentials", {
@@ -577,7 +585,7 @@ MANIFEST = Record("manifest", {
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP,
-                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS)}
+                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP)}
 
 
 # --- the validator ----------------------------------------------------------------------------
@@ -669,6 +677,8 @@ def _check_userns(doc: dict, mounts: dict) -> None:
             if "owner" in ns and m["id"] == ns["root"] and not m.get("locked"):
                 # Restore copies the namespace into its user namespace, which locks the root.
                 _fail(f"mount {m['id']}: the root of {ns_id}, owned by {ns['owner']}, must be locked")
+            if ("idmap" in m) != ("idmapped" in m["mount_opts"]):
+                _fail(f"mount {m['id']}: 'idmapped' and an idmap record go together")
             for flag in m.get("locked_flags") or ():
                 if flag != "atime" and flag not in m["mount_opts"]:
                     _fail(f"mount {m['id']}: flag {flag} is locked but not set")

@@ -695,6 +695,7 @@ class _Restorer:
 
     def _clone(self, m: dict, what: str = "mount") -> int:
         fd = self._clone_plain(m, what)
+        self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if gid not in self.ghost_fd:
                 self._ghost(gid)

@@ -25,7 +25,6 @@ from engine import forkrun, kernel
 # linux/nsfs.h
 NS_GET_USERNS = 0xB701
 NS_GET_PARENT = 0xB702
-NS_GET_MNTNS_ID = 0x8008B705   # _IOR(0xb7, 0x5, __u64)
 
 STATMOUNT_MNT_UIDMAP = 0x2000
 STATMOUNT_MNT_GIDMAP = 0x4000
@@ -198,15 +197,32 @@ class UsernsTree:
         return d
 
 
-def mntns_id(pid: int) -> int:
-    """The 64-bit id of `pid`'s mount namespace (for listmount/statmount; Linux 6.10)."""
-    fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        buf = bytearray(8)
-        fcntl.ioctl(fd, NS_GET_MNTNS_ID, buf, True)
-        return struct.unpack("<Q", bytes(buf))[0]
-    finally:
-        os.close(fd)
+def set_idmap(mount_fd: int, userns_fd: int) -> None:
+    """Make the detached mount at `mount_fd` idmapped with user namespace `userns_fd` (mount_setattr
+    MOUNT_ATTR_IDMAP, Linux 5.12; only a mount not attached yet can take one)."""
+    attr = kernel._MountAttr(kernel.MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    ret = kernel._syscall(kernel.NR["mount_setattr"], ctypes.c_int(mount_fd), b"", ctypes.c_uint(kernel.AT_EMPTY_PATH),
+                          ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount_setattr(MOUNT_ATTR_IDMAP): {os.strerror(err)}")
+
+
+def parse_idmap(text: str) -> dict | None:
+    """``uid A B C,... gid A B C,...`` (as `idmaps` gives it) -> {"uid_map": [...], "gid_map": [...]};
+    None when the kernel could not tell."""
+    if text.startswith("unknown") or " gid " not in text:
+        return None
+    u, g = text[len("uid "):].split(" gid ", 1)
+
+    def ranges(part: str):
+        if part in ("-", "?"):
+            return None if part == "?" else []
+        return [[int(x) for x in r.split()] for r in part.split(",")]
+    uid, gid = ranges(u), ranges(g)
+    if uid is None or gid is None:
+        return None
+    return {"uid_map": uid, "gid_map": gid}
 
 
 def _statmount_idmap(mnt_id: int, ns_id: int) -> tuple[str, str]:
@@ -238,29 +254,47 @@ def _statmount_idmap(mnt_id: int, ns_id: int) -> tuple[str, str]:
     return strings(uid_num, uid_off, STATMOUNT_MNT_UIDMAP), strings(gid_num, gid_off, STATMOUNT_MNT_GIDMAP)
 
 
+def _idmaps_inside(mntns_fd: int, wanted: list[tuple[int, int]]) -> dict[int, str]:
+    """In a forked child: join the mount namespace, statmount each (old id, unique id) there."""
+    kernel.setns(mntns_fd, kernel.CLONE_NEWNS)
+    out = {}
+    for old, unique in wanted:
+        try:
+            u, g = _statmount_idmap(unique, 0)
+            out[old] = f"uid {u} gid {g}"
+        except OSError as e:
+            out[old] = f"unknown ({e.strerror})"
+    return out
+
+
 def idmaps(pid: int, mounts) -> dict[int, str]:
     """mountinfo id -> ``uid RANGES gid RANGES`` for the idmapped mounts of `pid`'s namespace.
 
     Empty when no mount is idmapped; ``unknown (why)`` per mount when the kernel cannot say
-    (statmount's idmap fields are Linux 6.15)."""
+    (statmount's idmap fields are Linux 6.15) or the mount is covered. Each mount is found by its
+    path as `pid` sees it (statx gives its unique id), and statmount asked from inside its
+    namespace (a namespace id lookup does not find every namespace)."""
     marked = [m for m in mounts if "idmapped" in m.mount_opts]
     if not marked:
         return {}
-    try:
-        ns = mntns_id(pid)
-        by_old = {}
-        for uid in kernel.listmount(ns):
-            info = kernel.statmount(uid, kernel.STATMOUNT_MNT_BASIC, ns)
-            by_old[info["mnt_id_old"]] = uid
-    except OSError as e:
-        return {m.mnt_id: f"unknown ({e.strerror})" for m in marked}
-    out = {}
+    out, wanted = {}, []
     for m in marked:
+        path = f"/proc/{pid}/root{m.mountpoint}"
         try:
-            u, g = _statmount_idmap(by_old[m.mnt_id], ns)
-            out[m.mnt_id] = f"uid {u} gid {g}"
-        except (OSError, KeyError) as e:
-            out[m.mnt_id] = f"unknown ({getattr(e, 'strerror', None) or 'mount gone'})"
+            if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != m.mnt_id:
+                out[m.mnt_id] = "unknown (covered)"
+                continue
+            wanted.append((m.mnt_id, kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW, unique=True)))
+        except OSError as e:
+            out[m.mnt_id] = f"unknown ({e.strerror})"
+    if wanted:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            out.update(forkrun.run(_idmaps_inside, fd, wanted))
+        except (OSError, forkrun.ChildError) as e:
+            out.update({old: f"unknown ({e})" for old, _ in wanted})
+        finally:
+            os.close(fd)
     return out
 
 

@@ -6,6 +6,10 @@ a process in one names it and its credentials there (inside ids); a mount
 namespace owned by one names its owner, and its mounts say whether they are
 locked and which of their flags are (engine/mntlocks.py probes it).
 
+An idmapped mount gets its map (``idmap``: statmount's view, in the dumper's
+ids); restore gives its detached clone a user namespace with that map
+(mount_setattr MOUNT_ATTR_IDMAP) before attaching it.
+
 Restore (`Rebuild`): the user namespaces are made first (engine/userns.make).
 A mount namespace owned by one is assembled as usual up to its locked mounts
 (with only their locked flags), then copied from inside its user namespace, so
@@ -15,8 +19,8 @@ attached to the copy afterwards. Last, each stand-in joins its user namespace
 and takes its credentials there.
 
 What is refused (at dump, the tree keeps running): pid, uts, ipc, net and
-cgroup namespaces owned by a user namespace of the tree; idmapped mounts; a
-mount namespace whose locked mounts are not all older than its unlocked ones
+cgroup namespaces owned by a user namespace of the tree; idmapped mounts on a
+kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
 or hang below an unlocked one; an unlocked mount with locked flags.
 """
 
@@ -124,6 +128,23 @@ def owner_to_join(mntns_fd: int) -> int | None:
     return owner
 
 
+def record_idmaps(pid: int, entries: list[dict]) -> None:
+    """Give each idmapped mount of `pid`'s mount namespace its map (``idmap``: uid_map, gid_map in
+    the dumper's ids); refuse one whose map the kernel does not tell (statmount, Linux 6.15)."""
+    marked = [e for e in entries if "idmapped" in e["mount_opts"]]
+    if not marked:
+        return
+    mounts = mountinfo.read_pid(pid)
+    got = userns.idmaps(pid, mounts)
+    for e in marked:
+        idmap = userns.parse_idmap(got.get(e["id"], "unknown (not seen by its process)"))
+        if idmap is None:
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): idmapped, and this kernel "
+                                                f"does not tell its map ({got.get(e['id'])}; statmount shows it "
+                                                "from Linux 6.15)")
+        e["idmap"] = idmap
+
+
 def _state_flags(state: str) -> tuple[bool, list[str]]:
     head, _, rest = state.partition(" flags=")
     return head != "unlocked", [f for f in rest.split(",") if f] if rest else []
@@ -133,9 +154,6 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
     """Probe which mounts of `pid`'s mount namespace are locked and mark its image entries
     (``locked``, ``locked_flags``); refuse what restore cannot reproduce."""
     mounts = mountinfo.read_pid(pid)
-    if any("idmapped" in m.mount_opts for m in mounts):
-        m = next(m for m in mounts if "idmapped" in m.mount_opts)
-        raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): idmapped: not supported yet")
     canon = topology.canonical(mounts)
     got = mntlocks.probe(pid, mounts, canon.text)
     if isinstance(got, str):
@@ -196,10 +214,13 @@ class Rebuild:
         self.fd: dict[str, int] = {}
         self.owned = {ns_id: ns["owner"] for ns_id, ns in doc["mntns"].items() if ns.get("owner")}
         self.copied: set[str] = set()
+        self.idmap_fd: dict[str, int] = {}   # maps (repr) -> user namespace giving them to idmapped mounts
 
     def make_userns(self) -> None:
         """Every user namespace of the image, parents first, after checking that the restoring
-        user may map the ids (one line naming the namespace and the id otherwise)."""
+        user may map the ids (one line naming the namespace and the id otherwise); and one per
+        distinct map of the idmapped mounts."""
+        self._idmap_userns()
         if not self.users:
             return
         have_uid, have_gid = userns.caller_ranges()
@@ -218,10 +239,41 @@ class Rebuild:
             self.fd[uid] = userns.make(_maps_of(rec), self.fd.get(parent),
                                        _maps_of(self.users[parent]) if parent else None)
 
+    def _idmap_userns(self) -> None:
+        """A user namespace per distinct idmap of the image (made before restore leaves /proc)."""
+        for ns in self.doc["mntns"].values():
+            for m in ns["mounts"]:
+                if "idmap" not in m:
+                    continue
+                key = repr((m["idmap"]["uid_map"], m["idmap"]["gid_map"]))
+                if key in self.idmap_fd:
+                    continue
+                maps = userns.Maps(tuple(map(tuple, m["idmap"]["uid_map"])),
+                                   tuple(map(tuple, m["idmap"]["gid_map"])), "allow")
+                have_uid, have_gid = userns.caller_ranges()
+                for name, ranges, have in (("uid", maps.uid_map, have_uid), ("gid", maps.gid_map, have_gid)):
+                    bad = userns.uncovered(ranges, have)
+                    if bad is not None:
+                        raise UsernsError(errno.EPERM, f"mount {m['id']} ({m['mountpoint']}): its idmap maps {name} "
+                                                       f"{bad}, which the restoring user's namespace does not have")
+                self.idmap_fd[key] = userns.make(maps)
+
+    def idmap(self, m: dict, fd: int) -> None:
+        """Give the freshly cloned (detached) mount m its idmap (mount_setattr MOUNT_ATTR_IDMAP)."""
+        if "idmap" not in m:
+            return
+        key = repr((m["idmap"]["uid_map"], m["idmap"]["gid_map"]))
+        try:
+            userns.set_idmap(fd, self.idmap_fd[key])
+        except OSError as e:
+            raise UsernsError(e.errno, f"mount {m['id']} ({m['mountpoint']}): idmapping it: "
+                                       f"{os.strerror(e.errno)}") from None
+
     def close(self) -> None:
-        for fd in self.fd.values():
+        for fd in [*self.fd.values(), *self.idmap_fd.values()]:
             os.close(fd)
         self.fd.clear()
+        self.idmap_fd.clear()
 
     # -- locked mounts -------------------------------------------------------------------------
 
