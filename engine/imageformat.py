@@ -413,60 +413,6 @@ EXTERNAL_FD = Record("fd (external file)", {
     "external": F(STR, rule=pattern(_EXT_FILE_KEY, "a key of --external file[PATH]:KEY")),
 })
 
-PROCESS = Record("process", {
-    "pid": F(INT, rule=rng(1, MAX_PID)),
-    "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
-    "ns": F(DICT),                                            # {kind: namespace id}, every kind of NS_KINDS
-    "host_ns": F(LIST, required=False, rule=list_of(
-        lambda v: None if v in NS_KINDS else f"must be one of {', '.join(NS_KINDS)}", len(NS_KINDS))),
-    "root": F(DICT, rule=record(DIR_LOC)),
-    "cwd": F(DICT, rule=record(DIR_LOC)),
-    "fds": F(LIST),                                           # FD records, checked with their count
-    # Mapped files and the executable on mounts of the tree (engine/mappings.py).
-    "maps": F(LIST, required=False, rule=list_of(record(LOC), MAX_FDS, DICT)),
-    "exe": F(DICT, required=False, rule=record(LOC)),
-    # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
-    "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
-    "creds": F(DICT, required=False, rule=lambda v: record(CREDS)(v)),
-})
-
-MOUNT = Record("mount", {
-    "id": F(INT, rule=rng(1, MAX_ID)),
-    "parent": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),  # null only for the namespace root
-    "mountpoint": F(STR, rule=path_rule),
-    "root": F(STR, rule=root_rule),                           # path of the mount's root in its superblock
-    "sb": F(STR),                                             # a superblock id (checked: it must exist)
-    "mount_opts": F(LIST, rule=list_of(
-        lambda v: None if v in MOUNT_OPTS else f"is no per-mount option ({v[:40]!r})", MAX_OPTS)),
-    "shared": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
-    "master": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
-    "propagate_from": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
-    "unbindable": F(OPT_BOOL, required=False),
-    "external": F(OPT_STR, required=False, rule=pattern(_KEY, "an external key")),
-    "uid": F(OPT_INT, required=False, rule=rng(0, (1 << 64) - 1)),  # 64-bit unique id (creation order)
-    "dir": F(BOOL, required=False),                           # whether its root is a directory
-    # Its root was unlinked (mountinfo `ROOT//deleted`): made from that ghost; `root` is its path.
-    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
-    # What mountinfo showed (restore takes them from the superblock; kept for `mntcr show`).
-    "fstype": F(STR, required=False, rule=pattern(_FSTYPE, "a filesystem type name", cached=True)),
-    "source": F(STR, required=False, rule=strlen(MAX_PATH)),
-    "super_opts": F(LIST, required=False, rule=list_of(strlen(MAX_OPT), MAX_OPTS)),
-    "dev": F(OPT_STR, required=False, rule=pattern(_DEVNUM, "MAJOR:MINOR")),
-    # Locked in its namespace (MNT_LOCKED), and which of its flags are locked (engine/mntlocks.py).
-    "locked": F(BOOL, required=False),
-    # The map of an idmapped mount (the user namespace restore gives it), in the dumper's ids.
-    "idmap": F(DICT, required=False, rule=lambda v: record(IDMAP)(v)),
-    "locked_flags": F(LIST, required=False, rule=list_of(
-        lambda v: None if v in LOCK_FLAGS else f"is no lockable flag ({v[:40]!r})", len(LOCK_FLAGS))),
-})
-
-MNTNS = Record("mount namespace", {
-    "root": F(INT, rule=rng(1, MAX_ID)),
-    "mounts": F(LIST),                                        # MOUNT records, checked with their count
-    "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
-})
-
-
 def _map_rule(v) -> str | None:
     """A uid_map / gid_map: at most MAX_MAP [inside, outside, count] ranges of 32-bit ids, no two
     overlapping on either side (the kernel's own rules)."""
@@ -515,6 +461,60 @@ CREDS = Record("credentials", {
     "gid": F(LIST, rule=_ids_rule(4)),
     "groups": F(LIST, rule=_ids_rule(0, MAX_NGROUPS)),
 })
+
+PROCESS = Record("process", {
+    "pid": F(INT, rule=rng(1, MAX_PID)),
+    "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
+    "ns": F(DICT),                                            # {kind: namespace id}, every kind of NS_KINDS
+    "host_ns": F(LIST, required=False, rule=list_of(
+        lambda v: None if v in NS_KINDS else f"must be one of {', '.join(NS_KINDS)}", len(NS_KINDS))),
+    "root": F(DICT, rule=record(DIR_LOC)),
+    "cwd": F(DICT, rule=record(DIR_LOC)),
+    "fds": F(LIST),                                           # FD records, checked with their count
+    # Mapped files and the executable on mounts of the tree (engine/mappings.py).
+    "maps": F(LIST, required=False, rule=list_of(record(LOC), MAX_FDS, DICT)),
+    "exe": F(DICT, required=False, rule=record(LOC)),
+    # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
+    "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
+    "creds": F(DICT, required=False, rule=record(CREDS)),
+})
+
+MOUNT = Record("mount", {
+    "id": F(INT, rule=rng(1, MAX_ID)),
+    "parent": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),  # null only for the namespace root
+    "mountpoint": F(STR, rule=path_rule),
+    "root": F(STR, rule=root_rule),                           # path of the mount's root in its superblock
+    "sb": F(STR),                                             # a superblock id (checked: it must exist)
+    "mount_opts": F(LIST, rule=list_of(
+        lambda v: None if v in MOUNT_OPTS else f"is no per-mount option ({v[:40]!r})", MAX_OPTS)),
+    "shared": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
+    "master": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
+    "propagate_from": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),
+    "unbindable": F(OPT_BOOL, required=False),
+    "external": F(OPT_STR, required=False, rule=pattern(_KEY, "an external key")),
+    "uid": F(OPT_INT, required=False, rule=rng(0, (1 << 64) - 1)),  # 64-bit unique id (creation order)
+    "dir": F(BOOL, required=False),                           # whether its root is a directory
+    # Its root was unlinked (mountinfo `ROOT//deleted`): made from that ghost; `root` is its path.
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+    # What mountinfo showed (restore takes them from the superblock; kept for `mntcr show`).
+    "fstype": F(STR, required=False, rule=pattern(_FSTYPE, "a filesystem type name", cached=True)),
+    "source": F(STR, required=False, rule=strlen(MAX_PATH)),
+    "super_opts": F(LIST, required=False, rule=list_of(strlen(MAX_OPT), MAX_OPTS)),
+    "dev": F(OPT_STR, required=False, rule=pattern(_DEVNUM, "MAJOR:MINOR")),
+    # Locked in its namespace (MNT_LOCKED), and which of its flags are locked (engine/mntlocks.py).
+    "locked": F(BOOL, required=False),
+    # The map of an idmapped mount (the user namespace restore gives it), in the dumper's ids.
+    "idmap": F(DICT, required=False, rule=record(IDMAP)),
+    "locked_flags": F(LIST, required=False, rule=list_of(
+        lambda v: None if v in LOCK_FLAGS else f"is no lockable flag ({v[:40]!r})", len(LOCK_FLAGS))),
+})
+
+MNTNS = Record("mount namespace", {
+    "root": F(INT, rule=rng(1, MAX_ID)),
+    "mounts": F(LIST),                                        # MOUNT records, checked with their count
+    "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
+})
+
 
 ARCHIVE_REF = Record("archive reference", {
     "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
