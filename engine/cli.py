@@ -38,8 +38,8 @@ def _add_dump(sub) -> None:
                     "other device must be declared external), files and cwds on lazily unmounted mounts, "
                     "user namespaces (maps, owners of mount namespaces, locked mounts, idmapped mounts). "
                     "Refused with one line: other filesystems (FUSE included), fds that are not files or "
-                    "directories, deleted files, pid/uts/ipc/net namespaces owned by a user namespace of "
-                    "the tree.")
+                    "directories, deleted files, pid/uts/ipc/net namespaces owned by another user namespace "
+                    "of the tree than the process's own.")
     p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
                    help="root of the process tree to dump")
     p.add_argument("-D", "--images-dir", dest="images_dir", required=True, metavar="DIR",

@@ -477,6 +477,7 @@ PROCESS = Record("process", {
     # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),
+    "userns_first": F(BOOL, required=False),                  # its stand-in starts in its user namespace
 })
 
 MOUNT = Record("mount", {
@@ -699,6 +700,8 @@ def _check_userns(doc: dict, mounts: dict) -> None:
     for p in doc["processes"]:
         if "userns" in p and p["userns"] not in users:
             _fail(f"process {p['pid']}: unknown user namespace {p['userns']!r}")
+        if p.get("userns_first") and "userns" not in p:
+            _fail(f"process {p['pid']}: userns_first without a user namespace")
         if "creds" in p and "userns" not in p:
             _fail(f"process {p['pid']}: credentials without a user namespace")
     for ns_id, ns in doc["mntns"].items():

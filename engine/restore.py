@@ -313,12 +313,20 @@ class _Restorer:
             fds = [theirs.fileno()]
             if mode == "join":
                 fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
+            in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
             if parent is None:
-                hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno())
+                if in_userns is None:
+                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno())
+                else:
+                    hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
+                                                 in_userns)
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
-                pchan.call(("spawn", mode), fds)
+                if in_userns is None:
+                    pchan.call(("spawn", mode), fds)
+                else:
+                    pchan.call(("spawn_in_userns", mode), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")

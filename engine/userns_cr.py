@@ -18,8 +18,14 @@ copy_mntns_into); the copy replaces it and its own (unlocked) mounts are
 attached to the copy afterwards. Last, each stand-in joins its user namespace
 and takes its credentials there.
 
+A process whose pid, uts, ipc, net or cgroup namespace its own user namespace
+made (rootless podman, `unshare -Urp`) gets ``userns_first``: its stand-in
+starts inside the user namespace (engine/standin.spawn_in_userns) so that what
+it makes belongs there.
+
 What is refused (at dump, the tree keeps running): pid, uts, ipc, net and
-cgroup namespaces owned by a user namespace of the tree; idmapped mounts on a
+cgroup namespaces owned by another user namespace of the tree than the
+process's own, or made inside a user namespace nested in the parent's; idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
 or hang below an unlocked one; an unlocked mount with locked flags.
 """
@@ -32,6 +38,11 @@ import os
 from engine import mntlocks, mountinfo, topology, userns
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
+# Filesystems the kernel checks against what is already visible when one is mounted in a user
+# namespace (FS_USERNS_VISIBLE): the new mount takes the visible one's locked ro and atime. A
+# stand-in in the user namespace makes them the same way, so such an unlocked mount with those
+# locked flags comes back as it was.
+_USERNS_VISIBLE = ("proc", "sysfs")
 
 
 class UsernsError(OSError):
@@ -96,24 +107,45 @@ def plan(tree, names: dict, ns_kinds) -> dict:
 
     procs: dict[int, dict] = {}
     owners: dict[str, str] = {}
-    for pid, _ in tree:
-        own = users.of_pid(pid)
+    own_of: dict[int, int] = {}
+    ns_ino = {pid: {k: os.stat(f"/proc/{pid}/ns/{k}").st_ino for k in ns_kinds} for pid, _ in tree}
+    for pid, ppid in tree:
+        own = own_of[pid] = users.of_pid(pid)
         uname = name(own)
         if uname is not None:
             procs[pid] = {"userns": uname}
             creds = _creds(pid, users.maps(own))
             if creds is not None:
                 procs[pid]["creds"] = creds
+        mnt_owner = users.owner_of(pid, "mnt")
+        oname = name(mnt_owner)
+        if oname is not None:
+            owners[names[("mnt", ns_ino[pid]["mnt"])]] = oname
+        # Namespaces this process's user namespace owns (besides mount namespaces) are made by its
+        # stand-in from inside it: the stand-in starts there ("userns_first").
+        first = False
         for kind in ns_kinds:
-            owner = users.owner_of(pid, kind)
             if kind == "mnt":
-                oname = name(owner)
-                if oname is not None:
-                    nsname = names[("mnt", os.stat(f"/proc/{pid}/ns/mnt").st_ino)]
-                    owners[nsname] = oname
-            elif owner != users.top:
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to a user "
-                                                    f"namespace of the tree: not supported yet")
+                continue
+            owner = users.owner_of(pid, kind)
+            inherited = ppid in ns_ino and ns_ino[ppid][kind] == ns_ino[pid][kind]
+            if owner == users.top or inherited:
+                continue
+            if owner != own:
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to another user "
+                                                    f"namespace than its own: not supported yet")
+            first = True
+        if first:
+            if mnt_owner != own:
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside its user namespace "
+                                                    f"but its mount namespace belongs to another: not supported yet")
+            parent_first = procs.get(ppid, {}).get("userns_first")
+            # The parent's stand-in is still the restorer's (it joins its user namespace last) unless
+            # it started in one itself: then only that one can be joined from it.
+            if parent_first and own_of[ppid] != own:
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
+                                                    f"nested in its parent's: not supported yet")
+            procs[pid]["userns_first"] = True
     return {"userns": doc, "proc": procs, "mntns_owner": owners}
 
 
@@ -179,7 +211,7 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
         if locked:
             e["locked"] = True
             e["locked_flags"] = flags
-        elif flags:
+        elif flags and not (m.fstype in _USERNS_VISIBLE and set(flags) <= {"atime", "ro"}):
             raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): unlocked with locked flags "
                                                 f"({','.join(flags)}): not supported yet")
     locked_ids = {e["id"] for e in entries if e.get("locked")}
@@ -366,13 +398,24 @@ class Rebuild:
                 creds = p.get("creds")
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
                 chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
-                                      None if deny or not creds else creds["groups"]), [self.fd[p["userns"]]])
+                                      None if deny or not creds else creds["groups"]),
+                                     [] if p.get("userns_first") else [self.fd[p["userns"]]])
+
+    def spawn_in(self, p: dict, parent: dict | None) -> int | None:
+        """The user namespace fd p's stand-in must start in (its own namespaces belong to it), or
+        None: it starts where its parent's stand-in is and joins its user namespace last."""
+        if not p.get("userns_first"):
+            return None
+        if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
+            return None  # the parent's stand-in is in it already: the fork inherits it
+        return self.fd[p["userns"]]
 
 
-def become(userns_fd: int, uid: list[int], gid: list[int], groups: list[int] | None) -> None:
+def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None) -> None:
     """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs)."""
     from engine import kernel
-    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    if userns_fd is not None:
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     if uid is None:
         return  # the process kept the dumper's (unmapped) ids: so does the stand-in
     if groups is not None:
