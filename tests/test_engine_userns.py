@@ -50,11 +50,12 @@ def test_restore_refuses_ids_the_restoring_user_lacks():
         forkrun.run(_restore_users_without_ids, doc)
 
 
-def test_dump_refuses_a_pid_namespace_owned_by_the_tree_and_keeps_it_running(case, tmp_path):
-    # Without -f: the shell's first child is pid 1 of the new pid namespace, then the shell holds too.
-    pid = case.start("unshare -U -r -p sh -c '/.hold/mntcr-hold 100000 & exec /.hold/mntcr-hold 100000' "
-                     "</dev/null >/dev/null 2>&1 &\nhold\n")
+def test_dump_refuses_a_pid_namespace_of_another_user_namespace_and_keeps_the_tree_running(case, tmp_path):
+    # The first child of `unshare -p` is pid 1 of a pid namespace owned by the outer user namespace,
+    # and then makes a user namespace of its own: its pid namespace is not its user namespace's.
+    pid = case.start("unshare -U -r -p sh -c 'unshare -U -r /.hold/mntcr-hold 100000 & "
+                     "exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &\nhold\n")
     with pytest.raises(AssertionError) as err:
         case.dump(pid, str(tmp_path / "img"))
-    assert "pid namespace belongs to a user namespace of the tree: not supported yet" in str(err.value)
+    assert "pid namespace belongs to another user namespace than its own: not supported yet" in str(err.value)
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
