@@ -48,7 +48,7 @@ import socket
 import stat
 
 from engine import (channel, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo, sharing,
-                    standin, strategy)
+                    standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -301,6 +301,7 @@ class _Restorer:
         self.hostpid: dict[int, int] = {}
         self.nsfd_of: dict[tuple[str, str], int] = {}  # (kind, ns id) -> fd
         self.current_ns: str | None = None
+        self.users = userns_cr.Rebuild(doc)  # user namespaces, locked mounts (engine/userns_cr.py)
         # The host's /proc, reachable whatever mount namespace we stand in (reopening fds).
         self.hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         # The kernel-compatibility paths (engine.strategy, chosen in the parent before the fork).
@@ -346,12 +347,20 @@ class _Restorer:
             fds = [theirs.fileno()]
             if mode == "join":
                 fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
+            in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
             if parent is None:
-                hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=True)
+                if in_userns is None:
+                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=True)
+                else:
+                    hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
+                                                 in_userns, root=True)
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
-                pchan.call(("spawn", mode), fds)
+                if in_userns is None:
+                    pchan.call(("spawn", mode), fds)
+                else:
+                    pchan.call(("spawn_in_userns", mode), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -723,6 +732,7 @@ class _Restorer:
 
     def _clone(self, m: dict, what: str = "mount") -> int:
         fd = self._clone_plain(m, what)
+        self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if gid not in self.ghost_fd:
                 self._ghost(gid)
@@ -880,6 +890,8 @@ class _Restorer:
 
         for m in order:
             ns_id = self.ns_of_mount[m["id"]]
+            if self.users.must_copy_before(ns_id, m):  # locks: engine/userns_cr.py
+                self._users_call(self.users.copy, self, ns_id, attached)
             self.mnt_fd[m["id"]] = self._clone(m)
             if m["id"] in roots:
                 self._new_namespace(ns_id, m, service_fd)
@@ -907,6 +919,7 @@ class _Restorer:
         if pending:
             mid = next(iter(pending))
             raise RestoreError(errno.EINVAL, f"mount {mid}: children left unattached (parent cycle?)")
+        self._users_call(self.users.copy_rest, self, attached)
         for d in self.detached.values():
             self.mnt_fd[d["id"]] = self._clone(d, "detached mount")
         for sid in self.helper_sbs:
@@ -929,6 +942,14 @@ class _Restorer:
         self.ext_src.clear()
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         self.current_ns = None
+
+    @staticmethod
+    def _users_call(fn, *args) -> None:
+        """A user-namespace step (engine/userns_cr.py); its OSError becomes one RestoreError line."""
+        try:
+            fn(*args)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
 
     def _new_namespace(self, ns_id: str, root: dict, service_fd: int) -> None:
         """A copy of the service namespace, pivoted into `root` (nothing else of it stays)."""
@@ -1319,6 +1340,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     r = _Restorer(doc, img_fd, ext)
     r.service_fd = service_fd
     step("start")
+    r._users_call(r.users.make_userns)
     r.spawn_standins()
     r.open_externals()
     r.create_superblocks()
@@ -1327,6 +1349,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
+    r._users_call(r.users.become, r.chans)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore
     return r.hostpid[doc["processes"][0]["pid"]]
