@@ -792,6 +792,7 @@ def assemble(r, service_fd: int) -> None:
                 os.chdir("/")
                 os.close(s["fd"])
     _check_counts(r)
+    r._users_call(r.users.copy_rest, r, set(r.mounts))
     r.finish_assembly(service_fd)
 
 
