@@ -697,7 +697,6 @@ def assemble(r, service_fd: int) -> None:
             ns_id = r.ns_of_mount[c["id"]]
             r.attached_in[ns_id] = r.attached_in.get(ns_id, 0) + 1
 
-    debug = os.environ.get("MNTCR_DEBUG_CONSTRUCT")
     # Every namespace is copied from the service one before any seed exists: a copy of a seed (and of
     # the copies in it) would join restored peer groups, and dropping it would unmount theirs.
     for ns_id in r.doc["mntns"]:
@@ -707,19 +706,6 @@ def assemble(r, service_fd: int) -> None:
         r.current_ns = ns_id
     for op in r.construct_ops:
         kind = op[0]
-        if debug:
-            import sys
-            print("construct:", op, file=sys.stderr)
-            for ns_id in r.ns_fd:
-                back = r.current_ns
-                r.enter(ns_id)
-                with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=r.hostproc)) as f:
-                    print("   ", ns_id, [(x.split()[4], x.split()[6]) for x in f.read().splitlines() if "/mnt" in x],
-                          file=sys.stderr)
-                if back is None:
-                    r.to_service()
-                else:
-                    r.enter(back)
         if kind == "seed":
             _, sid, sb, root, src = op
             what = f"a temporary mount of superblock {sb} for its peer group"
@@ -818,8 +804,6 @@ def _check_counts(r) -> None:
         finally:
             r.to_service()
         if have != n:
-            if os.environ.get("MNTCR_DEBUG"):
-                print(text, file=__import__("sys").stderr)
             raise RestoreError(errno.EIO, f"mount namespace {ns_id}: {have} mounts after building its peer groups, "
                                           f"the image has {n} (propagation made mounts the plan did not foresee)")
 
