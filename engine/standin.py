@@ -5,11 +5,13 @@ the process tree and the pid namespaces nest as they did. It then does what
 the restorer asks, each request answered by ("ok", value) or ("error", text):
 
   spawn    fork a child stand-in (same, new, or an existing pid namespace)
+  spawn_in_userns   the same, the child starting inside its user namespace
   ns       unshare or setns one namespace (uts, ipc, net, cgroup); set hostname
   fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
   enter    setns into its restored mount namespace, chroot to its root, chdir
   fds      install open files at their numbers
   map      map each file received (engine/mappings.py)
+  become   join its user namespace and take its ids there (engine/userns_cr.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
   detach   drop the channel and every other fd and sleep until killed
 
@@ -27,12 +29,13 @@ inherits, or init of its pid namespace.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
 import socket
 
-from engine import channel, fds as fdkinds, kernel, mappings  # imported before a stand-in chroots
+from engine import channel, fds as fdkinds, kernel, mappings, userns_cr  # imported before a stand-in chroots
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -71,6 +74,74 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
         if saved is not None:
             kernel.setns(saved, kernel.CLONE_NEWPID)
             os.close(saved)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _subreaper(on: bool) -> None:
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0):
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False) -> int:
+    """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
+    ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
+    (superblocks it makes need one), until it enters its restored one.
+
+    The caller cannot join the user namespace itself (it would lose its privilege), so an
+    intermediate child joins and forks the stand-in, then exits; the caller, a child subreaper
+    meanwhile, adopts the stand-in. `root` as in spawn. Returns its pid as the caller sees it."""
+    me = kernel.pidfd_open(os.getpid())
+    pid_r, pid_w = os.pipe()
+    go_r, go_w = os.pipe()
+    _subreaper(True)
+    try:
+        mid = os.fork()
+        if mid == 0:
+            code = 1
+            try:
+                os.close(pid_r)
+                os.close(go_w)
+                kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+                kernel.unshare(kernel.CLONE_NEWNS)
+                if mode == "new":
+                    kernel.unshare(kernel.CLONE_NEWPID)
+                elif mode == "join":
+                    kernel.setns(pidns_fd, kernel.CLONE_NEWPID)
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.close(pid_w)
+                        os.read(go_r, 1)   # adopted by the caller: now its death may kill us
+                        os.close(go_r)
+                        kernel.die_with_parent(me, signal.SIGKILL)
+                        if root:
+                            os.setpgid(0, 0)   # the tree's process group, as in spawn
+                        _drop_inherited(sock_fd)
+                        _serve(channel.Channel(socket.socket(fileno=sock_fd)))
+                    finally:
+                        os._exit(1)
+                os.write(pid_w, str(pid).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(pid_w)
+        os.close(go_r)
+        data = os.read(pid_r, 32)
+        _, status = os.waitpid(mid, 0)
+        if not data or status:
+            raise OSError(errno.EPERM, "cannot start a stand-in inside its user namespace")
+        os.write(go_w, b"1")
+        return int(data)
+    finally:
+        _subreaper(False)
+        for fd in (pid_r, go_w, me):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _drop_inherited(keep: int) -> None:
@@ -181,6 +252,10 @@ def _serve(chan: channel.Channel) -> None:
                 sock_fd = fds[0]
                 pid = spawn(mode, fds[1] if len(fds) > 1 else None, sock_fd)
                 reply = pid
+            elif op == "spawn_in_userns":
+                _, mode = msg
+                pid = spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1])
+                reply = pid
             elif op == "ns":
                 _, kind, action, hostname = msg
                 if action == "new":
@@ -224,6 +299,11 @@ def _serve(chan: channel.Channel) -> None:
                 continue
             elif op == "map":
                 mappings.map_files(fds)
+                reply = None
+            elif op == "become":
+                # Last request but detach: join the process's user namespace with its ids there.
+                _, uid, gid, groups = msg
+                userns_cr.become(fds[0] if fds else None, uid, gid, groups)
                 reply = None
             elif op == "detach":
                 # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.

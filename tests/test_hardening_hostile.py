@@ -681,7 +681,46 @@ def _process_cycle(d):
     d["processes"].append(p)
 
 
+def _userns(d, **user):
+    """Put the first process in a user namespace user-1 (maps of a rootless container unless given)."""
+    d["userns"] = {"user-1": dict({"parent": None, "uid_map": [[0, 100000, 65536]],
+                                   "gid_map": [[0, 100000, 65536]], "setgroups": "allow"}, **user)}
+    d["processes"][0]["userns"] = "user-1"
+
+
+def _owned(d, **mount):
+    """The namespace owned by user-1, its root locked; `mount` changes the /mnt/u entry."""
+    _userns(d)
+    ns = _ns(d)
+    ns["owner"] = "user-1"
+    next(m for m in ns["mounts"] if m["id"] == ns["root"])["locked"] = True
+    _mount(d, "/mnt/u").update(mount)
+
+
 STRUCTURE = {
+    "userns-overlapping-map": (lambda d: _userns(d, uid_map=[[0, 100000, 10], [5, 200000, 10]]),
+                               r"user namespace user-1: 'uid_map' ranges overlap on the inside"),
+    "userns-map-too-long": (lambda d: _userns(d, gid_map=[[i, 100000 + i, 1] for i in range(341)]),
+                            r"user namespace user-1: 'gid_map' has 341 ranges, at most 340"),
+    "userns-map-past-32-bits": (lambda d: _userns(d, uid_map=[[0, 4294967000, 65536]]),
+                                r"runs past the last 32-bit id"),
+    "userns-cycle": (lambda d: (_userns(d, parent="user-2"), d["userns"].update(
+        {"user-2": dict(d["userns"]["user-1"], parent="user-1")})), r"user namespace user-\d: parent cycle"),
+    "userns-child-maps-more": (lambda d: (_userns(d, uid_map=[[0, 100000, 10]], gid_map=[[0, 100000, 10]]),
+                                          d["userns"].update({"user-2": dict(d["userns"]["user-1"], parent="user-1",
+                                                                             uid_map=[[0, 0, 1]])})),
+                               r"user namespace user-2: uid_map maps id 0, which its parent user-1 does not map"),
+    "userns-unknown": (lambda d: (_userns(d), d["processes"][0].update(userns="user-9")),
+                       r"unknown user namespace 'user-9'"),
+    "userns-bad-setgroups": (lambda d: _userns(d, setgroups="maybe"), r"must be allow or deny"),
+    "locked-without-owner": (lambda d: _mount(d, "/mnt/u").update(locked=True),
+                             r"locked in mnt-\d+, which no user namespace of the image owns"),
+    "locked-flag-not-set": (lambda d: _owned(d, locked=True, locked_flags=["noexec", "atime"]),
+                            r"flag noexec is locked but not set"),
+    "owned-root-unlocked": (lambda d: (_owned(d), next(m for m in _ns(d)["mounts"]
+                                                      if m["id"] == _ns(d)["root"]).pop("locked")),
+                            r"the root of mnt-\d+, owned by user-1, must be locked"),
+
     "traversal-mountpoint": (lambda d: _mount(d, "/mnt/u").update(mountpoint="/mnt/../../etc"), r"'\.\.'"),
     "traversal-fd-path": (lambda d: d["processes"][0]["fds"][-1].update(path="/../../etc/shadow"), r"'\.\.'"),
     "traversal-layer": (lambda d: _sb(d, "/mnt/u").update(fstype="overlay", archives=[],
