@@ -433,15 +433,16 @@ def _reap_children() -> None:
             return
 
 
-def _restore_leftovers(timeout: float = 60) -> list[str]:
+def _restore_leftovers(before: set[int], timeout: float = 60) -> list[str]:
     """What the restore left alive in namespaces of its own. This process is the child subreaper
     while the restore runs, so the restore's orphans (a stand-in whose restorer and `mntcr restore`
-    are gone) are reparented here and found as descendants, whatever their command line. A tree
-    being killed gets `timeout` to die (a slow machine, not a pass condition)."""
+    are gone) are reparented here and found as descendants, whatever their command line; those
+    `before` the test (a fixture's) are not the restore's. A tree being killed gets `timeout` to
+    die (a slow machine, not a pass condition)."""
     deadline = time.monotonic() + timeout
     while True:
         _reap_children()
-        left = _in_new_namespaces(_descendants())
+        left = _in_new_namespaces([p for p in _descendants() if p not in before])
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.05)
@@ -449,18 +450,20 @@ def _restore_leftovers(timeout: float = 60) -> list[str]:
 
 @pytest.fixture
 def subreaper():
-    """This process as child subreaper for the test: the restore's orphans come to us (and are reaped)."""
+    """This process as child subreaper for the test: the restore's orphans come to us (and are reaped).
+    Yields the descendants there were before (not the restore's); what the test left is killed."""
+    before = set(_descendants())
     _set_subreaper(True)
     try:
-        yield
+        yield before
     finally:
         _set_subreaper(False)
-        for p in _descendants():
+        for p in set(_descendants()) - before:
             try:
                 os.kill(p, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        _restore_leftovers(timeout=10)
+        _restore_leftovers(before, timeout=10)
 
 
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
@@ -491,12 +494,12 @@ def test_ctrl_c_leaves_a_named_tree_or_nothing(base_image, tmp_path, delay, subr
         from zdtm.snapshot import kill_tree
         kill_tree(pid)
         os.unlink(pidfile)
-        assert _restore_leftovers() == [], "the committed tree was killed, yet parts of it live on"
+        assert _restore_leftovers(subreaper) == [], "the committed tree was killed, yet parts of it live on"
         return
     assert p.returncode == 130, f"exit {p.returncode} (SIGINT {delay}s after the restorer was forked): {err}"
     lines = err.strip().splitlines()
     assert lines == ["mntcr restore: interrupted: nothing was restored"], err
-    left = _restore_leftovers()
+    left = _restore_leftovers(subreaper)
     assert left == [], f"an interrupted restore left processes in namespaces it made: {', '.join(left)}"
     host.assert_untouched(pidfile)
 

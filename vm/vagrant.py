@@ -136,6 +136,10 @@ class VagrantVM:
         # (vm/libvirt_host.py), so the KVM probe of the fast path does not apply here.
         from vm import accel as accel_mod
         self.accel = accel_mod.forced(accel) or "tcg"
+        # The limit callers give is sized for the fast path's busybox init; the box boots systemd and
+        # sshd, which under TCG on a loaded machine took over 300 s (`mntcr vm run` passes 120 s).
+        if self.accel == "tcg":
+            self.boot_timeout = max(boot_timeout * 3, 600.0)
         self.id = uuid.uuid4().hex[:8]
         self.dir: Path | None = None
         self.v = None  # vagrant.Vagrant
