@@ -24,7 +24,7 @@ import socket
 import stat
 import struct
 
-from engine import kernel
+from engine import forkrun, kernel
 
 from engine.imageformat import BOOL, DICT, INT, LOC, STR, F, path_rule, record
 from engine.fds import FdError, FdKind, RestoreFd, register
@@ -118,7 +118,8 @@ def _dump(d) -> dict:
         peer = rec.get("peer")
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:
-            out["bound"] = _locate(d, out["path"], rec.get("vfs"))   # (an accepted end's name is its listener's)
+            # (an accepted end's name is its listener's)
+            out["bound"] = _writable(d, _locate(d, out["path"], rec.get("vfs")))
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
@@ -175,22 +176,53 @@ def _locate(d, name: str, vfs) -> dict:
     """{mnt, path} of the socket file a path-bound socket made (its name may be relative, or go
     through /proc/self/fd/N/, as conmon binds its attach socket): the name when it leads to the
     socket's inode (sock_diag's VFS dev and ino), else a bounded search of the visible mounts of
-    that filesystem."""
+    that filesystem; first in the process's mount namespace, then in the tree's others (a
+    runtime binds a socket inside the container it builds: systemd-nspawn's /run/host/notify)."""
     if vfs is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, but its socket file is gone: not supported")
     ino, kdev = vfs
     dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
-    root = f"/proc/{d.pid}/root"
+    spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
     if name.startswith("/") and not _MAGIC.match(name):
-        try:
-            st = os.stat(root + name, follow_symlinks=False)
-            if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
-                return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW), "socket")
-        except OSError:
-            pass
+        for pid, _mounts in spaces:
+            root = f"/proc/{pid}/root"
+            try:
+                st = os.stat(root + name, follow_symlinks=False)
+                if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
+                    return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
+                                   "socket")
+            except OSError:
+                pass
+    budget = [MAX_WALK]
+    for pid, mounts in spaces:
+        found = _walk(d, name, f"/proc/{pid}/root", mounts, dev, ino, budget)
+        if found is not None:
+            return found
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no visible mount "
+                                    "(beneath an overmount or detached): not supported")
+
+
+def _writable(d, loc: dict) -> dict:
+    """The socket file's directory through a read-write mount of its superblock, where the mount
+    it was found on is read-only (systemd-nspawn binds /run/host/notify, then makes /run/host a
+    read-only bind): restore binds the socket again where a bind can create its file. The inode
+    is the superblock's, so any mount that reaches the directory gives the same socket file."""
+    from engine.image import is_beneath, rel_to
+    every = [m for _pid, mounts in [(d.pid, d.mounts)] + list(d.elsewhere) for m in mounts]
+    here = next((m for m in every if m.mnt_id == loc.get("mnt")), None)
+    if here is None or not here.readonly or "ro" in here.super_opts or loc.get("detached"):
+        return loc
+    full = here.root.rstrip("/") + loc["path"]
+    for m in every:
+        if m.dev == here.dev and not m.readonly and "deleted" not in m.root and is_beneath(full, m.root):
+            return {**loc, "mnt": m.mnt_id, "path": "/" + rel_to(full, m.root)}
+    return loc
+
+
+def _walk(d, name: str, root: str, mounts, dev: int, ino: int, budget: list) -> dict | None:
+    """Search the uncovered mounts of device `dev` under `root` for socket inode `ino`."""
     want = f"{os.major(dev)}:{os.minor(dev)}"
-    seen = 0
-    for m in sorted((m for m in d.mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
+    for m in sorted((m for m in mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
         top = root + ("" if m.mountpoint == "/" else m.mountpoint)
         try:
             if kernel.statx_mnt_id(top) != m.mnt_id:   # (following /proc/PID/root itself)
@@ -204,8 +236,8 @@ def _locate(d, name: str, vfs) -> dict:
                 entries = list(os.scandir(here))
             except OSError:
                 continue
-            seen += len(entries)
-            if seen > MAX_WALK:
+            budget[0] -= len(entries)
+            if budget[0] < 0:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: socket file of {name} not found within {MAX_WALK} "
                                                 "entries: not supported")
             for ent in entries:
@@ -220,8 +252,7 @@ def _locate(d, name: str, vfs) -> dict:
                 elif stat.S_ISSOCK(st.st_mode) and st.st_ino == ino:
                     rel = ent.path[len(top):]
                     return d.place(rel if m.mountpoint == "/" else m.mountpoint + rel, m.mnt_id, "socket")
-    raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no visible mount "
-                                    "(beneath an overmount or detached): not supported")
+    return None
 
 
 def _connected(s: socket.socket) -> bool:
@@ -319,6 +350,8 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
         except FileNotFoundError:
             pass
     m = _MAGIC.match(name)
+    if m is None and d is not None and _bind_beside(s, d, name):
+        return
     if m is None or d is None:
         s.bind(name)
         return
@@ -342,6 +375,56 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
         else:
             os.dup2(saved, n, inheritable=not cloexec)
             os.close(saved)
+
+
+def _bind_beside(s: socket.socket, d: int, name: str) -> bool:
+    """Bind `s` to `name` with its socket file in directory `d`, wherever `name` leads from here
+    (the file may lie beneath an overmount, on a detached mount, or in another mount namespace of
+    the tree). A forked child chroots to a detached tmpfs where `name`'s directory is a symlink
+    to `d` through a procfs of its own (/P/self/fd/D), and binds there: the name is the dumped
+    one, the file lands in `d`. False where the kernel cannot mount on a detached mount (before
+    6.15) or the name has dot components: then the caller binds the name as it reads from the
+    stand-in's root."""
+    absolute = name.startswith("/")
+    parts = [p for p in name.split("/")[:-1] if p]
+    if any(p in (".", "..") for p in parts):
+        return False
+
+    def body():
+        if not parts:
+            os.fchdir(d)
+            if absolute:
+                os.chroot(".")
+            s.bind(name)
+            return True
+        top = _fresh("tmpfs")
+        sub = parts if absolute else ["w"] + parts
+        procdir = next(p for p in ("p", "q") if p != sub[0])
+        os.mkdir(procdir, 0o555, dir_fd=top)
+        try:
+            kernel.move_mount(_fresh("proc"), "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return False   # no mounting on a detached mount (Linux < 6.15)
+            raise
+        for i in range(len(sub) - 1):
+            os.mkdir("/".join(sub[: i + 1]), 0o755, dir_fd=top)
+        os.symlink(f"/{procdir}/self/fd/{d}", "/".join(sub), dir_fd=top)
+        os.fchdir(top)
+        os.chroot(".")
+        if not absolute:
+            os.chdir("w")
+        s.bind(name)
+        return True
+
+    return forkrun.run(body)
+
+
+def _fresh(fstype: str) -> int:
+    """A detached mount of a new superblock of `fstype` (in a child that exits soon)."""
+    fs = kernel.fsopen(fstype)
+    kernel.fsconfig(fs, kernel.FSCONFIG_CMD_CREATE)
+    return kernel.fsmount(fs)
 
 
 def _prepare(key: str, obj: dict, holders: list, call):
