@@ -285,3 +285,38 @@ for s in (lst, c, a): s.close()
     assert sum("listening=1" in line for line in fds) == 1, fds
     assert any("listening=0 connected=True inq=2" in line and "srv" in line for line in fds), fds
     assert any("name='' listening=0 connected=True inq=12" in line for line in fds), fds
+
+
+def test_unix_sockets_beneath_a_cover_read_only_and_in_another_namespace(case):
+    """Path-bound sockets whose file no path of their process reaches: beneath an overmount, in a
+    directory made a read-only bind afterwards, and on a mount of a nested mount namespace (a
+    child of the holder bound it there: systemd-nspawn's /run/host/notify). Each is bound again
+    with its name, and its socket file is back in the same directory of the same filesystem."""
+    setup = """
+mkdir /mnt/t /mnt/ro; mount -t tmpfs t /mnt/t; mount -t tmpfs ro /mnt/ro; mkdir /mnt/t/d /mnt/ro/h
+""" + py_hold("""
+import socket, subprocess, ctypes
+under = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); under.bind("/mnt/t/d/under.sock")
+subprocess.run(["mount", "-t", "tmpfs", "cover", "/mnt/t"], check=True)
+ro = socket.socket(socket.AF_UNIX); ro.bind("/mnt/ro/h/ro.sock"); ro.listen(3)
+subprocess.run("mount --bind /mnt/ro/h /mnt/ro/h && mount -o remount,bind,ro /mnt/ro/h", shell=True, check=True)
+nested = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+if os.fork() == 0:
+    ctypes.CDLL(None).unshare(0x00020000)
+    subprocess.run("mount --make-rprivate / && mount -t tmpfs n /mnt/t && mkdir /mnt/t/run", shell=True, check=True)
+    nested.bind("/mnt/t/run/notify"); nested.close(); os.write(w, b"x")
+    os.close(r); os.close(w); under.close(); ro.close()
+else:
+    os.read(r, 1)
+    os.dup2(under.fileno(), 10); os.dup2(ro.fileno(), 11); os.dup2(nested.fileno(), 12)
+    for x in (under, ro, nested): x.close()
+""")
+    beneath = "unshare -m --propagation private sh -c 'umount /mnt/t; ls -l /mnt/t/d | sed 1d | cut -c1'"
+    nested = ("for p in /proc/[0-9]*; do [ \"$(readlink $p/ns/mnt)\" != \"$(readlink /proc/self/ns/mnt)\" ] && "
+              "ls -l $p/root/mnt/t/run | sed 1d | cut -c1; done | sort -u")
+    before, after = case.roundtrip(setup, check=f"{beneath}; ls -l /mnt/ro/h | sed 1d | cut -c1; {nested}")
+    assert after.snap.check_output.split() == ["s", "s", "s"], after.snap.check_output
+    assert "name='/mnt/t/d/under.sock'" in _fd(after, 10)
+    assert "name='/mnt/ro/h/ro.sock' listening=1" in _fd(after, 11)
+    assert "name='/mnt/t/run/notify'" in _fd(after, 12)

@@ -8,10 +8,18 @@ name is bound again by that stand-in, after it entered its restored root,
 with the dumped name; the socket file left by the dumped tree (tar does not
 keep sockets, so normally there is none) is replaced.
 
+The socket file of a path name is found on any mount of the tree that holds
+it: the name's path in the process's namespace or another namespace of the
+tree (a runtime binds inside the container it builds), else a search of that
+filesystem's mounts, covered ones too (through clones, beneath an
+overmount). At restore the name is bound again as dumped with its file in
+that directory, whatever the name leads to from the stand-in (_bind_beside),
+through a read-write mount of the superblock when the one found is read-only.
+
 Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
-namespace, read in a child that joins it). Not done yet: a socket connected
-to a listening one (its peer is not its pair), queued datagrams, in-flight
-fds (SCM_RIGHTS), a path name beneath an overmount or on a detached mount.
+namespace, read in a child that joins it). Not done yet: queued datagrams,
+in-flight fds (SCM_RIGHTS), a path name whose file is only on a detached
+mount.
 """
 
 from __future__ import annotations
@@ -194,12 +202,33 @@ def _locate(d, name: str, vfs) -> dict:
             except OSError:
                 pass
     budget = [MAX_WALK]
+    want = f"{os.major(dev)}:{os.minor(dev)}"
+    covered = []
     for pid, mounts in spaces:
-        found = _walk(d, name, f"/proc/{pid}/root", mounts, dev, ino, budget)
+        root = f"/proc/{pid}/root"
+        hidden = []
+        for m in sorted((m for m in mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
+            top = root + ("" if m.mountpoint == "/" else m.mountpoint)
+            try:
+                visible = kernel.statx_mnt_id(top) == m.mnt_id   # (following /proc/PID/root itself)
+            except OSError:
+                visible = False
+            if not visible:
+                hidden.append(m.mnt_id)
+                continue
+            found = _search(d, name, top, m, dev, ino, budget)
+            if found is not None:
+                return found
+        if hidden:
+            covered.append((pid, mounts, hidden))
+    # Beneath an overmount: the covered mounts of that filesystem, cloned where their covers are
+    # gone (in a private copy of the namespace, as dump reaches any covered mount).
+    for pid, mounts, hidden in covered:
+        found = _search_clones(d, name, pid, mounts, hidden, dev, ino, budget)
         if found is not None:
             return found
-    raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no visible mount "
-                                    "(beneath an overmount or detached): not supported")
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no mount of the tree "
+                                    "(a detached mount): not supported")
 
 
 def _writable(d, loc: dict) -> dict:
@@ -219,39 +248,51 @@ def _writable(d, loc: dict) -> dict:
     return loc
 
 
-def _walk(d, name: str, root: str, mounts, dev: int, ino: int, budget: list) -> dict | None:
-    """Search the uncovered mounts of device `dev` under `root` for socket inode `ino`."""
-    want = f"{os.major(dev)}:{os.minor(dev)}"
-    for m in sorted((m for m in mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
-        top = root + ("" if m.mountpoint == "/" else m.mountpoint)
+def _search_clones(d, name: str, pid: int, mounts, hidden: list[int], dev: int, ino: int, budget: list):
+    from engine import channel
+    from engine.dump import _clone_mounts
+    by_id = {m.mnt_id: m for m in mounts}
+    found = None
+    nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for mids, fds in channel.fork_stream(_clone_mounts, nsfd, [pid], hidden, mounts):
+            try:
+                for mid, mfd in zip(mids, fds):
+                    if found is None:
+                        found = _search(d, name, f"/proc/self/fd/{mfd}", by_id[mid], dev, ino, budget)
+            finally:
+                for x in fds:
+                    os.close(x)
+    finally:
+        os.close(nsfd)
+    return found
+
+
+def _search(d, name: str, top: str, m, dev: int, ino: int, budget: list) -> dict | None:
+    """Search mount `m`, reached at path `top`, for socket inode `ino` of device `dev`."""
+    stack = [top]
+    while stack:
+        here = stack.pop()
         try:
-            if kernel.statx_mnt_id(top) != m.mnt_id:   # (following /proc/PID/root itself)
-                continue   # covered
+            entries = list(os.scandir(here))
         except OSError:
             continue
-        stack = [top]
-        while stack:
-            here = stack.pop()
+        budget[0] -= len(entries)
+        if budget[0] < 0:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: socket file of {name} not found within {MAX_WALK} "
+                                            "entries: not supported")
+        for ent in entries:
             try:
-                entries = list(os.scandir(here))
+                st = ent.stat(follow_symlinks=False)
             except OSError:
                 continue
-            budget[0] -= len(entries)
-            if budget[0] < 0:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: socket file of {name} not found within {MAX_WALK} "
-                                                "entries: not supported")
-            for ent in entries:
-                try:
-                    st = ent.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if st.st_dev != dev:
-                    continue   # another mount (its own filesystem is searched as its own mount)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(ent.path)
-                elif stat.S_ISSOCK(st.st_mode) and st.st_ino == ino:
-                    rel = ent.path[len(top):]
-                    return d.place(rel if m.mountpoint == "/" else m.mountpoint + rel, m.mnt_id, "socket")
+            if st.st_dev != dev:
+                continue   # another mount (its own filesystem is searched as its own mount)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(ent.path)
+            elif stat.S_ISSOCK(st.st_mode) and st.st_ino == ino:
+                rel = ent.path[len(top):]
+                return d.place(rel if m.mountpoint == "/" else m.mountpoint + rel, m.mnt_id, "socket")
     return None
 
 
