@@ -320,3 +320,58 @@ else:
     assert "name='/mnt/t/d/under.sock'" in _fd(after, 10)
     assert "name='/mnt/ro/h/ro.sock' listening=1" in _fd(after, 11)
     assert "name='/mnt/t/run/notify'" in _fd(after, 12)
+
+
+def _queued(pid: int, fd: int) -> list[bytes]:
+    """The datagrams queued on fd `fd` of process `pid` (peeked, not consumed)."""
+    import socket
+    from engine import kernel
+    from engine.fds import sys as fsys
+    from engine.fds import unix
+    pidfd = kernel.pidfd_open(pid)
+    try:
+        s = socket.socket(fileno=fsys.pidfd_getfd(pidfd, fd))
+    finally:
+        os.close(pidfd)
+    with s:
+        return unix._peek_messages(s, f"fd {fd}")
+
+
+def test_unix_pairs_with_queued_datagrams(case):
+    """Datagram and seqpacket socket pairs with messages queued both ways (their bounds kept, in
+    order, and read without consuming them at dump), one end held by a child."""
+    setup = py_hold("""
+import socket
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+for m in (b"one", b"two!", b"three"): d1.send(m)
+d2.send(b"back")
+q1, q2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+q1.send(b"x" * 5000); q1.send(b"y")
+if os.fork() == 0:
+    os.dup2(d2.fileno(), 20); os.dup2(q2.fileno(), 21)
+else:
+    os.dup2(d1.fileno(), 20); os.dup2(q1.fileno(), 21)
+for s in (d1, d2, q1, q2): s.close()
+""")
+    before, after = case.roundtrip(setup)
+    child = int(subprocess.run(["ps", "-o", "pid=", "--ppid", str(after.pid)], capture_output=True,
+                               text=True).stdout.split()[0])
+    assert (_queued(child, 20), _queued(child, 21)) == ([b"one", b"two!", b"three"], [b"x" * 5000, b"y"])
+    assert (_queued(after.pid, 20), _queued(after.pid, 21)) == ([b"back"], [])
+
+
+def test_unix_fds_in_flight_refused_tree_kept(case):
+    """A socket pair with an fd sent by SCM_RIGHTS and not received yet: the queued file belongs
+    to no process, so dump refuses naming the fd and the reason, and the tree keeps running."""
+    setup = py_hold("""
+import socket
+a, b = socket.socketpair()
+socket.send_fds(a, [b"fd"], [os.open("/", os.O_RDONLY)])
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 11 \(socket:\[\d+\]\): 1 fds in flight \(SCM_RIGHTS", str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"

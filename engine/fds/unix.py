@@ -128,6 +128,12 @@ def _dump(d) -> dict:
         if "path" in out and not mutual:
             # (an accepted end's name is its listener's)
             out["bound"] = _writable(d, _locate(d, out["path"], rec.get("vfs")))
+        inflight = int((d.info().get("scm_fds") or ["0"])[0])
+        if inflight:
+            # fds passed with SCM_RIGHTS and not received yet: the queue's data could be kept, the
+            # files it carries not (they are no fd of any process of the tree).
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight (SCM_RIGHTS not yet received): "
+                                            "not supported")
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
@@ -170,7 +176,8 @@ def _dump(d) -> dict:
                     data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                     d.objects[obj]["data"][end] = base64.b64encode(data).decode()
             elif _inq(c):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: queued {out['type']} messages: not supported yet")
+                msgs = _peek_messages(s, d.where)
+                o.setdefault("msgs", [[], []])[end] = [base64.b64encode(m).decode() for m in msgs]
         return out
     finally:
         s.close()
@@ -296,6 +303,36 @@ def _search(d, name: str, top: str, m, dev: int, ino: int, budget: list) -> dict
     return None
 
 
+SO_PEEK_OFF = 42
+MAX_MSGS = 4096
+
+
+def _peek_messages(s: socket.socket, where: str) -> list[bytes]:
+    """The datagrams queued on a datagram or seqpacket socket, in order and with their bounds,
+    read without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next
+    one. The socket's own peek offset is put back."""
+    saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    out: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            try:
+                data, _anc, flags, _addr = s.recvmsg(1 << 17, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            if flags & socket.MSG_TRUNC or not data:
+                raise FdError(errno.EOPNOTSUPP, f"{where}: a queued message that is empty or over 128 KiB: "
+                                                "not supported")
+            out.append(data)
+            total += len(data)
+            if len(out) > MAX_MSGS or total > MAX_DATA:
+                raise FdError(errno.EOPNOTSUPP, f"{where}: more than {MAX_MSGS} messages or {MAX_DATA} bytes "
+                                                "queued: too many")
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+
+
 def _connected(s: socket.socket) -> bool:
     try:
         s.getpeername()
@@ -331,6 +368,12 @@ def _check_object(obj: dict, what: str) -> None:
     if obj.get("type") not in TYPES.values() or not isinstance(obj.get("data"), list) or len(obj["data"]) != 2 \
             or not all(isinstance(x, str) and len(x) <= MAX_DATA * 4 // 3 + 4 for x in obj["data"]):
         _fail(f"{what}: bad unix socket pair")
+    msgs = obj.get("msgs")
+    if msgs is not None:
+        if obj["type"] == "stream" or not isinstance(msgs, list) or len(msgs) != 2 \
+                or not all(isinstance(q, list) and len(q) <= MAX_MSGS for q in msgs) \
+                or not all(isinstance(x, str) and 0 < len(x) <= (1 << 17) * 4 // 3 + 4 for q in msgs for x in q):
+            _fail(f"{what}: bad queued messages of a socket pair")
     via = obj.get("via")
     if via is not None:
         if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
@@ -359,6 +402,9 @@ def _make(args, fds):
         for end, data in enumerate(spec.get("data") or ()):
             if data:
                 os.write(out[1 - end], base64.b64decode(data))   # what `end` will read, sent by its peer
+        for end, queue in enumerate(spec.get("msgs") or ()):
+            for m in queue:
+                os.write(out[1 - end], base64.b64decode(m))      # one datagram a write
         return None, out
     s = socket.socket(socket.AF_UNIX, _TYPE_NO[spec["type"]])
     try:
@@ -476,7 +522,7 @@ def _prepare(key: str, obj: dict, holders: list, call):
     if via is None:
         return None
     chan = next((ch for e, ch in holders if e.get("end") == via["end"]), holders[0][1])
-    spec = {"type": obj["type"], "data": obj["data"], "accepted": via["end"],
+    spec = {"type": obj["type"], "data": obj["data"], "msgs": obj.get("msgs"), "accepted": via["end"],
             **{k: via[k] for k in ("path", "abstract") if k in via}}
     return call(chan, "via", spec)
 
@@ -510,6 +556,9 @@ def _via(spec, fds):
     for end, data in enumerate(spec.get("data") or ()):
         if data:
             os.write(ends[1 - end], base64.b64decode(data))
+    for end, queue in enumerate(spec.get("msgs") or ()):
+        for m in queue:
+            os.write(ends[1 - end], base64.b64decode(m))
     return None, ends
 
 
@@ -519,7 +568,8 @@ def _open(r: RestoreFd) -> int:
         st = r.state.get(e["obj"])
         if st is None:
             obj = r.objects[e["obj"]]
-            st = r.state[e["obj"]] = r.standin("make", {"pair": True, "type": obj["type"], "data": obj["data"]})
+            st = r.state[e["obj"]] = r.standin("make", {"pair": True, "type": obj["type"], "data": obj["data"],
+                                                        "msgs": obj.get("msgs")})
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
