@@ -787,7 +787,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     "every external mount of the same filesystem; declare it too with --external "
                                     f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
 
-    _check_sharing(mntns_doc, superblocks)
+    _check_sharing(mntns_doc, superblocks, {names[("mnt", ino)]: pids[0] for ino, pids in by_mntns.items()})
     _plan_overlays(superblocks, mntns_doc, ns_data, names)
 
     # Which mounts to clone: one per disjoint root of each content superblock, one per proc.
@@ -1076,10 +1076,11 @@ def _layers_held(sb: dict, sid: str, mntns_doc: dict, ns_mounts: dict) -> bool:
                for _, path in overlay.layer_paths(sb["super_opts"]))
 
 
-def _check_sharing(mntns_doc: dict, superblocks: dict) -> None:
+def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = None) -> None:
     """Refuse propagation restore could not rebuild (its plan, made here first), and slaves of a peer
     group outside the dumped namespaces that no external mount joins (restore copies such a master
-    from the host mount given for an external mount of the same filesystem in or under that group)."""
+    from the host mount given for an external mount of the same filesystem in or under that group).
+    `ns_pid`: a process of each mount namespace (by image name), to probe file handles."""
     from engine import sharing
     mounts = [e for ns in mntns_doc.values() for e in ns["mounts"]]
     try:
@@ -1089,6 +1090,21 @@ def _check_sharing(mntns_doc: dict, superblocks: dict) -> None:
                                           "gets no helper mount of its root: declare a mount of the group that "
                                           "covers the others external too, or make them private)") from None
     by_id = {e["id"]: e for e in mounts}
+    ns_of = {e["id"]: name for name, ns in mntns_doc.items() for e in ns["mounts"]}
+    for op in ops:
+        if op[0] == "set_group_via" and ns_pid:
+            # Restore reaches this mount's root through another member by its file handle.
+            dst = by_id[op[2]]
+            try:
+                kernel.name_to_handle_at(kernel.AT_FDCWD, f"/proc/{ns_pid[ns_of[dst['id']]]}/root{dst['mountpoint']}")
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise DumpError(errno.EOPNOTSUPP, f"mount {dst['id']} ({dst['mountpoint']}) on {dst['fstype']}: "
+                                                      "no member of its peer group covers its root and its "
+                                                      "filesystem has no file handles to reach it by: restore "
+                                                      "cannot rebuild this propagation (make it private, or declare "
+                                                      "a mount of the group that covers the others external too)"
+                                    ) from None
     for op in ops:
         if op[0] != "external":
             continue
