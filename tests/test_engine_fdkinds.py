@@ -333,8 +333,10 @@ def _queued(pid: int, fd: int) -> list[bytes]:
         s = socket.socket(fileno=fsys.pidfd_getfd(pidfd, fd))
     finally:
         os.close(pidfd)
+    import base64
+    import types
     with s:
-        return unix._peek_messages(s, f"fd {fd}")
+        return [base64.b64decode(m) for m in unix._peek_messages(s, types.SimpleNamespace(where=f"fd {fd}"), 0)]
 
 
 def test_unix_pairs_with_queued_datagrams(case):
@@ -360,9 +362,10 @@ for s in (d1, d2, q1, q2): s.close()
     assert (_queued(after.pid, 20), _queued(after.pid, 21)) == ([b"back"], [])
 
 
-def test_unix_fds_in_flight_refused_tree_kept(case):
-    """A socket pair with an fd sent by SCM_RIGHTS and not received yet: the queued file belongs
-    to no process, so dump refuses naming the fd and the reason, and the tree keeps running."""
+def test_unix_fds_in_flight_refused_on_a_stream_tree_kept(case):
+    """A stream socket pair with an fd sent by SCM_RIGHTS and not received yet: a stream keeps no
+    message bounds to put the fd back at, so dump refuses naming the fd and the reason, and the
+    tree keeps running."""
     setup = py_hold("""
 import socket
 a, b = socket.socketpair()
@@ -375,3 +378,48 @@ os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
     assert re.search(r"process \d+ fd 11 \(socket:\[\d+\]\): 1 fds in flight \(SCM_RIGHTS", str(err.value)), err.value
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_unix_fds_in_flight(case):
+    """Files and FIFOs sent with SCM_RIGHTS and not received yet: on a datagram pair (between
+    plain messages), and, as systemd-nspawn keeps its kmsg FIFO, an empty seqpacket message on a
+    socket whose peer is gone, the FIFO deleted and bound over a file (a mount whose root it is).
+    Each comes back in the queue at its place: the receiver gets the same file and offset."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; printf 0123456789 > /mnt/t/f; mkfifo /mnt/t/kmsg; touch /mnt/t/over
+mount --bind /mnt/t/kmsg /mnt/t/over; rm /mnt/t/kmsg
+""" + py_hold("""
+import socket
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+f = os.open("/mnt/t/f", os.O_RDONLY); os.lseek(f, 3, os.SEEK_SET)
+d1.send(b"first"); socket.send_fds(d1, [b"with a file"], [f]); d1.send(b"last"); os.close(f)
+k = os.open("/mnt/t/over", os.O_RDWR | os.O_NONBLOCK)
+q1, q2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+socket.send_fds(q2, [b""], [k]); q2.close(); os.close(k)
+os.dup2(d2.fileno(), 20); os.dup2(q1.fileno(), 21); os.dup2(d1.fileno(), 22)
+for x in (d1, d2, q1): x.close()
+""")
+    before, after = case.roundtrip(setup)
+    import socket
+    from engine import kernel
+    from engine.fds import sys as fsys
+    pidfd = kernel.pidfd_open(after.pid)
+    try:
+        d2 = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 20))
+        q1 = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 21))
+    finally:
+        os.close(pidfd)
+    with d2, q1:   # (reading consumes the restored tree's queues: the test's last look)
+        assert d2.recv(100) == b"first"
+        data, fds, _, _ = socket.recv_fds(d2, 100, 4)
+        assert data == b"with a file" and len(fds) == 1
+        assert os.read(fds[0], 100) == b"3456789"
+        assert d2.recv(100) == b"last"
+        data, kfds, _, _ = socket.recv_fds(q1, 100, 4)
+        assert data == b"" and len(kfds) == 1
+        os.write(kfds[0], b"x")   # the FIFO bound over /mnt/t/over in the restored tree
+        out = subprocess.run(["nsenter", "-t", str(after.pid), "-m", "--", "dd", "if=/mnt/t/over", "bs=1",
+                              "count=1", "iflag=nonblock", "status=none"], capture_output=True, timeout=30)
+        assert out.stdout == b"x", out
+        for fd in fds + kfds:
+            os.close(fd)

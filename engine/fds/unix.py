@@ -16,10 +16,15 @@ overmount). At restore the name is bound again as dumped with its file in
 that directory, whatever the name leads to from the stand-in (_bind_beside),
 through a read-write mount of the superblock when the one found is read-only.
 
+Queued datagrams (pairs, and a survivor whose peer is gone) are peeked with
+a peek offset; fds in flight with them come with each peek and are kept as
+files or FIFOs on mounts of the tree, sent again with their message at
+restore.
+
 Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
-namespace, read in a child that joins it). Not done yet: queued datagrams,
-in-flight fds (SCM_RIGHTS), a path name whose file is only on a detached
-mount.
+namespace, read in a child that joins it). Not done yet: fds in flight on a
+stream or a listener, other kinds in flight, a path name whose file is only on
+a detached mount.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import struct
 
 from engine import forkrun, kernel
 
-from engine.imageformat import BOOL, DICT, INT, LOC, STR, F, path_rule, record
+from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -129,10 +134,11 @@ def _dump(d) -> dict:
             # (an accepted end's name is its listener's)
             out["bound"] = _writable(d, _locate(d, out["path"], rec.get("vfs")))
         inflight = int((d.info().get("scm_fds") or ["0"])[0])
-        if inflight:
-            # fds passed with SCM_RIGHTS and not received yet: the queue's data could be kept, the
-            # files it carries not (they are no fd of any process of the tree).
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight (SCM_RIGHTS not yet received): "
+        if inflight and (typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
+            # kept apart) or in a listener's pending connections.
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight (SCM_RIGHTS not yet received) "
+                                            f"on a {'listening' if typ != socket.SOCK_STREAM else 'stream'} socket: "
                                             "not supported")
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
@@ -144,8 +150,12 @@ def _dump(d) -> dict:
             # Its peer is gone (closed by a process that exited: podman's end of conmon's sync
             # socket): restored as one end of a pair whose other end is closed at once.
             out["dangling"] = True
-            if _inq(c):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a socket whose peer is gone: "
+            if typ != socket.SOCK_STREAM and (inflight or _inq(c)):
+                # (systemd-nspawn keeps the fd of its kmsg FIFO in flight on such a socket)
+                out["msgs"] = _peek_messages(s, d, inflight)
+                out["mnts"] = _inflight_mounts(out["msgs"])
+            elif _inq(c):
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
                                                 "not supported yet")
             return out
         if peer:
@@ -165,6 +175,9 @@ def _dump(d) -> dict:
                         or _MAGIC.match(out.get("path", "")):
                     raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
                                                     "named, or named through /proc: not supported")
+                if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
+                                                    "listener: not supported")
                 o["via"] = {"end": end, **{k: out[k] for k in ("path", "abstract") if k in out}}
                 for k in ("path", "abstract"):
                     out.pop(k, None)
@@ -175,9 +188,14 @@ def _dump(d) -> dict:
                 if n:
                     data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                     d.objects[obj]["data"][end] = base64.b64encode(data).decode()
-            elif _inq(c):
-                msgs = _peek_messages(s, d.where)
-                o.setdefault("msgs", [[], []])[end] = [base64.b64encode(m).decode() for m in msgs]
+            elif _inq(c) or inflight:
+                o.setdefault("msgs", [[], []])[end] = _peek_messages(s, d, inflight)
+                if inflight and "via" in o:
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
+                                                    "listener: not supported")
+            if "msgs" in o:
+                # (the mounts of the files in flight on either end: restore opens them)
+                out["mnts"] = _inflight_mounts([m for q in o["msgs"] for m in q])
         return out
     finally:
         s.close()
@@ -307,30 +325,106 @@ SO_PEEK_OFF = 42
 MAX_MSGS = 4096
 
 
-def _peek_messages(s: socket.socket, where: str) -> list[bytes]:
-    """The datagrams queued on a datagram or seqpacket socket, in order and with their bounds,
-    read without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next
-    one. The socket's own peek offset is put back."""
+def _peek_messages(s: socket.socket, d, inflight: int) -> list:
+    """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
+    without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
+    (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
+    carries fds (SCM_RIGHTS, `inflight` of them in all): a peek hands us copies of those, each
+    described as an fd on a file of the tree's mounts (_inflight_entry)."""
     saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
-    out: list[bytes] = []
-    total = 0
+    out: list = []
+    total = nfds = 0
     try:
         while True:
             try:
-                data, _anc, flags, _addr = s.recvmsg(1 << 17, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                data, anc, flags, _addr = s.recvmsg(1 << 17, socket.CMSG_SPACE(253 * 4),
+                                                    socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
-                return out
-            if flags & socket.MSG_TRUNC or not data:
-                raise FdError(errno.EOPNOTSUPP, f"{where}: a queued message that is empty or over 128 KiB: "
-                                                "not supported")
-            out.append(data)
+                break
+            got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or any(
+                        level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS for level, kind, _ in anc):
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: a queued message over 128 KiB, or with other "
+                                                    "ancillary data than fds: not supported")
+                msg = base64.b64encode(data).decode()
+                if got:
+                    msg = {"data": msg, "fds": [_inflight_entry(d, fd) for fd in got]}
+                out.append(msg)
+            finally:
+                for fd in got:
+                    os.close(fd)
+            nfds += len(got)
             total += len(data)
+            if not data:
+                # The peek offset cannot step over an empty message: it must be the queue's last
+                # one, which it is when it brings the count of fds in flight to the kernel's.
+                if got and nfds == inflight:
+                    break
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: an empty message queued before others: not supported")
             if len(out) > MAX_MSGS or total > MAX_DATA:
-                raise FdError(errno.EOPNOTSUPP, f"{where}: more than {MAX_MSGS} messages or {MAX_DATA} bytes "
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: more than {MAX_MSGS} messages or {MAX_DATA} bytes "
                                                 "queued: too many")
     finally:
         s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+    if nfds != inflight:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight, {nfds} found in its queue")
+    return out
+
+
+INFLIGHT_KINDS = ("file", "fifo")
+
+
+def _inflight_entry(d, fd: int) -> dict:
+    """An fd in flight (our copy `fd`) as an fd entry of a placed kind (a file or a FIFO): on the mount
+    its fdinfo names, or, for a file deleted since, on the mount of the tree whose root it is (the
+    FIFO systemd-nspawn binds over /proc/kmsg)."""
+    from engine import fds as kinds
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    st = os.fstat(fd)
+    kind = kinds.classify(target, st.st_mode)
+    what = f"{d.where}: an fd in flight ({target})"
+    if kind is None or kind.name not in INFLIGHT_KINDS:
+        raise FdError(errno.EOPNOTSUPP, f"{what}: only files and FIFOs in flight are supported")
+    info = {}
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
+    if kind.name == "file":
+        entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+    spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
+    mnt = int(info.get("mnt_id", 0))
+    known = {m.mnt_id for _pid, mounts in spaces for m in mounts}
+    if not target.endswith(" (deleted)") and mnt in known:
+        loc = d.place(target, mnt, "fd in flight")
+    else:
+        loc = None
+        for pid, mounts in spaces:
+            for m in mounts:
+                try:
+                    mst = os.stat(f"/proc/{pid}/root{m.mountpoint}", follow_symlinks=False)
+                    here = kernel.statx_mnt_id(f"/proc/{pid}/root{m.mountpoint}", flags=kernel.AT_SYMLINK_NOFOLLOW)
+                except OSError:
+                    continue
+                if (mst.st_dev, mst.st_ino) == (st.st_dev, st.st_ino) and here == m.mnt_id:
+                    loc = {"mnt": m.mnt_id, "path": "/"}
+                    break
+            if loc is not None:
+                break
+        if loc is None:
+            raise FdError(errno.EOPNOTSUPP, f"{what}: on no mount of the tree: not supported")
+    if loc.get("detached"):
+        raise FdError(errno.EOPNOTSUPP, f"{what}: on a detached mount: not supported")
+    entry.update({"mnt": loc["mnt"], "path": loc["path"]})
+    return entry
+
+
+def _inflight_mounts(msgs: list) -> list[int]:
+    return sorted({f["mnt"] for m in msgs if isinstance(m, dict) for f in m["fds"]})
 
 
 def _connected(s: socket.socket) -> bool:
@@ -361,6 +455,34 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: bad backlog")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
+    if "msgs" in entry:
+        if not entry.get("dangling") or entry.get("type") == "stream":
+            _fail(f"{what}: queued messages on a socket that is not the survivor of a pair")
+        _check_msgs(entry["msgs"], what)
+    if "mnts" in entry and (not all(type(x) is int for x in entry["mnts"]) or len(entry["mnts"]) > 253 * MAX_MSGS):
+        _fail(f"{what}: bad mounts of fds in flight")
+
+
+def _check_msgs(queue, what: str) -> None:
+    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file or FIFO]}."""
+    from engine.image import _fail, check_abs_path
+    if not isinstance(queue, list) or len(queue) > MAX_MSGS:
+        _fail(f"{what}: bad queued messages")
+    for m in queue:
+        data, fds = (m.get("data"), m.get("fds")) if isinstance(m, dict) else (m, None)
+        if not isinstance(data, str) or len(data) > (1 << 17) * 4 // 3 + 4 or (not data and not fds):
+            _fail(f"{what}: bad queued message")
+        if isinstance(m, dict):
+            if set(m) != {"data", "fds"} or not isinstance(fds, list) or not 0 < len(fds) <= 253:
+                _fail(f"{what}: bad fds of a queued message")
+            for f in fds:
+                if not isinstance(f, dict) or f.get("kind") not in INFLIGHT_KINDS \
+                        or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type"} \
+                        or type(f.get("flags")) is not int or not 0 <= f["flags"] < 1 << 22 \
+                        or type(f.get("pos")) is not int or not 0 <= f["pos"] < 1 << 63 \
+                        or type(f.get("mnt")) is not int or f.get("type", "file") not in ("file", "dir"):
+                    _fail(f"{what}: bad fd in flight")
+                check_abs_path(f.get("path"), what)
 
 
 def _check_object(obj: dict, what: str) -> None:
@@ -370,10 +492,10 @@ def _check_object(obj: dict, what: str) -> None:
         _fail(f"{what}: bad unix socket pair")
     msgs = obj.get("msgs")
     if msgs is not None:
-        if obj["type"] == "stream" or not isinstance(msgs, list) or len(msgs) != 2 \
-                or not all(isinstance(q, list) and len(q) <= MAX_MSGS for q in msgs) \
-                or not all(isinstance(x, str) and 0 < len(x) <= (1 << 17) * 4 // 3 + 4 for q in msgs for x in q):
+        if obj["type"] == "stream" or not isinstance(msgs, list) or len(msgs) != 2:
             _fail(f"{what}: bad queued messages of a socket pair")
+        for q in msgs:
+            _check_msgs(q, what)
     via = obj.get("via")
     if via is not None:
         if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
@@ -394,6 +516,7 @@ def _make(args, fds):
     spec = args
     if spec.get("dangling"):
         a, b = socket.socketpair(socket.AF_UNIX, _TYPE_NO[spec["type"]])
+        _send_queue(b, spec.get("msgs") or (), fds)   # its queue, sent by the peer that goes at once
         b.close()
         return None, [a.detach()]
     if spec.get("pair"):
@@ -402,9 +525,10 @@ def _make(args, fds):
         for end, data in enumerate(spec.get("data") or ()):
             if data:
                 os.write(out[1 - end], base64.b64decode(data))   # what `end` will read, sent by its peer
+        rest = list(fds)
         for end, queue in enumerate(spec.get("msgs") or ()):
-            for m in queue:
-                os.write(out[1 - end], base64.b64decode(m))      # one datagram a write
+            with socket.socket(fileno=os.dup(out[1 - end])) as peer:
+                rest = _send_queue(peer, queue, rest)
         return None, out
     s = socket.socket(socket.AF_UNIX, _TYPE_NO[spec["type"]])
     try:
@@ -422,6 +546,22 @@ def _make(args, fds):
         return None, [s.detach()]
     finally:
         s.close()
+
+
+def _send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
+    """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
+    from the front of `fds` (received ones, which the stand-in closes). Returns the fds left."""
+    fds = list(fds)
+    for m in queue:
+        if isinstance(m, dict):
+            n = len(m["fds"])
+            mine, fds = fds[:n], fds[n:]
+            if len(mine) != n:
+                raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
+            socket.send_fds(peer, [base64.b64decode(m["data"])], mine)
+        else:
+            peer.send(base64.b64decode(m))
+    return fds
 
 
 def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
@@ -556,9 +696,10 @@ def _via(spec, fds):
     for end, data in enumerate(spec.get("data") or ()):
         if data:
             os.write(ends[1 - end], base64.b64decode(data))
+    rest = list(fds)
     for end, queue in enumerate(spec.get("msgs") or ()):
-        for m in queue:
-            os.write(ends[1 - end], base64.b64decode(m))
+        with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
+            rest = _send_queue(peer, queue, rest)
     return None, ends
 
 
@@ -568,13 +709,18 @@ def _open(r: RestoreFd) -> int:
         st = r.state.get(e["obj"])
         if st is None:
             obj = r.objects[e["obj"]]
-            st = r.state[e["obj"]] = r.standin("make", {"pair": True, "type": obj["type"], "data": obj["data"],
-                                                        "msgs": obj.get("msgs")})
+            sent = _open_inflight(r, [m for q in obj.get("msgs") or () for m in q])
+            try:
+                st = r.state[e["obj"]] = r.standin("make", {"pair": True, "type": obj["type"], "data": obj["data"],
+                                                            "msgs": obj.get("msgs")}, sent)
+            finally:
+                for x in sent:
+                    os.close(x)
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling") if k in e}
-        sent = []
+        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "msgs") if k in e}
+        sent = _open_inflight(r, e.get("msgs") or ())
         if "bound" in e:
             # The directory of its socket file, on the restored mount: the stand-in binds there.
             b = e["bound"]
@@ -591,7 +737,30 @@ def _open(r: RestoreFd) -> int:
     return fd
 
 
+def _open_inflight(r: RestoreFd, msgs) -> list[int]:
+    """Our fds on new descriptions of the files in flight in `msgs`, in order (their mounts must be
+    among the entry's `mnts`, which the validator checked)."""
+    from engine import fds as kinds
+    out: list[int] = []
+    try:
+        for m in msgs:
+            if not isinstance(m, dict):
+                continue
+            for f in m["fds"]:
+                if f["mnt"] not in r.entry.get("mnts", ()):
+                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight on mount {f['mnt']}, not in its mnts")
+                sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
+                                standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
+                out.append(kinds.lookup(f["kind"]).open(sub))
+    except BaseException:
+        for x in out:
+            os.close(x)
+        raise
+    return out
+
+
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                mounts=lambda e: [e["bound"]["mnt"]] if "bound" in e else [],
+                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ())),
                 check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
-                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False)}))
+                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
+                        "msgs": F(LIST, required=False), "mnts": F(LIST, required=False)}))
