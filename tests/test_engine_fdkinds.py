@@ -423,3 +423,21 @@ for x in (d1, d2, q1): x.close()
         assert out.stdout == b"x", out
         for fd in fds + kfds:
             os.close(fd)
+
+
+def test_inotify_watch_on_a_symlink(case):
+    """A watch on a symlink itself (IN_DONT_FOLLOW, as systemd watches /etc/localtime): restored on
+    the symlink, not on its target (fdinfo shows no IN_DONT_FOLLOW bit), also after a second C/R."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; touch /mnt/t/target; ln -s target /mnt/t/link
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(0)
+libc.inotify_add_watch(i, b"/mnt/t/link", 0x4 | 0x02000000)
+os.dup2(i, 10); os.close(i)
+""")
+    state = case.roundtrip(setup, iters=2)[-1]   # (the first restore's watch was dumped again)
+    with open(f"/proc/{state.pid}/fdinfo/10") as f:
+        ino = int(re.search(r"inotify wd:1 ino:([0-9a-f]+)", f.read())[1], 16)
+    assert ino == os.lstat(f"/proc/{state.pid}/root/mnt/t/link").st_ino
