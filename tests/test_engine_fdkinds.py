@@ -441,3 +441,25 @@ os.dup2(i, 10); os.close(i)
     with open(f"/proc/{state.pid}/fdinfo/10") as f:
         ino = int(re.search(r"inotify wd:1 ino:([0-9a-f]+)", f.read())[1], 16)
     assert ino == os.lstat(f"/proc/{state.pid}/root/mnt/t/link").st_ino
+
+
+def test_fanotify_refused_tree_kept(case):
+    """A fanotify group with a mount mark: refused at dump naming the fd and its kind (marks on
+    mounts and filesystems are not restored yet), and the tree keeps running."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+f = libc.fanotify_init(0, os.O_RDONLY)
+assert f >= 0, ctypes.get_errno()
+libc.fanotify_mark(f, 0x1 | 0x10, ctypes.c_uint64(0x20), -100, b"/mnt/t")   # ADD|MOUNT, FAN_OPEN
+os.dup2(f, 10); os.close(f)
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify fds are not supported", str(err.value)), \
+        err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
