@@ -1313,6 +1313,17 @@ class _Restorer:
             finally:
                 for fd in fds:
                     os.close(fd)
+        if "exe" in p:
+            e = p["exe"]
+            try:
+                fd = self.open_at(e["mnt"], e["path"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            except OSError as err:
+                raise RestoreError(err.errno, f"{where}: executable {e['path']} on mount {e['mnt']}: "
+                                              f"{err.strerror or err}") from None
+            try:
+                chan.call(("exe",), [fd])
+            finally:
+                os.close(fd)
 
     def detach(self) -> None:
         for p in reversed(self.doc["processes"]):

@@ -463,3 +463,21 @@ os.dup2(f, 10); os.close(f)
         err.value
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_executable_is_the_stand_ins_own(case):
+    """A process whose executable is on a tmpfs of the tree (beneath an overmount after it
+    started): the stand-in's /proc/PID/exe is that file on that mount, not its interpreter."""
+    import platform
+    if platform.machine() != "x86_64":
+        pytest.skip("a stand-in takes its executable on x86-64 only (engine/mappings.py)")
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; cp -L /.hold/mntcr-hold /mnt/t/mntcr-hold
+/mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+sleep 0.5; mount -t tmpfs cover /mnt/t
+hold
+"""
+    before, after = case.roundtrip(setup)
+    child = [p for p in after.snap.procs if p.pid != after.pid][0]
+    assert os.readlink(f"/proc/{child.pid}/exe") == "/mnt/t/mntcr-hold"
+    assert any(line.startswith("exe /mnt/t/mntcr-hold mnt=/mnt/t#1") for line in child.maps), child.maps
