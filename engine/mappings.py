@@ -112,13 +112,25 @@ _BLOB = bytes.fromhex(
     "b822000000" "0f05" "ebf7")                              # hold: pause(); goto hold
 
 
+def _may_set_exe() -> bool:
+    """CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE in our effective set (what PR_SET_MM_MAP's exe_fd
+    needs): checked first, since the interpreter is gone before prctl answers."""
+    import struct
+    header = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0))   # _LINUX_CAPABILITY_VERSION_3
+    data = ctypes.create_string_buffer(24)
+    if _libc.capget(header, data) != 0:
+        return False
+    eff0, _p0, _i0, eff1, _p1, _i1 = struct.unpack("=6I", data.raw)
+    return bool(eff0 & (1 << 21)) or bool(eff1 & (1 << (40 - 32)))
+
+
 def become_exe(exe_fd: int) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe and pause for good (never
     returns). False (nothing done) where this cannot be done: not x86-64, or no layout known."""
     import signal
     import struct
-    if _SELF is None:
-        return False
+    if _SELF is None or not _may_set_exe():
+        return False   # (a stand-in that took unprivileged ids in its user namespace keeps its own)
     regions, st = _SELF
     regions = [(a, n) for a, n in regions if a not in _MAPPED]
     field = lambda n: int(st[n - 3])   # noqa: E731  (field n, 1-indexed, of /proc/PID/stat)
