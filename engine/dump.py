@@ -847,7 +847,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     "every external mount of the same filesystem; declare it too with --external "
                                     f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
 
-    _check_sharing(mntns_doc, superblocks)
+    _check_sharing(mntns_doc, superblocks, {names[("mnt", ino)]: pids[0] for ino, pids in by_mntns.items()})
     from engine import strategy
     plan.strategy = strategy.current()
     for sid, sb in superblocks.items():
@@ -1078,7 +1078,8 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
                 used_files.add(f["target"])
                 continue
             fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
-                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"])
+                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"],
+                [(next(iter(d["procs"])), d["mounts"]) for other, d in ns_data.items() if other != ino and d["procs"]])
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
@@ -1132,10 +1133,11 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
     return loc
 
 
-def _check_sharing(mntns_doc: dict, superblocks: dict) -> None:
+def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = None) -> None:
     """Refuse propagation restore could not rebuild (its plan, made here first), and slaves of a peer
     group outside the dumped namespaces that no external mount joins (restore copies such a master
-    from the host mount given for an external mount of the same filesystem in or under that group)."""
+    from the host mount given for an external mount of the same filesystem in or under that group).
+    `ns_pid`: a process of each mount namespace (by image name), to probe file handles."""
     from engine import sharing
     mounts = [e for ns in mntns_doc.values() for e in ns["mounts"]]
     try:
@@ -1145,6 +1147,21 @@ def _check_sharing(mntns_doc: dict, superblocks: dict) -> None:
                                           "gets no helper mount of its root: declare a mount of the group that "
                                           "covers the others external too, or make them private)") from None
     by_id = {e["id"]: e for e in mounts}
+    ns_of = {e["id"]: name for name, ns in mntns_doc.items() for e in ns["mounts"]}
+    for op in ops:
+        if op[0] == "set_group_via" and ns_pid:
+            # Restore reaches this mount's root through another member by its file handle.
+            dst = by_id[op[2]]
+            try:
+                kernel.name_to_handle_at(kernel.AT_FDCWD, f"/proc/{ns_pid[ns_of[dst['id']]]}/root{dst['mountpoint']}")
+            except OSError as e:
+                if e.errno in (errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise DumpError(errno.EOPNOTSUPP, f"mount {dst['id']} ({dst['mountpoint']}) on {dst['fstype']}: "
+                                                      "no member of its peer group covers its root and its "
+                                                      "filesystem has no file handles to reach it by: restore "
+                                                      "cannot rebuild this propagation (make it private, or declare "
+                                                      "a mount of the group that covers the others external too)"
+                                    ) from None
     for op in ops:
         if op[0] != "external":
             continue

@@ -29,9 +29,10 @@ class FdTable:
             self._pidfds[pid] = kernel.pidfd_open(pid)
         return self._pidfds[pid]
 
-    def entry(self, pid: int, f: dict, place=None, mounts=()) -> dict:
+    def entry(self, pid: int, f: dict, place=None, mounts=(), elsewhere=()) -> dict:
         """The image entry of fd record `f` (from dump._inspect_ns) of process `pid`; its "placed" key
-        says whether the caller must add the mount and path (popped by the caller)."""
+        says whether the caller must add the mount and path (popped by the caller). `elsewhere`:
+        the tree's other mount namespaces, [(a pid in it, its mounts)]."""
         kind = fds.classify(f["target"], f["mode"])
         if kind is None:
             raise fds.FdError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): "
@@ -39,7 +40,7 @@ class FdTable:
         d = fds.DumpFd(pid=pid, fd=f["fd"], target=f["target"], mode=f["mode"], flags=f["flags"], pos=f["pos"],
                        pidfd=self._pidfd(pid), objects=self.objects, scratch=self.scratch,
                        in_ns=f.get("in_ns"), place=place, mnt=f.get("mnt_id", 0),
-                       mounts=list(mounts))
+                       mounts=list(mounts), elsewhere=list(elsewhere))
         try:
             payload = kind.dump(d)
         except fds.FdError:

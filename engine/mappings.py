@@ -8,7 +8,12 @@ restored mount, so /proc/PID/maps and map_files name the same files and the
 mounts are busy the same way; contents and addresses are not restored.
 Mappings of files on no mount of the tree (anonymous shared memory, memfds,
 deleted or detached files) are not recorded. The executable is recorded and
-mapped like the others: a stand-in's own /proc/PID/exe stays its interpreter.
+mapped like the others, and on x86-64 a stand-in makes it its own
+/proc/PID/exe once it is detached (become_exe): a few instructions in an
+anonymous page unmap the interpreter's executable (the kernel refuses a new
+exe while the old one is mapped) and call prctl(PR_SET_MM, PR_SET_MM_MAP)
+with the exe fd (CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), then pause for
+good: from then on no Python runs in it. Elsewhere it stays its interpreter.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import platform
 
 from engine import kernel
 
@@ -54,6 +60,9 @@ def read(hostproc: int, pid: int) -> dict:
     return {"maps": sorted(seen.values()), "exe": exe}
 
 
+_MAPPED: set[int] = set()   # addresses map_files mapped (kept when the interpreter is unmapped)
+
+
 def map_files(fds: list[int]) -> None:
     """In a stand-in: map one page of each file read-only and private, and keep it mapped."""
     for fd in fds:
@@ -61,3 +70,87 @@ def map_files(fds: list[int]) -> None:
         if addr in (None, ctypes.c_void_p(-1).value):
             err = ctypes.get_errno()
             raise OSError(err, f"mmap: {os.strerror(err)}")
+        _MAPPED.add(addr)
+
+
+def _interpreter() -> tuple | None:
+    """(regions of our executable [(addr, len)], /proc/self/stat fields) read now, while /proc is
+    the host's (stand-ins are forks of the restorer: same layout; they chroot later)."""
+    if platform.machine() != "x86_64":
+        return None
+    try:
+        me = os.stat("/proc/self/exe")
+        regions = []
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 6:
+                    continue
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                maj, mnr = (int(x, 16) for x in parts[3].split(":"))
+                if int(parts[4]) == me.st_ino and os.makedev(maj, mnr) == me.st_dev:
+                    regions.append((lo, hi - lo))
+        with open("/proc/self/stat") as f:
+            st = f.read().rsplit(")", 1)[1].split()
+        return regions, st
+    except (OSError, ValueError):
+        return None
+
+
+_SELF = _interpreter()
+
+# x86-64: rdi -> [n, (addr, len) * n, &prctl_mm_map, sizeof, exe fd]; munmap each, prctl(PR_SET_MM,
+# PR_SET_MM_MAP, map, size, 0), close(exe fd), then pause() for ever.
+_BLOB = bytes.fromhex(
+    "4989fc" "4d8b2c24" "4d8d742408"                         # r12 = args; r13 = n; r14 = &regions
+    "4d85ed" "7417"                                          # loop: if !r13 goto done
+    "498b3e" "498b7608" "b80b000000" "0f05"                  # munmap([r14], [r14+8])
+    "4983c610" "49ffcd" "ebe4"                               # r14 += 16; r13--; goto loop
+    "bf23000000" "be0e000000" "498b16" "4d8b5608" "4d31c0"   # done: prctl(35, 14, [r14], [r14+8], 0)
+    "b89d000000" "0f05"
+    "498b7e10" "b803000000" "0f05"                           # close([r14+16])
+    "b822000000" "0f05" "ebf7")                              # hold: pause(); goto hold
+
+
+def _may_set_exe() -> bool:
+    """CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE in our effective set (what PR_SET_MM_MAP's exe_fd
+    needs): checked first, since the interpreter is gone before prctl answers."""
+    import struct
+    header = ctypes.create_string_buffer(struct.pack("=Ii", 0x20080522, 0))   # _LINUX_CAPABILITY_VERSION_3
+    data = ctypes.create_string_buffer(24)
+    if _libc.capget(header, data) != 0:
+        return False
+    eff0, _p0, _i0, eff1, _p1, _i1 = struct.unpack("=6I", data.raw)
+    return bool(eff0 & (1 << 21)) or bool(eff1 & (1 << (40 - 32)))
+
+
+def become_exe(exe_fd: int) -> bool:
+    """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe and pause for good (never
+    returns). False (nothing done) where this cannot be done: not x86-64, or no layout known."""
+    import signal
+    import struct
+    if _SELF is None or not _may_set_exe():
+        return False   # (a stand-in that took unprivileged ids in its user namespace keeps its own)
+    regions, st = _SELF
+    regions = [(a, n) for a, n in regions if a not in _MAPPED]
+    field = lambda n: int(st[n - 3])   # noqa: E731  (field n, 1-indexed, of /proc/PID/stat)
+    _libc.sbrk.restype = ctypes.c_void_p
+    brk = _libc.sbrk(0)
+    mm = struct.pack("=11QQII", field(26), field(27), field(45), field(46), field(47), brk, field(28),
+                     field(48), field(49), field(50), field(51), 0, 0, exe_fd)
+    mm_buf = ctypes.create_string_buffer(mm, len(mm))
+    args = struct.pack("=Q", len(regions)) + b"".join(struct.pack("=QQ", a, n) for a, n in regions) \
+        + struct.pack("=QQQ", ctypes.addressof(mm_buf), len(mm), exe_fd)
+    args_buf = ctypes.create_string_buffer(args, len(args))
+    page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    page.write(_BLOB)
+    code = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
+    # No handler of ours may run once the interpreter is gone.
+    for sig in range(1, signal.NSIG):
+        try:
+            if signal.getsignal(sig) not in (signal.SIG_DFL, signal.SIG_IGN, None):
+                signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    code(ctypes.addressof(args_buf))
+    return True   # (not reached)

@@ -1130,11 +1130,16 @@ class _Restorer:
         return self.helpers[mid] if mid < 0 else self.mounts[mid]
 
     def _set_group(self, op: tuple) -> None:
-        """("set_group", src, dst) or ("external", dst, master): MOVE_MOUNT_SET_GROUP into dst."""
+        """("set_group", src, dst), ("set_group_via", src, dst) or ("external", dst, master):
+        MOVE_MOUNT_SET_GROUP into dst."""
         if op[0] == "set_group":
             dst = self._mount(op[2])
             src, close_src = self._fd_for(self._mount(op[1]))
             why = f"copying the sharing of mount {op[1]}"
+        elif op[0] == "set_group_via":
+            dst = self._mount(op[2])
+            src, close_src = self._clone_beside(self._mount(op[1]), dst), True
+            why = f"copying the sharing of mount {op[1]} (through a clone of it at this root)"
         else:
             dst = self._mount(op[1])
             src, close_src = self._external_master(dst, op[2]), True
@@ -1156,6 +1161,37 @@ class _Restorer:
                 os.close(src)
             if close_dst:
                 os.close(dfd)
+
+    def _clone_beside(self, src: dict, dst: dict) -> int:
+        """A detached clone of mount src rooted at dst's root, which src's root does not cover: a
+        member of src's peer group (a clone of a shared mount is its peer; of a slave, a slave of
+        the same master). dst's root is reached through src by its file handle (open_by_handle_at
+        gives a path of src's mount at any dentry of the filesystem)."""
+        sfd, close_s = self._fd_for(src)
+        try:
+            dfd, close_d = self._fd_for(dst)
+            try:
+                htype, handle, _ = kernel.name_to_handle_at(dfd, "", kernel.AT_EMPTY_PATH)
+            finally:
+                if close_d:
+                    os.close(dfd)
+            # (the mount fd of open_by_handle_at must not be an O_PATH fd)
+            mfd = os.open(f"self/fd/{sfd}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self.hostproc)
+            try:
+                at = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH)
+            finally:
+                os.close(mfd)
+            try:
+                self._enter_for(src)   # a mount is cloned from its own namespace
+                return kernel.open_tree(at, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+            finally:
+                os.close(at)
+        except OSError as e:
+            raise RestoreError(e.errno, f"mount {dst['id']} ({dst['mountpoint']}): a clone of mount {src['id']} at "
+                                        f"its root {dst['root']}: {e.strerror}") from None
+        finally:
+            if close_s:
+                os.close(sfd)
 
     def _enter_for(self, m: dict) -> None:
         """Stand where changes to m's propagation are allowed: its namespace (helpers: the service one)."""
@@ -1331,6 +1367,17 @@ class _Restorer:
             finally:
                 for fd in fds:
                     os.close(fd)
+        if "exe" in p:
+            e = p["exe"]
+            try:
+                fd = self.open_at(e["mnt"], e["path"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+            except OSError as err:
+                raise RestoreError(err.errno, f"{where}: executable {e['path']} on mount {e['mnt']}: "
+                                              f"{err.strerror or err}") from None
+            try:
+                chan.call(("exe",), [fd])
+            finally:
+                os.close(fd)
 
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""

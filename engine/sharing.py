@@ -25,6 +25,10 @@ group with a helper gets one too (it must cover "/").
 
 The plan is a list of plain tuples so it can be tested without a kernel:
   ("set_group", src_id, dst_id)     copy src's peer group and master onto dst
+  ("set_group_via", src_id, dst_id) the same where src's root does not cover dst's: from a clone of
+                                    src rooted at dst's root (reached by its file handle, through src),
+                                    which is a member of src's group (peers /a and /b of a filesystem
+                                    from outside the dump, where no helper of its root can be made)
   ("external", dst_id, master)      copy from the host mount that gives external group `master`
   ("slave", id) / ("shared", id) / ("unbindable", id)
   ("helper", hid, sb)               attach a private mount of superblock sb's root (hid < 0)
@@ -143,10 +147,15 @@ def plan(mounts, helper_ok=lambda sb: False) -> list[tuple]:
             if pkey is not None:
                 setup(pkey)
                 src = _widest(groups[pkey] + ([helper_of[pkey]] if pkey in helper_of else []), first["root"])
-                if src is None:
-                    raise PlanError(f"mount {first['id']} ({first['mountpoint']}): no mount of its master group "
-                                    f"{master} covers its root {first['root']}")
-                ops.append(("set_group", src["id"], first["id"]))
+                if src is not None:
+                    ops.append(("set_group", src["id"], first["id"]))
+                else:
+                    beside = next((x for x in groups[pkey] if x.get("sb") is not None
+                                   and x.get("sb") == first.get("sb")), None)
+                    if beside is None or first["id"] < 0:
+                        raise PlanError(f"mount {first['id']} ({first['mountpoint']}): no mount of its master group "
+                                        f"{master} covers its root {first['root']}")
+                    ops.append(("set_group_via", beside["id"], first["id"]))
             else:
                 ops.append(("external", first["id"], master))
             ops.append(("slave", first["id"]))
@@ -157,10 +166,13 @@ def plan(mounts, helper_ok=lambda sb: False) -> list[tuple]:
         for m in rest:
             src = seen.widest_covering(m["root"])
             seen.add(m)
-            if src is None:
+            if src is not None:
+                ops.append(("set_group", src["id"], m["id"]))
+            elif m.get("sb") is not None and m.get("sb") == first.get("sb"):
+                ops.append(("set_group_via", first["id"], m["id"]))
+            else:
                 raise PlanError(f"mount {m['id']} ({m['mountpoint']}): no mount of its peer group covers its "
                                 f"root {m['root']}")
-            ops.append(("set_group", src["id"], m["id"]))
         state[key] = 2
 
     for key in sorted(groups, key=lambda k: (k[0] or 0, k[1] or 0)):

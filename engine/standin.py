@@ -11,6 +11,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   enter    setns into its restored mount namespace, chroot to its root, chdir
   fds      install open files at their numbers
   map      map each file received (engine/mappings.py)
+  exe      the executable to make its /proc/PID/exe when detached (mappings.become_exe)
   become   join its user namespace and take its ids there (engine/userns_cr.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
   detach   drop the channel and every other fd and sleep until killed
@@ -211,7 +212,7 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
     return chan
 
 
-def _detach(keep: set[int]) -> None:
+def _detach(keep: set[int], exe_fd: int | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     low = 0
@@ -219,6 +220,8 @@ def _detach(keep: set[int]) -> None:
         if n > low:
             os.closerange(low, n)
         low = n + 1
+    if exe_fd is not None and not mappings.become_exe(exe_fd):   # (does not return when it can)
+        os.close(exe_fd)
     while True:
         signal.pause()
 
@@ -240,6 +243,7 @@ def _await_commit(lifeline: int) -> None:
 def _serve(chan: channel.Channel) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     installed: set[int] = set()
+    exe_fd = None
     while True:
         try:
             msg, fds = chan.recv()
@@ -300,6 +304,11 @@ def _serve(chan: channel.Channel) -> None:
             elif op == "map":
                 mappings.map_files(fds)
                 reply = None
+            elif op == "exe":
+                # The executable to become once detached (mappings.become_exe).
+                exe_fd = fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 3)   # (a free number: all fds are in)
+                installed.add(exe_fd)
+                reply = None
             elif op == "become":
                 # Last request but detach: join the process's user namespace with its ids there.
                 _, uid, gid, groups = msg
@@ -311,7 +320,7 @@ def _serve(chan: channel.Channel) -> None:
                 chan.send(("ok", None))
                 if fds:  # the root stand-in: the tree lives only once the restore commits
                     _await_commit(fds[0])
-                _detach(installed)
+                _detach(installed, exe_fd)
             else:
                 raise OSError(f"unknown stand-in request {op!r}")
             for fd in fds:

@@ -285,3 +285,199 @@ for s in (lst, c, a): s.close()
     assert sum("listening=1" in line for line in fds) == 1, fds
     assert any("listening=0 connected=True inq=2" in line and "srv" in line for line in fds), fds
     assert any("name='' listening=0 connected=True inq=12" in line for line in fds), fds
+
+
+def test_unix_sockets_beneath_a_cover_read_only_and_in_another_namespace(case):
+    """Path-bound sockets whose file no path of their process reaches: beneath an overmount, in a
+    directory made a read-only bind afterwards, and on a mount of a nested mount namespace (a
+    child of the holder bound it there: systemd-nspawn's /run/host/notify). Each is bound again
+    with its name, and its socket file is back in the same directory of the same filesystem."""
+    setup = """
+mkdir /mnt/t /mnt/ro; mount -t tmpfs t /mnt/t; mount -t tmpfs ro /mnt/ro; mkdir /mnt/t/d /mnt/ro/h
+""" + py_hold("""
+import socket, subprocess, ctypes
+under = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); under.bind("/mnt/t/d/under.sock")
+subprocess.run(["mount", "-t", "tmpfs", "cover", "/mnt/t"], check=True)
+ro = socket.socket(socket.AF_UNIX); ro.bind("/mnt/ro/h/ro.sock"); ro.listen(3)
+subprocess.run("mount --bind /mnt/ro/h /mnt/ro/h && mount -o remount,bind,ro /mnt/ro/h", shell=True, check=True)
+nested = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+if os.fork() == 0:
+    ctypes.CDLL(None).unshare(0x00020000)
+    subprocess.run("mount --make-rprivate / && mount -t tmpfs n /mnt/t && mkdir /mnt/t/run", shell=True, check=True)
+    nested.bind("/mnt/t/run/notify"); nested.close(); os.write(w, b"x")
+    os.close(r); os.close(w); under.close(); ro.close()
+else:
+    os.read(r, 1)
+    os.dup2(under.fileno(), 10); os.dup2(ro.fileno(), 11); os.dup2(nested.fileno(), 12)
+    for x in (under, ro, nested): x.close()
+""")
+    beneath = "unshare -m --propagation private sh -c 'umount /mnt/t; ls -l /mnt/t/d | sed 1d | cut -c1'"
+    nested = ("for p in /proc/[0-9]*; do [ \"$(readlink $p/ns/mnt)\" != \"$(readlink /proc/self/ns/mnt)\" ] && "
+              "ls -l $p/root/mnt/t/run | sed 1d | cut -c1; done | sort -u")
+    before, after = case.roundtrip(setup, check=f"{beneath}; ls -l /mnt/ro/h | sed 1d | cut -c1; {nested}")
+    assert after.snap.check_output.split() == ["s", "s", "s"], after.snap.check_output
+    assert "name='/mnt/t/d/under.sock'" in _fd(after, 10)
+    assert "name='/mnt/ro/h/ro.sock' listening=1" in _fd(after, 11)
+    assert "name='/mnt/t/run/notify'" in _fd(after, 12)
+
+
+def _queued(pid: int, fd: int) -> list[bytes]:
+    """The datagrams queued on fd `fd` of process `pid` (peeked, not consumed)."""
+    import socket
+    from engine import kernel
+    from engine.fds import sys as fsys
+    from engine.fds import unix
+    pidfd = kernel.pidfd_open(pid)
+    try:
+        s = socket.socket(fileno=fsys.pidfd_getfd(pidfd, fd))
+    finally:
+        os.close(pidfd)
+    import base64
+    import types
+    with s:
+        return [base64.b64decode(m) for m in unix._peek_messages(s, types.SimpleNamespace(where=f"fd {fd}"), 0)]
+
+
+def test_unix_pairs_with_queued_datagrams(case):
+    """Datagram and seqpacket socket pairs with messages queued both ways (their bounds kept, in
+    order, and read without consuming them at dump), one end held by a child."""
+    setup = py_hold("""
+import socket
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+for m in (b"one", b"two!", b"three"): d1.send(m)
+d2.send(b"back")
+q1, q2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+q1.send(b"x" * 5000); q1.send(b"y")
+if os.fork() == 0:
+    os.dup2(d2.fileno(), 20); os.dup2(q2.fileno(), 21)
+else:
+    os.dup2(d1.fileno(), 20); os.dup2(q1.fileno(), 21)
+for s in (d1, d2, q1, q2): s.close()
+""")
+    before, after = case.roundtrip(setup)
+    child = int(subprocess.run(["ps", "-o", "pid=", "--ppid", str(after.pid)], capture_output=True,
+                               text=True).stdout.split()[0])
+    assert (_queued(child, 20), _queued(child, 21)) == ([b"one", b"two!", b"three"], [b"x" * 5000, b"y"])
+    assert (_queued(after.pid, 20), _queued(after.pid, 21)) == ([b"back"], [])
+
+
+def test_unix_fds_in_flight_refused_on_a_stream_tree_kept(case):
+    """A stream socket pair with an fd sent by SCM_RIGHTS and not received yet: a stream keeps no
+    message bounds to put the fd back at, so dump refuses naming the fd and the reason, and the
+    tree keeps running."""
+    setup = py_hold("""
+import socket
+a, b = socket.socketpair()
+socket.send_fds(a, [b"fd"], [os.open("/", os.O_RDONLY)])
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 11 \(socket:\[\d+\]\): 1 fds in flight \(SCM_RIGHTS", str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_unix_fds_in_flight(case):
+    """Files and FIFOs sent with SCM_RIGHTS and not received yet: on a datagram pair (between
+    plain messages), and, as systemd-nspawn keeps its kmsg FIFO, an empty seqpacket message on a
+    socket whose peer is gone, the FIFO deleted and bound over a file (a mount whose root it is).
+    Each comes back in the queue at its place: the receiver gets the same file and offset."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; printf 0123456789 > /mnt/t/f; mkfifo /mnt/t/kmsg; touch /mnt/t/over
+mount --bind /mnt/t/kmsg /mnt/t/over; rm /mnt/t/kmsg
+""" + py_hold("""
+import socket
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+f = os.open("/mnt/t/f", os.O_RDONLY); os.lseek(f, 3, os.SEEK_SET)
+d1.send(b"first"); socket.send_fds(d1, [b"with a file"], [f]); d1.send(b"last"); os.close(f)
+k = os.open("/mnt/t/over", os.O_RDWR | os.O_NONBLOCK)
+q1, q2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+socket.send_fds(q2, [b""], [k]); q2.close(); os.close(k)
+os.dup2(d2.fileno(), 20); os.dup2(q1.fileno(), 21); os.dup2(d1.fileno(), 22)
+for x in (d1, d2, q1): x.close()
+""")
+    before, after = case.roundtrip(setup)
+    import socket
+    from engine import kernel
+    from engine.fds import sys as fsys
+    pidfd = kernel.pidfd_open(after.pid)
+    try:
+        d2 = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 20))
+        q1 = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 21))
+    finally:
+        os.close(pidfd)
+    with d2, q1:   # (reading consumes the restored tree's queues: the test's last look)
+        assert d2.recv(100) == b"first"
+        data, fds, _, _ = socket.recv_fds(d2, 100, 4)
+        assert data == b"with a file" and len(fds) == 1
+        assert os.read(fds[0], 100) == b"3456789"
+        assert d2.recv(100) == b"last"
+        data, kfds, _, _ = socket.recv_fds(q1, 100, 4)
+        assert data == b"" and len(kfds) == 1
+        os.write(kfds[0], b"x")   # the FIFO bound over /mnt/t/over in the restored tree
+        out = subprocess.run(["nsenter", "-t", str(after.pid), "-m", "--", "dd", "if=/mnt/t/over", "bs=1",
+                              "count=1", "iflag=nonblock", "status=none"], capture_output=True, timeout=30)
+        assert out.stdout == b"x", out
+        for fd in fds + kfds:
+            os.close(fd)
+
+
+def test_inotify_watch_on_a_symlink(case):
+    """A watch on a symlink itself (IN_DONT_FOLLOW, as systemd watches /etc/localtime): restored on
+    the symlink, not on its target (fdinfo shows no IN_DONT_FOLLOW bit), also after a second C/R."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; touch /mnt/t/target; ln -s target /mnt/t/link
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(0)
+libc.inotify_add_watch(i, b"/mnt/t/link", 0x4 | 0x02000000)
+os.dup2(i, 10); os.close(i)
+""")
+    state = case.roundtrip(setup, iters=2)[-1]   # (the first restore's watch was dumped again)
+    with open(f"/proc/{state.pid}/fdinfo/10") as f:
+        ino = int(re.search(r"inotify wd:1 ino:([0-9a-f]+)", f.read())[1], 16)
+    assert ino == os.lstat(f"/proc/{state.pid}/root/mnt/t/link").st_ino
+
+
+def test_fanotify_refused_tree_kept(case):
+    """A fanotify group with a mount mark: refused at dump naming the fd and its kind (marks on
+    mounts and filesystems are not restored yet), and the tree keeps running."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+f = libc.fanotify_init(0, os.O_RDONLY)
+assert f >= 0, ctypes.get_errno()
+libc.fanotify_mark(f, 0x1 | 0x10, ctypes.c_uint64(0x20), -100, b"/mnt/t")   # ADD|MOUNT, FAN_OPEN
+os.dup2(f, 10); os.close(f)
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify fds are not supported", str(err.value)), \
+        err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_executable_is_the_stand_ins_own(case):
+    """A process whose executable is on a tmpfs of the tree (beneath an overmount after it
+    started): the stand-in's /proc/PID/exe is that file on that mount, not its interpreter."""
+    import platform
+    if platform.machine() != "x86_64":
+        pytest.skip("a stand-in takes its executable on x86-64 only (engine/mappings.py)")
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; cp -L /.hold/mntcr-hold /mnt/t/mntcr-hold
+/mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+sleep 0.5; mount -t tmpfs cover /mnt/t
+hold
+"""
+    before, after = case.roundtrip(setup)
+    child = [p for p in after.snap.procs if p.pid != after.pid][0]
+    assert os.readlink(f"/proc/{child.pid}/exe") == "/mnt/t/mntcr-hold"
+    assert any(line.startswith("exe /mnt/t/mntcr-hold mnt=/mnt/t#1") for line in child.maps), child.maps

@@ -47,6 +47,15 @@ MUTATIONS = {
     "epoll target fd": lambda d: _fd(d, "epoll")["targets"][0].update(fd=-1),
     "unix relative path": lambda d: _fd(d, "unix").update(path="relative/sock"),
     "unix pair end": lambda d: _fd(d, "unix").update(end=7),
+    "unix messages on a stream pair": lambda d: _obj(d, "unix").update(msgs=[["eA=="], []]),
+    "unix messages not a queue pair": lambda d: _obj(d, "unix").update(type="dgram", msgs=[["eA=="]]),
+    "unix empty message": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[""], []]),
+    "unix fd in flight of a kind": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[{"data": "", "fds": [
+        {"kind": "pipe", "flags": 0, "pos": 0, "mnt": 1, "path": "/"}]}], []]),
+    "unix fd in flight path": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[{"data": "", "fds": [
+        {"kind": "file", "flags": 0, "pos": 0, "mnt": 1, "path": "/../x"}]}], []]),
+    "unix mounts of fds in flight": lambda d: _fd(d, "unix").update(mnts=[987654]),
+    "unix messages on a socket with a peer": lambda d: _fd(d, "unix").update(msgs=["eA=="]),
     "inotify watch mount": lambda d: _fd(d, "inotify")["watches"][0].update(mnt=987654),
     "inotify watch path": lambda d: _fd(d, "inotify")["watches"][0].update(path="/../etc"),
     "pty ptmx mount": lambda d: _fd(d, "pty")["ptmx"].update(mnt=987654),

@@ -99,7 +99,13 @@ def test_helper_groups_chain_up_to_the_master():
 
 
 def test_no_helper_for_an_external_superblock_or_a_root_member():
+    # no helper of an outside filesystem's root: the uncovered peer copies from a clone of the
+    # first member rooted at its own root (set_group_via)
+    ops = sharing.plan([H(1, "/a", shared=1), H(2, "/b", shared=1)], helper_ok=lambda sb: False)
+    assert ops == [("shared", 1), ("set_group_via", 1, 2)]
+    ops = sharing.plan([H(1, "/a", shared=1), H(2, "/b", master=1)], helper_ok=lambda sb: False)
+    assert ops == [("shared", 1), ("set_group_via", 1, 2), ("slave", 2)]
     with pytest.raises(sharing.PlanError, match="no mount of its peer group covers"):
-        sharing.plan([H(1, "/a", shared=1), H(2, "/b", shared=1)], helper_ok=lambda sb: False)
+        sharing.plan([H(1, "/a", shared=1), H(2, "/b", shared=1, sb="sb-2")], helper_ok=lambda sb: False)
     ops = sharing.plan([H(1, "/", shared=1), H(2, "/b", shared=1)], helper_ok=lambda sb: True)
     assert not any(op[0] == "helper" for op in ops)

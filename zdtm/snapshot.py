@@ -165,9 +165,15 @@ def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
     labelled in `ignore` (or beneath them) and those on no mount of the tree."""
     from engine import kernel
     out = set()
-    # Not /proc/PID/exe: a stand-in cannot change its own (the kernel refuses while the old one is
-    # mapped), so the executable is compared as one of the mapped files only.
+    # /proc/PID/exe too: a stand-in makes the original its own (engine/mappings.py become_exe).
     links = [f"/proc/{pid}/map_files/{n}" for n in os.listdir(f"/proc/{pid}/map_files")]
+    try:
+        path = os.readlink(f"/proc/{pid}/exe")
+        label = _where(canon, kernel.statx_mnt_id(f"/proc/{pid}/exe"), elsewhere)
+        if label != "detached" and not any(label == i or label.startswith(i.rstrip("/") + "/") for i in ignore):
+            out.add(f"exe {path} mnt={label}")
+    except OSError:
+        pass
     for link in links:
         try:
             path = os.readlink(link)

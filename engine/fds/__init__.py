@@ -44,6 +44,9 @@ class DumpFd:
     in_ns: object = None                          # what the kind's in_ns hook read
     place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}
     mounts: list = field(default_factory=list)    # engine.mountinfo.Mount of the process's namespace
+    # The tree's other mount namespaces: [(a pid in it, its engine.mountinfo.Mount list)] (a socket
+    # file a process bound inside a container it made, as systemd-nspawn binds /run/host/notify).
+    elsewhere: list = field(default_factory=list)
     _copy: int | None = None
 
     @property

@@ -17,6 +17,7 @@ import ctypes
 import errno
 import os
 import re
+import stat
 
 from engine.imageformat import LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
@@ -24,6 +25,7 @@ from engine.fds import FdError, FdKind, RestoreFd, register
 _WATCH = re.compile(r"wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) .*?"
                     r"fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+)")
 MAX_GAP = 4096
+IN_DONT_FOLLOW = 0x02000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -47,20 +49,52 @@ def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
             except OSError:
                 continue
             try:
-                h = kernel.open_by_handle_at(mfd, int(m[6], 16), handle, os.O_PATH)
+                h = kernel.open_by_handle_at(mfd, int(m[6], 16), handle, os.O_PATH | os.O_NOFOLLOW)
             except OSError:
                 continue
             finally:
                 os.close(mfd)
             try:
                 path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
+                # A handle opens any inode of the filesystem through this mount, even one outside
+                # its root (its path then names something else): only an inode within counts.
+                if not _within(h, path, mnt):
+                    continue
                 got = {"wd": wd, "mask": mask, "abs": path,
                        "mnt": kernel.statx_mnt_id("", h, kernel.AT_EMPTY_PATH)}
+            except OSError:
+                continue
             finally:
                 os.close(h)
             break
         out.append(got or {"wd": wd, "error": f"watch {wd} is on device {dev}, which no visible mount reaches"})
     return out
+
+
+def _within(h: int, path: str, mnt) -> bool:
+    """Is the inode our fd `h` (opened by handle through mount `mnt`, path `path` as readlink shows
+    it) within that mount's root? Its path leads back to it; or (beneath an overmount) a
+    directory whose ".." the kernel walks (it refuses to step out of a bind's root), or a file
+    of a mount of the whole filesystem."""
+    from engine import kernel
+    from engine.image import is_beneath
+    if not path.startswith("/") or not is_beneath(path, mnt.mountpoint):
+        return False
+    st = os.fstat(h)
+    try:
+        here = os.stat(path, follow_symlinks=False)
+        if (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino) \
+                and kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) == mnt.mnt_id:
+            return True
+    except OSError:
+        pass
+    if stat.S_ISDIR(st.st_mode):
+        try:
+            os.close(os.open("..", os.O_PATH | os.O_CLOEXEC, dir_fd=h))
+            return True
+        except OSError:
+            return False
+    return mnt.root == "/"
 
 
 def _dump(d) -> dict:
@@ -89,11 +123,13 @@ def _check(entry: dict, what: str) -> None:
         check_abs_path(w.get("path"), f"{what} watch {w['wd']}")
 
 
-def _add(ifd: int, proc: int, fd: int, mask: int) -> int:
+def _add(ifd: int, proc: int, fd: int, mask: int, name: str | None = None) -> int:
+    """inotify_add_watch on what our fd `fd` is (or on entry `name` of that directory)."""
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
     try:
         os.fchdir(proc)
-        wd = _libc.inotify_add_watch(ifd, f"self/fd/{fd}".encode(), ctypes.c_uint32(mask))
+        path = f"self/fd/{fd}" + (f"/{name}" if name else "")
+        wd = _libc.inotify_add_watch(ifd, os.fsencode(path), ctypes.c_uint32(mask))
         if wd < 0:
             e = ctypes.get_errno()
             raise OSError(e, f"inotify_add_watch: {os.strerror(e)}")
@@ -118,9 +154,20 @@ def _open(r: RestoreFd) -> int:
                 finally:
                     os.close(probe)
                 nxt += 1
-            fd = r.open_at(w["mnt"], w["path"], os.O_PATH)
+            # (O_NOFOLLOW for a path beneath the mount's root only: its root is reached through a
+            # /proc magic link, which O_NOFOLLOW would open itself)
+            named = bool(w["path"].strip("/"))
+            fd = r.open_at(w["mnt"], w["path"], os.O_PATH | (os.O_NOFOLLOW if named else 0))
             try:
-                wd = _add(ifd, r.proc, fd, w["mask"])
+                if named and stat.S_ISLNK(os.fstat(fd).st_mode):
+                    # A watch on a symlink itself (systemd's on /etc/localtime; fdinfo shows no
+                    # IN_DONT_FOLLOW bit): added by its name in its directory, not followed.
+                    parent, name = w["path"].rstrip("/").rsplit("/", 1)
+                    os.close(fd)
+                    fd = r.open_at(w["mnt"], parent or "/", os.O_PATH | os.O_DIRECTORY)
+                    wd = _add(ifd, r.proc, fd, w["mask"] | IN_DONT_FOLLOW, name)
+                else:
+                    wd = _add(ifd, r.proc, fd, w["mask"])
             finally:
                 os.close(fd)
             if wd != w["wd"]:

@@ -8,10 +8,23 @@ name is bound again by that stand-in, after it entered its restored root,
 with the dumped name; the socket file left by the dumped tree (tar does not
 keep sockets, so normally there is none) is replaced.
 
+The socket file of a path name is found on any mount of the tree that holds
+it: the name's path in the process's namespace or another namespace of the
+tree (a runtime binds inside the container it builds), else a search of that
+filesystem's mounts, covered ones too (through clones, beneath an
+overmount). At restore the name is bound again as dumped with its file in
+that directory, whatever the name leads to from the stand-in (_bind_beside),
+through a read-write mount of the superblock when the one found is read-only.
+
+Queued datagrams (pairs, and a survivor whose peer is gone) are peeked with
+a peek offset; fds in flight with them come with each peek and are kept as
+files or FIFOs on mounts of the tree, sent again with their message at
+restore.
+
 Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
-namespace, read in a child that joins it). Not done yet: a socket connected
-to a listening one (its peer is not its pair), queued datagrams, in-flight
-fds (SCM_RIGHTS), a path name beneath an overmount or on a detached mount.
+namespace, read in a child that joins it). Not done yet: fds in flight on a
+stream or a listener, other kinds in flight, a path name whose file is only on
+a detached mount.
 """
 
 from __future__ import annotations
@@ -24,9 +37,9 @@ import socket
 import stat
 import struct
 
-from engine import kernel
+from engine import forkrun, kernel
 
-from engine.imageformat import BOOL, DICT, INT, LOC, STR, F, path_rule, record
+from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 SOCK_DIAG_BY_FAMILY = 20
@@ -118,7 +131,15 @@ def _dump(d) -> dict:
         peer = rec.get("peer")
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:
-            out["bound"] = _locate(d, out["path"], rec.get("vfs"))   # (an accepted end's name is its listener's)
+            # (an accepted end's name is its listener's)
+            out["bound"] = _writable(d, _locate(d, out["path"], rec.get("vfs")))
+        inflight = int((d.info().get("scm_fds") or ["0"])[0])
+        if inflight and (typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
+            # kept apart) or in a listener's pending connections.
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight (SCM_RIGHTS not yet received) "
+                                            f"on a {'listening' if typ != socket.SOCK_STREAM else 'stream'} socket: "
+                                            "not supported")
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
@@ -129,8 +150,12 @@ def _dump(d) -> dict:
             # Its peer is gone (closed by a process that exited: podman's end of conmon's sync
             # socket): restored as one end of a pair whose other end is closed at once.
             out["dangling"] = True
-            if _inq(c):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a socket whose peer is gone: "
+            if typ != socket.SOCK_STREAM and (inflight or _inq(c)):
+                # (systemd-nspawn keeps the fd of its kmsg FIFO in flight on such a socket)
+                out["msgs"] = _peek_messages(s, d, inflight)
+                out["mnts"] = _inflight_mounts(out["msgs"])
+            elif _inq(c):
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
                                                 "not supported yet")
             return out
         if peer:
@@ -150,6 +175,9 @@ def _dump(d) -> dict:
                         or _MAGIC.match(out.get("path", "")):
                     raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
                                                     "named, or named through /proc: not supported")
+                if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
+                                                    "listener: not supported")
                 o["via"] = {"end": end, **{k: out[k] for k in ("path", "abstract") if k in out}}
                 for k in ("path", "abstract"):
                     out.pop(k, None)
@@ -160,8 +188,14 @@ def _dump(d) -> dict:
                 if n:
                     data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
                     d.objects[obj]["data"][end] = base64.b64encode(data).decode()
-            elif _inq(c):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: queued {out['type']} messages: not supported yet")
+            elif _inq(c) or inflight:
+                o.setdefault("msgs", [[], []])[end] = _peek_messages(s, d, inflight)
+                if inflight and "via" in o:
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
+                                                    "listener: not supported")
+            if "msgs" in o:
+                # (the mounts of the files in flight on either end: restore opens them)
+                out["mnts"] = _inflight_mounts([m for q in o["msgs"] for m in q])
         return out
     finally:
         s.close()
@@ -175,53 +209,222 @@ def _locate(d, name: str, vfs) -> dict:
     """{mnt, path} of the socket file a path-bound socket made (its name may be relative, or go
     through /proc/self/fd/N/, as conmon binds its attach socket): the name when it leads to the
     socket's inode (sock_diag's VFS dev and ino), else a bounded search of the visible mounts of
-    that filesystem."""
+    that filesystem; first in the process's mount namespace, then in the tree's others (a
+    runtime binds a socket inside the container it builds: systemd-nspawn's /run/host/notify)."""
     if vfs is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, but its socket file is gone: not supported")
     ino, kdev = vfs
     dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
-    root = f"/proc/{d.pid}/root"
+    spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
     if name.startswith("/") and not _MAGIC.match(name):
-        try:
-            st = os.stat(root + name, follow_symlinks=False)
-            if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
-                return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW), "socket")
-        except OSError:
-            pass
+        for pid, _mounts in spaces:
+            root = f"/proc/{pid}/root"
+            try:
+                st = os.stat(root + name, follow_symlinks=False)
+                if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
+                    return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
+                                   "socket")
+            except OSError:
+                pass
+    budget = [MAX_WALK]
     want = f"{os.major(dev)}:{os.minor(dev)}"
-    seen = 0
-    for m in sorted((m for m in d.mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
-        top = root + ("" if m.mountpoint == "/" else m.mountpoint)
+    covered = []
+    for pid, mounts in spaces:
+        root = f"/proc/{pid}/root"
+        hidden = []
+        for m in sorted((m for m in mounts if m.dev == want), key=lambda m: (len(m.mountpoint), m.mnt_id)):
+            top = root + ("" if m.mountpoint == "/" else m.mountpoint)
+            try:
+                visible = kernel.statx_mnt_id(top) == m.mnt_id   # (following /proc/PID/root itself)
+            except OSError:
+                visible = False
+            if not visible:
+                hidden.append(m.mnt_id)
+                continue
+            found = _search(d, name, top, m, dev, ino, budget)
+            if found is not None:
+                return found
+        if hidden:
+            covered.append((pid, mounts, hidden))
+    # Beneath an overmount: the covered mounts of that filesystem, cloned where their covers are
+    # gone (in a private copy of the namespace, as dump reaches any covered mount).
+    for pid, mounts, hidden in covered:
+        found = _search_clones(d, name, pid, mounts, hidden, dev, ino, budget)
+        if found is not None:
+            return found
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no mount of the tree "
+                                    "(a detached mount): not supported")
+
+
+def _writable(d, loc: dict) -> dict:
+    """The socket file's directory through a read-write mount of its superblock, where the mount
+    it was found on is read-only (systemd-nspawn binds /run/host/notify, then makes /run/host a
+    read-only bind): restore binds the socket again where a bind can create its file. The inode
+    is the superblock's, so any mount that reaches the directory gives the same socket file."""
+    from engine.image import is_beneath, rel_to
+    every = [m for _pid, mounts in [(d.pid, d.mounts)] + list(d.elsewhere) for m in mounts]
+    here = next((m for m in every if m.mnt_id == loc.get("mnt")), None)
+    if here is None or not here.readonly or "ro" in here.super_opts or loc.get("detached"):
+        return loc
+    full = here.root.rstrip("/") + loc["path"]
+    for m in every:
+        if m.dev == here.dev and not m.readonly and "deleted" not in m.root and is_beneath(full, m.root):
+            return {**loc, "mnt": m.mnt_id, "path": "/" + rel_to(full, m.root)}
+    return loc
+
+
+def _search_clones(d, name: str, pid: int, mounts, hidden: list[int], dev: int, ino: int, budget: list):
+    from engine import channel
+    from engine.dump import _clone_mounts
+    by_id = {m.mnt_id: m for m in mounts}
+    found = None
+    nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        for mids, fds in channel.fork_stream(_clone_mounts, nsfd, [pid], hidden, mounts):
+            try:
+                for mid, mfd in zip(mids, fds):
+                    if found is None:
+                        found = _search(d, name, f"/proc/self/fd/{mfd}", by_id[mid], dev, ino, budget)
+            finally:
+                for x in fds:
+                    os.close(x)
+    finally:
+        os.close(nsfd)
+    return found
+
+
+def _search(d, name: str, top: str, m, dev: int, ino: int, budget: list) -> dict | None:
+    """Search mount `m`, reached at path `top`, for socket inode `ino` of device `dev`."""
+    stack = [top]
+    while stack:
+        here = stack.pop()
         try:
-            if kernel.statx_mnt_id(top) != m.mnt_id:   # (following /proc/PID/root itself)
-                continue   # covered
+            entries = list(os.scandir(here))
         except OSError:
             continue
-        stack = [top]
-        while stack:
-            here = stack.pop()
+        budget[0] -= len(entries)
+        if budget[0] < 0:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: socket file of {name} not found within {MAX_WALK} "
+                                            "entries: not supported")
+        for ent in entries:
             try:
-                entries = list(os.scandir(here))
+                st = ent.stat(follow_symlinks=False)
             except OSError:
                 continue
-            seen += len(entries)
-            if seen > MAX_WALK:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: socket file of {name} not found within {MAX_WALK} "
-                                                "entries: not supported")
-            for ent in entries:
+            if st.st_dev != dev:
+                continue   # another mount (its own filesystem is searched as its own mount)
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(ent.path)
+            elif stat.S_ISSOCK(st.st_mode) and st.st_ino == ino:
+                rel = ent.path[len(top):]
+                return d.place(rel if m.mountpoint == "/" else m.mountpoint + rel, m.mnt_id, "socket")
+    return None
+
+
+SO_PEEK_OFF = 42
+MAX_MSGS = 4096
+
+
+def _peek_messages(s: socket.socket, d, inflight: int) -> list:
+    """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
+    without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
+    (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
+    carries fds (SCM_RIGHTS, `inflight` of them in all): a peek hands us copies of those, each
+    described as an fd on a file of the tree's mounts (_inflight_entry)."""
+    saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    out: list = []
+    total = nfds = 0
+    try:
+        while True:
+            try:
+                data, anc, flags, _addr = s.recvmsg(1 << 17, socket.CMSG_SPACE(253 * 4),
+                                                    socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                break
+            got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or any(
+                        level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS for level, kind, _ in anc):
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: a queued message over 128 KiB, or with other "
+                                                    "ancillary data than fds: not supported")
+                msg = base64.b64encode(data).decode()
+                if got:
+                    msg = {"data": msg, "fds": [_inflight_entry(d, fd) for fd in got]}
+                out.append(msg)
+            finally:
+                for fd in got:
+                    os.close(fd)
+            nfds += len(got)
+            total += len(data)
+            if not data:
+                # The peek offset cannot step over an empty message: it must be the queue's last
+                # one, which it is when it brings the count of fds in flight to the kernel's.
+                if got and nfds == inflight:
+                    break
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: an empty message queued before others: not supported")
+            if len(out) > MAX_MSGS or total > MAX_DATA:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: more than {MAX_MSGS} messages or {MAX_DATA} bytes "
+                                                "queued: too many")
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+    if nfds != inflight:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight, {nfds} found in its queue")
+    return out
+
+
+INFLIGHT_KINDS = ("file", "fifo")
+
+
+def _inflight_entry(d, fd: int) -> dict:
+    """An fd in flight (our copy `fd`) as an fd entry of a placed kind (a file or a FIFO): on the mount
+    its fdinfo names, or, for a file deleted since, on the mount of the tree whose root it is (the
+    FIFO systemd-nspawn binds over /proc/kmsg)."""
+    from engine import fds as kinds
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    st = os.fstat(fd)
+    kind = kinds.classify(target, st.st_mode)
+    what = f"{d.where}: an fd in flight ({target})"
+    if kind is None or kind.name not in INFLIGHT_KINDS:
+        raise FdError(errno.EOPNOTSUPP, f"{what}: only files and FIFOs in flight are supported")
+    info = {}
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
+    if kind.name == "file":
+        entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+    spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
+    mnt = int(info.get("mnt_id", 0))
+    known = {m.mnt_id for _pid, mounts in spaces for m in mounts}
+    if not target.endswith(" (deleted)") and mnt in known:
+        loc = d.place(target, mnt, "fd in flight")
+    else:
+        loc = None
+        for pid, mounts in spaces:
+            for m in mounts:
                 try:
-                    st = ent.stat(follow_symlinks=False)
+                    mst = os.stat(f"/proc/{pid}/root{m.mountpoint}", follow_symlinks=False)
+                    here = kernel.statx_mnt_id(f"/proc/{pid}/root{m.mountpoint}", flags=kernel.AT_SYMLINK_NOFOLLOW)
                 except OSError:
                     continue
-                if st.st_dev != dev:
-                    continue   # another mount (its own filesystem is searched as its own mount)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(ent.path)
-                elif stat.S_ISSOCK(st.st_mode) and st.st_ino == ino:
-                    rel = ent.path[len(top):]
-                    return d.place(rel if m.mountpoint == "/" else m.mountpoint + rel, m.mnt_id, "socket")
-    raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no visible mount "
-                                    "(beneath an overmount or detached): not supported")
+                if (mst.st_dev, mst.st_ino) == (st.st_dev, st.st_ino) and here == m.mnt_id:
+                    loc = {"mnt": m.mnt_id, "path": "/"}
+                    break
+            if loc is not None:
+                break
+        if loc is None:
+            raise FdError(errno.EOPNOTSUPP, f"{what}: on no mount of the tree: not supported")
+    if loc.get("detached"):
+        raise FdError(errno.EOPNOTSUPP, f"{what}: on a detached mount: not supported")
+    entry.update({"mnt": loc["mnt"], "path": loc["path"]})
+    return entry
+
+
+def _inflight_mounts(msgs: list) -> list[int]:
+    return sorted({f["mnt"] for m in msgs if isinstance(m, dict) for f in m["fds"]})
 
 
 def _connected(s: socket.socket) -> bool:
@@ -252,6 +455,34 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: bad backlog")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
+    if "msgs" in entry:
+        if not entry.get("dangling") or entry.get("type") == "stream":
+            _fail(f"{what}: queued messages on a socket that is not the survivor of a pair")
+        _check_msgs(entry["msgs"], what)
+    if "mnts" in entry and (not all(type(x) is int for x in entry["mnts"]) or len(entry["mnts"]) > 253 * MAX_MSGS):
+        _fail(f"{what}: bad mounts of fds in flight")
+
+
+def _check_msgs(queue, what: str) -> None:
+    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file or FIFO]}."""
+    from engine.image import _fail, check_abs_path
+    if not isinstance(queue, list) or len(queue) > MAX_MSGS:
+        _fail(f"{what}: bad queued messages")
+    for m in queue:
+        data, fds = (m.get("data"), m.get("fds")) if isinstance(m, dict) else (m, None)
+        if not isinstance(data, str) or len(data) > (1 << 17) * 4 // 3 + 4 or (not data and not fds):
+            _fail(f"{what}: bad queued message")
+        if isinstance(m, dict):
+            if set(m) != {"data", "fds"} or not isinstance(fds, list) or not 0 < len(fds) <= 253:
+                _fail(f"{what}: bad fds of a queued message")
+            for f in fds:
+                if not isinstance(f, dict) or f.get("kind") not in INFLIGHT_KINDS \
+                        or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type"} \
+                        or type(f.get("flags")) is not int or not 0 <= f["flags"] < 1 << 22 \
+                        or type(f.get("pos")) is not int or not 0 <= f["pos"] < 1 << 63 \
+                        or type(f.get("mnt")) is not int or f.get("type", "file") not in ("file", "dir"):
+                    _fail(f"{what}: bad fd in flight")
+                check_abs_path(f.get("path"), what)
 
 
 def _check_object(obj: dict, what: str) -> None:
@@ -259,6 +490,12 @@ def _check_object(obj: dict, what: str) -> None:
     if obj.get("type") not in TYPES.values() or not isinstance(obj.get("data"), list) or len(obj["data"]) != 2 \
             or not all(isinstance(x, str) and len(x) <= MAX_DATA * 4 // 3 + 4 for x in obj["data"]):
         _fail(f"{what}: bad unix socket pair")
+    msgs = obj.get("msgs")
+    if msgs is not None:
+        if obj["type"] == "stream" or not isinstance(msgs, list) or len(msgs) != 2:
+            _fail(f"{what}: bad queued messages of a socket pair")
+        for q in msgs:
+            _check_msgs(q, what)
     via = obj.get("via")
     if via is not None:
         if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
@@ -279,6 +516,7 @@ def _make(args, fds):
     spec = args
     if spec.get("dangling"):
         a, b = socket.socketpair(socket.AF_UNIX, _TYPE_NO[spec["type"]])
+        _send_queue(b, spec.get("msgs") or (), fds)   # its queue, sent by the peer that goes at once
         b.close()
         return None, [a.detach()]
     if spec.get("pair"):
@@ -287,6 +525,10 @@ def _make(args, fds):
         for end, data in enumerate(spec.get("data") or ()):
             if data:
                 os.write(out[1 - end], base64.b64decode(data))   # what `end` will read, sent by its peer
+        rest = list(fds)
+        for end, queue in enumerate(spec.get("msgs") or ()):
+            with socket.socket(fileno=os.dup(out[1 - end])) as peer:
+                rest = _send_queue(peer, queue, rest)
         return None, out
     s = socket.socket(socket.AF_UNIX, _TYPE_NO[spec["type"]])
     try:
@@ -306,6 +548,22 @@ def _make(args, fds):
         s.close()
 
 
+def _send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
+    """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
+    from the front of `fds` (received ones, which the stand-in closes). Returns the fds left."""
+    fds = list(fds)
+    for m in queue:
+        if isinstance(m, dict):
+            n = len(m["fds"])
+            mine, fds = fds[:n], fds[n:]
+            if len(mine) != n:
+                raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
+            socket.send_fds(peer, [base64.b64decode(m["data"])], mine)
+        else:
+            peer.send(base64.b64decode(m))
+    return fds
+
+
 def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     """Bind to the dumped name, the socket file landing in the directory received (fds[0]).
 
@@ -319,6 +577,8 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
         except FileNotFoundError:
             pass
     m = _MAGIC.match(name)
+    if m is None and d is not None and _bind_beside(s, d, name):
+        return
     if m is None or d is None:
         s.bind(name)
         return
@@ -344,6 +604,56 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
             os.close(saved)
 
 
+def _bind_beside(s: socket.socket, d: int, name: str) -> bool:
+    """Bind `s` to `name` with its socket file in directory `d`, wherever `name` leads from here
+    (the file may lie beneath an overmount, on a detached mount, or in another mount namespace of
+    the tree). A forked child chroots to a detached tmpfs where `name`'s directory is a symlink
+    to `d` through a procfs of its own (/P/self/fd/D), and binds there: the name is the dumped
+    one, the file lands in `d`. False where the kernel cannot mount on a detached mount (before
+    6.15) or the name has dot components: then the caller binds the name as it reads from the
+    stand-in's root."""
+    absolute = name.startswith("/")
+    parts = [p for p in name.split("/")[:-1] if p]
+    if any(p in (".", "..") for p in parts):
+        return False
+
+    def body():
+        if not parts:
+            os.fchdir(d)
+            if absolute:
+                os.chroot(".")
+            s.bind(name)
+            return True
+        top = _fresh("tmpfs")
+        sub = parts if absolute else ["w"] + parts
+        procdir = next(p for p in ("p", "q") if p != sub[0])
+        os.mkdir(procdir, 0o555, dir_fd=top)
+        try:
+            kernel.move_mount(_fresh("proc"), "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return False   # no mounting on a detached mount (Linux < 6.15)
+            raise
+        for i in range(len(sub) - 1):
+            os.mkdir("/".join(sub[: i + 1]), 0o755, dir_fd=top)
+        os.symlink(f"/{procdir}/self/fd/{d}", "/".join(sub), dir_fd=top)
+        os.fchdir(top)
+        os.chroot(".")
+        if not absolute:
+            os.chdir("w")
+        s.bind(name)
+        return True
+
+    return forkrun.run(body)
+
+
+def _fresh(fstype: str) -> int:
+    """A detached mount of a new superblock of `fstype` (in a child that exits soon)."""
+    fs = kernel.fsopen(fstype)
+    kernel.fsconfig(fs, kernel.FSCONFIG_CMD_CREATE)
+    return kernel.fsmount(fs)
+
+
 def _prepare(key: str, obj: dict, holders: list, call):
     """A pair connected through a listener's name: the holder of its accepted end binds a
     listener there, connects, accepts, and removes it again (before the tree's own sockets are
@@ -352,7 +662,7 @@ def _prepare(key: str, obj: dict, holders: list, call):
     if via is None:
         return None
     chan = next((ch for e, ch in holders if e.get("end") == via["end"]), holders[0][1])
-    spec = {"type": obj["type"], "data": obj["data"], "accepted": via["end"],
+    spec = {"type": obj["type"], "data": obj["data"], "msgs": obj.get("msgs"), "accepted": via["end"],
             **{k: via[k] for k in ("path", "abstract") if k in via}}
     return call(chan, "via", spec)
 
@@ -386,6 +696,10 @@ def _via(spec, fds):
     for end, data in enumerate(spec.get("data") or ()):
         if data:
             os.write(ends[1 - end], base64.b64decode(data))
+    rest = list(fds)
+    for end, queue in enumerate(spec.get("msgs") or ()):
+        with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
+            rest = _send_queue(peer, queue, rest)
     return None, ends
 
 
@@ -395,12 +709,18 @@ def _open(r: RestoreFd) -> int:
         st = r.state.get(e["obj"])
         if st is None:
             obj = r.objects[e["obj"]]
-            st = r.state[e["obj"]] = r.standin("make", {"pair": True, "type": obj["type"], "data": obj["data"]})
+            sent = _open_inflight(r, [m for q in obj.get("msgs") or () for m in q])
+            try:
+                st = r.state[e["obj"]] = r.standin("make", {"pair": True, "type": obj["type"], "data": obj["data"],
+                                                            "msgs": obj.get("msgs")}, sent)
+            finally:
+                for x in sent:
+                    os.close(x)
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling") if k in e}
-        sent = []
+        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "msgs") if k in e}
+        sent = _open_inflight(r, e.get("msgs") or ())
         if "bound" in e:
             # The directory of its socket file, on the restored mount: the stand-in binds there.
             b = e["bound"]
@@ -417,7 +737,30 @@ def _open(r: RestoreFd) -> int:
     return fd
 
 
+def _open_inflight(r: RestoreFd, msgs) -> list[int]:
+    """Our fds on new descriptions of the files in flight in `msgs`, in order (their mounts must be
+    among the entry's `mnts`, which the validator checked)."""
+    from engine import fds as kinds
+    out: list[int] = []
+    try:
+        for m in msgs:
+            if not isinstance(m, dict):
+                continue
+            for f in m["fds"]:
+                if f["mnt"] not in r.entry.get("mnts", ()):
+                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight on mount {f['mnt']}, not in its mnts")
+                sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
+                                standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
+                out.append(kinds.lookup(f["kind"]).open(sub))
+    except BaseException:
+        for x in out:
+            os.close(x)
+        raise
+    return out
+
+
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                mounts=lambda e: [e["bound"]["mnt"]] if "bound" in e else [],
+                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ())),
                 check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
-                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False)}))
+                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
+                        "msgs": F(LIST, required=False), "mnts": F(LIST, required=False)}))
