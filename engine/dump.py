@@ -27,6 +27,7 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
+from engine import userns_cr
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
@@ -302,8 +303,11 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     after their covers are gone (see _uncover).
     """
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    # A copy made from another user namespace than the owner's would lock every mount of it.
+    owner = userns_cr.owner_to_join(ns_fd)
     _enter_ns_root(ns_fd, pids, hostproc)
-
+    if owner is not None:
+        kernel.setns(owner, kernel.CLONE_NEWUSER)
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
@@ -623,8 +627,6 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     ns_of: dict[int, dict[str, int]] = {}
     for pid, _ in tree:
         ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
-        if ns_of[pid]["user"] != me["user"]:
-            raise DumpError(errno.EOPNOTSUPP, f"process {pid} is in another user namespace: not supported yet")
 
     # Name namespaces by first appearance (root process first).
     names: dict[tuple[str, int], str] = {}
@@ -633,6 +635,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             key = (k, ns_of[pid][k])
             if key not in names:
                 names[key] = f"{k}-{len([n for n in names if n[0] == k])}"
+
+    try:
+        users = userns_cr.plan(tree, names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
+    except OSError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
     # 2. inspect each mount namespace
     by_mntns: dict[int, list[int]] = {}
@@ -702,6 +709,17 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             if deleted:
                 entries[-1]["ghost"] = True   # its root was unlinked: named once archived
         mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
+        try:
+            userns_cr.record_idmaps(by_mntns[ino][0], entries)
+        except OSError as e:
+            raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+        owner = users["mntns_owner"].get(names[("mnt", ino)])
+        if owner is not None:
+            mntns_doc[names[("mnt", ino)]]["owner"] = owner
+            try:
+                userns_cr.locks(by_mntns[ino][0], entries, names[("mnt", ino)])
+            except OSError as e:
+                raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     unknown = set(ext_mnts) - used_ext
     if unknown:
         raise DumpError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
@@ -990,6 +1008,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     }
     if fdtable.objects:
         doc["objects"] = fdtable.objects
+    if users["userns"]:
+        doc["userns"] = users["userns"]
+        for p in procs_doc:
+            p.update(users["proc"].get(p["pid"], {}))
     return doc
 
 

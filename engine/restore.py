@@ -44,10 +44,11 @@ import os
 import re
 import resource
 import signal
+import socket
 import stat
 
 from engine import (channel, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo, sharing,
-                    standin, strategy)
+                    standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -173,9 +174,13 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     # acted on once the restorer's answer is in, so a tree finished meanwhile is killed, not lost.
     interrupted: list[int] = []
     old_int = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+    # The detached tree lives only once we commit (engine/standin.py): whatever ends this process
+    # before that (an exception, Ctrl-C, SIGKILL) closes `commit` and the root stand-in kills the tree.
+    commit, lifeline = socket.socketpair()
     try:
         try:
-            pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
+            pid = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()),
+                              unshare_flags=kernel.CLONE_NEWNS, private=False)
         except (forkrun.ChildError, OSError, ValueError) as e:
             if interrupted:  # whatever the restorer's helpers said as they died
                 raise KeyboardInterrupt from None
@@ -184,6 +189,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
             raise
         finally:
             os.close(img_fd)
+            lifeline.close()
         published = False
         try:
             if pidfile and not interrupted:
@@ -197,12 +203,36 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
             pidfile_mod.kill_tree(pid)
             raise
     except BaseException:
+        _hang_up(commit)
         signal.signal(signal.SIGINT, old_int)
         raise
     # Published: from here a late Ctrl-C must not turn the success into a failure, so SIGINT stays
     # ignored in this process (the CLI prints the pid and exits 0).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        commit.sendall(b"c")
+    except OSError:
+        pass  # the root stand-in is gone already (killed from outside): nothing to keep alive
+    _hang_up(commit)
     return pid
+
+
+def _hang_up(commit: socket.socket) -> None:
+    """Close our end of the lifeline, once the root stand-in has let go of its end.
+
+    After a commit the root closes its end before it sleeps; without one it kills
+    the tree, and its end closes as it dies: either way, when this returns, the
+    restored processes hold no trace of the restore (an fd) or the tree is dying.
+    """
+    try:
+        commit.shutdown(socket.SHUT_WR)
+        commit.settimeout(60)  # a root stand-in stopped from outside must not hang the restore forever
+        while commit.recv(64):
+            pass
+    except OSError:
+        pass
+    finally:
+        commit.close()
 
 
 def _check_fd_numbers(doc: dict) -> None:
@@ -271,6 +301,7 @@ class _Restorer:
         self.hostpid: dict[int, int] = {}
         self.nsfd_of: dict[tuple[str, str], int] = {}  # (kind, ns id) -> fd
         self.current_ns: str | None = None
+        self.users = userns_cr.Rebuild(doc)  # user namespaces, locked mounts (engine/userns_cr.py)
         # The host's /proc, reachable whatever mount namespace we stand in (reopening fds).
         self.hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         # The kernel-compatibility paths (engine.strategy, chosen in the parent before the fork).
@@ -316,12 +347,20 @@ class _Restorer:
             fds = [theirs.fileno()]
             if mode == "join":
                 fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
+            in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
             if parent is None:
-                hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno())
+                if in_userns is None:
+                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=True)
+                else:
+                    hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
+                                                 in_userns, root=True)
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
-                pchan.call(("spawn", mode), fds)
+                if in_userns is None:
+                    pchan.call(("spawn", mode), fds)
+                else:
+                    pchan.call(("spawn_in_userns", mode), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -693,6 +732,7 @@ class _Restorer:
 
     def _clone(self, m: dict, what: str = "mount") -> int:
         fd = self._clone_plain(m, what)
+        self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if gid not in self.ghost_fd:
                 self._ghost(gid)
@@ -850,6 +890,8 @@ class _Restorer:
 
         for m in order:
             ns_id = self.ns_of_mount[m["id"]]
+            if self.users.must_copy_before(ns_id, m):  # locks: engine/userns_cr.py
+                self._users_call(self.users.copy, self, ns_id, attached)
             self.mnt_fd[m["id"]] = self._clone(m)
             if m["id"] in roots:
                 self._new_namespace(ns_id, m, service_fd)
@@ -877,6 +919,7 @@ class _Restorer:
         if pending:
             mid = next(iter(pending))
             raise RestoreError(errno.EINVAL, f"mount {mid}: children left unattached (parent cycle?)")
+        self._users_call(self.users.copy_rest, self, attached)
         for d in self.detached.values():
             self.mnt_fd[d["id"]] = self._clone(d, "detached mount")
         for sid in self.helper_sbs:
@@ -899,6 +942,14 @@ class _Restorer:
         self.ext_src.clear()
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         self.current_ns = None
+
+    @staticmethod
+    def _users_call(fn, *args) -> None:
+        """A user-namespace step (engine/userns_cr.py); its OSError becomes one RestoreError line."""
+        try:
+            fn(*args)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
 
     def _new_namespace(self, ns_id: str, root: dict, service_fd: int) -> None:
         """A copy of the service namespace, pivoted into `root` (nothing else of it stays)."""
@@ -1252,28 +1303,31 @@ class _Restorer:
                 for fd in fds:
                     os.close(fd)
 
-    def detach(self) -> None:
-        for p in reversed(self.doc["processes"]):
-            self.chans[p["pid"]].call(("detach",))
+    def detach(self, lifeline: int) -> None:
+        """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
+        procs = self.doc["processes"]
+        for p in reversed(procs):
+            self.chans[p["pid"]].call(("detach",), [lifeline] if p is procs[0] else [])
 
 
-def _restorer(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
+def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> int:
     """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
+    os.close(lifeline[0])  # the committing end stays with `mntcr restore` alone
     out = os.environ.get("MNTCR_PROFILE")
     if not out:
-        return _restore_body(doc, img_fd, ext)
+        return _restore_body(doc, img_fd, ext, lifeline[1])
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)  # before we pivot away
     prof = cProfile.Profile()
     try:
-        return prof.runcall(_restore_body, doc, img_fd, ext)
+        return prof.runcall(_restore_body, doc, img_fd, ext, lifeline[1])
     finally:
         prof.create_stats()
         with os.fdopen(fd, "wb") as f:
             marshal.dump(prof.stats, f)
 
 
-def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
+def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) -> int:
     """The restorer process body (already in its own copy of the host mount namespace)."""
     kernel.set_pdeathsig(signal.SIGKILL)
     # A slave copy: host mount events still arrive (external masters keep working),
@@ -1286,6 +1340,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     r = _Restorer(doc, img_fd, ext)
     r.service_fd = service_fd
     step("start")
+    r._users_call(r.users.make_userns)
     r.spawn_standins()
     r.open_externals()
     r.create_superblocks()
@@ -1294,5 +1349,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
-    r.detach()
+    r._users_call(r.users.become, r.chans)
+    r.detach(lifeline)
+    step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore
     return r.hostpid[doc["processes"][0]["pid"]]
