@@ -718,7 +718,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     "dev": m.dev, "external": False, "archives": []}
                 handler = fs.lookup(m.fstype)
                 if handler is not None and handler.device:
-                    superblocks[sid]["device"] = {"dev": data["source_rdev"].get(m.mnt_id)
+                    superblocks[sid]["device"] = {"dev": handler.host_device(data["source_rdev"].get(m.mnt_id))
                                                   or (m.dev if m.major else None)}
             ext_key = ext_mnts.get(m.mountpoint) if ino == root_ns else None
             if ext_key is not None:

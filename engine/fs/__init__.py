@@ -141,6 +141,10 @@ class FsType:
         mountinfo's device number is not it (None: take mountinfo's)."""
         return None
 
+    def host_device(self, found: str | None) -> str | None:
+        """Outside the dumped namespace: "MAJ:MIN" for what `device_of` found inside it (default: as is)."""
+        return found
+
     def plan_device(self, sid: str, sb: dict, plan) -> bool:
         """Resolve sb["device"] when no external device was declared (e.g. a loop device over a file
         the dump archives); return False when it cannot be (dump then refuses or takes it external)."""

@@ -1,11 +1,59 @@
-"""btrfs: a block filesystem (engine/fs/_blockdev.py) whose subvolume options name paths inside it."""
+"""btrfs: a block filesystem (engine/fs/_blockdev.py) whose subvolume options name paths inside it.
 
+Its mounts show an anonymous device number, and the source string of a restored mount names
+the device it had at dump: the device is found through the filesystem's id instead
+(BTRFS_IOC_FS_INFO in the dumped namespace, then /sys/fs/btrfs/FSID/devices on the host).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import uuid
+from dataclasses import dataclass
+
+from engine import kernel
 from engine.fs import block_recipe, register
 from engine.fs._blockdev import BlockType
 
+BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, fsid at 16
+
+
+@dataclass(frozen=True)
+class BtrfsType(BlockType):
+    """btrfs: the device from the filesystem id, when its mount can be opened."""
+
+    def device_of(self, mount) -> str | None:
+        try:
+            fd = os.open(mount.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError:
+            return super().device_of(mount)
+        try:
+            if kernel.statx_mnt_id("", dfd=fd, flags=kernel.AT_EMPTY_PATH) != mount.mnt_id:
+                return super().device_of(mount)  # overmounted: the path leads elsewhere
+            buf = fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, bytes(1024))
+            return "fsid:" + str(uuid.UUID(bytes=bytes(buf[16:32])))
+        except OSError:
+            return super().device_of(mount)
+        finally:
+            os.close(fd)
+
+    def host_device(self, found: str | None) -> str | None:
+        if not found or not found.startswith("fsid:"):
+            return found
+        base = f"/sys/fs/btrfs/{found[5:]}/devices"
+        try:
+            for name in sorted(os.listdir(base)):
+                with open(f"{base}/{name}/dev") as f:
+                    return f.read().strip()
+        except OSError:
+            pass
+        return None
+
+
 # subvol=/x and subvolid select what the mount shows: its root says the same, and fsconfig
 # would mount that subvolume as the superblock's root.
-TYPE = register(BlockType("btrfs", drop_opts=frozenset({"subvol", "subvolid"}), requires=("btrfs",),
+TYPE = register(BtrfsType("btrfs", drop_opts=frozenset({"subvol", "subvolid"}), requires=("btrfs",),
                           recipe=block_recipe("mkfs.btrfs -q", "128M", known_failures=(
                               ("lazy", "files on btrfs show the subvolume's anonymous device, not the one "
                                        "mountinfo shows: a lazily unmounted mount of it is not matched to "
