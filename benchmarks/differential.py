@@ -117,13 +117,15 @@ class Run:
     def prop(self, ops) -> None:
         """The property hypothesis searches and shrinks: fails on the shape being shrunk."""
         ops = [tuple(o) for o in ops]
-        if self.best is not None and ops == self.best.ops:
-            raise _Found(self.target)  # hypothesis replays its final example: no need to run it again
-        if time.monotonic() > self.deadline:
+        # Hypothesis replays its final example: it must fail again (from the cache, below),
+        # also once the time is up. Every failure is raised from one line: hypothesis tells
+        # bugs apart by where they are raised.
+        replay = self.best is not None and ops == self.best.ops
+        if not replay and time.monotonic() > self.deadline:
             return
-        if self.target and time.monotonic() - self.target_since > self.args.shrink_minutes * 60:
+        if not replay and self.target and time.monotonic() - self.target_since > self.args.shrink_minutes * 60:
             return  # shrinking budget spent: the smallest tree so far is the finding
-        if self.env_streak >= 5:
+        if not replay and self.env_streak >= 5:
             return
         v = self.verdict(ops)
         assume(v is not None)
