@@ -31,6 +31,7 @@ import glob
 import os
 import platform
 import re
+import signal
 import sys
 import time
 
@@ -200,6 +201,13 @@ def main(argv=None) -> int:
         print(f"differential: environment: criu cannot run here: {crit}", file=sys.stderr)
         return 2
     run = Run(args)
+
+    def stop(signum, frame):
+        # Finish the tree being run (its containers are stopped by the cycle), then report.
+        run.deadline = 0
+        run.say(f"signal {signum}: stopping after the current tree")
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     run.say(f"differential run: {args.minutes:g} min, criu {run.version}, kernel {run.kernel}, "
             f"{len(run.known)} known shapes in {args.findings}")
     k = 0

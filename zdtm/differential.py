@@ -235,8 +235,10 @@ def finding_yaml(verdict: Verdict, criu_version: str, kernel: str) -> str:
                    f"benchmarks/differential.py from random trees (zdtm/randomtree.py) and shrunk.\n"
                    f"criu {criu_version}, kernel {kernel}.\n"
                    f"{verdict.mntcr.summary()}\n{verdict.criu.summary()}\n"
-                   f"shape: {verdict.shape}\nops: {verdict.ops!r}\n\n{body}\n")
-    reason = _elide(r.error or (r.diff.strip().splitlines() or ["differs"])[0])[:200]
+                   f"shape: {verdict.shape}\nops: {verdict.ops!r}\n"
+                   f"criu without the mntcr adapter: unshare -m --propagation private sh "
+                   f"benchmarks/criu_by_hand.sh THIS.yaml\n\n{body}\n")
+    reason = re.sub(r"\s*\[log: .*?\]", "", r.error or "differs")[:200]
     if verdict.category == "mntcr":
         expect = "pass"
     elif verdict.category == "criu-differs":

@@ -111,7 +111,10 @@ def render_setup(ops) -> str:
                 fd += 1
             continue
         elif kind == "flag":
-            lines.append(f"mount -o remount,bind,{FLAG_SETS[j % len(FLAG_SETS)]} {flag_mp}")
+            flags = FLAG_SETS[j % len(FLAG_SETS)]
+            if flag_mp == "/":  # the holder (/.zdtm/zdtm-hold) must stay executable
+                flags = ",".join(f for f in flags.split(",") if f != "noexec") or "rw"
+            lines.append(f"mount -o remount,bind,{flags} {flag_mp}")
             continue
         elif kind == "sbro":
             lines.append(f"mount -o remount,ro {mp}")
