@@ -161,3 +161,46 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 def test_differential_random_trees(ops):
     v, crit = _run([tuple(o) for o in ops])
     _report(v, crit)
+
+
+# --- the long run's search: shrinking and duplicates (fake engines, no root) -----------------
+
+def test_long_run_shrinks_each_new_shape_once_and_writes_it(tmp_path, monkeypatch):
+    import importlib.util
+    import sys as _sys
+    import types
+    spec = importlib.util.spec_from_file_location(
+        "bench_differential", os.path.join(os.path.dirname(os.path.dirname(__file__)), "benchmarks", "differential.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    _sys.modules.setdefault("bench_differential", bench)
+
+    fake_criu = types.SimpleNamespace(name="criu", impl=lambda: types.SimpleNamespace(
+        env=lambda: types.SimpleNamespace(version=lambda: "9.9")))
+    monkeypatch.setattr(bench.backends, "create", lambda *a, **k: fake_criu)
+    runs = []
+
+    def fake_run_both(ops, *args, **kwargs):
+        # criu "refuses" every tree with a lazy unmount: the smallest such tree is one op
+        runs.append(ops)
+        ok = EngineResult("mntcr", "pass")
+        if any(kind == "lazy" for kind, _, _ in ops):
+            r = EngineResult("criu", "refuses", "dump", f"Error (criu/files-reg.c:1790): Can't lookup mount={len(ops)} "
+                                                          f"for fd=3 path=/l{len(ops)} (criu exit 1)")
+            v = differential.Verdict(list(ops), ok, r, "criu-refuses")
+            v.shape = differential.shape(v.category, r)
+            return v
+        return differential.Verdict(list(ops), ok, EngineResult("criu", "pass"))
+    monkeypatch.setattr(bench.differential, "run_both", fake_run_both)
+    findings = tmp_path / "scenarios" / "findings"
+    args = types.SimpleNamespace(minutes=2, shrink_minutes=2, findings=str(findings), criu="auto", timeout=10,
+                                 log=None, max_ops=14, examples=200, seed=1)
+    run = bench.Run(args)
+    run.say = lambda text: None
+    for k in range(3):
+        run.round(k + 1)
+    written = list(findings.glob("*/*.yaml"))
+    assert len(written) == 1, written  # one shape: duplicates collapse
+    text = written[0].read_text()
+    assert "ops: [('lazy', 0, 0)]" in text  # shrunk to the one op that matters, smallest indices
+    assert written[0].parent.name == "criu-refuses"
