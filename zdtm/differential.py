@@ -242,7 +242,8 @@ def finding_yaml(verdict: Verdict, criu_version: str, kernel: str) -> str:
     if verdict.category == "mntcr":
         expect = "pass"
     elif verdict.category == "criu-differs":
-        expect = {"mntcr": "pass", "criu": {"differs": f"criu {criu_version}: restored tree differs"}}
+        what_differs = r.summary().split(f" at {r.stage}: ", 1)[-1].lstrip("* ")  # the first differing attribute
+        expect = {"mntcr": "pass", "criu": {"differs": f"criu {criu_version}: {what_differs}"}}
     else:
         expect = {"mntcr": "pass", "criu": {"crfail": f"criu {criu_version}: {reason}"}}
     doc = {"description": description, "setup": randomtree.render_setup(verdict.ops),
