@@ -2,6 +2,8 @@
 then dump -> restore -> compare (the zdtm cycle: canonical tree of every process's
 mount namespace via engine.topology, fds, cwd, root, and a content check).
 
+The generator (ops, `render_setup`, the check) is zdtm/randomtree.py, shared with the
+differential runs against criu (tests/test_differential_criu.py, benchmarks/differential.py).
 An operation names its targets by index into the directories made so far, so
 hypothesis shrinks a failure to a short sequence with small indices. Each op
 runs as `cmd || true`: the kernel may refuse some (moving a mount under a
