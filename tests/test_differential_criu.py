@@ -165,7 +165,8 @@ def test_differential_random_trees(ops):
 
 # --- the long run's search: shrinking and duplicates (fake engines, no root) -----------------
 
-def test_long_run_shrinks_each_new_shape_once_and_writes_it(tmp_path, monkeypatch):
+def _fake_run(monkeypatch, tmp_path):
+    """benchmarks/differential.py's Run with fake engines: criu refuses every tree with a lazy unmount."""
     import importlib.util
     import sys as _sys
     import types
@@ -178,11 +179,8 @@ def test_long_run_shrinks_each_new_shape_once_and_writes_it(tmp_path, monkeypatc
     fake_criu = types.SimpleNamespace(name="criu", impl=lambda: types.SimpleNamespace(
         env=lambda: types.SimpleNamespace(version=lambda: "9.9")))
     monkeypatch.setattr(bench.backends, "create", lambda *a, **k: fake_criu)
-    runs = []
-
     def fake_run_both(ops, *args, **kwargs):
         # criu "refuses" every tree with a lazy unmount: the smallest such tree is one op
-        runs.append(ops)
         ok = EngineResult("mntcr", "pass")
         if any(kind == "lazy" for kind, _, _ in ops):
             r = EngineResult("criu", "refuses", "dump", f"Error (criu/files-reg.c:1790): Can't lookup mount={len(ops)} "
@@ -197,6 +195,12 @@ def test_long_run_shrinks_each_new_shape_once_and_writes_it(tmp_path, monkeypatc
                                  log=None, max_ops=14, examples=200, seed=1)
     run = bench.Run(args)
     run.say = lambda text: None
+    return bench, run
+
+
+def test_long_run_shrinks_each_new_shape_once_and_writes_it(tmp_path, monkeypatch):
+    bench, run = _fake_run(monkeypatch, tmp_path)
+    findings = tmp_path / "scenarios" / "findings"
     for k in range(3):
         run.round(k + 1)
     written = list(findings.glob("*/*.yaml"))
@@ -204,3 +208,10 @@ def test_long_run_shrinks_each_new_shape_once_and_writes_it(tmp_path, monkeypatc
     text = written[0].read_text()
     assert "ops: [('lazy', 0, 0)]" in text  # shrunk to the one op that matters, smallest indices
     assert written[0].parent.name == "criu-refuses"
+
+
+def test_long_run_deletion_pass_drops_ops_that_do_not_matter(monkeypatch, tmp_path):
+    bench, run = _fake_run(monkeypatch, tmp_path)
+    ops = [("tmpfs", 0, 0), ("bind", 1, 0), ("lazy", 0, 0), ("file", 2, 1)]
+    v = bench.differential.run_both(ops)
+    assert run.delete_pass(v).ops == [("lazy", 0, 0)]
