@@ -2,6 +2,8 @@
 then dump -> restore -> compare (the zdtm cycle: canonical tree of every process's
 mount namespace via engine.topology, fds, cwd, root, and a content check).
 
+The generator (ops, `render_setup`, the check) is zdtm/randomtree.py, shared with the
+differential runs against criu (tests/test_differential_criu.py, benchmarks/differential.py).
 An operation names its targets by index into the directories made so far, so
 hypothesis shrinks a failure to a short sequence with small indices. Each op
 runs as `cmd || true`: the kernel may refuse some (moving a mount under a
@@ -42,13 +44,12 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is needed for the random tree tests")
 from hypothesis import HealthCheck, assume, example, given, note, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
-from zdtm import cycle, leakguard  # noqa: E402
+from zdtm import cycle, leakguard, randomtree  # noqa: E402
 from zdtm.backends import MntcrBackend  # noqa: E402
 from zdtm.flavors import SetupError  # noqa: E402
 from zdtm.flavors.ns import NsFlavor  # noqa: E402
-from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
+from zdtm.scenario import Scenario  # noqa: E402
 
 DETACHED = os.environ.get("MNTCR_HARDEN_DETACHED", "1") == "1"
 # CI runs a fixed sequence of examples (the same ones on every run, so a red CI is the
@@ -56,8 +57,6 @@ DETACHED = os.environ.get("MNTCR_HARDEN_DETACHED", "1") == "1"
 CI = os.environ.get("CI") == "true"
 # Seconds for each setup, dump and restore; a TCG VM on a loaded machine needs more (MNTCR_HARDEN_TIMEOUT).
 TIMEOUT = float(os.environ.get("MNTCR_HARDEN_TIMEOUT") or 60)
-MAX_MOUNTS = 400          # beyond this a sequence is rejected (rbind + propagation can explode)
-_TOO_MANY = "hardening: too many mounts"
 
 _PROFILES = {
     "default": dict(max_examples=200, max_ops=14),
@@ -66,12 +65,10 @@ _PROFILES = {
 }
 PROFILE = _PROFILES.get(os.environ.get("HYPOTHESIS_PROFILE", "default"), _PROFILES["default"])
 
-# Mount-making ops and propagation changes weigh more: sharing is where the engine's planning is.
-KINDS = ["tmpfs", "tmpfs", "bind", "bind", "bind", "rbind", "shared", "shared", "slave", "slave", "private",
-         "unbindable", "over", "move", "file", "fd", "cd"] + (["lazy"] if DETACHED else [])
-# Where the engine's strategy refuses every shared or slave mount (sharing=refuse, only when
-# forced) the sequences make none (the rest of the engine is still exercised).
-SHARING_OPS = {"shared", "slave"}
+# Where the engine's strategy cannot rebuild peer groups (sharing=refuse: no MOVE_MOUNT_SET_GROUP,
+# Linux < 5.15, e.g. a 5.10 VM), restore refuses every tree with a shared or slave mount: the
+# sequences then make none (the rest of the engine is still exercised on that kernel).
+SHARING_OPS = randomtree.SHARING_OPS
 try:
     from engine import strategy as _strategy
     SHARING = _strategy.current().sharing != "refuse"
@@ -79,76 +76,17 @@ except Exception:  # noqa: BLE001 - a bad MNTCR_STRATEGY: the tests themselves r
     SHARING = True
 # sharing=construct (no MOVE_MOUNT_SET_GROUP): dump refuses, tree running, what no order builds.
 _CONSTRUCT_REFUSAL = "restores it with MOVE_MOUNT_SET_GROUP; the tree keeps running"
-if not SHARING:
-    KINDS = [k for k in KINDS if k not in SHARING_OPS]
-
-
-def render_setup(ops) -> str:
-    """The sh setup script for an op sequence [(kind, i, j), ...] (deterministic).
-
-    `dirs` are the directories made so far, `mps` the mount points among them
-    (/mnt is always a tmpfs first): propagation changes, overmounts, moves and
-    lazy unmounts pick a mount point, binds pick any directory.
-    """
-    dirs = ["/mnt"]
-    mps = ["/mnt"]
-    lines = ["mount -t tmpfs base /mnt"]
-    fd = 3
-    for n, (kind, i, j) in enumerate(ops):
-        d_i, d_j, mp = dirs[i % len(dirs)], dirs[j % len(dirs)], mps[i % len(mps)]
-        if kind == "tmpfs":
-            new = f"{d_i}/t{n}"
-            lines.append(f"mkdir -p {new} && mount -t tmpfs t{n} {new}")
-        elif kind in ("bind", "rbind"):
-            new = f"{d_j}/b{n}"
-            lines.append(f"mkdir -p {new} && mount --{kind} {d_i} {new}")
-        elif kind in ("shared", "slave", "private", "unbindable"):
-            lines.append(f"mount --make-{kind} {mp}")
-            continue
-        elif kind == "over":
-            lines.append(f"mount -t tmpfs o{n} {mp}")
-            continue
-        elif kind == "move":
-            new = f"{d_j}/m{n}"
-            lines.append(f"mkdir -p {new} && mount --move {mp} {new}")
-        elif kind == "file":
-            lines.append(f"echo {n} > {d_i}/f{n}")
-            continue
-        elif kind == "fd":
-            if fd <= 9:  # dash takes one-digit fds in redirections
-                lines.append(f"echo {n} > {d_i}/f{n} && exec {fd}<{d_i}/f{n}")
-                fd += 1
-            continue
-        elif kind == "cd":
-            lines.append(f"cd {d_i}")
-            continue
-        elif kind == "lazy":
-            if fd <= 9:
-                lines.append(f"echo {n} > {mp}/l{n} && exec {fd}<{mp}/l{n} && umount -l {mp}")
-                fd += 1
-            continue
-        dirs.append(new)
-        mps.append(new)
-    body = "\n".join(f"{{ {line} ; }} 2>/dev/null || true" for line in lines)
-    guard = (f'[ "$(wc -l < /proc/self/mountinfo)" -le {MAX_MOUNTS} ] || '
-             f'{{ echo "{_TOO_MANY}" >&2; exit 1; }}')
-    return f"{body}\n{guard}\nexec zdtm-hold\n"
-
-
-# What the tree shows beyond mounts: names and contents of files under /mnt.
-# (sorted: readdir order of a tmpfs differs after the archive is extracted)
-CHECK = "find /mnt 2>/dev/null | sort; find /mnt -type f 2>/dev/null | sort | xargs -r cat 2>/dev/null | md5sum"
+# The one generator (zdtm/randomtree.py), shared with the differential runs against criu.
+KINDS = randomtree.kinds(detached=DETACHED, sharing=SHARING)
+render_setup = randomtree.render_setup
+CHECK = randomtree.CHECK
 
 
 def _scenario(setup: str) -> Scenario:
-    return Scenario(path="<tests/test_hardening_random_trees.py>", name="random_tree", params={},
-                    description="random mount operations", setup=setup, check=CHECK, requires=Requires(),
-                    expect={"*": Expectation("pass")}, flavors=("ns",), timeout=TIMEOUT, iters=1)
+    return randomtree.scenario(setup, TIMEOUT)
 
 
-ops_strategy = st.lists(
-    st.tuples(st.sampled_from(KINDS), st.integers(0, 15), st.integers(0, 15)),
-    min_size=1, max_size=PROFILE["max_ops"])
+ops_strategy = randomtree.ops_strategy(KINDS, PROFILE["max_ops"])
 
 
 def run_ops(ops, workdir: str) -> None:
@@ -159,7 +97,7 @@ def run_ops(ops, workdir: str) -> None:
     try:
         running = flavor.start(_scenario(setup), workdir)
     except SetupError as e:
-        if _TOO_MANY in str(e):
+        if randomtree.TOO_MANY in str(e):
             assume(False)
         raise
     try:

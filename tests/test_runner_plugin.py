@@ -221,3 +221,14 @@ def test_golden_output_of_a_scenario_without_params_is_the_file(run, pytester):
     run({"g.yaml": scen}, "--backend", "rerun").assert_outcomes(passed=1)
     (pytester.path / "scenarios" / "g.out").write_text("ho\n")
     run({"g.yaml": scen}, "--backend", "rerun").assert_outcomes(failed=1)
+
+
+def test_expect_differs_passes_on_a_difference_and_fails_on_an_equal_restore(run):
+    # `differs`: a known bug of a backend (a differential finding against criu) restores a
+    # different state; the day it restores the same state, the scenario says so.
+    scen = SHARED + "expect:\n  default: {differs: \"a known bug\"}\n"
+    result = run({"p/shared.yaml": scen}, "--backend", "mutate,rerun", "-k", "shared-", "-v")
+    result.assert_outcomes(passed=1, failed=1, deselected=2)
+    out = result.stdout.str()
+    assert "shared[prop=shared-mutate-ns] PASSED" in out
+    assert "unexpected success: rerun was expected to restore a different state (a known bug)" in out

@@ -39,7 +39,7 @@ def test_missing_setup(tmp_path):
 
 
 @pytest.mark.parametrize("value, fragment", [
-    ("expect: maybe", "key 'expect': bad value 'maybe'; allowed: pass, crfail: REASON"),
+    ("expect: maybe", "key 'expect': bad value 'maybe'; allowed: pass, crfail: REASON, differs: REASON"),
     ("expect: {mntcr: crfail}", "key 'expect.mntcr': bad value 'crfail'"),
     ("expect: {crfail: ''}", "crfail needs a reason"),
     ("timeout: -3", "key 'timeout' must be a positive float"),

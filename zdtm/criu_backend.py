@@ -318,9 +318,11 @@ class CriuBackend:
         root = next((m for m in mounts if m.mountpoint == "/"), None)
         if root is None or root.fstype != "tmpfs" or root.root != "/" or not os.path.isdir(saved):
             return None
+        # Writable, like the directory CRIU's zdtm.py passes as --root (ns flavor): the root
+        # copy is written into it, and making the restored root read-only is criu's job (a
+        # read-only root that comes back writable is criu's finding, not this adapter's).
         flags = 0
-        for opt, flag in (("ro", kernel.MS_RDONLY), ("nosuid", kernel.MS_NOSUID), ("nodev", kernel.MS_NODEV),
-                          ("noexec", kernel.MS_NOEXEC)):
+        for opt, flag in (("nosuid", kernel.MS_NOSUID), ("nodev", kernel.MS_NODEV), ("noexec", kernel.MS_NOEXEC)):
             if opt in root.mount_opts:
                 flags |= flag
         data = ",".join(o for o in root.super_opts if o not in ("rw", "ro"))

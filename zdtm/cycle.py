@@ -11,6 +11,10 @@ expected for the backend and raises CycleFailure otherwise:
   restored);
 - expect crfail: the backend must refuse (BackendError) at some dump or
   restore; if every iteration succeeds that is an "unexpected success".
+- expect differs (a known bug of the backend, e.g. a differential finding
+  against criu): every dump and restore succeeds and some restored state
+  differs from the original (reported like crfail, with the diff's first
+  lines); a refusal fails, and an equal restore is an "unexpected success".
 
 Snapshots and backend logs are written to `workdir` (kept in the report
 directory when the test fails).
@@ -96,6 +100,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
     """
     expect = backend.expectation(scenario)
     crfail = expect.outcome == "crfail"
+    differs = expect.outcome == "differs"
     timeout = scenario.timeout
     # Mappings are compared except on the flavor's host mounts, where a stand-in maps its own
     # interpreter and libraries (engine/mappings.py).
@@ -153,9 +158,15 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
             if not equal:
                 lead = (f"{backend.name}: restored state differs from the state before dump "
                         f"(iteration {i + 1}/{iters})")
+                if differs:
+                    return Outcome("crfail", f"differs as expected ({expect.reason}): {lead}:\n{report}")
                 if crfail:
                     lead += f"; the scenario expects crfail ({expect.reason}) but the backend did not refuse"
                 raise CycleFailure(lead + ":\n" + report, kind="mismatch")
+        if differs:
+            raise CycleFailure(f"unexpected success: {backend.name} was expected to restore a different state "
+                               f"({expect.reason}), but {iters} dump/restore iteration(s) restored the same state",
+                               kind="unexpected-success")
         if crfail:
             raise CycleFailure(f"unexpected success: {backend.name} was expected to fail ({expect.reason}), "
                                f"but {iters} dump/restore iteration(s) succeeded with the same state",

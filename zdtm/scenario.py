@@ -55,7 +55,7 @@ class ScenarioError(ValueError):
 class Expectation:
     """What one backend is expected to do with one scenario instance."""
 
-    outcome: str  # "pass" | "crfail" | "skip"
+    outcome: str  # "pass" | "crfail" | "differs" (restores, but a different state: a known bug) | "skip"
     reason: str = ""
 
     def __str__(self) -> str:

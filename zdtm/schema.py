@@ -16,7 +16,7 @@ TOP_KEYS = {
     "exclude": "list of {NAME: value, ...} combinations to leave out of the matrix",
     "setup": "sh script run as root inside the scenario, ending in `exec zdtm-hold` (required)",
     "check": "sh script; exits 0 and prints NAME.out (when there is one) before dump, the same after every restore",
-    "expect": "pass | crfail: REASON | {BACKEND: pass | crfail: REASON | skip: REASON, ...}",
+    "expect": "pass | crfail: REASON | {BACKEND: pass | crfail: REASON | differs: REASON | skip: REASON, ...}",
     "flavors": "list of flavors this scenario runs in: ns, vm",
     "timeout": "seconds for the whole scenario (number, default 60)",
     "iters": "minimum number of dump/restore iterations (integer, default 1)",
@@ -38,7 +38,7 @@ CONTAINER_KEYS = {
 HOST_DIRS = ("usr", "bin", "lib", "lib64", "sbin", "etc")
 PROPAGATIONS = ("private", "slave")
 FLAVORS = ("ns", "vm")
-OUTCOMES = ("pass", "crfail", "skip")
+OUTCOMES = ("pass", "crfail", "differs", "skip")
 DEFAULT_TIMEOUT = 60.0
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _VERSION_TERM = re.compile(r"^(>=|<=|==|!=|<|>)\s*(\d+(?:\.\d+){0,2})$")
@@ -192,14 +192,14 @@ def _expectation(path, lines, error, key, value):
         return Expectation("pass")
     if isinstance(value, dict) and len(value) == 1:
         (outcome, reason), = value.items()
-        if outcome in ("crfail", "skip"):
+        if outcome in ("crfail", "differs", "skip"):
             if not isinstance(reason, str) or not reason.strip():
                 raise error(path, f"key {key!r}: {outcome} needs a reason (a non-empty string)", lines.get(key))
             return Expectation(outcome, reason.strip())
         if outcome == "pass":
             return Expectation("pass")
-    raise error(path, f"key {key!r}: bad value {value!r}; allowed: pass, crfail: REASON, skip: REASON",
-                lines.get(key))
+    raise error(path, f"key {key!r}: bad value {value!r}; allowed: pass, crfail: REASON, differs: REASON, "
+                      "skip: REASON", lines.get(key))
 
 
 def _expect(path, lines, error, value) -> dict:
