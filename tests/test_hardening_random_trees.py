@@ -65,9 +65,8 @@ _PROFILES = {
 }
 PROFILE = _PROFILES.get(os.environ.get("HYPOTHESIS_PROFILE", "default"), _PROFILES["default"])
 
-# Where the engine's strategy cannot rebuild peer groups (sharing=refuse: no MOVE_MOUNT_SET_GROUP,
-# Linux < 5.15, e.g. a 5.10 VM), restore refuses every tree with a shared or slave mount: the
-# sequences then make none (the rest of the engine is still exercised on that kernel).
+# Where the engine's strategy refuses every shared or slave mount (sharing=refuse, only when
+# forced) the sequences make none (the rest of the engine is still exercised).
 SHARING_OPS = randomtree.SHARING_OPS
 try:
     from engine import strategy as _strategy
