@@ -100,31 +100,13 @@ def read_maps_of_fd(userns_fd: int) -> Maps:
     """The maps of the user namespace at `userns_fd` (which may hold no process): a forked child
     joins it and waits while the caller reads the child's /proc files, so that the maps are shown
     in the caller's ids."""
-    ready_r, ready_w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(ready_r)
-            os.close(go_w)
-            kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
-            os.write(ready_w, b"1")
-            os.read(go_r, 1)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(ready_w)
-    os.close(go_r)
+    pid, ready_r, go_w = _hold_in(lambda: kernel.setns(userns_fd, kernel.CLONE_NEWUSER))
     try:
-        ok = os.read(ready_r, 1)
-        if not ok:
+        if not os.read(ready_r, 1):
             raise OSError(errno.EPERM, "cannot enter a user namespace to read its maps")
         return read_maps_of_pid(pid)
     finally:
-        os.close(ready_r)
-        os.close(go_w)
-        os.waitpid(pid, 0)
+        _release(pid, ready_r, go_w)
 
 
 class UsernsTree:
