@@ -47,7 +47,7 @@ sys.path.insert(0, _ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import floor  # noqa: E402
-from engine import forkrun, kernel, mountinfo, topology  # noqa: E402
+from engine import cli, forkrun, kernel, mountinfo, topology  # noqa: E402
 from zdtm import snapshot  # noqa: E402
 from zdtm.flavors.ns import NsFlavor  # noqa: E402
 from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
@@ -156,8 +156,8 @@ def _measured(cmd: list[str], extra_env: dict | None = None) -> dict:
 
 def _mntcr(verb: str, args: list[str], profile: str | None) -> list[str]:
     if profile:
-        return [sys.executable, "-m", "cProfile", "-o", profile, "-m", "engine.cli", verb, *args]
-    return [sys.executable, "-m", "engine.cli", verb, *args]
+        return [sys.executable, "-S", "-m", "cProfile", "-o", profile, "-m", "engine.cli", verb, *args]
+    return cli.command(verb, *args)
 
 
 def run_one(n: int, work: str, binary: str, profile_dir: str | None) -> dict:
