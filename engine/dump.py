@@ -19,7 +19,6 @@ import errno
 import fcntl
 import itertools
 import os
-import platform
 import re
 import signal
 import stat
@@ -966,7 +965,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     doc = {
-        "kernel": platform.release(),
+        "kernel": os.uname().release,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
         "hostnames": uts_names, "detached": detached_doc, "files": files, "ghosts": ghosts_doc,

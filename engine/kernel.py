@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -18,7 +17,7 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 # Syscall numbers (unified table for the new mount API; classic ones per arch).
-_ARCH = platform.machine()
+_ARCH = os.uname().machine
 if _ARCH == "x86_64":
     NR = dict(setns=308, unshare=272, pivot_root=155, name_to_handle_at=303, open_by_handle_at=304,
               statx=332, mount=165, umount2=166)

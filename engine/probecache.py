@@ -4,8 +4,11 @@ Probing forks a child into a fresh mount namespace and really calls each
 syscall: tens of milliseconds, on every dump and restore, for an answer that
 cannot change until the machine reboots. The answer is kept in /run (a tmpfs,
 empty after each boot) under a key that names what it depends on: the boot
-(/proc/sys/kernel/random/boot_id), the kernel release, the effective uid and
-user namespace of the caller, and the list of probed features. Any other key,
+(/proc/sys/kernel/random/boot_id), the kernel release, the effective uid,
+capabilities and user namespace of the caller, and the list of probed
+features. A caller under a seccomp filter neither reads nor writes it (a filter
+can make any syscall fail with ENOSYS: that says nothing about the kernel,
+and tests simulate old kernels that way). Any other key,
 an unreadable or malformed file, or one that anyone but us could have written
 means "probe again"; the cache never decides anything on its own.
 
@@ -41,13 +44,18 @@ def key(names) -> dict:
         userns = os.stat("/proc/self/ns/user").st_ino
     except OSError:
         userns = None
+    status = {}
+    for line in (read("/proc/self/status") or "").splitlines():
+        name, _, value = line.partition(":")
+        status[name] = value.strip()
     return {"version": _VERSION, "boot_id": read("/proc/sys/kernel/random/boot_id"),
             "release": os.uname().release, "euid": os.geteuid(), "userns": userns,
-            "features": sorted(names)}
+            "capeff": status.get("CapEff"), "seccomp": status.get("Seccomp"), "features": sorted(names)}
 
 
 def _usable(k: dict) -> bool:
-    return k["boot_id"] is not None and k["userns"] is not None
+    return (k["boot_id"] is not None and k["userns"] is not None and k["capeff"] is not None
+            and k["seccomp"] == "0")
 
 
 def load(k: dict) -> dict[str, tuple[bool, str]] | None:

@@ -96,3 +96,40 @@ def test_unwritable_place_means_no_cache(tmp_path, monkeypatch):
     os.chmod(other, 0o777)
     monkeypatch.setattr(probecache, "DIR", str(other))
     assert not probecache.store(probecache.key(NAMES), ALL, {})
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the seccomp syscall number here is x86_64's")
+def test_seccomp_filtered_caller_bypasses_the_cache(cache):
+    """Under a seccomp filter (how tests fake an old kernel: ENOSYS) nothing is read or kept: a child
+    installs a filter that allows everything and finds the cache closed to it."""
+    import ctypes
+    import pickle
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    k = probecache.key(NAMES)
+    assert probecache.store(k, ALL, {})
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(38, 1, 0, 0, 0)  # PR_SET_NO_NEW_PRIVS: lets a non-privileged filter in
+            insn = ctypes.create_string_buffer(bytes([0x06, 0, 0, 0, 0, 0, 0xff, 0x7f]))  # RET ALLOW
+            prog = Prog(1, ctypes.cast(insn, ctypes.c_void_p))
+            rc = libc.syscall(317, 1, 0, ctypes.byref(prog))  # seccomp(SECCOMP_SET_MODE_FILTER, 0, &prog)
+            inner = probecache.key(NAMES)
+            os.write(w, pickle.dumps((rc, inner["seccomp"], probecache.load(inner),
+                                      probecache.store(inner, ALL, {}))))
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    rc, mode, loaded, stored = pickle.loads(data)
+    assert rc == 0 and mode == "2"
+    assert loaded is None and stored is False
+    assert probecache.load(k) == ALL
