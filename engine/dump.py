@@ -231,9 +231,11 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
                 continue
             if mid == m.mnt_id:
                 dirs[m.mnt_id] = stat.S_ISDIR(mode)
-    # 64-bit unique ids (creation order) where the kernel has statmount (6.8+).
+    # 64-bit unique ids (creation order) where the kernel has statmount (6.8+). Only the ids: the
+    # records come from mountinfo, which parses in half the time full statmount records take here
+    # (benchmarks/README.md, "statmount or mountinfo").
     try:
-        unique = {m.mnt_id: m.unique_id for m in mountinfo.read_statmount()}
+        unique = kernel.unique_ids()
     except OSError:
         unique = {}
     procs = {}
