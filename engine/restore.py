@@ -239,6 +239,10 @@ class _Restorer:
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
+        # Clones still to be made from each new superblock's fd (assemble closes it after the last:
+        # at 90,000 mounts one fd per superblock would pass the fd limit); closed ones, to refuse reuse.
+        self.sb_uses: dict[str, int] = {}
+        self.sb_closed: set[str] = set()
         self.helper_src: dict[str, int] = {}  # superblock -> its root mount, for sharing helpers
         self.base_opts: dict[str, frozenset] = {}  # superblock -> options its own mount was made with
         self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
@@ -467,6 +471,8 @@ class _Restorer:
     def _sb(self, sid: str) -> int | None:
         """The fd of new superblock `sid` (taken from the helper the first time), None if none."""
         fd = self.sb_fd.get(sid)
+        if fd is None and sid in self.sb_closed:
+            raise RestoreError(errno.EINVAL, f"superblock {sid}: needed again after its last mount was cloned")
         if fd is None and self.filler is not None and sid in self.filler.sids:
             try:
                 fd = self.sb_fd[sid] = self.filler.take(sid)
@@ -762,6 +768,8 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): cannot bind root "
                                         f"{m['root']}: {e.strerror}") from None
+        if not m.get("ghost"):
+            self._used_sb(m["sb"])
         plain = (not self.doc["superblocks"][m["sb"]].get("external")
                  and frozenset(m["mount_opts"]) == self.base_opts.get(m["sb"], _PLAIN))
         # A clone of a fresh superblock is already private, with its base options: no call needed then.
@@ -775,6 +783,40 @@ class _Restorer:
                 raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): setting "
                                             f"{','.join(m['mount_opts'])}: {e.strerror}") from None
         return fd
+
+    def _count_sb_uses(self) -> None:
+        """How many clones each new superblock's fd still serves; superblocks whose fd is needed
+        beyond their mounts' clones (loop backing files, ghosts, overlay layers, sharing helpers,
+        a yard's) are left out and stay open until the end of assemble."""
+        if self.yard is not None:
+            return
+        sbs = self.doc["superblocks"]
+        later = set(self.helper_sbs) | {g["sb"] for g in (self.doc.get("ghosts") or {}).values()}
+        for sb in sbs.values():
+            loop = (sb.get("device") or {}).get("loop")
+            if loop:
+                later.add(loop["sb"])
+            for layer in sb.get("layers") or ():
+                if layer.get("mnt") in self.mounts:
+                    later.add(self.mounts[layer["mnt"]]["sb"])
+        for m in list(self.mounts.values()) + list(self.detached.values()):
+            sid = m["sb"]
+            if not m.get("ghost") and sid not in later and not sbs[sid].get("external"):
+                self.sb_uses[sid] = self.sb_uses.get(sid, 0) + 1
+
+    def _used_sb(self, sid: str) -> None:
+        """One clone of superblock `sid` made: after its last, close its fd."""
+        left = self.sb_uses.get(sid)
+        if left is None:
+            return
+        if left > 1:
+            self.sb_uses[sid] = left - 1
+            return
+        del self.sb_uses[sid]
+        fd = self.sb_fd.pop(sid, None)
+        if fd is not None:
+            os.close(fd)
+            self.sb_closed.add(sid)
 
     def _create_overlay(self, sid: str, sb: dict, first: dict) -> None:
         where = f"mount {first['id']} ({first['mountpoint']}) on overlay"
@@ -859,6 +901,7 @@ class _Restorer:
         sibling about to be attached covers it.
         """
         self._plan_fds()
+        self._count_sb_uses()
         self.new_id: dict[int, int] = {}
         roots = {ns["root"]: ns_id for ns_id, ns in self.doc["mntns"].items()}
         attached: set[int] = set()
