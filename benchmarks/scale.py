@@ -49,7 +49,7 @@ sys.path.insert(0, _ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import floor  # noqa: E402
-from engine import cli, forkrun, kernel, mountinfo, topology  # noqa: E402
+from engine import cli, forkrun, imageformat, kernel, mountinfo, topology  # noqa: E402
 from zdtm import snapshot  # noqa: E402
 from zdtm.flavors.ns import NsFlavor  # noqa: E402
 from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
@@ -162,6 +162,19 @@ def _mntcr(verb: str, args: list[str], profile: str | None) -> list[str]:
     return cli.command(verb, *args)
 
 
+def _validate_cpu(doc: dict, runs: int = 5) -> float:
+    """CPU seconds of the image validator on this manifest (the least of `runs`: only noise adds).
+
+    Dump's commit and restore's load each run it once; the figure bounds what checking an
+    untrusted image costs against the dump and restore it is part of (issue 12: at most 5%)."""
+    best = float("inf")
+    for _ in range(runs):
+        t = time.process_time()
+        imageformat.validate(doc)
+        best = min(best, time.process_time() - t)
+    return best
+
+
 def run_one(n: int, work: str, binary: str, profile_dir: str | None) -> dict:
     """Build a tree of `n` mounts, dump, restore, compare, and run the floor; return the figures."""
     flavor = NsFlavor()
@@ -206,6 +219,7 @@ def run_one(n: int, work: str, binary: str, profile_dir: str | None) -> dict:
                       file=sys.stderr)
         with open(os.path.join(images, "mntcr.json")) as f:
             doc = json.load(f)
+        validate_s = _validate_cpu(doc)
         ops = floor.ops_from_image(doc, {e.key: e.host_path for e in running.externals})
         runs = []
         for _ in range(3):
@@ -220,7 +234,7 @@ def run_one(n: int, work: str, binary: str, profile_dir: str | None) -> dict:
                 "dump_cpu_s": dump["user"] + dump["sys"], "restore_cpu_s": rest["user"] + rest["sys"],
                 "floor_s": statistics.median(runs), "equal": equal, "floor_equal": f_equal,
                 "floor_ops": len(ops), "image_mib": image_bytes / (1 << 20),
-                "superblocks": len(doc["superblocks"]), "error": error}
+                "superblocks": len(doc["superblocks"]), "error": error, "validate_s": validate_s}
     finally:
         if restored is not None:
             snapshot.kill_tree(restored)
@@ -342,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"dump_s {n}: {r['dump_s']:.2f}")
         print(f"restore_s {n}: " + ("failed" if r["error"] else f"{r['restore_s']:.2f}"))
         print(f"peak_rss_mib {n}: {max(r['dump_rss_mib'], r['restore_rss_mib']):.0f}")
+        print(f"validate_ms {n}: {r['validate_s'] * 1000:.1f}")
+        # CPU against CPU: the validator's share of each command, independent of the wall clock's noise.
+        print(f"validate/dump_cpu {n}: {100 * r['validate_s'] / r['dump_cpu_s']:.1f}%")
+        if not r["error"]:
+            print(f"validate/restore_cpu {n}: {100 * r['validate_s'] / r['restore_cpu_s']:.1f}%")
         c = r.get("criu")
         if c is not None:
             for verb in ("dump", "restore"):

@@ -200,7 +200,13 @@ def list_of(item: Rule | tuple, hi: int, types: tuple = STR) -> Rule:
                 if why:
                     raise Bad(f"[{i}]", why)
         return None
-    rule.inline = ("cached",) if item is None or getattr(item, "inline", ("",))[0] != "record" else ()
+    nested = getattr(item, "inline", ("",))
+    if item is None or nested[0] != "record":
+        rule.inline = ("cached",)
+    elif types == DICT:
+        rule.inline = ("records", nested[1], hi)
+    else:
+        rule.inline = ()
     return rule
 
 
@@ -210,7 +216,7 @@ def record(rec: Record) -> Rule:
         if v is not None:
             check_record(rec, v, "")
         return None
-    rule.inline = ("record",)
+    rule.inline = ("record", rec)
     return rule
 
 
@@ -269,17 +275,24 @@ def _unknown_or_missing(rec: Record, obj, what: str) -> None:
 def _compile(rec: Record) -> Callable:
     """Python source for one record's check, straight-line, with the common rules inlined."""
     env = {"_rec": rec, "_slow": _slow, "_um": _unknown_or_missing, "_M": _MISSING, "dict": dict,
-           "ALLOWED": frozenset(rec.fields), "REQUIRED": rec.required, "MAXP": MAX_PATH, "CMAX": _CACHE_MAX,
-           "TypeError": TypeError, "tuple": tuple, "type": type, "len": len, "str": str}
+           "MAXP": MAX_PATH, "CMAX": _CACHE_MAX,
+           "TypeError": TypeError, "tuple": tuple, "type": type, "len": len, "str": str,
+           "NONE": type(None), "Bad": Bad, "_where": _where}
+    # Unknown and missing keys are found by counting: every allowed key present adds one, a
+    # missing required one fails at once, and a count short of len(o) means an unknown key.
     lines = ["def check(o, what):",
-             "    if type(o) is not dict or not ALLOWED.issuperset(o) or not REQUIRED <= o.keys():",
+             "    if type(o) is not dict:",
              "        _um(_rec, o, what)",
-             "    g = o.get"]
+             "    g = o.get",
+             "    c = 0"]
     for n, (key, f) in enumerate(rec.fields.items()):
         env[f"T{n}"] = f.types
         k = repr(key)
         lines.append(f"    v = g({k}, _M)")
+        if f.required:
+            lines.append("    if v is _M: _um(_rec, o, what)")
         lines.append("    if v is not _M:")
+        lines.append("        c += 1")
         types = " and ".join(f"t is not T{n}[{i}]" for i in range(len(f.types)))
         env.update({f"T{n}": f.types})
         lines.append("        t = type(v)")
@@ -310,8 +323,28 @@ def _compile(rec: Record) -> Callable:
             lines.append(f"            _slow(_rec, what, {k}, v)")
             lines.append(f"            if key is not None and len(SEEN{n}) < CMAX: SEEN{n}.add(key)")
             del seen
+        elif kind[0] == "record":
+            # The nested record's own compiled check, called directly; its error gets this field's name.
+            env[f"CHK{n}"] = _compiled.get(kind[1].name) or _compile_into(kind[1])
+            lines.append(f"        if t is not NONE:")
+            lines.append("            try:")
+            lines.append(f"                CHK{n}(v, '')")
+            lines.append("            except Bad as b:")
+            lines.append(f"                _where(what, {k} + b.where, b.why)")
+        elif kind[0] == "records":
+            env[f"CHK{n}"] = _compiled.get(kind[1].name) or _compile_into(kind[1])
+            env[f"HI{n}"] = kind[2]
+            lines.append(f"        if t is not NONE:")
+            lines.append(f"            if len(v) > HI{n}: _slow(_rec, what, {k}, v)")
+            lines.append("            try:")
+            lines.append("                for x in v:")
+            lines.append(f"                    CHK{n}(x, '')")
+            lines.append("            except Bad:")
+            lines.append(f"                _slow(_rec, what, {k}, v)  # again, for the item's index in the message")
         else:
             lines.append(f"        _slow(_rec, what, {k}, v)")
+    lines.append("    if c != len(o):")
+    lines.append("        _um(_rec, o, what)")
     exec(compile("\n".join(lines) + "\n", f"<imageformat record {rec.name}>", "exec"), env)  # noqa: S102
     return env["check"]
 
