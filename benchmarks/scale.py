@@ -26,6 +26,10 @@ The output ends with one line per figure:
     criu/mntcr dump N: X.XX       (with --backend mntcr,criu: criu's wall / mntcr's, same run)
     criu/mntcr restore N: X.XX
 
+`--backend mntcr,criu` also builds each tree a second time (a dump kills it) and dumps and
+restores it with criu (zdtm/criu_env.py's userland, -v2), comparing that restored tree too, and
+prints `criu/mntcr dump N` and `criu/mntcr restore N` (criu's wall / mntcr's).
+
 `--profile DIR` runs dump and restore under cProfile (DIR/dump-N.prof,
 DIR/restore-N.prof, and the forked restorer's DIR/restorer-N.prof through
 MNTCR_PROFILE); timings then include the profiler's overhead.
