@@ -21,6 +21,10 @@ import os
 
 from engine import channel, content, standin
 
+# Superblock fds the helper may hold while waiting to fill them; past this, archives whose
+# superblocks all exist are extracted before more are made.
+_HELD = 2048
+
 
 def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
@@ -45,6 +49,20 @@ def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channe
             if s not in last_fill:
                 os.close(made.pop(s))
         batch.clear()
+        if len(made) > _HELD:
+            extract(ready_only=True)
+
+    done = 0  # archives extracted, in order
+
+    def extract(ready_only: bool) -> None:
+        # In their order, as far as every superblock an archive fills exists; early (ready_only)
+        # only when too many superblocks wait for their files.
+        nonlocal done
+        while done < len(fills):
+            if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
+                return
+            _extract(fills[done], done, made, given, last_fill, mount_of)
+            done += 1
 
     for sid, fstype, source, params, attr, where in plans:
         try:
@@ -59,27 +77,32 @@ def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channe
     if batch:
         send()
     chan.send(("made", None))
-    for i, (archive_fd, name, expect, spec) in enumerate(fills):
-        targets = []
-        try:
-            for sid, root, member in spec:
-                try:
-                    targets.append((content.mkdirs_beneath(made[sid], root), member))
-                except OSError as e:
-                    raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
-            try:
-                content.extract(archive_fd, name, expect, targets)
-            except OSError as e:
-                names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
-                raise _named(e, names) from None
-        finally:
-            for (fd, _), (sid, _, _) in zip(targets, spec):
-                if fd != made[sid]:
-                    os.close(fd)
-        for sid, _, _ in spec:
-            if last_fill.get(sid) == i and sid in made and sid not in given:
-                os.close(made.pop(sid))
+    extract(ready_only=False)
     chan.send(("ok", None))
+
+
+def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict) -> None:
+    """Extract archive `fill` (number i) into its superblocks; close those it was the last for."""
+    archive_fd, name, expect, spec = fill
+    targets = []
+    try:
+        for sid, root, member in spec:
+            try:
+                targets.append((content.mkdirs_beneath(made[sid], root), member))
+            except OSError as e:
+                raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
+        try:
+            content.extract(archive_fd, name, expect, targets)
+        except OSError as e:
+            names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
+            raise _named(e, names) from None
+    finally:
+        for (fd, _), (sid, _, _) in zip(targets, spec):
+            if fd != made[sid]:
+                os.close(fd)
+    for sid, _, _ in spec:
+        if last_fill.get(sid) == i and sid in made and sid not in given:
+            os.close(made.pop(sid))
 
 
 def _empty_roots(sb_fd: int, records, where: str, hostproc: int) -> None:

@@ -453,7 +453,9 @@ class _Restorer:
         afds = []
         try:
             jobs = []
-            for name, spec in sorted(fills.items()):
+            # Archives in the order dump wrote them (files-N.tar by N): their superblocks are made
+            # in about that order, and the helper may extract one as soon as its superblocks exist.
+            for name, spec in sorted(fills.items(), key=lambda kv: (len(kv[0]), kv[0])):
                 afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd))
                 jobs.append((afds[-1], name, self.doc["files"][name], spec))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
