@@ -42,9 +42,11 @@ def _add_dump(sub) -> None:
                     "leaves an image that restore accepts. Supported: tmpfs and ramfs (contents archived), "
                     "proc, sysfs, devpts, mqueue, cgroup2, binfmt_misc, overlayfs built on dumped mounts, "
                     "block filesystems (a loop device over a dumped image file is found automatically, any "
-                    "other device must be declared external), files and cwds on lazily unmounted mounts. "
+                    "other device must be declared external), files and cwds on lazily unmounted mounts, "
+                    "user namespaces (maps, owners of mount namespaces, locked mounts, idmapped mounts). "
                     "Refused with one line: other filesystems (FUSE included), fds that are not files or "
-                    "directories, deleted files, processes in another user namespace.")
+                    "directories, deleted files, pid/uts/ipc/net namespaces owned by another user namespace "
+                    "of the tree than the process's own.")
     p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
                    help="root of the process tree to dump")
     p.add_argument("-D", "--images-dir", dest="images_dir", required=True, metavar="DIR",

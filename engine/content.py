@@ -278,3 +278,16 @@ def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, s
     finally:
         for fd, _ in clones:
             os.close(fd)
+
+
+def find_inode(root_fd: int, ino: int) -> str | None:
+    """Path (from root_fd) of the regular file with inode `ino`, searching one filesystem."""
+    top = f"/proc/self/fd/{root_fd}"
+    dev = os.stat(top).st_dev
+    for dirpath, dirnames, filenames in os.walk(top):
+        for f in filenames:
+            st = os.lstat(os.path.join(dirpath, f))
+            if st.st_ino == ino and st.st_dev == dev and stat.S_ISREG(st.st_mode):
+                return "/" + os.path.relpath(os.path.join(dirpath, f), top)
+        dirnames[:] = [d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == dev]
+    return None

@@ -102,14 +102,15 @@ def root_via_visible(facts: dict, inner_path: str, candidates, clone_of) -> tupl
     `clone_of(mount)` gives a detached clone of one (covered ones included) or None.
     """
     htype, handle = facts["handle"]
-    if htype is None:
-        raise DetachedError(errno.EOPNOTSUPP, "the filesystem gives no file handles")
     for m in candidates:
         clone = clone_of(m)
         if clone is None:
             continue
         try:
-            on_mount = _path_through_clone(clone, htype, handle)
+            if htype is not None:
+                on_mount = _path_through_clone(clone, htype, handle)
+            else:
+                on_mount = _path_by_inode(clone, facts["dev"], facts["ino"])
         finally:
             os.close(clone)
         if on_mount is None:
@@ -120,6 +121,50 @@ def root_via_visible(facts: dict, inner_path: str, candidates, clone_of) -> tupl
             root = on_mount[: len(on_mount) - len(inner_path)] or "/"
             return m.mnt_id, root
         # Another hard link's name: the search in locate_outside picks the right one.
+    if htype is None:
+        raise DetachedError(errno.EOPNOTSUPP, "the filesystem gives no file handles, and no visible mount of "
+                                              f"it shows the file (inode {facts['ino']}) within {_WALK_LIMIT} entries")
+    return None
+
+
+# How many entries the search by inode (filesystems without file handles: pseudo ones, ramfs)
+# looks at per visible mount; the kernel-made trees of tracefs or debugfs are larger than that.
+_WALK_LIMIT = 20000
+
+
+def _path_by_inode(clone_fd: int, dev: str, ino: int) -> str | None:
+    """Path (from the root of a clone of a visible mount) of the inode `ino` on device `dev`, found by
+    walking that one filesystem breadth-first (lstat only, nothing is read); None if not within the limit."""
+    top = f"/proc/self/fd/{clone_fd}"
+    try:
+        st = os.stat(top)
+    except OSError:
+        return None
+    if f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}" != dev:
+        return None
+    if st.st_ino == ino:
+        return "/"
+    seen = 0
+    queue = [""]
+    while queue and seen < _WALK_LIMIT:
+        rel = queue.pop(0)
+        try:
+            names = os.listdir(os.path.join(top, rel) if rel else top)
+        except OSError:
+            continue
+        for name in names:
+            seen += 1
+            path = f"{rel}/{name}" if rel else name
+            try:
+                child = os.lstat(os.path.join(top, path))
+            except OSError:
+                continue
+            if child.st_dev != st.st_dev:
+                continue
+            if child.st_ino == ino:
+                return "/" + path
+            if stat.S_ISDIR(child.st_mode):
+                queue.append(path)
     return None
 
 

@@ -5,11 +5,12 @@ Steps:
  2. per mount namespace, a helper enters it (setns) and reads mountinfo and each
     member process's root, cwd and fds (paths as seen from the namespace root,
     mount ids from fdinfo/statx);
- 3. plan superblocks: content archives (tmpfs, ramfs), externals, namespace-tagged
-    pseudo filesystems; refuse anything unsupported before writing;
+ 3. plan superblocks: content archives, externals, devices, namespace-tagged
+    pseudo filesystems, each as its type module says (engine/fs/); refuse
+    anything unsupported before writing;
  4. per namespace, a second helper enters a private copy of it, uncovers
     overmounted mounts and hands back detached clones of the mounts whose files
-    must be archived (or whose pid namespace must be read);
+    must be archived (or that a type module probes, `FsType.probe`);
  5. write the image atomically, then kill the tree (or resume it).
 """
 
@@ -25,9 +26,9 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
+from engine import userns_cr
 from engine.fds import FdError
 from engine.fdtable import FdTable
-from engine.fs.block import BLOCK_TYPES
 from engine.image import is_beneath, rel_to
 
 NS_GET_PARENT = 0xB702
@@ -209,17 +210,13 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
     _enter_ns_root(ns_fd, pids, hostproc)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
         text = f.read()
-    # A btrfs mount shows an anonymous device: the block device is its source's.
+    # The block device a mount lives on, where mountinfo's device number is not it (its type says).
     source_rdev = {}
     parsed = mountinfo.parse(text)
     for m in parsed:
-        if m.basetype in BLOCK_TYPES and m.source.startswith("/"):
-            try:
-                st = os.stat(m.source)
-            except OSError:
-                continue
-            if stat.S_ISBLK(st.st_mode):
-                source_rdev[m.mnt_id] = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        h = fs.lookup(m.fstype)
+        if h is not None and h.device and (rdev := h.device_of(m)) is not None:
+            source_rdev[m.mnt_id] = rdev
     # Whether a bind's root is a directory (so restore may make it while files are still being
     # extracted): the type of its mount point, read where the path leads to that very mount.
     dirs = {}
@@ -307,8 +304,11 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     after their covers are gone (see _uncover).
     """
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    # A copy made from another user namespace than the owner's would lock every mount of it.
+    owner = userns_cr.owner_to_join(ns_fd)
     _enter_ns_root(ns_fd, pids, hostproc)
-
+    if owner is not None:
+        kernel.setns(owner, kernel.CLONE_NEWUSER)
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
@@ -606,13 +606,36 @@ def _refuse_sharing(text: str) -> None:
                                       "restores them); the tree keeps running")
 
 
+class _Plan:
+    """What type hooks (engine/fs/) see of the dump being planned; `want_file` asks for the path of a
+    file (by inode) on a superblock whose files are archived (e.g. the image file a device lies on)."""
+
+    def __init__(self, superblocks, sb_of_dev, mntns_doc, ns_mounts, mounts_by_id):
+        self.superblocks, self.sb_of_dev, self.mntns_doc = superblocks, sb_of_dev, mntns_doc
+        self.ns_mounts, self.mounts_by_id = ns_mounts, mounts_by_id
+        self.strategy = None
+        self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
+        self.pidns_name: dict[int, str] = {}
+        self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
+
+    def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
+        """Call setter(path on superblock `sid`) for the file with inode `ino`; refuse with `missing` if none."""
+        self.wanted.setdefault(sid, []).append([ino, setter, missing, False])
+
+
+def _hook(fn, *args):
+    """Call a type hook; its refusal (FsError) becomes the dump's."""
+    try:
+        return fn(*args)
+    except fs.FsError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+
+
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
     me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
     ns_of: dict[int, dict[str, int]] = {}
     for pid, _ in tree:
         ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
-        if ns_of[pid]["user"] != me["user"]:
-            raise DumpError(errno.EOPNOTSUPP, f"process {pid} is in another user namespace: not supported yet")
 
     # Name namespaces by first appearance (root process first).
     names: dict[tuple[str, int], str] = {}
@@ -621,6 +644,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             key = (k, ns_of[pid][k])
             if key not in names:
                 names[key] = f"{k}-{len([n for n in names if n[0] == k])}"
+
+    try:
+        users = userns_cr.plan(tree, names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
+    except OSError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
     # 2. inspect each mount namespace
     by_mntns: dict[int, list[int]] = {}
@@ -669,7 +697,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 superblocks[sid] = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts),
                                     "dev": m.dev, "external": False, "archives": []}
                 handler = fs.lookup(m.fstype)
-                if handler is not None and handler.block:
+                if handler is not None and handler.device:
                     superblocks[sid]["device"] = {"dev": data["source_rdev"].get(m.mnt_id)
                                                   or (m.dev if m.major else None)}
             ext_key = ext_mnts.get(m.mountpoint) if ino == root_ns else None
@@ -690,11 +718,22 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             if deleted:
                 entries[-1]["ghost"] = True   # its root was unlinked: named once archived
         mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
+        try:
+            userns_cr.record_idmaps(by_mntns[ino][0], entries)
+        except OSError as e:
+            raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+        owner = users["mntns_owner"].get(names[("mnt", ino)])
+        if owner is not None:
+            mntns_doc[names[("mnt", ino)]]["owner"] = owner
+            try:
+                userns_cr.locks(by_mntns[ino][0], entries, names[("mnt", ino)])
+            except OSError as e:
+                raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     unknown = set(ext_mnts) - used_ext
     if unknown:
         raise DumpError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
     # An overmount stack has several mounts at one mount point: the external is the visible (top) one,
-    # unless the stack holds a type we cannot dump (devtmpfs under a runtime's tmpfs /dev): then that.
+    # unless the stack holds a type we cannot dump (a runtime's /dev stacked on the host's): then that.
     for ns in mntns_doc.values():
         by_mp: dict[str, list[dict]] = {}
         for e in ns["mounts"]:
@@ -711,9 +750,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         for e in ns["mounts"]:
             if e["external"]:
                 superblocks[e["sb"]]["external"] = True
-    # Block devices: declared external, or a loop device over a file we dump, else refused.
-    loops: dict[str, list[tuple[str, dict]]] = {}   # backing superblock -> [(block sb, loop status)]
-    from engine.fs import block
+    ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
+    plan = _Plan(superblocks, sb_of_dev, mntns_doc, ns_mounts, mounts_by_id)
+    # Devices: declared external, or resolved by the type (a device over a file we dump), else refused.
     for sid, sb in superblocks.items():
         dev = (sb.get("device") or {}).get("dev")
         if dev is None or sb["external"]:
@@ -721,19 +760,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         if dev in ext_devs:
             sb["device"]["key"] = ext_devs[dev]
             continue
-        st = block.loop_status(os.makedev(*(int(x) for x in dev.split(":"))))
-        backing = sb_of_dev.get(st["dev"]) if st else None
-        if backing is not None and fs.lookup(superblocks[backing]["fstype"]).content \
-                and not superblocks[backing]["external"]:
-            loops.setdefault(backing, []).append((sid, st))
-            sb["device"]["loop"] = {"sb": backing, "offset": st["offset"], "sizelimit": st["sizelimit"],
-                                    "ro": st["ro"]}
-            continue
-        sb["device"]["unresolved"] = True
+        if not _hook(fs.lookup(sb["fstype"]).plan_device, sid, sb, plan):
+            sb["device"]["unresolved"] = True
     # The namespace root on a filesystem we cannot recreate came from outside (criu's --root): also
     # when a volume of the same filesystem was declared external (the root is no bind of that
-    # volume), and an overlay root whose layers no mount of the namespace holds (a runtime made it).
-    ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
+    # volume), and a root its type says was built outside (on layers no mount of the namespace holds).
     for ns_name, ns in mntns_doc.items():
         root = next(e for e in ns["mounts"] if e["id"] == ns["root"])
         if root["external"]:
@@ -746,7 +777,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 root["external"] = "root"
         elif (handler is None or (sb.get("device") or {}).get("unresolved")
               or not (handler.content or handler.ns is None)
-              or (handler.layers and not _layers_held(sb, root["sb"], mntns_doc, ns_mounts))):
+              or _hook(handler.made_outside, root["sb"], sb, plan)):
             root["external"] = "root"
             sb["external"] = True
     for ns in mntns_doc.values():
@@ -797,12 +828,16 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
 
     _check_sharing(mntns_doc, superblocks)
-    _plan_overlays(superblocks, mntns_doc, ns_data, names)
+    from engine import strategy
+    plan.strategy = strategy.current()
+    for sid, sb in superblocks.items():
+        if not sb["external"]:
+            _hook(fs.lookup(sb["fstype"]).plan, sid, sb, plan)
 
-    # Which mounts to clone: one per disjoint root of each content superblock, one per proc.
+    # Which mounts to clone: one per disjoint root of each content superblock, one of each type probes.
     clone_plan: dict[int, list[int]] = {}
     archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
-    proc_mount_of_sb: dict[str, int] = {}
+    probe_for: dict[int, str] = {}                  # mount id -> sb id its type probes
     ghost_for: dict[int, tuple[str, str]] = {}      # mount id -> (sb id, deleted root) to archive
     ghost_roots: dict[tuple[str, str], int] = {}
     ghosts_doc: dict[str, dict] = {}
@@ -819,8 +854,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             if e.get("ghost"):
                 if not handler.content:
                     raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its "
-                                                      f"root {e['root']} was deleted; only a tmpfs or ramfs can "
-                                                      "hold it again")
+                                                      f"root {e['root']} was deleted; only a {fs.content_names()} "
+                                                      "can hold it again")
                 if (sid, e["root"]) not in ghost_roots:
                     ghost_roots[(sid, e["root"])] = e["id"]
                     ghost_for[e["id"]] = (sid, e["root"])
@@ -834,9 +869,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                     chosen.append(e["root"])
                     archive_for[e["id"]] = (sid, e["root"])
                     clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
-        elif handler.ns == "pid":
+        elif handler.wants_probe():
             e = es[0]
-            proc_mount_of_sb[sid] = e["id"]
+            probe_for[e["id"]] = sid
             clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
 
     # pid namespaces
@@ -849,16 +884,17 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             continue
         parent_ino = _pidns_parent_ino(pid)
         pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == me["pid"]}
-    # Who each pid namespace's processes are (their pid in it, start time): a proc mount is
-    # matched to its namespace through them, never through its pid 1 (maybe not ours to inspect).
-    members: dict[int, list[tuple[int, bytes]]] = {}
+    # Who each pid namespace's processes are (their pid in it, start time): a probe matches a
+    # pid-bound superblock to its namespace through them, never through its pid 1 (maybe not ours).
     for pid, _ in tree:
         ident = _pid_identity(f"/proc/{pid}")
         if ident is not None:
-            members.setdefault(ns_of[pid]["pid"], []).append(ident)
+            plan.members.setdefault(ns_of[pid]["pid"], []).append(ident)
+    plan.pidns_name = ino_name
 
-    # A disk image we archive must hold what its filesystem has cached: flush (the tree is stopped).
-    if loops:
+    # A file we archive that a device of the image lies on must hold what its filesystem has
+    # cached: flush (the tree is stopped).
+    if plan.wanted:
         os.sync()
 
     # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
@@ -904,11 +940,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                                                       "inode": f"{st.st_dev}:{st.st_ino}"}
                             elif mid in archive_for:
                                 sid, root = archive_for[mid]
-                                for bsid, st in loops.get(sid, ()):
-                                    rel = block.find_inode(mfd, st["ino"])
+                                for want in plan.wanted.get(sid, ()):
+                                    rel = content.find_inode(mfd, want[0])
                                     if rel is not None:
-                                        loop = superblocks[bsid]["device"]["loop"]
-                                        loop["path"] = rel if root == "/" else root + rel
+                                        want[1](rel if root == "/" else root + rel)
+                                        want[3] = True
                                 top = f"/proc/self/fd/{mfd}"
                                 if not stat.S_ISDIR(os.fstat(mfd).st_mode):
                                     # A file bind (its directory may be on no mount at all): the
@@ -929,7 +965,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                 if len(batch) >= 500:
                                     flush()
                             else:
-                                _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name, members)
+                                sid = probe_for[mid]
+                                _hook(fs.lookup(superblocks[sid]["fstype"]).probe, sid, mid, mfd, plan)
                     finally:
                         for mfd in fds:
                             if mfd not in kept:
@@ -941,11 +978,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         for mfd, *_ in batch:
             os.close(mfd)
 
-    for bsid in (b for items in loops.values() for b, _ in items):
-        if "path" not in superblocks[bsid]["device"]["loop"]:
-            raise DumpError(errno.EOPNOTSUPP, f"superblock {bsid} ({superblocks[bsid]['fstype']} on "
-                                              f"{superblocks[bsid]['source']}): its loop device's backing file is not "
-                                              "reachable in the dumped filesystems")
+    for want in (w for ws in plan.wanted.values() for w in ws):
+        if not want[3]:
+            raise DumpError(errno.EOPNOTSUPP, want[2])
 
     gid_of = {(g["sb"], g["path"]): gid for gid, g in ghosts_doc.items()}
     for ns in mntns_doc.values():
@@ -982,6 +1017,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     }
     if fdtable.objects:
         doc["objects"] = fdtable.objects
+    if users["userns"]:
+        doc["userns"] = users["userns"]
+        for p in procs_doc:
+            p.update(users["proc"].get(p["pid"], {}))
     return doc
 
 
@@ -1073,17 +1112,6 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
     return loc
 
 
-def _layers_held(sb: dict, sid: str, mntns_doc: dict, ns_mounts: dict) -> bool:
-    """Whether every layer of the overlay `sb` (id `sid`) lay on a mount of the namespace of its oldest
-    mount, older than it (see _plan_overlays); else the runtime built it outside the dumped
-    namespaces and it is restored like a directory root."""
-    from engine.fs import overlay
-    ns_name, oldest = min(((n, e) for n, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid),
-                          key=lambda u: (u[1]["uid"] or u[1]["id"]))
-    return all(path.startswith("/") and overlay.resolve(path, ns_mounts[ns_name], oldest["uid"]) is not None
-               for _, path in overlay.layer_paths(sb["super_opts"]))
-
-
 def _check_sharing(mntns_doc: dict, superblocks: dict) -> None:
     """Refuse propagation restore could not rebuild (its plan, made here first), and slaves of a peer
     group outside the dumped namespaces that no external mount joins (restore copies such a master
@@ -1121,8 +1149,8 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     sb = superblocks[sid]
     handler = fs.lookup(sb["fstype"])
     if sb["external"] or handler is None or not handler.content:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a tmpfs or ramfs made "
-                                          "in the dumped tree can hold it again)")
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
+                                          f"{fs.content_names()} made in the dumped tree can hold it again)")
     st = os.stat(f"/proc/{pid}/{link}")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
         raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files and directories are supported")
@@ -1146,39 +1174,6 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",
                        "only": sb_path.rsplit("/", 1)[1], "inode": key}
     return gid
-
-
-def _plan_overlays(superblocks: dict, mntns_doc: dict, ns_data: dict, names: dict) -> None:
-    """Record each in-namespace overlay's layers as (mount, path) as they were at its creation."""
-    from engine import strategy
-    from engine.fs import overlay
-    unique = strategy.current().layers == "unique-ids"
-    ns_by_name = {names[("mnt", ino)]: ino for ino in ns_data}
-    for sid, sb in superblocks.items():
-        if sb["external"] or sb["fstype"] != "overlay":
-            continue
-        users = [(ns_name, e) for ns_name, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid]
-        ns_name, oldest = min(users, key=lambda u: ((u[1]["uid"] if unique else None) or u[1]["id"]))
-        where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
-        mounts = ns_data[ns_by_name[ns_name]]["mounts"]
-        layers = []
-        for key, path in overlay.layer_paths(sb["super_opts"]):
-            if not path.startswith("/"):
-                raise DumpError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
-            if not unique:
-                late = overlay.overmounted_after(path, mounts, oldest["id"])
-                if late is not None:
-                    raise DumpError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
-                                                      f"{late.mnt_id} ({late.mountpoint}), which may have been "
-                                                      "mounted over it after the overlay; without unique mount ids "
-                                                      "(STATX_MNT_ID_UNIQUE, Linux >= 6.8) dump cannot tell which "
-                                                      "mount holds the layer")
-            found = overlay.resolve(path, mounts, oldest["uid"] if unique else None, unique)
-            if found is None:
-                raise DumpError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
-                                              f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
-            layers.append({"path": path, "mnt": found[0], "rel": found[1]})
-        sb["layers"] = layers
 
 
 def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
@@ -1237,15 +1232,15 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                         if fs.lookup(superblocks[sid]["fstype"]).content:
                             beyond.append((sid, root, d_fd, d_path))
                 else:
-                    if f0["magic"] not in (kernel.TMPFS_MAGIC, kernel.RAMFS_MAGIC):
+                    found_type = fs.by_magic(f0["magic"])
+                    if found_type is None:
                         raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                                          "visible (only a detached tmpfs or ramfs can be dumped "
-                                                          f"whole); {_external_file_hint(loc0['path'])}")
+                                                          f"visible (only a detached {fs.content_names()} can be "
+                                                          f"dumped whole); {_external_file_hint(loc0['path'])}")
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
                     files[name] = detached.archive_invisible(facts, path)
-                    fstype = "tmpfs" if f0["magic"] == kernel.TMPFS_MAGIC else "ramfs"
-                    superblocks[sid] = {"fstype": fstype, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
+                    superblocks[sid] = {"fstype": found_type.name, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
                                         "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
                     root = "/"
             except DumpError:
@@ -1286,7 +1281,7 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
 
 def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
     """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`); None for a
-    zombie (its namespace links are gone, so no proc mount can be matched through it)."""
+    zombie (its namespace links are gone, so no pid-bound superblock can be matched through it)."""
     with open(f"{piddir}/stat", "rb") as f:
         data = f.read()
     # fields after comm (which may hold spaces): state is field 3, starttime field 22
@@ -1296,40 +1291,6 @@ def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
     with open(f"{piddir}/status", "rb") as f:
         nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
     return int(nspid), fields[19]
-
-
-def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:
-    """Whether the proc mount at `proc_fd` shows, as `pid`, the process started at `starttime`
-    that lives in pid namespace `ino`."""
-    base = f"/proc/self/fd/{proc_fd}/{pid}"
-    try:
-        with open(f"{base}/stat", "rb") as f:
-            data = f.read()
-        return (data[data.rindex(b")") + 2:].split()[19] == starttime
-                and os.stat(f"{base}/ns/pid").st_ino == ino)
-    except (OSError, IndexError, ValueError):
-        return False
-
-
-def _proc_pidns(mid, mfd, superblocks, mntns_doc, mounts_by_id, ino_name, members) -> None:
-    """Record which dumped pid namespace the proc mount `mid` (clone fd `mfd`) belongs to.
-
-    A proc mount lists the processes of its pid namespace under their pids there. The namespace
-    is the one (of the dumped tree's) all of whose dumped processes the mount shows under their
-    own pids; `members` gives them per namespace inode: [(pid there, start time)]."""
-    sid = mntns_sb(mntns_doc, mid)
-    where = f"mount {mid} ({mounts_by_id[mid].mountpoint}) on proc"
-    found = [ino for ino, procs in members.items()
-             if all(_shows(mfd, pid, start, ino) for pid, start in procs)]
-    if len(found) > 1:
-        # Only if each process had the same pid in a namespace and in its parent: not seen in practice.
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: it matches pid namespaces {', '.join(sorted(ino_name[i] for i in found))}"
-                                          " alike; cannot tell which it belongs to")
-    if not found:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: it belongs to a pid namespace outside the dumped tree "
-                                          "(it shows none of the tree's namespaces' processes as theirs); "
-                                          f"declare it --external mnt[{mounts_by_id[mid].mountpoint}]:KEY")
-    superblocks[sid]["pidns"] = ino_name[found[0]]
 
 
 def mntns_sb(mntns_doc: dict, mid: int) -> str:

@@ -36,6 +36,8 @@ FEATURES = {
     "STATX_MNT_ID_UNIQUE": (False, "6.8"),
     # without it: new superblocks are attached in a yard and cloned from there
     "open_tree(detached)": (False, "6.15"),
+    # without it: an idmapped mount's map cannot be read, so dump refuses it (engine/userns_cr.py)
+    "statmount(idmap)": (False, "6.15"),
 }
 
 
@@ -121,6 +123,24 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
             os.close(mnt)
 
     attempt("open_tree(detached)", clone_detached)
+
+    def idmap_map():
+        from engine import userns
+        ufd = userns.make(userns.Maps(((0, 100000, 1),), ((0, 100000, 1),), "deny"))
+        try:
+            fd = kernel.open_tree(kernel.AT_FDCWD, "/tmp", kernel.OPEN_TREE_CLONE)
+            try:
+                userns.set_idmap(fd, ufd)
+                kernel.move_mount(fd, "", kernel.AT_FDCWD, "/tmp", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(ufd)
+        uid, _ = userns._statmount_idmap(kernel.statx_mnt_id("/tmp", unique=True), 0)
+        if uid != "0 100000 1":
+            raise OSError(errno.ENOSYS, f"statmount shows no idmap ({uid})")
+
+    attempt("statmount(idmap)", idmap_map)
     return res
 
 

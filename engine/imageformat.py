@@ -79,6 +79,11 @@ _ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
 _MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
+_USERNS_ID = re.compile(r"^user-[0-9]{1,9}$")
+MAX_USERNS = 1024               # user namespaces of one image
+MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
+MAX_NGROUPS = 65536             # NGROUPS_MAX
+LOCK_FLAGS = frozenset({"ro", "nosuid", "nodev", "noexec", "atime"})
 
 NONE = type(None)
 INT, STR, BOOL, LIST, DICT = (int,), (str,), (bool,), (list,), (dict,)
@@ -408,6 +413,55 @@ EXTERNAL_FD = Record("fd (external file)", {
     "external": F(STR, rule=pattern(_EXT_FILE_KEY, "a key of --external file[PATH]:KEY")),
 })
 
+def _map_rule(v) -> str | None:
+    """A uid_map / gid_map: at most MAX_MAP [inside, outside, count] ranges of 32-bit ids, no two
+    overlapping on either side (the kernel's own rules)."""
+    if len(v) > MAX_MAP:
+        return f"has {len(v)} ranges, at most {MAX_MAP}"
+    for r in v:
+        if type(r) is not list or len(r) != 3 or any(type(x) is not int for x in r):
+            return "ranges must be [inside, outside, count] integers"
+        inside, outside, count = r
+        if not (0 <= inside < 1 << 32 and 0 <= outside < 1 << 32 and 1 <= count):
+            return f"range {r} is out of bounds"
+        if inside + count > 1 << 32 or outside + count > 1 << 32:
+            return f"range {r} runs past the last 32-bit id"
+    for side in (0, 1):
+        spans = sorted((r[side], r[side] + r[2]) for r in v)
+        for (_, end), (start, _) in zip(spans, spans[1:]):
+            if start < end:
+                return f"ranges overlap on the {'inside' if side == 0 else 'outside'}"
+    return None
+
+
+USERNS = Record("user namespace", {
+    "parent": F(OPT_STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
+    "uid_map": F(LIST, rule=_map_rule),
+    "gid_map": F(LIST, rule=_map_rule),
+    "setgroups": F(STR, rule=lambda v: None if v in ("allow", "deny") else "must be allow or deny"),
+})
+
+
+def _ids_rule(n: int, hi: int = 4):
+    def rule(v) -> str | None:
+        if not n <= len(v) <= hi or any(type(x) is not int or not 0 <= x <= MAX_UID for x in v):
+            return f"must be {n if n == hi else f'{n} to {hi}'} ids of 0..{MAX_UID}"
+        return None
+    return rule
+
+
+IDMAP = Record("idmap", {
+    "uid_map": F(LIST, rule=_map_rule),
+    "gid_map": F(LIST, rule=_map_rule),
+})
+
+
+CREDS = Record("credentials", {
+    "uid": F(LIST, rule=_ids_rule(4)),                        # real, effective, saved, fs
+    "gid": F(LIST, rule=_ids_rule(4)),
+    "groups": F(LIST, rule=_ids_rule(0, MAX_NGROUPS)),
+})
+
 PROCESS = Record("process", {
     "pid": F(INT, rule=rng(1, MAX_PID)),
     "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
@@ -420,6 +474,10 @@ PROCESS = Record("process", {
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
     "maps": F(LIST, required=False, rule=list_of(record(LOC), MAX_FDS, DICT)),
     "exe": F(DICT, required=False, rule=record(LOC)),
+    # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
+    "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
+    "creds": F(DICT, required=False, rule=record(CREDS)),
+    "userns_first": F(BOOL, required=False),                  # its stand-in starts in its user namespace
 })
 
 MOUNT = Record("mount", {
@@ -444,12 +502,20 @@ MOUNT = Record("mount", {
     "source": F(STR, required=False, rule=strlen(MAX_PATH)),
     "super_opts": F(LIST, required=False, rule=list_of(strlen(MAX_OPT), MAX_OPTS)),
     "dev": F(OPT_STR, required=False, rule=pattern(_DEVNUM, "MAJOR:MINOR")),
+    # Locked in its namespace (MNT_LOCKED), and which of its flags are locked (engine/mntlocks.py).
+    "locked": F(BOOL, required=False),
+    # The map of an idmapped mount (the user namespace restore gives it), in the dumper's ids.
+    "idmap": F(DICT, required=False, rule=record(IDMAP)),
+    "locked_flags": F(LIST, required=False, rule=list_of(
+        lambda v: None if v in LOCK_FLAGS else f"is no lockable flag ({v[:40]!r})", len(LOCK_FLAGS))),
 })
 
 MNTNS = Record("mount namespace", {
     "root": F(INT, rule=rng(1, MAX_ID)),
     "mounts": F(LIST),                                        # MOUNT records, checked with their count
+    "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
+
 
 ARCHIVE_REF = Record("archive reference", {
     "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
@@ -549,10 +615,11 @@ MANIFEST = Record("manifest", {
     "files": F(OPT_DICT, required=False),
     "ghosts": F(OPT_DICT, required=False),                    # {g-N: GHOST}: deleted files and mount roots
     "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
+    "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP,
-                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST)}
+                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP)}
 
 
 # --- the validator ----------------------------------------------------------------------------
@@ -590,6 +657,67 @@ def validate(doc) -> None:
     _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts)
     _check_objects(doc.get("objects") or {})
     _check_processes(doc, mounts, detached)
+    _check_userns(doc, mounts)
+
+
+def _covered(ranges, by) -> int | None:
+    """The first outside id of `ranges` not inside an outside range of `by` (None: all are)."""
+    for _, outside, count in ranges:
+        pos, end = outside, outside + count
+        while pos < end:
+            hit = next((o + c for _, o, c in by if o <= pos < o + c), None)
+            if hit is None:
+                return pos
+            pos = hit
+    return None
+
+
+def _check_userns(doc: dict, mounts: dict) -> None:
+    """User namespace records, their parent chains, and who names them."""
+    users = doc.get("userns") or {}
+    if len(users) > MAX_USERNS:
+        _fail(f"{len(users)} user namespaces, at most {MAX_USERNS}")
+    for uid, u in users.items():
+        if not _USERNS_ID.match(uid):
+            _fail(f"user namespace id {uid[:40]!r} is not user-N")
+        check_record(USERNS, u, f"user namespace {uid}")
+    for uid, u in users.items():
+        seen, cur = {uid}, u.get("parent")
+        while cur is not None:
+            if cur not in users:
+                _fail(f"user namespace {uid}: unknown parent {cur!r}")
+            if cur in seen:
+                _fail(f"user namespace {uid}: parent cycle")
+            seen.add(cur)
+            cur = users[cur].get("parent")
+        parent = users.get(u.get("parent")) if u.get("parent") else None
+        if parent is not None:
+            # The kernel only lets a namespace map ids its parent maps.
+            for key in ("uid_map", "gid_map"):
+                bad = _covered(u[key], parent[key])
+                if bad is not None:
+                    _fail(f"user namespace {uid}: {key} maps id {bad}, which its parent {u['parent']} does not map")
+    for p in doc["processes"]:
+        if "userns" in p and p["userns"] not in users:
+            _fail(f"process {p['pid']}: unknown user namespace {p['userns']!r}")
+        if p.get("userns_first") and "userns" not in p:
+            _fail(f"process {p['pid']}: userns_first without a user namespace")
+        if "creds" in p and "userns" not in p:
+            _fail(f"process {p['pid']}: credentials without a user namespace")
+    for ns_id, ns in doc["mntns"].items():
+        if "owner" in ns and ns["owner"] not in users:
+            _fail(f"mount namespace {ns_id}: unknown owner {ns['owner']!r}")
+        for m in ns["mounts"]:
+            if (m.get("locked") or m.get("locked_flags")) and "owner" not in ns:
+                _fail(f"mount {m['id']}: locked in {ns_id}, which no user namespace of the image owns")
+            if "owner" in ns and m["id"] == ns["root"] and not m.get("locked"):
+                # Restore copies the namespace into its user namespace, which locks the root.
+                _fail(f"mount {m['id']}: the root of {ns_id}, owned by {ns['owner']}, must be locked")
+            if ("idmap" in m) != ("idmapped" in m["mount_opts"]):
+                _fail(f"mount {m['id']}: 'idmapped' and an idmap record go together")
+            for flag in m.get("locked_flags") or ():
+                if flag != "atime" and flag not in m["mount_opts"]:
+                    _fail(f"mount {m['id']}: flag {flag} is locked but not set")
 
 
 def _check_counts(doc: dict) -> None:
@@ -716,7 +844,6 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
     - external superblocks are only bound from the paths the user maps: nothing to create.
     """
     from engine import fs
-    from engine.fs.overlay import LAYER_KEYS, layer_paths
     used_sbs = {m["sb"] for m in mounts.values()} | {d["sb"] for d in detached.values()}
     # Roots that are no path (nsfs names like net:[N]) are rare: only external mounts may have one.
     odd_roots: dict[str, list[dict]] = {}
@@ -751,10 +878,10 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                 _fail(f"{what}: super option {key!r} names a device or file of the host: refused")
             # (options restore never passes back, like btrfs subvol=/x, name paths inside the fs)
             if value.startswith("/") and not (handler is not None and (key in handler.drop_opts
-                                                                       or handler.layers and key in LAYER_KEYS)):
+                                                                       or key in handler.path_opts)):
                 _fail(f"{what}: super option {opt[:80]!r} names a host path: refused")
         if sb.get("pidns") is not None:
-            if handler is None or handler.ns != "pid":
+            if handler is None or handler.ns_key != "pidns":
                 _fail(f"{what}: a pid namespace only belongs to a proc superblock")
             if sb["pidns"] not in pidns:
                 _fail(f"{what}: unknown pid namespace {sb['pidns']!r}")
@@ -767,7 +894,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                 _fail(f"{what}: an external superblock is bound from the host path given at restore; "
                       "it has no device or layers to create it from")
             continue
-        if handler.block:
+        if handler.device:
             _check_device(what, sid, sb, device, sbs)
         elif device is not None:
             _fail(f"{what}: a device record only belongs to a block filesystem")
@@ -775,7 +902,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             if layers is None:
                 _fail(f"{what}: an overlay needs its layers record (layers come only from mounts of the image)")
             recorded = {x["path"] for x in layers}
-            for key, path in layer_paths(sb["super_opts"]):
+            for key, path in handler.layer_paths(sb["super_opts"]):
                 if path not in recorded:
                     _fail(f"{what}: layer {key}={path[:200]} is not in its layers record")
             for x in layers:
@@ -783,7 +910,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                     _fail(f"{what}: layer {x['path']} lies on mount {x['mnt']}, which is not in the image")
         elif layers is not None:
             _fail(f"{what}: a layers record only belongs to an overlay")
-        if handler.ns == "pid" and sid in used_sbs and not sb.get("pidns"):
+        if handler.ns_key == "pidns" and sid in used_sbs and not sb.get("pidns"):
             _fail(f"{what}: a proc superblock needs its pid namespace")
     for name, limit in archive_bytes.items():
         # (+ the end of archive and tar's padding to its 10 KiB record)

@@ -7,13 +7,14 @@ namespace (a slave copy of the host's, so nothing propagates back), then:
     namespace nesting; uts/ipc/net/cgroup namespaces unshared or joined so
     processes share them as they did;
  2. superblocks: each created once with fsopen/fsconfig/fsmount (from a
-    stand-in inside the right namespace for proc, mqueue, sysfs, cgroup2);
-    external mounts cloned from host paths. Archived files are extracted by a
-    helper (engine/filler.py) *while* steps 3-5 run: a mount point or bind
-    root not extracted yet is made as a directory (tar keeps it and sets its
-    attributes), anything else waits for them (join_files), as do overlays,
-    loop devices and step 6. After the wait, a mount lost meanwhile (tar
-    replaced its mount point: a hostile archive) fails the restore;
+    stand-in inside the right namespace for namespace-bound types), or by its
+    type module's `create` hook (engine/fs/: devices, layers); external mounts
+    cloned from host paths. Archived files are extracted by a helper
+    (engine/filler.py) *while* steps 3-5 run: a mount point or bind root not
+    extracted yet is made as a directory (tar keeps it and sets its
+    attributes), anything else waits for them (join_files), as do types made
+    after the files or on use, and step 6. After the wait, a mount lost
+    meanwhile (tar replaced its mount point: a hostile archive) fails the restore;
  3. mounts: every mount a plain, private, detached clone (open_tree
     OPEN_TREE_CLONE) of its superblock at its root, with its per-mount flags
     (mount_setattr);
@@ -43,16 +44,19 @@ import os
 import re
 import resource
 import signal
+import socket
 import stat
 
 from engine import (channel, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo, sharing,
-                    standin, strategy)
+                    standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
-# Every module the restorer uses after it pivots into a restored root must be imported here.
-from engine.fs import block, overlay
 from engine.image import is_beneath, rel_to
+
+# Every module the restorer uses after it pivots into a restored root must be imported here:
+# the filesystem type modules (discovered) too.
+fs.load()
 
 _EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
@@ -107,8 +111,9 @@ def attr_of(mount_opts) -> tuple[int, int]:
 
 
 def _make_yard() -> int:
-    """A tmpfs stacked on / of the service namespace (our own lookups of "/" still start below it)."""
-    fd = kernel.fsopen("tmpfs")
+    """A scratch memory filesystem stacked on / of the service namespace (our own lookups of "/"
+    still start below it)."""
+    fd = kernel.fsopen(fs.SCRATCH)
     try:
         kernel.fsconfig(fd, kernel.FSCONFIG_SET_STRING, "mode", "0700")
         kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
@@ -169,9 +174,13 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     # acted on once the restorer's answer is in, so a tree finished meanwhile is killed, not lost.
     interrupted: list[int] = []
     old_int = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
+    # The detached tree lives only once we commit (engine/standin.py): whatever ends this process
+    # before that (an exception, Ctrl-C, SIGKILL) closes `commit` and the root stand-in kills the tree.
+    commit, lifeline = socket.socketpair()
     try:
         try:
-            pid = forkrun.run(_restorer, doc, img_fd, ext, unshare_flags=kernel.CLONE_NEWNS, private=False)
+            pid = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()),
+                              unshare_flags=kernel.CLONE_NEWNS, private=False)
         except (forkrun.ChildError, OSError, ValueError) as e:
             if interrupted:  # whatever the restorer's helpers said as they died
                 raise KeyboardInterrupt from None
@@ -180,6 +189,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
             raise
         finally:
             os.close(img_fd)
+            lifeline.close()
         published = False
         try:
             if pidfile and not interrupted:
@@ -193,12 +203,36 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
             pidfile_mod.kill_tree(pid)
             raise
     except BaseException:
+        _hang_up(commit)
         signal.signal(signal.SIGINT, old_int)
         raise
     # Published: from here a late Ctrl-C must not turn the success into a failure, so SIGINT stays
     # ignored in this process (the CLI prints the pid and exits 0).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        commit.sendall(b"c")
+    except OSError:
+        pass  # the root stand-in is gone already (killed from outside): nothing to keep alive
+    _hang_up(commit)
     return pid
+
+
+def _hang_up(commit: socket.socket) -> None:
+    """Close our end of the lifeline, once the root stand-in has let go of its end.
+
+    After a commit the root closes its end before it sleeps; without one it kills
+    the tree, and its end closes as it dies: either way, when this returns, the
+    restored processes hold no trace of the restore (an fd) or the tree is dying.
+    """
+    try:
+        commit.shutdown(socket.SHUT_WR)
+        commit.settimeout(60)  # a root stand-in stopped from outside must not hang the restore forever
+        while commit.recv(64):
+            pass
+    except OSError:
+        pass
+    finally:
+        commit.close()
 
 
 def _check_fd_numbers(doc: dict) -> None:
@@ -271,6 +305,7 @@ class _Restorer:
         self.hostpid: dict[int, int] = {}
         self.nsfd_of: dict[tuple[str, str], int] = {}  # (kind, ns id) -> fd
         self.current_ns: str | None = None
+        self.users = userns_cr.Rebuild(doc)  # user namespaces, locked mounts (engine/userns_cr.py)
         # The host's /proc, reachable whatever mount namespace we stand in (reopening fds).
         self.hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         # The kernel-compatibility paths (engine.strategy, chosen in the parent before the fork).
@@ -316,12 +351,20 @@ class _Restorer:
             fds = [theirs.fileno()]
             if mode == "join":
                 fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
+            in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
             if parent is None:
-                hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno())
+                if in_userns is None:
+                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=True)
+                else:
+                    hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
+                                                 in_userns, root=True)
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
-                pchan.call(("spawn", mode), fds)
+                if in_userns is None:
+                    pchan.call(("spawn", mode), fds)
+                else:
+                    pchan.call(("spawn_in_userns", mode), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -367,8 +410,8 @@ class _Restorer:
     # -- 2. superblocks ---------------------------------------------------------
 
     def create_superblocks(self) -> None:
-        """Create every superblock the image needs (external ones are cloned later, overlays when
-        first used). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
+        """Create every superblock the image needs (external ones are cloned later, types made
+        on use when first used: engine/fs `when`). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
         while the rest of the restore goes on."""
         users: dict[str, dict] = {}
         counts: dict[str, collections.Counter] = {}
@@ -381,23 +424,27 @@ class _Restorer:
         # have (never "ro": files are extracted through it): their clones need no mount_setattr.
         common = {sid: c.most_common(1)[0][0] for sid, c in counts.items()}
         plans = []
-        # Block filesystems last: a loop device may sit on a file of a tmpfs restored here.
-        order = sorted(self.doc["superblocks"].items(), key=lambda kv: bool(kv[1].get("device")))
+        # Types made after the files last: a device may sit on an image file restored here.
+        handlers = {}
+        for sid, sb in self.doc["superblocks"].items():
+            handlers[sid] = fs.lookup(sb["fstype"])
+            if handlers[sid] is None and not sb.get("external") and sid in users:
+                raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
+        order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
+                       and handlers[kv[0]].when == fs.AFTER_FILES)
         started = False
         for sid, sb in order:
-            if sb.get("external") or sid not in users or sb.get("layers") is not None:
-                continue  # external: cloned from the host; overlay: created after its layers
-            if sb.get("device"):
+            handler = handlers[sid]
+            if sb.get("external") or sid not in users or handler.when == fs.ON_USE:
+                continue  # external: cloned from the host; on use: created when first cloned (_source)
+            if handler.when == fs.AFTER_FILES:
                 if not started:
                     self._start_filling(plans, users)
                     started = True
-                self.join_files()  # its loop device may sit on a file being extracted
-                self.sb_fd[sid] = self._settle(sid, self._create_block(sid, sb, users[sid]))
+                self.join_files()  # its device may sit on a file being extracted
+                self.sb_fd[sid] = self._settle(sid, self._create_by_type(sid, sb, users[sid]))
                 step("superblock")
                 continue
-            handler = fs.lookup(sb["fstype"])
-            if handler is None:
-                raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
             params = handler.fsconfig_params(sb["super_opts"])
             if handler.content and ("ro", None) in params:
                 # Files are extracted into it first: made read-only once they are all there (seal).
@@ -413,7 +460,7 @@ class _Restorer:
                 continue
             try:
                 if handler.ns:
-                    chan = self._creator(sid, sb, handler.ns, users[sid])
+                    chan = self._creator(sid, sb, handler, users[sid])
                     _, fds = chan.call(("fsmount", fstype, source, params, attr))
                     fd = fds[0]
                 else:
@@ -441,8 +488,8 @@ class _Restorer:
         empties = []
         for sid, sb in self.doc["superblocks"].items():
             if sid not in made or not fs.lookup(sb["fstype"]).content:
-                # Archives only fill tmpfs/ramfs made here, never a namespace-bound superblock
-                # (the host's own mqueue or cgroup2 when the namespace is the host's).
+                # Archives only fill content types made here, never a namespace-bound superblock
+                # (the host's own, when the namespace is the host's).
                 continue
             for arc in sb.get("archives") or []:
                 fills.setdefault(arc["file"], []).append((sid, arc["root"], arc["member"]))
@@ -580,48 +627,37 @@ class _Restorer:
             self.join_files()
         return kernel.openat2(base, rel, flags, resolve)
 
-    def _create_block(self, sid: str, sb: dict, user: dict) -> int:
-        handler = fs.lookup(sb["fstype"])
+    def _create_by_type(self, sid: str, sb: dict, user: dict) -> int:
+        """Superblock `sid` made by its type module's `create` hook (self is its context)."""
         where = f"mount {user['id']} ({user['mountpoint']}) on {sb['fstype']}"
-        dev = sb["device"]
-        loop_fd = file_fd = None
         try:
-            if dev.get("key"):
-                path = self.ext["dev:" + dev["key"]]
-                st = os.stat(path)
-                if stat.S_ISBLK(st.st_mode):
-                    rdev = st.st_rdev
-                elif stat.S_ISREG(st.st_mode):
-                    file_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-                    loop_fd, rdev = block.attach_loop(file_fd)
-                else:
-                    raise RestoreError(errno.EINVAL, f"{where}: external device {dev['key']}: {path} is neither a "
-                                                     "block device nor an image file")
-            else:
-                loop = dev["loop"]
-                base = self._sb(loop["sb"])
-                if base is None:
-                    raise RestoreError(errno.EINVAL, f"{where}: the filesystem of its loop device's backing file "
-                                                     "was not restored")
-                file_fd = kernel.openat2(base, loop["path"].lstrip("/"),
-                                         (os.O_RDONLY if loop["ro"] else os.O_RDWR), _BENEATH | kernel.RESOLVE_NO_XDEV)
-                loop_fd, rdev = block.attach_loop(file_fd, loop["offset"], loop["sizelimit"], loop["ro"])
-            return block.create(sb["fstype"].split(".", 1)[0], sb["source"], rdev,
-                                handler.fsconfig_params(sb["super_opts"]))
+            return fs.lookup(sb["fstype"]).create(sid, sb, self, where)
+        except (RestoreError, fs.FsError) as e:
+            raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
         except OSError as e:
-            if isinstance(e, RestoreError):
-                raise
             raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
-        finally:
-            for fd in (loop_fd, file_fd):
-                if fd is not None:
-                    os.close(fd)
 
-    def _creator(self, sid: str, sb: dict, kind: str, user: dict) -> channel.Channel:
-        if kind == "pid":
-            if not sb.get("pidns"):
-                raise RestoreError(errno.EINVAL, f"superblock {sid} (proc) has no pid namespace in the image")
-            return self._standin_in("pid", sb["pidns"])
+    # What type hooks use of the restorer (engine/fs/): mounts, join_files, to_service and these.
+
+    def external_path(self, kind: str, key: str) -> str:
+        """The host path the user gave for `--external KIND[KEY]:PATH`."""
+        return self.ext[f"{kind}:{key}"]
+
+    def sb(self, sid: str) -> int | None:
+        """The detached mount fd of new superblock `sid`, None if it is not made."""
+        return self._sb(sid)
+
+    def source_of(self, m: dict) -> tuple[int, str]:
+        """(detached mount fd to clone mount `m` from, path of m's root inside it)."""
+        return self._source(m)
+
+    def _creator(self, sid: str, sb: dict, handler: fs.FsType, user: dict) -> channel.Channel:
+        if handler.ns_key:
+            # Tagged with the namespace the image names (dump's probe found it).
+            if not sb.get(handler.ns_key):
+                raise RestoreError(errno.EINVAL, f"superblock {sid} ({sb['fstype']}) has no {handler.ns} "
+                                                 "namespace in the image")
+            return self._standin_in(handler.ns, sb[handler.ns_key])
         # Tagged with the namespace of the processes that see the mount.
         ns_id = self.ns_of_mount[user["id"]]
         for p in self.doc["processes"]:
@@ -644,10 +680,12 @@ class _Restorer:
         sb = self.doc["superblocks"][m["sb"]]
         if not sb.get("external"):
             if self._sb(m["sb"]) is None:
-                if sb.get("layers") is None:
+                handler = fs.lookup(sb["fstype"])
+                if handler is None or handler.when != fs.ON_USE:
                     raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
                                                      f"{m['sb']} was not created")
-                self._create_overlay(m["sb"], sb, m)
+                self.sb_fd[m["sb"]] = self._settle(m["sb"], self._create_by_type(m["sb"], sb, m))
+                step("superblock")
             return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
         # A clone of a host path may only be cloned again from the namespace it came from.
         self.to_service()
@@ -702,6 +740,7 @@ class _Restorer:
 
     def _clone(self, m: dict, what: str = "mount") -> int:
         fd = self._clone_plain(m, what)
+        self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if gid not in self.ghost_fd:
                 self._ghost(gid)
@@ -820,32 +859,6 @@ class _Restorer:
             os.close(fd)
             self.sb_closed.add(sid)
 
-    def _create_overlay(self, sid: str, sb: dict, first: dict) -> None:
-        where = f"mount {first['id']} ({first['mountpoint']}) on overlay"
-        self.join_files()  # overlayfs wants its layers complete
-        binds: list[tuple[str, int]] = []
-        try:
-            for path, mnt, rel in overlay.yard_binds(sb["layers"]):
-                layer = self.mounts.get(mnt)
-                if layer is None:
-                    raise RestoreError(errno.EINVAL, f"{where}: its layers at {path} lie on mount {mnt}, which "
-                                                     "is not in the image")
-                # The layer directory on the layer's superblock (a detached source, not the attached mount).
-                base, root_rel = self._source(layer)
-                inner = "/".join(x for x in (root_rel, rel.strip("/")) if x)
-                binds.append((path, kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH)
-                              if inner else os.dup(base)))
-            self.to_service()  # the layers are cloned from the service namespace
-            self.sb_fd[sid] = self._settle(sid, overlay.create(sb["source"], sb["super_opts"], binds))
-        except OSError as e:
-            if isinstance(e, RestoreError):
-                raise
-            raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
-        finally:
-            for _, fd in binds:
-                os.close(fd)
-        step("superblock")
-
     def _plan_fds(self) -> None:
         """Decide which fds must outlive the assembly (the rest close as soon as they are done).
 
@@ -897,10 +910,11 @@ class _Restorer:
     def assemble(self, service_fd: int) -> None:
         """Clone every mount in its original creation order and attach it as soon as its parent is.
 
-        Keeping creation order keeps the "younger than the overlay" relations a
-        second dump relies on. Each mount point is opened in its parent before
-        anything could cover it: normally right before the move; early, when a
-        sibling about to be attached covers it.
+        Keeping creation order keeps the "younger than the layered superblock"
+        relations a second dump relies on (types with layers). Each mount
+        point is opened in its parent before anything could cover it: normally
+        right before the move; early, when a sibling about to be attached
+        covers it.
         """
         self._plan_fds()
         self._count_sb_uses()
@@ -921,6 +935,8 @@ class _Restorer:
 
         for m in order:
             ns_id = self.ns_of_mount[m["id"]]
+            if self.users.must_copy_before(ns_id, m):  # locks: engine/userns_cr.py
+                self._users_call(self.users.copy, self, ns_id, attached)
             self.mnt_fd[m["id"]] = self._clone(m)
             if m["id"] in roots:
                 self._new_namespace(ns_id, m, service_fd)
@@ -948,6 +964,7 @@ class _Restorer:
         if pending:
             mid = next(iter(pending))
             raise RestoreError(errno.EINVAL, f"mount {mid}: children left unattached (parent cycle?)")
+        self._users_call(self.users.copy_rest, self, attached)
         for d in self.detached.values():
             self.mnt_fd[d["id"]] = self._clone(d, "detached mount")
         for sid in self.helper_sbs:
@@ -970,6 +987,14 @@ class _Restorer:
         self.ext_src.clear()
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         self.current_ns = None
+
+    @staticmethod
+    def _users_call(fn, *args) -> None:
+        """A user-namespace step (engine/userns_cr.py); its OSError becomes one RestoreError line."""
+        try:
+            fn(*args)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
 
     def _new_namespace(self, ns_id: str, root: dict, service_fd: int) -> None:
         """A copy of the service namespace, pivoted into `root` (nothing else of it stays)."""
@@ -1323,28 +1348,31 @@ class _Restorer:
                 for fd in fds:
                     os.close(fd)
 
-    def detach(self) -> None:
-        for p in reversed(self.doc["processes"]):
-            self.chans[p["pid"]].call(("detach",))
+    def detach(self, lifeline: int) -> None:
+        """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
+        procs = self.doc["processes"]
+        for p in reversed(procs):
+            self.chans[p["pid"]].call(("detach",), [lifeline] if p is procs[0] else [])
 
 
-def _restorer(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
+def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> int:
     """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
+    os.close(lifeline[0])  # the committing end stays with `mntcr restore` alone
     out = os.environ.get("MNTCR_PROFILE")
     if not out:
-        return _restore_body(doc, img_fd, ext)
+        return _restore_body(doc, img_fd, ext, lifeline[1])
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)  # before we pivot away
     prof = cProfile.Profile()
     try:
-        return prof.runcall(_restore_body, doc, img_fd, ext)
+        return prof.runcall(_restore_body, doc, img_fd, ext, lifeline[1])
     finally:
         prof.create_stats()
         with os.fdopen(fd, "wb") as f:
             marshal.dump(prof.stats, f)
 
 
-def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
+def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) -> int:
     """The restorer process body (already in its own copy of the host mount namespace)."""
     kernel.set_pdeathsig(signal.SIGKILL)
     # A slave copy: host mount events still arrive (external masters keep working),
@@ -1357,6 +1385,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     r = _Restorer(doc, img_fd, ext)
     r.service_fd = service_fd
     step("start")
+    r._users_call(r.users.make_userns)
     r.spawn_standins()
     r.open_externals()
     r.create_superblocks()
@@ -1365,5 +1394,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str]) -> int:
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
-    r.detach()
+    r._users_call(r.users.become, r.chans)
+    r.detach(lifeline)
+    step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore
     return r.hostpid[doc["processes"][0]["pid"]]

@@ -5,38 +5,49 @@ the process tree and the pid namespaces nest as they did. It then does what
 the restorer asks, each request answered by ("ok", value) or ("error", text):
 
   spawn    fork a child stand-in (same, new, or an existing pid namespace)
+  spawn_in_userns   the same, the child starting inside its user namespace
   ns       unshare or setns one namespace (uts, ipc, net, cgroup); set hostname
   fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
   enter    setns into its restored mount namespace, chroot to its root, chdir
   fds      install open files at their numbers
   map      map each file received (engine/mappings.py)
+  become   join its user namespace and take its ids there (engine/userns_cr.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
   detach   drop the channel and every other fd and sleep until killed
 
 If the restorer dies, the channel closes and every stand-in exits (and
 PDEATHSIG covers a stand-in blocked elsewhere), so a killed restore leaves no
-namespace alive.
+namespace alive. Detaching clears PDEATHSIG (the restorer exits right after),
+so from then until the restore commits (its pid file published) the root
+stand-in holds the tree's life instead: its detach request carries a lifeline,
+a socket whose other end only `mntcr restore` holds. The root waits on it
+before it sleeps: "c" (commit) lets the tree live; end of file (the restore
+interrupted, killed or failed after the restorer exited) kills the whole tree:
+the root is the leader of a process group of its own that every stand-in
+inherits, or init of its pid namespace.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
 import socket
 
-from engine import channel, fds as fdkinds, kernel, mappings  # imported before a stand-in chroots
+from engine import channel, fds as fdkinds, kernel, mappings, userns_cr  # imported before a stand-in chroots
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
 
 
-def spawn(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
+def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> int:
     """Fork a stand-in serving the channel on `sock_fd`; return its pid as the caller sees it.
 
     mode "same": in the caller's pid namespace; "new": in a new child pid
     namespace (the stand-in is its init); "join": in the namespace `pidns_fd`.
-    The caller's pid_for_children is put back afterwards.
+    The caller's pid_for_children is put back afterwards. The `root` stand-in
+    leads a process group of its own, inherited by the whole tree (see detach).
     """
     me = kernel.pidfd_open(os.getpid())
     saved = None
@@ -51,6 +62,8 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
         if pid == 0:
             try:
                 kernel.die_with_parent(me, signal.SIGKILL)
+                if root:
+                    os.setpgid(0, 0)
                 _drop_inherited(sock_fd)
                 _serve(channel.Channel(socket.socket(fileno=sock_fd)))
             finally:
@@ -61,6 +74,74 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
         if saved is not None:
             kernel.setns(saved, kernel.CLONE_NEWPID)
             os.close(saved)
+
+
+_PR_SET_CHILD_SUBREAPER = 36
+
+
+def _subreaper(on: bool) -> None:
+    import ctypes
+    if ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0):
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False) -> int:
+    """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
+    ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
+    (superblocks it makes need one), until it enters its restored one.
+
+    The caller cannot join the user namespace itself (it would lose its privilege), so an
+    intermediate child joins and forks the stand-in, then exits; the caller, a child subreaper
+    meanwhile, adopts the stand-in. `root` as in spawn. Returns its pid as the caller sees it."""
+    me = kernel.pidfd_open(os.getpid())
+    pid_r, pid_w = os.pipe()
+    go_r, go_w = os.pipe()
+    _subreaper(True)
+    try:
+        mid = os.fork()
+        if mid == 0:
+            code = 1
+            try:
+                os.close(pid_r)
+                os.close(go_w)
+                kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+                kernel.unshare(kernel.CLONE_NEWNS)
+                if mode == "new":
+                    kernel.unshare(kernel.CLONE_NEWPID)
+                elif mode == "join":
+                    kernel.setns(pidns_fd, kernel.CLONE_NEWPID)
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        os.close(pid_w)
+                        os.read(go_r, 1)   # adopted by the caller: now its death may kill us
+                        os.close(go_r)
+                        kernel.die_with_parent(me, signal.SIGKILL)
+                        if root:
+                            os.setpgid(0, 0)   # the tree's process group, as in spawn
+                        _drop_inherited(sock_fd)
+                        _serve(channel.Channel(socket.socket(fileno=sock_fd)))
+                    finally:
+                        os._exit(1)
+                os.write(pid_w, str(pid).encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(pid_w)
+        os.close(go_r)
+        data = os.read(pid_r, 32)
+        _, status = os.waitpid(mid, 0)
+        if not data or status:
+            raise OSError(errno.EPERM, "cannot start a stand-in inside its user namespace")
+        os.write(go_w, b"1")
+        return int(data)
+    finally:
+        _subreaper(False)
+        for fd in (pid_r, go_w, me):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def _drop_inherited(keep: int) -> None:
@@ -142,6 +223,20 @@ def _detach(keep: set[int]) -> None:
         signal.pause()
 
 
+def _await_commit(lifeline: int) -> None:
+    """The root stand-in until the restore commits: "c" on the lifeline, else the tree dies."""
+    try:
+        word = os.read(lifeline, 1)
+    except OSError:
+        word = b""
+    if word == b"c":
+        os.close(lifeline)  # before the restore returns: `mntcr restore` waits for this end to close
+        return
+    if os.getpid() != 1 and os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGKILL)  # the tree's own group, us included
+    os._exit(1)  # as init of our pid namespace, the kernel kills everything in it with us
+
+
 def _serve(chan: channel.Channel) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     installed: set[int] = set()
@@ -156,6 +251,10 @@ def _serve(chan: channel.Channel) -> None:
                 _, mode = msg
                 sock_fd = fds[0]
                 pid = spawn(mode, fds[1] if len(fds) > 1 else None, sock_fd)
+                reply = pid
+            elif op == "spawn_in_userns":
+                _, mode = msg
+                pid = spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1])
                 reply = pid
             elif op == "ns":
                 _, kind, action, hostname = msg
@@ -201,10 +300,17 @@ def _serve(chan: channel.Channel) -> None:
             elif op == "map":
                 mappings.map_files(fds)
                 reply = None
+            elif op == "become":
+                # Last request but detach: join the process's user namespace with its ids there.
+                _, uid, gid, groups = msg
+                userns_cr.become(fds[0] if fds else None, uid, gid, groups)
+                reply = None
             elif op == "detach":
                 # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
                 kernel.set_pdeathsig(0)
                 chan.send(("ok", None))
+                if fds:  # the root stand-in: the tree lives only once the restore commits
+                    _await_commit(fds[0])
                 _detach(installed)
             else:
                 raise OSError(f"unknown stand-in request {op!r}")

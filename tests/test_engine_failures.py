@@ -80,7 +80,7 @@ def assert_refused(r, pattern: str, verb: str = "restore") -> str:
 # --- `mntcr check` ---------------------------------------------------------------------------
 
 ISSUE_FEATURES = ["open_tree", "move_mount", "MOVE_MOUNT_SET_GROUP", "fsopen/fsmount", "mount_setattr",
-                  "statmount/listmount", "STATX_MNT_ID_UNIQUE", "open_tree(detached)"]
+                  "statmount/listmount", "STATX_MNT_ID_UNIQUE", "open_tree(detached)", "statmount(idmap)"]
 _CHECK_LINE = re.compile(r"^(\S+)\s+(present|MISSING)\s+(required|optional)\b")
 
 
@@ -352,12 +352,12 @@ def test_symlink_in_restore_path(base_image, tmp_path, target):
 # --- dump refusals -------------------------------------------------------------------------------
 
 def test_unsupported_filesystem(case, tmp_path):
-    """`mount -t bpf` in the container: dump refuses with the mount named, leaves no image (restore
-    refuses the path), and resumes the tree."""
-    pid = case.start("mkdir /mnt/b; mount -t bpf bpf /mnt/b\nhold\n")
+    """`mount -t devtmpfs` in the container (no type module: engine/fs/): dump refuses with the mount
+    named, leaves no image (restore refuses the path), and resumes the tree."""
+    pid = case.start("mkdir /mnt/b; mount -t devtmpfs devtmpfs /mnt/b\nhold\n")
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
-    assert_refused(r, r"^mntcr dump: mount \d+ \(/mnt/b\) on bpf: not supported; declare it with --external "
+    assert_refused(r, r"^mntcr dump: mount \d+ \(/mnt/b\) on devtmpfs: not supported; declare it with --external "
                       r"mnt\[/mnt/b\]:KEY$", verb="dump")
     assert not os.path.exists(images)
     assert [n for n in os.listdir(case.workdir) if n.startswith(".images")] == []

@@ -18,6 +18,7 @@ device nodes.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import io
 import json
@@ -381,12 +382,94 @@ def _first_child(pid: int, timeout: float = 60) -> None:
         time.sleep(0.002)
 
 
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def _set_subreaper(on: bool) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, ctypes.c_ulong(int(on)), 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _descendants() -> list[int]:
+    """Every live descendant of this process (through each of its threads)."""
+    out, todo = [], [(os.getpid(), tid) for tid in os.listdir("/proc/self/task")]
+    while todo:
+        pid, tid = todo.pop()
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids = [int(x) for x in f.read().split()]
+        except OSError:
+            continue
+        for k in kids:
+            out.append(k)
+            try:
+                todo.extend((k, t) for t in os.listdir(f"/proc/{k}/task"))
+            except OSError:
+                pass
+    return out
+
+
+def _in_new_namespaces(pids: list[int]) -> list[str]:
+    """Those of `pids` living in a pid or mount namespace other than ours: made by the restore."""
+    mine = {k: os.readlink(f"/proc/self/ns/{k}") for k in ("pid", "mnt")}
+    found = []
+    for p in pids:
+        try:
+            theirs = {k: os.readlink(f"/proc/{p}/ns/{k}") for k in ("pid", "mnt")}
+        except OSError:
+            continue  # gone, or a zombie (it holds no namespace any more)
+        if theirs != mine:
+            found.append(f"pid {p} (pid ns {theirs['pid']}, mnt ns {theirs['mnt']})")
+    return found
+
+
+def _reap_children() -> None:
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
+
+
+def _restore_leftovers(timeout: float = 60) -> list[str]:
+    """What the restore left alive in namespaces of its own. This process is the child subreaper
+    while the restore runs, so the restore's orphans (a stand-in whose restorer and `mntcr restore`
+    are gone) are reparented here and found as descendants, whatever their command line. A tree
+    being killed gets `timeout` to die (a slow machine, not a pass condition)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap_children()
+        left = _in_new_namespaces(_descendants())
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def subreaper():
+    """This process as child subreaper for the test: the restore's orphans come to us (and are reaped)."""
+    _set_subreaper(True)
+    try:
+        yield
+    finally:
+        _set_subreaper(False)
+        for p in _descendants():
+            try:
+                os.kill(p, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _restore_leftovers(timeout=10)
+
+
 @pytest.mark.parametrize("delay", [0.0, 0.05, 0.15, 0.3, 0.6])
-def test_ctrl_c_leaves_a_named_tree_or_nothing(base_image, tmp_path, delay):
+def test_ctrl_c_leaves_a_named_tree_or_nothing(base_image, tmp_path, delay, subreaper):
     """Class 4: SIGINT to the restore's process group (what Ctrl-C does) `delay` seconds after the
     restorer was forked: either the restore finished (exit 0, the pid file names a live tree) or it
-    exits 130 with one line and nothing of it is left. (Before that, Python itself may still be
-    starting up: a Ctrl-C there is the interpreter's, and nothing was done.)"""
+    exits 130 with one line and nothing of it is left: no process in a namespace the restore made
+    (found by namespace, not command line: see _restore_leftovers). (Before that, Python itself may
+    still be starting up: a Ctrl-C there is the interpreter's, and nothing was done.)"""
     img = copy_image(base_image, tmp_path)
     host = Host(img, _victim(tmp_path))
     pidfile = os.path.join(str(tmp_path), "c.pid")
@@ -408,10 +491,13 @@ def test_ctrl_c_leaves_a_named_tree_or_nothing(base_image, tmp_path, delay):
         from zdtm.snapshot import kill_tree
         kill_tree(pid)
         os.unlink(pidfile)
+        assert _restore_leftovers() == [], "the committed tree was killed, yet parts of it live on"
         return
     assert p.returncode == 130, f"exit {p.returncode} (SIGINT {delay}s after the restorer was forked): {err}"
     lines = err.strip().splitlines()
     assert lines == ["mntcr restore: interrupted: nothing was restored"], err
+    left = _restore_leftovers()
+    assert left == [], f"an interrupted restore left processes in namespaces it made: {', '.join(left)}"
     host.assert_untouched(pidfile)
 
 
@@ -592,7 +678,46 @@ def _process_cycle(d):
     d["processes"].append(p)
 
 
+def _userns(d, **user):
+    """Put the first process in a user namespace user-1 (maps of a rootless container unless given)."""
+    d["userns"] = {"user-1": dict({"parent": None, "uid_map": [[0, 100000, 65536]],
+                                   "gid_map": [[0, 100000, 65536]], "setgroups": "allow"}, **user)}
+    d["processes"][0]["userns"] = "user-1"
+
+
+def _owned(d, **mount):
+    """The namespace owned by user-1, its root locked; `mount` changes the /mnt/u entry."""
+    _userns(d)
+    ns = _ns(d)
+    ns["owner"] = "user-1"
+    next(m for m in ns["mounts"] if m["id"] == ns["root"])["locked"] = True
+    _mount(d, "/mnt/u").update(mount)
+
+
 STRUCTURE = {
+    "userns-overlapping-map": (lambda d: _userns(d, uid_map=[[0, 100000, 10], [5, 200000, 10]]),
+                               r"user namespace user-1: 'uid_map' ranges overlap on the inside"),
+    "userns-map-too-long": (lambda d: _userns(d, gid_map=[[i, 100000 + i, 1] for i in range(341)]),
+                            r"user namespace user-1: 'gid_map' has 341 ranges, at most 340"),
+    "userns-map-past-32-bits": (lambda d: _userns(d, uid_map=[[0, 4294967000, 65536]]),
+                                r"runs past the last 32-bit id"),
+    "userns-cycle": (lambda d: (_userns(d, parent="user-2"), d["userns"].update(
+        {"user-2": dict(d["userns"]["user-1"], parent="user-1")})), r"user namespace user-\d: parent cycle"),
+    "userns-child-maps-more": (lambda d: (_userns(d, uid_map=[[0, 100000, 10]], gid_map=[[0, 100000, 10]]),
+                                          d["userns"].update({"user-2": dict(d["userns"]["user-1"], parent="user-1",
+                                                                             uid_map=[[0, 0, 1]])})),
+                               r"user namespace user-2: uid_map maps id 0, which its parent user-1 does not map"),
+    "userns-unknown": (lambda d: (_userns(d), d["processes"][0].update(userns="user-9")),
+                       r"unknown user namespace 'user-9'"),
+    "userns-bad-setgroups": (lambda d: _userns(d, setgroups="maybe"), r"must be allow or deny"),
+    "locked-without-owner": (lambda d: _mount(d, "/mnt/u").update(locked=True),
+                             r"locked in mnt-\d+, which no user namespace of the image owns"),
+    "locked-flag-not-set": (lambda d: _owned(d, locked=True, locked_flags=["noexec", "atime"]),
+                            r"flag noexec is locked but not set"),
+    "owned-root-unlocked": (lambda d: (_owned(d), next(m for m in _ns(d)["mounts"]
+                                                      if m["id"] == _ns(d)["root"]).pop("locked")),
+                            r"the root of mnt-\d+, owned by user-1, must be locked"),
+
     "traversal-mountpoint": (lambda d: _mount(d, "/mnt/u").update(mountpoint="/mnt/../../etc"), r"'\.\.'"),
     "traversal-fd-path": (lambda d: d["processes"][0]["fds"][-1].update(path="/../../etc/shadow"), r"'\.\.'"),
     "traversal-layer": (lambda d: _sb(d, "/mnt/u").update(fstype="overlay", archives=[],

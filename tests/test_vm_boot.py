@@ -130,3 +130,26 @@ def test_cli_run_unknown_kernel_is_one_line_exit_2(capfd):
     _, err = capfd.readouterr()
     assert rc == 2
     assert err.strip().count("\n") == 0 and "unknown kernel 'nope'" in err
+
+
+def test_modules_and_cache_reach_the_guest_from_a_cache_under_tmp(kernel, monkeypatch):
+    """MNTCR_CACHE under /tmp, which the guest mounts afresh: the kernel's modules still reach the
+    guest's /lib/modules (ext4 loads; scenarios skipped it before) and the cache stays visible."""
+    import subprocess
+    import tempfile
+    from vm import kernels
+    from vm.qemu import QemuVM
+    cache_dir = Path(tempfile.mkdtemp(prefix="mntcr-cache-", dir="/tmp"))
+    try:
+        # the cached kernel hard-linked under the new cache: the same files at a path under /tmp, no download
+        (cache_dir / "kernels").mkdir()
+        src = kernels.kernel_dir(KERNEL)
+        subprocess.run(["cp", "-al", str(src), str(cache_dir / "kernels" / src.name)], check=True)
+        monkeypatch.setenv("MNTCR_CACHE", str(cache_dir))
+        k = kernels.cached(KERNEL)
+        assert str(k.moddir).startswith(str(cache_dir) + "/")
+        with QemuVM(k, cache_dir / "results") as v:
+            r = v.run(f"modprobe ext4 && grep -qw ext4 /proc/filesystems && test -d {k.moddir} && echo ok")
+        assert (r.status, r.stdout) == (0, "ok\n"), r.stderr
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)

@@ -8,12 +8,14 @@ A VagrantVM only calls ensure_running(): other VMs may still use the daemons.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from vm.errors import VMError
@@ -83,11 +85,66 @@ def missing_tools() -> str | None:
     return None
 
 
+# Who uses daemons mntcr started: one file per process (user-PID), one per daemon mntcr started
+# (started-NAME). Several processes (xdist workers, a benchmark next to a test run) share the
+# daemons; the last one out stops them, never one while another's machines still need them.
+USERS_DIR = Path("/run/mntcr-libvirt")
+
+
+@contextmanager
+def _users_locked():
+    USERS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(USERS_DIR / "lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _other_users() -> list[int]:
+    """Live processes other than this one registered as users; dead ones' files are removed."""
+    live = []
+    for f in USERS_DIR.glob("user-*"):
+        try:
+            pid = int(f.name[len("user-"):])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        if _alive(pid):
+            live.append(pid)
+        else:
+            f.unlink(missing_ok=True)
+    return live
+
+
 def ensure_running(timeout: float = 15.0) -> list[str]:
-    """Start dbus, virtlogd and libvirtd where their socket does not answer; the names started."""
+    """Start dbus, virtlogd and libvirtd where their socket does not answer; the names started.
+
+    The calling process is registered as a user of the daemons until stop().
+    """
     reason = missing_tools()
     if reason:
         raise VMError(reason)
+    if os.geteuid() != 0:
+        return _ensure_running(timeout)
+    with _users_locked():
+        started = _ensure_running(timeout)
+        for name in started:
+            (USERS_DIR / f"started-{name}").touch()
+        (USERS_DIR / f"user-{os.getpid()}").touch()
+    return started
+
+
+def _ensure_running(timeout: float) -> list[str]:
     started = []
     for name, sock, pidfile, argv in DAEMONS:
         if _answers(sock):
@@ -116,7 +173,28 @@ def ensure_running(timeout: float = 15.0) -> list[str]:
 
 
 def stop(names: list[str]) -> None:
-    """Stop the daemons ensure_running() started (by the pid in their pid file), libvirtd first."""
+    """Unregister this process; when no other user is left, stop the daemons mntcr started, libvirtd first.
+
+    `names` (what this process's ensure_running() started) are stopped too when
+    no one else uses them, which is the whole of it for a single process.
+    """
+    if os.geteuid() != 0 or not USERS_DIR.is_dir():
+        _stop(names)
+        return
+    with _users_locked():
+        (USERS_DIR / f"user-{os.getpid()}").unlink(missing_ok=True)
+        others = _other_users()
+        if others:
+            if names:
+                say(f"leaving {', '.join(names)} running: still used by pid {', '.join(map(str, others))}")
+            return
+        markers = {f.name[len("started-"):] for f in USERS_DIR.glob("started-*")}
+        _stop(sorted(markers | set(names)))
+        for name in markers:
+            (USERS_DIR / f"started-{name}").unlink(missing_ok=True)
+
+
+def _stop(names: list[str]) -> None:
     for name, sock, pidfile, _argv in reversed(DAEMONS):
         if name not in names:
             continue

@@ -71,15 +71,19 @@ def _under_private(path: str) -> bool:
 
 
 def keep_paths() -> list[str]:
-    """Host paths the guest must see that lie where it mounts a fresh tmpfs: the project, the interpreter.
+    """Host paths the guest must see that lie where it mounts a fresh tmpfs: the project, the
+    interpreter, the cache.
 
     The guest runs the host's own interpreter (guest_python) from the host's /
     over 9p; a virtualenv or interpreter under /tmp or /run would be hidden by
-    the guest's own tmpfs there, so stage 1 binds these back over it.
+    the guest's own tmpfs there, so stage 1 binds these back over it. So is
+    MNTCR_CACHE (the kernel's modules, bound by stage 1 in any case, and what a
+    scenario's backend takes from it, such as the criu userland).
     """
     import sys
+    from vm import cache
     wanted = {str(_PROJECT), sys.prefix, sys.exec_prefix, sys.base_prefix, sys.base_exec_prefix,
-              os.path.dirname(os.path.realpath(sys.executable))}
+              os.path.dirname(os.path.realpath(sys.executable)), str(cache.cache_dir())}
     paths = sorted(os.path.realpath(p) for p in wanted if p)
     paths = [p for p in paths if _under_private(p)]
     # a path inside another kept path comes with it

@@ -40,7 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from vm import cache, initramfs, libvirt_host, vagrant_box
+from vm import box_volume, cache, initramfs, libvirt_host, vagrant_box
 from vm.errors import VMError
 from vm.kernels import Kernel
 from vm.progress import say
@@ -52,7 +52,7 @@ TEMPLATE = HERE / "Vagrantfile.j2"
 USERNET_RB = HERE / "vagrant_usernet.rb"
 # Where libvirt's qemu (user libvirt-qemu) can read the kernel and initrd: the
 # cache under /root is not traversable for it.
-BOOT_DIR = Path("/var/lib/libvirt/images/mntcr-boot")
+BOOT_DIR = box_volume.STATE_DIR
 GUEST_PYTHON = "/usr/bin/python3"
 # Module subtrees copied into the box (filesystems, loop, what they depend on: crc, raid6, crypto).
 GUEST_MODULE_DIRS = ("kernel/fs", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/drivers/block")
@@ -216,6 +216,11 @@ class VagrantVM:
         self._drop_old_boxes(env, name)
         return name
 
+    @staticmethod
+    def _box_image(env: dict[str, str], box: str) -> Path:
+        """The box's image as `vagrant box add` unpacked it (what vagrant-libvirt uploads to the pool)."""
+        return Path(env["VAGRANT_HOME"]) / "boxes" / box.replace("/", "-VAGRANTSLASH-") / "0" / "libvirt" / "box.img"
+
     def _drop_old_boxes(self, env: dict[str, str], keep: str) -> None:
         """Remove boxes of earlier recipes from Vagrant and their base volumes from libvirt's pool."""
         p = subprocess.run(["vagrant", "box", "list", "--machine-readable"], env=env, capture_output=True,
@@ -276,7 +281,9 @@ class VagrantVM:
                                      err_cm=lambda: _keep(log))
             self._created = True
             try:
-                self.v.up(provider="libvirt")
+                # the box's base volume in libvirt's pool is shared by every process and cache (vm/box_volume.py)
+                with box_volume.held(box, self._box_image(env, box)):
+                    self.v.up(provider="libvirt")
             except subprocess.CalledProcessError:
                 self._fail(f"vagrant up failed: {self._vagrant_tail()}")
             self.up_seconds = time.monotonic() - t0

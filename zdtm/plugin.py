@@ -52,6 +52,9 @@ def pytest_addoption(parser):
     group.addoption("--vm-accel", default=None, choices=("kvm", "tcg"),
                     help="force the vm flavor's accelerator (default: MNTCR_VM_ACCEL, else KVM when a probe "
                          "boot works, else TCG)")
+    group.addoption("--fstype", default=None, metavar="NAME[,NAME...]|all",
+                    help="run only the filesystem battery (scenarios/battery/) for these type modules "
+                         "(engine/fs/NAME.py); without it the battery runs for every type beside the rest")
     group.addoption("--iters", type=int, default=1, metavar="N",
                     help="dump/restore iterations per scenario, each on the tree the previous one restored")
     group.addoption("--report", default=None, metavar="DIR",
@@ -86,6 +89,12 @@ class _State:
         self.update_golden = config.getoption("update_golden")
         if self.update_golden and self.flavor_names != ["ns"]:
             raise pytest.UsageError("--update-golden runs in the ns flavor only (--flavor ns)")
+        from zdtm import battery
+        self.fstype_only = config.getoption("fstype") is not None
+        try:
+            self.fstypes = battery.select(config.getoption("fstype"))
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
         self.iters = config.getoption("iters")
         if self.iters < 1:
             raise pytest.UsageError("--iters must be at least 1")
@@ -184,6 +193,10 @@ class ScenarioFileNode(pytest.File):
     def collect(self):
         state = _state(self.config)
         sf = scenario_mod.load(str(self.path))
+        if sf.raw.get("battery"):
+            sf.fstypes = state.fstypes
+        elif state.fstype_only:
+            return  # --fstype: the battery alone
         for sc in sf.render_all():
             for bname in state.backend_names:
                 for fname in state.flavor_names:

@@ -139,10 +139,15 @@ class ScenarioFile:
     raw: dict
     lines: dict = field(default_factory=dict)   # dotted key -> line number
     golden: dict | None = None                  # param_id -> expected check output (NAME.out), or None
+    fstypes: list | None = None                 # a battery file: the --fstype entries it runs for (None: all)
 
     def combinations(self) -> list[dict]:
-        """Every parameter combination (a list with one empty dict without params), minus `exclude`."""
+        """Every parameter combination (a list with one empty dict without params), minus `exclude`;
+        a battery file's first parameter is `fstype` (the selected entries, zdtm/battery.py)."""
         params = self.raw.get("params") or {}
+        if self.raw.get("battery"):
+            from zdtm import battery
+            params = {"fstype": battery.select(None) if self.fstypes is None else self.fstypes, **params}
         names = list(params)
         combos = [dict(zip(names, values)) for values in itertools.product(*(params[n] for n in names))]
         excludes = self.raw.get("exclude") or []
@@ -228,8 +233,26 @@ def _render_value(sf: ScenarioFile, key: str, value, params: dict):
 
 def render(sf: ScenarioFile, params: dict) -> Scenario:
     """Render every templated field of `sf` with `params` and build the validated Scenario."""
-    raw = {k: (v if k in ("params", "exclude") else _render_value(sf, k, v, params))
+    variables = dict(params)
+    if sf.raw.get("battery"):
+        # The --fstype battery: the type under test's recipe and requirements (zdtm/battery.py).
+        from zdtm import battery
+        variables["fs"] = battery.context(params["fstype"])
+    raw = {k: (v if k in ("params", "exclude") else _render_value(sf, k, v, variables))
            for k, v in sf.raw.items()}
+    if sf.raw.get("battery"):
+        filesystems, commands = battery.requires(params["fstype"])
+        req = dict(raw.get("requires") or {})
+        req["filesystems"] = list(req.get("filesystems") or []) + filesystems
+        req["commands"] = list(req.get("commands") or []) + commands
+        raw["requires"] = req
+        why = battery.known_failure(params["fstype"], scenario_name(sf.path))
+        if why:
+            exp = raw.get("expect") or "pass"
+            if isinstance(exp, dict) and not (len(exp) == 1 and next(iter(exp)) in schema.OUTCOMES):
+                raw["expect"] = {**exp, "mntcr": {"crfail": why}}
+            else:
+                raw["expect"] = {"default": exp, "mntcr": {"crfail": why}}
     sc = schema.build(sf, raw, params, ScenarioError)
     if sf.golden is None:
         return sc

@@ -21,6 +21,7 @@ TOP_KEYS = {
     "timeout": "seconds for the whole scenario (number, default 60)",
     "iters": "minimum number of dump/restore iterations (integer, default 1)",
     "container": "mapping with root, host_dirs: how the flavor builds the container (default: all private)",
+    "battery": "true: a generic scenario of the --fstype battery (param fstype, template variable fs: zdtm/battery.py)",
 }
 REQUIRED = ("description", "setup")
 REQUIRES_KEYS = {
@@ -59,7 +60,11 @@ def validate_raw(sf, error) -> None:
     for key in ("description", "setup", "check"):
         if key in raw and not isinstance(raw[key], str):
             raise error(path, f"key {key!r} must be a string ({TOP_KEYS[key]})", lines.get(key))
+    if "battery" in raw and not isinstance(raw["battery"], bool):
+        raise error(path, f"key 'battery' must be true or false ({TOP_KEYS['battery']})", lines.get("battery"))
     params = raw.get("params")
+    if raw.get("battery") and "fstype" in (params or {}):
+        raise error(path, "a battery file gets its 'fstype' param from --fstype; do not list it", lines.get("params"))
     if params is not None:
         if not isinstance(params, dict) or not params:
             raise error(path, f"key 'params' must be a non-empty mapping ({TOP_KEYS['params']})", lines.get("params"))

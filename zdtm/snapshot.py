@@ -25,10 +25,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import mountinfo
+from engine import mntlocks, mountinfo, userns
 from zdtm import fdkinds, holder
 
-NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
+NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
+OWNED_NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
 _ANON = re.compile(r"^(pipe|socket|anon_inode:[^\[]*|anon_inode):\[\d+\]$")
 CHECK_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "HOME": "/root"}
@@ -112,14 +113,28 @@ class Proc:
     fds: list[str]
     ns: dict[str, int] = field(default_factory=dict)
     maps: list[str] = field(default_factory=list)   # mapped files (and exe) off the ignored mounts
+    userns: str = "init"         # its user namespace, by place in the tree of user namespaces and maps
+    owners: str = ""             # which user namespace owns each of its other namespaces
+    creds: str = ""              # uid/gid/groups as the runner sees them
+    locks: dict = field(default_factory=dict)       # mount label -> lock state (engine/mntlocks.py)
+    idmaps: dict = field(default_factory=dict)      # mount label -> idmap of an idmapped mount
 
     def text(self) -> str:
         """The compared text of this process."""
         out = ["mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
+        out += [f"lock {line}" for line in self.lock_lines()]
+        out += [f"idmap {label}: {idmap}" for label, idmap in sorted(self.idmaps.items())]
+        out += [f"user ns: {self.userns}", f"ns owners: {self.owners}", f"creds: {self.creds}"]
         out += [f"root: {self.root}", f"cwd: {self.cwd}"]
         out += [f"fd {fd}" for fd in self.fds]
         out += [f"map {m}" for m in self.maps]
         return "\n".join(out) + "\n"
+
+    def lock_lines(self) -> list[str]:
+        """Locked mounts and locked flags; nothing for a namespace without any."""
+        if isinstance(self.locks, str):
+            return [self.locks]
+        return mntlocks.summary(self.locks)
 
 
 def _fdinfo(pid: int, fd: str) -> dict[str, str]:
@@ -167,12 +182,31 @@ def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
     return sorted(out)
 
 
-def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ignore_maps_on=None) -> Proc:
+def _user_side(pid: int, users: userns.UsernsTree, canon, mounts, lock_cache: dict) -> dict:
+    """What user namespaces say about `pid`: its own (by maps), the owners of its other
+    namespaces, its credentials, the locks and idmaps of the mounts it sees."""
+    own = users.of_pid(pid)
+    owners = []
+    for t in OWNED_NS_TYPES:
+        o = users.owner_of(pid, t)
+        owners.append(f"{t}=" + ("own" if o == own else users.describe(o)))
+    key = (os.stat(f"/proc/{pid}/ns/mnt").st_ino, os.readlink(f"/proc/{pid}/root"))
+    if key not in lock_cache:
+        lock_cache[key] = mntlocks.probe(pid, mounts, canon.text)
+    idmaps = {canon.label(i): text for i, text in userns.idmaps(pid, mounts).items()}
+    return dict(userns=users.describe(own), owners=" ".join(owners), creds=userns.creds(pid),
+                locks=lock_cache[key], idmaps=idmaps)
+
+
+def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ignore_maps_on=None,
+              users: userns.UsernsTree | None = None, lock_cache: dict | None = None) -> Proc:
     """Read the compared state of process `pid` (host pid); `elsewhere` maps mount ids of the
     tree's other namespaces to their labels there. Mappings are read only when
     `ignore_maps_on` (mount labels whose mappings are not compared) is given."""
     from engine import kernel
     elsewhere = elsewhere or {}
+    users = users or userns.UsernsTree()
+    lock_cache = {} if lock_cache is None else lock_cache
     try:
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
@@ -195,10 +229,11 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'), elsewhere)}"
         ns = {t: os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}
         maps = _maps(pid, canon, elsewhere, tuple(ignore_maps_on)) if ignore_maps_on is not None else []
+        user_side = _user_side(pid, users, canon, mounts, lock_cache)
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
-                fds=fds, ns=ns, maps=maps)
+                fds=fds, ns=ns, maps=maps, **user_side)
 
 
 # --- the whole tree ---------------------------------------------------------------
@@ -314,8 +349,9 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
             raise SnapshotError(f"process {pid} vanished while being read") from None
         canon = topology.canonical(tables[pid])
         labels.update({m.mnt_id: canon.label(m.mnt_id) for m in tables[pid]})
-    procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on) for pid in pids),
-                   key=lambda p: p.text())
+    users, lock_cache = userns.UsernsTree(), {}
+    procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache)
+                    for pid in pids), key=lambda p: p.text())
     return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
                     check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]))
 
@@ -362,8 +398,16 @@ def compare(before: Snapshot, after: Snapshot, names=("before", "after"), topolo
             out.append(head + " mount tree differs")
             out += ["  " + line for line in tree_report.rstrip("\n").splitlines()]
             head = ""
-        rest_a = [line for line in p.text().splitlines() if not line.startswith(("mounts:", "  "))]
-        rest_b = [line for line in q.text().splitlines() if not line.startswith(("mounts:", "  "))]
+        if p.lock_lines() != q.lock_lines():
+            out.append((head or "  same process:") + " mount locks differ")
+            if isinstance(p.locks, dict) and isinstance(q.locks, dict):
+                out += ["  " + line for line in mntlocks.diff(p.locks, q.locks, names)]
+            else:
+                out += [f"  {names[0]}: {p.lock_lines()}", f"  {names[1]}: {q.lock_lines()}"]
+            head = ""
+        skip = ("mounts:", "  ", "lock ")
+        rest_a = [line for line in p.text().splitlines() if not line.startswith(skip)]
+        rest_b = [line for line in q.text().splitlines() if not line.startswith(skip)]
         if rest_a != rest_b:
             out.append((head or "  same process:") + " root/cwd/fds differ")
             out += ["  " + line for line in difflib.unified_diff(rest_a, rest_b, names[0], names[1], n=1,

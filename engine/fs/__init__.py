@@ -1,11 +1,29 @@
 """Filesystem types: what dump keeps of a superblock and how restore creates it again.
 
-One module per type registers a `FsType`. Dump asks `lookup(fstype)`; an
-unknown type is refused with "not supported" rather than guessed at.
+One module per type in this package (CRIU's `struct fstype`, the Python way):
+each module builds an `FsType` (or a subclass overriding its hooks) and
+`register`s it. Modules are found by discovery (every module of the package
+is imported; names starting with "_" are shared helpers, not types), so a new
+type is one new file. Dump asks `lookup(fstype)`; an unknown type is refused
+with "not supported" rather than guessed at.
+
+What a type declares:
+- identity: `name` (the mountinfo fstype; ``fuse.x`` looks up ``fuse``), and
+  `magic` (statfs f_type) for a superblock no mount shows;
+- dump: `content` (its files go into an archive), `device` (it lives on a block
+  device: `device_of`, `plan_device`), `layers` (built on other mounts: `plan`,
+  `made_outside`), `ns` / `ns_key` (the namespace that owns it: `probe`);
+- restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
+  and `when` it can be made; options shown vs given (`drop_opts`, `no_opts`,
+  `path_opts`, `fsconfig_params`); `keep_source`;
+- kernel: `requires` (names /proc/filesystems must list);
+- the --fstype battery: `recipe` (scenarios/battery/), or None.
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from dataclasses import dataclass, field
 
 from engine.mountinfo import unescape
@@ -14,28 +32,92 @@ from engine.mountinfo import unescape
 SB_FLAG_OPTS = frozenset({"ro", "sync", "dirsync", "lazytime", "mand"})
 
 
+class FsError(OSError):
+    """A type hook refuses (dump) or fails (restore): one line naming the mount and the reason."""
+
+    def __reduce__(self):
+        return (type(self), (self.errno, self.strerror))
+
+
+# When restore can create a superblock of a type:
+PLAIN = "plain"            # at once (from a stand-in in its namespace for `ns` types)
+AFTER_FILES = "after-files"  # after every archive is extracted (a loop image file may be among them)
+ON_USE = "on-use"          # when a mount of it is first cloned (its layers are mounts restored before it)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How the --fstype battery (scenarios/battery/) makes a fresh superblock of a type.
+
+    `make` is sh run in the scenario's container as root with FS (an empty directory to mount it
+    on), SRC (a directory tree the battery's files are in: f, d/sub/g) and WORK (a tmpfs for
+    images) set. It mounts a new superblock at $FS holding SRC's files when `tree` (else the
+    battery uses only its root). Everything it makes lives in the container and dies with it
+    (loop devices are set to clear themselves); a server or daemon it starts must be a process of
+    the container too.
+    """
+
+    make: str
+    commands: tuple[str, ...] = ()   # commands the recipe runs (a missing one skips, naming it)
+    tree: bool = True                # $FS holds SRC's files after `make` (a pseudo filesystem cannot)
+    loop: bool = False               # it needs loop device nodes in the container's private /dev
+    # Battery scenarios mntcr is known to fail on this type: (scenario name, reason) -> crfail.
+    known_failures: tuple[tuple[str, str], ...] = ()
+
+
+def block_recipe(mkfs: str, size: str = "64M", options: str = "", copy: str = "cp -a",
+                 known_failures: tuple[tuple[str, str], ...] = ()) -> Recipe:
+    """A battery recipe for a writable block type: an empty image file formatted with `mkfs`
+    (its command line up to the image path), mounted from a loop device, SRC copied in."""
+    opts = f",{options}" if options else ""
+    return Recipe(make=f'truncate -s {size} "$WORK/img"\n{mkfs} "$WORK/img" >/dev/null\n'
+                       f'mount -o loop{opts} "$WORK/img" "$FS"\n{copy} "$SRC/." "$FS/"\nsync',
+                  commands=(mkfs.split()[0], "losetup"), loop=True, known_failures=known_failures)
+
+
+def pseudo_recipe(name: str, known_failures: tuple[tuple[str, str], ...] = ()) -> Recipe:
+    """A battery recipe for a pseudo filesystem: mounted empty (or as the kernel fills it)."""
+    return Recipe(make=f'mount -t {name} battery "$FS"', tree=False, known_failures=known_failures)
+
+
 @dataclass(frozen=True)
 class FsType:
-    """How one filesystem type is dumped and recreated."""
+    """How one filesystem type is dumped and recreated. Hooks are methods with neutral defaults."""
 
     name: str
     # Dump the superblock's files into an archive (tmpfs, ramfs).
     content: bool = False
+    # statfs magic: names a superblock that only a detached mount shows (content types).
+    magic: int | None = None
     # Namespace the superblock is tagged with: created by a process inside it.
     ns: str | None = None  # "pid" | "ipc" | "net" | "cgroup"
+    # The superblock record's key naming its namespace (dump's `probe` finds it); None: the
+    # namespace of the processes that see the mount.
+    ns_key: str | None = None
     # Super options that cannot be passed back to fsconfig (shown but not settable).
     drop_opts: frozenset[str] = field(default_factory=frozenset)
+    # Super options whose value is a path of the dumped tree, not of the host (the validator lets them be).
+    path_opts: frozenset[str] = field(default_factory=frozenset)
     # Pass no super options at all (e.g. cgroup2: they belong to the one hierarchy).
     no_opts: bool = False
     # Keep the mountinfo source string when creating (fsconfig "source").
     keep_source: bool = True
-    # Built on layers that are other mounts (overlay): recreated after them.
+    # Built on layers that are other mounts: the image has its layers record, made `ON_USE`.
     layers: bool = False
-    # Lives on a block device (recorded as external or as a loop device over a dumped file).
-    block: bool = False
+    # Lives on a block device: the image has its device record (external or a loop file of the image).
+    device: bool = False
     # Mount roots a new instance has (None: any). A bind of another root (a pseudo-terminal of
     # a devpts instance, LXC's /dev/console) cannot be recreated: it must be declared external.
     fresh_roots: frozenset[str] | None = None
+    # Names /proc/filesystems must list for the kernel to make it.
+    requires: tuple[str, ...] = ()
+    # How the --fstype battery makes a fresh superblock of this type (scenarios/battery/), or None.
+    recipe: Recipe | None = None
+
+    @property
+    def when(self) -> str:
+        """When restore creates it: PLAIN, AFTER_FILES or ON_USE."""
+        return ON_USE if self.layers else AFTER_FILES if self.device else PLAIN
 
     def fsconfig_params(self, super_opts: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
         """(key, value) pairs for fsconfig; value None means a flag."""
@@ -52,16 +134,59 @@ class FsType:
                 params.append((key, None))
         return params
 
+    # -- dump hooks (defaults: nothing to do) ---------------------------------------------
+
+    def device_of(self, mount) -> str | None:
+        """Inside the dumped namespace: "MAJ:MIN" of the block device mount `mount` lives on, when
+        mountinfo's device number is not it (None: take mountinfo's)."""
+        return None
+
+    def plan_device(self, sid: str, sb: dict, plan) -> bool:
+        """Resolve sb["device"] when no external device was declared (e.g. a loop device over a file
+        the dump archives); return False when it cannot be (dump then refuses or takes it external)."""
+        return False
+
+    def plan(self, sid: str, sb: dict, plan) -> None:
+        """Complete the record of an in-namespace superblock (e.g. an overlay's layers)."""
+
+    def made_outside(self, sid: str, sb: dict, plan) -> bool:
+        """Whether this namespace-root superblock was built outside the dumped namespaces."""
+        return False
+
+    def layer_paths(self, super_opts) -> list[tuple[str, str]]:
+        """(option, path) of every layer its options name (types with `layers`)."""
+        return []
+
+    def wants_probe(self) -> bool:
+        """Whether dump clones one mount of the superblock and hands it to `probe`."""
+        return False
+
+    def probe(self, sid: str, mid: int, mount_fd: int, plan) -> None:
+        """With a detached clone `mount_fd` of mount `mid`: record what the type needs (its namespace)."""
+
+    # -- restore hook -----------------------------------------------------------------
+
+    def create(self, sid: str, sb: dict, ctx, where: str) -> int:
+        """Make the superblock; return a detached mount fd. Only for types whose `when` is not PLAIN
+        (PLAIN types are made by fsopen/fsconfig/fsmount from the image's options)."""
+        raise FsError(95, f"{where}: {self.name} has no restore hook")
+
 
 # Shown by the LSM layer, never accepted back.
 _ALWAYS_DROP = frozenset({"seclabel"})
 
 _REGISTRY: dict[str, FsType] = {}
+_MODULE_OF: dict[str, str] = {}
+_BY_MODULE: dict[str, list[FsType]] = {}
+_current_module: list[str] = []
 
 
 def register(fs: FsType) -> FsType:
-    """Add a filesystem type to the registry."""
+    """Add a filesystem type to the registry (from its module, at import)."""
     _REGISTRY[fs.name] = fs
+    if _current_module:
+        _MODULE_OF[fs.name] = _current_module[-1]
+        _BY_MODULE.setdefault(_current_module[-1], []).append(fs)
     return fs
 
 
@@ -77,12 +202,64 @@ def supported() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def types() -> list[FsType]:
+    """Every registered type, by name."""
+    _load()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def module_of(name: str) -> str | None:
+    """The module (short name) that registered type `name`."""
+    _load()
+    return _MODULE_OF.get(name)
+
+
+def battery() -> dict[str, FsType]:
+    """Battery name -> type, for every type with a recipe; the name is its module's (engine/fs/NAME.py),
+    so a module copied under a new name is a new battery entry (the last type with a recipe in it)."""
+    _load()
+    out = {}
+    for module in sorted(_BY_MODULE):
+        with_recipe = [t for t in _BY_MODULE[module] if t.recipe is not None]
+        if with_recipe:
+            out[module] = with_recipe[-1]
+    return out
+
+
+def content_names() -> str:
+    """'tmpfs or ramfs' style list of the types whose files are dumped (for messages)."""
+    names = [t.name for t in types() if t.content]
+    return " or ".join(names) if names else "(none)"
+
+
+def by_magic(magic: int) -> FsType | None:
+    """The content type whose statfs magic is `magic` (a superblock only a detached mount shows)."""
+    return next((t for t in types() if t.magic == magic and t.content), None)
+
+
 _loaded = False
 
 
 def _load() -> None:
+    """Import every module of this package (each registers its types); "_name" modules are helpers."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    from engine.fs import block, overlay, pseudo, tmpfs  # noqa: F401  (modules register themselves)
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        if info.name.startswith("_"):
+            continue
+        _current_module.append(info.name)
+        try:
+            importlib.import_module(f"{__name__}.{info.name}")
+        finally:
+            _current_module.pop()
+
+
+def load() -> None:
+    """Import every type module now (the restorer does before it pivots into a restored root)."""
+    _load()
+
+
+# The memory filesystem the engine makes for its own work (restore's yard), never a dumped one.
+SCRATCH = "tmpfs"

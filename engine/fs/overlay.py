@@ -26,15 +26,16 @@ from __future__ import annotations
 import errno
 import os
 
+from dataclasses import dataclass
+
 from engine import channel, kernel
 from engine.standin import fsmount
-from engine.fs import FsType, lookup, register
+from engine.fs import FsError, FsType, register
 from engine.image import is_beneath, rel_to
 from engine.mountinfo import unescape
 
 LAYER_KEYS = ("lowerdir", "upperdir", "workdir", "lowerdir+", "datadir+")
-
-OVERLAY = register(FsType("overlay", layers=True))
+_BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 
 
 def split_lower(value: str) -> list[str]:
@@ -160,7 +161,7 @@ def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
     The clones are made here, in the caller's namespace (older kernels clone
     only mounts of the caller's own namespace); the helper attaches them.
     """
-    params = lookup("overlay").fsconfig_params(super_opts)
+    params = TYPE.fsconfig_params(super_opts)
     clones = []
     try:
         for path, fd in binds:
@@ -170,3 +171,74 @@ def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
         for _, fd in clones:
             os.close(fd)
     return fds[0]
+
+
+# --- the type's hooks -----------------------------------------------------------------
+
+def _oldest(sid: str, mntns_doc: dict, unique: bool):
+    """(namespace name, mount entry) of the superblock's oldest mount: the overlay's creation."""
+    users = [(ns_name, e) for ns_name, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid]
+    return min(users, key=lambda u: ((u[1]["uid"] if unique else None) or u[1]["id"]))
+
+
+@dataclass(frozen=True)
+class OverlayType(FsType):
+    """overlayfs: layers recorded as (mount, path) at dump, a yard of layer clones at restore."""
+
+    def layer_paths(self, super_opts) -> list[tuple[str, str]]:
+        return layer_paths(super_opts)
+
+    def made_outside(self, sid: str, sb: dict, plan) -> bool:
+        """A namespace root whose layers no older mount of its namespace holds: a runtime made it
+        outside the dumped namespaces, and it is restored like a directory root."""
+        ns_name, oldest = _oldest(sid, plan.mntns_doc, True)
+        return not all(path.startswith("/") and resolve(path, plan.ns_mounts[ns_name], oldest["uid"]) is not None
+                       for _, path in layer_paths(sb["super_opts"]))
+
+    def plan(self, sid: str, sb: dict, plan) -> None:
+        """Record the layers as (mount, path) as they were at the overlay's creation."""
+        unique = plan.strategy.layers == "unique-ids"
+        ns_name, oldest = _oldest(sid, plan.mntns_doc, unique)
+        where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
+        mounts = plan.ns_mounts[ns_name]
+        layers = []
+        for key, path in layer_paths(sb["super_opts"]):
+            if not path.startswith("/"):
+                raise FsError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
+            if not unique:
+                late = overmounted_after(path, mounts, oldest["id"])
+                if late is not None:
+                    raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
+                                                    f"{late.mnt_id} ({late.mountpoint}), which may have been "
+                                                    "mounted over it after the overlay; without unique mount ids "
+                                                    "(STATX_MNT_ID_UNIQUE, Linux >= 6.8) dump cannot tell which "
+                                                    "mount holds the layer")
+            found = resolve(path, mounts, oldest["uid"] if unique else None, unique)
+            if found is None:
+                raise FsError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
+                                            f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
+            layers.append({"path": path, "mnt": found[0], "rel": found[1]})
+        sb["layers"] = layers
+
+    def create(self, sid: str, sb: dict, ctx, where: str) -> int:
+        ctx.join_files()  # overlayfs wants its layers complete
+        binds: list[tuple[str, int]] = []
+        try:
+            for path, mnt, rel in yard_binds(sb["layers"]):
+                layer = ctx.mounts.get(mnt)
+                if layer is None:
+                    raise FsError(errno.EINVAL, f"{where}: its layers at {path} lie on mount {mnt}, which "
+                                                "is not in the image")
+                # The layer directory on the layer's superblock (a detached source, not the attached mount).
+                base, root_rel = ctx.source_of(layer)
+                inner = "/".join(x for x in (root_rel, rel.strip("/")) if x)
+                binds.append((path, kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH)
+                              if inner else os.dup(base)))
+            ctx.to_service()  # the layers are cloned from the service namespace
+            return create(sb["source"], sb["super_opts"], binds)
+        finally:
+            for _, fd in binds:
+                os.close(fd)
+
+
+TYPE = register(OverlayType("overlay", layers=True, path_opts=frozenset(LAYER_KEYS), requires=("overlay",)))

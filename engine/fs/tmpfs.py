@@ -1,7 +1,8 @@
-"""tmpfs and ramfs: memory filesystems whose files are dumped into an archive."""
+"""tmpfs: a memory filesystem whose files are dumped into an archive."""
 
-from engine.fs import FsType, register
+from engine import kernel
+from engine.fs import FsType, Recipe, register
 
 # "inode64"/"noswap" etc. are accepted back by fsconfig; nothing to drop.
-TMPFS = register(FsType("tmpfs", content=True))
-RAMFS = register(FsType("ramfs", content=True))
+TYPE = register(FsType("tmpfs", content=True, magic=kernel.TMPFS_MAGIC, requires=("tmpfs",),
+                       recipe=Recipe(make='mount -t tmpfs -o size=64m battery "$FS"\ncp -a "$SRC/." "$FS/"')))

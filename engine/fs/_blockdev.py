@@ -1,4 +1,4 @@
-"""Block filesystems (ext2/3/4, xfs, btrfs, squashfs, ...): mounted again from a device.
+"""Shared part of the block filesystem types (ext4.py, xfs.py, btrfs.py, squashfs.py, ...): mounted again from a device.
 
 The device is not part of the image. Either it is declared external
 (`--external dev[MAJ:MIN]:KEY` at dump, `--external dev[KEY]:PATH` at restore,
@@ -19,14 +19,11 @@ import os
 import stat
 import struct
 
+from dataclasses import dataclass
+
 from engine import channel, kernel
 from engine.standin import fsmount
-from engine.fs import FsType, register
-
-BLOCK_TYPES = ("ext2", "ext3", "ext4", "xfs", "btrfs", "squashfs", "erofs", "vfat", "exfat", "f2fs")
-for _name in BLOCK_TYPES:
-    register(FsType(_name, block=True, drop_opts=frozenset({"subvol", "subvolid"}) if _name == "btrfs"
-                    else frozenset()))
+from engine.fs import FsError, FsType, lookup
 
 LOOP_MAJOR = 7
 LOOP_CTL_GET_FREE = 0x4C82
@@ -122,14 +119,64 @@ def create(fstype: str, source: str, rdev: int, params) -> int:
     return fds[0]
 
 
-def find_inode(root_fd: int, ino: int) -> str | None:
-    """Path (from root_fd) of the regular file with inode `ino`, searching one filesystem."""
-    top = f"/proc/self/fd/{root_fd}"
-    dev = os.stat(top).st_dev
-    for dirpath, dirnames, filenames in os.walk(top):
-        for f in filenames:
-            st = os.lstat(os.path.join(dirpath, f))
-            if st.st_ino == ino and st.st_dev == dev and stat.S_ISREG(st.st_mode):
-                return "/" + os.path.relpath(os.path.join(dirpath, f), top)
-        dirnames[:] = [d for d in dirnames if os.lstat(os.path.join(dirpath, d)).st_dev == dev]
-    return None
+@dataclass(frozen=True)
+class BlockType(FsType):
+    """A filesystem on a block device: declared external, or a loop device over a file of the image."""
+
+    device: bool = True
+
+    def device_of(self, mount) -> str | None:
+        # btrfs shows an anonymous device number: the block device is its source's. Others show
+        # the device itself: trust that (a restored mount's source names the device it had at
+        # dump, which may be another one now).
+        if mount.major or not mount.source.startswith("/"):
+            return None
+        try:
+            st = os.stat(mount.source)
+        except OSError:
+            return None
+        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}" if stat.S_ISBLK(st.st_mode) else None
+
+    def plan_device(self, sid: str, sb: dict, plan) -> bool:
+        st = loop_status(os.makedev(*(int(x) for x in sb["device"]["dev"].split(":"))))
+        backing = plan.sb_of_dev.get(st["dev"]) if st else None
+        if backing is None or plan.superblocks[backing]["external"] \
+                or not lookup(plan.superblocks[backing]["fstype"]).content:
+            return False
+        loop = sb["device"]["loop"] = {"sb": backing, "offset": st["offset"], "sizelimit": st["sizelimit"],
+                                       "ro": st["ro"]}
+        plan.want_file(backing, st["ino"], lambda path: loop.__setitem__("path", path),
+                       f"superblock {sid} ({sb['fstype']} on {sb['source']}): its loop device's backing file "
+                       "is not reachable in the dumped filesystems")
+        return True
+
+    def create(self, sid: str, sb: dict, ctx, where: str) -> int:
+        dev = sb["device"]
+        loop_fd = file_fd = None
+        try:
+            if dev.get("key"):
+                path = ctx.external_path("dev", dev["key"])
+                st = os.stat(path)
+                if stat.S_ISBLK(st.st_mode):
+                    rdev = st.st_rdev
+                elif stat.S_ISREG(st.st_mode):
+                    file_fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+                    loop_fd, rdev = attach_loop(file_fd)
+                else:
+                    raise FsError(errno.EINVAL, f"{where}: external device {dev['key']}: {path} is neither a "
+                                                "block device nor an image file")
+            else:
+                loop = dev["loop"]
+                base = ctx.sb(loop["sb"])
+                if base is None:
+                    raise FsError(errno.EINVAL, f"{where}: the filesystem of its loop device's backing file "
+                                                "was not restored")
+                file_fd = kernel.openat2(base, loop["path"].lstrip("/"), (os.O_RDONLY if loop["ro"] else os.O_RDWR),
+                                         kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS
+                                         | kernel.RESOLVE_NO_MAGICLINKS | kernel.RESOLVE_NO_XDEV)
+                loop_fd, rdev = attach_loop(file_fd, loop["offset"], loop["sizelimit"], loop["ro"])
+            return create(sb["fstype"].split(".", 1)[0], sb["source"], rdev, self.fsconfig_params(sb["super_opts"]))
+        finally:
+            for fd in (loop_fd, file_fd):
+                if fd is not None:
+                    os.close(fd)

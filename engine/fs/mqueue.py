@@ -1,0 +1,5 @@
+"""mqueue: no files to dump (queues are not dumped yet); it belongs to an ipc namespace."""
+
+from engine.fs import FsType, register
+
+TYPE = register(FsType("mqueue", ns="ipc", requires=("mqueue",)))

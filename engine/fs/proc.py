@@ -1,0 +1,59 @@
+"""proc: no files to dump; it belongs to a pid namespace.
+
+Dump clones one of its mounts and finds which dumped pid namespace it shows
+(`probe`); restore creates it from a stand-in living in the restored
+equivalent (the superblock record's "pidns").
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+from engine.fs import FsError, FsType, register
+
+
+def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:
+    """Whether the proc mount at `proc_fd` shows, as `pid`, the process started at `starttime`
+    that lives in pid namespace `ino`."""
+    base = f"/proc/self/fd/{proc_fd}/{pid}"
+    try:
+        with open(f"{base}/stat", "rb") as f:
+            data = f.read()
+        return (data[data.rindex(b")") + 2:].split()[19] == starttime
+                and os.stat(f"{base}/ns/pid").st_ino == ino)
+    except (OSError, IndexError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class ProcType(FsType):
+    """proc: tagged with the pid namespace whose processes it lists."""
+
+    def wants_probe(self) -> bool:
+        return True
+
+    def probe(self, sid: str, mid: int, mount_fd: int, plan) -> None:
+        """Record which dumped pid namespace the proc mount `mid` belongs to.
+
+        A proc mount lists the processes of its pid namespace under their pids there. The namespace
+        is the one (of the dumped tree's) all of whose dumped processes the mount shows under their
+        own pids; `plan.members` gives them per namespace inode: [(pid there, start time)]."""
+        mountpoint = plan.mounts_by_id[mid].mountpoint
+        where = f"mount {mid} ({mountpoint}) on proc"
+        found = [ino for ino, procs in plan.members.items()
+                 if all(_shows(mount_fd, pid, start, ino) for pid, start in procs)]
+        if len(found) > 1:
+            # Only if each process had the same pid in a namespace and in its parent: not seen in practice.
+            raise FsError(errno.EOPNOTSUPP, f"{where}: it matches pid namespaces "
+                                            f"{', '.join(sorted(plan.pidns_name[i] for i in found))} alike; "
+                                            "cannot tell which it belongs to")
+        if not found:
+            raise FsError(errno.EOPNOTSUPP, f"{where}: it belongs to a pid namespace outside the dumped tree "
+                                            "(it shows none of the tree's namespaces' processes as theirs); "
+                                            f"declare it --external mnt[{mountpoint}]:KEY")
+        plan.superblocks[sid][self.ns_key] = plan.pidns_name[found[0]]
+
+
+TYPE = register(ProcType("proc", ns="pid", ns_key="pidns", requires=("proc",)))

@@ -1,0 +1,462 @@
+"""User namespaces: who owns a namespace, the tree of user namespaces, their maps.
+
+Namespaces are named by what survives a restore: a user namespace by its
+place in the tree below the reader's own (the chain of uid/gid maps and
+setgroups from the top down), never by inode. Maps are read from the
+caller's user namespace (the runner's or the dumper's, normally the initial
+one), where /proc/PID/uid_map shows every range in the caller's ids, so the
+same namespace reads the same before and after a restore.
+
+An idmapped mount's maps come from statmount (Linux 6.15: STATMOUNT_MNT_UIDMAP
+/ STATMOUNT_MNT_GIDMAP), also as the caller sees them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import struct
+from dataclasses import dataclass
+
+from engine import forkrun, kernel
+
+# linux/nsfs.h
+NS_GET_USERNS = 0xB701
+NS_GET_PARENT = 0xB702
+
+STATMOUNT_MNT_UIDMAP = 0x2000
+STATMOUNT_MNT_GIDMAP = 0x4000
+
+
+def ns_owner_fd(ns_path_or_fd) -> int:
+    """A new fd on the user namespace that owns the namespace at `ns_path_or_fd`."""
+    fd = os.open(ns_path_or_fd, os.O_RDONLY | os.O_CLOEXEC) if isinstance(ns_path_or_fd, str) else ns_path_or_fd
+    try:
+        return fcntl.ioctl(fd, NS_GET_USERNS)
+    finally:
+        if isinstance(ns_path_or_fd, str):
+            os.close(fd)
+
+
+def parent_fd(userns_fd: int) -> int | None:
+    """A new fd on the parent of user namespace `userns_fd`, or None at the top the caller may see."""
+    try:
+        return fcntl.ioctl(userns_fd, NS_GET_PARENT)
+    except OSError as e:
+        if e.errno == errno.EPERM:  # the parent is outside the caller's user namespace (or none)
+            return None
+        raise
+
+
+def ino(fd: int) -> int:
+    """The inode number that names the namespace at `fd` on this boot."""
+    return os.fstat(fd).st_ino
+
+
+def own_userns_ino() -> int:
+    """The inode of the caller's user namespace."""
+    return os.stat("/proc/self/ns/user").st_ino
+
+
+@dataclass(frozen=True)
+class Maps:
+    """The id maps of one user namespace as the reader sees them."""
+
+    uid_map: tuple[tuple[int, int, int], ...]
+    gid_map: tuple[tuple[int, int, int], ...]
+    setgroups: str            # "allow" or "deny"
+
+    def text(self) -> str:
+        """One stable line: ``uid 0 100000 65536 gid 0 100000 65536 setgroups allow``."""
+        def ranges(m):
+            return ",".join(f"{a} {b} {c}" for a, b, c in m) or "-"
+        return f"uid {ranges(self.uid_map)} gid {ranges(self.gid_map)} setgroups {self.setgroups}"
+
+
+def parse_map(text: str) -> tuple[tuple[int, int, int], ...]:
+    """Parse a uid_map / gid_map text into (inside, outside, count) triples."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if parts:
+            out.append((int(parts[0]), int(parts[1]), int(parts[2])))
+    return tuple(out)
+
+
+def read_maps_of_pid(pid: int) -> Maps:
+    """The maps of the user namespace process `pid` is in."""
+    with open(f"/proc/{pid}/uid_map") as f:
+        uid = parse_map(f.read())
+    with open(f"/proc/{pid}/gid_map") as f:
+        gid = parse_map(f.read())
+    with open(f"/proc/{pid}/setgroups") as f:
+        sg = f.read().strip()
+    return Maps(uid, gid, sg)
+
+
+def read_maps_of_fd(userns_fd: int) -> Maps:
+    """The maps of the user namespace at `userns_fd` (which may hold no process): a forked child
+    joins it and waits while the caller reads the child's /proc files, so that the maps are shown
+    in the caller's ids."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    try:
+        ok = os.read(ready_r, 1)
+        if not ok:
+            raise OSError(errno.EPERM, "cannot enter a user namespace to read its maps")
+        return read_maps_of_pid(pid)
+    finally:
+        os.close(ready_r)
+        os.close(go_w)
+        os.waitpid(pid, 0)
+
+
+class UsernsTree:
+    """The user namespaces met while reading a process tree, below the reader's own.
+
+    `describe(fd)` names a user namespace by its chain of maps from the reader's
+    namespace down (``init`` is the reader's own; ``init > [maps] > [maps]`` a
+    grandchild), which is what a restore must reproduce.
+    """
+
+    def __init__(self):
+        self.top = own_userns_ino()
+        self._desc: dict[int, str] = {self.top: "init"}
+        self._maps: dict[int, Maps] = {}
+        self._parent: dict[int, int | None] = {self.top: None}
+
+    def _learn(self, fd: int, pid: int | None = None) -> int:
+        key = ino(fd)
+        if key in self._desc:
+            return key
+        par = parent_fd(fd)
+        if par is None:
+            self._parent[key] = None
+            self._desc[key] = "outside"
+            return key
+        try:
+            pkey = self._learn(par)
+        finally:
+            os.close(par)
+        maps = read_maps_of_pid(pid) if pid is not None else read_maps_of_fd(fd)
+        self._maps[key] = maps
+        self._parent[key] = pkey
+        self._desc[key] = f"{self._desc[pkey]} > [{maps.text()}]"
+        return key
+
+    def of_pid(self, pid: int) -> int:
+        """The inode of `pid`'s user namespace (learnt with its ancestors)."""
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return self._learn(fd, pid)
+        finally:
+            os.close(fd)
+
+    def owner_of(self, pid: int, nstype: str) -> int:
+        """The inode of the user namespace owning `pid`'s namespace of type `nstype` (``mnt``, ``pid``...)."""
+        fd = ns_owner_fd(f"/proc/{pid}/ns/{nstype}")
+        try:
+            return self._learn(fd)
+        finally:
+            os.close(fd)
+
+    def describe(self, key: int) -> str:
+        """The chain-of-maps name of a learnt user namespace."""
+        return self._desc[key]
+
+    def maps(self, key: int) -> Maps | None:
+        """The maps of a learnt user namespace (None for the reader's own)."""
+        return self._maps.get(key)
+
+    def parent(self, key: int) -> int | None:
+        """The inode of a learnt user namespace's parent (None at the top)."""
+        return self._parent.get(key)
+
+    def depth(self, key: int) -> int:
+        """0 for the reader's own user namespace, 1 for a child, ..."""
+        d = 0
+        while self._parent.get(key) is not None:
+            key = self._parent[key]
+            d += 1
+        return d
+
+
+def set_idmap(mount_fd: int, userns_fd: int) -> None:
+    """Make the detached mount at `mount_fd` idmapped with user namespace `userns_fd` (mount_setattr
+    MOUNT_ATTR_IDMAP, Linux 5.12; only a mount not attached yet can take one)."""
+    attr = kernel._MountAttr(kernel.MOUNT_ATTR_IDMAP, 0, 0, userns_fd)
+    ret = kernel._syscall(kernel.NR["mount_setattr"], ctypes.c_int(mount_fd), b"", ctypes.c_uint(kernel.AT_EMPTY_PATH),
+                          ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"mount_setattr(MOUNT_ATTR_IDMAP): {os.strerror(err)}")
+
+
+def parse_idmap(text: str) -> dict | None:
+    """``uid A B C,... gid A B C,...`` (as `idmaps` gives it) -> {"uid_map": [...], "gid_map": [...]};
+    None when the kernel could not tell."""
+    if text.startswith("unknown") or " gid " not in text:
+        return None
+    u, g = text[len("uid "):].split(" gid ", 1)
+
+    def ranges(part: str):
+        if part in ("-", "?"):
+            return None if part == "?" else []
+        return [[int(x) for x in r.split()] for r in part.split(",")]
+    uid, gid = ranges(u), ranges(g)
+    if uid is None or gid is None:
+        return None
+    return {"uid_map": uid, "gid_map": gid}
+
+
+def _statmount_idmap(mnt_id: int, ns_id: int) -> tuple[str, str]:
+    """(uid map, gid map) of an idmapped mount as statmount shows them (``inside outside count``
+    ranges joined by ``,``), in the caller's ids."""
+    size = 1 << 16
+    buf = ctypes.create_string_buffer(size)
+    req = kernel._mnt_id_req(mnt_id, STATMOUNT_MNT_UIDMAP | STATMOUNT_MNT_GIDMAP, ns_id)
+    ret = kernel._syscall(kernel.NR["statmount"], req, buf, ctypes.c_size_t(size), ctypes.c_uint(0))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"statmount({mnt_id}) idmap: {os.strerror(err)}")
+    raw = buf.raw
+    got = struct.unpack_from("<Q", raw, 8)[0]
+    # struct statmount: the idmap fields follow sb_source, opt_num/array, opt_sec_num/array and
+    # supported_mask (offset 0x88 after the fields engine.kernel.statmount decodes).
+    uid_num, uid_off, gid_num, gid_off = struct.unpack_from("<IIII", raw, 0x98)
+
+    def strings(num: int, off: int, bit: int) -> str:
+        if not got & bit:
+            return "?"
+        out, pos = [], 512 + off
+        for _ in range(num):
+            end = raw.index(b"\0", pos)
+            out.append(raw[pos:end].decode())
+            pos = end + 1
+        return ",".join(" ".join(s.split()) for s in out) or "-"
+
+    return strings(uid_num, uid_off, STATMOUNT_MNT_UIDMAP), strings(gid_num, gid_off, STATMOUNT_MNT_GIDMAP)
+
+
+def _idmaps_inside(mntns_fd: int, wanted: list[tuple[int, int]]) -> dict[int, str]:
+    """In a forked child: join the mount namespace, statmount each (old id, unique id) there."""
+    kernel.setns(mntns_fd, kernel.CLONE_NEWNS)
+    out = {}
+    for old, unique in wanted:
+        try:
+            u, g = _statmount_idmap(unique, 0)
+            out[old] = f"uid {u} gid {g}"
+        except OSError as e:
+            out[old] = f"unknown ({e.strerror})"
+    return out
+
+
+def idmaps(pid: int, mounts) -> dict[int, str]:
+    """mountinfo id -> ``uid RANGES gid RANGES`` for the idmapped mounts of `pid`'s namespace.
+
+    Empty when no mount is idmapped; ``unknown (why)`` per mount when the kernel cannot say
+    (statmount's idmap fields are Linux 6.15) or the mount is covered. Each mount is found by its
+    path as `pid` sees it (statx gives its unique id), and statmount asked from inside its
+    namespace (a namespace id lookup does not find every namespace)."""
+    marked = [m for m in mounts if "idmapped" in m.mount_opts]
+    if not marked:
+        return {}
+    out, wanted = {}, []
+    for m in marked:
+        path = f"/proc/{pid}/root{m.mountpoint}"
+        try:
+            if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != m.mnt_id:
+                out[m.mnt_id] = "unknown (covered)"
+                continue
+            wanted.append((m.mnt_id, kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW, unique=True)))
+        except OSError as e:
+            out[m.mnt_id] = f"unknown ({e.strerror})"
+    if wanted:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            out.update(forkrun.run(_idmaps_inside, fd, wanted))
+        except (OSError, forkrun.ChildError) as e:
+            out.update({old: f"unknown ({e})" for old, _ in wanted})
+        finally:
+            os.close(fd)
+    return out
+
+
+def creds(pid: int) -> str:
+    """``uid R,E,S,F gid R,E,S,F groups G,...`` of `pid` in the reader's ids."""
+    fields = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("Uid", "Gid", "Groups"):
+                fields[key] = value.split()
+    return (f"uid {','.join(fields.get('Uid', []))} gid {','.join(fields.get('Gid', []))} "
+            f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'}")
+
+
+# --- restore: making user namespaces and locked mount namespaces --------------------------------
+
+def _hold_in(prepare) -> tuple[int, int, int]:
+    """Fork a child that runs `prepare()` (setns/unshare) and then waits; return (pid, ready_r, go_w).
+    The caller reads one byte from ready_r (empty: the child failed) and closes go_w to let it go."""
+    ready_r, ready_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(go_w)
+            prepare()
+            os.write(ready_w, b"1")
+            os.read(go_r, 1)
+            code = 0
+        except BaseException:  # noqa: BLE001 - the empty pipe tells the parent
+            pass
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    os.close(go_r)
+    return pid, ready_r, go_w
+
+
+def _release(pid: int, ready_r: int, go_w: int) -> None:
+    os.close(ready_r)
+    os.close(go_w)
+    os.waitpid(pid, 0)
+
+
+def translate(ranges, parent_ranges) -> list[tuple[int, int, int]]:
+    """Ranges whose outside ids are the reader's, rewritten with outside ids as a parent user
+    namespace (whose own map is `parent_ranges`, also in the reader's ids) sees them: a child's map
+    is written from inside its parent. ValueError when an id is not mapped in the parent (the
+    kernel would refuse the map too). `parent_ranges` None: the parent is the reader's namespace."""
+    if parent_ranges is None:
+        return [tuple(r) for r in ranges]
+    out = []
+    for inside, outside, count in ranges:
+        while count:
+            hit = next(((pi, po, pc) for pi, po, pc in parent_ranges if po <= outside < po + pc), None)
+            if hit is None:
+                raise ValueError(f"id {outside} is not mapped in the parent user namespace")
+            pi, po, pc = hit
+            n = min(count, po + pc - outside)
+            out.append((inside, pi + (outside - po), n))
+            inside, outside, count = inside + n, outside + n, count - n
+    return out
+
+
+def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = None) -> int:
+    """A new user namespace with `maps` (outside ids in the caller's ids), as a child of the
+    caller's user namespace or of `parent_fd` (whose maps are `parent_maps`); returns an fd on it.
+
+    A child process unshares it and waits; the maps are written by a process in the parent
+    namespace (the caller, or a second child that joined the parent), as the kernel requires."""
+    def become_parent_root():
+        # In the parent, act as an id it maps (its root when it has one): the new namespace's owner,
+        # and the writer of its maps, must be ids the parent knows.
+        kernel.setns(parent_fd, kernel.CLONE_NEWUSER)
+        gid = 0 if any(i == 0 for i, _, _ in parent_maps.gid_map) else parent_maps.gid_map[0][0]
+        uid = 0 if any(i == 0 for i, _, _ in parent_maps.uid_map) else parent_maps.uid_map[0][0]
+        os.setresgid(gid, gid, gid)
+        os.setresuid(uid, uid, uid)
+        # Changing ids cleared "dumpable", which makes /proc/PID files root's (the initial
+        # namespace's, unmapped here): the maps could not be written.
+        _set_dumpable()
+
+    def unshare_user():
+        if parent_fd is not None:
+            become_parent_root()
+        kernel.unshare(kernel.CLONE_NEWUSER)
+
+    child = _hold_in(unshare_user)
+    pid, ready_r, go_w = child
+    try:
+        if not os.read(ready_r, 1):
+            raise OSError(errno.EPERM, "cannot create a user namespace")
+        uid = translate(maps.uid_map, parent_maps.uid_map if parent_maps else None)
+        gid = translate(maps.gid_map, parent_maps.gid_map if parent_maps else None)
+
+        def write_maps():
+            if parent_fd is not None:
+                become_parent_root()
+            for name, text in (("setgroups", maps.setgroups), ("uid_map", _map_text(uid)),
+                               ("gid_map", _map_text(gid))):
+                with open(f"/proc/{pid}/{name}", "w") as f:
+                    f.write(text)
+
+        if parent_fd is None:
+            write_maps()
+        else:
+            forkrun.run(write_maps)
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise OSError(e.errno, f"making a user namespace ({maps.text()}): {e.strerror or e}") from None
+    finally:
+        _release(*child)
+
+
+def _set_dumpable() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(4, 1, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_DUMPABLE): {os.strerror(err)}")
+
+
+def _map_text(ranges) -> str:
+    return "".join(f"{a} {b} {c}\n" for a, b, c in ranges)
+
+
+def copy_mntns_into(userns_fd: int, mntns_fd: int, proc_fd: int | None = None) -> int:
+    """A copy of mount namespace `mntns_fd` made from inside user namespace `userns_fd`; returns an
+    fd on the copy (`proc_fd`: a /proc to find it in, when the caller's root has none). The kernel
+    locks what it copies into a less privileged user namespace (every
+    mount but the root, and each mount's flags), as it did when the dumped namespace was made."""
+    def prepare():
+        kernel.setns(mntns_fd, kernel.CLONE_NEWNS)     # as the caller: needs its privilege
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+        kernel.unshare(kernel.CLONE_NEWNS)
+    held = _hold_in(prepare)
+    pid, ready_r, _ = held
+    try:
+        if not os.read(ready_r, 1):
+            raise OSError(errno.EPERM, "cannot copy a mount namespace into a user namespace")
+        if proc_fd is None:
+            return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        return os.open(f"{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    finally:
+        _release(*held)
+
+
+def caller_ranges() -> tuple[tuple, tuple]:
+    """(uid ranges, gid ranges) the caller's user namespace maps: ids a map may use as outside ids."""
+    m = read_maps_of_pid(os.getpid())
+    return tuple((i, c) for i, _, c in m.uid_map), tuple((i, c) for i, _, c in m.gid_map)
+
+
+def uncovered(ranges, have) -> int | None:
+    """The first outside id of `ranges` that no (start, count) of `have` covers, or None."""
+    for _, outside, count in ranges:
+        pos, end = outside, outside + count
+        while pos < end:
+            hit = next(((s, c) for s, c in have if s <= pos < s + c), None)
+            if hit is None:
+                return pos
+            pos = hit[0] + hit[1]
+    return None

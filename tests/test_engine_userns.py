@@ -1,0 +1,61 @@
+"""User namespaces in the engine: making them, map checks, what dump refuses, locks after restore."""
+
+import os
+
+import pytest
+
+from engine import forkrun, kernel, userns, userns_cr
+from enginecase import case, procs_with  # noqa: F401
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making user namespaces with any map needs root")
+
+ROOTLESS = userns.Maps(((0, 100000, 65536),), ((0, 100000, 65536),), "allow")
+
+
+def test_translate_rewrites_outside_ids_into_the_parent_and_splits_ranges():
+    parent = ((0, 100000, 10), (10, 200000, 10))
+    assert userns.translate([(0, 100005, 3)], parent) == [(0, 5, 3)]
+    assert userns.translate([(0, 100008, 4)], None) == [(0, 100008, 4)]
+    with pytest.raises(ValueError, match="id 100010 is not mapped"):
+        userns.translate([(0, 100008, 4)], parent)
+
+
+def test_nested_user_namespace_reads_back_its_maps():
+    outer = userns.make(ROOTLESS)
+    inner_maps = userns.Maps(((0, 101000, 1000),), ((0, 101000, 1000),), "deny")
+    inner = userns.make(inner_maps, outer, ROOTLESS)
+    try:
+        assert userns.read_maps_of_fd(inner) == inner_maps
+        tree = userns.UsernsTree()
+        assert tree.describe(tree._learn(inner)) == (
+            "init > [uid 0 100000 65536 gid 0 100000 65536 setgroups allow] "
+            "> [uid 0 101000 1000 gid 0 101000 1000 setgroups deny]")
+    finally:
+        os.close(inner)
+        os.close(outer)
+
+
+def _restore_users_without_ids(doc):
+    # A user namespace whose maps were never written maps no id: the restoring user "lacks" all.
+    kernel.unshare(kernel.CLONE_NEWUSER)
+    userns_cr.Rebuild(doc).make_userns()
+
+
+def test_restore_refuses_ids_the_restoring_user_lacks():
+    doc = {"mntns": {}, "processes": [],
+           "userns": {"user-1": {"parent": None, "uid_map": [[0, 100000, 65536]], "gid_map": [[0, 100000, 65536]],
+                                 "setgroups": "allow"}}}
+    with pytest.raises(OSError, match="user namespace user-1: uid_map maps id 100000, which the restoring "
+                                      "user's namespace does not have"):
+        forkrun.run(_restore_users_without_ids, doc)
+
+
+def test_dump_refuses_a_pid_namespace_of_another_user_namespace_and_keeps_the_tree_running(case, tmp_path):
+    # The first child of `unshare -p` is pid 1 of a pid namespace owned by the outer user namespace,
+    # and then makes a user namespace of its own: its pid namespace is not its user namespace's.
+    pid = case.start("unshare -U -r -p sh -c 'unshare -U -r /.hold/mntcr-hold 100000 & "
+                     "exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &\nhold\n")
+    with pytest.raises(AssertionError) as err:
+        case.dump(pid, str(tmp_path / "img"))
+    assert "pid namespace belongs to another user namespace than its own: not supported yet" in str(err.value)
+    assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
