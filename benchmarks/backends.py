@@ -11,7 +11,7 @@ of the ratios, like a refusal).
 
 What is measured (the smallest of --repeat runs):
 - wall: the backend call as the runner makes it, i.e. the wall time of the CLI
-  invocation: `python -m engine.cli dump|restore` for mntcr, and for criu the
+  invocation: `python -S -m engine.cli dump|restore` for mntcr (engine byte-compiled first), and for criu the
   `criu dump|restore` process (entered through the small helper that pivots
   into its userland for a userland criu), plus what the adapter does around it
   (the root-mount copy at dump). Both include a Python interpreter start-up,
@@ -114,13 +114,21 @@ def measure(sc, backend, repeat: int, base: str) -> dict:
     return best
 
 
+def compile_engine() -> None:
+    """Byte-compile the engine as an installed package is (like scale.py): with PYTHONDONTWRITEBYTECODE
+    set (this machine), every mntcr run would otherwise compile its modules again (~0.3 s)."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(_PROJECT, "engine")],
+                   check=True, stdout=subprocess.DEVNULL)
+
+
 def startup_baseline() -> float:
-    """Wall time of `python -c 'import engine.cli'`: the interpreter start-up both wall figures include."""
+    """Wall time of `python -S -c 'import engine.cli'`: the interpreter start-up every mntcr wall figure
+    includes (the runner starts the engine as engine.cli.command does)."""
     env = dict(os.environ, PYTHONPATH=_PROJECT)
     best = math.inf
     for _ in range(3):
         t = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import engine.cli"], env=env, check=True, cwd=_PROJECT)
+        subprocess.run([sys.executable, "-S", "-c", "import engine.cli"], env=env, check=True, cwd=_PROJECT)
         best = min(best, time.monotonic() - t)
     return best
 
@@ -164,8 +172,9 @@ def main(argv=None) -> int:
             print(f"benchmarks/backends.py: backend {name} unavailable: {reason}", file=sys.stderr)
             return 1
     keep, left = cases(paths)
-    print(f"kernel {os.uname().release}; {bk['criu'].impl().env().describe()}; mntcr: python -m engine.cli")
-    print(f"measured: wall = the backend's CLI invocation (python -m engine.cli | criu, incl. start-up); "
+    compile_engine()
+    print(f"kernel {os.uname().release}; {bk['criu'].impl().env().describe()}; mntcr: python -S -m engine.cli")
+    print(f"measured: wall = the backend's CLI invocation (python -S -m engine.cli | criu, incl. start-up); "
           f"criu-own = criu's log time; smallest of {args.repeat}")
     print(f"python start-up + import engine.cli (in every mntcr wall figure): {startup_baseline():.3f} s")
     for label, _, why in left:

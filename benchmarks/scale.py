@@ -23,6 +23,12 @@ The output ends with one line per figure:
     restore_s N: X.XX
     peak_rss_mib N: X
     growth 10000/1000: X.XX       (restore time at 10000 / at 1000, when both ran)
+    criu/mntcr dump N: X.XX       (with --backend mntcr,criu: criu's wall / mntcr's, same run)
+    criu/mntcr restore N: X.XX
+
+`--backend mntcr,criu` also builds each tree a second time (a dump kills it) and dumps and
+restores it with criu (zdtm/criu_env.py's userland, -v2), comparing that restored tree too, and
+prints `criu/mntcr dump N` and `criu/mntcr restore N` (criu's wall / mntcr's).
 
 `--profile DIR` runs dump and restore under cProfile (DIR/dump-N.prof,
 DIR/restore-N.prof, and the forked restorer's DIR/restorer-N.prof through
@@ -47,7 +53,7 @@ sys.path.insert(0, _ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import floor  # noqa: E402
-from engine import forkrun, imageformat, kernel, mountinfo, topology  # noqa: E402
+from engine import cli, forkrun, imageformat, kernel, mountinfo, topology  # noqa: E402
 from zdtm import snapshot  # noqa: E402
 from zdtm.flavors.ns import NsFlavor  # noqa: E402
 from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
@@ -156,8 +162,8 @@ def _measured(cmd: list[str], extra_env: dict | None = None) -> dict:
 
 def _mntcr(verb: str, args: list[str], profile: str | None) -> list[str]:
     if profile:
-        return [sys.executable, "-m", "cProfile", "-o", profile, "-m", "engine.cli", verb, *args]
-    return [sys.executable, "-m", "engine.cli", verb, *args]
+        return [sys.executable, "-S", "-m", "cProfile", "-o", profile, "-m", "engine.cli", verb, *args]
+    return cli.command(verb, *args)
 
 
 def _validate_cpu(doc: dict, runs: int = 5) -> float:
@@ -239,6 +245,47 @@ def run_one(n: int, work: str, binary: str, profile_dir: str | None) -> dict:
         flavor.stop(running)
 
 
+def run_criu(n: int, work: str, criu) -> dict:
+    """The same N-mount tree (built again the same way in a second container: a dump kills the tree)
+    dumped and restored by criu (`criu`: a zdtm.criu_backend.CriuBackend); the restored tree is
+    compared with its original too. Wall time of each criu call as the runner makes it (the userland
+    entry included), and criu's own time from its log."""
+    flavor = NsFlavor()
+    cdir = os.path.join(work, f"criu{n}")
+    os.makedirs(cdir)
+    running = flavor.start(_scenario(), cdir)
+    restored = None
+    try:
+        got = forkrun.run(_populate, running.pid, n)
+        if got != n:
+            raise RuntimeError(f"built {got} mounts, wanted {n}")
+        before = mountinfo.read_pid(running.pid)
+        images, logs = os.path.join(cdir, "images"), os.path.join(cdir, "logs")
+        error = None
+        try:
+            criu.dump(running.pid, images, {e.mountpoint: e.key for e in running.externals}, logs)
+            flavor.forget(running)
+            restored = criu.restore(images, {e.key: e.host_path for e in running.externals}, None, logs)
+        except Exception as e:  # noqa: BLE001 - criu's refusal is a figure ("failed: ..."), not a crash
+            error = str(e).splitlines()[0]
+            print(f"N={n}: criu failed: {error}", file=sys.stderr)
+        equal = False
+        if restored is not None:
+            equal, report = topology.diff_report(before, mountinfo.read_pid(restored),
+                                                 names=("before dump", "after criu restore"))
+            if not equal:
+                print(f"N={n}: the criu-restored tree differs:\n" + "\n".join(report.splitlines()[:40]),
+                      file=sys.stderr)
+        t = criu.timings
+        return {"error": error, "equal": equal,
+                "dump_s": t.get("dump", {}).get("wall"), "restore_s": t.get("restore", {}).get("wall"),
+                "dump_own_s": t.get("dump", {}).get("criu"), "restore_own_s": t.get("restore", {}).get("criu")}
+    finally:
+        if restored is not None:
+            snapshot.kill_tree(restored)
+        flavor.stop(running)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark for each N of --mounts and print the figures."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -246,6 +293,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated tree sizes (total mounts in the container's namespace)")
     p.add_argument("--profile", metavar="DIR", help="run dump and restore under cProfile, profiles into DIR")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep images and floor op lists")
+    p.add_argument("--backend", default="mntcr", choices=("mntcr", "mntcr,criu"),
+                   help="mntcr,criu also dumps and restores the same trees with criu (zdtm/criu_env.py's "
+                        "criu) in the same run and prints criu/mntcr per N")
+    p.add_argument("--criu", default="auto", help="which criu (see zdtm/criu_env.py); default auto")
     args = p.parse_args(argv)
     sizes = [int(x) for x in args.mounts.split(",") if x]
     if os.geteuid() != 0:
@@ -266,6 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     work = args.keep or tempfile.mkdtemp(prefix="mntcr-scale-")
     os.makedirs(work, exist_ok=True)
     _compile_once()
+    criu = None
+    if "criu" in args.backend.split(","):
+        from zdtm import criu_backend
+        # -v2: criu's default verbosity, as a user runs it (-v4 writes a log line per mount)
+        criu = criu_backend.CriuBackend(args.criu, verbosity=2, timeout=1800.0)
+        ok, why = criu.available()
+        if not ok:
+            print(f"scale.py: criu unavailable: {why}", file=sys.stderr)
+            return 2
     results = []
     try:
         binary = floor.compile_floor(work)
@@ -278,6 +338,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['superblocks']} superblocks, image {r['image_mib']:.1f} MiB, "
                   f"restored tree {'restore failed' if r['error'] else 'equal' if r['equal'] else 'DIFFERENT'}, "
                   f"floor tree {'equal' if r['floor_equal'] else 'DIFFERENT'}", flush=True)
+            if criu is not None:
+                r["criu"] = c = run_criu(n, work, criu)
+                sec = lambda v: f"{v:.2f}s" if v is not None else "-"  # noqa: E731
+                own = lambda v: f" (own {v:.2f}s)" if v is not None else ""  # noqa: E731
+                print(f"N={n}: criu dump {sec(c['dump_s'])}{own(c['dump_own_s'])}, restore "
+                      f"{sec(c['restore_s'])}{own(c['restore_own_s'])}, criu-restored tree "
+                      f"{'failed: ' + c['error'] if c['error'] else 'equal' if c['equal'] else 'DIFFERENT'}",
+                      flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -297,11 +365,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"validate/dump_cpu {n}: {100 * r['validate_s'] / r['dump_cpu_s']:.1f}%")
         if not r["error"]:
             print(f"validate/restore_cpu {n}: {100 * r['validate_s'] / r['restore_cpu_s']:.1f}%")
+        c = r.get("criu")
+        if c is not None:
+            for verb in ("dump", "restore"):
+                mine = r[f"{verb}_s"]
+                if c["error"] or not c["equal"] or (verb == "restore" and r["error"]):
+                    print(f"criu/mntcr {verb} {n}: failed ({c['error'] or r['error'] or 'a restored tree differs'})")
+                else:
+                    print(f"criu/mntcr {verb} {n}: {c[f'{verb}_s'] / mine:.2f}")
     if 1000 in by_n and 10000 in by_n and not (by_n[1000]["error"] or by_n[10000]["error"]):
         print(f"growth 10000/1000: {by_n[10000]['restore_s'] / by_n[1000]['restore_s']:.2f}")
     if 1000 in by_n and 10000 in by_n and (by_n[1000]["error"] or by_n[10000]["error"]):
         print("growth 10000/1000: failed (a restore failed)")
-    return 0 if all(r["equal"] and r["floor_equal"] for r in results) else 1
+    return 0 if all(r["equal"] and r["floor_equal"] and r.get("criu", {}).get("equal", True)
+                    for r in results) else 1
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import errno
 import io
 import os
 import stat
-import tarfile
 
 from engine import content, kernel
 from engine.image import is_beneath, rel_to
@@ -272,6 +271,7 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
             return content.archive_dir(fd, out_path)
         finally:
             os.close(fd)
+    import tarfile  # only for invisible mounts: kept out of every dump's start-up
     with tarfile.open(out_path, "w", format=tarfile.PAX_FORMAT) as tar:
         made = {"sb-0"}
         root = tarfile.TarInfo("sb-0")

@@ -20,7 +20,6 @@ import errno
 import fcntl
 import itertools
 import os
-import platform
 import re
 import signal
 import stat
@@ -229,9 +228,11 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
                 continue
             if mid == m.mnt_id:
                 dirs[m.mnt_id] = stat.S_ISDIR(mode)
-    # 64-bit unique ids (creation order) where the kernel has statmount (6.8+).
+    # 64-bit unique ids (creation order) where the kernel has statmount (6.8+). Only the ids: the
+    # records come from mountinfo, which parses in half the time full statmount records take here
+    # (benchmarks/README.md, "statmount or mountinfo").
     try:
-        unique = {m.mnt_id: m.unique_id for m in mountinfo.read_statmount()}
+        unique = kernel.unique_ids()
     except OSError:
         unique = {}
     procs = {}
@@ -336,7 +337,16 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
             to_copy[c.mnt_id] = cid
             stack.append(c)
     want = set(wanted)
-    result: dict[int, int] = {}
+    # Clones go out 200 at a time as they are made and are closed here once sent: this helper
+    # never holds more (a 90,000-mount tree has tens of thousands to clone).
+    pending: list[tuple[int, int]] = []
+
+    def send(final: bool = False) -> None:
+        if pending and (final or len(pending) >= 200):
+            chan.send([mid for mid, _ in pending], [fd for _, fd in pending])
+            for _, fd in pending:
+                os.close(fd)
+            pending.clear()
 
     def top_path(mp: str) -> str:
         # "/" names the root we stand on, never what is mounted over it; "/.." does.
@@ -346,7 +356,9 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
             raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
-        result[m.mnt_id] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
+        pending.append((m.mnt_id, kernel.open_tree(kernel.AT_FDCWD, path,
+                                                   kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)))
+        send()
 
     # Fast path: mounts whose path already leads to them.
     orig_by_id = {m.mnt_id: m for m in orig}
@@ -362,10 +374,7 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
         slow.append(mid)
     if slow:
         _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
-    items = sorted(result.items())
-    for i in range(0, len(items), 200):
-        batch = items[i:i + 200]
-        chan.send([mid for mid, _ in batch], [fd for _, fd in batch])
+    send(final=True)
     chan.send("done")
 
 
@@ -1030,7 +1039,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
 
     doc = {
-        "kernel": platform.release(),
+        "kernel": os.uname().release,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
         "hostnames": uts_names, "detached": detached_doc, "files": files, "ghosts": ghosts_doc,

@@ -11,7 +11,7 @@ import errno
 import os
 from dataclasses import dataclass
 
-from engine import forkrun, kernel, mountinfo
+from engine import forkrun, kernel, mountinfo, probecache
 
 
 @dataclass(frozen=True)
@@ -41,15 +41,15 @@ FEATURES = {
 }
 
 
-def _probe_in_child() -> dict[str, tuple[bool, str]]:
-    res: dict[str, tuple[bool, str]] = {}
+def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
+    res: dict[str, tuple[bool, str, int | None]] = {}
 
     def attempt(name, fn):
         try:
             detail = fn() or "ok"
-            res[name] = (True, detail)
+            res[name] = (True, detail, None)
         except OSError as e:
-            res[name] = (False, os.strerror(e.errno) if e.errno else str(e))
+            res[name] = (False, os.strerror(e.errno) if e.errno else str(e), e.errno)
 
     def fs():
         fd = kernel.fsopen("tmpfs")
@@ -144,17 +144,25 @@ def _probe_in_child() -> dict[str, tuple[bool, str]]:
     return res
 
 
-def probe() -> list[Feature]:
-    """Probe every feature in FEATURES (a forked child in a private mount namespace)."""
+def _probe_results() -> dict[str, tuple[bool, str]]:
+    """Probe every feature (a forked child in a private mount namespace) and keep a definitive answer
+    for the rest of the boot (engine.probecache)."""
     try:
-        results = forkrun.in_mount_ns(_probe_in_child)
+        raw = forkrun.in_mount_ns(_probe_in_child)
     except OSError as e:
-        results = {name: (False, f"cannot create a mount namespace: {e}") for name in FEATURES}
-    out = []
-    for name, (required, since) in FEATURES.items():
-        present, detail = results.get(name, (False, "not probed"))
-        out.append(Feature(name, present, detail, required, since))
-    return out
+        raw = {name: (False, f"cannot create a mount namespace: {e}", None) for name in FEATURES}
+    results = {name: raw.get(name, (False, "not probed", None))[:2] for name in FEATURES}
+    probecache.store(probecache.key(FEATURES), results, {name: v[2] for name, v in raw.items()})
+    return results
+
+
+def _features(results: dict[str, tuple[bool, str]]) -> list[Feature]:
+    return [Feature(name, *results[name], required, since) for name, (required, since) in FEATURES.items()]
+
+
+def probe() -> list[Feature]:
+    """Probe every feature in FEATURES now (`mntcr check`: never from the cache, but refreshes it)."""
+    return _features(_probe_results())
 
 
 def render(report: list[Feature]) -> str:
@@ -179,10 +187,11 @@ _cache: dict[str, Feature] | None = None
 
 
 def available() -> dict[str, Feature]:
-    """Probe once per process and cache the result, by feature name."""
+    """The features by name: probed once per boot (engine.probecache), then once per process."""
     global _cache
     if _cache is None:
-        _cache = {f.name: f for f in probe()}
+        results = probecache.load(probecache.key(FEATURES)) or _probe_results()
+        _cache = {f.name: f for f in _features(results)}
     return _cache
 
 

@@ -5,9 +5,10 @@ about as long as attaching the mounts; on two CPUs both can run at once. The
 helper (forked from the restorer, in its service namespace) creates each
 superblock that needs no namespace (fsopen/fsconfig/fsmount) in the order the
 restorer first clones from them and streams their fds back in batches (with
-a yard, on older kernels, the restorer makes them and hands them over); then
-it makes the archive roots, applies empty roots' owner and mode, and extracts
-the archives one after the other (content.extract). The restorer takes each
+a yard, on older kernels, the restorer makes them and hands them over),
+giving empty roots their owner and mode as it goes; then it makes the archive
+roots and extracts the archives one after the other (content.extract),
+keeping a superblock's fd only until its last archive is in. The restorer takes each
 superblock when it first needs it (take) and waits for the files (wait)
 before anything reads them. Cloning from a detached superblock mount whose
 files are still arriving is fine: the restorer makes missing directories
@@ -20,52 +21,103 @@ import os
 
 from engine import channel, content, standin
 
+# Superblock fds the helper may hold while waiting to fill them; past this, archives whose
+# superblocks all exist are extracted before more are made.
+_HELD = 2048
+
 
 def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
+    # A superblock's fd stays here only until its last archive is extracted: an empty root is set
+    # up as soon as the superblock exists, and one without archives is closed once sent (90,000
+    # mounts would otherwise hold one fd per superblock in this process).
+    roots: dict[str, list] = {}
+    for sid, er in empties:
+        roots.setdefault(sid, []).append(er)
+    last_fill: dict[str, int] = {}
+    for i, (_, _, _, spec) in enumerate(fills):
+        for sid, _, _ in spec:
+            last_fill[sid] = i
+    for sid in given:
+        _empty_roots(made[sid], roots.pop(sid, ()), mount_of.get(sid, sid), hostproc)
     batch: list[str] = []
     size = 1  # the first superblock at once (the restorer starts with it), then growing batches
+
+    def send() -> None:
+        chan.send(("sbs", batch), [made[s] for s in batch])
+        for s in batch:
+            if s not in last_fill:
+                os.close(made.pop(s))
+        batch.clear()
+        if len(made) > _HELD:
+            extract(ready_only=True)
+
+    done = 0  # archives extracted, in order
+
+    def extract(ready_only: bool) -> None:
+        # In their order, as far as every superblock an archive fills exists; early (ready_only)
+        # only when too many superblocks wait for their files.
+        nonlocal done
+        while done < len(fills):
+            if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
+                return
+            _extract(fills[done], done, made, given, last_fill, mount_of)
+            done += 1
+
     for sid, fstype, source, params, attr, where in plans:
         try:
             made[sid] = standin.fsmount(fstype, source, params, attr)
         except OSError as e:
             raise OSError(e.errno, f"{where}: {e.strerror or e}") from None
+        _empty_roots(made[sid], roots.pop(sid, ()), mount_of.get(sid, sid), hostproc)
         batch.append(sid)
         if len(batch) >= size:
-            chan.send(("sbs", batch), [made[s] for s in batch])
-            batch, size = [], min(size * 4, 128)
+            send()
+            size = min(size * 4, 128)
     if batch:
-        chan.send(("sbs", batch), [made[s] for s in batch])
+        send()
     chan.send(("made", None))
-    for sid, er in empties:
+    extract(ready_only=False)
+    chan.send(("ok", None))
+
+
+def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict) -> None:
+    """Extract archive `fill` (number i) into its superblocks; close those it was the last for."""
+    archive_fd, name, expect, spec = fill
+    targets = []
+    try:
+        for sid, root, member in spec:
+            try:
+                targets.append((content.mkdirs_beneath(made[sid], root), member))
+            except OSError as e:
+                raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
-            fd = content.mkdirs_beneath(made[sid], er["root"])
+            content.extract(archive_fd, name, expect, targets)
+        except OSError as e:
+            names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
+            raise _named(e, names) from None
+    finally:
+        for (fd, _), (sid, _, _) in zip(targets, spec):
+            if fd != made[sid]:
+                os.close(fd)
+    for sid, _, _ in spec:
+        if last_fill.get(sid) == i and sid in made and sid not in given:
+            os.close(made.pop(sid))
+
+
+def _empty_roots(sb_fd: int, records, where: str, hostproc: int) -> None:
+    """Give each empty root of a fresh superblock its dumped owner and mode."""
+    for er in records:
+        try:
+            fd = content.mkdirs_beneath(sb_fd, er["root"])
             try:
                 os.chown(f"self/fd/{fd}", er["uid"], er["gid"], dir_fd=hostproc)
                 os.chmod(f"self/fd/{fd}", er["mode"], dir_fd=hostproc)
             finally:
-                if fd != made[sid]:
+                if fd != sb_fd:
                     os.close(fd)
         except OSError as e:
-            raise _named(e, f"{mount_of.get(sid, sid)}: its empty root {er['root']}") from None
-    for archive_fd, name, expect, spec in fills:
-        targets = []
-        try:
-            for sid, root, member in spec:
-                try:
-                    targets.append((content.mkdirs_beneath(made[sid], root), member))
-                except OSError as e:
-                    raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
-            try:
-                content.extract(archive_fd, name, expect, targets)
-            except OSError as e:
-                names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
-                raise _named(e, names) from None
-        finally:
-            for (fd, _), (sid, _, _) in zip(targets, spec):
-                if fd != made[sid]:
-                    os.close(fd)
-    chan.send(("ok", None))
+            raise _named(e, f"{where}: its empty root {er['root']}") from None
 
 
 def _named(e: OSError, where: str) -> OSError:

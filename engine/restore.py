@@ -275,6 +275,10 @@ class _Restorer:
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
+        # Clones still to be made from each new superblock's fd (assemble closes it after the last:
+        # at 90,000 mounts one fd per superblock would pass the fd limit); closed ones, to refuse reuse.
+        self.sb_uses: dict[str, int] = {}
+        self.sb_closed: set[str] = set()
         self.helper_src: dict[str, int] = {}  # superblock -> its root mount, for sharing helpers
         self.base_opts: dict[str, frozenset] = {}  # superblock -> options its own mount was made with
         self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
@@ -498,7 +502,9 @@ class _Restorer:
         afds = []
         try:
             jobs = []
-            for name, spec in sorted(fills.items()):
+            # Archives in the order dump wrote them (files-N.tar by N): their superblocks are made
+            # in about that order, and the helper may extract one as soon as its superblocks exist.
+            for name, spec in sorted(fills.items(), key=lambda kv: (len(kv[0]), kv[0])):
                 afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd))
                 jobs.append((afds[-1], name, self.doc["files"][name], spec))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
@@ -516,6 +522,8 @@ class _Restorer:
     def _sb(self, sid: str) -> int | None:
         """The fd of new superblock `sid` (taken from the helper the first time), None if none."""
         fd = self.sb_fd.get(sid)
+        if fd is None and sid in self.sb_closed:
+            raise RestoreError(errno.EINVAL, f"superblock {sid}: needed again after its last mount was cloned")
         if fd is None and self.filler is not None and sid in self.filler.sids:
             try:
                 fd = self.sb_fd[sid] = self.filler.take(sid)
@@ -814,6 +822,8 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): cannot bind root "
                                         f"{m['root']}: {e.strerror}") from None
+        if not m.get("ghost") and given is None:
+            self._used_sb(m["sb"])
         plain = (not self.doc["superblocks"][m["sb"]].get("external") and given is None
                  and frozenset(m["mount_opts"]) == self.base_opts.get(m["sb"], _PLAIN))
         # A clone of a fresh superblock is already private, with its base options: no call needed then.
@@ -828,6 +838,40 @@ class _Restorer:
                 raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): setting "
                                             f"{','.join(m['mount_opts'])}: {e.strerror}") from None
         return fd
+
+    def _count_sb_uses(self) -> None:
+        """How many clones each new superblock's fd still serves; superblocks whose fd is needed
+        beyond their mounts' clones (loop backing files, ghosts, overlay layers, sharing helpers,
+        a yard's) are left out and stay open until the end of assemble."""
+        if self.yard is not None or strategy.current().sharing == "construct":
+            return  # clones from seeds, adopted copies: uses are not one clone a mount there
+        sbs = self.doc["superblocks"]
+        later = set(self.helper_sbs) | {g["sb"] for g in (self.doc.get("ghosts") or {}).values()}
+        for sb in sbs.values():
+            loop = (sb.get("device") or {}).get("loop")
+            if loop:
+                later.add(loop["sb"])
+            for layer in sb.get("layers") or ():
+                if layer.get("mnt") in self.mounts:
+                    later.add(self.mounts[layer["mnt"]]["sb"])
+        for m in list(self.mounts.values()) + list(self.detached.values()):
+            sid = m["sb"]
+            if not m.get("ghost") and sid not in later and not sbs[sid].get("external"):
+                self.sb_uses[sid] = self.sb_uses.get(sid, 0) + 1
+
+    def _used_sb(self, sid: str) -> None:
+        """One clone of superblock `sid` made: after its last, close its fd."""
+        left = self.sb_uses.get(sid)
+        if left is None:
+            return
+        if left > 1:
+            self.sb_uses[sid] = left - 1
+            return
+        del self.sb_uses[sid]
+        fd = self.sb_fd.pop(sid, None)
+        if fd is not None:
+            os.close(fd)
+            self.sb_closed.add(sid)
 
     def _plan_fds(self) -> None:
         """Decide which fds must outlive the assembly (the rest close as soon as they are done).
@@ -891,6 +935,7 @@ class _Restorer:
         covers it.
         """
         self._plan_fds()
+        self._count_sb_uses()
         self.new_id: dict[int, int] = {}
         roots = {ns["root"]: ns_id for ns_id, ns in self.doc["mntns"].items()}
         attached: set[int] = set()

@@ -167,6 +167,17 @@ def test_statmount_agrees_host_namespace():
     _assert_agree(mountinfo.read_pid("self"), mountinfo.read_statmount())
 
 
+def test_unique_ids_agree_with_statmount_records():
+    """kernel.unique_ids (the dump's lean statmount loop) gives every mount's unique id, exactly as
+    full statmount records do, in the host namespace and in one with odd names and sharing."""
+    _require_statmount()
+    here = in_mount_ns(lambda: (kernel.unique_ids(), mountinfo.read_statmount()))
+    fresh = in_mount_ns(lambda: (lambda records: (kernel.unique_ids(), records))(_build_namespace()[2]))
+    for ids, records in (here, fresh):
+        assert len(records) > 1
+        assert ids == {m.mnt_id: m.unique_id for m in records}
+
+
 def _build_namespace():
     """In a private child namespace: tmpfs mounts with odd names, sharing, slaves, flags."""
     k = kernel

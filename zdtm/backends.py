@@ -22,8 +22,9 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass, field
+
+from engine import cli as engine_cli
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,7 +96,7 @@ class MntcrBackend(Backend):
         log = ctx.log_path(stage)
         env = dict(os.environ)
         env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        cmd = [sys.executable, "-m", "engine.cli", stage, *args]
+        cmd = engine_cli.command(stage, *args)
         try:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   env=env, cwd=_PROJECT_ROOT, timeout=self.timeout or ctx.scenario.timeout)
