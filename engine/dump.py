@@ -90,6 +90,25 @@ def _wait_gone(pids, timeout: float = 10.0) -> None:
             time.sleep(0.005)
 
 
+def _refuse_zombies(tree) -> None:
+    """A process of the tree that exited but was not reaped (a zombie) has no namespaces, fds or
+    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed)."""
+    for pid, ppid in tree:
+        if _state(pid) in ("Z", "X", ""):
+            comm = _comm(pid)
+            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}, child of {ppid} ({_comm(ppid)})) has exited "
+                                              "and its parent has not reaped it (a zombie): a tree with zombies "
+                                              "cannot be dumped yet; the tree keeps running")
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
 def _wait_stopped(pids, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     for pid in pids:
@@ -518,6 +537,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     ok = False
     try:
         _wait_stopped(pids)
+        _refuse_zombies(tree)
         doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files)
         writer.commit(doc)
         ok = True
@@ -677,12 +697,13 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     try:
         users = userns_cr.plan(tree, names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
     except OSError as e:
-        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+        raise DumpError(e.errno or errno.EOPNOTSUPP, str(e) if e.filename else e.strerror or str(e)) from None
 
     # 2. inspect each mount namespace
     by_mntns: dict[int, list[int]] = {}
     for pid, _ in tree:
-        by_mntns.setdefault(ns_of[pid]["mnt"], []).append(pid)
+        if ns_of[pid]["mnt"] is not None:  # None: a zombie (exited, no namespaces left to look at)
+            by_mntns.setdefault(ns_of[pid]["mnt"], []).append(pid)
     ns_data: dict[int, dict] = {}
     for ino, members in by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)

@@ -83,6 +83,13 @@ def _creds(pid: int, maps: userns.Maps) -> dict | None:
                                         "its user namespace: not supported yet")
 
 
+def _ns_ino(pid: int, kind: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except FileNotFoundError:
+        return None
+
+
 def plan(tree, names: dict, ns_kinds) -> dict:
     """The user-namespace part of the image for `tree` [(pid, ppid)]: {"userns": {...},
     "proc": {pid: {"userns": id, "creds": {...}}}, "mntns_owner": {mnt ns name: userns id}}.
@@ -108,8 +115,10 @@ def plan(tree, names: dict, ns_kinds) -> dict:
     procs: dict[int, dict] = {}
     owners: dict[str, str] = {}
     own_of: dict[int, int] = {}
-    ns_ino = {pid: {k: os.stat(f"/proc/{pid}/ns/{k}").st_ino for k in ns_kinds} for pid, _ in tree}
+    ns_ino = {pid: {k: _ns_ino(pid, k) for k in ns_kinds} for pid, _ in tree}
     for pid, ppid in tree:
+        if None in ns_ino[pid].values():
+            continue  # exited (a zombie has no namespaces): nothing of its own to restore here
         own = own_of[pid] = users.of_pid(pid)
         uname = name(own)
         if uname is not None:

@@ -482,3 +482,21 @@ def test_sigkill_at_every_restore_step(case, tmp_path):
         assert seen is not None, "step 2: restore succeeded although it should have been killed"
         problems += seen
     assert problems == [], "\n".join(problems)
+
+
+def test_a_zombie_in_the_tree_is_refused_and_the_tree_resumed(case):
+    """A child that exited and was not reaped (its parent exec'd a program that never waits) has
+    no namespaces left to read: dump names it and refuses, writes no image, resumes the tree."""
+    # The child waits until its parent is the holder (which never reaps), then exits.
+    pid = case.start("sh -c 'while [ \"$(cat /proc/$PPID/comm)\" != mntcr-hold ]; do sleep 0.05; done; "
+                     "exit 0' &\nhold\n")
+    time.sleep(1.5)  # the child has exited by now: a zombie of the holder
+    images = case.new_images_dir()
+    r = enginecase.mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
+    assert r.returncode == 2, r.stderr
+    assert re.search(r"^mntcr dump: process \d+ \(sh, child of \d+ \(\S+\)\) has exited and its parent has not "
+                     r"reaped it \(a zombie\): .*the tree keeps running$", r.stderr.strip()), r.stderr
+    assert not os.path.exists(images)
+    with open(f"/proc/{pid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    assert state in ("S", "R"), f"the tree was left in state {state} after a refused dump"
