@@ -61,20 +61,9 @@ def _refused(fd: int, attr_set: int = 0, attr_clr: int = 0) -> bool:
 
 
 def _resolve(path: str, tree) -> int | None:
-    """Which mount of `tree` (the copy, as the child sees it) the path walk of `path` ends on:
-    at each directory the walk climbs the stack of mounts on it (not on the root itself)."""
-    if not tree.roots:
-        return None
-    cur = tree.roots[0]
-    parts = [p for p in path.split("/") if p]
-    for i in range(1, len(parts) + 1):
-        here = "/" + "/".join(parts[:i])
-        while True:
-            nxt = next((c for c in tree.children[cur.mnt_id] if c.mountpoint == here), None)
-            if nxt is None:
-                break
-            cur = nxt
-    return cur.mnt_id
+    """Which mount of `tree` (the copy, as the child sees it) the path walk of `path` ends on."""
+    m = tree.walk(path)
+    return None if m is None else m.mnt_id
 
 
 def _umount_probe(path: str) -> bool:

@@ -114,6 +114,23 @@ class Tree:
             return None
         return self.by_id.get(m.parent_id)
 
+    def walk(self, path: str) -> Mount | None:
+        """The mount a path walk of absolute `path` from the first root ends on: at each directory
+        on the way it climbs the stack of mounts there (children of the mount it is on), as the
+        kernel's lookup does; not on the root itself (a process's root stays its root)."""
+        if not self.roots:
+            return None
+        cur = self.roots[0]
+        here = ""
+        for part in (p for p in path.split("/") if p):
+            here += "/" + part
+            while True:
+                nxt = next((c for c in self.children[cur.mnt_id] if c.mountpoint == here), None)
+                if nxt is None:
+                    break
+                cur = nxt
+        return cur
+
     def stacks(self) -> list[list[Mount]]:
         """Overmount stacks, each bottom first: mounts that sit on their parent's mountpoint."""
         tops = set(id(m) for m in self.overmount.values())

@@ -72,17 +72,14 @@ def layer_paths(super_opts) -> list[tuple[str, str]]:
 
 
 def _top(path: str, mounts, born: int | None, unique: bool):
-    best = None
-    for m in mounts:
-        uid = m.unique_id if unique else None
-        if born is not None and uid is not None and uid >= born:
-            continue
-        if not is_beneath(path, m.mountpoint):
-            continue
-        key = (len(m.mountpoint), uid if uid is not None else m.mnt_id)
-        if best is None or key > best[0]:
-            best = (key, m)
-    return None if best is None else best[1]
+    """The mount the walk of `path` ended on among the mounts that existed when unique id `born` was
+    made (all of them without unique ids): a walk through the tree, not the longest mount point,
+    since a directory of that name may lie on a mount that covers the longer one's parent."""
+    from engine.topology import Tree
+    if born is not None and unique:
+        mounts = [m for m in mounts if m.unique_id is None or m.unique_id < born]
+    m = Tree(mounts).walk(path)
+    return m if m is not None and is_beneath(path, m.mountpoint) else None
 
 
 def resolve(path: str, mounts, born: int | None, unique: bool = True) -> tuple[int, str] | None:
@@ -187,6 +184,9 @@ class OverlayType(FsType):
 
     def layer_paths(self, super_opts) -> list[tuple[str, str]]:
         return layer_paths(super_opts)
+
+    def made_from(self, sb: dict, mounts: dict) -> set[str]:
+        return {mounts[x["mnt"]]["sb"] for x in sb.get("layers") or () if x.get("mnt") in mounts}
 
     def made_outside(self, sid: str, sb: dict, plan) -> bool:
         """A namespace root whose layers no older mount of its namespace holds: a runtime made it
