@@ -841,19 +841,16 @@ class _Restorer:
 
     def _count_sb_uses(self) -> None:
         """How many clones each new superblock's fd still serves; superblocks whose fd is needed
-        beyond their mounts' clones (loop backing files, ghosts, overlay layers, sharing helpers,
+        beyond their mounts' clones (devices' backing files, ghosts, layers, sharing helpers,
         a yard's) are left out and stay open until the end of assemble."""
         if self.yard is not None or strategy.current().sharing == "construct":
             return  # clones from seeds, adopted copies: uses are not one clone a mount there
         sbs = self.doc["superblocks"]
         later = set(self.helper_sbs) | {g["sb"] for g in (self.doc.get("ghosts") or {}).values()}
         for sb in sbs.values():
-            loop = (sb.get("device") or {}).get("loop")
-            if loop:
-                later.add(loop["sb"])
-            for layer in sb.get("layers") or ():
-                if layer.get("mnt") in self.mounts:
-                    later.add(self.mounts[layer["mnt"]]["sb"])
+            handler = fs.lookup(sb["fstype"])  # None: an external superblock of a type we do not make
+            if handler is not None:
+                later |= handler.made_from(sb, self.mounts)
         for m in list(self.mounts.values()) + list(self.detached.values()):
             sid = m["sb"]
             if not m.get("ghost") and sid not in later and not sbs[sid].get("external"):

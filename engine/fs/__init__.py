@@ -168,7 +168,12 @@ class FsType:
     def probe(self, sid: str, mid: int, mount_fd: int, plan) -> None:
         """With a detached clone `mount_fd` of mount `mid`: record what the type needs (its namespace)."""
 
-    # -- restore hook -----------------------------------------------------------------
+    # -- restore hooks ----------------------------------------------------------------
+
+    def made_from(self, sb: dict, mounts: dict) -> set[str]:
+        """Superblock ids `create` reads from (a device's backing file, layers): their fds stay open
+        until the superblock is made. `mounts` maps the image's mount ids to their records."""
+        return set()
 
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         """Make the superblock; return a detached mount fd. Only for types whose `when` is not PLAIN

@@ -125,6 +125,10 @@ class BlockType(FsType):
 
     device: bool = True
 
+    def made_from(self, sb: dict, mounts: dict) -> set[str]:
+        loop = (sb.get("device") or {}).get("loop")
+        return {loop["sb"]} if loop else set()
+
     def device_of(self, mount) -> str | None:
         # btrfs shows an anonymous device number: the block device is its source's. Others show
         # the device itself: trust that (a restored mount's source names the device it had at
