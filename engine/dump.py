@@ -1225,12 +1225,18 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
         raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link); "
                                           "deleted names of linked files are not supported yet")
     key = f"{st.st_dev}:{st.st_ino}"
-    for gid, g in ghosts_doc.items():
-        if g.get("inode") == key:
-            return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     m_root = ghosts.split_root(m.root)[0]
     rel = rel_to(path, m.mountpoint)
     sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
+    for gid, g in ghosts_doc.items():
+        if g.get("inode") == key:
+            if g["path"] != sb_path:
+                # Restore recreates one name and reopens every fd through it: an fd whose mount
+                # does not reach that name would land elsewhere (CRIU's mntns_link_remap).
+                raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
+                                                  f"{g['path']} of its filesystem; a deleted file reached under "
+                                                  f"two unlinked names (hard links) is not supported yet")
+            return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     gid = f"g-{len(ghosts_doc)}"
     name, out = writer.new_archive()
     try:

@@ -289,7 +289,9 @@ class _Restorer:
         self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
-        self.ghost_fd: dict[str, int] = {}    # ghost id -> O_PATH fd its open files are reopened from
+        # (ghost id, mount) -> O_PATH fd its open files on that mount are reopened from: one per
+        # mount, since fds of one unlinked file may sit on several mounts (CRIU's mntns_ghost01).
+        self.ghost_fd: dict[tuple[str, int], int] = {}
         self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts recreated, linked until the mounts are attached
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
@@ -753,10 +755,10 @@ class _Restorer:
         fd = self._clone_plain(m, what, base)
         self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
-            if gid not in self.ghost_fd:
+            if (gid, m["id"]) not in self.ghost_fd:
                 self._ghost(gid)
                 try:
-                    self.ghost_fd[gid] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
+                    self.ghost_fd[gid, m["id"]] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
                                                         _BENEATH | kernel.RESOLVE_NO_XDEV)
                 except OSError as e:
                     raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): its deleted file {path} "
@@ -1316,10 +1318,10 @@ class _Restorer:
         finally:
             self._fds.close()
 
-    def _open_ghost(self, gid: str, flags: int) -> int:
-        """A new description of ghost `gid` (unlinked at restore too): reopened from the fd taken while
-        it had its name."""
-        return os.open(f"self/fd/{self.ghost_fd[gid]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
+    def _open_ghost(self, gid: str, flags: int, mnt: int) -> int:
+        """A new description of ghost `gid` (unlinked at restore too) on mount `mnt`: reopened from the
+        fd taken through that mount while it had its name."""
+        return os.open(f"self/fd/{self.ghost_fd[gid, mnt]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def _place_processes(self) -> None:
         # Every stand-in enters its root first: some objects are made before any fd (a socket pair
@@ -1341,7 +1343,7 @@ class _Restorer:
         chan = self.chans[p["pid"]]
         where = f"process {p['pid']}"
         try:
-            root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY) if loc.get("ghost")
+            root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY, loc["mnt"]) if loc.get("ghost")
                          else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
                          for loc in (p["root"], p["cwd"]))
         except OSError as e:

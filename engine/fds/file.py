@@ -20,7 +20,7 @@ def _open(r: RestoreFd) -> int:
     e = r.entry
     flags = e["flags"] & ~OPEN_DROP
     if e.get("ghost"):
-        fd = r.open_ghost(e["ghost"], flags)   # unlinked at restore too (engine/ghosts.py)
+        fd = r.open_ghost(e["ghost"], flags, e["mnt"])   # unlinked at restore too (engine/ghosts.py)
     else:
         fd = r.open_at(e["mnt"], e["path"], flags)
     if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
