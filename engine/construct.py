@@ -786,23 +786,13 @@ def _check_counts(r) -> None:
     """Each restored namespace holds exactly the image's mounts: a copy the plan did not foresee
     (the kernel propagated where the simulation said it would not) fails the restore here."""
     import errno
-    import os
 
     from engine.restore import RestoreError
     want: dict[str, int] = {}
     for mid, ns_id in r.ns_of_mount.items():
         want[ns_id] = want.get(ns_id, 0) + 1
     for ns_id, n in want.items():
-        r.enter(ns_id)
-        try:
-            os.fchdir(r.mnt_fd[r.doc["mntns"][ns_id]["root"]])
-            os.chroot(".")
-            with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc),
-                           encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
-                have = text.count("\n")
-        finally:
-            r.to_service()
+        have = r.mountinfo_of(ns_id).count("\n")
         if have != n:
             raise RestoreError(errno.EIO, f"mount namespace {ns_id}: {have} mounts after building its peer groups, "
                                           f"the image has {n} (propagation made mounts the plan did not foresee)")

@@ -587,8 +587,8 @@ class _Restorer:
         if back is not None:
             self.enter(back)  # a caller in the middle of attaching stands where it stood
 
-    def _check_count(self, ns_id: str, want: int) -> None:
-        """Restored namespace ns_id has `want` mounts, else name one that is missing."""
+    def mountinfo_of(self, ns_id: str) -> str:
+        """The mountinfo of restored namespace ns_id, as seen from its root mount."""
         self.enter(ns_id)
         try:
             # mountinfo lists what lies under our root, and setns put us on top of an overmounted "/".
@@ -596,9 +596,13 @@ class _Restorer:
             os.chroot(".")
             with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc),
                            encoding="utf-8", errors="surrogateescape") as f:
-                text = f.read()
+                return f.read()
         finally:
             self.to_service()  # setns resets root and cwd
+
+    def _check_count(self, ns_id: str, want: int) -> None:
+        """Restored namespace ns_id has `want` mounts, else name one that is missing."""
+        text = self.mountinfo_of(ns_id)
         if text.count("\n") == want:
             return
         there = {mp for _, _, _, mp, _ in mountinfo.brief(text)}
