@@ -18,7 +18,7 @@ import pytest
 import enginecase
 from enginecase import assert_same, case, mntcr, take  # noqa: F401  (case: fixture)
 from engine import construct
-from test_engine_propagation import KINDS, probe
+from test_engine_propagation import KINDS, probe, round_trip_kind
 
 OLD_KERNEL = "sharing=construct,flags=remount,sources=yard"
 
@@ -114,13 +114,7 @@ def old_kernel(monkeypatch):
 @pytest.mark.parametrize("kind", sorted(KINDS))
 def test_round_trip_kinds(case, old_kernel, kind):
     """Each propagation kind restores equal, and a probe mount propagates as it did before."""
-    setup, places = KINDS[kind]
-    pid = case.start(f"mkdir /mnt/m /mnt/p; mount -t tmpfs m /mnt/m; mkdir /mnt/m/sub\n{setup}\nhold\n")
-    before = take(pid)
-    seen = probe(pid, places)
-    new = case.cr(pid)
-    assert_same(before, take(new))
-    assert probe(new, places) == seen
+    round_trip_kind(case, kind)
 
 
 def test_round_trip_uncovered_and_cross_namespace(case, old_kernel):
