@@ -529,6 +529,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     tree = process_tree(root_pid)
     pids = [p for p, _ in tree]
     _precheck(pids, ext_mnts)
+    _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
     resume = [p for p in pids if _state(p) not in ("T", "t")]
