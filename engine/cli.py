@@ -43,8 +43,9 @@ def _add_dump(sub) -> None:
                     "proc, sysfs, devpts, mqueue, cgroup2, binfmt_misc, overlayfs built on dumped mounts, "
                     "block filesystems (a loop device over a dumped image file is found automatically, any "
                     "other device must be declared external), files and cwds on lazily unmounted mounts, "
-                    "user namespaces (maps, owners of mount namespaces, locked mounts, idmapped mounts). "
-                    "Refused with one line: other filesystems (FUSE included), fds that are not files or "
+                    "user namespaces (maps, owners of mount namespaces, locked mounts, idmapped mounts), "
+                    "FUSE (its daemon, a process holding /dev/fuse, is neither stopped nor dumped: restore "
+                    "restarts it with --fuse-restart). Refused with one line: other filesystems, fds that are not files or "
                     "directories, deleted files, pid/uts/ipc/net namespaces owned by another user namespace "
                     "of the tree than the process's own.")
     p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
@@ -77,6 +78,13 @@ def _add_restore(sub) -> None:
                         "dev[KEY]:PATH gives a block device (or an image file, attached to a loop device) "
                         "for the external device KEY; file[KEY]:HOSTPATH gives the file to open for the "
                         "external file KEY. Repeatable.")
+    p.add_argument("--fuse-restart", action="append", default=[], metavar="SUBTYPE=COMMAND",
+                   help="the command that serves FUSE superblocks of fstype fuse.SUBTYPE ('fuse' for none) "
+                        "again: restore makes the superblock on a new /dev/fuse connection and runs COMMAND "
+                        "(split like sh words, no shell) with {conn} replaced by /dev/fd/N of the connection "
+                        "(its mount point: libfuse >= 3.3) and {source} by /dev/fd/M of the superblock's "
+                        "source file restored from the image, e.g. squashfuse='squashfuse -f {source} {conn}'. "
+                        "Never taken from the image. Repeatable.")
     p.add_argument("--pidfile", required=True, metavar="FILE",
                    help="write the root stand-in's pid here (must not exist; written only when the whole "
                         "tree runs, else nothing of the restore is left)")
@@ -189,8 +197,14 @@ def _cmd_dump(args) -> int:
 
 def _cmd_restore(args) -> int:
     from engine import restore
+    daemons = {}
+    for spec in args.fuse_restart:
+        key, sep, cmd = spec.partition("=")
+        if not sep or not key or not cmd.strip():
+            raise ValueError(f"--fuse-restart {spec!r}: expected SUBTYPE=COMMAND")
+        daemons[key] = cmd
     pid = restore.restore(args.images_dir, root=args.root, externals=args.external, pidfile=args.pidfile,
-                          devices=args.devices)
+                          devices=args.devices, daemons=daemons)
     print(f"restored: root stand-in pid {pid}")
     return EXIT_OK
 

@@ -527,6 +527,14 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     ext_mnts, ext_devs = parse_externals(externals)
     ext_files = parse_external_files(externals)
     tree = process_tree(root_pid)
+    # A filesystem's daemon (a type with `daemon`) keeps running while the tree is dumped (its files
+    # stay readable: a stopped one would hang us) and is not dumped: restore restarts it (engine/fs/).
+    daemons = fs.daemons(p for p, _ in tree)
+    if root_pid in daemons:
+        raise DumpError(errno.EOPNOTSUPP, f"process {root_pid} serves a filesystem (holds its connection): "
+                                          "a daemon is restarted at restore, never the root of a dumped tree")
+    everyone = [p for p, _ in tree]
+    tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
     pids = [p for p, _ in tree]
     _precheck(pids, ext_mnts)
     _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
@@ -547,8 +555,8 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         if not ok:
             writer.abort()
         if ok and not leave_running:
-            _signal_all(pids, signal.SIGKILL)
-            _wait_gone(pids)
+            _signal_all(everyone, signal.SIGKILL)
+            _wait_gone(everyone)
         else:
             _signal_all(resume, signal.SIGCONT)
         os.kill(watchdog, signal.SIGKILL)
@@ -584,7 +592,7 @@ def _watchdog(pids: list[int]) -> int:
 def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
     """Refuse unsupported filesystems before stopping anything.
 
-    Looking at files of a FUSE mount whose daemon we stopped would hang, so
+    Looking at files of a filesystem whose daemon we stopped would hang, so
     this reads only mountinfo, never the filesystems.
     """
     seen: set[int] = set()

@@ -563,6 +563,11 @@ DEVICE = Record("device", {
     "unresolved": F(BOOL, required=False),                    # dump found neither (then the sb is external)
 })
 
+INPUT = Record("daemon input", {
+    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # the content superblock holding the file
+    "path": F(STR, rule=path_rule),                           # the file in that superblock
+})
+
 LAYER = Record("overlay layer", {
     "path": F(STR, rule=path_rule),                           # the path the overlay options name
     "mnt": F(INT, rule=rng(1, MAX_ID)),                       # the mount of the image it lies on
@@ -580,6 +585,7 @@ SUPERBLOCK = Record("superblock", {
     "device": F(OPT_DICT, required=False, rule=record(DEVICE)),
     "layers": F(OPT_LIST, required=False, rule=list_of(record(LAYER), MAX_LAYERS, DICT)),
     "pidns": F(OPT_STR, required=False, rule=pattern(_NS_ID, "a namespace id")),
+    "input": F(OPT_DICT, required=False, rule=record(INPUT)),   # a daemon type's source file
 })
 
 PIDNS = Record("pid namespace", {
@@ -890,7 +896,8 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             for m in odd_roots.get(sid, ()):
                 _fail(f"mount {m['id']}: root {m['root']!r} is no path; only an external mount may have that")
         if external or handler is None:
-            if layers is not None or (device or {}).get("loop") or (device or {}).get("key"):
+            if layers is not None or (device or {}).get("loop") or (device or {}).get("key") \
+                    or sb.get("input") is not None:
                 _fail(f"{what}: an external superblock is bound from the host path given at restore; "
                       "it has no device or layers to create it from")
             continue
@@ -910,6 +917,15 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                     _fail(f"{what}: layer {x['path']} lies on mount {x['mnt']}, which is not in the image")
         elif layers is not None:
             _fail(f"{what}: a layers record only belongs to an overlay")
+        inp = sb.get("input")
+        if inp is not None:
+            base = sbs.get(inp["sb"])
+            base_type = fs.lookup(base["fstype"]) if base is not None else None
+            if not handler.daemon:
+                _fail(f"{what}: an input file only belongs to a filesystem served by a daemon (fuse)")
+            if base is None or base.get("external") or base_type is None or not base_type.content \
+                    or inp["sb"] == sid:
+                _fail(f"{what}: its input file must lie on a tmpfs or ramfs of the image (not {inp['sb']!r})")
         if handler.ns_key == "pidns" and sid in used_sbs and not sb.get("pidns"):
             _fail(f"{what}: a proc superblock needs its pid namespace")
     for name, limit in archive_bytes.items():

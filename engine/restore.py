@@ -139,17 +139,20 @@ def step(name: str) -> None:
 
 
 def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str | None = None,
-            devices: str = "container") -> int:
+            devices: str = "container", daemons: dict[str, str] | None = None) -> int:
     """Restore the image; return the root stand-in's pid (and write it to pidfile).
 
     Atomic: the tree runs and the pid file names it, or nothing is left (engine/pidfile.py).
     `devices` is the policy for device nodes in archives (engine/content.py, IMAGE.md).
+    `daemons` maps a daemon type's key to the user's command that serves it again (engine/fs/).
     """
     content.set_device_policy(devices)
     if pidfile:
         pidfile_mod.check(pidfile)  # before anything is built
     doc = image.load(images_dir)
     ext = parse_externals(externals, root)
+    # (tuple keys: no image's external key can name one)
+    ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
     needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
                     | {"dev:" + sb["device"]["key"] for sb in doc["superblocks"].values()
                        if (sb.get("device") or {}).get("key") and not sb.get("external")}
@@ -650,6 +653,15 @@ class _Restorer:
     def external_path(self, kind: str, key: str) -> str:
         """The host path the user gave for `--external KIND[KEY]:PATH`."""
         return self.ext[f"{kind}:{key}"]
+
+    def daemon_command(self, key: str) -> str | None:
+        """The command the user gave to serve a daemon type's superblock `key` again, or None."""
+        return self.ext.get(("daemon", key))
+
+    def caller_mntns(self) -> int:
+        """An fd on the mount namespace of restore's caller (a restarted daemon runs there, so it pins
+        none of the service namespace's mounts)."""
+        return os.open(f"{os.getppid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def sb(self, sid: str) -> int | None:
         """The detached mount fd of new superblock `sid`, None if it is not made."""

@@ -95,3 +95,17 @@ def test_a_hugetlbfs_with_files_is_refused(case):
     with open(f"/proc/{pid}/stat") as f:
         state = f.read().rsplit(")", 1)[1].split()[0]
     assert state in ("S", "R"), f"the tree was left in state {state} after a refused dump"
+
+
+def test_fuse_restart_command_takes_only_fd_paths():
+    """The user's --fuse-restart template: {conn}/{source} become /dev/fd paths; a template
+    without {conn} (the daemon would mount by itself) or naming a {source} the image lacks is refused."""
+    from engine.fs import FsError
+    from engine.fs import fuse
+    assert fuse.command("squashfuse -f {source} {conn}", 5, 7, "squashfuse") == \
+        ["squashfuse", "-f", "/dev/fd/7", "/dev/fd/5"]
+    assert fuse.restart_key("fuse.squashfuse") == "squashfuse" and fuse.restart_key("fuse") == "fuse"
+    with pytest.raises(FsError, match=r"put \{conn\} where the mount point goes"):
+        fuse.command("squashfuse {source} /mnt", 5, 7, "squashfuse")
+    with pytest.raises(FsError, match=r"holds no file for the superblock's source"):
+        fuse.command("squashfuse {source} {conn}", 5, None, "squashfuse")

@@ -291,6 +291,46 @@ def test_overlay_layer_cycle_is_refused(base_image, tmp_path):
     refused(_mutated(base_image, tmp_path, mutate), r"layer cycle", tmp_path)
 
 
+# --- FUSE: the daemon's command comes from the user, never from the image ---------------------------
+
+def _to_fuse(doc, source: str = "/mnt/t/f", **extra):
+    """The mqueue at /mnt/mq (no archive) turned into a squashfuse superblock (fstype fuse.squashfuse)."""
+    sb = _sb(doc, "/mnt/mq")
+    sid = _mount(doc, "/mnt/mq")["sb"]
+    sb.update(fstype="fuse.squashfuse", source=source, archives=[], super_opts=["rw", "user_id=0", "group_id=0"],
+              **extra)
+    sb.pop("empty_root", None)
+    for m in _ns(doc)["mounts"]:
+        if m["sb"] == sid:
+            m.update(fstype="fuse.squashfuse", source=source)
+
+
+FUSE = {
+    # no --fuse-restart: nothing is run, restore names the option
+    "no-restart-command": (lambda d: _to_fuse(d), (), r"on fuse\.squashfuse: its daemon is not restored; give the "
+                                                      r"command that serves it with --fuse-restart squashfuse="),
+    # the user's command must take the connection: one that does not is refused before anything runs
+    "command-without-conn": (lambda d: _to_fuse(d, input={"sb": _mount(d, "/mnt/t")["sb"], "path": "/f"}),
+                             ("--fuse-restart", "squashfuse=touch {source}"),
+                             r"put \{conn\} where the mount point goes"),
+    "input-on-its-own-sb": (lambda d: _to_fuse(d, input={"sb": _mount(d, "/mnt/mq")["sb"], "path": "/x"}), (),
+                            r"its input file must lie on a tmpfs or ramfs of the image"),
+    "input-escapes": (lambda d: _to_fuse(d, input={"sb": _mount(d, "/mnt/t")["sb"], "path": "/../../etc/passwd"}),
+                      (), r"'input\.path' path has '\.' or '\.\.'"),
+    "input-on-tmpfs": (lambda d: _sb(d, "/mnt/u").update(input={"sb": _mount(d, "/mnt/t")["sb"], "path": "/f"}),
+                       (), r"an input file only belongs to a filesystem served by a daemon"),
+    "command-in-image": (lambda d: _to_fuse(d, command="touch /tmp/pwned"),
+                         ("--fuse-restart", "squashfuse=squashfuse -f {source} {conn}"), r"unknown field 'command'"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FUSE))
+def test_fuse_daemon_runs_only_the_users_command(base_image, tmp_path, kind):
+    """A FUSE superblock is made only with the user's --fuse-restart command, fed only files of the image."""
+    mutate, extra, pattern = FUSE[kind]
+    refused(_mutated(base_image, tmp_path, mutate), pattern, tmp_path, extra=extra)
+
+
 # --- 3. archives for namespace-bound superblocks ---------------------------------------------------
 
 @pytest.mark.parametrize("attached", [False, True], ids=["default", "attached-sources"])

@@ -122,6 +122,8 @@ class MntcrBackend(Backend):
         args = ["-D", images_dir, "--pidfile", pidfile, "--devices", "all"]
         for ext in externals:
             args += ["--external", f"mnt[{ext.key}]:{ext.host_path}"]
+        for key, cmd in ctx.scenario.fuse_restart:
+            args += ["--fuse-restart", f"{key}={cmd}"]
         self._run("restore", args, ctx)
         try:
             with open(pidfile) as f:

@@ -64,6 +64,11 @@ def known_failure(name: str, scenario: str) -> str | None:
     return dict(entries()[name].recipe.known_failures).get(scenario)
 
 
+def restart(name: str) -> tuple[tuple[str, str], ...]:
+    """The (key, command) pairs restore takes as --fuse-restart for entry `name` (a daemon type's recipe)."""
+    return entries()[name].recipe.restart
+
+
 def requires(name: str) -> tuple[list[str], list[str]]:
     """(filesystems, commands) battery entry `name` needs."""
     t = entries()[name]

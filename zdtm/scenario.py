@@ -108,6 +108,7 @@ class Scenario:
     timeout: float
     iters: int
     container: Container = Container()
+    fuse_restart: tuple[tuple[str, str], ...] = ()   # (subtype, command): restore's --fuse-restart
     golden_path: str | None = None   # NAME.out beside the file, when there is one (zdtm/golden.py)
     golden: str | None = None        # its expected check output for this combination (None: none for it)
 
@@ -246,6 +247,9 @@ def render(sf: ScenarioFile, params: dict) -> Scenario:
         req["filesystems"] = list(req.get("filesystems") or []) + filesystems
         req["commands"] = list(req.get("commands") or []) + commands
         raw["requires"] = req
+        restart = battery.restart(params["fstype"])
+        if restart:
+            raw["fuse_restart"] = {**dict(restart), **(raw.get("fuse_restart") or {})}
         why = battery.known_failure(params["fstype"], scenario_name(sf.path))
         if why:
             exp = raw.get("expect") or "pass"

@@ -21,6 +21,7 @@ TOP_KEYS = {
     "timeout": "seconds for the whole scenario (number, default 60)",
     "iters": "minimum number of dump/restore iterations (integer, default 1)",
     "container": "mapping with root, host_dirs: how the flavor builds the container (default: all private)",
+    "fuse_restart": "mapping SUBTYPE: COMMAND the mntcr backend's restore gives as --fuse-restart (engine/fs/fuse.py)",
     "battery": "true: a generic scenario of the --fstype battery (param fstype, template variable fs: zdtm/battery.py)",
 }
 REQUIRED = ("description", "setup")
@@ -270,4 +271,15 @@ def build(sf, raw: dict, params: dict, error):
         timeout=_number(path, lines, error, "timeout", raw.get("timeout"), float, DEFAULT_TIMEOUT),
         iters=_number(path, lines, error, "iters", raw.get("iters"), int, 1),
         container=_container(path, lines, error, raw.get("container")),
+        fuse_restart=_fuse_restart(path, lines, error, raw.get("fuse_restart")),
     )
+
+
+def _fuse_restart(path, lines, error, value) -> tuple[tuple[str, str], ...]:
+    """`fuse_restart: {SUBTYPE: COMMAND}` -> ((subtype, command), ...)."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                              for k, v in value.items()):
+        raise error(path, "key 'fuse_restart': expected a mapping SUBTYPE: COMMAND", lines.get("fuse_restart"))
+    return tuple(value.items())

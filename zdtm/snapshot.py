@@ -12,7 +12,9 @@ inside the scenario's namespaces and root.
 
 Processes are identified by their state, not by pid (pids change on restore):
 the per-process texts are sorted, and the partition names processes by that
-order. Parentage is not compared (a restore may re-parent stand-ins).
+order. Parentage is not compared (a restore may re-parent stand-ins). A process
+serving a filesystem (a FUSE daemon: engine.fs.daemons) is left out: restore
+restarts it outside the tree; what it serves is compared.
 """
 
 from __future__ import annotations
@@ -346,7 +348,12 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     if not alive(root):
         raise SnapshotError(f"process {root} is not running")
     check_output = run_check(root, check, timeout) if check else None
+    # A filesystem's daemon (a FUSE server) is restarted by restore, not restored: a new process
+    # outside the tree (engine/fs/fuse.py). What it serves is compared, the process is not.
+    from engine import fs
     pids = tree_pids(root)
+    daemons = fs.daemons(pids)
+    pids = [p for p in pids if p not in daemons]
     tables, labels = {}, {}
     for pid in pids:
         try:

@@ -23,7 +23,9 @@ What a type declares:
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import stat
 from dataclasses import dataclass, field
 
 from engine.mountinfo import unescape
@@ -63,6 +65,8 @@ class Recipe:
     loop: bool = False               # it needs loop device nodes in the container's private /dev
     # Battery scenarios mntcr is known to fail on this type: (scenario name, reason) -> crfail.
     known_failures: tuple[tuple[str, str], ...] = ()
+    # (key, command) pairs the battery's restore gives as --fuse-restart KEY=COMMAND (a daemon type).
+    restart: tuple[tuple[str, str], ...] = ()
 
 
 def block_recipe(mkfs: str, size: str = "64M", options: str = "", copy: str = "cp -a",
@@ -109,6 +113,9 @@ class FsType:
     # Mount roots a new instance has (None: any). A bind of another root (a pseudo-terminal of
     # a devpts instance, LXC's /dev/console) cannot be recreated: it must be declared external.
     fresh_roots: frozenset[str] | None = None
+    # Served by a daemon process: restore starts a new one with the user's restart command (fuse.py);
+    # dump neither stops nor dumps the tree's processes `serves` says hold such a connection.
+    daemon: bool = False
     # Names /proc/filesystems must list for the kernel to make it.
     requires: tuple[str, ...] = ()
     # How the --fstype battery makes a fresh superblock of this type (scenarios/battery/), or None.
@@ -160,6 +167,10 @@ class FsType:
     def layer_paths(self, super_opts) -> list[tuple[str, str]]:
         """(option, path) of every layer its options name (types with `layers`)."""
         return []
+
+    def serves(self, st: os.stat_result) -> bool:
+        """Whether an open file with this stat is the connection a daemon of this type serves on."""
+        return False
 
     def wants_probe(self) -> bool:
         """Whether dump clones one mount of the superblock and hands it to `probe`."""
@@ -232,6 +243,29 @@ def battery() -> dict[str, FsType]:
         with_recipe = [t for t in _BY_MODULE[module] if t.recipe is not None]
         if with_recipe:
             out[module] = with_recipe[-1]
+    return out
+
+
+def daemons(pids) -> set[int]:
+    """The processes among `pids` that serve a filesystem (hold a connection a daemon type's `serves`
+    recognizes): dump leaves them running and out of the image; restore restarts them."""
+    serving = [t for t in types() if t.daemon]
+    out = set()
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for name in names:
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("/"):
+                    continue   # a pipe, socket or anonymous inode
+                st = os.stat(f"/proc/{pid}/fd/{name}")   # the open file itself (the tree still runs)
+            except OSError:
+                continue
+            if stat.S_ISCHR(st.st_mode) and any(t.serves(st) for t in serving):
+                out.add(pid)
+                break
     return out
 
 
