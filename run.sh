@@ -16,10 +16,10 @@ fi
 
 # Debian packages: GNU tar (tmpfs contents), util-linux (unshare, nsenter, findmnt), graphviz (reports),
 # chromium (the report test loads a page in headless Chromium),
-# mkfs tools and squashfs for the filesystem scenarios and the --fstype battery, qemu + busybox for the VM flavor, debootstrap for criu
+# mkfs tools, squashfs and squashfuse (the fuse battery) for the filesystem scenarios and the --fstype battery, qemu + busybox for the VM flavor, debootstrap for criu
 # and the Vagrant box, vagrant + vagrant-libvirt + libvirt for the Vagrant provider, the container runtimes
 # of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container).
-pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3
+pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3 squashfuse
       erofs-utils dosfstools exfatprogs f2fs-tools
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
       vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-utils openssh-client rsync
