@@ -82,7 +82,7 @@ def _add_restore(sub) -> None:
                    help="the command that serves FUSE superblocks of fstype fuse.SUBTYPE ('fuse' for none) "
                         "again: restore makes the superblock on a new /dev/fuse connection and runs COMMAND "
                         "(split like sh words, no shell) with {conn} replaced by /dev/fd/N of the connection "
-                        "(its mount point: libfuse >= 3.3) and {source} by /dev/fd/M of the superblock's "
+                        "(its mount point: libfuse >= 3.3) and {source} by /proc/self/fd/M of the superblock's "
                         "source file restored from the image, e.g. squashfuse='squashfuse -f {source} {conn}'. "
                         "Never taken from the image. Repeatable.")
     p.add_argument("--pidfile", required=True, metavar="FILE",

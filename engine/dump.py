@@ -1295,8 +1295,8 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                 f0 = facts[0][0]
                 sid, dev = sb_of_dev.get(f0["dev"]), f0["dev"]
                 if sid is None:
-                    # Files may show another device than the mounts of their superblock (btrfs: each
-                    # subvolume has its own): the superblock whose mount opens the file's handle as it.
+                    # Files may show another device than the mounts of their superblock (a subvolume's
+                    # own anonymous device): the superblock whose mount opens the file's handle as it.
                     sid, dev = _sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
                 if sid is not None:
                     candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),

@@ -98,12 +98,12 @@ def test_a_hugetlbfs_with_files_is_refused(case):
 
 
 def test_fuse_restart_command_takes_only_fd_paths():
-    """The user's --fuse-restart template: {conn}/{source} become /dev/fd paths; a template
+    """The user's --fuse-restart template: {conn}/{source} become fd paths; a template
     without {conn} (the daemon would mount by itself) or naming a {source} the image lacks is refused."""
     from engine.fs import FsError
     from engine.fs import fuse
     assert fuse.command("squashfuse -f {source} {conn}", 5, 7, "squashfuse") == \
-        ["squashfuse", "-f", "/dev/fd/7", "/dev/fd/5"]
+        ["squashfuse", "-f", "/proc/self/fd/7", "/dev/fd/5"]
     assert fuse.restart_key("fuse.squashfuse") == "squashfuse" and fuse.restart_key("fuse") == "fuse"
     with pytest.raises(FsError, match=r"put \{conn\} where the mount point goes"):
         fuse.command("squashfuse {source} /mnt", 5, 7, "squashfuse")

@@ -12,7 +12,7 @@ a program, which mntcr does not checkpoint. So the daemon is *restarted*, not re
   command the user gave for the subtype (`mntcr restore --fuse-restart SUBTYPE=COMMAND`, "fuse"
   for none) in the caller's mount namespace, with `{conn}` replaced by /dev/fd/N of the
   connection (libfuse >= 3.3 serves a mount point /dev/fd/N without mounting: squashfuse,
-  fuse-overlayfs, sshfs 3) and `{source}` by /dev/fd/M of the input file opened read-only
+  fuse-overlayfs, sshfs 3) and `{source}` by /proc/self/fd/M of the input file opened read-only
   beneath the restored superblock. The command never comes from the image (images are
   untrusted): without one for the subtype, restore refuses naming the option.
 
@@ -50,7 +50,7 @@ def restart_key(fstype: str) -> str:
 
 
 def command(template: str, conn: int, source_fd: int | None, key: str) -> list[str]:
-    """argv of the user's restart command: `{conn}` and `{source}` replaced by /dev/fd paths."""
+    """argv of the user's restart command: `{conn}` replaced by /dev/fd/N, `{source}` by /proc/self/fd/M."""
     argv = []
     for word in shlex.split(template):
         if "{source}" in word and source_fd is None:
@@ -59,7 +59,8 @@ def command(template: str, conn: int, source_fd: int | None, key: str) -> list[s
                                         "or ramfs of the image)")
         word = word.replace("{conn}", f"/dev/fd/{conn}")
         if source_fd is not None:
-            word = word.replace("{source}", f"/dev/fd/{source_fd}")
+            # /proc/self/fd: a guest's /dev may have no /dev/fd link ({conn} is parsed by libfuse, never opened)
+            word = word.replace("{source}", f"/proc/self/fd/{source_fd}")
         argv.append(word)
     if not any(f"/dev/fd/{conn}" in w for w in argv):
         raise FsError(errno.EINVAL, f"--fuse-restart {key}: the command must take the connection as its "
