@@ -28,8 +28,8 @@ cp -a "$SRC/." /run/fs/exp/
 exportfs -o rw,no_root_squash,insecure,no_subtree_check,fsid=0 127.0.0.1:/run/fs/exp
 rpc.mountd -N 2 -N 3 </dev/null >/dev/null 2>&1
 rpc.nfsd -N 3 -U 4 </dev/null >/dev/null 2>&1
-# soft, short timeouts: a server that is gone fails a restore instead of hanging it
-mount -t nfs4 -o vers=4.2,soft,timeo=100,retrans=2,addr=127.0.0.1,clientaddr=127.0.0.1 127.0.0.1:/ "$FS"
+# soft (TCP default timeouts): a server that is gone fails a restore instead of hanging it
+mount -t nfs4 -o vers=4.2,soft,timeo=600,retrans=2,addr=127.0.0.1,clientaddr=127.0.0.1 127.0.0.1:/ "$FS"
 ls "$FS" >/dev/null
 # The server's daemons and its control filesystem are no part of the dumped tree: the kernel
 # keeps serving (and caching the export) without them.
