@@ -64,6 +64,11 @@ def known_failure(name: str, scenario: str) -> str | None:
     return dict(entries()[name].recipe.known_failures).get(scenario)
 
 
+def unfinished(name: str) -> str | None:
+    """Why entry `name`'s recipe cannot run yet (its items skip), or None."""
+    return entries()[name].recipe.unfinished
+
+
 def restart(name: str) -> tuple[tuple[str, str], ...]:
     """The (key, command) pairs restore takes as --fuse-restart for entry `name` (a daemon type's recipe)."""
     return entries()[name].recipe.restart

@@ -67,6 +67,8 @@ class Recipe:
     known_failures: tuple[tuple[str, str], ...] = ()
     # (key, command) pairs the battery's restore gives as --fuse-restart KEY=COMMAND (a daemon type).
     restart: tuple[tuple[str, str], ...] = ()
+    # Why the battery cannot run this recipe yet (its items skip saying so), or None.
+    unfinished: str | None = None
 
 
 def block_recipe(mkfs: str, size: str = "64M", options: str = "", copy: str = "cp -a",

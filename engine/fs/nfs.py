@@ -34,7 +34,11 @@ ls "$FS" >/dev/null
 # The server's daemons and its control filesystem are no part of the dumped tree: the kernel
 # keeps serving (and caching the export) without them.
 pkill -x rpc.mountd; umount /proc/fs/nfsd""",
-    commands=("exportfs", "rpc.nfsd", "rpc.mountd", "pkill"))
+    commands=("exportfs", "rpc.nfsd", "rpc.mountd", "pkill"),
+    # In a 6.1 guest the mount works (checked by hand), but with rpc.mountd gone opening a file
+    # gives EIO: the server's userland must outlive the dumped tree, i.e. run outside the container.
+    unfinished="the nfs recipe's rpc.mountd must outlive the dumped tree (killed, the next open gets EIO): "
+               "it needs a server started outside the container (not implemented yet)")
 
 register(FsType("nfs", ns="net", requires=("nfs",)))
 TYPE = register(FsType("nfs4", ns="net", requires=("nfs4", "nfsd"), recipe=_RECIPE))
