@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import stat
-import tempfile
 
 FORMAT = "mntcr-image"
 VERSION = 1
@@ -122,6 +120,7 @@ def _remove_stale(parent: str, prefix: str) -> None:
                 continue
         except OSError:
             continue
+        import shutil  # only to clean up
         shutil.rmtree(path, ignore_errors=True)
 
 
@@ -141,6 +140,7 @@ class ImageWriter:
             raise ImageError(f"image directory {target} exists and is not empty")
         prefix = f".{os.path.basename(self.target)}.tmp-"
         _remove_stale(parent, prefix)
+        import tempfile  # only a dump writes: restore does not load it
         self.tmp = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent)
 
     def path(self, name: str) -> str:
@@ -188,6 +188,7 @@ class ImageWriter:
     def abort(self) -> None:
         """Remove the temporary directory."""
         if self.tmp:
+            import shutil  # only to clean up
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
 

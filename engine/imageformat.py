@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, VERSION, ImageError,
                           check_abs_path, is_beneath)
