@@ -1,4 +1,4 @@
-"""The Vagrant provider's failure handling, without booting anything.
+"""The Vagrant provider's failure handling and boot-file staging, without booting anything.
 
 A failed `vagrant up` must leave its vagrant.log and console log where the
 error line says, and name the cause (a boot timeout: the last ssh attempt's
@@ -72,3 +72,24 @@ def test_the_ssh_step_limit_suits_a_tcg_guest(machine, tmp_path):
     assert vagrant.SSH_STEP_SECONDS["tcg"] >= 30
     assert f"ConnectTimeout {vagrant.SSH_STEP_SECONDS['tcg']}" in vagrant._CONTROL.format(
         dir="/x", step=vagrant.SSH_STEP_SECONDS["tcg"])
+
+
+def test_staged_kernels_of_other_caches_are_left_alone(tmp_path, monkeypatch):
+    """Runs with different MNTCR_CACHEs stage into one machine-wide directory: none removes a file
+    another may be about to boot from; the same content is staged once; stale files go."""
+    import os
+    import time
+    monkeypatch.setattr(vagrant, "BOOT_DIR", tmp_path / "boot")
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(b"kernel one")
+    b.write_bytes(b"kernel one")          # the same kernel in another cache (another mtime)
+    os.utime(b, (1, 1))
+    c.write_bytes(b"kernel two")
+    first = vagrant._stage(a, "6.1-kernel")
+    assert vagrant._stage(b, "6.1-kernel") == first
+    other = vagrant._stage(c, "6.1-kernel")
+    assert other != first and first.read_bytes() == b"kernel one" and other.read_bytes() == b"kernel two"
+    old = time.time() - vagrant.STAGED_MAX_AGE - 60
+    os.utime(first, (old, old))
+    vagrant._stage(c, "6.1-kernel")
+    assert not first.exists() and other.exists()

@@ -25,6 +25,7 @@ shell keeps it when the command dies of a signal (128+N like the fast path).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import select
@@ -111,20 +112,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# A staged file no VM has started from for this long is removed (a domain reads its kernel and
+# initrd when it starts; a start follows the staging within minutes).
+STAGED_MAX_AGE = 24 * 3600
+
+
 def _stage(src: Path, name: str) -> Path:
-    """src copied (once per content) into BOOT_DIR, readable by libvirt's qemu user."""
+    """src copied (once per content) into BOOT_DIR, readable by libvirt's qemu user.
+
+    BOOT_DIR is one per machine, shared by every run and every MNTCR_CACHE: the name carries
+    the content's hash, so runs with different caches share a file of the same content and
+    never replace one another's (removing the other cache's kernel made a concurrent
+    `vagrant up` fail "unable to stat ...-kernel-..."). Each use refreshes the file's mtime;
+    files of `name` unused for STAGED_MAX_AGE are removed.
+    """
     BOOT_DIR.mkdir(parents=True, exist_ok=True)
     BOOT_DIR.chmod(0o755)
-    st = src.stat()
-    dest = BOOT_DIR / f"{name}-{st.st_size}-{int(st.st_mtime)}"
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    dest = BOOT_DIR / f"{name}-{h.hexdigest()[:16]}"
     if not dest.exists():
         tmp = dest.with_name(dest.name + f".{os.getpid()}.partial")
         shutil.copyfile(src, tmp)
         tmp.chmod(0o644)
         tmp.rename(dest)
-        for old in BOOT_DIR.glob(f"{name}-*"):
-            if old != dest and not old.name.endswith(".partial"):
-                old.unlink(missing_ok=True)
+    os.utime(dest)
+    now = time.time()
+    for old in BOOT_DIR.glob(f"{name}-*"):
+        try:
+            if old != dest and now - old.stat().st_mtime > STAGED_MAX_AGE:
+                old.unlink()
+        except FileNotFoundError:
+            pass  # another run removed it first
     return dest
 
 
