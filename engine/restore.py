@@ -320,7 +320,15 @@ class _Restorer:
         # in a yard of the service namespace and cloned from there.
         # The root below the yard: setns into the service namespace puts us on top of it.
         self.service_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        self.yard = _make_yard() if chosen.sources == "yard" else None
+        # Made by start_yard, after the user namespaces: stacked on /, it makes our root a
+        # chroot in the kernel's eyes, and a chrooted process may not create a user namespace.
+        self.yard: int | None = None
+        self.wants_yard = chosen.sources == "yard"
+
+    def start_yard(self) -> None:
+        """The yard of sources=yard (see __init__), once the user namespaces exist."""
+        if self.wants_yard and self.yard is None:
+            self.yard = _make_yard()
 
     def to_service(self) -> None:
         """Back into the service namespace (a copy of the host's)."""
@@ -1465,6 +1473,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     r.service_fd = service_fd
     step("start")
     r._users_call(r.users.make_userns)
+    r.start_yard()
     r.spawn_standins()
     r.open_externals()
     r.create_superblocks()
