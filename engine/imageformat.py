@@ -580,6 +580,8 @@ SUPERBLOCK = Record("superblock", {
     "device": F(OPT_DICT, required=False, rule=record(DEVICE)),
     "layers": F(OPT_LIST, required=False, rule=list_of(record(LAYER), MAX_LAYERS, DICT)),
     "pidns": F(OPT_STR, required=False, rule=pattern(_NS_ID, "a namespace id")),
+    # The user namespace that made it (absent: the restorer's); restore makes it from inside.
+    "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
 
 PIDNS = Record("pid namespace", {
@@ -704,6 +706,9 @@ def _check_userns(doc: dict, mounts: dict) -> None:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
         if "creds" in p and "userns" not in p:
             _fail(f"process {p['pid']}: credentials without a user namespace")
+    for sid, sb in doc["superblocks"].items():
+        if "owner" in sb and sb["owner"] not in users:
+            _fail(f"superblock {sid}: unknown owner {sb['owner']!r}")
     for ns_id, ns in doc["mntns"].items():
         if "owner" in ns and ns["owner"] not in users:
             _fail(f"mount namespace {ns_id}: unknown owner {ns['owner']!r}")

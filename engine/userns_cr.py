@@ -35,7 +35,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import mntlocks, mountinfo, topology, userns
+from engine import mntlocks, mountinfo, sbowner, topology, userns
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
@@ -155,7 +155,55 @@ def plan(tree, names: dict, ns_kinds) -> dict:
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
                                                     f"nested in its parent's: not supported yet")
             procs[pid]["userns_first"] = True
-    return {"userns": doc, "proc": procs, "mntns_owner": owners}
+    return {"userns": doc, "proc": procs, "mntns_owner": owners,
+            "ino_name": {key: n for key, n in ids.items()}, "depth": {n: users.depth(k) for k, n in ids.items()}}
+
+
+def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:
+    """(user-N, fd) for each user namespace of the image, deepest first (engine/sbowner.probe):
+    opened from a process in it or one of whose namespaces it owns."""
+    want = users_plan["ino_name"]
+    found: dict[str, int] = {}
+    try:
+        for pid, _ in tree:
+            for kind in ("user", "mnt", "pid", "ipc", "net", "uts"):
+                try:
+                    path = f"/proc/{pid}/ns/{kind}"
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if kind == "user" else userns.ns_owner_fd(path)
+                except OSError:
+                    continue
+                name = want.get(userns.ino(fd))
+                if name is None or name in found:
+                    os.close(fd)
+                else:
+                    found[name] = fd
+    except BaseException:
+        for fd in found.values():
+            os.close(fd)
+        raise
+    return sorted(found.items(), key=lambda kv: -users_plan["depth"][kv[0]])
+
+
+def record_sb_owners(pid: int, mounts, sb_of_dev: dict, superblocks: dict, tree, users_plan: dict) -> None:
+    """Give each superblock `pid` sees that a user namespace of the image owns its ``owner``
+    (user-N): restore makes it from inside the restored one (engine/sbowner.py tells it)."""
+    candidates = sb_owner_candidates(tree, users_plan)
+    try:
+        for dev, name in sbowner.probe(pid, mounts, candidates).items():
+            superblocks[sb_of_dev[dev]]["owner"] = name
+    finally:
+        for _, fd in candidates:
+            os.close(fd)
+
+
+def owner_ids(users: dict, name: str) -> tuple[int, int]:
+    """(uid, gid) in the restorer's ids of the root of user namespace `name` (its first id when
+    it maps no 0): what writes files into a superblock it owns."""
+    rec = users[name]
+
+    def pick(ranges):
+        return next((o for i, o, _ in ranges if i == 0), ranges[0][1] if ranges else 0)
+    return pick(rec["uid_map"]), pick(rec["gid_map"])
 
 
 def owner_to_join(mntns_fd: int) -> int | None:
@@ -310,6 +358,18 @@ class Rebuild:
             raise UsernsError(e.errno, f"mount {m['id']} ({m['mountpoint']}): idmapping it: "
                                        f"{os.strerror(e.errno)}") from None
 
+    def fsopen_in(self, owner: str, fstype: str) -> int:
+        """A filesystem context (fsopen) made inside restored user namespace `owner`: the superblock
+        it creates belongs to that namespace, as the dumped one did. Only fsopen runs there; the
+        restorer configures it in its own ids (uid=, gid= options mean what dump read)."""
+        from engine import channel
+        _, fds = channel.call_in_child(_fsopen_child, self.fd[owner], fstype)
+        return fds[0]
+
+    def writer_ids(self, owner: str) -> tuple[int, int]:
+        """(uid, gid) that may create files in a superblock `owner` owns (its root's, in ours)."""
+        return owner_ids(self.users, owner)
+
     def close(self) -> None:
         for fd in [*self.fd.values(), *self.idmap_fd.values()]:
             os.close(fd)
@@ -418,6 +478,14 @@ class Rebuild:
         if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
             return None  # the parent's stand-in is in it already: the fork inherits it
         return self.fd[p["userns"]]
+
+
+def _fsopen_child(userns_fd: int, fstype: str, chan) -> None:
+    from engine import kernel
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)   # fsopen needs a mount namespace the user namespace owns
+    fc = kernel.fsopen(fstype)
+    chan.send(("ok", None), [fc])
 
 
 def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None) -> None:

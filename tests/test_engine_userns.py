@@ -59,3 +59,24 @@ def test_dump_refuses_a_pid_namespace_of_another_user_namespace_and_keeps_the_tr
         case.dump(pid, str(tmp_path / "img"))
     assert "pid namespace belongs to another user namespace than its own: not supported yet" in str(err.value)
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
+
+
+def test_superblock_made_from_inside_a_restored_user_namespace_belongs_to_it():
+    # What restore does for a superblock the image says a user namespace made (fsopen there,
+    # configured here), and the probe that tells ownership (engine/sbowner.py): from inside the
+    # user namespace a reconfigure of its own superblock gets past the owner check, of ours not.
+    from engine import sbowner, standin
+    u = userns.make(ROOTLESS)
+    rebuild = userns_cr.Rebuild({"mntns": {}, "processes": [], "userns": {}})
+    rebuild.fd["user-1"] = u
+    try:
+        owned = standin.fsmount("tmpfs", "x", [("uid", "100000")], 0, rebuild.fsopen_in("user-1", "tmpfs"))
+        ours = standin.fsmount("tmpfs", "x", [], 0)
+        try:
+            assert forkrun.run(sbowner._capable, u, [owned, ours]) == [True, False]
+            assert os.fstat(owned).st_uid == 100000
+        finally:
+            os.close(owned)
+            os.close(ours)
+    finally:
+        rebuild.close()
