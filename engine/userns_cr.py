@@ -141,22 +141,42 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             if owner == users.top or inherited:
                 continue
             if owner != own:
+                # A stand-in makes its namespaces from the user namespace it starts in, and can only
+                # join user namespaces below that one afterwards: made before its own user namespace
+                # (unshare -p, then -U in the child) or joined (setns) from another one, it cannot.
+                how = ("an ancestor of its own: made before its user namespace"
+                       if _is_ancestor(users, owner, own) else "not an ancestor of its own: joined with setns")
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to another user "
-                                                    f"namespace than its own: not supported yet")
+                                                    f"namespace than its own ({users.describe(owner)}, {how}; its "
+                                                    f"own is {users.describe(own)}): not supported yet")
             first = True
         if first:
             if mnt_owner != own:
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside its user namespace "
-                                                    f"but its mount namespace belongs to another: not supported yet")
+                                                    f"but its mount namespace belongs to another "
+                                                    f"({users.describe(mnt_owner)}; its own is {users.describe(own)}): "
+                                                    "not supported yet")
             parent_first = procs.get(ppid, {}).get("userns_first")
             # The parent's stand-in is still the restorer's (it joins its user namespace last) unless
             # it started in one itself: then only that one can be joined from it.
             if parent_first and own_of[ppid] != own:
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
-                                                    f"nested in its parent's: not supported yet")
+                                                    f"({users.describe(own)}) nested in its parent's "
+                                                    f"({users.describe(own_of[ppid])}), which made namespaces too: "
+                                                    "not supported yet")
             procs[pid]["userns_first"] = True
     return {"userns": doc, "proc": procs, "mntns_owner": owners,
             "ino_name": {key: n for key, n in ids.items()}, "depth": {n: users.depth(k) for k, n in ids.items()}}
+
+
+def _is_ancestor(users: userns.UsernsTree, a: int, b: int) -> bool:
+    """Whether learnt user namespace `a` is a strict ancestor of `b`."""
+    cur = users.parent(b)
+    while cur is not None:
+        if cur == a:
+            return True
+        cur = users.parent(cur)
+    return False
 
 
 def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:

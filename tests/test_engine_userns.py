@@ -57,7 +57,10 @@ def test_dump_refuses_a_pid_namespace_of_another_user_namespace_and_keeps_the_tr
                      "exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &\nhold\n")
     with pytest.raises(AssertionError) as err:
         case.dump(pid, str(tmp_path / "img"))
-    assert "pid namespace belongs to another user namespace than its own: not supported yet" in str(err.value)
+    # Named precisely: which user namespace owns it, how that comes about, and the process's own.
+    assert ("pid namespace belongs to another user namespace than its own (init > [uid 0 0 1 gid 0 0 1 setgroups "
+            "deny], an ancestor of its own: made before its user namespace; its own is init > [uid 0 0 1 gid 0 0 1 "
+            "setgroups deny] > [uid 0 0 1 gid 0 0 1 setgroups deny]): not supported yet") in str(err.value)
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
 
 
