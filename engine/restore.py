@@ -343,8 +343,11 @@ class _Restorer:
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
+            # Namespaces another user namespace made: made there now, joined below (engine/userns_cr.py).
+            self._users_call(self.users.premade, p, self.nsfd_of, self.doc.get("hostnames", {}), self.hostproc)
             if parent is None:
-                mode = "same" if "pid" in p.get("host_ns", ()) else "new"
+                mode = "same" if "pid" in p.get("host_ns", ()) else \
+                    "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
             elif p["ns"]["pid"] == ppidns:
                 mode = "same"
             elif ("pid", p["ns"]["pid"]) in self.nsfd_of:

@@ -133,6 +133,7 @@ def plan(tree, names: dict, ns_kinds) -> dict:
         # Namespaces this process's user namespace owns (besides mount namespaces) are made by its
         # stand-in from inside it: the stand-in starts there ("userns_first").
         first = False
+        made_in: dict[str, int] = {}
         for kind in ns_kinds:
             if kind == "mnt":
                 continue
@@ -141,15 +142,43 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             if owner == users.top or inherited:
                 continue
             if owner != own:
-                # A stand-in makes its namespaces from the user namespace it starts in, and can only
-                # join user namespaces below that one afterwards: made before its own user namespace
-                # (unshare -p, then -U in the child) or joined (setns) from another one, it cannot.
-                how = ("an ancestor of its own: made before its user namespace"
-                       if _is_ancestor(users, owner, own) else "not an ancestor of its own: joined with setns")
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to another user "
-                                                    f"namespace than its own ({users.describe(owner)}, {how}; its "
-                                                    f"own is {users.describe(own)}): not supported yet")
+                # Made before its user namespace (unshare -p, then -U in the child) or joined (setns)
+                # from another one: a stand-in makes namespaces only in the user namespace it starts
+                # in, so restore has a helper make this one inside its owner, and the stand-in
+                # (still the restorer's) joins it (Rebuild.premade).
+                made_in[kind] = owner
+                continue
             first = True
+        if made_in:
+            if first:
+                kind = next(iter(made_in))
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to "
+                                                    f"{users.describe(made_in[kind])}, others of its namespaces to "
+                                                    f"its own user namespace ({users.describe(own)}): not supported "
+                                                    "yet")
+            if procs.get(ppid, {}).get("userns_first") or procs.get(ppid, {}).get("userns_start"):
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its namespaces belong to another user namespace "
+                                                    f"than its own ({', '.join(sorted(set(map(users.describe, made_in.values()))))}), "
+                                                    "and its parent made namespaces inside a user namespace: not supported yet")
+            if "pid" in made_in:
+                # A pid namespace cannot be made ahead and joined (it has no init to open it by):
+                # the stand-in starts inside its owner, makes it there, and joins its own user
+                # namespace last, which must lie below; so must its mount namespace's owner.
+                o = made_in["pid"]
+                where = f"its pid namespace belongs to {users.describe(o)}"
+                if any(x != o for x in made_in.values()):
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, another of its namespaces to "
+                                                        "a third user namespace: not supported yet")
+                if not _is_ancestor(users, o, own):
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, which is no ancestor of its own "
+                                                        f"({users.describe(own)}; joined with setns): not supported yet")
+                if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, its mount namespace to "
+                                                        f"{users.describe(mnt_owner)}, which is not at or below it: "
+                                                        "a stand-in starting there could not enter it: not supported yet")
+                procs.setdefault(pid, {})["userns_start"] = name(o)
+            else:
+                procs.setdefault(pid, {})["ns_made_in"] = {k: name(o) for k, o in made_in.items()}
         if first:
             if mnt_owner != own:
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside its user namespace "
@@ -386,6 +415,19 @@ class Rebuild:
         _, fds = channel.call_in_child(_fsopen_child, self.fd[owner], fstype)
         return fds[0]
 
+    def premade(self, p: dict, nsfd_of: dict, hostnames: dict, hostproc: int) -> None:
+        """Make p's namespaces that another user namespace than its own made (``ns_made_in``), each
+        from inside that one, once; their fds go to `nsfd_of` ((kind, ns id) -> fd), from where
+        p's stand-in joins them as it joins any namespace made before it (`hostproc`: an fd on a
+        /proc, which the restorer's root may lack)."""
+        from engine import channel
+        for kind, owner in (p.get("ns_made_in") or {}).items():
+            key = (kind, p["ns"][kind])
+            if key not in nsfd_of:
+                hostname = hostnames.get(p["ns"][kind]) if kind == "uts" else None
+                _, fds = channel.call_in_child(_make_ns_child, self.fd[owner], kind, hostname, hostproc)
+                nsfd_of[key] = fds[0]
+
     def writer_ids(self, owner: str) -> tuple[int, int]:
         """(uid, gid) that may create files in a superblock `owner` owns (its root's, in ours)."""
         return owner_ids(self.users, owner)
@@ -488,16 +530,35 @@ class Rebuild:
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
                 chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
                                       None if deny or not creds else creds["groups"]),
-                                     [] if p.get("userns_first") else [self.fd[p["userns"]]])
+                                     [] if p.get("userns_first") and not p.get("userns_start")
+                                     else [self.fd[p["userns"]]])
 
     def spawn_in(self, p: dict, parent: dict | None) -> int | None:
         """The user namespace fd p's stand-in must start in (its own namespaces belong to it), or
         None: it starts where its parent's stand-in is and joins its user namespace last."""
+        if p.get("userns_start"):
+            return self.fd[p["userns_start"]]   # the owner of its pid namespace, above its own
         if not p.get("userns_first"):
             return None
         if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
             return None  # the parent's stand-in is in it already: the fork inherits it
         return self.fd[p["userns"]]
+
+
+_NS_FLAG = {"pid": 0x20000000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000, "cgroup": 0x02000000}
+
+
+def _make_ns_child(userns_fd: int, kind: str, hostname: str | None, hostproc: int, chan) -> None:
+    import socket
+    from engine import kernel
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(_NS_FLAG[kind])
+    if hostname is not None:
+        socket.sethostname(hostname)
+    # A new pid namespace is the one our children would be born in (it has no process yet: the
+    # stand-in that joins it and forks makes its pid 1).
+    path = "self/ns/pid_for_children" if kind == "pid" else f"self/ns/{kind}"
+    chan.send(("ok", None), [os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=hostproc)])
 
 
 def _fsopen_child(userns_fd: int, fstype: str, chan) -> None:
