@@ -133,6 +133,7 @@ def plan(tree, names: dict, ns_kinds) -> dict:
         # Namespaces this process's user namespace owns (besides mount namespaces) are made by its
         # stand-in from inside it: the stand-in starts there ("userns_first").
         first = False
+        first_kinds: list[str] = []
         made_in: dict[str, int] = {}
         for kind in ns_kinds:
             if kind == "mnt":
@@ -149,6 +150,12 @@ def plan(tree, names: dict, ns_kinds) -> dict:
                 made_in[kind] = owner
                 continue
             first = True
+            first_kinds.append(kind)
+        if first and mnt_owner != own and "pid" not in first_kinds and not made_in:
+            # Its stand-in could not enter its mount namespace from inside its user namespace: it
+            # stays the restorer's, and a helper makes these namespaces there (as for joined ones).
+            made_in = {kind: own for kind in first_kinds}
+            first = False
         if made_in:
             if first:
                 kind = next(iter(made_in))
