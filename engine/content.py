@@ -158,6 +158,19 @@ DEVICE_POLICIES = ("container", "all", "none")
 _device_policy = "container"
 
 
+def _mkdirs_child(base_fd: int, path: str, ids: tuple[int, int], chan: channel.Channel) -> None:
+    kernel.fs_ids_keeping_caps(*ids)
+    chan.send(("ok", None), [mkdirs_beneath(base_fd, path)])
+
+
+def mkdirs_beneath_as(base_fd: int, path: str, ids: tuple[int, int] | None) -> int:
+    """mkdirs_beneath, making directories as `ids` (uid, gid) when given: a superblock a user
+    namespace owns takes new files only from ids it maps."""
+    if ids is None or path == "/":
+        return mkdirs_beneath(base_fd, path)
+    return channel.call_in_child(_mkdirs_child, base_fd, path, ids)[1][0]
+
+
 def set_device_policy(policy: str) -> None:
     """Which device nodes archives may hold (restore --devices): "container" (CONTAINER_DEVICES),
     "all" (whatever the image has: only for images you trust) or "none"."""

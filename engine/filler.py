@@ -88,7 +88,7 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
     try:
         for sid, root, member in spec:
             try:
-                targets.append((content.mkdirs_beneath(made[sid], root), member))
+                targets.append((content.mkdirs_beneath_as(made[sid], root, ids), member))
             except OSError as e:
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:

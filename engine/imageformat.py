@@ -709,8 +709,6 @@ def _check_userns(doc: dict, mounts: dict) -> None:
             _fail(f"process {p['pid']}: unknown user namespace {p['userns']!r}")
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
-        if "creds" in p and "userns" not in p:
-            _fail(f"process {p['pid']}: credentials without a user namespace")
         for kind, owner in (p.get("ns_made_in") or {}).items():
             if kind not in ("pid", "uts", "ipc", "net", "cgroup") or not isinstance(owner, str) or owner not in users:
                 _fail(f"process {p['pid']}: ns_made_in {str(kind)[:20]!r}: {str(owner)[:20]!r} is no namespace kind "

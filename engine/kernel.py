@@ -491,3 +491,14 @@ def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
         _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, c, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE, {c})")
     os.setresgid(0, gid, 0)
     os.setresuid(0, uid, 0)
+
+
+def fs_ids_keeping_caps(uid: int, gid: int) -> None:
+    """In a root child: file system ids `uid`/`gid` (new files are theirs, and a superblock a user
+    namespace owns takes them only from ids it maps), keeping root's capabilities
+    (SECBIT_NO_SETUID_FIXUP: the kernel would drop the file capabilities otherwise)."""
+    _check(_libc.prctl(28, 0x4, 0, 0, 0), "prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP)")
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+    if _libc.setfsuid(-1) != uid or _libc.setfsgid(-1) != gid:
+        raise OSError(errno.EPERM, f"setfsuid({uid})/setfsgid({gid}) did not take")

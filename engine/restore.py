@@ -773,6 +773,15 @@ class _Restorer:
         that mount that keeps the peer group and master it inherits."""
         fd = self._clone_plain(m, what, base)
         self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
+        if m.get("locked_flags") and not m.get("locked"):
+            # An unlocked mount with locked flags: cloned again inside its user namespace.
+            if base is not None:
+                raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): locked flags on an "
+                                                     "unlocked mount with peer groups built while mounting")
+            try:
+                fd = self.users.lock_flags(m, fd)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if (gid, m["id"]) not in self.ghost_fd:
                 self._ghost(gid)

@@ -126,6 +126,13 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             creds = _creds(pid, users.maps(own))
             if creds is not None:
                 procs[pid]["creds"] = creds
+        else:
+            # In the dumper's user namespace under other ids than root's (bwrap's unprivileged
+            # monitor): its stand-in takes them last, too.
+            ident = userns.Maps(((0, 0, (1 << 32) - 1),), ((0, 0, (1 << 32) - 1),), "allow")
+            creds = _creds(pid, ident)
+            if creds is not None and set(creds["uid"] + creds["gid"] + creds["groups"]) != {0}:
+                procs[pid] = {"creds": creds}
         mnt_owner = users.owner_of(pid, "mnt")
         oname = name(mnt_owner)
         if oname is not None:
@@ -325,8 +332,9 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
             e["locked"] = True
             e["locked_flags"] = flags
         elif flags and not (m.fstype in _USERNS_VISIBLE and set(flags) <= {"atime", "ro"}):
-            raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): unlocked with locked flags "
-                                                f"({','.join(flags)}): not supported yet")
+            # A bind made inside the user namespace of an inherited (locked) mount: unlocked, with
+            # its source's locked flags. Restore clones it the same way (Rebuild.lock_flags).
+            e["locked_flags"] = flags
     locked_ids = {e["id"] for e in entries if e.get("locked")}
     for e in entries:
         if e.get("locked") and e.get("parent") is not None and e["parent"] != root["id"] \
@@ -360,6 +368,7 @@ class Rebuild:
         self.owned = {ns_id: ns["owner"] for ns_id, ns in doc["mntns"].items() if ns.get("owner")}
         self.copied: set[str] = set()
         self.idmap_fd: dict[str, int] = {}   # maps (repr) -> user namespace giving them to idmapped mounts
+        self._ns_of: dict[int, str] | None = None   # mount id -> mount namespace id (lock_flags)
 
     def make_userns(self) -> None:
         """Every user namespace of the image, parents first, after checking that the restoring
@@ -413,6 +422,31 @@ class Rebuild:
         except OSError as e:
             raise UsernsError(e.errno, f"mount {m['id']} ({m['mountpoint']}): idmapping it: "
                                        f"{os.strerror(e.errno)}") from None
+
+    def lock_flags(self, m: dict, fd: int) -> int:
+        """For an unlocked mount whose flags are locked (``locked_flags`` without ``locked``): a
+        clone of the detached mount `fd` (which is used up) made inside its namespace's user
+        namespace from a locked copy, as the kernel made the original (a bind of an inherited
+        mount keeps its source's flag locks); else `fd` itself."""
+        flags = m.get("locked_flags")
+        if m.get("locked") or not flags:
+            return fd
+        if self._ns_of is None:
+            self._ns_of = {x["id"]: ns_id for ns_id, ns in self.doc["mntns"].items() for x in ns["mounts"]}
+        owner = self.owned.get(self._ns_of.get(m["id"]))
+        if owner is None:
+            raise UsernsError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): locked flags in a mount "
+                                            "namespace no user namespace owns")
+        lock = sum(_ATTR[f] for f in FLAG_NAMES if f in flags)
+        rest = sum(_ATTR[f] for f in FLAG_NAMES if f in m["mount_opts"] and f not in flags)
+        from engine import channel
+        try:
+            _, fds = channel.call_in_child(_locked_clone, self.fd[owner], fd, lock, rest)
+        except OSError as e:
+            raise UsernsError(e.errno or errno.EIO, f"mount {m['id']} ({m['mountpoint']}): cloning it with locked "
+                                                    f"flags ({','.join(flags)}): {e.strerror or e}") from None
+        os.close(fd)
+        return fds[0]
 
     def fsopen_in(self, owner: str, fstype: str) -> int:
         """A filesystem context (fsopen) made inside restored user namespace `owner`: the superblock
@@ -532,6 +566,9 @@ class Rebuild:
         """Each stand-in of a process in a user namespace joins it and takes its ids there (last:
         it gives up its privilege over everything else)."""
         for p in self.doc["processes"]:
+            if "userns" not in p and p.get("creds"):
+                c = p["creds"]
+                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"]), [])
             if "userns" in p:
                 creds = p.get("creds")
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
@@ -550,6 +587,36 @@ class Rebuild:
         if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
             return None  # the parent's stand-in is in it already: the fork inherits it
         return self.fd[p["userns"]]
+
+
+def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, chan) -> None:
+    """In a forked child: attach the detached mount in a scratch namespace with only the flags to
+    lock, copy that namespace into the user namespace (the kernel locks the mount and its flags,
+    atime included), and clone it there: the clone keeps the flag locks, not the mount lock."""
+    from engine import kernel
+    kernel.unshare(kernel.CLONE_NEWNS)
+    fc = kernel.fsopen("tmpfs")
+    try:
+        kernel.fsconfig(fc, kernel.FSCONFIG_CMD_CREATE)
+        scratch = kernel.fsmount(fc)
+    finally:
+        os.close(fc)
+    import stat
+    if stat.S_ISDIR(os.fstat(mount_fd).st_mode):
+        os.mkdir("m", 0o700, dir_fd=scratch)
+    else:  # a file bind (bwrap's /dev/null): a file to mount it on
+        os.close(os.open("m", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=scratch))
+    kernel.move_mount(scratch, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    os.fchdir(scratch)
+    os.chroot(".")
+    kernel.move_mount(mount_fd, "", kernel.AT_FDCWD, "/m", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    kernel.mount_setattr(kernel.AT_FDCWD, "/m", 0, attr_set=lock, attr_clr=sum(_ATTR.values()) & ~lock)
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)
+    clone = kernel.open_tree(kernel.AT_FDCWD, "/m", kernel.OPEN_TREE_CLONE)
+    if rest:
+        kernel.mount_setattr(clone, "", kernel.AT_EMPTY_PATH, attr_set=rest)
+    chan.send(("ok", None), [clone])
 
 
 _NS_FLAG = {"pid": 0x20000000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000, "cgroup": 0x02000000}

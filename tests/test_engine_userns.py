@@ -86,3 +86,31 @@ def test_superblock_made_from_inside_a_restored_user_namespace_belongs_to_it():
             os.close(ours)
     finally:
         rebuild.close()
+
+
+def test_unlocked_mount_with_locked_flags_is_cloned_with_its_flag_locks():
+    # What a bind of an inherited mount made inside a user namespace is (bwrap, LXC unprivileged):
+    # unlocked, but its read-only flag cannot be cleared, not even by root.
+    import errno as e
+    from engine import standin
+    u = userns.make(ROOTLESS)
+    m = {"id": 2, "mountpoint": "/x", "locked_flags": ["ro", "atime"], "mount_opts": ["ro", "nosuid", "relatime"]}
+    rebuild = userns_cr.Rebuild({"mntns": {"mnt-1": {"owner": "user-1", "root": 1, "mounts": [m]}}, "processes": [],
+                                 "userns": {}})
+    rebuild.fd["user-1"] = u
+    try:
+        plain = standin.fsmount("tmpfs", "x", [], kernel.MOUNT_ATTR_RDONLY | kernel.MOUNT_ATTR_NOSUID)
+        kernel.mount_setattr(plain, "", kernel.AT_EMPTY_PATH, attr_clr=kernel.MOUNT_ATTR_RDONLY)  # not locked
+        kernel.mount_setattr(plain, "", kernel.AT_EMPTY_PATH, attr_set=kernel.MOUNT_ATTR_RDONLY)
+        fd = rebuild.lock_flags(m, plain)   # uses `plain` up
+        try:
+            assert kernel.mount_opts_of_fd(fd)[:2] == ["ro", "nosuid"]
+            with pytest.raises(OSError) as err:
+                kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_clr=kernel.MOUNT_ATTR_RDONLY)
+            assert err.value.errno == e.EPERM
+            # nosuid was set but not locked: it may be cleared
+            kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_clr=kernel.MOUNT_ATTR_NOSUID)
+        finally:
+            os.close(fd)
+    finally:
+        rebuild.close()
