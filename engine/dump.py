@@ -223,8 +223,9 @@ def _count_mounts_from(root_fd: int, hostproc: int) -> int:
         return sum(1 for _ in f)
 
 
-def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
-    """In a forked child: enter the namespace, read mountinfo and each process's root, cwd, fds."""
+def _inspect_ns(ns_fd: int, pids: list[int], by_statmount: bool) -> dict:
+    """In a forked child: enter the namespace, read mountinfo and each process's root, cwd, fds
+    (and the mounts' unique ids when `by_statmount`: engine.strategy's ids axis)."""
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
     _enter_ns_root(ns_fd, pids, hostproc)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
@@ -247,13 +248,10 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
                 continue
             if mid == m.mnt_id:
                 dirs[m.mnt_id] = stat.S_ISDIR(mode)
-    # 64-bit unique ids (creation order) where the kernel has statmount (6.8+). Only the ids: the
-    # records come from mountinfo, which parses in half the time full statmount records take here
-    # (benchmarks/README.md, "statmount or mountinfo").
-    try:
-        unique = kernel.unique_ids()
-    except OSError:
-        unique = {}
+    # 64-bit unique ids (creation order) where the strategy reads them (ids=statmount, 6.8+).
+    # Only the ids: the records come from mountinfo, which parses in half the time full statmount
+    # records take here (benchmarks/README.md, "statmount or mountinfo").
+    unique = kernel.unique_ids() if by_statmount else {}
     procs = {}
     for pid in pids:
         try:
@@ -705,11 +703,13 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     for pid, _ in tree:
         if ns_of[pid]["mnt"] is not None:  # None: a zombie (exited, no namespaces left to look at)
             by_mntns.setdefault(ns_of[pid]["mnt"], []).append(pid)
+    from engine import strategy
+    by_statmount = strategy.current().ids == "statmount"
     ns_data: dict[int, dict] = {}
     for ino, members in by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
-            ns_data[ino] = forkrun.run(_inspect_ns, fd, members)
+            ns_data[ino] = forkrun.run(_inspect_ns, fd, members, by_statmount)
         finally:
             os.close(fd)
         ns_data[ino]["mounts"] = mountinfo.parse(ns_data[ino].pop("mountinfo"), ns_data[ino]["unique"])
@@ -773,6 +773,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             userns_cr.record_idmaps(by_mntns[ino][0], entries)
         except OSError as e:
             raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+        if users["userns"]:
+            # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
+            userns_cr.record_sb_owners(by_mntns[ino][0], mounts, sb_of_dev, superblocks, tree, users)
         owner = users["mntns_owner"].get(names[("mnt", ino)])
         if owner is not None:
             mntns_doc[names[("mnt", ino)]]["owner"] = owner
@@ -968,6 +971,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             os.close(mfd)
         batch.clear()
 
+    def add_member(item) -> None:
+        # One archive holds superblocks of one owner: restore extracts it as that owner's root.
+        if batch and superblocks[batch[0][2]].get("owner") != superblocks[item[2]].get("owner"):
+            flush()
+        batch.append(item)
+
     try:
         for ino, wanted in clone_plan.items():
             fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
@@ -1001,7 +1010,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     # A file bind (its directory may be on no mount at all): the
                                     # member holds the file alone, extracted into its directory.
                                     parent, _, base = root.rpartition("/")
-                                    batch.append((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
+                                    add_member((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
                                     kept.add(mfd)
                                     if len(batch) >= 500:
                                         flush()
@@ -1011,7 +1020,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
                                                                       "uid": st.st_uid, "gid": st.st_gid}
                                     continue
-                                batch.append((mfd, f"sb-{next(member_no)}", sid, root, None))
+                                add_member((mfd, f"sb-{next(member_no)}", sid, root, None))
                                 kept.add(mfd)  # the batch owns it now (flush closes it)
                                 if len(batch) >= 500:
                                     flush()
