@@ -50,6 +50,7 @@ The plan is a list of tuples (ids < 0 are seeds):
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 
@@ -79,6 +80,7 @@ class _Node:
     root: str
     mountpoint: str | None   # None: not in a restored tree (seed, copy inside a seed, host mount)
     real: bool               # a mount of the image
+    source: bool = False     # a seed or a host mount: the first choice to bind a member from
 
 
 class _State:
@@ -91,6 +93,10 @@ class _State:
         self.km: dict[int, object] = {}      # node -> master group token or None
         self.members: dict[object, set] = {}
         self.slaves: dict[object, set] = {}
+        # The same for source nodes only (seeds, host mounts): few, so a bind finds one without
+        # going through a whole group.
+        self.src_members: dict[object, set] = {}
+        self.src_slaves: dict[object, set] = {}
         self.bind: dict[int, object] = {}    # image group id -> token
         self.tokbind: dict[object, int] = {}
         self.occupied: dict[tuple[int, str], int] = {}  # (parent, mount point) -> child made there
@@ -150,16 +156,19 @@ class _State:
 
     def set_state(self, n: int, ks, km) -> None:
         old_s, old_m = self.ks.get(n), self.km.get(n)
-        if old_s is not None:
-            self._sdel(self.members, old_s, n)
-        if old_m is not None:
-            self._sdel(self.slaves, old_m, n)
+        source = self.nodes[n].source
+        for d, sd, tok in ((self.members, self.src_members, old_s), (self.slaves, self.src_slaves, old_m)):
+            if tok is not None:
+                self._sdel(d, tok, n)
+                if source:
+                    self._sdel(sd, tok, n)
         self._dset(self.ks, n, ks)
         self._dset(self.km, n, km)
-        if ks is not None:
-            self._sadd(self.members, ks, n)
-        if km is not None:
-            self._sadd(self.slaves, km, n)
+        for d, sd, tok in ((self.members, self.src_members, ks), (self.slaves, self.src_slaves, km)):
+            if tok is not None:
+                self._sadd(d, tok, n)
+                if source:
+                    self._sadd(sd, tok, n)
 
     def _leave(self, n: int, new_master) -> None:
         """n leaves its peer group; when it was the last member, the group's slaves move to
@@ -167,7 +176,7 @@ class _State:
         s = self.ks.get(n)
         if s is None:
             return
-        if not (self.members.get(s, set()) - {n}):
+        if len(self.members.get(s, ())) <= 1:  # n is the last member (no set copy: big groups)
             for x in list(self.slaves.get(s, ())):
                 self.set_state(x, self.ks[x], new_master)
 
@@ -179,7 +188,7 @@ class _State:
         s, m = self.ks.get(n), self.km.get(n)
         if s is None:
             return
-        others = self.members.get(s, set()) - {n}
+        others = len(self.members.get(s, ())) > 1  # members other than n
         self._leave(n, m)
         self.set_state(n, None, s if others else m)
 
@@ -198,17 +207,48 @@ class _State:
 _MISSING = object()
 
 
+def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
+    """The mounts in an order that the tree alone decides, not the ids: mount ids are not creation
+    order where the kernel reuses freed ones (all kernels before unique ids, 6.8), so a plan that
+    followed them would succeed or fail depending on what was unmounted before the tree was made.
+    Parents before children (depth), then mount point, root and propagation, so only mounts alike
+    in all of that (in different namespaces) keep their id order, where either choice is the same."""
+    depth: dict[int, int] = {}
+
+    def depth_of(m: dict) -> int:
+        first, chain, seen = m["id"], [], set()
+        while m["id"] not in depth:
+            p = by_id.get(m.get("parent"))
+            if p is None or m["id"] in seen:  # a namespace root (or a cycle the validator lets by)
+                depth[m["id"]] = 0
+                break
+            seen.add(m["id"])
+            chain.append(m)
+            m = p
+        for c in reversed(chain):
+            depth[c["id"]] = depth[c["parent"]] + 1
+        return depth[first]
+
+    return sorted(mounts, key=lambda m: (depth_of(m), m["mountpoint"], m["root"], bool(m.get("master")),
+                                         bool(m.get("shared")), m["id"]))
+
+
 class _Planner:
     def __init__(self, mounts, helper_ok, describe=None):
         self.mounts = {m["id"]: m for m in mounts}
         self.helper_ok = helper_ok
-        self.order = sorted(mounts, key=lambda m: (m.get("uid") or 0, m["id"]))
+        self.steps = 0  # work done (mounts looked at): the scaling test counts it
+        self.order = _canonical_order(mounts, self.mounts)
+        self.rank = {m["id"]: i for i, m in enumerate(self.order)}
+        self.roots = [m for m in self.order if m.get("parent") not in self.mounts]
         self.children: dict[tuple[int, str], list[dict]] = {}
-        for m in mounts:
+        self.kids: dict[int, list[dict]] = {}
+        for m in self.order:
             if m.get("parent") is not None and m["parent"] in self.mounts:
                 self.children.setdefault((m["parent"], m["mountpoint"]), []).append(m)
+                self.kids.setdefault(m["parent"], []).append(m)
         self.by_shared: dict[int, list[dict]] = {}
-        for m in mounts:
+        for m in self.order:
             if m.get("shared"):
                 self.by_shared.setdefault(m["shared"], []).append(m)
         self.st = _State()
@@ -222,7 +262,7 @@ class _Planner:
             if m.get("external") and m.get("master") and m["master"] not in self.by_shared:
                 tok = ("ext", m["master"])
                 nid = -500_000 - m["id"]
-                self.st.add(_Node(nid, m["sb"], m["root"], None, False), None, tok)
+                self.st.add(_Node(nid, m["sb"], m["root"], None, False, source=True), None, tok)
                 self.st.do_bind(m["master"], tok)
                 self.ext_nodes.setdefault(m["master"], []).append(nid)
                 self.ext_of[nid] = m["id"]
@@ -286,12 +326,35 @@ class _Planner:
                     else:
                         self.blocks.setdefault(q["id"], []).append(c["id"])
 
-    def _deferred(self, m: dict) -> tuple[bool, bool]:
-        """(m waits for others, m may rather be made by propagation): later when true."""
-        made = self.st.made
-        return (any(q not in made for q in self.wait_for.get(m["id"], ()))
-                or any(c not in made for c in self.blocks.get(m["id"], ())),
-                any(c not in made for c in self.copy_of.get(m["id"], ())))
+    def _counters(self) -> None:
+        """How many mounts each mount still waits for (wait_for and blocks) and may be a copy of
+        (copy_of), with the reverse index that updates them as mounts are made: the ready queue's
+        keys without going through the lists again at every step."""
+        self.waits: dict[int, int] = {}
+        self.copies_left: dict[int, int] = {}
+        self.rev_wait: dict[int, list[int]] = {}
+        self.rev_copy: dict[int, list[int]] = {}
+        for i in self.mounts:
+            w = set(self.wait_for.get(i, ())) | set(self.blocks.get(i, ()))
+            self.waits[i] = len(w)
+            for x in w:
+                self.rev_wait.setdefault(x, []).append(i)
+            c = set(self.copy_of.get(i, ()))
+            self.copies_left[i] = len(c)
+            for x in c:
+                self.rev_copy.setdefault(x, []).append(i)
+
+    def _key(self, m: dict) -> tuple:
+        """Ready mounts are tried in this order. Namespace roots first, masters before slaves: a root
+        cannot join a group that a seed started (pivot_root refuses a shared root), so it must start
+        it. Then mounts that wait for none, then those that propagation may make (the shallowest
+        first: the bind itself rather than its copies inside its peers), masters before slaves, and
+        the canonical order last."""
+        i = m["id"]
+        root = m.get("parent") not in self.mounts
+        copy = self.copies_left[i] > 0
+        return (not root, root and bool(m.get("master")), self.waits[i] > 0, copy,
+                m["mountpoint"].count("/") if copy else 0, bool(m.get("master")), self.rank[i])
 
     @staticmethod
     def where(m: dict) -> str:
@@ -309,23 +372,26 @@ class _Planner:
     def _find(self, sb, root: str, ks, km, peer_only=False) -> int | None:
         """A made mount (seed first) of superblock sb, whose root covers `root`, in state (ks, km)
         (peer_only: any member of group ks)."""
-        pool = self.st.members.get(ks, set()) if ks is not None else self.st.slaves.get(km, set())
-        best = None
-        for n in pool:
-            node = self.st.nodes[n]
-            if node.sb != sb or _rel(root, node.root) is None:
-                continue
-            if node.mountpoint is None and node.id not in self.seeds and node.id not in self.ext_of:
-                continue  # a copy inside a seed: not a source
-            if not peer_only and (self.st.ks[n], self.st.km[n]) != (ks, km):
-                continue
-            if node.real and node.mountpoint is not None:
-                rank = 1
-            else:
-                rank = 0
-            if best is None or (rank, len(node.root)) < best[0]:
-                best = ((rank, len(node.root)), n)
-        return best[1] if best else None
+        st = self.st
+        if ks is not None:
+            sources, pool = st.src_members.get(ks, ()), st.members.get(ks, ())
+        else:
+            sources, pool = st.src_slaves.get(km, ()), st.slaves.get(km, ())
+
+        def fits(n) -> bool:
+            node = st.nodes[n]
+            self.steps += 1
+            return (node.sb == sb and _rel(root, node.root) is not None
+                    and (peer_only or (st.ks[n], st.km[n]) == (ks, km)))
+
+        # A seed or host mount first (few per group); a member of the image only when the group has
+        # none that fits, then the one with the shortest root (sorted: the same choice in any id order).
+        found = [n for n in sources if fits(n)]
+        if not found:
+            found = [n for n in pool if st.nodes[n].real and st.nodes[n].mountpoint is not None and fits(n)]
+        if not found:
+            return None
+        return min(found, key=lambda n: (len(st.nodes[n].root), self.rank.get(n, 0), n))
 
     def _seed(self, sb, src, ops_after, root="/") -> int:
         sid = self.next_seed
@@ -360,14 +426,14 @@ class _Planner:
                 raise PlanError(f"{self.where(first)}: no mount of its master group {master} covers the root "
                                 f"of its superblock{_NEED}")
             sid = self._seed(first["sb"], self._src_of(src, "/"), None)
-            self.st.add(_Node(sid, first["sb"], "/", None, False), self.st.ks[src], self.st.km[src])
+            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), self.st.ks[src], self.st.km[src])
             self.ops.append(("prop", sid, "slave"))
             self.st.make_slave(sid)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         else:
             sid = self._seed(first["sb"], None, None)
-            self.st.add(_Node(sid, first["sb"], "/", None, False), None, None)
+            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), None, None)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         self.st.do_bind(g, self.st.ks[sid])
@@ -406,7 +472,7 @@ class _Planner:
                         raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
                                         f"{m['root']}{_NEED}")
                     n = self._seed(m["sb"], self._src_of(peer, "/"), None)
-                    self.st.add(_Node(n, m["sb"], "/", None, False), self.st.ks[peer], self.st.km[peer])
+                    self.st.add(_Node(n, m["sb"], "/", None, False, source=True), self.st.ks[peer], self.st.km[peer])
                     self.ops.append(("prop", n, "slave"))
                     self.st.make_slave(n)
                 src, state = self._src_of(n, m["root"]), (None, th)
@@ -450,7 +516,7 @@ class _Planner:
         if parent is None and self.st.ks[m["id"]] is not None:
             # Other namespaces whose root is a peer of this one (a namespace copied with propagation
             # unchanged) are copies of this namespace made now, while it holds only its root.
-            for x in self.order:
+            for x in self.roots:
                 if (x.get("parent") not in self.mounts and x["id"] not in self.st.made
                         and (x.get("shared"), x.get("master"), x["sb"], x["root"]) == (g, h, m["sb"], m["root"])):
                     self.ops.append(("nscopy", x["id"], m["id"]))
@@ -490,14 +556,18 @@ class _Planner:
             if not cands:
                 raise PlanError(f"{self.where(m)}: propagation would copy it to {mp}, where the image has no such "
                                 f"mount (non-uniform propagation){_NEED}")
-            c = min(cands, key=lambda c: (c.get("uid") or 0, c["id"]))
+            c = min(cands, key=lambda c: self.rank[c["id"]])
             self.st.add(_Node(c["id"], c["sb"], c["root"], c["mountpoint"], True), ks, km)
             self.st._dset(self.st.occupied, (q, mp), c["id"])
             copies.append(c)
 
+        def order(q: int) -> tuple:
+            # Image mounts in canonical order (not their ids), then seeds and their copies as made.
+            return (q not in self.rank, self.rank.get(q, 0), -q)
+
         def visit(t, src, src_master, exclude) -> None:
-            peers = sorted(self.st.members.get(t, ()))
-            slaves = sorted(self.st.slaves.get(t, ()))
+            peers = sorted(self.st.members.get(t, ()), key=order)
+            slaves = sorted(self.st.slaves.get(t, ()), key=order)
             for q in peers:
                 if q != exclude and q != m["id"]:
                     copy_into(q, src, src_master)
@@ -533,7 +603,7 @@ class _Planner:
         elif not g:
             if s is None and k == th:
                 pass
-            elif s == th or (s is not None and k == th and not (st.members[s] - {n})):
+            elif s == th or (s is not None and k == th and len(st.members[s]) <= 1):
                 op("slave")
         elif tg is not None:
             pass  # checked below
@@ -563,37 +633,61 @@ class _Planner:
     # -- the whole plan ----------------------------------------------------------------
     def run(self) -> list[tuple]:
         self._ensuring: set = set()
-        pending = list(self.order)
-        start = 0
-        while True:
-            while start < len(pending) and pending[start]["id"] in self.st.made:
-                start += 1
-            if start == len(pending):
-                break
+        self._counters()
+        made = self.st.made
+        queued: dict[int, tuple] = {}  # mount -> its key in the heap (older entries are stale)
+        heap: list[tuple] = []
+
+        def push(m: dict) -> None:
+            if m["id"] in made or (m.get("parent") in self.mounts and m["parent"] not in made):
+                return
+            k = self._key(m)
+            if queued.get(m["id"]) != k:
+                queued[m["id"]] = k
+                heapq.heappush(heap, (k, m["id"]))
+
+        for m in self.order:
+            push(m)
+        first_err, failed = None, []
+        while heap:
+            k, i = heapq.heappop(heap)
+            self.steps += 1
+            if i in made or queued.get(i) != k:
+                continue
+            del queued[i]
+            m = self.mounts[i]
+            mark, nops, nseeds, seed_no = self.st.mark(), len(self.ops), len(self.seeds), self.next_seed
+            try:
+                self._make(m)
+            except PlanError as e:
+                self.st.undo(mark)
+                del self.ops[nops:]
+                del self.seeds[nseeds:]
+                self.next_seed = seed_no
+                first_err = first_err or e
+                failed.append(m)
+                continue
+            new = [e[1] for e in self.st.log if e[0] == "made"]
+            self.st.log.clear()
             first_err = None
-            ready = [m for m in pending[start:] if m["id"] not in self.st.made
-                     and (m.get("parent") not in self.mounts or m["parent"] in self.st.made)]
-            # Stable: creation order within each kind; among mounts that propagation may make, the
-            # shallowest first (the bind itself rather than its copies inside its peers).
-            # Namespace roots come first, masters before slaves: a root cannot join a group that a
-            # seed started (pivot_root refuses a shared root), so it must start it.
-            ready.sort(key=lambda m: (m.get("parent") in self.mounts, bool(m.get("master")), *self._deferred(m),
-                                      m["mountpoint"].count("/") if self._deferred(m)[1] else 0))
-            for m in ready:
-                mark, nops, nseeds, seed_no = self.st.mark(), len(self.ops), len(self.seeds), self.next_seed
-                try:
-                    self._make(m)
-                except PlanError as e:
-                    self.st.undo(mark)
-                    del self.ops[nops:]
-                    del self.seeds[nseeds:]
-                    self.next_seed = seed_no
-                    first_err = first_err or e
-                    continue
-                self.st.log.clear()
-                break
-            else:
-                raise first_err or PlanError(f"{self.where(pending[start])}: its parent cannot be made")
+            for x in new:
+                for j in self.rev_wait.get(x, ()):
+                    self.waits[j] -= 1
+                for j in self.rev_copy.get(x, ()):
+                    self.copies_left[j] -= 1
+            for x in new:
+                for j in [*self.rev_wait.get(x, ()), *self.rev_copy.get(x, ())]:
+                    push(self.mounts[j])
+                for c in self.kids.get(x, ()):
+                    push(c)
+            for f in failed:  # the step may have made them possible
+                push(f)
+            failed = []
+        if len(made) < len(self.mounts):
+            if first_err:
+                raise first_err
+            m = next(m for m in self.order if m["id"] not in made)
+            raise PlanError(f"{self.where(m)}: its parent cannot be made")
         for sid in self.seeds:
             self.ops.append(("drop", sid))
         for m in self.order:
