@@ -46,6 +46,9 @@ The plan is a list of tuples (ids < 0 are seeds):
   ("nscopy", id, root)           make the namespace of root mount id a copy of the namespace of
                                  root mount `root` (which holds only that root yet): its root is a
                                  peer of `root`
+  ("userns", ns)                 copy namespace ns from inside its user namespace (which locks what
+                                 is in it: its root and locked mounts, made by then) and go on in the
+                                 copy; in it a shared mount is a slave of its old group
 """
 
 from __future__ import annotations
@@ -234,9 +237,16 @@ def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
 
 
 class _Planner:
-    def __init__(self, mounts, helper_ok, describe=None):
-        self.mounts = {m["id"]: m for m in mounts}
+    def __init__(self, mounts, helper_ok, userns_copies=None):
         self.helper_ok = helper_ok
+        # Namespaces copied into their user namespace: ns -> (mounts made before the copy, which the
+        # kernel locks; mounts made after it, in the copy).
+        self.userns_copies = {ns: (set(before), set(after)) for ns, (before, after) in (userns_copies or {}).items()}
+        self.later_ns = {i: ns for ns, (_, after) in self.userns_copies.items() for i in after}
+        self.locked_ns = {i: ns for ns, (before, _) in self.userns_copies.items() for i in before}
+        self.copied: set = set()
+        mounts = self._before_copy(mounts)
+        self.mounts = {m["id"]: m for m in mounts}
         self.steps = 0  # work done (mounts looked at): the scaling test counts it
         self.order = _canonical_order(mounts, self.mounts)
         self.rank = {m["id"]: i for i, m in enumerate(self.order)}
@@ -557,6 +567,10 @@ class _Planner:
                 raise PlanError(f"{self.where(m)}: propagation would copy it to {mp}, where the image has no such "
                                 f"mount (non-uniform propagation){_NEED}")
             c = min(cands, key=lambda c: self.rank[c["id"]])
+            ns = self.later_ns.get(c["id"])
+            if ns is not None and ns not in self.copied:
+                raise PlanError(f"{self.where(m)}: propagation would copy it to {mp} before its namespace {ns} is "
+                                f"copied into its user namespace, which would lock it{_NEED}")
             self.st.add(_Node(c["id"], c["sb"], c["root"], c["mountpoint"], True), ks, km)
             self.st._dset(self.st.occupied, (q, mp), c["id"])
             copies.append(c)
@@ -631,6 +645,57 @@ class _Planner:
                             f"another master than it had{_NEED}")
 
     # -- the whole plan ----------------------------------------------------------------
+    def _before_copy(self, mounts: list[dict]) -> list[dict]:
+        """What a mount made before its namespace is copied into a user namespace must be for the copy
+        to come out as the image has it: a member of its master group (the copy of a shared mount is
+        a slave of its group), or private (made shared in the copy when it is); a slave of a group
+        that the image has no member of stays a slave (a copy keeps its master). The image's own
+        entries take over once the copy is made (self.after_copy)."""
+        self.after_copy: dict[int, dict] = {}
+        if not self.locked_ns:
+            return mounts
+        master_of = {m["shared"]: m.get("master") for m in mounts if m.get("shared")}
+        ids = {m["id"] for m in mounts}
+        out = []
+        for m in mounts:
+            if m["id"] in self.locked_ns and m.get("parent") in ids:  # (a root is never made shared)
+                self.after_copy[m["id"]] = m
+                h = m.get("master")
+                if h in master_of:
+                    m = dict(m, shared=h, master=master_of[h])
+                elif not h:
+                    m = dict(m, shared=None, master=None)
+                else:
+                    m = dict(m, shared=None)
+            out.append(m)
+        return out
+
+    def _userns_copy(self, ns) -> None:
+        """Namespace ns is copied from inside its user namespace (the kernel locks what it copies there)
+        and the copy replaces it: in the copy a shared mount is a slave of its group, a slave one of
+        the same master; then the old mounts go away with the old namespace, each leaving its group as
+        an unmount does (the group's slaves, the copies among them, pass to a peer left or its master)."""
+        st = self.st
+        self.ops.append(("userns", ns))
+        self.copied.add(ns)
+        before = sorted(self.userns_copies[ns][0], key=self.rank.get)
+        twin = {}
+        for x in before:
+            if st.ks[x] is not None:
+                jid = st.next_junk
+                st.next_junk -= 1
+                st.add(_Node(jid, st.nodes[x].sb, st.nodes[x].root, None, False), None, st.ks[x])
+                twin[x] = jid
+        for x in twin:
+            st.make_private(x)
+        for x, jid in twin.items():
+            st.set_state(x, None, st.km[jid])
+            st.set_state(jid, None, None)
+        for x in before:
+            self.mounts[x] = self.after_copy.get(x, self.mounts[x])
+            self._reach(self.mounts[x])  # made shared where it is shared in the image
+        st.log.clear()
+
     def run(self) -> list[tuple]:
         self._ensuring: set = set()
         self._counters()
@@ -641,6 +706,8 @@ class _Planner:
         def push(m: dict) -> None:
             if m["id"] in made or (m.get("parent") in self.mounts and m["parent"] not in made):
                 return
+            if self.later_ns.get(m["id"], None) not in (None, *self.copied):
+                return  # in the copy of its namespace (pushed again once that is made)
             k = self._key(m)
             if queued.get(m["id"]) != k:
                 queued[m["id"]] = k
@@ -683,6 +750,11 @@ class _Planner:
             for f in failed:  # the step may have made them possible
                 push(f)
             failed = []
+            for ns in {self.locked_ns[x] for x in new if x in self.locked_ns} - self.copied:
+                if self.userns_copies[ns][0] <= made:
+                    self._userns_copy(ns)
+                    for j in sorted(self.userns_copies[ns][1], key=self.rank.get):
+                        push(self.mounts[j])
         if len(made) < len(self.mounts):
             if first_err:
                 raise first_err
@@ -696,11 +768,14 @@ class _Planner:
         return self.ops
 
 
-def plan(mounts, helper_ok=lambda sb: True) -> list[tuple]:
+def plan(mounts, helper_ok=lambda sb: True, userns_copies=None) -> list[tuple]:
     """The construction plan for `mounts` (image mount dicts of every namespace: id, parent,
-    mountpoint, root, sb, shared, master, external, uid); PlanError naming a mount when none works.
-    `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made."""
-    return _Planner(list(mounts), helper_ok).run()
+    mountpoint, root, sb, shared, master, external); PlanError naming a mount when none works.
+    `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made.
+    `userns_copies`: {namespace: (mounts before, mounts after)} for the namespaces owned by a user
+    namespace (engine.userns_cr.construct_copies): the plan copies each into its user namespace
+    (op ("userns", namespace)) once its mounts "before" are made, and makes those "after" in the copy."""
+    return _Planner(list(mounts), helper_ok, userns_copies).run()
 
 
 # -- restore: executing the plan -----------------------------------------------------------
@@ -798,6 +873,7 @@ def assemble(r, service_fd: int) -> None:
         kernel.unshare(kernel.CLONE_NEWNS)
         r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
         r.current_ns = ns_id
+    attached: set[int] = set()  # for the user-namespace copy's check (its locked mounts are all there)
     for op in r.construct_ops:
         kind = op[0]
         if kind == "seed":
@@ -844,7 +920,12 @@ def assemble(r, service_fd: int) -> None:
                 set_flags(m)
             for cid in copies:
                 set_flags(r.mounts[cid])
+            attached.update([mid, *copies])
             step("attach")
+        elif kind == "userns":
+            # Its root and locked mounts are made: the copy from inside its user namespace locks them
+            # and replaces it (engine/userns_cr.py); the rest is made in the copy.
+            r._users_call(r.users.copy, r, op[1], attached)
         elif kind == "nscopy":
             _, mid, src = op
             ns_id = r.ns_of_mount[mid]
@@ -855,6 +936,7 @@ def assemble(r, service_fd: int) -> None:
             r.current_ns = ns_id
             r.mnt_fd[mid] = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             set_flags(r.mounts[mid])
+            attached.add(mid)
         elif kind == "prop":
             _, i, what = op
             r.set_propagation(mount_of(i), props[what])

@@ -256,3 +256,44 @@ def test_namespace_roots():
     assert ("attach", 2, [6, 10]) in ops   # the copies in the peer and slave roots are propagation's
     i = ops.index(("attach", 8, []))
     assert ops[i - 1][0] == "make" and ops[i - 1][2][1] < 0 and ops[i + 1] == ("prop", 8, "shared")
+
+
+def test_shared_mounts_inside_a_user_namespace(case, monkeypatch):
+    """A mount namespace owned by a user namespace (rootless container) with peer groups of its own:
+    its locked copy of a shared mount made shared again inside (shared+slave), a tmpfs made shared
+    there with a bind in its group, and a slave of that. Built while mounting (sharing=construct,
+    the flags as this kernel has them): locked mounts first, the namespace copied into its user
+    namespace, the rest in the copy. Restored twice, equal (locks included), and a mount made later
+    on the host side still propagates in."""
+    monkeypatch.setenv("MNTCR_STRATEGY", "sharing=construct")
+    setup = """
+mkdir -p /mnt/shared /run/c
+mount -t tmpfs s /mnt/shared; mount --make-shared /mnt/shared; mkdir /mnt/shared/late
+unshare -U -r -m --propagation unchanged sh -c '
+    mount --make-shared /mnt/shared
+    mount -t tmpfs own /run/c; mount --make-shared /run/c; mkdir /run/c/a /run/c/b /run/c/s
+    mount --bind /run/c/a /run/c/b
+    mount --bind /run/c /run/c/s; mount --make-slave /run/c/s
+    touch /tmp/child-ready
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /tmp/child-ready
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    for _ in range(2):
+        pid = case.cr(pid)
+        assert_same(before, take(pid))
+    child = next(p.pid for p in take(pid).snap.procs if p.pid != pid)
+    with open(f"/proc/{child}/status") as f:
+        inner = next(line.split()[-1] for line in f if line.startswith("NSpid:"))  # its pid in the container
+    r = mntcr_sh(pid, f"mount -t tmpfs late /mnt/shared/late; grep -c ' /mnt/shared/late ' /proc/{inner}/mountinfo")
+    assert r.strip() == "1", r
+
+
+def mntcr_sh(pid: int, script: str) -> str:
+    """Run script in the mount namespace of host pid `pid` (a throwaway copy: the tree is unchanged),
+    with propagation unchanged so that its mounts reach peers and slaves."""
+    import subprocess
+    return subprocess.run(["nsenter", "-t", str(pid), "-m", "unshare", "-m", "--propagation", "unchanged",
+                           "sh", "-c", script], capture_output=True, text=True, check=True).stdout
