@@ -13,7 +13,11 @@ has, and never one more:
   shared (a slave group's seed is a bind of its master's seed, made slave,
   then shared). Members are binds of their group's seed, so they are in the
   group before they are attached;
-- mounts are attached in the image's creation order (parents first); when a
+- mounts are attached parents first, in an order found from the tree alone
+  (which mounts must wait for which, so that propagation makes the copies the
+  image has and no other; then depth and path), never from mount ids: before
+  Linux 6.8 the kernel reuses freed ids, so their order is not the order the
+  mounts were made in. When a
   step would make propagation copy the mount somewhere, the copy must be a
   mount of the image not made yet (at that place, same superblock and root):
   it is *adopted*, not made again. A step whose copy the image lacks, or that
