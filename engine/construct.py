@@ -219,7 +219,8 @@ def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
     order where the kernel reuses freed ones (all kernels before unique ids, 6.8), so a plan that
     followed them would succeed or fail depending on what was unmounted before the tree was made.
     Parents before children (depth), then mount point, root and propagation, so only mounts alike
-    in all of that (in different namespaces) keep their id order, where either choice is the same."""
+    in all of that (in different namespaces) keep their id order, where either choice is the same.
+    Unique ids, where the image has them, are creation order and decide first."""
     depth: dict[int, int] = {}
 
     def depth_of(m: dict) -> int:
@@ -236,8 +237,11 @@ def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
             depth[c["id"]] = depth[c["parent"]] + 1
         return depth[first]
 
-    return sorted(mounts, key=lambda m: (depth_of(m), m["mountpoint"], m["root"], bool(m.get("master")),
-                                         bool(m.get("shared")), m["id"]))
+    # 64-bit unique ids (Linux >= 6.8) are creation order and come first where the image has them:
+    # a restored tree keeps its overlays younger than their layers' mounts and older than what
+    # covers them later, which the next dump reads from those ids (engine/fs/overlay.py).
+    return sorted(mounts, key=lambda m: (m.get("uid") or 0, depth_of(m), m["mountpoint"], m["root"],
+                                         bool(m.get("master")), bool(m.get("shared")), m["id"]))
 
 
 class _Planner:
@@ -362,13 +366,15 @@ class _Planner:
         """Ready mounts are tried in this order. Namespace roots first, masters before slaves: a root
         cannot join a group that a seed started (pivot_root refuses a shared root), so it must start
         it. Then mounts that wait for none, then those that propagation may make (the shallowest
-        first: the bind itself rather than its copies inside its peers), masters before slaves, and
-        the canonical order last."""
+        first: the bind itself rather than its copies inside its peers); among those that wait, the
+        ones with fewer mounts left to wait for (the tree's own record of what was made before what,
+        e.g. the n-th of n binds of a shared mount into itself), masters before slaves, and the
+        canonical order last."""
         i = m["id"]
         root = m.get("parent") not in self.mounts
         copy = self.copies_left[i] > 0
         return (not root, root and bool(m.get("master")), self.waits[i] > 0, copy,
-                m["mountpoint"].count("/") if copy else 0, bool(m.get("master")), self.rank[i])
+                m["mountpoint"].count("/") if copy else 0, self.waits[i], bool(m.get("master")), self.rank[i])
 
     @staticmethod
     def where(m: dict) -> str:

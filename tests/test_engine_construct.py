@@ -156,6 +156,31 @@ def test_plan_ignores_mount_id_order():
         assert renamed_back(plan(renumbered(RBIND_SLAVE, new_ids)), new_ids, RBIND_SLAVE) == want, new_ids
 
 
+def test_blowup_order_comes_from_what_each_mount_waits_for():
+    """n binds of a shared mount into itself (propagation/blowup.yaml): the k-th bind must be made
+    before the later ones exist (none of them holds a copy of it), which the tree tells by how many
+    mounts each waits for, not by ids or path order (/mnt/s/d10 sorts before /mnt/s/d2)."""
+    script = ("mount -t tmpfs t /mnt; mkdir /mnt/s; mount -t tmpfs s /mnt/s; mount --make-shared /mnt/s; "
+              "for i in 1 2 3 4 5 6 7 8 9 10; do mkdir /mnt/s/d$i; done; "
+              "for i in 1 2 3 4 5 6 7 8 9 10; do mount --bind /mnt/s /mnt/s/d$i; done; cat /proc/self/mountinfo")
+    import subprocess
+    from engine import mountinfo
+    text = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, check=True).stdout
+    found = [x for x in mountinfo.parse(text) if x.mountpoint == "/mnt" or x.mountpoint.startswith("/mnt/s")]
+    found = found[[x.mountpoint for x in found].index("/mnt"):]  # our /mnt and what lies on it
+    ids = {x.mnt_id for x in found}
+    tree = [M(1, None, "/", sb="root")] + [
+        M(x.mnt_id, x.parent_id if x.parent_id in ids else 1, x.mountpoint, root=x.root, sb=x.dev,
+          shared=x.shared, master=x.master) for x in found]
+    assert len(tree) == 1 + 1 + 2 ** 10
+    want = plan(tree)
+    rng = random.Random(10)
+    for _ in range(2):
+        new_ids = rng.sample(range(20, 20 + 3 * len(tree)), len(tree))
+        assert renamed_back(plan(renumbered(tree, new_ids)), new_ids, tree) == want
+
+
 def big_tree(n):
     """n copies of a small unit (a shared mount with a bind of a subdirectory, a slave, a shared+slave
     bind, a private child under the shared mount) beside one peer group of n members and n slaves of
