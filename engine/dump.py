@@ -634,6 +634,23 @@ def _check_construct(texts: list[str], ext_mnts) -> None:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
 
 
+def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:
+    """The construction plan again once locks are known (still before anything is written), where a
+    mount namespace is owned by a user namespace: restore copies it into that user namespace midway
+    (engine.userns_cr.construct_copies), which the first check, from mountinfo alone, could not plan."""
+    from engine import construct, strategy
+    if strategy.current().sharing != "construct" or not any(ns.get("owner") for ns in mntns_doc.values()):
+        return
+    mounts = [m for ns in mntns_doc.values() for m in ns["mounts"]]
+    if not any(m["shared"] or m["master"] for m in mounts):
+        return
+    try:
+        construct.plan(mounts, helper_ok=lambda sid: not superblocks[sid].get("external"),
+                       userns_copies=userns_cr.construct_copies(mntns_doc))
+    except construct.PlanError as e:
+        raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
+
+
 def _refuse_sharing(text: str) -> None:
     """Where this kernel's strategy cannot rebuild peer groups (sharing=refuse: no
     MOVE_MOUNT_SET_GROUP), refuse a tree with shared or slave mounts before it is stopped: restore
@@ -804,6 +821,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         for e in ns["mounts"]:
             if e["external"]:
                 superblocks[e["sb"]]["external"] = True
+    _check_construct_userns(mntns_doc, superblocks)
     ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
     plan = _Plan(superblocks, sb_of_dev, mntns_doc, ns_mounts, mounts_by_id)
     # Devices: declared external, or resolved by the type (a device over a file we dump), else refused.

@@ -353,6 +353,18 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
 _ATTR = {"ro": 0x1, "nosuid": 0x2, "nodev": 0x4, "noexec": 0x8}  # MOUNT_ATTR_*
 
 
+def construct_copies(mntns: dict) -> dict[str, tuple[set[int], set[int]]]:
+    """For building peer groups while mounting (engine/construct.py): each mount namespace owned by
+    a user namespace -> (the mounts made before it is copied into that user namespace: its root and
+    locked mounts, which the copy locks; the mounts made in the copy). `mntns`: the image's."""
+    out = {}
+    for ns_id, ns in mntns.items():
+        if ns.get("owner"):
+            before = {m["id"] for m in ns["mounts"] if m["id"] == ns["root"] or m.get("locked")}
+            out[ns_id] = (before, {m["id"] for m in ns["mounts"]} - before)
+    return out
+
+
 def _maps_of(rec: dict) -> userns.Maps:
     return userns.Maps(tuple(tuple(r) for r in rec["uid_map"]), tuple(tuple(r) for r in rec["gid_map"]),
                        rec["setgroups"])
