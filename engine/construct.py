@@ -13,7 +13,11 @@ has, and never one more:
   shared (a slave group's seed is a bind of its master's seed, made slave,
   then shared). Members are binds of their group's seed, so they are in the
   group before they are attached;
-- mounts are attached in the image's creation order (parents first); when a
+- mounts are attached parents first, in an order found from the tree alone
+  (which mounts must wait for which, so that propagation makes the copies the
+  image has and no other; then depth and path), never from mount ids: before
+  Linux 6.8 the kernel reuses freed ids, so their order is not the order the
+  mounts were made in. When a
   step would make propagation copy the mount somewhere, the copy must be a
   mount of the image not made yet (at that place, same superblock and root):
   it is *adopted*, not made again. A step whose copy the image lacks, or that
@@ -46,10 +50,14 @@ The plan is a list of tuples (ids < 0 are seeds):
   ("nscopy", id, root)           make the namespace of root mount id a copy of the namespace of
                                  root mount `root` (which holds only that root yet): its root is a
                                  peer of `root`
+  ("userns", ns)                 copy namespace ns from inside its user namespace (which locks what
+                                 is in it: its root and locked mounts, made by then) and go on in the
+                                 copy; in it a shared mount is a slave of its old group
 """
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 
@@ -79,6 +87,7 @@ class _Node:
     root: str
     mountpoint: str | None   # None: not in a restored tree (seed, copy inside a seed, host mount)
     real: bool               # a mount of the image
+    source: bool = False     # a seed or a host mount: the first choice to bind a member from
 
 
 class _State:
@@ -91,6 +100,10 @@ class _State:
         self.km: dict[int, object] = {}      # node -> master group token or None
         self.members: dict[object, set] = {}
         self.slaves: dict[object, set] = {}
+        # The same for source nodes only (seeds, host mounts): few, so a bind finds one without
+        # going through a whole group.
+        self.src_members: dict[object, set] = {}
+        self.src_slaves: dict[object, set] = {}
         self.bind: dict[int, object] = {}    # image group id -> token
         self.tokbind: dict[object, int] = {}
         self.occupied: dict[tuple[int, str], int] = {}  # (parent, mount point) -> child made there
@@ -150,16 +163,19 @@ class _State:
 
     def set_state(self, n: int, ks, km) -> None:
         old_s, old_m = self.ks.get(n), self.km.get(n)
-        if old_s is not None:
-            self._sdel(self.members, old_s, n)
-        if old_m is not None:
-            self._sdel(self.slaves, old_m, n)
+        source = self.nodes[n].source
+        for d, sd, tok in ((self.members, self.src_members, old_s), (self.slaves, self.src_slaves, old_m)):
+            if tok is not None:
+                self._sdel(d, tok, n)
+                if source:
+                    self._sdel(sd, tok, n)
         self._dset(self.ks, n, ks)
         self._dset(self.km, n, km)
-        if ks is not None:
-            self._sadd(self.members, ks, n)
-        if km is not None:
-            self._sadd(self.slaves, km, n)
+        for d, sd, tok in ((self.members, self.src_members, ks), (self.slaves, self.src_slaves, km)):
+            if tok is not None:
+                self._sadd(d, tok, n)
+                if source:
+                    self._sadd(sd, tok, n)
 
     def _leave(self, n: int, new_master) -> None:
         """n leaves its peer group; when it was the last member, the group's slaves move to
@@ -167,7 +183,7 @@ class _State:
         s = self.ks.get(n)
         if s is None:
             return
-        if not (self.members.get(s, set()) - {n}):
+        if len(self.members.get(s, ())) <= 1:  # n is the last member (no set copy: big groups)
             for x in list(self.slaves.get(s, ())):
                 self.set_state(x, self.ks[x], new_master)
 
@@ -179,7 +195,7 @@ class _State:
         s, m = self.ks.get(n), self.km.get(n)
         if s is None:
             return
-        others = self.members.get(s, set()) - {n}
+        others = len(self.members.get(s, ())) > 1  # members other than n
         self._leave(n, m)
         self.set_state(n, None, s if others else m)
 
@@ -198,17 +214,59 @@ class _State:
 _MISSING = object()
 
 
+def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
+    """The mounts in an order that the tree alone decides, not the ids: mount ids are not creation
+    order where the kernel reuses freed ones (all kernels before unique ids, 6.8), so a plan that
+    followed them would succeed or fail depending on what was unmounted before the tree was made.
+    Parents before children (depth), then mount point, root and propagation, so only mounts alike
+    in all of that (in different namespaces) keep their id order, where either choice is the same.
+    Unique ids, where the image has them, are creation order and decide first."""
+    depth: dict[int, int] = {}
+
+    def depth_of(m: dict) -> int:
+        first, chain, seen = m["id"], [], set()
+        while m["id"] not in depth:
+            p = by_id.get(m.get("parent"))
+            if p is None or m["id"] in seen:  # a namespace root (or a cycle the validator lets by)
+                depth[m["id"]] = 0
+                break
+            seen.add(m["id"])
+            chain.append(m)
+            m = p
+        for c in reversed(chain):
+            depth[c["id"]] = depth[c["parent"]] + 1
+        return depth[first]
+
+    # 64-bit unique ids (Linux >= 6.8) are creation order and come first where the image has them:
+    # a restored tree keeps its overlays younger than their layers' mounts and older than what
+    # covers them later, which the next dump reads from those ids (engine/fs/overlay.py).
+    return sorted(mounts, key=lambda m: (m.get("uid") or 0, depth_of(m), m["mountpoint"], m["root"],
+                                         bool(m.get("master")), bool(m.get("shared")), m["id"]))
+
+
 class _Planner:
-    def __init__(self, mounts, helper_ok, describe=None):
-        self.mounts = {m["id"]: m for m in mounts}
+    def __init__(self, mounts, helper_ok, userns_copies=None):
         self.helper_ok = helper_ok
-        self.order = sorted(mounts, key=lambda m: (m.get("uid") or 0, m["id"]))
+        # Namespaces copied into their user namespace: ns -> (mounts made before the copy, which the
+        # kernel locks; mounts made after it, in the copy).
+        self.userns_copies = {ns: (set(before), set(after)) for ns, (before, after) in (userns_copies or {}).items()}
+        self.later_ns = {i: ns for ns, (_, after) in self.userns_copies.items() for i in after}
+        self.locked_ns = {i: ns for ns, (before, _) in self.userns_copies.items() for i in before}
+        self.copied: set = set()
+        mounts = self._before_copy(mounts)
+        self.mounts = {m["id"]: m for m in mounts}
+        self.steps = 0  # work done (mounts looked at): the scaling test counts it
+        self.order = _canonical_order(mounts, self.mounts)
+        self.rank = {m["id"]: i for i, m in enumerate(self.order)}
+        self.roots = [m for m in self.order if m.get("parent") not in self.mounts]
         self.children: dict[tuple[int, str], list[dict]] = {}
-        for m in mounts:
+        self.kids: dict[int, list[dict]] = {}
+        for m in self.order:
             if m.get("parent") is not None and m["parent"] in self.mounts:
                 self.children.setdefault((m["parent"], m["mountpoint"]), []).append(m)
+                self.kids.setdefault(m["parent"], []).append(m)
         self.by_shared: dict[int, list[dict]] = {}
-        for m in mounts:
+        for m in self.order:
             if m.get("shared"):
                 self.by_shared.setdefault(m["shared"], []).append(m)
         self.st = _State()
@@ -222,7 +280,7 @@ class _Planner:
             if m.get("external") and m.get("master") and m["master"] not in self.by_shared:
                 tok = ("ext", m["master"])
                 nid = -500_000 - m["id"]
-                self.st.add(_Node(nid, m["sb"], m["root"], None, False), None, tok)
+                self.st.add(_Node(nid, m["sb"], m["root"], None, False, source=True), None, tok)
                 self.st.do_bind(m["master"], tok)
                 self.ext_nodes.setdefault(m["master"], []).append(nid)
                 self.ext_of[nid] = m["id"]
@@ -286,12 +344,37 @@ class _Planner:
                     else:
                         self.blocks.setdefault(q["id"], []).append(c["id"])
 
-    def _deferred(self, m: dict) -> tuple[bool, bool]:
-        """(m waits for others, m may rather be made by propagation): later when true."""
-        made = self.st.made
-        return (any(q not in made for q in self.wait_for.get(m["id"], ()))
-                or any(c not in made for c in self.blocks.get(m["id"], ())),
-                any(c not in made for c in self.copy_of.get(m["id"], ())))
+    def _counters(self) -> None:
+        """How many mounts each mount still waits for (wait_for and blocks) and may be a copy of
+        (copy_of), with the reverse index that updates them as mounts are made: the ready queue's
+        keys without going through the lists again at every step."""
+        self.waits: dict[int, int] = {}
+        self.copies_left: dict[int, int] = {}
+        self.rev_wait: dict[int, list[int]] = {}
+        self.rev_copy: dict[int, list[int]] = {}
+        for i in self.mounts:
+            w = set(self.wait_for.get(i, ())) | set(self.blocks.get(i, ()))
+            self.waits[i] = len(w)
+            for x in w:
+                self.rev_wait.setdefault(x, []).append(i)
+            c = set(self.copy_of.get(i, ()))
+            self.copies_left[i] = len(c)
+            for x in c:
+                self.rev_copy.setdefault(x, []).append(i)
+
+    def _key(self, m: dict) -> tuple:
+        """Ready mounts are tried in this order. Namespace roots first, masters before slaves: a root
+        cannot join a group that a seed started (pivot_root refuses a shared root), so it must start
+        it. Then mounts that wait for none, then those that propagation may make (the shallowest
+        first: the bind itself rather than its copies inside its peers); among those that wait, the
+        ones with fewer mounts left to wait for (the tree's own record of what was made before what,
+        e.g. the n-th of n binds of a shared mount into itself), masters before slaves, and the
+        canonical order last."""
+        i = m["id"]
+        root = m.get("parent") not in self.mounts
+        copy = self.copies_left[i] > 0
+        return (not root, root and bool(m.get("master")), self.waits[i] > 0, copy,
+                m["mountpoint"].count("/") if copy else 0, self.waits[i], bool(m.get("master")), self.rank[i])
 
     @staticmethod
     def where(m: dict) -> str:
@@ -309,23 +392,26 @@ class _Planner:
     def _find(self, sb, root: str, ks, km, peer_only=False) -> int | None:
         """A made mount (seed first) of superblock sb, whose root covers `root`, in state (ks, km)
         (peer_only: any member of group ks)."""
-        pool = self.st.members.get(ks, set()) if ks is not None else self.st.slaves.get(km, set())
-        best = None
-        for n in pool:
-            node = self.st.nodes[n]
-            if node.sb != sb or _rel(root, node.root) is None:
-                continue
-            if node.mountpoint is None and node.id not in self.seeds and node.id not in self.ext_of:
-                continue  # a copy inside a seed: not a source
-            if not peer_only and (self.st.ks[n], self.st.km[n]) != (ks, km):
-                continue
-            if node.real and node.mountpoint is not None:
-                rank = 1
-            else:
-                rank = 0
-            if best is None or (rank, len(node.root)) < best[0]:
-                best = ((rank, len(node.root)), n)
-        return best[1] if best else None
+        st = self.st
+        if ks is not None:
+            sources, pool = st.src_members.get(ks, ()), st.members.get(ks, ())
+        else:
+            sources, pool = st.src_slaves.get(km, ()), st.slaves.get(km, ())
+
+        def fits(n) -> bool:
+            node = st.nodes[n]
+            self.steps += 1
+            return (node.sb == sb and _rel(root, node.root) is not None
+                    and (peer_only or (st.ks[n], st.km[n]) == (ks, km)))
+
+        # A seed or host mount first (few per group); a member of the image only when the group has
+        # none that fits, then the one with the shortest root (sorted: the same choice in any id order).
+        found = [n for n in sources if fits(n)]
+        if not found:
+            found = [n for n in pool if st.nodes[n].real and st.nodes[n].mountpoint is not None and fits(n)]
+        if not found:
+            return None
+        return min(found, key=lambda n: (len(st.nodes[n].root), self.rank.get(n, 0), n))
 
     def _seed(self, sb, src, ops_after, root="/") -> int:
         sid = self.next_seed
@@ -360,14 +446,14 @@ class _Planner:
                 raise PlanError(f"{self.where(first)}: no mount of its master group {master} covers the root "
                                 f"of its superblock{_NEED}")
             sid = self._seed(first["sb"], self._src_of(src, "/"), None)
-            self.st.add(_Node(sid, first["sb"], "/", None, False), self.st.ks[src], self.st.km[src])
+            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), self.st.ks[src], self.st.km[src])
             self.ops.append(("prop", sid, "slave"))
             self.st.make_slave(sid)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         else:
             sid = self._seed(first["sb"], None, None)
-            self.st.add(_Node(sid, first["sb"], "/", None, False), None, None)
+            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), None, None)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         self.st.do_bind(g, self.st.ks[sid])
@@ -406,7 +492,7 @@ class _Planner:
                         raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
                                         f"{m['root']}{_NEED}")
                     n = self._seed(m["sb"], self._src_of(peer, "/"), None)
-                    self.st.add(_Node(n, m["sb"], "/", None, False), self.st.ks[peer], self.st.km[peer])
+                    self.st.add(_Node(n, m["sb"], "/", None, False, source=True), self.st.ks[peer], self.st.km[peer])
                     self.ops.append(("prop", n, "slave"))
                     self.st.make_slave(n)
                 src, state = self._src_of(n, m["root"]), (None, th)
@@ -450,7 +536,7 @@ class _Planner:
         if parent is None and self.st.ks[m["id"]] is not None:
             # Other namespaces whose root is a peer of this one (a namespace copied with propagation
             # unchanged) are copies of this namespace made now, while it holds only its root.
-            for x in self.order:
+            for x in self.roots:
                 if (x.get("parent") not in self.mounts and x["id"] not in self.st.made
                         and (x.get("shared"), x.get("master"), x["sb"], x["root"]) == (g, h, m["sb"], m["root"])):
                     self.ops.append(("nscopy", x["id"], m["id"]))
@@ -490,14 +576,22 @@ class _Planner:
             if not cands:
                 raise PlanError(f"{self.where(m)}: propagation would copy it to {mp}, where the image has no such "
                                 f"mount (non-uniform propagation){_NEED}")
-            c = min(cands, key=lambda c: (c.get("uid") or 0, c["id"]))
+            c = min(cands, key=lambda c: self.rank[c["id"]])
+            ns = self.later_ns.get(c["id"])
+            if ns is not None and ns not in self.copied:
+                raise PlanError(f"{self.where(m)}: propagation would copy it to {mp} before its namespace {ns} is "
+                                f"copied into its user namespace, which would lock it{_NEED}")
             self.st.add(_Node(c["id"], c["sb"], c["root"], c["mountpoint"], True), ks, km)
             self.st._dset(self.st.occupied, (q, mp), c["id"])
             copies.append(c)
 
+        def order(q: int) -> tuple:
+            # Image mounts in canonical order (not their ids), then seeds and their copies as made.
+            return (q not in self.rank, self.rank.get(q, 0), -q)
+
         def visit(t, src, src_master, exclude) -> None:
-            peers = sorted(self.st.members.get(t, ()))
-            slaves = sorted(self.st.slaves.get(t, ()))
+            peers = sorted(self.st.members.get(t, ()), key=order)
+            slaves = sorted(self.st.slaves.get(t, ()), key=order)
             for q in peers:
                 if q != exclude and q != m["id"]:
                     copy_into(q, src, src_master)
@@ -533,7 +627,7 @@ class _Planner:
         elif not g:
             if s is None and k == th:
                 pass
-            elif s == th or (s is not None and k == th and not (st.members[s] - {n})):
+            elif s == th or (s is not None and k == th and len(st.members[s]) <= 1):
                 op("slave")
         elif tg is not None:
             pass  # checked below
@@ -561,39 +655,121 @@ class _Planner:
                             f"another master than it had{_NEED}")
 
     # -- the whole plan ----------------------------------------------------------------
+    def _before_copy(self, mounts: list[dict]) -> list[dict]:
+        """What a mount made before its namespace is copied into a user namespace must be for the copy
+        to come out as the image has it: a member of its master group (the copy of a shared mount is
+        a slave of its group), or private (made shared in the copy when it is); a slave of a group
+        that the image has no member of stays a slave (a copy keeps its master). The image's own
+        entries take over once the copy is made (self.after_copy)."""
+        self.after_copy: dict[int, dict] = {}
+        if not self.locked_ns:
+            return mounts
+        master_of = {m["shared"]: m.get("master") for m in mounts if m.get("shared")}
+        ids = {m["id"] for m in mounts}
+        out = []
+        for m in mounts:
+            if m["id"] in self.locked_ns and m.get("parent") in ids:  # (a root is never made shared)
+                self.after_copy[m["id"]] = m
+                h = m.get("master")
+                if h in master_of:
+                    m = dict(m, shared=h, master=master_of[h])
+                elif not h:
+                    m = dict(m, shared=None, master=None)
+                else:
+                    m = dict(m, shared=None)
+            out.append(m)
+        return out
+
+    def _userns_copy(self, ns) -> None:
+        """Namespace ns is copied from inside its user namespace (the kernel locks what it copies there)
+        and the copy replaces it: in the copy a shared mount is a slave of its group, a slave one of
+        the same master; then the old mounts go away with the old namespace, each leaving its group as
+        an unmount does (the group's slaves, the copies among them, pass to a peer left or its master)."""
+        st = self.st
+        self.ops.append(("userns", ns))
+        self.copied.add(ns)
+        before = sorted(self.userns_copies[ns][0], key=self.rank.get)
+        twin = {}
+        for x in before:
+            if st.ks[x] is not None:
+                jid = st.next_junk
+                st.next_junk -= 1
+                st.add(_Node(jid, st.nodes[x].sb, st.nodes[x].root, None, False), None, st.ks[x])
+                twin[x] = jid
+        for x in twin:
+            st.make_private(x)
+        for x, jid in twin.items():
+            st.set_state(x, None, st.km[jid])
+            st.set_state(jid, None, None)
+        for x in before:
+            self.mounts[x] = self.after_copy.get(x, self.mounts[x])
+            self._reach(self.mounts[x])  # made shared where it is shared in the image
+        st.log.clear()
+
     def run(self) -> list[tuple]:
         self._ensuring: set = set()
-        pending = list(self.order)
-        start = 0
-        while True:
-            while start < len(pending) and pending[start]["id"] in self.st.made:
-                start += 1
-            if start == len(pending):
-                break
+        self._counters()
+        made = self.st.made
+        queued: dict[int, tuple] = {}  # mount -> its key in the heap (older entries are stale)
+        heap: list[tuple] = []
+
+        def push(m: dict) -> None:
+            if m["id"] in made or (m.get("parent") in self.mounts and m["parent"] not in made):
+                return
+            if self.later_ns.get(m["id"], None) not in (None, *self.copied):
+                return  # in the copy of its namespace (pushed again once that is made)
+            k = self._key(m)
+            if queued.get(m["id"]) != k:
+                queued[m["id"]] = k
+                heapq.heappush(heap, (k, m["id"]))
+
+        for m in self.order:
+            push(m)
+        first_err, failed = None, []
+        while heap:
+            k, i = heapq.heappop(heap)
+            self.steps += 1
+            if i in made or queued.get(i) != k:
+                continue
+            del queued[i]
+            m = self.mounts[i]
+            mark, nops, nseeds, seed_no = self.st.mark(), len(self.ops), len(self.seeds), self.next_seed
+            try:
+                self._make(m)
+            except PlanError as e:
+                self.st.undo(mark)
+                del self.ops[nops:]
+                del self.seeds[nseeds:]
+                self.next_seed = seed_no
+                first_err = first_err or e
+                failed.append(m)
+                continue
+            new = [e[1] for e in self.st.log if e[0] == "made"]
+            self.st.log.clear()
             first_err = None
-            ready = [m for m in pending[start:] if m["id"] not in self.st.made
-                     and (m.get("parent") not in self.mounts or m["parent"] in self.st.made)]
-            # Stable: creation order within each kind; among mounts that propagation may make, the
-            # shallowest first (the bind itself rather than its copies inside its peers).
-            # Namespace roots come first, masters before slaves: a root cannot join a group that a
-            # seed started (pivot_root refuses a shared root), so it must start it.
-            ready.sort(key=lambda m: (m.get("parent") in self.mounts, bool(m.get("master")), *self._deferred(m),
-                                      m["mountpoint"].count("/") if self._deferred(m)[1] else 0))
-            for m in ready:
-                mark, nops, nseeds, seed_no = self.st.mark(), len(self.ops), len(self.seeds), self.next_seed
-                try:
-                    self._make(m)
-                except PlanError as e:
-                    self.st.undo(mark)
-                    del self.ops[nops:]
-                    del self.seeds[nseeds:]
-                    self.next_seed = seed_no
-                    first_err = first_err or e
-                    continue
-                self.st.log.clear()
-                break
-            else:
-                raise first_err or PlanError(f"{self.where(pending[start])}: its parent cannot be made")
+            for x in new:
+                for j in self.rev_wait.get(x, ()):
+                    self.waits[j] -= 1
+                for j in self.rev_copy.get(x, ()):
+                    self.copies_left[j] -= 1
+            for x in new:
+                for j in [*self.rev_wait.get(x, ()), *self.rev_copy.get(x, ())]:
+                    push(self.mounts[j])
+                for c in self.kids.get(x, ()):
+                    push(c)
+            for f in failed:  # the step may have made them possible
+                push(f)
+            failed = []
+            for ns in {self.locked_ns[x] for x in new if x in self.locked_ns} - self.copied:
+                if self.userns_copies[ns][0] <= made:
+                    self._userns_copy(ns)
+                    for j in sorted(self.userns_copies[ns][1], key=self.rank.get):
+                        push(self.mounts[j])
+        if len(made) < len(self.mounts):
+            if first_err:
+                raise first_err
+            m = next(m for m in self.order if m["id"] not in made)
+            raise PlanError(f"{self.where(m)}: its parent cannot be made")
         for sid in self.seeds:
             self.ops.append(("drop", sid))
         for m in self.order:
@@ -602,11 +778,14 @@ class _Planner:
         return self.ops
 
 
-def plan(mounts, helper_ok=lambda sb: True) -> list[tuple]:
+def plan(mounts, helper_ok=lambda sb: True, userns_copies=None) -> list[tuple]:
     """The construction plan for `mounts` (image mount dicts of every namespace: id, parent,
-    mountpoint, root, sb, shared, master, external, uid); PlanError naming a mount when none works.
-    `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made."""
-    return _Planner(list(mounts), helper_ok).run()
+    mountpoint, root, sb, shared, master, external); PlanError naming a mount when none works.
+    `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made.
+    `userns_copies`: {namespace: (mounts before, mounts after)} for the namespaces owned by a user
+    namespace (engine.userns_cr.construct_copies): the plan copies each into its user namespace
+    (op ("userns", namespace)) once its mounts "before" are made, and makes those "after" in the copy."""
+    return _Planner(list(mounts), helper_ok, userns_copies).run()
 
 
 # -- restore: executing the plan -----------------------------------------------------------
@@ -704,6 +883,7 @@ def assemble(r, service_fd: int) -> None:
         kernel.unshare(kernel.CLONE_NEWNS)
         r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
         r.current_ns = ns_id
+    attached: set[int] = set()  # for the user-namespace copy's check (its locked mounts are all there)
     for op in r.construct_ops:
         kind = op[0]
         if kind == "seed":
@@ -750,7 +930,12 @@ def assemble(r, service_fd: int) -> None:
                 set_flags(m)
             for cid in copies:
                 set_flags(r.mounts[cid])
+            attached.update([mid, *copies])
             step("attach")
+        elif kind == "userns":
+            # Its root and locked mounts are made: the copy from inside its user namespace locks them
+            # and replaces it (engine/userns_cr.py); the rest is made in the copy.
+            r._users_call(r.users.copy, r, op[1], attached)
         elif kind == "nscopy":
             _, mid, src = op
             ns_id = r.ns_of_mount[mid]
@@ -761,6 +946,7 @@ def assemble(r, service_fd: int) -> None:
             r.current_ns = ns_id
             r.mnt_fd[mid] = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             set_flags(r.mounts[mid])
+            attached.add(mid)
         elif kind == "prop":
             _, i, what = op
             r.set_propagation(mount_of(i), props[what])

@@ -642,6 +642,23 @@ def _check_construct(texts: list[str], ext_mnts) -> None:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
 
 
+def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:
+    """The construction plan again once locks are known (still before anything is written), where a
+    mount namespace is owned by a user namespace: restore copies it into that user namespace midway
+    (engine.userns_cr.construct_copies), which the first check, from mountinfo alone, could not plan."""
+    from engine import construct, strategy
+    if strategy.current().sharing != "construct" or not any(ns.get("owner") for ns in mntns_doc.values()):
+        return
+    mounts = [m for ns in mntns_doc.values() for m in ns["mounts"]]
+    if not any(m["shared"] or m["master"] for m in mounts):
+        return
+    try:
+        construct.plan(mounts, helper_ok=lambda sid: not superblocks[sid].get("external"),
+                       userns_copies=userns_cr.construct_copies(mntns_doc))
+    except construct.PlanError as e:
+        raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
+
+
 def _refuse_sharing(text: str) -> None:
     """Where this kernel's strategy cannot rebuild peer groups (sharing=refuse: no
     MOVE_MOUNT_SET_GROUP), refuse a tree with shared or slave mounts before it is stopped: restore
@@ -781,6 +798,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             userns_cr.record_idmaps(by_mntns[ino][0], entries)
         except OSError as e:
             raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+        if users["userns"]:
+            # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
+            userns_cr.record_sb_owners(by_mntns[ino][0], mounts, sb_of_dev, superblocks, tree, users)
         owner = users["mntns_owner"].get(names[("mnt", ino)])
         if owner is not None:
             mntns_doc[names[("mnt", ino)]]["owner"] = owner
@@ -809,6 +829,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         for e in ns["mounts"]:
             if e["external"]:
                 superblocks[e["sb"]]["external"] = True
+    _check_construct_userns(mntns_doc, superblocks)
     ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
     plan = _Plan(superblocks, sb_of_dev, mntns_doc, ns_mounts, mounts_by_id)
     # Devices: declared external, or resolved by the type (a device over a file we dump), else refused.
@@ -976,6 +997,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             os.close(mfd)
         batch.clear()
 
+    def add_member(item) -> None:
+        # One archive holds superblocks of one owner: restore extracts it as that owner's root.
+        if batch and superblocks[batch[0][2]].get("owner") != superblocks[item[2]].get("owner"):
+            flush()
+        batch.append(item)
+
     try:
         for ino, wanted in clone_plan.items():
             fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
@@ -1009,7 +1036,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     # A file bind (its directory may be on no mount at all): the
                                     # member holds the file alone, extracted into its directory.
                                     parent, _, base = root.rpartition("/")
-                                    batch.append((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
+                                    add_member((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
                                     kept.add(mfd)
                                     if len(batch) >= 500:
                                         flush()
@@ -1019,7 +1046,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
                                                                       "uid": st.st_uid, "gid": st.st_gid}
                                     continue
-                                batch.append((mfd, f"sb-{next(member_no)}", sid, root, None))
+                                add_member((mfd, f"sb-{next(member_no)}", sid, root, None))
                                 kept.add(mfd)  # the batch owns it now (flush closes it)
                                 if len(batch) >= 500:
                                     flush()

@@ -72,27 +72,38 @@ def map_files(fds: list[int]) -> None:
         _MAPPED.add(addr)
 
 
+def exe_regions(maps: str, start_code: int) -> list[tuple[int, int]]:
+    """The regions [(addr, len)] of /proc/PID/maps text `maps` that map the executable: the file
+    mapped at `start_code` (/proc/PID/stat field 26), told by the device and inode maps shows.
+
+    Not by a stat of /proc/self/exe: on overlayfs (a VM guest's root) that names the overlay's
+    device while maps names the layer's, so nothing matched and the interpreter stayed mapped.
+    """
+    rows = []
+    for line in maps.splitlines():
+        parts = line.split()
+        if len(parts) < 6:
+            continue
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        rows.append((lo, hi, parts[3], parts[4]))
+    key = next(((dev, ino) for lo, hi, dev, ino in rows if lo <= start_code < hi), None)
+    if key is None or key[1] == "0":
+        return []
+    return [(lo, hi - lo) for lo, hi, dev, ino in rows if (dev, ino) == key]
+
+
 def _interpreter() -> tuple | None:
     """(regions of our executable [(addr, len)], /proc/self/stat fields) read now, while /proc is
     the host's (stand-ins are forks of the restorer: same layout; they chroot later)."""
     if os.uname().machine != "x86_64":
         return None
     try:
-        me = os.stat("/proc/self/exe")
-        regions = []
-        with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) < 6:
-                    continue
-                lo, hi = (int(x, 16) for x in parts[0].split("-"))
-                maj, mnr = (int(x, 16) for x in parts[3].split(":"))
-                if int(parts[4]) == me.st_ino and os.makedev(maj, mnr) == me.st_dev:
-                    regions.append((lo, hi - lo))
         with open("/proc/self/stat") as f:
             st = f.read().rsplit(")", 1)[1].split()
-        return regions, st
-    except (OSError, ValueError):
+        with open("/proc/self/maps") as f:
+            regions = exe_regions(f.read(), int(st[26 - 3]))
+        return (regions, st) if regions else None
+    except (OSError, ValueError, IndexError):
         return None
 
 

@@ -11,6 +11,7 @@ running, what no order can build.
 from __future__ import annotations
 
 import os
+import random
 import re
 
 import pytest
@@ -105,6 +106,113 @@ def test_reparenting_refused():
         plan(tree)
 
 
+# bind_matrix[parent=shared_slave-bind=rbind-child=slave]: /mnt (shared:3 master:2, with its peer
+# /run/peer) gets an rbind of /run/src/a whose child is a slave of /run/cmaster (shared:1); the
+# rbind's copies appear in the peer; a later mount in the master propagates to both.
+RBIND_SLAVE = [M(1, None, "/", sb="root"), M(73, 1, "/run", sb="top"), M(74, 1, "/mnt", sb="top2"),
+               M(75, 73, "/run/src", sb="src"), M(76, 73, "/run/cmaster", sb="cm", shared=1),
+               M(77, 75, "/run/src/a/sub", sb="cm", master=1), M(78, 73, "/run/master", sb="ma", shared=2),
+               M(79, 74, "/mnt", sb="ma", shared=3, master=2), M(80, 73, "/run/peer", sb="ma", shared=3, master=2),
+               M(81, 79, "/mnt/b", root="/a", sb="src", shared=4),
+               M(82, 81, "/mnt/b/sub", sb="cm", shared=5, master=1),
+               M(83, 80, "/run/peer/b", root="/a", sb="src", shared=4),
+               M(84, 83, "/run/peer/b/sub", sb="cm", shared=5, master=1),
+               M(85, 78, "/run/master/late", sb="late", shared=6),
+               M(86, 79, "/mnt/late", sb="late", shared=7, master=6),
+               M(87, 80, "/run/peer/late", sb="late", shared=7, master=6)]
+
+
+def renumbered(tree, new_ids):
+    """The tree with mount ids (and parents) renamed by the list new_ids, peer group ids shuffled too."""
+    mid = dict(zip((m["id"] for m in tree), new_ids))
+    groups = sorted({g for m in tree for g in (m["shared"], m["master"]) if g})
+    gid = dict(zip(groups, random.Random(len(new_ids)).sample(range(100, 200), len(groups))))
+    return [dict(m, id=mid[m["id"]], parent=mid.get(m["parent"]), shared=gid.get(m["shared"]),
+                 master=gid.get(m["master"])) for m in tree]
+
+
+def renamed_back(ops, new_ids, tree):
+    back = dict(zip(new_ids, (m["id"] for m in tree)))
+
+    def name(x):
+        if isinstance(x, int) and x in back:
+            return back[x]
+        if isinstance(x, (list, tuple)):
+            return type(x)(name(y) for y in x)
+        return x
+    return [name(op) for op in ops]
+
+
+def test_plan_ignores_mount_id_order():
+    """Kernels before 6.8 reuse freed mount ids, so their order is not the creation order (5.10 gave
+    this tree ids in which /mnt/b came before the peer its rbind propagates into, and dump refused it
+    as reparenting). The plan comes from the tree alone: every renumbering gives the same plan."""
+    want = plan(RBIND_SLAVE)
+    assert made(want)[1] == {81: [83], 82: [84], 85: [86, 87]}  # the copies are propagation's
+    rng = random.Random(21)
+    ids = [m["id"] for m in RBIND_SLAVE]
+    for _ in range(40):
+        new_ids = rng.sample(range(20, 20 + 3 * len(ids)), len(ids))
+        assert renamed_back(plan(renumbered(RBIND_SLAVE, new_ids)), new_ids, RBIND_SLAVE) == want, new_ids
+
+
+def test_blowup_order_comes_from_what_each_mount_waits_for():
+    """n binds of a shared mount into itself (propagation/blowup.yaml): the k-th bind must be made
+    before the later ones exist (none of them holds a copy of it), which the tree tells by how many
+    mounts each waits for, not by ids or path order (/mnt/s/d10 sorts before /mnt/s/d2)."""
+    script = ("mount -t tmpfs t /mnt; mkdir /mnt/s; mount -t tmpfs s /mnt/s; mount --make-shared /mnt/s; "
+              "for i in 1 2 3 4 5 6 7 8 9 10; do mkdir /mnt/s/d$i; done; "
+              "for i in 1 2 3 4 5 6 7 8 9 10; do mount --bind /mnt/s /mnt/s/d$i; done; cat /proc/self/mountinfo")
+    import subprocess
+    from engine import mountinfo
+    text = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, check=True).stdout
+    found = [x for x in mountinfo.parse(text) if x.mountpoint == "/mnt" or x.mountpoint.startswith("/mnt/s")]
+    found = found[[x.mountpoint for x in found].index("/mnt"):]  # our /mnt and what lies on it
+    ids = {x.mnt_id for x in found}
+    tree = [M(1, None, "/", sb="root")] + [
+        M(x.mnt_id, x.parent_id if x.parent_id in ids else 1, x.mountpoint, root=x.root, sb=x.dev,
+          shared=x.shared, master=x.master) for x in found]
+    assert len(tree) == 1 + 1 + 2 ** 10
+    want = plan(tree)
+    rng = random.Random(10)
+    for _ in range(2):
+        new_ids = rng.sample(range(20, 20 + 3 * len(tree)), len(tree))
+        assert renamed_back(plan(renumbered(tree, new_ids)), new_ids, tree) == want
+
+
+def big_tree(n):
+    """n copies of a small unit (a shared mount with a bind of a subdirectory, a slave, a shared+slave
+    bind, a private child under the shared mount) beside one peer group of n members and n slaves of
+    it: about 8n mounts."""
+    tree = [M(1, None, "/", sb="root"), M(2, 1, "/mnt", sb="root")]
+    nid = iter(range(10, 10 ** 7))
+    big = next(nid)
+    for i in range(n):
+        a, b, s, ss, c = (next(nid) for _ in range(5))
+        tree += [M(a, 2, f"/mnt/a{i}", sb=f"u{i}", shared=1000 + i), M(b, 2, f"/mnt/b{i}", root="/x", sb=f"u{i}",
+                                                                      shared=1000 + i),
+                 M(s, 2, f"/mnt/s{i}", sb=f"u{i}", master=1000 + i),
+                 M(ss, 2, f"/mnt/ss{i}", root="/y", sb=f"u{i}", shared=5000 + i, master=1000 + i),
+                 M(c, a, f"/mnt/a{i}/c", sb=f"c{i}"),
+                 M(next(nid), 2, f"/mnt/p{i}", root=f"/d{i % 7}", sb="big", shared=big),
+                 M(next(nid), 2, f"/mnt/q{i}", sb="big", master=big)]
+    return tree
+
+
+def test_plan_is_near_linear():
+    """The planner's work (mounts it looks at) grows about linearly with the tree: twice the mounts,
+    not much more than twice the work (it was quadratic: every step went through every mount left,
+    every member of a group, every root). Counted, not timed: the machine is shared."""
+    work = {}
+    for n in (100, 200, 400):
+        p = construct._Planner(big_tree(n), lambda sb: sb != "root")
+        ops = p.run()
+        assert len(made(ops)[0]) == len(big_tree(n))
+        work[n] = p.steps
+    assert work[200] < 2.5 * work[100] and work[400] < 2.5 * work[200], work
+
+
 @pytest.fixture
 def old_kernel(monkeypatch):
     """Force the paths a 5.10 kernel takes (no SET_GROUP, no mount_setattr, no detached clones)."""
@@ -173,3 +281,44 @@ def test_namespace_roots():
     assert ("attach", 2, [6, 10]) in ops   # the copies in the peer and slave roots are propagation's
     i = ops.index(("attach", 8, []))
     assert ops[i - 1][0] == "make" and ops[i - 1][2][1] < 0 and ops[i + 1] == ("prop", 8, "shared")
+
+
+def test_shared_mounts_inside_a_user_namespace(case, monkeypatch):
+    """A mount namespace owned by a user namespace (rootless container) with peer groups of its own:
+    its locked copy of a shared mount made shared again inside (shared+slave), a tmpfs made shared
+    there with a bind in its group, and a slave of that. Built while mounting (sharing=construct,
+    the flags as this kernel has them): locked mounts first, the namespace copied into its user
+    namespace, the rest in the copy. Restored twice, equal (locks included), and a mount made later
+    on the host side still propagates in."""
+    monkeypatch.setenv("MNTCR_STRATEGY", "sharing=construct")
+    setup = """
+mkdir -p /mnt/shared /run/c
+mount -t tmpfs s /mnt/shared; mount --make-shared /mnt/shared; mkdir /mnt/shared/late
+unshare -U -r -m --propagation unchanged sh -c '
+    mount --make-shared /mnt/shared
+    mount -t tmpfs own /run/c; mount --make-shared /run/c; mkdir /run/c/a /run/c/b /run/c/s
+    mount --bind /run/c/a /run/c/b
+    mount --bind /run/c /run/c/s; mount --make-slave /run/c/s
+    touch /tmp/child-ready
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /tmp/child-ready
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    for _ in range(2):
+        pid = case.cr(pid)
+        assert_same(before, take(pid))
+    child = next(p.pid for p in take(pid).snap.procs if p.pid != pid)
+    with open(f"/proc/{child}/status") as f:
+        inner = next(line.split()[-1] for line in f if line.startswith("NSpid:"))  # its pid in the container
+    r = mntcr_sh(pid, f"mount -t tmpfs late /mnt/shared/late; grep -c ' /mnt/shared/late ' /proc/{inner}/mountinfo")
+    assert r.strip() == "1", r
+
+
+def mntcr_sh(pid: int, script: str) -> str:
+    """Run script in the mount namespace of host pid `pid` (a throwaway copy: the tree is unchanged),
+    with propagation unchanged so that its mounts reach peers and slaves."""
+    import subprocess
+    return subprocess.run(["nsenter", "-t", str(pid), "-m", "unshare", "-m", "--propagation", "unchanged",
+                           "sh", "-c", script], capture_output=True, text=True, check=True).stdout

@@ -161,6 +161,18 @@ def test_sharing_refused_when_forced(case):
     assert not os.path.exists(pidfile)
 
 
+def test_user_namespaces_restored_with_a_yard(case, monkeypatch):
+    """sources=yard (Linux < 6.15): the yard stacked on / makes the restorer look chrooted, and a
+    chrooted process may not create a user namespace: they are made before the yard ("cannot
+    create a user namespace" in every userns scenario of a 6.1 VM before)."""
+    monkeypatch.setenv("MNTCR_STRATEGY", "sources=yard")
+    setup = ("mkdir -p /mnt/x /run/sync; mount -t tmpfs t /mnt/x\n"
+             "unshare -U -r -m sh -c 'touch /run/sync/ok; exec /.hold/mntcr-hold infinity' </dev/null >/dev/null 2>&1 &\n"
+             "while [ ! -e /run/sync/ok ]; do sleep 0.05; done\nhold\n")
+    before, after = case.roundtrip(setup)
+    assert len(after.snap.procs) == len(before.snap.procs) >= 2
+
+
 @pytest.mark.skipif(not strategy.current().ids == "statmount", reason="needs listmount/statmount (Linux >= 6.8)")
 def test_ids_mountinfo_dumps_without_unique_ids(case):
     """ids=statmount (this kernel) records each mount's unique id; forced ids=mountinfo (the path of

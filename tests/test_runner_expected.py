@@ -46,6 +46,14 @@ def test_other_backends_flavors_kernels_and_foreign_scenarios_are_not_checked(tm
     assert expected.check(rows, str(tmp_path), TABLE) == []
 
 
+def test_a_scenario_that_runs_in_no_vm_is_not_a_kernel_result():
+    from zdtm.item import FLAVOR_SKIP
+    rows = {"a": _row("scenarios/basic/tmpfs.yaml", "", "skip", FLAVOR_SKIP + "ns", flavor="vm:6.1"),
+            "b": _row("scenarios/basic/tmpfs.yaml", "", "skip", "scenario runs in ns", flavor="vm:5.10")}
+    got = expected.check(rows, str(PROJECT), TABLE)
+    assert [(p.kernel, p.scenario_id) for p in got] == [("5.10", "basic/tmpfs.yaml")]
+
+
 def test_shipped_table_loads_and_names_matrix_kernels_and_real_scenarios():
     from vm import matrix
     from zdtm import scenario

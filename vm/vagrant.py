@@ -25,6 +25,7 @@ shell keeps it when the command dies of a signal (128+N like the fast path).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import select
@@ -58,6 +59,15 @@ GUEST_PYTHON = "/usr/bin/python3"
 GUEST_MODULE_DIRS = ("kernel/fs", "kernel/lib", "kernel/crypto", "kernel/arch", "kernel/drivers/block")
 # Never copied into the guest: VCS data and caches.
 _EXCLUDE = (".git", "__pycache__", ".pytest_cache", ".hypothesis", ".mypy_cache", "*.pyc")
+# How long one ssh handshake step may take (Vagrant's config.ssh.connect_timeout, and ssh(1)'s
+# ConnectTimeout for our own commands). Net::SSH applies it to the server's banner and to every
+# key-exchange packet, and Vagrant retries a step that exceeds it silently with a fresh connection:
+# under TCG on a loaded host the guest's sshd (re-exec, key exchange on one emulated CPU) took
+# longer than the 3 s used before, every attempt was abandoned half-way, the abandoned sshd
+# children kept the guest's only CPU busy, and `vagrant up` ended at its boot timeout.
+SSH_STEP_SECONDS = {"tcg": 60, "kvm": 10}
+# Failed machines' vagrant.log, console.log and Vagrantfile are kept here (the newest few).
+FAILED_KEEP = 10
 
 
 def unavailable() -> str | None:
@@ -102,20 +112,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# A staged file no VM has started from for this long is removed (a domain reads its kernel and
+# initrd when it starts; a start follows the staging within minutes).
+STAGED_MAX_AGE = 24 * 3600
+
+
 def _stage(src: Path, name: str) -> Path:
-    """src copied (once per content) into BOOT_DIR, readable by libvirt's qemu user."""
+    """src copied (once per content) into BOOT_DIR, readable by libvirt's qemu user.
+
+    BOOT_DIR is one per machine, shared by every run and every MNTCR_CACHE: the name carries
+    the content's hash, so runs with different caches share a file of the same content and
+    never replace one another's (removing the other cache's kernel made a concurrent
+    `vagrant up` fail "unable to stat ...-kernel-..."). Each use refreshes the file's mtime;
+    files of `name` unused for STAGED_MAX_AGE are removed.
+    """
     BOOT_DIR.mkdir(parents=True, exist_ok=True)
     BOOT_DIR.chmod(0o755)
-    st = src.stat()
-    dest = BOOT_DIR / f"{name}-{st.st_size}-{int(st.st_mtime)}"
+    h = hashlib.sha256()
+    with open(src, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    dest = BOOT_DIR / f"{name}-{h.hexdigest()[:16]}"
     if not dest.exists():
         tmp = dest.with_name(dest.name + f".{os.getpid()}.partial")
         shutil.copyfile(src, tmp)
         tmp.chmod(0o644)
         tmp.rename(dest)
-        for old in BOOT_DIR.glob(f"{name}-*"):
-            if old != dest and not old.name.endswith(".partial"):
-                old.unlink(missing_ok=True)
+    os.utime(dest)
+    now = time.time()
+    for old in BOOT_DIR.glob(f"{name}-*"):
+        try:
+            if old != dest and now - old.stat().st_mtime > STAGED_MAX_AGE:
+                old.unlink()
+        except FileNotFoundError:
+            pass  # another run removed it first
     return dest
 
 
@@ -163,7 +193,9 @@ class VagrantVM:
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.update(VAGRANT_HOME=str(cache.sub("vagrant", "home")), VAGRANT_DEFAULT_PROVIDER="libvirt",
-                   VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1", VAGRANT_SUPPRESS_WARNINGS="1")
+                   VAGRANT_CHECKPOINT_DISABLE="1", VAGRANT_NO_COLOR="1", VAGRANT_SUPPRESS_WARNINGS="1",
+                   # vagrant.log then says why each ssh attempt failed ("SSH not ready: ...")
+                   VAGRANT_LOG="info")
         env.pop("LIBVIRT_DEFAULT_URI", None)
         return env
 
@@ -177,6 +209,11 @@ class VagrantVM:
             lines = [l for l in (self.dir / "vagrant.log").read_text(errors="replace").splitlines() if l.strip()]
         except (OSError, TypeError):
             return "no vagrant output"
+        if any("Timed out while waiting for the machine to boot" in l for l in lines):
+            # Vagrant's own text only points "above"; the last reason it logged (VAGRANT_LOG=info) says more
+            why = [l.split("SSH not ready:", 1)[1].strip() for l in lines if "SSH not ready:" in l]
+            return (f"no ssh login within the boot timeout ({self.boot_timeout:.0f}s)"
+                    + (f", last attempt: {why[-1][:160]}" if why else ""))
         errs = [l for l in lines if "rror" in l or "Timed out" in l]
         return (errs or lines or ["no vagrant output"])[-1].strip()
 
@@ -195,10 +232,33 @@ class VagrantVM:
                 return l.strip()
         return lines[-1].strip() if lines else "no console output"
 
+    def keep_logs(self) -> Path | None:
+        """Copy this machine's vagrant.log, console.log and Vagrantfile to <cache>/vagrant/failed/vm-ID.
+
+        close() removes the machine directory; a failure's logs must outlive it.
+        Only the newest FAILED_KEEP such directories are kept. The directory, or None.
+        """
+        if self.dir is None or not self.dir.is_dir():
+            return None
+        dest = cache.sub("vagrant", "failed") / f"vm-{self.id}"
+        dest.mkdir(parents=True, exist_ok=True)
+        for name in ("vagrant.log", "console.log", "Vagrantfile"):
+            try:
+                shutil.copyfile(self.dir / name, dest / name)
+            except OSError:
+                pass
+        old = sorted(dest.parent.glob("vm-*"), key=lambda d: d.stat().st_mtime)
+        for d in old[:-FAILED_KEEP]:
+            if d != dest:
+                shutil.rmtree(d, ignore_errors=True)
+        return dest
+
     def _fail(self, msg: str) -> None:
         diag = self._diagnosis()
+        kept = self.keep_logs()
         self.close()
-        raise VMError(f"kernel {self.kernel.name} (vagrant): {msg}; console: {diag}")
+        where = f"; logs in {kept}" if kept else ""
+        raise VMError(f"kernel {self.kernel.name} (vagrant): {msg}; console: {diag}{where}")
 
     def _box(self, env: dict[str, str]) -> str:
         """The box name, added to Vagrant (under the cache's VAGRANT_HOME) on first use."""
@@ -256,6 +316,7 @@ class VagrantVM:
             kernel_name=self.kernel.name, kernel_version=self.kernel.version, box=box, machine="default",
             driver="kvm" if self.accel == "kvm" else "qemu",
             prefix=f"mntcr-{self.id}-", boot_timeout=self.boot_timeout, ssh_port=self.port,
+            ssh_step=SSH_STEP_SECONDS[self.accel],
             private_key=str(vagrant_box.insecure_key(public=False)), memory_mb=self.memory_mb, cpus=self.cpus,
             kernel=str(kernel_path), initrd=str(initrd), cmdline=cmdline, usernet_rb=str(USERNET_RB),
             console_log=str(self.dir / "console.log"))
@@ -294,8 +355,9 @@ class VagrantVM:
             self.ssh_config = self.dir / "ssh_config"
             # unix socket paths are limited to 108 bytes: the control socket lives in a short /tmp dir
             self.ctl_dir = Path(tempfile.mkdtemp(prefix="mntcr-ssh-"))
-            self.ssh_config.write_text(self.v.ssh_config() + _CONTROL.format(dir=self.ctl_dir))
-        r = self._ssh(["uname -r"], timeout=30)
+            self.ssh_config.write_text(self.v.ssh_config()
+                                       + _CONTROL.format(dir=self.ctl_dir, step=SSH_STEP_SECONDS[self.accel]))
+        r = self._ssh(["uname -r"], timeout=3 * SSH_STEP_SECONDS[self.accel])
         if r.returncode != 0:
             self._fail(f"ssh into the machine failed: {r.stderr.decode(errors='replace').strip()[-200:]}")
         self.guest_release = r.stdout.decode().strip()
@@ -452,7 +514,7 @@ class VagrantVM:
                 if on_output:
                     on_output(streams[f], data)
         status = p.wait()
-        if status == 255 and self._ssh("true", timeout=30).returncode != 0:
+        if status == 255 and self._ssh("true", timeout=3 * SSH_STEP_SECONDS[self.accel]).returncode != 0:
             self._fail("the VM stopped answering ssh during the command")
         self._pull(self.results)
         return Result(status, b"".join(chunks["stdout"]).decode(errors="replace"),
@@ -477,6 +539,7 @@ def vagrant_box_lock():
 _CONTROL = """  ControlMaster auto
   ControlPath {dir}/c
   ControlPersist 600
-  ServerAliveInterval 5
-  ServerAliveCountMax 6
+  ConnectTimeout {step}
+  ServerAliveInterval 10
+  ServerAliveCountMax 12
 """

@@ -91,6 +91,16 @@ class RestoreFd:
     def where(self) -> str:
         return f"fd {self.entry['fd']} ({self.entry.get('kind', 'file')})"
 
+    def reopen(self, fd: int, flags: int) -> int:
+        """A new open file description of our fd `fd` (open of /proc/self/fd/N) with `flags`.
+
+        Through the host's /proc (`proc`) when given: with a yard (sources=yard, Linux < 6.15)
+        the restorer's "/" is the yard, where /proc does not exist.
+        """
+        if self.proc >= 0:
+            return os.open(f"self/fd/{fd}", flags, dir_fd=self.proc)
+        return os.open(f"/proc/self/fd/{fd}", flags)
+
 
 def _no_payload(entry: dict, what: str) -> None:
     return None

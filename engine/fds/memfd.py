@@ -62,8 +62,7 @@ def _open(r: RestoreFd) -> int:
         if obj["seals"]:
             fcntl.fcntl(fd, fsys.F_ADD_SEALS, obj["seals"])
     # Each description opened again through /proc: its own offset and access mode.
-    fd = os.open(f"/proc/self/fd/{r.state[key]}", (e["flags"] & (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK))
-                 | os.O_CLOEXEC)
+    fd = r.reopen(r.state[key], (e["flags"] & (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK)) | os.O_CLOEXEC)
     os.lseek(fd, e["pos"], os.SEEK_SET)
     return fd
 

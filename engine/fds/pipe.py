@@ -111,7 +111,7 @@ def _open_pipe(r: RestoreFd) -> int:
     end = st["ends"][0 if acc == os.O_RDONLY else 1]
     if end in st["used"]:
         # A second description of this end: opened again through /proc (like a FIFO open).
-        fd = os.open(f"/proc/self/fd/{end}", (acc if acc != os.O_RDWR else os.O_RDWR) | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = r.reopen(end, (acc if acc != os.O_RDWR else os.O_RDWR) | os.O_NONBLOCK | os.O_CLOEXEC)
     else:
         st["used"].add(end)
         fd = os.dup(end)   # the description itself: its flags are set below, once
