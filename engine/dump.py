@@ -958,12 +958,15 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         if not batch:
             return
         name, path = writer.new_archive()
+        sockets: dict[str, list] = {}   # socket files tar leaves out, made again at restore
         files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
-                                       for mfd, member, _, _, only in batch], path)
+                                       for mfd, member, _, _, only in batch], path, sockets)
         for mfd, member, sid, root, only in batch:
             arc = {"file": name, "member": member, "root": root}
             if only is not None:
                 arc["only"] = only  # a file bind's file: the member holds it alone, not its directory
+            if member in sockets:
+                arc["sockets"] = sockets[member]
             superblocks[sid]["archives"].append(arc)
             os.close(mfd)
         batch.clear()

@@ -517,12 +517,31 @@ MNTNS = Record("mount namespace", {
 })
 
 
+MAX_SOCKET_FILES = 65536
+
+
+def _file_path_rule(v) -> str | None:
+    """A path of a file in a directory (not the directory itself)."""
+    return path_rule(v) or (None if v != "/" else "must name a file beneath the root, not the root")
+
+
+SOCKET_FILE = Record("socket file", {
+    "path": F(STR, rule=_file_path_rule),
+    "mode": F(INT, rule=rng(0, 0o7777)),
+    "uid": F(INT, rule=rng(0, MAX_UID)),
+    "gid": F(INT, rule=rng(0, MAX_UID)),
+    "mtime_ns": F(INT, rule=rng(-(1 << 62), 1 << 62)),
+})
+
+
 ARCHIVE_REF = Record("archive reference", {
     "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
     "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
     "root": F(STR, rule=path_rule),                           # where the member's files go in the superblock
     # The member holds only this file of that directory (a file bind with no directory mount).
     "only": F(STR, required=False, rule=lambda v: _name_rule(v)),
+    # Socket files beneath the member's root, which tar leaves out: made again (engine/content.py).
+    "sockets": F(LIST, required=False, rule=list_of(record(SOCKET_FILE), MAX_SOCKET_FILES, DICT)),
 })
 
 
@@ -618,7 +637,7 @@ MANIFEST = Record("manifest", {
     "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
 })
 
-_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP,
+_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
                                           DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP)}
 
 

@@ -489,6 +489,7 @@ class _Restorer:
         given = dict(self.sb_fd) if self.yard is not None else {}
         made = {p[0] for p in plans} | set(given)
         fills: dict[str, list] = {}
+        sockets: dict[tuple[str, str], list] = {}   # (archive, member) -> socket files tar left out
         empties = []
         for sid, sb in self.doc["superblocks"].items():
             if sid not in made or not fs.lookup(sb["fstype"]).content:
@@ -497,6 +498,8 @@ class _Restorer:
                 continue
             for arc in sb.get("archives") or []:
                 fills.setdefault(arc["file"], []).append((sid, arc["root"], arc["member"]))
+                if arc.get("sockets"):
+                    sockets[arc["file"], arc["member"]] = arc["sockets"]
             if sb.get("empty_root") is not None:
                 empties.append((sid, sb["empty_root"]))
         if not (plans or fills or empties):
@@ -511,7 +514,7 @@ class _Restorer:
                 jobs.append((afds[-1], name, self.doc["files"][name], spec))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
                      for sid, m in users.items()}
-            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where)
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets)
         finally:
             for fd in afds:
                 os.close(fd)

@@ -5,8 +5,8 @@ Sockets are made by the stand-in of the process that holds them (so they
 belong to its network namespace, where abstract names live) and handed back
 to the restorer, which gives the same description to every holder. A path
 name is bound again by that stand-in, after it entered its restored root,
-with the dumped name; the socket file left by the dumped tree (tar does not
-keep sockets, so normally there is none) is replaced.
+with the dumped name; the socket file left by the dumped tree (made again
+with its filesystem's files, engine/content.py) is replaced.
 
 The socket file of a path name is found on any mount of the tree that holds
 it: the name's path in the process's namespace or another namespace of the
@@ -672,11 +672,15 @@ def _via(spec, fds):
     t = _TYPE_NO[spec["type"]]
     name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
     lst = socket.socket(socket.AF_UNIX, t)
+    aside = None
     try:
         if isinstance(name, str):
             try:
                 if stat.S_ISSOCK(os.lstat(name).st_mode):
-                    os.unlink(name)
+                    # The listener's socket file, restored with its filesystem's files (its
+                    # listener is gone: CRIU's overmount_sock): moved aside for the moment.
+                    aside = f"{name}.mntcr-{os.getpid()}"
+                    os.rename(name, aside)
             except FileNotFoundError:
                 pass
         lst.bind(name)
@@ -691,6 +695,8 @@ def _via(spec, fds):
                 os.unlink(name)
             except FileNotFoundError:
                 pass
+            if aside is not None:
+                os.rename(aside, name)
     ends = [None, None]
     ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
     for end, data in enumerate(spec.get("data") or ()):
