@@ -26,7 +26,7 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
-from engine import userns_cr
+from engine import imageformat, userns_cr
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
@@ -948,6 +948,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     if plan.wanted:
         os.sync()
 
+    # Files open under a deleted name that still have another name (CRIU's link-remap): that name
+    # is searched for while their superblock is archived (the file comes back with the others).
+    linked_names = _want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan)
+
     # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
     files: dict[str, dict] = {}
     # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
@@ -1046,7 +1050,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     fdtable = FdTable()
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
-                               (mntns_doc, superblocks, ghosts_doc, writer, files), ext_files or {})
+                               (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})
         fdtable.finish(procs_doc)
     except FdError as e:
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
@@ -1209,9 +1213,42 @@ def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = Non
                             "private before the dump")
 
 
-def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
+def _want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan) -> dict[str, str]:
+    """For each file a process holds open under a deleted name while it still has another name on
+    a filesystem whose files are archived, ask the archiving step for that other name; returns the
+    dict it fills: "dev:ino" -> the name's path in its superblock (see _fd_ghost)."""
+    found: dict[str, str] = {}
+    for data in ns_data.values():
+        for pid, pdata in data["procs"].items():
+            for f in pdata["fds"]:
+                m = mounts_by_id.get(f.get("mnt_id"))
+                if m is None or not f["target"].endswith(ghosts.DELETED_FD) or not stat.S_ISREG(f["mode"]):
+                    continue
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
+                except OSError:
+                    continue
+                sid = mntns_sb(mntns_doc, m.mnt_id)
+                handler = fs.lookup(superblocks[sid]["fstype"])
+                if not st.st_nlink or superblocks[sid]["external"] or handler is None or not handler.content:
+                    continue
+                key = f"{st.st_dev}:{st.st_ino}"
+                if key not in found:
+                    found[key] = ""
+                    plan.want_file(sid, st.st_ino, lambda path, key=key: found.__setitem__(key, path),
+                                   f"process {pid} fd {f['fd']} ({f['target']}): a deleted name of a file "
+                                   f"that has {st.st_nlink} other name(s), none of them on a mount of the tree "
+                                   "whose files are dumped")
+    return found
+
+
+def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files, linked_names=None) -> str:
     """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it
-    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root")."""
+    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root").
+
+    Like CRIU's link-remap: a file open under several deleted names keeps them all (restore links
+    it there again while it reopens the fds, `links`); a deleted name of a file that still has
+    another name archives nothing of its own (`linked`: restore links that name there again)."""
     where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
     if m is None:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
@@ -1223,25 +1260,32 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
                                           f"{fs.content_names()} made in the dumped tree can hold it again)")
     st = os.stat(f"/proc/{pid}/{link}")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files and directories are supported")
-    if st.st_nlink:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link); "
-                                          "deleted names of linked files are not supported yet")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
     key = f"{st.st_dev}:{st.st_ino}"
+    linked = (linked_names or {}).get(key) if st.st_nlink else None
+    if st.st_nlink and not linked:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
+                                          "no mount of the tree whose files are dumped reaches")
     m_root = ghosts.split_root(m.root)[0]
     rel = rel_to(path, m.mountpoint)
     sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
-            if g["path"] != sb_path:
-                # Restore recreates one name and reopens every fd through it: an fd whose mount
-                # does not reach that name would land elsewhere (CRIU's mntns_link_remap).
-                raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
-                                                  f"{g['path']} of its filesystem; a deleted file reached under "
-                                                  f"two unlinked names (hard links) is not supported yet")
+            if g["path"] != sb_path and sb_path not in g.setdefault("links", []):
+                # Restore reopens every fd through its own name on its own mount: another unlinked
+                # name of the same file is linked there too (CRIU's mntns_link_remap).
+                if stat.S_ISDIR(st.st_mode) or len(g["links"]) >= imageformat.MAX_GHOST_LINKS:
+                    raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
+                                                      f"{g['path']} of its filesystem (too many names)")
+                g["links"].append(sb_path)
+            if not g["links"]:
+                del g["links"]
             return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     gid = f"g-{len(ghosts_doc)}"
+    if linked:
+        ghosts_doc[gid] = {"sb": sid, "path": sb_path, "linked": linked, "inode": key}
+        return gid
     name, out = writer.new_archive()
     try:
         d, _, entry = f"/proc/{pid}/{link}".rpartition("/")

@@ -78,7 +78,7 @@ _KEY = re.compile(r"^[^\s\[\]\x00]{1,256}$")  # what --external accepts: no spac
 _ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
 _MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
+_GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
 _USERNS_ID = re.compile(r"^user-[0-9]{1,9}$")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
@@ -552,12 +552,19 @@ def _name_rule(v) -> str | None:
     return None
 
 
+MAX_GHOST_LINKS = 64   # other unlinked names one ghost may have been open under
+
 GHOST = Record("ghost", {
     "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs or ramfs of the image
     "path": F(STR, rule=path_rule),                           # its old path in that superblock
-    "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
-    "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
-    "only": F(STR, rule=lambda v: _name_rule(v)),             # the name the member holds: path's last
+    # Its archive (absent with `linked`):
+    "file": F(STR, required=False, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
+    "member": F(STR, required=False, rule=pattern(_MEMBER, "a member name sb-N")),
+    "only": F(STR, required=False, rule=lambda v: _name_rule(v)),   # the name the member holds: path's last
+    # Other unlinked names of the same file, linked too while fds are reopened through them.
+    "links": F(LIST, required=False, rule=list_of(_file_path_rule, MAX_GHOST_LINKS)),
+    # A name the file still has (restored with the superblock's files): linked at `path` again.
+    "linked": F(STR, required=False, rule=_file_path_rule),
 })
 
 EMPTY_ROOT = Record("empty root", {
@@ -953,7 +960,18 @@ def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
         handler = fs.lookup(sb["fstype"]) if sb is not None else None
         if sb is None or sb.get("external") or handler is None or not handler.content:
             _fail(f"{what}: it must lie on a tmpfs or ramfs of the image (not {g['sb']!r})")
-        if g["path"] == "/" or g["path"].rsplit("/", 1)[1] != g["only"]:
+        if g["path"] == "/":
+            _fail(f"{what}: a ghost is not the root of its filesystem")
+        names = [g["path"], *(g.get("links") or ())]
+        if len(set(names)) != len(names) or g.get("linked") in names:
+            _fail(f"{what}: its names must differ from each other and from 'linked'")
+        if g.get("linked") is not None:
+            if any(k in g for k in ("file", "member", "only")):
+                _fail(f"{what}: a ghost 'linked' to a name of its file has no archive")
+            continue
+        if any(k not in g for k in ("file", "member", "only")):
+            _fail(f"{what}: needs 'file', 'member' and 'only' (its archive), or 'linked'")
+        if g["path"].rsplit("/", 1)[1] != g["only"]:
             _fail(f"{what}: 'only' must be the last name of its path {g['path'][:80]}")
         if g["file"] not in files:
             _fail(f"{what}: archive {g['file']!r} is not listed in 'files'")

@@ -791,10 +791,15 @@ class _Restorer:
         os.fchdir(self.service_root)
         os.chroot(".")
         os.chdir("/")
-        afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+        # A deleted name of a file that still has another one (`linked`, restored with the
+        # superblock's files, joined above) is linked there again: no archive of its own.
+        afd = None
+        if not g.get("linked"):
+            afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
         try:
-            ghost = self.ghost_live[gid] = ghosts.Ghost(base, g["path"], afd, g["file"], self.doc["files"][g["file"]],
-                                                        g["only"])
+            ghost = self.ghost_live[gid] = ghosts.Ghost(
+                base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,
+                g.get("only"), links=g.get("links") or (), linked=g.get("linked"))
             return ghost
         except OSError as e:
             if isinstance(e, RestoreError):
@@ -802,7 +807,8 @@ class _Restorer:
             raise RestoreError(e.errno or errno.EIO, f"{where}: recreating its deleted file {g['path']}: "
                                                      f"{e.strerror or e}") from None
         finally:
-            os.close(afd)
+            if afd is not None:
+                os.close(afd)
 
     def _clone_plain(self, m: dict, what: str, given: tuple | None = None) -> int:
         if given is not None:

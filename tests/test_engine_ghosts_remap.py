@@ -37,3 +37,137 @@ unshare -m --propagation private sh -c 'umount /mnt/t/d/e; stat -c "%n %F" /mnt/
     out = after.snap.check_output
     assert "/mnt/t/d/s1 socket 640 12 34" in out
     assert "/mnt/t/d/e/s2 socket" in out
+
+
+def test_deleted_fifo_with_data(case):
+    """CRIU's fifo-ghost: a FIFO unlinked while a read-only fd holds it with 11 bytes buffered;
+    another FIFO unlinked while both ends are open in one fd (O_RDWR)."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+mkfifo -m 0640 /mnt/t/fifo /mnt/t/both
+exec 7<>/mnt/t/fifo 8</mnt/t/fifo 9<>/mnt/t/both
+printf 'hello fifo\\n' >&7
+rm /mnt/t/fifo /mnt/t/both
+exec 7>&-
+hold
+"""
+    check = """
+ls -l /proc/1/fd/8 /proc/1/fd/9 | sed 's/.* -> //'
+stat -L -c '%F %a %h' /proc/1/fd/8
+ls -A /mnt/t
+"""
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    out = after.snap.check_output
+    assert "/mnt/t/fifo (deleted)\n/mnt/t/both (deleted)\nfifo 640 0\n" in out
+    assert out.endswith("fifo 640 0\n")   # nothing left in /mnt/t
+    # The buffered bytes came back: read them through the restored fd.
+    fd = os.open(f"/proc/{after.pid}/fd/8", os.O_RDONLY | os.O_NONBLOCK)   # (no writer: never block)
+    try:
+        assert os.read(fd, 100) == b"hello fifo\n"
+    finally:
+        os.close(fd)
+
+
+def test_file_open_under_two_deleted_names(case):
+    """CRIU's mntns_link_remap: one file hard-linked as d1/F and d2/F, each bound elsewhere, opened
+    through both binds, then both names removed: one inode, no name, two mounts after restore."""
+    setup = """
+mkdir /mnt/t /mnt/a /mnt/b; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d1 /mnt/t/d2
+mount --bind /mnt/t/d1 /mnt/a; mount --bind /mnt/t/d2 /mnt/b
+printf 'remapped' > /mnt/t/d1/F; ln /mnt/t/d1/F /mnt/t/d2/F
+exec 5</mnt/a/F 6<>/mnt/b/F
+rm /mnt/t/d1/F /mnt/t/d2/F
+hold
+"""
+    check = """
+ls -l /proc/1/fd/5 /proc/1/fd/6 | sed 's/.* -> //'
+[ "$(stat -L -c %i /proc/1/fd/5)" = "$(stat -L -c %i /proc/1/fd/6)" ] && echo "same file"
+stat -L -c 'links %h' /proc/1/fd/5
+cat /proc/1/fd/5; echo; ls -A /mnt/t/d1 /mnt/t/d2
+"""
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    out = after.snap.check_output
+    assert "/mnt/a/F (deleted)\n/mnt/b/F (deleted)\nsame file\nlinks 0\nremapped\n" in out
+
+
+def test_deleted_name_of_linked_file(case):
+    """A deleted name of a file that keeps another name (CRIU's link-remap case): the fd comes back
+    on the same inode as the remaining name, and no extra name is left behind."""
+    setup = """
+mkdir /mnt/t /mnt/a; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d
+mount --bind /mnt/t/d /mnt/a
+printf 'still linked' > /mnt/t/keep; ln /mnt/t/keep /mnt/t/d/gone
+exec 7</mnt/a/gone
+rm /mnt/t/d/gone
+hold
+"""
+    check = """
+ls -l /proc/1/fd/7 | sed 's/.* -> //'
+[ "$(stat -L -c %i /proc/1/fd/7)" = "$(stat -c %i /mnt/t/keep)" ] && echo "same file"
+stat -c 'links %h' /mnt/t/keep; ls -A /mnt/t/d
+"""
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    out = after.snap.check_output
+    assert out == "/mnt/a/gone (deleted)\nsame file\nlinks 1\n"
+
+
+def test_hostile_ghost_link_records_are_refused(case):
+    """The ghost fields link-remap adds (links, linked) pass the validator when dump wrote them and
+    are refused, with one line, when they leave the filesystem or contradict each other."""
+    from engine import image
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+echo x > /mnt/t/a; ln /mnt/t/a /mnt/t/b; ln /mnt/t/a /mnt/t/keep
+exec 5</mnt/t/a 6</mnt/t/b
+rm /mnt/t/a /mnt/t/b
+mkfifo /mnt/t/p; exec 7<>/mnt/t/p; rm /mnt/t/p
+hold
+"""
+    pid = case.start(setup)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    doc = image.load(images)
+    linked = next(gid for gid, g in doc["ghosts"].items() if g.get("linked"))
+    assert doc["ghosts"][linked]["linked"] == "/keep" and doc["ghosts"][linked]["links"] == ["/b"]
+    archived = next(gid for gid, g in doc["ghosts"].items() if not g.get("linked"))
+    assert doc["ghosts"][archived]["only"] == "p"
+
+    def refused(mutate, match):
+        bad = copy.deepcopy(doc)
+        mutate(bad["ghosts"])
+        with open(os.path.join(images, image.MANIFEST), "w") as f:
+            json.dump(bad, f)
+        with pytest.raises(image.ImageError, match=match):
+            image.load(images)
+
+    refused(lambda g: g[linked].update(links=["/../etc/shadow"]), r"\.\.")
+    refused(lambda g: g[linked].update(linked="/"), "not the root")
+    refused(lambda g: g[linked].update(links=["/keep"]), "must differ")
+    refused(lambda g: g[linked].update(file=g[archived]["file"]), "has no archive")
+    refused(lambda g: g[archived].pop("only"), "or 'linked'")
+    refused(lambda g: g[linked].update(links=[f"/n{i}" for i in range(100)]), "at most")
+
+
+def test_socket_name_beneath_overmount_refused_without_detached_mounts(case):
+    """Without mounts on detached mounts (Linux < 6.15, forced here with MNTCR_STRATEGY=sources=yard)
+    restore binds a socket's name as it reads from the stand-in's root: a name whose file lies
+    beneath an overmount is refused at dump, naming the fd and why, and the tree keeps running."""
+    import re
+    from enginecase import DUMP_EXTERNALS, mntcr
+    from enginecase import py_hold
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket, subprocess
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("/mnt/t/sock")
+subprocess.run(["mount", "-t", "tmpfs", "over", "/mnt/t"], check=True)
+os.dup2(s.fileno(), 10); s.close()
+""")
+    pid = case.start(setup)
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS,
+              env={"MNTCR_STRATEGY": "sources=yard"})
+    assert r.returncode != 0
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): bound to /mnt/t/sock: its socket file lies "
+                     r"beneath an overmount", r.stderr), r.stderr
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"

@@ -132,7 +132,10 @@ def _dump(d) -> dict:
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:
             # (an accepted end's name is its listener's)
-            out["bound"] = _writable(d, _locate(d, out["path"], rec.get("vfs")))
+            found = _locate(d, out["path"], rec.get("vfs"))
+            normal = found.pop("normal", False)
+            out["bound"] = _writable(d, found)
+            _bindable_here(d, out["path"], normal, out["bound"] is not found)
         inflight = int((d.info().get("scm_fds") or ["0"])[0])
         if inflight and (typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
             # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
@@ -222,8 +225,11 @@ def _locate(d, name: str, vfs) -> dict:
             try:
                 st = os.stat(root + name, follow_symlinks=False)
                 if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
-                    return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
-                                   "socket")
+                    loc = d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
+                                  "socket")
+                    if pid == d.pid and not loc.get("detached"):
+                        loc["normal"] = True   # the name leads there from the process (_bindable_here)
+                    return loc
             except OSError:
                 pass
     budget = [MAX_WALK]
@@ -254,6 +260,27 @@ def _locate(d, name: str, vfs) -> dict:
             return found
     raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no mount of the tree "
                                     "(a detached mount): not supported")
+
+
+def _bindable_here(d, name: str, normal: bool, moved: bool) -> None:
+    """Refuse at dump a name restore could not bind again with its file where it was: without
+    mounts on detached mounts (Linux < 6.15: the `sources=yard` strategy) the stand-in binds the
+    name as it reads from its restored root (_bind_path), which is right only where the name, from
+    the process's root, leads to that file's directory on a read-write mount."""
+    from engine import strategy
+    if strategy.current().sources != "yard" or _MAGIC.match(name):
+        return
+    how = None
+    if not name.startswith("/"):
+        how = "a relative name"
+    elif not normal:
+        how = "its socket file lies beneath an overmount or in another mount namespace of the tree"
+    elif moved:
+        how = "its socket file is on a read-only mount"
+    if how is not None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: {how}; this kernel cannot bind it again "
+                                        "there (no mounts on detached mounts: Linux >= 6.15 can); the tree keeps "
+                                        "running")
 
 
 def _writable(d, loc: dict) -> dict:
