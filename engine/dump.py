@@ -868,9 +868,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
             if superblocks[e["sb"]]["external"] and not e["external"] and e.get("ghost"):
+                # (systemd-nspawn binds a host file as the container's boot_id and deletes it: on a host
+                # whose /run is not a tmpfs of the tree, no archive can hold it)
                 raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
                                                   f"{e['root']} was deleted on a filesystem from outside the dump; "
-                                                  "declare the mount --external")
+                                                  f"declare it with --external mnt[{e['mountpoint']}]:KEY and give "
+                                                  "restore the file to bind there (--external mnt[KEY]:HOSTPATH)")
             if superblocks[e["sb"]]["external"] and not e["external"]:
                 if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
                     raise DumpError(errno.EOPNOTSUPP,
@@ -1043,7 +1046,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     gid_of = {(g["sb"], g["path"]): gid for gid, g in ghosts_doc.items()}
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
-            if e.get("ghost") is True:
+            if e.get("ghost") is True and e["external"]:
+                del e["ghost"]   # (declared external: restore binds the host path given for it)
+            elif e.get("ghost") is True:
                 e["ghost"] = gid_of[(e["sb"], e["root"])]
 
     # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
@@ -1272,14 +1277,15 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
-            if g["path"] != sb_path and sb_path not in g.setdefault("links", []):
+            links = g.setdefault("links", [])
+            if g["path"] != sb_path and sb_path not in links:
                 # Restore reopens every fd through its own name on its own mount: another unlinked
                 # name of the same file is linked there too (CRIU's mntns_link_remap).
-                if stat.S_ISDIR(st.st_mode) or len(g["links"]) >= imageformat.MAX_GHOST_LINKS:
+                if stat.S_ISDIR(st.st_mode) or len(links) >= imageformat.MAX_GHOST_LINKS:
                     raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
                                                       f"{g['path']} of its filesystem (too many names)")
-                g["links"].append(sb_path)
-            if not g["links"]:
+                links.append(sb_path)
+            if not links:
                 del g["links"]
             return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     gid = f"g-{len(ghosts_doc)}"

@@ -443,26 +443,53 @@ os.dup2(i, 10); os.close(i)
     assert ino == os.lstat(f"/proc/{state.pid}/root/mnt/t/link").st_ino
 
 
-def test_fanotify_refused_tree_kept(case):
-    """A fanotify group with a mount mark: refused at dump naming the fd and its kind (marks on
-    mounts and filesystems are not restored yet), and the tree keeps running."""
+def test_fanotify_group_and_marks(case):
+    """A fanotify group (FAN_CLASS_CONTENT | FAN_UNLIMITED_QUEUE, O_LARGEFILE events, non-blocking)
+    with an inode mark (and an ignored mask that survives modify), a mount mark and a filesystem
+    mark: each comes back with its flags and masks, on the restored inode, mount and filesystem."""
     setup = """
-mkdir /mnt/t; mount -t tmpfs t /mnt/t
+mkdir /mnt/t /mnt/u; mount -t tmpfs t /mnt/t; mount -t tmpfs u /mnt/u; touch /mnt/t/file
 """ + py_hold("""
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
-f = libc.fanotify_init(0, os.O_RDONLY)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+f = libc.fanotify_init(0x4 | 0x10 | 0x2, os.O_RDONLY | os.O_LARGEFILE)
 assert f >= 0, ctypes.get_errno()
-libc.fanotify_mark(f, 0x1 | 0x10, ctypes.c_uint64(0x20), -100, b"/mnt/t")   # ADD|MOUNT, FAN_OPEN
+for flags, mask, path in ((0x1 | 0x10, 0x20, b"/mnt/t"), (0x1, 0x2 | 0x8, b"/mnt/t/file"),
+                          (0x1 | 0x20 | 0x40, 0x1, b"/mnt/t/file"), (0x1 | 0x100, 0x10, b"/mnt/u")):
+    assert libc.fanotify_mark(f, flags, mask, -100, path) == 0, ctypes.get_errno()
 os.dup2(f, 10); os.close(f)
 """)
+
+    def marks(pid):
+        with open(f"/proc/{pid}/fdinfo/10") as f:
+            text = f.read()
+        out = []
+        for line in text.splitlines():
+            if not line.startswith("fanotify "):
+                continue
+            fields = dict(x.split(":", 1) for x in line.split()[1:])
+            if "mnt_id" in fields:   # the mount, by where it is in the tree
+                fields["mnt_id"] = next(l.split()[4] for l in open(f"/proc/{pid}/mountinfo")
+                                        if l.split()[0] == str(int(fields["mnt_id"], 16)))
+            if "ino" in fields:      # the inode, by its name
+                fields["ino"] = "file" if int(fields["ino"], 16) == os.stat(f"/proc/{pid}/root/mnt/t/file").st_ino \
+                    else "other"
+            for k in ("sdev", "f_handle", "fhandle-bytes", "fhandle-type"):
+                fields.pop(k, None)
+            out.append(sorted(fields.items()))
+        return sorted(out), re.search(r"flags:\s+([0-7]+)", text)[1]
+
     pid = case.start(setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify fds are not supported", str(err.value)), \
-        err.value
-    with open(f"/proc/{pid}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+    want = marks(pid)
+    assert len(want[0]) == 4 and ("mnt_id", "/mnt/t") in want[0][-1] + want[0][0] + want[0][1] + want[0][2]
+    state = case.roundtrip(setup, iters=2)[-1]
+    assert marks(state.pid) == want
+    # The filesystem mark is on the restored /mnt/u: an open there is reported to the group.
+    with open(f"/proc/{state.pid}/fdinfo/10") as f:
+        sdev = int(re.search(r"fanotify sdev:([0-9a-f]+) mflags", f.read())[1], 16)
+    st = os.stat(f"/proc/{state.pid}/root/mnt/u")
+    assert (os.major(st.st_dev), os.minor(st.st_dev)) == (sdev >> 20, sdev & 0xFFFFF)
 
 
 def test_executable_is_the_stand_ins_own(case):

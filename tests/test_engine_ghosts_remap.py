@@ -171,3 +171,30 @@ os.dup2(s.fileno(), 10); s.close()
                      r"beneath an overmount", r.stderr), r.stderr
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_deleted_host_file_bind_is_refused_then_external(case, tmp_path):
+    """systemd-nspawn's boot_id on a host whose /run is no tmpfs of the tree: a host file (here on
+    the host's root filesystem) bound into the container and deleted on the host. Dump refuses,
+    naming the mount and the flag, with the tree left running; declared external, it restores
+    as a bind of the file restore is given."""
+    import re
+    from enginecase import CRError
+    src = tmp_path / "boot_id"
+    src.write_text("0123-boot-id\n")
+    pid = case.start("hold\n", binds=((str(src), "/run/boot_id"),))
+    src.unlink()
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    # (the CLI shortens the long root path in the middle)
+    assert re.search(r"mount \d+ \(/run/boot_id\) on \w+: its root .*--external mnt\[/run/boot_id\]:KEY and give "
+                     r"restore the file", str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+    images = case.new_images_dir()
+    case.dump(pid, images, ("--external", "mnt[/run/boot_id]:bootid"))
+    new = tmp_path / "boot_id.new"
+    new.write_text("4567-boot-id\n")
+    restored = case.restore(images, ("--external", f"mnt[bootid]:{new}"))
+    with open(f"/proc/{restored}/root/run/boot_id") as f:
+        assert f.read() == "4567-boot-id\n"
