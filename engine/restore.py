@@ -1350,6 +1350,10 @@ class _Restorer:
             where = f"process {p['pid']}"
             self._place_fds(p, chan, where)
             step("process")
+        try:
+            self._fds.finish()
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, str(e.strerror or e)) from None
 
     def _enter(self, p: dict) -> None:
         """Put process p's stand-in into its mount namespace, root and cwd."""

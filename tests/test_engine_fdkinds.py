@@ -362,6 +362,51 @@ for s in (d1, d2, q1, q2): s.close()
     assert (_queued(after.pid, 20), _queued(after.pid, 21)) == ([b"back"], [])
 
 
+def test_dgram_connected_to_named_sockets(case):
+    """Clients of /run/systemd/notify and of an abstract name: datagram sockets (in a child) connected
+    to named datagram sockets the parent holds, the path one's file beneath an overmount. After
+    restore a datagram sent on each client reaches its server."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket, subprocess
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind("/mnt/t/notify")
+ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind(b"\\0zdtm-notify")
+c1 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c1.connect("/mnt/t/notify")
+c2 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c2.connect(b"\\0zdtm-notify")
+subprocess.run(["mount", "-t", "tmpfs", "over", "/mnt/t"], check=True)
+if os.fork() == 0:
+    os.dup2(c1.fileno(), 11); os.dup2(c2.fileno(), 12)
+else:
+    os.dup2(srv.fileno(), 11); os.dup2(ab.fileno(), 12)
+for x in (srv, ab, c1, c2): x.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    import ctypes
+    import socket
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/proc/{state.pid}/task/{state.pid}/children") as f:
+        kid = int(f.read().split()[0])
+
+    def grab(pid, fd):
+        pfd = os.pidfd_open(pid)
+        try:
+            got = libc.syscall(438, pfd, fd, 0)
+            assert got >= 0, os.strerror(ctypes.get_errno())
+            return socket.socket(fileno=got)
+        finally:
+            os.close(pfd)
+
+    for n in (11, 12):
+        client, server = grab(kid, n), grab(state.pid, n)
+        try:
+            client.send(b"READY=%d" % n)
+            assert server.recv(100, socket.MSG_DONTWAIT) == b"READY=%d" % n
+        finally:
+            client.close()
+            server.close()
+
+
 def test_unix_fds_in_flight_refused_on_a_stream_tree_kept(case):
     """A stream socket pair with an fd sent by SCM_RIGHTS and not received yet: a stream keeps no
     message bounds to put the fd back at, so dump refuses naming the fd and the reason, and the

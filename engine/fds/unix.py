@@ -110,6 +110,13 @@ def _name(raw) -> dict:
 
 
 def _dump(d) -> dict:
+    out = _dump_one(d)
+    st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
+    out["_ino"] = f"{os.stat(f'/proc/{d.pid}/ns/net').st_ino}:{st.st_ino}"   # (for _finish, then dropped)
+    return out
+
+
+def _dump_one(d) -> dict:
     c = d.copy()
     s = socket.socket(fileno=os.dup(c))
     try:
@@ -161,11 +168,10 @@ def _dump(d) -> dict:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
                                                 "not supported yet")
             return out
+        if peer and diag.get(peer, {}).get("peer") != ino:
+            out.update(_connected_to(d, s, typ, peer, diag, netns, inflight))
+            return out
         if peer:
-            peer_rec = diag.get(peer, {})
-            if peer_rec.get("peer") != ino:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket connected to a socket that is not its "
-                                                "pair (a named or listening one): not supported")
             a, b = sorted((ino, peer))
             obj = f"unixpair-{netns}-{a}-{b}"
             o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
@@ -202,6 +208,44 @@ def _dump(d) -> dict:
         return out
     finally:
         s.close()
+
+
+def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: int, inflight: int) -> dict:
+    """A socket connected to one that is not its pair: a datagram socket connected to a named
+    datagram socket (a client of /run/systemd/notify or /dev/log). Kept as `connect` (the name, and
+    for a path the mount and path of its socket file), connected again at restore once every
+    process holds its fds; the named socket must be one of the tree's (finish checks it)."""
+    what = f"{d.where}: unix socket connected to a socket that is not its pair"
+    if typ != socket.SOCK_DGRAM:
+        raise FdError(errno.EOPNOTSUPP, f"{what} (a connection a listener has not accepted yet): not supported")
+    if inflight or _inq(d.copy()):
+        raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
+    name = _name(s.getpeername())
+    if not name or _MAGIC.match(name.get("path", "")) or not name.get("path", "/").startswith("/"):
+        raise FdError(errno.EOPNOTSUPP, f"{what}, and that one has no name to connect to again "
+                                        f"({name or 'unnamed'}): not supported")
+    if "path" in name:
+        loc = _locate(d, name["path"], diag.get(peer, {}).get("vfs"))
+        loc.pop("normal", None)
+        if loc.get("detached"):
+            raise FdError(errno.EOPNOTSUPP, f"{what}: the socket file of {name['path']} is on a detached mount: "
+                                            "not supported")
+        name = {**name, "mnt": loc["mnt"], "at": loc["path"]}
+    return {"connect": name, "_peer": f"{netns}:{peer}", "_where": d.where}
+
+
+def _finish(objects: dict, entries: list[dict]) -> None:
+    """Refuse a socket connected to a named socket that no process of the tree holds (restore would
+    connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
+    have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
+    for e in entries:
+        if e.get("kind") == "unix" and "_peer" in e:
+            peer, where = e.pop("_peer"), e.pop("_where")
+            if peer not in have:
+                c = e["connect"]
+                target = c.get("path") or "@" + base64.b64decode(c["abstract"]).decode(errors="replace")
+                raise FdError(errno.EOPNOTSUPP, f"{where}: connected to {target}, a socket no process of the tree "
+                                                "holds: not supported")
 
 
 _MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
@@ -480,6 +524,20 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
+    c = entry.get("connect")
+    if c is not None:
+        if "obj" in entry or "listen" in entry or entry.get("type") != "dgram":
+            _fail(f"{what}: only a lone datagram socket is connected to a named one")
+        if set(c) == {"abstract"}:
+            if not isinstance(c["abstract"], str) or len(c["abstract"]) > 148:
+                _fail(f"{what}: bad abstract name to connect to")
+        elif set(c) == {"path", "mnt", "at"}:
+            check_abs_path(c["path"], what)
+            check_abs_path(c["at"], what)
+            if len(c["path"]) > 107 or _MAGIC.match(c["path"]) or type(c["mnt"]) is not int:
+                _fail(f"{what}: bad socket path to connect to")
+        else:
+            _fail(f"{what}: 'connect' needs an abstract name, or a path with the mount and path of its socket file")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
     if "msgs" in entry:
@@ -767,7 +825,35 @@ def _open(r: RestoreFd) -> int:
                 os.close(x)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
+    if "connect" in e:
+        mine = os.dup(fd)
+        r.keep.append(mine)
+        c = e["connect"]
+        r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
+                       lambda: _connect(r, mine, c)))
     return fd
+
+
+def _connect(r: RestoreFd, fd: int, c: dict) -> None:
+    """Connect our copy `fd` of a restored socket to the named socket `c` (made by now): an abstract
+    name in the socket's own network namespace; a path through its socket file on the restored
+    mount (a /proc magic link from here: the name needs to lead nowhere from the restorer)."""
+    s = socket.socket(fileno=os.dup(fd))
+    try:
+        if "abstract" in c:
+            s.connect(b"\0" + base64.b64decode(c["abstract"]))
+            return
+        at = r.open_at(c["mnt"], c["at"], os.O_PATH | (os.O_NOFOLLOW if c["at"].strip("/") else 0))
+        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        try:
+            os.fchdir(r.proc)
+            s.connect(f"self/fd/{at}")
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
+            os.close(at)
+    finally:
+        s.close()
 
 
 def _open_inflight(r: RestoreFd, msgs) -> list[int]:
@@ -793,7 +879,9 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
 
 
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ())),
-                check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
+                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ()))
+                + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
+                check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={
+                        "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False)}))
