@@ -168,6 +168,9 @@ def _dump_one(d) -> dict:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
                                                 "not supported yet")
             return out
+        if not peer and ("path" in out or "abstract" in out) and _inq(c):
+            # (datagrams other sockets sent to its name: each would have to come back from its sender)
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: datagrams queued on a named unix socket: not supported")
         if peer and diag.get(peer, {}).get("peer") != ino:
             out.update(_connected_to(d, s, typ, peer, diag, netns, inflight))
             return out
