@@ -220,3 +220,27 @@ os.dup2(s.fileno(), 10); s.close()
         err.value
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_deleted_host_tmpfs_file_bind_restores(case):
+    """systemd-nspawn's boot_id on a systemd host: the source lies on the host's /run, a tmpfs outside
+    the dumped namespaces (here the host's /dev/shm), and is deleted after the bind. Only the bind
+    reaches it: it comes back as an unlinked file on a tmpfs of its own, with its content and
+    mode, and its mount root still shows it deleted."""
+    import tempfile
+    fd, src = tempfile.mkstemp(prefix="mntcr-test-boot_id-", dir="/dev/shm")
+    os.write(fd, b"89ab-boot-id\n")
+    os.fchmod(fd, 0o444)
+    os.close(fd)
+    try:
+        pid = case.start("hold\n", binds=((src, "/run/boot_id"),))
+    finally:
+        os.unlink(src)
+    check = "cat /run/boot_id; stat -c '%a' /run/boot_id; grep ' /run/boot_id ' /proc/self/mountinfo | cut -d' ' -f4 | sed 's,.*/,,'"
+    from enginecase import take, assert_same
+    before = take(pid, check)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    after = take(case.restore(images), check)
+    assert_same(before, after)
+    assert after.snap.check_output == "89ab-boot-id\n444\ndeleted\n"
