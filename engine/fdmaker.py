@@ -71,8 +71,9 @@ class FdMaker:
 
     def finish(self) -> None:
         """Run the kinds' late steps, once every process holds its fds; an error names the fd."""
-        todo, self.late[:] = list(self.late), []
-        for what, fn in todo:
+        # (each (what, fn) or (what, fn, order): ordered ones by it, the others first, stable)
+        todo, self.late[:] = sorted(self.late, key=lambda t: t[2] if len(t) > 2 else -1), []
+        for what, fn, *_ in todo:
             try:
                 fn()
             except OSError as e:

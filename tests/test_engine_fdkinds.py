@@ -407,6 +407,56 @@ for x in (srv, ab, c1, c2): x.close()
             server.close()
 
 
+def test_listener_with_pending_connections(case):
+    """A listening socket with two connections not accepted yet, their clients in a child: after
+    restore the listener accepts them in the same order, each connected to the same client fd."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
+c1 = socket.socket(socket.AF_UNIX); c1.connect("/mnt/t/srv")
+c2 = socket.socket(socket.AF_UNIX); c2.connect("/mnt/t/srv")
+if os.fork() == 0:
+    os.dup2(c1.fileno(), 11); os.dup2(c2.fileno(), 12)
+else:
+    os.dup2(srv.fileno(), 10)
+for x in (srv, c1, c2): x.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    import ctypes
+    import socket
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/proc/{state.pid}/task/{state.pid}/children") as f:
+        kid = int(f.read().split()[0])
+
+    def grab(pid, fd):
+        pfd = os.pidfd_open(pid)
+        try:
+            got = libc.syscall(438, pfd, fd, 0)
+            assert got >= 0, os.strerror(ctypes.get_errno())
+            return socket.socket(fileno=got)
+        finally:
+            os.close(pfd)
+
+    lst = grab(state.pid, 10)
+    lst.setblocking(False)
+    try:
+        for n in (11, 12):
+            a, _ = lst.accept()
+            client = grab(kid, n)
+            try:
+                a.send(b"to %d" % n)
+                assert client.recv(100, socket.MSG_DONTWAIT) == b"to %d" % n
+            finally:
+                a.close()
+                client.close()
+        with pytest.raises(BlockingIOError):
+            lst.accept()
+    finally:
+        lst.close()
+
+
 def test_unix_fds_in_flight_refused_on_a_stream_tree_kept(case):
     """A stream socket pair with an fd sent by SCM_RIGHTS and not received yet: a stream keeps no
     message bounds to put the fd back at, so dump refuses naming the fd and the reason, and the

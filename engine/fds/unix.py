@@ -44,8 +44,8 @@ from engine.fds import FdError, FdKind, RestoreFd, register
 
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
-UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN = 1, 2, 4, 16
-UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN = 0, 1, 2, 4
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 1, 2, 4, 8, 16
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN = 0, 1, 2, 3, 4
 TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
 MAX_DATA = 1 << 22
 
@@ -55,7 +55,8 @@ def _diag_all() -> dict[int, dict]:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 4)  # NETLINK_SOCK_DIAG
     try:
         req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0,
-                          UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN, 0xFFFFFFFF, 0xFFFFFFFF)
+                          UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN, 0xFFFFFFFF,
+                          0xFFFFFFFF)
         s.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
         out: dict[int, dict] = {}
         while True:
@@ -78,6 +79,8 @@ def _diag_all() -> dict[int, dict]:
                         rec["peer"] = struct.unpack_from("=I", data, a + 4)[0]
                     elif atype == UNIX_DIAG_VFS:
                         rec["vfs"] = struct.unpack_from("=II", data, a + 4)
+                    elif atype == UNIX_DIAG_ICONS:   # a listener's pending connections, in queue order
+                        rec["icons"] = list(struct.unpack_from(f"={(alen - 4) // 4}I", data, a + 4))
                     elif atype == UNIX_DIAG_RQLEN:
                         rec["rqueue"], rec["wqueue"] = struct.unpack_from("=II", data, a + 4)
                     a += (alen + 3) & ~3
@@ -153,8 +156,17 @@ def _dump_one(d) -> dict:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with connections not yet "
-                                                "accepted: not supported")
+                out["_pending"] = _pending(d, rec, diag, netns)
+                out["_where"] = d.where
+            return out
+        embryos = d.scratch.get(("unix-embryos", netns))
+        if embryos is None:
+            embryos = d.scratch[("unix-embryos", netns)] = _embryos(diag)
+        embryo = embryos.get(ino)
+        if embryo is not None:
+            # A connection its listener has not accepted yet: connected to the listener again.
+            out.update(_connected_to(d, s, typ, embryo[0], diag, netns, inflight))
+            out["connect"]["order"] = embryo[1]
             return out
         if not peer and "path" not in out and "abstract" not in out and _connected(s):
             # Its peer is gone (closed by a process that exited: podman's end of conmon's sync
@@ -213,14 +225,45 @@ def _dump_one(d) -> dict:
         s.close()
 
 
+def _embryos(diag: dict) -> dict[int, tuple[int, int]]:
+    """{inode of the client of a connection not accepted yet: (its listener's inode, its place in the
+    queue)} (a listener's UNIX_DIAG_ICONS name the clients)."""
+    out = {}
+    for ino, rec in diag.items():
+        for i, e in enumerate(rec.get("icons") or ()):
+            out[e] = (ino, i)
+    return out
+
+
+def _pending(d, rec: dict, diag: dict, netns: int) -> list[str]:
+    """The clients ("netns:inode") of a listener's pending connections, which restore connects again
+    in queue order; refused where that cannot be exact (data the client sent already waits there,
+    or the queue is not what sock_diag lists)."""
+    icons = rec.get("icons") or []
+    if len(icons) != rec.get("rqueue"):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with {rec.get('rqueue')} connections not "
+                                        f"yet accepted, {len(icons)} of them listed: not supported")
+    # (sock_diag names each pending connection by its client's inode, the server end having none
+    # yet; what the client sent is still charged to the client's send buffer, its wqueue)
+    out = []
+    for client in icons:
+        if client not in diag or diag[client].get("wqueue"):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted "
+                                            "on which data (or fds) already wait, or whose client is gone: not "
+                                            "supported")
+        out.append(f"{netns}:{client}")
+    return out
+
+
 def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: int, inflight: int) -> dict:
     """A socket connected to one that is not its pair: a datagram socket connected to a named
     datagram socket (a client of /run/systemd/notify or /dev/log). Kept as `connect` (the name, and
     for a path the mount and path of its socket file), connected again at restore once every
     process holds its fds; the named socket must be one of the tree's (finish checks it)."""
     what = f"{d.where}: unix socket connected to a socket that is not its pair"
-    if typ != socket.SOCK_DGRAM:
-        raise FdError(errno.EOPNOTSUPP, f"{what} (a connection a listener has not accepted yet): not supported")
+    listener = diag.get(peer, {}).get("icons") is not None or diag.get(peer, {}).get("state") == 10   # TCP_LISTEN
+    if typ != socket.SOCK_DGRAM and not listener:
+        raise FdError(errno.EOPNOTSUPP, f"{what}: not supported")
     if inflight or _inq(d.copy()):
         raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
     name = _name(s.getpeername())
@@ -242,13 +285,20 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
     have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
     for e in entries:
+        for client in e.pop("_pending", None) or ():
+            if client not in have:
+                raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: listening unix socket with a connection not "
+                                                "yet accepted whose client no process of the tree holds: not supported")
+    for e in entries:
         if e.get("kind") == "unix" and "_peer" in e:
-            peer, where = e.pop("_peer"), e.pop("_where")
+            peer, where = e.pop("_peer"), e.get("_where")
             if peer not in have:
                 c = e["connect"]
                 target = c.get("path") or "@" + base64.b64decode(c["abstract"]).decode(errors="replace")
                 raise FdError(errno.EOPNOTSUPP, f"{where}: connected to {target}, a socket no process of the tree "
                                                 "holds: not supported")
+    for e in entries:
+        e.pop("_where", None)
 
 
 _MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
@@ -529,8 +579,13 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: bad backlog")
     c = entry.get("connect")
     if c is not None:
-        if "obj" in entry or "listen" in entry or entry.get("type") != "dgram":
-            _fail(f"{what}: only a lone datagram socket is connected to a named one")
+        if "obj" in entry or "listen" in entry or (entry.get("type") == "dgram") == ("order" in c):
+            _fail(f"{what}: only a lone datagram socket, or a pending connection (with its 'order'), is connected "
+                  "to a named socket")
+        if "order" in c:
+            if type(c["order"]) is not int or not 0 <= c["order"] < 1 << 20:
+                _fail(f"{what}: bad order of a pending connection")
+            c = {k: v for k, v in c.items() if k != "order"}
         if set(c) == {"abstract"}:
             if not isinstance(c["abstract"], str) or len(c["abstract"]) > 148:
                 _fail(f"{what}: bad abstract name to connect to")
@@ -832,8 +887,9 @@ def _open(r: RestoreFd) -> int:
         mine = os.dup(fd)
         r.keep.append(mine)
         c = e["connect"]
+        # (a listener's pending connections connect in their queue order)
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
-                       lambda: _connect(r, mine, c)))
+                       lambda: _connect(r, mine, c), c.get("order", -1)))
     return fd
 
 
