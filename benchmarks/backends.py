@@ -16,10 +16,16 @@ What is measured (the smallest of --repeat runs):
   into its userland for a userland criu), plus what the adapter does around it
   (the root-mount copy at dump). Both include a Python interpreter start-up,
   printed once as a baseline.
+- cpu: user+sys CPU time of the backend call's processes that were waited for
+  (RUSAGE_CHILDREN of this process around the call: the CLI and every helper it
+  forked and reaped; criu's restored tasks are not reaped by criu and do not
+  count, nor do mntcr's stand-ins). A shared machine inflates wall times
+  several times over; CPU time moves much less, so compare engines by it there.
 - criu-own: criu's own duration from the last timestamp of its log (no
   start-up, no userland entry).
-The ratios are criu wall / mntcr wall; the last line is their geometric mean
-over the restores: `criu/mntcr restore geomean: X.XX`.
+The ratios are criu / mntcr, of wall and of CPU time; the last lines are their
+geometric means over the cases: `criu/mntcr restore geomean: X.XX` (wall) and
+`criu/mntcr restore cpu geomean: X.XX`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import argparse
 import glob
 import math
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -56,6 +63,12 @@ class _Config:
         return self.criu if name == "criu" else default
 
 
+def _children_cpu() -> float:
+    """User+sys CPU seconds of every child process this process has reaped so far (and theirs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def measure_once(sc, backend, workdir: str) -> dict:
     """One start -> dump -> restore -> compare of scenario `sc` with `backend` in the existing empty
     `workdir`; timings or an error."""
@@ -68,22 +81,23 @@ def measure_once(sc, backend, workdir: str) -> dict:
     try:
         before = snapshot.take(running.pid, sc.check, sc.timeout)
         images = os.path.join(workdir, "images")
-        t0 = time.monotonic()
+        c0, t0 = _children_cpu(), time.monotonic()
         backend.dump(running.pid, images, running.externals, ctx)
-        dump_wall = time.monotonic() - t0
+        dump_wall, dump_cpu = time.monotonic() - t0, _children_cpu() - c0
         own_dump = _criu_own(backend, "dump")
         while snapshot.alive(running.pid) and time.monotonic() - t0 < 10:
             time.sleep(0.005)
         NS.forget(running)
-        t1 = time.monotonic()
+        c1, t1 = _children_cpu(), time.monotonic()
         restored = backend.restore(images, running.externals, ctx)
-        restore_wall = time.monotonic() - t1
+        restore_wall, restore_cpu = time.monotonic() - t1, _children_cpu() - c1
         own_restore = _criu_own(backend, "restore")
         after = snapshot.take(restored, sc.check, sc.timeout)
         equal, _ = snapshot.compare(before, after)
         if not equal:
             return {"error": "restored state differs"}
-        return {"dump": dump_wall, "restore": restore_wall, "own_dump": own_dump, "own_restore": own_restore}
+        return {"dump": dump_wall, "restore": restore_wall, "dump_cpu": dump_cpu, "restore_cpu": restore_cpu,
+                "own_dump": own_dump, "own_restore": own_restore}
     except BackendError as e:
         return {"error": f"{e.stage}: {str(e).splitlines()[0]}"}
     except snapshot.SnapshotError as e:
@@ -121,16 +135,17 @@ def compile_engine() -> None:
                    check=True, stdout=subprocess.DEVNULL)
 
 
-def startup_baseline() -> float:
-    """Wall time of `python -S -c 'import engine.cli'`: the interpreter start-up every mntcr wall figure
-    includes (the runner starts the engine as engine.cli.command does)."""
+def startup_baseline(module: str = "engine.cli") -> tuple[float, float]:
+    """Wall and CPU time (least of 5) of `python -S -c 'import engine.cli, MODULE'`: the interpreter
+    start-up and imports every mntcr figure includes (the runner starts the engine as
+    engine.cli.command does)."""
     env = dict(os.environ, PYTHONPATH=_PROJECT)
-    best = math.inf
-    for _ in range(3):
-        t = time.monotonic()
-        subprocess.run([sys.executable, "-S", "-c", "import engine.cli"], env=env, check=True, cwd=_PROJECT)
-        best = min(best, time.monotonic() - t)
-    return best
+    wall = cpu = math.inf
+    for _ in range(5):
+        c, t = _children_cpu(), time.monotonic()
+        subprocess.run([sys.executable, "-S", "-c", f"import engine.cli, {module}"], env=env, check=True, cwd=_PROJECT)
+        wall, cpu = min(wall, time.monotonic() - t), min(cpu, _children_cpu() - c)
+    return wall, cpu
 
 
 def cases(paths: list[str]):
@@ -176,16 +191,18 @@ def main(argv=None) -> int:
     print(f"kernel {os.uname().release}; {bk['criu'].impl().env().describe()}; mntcr: python -S -m engine.cli")
     print(f"measured: wall = the backend's CLI invocation (python -S -m engine.cli | criu, incl. start-up); "
           f"criu-own = criu's log time; smallest of {args.repeat}")
-    print(f"python start-up + import engine.cli (in every mntcr wall figure): {startup_baseline():.3f} s")
+    for module in ("engine.cli", "engine.dump", "engine.restore"):
+        wall, cpu = startup_baseline(module)
+        print(f"python -S start-up + import {module} (in every mntcr figure): wall {wall:.3f} s, cpu {cpu:.3f} s")
     for label, _, why in left:
         print(f"left out: {label}: {why}")
     base = tempfile.mkdtemp(prefix="mntcr-bench-")
     w = max([len(label) for label, _, _ in keep] + [8])
-    head = (f"{'scenario':<{w}} {'mntcr dump':>10} {'criu dump':>9} {'(own)':>6} {'ratio':>6}  "
-            f"{'mntcr rest':>10} {'criu rest':>9} {'(own)':>6} {'ratio':>6}")
+    head = (f"{'scenario':<{w}} {'mntcr dump':>10} {'criu dump':>9} {'(own)':>6} {'ratio':>6} {'cpu m/c':>11} {'ratio':>6}  "
+            f"{'mntcr rest':>10} {'criu rest':>9} {'(own)':>6} {'ratio':>6} {'cpu m/c':>11} {'ratio':>6}")
     print(head)
     print("-" * len(head))
-    dump_ratios, restore_ratios, own_ratios = [], [], []
+    dump_ratios, restore_ratios, own_ratios, dump_cpu_ratios, restore_cpu_ratios = [], [], [], [], []
     try:
         for label, sc, _ in keep:
             res = {name: measure(sc, b, args.repeat, base) for name, b in bk.items()}
@@ -195,23 +212,34 @@ def main(argv=None) -> int:
                 continue
             m, c = res["mntcr"], res["criu"]
             rd, rr = c["dump"] / m["dump"], c["restore"] / m["restore"]
+            # CPU time is counted in ticks of 1-4 ms: never divide by a zero.
+            cd = c["dump_cpu"] / max(m["dump_cpu"], 1e-3)
+            cr = c["restore_cpu"] / max(m["restore_cpu"], 1e-3)
             dump_ratios.append(rd)
             restore_ratios.append(rr)
+            dump_cpu_ratios.append(cd)
+            restore_cpu_ratios.append(cr)
             if c.get("own_restore"):
                 own_ratios.append(c["own_restore"] / m["restore"])
             own = lambda v: f"{v:6.3f}" if v is not None else "     -"  # noqa: E731
-            print(f"{label:<{w}} {m['dump']:10.3f} {c['dump']:9.3f} {own(c.get('own_dump'))} {rd:6.2f}  "
-                  f"{m['restore']:10.3f} {c['restore']:9.3f} {own(c.get('own_restore'))} {rr:6.2f}")
+            pair = lambda a, b: f"{a:5.3f}/{b:5.3f}"  # noqa: E731
+            print(f"{label:<{w}} {m['dump']:10.3f} {c['dump']:9.3f} {own(c.get('own_dump'))} {rd:6.2f} "
+                  f"{pair(m['dump_cpu'], c['dump_cpu'])} {cd:6.2f}  "
+                  f"{m['restore']:10.3f} {c['restore']:9.3f} {own(c.get('own_restore'))} {rr:6.2f} "
+                  f"{pair(m['restore_cpu'], c['restore_cpu'])} {cr:6.2f}")
     finally:
         shutil.rmtree(base, ignore_errors=True)
     print("-" * len(head))
-    print(f"timed {len(restore_ratios)} of {len(keep)} scenario cases (seconds; ratio = criu wall / mntcr wall)")
+    print(f"timed {len(restore_ratios)} of {len(keep)} scenario cases (seconds; ratio = criu / mntcr, "
+          f"of wall, then of cpu = user+sys of the waited-for processes)")
     if not restore_ratios:
         print("benchmarks/backends.py: no scenario was timed with both backends", file=sys.stderr)
         return 1
     print(f"criu/mntcr dump geomean: {geomean(dump_ratios):.2f}")
     print(f"criu-own/mntcr-wall restore geomean: {geomean(own_ratios):.2f}")
     print(f"criu/mntcr restore geomean: {geomean(restore_ratios):.2f}")
+    print(f"criu/mntcr dump cpu geomean: {geomean(dump_cpu_ratios):.2f}")
+    print(f"criu/mntcr restore cpu geomean: {geomean(restore_cpu_ratios):.2f}")
     return 0
 
 

@@ -22,7 +22,10 @@ The output ends with one line per figure:
     dump_s N: X.XX
     restore_s N: X.XX
     peak_rss_mib N: X
-    growth 10000/1000: X.XX       (restore time at 10000 / at 1000, when both ran)
+    dump_cpu_s N: X.XX            (user+sys of the command and the helpers it waited for)
+    restore_cpu_s N: X.XX
+    growth 10000/1000: X.XX       (restore time at each size / at the next smaller size run)
+    growth_cpu 10000/1000: X.XX   (the same for restore CPU time)
     criu/mntcr dump N: X.XX       (with --backend mntcr,criu: criu's wall / mntcr's, same run)
     criu/mntcr restore N: X.XX
 
@@ -359,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"restore/floor {n}: {r['restore_s'] / r['floor_s']:.2f}")
         print(f"dump_s {n}: {r['dump_s']:.2f}")
         print(f"restore_s {n}: " + ("failed" if r["error"] else f"{r['restore_s']:.2f}"))
+        print(f"dump_cpu_s {n}: {r['dump_cpu_s']:.2f}")
+        print(f"restore_cpu_s {n}: " + ("failed" if r["error"] else f"{r['restore_cpu_s']:.2f}"))
         print(f"peak_rss_mib {n}: {max(r['dump_rss_mib'], r['restore_rss_mib']):.0f}")
         print(f"validate_ms {n}: {r['validate_s'] * 1000:.1f}")
         # CPU against CPU: the validator's share of each command, independent of the wall clock's noise.
@@ -373,10 +378,15 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"criu/mntcr {verb} {n}: failed ({c['error'] or r['error'] or 'a restored tree differs'})")
                 else:
                     print(f"criu/mntcr {verb} {n}: {c[f'{verb}_s'] / mine:.2f}")
-    if 1000 in by_n and 10000 in by_n and not (by_n[1000]["error"] or by_n[10000]["error"]):
-        print(f"growth 10000/1000: {by_n[10000]['restore_s'] / by_n[1000]['restore_s']:.2f}")
-    if 1000 in by_n and 10000 in by_n and (by_n[1000]["error"] or by_n[10000]["error"]):
-        print("growth 10000/1000: failed (a restore failed)")
+    # Growth between each size and the next one run (10000/1000, 90000/10000...): restore wall time,
+    # and restore CPU time, which a loaded machine moves much less.
+    sizes = sorted(by_n)
+    for a, b in zip(sizes, sizes[1:]):
+        if by_n[a]["error"] or by_n[b]["error"]:
+            print(f"growth {b}/{a}: failed (a restore failed)")
+            continue
+        print(f"growth {b}/{a}: {by_n[b]['restore_s'] / by_n[a]['restore_s']:.2f}")
+        print(f"growth_cpu {b}/{a}: {by_n[b]['restore_cpu_s'] / by_n[a]['restore_cpu_s']:.2f}")
     return 0 if all(r["equal"] and r["floor_equal"] and r.get("criu", {}).get("equal", True)
                     for r in results) else 1
 

@@ -117,19 +117,22 @@ def _add_check(sub) -> None:
                     "Exit 0 when everything restore needs is present, 2 otherwise.")
 
 
-def build_parser(extras: bool = True) -> argparse.ArgumentParser:
+_ADDERS = {"dump": _add_dump, "restore": _add_restore, "show": _add_show, "diff": _add_diff, "check": _add_check}
+
+
+def build_parser(extras: bool = True, only: str | None = None) -> argparse.ArgumentParser:
     """The full argument parser (also used by tests to check --help); without `extras`, only the
-    engine's own verbs (the vm and report verbs import much of the runner: ~0.2 s of a dump)."""
+    engine's own verbs (the vm and report verbs import much of the runner: ~0.2 s of a dump);
+    with `only` (an engine verb), that verb alone (each verb's parser and help text cost a few ms
+    of every dump and restore)."""
     parser = argparse.ArgumentParser(
         prog="mntcr",
         description="Checkpoint/restore of Linux mount namespaces (the mounts-v2 way).")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    _add_dump(sub)
-    _add_restore(sub)
-    _add_show(sub)
-    _add_diff(sub)
-    _add_check(sub)
-    if not extras:
+    for verb, add in _ADDERS.items():
+        if only is None or verb == only:
+            add(sub)
+    if not extras or only is not None:
         return parser
     try:
         from vm.cli import add_parser as add_vm
@@ -202,8 +205,9 @@ _COMMANDS = {"diff": _cmd_diff, "show": _cmd_show, "check": _cmd_check, "dump": 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `mntcr` console script."""
     argv = sys.argv[1:] if argv is None else argv
-    # An engine verb parses with the engine's verbs only: dump and restore start fast.
-    parser = build_parser(extras=not (argv and argv[0] in _COMMANDS))
+    # An engine verb parses with its own parser only: dump and restore start fast.
+    verb = argv[0] if argv and argv[0] in _COMMANDS else None
+    parser = build_parser(extras=verb is None, only=verb)
     args = parser.parse_args(argv)
     handler = _COMMANDS.get(args.verb) or getattr(args, "handler", None)
     try:

@@ -16,7 +16,6 @@ import functools
 import hashlib
 import os
 import re
-import shutil
 import stat
 import subprocess
 
@@ -28,7 +27,9 @@ MEMBER = re.compile(r"^sb-[0-9]+$")
 
 @functools.cache
 def _tar() -> str:
-    tar = shutil.which("tar")
+    # shutil.which's search, without importing shutil (it loads zlib, bz2 and lzma: ~3 ms of every run).
+    tar = next((p for d in os.environ.get("PATH", os.defpath).split(os.pathsep)
+                if os.access(p := os.path.join(d or ".", "tar"), os.X_OK) and not os.path.isdir(p)), None)
     if not tar:
         raise OSError("GNU tar is needed to dump and restore tmpfs contents: install the 'tar' package")
     return tar

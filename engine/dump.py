@@ -223,8 +223,9 @@ def _count_mounts_from(root_fd: int, hostproc: int) -> int:
         return sum(1 for _ in f)
 
 
-def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
-    """In a forked child: enter the namespace, read mountinfo and each process's root, cwd, fds."""
+def _inspect_ns(ns_fd: int, pids: list[int], by_statmount: bool) -> dict:
+    """In a forked child: enter the namespace, read mountinfo and each process's root, cwd, fds
+    (and the mounts' unique ids when `by_statmount`: engine.strategy's ids axis)."""
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
     _enter_ns_root(ns_fd, pids, hostproc)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
@@ -247,13 +248,10 @@ def _inspect_ns(ns_fd: int, pids: list[int]) -> dict:
                 continue
             if mid == m.mnt_id:
                 dirs[m.mnt_id] = stat.S_ISDIR(mode)
-    # 64-bit unique ids (creation order) where the kernel has statmount (6.8+). Only the ids: the
-    # records come from mountinfo, which parses in half the time full statmount records take here
-    # (benchmarks/README.md, "statmount or mountinfo").
-    try:
-        unique = kernel.unique_ids()
-    except OSError:
-        unique = {}
+    # 64-bit unique ids (creation order) where the strategy reads them (ids=statmount, 6.8+).
+    # Only the ids: the records come from mountinfo, which parses in half the time full statmount
+    # records take here (benchmarks/README.md, "statmount or mountinfo").
+    unique = kernel.unique_ids() if by_statmount else {}
     procs = {}
     for pid in pids:
         try:
@@ -705,11 +703,13 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     for pid, _ in tree:
         if ns_of[pid]["mnt"] is not None:  # None: a zombie (exited, no namespaces left to look at)
             by_mntns.setdefault(ns_of[pid]["mnt"], []).append(pid)
+    from engine import strategy
+    by_statmount = strategy.current().ids == "statmount"
     ns_data: dict[int, dict] = {}
     for ino, members in by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
-            ns_data[ino] = forkrun.run(_inspect_ns, fd, members)
+            ns_data[ino] = forkrun.run(_inspect_ns, fd, members, by_statmount)
         finally:
             os.close(fd)
         ns_data[ino]["mounts"] = mountinfo.parse(ns_data[ino].pop("mountinfo"), ns_data[ino]["unique"])

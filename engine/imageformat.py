@@ -39,8 +39,8 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, VERSION, ImageError,
                           check_abs_path, is_beneath)
@@ -233,12 +233,27 @@ def check_record(rec: Record, obj, what: str) -> None:
     """Check one record against its table: an object, no unknown key, every required one, each
     value's type and rule. Raise ImageError naming `what` (or Bad, inside a nested value).
 
-    The table is compiled once into a function (_compile): 10,000 mounts are checked in a few
-    milliseconds more than reading them takes, which a loop over the table would not do."""
+    The table is compiled into a function (_compile) once it has checked _COMPILE_AFTER records:
+    10,000 mounts are checked in a few milliseconds more than reading them takes, which a loop
+    over the table would not do. Compiling costs about a millisecond per table, more than a small
+    image's whole check, so the first records of each table go through the loop (_interpret), which
+    accepts and refuses exactly what the compiled check does."""
     fn = _compiled.get(rec.name)
     if fn is None:
+        n = _interpreted[rec.name] = _interpreted.get(rec.name, 0) + 1
+        if n <= _COMPILE_AFTER:
+            _interpret(rec, obj, what)
+            return
         fn = _compile_into(rec)
     fn(obj, what)
+
+
+def _interpret(rec: Record, obj, what: str) -> None:
+    """The check of one record by a loop over its table: _slow is the generic test of one field,
+    the one the compiled check itself falls back to for its error."""
+    _unknown_or_missing(rec, obj, what)
+    for key, v in obj.items():
+        _slow(rec, what, key, v)
 
 
 def _compile_into(rec: Record) -> Callable:
@@ -247,6 +262,8 @@ def _compile_into(rec: Record) -> Callable:
 
 
 _compiled: dict[str, Callable] = {}
+_interpreted: dict[str, int] = {}   # record name -> records checked by _interpret so far
+_COMPILE_AFTER = 64
 _MISSING = object()
 _CACHE_MAX = 1 << 16
 

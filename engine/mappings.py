@@ -21,7 +21,6 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
-import platform
 
 from engine import kernel
 
@@ -76,7 +75,7 @@ def map_files(fds: list[int]) -> None:
 def _interpreter() -> tuple | None:
     """(regions of our executable [(addr, len)], /proc/self/stat fields) read now, while /proc is
     the host's (stand-ins are forks of the restorer: same layout; they chroot later)."""
-    if platform.machine() != "x86_64":
+    if os.uname().machine != "x86_64":
         return None
     try:
         me = os.stat("/proc/self/exe")

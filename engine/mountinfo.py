@@ -128,9 +128,11 @@ def _int(lineno: int, text: str, what: str, line: str) -> int:
     return value
 
 
-def parse_line(line: str, lineno: int = 1, unique: dict[int, int] | None = None) -> Mount:
+def parse_line(line: str, lineno: int = 1, unique: dict[int, int] | None = None, memo: dict | None = None) -> Mount:
     """Parse one mountinfo line; raise MountinfoError naming the line and the problem.
-    `unique` maps mount ids to their 64-bit unique ids (statmount), when known."""
+    `unique` maps mount ids to their 64-bit unique ids (statmount), when known; `memo` (a dict
+    kept across the lines of one text) makes equal roots, types, sources and option lists one
+    object each: 90,000 mounts repeat a handful of them."""
     raw = line.rstrip("\n")
     fields = raw.split(" ")
     try:
@@ -179,6 +181,9 @@ def parse_line(line: str, lineno: int = 1, unique: dict[int, int] | None = None)
     fstype = unescape(fields[sep + 1])
     source = unescape(fields[sep + 2])
     super_opts = tuple(fields[sep + 3].split(","))
+    if memo is not None:
+        root, fstype, source = memo.setdefault(root, root), memo.setdefault(fstype, fstype), memo.setdefault(source, source)
+        mount_opts, super_opts = memo.setdefault(mount_opts, mount_opts), memo.setdefault(super_opts, super_opts)
     return Mount(
         mnt_id=mnt_id,
         parent_id=parent_id,
@@ -207,10 +212,11 @@ def parse(text: str, unique: dict[int, int] | None = None) -> list[Mount]:
         lines.pop()
     mounts = []
     seen: set[int] = set()
+    memo: dict = {}
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             raise MountinfoError(lineno, "blank line")
-        m = parse_line(line, lineno, unique)
+        m = parse_line(line, lineno, unique, memo)
         if m.mnt_id in seen:
             raise MountinfoError(lineno, f"duplicate mount id {m.mnt_id}", line)
         seen.add(m.mnt_id)

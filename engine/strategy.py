@@ -14,8 +14,14 @@ named values, chosen once from the probed features (engine.features):
   sources  detached     open_tree clones detached mounts (Linux >= 6.15)
            yard         new superblocks are attached in a yard of the service namespace
                         and cloned from there
+  ids      statmount    dump reads each mount's 64-bit unique id (creation order) through
+                        listmount/statmount (Linux >= 6.8); the records still come from
+                        mountinfo, which Python parses faster than one statmount per mount
+           mountinfo    mountinfo alone: no unique ids (mount ids are reused, say nothing
+                        about age)
   layers   unique-ids   overlay layers resolved as they were when the overlay was made,
-                        by 64-bit unique mount ids (STATX_MNT_ID_UNIQUE, Linux >= 6.8)
+                        by 64-bit unique mount ids (STATX_MNT_ID_UNIQUE, Linux >= 6.8);
+                        needs ids=statmount, which reads them
            refuse-ambiguous  legacy ids say nothing about age: dump refuses an overlay
                         whose layer path may have been overmounted after it was made
 
@@ -42,8 +48,12 @@ AXES = {
     "sharing": ("set-group", "construct", "MOVE_MOUNT_SET_GROUP"),
     "flags": ("setattr", "remount", "mount_setattr"),
     "sources": ("detached", "yard", "open_tree(detached)"),
+    "ids": ("statmount", "mountinfo", "statmount/listmount"),
     "layers": ("unique-ids", "refuse-ambiguous", "STATX_MNT_ID_UNIQUE"),
 }
+# axis -> (axis, value) its fast value builds on: without it the axis takes its slow value too.
+# (AXES lists an axis after the one it needs, so choose() has decided that one already.)
+NEEDS = {"layers": ("ids", "statmount")}
 
 
 class StrategyError(ValueError):
@@ -57,6 +67,7 @@ class Strategy:
     sharing: str
     flags: str
     sources: str
+    ids: str
     layers: str
 
     def names(self) -> list[str]:
@@ -69,8 +80,15 @@ class Strategy:
         for f in fields(self):
             value = getattr(self, f.name)
             fast, _, feature = AXES[f.name]
-            why = f"forced by {ENV}" if f.name in forced else (
-                f"{feature} present" if value == fast else f"{feature} missing")
+            dep = NEEDS.get(f.name)
+            if f.name in forced:
+                why = f"forced by {ENV}"
+            elif value == fast:
+                why = f"{feature} present"
+            elif dep and getattr(self, dep[0]) != dep[1]:
+                why = f"needs {dep[0]}={dep[1]}"
+            else:
+                why = f"{feature} missing"
             lines.append(f"  {f.name:<8} {value:<17} ({why})")
         return "\n".join(lines) + "\n"
 
@@ -93,9 +111,13 @@ def choose(have: dict[str, bool], override: str = "") -> tuple[Strategy, frozens
     forced = parse_override(override)
     values = {}
     for axis, (fast, slow, feature) in AXES.items():
-        value = forced.get(axis, fast if have.get(feature) else slow)
+        dep = NEEDS.get(axis)
+        usable = have.get(feature) and (dep is None or values[dep[0]] == dep[1])
+        value = forced.get(axis, fast if usable else slow)
         if value == fast and not have.get(feature):
             raise StrategyError(f"{ENV}: {axis}={fast} needs {feature}, which this kernel lacks")
+        if value == fast and not usable:
+            raise StrategyError(f"{ENV}: {axis}={fast} needs {dep[0]}={dep[1]}")
         values[axis] = value
     return Strategy(**values), frozenset(forced)
 

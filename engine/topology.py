@@ -12,7 +12,6 @@ difference as a findmnt-like tree. `render_tree` prints one tree for `mntcr show
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import heapq
 import itertools
@@ -651,6 +650,7 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
     if not changed and not only_a and not only_b:
         text += ("no single mount explains the difference (relations between mounts differ); "
                  "canonical forms:\n")
+        import difflib  # only for a difference: not loaded by every restore
         text += "".join(difflib.unified_diff(ca.text.splitlines(keepends=True), cb.text.splitlines(keepends=True),
                                              fromfile="A", tofile="B"))
     return False, text

@@ -1,8 +1,15 @@
 """The fake backends the runner's own tests load as a conftest (pytester or a job directory):
 rerun restores by running the setup again, mutate does so with ZDTM_RESTORED=1 set (so a setup
-can build a different tree), refuse refuses every dump."""
+can build a different tree), refuse refuses every dump (with a two-line message: only the first
+line belongs in a summary). `scenario_runner` writes scenario files and runs pytest on them."""
 
-FAKES = '''
+from __future__ import annotations
+
+import os
+
+PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+_HEAD = '''
 import dataclasses
 from zdtm import backends, snapshot
 from zdtm.backends import Backend, BackendError
@@ -27,19 +34,45 @@ class Rerun(Backend):
         return running.pid
 
 
+class Refuse(Backend):
+    name = "refuse"
+
+    def dump(self, pid, images_dir, externals, ctx):
+        raise BackendError("dump", "refuse: this backend refuses every dump\\nsecond line")
+
+
+backends.register("rerun", Rerun)
+backends.register("refuse", Refuse)
+'''
+
+_MUTATE = '''
+
 class Mutate(Rerun):
     name = "mutate"
     prefix = "ZDTM_RESTORED=1"
 
 
-class Refuse(Backend):
-    name = "refuse"
-
-    def dump(self, pid, images_dir, externals, ctx):
-        raise BackendError("dump", "refuse: this backend refuses every dump")
-
-
-backends.register("rerun", Rerun)
 backends.register("mutate", Mutate)
-backends.register("refuse", Refuse)
 '''
+
+# rerun and refuse only (a `--backend all` table with exactly those columns).
+RERUN_REFUSE = _HEAD
+# rerun, refuse and mutate.
+FAKES = _HEAD + _MUTATE
+
+
+def scenario_runner(pytester, monkeypatch, fakes: str = FAKES, timeout: int = 300, env: dict | None = None):
+    """A function(scenarios: {relative path: YAML text}, *pytest args) that writes the scenarios
+    under pytester's scenarios/ and runs pytest on them in a subprocess, with `fakes` as conftest."""
+    monkeypatch.setenv("PYTHONPATH", PROJECT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    pytester.makeconftest(fakes)
+
+    def go(scenarios: dict, *args):
+        for name, text in scenarios.items():
+            path = pytester.path / "scenarios" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "scenarios", *args, timeout=timeout)
+    return go

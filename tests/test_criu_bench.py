@@ -60,8 +60,8 @@ check: findmnt -n -o TARGET,PROPAGATION /tmp/b
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, mounts, criu)")
 def test_run_prints_both_backends_and_the_geomean_line(tmp_path):
-    """One scenario, both backends: a row with four positive times and two ratios that are their
-    quotients, and the final geomean line equal to that single restore ratio."""
+    """One scenario, both backends: a row with four positive wall times, their CPU times, and ratios
+    that are their quotients; the geomean lines equal to that single case's ratios."""
     from zdtm.criu_backend import CriuBackend
     spec = os.environ.get("MNTCR_CRIU", "auto")
     ok, reason = CriuBackend(spec).available()
@@ -78,12 +78,16 @@ def test_run_prints_both_backends_and_the_geomean_line(tmp_path):
     assert proc.returncode == 0, proc.stderr + out
     row = next(line for line in out.splitlines() if "basic.yaml" in line and "left out" not in line)
     nums = [float(v) for v in re.findall(r"\d+\.\d+", row.split("basic.yaml", 1)[1])]
-    m_dump, c_dump, own_dump, r_dump, m_rest, c_rest, own_rest, r_rest = nums
-    assert min(m_dump, c_dump, m_rest, c_rest, own_dump, own_rest) > 0
+    (m_dump, c_dump, own_dump, r_dump, m_dcpu, c_dcpu, r_dcpu,
+     m_rest, c_rest, own_rest, r_rest, m_rcpu, c_rcpu, r_rcpu) = nums
+    assert min(m_dump, c_dump, m_rest, c_rest, own_dump, own_rest, m_dcpu, m_rcpu, c_dcpu, c_rcpu) > 0
     assert own_rest <= c_rest and own_dump <= c_dump  # criu's own time is inside the wall time
     assert r_dump == pytest.approx(c_dump / m_dump, abs=0.02, rel=0.02)
     assert r_rest == pytest.approx(c_rest / m_rest, abs=0.02, rel=0.02)
-    last = out.strip().splitlines()[-1]
-    assert re.fullmatch(r"criu/mntcr restore geomean: \d+\.\d\d", last)
-    assert float(last.rsplit(" ", 1)[1]) == pytest.approx(r_rest, abs=0.011)
+    assert r_dcpu == pytest.approx(c_dcpu / m_dcpu, abs=0.05, rel=0.02)   # CPU shown to 1 ms
+    assert r_rcpu == pytest.approx(c_rcpu / m_rcpu, abs=0.05, rel=0.02)
+    geo = dict(re.findall(r"^(criu/mntcr [a-z ]+ geomean): (\d+\.\d\d)$", out, re.M))
+    assert float(geo["criu/mntcr restore geomean"]) == pytest.approx(r_rest, abs=0.011)
+    assert float(geo["criu/mntcr restore cpu geomean"]) == pytest.approx(r_rcpu, abs=0.011)
+    assert float(geo["criu/mntcr dump cpu geomean"]) == pytest.approx(r_dcpu, abs=0.011)
     assert "wall" in out and "criu-own" in out  # says what is measured

@@ -15,43 +15,14 @@ import re
 
 import pytest
 
+import fakebackends
 from zdtm import criu_env
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Read before pytester points HOME at its tmp dir: the inner run must reuse the built criu userland.
 CACHE = criu_env.cache_dir()
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root (namespaces, mounts)")
 
-FAKES = '''
-from zdtm import backends, snapshot
-from zdtm.backends import Backend, BackendError
-
-pytest_plugins = ["zdtm.plugin"]
-
-
-class Rerun(Backend):
-    name = "rerun"
-
-    def dump(self, pid, images_dir, externals, ctx):
-        snapshot.kill_tree(pid)
-
-    def restore(self, images_dir, externals, ctx):
-        running = ctx.flavor.start(ctx.scenario, f"{ctx.workdir}/rerun{ctx.iteration}")
-        ctx.on_cleanup(lambda: ctx.flavor.stop(running))
-        return running.pid
-
-
-class Refuse(Backend):
-    name = "refuse"
-
-    def dump(self, pid, images_dir, externals, ctx):
-        raise BackendError("dump", "refuse: this backend refuses every dump\\nsecond line")
-
-
-backends.register("rerun", Rerun)
-backends.register("refuse", Refuse)
-'''
 
 # Passes with every working backend; `refuse` is expected to refuse it.
 STEADY = """\
@@ -79,17 +50,8 @@ setup: |
 
 @pytest.fixture
 def run(pytester, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", PROJECT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    monkeypatch.setenv("MNTCR_CACHE", CACHE)
-    pytester.makeconftest(FAKES)
-
-    def go(scenarios: dict, *args):
-        for name, text in scenarios.items():
-            path = pytester.path / "scenarios" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "scenarios", *args, timeout=600)
-    return go
+    return fakebackends.scenario_runner(pytester, monkeypatch, fakebackends.RERUN_REFUSE, timeout=600,
+                                        env={"MNTCR_CACHE": CACHE})
 
 
 def terminal_grid(out: str) -> list[list[str]]:

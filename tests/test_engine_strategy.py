@@ -16,19 +16,35 @@ from engine.features import Feature
 from zdtm import scenario as sc
 
 NEW = {"MOVE_MOUNT_SET_GROUP": True, "mount_setattr": True, "open_tree(detached)": True,
-       "STATX_MNT_ID_UNIQUE": True}
+       "statmount/listmount": True, "STATX_MNT_ID_UNIQUE": True}
 OLD = {name: False for name in NEW}   # a 5.10 kernel
 
 
 def test_choice_follows_features():
     """Each axis takes its fast value exactly when its feature is present."""
     assert strategy.choose(NEW)[0].names() == ["sharing=set-group", "flags=setattr", "sources=detached",
-                                               "layers=unique-ids"]
+                                               "ids=statmount", "layers=unique-ids"]
     assert strategy.choose(OLD)[0].names() == ["sharing=construct", "flags=remount", "sources=yard",
-                                               "layers=refuse-ambiguous"]
-    six_one = dict(NEW, **{"open_tree(detached)": False, "STATX_MNT_ID_UNIQUE": False})
+                                               "ids=mountinfo", "layers=refuse-ambiguous"]
+    six_one = dict(NEW, **{"open_tree(detached)": False, "statmount/listmount": False,
+                           "STATX_MNT_ID_UNIQUE": False})
     assert strategy.choose(six_one)[0].names() == ["sharing=set-group", "flags=setattr", "sources=yard",
-                                                   "layers=refuse-ambiguous"]
+                                                   "ids=mountinfo", "layers=refuse-ambiguous"]
+
+
+def test_ids_axis_carries_layers():
+    """The unique ids the layers axis needs come from the ids axis: forcing ids=mountinfo takes
+    layers to refuse-ambiguous (reported as needing ids=statmount); forcing both fast layers and
+    slow ids is refused with one line."""
+    chosen, forced = strategy.choose(NEW, "ids=mountinfo")
+    assert (chosen.ids, chosen.layers, forced) == ("mountinfo", "refuse-ambiguous", {"ids"})
+    text = chosen.render(forced)
+    assert re.search(r"^  ids\s+mountinfo\s+\(forced by MNTCR_STRATEGY\)$", text, re.M), text
+    assert re.search(r"^  layers\s+refuse-ambiguous\s+\(needs ids=statmount\)$", text, re.M), text
+    with pytest.raises(strategy.StrategyError, match="layers=unique-ids needs ids=statmount"):
+        strategy.choose(NEW, "ids=mountinfo,layers=unique-ids")
+    with pytest.raises(strategy.StrategyError, match="statmount/listmount"):
+        strategy.choose(OLD, "ids=statmount")
 
 
 def test_override_forces_slow_paths_only():
@@ -143,3 +159,23 @@ def test_sharing_refused_when_forced(case):
                         r"MOVE_MOUNT_SET_GROUP needs Linux >= 5\.15\)\n", r.stderr), r.stderr
     assert mounts_added(mounts, host_mountinfo()) == []
     assert not os.path.exists(pidfile)
+
+
+@pytest.mark.skipif(not strategy.current().ids == "statmount", reason="needs listmount/statmount (Linux >= 6.8)")
+def test_ids_mountinfo_dumps_without_unique_ids(case):
+    """ids=statmount (this kernel) records each mount's unique id; forced ids=mountinfo (the path of
+    kernels before 6.8) records none, and its image restores the same tree."""
+    setup = "mkdir /mnt/a /mnt/b; mount -t tmpfs a /mnt/a; mount --bind /mnt/a /mnt/b\nhold\n"
+    uids = {}
+    for ids in ("statmount", "mountinfo"):
+        pid = case.start(setup)
+        before = take(pid)
+        images = case.new_images_dir()
+        r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS,
+                  env={"MNTCR_STRATEGY": f"ids={ids}"})
+        assert r.returncode == 0, r.stderr
+        mounts = [m for ns in enginecase.load_manifest(images)["mntns"].values() for m in ns["mounts"]]
+        uids[ids] = [m.get("uid") for m in mounts]
+        assert_same(before, take(case.restore(images)))
+    assert uids["statmount"] and None not in uids["statmount"], uids
+    assert set(uids["mountinfo"]) == {None}, uids

@@ -9,17 +9,14 @@ chooses), `refuse` refuses every dump.
 
 import os
 import re
-import sys
 
 import pytest
 
 import fakebackends
 
-PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root (namespaces, mounts)")
 
-FAKES = fakebackends.FAKES
 
 SHARED = """\
 description: a shared tmpfs with a bind, an fd and a cwd in it
@@ -42,16 +39,7 @@ check: |
 
 @pytest.fixture
 def run(pytester, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", PROJECT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    pytester.makeconftest(FAKES)
-
-    def go(scenarios: dict, *args):
-        for name, text in scenarios.items():
-            path = pytester.path / "scenarios" / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        return pytester.runpytest_subprocess("-p", "no:cacheprovider", "scenarios", *args, timeout=300)
-    return go
+    return fakebackends.scenario_runner(pytester, monkeypatch)
 
 
 def summary(result) -> str:

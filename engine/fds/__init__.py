@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import importlib
 import os
-import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 class FdError(OSError):
@@ -152,9 +151,11 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    for info in pkgutil.iter_modules(__path__):
-        if info.name != "sys":
-            importlib.import_module(f"{__name__}.{info.name}")
+    # The package's modules as pkgutil.iter_modules lists them, without importing pkgutil (and
+    # typing with it: ~7 ms of every dump and restore).
+    for name in sorted({n[:-3] for d in __path__ for n in os.listdir(d) if n.endswith(".py")}):
+        if name not in ("sys", "__init__"):
+            importlib.import_module(f"{__name__}.{name}")
 
 
 def lookup(name: str) -> FdKind | None:

@@ -23,7 +23,7 @@ What a type declares:
 from __future__ import annotations
 
 import importlib
-import pkgutil
+import os
 from dataclasses import dataclass, field
 
 from engine.mountinfo import unescape
@@ -255,12 +255,14 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
+    # The package's modules as pkgutil.iter_modules lists them, without importing pkgutil (and
+    # typing with it: ~7 ms of every dump and restore).
+    for name in sorted({n[:-3] for d in __path__ for n in os.listdir(d) if n.endswith(".py")}):
+        if name.startswith("_"):
             continue
-        _current_module.append(info.name)
+        _current_module.append(name)
         try:
-            importlib.import_module(f"{__name__}.{info.name}")
+            importlib.import_module(f"{__name__}.{name}")
         finally:
             _current_module.pop()
 

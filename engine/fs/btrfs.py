@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import uuid
 from dataclasses import dataclass
 
 from engine import kernel
@@ -32,7 +31,8 @@ class BtrfsType(BlockType):
             if kernel.statx_mnt_id("", dfd=fd, flags=kernel.AT_EMPTY_PATH) != mount.mnt_id:
                 return super().device_of(mount)  # overmounted: the path leads elsewhere
             buf = fcntl.ioctl(fd, BTRFS_IOC_FS_INFO, bytes(1024))
-            return "fsid:" + str(uuid.UUID(bytes=bytes(buf[16:32])))
+            b = bytes(buf[16:32]).hex()  # the fsid as uuid.UUID prints it (uuid costs every run an import)
+            return f"fsid:{b[:8]}-{b[8:12]}-{b[12:16]}-{b[16:20]}-{b[20:]}"
         except OSError:
             return super().device_of(mount)
         finally:
