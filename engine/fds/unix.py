@@ -21,10 +21,19 @@ a peek offset; fds in flight with them come with each peek and are kept as
 files or FIFOs on mounts of the tree, sent again with their message at
 restore.
 
+A datagram socket connected to a named socket of the tree, and the client of
+a connection its listener has not accepted yet (sock_diag's icons list them in
+queue order), are made unconnected and connected again once every process
+holds its fds (the restorer's late steps), through the socket file on the
+restored mount by a /proc magic link, or by the abstract name.
+
 Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
-namespace, read in a child that joins it). Not done yet: fds in flight on a
-stream or a listener, other kinds in flight, a path name whose file is only on
-a detached mount.
+namespace, read in a child that joins it). Not done yet (refused at dump):
+fds in flight on a stream or a listener, other kinds in flight, data a
+pending connection's client already sent, datagrams queued on a named socket,
+a connection to a named socket outside the tree, a path name whose file is
+only on a detached mount, and, before Linux 6.15, a name restore could not
+bind where its file was (_bindable_here).
 """
 
 from __future__ import annotations
