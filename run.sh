@@ -18,12 +18,13 @@ fi
 # chromium (the report test loads a page in headless Chromium),
 # mkfs tools and squashfs for the filesystem scenarios and the --fstype battery, qemu + busybox for the VM flavor, debootstrap for criu
 # and the Vagrant box, vagrant + vagrant-libvirt + libvirt for the Vagrant provider, the container runtimes
-# of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container).
+# of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container), uidmap (newuidmap for the
+# rootless scenarios in scenarios/userns/ and scenarios/runtimes/).
 pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3
       erofs-utils dosfstools exfatprogs f2fs-tools
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
       vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-utils openssh-client rsync
-      runc crun podman lxc bubblewrap systemd-container chromium)
+      runc crun podman lxc bubblewrap systemd-container uidmap chromium)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -209,6 +209,19 @@ DEVICE_POLICIES = ("container", "all", "none")
 _device_policy = "container"
 
 
+def _mkdirs_child(base_fd: int, path: str, ids: tuple[int, int], chan: channel.Channel) -> None:
+    kernel.fs_ids_keeping_caps(*ids)
+    chan.send(("ok", None), [mkdirs_beneath(base_fd, path)])
+
+
+def mkdirs_beneath_as(base_fd: int, path: str, ids: tuple[int, int] | None) -> int:
+    """mkdirs_beneath, making directories as `ids` (uid, gid) when given: a superblock a user
+    namespace owns takes new files only from ids it maps."""
+    if ids is None or path == "/":
+        return mkdirs_beneath(base_fd, path)
+    return channel.call_in_child(_mkdirs_child, base_fd, path, ids)[1][0]
+
+
 def set_device_policy(policy: str) -> None:
     """Which device nodes archives may hold (restore --devices): "container" (CONTAINER_DEVICES),
     "all" (whatever the image has: only for images you trust) or "none"."""
@@ -301,7 +314,7 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
 
 
 def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
-                   chan: channel.Channel) -> None:
+                   ids: tuple[int, int] | None, chan: channel.Channel) -> None:
     got = digest_fd(archive_fd)
     if got != {"size": expect.get("size"), "sha256": expect.get("sha256")}:
         raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
@@ -311,21 +324,25 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, e
     os.lseek(archive_fd, 0, os.SEEK_SET)
     cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *_COMMON, "--same-owner",
            "--delay-directory-restore"]
-    proc = subprocess.run(cmd, pass_fds=(staging,), stdin=archive_fd, capture_output=True, text=True)
+    pre = None if ids is None else (lambda: kernel.become_ids_keeping_caps(*ids))
+    proc = subprocess.run(cmd, pass_fds=(staging,), stdin=archive_fd, capture_output=True, text=True,
+                          preexec_fn=pre)
     if proc.returncode != 0:
         raise OSError(f"extracting {name} failed: {_last_line(proc.stderr, 'tar failed')}")
     chan.send(("ok", None))
 
 
-def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]]) -> None:
+def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]],
+            ids: tuple[int, int] | None = None) -> None:
     """Check the archive against `expect` (size, sha256) and its members, then extract each member
     into the directory behind its fd (`targets`: (O_PATH fd of a directory, member name)), in a
-    helper; nothing is extracted from an archive that fails a check."""
+    helper; nothing is extracted from an archive that fails a check. `ids`: (uid, gid) tar creates
+    files as (keeping root's file capabilities), for superblocks a user namespace owns."""
     clones = []
     try:
         for dir_fd, member in targets:
             clones.append((kernel.open_tree(dir_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH), member))
-        channel.call_in_child(_extract_child, clones, archive_fd, name, expect)
+        channel.call_in_child(_extract_child, clones, archive_fd, name, expect, ids)
     finally:
         for fd, _ in clones:
             os.close(fd)

@@ -773,6 +773,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             userns_cr.record_idmaps(by_mntns[ino][0], entries)
         except OSError as e:
             raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+        if users["userns"]:
+            # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
+            userns_cr.record_sb_owners(by_mntns[ino][0], mounts, sb_of_dev, superblocks, tree, users)
         owner = users["mntns_owner"].get(names[("mnt", ino)])
         if owner is not None:
             mntns_doc[names[("mnt", ino)]]["owner"] = owner
@@ -978,6 +981,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             os.close(mfd)
         batch.clear()
 
+    def add_member(item) -> None:
+        # One archive holds superblocks of one owner: restore extracts it as that owner's root.
+        if batch and superblocks[batch[0][2]].get("owner") != superblocks[item[2]].get("owner"):
+            flush()
+        batch.append(item)
+
     try:
         for ino, wanted in clone_plan.items():
             fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
@@ -1011,7 +1020,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     # A file bind (its directory may be on no mount at all): the
                                     # member holds the file alone, extracted into its directory.
                                     parent, _, base = root.rpartition("/")
-                                    batch.append((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
+                                    add_member((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
                                     kept.add(mfd)
                                     if len(batch) >= 500:
                                         flush()
@@ -1021,7 +1030,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
                                                                       "uid": st.st_uid, "gid": st.st_gid}
                                     continue
-                                batch.append((mfd, f"sb-{next(member_no)}", sid, root, None))
+                                add_member((mfd, f"sb-{next(member_no)}", sid, root, None))
                                 kept.add(mfd)  # the batch owns it now (flush closes it)
                                 if len(batch) >= 500:
                                     flush()

@@ -35,7 +35,7 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: chann
     for sid, er in empties:
         roots.setdefault(sid, []).append(er)
     last_fill: dict[str, int] = {}
-    for i, (_, _, _, spec) in enumerate(fills):
+    for i, (_, _, _, spec, _) in enumerate(fills):
         for sid, _, _ in spec:
             last_fill[sid] = i
     for sid in given:
@@ -84,16 +84,16 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: chann
 def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict) -> None:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
     out (`sockets`: {(archive, member): records}); close the superblocks it was the last for."""
-    archive_fd, name, expect, spec = fill
+    archive_fd, name, expect, spec, ids = fill
     targets = []
     try:
         for sid, root, member in spec:
             try:
-                targets.append((content.mkdirs_beneath(made[sid], root), member))
+                targets.append((content.mkdirs_beneath_as(made[sid], root, ids), member))
             except OSError as e:
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
-            content.extract(archive_fd, name, expect, targets)
+            content.extract(archive_fd, name, expect, targets, ids)
             for fd, member in targets:
                 content.make_sockets(fd, sockets.get((name, member), ()))
         except OSError as e:
@@ -136,7 +136,7 @@ class Filler:
         """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
         order of first use; `given`: superblocks that exist already ({sid: fd}, e.g. attached in
         a yard), to fill only; `fills`: (archive fd, name, expected size/sha256, [(sid, root,
-        member)]); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc;
+        member)], (uid, gid) to create its files as, or None: ours); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc;
         `where`: {sid: "mount N (PATH) on TYPE"}, to name the mount in an error; `sockets`:
         {(archive, member): socket file records} made after the member is extracted.
         The archive fds may be closed after this returns."""

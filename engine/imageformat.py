@@ -495,6 +495,11 @@ PROCESS = Record("process", {
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),
     "userns_first": F(BOOL, required=False),                  # its stand-in starts in its user namespace
+    # Its namespaces (kind -> user-N) that another user namespace than its own made: restore makes
+    # them there first and the stand-in joins them (engine/userns_cr.py).
+    "ns_made_in": F(DICT, required=False),
+    # The user namespace (above its own) its stand-in starts in: its pid namespace's owner.
+    "userns_start": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
 
 MOUNT = Record("mount", {
@@ -623,6 +628,8 @@ SUPERBLOCK = Record("superblock", {
     "device": F(OPT_DICT, required=False, rule=record(DEVICE)),
     "layers": F(OPT_LIST, required=False, rule=list_of(record(LAYER), MAX_LAYERS, DICT)),
     "pidns": F(OPT_STR, required=False, rule=pattern(_NS_ID, "a namespace id")),
+    # The user namespace that made it (absent: the restorer's); restore makes it from inside.
+    "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
 
 PIDNS = Record("pid namespace", {
@@ -745,8 +752,17 @@ def _check_userns(doc: dict, mounts: dict) -> None:
             _fail(f"process {p['pid']}: unknown user namespace {p['userns']!r}")
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
-        if "creds" in p and "userns" not in p:
-            _fail(f"process {p['pid']}: credentials without a user namespace")
+        for kind, owner in (p.get("ns_made_in") or {}).items():
+            if kind not in ("pid", "uts", "ipc", "net", "cgroup") or not isinstance(owner, str) or owner not in users:
+                _fail(f"process {p['pid']}: ns_made_in {str(kind)[:20]!r}: {str(owner)[:20]!r} is no namespace kind "
+                      "and user namespace of the image")
+        if p.get("ns_made_in") and p.get("userns_first"):
+            _fail(f"process {p['pid']}: ns_made_in and userns_first exclude each other")
+        if "userns_start" in p and (p["userns_start"] not in users or "userns" not in p or p.get("userns_first")):
+            _fail(f"process {p['pid']}: userns_start needs a user namespace of its own and no userns_first")
+    for sid, sb in doc["superblocks"].items():
+        if "owner" in sb and sb["owner"] not in users:
+            _fail(f"superblock {sid}: unknown owner {sb['owner']!r}")
     for ns_id, ns in doc["mntns"].items():
         if "owner" in ns and ns["owner"] not in users:
             _fail(f"mount namespace {ns_id}: unknown owner {ns['owner']!r}")

@@ -462,3 +462,43 @@ def die_with_parent(parent_pidfd: int, sig: int) -> None:
     set_pdeathsig(sig)
     if exited(parent_pidfd):
         os._exit(1)
+
+
+# Capabilities a file-writing helper (tar) keeps when it runs as another id: chown, dac_override,
+# dac_read_search, fowner, fsetid, mknod, setfcap, sys_admin (trusted.* xattrs).
+FILE_CAPS = (0, 1, 2, 3, 4, 27, 31, 21)
+_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE = 47, 2
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
+    """In a root child about to exec: take effective (hence fs) ids `uid`/`gid`, and make `caps`
+    ambient so the executed program keeps them. A superblock owned by a user namespace takes new
+    files only from fs ids it maps; the real id stays 0, so the program is still trusted as root."""
+    head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()   # _LINUX_CAPABILITY_VERSION_3
+    _check(_libc.capget(ctypes.byref(head), data), "capget")
+    for c in caps:
+        data[c // 32].inheritable |= 1 << (c % 32)
+    _check(_libc.capset(ctypes.byref(head), data), "capset")
+    for c in caps:
+        _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, c, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE, {c})")
+    os.setresgid(0, gid, 0)
+    os.setresuid(0, uid, 0)
+
+
+def fs_ids_keeping_caps(uid: int, gid: int) -> None:
+    """In a root child: file system ids `uid`/`gid` (new files are theirs, and a superblock a user
+    namespace owns takes them only from ids it maps), keeping root's capabilities
+    (SECBIT_NO_SETUID_FIXUP: the kernel would drop the file capabilities otherwise)."""
+    _check(_libc.prctl(28, 0x4, 0, 0, 0), "prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP)")
+    _libc.setfsgid(gid)
+    _libc.setfsuid(uid)
+    if _libc.setfsuid(-1) != uid or _libc.setfsgid(-1) != gid:
+        raise OSError(errno.EPERM, f"setfsuid({uid})/setfsgid({gid}) did not take")

@@ -343,8 +343,11 @@ class _Restorer:
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
+            # Namespaces another user namespace made: made there now, joined below (engine/userns_cr.py).
+            self._users_call(self.users.premade, p, self.nsfd_of, self.doc.get("hostnames", {}), self.hostproc)
             if parent is None:
-                mode = "same" if "pid" in p.get("host_ns", ()) else "new"
+                mode = "same" if "pid" in p.get("host_ns", ()) else \
+                    "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
             elif p["ns"]["pid"] == ppidns:
                 mode = "same"
             elif ("pid", p["ns"]["pid"]) in self.nsfd_of:
@@ -459,7 +462,8 @@ class _Restorer:
             where = f"mount {users[sid]['id']} ({users[sid]['mountpoint']}) on {sb['fstype']}"
             self.base_opts[sid] = common.get(sid, _PLAIN)
             attr = attr_of(self.base_opts[sid])[0]
-            if not handler.ns and self.yard is None:
+            owner = None if handler.ns else sb.get("owner")   # a namespace's own types follow it
+            if not handler.ns and self.yard is None and owner is None:
                 plans.append((sid, fstype, source, params, attr, where))
                 continue
             try:
@@ -468,7 +472,9 @@ class _Restorer:
                     _, fds = chan.call(("fsmount", fstype, source, params, attr))
                     fd = fds[0]
                 else:
-                    fd = standin.fsmount(fstype, source, params, attr)
+                    # Made inside the user namespace that made it (engine/userns_cr.py), else here.
+                    fc = None if owner is None else self.users.fsopen_in(owner, fstype)
+                    fd = standin.fsmount(fstype, source, params, attr, fc)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
             self.sb_fd[sid] = self._settle(sid, fd)
@@ -486,7 +492,9 @@ class _Restorer:
             for m in sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"])):
                 rank.setdefault(m["sb"], len(rank))
             plans.sort(key=lambda p: rank.get(p[0], len(rank)))
-        given = dict(self.sb_fd) if self.yard is not None else {}
+        # Superblocks made here (all with a yard; those owned by a user namespace always) are
+        # handed over to be filled; namespace-bound ones are never filled (below).
+        given = dict(self.sb_fd)
         made = {p[0] for p in plans} | set(given)
         fills: dict[str, list] = {}
         sockets: dict[tuple[str, str], list] = {}   # (archive, member) -> socket files tar left out
@@ -510,8 +518,14 @@ class _Restorer:
             # Archives in the order dump wrote them (files-N.tar by N): their superblocks are made
             # in about that order, and the helper may extract one as soon as its superblocks exist.
             for name, spec in sorted(fills.items(), key=lambda kv: (len(kv[0]), kv[0])):
+                owners = {self.doc["superblocks"][sid].get("owner") for sid, _, _ in spec}
+                if len(owners) > 1:
+                    raise RestoreError(errno.EINVAL, f"archive {name} fills superblocks of different user "
+                                                     f"namespaces ({', '.join(sorted(map(str, owners)))})")
+                owner = owners.pop()
                 afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd))
-                jobs.append((afds[-1], name, self.doc["files"][name], spec))
+                jobs.append((afds[-1], name, self.doc["files"][name], spec,
+                             None if owner is None else self.users.writer_ids(owner)))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
                      for sid, m in users.items()}
             self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets)
@@ -629,7 +643,8 @@ class _Restorer:
             try:
                 os.close(content.mkdirs_beneath(base, "/" + rel))
             except OSError as e:
-                if e.errno != errno.EROFS:
+                # EOVERFLOW: a superblock a user namespace owns takes files only from ids it maps.
+                if e.errno not in (errno.EROFS, errno.EOVERFLOW):
                     raise
                 # A read-only mount of a writable superblock (an OCI runtime's read-only root):
                 # tar writes through the superblock's own mount, so wait for it.
@@ -761,6 +776,15 @@ class _Restorer:
         that mount that keeps the peer group and master it inherits."""
         fd = self._clone_plain(m, what, base)
         self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
+        if m.get("locked_flags") and not m.get("locked"):
+            # An unlocked mount with locked flags: cloned again inside its user namespace.
+            if base is not None:
+                raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): locked flags on an "
+                                                     "unlocked mount with peer groups built while mounting")
+            try:
+                fd = self.users.lock_flags(m, fd)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
             if (gid, m["id"]) not in self.ghost_fd:
                 self._ghost(gid)

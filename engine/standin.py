@@ -164,8 +164,8 @@ def _drop_inherited(keep: int) -> None:
         os.close(null)
 
 
-def _fsmount(fstype: str, source: str | None, params, attr: int) -> int:
-    fd = kernel.fsopen(fstype)
+def _fsmount(fstype: str, source: str | None, params, attr: int, fc: int | None = None) -> int:
+    fd = kernel.fsopen(fstype) if fc is None else fc
     try:
         if source is not None:
             kernel.fsconfig(fd, kernel.FSCONFIG_SET_STRING, "source", source)
@@ -180,10 +180,12 @@ def _fsmount(fstype: str, source: str | None, params, attr: int) -> int:
         os.close(fd)
 
 
-def fsmount(fstype: str, source: str | None, params, attr: int = 0) -> int:
-    """Create a superblock with fsopen/fsconfig/fsmount; return the detached mount's fd."""
+def fsmount(fstype: str, source: str | None, params, attr: int = 0, fc: int | None = None) -> int:
+    """Create a superblock with fsopen/fsconfig/fsmount; return the detached mount's fd. `fc`: a
+    filesystem context fsopen made elsewhere (in another user namespace, which then owns the
+    superblock), used and closed instead of a new one."""
     try:
-        return _fsmount(fstype, source, params, attr)
+        return _fsmount(fstype, source, params, attr, fc)
     except OSError as e:
         raise OSError(e.errno, f"creating {fstype}: {e.strerror if e.strerror else e}") from None
 

@@ -150,6 +150,10 @@ class UsernsTree:
         finally:
             os.close(fd)
 
+    def learn(self, fd: int) -> int:
+        """The inode of the user namespace at `fd` (learnt with its ancestors)."""
+        return self._learn(fd)
+
     def owner_of(self, pid: int, nstype: str) -> int:
         """The inode of the user namespace owning `pid`'s namespace of type `nstype` (``mnt``, ``pid``...)."""
         fd = ns_owner_fd(f"/proc/{pid}/ns/{nstype}")

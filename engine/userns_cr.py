@@ -35,7 +35,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import mntlocks, mountinfo, topology, userns
+from engine import mntlocks, mountinfo, sbowner, topology, userns
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
@@ -126,6 +126,13 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             creds = _creds(pid, users.maps(own))
             if creds is not None:
                 procs[pid]["creds"] = creds
+        else:
+            # In the dumper's user namespace under other ids than root's (bwrap's unprivileged
+            # monitor): its stand-in takes them last, too.
+            ident = userns.Maps(((0, 0, (1 << 32) - 1),), ((0, 0, (1 << 32) - 1),), "allow")
+            creds = _creds(pid, ident)
+            if creds is not None and set(creds["uid"] + creds["gid"] + creds["groups"]) != {0}:
+                procs[pid] = {"creds": creds}
         mnt_owner = users.owner_of(pid, "mnt")
         oname = name(mnt_owner)
         if oname is not None:
@@ -133,6 +140,8 @@ def plan(tree, names: dict, ns_kinds) -> dict:
         # Namespaces this process's user namespace owns (besides mount namespaces) are made by its
         # stand-in from inside it: the stand-in starts there ("userns_first").
         first = False
+        first_kinds: list[str] = []
+        made_in: dict[str, int] = {}
         for kind in ns_kinds:
             if kind == "mnt":
                 continue
@@ -141,21 +150,123 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             if owner == users.top or inherited:
                 continue
             if owner != own:
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to another user "
-                                                    f"namespace than its own: not supported yet")
+                # Made before its user namespace (unshare -p, then -U in the child) or joined (setns)
+                # from another one: a stand-in makes namespaces only in the user namespace it starts
+                # in, so restore has a helper make this one inside its owner, and the stand-in
+                # (still the restorer's) joins it (Rebuild.premade).
+                made_in[kind] = owner
+                continue
             first = True
+            first_kinds.append(kind)
+        if first and mnt_owner != own and "pid" not in first_kinds and not made_in:
+            # Its stand-in could not enter its mount namespace from inside its user namespace: it
+            # stays the restorer's, and a helper makes these namespaces there (as for joined ones).
+            made_in = {kind: own for kind in first_kinds}
+            first = False
+        if made_in:
+            if first:
+                kind = next(iter(made_in))
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to "
+                                                    f"{users.describe(made_in[kind])}, others of its namespaces to "
+                                                    f"its own user namespace ({users.describe(own)}): not supported "
+                                                    "yet")
+            if procs.get(ppid, {}).get("userns_first") or procs.get(ppid, {}).get("userns_start"):
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its namespaces belong to another user namespace "
+                                                    f"than its own ({', '.join(sorted(set(map(users.describe, made_in.values()))))}), "
+                                                    "and its parent made namespaces inside a user namespace: not supported yet")
+            if "pid" in made_in:
+                # A pid namespace cannot be made ahead and joined (it has no init to open it by):
+                # the stand-in starts inside its owner, makes it there, and joins its own user
+                # namespace last, which must lie below; so must its mount namespace's owner.
+                o = made_in["pid"]
+                where = f"its pid namespace belongs to {users.describe(o)}"
+                if any(x != o for x in made_in.values()):
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, another of its namespaces to "
+                                                        "a third user namespace: not supported yet")
+                if not _is_ancestor(users, o, own):
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, which is no ancestor of its own "
+                                                        f"({users.describe(own)}; joined with setns): not supported yet")
+                if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, its mount namespace to "
+                                                        f"{users.describe(mnt_owner)}, which is not at or below it: "
+                                                        "a stand-in starting there could not enter it: not supported yet")
+                procs.setdefault(pid, {})["userns_start"] = name(o)
+            else:
+                procs.setdefault(pid, {})["ns_made_in"] = {k: name(o) for k, o in made_in.items()}
         if first:
             if mnt_owner != own:
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside its user namespace "
-                                                    f"but its mount namespace belongs to another: not supported yet")
+                                                    f"but its mount namespace belongs to another "
+                                                    f"({users.describe(mnt_owner)}; its own is {users.describe(own)}): "
+                                                    "not supported yet")
             parent_first = procs.get(ppid, {}).get("userns_first")
             # The parent's stand-in is still the restorer's (it joins its user namespace last) unless
             # it started in one itself: then only that one can be joined from it.
             if parent_first and own_of[ppid] != own:
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
-                                                    f"nested in its parent's: not supported yet")
+                                                    f"({users.describe(own)}) nested in its parent's "
+                                                    f"({users.describe(own_of[ppid])}), which made namespaces too: "
+                                                    "not supported yet")
             procs[pid]["userns_first"] = True
-    return {"userns": doc, "proc": procs, "mntns_owner": owners}
+    return {"userns": doc, "proc": procs, "mntns_owner": owners,
+            "ino_name": {key: n for key, n in ids.items()}, "depth": {n: users.depth(k) for k, n in ids.items()}}
+
+
+def _is_ancestor(users: userns.UsernsTree, a: int, b: int) -> bool:
+    """Whether learnt user namespace `a` is a strict ancestor of `b`."""
+    cur = users.parent(b)
+    while cur is not None:
+        if cur == a:
+            return True
+        cur = users.parent(cur)
+    return False
+
+
+def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:
+    """(user-N, fd) for each user namespace of the image, deepest first (engine/sbowner.probe):
+    opened from a process in it or one of whose namespaces it owns."""
+    want = users_plan["ino_name"]
+    found: dict[str, int] = {}
+    try:
+        for pid, _ in tree:
+            for kind in ("user", "mnt", "pid", "ipc", "net", "uts"):
+                try:
+                    path = f"/proc/{pid}/ns/{kind}"
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if kind == "user" else userns.ns_owner_fd(path)
+                except OSError:
+                    continue
+                name = want.get(userns.ino(fd))
+                if name is None or name in found:
+                    os.close(fd)
+                else:
+                    found[name] = fd
+    except BaseException:
+        for fd in found.values():
+            os.close(fd)
+        raise
+    return sorted(found.items(), key=lambda kv: -users_plan["depth"][kv[0]])
+
+
+def record_sb_owners(pid: int, mounts, sb_of_dev: dict, superblocks: dict, tree, users_plan: dict) -> None:
+    """Give each superblock `pid` sees that a user namespace of the image owns its ``owner``
+    (user-N): restore makes it from inside the restored one (engine/sbowner.py tells it)."""
+    candidates = sb_owner_candidates(tree, users_plan)
+    try:
+        for dev, name in sbowner.probe(pid, mounts, candidates).items():
+            superblocks[sb_of_dev[dev]]["owner"] = name
+    finally:
+        for _, fd in candidates:
+            os.close(fd)
+
+
+def owner_ids(users: dict, name: str) -> tuple[int, int]:
+    """(uid, gid) in the restorer's ids of the root of user namespace `name` (its first id when
+    it maps no 0): what writes files into a superblock it owns."""
+    rec = users[name]
+
+    def pick(ranges):
+        return next((o for i, o, _ in ranges if i == 0), ranges[0][1] if ranges else 0)
+    return pick(rec["uid_map"]), pick(rec["gid_map"])
 
 
 def owner_to_join(mntns_fd: int) -> int | None:
@@ -221,8 +332,9 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
             e["locked"] = True
             e["locked_flags"] = flags
         elif flags and not (m.fstype in _USERNS_VISIBLE and set(flags) <= {"atime", "ro"}):
-            raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): unlocked with locked flags "
-                                                f"({','.join(flags)}): not supported yet")
+            # A bind made inside the user namespace of an inherited (locked) mount: unlocked, with
+            # its source's locked flags. Restore clones it the same way (Rebuild.lock_flags).
+            e["locked_flags"] = flags
     locked_ids = {e["id"] for e in entries if e.get("locked")}
     for e in entries:
         if e.get("locked") and e.get("parent") is not None and e["parent"] != root["id"] \
@@ -256,6 +368,7 @@ class Rebuild:
         self.owned = {ns_id: ns["owner"] for ns_id, ns in doc["mntns"].items() if ns.get("owner")}
         self.copied: set[str] = set()
         self.idmap_fd: dict[str, int] = {}   # maps (repr) -> user namespace giving them to idmapped mounts
+        self._ns_of: dict[int, str] | None = None   # mount id -> mount namespace id (lock_flags)
 
     def make_userns(self) -> None:
         """Every user namespace of the image, parents first, after checking that the restoring
@@ -309,6 +422,56 @@ class Rebuild:
         except OSError as e:
             raise UsernsError(e.errno, f"mount {m['id']} ({m['mountpoint']}): idmapping it: "
                                        f"{os.strerror(e.errno)}") from None
+
+    def lock_flags(self, m: dict, fd: int) -> int:
+        """For an unlocked mount whose flags are locked (``locked_flags`` without ``locked``): a
+        clone of the detached mount `fd` (which is used up) made inside its namespace's user
+        namespace from a locked copy, as the kernel made the original (a bind of an inherited
+        mount keeps its source's flag locks); else `fd` itself."""
+        flags = m.get("locked_flags")
+        if m.get("locked") or not flags:
+            return fd
+        if self._ns_of is None:
+            self._ns_of = {x["id"]: ns_id for ns_id, ns in self.doc["mntns"].items() for x in ns["mounts"]}
+        owner = self.owned.get(self._ns_of.get(m["id"]))
+        if owner is None:
+            raise UsernsError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): locked flags in a mount "
+                                            "namespace no user namespace owns")
+        lock = sum(_ATTR[f] for f in FLAG_NAMES if f in flags)
+        rest = sum(_ATTR[f] for f in FLAG_NAMES if f in m["mount_opts"] and f not in flags)
+        from engine import channel
+        try:
+            _, fds = channel.call_in_child(_locked_clone, self.fd[owner], fd, lock, rest)
+        except OSError as e:
+            raise UsernsError(e.errno or errno.EIO, f"mount {m['id']} ({m['mountpoint']}): cloning it with locked "
+                                                    f"flags ({','.join(flags)}): {e.strerror or e}") from None
+        os.close(fd)
+        return fds[0]
+
+    def fsopen_in(self, owner: str, fstype: str) -> int:
+        """A filesystem context (fsopen) made inside restored user namespace `owner`: the superblock
+        it creates belongs to that namespace, as the dumped one did. Only fsopen runs there; the
+        restorer configures it in its own ids (uid=, gid= options mean what dump read)."""
+        from engine import channel
+        _, fds = channel.call_in_child(_fsopen_child, self.fd[owner], fstype)
+        return fds[0]
+
+    def premade(self, p: dict, nsfd_of: dict, hostnames: dict, hostproc: int) -> None:
+        """Make p's namespaces that another user namespace than its own made (``ns_made_in``), each
+        from inside that one, once; their fds go to `nsfd_of` ((kind, ns id) -> fd), from where
+        p's stand-in joins them as it joins any namespace made before it (`hostproc`: an fd on a
+        /proc, which the restorer's root may lack)."""
+        from engine import channel
+        for kind, owner in (p.get("ns_made_in") or {}).items():
+            key = (kind, p["ns"][kind])
+            if key not in nsfd_of:
+                hostname = hostnames.get(p["ns"][kind]) if kind == "uts" else None
+                _, fds = channel.call_in_child(_make_ns_child, self.fd[owner], kind, hostname, hostproc)
+                nsfd_of[key] = fds[0]
+
+    def writer_ids(self, owner: str) -> tuple[int, int]:
+        """(uid, gid) that may create files in a superblock `owner` owns (its root's, in ours)."""
+        return owner_ids(self.users, owner)
 
     def close(self) -> None:
         for fd in [*self.fd.values(), *self.idmap_fd.values()]:
@@ -403,21 +566,81 @@ class Rebuild:
         """Each stand-in of a process in a user namespace joins it and takes its ids there (last:
         it gives up its privilege over everything else)."""
         for p in self.doc["processes"]:
+            if "userns" not in p and p.get("creds"):
+                c = p["creds"]
+                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"]), [])
             if "userns" in p:
                 creds = p.get("creds")
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
                 chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
                                       None if deny or not creds else creds["groups"]),
-                                     [] if p.get("userns_first") else [self.fd[p["userns"]]])
+                                     [] if p.get("userns_first") and not p.get("userns_start")
+                                     else [self.fd[p["userns"]]])
 
     def spawn_in(self, p: dict, parent: dict | None) -> int | None:
         """The user namespace fd p's stand-in must start in (its own namespaces belong to it), or
         None: it starts where its parent's stand-in is and joins its user namespace last."""
+        if p.get("userns_start"):
+            return self.fd[p["userns_start"]]   # the owner of its pid namespace, above its own
         if not p.get("userns_first"):
             return None
         if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
             return None  # the parent's stand-in is in it already: the fork inherits it
         return self.fd[p["userns"]]
+
+
+def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, chan) -> None:
+    """In a forked child: attach the detached mount in a scratch namespace with only the flags to
+    lock, copy that namespace into the user namespace (the kernel locks the mount and its flags,
+    atime included), and clone it there: the clone keeps the flag locks, not the mount lock."""
+    from engine import kernel
+    kernel.unshare(kernel.CLONE_NEWNS)
+    fc = kernel.fsopen("tmpfs")
+    try:
+        kernel.fsconfig(fc, kernel.FSCONFIG_CMD_CREATE)
+        scratch = kernel.fsmount(fc)
+    finally:
+        os.close(fc)
+    import stat
+    if stat.S_ISDIR(os.fstat(mount_fd).st_mode):
+        os.mkdir("m", 0o700, dir_fd=scratch)
+    else:  # a file bind (bwrap's /dev/null): a file to mount it on
+        os.close(os.open("m", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=scratch))
+    kernel.move_mount(scratch, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    os.fchdir(scratch)
+    os.chroot(".")
+    kernel.move_mount(mount_fd, "", kernel.AT_FDCWD, "/m", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    kernel.mount_setattr(kernel.AT_FDCWD, "/m", 0, attr_set=lock, attr_clr=sum(_ATTR.values()) & ~lock)
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)
+    clone = kernel.open_tree(kernel.AT_FDCWD, "/m", kernel.OPEN_TREE_CLONE)
+    if rest:
+        kernel.mount_setattr(clone, "", kernel.AT_EMPTY_PATH, attr_set=rest)
+    chan.send(("ok", None), [clone])
+
+
+_NS_FLAG = {"pid": 0x20000000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000, "cgroup": 0x02000000}
+
+
+def _make_ns_child(userns_fd: int, kind: str, hostname: str | None, hostproc: int, chan) -> None:
+    import socket
+    from engine import kernel
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(_NS_FLAG[kind])
+    if hostname is not None:
+        socket.sethostname(hostname)
+    # A new pid namespace is the one our children would be born in (it has no process yet: the
+    # stand-in that joins it and forks makes its pid 1).
+    path = "self/ns/pid_for_children" if kind == "pid" else f"self/ns/{kind}"
+    chan.send(("ok", None), [os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=hostproc)])
+
+
+def _fsopen_child(userns_fd: int, fstype: str, chan) -> None:
+    from engine import kernel
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)   # fsopen needs a mount namespace the user namespace owns
+    fc = kernel.fsopen(fstype)
+    chan.send(("ok", None), [fc])
 
 
 def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None) -> None:

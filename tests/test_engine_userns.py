@@ -50,12 +50,67 @@ def test_restore_refuses_ids_the_restoring_user_lacks():
         forkrun.run(_restore_users_without_ids, doc)
 
 
-def test_dump_refuses_a_pid_namespace_of_another_user_namespace_and_keeps_the_tree_running(case, tmp_path):
+def test_dump_refuses_namespaces_of_two_user_namespaces_and_keeps_the_tree_running(case, tmp_path):
     # The first child of `unshare -p` is pid 1 of a pid namespace owned by the outer user namespace,
-    # and then makes a user namespace of its own: its pid namespace is not its user namespace's.
-    pid = case.start("unshare -U -r -p sh -c 'unshare -U -r /.hold/mntcr-hold 100000 & "
+    # and then makes a user namespace of its own with a uts namespace in it: a stand-in would have
+    # to make the uts namespace from inside its user namespace and join a pid namespace of the
+    # outer one from there, which it cannot. (Only the pid namespace: scenarios/userns/
+    # pidns_of_parent_userns.yaml, restored.)
+    pid = case.start("unshare -U -r -p sh -c 'unshare -U -r -u /.hold/mntcr-hold 100000 & "
                      "exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &\nhold\n")
     with pytest.raises(AssertionError) as err:
         case.dump(pid, str(tmp_path / "img"))
-    assert "pid namespace belongs to another user namespace than its own: not supported yet" in str(err.value)
+    # Named precisely: which user namespace owns which namespace.
+    assert ("its pid namespace belongs to init > [uid 0 0 1 gid 0 0 1 setgroups deny], others of its namespaces "
+            "to its own user namespace (init > [uid 0 0 1 gid 0 0 1 setgroups deny] > [uid 0 0 1 gid 0 0 1 "
+            "setgroups deny]): not supported yet") in str(err.value)
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
+
+
+def test_superblock_made_from_inside_a_restored_user_namespace_belongs_to_it():
+    # What restore does for a superblock the image says a user namespace made (fsopen there,
+    # configured here), and the probe that tells ownership (engine/sbowner.py): from inside the
+    # user namespace a reconfigure of its own superblock gets past the owner check, of ours not.
+    from engine import sbowner, standin
+    u = userns.make(ROOTLESS)
+    rebuild = userns_cr.Rebuild({"mntns": {}, "processes": [], "userns": {}})
+    rebuild.fd["user-1"] = u
+    try:
+        owned = standin.fsmount("tmpfs", "x", [("uid", "100000")], 0, rebuild.fsopen_in("user-1", "tmpfs"))
+        ours = standin.fsmount("tmpfs", "x", [], 0)
+        try:
+            assert forkrun.run(sbowner._capable, u, [owned, ours]) == [True, False]
+            assert os.fstat(owned).st_uid == 100000
+        finally:
+            os.close(owned)
+            os.close(ours)
+    finally:
+        rebuild.close()
+
+
+def test_unlocked_mount_with_locked_flags_is_cloned_with_its_flag_locks():
+    # What a bind of an inherited mount made inside a user namespace is (bwrap, LXC unprivileged):
+    # unlocked, but its read-only flag cannot be cleared, not even by root.
+    import errno as e
+    from engine import standin
+    u = userns.make(ROOTLESS)
+    m = {"id": 2, "mountpoint": "/x", "locked_flags": ["ro", "atime"], "mount_opts": ["ro", "nosuid", "relatime"]}
+    rebuild = userns_cr.Rebuild({"mntns": {"mnt-1": {"owner": "user-1", "root": 1, "mounts": [m]}}, "processes": [],
+                                 "userns": {}})
+    rebuild.fd["user-1"] = u
+    try:
+        plain = standin.fsmount("tmpfs", "x", [], kernel.MOUNT_ATTR_RDONLY | kernel.MOUNT_ATTR_NOSUID)
+        kernel.mount_setattr(plain, "", kernel.AT_EMPTY_PATH, attr_clr=kernel.MOUNT_ATTR_RDONLY)  # not locked
+        kernel.mount_setattr(plain, "", kernel.AT_EMPTY_PATH, attr_set=kernel.MOUNT_ATTR_RDONLY)
+        fd = rebuild.lock_flags(m, plain)   # uses `plain` up
+        try:
+            assert kernel.mount_opts_of_fd(fd)[:2] == ["ro", "nosuid"]
+            with pytest.raises(OSError) as err:
+                kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_clr=kernel.MOUNT_ATTR_RDONLY)
+            assert err.value.errno == e.EPERM
+            # nosuid was set but not locked: it may be cleared
+            kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_clr=kernel.MOUNT_ATTR_NOSUID)
+        finally:
+            os.close(fd)
+    finally:
+        rebuild.close()

@@ -71,3 +71,37 @@ def test_diff_names_a_lock_that_vanished_or_appeared(tmp_path):
     equal, report = snapshot.compare(b, a)
     assert not equal
     assert "lock appeared on /mnt/x (before: unlocked; after: locked flags=ro,nosuid,atime)" in report
+
+
+# The child's /mnt/x is a tmpfs it made itself (its user namespace owns the superblock) or one the
+# host's root made in the child's mount namespace (the runner's owns it): same mountinfo, same
+# (absent) locks; only the superblock's owner differs.
+SB_MADE_INSIDE = """\
+mount -t tmpfs t /mnt
+mkdir /mnt/x
+unshare -U -r -m sh -c 'mount -t tmpfs x /mnt/x; touch /tmp/ok; exec sleep infinity' </dev/null >/dev/null 2>&1 &
+zdtm_wait /tmp/ok
+exec zdtm-hold"""
+
+SB_MADE_OUTSIDE = """\
+mount -t tmpfs t /mnt
+mkdir /mnt/x
+unshare -U -r -m sh -c 'touch /tmp/ok; exec sleep infinity' </dev/null >/dev/null 2>&1 &
+zdtm_wait /tmp/ok
+nsenter -t $! -m mount -t tmpfs x /mnt/x
+exec zdtm-hold"""
+
+
+def test_diff_names_a_superblock_owner_change(tmp_path):
+    a = snap(tmp_path / "a", SB_MADE_INSIDE)
+    b = snap(tmp_path / "b", SB_MADE_OUTSIDE)
+    ca = next(p for p in a.procs if p.userns != "init")
+    cb = next(p for p in b.procs if p.userns != "init")
+    assert ca.tree_text == cb.tree_text and ca.lock_lines() == cb.lock_lines()
+    assert ca.sb_owners == {"/mnt/x": "init > [uid 0 0 1 gid 0 0 1 setgroups deny]"}
+    assert cb.sb_owners == {}
+    equal, report = snapshot.compare(a, b)
+    assert not equal
+    assert "superblock owners differ" in report
+    assert ("superblock owner changed on /mnt/x (before: init > [uid 0 0 1 gid 0 0 1 setgroups deny]; "
+            "after: init)") in report

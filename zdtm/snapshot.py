@@ -25,7 +25,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import mntlocks, mountinfo, userns
+from engine import mntlocks, mountinfo, sbowner, userns
 from zdtm import fdkinds, holder
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
@@ -118,12 +118,15 @@ class Proc:
     creds: str = ""              # uid/gid/groups as the runner sees them
     locks: dict = field(default_factory=dict)       # mount label -> lock state (engine/mntlocks.py)
     idmaps: dict = field(default_factory=dict)      # mount label -> idmap of an idmapped mount
+    # mount label -> the user namespace owning its superblock, when not the runner's (engine/sbowner.py)
+    sb_owners: dict = field(default_factory=dict)
 
     def text(self) -> str:
         """The compared text of this process."""
         out = ["mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
         out += [f"idmap {label}: {idmap}" for label, idmap in sorted(self.idmaps.items())]
+        out += [f"sb owner {label}: {owner}" for label, owner in sorted(self.sb_owners.items())]
         out += [f"user ns: {self.userns}", f"ns owners: {self.owners}", f"creds: {self.creds}"]
         out += [f"root: {self.root}", f"cwd: {self.cwd}"]
         out += [f"fd {fd}" for fd in self.fds]
@@ -188,9 +191,11 @@ def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
     return sorted(out)
 
 
-def _user_side(pid: int, users: userns.UsernsTree, canon, mounts, lock_cache: dict) -> dict:
+def _user_side(pid: int, users: userns.UsernsTree, canon, mounts, lock_cache: dict,
+               sb_candidates: list | None = None) -> dict:
     """What user namespaces say about `pid`: its own (by maps), the owners of its other
-    namespaces, its credentials, the locks and idmaps of the mounts it sees."""
+    namespaces, its credentials, the locks and idmaps of the mounts it sees, and which user
+    namespace of `sb_candidates` ((description, fd), deepest first) owns each superblock."""
     own = users.of_pid(pid)
     owners = []
     for t in OWNED_NS_TYPES:
@@ -200,12 +205,17 @@ def _user_side(pid: int, users: userns.UsernsTree, canon, mounts, lock_cache: di
     if key not in lock_cache:
         lock_cache[key] = mntlocks.probe(pid, mounts, canon.text)
     idmaps = {canon.label(i): text for i, text in userns.idmaps(pid, mounts).items()}
+    sb_key = ("sb owners", *key)
+    if sb_key not in lock_cache:
+        lock_cache[sb_key] = sbowner.probe(pid, mounts, sb_candidates or [])
+    sb_owners = {canon.label(m.mnt_id): lock_cache[sb_key][m.dev] for m in mounts if m.dev in lock_cache[sb_key]}
     return dict(userns=users.describe(own), owners=" ".join(owners), creds=userns.creds(pid),
-                locks=lock_cache[key], idmaps=idmaps)
+                locks=lock_cache[key], idmaps=idmaps, sb_owners=sb_owners)
 
 
 def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ignore_maps_on=None,
-              users: userns.UsernsTree | None = None, lock_cache: dict | None = None) -> Proc:
+              users: userns.UsernsTree | None = None, lock_cache: dict | None = None,
+              sb_candidates: list | None = None) -> Proc:
     """Read the compared state of process `pid` (host pid); `elsewhere` maps mount ids of the
     tree's other namespaces to their labels there. Mappings are read only when
     `ignore_maps_on` (mount labels whose mappings are not compared) is given."""
@@ -235,7 +245,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'), elsewhere)}"
         ns = {t: os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}
         maps = _maps(pid, canon, elsewhere, tuple(ignore_maps_on)) if ignore_maps_on is not None else []
-        user_side = _user_side(pid, users, canon, mounts, lock_cache)
+        user_side = _user_side(pid, users, canon, mounts, lock_cache, sb_candidates)
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
@@ -337,6 +347,35 @@ def run_check(pid: int, script: str, timeout: float) -> str:
     return out
 
 
+def _userns_candidates(pids, users: userns.UsernsTree) -> list[tuple[str, int]]:
+    """(description, fd) of each user namespace the tree's processes are in or whose namespaces
+    belong to, except the runner's own, deepest first: those a superblock's owner is told among."""
+    found: dict[int, int] = {}
+    try:
+        for pid in pids:
+            paths = [f"/proc/{pid}/ns/user"] + [f"/proc/{pid}/ns/{t}" for t in OWNED_NS_TYPES]
+            for i, path in enumerate(paths):
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC) if i == 0 else userns.ns_owner_fd(path)
+                except OSError:
+                    continue
+                key = userns.ino(fd)
+                if key in found or key == users.top:
+                    os.close(fd)
+                    continue
+                found[key] = fd
+                if i == 0:
+                    users.of_pid(pid)   # its maps read from the process: no helper needed
+                else:
+                    users.learn(fd)
+    except BaseException:
+        for fd in found.values():
+            os.close(fd)
+        raise
+    order = sorted(found, key=lambda k: -users.depth(k))
+    return [(users.describe(k), found[k]) for k in order]
+
+
 def take(root: int, check: str | None = None, timeout: float = 30.0, topology=None,
          ignore_maps_on=None) -> Snapshot:
     """Snapshot the tree rooted at host pid `root` (and run `check` in it when given); mapped files
@@ -356,8 +395,13 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
         canon = topology.canonical(tables[pid])
         labels.update({m.mnt_id: canon.label(m.mnt_id) for m in tables[pid]})
     users, lock_cache = userns.UsernsTree(), {}
-    procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache)
-                    for pid in pids), key=lambda p: p.text())
+    candidates = _userns_candidates(pids, users)
+    try:
+        procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache,
+                                  candidates) for pid in pids), key=lambda p: p.text())
+    finally:
+        for _, fd in candidates:
+            os.close(fd)
     return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
                     check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]))
 
@@ -411,7 +455,11 @@ def compare(before: Snapshot, after: Snapshot, names=("before", "after"), topolo
             else:
                 out += [f"  {names[0]}: {p.lock_lines()}", f"  {names[1]}: {q.lock_lines()}"]
             head = ""
-        skip = ("mounts:", "  ", "lock ")
+        if p.sb_owners != q.sb_owners:
+            out.append((head or "  same process:") + " superblock owners differ")
+            out += ["  " + line for line in sbowner.diff(p.sb_owners, q.sb_owners, names)]
+            head = ""
+        skip = ("mounts:", "  ", "lock ", "sb owner ")
         rest_a = [line for line in p.text().splitlines() if not line.startswith(skip)]
         rest_b = [line for line in q.text().splitlines() if not line.startswith(skip)]
         if rest_a != rest_b:
