@@ -70,29 +70,79 @@ def _staging(mounts: list[tuple[int, str]]) -> int:
     return staging
 
 
+# tar's warning for a socket file it leaves out (with --quoting-style=c and LC_ALL=C).
+_SOCKET_IGNORED = re.compile(r'^[^ ]*tar: (".*"): socket ignored$')
+
+
 def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Channel) -> None:
     staging = _staging(mounts)
-    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", *_COMMON, "-cf", "-",
+    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", *_COMMON, "--quoting-style=c", "-cf", "-",
            *sorted(name for _, name in mounts)]
     proc = subprocess.run(cmd, pass_fds=(staging,), stdin=subprocess.DEVNULL, stdout=out_fd,
-                          stderr=subprocess.PIPE, text=True)
+                          stderr=subprocess.PIPE, text=True, errors="surrogateescape",
+                          env={**os.environ, "LC_ALL": "C"})
     if proc.returncode not in (0, 1):  # 1: "file changed as we read it", the tree is stopped
         raise OSError(f"archiving files failed: {_last_line(proc.stderr, 'tar failed')}")
-    chan.send(("ok", None))
+    chan.send(("ok", _sockets_left_out(staging, proc.stderr)))
 
 
-def archive(mounts: list[tuple[int, str]], out_path: str) -> dict:
+def _sockets_left_out(staging: int, stderr: str) -> list[tuple[str, dict]]:
+    """The socket files tar named as left out (it archives no sockets): [(member, {path in the
+    member, mode, uid, gid, mtime_ns})], so that restore makes them again (a socket file whose
+    listener is gone still names an address: CRIU's overmount_sock)."""
+    out = []
+    for line in stderr.splitlines():
+        m = _SOCKET_IGNORED.match(line)
+        if m is None:
+            continue
+        try:
+            name, _ = _c_unquote(m[1], 0)
+            st = os.lstat(name, dir_fd=staging)
+        except (ValueError, OSError):
+            continue
+        member, _, rest = name.partition("/")
+        if not stat.S_ISSOCK(st.st_mode) or not rest:
+            continue
+        out.append((member, {"path": "/" + rest, "mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid,
+                             "gid": st.st_gid, "mtime_ns": st.st_mtime_ns}))
+    return out
+
+
+def archive(mounts: list[tuple[int, str]], out_path: str, sockets: dict | None = None) -> dict:
     """Archive the files of each (detached mount fd, member name) into out_path; return its size and sha256.
     A mount of a single file is named "MEMBER/FILENAME": the member then holds that file alone.
+    Socket files, which tar leaves out, go into `sockets` ({member: [record]}, see make_sockets).
 
     The mount fds are attached inside a throwaway namespace (the caller's fds
     stay open but their mounts end up detached).
     """
     with open(out_path, "wb") as out:
-        channel.call_in_child(_archive_child, mounts, out.fileno())
+        left_out, _ = channel.call_in_child(_archive_child, mounts, out.fileno())
         out.flush()
         os.fsync(out.fileno())
+    if sockets is not None:
+        for member, rec in left_out or ():
+            sockets.setdefault(member, []).append(rec)
     return digest_path(out_path)
+
+
+def make_sockets(dir_fd: int, records) -> None:
+    """Make again, beneath directory `dir_fd` (a member's root), the socket files an archive left
+    out: a socket inode with no socket behind it (mknod S_IFSOCK), with its mode, owner and mtime."""
+    for rec in records:
+        parent, _, name = rec["path"].rpartition("/")
+        pfd = kernel.openat2(dir_fd, parent.lstrip("/") or ".", os.O_PATH | os.O_DIRECTORY,
+                             kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS)
+        try:
+            try:
+                os.mknod(name, stat.S_IFSOCK | rec["mode"], dir_fd=pfd)
+            except FileExistsError:
+                continue   # (the name was taken again by something else: keep that)
+            os.chown(name, rec["uid"], rec["gid"], dir_fd=pfd, follow_symlinks=False)
+            os.chmod(name, rec["mode"], dir_fd=pfd)   # (mknod applied the umask; chown cleared set-id bits)
+            os.utime(name, ns=(rec["mtime_ns"], rec["mtime_ns"]), dir_fd=pfd, follow_symlinks=False)
+        finally:
+            os.close(pfd)
 
 
 def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = ()) -> dict:

@@ -26,7 +26,7 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
-from engine import userns_cr
+from engine import imageformat, userns_cr
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
@@ -897,9 +897,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
             if superblocks[e["sb"]]["external"] and not e["external"] and e.get("ghost"):
+                # (systemd-nspawn binds a host file as the container's boot_id and deletes it: on a host
+                # whose /run is not a tmpfs of the tree, no archive can hold it)
                 raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
                                                   f"{e['root']} was deleted on a filesystem from outside the dump; "
-                                                  "declare the mount --external")
+                                                  f"declare it with --external mnt[{e['mountpoint']}]:KEY and give "
+                                                  "restore the file to bind there (--external mnt[KEY]:HOSTPATH)")
             if superblocks[e["sb"]]["external"] and not e["external"]:
                 if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
                     raise DumpError(errno.EOPNOTSUPP,
@@ -977,6 +980,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     if plan.wanted:
         os.sync()
 
+    # Files open under a deleted name that still have another name (CRIU's link-remap): that name
+    # is searched for while their superblock is archived (the file comes back with the others).
+    linked_names = _want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan)
+
     # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
     files: dict[str, dict] = {}
     # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
@@ -987,12 +994,15 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         if not batch:
             return
         name, path = writer.new_archive()
+        sockets: dict[str, list] = {}   # socket files tar leaves out, made again at restore
         files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
-                                       for mfd, member, _, _, only in batch], path)
+                                       for mfd, member, _, _, only in batch], path, sockets)
         for mfd, member, sid, root, only in batch:
             arc = {"file": name, "member": member, "root": root}
             if only is not None:
                 arc["only"] = only  # a file bind's file: the member holds it alone, not its directory
+            if member in sockets:
+                arc["sockets"] = sockets[member]
             superblocks[sid]["archives"].append(arc)
             os.close(mfd)
         batch.clear()
@@ -1071,14 +1081,16 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     gid_of = {(g["sb"], g["path"]): gid for gid, g in ghosts_doc.items()}
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
-            if e.get("ghost") is True:
+            if e.get("ghost") is True and e["external"]:
+                del e["ghost"]   # (declared external: restore binds the host path given for it)
+            elif e.get("ghost") is True:
                 e["ghost"] = gid_of[(e["sb"], e["root"])]
 
     # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
     fdtable = FdTable()
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
-                               (mntns_doc, superblocks, ghosts_doc, writer, files), ext_files or {})
+                               (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})
         fdtable.finish(procs_doc)
     except FdError as e:
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
@@ -1241,9 +1253,42 @@ def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = Non
                             "private before the dump")
 
 
-def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files) -> str:
+def _want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan) -> dict[str, str]:
+    """For each file a process holds open under a deleted name while it still has another name on
+    a filesystem whose files are archived, ask the archiving step for that other name; returns the
+    dict it fills: "dev:ino" -> the name's path in its superblock (see _fd_ghost)."""
+    found: dict[str, str] = {}
+    for data in ns_data.values():
+        for pid, pdata in data["procs"].items():
+            for f in pdata["fds"]:
+                m = mounts_by_id.get(f.get("mnt_id"))
+                if m is None or not f["target"].endswith(ghosts.DELETED_FD) or not stat.S_ISREG(f["mode"]):
+                    continue
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
+                except OSError:
+                    continue
+                sid = mntns_sb(mntns_doc, m.mnt_id)
+                handler = fs.lookup(superblocks[sid]["fstype"])
+                if not st.st_nlink or superblocks[sid]["external"] or handler is None or not handler.content:
+                    continue
+                key = f"{st.st_dev}:{st.st_ino}"
+                if key not in found:
+                    found[key] = ""
+                    plan.want_file(sid, st.st_ino, lambda path, key=key: found.__setitem__(key, path),
+                                   f"process {pid} fd {f['fd']} ({f['target']}): a deleted name of a file "
+                                   f"that has {st.st_nlink} other name(s), none of them on a mount of the tree "
+                                   "whose files are dumped")
+    return found
+
+
+def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files, linked_names=None) -> str:
     """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it
-    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root")."""
+    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root").
+
+    Like CRIU's link-remap: a file open under several deleted names keeps them all (restore links
+    it there again while it reopens the fds, `links`); a deleted name of a file that still has
+    another name archives nothing of its own (`linked`: restore links that name there again)."""
     where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
     if m is None:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
@@ -1255,25 +1300,33 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
                                           f"{fs.content_names()} made in the dumped tree can hold it again)")
     st = os.stat(f"/proc/{pid}/{link}")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files and directories are supported")
-    if st.st_nlink:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link); "
-                                          "deleted names of linked files are not supported yet")
+    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
     key = f"{st.st_dev}:{st.st_ino}"
+    linked = (linked_names or {}).get(key) if st.st_nlink else None
+    if st.st_nlink and not linked:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
+                                          "no mount of the tree whose files are dumped reaches")
     m_root = ghosts.split_root(m.root)[0]
     rel = rel_to(path, m.mountpoint)
     sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
     for gid, g in ghosts_doc.items():
         if g.get("inode") == key:
-            if g["path"] != sb_path:
-                # Restore recreates one name and reopens every fd through it: an fd whose mount
-                # does not reach that name would land elsewhere (CRIU's mntns_link_remap).
-                raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
-                                                  f"{g['path']} of its filesystem; a deleted file reached under "
-                                                  f"two unlinked names (hard links) is not supported yet")
+            links = g.setdefault("links", [])
+            if g["path"] != sb_path and sb_path not in links:
+                # Restore reopens every fd through its own name on its own mount: another unlinked
+                # name of the same file is linked there too (CRIU's mntns_link_remap).
+                if stat.S_ISDIR(st.st_mode) or len(links) >= imageformat.MAX_GHOST_LINKS:
+                    raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
+                                                      f"{g['path']} of its filesystem (too many names)")
+                links.append(sb_path)
+            if not links:
+                del g["links"]
             return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
     gid = f"g-{len(ghosts_doc)}"
+    if linked:
+        ghosts_doc[gid] = {"sb": sid, "path": sb_path, "linked": linked, "inode": key}
+        return gid
     name, out = writer.new_archive()
     try:
         d, _, entry = f"/proc/{pid}/{link}".rpartition("/")

@@ -19,6 +19,7 @@ class FdMaker:
         self.open_at = open_at
         self.state: dict = {}
         self.keep: list[int] = []
+        self.late: list = []     # (what, fn) run once every process got its fds (RestoreFd.late)
         self.descs: dict[str, int] = {}
 
     def prepare(self, processes: list[dict], chans: dict) -> None:
@@ -56,7 +57,7 @@ class FdMaker:
 
         r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
                           standin=standin, keep=self.keep, proc=self.proc,
-                          open_ghost=self.open_ghost)
+                          open_ghost=self.open_ghost, late=self.late)
         fd = kind.open(r)
         if desc is not None:
             self.descs[desc] = os.dup(fd)
@@ -67,6 +68,16 @@ class FdMaker:
         kind = fds.lookup(entry.get("kind", "file"))
         todo = kind.after(entry)
         return None if todo is None else (kind.name, *todo)
+
+    def finish(self) -> None:
+        """Run the kinds' late steps, once every process holds its fds; an error names the fd."""
+        # (each (what, fn) or (what, fn, order): ordered ones by it, the others first, stable)
+        todo, self.late[:] = sorted(self.late, key=lambda t: t[2] if len(t) > 2 else -1), []
+        for what, fn, *_ in todo:
+            try:
+                fn()
+            except OSError as e:
+                raise OSError(e.errno, f"{what}: {e.strerror or e}") from None
 
     def close(self) -> None:
         for fd in list(self.descs.values()) + self.keep:

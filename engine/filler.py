@@ -26,7 +26,7 @@ from engine import channel, content, standin
 _HELD = 2048
 
 
-def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channel) -> None:
+def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
     # A superblock's fd stays here only until its last archive is extracted: an empty root is set
     # up as soon as the superblock exists, and one without archives is closed once sent (90,000
@@ -61,7 +61,7 @@ def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channe
         while done < len(fills):
             if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
                 return
-            _extract(fills[done], done, made, given, last_fill, mount_of)
+            _extract(fills[done], done, made, given, last_fill, mount_of, sockets)
             done += 1
 
     for sid, fstype, source, params, attr, where in plans:
@@ -81,8 +81,9 @@ def _body(plans, given, fills, empties, hostproc, mount_of, chan: channel.Channe
     chan.send(("ok", None))
 
 
-def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict) -> None:
-    """Extract archive `fill` (number i) into its superblocks; close those it was the last for."""
+def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict) -> None:
+    """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
+    out (`sockets`: {(archive, member): records}); close the superblocks it was the last for."""
     archive_fd, name, expect, spec, ids = fill
     targets = []
     try:
@@ -93,6 +94,8 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
             content.extract(archive_fd, name, expect, targets, ids)
+            for fd, member in targets:
+                content.make_sockets(fd, sockets.get((name, member), ()))
         except OSError as e:
             names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
             raise _named(e, names) from None
@@ -129,17 +132,18 @@ def _named(e: OSError, where: str) -> OSError:
 class Filler:
     """The restorer's side of the helper."""
 
-    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None):
+    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None, sockets=None):
         """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
         order of first use; `given`: superblocks that exist already ({sid: fd}, e.g. attached in
         a yard), to fill only; `fills`: (archive fd, name, expected size/sha256, [(sid, root,
         member)], (uid, gid) to create its files as, or None: ours); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc;
-        `where`: {sid: "mount N (PATH) on TYPE"}, to name the mount in an error.
+        `where`: {sid: "mount N (PATH) on TYPE"}, to name the mount in an error; `sockets`:
+        {(archive, member): socket file records} made after the member is extracted.
         The archive fds may be closed after this returns."""
         self.sids = {p[0] for p in plans}
         self.got: dict[str, int] = {}
         self.made = self.done = False
-        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {})
+        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {}, sockets or {})
 
     def _recv(self) -> None:
         try:

@@ -15,9 +15,18 @@ mounts are made from stays linked until they are all attached. A name that
 was reused after the deletion is moved aside for that moment. A deleted
 directory is always empty (nothing can be created in it).
 
-Image: `ghosts` = {id: {sb, path (in the superblock), file, member, only}};
-a mount entry with `ghost` has the ghost's path as its root; an fd entry with
-`ghost` opens it (its `mnt` and `path` say where it was).
+A deleted FIFO held open (CRIU's fifo-ghost) is a ghost too: tar archives the
+node, the fifo kind reopens it and puts its buffered data back.
+
+CRIU's link-remap: a file open under several unlinked names (hard links, each
+reached through its own mount: mntns_link_remap) gets all of them back while
+the fds are reopened (`links`); an fd on a deleted name of a file that still
+has another name archives nothing of its own: dump finds that name while it
+archives the superblock, restore links it at the deleted name (`linked`).
+
+Image: `ghosts` = {id: {sb, path (in the superblock), file, member, only |
+linked, links?}}; a mount entry with `ghost` has the ghost's path as its root;
+an fd entry with `ghost` opens it (its `mnt` and `path` say where it was).
 """
 
 from __future__ import annotations
@@ -69,63 +78,38 @@ def archive_link(proc_dir: str, entry: str, path: str, out_path: str, pass_fds=(
 
 # --- restore ----------------------------------------------------------------------------------
 
-class Ghost:
-    """A ghost recreated under its old name (engine/restore.py opens or clones it, then `remove`s it)."""
+class _Name:
+    """One name a ghost gets at restore: its directory (made where missing) and what it displaced."""
 
-    def __init__(self, base: int, path: str, archive_fd: int, archive: str, expect: dict, only: str):
-        """Recreate ghost `path` beneath directory fd `base` (which may be cloned: a detached mount on
-        Linux >= 6.15, else a mount of the caller's namespace) from its archive. Missing parent
-        directories are made (and removed again); a file that now has the name is renamed aside
-        (and back)."""
+    def __init__(self, base: int, path: str, tag: str):
         parts = [p for p in path.split("/") if p]
-        if not parts or parts[-1] != only:
-            raise GhostError(errno.EINVAL, f"ghost {path}: its archive holds {only!r}")
-        self.base, self.name, self.made, self.aside, self.dir = base, only, [], None, None
-        self.tmp = f".mntcr-ghost-{os.getpid()}-{abs(hash(path)) % 100000}"
-        cur = os.dup(base)
-        try:
-            for i, part in enumerate(parts[:-1]):
-                try:
-                    os.mkdir(part, 0o700, dir_fd=cur)
-                    self.made.append("/".join(parts[: i + 1]))
-                except FileExistsError:
-                    pass
-                nxt = kernel.openat2(cur, part, os.O_PATH | os.O_DIRECTORY, _BENEATH | kernel.RESOLVE_NO_XDEV)
-                os.close(cur)
-                cur = nxt
-        except BaseException:
-            os.close(cur)
-            raise
-        self.dir = cur
-        # Extracted into a private directory first: tar never meets the name's current owner.
-        os.mkdir(self.tmp, 0o700, dir_fd=cur)
-        try:
-            tfd = kernel.openat2(cur, self.tmp, os.O_PATH | os.O_DIRECTORY, _BENEATH | kernel.RESOLVE_NO_XDEV)
-            try:
-                content.extract(archive_fd, archive, expect, [(tfd, "sb-0")])
-            finally:
-                os.close(tfd)
-            try:
-                os.lstat(only, dir_fd=cur)
-                self.aside = f"{self.tmp}-aside"
-                os.rename(only, self.aside, src_dir_fd=cur, dst_dir_fd=cur)
-            except FileNotFoundError:
-                pass
-            os.rename(f"{self.tmp}/{only}", only, src_dir_fd=cur, dst_dir_fd=cur)
-        finally:
-            _remove_tree(cur, self.tmp)
-        self.is_dir = stat.S_ISDIR(os.lstat(only, dir_fd=cur).st_mode)
+        if not parts:
+            raise GhostError(errno.EINVAL, f"ghost {path}: no name")
+        self.base, self.name, self.made, self.aside, self.dir = base, parts[-1], [], None, None
+        self.aside_name = f".mntcr-ghost-{os.getpid()}-{tag}-aside"
+        self.dir = _walk(base, parts[:-1], self.made)
 
-    def remove(self) -> None:
-        """Unlink it (what was opened or mounted from it keeps it); put back what it displaced."""
+    def take(self) -> None:
+        """Move whatever has the name now aside (put back by `release`)."""
+        try:
+            os.lstat(self.name, dir_fd=self.dir)
+        except FileNotFoundError:
+            return
+        os.rename(self.name, self.aside_name, src_dir_fd=self.dir, dst_dir_fd=self.dir)
+        self.aside = self.aside_name
+
+    def release(self, is_dir: bool) -> None:
+        """Unlink the name; put back what it displaced; remove the directories made for it."""
         if self.dir is None:
             return
         try:
             try:
-                if self.is_dir:
+                if is_dir:
                     os.rmdir(self.name, dir_fd=self.dir)
                 else:
                     os.unlink(self.name, dir_fd=self.dir)
+            except FileNotFoundError:
+                pass   # (never made: a failure came first)
             finally:
                 if self.aside is not None:
                     os.rename(self.aside, self.name, src_dir_fd=self.dir, dst_dir_fd=self.dir)
@@ -138,6 +122,96 @@ class Ghost:
             except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY, errno.ENOENT):
                     raise
+
+
+def _walk(base: int, parts: list[str], made: list | None) -> int:
+    """An O_PATH fd on directory base/parts (never leaving base's mount, no symlinks); missing
+    directories are made (and listed in `made`) unless `made` is None."""
+    cur = os.dup(base)
+    try:
+        for i, part in enumerate(parts):
+            if made is not None:
+                try:
+                    os.mkdir(part, 0o700, dir_fd=cur)
+                    made.append("/".join(parts[: i + 1]))
+                except FileExistsError:
+                    pass
+            nxt = kernel.openat2(cur, part, os.O_PATH | os.O_DIRECTORY, _BENEATH | kernel.RESOLVE_NO_XDEV)
+            os.close(cur)
+            cur = nxt
+    except BaseException:
+        os.close(cur)
+        raise
+    return cur
+
+
+class Ghost:
+    """A ghost recreated under its old name(s) (engine/restore.py opens or clones it, then `remove`s it)."""
+
+    def __init__(self, base: int, path: str, archive_fd: int | None, archive: str | None, expect: dict | None,
+                 only: str | None, links=(), linked: str | None = None):
+        """Recreate ghost `path` beneath directory fd `base` (which may be cloned: a detached mount on
+        Linux >= 6.15, else a mount of the caller's namespace): from its archive, or, with `linked`,
+        as a hard link of the file that still has that name (restored with its filesystem's files:
+        CRIU's link-remap); then hard-link it at each of `links` too (the other unlinked names it was
+        open under). Missing parent directories are made (and removed again); a file that now has
+        one of the names is renamed aside (and back)."""
+        last = [p for p in path.split("/") if p][-1:]
+        if linked is None and last != [only]:
+            raise GhostError(errno.EINVAL, f"ghost {path}: its archive holds {only!r}")
+        self.names: list[_Name] = []
+        self.is_dir = False
+        try:
+            for i, p in enumerate([path, *links]):
+                self.names.append(_Name(base, p, f"{abs(hash(path)) % 100000}-{i}"))
+                self.names[-1].take()
+            first = self.names[0]
+            if linked is not None:
+                lparts = [p for p in linked.split("/") if p]
+                src = _walk(base, lparts[:-1], None)
+                try:
+                    os.link(lparts[-1], first.name, src_dir_fd=src, dst_dir_fd=first.dir, follow_symlinks=False)
+                finally:
+                    os.close(src)
+            else:
+                self._extract(first, archive_fd, archive, expect, only)
+            self.is_dir = stat.S_ISDIR(os.lstat(first.name, dir_fd=first.dir).st_mode)
+            for n in self.names[1:]:
+                if self.is_dir:
+                    raise GhostError(errno.EINVAL, f"ghost {path}: a directory has one name")
+                os.link(first.name, n.name, src_dir_fd=first.dir, dst_dir_fd=n.dir, follow_symlinks=False)
+        except BaseException:
+            self.remove()
+            raise
+        self.dir, self.name = first.dir, first.name
+
+    @staticmethod
+    def _extract(first: _Name, archive_fd: int, archive: str, expect: dict, only: str) -> None:
+        # Extracted into a private directory first: tar never meets the name's current owner.
+        tmp = f".mntcr-ghost-{os.getpid()}-{abs(hash(first.aside_name)) % 100000}"
+        os.mkdir(tmp, 0o700, dir_fd=first.dir)
+        try:
+            tfd = kernel.openat2(first.dir, tmp, os.O_PATH | os.O_DIRECTORY, _BENEATH | kernel.RESOLVE_NO_XDEV)
+            try:
+                content.extract(archive_fd, archive, expect, [(tfd, "sb-0")])
+            finally:
+                os.close(tfd)
+            os.rename(f"{tmp}/{only}", only, src_dir_fd=first.dir, dst_dir_fd=first.dir)
+        finally:
+            _remove_tree(first.dir, tmp)
+
+    def remove(self) -> None:
+        """Unlink every name (what was opened or mounted from it keeps it); put back what they displaced."""
+        err = None
+        for n in reversed(self.names):
+            try:
+                n.release(self.is_dir)
+            except OSError as e:
+                err = err or e
+        self.names = []
+        self.dir = None
+        if err is not None:
+            raise err
 
 
 def _remove_tree(dir_fd: int, name: str) -> None:

@@ -78,7 +78,7 @@ _KEY = re.compile(r"^[^\s\[\]\x00]{1,256}$")  # what --external accepts: no spac
 _ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
 _MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
+_GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
 _USERNS_ID = re.compile(r"^user-[0-9]{1,9}$")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
@@ -539,12 +539,31 @@ MNTNS = Record("mount namespace", {
 })
 
 
+MAX_SOCKET_FILES = 65536
+
+
+def _file_path_rule(v) -> str | None:
+    """A path of a file in a directory (not the directory itself)."""
+    return path_rule(v) or (None if v != "/" else "must name a file beneath the root, not the root")
+
+
+SOCKET_FILE = Record("socket file", {
+    "path": F(STR, rule=_file_path_rule),
+    "mode": F(INT, rule=rng(0, 0o7777)),
+    "uid": F(INT, rule=rng(0, MAX_UID)),
+    "gid": F(INT, rule=rng(0, MAX_UID)),
+    "mtime_ns": F(INT, rule=rng(-(1 << 62), 1 << 62)),
+})
+
+
 ARCHIVE_REF = Record("archive reference", {
     "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
     "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
     "root": F(STR, rule=path_rule),                           # where the member's files go in the superblock
     # The member holds only this file of that directory (a file bind with no directory mount).
     "only": F(STR, required=False, rule=lambda v: _name_rule(v)),
+    # Socket files beneath the member's root, which tar leaves out: made again (engine/content.py).
+    "sockets": F(LIST, required=False, rule=list_of(record(SOCKET_FILE), MAX_SOCKET_FILES, DICT)),
 })
 
 
@@ -555,12 +574,19 @@ def _name_rule(v) -> str | None:
     return None
 
 
+MAX_GHOST_LINKS = 64   # other unlinked names one ghost may have been open under
+
 GHOST = Record("ghost", {
     "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs or ramfs of the image
     "path": F(STR, rule=path_rule),                           # its old path in that superblock
-    "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
-    "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
-    "only": F(STR, rule=lambda v: _name_rule(v)),             # the name the member holds: path's last
+    # Its archive (absent with `linked`):
+    "file": F(STR, required=False, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
+    "member": F(STR, required=False, rule=pattern(_MEMBER, "a member name sb-N")),
+    "only": F(STR, required=False, rule=lambda v: _name_rule(v)),   # the name the member holds: path's last
+    # Other unlinked names of the same file, linked too while fds are reopened through them.
+    "links": F(LIST, required=False, rule=list_of(_file_path_rule, MAX_GHOST_LINKS)),
+    # A name the file still has (restored with the superblock's files): linked at `path` again.
+    "linked": F(STR, required=False, rule=_file_path_rule),
 })
 
 EMPTY_ROOT = Record("empty root", {
@@ -648,7 +674,7 @@ MANIFEST = Record("manifest", {
     "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
 })
 
-_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, EMPTY_ROOT, LOOP,
+_REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
                                           DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP)}
 
 
@@ -983,7 +1009,18 @@ def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
         handler = fs.lookup(sb["fstype"]) if sb is not None else None
         if sb is None or sb.get("external") or handler is None or not handler.content:
             _fail(f"{what}: it must lie on a tmpfs or ramfs of the image (not {g['sb']!r})")
-        if g["path"] == "/" or g["path"].rsplit("/", 1)[1] != g["only"]:
+        if g["path"] == "/":
+            _fail(f"{what}: a ghost is not the root of its filesystem")
+        names = [g["path"], *(g.get("links") or ())]
+        if len(set(names)) != len(names) or g.get("linked") in names:
+            _fail(f"{what}: its names must differ from each other and from 'linked'")
+        if g.get("linked") is not None:
+            if any(k in g for k in ("file", "member", "only")):
+                _fail(f"{what}: a ghost 'linked' to a name of its file has no archive")
+            continue
+        if any(k not in g for k in ("file", "member", "only")):
+            _fail(f"{what}: needs 'file', 'member' and 'only' (its archive), or 'linked'")
+        if g["path"].rsplit("/", 1)[1] != g["only"]:
             _fail(f"{what}: 'only' must be the last name of its path {g['path'][:80]}")
         if g["file"] not in files:
             _fail(f"{what}: archive {g['file']!r} is not listed in 'files'")

@@ -508,6 +508,7 @@ class _Restorer:
         given = dict(self.sb_fd)
         made = {p[0] for p in plans} | set(given)
         fills: dict[str, list] = {}
+        sockets: dict[tuple[str, str], list] = {}   # (archive, member) -> socket files tar left out
         empties = []
         for sid, sb in self.doc["superblocks"].items():
             if sid not in made or not fs.lookup(sb["fstype"]).content:
@@ -516,6 +517,8 @@ class _Restorer:
                 continue
             for arc in sb.get("archives") or []:
                 fills.setdefault(arc["file"], []).append((sid, arc["root"], arc["member"]))
+                if arc.get("sockets"):
+                    sockets[arc["file"], arc["member"]] = arc["sockets"]
             if sb.get("empty_root") is not None:
                 empties.append((sid, sb["empty_root"]))
         if not (plans or fills or empties):
@@ -536,7 +539,7 @@ class _Restorer:
                              None if owner is None else self.users.writer_ids(owner)))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
                      for sid, m in users.items()}
-            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where)
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets)
         finally:
             for fd in afds:
                 os.close(fd)
@@ -832,10 +835,15 @@ class _Restorer:
         os.fchdir(self.service_root)
         os.chroot(".")
         os.chdir("/")
-        afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+        # A deleted name of a file that still has another one (`linked`, restored with the
+        # superblock's files, joined above) is linked there again: no archive of its own.
+        afd = None
+        if not g.get("linked"):
+            afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
         try:
-            ghost = self.ghost_live[gid] = ghosts.Ghost(base, g["path"], afd, g["file"], self.doc["files"][g["file"]],
-                                                        g["only"])
+            ghost = self.ghost_live[gid] = ghosts.Ghost(
+                base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,
+                g.get("only"), links=g.get("links") or (), linked=g.get("linked"))
             return ghost
         except OSError as e:
             if isinstance(e, RestoreError):
@@ -843,7 +851,8 @@ class _Restorer:
             raise RestoreError(e.errno or errno.EIO, f"{where}: recreating its deleted file {g['path']}: "
                                                      f"{e.strerror or e}") from None
         finally:
-            os.close(afd)
+            if afd is not None:
+                os.close(afd)
 
     def _clone_plain(self, m: dict, what: str, given: tuple | None = None) -> int:
         if given is not None:
@@ -1386,6 +1395,10 @@ class _Restorer:
             where = f"process {p['pid']}"
             self._place_fds(p, chan, where)
             step("process")
+        try:
+            self._fds.finish()
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, str(e.strerror or e)) from None
 
     def _enter(self, p: dict) -> None:
         """Put process p's stand-in into its mount namespace, root and cwd."""

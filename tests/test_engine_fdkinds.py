@@ -369,6 +369,101 @@ for s in (d1, d2, q1, q2): s.close()
     assert (_queued(after.pid, 20), _queued(after.pid, 21)) == ([b"back"], [])
 
 
+def test_dgram_connected_to_named_sockets(case):
+    """Clients of /run/systemd/notify and of an abstract name: datagram sockets (in a child) connected
+    to named datagram sockets the parent holds, the path one's file beneath an overmount. After
+    restore a datagram sent on each client reaches its server."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket, subprocess
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind("/mnt/t/notify")
+ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind(b"\\0zdtm-notify")
+c1 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c1.connect("/mnt/t/notify")
+c2 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c2.connect(b"\\0zdtm-notify")
+subprocess.run(["mount", "-t", "tmpfs", "over", "/mnt/t"], check=True)
+if os.fork() == 0:
+    os.dup2(c1.fileno(), 11); os.dup2(c2.fileno(), 12)
+else:
+    os.dup2(srv.fileno(), 11); os.dup2(ab.fileno(), 12)
+for x in (srv, ab, c1, c2): x.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    import ctypes
+    import socket
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/proc/{state.pid}/task/{state.pid}/children") as f:
+        kid = int(f.read().split()[0])
+
+    def grab(pid, fd):
+        pfd = os.pidfd_open(pid)
+        try:
+            got = libc.syscall(438, pfd, fd, 0)
+            assert got >= 0, os.strerror(ctypes.get_errno())
+            return socket.socket(fileno=got)
+        finally:
+            os.close(pfd)
+
+    for n in (11, 12):
+        client, server = grab(kid, n), grab(state.pid, n)
+        try:
+            client.send(b"READY=%d" % n)
+            assert server.recv(100, socket.MSG_DONTWAIT) == b"READY=%d" % n
+        finally:
+            client.close()
+            server.close()
+
+
+def test_listener_with_pending_connections(case):
+    """A listening socket with two connections not accepted yet, their clients in a child: after
+    restore the listener accepts them in the same order, each connected to the same client fd."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
+c1 = socket.socket(socket.AF_UNIX); c1.connect("/mnt/t/srv")
+c2 = socket.socket(socket.AF_UNIX); c2.connect("/mnt/t/srv")
+if os.fork() == 0:
+    os.dup2(c1.fileno(), 11); os.dup2(c2.fileno(), 12)
+else:
+    os.dup2(srv.fileno(), 10)
+for x in (srv, c1, c2): x.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    import ctypes
+    import socket
+    libc = ctypes.CDLL(None, use_errno=True)
+    with open(f"/proc/{state.pid}/task/{state.pid}/children") as f:
+        kid = int(f.read().split()[0])
+
+    def grab(pid, fd):
+        pfd = os.pidfd_open(pid)
+        try:
+            got = libc.syscall(438, pfd, fd, 0)
+            assert got >= 0, os.strerror(ctypes.get_errno())
+            return socket.socket(fileno=got)
+        finally:
+            os.close(pfd)
+
+    lst = grab(state.pid, 10)
+    lst.setblocking(False)
+    try:
+        for n in (11, 12):
+            a, _ = lst.accept()
+            client = grab(kid, n)
+            try:
+                a.send(b"to %d" % n)
+                assert client.recv(100, socket.MSG_DONTWAIT) == b"to %d" % n
+            finally:
+                a.close()
+                client.close()
+        with pytest.raises(BlockingIOError):
+            lst.accept()
+    finally:
+        lst.close()
+
+
 def test_unix_fds_in_flight_refused_on_a_stream_tree_kept(case):
     """A stream socket pair with an fd sent by SCM_RIGHTS and not received yet: a stream keeps no
     message bounds to put the fd back at, so dump refuses naming the fd and the reason, and the
@@ -450,26 +545,53 @@ os.dup2(i, 10); os.close(i)
     assert ino == os.lstat(f"/proc/{state.pid}/root/mnt/t/link").st_ino
 
 
-def test_fanotify_refused_tree_kept(case):
-    """A fanotify group with a mount mark: refused at dump naming the fd and its kind (marks on
-    mounts and filesystems are not restored yet), and the tree keeps running."""
+def test_fanotify_group_and_marks(case):
+    """A fanotify group (FAN_CLASS_CONTENT | FAN_UNLIMITED_QUEUE, O_LARGEFILE events, non-blocking)
+    with an inode mark (and an ignored mask that survives modify), a mount mark and a filesystem
+    mark: each comes back with its flags and masks, on the restored inode, mount and filesystem."""
     setup = """
-mkdir /mnt/t; mount -t tmpfs t /mnt/t
+mkdir /mnt/t /mnt/u; mount -t tmpfs t /mnt/t; mount -t tmpfs u /mnt/u; touch /mnt/t/file
 """ + py_hold("""
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
-f = libc.fanotify_init(0, os.O_RDONLY)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+f = libc.fanotify_init(0x4 | 0x10 | 0x2, os.O_RDONLY | os.O_LARGEFILE)
 assert f >= 0, ctypes.get_errno()
-libc.fanotify_mark(f, 0x1 | 0x10, ctypes.c_uint64(0x20), -100, b"/mnt/t")   # ADD|MOUNT, FAN_OPEN
+for flags, mask, path in ((0x1 | 0x10, 0x20, b"/mnt/t"), (0x1, 0x2 | 0x8, b"/mnt/t/file"),
+                          (0x1 | 0x20 | 0x40, 0x1, b"/mnt/t/file"), (0x1 | 0x100, 0x10, b"/mnt/u")):
+    assert libc.fanotify_mark(f, flags, mask, -100, path) == 0, ctypes.get_errno()
 os.dup2(f, 10); os.close(f)
 """)
+
+    def marks(pid):
+        with open(f"/proc/{pid}/fdinfo/10") as f:
+            text = f.read()
+        out = []
+        for line in text.splitlines():
+            if not line.startswith("fanotify "):
+                continue
+            fields = dict(x.split(":", 1) for x in line.split()[1:])
+            if "mnt_id" in fields:   # the mount, by where it is in the tree
+                fields["mnt_id"] = next(l.split()[4] for l in open(f"/proc/{pid}/mountinfo")
+                                        if l.split()[0] == str(int(fields["mnt_id"], 16)))
+            if "ino" in fields:      # the inode, by its name
+                fields["ino"] = "file" if int(fields["ino"], 16) == os.stat(f"/proc/{pid}/root/mnt/t/file").st_ino \
+                    else "other"
+            for k in ("sdev", "f_handle", "fhandle-bytes", "fhandle-type"):
+                fields.pop(k, None)
+            out.append(sorted(fields.items()))
+        return sorted(out), re.search(r"flags:\s+([0-7]+)", text)[1]
+
     pid = case.start(setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify fds are not supported", str(err.value)), \
-        err.value
-    with open(f"/proc/{pid}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+    want = marks(pid)
+    assert len(want[0]) == 4 and ("mnt_id", "/mnt/t") in want[0][-1] + want[0][0] + want[0][1] + want[0][2]
+    state = case.roundtrip(setup, iters=2)[-1]
+    assert marks(state.pid) == want
+    # The filesystem mark is on the restored /mnt/u: an open there is reported to the group.
+    with open(f"/proc/{state.pid}/fdinfo/10") as f:
+        sdev = int(re.search(r"fanotify sdev:([0-9a-f]+) mflags", f.read())[1], 16)
+    st = os.stat(f"/proc/{state.pid}/root/mnt/u")
+    assert (os.major(st.st_dev), os.minor(st.st_dev)) == (sdev >> 20, sdev & 0xFFFFF)
 
 
 def test_executable_is_the_stand_ins_own(case):

@@ -66,6 +66,25 @@ def _socket(c: int) -> str:
         s.close()
 
 
+def _fanotify(pid: int, fd: int) -> str:
+    """A fanotify group: its flags and its marks (kind, mark flags, masks; a mount mark by its
+    mount point, an inode mark by its inode number's path-free identity: device and inode are
+    renamed by a restore, so only the mark's kind and masks are compared for those)."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        text = f.read()
+    with open(f"/proc/{pid}/mountinfo") as f:
+        points = {int(line.split()[0]): line.split()[4] for line in f}
+    group = re.search(r"^fanotify flags:(\S+) event-flags:(\S+)", text, re.M)
+    marks = []
+    for line in text.splitlines():
+        if not line.startswith("fanotify ") or line.startswith("fanotify flags:"):
+            continue
+        f = dict(x.split(":", 1) for x in line.split()[1:])
+        kind = "mount@" + points.get(int(f["mnt_id"], 16), "?") if "mnt_id" in f else "inode" if "ino" in f else "fs"
+        marks.append(f"{kind}:{f['mflags']}:{f['mask']}:{f['ignored_mask']}")
+    return f"flags={group[1] if group else '?'} event-flags={group[2] if group else '?'} marks=" + ",".join(sorted(marks))
+
+
 def details(pid: int, fd: int, target: str) -> str:
     """The compared state of fd `fd` of `pid` beyond path, flags, offset and mount ('' for files)."""
     try:
@@ -83,6 +102,8 @@ def details(pid: int, fd: int, target: str) -> str:
                     ws = sorted((int(m[1], 16), m[2]) for m in re.finditer(r"inotify wd:([0-9a-f]+) .*?mask:([0-9a-f]+)",
                                                                          f.read()))
                 return "watches=" + ",".join(f"{wd}:{mask}" for wd, mask in ws)
+            if target == "anon_inode:[fanotify]":
+                return _fanotify(pid, fd)
             if target == "anon_inode:[eventpoll]":
                 with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                     targets = sorted((int(m[1]), m[2], m[3]) for m in _TFD.finditer(f.read()))

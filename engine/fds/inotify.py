@@ -8,7 +8,7 @@ order. The kernel hands out wds cyclically, so a gap (a watch removed) is
 recreated with throwaway watches on memfds, removed again.
 
 Not done: unread events, watches on a filesystem reachable only beneath an
-overmount or on a detached mount (refused at dump), fanotify.
+overmount or on a detached mount (refused at dump). fanotify marks: engine/fds/fanotify.py.
 """
 
 from __future__ import annotations
@@ -31,44 +31,49 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
     """In the namespace: [{wd, mask, abs, mnt}] or [{wd, error}] per watch."""
-    from engine import kernel
     with open(os.open(f"{pid}/fdinfo/{fd}", os.O_RDONLY, dir_fd=hostproc)) as f:
         text = f.read()
     out = []
     for m in _WATCH.finditer(text):
         wd, mask = int(m[1], 16), int(m[4], 16)
         sdev = int(m[3], 16)
-        dev = f"{sdev >> 20}:{sdev & 0xFFFFF}"
-        handle = bytes.fromhex(m[7])[:int(m[5], 16)]
-        got = None
-        for mnt in sorted((x for x in mounts if x.dev == dev), key=lambda x: (len(x.root), x.mnt_id)):
-            try:
-                if kernel.statx_mnt_id(mnt.mountpoint, flags=kernel.AT_SYMLINK_NOFOLLOW) != mnt.mnt_id:
-                    continue   # covered: its path leads elsewhere
-                mfd = os.open(mnt.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                h = kernel.open_by_handle_at(mfd, int(m[6], 16), handle, os.O_PATH | os.O_NOFOLLOW)
-            except OSError:
-                continue
-            finally:
-                os.close(mfd)
-            try:
-                path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
-                # A handle opens any inode of the filesystem through this mount, even one outside
-                # its root (its path then names something else): only an inode within counts.
-                if not _within(h, path, mnt):
-                    continue
-                got = {"wd": wd, "mask": mask, "abs": path,
-                       "mnt": kernel.statx_mnt_id("", h, kernel.AT_EMPTY_PATH)}
-            except OSError:
-                continue
-            finally:
-                os.close(h)
-            break
-        out.append(got or {"wd": wd, "error": f"watch {wd} is on device {dev}, which no visible mount reaches"})
+        got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)])
+        out.append({"wd": wd, "mask": mask, **got} if got else
+                   {"wd": wd, "error": f"watch {wd} is on device {sdev >> 20}:{sdev & 0xFFFFF}, which no visible "
+                                       "mount reaches"})
     return out
+
+
+def locate_handle(hostproc: int, mounts, sdev: int, htype: int, handle: bytes) -> dict | None:
+    """In the namespace: {abs, mnt} of the inode with file handle (htype, handle) on the kernel
+    device `sdev` (fdinfo's), opened through a visible mount of that device; None if none reaches it."""
+    from engine import kernel
+    dev = f"{sdev >> 20}:{sdev & 0xFFFFF}"
+    for mnt in sorted((x for x in mounts if x.dev == dev), key=lambda x: (len(x.root), x.mnt_id)):
+        try:
+            if kernel.statx_mnt_id(mnt.mountpoint, flags=kernel.AT_SYMLINK_NOFOLLOW) != mnt.mnt_id:
+                continue   # covered: its path leads elsewhere
+            mfd = os.open(mnt.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            h = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        finally:
+            os.close(mfd)
+        try:
+            path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
+            # A handle opens any inode of the filesystem through this mount, even one outside
+            # its root (its path then names something else): only an inode within counts.
+            if not _within(h, path, mnt):
+                continue
+            return {"abs": path, "mnt": kernel.statx_mnt_id("", h, kernel.AT_EMPTY_PATH)}
+        except OSError:
+            continue
+        finally:
+            os.close(h)
+    return None
 
 
 def _within(h: int, path: str, mnt) -> bool:

@@ -17,6 +17,7 @@ import fcntl
 import os
 import stat
 
+from engine.imageformat import GHOST_ID, STR, F, pattern
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
@@ -121,14 +122,21 @@ def _open_pipe(r: RestoreFd) -> int:
 
 def _open_fifo(r: RestoreFd) -> int:
     e = r.entry
+    if e.get("ghost"):
+        # Unlinked while open (CRIU's fifo-ghost): reopened from its ghost, unlinked again at restore.
+        def opener(flags):
+            return r.open_ghost(e["ghost"], flags, e["mnt"])
+    else:
+        def opener(flags):
+            return r.open_at(e["mnt"], e["path"], flags)
     key = e.get("obj")
     if key is not None and key not in r.state:
         # A keeper open: never blocks, keeps the pipe (and the data written now) alive.
-        keeper = r.open_at(e["mnt"], e["path"], os.O_RDWR | os.O_NONBLOCK)
+        keeper = opener(os.O_RDWR | os.O_NONBLOCK)
         r.keep.append(keeper)
         r.state[key] = {"keeper": keeper}
         _fill(keeper, r.objects[key], f"{r.where} fifo")
-    fd = r.open_at(e["mnt"], e["path"], (e["flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
+    fd = opener((e["flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
     _set_flags(fd, e["flags"])
     return fd
 
@@ -140,4 +148,6 @@ def _dump_fifo(d) -> dict:
 register(FdKind(name="pipe", matches=lambda t, m: t.startswith("pipe:["), dump=_dump, open=_open_pipe,
                 check=_check, check_object=check_object, order=10))
 register(FdKind(name="fifo", matches=lambda t, m: stat.S_ISFIFO(m) and t.startswith("/"), dump=_dump_fifo,
-                open=_open_fifo, check=_check, placed=True, order=10))
+                open=_open_fifo, check=_check, placed=True, order=10,
+                # A FIFO unlinked while open: its ghost (engine/ghosts.py) on the same superblock.
+                fields={"ghost": F(STR, required=False, rule=pattern(GHOST_ID, "a ghost id g-N"))}))

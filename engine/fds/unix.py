@@ -5,8 +5,8 @@ Sockets are made by the stand-in of the process that holds them (so they
 belong to its network namespace, where abstract names live) and handed back
 to the restorer, which gives the same description to every holder. A path
 name is bound again by that stand-in, after it entered its restored root,
-with the dumped name; the socket file left by the dumped tree (tar does not
-keep sockets, so normally there is none) is replaced.
+with the dumped name; the socket file left by the dumped tree (made again
+with its filesystem's files, engine/content.py) is replaced.
 
 The socket file of a path name is found on any mount of the tree that holds
 it: the name's path in the process's namespace or another namespace of the
@@ -21,10 +21,19 @@ a peek offset; fds in flight with them come with each peek and are kept as
 files or FIFOs on mounts of the tree, sent again with their message at
 restore.
 
+A datagram socket connected to a named socket of the tree, and the client of
+a connection its listener has not accepted yet (sock_diag's icons list them in
+queue order), are made unconnected and connected again once every process
+holds its fds (the restorer's late steps), through the socket file on the
+restored mount by a /proc magic link, or by the abstract name.
+
 Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
-namespace, read in a child that joins it). Not done yet: fds in flight on a
-stream or a listener, other kinds in flight, a path name whose file is only on
-a detached mount.
+namespace, read in a child that joins it). Not done yet (refused at dump):
+fds in flight on a stream or a listener, other kinds in flight, data a
+pending connection's client already sent, datagrams queued on a named socket,
+a connection to a named socket outside the tree, a path name whose file is
+only on a detached mount, and, before Linux 6.15, a name restore could not
+bind where its file was (_bindable_here).
 """
 
 from __future__ import annotations
@@ -44,8 +53,8 @@ from engine.fds import FdError, FdKind, RestoreFd, register
 
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
-UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_RQLEN = 1, 2, 4, 16
-UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_RQLEN = 0, 1, 2, 4
+UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_RQLEN = 1, 2, 4, 8, 16
+UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN = 0, 1, 2, 3, 4
 TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
 MAX_DATA = 1 << 22
 
@@ -55,7 +64,8 @@ def _diag_all() -> dict[int, dict]:
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 4)  # NETLINK_SOCK_DIAG
     try:
         req = struct.pack("=BBHIIIII", socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0,
-                          UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_RQLEN, 0xFFFFFFFF, 0xFFFFFFFF)
+                          UDIAG_SHOW_VFS | UDIAG_SHOW_PEER | UDIAG_SHOW_ICONS | UDIAG_SHOW_RQLEN, 0xFFFFFFFF,
+                          0xFFFFFFFF)
         s.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
         out: dict[int, dict] = {}
         while True:
@@ -78,6 +88,8 @@ def _diag_all() -> dict[int, dict]:
                         rec["peer"] = struct.unpack_from("=I", data, a + 4)[0]
                     elif atype == UNIX_DIAG_VFS:
                         rec["vfs"] = struct.unpack_from("=II", data, a + 4)
+                    elif atype == UNIX_DIAG_ICONS:   # a listener's pending connections, in queue order
+                        rec["icons"] = list(struct.unpack_from(f"={(alen - 4) // 4}I", data, a + 4))
                     elif atype == UNIX_DIAG_RQLEN:
                         rec["rqueue"], rec["wqueue"] = struct.unpack_from("=II", data, a + 4)
                     a += (alen + 3) & ~3
@@ -110,6 +122,13 @@ def _name(raw) -> dict:
 
 
 def _dump(d) -> dict:
+    out = _dump_one(d)
+    st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
+    out["_ino"] = f"{os.stat(f'/proc/{d.pid}/ns/net').st_ino}:{st.st_ino}"   # (for _finish, then dropped)
+    return out
+
+
+def _dump_one(d) -> dict:
     c = d.copy()
     s = socket.socket(fileno=os.dup(c))
     try:
@@ -132,7 +151,10 @@ def _dump(d) -> dict:
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:
             # (an accepted end's name is its listener's)
-            out["bound"] = _writable(d, _locate(d, out["path"], rec.get("vfs")))
+            found = _locate(d, out["path"], rec.get("vfs"))
+            normal = found.pop("normal", False)
+            out["bound"] = _writable(d, found)
+            _bindable_here(d, out["path"], normal, out["bound"] is not found)
         inflight = int((d.info().get("scm_fds") or ["0"])[0])
         if inflight and (typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
             # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
@@ -143,8 +165,17 @@ def _dump(d) -> dict:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with connections not yet "
-                                                "accepted: not supported")
+                out["_pending"] = _pending(d, rec, diag, netns)
+                out["_where"] = d.where
+            return out
+        embryos = d.scratch.get(("unix-embryos", netns))
+        if embryos is None:
+            embryos = d.scratch[("unix-embryos", netns)] = _embryos(diag)
+        embryo = embryos.get(ino)
+        if embryo is not None:
+            # A connection its listener has not accepted yet: connected to the listener again.
+            out.update(_connected_to(d, s, typ, embryo[0], diag, netns, inflight))
+            out["connect"]["order"] = embryo[1]
             return out
         if not peer and "path" not in out and "abstract" not in out and _connected(s):
             # Its peer is gone (closed by a process that exited: podman's end of conmon's sync
@@ -158,11 +189,13 @@ def _dump(d) -> dict:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
                                                 "not supported yet")
             return out
+        if not peer and ("path" in out or "abstract" in out) and _inq(c):
+            # (datagrams other sockets sent to its name: each would have to come back from its sender)
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: datagrams queued on a named unix socket: not supported")
+        if peer and diag.get(peer, {}).get("peer") != ino:
+            out.update(_connected_to(d, s, typ, peer, diag, netns, inflight))
+            return out
         if peer:
-            peer_rec = diag.get(peer, {})
-            if peer_rec.get("peer") != ino:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket connected to a socket that is not its "
-                                                "pair (a named or listening one): not supported")
             a, b = sorted((ino, peer))
             obj = f"unixpair-{netns}-{a}-{b}"
             o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
@@ -201,6 +234,82 @@ def _dump(d) -> dict:
         s.close()
 
 
+def _embryos(diag: dict) -> dict[int, tuple[int, int]]:
+    """{inode of the client of a connection not accepted yet: (its listener's inode, its place in the
+    queue)} (a listener's UNIX_DIAG_ICONS name the clients)."""
+    out = {}
+    for ino, rec in diag.items():
+        for i, e in enumerate(rec.get("icons") or ()):
+            out[e] = (ino, i)
+    return out
+
+
+def _pending(d, rec: dict, diag: dict, netns: int) -> list[str]:
+    """The clients ("netns:inode") of a listener's pending connections, which restore connects again
+    in queue order; refused where that cannot be exact (data the client sent already waits there,
+    or the queue is not what sock_diag lists)."""
+    icons = rec.get("icons") or []
+    if len(icons) != rec.get("rqueue"):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with {rec.get('rqueue')} connections not "
+                                        f"yet accepted, {len(icons)} of them listed: not supported")
+    # (sock_diag names each pending connection by its client's inode, the server end having none
+    # yet; what the client sent is still charged to the client's send buffer, its wqueue)
+    out = []
+    for client in icons:
+        if client not in diag or diag[client].get("wqueue"):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted "
+                                            "on which data (or fds) already wait, or whose client is gone: not "
+                                            "supported")
+        out.append(f"{netns}:{client}")
+    return out
+
+
+def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: int, inflight: int) -> dict:
+    """A socket connected to one that is not its pair: a datagram socket connected to a named
+    datagram socket (a client of /run/systemd/notify or /dev/log). Kept as `connect` (the name, and
+    for a path the mount and path of its socket file), connected again at restore once every
+    process holds its fds; the named socket must be one of the tree's (finish checks it)."""
+    what = f"{d.where}: unix socket connected to a socket that is not its pair"
+    listener = diag.get(peer, {}).get("icons") is not None or diag.get(peer, {}).get("state") == 10   # TCP_LISTEN
+    if typ != socket.SOCK_DGRAM and not listener:
+        raise FdError(errno.EOPNOTSUPP, f"{what}: not supported")
+    if inflight or _inq(d.copy()):
+        raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
+    name = _name(s.getpeername())
+    if not name or _MAGIC.match(name.get("path", "")) or not name.get("path", "/").startswith("/"):
+        raise FdError(errno.EOPNOTSUPP, f"{what}, and that one has no name to connect to again "
+                                        f"({name or 'unnamed'}): not supported")
+    if "path" in name:
+        loc = _locate(d, name["path"], diag.get(peer, {}).get("vfs"))
+        loc.pop("normal", None)
+        if loc.get("detached"):
+            raise FdError(errno.EOPNOTSUPP, f"{what}: the socket file of {name['path']} is on a detached mount: "
+                                            "not supported")
+        name = {**name, "mnt": loc["mnt"], "at": loc["path"]}
+    return {"connect": name, "_peer": f"{netns}:{peer}", "_where": d.where}
+
+
+def _finish(objects: dict, entries: list[dict]) -> None:
+    """Refuse a socket connected to a named socket that no process of the tree holds (restore would
+    connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
+    have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
+    for e in entries:
+        for client in e.pop("_pending", None) or ():
+            if client not in have:
+                raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: listening unix socket with a connection not "
+                                                "yet accepted whose client no process of the tree holds: not supported")
+    for e in entries:
+        if e.get("kind") == "unix" and "_peer" in e:
+            peer, where = e.pop("_peer"), e.get("_where")
+            if peer not in have:
+                c = e["connect"]
+                target = c.get("path") or "@" + base64.b64decode(c["abstract"]).decode(errors="replace")
+                raise FdError(errno.EOPNOTSUPP, f"{where}: connected to {target}, a socket no process of the tree "
+                                                "holds: not supported")
+    for e in entries:
+        e.pop("_where", None)
+
+
 _MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
 MAX_WALK = 100_000
 
@@ -222,8 +331,11 @@ def _locate(d, name: str, vfs) -> dict:
             try:
                 st = os.stat(root + name, follow_symlinks=False)
                 if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
-                    return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
-                                   "socket")
+                    loc = d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
+                                  "socket")
+                    if pid == d.pid and not loc.get("detached"):
+                        loc["normal"] = True   # the name leads there from the process (_bindable_here)
+                    return loc
             except OSError:
                 pass
     budget = [MAX_WALK]
@@ -254,6 +366,27 @@ def _locate(d, name: str, vfs) -> dict:
             return found
     raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no mount of the tree "
                                     "(a detached mount): not supported")
+
+
+def _bindable_here(d, name: str, normal: bool, moved: bool) -> None:
+    """Refuse at dump a name restore could not bind again with its file where it was: without
+    mounts on detached mounts (Linux < 6.15: the `sources=yard` strategy) the stand-in binds the
+    name as it reads from its restored root (_bind_path), which is right only where the name, from
+    the process's root, leads to that file's directory on a read-write mount."""
+    from engine import strategy
+    if strategy.current().sources != "yard" or _MAGIC.match(name):
+        return
+    how = None
+    if not name.startswith("/"):
+        how = "a relative name"
+    elif not normal:
+        how = "its socket file lies beneath an overmount or in another mount namespace of the tree"
+    elif moved:
+        how = "its socket file is on a read-only mount"
+    if how is not None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: {how}; this kernel cannot bind it again "
+                                        "there (no mounts on detached mounts: Linux >= 6.15 can); the tree keeps "
+                                        "running")
 
 
 def _writable(d, loc: dict) -> dict:
@@ -453,6 +586,25 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
+    c = entry.get("connect")
+    if c is not None:
+        if "obj" in entry or "listen" in entry or (entry.get("type") == "dgram") == ("order" in c):
+            _fail(f"{what}: only a lone datagram socket, or a pending connection (with its 'order'), is connected "
+                  "to a named socket")
+        if "order" in c:
+            if type(c["order"]) is not int or not 0 <= c["order"] < 1 << 20:
+                _fail(f"{what}: bad order of a pending connection")
+            c = {k: v for k, v in c.items() if k != "order"}
+        if set(c) == {"abstract"}:
+            if not isinstance(c["abstract"], str) or len(c["abstract"]) > 148:
+                _fail(f"{what}: bad abstract name to connect to")
+        elif set(c) == {"path", "mnt", "at"}:
+            check_abs_path(c["path"], what)
+            check_abs_path(c["at"], what)
+            if len(c["path"]) > 107 or _MAGIC.match(c["path"]) or type(c["mnt"]) is not int:
+                _fail(f"{what}: bad socket path to connect to")
+        else:
+            _fail(f"{what}: 'connect' needs an abstract name, or a path with the mount and path of its socket file")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
     if "msgs" in entry:
@@ -672,11 +824,15 @@ def _via(spec, fds):
     t = _TYPE_NO[spec["type"]]
     name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
     lst = socket.socket(socket.AF_UNIX, t)
+    aside = None
     try:
         if isinstance(name, str):
             try:
                 if stat.S_ISSOCK(os.lstat(name).st_mode):
-                    os.unlink(name)
+                    # The listener's socket file, restored with its filesystem's files (its
+                    # listener is gone: CRIU's overmount_sock): moved aside for the moment.
+                    aside = f"{name}.mntcr-{os.getpid()}"
+                    os.rename(name, aside)
             except FileNotFoundError:
                 pass
         lst.bind(name)
@@ -691,6 +847,8 @@ def _via(spec, fds):
                 os.unlink(name)
             except FileNotFoundError:
                 pass
+            if aside is not None:
+                os.rename(aside, name)
     ends = [None, None]
     ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
     for end, data in enumerate(spec.get("data") or ()):
@@ -734,7 +892,36 @@ def _open(r: RestoreFd) -> int:
                 os.close(x)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
+    if "connect" in e:
+        mine = os.dup(fd)
+        r.keep.append(mine)
+        c = e["connect"]
+        # (a listener's pending connections connect in their queue order)
+        r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
+                       lambda: _connect(r, mine, c), c.get("order", -1)))
     return fd
+
+
+def _connect(r: RestoreFd, fd: int, c: dict) -> None:
+    """Connect our copy `fd` of a restored socket to the named socket `c` (made by now): an abstract
+    name in the socket's own network namespace; a path through its socket file on the restored
+    mount (a /proc magic link from here: the name needs to lead nowhere from the restorer)."""
+    s = socket.socket(fileno=os.dup(fd))
+    try:
+        if "abstract" in c:
+            s.connect(b"\0" + base64.b64decode(c["abstract"]))
+            return
+        at = r.open_at(c["mnt"], c["at"], os.O_PATH | (os.O_NOFOLLOW if c["at"].strip("/") else 0))
+        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        try:
+            os.fchdir(r.proc)
+            s.connect(f"self/fd/{at}")
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
+            os.close(at)
+    finally:
+        s.close()
 
 
 def _open_inflight(r: RestoreFd, msgs) -> list[int]:
@@ -760,7 +947,9 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
 
 
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ())),
-                check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
+                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ()))
+                + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
+                check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={
+                        "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False)}))

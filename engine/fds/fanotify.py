@@ -1,0 +1,167 @@
+"""fanotify: a group with its init flags and its marks (inode, mount and filesystem marks, their
+masks, ignored masks and mark flags), each on the restored equivalent of what it marked.
+
+fdinfo shows all of it: `fanotify flags:F event-flags:E` (fanotify_init's
+flags and event_f_flags), then one line per mark: `ino:I sdev:D ... f_handle:H`
+(an inode, by file handle), `mnt_id:M` (a mount) or `sdev:D` alone (a
+filesystem), each with `mflags` (FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE,
+FAN_MARK_IGNORE: the fanotify_mark flags themselves), `mask` and `ignored_mask`.
+Dump places an inode mark like an inotify watch (its handle opened through a
+visible mount of its device, inside the process's namespace), a mount mark on
+that mount of the tree, a filesystem mark on any mount of the tree of that
+device. Restore makes the group in the restorer (like inotify) and adds each
+mark through an O_PATH fd on the restored mount.
+
+Not kept: queued events and pending permission requests (a listener that has
+not answered one would block the tree at dump anyway); marks on what no mount
+of the tree reaches are refused at dump.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+
+from engine.imageformat import INT, LIST, F
+from engine.fds import FdError, FdKind, RestoreFd, register
+from engine.fds.inotify import locate_handle
+
+_GROUP = re.compile(r"^fanotify flags:([0-9a-f]+) event-flags:([0-9a-f]+)$", re.M)
+_INODE = re.compile(r"^fanotify ino:[0-9a-f]+ sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) "
+                    r"ignored_mask:([0-9a-f]+) fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) "
+                    r"f_handle:([0-9a-f]+)$", re.M)
+_MOUNT = re.compile(r"^fanotify mnt_id:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:([0-9a-f]+)$", re.M)
+_FS = re.compile(r"^fanotify sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:([0-9a-f]+)$", re.M)
+
+FAN_CLOEXEC, FAN_NONBLOCK = 0x1, 0x2
+FAN_MARK_ADD, FAN_MARK_MOUNT, FAN_MARK_FILESYSTEM = 0x1, 0x10, 0x100
+FAN_MARK_IGNORED_MASK, FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE = 0x20, 0x40, 0x200
+FAN_MARK_IGNORE = 0x400
+MARK_FLAGS = FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE | FAN_MARK_IGNORE   # what fdinfo's mflags holds
+TYPES = ("inode", "mount", "filesystem")
+MAX_MARKS = 1 << 16
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+
+
+def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> dict:
+    """In the namespace: the group's flags and its marks, inode marks located ({abs, mnt} or error)."""
+    with open(os.open(f"{pid}/fdinfo/{fd}", os.O_RDONLY, dir_fd=hostproc)) as f:
+        text = f.read()
+    g = _GROUP.search(text)
+    out = {"init": int(g[1], 16), "event_flags": int(g[2], 16), "marks": []} if g else {"error": "no group line"}
+    for m in _INODE.finditer(text):
+        sdev = int(m[1], 16)
+        got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)])
+        mark = {"type": "inode", "mflags": int(m[2], 16), "mask": int(m[3], 16), "ignored": int(m[4], 16)}
+        out["marks"].append({**mark, **got} if got else
+                            {**mark, "error": f"an inode mark on device {sdev >> 20}:{sdev & 0xFFFFF}, which no "
+                                              "visible mount reaches"})
+    for m in _MOUNT.finditer(text):
+        out["marks"].append({"type": "mount", "mnt": int(m[1], 16), "mflags": int(m[2], 16), "mask": int(m[3], 16),
+                             "ignored": int(m[4], 16)})
+    for m in _FS.finditer(text):
+        sdev = int(m[1], 16)
+        out["marks"].append({"type": "filesystem", "dev": f"{sdev >> 20}:{sdev & 0xFFFFF}", "mflags": int(m[2], 16),
+                             "mask": int(m[3], 16), "ignored": int(m[4], 16)})
+    return out
+
+
+def _dump(d) -> dict:
+    got = d.in_ns or {"error": "fdinfo unreadable"}
+    if "error" in got:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: fanotify group: {got['error']}")
+    every = {m.mnt_id: m for _pid, mounts in [(d.pid, d.mounts)] + list(d.elsewhere) for m in mounts}
+    marks = []
+    for i, k in enumerate(got["marks"]):
+        what = f"fanotify {k['type']} mark {i}"
+        rec = {"type": k["type"], "mflags": k["mflags"], "mask": k["mask"], "ignored": k["ignored"]}
+        if k["mflags"] & ~MARK_FLAGS:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what}: mark flags {k['mflags']:#x} not supported")
+        if "error" in k:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k['error']}: not supported")
+        if k["type"] == "inode":
+            loc = d.place(k["abs"], k["mnt"], f"fd {d.fd} {what}")
+            if loc.get("detached"):
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} on a detached mount: not supported")
+            rec.update(mnt=loc["mnt"], path=loc["path"])
+        elif k["type"] == "mount":
+            if k["mnt"] not in every:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} on mount {k['mnt']}, which is in no mount "
+                                                "namespace of the tree (a detached mount or one outside the dump): "
+                                                "not supported")
+            rec["mnt"] = k["mnt"]
+        else:
+            same = sorted((m for m in every.values() if m.dev == k["dev"]), key=lambda m: (len(m.root), m.mnt_id))
+            if not same:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} on device {k['dev']}, which no mount of the "
+                                                "tree shows: not supported")
+            rec["mnt"] = same[0].mnt_id
+        marks.append(rec)
+    return {"init": got["init"], "event_flags": got["event_flags"], "marks": marks}
+
+
+def _check(entry: dict, what: str) -> None:
+    from engine.image import _fail, check_abs_path
+    if not 0 <= entry["init"] < 1 << 32 or not 0 <= entry["event_flags"] < 1 << 32:
+        _fail(f"{what}: bad fanotify flags")
+    marks = entry["marks"]
+    if len(marks) > MAX_MARKS:
+        _fail(f"{what}: too many fanotify marks")
+    for k in marks:
+        if not isinstance(k, dict) or k.get("type") not in TYPES \
+                or not all(type(k.get(x)) is int for x in ("mnt", "mflags", "mask", "ignored")) \
+                or k["mflags"] & ~MARK_FLAGS or not 0 <= k["mask"] < 1 << 64 or not 0 <= k["ignored"] < 1 << 64 \
+                or set(k) - {"type", "mnt", "path", "mflags", "mask", "ignored"} \
+                or (k["type"] == "inode") != ("path" in k):
+            _fail(f"{what}: bad fanotify mark")
+        if "path" in k:
+            check_abs_path(k["path"], f"{what} fanotify mark")
+
+
+def _mark(gfd: int, flags: int, mask: int, proc: int, fd: int) -> None:
+    """fanotify_mark on what our O_PATH fd `fd` is, by its /proc magic link (the kernel takes no
+    O_PATH fd as the object itself): the same mount and inode."""
+    if _libc.fanotify_mark(gfd, flags, ctypes.c_uint64(mask), proc, f"self/fd/{fd}".encode()) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"fanotify_mark: {os.strerror(e)}")
+
+
+def _open(r: RestoreFd) -> int:
+    e = r.entry
+    # The group's flags as they were (fdinfo shows FAN_CLOEXEC and FAN_NONBLOCK among them); our fd
+    # is made close-on-exec at once, and its O_NONBLOCK is the dumped file's.
+    init = e["init"]
+    gfd = _libc.fanotify_init(init, e["event_flags"])
+    if gfd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"fanotify_init({init:#x}, {e['event_flags']:#x}): {os.strerror(err)}")
+    try:
+        os.set_inheritable(gfd, False)
+        os.set_blocking(gfd, not e["flags"] & os.O_NONBLOCK)
+        for k in e["marks"]:
+            # (O_NOFOLLOW beneath the mount's root only, as for inotify: its root is a magic link)
+            named = bool(k.get("path", "/").strip("/"))
+            fd = r.open_at(k["mnt"], k.get("path", "/"), os.O_PATH | (os.O_NOFOLLOW if named else 0))
+            try:
+                kind = {"inode": 0, "mount": FAN_MARK_MOUNT, "filesystem": FAN_MARK_FILESYSTEM}[k["type"]]
+                keep = k["mflags"] & (FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE)
+                ignore = FAN_MARK_IGNORE if k["mflags"] & FAN_MARK_IGNORE else FAN_MARK_IGNORED_MASK
+                if k["mask"] or not k["ignored"]:
+                    _mark(gfd, FAN_MARK_ADD | kind | (k["mflags"] & FAN_MARK_EVICTABLE), k["mask"], r.proc, fd)
+                if k["ignored"]:
+                    _mark(gfd, FAN_MARK_ADD | kind | keep | ignore, k["ignored"], r.proc, fd)
+            finally:
+                os.close(fd)
+        return gfd
+    except BaseException:
+        os.close(gfd)
+        raise
+
+
+register(FdKind(name="fanotify", matches=lambda t, m: t == "anon_inode:[fanotify]", dump=_dump, open=_open,
+                check=_check, in_ns=_in_ns, mounts=lambda e: [k["mnt"] for k in e["marks"]],
+                fields={"init": F(INT), "event_flags": F(INT), "marks": F(LIST)}))
