@@ -168,6 +168,20 @@ def _path_by_inode(clone_fd: int, dev: str, ino: int) -> str | None:
     return None
 
 
+def _clone_root(clone_of, m) -> int | None:
+    """A directory fd (not O_PATH: handles resolve on it) on the root of a private clone of mount
+    m, or None where no clone can be made or its root is a file (a file bind)."""
+    clone = clone_of(m)
+    if clone is None:
+        return None
+    try:
+        return os.open(f"/proc/self/fd/{clone}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    finally:
+        os.close(clone)
+
+
 def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
     """(directory fd on the detached mount, its path in the superblock): the fixed point of ".."
     from a visible mount's root opened by handle on the detached mount.
@@ -184,15 +198,9 @@ def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
     pfd = os.open(facts["link"], flags)
     try:
         for m in candidates:
-            clone = clone_of(m)
-            if clone is None:
+            root = _clone_root(clone_of, m)
+            if root is None:
                 continue
-            try:
-                root = os.open(f"/proc/self/fd/{clone}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-            except OSError:
-                continue  # a file bind
-            finally:
-                os.close(clone)
             try:
                 htype, handle, _ = kernel.name_to_handle_at(root, "", kernel.AT_EMPTY_PATH)
             finally:
@@ -307,3 +315,37 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
                 info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
                 tar.addfile(info, io.BytesIO(data))
     return content.digest_path(out_path)
+
+
+def sb_by_handle(facts: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tuple[str | None, str | None]:
+    """(sb id, mountinfo device) of the dumped superblock a detached file lies on when its st_dev is
+    no mount's: the one a visible mount of which opens the file's handle as the same file (device
+    and inode); (None, None) when none does (or the filesystem gives no handles)."""
+    htype, handle = facts["handle"]
+    if htype is None:
+        return None, None
+    widest: dict[str, object] = {}
+    for data in ns_data.values():
+        for m in data["mounts"]:
+            sid = sb_of_dev.get(m.dev)
+            if sid is None or superblocks[sid]["external"]:
+                continue
+            if sid not in widest or len(m.root) < len(widest[sid].root):
+                widest[sid] = m
+    for sid, m in sorted(widest.items()):
+        root = _clone_root(clone_of, m)
+        if root is None:
+            continue
+        try:
+            fd = kernel.open_by_handle_at(root, htype, handle, os.O_PATH)
+        except OSError:
+            continue
+        finally:
+            os.close(root)
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+        if (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino) == (facts["dev"], facts["ino"]):
+            return sid, m.dev
+    return None, None

@@ -1377,7 +1377,7 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
                 if sid is None:
                     # Files may show another device than the mounts of their superblock (a subvolume's
                     # own anonymous device): the superblock whose mount opens the file's handle as it.
-                    sid, dev = _sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
+                    sid, dev = detached.sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
                 if sid is not None:
                     candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),
                                         key=lambda m: (len(m.root), m.mnt_id))
@@ -1421,46 +1421,6 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
         for fd in anchors:
             os.close(fd)
     return out
-
-
-def _sb_by_handle(facts: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tuple[str | None, str | None]:
-    """(sb id, mountinfo device) of the dumped superblock a detached file lies on when its st_dev is
-    no mount's: the one a visible mount of which opens the file's handle as the same file (device
-    and inode); (None, None) when none does (or the filesystem gives no handles)."""
-    htype, handle = facts["handle"]
-    if htype is None:
-        return None, None
-    widest: dict[str, object] = {}
-    for data in ns_data.values():
-        for m in data["mounts"]:
-            sid = sb_of_dev.get(m.dev)
-            if sid is None or superblocks[sid]["external"]:
-                continue
-            if sid not in widest or len(m.root) < len(widest[sid].root):
-                widest[sid] = m
-    for sid, m in sorted(widest.items()):
-        clone = clone_of(m)
-        if clone is None:
-            continue
-        try:
-            root = os.open(f"/proc/self/fd/{clone}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        except OSError:
-            continue   # a file bind
-        finally:
-            os.close(clone)
-        try:
-            fd = kernel.open_by_handle_at(root, htype, handle, os.O_PATH)
-        except OSError:
-            continue
-        finally:
-            os.close(root)
-        try:
-            st = os.fstat(fd)
-        finally:
-            os.close(fd)
-        if (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino) == (facts["dev"], facts["ino"]):
-            return sid, m.dev
-    return None, None
 
 
 def _archive_beyond(beyond, superblocks, writer, files) -> None:
