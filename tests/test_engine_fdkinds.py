@@ -27,6 +27,22 @@ def _fd(state, n: int) -> str:
     return next(line for line in state.root.fds if line.startswith(f"{n}: "))
 
 
+def _first_child(pid: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return int(f.read().split()[0])
+
+
+def _grab_socket(pid: int, fd: int):
+    """A socket object on a copy of fd `fd` of process `pid` (pidfd_getfd)."""
+    import socket
+    from engine.fds import sys as fsys
+    pidfd = os.pidfd_open(pid)
+    try:
+        return socket.socket(fileno=fsys.pidfd_getfd(pidfd, fd))
+    finally:
+        os.close(pidfd)
+
+
 def test_pipe_data_and_ends(case):
     """A pipe with data both ends held, a full pipe, a pipe whose writer is gone (data kept)."""
     setup = py_hold("""
@@ -331,15 +347,8 @@ else:
 
 def _queued(pid: int, fd: int) -> list[bytes]:
     """The datagrams queued on fd `fd` of process `pid` (peeked, not consumed)."""
-    import socket
-    from engine import kernel
-    from engine.fds import sys as fsys
     from engine.fds import unix
-    pidfd = kernel.pidfd_open(pid)
-    try:
-        s = socket.socket(fileno=fsys.pidfd_getfd(pidfd, fd))
-    finally:
-        os.close(pidfd)
+    s = _grab_socket(pid, fd)
     import base64
     import types
     with s:
@@ -389,20 +398,9 @@ else:
 for x in (srv, ab, c1, c2): x.close()
 """)
     state = case.roundtrip(setup)[-1]
-    import ctypes
     import socket
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open(f"/proc/{state.pid}/task/{state.pid}/children") as f:
-        kid = int(f.read().split()[0])
-
-    def grab(pid, fd):
-        pfd = os.pidfd_open(pid)
-        try:
-            got = libc.syscall(438, pfd, fd, 0)
-            assert got >= 0, os.strerror(ctypes.get_errno())
-            return socket.socket(fileno=got)
-        finally:
-            os.close(pfd)
+    kid = _first_child(state.pid)
+    grab = _grab_socket
 
     for n in (11, 12):
         client, server = grab(kid, n), grab(state.pid, n)
@@ -431,20 +429,9 @@ else:
 for x in (srv, c1, c2): x.close()
 """)
     state = case.roundtrip(setup)[-1]
-    import ctypes
     import socket
-    libc = ctypes.CDLL(None, use_errno=True)
-    with open(f"/proc/{state.pid}/task/{state.pid}/children") as f:
-        kid = int(f.read().split()[0])
-
-    def grab(pid, fd):
-        pfd = os.pidfd_open(pid)
-        try:
-            got = libc.syscall(438, pfd, fd, 0)
-            assert got >= 0, os.strerror(ctypes.get_errno())
-            return socket.socket(fileno=got)
-        finally:
-            os.close(pfd)
+    kid = _first_child(state.pid)
+    grab = _grab_socket
 
     lst = grab(state.pid, 10)
     lst.setblocking(False)
