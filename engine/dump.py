@@ -898,7 +898,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         for e in ns["mounts"]:
             if superblocks[e["sb"]]["external"] and not e["external"] and e.get("ghost"):
                 # (systemd-nspawn binds a host file as the container's boot_id and deletes it: on a host
-                # whose /run is not a tmpfs of the tree, no archive can hold it)
+                # whose /run is a filesystem outside the dump, no archive can hold it)
                 raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
                                                   f"{e['root']} was deleted on a filesystem from outside the dump; "
                                                   f"declare it with --external mnt[{e['mountpoint']}]:KEY and give "
