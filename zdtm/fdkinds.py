@@ -177,7 +177,8 @@ def _is_fifo(pid: int, fd: int) -> bool:
 
 
 def _socket_pairs(by_inode: dict) -> list[str]:
-    """Lines "socketpair P0:3 | P1:4" for connected unix sockets held by the tree (peers by sock_diag)."""
+    """Lines "socketpair P0:3 | P1:4" for unix sockets held by the tree that are each other's peers,
+    "connected P1:5 -> P0:3" for one connected to another that is not connected back (sock_diag)."""
     from engine.fds import unix
     socks = {}
     for (_, ino), members in by_inode.items():
@@ -199,8 +200,14 @@ def _socket_pairs(by_inode: dict) -> list[str]:
     table = diag.get("all", {})
     for ino, members in socks.items():
         peer = table.get(ino, {}).get("peer")
-        if peer in socks and ino < peer:
-            a = " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in members))
-            b = " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in socks[peer]))
+        if peer not in socks:
+            continue
+        a = " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in members))
+        b = " ".join(sorted(f"P{i}:{fd}" for i, _, fd, _ in socks[peer]))
+        if table.get(peer, {}).get("peer") != ino:
+            # One-way (a datagram socket connected to a bound one): a line per direction, so the
+            # inode order, which a restore need not keep, does not decide whether it is shown.
+            lines.append(f"connected {a} -> {b}")
+        elif ino < peer:
             lines.append("socketpair " + " | ".join(sorted((a, b))))
-    return lines
+    return sorted(lines)
