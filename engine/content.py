@@ -49,10 +49,7 @@ def _staging(mounts: list[tuple[int, str]]) -> int:
     """In a private namespace: a tmpfs with each (mount fd, name) attached at name; return its fd."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    fd = kernel.fsopen("tmpfs")
-    kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
-    staging = kernel.fsmount(fd)
-    os.close(fd)
+    staging = kernel.scratch_tmpfs()
     # Stacked on "/" of this private namespace: our own lookups of "/usr/bin/tar" still
     # start below it, while /proc/self/fd/STAGING reaches it.
     kernel.move_mount(staging, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)

@@ -52,11 +52,7 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
             res[name] = (False, os.strerror(e.errno) if e.errno else str(e), e.errno)
 
     def fs():
-        fd = kernel.fsopen("tmpfs")
-        kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
-        mfd = kernel.fsmount(fd)
-        os.close(fd)
-        state["tmpfs"] = mfd
+        state["tmpfs"] = kernel.scratch_tmpfs()
 
     state: dict[str, int] = {}
     attempt("fsopen/fsmount", fs)
@@ -111,12 +107,7 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
     attempt("STATX_MNT_ID_UNIQUE", lambda: kernel.statx_mnt_id("/", unique=True) and None)
 
     def clone_detached():
-        fd = kernel.fsopen("tmpfs")
-        try:
-            kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
-            mnt = kernel.fsmount(fd)
-        finally:
-            os.close(fd)
+        mnt = kernel.scratch_tmpfs()
         try:
             os.close(kernel.open_tree(mnt, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH))
         finally:

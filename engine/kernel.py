@@ -182,6 +182,16 @@ def fsmount(fd: int, attr_flags: int = 0) -> int:
                   "fsmount")
 
 
+def scratch_tmpfs() -> int:
+    """A detached mount of a new, empty tmpfs (a yard or staging area for the engine's own use)."""
+    fc = fsopen("tmpfs")
+    try:
+        fsconfig(fc, FSCONFIG_CMD_CREATE)
+        return fsmount(fc)
+    finally:
+        os.close(fc)
+
+
 FSPICK_CLOEXEC = 0x1
 FSPICK_EMPTY_PATH = 0x8
 

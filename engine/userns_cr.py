@@ -607,12 +607,7 @@ def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, chan) -> 
     atime included), and clone it there: the clone keeps the flag locks, not the mount lock."""
     from engine import kernel
     kernel.unshare(kernel.CLONE_NEWNS)
-    fc = kernel.fsopen("tmpfs")
-    try:
-        kernel.fsconfig(fc, kernel.FSCONFIG_CMD_CREATE)
-        scratch = kernel.fsmount(fc)
-    finally:
-        os.close(fc)
+    scratch = kernel.scratch_tmpfs()
     import stat
     if stat.S_ISDIR(os.fstat(mount_fd).st_mode):
         os.mkdir("m", 0o700, dir_fd=scratch)

@@ -130,9 +130,7 @@ def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, st
     """In a forked child: a yard where the layer clones sit at their original paths, then create the overlay."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    fd = kernel.fsopen("tmpfs")
-    kernel.fsconfig(fd, kernel.FSCONFIG_CMD_CREATE)
-    yard = kernel.fsmount(fd)
+    yard = kernel.scratch_tmpfs()
     kernel.move_mount(yard, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
     os.fchdir(yard)
     os.chroot(".")
