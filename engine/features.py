@@ -42,6 +42,9 @@ FEATURES = {
 
 
 def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
+    # Imported before the probes mount over /tmp of this namespace: an engine that lives under
+    # /tmp (a checkout there) could not be imported from afterwards.
+    from engine import userns
     res: dict[str, tuple[bool, str, int | None]] = {}
 
     def attempt(name, fn):
@@ -116,7 +119,6 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
     attempt("open_tree(detached)", clone_detached)
 
     def idmap_map():
-        from engine import userns
         ufd = userns.make(userns.Maps(((0, 100000, 1),), ((0, 100000, 1),), "deny"))
         try:
             fd = kernel.open_tree(kernel.AT_FDCWD, "/tmp", kernel.OPEN_TREE_CLONE)
