@@ -311,6 +311,26 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
                 f["visible_mnt"] = mid
 
 
+def _enter_copy(ns_fd: int, pids: list[int]) -> int:
+    """In a forked child: stand at the root of a private copy of the namespace (made as its owner)
+    where what covers a mount may be unmounted without touching the original; returns an fd on /proc."""
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    # A copy made from another user namespace than the owner's would lock every mount of it.
+    owner = userns_cr.owner_to_join(ns_fd)
+    _enter_ns_root(ns_fd, pids, hostproc)
+    if owner is not None:
+        kernel.setns(owner, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    return hostproc
+
+
+def _run_in_copy(ns_fd: int, pids: list[int], fn, args) -> object:
+    """In a forked child: fn(*args) at the root of a private copy of the namespace (_enter_copy)."""
+    os.close(_enter_copy(ns_fd, pids))
+    return fn(*args)
+
+
 def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, chan: channel.Channel) -> None:
     """In a forked child: clone each wanted mount (original ids) of the namespace and send the fds.
 
@@ -320,14 +340,7 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     touching the original: visible mounts are cloned at once, covered ones
     after their covers are gone (see _uncover).
     """
-    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    # A copy made from another user namespace than the owner's would lock every mount of it.
-    owner = userns_cr.owner_to_join(ns_fd)
-    _enter_ns_root(ns_fd, pids, hostproc)
-    if owner is not None:
-        kernel.setns(owner, kernel.CLONE_NEWUSER)
-    kernel.unshare(kernel.CLONE_NEWNS)
-    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    hostproc = _enter_copy(ns_fd, pids)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
                    encoding="utf-8", errors="surrogateescape") as f:
         copy = mountinfo.brief(f.read())  # ids and mount points are all we need of the copy
@@ -690,6 +703,17 @@ class _Plan:
         self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
         self.pidns_name: dict[int, str] = {}
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
+        self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
+
+    def in_ns_copy(self, ns_name: str, fn, *args):
+        """fn(*args) in a forked child standing at the root of a private copy of mount namespace
+        `ns_name`, where it may unmount covers to look beneath them (the tree is stopped)."""
+        pids = self.ns_pids[ns_name]
+        fd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
+        try:
+            return forkrun.run(_run_in_copy, fd, pids, fn, args)
+        finally:
+            os.close(fd)
 
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """Call setter(path on superblock `sid`) for the file with inode `ino`; refuse with `missing` if none."""
@@ -832,6 +856,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     _check_construct_userns(mntns_doc, superblocks)
     ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
     plan = _Plan(superblocks, sb_of_dev, mntns_doc, ns_mounts, mounts_by_id)
+    plan.ns_pids = {names[("mnt", ino)]: pids for ino, pids in by_mntns.items()}
     # Devices: declared external, or resolved by the type (a device over a file we dump), else refused.
     for sid, sb in superblocks.items():
         dev = (sb.get("device") or {}).get("dev")
