@@ -607,7 +607,7 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
     this reads only mountinfo, never the filesystems.
     """
     seen: set[int] = set()
-    texts: list[str] = []
+    texts: list[tuple[int, str]] = []
     for pid in pids:
         try:
             ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
@@ -625,20 +625,24 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
                 raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported; "
                                                   f"declare it with --external mnt[{mp}]:KEY")
         _refuse_sharing(text)
-        texts.append(text)
+        texts.append((pid, text))
     _check_construct(texts, ext_mnts)
 
 
-def _check_construct(texts: list[str], ext_mnts) -> None:
+def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
     """Where peer groups are built while mounting (sharing=construct: no MOVE_MOUNT_SET_GROUP),
-    plan the construction now, from mountinfo alone, and refuse a tree no order builds while it
-    keeps running, naming the mount (engine/construct.py)."""
+    plan the construction now, from mountinfo (and the locks of a namespace a user namespace owns,
+    which restore copies into it midway), and refuse a tree no order builds while it keeps
+    running, naming the mount (engine/construct.py)."""
     from engine import construct, strategy
     if strategy.current().sharing != "construct":
         return
     mounts, ext_devs = [], set()
-    for text in texts:
-        for m in mountinfo.parse(text):
+    by_ns: list[tuple[int, list[mountinfo.Mount]]] = []
+    for pid, text in texts:
+        parsed = mountinfo.parse(text)
+        by_ns.append((pid, parsed))
+        for m in parsed:
             if m.mountpoint in ext_mnts:
                 ext_devs.add(m.dev)
             mounts.append({"id": m.mnt_id, "parent": m.parent_id, "mountpoint": m.mountpoint, "root": m.root,
@@ -650,9 +654,37 @@ def _check_construct(texts: list[str], ext_mnts) -> None:
     for m in mounts:
         seen.setdefault(m["id"], m)  # one entry per mount, however many namespaces list it
     try:
-        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs)
+        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs,
+                       userns_copies=_userns_copies(by_ns))
     except construct.PlanError as e:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
+
+
+def _userns_copies(by_ns: list[tuple[int, list[mountinfo.Mount]]]) -> dict[str, tuple[set[int], set[int]]]:
+    """Before the tree is stopped, what engine.userns_cr.construct_copies tells from the image:
+    for each mount namespace another user namespace owns (by a process of it), its locks probed
+    as dump probes them, split into the mounts made before its copy and those made in it."""
+    ns_mnt: dict[str, dict] = {}
+    for pid, parsed in by_ns:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+        try:
+            owner = userns_cr.owner_to_join(fd)
+        finally:
+            os.close(fd)
+        if owner is None:
+            continue
+        os.close(owner)
+        ids = {m.mnt_id for m in parsed}
+        entries = [{"id": m.mnt_id, "parent": m.parent_id if m.parent_id in ids else None,
+                    "mountpoint": m.mountpoint, "uid": m.unique_id} for m in parsed]
+        name = f"of process {pid}"
+        try:
+            userns_cr.locks(pid, entries, name)
+        except OSError as e:
+            raise DumpError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}; the tree keeps running") from None
+        root = next(e["id"] for e in entries if e["parent"] is None)
+        ns_mnt[name] = {"root": root, "mounts": entries, "owner": True}
+    return userns_cr.construct_copies(ns_mnt)
 
 
 def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:
