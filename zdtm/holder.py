@@ -43,6 +43,15 @@ zdtm_wait() {
         sleep 0.05
     done
 }
+# zdtm_held PID [SECONDS]: wait until process PID has become a holder (exec'd zdtm-hold), i.e.
+# everything its script did before `exec zdtm-hold` (a remount after its ready file, say) is done.
+zdtm_held() {
+    _n=$(( ${2:-10} * 20 ))
+    while [ "$(tr '\0' '\n' < /proc/$1/cmdline 2>/dev/null | head -n 1)" != "HOLD_ARGV0" ]; do
+        _n=$((_n - 1)); [ "$_n" -gt 0 ] || { echo "zdtm_held: process $1 did not become a holder" >&2; return 1; }
+        sleep 0.05
+    done
+}
 # zdtm_spaces: runs of blanks (findmnt's column padding) become one space.
 zdtm_spaces() { sed 's/[[:space:]]\+/ /g'; }
 # zdtm_ids: peer group and master numbers dropped (a restore need not keep them).
@@ -67,6 +76,8 @@ zdtm_host() {
     fi
 }
 """
+
+HELPERS = HELPERS.replace("HOLD_ARGV0", HOLD_ARGV0)
 
 # Prepended to every setup script. `set -e`: the first failing command fails
 # the setup (reported as a setup error, with the output).
