@@ -43,12 +43,13 @@ zdtm_wait() {
         sleep 0.05
     done
 }
-# zdtm_held PID [SECONDS]: wait until process PID has become a holder (exec'd zdtm-hold), i.e.
-# everything its script did before `exec zdtm-hold` (a remount after its ready file, say) is done.
+# zdtm_held PID [COMMAND]: wait until process PID runs COMMAND (default: the holder, i.e. it
+# has exec'd zdtm-hold), so that whatever its script did after its ready file (a remount, a lazy
+# umount, a chdir) is done before the runner looks.
 zdtm_held() {
-    _n=$(( ${2:-10} * 20 ))
-    while [ "$(tr '\0' '\n' < /proc/$1/cmdline 2>/dev/null | head -n 1)" != "HOLD_ARGV0" ]; do
-        _n=$((_n - 1)); [ "$_n" -gt 0 ] || { echo "zdtm_held: process $1 did not become a holder" >&2; return 1; }
+    _n=200
+    while [ "$(cat /proc/$1/comm 2>/dev/null)" != "${2:-HOLD_COMM}" ]; do
+        _n=$((_n - 1)); [ "$_n" -gt 0 ] || { echo "zdtm_held: process $1 did not exec ${2:-the holder}" >&2; return 1; }
         sleep 0.05
     done
 }
@@ -77,7 +78,7 @@ zdtm_host() {
 }
 """
 
-HELPERS = HELPERS.replace("HOLD_ARGV0", HOLD_ARGV0)
+HELPERS = HELPERS.replace("HOLD_COMM", os.path.basename(HOLD_ARGV0))
 
 # Prepended to every setup script. `set -e`: the first failing command fails
 # the setup (reported as a setup error, with the output).
