@@ -85,9 +85,9 @@ def _add_restore(sub) -> None:
                         "(its mount point: libfuse >= 3.3) and {source} by /proc/self/fd/M of the superblock's "
                         "source file restored from the image, e.g. squashfuse='squashfuse -f {source} {conn}'. "
                         "Never taken from the image. Repeatable.")
-    p.add_argument("--pidfile", required=True, metavar="FILE",
-                   help="write the root stand-in's pid here (must not exist; written only when the whole "
-                        "tree runs, else nothing of the restore is left)")
+    p.add_argument("--pidfile", metavar="FILE",
+                   help="also write the root stand-in's pid here (must not exist; written only when the whole "
+                        "tree runs, else nothing of the restore is left); the pid is printed either way")
     p.add_argument("--devices", choices=("container", "all", "none"), default="container",
                    help="device nodes archives may create: 'container' (default) the character devices "
                         "every container has (null, zero, full, random, urandom, tty, console, ptmx), "
