@@ -6,18 +6,18 @@ when the overlay was mounted*: mounts younger than the overlay (64-bit unique
 mount ids only grow) are skipped, so a layer that was overmounted afterwards
 is still found beneath the overmount (overlayfs-cr-thread.txt, case b).
 Before Linux 6.8 there are no unique ids, and legacy ids (the lowest free
-number) say nothing certain about age: `overmounted_after` names a layer
-directory that is itself a mount point with a larger legacy id than the
-overlay (it may have been mounted over the layer afterwards). Then the
-layer's files decide: overlayfs shows a layer's files with their own inode
-numbers, sizes and times (ovl_getattr passes them through), so dump looks
-beneath the stack at that path in a private copy of the namespace
-(`look_beneath`) and takes the mount whose directory holds files the overlay
-shows. When no file tells (an empty layer, or one whose every name a higher
-layer hides), dump refuses it (engine.strategy, layers=refuse-ambiguous). A layer path crossing
-a mount above the layer directory is taken as it resolves now (the common
-case: layers on a tmpfs mounted before them; ids restored by our own restore
-are not in creation order, so they cannot decide that case either).
+number) say nothing certain about age. Then the layer's files decide:
+overlayfs shows a layer's files with their own inode numbers, sizes and times
+(ovl_getattr passes them through), so where a layer path crosses more than
+one mount (`stack_beneath`: the one it resolves to now, and each one a lazy
+unmount of that would uncover), dump looks at the directory on each of them
+in a private copy of the namespace (`look_beneath`) and takes the topmost
+whose files the overlay shows; else the only one that has the directory at
+all (`told_by_files`). When nothing tells, the layer is taken as it resolves
+now, unless that mount may have been mounted over it after the overlay (the
+layer directory is its mount point and its legacy id is larger than the
+overlay's: `overmounted_after`) or lacks the directory: then dump refuses it
+(engine.strategy, layers=refuse-ambiguous), the tree left running.
 
 Restore: a forked helper builds a private "yard" where each original layer
 path leads to a clone of the recorded layer directory, chroots into it and
