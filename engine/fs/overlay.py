@@ -34,7 +34,7 @@ import stat
 
 from dataclasses import dataclass
 
-from engine import channel, kernel
+from engine import channel, forkrun, kernel
 from engine.standin import fsmount
 from engine.fs import FsError, FsType, register
 from engine.image import is_beneath, rel_to
@@ -327,7 +327,11 @@ def _by_files(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[tuple[
     roots = [e["mountpoint"] for e in plan.mntns_doc[ns_name]["mounts"] if e["sb"] == sid and e["root"] == "/"]
     if len(stack) < 2 or not roots:
         return None, False   # nothing beneath (a layer on the namespace root), or no overlay root to compare
-    looked = plan.in_ns_copy(ns_name, look_beneath, path, [(m.mountpoint, m.dev) for m in stack], roots, sb["dev"])
+    try:
+        looked = plan.in_ns_copy(ns_name, look_beneath, path, [(m.mountpoint, m.dev) for m in stack], roots,
+                                 sb["dev"])
+    except (OSError, forkrun.ChildError):
+        looked = None   # the copy could not be looked at: the files tell nothing
     i = told_by_files(looked)
     absent = bool(looked) and not looked[0]["found"]
     if i is None:
