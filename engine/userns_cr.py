@@ -336,6 +336,14 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
             # its source's locked flags. Restore clones it the same way (Rebuild.lock_flags).
             e["locked_flags"] = flags
     locked_ids = {e["id"] for e in entries if e.get("locked")}
+    if _pivoted(root):
+        # Its root took the mount lock from the root it pivoted from (pivot_root); restore does the
+        # same after copying the namespace, which drops whatever the copy locked on the old root.
+        stray = next((e for e in entries if e.get("locked") and e.get("parent") == root["id"]), None)
+        if stray is not None:
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {stray['id']} ({stray['mountpoint']}): locked on the root "
+                                                f"of mount namespace {nsname}, which was pivoted into (its root "
+                                                "has no locked flags): not supported yet")
     for e in entries:
         if e.get("locked") and e.get("parent") is not None and e["parent"] != root["id"] \
                 and e["parent"] not in locked_ids:
@@ -519,6 +527,10 @@ class Rebuild:
             if bits:
                 extra[m["id"]] = bits
         r.enter(ns_id)
+        # A root locked without locked flags: the namespace pivoted into a mount made inside it
+        # (bwrap into its own tmpfs), and pivot_root passed the old root's mount lock to it. A
+        # clone of the root, made before the copy locks anything, gets it the same way.
+        fresh = self._clone_root(r, ns) if _pivoted(r.mounts[ns["root"]]) else None
         # Flags set later than the copy are not locked: off while the kernel copies, on again after.
         for mid, bits in extra.items():
             if mid not in covered:
@@ -533,6 +545,8 @@ class Rebuild:
         r.ns_fd[ns_id] = new
         self.copied.add(ns_id)
         r.enter(ns_id)
+        if fresh is not None:
+            self._pivot_to(r, ns_id, fresh)
         for m in mine:
             mid = m["id"]
             old = r.mnt_fd.pop(mid, None)
@@ -552,6 +566,36 @@ class Rebuild:
                 r.mnt_fd[mid] = fd
             else:
                 os.close(fd)
+
+    def _clone_root(self, r, ns: dict) -> int:
+        """A detached clone of namespace `ns`'s root (we stand in it, not copied yet): no lock."""
+        from engine import kernel
+        fd = self._open(r.mounts[ns["root"]])
+        try:
+            return kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _pivot_to(r, ns_id: str, fresh: int) -> None:
+        """In the copy: mount `fresh` over the locked root and pivot into it as the original did; the
+        kernel moves the root's mount lock to it (not its flag locks), and the old root, unlocked by
+        that, is unmounted with what it held."""
+        from engine import kernel
+        top = os.open("/..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fchdir(top)
+            os.chroot(".")
+            kernel.move_mount(fresh, "", top, "", kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+            os.fchdir(fresh)
+            kernel.pivot_root(".", ".")
+            kernel.umount2(".", kernel.MNT_DETACH)
+        finally:
+            os.close(top)
+            os.close(fresh)
+            # Back on the namespace's hidden root, where the next steps expect to stand.
+            r.to_service()
+            r.enter(ns_id)
 
     @staticmethod
     def _open(m: dict) -> int:
@@ -599,6 +643,12 @@ class Rebuild:
         if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
             return None  # the parent's stand-in is in it already: the fork inherits it
         return self.fd[p["userns"]]
+
+
+def _pivoted(root: dict) -> bool:
+    """Whether a namespace root's locks are those pivot_root leaves: the mount lock alone (a copy
+    into a user namespace locks the atime flag with every mount it locks)."""
+    return bool(root.get("locked")) and "atime" not in (root.get("locked_flags") or ())
 
 
 def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, chan) -> None:
