@@ -797,12 +797,16 @@ class _Restorer:
         fd = self._clone_plain(m, what, base)
         self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
         if m.get("locked_flags") and not m.get("locked"):
-            # An unlocked mount with locked flags: cloned again inside its user namespace.
+            # An unlocked mount with locked flags: cloned again inside its user namespace (with the
+            # locked mounts below it, if any).
             if base is not None:
                 raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): locked flags on an "
                                                      "unlocked mount with peer groups built while mounting")
             try:
-                fd = self.users.lock_flags(m, fd)
+                if m["id"] in self.users.groups:
+                    fd = self.users.lock_subtree(self, m, fd)
+                else:
+                    fd = self.users.lock_flags(m, fd)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
@@ -1009,6 +1013,8 @@ class _Restorer:
                 os.close(self.mnt_fd.pop(mid))
 
         for m in order:
+            if m["id"] in self.users.grouped:
+                continue  # made with the unlocked mount above it (engine/userns_cr.py lock_subtree)
             ns_id = self.ns_of_mount[m["id"]]
             if self.users.must_copy_before(ns_id, m):  # locks: engine/userns_cr.py
                 self._users_call(self.users.copy, self, ns_id, attached)
@@ -1023,7 +1029,15 @@ class _Restorer:
                 continue
             while ready:
                 x = ready.pop()
-                if x["id"] not in roots:
+                if x["id"] in self.users.grouped:
+                    self._moved.add(x["id"])   # attached with the unlocked mount above it
+                    self._users_call(self.users.attached, self, x)
+                    if self._filling_now():
+                        nsx = self.ns_of_mount[x["id"]]
+                        self.attached_in[nsx] = self.attached_in.get(nsx, 0) + 1
+                    left[x["parent"]] -= 1
+                    done(x["parent"])
+                elif x["id"] not in roots:
                     self.enter(self.ns_of_mount[x["id"]])
                     self._attach(self.mounts[x["parent"]], x)
                     left[x["parent"]] -= 1
@@ -1034,6 +1048,7 @@ class _Restorer:
                     self._legacy_attrs(x)
                 ready.extend(sorted(pending.pop(x["id"], ()), key=lambda c: (c.get("uid") or 0, c["id"]),
                                     reverse=True))
+                ready.extend(reversed(self.users.groups.get(x["id"], ())))
                 done(x["id"])
                 step("attach")
         if pending:
@@ -1113,9 +1128,9 @@ class _Restorer:
         finally:
             os.chdir("/")
 
-    def _mountpoint_fd(self, parent: dict, c: dict) -> int:
+    def _mountpoint_fd(self, parent: dict, c: dict, pfd: int | None = None) -> int:
         rel = rel_to(c["mountpoint"], parent["mountpoint"])
-        pfd = self.mnt_fd[parent["id"]]
+        pfd = self.mnt_fd[parent["id"]] if pfd is None else pfd
         try:
             if rel:
                 # The mount point has the type of the root of the mount that goes there.
