@@ -800,7 +800,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
         if users["userns"]:
             # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
-            userns_cr.record_sb_owners(by_mntns[ino][0], mounts, sb_of_dev, superblocks, tree, users)
+            try:
+                userns_cr.record_sb_owners(by_mntns[ino][0], mounts, sb_of_dev, superblocks, tree, users)
+            except userns_cr.UsernsError as e:
+                raise DumpError(e.errno, e.strerror) from None
         owner = users["mntns_owner"].get(names[("mnt", ino)])
         if owner is not None:
             mntns_doc[names[("mnt", ino)]]["owner"] = owner

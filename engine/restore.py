@@ -689,6 +689,13 @@ class _Restorer:
         none of the service namespace's mounts)."""
         return os.open(f"{os.getppid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
 
+    def owner_userns(self, sb: dict) -> int | None:
+        """An fd (not the caller's to close) on the restored user namespace that owns superblock
+        `sb` (its ``owner``), None when the restorer's own does: a type's `create` hook makes it from
+        inside that one."""
+        owner = sb.get("owner")
+        return None if owner is None else self.users.fd[owner]
+
     def sb(self, sid: str) -> int | None:
         """The detached mount fd of new superblock `sid`, None if it is not made."""
         return self._sb(sid)

@@ -255,10 +255,19 @@ def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:
 def record_sb_owners(pid: int, mounts, sb_of_dev: dict, superblocks: dict, tree, users_plan: dict) -> None:
     """Give each superblock `pid` sees that a user namespace of the image owns its ``owner``
     (user-N): restore makes it from inside the restored one (engine/sbowner.py tells it)."""
+    from engine import fs
     candidates = sb_owner_candidates(tree, users_plan)
     try:
         for dev, name in sbowner.probe(pid, mounts, candidates).items():
-            superblocks[sb_of_dev[dev]]["owner"] = name
+            sb = superblocks[sb_of_dev[dev]]
+            handler = fs.lookup(sb["fstype"])
+            if handler is not None and (handler.device or handler.daemon):
+                # Made by its type's own create hook, which makes no superblock inside a user namespace.
+                m = next(x for x in mounts if x.dev == dev)
+                raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}) on {sb['fstype']}: its "
+                                                    "superblock was made inside a user namespace, which restore "
+                                                    f"cannot do for {sb['fstype']} yet")
+            sb["owner"] = name
     finally:
         for _, fd in candidates:
             os.close(fd)

@@ -137,3 +137,16 @@ def test_a_covered_member_of_a_locked_subtree_is_refused_naming_it():
         userns_cr._check_group(top, members, ["atime"], set())
     with pytest.raises(userns_cr.UsernsError, match="whose atime is not locked"):
         userns_cr._check_group(top, members[:1], [], set())
+
+
+def test_a_daemon_superblock_made_inside_a_user_namespace_is_refused_at_dump(monkeypatch):
+    # fuse (rootless fuse-overlayfs) is made by its type's own hook, which cannot make it owned.
+    import types
+    monkeypatch.setattr(userns_cr, "sb_owner_candidates", lambda tree, plan: [])
+    monkeypatch.setattr(userns_cr.sbowner, "probe", lambda pid, mounts, cands: {"0:99": "user-1", "0:98": "user-1"})
+    mounts = [types.SimpleNamespace(mnt_id=7, mountpoint="/run/c", dev="0:98"),
+              types.SimpleNamespace(mnt_id=8, mountpoint="/run/c/fuse", dev="0:99")]
+    sbs = {"sb-0": {"fstype": "tmpfs"}, "sb-1": {"fstype": "fuse.zdtm"}}
+    with pytest.raises(userns_cr.UsernsError, match=r"mount 8 \(/run/c/fuse\) on fuse.zdtm: its superblock was "
+                                                    "made inside a user namespace"):
+        userns_cr.record_sb_owners(1, mounts, {"0:98": "sb-0", "0:99": "sb-1"}, sbs, [], {})
