@@ -373,8 +373,17 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
             raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
-        pending.append((m.mnt_id, kernel.open_tree(kernel.AT_FDCWD, path,
-                                                   kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)))
+        try:
+            fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
+        except OSError as e:
+            if e.errno != errno.EINVAL or owner is None:
+                raise
+            # Locked mounts on it (a namespace a user namespace owns): the kernel clones it only with
+            # them; their files lie on other superblocks (tar stays on one), and nothing of the
+            # container reaches what they cover.
+            fd = kernel.open_tree(kernel.AT_FDCWD, path,
+                                  kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
+        pending.append((m.mnt_id, fd))
         send()
 
     # Fast path: mounts whose path already leads to them.

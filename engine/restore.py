@@ -419,11 +419,15 @@ class _Restorer:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return {int(x) for x in f.read().split()}
 
-    def _standin_in(self, kind: str, nsid: str) -> channel.Channel:
-        for p in self.doc["processes"]:
-            if p["ns"][kind] == nsid:
-                return self.chans[p["pid"]]
-        raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
+    def _standin_in(self, kind: str, nsid: str, owner: str | None = None) -> channel.Channel:
+        """The channel of a stand-in in `kind` namespace nsid; for making a superblock there, one
+        that stands in the user namespace `owner` owning it (None: the restorer's) when there is
+        one (stand-ins that made namespaces inside theirs start in it: engine/userns_cr.py)."""
+        found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid]
+        if not found:
+            raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
+        best = next((p for p in found if self.users.stands_in(p) == owner), found[0])
+        return self.chans[best["pid"]]
 
     # -- 2. superblocks ---------------------------------------------------------
 
@@ -710,13 +714,15 @@ class _Restorer:
             if not sb.get(handler.ns_key):
                 raise RestoreError(errno.EINVAL, f"superblock {sid} ({sb['fstype']}) has no {handler.ns} "
                                                  "namespace in the image")
-            return self._standin_in(handler.ns, sb[handler.ns_key])
-        # Tagged with the namespace of the processes that see the mount.
+            return self._standin_in(handler.ns, sb[handler.ns_key], sb.get("owner"))
+        # Tagged with the namespace of the processes that see the mount: made by one of them that
+        # stands in the user namespace owning it, else by any stand-in in that namespace that does.
         ns_id = self.ns_of_mount[user["id"]]
-        for p in self.doc["processes"]:
-            if p["ns"]["mnt"] == ns_id:
-                return self.chans[p["pid"]]
-        return self.chans[self.doc["processes"][0]["pid"]]
+        seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id] or self.doc["processes"][:1]
+        p = next((p for p in seers if self.users.stands_in(p) == sb.get("owner")), None)
+        if p is None and handler.ns in seers[0]["ns"]:
+            return self._standin_in(handler.ns, seers[0]["ns"][handler.ns], sb.get("owner"))
+        return self.chans[(p or seers[0])["pid"]]
 
     # -- 3. plain mounts ------------------------------------------------------------
 

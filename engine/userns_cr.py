@@ -363,6 +363,13 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
             raise UsernsError(errno.EOPNOTSUPP, f"mount {stray['id']} ({stray['mountpoint']}): locked on the root "
                                                 f"of mount namespace {nsname}, which was pivoted into (its root "
                                                 "has no locked flags): not supported yet")
+    for e in entries:
+        if e["id"] in hidden and (e.get("shared") or e.get("master") or e.get("unbindable")):
+            # Restore sets propagation once the namespace is copied into its user namespace, where
+            # no path reaches beneath a locked mount and none can be unmounted.
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): locked, covered by a locked "
+                                                f"mount of mount namespace {nsname} and shared, slave or unbindable: "
+                                                "its propagation cannot be rebuilt yet")
     groups = lock_groups(entries)
     for top, members in groups.items():
         _check_group(by_id[top], members, unlocked_flags[top], hidden)
@@ -667,7 +674,12 @@ class Rebuild:
             if old is not None:
                 os.close(old)
             mp = r.mp_fd.pop(mid, None)
-            if mp is not None:
+            if mp is not None and mid != ns["root"] and m.get("parent") in r.referenced:
+                # What m covers, which a process's file or socket lies in: no path of the copy
+                # reaches beneath a locked mount, this fd on its mount point before the copy (the
+                # same directory of the same superblock) still does.
+                r.mp_fd[mid] = mp
+            elif mp is not None:
                 os.close(mp)   # reached what the staging mount covered: nothing in the copy
             if mid in covered:
                 continue       # beneath another locked mount: nothing can reach it, nor needs to
@@ -746,6 +758,13 @@ class Rebuild:
                                       None if deny or not creds else creds["groups"]),
                                      [] if p.get("userns_first") and not p.get("userns_start")
                                      else [self.fd[p["userns"]]])
+
+    def stands_in(self, p: dict) -> str | None:
+        """The user namespace p's stand-in stands in until it takes its ids (become): the one it
+        started in, None for the restorer's."""
+        if p.get("userns_start"):
+            return p["userns_start"]
+        return p["userns"] if p.get("userns_first") else None
 
     def spawn_in(self, p: dict, parent: dict | None) -> int | None:
         """The user namespace fd p's stand-in must start in (its own namespaces belong to it), or
