@@ -404,6 +404,22 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     chan.send("done")
 
 
+def _clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
+    """A detached clone of mount `mnt_id` of the mount namespace `pids` live in (`mounts`: its
+    mount list), even if covered (_clone_mounts uncovers it); None when it cannot be made."""
+    nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
+    try:
+        for _, fds in channel.fork_stream(_clone_mounts, nsfd, pids, [mnt_id], mounts):
+            for fd in fds[1:]:
+                os.close(fd)
+            return fds[0] if fds else None
+    except OSError:
+        return None
+    finally:
+        os.close(nsfd)
+    return None
+
+
 def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
     """Clone covered targets by lazily unmounting what covers them (in a private namespace copy).
 
@@ -810,7 +826,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         if users["userns"]:
             # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
             try:
-                userns_cr.record_sb_owners(by_mntns[ino][0], mounts, sb_of_dev, superblocks, tree, users)
+                pids = by_mntns[ino]
+                userns_cr.record_sb_owners(pids[0], mounts, sb_of_dev, superblocks, tree, users,
+                                           clone=lambda m, pids=pids, ms=mounts: _clone_one(pids, ms, m.mnt_id))
             except userns_cr.UsernsError as e:
                 raise DumpError(e.errno, e.strerror) from None
         owner = users["mntns_owner"].get(names[("mnt", ino)])
@@ -1363,17 +1381,7 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
     def clone_of(m) -> int | None:
         """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
         ino = ns_of_mount[m.mnt_id]
-        nsfd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
-        try:
-            for mids, fds in channel.fork_stream(_clone_mounts, nsfd, by_mntns[ino], [m.mnt_id], ns_data[ino]["mounts"]):
-                for fd in fds[1:]:
-                    os.close(fd)
-                return fds[0] if fds else None
-        except OSError:
-            return None
-        finally:
-            os.close(nsfd)
-        return None
+        return _clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
 
     anchors: list[int] = []
     beyond: list[tuple[str, str, int, str]] = []

@@ -252,13 +252,15 @@ def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:
     return sorted(found.items(), key=lambda kv: -users_plan["depth"][kv[0]])
 
 
-def record_sb_owners(pid: int, mounts, sb_of_dev: dict, superblocks: dict, tree, users_plan: dict) -> None:
+def record_sb_owners(pid: int, mounts, sb_of_dev: dict, superblocks: dict, tree, users_plan: dict,
+                     clone=None) -> None:
     """Give each superblock `pid` sees that a user namespace of the image owns its ``owner``
-    (user-N): restore makes it from inside the restored one (engine/sbowner.py tells it)."""
+    (user-N): restore makes it from inside the restored one (engine/sbowner.py tells it). `clone`:
+    mount -> a detached clone of it or None, for superblocks whose every mount is covered."""
     from engine import fs
     candidates = sb_owner_candidates(tree, users_plan)
     try:
-        for dev, name in sbowner.probe(pid, mounts, candidates).items():
+        for dev, name in sbowner.probe(pid, mounts, candidates, clone).items():
             sb = superblocks[sb_of_dev[dev]]
             handler = fs.lookup(sb["fstype"])
             if handler is not None and (handler.device or handler.daemon):
