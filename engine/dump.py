@@ -386,8 +386,17 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
             raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
-        pending.append((m.mnt_id, kernel.open_tree(kernel.AT_FDCWD, path,
-                                                   kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)))
+        try:
+            fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
+        except OSError as e:
+            if e.errno != errno.EINVAL or owner is None:
+                raise
+            # Locked mounts on it (a namespace a user namespace owns): the kernel clones it only with
+            # them; their files lie on other superblocks (tar stays on one), and nothing of the
+            # container reaches what they cover.
+            fd = kernel.open_tree(kernel.AT_FDCWD, path,
+                                  kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
+        pending.append((m.mnt_id, fd))
         send()
 
     # Fast path: mounts whose path already leads to them.
@@ -406,6 +415,22 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
         _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
     send(final=True)
     chan.send("done")
+
+
+def _clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
+    """A detached clone of mount `mnt_id` of the mount namespace `pids` live in (`mounts`: its
+    mount list), even if covered (_clone_mounts uncovers it); None when it cannot be made."""
+    nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
+    try:
+        for _, fds in channel.fork_stream(_clone_mounts, nsfd, pids, [mnt_id], mounts):
+            for fd in fds[1:]:
+                os.close(fd)
+            return fds[0] if fds else None
+    except OSError:
+        return None
+    finally:
+        os.close(nsfd)
+    return None
 
 
 def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
@@ -856,7 +881,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
         if users["userns"]:
             # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
-            userns_cr.record_sb_owners(by_mntns[ino][0], mounts, sb_of_dev, superblocks, tree, users)
+            try:
+                pids = by_mntns[ino]
+                userns_cr.record_sb_owners(pids[0], mounts, sb_of_dev, superblocks, tree, users,
+                                           clone=lambda m, pids=pids, ms=mounts: _clone_one(pids, ms, m.mnt_id))
+            except userns_cr.UsernsError as e:
+                raise DumpError(e.errno, e.strerror) from None
         owner = users["mntns_owner"].get(names[("mnt", ino)])
         if owner is not None:
             mntns_doc[names[("mnt", ino)]]["owner"] = owner
@@ -1408,17 +1438,7 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
     def clone_of(m) -> int | None:
         """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
         ino = ns_of_mount[m.mnt_id]
-        nsfd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
-        try:
-            for mids, fds in channel.fork_stream(_clone_mounts, nsfd, by_mntns[ino], [m.mnt_id], ns_data[ino]["mounts"]):
-                for fd in fds[1:]:
-                    os.close(fd)
-                return fds[0] if fds else None
-        except OSError:
-            return None
-        finally:
-            os.close(nsfd)
-        return None
+        return _clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
 
     anchors: list[int] = []
     beyond: list[tuple[str, str, int, str]] = []

@@ -267,8 +267,9 @@ def yard_binds(layers: list[dict]) -> list[tuple[str, int, str]]:
 
 
 def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, str | None]],
-           chan: channel.Channel) -> None:
-    """In a forked child: a yard where the layer clones sit at their original paths, then create the overlay."""
+           userns_fd: int | None, chan: channel.Channel) -> None:
+    """In a forked child: a yard where the layer clones sit at their original paths, then create the
+    overlay (from inside user namespace `userns_fd` as its root, when one owns it)."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     yard = kernel.scratch_tmpfs()
@@ -287,12 +288,28 @@ def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, st
             os.makedirs(rel)
         kernel.move_mount(layer_fd, "", kernel.AT_FDCWD, "/" + rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
     os.chdir("/")
+    if userns_fd is not None:
+        _become_owner(userns_fd)
     mfd = fsmount("overlay", source, params)
     chan.send(("ok", None), [mfd])
 
 
-def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
-    """Create the overlay superblock; `binds` are (original path, O_PATH fd of the directory to show there).
+def _become_owner(userns_fd: int) -> None:
+    """Join the user namespace that made the overlay, in a copy of the yard it owns (fsopen needs
+    that), as its root when it maps one: the overlay belongs to it and works on its layers with
+    those credentials, as the one dumped did (never with the restorer's)."""
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError as e:
+        raise OSError(e.errno, "its user namespace maps no root to make it as") from None
+
+
+def create(source: str, super_opts, binds: list[tuple[str, int]], userns_fd: int | None = None) -> int:
+    """Create the overlay superblock; `binds` are (original path, O_PATH fd of the directory to show there);
+    `userns_fd`: the user namespace it is made in (which owns it), None for the caller's.
 
     The clones are made here, in the caller's namespace (older kernels clone
     only mounts of the caller's own namespace); the helper attaches them.
@@ -302,7 +319,7 @@ def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
     try:
         for path, fd in binds:
             clones.append((path, kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)))
-        _, fds = channel.call_in_child(_build, clones, source, params)
+        _, fds = channel.call_in_child(_build, clones, source, params, userns_fd)
     finally:
         for _, fd in clones:
             os.close(fd)
@@ -422,7 +439,7 @@ class OverlayType(FsType):
                 binds.append((path, kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH)
                               if inner else os.dup(base)))
             ctx.to_service()  # the layers are cloned from the service namespace
-            return create(sb["source"], sb["super_opts"], binds)
+            return create(sb["source"], sb["super_opts"], binds, ctx.owner_userns(sb))
         finally:
             for _, fd in binds:
                 os.close(fd)
