@@ -18,6 +18,7 @@ if __name__ == "__main__":  # pragma: no cover - `python -m engine.cli`
                                              os._exit(130)))
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 
@@ -126,6 +127,28 @@ def _add_check(sub) -> None:
                     "Exit 0 when everything restore needs is present, 2 otherwise.")
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's help formatter, told the terminal's width: left to find it, it imports shutil
+    (and zlib, bz2, lzma with it) because argparse makes a formatter for every argument it adds."""
+
+    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+        if width is None:
+            width = _columns() - 2   # as argparse does
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size finds it: $COLUMNS, stdout's tty, else 80."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 _ADDERS = {"dump": _add_dump, "restore": _add_restore, "show": _add_show, "diff": _add_diff, "check": _add_check}
 
 
@@ -135,9 +158,10 @@ def build_parser(extras: bool = True, only: str | None = None) -> argparse.Argum
     with `only` (an engine verb), that verb alone (each verb's parser and help text cost a few ms
     of every dump and restore)."""
     parser = argparse.ArgumentParser(
-        prog="mntcr",
+        prog="mntcr", formatter_class=_Formatter,
         description="Checkpoint/restore of Linux mount namespaces (the mounts-v2 way).")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Formatter))
     for verb, add in _ADDERS.items():
         if only is None or verb == only:
             add(sub)
