@@ -20,7 +20,7 @@ _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # packages, and standard modules the engine used to import at start-up for nothing.
 _NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site", "cProfile", "profile",
           "pkgutil", "typing", "platform", "uuid", "difflib", "tarfile", "shutil", "zlib", "bz2", "lzma",
-          "xml", "tomllib", "email", "http", "urllib", "logging", "asyncio", "unittest")
+          "xml", "tomllib", "email", "http", "urllib", "logging", "asyncio", "unittest", "traceback")
 
 
 def _modules(code: str) -> list[str]:
