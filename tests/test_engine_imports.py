@@ -75,3 +75,16 @@ def test_lookup_by_module_name_finds_what_the_full_load_finds():
                                         capture_output=True, text=True, check=True).stdout)
         want = full.get(name) or full.get(name.split(".", 1)[0])
         assert (got[:2] if got else None) == want, f"lookup({name!r}) alone: {got}, after loading all: {want}"
+
+
+def test_checkout_launcher_runs_without_site():
+    """bin/mntcr (the README's way to run a checkout's mntcr without site hooks or a shim) works."""
+    launcher = os.path.join(_PROJECT, "bin", "mntcr")
+    with open(launcher) as f:
+        interpreter = f.readline()[2:].split()[0]
+    if not os.access(interpreter, os.X_OK):
+        pytest.skip(f"{interpreter} (bin/mntcr's interpreter) is not installed here")
+    r = subprocess.run([launcher, "diff", "/proc/self/mountinfo", "/proc/self/mountinfo"], cwd="/",
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("equal")
