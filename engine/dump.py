@@ -31,6 +31,9 @@ from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
 
+# Every fd kind: helpers classify fds after they entered (and chrooted into) a container.
+fdkinds.load()
+
 NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")

@@ -148,7 +148,11 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     if pidfile:
         pidfile_mod.check(pidfile)  # before anything is built
     doc = image.load(images_dir)
-    fs.load(sb["fstype"] for sb in doc["superblocks"].values())   # before the restorer pivots away
+    # The image's filesystem types and fd kinds, before the restorer pivots away.
+    fs.load(sb["fstype"] for sb in doc["superblocks"].values())
+    kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
+    kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
+    fdkinds.load(kinds | {"file"})
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})

@@ -88,3 +88,15 @@ def test_checkout_launcher_runs_without_site():
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("equal")
+
+
+def test_restore_loads_only_the_image_fd_kinds():
+    """The fd kinds too: fds.load(names) imports those kinds' modules alone (fifo lives in pipe.py:
+    a name without its own module loads them all), and dump loads every kind."""
+    mods = _modules("import engine.restore\nfrom engine import fds\nfds.load(['file', 'pipe'])")
+    assert sorted(m for m in mods if m.startswith("engine.fds.")) == ["engine.fds.file", "engine.fds.pipe", "engine.fds.sys"]
+    everything = _modules("import engine.dump")
+    kinds = sorted(m for m in everything if m.startswith("engine.fds."))
+    assert len(kinds) > 5 and "engine.fds.unix" in kinds
+    mods = _modules("from engine import fds\nassert fds.lookup('fifo').name == 'fifo'")
+    assert sorted(m for m in mods if m.startswith("engine.fds.")) == kinds
