@@ -31,6 +31,9 @@ from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
 
+# Every fd kind: helpers classify fds after they entered (and chrooted into) a container.
+fdkinds.load()
+
 NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
@@ -195,7 +198,7 @@ def _enter_ns_root(ns_fd: int, pids: list[int], hostproc: int) -> None:
     it chrooted, and a chroot sees a subset.
     """
     kernel.setns(ns_fd, kernel.CLONE_NEWNS)
-    best, best_n = None, -1
+    roots = []
     seen = set()
     for pid in pids:
         fd = os.open(f"{pid}/root", os.O_PATH | os.O_DIRECTORY, dir_fd=hostproc)
@@ -204,12 +207,13 @@ def _enter_ns_root(ns_fd: int, pids: list[int], hostproc: int) -> None:
             os.close(fd)
             continue
         seen.add(key)
-        n = forkrun.run(_count_mounts_from, fd, hostproc)
-        if n > best_n:
-            if best is not None:
-                os.close(best)
-            best, best_n = fd, n
-        else:
+        roots.append(fd)
+    best = roots[0]
+    if len(roots) > 1:   # one root (no process chrooted): nothing to compare, no counting child
+        counts = [forkrun.run(_count_mounts_from, fd, hostproc) for fd in roots]
+        best = roots[counts.index(max(counts))]
+    for fd in roots:
+        if fd != best:
             os.close(fd)
     os.fchdir(best)
     os.chroot(".")
@@ -546,16 +550,19 @@ def _pidns_parent_ino(pid: int) -> int | None:
 
 
 def _hostname_of(pid: int) -> str:
-
-    def read(fd):
-        kernel.setns(fd, kernel.CLONE_NEWUTS)
-        return os.uname().nodename
-
-    fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY)
+    """The nodename of the process's UTS namespace, read in it: this thread joins it for the uname
+    and goes back (no helper to fork: a UTS namespace changes nothing else a dump does)."""
+    fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+    own = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return forkrun.run(read, fd)
+        kernel.setns(fd, kernel.CLONE_NEWUTS)
+        try:
+            return os.uname().nodename
+        finally:
+            kernel.setns(own, kernel.CLONE_NEWUTS)
     finally:
         os.close(fd)
+        os.close(own)
 
 
 def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=()) -> dict:

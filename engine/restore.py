@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import cProfile
 import errno
 import marshal
 import os
@@ -56,9 +55,8 @@ from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
 from engine.image import is_beneath, rel_to
 
-# Every module the restorer uses after it pivots into a restored root must be imported here:
-# the filesystem type modules (discovered) too.
-fs.load()
+# Every module the restorer uses after it pivots into a restored root must be imported here;
+# the filesystem type modules (discovered) of the image's superblocks are, in restore().
 
 _EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
@@ -150,6 +148,11 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     if pidfile:
         pidfile_mod.check(pidfile)  # before anything is built
     doc = image.load(images_dir)
+    # The image's filesystem types and fd kinds, before the restorer pivots away.
+    fs.load(sb["fstype"] for sb in doc["superblocks"].values())
+    kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
+    kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
+    fdkinds.load(kinds | {"file"})
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
@@ -1528,6 +1531,7 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
     if not out:
         return _restore_body(doc, img_fd, ext, lifeline[1])
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)  # before we pivot away
+    import cProfile   # here, not for every restore; still before the pivot
     prof = cProfile.Profile()
     try:
         return prof.runcall(_restore_body, doc, img_fd, ext, lifeline[1])
