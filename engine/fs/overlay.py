@@ -356,21 +356,32 @@ def _by_files(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[tuple[
     return (stack[i].mnt_id, "/" + rel_to(path, stack[i].mountpoint)), absent
 
 
-def _maker(sid: str, sb: dict, plan):
-    """Without unique ids: (namespace name, mount entry) of the mount taken for the overlay's
-    creation: the one with the lowest legacy id among those whose namespace has every layer path on
-    a mount of another superblock (a namespace whose root is the overlay, a container that
-    pivoted into it, sees the layer paths inside the overlay itself: legacy ids after a restore
-    say nothing about which mount came first)."""
+def _makers(sid: str, sb: dict, plan) -> list:
+    """(namespace name, mount entry) of the overlay's mounts, lowest legacy id first, whose namespace
+    has every layer path on a mount of another superblock: where it can have been made (a namespace
+    whose root is the overlay, a container that pivoted into it, sees the layer paths inside the
+    overlay itself)."""
     users = sorted(((ns_name, e) for ns_name, ns in plan.mntns_doc.items() for e in ns["mounts"]
                     if e["sb"] == sid), key=lambda u: u[1]["id"])
+    out = []
     for ns_name, e in users:
         mounts = plan.ns_mounts[ns_name]
         by_id = {m.mnt_id: m for m in mounts}
         places = [resolve(path, mounts, None, False) for _, path in layer_paths(sb["super_opts"])]
         if all(p is not None and plan.sb_of_dev.get(by_id[p[0]].dev) != sid for p in places):
-            return ns_name, e
-    return users[0]
+            out.append((ns_name, e))
+    return out
+
+
+def _maker(sid: str, sb: dict, plan):
+    """Without unique ids: (namespace name, mount entry) of the mount taken for the overlay's
+    creation: the first of _makers (legacy ids after a restore say nothing about which mount came
+    first), else its mount with the lowest legacy id."""
+    found = _makers(sid, sb, plan)
+    if found:
+        return found[0]
+    return min(((n, e) for n, ns in plan.mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid),
+               key=lambda u: u[1]["id"])
 
 
 @dataclass(frozen=True)
@@ -387,6 +398,9 @@ class OverlayType(FsType):
         """A namespace root whose layers no older mount of its namespace holds: a runtime made it
         outside the dumped namespaces, and it is restored like a directory root."""
         ns_name, oldest = _oldest(sid, plan.mntns_doc, True)
+        if oldest["uid"] is None:
+            # No unique ids: made inside when some namespace of the dump sees all its layers outside it.
+            return not _makers(sid, sb, plan)
 
         def held(path: str) -> bool:
             # (without unique ids every mount counts: a path inside the overlay itself holds nothing)
