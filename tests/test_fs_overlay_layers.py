@@ -43,3 +43,35 @@ def test_nothing_tells_or_two_directories_tell():
     assert overlay.told_by_files(_seen((True, 0, (1, 2)), (True, 0, (2, 5)))) is None
     assert overlay.told_by_files(None) is None
     assert overlay.told_by_files([]) is None
+
+
+class _Plan:
+    """What OverlayType.made_outside reads of a dump's plan (engine/dump.py's _Plan)."""
+
+    def __init__(self, texts: dict[str, str]):
+        self.ns_mounts = {n: mountinfo.parse(t) for n, t in texts.items()}
+        self.sb_of_dev = {}
+        self.mntns_doc = {}
+        for n, ms in self.ns_mounts.items():
+            for m in ms:
+                self.sb_of_dev.setdefault(m.dev, f"sb-{len(self.sb_of_dev)}")
+            self.mntns_doc[n] = {"mounts": [{"id": m.mnt_id, "sb": self.sb_of_dev[m.dev], "root": m.root,
+                                             "mountpoint": m.mountpoint, "uid": None} for m in ms]}
+
+
+OPTS = ["rw", "lowerdir=/run/d/l", "upperdir=/run/d/u", "workdir=/run/d/w"]
+
+
+def test_overlay_made_inside_whatever_the_legacy_id_order():
+    """Without unique ids a container that pivoted into the overlay (its root, lowest legacy id after
+    a restore) does not make the overlay 'made outside': the outer namespace sees its layers."""
+    ovl = "0:50 / {mp} rw - overlay ovl " + ",".join(OPTS)
+    plan = _Plan({"outer": "100 0 0:10 / / rw - tmpfs root rw\n101 100 0:20 / /run/d rw - tmpfs d rw\n"
+                           "102 101 " + ovl.format(mp="/run/d/m") + "\n",
+                  "ctr": "50 0 " + ovl.format(mp="/") + "\n"})
+    sid = plan.sb_of_dev["0:50"]
+    sb = {"super_opts": OPTS}
+    assert [n for n, _ in overlay._makers(sid, sb, plan)] == ["outer"]
+    assert overlay.TYPE.made_outside(sid, sb, plan) is False
+    del plan.mntns_doc["outer"], plan.ns_mounts["outer"]   # only the container: made outside the dump
+    assert overlay.TYPE.made_outside(sid, sb, plan) is True
