@@ -50,10 +50,12 @@ def describe(super_opts) -> str:
     return ",".join(controllers(super_opts) + ([f"name={name}"] if name else [])) or "none"
 
 
-def host_hierarchies(path: str = "/proc/cgroups") -> dict[str, int]:
-    """Controller -> v1 hierarchy id on this host (0: not on a v1 hierarchy), from /proc/cgroups."""
+def host_hierarchies(proc: int | None = None) -> dict[str, int]:
+    """Controller -> v1 hierarchy id on this host (0: not on a v1 hierarchy), from /proc/cgroups
+    (`proc`: an fd on the host's /proc, for a caller whose root is elsewhere)."""
     out = {}
-    with open(path) as f:
+    with open(os.open("cgroups" if proc is not None else "/proc/cgroups", os.O_RDONLY | os.O_CLOEXEC,
+                      dir_fd=proc)) as f:
         for line in f:
             parts = line.split()
             if len(parts) >= 4 and not line.startswith("#"):
@@ -104,7 +106,7 @@ class CgroupV1(FsType):
                                                     "from the host's cgroup namespace")
 
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
-        check_bound(sb["super_opts"], host_hierarchies(), where)
+        check_bound(sb["super_opts"], host_hierarchies(ctx.hostproc), where)
         try:
             fd = standin.fsmount("cgroup", sb["source"], self.fsconfig_params(sb["super_opts"]))
         except OSError as e:
