@@ -604,3 +604,81 @@ hold
     child = [p for p in after.snap.procs if p.pid != after.pid][0]
     assert os.readlink(f"/proc/{child.pid}/exe") == "/mnt/t/mntcr-hold"
     assert any(line.startswith("exe /mnt/t/mntcr-hold mnt=/mnt/t#1") for line in child.maps), child.maps
+
+
+def _inbox(pid: int, fd: int) -> list[tuple[bytes, object]]:
+    """(data, sender's address) of each datagram queued on fd `fd` of `pid`, peeked in order."""
+    import socket
+    s = _grab_socket(pid, fd)
+    with s:
+        s.setsockopt(socket.SOL_SOCKET, 42, 0)   # SO_PEEK_OFF
+        out = []
+        while True:
+            try:
+                data, _, _, addr = s.recvmsg(1 << 16, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            out.append((data, addr))
+
+
+def test_datagrams_queued_on_named_sockets(case):
+    """A syslog-like socket bound to a path (its file beneath an overmount) and one bound to an
+    abstract name, with datagrams waiting from an unbound client that has closed, from a client
+    bound to a path and one bound to an abstract name (both held by a child): after restore each
+    receiver holds the same datagrams in the same order, each from the same sender address, and a
+    reply to a named sender reaches that sender."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket, subprocess
+log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); log.bind("/mnt/t/log")
+ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind(b"\\0zdtm-inbox")
+anon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); named.bind("/mnt/t/client")
+abc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); abc.bind(b"\\0zdtm-client")
+anon.sendto(b"<13>first", "/mnt/t/log"); named.sendto(b"<13>second", "/mnt/t/log")
+abc.sendto(b"<13>third", "/mnt/t/log"); anon.sendto(b"<13>fourth", "/mnt/t/log")
+named.sendto(b"a1", b"\\0zdtm-inbox"); anon.sendto(b"a2", b"\\0zdtm-inbox"); abc.sendto(b"a3", b"\\0zdtm-inbox")
+anon.close()
+subprocess.run(["mount", "-t", "tmpfs", "over", "/mnt/t"], check=True)
+if os.fork() == 0:
+    os.dup2(named.fileno(), 11); os.dup2(abc.fileno(), 12)
+else:
+    os.dup2(log.fileno(), 10); os.dup2(ab.fileno(), 11)
+for x in (log, ab, named, abc): x.close()
+""")
+    states = case.roundtrip(setup)
+    want10 = [(b"<13>first", None), (b"<13>second", "/mnt/t/client"), (b"<13>third", b"\0zdtm-client"),
+              (b"<13>fourth", None)]
+    want11 = [(b"a1", "/mnt/t/client"), (b"a2", None), (b"a3", b"\0zdtm-client")]
+    state = states[-1]
+    assert (_inbox(state.pid, 10), _inbox(state.pid, 11)) == (want10, want11)
+    # The senders are the child's own sockets again: a reply to the abstract one reaches it.
+    import socket
+    kid = _first_child(state.pid)
+    srv, client = _grab_socket(state.pid, 11), _grab_socket(kid, 12)
+    with srv, client:
+        srv.sendto(b"reply", b"\0zdtm-client")
+        assert client.recv(100, socket.MSG_DONTWAIT) == b"reply"
+
+
+def test_datagram_from_a_closed_named_sender_refused(case):
+    """A datagram waiting on a named socket, sent from a socket bound to a name and closed since:
+    no socket of the tree can send it from that name again, so dump refuses naming the fd and the
+    name, and the tree keeps running."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("/mnt/t/log")
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.bind("/mnt/t/gone")
+c.sendto(b"<13>hello", "/mnt/t/log"); c.close()
+os.dup2(s.fileno(), 10); s.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): a datagram queued on it was sent from /mnt/t/gone, "
+                     r"a name no datagram socket of the tree holds", str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"

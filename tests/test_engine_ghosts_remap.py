@@ -200,28 +200,6 @@ def test_deleted_host_file_bind_is_refused_then_external(case, tmp_path):
         assert f.read() == "4567-boot-id\n"
 
 
-def test_datagrams_queued_on_a_named_socket_refused(case):
-    """Datagrams waiting on a bound datagram socket (sent to its name by another socket) would have
-    to come back from their senders: refused at dump naming the fd, and the tree keeps running."""
-    import re
-    from enginecase import CRError, py_hold
-    setup = """
-mkdir /mnt/t; mount -t tmpfs t /mnt/t
-""" + py_hold("""
-import socket
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("/mnt/t/log")
-c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.sendto(b"<13>hello", "/mnt/t/log"); c.close()
-os.dup2(s.fileno(), 10); s.close()
-""")
-    pid = case.start(setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): datagrams queued on a named unix socket", str(err.value)), \
-        err.value
-    with open(f"/proc/{pid}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
-
-
 def test_deleted_host_tmpfs_file_bind_restores(case):
     """systemd-nspawn's boot_id on a systemd host: the source lies on the host's /run, a tmpfs outside
     the dumped namespaces (here the host's /dev/shm), and is deleted after the bind. Only the bind

@@ -16,10 +16,12 @@ overmount). At restore the name is bound again as dumped with its file in
 that directory, whatever the name leads to from the stand-in (_bind_beside),
 through a read-write mount of the superblock when the one found is read-only.
 
-Queued datagrams (pairs, and a survivor whose peer is gone) are peeked with
-a peek offset; fds in flight with them come with each peek and are kept as
-files or FIFOs on mounts of the tree, sent again with their message at
-restore.
+Queued datagrams (pairs, a survivor whose peer is gone, and a named socket
+other sockets sent to) are peeked with a peek offset; fds in flight with them
+come with each peek and are kept as files or FIFOs on mounts of the tree, sent
+again with their message at restore. A named socket's datagrams are sent again
+once every process holds its fds, each from its sender: the tree's socket of
+the sender's name, or a fresh unbound socket for an unbound sender.
 
 A datagram socket connected to a named socket of the tree, and the client of
 a connection its listener has not accepted yet (sock_diag's icons list them in
@@ -30,8 +32,8 @@ restored mount by a /proc magic link, or by the abstract name.
 Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
 namespace, read in a child that joins it). Not done yet (refused at dump):
 fds in flight on a stream or a listener, other kinds in flight, data a
-pending connection's client already sent, datagrams queued on a named socket,
-a connection to a named socket outside the tree, a path name whose file is
+pending connection's client already sent, a datagram queued on a named socket
+from a sender name no socket of the tree holds, a connection to a named socket outside the tree, a path name whose file is
 only on a detached mount, and, before Linux 6.15, a name restore could not
 bind where its file was (_bindable_here).
 """
@@ -189,9 +191,17 @@ def _dump_one(d) -> dict:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
                                                 "not supported yet")
             return out
-        if not peer and ("path" in out or "abstract" in out) and _inq(c):
-            # (datagrams other sockets sent to its name: each would have to come back from its sender)
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: datagrams queued on a named unix socket: not supported")
+        if not peer and ("path" in out or "abstract" in out) and (inflight or _inq(c)):
+            # Datagrams other sockets sent to its name (a syslog or sd_notify socket's backlog): sent
+            # again at restore, in order, each from its sender: an unbound one from a fresh unbound
+            # socket, a named one from the tree's socket of that name (_finish finds it).
+            senders: list = []
+            out["msgs"] = _peek_messages(s, d, inflight, senders)
+            out["mnts"] = _inflight_mounts(out["msgs"])
+            if any(senders):
+                out["_senders"] = senders
+                out["_where"] = d.where
+            return out
         if peer and diag.get(peer, {}).get("peer") != ino:
             out.update(_connected_to(d, s, typ, peer, diag, netns, inflight))
             return out
@@ -292,6 +302,7 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
 def _finish(objects: dict, entries: list[dict]) -> None:
     """Refuse a socket connected to a named socket that no process of the tree holds (restore would
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
+    _name_senders([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
     have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
     for e in entries:
         for client in e.pop("_pending", None) or ():
@@ -310,6 +321,41 @@ def _finish(objects: dict, entries: list[dict]) -> None:
         e.pop("_where", None)
 
 
+def _name_senders(unix: list[dict]) -> None:
+    """The named senders of the datagrams queued on a named socket (`_senders`): each must be a
+    datagram socket of the tree (in the receiver's network namespace, for an abstract name), which
+    gets a "sender_id" (on every fd of its description); the receiver's "senders" lists, per
+    message, that id or None (an unbound sender). Refused when no socket of the tree, or several,
+    have the name: restore could not send that datagram from the name the receiver saw."""
+    ids: dict[str, str] = {}
+    for e in unix:
+        senders = e.pop("_senders", None)
+        if senders is None:
+            continue
+        net = e["_ino"].split(":")[0]
+        out: list = []
+        for name in senders:
+            if not name:
+                out.append(None)
+                continue
+            (key, value), = name.items()
+            holders = [x for x in unix if x.get("type") == "dgram" and x.get(key) == value
+                       and (key == "path" or x["_ino"].split(":")[0] == net)]
+            socks = {x["_ino"] for x in holders}   # (fds of one socket share its inode)
+            if len(socks) != 1:
+                shown = value if key == "path" else "@" + base64.b64decode(value).decode(errors="replace")
+                held = "several sockets of the tree hold" if socks else "no datagram socket of the tree holds"
+                raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: a datagram queued on it was sent from {shown}, "
+                                                f"a name {held}: restore could not send it from there again; "
+                                                "not supported")
+            sid = ids.setdefault(holders[0]["_ino"], f"u-{len(ids)}")
+            for x in holders:
+                x["sender_id"] = sid
+            out.append(sid)
+        e["senders"] = out
+
+
+_SENDER = re.compile(r"^u-[0-9]{1,9}$")
 _MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
 MAX_WALK = 100_000
 
@@ -455,15 +501,17 @@ def _search(d, name: str, top: str, m, dev: int, ino: int, budget: list) -> dict
 
 
 SO_PEEK_OFF = 42
+SO_SNDBUFFORCE = 32
 MAX_MSGS = 4096
 
 
-def _peek_messages(s: socket.socket, d, inflight: int) -> list:
+def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None) -> list:
     """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
     without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
     (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
     carries fds (SCM_RIGHTS, `inflight` of them in all): a peek hands us copies of those, each
-    described as an fd on a file of the tree's mounts (_inflight_entry)."""
+    described as an fd on a file of the tree's mounts (_inflight_entry). With `senders`, the
+    sender's name of each message is appended to it ({} for an unbound sender)."""
     saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
     out: list = []
@@ -486,6 +534,8 @@ def _peek_messages(s: socket.socket, d, inflight: int) -> list:
                 if got:
                     msg = {"data": msg, "fds": [_inflight_entry(d, fd) for fd in got]}
                 out.append(msg)
+                if senders is not None:
+                    senders.append(_name(_addr))
             finally:
                 for fd in got:
                     os.close(fd)
@@ -608,9 +658,23 @@ def _check(entry: dict, what: str) -> None:
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
     if "msgs" in entry:
-        if not entry.get("dangling") or entry.get("type") == "stream":
-            _fail(f"{what}: queued messages on a socket that is not the survivor of a pair")
+        named = ("path" in entry or "abstract" in entry) and entry.get("type") == "dgram" \
+            and not {"dangling", "listen", "connect", "obj"} & set(entry)
+        if not named and (not entry.get("dangling") or entry.get("type") == "stream"):
+            _fail(f"{what}: queued messages on a socket that is neither the survivor of a pair nor a named "
+                  "datagram socket")
         _check_msgs(entry["msgs"], what)
+        senders = entry.get("senders")
+        if senders is not None and (not named or not isinstance(senders, list)
+                                    or len(senders) != len(entry["msgs"])
+                                    or not all(x is None or (isinstance(x, str) and _SENDER.match(x))
+                                               for x in senders)):
+            _fail(f"{what}: bad senders of queued datagrams")
+    elif "senders" in entry:
+        _fail(f"{what}: senders without queued datagrams")
+    sid = entry.get("sender_id")
+    if sid is not None and (entry.get("type") != "dgram" or not isinstance(sid, str) or not _SENDER.match(sid)):
+        _fail(f"{what}: bad sender id")
     if "mnts" in entry and (not all(type(x) is int for x in entry["mnts"]) or len(entry["mnts"]) > 253 * MAX_MSGS):
         _fail(f"{what}: bad mounts of fds in flight")
 
@@ -877,8 +941,11 @@ def _open(r: RestoreFd) -> int:
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "msgs") if k in e}
-        sent = _open_inflight(r, e.get("msgs") or ())
+        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling") if k in e}
+        sent = []
+        if e.get("dangling"):
+            spec["msgs"] = e.get("msgs")
+            sent = _open_inflight(r, e.get("msgs") or ())
         if "bound" in e:
             # The directory of its socket file, on the restored mount: the stand-in binds there.
             b = e["bound"]
@@ -892,6 +959,13 @@ def _open(r: RestoreFd) -> int:
                 os.close(x)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
+    if "sender_id" in e:
+        # (it sent datagrams still queued on a named socket: they are sent from it again, _deliver)
+        mine = os.dup(fd)
+        r.keep.append(mine)
+        r.state.setdefault("unix-senders", {})[e["sender_id"]] = mine
+    if "msgs" in e and not e.get("dangling"):
+        r.late.append((f"{r.where}: sending its queued datagrams again", lambda: _deliver(r, e)))
     if "connect" in e:
         mine = os.dup(fd)
         r.keep.append(mine)
@@ -900,6 +974,85 @@ def _open(r: RestoreFd) -> int:
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
                        lambda: _connect(r, mine, c), c.get("order", -1)))
     return fd
+
+
+def _deliver(r: RestoreFd, e: dict) -> None:
+    """Send the datagrams queued on named socket `e` (made by now) to it again, in order, each from
+    its sender: the tree's restored socket of that name, or one fresh unbound socket. A path name
+    is reached through its socket file on the restored mount (a /proc magic link from here); an
+    abstract one from the stand-in, in the socket's network namespace."""
+    named = r.state.get("unix-senders", {})
+    who: list[int] = []
+    senders: list[int] = []
+    for sid in e.get("senders") or [None] * len(e["msgs"]):
+        if sid is None:
+            who.append(-1)
+            continue
+        if sid not in named:
+            raise FdError(errno.EINVAL, f"sender {sid} of a queued datagram is no socket of the image")
+        if named[sid] not in senders:
+            senders.append(named[sid])
+        who.append(senders.index(named[sid]))
+    inflight = _open_inflight(r, e["msgs"])
+    try:
+        if "abstract" in e:
+            r.standin("deliver", {"to": e["abstract"], "msgs": e["msgs"], "who": who, "n": len(senders)},
+                      senders + inflight)
+            return
+        b = e["bound"]
+        at = r.open_at(b["mnt"], b["path"], os.O_PATH | os.O_NOFOLLOW)
+        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        try:
+            os.fchdir(r.proc)
+            _resend(f"self/fd/{at}", e["msgs"], who, senders, inflight)
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
+            os.close(at)
+    finally:
+        for x in inflight:
+            os.close(x)
+
+
+def _deliver_in(args, fds):
+    """In the stand-in: _resend to an abstract name of its network namespace."""
+    n = args["n"]
+    _resend(b"\0" + base64.b64decode(args["to"]), args["msgs"], args["who"], fds[:n], fds[n:])
+    return None, []
+
+
+def _resend(to, msgs, who: list[int], senders: list[int], inflight: list[int]) -> None:
+    """Send each of `msgs` to address `to` from senders[who[i]], or (-1) from a fresh unbound socket;
+    the fds in flight are taken in order from `inflight`. Never blocks: a queue that does not take
+    them all (a smaller net.unix.max_dgram_qlen here) is an error."""
+    fresh = None
+    rest = list(inflight)
+    try:
+        for m, w in zip(msgs, who, strict=True):
+            if w < 0:
+                if fresh is None:
+                    fresh = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    try:   # (what it sent stays charged to it until read: room for the whole queue)
+                        fresh.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * MAX_DATA)
+                    except OSError:
+                        pass
+                s = socket.socket(fileno=os.dup(fresh.fileno()))
+            else:
+                s = socket.socket(fileno=os.dup(senders[w]))
+            with s:
+                data, fds = (m["data"], m["fds"]) if isinstance(m, dict) else (m, ())
+                mine, rest = rest[:len(fds)], rest[len(fds):]
+                try:
+                    if mine:
+                        socket.send_fds(s, [base64.b64decode(data)], mine, socket.MSG_DONTWAIT, to)
+                    else:
+                        s.sendto(base64.b64decode(data), socket.MSG_DONTWAIT, to)
+                except BlockingIOError:
+                    raise FdError(errno.EAGAIN, "its queue took fewer datagrams than were queued at dump "
+                                                "(net.unix.max_dgram_qlen, or the sender's buffer)") from None
+    finally:
+        if fresh is not None:
+            fresh.close()
 
 
 def _connect(r: RestoreFd, fd: int, c: dict) -> None:
@@ -949,7 +1102,8 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
                 mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ()))
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
-                check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={
+                check=_check, check_object=_check_object, standin={"make": _make, "via": _via, "deliver": _deliver_in}, prepare=_prepare, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
-                        "msgs": F(LIST, required=False), "mnts": F(LIST, required=False)}))
+                        "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
+                        "senders": F(LIST, required=False), "sender_id": F(STR, required=False)}))
