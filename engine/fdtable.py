@@ -93,7 +93,19 @@ class FdTable:
                         e["desc"] = f"d-{n}"
                     n += 1
 
+    @property
+    def unplaced(self) -> list:
+        """(location, pid, /proc link under that pid) of places the kinds found on detached mounts
+        through fds of our own (a socket's file): dump plans those mounts with the fds' and cwds'."""
+        return list(self.scratch.get("unplaced", ()))
+
     def close(self) -> None:
+        """Close the pidfds (the fds behind `unplaced` stay open until `release`)."""
         for fd in self._pidfds.values():
             os.close(fd)
         self._pidfds.clear()
+
+    def release(self) -> None:
+        """Close our fds behind `unplaced`, once dump has planned the detached mounts."""
+        for _loc, _pid, link in self.scratch.pop("unplaced", ()):
+            os.close(int(link.rsplit("/", 1)[1]))

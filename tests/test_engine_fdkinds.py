@@ -682,3 +682,60 @@ os.dup2(s.fileno(), 10); s.close()
                      r"a name no datagram socket of the tree holds", str(err.value)), err.value
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def _socket_file_mount(pid: int, fd: int) -> tuple[str, int]:
+    """(path, mount id) of the file of bound socket fd `fd` of `pid` (SIOCUNIXFILE)."""
+    import fcntl
+    s = _grab_socket(pid, fd)
+    with s:
+        f = fcntl.ioctl(s.fileno(), 0x89E0)
+    try:
+        with open(f"/proc/self/fdinfo/{f}") as info:
+            mnt = next(int(line.split()[1]) for line in info if line.startswith("mnt_id:"))
+        return os.readlink(f"/proc/self/fd/{f}"), mnt
+    finally:
+        os.close(f)
+
+
+def test_unix_sockets_on_a_detached_mount(case):
+    """Sockets bound on tmpfs mounts that were lazily unmounted since (CRIU's case of a socket
+    whose directory went away with `umount -l`): one mount held only by its listening socket, one
+    also held by a directory fd with a file on it (a datagram socket). After restore each socket has
+    its name, its file lies on a mount in no namespace of the process, the datagram socket takes a
+    datagram through that file, and the other file is there."""
+    setup = """
+mkdir -p /mnt/a /mnt/b; mount -t tmpfs a /mnt/a; mount -t tmpfs b /mnt/b
+mkdir /mnt/a/d; echo kept > /mnt/b/keep
+""" + py_hold("""
+import socket, subprocess
+l = socket.socket(socket.AF_UNIX); l.bind("/mnt/a/d/listen.sock"); l.listen(4)
+g = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); g.bind("/mnt/b/dgram.sock")
+os.dup2(l.fileno(), 10); os.dup2(g.fileno(), 11); l.close(); g.close()
+os.dup2(os.open("/mnt/b", os.O_RDONLY | os.O_DIRECTORY), 12)
+subprocess.run(["umount", "-l", "/mnt/a"], check=True); subprocess.run(["umount", "-l", "/mnt/b"], check=True)
+""")
+    state = case.roundtrip(setup)[-1]
+    with open(f"/proc/{state.pid}/mountinfo") as f:
+        visible = {int(line.split()[0]) for line in f}
+    for fd, path in ((10, "/d/listen.sock"), (11, "/dgram.sock")):
+        where, mnt = _socket_file_mount(state.pid, fd)
+        assert (where, mnt in visible) == (path, False), (fd, where, mnt)
+    with open(f"/proc/{state.pid}/fdinfo/12") as f:
+        held = next(int(line.split()[1]) for line in f if line.startswith("mnt_id:"))
+    assert _socket_file_mount(state.pid, 11)[1] == held   # one detached mount, as at dump
+    assert "name='/mnt/a/d/listen.sock' listening=1" in _fd(state, 10)
+    assert "name='/mnt/b/dgram.sock'" in _fd(state, 11)
+    with open(f"/proc/{state.pid}/fd/12/keep") as f:
+        assert f.read() == "kept\n"
+    import socket
+    import fcntl
+    srv = _grab_socket(state.pid, 11)
+    with srv:
+        f = fcntl.ioctl(srv.fileno(), 0x89E0)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+                c.sendto(b"through the detached file", f"/proc/self/fd/{f}")
+            assert srv.recv(100, socket.MSG_DONTWAIT) == b"through the detached file"
+        finally:
+            os.close(f)

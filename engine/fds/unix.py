@@ -15,6 +15,9 @@ filesystem's mounts, covered ones too (through clones, beneath an
 overmount). At restore the name is bound again as dumped with its file in
 that directory, whatever the name leads to from the stand-in (_bind_beside),
 through a read-write mount of the superblock when the one found is read-only.
+A socket file on a mount lazily unmounted since (the socket keeps that mount
+alive) is found by the kernel itself (SIOCUNIXFILE) and bound again on that
+detached mount, restored like any other (engine/detached.py).
 
 Queued datagrams (pairs, a survivor whose peer is gone, and a named socket
 other sockets sent to) are peeked with a peek offset; fds in flight with them
@@ -34,7 +37,7 @@ namespace, read in a child that joins it). Not done yet (refused at dump):
 fds in flight on a stream or a listener, other kinds in flight, data a
 pending connection's client already sent, a datagram queued on a named socket
 from a sender name no socket of the tree holds, a connection to a named socket outside the tree, a path name whose file is
-only on a detached mount, and, before Linux 6.15, a name restore could not
+only on a detached mount where the kernel lacks SIOCUNIXFILE (Linux < 6.7), and, before Linux 6.15, a name restore could not
 bind where its file was (_bindable_here).
 """
 
@@ -371,6 +374,9 @@ def _locate(d, name: str, vfs) -> dict:
     ino, kdev = vfs
     dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
     spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
+    detached = _on_detached(d, {m.mnt_id for _pid, mounts in spaces for m in mounts})
+    if detached is not None:
+        return detached
     if name.startswith("/") and not _MAGIC.match(name):
         for pid, _mounts in spaces:
             root = f"/proc/{pid}/root"
@@ -412,6 +418,38 @@ def _locate(d, name: str, vfs) -> dict:
             return found
     raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no mount of the tree "
                                     "(a detached mount): not supported")
+
+
+SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd on a bound socket's file (Linux 6.7)
+
+
+def _on_detached(d, known: set[int]) -> dict | None:
+    """The socket file's place when it lies on a mount in no namespace of the tree (bound on a mount
+    that was lazily unmounted since: the socket keeps that mount alive), else None. The kernel hands
+    us the file itself (SIOCUNIXFILE), on its very mount; our fd on it stays open for dump's plan of
+    detached mounts (FdTable.unplaced). Without SIOCUNIXFILE: None (the search refuses such a file)."""
+    import fcntl
+    try:
+        f = fcntl.ioctl(d.copy(), SIOCUNIXFILE)
+    except OSError as e:
+        if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.ENOENT):
+            return None
+        raise
+    keep = False
+    try:
+        with open(f"/proc/self/fdinfo/{f}") as info:
+            mnt = next(int(line.split()[1]) for line in info if line.startswith("mnt_id:"))
+        if mnt in known:
+            return None
+        loc = d.place(os.readlink(f"/proc/self/fd/{f}"), mnt, "socket")
+        if not loc.get("detached"):
+            return None
+        d.scratch.setdefault("unplaced", []).append((loc, os.getpid(), f"fd/{f}"))
+        keep = True
+        return loc
+    finally:
+        if not keep:
+            os.close(f)
 
 
 def _bindable_here(d, name: str, normal: bool, moved: bool) -> None:
@@ -632,7 +670,7 @@ def _check(entry: dict, what: str) -> None:
         check_abs_path(entry["path"], what)
         if len(entry["path"]) > 107:
             _fail(f"{what}: socket path too long")
-        if not isinstance(entry.get("bound"), dict) or entry["bound"].get("detached"):
+        if not isinstance(entry.get("bound"), dict):
             _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
@@ -950,7 +988,11 @@ def _open(r: RestoreFd) -> int:
             # The directory of its socket file, on the restored mount: the stand-in binds there.
             b = e["bound"]
             parent = b["path"].rsplit("/", 1)[0] or "/"
-            sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
+            try:
+                sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
+            except KeyError:
+                raise FdError(errno.EINVAL, f"{r.where}: its socket file is on mount {b['mnt']}, which the image "
+                                            "does not have") from None
             spec["base"] = b["path"].rsplit("/", 1)[1]
         try:
             fd = r.standin("make", spec, sent)[0]
@@ -1100,7 +1142,8 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
 
 
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ()))
+                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e and not e["bound"].get("detached") else [])
+                + list(e.get("mnts", ()))
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
                 check=_check, check_object=_check_object, standin={"make": _make, "via": _via, "deliver": _deliver_in}, prepare=_prepare, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
