@@ -37,7 +37,7 @@ namespace, read in a child that joins it). Not done yet (refused at dump):
 fds in flight on a stream or a listener, other kinds in flight, data a
 pending connection's client already sent, a datagram queued on a named socket
 from a sender name no socket of the tree holds, a connection to a named socket outside the tree, a path name whose file is
-only on a detached mount where the kernel lacks SIOCUNIXFILE (Linux < 6.7), and, before Linux 6.15, a name restore could not
+only on a detached mount where the kernel lacks SIOCUNIXFILE, and, before Linux 6.15, a name restore could not
 bind where its file was (_bindable_here).
 """
 
@@ -420,7 +420,7 @@ def _locate(d, name: str, vfs) -> dict:
                                     "(a detached mount): not supported")
 
 
-SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd on a bound socket's file (Linux 6.7)
+SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd on a bound socket's file (what CRIU uses)
 
 
 def _on_detached(d, known: set[int]) -> dict | None:
