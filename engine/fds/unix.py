@@ -36,9 +36,10 @@ Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
 namespace, read in a child that joins it). Not done yet (refused at dump):
 fds in flight on a stream or a listener, other kinds in flight, data a
 pending connection's client already sent, a datagram queued on a named socket
-from a sender name no socket of the tree holds, a connection to a named socket outside the tree, a path name whose file is
-only on a detached mount where the kernel lacks SIOCUNIXFILE, and, before Linux 6.15, a name restore could not
-bind where its file was (_bindable_here).
+from a sender name no socket of the tree holds, a connection to a named
+socket outside the tree, a path name whose file is only on a detached mount
+where the kernel lacks SIOCUNIXFILE, and, before Linux 6.15, a name restore
+could not bind where its file was (_bindable_here).
 """
 
 from __future__ import annotations
