@@ -739,3 +739,29 @@ subprocess.run(["umount", "-l", "/mnt/a"], check=True); subprocess.run(["umount"
             assert srv.recv(100, socket.MSG_DONTWAIT) == b"through the detached file"
         finally:
             os.close(f)
+
+
+def test_data_on_a_pending_connection_refused_tree_kept(case):
+    """A client that connected and sent before its listener accepted: the data waits in the
+    server end the kernel made for the connection, which no fd reaches until accept() takes the
+    connection off the queue (a dump that then failed, or --leave-running, would leave the tree
+    changed). Refused naming the listener, and the tree keeps running with the connection pending."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
+c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv"); c.send(b"GET / HTTP/1.0\\r\\n\\r\\n")
+os.dup2(srv.fileno(), 10); os.dup2(c.fileno(), 11); srv.close(); c.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): listening unix socket with a connection not yet "
+                     r"accepted on which data \(or fds\) already wait", str(err.value)), err.value
+    lst = _grab_socket(pid, 10)
+    with lst:
+        lst.setblocking(False)
+        a, _ = lst.accept()
+        with a:
+            assert a.recv(100) == b"GET / HTTP/1.0\r\n\r\n"

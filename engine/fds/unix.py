@@ -271,9 +271,10 @@ def _pending(d, rec: dict, diag: dict, netns: int) -> list[str]:
     out = []
     for client in icons:
         if client not in diag or diag[client].get("wqueue"):
+            # (no fd reaches that data before accept(), which would take the connection from the tree)
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted "
-                                            "on which data (or fds) already wait, or whose client is gone: not "
-                                            "supported")
+                                            "on which data (or fds) already wait (only accept() could read them), "
+                                            "or whose client is gone: not supported")
         out.append(f"{netns}:{client}")
     return out
 
