@@ -765,3 +765,67 @@ os.dup2(srv.fileno(), 10); os.dup2(c.fileno(), 11); srv.close(); c.close()
         a, _ = lst.accept()
         with a:
             assert a.recv(100) == b"GET / HTTP/1.0\r\n\r\n"
+
+
+_CTTY_SETUP = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+mknod /dev/tty c 5 0; chmod 666 /dev/tty
+""" + py_hold("""
+import fcntl, struct, termios
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+if os.fork() == 0:
+    os.setsid()
+    s = os.open(f"/dev/pts/{n}", os.O_RDWR)   # (the session leader acquires its terminal)
+    os.dup2(os.open("/dev/tty", os.O_RDWR), 10)
+    if LEADER_ONLY == 0 and os.fork() == 0:
+        os.dup2(os.open("/dev/tty", os.O_RDWR), 11)   # a member of the session, not its leader
+    os.close(s)
+else:
+    os.dup2(m, 20)
+os.close(m)
+""")
+
+
+def test_dev_tty_of_a_session_leader(case):
+    """A shell's /dev/tty (a pane's shell in tmux): a child leads a session whose controlling
+    terminal is a pty the parent holds the master of, and holds /dev/tty. After restore its
+    stand-in has that pty as its controlling terminal, and what is written to its /dev/tty fd
+    comes out of the master."""
+    state = case.roundtrip(_CTTY_SETUP.replace("LEADER_ONLY", "1"))[-1]
+    kid = _first_child(state.pid)
+    assert os.readlink(f"/proc/{kid}/fd/10") == "/dev/tty"
+    with open(f"/proc/{kid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    assert (int(fields[3]), os.major(int(fields[4])), os.minor(int(fields[4]))) == (kid, 136, 0), fields
+    import fcntl
+    from engine.fds import sys as fsys
+    pidfd = os.pidfd_open(kid)
+    try:
+        mine = fsys.pidfd_getfd(pidfd, 10)
+    finally:
+        os.close(pidfd)
+    pidfd = os.pidfd_open(state.pid)
+    try:
+        master = fsys.pidfd_getfd(pidfd, 20)
+    finally:
+        os.close(pidfd)
+    try:
+        os.write(mine, b"through /dev/tty\n")
+        fcntl.fcntl(master, fcntl.F_SETFL, os.O_NONBLOCK)
+        assert b"through /dev/tty" in os.read(master, 100)
+    finally:
+        os.close(mine)
+        os.close(master)
+
+
+def test_dev_tty_of_a_session_member_refused(case):
+    """/dev/tty held by a process of the session that does not lead it: a stand-in cannot join the
+    restored session, so dump refuses naming the fd, and the tree keeps running."""
+    pid = case.start(_CTTY_SETUP.replace("LEADER_ONLY", "0"))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd \d+ \(/dev/tty\): /dev/tty of a process that does not lead its session",
+                     str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
