@@ -1121,8 +1121,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         doc["objects"] = fdtable.objects
     if users["userns"]:
         doc["userns"] = users["userns"]
-        for p in procs_doc:
-            p.update(users["proc"].get(p["pid"], {}))
+    # (also without user namespaces: a process of the dumper's under other ids than root's, as a
+    # user's dbus-daemon, keeps them)
+    for p in procs_doc:
+        p.update(users["proc"].get(p["pid"], {}))
     return doc
 
 
