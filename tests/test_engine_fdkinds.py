@@ -829,3 +829,57 @@ def test_dev_tty_of_a_session_member_refused(case):
                      str(err.value)), err.value
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_netlink_sockets(case):
+    """What journald and a root dbus-daemon hold: an rtnetlink socket bound to its port id and
+    listening to groups (one beyond the first 32), with a netlink flag and a bigger receive
+    buffer; an audit socket never bound; a uevent socket bound to an explicit port id and
+    connected. After restore each has the same protocol, port id, groups and peer (the snapshot
+    compares them), and the rtnetlink socket answers a request."""
+    setup = py_hold("""
+import socket
+r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE); r.bind((0, 1))
+r.setsockopt(270, 1, 33); r.setsockopt(270, 11, 1)   # a group above 32 (RTNLGRP_BRVLAN); NETLINK_EXT_ACK
+r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+a = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)   # NETLINK_AUDIT
+u = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15); u.bind((4242, 0)); u.connect((0, 0))
+os.dup2(r.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(u.fileno(), 12)
+for x in (r, a, u): x.close()
+""")
+    before, after = case.roundtrip(setup)
+    assert "protocol=0 name=" in _fd(before, 10) and "groups=[1, 33]" in _fd(before, 10), _fd(before, 10)
+    assert "name=(4242, 0)" in _fd(after, 12), _fd(after, 12)
+    import socket
+    import struct
+    s = _grab_socket(after.pid, 10)
+    with s:
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 1 << 20
+        assert s.getsockopt(270, 11) == 1
+        # RTM_GETLINK of the loopback (ifindex 1): the reply comes to the restored port id.
+        s.send(struct.pack("=IHHII", 32, 18, 1 | 4, 7, 0) + struct.pack("=BBHiII", 0, 0, 0, 1, 0, 0))
+        s.settimeout(10)
+        while True:
+            reply = s.recv(65536)
+            if struct.unpack_from("=I", reply, 8)[0] == 7:
+                break
+        assert struct.unpack_from("=H", reply, 4)[0] == 16   # RTM_NEWLINK
+
+
+def test_netlink_messages_waiting_refused_tree_kept(case):
+    """An rtnetlink request whose replies the process has not read: the kernel's replies cannot be
+    sent again, so dump refuses naming the fd, and the tree keeps running."""
+    setup = py_hold("""
+import socket, struct, time
+r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE); r.bind((0, 0))
+r.send(struct.pack("=IHHII", 32, 18, 1 | 4, 1, 0) + struct.pack("=BBHiII", 0, 0, 0, 1, 0, 0))
+r.recv(1, socket.MSG_PEEK)
+os.dup2(r.fileno(), 10); r.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): netlink messages wait to be read", str(err.value)), \
+        err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"

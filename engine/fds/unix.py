@@ -128,6 +128,11 @@ def _name(raw) -> dict:
 
 
 def _dump(d) -> dict:
+    c = d.copy()
+    with socket.socket(fileno=os.dup(c)) as s:
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
+            from engine.fds import netlink
+            return {"kind": "netlink", **netlink.dump(d, s)}   # (a kind of its own, engine/fds/netlink.py)
     out = _dump_one(d)
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     out["_ino"] = f"{os.stat(f'/proc/{d.pid}/ns/net').st_ino}:{st.st_ino}"   # (for _finish, then dropped)
@@ -141,9 +146,9 @@ def _dump_one(d) -> dict:
         fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
         typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         if fam != socket.AF_UNIX:
-            what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_NETLINK: "netlink",
-                    socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix sockets)")
+            what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix and netlink "
+                                            "sockets)")
         if typ not in TYPES:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket of type {typ} is not supported")
         ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
