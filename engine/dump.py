@@ -545,7 +545,16 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     try:
         _wait_stopped(pids)
         _refuse_zombies(tree)
-        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files)
+        # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
+        # connection not accepted yet) run last, once nothing else refuses; never with
+        # --leave-running (such an fd is refused then).
+        takes = None if leave_running else []
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes)
+        for take in takes or ():
+            try:
+                take(doc)
+            except OSError as e:
+                raise DumpError(e.errno or errno.EIO, e.strerror or str(e)) from None
         writer.commit(doc)
         ok = True
         return doc
@@ -704,7 +713,7 @@ def _hook(fn, *args):
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
 
-def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
+def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None) -> dict:
     me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
     ns_of: dict[int, dict[str, int]] = {}
     for pid, _ in tree:
@@ -1087,7 +1096,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 e["ghost"] = gid_of[(e["sb"], e["root"])]
 
     # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
-    fdtable = FdTable()
+    fdtable = FdTable(takes)
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
                                (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})

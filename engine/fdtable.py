@@ -18,9 +18,11 @@ from engine.fds import sys as fsys
 class FdTable:
     """Collects fd entries; `objects` is the image's shared objects (pipes, memfds, sockets)."""
 
-    def __init__(self):
+    def __init__(self, takes: list | None = None):
+        """`takes`: where kinds add steps fn(doc) that take from the tree (run by dump last, the tree
+        killed after); None when the tree keeps running (--leave-running): such fds are refused."""
         self.objects: dict[str, dict] = {}
-        self.scratch: dict = {}
+        self.scratch: dict = {"takes": takes}
         self._pidfds: dict[int, int] = {}
         self._inode: dict[tuple[int, int], int] = {}   # (pid, fd) -> (dev, ino) key
 

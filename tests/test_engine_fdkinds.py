@@ -741,11 +741,52 @@ subprocess.run(["umount", "-l", "/mnt/a"], check=True); subprocess.run(["umount"
             os.close(f)
 
 
-def test_data_on_a_pending_connection_refused_tree_kept(case):
-    """A client that connected and sent before its listener accepted: the data waits in the
-    server end the kernel made for the connection, which no fd reaches until accept() takes the
-    connection off the queue (a dump that then failed, or --leave-running, would leave the tree
-    changed). Refused naming the listener, and the tree keeps running with the connection pending."""
+def test_data_on_pending_connections(case):
+    """Clients that connected and sent before their listener accepted (an HTTP request and a
+    seqpacket message), behind a client that sent nothing: the data waits in the server end the
+    kernel made for each connection, which only accept() reaches. Dump takes the connections last
+    (the tree is killed after) and reads it; after restore the listener accepts the connections in
+    the same order, and each reads what its client had sent."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
+c0 = socket.socket(socket.AF_UNIX); c0.connect("/mnt/t/srv")
+c1 = socket.socket(socket.AF_UNIX); c1.connect("/mnt/t/srv"); c1.send(b"GET / HTTP/1.0\\r\\n\\r\\n")
+sq = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); sq.bind(b"\\0zdtm-seq"); sq.listen(4)
+c2 = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); c2.connect(b"\\0zdtm-seq"); c2.send(b"one"); c2.send(b"two")
+if os.fork() == 0:
+    os.dup2(c0.fileno(), 11); os.dup2(c1.fileno(), 12); os.dup2(c2.fileno(), 13)
+else:
+    os.dup2(srv.fileno(), 10); os.dup2(sq.fileno(), 14)
+for x in (srv, c0, c1, sq, c2): x.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    import socket
+    lst, seq = _grab_socket(state.pid, 10), _grab_socket(state.pid, 14)
+    with lst, seq:
+        lst.setblocking(False)
+        seq.setblocking(False)
+        got = []
+        for listener in (lst, lst, seq):
+            a, _ = listener.accept()
+            with a:
+                a.setblocking(False)
+                msgs = []
+                while True:
+                    try:
+                        msgs.append(a.recv(100))
+                    except BlockingIOError:
+                        break
+                got.append(msgs)
+        assert got == [[], [b"GET / HTTP/1.0\r\n\r\n"], [b"one", b"two"]]
+
+
+def test_data_on_a_pending_connection_refused_with_leave_running(case):
+    """The same with --leave-running: only accept() reads that data, which would take the
+    connection from a tree that keeps running: refused naming the listener, and the tree keeps the
+    connection pending with its data."""
     setup = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t
 """ + py_hold("""
@@ -756,9 +797,9 @@ os.dup2(srv.fileno(), 10); os.dup2(c.fileno(), 11); srv.close(); c.close()
 """)
     pid = case.start(setup)
     with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
+        case.dump(pid, case.new_images_dir(), ("--leave-running",))
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): listening unix socket with a connection not yet "
-                     r"accepted on which data \(or fds\) already wait", str(err.value)), err.value
+                     r"accepted on which data already waits: only accept\(\) reads it", str(err.value)), err.value
     lst = _grab_socket(pid, 10)
     with lst:
         lst.setblocking(False)

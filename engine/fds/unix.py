@@ -30,12 +30,17 @@ A datagram socket connected to a named socket of the tree, and the client of
 a connection its listener has not accepted yet (sock_diag's icons list them in
 queue order), are made unconnected and connected again once every process
 holds its fds (the restorer's late steps), through the socket file on the
-restored mount by a /proc magic link, or by the abstract name.
+restored mount by a /proc magic link, or by the abstract name. What such a
+client had sent waits in the server end the kernel made for the connection,
+which no fd reaches: dump's last step (`takes`, the tree is killed after)
+accepts those connections and reads it, and restore sends it again from the
+client once connected, for the listener's accept() to read.
 
 Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
 namespace, read in a child that joins it). Not done yet (refused at dump):
 fds in flight on a stream or a listener, other kinds in flight, data a
-pending connection's client already sent, a datagram queued on a named socket
+pending connection's client already sent when the tree keeps running
+(--leave-running: only accept() reads it), a datagram queued on a named socket
 from a sender name no socket of the tree holds, a connection to a named
 socket outside the tree, a path name whose file is only on a detached mount
 where the kernel lacks SIOCUNIXFILE, and, before Linux 6.15, a name restore
@@ -176,7 +181,7 @@ def _dump_one(d) -> dict:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
-                out["_pending"] = _pending(d, rec, diag, netns)
+                out["_pending"] = _pending(d, rec, diag, netns, typ)
                 out["_where"] = d.where
             return out
         embryos = d.scratch.get(("unix-embryos", netns))
@@ -263,10 +268,13 @@ def _embryos(diag: dict) -> dict[int, tuple[int, int]]:
     return out
 
 
-def _pending(d, rec: dict, diag: dict, netns: int) -> list[str]:
+def _pending(d, rec: dict, diag: dict, netns: int, typ: int) -> list[str]:
     """The clients ("netns:inode") of a listener's pending connections, which restore connects again
-    in queue order; refused where that cannot be exact (data the client sent already waits there,
-    or the queue is not what sock_diag lists)."""
+    in queue order; refused where that cannot be exact (a client gone, the queue not what sock_diag
+    lists). Data a client sent already waits in the server end the kernel made for the
+    connection, which no fd reaches before accept(): a step dump runs last (`takes`) accepts the
+    connections up to the last such one and reads it, for restore to send again from the client
+    once connected; with --leave-running (no `takes`) that is refused."""
     icons = rec.get("icons") or []
     if len(icons) != rec.get("rqueue"):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with {rec.get('rqueue')} connections not "
@@ -274,14 +282,71 @@ def _pending(d, rec: dict, diag: dict, netns: int) -> list[str]:
     # (sock_diag names each pending connection by its client's inode, the server end having none
     # yet; what the client sent is still charged to the client's send buffer, its wqueue)
     out = []
-    for client in icons:
-        if client not in diag or diag[client].get("wqueue"):
-            # (no fd reaches that data before accept(), which would take the connection from the tree)
+    last = -1
+    for i, client in enumerate(icons):
+        if client not in diag:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted "
-                                            "on which data (or fds) already wait (only accept() could read them), "
-                                            "or whose client is gone: not supported")
+                                            "whose client is gone: not supported")
+        if diag[client].get("wqueue"):
+            last = i
         out.append(f"{netns}:{client}")
+    if last >= 0:
+        takes = d.scratch.get("takes")
+        if takes is None:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted on "
+                                            "which data already waits: only accept() reads it, which takes the "
+                                            "connection from the tree; not supported with --leave-running")
+        lst = os.dup(d.copy())
+        takes.append(lambda doc: _take_pending(lst, out[: last + 1], typ, doc, d.where))
     return out
+
+
+def _take_pending(lst: int, clients: list[str], typ: int, doc: dict, where: str) -> None:
+    """Accept the first pending connections of listener `lst` (ours; closed here), one per client
+    in `clients` (queue order: accept takes the head), and give what each client sent to its entry
+    in `doc` ("sent": stream bytes, or seqpacket messages), found by inode among the connecting
+    ones (the tree is still stopped)."""
+    entries = {}
+    for p in doc["processes"]:
+        netns = os.stat(f"/proc/{p['pid']}/ns/net").st_ino
+        for e in p["fds"]:
+            if e.get("kind") == "unix" and "order" in e.get("connect", {}):
+                ino = os.stat(f"/proc/{p['pid']}/fd/{e['fd']}").st_ino
+                entries[f"{netns}:{ino}"] = e
+    s = socket.socket(fileno=lst)
+    try:
+        for key in clients:
+            a, _ = s.accept()   # (each is there: the tree is stopped)
+            with a:
+                msgs, total = [], 0
+                while True:
+                    try:
+                        data, anc, flags, _ = a.recvmsg(1 << 17, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    for _level, _kind, raw in anc:   # (fds in flight: close our copies, then refuse)
+                        for x in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
+                            os.close(x)
+                    if anc or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                        raise FdError(errno.EOPNOTSUPP, f"{where}: a connection not yet accepted carries fds in "
+                                                        "flight, or a message over 128 KiB: not supported")
+                    if not data:
+                        break
+                    total += len(data)
+                    if total > MAX_DATA:
+                        raise FdError(errno.EOPNOTSUPP, f"{where}: over {MAX_DATA} bytes sent on a connection not "
+                                                        "yet accepted: too many")
+                    msgs.append(data)
+            e = entries.get(key)
+            if e is None:
+                raise FdError(errno.EOPNOTSUPP, f"{where}: the client of a connection not yet accepted is no fd of "
+                                                "the tree: not supported")
+            if typ == socket.SOCK_STREAM and msgs:
+                e["sent"] = base64.b64encode(b"".join(msgs)).decode()
+            elif msgs:
+                e["sent"] = [base64.b64encode(m).decode() for m in msgs]
+    finally:
+        s.close()
 
 
 def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: int, inflight: int) -> dict:
@@ -700,6 +765,14 @@ def _check(entry: dict, what: str) -> None:
                 _fail(f"{what}: bad socket path to connect to")
         else:
             _fail(f"{what}: 'connect' needs an abstract name, or a path with the mount and path of its socket file")
+    sent = entry.get("sent")
+    if sent is not None:
+        stream = entry.get("type") == "stream"
+        if "order" not in (entry.get("connect") or {}) or (stream and not isinstance(sent, str)) \
+                or (not stream and (not isinstance(sent, list) or len(sent) > MAX_MSGS)) \
+                or not all(isinstance(m, str) and 0 < len(m) <= MAX_DATA * 4 // 3 + 4
+                           for m in ([sent] if stream else sent)):
+            _fail(f"{what}: bad data sent on a connection not yet accepted")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
     if "msgs" in entry:
@@ -1021,7 +1094,7 @@ def _open(r: RestoreFd) -> int:
         c = e["connect"]
         # (a listener's pending connections connect in their queue order)
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
-                       lambda: _connect(r, mine, c), c.get("order", -1)))
+                       lambda: _connect(r, mine, c, e.get("sent")), c.get("order", -1)))
     return fd
 
 
@@ -1104,26 +1177,37 @@ def _resend(to, msgs, who: list[int], senders: list[int], inflight: list[int]) -
             fresh.close()
 
 
-def _connect(r: RestoreFd, fd: int, c: dict) -> None:
+def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
     """Connect our copy `fd` of a restored socket to the named socket `c` (made by now): an abstract
     name in the socket's own network namespace; a path through its socket file on the restored
-    mount (a /proc magic link from here: the name needs to lead nowhere from the restorer)."""
+    mount (a /proc magic link from here: the name needs to lead nowhere from the restorer). Then
+    send what the client of a pending connection had sent (`sent`: stream bytes, or messages),
+    which waits for the listener's accept() again."""
     s = socket.socket(fileno=os.dup(fd))
     try:
-        if "abstract" in c:
-            s.connect(b"\0" + base64.b64decode(c["abstract"]))
-            return
-        at = r.open_at(c["mnt"], c["at"], os.O_PATH | (os.O_NOFOLLOW if c["at"].strip("/") else 0))
-        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
-        try:
-            os.fchdir(r.proc)
-            s.connect(f"self/fd/{at}")
-        finally:
-            os.fchdir(cwd)
-            os.close(cwd)
-            os.close(at)
+        _connect_to(r, s, c)
+        for m in [sent] if isinstance(sent, str) else sent or ():
+            try:
+                s.sendall(base64.b64decode(m), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                raise FdError(errno.EAGAIN, "the data its client had sent does not fit its send buffer") from None
     finally:
         s.close()
+
+
+def _connect_to(r: RestoreFd, s: socket.socket, c: dict) -> None:
+    if "abstract" in c:
+        s.connect(b"\0" + base64.b64decode(c["abstract"]))
+        return
+    at = r.open_at(c["mnt"], c["at"], os.O_PATH | (os.O_NOFOLLOW if c["at"].strip("/") else 0))
+    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        os.fchdir(r.proc)
+        s.connect(f"self/fd/{at}")
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+        os.close(at)
 
 
 def _open_inflight(r: RestoreFd, msgs) -> list[int]:
@@ -1156,4 +1240,5 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
-                        "senders": F(LIST, required=False), "sender_id": F(STR, required=False)}))
+                        "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
+                        "sent": F(STR + LIST, required=False)}))
