@@ -222,25 +222,3 @@ def test_deleted_host_tmpfs_file_bind_restores(case):
     after = take(case.restore(images), check)
     assert_same(before, after)
     assert after.snap.check_output == "89ab-boot-id\n444\ndeleted\n"
-
-
-def test_pending_connection_with_data_refused(case):
-    """A connection a listener has not accepted yet on which the client already sent data: that data
-    waits on a server end no fd reaches, so dump refuses naming the listener, tree left running."""
-    import re
-    from enginecase import CRError, py_hold
-    setup = """
-mkdir /mnt/t; mount -t tmpfs t /mnt/t
-""" + py_hold("""
-import socket
-srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(4)
-c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv"); c.send(b"early")
-os.dup2(srv.fileno(), 10); os.dup2(c.fileno(), 11); srv.close(); c.close()
-""")
-    pid = case.start(setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): listening unix socket with a connection not yet "
-                     r"accepted on which data", str(err.value)), err.value
-    with open(f"/proc/{pid}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
