@@ -60,7 +60,7 @@ import struct
 from engine import forkrun, kernel
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
-from engine.fds import FdError, FdKind, RestoreFd, register
+from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog
 
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
@@ -297,56 +297,8 @@ def _pending(d, rec: dict, diag: dict, netns: int, typ: int) -> list[str]:
                                             "which data already waits: only accept() reads it, which takes the "
                                             "connection from the tree; not supported with --leave-running")
         lst = os.dup(d.copy())
-        takes.append(lambda doc: _take_pending(lst, out[: last + 1], typ, doc, d.where))
+        takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], typ, doc, d.where))
     return out
-
-
-def _take_pending(lst: int, clients: list[str], typ: int, doc: dict, where: str) -> None:
-    """Accept the first pending connections of listener `lst` (ours; closed here), one per client
-    in `clients` (queue order: accept takes the head), and give what each client sent to its entry
-    in `doc` ("sent": stream bytes, or seqpacket messages), found by inode among the connecting
-    ones (the tree is still stopped)."""
-    entries = {}
-    for p in doc["processes"]:
-        netns = os.stat(f"/proc/{p['pid']}/ns/net").st_ino
-        for e in p["fds"]:
-            if e.get("kind") == "unix" and "order" in e.get("connect", {}):
-                ino = os.stat(f"/proc/{p['pid']}/fd/{e['fd']}").st_ino
-                entries[f"{netns}:{ino}"] = e
-    s = socket.socket(fileno=lst)
-    try:
-        for key in clients:
-            a, _ = s.accept()   # (each is there: the tree is stopped)
-            with a:
-                msgs, total = [], 0
-                while True:
-                    try:
-                        data, anc, flags, _ = a.recvmsg(1 << 17, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
-                    for _level, _kind, raw in anc:   # (fds in flight: close our copies, then refuse)
-                        for x in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
-                            os.close(x)
-                    if anc or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                        raise FdError(errno.EOPNOTSUPP, f"{where}: a connection not yet accepted carries fds in "
-                                                        "flight, or a message over 128 KiB: not supported")
-                    if not data:
-                        break
-                    total += len(data)
-                    if total > MAX_DATA:
-                        raise FdError(errno.EOPNOTSUPP, f"{where}: over {MAX_DATA} bytes sent on a connection not "
-                                                        "yet accepted: too many")
-                    msgs.append(data)
-            e = entries.get(key)
-            if e is None:
-                raise FdError(errno.EOPNOTSUPP, f"{where}: the client of a connection not yet accepted is no fd of "
-                                                "the tree: not supported")
-            if typ == socket.SOCK_STREAM and msgs:
-                e["sent"] = base64.b64encode(b"".join(msgs)).decode()
-            elif msgs:
-                e["sent"] = [base64.b64encode(m).decode() for m in msgs]
-    finally:
-        s.close()
 
 
 def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: int, inflight: int) -> dict:
@@ -377,7 +329,7 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
 def _finish(objects: dict, entries: list[dict]) -> None:
     """Refuse a socket connected to a named socket that no process of the tree holds (restore would
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
-    _name_senders([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
+    unix_backlog.name_senders([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
     have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
     for e in entries:
         for client in e.pop("_pending", None) or ():
@@ -396,41 +348,6 @@ def _finish(objects: dict, entries: list[dict]) -> None:
         e.pop("_where", None)
 
 
-def _name_senders(unix: list[dict]) -> None:
-    """The named senders of the datagrams queued on a named socket (`_senders`): each must be a
-    datagram socket of the tree (in the receiver's network namespace, for an abstract name), which
-    gets a "sender_id" (on every fd of its description); the receiver's "senders" lists, per
-    message, that id or None (an unbound sender). Refused when no socket of the tree, or several,
-    have the name: restore could not send that datagram from the name the receiver saw."""
-    ids: dict[str, str] = {}
-    for e in unix:
-        senders = e.pop("_senders", None)
-        if senders is None:
-            continue
-        net = e["_ino"].split(":")[0]
-        out: list = []
-        for name in senders:
-            if not name:
-                out.append(None)
-                continue
-            (key, value), = name.items()
-            holders = [x for x in unix if x.get("type") == "dgram" and x.get(key) == value
-                       and (key == "path" or x["_ino"].split(":")[0] == net)]
-            socks = {x["_ino"] for x in holders}   # (fds of one socket share its inode)
-            if len(socks) != 1:
-                shown = value if key == "path" else "@" + base64.b64decode(value).decode(errors="replace")
-                held = "several sockets of the tree hold" if socks else "no datagram socket of the tree holds"
-                raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: a datagram queued on it was sent from {shown}, "
-                                                f"a name {held}: restore could not send it from there again; "
-                                                "not supported")
-            sid = ids.setdefault(holders[0]["_ino"], f"u-{len(ids)}")
-            for x in holders:
-                x["sender_id"] = sid
-            out.append(sid)
-        e["senders"] = out
-
-
-_SENDER = re.compile(r"^u-[0-9]{1,9}$")
 _MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
 MAX_WALK = 100_000
 
@@ -611,7 +528,6 @@ def _search(d, name: str, top: str, m, dev: int, ino: int, budget: list) -> dict
 
 
 SO_PEEK_OFF = 42
-SO_SNDBUFFORCE = 32
 MAX_MSGS = 4096
 
 
@@ -785,13 +701,13 @@ def _check(entry: dict, what: str) -> None:
         senders = entry.get("senders")
         if senders is not None and (not named or not isinstance(senders, list)
                                     or len(senders) != len(entry["msgs"])
-                                    or not all(x is None or (isinstance(x, str) and _SENDER.match(x))
+                                    or not all(x is None or (isinstance(x, str) and unix_backlog.SENDER_ID.match(x))
                                                for x in senders)):
             _fail(f"{what}: bad senders of queued datagrams")
     elif "senders" in entry:
         _fail(f"{what}: senders without queued datagrams")
     sid = entry.get("sender_id")
-    if sid is not None and (entry.get("type") != "dgram" or not isinstance(sid, str) or not _SENDER.match(sid)):
+    if sid is not None and (entry.get("type") != "dgram" or not isinstance(sid, str) or not unix_backlog.SENDER_ID.match(sid)):
         _fail(f"{what}: bad sender id")
     if "mnts" in entry and (not all(type(x) is int for x in entry["mnts"]) or len(entry["mnts"]) > 253 * MAX_MSGS):
         _fail(f"{what}: bad mounts of fds in flight")
@@ -1082,12 +998,12 @@ def _open(r: RestoreFd) -> int:
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     if "sender_id" in e:
-        # (it sent datagrams still queued on a named socket: they are sent from it again, _deliver)
+        # (it sent datagrams still queued on a named socket: they are sent from it again)
         mine = os.dup(fd)
         r.keep.append(mine)
         r.state.setdefault("unix-senders", {})[e["sender_id"]] = mine
     if "msgs" in e and not e.get("dangling"):
-        r.late.append((f"{r.where}: sending its queued datagrams again", lambda: _deliver(r, e)))
+        r.late.append((f"{r.where}: sending its queued datagrams again", lambda: unix_backlog.deliver(r, e)))
     if "connect" in e:
         mine = os.dup(fd)
         r.keep.append(mine)
@@ -1096,85 +1012,6 @@ def _open(r: RestoreFd) -> int:
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
                        lambda: _connect(r, mine, c, e.get("sent")), c.get("order", -1)))
     return fd
-
-
-def _deliver(r: RestoreFd, e: dict) -> None:
-    """Send the datagrams queued on named socket `e` (made by now) to it again, in order, each from
-    its sender: the tree's restored socket of that name, or one fresh unbound socket. A path name
-    is reached through its socket file on the restored mount (a /proc magic link from here); an
-    abstract one from the stand-in, in the socket's network namespace."""
-    named = r.state.get("unix-senders", {})
-    who: list[int] = []
-    senders: list[int] = []
-    for sid in e.get("senders") or [None] * len(e["msgs"]):
-        if sid is None:
-            who.append(-1)
-            continue
-        if sid not in named:
-            raise FdError(errno.EINVAL, f"sender {sid} of a queued datagram is no socket of the image")
-        if named[sid] not in senders:
-            senders.append(named[sid])
-        who.append(senders.index(named[sid]))
-    inflight = _open_inflight(r, e["msgs"])
-    try:
-        if "abstract" in e:
-            r.standin("deliver", {"to": e["abstract"], "msgs": e["msgs"], "who": who, "n": len(senders)},
-                      senders + inflight)
-            return
-        b = e["bound"]
-        at = r.open_at(b["mnt"], b["path"], os.O_PATH | os.O_NOFOLLOW)
-        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
-        try:
-            os.fchdir(r.proc)
-            _resend(f"self/fd/{at}", e["msgs"], who, senders, inflight)
-        finally:
-            os.fchdir(cwd)
-            os.close(cwd)
-            os.close(at)
-    finally:
-        for x in inflight:
-            os.close(x)
-
-
-def _deliver_in(args, fds):
-    """In the stand-in: _resend to an abstract name of its network namespace."""
-    n = args["n"]
-    _resend(b"\0" + base64.b64decode(args["to"]), args["msgs"], args["who"], fds[:n], fds[n:])
-    return None, []
-
-
-def _resend(to, msgs, who: list[int], senders: list[int], inflight: list[int]) -> None:
-    """Send each of `msgs` to address `to` from senders[who[i]], or (-1) from a fresh unbound socket;
-    the fds in flight are taken in order from `inflight`. Never blocks: a queue that does not take
-    them all (a smaller net.unix.max_dgram_qlen here) is an error."""
-    fresh = None
-    rest = list(inflight)
-    try:
-        for m, w in zip(msgs, who, strict=True):
-            if w < 0:
-                if fresh is None:
-                    fresh = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-                    try:   # (what it sent stays charged to it until read: room for the whole queue)
-                        fresh.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * MAX_DATA)
-                    except OSError:
-                        pass
-                s = socket.socket(fileno=os.dup(fresh.fileno()))
-            else:
-                s = socket.socket(fileno=os.dup(senders[w]))
-            with s:
-                data, fds = (m["data"], m["fds"]) if isinstance(m, dict) else (m, ())
-                mine, rest = rest[:len(fds)], rest[len(fds):]
-                try:
-                    if mine:
-                        socket.send_fds(s, [base64.b64decode(data)], mine, socket.MSG_DONTWAIT, to)
-                    else:
-                        s.sendto(base64.b64decode(data), socket.MSG_DONTWAIT, to)
-                except BlockingIOError:
-                    raise FdError(errno.EAGAIN, "its queue took fewer datagrams than were queued at dump "
-                                                "(net.unix.max_dgram_qlen, or the sender's buffer)") from None
-    finally:
-        if fresh is not None:
-            fresh.close()
 
 
 def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
@@ -1236,7 +1073,7 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e and not e["bound"].get("detached") else [])
                 + list(e.get("mnts", ()))
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
-                check=_check, check_object=_check_object, standin={"make": _make, "via": _via, "deliver": _deliver_in}, prepare=_prepare, fields={
+                check=_check, check_object=_check_object, standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in}, prepare=_prepare, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
