@@ -275,5 +275,5 @@ def _ctty_in(args, fds):
 
 register(FdKind(name="ctty", matches=_is_dev_tty, dump=_dump_ctty, open=_open_ctty, placed=True, check=_check_ctty,
                 finish=_finish_ctty, standin={"ctty": _ctty_in}, order=29,
-                mounts=lambda e: ([e["tty"]["mnt"]] if "tty" in e else []) + ([e["ptmx"]["mnt"]] if "ptmx" in e else []),
+                mounts=lambda e: [e[k]["mnt"] for k in ("tty", "ptmx") if k in e],
                 fields={"tty": F(DICT, required=False), "ptmx": F(DICT, required=False)}))

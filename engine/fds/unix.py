@@ -151,7 +151,8 @@ def _dump_one(d) -> dict:
         fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
         typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         if fam != socket.AF_UNIX:
-            what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
+            what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6",
+                    socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix and netlink "
                                             "sockets)")
         if typ not in TYPES:
@@ -707,7 +708,8 @@ def _check(entry: dict, what: str) -> None:
     elif "senders" in entry:
         _fail(f"{what}: senders without queued datagrams")
     sid = entry.get("sender_id")
-    if sid is not None and (entry.get("type") != "dgram" or not isinstance(sid, str) or not unix_backlog.SENDER_ID.match(sid)):
+    if sid is not None and (entry.get("type") != "dgram" or not isinstance(sid, str)
+                            or not unix_backlog.SENDER_ID.match(sid)):
         _fail(f"{what}: bad sender id")
     if "mnts" in entry and (not all(type(x) is int for x in entry["mnts"]) or len(entry["mnts"]) > 253 * MAX_MSGS):
         _fail(f"{what}: bad mounts of fds in flight")
