@@ -924,3 +924,54 @@ os.dup2(r.fileno(), 10); r.close()
         err.value
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_fds_in_flight_to_a_named_socket(case):
+    """A datagram carrying an fd (SCM_RIGHTS) sent by an unbound client to a socket bound to a path,
+    and one to an abstract name: after restore each receiver gets its datagram with an fd on the
+    same file, at the same offset."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo "in flight" > /mnt/t/file
+""" + py_hold("""
+import socket
+p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.bind("/mnt/t/recv")
+a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(b"\\0zdtm-recv")
+f = os.open("/mnt/t/file", os.O_RDONLY); os.lseek(f, 3, 0)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+r = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, f.to_bytes(4, "little"))]
+c.sendmsg([b"with fd"], r, 0, "/mnt/t/recv"); c.sendmsg([b"abstract"], r, 0, b"\\0zdtm-recv")
+c.close(); os.close(f)
+os.dup2(p.fileno(), 10); os.dup2(a.fileno(), 11); p.close(); a.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    import socket
+    for n, want in ((10, b"with fd"), (11, b"abstract")):
+        s = _grab_socket(state.pid, n)
+        with s:
+            data, fds, _, _ = socket.recv_fds(s, 100, 4, socket.MSG_DONTWAIT)
+            try:
+                assert (data, len(fds)) == (want, 1)
+                assert os.read(fds[0], 100) == b"flight\n"
+            finally:
+                for x in fds:
+                    os.close(x)
+
+
+
+def test_socket_bound_to_a_relative_name_refused(case):
+    """A socket bound to a relative name (from its cwd): the image keeps absolute names only, so
+    dump refuses naming the fd and the name (it once wrote an image restore refused), and the
+    tree keeps running."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; cd /mnt/t
+""" + py_hold("""
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("rel.sock"); os.dup2(s.fileno(), 10); s.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): bound to 'rel.sock', not a normalised absolute name",
+                     str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"

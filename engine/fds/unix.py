@@ -164,6 +164,14 @@ def _dump_one(d) -> dict:
             diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
         rec = diag.get(ino, {})
         out = {"type": TYPES[typ], **_name(s.getsockname())}
+        if "path" in out:
+            from engine.image import ImageError, check_abs_path
+            try:
+                check_abs_path(out["path"], "name")
+            except ImageError:
+                # (a relative name, or one with '.', '..' or '//')
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {out['path']!r}, not a normalised absolute "
+                                                "name (the only names the image keeps): not supported") from None
         peer = rec.get("peer")
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:

@@ -177,7 +177,10 @@ def _resend(to, msgs, who: list[int], senders: list[int], inflight: list[int]) -
                 mine, rest = rest[:len(fds)], rest[len(fds):]
                 try:
                     if mine:
-                        socket.send_fds(s, [base64.b64decode(data)], mine, socket.MSG_DONTWAIT, to)
+                        # (not socket.send_fds: Python 3.11's drops its flags and address)
+                        s.sendmsg([base64.b64decode(data)],
+                                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(mine)}i", *mine))],
+                                  socket.MSG_DONTWAIT, to)
                     else:
                         s.sendto(base64.b64decode(data), socket.MSG_DONTWAIT, to)
                 except BlockingIOError:
