@@ -975,3 +975,31 @@ s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("rel.sock"); os.dup
                      str(err.value)), err.value
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def _unix_state(pid: int, fd: int) -> str:
+    """The St column of /proc/net/unix for socket fd `fd` of `pid` (in its network namespace)."""
+    ino = os.stat(f"/proc/{pid}/fd/{fd}").st_ino
+    with open(f"/proc/{pid}/net/unix") as f:
+        return next(line.split()[5] for line in f if line.split()[6] == str(ino))
+
+
+def test_named_dgram_socket_once_connected_to(case):
+    """Datagram sockets bound to a path and to an abstract name that a client connected to and left
+    (logger on /dev/log): the kernel marks them established for good (/proc/net/unix St 03), one
+    never connected to stays 01; restore makes the same marks."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.bind("/mnt/t/log")
+a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(b"\\0zdtm-reached")
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); n.bind("/mnt/t/never")
+for name in ("/mnt/t/log", b"\\0zdtm-reached"):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+        c.connect(name)
+os.dup2(p.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(n.fileno(), 12)
+for x in (p, a, n): x.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    assert [_unix_state(state.pid, n) for n in (10, 11, 12)] == ["03", "03", "01"]

@@ -214,6 +214,10 @@ def _dump_one(d) -> dict:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
                                                 "not supported yet")
             return out
+        if not peer and typ == socket.SOCK_DGRAM and ("path" in out or "abstract" in out) and rec.get("state") == 1:
+            # A client connected to it once (logger to /dev/log): the kernel marks it established
+            # for good (/proc/net/unix shows it); restore connects a throwaway socket to it too.
+            out["reached"] = True
         if not peer and ("path" in out or "abstract" in out) and (inflight or _inq(c)):
             # Datagrams other sockets sent to its name (a syslog or sd_notify socket's backlog): sent
             # again at restore, in order, each from its sender: an unbound one from a fresh unbound
@@ -690,6 +694,9 @@ def _check(entry: dict, what: str) -> None:
                 _fail(f"{what}: bad socket path to connect to")
         else:
             _fail(f"{what}: 'connect' needs an abstract name, or a path with the mount and path of its socket file")
+    if entry.get("reached") and (entry.get("type") != "dgram" or ("path" not in entry and "abstract" not in entry)
+                                 or {"obj", "dangling", "listen"} & set(entry)):
+        _fail(f"{what}: only a named datagram socket is marked reached")
     sent = entry.get("sent")
     if sent is not None:
         stream = entry.get("type") == "stream"
@@ -1012,6 +1019,8 @@ def _open(r: RestoreFd) -> int:
         mine = os.dup(fd)
         r.keep.append(mine)
         r.state.setdefault("unix-senders", {})[e["sender_id"]] = mine
+    if e.get("reached"):
+        r.late.append((f"{r.where}: connecting a socket to it", lambda: _reach(r, e)))
     if "msgs" in e and not e.get("dangling"):
         r.late.append((f"{r.where}: sending its queued datagrams again", lambda: unix_backlog.deliver(r, e)))
     if "connect" in e:
@@ -1022,6 +1031,24 @@ def _open(r: RestoreFd) -> int:
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
                        lambda: _connect(r, mine, c, e.get("sent")), c.get("order", -1)))
     return fd
+
+
+def _reach(r: RestoreFd, e: dict) -> None:
+    """Connect a throwaway datagram socket to named socket `e` (made by now) and close it, as a
+    client once did: the kernel marks `e` established. An abstract name from the stand-in (a new
+    socket's network namespace is its maker's); a path from here, through its socket file."""
+    if "abstract" in e:
+        r.standin("reach", e["abstract"])
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        _connect_to(r, s, {"mnt": e["bound"]["mnt"], "at": e["bound"]["path"]})
+
+
+def _reach_in(name, fds):
+    """In the stand-in: _reach for abstract name `name` (base64)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(b"\0" + base64.b64decode(name))
+    return None, []
 
 
 def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
@@ -1083,9 +1110,10 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e and not e["bound"].get("detached") else [])
                 + list(e.get("mnts", ()))
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
-                check=_check, check_object=_check_object, standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in}, prepare=_prepare, fields={
+                check=_check, check_object=_check_object, prepare=_prepare,
+                standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
                         "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
-                        "sent": F(STR + LIST, required=False)}))
+                        "sent": F(STR + LIST, required=False), "reached": F(BOOL, required=False)}))
