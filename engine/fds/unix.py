@@ -17,7 +17,9 @@ that directory, whatever the name leads to from the stand-in (_bind_beside),
 through a read-write mount of the superblock when the one found is read-only.
 A socket file on a mount lazily unmounted since (the socket keeps that mount
 alive) is found by the kernel itself (SIOCUNIXFILE) and bound again on that
-detached mount, restored like any other (engine/detached.py).
+detached mount, restored like any other (engine/detached.py). When only the
+socket holds that mount, the rest of its files are out of reach and not kept
+(the socket file's directories are made again).
 
 Queued datagrams (pairs, a survivor whose peer is gone, and a named socket
 other sockets sent to) are peeked with a peek offset; fds in flight with them

@@ -11,7 +11,9 @@ receiver sees the same sender address.
 What a pending connection's client had sent waits in the server end the kernel made for the
 connection, which no fd reaches before accept(): dump's last step (`takes`, never with
 --leave-running) accepts the connections up to the last such one and reads it; restore sends it
-again from the client once it is connected (unix._connect).
+again from the client once it is connected (unix._connect). Should writing the image fail
+after that step, the tree resumes with those connections gone (dump accepted and closed them:
+their clients read an end of file).
 """
 
 from __future__ import annotations
