@@ -590,7 +590,16 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     try:
         _wait_stopped(pids)
         _refuse_zombies(tree)
-        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files)
+        # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
+        # connection not accepted yet) run last, once nothing else refuses; never with
+        # --leave-running (such an fd is refused then).
+        takes = None if leave_running else []
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes)
+        for take in takes or ():
+            try:
+                take(doc)
+            except OSError as e:
+                raise DumpError(e.errno or errno.EIO, e.strerror or str(e)) from None
         writer.commit(doc)
         ok = True
         return doc
@@ -807,7 +816,7 @@ def _hook(fn, *args):
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
 
-def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
+def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None) -> dict:
     me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
     ns_of: dict[int, dict[str, int]] = {}
     for pid, _ in tree:
@@ -1196,16 +1205,17 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 e["ghost"] = gid_of[(e["sb"], e["root"])]
 
     # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
-    fdtable = FdTable()
+    fdtable = FdTable(takes)
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
                                (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})
         fdtable.finish(procs_doc)
     except FdError as e:
+        fdtable.release()
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:
         fdtable.close()
-    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)]
+    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)] + fdtable.unplaced
     uts_names: dict[str, str] = {}
     for p in procs_doc:
         uts = p["ns"]["uts"]
@@ -1214,7 +1224,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
 
     for g in ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
-    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+    try:
+        detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+    finally:
+        fdtable.release()
 
     doc = {
         "kernel": os.uname().release,
@@ -1226,8 +1239,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         doc["objects"] = fdtable.objects
     if users["userns"]:
         doc["userns"] = users["userns"]
-        for p in procs_doc:
-            p.update(users["proc"].get(p["pid"], {}))
+    # (also without user namespaces: a process of the dumper's under other ids than root's, as a
+    # user's dbus-daemon, keeps them)
+    for p in procs_doc:
+        p.update(users["proc"].get(p["pid"], {}))
     return doc
 
 
