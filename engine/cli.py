@@ -50,10 +50,11 @@ def _add_dump(sub) -> None:
                     "nfs and nfs4 (external server), FUSE (its daemon is neither stopped nor dumped: restore "
                     "restarts it with --fuse-restart). Also files and cwds on lazily unmounted mounts, deleted "
                     "files (ghosts), user namespaces (maps, owners, locked and idmapped mounts), and fds: "
-                    "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets, eventfd, "
+                    "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets (with queued "
+                    "data), netlink sockets (restored empty), /dev/tty, eventfd, "
                     "signalfd, timerfd, epoll, inotify, fanotify, memfd, ptys, plus each process's executable "
                     "and file mappings. Refused with one line naming the cause, the tree left running: other "
-                    "filesystems, network sockets other than unix (inet, netlink, ...), the cases IMAGE.md "
+                    "filesystems, inet and other network sockets, the cases IMAGE.md "
                     "lists as refusals.")
     p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
                    help="root of the process tree to dump")
