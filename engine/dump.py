@@ -1117,8 +1117,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         doc["objects"] = fdtable.objects
     if users["userns"]:
         doc["userns"] = users["userns"]
-        for p in procs_doc:
-            p.update(users["proc"].get(p["pid"], {}))
+    # Also without any user namespace: a process of the dumper's own under other ids (a zdtm test
+    # after setuid, bwrap's monitor) keeps them (its stand-in takes them last).
+    for p in procs_doc:
+        p.update(users["proc"].get(p["pid"], {}))
     return doc
 
 
