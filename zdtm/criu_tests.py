@@ -42,7 +42,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from engine import cli as engine_cli
-from zdtm import snapshot
+from zdtm import criu_env, snapshot
 from zdtm.criu_source import TestProgram
 
 __all__ = ["Result", "run", "unsupported_flavor"]
@@ -142,9 +142,14 @@ def _copy_in(root: str, path: str) -> None:
     shutil.copy2(path, target)
 
 
+def _mount_root(path: str) -> None:
+    os.makedirs(path)
+    _mount("-t", "tmpfs", "-o", "mode=0755", "zdtm-root", path)
+    _mount("--make-private", path)
+
+
 def _build_root(root: str, program: TestProgram) -> str:
     """test/zdtm.py's ns root: its directories, /usr/* links, the test binary and the desc's deps."""
-    os.makedirs(root)
     for d in ROOT_DIRS:
         os.mkdir(os.path.join(root, d))
         os.chmod(os.path.join(root, d), 0o777)
@@ -232,8 +237,10 @@ class _Run:
         return Result(self.p.name, outcome, stage, detail)
 
     def start(self) -> Result | None:
+        # zdtm.py binds the test directory here; a tmpfs (private, as zdtm.py's bind) lets the restored
+        # tree get an equal one (same source, options and root path) holding a copy (`cycle`).
+        _mount_root(self.root)
         static = _build_root(self.root, self.p)
-        _mount("--make-private", "--bind", self.root, self.root)   # ns.c makes it a slave and binds it again
         _build_dev(self.dev)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp",
                "LANG": "C", "ZDTM_NEWNS": "1", "ZDTM_ROOT": self.root, "ZDTM_DEV": self.dev}
@@ -272,8 +279,14 @@ class _Run:
             if not snapshot.alive(pid):
                 return self.res("fail", "dump", f"dump refused and the test is gone: {err}")
             return self.res("refused", "dump", err)
+        # The test keeps running: the restored tree gets a copy of its root as it is after the dump
+        # (CRIU's zdtm.py restores on the dead test's own root), so that neither sees the other's
+        # FIFO buffers or socket files. Sockets are not copied: restore binds them again.
+        restore_root = os.path.join(self.w, "restore-root")
+        _mount_root(restore_root)
+        criu_env.copy_tree(self.root, restore_root)
         pidfile = os.path.join(self.w, "restored.pid")
-        err = _mntcr("restore", ["-D", images, "--root", self.root, "--external", f"mnt[ZDTM_DEV]:{self.dev}",
+        err = _mntcr("restore", ["-D", images, "--root", restore_root, "--external", f"mnt[ZDTM_DEV]:{self.dev}",
                                  "--pidfile", pidfile, "--devices", "all"],
                      os.path.join(self.w, "restore.log"), self.timeout * 2)
         if err:
