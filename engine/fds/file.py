@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 
-from engine.fds import FdKind, RestoreFd, register
+from engine.fds import FdError, FdKind, RestoreFd, register
 
 # Flags that only mattered when the file was opened (or that we set ourselves).
 OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
@@ -29,6 +30,11 @@ def _open(r: RestoreFd) -> int:
 
 
 def _dump(d) -> dict:
+    if stat.S_ISCHR(d.mode) and os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_rdev == os.makedev(5, 0):
+        # /dev/tty opens the opener's controlling terminal, and stand-ins have none: restore's
+        # open would fail (ENXIO), so say it here, before anything is stopped for good.
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty (5:0) stands for the process's controlling "
+                                        "terminal, which restore does not give back: not supported")
     return {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
 
 
