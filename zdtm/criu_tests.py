@@ -22,8 +22,8 @@ stand-in cannot run the test's check. So one run here proves two things:
    itself gets SIGTERM and its own check must write PASS (a dump that consumed
    a pipe's data or disturbed a mount fails here, as it would under CRIU).
 
-A dump refusal is an outcome of its own ("refused", with mntcr's one line),
-and the test must still be running after it. Everything happens in a private
+A dump refusal is an outcome of its own ("refused", with mntcr's one line)
+when the test is still running after it and then passes its own check. Everything happens in a private
 mount namespace of a helper process (`python -m zdtm.criu_tests`, started
 under `unshare --mount --propagation private`): nothing is mounted on the
 host, and the helper kills what it started before it exits.
@@ -278,6 +278,10 @@ class _Run:
         if err:
             if not snapshot.alive(pid):
                 return self.res("fail", "dump", f"dump refused and the test is gone: {err}")
+            # A refusal must leave the tree running and untouched: the test's own check says so.
+            after_refusal = self.verdict()
+            if after_refusal.outcome != "pass":
+                return self.res("fail", "dump", f"dump refused ({err}), and then {after_refusal.detail}")
             return self.res("refused", "dump", err)
         # The test keeps running: the restored tree gets a copy of its root as it is after the dump
         # (CRIU's zdtm.py restores on the dead test's own root), so that neither sees the other's
@@ -317,7 +321,7 @@ class _Run:
             return self.res("fail", "verdict", f"the test wrote no {name}.out: "
                             + (_tail(out + ".inprogress") or _tail(os.path.join(static, f"{name}.outns"))))
         if "PASS" not in text.split():
-            return self.res("fail", "verdict", "the test's own check after dump: " + _tail(out))
+            return self.res("fail", "verdict", "the test's own check after the dump failed: " + _tail(out))
         return self.res("pass")
 
     def cleanup(self) -> None:
