@@ -96,7 +96,7 @@ def run(program: TestProgram, workdir: str, flavor: str = "ns", timeout: float |
     env = dict(os.environ)
     env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "zdtm.criu_tests",
-           json.dumps(spec)]
+           "--inside", json.dumps(spec)]
     log = os.path.join(workdir, "driver.log")
     with open(log, "wb") as out:
         try:
@@ -155,6 +155,10 @@ def _build_root(root: str, program: TestProgram) -> str:
         os.chmod(os.path.join(root, d), 0o777)
     for d in ("bin", "sbin", "lib", "lib64"):
         os.symlink("../" + d, os.path.join(root, "usr", d))
+    # ns.c pivots into the root with ./old as put_old and makes it if missing, which the `uns`
+    # flavor's root (host root's files, unmapped there) cannot: zdtm.py's checkout has it after a run.
+    os.mkdir(os.path.join(root, "old"))
+    os.chmod(os.path.join(root, "old"), 0o777)
     static = os.path.join(root, "zdtm", "static")
     os.makedirs(static)
     shutil.copy2(program.binary, os.path.join(static, program.name))
@@ -346,12 +350,39 @@ def _inside(spec: dict) -> Result:
 
 
 def _main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python -m zdtm.criu_tests SPEC_JSON (started by zdtm.criu_tests.run)", file=sys.stderr)
+    """``python -m zdtm.criu_tests [--flavor ns|uns] [--workdir DIR] NAME...``: run CRIU's tests by
+    name, one result line each (exit 1 when one fails); ``--inside SPEC`` is the helper `run` starts."""
+    import argparse
+    import tempfile
+    if argv[:1] == ["--inside"] and len(argv) == 2:
+        print(json.dumps(asdict(_inside(json.loads(argv[1])))), flush=True)
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m zdtm.criu_tests",
+                                 description="Run CRIU's real zdtm static tests under mntcr (zdtm/criu_tests.py).")
+    ap.add_argument("names", nargs="+", metavar="NAME", help="test/zdtm/static test names, e.g. mntns_open")
+    ap.add_argument("--flavor", choices=FLAVORS, default="ns")
+    ap.add_argument("--workdir", help="keep each test's root, image, logs and snapshots in DIR/NAME")
+    args = ap.parse_args(argv)
+    from zdtm import criu_source
+    try:
+        built = criu_source.build(args.names)
+    except criu_source.SourceError as e:
+        print(f"criu_tests: {e}", file=sys.stderr)
         return 2
-    result = _inside(json.loads(argv[0]))
-    print(json.dumps(asdict(result)), flush=True)
-    return 0
+    failed = False
+    base = args.workdir or tempfile.mkdtemp(prefix="mntcr-criu-tests-")
+    for name in args.names:
+        program = built[name]
+        if isinstance(program, Exception):
+            print(f"{name}: not built: {program}")
+            failed = True
+            continue
+        result = run(program, os.path.join(base, name), args.flavor)
+        print(result.line() if result.outcome != "fail" else f"{result.line()}\n{result.detail}", flush=True)
+        failed |= result.outcome == "fail"
+    if not args.workdir:
+        shutil.rmtree(base, ignore_errors=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
