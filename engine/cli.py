@@ -39,15 +39,19 @@ def _add_dump(sub) -> None:
                     "masters, overmounts, tmpfs contents, overlay layers) and each process's root, cwd and "
                     "open files into DIR, then kill the tree unless --leave-running. The image is written "
                     "to a temporary directory and renamed into place, so a failed or killed dump never "
-                    "leaves an image that restore accepts. Supported: tmpfs and ramfs (contents archived), "
-                    "proc, sysfs, devpts, mqueue, cgroup2, binfmt_misc, overlayfs built on dumped mounts, "
-                    "block filesystems (a loop device over a dumped image file is found automatically, any "
-                    "other device must be declared external), files and cwds on lazily unmounted mounts, "
-                    "user namespaces (maps, owners of mount namespaces, locked mounts, idmapped mounts), "
-                    "FUSE (its daemon, a process holding /dev/fuse, is neither stopped nor dumped: restore "
-                    "restarts it with --fuse-restart). Refused with one line: other filesystems, fds that are not files or "
-                    "directories, deleted files, pid/uts/ipc/net namespaces owned by another user namespace "
-                    "of the tree than the process's own.")
+                    "leaves an image that restore accepts. Filesystems: tmpfs and ramfs (contents archived), "
+                    "proc, sysfs, devpts, mqueue, cgroup2, binfmt_misc, bpf, configfs, debugfs, tracefs, "
+                    "securityfs, pstore, fusectl, hugetlbfs, overlay (layers on dumped mounts), block "
+                    "filesystems ext2, ext3, ext4, xfs, btrfs, squashfs, erofs, vfat, exfat, f2fs (a loop device over "
+                    "a dumped image file is found automatically, any other device must be declared external), "
+                    "nfs and nfs4 (external server), FUSE (its daemon is neither stopped nor dumped: restore "
+                    "restarts it with --fuse-restart). Also files and cwds on lazily unmounted mounts, deleted "
+                    "files (ghosts), user namespaces (maps, owners, locked and idmapped mounts), and fds: "
+                    "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets, eventfd, "
+                    "signalfd, timerfd, epoll, inotify, fanotify, memfd, ptys, plus each process's executable "
+                    "and file mappings. Refused with one line naming the cause, the tree left running: other "
+                    "filesystems, network sockets other than unix (inet, netlink, ...), the cases IMAGE.md "
+                    "lists as refusals.")
     p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
                    help="root of the process tree to dump")
     p.add_argument("-D", "--images-dir", dest="images_dir", required=True, metavar="DIR",
@@ -85,9 +89,9 @@ def _add_restore(sub) -> None:
                         "(its mount point: libfuse >= 3.3) and {source} by /proc/self/fd/M of the superblock's "
                         "source file restored from the image, e.g. squashfuse='squashfuse -f {source} {conn}'. "
                         "Never taken from the image. Repeatable.")
-    p.add_argument("--pidfile", required=True, metavar="FILE",
-                   help="write the root stand-in's pid here (must not exist; written only when the whole "
-                        "tree runs, else nothing of the restore is left)")
+    p.add_argument("--pidfile", metavar="FILE",
+                   help="also write the root stand-in's pid here (must not exist; written only when the whole "
+                        "tree runs, else nothing of the restore is left); the pid is printed either way")
     p.add_argument("--devices", choices=("container", "all", "none"), default="container",
                    help="device nodes archives may create: 'container' (default) the character devices "
                         "every container has (null, zero, full, random, urandom, tty, console, ptmx), "

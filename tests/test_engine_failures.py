@@ -218,6 +218,22 @@ def test_base_image_restores(case, base_image, tmp_path):
     assert pid > 0
 
 
+def test_restore_without_a_pidfile_prints_the_pid(base_image, tmp_path):
+    """`mntcr restore -D DIR`, as the README and criu spell it: the pid file is optional and the
+    restored root's pid is printed; that pid runs the restored tree."""
+    from zdtm.snapshot import kill_tree
+    img = _copy(base_image, tmp_path)
+    r = mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS)
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"^restored: root stand-in pid (\d+)$", r.stdout, re.M)
+    assert m, r.stdout
+    pid = int(m.group(1))
+    try:
+        assert os.readlink(f"/proc/{pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+    finally:
+        kill_tree(pid)
+
+
 def _mutate_cycle(doc):
     ns = _root_ns(doc)
     a = _mount(doc, "/mnt/t/d")

@@ -31,6 +31,20 @@ def test_every_module_is_discovered():
     assert found == modules
 
 
+def test_dump_help_names_every_supported_type_and_fd_kind():
+    """`mntcr dump --help` tells the truth: a type or fd kind added without saying so there fails."""
+    r = subprocess.run([sys.executable, "-m", "engine.cli", "dump", "--help"], capture_output=True,
+                       text=True, cwd=PROJECT_ROOT, check=True)
+    text = " ".join(r.stdout.split())
+    missing = [n for n in fs.supported() if not re.search(rf"\b{re.escape(n)}\b", text)]
+    assert missing == [], f"dump --help does not name {missing}"
+    kinds = {n[:-3] for n in os.listdir(os.path.join(PROJECT_ROOT, "engine", "fds"))
+             if n.endswith(".py") and not n.startswith("_")} - {"file", "sys"}
+    words = {"pipe": "pipes", "pty": "ptys", "unix": "unix sockets"}
+    missing = [k for k in sorted(kinds) if words.get(k, k) not in text]
+    assert missing == [], f"dump --help does not name the fd kinds {missing}"
+
+
 def test_dump_and_restore_name_no_filesystem_type():
     """The algorithm asks the type modules; it never names a type (words like 'process' aside)."""
     import re

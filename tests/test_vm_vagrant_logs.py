@@ -93,3 +93,56 @@ def test_staged_kernels_of_other_caches_are_left_alone(tmp_path, monkeypatch):
     os.utime(first, (old, old))
     vagrant._stage(c, "6.1-kernel")
     assert not first.exists() and other.exists()
+
+
+class _FakeVagrant:
+    """python-vagrant's Vagrant with a destroy() that reports success or fails like the CLI."""
+
+    def __init__(self, fail: bool):
+        self.fail, self.destroyed = fail, 0
+        self.out_cm = self.err_cm = None
+
+    def destroy(self):
+        self.destroyed += 1
+        if self.fail:
+            raise vagrant.subprocess.CalledProcessError(1, ["vagrant", "destroy"])
+
+
+@pytest.mark.parametrize("destroy_fails", [False, True])
+def test_close_removes_a_domain_vagrant_left_defined(machine, monkeypatch, destroy_fails):
+    """Whether `vagrant destroy` fails or claims success, a domain libvirt still lists is removed."""
+    calls = []
+    monkeypatch.setattr(machine, "_domain_defined", lambda: True)
+    monkeypatch.setattr(machine, "_virsh_cleanup", lambda: calls.append("virsh"))
+    machine.v, machine._created = _FakeVagrant(destroy_fails), True
+    machine.close()
+    assert machine.v.destroyed == 1
+    assert calls == ["virsh"]
+    assert machine.dir is None
+    machine.close()  # safe twice: nothing is destroyed again
+    assert machine.v.destroyed == 1 and calls == ["virsh"]
+
+
+def test_close_leaves_virsh_alone_when_the_domain_is_gone(machine, monkeypatch):
+    calls = []
+    monkeypatch.setattr(machine, "_domain_defined", lambda: False)
+    monkeypatch.setattr(machine, "_virsh_cleanup", lambda: calls.append("virsh"))
+    machine.v, machine._created = _FakeVagrant(False), True
+    machine.close()
+    assert calls == []
+
+
+def test_a_start_that_dies_after_creating_the_machine_destroys_it(machine, monkeypatch):
+    """An exception that is not one of start()'s own VMErrors (an interrupt, an ssh timeout)
+    still destroys the machine: a fixture whose start() raised never calls close()."""
+    closed = []
+
+    def dies():
+        machine.v, machine._created = _FakeVagrant(False), True
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(machine, "_start", dies)
+    monkeypatch.setattr(machine, "close", lambda: closed.append(True))
+    with pytest.raises(KeyboardInterrupt):
+        machine.start()
+    assert closed == [True]

@@ -322,7 +322,19 @@ class VagrantVM:
             console_log=str(self.dir / "console.log"))
 
     def start(self) -> "VagrantVM":
-        """Bring the machine up, copy the project in; VMError with the console's last line on failure."""
+        """Bring the machine up, copy the project in; VMError with the console's last line on failure.
+
+        Whatever goes wrong after the machine was created (an ssh timeout, an interrupt), the
+        machine is destroyed before the exception leaves: callers that never reach close()
+        (a fixture whose start() raised) leave no libvirt domain behind.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> "VagrantVM":
         reason = unavailable()
         if reason:
             raise VMError(reason)
@@ -378,13 +390,25 @@ class VagrantVM:
                 with self._log() as log:
                     self.v.out_cm = self.v.err_cm = (lambda: _keep(log))
                     self.v.destroy()
-            except subprocess.CalledProcessError:
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired, OSError):
                 say(f"vagrant destroy failed: {self._vagrant_tail()}; removing the domain with virsh")
+            # vagrant destroy can "succeed" and leave the domain defined (seen after a failed
+            # up under load): check libvirt itself
+            if self._domain_defined():
                 self._virsh_cleanup()
         for d in (self.dir, self.ctl_dir):
             if d:
                 shutil.rmtree(d, ignore_errors=True)
         self.dir = self.ctl_dir = None
+
+    def _domain_defined(self) -> bool:
+        """Whether libvirt still knows this VM's domain (running or shut off)."""
+        try:
+            p = subprocess.run(["virsh", "-q", "list", "--all", "--name"], capture_output=True,
+                               text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return True  # cannot tell: the cleanup below is harmless when it is gone
+        return f"mntcr-{self.id}-default" in p.stdout.split()
 
     def _virsh_cleanup(self) -> None:
         """Fallback when vagrant destroy fails: remove this VM's domain and volume by their prefix."""
@@ -394,11 +418,7 @@ class VagrantVM:
             subprocess.run(argv, capture_output=True, timeout=60)
 
     def __enter__(self) -> "VagrantVM":
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
+        return self.start()  # start() destroys the machine itself when it fails
 
     def __exit__(self, *exc) -> None:
         self.close()

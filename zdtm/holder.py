@@ -43,6 +43,16 @@ zdtm_wait() {
         sleep 0.05
     done
 }
+# zdtm_held PID [COMMAND]: wait until process PID runs COMMAND (default: the holder, i.e. it
+# has exec'd zdtm-hold), so that whatever its script did after its ready file (a remount, a lazy
+# umount, a chdir) is done before the runner looks.
+zdtm_held() {
+    _n=200
+    while [ "$(cat /proc/$1/comm 2>/dev/null)" != "${2:-HOLD_COMM}" ]; do
+        _n=$((_n - 1)); [ "$_n" -gt 0 ] || { echo "zdtm_held: process $1 did not exec ${2:-the holder}" >&2; return 1; }
+        sleep 0.05
+    done
+}
 # zdtm_spaces: runs of blanks (findmnt's column padding) become one space.
 zdtm_spaces() { sed 's/[[:space:]]\+/ /g'; }
 # zdtm_ids: peer group and master numbers dropped (a restore need not keep them).
@@ -67,6 +77,8 @@ zdtm_host() {
     fi
 }
 """
+
+HELPERS = HELPERS.replace("HOLD_COMM", os.path.basename(HOLD_ARGV0))
 
 # Prepended to every setup script. `set -e`: the first failing command fails
 # the setup (reported as a setup error, with the output).
