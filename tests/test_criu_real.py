@@ -81,8 +81,7 @@ TESTS = {
     "fifo_wronly": "pass",
     "fifo-rowo-pair": "pass",
     "fifo-ghost": "pass",
-    "remap_dead_pid": "known: restore: an fd on /proc/PID/mountinfo of a dead child; pid numbers are not kept, "
-                      "restore reopens the path and fails (dump should refuse)",
+    "remap_dead_pid": "refused: a file of process 6's /proc directory, and that process is gone",
     "remap_dead_pid_root": "refused: a deleted file on proc",
     # --- fds ----------------------------------------------------------------------------------
     "pipe00": "pass",
