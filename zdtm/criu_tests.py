@@ -38,6 +38,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 
@@ -85,14 +86,20 @@ def run(program: TestProgram, workdir: str, flavor: str = "ns", timeout: float |
     """Start `program` in `flavor`, dump it with mntcr, restore, compare, then let it check itself.
 
     Runs in a helper process in a private mount namespace; `workdir` (created,
-    must be empty) keeps the root, the image, the logs and the snapshots.
+    must be empty) keeps the image, the logs and the snapshots.
     """
     why = unsupported_flavor(program, flavor)
     if why:
         return Result(program.name, "skip", "", why)
     os.makedirs(workdir, exist_ok=True)
     timeout = float(timeout or program.desc.get("timeout") or DEFAULT_TIMEOUT)
-    spec = {"program": asdict(program), "workdir": os.path.abspath(workdir), "flavor": flavor, "timeout": timeout}
+    # The mount points of the test's root and /dev: on a path every user can walk, as zdtm.py
+    # makes its tests root 0755 (the `uns` test's root user is host uid 20000, and workdir may
+    # lie in a 0700 directory, pytest's). Only empty directories: the tmpfs mounts die with the helper.
+    mounts = tempfile.mkdtemp(prefix="mntcr-zdtm-", dir="/tmp")
+    os.chmod(mounts, 0o755)
+    spec = {"program": asdict(program), "workdir": os.path.abspath(workdir), "mounts": mounts, "flavor": flavor,
+            "timeout": timeout}
     env = dict(os.environ)
     env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "zdtm.criu_tests",
@@ -104,6 +111,8 @@ def run(program: TestProgram, workdir: str, flavor: str = "ns", timeout: float |
                                   cwd=_PROJECT_ROOT, timeout=6 * timeout + 60)
         except subprocess.TimeoutExpired:
             return Result(program.name, "fail", "driver", f"the driver timed out; see {log}")
+        finally:
+            shutil.rmtree(mounts, ignore_errors=True)
     lines = proc.stdout.decode(errors="replace").strip().splitlines()
     try:
         return Result(**json.loads(lines[-1]))
@@ -232,8 +241,9 @@ class _Run:
         self.w = spec["workdir"]
         self.flavor = spec["flavor"]
         self.timeout = spec["timeout"]
-        self.root = os.path.join(self.w, "root")
-        self.dev = os.path.join(self.w, "dev")
+        self.mounts = spec["mounts"]
+        self.root = os.path.join(self.mounts, "root")
+        self.dev = os.path.join(self.mounts, "dev")
         self.test_pid: int | None = None
         self.restored: int | None = None
 
@@ -290,7 +300,7 @@ class _Run:
         # The test keeps running: the restored tree gets a copy of its root as it is after the dump
         # (CRIU's zdtm.py restores on the dead test's own root), so that neither sees the other's
         # FIFO buffers or socket files. Sockets are not copied: restore binds them again.
-        restore_root = os.path.join(self.w, "restore-root")
+        restore_root = os.path.join(self.mounts, "restore-root")
         _mount_root(restore_root)
         criu_env.copy_tree(self.root, restore_root)
         pidfile = os.path.join(self.w, "restored.pid")
