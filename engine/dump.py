@@ -640,6 +640,7 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
     """
     seen: set[int] = set()
     texts: list[tuple[int, str]] = []
+    unsupported: dict[int, tuple[str, str]] = {}   # mount id -> (mount point, fstype), in order
     for pid in pids:
         try:
             ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
@@ -654,11 +655,25 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
         ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
         for mid, _, dev, mp, fstype in mounts:
             if fs.lookup(fstype) is None and dev not in ext_devs:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported; "
-                                                  f"declare it with --external mnt[{mp}]:KEY")
-        _refuse_sharing(text)
+                unsupported.setdefault(mid, (mp, fstype))
         texts.append((pid, text))
+    if unsupported:
+        raise DumpError(errno.EOPNOTSUPP, unsupported_line(unsupported))
+    for _, text in texts:
+        _refuse_sharing(text)
     _check_construct(texts, ext_mnts)
+
+
+def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) -> str:
+    """One line naming every mount of a type mntcr cannot dump ({mount id: (mount point, fstype)}),
+    so that a tree that inherited many (a shell unshared on a host) is fixed in one go."""
+    if len(unsupported) == 1:
+        (mid, (mp, fstype)), = unsupported.items()
+        return f"mount {mid} ({mp}) on {fstype}: not supported; declare it with --external mnt[{mp}]:KEY"
+    named = [f"{mid} ({mp}) on {fstype}" for mid, (mp, fstype) in list(unsupported.items())[:shown]]
+    more = f" and {len(unsupported) - shown} more" if len(unsupported) > shown else ""
+    return (f"{len(unsupported)} mounts of types mntcr cannot dump: {', '.join(named)}{more}; declare each "
+            "with --external mnt[MOUNTPOINT]:KEY (a mount of the same filesystem as a declared one needs none)")
 
 
 def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
