@@ -1239,8 +1239,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         doc["objects"] = fdtable.objects
     if users["userns"]:
         doc["userns"] = users["userns"]
-    # (also without user namespaces: a process of the dumper's under other ids than root's, as a
-    # user's dbus-daemon, keeps them)
+    # Also without any user namespace: a process of the dumper's own under other ids (a user's
+    # dbus-daemon, a zdtm test after setuid, bwrap's monitor) keeps them (its stand-in takes them last).
     for p in procs_doc:
         p.update(users["proc"].get(p["pid"], {}))
     return doc

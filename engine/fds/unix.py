@@ -167,13 +167,13 @@ def _dump_one(d) -> dict:
         rec = diag.get(ino, {})
         out = {"type": TYPES[typ], **_name(s.getsockname())}
         if "path" in out:
-            from engine.image import ImageError, check_abs_path
+            from engine.image import ImageError
             try:
-                check_abs_path(out["path"], "name")
+                _check_name(out["path"], "name")
             except ImageError:
-                # (a relative name, or one with '.', '..' or '//')
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {out['path']!r}, not a normalised absolute "
-                                                "name (the only names the image keeps): not supported") from None
+                # (one with '.', '..' or '//': restore's validator would refuse the image)
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {out['path']!r}, not a normalised name "
+                                                "(the only names the image keeps): not supported") from None
         peer = rec.get("peer")
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:
@@ -665,12 +665,27 @@ def _inq(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
+def _name_rule(v) -> str | None:
+    """imageformat rule of a socket's path name: see _check_name."""
+    return path_rule("/" + v if isinstance(v, str) and v and not v.startswith("/") else v)
+
+
+def _check_name(name, what: str) -> None:
+    """A socket's path name as bind() got it: a normalised absolute path, or a relative one
+    (sockname shows it as given: CRIU's sk-unix-rel) without '.', '..' or empty components."""
+    from engine.image import _fail, check_abs_path
+    if isinstance(name, str) and name and not name.startswith("/"):
+        check_abs_path("/" + name, what)
+    else:
+        check_abs_path(name, what)
+
+
 def _check(entry: dict, what: str) -> None:
     from engine.image import _fail, check_abs_path
     if entry.get("type") not in TYPES.values():
         _fail(f"{what}: bad unix socket type")
     if "path" in entry:
-        check_abs_path(entry["path"], what)
+        _check_name(entry["path"], what)
         if len(entry["path"]) > 107:
             _fail(f"{what}: socket path too long")
         if not isinstance(entry.get("bound"), dict):
@@ -770,7 +785,7 @@ def _check_object(obj: dict, what: str) -> None:
         if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
             _fail(f"{what}: bad listener name of a socket pair")
         if "path" in via:
-            check_abs_path(via["path"], what)
+            _check_name(via["path"], what)
             if len(via["path"]) > 107 or _MAGIC.match(via["path"]):
                 _fail(f"{what}: bad listener path of a socket pair")
         elif not isinstance(via["abstract"], str) or len(via["abstract"]) > 148:
@@ -1114,7 +1129,7 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
                 check=_check, check_object=_check_object, prepare=_prepare,
                 standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
-                        "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
+                        "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
                         "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
