@@ -31,11 +31,6 @@ def _open(r: RestoreFd) -> int:
 
 
 def _dump(d) -> dict:
-    if stat.S_ISCHR(d.mode) and os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_rdev == os.makedev(5, 0):
-        # /dev/tty opens the opener's controlling terminal, and stand-ins have none: restore's
-        # open would fail (ENXIO), so say it here, before anything is stopped for good.
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty (5:0) stands for the process's controlling "
-                                        "terminal, which restore does not give back: not supported")
     _refuse_gone_pid_dir(d)
     return {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
 
