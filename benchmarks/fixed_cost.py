@@ -32,6 +32,11 @@ _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EVENTS = "sched:sched_process_fork,sched:sched_process_exec,page-faults"
 
 
+# perf mounts tracefs on /sys/kernel/tracing when it is not mounted, to read the tracepoints:
+# never on the host (it was seen left there), always in a throwaway mount namespace of its own.
+_PRIVATE = ["unshare", "-m", "--propagation", "private"]
+
+
 def _children_cpu() -> float:
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
@@ -40,7 +45,7 @@ def _children_cpu() -> float:
 def _cpu_of(argv: list[str], env: dict, cwd: str, counts: bool) -> tuple[float, dict, subprocess.CompletedProcess]:
     """CPU seconds of running argv (and its waited-for helpers); perf's counts when `counts`."""
     with tempfile.NamedTemporaryFile(prefix="mntcr-perf.", mode="r") as out:
-        wrap = ["perf", "stat", "-x", ",", "-o", out.name, "-e", _EVENTS, "--"] if counts else []
+        wrap = _PRIVATE + ["perf", "stat", "-x", ",", "-o", out.name, "-e", _EVENTS, "--"] if counts else []
         c = _children_cpu()
         proc = subprocess.run(wrap + argv, env=env, cwd=cwd, capture_output=True, text=True)
         cpu = _children_cpu() - c
@@ -81,7 +86,8 @@ def main(argv=None) -> int:
     # Byte-compiled like an installed package (this machine sets PYTHONDONTWRITEBYTECODE).
     subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(tree, "engine")], check=True,
                    stdout=subprocess.DEVNULL)
-    counts = subprocess.run(["perf", "stat", "-e", _EVENTS, "--", "true"], capture_output=True).returncode == 0
+    counts = subprocess.run(_PRIVATE + ["perf", "stat", "-e", _EVENTS, "--", "true"],
+                            capture_output=True).returncode == 0
     py = [sys.executable, "-S"]
     start = _least(py + ["-c", "pass"], env, tree)
     imports = {v: _least(py + ["-c", f"import engine.cli, engine.{v}"], env, tree) - start for v in ("dump", "restore")}

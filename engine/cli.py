@@ -42,17 +42,19 @@ def _add_dump(sub) -> None:
                     "open files into DIR, then kill the tree unless --leave-running. The image is written "
                     "to a temporary directory and renamed into place, so a failed or killed dump never "
                     "leaves an image that restore accepts. Filesystems: tmpfs and ramfs (contents archived), "
-                    "proc, sysfs, devpts, mqueue, cgroup2, binfmt_misc, bpf, configfs, debugfs, tracefs, "
+                    "proc, sysfs, devpts, mqueue, cgroup2, cgroup (v1 hierarchies: mounted again, their cgroups' limits "
+                    "and members not restored), devtmpfs (the host's, mounted again), binfmt_misc, bpf, configfs, debugfs, tracefs, "
                     "securityfs, pstore, fusectl, hugetlbfs, overlay (layers on dumped mounts), block "
                     "filesystems ext2, ext3, ext4, xfs, btrfs, squashfs, erofs, vfat, exfat, f2fs (a loop device over "
                     "a dumped image file is found automatically, any other device must be declared external), "
                     "nfs and nfs4 (external server), FUSE (its daemon is neither stopped nor dumped: restore "
                     "restarts it with --fuse-restart). Also files and cwds on lazily unmounted mounts, deleted "
                     "files (ghosts), user namespaces (maps, owners, locked and idmapped mounts), and fds: "
-                    "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets, eventfd, "
+                    "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets (with queued "
+                    "data), netlink sockets (restored empty), /dev/tty, eventfd, "
                     "signalfd, timerfd, epoll, inotify, fanotify, memfd, ptys, plus each process's executable "
                     "and file mappings. Refused with one line naming the cause, the tree left running: other "
-                    "filesystems, network sockets other than unix (inet, netlink, ...), the cases IMAGE.md "
+                    "filesystems, inet and other network sockets, the cases IMAGE.md "
                     "lists as refusals.")
     p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
                    help="root of the process tree to dump")

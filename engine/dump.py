@@ -590,7 +590,16 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     try:
         _wait_stopped(pids)
         _refuse_zombies(tree)
-        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files)
+        # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
+        # connection not accepted yet) run last, once nothing else refuses; never with
+        # --leave-running (such an fd is refused then).
+        takes = None if leave_running else []
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes)
+        for take in takes or ():
+            try:
+                take(doc)
+            except OSError as e:
+                raise DumpError(e.errno or errno.EIO, e.strerror or str(e)) from None
         writer.commit(doc)
         ok = True
         return doc
@@ -640,6 +649,7 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
     """
     seen: set[int] = set()
     texts: list[tuple[int, str]] = []
+    unsupported: dict[int, tuple[str, str]] = {}   # mount id -> (mount point, fstype), in order
     for pid in pids:
         try:
             ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
@@ -654,11 +664,25 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
         ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
         for mid, _, dev, mp, fstype in mounts:
             if fs.lookup(fstype) is None and dev not in ext_devs:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported; "
-                                                  f"declare it with --external mnt[{mp}]:KEY")
-        _refuse_sharing(text)
+                unsupported.setdefault(mid, (mp, fstype))
         texts.append((pid, text))
+    if unsupported:
+        raise DumpError(errno.EOPNOTSUPP, unsupported_line(unsupported))
+    for _, text in texts:
+        _refuse_sharing(text)
     _check_construct(texts, ext_mnts)
+
+
+def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) -> str:
+    """One line naming every mount of a type mntcr cannot dump ({mount id: (mount point, fstype)}),
+    so that a tree that inherited many (a shell unshared on a host) is fixed in one go."""
+    if len(unsupported) == 1:
+        (mid, (mp, fstype)), = unsupported.items()
+        return f"mount {mid} ({mp}) on {fstype}: not supported; declare it with --external mnt[{mp}]:KEY"
+    named = [f"{mid} ({mp}) on {fstype}" for mid, (mp, fstype) in list(unsupported.items())[:shown]]
+    more = f" and {len(unsupported) - shown} more" if len(unsupported) > shown else ""
+    return (f"{len(unsupported)} mounts of types mntcr cannot dump: {', '.join(named)}{more}; declare each "
+            "with --external mnt[MOUNTPOINT]:KEY (a mount of the same filesystem as a declared one needs none)")
 
 
 def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
@@ -792,7 +816,7 @@ def _hook(fn, *args):
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
 
-def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
+def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None) -> dict:
     me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
     ns_of: dict[int, dict[str, int]] = {}
     for pid, _ in tree:
@@ -1181,16 +1205,17 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 e["ghost"] = gid_of[(e["sb"], e["root"])]
 
     # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
-    fdtable = FdTable()
+    fdtable = FdTable(takes)
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
                                (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})
         fdtable.finish(procs_doc)
     except FdError as e:
+        fdtable.release()
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:
         fdtable.close()
-    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)]
+    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)] + fdtable.unplaced
     uts_names: dict[str, str] = {}
     for p in procs_doc:
         uts = p["ns"]["uts"]
@@ -1199,7 +1224,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
 
     for g in ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
-    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+    try:
+        detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+    finally:
+        fdtable.release()
 
     doc = {
         "kernel": os.uname().release,
@@ -1211,8 +1239,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         doc["objects"] = fdtable.objects
     if users["userns"]:
         doc["userns"] = users["userns"]
-        for p in procs_doc:
-            p.update(users["proc"].get(p["pid"], {}))
+    # Also without any user namespace: a process of the dumper's own under other ids (a user's
+    # dbus-daemon, a zdtm test after setuid, bwrap's monitor) keeps them (its stand-in takes them last).
+    for p in procs_doc:
+        p.update(users["proc"].get(p["pid"], {}))
     return doc
 
 

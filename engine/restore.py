@@ -4,7 +4,7 @@ The restorer is a forked child that first unshares a *service* mount
 namespace (a slave copy of the host's, so nothing propagates back), then:
 
  1. stand-ins: one per dumped process, forked parents first, in the same pid
-    namespace nesting; uts/ipc/net/cgroup namespaces unshared or joined so
+    namespace nesting; uts, ipc, net namespaces and those of cgroups unshared or joined so
     processes share them as they did;
  2. superblocks: each created once with fsopen/fsconfig/fsmount (from a
     stand-in inside the right namespace for namespace-bound types), or by its
@@ -58,6 +58,8 @@ from engine.image import is_beneath, rel_to
 # Every module the restorer uses after it pivots into a restored root must be imported here;
 # the filesystem type modules (discovered) of the image's superblocks are, in restore().
 
+# Namespaces a stand-in unshares or joins after its pid namespace (image.NS_KINDS past mnt and pid).
+_OTHER_NS = tuple(k for k in image.NS_KINDS if k not in ("mnt", "pid"))
 _EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
 _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
@@ -353,7 +355,7 @@ class _Restorer:
     def spawn_standins(self) -> None:
         procs = self.doc["processes"]
         by_pid = {p["pid"]: p for p in procs}
-        own = {k: os.open(f"/proc/self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in ("uts", "ipc", "net", "cgroup")}
+        own = {k: os.open(f"/proc/self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in _OTHER_NS}
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
@@ -396,7 +398,7 @@ class _Restorer:
             step("spawn")
             if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
                 self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-            for kind in ("uts", "ipc", "net", "cgroup"):
+            for kind in _OTHER_NS:
                 nsid = p["ns"][kind]
                 inherited = parent["ns"][kind] if parent else None
                 if parent is None and kind in p.get("host_ns", ()):

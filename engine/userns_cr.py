@@ -882,10 +882,19 @@ def _fsopen_child(userns_fd: int, fstype: str, chan) -> None:
     chan.send(("ok", None), [fc])
 
 
+def _member_of(userns_fd: int) -> bool:
+    try:   # (/proc is the stand-in's restored one here: a tree without one just tries setns)
+        return os.fstat(userns_fd).st_ino == os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        return False
+
+
 def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None) -> None:
     """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs)."""
     from engine import kernel
-    if userns_fd is not None:
+    # A stand-in forked by one that started in the namespace is in it already (CRIU's zdtm tests
+    # under the uns flavor: the test's pid 1 forks the test), and setns to it again is EINVAL.
+    if userns_fd is not None and not _member_of(userns_fd):
         kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     if uid is None:
         return  # the process kept the dumper's (unmapped) ids: so does the stand-in

@@ -39,7 +39,8 @@ class DumpFd:
     pidfd: int           # pidfd of the process (the tree is stopped)
     objects: dict        # the image's "objects", shared by all fds of the dump
     mnt: int = 0         # fdinfo mnt_id
-    scratch: dict = field(default_factory=dict)   # per-dump caches of the kinds (e.g. sock_diag tables)
+    # Per-dump caches of the kinds (e.g. sock_diag tables); scratch["takes"]: FdTable's `takes`.
+    scratch: dict = field(default_factory=dict)
     in_ns: object = None                          # what the kind's in_ns hook read
     place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}
     mounts: list = field(default_factory=list)    # engine.mountinfo.Mount of the process's namespace
