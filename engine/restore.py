@@ -422,11 +422,15 @@ class _Restorer:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return {int(x) for x in f.read().split()}
 
-    def _standin_in(self, kind: str, nsid: str) -> channel.Channel:
-        for p in self.doc["processes"]:
-            if p["ns"][kind] == nsid:
-                return self.chans[p["pid"]]
-        raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
+    def _standin_in(self, kind: str, nsid: str, owner: str | None = None) -> channel.Channel:
+        """The channel of a stand-in in `kind` namespace nsid; for making a superblock there, one
+        that stands in the user namespace `owner` owning it (None: the restorer's) when there is
+        one (stand-ins that made namespaces inside theirs start in it: engine/userns_cr.py)."""
+        found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid]
+        if not found:
+            raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
+        best = next((p for p in found if self.users.stands_in(p) == owner), found[0])
+        return self.chans[best["pid"]]
 
     # -- 2. superblocks ---------------------------------------------------------
 
@@ -692,6 +696,13 @@ class _Restorer:
         none of the service namespace's mounts)."""
         return os.open(f"{os.getppid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
 
+    def owner_userns(self, sb: dict) -> int | None:
+        """An fd (not the caller's to close) on the restored user namespace that owns superblock
+        `sb` (its ``owner``), None when the restorer's own does: a type's `create` hook makes it from
+        inside that one."""
+        owner = sb.get("owner")
+        return None if owner is None else self.users.fd[owner]
+
     def sb(self, sid: str) -> int | None:
         """The detached mount fd of new superblock `sid`, None if it is not made."""
         return self._sb(sid)
@@ -706,13 +717,15 @@ class _Restorer:
             if not sb.get(handler.ns_key):
                 raise RestoreError(errno.EINVAL, f"superblock {sid} ({sb['fstype']}) has no {handler.ns} "
                                                  "namespace in the image")
-            return self._standin_in(handler.ns, sb[handler.ns_key])
-        # Tagged with the namespace of the processes that see the mount.
+            return self._standin_in(handler.ns, sb[handler.ns_key], sb.get("owner"))
+        # Tagged with the namespace of the processes that see the mount: made by one of them that
+        # stands in the user namespace owning it, else by any stand-in in that namespace that does.
         ns_id = self.ns_of_mount[user["id"]]
-        for p in self.doc["processes"]:
-            if p["ns"]["mnt"] == ns_id:
-                return self.chans[p["pid"]]
-        return self.chans[self.doc["processes"][0]["pid"]]
+        seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id] or self.doc["processes"][:1]
+        p = next((p for p in seers if self.users.stands_in(p) == sb.get("owner")), None)
+        if p is None and handler.ns in seers[0]["ns"]:
+            return self._standin_in(handler.ns, seers[0]["ns"][handler.ns], sb.get("owner"))
+        return self.chans[(p or seers[0])["pid"]]
 
     # -- 3. plain mounts ------------------------------------------------------------
 
@@ -800,12 +813,16 @@ class _Restorer:
         fd = self._clone_plain(m, what, base)
         self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
         if m.get("locked_flags") and not m.get("locked"):
-            # An unlocked mount with locked flags: cloned again inside its user namespace.
+            # An unlocked mount with locked flags: cloned again inside its user namespace (with the
+            # locked mounts below it, if any).
             if base is not None:
                 raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): locked flags on an "
                                                      "unlocked mount with peer groups built while mounting")
             try:
-                fd = self.users.lock_flags(m, fd)
+                if m["id"] in self.users.groups:
+                    fd = self.users.lock_subtree(self, m, fd)
+                else:
+                    fd = self.users.lock_flags(m, fd)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
@@ -1012,6 +1029,8 @@ class _Restorer:
                 os.close(self.mnt_fd.pop(mid))
 
         for m in order:
+            if m["id"] in self.users.grouped:
+                continue  # made with the unlocked mount above it (engine/userns_cr.py lock_subtree)
             ns_id = self.ns_of_mount[m["id"]]
             if self.users.must_copy_before(ns_id, m):  # locks: engine/userns_cr.py
                 self._users_call(self.users.copy, self, ns_id, attached)
@@ -1026,7 +1045,15 @@ class _Restorer:
                 continue
             while ready:
                 x = ready.pop()
-                if x["id"] not in roots:
+                if x["id"] in self.users.grouped:
+                    self._moved.add(x["id"])   # attached with the unlocked mount above it
+                    self._users_call(self.users.attached, self, x)
+                    if self._filling_now():
+                        nsx = self.ns_of_mount[x["id"]]
+                        self.attached_in[nsx] = self.attached_in.get(nsx, 0) + 1
+                    left[x["parent"]] -= 1
+                    done(x["parent"])
+                elif x["id"] not in roots:
                     self.enter(self.ns_of_mount[x["id"]])
                     self._attach(self.mounts[x["parent"]], x)
                     left[x["parent"]] -= 1
@@ -1037,6 +1064,7 @@ class _Restorer:
                     self._legacy_attrs(x)
                 ready.extend(sorted(pending.pop(x["id"], ()), key=lambda c: (c.get("uid") or 0, c["id"]),
                                     reverse=True))
+                ready.extend(reversed(self.users.groups.get(x["id"], ())))
                 done(x["id"])
                 step("attach")
         if pending:
@@ -1116,9 +1144,9 @@ class _Restorer:
         finally:
             os.chdir("/")
 
-    def _mountpoint_fd(self, parent: dict, c: dict) -> int:
+    def _mountpoint_fd(self, parent: dict, c: dict, pfd: int | None = None) -> int:
         rel = rel_to(c["mountpoint"], parent["mountpoint"])
-        pfd = self.mnt_fd[parent["id"]]
+        pfd = self.mnt_fd[parent["id"]] if pfd is None else pfd
         try:
             if rel:
                 # The mount point has the type of the root of the mount that goes there.
