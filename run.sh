@@ -19,12 +19,14 @@ fi
 # mkfs tools, squashfs and squashfuse (the fuse battery) for the filesystem scenarios and the --fstype battery, qemu + busybox for the VM flavor, debootstrap for criu
 # and the Vagrant box, vagrant + vagrant-libvirt + libvirt for the Vagrant provider, the container runtimes
 # of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container), uidmap (newuidmap for the
-# rootless scenarios in scenarios/userns/ and scenarios/runtimes/).
+# rootless scenarios in scenarios/userns/ and scenarios/runtimes/), the real programs of
+# scenarios/fds/real_programs.yaml (tmux, dbus-daemon, socat), gcc, make and libc6-dev (CRIU's real zdtm
+# tests, built statically from Debian's criu source package: tests/test_criu_real.py).
 pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3 squashfuse
       erofs-utils dosfstools exfatprogs f2fs-tools nfs-kernel-server
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
       vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-utils openssh-client rsync
-      runc crun podman lxc bubblewrap systemd-container uidmap chromium)
+      runc crun podman lxc bubblewrap systemd-container uidmap chromium tmux dbus-daemon socat gcc make libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -83,8 +83,8 @@ def _fork(fn, args) -> tuple[int, Channel]:
     child is sent as ("error", text); the child dies with us (SIGKILL)."""
     import os
     import signal
-    import traceback
     from engine import kernel
+    from engine.forkrun import format_tb
     parent, child = Channel.pair()
     me = kernel.pidfd_open(os.getpid())
     pid = os.fork()
@@ -97,7 +97,7 @@ def _fork(fn, args) -> tuple[int, Channel]:
         except BaseException as e:  # noqa: BLE001 - reported to the parent
             code = 1
             try:
-                child.send(("error", f"{e}" if isinstance(e, OSError) else traceback.format_exc(limit=3)))
+                child.send(("error", f"{e}" if isinstance(e, OSError) else format_tb(e, limit=3)))
             except Exception:
                 pass
         os._exit(code)

@@ -302,6 +302,8 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
                 # A FIFO (a process's pipe on it is dumped by engine/fds/pipe.py): the node only;
                 # opening it to read would block.
                 st = os.stat(facts["link"])
+                if stat.S_ISSOCK(st.st_mode):
+                    continue   # a bound socket's file: its socket binds it again (engine/fds/unix.py)
                 if stat.S_ISFIFO(st.st_mode):
                     info = tarfile.TarInfo(name)
                     info.type, info.mode, info.uid, info.gid = tarfile.FIFOTYPE, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid

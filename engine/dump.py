@@ -31,6 +31,9 @@ from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
 
+# Every fd kind: helpers classify fds after they entered (and chrooted into) a container.
+fdkinds.load()
+
 NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
@@ -195,7 +198,7 @@ def _enter_ns_root(ns_fd: int, pids: list[int], hostproc: int) -> None:
     it chrooted, and a chroot sees a subset.
     """
     kernel.setns(ns_fd, kernel.CLONE_NEWNS)
-    best, best_n = None, -1
+    roots = []
     seen = set()
     for pid in pids:
         fd = os.open(f"{pid}/root", os.O_PATH | os.O_DIRECTORY, dir_fd=hostproc)
@@ -204,12 +207,13 @@ def _enter_ns_root(ns_fd: int, pids: list[int], hostproc: int) -> None:
             os.close(fd)
             continue
         seen.add(key)
-        n = forkrun.run(_count_mounts_from, fd, hostproc)
-        if n > best_n:
-            if best is not None:
-                os.close(best)
-            best, best_n = fd, n
-        else:
+        roots.append(fd)
+    best = roots[0]
+    if len(roots) > 1:   # one root (no process chrooted): nothing to compare, no counting child
+        counts = [forkrun.run(_count_mounts_from, fd, hostproc) for fd in roots]
+        best = roots[counts.index(max(counts))]
+    for fd in roots:
+        if fd != best:
             os.close(fd)
     os.fchdir(best)
     os.chroot(".")
@@ -311,6 +315,26 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
                 f["visible_mnt"] = mid
 
 
+def _enter_copy(ns_fd: int, pids: list[int]) -> int:
+    """In a forked child: stand at the root of a private copy of the namespace (made as its owner)
+    where what covers a mount may be unmounted without touching the original; returns an fd on /proc."""
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    # A copy made from another user namespace than the owner's would lock every mount of it.
+    owner = userns_cr.owner_to_join(ns_fd)
+    _enter_ns_root(ns_fd, pids, hostproc)
+    if owner is not None:
+        kernel.setns(owner, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    return hostproc
+
+
+def _run_in_copy(ns_fd: int, pids: list[int], fn, args) -> object:
+    """In a forked child: fn(*args) at the root of a private copy of the namespace (_enter_copy)."""
+    os.close(_enter_copy(ns_fd, pids))
+    return fn(*args)
+
+
 def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, chan: channel.Channel) -> None:
     """In a forked child: clone each wanted mount (original ids) of the namespace and send the fds.
 
@@ -320,14 +344,7 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     touching the original: visible mounts are cloned at once, covered ones
     after their covers are gone (see _uncover).
     """
-    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    # A copy made from another user namespace than the owner's would lock every mount of it.
-    owner = userns_cr.owner_to_join(ns_fd)
-    _enter_ns_root(ns_fd, pids, hostproc)
-    if owner is not None:
-        kernel.setns(owner, kernel.CLONE_NEWUSER)
-    kernel.unshare(kernel.CLONE_NEWNS)
-    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    hostproc = _enter_copy(ns_fd, pids)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
                    encoding="utf-8", errors="surrogateescape") as f:
         copy = mountinfo.brief(f.read())  # ids and mount points are all we need of the copy
@@ -373,8 +390,17 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
             raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
-        pending.append((m.mnt_id, kernel.open_tree(kernel.AT_FDCWD, path,
-                                                   kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)))
+        try:
+            fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
+        except OSError as e:
+            if e.errno != errno.EINVAL or owner is None:
+                raise
+            # Locked mounts on it (a namespace a user namespace owns): the kernel clones it only with
+            # them; their files lie on other superblocks (tar stays on one), and nothing of the
+            # container reaches what they cover.
+            fd = kernel.open_tree(kernel.AT_FDCWD, path,
+                                  kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
+        pending.append((m.mnt_id, fd))
         send()
 
     # Fast path: mounts whose path already leads to them.
@@ -393,6 +419,22 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
         _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
     send(final=True)
     chan.send("done")
+
+
+def _clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
+    """A detached clone of mount `mnt_id` of the mount namespace `pids` live in (`mounts`: its
+    mount list), even if covered (_clone_mounts uncovers it); None when it cannot be made."""
+    nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
+    try:
+        for _, fds in channel.fork_stream(_clone_mounts, nsfd, pids, [mnt_id], mounts):
+            for fd in fds[1:]:
+                os.close(fd)
+            return fds[0] if fds else None
+    except OSError:
+        return None
+    finally:
+        os.close(nsfd)
+    return None
 
 
 def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
@@ -508,16 +550,19 @@ def _pidns_parent_ino(pid: int) -> int | None:
 
 
 def _hostname_of(pid: int) -> str:
-
-    def read(fd):
-        kernel.setns(fd, kernel.CLONE_NEWUTS)
-        return os.uname().nodename
-
-    fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY)
+    """The nodename of the process's UTS namespace, read in it: this thread joins it for the uname
+    and goes back (no helper to fork: a UTS namespace changes nothing else a dump does)."""
+    fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+    own = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return forkrun.run(read, fd)
+        kernel.setns(fd, kernel.CLONE_NEWUTS)
+        try:
+            return os.uname().nodename
+        finally:
+            kernel.setns(own, kernel.CLONE_NEWUTS)
     finally:
         os.close(fd)
+        os.close(own)
 
 
 def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=()) -> dict:
@@ -545,7 +590,16 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     try:
         _wait_stopped(pids)
         _refuse_zombies(tree)
-        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files)
+        # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
+        # connection not accepted yet) run last, once nothing else refuses; never with
+        # --leave-running (such an fd is refused then).
+        takes = None if leave_running else []
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes)
+        for take in takes or ():
+            try:
+                take(doc)
+            except OSError as e:
+                raise DumpError(e.errno or errno.EIO, e.strerror or str(e)) from None
         writer.commit(doc)
         ok = True
         return doc
@@ -594,7 +648,8 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
     this reads only mountinfo, never the filesystems.
     """
     seen: set[int] = set()
-    texts: list[str] = []
+    texts: list[tuple[int, str]] = []
+    unsupported: dict[int, tuple[str, str]] = {}   # mount id -> (mount point, fstype), in order
     for pid in pids:
         try:
             ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
@@ -609,23 +664,41 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
         ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
         for mid, _, dev, mp, fstype in mounts:
             if fs.lookup(fstype) is None and dev not in ext_devs:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({mp}) on {fstype}: not supported; "
-                                                  f"declare it with --external mnt[{mp}]:KEY")
+                unsupported.setdefault(mid, (mp, fstype))
+        texts.append((pid, text))
+    if unsupported:
+        raise DumpError(errno.EOPNOTSUPP, unsupported_line(unsupported))
+    for _, text in texts:
         _refuse_sharing(text)
-        texts.append(text)
     _check_construct(texts, ext_mnts)
 
 
-def _check_construct(texts: list[str], ext_mnts) -> None:
+def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) -> str:
+    """One line naming every mount of a type mntcr cannot dump ({mount id: (mount point, fstype)}),
+    so that a tree that inherited many (a shell unshared on a host) is fixed in one go."""
+    if len(unsupported) == 1:
+        (mid, (mp, fstype)), = unsupported.items()
+        return f"mount {mid} ({mp}) on {fstype}: not supported; declare it with --external mnt[{mp}]:KEY"
+    named = [f"{mid} ({mp}) on {fstype}" for mid, (mp, fstype) in list(unsupported.items())[:shown]]
+    more = f" and {len(unsupported) - shown} more" if len(unsupported) > shown else ""
+    return (f"{len(unsupported)} mounts of types mntcr cannot dump: {', '.join(named)}{more}; declare each "
+            "with --external mnt[MOUNTPOINT]:KEY (a mount of the same filesystem as a declared one needs none)")
+
+
+def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
     """Where peer groups are built while mounting (sharing=construct: no MOVE_MOUNT_SET_GROUP),
-    plan the construction now, from mountinfo alone, and refuse a tree no order builds while it
-    keeps running, naming the mount (engine/construct.py)."""
+    plan the construction now, from mountinfo (and the locks of a namespace a user namespace owns,
+    which restore copies into it midway), and refuse a tree no order builds while it keeps
+    running, naming the mount (engine/construct.py)."""
     from engine import construct, strategy
     if strategy.current().sharing != "construct":
         return
     mounts, ext_devs = [], set()
-    for text in texts:
-        for m in mountinfo.parse(text):
+    by_ns: list[tuple[int, list[mountinfo.Mount]]] = []
+    for pid, text in texts:
+        parsed = mountinfo.parse(text)
+        by_ns.append((pid, parsed))
+        for m in parsed:
             if m.mountpoint in ext_mnts:
                 ext_devs.add(m.dev)
             mounts.append({"id": m.mnt_id, "parent": m.parent_id, "mountpoint": m.mountpoint, "root": m.root,
@@ -637,9 +710,37 @@ def _check_construct(texts: list[str], ext_mnts) -> None:
     for m in mounts:
         seen.setdefault(m["id"], m)  # one entry per mount, however many namespaces list it
     try:
-        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs)
+        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs,
+                       userns_copies=_userns_copies(by_ns))
     except construct.PlanError as e:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
+
+
+def _userns_copies(by_ns: list[tuple[int, list[mountinfo.Mount]]]) -> dict[str, tuple[set[int], set[int]]]:
+    """Before the tree is stopped, what engine.userns_cr.construct_copies tells from the image:
+    for each mount namespace another user namespace owns (by a process of it), its locks probed
+    as dump probes them, split into the mounts made before its copy and those made in it."""
+    ns_mnt: dict[str, dict] = {}
+    for pid, parsed in by_ns:
+        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
+        try:
+            owner = userns_cr.owner_to_join(fd)
+        finally:
+            os.close(fd)
+        if owner is None:
+            continue
+        os.close(owner)
+        ids = {m.mnt_id for m in parsed}
+        entries = [{"id": m.mnt_id, "parent": m.parent_id if m.parent_id in ids else None,
+                    "mountpoint": m.mountpoint, "uid": m.unique_id} for m in parsed]
+        name = f"of process {pid}"
+        try:
+            userns_cr.locks(pid, entries, name)
+        except OSError as e:
+            raise DumpError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}; the tree keeps running") from None
+        root = next(e["id"] for e in entries if e["parent"] is None)
+        ns_mnt[name] = {"root": root, "mounts": entries, "owner": True}
+    return userns_cr.construct_copies(ns_mnt)
 
 
 def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:
@@ -690,6 +791,17 @@ class _Plan:
         self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
         self.pidns_name: dict[int, str] = {}
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
+        self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
+
+    def in_ns_copy(self, ns_name: str, fn, *args):
+        """fn(*args) in a forked child standing at the root of a private copy of mount namespace
+        `ns_name`, where it may unmount covers to look beneath them (the tree is stopped)."""
+        pids = self.ns_pids[ns_name]
+        fd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
+        try:
+            return forkrun.run(_run_in_copy, fd, pids, fn, args)
+        finally:
+            os.close(fd)
 
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """Call setter(path on superblock `sid`) for the file with inode `ino`; refuse with `missing` if none."""
@@ -704,7 +816,7 @@ def _hook(fn, *args):
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
 
-def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None) -> dict:
+def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None) -> dict:
     me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
     ns_of: dict[int, dict[str, int]] = {}
     for pid, _ in tree:
@@ -800,7 +912,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
         if users["userns"]:
             # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
-            userns_cr.record_sb_owners(by_mntns[ino][0], mounts, sb_of_dev, superblocks, tree, users)
+            try:
+                pids = by_mntns[ino]
+                userns_cr.record_sb_owners(pids[0], mounts, sb_of_dev, superblocks, tree, users,
+                                           clone=lambda m, pids=pids, ms=mounts: _clone_one(pids, ms, m.mnt_id))
+            except userns_cr.UsernsError as e:
+                raise DumpError(e.errno, e.strerror) from None
         owner = users["mntns_owner"].get(names[("mnt", ino)])
         if owner is not None:
             mntns_doc[names[("mnt", ino)]]["owner"] = owner
@@ -832,6 +949,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     _check_construct_userns(mntns_doc, superblocks)
     ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
     plan = _Plan(superblocks, sb_of_dev, mntns_doc, ns_mounts, mounts_by_id)
+    plan.ns_pids = {names[("mnt", ino)]: pids for ino, pids in by_mntns.items()}
     # Devices: declared external, or resolved by the type (a device over a file we dump), else refused.
     for sid, sb in superblocks.items():
         dev = (sb.get("device") or {}).get("dev")
@@ -1087,16 +1205,17 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 e["ghost"] = gid_of[(e["sb"], e["root"])]
 
     # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
-    fdtable = FdTable()
+    fdtable = FdTable(takes)
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
                                (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})
         fdtable.finish(procs_doc)
     except FdError as e:
+        fdtable.release()
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:
         fdtable.close()
-    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)]
+    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)] + fdtable.unplaced
     uts_names: dict[str, str] = {}
     for p in procs_doc:
         uts = p["ns"]["uts"]
@@ -1105,7 +1224,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
 
     for g in ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
-    detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+    try:
+        detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+    finally:
+        fdtable.release()
 
     doc = {
         "kernel": os.uname().release,
@@ -1117,8 +1239,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         doc["objects"] = fdtable.objects
     if users["userns"]:
         doc["userns"] = users["userns"]
-        for p in procs_doc:
-            p.update(users["proc"].get(p["pid"], {}))
+    # Also without any user namespace: a process of the dumper's own under other ids (a user's
+    # dbus-daemon, a zdtm test after setuid, bwrap's monitor) keeps them (its stand-in takes them last).
+    for p in procs_doc:
+        p.update(users["proc"].get(p["pid"], {}))
     return doc
 
 
@@ -1351,17 +1475,7 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
     def clone_of(m) -> int | None:
         """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
         ino = ns_of_mount[m.mnt_id]
-        nsfd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
-        try:
-            for mids, fds in channel.fork_stream(_clone_mounts, nsfd, by_mntns[ino], [m.mnt_id], ns_data[ino]["mounts"]):
-                for fd in fds[1:]:
-                    os.close(fd)
-                return fds[0] if fds else None
-        except OSError:
-            return None
-        finally:
-            os.close(nsfd)
-        return None
+        return _clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
 
     anchors: list[int] = []
     beyond: list[tuple[str, str, int, str]] = []

@@ -18,9 +18,11 @@ from engine.fds import sys as fsys
 class FdTable:
     """Collects fd entries; `objects` is the image's shared objects (pipes, memfds, sockets)."""
 
-    def __init__(self):
+    def __init__(self, takes: list | None = None):
+        """`takes`: where kinds add steps fn(doc) that take from the tree (run by dump last, the tree
+        killed after); None when the tree keeps running (--leave-running): such fds are refused."""
         self.objects: dict[str, dict] = {}
-        self.scratch: dict = {}
+        self.scratch: dict = {"takes": takes}
         self._pidfds: dict[int, int] = {}
         self._inode: dict[tuple[int, int], int] = {}   # (pid, fd) -> (dev, ino) key
 
@@ -93,7 +95,19 @@ class FdTable:
                         e["desc"] = f"d-{n}"
                     n += 1
 
+    @property
+    def unplaced(self) -> list:
+        """(location, pid, /proc link under that pid) of places the kinds found on detached mounts
+        through fds of our own (a socket's file): dump plans those mounts with the fds' and cwds'."""
+        return list(self.scratch.get("unplaced", ()))
+
     def close(self) -> None:
+        """Close the pidfds (the fds behind `unplaced` stay open until `release`)."""
         for fd in self._pidfds.values():
             os.close(fd)
         self._pidfds.clear()
+
+    def release(self) -> None:
+        """Close our fds behind `unplaced`, once dump has planned the detached mounts."""
+        for _loc, _pid, link in self.scratch.pop("unplaced", ()):
+            os.close(int(link.rsplit("/", 1)[1]))

@@ -4,7 +4,7 @@ The restorer is a forked child that first unshares a *service* mount
 namespace (a slave copy of the host's, so nothing propagates back), then:
 
  1. stand-ins: one per dumped process, forked parents first, in the same pid
-    namespace nesting; uts/ipc/net/cgroup namespaces unshared or joined so
+    namespace nesting; uts, ipc, net namespaces and those of cgroups unshared or joined so
     processes share them as they did;
  2. superblocks: each created once with fsopen/fsconfig/fsmount (from a
     stand-in inside the right namespace for namespace-bound types), or by its
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import bisect
 import collections
-import cProfile
 import errno
 import marshal
 import os
@@ -56,10 +55,11 @@ from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
 from engine.image import is_beneath, rel_to
 
-# Every module the restorer uses after it pivots into a restored root must be imported here:
-# the filesystem type modules (discovered) too.
-fs.load()
+# Every module the restorer uses after it pivots into a restored root must be imported here;
+# the filesystem type modules (discovered) of the image's superblocks are, in restore().
 
+# Namespaces a stand-in unshares or joins after its pid namespace (image.NS_KINDS past mnt and pid).
+_OTHER_NS = tuple(k for k in image.NS_KINDS if k not in ("mnt", "pid"))
 _EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
 _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
@@ -150,6 +150,11 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     if pidfile:
         pidfile_mod.check(pidfile)  # before anything is built
     doc = image.load(images_dir)
+    # The image's filesystem types and fd kinds, before the restorer pivots away.
+    fs.load(sb["fstype"] for sb in doc["superblocks"].values())
+    kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
+    kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
+    fdkinds.load(kinds | {"file"})
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
@@ -350,7 +355,7 @@ class _Restorer:
     def spawn_standins(self) -> None:
         procs = self.doc["processes"]
         by_pid = {p["pid"]: p for p in procs}
-        own = {k: os.open(f"/proc/self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in ("uts", "ipc", "net", "cgroup")}
+        own = {k: os.open(f"/proc/self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in _OTHER_NS}
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
@@ -393,7 +398,7 @@ class _Restorer:
             step("spawn")
             if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
                 self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-            for kind in ("uts", "ipc", "net", "cgroup"):
+            for kind in _OTHER_NS:
                 nsid = p["ns"][kind]
                 inherited = parent["ns"][kind] if parent else None
                 if parent is None and kind in p.get("host_ns", ()):
@@ -419,11 +424,15 @@ class _Restorer:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
             return {int(x) for x in f.read().split()}
 
-    def _standin_in(self, kind: str, nsid: str) -> channel.Channel:
-        for p in self.doc["processes"]:
-            if p["ns"][kind] == nsid:
-                return self.chans[p["pid"]]
-        raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
+    def _standin_in(self, kind: str, nsid: str, owner: str | None = None) -> channel.Channel:
+        """The channel of a stand-in in `kind` namespace nsid; for making a superblock there, one
+        that stands in the user namespace `owner` owning it (None: the restorer's) when there is
+        one (stand-ins that made namespaces inside theirs start in it: engine/userns_cr.py)."""
+        found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid]
+        if not found:
+            raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
+        best = next((p for p in found if self.users.stands_in(p) == owner), found[0])
+        return self.chans[best["pid"]]
 
     # -- 2. superblocks ---------------------------------------------------------
 
@@ -689,6 +698,13 @@ class _Restorer:
         none of the service namespace's mounts)."""
         return os.open(f"{os.getppid()}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
 
+    def owner_userns(self, sb: dict) -> int | None:
+        """An fd (not the caller's to close) on the restored user namespace that owns superblock
+        `sb` (its ``owner``), None when the restorer's own does: a type's `create` hook makes it from
+        inside that one."""
+        owner = sb.get("owner")
+        return None if owner is None else self.users.fd[owner]
+
     def sb(self, sid: str) -> int | None:
         """The detached mount fd of new superblock `sid`, None if it is not made."""
         return self._sb(sid)
@@ -703,13 +719,15 @@ class _Restorer:
             if not sb.get(handler.ns_key):
                 raise RestoreError(errno.EINVAL, f"superblock {sid} ({sb['fstype']}) has no {handler.ns} "
                                                  "namespace in the image")
-            return self._standin_in(handler.ns, sb[handler.ns_key])
-        # Tagged with the namespace of the processes that see the mount.
+            return self._standin_in(handler.ns, sb[handler.ns_key], sb.get("owner"))
+        # Tagged with the namespace of the processes that see the mount: made by one of them that
+        # stands in the user namespace owning it, else by any stand-in in that namespace that does.
         ns_id = self.ns_of_mount[user["id"]]
-        for p in self.doc["processes"]:
-            if p["ns"]["mnt"] == ns_id:
-                return self.chans[p["pid"]]
-        return self.chans[self.doc["processes"][0]["pid"]]
+        seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id] or self.doc["processes"][:1]
+        p = next((p for p in seers if self.users.stands_in(p) == sb.get("owner")), None)
+        if p is None and handler.ns in seers[0]["ns"]:
+            return self._standin_in(handler.ns, seers[0]["ns"][handler.ns], sb.get("owner"))
+        return self.chans[(p or seers[0])["pid"]]
 
     # -- 3. plain mounts ------------------------------------------------------------
 
@@ -797,12 +815,16 @@ class _Restorer:
         fd = self._clone_plain(m, what, base)
         self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
         if m.get("locked_flags") and not m.get("locked"):
-            # An unlocked mount with locked flags: cloned again inside its user namespace.
+            # An unlocked mount with locked flags: cloned again inside its user namespace (with the
+            # locked mounts below it, if any).
             if base is not None:
                 raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): locked flags on an "
                                                      "unlocked mount with peer groups built while mounting")
             try:
-                fd = self.users.lock_flags(m, fd)
+                if m["id"] in self.users.groups:
+                    fd = self.users.lock_subtree(self, m, fd)
+                else:
+                    fd = self.users.lock_flags(m, fd)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
@@ -1009,6 +1031,8 @@ class _Restorer:
                 os.close(self.mnt_fd.pop(mid))
 
         for m in order:
+            if m["id"] in self.users.grouped:
+                continue  # made with the unlocked mount above it (engine/userns_cr.py lock_subtree)
             ns_id = self.ns_of_mount[m["id"]]
             if self.users.must_copy_before(ns_id, m):  # locks: engine/userns_cr.py
                 self._users_call(self.users.copy, self, ns_id, attached)
@@ -1023,7 +1047,15 @@ class _Restorer:
                 continue
             while ready:
                 x = ready.pop()
-                if x["id"] not in roots:
+                if x["id"] in self.users.grouped:
+                    self._moved.add(x["id"])   # attached with the unlocked mount above it
+                    self._users_call(self.users.attached, self, x)
+                    if self._filling_now():
+                        nsx = self.ns_of_mount[x["id"]]
+                        self.attached_in[nsx] = self.attached_in.get(nsx, 0) + 1
+                    left[x["parent"]] -= 1
+                    done(x["parent"])
+                elif x["id"] not in roots:
                     self.enter(self.ns_of_mount[x["id"]])
                     self._attach(self.mounts[x["parent"]], x)
                     left[x["parent"]] -= 1
@@ -1034,6 +1066,7 @@ class _Restorer:
                     self._legacy_attrs(x)
                 ready.extend(sorted(pending.pop(x["id"], ()), key=lambda c: (c.get("uid") or 0, c["id"]),
                                     reverse=True))
+                ready.extend(reversed(self.users.groups.get(x["id"], ())))
                 done(x["id"])
                 step("attach")
         if pending:
@@ -1113,9 +1146,9 @@ class _Restorer:
         finally:
             os.chdir("/")
 
-    def _mountpoint_fd(self, parent: dict, c: dict) -> int:
+    def _mountpoint_fd(self, parent: dict, c: dict, pfd: int | None = None) -> int:
         rel = rel_to(c["mountpoint"], parent["mountpoint"])
-        pfd = self.mnt_fd[parent["id"]]
+        pfd = self.mnt_fd[parent["id"]] if pfd is None else pfd
         try:
             if rel:
                 # The mount point has the type of the root of the mount that goes there.
@@ -1500,6 +1533,7 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
     if not out:
         return _restore_body(doc, img_fd, ext, lifeline[1])
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)  # before we pivot away
+    import cProfile   # here, not for every restore; still before the pivot
     prof = cProfile.Profile()
     try:
         return prof.runcall(_restore_body, doc, img_fd, ext, lifeline[1])

@@ -12,7 +12,9 @@ EINVAL when the superblock is owned by U or a namespace below it, EPERM when
 not. Asked from the candidates deepest first, the first that gets EINVAL owns
 it (or is the nearest candidate above its real owner).
 
-A superblock whose every mount is covered (no path reaches it) is left out.
+A superblock whose every mount is covered (no path reaches it) is asked through
+a detached clone of one of its mounts when the caller can make one (dump can),
+else left out.
 """
 
 from __future__ import annotations
@@ -68,17 +70,24 @@ def _open_reachable(pid: int, mounts) -> dict[str, int]:
     return fds
 
 
-def probe(pid: int, mounts, candidates: list[tuple[object, int]]) -> dict[str, object]:
+def probe(pid: int, mounts, candidates: list[tuple[object, int]], clone=None) -> dict[str, object]:
     """dev -> key of the candidate user namespace owning each superblock `pid` sees.
 
     `candidates`: (key, fd on a user namespace), deepest first; the caller's own namespace is not
     among them. A superblock none of them owns is absent (owned by the caller's namespace, or by
-    one outside the candidates' subtrees); so is one no path reaches."""
+    one outside the candidates' subtrees); so is one no path reaches, unless `clone` (mount ->
+    fd of a detached clone of it, or None) makes one of its mounts reachable."""
     if not candidates:
         return {}
     reps = _open_reachable(pid, mounts)
     out: dict[str, object] = {}
     try:
+        if clone is not None:
+            for m in mounts:
+                if m.dev not in reps:
+                    fd = clone(m)
+                    if fd is not None:
+                        reps[m.dev] = fd
         todo = list(reps)
         for key, ufd in candidates:
             if not todo:

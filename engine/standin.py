@@ -214,7 +214,7 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
     return chan
 
 
-def _detach(keep: set[int], exe_fd: int | None = None) -> None:
+def _detach(keep: set[int], exe_fd: int | None = None, ids: tuple | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     low = 0
@@ -222,8 +222,10 @@ def _detach(keep: set[int], exe_fd: int | None = None) -> None:
         if n > low:
             os.closerange(low, n)
         low = n + 1
-    if exe_fd is not None and not mappings.become_exe(exe_fd):   # (does not return when it can)
+    if exe_fd is not None and not mappings.become_exe(exe_fd, ids):   # (does not return when it can)
         os.close(exe_fd)
+        if ids:
+            userns_cr.become(None, *ids)
     while True:
         signal.pause()
 
@@ -246,6 +248,7 @@ def _serve(chan: channel.Channel) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     installed: set[int] = set()
     exe_fd = None
+    ids = None   # (uid, gid, groups) deferred to the end of detach
     while True:
         try:
             msg, fds = chan.recv()
@@ -314,7 +317,12 @@ def _serve(chan: channel.Channel) -> None:
             elif op == "become":
                 # Last request but detach: join the process's user namespace with its ids there.
                 _, uid, gid, groups = msg
-                userns_cr.become(fds[0] if fds else None, uid, gid, groups)
+                if not fds and uid is not None and exe_fd is not None and mappings.can_become_exe():
+                    # Other ids in our own user namespace: taking them now would drop the privilege
+                    # setting the executable needs, so the last step of detach takes them.
+                    ids = (uid, gid, groups or [])
+                else:
+                    userns_cr.become(fds[0] if fds else None, uid, gid, groups)
                 reply = None
             elif op == "detach":
                 # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
@@ -322,7 +330,7 @@ def _serve(chan: channel.Channel) -> None:
                 chan.send(("ok", None))
                 if fds:  # the root stand-in: the tree lives only once the restore commits
                     _await_commit(fds[0])
-                _detach(installed, exe_fd)
+                _detach(installed, exe_fd, ids)
             else:
                 raise OSError(f"unknown stand-in request {op!r}")
             for fd in fds:

@@ -22,8 +22,10 @@ named values, chosen once from the probed features (engine.features):
   layers   unique-ids   overlay layers resolved as they were when the overlay was made,
                         by 64-bit unique mount ids (STATX_MNT_ID_UNIQUE, Linux >= 6.8);
                         needs ids=statmount, which reads them
-           refuse-ambiguous  legacy ids say nothing about age: dump refuses an overlay
-                        whose layer path may have been overmounted after it was made
+           refuse-ambiguous  legacy ids say nothing about age: dump tells the mount a
+                        layer lay on by the layer's files the overlay shows (their inode
+                        numbers and times, looked at beneath the covers), and refuses a
+                        layer whose files tell nothing (engine/fs/overlay.py)
 
 `mntcr check` prints the chosen strategy; a scenario names a choice in
 `requires: {strategy: [sharing=set-group]}`.

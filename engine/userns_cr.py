@@ -15,7 +15,11 @@ A mount namespace owned by one is assembled as usual up to its locked mounts
 (with only their locked flags), then copied from inside its user namespace, so
 that the kernel locks exactly those mounts and flags (engine/userns.
 copy_mntns_into); the copy replaces it and its own (unlocked) mounts are
-attached to the copy afterwards. Last, each stand-in joins its user namespace
+attached to the copy afterwards. A root that holds the mount lock without flag
+locks (pivoted into) is pivoted into again after the copy. Locked mounts below
+an unlocked mount (a recursive bind made inside the user namespace) are made
+with it: the subtree is locked by a copy of a scratch namespace and bound
+recursively from inside the user namespace (Rebuild.lock_subtree). Last, each stand-in joins its user namespace
 and takes its credentials there.
 
 A process whose pid, uts, ipc, net or cgroup namespace its own user namespace
@@ -27,7 +31,8 @@ What is refused (at dump, the tree keeps running): pid, uts, ipc, net and
 cgroup namespaces owned by another user namespace of the tree than the
 process's own, or made inside a user namespace nested in the parent's; idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
-or hang below an unlocked one; an unlocked mount with locked flags.
+(those below an unlocked mount aside: see lock_groups); locked mounts below an unlocked mount whose
+atime is not locked, or covered there.
 """
 
 from __future__ import annotations
@@ -247,13 +252,24 @@ def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:
     return sorted(found.items(), key=lambda kv: -users_plan["depth"][kv[0]])
 
 
-def record_sb_owners(pid: int, mounts, sb_of_dev: dict, superblocks: dict, tree, users_plan: dict) -> None:
+def record_sb_owners(pid: int, mounts, sb_of_dev: dict, superblocks: dict, tree, users_plan: dict,
+                     clone=None) -> None:
     """Give each superblock `pid` sees that a user namespace of the image owns its ``owner``
-    (user-N): restore makes it from inside the restored one (engine/sbowner.py tells it)."""
+    (user-N): restore makes it from inside the restored one (engine/sbowner.py tells it). `clone`:
+    mount -> a detached clone of it or None, for superblocks whose every mount is covered."""
+    from engine import fs
     candidates = sb_owner_candidates(tree, users_plan)
     try:
-        for dev, name in sbowner.probe(pid, mounts, candidates).items():
-            superblocks[sb_of_dev[dev]]["owner"] = name
+        for dev, name in sbowner.probe(pid, mounts, candidates, clone).items():
+            sb = superblocks[sb_of_dev[dev]]
+            handler = fs.lookup(sb["fstype"])
+            if handler is not None and (handler.device or handler.daemon):
+                # Made by its type's own create hook, which makes no superblock inside a user namespace.
+                m = next(x for x in mounts if x.dev == dev)
+                raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}) on {sb['fstype']}: its "
+                                                    "superblock was made inside a user namespace, which restore "
+                                                    f"cannot do for {sb['fstype']} yet")
+            sb["owner"] = name
     finally:
         for _, fd in candidates:
             os.close(fd)
@@ -315,14 +331,19 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
         raise UsernsError(errno.EOPNOTSUPP, f"mount namespace {nsname}: process {pid} sees only part of it "
                                             "(a chroot): locks cannot be told")
     root = next(e for e in entries if e.get("parent") is None)
+    unlocked_flags: dict[int, list[str]] = {}
+    hidden: set[int] = set()
     for m in mounts:
         e = by_id[m.mnt_id]
         state = got[canon.label(m.mnt_id)]
         if state == "hidden":
             # Beneath a locked mount: part of what was copied, so locked with what it had set.
             locked, flags = True, [f for f in FLAG_NAMES if f in m.mount_opts] + ["atime"]
+            hidden.add(m.mnt_id)
         else:
             locked, flags = _state_flags(state)
+        if not locked:
+            unlocked_flags[m.mnt_id] = flags
         if e is root and not locked:
             # A restored root sits on the hidden root of its namespace (pivot_root), so the copy
             # into the user namespace always locks it; an unlocked one cannot be reproduced.
@@ -336,16 +357,73 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
             # its source's locked flags. Restore clones it the same way (Rebuild.lock_flags).
             e["locked_flags"] = flags
     locked_ids = {e["id"] for e in entries if e.get("locked")}
+    if _pivoted(root):
+        # Its root took the mount lock from the root it pivoted from (pivot_root); restore does the
+        # same after copying the namespace, which drops whatever the copy locked on the old root.
+        stray = next((e for e in entries if e.get("locked") and e.get("parent") == root["id"]), None)
+        if stray is not None:
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {stray['id']} ({stray['mountpoint']}): locked on the root "
+                                                f"of mount namespace {nsname}, which was pivoted into (its root "
+                                                "has no locked flags): not supported yet")
     for e in entries:
-        if e.get("locked") and e.get("parent") is not None and e["parent"] != root["id"] \
-                and e["parent"] not in locked_ids:
-            raise UsernsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): locked below an unlocked "
-                                                "mount: not supported yet")
-    newest_locked = max((e.get("uid") or 0 for e in entries if e.get("locked")), default=0)
+        if e["id"] in hidden and (e.get("shared") or e.get("master") or e.get("unbindable")):
+            # Restore sets propagation once the namespace is copied into its user namespace, where
+            # no path reaches beneath a locked mount and none can be unmounted.
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): locked, covered by a locked "
+                                                f"mount of mount namespace {nsname} and shared, slave or unbindable: "
+                                                "its propagation cannot be rebuilt yet")
+    groups = lock_groups(entries)
+    for top, members in groups.items():
+        _check_group(by_id[top], members, unlocked_flags[top], hidden)
+        # Recorded whatever its type: restore makes its flag locks with the group's.
+        by_id[top]["locked_flags"] = unlocked_flags[top]
+    grouped = {x["id"] for members in groups.values() for x in members}
+    newest_locked = max((e.get("uid") or 0 for e in entries if e.get("locked") and e["id"] not in grouped),
+                        default=0)
     for e in entries:
         if not e.get("locked") and e is not root and (e.get("uid") or 0) < newest_locked:
             raise UsernsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): unlocked but older than "
                                                 "a locked mount: not supported yet")
+
+
+def lock_groups(entries: list[dict]) -> dict[int, list[dict]]:
+    """Locked mounts below an unlocked one (not the root), by that unlocked mount: a recursive bind
+    made inside the user namespace of a locked subtree (crun binds /sys so) is unlocked itself and
+    keeps what it copied locked. Each top -> its locked mounts beneath it (every mount between them
+    locked too), in creation order. `entries`: one mount namespace's image mounts."""
+    by_id = {e["id"]: e for e in entries}
+    groups: dict[int, list[dict]] = {}
+    for e in entries:
+        if not e.get("locked") or e.get("parent") is None:
+            continue
+        p = by_id.get(e["parent"])
+        while p is not None and p.get("locked") and p.get("parent") is not None:
+            p = by_id.get(p["parent"])
+        if p is not None and not p.get("locked"):
+            groups.setdefault(p["id"], []).append(e)
+    for members in groups.values():
+        members.sort(key=lambda x: (x.get("uid") or 0, x["id"]))
+    return groups
+
+
+def _check_group(top: dict, members: list[dict], top_flags: list[str], hidden: set[int]) -> None:
+    """Refuse a group of locked mounts below unlocked `top` that restore cannot rebuild (one line)."""
+    from engine import strategy
+    where = f"mount {members[0]['id']} ({members[0]['mountpoint']}): locked below the unlocked mount " \
+            f"{top['id']} ({top['mountpoint']})"
+    if "atime" not in top_flags:
+        # Restore binds the subtree from a locked copy, which locks the atime of what it binds.
+        raise UsernsError(errno.EOPNOTSUPP, f"{where}, whose atime is not locked: not supported yet")
+    if strategy.current().sharing == "construct":
+        raise UsernsError(errno.EOPNOTSUPP, f"{where}: not supported with peer groups built while "
+                                            "mounting (sharing=construct)")
+    seen = set()
+    for x in members:
+        if x["id"] in hidden or (x["parent"], x["mountpoint"]) in seen:
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {x['id']} ({x['mountpoint']}): locked below the unlocked "
+                                                f"mount {top['id']} ({top['mountpoint']}) and covered there: "
+                                                "not supported yet")
+        seen.add((x["parent"], x["mountpoint"]))
 
 
 # --- restore ------------------------------------------------------------------------------------
@@ -360,7 +438,9 @@ def construct_copies(mntns: dict) -> dict[str, tuple[set[int], set[int]]]:
     out = {}
     for ns_id, ns in mntns.items():
         if ns.get("owner"):
-            before = {m["id"] for m in ns["mounts"] if m["id"] == ns["root"] or m.get("locked")}
+            grouped = {x["id"] for members in lock_groups(ns["mounts"]).values() for x in members}
+            before = {m["id"] for m in ns["mounts"]
+                      if m["id"] == ns["root"] or (m.get("locked") and m["id"] not in grouped)}
             out[ns_id] = (before, {m["id"] for m in ns["mounts"]} - before)
     return out
 
@@ -381,6 +461,11 @@ class Rebuild:
         self.copied: set[str] = set()
         self.idmap_fd: dict[str, int] = {}   # maps (repr) -> user namespace giving them to idmapped mounts
         self._ns_of: dict[int, str] | None = None   # mount id -> mount namespace id (lock_flags)
+        # Locked mounts below an unlocked one (lock_groups): made with it, from a locked copy.
+        self.groups: dict[int, list[dict]] = {}
+        for ns_id in self.owned:
+            self.groups.update(lock_groups(doc["mntns"][ns_id]["mounts"]))
+        self.grouped = {x["id"]: top for top, members in self.groups.items() for x in members}
 
     def make_userns(self) -> None:
         """Every user namespace of the image, parents first, after checking that the restoring
@@ -460,6 +545,52 @@ class Rebuild:
         os.close(fd)
         return fds[0]
 
+    def lock_subtree(self, r, top: dict, fd: int) -> int:
+        """For an unlocked mount with locked mounts below it (``groups``): the subtree made as the
+        kernel made it, a recursive clone inside its user namespace of a locked copy (the clone is
+        unlocked, keeps its flag locks, and what it copied stays locked). `fd`: the detached clone
+        of `top` (used up); the members' clones are made here and their fds, on the restored
+        subtree, left in r.mnt_fd. Returns the subtree's fd."""
+        from engine import channel
+        members = self.groups[top["id"]]
+        owner = self.owned[self._ns_of_mount(top["id"])]
+        fds = {top["id"]: fd}
+        made = []
+        try:
+            spec = []
+            for m in members:
+                fds[m["id"]] = r._clone(m)
+                mp = r._mountpoint_fd(r.mounts[m["parent"]], m, fds[m["parent"]])
+                made.append(mp)
+                lock, _ = _lock_bits(m)
+                spec.append((fds[m["id"]], mp, lock, _rel(m["mountpoint"], top["mountpoint"])))
+            lock, rest = _lock_bits(top)
+            try:
+                _, got = channel.call_in_child(_locked_subtree, self.fd[owner], fd, lock, rest, spec)
+            except OSError as e:
+                raise UsernsError(e.errno or errno.EIO, f"mount {top['id']} ({top['mountpoint']}): binding it with "
+                                                        f"the locked mounts below it: {e.strerror or e}") from None
+        finally:
+            for x in [*fds.values(), *made]:
+                os.close(x)
+        for m, mfd in zip(members, got[1:]):
+            r.mnt_fd[m["id"]] = mfd
+        return got[0]
+
+    def attached(self, r, m: dict) -> None:
+        """Member m of a group (lock_subtree) is attached with its top: its flags that are not
+        locked are set now (on a detached tree only its top could be changed)."""
+        _, rest = _lock_bits(m)
+        if rest:
+            from engine import kernel
+            r.enter(self._ns_of_mount(m["id"]))
+            kernel.mount_setattr(r.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=rest)
+
+    def _ns_of_mount(self, mid: int) -> str | None:
+        if self._ns_of is None:
+            self._ns_of = {x["id"]: ns_id for ns_id, ns in self.doc["mntns"].items() for x in ns["mounts"]}
+        return self._ns_of.get(mid)
+
     def fsopen_in(self, owner: str, fstype: str) -> int:
         """A filesystem context (fsopen) made inside restored user namespace `owner`: the superblock
         it creates belongs to that namespace, as the dumped one did. Only fsopen runs there; the
@@ -504,7 +635,7 @@ class Rebuild:
         made inside its user namespace; re-point the restorer's fds at the copies."""
         from engine import kernel
         ns = self.doc["mntns"][ns_id]
-        mine = [m for m in ns["mounts"] if m["id"] == ns["root"] or m.get("locked")]
+        mine = [m for m in ns["mounts"] if m["id"] == ns["root"] or (m.get("locked") and m["id"] not in self.grouped)]
         missing = [m for m in mine if m["id"] not in attached]
         if missing:
             raise UsernsError(errno.EINVAL, f"mount {missing[0]['id']} ({missing[0]['mountpoint']}): locked but "
@@ -519,6 +650,10 @@ class Rebuild:
             if bits:
                 extra[m["id"]] = bits
         r.enter(ns_id)
+        # A root locked without locked flags: the namespace pivoted into a mount made inside it
+        # (bwrap into its own tmpfs), and pivot_root passed the old root's mount lock to it. A
+        # clone of the root, made before the copy locks anything, gets it the same way.
+        fresh = self._clone_root(r, ns) if _pivoted(r.mounts[ns["root"]]) else None
         # Flags set later than the copy are not locked: off while the kernel copies, on again after.
         for mid, bits in extra.items():
             if mid not in covered:
@@ -533,13 +668,20 @@ class Rebuild:
         r.ns_fd[ns_id] = new
         self.copied.add(ns_id)
         r.enter(ns_id)
+        if fresh is not None:
+            self._pivot_to(r, ns_id, fresh)
         for m in mine:
             mid = m["id"]
             old = r.mnt_fd.pop(mid, None)
             if old is not None:
                 os.close(old)
             mp = r.mp_fd.pop(mid, None)
-            if mp is not None:
+            if mp is not None and mid != ns["root"] and m.get("parent") in r.referenced:
+                # What m covers, which a process's file or socket lies in: no path of the copy
+                # reaches beneath a locked mount, this fd on its mount point before the copy (the
+                # same directory of the same superblock) still does.
+                r.mp_fd[mid] = mp
+            elif mp is not None:
                 os.close(mp)   # reached what the staging mount covered: nothing in the copy
             if mid in covered:
                 continue       # beneath another locked mount: nothing can reach it, nor needs to
@@ -552,6 +694,36 @@ class Rebuild:
                 r.mnt_fd[mid] = fd
             else:
                 os.close(fd)
+
+    def _clone_root(self, r, ns: dict) -> int:
+        """A detached clone of namespace `ns`'s root (we stand in it, not copied yet): no lock."""
+        from engine import kernel
+        fd = self._open(r.mounts[ns["root"]])
+        try:
+            return kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def _pivot_to(r, ns_id: str, fresh: int) -> None:
+        """In the copy: mount `fresh` over the locked root and pivot into it as the original did; the
+        kernel moves the root's mount lock to it (not its flag locks), and the old root, unlocked by
+        that, is unmounted with what it held."""
+        from engine import kernel
+        top = os.open("/..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fchdir(top)
+            os.chroot(".")
+            kernel.move_mount(fresh, "", top, "", kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+            os.fchdir(fresh)
+            kernel.pivot_root(".", ".")
+            kernel.umount2(".", kernel.MNT_DETACH)
+        finally:
+            os.close(top)
+            os.close(fresh)
+            # Back on the namespace's hidden root, where the next steps expect to stand.
+            r.to_service()
+            r.enter(ns_id)
 
     @staticmethod
     def _open(m: dict) -> int:
@@ -589,6 +761,13 @@ class Rebuild:
                                      [] if p.get("userns_first") and not p.get("userns_start")
                                      else [self.fd[p["userns"]]])
 
+    def stands_in(self, p: dict) -> str | None:
+        """The user namespace p's stand-in stands in until it takes its ids (become): the one it
+        started in, None for the restorer's."""
+        if p.get("userns_start"):
+            return p["userns_start"]
+        return p["userns"] if p.get("userns_first") else None
+
     def spawn_in(self, p: dict, parent: dict | None) -> int | None:
         """The user namespace fd p's stand-in must start in (its own namespaces belong to it), or
         None: it starts where its parent's stand-in is and joins its user namespace last."""
@@ -599,6 +778,59 @@ class Rebuild:
         if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
             return None  # the parent's stand-in is in it already: the fork inherits it
         return self.fd[p["userns"]]
+
+
+def _lock_bits(m: dict) -> tuple[int, int]:
+    """(MOUNT_ATTR_* bits of m's locked flags, of its other set flags)."""
+    flags = set(m.get("locked_flags") or ())
+    return (sum(_ATTR[f] for f in FLAG_NAMES if f in flags),
+            sum(_ATTR[f] for f in FLAG_NAMES if f in m["mount_opts"] and f not in flags))
+
+
+def _rel(path: str, base: str) -> str:
+    return path[len(base):].strip("/") if base != "/" else path.strip("/")
+
+
+def _locked_subtree(userns_fd: int, top_fd: int, lock: int, rest: int, spec: list, chan) -> None:
+    """In a forked child: attach the detached top and, on their mount points, its members, each
+    with only the flags to lock, in a scratch namespace; copy that namespace into the user
+    namespace (the kernel locks all of it) and clone the top recursively there: the clone is
+    unlocked with the top's flag locks, the members stay locked. Sends the clone and an fd on each
+    member in it (the kernel lets a mount below a detached one be changed only once attached:
+    Rebuild.attached sets their other flags)."""
+    import stat
+    from engine import kernel
+    every = sum(_ATTR.values())
+    kernel.unshare(kernel.CLONE_NEWNS)
+    scratch = kernel.scratch_tmpfs()
+    if stat.S_ISDIR(os.fstat(top_fd).st_mode):
+        os.mkdir("m", 0o700, dir_fd=scratch)
+    else:
+        os.close(os.open("m", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o600, dir_fd=scratch))
+    kernel.move_mount(scratch, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    os.fchdir(scratch)
+    os.chroot(".")
+    kernel.move_mount(top_fd, "", kernel.AT_FDCWD, "/m", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    kernel.mount_setattr(top_fd, "", kernel.AT_EMPTY_PATH, attr_set=lock, attr_clr=every & ~lock)
+    for mfd, mp, mlock, _ in spec:
+        kernel.move_mount(mfd, "", mp, "", kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+        kernel.mount_setattr(mfd, "", kernel.AT_EMPTY_PATH, attr_set=mlock, attr_clr=every & ~mlock)
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)
+    clone = kernel.open_tree(kernel.AT_FDCWD, "/m", kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE)
+    if rest:
+        kernel.mount_setattr(clone, "", kernel.AT_EMPTY_PATH, attr_set=rest)
+    out = [clone]
+    for _, _, _, rel in spec:
+        out.append(kernel.openat2(clone, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                  kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS))
+    chan.send(("ok", None), out)
+
+
+def _pivoted(root: dict) -> bool:
+    """Whether a namespace root's locks are those pivot_root leaves: the mount lock alone (a copy
+    into a user namespace locks the atime flag with every mount it locks)."""
+    return bool(root.get("locked")) and "atime" not in (root.get("locked_flags") or ())
 
 
 def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, chan) -> None:
@@ -650,10 +882,19 @@ def _fsopen_child(userns_fd: int, fstype: str, chan) -> None:
     chan.send(("ok", None), [fc])
 
 
+def _member_of(userns_fd: int) -> bool:
+    try:   # (/proc is the stand-in's restored one here: a tree without one just tries setns)
+        return os.fstat(userns_fd).st_ino == os.stat("/proc/self/ns/user").st_ino
+    except OSError:
+        return False
+
+
 def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None) -> None:
     """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs)."""
     from engine import kernel
-    if userns_fd is not None:
+    # A stand-in forked by one that started in the namespace is in it already (CRIU's zdtm tests
+    # under the uns flavor: the test's pid 1 forks the test), and setns to it again is EINVAL.
+    if userns_fd is not None and not _member_of(userns_fd):
         kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     if uid is None:
         return  # the process kept the dumper's (unmapped) ids: so does the stand-in

@@ -245,14 +245,27 @@ class _Pipe:
 
 
 def mntcr(*args: str, env: dict | None = None, nsenter: int | None = None,
-          timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run `python -m engine.cli ARGS` (inside the mount namespace of pid `nsenter` when given)."""
+          timeout: float = 120, engine_root: str | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m engine.cli ARGS` (inside the mount namespace of pid `nsenter` when given;
+    with the engine of `engine_root`, e.g. `engine_without`'s copy, instead of ENGINE_ROOT)."""
+    root = engine_root or ENGINE_ROOT
     cmd = [sys.executable, "-m", "engine.cli", *args]
     if nsenter:
-        cmd = ["nsenter", "-t", str(nsenter), "-m", f"--wd={ENGINE_ROOT}", "--"] + cmd
-    full_env = dict(os.environ, PYTHONPATH=ENGINE_ROOT, **(env or {}))
-    return subprocess.run(cmd, cwd=ENGINE_ROOT, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
+        cmd = ["nsenter", "-t", str(nsenter), "-m", f"--wd={root}", "--"] + cmd
+    full_env = dict(os.environ, PYTHONPATH=root, **(env or {}))
+    return subprocess.run(cmd, cwd=root, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def engine_without(dest: str, *types: str) -> str:
+    """A copy of the engine under `dest` without the type modules engine/fs/TYPE.py: filesystems it
+    cannot dump, for tests of refusals (every type this kernel mounts may have a module). Returns
+    the root to give `mntcr(engine_root=...)`."""
+    shutil.copytree(os.path.join(ENGINE_ROOT, "engine"), os.path.join(dest, "engine"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for t in types:
+        os.remove(os.path.join(dest, "engine", "fs", f"{t}.py"))
+    return str(dest)
 
 
 class Outer:

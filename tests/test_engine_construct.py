@@ -322,3 +322,37 @@ def mntcr_sh(pid: int, script: str) -> str:
     import subprocess
     return subprocess.run(["nsenter", "-t", str(pid), "-m", "unshare", "-m", "--propagation", "unchanged",
                            "sh", "-c", script], capture_output=True, text=True, check=True).stdout
+
+
+def test_prestop_check_models_the_user_namespace_copy(case, monkeypatch):
+    """The check made before the tree is stopped plans the construction as restore runs it: a
+    namespace a user namespace owns is copied into it midway, its locked mounts made before the
+    copy, the others in it (the same split engine.userns_cr.construct_copies makes from the image)."""
+    from engine import construct, dump, image, strategy, userns_cr
+    monkeypatch.setenv("MNTCR_STRATEGY", "sharing=construct")
+    strategy.reset()
+    monkeypatch.setattr(strategy, "_current", None)   # undone after the test: the next one probes again
+    pid = case.start("""
+mkdir -p /mnt/shared /run/c
+mount -t tmpfs s /mnt/shared; mount --make-shared /mnt/shared
+unshare -U -r -m --propagation unchanged sh -c '
+    mount -t tmpfs own /run/c; mount --make-shared /run/c; mkdir /run/c/a /run/c/b
+    mount --bind /run/c/a /run/c/b
+    touch /tmp/child-ready
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /tmp/child-ready
+hold
+""")
+    planned = []
+    real_plan = construct.plan
+    monkeypatch.setattr(construct, "plan", lambda *a, **kw: planned.append(kw.get("userns_copies")) or
+                        real_plan(*a, **kw))
+    pids = [p for p, _ in dump.process_tree(pid)]
+    dump._precheck(pids, {"/usr": "usr", "/etc": "etc"})
+    assert len(planned) == 1
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    from_image = userns_cr.construct_copies(image.load(images)["mntns"])
+    assert len(from_image) == 1 and sorted(planned[0].values()) == sorted(from_image.values()), (planned, from_image)
+    before, after = next(iter(from_image.values()))
+    assert len(before) > 1 and len(after) == 2   # the root and the locked copies; own tmpfs and its bind

@@ -368,12 +368,14 @@ def test_symlink_in_restore_path(base_image, tmp_path, target):
 # --- dump refusals -------------------------------------------------------------------------------
 
 def test_unsupported_filesystem(case, tmp_path):
-    """`mount -t devtmpfs` in the container (no type module: engine/fs/): dump refuses with the mount
-    named, leaves no image (restore refuses the path), and resumes the tree."""
-    pid = case.start("mkdir /mnt/b; mount -t devtmpfs devtmpfs /mnt/b\nhold\n")
+    """`mount -t debugfs` in the container, dumped by an engine without engine/fs/debugfs.py (every
+    type this kernel mounts without a device has a module): dump refuses with the mount named,
+    leaves no image (restore refuses the path), and resumes the tree."""
+    pid = case.start("mkdir /mnt/b; mount -t debugfs debugfs /mnt/b\nhold\n")
     images = case.new_images_dir()
-    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
-    assert_refused(r, r"^mntcr dump: mount \d+ \(/mnt/b\) on devtmpfs: not supported; declare it with --external "
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS,
+              engine_root=enginecase.engine_without(str(tmp_path / "engine"), "debugfs"))
+    assert_refused(r, r"^mntcr dump: mount \d+ \(/mnt/b\) on debugfs: not supported; declare it with --external "
                       r"mnt\[/mnt/b\]:KEY$", verb="dump")
     assert not os.path.exists(images)
     assert [n for n in os.listdir(case.workdir) if n.startswith(".images")] == []
@@ -382,6 +384,26 @@ def test_unsupported_filesystem(case, tmp_path):
     with open(f"/proc/{pid}/stat") as f:
         state = f.read().rsplit(")", 1)[1].split()[0]
     assert state in ("S", "R"), f"the tree was left in state {state} after a refused dump"
+
+
+def test_unsupported_filesystems_one_line(case, tmp_path):
+    """A tree with several mounts of types the engine cannot dump (as one that inherited a host's
+    mounts has): ONE line with their count, the first four (id, mount point, type) and how to
+    declare them, before the tree is stopped; declared, the dump goes through."""
+    kinds = ["debugfs", "tracefs", "securityfs", "pstore", "bpf"]
+    setup = "".join(f"mkdir /mnt/{k}; mount -t {k} {k} /mnt/{k}\n" for k in kinds) + "hold\n"
+    pid = case.start(setup)
+    engine = enginecase.engine_without(str(tmp_path / "engine"), *kinds)
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, engine_root=engine)
+    named = ", ".join(rf"\d+ \(/mnt/{k}\) on {k}" for k in kinds[:4])
+    assert_refused(r, rf"^mntcr dump: 5 mounts of types mntcr cannot dump: {named} and 1 more; declare each "
+                      r"with --external mnt\[MOUNTPOINT\]:KEY", verb="dump")
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "a refused dump left the tree stopped"
+    declared = [a for k in kinds for a in ("--external", f"mnt[/mnt/{k}]:{k}")]
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, *declared, engine_root=engine)
+    assert r.returncode == 0, r.stderr
 
 
 # --- missing kernel feature at restore ------------------------------------------------------------

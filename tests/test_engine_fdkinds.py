@@ -604,3 +604,402 @@ hold
     child = [p for p in after.snap.procs if p.pid != after.pid][0]
     assert os.readlink(f"/proc/{child.pid}/exe") == "/mnt/t/mntcr-hold"
     assert any(line.startswith("exe /mnt/t/mntcr-hold mnt=/mnt/t#1") for line in child.maps), child.maps
+
+
+def _inbox(pid: int, fd: int) -> list[tuple[bytes, object]]:
+    """(data, sender's address) of each datagram queued on fd `fd` of `pid`, peeked in order."""
+    import socket
+    s = _grab_socket(pid, fd)
+    with s:
+        s.setsockopt(socket.SOL_SOCKET, 42, 0)   # SO_PEEK_OFF
+        out = []
+        while True:
+            try:
+                data, _, _, addr = s.recvmsg(1 << 16, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return out
+            out.append((data, addr))
+
+
+def test_datagrams_queued_on_named_sockets(case):
+    """A syslog-like socket bound to a path (its file beneath an overmount) and one bound to an
+    abstract name, with datagrams waiting from an unbound client that has closed, from a client
+    bound to a path and one bound to an abstract name (both held by a child): after restore each
+    receiver holds the same datagrams in the same order, each from the same sender address, and a
+    reply to a named sender reaches that sender."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket, subprocess
+log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); log.bind("/mnt/t/log")
+ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind(b"\\0zdtm-inbox")
+anon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); named.bind("/mnt/t/client")
+abc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); abc.bind(b"\\0zdtm-client")
+anon.sendto(b"<13>first", "/mnt/t/log"); named.sendto(b"<13>second", "/mnt/t/log")
+abc.sendto(b"<13>third", "/mnt/t/log"); anon.sendto(b"<13>fourth", "/mnt/t/log")
+named.sendto(b"a1", b"\\0zdtm-inbox"); anon.sendto(b"a2", b"\\0zdtm-inbox"); abc.sendto(b"a3", b"\\0zdtm-inbox")
+anon.close()
+subprocess.run(["mount", "-t", "tmpfs", "over", "/mnt/t"], check=True)
+if os.fork() == 0:
+    os.dup2(named.fileno(), 11); os.dup2(abc.fileno(), 12)
+else:
+    os.dup2(log.fileno(), 10); os.dup2(ab.fileno(), 11)
+for x in (log, ab, named, abc): x.close()
+""")
+    states = case.roundtrip(setup)
+    want10 = [(b"<13>first", None), (b"<13>second", "/mnt/t/client"), (b"<13>third", b"\0zdtm-client"),
+              (b"<13>fourth", None)]
+    want11 = [(b"a1", "/mnt/t/client"), (b"a2", None), (b"a3", b"\0zdtm-client")]
+    state = states[-1]
+    assert (_inbox(state.pid, 10), _inbox(state.pid, 11)) == (want10, want11)
+    # The senders are the child's own sockets again: a reply to the abstract one reaches it.
+    import socket
+    kid = _first_child(state.pid)
+    srv, client = _grab_socket(state.pid, 11), _grab_socket(kid, 12)
+    with srv, client:
+        srv.sendto(b"reply", b"\0zdtm-client")
+        assert client.recv(100, socket.MSG_DONTWAIT) == b"reply"
+
+
+def test_datagram_from_a_closed_named_sender_refused(case):
+    """A datagram waiting on a named socket, sent from a socket bound to a name and closed since:
+    no socket of the tree can send it from that name again, so dump refuses naming the fd and the
+    name, and the tree keeps running."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("/mnt/t/log")
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.bind("/mnt/t/gone")
+c.sendto(b"<13>hello", "/mnt/t/log"); c.close()
+os.dup2(s.fileno(), 10); s.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): a datagram queued on it was sent from /mnt/t/gone, "
+                     r"a name no datagram socket of the tree holds", str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def _socket_file_mount(pid: int, fd: int) -> tuple[str, int]:
+    """(path, mount id) of the file of bound socket fd `fd` of `pid` (SIOCUNIXFILE)."""
+    import fcntl
+    s = _grab_socket(pid, fd)
+    with s:
+        f = fcntl.ioctl(s.fileno(), 0x89E0)
+    try:
+        with open(f"/proc/self/fdinfo/{f}") as info:
+            mnt = next(int(line.split()[1]) for line in info if line.startswith("mnt_id:"))
+        return os.readlink(f"/proc/self/fd/{f}"), mnt
+    finally:
+        os.close(f)
+
+
+def test_unix_sockets_on_a_detached_mount(case):
+    """Sockets bound on tmpfs mounts that were lazily unmounted since (CRIU's case of a socket
+    whose directory went away with `umount -l`): one mount held only by its listening socket, one
+    also held by a directory fd with a file on it (a datagram socket). After restore each socket has
+    its name, its file lies on a mount in no namespace of the process, the datagram socket takes a
+    datagram through that file, and the other file is there."""
+    setup = """
+mkdir -p /mnt/a /mnt/b; mount -t tmpfs a /mnt/a; mount -t tmpfs b /mnt/b
+mkdir /mnt/a/d; echo kept > /mnt/b/keep
+""" + py_hold("""
+import socket, subprocess
+l = socket.socket(socket.AF_UNIX); l.bind("/mnt/a/d/listen.sock"); l.listen(4)
+g = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); g.bind("/mnt/b/dgram.sock")
+os.dup2(l.fileno(), 10); os.dup2(g.fileno(), 11); l.close(); g.close()
+os.dup2(os.open("/mnt/b", os.O_RDONLY | os.O_DIRECTORY), 12)
+subprocess.run(["umount", "-l", "/mnt/a"], check=True); subprocess.run(["umount", "-l", "/mnt/b"], check=True)
+""")
+    state = case.roundtrip(setup)[-1]
+    with open(f"/proc/{state.pid}/mountinfo") as f:
+        visible = {int(line.split()[0]) for line in f}
+    for fd, path in ((10, "/d/listen.sock"), (11, "/dgram.sock")):
+        where, mnt = _socket_file_mount(state.pid, fd)
+        assert (where, mnt in visible) == (path, False), (fd, where, mnt)
+    with open(f"/proc/{state.pid}/fdinfo/12") as f:
+        held = next(int(line.split()[1]) for line in f if line.startswith("mnt_id:"))
+    assert _socket_file_mount(state.pid, 11)[1] == held   # one detached mount, as at dump
+    assert "name='/mnt/a/d/listen.sock' listening=1" in _fd(state, 10)
+    assert "name='/mnt/b/dgram.sock'" in _fd(state, 11)
+    with open(f"/proc/{state.pid}/fd/12/keep") as f:
+        assert f.read() == "kept\n"
+    import socket
+    import fcntl
+    srv = _grab_socket(state.pid, 11)
+    with srv:
+        f = fcntl.ioctl(srv.fileno(), 0x89E0)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+                c.sendto(b"through the detached file", f"/proc/self/fd/{f}")
+            assert srv.recv(100, socket.MSG_DONTWAIT) == b"through the detached file"
+        finally:
+            os.close(f)
+
+
+def test_data_on_pending_connections(case):
+    """Clients that connected and sent before their listener accepted (an HTTP request and a
+    seqpacket message), behind a client that sent nothing: the data waits in the server end the
+    kernel made for each connection, which only accept() reaches. Dump takes the connections last
+    (the tree is killed after) and reads it; after restore the listener accepts the connections in
+    the same order, and each reads what its client had sent."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
+c0 = socket.socket(socket.AF_UNIX); c0.connect("/mnt/t/srv")
+c1 = socket.socket(socket.AF_UNIX); c1.connect("/mnt/t/srv"); c1.send(b"GET / HTTP/1.0\\r\\n\\r\\n")
+sq = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); sq.bind(b"\\0zdtm-seq"); sq.listen(4)
+c2 = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); c2.connect(b"\\0zdtm-seq"); c2.send(b"one"); c2.send(b"two")
+if os.fork() == 0:
+    os.dup2(c0.fileno(), 11); os.dup2(c1.fileno(), 12); os.dup2(c2.fileno(), 13)
+else:
+    os.dup2(srv.fileno(), 10); os.dup2(sq.fileno(), 14)
+for x in (srv, c0, c1, sq, c2): x.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    import socket
+    lst, seq = _grab_socket(state.pid, 10), _grab_socket(state.pid, 14)
+    with lst, seq:
+        lst.setblocking(False)
+        seq.setblocking(False)
+        got = []
+        for listener in (lst, lst, seq):
+            a, _ = listener.accept()
+            with a:
+                a.setblocking(False)
+                msgs = []
+                while True:
+                    try:
+                        msgs.append(a.recv(100))
+                    except BlockingIOError:
+                        break
+                got.append(msgs)
+        assert got == [[], [b"GET / HTTP/1.0\r\n\r\n"], [b"one", b"two"]]
+
+
+def test_data_on_a_pending_connection_refused_with_leave_running(case):
+    """The same with --leave-running: only accept() reads that data, which would take the
+    connection from a tree that keeps running: refused naming the listener, and the tree keeps the
+    connection pending with its data."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
+c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv"); c.send(b"GET / HTTP/1.0\\r\\n\\r\\n")
+os.dup2(srv.fileno(), 10); os.dup2(c.fileno(), 11); srv.close(); c.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir(), ("--leave-running",))
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): listening unix socket with a connection not yet "
+                     r"accepted on which data already waits: only accept\(\) reads it", str(err.value)), err.value
+    lst = _grab_socket(pid, 10)
+    with lst:
+        lst.setblocking(False)
+        a, _ = lst.accept()
+        with a:
+            assert a.recv(100) == b"GET / HTTP/1.0\r\n\r\n"
+
+
+_CTTY_SETUP = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+mknod /dev/tty c 5 0; chmod 666 /dev/tty
+""" + py_hold("""
+import fcntl, struct, termios
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+if os.fork() == 0:
+    os.setsid()
+    s = os.open(f"/dev/pts/{n}", os.O_RDWR)   # (the session leader acquires its terminal)
+    os.dup2(os.open("/dev/tty", os.O_RDWR), 10)
+    if LEADER_ONLY == 0 and os.fork() == 0:
+        os.dup2(os.open("/dev/tty", os.O_RDWR), 11)   # a member of the session, not its leader
+    os.close(s)
+else:
+    os.dup2(m, 20)
+os.close(m)
+""")
+
+
+def test_dev_tty_of_a_session_leader(case):
+    """A shell's /dev/tty (a pane's shell in tmux): a child leads a session whose controlling
+    terminal is a pty the parent holds the master of, and holds /dev/tty. After restore its
+    stand-in has that pty as its controlling terminal, and what is written to its /dev/tty fd
+    comes out of the master."""
+    state = case.roundtrip(_CTTY_SETUP.replace("LEADER_ONLY", "1"))[-1]
+    kid = _first_child(state.pid)
+    assert os.readlink(f"/proc/{kid}/fd/10") == "/dev/tty"
+    with open(f"/proc/{kid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    assert (int(fields[3]), os.major(int(fields[4])), os.minor(int(fields[4]))) == (kid, 136, 0), fields
+    import fcntl
+    from engine.fds import sys as fsys
+    pidfd = os.pidfd_open(kid)
+    try:
+        mine = fsys.pidfd_getfd(pidfd, 10)
+    finally:
+        os.close(pidfd)
+    pidfd = os.pidfd_open(state.pid)
+    try:
+        master = fsys.pidfd_getfd(pidfd, 20)
+    finally:
+        os.close(pidfd)
+    try:
+        os.write(mine, b"through /dev/tty\n")
+        fcntl.fcntl(master, fcntl.F_SETFL, os.O_NONBLOCK)
+        assert b"through /dev/tty" in os.read(master, 100)
+    finally:
+        os.close(mine)
+        os.close(master)
+
+
+def test_dev_tty_of_a_session_member_refused(case):
+    """/dev/tty held by a process of the session that does not lead it: a stand-in cannot join the
+    restored session, so dump refuses naming the fd, and the tree keeps running."""
+    pid = case.start(_CTTY_SETUP.replace("LEADER_ONLY", "0"))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd \d+ \(/dev/tty\): /dev/tty of a process that does not lead its session",
+                     str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_netlink_sockets(case):
+    """What journald and a root dbus-daemon hold: an rtnetlink socket bound to its port id and
+    listening to groups (one beyond the first 32), with a netlink flag and a bigger receive
+    buffer; an audit socket never bound; a uevent socket bound to an explicit port id and
+    connected. After restore each has the same protocol, port id, groups and peer (the snapshot
+    compares them), and the rtnetlink socket answers a request."""
+    setup = py_hold("""
+import socket
+r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE); r.bind((0, 1))
+r.setsockopt(270, 1, 33); r.setsockopt(270, 11, 1)   # a group above 32 (RTNLGRP_BRVLAN); NETLINK_EXT_ACK
+r.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+a = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)   # NETLINK_AUDIT
+u = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15); u.bind((4242, 0)); u.connect((0, 0))
+os.dup2(r.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(u.fileno(), 12)
+for x in (r, a, u): x.close()
+""")
+    before, after = case.roundtrip(setup)
+    assert "protocol=0 name=" in _fd(before, 10) and "groups=[1, 33]" in _fd(before, 10), _fd(before, 10)
+    assert "name=(4242, 0)" in _fd(after, 12), _fd(after, 12)
+    import socket
+    import struct
+    s = _grab_socket(after.pid, 10)
+    with s:
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 1 << 20
+        assert s.getsockopt(270, 11) == 1
+        # RTM_GETLINK of the loopback (ifindex 1): the reply comes to the restored port id.
+        s.send(struct.pack("=IHHII", 32, 18, 1 | 4, 7, 0) + struct.pack("=BBHiII", 0, 0, 0, 1, 0, 0))
+        s.settimeout(10)
+        while True:
+            reply = s.recv(65536)
+            if struct.unpack_from("=I", reply, 8)[0] == 7:
+                break
+        assert struct.unpack_from("=H", reply, 4)[0] == 16   # RTM_NEWLINK
+
+
+def test_netlink_messages_waiting_refused_tree_kept(case):
+    """An rtnetlink request whose replies the process has not read: the kernel's replies cannot be
+    sent again, so dump refuses naming the fd, and the tree keeps running."""
+    setup = py_hold("""
+import socket, struct, time
+r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE); r.bind((0, 0))
+r.send(struct.pack("=IHHII", 32, 18, 1 | 4, 1, 0) + struct.pack("=BBHiII", 0, 0, 0, 1, 0, 0))
+r.recv(1, socket.MSG_PEEK)
+os.dup2(r.fileno(), 10); r.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): netlink messages wait to be read", str(err.value)), \
+        err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_fds_in_flight_to_a_named_socket(case):
+    """A datagram carrying an fd (SCM_RIGHTS) sent by an unbound client to a socket bound to a path,
+    and one to an abstract name: after restore each receiver gets its datagram with an fd on the
+    same file, at the same offset."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo "in flight" > /mnt/t/file
+""" + py_hold("""
+import socket
+p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.bind("/mnt/t/recv")
+a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(b"\\0zdtm-recv")
+f = os.open("/mnt/t/file", os.O_RDONLY); os.lseek(f, 3, 0)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+r = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, f.to_bytes(4, "little"))]
+c.sendmsg([b"with fd"], r, 0, "/mnt/t/recv"); c.sendmsg([b"abstract"], r, 0, b"\\0zdtm-recv")
+c.close(); os.close(f)
+os.dup2(p.fileno(), 10); os.dup2(a.fileno(), 11); p.close(); a.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    import socket
+    for n, want in ((10, b"with fd"), (11, b"abstract")):
+        s = _grab_socket(state.pid, n)
+        with s:
+            data, fds, _, _ = socket.recv_fds(s, 100, 4, socket.MSG_DONTWAIT)
+            try:
+                assert (data, len(fds)) == (want, 1)
+                assert os.read(fds[0], 100) == b"flight\n"
+            finally:
+                for x in fds:
+                    os.close(x)
+
+
+
+def test_socket_bound_to_a_non_normalised_name_refused(case):
+    """A socket bound to a name with '.' (from its cwd): the image keeps normalised names only
+    (plain relative ones are restored: tests/test_engine_unix_relative.py), so dump refuses naming
+    the fd and the name (it once wrote an image restore refused), and the tree keeps running."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; cd /mnt/t
+""" + py_hold("""
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("./rel.sock"); os.dup2(s.fileno(), 10); s.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): bound to './rel.sock', not a normalised name",
+                     str(err.value)), err.value
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def _unix_state(pid: int, fd: int) -> str:
+    """The St column of /proc/net/unix for socket fd `fd` of `pid` (in its network namespace)."""
+    ino = os.stat(f"/proc/{pid}/fd/{fd}").st_ino
+    with open(f"/proc/{pid}/net/unix") as f:
+        return next(line.split()[5] for line in f if line.split()[6] == str(ino))
+
+
+def test_named_dgram_socket_once_connected_to(case):
+    """Datagram sockets bound to a path and to an abstract name that a client connected to and left
+    (logger on /dev/log): the kernel marks them established for good (/proc/net/unix St 03), one
+    never connected to stays 01; restore makes the same marks."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.bind("/mnt/t/log")
+a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(b"\\0zdtm-reached")
+n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); n.bind("/mnt/t/never")
+for name in ("/mnt/t/log", b"\\0zdtm-reached"):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+        c.connect(name)
+os.dup2(p.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(n.fileno(), 12)
+for x in (p, a, n): x.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    assert [_unix_state(state.pid, n) for n in (10, 11, 12)] == ["03", "03", "01"]

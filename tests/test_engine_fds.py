@@ -101,3 +101,18 @@ hold
 """
     states = case.roundtrip(setup, check="cat /mnt/t/log; ls /mnt/s/x", iters=2)
     assert len(states) == 3 and len(states[2].snap.procs) == 2
+
+
+def test_ids_of_a_process_kept_without_user_namespaces(case):
+    """A child running under a user's ids in the dumper's own user namespace (a user's session bus,
+    with no user namespace anywhere in the tree): its stand-in takes the same ids."""
+    setup = py_hold("""
+if os.fork() == 0:
+    os.setgroups([1000, 27]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)
+""")
+    state = case.roundtrip(setup)[-1]
+    with open(f"/proc/{state.pid}/task/{state.pid}/children") as f:
+        kid = int(f.read().split()[0])
+    with open(f"/proc/{kid}/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    assert [status[k].split() for k in ("Uid", "Gid", "Groups")] == [["1000"] * 4, ["1000"] * 4, ["27", "1000"]]

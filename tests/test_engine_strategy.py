@@ -108,30 +108,40 @@ hold
 """
 
 
-def test_overmounted_layer_refused_without_unique_ids(case):
+def test_overmounted_layer_told_by_its_files_without_unique_ids(case):
     """Without unique mount ids (forced: layers=refuse-ambiguous) an overlay whose lower path now
-    resolves to a mount younger than it is refused at dump, one line naming both mounts and the
-    facility, the tree left running; the same overlay without the decoy dumps and restores."""
+    resolves to a decoy mounted over it afterwards is still restored from the layer beneath: the
+    overlay shows the layer's files with their own inode numbers and times, the decoy's differ."""
     env = {"MNTCR_STRATEGY": "layers=refuse-ambiguous"}
     pid = case.start(OVERMOUNTED.format(decoy="mount -t tmpfs decoy /run/ovl/lower; echo decoy > /run/ovl/lower/f"))
+    look = "cat /mnt/merged/f /run/ovl/lower/f"
+    before = take(pid, look)
+    assert before.snap.check_output.split() == ["real", "decoy"], before.snap.check_output
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
+    assert r.returncode == 0, r.stderr
+    new = case.restore(images)
+    assert_same(before, take(new, look))
+
+
+def test_overmounted_layer_refused_when_its_files_tell_nothing(case):
+    """Without unique mount ids, a lower layer overmounted after the overlay whose only file the
+    upper layer hides shows nothing of its own: dump refuses it, one line naming the layer, both
+    mounts and the kernel facility, the tree left running."""
+    env = {"MNTCR_STRATEGY": "layers=refuse-ambiguous"}
+    pid = case.start(OVERMOUNTED.format(decoy="mount -t tmpfs decoy /run/ovl/lower; echo decoy > /run/ovl/lower/f")
+                     .replace("echo real > /run/ovl/lower/f", "echo real > /run/ovl/lower/f; echo up > /run/ovl/upper/f"))
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
     assert r.returncode == 2, r.stderr
     line = r.stderr.strip()
     assert "\n" not in line
     assert re.search(r"^mntcr dump: mount \d+ \(/mnt/merged\) on overlay: its layer lowerdir=/run/ovl/lower "
-                     r"now lies on mount \d+ \(/run/ovl/lower\).*STATX_MNT_ID_UNIQUE, Linux >= 6\.8", line), line
+                     r"now lies on mount \d+ \(/run/ovl/lower\).*no file of the layer.*"
+                     r"STATX_MNT_ID_UNIQUE, Linux >= 6\.8", line), line
     assert not os.path.exists(images)
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
-
-    plain = case.start(OVERMOUNTED.format(decoy=""))
-    before = take(plain, "cat /mnt/merged/f")
-    images = case.new_images_dir()
-    r = mntcr("dump", "-t", str(plain), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
-    assert r.returncode == 0, r.stderr
-    new = case.restore(images)
-    assert_same(before, take(new, "cat /mnt/merged/f"))
 
 
 def test_sharing_refused_when_forced(case):

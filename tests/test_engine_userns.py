@@ -114,3 +114,40 @@ def test_unlocked_mount_with_locked_flags_is_cloned_with_its_flag_locks():
             os.close(fd)
     finally:
         rebuild.close()
+
+
+def _entry(mid, parent, mountpoint, locked=False, uid=0):
+    return {"id": mid, "parent": parent, "mountpoint": mountpoint, "locked": locked, "uid": uid,
+            "mount_opts": ["rw"]}
+
+
+def test_lock_groups_gathers_locked_mounts_below_an_unlocked_one_and_no_others():
+    entries = [_entry(1, None, "/", locked=True, uid=1), _entry(2, 1, "/usr", locked=True, uid=2),
+               _entry(3, 1, "/sys", uid=3), _entry(5, 4, "/sys/fs/cgroup/x", locked=True, uid=5),
+               _entry(4, 3, "/sys/fs/cgroup", locked=True, uid=4), _entry(6, 4, "/sys/fs/cgroup/own", uid=6)]
+    groups = userns_cr.lock_groups(entries)
+    assert {top: [m["id"] for m in members] for top, members in groups.items()} == {3: [4, 5]}
+
+
+def test_a_covered_member_of_a_locked_subtree_is_refused_naming_it():
+    top = _entry(3, 1, "/sys")
+    members = [_entry(4, 3, "/sys/fs/cgroup", locked=True, uid=4), _entry(5, 3, "/sys/fs/cgroup", locked=True, uid=5)]
+    with pytest.raises(userns_cr.UsernsError, match=r"mount 5 \(/sys/fs/cgroup\): locked below the unlocked mount 3 "
+                                                    r"\(/sys\) and covered there"):
+        userns_cr._check_group(top, members, ["atime"], set())
+    with pytest.raises(userns_cr.UsernsError, match="whose atime is not locked"):
+        userns_cr._check_group(top, members[:1], [], set())
+
+
+def test_a_daemon_superblock_made_inside_a_user_namespace_is_refused_at_dump(monkeypatch):
+    # fuse (rootless fuse-overlayfs) is made by its type's own hook, which cannot make it owned.
+    import types
+    monkeypatch.setattr(userns_cr, "sb_owner_candidates", lambda tree, plan: [])
+    owners = {"0:99": "user-1", "0:98": "user-1"}
+    monkeypatch.setattr(userns_cr.sbowner, "probe", lambda pid, mounts, cands, clone=None: owners)
+    mounts = [types.SimpleNamespace(mnt_id=7, mountpoint="/run/c", dev="0:98"),
+              types.SimpleNamespace(mnt_id=8, mountpoint="/run/c/fuse", dev="0:99")]
+    sbs = {"sb-0": {"fstype": "tmpfs"}, "sb-1": {"fstype": "fuse.zdtm"}}
+    with pytest.raises(userns_cr.UsernsError, match=r"mount 8 \(/run/c/fuse\) on fuse.zdtm: its superblock was "
+                                                    "made inside a user namespace"):
+        userns_cr.record_sb_owners(1, mounts, {"0:98": "sb-0", "0:99": "sb-1"}, sbs, [], {})

@@ -115,7 +115,8 @@ class Host:
         while procs_with(self.img) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert procs_with(self.img) == [], "restore processes (stand-ins) left behind"
-        assert not self.guard.check(), leakguard.describe(self.guard.check())
+        leaked = self.guard.own_leaks(self.img, self.victim)
+        assert not leaked, leakguard.describe(leaked)
         assert not self.guard.gone(), "a host mount disappeared"
         assert not self.guard.changed(), leakguard.describe_changed(self.guard.changed())
         assert not _new_loops(self.loops, self.img, self.victim), "a loop device was left attached"

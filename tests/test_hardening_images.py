@@ -106,7 +106,7 @@ def restore_outcome(img: str, rext: list[str], workdir: str) -> tuple[int, str]:
         assert lines[0].startswith("mntcr restore: "), lines[0]
         assert "Traceback" not in r.stderr
         assert not os.path.exists(pidfile), "a refused restore wrote a pid file"
-    leaked = guard.check()
+    leaked = guard.own_leaks(img, workdir)
     assert not leaked, leakguard.describe(leaked)
     assert tree_hash(img) == digest, "restore changed the image directory"
     return r.returncode, r.stderr.strip()

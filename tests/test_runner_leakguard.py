@@ -25,6 +25,21 @@ START = """\
 """
 
 
+def test_engine_tests_fail_for_their_own_leaks_only(tmp_path):
+    """own_leaks: a mount in the test's directory (or the engine's names) is the test's; perf's
+    tracefs on /sys/kernel/tracing, which once failed an engine test, is a warning."""
+    table = tmp_path / "mountinfo"
+    table.write_text(START)
+    guard = leakguard.Guard(str(table))
+    table.write_text(START
+                     + "172 23 0:13 / /sys/kernel/tracing rw,relatime - tracefs none rw\n"
+                     + f"173 22 0:60 / {tmp_path}/work/m rw - tmpfs t rw\n"
+                     + "174 22 0:61 / /srv/x rw - tmpfs mntcr-scratch rw\n")
+    with pytest.warns(UserWarning, match="/sys/kernel/tracing"):
+        own = guard.own_leaks(str(tmp_path / "work"))
+    assert sorted(m.mnt_id for m in own) == [173, 174]
+
+
 def test_leaked_on_made_up_tables():
     end = START + "99 22 0:50 / /mnt/leak rw shared:7 - tmpfs zdtm-leak rw\n"
     leaks = leakguard.leaked(START, end)

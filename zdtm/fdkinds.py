@@ -61,6 +61,13 @@ def _socket(c: int) -> str:
             out += f" name={s.getsockname()!r} listening={listening} connected={peer is not None}"
             if not listening:
                 out += f" inq={_inq(c)}"
+        elif fam == socket.AF_NETLINK:
+            # (protocol, port id, groups, peer: a restore binds the same port id again)
+            raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS
+            groups = [32 * i + b + 1 for i, w in enumerate(struct.unpack(f"{len(raw) // 4}I", raw))
+                      for b in range(32) if w >> b & 1]
+            out += (f" protocol={s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)} name={s.getsockname()!r}"
+                    f" groups={groups} peer={s.getpeername()!r}")
         return out
     finally:
         s.close()

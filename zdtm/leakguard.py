@@ -236,6 +236,26 @@ class Guard:
         """Everything that changed since creation."""
         return Changes.between(self.start, self._read())
 
+    def own_leaks(self, *marks: str) -> list[mountinfo.Mount]:
+        """New mounts carrying one of `marks` or one of ENGINE_MARKS (see `carries`); any other new
+        mount is another program's (perf mounting tracefs, an automount, a container runtime) and
+        only warned about, so an engine test fails for its own leaks, never for a neighbour's."""
+        import warnings
+        own, foreign = Changes(new=self.check()).split(marks + engine_marks())
+        if foreign:
+            warnings.warn("mounts appeared on the host during the test, not the engine's (left "
+                          "alone): " + describe(foreign.new).replace("\n", "; "))
+        return own.new
+
+
+def engine_marks() -> tuple[str, ...]:
+    """Where a mount the engine or runner leaked would show: the temporary directory (work and
+    image directories, scratch), the engine's run directory, the cache, and the names it gives
+    its own sources."""
+    import tempfile
+    cache = os.environ.get("MNTCR_CACHE") or os.path.expanduser("~/.cache/mntcr")
+    return (tempfile.gettempdir(), "/run/mntcr", cache, "mntcr", "zdtm")
+
 
 class Tracker:
     """Per-test attribution: `step()` after each test returns its new and its vanished mounts.

@@ -39,7 +39,8 @@ class DumpFd:
     pidfd: int           # pidfd of the process (the tree is stopped)
     objects: dict        # the image's "objects", shared by all fds of the dump
     mnt: int = 0         # fdinfo mnt_id
-    scratch: dict = field(default_factory=dict)   # per-dump caches of the kinds (e.g. sock_diag tables)
+    # Per-dump caches of the kinds (e.g. sock_diag tables); scratch["takes"]: FdTable's `takes`.
+    scratch: dict = field(default_factory=dict)
     in_ns: object = None                          # what the kind's in_ns hook read
     place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}
     mounts: list = field(default_factory=list)    # engine.mountinfo.Mount of the process's namespace
@@ -161,17 +162,50 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    # The package's modules as pkgutil.iter_modules lists them, without importing pkgutil (and
-    # typing with it: ~7 ms of every dump and restore).
-    for name in sorted({n[:-3] for d in __path__ for n in os.listdir(d) if n.endswith(".py")}):
-        if name not in ("sys", "__init__"):
-            importlib.import_module(f"{__name__}.{name}")
+    for name in sorted(_module_names()):
+        importlib.import_module(f"{__name__}.{name}")
+
+
+_names: frozenset[str] | None = None
+
+
+def _module_names() -> frozenset[str]:
+    """The kind modules, as pkgutil.iter_modules lists them, without importing pkgutil (and typing
+    with it: ~7 ms of every dump and restore)."""
+    global _names
+    if _names is None:
+        _names = frozenset(n[:-3] for d in __path__ for n in os.listdir(d)
+                           if n.endswith(".py") and n[:-3] not in ("sys", "__init__"))
+    return _names
+
+
+def load(names=None) -> None:
+    """Import the modules of the kinds `names`, or of every kind, now: dump classifies fds in
+    helpers that entered (and chrooted into) a container's mount namespace, and restore's
+    stand-ins run their kinds' hooks in their roots, where this package is out of reach."""
+    if names is None:
+        _load()
+        return
+    for name in names:
+        lookup(name)
 
 
 def lookup(name: str) -> FdKind | None:
-    """The kind called `name` (None when unknown)."""
-    _load()
-    return _REGISTRY.get(name)
+    """The kind called `name` (None when unknown).
+
+    The module named like the kind (fds/NAME.py) is imported first, alone: a restore of files
+    and pipes does not load the others (~8% of a small restore's start-up). Any other name
+    (fifo lives in pipe.py) or one no module registers imports them all, as before.
+    """
+    found = _REGISTRY.get(name)
+    if found is None and not _loaded:
+        if name in _module_names():
+            importlib.import_module(f"{__name__}.{name}")
+            found = _REGISTRY.get(name)
+        if found is None:
+            _load()
+            found = _REGISTRY.get(name)
+    return found
 
 
 def classify(target: str, mode: int) -> FdKind | None:
@@ -205,6 +239,4 @@ def describe(target: str) -> str:
     return target.split(":", 1)[0] if ":[" in target else target
 
 
-# Load every kind now: dump asks for them in helpers that have entered (and chrooted into) a
-# container's mount namespace, where this package's directory is out of reach.
-_load()
+# Which kinds are loaded is up to the caller (`load`): dump loads every kind, restore its image's.

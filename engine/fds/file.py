@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import re
 import stat
 
-from engine.fds import FdKind, RestoreFd, register
+from engine.fds import FdError, FdKind, RestoreFd, register
 
 # Flags that only mattered when the file was opened (or that we set ourselves).
 OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
@@ -29,7 +31,24 @@ def _open(r: RestoreFd) -> int:
 
 
 def _dump(d) -> dict:
+    _refuse_gone_pid_dir(d)
     return {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
+
+
+_PID_DIR = re.compile(r"/(\d+)(?:/|$)")
+
+
+def _refuse_gone_pid_dir(d) -> None:
+    """A file of /proc/N/ whose process N is gone (CRIU's remap_dead_pid): restore reopens paths,
+    and /proc/N/... names no file then (or another process's): refused here, naming it."""
+    m = next((m for m in d.mounts if m.mnt_id == d.mnt), None)
+    if m is None or m.fstype != "proc" or not d.target.startswith(m.mountpoint.rstrip("/") + "/"):
+        return
+    rel = d.target[len(m.mountpoint.rstrip("/")):]
+    hit = _PID_DIR.match(m.root.rstrip("/") + rel)
+    if hit and not os.path.lexists(f"/proc/{d.pid}/root{m.mountpoint.rstrip('/')}/{hit[1]}"):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory, and that "
+                                        "process is gone: not supported")
 
 
 register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90))

@@ -8,8 +8,16 @@ it stay taken until every process holds its fds), unlocks it and gives back
 the terminal's termios and window size; slaves are then opened by path.
 
 A slave whose master the tree does not hold (a terminal from outside, on an
-external devpts) is reopened by path like any device node. Not done:
-controlling terminals and sessions, data in flight.
+external devpts) is reopened by path like any device node.
+
+An fd on /dev/tty (kind `ctty`: a shell opens it for job control, as the
+shell of a tmux pane does) is the process's controlling terminal under
+another name: its stand-in starts a session of its own, makes the restored
+slave its controlling terminal (TIOCSCTTY) and opens the /dev/tty node of
+the restored mount. Only for a process that leads its session (the one that
+acquired the terminal); other members of a session are refused. Not done:
+controlling terminals of processes without a /dev/tty fd, sessions, data in
+flight.
 """
 
 from __future__ import annotations
@@ -153,3 +161,119 @@ def _open(r: RestoreFd) -> int:
 
 register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check,
                 check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30, fields={"end": F(STR), "ptmx": F(DICT)}))
+
+
+# --- /dev/tty: the controlling terminal under another name -------------------------------------
+
+def _is_dev_tty(target: str, mode: int) -> bool:
+    return target.startswith("/") and target.rsplit("/", 1)[-1] == "tty" and stat.S_ISCHR(mode)
+
+
+def _dump_ctty(d) -> dict:
+    st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
+    if st.st_rdev != os.makedev(5, 0):
+        return {}   # a device node called tty that is not /dev/tty: reopened like any node
+    with open(f"/proc/{d.pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    session, tty_nr = int(fields[3]), int(fields[4])
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    if not tty_nr:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that has no controlling terminal "
+                                        "any more: not supported")
+    if session != d.pid:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that does not lead its session "
+                                        f"(session {session}): only a session leader's terminal is restored")
+    if not 136 <= major < 144:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process whose controlling terminal is "
+                                        f"device {major}:{minor}, not a pty: not supported")
+    index = minor + (major - 136) * 256
+    root = f"/proc/{d.pid}/root"
+    from engine import kernel
+    for m in d.mounts:
+        if m.fstype != "devpts":
+            continue
+        path = f"{m.mountpoint.rstrip('/')}/{index}"
+        try:
+            pst = os.stat(root + path, follow_symlinks=False)
+            visible = kernel.statx_mnt_id(root + path, flags=kernel.AT_SYMLINK_NOFOLLOW) == m.mnt_id
+        except OSError:
+            continue
+        if visible and pst.st_rdev == os.makedev(major, minor):
+            loc = d.place(path, m.mnt_id, "controlling terminal")
+            if loc.get("detached"):
+                continue
+            obj = d.scratch.setdefault(("pty", pst.st_dev, index), f"pty-{len(d.objects)}")
+            d.objects.setdefault(obj, {"kind": "pty", "index": index})
+            return {"tty": {"mnt": loc["mnt"], "path": loc["path"]}, "obj": obj}
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process whose controlling terminal (pty {index}) "
+                                    "is on no devpts mount of its namespace: not supported")
+
+
+def _finish_ctty(objects: dict, entries: list[dict]) -> None:
+    """As for slaves: the ptmx of the terminal's master, or by path alone when the tree has none."""
+    masters = {e["obj"]: {k: e[k] for k in ("mnt", "path")} for e in entries
+               if e.get("kind") == "pty" and e["end"] == "master" and not e.get("detached")}
+    for e in entries:
+        if e.get("kind") == "ctty" and "obj" in e:
+            if e["obj"] in masters:
+                e["ptmx"] = masters[e["obj"]]
+            else:
+                if not any(x.get("obj") == e["obj"] for x in entries if x is not e):
+                    objects.pop(e["obj"], None)
+                del e["obj"]
+
+
+def _check_ctty(entry: dict, what: str) -> None:
+    from engine.image import _fail, check_abs_path
+    if "tty" not in entry:
+        if "obj" in entry or "ptmx" in entry:
+            _fail(f"{what}: bad /dev/tty entry")
+        return
+    t = entry["tty"]
+    if not isinstance(t, dict) or set(t) != {"mnt", "path"} or type(t["mnt"]) is not int:
+        _fail(f"{what}: bad controlling terminal")
+    check_abs_path(t["path"], f"{what} controlling terminal")
+    if ("obj" in entry) != ("ptmx" in entry) or ("obj" in entry and not isinstance(entry["obj"], str)):
+        _fail(f"{what}: bad pty of a controlling terminal")
+    if "ptmx" in entry:
+        if not isinstance(entry["ptmx"], dict) or type(entry["ptmx"].get("mnt")) is not int:
+            _fail(f"{what}: bad ptmx of a controlling terminal")
+        check_abs_path(entry["ptmx"].get("path"), f"{what} ptmx")
+
+
+def _open_ctty(r: RestoreFd) -> int:
+    from engine.fds import file
+    e = r.entry
+    if "tty" not in e:
+        return file._open(r)
+    if "obj" in e:
+        if r.objects[e["obj"]].get("kind") != "pty":
+            raise FdError(errno.EINVAL, f"{r.where}: its terminal {e['obj']} is no pty of the image")
+        _master(r, e["obj"])   # (the pty exists before its slave is opened by path)
+    fds = []
+    try:
+        fds.append(r.open_at(e["tty"]["mnt"], e["tty"]["path"], os.O_RDWR | os.O_NOCTTY))
+        fds.append(r.open_at(e["mnt"], e["path"], os.O_PATH))
+        fds.append(r.proc if r.proc >= 0 else os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+        flags = e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL | os.O_NOCTTY | os.O_CLOEXEC)
+        return r.standin("ctty", {"flags": flags}, fds)[0]
+    finally:
+        for x in fds:
+            if x != r.proc:
+                os.close(x)
+
+
+def _ctty_in(args, fds):
+    """In the stand-in: a session of its own with the slave fds[0] as its controlling terminal, then
+    /dev/tty (the node fds[1]) opened through a procfs (fds[2]: its self/fd/N is ours)."""
+    slave, node, proc = fds
+    if os.getsid(0) != os.getpid():
+        os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    return None, [os.open(f"self/fd/{node}", args["flags"] | os.O_CLOEXEC, dir_fd=proc)]
+
+
+register(FdKind(name="ctty", matches=_is_dev_tty, dump=_dump_ctty, open=_open_ctty, placed=True, check=_check_ctty,
+                finish=_finish_ctty, standin={"ctty": _ctty_in}, order=29,
+                mounts=lambda e: [e[k]["mnt"] for k in ("tty", "ptmx") if k in e],
+                fields={"tty": F(DICT, required=False), "ptmx": F(DICT, required=False)}))

@@ -15,25 +15,38 @@ filesystem's mounts, covered ones too (through clones, beneath an
 overmount). At restore the name is bound again as dumped with its file in
 that directory, whatever the name leads to from the stand-in (_bind_beside),
 through a read-write mount of the superblock when the one found is read-only.
+A socket file on a mount lazily unmounted since (the socket keeps that mount
+alive) is found by the kernel itself (SIOCUNIXFILE) and bound again on that
+detached mount, restored like any other (engine/detached.py). When only the
+socket holds that mount, the rest of its files are out of reach and not kept
+(the socket file's directories are made again).
 
-Queued datagrams (pairs, and a survivor whose peer is gone) are peeked with
-a peek offset; fds in flight with them come with each peek and are kept as
-files or FIFOs on mounts of the tree, sent again with their message at
-restore.
+Queued datagrams (pairs, a survivor whose peer is gone, and a named socket
+other sockets sent to) are peeked with a peek offset; fds in flight with them
+come with each peek and are kept as files or FIFOs on mounts of the tree, sent
+again with their message at restore. A named socket's datagrams are sent again
+once every process holds its fds, each from its sender: the tree's socket of
+the sender's name, or a fresh unbound socket for an unbound sender.
 
 A datagram socket connected to a named socket of the tree, and the client of
 a connection its listener has not accepted yet (sock_diag's icons list them in
 queue order), are made unconnected and connected again once every process
 holds its fds (the restorer's late steps), through the socket file on the
-restored mount by a /proc magic link, or by the abstract name.
+restored mount by a /proc magic link, or by the abstract name. What such a
+client had sent waits in the server end the kernel made for the connection,
+which no fd reaches: dump's last step (`takes`, the tree is killed after)
+accepts those connections and reads it, and restore sends it again from the
+client once connected, for the listener's accept() to read.
 
 Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
 namespace, read in a child that joins it). Not done yet (refused at dump):
 fds in flight on a stream or a listener, other kinds in flight, data a
-pending connection's client already sent, datagrams queued on a named socket,
-a connection to a named socket outside the tree, a path name whose file is
-only on a detached mount, and, before Linux 6.15, a name restore could not
-bind where its file was (_bindable_here).
+pending connection's client already sent when the tree keeps running
+(--leave-running: only accept() reads it), a datagram queued on a named socket
+from a sender name no socket of the tree holds, a connection to a named
+socket outside the tree, a path name whose file is only on a detached mount
+where the kernel lacks SIOCUNIXFILE, and, before Linux 6.15, a name restore
+could not bind where its file was (_bindable_here).
 """
 
 from __future__ import annotations
@@ -49,7 +62,7 @@ import struct
 from engine import forkrun, kernel
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
-from engine.fds import FdError, FdKind, RestoreFd, register
+from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog
 
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
@@ -122,6 +135,11 @@ def _name(raw) -> dict:
 
 
 def _dump(d) -> dict:
+    c = d.copy()
+    with socket.socket(fileno=os.dup(c)) as s:
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
+            from engine.fds import netlink
+            return {"kind": "netlink", **netlink.dump(d, s)}   # (a kind of its own, engine/fds/netlink.py)
     out = _dump_one(d)
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     out["_ino"] = f"{os.stat(f'/proc/{d.pid}/ns/net').st_ino}:{st.st_ino}"   # (for _finish, then dropped)
@@ -135,9 +153,10 @@ def _dump_one(d) -> dict:
         fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
         typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         if fam != socket.AF_UNIX:
-            what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6", socket.AF_NETLINK: "netlink",
+            what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6",
                     socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix sockets)")
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix and netlink "
+                                            "sockets)")
         if typ not in TYPES:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket of type {typ} is not supported")
         ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
@@ -147,6 +166,14 @@ def _dump_one(d) -> dict:
             diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
         rec = diag.get(ino, {})
         out = {"type": TYPES[typ], **_name(s.getsockname())}
+        if "path" in out:
+            from engine.image import ImageError
+            try:
+                _check_name(out["path"], "name")
+            except ImageError:
+                # (one with '.', '..' or '//': restore's validator would refuse the image)
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {out['path']!r}, not a normalised name "
+                                                "(the only names the image keeps): not supported") from None
         peer = rec.get("peer")
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:
@@ -165,7 +192,7 @@ def _dump_one(d) -> dict:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
             out["listen"] = max(rec.get("wqueue", 128), 1)
             if rec.get("rqueue"):
-                out["_pending"] = _pending(d, rec, diag, netns)
+                out["_pending"] = _pending(d, rec, diag, netns, typ)
                 out["_where"] = d.where
             return out
         embryos = d.scratch.get(("unix-embryos", netns))
@@ -189,9 +216,21 @@ def _dump_one(d) -> dict:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
                                                 "not supported yet")
             return out
-        if not peer and ("path" in out or "abstract" in out) and _inq(c):
-            # (datagrams other sockets sent to its name: each would have to come back from its sender)
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: datagrams queued on a named unix socket: not supported")
+        if not peer and typ == socket.SOCK_DGRAM and ("path" in out or "abstract" in out) and rec.get("state") == 1:
+            # A client connected to it once (logger to /dev/log): the kernel marks it established
+            # for good (/proc/net/unix shows it); restore connects a throwaway socket to it too.
+            out["reached"] = True
+        if not peer and ("path" in out or "abstract" in out) and (inflight or _inq(c)):
+            # Datagrams other sockets sent to its name (a syslog or sd_notify socket's backlog): sent
+            # again at restore, in order, each from its sender: an unbound one from a fresh unbound
+            # socket, a named one from the tree's socket of that name (_finish finds it).
+            senders: list = []
+            out["msgs"] = _peek_messages(s, d, inflight, senders)
+            out["mnts"] = _inflight_mounts(out["msgs"])
+            if any(senders):
+                out["_senders"] = senders
+                out["_where"] = d.where
+            return out
         if peer and diag.get(peer, {}).get("peer") != ino:
             out.update(_connected_to(d, s, typ, peer, diag, netns, inflight))
             return out
@@ -244,10 +283,13 @@ def _embryos(diag: dict) -> dict[int, tuple[int, int]]:
     return out
 
 
-def _pending(d, rec: dict, diag: dict, netns: int) -> list[str]:
+def _pending(d, rec: dict, diag: dict, netns: int, typ: int) -> list[str]:
     """The clients ("netns:inode") of a listener's pending connections, which restore connects again
-    in queue order; refused where that cannot be exact (data the client sent already waits there,
-    or the queue is not what sock_diag lists)."""
+    in queue order; refused where that cannot be exact (a client gone, the queue not what sock_diag
+    lists). Data a client sent already waits in the server end the kernel made for the
+    connection, which no fd reaches before accept(): a step dump runs last (`takes`) accepts the
+    connections up to the last such one and reads it, for restore to send again from the client
+    once connected; with --leave-running (no `takes`) that is refused."""
     icons = rec.get("icons") or []
     if len(icons) != rec.get("rqueue"):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with {rec.get('rqueue')} connections not "
@@ -255,12 +297,22 @@ def _pending(d, rec: dict, diag: dict, netns: int) -> list[str]:
     # (sock_diag names each pending connection by its client's inode, the server end having none
     # yet; what the client sent is still charged to the client's send buffer, its wqueue)
     out = []
-    for client in icons:
-        if client not in diag or diag[client].get("wqueue"):
+    last = -1
+    for i, client in enumerate(icons):
+        if client not in diag:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted "
-                                            "on which data (or fds) already wait, or whose client is gone: not "
-                                            "supported")
+                                            "whose client is gone: not supported")
+        if diag[client].get("wqueue"):
+            last = i
         out.append(f"{netns}:{client}")
+    if last >= 0:
+        takes = d.scratch.get("takes")
+        if takes is None:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted on "
+                                            "which data already waits: only accept() reads it, which takes the "
+                                            "connection from the tree; not supported with --leave-running")
+        lst = os.dup(d.copy())
+        takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], typ, doc, d.where))
     return out
 
 
@@ -292,6 +344,7 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
 def _finish(objects: dict, entries: list[dict]) -> None:
     """Refuse a socket connected to a named socket that no process of the tree holds (restore would
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
+    unix_backlog.name_senders([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
     have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
     for e in entries:
         for client in e.pop("_pending", None) or ():
@@ -325,6 +378,9 @@ def _locate(d, name: str, vfs) -> dict:
     ino, kdev = vfs
     dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
     spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
+    detached = _on_detached(d, {m.mnt_id for _pid, mounts in spaces for m in mounts})
+    if detached is not None:
+        return detached
     if name.startswith("/") and not _MAGIC.match(name):
         for pid, _mounts in spaces:
             root = f"/proc/{pid}/root"
@@ -366,6 +422,38 @@ def _locate(d, name: str, vfs) -> dict:
             return found
     raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: its socket file is on no mount of the tree "
                                     "(a detached mount): not supported")
+
+
+SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd on a bound socket's file (what CRIU uses)
+
+
+def _on_detached(d, known: set[int]) -> dict | None:
+    """The socket file's place when it lies on a mount in no namespace of the tree (bound on a mount
+    that was lazily unmounted since: the socket keeps that mount alive), else None. The kernel hands
+    us the file itself (SIOCUNIXFILE), on its very mount; our fd on it stays open for dump's plan of
+    detached mounts (FdTable.unplaced). Without SIOCUNIXFILE: None (the search refuses such a file)."""
+    import fcntl
+    try:
+        f = fcntl.ioctl(d.copy(), SIOCUNIXFILE)
+    except OSError as e:
+        if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.ENOENT):
+            return None
+        raise
+    keep = False
+    try:
+        with open(f"/proc/self/fdinfo/{f}") as info:
+            mnt = next(int(line.split()[1]) for line in info if line.startswith("mnt_id:"))
+        if mnt in known:
+            return None
+        loc = d.place(os.readlink(f"/proc/self/fd/{f}"), mnt, "socket")
+        if not loc.get("detached"):
+            return None
+        d.scratch.setdefault("unplaced", []).append((loc, os.getpid(), f"fd/{f}"))
+        keep = True
+        return loc
+    finally:
+        if not keep:
+            os.close(f)
 
 
 def _bindable_here(d, name: str, normal: bool, moved: bool) -> None:
@@ -458,12 +546,13 @@ SO_PEEK_OFF = 42
 MAX_MSGS = 4096
 
 
-def _peek_messages(s: socket.socket, d, inflight: int) -> list:
+def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None) -> list:
     """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
     without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
     (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
     carries fds (SCM_RIGHTS, `inflight` of them in all): a peek hands us copies of those, each
-    described as an fd on a file of the tree's mounts (_inflight_entry)."""
+    described as an fd on a file of the tree's mounts (_inflight_entry). With `senders`, the
+    sender's name of each message is appended to it ({} for an unbound sender)."""
     saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
     out: list = []
@@ -486,6 +575,8 @@ def _peek_messages(s: socket.socket, d, inflight: int) -> list:
                 if got:
                     msg = {"data": msg, "fds": [_inflight_entry(d, fd) for fd in got]}
                 out.append(msg)
+                if senders is not None:
+                    senders.append(_name(_addr))
             finally:
                 for fd in got:
                     os.close(fd)
@@ -574,15 +665,30 @@ def _inq(fd: int) -> int:
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
+def _name_rule(v) -> str | None:
+    """imageformat rule of a socket's path name: see _check_name."""
+    return path_rule("/" + v if isinstance(v, str) and v and not v.startswith("/") else v)
+
+
+def _check_name(name, what: str) -> None:
+    """A socket's path name as bind() got it: a normalised absolute path, or a relative one
+    (sockname shows it as given: CRIU's sk-unix-rel) without '.', '..' or empty components."""
+    from engine.image import _fail, check_abs_path
+    if isinstance(name, str) and name and not name.startswith("/"):
+        check_abs_path("/" + name, what)
+    else:
+        check_abs_path(name, what)
+
+
 def _check(entry: dict, what: str) -> None:
     from engine.image import _fail, check_abs_path
     if entry.get("type") not in TYPES.values():
         _fail(f"{what}: bad unix socket type")
     if "path" in entry:
-        check_abs_path(entry["path"], what)
+        _check_name(entry["path"], what)
         if len(entry["path"]) > 107:
             _fail(f"{what}: socket path too long")
-        if not isinstance(entry.get("bound"), dict) or entry["bound"].get("detached"):
+        if not isinstance(entry.get("bound"), dict):
             _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
@@ -605,12 +711,38 @@ def _check(entry: dict, what: str) -> None:
                 _fail(f"{what}: bad socket path to connect to")
         else:
             _fail(f"{what}: 'connect' needs an abstract name, or a path with the mount and path of its socket file")
+    if entry.get("reached") and (entry.get("type") != "dgram" or ("path" not in entry and "abstract" not in entry)
+                                 or {"obj", "dangling", "listen"} & set(entry)):
+        _fail(f"{what}: only a named datagram socket is marked reached")
+    sent = entry.get("sent")
+    if sent is not None:
+        stream = entry.get("type") == "stream"
+        if "order" not in (entry.get("connect") or {}) or (stream and not isinstance(sent, str)) \
+                or (not stream and (not isinstance(sent, list) or len(sent) > MAX_MSGS)) \
+                or not all(isinstance(m, str) and 0 < len(m) <= MAX_DATA * 4 // 3 + 4
+                           for m in ([sent] if stream else sent)):
+            _fail(f"{what}: bad data sent on a connection not yet accepted")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
     if "msgs" in entry:
-        if not entry.get("dangling") or entry.get("type") == "stream":
-            _fail(f"{what}: queued messages on a socket that is not the survivor of a pair")
+        named = ("path" in entry or "abstract" in entry) and entry.get("type") == "dgram" \
+            and not {"dangling", "listen", "connect", "obj"} & set(entry)
+        if not named and (not entry.get("dangling") or entry.get("type") == "stream"):
+            _fail(f"{what}: queued messages on a socket that is neither the survivor of a pair nor a named "
+                  "datagram socket")
         _check_msgs(entry["msgs"], what)
+        senders = entry.get("senders")
+        if senders is not None and (not named or not isinstance(senders, list)
+                                    or len(senders) != len(entry["msgs"])
+                                    or not all(x is None or (isinstance(x, str) and unix_backlog.SENDER_ID.match(x))
+                                               for x in senders)):
+            _fail(f"{what}: bad senders of queued datagrams")
+    elif "senders" in entry:
+        _fail(f"{what}: senders without queued datagrams")
+    sid = entry.get("sender_id")
+    if sid is not None and (entry.get("type") != "dgram" or not isinstance(sid, str)
+                            or not unix_backlog.SENDER_ID.match(sid)):
+        _fail(f"{what}: bad sender id")
     if "mnts" in entry and (not all(type(x) is int for x in entry["mnts"]) or len(entry["mnts"]) > 253 * MAX_MSGS):
         _fail(f"{what}: bad mounts of fds in flight")
 
@@ -653,7 +785,7 @@ def _check_object(obj: dict, what: str) -> None:
         if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
             _fail(f"{what}: bad listener name of a socket pair")
         if "path" in via:
-            check_abs_path(via["path"], what)
+            _check_name(via["path"], what)
             if len(via["path"]) > 107 or _MAGIC.match(via["path"]):
                 _fail(f"{what}: bad listener path of a socket pair")
         elif not isinstance(via["abstract"], str) or len(via["abstract"]) > 148:
@@ -877,13 +1009,20 @@ def _open(r: RestoreFd) -> int:
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "msgs") if k in e}
-        sent = _open_inflight(r, e.get("msgs") or ())
+        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling") if k in e}
+        sent = []
+        if e.get("dangling"):
+            spec["msgs"] = e.get("msgs")
+            sent = _open_inflight(r, e.get("msgs") or ())
         if "bound" in e:
             # The directory of its socket file, on the restored mount: the stand-in binds there.
             b = e["bound"]
             parent = b["path"].rsplit("/", 1)[0] or "/"
-            sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
+            try:
+                sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
+            except KeyError:
+                raise FdError(errno.EINVAL, f"{r.where}: its socket file is on mount {b['mnt']}, which the image "
+                                            "does not have") from None
             spec["base"] = b["path"].rsplit("/", 1)[1]
         try:
             fd = r.standin("make", spec, sent)[0]
@@ -892,36 +1031,74 @@ def _open(r: RestoreFd) -> int:
                 os.close(x)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
+    if "sender_id" in e:
+        # (it sent datagrams still queued on a named socket: they are sent from it again)
+        mine = os.dup(fd)
+        r.keep.append(mine)
+        r.state.setdefault("unix-senders", {})[e["sender_id"]] = mine
+    if e.get("reached"):
+        r.late.append((f"{r.where}: connecting a socket to it", lambda: _reach(r, e)))
+    if "msgs" in e and not e.get("dangling"):
+        r.late.append((f"{r.where}: sending its queued datagrams again", lambda: unix_backlog.deliver(r, e)))
     if "connect" in e:
         mine = os.dup(fd)
         r.keep.append(mine)
         c = e["connect"]
         # (a listener's pending connections connect in their queue order)
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
-                       lambda: _connect(r, mine, c), c.get("order", -1)))
+                       lambda: _connect(r, mine, c, e.get("sent")), c.get("order", -1)))
     return fd
 
 
-def _connect(r: RestoreFd, fd: int, c: dict) -> None:
+def _reach(r: RestoreFd, e: dict) -> None:
+    """Connect a throwaway datagram socket to named socket `e` (made by now) and close it, as a
+    client once did: the kernel marks `e` established. An abstract name from the stand-in (a new
+    socket's network namespace is its maker's); a path from here, through its socket file."""
+    if "abstract" in e:
+        r.standin("reach", e["abstract"])
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        _connect_to(r, s, {"mnt": e["bound"]["mnt"], "at": e["bound"]["path"]})
+
+
+def _reach_in(name, fds):
+    """In the stand-in: _reach for abstract name `name` (base64)."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        s.connect(b"\0" + base64.b64decode(name))
+    return None, []
+
+
+def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
     """Connect our copy `fd` of a restored socket to the named socket `c` (made by now): an abstract
     name in the socket's own network namespace; a path through its socket file on the restored
-    mount (a /proc magic link from here: the name needs to lead nowhere from the restorer)."""
+    mount (a /proc magic link from here: the name needs to lead nowhere from the restorer). Then
+    send what the client of a pending connection had sent (`sent`: stream bytes, or messages),
+    which waits for the listener's accept() again."""
     s = socket.socket(fileno=os.dup(fd))
     try:
-        if "abstract" in c:
-            s.connect(b"\0" + base64.b64decode(c["abstract"]))
-            return
-        at = r.open_at(c["mnt"], c["at"], os.O_PATH | (os.O_NOFOLLOW if c["at"].strip("/") else 0))
-        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
-        try:
-            os.fchdir(r.proc)
-            s.connect(f"self/fd/{at}")
-        finally:
-            os.fchdir(cwd)
-            os.close(cwd)
-            os.close(at)
+        _connect_to(r, s, c)
+        for m in [sent] if isinstance(sent, str) else sent or ():
+            try:
+                s.sendall(base64.b64decode(m), socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                raise FdError(errno.EAGAIN, "the data its client had sent does not fit its send buffer") from None
     finally:
         s.close()
+
+
+def _connect_to(r: RestoreFd, s: socket.socket, c: dict) -> None:
+    if "abstract" in c:
+        s.connect(b"\0" + base64.b64decode(c["abstract"]))
+        return
+    at = r.open_at(c["mnt"], c["at"], os.O_PATH | (os.O_NOFOLLOW if c["at"].strip("/") else 0))
+    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        os.fchdir(r.proc)
+        s.connect(f"self/fd/{at}")
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+        os.close(at)
 
 
 def _open_inflight(r: RestoreFd, msgs) -> list[int]:
@@ -947,9 +1124,13 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
 
 
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e else []) + list(e.get("mnts", ()))
+                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e and not e["bound"].get("detached") else [])
+                + list(e.get("mnts", ()))
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
-                check=_check, check_object=_check_object, standin={"make": _make, "via": _via}, prepare=_prepare, fields={
-                        "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=path_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
+                check=_check, check_object=_check_object, prepare=_prepare,
+                standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
+                        "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
-                        "msgs": F(LIST, required=False), "mnts": F(LIST, required=False)}))
+                        "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
+                        "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
+                        "sent": F(STR + LIST, required=False), "reached": F(BOOL, required=False)}))

@@ -212,9 +212,22 @@ def register(fs: FsType) -> FsType:
 
 
 def lookup(fstype: str) -> FsType | None:
-    """The FsType for a mountinfo fstype (``fuse.x`` looks up ``fuse``), or None if unsupported."""
-    _load()
-    return _REGISTRY.get(fstype) or _REGISTRY.get(fstype.split(".", 1)[0])
+    """The FsType for a mountinfo fstype (``fuse.x`` looks up ``fuse``), or None if unsupported.
+
+    The module named like the type (engine/fs/NAME.py) is imported first, alone: a restore of a
+    few types then loads a few modules, not all of them (~10 ms of CPU a run). Any other name
+    (ext2 lives in ext4.py) or one no module registers imports them all, as before.
+    """
+    base = fstype.split(".", 1)[0]
+    found = _REGISTRY.get(fstype) or _REGISTRY.get(base)
+    if found is None and not _loaded:
+        if base in _module_names():
+            _import(base)
+            found = _REGISTRY.get(fstype) or _REGISTRY.get(base)
+        if found is None:
+            _load()
+            found = _REGISTRY.get(fstype) or _REGISTRY.get(base)
+    return found
 
 
 def supported() -> list[str]:
@@ -290,21 +303,41 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    # The package's modules as pkgutil.iter_modules lists them, without importing pkgutil (and
-    # typing with it: ~7 ms of every dump and restore).
-    for name in sorted({n[:-3] for d in __path__ for n in os.listdir(d) if n.endswith(".py")}):
-        if name.startswith("_"):
-            continue
-        _current_module.append(name)
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-        finally:
-            _current_module.pop()
+    for name in sorted(_module_names()):
+        _import(name)
 
 
-def load() -> None:
-    """Import every type module now (the restorer does before it pivots into a restored root)."""
-    _load()
+_names: frozenset[str] | None = None
+
+
+def _module_names() -> frozenset[str]:
+    """The type modules of the package (helpers, "_name", left out), as pkgutil.iter_modules lists
+    them, without importing pkgutil (and typing with it: ~7 ms of every dump and restore)."""
+    global _names
+    if _names is None:
+        _names = frozenset(n[:-3] for d in __path__ for n in os.listdir(d)
+                           if n.endswith(".py") and not n.startswith("_"))
+    return _names
+
+
+def _import(name: str) -> None:
+    """Import type module `name` (once), noting which types it registers."""
+    _current_module.append(name)
+    try:
+        importlib.import_module(f"{__name__}.{name}")
+    finally:
+        _current_module.pop()
+
+
+def load(fstypes=None) -> None:
+    """Import the modules of the types `fstypes` (mountinfo names), or of every type, now: the
+    restorer looks types up after it pivots into a restored root, where this package is out of
+    reach."""
+    if fstypes is None:
+        _load()
+        return
+    for name in fstypes:
+        lookup(name)
 
 
 # The memory filesystem the engine makes for its own work (restore's yard), never a dumped one.

@@ -6,13 +6,18 @@ when the overlay was mounted*: mounts younger than the overlay (64-bit unique
 mount ids only grow) are skipped, so a layer that was overmounted afterwards
 is still found beneath the overmount (overlayfs-cr-thread.txt, case b).
 Before Linux 6.8 there are no unique ids, and legacy ids (the lowest free
-number) say nothing certain about age: `overmounted_after` names a layer
-directory that is itself a mount point with a larger legacy id than the
-overlay (it may have been mounted over the layer afterwards), and dump
-refuses it (engine.strategy, layers=refuse-ambiguous). A layer path crossing
-a mount above the layer directory is taken as it resolves now (the common
-case: layers on a tmpfs mounted before them; ids restored by our own restore
-are not in creation order, so they cannot decide that case either).
+number) say nothing certain about age. Then the layer's files decide:
+overlayfs shows a layer's files with their own inode numbers, sizes and times
+(ovl_getattr passes them through), so where a layer path crosses more than
+one mount (`stack_beneath`: the one it resolves to now, and each one a lazy
+unmount of that would uncover), dump looks at the directory on each of them
+in a private copy of the namespace (`look_beneath`) and takes the topmost
+whose files the overlay shows; else the only one that has the directory at
+all (`told_by_files`). When nothing tells, the layer is taken as it resolves
+now, unless that mount may have been mounted over it after the overlay (the
+layer directory is its mount point and its legacy id is larger than the
+overlay's: `overmounted_after`) or lacks the directory: then dump refuses it
+(engine.strategy, layers=refuse-ambiguous), the tree left running.
 
 Restore: a forked helper builds a private "yard" where each original layer
 path leads to a clone of the recorded layer directory, chroots into it and
@@ -25,10 +30,11 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from dataclasses import dataclass
 
-from engine import channel, kernel
+from engine import channel, forkrun, kernel
 from engine.standin import fsmount
 from engine.fs import FsError, FsType, register
 from engine.image import is_beneath, rel_to
@@ -100,6 +106,141 @@ def overmounted_after(path: str, mounts, overlay_id: int):
     return m if m is not None and m.mountpoint == path and m.mnt_id > overlay_id else None
 
 
+def stack_beneath(path: str, mounts) -> list:
+    """The mounts a walk of layer `path` ends on, topmost first: the one it resolves to now, then,
+    each time that mount is taken away with what is mounted on it (a lazy unmount), the next one;
+    up to the namespace root."""
+    left = list(mounts)
+    out = []
+    while len(out) < _MAX_STACK:
+        m = _top(path, left, None, False)
+        if m is None:
+            break
+        out.append(m)
+        if m.mountpoint == "/":
+            break
+        gone, todo = set(), [m.mnt_id]
+        children: dict[int, list[int]] = {}
+        for x in left:
+            children.setdefault(x.parent_id, []).append(x.mnt_id)
+        while todo:
+            mid = todo.pop()
+            if mid not in gone:
+                gone.add(mid)
+                todo.extend(children.get(mid, ()))
+        left = [x for x in left if x.mnt_id not in gone]
+    return out
+
+
+_MAX_STACK = 16        # mounts stacked over one layer path that dump looks beneath
+_MAX_ENTRIES = 256     # entries of a layer directory compared with the overlay's
+
+
+def _print(st: os.stat_result) -> tuple:
+    """What overlayfs passes through of a layer's file: its type, inode number (real for
+    non-directories, and for directories when all layers share a filesystem), size and times."""
+    kind = stat.S_IFMT(st.st_mode)
+    return (kind, st.st_ino, 0 if kind == stat.S_IFDIR else st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _dev(st: os.stat_result) -> str:
+    return f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+
+
+def _open_root(roots: list[str], overlay_dev: str) -> int | None:
+    """An fd on the overlay's root directory: the first mount point of `roots` that leads to it."""
+    for mp in roots:
+        try:
+            fd = os.open(mp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        if _dev(os.fstat(fd)) == overlay_dev:
+            return fd
+        os.close(fd)
+    return None
+
+
+def _listing(path: str, dev: str) -> tuple | None | bool:
+    """(directory's _print, its identity, {name: _print} of up to _MAX_ENTRIES entries) of directory
+    `path`; None when there is none; False when it is on another device than `dev`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    try:
+        here = os.fstat(fd)
+        if _dev(here) != dev:
+            return False
+        names = {}
+        for name in sorted(os.listdir(fd))[:_MAX_ENTRIES]:
+            try:
+                names[name] = _print(os.stat(name, dir_fd=fd, follow_symlinks=False))
+            except OSError:
+                continue
+        return _print(here), (here.st_dev, here.st_ino), names
+    finally:
+        os.close(fd)
+
+
+def look_beneath(path: str, stack: list[tuple[str, str]], roots: list[str], overlay_dev: str) -> list[dict] | None:
+    """In a private copy of the namespace (engine.dump's in_ns_copy), at its root: for each mount of
+    `stack` ((mount point, device) of stack_beneath's mounts), whether directory `path` is on it, its
+    identity, and how many of its files the overlay shows as its own (same name, same _print); the
+    mounts are unmounted one by one to reach the next. None when the overlay's root (a mount point
+    of `roots`, maybe beneath the same covers) is out of reach, or the copy is not as dump read it."""
+    merged = None
+    seen = []
+    try:
+        for i, (mountpoint, dev) in enumerate(stack):
+            if merged is None:
+                merged = _open_root(roots, overlay_dev)
+            got = _listing(path, dev)
+            if got is False:
+                return None   # not the mount dump expects here: the copy differs
+            seen.append(got)
+            if i + 1 == len(stack):
+                break
+            try:
+                kernel.umount2(mountpoint, kernel.MNT_DETACH)
+            except OSError:
+                break
+        if merged is None:
+            return None
+        top = _print(os.fstat(merged))
+        out = []
+        for got in seen:
+            if got is None:
+                out.append({"found": False, "pos": 0, "ident": None})
+                continue
+            mine, ident, names = got
+            pos = int(mine == top)
+            for name, p in names.items():
+                try:
+                    pos += _print(os.stat(name, dir_fd=merged, follow_symlinks=False)) == p
+                except OSError:
+                    continue
+            out.append({"found": True, "pos": pos, "ident": ident})
+        return out
+    finally:
+        if merged is not None:
+            os.close(merged)
+
+
+def told_by_files(looked: list[dict] | None) -> int | None:
+    """Which of the stack's mounts holds the layer, by look_beneath's findings: the topmost of those
+    showing files of the overlay, when they are all one directory; else the only one that has the
+    directory at all; None when neither tells."""
+    if not looked:
+        return None
+    for want in (lambda x: x["pos"] > 0, lambda x: x["found"]):
+        hits = [i for i, x in enumerate(looked) if want(x)]
+        if hits and len({looked[i]["ident"] for i in hits}) == 1:
+            return hits[0]
+        if hits:
+            return None   # two directories: nothing tells which
+    return None
+
+
 # --- restore side -------------------------------------------------------------------
 
 def yard_binds(layers: list[dict]) -> list[tuple[str, int, str]]:
@@ -126,8 +267,9 @@ def yard_binds(layers: list[dict]) -> list[tuple[str, int, str]]:
 
 
 def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, str | None]],
-           chan: channel.Channel) -> None:
-    """In a forked child: a yard where the layer clones sit at their original paths, then create the overlay."""
+           userns_fd: int | None, chan: channel.Channel) -> None:
+    """In a forked child: a yard where the layer clones sit at their original paths, then create the
+    overlay (from inside user namespace `userns_fd` as its root, when one owns it)."""
     kernel.unshare(kernel.CLONE_NEWNS)
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
     yard = kernel.scratch_tmpfs()
@@ -146,12 +288,28 @@ def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, st
             os.makedirs(rel)
         kernel.move_mount(layer_fd, "", kernel.AT_FDCWD, "/" + rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
     os.chdir("/")
+    if userns_fd is not None:
+        _become_owner(userns_fd)
     mfd = fsmount("overlay", source, params)
     chan.send(("ok", None), [mfd])
 
 
-def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
-    """Create the overlay superblock; `binds` are (original path, O_PATH fd of the directory to show there).
+def _become_owner(userns_fd: int) -> None:
+    """Join the user namespace that made the overlay, in a copy of the yard it owns (fsopen needs
+    that), as its root when it maps one: the overlay belongs to it and works on its layers with
+    those credentials, as the one dumped did (never with the restorer's)."""
+    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    kernel.unshare(kernel.CLONE_NEWNS)
+    try:
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
+    except OSError as e:
+        raise OSError(e.errno, "its user namespace maps no root to make it as") from None
+
+
+def create(source: str, super_opts, binds: list[tuple[str, int]], userns_fd: int | None = None) -> int:
+    """Create the overlay superblock; `binds` are (original path, O_PATH fd of the directory to show there);
+    `userns_fd`: the user namespace it is made in (which owns it), None for the caller's.
 
     The clones are made here, in the caller's namespace (older kernels clone
     only mounts of the caller's own namespace); the helper attaches them.
@@ -161,7 +319,7 @@ def create(source: str, super_opts, binds: list[tuple[str, int]]) -> int:
     try:
         for path, fd in binds:
             clones.append((path, kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)))
-        _, fds = channel.call_in_child(_build, clones, source, params)
+        _, fds = channel.call_in_child(_build, clones, source, params, userns_fd)
     finally:
         for _, fd in clones:
             os.close(fd)
@@ -174,6 +332,45 @@ def _oldest(sid: str, mntns_doc: dict, unique: bool):
     """(namespace name, mount entry) of the superblock's oldest mount: the overlay's creation."""
     users = [(ns_name, e) for ns_name, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid]
     return min(users, key=lambda u: ((u[1]["uid"] if unique else None) or u[1]["id"]))
+
+
+def _by_files(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[tuple[int, str] | None, bool]:
+    """Without unique ids, where the layer path crosses mounts (each may have been mounted after the
+    overlay, over what held the layer): the mount of the stack there whose directory holds files the overlay shows (overlayfs passes their inode numbers and
+    times through) and the path inside it, else None; and whether the path is missing on the mount
+    it resolves to now. Looks beneath the covers in a private copy of the namespace."""
+    mounts = plan.ns_mounts[ns_name]
+    stack = stack_beneath(path, mounts)
+    roots = [e["mountpoint"] for e in plan.mntns_doc[ns_name]["mounts"] if e["sb"] == sid and e["root"] == "/"]
+    if len(stack) < 2 or not roots:
+        return None, False   # nothing beneath (a layer on the namespace root), or no overlay root to compare
+    try:
+        looked = plan.in_ns_copy(ns_name, look_beneath, path, [(m.mountpoint, m.dev) for m in stack], roots,
+                                 sb["dev"])
+    except (OSError, forkrun.ChildError):
+        looked = None   # the copy could not be looked at: the files tell nothing
+    i = told_by_files(looked)
+    absent = bool(looked) and not looked[0]["found"]
+    if i is None:
+        return None, absent
+    return (stack[i].mnt_id, "/" + rel_to(path, stack[i].mountpoint)), absent
+
+
+def _maker(sid: str, sb: dict, plan):
+    """Without unique ids: (namespace name, mount entry) of the mount taken for the overlay's
+    creation: the one with the lowest legacy id among those whose namespace has every layer path on
+    a mount of another superblock (a namespace whose root is the overlay, a container that
+    pivoted into it, sees the layer paths inside the overlay itself: legacy ids after a restore
+    say nothing about which mount came first)."""
+    users = sorted(((ns_name, e) for ns_name, ns in plan.mntns_doc.items() for e in ns["mounts"]
+                    if e["sb"] == sid), key=lambda u: u[1]["id"])
+    for ns_name, e in users:
+        mounts = plan.ns_mounts[ns_name]
+        by_id = {m.mnt_id: m for m in mounts}
+        places = [resolve(path, mounts, None, False) for _, path in layer_paths(sb["super_opts"])]
+        if all(p is not None and plan.sb_of_dev.get(by_id[p[0]].dev) != sid for p in places):
+            return ns_name, e
+    return users[0]
 
 
 @dataclass(frozen=True)
@@ -190,28 +387,37 @@ class OverlayType(FsType):
         """A namespace root whose layers no older mount of its namespace holds: a runtime made it
         outside the dumped namespaces, and it is restored like a directory root."""
         ns_name, oldest = _oldest(sid, plan.mntns_doc, True)
-        return not all(path.startswith("/") and resolve(path, plan.ns_mounts[ns_name], oldest["uid"]) is not None
-                       for _, path in layer_paths(sb["super_opts"]))
+
+        def held(path: str) -> bool:
+            # (without unique ids every mount counts: a path inside the overlay itself holds nothing)
+            found = path.startswith("/") and resolve(path, plan.ns_mounts[ns_name], oldest["uid"])
+            return bool(found) and plan.sb_of_dev.get(plan.mounts_by_id[found[0]].dev) != sid
+        return not all(held(path) for _, path in layer_paths(sb["super_opts"]))
 
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Record the layers as (mount, path) as they were at the overlay's creation."""
         unique = plan.strategy.layers == "unique-ids"
-        ns_name, oldest = _oldest(sid, plan.mntns_doc, unique)
+        ns_name, oldest = _oldest(sid, plan.mntns_doc, unique) if unique else _maker(sid, sb, plan)
         where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
         mounts = plan.ns_mounts[ns_name]
         layers = []
         for key, path in layer_paths(sb["super_opts"]):
             if not path.startswith("/"):
                 raise FsError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
+            found = None
             if not unique:
+                found, absent = _by_files(path, sid, sb, ns_name, plan)
                 late = overmounted_after(path, mounts, oldest["id"])
-                if late is not None:
+                if found is None and (late is not None or absent):
+                    late = late or _top(path, mounts, None, False)
                     raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
                                                     f"{late.mnt_id} ({late.mountpoint}), which may have been "
-                                                    "mounted over it after the overlay; without unique mount ids "
-                                                    "(STATX_MNT_ID_UNIQUE, Linux >= 6.8) dump cannot tell which "
-                                                    "mount holds the layer")
-            found = resolve(path, mounts, oldest["uid"] if unique else None, unique)
+                                                    "mounted over it after the overlay; no file of the layer "
+                                                    "that the overlay shows tells the mounts apart, and without "
+                                                    "unique mount ids (STATX_MNT_ID_UNIQUE, Linux >= 6.8) dump "
+                                                    "cannot tell which mount holds the layer")
+            if found is None:
+                found = resolve(path, mounts, oldest["uid"] if unique else None, unique)
             if found is None:
                 raise FsError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
                                             f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
@@ -233,7 +439,7 @@ class OverlayType(FsType):
                 binds.append((path, kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH)
                               if inner else os.dup(base)))
             ctx.to_service()  # the layers are cloned from the service namespace
-            return create(sb["source"], sb["super_opts"], binds)
+            return create(sb["source"], sb["super_opts"], binds, ctx.owner_userns(sb))
         finally:
             for _, fd in binds:
                 os.close(fd)

@@ -1,0 +1,193 @@
+"""What waits on a unix socket for a reader and must be sent again at restore by its sender:
+datagrams other sockets sent to a named socket (a /dev/log or sd_notify backlog), and what the
+client of a connection not accepted yet had sent (engine/fds/unix.py makes the sockets).
+
+Datagrams queued on a named socket are peeked at dump (unix._peek_messages) with their
+senders' names; each named sender must be a datagram socket of the tree (`sender_id` on it,
+`senders` on the receiver), and restore, once every process holds its fds, sends each datagram
+again in order from that socket or, for an unbound sender, from a fresh unbound socket, so the
+receiver sees the same sender address.
+
+What a pending connection's client had sent waits in the server end the kernel made for the
+connection, which no fd reaches before accept(): dump's last step (`takes`, never with
+--leave-running) accepts the connections up to the last such one and reads it; restore sends it
+again from the client once it is connected (unix._connect). Should writing the image fail
+after that step, the tree resumes with those connections gone (dump accepted and closed them:
+their clients read an end of file).
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import re
+import socket
+import struct
+
+from engine.fds import FdError, RestoreFd
+
+MAX_DATA = 1 << 22   # (as engine/fds/unix.py's)
+SO_SNDBUFFORCE = 32
+SENDER_ID = re.compile(r"^u-[0-9]{1,9}$")
+
+
+def name_senders(unix: list[dict]) -> None:
+    """The named senders of the datagrams queued on a named socket (`_senders`): each must be a
+    datagram socket of the tree (in the receiver's network namespace, for an abstract name), which
+    gets a "sender_id" (on every fd of its description); the receiver's "senders" lists, per
+    message, that id or None (an unbound sender). Refused when no socket of the tree, or several,
+    have the name: restore could not send that datagram from the name the receiver saw."""
+    ids: dict[str, str] = {}
+    for e in unix:
+        senders = e.pop("_senders", None)
+        if senders is None:
+            continue
+        net = e["_ino"].split(":")[0]
+        out: list = []
+        for name in senders:
+            if not name:
+                out.append(None)
+                continue
+            (key, value), = name.items()
+            holders = [x for x in unix if x.get("type") == "dgram" and x.get(key) == value
+                       and (key == "path" or x["_ino"].split(":")[0] == net)]
+            socks = {x["_ino"] for x in holders}   # (fds of one socket share its inode)
+            if len(socks) != 1:
+                shown = value if key == "path" else "@" + base64.b64decode(value).decode(errors="replace")
+                held = "several sockets of the tree hold" if socks else "no datagram socket of the tree holds"
+                raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: a datagram queued on it was sent from {shown}, "
+                                                f"a name {held}: restore could not send it from there again; "
+                                                "not supported")
+            sid = ids.setdefault(holders[0]["_ino"], f"u-{len(ids)}")
+            for x in holders:
+                x["sender_id"] = sid
+            out.append(sid)
+        e["senders"] = out
+
+def take_pending(lst: int, clients: list[str], typ: int, doc: dict, where: str) -> None:
+    """Accept the first pending connections of listener `lst` (ours; closed here), one per client
+    in `clients` (queue order: accept takes the head), and give what each client sent to its entry
+    in `doc` ("sent": stream bytes, or seqpacket messages), found by inode among the connecting
+    ones (the tree is still stopped)."""
+    entries = {}
+    for p in doc["processes"]:
+        netns = os.stat(f"/proc/{p['pid']}/ns/net").st_ino
+        for e in p["fds"]:
+            if e.get("kind") == "unix" and "order" in e.get("connect", {}):
+                ino = os.stat(f"/proc/{p['pid']}/fd/{e['fd']}").st_ino
+                entries[f"{netns}:{ino}"] = e
+    s = socket.socket(fileno=lst)
+    try:
+        for key in clients:
+            a, _ = s.accept()   # (each is there: the tree is stopped)
+            with a:
+                msgs, total = [], 0
+                while True:
+                    try:
+                        data, anc, flags, _ = a.recvmsg(1 << 17, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
+                    for _level, _kind, raw in anc:   # (fds in flight: close our copies, then refuse)
+                        for x in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
+                            os.close(x)
+                    if anc or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                        raise FdError(errno.EOPNOTSUPP, f"{where}: a connection not yet accepted carries fds in "
+                                                        "flight, or a message over 128 KiB: not supported")
+                    if not data:
+                        break
+                    total += len(data)
+                    if total > MAX_DATA:
+                        raise FdError(errno.EOPNOTSUPP, f"{where}: over {MAX_DATA} bytes sent on a connection not "
+                                                        "yet accepted: too many")
+                    msgs.append(data)
+            e = entries.get(key)
+            if e is None:
+                raise FdError(errno.EOPNOTSUPP, f"{where}: the client of a connection not yet accepted is no fd of "
+                                                "the tree: not supported")
+            if typ == socket.SOCK_STREAM and msgs:
+                e["sent"] = base64.b64encode(b"".join(msgs)).decode()
+            elif msgs:
+                e["sent"] = [base64.b64encode(m).decode() for m in msgs]
+    finally:
+        s.close()
+
+def deliver(r: RestoreFd, e: dict) -> None:
+    """Send the datagrams queued on named socket `e` (made by now) to it again, in order, each from
+    its sender: the tree's restored socket of that name, or one fresh unbound socket. A path name
+    is reached through its socket file on the restored mount (a /proc magic link from here); an
+    abstract one from the stand-in, in the socket's network namespace."""
+    named = r.state.get("unix-senders", {})
+    who: list[int] = []
+    senders: list[int] = []
+    for sid in e.get("senders") or [None] * len(e["msgs"]):
+        if sid is None:
+            who.append(-1)
+            continue
+        if sid not in named:
+            raise FdError(errno.EINVAL, f"sender {sid} of a queued datagram is no socket of the image")
+        if named[sid] not in senders:
+            senders.append(named[sid])
+        who.append(senders.index(named[sid]))
+    from engine.fds.unix import _open_inflight
+    inflight = _open_inflight(r, e["msgs"])
+    try:
+        if "abstract" in e:
+            r.standin("deliver", {"to": e["abstract"], "msgs": e["msgs"], "who": who, "n": len(senders)},
+                      senders + inflight)
+            return
+        b = e["bound"]
+        at = r.open_at(b["mnt"], b["path"], os.O_PATH | os.O_NOFOLLOW)
+        cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+        try:
+            os.fchdir(r.proc)
+            _resend(f"self/fd/{at}", e["msgs"], who, senders, inflight)
+        finally:
+            os.fchdir(cwd)
+            os.close(cwd)
+            os.close(at)
+    finally:
+        for x in inflight:
+            os.close(x)
+
+def deliver_in(args, fds):
+    """In the stand-in: _resend to an abstract name of its network namespace."""
+    n = args["n"]
+    _resend(b"\0" + base64.b64decode(args["to"]), args["msgs"], args["who"], fds[:n], fds[n:])
+    return None, []
+
+def _resend(to, msgs, who: list[int], senders: list[int], inflight: list[int]) -> None:
+    """Send each of `msgs` to address `to` from senders[who[i]], or (-1) from a fresh unbound socket;
+    the fds in flight are taken in order from `inflight`. Never blocks: a queue that does not take
+    them all (a smaller net.unix.max_dgram_qlen here) is an error."""
+    fresh = None
+    rest = list(inflight)
+    try:
+        for m, w in zip(msgs, who, strict=True):
+            if w < 0:
+                if fresh is None:
+                    fresh = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    try:   # (what it sent stays charged to it until read: room for the whole queue)
+                        fresh.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * MAX_DATA)
+                    except OSError:
+                        pass
+                s = socket.socket(fileno=os.dup(fresh.fileno()))
+            else:
+                s = socket.socket(fileno=os.dup(senders[w]))
+            with s:
+                data, fds = (m["data"], m["fds"]) if isinstance(m, dict) else (m, ())
+                mine, rest = rest[:len(fds)], rest[len(fds):]
+                try:
+                    if mine:
+                        # (not socket.send_fds: Python 3.11's drops its flags and address)
+                        s.sendmsg([base64.b64decode(data)],
+                                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(mine)}i", *mine))],
+                                  socket.MSG_DONTWAIT, to)
+                    else:
+                        s.sendto(base64.b64decode(data), socket.MSG_DONTWAIT, to)
+                except BlockingIOError:
+                    raise FdError(errno.EAGAIN, "its queue took fewer datagrams than were queued at dump "
+                                                "(net.unix.max_dgram_qlen, or the sender's buffer)") from None
+    finally:
+        if fresh is not None:
+            fresh.close()

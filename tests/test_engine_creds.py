@@ -1,0 +1,33 @@
+"""A process under other ids than root's, in a tree without any user namespace, keeps them.
+
+CRIU's zdtm tests run as uid 18943, gid 58467, groups 27495 48244 after setuid
+in the host's user namespace (zdtm/criu_tests.py): their stand-ins came back as
+root, because dump recorded ids only when the tree held a user namespace.
+"""
+
+from __future__ import annotations
+
+from enginecase import HOLD, case  # noqa: F401  (fixture)
+
+# The setuid process runs a copy of sleep (/mntcr-hold) on the container's own tmpfs root, so its executable
+# and mappings are compared too (those on the host's external /usr are not).
+SETUP = f"""
+cp "$(readlink -f {HOLD})" /mntcr-hold   # (its comm tells the tree is ready)
+setpriv --reuid 18943 --regid 58467 --groups 27495,48244 /mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+exec {HOLD} 100000 </dev/null >/dev/null 2>&1
+"""
+
+
+def _creds(state) -> list[str]:
+    return sorted(line for p in state.snap.procs for line in p.text().splitlines() if line.startswith("creds:"))
+
+
+def test_ids_of_a_process_without_user_namespace_are_kept(case):
+    """The setuid child comes back with its uid, gid and groups, and its executable (set while the
+    stand-in was still privileged); the root holder stays root."""
+    before, after = case.roundtrip(SETUP)
+    exe = [line for p in after.snap.procs for line in p.text().splitlines() if line.startswith("map exe")]
+    assert "map exe /mntcr-hold mnt=/" in exe
+    assert _creds(before) == ["creds: uid 0,0,0,0 gid 0,0,0,0 groups -",
+                              "creds: uid 18943,18943,18943,18943 gid 58467,58467,58467,58467 groups 27495,48244"]
+    assert _creds(after) == _creds(before)

@@ -1,0 +1,102 @@
+"""What the engine's verbs import (issue 18: a small dump or restore is mostly interpreter start-up
+and imports, so what they load is part of their cost).
+
+Each check runs a fresh `python -S` (as engine.cli.command starts the engine) and looks at
+sys.modules; no timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+_PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Never needed by dump, restore, show, diff or check: the runner, the VM tooling, third-party
+# packages, and standard modules the engine used to import at start-up for nothing.
+_NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site", "cProfile", "profile",
+          "pkgutil", "typing", "platform", "uuid", "difflib", "tarfile", "shutil", "zlib", "bz2", "lzma",
+          "xml", "tomllib", "email", "http", "urllib", "logging", "asyncio", "unittest", "traceback")
+
+
+def _modules(code: str) -> list[str]:
+    """sys.modules after `code` ran in a fresh `python -S` with the project on the path."""
+    env = dict(os.environ, PYTHONPATH=_PROJECT)
+    env.pop("MNTCR_PROFILE", None)
+    out = subprocess.run([sys.executable, "-S", "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+                         env=env, cwd="/", capture_output=True, text=True, check=True).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def _unwanted(modules: list[str]) -> list[str]:
+    return [m for m in modules if m.split(".", 1)[0] in _NEVER]
+
+
+@pytest.mark.parametrize("argv", [
+    ["dump", "-t", "999999999", "-D", "/nonexistent/mntcr-img"],
+    ["restore", "-D", "/nonexistent/mntcr-img", "--pidfile", "/nonexistent/mntcr.pid"],
+    ["diff", "/proc/self/mountinfo", "/proc/self/mountinfo"],
+    ["show", "/proc/self/mountinfo"],
+], ids=lambda a: a[0])
+def test_engine_verbs_import_only_the_engine(argv):
+    """The verb runs as far as it can (dump: no such process; restore: no image) after loading
+    all its modules: none of the runner's, the VM tooling's or a third party's is among them."""
+    mods = _modules(f"from engine import cli\ntry:\n    cli.main({argv!r})\nexcept SystemExit:\n    pass")
+    assert "engine.cli" in mods and f"engine.{argv[0]}" in mods or argv[0] in ("diff", "show")
+    assert _unwanted(mods) == [], f"mntcr {argv[0]} imported {_unwanted(mods)}"
+
+
+def test_restore_loads_only_the_image_types():
+    """restore imports the type modules of the image's superblocks (before its restorer pivots
+    away), not all of them: fs.load(names) loads those modules alone."""
+    mods = _modules("import engine.restore\nfrom engine import fs\nfs.load(['tmpfs', 'proc', 'fuse.squashfuse'])")
+    types = sorted(m for m in mods if m.startswith("engine.fs.") and not m.startswith("engine.fs._"))
+    assert types == ["engine.fs.fuse", "engine.fs.proc", "engine.fs.tmpfs"]
+
+
+def test_lookup_by_module_name_finds_what_the_full_load_finds():
+    """A type looked up first (its namesake module alone, or all modules when it has none) is the
+    type a lookup after importing every module finds: the lazy path never changes an answer."""
+    full = json.loads(subprocess.run(
+        [sys.executable, "-S", "-c",
+         "import json\nfrom engine import fs\n"
+         "print(json.dumps({t.name: [fs.module_of(t.name), type(t).__name__] for t in fs.types()}))"],
+        env=dict(os.environ, PYTHONPATH=_PROJECT), capture_output=True, text=True, check=True).stdout)
+    assert "tmpfs" in full and "ext2" in full
+    names = sorted(full) + ["fuse.sshfs", "nosuchfs"]
+    code = ("import json, sys\nfrom engine import fs\nt = fs.lookup(sys.argv[1])\n"
+            "print(json.dumps(t and [fs.module_of(t.name), type(t).__name__, t.name]))")
+    for name in names:
+        got = json.loads(subprocess.run([sys.executable, "-S", "-c", code, name], env=dict(os.environ, PYTHONPATH=_PROJECT),
+                                        capture_output=True, text=True, check=True).stdout)
+        want = full.get(name) or full.get(name.split(".", 1)[0])
+        assert (got[:2] if got else None) == want, f"lookup({name!r}) alone: {got}, after loading all: {want}"
+
+
+def test_checkout_launcher_runs_without_site():
+    """bin/mntcr (the README's way to run a checkout's mntcr without site hooks or a shim) works."""
+    launcher = os.path.join(_PROJECT, "bin", "mntcr")
+    with open(launcher) as f:
+        interpreter = f.readline()[2:].split()[0]
+    if not os.access(interpreter, os.X_OK):
+        pytest.skip(f"{interpreter} (bin/mntcr's interpreter) is not installed here")
+    r = subprocess.run([launcher, "diff", "/proc/self/mountinfo", "/proc/self/mountinfo"], cwd="/",
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("equal")
+
+
+def test_restore_loads_only_the_image_fd_kinds():
+    """The fd kinds too: fds.load(names) imports those kinds' modules alone (fifo lives in pipe.py:
+    a name without its own module loads them all), and dump loads every kind."""
+    mods = _modules("import engine.restore\nfrom engine import fds\nfds.load(['file', 'pipe'])")
+    assert sorted(m for m in mods if m.startswith("engine.fds.")) == ["engine.fds.file", "engine.fds.pipe", "engine.fds.sys"]
+    everything = _modules("import engine.dump")
+    kinds = sorted(m for m in everything if m.startswith("engine.fds."))
+    assert len(kinds) > 5 and "engine.fds.unix" in kinds
+    mods = _modules("from engine import fds\nassert fds.lookup('fifo').name == 'fifo'")
+    assert sorted(m for m in mods if m.startswith("engine.fds.")) == kinds

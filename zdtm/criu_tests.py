@@ -1,0 +1,399 @@
+"""Run one of CRIU's real zdtm static tests (a compiled C program) through a mntcr dump and restore.
+
+CRIU's test/zdtm.py starts an `ns`-flavor test like this (and so does `run`):
+the test directory is bind-mounted privately at ZDTM_ROOT, a fresh tmpfs with a
+few device nodes is ZDTM_DEV, and the test binary is started from
+ZDTM_ROOT/zdtm/static with ZDTM_NEWNS=1 and its Makefile's arguments
+(`--pidfile --outfile [--dirname|--filename]`). The test (test/zdtm/lib/ns.c)
+clones new pid, mount, uts, ipc and net namespaces (with ZDTM_USERNS=1, the
+`uns` flavor, a user namespace too), pivots into ZDTM_ROOT, binds ZDTM_DEV at
+/dev, mounts /proc, /run and a devpts, then its pid 1 forks the test proper,
+which sets up what it tests, daemonizes and writes the pid file. On SIGTERM it
+checks its state and writes PASS or FAIL into its outfile.
+
+mntcr restores mounts and stand-in processes, not a program's memory: a
+stand-in cannot run the test's check. So one run here proves two things:
+
+1. restore is exact: the test is dumped with --leave-running and the restored
+   tree (`mntcr restore --root ZDTM_ROOT`, /dev external as CRIU's zdtm.py
+   declares it) is compared with the running test by the runner's snapshot
+   (every process's mount tree, fds, root, cwd, mappings: zdtm/snapshot.py);
+2. dump leaves the tree intact: after the restored tree is killed, the test
+   itself gets SIGTERM and its own check must write PASS (a dump that consumed
+   a pipe's data or disturbed a mount fails here, as it would under CRIU).
+
+A dump refusal is an outcome of its own ("refused", with mntcr's one line)
+when the test is still running after it and then passes its own check. Everything happens in a private
+mount namespace of a helper process (`python -m zdtm.criu_tests`, started
+under `unshare --mount --propagation private`): nothing is mounted on the
+host, and the helper kills what it started before it exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+
+from engine import cli as engine_cli
+from zdtm import criu_env, snapshot
+from zdtm.criu_source import TestProgram
+
+__all__ = ["Result", "run", "unsupported_flavor"]
+
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# test/zdtm.py's ns_flavor: the root's directories, and the test's credentials when it is not 'suid'.
+ROOT_DIRS = ("bin", "sbin", "etc", "lib", "lib64", "dev", "tmp", "usr", "proc", "run")
+TEST_CREDS = {"ZDTM_UID": "18943", "ZDTM_GID": "58467", "ZDTM_GROUPS": "27495 48244"}
+FLAVORS = ("ns", "uns")
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Result:
+    """How a real test fared: outcome pass | fail | refused | skip, the stage, and one-paragraph detail."""
+
+    name: str
+    outcome: str
+    stage: str = ""
+    detail: str = ""
+
+    def line(self) -> str:
+        """`name: outcome (stage: first line of detail)`."""
+        first = self.detail.splitlines()[0] if self.detail else ""
+        why = f" ({self.stage}: {first})" if self.stage or first else ""
+        return f"{self.name}: {self.outcome}{why}"
+
+
+def unsupported_flavor(program: TestProgram, flavor: str) -> str | None:
+    """Why `program` cannot run in `flavor` here, or None."""
+    if flavor not in FLAVORS:
+        return f"unknown flavor {flavor!r}: one of {', '.join(FLAVORS)}"
+    allowed = program.desc.get("flavor", "h ns uns").split()
+    if flavor not in allowed:
+        return f"{program.name}.desc allows flavors {' '.join(allowed)}, not {flavor}"
+    return None
+
+
+def run(program: TestProgram, workdir: str, flavor: str = "ns", timeout: float | None = None) -> Result:
+    """Start `program` in `flavor`, dump it with mntcr, restore, compare, then let it check itself.
+
+    Runs in a helper process in a private mount namespace; `workdir` (created,
+    must be empty) keeps the image, the logs and the snapshots.
+    """
+    why = unsupported_flavor(program, flavor)
+    if why:
+        return Result(program.name, "skip", "", why)
+    os.makedirs(workdir, exist_ok=True)
+    timeout = float(timeout or program.desc.get("timeout") or DEFAULT_TIMEOUT)
+    # The mount points of the test's root and /dev: on a path every user can walk, as zdtm.py
+    # makes its tests root 0755 (the `uns` test's root user is host uid 20000, and workdir may
+    # lie in a 0700 directory, pytest's). Only empty directories: the tmpfs mounts die with the helper.
+    mounts = tempfile.mkdtemp(prefix="mntcr-zdtm-", dir="/tmp")
+    os.chmod(mounts, 0o755)
+    spec = {"program": asdict(program), "workdir": os.path.abspath(workdir), "mounts": mounts, "flavor": flavor,
+            "timeout": timeout}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "zdtm.criu_tests",
+           "--inside", json.dumps(spec)]
+    log = os.path.join(workdir, "driver.log")
+    with open(log, "wb") as out:
+        try:
+            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=out, env=env,
+                                  cwd=_PROJECT_ROOT, timeout=6 * timeout + 60)
+        except subprocess.TimeoutExpired:
+            return Result(program.name, "fail", "driver", f"the driver timed out; see {log}")
+        finally:
+            shutil.rmtree(mounts, ignore_errors=True)
+    lines = proc.stdout.decode(errors="replace").strip().splitlines()
+    try:
+        return Result(**json.loads(lines[-1]))
+    except (IndexError, ValueError, TypeError):
+        with open(log, errors="replace") as f:
+            tail = f.read().strip().splitlines()[-5:]
+        return Result(program.name, "fail", "driver",
+                      f"the driver exited {proc.returncode} without a result: {' | '.join(tail)}")
+
+
+# --- inside the helper's private mount namespace ---------------------------------------------
+
+def _mount(*args: str) -> None:
+    subprocess.run(["mount", *args], check=True, stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def _ldd(binary: str) -> list[str]:
+    """The shared libraries `binary` loads (test/zdtm.py copies them into the root the same way)."""
+    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
+    libs = []
+    for line in out.splitlines():
+        parts = line.split()
+        if not line.startswith("\t") or not parts or parts[0].startswith(("linux-vdso", "linux-gate")):
+            continue
+        path = parts[2] if len(parts) > 2 and parts[1] == "=>" else parts[0]
+        if path.startswith("/"):
+            libs.append(path)
+    return libs
+
+
+def _copy_in(root: str, path: str) -> None:
+    target = root + path
+    if os.path.exists(target):
+        return
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.copy2(path, target)
+
+
+def _mount_root(path: str) -> None:
+    os.makedirs(path)
+    _mount("-t", "tmpfs", "-o", "mode=0755", "zdtm-root", path)
+    _mount("--make-private", path)
+
+
+def _build_root(root: str, program: TestProgram) -> str:
+    """test/zdtm.py's ns root: its directories, /usr/* links, the test binary and the desc's deps."""
+    for d in ROOT_DIRS:
+        os.mkdir(os.path.join(root, d))
+        os.chmod(os.path.join(root, d), 0o777)
+    for d in ("bin", "sbin", "lib", "lib64"):
+        os.symlink("../" + d, os.path.join(root, "usr", d))
+    # ns.c pivots into the root with ./old as put_old and makes it if missing, which the `uns`
+    # flavor's root (host root's files, unmapped there) cannot: zdtm.py's checkout has it after a run.
+    os.mkdir(os.path.join(root, "old"))
+    os.chmod(os.path.join(root, "old"), 0o777)
+    static = os.path.join(root, "zdtm", "static")
+    os.makedirs(static)
+    shutil.copy2(program.binary, os.path.join(static, program.name))
+    for alternatives in program.desc.get("deps", []):
+        found = [d for d in alternatives.split("|") if os.path.exists(d)]
+        if not found:
+            raise RuntimeError(f"{program.name}.desc needs {alternatives}, which this machine lacks")
+        for path in [found[0], *_ldd(found[0])]:
+            _copy_in(root, path)
+    return static
+
+
+def _build_dev(dev: str) -> None:
+    """ZDTM_DEV: a tmpfs with the nodes test/zdtm.py makes (tty, null, net/tun, rtc, autofs)."""
+    os.makedirs(dev)
+    _mount("-t", "tmpfs", "criu-test-dev", dev)
+    os.chmod(dev, 0o777)
+    for d in ("pts", "net"):
+        os.mkdir(os.path.join(dev, d), 0o755)
+    nodes = {"tty": os.makedev(5, 0), "null": os.makedev(1, 3), "autofs": os.makedev(10, 235)}
+    for name in ("net/tun", "rtc"):
+        try:
+            nodes[name] = os.stat("/dev/" + name).st_rdev
+        except OSError:
+            pass   # zdtm.py skips what the host lacks too
+    for name, rdev in nodes.items():
+        path = os.path.join(dev, name)
+        os.mknod(path, 0o666 | stat.S_IFCHR, rdev)
+        os.chmod(path, 0o666)
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while snapshot.alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def _tail(path: str, n: int = 6) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return " | ".join(ln.strip() for ln in f.read().strip().splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def _mntcr(stage: str, args: list[str], log: str, timeout: float) -> str | None:
+    """Run `mntcr STAGE ARGS`; None when it succeeded, else its last stderr line."""
+    env = dict(os.environ, PYTHONPATH=_PROJECT_ROOT)
+    cmd = engine_cli.command(stage, *args)
+    try:
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, cwd=_PROJECT_ROOT,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"mntcr {stage} timed out after {timeout:g}s"
+    with open(log, "wb") as f:
+        f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + proc.stdout + b"--- stderr\n" + proc.stderr)
+    if proc.returncode == 0:
+        return None
+    lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit status {proc.returncode}, no message"
+
+
+class _Run:
+    """One test's run inside the helper; `result()` never raises for the test's own failures."""
+
+    def __init__(self, spec: dict):
+        self.p = TestProgram(**{**spec["program"], "args": tuple(spec["program"]["args"])})
+        self.w = spec["workdir"]
+        self.flavor = spec["flavor"]
+        self.timeout = spec["timeout"]
+        self.mounts = spec["mounts"]
+        self.root = os.path.join(self.mounts, "root")
+        self.dev = os.path.join(self.mounts, "dev")
+        self.test_pid: int | None = None
+        self.restored: int | None = None
+
+    def res(self, outcome: str, stage: str = "", detail: str = "") -> Result:
+        return Result(self.p.name, outcome, stage, detail)
+
+    def start(self) -> Result | None:
+        # zdtm.py binds the test directory here; a tmpfs (private, as zdtm.py's bind) lets the restored
+        # tree get an equal one (same source, options and root path) holding a copy (`cycle`).
+        _mount_root(self.root)
+        static = _build_root(self.root, self.p)
+        _build_dev(self.dev)
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "TMPDIR": "/tmp",
+               "LANG": "C", "ZDTM_NEWNS": "1", "ZDTM_ROOT": self.root, "ZDTM_DEV": self.dev}
+        if self.flavor == "uns":
+            env["ZDTM_USERNS"] = "1"
+        flags = self.p.desc.get("flags", "").split()
+        if "suid" not in flags or self.flavor == "uns":
+            # zdtm.py's __add_wperms: the test writes its pid and out files as another user
+            os.chmod(static, os.stat(static).st_mode | 0o222)
+        if "suid" not in flags:
+            env.update(TEST_CREDS)
+        name = self.p.name
+        with open(os.path.join(self.w, "start.log"), "wb") as log:
+            try:
+                proc = subprocess.run([f"./{name}", *self.p.args], cwd=static, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=log, stderr=log, timeout=self.timeout)
+            except subprocess.TimeoutExpired:
+                return self.res("fail", "start", f"the test did not get ready in {self.timeout:g}s")
+        pidfile = os.path.join(static, f"{name}.pid")
+        if proc.returncode != 0 or not os.path.exists(pidfile):
+            why = _tail(os.path.join(static, f"{name}.out.inprogress")) or _tail(os.path.join(self.w, "start.log"))
+            return self.res("fail", "start", f"the test failed to start (exit {proc.returncode}): {why}")
+        with open(pidfile) as f:
+            self.test_pid = int(f.read().strip())
+        return None
+
+    def cycle(self) -> Result:
+        pid = self.test_pid
+        ignore = ()
+        before = snapshot.take(pid, ignore_maps_on=ignore)
+        _save(os.path.join(self.w, "before.txt"), before.text())
+        images = os.path.join(self.w, "images")
+        err = _mntcr("dump", ["-t", str(pid), "-D", images, "--leave-running", "--external", "mnt[/dev]:ZDTM_DEV"],
+                     os.path.join(self.w, "dump.log"), self.timeout * 2)
+        if err:
+            if not snapshot.alive(pid):
+                return self.res("fail", "dump", f"dump refused and the test is gone: {err}")
+            # A refusal must leave the tree running and untouched: the test's own check says so.
+            after_refusal = self.verdict()
+            if after_refusal.outcome != "pass":
+                return self.res("fail", "dump", f"dump refused ({err}), and then {after_refusal.detail}")
+            return self.res("refused", "dump", err)
+        # The test keeps running: the restored tree gets a copy of its root as it is after the dump
+        # (CRIU's zdtm.py restores on the dead test's own root), so that neither sees the other's
+        # FIFO buffers or socket files. Sockets are not copied: restore binds them again.
+        restore_root = os.path.join(self.mounts, "restore-root")
+        _mount_root(restore_root)
+        criu_env.copy_tree(self.root, restore_root)
+        pidfile = os.path.join(self.w, "restored.pid")
+        err = _mntcr("restore", ["-D", images, "--root", restore_root, "--external", f"mnt[ZDTM_DEV]:{self.dev}",
+                                 "--pidfile", pidfile, "--devices", "all"],
+                     os.path.join(self.w, "restore.log"), self.timeout * 2)
+        if err:
+            return self.res("fail", "restore", err)
+        with open(pidfile) as f:
+            self.restored = int(f.read().strip())
+        after = snapshot.take(self.restored, ignore_maps_on=ignore)
+        _save(os.path.join(self.w, "after.txt"), after.text())
+        equal, report = snapshot.compare(before, after, names=("test", "restored"))
+        snapshot.kill_tree(self.restored)
+        self.restored = None
+        if not equal:
+            return self.res("fail", "compare", "restored state differs from the test's:\n" + report)
+        return self.verdict()
+
+    def verdict(self) -> Result:
+        """SIGTERM the test (its pid 1 passes it on); its outfile must say PASS."""
+        name, static = self.p.name, os.path.join(self.root, "zdtm", "static")
+        os.kill(self.test_pid, signal.SIGTERM)
+        if not _wait_gone(self.test_pid, self.timeout):
+            return self.res("fail", "verdict", f"the test did not exit within {self.timeout:g}s of SIGTERM")
+        self.test_pid = None
+        out = os.path.join(static, f"{name}.out")
+        try:
+            with open(out, errors="replace") as f:
+                text = f.read()
+        except OSError:
+            return self.res("fail", "verdict", f"the test wrote no {name}.out: "
+                            + (_tail(out + ".inprogress") or _tail(os.path.join(static, f"{name}.outns"))))
+        if "PASS" not in text.split():
+            return self.res("fail", "verdict", "the test's own check after the dump failed: " + _tail(out))
+        return self.res("pass")
+
+    def cleanup(self) -> None:
+        for pid in (self.restored, self.test_pid):
+            if pid:
+                snapshot.kill_tree(pid)
+
+
+def _save(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _inside(spec: dict) -> Result:
+    r = _Run(spec)
+    try:
+        return r.start() or r.cycle()
+    except Exception as e:  # noqa: BLE001 - the driver's own error, reported as such
+        return r.res("fail", "driver", f"{type(e).__name__}: {e}")
+    finally:
+        r.cleanup()
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m zdtm.criu_tests [--flavor ns|uns] [--workdir DIR] NAME...``: run CRIU's tests by
+    name, one result line each (exit 1 when one fails); ``--inside SPEC`` is the helper `run` starts."""
+    import argparse
+    import tempfile
+    if argv[:1] == ["--inside"] and len(argv) == 2:
+        print(json.dumps(asdict(_inside(json.loads(argv[1])))), flush=True)
+        return 0
+    ap = argparse.ArgumentParser(prog="python -m zdtm.criu_tests",
+                                 description="Run CRIU's real zdtm static tests under mntcr (zdtm/criu_tests.py).")
+    ap.add_argument("names", nargs="+", metavar="NAME", help="test/zdtm/static test names, e.g. mntns_open")
+    ap.add_argument("--flavor", choices=FLAVORS, default="ns")
+    ap.add_argument("--workdir", help="keep each test's root, image, logs and snapshots in DIR/NAME")
+    args = ap.parse_args(argv)
+    from zdtm import criu_source
+    try:
+        built = criu_source.build(args.names)
+    except criu_source.SourceError as e:
+        print(f"criu_tests: {e}", file=sys.stderr)
+        return 2
+    failed = False
+    base = args.workdir or tempfile.mkdtemp(prefix="mntcr-criu-tests-")
+    for name in args.names:
+        program = built[name]
+        if isinstance(program, Exception):
+            print(f"{name}: not built: {program}")
+            failed = True
+            continue
+        result = run(program, os.path.join(base, name), args.flavor)
+        print(result.line() if result.outcome != "fail" else f"{result.line()}\n{result.detail}", flush=True)
+        failed |= result.outcome == "fail"
+    if not args.workdir:
+        shutil.rmtree(base, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))
