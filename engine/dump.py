@@ -929,7 +929,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     if unknown:
         raise DumpError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
     # An overmount stack has several mounts at one mount point: the external is the visible (top) one,
-    # unless the stack holds a type we cannot dump (a runtime's /dev stacked on the host's): then that.
+    # unless the stack holds a type we cannot dump or the host's one superblock of a type (a runtime's
+    # /dev stacked on the host's): then that.
     for ns in mntns_doc.values():
         by_mp: dict[str, list[dict]] = {}
         for e in ns["mounts"]:
@@ -937,7 +938,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 by_mp.setdefault(e["mountpoint"], []).append(e)
         for mp, es in by_mp.items():
             if len(es) > 1:
-                unsupported = [e for e in es if fs.lookup(e["fstype"]) is None]
+                unsupported = [e for e in es if fs.lookup(e["fstype"]) is None or fs.lookup(e["fstype"]).host_global]
                 for e in es:
                     if (e not in unsupported) if unsupported else any(o["parent"] == e["id"] for o in es):
                         e["external"] = None

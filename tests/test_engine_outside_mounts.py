@@ -140,8 +140,9 @@ def test_volume_of_host_disk_asks_for_the_mount(case, tmp_path):
 
 
 def test_covered_unsupported_mount_declared_external(case):
-    """devtmpfs at /mnt/d under a tmpfs: --external mnt[/mnt/d] applies to the devtmpfs (a type
-    that cannot be dumped), the tmpfs over it is dumped (issue 14 item 6)."""
+    """devtmpfs at /mnt/d under a tmpfs: --external mnt[/mnt/d] applies to the devtmpfs (the host's
+    one superblock, as a runtime's /dev tmpfs stacks on the host's /dev), the tmpfs over it is
+    dumped (issue 14 item 6)."""
     if not os.path.exists("/dev/null") or "devtmpfs" not in open("/proc/filesystems").read():
         pytest.skip("no devtmpfs on this kernel")
     host = next((line.split() for line in open("/proc/self/mountinfo") if " - devtmpfs " in line), None)

@@ -9,4 +9,4 @@ in it are the machine's, and are there or not at restore as the machine has them
 
 from engine.fs import FsType, register
 
-TYPE = register(FsType("devtmpfs", no_opts=True, requires=("devtmpfs",)))
+TYPE = register(FsType("devtmpfs", no_opts=True, host_global=True, requires=("devtmpfs",)))
