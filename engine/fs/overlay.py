@@ -328,6 +328,21 @@ def create(source: str, super_opts, binds: list[tuple[str, int]], userns_fd: int
 
 # --- the type's hooks -----------------------------------------------------------------
 
+def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, where: str) -> None:
+    """Refuse a layer whose path no longer leads to it: the overlay's options keep the path it was
+    given, and a layer whose mount was moved since (`mount --move`) resolves to the mount now at
+    that path, where the directory is missing. Checked only where the layer's mount is the one a walk
+    of the path ends on now (a covered layer is reached by other means, and is not looked at here)."""
+    now = _top(path, mounts, None, False)
+    pids = (getattr(plan, "ns_pids", None) or {}).get(ns_name) or ()
+    if now is None or now.mnt_id != found[0] or not pids:
+        return
+    if not os.path.isdir(f"/proc/{pids[0]}/root{path}"):
+        raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path "
+                                        "(the layer's mount was moved, or the directory removed, after the overlay "
+                                        "was made): dump cannot tell where the layer lies now; not supported")
+
+
 def _oldest(sid: str, mntns_doc: dict, unique: bool):
     """(namespace name, mount entry) of the superblock's oldest mount: the overlay's creation."""
     users = [(ns_name, e) for ns_name, ns in mntns_doc.items() for e in ns["mounts"] if e["sb"] == sid]
@@ -435,6 +450,7 @@ class OverlayType(FsType):
             if found is None:
                 raise FsError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
                                             f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
+            _check_still_there(key, path, found, mounts, plan, ns_name, where)
             layers.append({"path": path, "mnt": found[0], "rel": found[1]})
         sb["layers"] = layers
 
