@@ -199,14 +199,6 @@ def _build_dev(dev: str) -> None:
         os.chmod(path, 0o666)
 
 
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while snapshot.alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
 
 def _tail(path: str, n: int = 6) -> str:
     try:
@@ -324,7 +316,7 @@ class _Run:
         """SIGTERM the test (its pid 1 passes it on); its outfile must say PASS."""
         name, static = self.p.name, os.path.join(self.root, "zdtm", "static")
         os.kill(self.test_pid, signal.SIGTERM)
-        if not _wait_gone(self.test_pid, self.timeout):
+        if not snapshot.wait_gone(self.test_pid, self.timeout):
             return self.res("fail", "verdict", f"the test did not exit within {self.timeout:g}s of SIGTERM")
         self.test_pid = None
         out = os.path.join(static, f"{name}.out")

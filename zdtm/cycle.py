@@ -53,14 +53,6 @@ def _save(path: str, snap: snapshot.Snapshot) -> None:
         json.dump(snap.to_json(), f, indent=1)
 
 
-def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while snapshot.alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
 
 def _add(timings: dict | None, name: str, started: float) -> None:
     if timings is not None:
@@ -125,7 +117,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 with phase(timings, "dump"):
                     backend.dump(pid, images, running.externals, ctx)
                     # The backend killed the tree; make sure, so restore cannot meet the old one.
-                    if not _wait_gone(pid):
+                    if not snapshot.wait_gone(pid):
                         snapshot.kill_tree(pid)
                 if i == 0:
                     flavor.forget(running)

@@ -83,6 +83,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+def wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    """Wait until `pid` is gone (or a zombie); False when it still runs after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def kill_tree(root: int, timeout: float = 10.0) -> None:
     """SIGKILL `root` and its descendants and wait until they are gone (or zombies)."""
     pids = tree_pids(root)
