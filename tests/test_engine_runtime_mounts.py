@@ -132,6 +132,23 @@ def test_proc_of_outside_pidns_is_refused_and_tree_resumed(case):
         assert any(line.split()[4] == "/mnt" and " - proc " in line for line in f)
 
 
+def test_covered_proc_of_outside_pidns_says_what_works(case):
+    """`unshare --mount-proc` leaves the old proc beneath the new one: an --external cannot name a
+    covered mount, so the refusal says how to make the tree's proc instead (not to declare it)."""
+    import os
+    import re
+    from enginecase import DUMP_EXTERNALS, mntcr
+    pid = case.start("mount -t proc proc /mnt\nhold\n", binds=(("/proc", "/mnt"),))
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS)
+    assert r.returncode != 0
+    line = r.stderr.strip()
+    assert "\n" not in line, line
+    assert re.search(r"mount \d+ \(/mnt\) on proc: it belongs to a pid namespace outside the dumped tree.*"
+                     r"lies beneath another mount at /mnt.*'umount -l /mnt; mount -t proc proc /mnt'", line), line
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")
+
+
 # --- deleted files and mount roots (ghosts) ---------------------------------------------------
 
 def test_bind_of_deleted_file_and_dir(case):

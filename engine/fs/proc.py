@@ -50,9 +50,15 @@ class ProcType(FsType):
                                             f"{', '.join(sorted(plan.pidns_name[i] for i in found))} alike; "
                                             "cannot tell which it belongs to")
         if not found:
+            covered = any(m.parent_id == mid and m.mountpoint == mountpoint for m in plan.mounts_by_id.values())
+            # (an --external names the top of an overmount stack: it cannot name a covered proc, e.g. the
+            # host's /proc under the one `unshare --mount-proc` mounts)
+            advice = (f"it lies beneath another mount at {mountpoint}, which --external cannot name (unshare "
+                      f"--mount-proc keeps the old proc there): make the tree's proc with 'umount -l {mountpoint}; "
+                      f"mount -t proc proc {mountpoint}' instead" if covered
+                      else f"declare it --external mnt[{mountpoint}]:KEY")
             raise FsError(errno.EOPNOTSUPP, f"{where}: it belongs to a pid namespace outside the dumped tree "
-                                            "(it shows none of the tree's namespaces' processes as theirs); "
-                                            f"declare it --external mnt[{mountpoint}]:KEY")
+                                            f"(it shows none of the tree's namespaces' processes as theirs); {advice}")
         plan.superblocks[sid][self.ns_key] = plan.pidns_name[found[0]]
 
 
