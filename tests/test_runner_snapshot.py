@@ -81,3 +81,29 @@ def test_compare_equal_and_different(tmp_path):
     assert not equal
     assert "mount tree differs" in report and "root/cwd/fds differ" in report
     assert "-fd 5: /mnt/f" in report and "+fd 6: /mnt/f" in report
+
+
+def test_a_one_shot_timer_that_fired_unread_counts_as_armed():
+    """The snapshot's timerfd 'armed' is "set, or fired and not read": a one-shot timer near its
+    expiry at dump fires before the restored tree is looked at (stand-ins never read it), which
+    is the same state (nspawn_journald's timer once differed armed=True -> armed=False)."""
+    import ctypes
+    import time
+    from zdtm import fdkinds
+
+    class TS(ctypes.Structure):
+        _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+
+    class ITS(ctypes.Structure):
+        _fields_ = [("i", TS), ("v", TS)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fired, idle = libc.timerfd_create(1, 0), libc.timerfd_create(1, 0)
+    try:
+        assert libc.timerfd_settime(fired, 0, ctypes.byref(ITS(TS(0, 0), TS(0, 1000))), None) == 0
+        time.sleep(0.05)
+        assert "armed=True" in fdkinds.details(os.getpid(), fired, "anon_inode:[timerfd]")
+        assert "armed=False" in fdkinds.details(os.getpid(), idle, "anon_inode:[timerfd]")
+    finally:
+        os.close(fired)
+        os.close(idle)
