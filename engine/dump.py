@@ -938,7 +938,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 by_mp.setdefault(e["mountpoint"], []).append(e)
         for mp, es in by_mp.items():
             if len(es) > 1:
-                unsupported = [e for e in es if fs.lookup(e["fstype"]) is None or fs.lookup(e["fstype"]).host_global]
+                unsupported = [e for e in es if (t := fs.lookup(e["fstype"])) is None or t.host_global]
                 for e in es:
                     if (e not in unsupported) if unsupported else any(o["parent"] == e["id"] for o in es):
                         e["external"] = None
