@@ -26,7 +26,6 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EVENTS = "sched:sched_process_fork,sched:sched_process_exec,page-faults"
@@ -101,27 +100,27 @@ def main(argv=None) -> int:
         try:
             before = snapshot.take(running.pid, sc.check, sc.timeout)
             img = os.path.join(wd, "img")
+            def measured(verb: str, a: list[str]) -> bool:
+                cpu, found, proc = _cpu_of(py + ["-m", "engine.cli", verb, *a], env, tree, counts)
+                if proc.returncode:
+                    print(f"{verb} failed: {proc.stderr.strip()}", file=sys.stderr)
+                    return False
+                best[verb] = min(best.get(verb, (cpu, found)), (cpu, found), key=lambda x: x[0])
+                return True
+
             a = ["-t", str(running.pid), "-D", img]
             for e in running.externals:
                 a += ["--external", f"mnt[{e.mountpoint}]:{e.key}"]
-            cpu, found, proc = _cpu_of(py + ["-m", "engine.cli", "dump", *a], env, tree, counts)
-            if proc.returncode:
-                print(f"dump failed: {proc.stderr.strip()}", file=sys.stderr)
+            if not measured("dump", a):
                 return 1
-            best["dump"] = min(best.get("dump", (cpu, found)), (cpu, found), key=lambda x: x[0])
-            t0 = time.monotonic()
-            while snapshot.alive(running.pid) and time.monotonic() - t0 < 10:
-                time.sleep(0.005)
+            snapshot.wait_gone(running.pid, 10)
             NS.forget(running)
             pidfile = os.path.join(wd, "pid")
             a = ["-D", img, "--pidfile", pidfile, "--devices", "all"]
             for e in running.externals:
                 a += ["--external", f"mnt[{e.key}]:{e.host_path}"]
-            cpu, found, proc = _cpu_of(py + ["-m", "engine.cli", "restore", *a], env, tree, counts)
-            if proc.returncode:
-                print(f"restore failed: {proc.stderr.strip()}", file=sys.stderr)
+            if not measured("restore", a):
                 return 1
-            best["restore"] = min(best.get("restore", (cpu, found)), (cpu, found), key=lambda x: x[0])
             with open(pidfile) as f:
                 restored = int(f.read())
             equal, _ = snapshot.compare(before, snapshot.take(restored, sc.check, sc.timeout))
