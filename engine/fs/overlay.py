@@ -338,9 +338,13 @@ def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, w
     if now is None or now.mnt_id != found[0] or not pids:
         return
     if not os.path.isdir(f"/proc/{pids[0]}/root{path}"):
-        raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path "
-                                        "(the layer's mount was moved, or the directory removed, after the overlay "
-                                        "was made): dump cannot tell where the layer lies now; not supported")
+        raise _moved_away(key, path, where)
+
+
+def _moved_away(key: str, path: str, where: str) -> FsError:
+    return FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path "
+                                     "(the layer's mount was moved, or the directory removed, after the overlay "
+                                     "was made): dump cannot tell where the layer lies now; not supported")
 
 
 def _oldest(sid: str, mntns_doc: dict, unique: bool):
@@ -349,23 +353,27 @@ def _oldest(sid: str, mntns_doc: dict, unique: bool):
     return min(users, key=lambda u: ((u[1]["uid"] if unique else None) or u[1]["id"]))
 
 
-def _by_files(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[tuple[int, str] | None, bool]:
+def _by_files(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[tuple[int, str] | None, str]:
     """Without unique ids, where the layer path crosses mounts (each may have been mounted after the
     overlay, over what held the layer): the mount of the stack there whose directory holds files the overlay shows (overlayfs passes their inode numbers and
-    times through) and the path inside it, else None; and whether the path is missing on the mount
-    it resolves to now. Looks beneath the covers in a private copy of the namespace."""
+    times through) and the path inside it, else None; and where the path is missing: "absent" on
+    the mount it resolves to now, "nowhere" on every mount of the stack (the layer's mount was moved
+    away, or the directory removed), "" when it is there. Looks beneath the covers in a private copy
+    of the namespace."""
     mounts = plan.ns_mounts[ns_name]
     stack = stack_beneath(path, mounts)
     roots = [e["mountpoint"] for e in plan.mntns_doc[ns_name]["mounts"] if e["sb"] == sid and e["root"] == "/"]
     if len(stack) < 2 or not roots:
-        return None, False   # nothing beneath (a layer on the namespace root), or no overlay root to compare
+        return None, ""      # nothing beneath (a layer on the namespace root), or no overlay root to compare
     try:
         looked = plan.in_ns_copy(ns_name, look_beneath, path, [(m.mountpoint, m.dev) for m in stack], roots,
                                  sb["dev"])
     except (OSError, forkrun.ChildError):
         looked = None   # the copy could not be looked at: the files tell nothing
     i = told_by_files(looked)
-    absent = bool(looked) and not looked[0]["found"]
+    if looked and not any(x["found"] for x in looked):
+        return None, "nowhere"
+    absent = "absent" if looked and not looked[0]["found"] else ""
     if i is None:
         return None, absent
     return (stack[i].mnt_id, "/" + rel_to(path, stack[i].mountpoint)), absent
@@ -436,6 +444,8 @@ class OverlayType(FsType):
             found = None
             if not unique:
                 found, absent = _by_files(path, sid, sb, ns_name, plan)
+                if absent == "nowhere":
+                    raise _moved_away(key, path, where)
                 late = overmounted_after(path, mounts, oldest["id"])
                 if found is None and (late is not None or absent):
                     late = late or _top(path, mounts, None, False)
