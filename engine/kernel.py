@@ -494,7 +494,7 @@ def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
     takes new files only from fs ids it maps.
 
     All three ids change, not the effective one alone: an exec whose new effective id differs from
-    the old real one counts as set-user-id and clears the ambient set on kernels before 6.15 (tar
+    the old real one counts as set-user-id and clears the ambient set on older kernels, 6.1 among them, not 6.18 (tar
     then lost CAP_CHOWN and failed to give a userns-owned tmpfs's files their owners in a 6.1 VM,
     userns/full_map). SECBIT_NO_SETUID_FIXUP keeps the capabilities through the change of ids."""
     head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()   # _LINUX_CAPABILITY_VERSION_3

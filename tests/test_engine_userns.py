@@ -157,7 +157,7 @@ def test_a_daemon_superblock_made_inside_a_user_namespace_is_refused_at_dump(mon
 def test_a_program_run_with_a_userns_owners_ids_keeps_its_capabilities_without_a_setuid_exec():
     """The archive of a userns-owned superblock is extracted by tar running as the owner's root ids
     with root's file capabilities ambient. Its real id must be that id too: an exec whose effective
-    id differs from the real one is set-user-id to kernels before 6.15, which then drop the ambient
+    id differs from the real one is set-user-id to older kernels (6.1, not 6.18), which then drop the ambient
     set (tar could not chown a full map's files in a 6.1 VM: userns/full_map)."""
     import subprocess
     proc = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True, check=True,
