@@ -26,7 +26,7 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
-from engine import imageformat, userns_cr
+from engine import imageformat, prestop, userns_cr
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
@@ -579,7 +579,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     everyone = [p for p, _ in tree]
     tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
     pids = [p for p, _ in tree]
-    _precheck(pids, ext_mnts)
+    _precheck(pids, ext_mnts, leave_running)
     _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
@@ -641,12 +641,10 @@ def _watchdog(pids: list[int]) -> int:
     return pid
 
 
-def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
-    """Refuse unsupported filesystems before stopping anything.
-
-    Looking at files of a filesystem whose daemon we stopped would hang, so
-    this reads only mountinfo, never the filesystems.
-    """
+def _precheck(pids: list[int], ext_mnts: dict[str, str], leave_running: bool = False) -> None:
+    """Refuse before stopping anything: unsupported filesystems and propagation restore cannot
+    build (from mountinfo alone), then what else the running tree already shows (engine/prestop.py:
+    types' and fd kinds' prechecks, the locks of namespaces other user namespaces own)."""
     seen: set[int] = set()
     texts: list[tuple[int, str]] = []
     unsupported: dict[int, tuple[str, str]] = {}   # mount id -> (mount point, fstype), in order
@@ -670,7 +668,11 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
         raise DumpError(errno.EOPNOTSUPP, unsupported_line(unsupported))
     for _, text in texts:
         _refuse_sharing(text)
-    _check_construct(texts, ext_mnts)
+    try:
+        owned = prestop.check(pids, texts, ext_mnts, leave_running)
+    except prestop.PrestopError as e:
+        raise DumpError(e.errno, e.strerror) from None
+    _check_construct(texts, ext_mnts, owned)
 
 
 def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) -> str:
@@ -685,7 +687,7 @@ def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) ->
             "with --external mnt[MOUNTPOINT]:KEY (a mount of the same filesystem as a declared one needs none)")
 
 
-def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
+def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, dict]) -> None:
     """Where peer groups are built while mounting (sharing=construct: no MOVE_MOUNT_SET_GROUP),
     plan the construction now, from mountinfo (and the locks of a namespace a user namespace owns,
     which restore copies into it midway), and refuse a tree no order builds while it keeps
@@ -694,10 +696,8 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
     if strategy.current().sharing != "construct":
         return
     mounts, ext_devs = [], set()
-    by_ns: list[tuple[int, list[mountinfo.Mount]]] = []
     for pid, text in texts:
         parsed = mountinfo.parse(text)
-        by_ns.append((pid, parsed))
         for m in parsed:
             if m.mountpoint in ext_mnts:
                 ext_devs.add(m.dev)
@@ -711,36 +711,9 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
         seen.setdefault(m["id"], m)  # one entry per mount, however many namespaces list it
     try:
         construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs,
-                       userns_copies=_userns_copies(by_ns))
+                       userns_copies=userns_cr.construct_copies(owned))
     except construct.PlanError as e:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
-
-
-def _userns_copies(by_ns: list[tuple[int, list[mountinfo.Mount]]]) -> dict[str, tuple[set[int], set[int]]]:
-    """Before the tree is stopped, what engine.userns_cr.construct_copies tells from the image:
-    for each mount namespace another user namespace owns (by a process of it), its locks probed
-    as dump probes them, split into the mounts made before its copy and those made in it."""
-    ns_mnt: dict[str, dict] = {}
-    for pid, parsed in by_ns:
-        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
-        try:
-            owner = userns_cr.owner_to_join(fd)
-        finally:
-            os.close(fd)
-        if owner is None:
-            continue
-        os.close(owner)
-        ids = {m.mnt_id for m in parsed}
-        entries = [{"id": m.mnt_id, "parent": m.parent_id if m.parent_id in ids else None,
-                    "mountpoint": m.mountpoint, "uid": m.unique_id} for m in parsed]
-        name = f"of process {pid}"
-        try:
-            userns_cr.locks(pid, entries, name)
-        except OSError as e:
-            raise DumpError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}; the tree keeps running") from None
-        root = next(e["id"] for e in entries if e["parent"] is None)
-        ns_mnt[name] = {"root": root, "mounts": entries, "owner": True}
-    return userns_cr.construct_copies(ns_mnt)
 
 
 def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:

@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from enginecase import CRError, case, py_hold  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
 
 
 def _lines(state, pid_index=None) -> list[str]:
@@ -156,10 +156,11 @@ def test_unsupported_kind_refused_tree_kept(case):
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); os.dup2(s.fileno(), 10); os.close(s.detach())
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): .*socket.* not supported", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
@@ -675,11 +676,12 @@ c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.bind("/mnt/t/gone")
 c.sendto(b"<13>hello", "/mnt/t/log"); c.close()
 os.dup2(s.fileno(), 10); s.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): a datagram queued on it was sent from /mnt/t/gone, "
                      r"a name no datagram socket of the tree holds", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
@@ -795,11 +797,12 @@ srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
 c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv"); c.send(b"GET / HTTP/1.0\\r\\n\\r\\n")
 os.dup2(srv.fileno(), 10); os.dup2(c.fileno(), 11); srv.close(); c.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir(), ("--leave-running",))
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): listening unix socket with a connection not yet "
                      r"accepted on which data already waits: only accept\(\) reads it", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     lst = _grab_socket(pid, 10)
     with lst:
         lst.setblocking(False)
@@ -917,11 +920,12 @@ r.send(struct.pack("=IHHII", 32, 18, 1 | 4, 1, 0) + struct.pack("=BBHiII", 0, 0,
 r.recv(1, socket.MSG_PEEK)
 os.dup2(r.fileno(), 10); r.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): netlink messages wait to be read", str(err.value)), \
         err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
@@ -968,11 +972,12 @@ mkdir /mnt/t; mount -t tmpfs t /mnt/t; cd /mnt/t
 import socket
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("./rel.sock"); os.dup2(s.fileno(), 10); s.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): bound to './rel.sock', not a normalised name",
                      str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 

@@ -145,6 +145,14 @@ class FdKind:
     prepare: Callable | None = None
     # finish(objects, entries): once every fd is dumped, complete or refuse (a pty slave without master).
     finish: Callable[[dict, list], None] = lambda objects, entries: None
+    # precheck(DumpFd) before the tree is stopped (engine/prestop.py): refuse (FdError, the line
+    # `dump` would give) what the fd of a running process already shows, changing nothing the
+    # process could notice; `dump` checks again once the tree is stopped (what changed since).
+    # The DumpFd has no flags, pos, mnt, objects or place (0, empty); facts for `prefinish` go
+    # into its scratch, shared by every fd of the tree (scratch["leave_running"]: the option).
+    precheck: Callable[[DumpFd], None] | None = None
+    # prefinish(scratch): once every fd of the tree was prechecked, refuse what takes several.
+    prefinish: Callable[[dict], None] = lambda scratch: None
 
 
 _REGISTRY: dict[str, FdKind] = {}

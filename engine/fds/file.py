@@ -38,6 +38,14 @@ def _dump(d) -> dict:
 _PID_DIR = re.compile(r"/(\d+)(?:/|$)")
 
 
+def _precheck(d) -> None:
+    """Before the tree is stopped: the same refusal, the fd's mount read from its fdinfo only for a
+    path beneath a proc mount."""
+    if any(m.fstype == "proc" and d.target.startswith(m.mountpoint.rstrip("/") + "/") for m in d.mounts):
+        d.mnt = int(d.info()["mnt_id"][0])
+        _refuse_gone_pid_dir(d)
+
+
 def _refuse_gone_pid_dir(d) -> None:
     """A file of /proc/N/ whose process N is gone (CRIU's remap_dead_pid): restore reopens paths,
     and /proc/N/... names no file then (or another process's): refused here, naming it."""
@@ -51,4 +59,4 @@ def _refuse_gone_pid_dir(d) -> None:
                                         "process is gone: not supported")
 
 
-register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90))
+register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90, precheck=_precheck))

@@ -62,7 +62,7 @@ import struct
 from engine import forkrun, kernel
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
-from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog
+from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog, unix_prestop
 
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
@@ -150,30 +150,13 @@ def _dump_one(d) -> dict:
     c = d.copy()
     s = socket.socket(fileno=os.dup(c))
     try:
-        fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
-        typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-        if fam != socket.AF_UNIX:
-            what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6",
-                    socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix and netlink "
-                                            "sockets)")
-        if typ not in TYPES:
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket of type {typ} is not supported")
+        typ = refuse_family(d, s)
         ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
         netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
-        diag = d.scratch.setdefault(("unix", netns), None)
-        if diag is None:
-            diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
+        diag = diag_of(d, netns)
         rec = diag.get(ino, {})
         out = {"type": TYPES[typ], **_name(s.getsockname())}
-        if "path" in out:
-            from engine.image import ImageError
-            try:
-                _check_name(out["path"], "name")
-            except ImageError:
-                # (one with '.', '..' or '//': restore's validator would refuse the image)
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {out['path']!r}, not a normalised name "
-                                                "(the only names the image keeps): not supported") from None
+        refuse_name(d, out)
         peer = rec.get("peer")
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:
@@ -273,6 +256,41 @@ def _dump_one(d) -> dict:
         s.close()
 
 
+def refuse_family(d, s: socket.socket) -> int:
+    """Refuse socket `s` (our copy of fd d.fd) of another family than unix, or of a type restore does
+    not make; returns its type. (Netlink sockets are engine/fds/netlink.py's.)"""
+    fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    if fam != socket.AF_UNIX:
+        what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6",
+                socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix and netlink "
+                                        "sockets)")
+    if typ not in TYPES:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket of type {typ} is not supported")
+    return typ
+
+
+def refuse_name(d, name: dict) -> None:
+    """Refuse a socket bound to a path that is not a normalised name (`name`: from _name): one with
+    '.', '..' or '//', which restore's validator would refuse in the image."""
+    if "path" in name:
+        from engine.image import ImageError
+        try:
+            _check_name(name["path"], "name")
+        except ImageError:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name['path']!r}, not a normalised name "
+                                            "(the only names the image keeps): not supported") from None
+
+
+def diag_of(d, netns: int) -> dict[int, dict]:
+    """sock_diag's unix sockets of network namespace `netns` (d's process is in it), read once a dump."""
+    diag = d.scratch.get(("unix", netns))
+    if diag is None:
+        diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
+    return diag
+
+
 def _embryos(diag: dict) -> dict[int, tuple[int, int]]:
     """{inode of the client of a connection not accepted yet: (its listener's inode, its place in the
     queue)} (a listener's UNIX_DIAG_ICONS name the clients)."""
@@ -308,12 +326,17 @@ def _pending(d, rec: dict, diag: dict, netns: int, typ: int) -> list[str]:
     if last >= 0:
         takes = d.scratch.get("takes")
         if takes is None:
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted on "
-                                            "which data already waits: only accept() reads it, which takes the "
-                                            "connection from the tree; not supported with --leave-running")
+            refuse_pending_data(d)
         lst = os.dup(d.copy())
         takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], typ, doc, d.where))
     return out
+
+
+def refuse_pending_data(d) -> None:
+    """Refuse listener d: data waits on a connection it has not accepted, and the tree keeps running."""
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted on "
+                                    "which data already waits: only accept() reads it, which takes the "
+                                    "connection from the tree; not supported with --leave-running")
 
 
 def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: int, inflight: int) -> dict:
@@ -1127,6 +1150,7 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e and not e["bound"].get("detached") else [])
                 + list(e.get("mnts", ()))
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
+                precheck=unix_prestop.precheck, prefinish=unix_prestop.prefinish,
                 check=_check, check_object=_check_object, prepare=_prepare,
                 standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),

@@ -12,7 +12,8 @@ What a type declares:
   `magic` (statfs f_type) for a superblock no mount shows;
 - dump: `content` (its files go into an archive), `device` (it lives on a block
   device: `device_of`, `plan_device`), `layers` (built on other mounts: `plan`,
-  `made_outside`), `ns` / `ns_key` (the namespace that owns it: `probe`);
+  `made_outside`; `precheck`: what a running tree already shows refused), `ns` / `ns_key`
+  (the namespace that owns it: `probe`);
 - restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
   and `when` it can be made; options shown vs given (`drop_opts`, `no_opts`,
   `path_opts`, `fsconfig_params`); `keep_source`;
@@ -163,6 +164,11 @@ class FsType:
 
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Complete the record of an in-namespace superblock (e.g. an overlay's layers)."""
+
+    def precheck(self, sid: str, sb: dict, plan) -> None:
+        """Before the tree is stopped (engine/prestop.py): refuse what `plan` would refuse that a
+        running tree already shows. `plan` has the same fields `plan` gets, read from mountinfo (no
+        archives, no devices); `sb` has fstype, source, super_opts and dev. Reads only: the tree runs."""
 
     def made_outside(self, sid: str, sb: dict, plan) -> bool:
         """Whether this namespace-root superblock was built outside the dumped namespaces."""
