@@ -579,7 +579,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     everyone = [p for p, _ in tree]
     tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
     pids = [p for p, _ in tree]
-    _precheck(pids, ext_mnts, leave_running)
+    _precheck(tree, ext_mnts, leave_running)
     _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
@@ -641,10 +641,11 @@ def _watchdog(pids: list[int]) -> int:
     return pid
 
 
-def _precheck(pids: list[int], ext_mnts: dict[str, str], leave_running: bool = False) -> None:
+def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False) -> None:
     """Refuse before stopping anything: unsupported filesystems and propagation restore cannot
     build (from mountinfo alone), then what else the running tree already shows (engine/prestop.py:
     types' and fd kinds' prechecks, the locks of namespaces other user namespaces own)."""
+    pids = [p for p, _ in tree]
     seen: set[int] = set()
     texts: list[tuple[int, str]] = []
     unsupported: dict[int, tuple[str, str]] = {}   # mount id -> (mount point, fstype), in order
@@ -669,7 +670,7 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str], leave_running: bool = F
     for _, text in texts:
         _refuse_sharing(text)
     try:
-        owned = prestop.check(pids, texts, ext_mnts, leave_running)
+        owned = prestop.check(tree, texts, ext_mnts, leave_running)
     except prestop.PrestopError as e:
         raise DumpError(e.errno, e.strerror) from None
     _check_construct(texts, ext_mnts, owned)
@@ -796,12 +797,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
 
     # Name namespaces by first appearance (root process first).
-    names: dict[tuple[str, int], str] = {}
-    for pid, _ in tree:
-        for k in image.NS_KINDS:
-            key = (k, ns_of[pid][k])
-            if key not in names:
-                names[key] = f"{k}-{len([n for n in names if n[0] == k])}"
+    names = prestop.ns_names([pid for pid, _ in tree], image.NS_KINDS)
 
     try:
         users = userns_cr.plan(tree, names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
@@ -1002,6 +998,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     "every external mount of the same filesystem; declare it too with --external "
                                     f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
 
+    try:
+        prestop.check_sources(mntns_doc, {sid for sid, sb in superblocks.items() if sb["external"]},
+                              strategy.current().sharing == "construct")
+    except fs.FsError as e:
+        raise DumpError(e.errno, e.strerror) from None
     _check_sharing(mntns_doc, superblocks, {names[("mnt", ino)]: pids[0] for ino, pids in by_mntns.items()})
     from engine import strategy
     plan.strategy = strategy.current()

@@ -519,7 +519,8 @@ MOUNT = Record("mount", {
     "dir": F(BOOL, required=False),                           # whether its root is a directory
     # Its root was unlinked (mountinfo `ROOT//deleted`): made from that ghost; `root` is its path.
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
-    # What mountinfo showed (restore takes them from the superblock; kept for `mntcr show`).
+    # What mountinfo showed (restore takes them from the superblock, but a `source` other than the
+    # superblock's, engine/restore.py `_other_source`; kept for `mntcr show`).
     "fstype": F(STR, required=False, rule=pattern(_FSTYPE, "a filesystem type name", cached=True)),
     "source": F(STR, required=False, rule=strlen(MAX_PATH)),
     "super_opts": F(LIST, required=False, rule=list_of(strlen(MAX_OPT), MAX_OPTS)),

@@ -50,20 +50,24 @@ class View:
         self.mounts_by_id: dict[int, mountinfo.Mount] = {}
 
 
-def ns_names(pids: list[int]) -> dict[int | None, str]:
-    """{mount namespace inode: its image name}, named as dump names them (first appearance in the
-    tree, parents first; None: a zombie's)."""
-    out: dict[int | None, str] = {}
+def ns_names(pids: list[int], kinds) -> dict[tuple[str, int | None], str]:
+    """{(kind, namespace inode): its image name} of the namespaces of `kinds` of `pids`, named as
+    the image names them: "KIND-N" by first appearance in the tree, parents first (inode None: a
+    zombie's, which has none)."""
+    names: dict[tuple[str, int | None], str] = {}
+    count: dict[str, int] = {}
     for pid in pids:
-        ino = _ns_ino(pid)
-        if ino not in out:
-            out[ino] = f"mnt-{len(out)}"
-    return out
+        for k in kinds:
+            key = (k, _ns_ino(pid, k))
+            if key not in names:
+                names[key] = f"{k}-{count.get(k, 0)}"
+                count[k] = count.get(k, 0) + 1
+    return names
 
 
-def _ns_ino(pid: int) -> int | None:
+def _ns_ino(pid: int, kind: str = "mnt") -> int | None:
     try:
-        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
     except FileNotFoundError:
         return None
 
@@ -74,47 +78,52 @@ def _unique_ids(nsfd: int) -> dict[int, int]:
     return kernel.unique_ids()
 
 
-def check(pids: list[int], texts: list[tuple[int, str]], ext_mnts, leave_running: bool) -> dict[str, dict]:
-    """Refuse (PrestopError) what the running tree `pids` already shows dump would refuse; `texts`:
-    (a pid, its mountinfo) of each mount namespace. Returns the image-like record of each mount
-    namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
-    from engine import strategy
+def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_mnts,
+          leave_running: bool) -> dict[str, dict]:
+    """Refuse (PrestopError) what the running tree [(pid, ppid)] already shows dump would refuse;
+    `texts`: (a pid, its mountinfo) of each mount namespace. Returns the image-like record of each
+    mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
+    from engine import image, strategy
     strat = strategy.current()
-    names = ns_names(pids)
+    pids = [p for p, _ in tree]
+    names = ns_names(pids, image.NS_KINDS)
     view = View(strat)
-    owned_ns: list[str] = []
+    try:
+        owners = userns_cr.plan(tree, names, image.NS_KINDS)["mntns_owner"]
+    except userns_cr.UsernsError as e:
+        raise PrestopError(e.errno or errno.EOPNOTSUPP, str(e) if e.filename else e.strerror or str(e)) from None
+    except OSError:
+        owners = None   # (a process gone meanwhile: dump tells, once the tree is stopped)
     for pid in pids:
         ino = _ns_ino(pid)
         if ino is not None:
-            view.ns_pids.setdefault(names[ino], []).append(pid)
+            view.ns_pids.setdefault(names[("mnt", ino)], []).append(pid)
     for pid, text in texts:
         ino = _ns_ino(pid)
         if ino is None:
             continue
-        name = names[ino]
+        name = names[("mnt", ino)]
         mounts = mountinfo.parse(text)
-        nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            owner = userns_cr.owner_to_join(nsfd)
-            if owner is not None:
-                os.close(owner)
-                owned_ns.append(name)
-            if strat.ids == "statmount" and (owner is not None or any(_prechecks(m.fstype) for m in mounts)):
-                try:
-                    mounts = mountinfo.parse(text, forkrun.run(_unique_ids, nsfd))
-                except (OSError, forkrun.ChildError):
-                    pass   # (the ids are read again once the tree is stopped)
-        finally:
-            os.close(nsfd)
+        owned = owners is not None and name in owners
+        if strat.ids == "statmount" and (owned or any(_prechecks(m.fstype) for m in mounts)):
+            nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                mounts = mountinfo.parse(text, forkrun.run(_unique_ids, nsfd))
+            except (OSError, forkrun.ChildError):
+                pass   # (the ids are read again once the tree is stopped)
+            finally:
+                os.close(nsfd)
         view.ns_mounts[name] = mounts
         view.mntns_doc[name] = _entries(mounts, view)
     try:
-        _check_types(view, ext_mnts, names.get(_ns_ino(pids[0])))
-        owned = _check_locks(view, owned_ns)
+        root_ns = names.get(("mnt", _ns_ino(pids[0])))
+        _check_types(view, ext_mnts, root_ns)
+        check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns), strat.sharing == "construct")
+        owned_ns = _check_locks(view, sorted(owners or ()))
         _check_fds(pids, view, leave_running)
     except (fs.FsError, userns_cr.UsernsError, FdError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
-    return owned
+    return owned_ns
 
 
 def _prechecks(fstype: str) -> bool:
@@ -135,7 +144,7 @@ def _entries(mounts: list, view: View) -> dict:
         if parent is None:
             root = m.mnt_id
         entries.append({"id": m.mnt_id, "parent": parent, "mountpoint": m.mountpoint, "root": m.root,
-                        "fstype": m.fstype, "sb": sid, "uid": m.unique_id, "shared": m.shared,
+                        "fstype": m.fstype, "source": m.source, "sb": sid, "uid": m.unique_id, "shared": m.shared,
                         "master": m.master, "unbindable": m.unbindable})
     return {"root": root, "mounts": entries}
 
@@ -156,12 +165,51 @@ def _check_types(view: View, ext_mnts, root_ns: str | None) -> None:
             fs.lookup(m.fstype).precheck(sid, sb, view)
 
 
+def _maybe_external(view: View, ext_mnts, root_ns: str | None) -> set[str]:
+    """Superblocks dump may take as external: one a declared external mount names, and each
+    namespace root's (made outside, as a runtime's root: dump tells once the tree is stopped)."""
+    out = {e["sb"] for e in (view.mntns_doc.get(root_ns) or {"mounts": ()})["mounts"] if e["mountpoint"] in ext_mnts}
+    for ns in view.mntns_doc.values():
+        out |= {e["sb"] for e in ns["mounts"] if e["id"] == ns["root"]}
+    return out
+
+
+def check_sources(mntns_doc: dict, skip: set[str], construct: bool) -> None:
+    """Refuse mounts of one superblock shown with different sources (mountinfo's source is per
+    mount: the same block device mounted under two names, `mount -t mqueue a` then `mount -t
+    mqueue b` in one ipc namespace) where restore cannot give each its own: restore makes a
+    superblock with the source of its first mount, and its other mounts are clones, which keep
+    that one. Types that `joins_by_ns` are mounted again with the other source (engine/restore.py
+    `_other_source`), except where peer groups are built while mounting (sharing=construct: a
+    mount is bound from another there). `skip`: external superblocks (bound from the host)."""
+    first: dict[str, dict] = {}
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            sid = e["sb"]
+            if sid in skip or e.get("external"):
+                continue
+            f = first.setdefault(sid, e)
+            if e["source"] == f["source"]:
+                continue
+            h = fs.lookup(e["fstype"])
+            if h is not None and h.joins_by_ns and h.keep_source and h.ns and not construct:
+                continue
+            why = ("not with peer groups built while mounting (sharing=construct)" if h is not None and h.joins_by_ns
+                   else f"restore makes every mount of a {e['fstype']} superblock with one source")
+            raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its source "
+                                               f"{e['source']!r} is not {f['source']!r}, the source of mount {f['id']} "
+                                               f"({f['mountpoint']}) of the same filesystem (one superblock mounted "
+                                               f"again under another name): {why}; not supported")
+
+
 def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:
     """The locks of each mount namespace another user namespace owns, probed as dump probes them
     (engine/userns_cr.locks refuses what restore cannot make again)."""
     out = {}
     for name in owned_ns:
-        ns = view.mntns_doc[name]
+        ns = view.mntns_doc.get(name)
+        if ns is None:
+            continue   # (its mountinfo was not read: the namespace appeared meanwhile)
         userns_cr.locks(view.ns_pids[name][0], ns["mounts"], name)
         out[name] = {**ns, "owner": True}
     return out

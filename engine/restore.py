@@ -283,6 +283,9 @@ class _Restorer:
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
+        # (sb id, source) -> a mount of that superblock shown with another source than its first
+        # (a type that `joins_by_ns`: made again in its namespace with that source, _other_source).
+        self.src_fd: dict[tuple[str, str], int] = {}
         # Clones still to be made from each new superblock's fd (assemble closes it after the last:
         # at 90,000 mounts one fd per superblock would pass the fd limit); closed ones, to refuse reuse.
         self.sb_uses: dict[str, int] = {}
@@ -750,6 +753,8 @@ class _Restorer:
                                                      f"{m['sb']} was not created")
                 self.sb_fd[m["sb"]] = self._settle(m["sb"], self._create_by_type(m["sb"], sb, m))
                 step("superblock")
+            if m.get("source", sb["source"]) != sb["source"]:
+                return self._other_source(m, sb), rel_to(m["root"], "/")
             return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
         # A clone of a host path may only be cloned again from the namespace it came from.
         self.to_service()
@@ -768,6 +773,39 @@ class _Restorer:
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+
+    def _other_source(self, m: dict, sb: dict) -> int:
+        """A mount of m's superblock shown with m's own source, which is not the superblock's first
+        (mountinfo's source is per mount, and a clone keeps its source's): made once per source, as
+        the superblock was, by a new mount of its type in its namespace, which joins it (a type that
+        `joins_by_ns`; dump refuses the others)."""
+        sid, source = m["sb"], m["source"]
+        fd = self.src_fd.get((sid, source))
+        if fd is not None:
+            return fd
+        handler = fs.lookup(sb["fstype"])
+        where = f"mount {m['id']} ({m['mountpoint']}) on {sb['fstype']}"
+        if not (handler.joins_by_ns and handler.keep_source and handler.ns):
+            raise RestoreError(errno.EINVAL, f"{where}: its source {source!r} is not its superblock's "
+                                             f"({sb['source']!r}), and a {sb['fstype']} cannot be mounted again "
+                                             "with another")
+        attr = attr_of(self.base_opts.get(sid, _PLAIN))[0]
+        try:
+            _, fds = self._creator(sid, sb, handler, m).call(
+                ("fsmount", sb["fstype"].split(".", 1)[0], source, handler.fsconfig_params(sb["super_opts"]), attr))
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+        fd = fds[0]
+        if os.fstat(fd).st_dev != os.fstat(self.sb_fd[sid]).st_dev:
+            os.close(fd)
+            raise RestoreError(errno.EINVAL, f"{where}: mounting it again with its source {source!r} made another "
+                                             "superblock")
+        if self.yard is not None:
+            n = len(self.src_fd)
+            os.mkdir(f"{sid}-src{n}", 0o700, dir_fd=self.yard)
+            kernel.move_mount(fd, "", self.yard, f"{sid}-src{n}", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        self.src_fd[(sid, source)] = fd
+        return fd
 
     def open_external_files(self) -> None:
         """Open each fd declared external at dump (--external file[KEY]:HOSTPATH) on the host."""
@@ -1091,9 +1129,11 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"mount {self.ghost_user[gid]['id']} "
                                                          f"({self.ghost_user[gid]['mountpoint']}): unlinking its root "
                                                          f"{self.doc['ghosts'][gid]['path']} again: {e.strerror or e}") from None
-        for fd in list(self.sb_fd.values()) + list(self.ext_src.values()) + list(self.ghost_src.values()):
+        for fd in (list(self.sb_fd.values()) + list(self.src_fd.values()) + list(self.ext_src.values())
+                   + list(self.ghost_src.values())):
             os.close(fd)
         self.sb_fd.clear()
+        self.src_fd.clear()
         self.ghost_src.clear()
         if self.filler is not None:
             self.filler.close()

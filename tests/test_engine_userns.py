@@ -5,6 +5,7 @@ import os
 import pytest
 
 from engine import forkrun, kernel, userns, userns_cr
+import enginecase
 from enginecase import case, procs_with  # noqa: F401
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making user namespaces with any map needs root")
@@ -56,7 +57,7 @@ def test_dump_refuses_namespaces_of_two_user_namespaces_and_keeps_the_tree_runni
     # to make the uts namespace from inside its user namespace and join a pid namespace of the
     # outer one from there, which it cannot. (Only the pid namespace: scenarios/userns/
     # pidns_of_parent_userns.yaml, restored.)
-    pid = case.start("unshare -U -r -p sh -c 'unshare -U -r -u /.hold/mntcr-hold 100000 & "
+    pid = case.start(enginecase.STOP_WATCH + "unshare -U -r -p sh -c 'unshare -U -r -u /.hold/mntcr-hold 100000 & "
                      "exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &\nhold\n")
     with pytest.raises(AssertionError) as err:
         case.dump(pid, str(tmp_path / "img"))
@@ -64,6 +65,7 @@ def test_dump_refuses_namespaces_of_two_user_namespaces_and_keeps_the_tree_runni
     assert ("its pid namespace belongs to init > [uid 0 0 1 gid 0 0 1 setgroups deny], others of its namespaces "
             "to its own user namespace (init > [uid 0 0 1 gid 0 0 1 setgroups deny] > [uid 0 0 1 gid 0 0 1 "
             "setgroups deny]): not supported yet") in str(err.value)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
 
 

@@ -108,6 +108,11 @@ class FsType:
     no_opts: bool = False
     # Keep the mountinfo source string when creating (fsconfig "source").
     keep_source: bool = True
+    # A new mount of the type in the same namespace joins its superblock (mqueue, sysfs, cgroup2:
+    # keyed by their namespace), so restore mounts it again for a mount shown with another source
+    # than the superblock's first (mountinfo's source is per mount; a bind keeps its source's).
+    # Without it, dump refuses mounts of one superblock with different sources.
+    joins_by_ns: bool = False
     # Built on layers that are other mounts: the image has its layers record, made `ON_USE`.
     layers: bool = False
     # Lives on a block device: the image has its device record (external or a loop file of the image).
