@@ -579,7 +579,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     everyone = [p for p, _ in tree]
     tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
     pids = [p for p, _ in tree]
-    _precheck(tree, ext_mnts, leave_running)
+    _precheck(tree, ext_mnts, leave_running, ext_files)
     _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
@@ -641,7 +641,8 @@ def _watchdog(pids: list[int]) -> int:
     return pid
 
 
-def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False) -> None:
+def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,
+              ext_files=()) -> None:
     """Refuse before stopping anything: unsupported filesystems and propagation restore cannot
     build (from mountinfo alone), then what else the running tree already shows (engine/prestop.py:
     types' and fd kinds' prechecks, the locks of namespaces other user namespaces own)."""
@@ -670,7 +671,7 @@ def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leav
     for _, text in texts:
         _refuse_sharing(text)
     try:
-        owned = prestop.check(tree, texts, ext_mnts, leave_running)
+        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files)
     except prestop.PrestopError as e:
         raise DumpError(e.errno, e.strerror) from None
     _check_construct(texts, ext_mnts, owned)

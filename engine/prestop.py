@@ -79,9 +79,10 @@ def _unique_ids(nsfd: int) -> dict[int, int]:
 
 
 def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_mnts,
-          leave_running: bool) -> dict[str, dict]:
+          leave_running: bool, ext_files=()) -> dict[str, dict]:
     """Refuse (PrestopError) what the running tree [(pid, ppid)] already shows dump would refuse;
-    `texts`: (a pid, its mountinfo) of each mount namespace. Returns the image-like record of each
+    `texts`: (a pid, its mountinfo) of each mount namespace; fds on `ext_files` (paths declared
+    --external file[PATH]) are not looked at. Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
     from engine import image, strategy
     strat = strategy.current()
@@ -120,7 +121,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_types(view, ext_mnts, root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns), strat.sharing == "construct")
         owned_ns = _check_locks(view, sorted(owners or ()))
-        _check_fds(pids, view, leave_running)
+        _check_fds(pids, view, leave_running, set(ext_files))
     except (fs.FsError, userns_cr.UsernsError, FdError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
@@ -215,7 +216,7 @@ def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:
     return out
 
 
-def _check_fds(pids: list[int], view: View, leave_running: bool) -> None:
+def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[str]) -> None:
     """Each fd's kind's precheck (a process or fd gone meanwhile is passed over), then each kind's
     prefinish."""
     from engine.fds import DumpFd
@@ -237,6 +238,8 @@ def _check_fds(pids: list[int], view: View, leave_running: bool) -> None:
                     target = os.readlink(link)
                     mode = os.stat(link).st_mode
                 except OSError:
+                    continue
+                if target in ext_files:
                     continue
                 kind = fdkinds.classify(target, mode)
                 if kind is None:

@@ -1008,3 +1008,40 @@ for x in (p, a, n): x.close()
 """)
     state = case.roundtrip(setup)[-1]
     assert [_unix_state(state.pid, n) for n in (10, 11, 12)] == ["03", "03", "01"]
+
+
+def test_fanotify_events_waiting_refused_unstopped(case):
+    """A fanotify group with an event waiting to be read (a write to a marked file): restore cannot
+    make the event again, so dump refuses naming the fd, before it stops the tree (FIONREAD tells
+    it and reads nothing: the event is still there afterwards)."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; touch /mnt/t/file
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+f = libc.fanotify_init(0x2, os.O_RDONLY | os.O_LARGEFILE)
+assert f >= 0 and libc.fanotify_mark(f, 0x1, 0x8, -100, b"/mnt/t/file") == 0, ctypes.get_errno()
+with open("/mnt/t/file", "w") as w:
+    w.write("x")
+os.dup2(f, 10); os.close(f)
+""")
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify events wait to be read on it",
+                     str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    import fcntl
+    import struct
+    import termios
+    from engine.fds import sys as fsys
+    pidfd = os.pidfd_open(pid)
+    try:
+        g = fsys.pidfd_getfd(pidfd, 10)
+    finally:
+        os.close(pidfd)
+    try:
+        assert struct.unpack("i", fcntl.ioctl(g, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+    finally:
+        os.close(g)
