@@ -180,8 +180,8 @@ def check_sources(mntns_doc: dict, skip: set[str], construct: bool) -> None:
     mount: the same block device mounted under two names, `mount -t mqueue a` then `mount -t
     mqueue b` in one ipc namespace) where restore cannot give each its own: restore makes a
     superblock with the source of its first mount, and its other mounts are clones, which keep
-    that one. Types that `joins_by_ns` are mounted again with the other source (engine/restore.py
-    `_other_source`), except where peer groups are built while mounting (sharing=construct: a
+    that one. Types that `joins_by_ns` or have a `mount_again` hook (block devices) are mounted
+    again with the other source (engine/restore.py `_other_source`), except where peer groups are built while mounting (sharing=construct: a
     mount is bound from another there). `skip`: external superblocks (bound from the host)."""
     first: dict[str, dict] = {}
     for ns in mntns_doc.values():
@@ -193,9 +193,9 @@ def check_sources(mntns_doc: dict, skip: set[str], construct: bool) -> None:
             if e["source"] == f["source"]:
                 continue
             h = fs.lookup(e["fstype"])
-            if h is not None and h.joins_by_ns and h.keep_source and h.ns and not construct:
+            if h is not None and h.mounts_again and not construct:
                 continue
-            why = ("not with peer groups built while mounting (sharing=construct)" if h is not None and h.joins_by_ns
+            why = ("not with peer groups built while mounting (sharing=construct)" if h is not None and h.mounts_again
                    else f"restore makes every mount of a {e['fstype']} superblock with one source")
             raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its source "
                                                f"{e['source']!r} is not {f['source']!r}, the source of mount {f['id']} "

@@ -776,26 +776,33 @@ class _Restorer:
 
     def _other_source(self, m: dict, sb: dict) -> int:
         """A mount of m's superblock shown with m's own source, which is not the superblock's first
-        (mountinfo's source is per mount, and a clone keeps its source's): made once per source, as
-        the superblock was, by a new mount of its type in its namespace, which joins it (a type that
-        `joins_by_ns`; dump refuses the others)."""
+        (mountinfo's source is per mount, and a clone keeps its source's): made once per source by a
+        new mount that joins the superblock: of its type in its namespace (a type that `joins_by_ns`,
+        as the superblock was made), or by its type's `mount_again` (block devices); dump refuses
+        the others."""
         sid, source = m["sb"], m["source"]
         fd = self.src_fd.get((sid, source))
         if fd is not None:
             return fd
         handler = fs.lookup(sb["fstype"])
         where = f"mount {m['id']} ({m['mountpoint']}) on {sb['fstype']}"
-        if not (handler.joins_by_ns and handler.keep_source and handler.ns):
+        if not handler.mounts_again:
             raise RestoreError(errno.EINVAL, f"{where}: its source {source!r} is not its superblock's "
                                              f"({sb['source']!r}), and a {sb['fstype']} cannot be mounted again "
                                              "with another")
         attr = attr_of(self.base_opts.get(sid, _PLAIN))[0]
         try:
-            _, fds = self._creator(sid, sb, handler, m).call(
-                ("fsmount", sb["fstype"].split(".", 1)[0], source, handler.fsconfig_params(sb["super_opts"]), attr))
+            if handler.joins_by_ns:
+                _, fds = self._creator(sid, sb, handler, m).call(
+                    ("fsmount", sb["fstype"].split(".", 1)[0], source, handler.fsconfig_params(sb["super_opts"]),
+                     attr))
+                fd = fds[0]
+            else:
+                fd = handler.mount_again(sb, source, self.sb_fd[sid], where)
+        except fs.FsError as e:
+            raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
-        fd = fds[0]
         if os.fstat(fd).st_dev != os.fstat(self.sb_fd[sid]).st_dev:
             os.close(fd)
             raise RestoreError(errno.EINVAL, f"{where}: mounting it again with its source {source!r} made another "

@@ -23,6 +23,7 @@ What a type declares:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import stat
@@ -111,7 +112,7 @@ class FsType:
     # A new mount of the type in the same namespace joins its superblock (mqueue, sysfs, cgroup2:
     # keyed by their namespace), so restore mounts it again for a mount shown with another source
     # than the superblock's first (mountinfo's source is per mount; a bind keeps its source's).
-    # Without it, dump refuses mounts of one superblock with different sources.
+    # Types without it may do so with `mount_again` (block devices); dump refuses the others.
     joins_by_ns: bool = False
     # Built on layers that are other mounts: the image has its layers record, made `ON_USE`.
     layers: bool = False
@@ -200,6 +201,20 @@ class FsType:
         """Superblock ids `create` reads from (a device's backing file, layers): their fds stay open
         until the superblock is made. `mounts` maps the image's mount ids to their records."""
         return set()
+
+    def mount_again(self, sb: dict, source: str, sb_fd: int, where: str) -> int:
+        """A new mount of the superblock of `sb` (whose mount `sb_fd` restore made) shown with
+        `source`, another name than its first (types that `joins_by_ns` are mounted again in their
+        namespace by restore itself). The default cannot: dump refuses such a tree, and restore
+        such an image."""
+        raise FsError(errno.EOPNOTSUPP, f"{where}: a {self.name} superblock cannot be mounted again under "
+                                        f"another source ({source!r})")
+
+    @property
+    def mounts_again(self) -> bool:
+        """Whether restore can give a mount of it another source than its superblock's first."""
+        return (self.joins_by_ns and self.keep_source and self.ns is not None) or \
+            type(self).mount_again is not FsType.mount_again
 
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         """Make the superblock; return a detached mount fd. Only for types whose `when` is not PLAIN
