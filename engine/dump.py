@@ -1,7 +1,8 @@
 """Dump: a process tree's mount namespaces, roots, cwds and open files -> image directory.
 
 Steps:
- 1. find the process tree and stop it (SIGSTOP) so nothing changes under us;
+ 1. find the process tree, refuse what it already shows while it runs (engine/prestop.py: a
+    refusal leaves it untouched), then stop it (SIGSTOP) so nothing changes under us;
  2. per mount namespace, a helper enters it (setns) and reads mountinfo and each
     member process's root, cwd and fds (paths as seen from the namespace root,
     mount ids from fdinfo/statx);

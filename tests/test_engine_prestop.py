@@ -79,3 +79,25 @@ def test_one_superblock_of_a_type_that_makes_one_under_two_names_refused_unstopp
                      "one source; not supported", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
     assert _running(pid)
+
+
+def test_check_sources_refuses_only_what_restore_cannot_mount_again():
+    """The rule on its own: a second source of a superblock passes for a type restore mounts again
+    (mqueue, ext4), is refused for one it cannot (tracefs) and for every type where peer groups are
+    built while mounting, and is not looked at on an external superblock."""
+    from engine import fs, prestop
+
+    def doc(fstype, external=None):
+        return {"mnt-0": {"root": 1, "mounts": [
+            {"id": 1, "mountpoint": "/", "fstype": "tmpfs", "source": "root", "sb": "sb-0"},
+            {"id": 2, "mountpoint": "/a", "fstype": fstype, "source": "one", "sb": "sb-1"},
+            {"id": 3, "mountpoint": "/b", "fstype": fstype, "source": "two", "sb": "sb-1", "external": external}]}}
+
+    for fstype in ("mqueue", "ext4"):
+        prestop.check_sources(doc(fstype), set(), False)
+    for fstype, construct in (("tracefs", False), ("mqueue", True)):
+        with pytest.raises(fs.FsError, match=r"mount 3 \(/b\) on \w+: its source 'two' is not 'one', the source of "
+                                             r"mount 2 \(/a\)"):
+            prestop.check_sources(doc(fstype), set(), construct)
+    prestop.check_sources(doc("tracefs"), {"sb-1"}, False)
+    prestop.check_sources(doc("tracefs", external="key"), set(), False)
