@@ -41,7 +41,11 @@ _PID_DIR = re.compile(r"/(\d+)(?:/|$)")
 def _precheck(d) -> None:
     """Before the tree is stopped: the same refusal, the fd's mount read from its fdinfo only for a
     path beneath a proc mount."""
-    if any(m.fstype == "proc" and d.target.startswith(m.mountpoint.rstrip("/") + "/") for m in d.mounts):
+    key = ("proc-mounts", id(d.mounts))   # (one list a namespace: a tree may have 90,000 mounts)
+    prefixes = d.scratch.get(key)
+    if prefixes is None:
+        prefixes = d.scratch[key] = tuple({m.mountpoint.rstrip("/") + "/" for m in d.mounts if m.fstype == "proc"})
+    if prefixes and d.target.startswith(prefixes):
         d.mnt = int(d.info()["mnt_id"][0])
         _refuse_gone_pid_dir(d)
 
