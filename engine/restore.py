@@ -808,6 +808,7 @@ class _Restorer:
             raise RestoreError(errno.EINVAL, f"{where}: mounting it again with its source {source!r} made another "
                                              "superblock")
         if self.yard is not None:
+            self.to_service()   # (the yard is a directory of the service namespace)
             n = len(self.src_fd)
             os.mkdir(f"{sid}-src{n}", 0o700, dir_fd=self.yard)
             kernel.move_mount(fd, "", self.yard, f"{sid}-src{n}", kernel.MOVE_MOUNT_F_EMPTY_PATH)
