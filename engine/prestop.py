@@ -5,16 +5,19 @@ resumes it (SIGCONT) when it refuses; a parent waiting with WUNTRACED or
 WCONTINUED, a ptracer or a job-control shell sees that stop. So what a running
 tree already shows is checked here first, with the line dump would give:
 
+- the user namespaces (engine/userns_cr.plan: namespaces of two user namespaces);
 - per mount namespace, each type's `precheck` hook (engine/fs/: an overlay layer
   whose mount was moved after the overlay was made), from mountinfo and the
-  mounts' unique ids;
+  mounts' unique ids; mounts of one superblock under two sources that restore
+  cannot give back (`check_sources`, dump's own rule);
 - per mount namespace owned by another user namespace, its locks, probed as dump
   probes them (engine/userns_cr.locks: a locked mount covered by a locked mount
   that is shared, as nspawn -U leaves them);
 - per fd, its kind's `precheck` hook (engine/fds/: an fd no kind handles, inet
   sockets, netlink messages waiting, a file of /proc/N of a process gone, a
   socket name that is not normalised, data on a connection not yet accepted with
-  --leave-running, a datagram from a named sender the tree does not hold).
+  --leave-running, a datagram from a named sender the tree does not hold,
+  fanotify events waiting).
 
 Everything here only reads. Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
