@@ -213,6 +213,30 @@ os.dup2(i, 10); os.close(i)
     assert "watches=1:300,3:2,4:4" in _fd(after, 10), _fd(after, 10)
 
 
+def test_inotify_watch_on_overlay_found_by_inode_number(case):
+    """Overlayfs without nfs_export shows a handle it cannot open again (ESTALE): a watch on an
+    overlay directory (dbus-daemon's on /usr/share/dbus-1 in a VM guest whose root is an overlay)
+    is found by its inode number and comes back on the same directory."""
+    setup = """
+mkdir /mnt/t /mnt/o; mount -t tmpfs t /mnt/t; mkdir -p /mnt/t/l/share/dbus-1/services /mnt/t/u /mnt/t/w
+mount -t overlay overlay -o lowerdir=/mnt/t/l,upperdir=/mnt/t/u,workdir=/mnt/t/w /mnt/o
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(os.O_NONBLOCK)
+libc.inotify_add_watch(i, b"/mnt/o/share/dbus-1/services", 0x100)
+libc.inotify_add_watch(i, b"/mnt/o", 0x200)
+os.dup2(i, 10); os.close(i)
+""")
+    after = case.roundtrip(setup, iters=2)[-1]   # (the first restore's watches are dumped again)
+    assert "watches=1:100,2:200" in _fd(after, 10), _fd(after, 10)
+    pid = after.pid
+    with open(f"/proc/{pid}/fdinfo/10") as f:
+        inos = {int(wd): int(ino, 16) for wd, ino in re.findall(r"inotify wd:(\d+) ino:([0-9a-f]+)", f.read())}
+    root = f"/proc/{pid}/root/mnt/o"
+    assert inos == {1: os.stat(f"{root}/share/dbus-1/services").st_ino, 2: os.stat(root).st_ino}
+
+
 def test_ptys_on_devpts_of_the_tree(case):
     """Two pty pairs on a devpts instance of the container (numbers 0 and 2: 1 was closed), the
     slave of one held by a child; termios and window size of the first pair are kept."""
