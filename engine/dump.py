@@ -1365,10 +1365,18 @@ def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = Non
                                                       "cannot rebuild this propagation (make it private, or declare "
                                                       "a mount of the group that covers the others external too)"
                                     ) from None
+    helpers = {op[1]: op[2] for op in ops if op[0] == "helper"}   # helper id (< 0) -> its superblock
     for op in ops:
         if op[0] != "external":
             continue
-        dst, master = by_id[op[1]], op[2]
+        master = op[2]
+        if op[1] in helpers:
+            # A helper of the superblock's root starts the group (no member covers the others):
+            # name the group's first member, which is what the user sees and may declare.
+            dst = min((e for e in mounts if e["sb"] == helpers[op[1]] and e["master"] == master),
+                      key=lambda e: (len(e["root"]), e["root"], e["id"]))
+        else:
+            dst = by_id[op[1]]
         if not any(e["external"] and e["sb"] == dst["sb"] and master in (e["master"], e["shared"]) for e in mounts):
             raise DumpError(errno.EOPNOTSUPP,
                             f"mount {dst['id']} ({dst['mountpoint']}) on {dst['fstype']}: a slave of peer group "
