@@ -36,3 +36,8 @@ def test_flavor_and_features():
     assert "allows flavors uns, not ns" in criu_tests.unsupported_flavor(prog({"flavor": "uns"}), "ns")
     assert "'no_such_feature'" in criu_tests.unsupported_flavor(prog({"feature": "no_such_feature"}), "ns")
     assert criu_tests.unsupported_flavor(prog({"feature": "mnt_id", "flavor": "ns uns"}), "uns") is None
+
+
+def test_enable_fs_needs_only_the_kernel_filesystem():
+    assert criu_tests.options({"opts": "--enable-fs tmpfs"}).unsupported is None
+    assert "has no no_such_fs" in criu_tests.options({"opts": "--enable-fs no_such_fs"}).unsupported

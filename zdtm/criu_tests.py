@@ -75,8 +75,13 @@ FEATURES = {
     "mnt_id": lambda: os.path.exists("/proc/self/fdinfo/0") and "mnt_id:" in open("/proc/self/fdinfo/0").read(),
     "move_mount_set_group": lambda: _kernel_at_least(5, 15),
     "cgroupns": lambda: os.path.exists("/proc/self/ns/cgroup"),
-    "autofs": lambda: "autofs" in open("/proc/filesystems").read(),
+    "autofs": lambda: "autofs" in _kernel_filesystems(),
 }
+
+
+def _kernel_filesystems() -> set[str]:
+    with open("/proc/filesystems") as f:
+        return {line.split()[-1] for line in f if line.strip()}
 
 
 def _kernel_at_least(major: int, minor: int) -> bool:
@@ -143,6 +148,13 @@ def options(desc: dict) -> Options:
                 continue
             if opt == "--enable-external-masters":
                 flags.add("masters")
+                continue
+            if opt == "--enable-fs" and value:
+                # criu mounts such a filesystem fresh; mntcr does that for every type it has a module
+                # for (engine/fs) and refuses the others by name: only the kernel must have it
+                missing = [fs for fs in value.split(",") if fs not in _kernel_filesystems()]
+                if missing:
+                    return Options(unsupported=f"--enable-fs {value} (this kernel has no {','.join(missing)})")
                 continue
             if opt in IGNORED_OPTS:
                 continue
@@ -433,6 +445,7 @@ class _Run:
                 return self.res("fail", "start", f"the test did not get ready in {self.timeout:g}s")
         pidfile = os.path.join(static, f"{name}.pid")
         if proc.returncode != 0 or not os.path.exists(pidfile):
+            self.keep_outputs()
             why = _tail(os.path.join(static, f"{name}.out.inprogress")) or _tail(os.path.join(self.w, "start.log"))
             return self.res("fail", "start", f"the test failed to start (exit {proc.returncode}): {why}")
         with open(pidfile) as f:
@@ -485,6 +498,16 @@ class _Run:
             return self.res("fail", "compare", "restored state differs from the test's:\n" + report)
         return self.verdict()
 
+    def keep_outputs(self) -> None:
+        """Copy the test's own output files (NAME.out*, the root dies with the helper) into the workdir."""
+        static = os.path.join(self.root, "zdtm", "static")
+        for n in os.listdir(static):
+            if n.startswith(self.p.name + ".out"):
+                try:
+                    shutil.copy(os.path.join(static, n), os.path.join(self.w, n))
+                except OSError:
+                    pass
+
     def verdict(self) -> Result:
         """SIGTERM the test (its pid 1 passes it on); its outfile must say PASS."""
         name, static = self.p.name, os.path.join(self.root, "zdtm", "static")
@@ -500,6 +523,7 @@ class _Run:
             return self.res("fail", "verdict", f"the test wrote no {name}.out: "
                             + (_tail(out + ".inprogress") or _tail(os.path.join(static, f"{name}.outns"))))
         if "PASS" not in text.split():
+            self.keep_outputs()
             return self.res("fail", "verdict", "the test's own check after the dump failed: " + _tail(out))
         return self.res("pass")
 
@@ -507,6 +531,17 @@ class _Run:
         for pid in (self.restored, self.test_pid):
             if pid:
                 snapshot.kill_tree(pid)
+        # zdtm.py's `NAME.hook --clean`: undoes what outlives the test's namespaces (binfmt_misc
+        # registrations of the host's instance, cgroups); run from the root, as zdtm.py runs it
+        # from its test directory. Its mounts die with this helper's namespace.
+        hook = self.p.binary + ".hook"
+        if os.path.exists(hook) and os.path.isdir(self.root):
+            with open(os.path.join(self.w, "hook-clean.log"), "wb") as log:
+                try:
+                    subprocess.run(["bash", hook, "--clean"], cwd=self.root, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log, timeout=60)
+                except (OSError, subprocess.SubprocessError):
+                    pass   # its log says what went wrong; nothing it cleans is needed by the result
 
 
 def _save(path: str, text: str) -> None:
