@@ -76,7 +76,25 @@ FEATURES = {
     "move_mount_set_group": lambda: _kernel_at_least(5, 15),
     "cgroupns": lambda: os.path.exists("/proc/self/ns/cgroup"),
     "autofs": lambda: "autofs" in _kernel_filesystems(),
+    "sk_unix_file": lambda: _sk_unix_file(),
 }
+
+
+def _sk_unix_file() -> bool:
+    """SIOCUNIXFILE (an O_PATH fd on a bound unix socket's file): zdtm.py's sk_unix_file feature."""
+    import fcntl
+    import socket
+    d = tempfile.mkdtemp(prefix="mntcr-sk-probe-")
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(os.path.join(d, "s"))
+            try:
+                os.close(fcntl.ioctl(s.fileno(), 0x89E0))
+            except OSError:
+                return False
+            return True
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _kernel_filesystems() -> set[str]:
