@@ -344,6 +344,9 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     touching the original: visible mounts are cloned at once, covered ones
     after their covers are gone (see _uncover).
     """
+    owner = userns_cr.owner_to_join(ns_fd)   # (not None: mounts of the copy may carry locked ones)
+    if owner is not None:
+        os.close(owner)
     hostproc = _enter_copy(ns_fd, pids)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
                    encoding="utf-8", errors="surrogateescape") as f:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import errno
 import marshal
 import os
@@ -865,10 +866,16 @@ class _Restorer:
         afd = None
         if not g.get("linked"):
             afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+        # A superblock a user namespace owns takes new files only from ids it maps.
+        owner = self.doc["superblocks"][g["sb"]].get("owner")
+        ids = None if owner is None else self.users.writer_ids(owner)
         try:
-            ghost = self.ghost_live[gid] = ghosts.Ghost(
-                base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,
-                g.get("only"), links=g.get("links") or (), linked=g.get("linked"))
+            with contextlib.ExitStack() as as_ids:
+                if ids is not None:
+                    as_ids.enter_context(kernel.fs_ids_for_a_while(*ids))
+                ghost = self.ghost_live[gid] = ghosts.Ghost(
+                    base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,
+                    g.get("only"), links=g.get("links") or (), linked=g.get("linked"), ids=ids)
             return ghost
         except OSError as e:
             if isinstance(e, RestoreError):
