@@ -73,8 +73,10 @@ _SOCKET_IGNORED = re.compile(r'^[^ ]*tar: (".*"): socket ignored$')
 
 def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Channel) -> None:
     staging = _staging(mounts)
-    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", *_COMMON, "--quoting-style=c", "-cf", "-",
-           *sorted(name for _, name in mounts)]
+    # --one-file-system: a mount cloned with the locked mounts on it (a namespace a user namespace
+    # owns: dump's _clone_mounts) must not bring their files (proc's, another tmpfs's) along.
+    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", "--one-file-system", *_COMMON,
+           "--quoting-style=c", "-cf", "-", *sorted(name for _, name in mounts)]
     proc = subprocess.run(cmd, pass_fds=(staging,), stdin=subprocess.DEVNULL, stdout=out_fd,
                           stderr=subprocess.PIPE, text=True, errors="surrogateescape",
                           env={**os.environ, "LC_ALL": "C"})

@@ -58,7 +58,8 @@ def test_sockets_on_a_tmpfs_of_a_user_namespace(case):
 # Deleted files in a user namespace's own mount namespace: one on its tmpfs (made again as ids it
 # maps), one on the namespace's locked root (taken again through the root's copy in the user
 # namespace, not left on the mount the copy replaced: it came back "detached"); and a tmpfs with a
-# locked mount on it that only that namespace has (dump clones it recursively: it raised NameError).
+# locked mount on it that only that namespace has (dump clones it recursively: it raised NameError;
+# then tar archived the locked proc on it too, and failed).
 GHOSTS = """
 import ctypes, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -73,7 +74,8 @@ g2 = open("/tmp/ghost", "w+"); g2.write("on the locked root"); g2.flush(); os.un
 """
 
 GHOST_SETUP = """
-mkdir -p /mnt/own /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/c; mount -t tmpfs c /mnt/t/c; echo kept > /mnt/t/f
+mkdir -p /mnt/own /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/c /mnt/t/p; mount -t tmpfs c /mnt/t/c
+mount -t proc proc /mnt/t/p; echo kept > /mnt/t/f
 """ + "(" + py_hold(GHOSTS).strip() + ") </dev/null >/dev/null 2>&1 &\n" + """
 wait_for /tmp/unshared
 echo "0 20000 20000" > /proc/$!/uid_map; echo "0 400000 50000" > /proc/$!/gid_map; touch /tmp/mapped
