@@ -39,16 +39,25 @@ _PID_DIR = re.compile(r"/(\d+)(?:/|$)")
 
 
 def _refuse_gone_pid_dir(d) -> None:
-    """A file of /proc/N/ whose process N is gone (CRIU's remap_dead_pid): restore reopens paths,
-    and /proc/N/... names no file then (or another process's): refused here, naming it."""
+    """A file of /proc/N/ (restore reopens paths): refused here, naming it, when process N is gone
+    (CRIU's remap_dead_pid: /proc/N/... names no file then, or another process's), and when it is
+    there but not its pid namespace's init (CRIU's fanotify00 keeps /proc/self/fdinfo/N open):
+    restore gives the stand-ins other pid numbers, so the name would lead to another process's
+    file. A pid namespace made again has the same init."""
     m = next((m for m in d.mounts if m.mnt_id == d.mnt), None)
     if m is None or m.fstype != "proc" or not d.target.startswith(m.mountpoint.rstrip("/") + "/"):
         return
     rel = d.target[len(m.mountpoint.rstrip("/")):]
     hit = _PID_DIR.match(m.root.rstrip("/") + rel)
-    if hit and not os.path.lexists(f"/proc/{d.pid}/root{m.mountpoint.rstrip('/')}/{hit[1]}"):
+    if not hit:
+        return
+    if not os.path.lexists(f"/proc/{d.pid}/root{m.mountpoint.rstrip('/')}/{hit[1]}"):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory, and that "
                                         "process is gone: not supported")
+    if hit[1] != "1":
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory: restore "
+                                        "keeps no pid numbers, so that name would lead to another process's "
+                                        "file: not supported")
 
 
 register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90))
