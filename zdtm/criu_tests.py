@@ -552,6 +552,7 @@ class _Run:
         # zdtm.py's `NAME.hook --clean`: undoes what outlives the test's namespaces (binfmt_misc
         # registrations of the host's instance, cgroups); run from the root, as zdtm.py runs it
         # from its test directory. Its mounts die with this helper's namespace.
+        _clear_zdtm_cgroups(self.mounts)
         hook = self.p.binary + ".hook"
         if os.path.exists(hook) and os.path.isdir(self.root):
             with open(os.path.join(self.w, "hook-clean.log"), "wb") as log:
@@ -560,6 +561,33 @@ class _Run:
                                    stderr=log, timeout=60)
                 except (OSError, subprocess.SubprocessError):
                     pass   # its log says what went wrong; nothing it cleans is needed by the result
+
+
+def _clear_zdtm_cgroups(scratch: str) -> None:
+    """Remove the cgroups tests leave in the named cgroup v1 hierarchy "zdtmtst" (cgroup_stray's
+    /bar: zdtm.py clears them itself), mounted here in the helper's namespace; a cgroup still in
+    use stays (rmdir: EBUSY)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            if not any(line.split(":")[1] == "name=zdtmtst" for line in f if line.count(":") >= 2):
+                return
+    except OSError:
+        return
+    top = os.path.join(scratch, "cgroup-zdtmtst")
+    os.makedirs(top, exist_ok=True)
+    try:
+        _mount("-t", "cgroup", "-o", "none,name=zdtmtst", "zdtmtst", top)
+    except subprocess.CalledProcessError:
+        return
+    try:
+        for d, subdirs, _files in os.walk(top, topdown=False):
+            if d != top:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+    finally:
+        subprocess.run(["umount", top], capture_output=True)
 
 
 def _save(path: str, text: str) -> None:
