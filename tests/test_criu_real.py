@@ -157,8 +157,7 @@ TESTS = {
     "unlink_fstat00": "pass",
     "unlink_fstat02": "known: compare: a file open under two hard links, both deleted, comes back under one name",
     "ghost_holes00": "pass",
-    "fd01": "known: dump: an O_TMPFILE fd's flags (__O_TMPFILE) fail dump's own image check ('a bug, please "
-            "report it')",
+    "fd01": "pass",   # O_TMPFILE files (tmpfile(3)): made again by O_TMPFILE
 }
 
 
