@@ -298,9 +298,10 @@ class _Restorer:
         self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
-        # (ghost id, mount) -> O_PATH fd its open files on that mount are reopened from: one per
-        # mount, since fds of one unlinked file may sit on several mounts (CRIU's mntns_ghost01).
-        self.ghost_fd: dict[tuple[str, int], int] = {}
+        # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
+        # from: fds of one unlinked file may sit on several mounts (CRIU's mntns_ghost01), and name
+        # it by several deleted hard links (CRIU's unlink_fstat02: the fd's name is the link's).
+        self.ghost_fd: dict[tuple[str, int, str], int] = {}
         self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts recreated, linked until the mounts are attached
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
@@ -832,10 +833,10 @@ class _Restorer:
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
-            if (gid, m["id"]) not in self.ghost_fd:
+            if (gid, m["id"], path) not in self.ghost_fd:
                 self._ghost(gid)
                 try:
-                    self.ghost_fd[gid, m["id"]] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
+                    self.ghost_fd[gid, m["id"], path] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
                                                         _BENEATH | kernel.RESOLVE_NO_XDEV)
                 except OSError as e:
                     raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): its deleted file {path} "
@@ -1419,10 +1420,13 @@ class _Restorer:
         finally:
             self._fds.close()
 
-    def _open_ghost(self, gid: str, flags: int, mnt: int) -> int:
+    def _open_ghost(self, gid: str, flags: int, mnt: int, path: str | None = None) -> int:
         """A new description of ghost `gid` (unlinked at restore too) on mount `mnt`: reopened from the
-        fd taken through that mount while it had its name."""
-        return os.open(f"self/fd/{self.ghost_fd[gid, mnt]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
+        fd taken through that mount while it had its name `path` (any of its names when None)."""
+        at = self.ghost_fd.get((gid, mnt, path))
+        if at is None:
+            at = next(fd for (g, m, _), fd in self.ghost_fd.items() if g == gid and m == mnt)
+        return os.open(f"self/fd/{at}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def _place_processes(self) -> None:
         # Every stand-in enters its root first: some objects are made before any fd (a socket pair
@@ -1448,7 +1452,8 @@ class _Restorer:
         chan = self.chans[p["pid"]]
         where = f"process {p['pid']}"
         try:
-            root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY, loc["mnt"]) if loc.get("ghost")
+            root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY, loc["mnt"], loc["path"])
+                         if loc.get("ghost")
                          else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
                          for loc in (p["root"], p["cwd"]))
         except OSError as e:

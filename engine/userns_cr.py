@@ -704,7 +704,7 @@ class Rebuild:
         One the copy cannot reach (beneath a locked mount) keeps the old mount."""
         from engine import kernel
         for gid, path in r.ghost_fds_on.get(mid, ()):
-            if (gid, mid) not in r.ghost_fd:
+            if (gid, mid, path) not in r.ghost_fd:
                 continue
             try:
                 new = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
@@ -712,8 +712,8 @@ class Rebuild:
                                      | kernel.RESOLVE_NO_MAGICLINKS)
             except OSError:
                 continue
-            os.close(r.ghost_fd[gid, mid])
-            r.ghost_fd[gid, mid] = new
+            os.close(r.ghost_fd[gid, mid, path])
+            r.ghost_fd[gid, mid, path] = new
 
     def _clone_root(self, r, ns: dict) -> int:
         """A detached clone of namespace `ns`'s root (we stand in it, not copied yet): no lock."""

@@ -28,7 +28,7 @@ def _open(r: RestoreFd) -> int:
         else:   # made by O_TMPFILE, linked since: a name like any other
             fd = r.open_at(e["mnt"], e["path"], flags & ~(O_TMPFILE_BIT | os.O_DIRECTORY))
     elif e.get("ghost"):
-        fd = r.open_ghost(e["ghost"], flags, e["mnt"])   # unlinked at restore too (engine/ghosts.py)
+        fd = r.open_ghost(e["ghost"], flags, e["mnt"], e["path"])   # unlinked at restore too (engine/ghosts.py)
     else:
         fd = r.open_at(e["mnt"], e["path"], flags)
     if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
@@ -40,7 +40,7 @@ def _tmpfile(r: RestoreFd, e: dict, flags: int) -> int:
     """A file made by O_TMPFILE and never linked (CRIU's fd01: tmpfile(3)): made the same way in the
     same directory of the same mount, with the deleted file's data, mode and owner, so that its
     flags (__O_TMPFILE, O_DIRECTORY) are the dumped ones; its name is the kernel's ("#INODE")."""
-    src = r.open_ghost(e["ghost"], os.O_RDONLY, e["mnt"])
+    src = r.open_ghost(e["ghost"], os.O_RDONLY, e["mnt"], e["path"])
     try:
         d = r.open_at(e["mnt"], os.path.dirname(e["path"]) or "/", os.O_PATH | os.O_DIRECTORY)
         try:
