@@ -77,6 +77,8 @@ FEATURES = {
     "cgroupns": lambda: os.path.exists("/proc/self/ns/cgroup"),
     "autofs": lambda: "autofs" in _kernel_filesystems(),
     "sk_unix_file": lambda: _sk_unix_file(),
+    "kcmp_epoll": lambda: _kernel_at_least(4, 13),   # kcmp(KCMP_EPOLL_TFD)
+    "timerfd": lambda: _kernel_at_least(3, 17),      # timerfd state in fdinfo
 }
 
 
