@@ -345,6 +345,9 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     touching the original: visible mounts are cloned at once, covered ones
     after their covers are gone (see _uncover).
     """
+    owner = userns_cr.owner_to_join(ns_fd)   # (not None: mounts of the copy may carry locked ones)
+    if owner is not None:
+        os.close(owner)
     hostproc = _enter_copy(ns_fd, pids)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
                    encoding="utf-8", errors="surrogateescape") as f:
@@ -1341,10 +1344,18 @@ def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = Non
                                                       "cannot rebuild this propagation (make it private, or declare "
                                                       "a mount of the group that covers the others external too)"
                                     ) from None
+    helpers = {op[1]: op[2] for op in ops if op[0] == "helper"}   # helper id (< 0) -> its superblock
     for op in ops:
         if op[0] != "external":
             continue
-        dst, master = by_id[op[1]], op[2]
+        master = op[2]
+        if op[1] in helpers:
+            # A helper of the superblock's root starts the group (no member covers the others):
+            # name the group's first member, which is what the user sees and may declare.
+            dst = min((e for e in mounts if e["sb"] == helpers[op[1]] and e["master"] == master),
+                      key=lambda e: (len(e["root"]), e["root"], e["id"]))
+        else:
+            dst = by_id[op[1]]
         if not any(e["external"] and e["sb"] == dst["sb"] and master in (e["master"], e["shared"]) for e in mounts):
             raise DumpError(errno.EOPNOTSUPP,
                             f"mount {dst['id']} ({dst['mountpoint']}) on {dst['fstype']}: a slave of peer group "

@@ -215,10 +215,11 @@ def keeper_main(cfg: dict) -> int:
     pidns = 0 if cfg.get("host_pidns") else kernel.CLONE_NEWPID
     kernel.unshare(kernel.CLONE_NEWNS | pidns | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC)
     if cfg.get("outer_pid"):
-        # The outer namespace is private except the binds' sources (shared on purpose): check,
-        # since mounting under a shared mount here would propagate out.
+        # The outer namespace is private except the mounts the binds' sources lie on (shared on
+        # purpose): check, since mounting under a shared mount here would propagate out.
         for m in mountinfo.read_pid("self"):
-            if m.shared is not None and m.mountpoint not in bind_paths:
+            under = m.mountpoint.rstrip("/") + "/"
+            if m.shared is not None and not any(p == m.mountpoint or p.startswith(under) for p in bind_paths):
                 raise SystemExit(f"enginecase: outer namespace has a shared mount at {m.mountpoint}")
     else:
         kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)

@@ -153,3 +153,29 @@ def test_a_daemon_superblock_made_inside_a_user_namespace_is_refused_at_dump(mon
     with pytest.raises(userns_cr.UsernsError, match=r"mount 8 \(/run/c/fuse\) on fuse.zdtm: its superblock was "
                                                     "made inside a user namespace"):
         userns_cr.record_sb_owners(1, mounts, {"0:98": "sb-0", "0:99": "sb-1"}, sbs, [], {})
+
+
+def test_lock_probe_of_a_namespace_with_an_unbindable_mount(tmp_path):
+    # CRIU's unbindable test in the uns flavor: the probe's copy of the namespace loses MNT_UNBINDABLE
+    # (Linux 6.18), which used to read as "the namespace changed while it was probed".
+    import subprocess
+    from engine import mntlocks, mountinfo, topology
+    d = tmp_path / "u"
+    d.mkdir()
+    script = f"mount -t tmpfs unb {d} && mount --make-unbindable {d} && echo ready && exec sleep 1000"
+    p = subprocess.Popen(["unshare", "-U", "-r", "-m", "--propagation", "private", "sh", "-c", script],
+                         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        mounts = mountinfo.read_pid(p.pid)
+        canon = topology.canonical(mounts)
+        unb = next(m for m in mounts if m.mountpoint == str(d))
+        assert unb.unbindable
+        got = mntlocks.probe(p.pid, mounts, canon.text)
+        assert isinstance(got, dict), got
+        assert got[canon.label(unb.mnt_id)] == "unlocked"      # mounted inside the user namespace
+        assert set(got) == {canon.label(m.mnt_id) for m in mounts}
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()

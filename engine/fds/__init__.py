@@ -86,7 +86,7 @@ class RestoreFd:
     standin: Callable    # standin(kind, fn, args, fds) -> (reply, fds): run a kind's hook in the stand-in
     keep: list           # fds to close only after every process got its fds (fifo keepers)
     proc: int = -1       # an fd on the host's /proc (to name our fds by path: proc/self/fd/N)
-    open_ghost: Callable | None = None   # open_ghost(ghost id, flags, mount id): a file unlinked while open
+    open_ghost: Callable | None = None   # open_ghost(ghost id, flags, mount id, name): a file unlinked while open
     # Steps run by the restorer once every process got its fds (a datagram socket connected to a
     # named socket of another process, made by then): (what, fn()) or (what, fn(), order) each.
     late: list = field(default_factory=list)
