@@ -16,7 +16,7 @@ import hashlib
 import heapq
 import itertools
 from collections import deque
-from dataclasses import dataclass, field
+from engine.records import record, field
 
 from engine.mountinfo import Mount, escape, optional_fields
 
@@ -164,7 +164,7 @@ def _own_key(m: Mount) -> tuple:
             m.master is not None, m.propagate_from is not None, m.unbindable, m.extra_optional)
 
 
-@dataclass
+@record
 class Canonical:
     """The canonical form of a mount tree.
 

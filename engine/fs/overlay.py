@@ -32,7 +32,7 @@ import errno
 import os
 import stat
 
-from dataclasses import dataclass
+from engine.records import record
 
 from engine import channel, forkrun, kernel
 from engine.standin import fsmount
@@ -399,7 +399,7 @@ def _maker(sid: str, sb: dict, plan):
                key=lambda u: u[1]["id"])
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OverlayType(FsType):
     """overlayfs: layers recorded as (mount, path) at dump, a yard of layer clones at restore."""
 
