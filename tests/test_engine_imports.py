@@ -22,7 +22,10 @@ _NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site"
           "pkgutil", "typing", "platform", "uuid", "difflib", "tarfile", "shutil", "zlib", "bz2", "lzma",
           "xml", "tomllib", "email", "http", "urllib", "logging", "asyncio", "unittest", "traceback",
           # engine.records instead of dataclasses, which loads these (~17 ms of CPU per command)
-          "dataclasses", "inspect", "ast", "dis", "tokenize", "linecache")
+          "dataclasses", "inspect", "ast", "dis", "tokenize", "linecache",
+          # tar's runner and OpenSSL's hashes: loaded by content.tools() only when archives are made
+          # or read (none here: dump finds no process, restore no image)
+          "subprocess", "hashlib", "_hashlib")
 
 
 def _modules(code: str) -> list[str]:
