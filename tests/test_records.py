@@ -74,3 +74,21 @@ def test_field_without_default_after_default_is_refused():
         class Bad:
             a: int = 1
             b: int
+
+
+
+@record(frozen=True)
+class One:
+    a: int
+    note: str = field(default="", compare=False)
+
+
+@record(frozen=True)
+class Nothing:
+    pass
+
+
+def test_one_and_no_compared_field():
+    assert One(1, "x") == One(1, "y") and hash(One(1)) == hash(One(1, "z")) and One(1) != One(2)
+    assert pickle.loads(pickle.dumps(One(1, "x"))).note == "x"
+    assert Nothing() == Nothing() and repr(Nothing()) == "Nothing()"
