@@ -7,7 +7,10 @@ boundaries, so a message and its fds always arrive together.
 
 from __future__ import annotations
 
-import pickle
+try:   # the C pickler pickle.py re-exports; pickle.py's own Python (and its re) costs ~4.6 M instructions
+    import _pickle as pickle
+except ImportError:   # an interpreter without it
+    import pickle
 from array import array
 
 # The C module: socket.py wraps its constants in enum classes (AddressFamily, MsgFlag, ...), about

@@ -25,7 +25,9 @@ _NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site"
           "dataclasses", "inspect", "ast", "dis", "tokenize", "linecache",
           # tar's runner and OpenSSL's hashes: loaded by content.tools() only when archives are made
           # or read (none here: dump finds no process, restore no image)
-          "subprocess", "hashlib", "_hashlib")
+          "subprocess", "hashlib", "_hashlib",
+          # channel and forkrun pickle through the C module alone
+          "pickle")
 
 
 def _modules(code: str) -> list[str]:
