@@ -283,6 +283,9 @@ class _Restorer:
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
+        # (superblock, source) -> a mount of a one-per-namespace superblock made with another source
+        # string than its first mount's (engine/fs `one_per_ns`): mounts showing that source clone it.
+        self.src_fd: dict[tuple[str, str], int] = {}
         # Clones still to be made from each new superblock's fd (assemble closes it after the last:
         # at 90,000 mounts one fd per superblock would pass the fd limit); closed ones, to refuse reuse.
         self.sb_uses: dict[str, int] = {}
@@ -750,6 +753,10 @@ class _Restorer:
                                                      f"{m['sb']} was not created")
                 self.sb_fd[m["sb"]] = self._settle(m["sb"], self._create_by_type(m["sb"], sb, m))
                 step("superblock")
+            if m.get("source") not in (None, sb["source"]):
+                fd = self._other_source(m, sb)
+                if fd is not None:
+                    return fd, rel_to(m["root"], "/")
             return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
         # A clone of a host path may only be cloned again from the namespace it came from.
         self.to_service()
@@ -768,6 +775,36 @@ class _Restorer:
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+
+    def _other_source(self, m: dict, sb: dict) -> int | None:
+        """A mount to clone `m` from that shows m's own source string, when its superblock is one per
+        namespace (engine/fs `one_per_ns`): a new mount made by the superblock's creator, which the
+        kernel gives the same superblock. None for other types (m then shows the first mount's source)."""
+        sid, source = m["sb"], m["source"]
+        handler = fs.lookup(sb["fstype"])
+        if handler is None or not handler.one_per_ns or not handler.keep_source or handler.when != fs.PLAIN:
+            return None
+        fd = self.src_fd.get((sid, source))
+        if fd is not None:
+            return fd
+        where = f"mount {m['id']} ({m['mountpoint']}) on {sb['fstype']}"
+        params = handler.fsconfig_params(sb["super_opts"])
+        attr = attr_of(self.base_opts.get(sid, _PLAIN))[0]
+        try:
+            # the creator of its first mount (the same namespace, so the same superblock)
+            first = next(u for u in list(self.mounts.values()) + list(self.detached.values()) if u["sb"] == sid)
+            _, fds = self._creator(sid, sb, handler, first).call(("fsmount", sb["fstype"], source, params, attr))
+            fd = fds[0]
+            same = os.fstat(fd).st_dev == os.fstat(self.sb_fd[sid]).st_dev
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"{where}: a mount with source {source!r}: "
+                                                     f"{e.strerror or e}") from None
+        if not same:
+            os.close(fd)
+            raise RestoreError(errno.EINVAL, f"{where}: a new mount with source {source!r} is not the same "
+                                             f"superblock as {sid}'s first mount")
+        self.src_fd[(sid, source)] = self._settle(f"{sid}-src{len(self.src_fd)}", fd)
+        return self.src_fd[(sid, source)]
 
     def open_external_files(self) -> None:
         """Open each fd declared external at dump (--external file[KEY]:HOSTPATH) on the host."""
@@ -1091,9 +1128,11 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"mount {self.ghost_user[gid]['id']} "
                                                          f"({self.ghost_user[gid]['mountpoint']}): unlinking its root "
                                                          f"{self.doc['ghosts'][gid]['path']} again: {e.strerror or e}") from None
-        for fd in list(self.sb_fd.values()) + list(self.ext_src.values()) + list(self.ghost_src.values()):
+        for fd in (list(self.sb_fd.values()) + list(self.src_fd.values()) + list(self.ext_src.values())
+                   + list(self.ghost_src.values())):
             os.close(fd)
         self.sb_fd.clear()
+        self.src_fd.clear()
         self.ghost_src.clear()
         if self.filler is not None:
             self.filler.close()

@@ -283,3 +283,25 @@ def test_fill_error_names_the_mount(case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Errno None" not in lines[0], r.stderr
     assert re.search(r"mount \d+ \(/mnt/u\) on tmpfs.*archive files-\d+\.tar is damaged", lines[0]), lines[0]
+
+
+def test_one_per_ns_superblock_under_two_sources(case):
+    """LXC's nesting.conf mounts sysfs again as "sys" beside its "sysfs" (and mqueue likewise can
+    show two names): one superblock whose mounts show different sources. Each is restored with
+    its own source (a new mount of the same superblock), not the first mount's."""
+    setup = """
+mkdir -p /mnt/s1 /mnt/s2 /mnt/q1 /mnt/q2 /mnt/s2b
+mount -t sysfs sysfs /mnt/s1
+mount -t sysfs sys /mnt/s2
+mount --bind /mnt/s2/kernel /mnt/s2b
+mount -t mqueue mqueue /mnt/q1
+mount -t mqueue mq-other /mnt/q2
+hold
+"""
+    check = ("awk '$5 ~ /^\\/mnt\\// { for (i = 7; $i != \"-\"; i++); print $5, $4, $(i+1), $(i+2) }' "
+             "/proc/self/mountinfo | sort")
+    before, after = case.roundtrip(setup, check=check)
+    out = after.snap.check_output
+    assert "/mnt/s1 / sysfs sysfs\n" in out and "/mnt/s2 / sysfs sys\n" in out, out
+    assert "/mnt/s2b /kernel sysfs sys\n" in out, out
+    assert "/mnt/q1 / mqueue mqueue\n" in out and "/mnt/q2 / mqueue mq-other\n" in out, out

@@ -107,6 +107,11 @@ class FsType:
     no_opts: bool = False
     # Keep the mountinfo source string when creating (fsconfig "source").
     keep_source: bool = True
+    # One superblock per namespace: a new mount made in the same namespace is the same superblock
+    # (sysfs, mqueue, cgroup2). A mount of it that shows another source string than the first
+    # (LXC's nesting.conf mounts "sys" beside its "sysfs") is made by a new mount of its own: the
+    # source string belongs to the mount, and a bind copies it.
+    one_per_ns: bool = False
     # Built on layers that are other mounts: the image has its layers record, made `ON_USE`.
     layers: bool = False
     # Lives on a block device: the image has its device record (external or a loop file of the image).
