@@ -305,3 +305,43 @@ hold
     assert "/mnt/s1 / sysfs sysfs\n" in out and "/mnt/s2 / sysfs sys\n" in out, out
     assert "/mnt/s2b /kernel sysfs sys\n" in out, out
     assert "/mnt/q1 / mqueue mqueue\n" in out and "/mnt/q2 / mqueue mq-other\n" in out, out
+
+
+# systemd-nspawn --overlay: the overlay is mounted in the container's new namespace while its layer
+# paths lead to that namespace's copies of the parent's mounts; then the namespace pivots into its
+# new root and unmounts the old one, so the layer paths lead nowhere there any more.
+OVERLAY_THEN_PIVOT = """
+mkdir /mnt/lay /run/nr
+mount -t tmpfs lay /mnt/lay
+mkdir /mnt/lay/lower /mnt/lay/upper /mnt/lay/work
+echo low > /mnt/lay/lower/f
+unshare -m --propagation private sh -c '
+  mount -t tmpfs nr /run/nr
+  mkdir /run/nr/usr /run/nr/.hold /run/nr/ov /run/nr/old /run/nr/dev
+  mount --bind /usr /run/nr/usr
+  mount --bind /dev /run/nr/dev
+  for d in bin lib lib64 sbin; do ln -s usr/$d /run/nr/$d; done
+  cp -P /.hold/mntcr-hold /run/nr/.hold/
+  mount -t overlay ov -o lowerdir=/mnt/lay/lower,upperdir=/mnt/lay/upper,workdir=/mnt/lay/work /run/nr/ov
+  echo up > /run/nr/ov/new
+  cd /run/nr
+  pivot_root . old
+  umount -l /old
+  exec /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1' </dev/null >/dev/null 2>&1 &
+hold
+"""
+
+
+def test_overlay_made_before_pivot_root(case):
+    """Its layers lie at the same paths in the parent namespace: dump finds them there (the
+    overlay's files tell the directory), restore makes the overlay on them again."""
+    check = """
+self=$(readlink /proc/self/ns/mnt)
+c=$(for p in /proc/[0-9]*; do [ "$(readlink $p/ns/mnt)" != "$self" ] && echo ${p#/proc/}; done | head -1)
+grep ' /ov ' /proc/$c/mountinfo | sed 's/.* - //;s/,uuid=[a-z]*//;s/,index=[a-z]*//'
+cat /proc/$c/root/ov/f /proc/$c/root/ov/new /mnt/lay/upper/new
+"""
+    before, after = case.roundtrip(OVERLAY_THEN_PIVOT, check=check)
+    out = after.snap.check_output
+    assert "lowerdir=/mnt/lay/lower,upperdir=/mnt/lay/upper,workdir=/mnt/lay/work" in out, out
+    assert out.endswith("low\nup\nup\n"), out
