@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+import enginecase
 from enginecase import case  # noqa: F401  (fixture)
 
 
@@ -337,7 +338,7 @@ def test_overlay_made_before_pivot_root(case):
     overlay's files tell the directory), restore makes the overlay on them again."""
     check = """
 self=$(readlink /proc/self/ns/mnt)
-c=$(for p in /proc/[0-9]*; do [ "$(readlink $p/ns/mnt)" != "$self" ] && echo ${p#/proc/}; done | head -1)
+c=$(for p in /proc/[0-9]*; do n=$(readlink $p/ns/mnt 2>/dev/null) && [ "$n" != "$self" ] && echo ${p#/proc/}; done | head -1)
 grep ' /ov ' /proc/$c/mountinfo | sed 's/.* - //;s/,uuid=[a-z]*//;s/,index=[a-z]*//'
 cat /proc/$c/root/ov/f /proc/$c/root/ov/new /mnt/lay/upper/new
 """
@@ -345,3 +346,33 @@ cat /proc/$c/root/ov/f /proc/$c/root/ov/new /mnt/lay/upper/new
     out = after.snap.check_output
     assert "lowerdir=/mnt/lay/lower,upperdir=/mnt/lay/upper,workdir=/mnt/lay/work" in out, out
     assert out.endswith("low\nup\nup\n"), out
+
+
+def test_nested_root_overlay_on_unreachable_layers_is_refused(case):
+    """systemd-nspawn --volatile=overlay: a nested namespace mounts a tmpfs for the upper layer, makes
+    its root an overlay on it, pivots and unmounts the old root: only the overlay holds that tmpfs.
+    Dump refuses naming the mount, and the tree keeps running."""
+    setup = """
+mkdir /mnt/lower /run/nr /run/up
+echo low > /mnt/lower/f
+unshare -m --propagation private sh -c '
+  mount -t tmpfs up /run/up
+  mkdir /run/up/u /run/up/w
+  mount -t overlay ov -o lowerdir=/mnt/lower,upperdir=/run/up/u,workdir=/run/up/w /run/nr
+  mkdir /run/nr/usr /run/nr/.hold /run/nr/old /run/nr/dev
+  mount --bind /usr /run/nr/usr
+  mount --bind /dev /run/nr/dev
+  for d in bin lib lib64 sbin; do ln -s usr/$d /run/nr/$d; done
+  cp -P /.hold/mntcr-hold /run/nr/.hold/
+  cd /run/nr
+  pivot_root . old
+  umount -l /old
+  exec /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1' </dev/null >/dev/null 2>&1 &
+hold
+"""
+    pid = case.start(setup)
+    with pytest.raises(enginecase.CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert "a nested namespace's root built from layers no mount of the dumped tree reaches" in str(err.value)
+    from zdtm.snapshot import alive, tree_pids
+    assert alive(pid) and len(tree_pids(pid)) == 2
