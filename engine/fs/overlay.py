@@ -17,7 +17,12 @@ all (`told_by_files`). When nothing tells, the layer is taken as it resolves
 now, unless that mount may have been mounted over it after the overlay (the
 layer directory is its mount point and its legacy id is larger than the
 overlay's: `overmounted_after`) or lacks the directory: then dump refuses it
-(engine.strategy, layers=refuse-ambiguous), the tree left running.
+(engine.strategy, layers=refuse-ambiguous), the tree left running. A layer
+path that leads nowhere in the overlay's namespace any more, because the
+namespace pivoted away from the mounts it was made on (systemd-nspawn
+--overlay), is looked for at the same path in the dump's other namespaces
+(`_in_namespace_made_from`); a nested namespace's root made so on layers no
+namespace reaches (nspawn --volatile=overlay's tmpfs upper) is refused.
 
 Restore: a forked helper builds a private "yard" where each original layer
 path leads to a clone of the recorded layer directory, chroots into it and
