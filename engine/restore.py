@@ -790,6 +790,7 @@ class _Restorer:
         where = f"mount {m['id']} ({m['mountpoint']}) on {sb['fstype']}"
         params = handler.fsconfig_params(sb["super_opts"])
         attr = attr_of(self.base_opts.get(sid, _PLAIN))[0]
+        self.to_service()   # with a yard, the new mount is attached there (_settle)
         try:
             # the creator of its first mount (the same namespace, so the same superblock)
             first = next(u for u in list(self.mounts.values()) + list(self.detached.values()) if u["sb"] == sid)
