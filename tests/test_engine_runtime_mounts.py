@@ -286,7 +286,7 @@ def test_fill_error_names_the_mount(case):
     assert re.search(r"mount \d+ \(/mnt/u\) on tmpfs.*archive files-\d+\.tar is damaged", lines[0]), lines[0]
 
 
-def test_one_per_ns_superblock_under_two_sources(case):
+def test_ns_keyed_superblock_under_two_sources(case):
     """LXC's nesting.conf mounts sysfs again as "sys" beside its "sysfs" (and mqueue likewise can
     show two names): one superblock whose mounts show different sources. Each is restored with
     its own source (a new mount of the same superblock), not the first mount's."""
