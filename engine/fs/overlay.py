@@ -386,6 +386,15 @@ def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -
     return None
 
 
+def _elsewhere(path: str, sid: str, sb: dict, ns_name: str, plan) -> bool:
+    """Whether _in_namespace_made_from finds the layer in another namespace (False when the plan
+    given lacks what it reads)."""
+    try:
+        return _in_namespace_made_from(path, sid, sb, ns_name, plan) is not None
+    except (KeyError, AttributeError, OSError):
+        return False
+
+
 def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, where: str) -> None:
     """Refuse a layer whose path no longer leads to it: the overlay's options keep the path it was
     given, and a layer whose mount was moved since (`mount --move`) resolves to the mount now at
@@ -492,6 +501,8 @@ class OverlayType(FsType):
         if not all(f and plan.sb_of_dev.get(plan.mounts_by_id[f[0]].dev) != sid for _, _, f in found):
             return
         for key, path, f in found:
+            if _gone_here(path, f, mounts, plan, ns_name) and _elsewhere(path, sid, sb, ns_name, plan):
+                continue   # made before its namespace pivoted away (nspawn --overlay): `plan` takes it there
             _check_still_there(key, path, f, mounts, plan, ns_name, where)
 
     def plan(self, sid: str, sb: dict, plan) -> None:
