@@ -109,6 +109,7 @@ class Scenario:
     iters: int
     container: Container = Container()
     fuse_restart: tuple[tuple[str, str], ...] = ()   # (subtype, command): restore's --fuse-restart
+    server: tuple[str, str] | None = None   # (start, stop) sh of an external server (zdtm/fsserver.py)
     golden_path: str | None = None   # NAME.out beside the file, when there is one (zdtm/golden.py)
     golden: str | None = None        # its expected check output for this combination (None: none for it)
 
@@ -247,6 +248,9 @@ def render(sf: ScenarioFile, params: dict) -> Scenario:
         req["filesystems"] = list(req.get("filesystems") or []) + filesystems
         req["commands"] = list(req.get("commands") or []) + commands
         raw["requires"] = req
+        server = battery.server(params["fstype"])
+        if server:
+            raw["server"] = server
         restart = battery.restart(params["fstype"])
         if restart:
             raw["fuse_restart"] = {**dict(restart), **(raw.get("fuse_restart") or {})}

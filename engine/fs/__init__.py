@@ -54,8 +54,9 @@ class Recipe:
     on), SRC (a directory tree the battery's files are in: f, d/sub/g) and WORK (a tmpfs for
     images) set. It mounts a new superblock at $FS holding SRC's files when `tree` (else the
     battery uses only its root). Everything it makes lives in the container and dies with it
-    (loop devices are set to clear themselves); a server or daemon it starts must be a process of
-    the container too.
+    (loop devices are set to clear themselves); a daemon it starts is a process of the container
+    (restarted at restore: `restart`); a server the tree is only a client of is `server`, run
+    outside the container.
     """
 
     make: str
@@ -66,6 +67,11 @@ class Recipe:
     known_failures: tuple[tuple[str, str], ...] = ()
     # (key, command) pairs the battery's restore gives as --fuse-restart KEY=COMMAND (a daemon type).
     restart: tuple[tuple[str, str], ...] = ()
+    # A server outside the dumped tree that `make` mounts from (an external-server type): sh the runner
+    # runs in a network and mount namespace of its own, which the container, dump and restore share
+    # (zdtm/fsserver.py); SERVER is an empty directory for its exports. `server_stop` ends it.
+    server: str | None = None
+    server_stop: str = ""
     # Why the battery cannot run this recipe yet (its items skip saying so), or None.
     unfinished: str | None = None
 
