@@ -893,6 +893,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 used_ext.add(m.mountpoint)
             sid = sb_of_dev[m.dev]
             m_root, deleted = ghosts.split_root(m.root)
+            handler = fs.lookup(m.fstype)
+            if handler is not None:
+                m_root = _hook(handler.mount_root, m_root, m.source, superblocks[sid]["source"],
+                               f"mount {m.mnt_id} ({m.mountpoint})")
             entries.append({
                 "id": m.mnt_id, "parent": None if m is root else m.parent_id, "mountpoint": m.mountpoint,
                 "root": m_root, "fstype": superblocks[sid]["fstype"], "source": m.source,

@@ -10,7 +10,7 @@ with "not supported" rather than guessed at.
 What a type declares:
 - identity: `name` (the mountinfo fstype; ``fuse.x`` looks up ``fuse``), and
   `magic` (statfs f_type) for a superblock no mount shows;
-- dump: `content` (its files go into an archive), `device` (it lives on a block
+- dump: `mount_root` (a mount's root when mountinfo's is not it), `content` (its files go into an archive), `device` (it lives on a block
   device: `device_of`, `plan_device`), `layers` (built on other mounts: `plan`,
   `made_outside`), `ns` / `ns_key` (the namespace that owns it: `probe`);
 - restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
@@ -152,6 +152,12 @@ class FsType:
         return params
 
     # -- dump hooks (defaults: nothing to do) ---------------------------------------------
+
+    def mount_root(self, root: str, source: str, sb_source: str, where: str) -> str:
+        """The root of a mount in its superblock, as restore binds it from the superblock it makes with
+        `sb_source` (the source of its first mount): mountinfo's root by default. A type whose
+        mountinfo root says nothing (nfs shows "/" and puts the path in the source) derives it."""
+        return root
 
     def device_of(self, mount) -> str | None:
         """Inside the dumped namespace: "MAJ:MIN" of the block device mount `mount` lives on, when

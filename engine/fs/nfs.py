@@ -5,7 +5,9 @@ Nothing of its files is dumped: the server keeps them. The superblock belongs to
 namespace it was mounted from (the client's sockets live there), so restore makes it from a
 stand-in in the equivalent restored namespace (`ns = "net"`), with the dumped source
 ("server:/path") and the options mountinfo shows: `addr=` (and `clientaddr=`, `mountaddr=`)
-are the numeric addresses mount.nfs resolved, which fsconfig takes back as they are. A server
+are the numeric addresses mount.nfs resolved, which fsconfig takes back as they are. Mountinfo
+shows every NFS mount's root as "/" and the path in the source ("127.0.0.1:/d" for a bind of
+d): `mount_root` turns that into the root below the superblock's first mount. A server
 that is gone, or unreachable from the restored namespace, fails the restore naming the mount.
 
 The battery recipe is an external server: the kernel's NFS server (nfsd, rpc.mountd, exportfs
@@ -17,7 +19,25 @@ nfs/nfsd: it runs in the VM flavor (Debian's kernels have the modules) with nfs-
 userland.
 """
 
-from engine.fs import FsType, Recipe, register
+import errno
+import posixpath
+
+from engine.fs import FsError, FsType, Recipe, register
+
+
+class NfsType(FsType):
+    """nfs/nfs4: mountinfo shows every mount's root as "/"; the path below the export is in the source."""
+
+    def mount_root(self, root: str, source: str, sb_source: str, where: str) -> str:
+        """"host:/a/b" of a superblock first mounted from "host:/a" is its root "/b"."""
+        host, _, path = source.rpartition(":")
+        sb_host, _, sb_path = sb_source.rpartition(":")
+        path, sb_path = posixpath.normpath(path or "/"), posixpath.normpath(sb_path or "/")
+        rel = posixpath.relpath(path, sb_path)
+        if host != sb_host or rel == ".." or rel.startswith("../"):
+            raise FsError(errno.EOPNOTSUPP, f"{where}: {self.name} source {source} is not beneath {sb_source}, "
+                                            "the source of the first mount of its superblock (not supported)")
+        return posixpath.normpath(posixpath.join(root, rel)) if rel != "." else root
 
 # In the server's own namespaces: its state on a tmpfs (never the host's /var/lib/nfs), the nfsd
 # control filesystem of this network namespace, the export on a tmpfs at $SERVER. NFSv4 only
@@ -45,5 +65,5 @@ sync""",
     commands=("exportfs", "rpc.nfsd", "rpc.mountd", "mount.nfs4"),
     server=_SERVER, server_stop=_SERVER_STOP)
 
-register(FsType("nfs", ns="net", requires=("nfs",)))
-TYPE = register(FsType("nfs4", ns="net", requires=("nfs4", "nfsd"), recipe=_RECIPE))
+register(NfsType("nfs", ns="net", requires=("nfs",)))
+TYPE = register(NfsType("nfs4", ns="net", requires=("nfs4", "nfsd"), recipe=_RECIPE))
