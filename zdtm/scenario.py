@@ -204,7 +204,8 @@ def load(path: str) -> ScenarioFile:
     sf = ScenarioFile(path=path, raw=raw, lines=lines)
     schema.validate_raw(sf, ScenarioError)
     try:
-        sf.golden = golden.load(path, sectioned=bool(raw.get("params")))
+        # a battery file is sectioned by its fstype param even when it lists no params of its own
+        sf.golden = golden.load(path, sectioned=bool(raw.get("params") or raw.get("battery")))
     except (golden.GoldenError, OSError) as e:
         raise ScenarioError(golden.path_for(path), f"golden output: {e}") from None
     return sf
