@@ -868,6 +868,20 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             got = lists[opts] = list(opts)
         return got
 
+    # The source each superblock is made from at restore: its first mount's, unless its type picks
+    # another (a network type: the shallowest path, so that every other mount's root lies beneath it).
+    sources: dict[str, list[str]] = {}
+    for data in ns_data.values():
+        for m in data["mounts"]:
+            sources.setdefault(m.dev, []).append(m.source)
+    sb_source: dict[str, str] = {}
+    for data in ns_data.values():
+        for m in data["mounts"]:
+            if m.dev in sources:
+                handler = fs.lookup(m.fstype)
+                found = sources.pop(m.dev)
+                sb_source[m.dev] = handler.sb_source(found) if handler is not None else found[0]
+
     for ino, data in ns_data.items():
         mounts = data["mounts"]
         ids = {m.mnt_id for m in mounts}
@@ -882,7 +896,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             if m.dev not in sb_of_dev:
                 sid = f"sb-{len(sb_of_dev)}"
                 sb_of_dev[m.dev] = sid
-                superblocks[sid] = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts),
+                superblocks[sid] = {"fstype": m.fstype, "source": sb_source[m.dev], "super_opts": list(m.super_opts),
                                     "dev": m.dev, "external": False, "archives": []}
                 handler = fs.lookup(m.fstype)
                 if handler is not None and handler.device:

@@ -153,9 +153,14 @@ class FsType:
 
     # -- dump hooks (defaults: nothing to do) ---------------------------------------------
 
+    def sb_source(self, sources: list[str]) -> str:
+        """The source restore makes the superblock from, given its mounts' sources in mountinfo order
+        (default: the first one's)."""
+        return sources[0]
+
     def mount_root(self, root: str, source: str, sb_source: str, where: str) -> str:
         """The root of a mount in its superblock, as restore binds it from the superblock it makes with
-        `sb_source` (the source of its first mount): mountinfo's root by default. A type whose
+        `sb_source` (what `sb_source` picked): mountinfo's root by default. A type whose
         mountinfo root says nothing (nfs shows "/" and puts the path in the source) derives it."""
         return root
 

@@ -7,7 +7,7 @@ stand-in in the equivalent restored namespace (`ns = "net"`), with the dumped so
 ("server:/path") and the options mountinfo shows: `addr=` (and `clientaddr=`, `mountaddr=`)
 are the numeric addresses mount.nfs resolved, which fsconfig takes back as they are. Mountinfo
 shows every NFS mount's root as "/" and the path in the source ("127.0.0.1:/d" for a bind of
-d): `mount_root` turns that into the root below the superblock's first mount. A server
+d): `mount_root` turns that into the root below the superblock's shallowest mount (`sb_source`). A server
 that is gone, or unreachable from the restored namespace, fails the restore naming the mount.
 
 The battery recipe is an external server: the kernel's NFS server (nfsd, rpc.mountd, exportfs
@@ -28,6 +28,13 @@ from engine.fs import FsError, FsType, Recipe, register
 class NfsType(FsType):
     """nfs/nfs4: mountinfo shows every mount's root as "/"; the path below the export is in the source."""
 
+    def sb_source(self, sources: list[str]) -> str:
+        """The shallowest path (a restored tree may list a bind of a file of the export first)."""
+        def depth(src: str) -> int:
+            path = posixpath.normpath(src.rpartition(":")[2] or "/").strip("/")
+            return len(path.split("/")) if path else 0
+        return min(sources, key=depth)   # min keeps the first of equal depth
+
     def mount_root(self, root: str, source: str, sb_source: str, where: str) -> str:
         """"host:/a/b" of a superblock first mounted from "host:/a" is its root "/b"."""
         host, _, path = source.rpartition(":")
@@ -36,7 +43,7 @@ class NfsType(FsType):
         rel = posixpath.relpath(path, sb_path)
         if host != sb_host or rel == ".." or rel.startswith("../"):
             raise FsError(errno.EOPNOTSUPP, f"{where}: {self.name} source {source} is not beneath {sb_source}, "
-                                            "the source of the first mount of its superblock (not supported)")
+                                            "the shallowest source of its superblock (not supported)")
         return posixpath.normpath(posixpath.join(root, rel)) if rel != "." else root
 
 # In the server's own namespaces: its state on a tmpfs (never the host's /var/lib/nfs), the nfsd
