@@ -73,8 +73,10 @@ _SOCKET_IGNORED = re.compile(r'^[^ ]*tar: (".*"): socket ignored$')
 
 def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Channel) -> None:
     staging = _staging(mounts)
-    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", *_COMMON, "--quoting-style=c", "-cf", "-",
-           *sorted(name for _, name in mounts)]
+    # --one-file-system: a mount cloned with the locked mounts on it (a namespace a user namespace
+    # owns: dump's _clone_mounts) must not bring their files (proc's, another tmpfs's) along.
+    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", "--one-file-system", *_COMMON,
+           "--quoting-style=c", "-cf", "-", *sorted(name for _, name in mounts)]
     proc = subprocess.run(cmd, pass_fds=(staging,), stdin=subprocess.DEVNULL, stdout=out_fd,
                           stderr=subprocess.PIPE, text=True, errors="surrogateescape",
                           env={**os.environ, "LC_ALL": "C"})
@@ -123,9 +125,20 @@ def archive(mounts: list[tuple[int, str]], out_path: str, sockets: dict | None =
     return digest_path(out_path)
 
 
-def make_sockets(dir_fd: int, records) -> None:
+def make_sockets(dir_fd: int, records, ids: tuple[int, int] | None = None) -> None:
     """Make again, beneath directory `dir_fd` (a member's root), the socket files an archive left
-    out: a socket inode with no socket behind it (mknod S_IFSOCK), with its mode, owner and mtime."""
+    out: a socket inode with no socket behind it (mknod S_IFSOCK), with its mode, owner and mtime.
+    `ids`: as for `extract` (a superblock a user namespace owns takes no new file from an id it does
+    not map: EOVERFLOW), taken by a child."""
+    if ids is not None and records:
+        from engine import forkrun
+
+        def body():
+            kernel.fs_ids_keeping_caps(*ids)
+            make_sockets(dir_fd, records)
+
+        forkrun.run(body)
+        return
     for rec in records:
         parent, _, name = rec["path"].rpartition("/")
         pfd = kernel.openat2(dir_fd, parent.lstrip("/") or ".", os.O_PATH | os.O_DIRECTORY,

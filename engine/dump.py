@@ -1,7 +1,8 @@
 """Dump: a process tree's mount namespaces, roots, cwds and open files -> image directory.
 
 Steps:
- 1. find the process tree and stop it (SIGSTOP) so nothing changes under us;
+ 1. find the process tree, refuse what it already shows while it runs (engine/prestop.py: a
+    refusal leaves it untouched), then stop it (SIGSTOP) so nothing changes under us;
  2. per mount namespace, a helper enters it (setns) and reads mountinfo and each
     member process's root, cwd and fds (paths as seen from the namespace root,
     mount ids from fdinfo/statx);
@@ -26,7 +27,7 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
-from engine import imageformat, userns_cr
+from engine import imageformat, prestop, userns_cr
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
@@ -344,6 +345,9 @@ def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, ch
     touching the original: visible mounts are cloned at once, covered ones
     after their covers are gone (see _uncover).
     """
+    owner = userns_cr.owner_to_join(ns_fd)   # (not None: mounts of the copy may carry locked ones)
+    if owner is not None:
+        os.close(owner)
     hostproc = _enter_copy(ns_fd, pids)
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
                    encoding="utf-8", errors="surrogateescape") as f:
@@ -579,7 +583,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     everyone = [p for p, _ in tree]
     tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
     pids = [p for p, _ in tree]
-    _precheck(pids, ext_mnts)
+    _precheck(tree, ext_mnts, leave_running, ext_files)
     _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
@@ -641,12 +645,12 @@ def _watchdog(pids: list[int]) -> int:
     return pid
 
 
-def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
-    """Refuse unsupported filesystems before stopping anything.
-
-    Looking at files of a filesystem whose daemon we stopped would hang, so
-    this reads only mountinfo, never the filesystems.
-    """
+def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,
+              ext_files=()) -> None:
+    """Refuse before stopping anything: unsupported filesystems and propagation restore cannot
+    build (from mountinfo alone), then what else the running tree already shows (engine/prestop.py:
+    types' and fd kinds' prechecks, the locks of namespaces other user namespaces own)."""
+    pids = [p for p, _ in tree]
     seen: set[int] = set()
     texts: list[tuple[int, str]] = []
     unsupported: dict[int, tuple[str, str]] = {}   # mount id -> (mount point, fstype), in order
@@ -670,7 +674,11 @@ def _precheck(pids: list[int], ext_mnts: dict[str, str]) -> None:
         raise DumpError(errno.EOPNOTSUPP, unsupported_line(unsupported))
     for _, text in texts:
         _refuse_sharing(text)
-    _check_construct(texts, ext_mnts)
+    try:
+        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files)
+    except prestop.PrestopError as e:
+        raise DumpError(e.errno, e.strerror) from None
+    _check_construct(texts, ext_mnts, owned)
 
 
 def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) -> str:
@@ -685,7 +693,7 @@ def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) ->
             "with --external mnt[MOUNTPOINT]:KEY (a mount of the same filesystem as a declared one needs none)")
 
 
-def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
+def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, dict]) -> None:
     """Where peer groups are built while mounting (sharing=construct: no MOVE_MOUNT_SET_GROUP),
     plan the construction now, from mountinfo (and the locks of a namespace a user namespace owns,
     which restore copies into it midway), and refuse a tree no order builds while it keeps
@@ -694,10 +702,8 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
     if strategy.current().sharing != "construct":
         return
     mounts, ext_devs = [], set()
-    by_ns: list[tuple[int, list[mountinfo.Mount]]] = []
     for pid, text in texts:
         parsed = mountinfo.parse(text)
-        by_ns.append((pid, parsed))
         for m in parsed:
             if m.mountpoint in ext_mnts:
                 ext_devs.add(m.dev)
@@ -711,36 +717,9 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts) -> None:
         seen.setdefault(m["id"], m)  # one entry per mount, however many namespaces list it
     try:
         construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs,
-                       userns_copies=_userns_copies(by_ns))
+                       userns_copies=userns_cr.construct_copies(owned))
     except construct.PlanError as e:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
-
-
-def _userns_copies(by_ns: list[tuple[int, list[mountinfo.Mount]]]) -> dict[str, tuple[set[int], set[int]]]:
-    """Before the tree is stopped, what engine.userns_cr.construct_copies tells from the image:
-    for each mount namespace another user namespace owns (by a process of it), its locks probed
-    as dump probes them, split into the mounts made before its copy and those made in it."""
-    ns_mnt: dict[str, dict] = {}
-    for pid, parsed in by_ns:
-        fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY)
-        try:
-            owner = userns_cr.owner_to_join(fd)
-        finally:
-            os.close(fd)
-        if owner is None:
-            continue
-        os.close(owner)
-        ids = {m.mnt_id for m in parsed}
-        entries = [{"id": m.mnt_id, "parent": m.parent_id if m.parent_id in ids else None,
-                    "mountpoint": m.mountpoint, "uid": m.unique_id} for m in parsed]
-        name = f"of process {pid}"
-        try:
-            userns_cr.locks(pid, entries, name)
-        except OSError as e:
-            raise DumpError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}; the tree keeps running") from None
-        root = next(e["id"] for e in entries if e["parent"] is None)
-        ns_mnt[name] = {"root": root, "mounts": entries, "owner": True}
-    return userns_cr.construct_copies(ns_mnt)
 
 
 def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:
@@ -823,12 +802,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
 
     # Name namespaces by first appearance (root process first).
-    names: dict[tuple[str, int], str] = {}
-    for pid, _ in tree:
-        for k in image.NS_KINDS:
-            key = (k, ns_of[pid][k])
-            if key not in names:
-                names[key] = f"{k}-{len([n for n in names if n[0] == k])}"
+    names = prestop.ns_names([pid for pid, _ in tree], image.NS_KINDS)
 
     try:
         users = userns_cr.plan(tree, names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
@@ -1047,6 +1021,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                     "every external mount of the same filesystem; declare it too with --external "
                                     f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
 
+    try:
+        prestop.check_sources(mntns_doc, {sid for sid, sb in superblocks.items() if sb["external"]},
+                              strategy.current().sharing == "construct")
+    except fs.FsError as e:
+        raise DumpError(e.errno, e.strerror) from None
     _check_sharing(mntns_doc, superblocks, {names[("mnt", ino)]: pids[0] for ino, pids in by_mntns.items()})
     from engine import strategy
     plan.strategy = strategy.current()
@@ -1383,10 +1362,18 @@ def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = Non
                                                       "cannot rebuild this propagation (make it private, or declare "
                                                       "a mount of the group that covers the others external too)"
                                     ) from None
+    helpers = {op[1]: op[2] for op in ops if op[0] == "helper"}   # helper id (< 0) -> its superblock
     for op in ops:
         if op[0] != "external":
             continue
-        dst, master = by_id[op[1]], op[2]
+        master = op[2]
+        if op[1] in helpers:
+            # A helper of the superblock's root starts the group (no member covers the others):
+            # name the group's first member, which is what the user sees and may declare.
+            dst = min((e for e in mounts if e["sb"] == helpers[op[1]] and e["master"] == master),
+                      key=lambda e: (len(e["root"]), e["root"], e["id"]))
+        else:
+            dst = by_id[op[1]]
         if not any(e["external"] and e["sb"] == dst["sb"] and master in (e["master"], e["shared"]) for e in mounts):
             raise DumpError(errno.EOPNOTSUPP,
                             f"mount {dst['id']} ({dst['mountpoint']}) on {dst['fstype']}: a slave of peer group "

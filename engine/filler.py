@@ -95,7 +95,7 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
         try:
             content.extract(archive_fd, name, expect, targets, ids)
             for fd, member in targets:
-                content.make_sockets(fd, sockets.get((name, member), ()))
+                content.make_sockets(fd, sockets.get((name, member), ()), ids)
         except OSError as e:
             names = ", ".join(sorted({mount_of.get(sid, sid) for sid, _, _ in spec}))
             raise _named(e, names) from None

@@ -149,13 +149,14 @@ class Ghost:
     """A ghost recreated under its old name(s) (engine/restore.py opens or clones it, then `remove`s it)."""
 
     def __init__(self, base: int, path: str, archive_fd: int | None, archive: str | None, expect: dict | None,
-                 only: str | None, links=(), linked: str | None = None):
+                 only: str | None, links=(), linked: str | None = None, ids: tuple[int, int] | None = None):
         """Recreate ghost `path` beneath directory fd `base` (which may be cloned: a detached mount on
         Linux >= 6.15, else a mount of the caller's namespace): from its archive, or, with `linked`,
         as a hard link of the file that still has that name (restored with its filesystem's files:
         CRIU's link-remap); then hard-link it at each of `links` too (the other unlinked names it was
         open under). Missing parent directories are made (and removed again); a file that now has
-        one of the names is renamed aside (and back)."""
+        one of the names is renamed aside (and back). `ids`: (uid, gid) tar extracts as (see
+        content.extract)."""
         last = [p for p in path.split("/") if p][-1:]
         if linked is None and last != [only]:
             raise GhostError(errno.EINVAL, f"ghost {path}: its archive holds {only!r}")
@@ -174,7 +175,7 @@ class Ghost:
                 finally:
                     os.close(src)
             else:
-                self._extract(first, archive_fd, archive, expect, only)
+                self._extract(first, archive_fd, archive, expect, only, ids)
             self.is_dir = stat.S_ISDIR(os.lstat(first.name, dir_fd=first.dir).st_mode)
             for n in self.names[1:]:
                 if self.is_dir:
@@ -186,14 +187,15 @@ class Ghost:
         self.dir, self.name = first.dir, first.name
 
     @staticmethod
-    def _extract(first: _Name, archive_fd: int, archive: str, expect: dict, only: str) -> None:
+    def _extract(first: _Name, archive_fd: int, archive: str, expect: dict, only: str,
+                 ids: tuple[int, int] | None = None) -> None:
         # Extracted into a private directory first: tar never meets the name's current owner.
         tmp = f".mntcr-ghost-{os.getpid()}-{abs(hash(first.aside_name)) % 100000}"
         os.mkdir(tmp, 0o700, dir_fd=first.dir)
         try:
             tfd = kernel.openat2(first.dir, tmp, os.O_PATH | os.O_DIRECTORY, _BENEATH | kernel.RESOLVE_NO_XDEV)
             try:
-                content.extract(archive_fd, archive, expect, [(tfd, "sb-0")])
+                content.extract(archive_fd, archive, expect, [(tfd, "sb-0")], ids)
             finally:
                 os.close(tfd)
             os.rename(f"{tmp}/{only}", only, src_dir_fd=first.dir, dst_dir_fd=first.dir)

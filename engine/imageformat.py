@@ -63,9 +63,10 @@ MOUNT_OPTS = frozenset({"rw", "ro", "nosuid", "nodev", "noexec", "noatime", "nod
                         "strictatime", "nosymfollow", "idmapped"})
 # open(2) flags an fd may carry (fdinfo shows these; O_LARGEFILE always on 64-bit).
 _O_LARGEFILE = 0o100000
+O_TMPFILE_BIT = 0o20000000   # __O_TMPFILE: f_flags keeps it (with O_DIRECTORY) on a file made by O_TMPFILE
 OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
               | os.O_DSYNC | os.O_SYNC | getattr(os, "O_ASYNC", 0o20000) | os.O_DIRECT | _O_LARGEFILE
-              | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH)
+              | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH | O_TMPFILE_BIT)
 # Super options that name a device or file of the machine (an external journal, a log or
 # realtime device, a btrfs member device): the image may never make restore open one.
 HOST_OPTS = frozenset({"journal_dev", "journal_path", "logdev", "rtdev", "device"})
@@ -519,7 +520,8 @@ MOUNT = Record("mount", {
     "dir": F(BOOL, required=False),                           # whether its root is a directory
     # Its root was unlinked (mountinfo `ROOT//deleted`): made from that ghost; `root` is its path.
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
-    # What mountinfo showed (restore takes them from the superblock; kept for `mntcr show`).
+    # What mountinfo showed (restore takes them from the superblock, but a `source` other than the
+    # superblock's, engine/restore.py `_other_source`; kept for `mntcr show`).
     "fstype": F(STR, required=False, rule=pattern(_FSTYPE, "a filesystem type name", cached=True)),
     "source": F(STR, required=False, rule=strlen(MAX_PATH)),
     "super_opts": F(LIST, required=False, rule=list_of(strlen(MAX_OPT), MAX_OPTS)),

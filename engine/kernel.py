@@ -503,6 +503,29 @@ def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
     os.setresuid(0, uid, 0)
 
 
+class fs_ids_for_a_while:
+    """``with fs_ids_for_a_while(uid, gid):`` files made by this thread meanwhile are uid's and gid's
+    (a superblock a user namespace owns takes new files only from ids it maps), keeping root's
+    capabilities; afterwards root's file system ids and the securebits come back (a process forked
+    later, a stand-in taking its ids, must lose its capabilities as usual)."""
+
+    def __init__(self, uid: int, gid: int):
+        self.ids = (uid, gid)
+
+    def __enter__(self):
+        self.bits = _libc.prctl(27, 0, 0, 0, 0)   # PR_GET_SECUREBITS
+        _check(self.bits, "prctl(PR_GET_SECUREBITS)")
+        self.old = (_libc.setfsuid(-1), _libc.setfsgid(-1))   # (-1: no change, the current one back)
+        fs_ids_keeping_caps(*self.ids)
+        return self
+
+    def __exit__(self, *exc):
+        _libc.setfsuid(self.old[0])
+        _libc.setfsgid(self.old[1])
+        _check(_libc.prctl(28, self.bits, 0, 0, 0), "prctl(PR_SET_SECUREBITS)")
+        return False
+
+
 def fs_ids_keeping_caps(uid: int, gid: int) -> None:
     """In a root child: file system ids `uid`/`gid` (new files are theirs, and a superblock a user
     namespace owns takes them only from ids it maps), keeping root's capabilities

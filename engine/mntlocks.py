@@ -88,7 +88,7 @@ def _probe_in_copy(proc_fd: int, full: bool) -> list[tuple[str, str]]:
     locked atime: the kernel sets both when it locks a tree)."""
     from engine import topology
     with os.fdopen(os.open(f"{os.getpid()}/mountinfo", os.O_RDONLY, dir_fd=proc_fd)) as f:
-        mounts = mountinfo.parse(f.read())
+        mounts = _bindable(mountinfo.parse(f.read()))
     canon = topology.canonical(mounts)
     out = [("canonical", canon.text)]
     # Unmounts in the copy must not propagate to the real namespace's peers.
@@ -135,6 +135,13 @@ def _probe_in_copy(proc_fd: int, full: bool) -> list[tuple[str, str]]:
     return out + [(canon.label(m.mnt_id), state.get(m.mnt_id, "hidden")) for m in mounts]
 
 
+def _bindable(mounts) -> list:
+    """`mounts` with no mount unbindable: the copy a namespace unshare makes drops MNT_UNBINDABLE
+    (Linux 6.18 at least: its unbindable mounts come out private), so the probe's copy and the
+    namespace it copied are compared, and their mounts labelled, without it."""
+    return [m.with_(unbindable=False) if m.unbindable else m for m in mounts]
+
+
 def _child(pid: int, owner_fd: int | None, proc_fd: int) -> list[tuple[str, str]]:
     mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -153,7 +160,16 @@ def probe(pid: int, mounts, canon_text: str) -> dict[str, str] | str:
 
     Returns a one-line reason (str) instead when the probe cannot tell (the copy's tree differs
     from `canon_text`, which a concurrent mount change would cause)."""
-    from engine import userns
+    from engine import topology, userns
+    plain = topology.canonical(_bindable(mounts))
+    if plain.text != canon_text:
+        # the caller's labels name unbindable mounts: translate the probe's back to them
+        canon = topology.canonical(mounts)
+        if canon.text != canon_text:
+            return "lock probe failed: the mounts given differ from their canonical text"
+        relabel = {plain.label(m.mnt_id): canon.label(m.mnt_id) for m in mounts}
+    else:
+        relabel = None
     owner = userns.ns_owner_fd(f"/proc/{pid}/ns/mnt")
     proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -164,8 +180,14 @@ def probe(pid: int, mounts, canon_text: str) -> dict[str, str] | str:
     finally:
         os.close(owner)
         os.close(proc_fd)
-    if result[0][1] != canon_text:
-        return "lock probe failed: the namespace changed while it was probed"
+    if result[0][1] != plain.text:
+        seen, want = result[0][1].splitlines(), plain.text.splitlines()
+        first = next((i for i, (x, y) in enumerate(zip(seen, want)) if x != y), min(len(seen), len(want)))
+        got = seen[first].strip() if first < len(seen) else "(end)"
+        return (f"lock probe failed: the namespace changed while it was probed (its copy shows {got!r} where "
+                f"the dump saw {want[first].strip() if first < len(want) else '(end)'!r})")
+    if relabel is not None:
+        return {relabel[label]: state for label, state in result[1:]}
     return dict(result[1:])
 
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import errno
 import marshal
 import os
@@ -283,6 +284,9 @@ class _Restorer:
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
         self.sb_fd: dict[str, int] = {}
+        # (sb id, source) -> a mount of that superblock shown with another source than its first
+        # (a type that `joins_by_ns`: made again in its namespace with that source, _other_source).
+        self.src_fd: dict[tuple[str, str], int] = {}
         # Clones still to be made from each new superblock's fd (assemble closes it after the last:
         # at 90,000 mounts one fd per superblock would pass the fd limit); closed ones, to refuse reuse.
         self.sb_uses: dict[str, int] = {}
@@ -297,9 +301,10 @@ class _Restorer:
         self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
-        # (ghost id, mount) -> O_PATH fd its open files on that mount are reopened from: one per
-        # mount, since fds of one unlinked file may sit on several mounts (CRIU's mntns_ghost01).
-        self.ghost_fd: dict[tuple[str, int], int] = {}
+        # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
+        # from: fds of one unlinked file may sit on several mounts (CRIU's mntns_ghost01), and name
+        # it by several deleted hard links (CRIU's unlink_fstat02: the fd's name is the link's).
+        self.ghost_fd: dict[tuple[str, int, str], int] = {}
         self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts recreated, linked until the mounts are attached
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
@@ -750,6 +755,8 @@ class _Restorer:
                                                      f"{m['sb']} was not created")
                 self.sb_fd[m["sb"]] = self._settle(m["sb"], self._create_by_type(m["sb"], sb, m))
                 step("superblock")
+            if m.get("source", sb["source"]) != sb["source"]:
+                return self._other_source(m, sb), rel_to(m["root"], "/")
             return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
         # A clone of a host path may only be cloned again from the namespace it came from.
         self.to_service()
@@ -768,6 +775,47 @@ class _Restorer:
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+
+    def _other_source(self, m: dict, sb: dict) -> int:
+        """A mount of m's superblock shown with m's own source, which is not the superblock's first
+        (mountinfo's source is per mount, and a clone keeps its source's): made once per source by a
+        new mount that joins the superblock: of its type in its namespace (a type that `joins_by_ns`,
+        as the superblock was made), or by its type's `mount_again` (block devices); dump refuses
+        the others."""
+        sid, source = m["sb"], m["source"]
+        fd = self.src_fd.get((sid, source))
+        if fd is not None:
+            return fd
+        handler = fs.lookup(sb["fstype"])
+        where = f"mount {m['id']} ({m['mountpoint']}) on {sb['fstype']}"
+        if not handler.mounts_again:
+            raise RestoreError(errno.EINVAL, f"{where}: its source {source!r} is not its superblock's "
+                                             f"({sb['source']!r}), and a {sb['fstype']} cannot be mounted again "
+                                             "with another")
+        attr = attr_of(self.base_opts.get(sid, _PLAIN))[0]
+        try:
+            if handler.joins_by_ns:
+                _, fds = self._creator(sid, sb, handler, m).call(
+                    ("fsmount", sb["fstype"].split(".", 1)[0], source, handler.fsconfig_params(sb["super_opts"]),
+                     attr))
+                fd = fds[0]
+            else:
+                fd = handler.mount_again(sb, source, self.sb_fd[sid], where)
+        except fs.FsError as e:
+            raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+        if os.fstat(fd).st_dev != os.fstat(self.sb_fd[sid]).st_dev:
+            os.close(fd)
+            raise RestoreError(errno.EINVAL, f"{where}: mounting it again with its source {source!r} made another "
+                                             "superblock")
+        if self.yard is not None:
+            self.to_service()   # (the yard is a directory of the service namespace)
+            n = len(self.src_fd)
+            os.mkdir(f"{sid}-src{n}", 0o700, dir_fd=self.yard)
+            kernel.move_mount(fd, "", self.yard, f"{sid}-src{n}", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        self.src_fd[(sid, source)] = fd
+        return fd
 
     def open_external_files(self) -> None:
         """Open each fd declared external at dump (--external file[KEY]:HOSTPATH) on the host."""
@@ -802,8 +850,11 @@ class _Restorer:
                     self.ext_src[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path,
                                                              kernel.OPEN_TREE_CLONE if self.yard is None else 0)
                 if e.get("master") or e.get("shared"):
-                    # The host's own mount there: the way into an external peer group.
-                    self.ext_host[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, 0)
+                    # The way into an external peer group: a clone of the host's mount rooted at the
+                    # path, which is that mount's peer (or a slave of its master). MOVE_MOUNT_SET_GROUP
+                    # copies only from a mount's root, and the path may be a directory inside the
+                    # host's mount (CRIU's mnt_ext_master binds /tmp/X/test of a shared tmpfs at /tmp/X).
+                    self.ext_host[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
             except OSError as err:
                 raise RestoreError(err.errno, f"external {e['external']} ({path}) for mount {e['id']} "
                                               f"({e['mountpoint']}): {err.strerror}") from None
@@ -828,10 +879,10 @@ class _Restorer:
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
         for gid, path in self.ghost_fds_on.get(m["id"], ()):
-            if (gid, m["id"]) not in self.ghost_fd:
+            if (gid, m["id"], path) not in self.ghost_fd:
                 self._ghost(gid)
                 try:
-                    self.ghost_fd[gid, m["id"]] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
+                    self.ghost_fd[gid, m["id"], path] = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
                                                         _BENEATH | kernel.RESOLVE_NO_XDEV)
                 except OSError as e:
                     raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): its deleted file {path} "
@@ -862,10 +913,16 @@ class _Restorer:
         afd = None
         if not g.get("linked"):
             afd = os.open(g["file"], os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+        # A superblock a user namespace owns takes new files only from ids it maps.
+        owner = self.doc["superblocks"][g["sb"]].get("owner")
+        ids = None if owner is None else self.users.writer_ids(owner)
         try:
-            ghost = self.ghost_live[gid] = ghosts.Ghost(
-                base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,
-                g.get("only"), links=g.get("links") or (), linked=g.get("linked"))
+            with contextlib.ExitStack() as as_ids:
+                if ids is not None:
+                    as_ids.enter_context(kernel.fs_ids_for_a_while(*ids))
+                ghost = self.ghost_live[gid] = ghosts.Ghost(
+                    base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,
+                    g.get("only"), links=g.get("links") or (), linked=g.get("linked"), ids=ids)
             return ghost
         except OSError as e:
             if isinstance(e, RestoreError):
@@ -1091,9 +1148,11 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"mount {self.ghost_user[gid]['id']} "
                                                          f"({self.ghost_user[gid]['mountpoint']}): unlinking its root "
                                                          f"{self.doc['ghosts'][gid]['path']} again: {e.strerror or e}") from None
-        for fd in list(self.sb_fd.values()) + list(self.ext_src.values()) + list(self.ghost_src.values()):
+        for fd in (list(self.sb_fd.values()) + list(self.src_fd.values()) + list(self.ext_src.values())
+                   + list(self.ghost_src.values())):
             os.close(fd)
         self.sb_fd.clear()
+        self.src_fd.clear()
         self.ghost_src.clear()
         if self.filler is not None:
             self.filler.close()
@@ -1409,10 +1468,13 @@ class _Restorer:
         finally:
             self._fds.close()
 
-    def _open_ghost(self, gid: str, flags: int, mnt: int) -> int:
+    def _open_ghost(self, gid: str, flags: int, mnt: int, path: str | None = None) -> int:
         """A new description of ghost `gid` (unlinked at restore too) on mount `mnt`: reopened from the
-        fd taken through that mount while it had its name."""
-        return os.open(f"self/fd/{self.ghost_fd[gid, mnt]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
+        fd taken through that mount while it had its name `path` (any of its names when None)."""
+        at = self.ghost_fd.get((gid, mnt, path))
+        if at is None:
+            at = next(fd for (g, m, _), fd in self.ghost_fd.items() if g == gid and m == mnt)
+        return os.open(f"self/fd/{at}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def _place_processes(self) -> None:
         # Every stand-in enters its root first: some objects are made before any fd (a socket pair
@@ -1438,7 +1500,8 @@ class _Restorer:
         chan = self.chans[p["pid"]]
         where = f"process {p['pid']}"
         try:
-            root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY, loc["mnt"]) if loc.get("ghost")
+            root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY, loc["mnt"], loc["path"])
+                         if loc.get("ghost")
                          else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
                          for loc in (p["root"], p["cwd"]))
         except OSError as e:

@@ -686,6 +686,7 @@ class Rebuild:
             if mid in covered:
                 continue       # beneath another locked mount: nothing can reach it, nor needs to
             fd = self._open(m)
+            self._reopen_ghosts(r, mid, fd)
             if mid in extra:
                 kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_set=extra[mid])
             if mid in r.shared_ids:
@@ -694,6 +695,25 @@ class Rebuild:
                 r.mnt_fd[mid] = fd
             else:
                 os.close(fd)
+
+    @staticmethod
+    def _reopen_ghosts(r, mid: int, fd: int) -> None:
+        """The restorer's fds on deleted files of mount `mid` (still linked: see restore's _ghost),
+        taken again through its copy `fd`: opened on the mount before the copy, a process's fd would
+        be on no mount of its namespace (CRIU's mntns_deleted and mntns_ghost01 in the uns flavor).
+        One the copy cannot reach (beneath a locked mount) keeps the old mount."""
+        from engine import kernel
+        for gid, path in r.ghost_fds_on.get(mid, ()):
+            if (gid, mid, path) not in r.ghost_fd:
+                continue
+            try:
+                new = kernel.openat2(fd, path.lstrip("/"), os.O_PATH | os.O_NOFOLLOW,
+                                     kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_SYMLINKS
+                                     | kernel.RESOLVE_NO_MAGICLINKS)
+            except OSError:
+                continue
+            os.close(r.ghost_fd[gid, mid, path])
+            r.ghost_fd[gid, mid, path] = new
 
     def _clone_root(self, r, ns: dict) -> int:
         """A detached clone of namespace `ns`'s root (we stand in it, not copied yet): no lock."""

@@ -101,6 +101,28 @@ def py_hold(body: str) -> str:
     return "exec python3 -c '" + code.replace("'", "'\\''") + "'\n"
 
 
+# A process of the tree that notes each SIGCONT it gets in the container's /run/.continued (no
+# ptrace, nothing the dump sees differently): dump stops the tree with SIGSTOP and resumes it with
+# SIGCONT, so after a refusal `was_stopped` tells whether the tree was ever stopped. Put it first
+# in a setup (a shell line; the watcher waits as another mntcr-hold process).
+STOP_WATCH = "python3 -c '" + """
+import ctypes, os, signal
+def cont(*_):
+    with open("/run/.continued", "a") as f:
+        f.write("SIGCONT\\n")
+signal.signal(signal.SIGCONT, cont)
+ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+open("/run/.watching", "w").close()
+while True:
+    signal.pause()
+""".replace("'", "'\\''") + "' </dev/null >/dev/null 2>&1 &\nwait_for /run/.watching\n"
+
+
+def was_stopped(pid: int) -> bool:
+    """Whether the tree of container pid `pid` (set up with STOP_WATCH) got a SIGCONT: it was stopped."""
+    return os.path.exists(f"/proc/{pid}/root/run/.continued")
+
+
 class SetupError(Exception):
     """The container could not be built or its setup failed (message has the setup output)."""
 
@@ -193,10 +215,11 @@ def keeper_main(cfg: dict) -> int:
     pidns = 0 if cfg.get("host_pidns") else kernel.CLONE_NEWPID
     kernel.unshare(kernel.CLONE_NEWNS | pidns | kernel.CLONE_NEWUTS | kernel.CLONE_NEWIPC)
     if cfg.get("outer_pid"):
-        # The outer namespace is private except the binds' sources (shared on purpose): check,
-        # since mounting under a shared mount here would propagate out.
+        # The outer namespace is private except the mounts the binds' sources lie on (shared on
+        # purpose): check, since mounting under a shared mount here would propagate out.
         for m in mountinfo.read_pid("self"):
-            if m.shared is not None and m.mountpoint not in bind_paths:
+            under = m.mountpoint.rstrip("/") + "/"
+            if m.shared is not None and not any(p == m.mountpoint or p.startswith(under) for p in bind_paths):
                 raise SystemExit(f"enginecase: outer namespace has a shared mount at {m.mountpoint}")
     else:
         kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)

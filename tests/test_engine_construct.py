@@ -347,8 +347,7 @@ hold
     real_plan = construct.plan
     monkeypatch.setattr(construct, "plan", lambda *a, **kw: planned.append(kw.get("userns_copies")) or
                         real_plan(*a, **kw))
-    pids = [p for p, _ in dump.process_tree(pid)]
-    dump._precheck(pids, {"/usr": "usr", "/etc": "etc"})
+    dump._precheck(dump.process_tree(pid), {"/usr": "usr", "/etc": "etc"})
     assert len(planned) == 1
     images = case.new_images_dir()
     case.dump(pid, images)

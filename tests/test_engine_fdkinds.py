@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from enginecase import CRError, case, py_hold  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
 
 
 def _lines(state, pid_index=None) -> list[str]:
@@ -156,10 +156,11 @@ def test_unsupported_kind_refused_tree_kept(case):
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); os.dup2(s.fileno(), 10); os.close(s.detach())
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): .*socket.* not supported", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
@@ -210,6 +211,30 @@ os.dup2(i, 10); os.close(i)
 """)
     before, after = case.roundtrip(setup)
     assert "watches=1:300,3:2,4:4" in _fd(after, 10), _fd(after, 10)
+
+
+def test_inotify_watch_on_overlay_found_by_inode_number(case):
+    """Overlayfs without nfs_export shows a handle it cannot open again (ESTALE): a watch on an
+    overlay directory (dbus-daemon's on /usr/share/dbus-1 in a VM guest whose root is an overlay)
+    is found by its inode number and comes back on the same directory."""
+    setup = """
+mkdir /mnt/t /mnt/o; mount -t tmpfs t /mnt/t; mkdir -p /mnt/t/l/share/dbus-1/services /mnt/t/u /mnt/t/w
+mount -t overlay overlay -o lowerdir=/mnt/t/l,upperdir=/mnt/t/u,workdir=/mnt/t/w /mnt/o
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(os.O_NONBLOCK)
+libc.inotify_add_watch(i, b"/mnt/o/share/dbus-1/services", 0x100)
+libc.inotify_add_watch(i, b"/mnt/o", 0x200)
+os.dup2(i, 10); os.close(i)
+""")
+    after = case.roundtrip(setup, iters=2)[-1]   # (the first restore's watches are dumped again)
+    assert "watches=1:100,2:200" in _fd(after, 10), _fd(after, 10)
+    pid = after.pid
+    with open(f"/proc/{pid}/fdinfo/10") as f:
+        inos = {int(wd): int(ino, 16) for wd, ino in re.findall(r"inotify wd:(\d+) ino:([0-9a-f]+)", f.read())}
+    root = f"/proc/{pid}/root/mnt/o"
+    assert inos == {1: os.stat(f"{root}/share/dbus-1/services").st_ino, 2: os.stat(root).st_ino}
 
 
 def test_ptys_on_devpts_of_the_tree(case):
@@ -675,11 +700,12 @@ c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.bind("/mnt/t/gone")
 c.sendto(b"<13>hello", "/mnt/t/log"); c.close()
 os.dup2(s.fileno(), 10); s.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): a datagram queued on it was sent from /mnt/t/gone, "
                      r"a name no datagram socket of the tree holds", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
@@ -795,11 +821,12 @@ srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
 c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv"); c.send(b"GET / HTTP/1.0\\r\\n\\r\\n")
 os.dup2(srv.fileno(), 10); os.dup2(c.fileno(), 11); srv.close(); c.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir(), ("--leave-running",))
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): listening unix socket with a connection not yet "
                      r"accepted on which data already waits: only accept\(\) reads it", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     lst = _grab_socket(pid, 10)
     with lst:
         lst.setblocking(False)
@@ -917,11 +944,12 @@ r.send(struct.pack("=IHHII", 32, 18, 1 | 4, 1, 0) + struct.pack("=BBHiII", 0, 0,
 r.recv(1, socket.MSG_PEEK)
 os.dup2(r.fileno(), 10); r.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): netlink messages wait to be read", str(err.value)), \
         err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
@@ -968,11 +996,12 @@ mkdir /mnt/t; mount -t tmpfs t /mnt/t; cd /mnt/t
 import socket
 s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("./rel.sock"); os.dup2(s.fileno(), 10); s.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): bound to './rel.sock', not a normalised name",
                      str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
@@ -1003,3 +1032,40 @@ for x in (p, a, n): x.close()
 """)
     state = case.roundtrip(setup)[-1]
     assert [_unix_state(state.pid, n) for n in (10, 11, 12)] == ["03", "03", "01"]
+
+
+def test_fanotify_events_waiting_refused_unstopped(case):
+    """A fanotify group with an event waiting to be read (a write to a marked file): restore cannot
+    make the event again, so dump refuses naming the fd, before it stops the tree (FIONREAD tells
+    it and reads nothing: the event is still there afterwards)."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; touch /mnt/t/file
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+f = libc.fanotify_init(0x2, os.O_RDONLY | os.O_LARGEFILE)
+assert f >= 0 and libc.fanotify_mark(f, 0x1, 0x8, -100, b"/mnt/t/file") == 0, ctypes.get_errno()
+with open("/mnt/t/file", "w") as w:
+    w.write("x")
+os.dup2(f, 10); os.close(f)
+""")
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify events wait to be read on it",
+                     str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    import fcntl
+    import struct
+    import termios
+    from engine.fds import sys as fsys
+    pidfd = os.pidfd_open(pid)
+    try:
+        g = fsys.pidfd_getfd(pidfd, 10)
+    finally:
+        os.close(pidfd)
+    try:
+        assert struct.unpack("i", fcntl.ioctl(g, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
+    finally:
+        os.close(g)

@@ -90,6 +90,25 @@ cat /proc/1/fd/5; echo; ls -A /mnt/t/d1 /mnt/t/d2
     assert "/mnt/a/F (deleted)\n/mnt/b/F (deleted)\nsame file\nlinks 0\nremapped\n" in out
 
 
+def test_file_open_under_two_deleted_names_on_one_mount(case):
+    """CRIU's unlink_fstat02: F and its hard link L in one directory, opened under each name, both
+    removed: each fd comes back under its own name (it came back under F twice)."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+printf 'two names' > /mnt/t/F; ln /mnt/t/F /mnt/t/L
+exec 5</mnt/t/F 6</mnt/t/L
+rm /mnt/t/F /mnt/t/L
+hold
+"""
+    check = """
+ls -l /proc/1/fd/5 /proc/1/fd/6 | sed 's/.* -> //'
+[ "$(stat -L -c %i /proc/1/fd/5)" = "$(stat -L -c %i /proc/1/fd/6)" ] && echo "same file"
+ls -A /mnt/t
+"""
+    *_, after = case.roundtrip(setup, check=check, iters=2)
+    assert "/mnt/t/F (deleted)\n/mnt/t/L (deleted)\nsame file\n" in after.snap.check_output
+
+
 def test_deleted_name_of_linked_file(case):
     """A deleted name of a file that keeps another name (CRIU's link-remap case): the fd comes back
     on the same inode as the remaining name, and no extra name is left behind."""

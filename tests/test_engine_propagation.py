@@ -133,6 +133,28 @@ hold
     assert "back" not in outer.sh("cat /proc/self/mountinfo")
 
 
+def test_external_master_of_a_subdirectory(case):
+    """CRIU's mnt_ext_master: a bind of a DIRECTORY of the outer shared tmpfs, made a slave, declared
+    external with that directory as its host path (not the outer mount's root): restore joins the
+    outer group through a clone rooted at the directory (SET_GROUP copies only from a mount root)."""
+    outer = case.outer()
+    outer.sh(f"mkdir -p {outer.path}/sub/late; echo from-sub > {outer.path}/sub/f")
+    setup = """
+mount --make-slave /ext
+hold
+"""
+    pid = case.start(setup, outer=outer, binds=((f"{outer.path}/sub", "/ext"),))
+    before = take(pid, check="cat /ext/f")
+    ext = next(m for m in before.root.mounts if m.mountpoint == "/ext")
+    assert ext.master is not None and ext.root == "/sub"
+    new = case.cr(pid, dump_extra=("--external", "mnt[/ext]:ext"),
+                  restore_extra=("--external", f"mnt[ext]:{outer.path}/sub"), outer=outer)
+    after = take(new, check="cat /ext/f")
+    assert_same(before, after)
+    outer.sh(f"mount -t tmpfs late {outer.path}/sub/late")
+    assert _mounts_named(new, "late") == ["/ext/late"]
+
+
 def _mounts_named(pid: int, source: str) -> list[str]:
     with open(f"/proc/{pid}/mountinfo") as f:
         return sorted(line.split()[4] for line in f if f" - tmpfs {source} " in line)

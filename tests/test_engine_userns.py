@@ -5,6 +5,7 @@ import os
 import pytest
 
 from engine import forkrun, kernel, userns, userns_cr
+import enginecase
 from enginecase import case, procs_with  # noqa: F401
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making user namespaces with any map needs root")
@@ -56,7 +57,7 @@ def test_dump_refuses_namespaces_of_two_user_namespaces_and_keeps_the_tree_runni
     # to make the uts namespace from inside its user namespace and join a pid namespace of the
     # outer one from there, which it cannot. (Only the pid namespace: scenarios/userns/
     # pidns_of_parent_userns.yaml, restored.)
-    pid = case.start("unshare -U -r -p sh -c 'unshare -U -r -u /.hold/mntcr-hold 100000 & "
+    pid = case.start(enginecase.STOP_WATCH + "unshare -U -r -p sh -c 'unshare -U -r -u /.hold/mntcr-hold 100000 & "
                      "exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &\nhold\n")
     with pytest.raises(AssertionError) as err:
         case.dump(pid, str(tmp_path / "img"))
@@ -64,6 +65,7 @@ def test_dump_refuses_namespaces_of_two_user_namespaces_and_keeps_the_tree_runni
     assert ("its pid namespace belongs to init > [uid 0 0 1 gid 0 0 1 setgroups deny], others of its namespaces "
             "to its own user namespace (init > [uid 0 0 1 gid 0 0 1 setgroups deny] > [uid 0 0 1 gid 0 0 1 "
             "setgroups deny]): not supported yet") in str(err.value)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
 
 
@@ -151,3 +153,29 @@ def test_a_daemon_superblock_made_inside_a_user_namespace_is_refused_at_dump(mon
     with pytest.raises(userns_cr.UsernsError, match=r"mount 8 \(/run/c/fuse\) on fuse.zdtm: its superblock was "
                                                     "made inside a user namespace"):
         userns_cr.record_sb_owners(1, mounts, {"0:98": "sb-0", "0:99": "sb-1"}, sbs, [], {})
+
+
+def test_lock_probe_of_a_namespace_with_an_unbindable_mount(tmp_path):
+    # CRIU's unbindable test in the uns flavor: the probe's copy of the namespace loses MNT_UNBINDABLE
+    # (Linux 6.18), which used to read as "the namespace changed while it was probed".
+    import subprocess
+    from engine import mntlocks, mountinfo, topology
+    d = tmp_path / "u"
+    d.mkdir()
+    script = f"mount -t tmpfs unb {d} && mount --make-unbindable {d} && echo ready && exec sleep 1000"
+    p = subprocess.Popen(["unshare", "-U", "-r", "-m", "--propagation", "private", "sh", "-c", script],
+                         stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        mounts = mountinfo.read_pid(p.pid)
+        canon = topology.canonical(mounts)
+        unb = next(m for m in mounts if m.mountpoint == str(d))
+        assert unb.unbindable
+        got = mntlocks.probe(p.pid, mounts, canon.text)
+        assert isinstance(got, dict), got
+        assert got[canon.label(unb.mnt_id)] == "unlocked"      # mounted inside the user namespace
+        assert set(got) == {canon.label(m.mnt_id) for m in mounts}
+    finally:
+        p.kill()
+        p.wait()
+        p.stdout.close()

@@ -31,6 +31,7 @@ host, and the helper kills what it started before it exits.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -43,6 +44,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from engine import cli as engine_cli
+from engine import mountinfo
 from zdtm import criu_env, snapshot
 from zdtm.criu_source import TestProgram
 
@@ -54,6 +56,132 @@ ROOT_DIRS = ("bin", "sbin", "etc", "lib", "lib64", "dev", "tmp", "usr", "proc", 
 TEST_CREDS = {"ZDTM_UID": "18943", "ZDTM_GID": "58467", "ZDTM_GROUPS": "27495 48244"}
 FLAVORS = ("ns", "uns")
 DEFAULT_TIMEOUT = 30.0
+
+# criu options a .desc passes (opts: dump and restore, dopts: dump, ropts: restore) that need nothing
+# from mntcr, and why. Any other option makes the test a skip naming it: never run it half-configured.
+IGNORED_OPTS = {
+    "--link-remap": "mntcr keeps files open under a deleted or linked name without a flag",
+    "--mntns-compat-mode": "criu's choice of its mount engine; mntcr has one",
+    "--no-mntns-compat-mode": "criu's choice of its mount engine; mntcr has one",
+    "--manage-cgroups": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
+    "--manage-cgroups=full": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
+    "--manage-cgroups=ignore": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
+}
+# --external mnt[]:FLAGS and mnt[] ask criu to detect external mounts itself; mntcr dumps every mount
+# it can and names the others, so they ask nothing more of it.
+_AUTO_EXTERNAL = ("mnt[]", "mnt[]:s", "mnt[]:m", "mnt[]:ms", "mnt[]:sm")
+# Kernel features a .desc may require (zdtm.py's --feature checks), probed here.
+FEATURES = {
+    "mnt_id": lambda: os.path.exists("/proc/self/fdinfo/0") and "mnt_id:" in open("/proc/self/fdinfo/0").read(),
+    "move_mount_set_group": lambda: _kernel_at_least(5, 15),
+    "cgroupns": lambda: os.path.exists("/proc/self/ns/cgroup"),
+    "autofs": lambda: "autofs" in _kernel_filesystems(),
+    "sk_unix_file": lambda: _sk_unix_file(),
+    "kcmp_epoll": lambda: _kernel_at_least(4, 13),   # kcmp(KCMP_EPOLL_TFD)
+    "timerfd": lambda: _kernel_at_least(3, 17),      # timerfd state in fdinfo
+}
+
+
+def _sk_unix_file() -> bool:
+    """SIOCUNIXFILE (an O_PATH fd on a bound unix socket's file): zdtm.py's sk_unix_file feature."""
+    import fcntl
+    import socket
+    d = tempfile.mkdtemp(prefix="mntcr-sk-probe-")
+    try:
+        with socket.socket(socket.AF_UNIX) as s:
+            s.bind(os.path.join(d, "s"))
+            try:
+                os.close(fcntl.ioctl(s.fileno(), 0x89E0))
+            except OSError:
+                return False
+            return True
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _kernel_filesystems() -> set[str]:
+    with open("/proc/filesystems") as f:
+        return {line.split()[-1] for line in f if line.strip()}
+
+
+def _kernel_at_least(major: int, minor: int) -> bool:
+    release = os.uname().release.split(".")
+    try:
+        return (int(release[0]), int(release[1].split("-")[0])) >= (major, minor)
+    except (IndexError, ValueError):
+        return False
+
+
+@dataclass(frozen=True)
+class Options:
+    """What a test's .desc asks of the checkpointer, in mntcr's terms."""
+
+    dump: tuple[str, ...] = ()      # extra `mntcr dump` arguments (--external mnt[MOUNTPOINT]:KEY)
+    restore: tuple[str, ...] = ()   # extra `mntcr restore` arguments (--external mnt[KEY]:HOSTPATH)
+    auto_masters: bool = False      # --ext-mount-map auto --enable-external-masters: see _auto_externals
+    unsupported: str | None = None  # the first option nothing here translates, or None
+
+
+def _opt_words(text: str) -> list[tuple[str, str | None]]:
+    """criu's options as (option, value) pairs; `--opt=value` and `--opt value` for the ones with a value."""
+    with_value = {"--external", "--ext-mount-map", "--enable-fs", "--cgroup-root", "--cgroup-yard",
+                  "--lsm-mount-context"}
+    words, out, i = text.split(), [], 0
+    while i < len(words):
+        word = words[i]
+        if word in with_value and i + 1 < len(words):
+            out.append((word, words[i + 1]))
+            i += 2
+            continue
+        key, eq, value = word.partition("=")
+        out.append((key, value) if eq and key in with_value else (word, None))
+        i += 1
+    return out
+
+
+def options(desc: dict) -> Options:
+    """Translate a .desc's criu options (opts, dopts, ropts) into mntcr's.
+
+    ``--external mnt[MOUNTPOINT]:KEY`` at dump and ``mnt[KEY]:PATH`` at restore mean
+    the same to mntcr (a relative PATH is taken from criu's root, "/");
+    ``--ext-mount-map auto`` with ``--enable-external-masters`` is criu detecting
+    mounts whose master is outside and binding them again from the same host mount:
+    the driver finds those after the test started (mntcr has no auto mode).
+    """
+    dump_args: list[str] = []
+    restore_args: list[str] = []
+    flags: set[str] = set()
+    for field, stages in (("opts", ("dump", "restore")), ("dopts", ("dump",)), ("ropts", ("restore",))):
+        for opt, value in _opt_words(desc.get(field, "")):
+            if opt == "--external" and value in _AUTO_EXTERNAL:
+                continue
+            if opt == "--external" and value and value.startswith("mnt[") and "]:" in value:
+                inside, _, rest = value[4:].partition("]:")
+                for stage in stages:
+                    if stage == "dump":
+                        dump_args += ["--external", f"mnt[{inside}]:{rest}"]
+                    else:
+                        restore_args += ["--external", f"mnt[{inside}]:{os.path.join('/', rest)}"]
+                continue
+            if opt == "--ext-mount-map" and value == "auto":
+                flags.add("auto")
+                continue
+            if opt == "--enable-external-masters":
+                flags.add("masters")
+                continue
+            if opt == "--enable-fs" and value:
+                # criu mounts such a filesystem fresh; mntcr does that for every type it has a module
+                # for (engine/fs) and refuses the others by name: only the kernel must have it
+                missing = [fs for fs in value.split(",") if fs not in _kernel_filesystems()]
+                if missing:
+                    return Options(unsupported=f"--enable-fs {value} (this kernel has no {','.join(missing)})")
+                continue
+            if opt in IGNORED_OPTS:
+                continue
+            return Options(unsupported=f"{opt} {value}" if value else opt)
+    if "masters" in flags and "auto" not in flags:
+        return Options(unsupported="--enable-external-masters without --ext-mount-map auto")
+    return Options(tuple(dump_args), tuple(restore_args), flags == {"auto", "masters"})
 
 
 @dataclass(frozen=True)
@@ -79,6 +207,15 @@ def unsupported_flavor(program: TestProgram, flavor: str) -> str | None:
     allowed = program.desc.get("flavor", "h ns uns").split()
     if flavor not in allowed:
         return f"{program.name}.desc allows flavors {' '.join(allowed)}, not {flavor}"
+    for feature in program.desc.get("feature", "").split():
+        probe = FEATURES.get(feature)
+        if probe is None:
+            return f"{program.name}.desc needs the criu feature {feature!r}, which this driver does not probe"
+        if not probe():
+            return f"{program.name}.desc needs the kernel feature {feature!r}, which this kernel lacks"
+    unsupported = options(program.desc).unsupported
+    if unsupported:
+        return f"{program.name}.desc runs criu with {unsupported}, which this driver does not translate"
     return None
 
 
@@ -105,7 +242,9 @@ def run(program: TestProgram, workdir: str, flavor: str = "ns", timeout: float |
     cmd = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", "zdtm.criu_tests",
            "--inside", json.dumps(spec)]
     log = os.path.join(workdir, "driver.log")
-    with open(log, "wb") as out:
+    before = _host_dirs()
+    with open(log, "wb") as out, open(_RUNNING_LOCK, "a") as running:
+        fcntl.flock(running, fcntl.LOCK_SH)
         try:
             proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=out, env=env,
                                   cwd=_PROJECT_ROOT, timeout=6 * timeout + 60)
@@ -113,6 +252,8 @@ def run(program: TestProgram, workdir: str, flavor: str = "ns", timeout: float |
             return Result(program.name, "fail", "driver", f"the driver timed out; see {log}")
         finally:
             shutil.rmtree(mounts, ignore_errors=True)
+            fcntl.flock(running, fcntl.LOCK_UN)
+            _remove_host_dirs(_host_dirs() - before, running)
     lines = proc.stdout.decode(errors="replace").strip().splitlines()
     try:
         return Result(**json.loads(lines[-1]))
@@ -121,6 +262,41 @@ def run(program: TestProgram, workdir: str, flavor: str = "ns", timeout: float |
             tail = f.read().strip().splitlines()[-5:]
         return Result(program.name, "fail", "driver",
                       f"the driver exited {proc.returncode} without a result: {' | '.join(tail)}")
+
+
+# Some tests make their outside mounts' directories on the host's / or /tmp (the helper's mount
+# namespace is private, its directories are not): /tmp/zdtm_ext_auto.XXXXXX, /.zdtm_root_ext.tmp...
+_HOST_DIRS = ("/", "/tmp")
+_RUNNING_LOCK = "/tmp/.mntcr-criu-tests.lock"   # held shared by each run while its test lives
+
+
+def _host_dirs() -> set[str]:
+    found = set()
+    for d in _HOST_DIRS:
+        try:
+            found |= {os.path.join(d, n) for n in os.listdir(d) if n.startswith(("zdtm_", ".zdtm_"))}
+        except OSError:
+            pass
+    return found
+
+
+def _remove_host_dirs(new: set[str], lock) -> None:
+    """rmdir the empty directories a test left on the host, when no other run is under way (one of
+    them may be another run's mount point, and rmdir would detach its mount)."""
+    if not new:
+        return
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return   # the last run to finish removes them
+    try:
+        for path in sorted(new, key=len, reverse=True):
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass   # not empty, or gone: not ours to clear
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 # --- inside the helper's private mount namespace ---------------------------------------------
@@ -200,6 +376,28 @@ def _build_dev(dev: str) -> None:
 
 
 
+def _auto_externals(pid: int) -> list[tuple[str, str]]:
+    """criu's ``--ext-mount-map auto --enable-external-masters`` for the test `pid`: each of its mounts
+    that is a slave of a peer group no mount of its namespace is in, as (mountpoint, host path): the
+    path in the helper's namespace where a member of that group shows the same directory. A group
+    the helper cannot see is left alone (dump then names the mount)."""
+    inside = mountinfo.read_pid(pid)
+    groups = {m.shared for m in inside if m.shared}
+    outside = [m for m in mountinfo.read_pid("self") if m.shared]
+    found = []
+    for m in inside:
+        if not m.master or m.master in groups:
+            continue
+        for h in outside:
+            if h.shared != m.master or h.dev != m.dev:
+                continue
+            if h.root == "/" or m.root == h.root or m.root.startswith(h.root.rstrip("/") + "/"):
+                rest = m.root[len(h.root.rstrip("/")):].lstrip("/")
+                found.append((m.mountpoint, os.path.join(h.mountpoint, rest) if rest else h.mountpoint))
+                break
+    return found
+
+
 def _tail(path: str, n: int = 6) -> str:
     try:
         with open(path, errors="replace") as f:
@@ -267,6 +465,7 @@ class _Run:
                 return self.res("fail", "start", f"the test did not get ready in {self.timeout:g}s")
         pidfile = os.path.join(static, f"{name}.pid")
         if proc.returncode != 0 or not os.path.exists(pidfile):
+            self.keep_outputs()
             why = _tail(os.path.join(static, f"{name}.out.inprogress")) or _tail(os.path.join(self.w, "start.log"))
             return self.res("fail", "start", f"the test failed to start (exit {proc.returncode}): {why}")
         with open(pidfile) as f:
@@ -279,7 +478,14 @@ class _Run:
         before = snapshot.take(pid, ignore_maps_on=ignore)
         _save(os.path.join(self.w, "before.txt"), before.text())
         images = os.path.join(self.w, "images")
-        err = _mntcr("dump", ["-t", str(pid), "-D", images, "--leave-running", "--external", "mnt[/dev]:ZDTM_DEV"],
+        opts = options(self.p.desc)
+        dump_ext, restore_ext = list(opts.dump), list(opts.restore)
+        if opts.auto_masters:
+            for n, (mountpoint, host_path) in enumerate(_auto_externals(pid)):
+                dump_ext += ["--external", f"mnt[{mountpoint}]:AUTO{n}"]
+                restore_ext += ["--external", f"mnt[AUTO{n}]:{host_path}"]
+        err = _mntcr("dump", ["-t", str(pid), "-D", images, "--leave-running", "--external", "mnt[/dev]:ZDTM_DEV",
+                              *dump_ext],
                      os.path.join(self.w, "dump.log"), self.timeout * 2)
         if err:
             if not snapshot.alive(pid):
@@ -297,7 +503,7 @@ class _Run:
         criu_env.copy_tree(self.root, restore_root)
         pidfile = os.path.join(self.w, "restored.pid")
         err = _mntcr("restore", ["-D", images, "--root", restore_root, "--external", f"mnt[ZDTM_DEV]:{self.dev}",
-                                 "--pidfile", pidfile, "--devices", "all"],
+                                 *restore_ext, "--pidfile", pidfile, "--devices", "all"],
                      os.path.join(self.w, "restore.log"), self.timeout * 2)
         if err:
             return self.res("fail", "restore", err)
@@ -311,6 +517,16 @@ class _Run:
         if not equal:
             return self.res("fail", "compare", "restored state differs from the test's:\n" + report)
         return self.verdict()
+
+    def keep_outputs(self) -> None:
+        """Copy the test's own output files (NAME.out*, the root dies with the helper) into the workdir."""
+        static = os.path.join(self.root, "zdtm", "static")
+        for n in os.listdir(static):
+            if n.startswith(self.p.name + ".out"):
+                try:
+                    shutil.copy(os.path.join(static, n), os.path.join(self.w, n))
+                except OSError:
+                    pass
 
     def verdict(self) -> Result:
         """SIGTERM the test (its pid 1 passes it on); its outfile must say PASS."""
@@ -327,6 +543,7 @@ class _Run:
             return self.res("fail", "verdict", f"the test wrote no {name}.out: "
                             + (_tail(out + ".inprogress") or _tail(os.path.join(static, f"{name}.outns"))))
         if "PASS" not in text.split():
+            self.keep_outputs()
             return self.res("fail", "verdict", "the test's own check after the dump failed: " + _tail(out))
         return self.res("pass")
 
@@ -334,6 +551,45 @@ class _Run:
         for pid in (self.restored, self.test_pid):
             if pid:
                 snapshot.kill_tree(pid)
+        # zdtm.py's `NAME.hook --clean`: undoes what outlives the test's namespaces (binfmt_misc
+        # registrations of the host's instance, cgroups); run from the root, as zdtm.py runs it
+        # from its test directory. Its mounts die with this helper's namespace.
+        _clear_zdtm_cgroups(self.mounts)
+        hook = self.p.binary + ".hook"
+        if os.path.exists(hook) and os.path.isdir(self.root):
+            with open(os.path.join(self.w, "hook-clean.log"), "wb") as log:
+                try:
+                    subprocess.run(["bash", hook, "--clean"], cwd=self.root, stdin=subprocess.DEVNULL, stdout=log,
+                                   stderr=log, timeout=60)
+                except (OSError, subprocess.SubprocessError):
+                    pass   # its log says what went wrong; nothing it cleans is needed by the result
+
+
+def _clear_zdtm_cgroups(scratch: str) -> None:
+    """Remove the cgroups tests leave in the named cgroup v1 hierarchy "zdtmtst" (cgroup_stray's
+    /bar: zdtm.py clears them itself), mounted here in the helper's namespace; a cgroup still in
+    use stays (rmdir: EBUSY)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            if not any(line.split(":")[1] == "name=zdtmtst" for line in f if line.count(":") >= 2):
+                return
+    except OSError:
+        return
+    top = os.path.join(scratch, "cgroup-zdtmtst")
+    os.makedirs(top, exist_ok=True)
+    try:
+        _mount("-t", "cgroup", "-o", "none,name=zdtmtst", "zdtmtst", top)
+    except subprocess.CalledProcessError:
+        return
+    try:
+        for d, subdirs, _files in os.walk(top, topdown=False):
+            if d != top:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    pass
+    finally:
+        subprocess.run(["umount", top], capture_output=True)
 
 
 def _save(path: str, text: str) -> None:

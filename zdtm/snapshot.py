@@ -33,6 +33,8 @@ from zdtm import fdkinds, holder
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
 OWNED_NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
+_O_TMPFILE = 0o20000000   # __O_TMPFILE
+_TMPFILE = re.compile(r"^(.*/)#\d+ \(deleted\)$")
 _ANON = re.compile(r"^(pipe|socket|anon_inode:[^\[]*|anon_inode):\[\d+\]$")
 CHECK_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "HOME": "/root"}
 
@@ -239,6 +241,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
         fds = []
+        tmpfiles: dict[str, str] = {}
         for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
             try:
                 path = os.readlink(f"/proc/{pid}/fd/{fd}")
@@ -248,6 +251,11 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
+            hit = _TMPFILE.match(path) if flags & _O_TMPFILE else None
+            if hit:
+                # A file made by O_TMPFILE: "#INODE" is the kernel's name for it, not the program's;
+                # compared as the first, second... such file of the process (which fds share it shows).
+                path = f"{hit[1]}#tmpfile{tmpfiles.setdefault(path, str(len(tmpfiles) + 1))} (deleted)"
             mnt = int(info["mnt_id"]) if "mnt_id" in info else None
             fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}"
                        + (f" {extra}" if extra else ""))

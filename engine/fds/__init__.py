@@ -86,7 +86,7 @@ class RestoreFd:
     standin: Callable    # standin(kind, fn, args, fds) -> (reply, fds): run a kind's hook in the stand-in
     keep: list           # fds to close only after every process got its fds (fifo keepers)
     proc: int = -1       # an fd on the host's /proc (to name our fds by path: proc/self/fd/N)
-    open_ghost: Callable | None = None   # open_ghost(ghost id, flags, mount id): a file unlinked while open
+    open_ghost: Callable | None = None   # open_ghost(ghost id, flags, mount id, name): a file unlinked while open
     # Steps run by the restorer once every process got its fds (a datagram socket connected to a
     # named socket of another process, made by then): (what, fn()) or (what, fn(), order) each.
     late: list = field(default_factory=list)
@@ -145,6 +145,14 @@ class FdKind:
     prepare: Callable | None = None
     # finish(objects, entries): once every fd is dumped, complete or refuse (a pty slave without master).
     finish: Callable[[dict, list], None] = lambda objects, entries: None
+    # precheck(DumpFd) before the tree is stopped (engine/prestop.py): refuse (FdError, the line
+    # `dump` would give) what the fd of a running process already shows, changing nothing the
+    # process could notice; `dump` checks again once the tree is stopped (what changed since).
+    # The DumpFd has no flags, pos, mnt, objects or place (0, empty); facts for `prefinish` go
+    # into its scratch, shared by every fd of the tree (scratch["leave_running"]: the option).
+    precheck: Callable[[DumpFd], None] | None = None
+    # prefinish(scratch): once every fd of the tree was prechecked, refuse what takes several.
+    prefinish: Callable[[dict], None] = lambda scratch: None
 
 
 _REGISTRY: dict[str, FdKind] = {}

@@ -2,8 +2,11 @@
 
 A target is registered under the fd number it had in the owner's table
 (fdinfo `tfd`), so the stand-in does EPOLL_CTL_ADD itself once all its fds are
-installed. A target whose fd number is no longer open in the owner (closed or
-moved after registration) cannot be named again: refused at dump.
+installed. A target whose fd number was closed since (CRIU's epoll, epoll01: a
+dup registered, then closed) but whose file the owner still holds at another
+number (`via`, found with kcmp KCMP_EPOLL_TFD) is registered as it was made: the
+stand-in puts that file at the number for the call. One the owner holds at no
+number cannot be named again: refused at dump.
 """
 
 from __future__ import annotations
@@ -20,19 +23,41 @@ _TFD = re.compile(r"^(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
 
 def _dump(d) -> dict:
     targets = []
+    seen: dict[int, int] = {}   # tfd -> items with that number so far (kcmp's toff: fdinfo and kcmp
+                                # both walk the epoll's items in its tree's order)
     for line in d.info().get("tfd", []):
         m = _TFD.match(line)
         if m is None:
             raise FdError(0, f"{d.where}: unreadable epoll target {line!r}")
         tfd = int(m[1])
+        toff = seen.get(tfd, 0)
+        seen[tfd] = toff + 1
         try:
             same = _target_ino(d.pid, tfd) == _line_ino(line)
         except OSError:
             same = False
+        target = {"fd": tfd, "events": int(m[2], 16), "data": int(m[3], 16)}
         if not same:
-            raise FdError(0, f"{d.where}: epoll target fd {tfd} is no longer open at that number")
-        targets.append({"fd": tfd, "events": int(m[2], 16), "data": int(m[3], 16)})
+            via = _holder(d, tfd, toff, _line_ino(line))
+            if via is None:
+                raise FdError(0, f"{d.where}: epoll target fd {tfd} is no longer open at that number, and the "
+                                 "process holds its file at no other")
+            target["via"] = via
+        targets.append(target)
     return {"targets": targets}
+
+
+def _holder(d, tfd: int, toff: int, ino: int) -> int | None:
+    """Another fd of the process that is the file epoll `d` watches as (the `toff`th) closed target
+    `tfd` (several files may have been registered under one number, each closed since), or None."""
+    for name in sorted(os.listdir(f"/proc/{d.pid}/fd"), key=int):
+        fd = int(name)
+        try:
+            if fd != tfd and _target_ino(d.pid, fd) == ino and fsys.epoll_target_is(d.pid, fd, d.fd, tfd, toff):
+                return fd
+        except OSError:
+            continue
+    return None
 
 
 def _target_ino(pid: int, fd: int) -> int:
@@ -51,7 +76,8 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: epoll targets must be a list")
     for t in ts:
         if not isinstance(t, dict) or not all(isinstance(t.get(k), int) for k in ("fd", "events", "data")) \
-                or not 0 <= t["fd"] <= 1 << 20:
+                or not 0 <= t["fd"] <= 1 << 20 or set(t) - {"fd", "events", "data", "via"} \
+                or ("via" in t and (type(t["via"]) is not int or not 0 <= t["via"] <= 1 << 20 or t["via"] == t["fd"])):
             _fail(f"{what}: bad epoll target {t!r}")
 
 
@@ -72,7 +98,27 @@ def _register(args, fds):
     """In the stand-in, once its fds are installed: add each target under its own number."""
     epfd, targets = args
     for t in targets:
-        fsys.epoll_add(epfd, t["fd"], t["events"], t["data"])
+        if "via" not in t:
+            fsys.epoll_add(epfd, t["fd"], t["events"], t["data"])
+            continue
+        # The file at `via` goes to the number it was registered under, for the call only; what
+        # holds that number now (another file: the number was reused) steps aside meanwhile.
+        import fcntl
+        n = t["fd"]
+        try:
+            saved = fcntl.fcntl(n, fcntl.F_DUPFD_CLOEXEC, 1024)
+            inheritable = os.get_inheritable(n)
+        except OSError:
+            saved = None
+        os.dup2(t["via"], n, inheritable=False)
+        try:
+            fsys.epoll_add(epfd, n, t["events"], t["data"])
+        finally:
+            if saved is None:
+                os.close(n)
+            else:
+                os.dup2(saved, n, inheritable=inheritable)
+                os.close(saved)
     return None, []
 
 

@@ -12,9 +12,12 @@ that mount of the tree, a filesystem mark on any mount of the tree of that
 device. Restore makes the group in the restorer (like inotify) and adds each
 mark through an O_PATH fd on the restored mount.
 
-Not kept: queued events and pending permission requests (a listener that has
-not answered one would block the tree at dump anyway); marks on what no mount
-of the tree reaches are refused at dump.
+Refused at dump: events waiting to be read (restore cannot make them again),
+told before the tree is stopped (`precheck`: FIONREAD, which reads nothing;
+events that arrive while dump runs, its own reads of a marked filesystem
+included, are not kept); marks on what no mount of the tree reaches. Not kept:
+pending permission requests (a listener that has not answered one would block
+the tree at dump anyway).
 """
 
 from __future__ import annotations
@@ -104,6 +107,18 @@ def _dump(d) -> dict:
     return {"init": got["init"], "event_flags": got["event_flags"], "marks": marks}
 
 
+def _precheck(d) -> None:
+    """Before the tree is stopped: refuse a group whose events wait to be read (FIONREAD counts
+    their bytes and takes none)."""
+    import fcntl
+    import struct
+    import termios
+    queued = struct.unpack("i", fcntl.ioctl(d.copy(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    if queued:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: fanotify events wait to be read on it ({queued} bytes; restore "
+                                        "cannot make them again): not supported")
+
+
 def _check(entry: dict, what: str) -> None:
     from engine.image import _fail, check_abs_path
     if not 0 <= entry["init"] < 1 << 32 or not 0 <= entry["event_flags"] < 1 << 32:
@@ -163,5 +178,5 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="fanotify", matches=lambda t, m: t == "anon_inode:[fanotify]", dump=_dump, open=_open,
-                check=_check, in_ns=_in_ns, mounts=lambda e: [k["mnt"] for k in e["marks"]],
+                check=_check, in_ns=_in_ns, mounts=lambda e: [k["mnt"] for k in e["marks"]], precheck=_precheck,
                 fields={"init": F(INT), "event_flags": F(INT), "marks": F(LIST)}))

@@ -8,6 +8,7 @@ import re
 import stat
 
 from engine.fds import FdError, FdKind, RestoreFd, register
+from engine.imageformat import O_TMPFILE_BIT
 
 # Flags that only mattered when the file was opened (or that we set ourselves).
 OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
@@ -21,13 +22,47 @@ def _matches(target: str, mode: int) -> bool:
 def _open(r: RestoreFd) -> int:
     e = r.entry
     flags = e["flags"] & ~OPEN_DROP
-    if e.get("ghost"):
-        fd = r.open_ghost(e["ghost"], flags, e["mnt"])   # unlinked at restore too (engine/ghosts.py)
+    if flags & O_TMPFILE_BIT and e.get("type") == "file":
+        if e.get("ghost"):
+            fd = _tmpfile(r, e, flags)
+        else:   # made by O_TMPFILE, linked since: a name like any other
+            fd = r.open_at(e["mnt"], e["path"], flags & ~(O_TMPFILE_BIT | os.O_DIRECTORY))
+    elif e.get("ghost"):
+        fd = r.open_ghost(e["ghost"], flags, e["mnt"], e["path"])   # unlinked at restore too (engine/ghosts.py)
     else:
         fd = r.open_at(e["mnt"], e["path"], flags)
     if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
         os.lseek(fd, e["pos"], os.SEEK_SET)
     return fd
+
+
+def _tmpfile(r: RestoreFd, e: dict, flags: int) -> int:
+    """A file made by O_TMPFILE and never linked (CRIU's fd01: tmpfile(3)): made the same way in the
+    same directory of the same mount, with the deleted file's data, mode and owner, so that its
+    flags (__O_TMPFILE, O_DIRECTORY) are the dumped ones; its name is the kernel's ("#INODE")."""
+    src = r.open_ghost(e["ghost"], os.O_RDONLY, e["mnt"], e["path"])
+    try:
+        d = r.open_at(e["mnt"], os.path.dirname(e["path"]) or "/", os.O_PATH | os.O_DIRECTORY)
+        try:
+            fd = os.open(".", flags | os.O_CLOEXEC, 0o600, dir_fd=d)
+        finally:
+            os.close(d)
+        try:
+            st = os.fstat(src)
+            left = st.st_size
+            while left > 0:
+                n = os.copy_file_range(src, fd, left, 0, st.st_size - left)
+                if n <= 0:
+                    break
+                left -= n
+            os.fchown(fd, st.st_uid, st.st_gid)
+            os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+    finally:
+        os.close(src)
 
 
 def _dump(d) -> dict:
@@ -38,17 +73,38 @@ def _dump(d) -> dict:
 _PID_DIR = re.compile(r"/(\d+)(?:/|$)")
 
 
+def _precheck(d) -> None:
+    """Before the tree is stopped: the same refusal, the fd's mount read from its fdinfo only for a
+    path beneath a proc mount."""
+    key = ("proc-mounts", id(d.mounts))   # (one list a namespace: a tree may have 90,000 mounts)
+    prefixes = d.scratch.get(key)
+    if prefixes is None:
+        prefixes = d.scratch[key] = tuple({m.mountpoint.rstrip("/") + "/" for m in d.mounts if m.fstype == "proc"})
+    if prefixes and d.target.startswith(prefixes):
+        d.mnt = int(d.info()["mnt_id"][0])
+        _refuse_gone_pid_dir(d)
+
+
 def _refuse_gone_pid_dir(d) -> None:
-    """A file of /proc/N/ whose process N is gone (CRIU's remap_dead_pid): restore reopens paths,
-    and /proc/N/... names no file then (or another process's): refused here, naming it."""
+    """A file of /proc/N/ (restore reopens paths): refused here, naming it, when process N is gone
+    (CRIU's remap_dead_pid: /proc/N/... names no file then, or another process's), and when it is
+    there but not its pid namespace's init (CRIU's fanotify00 keeps /proc/self/fdinfo/N open):
+    restore gives the stand-ins other pid numbers, so the name would lead to another process's
+    file. A pid namespace made again has the same init."""
     m = next((m for m in d.mounts if m.mnt_id == d.mnt), None)
     if m is None or m.fstype != "proc" or not d.target.startswith(m.mountpoint.rstrip("/") + "/"):
         return
     rel = d.target[len(m.mountpoint.rstrip("/")):]
     hit = _PID_DIR.match(m.root.rstrip("/") + rel)
-    if hit and not os.path.lexists(f"/proc/{d.pid}/root{m.mountpoint.rstrip('/')}/{hit[1]}"):
+    if not hit:
+        return
+    if not os.path.lexists(f"/proc/{d.pid}/root{m.mountpoint.rstrip('/')}/{hit[1]}"):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory, and that "
                                         "process is gone: not supported")
+    if hit[1] != "1":
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory: restore "
+                                        "keeps no pid numbers, so that name would lead to another process's "
+                                        "file: not supported")
 
 
-register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90))
+register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90, precheck=_precheck))

@@ -4,7 +4,8 @@ fdinfo names a watched inode by device and file handle. Inside the process's
 mount namespace (the in_ns hook) the handle is opened through a visible mount
 of that device, giving the inode's path and mount there; restore opens that
 path on the restored mount and adds the watch through /proc/self/fd/N, in wd
-order. The kernel hands out wds cyclically, so a gap (a watch removed) is
+order. A filesystem whose handles do not open again (overlayfs without
+nfs_export) is searched for the inode number near the mount's root instead. The kernel hands out wds cyclically, so a gap (a watch removed) is
 recreated with throwaway watches on memfds, removed again.
 
 Not done: unread events, watches on a filesystem reachable only beneath an
@@ -37,18 +38,81 @@ def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
     for m in _WATCH.finditer(text):
         wd, mask = int(m[1], 16), int(m[4], 16)
         sdev = int(m[3], 16)
-        got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)])
+        got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)],
+                            ino=int(m[2], 16))
         out.append({"wd": wd, "mask": mask, **got} if got else
                    {"wd": wd, "error": f"watch {wd} is on device {sdev >> 20}:{sdev & 0xFFFFF}, which no visible "
                                        "mount reaches"})
     return out
 
 
-def locate_handle(hostproc: int, mounts, sdev: int, htype: int, handle: bytes) -> dict | None:
+def locate_handle(hostproc: int, mounts, sdev: int, htype: int, handle: bytes,
+                  ino: int | None = None) -> dict | None:
     """In the namespace: {abs, mnt} of the inode with file handle (htype, handle) on the kernel
-    device `sdev` (fdinfo's), opened through a visible mount of that device; None if none reaches it."""
+    device `sdev` (fdinfo's), opened through a visible mount of that device; None if none reaches it.
+
+    A filesystem whose handles cannot be opened again (overlayfs without nfs_export: fdinfo shows
+    a handle, open_by_handle_at says ESTALE) is searched for inode `ino` instead (see _by_ino)."""
     from engine import kernel
     dev = f"{sdev >> 20}:{sdev & 0xFFFFF}"
+    got = _by_handle(hostproc, mounts, dev, htype, handle)
+    if got is None and ino is not None:
+        got = _by_ino(mounts, dev, os.makedev(sdev >> 20, sdev & 0xFFFFF), ino)
+    return got
+
+
+# At most this many directories are read per mount when looking for an inode by its number: the
+# watched inodes are configuration directories near a mount's root, and a big tree (a guest's /usr
+# over 9p) must not make dump slow.
+INO_SCAN_DIRS = 4096
+
+
+def _by_ino(mounts, dev: str, rdev: int, ino: int) -> dict | None:
+    """In the namespace: {abs, mnt} of inode `ino` of device `dev`, found by reading the directories
+    of a visible mount of that device breadth first (nearest the root first, INO_SCAN_DIRS at
+    most, never into another mount); None if not found. CRIU's irmap does the same for such
+    filesystems (it searches a few well-known directories)."""
+    from engine import kernel
+    for mnt in sorted((x for x in mounts if x.dev == dev), key=lambda x: (len(x.root), x.mnt_id)):
+        try:
+            if kernel.statx_mnt_id(mnt.mountpoint, flags=kernel.AT_SYMLINK_NOFOLLOW) != mnt.mnt_id:
+                continue   # covered: its path leads elsewhere
+            st = os.stat(mnt.mountpoint, follow_symlinks=False)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (rdev, ino):
+            return {"abs": mnt.mountpoint, "mnt": mnt.mnt_id}
+        queue, read = [mnt.mountpoint], 0
+        while queue and read < INO_SCAN_DIRS:
+            here, queue = queue[0], queue[1:]
+            read += 1
+            try:
+                entries = list(os.scandir(here))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        est = e.stat(follow_symlinks=False)
+                        if est.st_dev != rdev:
+                            continue   # another filesystem: not this mount's
+                        if kernel.statx_mnt_id(e.path, flags=kernel.AT_SYMLINK_NOFOLLOW) != mnt.mnt_id:
+                            continue   # a mount on it
+                        queue.append(e.path)
+                    elif e.inode() != ino:
+                        continue
+                    else:
+                        est = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if (est.st_dev, est.st_ino) == (rdev, ino):
+                    return {"abs": e.path, "mnt": mnt.mnt_id}
+    return None
+
+
+def _by_handle(hostproc: int, mounts, dev: str, htype: int, handle: bytes) -> dict | None:
+    """In the namespace: {abs, mnt} of the inode with the handle, opened through a visible mount of `dev`."""
+    from engine import kernel
     for mnt in sorted((x for x in mounts if x.dev == dev), key=lambda x: (len(x.root), x.mnt_id)):
         try:
             if kernel.statx_mnt_id(mnt.mountpoint, flags=kernel.AT_SYMLINK_NOFOLLOW) != mnt.mnt_id:

@@ -35,8 +35,10 @@ TYPES = {socket.SOCK_RAW: "raw", socket.SOCK_DGRAM: "dgram"}
 MAX_GROUPS = 4096
 
 
-def dump(d, s: socket.socket) -> dict:
-    """The entry of netlink socket `s` (our copy of fd d.fd)."""
+def refuse(d, s: socket.socket) -> int:
+    """Refuse netlink socket `s` (our copy of fd d.fd) when restore cannot make it again: a type it
+    does not make, or messages waiting to be read (a peek, which takes nothing: also before the
+    tree is stopped, engine/prestop.py). Returns its type."""
     typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     if typ not in TYPES:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: netlink socket of type {typ}: not supported")
@@ -48,6 +50,12 @@ def dump(d, s: socket.socket) -> dict:
     if waiting:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: netlink messages wait to be read on it (only the kernel could "
                                         "send them again): not supported")
+    return typ
+
+
+def dump(d, s: socket.socket) -> dict:
+    """The entry of netlink socket `s` (our copy of fd d.fd)."""
+    typ = refuse(d, s)
     port, _groups = s.getsockname()
     raw = s.getsockopt(SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS, 4 * (MAX_GROUPS // 32))
     words = struct.unpack(f"{len(raw) // 4}I", raw)

@@ -25,6 +25,22 @@ F_GET_SEALS = 1034
 TFD_TIMER_ABSTIME = 1
 
 
+KCMP_EPOLL_TFD = 7
+
+
+class _KcmpEpollSlot(ctypes.Structure):
+    _fields_ = [("efd", ctypes.c_uint32), ("tfd", ctypes.c_uint32), ("toff", ctypes.c_uint32)]
+
+
+def epoll_target_is(pid: int, fd: int, efd: int, tfd: int, toff: int = 0) -> bool:
+    """Whether process `pid`'s fd `fd` is the file its epoll `efd` watches as (the `toff`th) target
+    `tfd` (kcmp KCMP_EPOLL_TFD, Linux 4.13); False where the kernel cannot tell."""
+    slot = _KcmpEpollSlot(efd, tfd, toff)
+    ret = _syscall(_NR["kcmp"], ctypes.c_int(pid), ctypes.c_int(pid), ctypes.c_int(KCMP_EPOLL_TFD),
+                   ctypes.c_ulong(fd), ctypes.byref(slot))
+    return ret == 0
+
+
 def pidfd_getfd(pidfd: int, fd: int) -> int:
     """A copy of process `pidfd`'s fd `fd` (the same open file description), close-on-exec."""
     return _check(_syscall(_NR["pidfd_getfd"], ctypes.c_int(pidfd), ctypes.c_int(fd), ctypes.c_uint(0)),
@@ -88,5 +104,5 @@ def memfd_create(name: str, flags: int) -> int:
     return _check(_syscall(_NR["memfd_create"], os.fsencode(name), ctypes.c_uint(flags)), "memfd_create")
 
 
-__all__ = ["pidfd_getfd", "same_file", "tee", "timerfd_create", "timerfd_settime", "signalfd", "epoll_add",
+__all__ = ["pidfd_getfd", "same_file", "epoll_target_is", "tee", "timerfd_create", "timerfd_settime", "signalfd", "epoll_add",
            "memfd_create", "_libc"]

@@ -62,7 +62,7 @@ import struct
 from engine import forkrun, kernel
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
-from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog
+from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog, unix_prestop
 
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
@@ -150,30 +150,13 @@ def _dump_one(d) -> dict:
     c = d.copy()
     s = socket.socket(fileno=os.dup(c))
     try:
-        fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
-        typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-        if fam != socket.AF_UNIX:
-            what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6",
-                    socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix and netlink "
-                                            "sockets)")
-        if typ not in TYPES:
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket of type {typ} is not supported")
+        typ = refuse_family(d, s)
         ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
         netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
-        diag = d.scratch.setdefault(("unix", netns), None)
-        if diag is None:
-            diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
+        diag = diag_of(d, netns)
         rec = diag.get(ino, {})
         out = {"type": TYPES[typ], **_name(s.getsockname())}
-        if "path" in out:
-            from engine.image import ImageError
-            try:
-                _check_name(out["path"], "name")
-            except ImageError:
-                # (one with '.', '..' or '//': restore's validator would refuse the image)
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {out['path']!r}, not a normalised name "
-                                                "(the only names the image keeps): not supported") from None
+        refuse_name(d, out)
         peer = rec.get("peer")
         mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
         if "path" in out and not mutual:
@@ -182,6 +165,9 @@ def _dump_one(d) -> dict:
             normal = found.pop("normal", False)
             out["bound"] = _writable(d, found)
             _bindable_here(d, out["path"], normal, out["bound"] is not found)
+            owner = _file_owner(d)
+            if owner is not None:
+                out["owner"] = owner
         inflight = int((d.info().get("scm_fds") or ["0"])[0])
         if inflight and (typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
             # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
@@ -273,6 +259,41 @@ def _dump_one(d) -> dict:
         s.close()
 
 
+def refuse_family(d, s: socket.socket) -> int:
+    """Refuse socket `s` (our copy of fd d.fd) of another family than unix, or of a type restore does
+    not make; returns its type. (Netlink sockets are engine/fds/netlink.py's.)"""
+    fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
+    typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    if fam != socket.AF_UNIX:
+        what = {socket.AF_INET: "inet", socket.AF_INET6: "inet6",
+                socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix and netlink "
+                                        "sockets)")
+    if typ not in TYPES:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket of type {typ} is not supported")
+    return typ
+
+
+def refuse_name(d, name: dict) -> None:
+    """Refuse a socket bound to a path that is not a normalised name (`name`: from _name): one with
+    '.', '..' or '//', which restore's validator would refuse in the image."""
+    if "path" in name:
+        from engine.image import ImageError
+        try:
+            _check_name(name["path"], "name")
+        except ImageError:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name['path']!r}, not a normalised name "
+                                            "(the only names the image keeps): not supported") from None
+
+
+def diag_of(d, netns: int) -> dict[int, dict]:
+    """sock_diag's unix sockets of network namespace `netns` (d's process is in it), read once a dump."""
+    diag = d.scratch.get(("unix", netns))
+    if diag is None:
+        diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
+    return diag
+
+
 def _embryos(diag: dict) -> dict[int, tuple[int, int]]:
     """{inode of the client of a connection not accepted yet: (its listener's inode, its place in the
     queue)} (a listener's UNIX_DIAG_ICONS name the clients)."""
@@ -308,12 +329,17 @@ def _pending(d, rec: dict, diag: dict, netns: int, typ: int) -> list[str]:
     if last >= 0:
         takes = d.scratch.get("takes")
         if takes is None:
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted on "
-                                            "which data already waits: only accept() reads it, which takes the "
-                                            "connection from the tree; not supported with --leave-running")
+            refuse_pending_data(d)
         lst = os.dup(d.copy())
         takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], typ, doc, d.where))
     return out
+
+
+def refuse_pending_data(d) -> None:
+    """Refuse listener d: data waits on a connection it has not accepted, and the tree keeps running."""
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted on "
+                                    "which data already waits: only accept() reads it, which takes the "
+                                    "connection from the tree; not supported with --leave-running")
 
 
 def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: int, inflight: int) -> dict:
@@ -454,6 +480,75 @@ def _on_detached(d, known: set[int]) -> dict | None:
     finally:
         if not keep:
             os.close(f)
+
+
+def _file_owner(d) -> list[int] | None:
+    """[uid, gid] of the socket's file as this (the initial) user namespace sees them, by the file the
+    kernel hands us (SIOCUNIXFILE); None without it. Restore binds as that owner: the socket file
+    is the same user's again, and a filesystem of a user namespace takes no file from an id it
+    does not map (bind: EOVERFLOW)."""
+    import fcntl
+    try:
+        f = fcntl.ioctl(d.copy(), SIOCUNIXFILE)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(f)
+        return [st.st_uid, st.st_gid]
+    finally:
+        os.close(f)
+
+
+def _here(kid: int, map_path: str) -> int | None:
+    """The id that outside id `kid` is in our user namespace (its map, read from inside: relative to
+    its parent, the initial namespace for a first-level one), or None when unmapped."""
+    with open(map_path) as f:
+        for line in f:
+            inside, outside, count = (int(x) for x in line.split())
+            if outside <= kid < outside + count:
+                return inside + kid - outside
+    return None
+
+
+def _bind_ids(spec: dict) -> tuple[int, int] | None:
+    """The file system ids to make `spec`'s socket file with: its dumped owner, as our user namespace
+    names it; None (our own) when there is none, it is ours, or we cannot name it."""
+    owner = spec.get("owner")
+    if not owner:
+        return None
+    ids = _here(owner[0], "/proc/self/uid_map"), _here(owner[1], "/proc/self/gid_map")
+    if None in ids or ids == (os.geteuid(), os.getegid()):
+        return None
+    return ids
+
+
+def _as(ids: tuple[int, int] | None, fn, *args) -> None:
+    """fn(*args), by a child with file system ids `ids` when they are given (they would stay with
+    the stand-in, and SECBIT_NO_SETUID_FIXUP with them)."""
+    if ids is None:
+        fn(*args)
+        return
+
+    def body():
+        kernel.fs_ids_keeping_caps(*ids)
+        fn(*args)
+
+    forkrun.run(body)
+
+
+def _mapped(ids: tuple[int, int] | None, where, fn, *args) -> None:
+    """fn(*args) (which makes a file in directory `where`, an fd or a path) with file system ids
+    `ids`, or our own; where the filesystem's user namespace does not map those (EOVERFLOW: a
+    tmpfs mounted inside a user namespace, our ids the restorer's), again as the directory's owner."""
+    try:
+        _as(ids, fn, *args)
+    except OSError as e:
+        if e.errno != errno.EOVERFLOW:
+            raise
+        st = os.fstat(where) if isinstance(where, int) else os.stat(where)
+        if (st.st_uid, st.st_gid) == ids:
+            raise
+        _as((st.st_uid, st.st_gid), fn, *args)
 
 
 def _bindable_here(d, name: str, normal: bool, moved: bool) -> None:
@@ -854,6 +949,7 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     A name through /proc/self/fd/N/ is bound the same way, with that directory at N for the
     call; any other name is bound as it reads, from the stand-in's restored root."""
     name, d = spec["path"], fds[0] if fds else None
+    ids = _bind_ids(spec)
     if d is not None:
         try:
             if stat.S_ISSOCK(os.lstat(spec["base"], dir_fd=d).st_mode):
@@ -861,10 +957,10 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
         except FileNotFoundError:
             pass
     m = _MAGIC.match(name)
-    if m is None and d is not None and _bind_beside(s, d, name):
+    if m is None and d is not None and _bind_beside(s, d, name, ids):
         return
     if m is None or d is None:
-        s.bind(name)
+        _mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
         return
     n = int(m[1])
     import fcntl
@@ -879,7 +975,7 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     cloexec = saved is not None and not os.get_inheritable(n)
     os.dup2(d, n)
     try:
-        s.bind(name)
+        _mapped(ids, d, s.bind, name)
     finally:
         if saved is None:
             os.close(n)
@@ -888,20 +984,22 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
             os.close(saved)
 
 
-def _bind_beside(s: socket.socket, d: int, name: str) -> bool:
+def _bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | None = None) -> bool:
     """Bind `s` to `name` with its socket file in directory `d`, wherever `name` leads from here
     (the file may lie beneath an overmount, on a detached mount, or in another mount namespace of
     the tree). A forked child chroots to a detached tmpfs where `name`'s directory is a symlink
     to `d` through a procfs of its own (/P/self/fd/D), and binds there: the name is the dumped
     one, the file lands in `d`. False where the kernel cannot mount on a detached mount (before
     6.15) or the name has dot components: then the caller binds the name as it reads from the
-    stand-in's root."""
+    stand-in's root. `ids`: the file system ids to bind with (_bind_ids, _mapped)."""
     absolute = name.startswith("/")
     parts = [p for p in name.split("/")[:-1] if p]
     if any(p in (".", "..") for p in parts):
         return False
 
-    def body():
+    def body(ids):
+        if ids is not None:
+            kernel.fs_ids_keeping_caps(*ids)
         if not parts:
             os.fchdir(d)
             if absolute:
@@ -928,7 +1026,13 @@ def _bind_beside(s: socket.socket, d: int, name: str) -> bool:
         s.bind(name)
         return True
 
-    return forkrun.run(body)
+    try:
+        return forkrun.run(body, ids)
+    except OSError as e:
+        st = os.fstat(d)
+        if e.errno != errno.EOVERFLOW or (st.st_uid, st.st_gid) == ids:
+            raise
+        return forkrun.run(body, (st.st_uid, st.st_gid))   # as in _mapped
 
 
 def _fresh(fstype: str) -> int:
@@ -957,17 +1061,21 @@ def _via(spec, fds):
     name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
     lst = socket.socket(socket.AF_UNIX, t)
     aside = None
+    where = (os.path.dirname(name) or ".") if isinstance(name, str) else None   # (for _mapped)
     try:
         if isinstance(name, str):
             try:
                 if stat.S_ISSOCK(os.lstat(name).st_mode):
                     # The listener's socket file, restored with its filesystem's files (its
                     # listener is gone: CRIU's overmount_sock): moved aside for the moment.
+                    _mapped(None, where, os.rename, name, f"{name}.mntcr-{os.getpid()}")
                     aside = f"{name}.mntcr-{os.getpid()}"
-                    os.rename(name, aside)
             except FileNotFoundError:
                 pass
-        lst.bind(name)
+        if where is None:
+            lst.bind(name)
+        else:
+            _mapped(None, where, lst.bind, name)
         lst.listen(1)
         c = socket.socket(socket.AF_UNIX, t)
         c.connect(name)
@@ -980,7 +1088,7 @@ def _via(spec, fds):
             except FileNotFoundError:
                 pass
             if aside is not None:
-                os.rename(aside, name)
+                _mapped(None, where, os.rename, aside, name)
     ends = [None, None]
     ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
     for end, data in enumerate(spec.get("data") or ()):
@@ -1009,7 +1117,7 @@ def _open(r: RestoreFd) -> int:
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling") if k in e}
+        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner") if k in e}
         sent = []
         if e.get("dangling"):
             spec["msgs"] = e.get("msgs")
@@ -1123,14 +1231,22 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
     return out
 
 
+def _owner_rule(v) -> str | None:
+    if len(v) != 2 or any(type(x) is not int or not 0 <= x < 2**32 - 1 for x in v):
+        return "must be [uid, gid]"
+    return None
+
+
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
                 mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e and not e["bound"].get("detached") else [])
                 + list(e.get("mnts", ()))
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
+                precheck=unix_prestop.precheck, prefinish=unix_prestop.prefinish,
                 check=_check, check_object=_check_object, prepare=_prepare,
                 standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
+                        "owner": F(LIST, required=False, rule=_owner_rule),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
                         "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
                         "sent": F(STR + LIST, required=False), "reached": F(BOOL, required=False)}))

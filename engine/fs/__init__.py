@@ -12,7 +12,8 @@ What a type declares:
   `magic` (statfs f_type) for a superblock no mount shows;
 - dump: `mount_root` (a mount's root when mountinfo's is not it), `content` (its files go into an archive), `device` (it lives on a block
   device: `device_of`, `plan_device`), `layers` (built on other mounts: `plan`,
-  `made_outside`), `ns` / `ns_key` (the namespace that owns it: `probe`);
+  `made_outside`; `precheck`: what a running tree already shows refused), `ns` / `ns_key`
+  (the namespace that owns it: `probe`);
 - restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
   and `when` it can be made; options shown vs given (`drop_opts`, `no_opts`,
   `path_opts`, `fsconfig_params`); `keep_source`;
@@ -22,6 +23,7 @@ What a type declares:
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import stat
@@ -113,6 +115,11 @@ class FsType:
     no_opts: bool = False
     # Keep the mountinfo source string when creating (fsconfig "source").
     keep_source: bool = True
+    # A new mount of the type in the same namespace joins its superblock (mqueue, sysfs, cgroup2:
+    # keyed by their namespace), so restore mounts it again for a mount shown with another source
+    # than the superblock's first (mountinfo's source is per mount; a bind keeps its source's).
+    # Types without it may do so with `mount_again` (block devices); dump refuses the others.
+    joins_by_ns: bool = False
     # Built on layers that are other mounts: the image has its layers record, made `ON_USE`.
     layers: bool = False
     # Lives on a block device: the image has its device record (external or a loop file of the image).
@@ -181,6 +188,11 @@ class FsType:
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Complete the record of an in-namespace superblock (e.g. an overlay's layers)."""
 
+    def precheck(self, sid: str, sb: dict, plan) -> None:
+        """Before the tree is stopped (engine/prestop.py): refuse what `plan` would refuse that a
+        running tree already shows. `plan` has the same fields `plan` gets, read from mountinfo (no
+        archives, no devices); `sb` has fstype, source, super_opts and dev. Reads only: the tree runs."""
+
     def made_outside(self, sid: str, sb: dict, plan) -> bool:
         """Whether this namespace-root superblock was built outside the dumped namespaces."""
         return False
@@ -206,6 +218,20 @@ class FsType:
         """Superblock ids `create` reads from (a device's backing file, layers): their fds stay open
         until the superblock is made. `mounts` maps the image's mount ids to their records."""
         return set()
+
+    def mount_again(self, sb: dict, source: str, sb_fd: int, where: str) -> int:
+        """A new mount of the superblock of `sb` (whose mount `sb_fd` restore made) shown with
+        `source`, another name than its first (types that `joins_by_ns` are mounted again in their
+        namespace by restore itself). The default cannot: dump refuses such a tree, and restore
+        such an image."""
+        raise FsError(errno.EOPNOTSUPP, f"{where}: a {self.name} superblock cannot be mounted again under "
+                                        f"another source ({source!r})")
+
+    @property
+    def mounts_again(self) -> bool:
+        """Whether restore can give a mount of it another source than its superblock's first."""
+        return (self.joins_by_ns and self.keep_source and self.ns is not None) or \
+            type(self).mount_again is not FsType.mount_again
 
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         """Make the superblock; return a detached mount fd. Only for types whose `when` is not PLAIN

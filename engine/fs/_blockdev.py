@@ -154,6 +154,17 @@ class BlockType(FsType):
                        "is not reachable in the dumped filesystems")
         return True
 
+    def mount_again(self, sb: dict, source: str, sb_fd: int, where: str) -> int:
+        """The same device mounted under another name (a /dev/disk/by-* link, a second node): a new
+        mount of it through a node named `source` joins the superblock (the kernel finds it by its
+        device). The device is the one the superblock shows (a type whose superblock shows an
+        anonymous device, btrfs, cannot)."""
+        dev = os.fstat(sb_fd).st_dev
+        if not os.major(dev):
+            raise FsError(errno.EOPNOTSUPP, f"{where}: a {self.name} superblock shows no device to mount again "
+                                            f"under another source ({source!r})")
+        return create(sb["fstype"].split(".", 1)[0], source, dev, self.fsconfig_params(sb["super_opts"]))
+
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         dev = sb["device"]
         loop_fd = file_fd = None

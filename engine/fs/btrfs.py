@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 
 from engine import kernel
-from engine.fs import block_recipe, register
+from engine.fs import FsType, block_recipe, register
 from engine.fs._blockdev import BlockType
 
 BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, fsid at 16
@@ -21,6 +21,10 @@ BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_arg
 @dataclass(frozen=True)
 class BtrfsType(BlockType):
     """btrfs: the device from the filesystem id, when its mount can be opened."""
+
+    # Its superblock shows an anonymous device, not the block device: nothing to mount again under
+    # another source (dump refuses such mounts).
+    mount_again = FsType.mount_again
 
     def device_of(self, mount) -> str | None:
         try:

@@ -3,4 +3,4 @@
 from engine.fs import FsType, register
 
 # Its options (nsdelegate, memory_recursiveprot) belong to the single hierarchy.
-TYPE = register(FsType("cgroup2", ns="cgroup", no_opts=True, requires=("cgroup2",)))
+TYPE = register(FsType("cgroup2", ns="cgroup", joins_by_ns=True, no_opts=True, requires=("cgroup2",)))

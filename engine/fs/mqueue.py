@@ -2,4 +2,4 @@
 
 from engine.fs import FsType, register
 
-TYPE = register(FsType("mqueue", ns="ipc", requires=("mqueue",)))
+TYPE = register(FsType("mqueue", ns="ipc", joins_by_ns=True, requires=("mqueue",)))

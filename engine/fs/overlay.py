@@ -423,6 +423,24 @@ class OverlayType(FsType):
             return bool(found) and plan.sb_of_dev.get(plan.mounts_by_id[found[0]].dev) != sid
         return not all(held(path) for _, path in layer_paths(sb["super_opts"]))
 
+    def precheck(self, sid: str, sb: dict, plan) -> None:
+        """Before the tree is stopped, with unique mount ids: a layer whose mount was moved since the
+        overlay was made (the check `plan` makes again, the authority, once the tree is stopped).
+        Left to `plan`: an overlay some layer of which no older mount holds (a root made outside)."""
+        if plan.strategy.layers != "unique-ids":
+            return   # (without unique ids, `plan` looks beneath covers in a copy of the namespace)
+        ns_name, oldest = _oldest(sid, plan.mntns_doc, True)
+        if oldest["uid"] is None:
+            return
+        mounts = plan.ns_mounts[ns_name]
+        where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
+        found = [(key, path, path.startswith("/") and resolve(path, mounts, oldest["uid"]))
+                 for key, path in layer_paths(sb["super_opts"])]
+        if not all(f and plan.sb_of_dev.get(plan.mounts_by_id[f[0]].dev) != sid for _, _, f in found):
+            return
+        for key, path, f in found:
+            _check_still_there(key, path, f, mounts, plan, ns_name, where)
+
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Record the layers as (mount, path) as they were at the overlay's creation."""
         unique = plan.strategy.layers == "unique-ids"

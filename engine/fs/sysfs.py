@@ -3,4 +3,4 @@ stand-in living in the equivalent restored one."""
 
 from engine.fs import FsType, register
 
-TYPE = register(FsType("sysfs", ns="net", requires=("sysfs",)))
+TYPE = register(FsType("sysfs", ns="net", joins_by_ns=True, requires=("sysfs",)))

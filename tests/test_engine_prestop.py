@@ -1,0 +1,103 @@
+"""A refusal leaves the dumped tree running and untouched (engine/prestop.py): what a running tree
+already shows is refused before dump stops it, so nothing waiting on it (a parent with WUNTRACED
+or WCONTINUED, a ptracer, a job-control shell) sees a stop.
+
+The tree runs a watcher (enginecase.STOP_WATCH) that notes each SIGCONT it gets: a dump that
+stopped the tree resumes it with one. The refusals of each kind are tested where their kind is
+(tests/test_engine_fdkinds.py, test_engine_proc_pid_gone.py, test_engine_strategy.py), each also
+asserting the tree was never stopped; here: that the watcher sees a stop, and the refusals of
+namespaces other user namespaces own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from enginecase import STOP_WATCH, CRError, case, was_stopped  # noqa: F401  (fixture)
+
+
+def _running(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_the_watcher_sees_a_dump_that_stops_the_tree(case):
+    """The observation the other tests rely on can fail: a dump with --leave-running stops the tree,
+    reads it and resumes it, and the watcher notes the SIGCONT."""
+    pid = case.start(STOP_WATCH + "hold\n")
+    assert not was_stopped(pid)
+    case.dump(pid, case.new_images_dir(), ("--leave-running",))
+    assert was_stopped(pid), "the watcher did not see the dump's stop"
+    assert _running(pid)
+
+
+def test_locked_shared_mount_beneath_a_locked_cover_refused_unstopped(case):
+    """A process in a mount namespace copied into a user namespace of its own (`unshare -U -r -m
+    --propagation unchanged`): a shared tmpfs covered by another tmpfs is copied locked, a slave,
+    beneath a locked cover (what nspawn -U leaves beneath /run/host). Restore sets propagation after
+    the copy into the user namespace, where no path reaches it: dump refuses naming the mount, before
+    it stops anything."""
+    pid = case.start(STOP_WATCH + "mkdir /mnt/x; mount -t tmpfs x /mnt/x; mount --make-shared /mnt/x\n"
+                     "mount -t tmpfs cover /mnt/x\n"
+                     "unshare -U -r -m --propagation unchanged /.hold/mntcr-hold 100000 </dev/null >/dev/null "
+                     "2>&1 &\nhold\n")
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"mount \d+ \(/mnt/x\): locked, covered by a locked mount of mount namespace mnt-1 and shared, "
+                     r"slave or unbindable: its propagation cannot be rebuilt yet", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert _running(pid)
+
+
+def test_one_superblock_under_two_sources_restored_each_with_its_own(case):
+    """mqueue mounted twice in one ipc namespace under two names, and a bind of the second: one
+    superblock, three mounts, two sources. Restore mounts it again with the second source (the
+    kernel joins the superblock), so each mount keeps its own (scenarios/fstypes/two_sources.yaml
+    does the same for sysfs)."""
+    setup = ("mkdir -p /run/one /run/two /run/bind; mount -t mqueue mq-one /run/one\n"
+             "mount -t mqueue mq-two /run/two; mount --bind /run/two /run/bind\nhold\n")
+    check = ("for d in one two bind; do findmnt -n -o TARGET,SOURCE /run/$d; done\n"
+             "stat -c %d /run/one /run/two /run/bind | uniq | wc -l")
+    before, after = case.roundtrip(setup, check)
+    want = ["/run/one", "mq-one", "/run/two", "mq-two", "/run/bind", "mq-two", "1"]
+    assert before.snap.check_output.split() == want, before.snap.check_output
+
+
+def test_one_superblock_of_a_type_that_makes_one_under_two_names_refused_unstopped(case):
+    """tracefs (one superblock) mounted twice under two names: restore would make both mounts with
+    the first one's (a type mounted again makes no other superblock only where it `joins_by_ns`), so
+    dump refuses naming the mount and both sources, before it stops the tree."""
+    pid = case.start(STOP_WATCH + "mkdir -p /run/a /run/b; mount -t tracefs tr-a /run/a\n"
+                     "mount -t tracefs tr-b /run/b\nhold\n")
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"mount \d+ \(/run/b\) on tracefs: its source 'tr-b' is not 'tr-a', the source of mount \d+ "
+                     r"\(/run/a\) of the same filesystem .*: restore makes every mount of a tracefs superblock with "
+                     "one source; not supported", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert _running(pid)
+
+
+def test_check_sources_refuses_only_what_restore_cannot_mount_again():
+    """The rule on its own: a second source of a superblock passes for a type restore mounts again
+    (mqueue, ext4), is refused for one it cannot (tracefs) and for every type where peer groups are
+    built while mounting, and is not looked at on an external superblock."""
+    from engine import fs, prestop
+
+    def doc(fstype, external=None):
+        return {"mnt-0": {"root": 1, "mounts": [
+            {"id": 1, "mountpoint": "/", "fstype": "tmpfs", "source": "root", "sb": "sb-0"},
+            {"id": 2, "mountpoint": "/a", "fstype": fstype, "source": "one", "sb": "sb-1"},
+            {"id": 3, "mountpoint": "/b", "fstype": fstype, "source": "two", "sb": "sb-1", "external": external}]}}
+
+    for fstype in ("mqueue", "ext4"):
+        prestop.check_sources(doc(fstype), set(), False)
+    for fstype, construct in (("tracefs", False), ("mqueue", True)):
+        with pytest.raises(fs.FsError, match=r"mount 3 \(/b\) on \w+: its source 'two' is not 'one', the source of "
+                                             r"mount 2 \(/a\)"):
+            prestop.check_sources(doc(fstype), set(), construct)
+    prestop.check_sources(doc("tracefs"), {"sb-1"}, False)
+    prestop.check_sources(doc("tracefs", external="key"), set(), False)
