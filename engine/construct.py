@@ -58,7 +58,7 @@ The plan is a list of tuples (ids < 0 are seeds):
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from engine.records import record
 
 
 class PlanError(ValueError):
@@ -80,7 +80,7 @@ def _join(base: str, rel: str) -> str:
     return base if not rel else base.rstrip("/") + "/" + rel
 
 
-@dataclass
+@record
 class _Node:
     id: int
     sb: object

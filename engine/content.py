@@ -13,11 +13,9 @@ manifest and are checked before anything is extracted.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import re
 import stat
-import subprocess
 
 from engine import channel, kernel
 
@@ -33,6 +31,16 @@ def _tar() -> str:
     if not tar:
         raise OSError("GNU tar is needed to dump and restore tmpfs contents: install the 'tar' package")
     return tar
+
+
+def tools() -> None:
+    """Import what running tar and hashing archives take (subprocess, hashlib: ~8 ms of CPU, so
+    a command whose image has no archive never loads them). Each function here that runs tar
+    calls it; a process that runs them after it pivots or chroots away from the interpreter's
+    library (restore's restorer) calls it before."""
+    global hashlib, subprocess
+    import hashlib      # noqa: F401  (bound as this module's global)
+    import subprocess   # noqa: F401
 
 
 def _last_line(text: str, default: str) -> str:
@@ -72,6 +80,7 @@ _SOCKET_IGNORED = re.compile(r'^[^ ]*tar: (".*"): socket ignored$')
 
 
 def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Channel) -> None:
+    tools()
     staging = _staging(mounts)
     # --one-file-system: a mount cloned with the locked mounts on it (a namespace a user namespace
     # owns: dump's _clone_mounts) must not bring their files (proc's, another tmpfs's) along.
@@ -115,6 +124,7 @@ def archive(mounts: list[tuple[int, str]], out_path: str, sockets: dict | None =
     The mount fds are attached inside a throwaway namespace (the caller's fds
     stay open but their mounts end up detached).
     """
+    tools()
     with open(out_path, "wb") as out:
         left_out, _ = channel.call_in_child(_archive_child, mounts, out.fileno())
         out.flush()
@@ -158,6 +168,7 @@ def make_sockets(dir_fd: int, records, ids: tuple[int, int] | None = None) -> No
 def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = ()) -> dict:
     """Archive one directory tree (on a mount that cannot be cloned) as member sb-0, leaving out
     the subtrees `exclude` (paths relative to it, archived elsewhere); size and sha256."""
+    tools()
     skip = [f"--exclude=./{rel}" for rel in exclude]
     cmd = [_tar(), "-C", f"/proc/self/fd/{dir_fd}", "--sparse", "--one-file-system", *_COMMON,
            *(["--anchored", "--no-wildcards", *skip] if skip else []), "-cf", out_path,
@@ -170,6 +181,7 @@ def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = ()) -> dict:
 
 def digest_fd(fd: int) -> dict:
     """{"size", "sha256"} of the file open on fd (read from the start)."""
+    tools()
     h = hashlib.sha256()
     size = 0
     os.lseek(fd, 0, os.SEEK_SET)
@@ -280,6 +292,7 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
     """Refuse an archive whose members could reach outside the superblocks it fills: absolute names,
     `..`, a top-level name not in `allowed`, a path through a member that is a symlink, a hard
     link to outside, or a device node the device policy does not allow (see IMAGE.md)."""
+    tools()
     os.lseek(archive_fd, 0, os.SEEK_SET)
     proc = subprocess.run([_tar(), "-tvf", "-", "--quoting-style=c", "--numeric-owner"], stdin=archive_fd,
                           capture_output=True)
@@ -325,6 +338,7 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
 
 def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
                    ids: tuple[int, int] | None, chan: channel.Channel) -> None:
+    tools()
     got = digest_fd(archive_fd)
     if got != {"size": expect.get("size"), "sha256": expect.get("sha256")}:
         raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
@@ -348,6 +362,7 @@ def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, s
     into the directory behind its fd (`targets`: (O_PATH fd of a directory, member name)), in a
     helper; nothing is extracted from an archive that fails a check. `ids`: (uid, gid) tar creates
     files as (keeping root's file capabilities), for superblocks a user namespace owns."""
+    tools()
     clones = []
     try:
         for dir_fd, member in targets:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from engine.records import record
 
 from engine import forkrun, kernel, mountinfo, probecache
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Feature:
     """One probed feature."""
 

@@ -9,7 +9,10 @@ comes back pickled over a pipe.
 from __future__ import annotations
 
 import os
-import pickle
+try:   # the C pickler pickle.py re-exports; pickle.py's own Python (and its re) costs ~4.6 M instructions
+    import _pickle as pickle
+except ImportError:   # an interpreter without it
+    import pickle
 import signal
 import sys
 

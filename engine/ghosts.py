@@ -34,7 +34,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 
 from engine import content, kernel
 
@@ -69,6 +68,7 @@ def archive_link(proc_dir: str, entry: str, path: str, out_path: str, pass_fds=(
         raise GhostError(errno.EOPNOTSUPP, f"{path}: a deleted file with a newline in its name")
     cmd = [content.tar(), "-C", proc_dir, "--dereference", "--sparse", *content.COMMON,
            f"--transform=s,^{entry}$,sb-0/{_sed_replacement(name)},", "-cf", out_path, entry]
+    import subprocess   # dump only, where archives are made: not every command's start-up
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, pass_fds=pass_fds)
     if proc.returncode not in (0, 1):
         raise GhostError(errno.EIO, f"archiving the deleted file {path} failed: "

@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from engine import records
 
 from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, VERSION, ImageError,
                           check_abs_path, is_beneath)
@@ -103,7 +103,7 @@ class Bad(Exception):
         self.where, self.why = where, why
 
 
-@dataclass(frozen=True)
+@records.record(frozen=True)
 class F:
     """One field of a record: allowed JSON types (exact: a bool is no integer), required or not, rule."""
 
@@ -112,7 +112,7 @@ class F:
     rule: Rule | None = None
 
 
-@dataclass(frozen=True)
+@records.record(frozen=True)
 class Record:
     """A kind of record: its name (for messages) and fields."""
 

@@ -489,9 +489,14 @@ class _CapData(ctypes.Structure):
 
 
 def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
-    """In a root child about to exec: take effective (hence fs) ids `uid`/`gid`, and make `caps`
-    ambient so the executed program keeps them. A superblock owned by a user namespace takes new
-    files only from fs ids it maps; the real id stays 0, so the program is still trusted as root."""
+    """In a root child about to exec: take ids `uid`/`gid` (real, effective, saved, hence fs), and
+    make `caps` ambient so the executed program keeps them. A superblock owned by a user namespace
+    takes new files only from fs ids it maps.
+
+    All three ids change, not the effective one alone: an exec whose new effective id differs from
+    the old real one counts as set-user-id and clears the ambient set on older kernels, 6.1 among them, not 6.18 (tar
+    then lost CAP_CHOWN and failed to give a userns-owned tmpfs's files their owners in a 6.1 VM,
+    userns/full_map). SECBIT_NO_SETUID_FIXUP keeps the capabilities through the change of ids."""
     head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()   # _LINUX_CAPABILITY_VERSION_3
     _check(_libc.capget(ctypes.byref(head), data), "capget")
     for c in caps:
@@ -499,8 +504,9 @@ def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
     _check(_libc.capset(ctypes.byref(head), data), "capset")
     for c in caps:
         _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, c, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE, {c})")
-    os.setresgid(0, gid, 0)
-    os.setresuid(0, uid, 0)
+    _check(_libc.prctl(28, 0x4, 0, 0, 0), "prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP)")
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
 
 
 class fs_ids_for_a_while:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from dataclasses import dataclass, field, replace
+from engine.records import record, field, replace
 
 from engine import kernel
 
@@ -62,7 +62,7 @@ def escape(text: str, chars: str = " \t\n\\") -> str:
     return "".join(f"\\{ord(c):03o}" if c in chars else c for c in text)
 
 
-@dataclass(frozen=True, slots=True)
+@record(frozen=True, slots=True)
 class Mount:
     """One mount as mountinfo describes it (ids as the kernel shows them)."""
 

@@ -46,7 +46,7 @@ import os
 import re
 import resource
 import signal
-import socket
+import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 import stat
 
 from engine import (channel, construct, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
@@ -156,6 +156,8 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
+    if doc.get("files") or doc.get("ghosts"):
+        content.tools()   # tar's runner and the archives' digests; an image without archives skips them
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
@@ -187,7 +189,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     old_int = signal.signal(signal.SIGINT, lambda *_: interrupted.append(1))
     # The detached tree lives only once we commit (engine/standin.py): whatever ends this process
     # before that (an exception, Ctrl-C, SIGKILL) closes `commit` and the root stand-in kills the tree.
-    commit, lifeline = socket.socketpair()
+    commit, lifeline = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
             pid = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()),
@@ -228,7 +230,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     return pid
 
 
-def _hang_up(commit: socket.socket) -> None:
+def _hang_up(commit) -> None:
     """Close our end of the lifeline, once the root stand-in has let go of its end.
 
     After a commit the root closes its end before it sleeps; without one it kills
@@ -236,7 +238,7 @@ def _hang_up(commit: socket.socket) -> None:
     restored processes hold no trace of the restore (an fd) or the tree is dying.
     """
     try:
-        commit.shutdown(socket.SHUT_WR)
+        commit.shutdown(_socket.SHUT_WR)
         commit.settimeout(60)  # a root stand-in stopped from outside must not hang the restore forever
         while commit.recv(64):
             pass

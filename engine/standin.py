@@ -34,7 +34,7 @@ import errno
 import fcntl
 import os
 import signal
-import socket
+import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
 from engine import channel, fds as fdkinds, kernel, mappings, userns_cr  # imported before a stand-in chroots
 
@@ -66,7 +66,7 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
                 if root:
                     os.setpgid(0, 0)
                 _drop_inherited(sock_fd)
-                _serve(channel.Channel(socket.socket(fileno=sock_fd)))
+                _serve(channel.Channel.of_fd(sock_fd))
             finally:
                 os._exit(1)
         return pid
@@ -121,7 +121,7 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
                         if root:
                             os.setpgid(0, 0)   # the tree's process group, as in spawn
                         _drop_inherited(sock_fd)
-                        _serve(channel.Channel(socket.socket(fileno=sock_fd)))
+                        _serve(channel.Channel.of_fd(sock_fd))
                     finally:
                         os._exit(1)
                 os.write(pid_w, str(pid).encode())
@@ -198,7 +198,7 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
     if chan.fileno() in targets:
         newfd = fcntl.fcntl(chan.fileno(), fcntl.F_DUPFD_CLOEXEC, top)
         os.close(chan.sock.detach())
-        chan = channel.Channel(socket.socket(fileno=newfd))
+        chan = channel.Channel.of_fd(newfd)
         top = newfd + 1
     moved = []
     for fd in fds:
@@ -272,7 +272,7 @@ def _serve(chan: channel.Channel) -> None:
                 elif action == "join":
                     kernel.setns(fds[0], NS_FLAGS[kind])
                 if hostname is not None:
-                    socket.sethostname(hostname)
+                    _socket.sethostname(hostname)
                 reply = None
             elif op == "fsmount":
                 _, fstype, source, params, attr = msg

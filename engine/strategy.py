@@ -39,7 +39,7 @@ engine reads the environment to pick a path.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from engine.records import record, fields
 
 ENV = "MNTCR_STRATEGY"
 # Values an axis takes only when forced (tests of the paths that refuse).
@@ -62,7 +62,7 @@ class StrategyError(ValueError):
     """A bad MNTCR_STRATEGY (one line saying what to write instead)."""
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Strategy:
     """One value per axis (see the module docstring)."""
 

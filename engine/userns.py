@@ -18,7 +18,7 @@ import errno
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
+from engine.records import record
 
 from engine import forkrun, kernel
 
@@ -60,7 +60,7 @@ def own_userns_ino() -> int:
     return os.stat("/proc/self/ns/user").st_ino
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Maps:
     """The id maps of one user namespace as the reader sees them."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+import enginecase
 from enginecase import case  # noqa: F401  (fixture)
 
 
@@ -283,3 +284,95 @@ def test_fill_error_names_the_mount(case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Errno None" not in lines[0], r.stderr
     assert re.search(r"mount \d+ \(/mnt/u\) on tmpfs.*archive files-\d+\.tar is damaged", lines[0]), lines[0]
+
+
+def test_ns_keyed_superblock_under_two_sources(case):
+    """LXC's nesting.conf mounts sysfs again as "sys" beside its "sysfs" (and mqueue likewise can
+    show two names): one superblock whose mounts show different sources. Each is restored with
+    its own source (a new mount of the same superblock), not the first mount's."""
+    setup = """
+mkdir -p /mnt/s1 /mnt/s2 /mnt/q1 /mnt/q2 /mnt/s2b
+mount -t sysfs sysfs /mnt/s1
+mount -t sysfs sys /mnt/s2
+mount --bind /mnt/s2/kernel /mnt/s2b
+mount -t mqueue mqueue /mnt/q1
+mount -t mqueue mq-other /mnt/q2
+hold
+"""
+    check = ("awk '$5 ~ /^\\/mnt\\// { for (i = 7; $i != \"-\"; i++); print $5, $4, $(i+1), $(i+2) }' "
+             "/proc/self/mountinfo | sort")
+    before, after = case.roundtrip(setup, check=check)
+    out = after.snap.check_output
+    assert "/mnt/s1 / sysfs sysfs\n" in out and "/mnt/s2 / sysfs sys\n" in out, out
+    assert "/mnt/s2b /kernel sysfs sys\n" in out, out
+    assert "/mnt/q1 / mqueue mqueue\n" in out and "/mnt/q2 / mqueue mq-other\n" in out, out
+
+
+# systemd-nspawn --overlay: the overlay is mounted in the container's new namespace while its layer
+# paths lead to that namespace's copies of the parent's mounts; then the namespace pivots into its
+# new root and unmounts the old one, so the layer paths lead nowhere there any more.
+OVERLAY_THEN_PIVOT = """
+mkdir /mnt/lay /run/nr
+mount -t tmpfs lay /mnt/lay
+mkdir /mnt/lay/lower /mnt/lay/upper /mnt/lay/work
+echo low > /mnt/lay/lower/f
+unshare -m --propagation private sh -c '
+  mount -t tmpfs nr /run/nr
+  mkdir /run/nr/usr /run/nr/.hold /run/nr/ov /run/nr/old /run/nr/dev
+  mount --bind /usr /run/nr/usr
+  mount --bind /dev /run/nr/dev
+  for d in bin lib lib64 sbin; do ln -s usr/$d /run/nr/$d; done
+  cp -P /.hold/mntcr-hold /run/nr/.hold/
+  mount -t overlay ov -o lowerdir=/mnt/lay/lower,upperdir=/mnt/lay/upper,workdir=/mnt/lay/work /run/nr/ov
+  echo up > /run/nr/ov/new
+  cd /run/nr
+  pivot_root . old
+  umount -l /old
+  exec /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1' </dev/null >/dev/null 2>&1 &
+hold
+"""
+
+
+def test_overlay_made_before_pivot_root(case):
+    """Its layers lie at the same paths in the parent namespace: dump finds them there (the
+    overlay's files tell the directory), restore makes the overlay on them again."""
+    check = """
+self=$(readlink /proc/self/ns/mnt)
+c=$(for p in /proc/[0-9]*; do n=$(readlink $p/ns/mnt 2>/dev/null) && [ "$n" != "$self" ] && echo ${p#/proc/}; done | head -1)
+grep ' /ov ' /proc/$c/mountinfo | sed 's/.* - //;s/,uuid=[a-z]*//;s/,index=[a-z]*//'
+cat /proc/$c/root/ov/f /proc/$c/root/ov/new /mnt/lay/upper/new
+"""
+    before, after = case.roundtrip(OVERLAY_THEN_PIVOT, check=check)
+    out = after.snap.check_output
+    assert "lowerdir=/mnt/lay/lower,upperdir=/mnt/lay/upper,workdir=/mnt/lay/work" in out, out
+    assert out.endswith("low\nup\nup\n"), out
+
+
+def test_nested_root_overlay_on_unreachable_layers_is_refused(case):
+    """systemd-nspawn --volatile=overlay: a nested namespace mounts a tmpfs for the upper layer, makes
+    its root an overlay on it, pivots and unmounts the old root: only the overlay holds that tmpfs.
+    Dump refuses naming the mount, and the tree keeps running."""
+    setup = """
+mkdir /mnt/lower /run/nr /run/up
+echo low > /mnt/lower/f
+unshare -m --propagation private sh -c '
+  mount -t tmpfs up /run/up
+  mkdir /run/up/u /run/up/w
+  mount -t overlay ov -o lowerdir=/mnt/lower,upperdir=/run/up/u,workdir=/run/up/w /run/nr
+  mkdir /run/nr/usr /run/nr/.hold /run/nr/old /run/nr/dev
+  mount --bind /usr /run/nr/usr
+  mount --bind /dev /run/nr/dev
+  for d in bin lib lib64 sbin; do ln -s usr/$d /run/nr/$d; done
+  cp -P /.hold/mntcr-hold /run/nr/.hold/
+  cd /run/nr
+  pivot_root . old
+  umount -l /old
+  exec /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1' </dev/null >/dev/null 2>&1 &
+hold
+"""
+    pid = case.start(setup)
+    with pytest.raises(enginecase.CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert "a nested namespace's root built from layers no mount of the dumped tree reaches" in str(err.value)
+    from zdtm.snapshot import alive, tree_pids
+    assert alive(pid) and len(tree_pids(pid)) == 2

@@ -155,6 +155,24 @@ def test_a_daemon_superblock_made_inside_a_user_namespace_is_refused_at_dump(mon
         userns_cr.record_sb_owners(1, mounts, {"0:98": "sb-0", "0:99": "sb-1"}, sbs, [], {})
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing ids needs root")
+def test_a_program_run_with_a_userns_owners_ids_keeps_its_capabilities_without_a_setuid_exec():
+    """The archive of a userns-owned superblock is extracted by tar running as the owner's root ids
+    with root's file capabilities ambient. Its real id must be that id too: an exec whose effective
+    id differs from the real one is set-user-id to older kernels (6.1, not 6.18), which then drop the ambient
+    set (tar could not chown a full map's files in a 6.1 VM: userns/full_map)."""
+    import subprocess
+    proc = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True, check=True,
+                          preexec_fn=lambda: kernel.become_ids_keeping_caps(123456, 123457))
+    status = dict(line.split(":", 1) for line in proc.stdout.splitlines() if ":" in line)
+    assert status["Uid"].split() == ["123456"] * 4, status["Uid"]
+    assert status["Gid"].split() == ["123457"] * 4, status["Gid"]
+    for name in ("CapEff", "CapAmb"):
+        have = int(status[name], 16)
+        missing = [c for c in kernel.FILE_CAPS if not have >> c & 1]
+        assert not missing, f"{name} lacks capabilities {missing}"
+
+
 def test_lock_probe_of_a_namespace_with_an_unbindable_mount(tmp_path):
     # CRIU's unbindable test in the uns flavor: the probe's copy of the namespace loses MNT_UNBINDABLE
     # (Linux 6.18), which used to read as "the namespace changed while it was probed".

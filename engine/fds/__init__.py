@@ -19,14 +19,14 @@ from __future__ import annotations
 import importlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from engine.records import record, field
 
 
 class FdError(OSError):
     """An fd that cannot be dumped or restored (one line naming it)."""
 
 
-@dataclass
+@record
 class DumpFd:
     """One fd of a stopped process, as a kind's dump hook sees it."""
 
@@ -75,7 +75,7 @@ class DumpFd:
             self._copy = None
 
 
-@dataclass
+@record
 class RestoreFd:
     """What a kind's open hook gets at restore: the entry, the image's objects, helpers."""
 
@@ -110,7 +110,7 @@ def _no_payload(entry: dict, what: str) -> None:
     return None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FdKind:
     """How one kind of open file is dumped and recreated."""
 

@@ -27,7 +27,7 @@ import errno
 import importlib
 import os
 import stat
-from dataclasses import dataclass, field
+from engine.records import record, field
 
 from engine.mountinfo import unescape
 
@@ -48,7 +48,7 @@ AFTER_FILES = "after-files"  # after every archive is extracted (a loop image fi
 ON_USE = "on-use"          # when a mount of it is first cloned (its layers are mounts restored before it)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Recipe:
     """How the --fstype battery (scenarios/battery/) makes a fresh superblock of a type.
 
@@ -93,7 +93,7 @@ def pseudo_recipe(name: str, known_failures: tuple[tuple[str, str], ...] = ()) -
     return Recipe(make=f'mount -t {name} battery "$FS"', tree=False, known_failures=known_failures)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FsType:
     """How one filesystem type is dumped and recreated. Hooks are methods with neutral defaults."""
 

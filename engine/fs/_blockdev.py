@@ -19,7 +19,7 @@ import os
 import stat
 import struct
 
-from dataclasses import dataclass
+from engine.records import record
 
 from engine import channel, kernel
 from engine.standin import fsmount
@@ -119,7 +119,7 @@ def create(fstype: str, source: str, rdev: int, params) -> int:
     return fds[0]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BlockType(FsType):
     """A filesystem on a block device: declared external, or a loop device over a file of the image."""
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from engine.records import record
 
 from engine.fs import FsError, FsType
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class EmptyOnly(FsType):
     """A pseudo filesystem dump accepts only while it holds nothing (what it held is not dumpable)."""
 

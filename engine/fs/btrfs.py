@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
-from dataclasses import dataclass
+from engine.records import record
 
 from engine import kernel
 from engine.fs import FsType, block_recipe, register
@@ -18,7 +18,7 @@ from engine.fs._blockdev import BlockType
 BTRFS_IOC_FS_INFO = 0x8400941F   # _IOR(0x94, 31, struct btrfs_ioctl_fs_info_args): 1024 bytes, fsid at 16
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class BtrfsType(BlockType):
     """btrfs: the device from the filesystem id, when its mount can be opened."""
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from engine.records import record
 
 from engine import content, standin
 from engine.fs import ON_USE, SB_FLAG_OPTS, FsError, FsType, register
@@ -82,7 +82,7 @@ def check_bound(super_opts, bound: dict[str, int], where: str) -> None:
                                    f"not the set {describe(super_opts)} the image has")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class CgroupV1(FsType):
     """A cgroup v1 hierarchy: made from the restorer's cgroup namespace when a mount is first cloned."""
 

@@ -29,7 +29,7 @@ import shlex
 import signal
 import stat
 
-from dataclasses import dataclass
+from engine.records import record
 
 from engine import kernel
 from engine.fs import AFTER_FILES, FsError, FsType, Recipe, lookup, register
@@ -117,7 +117,7 @@ def _answers(mount_fd: int) -> OSError | None:
     return OSError(code, os.strerror(code)) if code else None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class FuseType(FsType):
     """A FUSE filesystem: made by restore on a new /dev/fuse connection its restarted daemon serves."""
 

@@ -17,7 +17,12 @@ all (`told_by_files`). When nothing tells, the layer is taken as it resolves
 now, unless that mount may have been mounted over it after the overlay (the
 layer directory is its mount point and its legacy id is larger than the
 overlay's: `overmounted_after`) or lacks the directory: then dump refuses it
-(engine.strategy, layers=refuse-ambiguous), the tree left running.
+(engine.strategy, layers=refuse-ambiguous), the tree left running. A layer
+path that leads nowhere in the overlay's namespace any more, because the
+namespace pivoted away from the mounts it was made on (systemd-nspawn
+--overlay), is looked for at the same path in the dump's other namespaces
+(`_in_namespace_made_from`); a nested namespace's root made so on layers no
+namespace reaches (nspawn --volatile=overlay's tmpfs upper) is refused.
 
 Restore: a forked helper builds a private "yard" where each original layer
 path leads to a clone of the recorded layer directory, chroots into it and
@@ -32,7 +37,7 @@ import errno
 import os
 import stat
 
-from dataclasses import dataclass
+from engine.records import record
 
 from engine import channel, forkrun, kernel
 from engine.standin import fsmount
@@ -328,16 +333,73 @@ def create(source: str, super_opts, binds: list[tuple[str, int]], userns_fd: int
 
 # --- the type's hooks -----------------------------------------------------------------
 
-def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, where: str) -> None:
-    """Refuse a layer whose path no longer leads to it: the overlay's options keep the path it was
-    given, and a layer whose mount was moved since (`mount --move`) resolves to the mount now at
-    that path, where the directory is missing. Checked only where the layer's mount is the one a walk
-    of the path ends on now (a covered layer is reached by other means, and is not looked at here)."""
+def _gone_here(path: str, found, mounts, plan, ns_name: str) -> bool:
+    """Whether layer `path` no longer leads to a directory in namespace `ns_name`, where it resolves
+    to mount `found` now. Only where that mount is the one a walk of the path ends on now (a covered
+    layer is reached by other means, and is not looked at here)."""
     now = _top(path, mounts, None, False)
     pids = (getattr(plan, "ns_pids", None) or {}).get(ns_name) or ()
     if now is None or now.mnt_id != found[0] or not pids:
-        return
-    if not os.path.isdir(f"/proc/{pids[0]}/root{path}"):
+        return False
+    return not os.path.isdir(f"/proc/{pids[0]}/root{path}")
+
+
+def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[int, str] | None:
+    """Where a layer lies that its overlay's namespace no longer reaches: a runtime (systemd-nspawn's
+    --overlay) mounts the overlay in the container's new namespace, a copy of its parent's, while the
+    layer paths lead to the copies of the parent's mounts, then pivots into the container root and
+    unmounts the old one. The layer is then at the same path in another namespace of the dump (the
+    parent's, whose mounts were copied). (mount, path inside it) of the one directory found at `path`
+    in the other namespaces: the one holding files the overlay shows (overlayfs passes their inode
+    numbers and times through), else the only directory found; None when nothing tells."""
+    pids_of = getattr(plan, "ns_pids", None) or {}
+    roots = [f"/proc/{pids_of[ns_name][0]}/root{e['mountpoint']}" for e in plan.mntns_doc[ns_name]["mounts"]
+             if e["sb"] == sid and e["root"] == "/" and pids_of.get(ns_name)]
+    merged = _open_root(roots, sb["dev"])
+    try:
+        seen = []   # (found, files of the overlay it holds, its identity)
+        for other, mounts in plan.ns_mounts.items():
+            pids = pids_of.get(other)
+            got = resolve(path, mounts, None, False) if other != ns_name and pids else None
+            if got is None or plan.sb_of_dev.get(plan.mounts_by_id[got[0]].dev) == sid:
+                continue
+            listing = _listing(f"/proc/{pids[0]}/root{path}", plan.mounts_by_id[got[0]].dev)
+            if not listing:
+                continue
+            mine, ident, names = listing
+            pos = 0
+            if merged is not None:
+                for name, p in names.items():
+                    try:
+                        pos += _print(os.stat(name, dir_fd=merged, follow_symlinks=False)) == p
+                    except OSError:
+                        continue
+            seen.append((got, pos, ident))
+    finally:
+        if merged is not None:
+            os.close(merged)
+    for hits in ([x for x in seen if x[1] > 0], seen):
+        if hits and len({x[2] for x in hits}) == 1:
+            return hits[0][0]
+        if hits:
+            return None   # two directories: nothing tells which
+    return None
+
+
+def _elsewhere(path: str, sid: str, sb: dict, ns_name: str, plan) -> bool:
+    """Whether _in_namespace_made_from finds the layer in another namespace (False when the plan
+    given lacks what it reads)."""
+    try:
+        return _in_namespace_made_from(path, sid, sb, ns_name, plan) is not None
+    except (KeyError, AttributeError, OSError):
+        return False
+
+
+def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, where: str) -> None:
+    """Refuse a layer whose path no longer leads to it: the overlay's options keep the path it was
+    given, and a layer whose mount was moved since (`mount --move`) resolves to the mount now at
+    that path, where the directory is missing."""
+    if _gone_here(path, found, mounts, plan, ns_name):
         raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path "
                                         "(the layer's mount was moved, or the directory removed, after the overlay "
                                         "was made): dump cannot tell where the layer lies now; not supported")
@@ -349,23 +411,27 @@ def _oldest(sid: str, mntns_doc: dict, unique: bool):
     return min(users, key=lambda u: ((u[1]["uid"] if unique else None) or u[1]["id"]))
 
 
-def _by_files(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[tuple[int, str] | None, bool]:
+def _by_files(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[tuple[int, str] | None, str]:
     """Without unique ids, where the layer path crosses mounts (each may have been mounted after the
     overlay, over what held the layer): the mount of the stack there whose directory holds files the overlay shows (overlayfs passes their inode numbers and
-    times through) and the path inside it, else None; and whether the path is missing on the mount
-    it resolves to now. Looks beneath the covers in a private copy of the namespace."""
+    times through) and the path inside it, else None; and where the path is missing: "absent" on
+    the mount it resolves to now, "nowhere" on every mount of the stack (the layer's mount was moved
+    away, or the directory removed), "" when it is there. Looks beneath the covers in a private copy
+    of the namespace."""
     mounts = plan.ns_mounts[ns_name]
     stack = stack_beneath(path, mounts)
     roots = [e["mountpoint"] for e in plan.mntns_doc[ns_name]["mounts"] if e["sb"] == sid and e["root"] == "/"]
     if len(stack) < 2 or not roots:
-        return None, False   # nothing beneath (a layer on the namespace root), or no overlay root to compare
+        return None, ""      # nothing beneath (a layer on the namespace root), or no overlay root to compare
     try:
         looked = plan.in_ns_copy(ns_name, look_beneath, path, [(m.mountpoint, m.dev) for m in stack], roots,
                                  sb["dev"])
     except (OSError, forkrun.ChildError):
         looked = None   # the copy could not be looked at: the files tell nothing
     i = told_by_files(looked)
-    absent = bool(looked) and not looked[0]["found"]
+    if looked and not any(x["found"] for x in looked):
+        return None, "nowhere"
+    absent = "absent" if looked and not looked[0]["found"] else ""
     if i is None:
         return None, absent
     return (stack[i].mnt_id, "/" + rel_to(path, stack[i].mountpoint)), absent
@@ -399,7 +465,7 @@ def _maker(sid: str, sb: dict, plan):
                key=lambda u: u[1]["id"])
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class OverlayType(FsType):
     """overlayfs: layers recorded as (mount, path) at dump, a yard of layer clones at restore."""
 
@@ -439,6 +505,8 @@ class OverlayType(FsType):
         if not all(f and plan.sb_of_dev.get(plan.mounts_by_id[f[0]].dev) != sid for _, _, f in found):
             return
         for key, path, f in found:
+            if _gone_here(path, f, mounts, plan, ns_name) and _elsewhere(path, sid, sb, ns_name, plan):
+                continue   # made before its namespace pivoted away (nspawn --overlay): `plan` takes it there
             _check_still_there(key, path, f, mounts, plan, ns_name, where)
 
     def plan(self, sid: str, sb: dict, plan) -> None:
@@ -455,6 +523,11 @@ class OverlayType(FsType):
             if not unique:
                 found, absent = _by_files(path, sid, sb, ns_name, plan)
                 late = overmounted_after(path, mounts, oldest["id"])
+                if found is None and absent == "nowhere":
+                    raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at "
+                                                    "that path (the layer's mount was moved, or the directory "
+                                                    "removed, after the overlay was made): dump cannot tell where "
+                                                    "the layer lies now; not supported")
                 if found is None and (late is not None or absent):
                     late = late or _top(path, mounts, None, False)
                     raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
@@ -468,6 +541,9 @@ class OverlayType(FsType):
             if found is None:
                 raise FsError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
                                             f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
+            if _gone_here(path, found, mounts, plan, ns_name):
+                # made before its namespace pivoted away from the layers' mounts (nspawn --overlay)?
+                found = _in_namespace_made_from(path, sid, sb, ns_name, plan) or found
             _check_still_there(key, path, found, mounts, plan, ns_name, where)
             layers.append({"path": path, "mnt": found[0], "rel": found[1]})
         sb["layers"] = layers

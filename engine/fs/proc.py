@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-from dataclasses import dataclass
+from engine.records import record
 
 from engine.fs import FsError, FsType, register
 
@@ -27,7 +27,7 @@ def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:
         return False
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class ProcType(FsType):
     """proc: tagged with the pid namespace whose processes it lists."""
 
