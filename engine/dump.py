@@ -842,6 +842,20 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             got = lists[opts] = list(opts)
         return got
 
+    # The source each superblock is made from at restore: its first mount's, unless its type picks
+    # another (a network type: the shallowest path, so that every other mount's root lies beneath it).
+    sources: dict[str, list[str]] = {}
+    for data in ns_data.values():
+        for m in data["mounts"]:
+            sources.setdefault(m.dev, []).append(m.source)
+    sb_source: dict[str, str] = {}
+    for data in ns_data.values():
+        for m in data["mounts"]:
+            if m.dev in sources:
+                handler = fs.lookup(m.fstype)
+                found = sources.pop(m.dev)
+                sb_source[m.dev] = handler.sb_source(found) if handler is not None else found[0]
+
     for ino, data in ns_data.items():
         mounts = data["mounts"]
         ids = {m.mnt_id for m in mounts}
@@ -856,7 +870,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             if m.dev not in sb_of_dev:
                 sid = f"sb-{len(sb_of_dev)}"
                 sb_of_dev[m.dev] = sid
-                superblocks[sid] = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts),
+                superblocks[sid] = {"fstype": m.fstype, "source": sb_source[m.dev], "super_opts": list(m.super_opts),
                                     "dev": m.dev, "external": False, "archives": []}
                 handler = fs.lookup(m.fstype)
                 if handler is not None and handler.device:
@@ -867,6 +881,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 used_ext.add(m.mountpoint)
             sid = sb_of_dev[m.dev]
             m_root, deleted = ghosts.split_root(m.root)
+            handler = fs.lookup(m.fstype)
+            if handler is not None:
+                m_root = _hook(handler.mount_root, m_root, m.source, superblocks[sid]["source"],
+                               f"mount {m.mnt_id} ({m.mountpoint})")
             entries.append({
                 "id": m.mnt_id, "parent": None if m is root else m.parent_id, "mountpoint": m.mountpoint,
                 "root": m_root, "fstype": superblocks[sid]["fstype"], "source": m.source,

@@ -170,3 +170,22 @@ hold
     for opt in opts.split(","):
         key = opt.split("=")[0]
         assert any(o.startswith(key + "=") for o in x.super_opts), (opt, x.super_opts)
+
+
+def test_nfs_mount_root_comes_from_its_source():
+    """NFS mountinfo shows "/" as every mount's root (the path is in the source): a bind of d of an
+    export first mounted from host:/ is bound from /d at restore, not from the export's root."""
+    from engine import fs as fsmod
+    nfs = fsmod.lookup("nfs4")
+    assert nfs.mount_root("/", "127.0.0.1:/d", "127.0.0.1:/", "m") == "/d"
+    assert nfs.mount_root("/", "127.0.0.1:/", "127.0.0.1:/", "m") == "/"
+    assert nfs.mount_root("/", "srv:/exp/a/b", "srv:/exp", "m") == "/a/b"
+    assert fsmod.lookup("tmpfs").mount_root("/x", "tmpfs", "tmpfs", "m") == "/x"
+    with pytest.raises(fsmod.FsError, match="m: nfs4 source srv:/ is not beneath srv:/exp"):
+        nfs.mount_root("/", "srv:/", "srv:/exp", "m")
+    with pytest.raises(fsmod.FsError, match="not beneath"):
+        nfs.mount_root("/", "other:/exp", "srv:/exp", "m")
+    # 5.10's restore listed the file bind first; the superblock is still made from the export's root
+    assert nfs.sb_source(["127.0.0.1:/f", "127.0.0.1:/", "127.0.0.1:/d"]) == "127.0.0.1:/"
+    assert nfs.sb_source(["srv:/exp/a", "srv:/exp/b"]) == "srv:/exp/a"
+    assert fsmod.lookup("tmpfs").sb_source(["b", "a"]) == "b"

@@ -102,3 +102,14 @@ def test_kernel_dependent_superblock_options_are_filtered():
     text = "rw,mode=700,inode64\nrw,size=1024k,inode32,mode=700\nrw,lowerdir=/l,uuid=on,xino=off\nrw,inode64x\n"
     r = subprocess.run(["sh", "-c", HELPERS + "zdtm_kopts"], input=text, capture_output=True, text=True)
     assert r.stdout.splitlines() == ["rw,mode=700", "rw,size=1024k,mode=700", "rw,lowerdir=/l", "rw,inode64x"]
+
+
+def test_battery_golden_files_are_sectioned_by_fstype():
+    """A battery file lists no params (fstype comes from --fstype): its NAME.out was once read as one
+    unsectioned output, so no battery check was ever compared with its golden section."""
+    import os
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scenarios", "battery",
+                        "binds.yaml")
+    sc = scenario.render(scenario.load(path), {"fstype": "tmpfs"})
+    assert sc.golden_path and sc.golden.startswith("/mnt/b/file tmpfs /f private\n")
+    assert "===" not in sc.golden

@@ -69,6 +69,12 @@ def unfinished(name: str) -> str | None:
     return entries()[name].recipe.unfinished
 
 
+def server(name: str) -> dict | None:
+    """{start, stop} of the external server entry `name`'s recipe needs (zdtm/fsserver.py), or None."""
+    r = entries()[name].recipe
+    return {"start": r.server, "stop": r.server_stop} if r.server else None
+
+
 def restart(name: str) -> tuple[tuple[str, str], ...]:
     """The (key, command) pairs restore takes as --fuse-restart for entry `name` (a daemon type's recipe)."""
     return entries()[name].recipe.restart

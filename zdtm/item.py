@@ -131,6 +131,8 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> O
     with contextlib.ExitStack() as undo:
         try:
             with cycle.phase(timings, "setup"):
+                if sc.server:
+                    _serve(sc, workdir, undo)
                 running = place.start(sc, workdir)
         except SetupError as e:
             _write(workdir, "setup.log", str(e) + "\n")
@@ -145,6 +147,20 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> O
             return Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output,
                            timings=timings)
         return Outcome(out.kind, out.detail, kernel=release, setup_output=running.setup_output, timings=timings)
+
+
+def _serve(sc, workdir: str, undo: contextlib.ExitStack) -> None:
+    """Start the scenario's external server (zdtm/fsserver.py) and join its network namespace until
+    `undo` unwinds (after the tree is stopped: callbacks run last-registered first)."""
+    from zdtm import fsserver
+    from zdtm.flavors import SetupError
+    try:
+        server = fsserver.Server.start(*sc.server, workdir, sc.timeout)
+    except fsserver.ServerError as e:
+        raise SetupError(str(e)) from None
+    undo.callback(server.stop)
+    server.join()
+    undo.callback(server.leave)
 
 
 def _write(workdir: str, name: str, text: str) -> None:

@@ -51,8 +51,8 @@ from engine import mountinfo
 SESSION_ENV = "ZDTM_SESSION"
 HOLDER_ARGV0 = "/.zdtm/zdtm-holding"            # zdtm/holder.py's marker
 HOLDER_COMMS = ("zdtm-holding", "mntcr-hold")
-# argv words of our own helper processes: ns-flavor keepers, the engine's CLI (restorer, stand-ins fork from it)
-_HELPER_ARGS = ("zdtm.flavors.ns", "engine.cli")
+# argv words of our own helper processes: ns-flavor keepers, scenario servers, the engine's CLI (restorer, stand-ins fork from it)
+_HELPER_ARGS = ("zdtm.flavors.ns", "engine.cli", "zdtm.fsserver")
 
 
 def _key(m: mountinfo.Mount) -> tuple:

@@ -109,6 +109,7 @@ class Scenario:
     iters: int
     container: Container = Container()
     fuse_restart: tuple[tuple[str, str], ...] = ()   # (subtype, command): restore's --fuse-restart
+    server: tuple[str, str] | None = None   # (start, stop) sh of an external server (zdtm/fsserver.py)
     golden_path: str | None = None   # NAME.out beside the file, when there is one (zdtm/golden.py)
     golden: str | None = None        # its expected check output for this combination (None: none for it)
 
@@ -203,7 +204,8 @@ def load(path: str) -> ScenarioFile:
     sf = ScenarioFile(path=path, raw=raw, lines=lines)
     schema.validate_raw(sf, ScenarioError)
     try:
-        sf.golden = golden.load(path, sectioned=bool(raw.get("params")))
+        # a battery file is sectioned by its fstype param even when it lists no params of its own
+        sf.golden = golden.load(path, sectioned=bool(raw.get("params") or raw.get("battery")))
     except (golden.GoldenError, OSError) as e:
         raise ScenarioError(golden.path_for(path), f"golden output: {e}") from None
     return sf
@@ -247,6 +249,9 @@ def render(sf: ScenarioFile, params: dict) -> Scenario:
         req["filesystems"] = list(req.get("filesystems") or []) + filesystems
         req["commands"] = list(req.get("commands") or []) + commands
         raw["requires"] = req
+        server = battery.server(params["fstype"])
+        if server:
+            raw["server"] = server
         restart = battery.restart(params["fstype"])
         if restart:
             raw["fuse_restart"] = {**dict(restart), **(raw.get("fuse_restart") or {})}

@@ -22,6 +22,8 @@ TOP_KEYS = {
     "iters": "minimum number of dump/restore iterations (integer, default 1)",
     "container": "mapping with root, host_dirs: how the flavor builds the container (default: all private)",
     "fuse_restart": "mapping SUBTYPE: COMMAND the mntcr backend's restore gives as --fuse-restart (engine/fs/fuse.py)",
+    "server": "mapping with start, stop: sh of a server outside the tree, run in a network and mount namespace of "
+              "its own that the container, dump and restore share (zdtm/fsserver.py)",
     "battery": "true: a generic scenario of the --fstype battery (param fstype, template variable fs: zdtm/battery.py)",
 }
 REQUIRED = ("description", "setup")
@@ -272,7 +274,18 @@ def build(sf, raw: dict, params: dict, error):
         iters=_number(path, lines, error, "iters", raw.get("iters"), int, 1),
         container=_container(path, lines, error, raw.get("container")),
         fuse_restart=_fuse_restart(path, lines, error, raw.get("fuse_restart")),
+        server=_server(path, lines, error, raw.get("server")),
     )
+
+
+def _server(path, lines, error, value) -> tuple[str, str] | None:
+    """`server: {start: SH, stop: SH}` -> (start, stop)."""
+    if value is None:
+        return None
+    if (not isinstance(value, dict) or set(value) != {"start", "stop"}
+            or not all(isinstance(v, str) and v.strip() for v in value.values())):
+        raise error(path, "key 'server': expected a mapping with start and stop (sh scripts)", lines.get("server"))
+    return (value["start"], value["stop"])
 
 
 def _fuse_restart(path, lines, error, value) -> tuple[tuple[str, str], ...]:

@@ -10,7 +10,7 @@ with "not supported" rather than guessed at.
 What a type declares:
 - identity: `name` (the mountinfo fstype; ``fuse.x`` looks up ``fuse``), and
   `magic` (statfs f_type) for a superblock no mount shows;
-- dump: `content` (its files go into an archive), `device` (it lives on a block
+- dump: `mount_root` (a mount's root when mountinfo's is not it), `content` (its files go into an archive), `device` (it lives on a block
   device: `device_of`, `plan_device`), `layers` (built on other mounts: `plan`,
   `made_outside`; `precheck`: what a running tree already shows refused), `ns` / `ns_key`
   (the namespace that owns it: `probe`);
@@ -56,8 +56,9 @@ class Recipe:
     on), SRC (a directory tree the battery's files are in: f, d/sub/g) and WORK (a tmpfs for
     images) set. It mounts a new superblock at $FS holding SRC's files when `tree` (else the
     battery uses only its root). Everything it makes lives in the container and dies with it
-    (loop devices are set to clear themselves); a server or daemon it starts must be a process of
-    the container too.
+    (loop devices are set to clear themselves); a daemon it starts is a process of the container
+    (restarted at restore: `restart`); a server the tree is only a client of is `server`, run
+    outside the container.
     """
 
     make: str
@@ -68,6 +69,11 @@ class Recipe:
     known_failures: tuple[tuple[str, str], ...] = ()
     # (key, command) pairs the battery's restore gives as --fuse-restart KEY=COMMAND (a daemon type).
     restart: tuple[tuple[str, str], ...] = ()
+    # A server outside the dumped tree that `make` mounts from (an external-server type): sh the runner
+    # runs in a network and mount namespace of its own, which the container, dump and restore share
+    # (zdtm/fsserver.py); SERVER is an empty directory for its exports. `server_stop` ends it.
+    server: str | None = None
+    server_stop: str = ""
     # Why the battery cannot run this recipe yet (its items skip saying so), or None.
     unfinished: str | None = None
 
@@ -153,6 +159,17 @@ class FsType:
         return params
 
     # -- dump hooks (defaults: nothing to do) ---------------------------------------------
+
+    def sb_source(self, sources: list[str]) -> str:
+        """The source restore makes the superblock from, given its mounts' sources in mountinfo order
+        (default: the first one's)."""
+        return sources[0]
+
+    def mount_root(self, root: str, source: str, sb_source: str, where: str) -> str:
+        """The root of a mount in its superblock, as restore binds it from the superblock it makes with
+        `sb_source` (what `sb_source` picked): mountinfo's root by default. A type whose
+        mountinfo root says nothing (nfs shows "/" and puts the path in the source) derives it."""
+        return root
 
     def device_of(self, mount) -> str | None:
         """Inside the dumped namespace: "MAJ:MIN" of the block device mount `mount` lives on, when
