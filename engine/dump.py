@@ -972,13 +972,13 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
             if ns_name != names[("mnt", root_ns)] and handler is not None and handler.layers:
                 # Built from layers no mount of the dump reaches, by a process of the tree (a runtime
                 # made it in the nested namespace, then pivoted away from what held its layers, as
-                # systemd-nspawn --volatile=overlay does with its tmpfs upper layer): no path leads
+                # systemd-nspawn's volatile mode does with its in-memory upper layer): no path leads
                 # to those files, and --root gives back the tree's own root, not a nested one.
                 raise DumpError(errno.EOPNOTSUPP, f"mount {root['id']} (/ of mount namespace {ns_name}) on "
                                                   f"{sb['fstype']}: a nested namespace's root built from layers "
                                                   "no mount of the dumped tree reaches (made before the "
-                                                  "namespace pivoted away from them, as systemd-nspawn "
-                                                  "--volatile=overlay does): their files cannot be dumped")
+                                                  "namespace pivoted away from them, as systemd-nspawn's "
+                                                  "volatile mode does): their files cannot be dumped")
             root["external"] = "root"
             sb["external"] = True
     for ns in mntns_doc.values():

@@ -855,7 +855,7 @@ class _Restorer:
                     # The way into an external peer group: a clone of the host's mount rooted at the
                     # path, which is that mount's peer (or a slave of its master). MOVE_MOUNT_SET_GROUP
                     # copies only from a mount's root, and the path may be a directory inside the
-                    # host's mount (CRIU's mnt_ext_master binds /tmp/X/test of a shared tmpfs at /tmp/X).
+                    # host's mount (CRIU's mnt_ext_master binds /tmp/X/test of a shared mount at /tmp/X).
                     self.ext_host[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
             except OSError as err:
                 raise RestoreError(err.errno, f"external {e['external']} ({path}) for mount {e['id']} "
