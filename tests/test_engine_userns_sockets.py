@@ -8,14 +8,20 @@ from __future__ import annotations
 
 from enginecase import assert_same, case, py_hold, take  # noqa: F401  (fixture)
 
-BODY = """
-import ctypes, socket, time
+# The tree's process: a new user and mount namespace, waiting for the setup to write its maps, then
+# its root (uid 0 there is 20000 outside).
+USERNS = """
+import ctypes, time
 libc = ctypes.CDLL(None, use_errno=True)
 assert libc.unshare(0x10000000 | 0x00020000) == 0   # CLONE_NEWUSER | CLONE_NEWNS
 open("/tmp/unshared", "w").close()
 while not os.path.exists("/tmp/mapped"):
     time.sleep(0.05)
 os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
+"""
+
+BODY = USERNS + """
+import socket
 assert libc.mount(b"own", b"/mnt", b"tmpfs", 0, None) == 0      # owned by the user namespace
 lst = socket.socket(socket.AF_UNIX); lst.bind("/mnt/listen"); lst.listen(1)       # bound again at restore
 gone = socket.socket(socket.AF_UNIX); gone.bind("/mnt/gone"); gone.listen(1)
@@ -60,14 +66,7 @@ def test_sockets_on_a_tmpfs_of_a_user_namespace(case):
 # namespace, not left on the mount the copy replaced: it came back "detached"); and a tmpfs with a
 # locked mount on it that only that namespace has (dump clones it recursively: it raised NameError;
 # then tar archived the locked proc on it too, and failed).
-GHOSTS = """
-import ctypes, time
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.unshare(0x10000000 | 0x00020000) == 0   # CLONE_NEWUSER | CLONE_NEWNS
-open("/tmp/unshared", "w").close()
-while not os.path.exists("/tmp/mapped"):
-    time.sleep(0.05)
-os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
+GHOSTS = USERNS + """
 assert libc.mount(b"own", b"/mnt/own", b"tmpfs", 0, None) == 0
 g1 = open("/mnt/own/ghost", "w+"); g1.write("on the tmpfs of the user namespace"); g1.flush(); os.unlink("/mnt/own/ghost")
 g2 = open("/tmp/ghost", "w+"); g2.write("on the locked root"); g2.flush(); os.unlink("/tmp/ghost")

@@ -27,13 +27,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import select
 import signal
 import socket
 import struct
 import subprocess
 import sys
 import time
+
+from zdtm.lineread import read_line
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _PR_SET_CHILD_SUBREAPER = 36
@@ -150,15 +151,11 @@ class Server:
         return server
 
     def _read_line(self, deadline: float) -> str | None:
-        fd, line = self.proc.stdout.fileno(), b""
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            ch = os.read(fd, 1)
-            if not ch:
-                return line.decode(errors="replace").strip() or "no output"
-            line += ch
+        line, whole = read_line(self.proc.stdout.fileno(), deadline)
+        if whole is None:
+            return None
+        if not whole:
+            return line.decode(errors="replace").strip() or "no output"
         return line.decode().strip()
 
     def output(self) -> str:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import socket
 import stat
@@ -49,6 +48,7 @@ import time
 
 from zdtm import holder
 from zdtm.flavors import External, Running, SetupError
+from zdtm.lineread import read_line
 
 HOST_DIRS = ("usr", "bin", "lib", "lib64", "sbin", "etc")
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -224,17 +224,8 @@ class _Keeper:
 
     def read_line(self, deadline: float) -> str | None:
         """One line of the keeper's control output, or None at EOF or the deadline."""
-        line = b""
-        fd = self.proc.stdout.fileno()
-        while not line.endswith(b"\n"):
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                return None
-            ch = os.read(fd, 1)
-            if not ch:
-                return None
-            line += ch
-        return line.decode().strip()
+        line, whole = read_line(self.proc.stdout.fileno(), deadline)
+        return line.decode().strip() if whole else None
 
     def wait(self, timeout: float) -> int | None:
         try:
