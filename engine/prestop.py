@@ -196,7 +196,7 @@ def check_sources(mntns_doc: dict, skip: set[str], construct: bool) -> None:
             if e["source"] == f["source"]:
                 continue
             h = fs.lookup(e["fstype"])
-            if h is not None and h.mounts_again and not construct:
+            if h is not None and (h.source_names_root or (h.mounts_again and not construct)):
                 continue
             why = ("not with peer groups built while mounting (sharing=construct)" if h is not None and h.mounts_again
                    else f"restore makes every mount of a {e['fstype']} superblock with one source")

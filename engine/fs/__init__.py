@@ -233,6 +233,13 @@ class FsType:
         return (self.joins_by_ns and self.keep_source and self.ns is not None) or \
             type(self).mount_again is not FsType.mount_again
 
+    @property
+    def source_names_root(self) -> bool:
+        """Whether a mount's source names its root (nfs: "host:/path", with mountinfo's root "/"):
+        mounts of one superblock then differ in source by their roots alone, which `mount_root`
+        turns into roots, and the kernel shows each restored bind with its own path again."""
+        return type(self).mount_root is not FsType.mount_root
+
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         """Make the superblock; return a detached mount fd. Only for types whose `when` is not PLAIN
         (PLAIN types are made by fsopen/fsconfig/fsmount from the image's options)."""
