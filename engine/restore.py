@@ -757,7 +757,7 @@ class _Restorer:
                                                      f"{m['sb']} was not created")
                 self.sb_fd[m["sb"]] = self._settle(m["sb"], self._create_by_type(m["sb"], sb, m))
                 step("superblock")
-            if m.get("source", sb["source"]) != sb["source"]:
+            if m.get("source", sb["source"]) != sb["source"] and not fs.lookup(sb["fstype"]).source_names_root:
                 return self._other_source(m, sb), rel_to(m["root"], "/")
             return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
         # A clone of a host path may only be cloned again from the namespace it came from.
