@@ -314,6 +314,21 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
             dev = f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}"
             if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
                 f["visible_mnt"] = mid
+        # A mapped file likewise (a program that unshared without exec maps its libraries through
+        # the parent's mounts): mapped again from the mount its path reaches here.
+        maps = []
+        for path, mnt, link in data["maps"]:
+            if mnt not in ids and not path.endswith(" (deleted)"):
+                try:
+                    want, here = os.stat(f"{pid}/{link}", dir_fd=hostproc), os.stat(path)
+                    mid = kernel.statx_mnt_id(path)
+                    if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and \
+                            devs.get(mid) == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
+                        mnt = mid
+                except OSError:
+                    pass
+            maps.append((path, mnt, link))
+        data["maps"] = maps
 
 
 def _enter_copy(ns_fd: int, pids: list[int]) -> int:
@@ -1214,9 +1229,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
 
     # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
     fdtable = FdTable(takes)
+    map_unplaced: list = []
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
-                               (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})
+                               (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {},
+                               map_unplaced)
         fdtable.finish(procs_doc)
     except FdError as e:
         fdtable.release()
@@ -1234,6 +1251,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     try:
         detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+        _plan_mapped_detached(map_unplaced, detached_doc, procs_doc,
+                              lambda items: _plan_detached(items, superblocks, sb_of_dev, ns_data, by_mntns,
+                                                           mounts_by_id, writer, files))
     finally:
         fdtable.release()
 
@@ -1264,9 +1284,11 @@ def _unplaced_of(p: dict):
             yield f, f"fd/{f['fd']}"
 
 
-def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files) -> list[dict]:
+def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
+               map_unplaced: list) -> list[dict]:
     """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files.
-    fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only."""
+    fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only; mappings on
+    detached mounts are added to `map_unplaced` (_place_maps)."""
     procs_doc = []
     used_files: set[str] = set()
     for pid, ppid in tree:
@@ -1293,9 +1315,7 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
-        # Mapped files on mounts of the tree (the rest: anonymous shared memory, memfds, detached).
-        entry["maps"] = [_place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping")
-                         for path, mnt in pdata["maps"] if mnt in mounts_by_id]
+        entry["maps"] = _place_maps(pid, pdata["maps"], mounts_by_id, ghost_ctx, map_unplaced)
         if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
             entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
         procs_doc.append(entry)
@@ -1303,6 +1323,43 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
     if unknown:
         raise DumpError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} open")
     return procs_doc
+
+
+def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: list) -> list[dict]:
+    """Where each file process `pid` maps lies (engine/mappings.py): on a mount of the tree (a file
+    unlinked since as a ghost, when its filesystem's files are dumped: CRIU keeps a deleted library
+    so), or on a mount in no dumped namespace (a lazily unmounted mount the mapping keeps alive: its
+    location is added to `unplaced` as (loc, pid, link), for _plan_detached). Left out: anonymous
+    shared memory and memfds, deleted files restore could not make again (nothing of the mount
+    state depends on them)."""
+    mntns_doc, superblocks = ghost_ctx[0], ghost_ctx[1]
+    out = []
+    for path, mnt, link in maps:
+        deleted = path.endswith(ghosts.DELETED_FD)
+        m = mounts_by_id.get(mnt)
+        if m is None:
+            if not deleted:
+                loc = {"mnt": mnt, "path": path, "detached": True}
+                unplaced.append((loc, pid, link))
+                out.append(loc)
+            continue
+        if not deleted:
+            out.append(_place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping"))
+            continue
+        target = path[: -len(ghosts.DELETED_FD)]
+        sb = superblocks[mntns_sb(mntns_doc, mnt)]
+        handler = fs.lookup(sb["fstype"])
+        try:
+            st = os.stat(f"/proc/{pid}/{link}")
+        except OSError:
+            continue
+        if sb["external"] or handler is None or not handler.content or st.st_nlink or not stat.S_ISREG(st.st_mode) \
+                or not is_beneath(target, m.mountpoint):
+            continue
+        loc = _place({"abs": target, "mnt": mnt}, mounts_by_id, pid, "mapping")
+        loc["ghost"] = _fd_ghost(pid, link, target, m, *ghost_ctx)
+        out.append(loc)
+    return out
 
 
 def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:
@@ -1551,6 +1608,28 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
         for fd in anchors:
             os.close(fd)
     return out
+
+
+def _plan_mapped_detached(items: list, detached_doc: dict, procs_doc: list, plan) -> None:
+    """The detached mounts that only mappings keep alive (a daemon maps a file of a mount lazily
+    unmounted since), planned one by one with `plan` (_plan_detached) into `detached_doc`. A mount
+    that cannot be (one of a namespace outside the tree the file's path no longer reaches: a program
+    that unshared without exec maps its libraries so) is left out with its mappings, as before: a
+    mapping alone is no reason to refuse the tree."""
+    by_mnt: dict[int, list] = {}
+    for item in items:
+        by_mnt.setdefault(item[0]["mnt"], []).append(item)
+    dropped = set()
+    for mnt, group in sorted(by_mnt.items()):
+        if str(mnt) in detached_doc:
+            continue
+        try:
+            detached_doc.update(plan(group))
+        except DumpError:
+            dropped.add(mnt)
+    if dropped:
+        for p in procs_doc:
+            p["maps"] = [m for m in p["maps"] if not (m.get("detached") and m["mnt"] in dropped)]
 
 
 def _archive_beyond(beyond, superblocks, writer, files) -> None:

@@ -394,6 +394,13 @@ DIR_LOC = Record("root or cwd", {
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
 })
 
+# A mapped file: one unlinked since is mapped again from its ghost, and one on a detached mount
+# (lazily unmounted) from that mount (engine/mappings.py).
+MAP_LOC = Record("mapping", {
+    **LOC_FIELDS,
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+})
+
 _DESC_ID = re.compile(r"^d-[0-9]{1,9}$")
 _OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}$")
 
@@ -490,7 +497,7 @@ PROCESS = Record("process", {
     "cwd": F(DICT, rule=record(DIR_LOC)),
     "fds": F(LIST),                                           # FD records, checked with their count
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
-    "maps": F(LIST, required=False, rule=list_of(record(LOC), MAX_FDS, DICT)),
+    "maps": F(LIST, required=False, rule=list_of(record(MAP_LOC), MAX_FDS, DICT)),
     "exe": F(DICT, required=False, rule=record(LOC)),
     # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
@@ -1119,10 +1126,13 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for key in ("root", "cwd"):
             _check_loc(p[key], mounts, detached, f"{what} {key}")
             _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
-        for loc in (p.get("maps") or []) + ([p["exe"]] if "exe" in p else []):
-            if loc.get("detached"):
-                _fail(f"{what}: a mapping on a detached mount")
+        for loc in p.get("maps") or []:
             _check_loc(loc, mounts, detached, f"{what} mapping")
+            _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
+        if "exe" in p:
+            if p["exe"].get("detached"):
+                _fail(f"{what}: an executable on a detached mount")
+            _check_loc(p["exe"], mounts, detached, f"{what} executable")
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
