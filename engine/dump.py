@@ -1348,12 +1348,12 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
             continue
         target = path[: -len(ghosts.DELETED_FD)]
         sb = superblocks[mntns_sb(mntns_doc, mnt)]
-        handler = fs.lookup(sb["fstype"])
         try:
             st = os.stat(f"/proc/{pid}/{link}")
         except OSError:
             continue
-        if sb["external"] or handler is None or not handler.content or st.st_nlink or not stat.S_ISREG(st.st_mode) \
+        if sb["external"] or not fs.holds_ghosts(sb["fstype"]) or not stat.S_ISREG(st.st_mode) \
+                or (st.st_nlink and fs.lookup(sb["fstype"]).content) \
                 or not is_beneath(target, m.mountpoint):
             continue
         loc = _place({"abs": target, "mnt": mnt}, mounts_by_id, pid, "mapping")
@@ -1492,16 +1492,18 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
                                           "namespaces: not supported yet")
     sid = mntns_sb(mntns_doc, m.mnt_id)
     sb = superblocks[sid]
-    handler = fs.lookup(sb["fstype"])
-    if sb["external"] or handler is None or not handler.content:
+    if sb["external"] or not fs.holds_ghosts(sb["fstype"]):
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
-                                          f"{fs.content_names()} made in the dumped tree can hold it again)")
+                                          f"{fs.content_names()} or overlay made in the dumped tree can hold it again)")
     st = os.stat(f"/proc/{pid}/{link}")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
         raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
     key = f"{st.st_dev}:{st.st_ino}"
-    linked = (linked_names or {}).get(key) if st.st_nlink else None
-    if st.st_nlink and not linked:
+    # A type that makes ghosts through its mounts shows another inode's link count (overlay: the
+    # layer's, which still has its name beneath the whiteout): the "(deleted)" name is what counts.
+    nlink = 0 if not fs.lookup(sb["fstype"]).content else st.st_nlink
+    linked = (linked_names or {}).get(key) if nlink else None
+    if nlink and not linked:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
                                           "no mount of the tree whose files are dumped reaches")
     m_root = ghosts.split_root(m.root)[0]

@@ -586,7 +586,7 @@ def _name_rule(v) -> str | None:
 MAX_GHOST_LINKS = 64   # other unlinked names one ghost may have been open under
 
 GHOST = Record("ghost", {
-    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs or ramfs of the image
+    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs, ramfs or overlay of the image
     "path": F(STR, rule=path_rule),                           # its old path in that superblock
     # Its archive (absent with `linked`):
     "file": F(STR, required=False, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
@@ -1004,7 +1004,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
 
 
 def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
-    """Ghosts lie on a tmpfs or ramfs the image makes, each its own archive member (one no
+    """Ghosts lie on a tmpfs, ramfs or overlay the image makes (fs.holds_ghosts), each its own archive member (one no
     superblock extracts), named as the last part of its path; a mount made from a ghost has
     the ghost's superblock and path as its own (fds are checked with their processes)."""
     from engine import fs
@@ -1015,9 +1015,8 @@ def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
             _fail(f"ghost id {gid[:40]!r} is not g-N")
         check_record(GHOST, g, what)
         sb = sbs.get(g["sb"])
-        handler = fs.lookup(sb["fstype"]) if sb is not None else None
-        if sb is None or sb.get("external") or handler is None or not handler.content:
-            _fail(f"{what}: it must lie on a tmpfs or ramfs of the image (not {g['sb']!r})")
+        if sb is None or sb.get("external") or not fs.holds_ghosts(sb["fstype"]):
+            _fail(f"{what}: it must lie on a tmpfs, ramfs or overlay of the image (not {g['sb']!r})")
         if g["path"] == "/":
             _fail(f"{what}: a ghost is not the root of its filesystem")
         names = [g["path"], *(g.get("links") or ())]
