@@ -315,19 +315,21 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
             if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
                 f["visible_mnt"] = mid
         # A mapped file likewise (a program that unshared without exec maps its libraries through
-        # the parent's mounts): mapped again from the mount its path reaches here.
+        # the parent's mounts): the mount its path reaches here, used when the mapping's own mount
+        # is in no dumped namespace (_place_maps).
         maps = []
-        for path, mnt, link in data["maps"]:
+        for path, mnt, link, *_ in data["maps"]:
+            visible = None
             if mnt not in ids and not path.endswith(" (deleted)"):
                 try:
                     want, here = os.stat(f"{pid}/{link}", dir_fd=hostproc), os.stat(path)
                     mid = kernel.statx_mnt_id(path)
                     if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and \
                             devs.get(mid) == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
-                        mnt = mid
+                        visible = mid
                 except OSError:
                     pass
-            maps.append((path, mnt, link))
+            maps.append((path, mnt, link, visible))
         data["maps"] = maps
 
 
@@ -1334,8 +1336,10 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
     state depends on them)."""
     mntns_doc, superblocks = ghost_ctx[0], ghost_ctx[1]
     out = []
-    for path, mnt, link in maps:
+    for path, mnt, link, visible in maps:
         deleted = path.endswith(ghosts.DELETED_FD)
+        if mnt not in mounts_by_id and visible is not None:
+            mnt = visible   # (a mount of a namespace outside the tree: mapped from the one its path reaches)
         m = mounts_by_id.get(mnt)
         if m is None:
             if not deleted:
@@ -1359,7 +1363,9 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
         loc = _place({"abs": target, "mnt": mnt}, mounts_by_id, pid, "mapping")
         loc["ghost"] = _fd_ghost(pid, link, target, m, *ghost_ctx)
         out.append(loc)
-    return out
+    # once each (two copies of one path may lead to one mount: a stand-in's own library and the one
+    # it maps for the process)
+    return list({(loc["mnt"], loc["path"], bool(loc.get("detached"))): loc for loc in out}.values())
 
 
 def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:

@@ -35,7 +35,9 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 def read(hostproc: int, pid: int) -> dict:
     """{"maps": [(abs path, mnt id, "map_files/NAME")], "exe": (abs path, mnt id) | None} of `pid`
     (in its namespace); a deleted file's path ends in " (deleted)", as the kernel shows it."""
-    seen: dict[str, tuple[str, int]] = {}
+    # By path and mount: a stand-in maps a library from the restored mount besides its interpreter's
+    # copy of the same path from the restorer's (keyed by path alone, which one stayed was chance).
+    seen: dict[tuple[str, int], tuple[str, int, str]] = {}
     try:
         dfd = os.open(f"{pid}/map_files", os.O_RDONLY | os.O_DIRECTORY, dir_fd=hostproc)
     except OSError:
@@ -48,9 +50,10 @@ def read(hostproc: int, pid: int) -> dict:
         link = f"{pid}/map_files/{name}"
         try:
             path = os.readlink(link, dir_fd=hostproc)
-            if path in seen or not path.startswith("/"):
+            if not path.startswith("/"):
                 continue
-            seen[path] = (path, kernel.statx_mnt_id(link, dfd=hostproc), f"map_files/{name}")
+            mnt = kernel.statx_mnt_id(link, dfd=hostproc)
+            seen.setdefault((path, mnt), (path, mnt, f"map_files/{name}"))
         except OSError:
             continue
     exe = None
