@@ -969,16 +969,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         elif (handler is None or (sb.get("device") or {}).get("unresolved")
               or not (handler.content or handler.ns is None)
               or _hook(handler.made_outside, root["sb"], sb, plan)):
-            if ns_name != names[("mnt", root_ns)] and handler is not None and handler.layers:
-                # Built from layers no mount of the dump reaches, by a process of the tree (a runtime
-                # made it in the nested namespace, then pivoted away from what held its layers, as
-                # systemd-nspawn's volatile mode does with its in-memory upper layer): no path leads
-                # to those files, and --root gives back the tree's own root, not a nested one.
-                raise DumpError(errno.EOPNOTSUPP, f"mount {root['id']} (/ of mount namespace {ns_name}) on "
-                                                  f"{sb['fstype']}: a nested namespace's root built from layers "
-                                                  "no mount of the dumped tree reaches (made before the "
-                                                  "namespace pivoted away from them, as systemd-nspawn's "
-                                                  "volatile mode does): their files cannot be dumped")
+            # (a nested namespace's root on layers no mount reaches: refused, as before the stop)
+            _hook(prestop.nested_root, ns_name, names[("mnt", root_ns)], root, sb, plan)
             root["external"] = "root"
             sb["external"] = True
     for ns in mntns_doc.values():

@@ -8,7 +8,8 @@ tree already shows is checked here first, with the line dump would give:
 - the user namespaces (engine/userns_cr.plan: namespaces of two user namespaces);
 - per mount namespace, each type's `precheck` hook (engine/fs/: an overlay layer
   whose mount was moved after the overlay was made), from mountinfo and the
-  mounts' unique ids; mounts of one superblock under two sources that restore
+  mounts' unique ids; a nested namespace's root on layers no mount of the tree
+  reaches (`nested_root`, dump's own rule, as nspawn --volatile=overlay makes); mounts of one superblock under two sources that restore
   cannot give back (`check_sources`, dump's own rule);
 - per mount namespace owned by another user namespace, its locks, probed as dump
   probes them (engine/userns_cr.locks: a locked mount covered by a locked mount
@@ -122,6 +123,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     try:
         root_ns = names.get(("mnt", _ns_ino(pids[0])))
         _check_types(view, ext_mnts, root_ns)
+        _check_nested_roots(view, ext_mnts, root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns), strat.sharing == "construct")
         owned_ns = _check_locks(view, sorted(owners or ()))
         _check_fds(pids, view, leave_running, set(ext_files))
@@ -153,10 +155,14 @@ def _entries(mounts: list, view: View) -> dict:
     return {"root": root, "mounts": entries}
 
 
+def _declared(view: View, ext_mnts, root_ns: str | None) -> set[str]:
+    """Superblocks a declared external mount (of the tree's own namespace) names."""
+    return {e["sb"] for e in (view.mntns_doc.get(root_ns) or {"mounts": ()})["mounts"] if e["mountpoint"] in ext_mnts}
+
+
 def _check_types(view: View, ext_mnts, root_ns: str | None) -> None:
     """Each type's precheck, once per superblock no declared external mount names."""
-    external = {e["sb"] for e in (view.mntns_doc.get(root_ns) or {"mounts": ()})["mounts"]
-                if e["mountpoint"] in ext_mnts}
+    external = _declared(view, ext_mnts, root_ns)
     done: set[str] = set()
     for ns in view.mntns_doc.values():
         for e in ns["mounts"]:
@@ -204,6 +210,34 @@ def check_sources(mntns_doc: dict, skip: set[str], construct: bool) -> None:
                                                f"{e['source']!r} is not {f['source']!r}, the source of mount {f['id']} "
                                                f"({f['mountpoint']}) of the same filesystem (one superblock mounted "
                                                f"again under another name): {why}; not supported")
+
+
+def nested_root(ns_name: str, root_ns: str | None, root: dict, sb: dict, plan) -> None:
+    """Refuse the root of a nested mount namespace (`ns_name`, not the tree's own `root_ns`) on a
+    layered superblock (`sb` of mount entry `root`) whose type says it was made outside (on layers no
+    mount of the dump reaches): a process of the tree made it in that namespace, then pivoted away
+    from what held its layers, as systemd-nspawn's volatile mode does with its in-memory upper layer;
+    no path leads to those files, and --root gives back the tree's own root, not a nested one. Dump
+    asks it twice: here before the tree is stopped, and once it is (the authority)."""
+    h = fs.lookup(sb["fstype"])
+    if ns_name == root_ns or h is None or not h.layers or not h.made_outside(root["sb"], sb, plan):
+        return
+    raise fs.FsError(errno.EOPNOTSUPP, f"mount {root['id']} (/ of mount namespace {ns_name}) on {sb['fstype']}: a "
+                                       "nested namespace's root built from layers no mount of the dumped tree "
+                                       "reaches (made before the namespace pivoted away from them, as "
+                                       "systemd-nspawn's volatile mode does): their files cannot be dumped")
+
+
+def _check_nested_roots(view: View, ext_mnts, root_ns: str | None) -> None:
+    """`nested_root` for each nested namespace's root whose superblock no declared external names."""
+    external = _declared(view, ext_mnts, root_ns)
+    for ns_name, ns in view.mntns_doc.items():
+        root = next((e for e in ns["mounts"] if e["id"] == ns["root"]), None)
+        if root is None or ns_name == root_ns or root["sb"] in external:
+            continue
+        m = view.mounts_by_id[root["id"]]
+        nested_root(ns_name, root_ns, root, {"fstype": m.fstype, "source": m.source,
+                                             "super_opts": list(m.super_opts), "dev": m.dev}, view)
 
 
 def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:

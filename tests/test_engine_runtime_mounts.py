@@ -8,6 +8,8 @@ the host's pid namespace. Each case is built in a throwaway container
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import enginecase
@@ -351,8 +353,8 @@ cat /proc/$c/root/ov/f /proc/$c/root/ov/new /mnt/lay/upper/new
 def test_nested_root_overlay_on_unreachable_layers_is_refused(case):
     """systemd-nspawn --volatile=overlay: a nested namespace mounts a tmpfs for the upper layer, makes
     its root an overlay on it, pivots and unmounts the old root: only the overlay holds that tmpfs.
-    Dump refuses naming the mount, and the tree keeps running."""
-    setup = """
+    Dump refuses naming the mount before it stops the tree (engine/prestop.py), which keeps running."""
+    setup = enginecase.STOP_WATCH + """
 mkdir /mnt/lower /run/nr /run/up
 echo low > /mnt/lower/f
 unshare -m --propagation private sh -c '
@@ -373,6 +375,8 @@ hold
     pid = case.start(setup)
     with pytest.raises(enginecase.CRError) as err:
         case.dump(pid, case.new_images_dir())
-    assert "a nested namespace's root built from layers no mount of the dumped tree reaches" in str(err.value)
+    assert re.search(r"mount \d+ \(/ of mount namespace mnt-1\) on overlay: a nested namespace's root built from "
+                     "layers no mount of the dumped tree reaches", str(err.value)), err.value
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     from zdtm.snapshot import alive, tree_pids
-    assert alive(pid) and len(tree_pids(pid)) == 2
+    assert alive(pid) and len(tree_pids(pid)) == 3
