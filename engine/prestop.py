@@ -53,6 +53,17 @@ class View:
         self.sb_of_dev: dict[str, str] = {}              # "MAJ:MIN" -> sb id
         self.mounts_by_id: dict[int, mountinfo.Mount] = {}
 
+    def in_ns_copy(self, ns_name: str, fn, *args):
+        """fn(*args) in a forked child standing at the root of a private copy of mount namespace
+        `ns_name` (as dump's plan does it: the running tree's namespace itself is not touched)."""
+        from engine.dump import _run_in_copy   # (dump imports this module)
+        pids = self.ns_pids[ns_name]
+        fd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return forkrun.run(_run_in_copy, fd, pids, fn, args)
+        finally:
+            os.close(fd)
+
 
 def ns_names(pids: list[int], kinds) -> dict[tuple[str, int | None], str]:
     """{(kind, namespace inode): its image name} of the namespaces of `kinds` of `pids`, named as
