@@ -6,11 +6,18 @@ WCONTINUED, a ptracer or a job-control shell sees that stop. So what a running
 tree already shows is checked here first, with the line dump would give:
 
 - the user namespaces (engine/userns_cr.plan: namespaces of two user namespaces);
-- per mount namespace, each type's `precheck` hook (engine/fs/: an overlay layer
-  whose mount was moved after the overlay was made), from mountinfo and the
-  mounts' unique ids; a nested namespace's root on layers no mount of the tree
-  reaches (`nested_root`, dump's own rule, as nspawn --volatile=overlay makes); mounts of one superblock under two sources that restore
-  cannot give back (`check_sources`, dump's own rule);
+- per mount namespace, each type's `precheck` hook (engine/fs/: an overlay's
+  layers placed as dump's plan places them, a layer whose mount was moved), from
+  mountinfo and the mounts' unique ids; mounts of one superblock under two sources
+  that restore cannot give back (`check_sources`, dump's own rule);
+- dump's mount rules (engine/mountrules.py, asked by dump again): --external
+  names that name no mount, a nested namespace's root on layers no mount reaches
+  (nspawn --volatile=overlay), roots a new instance lacks (a host pty as
+  /dev/console), block devices nobody declared, deleted roots, mounts outside
+  every external mount of their filesystem; then propagation restore cannot
+  rebuild (dump's `_check_sharing`: external slavery), once which superblocks are
+  external is known as dump knows it (`_externals`: not for a block device that
+  may be a loop over a file of the dump, or that shows no device number);
 - per mount namespace owned by another user namespace, its locks, probed as dump
   probes them (engine/userns_cr.locks: a locked mount covered by a locked mount
   that is shared, as nspawn -U leaves them);
@@ -31,7 +38,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import fds as fdkinds, forkrun, fs, kernel, mountinfo, userns_cr
+from engine import fds as fdkinds, forkrun, fs, ghosts, kernel, mountinfo, mountrules, userns_cr
 from engine.fds import FdError
 
 
@@ -52,6 +59,10 @@ class View:
         self.ns_pids: dict[str, list[int]] = {}          # ns name -> the tree's processes in it
         self.sb_of_dev: dict[str, str] = {}              # "MAJ:MIN" -> sb id
         self.mounts_by_id: dict[int, mountinfo.Mount] = {}
+        self.superblocks: dict[str, dict] = {}           # sb id -> {fstype, source, super_opts, dev, external}
+
+    def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
+        """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
 
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
@@ -94,10 +105,10 @@ def _unique_ids(nsfd: int) -> dict[int, int]:
 
 
 def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_mnts,
-          leave_running: bool, ext_files=()) -> dict[str, dict]:
+          leave_running: bool, ext_files=(), ext_devs=()) -> dict[str, dict]:
     """Refuse (PrestopError) what the running tree [(pid, ppid)] already shows dump would refuse;
     `texts`: (a pid, its mountinfo) of each mount namespace; fds on `ext_files` (paths declared
-    --external file[PATH]) are not looked at. Returns the image-like record of each
+    --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN]. Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
     from engine import image, strategy
     strat = strategy.current()
@@ -133,8 +144,9 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         view.mntns_doc[name] = _entries(mounts, view)
     try:
         root_ns = names.get(("mnt", _ns_ino(pids[0])))
+        _roots(view)
         _check_types(view, ext_mnts, root_ns)
-        _check_nested_roots(view, ext_mnts, root_ns)
+        _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns), strat.sharing == "construct")
         owned_ns = _check_locks(view, sorted(owners or ()))
         _check_fds(pids, view, leave_running, set(ext_files))
@@ -160,10 +172,33 @@ def _entries(mounts: list, view: View) -> dict:
         parent = m.parent_id if m.parent_id in ids else None
         if parent is None:
             root = m.mnt_id
-        entries.append({"id": m.mnt_id, "parent": parent, "mountpoint": m.mountpoint, "root": m.root,
+        m_root, deleted = ghosts.split_root(m.root)
+        entries.append({"id": m.mnt_id, "parent": parent, "mountpoint": m.mountpoint, "root": m_root,
                         "fstype": m.fstype, "source": m.source, "sb": sid, "uid": m.unique_id, "shared": m.shared,
-                        "master": m.master, "unbindable": m.unbindable})
+                        "master": m.master, "unbindable": m.unbindable, "external": None})
+        if deleted:
+            entries[-1]["ghost"] = True
+        if sid not in view.superblocks:
+            view.superblocks[sid] = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts),
+                                     "dev": m.dev, "external": False, "archives": []}
     return {"root": root, "mounts": entries}
+
+
+def _roots(view: View) -> None:
+    """Each mount's root as dump records it where its type derives it (`mount_root`: nfs names it in
+    the source), from the source dump makes the superblock with (`sb_source`)."""
+    sources: dict[str, list[str]] = {}
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            sources.setdefault(e["sb"], []).append(e["source"])
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            h = fs.lookup(e["fstype"])
+            if h is None or type(h).mount_root is fs.FsType.mount_root:
+                continue
+            sb = view.superblocks[e["sb"]]
+            sb["source"] = h.sb_source(sources[e["sb"]])
+            e["root"] = h.mount_root(e["root"], e["source"], sb["source"], f"mount {e['id']} ({e['mountpoint']})")
 
 
 def _declared(view: View, ext_mnts, root_ns: str | None) -> set[str]:
@@ -184,6 +219,74 @@ def _check_types(view: View, ext_mnts, root_ns: str | None) -> None:
             m = view.mounts_by_id[e["id"]]
             sb = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts), "dev": m.dev}
             fs.lookup(m.fstype).precheck(sid, sb, view)
+
+
+def _check_mounts(view: View, ext_mnts, ext_devs: set[str], root_ns: str | None) -> None:
+    """Dump's mount rules (engine/mountrules.py) on the running tree: which superblocks are external
+    is worked out as dump does (declared mounts, devices, namespace roots made outside); a superblock
+    whose answer only the stopped tree gives (a block device that may be a loop over a file of the
+    dump, one whose mounts show no device number) is left to dump, and so is propagation then."""
+    mountrules.unknown_externals(ext_mnts, {e["mountpoint"] for e in _ns_mounts(view, root_ns)})
+    unsure = _externals(view, ext_mnts, ext_devs, root_ns)
+    ext_roots: dict[str, list[str]] = {}
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            if e["external"]:
+                ext_roots.setdefault(e["sb"], []).append(e["root"])
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            sb = view.superblocks[e["sb"]]
+            if e["sb"] in unsure:
+                continue
+            if not sb["external"]:
+                mountrules.own_mount(e, sb)
+            elif not e["external"]:
+                mountrules.external_mount(e, ext_roots.get(e["sb"], ()))
+    if not unsure:
+        from engine.dump import DumpError, _check_sharing   # (dump imports this module)
+        try:
+            _check_sharing(view.mntns_doc, view.superblocks, {n: ps[0] for n, ps in view.ns_pids.items() if ps})
+        except DumpError as e:
+            raise fs.FsError(e.errno, e.strerror) from None
+
+
+def _ns_mounts(view: View, name: str | None) -> list[dict]:
+    return (view.mntns_doc.get(name) or {"mounts": []})["mounts"]
+
+
+def _externals(view: View, ext_mnts, ext_devs: set[str], root_ns: str | None) -> set[str]:
+    """Mark the mounts and superblocks dump takes as external, as dump marks them (and refuse a nested
+    namespace's root it would refuse there: engine/mountrules.py `nested_root`); returns the
+    superblocks whose answer waits for the stopped tree."""
+    unsure: set[str] = set()
+    by_mp: dict[str, list[dict]] = {}
+    for e in _ns_mounts(view, root_ns):
+        if e["mountpoint"] in ext_mnts:
+            e["external"] = ext_mnts[e["mountpoint"]]
+            view.superblocks[e["sb"]]["external"] = True
+            by_mp.setdefault(e["mountpoint"], []).append(e)
+    for es in by_mp.values():
+        if len(es) > 1:
+            unsure.update(e["sb"] for e in es)   # (an overmount stack: dump picks which one is meant)
+    # Devices: declared, else one dump may resolve (a loop device over a file it archives) or not.
+    for sid, sb in view.superblocks.items():
+        h = fs.lookup(sb["fstype"])
+        if sb["external"] or h is None or not h.device:
+            continue
+        if os.major(_devno(sb["dev"])) == 0:
+            unsure.add(sid)    # (its block device is told inside the namespace, once stopped)
+        elif sb["dev"] not in ext_devs:
+            sb["device"] = {"dev": sb["dev"], "unresolved": True}
+            if h.plan_device(sid, {**sb, "device": {"dev": sb["dev"]}}, view):
+                unsure.add(sid)   # (its file is looked for while dump archives)
+                del sb["device"]
+    mountrules.mark_roots(view.mntns_doc, view.superblocks, view, root_ns, unsure)
+    return unsure
+
+
+def _devno(dev: str) -> int:
+    major, _, minor = dev.partition(":")
+    return os.makedev(int(major), int(minor))
 
 
 def _maybe_external(view: View, ext_mnts, root_ns: str | None) -> set[str]:
@@ -221,34 +324,6 @@ def check_sources(mntns_doc: dict, skip: set[str], construct: bool) -> None:
                                                f"{e['source']!r} is not {f['source']!r}, the source of mount {f['id']} "
                                                f"({f['mountpoint']}) of the same filesystem (one superblock mounted "
                                                f"again under another name): {why}; not supported")
-
-
-def nested_root(ns_name: str, root_ns: str | None, root: dict, sb: dict, plan) -> None:
-    """Refuse the root of a nested mount namespace (`ns_name`, not the tree's own `root_ns`) on a
-    layered superblock (`sb` of mount entry `root`) whose type says it was made outside (on layers no
-    mount of the dump reaches): a process of the tree made it in that namespace, then pivoted away
-    from what held its layers, as systemd-nspawn's volatile mode does with its in-memory upper layer;
-    no path leads to those files, and --root gives back the tree's own root, not a nested one. Dump
-    asks it twice: here before the tree is stopped, and once it is (the authority)."""
-    h = fs.lookup(sb["fstype"])
-    if ns_name == root_ns or h is None or not h.layers or not h.made_outside(root["sb"], sb, plan):
-        return
-    raise fs.FsError(errno.EOPNOTSUPP, f"mount {root['id']} (/ of mount namespace {ns_name}) on {sb['fstype']}: a "
-                                       "nested namespace's root built from layers no mount of the dumped tree "
-                                       "reaches (made before the namespace pivoted away from them, as "
-                                       "systemd-nspawn's volatile mode does): their files cannot be dumped")
-
-
-def _check_nested_roots(view: View, ext_mnts, root_ns: str | None) -> None:
-    """`nested_root` for each nested namespace's root whose superblock no declared external names."""
-    external = _declared(view, ext_mnts, root_ns)
-    for ns_name, ns in view.mntns_doc.items():
-        root = next((e for e in ns["mounts"] if e["id"] == ns["root"]), None)
-        if root is None or ns_name == root_ns or root["sb"] in external:
-            continue
-        m = view.mounts_by_id[root["id"]]
-        nested_root(ns_name, root_ns, root, {"fstype": m.fstype, "source": m.source,
-                                             "super_opts": list(m.super_opts), "dev": m.dev}, view)
 
 
 def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:
