@@ -646,7 +646,7 @@ def _watchdog(pids: list[int]) -> int:
 
 
 def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,
-              ext_files=(), ext_devs=()) -> None:
+              ext_files=(), declared_devs=()) -> None:
     """Refuse before stopping anything: unsupported filesystems and propagation restore cannot
     build (from mountinfo alone), then what else the running tree already shows (engine/prestop.py:
     types' and fd kinds' prechecks, the locks of namespaces other user namespaces own)."""
@@ -675,7 +675,7 @@ def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leav
     for _, text in texts:
         _refuse_sharing(text)
     try:
-        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files, ext_devs)
+        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files, declared_devs)
     except prestop.PrestopError as e:
         raise DumpError(e.errno, e.strerror) from None
     _check_construct(texts, ext_mnts, owned)
