@@ -1238,9 +1238,7 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
         if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
             entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
         procs_doc.append(entry)
-    unknown = set(ext_files) - used_files
-    if unknown:
-        raise DumpError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} open")
+    _hook(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
     return procs_doc
 
 
@@ -1369,18 +1367,10 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     it there again while it reopens the fds, `links`); a deleted name of a file that still has
     another name archives nothing of its own (`linked`: restore links that name there again)."""
     where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
-    if m is None:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
-                                          "namespaces: not supported yet")
-    sid = mntns_sb(mntns_doc, m.mnt_id)
-    sb = superblocks[sid]
-    handler = fs.lookup(sb["fstype"])
-    if sb["external"] or handler is None or not handler.content:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
-                                          f"{fs.content_names()} made in the dumped tree can hold it again)")
-    st = os.stat(f"/proc/{pid}/{link}")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
+    sid = None if m is None else mntns_sb(mntns_doc, m.mnt_id)
+    sb = None if m is None else superblocks[sid]
+    st = None if m is None else os.stat(f"/proc/{pid}/{link}")
+    _hook(mountrules.deleted_file, where, sb, st and st.st_mode)   # (also asked before the stop)
     key = f"{st.st_dev}:{st.st_ino}"
     linked = (linked_names or {}).get(key) if st.st_nlink else None
     if st.st_nlink and not linked:

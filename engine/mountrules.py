@@ -1,4 +1,4 @@
-"""Dump's rules for mounts restore cannot make again, asked twice: of the running tree, before it
+"""Dump's rules for mounts (and files on them) restore cannot make again, asked twice: of the running tree, before it
 is stopped (engine/prestop.py: a refusal leaves it untouched), and of the stopped tree while dump
 plans the image (engine/dump.py: the authority, for what changed in between).
 
@@ -13,6 +13,7 @@ can (engine/prestop.py `_externals`).
 from __future__ import annotations
 
 import errno
+import stat
 
 from engine import fs
 from engine.image import is_beneath
@@ -122,3 +123,28 @@ def external_mount(e: dict, ext_roots) -> None:
                                            "outside every external mount of the same filesystem; declare it too "
                                            f"with --external mnt[{e['mountpoint']}]:KEY (restore: --external "
                                            "mnt[KEY]:HOSTPATH)")
+
+
+def deleted_file(where: str, sb: dict | None, mode: int) -> None:
+    """Refuse a file a process holds open under a deleted name (`where` names it) that restore cannot
+    make again: one on a mount in no dumped namespace (`sb` None: detached, or outside the dump), on a
+    superblock whose files are not dumped (external, or not a content type), or neither a regular
+    file, a FIFO nor a directory (`mode`)."""
+    if sb is None:
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
+                                           "namespaces: not supported yet")
+    handler = fs.lookup(sb["fstype"])
+    if sb["external"] or handler is None or not handler.content:
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
+                                           f"{fs.content_names()} made in the dumped tree can hold it again)")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISFIFO(mode)):
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
+
+
+def unknown_external_files(ext_files, used) -> None:
+    """Refuse --external file[PATH] declarations (`ext_files`) no process of the tree holds open
+    (`used`: the paths some fd shows)."""
+    unknown = set(ext_files) - set(used)
+    if unknown:
+        raise fs.FsError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} "
+                                       "open")

@@ -60,6 +60,7 @@ class View:
         self.sb_of_dev: dict[str, str] = {}              # "MAJ:MIN" -> sb id
         self.mounts_by_id: dict[int, mountinfo.Mount] = {}
         self.superblocks: dict[str, dict] = {}           # sb id -> {fstype, source, super_opts, dev, external}
+        self.unsure: set[str] = set()                    # sb ids whose externality waits for the stopped tree
 
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
@@ -227,7 +228,7 @@ def _check_mounts(view: View, ext_mnts, ext_devs: set[str], root_ns: str | None)
     whose answer only the stopped tree gives (a block device that may be a loop over a file of the
     dump, one whose mounts show no device number) is left to dump, and so is propagation then."""
     mountrules.unknown_externals(ext_mnts, {e["mountpoint"] for e in _ns_mounts(view, root_ns)})
-    unsure = _externals(view, ext_mnts, ext_devs, root_ns)
+    unsure = view.unsure = _externals(view, ext_mnts, ext_devs, root_ns)
     ext_roots: dict[str, list[str]] = {}
     for ns in view.mntns_doc.values():
         for e in ns["mounts"]:
@@ -340,19 +341,23 @@ def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:
 
 
 def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[str]) -> None:
-    """Each fd's kind's precheck (a process or fd gone meanwhile is passed over), then each kind's
-    prefinish."""
+    """Each fd's kind's precheck (a process or fd gone meanwhile is passed over), dump's rule for a
+    file open under a deleted name (engine/mountrules.py `deleted_file`), then each kind's prefinish,
+    and last the --external file[PATH] declarations no fd shows (once every fd was seen)."""
     from engine.fds import DumpFd
     fdkinds.load()
     scratch: dict = {"leave_running": leave_running}
     by_pid = {pid: name for name, ps in view.ns_pids.items() for pid in ps}
     used: set[str] = set()
+    held: set[str] = set()     # paths of ext_files some fd shows
+    complete = True            # every fd was seen
     for pid in pids:
         name = by_pid.get(pid)
         try:
             names = os.listdir(f"/proc/{pid}/fd")
             pidfd = kernel.pidfd_open(pid)
         except OSError:
+            complete = False
             continue   # (gone meanwhile: dump tells, once the tree is stopped)
         try:
             for n in names:
@@ -361,14 +366,17 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     target = os.readlink(link)
                     mode = os.stat(link).st_mode
                 except OSError:
+                    complete = False
                     continue
                 if target in ext_files:
+                    held.add(target)
                     continue
                 kind = fdkinds.classify(target, mode)
                 if kind is None:
                     raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
                                                     f"{fdkinds.describe(target)} fds are not supported")
                 if kind.precheck is None:
+                    _check_deleted(kind.name, pid, n, target, mode, view)
                     continue
                 used.add(kind.name)
                 d = DumpFd(pid=pid, fd=int(n), target=target, mode=mode, flags=0, pos=0, pidfd=pidfd,
@@ -381,7 +389,29 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     continue   # (closed or changed meanwhile, or unreadable now: dump tells later)
                 finally:
                     d.close()
+                _check_deleted(kind.name, pid, n, target, mode, view)
         finally:
             os.close(pidfd)
     for kind_name in sorted(used):
         fdkinds.lookup(kind_name).prefinish(scratch)
+    if complete:
+        mountrules.unknown_external_files(ext_files, held)
+
+
+def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: View) -> None:
+    """Dump's rule for fd `n` of `pid` when it is a file or FIFO open under a deleted name, on the mount
+    its fdinfo names (not the deleted root of that mount itself, which the mount carries)."""
+    if kind not in ("file", "fifo") or not target.endswith(ghosts.DELETED_FD):
+        return
+    try:
+        with open(f"/proc/{pid}/fdinfo/{n}") as f:
+            mnt = int(next(line.split()[1] for line in f if line.startswith("mnt_id:")))
+    except (OSError, StopIteration, ValueError):
+        return   # (closed meanwhile: dump tells, once the tree is stopped)
+    m = view.mounts_by_id.get(mnt)
+    if m is not None and target[:-len(ghosts.DELETED_FD)] == m.mountpoint and ghosts.split_root(m.root)[1]:
+        return
+    sid = None if m is None else view.sb_of_dev[m.dev]
+    if sid in view.unsure:
+        return
+    mountrules.deleted_file(f"process {pid} fd {n} ({target})", None if sid is None else view.superblocks[sid], mode)

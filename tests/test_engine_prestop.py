@@ -149,3 +149,20 @@ def test_deleted_root_on_a_type_without_archives_refused_unstopped(case):
                      "mount --bind /mnt/q/x /mnt/f; rm /mnt/q/x\nhold\n")
     _refused_unstopped(case, pid, r"mount \d+ \(/mnt/f\) on mqueue: its root /x was deleted; only a .* can hold "
                                   r"it again")
+
+
+def test_deleted_file_on_a_type_without_archives_refused_unstopped(case):
+    """A file of an mqueue filesystem held open after it was removed: only a filesystem whose files
+    are dumped can hold a deleted file again. Refused naming the fd, before the stop; a deleted file
+    on a tmpfs of the tree beside it is no refusal."""
+    pid = case.start(STOP_WATCH + "mkdir /mnt/q /mnt/t; mount -t mqueue q /mnt/q; mount -t tmpfs t /mnt/t\n"
+                     "touch /mnt/q/x /mnt/t/y; exec 7</mnt/q/x 8</mnt/t/y; rm /mnt/q/x /mnt/t/y\nhold\n")
+    _refused_unstopped(case, pid, r"process \d+ fd 7 \(/mnt/q/x \(deleted\)\): a deleted file on mqueue \(only a "
+                                  r".* made in the dumped tree can hold it again\)")
+
+
+def test_external_file_no_process_holds_refused_unstopped(case):
+    """--external file[PATH] that no fd of the tree shows: refused naming the path, before the stop."""
+    pid = case.start(STOP_WATCH + "exec 7</etc/hostname\nhold\n")
+    _refused_unstopped(case, pid, r"--external file\[\]: no process of the tree has /nowhere open",
+                       ("--external", "file[/nowhere]:k"))
