@@ -61,6 +61,8 @@ class View:
         self.mounts_by_id: dict[int, mountinfo.Mount] = {}
         self.superblocks: dict[str, dict] = {}           # sb id -> {fstype, source, super_opts, dev, external}
         self.unsure: set[str] = set()                    # sb ids whose externality waits for the stopped tree
+        self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
+        self.pidns_name: dict[int, str] = {}
 
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
@@ -68,13 +70,23 @@ class View:
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
         `ns_name` (as dump's plan does it: the running tree's namespace itself is not touched)."""
-        from engine.dump import _run_in_copy   # (dump imports this module)
         pids = self.ns_pids[ns_name]
         fd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return forkrun.run(_run_in_copy, fd, pids, fn, args)
+            return forkrun.run(_dump_step("run_in_copy"), fd, pids, fn, args)
         finally:
             os.close(fd)
+
+
+def _dump_step(name: str):
+    """Dump's helper `name` that works on a namespace copy (engine/nscopy.py where dump's steps are
+    modules of their own, else engine/dump.py's `_name`; imported late: dump imports this module)."""
+    try:
+        from engine import nscopy
+        return getattr(nscopy, name)
+    except (ImportError, AttributeError):
+        from engine import dump
+        return getattr(dump, "_" + name)
 
 
 def ns_names(pids: list[int], kinds) -> dict[tuple[str, int | None], str]:
@@ -150,6 +162,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns), strat.sharing == "construct")
         owned_ns = _check_locks(view, sorted(owners or ()))
+        _check_probes(view, pids, names)
         _check_fds(pids, view, leave_running, set(ext_files))
     except (fs.FsError, userns_cr.UsernsError, FdError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
@@ -338,6 +351,62 @@ def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:
         userns_cr.locks(view.ns_pids[name][0], ns["mounts"], name)
         out[name] = {**ns, "owner": True}
     return out
+
+
+def _check_probes(view: View, pids: list[int], names: dict) -> None:
+    """Each `probe` of a type that looks at one mount of its superblock (proc: which pid namespace
+    it shows; an empty-only type: that it is empty), on the mount dump probes (the superblock's
+    first), reached at its mount point when that leads to it, else through a detached clone made
+    in a copy of its namespace (unshare --mount-proc leaves the host's /proc beneath the new one)."""
+    from engine.dump import _pid_identity   # (dump imports this module)
+    for pid in pids:
+        try:
+            ident = _pid_identity(f"/proc/{pid}")
+            ino = _ns_ino(pid, "pid")
+        except (OSError, StopIteration):
+            continue   # (gone meanwhile: dump tells, once the tree is stopped)
+        if ident is not None and ino is not None:
+            view.members.setdefault(ino, []).append(ident)
+    view.pidns_name = {ino: name for (k, ino), name in names.items() if k == "pid"}
+    first: dict[str, tuple[str, dict]] = {}
+    for ns_name, ns in view.mntns_doc.items():
+        for e in ns["mounts"]:
+            first.setdefault(e["sb"], (ns_name, e))
+    for sid, (ns_name, e) in first.items():
+        sb = view.superblocks[sid]
+        h = fs.lookup(sb["fstype"])
+        if sb["external"] or sid in view.unsure or h is None or h.content or not h.wants_probe():
+            continue
+        fd = _open_mount(view, ns_name, e)
+        if fd is None:
+            continue   # (dump probes it once the tree is stopped)
+        try:
+            h.probe(sid, e["id"], fd, view)
+        finally:
+            os.close(fd)
+
+
+def _open_mount(view: View, ns_name: str, e: dict) -> int | None:
+    """An fd on the root of mount `e` of namespace `ns_name`: its mount point when that leads to it,
+    else a detached clone made in a copy of the namespace; None when neither can be had."""
+    pids = view.ns_pids.get(ns_name) or ()
+    if not pids:
+        return None
+    try:
+        fd = os.open(f"/proc/{pids[0]}/root{e['mountpoint']}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            if kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH) == e["id"]:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    try:
+        return _dump_step("clone_one")(pids, view.ns_mounts[ns_name], e["id"])
+    except (OSError, forkrun.ChildError):
+        return None
 
 
 def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[str]) -> None:

@@ -115,17 +115,18 @@ hold
 
 def test_proc_of_outside_pidns_is_refused_and_tree_resumed(case):
     """A container (its own pid namespace) holding a bind of the test's /proc: that proc belongs to
-    no namespace of the tree; dump refuses naming the mount and the tree keeps running."""
+    no namespace of the tree; dump refuses naming the mount before it stops the tree."""
     import os
     import re
     from enginecase import DUMP_EXTERNALS, mntcr
-    pid = case.start("hold\n", binds=(("/proc", "/mnt"),))
+    pid = case.start(enginecase.STOP_WATCH + "hold\n", binds=(("/proc", "/mnt"),))
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *DUMP_EXTERNALS)
     assert r.returncode != 0
     assert re.search(r"mount \d+ \(/mnt\) on proc: it belongs to a pid namespace outside the dumped tree",
                      r.stderr), r.stderr
     assert not os.path.exists(images)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")
     # What the message says to do works: the proc declared external is bound again from the host.
@@ -141,13 +142,14 @@ def test_covered_proc_of_outside_pidns_says_what_works(case):
     import os
     import re
     from enginecase import DUMP_EXTERNALS, mntcr
-    pid = case.start("mount -t proc proc /mnt\nhold\n", binds=(("/proc", "/mnt"),))
+    pid = case.start(enginecase.STOP_WATCH + "mount -t proc proc /mnt\nhold\n", binds=(("/proc", "/mnt"),))
     r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS)
     assert r.returncode != 0
     line = r.stderr.strip()
     assert "\n" not in line, line
     assert re.search(r"mount \d+ \(/mnt\) on proc: it belongs to a pid namespace outside the dumped tree.*"
                      r"lies beneath another mount at /mnt.*'umount -l /mnt; mount -t proc proc /mnt'", line), line
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")
 
