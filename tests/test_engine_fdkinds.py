@@ -1105,3 +1105,16 @@ os.dup2(f, 10); os.close(f)
         assert struct.unpack("i", fcntl.ioctl(g, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
     finally:
         os.close(g)
+
+
+def test_memfd_too_big_refused_unstopped(case):
+    """A memfd bigger than the image keeps inline (sparse: ftruncate allocates nothing) is refused
+    naming the fd and its size, before the tree is stopped."""
+    pid = case.start(STOP_WATCH + py_hold("""
+m = os.memfd_create("big"); os.ftruncate(m, (64 << 20) + 1); os.dup2(m, 10); os.close(m)
+"""))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(/memfd:big \(deleted\)\): memfd of 67108865 bytes: more than 64 MiB is "
+                     "not dumped", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
