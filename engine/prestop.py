@@ -422,6 +422,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     complete = True            # every fd was seen
     for pid in pids:
         name = by_pid.get(pid)
+        _check_deleted_dirs(pid, view)
         try:
             names = os.listdir(f"/proc/{pid}/fd")
             pidfd = kernel.pidfd_open(pid)
@@ -477,10 +478,33 @@ def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: Vi
             mnt = int(next(line.split()[1] for line in f if line.startswith("mnt_id:")))
     except (OSError, StopIteration, ValueError):
         return   # (closed meanwhile: dump tells, once the tree is stopped)
+    _deleted_on(f"process {pid} fd {n} ({target})", target, mnt, mode, view)
+
+
+def _check_deleted_dirs(pid: int, view: View) -> None:
+    """Dump's rule for the cwd and root of `pid` when they were removed (a directory removed while it
+    was the cwd), read through /proc/PID/cwd and /proc/PID/root."""
+    for key in ("root", "cwd"):
+        link = f"/proc/{pid}/{key}"
+        try:
+            target = os.readlink(link)
+            if not target.endswith(ghosts.DELETED_FD):
+                continue
+            mnt = kernel.statx_mnt_id(link)
+            mode = os.stat(link).st_mode
+        except OSError:
+            continue   # (gone meanwhile: dump tells, once the tree is stopped)
+        _deleted_on(f"process {pid} {key} ({target})", target, mnt, mode, view)
+
+
+def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View) -> None:
+    """engine/mountrules.py `deleted_file` for `target` (a path ending in " (deleted)") on mount `mnt`,
+    unless it is the deleted root of that mount itself (which the mount carries) or the mount's
+    superblock waits for the stopped tree."""
     m = view.mounts_by_id.get(mnt)
     if m is not None and target[:-len(ghosts.DELETED_FD)] == m.mountpoint and ghosts.split_root(m.root)[1]:
         return
     sid = None if m is None else view.sb_of_dev[m.dev]
     if sid in view.unsure:
         return
-    mountrules.deleted_file(f"process {pid} fd {n} ({target})", None if sid is None else view.superblocks[sid], mode)
+    mountrules.deleted_file(where, None if sid is None else view.superblocks[sid], mode)

@@ -166,3 +166,16 @@ def test_external_file_no_process_holds_refused_unstopped(case):
     pid = case.start(STOP_WATCH + "exec 7</etc/hostname\nhold\n")
     _refused_unstopped(case, pid, r"--external file\[\]: no process of the tree has /nowhere open",
                        ("--external", "file[/nowhere]:k"))
+
+
+def test_removed_cwd_on_a_type_without_archives_refused_unstopped(case):
+    """The cwd of a process, a directory of a hugetlbfs removed while it was the cwd: only a
+    filesystem whose files are dumped can hold it again. Refused naming the process's cwd, before
+    the stop."""
+    with open("/proc/filesystems") as f:
+        if "hugetlbfs" not in f.read():
+            pytest.skip("hugetlbfs is not in /proc/filesystems (kernel without CONFIG_HUGETLBFS)")
+    pid = case.start(STOP_WATCH + "mkdir /mnt/h; mount -t hugetlbfs h /mnt/h; mkdir /mnt/h/d; cd /mnt/h/d\n"
+                     "rmdir /mnt/h/d\nhold\n")
+    _refused_unstopped(case, pid, r"process \d+ cwd \(/mnt/h/d \(deleted\)\): a deleted file on hugetlbfs \(only a "
+                                  r".* made in the dumped tree can hold it again\)")
