@@ -27,7 +27,7 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
-from engine import imageformat, prestop, userns_cr
+from engine import imageformat, mountrules, prestop, userns_cr
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
@@ -600,7 +600,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     everyone = [p for p, _ in tree]
     tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
     pids = [p for p, _ in tree]
-    _precheck(tree, ext_mnts, leave_running, ext_files)
+    _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs)
     _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
@@ -663,7 +663,7 @@ def _watchdog(pids: list[int]) -> int:
 
 
 def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,
-              ext_files=()) -> None:
+              ext_files=(), declared_devs=()) -> None:
     """Refuse before stopping anything: unsupported filesystems and propagation restore cannot
     build (from mountinfo alone), then what else the running tree already shows (engine/prestop.py:
     types' and fd kinds' prechecks, the locks of namespaces other user namespaces own)."""
@@ -692,7 +692,7 @@ def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leav
     for _, text in texts:
         _refuse_sharing(text)
     try:
-        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files)
+        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files, declared_devs)
     except prestop.PrestopError as e:
         raise DumpError(e.errno, e.strerror) from None
     _check_construct(texts, ext_mnts, owned)
@@ -934,9 +934,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 userns_cr.locks(by_mntns[ino][0], entries, names[("mnt", ino)])
             except OSError as e:
                 raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
-    unknown = set(ext_mnts) - used_ext
-    if unknown:
-        raise DumpError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
+    _hook(mountrules.unknown_externals, ext_mnts, used_ext)
     # An overmount stack has several mounts at one mount point: the external is the visible (top) one,
     # unless the stack holds a type we cannot dump or the host's one superblock of a type (a runtime's
     # /dev stacked on the host's): then that.
@@ -973,59 +971,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     # The namespace root on a filesystem we cannot recreate came from outside (criu's --root): also
     # when a volume of the same filesystem was declared external (the root is no bind of that
     # volume), and a root its type says was built outside (on layers no mount of the namespace holds).
-    for ns_name, ns in mntns_doc.items():
-        root = next(e for e in ns["mounts"] if e["id"] == ns["root"])
-        if root["external"]:
-            continue
-        sb = superblocks[root["sb"]]
-        handler = fs.lookup(sb["fstype"])
-        if sb["external"]:
-            if not any(e["external"] and e["sb"] == root["sb"] and is_beneath(root["root"], e["root"])
-                       for n in mntns_doc.values() for e in n["mounts"]):
-                root["external"] = "root"
-        elif (handler is None or (sb.get("device") or {}).get("unresolved")
-              or not (handler.content or handler.ns is None)
-              or _hook(handler.made_outside, root["sb"], sb, plan)):
-            if ns_name != names[("mnt", root_ns)] and handler is not None and handler.layers:
-                # Built from layers no mount of the dump reaches, by a process of the tree (a runtime
-                # made it in the nested namespace, then pivoted away from what held its layers, as
-                # systemd-nspawn's volatile mode does with its in-memory upper layer): no path leads
-                # to those files, and --root gives back the tree's own root, not a nested one.
-                raise DumpError(errno.EOPNOTSUPP, f"mount {root['id']} (/ of mount namespace {ns_name}) on "
-                                                  f"{sb['fstype']}: a nested namespace's root built from layers "
-                                                  "no mount of the dumped tree reaches (made before the "
-                                                  "namespace pivoted away from them, as systemd-nspawn's "
-                                                  "volatile mode does): their files cannot be dumped")
-            root["external"] = "root"
-            sb["external"] = True
+    _hook(mountrules.mark_roots, mntns_doc, superblocks, plan, names[("mnt", root_ns)])
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
-            sb = superblocks[e["sb"]]
-            if sb["external"]:
-                continue
-            handler = fs.lookup(e["fstype"])
-            if handler is None:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not "
-                                                  f"supported; declare it with --external mnt[{e['mountpoint']}]:KEY")
-            if handler.fresh_roots is not None and e["root"] not in handler.fresh_roots:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
-                                                  f"{e['root']} exists only in the instance it was bound from (LXC's "
-                                                  "/dev/console is a host pty); declare it with --external "
-                                                  f"mnt[{e['mountpoint']}]:KEY (restore binds the host path given "
-                                                  "for KEY, e.g. a new console)")
-            dev = sb.get("device") or {}
-            if dev.get("unresolved"):
-                what = f"block device {dev['dev']}" if dev.get("dev") else "its block device"
-                devflag = f"--external dev[{dev.get('dev') or 'MAJ:MIN'}]:KEY"
-                if e["root"] == "/":
-                    how = (f"declare it with {devflag} (the device is mounted again at restore), or the mount "
-                           f"with --external mnt[{e['mountpoint']}]:KEY (a host path is bound back)")
-                else:
-                    # A volume: a directory of the host's filesystem, never the whole device again.
-                    how = (f"declare the mount with --external mnt[{e['mountpoint']}]:KEY (restore binds the host "
-                           f"path given for KEY; {devflag} would mount the whole filesystem again)")
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: {what} "
-                                                  f"is not external; {how}")
+            if not superblocks[e["sb"]]["external"]:
+                _hook(mountrules.own_mount, e, superblocks[e["sb"]])   # (also asked before the stop)
     # Mounts of an external superblock must be binds of some external mount of it.
     ext_roots: dict[str, list[str]] = {}
     for ns in mntns_doc.values():
@@ -1034,19 +984,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 ext_roots.setdefault(e["sb"], []).append(e["root"])
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
-            if superblocks[e["sb"]]["external"] and not e["external"] and e.get("ghost"):
-                # (systemd-nspawn binds a host file as the container's boot_id and deletes it: on a host
-                # whose /run is a filesystem outside the dump, no archive can hold it)
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
-                                                  f"{e['root']} was deleted on a filesystem from outside the dump; "
-                                                  f"declare it with --external mnt[{e['mountpoint']}]:KEY and give "
-                                                  "restore the file to bind there (--external mnt[KEY]:HOSTPATH)")
             if superblocks[e["sb"]]["external"] and not e["external"]:
-                if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
-                    raise DumpError(errno.EOPNOTSUPP,
-                                    f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its files lie outside "
-                                    "every external mount of the same filesystem; declare it too with --external "
-                                    f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
+                _hook(mountrules.external_mount, e, ext_roots.get(e["sb"], ()))   # (also asked before the stop)
 
     try:
         prestop.check_sources(mntns_doc, {sid for sid, sb in superblocks.items() if sb["external"]},
@@ -1321,9 +1260,7 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
         if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
             entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
         procs_doc.append(entry)
-    unknown = set(ext_files) - used_files
-    if unknown:
-        raise DumpError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} open")
+    _hook(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
     return procs_doc
 
 
@@ -1493,17 +1430,10 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     it there again while it reopens the fds, `links`); a deleted name of a file that still has
     another name archives nothing of its own (`linked`: restore links that name there again)."""
     where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
-    if m is None:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
-                                          "namespaces: not supported yet")
-    sid = mntns_sb(mntns_doc, m.mnt_id)
-    sb = superblocks[sid]
-    if sb["external"] or not fs.holds_ghosts(sb["fstype"]):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
-                                          f"{fs.content_names()} or overlay made in the dumped tree can hold it again)")
-    st = os.stat(f"/proc/{pid}/{link}")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
+    sid = None if m is None else mntns_sb(mntns_doc, m.mnt_id)
+    sb = None if m is None else superblocks[sid]
+    st = None if m is None else os.stat(f"/proc/{pid}/{link}")
+    _hook(mountrules.deleted_file, where, sb, st and st.st_mode)   # (also asked before the stop)
     key = f"{st.st_dev}:{st.st_ino}"
     # A type that makes ghosts through its mounts shows another inode's link count (overlay: the
     # layer's, which still has its name beneath the whiteout): the "(deleted)" name is what counts.

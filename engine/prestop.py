@@ -6,10 +6,18 @@ WCONTINUED, a ptracer or a job-control shell sees that stop. So what a running
 tree already shows is checked here first, with the line dump would give:
 
 - the user namespaces (engine/userns_cr.plan: namespaces of two user namespaces);
-- per mount namespace, each type's `precheck` hook (engine/fs/: an overlay layer
-  whose mount was moved after the overlay was made), from mountinfo and the
-  mounts' unique ids; mounts of one superblock under two sources that restore
-  cannot give back (`check_sources`, dump's own rule);
+- per mount namespace, each type's `precheck` hook (engine/fs/: an overlay's
+  layers placed as dump's plan places them, a layer whose mount was moved), from
+  mountinfo and the mounts' unique ids; mounts of one superblock under two sources
+  that restore cannot give back (`check_sources`, dump's own rule);
+- dump's mount rules (engine/mountrules.py, asked by dump again): --external
+  names that name no mount, a nested namespace's root on layers no mount reaches
+  (nspawn --volatile=overlay), roots a new instance lacks (a host pty as
+  /dev/console), block devices nobody declared, deleted roots, mounts outside
+  every external mount of their filesystem; then propagation restore cannot
+  rebuild (dump's `_check_sharing`: external slavery), once which superblocks are
+  external is known as dump knows it (`_externals`: not for a block device that
+  may be a loop over a file of the dump, or that shows no device number);
 - per mount namespace owned by another user namespace, its locks, probed as dump
   probes them (engine/userns_cr.locks: a locked mount covered by a locked mount
   that is shared, as nspawn -U leaves them);
@@ -30,7 +38,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import fds as fdkinds, forkrun, fs, kernel, mountinfo, userns_cr
+from engine import fds as fdkinds, forkrun, fs, ghosts, kernel, mountinfo, mountrules, userns_cr
 from engine.fds import FdError
 
 
@@ -51,6 +59,34 @@ class View:
         self.ns_pids: dict[str, list[int]] = {}          # ns name -> the tree's processes in it
         self.sb_of_dev: dict[str, str] = {}              # "MAJ:MIN" -> sb id
         self.mounts_by_id: dict[int, mountinfo.Mount] = {}
+        self.superblocks: dict[str, dict] = {}           # sb id -> {fstype, source, super_opts, dev, external}
+        self.unsure: set[str] = set()                    # sb ids whose externality waits for the stopped tree
+        self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
+        self.pidns_name: dict[int, str] = {}
+
+    def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
+        """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
+
+    def in_ns_copy(self, ns_name: str, fn, *args):
+        """fn(*args) in a forked child standing at the root of a private copy of mount namespace
+        `ns_name` (as dump's plan does it: the running tree's namespace itself is not touched)."""
+        pids = self.ns_pids[ns_name]
+        fd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return forkrun.run(_dump_step("run_in_copy"), fd, pids, fn, args)
+        finally:
+            os.close(fd)
+
+
+def _dump_step(name: str):
+    """Dump's helper `name` that works on a namespace copy (engine/nscopy.py where dump's steps are
+    modules of their own, else engine/dump.py's `_name`; imported late: dump imports this module)."""
+    try:
+        from engine import nscopy
+        return getattr(nscopy, name)
+    except (ImportError, AttributeError):
+        from engine import dump
+        return getattr(dump, "_" + name)
 
 
 def ns_names(pids: list[int], kinds) -> dict[tuple[str, int | None], str]:
@@ -82,10 +118,10 @@ def _unique_ids(nsfd: int) -> dict[int, int]:
 
 
 def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_mnts,
-          leave_running: bool, ext_files=()) -> dict[str, dict]:
+          leave_running: bool, ext_files=(), ext_devs=()) -> dict[str, dict]:
     """Refuse (PrestopError) what the running tree [(pid, ppid)] already shows dump would refuse;
     `texts`: (a pid, its mountinfo) of each mount namespace; fds on `ext_files` (paths declared
-    --external file[PATH]) are not looked at. Returns the image-like record of each
+    --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN]. Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
     from engine import image, strategy
     strat = strategy.current()
@@ -121,9 +157,12 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         view.mntns_doc[name] = _entries(mounts, view)
     try:
         root_ns = names.get(("mnt", _ns_ino(pids[0])))
+        _roots(view)
         _check_types(view, ext_mnts, root_ns)
+        _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns), strat.sharing == "construct")
         owned_ns = _check_locks(view, sorted(owners or ()))
+        _check_probes(view, pids, names)
         _check_fds(pids, view, leave_running, set(ext_files))
     except (fs.FsError, userns_cr.UsernsError, FdError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
@@ -147,16 +186,43 @@ def _entries(mounts: list, view: View) -> dict:
         parent = m.parent_id if m.parent_id in ids else None
         if parent is None:
             root = m.mnt_id
-        entries.append({"id": m.mnt_id, "parent": parent, "mountpoint": m.mountpoint, "root": m.root,
+        m_root, deleted = ghosts.split_root(m.root)
+        entries.append({"id": m.mnt_id, "parent": parent, "mountpoint": m.mountpoint, "root": m_root,
                         "fstype": m.fstype, "source": m.source, "sb": sid, "uid": m.unique_id, "shared": m.shared,
-                        "master": m.master, "unbindable": m.unbindable})
+                        "master": m.master, "unbindable": m.unbindable, "external": None})
+        if deleted:
+            entries[-1]["ghost"] = True
+        if sid not in view.superblocks:
+            view.superblocks[sid] = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts),
+                                     "dev": m.dev, "external": False, "archives": []}
     return {"root": root, "mounts": entries}
+
+
+def _roots(view: View) -> None:
+    """Each mount's root as dump records it where its type derives it (`mount_root`: nfs names it in
+    the source), from the source dump makes the superblock with (`sb_source`)."""
+    sources: dict[str, list[str]] = {}
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            sources.setdefault(e["sb"], []).append(e["source"])
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            h = fs.lookup(e["fstype"])
+            if h is None or type(h).mount_root is fs.FsType.mount_root:
+                continue
+            sb = view.superblocks[e["sb"]]
+            sb["source"] = h.sb_source(sources[e["sb"]])
+            e["root"] = h.mount_root(e["root"], e["source"], sb["source"], f"mount {e['id']} ({e['mountpoint']})")
+
+
+def _declared(view: View, ext_mnts, root_ns: str | None) -> set[str]:
+    """Superblocks a declared external mount (of the tree's own namespace) names."""
+    return {e["sb"] for e in (view.mntns_doc.get(root_ns) or {"mounts": ()})["mounts"] if e["mountpoint"] in ext_mnts}
 
 
 def _check_types(view: View, ext_mnts, root_ns: str | None) -> None:
     """Each type's precheck, once per superblock no declared external mount names."""
-    external = {e["sb"] for e in (view.mntns_doc.get(root_ns) or {"mounts": ()})["mounts"]
-                if e["mountpoint"] in ext_mnts}
+    external = _declared(view, ext_mnts, root_ns)
     done: set[str] = set()
     for ns in view.mntns_doc.values():
         for e in ns["mounts"]:
@@ -167,6 +233,74 @@ def _check_types(view: View, ext_mnts, root_ns: str | None) -> None:
             m = view.mounts_by_id[e["id"]]
             sb = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts), "dev": m.dev}
             fs.lookup(m.fstype).precheck(sid, sb, view)
+
+
+def _check_mounts(view: View, ext_mnts, ext_devs: set[str], root_ns: str | None) -> None:
+    """Dump's mount rules (engine/mountrules.py) on the running tree: which superblocks are external
+    is worked out as dump does (declared mounts, devices, namespace roots made outside); a superblock
+    whose answer only the stopped tree gives (a block device that may be a loop over a file of the
+    dump, one whose mounts show no device number) is left to dump, and so is propagation then."""
+    mountrules.unknown_externals(ext_mnts, {e["mountpoint"] for e in _ns_mounts(view, root_ns)})
+    unsure = view.unsure = _externals(view, ext_mnts, ext_devs, root_ns)
+    ext_roots: dict[str, list[str]] = {}
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            if e["external"]:
+                ext_roots.setdefault(e["sb"], []).append(e["root"])
+    for ns in view.mntns_doc.values():
+        for e in ns["mounts"]:
+            sb = view.superblocks[e["sb"]]
+            if e["sb"] in unsure:
+                continue
+            if not sb["external"]:
+                mountrules.own_mount(e, sb)
+            elif not e["external"]:
+                mountrules.external_mount(e, ext_roots.get(e["sb"], ()))
+    if not unsure:
+        from engine.dump import DumpError, _check_sharing   # (dump imports this module)
+        try:
+            _check_sharing(view.mntns_doc, view.superblocks, {n: ps[0] for n, ps in view.ns_pids.items() if ps})
+        except DumpError as e:
+            raise fs.FsError(e.errno, e.strerror) from None
+
+
+def _ns_mounts(view: View, name: str | None) -> list[dict]:
+    return (view.mntns_doc.get(name) or {"mounts": []})["mounts"]
+
+
+def _externals(view: View, ext_mnts, ext_devs: set[str], root_ns: str | None) -> set[str]:
+    """Mark the mounts and superblocks dump takes as external, as dump marks them (and refuse a nested
+    namespace's root it would refuse there: engine/mountrules.py `nested_root`); returns the
+    superblocks whose answer waits for the stopped tree."""
+    unsure: set[str] = set()
+    by_mp: dict[str, list[dict]] = {}
+    for e in _ns_mounts(view, root_ns):
+        if e["mountpoint"] in ext_mnts:
+            e["external"] = ext_mnts[e["mountpoint"]]
+            view.superblocks[e["sb"]]["external"] = True
+            by_mp.setdefault(e["mountpoint"], []).append(e)
+    for es in by_mp.values():
+        if len(es) > 1:
+            unsure.update(e["sb"] for e in es)   # (an overmount stack: dump picks which one is meant)
+    # Devices: declared, else one dump may resolve (a loop device over a file it archives) or not.
+    for sid, sb in view.superblocks.items():
+        h = fs.lookup(sb["fstype"])
+        if sb["external"] or h is None or not h.device:
+            continue
+        if os.major(_devno(sb["dev"])) == 0:
+            unsure.add(sid)    # (its block device is told inside the namespace, once stopped)
+        elif sb["dev"] not in ext_devs:
+            sb["device"] = {"dev": sb["dev"], "unresolved": True}
+            if h.plan_device(sid, {**sb, "device": {"dev": sb["dev"]}}, view):
+                unsure.add(sid)   # (its file is looked for while dump archives)
+                del sb["device"]
+    mountrules.mark_roots(view.mntns_doc, view.superblocks, view, root_ns, unsure)
+    return unsure
+
+
+def _devno(dev: str) -> int:
+    major, _, minor = dev.partition(":")
+    return os.makedev(int(major), int(minor))
 
 
 def _maybe_external(view: View, ext_mnts, root_ns: str | None) -> set[str]:
@@ -219,20 +353,81 @@ def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:
     return out
 
 
+def _check_probes(view: View, pids: list[int], names: dict) -> None:
+    """Each `probe` of a type that looks at one mount of its superblock (proc: which pid namespace
+    it shows; an empty-only type: that it is empty), on the mount dump probes (the superblock's
+    first), reached at its mount point when that leads to it, else through a detached clone made
+    in a copy of its namespace (unshare --mount-proc leaves the host's /proc beneath the new one)."""
+    from engine.dump import _pid_identity   # (dump imports this module)
+    for pid in pids:
+        try:
+            ident = _pid_identity(f"/proc/{pid}")
+            ino = _ns_ino(pid, "pid")
+        except (OSError, StopIteration):
+            continue   # (gone meanwhile: dump tells, once the tree is stopped)
+        if ident is not None and ino is not None:
+            view.members.setdefault(ino, []).append(ident)
+    view.pidns_name = {ino: name for (k, ino), name in names.items() if k == "pid"}
+    first: dict[str, tuple[str, dict]] = {}
+    for ns_name, ns in view.mntns_doc.items():
+        for e in ns["mounts"]:
+            first.setdefault(e["sb"], (ns_name, e))
+    for sid, (ns_name, e) in first.items():
+        sb = view.superblocks[sid]
+        h = fs.lookup(sb["fstype"])
+        if sb["external"] or sid in view.unsure or h is None or h.content or not h.wants_probe():
+            continue
+        fd = _open_mount(view, ns_name, e)
+        if fd is None:
+            continue   # (dump probes it once the tree is stopped)
+        try:
+            h.probe(sid, e["id"], fd, view)
+        finally:
+            os.close(fd)
+
+
+def _open_mount(view: View, ns_name: str, e: dict) -> int | None:
+    """An fd on the root of mount `e` of namespace `ns_name`: its mount point when that leads to it,
+    else a detached clone made in a copy of the namespace; None when neither can be had."""
+    pids = view.ns_pids.get(ns_name) or ()
+    if not pids:
+        return None
+    try:
+        fd = os.open(f"/proc/{pids[0]}/root{e['mountpoint']}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        fd = None
+    if fd is not None:
+        try:
+            if kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH) == e["id"]:
+                return fd
+        except OSError:
+            pass
+        os.close(fd)
+    try:
+        return _dump_step("clone_one")(pids, view.ns_mounts[ns_name], e["id"])
+    except (OSError, forkrun.ChildError):
+        return None
+
+
 def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[str]) -> None:
-    """Each fd's kind's precheck (a process or fd gone meanwhile is passed over), then each kind's
-    prefinish."""
+    """Each fd's kind's precheck (a process or fd gone meanwhile is passed over), dump's rule for a
+    file open under a deleted name (engine/mountrules.py `deleted_file`), then each kind's prefinish,
+    and last the --external file[PATH] declarations no fd shows (once every fd was seen)."""
     from engine.fds import DumpFd
     fdkinds.load()
     scratch: dict = {"leave_running": leave_running}
     by_pid = {pid: name for name, ps in view.ns_pids.items() for pid in ps}
     used: set[str] = set()
+    held: set[str] = set()     # paths of ext_files some fd shows
+    complete = True            # every fd was seen
     for pid in pids:
         name = by_pid.get(pid)
+        _check_deleted_dirs(pid, view)
         try:
             names = os.listdir(f"/proc/{pid}/fd")
             pidfd = kernel.pidfd_open(pid)
         except OSError:
+            complete = False
             continue   # (gone meanwhile: dump tells, once the tree is stopped)
         try:
             for n in names:
@@ -241,14 +436,17 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     target = os.readlink(link)
                     mode = os.stat(link).st_mode
                 except OSError:
+                    complete = False
                     continue
                 if target in ext_files:
+                    held.add(target)
                     continue
                 kind = fdkinds.classify(target, mode)
                 if kind is None:
                     raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
                                                     f"{fdkinds.describe(target)} fds are not supported")
                 if kind.precheck is None:
+                    _check_deleted(kind.name, pid, n, target, mode, view)
                     continue
                 used.add(kind.name)
                 d = DumpFd(pid=pid, fd=int(n), target=target, mode=mode, flags=0, pos=0, pidfd=pidfd,
@@ -261,7 +459,52 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     continue   # (closed or changed meanwhile, or unreadable now: dump tells later)
                 finally:
                     d.close()
+                _check_deleted(kind.name, pid, n, target, mode, view)
         finally:
             os.close(pidfd)
     for kind_name in sorted(used):
         fdkinds.lookup(kind_name).prefinish(scratch)
+    if complete:
+        mountrules.unknown_external_files(ext_files, held)
+
+
+def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: View) -> None:
+    """Dump's rule for fd `n` of `pid` when it is a file or FIFO open under a deleted name, on the mount
+    its fdinfo names (not the deleted root of that mount itself, which the mount carries)."""
+    if kind not in ("file", "fifo") or not target.endswith(ghosts.DELETED_FD):
+        return
+    try:
+        with open(f"/proc/{pid}/fdinfo/{n}") as f:
+            mnt = int(next(line.split()[1] for line in f if line.startswith("mnt_id:")))
+    except (OSError, StopIteration, ValueError):
+        return   # (closed meanwhile: dump tells, once the tree is stopped)
+    _deleted_on(f"process {pid} fd {n} ({target})", target, mnt, mode, view)
+
+
+def _check_deleted_dirs(pid: int, view: View) -> None:
+    """Dump's rule for the cwd and root of `pid` when they were removed (a directory removed while it
+    was the cwd), read through /proc/PID/cwd and /proc/PID/root."""
+    for key in ("root", "cwd"):
+        link = f"/proc/{pid}/{key}"
+        try:
+            target = os.readlink(link)
+            if not target.endswith(ghosts.DELETED_FD):
+                continue
+            mnt = kernel.statx_mnt_id(link)
+            mode = os.stat(link).st_mode
+        except OSError:
+            continue   # (gone meanwhile: dump tells, once the tree is stopped)
+        _deleted_on(f"process {pid} {key} ({target})", target, mnt, mode, view)
+
+
+def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View) -> None:
+    """engine/mountrules.py `deleted_file` for `target` (a path ending in " (deleted)") on mount `mnt`,
+    unless it is the deleted root of that mount itself (which the mount carries) or the mount's
+    superblock waits for the stopped tree."""
+    m = view.mounts_by_id.get(mnt)
+    if m is not None and target[:-len(ghosts.DELETED_FD)] == m.mountpoint and ghosts.split_root(m.root)[1]:
+        return
+    sid = None if m is None else view.sb_of_dev[m.dev]
+    if sid in view.unsure:
+        return
+    mountrules.deleted_file(where, None if sid is None else view.superblocks[sid], mode)

@@ -807,7 +807,11 @@ class Rebuild:
 
     def become(self, chans: dict) -> None:
         """Each stand-in of a process in a user namespace joins it and takes its ids there (last:
-        it gives up its privilege over everything else)."""
+        it gives up its privilege over everything else). One that is in it already (it started
+        there, or was forked by one that did) only takes its ids: setns into one's own user
+        namespace is EINVAL, and a stand-in that pivoted into a root without /proc (CRIU's
+        mntns_pivot_root under the uns flavor) cannot look which one it is in."""
+        started = self._started_in()
         for p in self.doc["processes"]:
             if "userns" not in p and p.get("creds"):
                 c = p["creds"]
@@ -817,8 +821,18 @@ class Rebuild:
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
                 chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
                                       None if deny or not creds else creds["groups"]),
-                                     [] if p.get("userns_first") and not p.get("userns_start")
-                                     else [self.fd[p["userns"]]])
+                                     [] if started.get(p["pid"]) == p["userns"] else [self.fd[p["userns"]]])
+
+    def _started_in(self) -> dict[int, str | None]:
+        """{pid: the user namespace its stand-in is in until `become`}: the one `spawn_in` starts it
+        in, else its parent stand-in's (a fork stays in it); None for the restorer's."""
+        out: dict[int, str | None] = {}
+        by_pid = {p["pid"]: p for p in self.doc["processes"]}
+        for p in self.doc["processes"]:   # (parents first)
+            parent = by_pid.get(p.get("ppid"))
+            name = self._spawn_name(p, parent)
+            out[p["pid"]] = name if name is not None else (out.get(parent["pid"]) if parent else None)
+        return out
 
     def stands_in(self, p: dict) -> str | None:
         """The user namespace p's stand-in stands in until it takes its ids (become): the one it
@@ -830,13 +844,19 @@ class Rebuild:
     def spawn_in(self, p: dict, parent: dict | None) -> int | None:
         """The user namespace fd p's stand-in must start in (its own namespaces belong to it), or
         None: it starts where its parent's stand-in is and joins its user namespace last."""
+        name = self._spawn_name(p, parent)
+        return None if name is None else self.fd[name]
+
+    @staticmethod
+    def _spawn_name(p: dict, parent: dict | None) -> str | None:
+        """The name of the user namespace `spawn_in` starts p's stand-in in (None: its parent's)."""
         if p.get("userns_start"):
-            return self.fd[p["userns_start"]]   # the owner of its pid namespace, above its own
+            return p["userns_start"]   # the owner of its pid namespace, above its own
         if not p.get("userns_first"):
             return None
         if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
             return None  # the parent's stand-in is in it already: the fork inherits it
-        return self.fd[p["userns"]]
+        return p["userns"]
 
 
 def _lock_bits(m: dict) -> tuple[int, int]:

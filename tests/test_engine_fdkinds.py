@@ -681,6 +681,42 @@ os.dup2(f, 10); os.close(f)
     assert (os.major(st.st_dev), os.minor(st.st_dev)) == (sdev >> 20, sdev & 0xFFFFF)
 
 
+def test_fanotify_inode_marks_on_overlay_found_by_inode_number(case):
+    """Overlayfs without nfs_export shows a handle it cannot open again (ESTALE), for fanotify's
+    inode marks as for inotify's watches: marks on an overlay directory and an overlay file are
+    found by their inode numbers and come back on the same inodes, also after a second C/R."""
+    setup = """
+mkdir /mnt/t /mnt/o; mount -t tmpfs t /mnt/t; mkdir -p /mnt/t/l/share/d /mnt/t/u /mnt/t/w; echo x > /mnt/t/l/f
+mount -t overlay overlay -o lowerdir=/mnt/t/l,upperdir=/mnt/t/u,workdir=/mnt/t/w /mnt/o
+""" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+f = libc.fanotify_init(0x2, os.O_RDONLY)
+assert f >= 0, ctypes.get_errno()
+for mask, path in ((0x8, b"/mnt/o/share/d"), (0x2, b"/mnt/o/f")):
+    assert libc.fanotify_mark(f, 0x1, mask, -100, path) == 0, ctypes.get_errno()
+os.dup2(f, 10); os.close(f)
+""")
+    from engine import kernel
+    pid = case.start(setup)
+    with open(f"/proc/{pid}/fdinfo/10") as f:
+        assert len(re.findall(r"^fanotify ino:", f.read(), re.M)) == 2
+    fd = os.open(f"/proc/{pid}/root/mnt/o", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(OSError):   # (what the fallback is for: this overlay's handles do not open)
+            htype, handle, _ = kernel.name_to_handle_at(fd, "f")
+            os.close(kernel.open_by_handle_at(fd, htype, handle, os.O_PATH))
+    finally:
+        os.close(fd)
+    after = case.roundtrip(setup, iters=2)[-1]   # (the first restore's marks are dumped again)
+    with open(f"/proc/{after.pid}/fdinfo/10") as f:
+        got = {int(ino, 16): int(mask, 16)
+               for ino, mask in re.findall(r"^fanotify ino:([0-9a-f]+) .*? mask:([0-9a-f]+) ", f.read(), re.M)}
+    root = f"/proc/{after.pid}/root/mnt/o"
+    assert got == {os.stat(f"{root}/share/d").st_ino: 0x8, os.stat(f"{root}/f").st_ino: 0x2}, got
+
+
 def test_executable_is_the_stand_ins_own(case):
     """A process whose executable is on a tmpfs of the tree (beneath an overmount after it
     started): the stand-in's /proc/PID/exe is that file on that mount, not its interpreter."""
@@ -1137,3 +1173,16 @@ os.dup2(f, 10); os.close(f)
         assert struct.unpack("i", fcntl.ioctl(g, termios.FIONREAD, b"\0\0\0\0"))[0] > 0
     finally:
         os.close(g)
+
+
+def test_memfd_too_big_refused_unstopped(case):
+    """A memfd bigger than the image keeps inline (sparse: ftruncate allocates nothing) is refused
+    naming the fd and its size, before the tree is stopped."""
+    pid = case.start(STOP_WATCH + py_hold("""
+m = os.memfd_create("big"); os.ftruncate(m, (64 << 20) + 1); os.dup2(m, 10); os.close(m)
+"""))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(/memfd:big \(deleted\)\): memfd of 67108865 bytes: more than 64 MiB is "
+                     "not dumped", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"

@@ -109,13 +109,15 @@ def _dump(case, pid: int, *extra: str, images: str | None = None):
 
 def test_external_slavery_refused_at_dump(case):
     """A slave of an outside group with no --external for it: refused at dump (it used to be
-    accepted and fail at restore), naming the mount and the flag; the tree keeps running."""
+    accepted and fail at restore), naming the mount and the flag, before the tree is stopped."""
     outer = case.outer()
-    pid = case.start("mount --make-slave /ext\nhold\n", outer=outer, binds=((outer.path, "/ext"),))
+    pid = case.start(enginecase.STOP_WATCH + "mount --make-slave /ext\nhold\n", outer=outer,
+                     binds=((outer.path, "/ext"),))
     r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), "--external", "mnt[/usr]:usr",
               "--external", "mnt[/etc]:etc")
     assert r.returncode != 0, "dump accepted a master it cannot give back"
     assert "(/ext)" in r.stderr and "--external mnt[/ext]:KEY" in r.stderr, r.stderr
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     assert _state(pid) not in ("T", "Z"), "the tree was not left running"
 
 
@@ -128,13 +130,15 @@ def test_volume_of_host_disk_asks_for_the_mount(case, tmp_path):
     _, dev = enginecase.ext4_on_loop(tmp_path)
     try:
         rdev = os.stat(dev).st_rdev
-        pid = case.start(f"mknod /dev/disk b {os.major(rdev)} {os.minor(rdev)}; mkdir /mnt/fs /mnt/vol\n"
+        pid = case.start(enginecase.STOP_WATCH + f"mknod /dev/disk b {os.major(rdev)} {os.minor(rdev)}; "
+                         "mkdir /mnt/fs /mnt/vol\n"
                          "mount /dev/disk /mnt/fs; mkdir /mnt/fs/data; mount --bind /mnt/fs/data /mnt/vol\n"
                          "umount /mnt/fs; hold\n")
         r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), "--external", "mnt[/usr]:usr",
                   "--external", "mnt[/etc]:etc")
         assert r.returncode != 0
         assert "(/mnt/vol)" in r.stderr and "declare the mount with --external mnt[/mnt/vol]:KEY" in r.stderr, r.stderr
+        assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     finally:
         subprocess.run(["losetup", "-d", dev], check=False)
 
@@ -163,11 +167,12 @@ def test_console_pty_bind(case):
     master, slave = os.openpty()
     try:
         name = os.ttyname(slave)
-        pid = case.start("hold\n", binds=((name, "/dev/console"),))
+        pid = case.start(enginecase.STOP_WATCH + "hold\n", binds=((name, "/dev/console"),))
         r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), "--external", "mnt[/usr]:usr",
                   "--external", "mnt[/etc]:etc", "--leave-running")
         assert r.returncode != 0, "dump accepted a pty bind that restore cannot recreate"
         assert "(/dev/console) on devpts" in r.stderr and "--external mnt[/dev/console]:KEY" in r.stderr, r.stderr
+        assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
         assert _state(pid) not in ("T", "Z")
         before = take(pid)
         after = take(case.cr(pid, ("--external", "mnt[/dev/console]:console"),

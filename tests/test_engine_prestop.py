@@ -107,3 +107,75 @@ def test_check_sources_refuses_only_what_restore_cannot_mount_again():
     # with peer groups built while mounting too
     for construct in (False, True):
         prestop.check_sources(doc("nfs4"), set(), construct)
+
+
+def _refused_unstopped(case, pid: int, pattern: str, extra: tuple = (), externals: tuple | None = None) -> None:
+    """Dump refuses the tree at `pid` with a line matching `pattern`, and never stopped it."""
+    from enginecase import mntcr
+    images = case.new_images_dir()
+    dump_externals = ("--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc") if externals is None else externals
+    r = mntcr("dump", "-t", str(pid), "-D", images, *dump_externals, *extra)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: " + pattern + r"\n", r.stderr), r.stderr
+    assert not os.path.exists(images)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert _running(pid)
+
+
+def test_external_naming_no_mount_refused_unstopped(case):
+    """--external mnt[PATH] where the tree has no mount: refused naming the path, before the stop."""
+    pid = case.start(STOP_WATCH + "hold\n")
+    _refused_unstopped(case, pid, r"--external: no mount at /nowhere in the dumped namespace",
+                       ("--external", "mnt[/nowhere]:k"))
+
+
+def test_mount_outside_every_external_mount_refused_unstopped(case):
+    """/usr declared external, /etc (a bind of the same host filesystem, outside /usr) not: restore
+    binds mounts of an external filesystem from its external mounts, and none holds /etc. Refused
+    naming /etc, before the stop."""
+    if os.stat("/usr").st_dev != os.stat("/etc").st_dev:
+        pytest.skip("the host's /usr and /etc are not on one filesystem")
+    pid = case.start(STOP_WATCH + "hold\n")
+    _refused_unstopped(case, pid, r"mount \d+ \(/etc\) on \w+: its files lie outside every external mount of the "
+                                  r"same filesystem; declare it too with --external mnt\[/etc\]:KEY .*",
+                       externals=("--external", "mnt[/usr]:usr"))
+
+
+def test_deleted_root_on_a_type_without_archives_refused_unstopped(case):
+    """A bind of a file of an mqueue filesystem, the file then removed: the bind's root is deleted,
+    and only a filesystem whose files are dumped can hold it again. Refused naming the mount, before
+    the stop."""
+    pid = case.start(STOP_WATCH + "mkdir /mnt/q; mount -t mqueue q /mnt/q; touch /mnt/q/x /mnt/f\n"
+                     "mount --bind /mnt/q/x /mnt/f; rm /mnt/q/x\nhold\n")
+    _refused_unstopped(case, pid, r"mount \d+ \(/mnt/f\) on mqueue: its root /x was deleted; only a .* can hold "
+                                  r"it again")
+
+
+def test_deleted_file_on_a_type_without_archives_refused_unstopped(case):
+    """A file of an mqueue filesystem held open after it was removed: only a filesystem whose files
+    are dumped can hold a deleted file again. Refused naming the fd, before the stop; a deleted file
+    on a tmpfs of the tree beside it is no refusal."""
+    pid = case.start(STOP_WATCH + "mkdir /mnt/q /mnt/t; mount -t mqueue q /mnt/q; mount -t tmpfs t /mnt/t\n"
+                     "touch /mnt/q/x /mnt/t/y; exec 7</mnt/q/x 8</mnt/t/y; rm /mnt/q/x /mnt/t/y\nhold\n")
+    _refused_unstopped(case, pid, r"process \d+ fd 7 \(/mnt/q/x \(deleted\)\): a deleted file on mqueue \(only a "
+                                  r".* made in the dumped tree can hold it again\)")
+
+
+def test_external_file_no_process_holds_refused_unstopped(case):
+    """--external file[PATH] that no fd of the tree shows: refused naming the path, before the stop."""
+    pid = case.start(STOP_WATCH + "exec 7</etc/hostname\nhold\n")
+    _refused_unstopped(case, pid, r"--external file\[\]: no process of the tree has /nowhere open",
+                       ("--external", "file[/nowhere]:k"))
+
+
+def test_removed_cwd_on_a_type_without_archives_refused_unstopped(case):
+    """The cwd of a process, a directory of a hugetlbfs removed while it was the cwd: only a
+    filesystem whose files are dumped can hold it again. Refused naming the process's cwd, before
+    the stop."""
+    with open("/proc/filesystems") as f:
+        if "hugetlbfs" not in f.read():
+            pytest.skip("hugetlbfs is not in /proc/filesystems (kernel without CONFIG_HUGETLBFS)")
+    pid = case.start(STOP_WATCH + "mkdir /mnt/h; mount -t hugetlbfs h /mnt/h; mkdir /mnt/h/d; cd /mnt/h/d\n"
+                     "rmdir /mnt/h/d\nhold\n")
+    _refused_unstopped(case, pid, r"process \d+ cwd \(/mnt/h/d \(deleted\)\): a deleted file on hugetlbfs \(only a "
+                                  r".* made in the dumped tree can hold it again\)")

@@ -8,6 +8,8 @@ the host's pid namespace. Each case is built in a throwaway container
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 import enginecase
@@ -113,17 +115,18 @@ hold
 
 def test_proc_of_outside_pidns_is_refused_and_tree_resumed(case):
     """A container (its own pid namespace) holding a bind of the test's /proc: that proc belongs to
-    no namespace of the tree; dump refuses naming the mount and the tree keeps running."""
+    no namespace of the tree; dump refuses naming the mount before it stops the tree."""
     import os
     import re
     from enginecase import DUMP_EXTERNALS, mntcr
-    pid = case.start("hold\n", binds=(("/proc", "/mnt"),))
+    pid = case.start(enginecase.STOP_WATCH + "hold\n", binds=(("/proc", "/mnt"),))
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *DUMP_EXTERNALS)
     assert r.returncode != 0
     assert re.search(r"mount \d+ \(/mnt\) on proc: it belongs to a pid namespace outside the dumped tree",
                      r.stderr), r.stderr
     assert not os.path.exists(images)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")
     # What the message says to do works: the proc declared external is bound again from the host.
@@ -139,13 +142,14 @@ def test_covered_proc_of_outside_pidns_says_what_works(case):
     import os
     import re
     from enginecase import DUMP_EXTERNALS, mntcr
-    pid = case.start("mount -t proc proc /mnt\nhold\n", binds=(("/proc", "/mnt"),))
+    pid = case.start(enginecase.STOP_WATCH + "mount -t proc proc /mnt\nhold\n", binds=(("/proc", "/mnt"),))
     r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS)
     assert r.returncode != 0
     line = r.stderr.strip()
     assert "\n" not in line, line
     assert re.search(r"mount \d+ \(/mnt\) on proc: it belongs to a pid namespace outside the dumped tree.*"
                      r"lies beneath another mount at /mnt.*'umount -l /mnt; mount -t proc proc /mnt'", line), line
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R")
 
@@ -351,8 +355,8 @@ cat /proc/$c/root/ov/f /proc/$c/root/ov/new /mnt/lay/upper/new
 def test_nested_root_overlay_on_unreachable_layers_is_refused(case):
     """systemd-nspawn --volatile=overlay: a nested namespace mounts a tmpfs for the upper layer, makes
     its root an overlay on it, pivots and unmounts the old root: only the overlay holds that tmpfs.
-    Dump refuses naming the mount, and the tree keeps running."""
-    setup = """
+    Dump refuses naming the mount before it stops the tree (engine/prestop.py), which keeps running."""
+    setup = enginecase.STOP_WATCH + """
 mkdir /mnt/lower /run/nr /run/up
 echo low > /mnt/lower/f
 unshare -m --propagation private sh -c '
@@ -373,6 +377,8 @@ hold
     pid = case.start(setup)
     with pytest.raises(enginecase.CRError) as err:
         case.dump(pid, case.new_images_dir())
-    assert "a nested namespace's root built from layers no mount of the dumped tree reaches" in str(err.value)
+    assert re.search(r"mount \d+ \(/ of mount namespace mnt-1\) on overlay: a nested namespace's root built from "
+                     "layers no mount of the dumped tree reaches", str(err.value)), err.value
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     from zdtm.snapshot import alive, tree_pids
-    assert alive(pid) and len(tree_pids(pid)) == 2
+    assert alive(pid) and len(tree_pids(pid)) == 3

@@ -94,11 +94,12 @@ def test_a_copied_type_module_runs_the_battery(tmp_path):
 
 def test_a_hugetlbfs_with_files_is_refused(case):
     """hugetlbfs files cannot be archived: dump refuses one that holds any (its probe hook), names
-    the mount and the file, writes no image, and the tree keeps running."""
+    the mount and the file, writes no image, before it stops the tree."""
     with open("/proc/filesystems") as f:
         if "hugetlbfs" not in f.read():
             pytest.skip("hugetlbfs is not in /proc/filesystems (kernel without CONFIG_HUGETLBFS)")
-    pid = case.start("mkdir /mnt/h; mount -t hugetlbfs battery /mnt/h; touch /mnt/h/pages\nhold\n")
+    pid = case.start(enginecase.STOP_WATCH + "mkdir /mnt/h; mount -t hugetlbfs battery /mnt/h; touch /mnt/h/pages\n"
+                     "hold\n")
     images = case.new_images_dir()
     r = enginecase.mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
     assert r.returncode == 2, r.stderr
@@ -106,6 +107,7 @@ def test_a_hugetlbfs_with_files_is_refused(case):
                      r"cannot be dumped; declare it with --external mnt\[/mnt/h\]:KEY, or empty it$",
                      r.stderr.strip()), r.stderr
     assert not os.path.exists(images)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         state = f.read().rsplit(")", 1)[1].split()[0]
     assert state in ("S", "R"), f"the tree was left in state {state} after a refused dump"

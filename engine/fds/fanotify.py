@@ -7,7 +7,9 @@ flags and event_f_flags), then one line per mark: `ino:I sdev:D ... f_handle:H`
 filesystem), each with `mflags` (FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE,
 FAN_MARK_IGNORE: the fanotify_mark flags themselves), `mask` and `ignored_mask`.
 Dump places an inode mark like an inotify watch (its handle opened through a
-visible mount of its device, inside the process's namespace), a mount mark on
+visible mount of its device, inside the process's namespace; by its inode number
+where the handle does not open again, as on overlayfs without nfs_export:
+engine/fds/inotify.py `locate_handle`, one helper for both), a mount mark on
 that mount of the tree, a filesystem mark on any mount of the tree of that
 device. Restore makes the group in the restorer (like inotify) and adds each
 mark through an O_PATH fd on the restored mount.
@@ -32,7 +34,7 @@ from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds.inotify import locate_handle
 
 _GROUP = re.compile(r"^fanotify flags:([0-9a-f]+) event-flags:([0-9a-f]+)$", re.M)
-_INODE = re.compile(r"^fanotify ino:[0-9a-f]+ sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) "
+_INODE = re.compile(r"^fanotify ino:([0-9a-f]+) sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) "
                     r"ignored_mask:([0-9a-f]+) fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) "
                     r"f_handle:([0-9a-f]+)$", re.M)
 _MOUNT = re.compile(r"^fanotify mnt_id:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:([0-9a-f]+)$", re.M)
@@ -57,9 +59,11 @@ def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> dict:
     g = _GROUP.search(text)
     out = {"init": int(g[1], 16), "event_flags": int(g[2], 16), "marks": []} if g else {"error": "no group line"}
     for m in _INODE.finditer(text):
-        sdev = int(m[1], 16)
-        got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)])
-        mark = {"type": "inode", "mflags": int(m[2], 16), "mask": int(m[3], 16), "ignored": int(m[4], 16)}
+        sdev = int(m[2], 16)
+        # (by its inode number where the handle does not open again: overlayfs without nfs_export)
+        got = locate_handle(hostproc, mounts, sdev, int(m[7], 16), bytes.fromhex(m[8])[:int(m[6], 16)],
+                            ino=int(m[1], 16))
+        mark = {"type": "inode", "mflags": int(m[3], 16), "mask": int(m[4], 16), "ignored": int(m[5], 16)}
         out["marks"].append({**mark, **got} if got else
                             {**mark, "error": f"an inode mark on device {sdev >> 20}:{sdev & 0xFFFFF}, which no "
                                               "visible mount reaches"})

@@ -16,14 +16,24 @@ MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
 F_SEAL_SEAL = 1
 
 
-def _dump(d) -> dict:
+def _refuse_size(where: str, size: int) -> None:
+    """Refuse a memfd too big to keep inline in the image."""
     from engine.fds import FdError
+    if size > MAX_SIZE:
+        raise FdError(0, f"{where}: memfd of {size} bytes: more than {MAX_SIZE >> 20} MiB is not dumped")
+
+
+def _precheck(d) -> None:
+    """Before the tree is stopped: its size (it may still grow until then: `_dump` asks again)."""
+    _refuse_size(d.where, os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_size)
+
+
+def _dump(d) -> dict:
     name = _NAME.match(d.target)[1]
     fd = os.open(f"/proc/{d.pid}/fd/{d.fd}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
-        if size > MAX_SIZE:
-            raise FdError(0, f"{d.where}: memfd of {size} bytes: more than {MAX_SIZE >> 20} MiB is not dumped")
+        _refuse_size(d.where, size)
         data = os.pread(fd, size, 0)
         seals = fcntl.fcntl(fd, fsys.F_GET_SEALS)
     finally:
@@ -68,4 +78,4 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="memfd", matches=lambda t, m: _NAME.match(t) is not None, dump=_dump, open=_open,
-                check=_check, check_object=_check_object, order=20))
+                check=_check, check_object=_check_object, order=20, precheck=_precheck))

@@ -351,6 +351,12 @@ def holds_ghosts(fstype: str) -> bool:
     return handler is not None and (handler.content or handler.ghosts_through)
 
 
+def ghost_names() -> str:
+    """'tmpfs, ramfs or overlay' style list of the types that can hold a ghost (for messages)."""
+    names = [t.name for t in types() if t.content or t.ghosts_through]
+    return (", ".join(names[:-1]) + " or " + names[-1]) if len(names) > 1 else (names[0] if names else "(none)")
+
+
 def content_names() -> str:
     """'tmpfs or ramfs' style list of the types whose files are dumped (for messages)."""
     names = [t.name for t in types() if t.content]

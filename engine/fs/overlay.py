@@ -392,15 +392,6 @@ def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -
     return None
 
 
-def _elsewhere(path: str, sid: str, sb: dict, ns_name: str, plan) -> bool:
-    """Whether _in_namespace_made_from finds the layer in another namespace (False when the plan
-    given lacks what it reads)."""
-    try:
-        return _in_namespace_made_from(path, sid, sb, ns_name, plan) is not None
-    except (KeyError, AttributeError, OSError):
-        return False
-
-
 def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, where: str) -> None:
     """Refuse a layer whose path no longer leads to it: the overlay's options keep the path it was
     given, and a layer whose mount was moved since (`mount --move`) resolves to the mount now at
@@ -471,6 +462,48 @@ def _maker(sid: str, sb: dict, plan):
                key=lambda u: u[1]["id"])
 
 
+def _layers(sid: str, sb: dict, plan) -> list[dict]:
+    """The overlay's layers as (mount, path) as they were at its creation, or FsError naming the layer
+    dump cannot place. Only reads (a private copy of a namespace at most): `precheck` asks it of the
+    running tree, `plan` of the stopped one."""
+    unique = plan.strategy.layers == "unique-ids"
+    ns_name, oldest = _oldest(sid, plan.mntns_doc, unique) if unique else _maker(sid, sb, plan)
+    where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
+    mounts = plan.ns_mounts[ns_name]
+    layers = []
+    for key, path in layer_paths(sb["super_opts"]):
+        if not path.startswith("/"):
+            raise FsError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
+        found = None
+        if not unique:
+            found, absent = _by_files(path, sid, sb, ns_name, plan)
+            late = overmounted_after(path, mounts, oldest["id"])
+            if found is None and absent == "nowhere":
+                raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at "
+                                                "that path (the layer's mount was moved, or the directory "
+                                                "removed, after the overlay was made): dump cannot tell where "
+                                                "the layer lies now; not supported")
+            if found is None and (late is not None or absent):
+                late = late or _top(path, mounts, None, False)
+                raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
+                                                f"{late.mnt_id} ({late.mountpoint}), which may have been "
+                                                "mounted over it after the overlay; no file of the layer "
+                                                "that the overlay shows tells the mounts apart, and without "
+                                                "unique mount ids (STATX_MNT_ID_UNIQUE, Linux >= 6.8) dump "
+                                                "cannot tell which mount holds the layer")
+        if found is None:
+            found = resolve(path, mounts, oldest["uid"] if unique else None, unique)
+        if found is None:
+            raise FsError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
+                                        f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
+        if _gone_here(path, found, mounts, plan, ns_name):
+            # made before its namespace pivoted away from the layers' mounts (nspawn --overlay)?
+            found = _in_namespace_made_from(path, sid, sb, ns_name, plan) or found
+        _check_still_there(key, path, found, mounts, plan, ns_name, where)
+        layers.append({"path": path, "mnt": found[0], "rel": found[1]})
+    return layers
+
+
 @record(frozen=True)
 class OverlayType(FsType):
     """overlayfs: layers recorded as (mount, path) at dump, a yard of layer clones at restore."""
@@ -496,63 +529,19 @@ class OverlayType(FsType):
         return not all(held(path) for _, path in layer_paths(sb["super_opts"]))
 
     def precheck(self, sid: str, sb: dict, plan) -> None:
-        """Before the tree is stopped, with unique mount ids: a layer whose mount was moved since the
-        overlay was made (the check `plan` makes again, the authority, once the tree is stopped).
-        Left to `plan`: an overlay some layer of which no older mount holds (a root made outside)."""
-        if plan.strategy.layers != "unique-ids":
-            return   # (without unique ids, `plan` looks beneath covers in a copy of the namespace)
-        ns_name, oldest = _oldest(sid, plan.mntns_doc, True)
-        if oldest["uid"] is None:
+        """Before the tree is stopped: what `plan` refuses of the layers (a relative layer path, a layer
+        no mount holds, a layer whose mount was moved since the overlay was made, and without unique
+        mount ids one whose mount the layer's files do not tell), by the same `_layers`; `plan` asks
+        again, the authority, once the tree is stopped. Left to dump: a namespace root made outside
+        (restored as a directory root, its layers not looked at)."""
+        if any(e["id"] == ns["root"] and e["sb"] == sid for ns in plan.mntns_doc.values() for e in ns["mounts"]) \
+                and self.made_outside(sid, sb, plan):
             return
-        mounts = plan.ns_mounts[ns_name]
-        where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
-        found = [(key, path, path.startswith("/") and resolve(path, mounts, oldest["uid"]))
-                 for key, path in layer_paths(sb["super_opts"])]
-        if not all(f and plan.sb_of_dev.get(plan.mounts_by_id[f[0]].dev) != sid for _, _, f in found):
-            return
-        for key, path, f in found:
-            if _gone_here(path, f, mounts, plan, ns_name) and _elsewhere(path, sid, sb, ns_name, plan):
-                continue   # made before its namespace pivoted away (nspawn --overlay): `plan` takes it there
-            _check_still_there(key, path, f, mounts, plan, ns_name, where)
+        _layers(sid, sb, plan)
 
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Record the layers as (mount, path) as they were at the overlay's creation."""
-        unique = plan.strategy.layers == "unique-ids"
-        ns_name, oldest = _oldest(sid, plan.mntns_doc, unique) if unique else _maker(sid, sb, plan)
-        where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
-        mounts = plan.ns_mounts[ns_name]
-        layers = []
-        for key, path in layer_paths(sb["super_opts"]):
-            if not path.startswith("/"):
-                raise FsError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
-            found = None
-            if not unique:
-                found, absent = _by_files(path, sid, sb, ns_name, plan)
-                late = overmounted_after(path, mounts, oldest["id"])
-                if found is None and absent == "nowhere":
-                    raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at "
-                                                    "that path (the layer's mount was moved, or the directory "
-                                                    "removed, after the overlay was made): dump cannot tell where "
-                                                    "the layer lies now; not supported")
-                if found is None and (late is not None or absent):
-                    late = late or _top(path, mounts, None, False)
-                    raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
-                                                    f"{late.mnt_id} ({late.mountpoint}), which may have been "
-                                                    "mounted over it after the overlay; no file of the layer "
-                                                    "that the overlay shows tells the mounts apart, and without "
-                                                    "unique mount ids (STATX_MNT_ID_UNIQUE, Linux >= 6.8) dump "
-                                                    "cannot tell which mount holds the layer")
-            if found is None:
-                found = resolve(path, mounts, oldest["uid"] if unique else None, unique)
-            if found is None:
-                raise FsError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
-                                            f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
-            if _gone_here(path, found, mounts, plan, ns_name):
-                # made before its namespace pivoted away from the layers' mounts (nspawn --overlay)?
-                found = _in_namespace_made_from(path, sid, sb, ns_name, plan) or found
-            _check_still_there(key, path, found, mounts, plan, ns_name, where)
-            layers.append({"path": path, "mnt": found[0], "rel": found[1]})
-        sb["layers"] = layers
+        sb["layers"] = _layers(sid, sb, plan)
 
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         ctx.join_files()  # overlayfs wants its layers complete

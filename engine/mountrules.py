@@ -1,0 +1,149 @@
+"""Dump's rules for mounts (and files on them) restore cannot make again, asked twice: of the running tree, before it
+is stopped (engine/prestop.py: a refusal leaves it untouched), and of the stopped tree while dump
+plans the image (engine/dump.py: the authority, for what changed in between).
+
+Each rule reads only what mountinfo shows (mount entries as dump's image has them: id, mountpoint,
+root without its `//deleted` mark and `ghost` when it had one, fstype, sb, external) and what a type
+declares; none looks at files, archives or devices, so both callers give the same answer on the same
+tree. Which superblocks are external (declared, or a namespace root made outside the dump) is dump's
+decision: `built_outside` says it for a namespace root, prestop works it out the same way where it
+can (engine/prestop.py `_externals`).
+"""
+
+from __future__ import annotations
+
+import errno
+import stat
+
+from engine import fs
+from engine.image import is_beneath
+
+
+def unknown_externals(ext_mnts, used) -> None:
+    """Refuse --external mnt[MOUNTPOINT] declarations (`ext_mnts`) that name no mount point of the
+    tree's own namespace (`used`: those that do)."""
+    unknown = set(ext_mnts) - set(used)
+    if unknown:
+        raise fs.FsError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
+
+
+def mark_roots(mntns_doc: dict, superblocks: dict, plan, root_ns: str | None, skip=frozenset()) -> None:
+    """Mark each namespace root that came from outside external (criu's --root), as restore takes it:
+    one of an external superblock that no external mount of it holds, one `built_outside`
+    (its superblock external too). Refuses a nested namespace's root on layers no mount reaches
+    (`nested_root`). `skip`: superblocks whose answer is not known yet (prestop's)."""
+    for ns_name, ns in mntns_doc.items():
+        root = next(e for e in ns["mounts"] if e["id"] == ns["root"])
+        if root["external"] or root["sb"] in skip:
+            continue
+        sb = superblocks[root["sb"]]
+        if sb["external"]:
+            if not any(e["external"] and e["sb"] == root["sb"] and is_beneath(root["root"], e["root"])
+                       for n in mntns_doc.values() for e in n["mounts"]):
+                root["external"] = "root"
+        elif built_outside(root["sb"], sb, plan):
+            nested_root(ns_name, root_ns, root, sb, plan)
+            root["external"] = "root"
+            sb["external"] = True
+
+
+def built_outside(sid: str, sb: dict, plan) -> bool:
+    """Whether the superblock `sb` of a namespace root (not declared external) was made outside the
+    dumped namespaces, so that restore takes the root as a directory (criu's --root): a type mntcr
+    cannot make, a block device nobody declared (`sb["device"]` as dump planned it), a type bound to
+    a namespace that is not a content type, or a root its type says was built outside (on layers no
+    mount of the namespace holds)."""
+    h = fs.lookup(sb["fstype"])
+    return (h is None or bool((sb.get("device") or {}).get("unresolved")) or not (h.content or h.ns is None)
+            or h.made_outside(sid, sb, plan))
+
+
+def nested_root(ns_name: str, root_ns: str | None, root: dict, sb: dict, plan) -> None:
+    """Refuse the root of a nested mount namespace (`ns_name`, not the tree's own `root_ns`) on a
+    layered superblock (`sb` of mount entry `root`) whose type says it was made outside (on layers no
+    mount of the dump reaches): a process of the tree made it in that namespace, then pivoted away
+    from what held its layers, as systemd-nspawn's volatile mode does with its in-memory upper layer;
+    no path leads to those files, and --root gives back the tree's own root, not a nested one."""
+    h = fs.lookup(sb["fstype"])
+    if ns_name == root_ns or h is None or not h.layers or not h.made_outside(root["sb"], sb, plan):
+        return
+    raise fs.FsError(errno.EOPNOTSUPP, f"mount {root['id']} (/ of mount namespace {ns_name}) on {sb['fstype']}: a "
+                                       "nested namespace's root built from layers no mount of the dumped tree "
+                                       "reaches (made before the namespace pivoted away from them, as "
+                                       "systemd-nspawn's volatile mode does): their files cannot be dumped")
+
+
+def own_mount(e: dict, sb: dict) -> None:
+    """Refuse a mount `e` of a superblock dump makes again (`sb`, not external) that restore cannot
+    make: a type mntcr cannot dump, a root a new instance lacks (LXC's /dev/console bound from a host
+    pty), a block device nobody declared (`sb["device"]` as dump planned it: prestop has none), a
+    deleted root on a type whose files are not dumped."""
+    handler = fs.lookup(e["fstype"])
+    if handler is None:
+        raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not "
+                                           f"supported; declare it with --external mnt[{e['mountpoint']}]:KEY")
+    if handler.fresh_roots is not None and e["root"] not in handler.fresh_roots:
+        raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                           f"{e['root']} exists only in the instance it was bound from (LXC's "
+                                           "/dev/console is a host pty); declare it with --external "
+                                           f"mnt[{e['mountpoint']}]:KEY (restore binds the host path given "
+                                           "for KEY, e.g. a new console)")
+    dev = sb.get("device") or {}
+    if dev.get("unresolved"):
+        what = f"block device {dev['dev']}" if dev.get("dev") else "its block device"
+        devflag = f"--external dev[{dev.get('dev') or 'MAJ:MIN'}]:KEY"
+        if e["root"] == "/":
+            how = (f"declare it with {devflag} (the device is mounted again at restore), or the mount "
+                   f"with --external mnt[{e['mountpoint']}]:KEY (a host path is bound back)")
+        else:
+            # A volume: a directory of the host's filesystem, never the whole device again.
+            how = (f"declare the mount with --external mnt[{e['mountpoint']}]:KEY (restore binds the host "
+                   f"path given for KEY; {devflag} would mount the whole filesystem again)")
+        raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: {what} "
+                                           f"is not external; {how}")
+    if e.get("ghost") and not handler.content:
+        raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its "
+                                           f"root {e['root']} was deleted; only a {fs.content_names()} "
+                                           "can hold it again")
+
+
+def external_mount(e: dict, ext_roots) -> None:
+    """Refuse a mount `e` of an external superblock that is not itself external, which restore binds
+    from an external mount of that superblock (`ext_roots`: their roots): a deleted root (no archive
+    holds it), or a root beneath none of them."""
+    if e.get("ghost"):
+        # (systemd-nspawn binds a host file as the container's boot_id and deletes it: on a host
+        # whose /run is a filesystem outside the dump, no archive can hold it)
+        raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                           f"{e['root']} was deleted on a filesystem from outside the dump; "
+                                           f"declare it with --external mnt[{e['mountpoint']}]:KEY and give "
+                                           "restore the file to bind there (--external mnt[KEY]:HOSTPATH)")
+    if not any(is_beneath(e["root"], r) for r in ext_roots):
+        raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its files lie "
+                                           "outside every external mount of the same filesystem; declare it too "
+                                           f"with --external mnt[{e['mountpoint']}]:KEY (restore: --external "
+                                           "mnt[KEY]:HOSTPATH)")
+
+
+def deleted_file(where: str, sb: dict | None, mode: int) -> None:
+    """Refuse a file a process holds open under a deleted name (`where` names it) that restore cannot
+    make again: one on a mount in no dumped namespace (`sb` None: detached, or outside the dump), on a
+    superblock that cannot hold it again (external, or a type without ghosts: fs.holds_ghosts), or neither a regular
+    file, a FIFO nor a directory (`mode`)."""
+    if sb is None:
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
+                                           "namespaces: not supported yet")
+    if sb["external"] or not fs.holds_ghosts(sb["fstype"]):
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
+                                           f"{fs.ghost_names()} made in the dumped tree can hold it again)")
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISFIFO(mode)):
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
+
+
+def unknown_external_files(ext_files, used) -> None:
+    """Refuse --external file[PATH] declarations (`ext_files`) no process of the tree holds open
+    (`used`: the paths some fd shows)."""
+    unknown = set(ext_files) - set(used)
+    if unknown:
+        raise fs.FsError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} "
+                                       "open")
