@@ -161,6 +161,14 @@ def test_overmounted_layer_refused_when_its_files_tell_nothing(case):
     env = {"MNTCR_STRATEGY": "layers=refuse-ambiguous"}
     pid = case.start(enginecase.STOP_WATCH + OVERMOUNTED.format(decoy="mount -t tmpfs decoy /run/ovl/lower; echo decoy > /run/ovl/lower/f")
                      .replace("echo real > /run/ovl/lower/f", "echo real > /run/ovl/lower/f; echo up > /run/ovl/upper/f"))
+    ids = {}
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for fields in (line.split() for line in f):
+            ids[fields[4]] = int(fields[0])
+    if ids["/run/ovl/lower"] < ids["/mnt/merged"]:
+        # Legacy ids are reused (lowest free, machine-wide): without unique ids nothing then tells
+        # that the decoy came after the overlay (a limit of kernels before 6.8, README).
+        pytest.skip("the kernel gave the decoy a reused legacy id lower than the overlay's this time")
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
     assert r.returncode == 2, r.stderr
