@@ -1075,7 +1075,10 @@ class _Restorer:
         pending: dict[int, list[dict]] = {}
         left = {mid: len(kids) for mid, kids in self.children.items()}
         self._sorted_rels: dict[int, list[tuple[str, int]]] = {}
-        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"]))
+        # Without unique ids (ids=mountinfo, < 6.8) mount ids say nothing about age: the mounts a user
+        # namespace's copy locks (older than its own, as dump checks where it can) come first then.
+        before = {mid for b, _ in userns_cr.construct_copies(self.doc["mntns"]).values() for mid in b}
+        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"] not in before, m["id"]))
 
         def done(mid: int) -> None:
             # All of mid's children are attached: its fd is needed only if kept.
