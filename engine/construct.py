@@ -53,6 +53,9 @@ The plan is a list of tuples (ids < 0 are seeds):
   ("userns", ns)                 copy namespace ns from inside its user namespace (which locks what
                                  is in it: its root and locked mounts, made by then) and go on in the
                                  copy; in it a shared mount is a slave of its old group
+  ("member", id)                 locked mount id below an unlocked one (a recursive bind made inside
+                                 a user namespace, engine.userns_cr.lock_groups) came with it: made
+                                 with that mount's clone, attached with its attach
 """
 
 from __future__ import annotations
@@ -245,8 +248,10 @@ def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
 
 
 class _Planner:
-    def __init__(self, mounts, helper_ok, userns_copies=None):
+    def __init__(self, mounts, helper_ok, userns_copies=None, subtrees=None):
         self.helper_ok = helper_ok
+        # Unlocked mount -> the locked mounts below it that restore makes with it (lock_groups).
+        self.subtrees = {top: list(members) for top, members in (subtrees or {}).items()}
         # Namespaces copied into their user namespace: ns -> (mounts made before the copy, which the
         # kernel locks; mounts made after it, in the copy).
         self.userns_copies = {ns: (set(before), set(after)) for ns, (before, after) in (userns_copies or {}).items()}
@@ -533,6 +538,8 @@ class _Planner:
         self.ops.append(("attach", m["id"], [c["id"] for c in copies]))
         for x in [m] + copies:
             self._reach(x)
+        if m["id"] in self.subtrees:
+            self._members(m, parent)
         if parent is None and self.st.ks[m["id"]] is not None:
             # Other namespaces whose root is a peer of this one (a namespace copied with propagation
             # unchanged) are copies of this namespace made now, while it holds only its root.
@@ -653,6 +660,26 @@ class _Planner:
         if (st.ks[n], st.km[n]) != want:
             raise PlanError(f"{self.where(m)}: the way it must be made leaves it in another peer group or with "
                             f"another master than it had{_NEED}")
+
+    def _members(self, top: dict, parent: dict | None) -> None:
+        """The locked mounts below unlocked `top`, made and attached with it (restore clones the whole
+        subtree from a locked copy inside the user namespace): private, as the copy leaves them, so a
+        subtree with sharing in it or attached where propagation would copy it is refused."""
+        members = [self.mounts[i] for i in self.subtrees[top["id"]]]
+        shared = next((x for x in [top, *members] if x.get("shared") or x.get("master")), None)
+        if shared is not None:
+            raise PlanError(f"{self.where(shared)}: shared or slave, in a subtree of locked mounts below the "
+                            f"unlocked mount {top['id']} ({top['mountpoint']}){_NEED}")
+        if parent is not None and self.st.ks.get(parent["id"]) is not None:
+            raise PlanError(f"{self.where(top)}: locked mounts below it, under a shared parent whose peers "
+                            f"would get copies of it{_NEED}")
+        for x in members:
+            key = (x["parent"], x["mountpoint"])
+            if key in self.st.occupied:
+                raise PlanError(f"{self.where(x)}: another mount is already at its mount point")
+            self.st._dset(self.st.occupied, key, x["id"])
+            self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True), None, None)
+            self.ops.append(("member", x["id"]))
 
     # -- the whole plan ----------------------------------------------------------------
     def _before_copy(self, mounts: list[dict]) -> list[dict]:
@@ -778,14 +805,16 @@ class _Planner:
         return self.ops
 
 
-def plan(mounts, helper_ok=lambda sb: True, userns_copies=None) -> list[tuple]:
+def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None) -> list[tuple]:
     """The construction plan for `mounts` (image mount dicts of every namespace: id, parent,
     mountpoint, root, sb, shared, master, external); PlanError naming a mount when none works.
     `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made.
     `userns_copies`: {namespace: (mounts before, mounts after)} for the namespaces owned by a user
     namespace (engine.userns_cr.construct_copies): the plan copies each into its user namespace
-    (op ("userns", namespace)) once its mounts "before" are made, and makes those "after" in the copy."""
-    return _Planner(list(mounts), helper_ok, userns_copies).run()
+    (op ("userns", namespace)) once its mounts "before" are made, and makes those "after" in the copy.
+    `subtrees`: {unlocked mount: [the locked mounts below it]} (engine.userns_cr.construct_subtrees),
+    made and attached with that mount (op ("member", id) each)."""
+    return _Planner(list(mounts), helper_ok, userns_copies, subtrees).run()
 
 
 # -- restore: executing the plan -----------------------------------------------------------
@@ -931,6 +960,18 @@ def assemble(r, service_fd: int) -> None:
             for cid in copies:
                 set_flags(r.mounts[cid])
             attached.update([mid, *copies])
+            step("attach")
+        elif kind == "member":
+            # Cloned with the unlocked mount above it (engine/userns_cr.py lock_subtree), attached with it.
+            x = r.mounts[op[1]]
+            r._moved.add(x["id"])
+            r._users_call(r.users.attached, r, x)
+            if r._filling_now():
+                nsx = r.ns_of_mount[x["id"]]
+                r.attached_in[nsx] = r.attached_in.get(nsx, 0) + 1
+            if r.legacy:
+                set_flags(x)
+            attached.add(x["id"])
             step("attach")
         elif kind == "userns":
             # Its root and locked mounts are made: the copy from inside its user namespace locks them

@@ -1026,7 +1026,8 @@ class _Restorer:
             if strategy.current().sharing == "construct":
                 # Built while mounting (engine.construct); nothing is left for the sharing step.
                 self.construct_ops = construct.plan(list(self.mounts.values()), helper_ok,
-                                                    userns_cr.construct_copies(self.doc["mntns"]))
+                                                    userns_cr.construct_copies(self.doc["mntns"]),
+                                                    userns_cr.construct_subtrees(self.doc["mntns"]))
                 self.sharing_ops = []
             else:
                 self.sharing_ops = sharing.plan(list(self.mounts.values()), helper_ok=helper_ok)

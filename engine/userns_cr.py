@@ -407,16 +407,13 @@ def lock_groups(entries: list[dict]) -> dict[int, list[dict]]:
 
 
 def _check_group(top: dict, members: list[dict], top_flags: list[str], hidden: set[int]) -> None:
-    """Refuse a group of locked mounts below unlocked `top` that restore cannot rebuild (one line)."""
-    from engine import strategy
+    """Refuse a group of locked mounts below unlocked `top` that restore cannot rebuild (one line).
+    (Where peer groups are built while mounting, engine/construct.py refuses a group with sharing.)"""
     where = f"mount {members[0]['id']} ({members[0]['mountpoint']}): locked below the unlocked mount " \
             f"{top['id']} ({top['mountpoint']})"
     if "atime" not in top_flags:
         # Restore binds the subtree from a locked copy, which locks the atime of what it binds.
         raise UsernsError(errno.EOPNOTSUPP, f"{where}, whose atime is not locked: not supported yet")
-    if strategy.current().sharing == "construct":
-        raise UsernsError(errno.EOPNOTSUPP, f"{where}: not supported with peer groups built while "
-                                            "mounting (sharing=construct)")
     seen = set()
     for x in members:
         if x["id"] in hidden or (x["parent"], x["mountpoint"]) in seen:
@@ -443,6 +440,13 @@ def construct_copies(mntns: dict) -> dict[str, tuple[set[int], set[int]]]:
                       if m["id"] == ns["root"] or (m.get("locked") and m["id"] not in grouped)}
             out[ns_id] = (before, {m["id"] for m in ns["mounts"]} - before)
     return out
+
+
+def construct_subtrees(mntns: dict) -> dict[int, list[int]]:
+    """For engine/construct.py: each unlocked mount with locked mounts below it (lock_groups) -> their
+    ids, in the order lock_groups gives. `mntns`: the image's."""
+    return {top: [x["id"] for x in members] for ns in mntns.values() if ns.get("owner")
+            for top, members in lock_groups(ns["mounts"]).items()}
 
 
 def _maps_of(rec: dict) -> userns.Maps:

@@ -1,5 +1,7 @@
-"""User namespaces on kernels without mount_setattr (< 5.12, strategy flags=remount): locks are
-probed, and locked flags made, with mount(2) remounts (engine/remount.py).
+"""User namespaces on older kernels: without mount_setattr (< 5.12, strategy flags=remount) locks
+are probed, and locked flags made, with mount(2) remounts (engine/remount.py); without
+MOVE_MOUNT_SET_GROUP (< 5.15, sharing=construct) a subtree of locked mounts below an unlocked one
+is made with it (engine/construct.py, op "member").
 
 The host kernel has mount_setattr, so these tests take it away (seccomp: ENOSYS, as a 5.10 kernel
 answers) from the engine's processes, with the strategy forced to what such a kernel chooses; what
@@ -13,12 +15,13 @@ import pytest
 
 import enginecase
 from enginecase import case, mntcr  # noqa: F401
-from engine import forkrun, mntlocks, mountinfo, strategy, topology
+from engine import construct, forkrun, mntlocks, mountinfo, strategy, topology
 
 pytestmark = [pytest.mark.skipif(os.geteuid() != 0, reason="making user namespaces with any map needs root"),
               enginecase.needs_seccomp]
 
 OLD = "flags=remount,sources=yard"
+OLDEST = "sharing=construct,flags=remount,sources=yard,ids=mountinfo"   # what a 5.10 kernel chooses
 
 # Inherited mounts (locked in the user namespace, with their flags), one the user namespace mounts
 # itself (ro, not locked), a bind of a locked ro mount made inside (unlocked, its flags locked),
@@ -80,16 +83,18 @@ def test_lock_probe_by_remount_agrees_with_mount_setattr(tmp_path, monkeypatch):
         p.stdout.close()
 
 
-def test_rootless_tree_round_trips_without_mount_setattr(case, tmp_path):
+@pytest.mark.parametrize("forced", [OLD, OLDEST])
+def test_rootless_tree_round_trips_without_mount_setattr(case, forced):
     """Locked mounts and flags, an unlocked bind with locked flags and a locked subtree below an
-    unlocked recursive bind come back the same, twice, by an engine for which mount_setattr fails."""
+    unlocked recursive bind come back the same, twice, by an engine for which mount_setattr fails
+    (also with peer groups built while mounting and no unique mount ids, as on 5.10)."""
     pid = case.start(SETUP)
     before = enginecase.take(pid)
     locks = "\n".join(line for p in before.snap.procs for line in p.lock_lines())
     assert "flags=ro,nosuid,nodev,atime" in locks and "locked flags=nodev,atime" in locks, locks
     for _ in range(2):
         images = case.new_images_dir()
-        env = {strategy.ENV: OLD}
+        env = {strategy.ENV: forced}
         r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env,
                   without=("mount_setattr",))
         assert r.returncode == 0, r.stderr
@@ -101,3 +106,31 @@ def test_rootless_tree_round_trips_without_mount_setattr(case, tmp_path):
             pid = int(f.read())
         case.trees.append(pid)
         enginecase.assert_same(before, enginecase.take(pid))
+
+
+def M(id, parent, mp, root="/", sb="a", shared=None, master=None):
+    return dict(id=id, parent=parent, mountpoint=mp, root=root, sb=sb, shared=shared, master=master)
+
+
+# A user namespace's copy locks 1-4; inside it, /mnt is bound recursively to /view (5 unlocked, its
+# copies 6 and 7 locked below it), and a tmpfs of its own is mounted below them (8).
+LOCKED_BELOW = [M(1, None, "/", sb="root"), M(2, 1, "/mnt", sb="m"), M(3, 2, "/mnt/ro", sb="r"),
+                M(4, 3, "/mnt/ro/deep", sb="d"), M(5, 1, "/view", sb="m"), M(6, 5, "/view/ro", sb="r"),
+                M(7, 6, "/view/ro/deep", sb="d"), M(8, 7, "/view/ro/deep/own", sb="o")]
+COPIES = {"ns": ({1, 2, 3, 4}, {5, 6, 7, 8})}
+
+
+def test_construct_makes_a_locked_subtree_with_its_unlocked_top():
+    ops = construct.plan(LOCKED_BELOW, userns_copies=COPIES, subtrees={5: [6, 7]})
+    assert [op[1] for op in ops if op[0] == "make"] == [1, 2, 3, 4, 5, 8]
+    i = ops.index(("attach", 5, []))
+    assert ops[i + 1:i + 3] == [("member", 6), ("member", 7)]
+    assert ops.index(("userns", "ns")) < ops.index(("make", 5, None))
+    assert ops.index(("member", 7)) < ops.index(("make", 8, None))
+
+
+def test_construct_refuses_sharing_in_a_locked_subtree():
+    tree = [dict(m, shared=9) if m["id"] in (3, 6) else m for m in LOCKED_BELOW]
+    with pytest.raises(construct.PlanError, match=r"^mount 6 \(/view/ro\): shared or slave, in a subtree of locked "
+                                                  r"mounts below the unlocked mount 5 \(/view\); Linux >= 5.15"):
+        construct.plan(tree, userns_copies=COPIES, subtrees={5: [6, 7]})
