@@ -53,6 +53,9 @@ The plan is a list of tuples (ids < 0 are seeds):
   ("userns", ns)                 copy namespace ns from inside its user namespace (which locks what
                                  is in it: its root and locked mounts, made by then) and go on in the
                                  copy; in it a shared mount is a slave of its old group
+  ("lockseed", sid, id)          seed sid carries the flag locks of mount id (an unlocked mount with
+                                 locked flags, engine.userns_cr): cloned inside its user namespace from
+                                 a locked copy before it is attached, so the binds of it inherit them
   ("member", id)                 locked mount id below an unlocked one (a recursive bind made inside
                                  a user namespace, engine.userns_cr.lock_groups) came with it: made
                                  with that mount's clone, attached with its attach
@@ -276,6 +279,7 @@ class _Planner:
                 self.by_shared.setdefault(m["shared"], []).append(m)
         self.st = _State()
         self.ops: list[tuple] = []
+        self.locked_seeds: dict[int, list[str]] = {}   # seed -> the flag locks it is made with (lockseed)
         self.next_seed = -1
         self.seeds: list[int] = []
         # External masters: the host mounts (in the service namespace) that are slaves of them.
@@ -458,11 +462,40 @@ class _Planner:
             self.st.make_shared(sid)
         else:
             sid = self._seed(first["sb"], None, None)
+            self._lock_seed(sid, g, members)
             self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), None, None)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         self.st.do_bind(g, self.st.ks[sid])
         return self.st.ks[sid]
+
+    def _lock_seed(self, sid: int, g: int, members: list[dict]) -> None:
+        """Unlocked members with locked flags (binds made inside a user namespace of an inherited mount,
+        then shared: LXC's unprivileged mount entries) can only be binds of a mount that has those flag
+        locks: the seed gets them (op lockseed), and every member must have the same."""
+        flagged = [x for x in members if x.get("locked_flags") and not x.get("locked")]
+        if not flagged:
+            return
+        want = sorted(flagged[0]["locked_flags"])
+        odd = next((x for x in members if x.get("locked") or sorted(x.get("locked_flags") or ()) != want), None)
+        if odd is not None:
+            raise PlanError(f"{self.where(odd)}: its peer group {g} has members with other locks or locked flags "
+                            f"than mount {flagged[0]['id']} ({flagged[0]['mountpoint']}){_NEED}")
+        self.ops.append(("lockseed", sid, flagged[0]["id"]))
+        self.locked_seeds[sid] = want
+
+    def _check_flag_locks(self, m: dict, src) -> None:
+        """An unlocked mount with locked flags made as a bind (to inherit a group or master) gets the
+        flag locks of its source only: refuse a source without exactly those."""
+        if not m.get("locked_flags") or m.get("locked") or src is None:
+            return
+        want = sorted(m["locked_flags"])
+        kind, nid, _ = src
+        have = None if kind != "node" else (self.locked_seeds.get(nid) if nid < 0
+                                            else sorted(self.mounts[nid].get("locked_flags") or ()))
+        if have != want:
+            raise PlanError(f"{self.where(m)}: unlocked with locked flags ({','.join(want)}), and bound from a "
+                            f"mount without those flag locks to inherit its peer group or master{_NEED}")
 
     def _master_token(self, h: int, sb):
         if h in self.by_shared:
@@ -527,6 +560,7 @@ class _Planner:
                     raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
                                     f"{m['root']}{_NEED}")
                 src, state = self._src_of(n, m["root"]), (self.st.ks[n], self.st.km[n])
+        self._check_flag_locks(m, src)
         self.ops.append(("make", m["id"], src))
         self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True), *state)
         if parent is None and state[0] is not None:
@@ -730,6 +764,14 @@ class _Planner:
             st.set_state(jid, None, None)
         for x in before:
             self.mounts[x] = self.after_copy.get(x, self.mounts[x])
+            g = self.mounts[x].get("shared")
+            tok = st.bind.get(g) if g else None
+            if tok is not None and not st.members.get(tok):
+                # Its group died with the old namespace (no member left, the copies' master gone with
+                # it): the image's group is one the copy starts again (an unprivileged LXC root,
+                # made shared once its namespace was copied).
+                del st.bind[g]
+                del st.tokbind[tok]
             self._reach(self.mounts[x])  # made shared where it is shared in the image
         st.log.clear()
 
@@ -767,6 +809,8 @@ class _Planner:
                 self.st.undo(mark)
                 del self.ops[nops:]
                 del self.seeds[nseeds:]
+                for k in [k for k in self.locked_seeds if k <= seed_no]:
+                    del self.locked_seeds[k]   # seeds of the step taken back (their ids are made again)
                 self.next_seed = seed_no
                 first_err = first_err or e
                 failed.append(m)
@@ -913,6 +957,7 @@ def assemble(r, service_fd: int) -> None:
         r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
         r.current_ns = ns_id
     attached: set[int] = set()  # for the user-namespace copy's check (its locked mounts are all there)
+    lock_seed = {op[1]: op[2] for op in r.construct_ops if op[0] == "lockseed"}
     for op in r.construct_ops:
         kind = op[0]
         if kind == "seed":
@@ -924,6 +969,11 @@ def assemble(r, service_fd: int) -> None:
             else:
                 base, rel = source(src)
             fd = clone_at(base, rel, what)
+            if sid in lock_seed:
+                try:
+                    fd = r.users.lock_flags(r.mounts[lock_seed[sid]], fd)   # (uses the first fd up)
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"{what}: {e.strerror or e}") from None
             r.to_service()
             if r.helper_yard is None:
                 r.helper_yard = r.yard if r.yard is not None else _make_yard()
@@ -961,6 +1011,8 @@ def assemble(r, service_fd: int) -> None:
                 set_flags(r.mounts[cid])
             attached.update([mid, *copies])
             step("attach")
+        elif kind == "lockseed":
+            pass  # done with its seed
         elif kind == "member":
             # Cloned with the unlocked mount above it (engine/userns_cr.py lock_subtree), attached with it.
             x = r.mounts[op[1]]

@@ -862,12 +862,10 @@ class _Restorer:
         that mount that keeps the peer group and master it inherits."""
         fd = self._clone_plain(m, what, base)
         self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
-        if m.get("locked_flags") and not m.get("locked"):
-            # An unlocked mount with locked flags: cloned again inside its user namespace (with the
-            # locked mounts below it, if any).
-            if base is not None:
-                raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): locked flags on an "
-                                                     "unlocked mount with peer groups built while mounting")
+        # An unlocked mount with locked flags: cloned again inside its user namespace (with the locked
+        # mounts below it, if any). A bind from `base` has them already: engine.construct binds it
+        # from a mount with the same flag locks (a seed made with them: op lockseed).
+        if m.get("locked_flags") and not m.get("locked") and base is None:
             try:
                 if m["id"] in self.users.groups:
                     fd = self.users.lock_subtree(self, m, fd)

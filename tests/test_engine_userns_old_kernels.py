@@ -134,3 +134,25 @@ def test_construct_refuses_sharing_in_a_locked_subtree():
     with pytest.raises(construct.PlanError, match=r"^mount 6 \(/view/ro\): shared or slave, in a subtree of locked "
                                                   r"mounts below the unlocked mount 5 \(/view\); Linux >= 5.15"):
         construct.plan(tree, userns_copies=COPIES, subtrees={5: [6, 7]})
+
+
+def test_construct_starts_again_a_group_that_died_with_the_copied_namespace():
+    # An unprivileged LXC root: locked, shared, no master (the group it was copied from is gone).
+    tree = [M(1, None, "/", sb="r", shared=7), M(2, 1, "/vol", sb="v")]
+    ops = construct.plan(tree, userns_copies={"ns": ({1}, {2})})
+    after = ops[ops.index(("userns", "ns")):]
+    assert ("prop", 1, "shared") in after
+
+
+def test_construct_seeds_a_group_of_binds_with_locked_flags_with_those_locks():
+    # Binds made inside the user namespace of an inherited mount (flag locks: atime), then shared.
+    vol = dict(M(2, 1, "/vol", sb="v", shared=8), locked_flags=["atime"])
+    tree = [M(1, None, "/", sb="r"), vol, dict(M(3, 1, "/vol2", sb="v", shared=8), locked_flags=["atime"])]
+    ops = construct.plan(tree, userns_copies={"ns": ({1}, {2, 3})})
+    seed = next(op[1] for op in ops if op[0] == "seed")
+    assert ops[ops.index(next(op for op in ops if op[0] == "seed")) + 1] == ("lockseed", seed, 2)
+    assert ("make", 2, ("node", seed, "")) in ops and ("make", 3, ("node", seed, "")) in ops
+    tree[2] = dict(tree[2], locked_flags=["ro", "atime"])
+    with pytest.raises(construct.PlanError, match=r"^mount 3 \(/vol2\): its peer group 8 has members with other "
+                                                  r"locks or locked flags than mount 2 \(/vol\)"):
+        construct.plan(tree, userns_copies={"ns": ({1}, {2, 3})})
