@@ -1074,10 +1074,12 @@ class _Restorer:
         pending: dict[int, list[dict]] = {}
         left = {mid: len(kids) for mid, kids in self.children.items()}
         self._sorted_rels: dict[int, list[tuple[str, int]]] = {}
-        # Without unique ids (ids=mountinfo, < 6.8) mount ids say nothing about age: the mounts a user
-        # namespace's copy locks (older than its own, as dump checks where it can) come first then.
-        before = {mid for b, _ in userns_cr.construct_copies(self.doc["mntns"]).values() for mid in b}
-        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0, m["id"] not in before, m["id"]))
+        # Without unique ids (before 6.8) legacy ids are reused, so a mount made inside an owned
+        # namespace may have a lower id than its root or a locked mount: those come first, since
+        # the namespace is copied into its user namespace before its first own mount is attached.
+        early = {mid for before, _ in userns_cr.construct_copies(self.doc["mntns"]).values() for mid in before}
+        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0,
+                                                            m.get("uid") is None and m["id"] not in early, m["id"]))
 
         def done(mid: int) -> None:
             # All of mid's children are attached: its fd is needed only if kept.

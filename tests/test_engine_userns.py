@@ -220,3 +220,36 @@ def test_lock_probe_of_a_namespace_with_an_unbindable_mount(tmp_path):
         p.kill()
         p.wait()
         p.stdout.close()
+
+
+REUSED_IDS = """
+mkdir /mnt/pad /run/u
+for i in 0 1 2 3 4 5 6 7; do mkdir /mnt/pad/$i; mount -t tmpfs pad /mnt/pad/$i; done
+unshare -U -r -m --propagation private sh -c 'touch /run/u/in; while [ ! -e /run/u/go ]; do sleep 0.05; done
+  mkdir -p /tmp/own; mount -t tmpfs own /tmp/own; touch /run/u/done; exec /.hold/mntcr-hold 100000' \
+  </dev/null >/dev/null 2>&1 &
+wait_for /run/u/in
+for i in 0 1 2 3 4 5 6 7; do umount /mnt/pad/$i; done
+sleep 0.5
+touch /run/u/go
+wait_for /run/u/done
+hold
+"""
+
+
+def test_owned_namespace_restored_whatever_the_legacy_id_order(case, monkeypatch):
+    """Without unique mount ids (ids=mountinfo, before 6.8) a mount made inside a user namespace's
+    mount namespace may get a lower legacy id than that namespace's root (ids are reused): restore
+    still attaches the root and the locked mounts before it copies the namespace into its user
+    namespace (it failed "locked but not attached before ... is copied" when ids were reused)."""
+    monkeypatch.setenv("MNTCR_STRATEGY", "ids=mountinfo")
+    pid = case.start(REUSED_IDS)
+    child = next(int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()
+                 if os.readlink(f"/proc/{p}/ns/mnt") != os.readlink(f"/proc/{pid}/ns/mnt"))
+    with open(f"/proc/{child}/mountinfo") as f:
+        ids = {line.split()[4]: int(line.split()[0]) for line in f}
+    if ids["/tmp/own"] > ids["/"]:
+        pytest.skip("the kernel gave the inner tmpfs no reused (lower) mount id this time")
+    before = enginecase.take(pid)
+    new = case.cr(pid)
+    enginecase.assert_same(before, enginecase.take(new))

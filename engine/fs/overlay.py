@@ -11,7 +11,9 @@ overlayfs shows a layer's files with their own inode numbers, sizes and times
 (ovl_getattr passes them through), so where a layer path crosses more than
 one mount (`stack_beneath`: the one it resolves to now, and each one a lazy
 unmount of that would uncover), dump looks at the directory on each of them
-in a private copy of the namespace (`look_beneath`) and takes the topmost
+in a private copy of the namespace (`look_beneath`; a layer path that is a
+symlink, podman's overlay/l/ID, is followed there as the kernel followed it
+when the overlay was mounted) and takes the topmost
 whose files the overlay shows; else the only one that has the directory at
 all (`told_by_files`). When nothing tells, the layer is taken as it resolves
 now, unless that mount may have been mounted over it after the overlay (the
