@@ -314,6 +314,23 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
             dev = f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}"
             if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
                 f["visible_mnt"] = mid
+        # A mapped file likewise (a program that unshared without exec maps its libraries through
+        # the parent's mounts): the mount its path reaches here, used when the mapping's own mount
+        # is in no dumped namespace (_place_maps).
+        maps = []
+        for path, mnt, link, *_ in data["maps"]:
+            visible = None
+            if mnt not in ids and not path.endswith(" (deleted)"):
+                try:
+                    want, here = os.stat(f"{pid}/{link}", dir_fd=hostproc), os.stat(path)
+                    mid = kernel.statx_mnt_id(path)
+                    if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and \
+                            devs.get(mid) == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
+                        visible = mid
+                except OSError:
+                    pass
+            maps.append((path, mnt, link, visible))
+        data["maps"] = maps
 
 
 def _enter_copy(ns_fd: int, pids: list[int]) -> int:
@@ -1215,9 +1232,11 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
 
     # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
     fdtable = FdTable(takes)
+    map_unplaced: list = []
     try:
         procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
-                               (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})
+                               (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {},
+                               map_unplaced)
         fdtable.finish(procs_doc)
     except FdError as e:
         fdtable.release()
@@ -1235,6 +1254,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     try:
         detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+        _plan_mapped_detached(map_unplaced, detached_doc, procs_doc,
+                              lambda items: _plan_detached(items, superblocks, sb_of_dev, ns_data, by_mntns,
+                                                           mounts_by_id, writer, files))
     finally:
         fdtable.release()
 
@@ -1265,9 +1287,11 @@ def _unplaced_of(p: dict):
             yield f, f"fd/{f['fd']}"
 
 
-def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files) -> list[dict]:
+def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
+               map_unplaced: list) -> list[dict]:
     """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files.
-    fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only."""
+    fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only; mappings on
+    detached mounts are added to `map_unplaced` (_place_maps)."""
     procs_doc = []
     used_files: set[str] = set()
     for pid, ppid in tree:
@@ -1294,9 +1318,7 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
-        # Mapped files on mounts of the tree (the rest: anonymous shared memory, memfds, detached).
-        entry["maps"] = [_place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping")
-                         for path, mnt in pdata["maps"] if mnt in mounts_by_id]
+        entry["maps"] = _place_maps(pid, pdata["maps"], mounts_by_id, ghost_ctx, map_unplaced)
         if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
             entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
         procs_doc.append(entry)
@@ -1304,6 +1326,47 @@ def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx
     if unknown:
         raise DumpError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} open")
     return procs_doc
+
+
+def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: list) -> list[dict]:
+    """Where each file process `pid` maps lies (engine/mappings.py): on a mount of the tree (a file
+    unlinked since as a ghost, when its filesystem's files are dumped: CRIU keeps a deleted library
+    so), or on a mount in no dumped namespace (a lazily unmounted mount the mapping keeps alive: its
+    location is added to `unplaced` as (loc, pid, link), for _plan_detached). Left out: anonymous
+    shared memory and memfds, deleted files restore could not make again (nothing of the mount
+    state depends on them)."""
+    mntns_doc, superblocks = ghost_ctx[0], ghost_ctx[1]
+    out = []
+    for path, mnt, link, visible in maps:
+        deleted = path.endswith(ghosts.DELETED_FD)
+        if mnt not in mounts_by_id and visible is not None:
+            mnt = visible   # (a mount of a namespace outside the tree: mapped from the one its path reaches)
+        m = mounts_by_id.get(mnt)
+        if m is None:
+            if not deleted:
+                loc = {"mnt": mnt, "path": path, "detached": True}
+                unplaced.append((loc, pid, link))
+                out.append(loc)
+            continue
+        if not deleted:
+            out.append(_place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping"))
+            continue
+        target = path[: -len(ghosts.DELETED_FD)]
+        sb = superblocks[mntns_sb(mntns_doc, mnt)]
+        try:
+            st = os.stat(f"/proc/{pid}/{link}")
+        except OSError:
+            continue
+        if sb["external"] or not fs.holds_ghosts(sb["fstype"]) or not stat.S_ISREG(st.st_mode) \
+                or (st.st_nlink and fs.lookup(sb["fstype"]).content) \
+                or not is_beneath(target, m.mountpoint):
+            continue
+        loc = _place({"abs": target, "mnt": mnt}, mounts_by_id, pid, "mapping")
+        loc["ghost"] = _fd_ghost(pid, link, target, m, *ghost_ctx)
+        out.append(loc)
+    # once each (two copies of one path may lead to one mount: a stand-in's own library and the one
+    # it maps for the process)
+    return list({(loc["mnt"], loc["path"], bool(loc.get("detached"))): loc for loc in out}.values())
 
 
 def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:
@@ -1436,16 +1499,18 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
                                           "namespaces: not supported yet")
     sid = mntns_sb(mntns_doc, m.mnt_id)
     sb = superblocks[sid]
-    handler = fs.lookup(sb["fstype"])
-    if sb["external"] or handler is None or not handler.content:
+    if sb["external"] or not fs.holds_ghosts(sb["fstype"]):
         raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
-                                          f"{fs.content_names()} made in the dumped tree can hold it again)")
+                                          f"{fs.content_names()} or overlay made in the dumped tree can hold it again)")
     st = os.stat(f"/proc/{pid}/{link}")
     if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
         raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
     key = f"{st.st_dev}:{st.st_ino}"
-    linked = (linked_names or {}).get(key) if st.st_nlink else None
-    if st.st_nlink and not linked:
+    # A type that makes ghosts through its mounts shows another inode's link count (overlay: the
+    # layer's, which still has its name beneath the whiteout): the "(deleted)" name is what counts.
+    nlink = 0 if not fs.lookup(sb["fstype"]).content else st.st_nlink
+    linked = (linked_names or {}).get(key) if nlink else None
+    if nlink and not linked:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
                                           "no mount of the tree whose files are dumped reaches")
     m_root = ghosts.split_root(m.root)[0]
@@ -1552,6 +1617,28 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
         for fd in anchors:
             os.close(fd)
     return out
+
+
+def _plan_mapped_detached(items: list, detached_doc: dict, procs_doc: list, plan) -> None:
+    """The detached mounts that only mappings keep alive (a daemon maps a file of a mount lazily
+    unmounted since), planned one by one with `plan` (_plan_detached) into `detached_doc`. A mount
+    that cannot be (one of a namespace outside the tree the file's path no longer reaches: a program
+    that unshared without exec maps its libraries so) is left out with its mappings, as before: a
+    mapping alone is no reason to refuse the tree."""
+    by_mnt: dict[int, list] = {}
+    for item in items:
+        by_mnt.setdefault(item[0]["mnt"], []).append(item)
+    dropped = set()
+    for mnt, group in sorted(by_mnt.items()):
+        if str(mnt) in detached_doc:
+            continue
+        try:
+            detached_doc.update(plan(group))
+        except DumpError:
+            dropped.add(mnt)
+    if dropped:
+        for p in procs_doc:
+            p["maps"] = [m for m in p["maps"] if not (m.get("detached") and m["mnt"] in dropped)]
 
 
 def _archive_beyond(beyond, superblocks, writer, files) -> None:

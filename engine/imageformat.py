@@ -394,6 +394,13 @@ DIR_LOC = Record("root or cwd", {
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
 })
 
+# A mapped file: one unlinked since is mapped again from its ghost, and one on a detached mount
+# (lazily unmounted) from that mount (engine/mappings.py).
+MAP_LOC = Record("mapping", {
+    **LOC_FIELDS,
+    "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+})
+
 _DESC_ID = re.compile(r"^d-[0-9]{1,9}$")
 _OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}$")
 
@@ -490,7 +497,7 @@ PROCESS = Record("process", {
     "cwd": F(DICT, rule=record(DIR_LOC)),
     "fds": F(LIST),                                           # FD records, checked with their count
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
-    "maps": F(LIST, required=False, rule=list_of(record(LOC), MAX_FDS, DICT)),
+    "maps": F(LIST, required=False, rule=list_of(record(MAP_LOC), MAX_FDS, DICT)),
     "exe": F(DICT, required=False, rule=record(LOC)),
     # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
@@ -579,7 +586,7 @@ def _name_rule(v) -> str | None:
 MAX_GHOST_LINKS = 64   # other unlinked names one ghost may have been open under
 
 GHOST = Record("ghost", {
-    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs or ramfs of the image
+    "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs, ramfs or overlay of the image
     "path": F(STR, rule=path_rule),                           # its old path in that superblock
     # Its archive (absent with `linked`):
     "file": F(STR, required=False, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
@@ -997,7 +1004,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
 
 
 def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
-    """Ghosts lie on a tmpfs or ramfs the image makes, each its own archive member (one no
+    """Ghosts lie on a tmpfs, ramfs or overlay the image makes (fs.holds_ghosts), each its own archive member (one no
     superblock extracts), named as the last part of its path; a mount made from a ghost has
     the ghost's superblock and path as its own (fds are checked with their processes)."""
     from engine import fs
@@ -1008,9 +1015,8 @@ def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
             _fail(f"ghost id {gid[:40]!r} is not g-N")
         check_record(GHOST, g, what)
         sb = sbs.get(g["sb"])
-        handler = fs.lookup(sb["fstype"]) if sb is not None else None
-        if sb is None or sb.get("external") or handler is None or not handler.content:
-            _fail(f"{what}: it must lie on a tmpfs or ramfs of the image (not {g['sb']!r})")
+        if sb is None or sb.get("external") or not fs.holds_ghosts(sb["fstype"]):
+            _fail(f"{what}: it must lie on a tmpfs, ramfs or overlay of the image (not {g['sb']!r})")
         if g["path"] == "/":
             _fail(f"{what}: a ghost is not the root of its filesystem")
         names = [g["path"], *(g.get("links") or ())]
@@ -1119,10 +1125,13 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for key in ("root", "cwd"):
             _check_loc(p[key], mounts, detached, f"{what} {key}")
             _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
-        for loc in (p.get("maps") or []) + ([p["exe"]] if "exe" in p else []):
-            if loc.get("detached"):
-                _fail(f"{what}: a mapping on a detached mount")
+        for loc in p.get("maps") or []:
             _check_loc(loc, mounts, detached, f"{what} mapping")
+            _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
+        if "exe" in p:
+            if p["exe"].get("detached"):
+                _fail(f"{what}: an executable on a detached mount")
+            _check_loc(p["exe"], mounts, detached, f"{what} executable")
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"

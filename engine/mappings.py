@@ -6,8 +6,11 @@ mapped file once per process, placed on its mount like an open file. The
 stand-in maps every such file (one page, read-only, private) from the
 restored mount, so /proc/PID/maps and map_files name the same files and the
 mounts are busy the same way; contents and addresses are not restored.
-Mappings of files on no mount of the tree (anonymous shared memory, memfds,
-deleted or detached files) are not recorded. The executable is recorded and
+A mapped file that was unlinked since (a library replaced by an upgrade) is
+kept as a ghost when its filesystem's files are dumped, and a file on a
+lazily unmounted mount keeps that detached mount, as an open file would
+(engine/dump.py `_place_maps`). Not recorded: anonymous shared memory,
+memfds, deleted files of other filesystems. The executable is recorded and
 mapped like the others, and on x86-64 a stand-in makes it its own
 /proc/PID/exe once it is detached (become_exe): a few instructions in an
 anonymous page unmap the interpreter's executable (the kernel refuses a new
@@ -30,8 +33,11 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 
 
 def read(hostproc: int, pid: int) -> dict:
-    """{"maps": [(abs path, mnt id)], "exe": (abs path, mnt id) | None} of `pid` (in its namespace)."""
-    seen: dict[str, tuple[str, int]] = {}
+    """{"maps": [(abs path, mnt id, "map_files/NAME")], "exe": (abs path, mnt id) | None} of `pid`
+    (in its namespace); a deleted file's path ends in " (deleted)", as the kernel shows it."""
+    # By path and mount: a stand-in maps a library from the restored mount besides its interpreter's
+    # copy of the same path from the restorer's (keyed by path alone, which one stayed was chance).
+    seen: dict[tuple[str, int], tuple[str, int, str]] = {}
     try:
         dfd = os.open(f"{pid}/map_files", os.O_RDONLY | os.O_DIRECTORY, dir_fd=hostproc)
     except OSError:
@@ -44,9 +50,10 @@ def read(hostproc: int, pid: int) -> dict:
         link = f"{pid}/map_files/{name}"
         try:
             path = os.readlink(link, dir_fd=hostproc)
-            if path in seen or path.endswith(" (deleted)") or not path.startswith("/"):
+            if not path.startswith("/"):
                 continue
-            seen[path] = (path, kernel.statx_mnt_id(link, dfd=hostproc))
+            mnt = kernel.statx_mnt_id(link, dfd=hostproc)
+            seen.setdefault((path, mnt), (path, mnt, f"map_files/{name}"))
         except OSError:
             continue
     exe = None

@@ -306,7 +306,7 @@ class _Restorer:
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
         for p in doc["processes"]:
-            for f in [p["root"], p["cwd"], *p["fds"]]:
+            for f in [p["root"], p["cwd"], *p["fds"], *p.get("maps", ())]:
                 if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
                     self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
                     self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
@@ -1558,8 +1558,10 @@ class _Restorer:
             fds = []
             try:
                 for m in todo[i:i + 200]:
+                    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
                     try:
-                        fds.append(self.open_at(m["mnt"], m["path"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY))
+                        fds.append(self._open_ghost(m["ghost"], flags, m["mnt"], m["path"]) if m.get("ghost")
+                                   else self.open_at(m["mnt"], m["path"], flags))
                     except OSError as e:
                         raise RestoreError(e.errno, f"{where}: mapped file {m['path']} on mount {m['mnt']}: "
                                                     f"{e.strerror or e}") from None

@@ -573,6 +573,47 @@ for x in (d1, d2, q1): x.close()
             os.close(fd)
 
 
+def test_fifo_in_flight_keeps_its_data(case):
+    """A FIFO whose only holder is an fd in flight (sent with SCM_RIGHTS and closed by the sender,
+    the FIFO's name on a tmpfs of a nested mount namespace): the bytes it buffers come back with
+    it (they were lost: the entry in flight named no pipe object)."""
+    setup = """
+mkdir /mnt/t
+""" + py_hold("""
+import ctypes, signal, socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+if os.fork() == 0:
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.unshare(0x00020000) == 0                                   # CLONE_NEWNS
+    assert libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None) == 0    # MS_REC | MS_PRIVATE
+    assert libc.mount(b"t", b"/mnt/t", b"tmpfs", 0, None) == 0
+    os.mkfifo("/mnt/t/fifo")
+    q = os.open("/mnt/t/fifo", os.O_RDWR | os.O_NONBLOCK); os.write(q, b"fifo data")
+    socket.send_fds(b, [b"fifo"], [q]); os.close(q); a.close(); b.close()
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True:
+        signal.pause()
+os.dup2(a.fileno(), 20); a.close(); b.close()
+""")
+    before, after = case.roundtrip(setup)
+    import socket
+    from engine import kernel
+    from engine.fds import sys as fsys
+    pidfd = kernel.pidfd_open(after.pid)
+    try:
+        s = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 20))
+    finally:
+        os.close(pidfd)
+    with s:   # (reading consumes the restored tree's queue: the test's last look)
+        data, fds, _, _ = socket.recv_fds(s, 100, 4, socket.MSG_DONTWAIT)
+        assert data == b"fifo" and len(fds) == 1
+        assert os.readlink(f"/proc/self/fd/{fds[0]}") == "/mnt/t/fifo"
+        os.set_blocking(fds[0], False)
+        assert os.read(fds[0], 100) == b"fifo data"
+        os.close(fds[0])
+
+
 def test_inotify_watch_on_a_symlink(case):
     """A watch on a symlink itself (IN_DONT_FOLLOW, as systemd watches /etc/localtime): restored on
     the symlink, not on its target (fdinfo shows no IN_DONT_FOLLOW bit), also after a second C/R."""

@@ -255,7 +255,7 @@ hold
     arc = next(a for sb in doc["superblocks"].values() for a in sb.get("archives") or [] if a.get("only"))
     refused(lambda d: d["ghosts"][gid].update(path="/../etc/shadow"), r"\.\.")
     refused(lambda d: d["ghosts"][gid].update(only="other"), "'only' must be the last name")
-    refused(lambda d: d["ghosts"][gid].update(sb="sb-999"), "tmpfs or ramfs of the image")
+    refused(lambda d: d["ghosts"][gid].update(sb="sb-999"), "ramfs or overlay of the image")
     refused(lambda d: next(m for ns in d["mntns"].values() for m in ns["mounts"]
                            if m["id"] == mnt["id"]).update(ghost="g-99"), "ghost 'g-99' is unknown")
     refused(lambda d: next(f for p in d["processes"] for f in p["fds"]

@@ -61,6 +61,9 @@ MUTATIONS = {
     "pty ptmx mount": lambda d: _fd(d, "pty")["ptmx"].update(mnt=987654),
     "mapping path": lambda d: d["processes"][0]["maps"][0].update(path="/a/../b"),
     "mapping mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654),
+    "mapping ghost": lambda d: d["processes"][0]["maps"][0].update(ghost="g-99"),
+    "mapping on an unknown detached mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654, detached=True),
+    "executable on a detached mount": lambda d: d["processes"][0]["exe"].update(detached=True),
     "object id": lambda d: d["objects"].update({"../x": {"kind": "pipe", "size": 1, "data": ""}}),
 }
 

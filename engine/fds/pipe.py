@@ -26,7 +26,23 @@ MAX_DATA = 1 << 24   # a pipe holds at most pipe-user-pages-hard: 16 MiB is far 
 
 def _read_buffer(d) -> tuple[bytes, int]:
     """(buffered bytes, capacity) of the pipe behind fd `d`, leaving the bytes where they are."""
-    rd = os.open(f"/proc/{d.pid}/fd/{d.fd}", os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    return read_buffer_at(f"/proc/{d.pid}/fd/{d.fd}")
+
+
+def fifo_object(objects: dict, link: str) -> str:
+    """The id of the pipe object of the FIFO behind magic link `link` (/proc/PID/fd/N), recorded in
+    `objects` with its buffered data the first time (a process's fd on it, or an fd in flight)."""
+    st = os.stat(link)
+    obj = f"fifo-{st.st_dev}-{st.st_ino}"
+    if obj not in objects:
+        data, size = read_buffer_at(link)
+        objects[obj] = {"kind": "pipe", "size": size, "data": base64.b64encode(data).decode()}
+    return obj
+
+
+def read_buffer_at(link: str) -> tuple[bytes, int]:
+    """(buffered bytes, capacity) of the pipe behind magic link `link`, leaving the bytes there."""
+    rd = os.open(link, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         size = fcntl.fcntl(rd, fsys.F_GETPIPE_SZ)
         r, w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
@@ -142,7 +158,7 @@ def _open_fifo(r: RestoreFd) -> int:
 
 
 def _dump_fifo(d) -> dict:
-    return _dump(d, "fifo")
+    return {"obj": fifo_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}")}
 
 
 register(FdKind(name="pipe", matches=lambda t, m: t.startswith("pipe:["), dump=_dump, open=_open_pipe,

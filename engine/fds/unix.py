@@ -715,6 +715,10 @@ def _inflight_entry(d, fd: int) -> dict:
     entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
     if kind.name == "file":
         entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+    else:
+        # Its pipe with the data it holds: an fd in flight may be all that keeps a FIFO's data.
+        from engine.fds.pipe import fifo_object
+        entry["obj"] = fifo_object(d.objects, f"/proc/self/fd/{fd}")
     spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
     mnt = int(info.get("mnt_id", 0))
     known = {m.mnt_id for _pid, mounts in spaces for m in mounts}
@@ -856,7 +860,8 @@ def _check_msgs(queue, what: str) -> None:
                 _fail(f"{what}: bad fds of a queued message")
             for f in fds:
                 if not isinstance(f, dict) or f.get("kind") not in INFLIGHT_KINDS \
-                        or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type"} \
+                        or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj"} \
+                        or ("obj" in f and (f["kind"] != "fifo" or not isinstance(f["obj"], str))) \
                         or type(f.get("flags")) is not int or not 0 <= f["flags"] < 1 << 22 \
                         or type(f.get("pos")) is not int or not 0 <= f["pos"] < 1 << 63 \
                         or type(f.get("mnt")) is not int or f.get("type", "file") not in ("file", "dir"):
@@ -1221,6 +1226,8 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
             for f in m["fds"]:
                 if f["mnt"] not in r.entry.get("mnts", ()):
                     raise FdError(errno.EINVAL, f"{r.where}: an fd in flight on mount {f['mnt']}, not in its mnts")
+                if "obj" in f and r.objects.get(f["obj"], {}).get("kind") != "pipe":
+                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no pipe object {f['obj'][:40]!r}")
                 sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
                                 standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
                 out.append(kinds.lookup(f["kind"]).open(sub))

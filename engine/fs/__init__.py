@@ -10,7 +10,8 @@ with "not supported" rather than guessed at.
 What a type declares:
 - identity: `name` (the mountinfo fstype; ``fuse.x`` looks up ``fuse``), and
   `magic` (statfs f_type) for a superblock no mount shows;
-- dump: `mount_root` (a mount's root when mountinfo's is not it), `content` (its files go into an archive), `device` (it lives on a block
+- dump: `mount_root` (a mount's root when mountinfo's is not it), `content` (its files go into an archive),
+  `ghosts_through` (unlinked open files are made again through a mount of it), `device` (it lives on a block
   device: `device_of`, `plan_device`), `layers` (built on other mounts: `plan`,
   `made_outside`; `precheck`: what a running tree already shows refused), `ns` / `ns_key`
   (the namespace that owns it: `probe`);
@@ -100,6 +101,10 @@ class FsType:
     name: str
     # Dump the superblock's files into an archive (tmpfs, ramfs).
     content: bool = False
+    # Not archived, but a file unlinked while open (or a directory removed while a cwd) may be made
+    # again through a mount of it and unlinked there (overlay: the new file lies in the upper layer,
+    # and unlinking it whites the name out again), as on a `content` type (engine/ghosts.py).
+    ghosts_through: bool = False
     # statfs magic: names a superblock that only a detached mount shows (content types).
     magic: int | None = None
     # Namespace the superblock is tagged with: created by a process inside it.
@@ -338,6 +343,12 @@ def daemons(pids) -> set[int]:
                 out.add(pid)
                 break
     return out
+
+
+def holds_ghosts(fstype: str) -> bool:
+    """Whether an unlinked file of a superblock of this type can be made again at restore (a ghost)."""
+    handler = lookup(fstype)
+    return handler is not None and (handler.content or handler.ghosts_through)
 
 
 def content_names() -> str:

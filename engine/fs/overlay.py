@@ -575,4 +575,5 @@ class OverlayType(FsType):
                 os.close(fd)
 
 
-TYPE = register(OverlayType("overlay", layers=True, path_opts=frozenset(LAYER_KEYS), requires=("overlay",)))
+TYPE = register(OverlayType("overlay", layers=True, ghosts_through=True, path_opts=frozenset(LAYER_KEYS),
+                            requires=("overlay",)))
