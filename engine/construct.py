@@ -53,6 +53,12 @@ The plan is a list of tuples (ids < 0 are seeds):
   ("userns", ns)                 copy namespace ns from inside its user namespace (which locks what
                                  is in it: its root and locked mounts, made by then) and go on in the
                                  copy; in it a shared mount is a slave of its old group
+  ("lockseed", sid, id)          seed sid carries the flag locks of mount id (an unlocked mount with
+                                 locked flags, engine.userns_cr): cloned inside its user namespace from
+                                 a locked copy before it is attached, so the binds of it inherit them
+  ("member", id)                 locked mount id below an unlocked one (a recursive bind made inside
+                                 a user namespace, engine.userns_cr.lock_groups) came with it: made
+                                 with that mount's clone, attached with its attach
 """
 
 from __future__ import annotations
@@ -245,8 +251,10 @@ def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
 
 
 class _Planner:
-    def __init__(self, mounts, helper_ok, userns_copies=None):
+    def __init__(self, mounts, helper_ok, userns_copies=None, subtrees=None):
         self.helper_ok = helper_ok
+        # Unlocked mount -> the locked mounts below it that restore makes with it (lock_groups).
+        self.subtrees = {top: list(members) for top, members in (subtrees or {}).items()}
         # Namespaces copied into their user namespace: ns -> (mounts made before the copy, which the
         # kernel locks; mounts made after it, in the copy).
         self.userns_copies = {ns: (set(before), set(after)) for ns, (before, after) in (userns_copies or {}).items()}
@@ -271,6 +279,7 @@ class _Planner:
                 self.by_shared.setdefault(m["shared"], []).append(m)
         self.st = _State()
         self.ops: list[tuple] = []
+        self.locked_seeds: dict[int, list[str]] = {}   # seed -> the flag locks it is made with (lockseed)
         self.next_seed = -1
         self.seeds: list[int] = []
         # External masters: the host mounts (in the service namespace) that are slaves of them.
@@ -453,11 +462,40 @@ class _Planner:
             self.st.make_shared(sid)
         else:
             sid = self._seed(first["sb"], None, None)
+            self._lock_seed(sid, g, members)
             self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), None, None)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         self.st.do_bind(g, self.st.ks[sid])
         return self.st.ks[sid]
+
+    def _lock_seed(self, sid: int, g: int, members: list[dict]) -> None:
+        """Unlocked members with locked flags (binds made inside a user namespace of an inherited mount,
+        then shared: LXC's unprivileged mount entries) can only be binds of a mount that has those flag
+        locks: the seed gets them (op lockseed), and every member must have the same."""
+        flagged = [x for x in members if x.get("locked_flags") and not x.get("locked")]
+        if not flagged:
+            return
+        want = sorted(flagged[0]["locked_flags"])
+        odd = next((x for x in members if x.get("locked") or sorted(x.get("locked_flags") or ()) != want), None)
+        if odd is not None:
+            raise PlanError(f"{self.where(odd)}: its peer group {g} has members with other locks or locked flags "
+                            f"than mount {flagged[0]['id']} ({flagged[0]['mountpoint']}){_NEED}")
+        self.ops.append(("lockseed", sid, flagged[0]["id"]))
+        self.locked_seeds[sid] = want
+
+    def _check_flag_locks(self, m: dict, src) -> None:
+        """An unlocked mount with locked flags made as a bind (to inherit a group or master) gets the
+        flag locks of its source only: refuse a source without exactly those."""
+        if not m.get("locked_flags") or m.get("locked") or src is None:
+            return
+        want = sorted(m["locked_flags"])
+        kind, nid, _ = src
+        have = None if kind != "node" else (self.locked_seeds.get(nid) if nid < 0
+                                            else sorted(self.mounts[nid].get("locked_flags") or ()))
+        if have != want:
+            raise PlanError(f"{self.where(m)}: unlocked with locked flags ({','.join(want)}), and bound from a "
+                            f"mount without those flag locks to inherit its peer group or master{_NEED}")
 
     def _master_token(self, h: int, sb):
         if h in self.by_shared:
@@ -522,6 +560,7 @@ class _Planner:
                     raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
                                     f"{m['root']}{_NEED}")
                 src, state = self._src_of(n, m["root"]), (self.st.ks[n], self.st.km[n])
+        self._check_flag_locks(m, src)
         self.ops.append(("make", m["id"], src))
         self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True), *state)
         if parent is None and state[0] is not None:
@@ -533,6 +572,8 @@ class _Planner:
         self.ops.append(("attach", m["id"], [c["id"] for c in copies]))
         for x in [m] + copies:
             self._reach(x)
+        if m["id"] in self.subtrees:
+            self._members(m, parent)
         if parent is None and self.st.ks[m["id"]] is not None:
             # Other namespaces whose root is a peer of this one (a namespace copied with propagation
             # unchanged) are copies of this namespace made now, while it holds only its root.
@@ -654,6 +695,26 @@ class _Planner:
             raise PlanError(f"{self.where(m)}: the way it must be made leaves it in another peer group or with "
                             f"another master than it had{_NEED}")
 
+    def _members(self, top: dict, parent: dict | None) -> None:
+        """The locked mounts below unlocked `top`, made and attached with it (restore clones the whole
+        subtree from a locked copy inside the user namespace): private, as the copy leaves them, so a
+        subtree with sharing in it or attached where propagation would copy it is refused."""
+        members = [self.mounts[i] for i in self.subtrees[top["id"]]]
+        shared = next((x for x in [top, *members] if x.get("shared") or x.get("master")), None)
+        if shared is not None:
+            raise PlanError(f"{self.where(shared)}: shared or slave, in a subtree of locked mounts below the "
+                            f"unlocked mount {top['id']} ({top['mountpoint']}){_NEED}")
+        if parent is not None and self.st.ks.get(parent["id"]) is not None:
+            raise PlanError(f"{self.where(top)}: locked mounts below it, under a shared parent whose peers "
+                            f"would get copies of it{_NEED}")
+        for x in members:
+            key = (x["parent"], x["mountpoint"])
+            if key in self.st.occupied:
+                raise PlanError(f"{self.where(x)}: another mount is already at its mount point")
+            self.st._dset(self.st.occupied, key, x["id"])
+            self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True), None, None)
+            self.ops.append(("member", x["id"]))
+
     # -- the whole plan ----------------------------------------------------------------
     def _before_copy(self, mounts: list[dict]) -> list[dict]:
         """What a mount made before its namespace is copied into a user namespace must be for the copy
@@ -703,6 +764,14 @@ class _Planner:
             st.set_state(jid, None, None)
         for x in before:
             self.mounts[x] = self.after_copy.get(x, self.mounts[x])
+            g = self.mounts[x].get("shared")
+            tok = st.bind.get(g) if g else None
+            if tok is not None and not st.members.get(tok):
+                # Its group died with the old namespace (no member left, the copies' master gone with
+                # it): the image's group is one the copy starts again (an unprivileged LXC root,
+                # made shared once its namespace was copied).
+                del st.bind[g]
+                del st.tokbind[tok]
             self._reach(self.mounts[x])  # made shared where it is shared in the image
         st.log.clear()
 
@@ -740,6 +809,8 @@ class _Planner:
                 self.st.undo(mark)
                 del self.ops[nops:]
                 del self.seeds[nseeds:]
+                for k in [k for k in self.locked_seeds if k <= seed_no]:
+                    del self.locked_seeds[k]   # seeds of the step taken back (their ids are made again)
                 self.next_seed = seed_no
                 first_err = first_err or e
                 failed.append(m)
@@ -778,14 +849,16 @@ class _Planner:
         return self.ops
 
 
-def plan(mounts, helper_ok=lambda sb: True, userns_copies=None) -> list[tuple]:
+def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None) -> list[tuple]:
     """The construction plan for `mounts` (image mount dicts of every namespace: id, parent,
     mountpoint, root, sb, shared, master, external); PlanError naming a mount when none works.
     `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made.
     `userns_copies`: {namespace: (mounts before, mounts after)} for the namespaces owned by a user
     namespace (engine.userns_cr.construct_copies): the plan copies each into its user namespace
-    (op ("userns", namespace)) once its mounts "before" are made, and makes those "after" in the copy."""
-    return _Planner(list(mounts), helper_ok, userns_copies).run()
+    (op ("userns", namespace)) once its mounts "before" are made, and makes those "after" in the copy.
+    `subtrees`: {unlocked mount: [the locked mounts below it]} (engine.userns_cr.construct_subtrees),
+    made and attached with that mount (op ("member", id) each)."""
+    return _Planner(list(mounts), helper_ok, userns_copies, subtrees).run()
 
 
 # -- restore: executing the plan -----------------------------------------------------------
@@ -884,6 +957,7 @@ def assemble(r, service_fd: int) -> None:
         r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
         r.current_ns = ns_id
     attached: set[int] = set()  # for the user-namespace copy's check (its locked mounts are all there)
+    lock_seed = {op[1]: op[2] for op in r.construct_ops if op[0] == "lockseed"}
     for op in r.construct_ops:
         kind = op[0]
         if kind == "seed":
@@ -895,6 +969,11 @@ def assemble(r, service_fd: int) -> None:
             else:
                 base, rel = source(src)
             fd = clone_at(base, rel, what)
+            if sid in lock_seed:
+                try:
+                    fd = r.users.lock_flags(r.mounts[lock_seed[sid]], fd)   # (uses the first fd up)
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"{what}: {e.strerror or e}") from None
             r.to_service()
             if r.helper_yard is None:
                 r.helper_yard = r.yard if r.yard is not None else _make_yard()
@@ -931,6 +1010,20 @@ def assemble(r, service_fd: int) -> None:
             for cid in copies:
                 set_flags(r.mounts[cid])
             attached.update([mid, *copies])
+            step("attach")
+        elif kind == "lockseed":
+            pass  # done with its seed
+        elif kind == "member":
+            # Cloned with the unlocked mount above it (engine/userns_cr.py lock_subtree), attached with it.
+            x = r.mounts[op[1]]
+            r._moved.add(x["id"])
+            r._users_call(r.users.attached, r, x)
+            if r._filling_now():
+                nsx = r.ns_of_mount[x["id"]]
+                r.attached_in[nsx] = r.attached_in.get(nsx, 0) + 1
+            if r.legacy:
+                set_flags(x)
+            attached.add(x["id"])
             step("attach")
         elif kind == "userns":
             # Its root and locked mounts are made: the copy from inside its user namespace locks them

@@ -751,7 +751,8 @@ def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:
         return
     try:
         construct.plan(mounts, helper_ok=lambda sid: not superblocks[sid].get("external"),
-                       userns_copies=userns_cr.construct_copies(mntns_doc))
+                       userns_copies=userns_cr.construct_copies(mntns_doc),
+                       subtrees=userns_cr.construct_subtrees(mntns_doc))
     except construct.PlanError as e:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
 

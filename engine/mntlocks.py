@@ -22,16 +22,19 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import forkrun, kernel, mountinfo
+from engine import forkrun, kernel, mountinfo, remount
 
 _FLAGS = (("ro", kernel.MOUNT_ATTR_RDONLY), ("nosuid", kernel.MOUNT_ATTR_NOSUID),
           ("nodev", kernel.MOUNT_ATTR_NODEV), ("noexec", kernel.MOUNT_ATTR_NOEXEC))
 _UMOUNT_NOFOLLOW = 8
 
 
-def _flag_locks(path: str, m: mountinfo.Mount) -> list[str]:
+def _flag_locks(path: str, m: mountinfo.Mount, legacy: bool = False) -> list[str]:
     """The locked flags of the (copied) mount at `path`: each set flag is cleared, and atime
-    changed, one at a time; EPERM means the flag is locked."""
+    changed, one at a time; EPERM means the flag is locked. With `legacy` (no mount_setattr,
+    strategy flags=remount) through mount(2) remounts, which the same locks refuse the same way."""
+    if legacy:
+        return _flag_locks_remount(path, m)
     fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
     out = []
     try:
@@ -46,6 +49,28 @@ def _flag_locks(path: str, m: mountinfo.Mount) -> list[str]:
     finally:
         os.close(fd)
     return out
+
+
+def _flag_locks_remount(path: str, m: mountinfo.Mount) -> list[str]:
+    """_flag_locks with mount(2): a remount sets every flag at once, so each try gives the mount's
+    options less the one flag (a flag cleared by an earlier try is set again, which no lock
+    refuses), then its options with another atime mode."""
+    opts = set(m.mount_opts)
+    out = [name for name, _ in _FLAGS if name in opts and _remount_refused(path, opts - {name})]
+    atime = opts - {"noatime", "relatime", "strictatime"}
+    if _remount_refused(path, atime | ({"noatime"} if "noatime" not in opts else set())):
+        out.append("atime")
+    return out
+
+
+def _remount_refused(path: str, opts: set[str]) -> bool:
+    try:
+        remount.at_path(path, opts)
+    except OSError as e:
+        if e.errno == errno.EPERM:
+            return True
+        raise
+    return False
 
 
 def _refused(fd: int, attr_set: int = 0, attr_clr: int = 0) -> bool:
@@ -82,7 +107,7 @@ def _state(locked: bool, flags: list[str]) -> str:
     return ("locked" if locked else "unlocked") + (f" flags={','.join(flags)}" if flags else "")
 
 
-def _probe_in_copy(proc_fd: int, full: bool) -> list[tuple[str, str]]:
+def _probe_in_copy(proc_fd: int, full: bool, legacy: bool = False) -> list[tuple[str, str]]:
     """In the private copy: ("canonical", text) then (label, state) per mount. Without `full`,
     unmounting is tried only when some reachable mount has a locked flag (every lock comes with a
     locked atime: the kernel sets both when it locks a tree)."""
@@ -98,9 +123,9 @@ def _probe_in_copy(proc_fd: int, full: bool) -> list[tuple[str, str]]:
     flags = {}
     for m in tree.mounts:
         if m.mnt_id == root_id:
-            flags[m.mnt_id] = _flag_locks("/", m)
+            flags[m.mnt_id] = _flag_locks("/", m, legacy)
         elif _resolve(m.mountpoint, tree) == m.mnt_id:
-            flags[m.mnt_id] = _flag_locks(m.mountpoint, m)
+            flags[m.mnt_id] = _flag_locks(m.mountpoint, m, legacy)
     if not full and not any(flags.values()):
         return out + [(canon.label(m.mnt_id), _state(False, flags[m.mnt_id]) if m.mnt_id in flags else "hidden")
                       for m in mounts]
@@ -117,7 +142,7 @@ def _probe_in_copy(proc_fd: int, full: bool) -> list[tuple[str, str]]:
                    for c in live.children[m.mnt_id]):
                 continue  # its reachable children first: detaching it would take them unprobed
             if m.mnt_id not in flags:  # reachable only now that a cover is gone
-                flags[m.mnt_id] = _flag_locks(m.mountpoint, m)
+                flags[m.mnt_id] = _flag_locks(m.mountpoint, m, legacy)
             locked = _umount_probe(m.mountpoint)
             state[m.mnt_id] = _state(locked, flags[m.mnt_id])
             changed = True
@@ -142,7 +167,7 @@ def _bindable(mounts) -> list:
     return [m.with_(unbindable=False) if m.unbindable else m for m in mounts]
 
 
-def _child(pid: int, owner_fd: int | None, proc_fd: int) -> list[tuple[str, str]]:
+def _child(pid: int, owner_fd: int | None, proc_fd: int, legacy: bool) -> list[tuple[str, str]]:
     mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     if owner_fd is not None:
@@ -152,7 +177,7 @@ def _child(pid: int, owner_fd: int | None, proc_fd: int) -> list[tuple[str, str]
     os.chroot(".")
     os.chdir("/")
     kernel.unshare(kernel.CLONE_NEWNS)
-    return _probe_in_copy(proc_fd, full=owner_fd is not None)
+    return _probe_in_copy(proc_fd, full=owner_fd is not None, legacy=legacy)
 
 
 def probe(pid: int, mounts, canon_text: str) -> dict[str, str] | str:
@@ -174,7 +199,7 @@ def probe(pid: int, mounts, canon_text: str) -> dict[str, str] | str:
     proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         same = userns.ino(owner) == userns.own_userns_ino()
-        result = forkrun.run(_child, pid, None if same else owner, proc_fd)
+        result = forkrun.run(_child, pid, None if same else owner, proc_fd, remount.legacy())
     except (OSError, forkrun.ChildError) as e:
         return f"lock probe failed: {e}"
     finally:

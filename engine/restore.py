@@ -50,7 +50,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 
 from engine import (channel, construct, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
-                    sharing, standin, strategy, userns_cr)
+                    remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -69,11 +69,6 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
-# mount(2) flags for per-mount options (the path without mount_setattr)
-_LEGACY_FLAGS = {"ro": kernel.MS_RDONLY, "nosuid": kernel.MS_NOSUID, "nodev": kernel.MS_NODEV,
-                 "noexec": kernel.MS_NOEXEC, "noatime": 1024, "nodiratime": 2048, "relatime": 1 << 21,
-                 "nosymfollow": 256}
-_MS_STRICTATIME = 1 << 24
 _PLAIN = frozenset({"rw", "relatime"})   # what fsmount gives without attributes
 # Options a superblock's base mount may be made with (fsmount attributes; never "ro").
 _BASE_OK = frozenset({"rw", "relatime", "noatime", "strictatime"}) | (frozenset(_ATTR_FLAGS) - {"ro"})
@@ -867,12 +862,10 @@ class _Restorer:
         that mount that keeps the peer group and master it inherits."""
         fd = self._clone_plain(m, what, base)
         self._users_call(self.users.idmap, m, fd)   # idmapped mounts (engine/userns_cr.py)
-        if m.get("locked_flags") and not m.get("locked"):
-            # An unlocked mount with locked flags: cloned again inside its user namespace (with the
-            # locked mounts below it, if any).
-            if base is not None:
-                raise RestoreError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}): locked flags on an "
-                                                     "unlocked mount with peer groups built while mounting")
+        # An unlocked mount with locked flags: cloned again inside its user namespace (with the locked
+        # mounts below it, if any). A bind from `base` has them already: engine.construct binds it
+        # from a mount with the same flag locks (a seed made with them: op lockseed).
+        if m.get("locked_flags") and not m.get("locked") and base is None:
             try:
                 if m["id"] in self.users.groups:
                     fd = self.users.lock_subtree(self, m, fd)
@@ -1031,7 +1024,8 @@ class _Restorer:
             if strategy.current().sharing == "construct":
                 # Built while mounting (engine.construct); nothing is left for the sharing step.
                 self.construct_ops = construct.plan(list(self.mounts.values()), helper_ok,
-                                                    userns_cr.construct_copies(self.doc["mntns"]))
+                                                    userns_cr.construct_copies(self.doc["mntns"]),
+                                                    userns_cr.construct_subtrees(self.doc["mntns"]))
                 self.sharing_ops = []
             else:
                 self.sharing_ops = sharing.plan(list(self.mounts.values()), helper_ok=helper_ok)
@@ -1196,10 +1190,7 @@ class _Restorer:
     def _legacy_attrs(self, m: dict, private: bool = True) -> None:
         """Per-mount flags and private propagation (unless not `private`: engine.construct sets it)
         with mount(2), on the attached mount (we stand in its ns)."""
-        opts = set(m["mount_opts"])
-        flags = kernel.MS_REMOUNT | kernel.MS_BIND | sum(f for name, f in _LEGACY_FLAGS.items() if name in opts)
-        if not opts & {"noatime", "relatime"}:
-            flags |= _MS_STRICTATIME
+        flags = remount.flags_of(m["mount_opts"])
         try:
             # The host /proc's self/fd/N names the mount itself (also a file bind; "." would not).
             os.fchdir(self.hostproc)

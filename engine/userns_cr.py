@@ -40,7 +40,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import mntlocks, mountinfo, sbowner, topology, userns
+from engine import mntlocks, mountinfo, remount, sbowner, topology, userns
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
@@ -440,16 +440,13 @@ def lock_groups(entries: list[dict]) -> dict[int, list[dict]]:
 
 
 def _check_group(top: dict, members: list[dict], top_flags: list[str], hidden: set[int]) -> None:
-    """Refuse a group of locked mounts below unlocked `top` that restore cannot rebuild (one line)."""
-    from engine import strategy
+    """Refuse a group of locked mounts below unlocked `top` that restore cannot rebuild (one line).
+    (Where peer groups are built while mounting, engine/construct.py refuses a group with sharing.)"""
     where = f"mount {members[0]['id']} ({members[0]['mountpoint']}): locked below the unlocked mount " \
             f"{top['id']} ({top['mountpoint']})"
     if "atime" not in top_flags:
         # Restore binds the subtree from a locked copy, which locks the atime of what it binds.
         raise UsernsError(errno.EOPNOTSUPP, f"{where}, whose atime is not locked: not supported yet")
-    if strategy.current().sharing == "construct":
-        raise UsernsError(errno.EOPNOTSUPP, f"{where}: not supported with peer groups built while "
-                                            "mounting (sharing=construct)")
     seen = set()
     for x in members:
         if x["id"] in hidden or (x["parent"], x["mountpoint"]) in seen:
@@ -476,6 +473,13 @@ def construct_copies(mntns: dict) -> dict[str, tuple[set[int], set[int]]]:
                       if m["id"] == ns["root"] or (m.get("locked") and m["id"] not in grouped)}
             out[ns_id] = (before, {m["id"] for m in ns["mounts"]} - before)
     return out
+
+
+def construct_subtrees(mntns: dict) -> dict[int, list[int]]:
+    """For engine/construct.py: each unlocked mount with locked mounts below it (lock_groups) -> their
+    ids, in the order lock_groups gives. `mntns`: the image's."""
+    return {top: [x["id"] for x in members] for ns in mntns.values() if ns.get("owner")
+            for top, members in lock_groups(ns["mounts"]).items()}
 
 
 def _maps_of(rec: dict) -> userns.Maps:
@@ -571,7 +575,7 @@ class Rebuild:
         rest = sum(_ATTR[f] for f in FLAG_NAMES if f in m["mount_opts"] and f not in flags)
         from engine import channel
         try:
-            _, fds = channel.call_in_child(_locked_clone, self.fd[owner], fd, lock, rest)
+            _, fds = channel.call_in_child(_locked_clone, self.fd[owner], fd, lock, rest, _legacy_opts(m))
         except OSError as e:
             raise UsernsError(e.errno or errno.EIO, f"mount {m['id']} ({m['mountpoint']}): cloning it with locked "
                                                     f"flags ({','.join(flags)}): {e.strerror or e}") from None
@@ -596,10 +600,11 @@ class Rebuild:
                 mp = r._mountpoint_fd(r.mounts[m["parent"]], m, fds[m["parent"]])
                 made.append(mp)
                 lock, _ = _lock_bits(m)
-                spec.append((fds[m["id"]], mp, lock, _rel(m["mountpoint"], top["mountpoint"])))
+                spec.append((fds[m["id"]], mp, lock, _rel(m["mountpoint"], top["mountpoint"]), _legacy_opts(m)))
             lock, rest = _lock_bits(top)
             try:
-                _, got = channel.call_in_child(_locked_subtree, self.fd[owner], fd, lock, rest, spec)
+                _, got = channel.call_in_child(_locked_subtree, self.fd[owner], fd, lock, rest, spec,
+                                               _legacy_opts(top))
             except OSError as e:
                 raise UsernsError(e.errno or errno.EIO, f"mount {top['id']} ({top['mountpoint']}): binding it with "
                                                         f"the locked mounts below it: {e.strerror or e}") from None
@@ -614,7 +619,7 @@ class Rebuild:
         """Member m of a group (lock_subtree) is attached with its top: its flags that are not
         locked are set now (on a detached tree only its top could be changed)."""
         _, rest = _lock_bits(m)
-        if rest:
+        if rest and not r.legacy:   # flags=remount: restore sets every mount's options once attached
             from engine import kernel
             r.enter(self._ns_of_mount(m["id"]))
             kernel.mount_setattr(r.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=rest)
@@ -698,7 +703,7 @@ class Rebuild:
             if mid not in covered:
                 fd = self._open(r.mounts[mid])
                 try:
-                    kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_clr=bits)
+                    _set_attached(r, fd, r.mounts[mid], clear=bits)
                 finally:
                     os.close(fd)
         new = userns.copy_mntns_into(self.fd[ns["owner"]], r.ns_fd[ns_id], r.hostproc)
@@ -727,7 +732,7 @@ class Rebuild:
             fd = self._open(m)
             self._reopen_ghosts(r, mid, fd)
             if mid in extra:
-                kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_set=extra[mid])
+                _set_attached(r, fd, m, set_=extra[mid])
             if mid in r.shared_ids:
                 r.new_id[mid] = kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH)
             if old is not None or mid == ns["root"]:
@@ -866,17 +871,41 @@ def _lock_bits(m: dict) -> tuple[int, int]:
             sum(_ATTR[f] for f in FLAG_NAMES if f in m["mount_opts"] and f not in flags))
 
 
+def _legacy_opts(m: dict) -> list[str] | None:
+    """m's per-mount options when flags are changed with mount(2) (strategy flags=remount), else None."""
+    return list(m["mount_opts"]) if remount.legacy() else None
+
+
+def _only_locked(opts, lock: int) -> set[str]:
+    """`opts` with only the lockable flags of `lock` (MOUNT_ATTR_* bits) among ro, nosuid, nodev,
+    noexec: what a mount carries when the copy into the user namespace locks it."""
+    return remount.lockable_off(opts) | {name for name, bit in remount.ATTR.items() if bit & lock}
+
+
+def _set_attached(r, fd: int, m: dict, clear: int = 0, set_: int = 0) -> None:
+    """Clear or set flags (MOUNT_ATTR_* bits) of the attached mount `fd` (mount m) of the namespace
+    we stand in: mount_setattr, or with flags=remount mount(2) with m's options less the cleared."""
+    from engine import kernel
+    if r.legacy:
+        remount.at_fd(fd, remount.without(m["mount_opts"], clear), r.hostproc)
+    else:
+        kernel.mount_setattr(fd, "", kernel.AT_EMPTY_PATH, attr_set=set_, attr_clr=clear)
+
+
 def _rel(path: str, base: str) -> str:
     return path[len(base):].strip("/") if base != "/" else path.strip("/")
 
 
-def _locked_subtree(userns_fd: int, top_fd: int, lock: int, rest: int, spec: list, chan) -> None:
+def _locked_subtree(userns_fd: int, top_fd: int, lock: int, rest: int, spec: list, opts: list[str] | None,
+                    chan) -> None:
     """In a forked child: attach the detached top and, on their mount points, its members, each
     with only the flags to lock, in a scratch namespace; copy that namespace into the user
     namespace (the kernel locks all of it) and clone the top recursively there: the clone is
     unlocked with the top's flag locks, the members stay locked. Sends the clone and an fd on each
     member in it (the kernel lets a mount below a detached one be changed only once attached:
-    Rebuild.attached sets their other flags)."""
+    Rebuild.attached sets their other flags). With `opts` (strategy flags=remount: the top's
+    options; each member's in `spec`) the flags are set with mount(2) on the attached mounts, with
+    the atime mode the copy locks, and the rest set in the copy before the clone."""
     import stat
     from engine import kernel
     every = sum(_ATTR.values())
@@ -890,17 +919,28 @@ def _locked_subtree(userns_fd: int, top_fd: int, lock: int, rest: int, spec: lis
     os.fchdir(scratch)
     os.chroot(".")
     kernel.move_mount(top_fd, "", kernel.AT_FDCWD, "/m", kernel.MOVE_MOUNT_F_EMPTY_PATH)
-    kernel.mount_setattr(top_fd, "", kernel.AT_EMPTY_PATH, attr_set=lock, attr_clr=every & ~lock)
-    for mfd, mp, mlock, _ in spec:
+    if opts is not None:
+        remount.at_path("/m", _only_locked(opts, lock))
+    else:
+        kernel.mount_setattr(top_fd, "", kernel.AT_EMPTY_PATH, attr_set=lock, attr_clr=every & ~lock)
+    for mfd, mp, mlock, rel, mopts in spec:
         kernel.move_mount(mfd, "", mp, "", kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
-        kernel.mount_setattr(mfd, "", kernel.AT_EMPTY_PATH, attr_set=mlock, attr_clr=every & ~mlock)
+        if opts is not None:
+            remount.at_path(f"/m/{rel}", _only_locked(mopts, mlock))
+        else:
+            kernel.mount_setattr(mfd, "", kernel.AT_EMPTY_PATH, attr_set=mlock, attr_clr=every & ~mlock)
     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     kernel.unshare(kernel.CLONE_NEWNS)
+    if opts is not None:
+        # Flags set in the copy are not locked; a clone keeps them (a detached one mount(2) cannot change).
+        remount.at_path("/m", opts)
+        for _, _, _, rel, mopts in spec:
+            remount.at_path(f"/m/{rel}", mopts)
     clone = kernel.open_tree(kernel.AT_FDCWD, "/m", kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE)
-    if rest:
+    if rest and opts is None:
         kernel.mount_setattr(clone, "", kernel.AT_EMPTY_PATH, attr_set=rest)
     out = [clone]
-    for _, _, _, rel in spec:
+    for _, _, _, rel, _ in spec:
         out.append(kernel.openat2(clone, rel, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
                                   kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS))
     chan.send(("ok", None), out)
@@ -912,10 +952,11 @@ def _pivoted(root: dict) -> bool:
     return bool(root.get("locked")) and "atime" not in (root.get("locked_flags") or ())
 
 
-def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, chan) -> None:
+def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, opts: list[str] | None, chan) -> None:
     """In a forked child: attach the detached mount in a scratch namespace with only the flags to
     lock, copy that namespace into the user namespace (the kernel locks the mount and its flags,
-    atime included), and clone it there: the clone keeps the flag locks, not the mount lock."""
+    atime included), and clone it there: the clone keeps the flag locks, not the mount lock. With
+    `opts` (strategy flags=remount: the mount's options) through mount(2), as in _locked_subtree."""
     from engine import kernel
     kernel.unshare(kernel.CLONE_NEWNS)
     scratch = kernel.scratch_tmpfs()
@@ -928,11 +969,16 @@ def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, chan) -> 
     os.fchdir(scratch)
     os.chroot(".")
     kernel.move_mount(mount_fd, "", kernel.AT_FDCWD, "/m", kernel.MOVE_MOUNT_F_EMPTY_PATH)
-    kernel.mount_setattr(kernel.AT_FDCWD, "/m", 0, attr_set=lock, attr_clr=sum(_ATTR.values()) & ~lock)
+    if opts is not None:
+        remount.at_path("/m", _only_locked(opts, lock))
+    else:
+        kernel.mount_setattr(kernel.AT_FDCWD, "/m", 0, attr_set=lock, attr_clr=sum(_ATTR.values()) & ~lock)
     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     kernel.unshare(kernel.CLONE_NEWNS)
+    if opts is not None:
+        remount.at_path("/m", opts)   # in the copy: set, not locked
     clone = kernel.open_tree(kernel.AT_FDCWD, "/m", kernel.OPEN_TREE_CLONE)
-    if rest:
+    if rest and opts is None:
         kernel.mount_setattr(clone, "", kernel.AT_EMPTY_PATH, attr_set=rest)
     chan.send(("ok", None), [clone])
 

@@ -35,15 +35,18 @@ with readable diffs.
 
 from __future__ import annotations
 
+import ctypes
 import difflib
 import hashlib
 import json
 import os
+import platform
 import select
 import shutil
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -267,17 +270,55 @@ class _Pipe:
         return self.data.decode(errors="replace")
 
 
+# --- seccomp: make chosen syscalls fail with ENOSYS in one child (a kernel "without" them) -----
+
+_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+# The new mount API has the same numbers on every architecture (the unified syscall table).
+NR = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "mount_setattr": 442}
+
+needs_seccomp = pytest.mark.skipif(platform.machine() not in _AUDIT_ARCH,
+                                   reason=f"the seccomp filter knows only {sorted(_AUDIT_ARCH)}")
+
+
+def without_syscalls(*names: str):
+    """A preexec_fn installing a seccomp filter: the named syscalls return ENOSYS, others run."""
+    arch = _AUDIT_ARCH[platform.machine()]
+    nrs = [NR[n] for n in names]
+    insns = [(0x20, 0, 0, 4),                              # A = seccomp_data.arch
+             (0x15, 0, len(nrs) + 1, arch),                # other arch: allow
+             (0x20, 0, 0, 0)]                              # A = seccomp_data.nr
+    for i, nr in enumerate(nrs):
+        insns.append((0x15, len(nrs) - i, 0, nr))          # match: jump to the ENOSYS return
+    insns += [(0x06, 0, 0, 0x7FFF0000),                    # SECCOMP_RET_ALLOW
+              (0x06, 0, 0, 0x00050000 | 38)]               # SECCOMP_RET_ERRNO | ENOSYS
+    prog = b"".join(struct.pack("HBBI", *i) for i in insns)
+
+    def install():
+        libc = ctypes.CDLL(None, use_errno=True)
+        buf = ctypes.create_string_buffer(prog)
+        fprog = struct.pack("HxxxxxxQ", len(insns), ctypes.addressof(buf))
+        fbuf = ctypes.create_string_buffer(fprog)
+        ul = ctypes.c_ulong
+        if libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) != 0:          # PR_SET_NO_NEW_PRIVS
+            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+        if libc.prctl(22, ul(2), ul(ctypes.addressof(fbuf)), ul(0), ul(0)) != 0:  # PR_SET_SECCOMP, FILTER
+            raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
+    return install
+
+
 def mntcr(*args: str, env: dict | None = None, nsenter: int | None = None,
-          timeout: float = 120, engine_root: str | None = None) -> subprocess.CompletedProcess:
+          timeout: float = 120, engine_root: str | None = None,
+          without: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
     """Run `python -m engine.cli ARGS` (inside the mount namespace of pid `nsenter` when given;
-    with the engine of `engine_root`, e.g. `engine_without`'s copy, instead of ENGINE_ROOT)."""
+    with the engine of `engine_root`, e.g. `engine_without`'s copy, instead of ENGINE_ROOT; with
+    the syscalls `without` names failing with ENOSYS, see without_syscalls)."""
     root = engine_root or ENGINE_ROOT
     cmd = [sys.executable, "-m", "engine.cli", *args]
     if nsenter:
         cmd = ["nsenter", "-t", str(nsenter), "-m", f"--wd={root}", "--"] + cmd
     full_env = dict(os.environ, PYTHONPATH=root, **(env or {}))
     return subprocess.run(cmd, cwd=root, env=full_env, stdin=subprocess.DEVNULL, capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, preexec_fn=without_syscalls(*without) if without else None)
 
 
 def engine_without(dest: str, *types: str) -> str:

@@ -8,11 +8,8 @@ unchanged, and no restore process left behind.
 
 from __future__ import annotations
 
-import ctypes
 import os
-import platform
 import re
-import struct
 import tarfile
 import time
 
@@ -24,35 +21,8 @@ from enginecase import (EngineCase, case, copy_image, host_mountinfo, load_manif
 
 # --- seccomp: make chosen syscalls fail with ENOSYS in one child (a kernel "without" them) -----
 
-_AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
-# The new mount API has the same numbers on every architecture (the unified syscall table).
-NR = {"open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432, "mount_setattr": 442}
-
-
-def _without(*names: str):
-    """A preexec_fn installing a seccomp filter: the named syscalls return ENOSYS, others run."""
-    arch = _AUDIT_ARCH[platform.machine()]
-    nrs = [NR[n] for n in names]
-    insns = [(0x20, 0, 0, 4),                              # A = seccomp_data.arch
-             (0x15, 0, len(nrs) + 1, arch),                # other arch: allow
-             (0x20, 0, 0, 0)]                              # A = seccomp_data.nr
-    for i, nr in enumerate(nrs):
-        insns.append((0x15, len(nrs) - i, 0, nr))          # match: jump to the ENOSYS return
-    insns += [(0x06, 0, 0, 0x7FFF0000),                    # SECCOMP_RET_ALLOW
-              (0x06, 0, 0, 0x00050000 | 38)]               # SECCOMP_RET_ERRNO | ENOSYS
-    prog = b"".join(struct.pack("HBBI", *i) for i in insns)
-
-    def install():
-        libc = ctypes.CDLL(None, use_errno=True)
-        buf = ctypes.create_string_buffer(prog)
-        fprog = struct.pack("HxxxxxxQ", len(insns), ctypes.addressof(buf))
-        fbuf = ctypes.create_string_buffer(fprog)
-        ul = ctypes.c_ulong
-        if libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) != 0:          # PR_SET_NO_NEW_PRIVS
-            raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
-        if libc.prctl(22, ul(2), ul(ctypes.addressof(fbuf)), ul(0), ul(0)) != 0:  # PR_SET_SECCOMP, FILTER
-            raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
-    return install
+NR = enginecase.NR
+_without = enginecase.without_syscalls
 
 
 def _run_without(names, *args):
@@ -63,8 +33,7 @@ def _run_without(names, *args):
                           capture_output=True, text=True, timeout=120, preexec_fn=_without(*names))
 
 
-needs_seccomp = pytest.mark.skipif(platform.machine() not in _AUDIT_ARCH,
-                                   reason=f"the seccomp filter knows only {sorted(_AUDIT_ARCH)}")
+needs_seccomp = enginecase.needs_seccomp
 
 
 def assert_refused(r, pattern: str, verb: str = "restore") -> str:
