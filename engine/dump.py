@@ -795,55 +795,106 @@ def _hook(fn, *args):
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
 
+class _Dump:
+    """What the steps of one dump share: the stopped tree, what was declared external, the image
+    being written, and the documents each step fills for the ones after it."""
+
+    def __init__(self, tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files, takes):
+        self.tree, self.writer, self.takes = tree, writer, takes
+        self.ext_mnts, self.ext_devs, self.ext_files = ext_mnts, ext_devs, ext_files
+        # _inspect_namespaces
+        self.me: dict[str, int | None] = {}               # the dumper's own namespace inodes
+        self.ns_of: dict[int, dict[str, int]] = {}        # pid -> {kind: namespace inode}
+        self.names: dict = {}                             # (kind, inode) -> image name
+        self.users: dict = {}                             # user namespaces (engine/userns_cr.py plan)
+        self.by_mntns: dict[int, list[int]] = {}          # mount namespace inode -> its processes
+        self.ns_data: dict[int, dict] = {}                # mount namespace inode -> what _inspect_ns read
+        # _record_mounts
+        self.superblocks: dict[str, dict] = {}
+        self.sb_of_dev: dict[str, str] = {}
+        self.mntns_doc: dict[str, dict] = {}
+        self.mount_ns: dict[int, int] = {}                # mount id -> mntns inode
+        self.mounts_by_id: dict[int, mountinfo.Mount] = {}
+        self.root_ns: int | None = None
+        self.plan: _Plan | None = None
+        # _plan_clones: which mounts to clone, and what each clone is for
+        self.clone_plan: dict[int, list[int]] = {}
+        self.archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
+        self.probe_for: dict[int, str] = {}                  # mount id -> sb id its type probes
+        self.ghost_for: dict[int, tuple[str, str]] = {}      # mount id -> (sb id, deleted root) to archive
+        self.ghosts_doc: dict[str, dict] = {}
+        self.pidns_doc: dict[str, dict] = {}
+        self.linked_names: dict[str, str] = {}
+        self.files: dict[str, dict] = {}                  # archive name -> what content.archive says of it
+        # _collect_processes
+        self.procs_doc: list[dict] = []
+        self.uts_names: dict[str, str] = {}
+        self.detached_doc: dict = {}
+        self.objects: dict[str, dict] = {}
+
+    def mntns_name(self, ino: int) -> str:
+        """The image name of the mount namespace with inode `ino`."""
+        return self.names[("mnt", ino)]
+
+    def all_mounts(self):
+        """Every mount entry of the image, namespace by namespace."""
+        for ns in self.mntns_doc.values():
+            yield from ns["mounts"]
+
+
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None) -> dict:
-    me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
-    ns_of: dict[int, dict[str, int]] = {}
-    for pid, _ in tree:
-        ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
+    """The image document of the stopped tree (archives written through `writer`): the dump
+    algorithm, one step after the other; each step refuses with one line naming what it refuses."""
+    d = _Dump(tree, writer, ext_mnts, ext_devs, ext_files or {}, takes)
+    _inspect_namespaces(d)      # 2. namespaces of each process; mountinfo, roots, cwds, fds per mount namespace
+    _record_mounts(d)           # 3. superblocks and mount entries (idmaps, superblock owners, locks)
+    _settle_externals(d)        #    which mounts and superblocks come from outside the dump
+    _plan_devices(d)            #    block devices: declared external or resolved by their type
+    _mark_outside_roots(d)      #    namespace roots the restore is given (--root)
+    _refuse_undumpable(d)       #    types, roots and devices nothing can make again
+    _check_external_binds(d)    #    other mounts of external superblocks lie in an external one
+    _plan_superblocks(d)        #    sources, sharing, each type's own plan
+    _plan_clones(d)             # 4. which mounts to clone: archives, ghosts, probes
+    _record_pid_namespaces(d)
+    _archive_contents(d)        #    clone them from namespace copies and archive their files
+    _name_ghosts(d)
+    _collect_processes(d)       # 5. fds by kind, hostnames, detached mounts
+    return _manifest(d)
+
+
+def _inspect_namespaces(d: _Dump) -> None:
+    """Name every namespace of the tree, plan its user namespaces, and read each mount namespace
+    (mountinfo, and its processes' roots, cwds and fds) in a helper that entered it."""
+    d.me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
+    for pid, _ in d.tree:
+        d.ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
 
     # Name namespaces by first appearance (root process first).
-    names = prestop.ns_names([pid for pid, _ in tree], image.NS_KINDS)
+    d.names = prestop.ns_names([pid for pid, _ in d.tree], image.NS_KINDS)
 
     try:
-        users = userns_cr.plan(tree, names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
+        d.users = userns_cr.plan(d.tree, d.names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
     except OSError as e:
         raise DumpError(e.errno or errno.EOPNOTSUPP, str(e) if e.filename else e.strerror or str(e)) from None
 
-    # 2. inspect each mount namespace
-    by_mntns: dict[int, list[int]] = {}
-    for pid, _ in tree:
-        if ns_of[pid]["mnt"] is not None:  # None: a zombie (exited, no namespaces left to look at)
-            by_mntns.setdefault(ns_of[pid]["mnt"], []).append(pid)
+    for pid, _ in d.tree:
+        if d.ns_of[pid]["mnt"] is not None:  # None: a zombie (exited, no namespaces left to look at)
+            d.by_mntns.setdefault(d.ns_of[pid]["mnt"], []).append(pid)
     from engine import strategy
     by_statmount = strategy.current().ids == "statmount"
-    ns_data: dict[int, dict] = {}
-    for ino, members in by_mntns.items():
+    for ino, members in d.by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
-            ns_data[ino] = forkrun.run(_inspect_ns, fd, members, by_statmount)
+            d.ns_data[ino] = forkrun.run(_inspect_ns, fd, members, by_statmount)
         finally:
             os.close(fd)
-        ns_data[ino]["mounts"] = mountinfo.parse(ns_data[ino].pop("mountinfo"), ns_data[ino]["unique"])
+        d.ns_data[ino]["mounts"] = mountinfo.parse(d.ns_data[ino].pop("mountinfo"), d.ns_data[ino]["unique"])
 
-    # 3. plan superblocks
-    superblocks: dict[str, dict] = {}
-    sb_of_dev: dict[str, str] = {}
-    mntns_doc: dict[str, dict] = {}
-    mount_ns: dict[int, int] = {}        # mount id -> mntns inode
-    mounts_by_id: dict[int, mountinfo.Mount] = {}
-    root_ns = ns_of[tree[0][0]]["mnt"]
-    used_ext = set()
-    # Equal option lists are one list object (never changed): 50,000 mounts have a few dozen.
-    lists: dict[tuple[str, ...], list[str]] = {}
 
-    def shared_list(opts: tuple[str, ...]) -> list[str]:
-        got = lists.get(opts)
-        if got is None:
-            got = lists[opts] = list(opts)
-        return got
-
-    # The source each superblock is made from at restore: its first mount's, unless its type picks
-    # another (a network type: the shallowest path, so that every other mount's root lies beneath it).
+def _sb_sources(ns_data: dict) -> dict[str, str]:
+    """The source each superblock (by device) is made from at restore: its first mount's, unless its
+    type picks another (a network type: the shallowest path, so that every other mount's root lies
+    beneath it)."""
     sources: dict[str, list[str]] = {}
     for data in ns_data.values():
         for m in data["mounts"]:
@@ -855,18 +906,36 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 handler = fs.lookup(m.fstype)
                 found = sources.pop(m.dev)
                 sb_source[m.dev] = handler.sb_source(found) if handler is not None else found[0]
+    return sb_source
 
-    for ino, data in ns_data.items():
+
+def _record_mounts(d: _Dump) -> None:
+    """One superblock record per device and one entry per mount of each namespace; with them the
+    idmaps, the user namespaces superblocks were made in and the locks of owned namespaces."""
+    d.root_ns = d.ns_of[d.tree[0][0]]["mnt"]
+    used_ext = set()
+    # Equal option lists are one list object (never changed): 50,000 mounts have a few dozen.
+    lists: dict[tuple[str, ...], list[str]] = {}
+
+    def shared_list(opts: tuple[str, ...]) -> list[str]:
+        got = lists.get(opts)
+        if got is None:
+            got = lists[opts] = list(opts)
+        return got
+
+    sb_source = _sb_sources(d.ns_data)
+    superblocks, sb_of_dev = d.superblocks, d.sb_of_dev
+    for ino, data in d.ns_data.items():
         mounts = data["mounts"]
         ids = {m.mnt_id for m in mounts}
         roots = [m for m in mounts if m.parent_id not in ids]
         if len(roots) != 1:
-            raise DumpError(errno.EIO, f"mount namespace {names[('mnt', ino)]}: {len(roots)} root mounts")
+            raise DumpError(errno.EIO, f"mount namespace {d.mntns_name(ino)}: {len(roots)} root mounts")
         root = roots[0]
         entries = []
         for m in mounts:
-            mounts_by_id[m.mnt_id] = m
-            mount_ns[m.mnt_id] = ino
+            d.mounts_by_id[m.mnt_id] = m
+            d.mount_ns[m.mnt_id] = ino
             if m.dev not in sb_of_dev:
                 sid = f"sb-{len(sb_of_dev)}"
                 sb_of_dev[m.dev] = sid
@@ -876,7 +945,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 if handler is not None and handler.device:
                     superblocks[sid]["device"] = {"dev": handler.host_device(data["source_rdev"].get(m.mnt_id))
                                                   or (m.dev if m.major else None)}
-            ext_key = ext_mnts.get(m.mountpoint) if ino == root_ns else None
+            ext_key = d.ext_mnts.get(m.mountpoint) if ino == d.root_ns else None
             if ext_key is not None:
                 used_ext.add(m.mountpoint)
             sid = sb_of_dev[m.dev]
@@ -897,33 +966,43 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 entries[-1]["dir"] = data["dirs"][m.mnt_id]
             if deleted:
                 entries[-1]["ghost"] = True   # its root was unlinked: named once archived
-        mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
-        try:
-            userns_cr.record_idmaps(by_mntns[ino][0], entries)
-        except OSError as e:
-            raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
-        if users["userns"]:
-            # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
-            try:
-                pids = by_mntns[ino]
-                userns_cr.record_sb_owners(pids[0], mounts, sb_of_dev, superblocks, tree, users,
-                                           clone=lambda m, pids=pids, ms=mounts: _clone_one(pids, ms, m.mnt_id))
-            except userns_cr.UsernsError as e:
-                raise DumpError(e.errno, e.strerror) from None
-        owner = users["mntns_owner"].get(names[("mnt", ino)])
-        if owner is not None:
-            mntns_doc[names[("mnt", ino)]]["owner"] = owner
-            try:
-                userns_cr.locks(by_mntns[ino][0], entries, names[("mnt", ino)])
-            except OSError as e:
-                raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
-    unknown = set(ext_mnts) - used_ext
+        d.mntns_doc[d.mntns_name(ino)] = {"root": root.mnt_id, "mounts": entries}
+        _record_ns_users(d, ino, mounts, entries)
+    unknown = set(d.ext_mnts) - used_ext
     if unknown:
         raise DumpError(errno.ENOENT, f"--external: no mount at {', '.join(sorted(unknown))} in the dumped namespace")
+
+
+def _record_ns_users(d: _Dump, ino: int, mounts: list, entries: list[dict]) -> None:
+    """What user namespaces say of mount namespace `ino`: idmapped mounts, superblocks made inside a
+    user namespace of the tree (engine/sbowner.py), and the owner and locked mounts of an owned one."""
+    try:
+        userns_cr.record_idmaps(d.by_mntns[ino][0], entries)
+    except OSError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+    if d.users["userns"]:
+        try:
+            pids = d.by_mntns[ino]
+            userns_cr.record_sb_owners(pids[0], mounts, d.sb_of_dev, d.superblocks, d.tree, d.users,
+                                       clone=lambda m, pids=pids, ms=mounts: _clone_one(pids, ms, m.mnt_id))
+        except userns_cr.UsernsError as e:
+            raise DumpError(e.errno, e.strerror) from None
+    owner = d.users["mntns_owner"].get(d.mntns_name(ino))
+    if owner is not None:
+        d.mntns_doc[d.mntns_name(ino)]["owner"] = owner
+        try:
+            userns_cr.locks(d.by_mntns[ino][0], entries, d.mntns_name(ino))
+        except OSError as e:
+            raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+
+
+def _settle_externals(d: _Dump) -> None:
+    """Which mount of an overmount stack is the declared external one, and which superblocks are
+    external; then the sharing construction plan once locks are known, and the hooks' view (_Plan)."""
     # An overmount stack has several mounts at one mount point: the external is the visible (top) one,
     # unless the stack holds a type we cannot dump or the host's one superblock of a type (a runtime's
     # /dev stacked on the host's): then that.
-    for ns in mntns_doc.values():
+    for ns in d.mntns_doc.values():
         by_mp: dict[str, list[dict]] = {}
         for e in ns["mounts"]:
             if e["external"]:
@@ -935,27 +1014,34 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                     if (e not in unsupported) if unsupported else any(o["parent"] == e["id"] for o in es):
                         e["external"] = None
 
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if e["external"]:
-                superblocks[e["sb"]]["external"] = True
-    _check_construct_userns(mntns_doc, superblocks)
-    ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
-    plan = _Plan(superblocks, sb_of_dev, mntns_doc, ns_mounts, mounts_by_id)
-    plan.ns_pids = {names[("mnt", ino)]: pids for ino, pids in by_mntns.items()}
-    # Devices: declared external, or resolved by the type (a device over a file we dump), else refused.
-    for sid, sb in superblocks.items():
+    for e in d.all_mounts():
+        if e["external"]:
+            d.superblocks[e["sb"]]["external"] = True
+    _check_construct_userns(d.mntns_doc, d.superblocks)
+    ns_mounts = {d.mntns_name(ino): data["mounts"] for ino, data in d.ns_data.items()}
+    d.plan = _Plan(d.superblocks, d.sb_of_dev, d.mntns_doc, ns_mounts, d.mounts_by_id)
+    d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
+
+
+def _plan_devices(d: _Dump) -> None:
+    """Devices: declared external, or resolved by the type (a device over a file we dump), else
+    marked unresolved (refused by _refuse_undumpable unless the mount turns out external)."""
+    for sid, sb in d.superblocks.items():
         dev = (sb.get("device") or {}).get("dev")
         if dev is None or sb["external"]:
             continue
-        if dev in ext_devs:
-            sb["device"]["key"] = ext_devs[dev]
+        if dev in d.ext_devs:
+            sb["device"]["key"] = d.ext_devs[dev]
             continue
-        if not _hook(fs.lookup(sb["fstype"]).plan_device, sid, sb, plan):
+        if not _hook(fs.lookup(sb["fstype"]).plan_device, sid, sb, d.plan):
             sb["device"]["unresolved"] = True
-    # The namespace root on a filesystem we cannot recreate came from outside (criu's --root): also
-    # when a volume of the same filesystem was declared external (the root is no bind of that
-    # volume), and a root its type says was built outside (on layers no mount of the namespace holds).
+
+
+def _mark_outside_roots(d: _Dump) -> None:
+    """The namespace root on a filesystem we cannot recreate came from outside (criu's --root): also
+    when a volume of the same filesystem was declared external (the root is no bind of that
+    volume), and a root its type says was built outside (on layers no mount of the namespace holds)."""
+    superblocks, mntns_doc = d.superblocks, d.mntns_doc
     for ns_name, ns in mntns_doc.items():
         root = next(e for e in ns["mounts"] if e["id"] == ns["root"])
         if root["external"]:
@@ -964,12 +1050,12 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         handler = fs.lookup(sb["fstype"])
         if sb["external"]:
             if not any(e["external"] and e["sb"] == root["sb"] and is_beneath(root["root"], e["root"])
-                       for n in mntns_doc.values() for e in n["mounts"]):
+                       for e in d.all_mounts()):
                 root["external"] = "root"
         elif (handler is None or (sb.get("device") or {}).get("unresolved")
               or not (handler.content or handler.ns is None)
-              or _hook(handler.made_outside, root["sb"], sb, plan)):
-            if ns_name != names[("mnt", root_ns)] and handler is not None and handler.layers:
+              or _hook(handler.made_outside, root["sb"], sb, d.plan)):
+            if ns_name != d.mntns_name(d.root_ns) and handler is not None and handler.layers:
                 # Built from layers no mount of the dump reaches, by a process of the tree (a runtime
                 # made it in the nested namespace, then pivoted away from what held its layers, as
                 # systemd-nspawn's volatile mode does with its in-memory upper layer): no path leads
@@ -981,81 +1067,89 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                                   "volatile mode does): their files cannot be dumped")
             root["external"] = "root"
             sb["external"] = True
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            sb = superblocks[e["sb"]]
-            if sb["external"]:
-                continue
-            handler = fs.lookup(e["fstype"])
-            if handler is None:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not "
-                                                  f"supported; declare it with --external mnt[{e['mountpoint']}]:KEY")
-            if handler.fresh_roots is not None and e["root"] not in handler.fresh_roots:
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
-                                                  f"{e['root']} exists only in the instance it was bound from (LXC's "
-                                                  "/dev/console is a host pty); declare it with --external "
-                                                  f"mnt[{e['mountpoint']}]:KEY (restore binds the host path given "
-                                                  "for KEY, e.g. a new console)")
-            dev = sb.get("device") or {}
-            if dev.get("unresolved"):
-                what = f"block device {dev['dev']}" if dev.get("dev") else "its block device"
-                devflag = f"--external dev[{dev.get('dev') or 'MAJ:MIN'}]:KEY"
-                if e["root"] == "/":
-                    how = (f"declare it with {devflag} (the device is mounted again at restore), or the mount "
-                           f"with --external mnt[{e['mountpoint']}]:KEY (a host path is bound back)")
-                else:
-                    # A volume: a directory of the host's filesystem, never the whole device again.
-                    how = (f"declare the mount with --external mnt[{e['mountpoint']}]:KEY (restore binds the host "
-                           f"path given for KEY; {devflag} would mount the whole filesystem again)")
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: {what} "
-                                                  f"is not external; {how}")
-    # Mounts of an external superblock must be binds of some external mount of it.
-    ext_roots: dict[str, list[str]] = {}
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if e["external"]:
-                ext_roots.setdefault(e["sb"], []).append(e["root"])
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if superblocks[e["sb"]]["external"] and not e["external"] and e.get("ghost"):
-                # (systemd-nspawn binds a host file as the container's boot_id and deletes it: on a host
-                # whose /run is a filesystem outside the dump, no archive can hold it)
-                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
-                                                  f"{e['root']} was deleted on a filesystem from outside the dump; "
-                                                  f"declare it with --external mnt[{e['mountpoint']}]:KEY and give "
-                                                  "restore the file to bind there (--external mnt[KEY]:HOSTPATH)")
-            if superblocks[e["sb"]]["external"] and not e["external"]:
-                if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
-                    raise DumpError(errno.EOPNOTSUPP,
-                                    f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its files lie outside "
-                                    "every external mount of the same filesystem; declare it too with --external "
-                                    f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
 
+
+def _refuse_undumpable(d: _Dump) -> None:
+    """Refuse a mount of a superblock we make again whose type is unknown, whose root exists only in
+    the instance it was bound from, or whose block device is not external."""
+    for e in d.all_mounts():
+        sb = d.superblocks[e["sb"]]
+        if sb["external"]:
+            continue
+        handler = fs.lookup(e["fstype"])
+        if handler is None:
+            raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not "
+                                              f"supported; declare it with --external mnt[{e['mountpoint']}]:KEY")
+        if handler.fresh_roots is not None and e["root"] not in handler.fresh_roots:
+            raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                              f"{e['root']} exists only in the instance it was bound from (LXC's "
+                                              "/dev/console is a host pty); declare it with --external "
+                                              f"mnt[{e['mountpoint']}]:KEY (restore binds the host path given "
+                                              "for KEY, e.g. a new console)")
+        dev = sb.get("device") or {}
+        if dev.get("unresolved"):
+            what = f"block device {dev['dev']}" if dev.get("dev") else "its block device"
+            devflag = f"--external dev[{dev.get('dev') or 'MAJ:MIN'}]:KEY"
+            if e["root"] == "/":
+                how = (f"declare it with {devflag} (the device is mounted again at restore), or the mount "
+                       f"with --external mnt[{e['mountpoint']}]:KEY (a host path is bound back)")
+            else:
+                # A volume: a directory of the host's filesystem, never the whole device again.
+                how = (f"declare the mount with --external mnt[{e['mountpoint']}]:KEY (restore binds the host "
+                       f"path given for KEY; {devflag} would mount the whole filesystem again)")
+            raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: {what} "
+                                              f"is not external; {how}")
+
+
+def _check_external_binds(d: _Dump) -> None:
+    """Mounts of an external superblock must be binds of some external mount of it (and not of a
+    deleted file: no archive holds one)."""
+    superblocks = d.superblocks
+    ext_roots: dict[str, list[str]] = {}
+    for e in d.all_mounts():
+        if e["external"]:
+            ext_roots.setdefault(e["sb"], []).append(e["root"])
+    for e in d.all_mounts():
+        if superblocks[e["sb"]]["external"] and not e["external"] and e.get("ghost"):
+            # (systemd-nspawn binds a host file as the container's boot_id and deletes it: on a host
+            # whose /run is a filesystem outside the dump, no archive can hold it)
+            raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                              f"{e['root']} was deleted on a filesystem from outside the dump; "
+                                              f"declare it with --external mnt[{e['mountpoint']}]:KEY and give "
+                                              "restore the file to bind there (--external mnt[KEY]:HOSTPATH)")
+        if superblocks[e["sb"]]["external"] and not e["external"]:
+            if not any(is_beneath(e["root"], r) for r in ext_roots.get(e["sb"], ())):
+                raise DumpError(errno.EOPNOTSUPP,
+                                f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its files lie outside "
+                                "every external mount of the same filesystem; declare it too with --external "
+                                f"mnt[{e['mountpoint']}]:KEY (restore: --external mnt[KEY]:HOSTPATH)")
+
+
+def _plan_superblocks(d: _Dump) -> None:
+    """Check that restore can give every superblock its sources and every mount its sharing, then
+    let each type module plan its superblocks (archives, layers, owning namespaces...)."""
+    from engine import strategy
     try:
-        prestop.check_sources(mntns_doc, {sid for sid, sb in superblocks.items() if sb["external"]},
+        prestop.check_sources(d.mntns_doc, {sid for sid, sb in d.superblocks.items() if sb["external"]},
                               strategy.current().sharing == "construct")
     except fs.FsError as e:
         raise DumpError(e.errno, e.strerror) from None
-    _check_sharing(mntns_doc, superblocks, {names[("mnt", ino)]: pids[0] for ino, pids in by_mntns.items()})
-    from engine import strategy
-    plan.strategy = strategy.current()
-    for sid, sb in superblocks.items():
+    _check_sharing(d.mntns_doc, d.superblocks, {d.mntns_name(ino): pids[0] for ino, pids in d.by_mntns.items()})
+    d.plan.strategy = strategy.current()
+    for sid, sb in d.superblocks.items():
         if not sb["external"]:
-            _hook(fs.lookup(sb["fstype"]).plan, sid, sb, plan)
+            _hook(fs.lookup(sb["fstype"]).plan, sid, sb, d.plan)
 
-    # Which mounts to clone: one per disjoint root of each content superblock, one of each type probes.
-    clone_plan: dict[int, list[int]] = {}
-    archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
-    probe_for: dict[int, str] = {}                  # mount id -> sb id its type probes
-    ghost_for: dict[int, tuple[str, str]] = {}      # mount id -> (sb id, deleted root) to archive
+
+def _plan_clones(d: _Dump) -> None:
+    """Which mounts to clone: one per disjoint root of each content superblock, one of each type
+    probes, one per deleted root (a ghost) to archive."""
     ghost_roots: dict[tuple[str, str], int] = {}
-    ghosts_doc: dict[str, dict] = {}
     mounts_of_sb: dict[str, list[dict]] = {}
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            mounts_of_sb.setdefault(e["sb"], []).append(e)
+    for e in d.all_mounts():
+        mounts_of_sb.setdefault(e["sb"], []).append(e)
     for sid, es in mounts_of_sb.items():
-        sb = superblocks[sid]
+        sb = d.superblocks[sid]
         if sb["external"]:
             continue
         handler = fs.lookup(sb["fstype"])
@@ -1067,8 +1161,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                                       "can hold it again")
                 if (sid, e["root"]) not in ghost_roots:
                     ghost_roots[(sid, e["root"])] = e["id"]
-                    ghost_for[e["id"]] = (sid, e["root"])
-                    clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
+                    d.ghost_for[e["id"]] = (sid, e["root"])
+                    d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
         if handler.content:
             chosen: list[str] = []
             for e in sorted(es, key=lambda e: (len(e["root"]), e["root"])):
@@ -1076,42 +1170,46 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                     continue
                 if not any(is_beneath(e["root"], r) for r in chosen):
                     chosen.append(e["root"])
-                    archive_for[e["id"]] = (sid, e["root"])
-                    clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
+                    d.archive_for[e["id"]] = (sid, e["root"])
+                    d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
         elif handler.wants_probe():
             e = es[0]
-            probe_for[e["id"]] = sid
-            clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
+            d.probe_for[e["id"]] = sid
+            d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
 
-    # pid namespaces
-    pidns_doc: dict[str, dict] = {}
-    ino_name = {ino: name for (k, ino), name in names.items() if k == "pid"}
-    for pid, _ in tree:
-        ino = ns_of[pid]["pid"]
+
+def _record_pid_namespaces(d: _Dump) -> None:
+    """The pid namespaces of the tree (parent, whether the dumper's), and who their processes are."""
+    ino_name = {ino: name for (k, ino), name in d.names.items() if k == "pid"}
+    for pid, _ in d.tree:
+        ino = d.ns_of[pid]["pid"]
         name = ino_name[ino]
-        if name in pidns_doc:
+        if name in d.pidns_doc:
             continue
         parent_ino = _pidns_parent_ino(pid)
-        pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == me["pid"]}
+        d.pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == d.me["pid"]}
     # Who each pid namespace's processes are (their pid in it, start time): a probe matches a
     # pid-bound superblock to its namespace through them, never through its pid 1 (maybe not ours).
-    for pid, _ in tree:
+    for pid, _ in d.tree:
         ident = _pid_identity(f"/proc/{pid}")
         if ident is not None:
-            plan.members.setdefault(ns_of[pid]["pid"], []).append(ident)
-    plan.pidns_name = ino_name
+            d.plan.members.setdefault(d.ns_of[pid]["pid"], []).append(ident)
+    d.plan.pidns_name = ino_name
 
+
+def _archive_contents(d: _Dump) -> None:
+    """Clone the planned mounts out of a private copy of each namespace and archive them: batches of
+    mounts into one tar each (empty roots need no archive), ghosts alone, probes to their type."""
     # A file we archive that a device of the image lies on must hold what its filesystem has
     # cached: flush (the tree is stopped).
-    if plan.wanted:
+    if d.plan.wanted:
         os.sync()
 
     # Files open under a deleted name that still have another name (CRIU's link-remap): that name
     # is searched for while their superblock is archived (the file comes back with the others).
-    linked_names = _want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan)
+    d.linked_names = _want_linked(d.ns_data, d.mounts_by_id, d.mntns_doc, d.superblocks, d.plan)
 
-    # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
-    files: dict[str, dict] = {}
+    superblocks, writer, files, plan = d.superblocks, d.writer, d.files, d.plan
     # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
     batch: list[tuple[int, str, str, str, str | None]] = []
     member_no = itertools.count()
@@ -1140,28 +1238,18 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         batch.append(item)
 
     try:
-        for ino, wanted in clone_plan.items():
-            fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
+        for ino, wanted in d.clone_plan.items():
+            fd = os.open(f"/proc/{d.by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
             try:
-                for mids, fds in channel.fork_stream(_clone_mounts, fd, by_mntns[ino], wanted, ns_data[ino]["mounts"]):
+                for mids, fds in channel.fork_stream(_clone_mounts, fd, d.by_mntns[ino], wanted,
+                                                     d.ns_data[ino]["mounts"]):
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):
-                            if mid in ghost_for:
-                                sid, root = ghost_for[mid]
-                                name, path = writer.new_archive()
-                                try:
-                                    files[name] = ghosts.archive_link("/proc/self/fd", str(mfd), root, path,
-                                                                      pass_fds=(mfd,))
-                                except OSError as e:
-                                    raise DumpError(e.errno or errno.EIO, f"mount {mid} "
-                                                    f"({mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
-                                st = os.fstat(mfd)
-                                ghosts_doc[f"g-{len(ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
-                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1],
-                                                                      "inode": f"{st.st_dev}:{st.st_ino}"}
-                            elif mid in archive_for:
-                                sid, root = archive_for[mid]
+                            if mid in d.ghost_for:
+                                _archive_ghost(d, mid, mfd)
+                            elif mid in d.archive_for:
+                                sid, root = d.archive_for[mid]
                                 for want in plan.wanted.get(sid, ()):
                                     rel = content.find_inode(mfd, want[0])
                                     if rel is not None:
@@ -1187,7 +1275,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                 if len(batch) >= 500:
                                     flush()
                             else:
-                                sid = probe_for[mid]
+                                sid = d.probe_for[mid]
                                 _hook(fs.lookup(superblocks[sid]["fstype"]).probe, sid, mid, mfd, plan)
                     finally:
                         for mfd in fds:
@@ -1204,53 +1292,78 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
         if not want[3]:
             raise DumpError(errno.EOPNOTSUPP, want[2])
 
-    gid_of = {(g["sb"], g["path"]): gid for gid, g in ghosts_doc.items()}
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if e.get("ghost") is True and e["external"]:
-                del e["ghost"]   # (declared external: restore binds the host path given for it)
-            elif e.get("ghost") is True:
-                e["ghost"] = gid_of[(e["sb"], e["root"])]
 
-    # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
-    fdtable = FdTable(takes)
+def _archive_ghost(d: _Dump, mid: int, mfd: int) -> None:
+    """Archive the deleted root of mount `mid` (a clone: `mfd`) alone, as a ghost of the image."""
+    sid, root = d.ghost_for[mid]
+    name, path = d.writer.new_archive()
     try:
-        procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
-                               (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {})
-        fdtable.finish(procs_doc)
+        d.files[name] = ghosts.archive_link("/proc/self/fd", str(mfd), root, path, pass_fds=(mfd,))
+    except OSError as e:
+        raise DumpError(e.errno or errno.EIO, f"mount {mid} "
+                        f"({d.mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
+    st = os.fstat(mfd)
+    d.ghosts_doc[f"g-{len(d.ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
+                                              "member": "sb-0", "only": root.rsplit("/", 1)[1],
+                                              "inode": f"{st.st_dev}:{st.st_ino}"}
+
+
+def _name_ghosts(d: _Dump) -> None:
+    """Each mount on a deleted root names its ghost (an external one binds the host path instead)."""
+    gid_of = {(g["sb"], g["path"]): gid for gid, g in d.ghosts_doc.items()}
+    for e in d.all_mounts():
+        if e.get("ghost") is True and e["external"]:
+            del e["ghost"]   # (declared external: restore binds the host path given for it)
+        elif e.get("ghost") is True:
+            e["ghost"] = gid_of[(e["sb"], e["root"])]
+
+
+def _collect_processes(d: _Dump) -> None:
+    """Each process: namespaces, root, cwd and fds by kind (engine/fdtable.py, engine/fds/); the
+    hostname of each UTS namespace; then the detached mounts their roots, cwds and fds lie on."""
+    fdtable = FdTable(d.takes)
+    try:
+        d.procs_doc = _processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,
+                                 (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files, d.linked_names),
+                                 d.ext_files)
+        fdtable.finish(d.procs_doc)
     except FdError as e:
         fdtable.release()
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:
         fdtable.close()
-    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)] + fdtable.unplaced
-    uts_names: dict[str, str] = {}
-    for p in procs_doc:
+    unplaced = [(loc, p["pid"], link) for p in d.procs_doc for loc, link in _unplaced_of(p)] + fdtable.unplaced
+    for p in d.procs_doc:
         uts = p["ns"]["uts"]
-        if uts not in uts_names and "uts" not in p["host_ns"]:
-            uts_names[uts] = _hostname_of(p["pid"])
+        if uts not in d.uts_names and "uts" not in p["host_ns"]:
+            d.uts_names[uts] = _hostname_of(p["pid"])
 
-    for g in ghosts_doc.values():
+    for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     try:
-        detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
+        d.detached_doc = _plan_detached(unplaced, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
+                                        d.mounts_by_id, d.writer, d.files)
     finally:
         fdtable.release()
+    d.objects = fdtable.objects
 
+
+def _manifest(d: _Dump) -> dict:
+    """The image document the steps filled."""
     doc = {
         "kernel": os.uname().release,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
-        "hostnames": uts_names, "detached": detached_doc, "files": files, "ghosts": ghosts_doc,
+        "superblocks": d.superblocks, "mntns": d.mntns_doc, "pidns": d.pidns_doc, "processes": d.procs_doc,
+        "hostnames": d.uts_names, "detached": d.detached_doc, "files": d.files, "ghosts": d.ghosts_doc,
     }
-    if fdtable.objects:
-        doc["objects"] = fdtable.objects
-    if users["userns"]:
-        doc["userns"] = users["userns"]
+    if d.objects:
+        doc["objects"] = d.objects
+    if d.users["userns"]:
+        doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's
     # dbus-daemon, a zdtm test after setuid, bwrap's monitor) keeps them (its stand-in takes them last).
-    for p in procs_doc:
-        p.update(users["proc"].get(p["pid"], {}))
+    for p in d.procs_doc:
+        p.update(d.users["proc"].get(p["pid"], {}))
     return doc
 
 
