@@ -26,13 +26,13 @@ import signal
 import stat
 import time
 
-from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
-from engine import imageformat, prestop, userns_cr
+from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
+from engine import imageformat, nscopy, nsinspect, prestop, userns_cr
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.image import is_beneath, rel_to
 
-# Every fd kind: helpers classify fds after they entered (and chrooted into) a container.
+# Every fd kind: helpers (engine/nsinspect.py) classify fds after they entered (and chrooted into) a container.
 fdkinds.load()
 
 NS_GET_PARENT = 0xB702
@@ -165,369 +165,6 @@ def parse_external_files(specs) -> dict[str, str]:
 def _external_file_hint(path: str) -> str:
     return (f"declare it with --external file[{path}]:KEY (and restore with --external file[KEY]:HOSTPATH), "
             "or run the tree with that fd on a file of its own mounts")
-
-
-# --- per-namespace inspection (runs in a forked child inside the namespace) -----------
-
-def _parse_fdinfo(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        if key == "pos":
-            out["pos"] = int(value)
-        elif key == "flags":
-            out["flags"] = int(value, 8)
-        elif key == "mnt_id":
-            out["mnt_id"] = int(value)
-    return out
-
-
-def _loc(hostproc: int, link: str, pid: int, what: str) -> dict:
-    path = os.readlink(link, dir_fd=hostproc)
-    mnt = kernel.statx_mnt_id(link, dfd=hostproc)
-    return {"abs": path, "mnt": mnt}
-
-
-def _enter_ns_root(ns_fd: int, pids: list[int], hostproc: int) -> None:
-    """setns into the mount namespace and chroot to its root mount.
-
-    setns puts us on whatever is mounted on top of the namespace's "/" (the
-    chroot problem of an overmounted root), and ".." cannot step below an
-    overmount. So take the roots the member processes have and keep the one
-    that sees the most mounts: a process's root is the namespace root unless
-    it chrooted, and a chroot sees a subset.
-    """
-    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
-    roots = []
-    seen = set()
-    for pid in pids:
-        fd = os.open(f"{pid}/root", os.O_PATH | os.O_DIRECTORY, dir_fd=hostproc)
-        key = (kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH), os.fstat(fd).st_ino)
-        if key in seen:
-            os.close(fd)
-            continue
-        seen.add(key)
-        roots.append(fd)
-    best = roots[0]
-    if len(roots) > 1:   # one root (no process chrooted): nothing to compare, no counting child
-        counts = [forkrun.run(_count_mounts_from, fd, hostproc) for fd in roots]
-        best = roots[counts.index(max(counts))]
-    for fd in roots:
-        if fd != best:
-            os.close(fd)
-    os.fchdir(best)
-    os.chroot(".")
-    os.close(best)
-
-
-def _count_mounts_from(root_fd: int, hostproc: int) -> int:
-    os.fchdir(root_fd)
-    os.chroot(".")
-    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
-        return sum(1 for _ in f)
-
-
-def _inspect_ns(ns_fd: int, pids: list[int], by_statmount: bool) -> dict:
-    """In a forked child: enter the namespace, read mountinfo and each process's root, cwd, fds
-    (and the mounts' unique ids when `by_statmount`: engine.strategy's ids axis)."""
-    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    _enter_ns_root(ns_fd, pids, hostproc)
-    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
-        text = f.read()
-    # The block device a mount lives on, where mountinfo's device number is not it (its type says).
-    source_rdev = {}
-    parsed = mountinfo.parse(text)
-    for m in parsed:
-        h = fs.lookup(m.fstype)
-        if h is not None and h.device and (rdev := h.device_of(m)) is not None:
-            source_rdev[m.mnt_id] = rdev
-    # Whether a bind's root is a directory (so restore may make it while files are still being
-    # extracted): the type of its mount point, read where the path leads to that very mount.
-    dirs = {}
-    for m in parsed:
-        if m.root != "/" and (h := fs.lookup(m.fstype)) is not None and h.content:
-            try:
-                mid, mode = kernel.statx_mnt_id_mode(m.mountpoint, flags=kernel.AT_SYMLINK_NOFOLLOW)
-            except OSError:
-                continue
-            if mid == m.mnt_id:
-                dirs[m.mnt_id] = stat.S_ISDIR(mode)
-    # 64-bit unique ids (creation order) where the strategy reads them (ids=statmount, 6.8+).
-    # Only the ids: the records come from mountinfo, which parses in half the time full statmount
-    # records take here (benchmarks/README.md, "statmount or mountinfo").
-    unique = kernel.unique_ids() if by_statmount else {}
-    procs = {}
-    for pid in pids:
-        try:
-            root = _loc(hostproc, f"{pid}/root", pid, "root")
-            cwd = _loc(hostproc, f"{pid}/cwd", pid, "cwd")
-            fds = []
-            dfd = os.open(f"{pid}/fd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=hostproc)
-            try:
-                names = os.listdir(dfd)
-            finally:
-                os.close(dfd)
-            for name in names:
-                n = int(name)
-                link = f"{pid}/fd/{n}"
-                try:
-                    target = os.readlink(link, dir_fd=hostproc)
-                    with os.fdopen(os.open(f"{pid}/fdinfo/{n}", os.O_RDONLY, dir_fd=hostproc)) as f:
-                        info = _parse_fdinfo(f.read())
-                    st = os.stat(link, dir_fd=hostproc)
-                except FileNotFoundError:
-                    continue  # closed while we looked (the tree is stopped, so: a race with exit)
-                fds.append({"fd": n, "target": target, "mode": st.st_mode, **info})
-                if (seen := fdkinds.inspect_in_ns(target, st.st_mode, hostproc, pid, n, parsed)) is not None:
-                    fds[-1]["in_ns"] = seen   # what a kind reads from inside the namespace (inotify watches)
-        except FileNotFoundError:
-            raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
-        procs[pid] = {"root": root, "cwd": cwd, "fds": fds, **mappings.read(hostproc, pid)}
-    _same_path_outside(procs, parsed, hostproc)
-    return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev, "dirs": dirs}
-
-
-def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
-    """In the namespace (chrooted at its root): each fd on a mount this namespace lacks that its path
-    here reaches too (same superblock, same inode) gets `visible_mnt`, the mount the path leads to
-    (used only when no dumped namespace has the fd's mount).
-
-    A process that opened a file before it unshared (/dev/null of every systemd service and
-    bwrap sandbox, a runtime's log) holds it through a mount of the parent namespace, which is
-    not dumped; its namespace copy has the file at the same path on a mount of the same
-    superblock. Lazily unmounted mounts have no such path (see _plan_detached).
-    """
-    ids = {m.mnt_id for m in mounts}
-    devs = {m.mnt_id: m.dev for m in mounts}
-    for pid, data in procs.items():
-        for f in data["fds"]:
-            if f.get("mnt_id") in ids or not f["target"].startswith("/") or f["target"].endswith(" (deleted)"):
-                continue
-            try:
-                want = os.stat(f"{pid}/fd/{f['fd']}", dir_fd=hostproc)
-                link = stat.S_ISLNK(f["mode"])
-                here = os.stat(f["target"], follow_symlinks=not link)
-                mid = kernel.statx_mnt_id(f["target"], flags=kernel.AT_SYMLINK_NOFOLLOW if link else 0)
-            except OSError:
-                continue
-            dev = f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}"
-            if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
-                f["visible_mnt"] = mid
-
-
-def _enter_copy(ns_fd: int, pids: list[int]) -> int:
-    """In a forked child: stand at the root of a private copy of the namespace (made as its owner)
-    where what covers a mount may be unmounted without touching the original; returns an fd on /proc."""
-    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    # A copy made from another user namespace than the owner's would lock every mount of it.
-    owner = userns_cr.owner_to_join(ns_fd)
-    _enter_ns_root(ns_fd, pids, hostproc)
-    if owner is not None:
-        kernel.setns(owner, kernel.CLONE_NEWUSER)
-    kernel.unshare(kernel.CLONE_NEWNS)
-    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    return hostproc
-
-
-def _run_in_copy(ns_fd: int, pids: list[int], fn, args) -> object:
-    """In a forked child: fn(*args) at the root of a private copy of the namespace (_enter_copy)."""
-    os.close(_enter_copy(ns_fd, pids))
-    return fn(*args)
-
-
-def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, chan: channel.Channel) -> None:
-    """In a forked child: clone each wanted mount (original ids) of the namespace and send the fds.
-
-    `orig` is the namespace's mount list as dump read it (the tree is stopped).
-    Works in a private copy of the namespace so it may unmount what covers a
-    mount (an overmount, or a mount over one of its ancestors' paths) without
-    touching the original: visible mounts are cloned at once, covered ones
-    after their covers are gone (see _uncover).
-    """
-    owner = userns_cr.owner_to_join(ns_fd)   # (not None: mounts of the copy may carry locked ones)
-    if owner is not None:
-        os.close(owner)
-    hostproc = _enter_copy(ns_fd, pids)
-    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
-                   encoding="utf-8", errors="surrogateescape") as f:
-        copy = mountinfo.brief(f.read())  # ids and mount points are all we need of the copy
-    # Map original -> copy by (parent, mount point): unique since the kernel tucks
-    # a mount propagated onto an occupied mount point under the existing one.
-    o_ids = {m.mnt_id for m in orig}
-    c_ids = {mid for mid, *_ in copy}
-    o_root = next(m for m in orig if m.parent_id not in o_ids)
-    c_root = next(mid for mid, parent, *_ in copy if parent not in c_ids)
-    c_children: dict[tuple[int, str], int] = {(parent, mp): mid for mid, parent, _, mp, _ in copy}
-    o_children: dict[int, list[mountinfo.Mount]] = {}
-    for m in orig:
-        if m.mnt_id != o_root.mnt_id:
-            o_children.setdefault(m.parent_id, []).append(m)
-    del copy, c_ids
-    to_copy = {o_root.mnt_id: c_root}
-    stack = [o_root]
-    while stack:
-        m = stack.pop()
-        for c in o_children.get(m.mnt_id, ()):
-            cid = c_children.get((to_copy[m.mnt_id], c.mountpoint))
-            if cid is None:
-                raise DumpError(errno.EIO, f"mount {c.mnt_id} ({c.mountpoint}) has no twin in the namespace copy")
-            to_copy[c.mnt_id] = cid
-            stack.append(c)
-    want = set(wanted)
-    # Clones go out 200 at a time as they are made and are closed here once sent: this helper
-    # never holds more (a 90,000-mount tree has tens of thousands to clone).
-    pending: list[tuple[int, int]] = []
-
-    def send(final: bool = False) -> None:
-        if pending and (final or len(pending) >= 200):
-            chan.send([mid for mid, _ in pending], [fd for _, fd in pending])
-            for _, fd in pending:
-                os.close(fd)
-            pending.clear()
-
-    def top_path(mp: str) -> str:
-        # "/" names the root we stand on, never what is mounted over it; "/.." does.
-        return "/.." if mp == "/" else mp
-
-    def clone(m: mountinfo.Mount) -> None:
-        path = top_path(m.mountpoint)
-        if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
-            raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
-        try:
-            fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
-        except OSError as e:
-            if e.errno != errno.EINVAL or owner is None:
-                raise
-            # Locked mounts on it (a namespace a user namespace owns): the kernel clones it only with
-            # them; their files lie on other superblocks (tar stays on one), and nothing of the
-            # container reaches what they cover.
-            fd = kernel.open_tree(kernel.AT_FDCWD, path,
-                                  kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
-        pending.append((m.mnt_id, fd))
-        send()
-
-    # Fast path: mounts whose path already leads to them.
-    orig_by_id = {m.mnt_id: m for m in orig}
-    slow = []
-    for mid in sorted(want):
-        m = orig_by_id[mid]
-        try:
-            if kernel.statx_mnt_id(top_path(m.mountpoint), flags=kernel.AT_SYMLINK_NOFOLLOW) == to_copy[mid]:
-                clone(m)
-                continue
-        except OSError:
-            pass
-        slow.append(mid)
-    if slow:
-        _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
-    send(final=True)
-    chan.send("done")
-
-
-def _clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
-    """A detached clone of mount `mnt_id` of the mount namespace `pids` live in (`mounts`: its
-    mount list), even if covered (_clone_mounts uncovers it); None when it cannot be made."""
-    nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
-    try:
-        for _, fds in channel.fork_stream(_clone_mounts, nsfd, pids, [mnt_id], mounts):
-            for fd in fds[1:]:
-                os.close(fd)
-            return fds[0] if fds else None
-    except OSError:
-        return None
-    finally:
-        os.close(nsfd)
-    return None
-
-
-def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
-    """Clone covered targets by lazily unmounting what covers them (in a private namespace copy).
-
-    A cover is a sibling mounted over a directory above a target's mount
-    point, or a mount over its (or an ancestor's) root. One umount takes a
-    cover's whole subtree, so only covers holding no pending target are
-    unmounted; repeat until every target is visible.
-    """
-    remaining = set(targets)
-    # Children by (parent, mount point): a cover is found by looking up the few
-    # directories above a target, never by scanning all siblings (a parent may
-    # have thousands of children).
-    at: dict[tuple[int, str], list[int]] = {}
-    for parent, cs in children.items():
-        for c in cs:
-            at.setdefault((parent, c.mountpoint), []).append(c.mnt_id)
-
-    def above(n, p) -> list[str]:
-        """Mount points of p's directories that hide n's: p's own root and each proper ancestor of n's."""
-        r = rel_to(n.mountpoint, p.mountpoint)
-        if not r:
-            return []
-        parts = r.split("/")
-        base = "" if p.mountpoint == "/" else p.mountpoint
-        return [p.mountpoint] + [base + "/" + "/".join(parts[:i]) for i in range(1, len(parts))]
-
-    def chain(mid):
-        out = []
-        while mid in by_id and by_id[mid] is not root:
-            out.append(mid)
-            mid = by_id[mid].parent_id
-        return out + [root.mnt_id]
-
-    while remaining:
-        for mid in sorted(remaining):
-            path = top_path(by_id[mid].mountpoint)
-            try:
-                visible = kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) == to_copy[mid]
-            except OSError:
-                visible = False
-            if visible:
-                clone(by_id[mid])
-                remaining.discard(mid)
-        if not remaining:
-            return
-        inside = set()
-        for mid in remaining:
-            inside.update(chain(mid))
-        covers = set()
-        for mid in remaining:
-            ids = chain(mid)
-            for node, parent in zip(ids, ids[1:] + [None]):
-                n = by_id[node]
-                for c in at.get((node, n.mountpoint), ()):
-                    if c not in inside:
-                        covers.add(c)   # a mount over this node's root
-                if parent is None:
-                    continue
-                for mp in above(n, by_id[parent]):
-                    for c in at.get((parent, mp), ()):
-                        if c != node and c not in inside:
-                            covers.add(c)   # a sibling over a directory above it
-        # A cover may itself be overmounted (a stack at its mount point, e.g. propagated there):
-        # its path leads to the top of that stack, which goes first.
-        stack = list(covers)
-        while stack:
-            c = stack.pop()
-            for top in at.get((c, by_id[c].mountpoint), ()):
-                if top not in covers and top not in inside:
-                    covers.add(top)
-                    stack.append(top)
-        # Outer covers first: what an outer cover hides is reachable only once it is gone.
-        progress = False
-        for c in sorted(covers, key=lambda x: (len(by_id[x].mountpoint), x)):
-            path = top_path(by_id[c].mountpoint)
-            try:
-                # Only if its path leads to it: else it is gone already (unmounting the path
-                # would take whatever is there now, maybe a target) or still out of reach.
-                if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[c]:
-                    continue
-                kernel.umount2(path, kernel.MNT_DETACH)
-                progress = True
-            except OSError:
-                pass
-        if not progress:
-            mid = min(remaining)
-            raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")
 
 
 # --- the dump ------------------------------------------------------------------
@@ -778,7 +415,7 @@ class _Plan:
         pids = self.ns_pids[ns_name]
         fd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
         try:
-            return forkrun.run(_run_in_copy, fd, pids, fn, args)
+            return forkrun.run(nscopy.run_in_copy, fd, pids, fn, args)
         finally:
             os.close(fd)
 
@@ -808,7 +445,7 @@ class _Dump:
         self.names: dict = {}                             # (kind, inode) -> image name
         self.users: dict = {}                             # user namespaces (engine/userns_cr.py plan)
         self.by_mntns: dict[int, list[int]] = {}          # mount namespace inode -> its processes
-        self.ns_data: dict[int, dict] = {}                # mount namespace inode -> what _inspect_ns read
+        self.ns_data: dict[int, dict] = {}                # mount namespace inode -> what nsinspect.inspect_ns read
         # _record_mounts
         self.superblocks: dict[str, dict] = {}
         self.sb_of_dev: dict[str, str] = {}
@@ -885,7 +522,9 @@ def _inspect_namespaces(d: _Dump) -> None:
     for ino, members in d.by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
-            d.ns_data[ino] = forkrun.run(_inspect_ns, fd, members, by_statmount)
+            d.ns_data[ino] = forkrun.run(nsinspect.inspect_ns, fd, members, by_statmount)
+        except nsinspect.InspectError as e:
+            raise DumpError(e.errno, e.strerror) from None
         finally:
             os.close(fd)
         d.ns_data[ino]["mounts"] = mountinfo.parse(d.ns_data[ino].pop("mountinfo"), d.ns_data[ino]["unique"])
@@ -984,7 +623,7 @@ def _record_ns_users(d: _Dump, ino: int, mounts: list, entries: list[dict]) -> N
         try:
             pids = d.by_mntns[ino]
             userns_cr.record_sb_owners(pids[0], mounts, d.sb_of_dev, d.superblocks, d.tree, d.users,
-                                       clone=lambda m, pids=pids, ms=mounts: _clone_one(pids, ms, m.mnt_id))
+                                       clone=lambda m, pids=pids, ms=mounts: nscopy.clone_one(pids, ms, m.mnt_id))
         except userns_cr.UsernsError as e:
             raise DumpError(e.errno, e.strerror) from None
     owner = d.users["mntns_owner"].get(d.mntns_name(ino))
@@ -1197,6 +836,53 @@ def _record_pid_namespaces(d: _Dump) -> None:
     d.plan.pidns_name = ino_name
 
 
+class _Batch:
+    """Mount clones waiting to go into one tar (content.archive), 500 at most, of one owner each."""
+
+    def __init__(self, d: _Dump):
+        self.d = d
+        # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
+        self.items: list[tuple[int, str, str, str, str | None]] = []
+        self.member_no = itertools.count()
+
+    def add(self, mfd: int, sid: str, root: str, only: str | None) -> None:
+        """Queue clone `mfd` of superblock `sid` (filling `root`; `only`: the one file it holds there);
+        the batch owns the fd once queued."""
+        superblocks = self.d.superblocks
+        # One archive holds superblocks of one owner: restore extracts it as that owner's root.
+        if self.items and superblocks[self.items[0][2]].get("owner") != superblocks[sid].get("owner"):
+            self.flush()
+        self.items.append((mfd, f"sb-{next(self.member_no)}", sid, root, only))
+
+    def flush_if_full(self) -> None:
+        """Write the archive once it has 500 members."""
+        if len(self.items) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued clones into one new archive and close them."""
+        if not self.items:
+            return
+        name, path = self.d.writer.new_archive()
+        sockets: dict[str, list] = {}   # socket files tar leaves out, made again at restore
+        self.d.files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
+                                              for mfd, member, _, _, only in self.items], path, sockets)
+        for mfd, member, sid, root, only in self.items:
+            arc = {"file": name, "member": member, "root": root}
+            if only is not None:
+                arc["only"] = only  # a file bind's file: the member holds it alone, not its directory
+            if member in sockets:
+                arc["sockets"] = sockets[member]
+            self.d.superblocks[sid]["archives"].append(arc)
+            os.close(mfd)
+        self.items.clear()
+
+    def close(self) -> None:
+        """Close what was queued and not written (a refusal)."""
+        for mfd, *_ in self.items:
+            os.close(mfd)
+
+
 def _archive_contents(d: _Dump) -> None:
     """Clone the planned mounts out of a private copy of each namespace and archive them: batches of
     mounts into one tar each (empty roots need no archive), ghosts alone, probes to their type."""
@@ -1209,39 +895,12 @@ def _archive_contents(d: _Dump) -> None:
     # is searched for while their superblock is archived (the file comes back with the others).
     d.linked_names = _want_linked(d.ns_data, d.mounts_by_id, d.mntns_doc, d.superblocks, d.plan)
 
-    superblocks, writer, files, plan = d.superblocks, d.writer, d.files, d.plan
-    # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
-    batch: list[tuple[int, str, str, str, str | None]] = []
-    member_no = itertools.count()
-
-    def flush():
-        if not batch:
-            return
-        name, path = writer.new_archive()
-        sockets: dict[str, list] = {}   # socket files tar leaves out, made again at restore
-        files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
-                                       for mfd, member, _, _, only in batch], path, sockets)
-        for mfd, member, sid, root, only in batch:
-            arc = {"file": name, "member": member, "root": root}
-            if only is not None:
-                arc["only"] = only  # a file bind's file: the member holds it alone, not its directory
-            if member in sockets:
-                arc["sockets"] = sockets[member]
-            superblocks[sid]["archives"].append(arc)
-            os.close(mfd)
-        batch.clear()
-
-    def add_member(item) -> None:
-        # One archive holds superblocks of one owner: restore extracts it as that owner's root.
-        if batch and superblocks[batch[0][2]].get("owner") != superblocks[item[2]].get("owner"):
-            flush()
-        batch.append(item)
-
+    batch = _Batch(d)
     try:
         for ino, wanted in d.clone_plan.items():
             fd = os.open(f"/proc/{d.by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
             try:
-                for mids, fds in channel.fork_stream(_clone_mounts, fd, d.by_mntns[ino], wanted,
+                for mids, fds in channel.fork_stream(nscopy.clone_mounts, fd, d.by_mntns[ino], wanted,
                                                      d.ns_data[ino]["mounts"]):
                     kept = set()
                     try:
@@ -1249,48 +908,52 @@ def _archive_contents(d: _Dump) -> None:
                             if mid in d.ghost_for:
                                 _archive_ghost(d, mid, mfd)
                             elif mid in d.archive_for:
-                                sid, root = d.archive_for[mid]
-                                for want in plan.wanted.get(sid, ()):
-                                    rel = content.find_inode(mfd, want[0])
-                                    if rel is not None:
-                                        want[1](rel if root == "/" else root + rel)
-                                        want[3] = True
-                                top = f"/proc/self/fd/{mfd}"
-                                if not stat.S_ISDIR(os.fstat(mfd).st_mode):
-                                    # A file bind (its directory may be on no mount at all): the
-                                    # member holds the file alone, extracted into its directory.
-                                    parent, _, base = root.rpartition("/")
-                                    add_member((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
-                                    kept.add(mfd)
-                                    if len(batch) >= 500:
-                                        flush()
-                                    continue
-                                if not os.listdir(top):
-                                    st = os.stat(top)
-                                    superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
-                                                                      "uid": st.st_uid, "gid": st.st_gid}
-                                    continue
-                                add_member((mfd, f"sb-{next(member_no)}", sid, root, None))
-                                kept.add(mfd)  # the batch owns it now (flush closes it)
-                                if len(batch) >= 500:
-                                    flush()
+                                if _add_content(d, batch, mid, mfd):
+                                    kept.add(mfd)  # the batch owns it now (flush closes it)
+                                    batch.flush_if_full()
                             else:
                                 sid = d.probe_for[mid]
-                                _hook(fs.lookup(superblocks[sid]["fstype"]).probe, sid, mid, mfd, plan)
+                                _hook(fs.lookup(d.superblocks[sid]["fstype"]).probe, sid, mid, mfd, d.plan)
                     finally:
                         for mfd in fds:
                             if mfd not in kept:
                                 os.close(mfd)
             finally:
                 os.close(fd)
-        flush()
+        batch.flush()
+    except nscopy.CopyError as e:
+        raise DumpError(e.errno, e.strerror) from None
     finally:
-        for mfd, *_ in batch:
-            os.close(mfd)
+        batch.close()
 
-    for want in (w for ws in plan.wanted.values() for w in ws):
+    for want in (w for ws in d.plan.wanted.values() for w in ws):
         if not want[3]:
             raise DumpError(errno.EOPNOTSUPP, want[2])
+
+
+def _add_content(d: _Dump, batch: _Batch, mid: int, mfd: int) -> bool:
+    """Clone `mfd` of mount `mid` into the batch (True: the batch owns it now); first the files the
+    type hooks asked for by inode are looked for on it, and an empty root is only recorded."""
+    sid, root = d.archive_for[mid]
+    for want in d.plan.wanted.get(sid, ()):
+        rel = content.find_inode(mfd, want[0])
+        if rel is not None:
+            want[1](rel if root == "/" else root + rel)
+            want[3] = True
+    top = f"/proc/self/fd/{mfd}"
+    if not stat.S_ISDIR(os.fstat(mfd).st_mode):
+        # A file bind (its directory may be on no mount at all): the
+        # member holds the file alone, extracted into its directory.
+        parent, _, base = root.rpartition("/")
+        batch.add(mfd, sid, parent or "/", base)
+        return True
+    if not os.listdir(top):
+        st = os.stat(top)
+        d.superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
+                                            "uid": st.st_uid, "gid": st.st_gid}
+        return False
+    batch.add(mfd, sid, root, None)
+    return True
 
 
 def _archive_ghost(d: _Dump, mid: int, mfd: int) -> None:
@@ -1604,7 +1267,7 @@ def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_b
     def clone_of(m) -> int | None:
         """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
         ino = ns_of_mount[m.mnt_id]
-        return _clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
+        return nscopy.clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
 
     anchors: list[int] = []
     beyond: list[tuple[str, str, int, str]] = []

@@ -591,12 +591,12 @@ def _writable(d, loc: dict) -> dict:
 
 def _search_clones(d, name: str, pid: int, mounts, hidden: list[int], dev: int, ino: int, budget: list):
     from engine import channel
-    from engine.dump import _clone_mounts
+    from engine.nscopy import clone_mounts
     by_id = {m.mnt_id: m for m in mounts}
     found = None
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for mids, fds in channel.fork_stream(_clone_mounts, nsfd, [pid], hidden, mounts):
+        for mids, fds in channel.fork_stream(clone_mounts, nsfd, [pid], hidden, mounts):
             try:
                 for mid, mfd in zip(mids, fds):
                     if found is None:
