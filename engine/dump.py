@@ -1,18 +1,19 @@
 """Dump: a process tree's mount namespaces, roots, cwds and open files -> image directory.
 
-Steps:
+Steps (`dump`, then `_collect`, one named function a step):
  1. find the process tree, refuse what it already shows while it runs (engine/prestop.py: a
     refusal leaves it untouched), then stop it (SIGSTOP) so nothing changes under us;
  2. per mount namespace, a helper enters it (setns) and reads mountinfo and each
     member process's root, cwd and fds (paths as seen from the namespace root,
-    mount ids from fdinfo/statx);
+    mount ids from fdinfo/statx: engine/nsinspect.py);
  3. plan superblocks: content archives, externals, devices, namespace-tagged
     pseudo filesystems, each as its type module says (engine/fs/); refuse
     anything unsupported before writing;
  4. per namespace, a second helper enters a private copy of it, uncovers
     overmounted mounts and hands back detached clones of the mounts whose files
-    must be archived (or that a type module probes, `FsType.probe`);
- 5. write the image atomically, then kill the tree (or resume it).
+    must be archived (or that a type module probes, `FsType.probe`: engine/nscopy.py);
+ 5. place each process's root, cwd and fds on the mounts (engine/placement.py; on detached
+    mounts: engine/detached.py), write the image atomically, then kill the tree (or resume it).
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import imageformat, nscopy, nsinspect, prestop, userns_cr
+from engine import nscopy, nsinspect, placement, prestop, userns_cr
+from engine.dumperror import DumpError
 from engine.fds import FdError
 from engine.fdtable import FdTable
-from engine.image import is_beneath, rel_to
+from engine.image import is_beneath
 
 # Every fd kind: helpers (engine/nsinspect.py) classify fds after they entered (and chrooted into) a container.
 fdkinds.load()
@@ -39,10 +41,6 @@ NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
 _EXT_FILE = re.compile(r"^file\[(?P<what>/[^\]]*)\]:(?P<key>[^\s\[\]]+)$")
-
-
-class DumpError(OSError):
-    """Dump refuses: one line naming the mount/process and the reason."""
 
 
 # --- process tree --------------------------------------------------------------
@@ -160,11 +158,6 @@ def parse_external_files(specs) -> dict[str, str]:
         if m:
             out[m["what"]] = m["key"]
     return out
-
-
-def _external_file_hint(path: str) -> str:
-    return (f"declare it with --external file[{path}]:KEY (and restore with --external file[KEY]:HOSTPATH), "
-            "or run the tree with that fd on a file of its own mounts")
 
 
 # --- the dump ------------------------------------------------------------------
@@ -523,8 +516,6 @@ def _inspect_namespaces(d: _Dump) -> None:
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
             d.ns_data[ino] = forkrun.run(nsinspect.inspect_ns, fd, members, by_statmount)
-        except nsinspect.InspectError as e:
-            raise DumpError(e.errno, e.strerror) from None
         finally:
             os.close(fd)
         d.ns_data[ino]["mounts"] = mountinfo.parse(d.ns_data[ino].pop("mountinfo"), d.ns_data[ino]["unique"])
@@ -893,7 +884,7 @@ def _archive_contents(d: _Dump) -> None:
 
     # Files open under a deleted name that still have another name (CRIU's link-remap): that name
     # is searched for while their superblock is archived (the file comes back with the others).
-    d.linked_names = _want_linked(d.ns_data, d.mounts_by_id, d.mntns_doc, d.superblocks, d.plan)
+    d.linked_names = placement.want_linked(d.ns_data, d.mounts_by_id, d.mntns_doc, d.superblocks, d.plan)
 
     batch = _Batch(d)
     try:
@@ -921,8 +912,6 @@ def _archive_contents(d: _Dump) -> None:
             finally:
                 os.close(fd)
         batch.flush()
-    except nscopy.CopyError as e:
-        raise DumpError(e.errno, e.strerror) from None
     finally:
         batch.close()
 
@@ -984,9 +973,10 @@ def _name_ghosts(d: _Dump) -> None:
 def _collect_processes(d: _Dump) -> None:
     """Each process: namespaces, root, cwd and fds by kind (engine/fdtable.py, engine/fds/); the
     hostname of each UTS namespace; then the detached mounts their roots, cwds and fds lie on."""
+    from engine import detached
     fdtable = FdTable(d.takes)
     try:
-        d.procs_doc = _processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,
+        d.procs_doc = placement.processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,
                                  (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files, d.linked_names),
                                  d.ext_files)
         fdtable.finish(d.procs_doc)
@@ -995,7 +985,7 @@ def _collect_processes(d: _Dump) -> None:
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:
         fdtable.close()
-    unplaced = [(loc, p["pid"], link) for p in d.procs_doc for loc, link in _unplaced_of(p)] + fdtable.unplaced
+    unplaced = [(loc, p["pid"], link) for p in d.procs_doc for loc, link in placement.unplaced_of(p)] + fdtable.unplaced
     for p in d.procs_doc:
         uts = p["ns"]["uts"]
         if uts not in d.uts_names and "uts" not in p["host_ns"]:
@@ -1004,7 +994,7 @@ def _collect_processes(d: _Dump) -> None:
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     try:
-        d.detached_doc = _plan_detached(unplaced, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
+        d.detached_doc = detached.plan(unplaced, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
                                         d.mounts_by_id, d.writer, d.files)
     finally:
         fdtable.release()
@@ -1028,95 +1018,6 @@ def _manifest(d: _Dump) -> dict:
     for p in d.procs_doc:
         p.update(d.users["proc"].get(p["pid"], {}))
     return doc
-
-
-def _unplaced_of(p: dict):
-    """(location, /proc link relative to the pid) of each of p's root, cwd and fds on a detached mount."""
-    for key in ("root", "cwd"):
-        if p[key].get("detached"):
-            yield p[key], key
-    for f in p["fds"]:
-        if f.get("detached"):
-            yield f, f"fd/{f['fd']}"
-
-
-def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files) -> list[dict]:
-    """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files.
-    fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only."""
-    procs_doc = []
-    used_files: set[str] = set()
-    for pid, ppid in tree:
-        ino = ns_of[pid]["mnt"]
-        pdata = ns_data[ino]["procs"][pid]
-        entry = {
-            "pid": pid, "ppid": ppid,
-            "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
-            "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
-            "fds": [],
-        }
-        for key in ("root", "cwd"):
-            entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)
-        for f in pdata["fds"]:
-            if f["target"] in ext_files:
-                entry["fds"].append({"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
-                                     "type": "dir" if stat.S_ISDIR(f["mode"]) else "file",
-                                     "external": ext_files[f["target"]]})
-                used_files.add(f["target"])
-                continue
-            fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
-                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"],
-                [(next(iter(d["procs"])), d["mounts"]) for other, d in ns_data.items() if other != ino and d["procs"]])
-            if fd_entry.pop("placed"):
-                fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
-            entry["fds"].append(fd_entry)
-        # Mapped files on mounts of the tree (the rest: anonymous shared memory, memfds, detached).
-        entry["maps"] = [_place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping")
-                         for path, mnt in pdata["maps"] if mnt in mounts_by_id]
-        if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
-            entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
-        procs_doc.append(entry)
-    unknown = set(ext_files) - used_files
-    if unknown:
-        raise DumpError(errno.ENOENT, f"--external file[]: no process of the tree has {', '.join(sorted(unknown))} open")
-    return procs_doc
-
-
-def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:
-    """Where a process's root or cwd lies: mount and path, and its ghost if it was removed."""
-    ghost = None
-    if loc["abs"].endswith(ghosts.DELETED_FD):
-        target = loc["abs"][: -len(ghosts.DELETED_FD)]
-        m = mounts_by_id.get(loc["mnt"])
-        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
-            # A directory removed while it was the cwd (or root): always empty.
-            ghost = _fd_ghost(pid, key, target, m, *ghost_ctx)
-        loc = {"abs": target, "mnt": loc["mnt"]}
-    placed = _place(loc, mounts_by_id, pid, key)
-    if ghost is not None:
-        placed["ghost"] = ghost
-    return placed
-
-
-def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
-    """Where an fd on a file (of a placed kind) lies: mount and path, ghost or outside when so."""
-    target = f["target"]
-    ghost = None
-    if target.endswith(ghosts.DELETED_FD):
-        target = target[: -len(ghosts.DELETED_FD)]
-        m = mounts_by_id.get(f["mnt_id"])
-        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
-            # Not the (deleted) root of its mount: a file unlinked while open.
-            ghost = _fd_ghost(pid, f"fd/{f['fd']}", target, m, *ghost_ctx)
-    # Opened through a mount outside the dumped namespaces, but reachable at the same path
-    # here: restored on that visible mount (the outside mount itself cannot be recreated).
-    outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
-    loc = _place({"abs": target, "mnt": f["visible_mnt"] if outside else f["mnt_id"]},
-                 mounts_by_id, pid, f"fd {f['fd']}")
-    if outside:
-        loc["outside"] = True
-    if ghost is not None:
-        loc["ghost"] = ghost
-    return loc
 
 
 def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = None) -> None:
@@ -1169,188 +1070,6 @@ def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = Non
                             "private before the dump")
 
 
-def _want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan) -> dict[str, str]:
-    """For each file a process holds open under a deleted name while it still has another name on
-    a filesystem whose files are archived, ask the archiving step for that other name; returns the
-    dict it fills: "dev:ino" -> the name's path in its superblock (see _fd_ghost)."""
-    found: dict[str, str] = {}
-    for data in ns_data.values():
-        for pid, pdata in data["procs"].items():
-            for f in pdata["fds"]:
-                m = mounts_by_id.get(f.get("mnt_id"))
-                if m is None or not f["target"].endswith(ghosts.DELETED_FD) or not stat.S_ISREG(f["mode"]):
-                    continue
-                try:
-                    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
-                except OSError:
-                    continue
-                sid = mntns_sb(mntns_doc, m.mnt_id)
-                handler = fs.lookup(superblocks[sid]["fstype"])
-                if not st.st_nlink or superblocks[sid]["external"] or handler is None or not handler.content:
-                    continue
-                key = f"{st.st_dev}:{st.st_ino}"
-                if key not in found:
-                    found[key] = ""
-                    plan.want_file(sid, st.st_ino, lambda path, key=key: found.__setitem__(key, path),
-                                   f"process {pid} fd {f['fd']} ({f['target']}): a deleted name of a file "
-                                   f"that has {st.st_nlink} other name(s), none of them on a mount of the tree "
-                                   "whose files are dumped")
-    return found
-
-
-def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files, linked_names=None) -> str:
-    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it
-    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root").
-
-    Like CRIU's link-remap: a file open under several deleted names keeps them all (restore links
-    it there again while it reopens the fds, `links`); a deleted name of a file that still has
-    another name archives nothing of its own (`linked`: restore links that name there again)."""
-    where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
-    if m is None:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
-                                          "namespaces: not supported yet")
-    sid = mntns_sb(mntns_doc, m.mnt_id)
-    sb = superblocks[sid]
-    handler = fs.lookup(sb["fstype"])
-    if sb["external"] or handler is None or not handler.content:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
-                                          f"{fs.content_names()} made in the dumped tree can hold it again)")
-    st = os.stat(f"/proc/{pid}/{link}")
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs and directories are supported")
-    key = f"{st.st_dev}:{st.st_ino}"
-    linked = (linked_names or {}).get(key) if st.st_nlink else None
-    if st.st_nlink and not linked:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
-                                          "no mount of the tree whose files are dumped reaches")
-    m_root = ghosts.split_root(m.root)[0]
-    rel = rel_to(path, m.mountpoint)
-    sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
-    for gid, g in ghosts_doc.items():
-        if g.get("inode") == key:
-            links = g.setdefault("links", [])
-            if g["path"] != sb_path and sb_path not in links:
-                # Restore reopens every fd through its own name on its own mount: another unlinked
-                # name of the same file is linked there too (CRIU's mntns_link_remap).
-                if stat.S_ISDIR(st.st_mode) or len(links) >= imageformat.MAX_GHOST_LINKS:
-                    raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
-                                                      f"{g['path']} of its filesystem (too many names)")
-                links.append(sb_path)
-            if not links:
-                del g["links"]
-            return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
-    gid = f"g-{len(ghosts_doc)}"
-    if linked:
-        ghosts_doc[gid] = {"sb": sid, "path": sb_path, "linked": linked, "inode": key}
-        return gid
-    name, out = writer.new_archive()
-    try:
-        d, _, entry = f"/proc/{pid}/{link}".rpartition("/")
-        files[name] = ghosts.archive_link(d, entry, sb_path, out)
-    except OSError as e:
-        raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
-    ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",
-                       "only": sb_path.rsplit("/", 1)[1], "inode": key}
-    return gid
-
-
-def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
-    """Describe each detached mount that a process holds a file or cwd on (see engine/detached.py)."""
-    from engine import detached
-    by_mnt: dict[int, list[tuple[dict, int, str]]] = {}
-    for item in unplaced:
-        by_mnt.setdefault(item[0]["mnt"], []).append(item)
-    out: dict[str, dict] = {}
-
-    ns_of_mount = {m.mnt_id: ino for ino, data in ns_data.items() for m in data["mounts"]}
-
-    def clone_of(m) -> int | None:
-        """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
-        ino = ns_of_mount[m.mnt_id]
-        return nscopy.clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
-
-    anchors: list[int] = []
-    beyond: list[tuple[str, str, int, str]] = []
-    try:
-        for mnt, items in sorted(by_mnt.items()):
-            loc0, pid0, link0 = items[0]
-            # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
-            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on mount {mnt}, in no dumped namespace"
-            try:
-                facts = [(detached.probe(pid, link), loc["path"]) for loc, pid, link in items]
-                f0 = facts[0][0]
-                sid, dev = sb_of_dev.get(f0["dev"]), f0["dev"]
-                if sid is None:
-                    # Files may show another device than the mounts of their superblock (a subvolume's
-                    # own anonymous device): the superblock whose mount opens the file's handle as it.
-                    sid, dev = detached.sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
-                if sid is not None:
-                    candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),
-                                        key=lambda m: (len(m.root), m.mnt_id))
-                    found = detached.root_via_visible(f0, facts[0][1], candidates, clone_of)
-                    if found is None and superblocks[sid]["external"]:
-                        # Restore reaches an external filesystem only through its external mounts: a
-                        # file beside them (a host log the runtime gave as stdout) cannot be reopened.
-                        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
-                                                          f"reaches the file; {_external_file_hint(loc0['path'])}")
-                    if found is not None:
-                        vis, root_on_v = found
-                        vroot = mounts_by_id[vis].root
-                        root = vroot if root_on_v == "/" else (root_on_v if vroot == "/" else vroot + root_on_v)
-                    else:
-                        d_fd, d_path = detached.anchor(f0, candidates, clone_of)
-                        anchors.append(d_fd)
-                        root = detached.locate_outside(f0, facts[0][1], d_fd, d_path)
-                        if fs.lookup(superblocks[sid]["fstype"]).content:
-                            beyond.append((sid, root, d_fd, d_path))
-                else:
-                    found_type = fs.by_magic(f0["magic"])
-                    if found_type is None:
-                        raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                                          f"visible (only a detached {fs.content_names()} can be "
-                                                          f"dumped whole); {_external_file_hint(loc0['path'])}")
-                    sid = f"sb-{len(superblocks)}"
-                    name, path = writer.new_archive()
-                    files[name] = detached.archive_invisible(facts, path)
-                    superblocks[sid] = {"fstype": found_type.name, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
-                                        "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
-                    root = "/"
-            except DumpError:
-                raise
-            except OSError as e:
-                hint = f"; {_external_file_hint(loc0['path'])}" if link0.startswith("fd/") else ""
-                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}") from None
-            out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
-                             "mountpoint": "(detached)"}
-        _archive_beyond(beyond, superblocks, writer, files)
-    finally:
-        for fd in anchors:
-            os.close(fd)
-    return out
-
-
-def _archive_beyond(beyond, superblocks, writer, files) -> None:
-    """Archive what only detached mounts reach of a content superblock: each widest detached root
-    (sb id, root, anchor fd, anchor path) not already archived, minus the archived roots inside it."""
-    done: dict[str, list[str]] = {}
-    for sid, root, d_fd, d_path in sorted(beyond, key=lambda b: (b[0], len(b[1]), b[1])):
-        sb = superblocks[sid]
-        covered = [a["root"] for a in sb["archives"] if "only" not in a] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
-        if any(is_beneath(root, c) for c in covered + done.get(sid, [])):
-            continue
-        rel = rel_to(root, d_path)
-        r_fd = d_fd if not rel else kernel.openat2(d_fd, rel, os.O_PATH | os.O_DIRECTORY,
-                                                   kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_XDEV)
-        try:
-            name, path = writer.new_archive()
-            files[name] = content.archive_dir(r_fd, path, [rel_to(c, root) for c in covered if is_beneath(c, root)])
-        finally:
-            if r_fd != d_fd:
-                os.close(r_fd)
-        sb["archives"].append({"file": name, "member": "sb-0", "root": root})
-        done.setdefault(sid, []).append(root)
-
-
 def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
     """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`); None for a
     zombie (its namespace links are gone, so no pid-bound superblock can be matched through it)."""
@@ -1364,25 +1083,3 @@ def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
         nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
     return int(nspid), fields[19]
 
-
-def mntns_sb(mntns_doc: dict, mid: int) -> str:
-    """The superblock id of mount `mid`."""
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if e["id"] == mid:
-                return e["sb"]
-    raise KeyError(mid)
-
-
-def _place(loc: dict, mounts_by_id: dict, pid: int, what: str) -> dict:
-    """{abs path, mnt id} -> {mnt, path relative to the mount's root}."""
-    path, mnt = loc["abs"], loc["mnt"]
-    if path.endswith(" (deleted)"):
-        raise DumpError(errno.EOPNOTSUPP, f"process {pid} {what}: {path}: deleted files are not supported yet")
-    m = mounts_by_id.get(mnt)
-    if m is None:
-        # In no dumped namespace: a lazily unmounted (detached) mount, resolved later.
-        return {"mnt": mnt, "path": path, "detached": True}
-    if not is_beneath(path, m.mountpoint):
-        raise DumpError(errno.EIO, f"process {pid} {what}: {path} is not beneath its mount's {m.mountpoint}")
-    return {"mnt": mnt, "path": "/" + rel_to(path, m.mountpoint)}

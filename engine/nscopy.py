@@ -10,11 +10,9 @@ import errno
 import os
 
 from engine import channel, kernel, mountinfo, nsinspect, userns_cr
+from engine.dumperror import DumpError
 from engine.image import rel_to
 
-
-class CopyError(OSError):
-    """A mount has no twin in the copy or stays covered there (dump raises it as its DumpError)."""
 
 
 def enter_copy(ns_fd: int, pids: list[int]) -> int:
@@ -72,7 +70,7 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
         for c in o_children.get(m.mnt_id, ()):
             cid = c_children.get((to_copy[m.mnt_id], c.mountpoint))
             if cid is None:
-                raise CopyError(errno.EIO, f"mount {c.mnt_id} ({c.mountpoint}) has no twin in the namespace copy")
+                raise DumpError(errno.EIO, f"mount {c.mnt_id} ({c.mountpoint}) has no twin in the namespace copy")
             to_copy[c.mnt_id] = cid
             stack.append(c)
     want = set(wanted)
@@ -94,7 +92,7 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
     def clone(m: mountinfo.Mount) -> None:
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
-            raise CopyError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
+            raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
         try:
             fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
         except OSError as e:
@@ -228,4 +226,4 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                 pass
         if not progress:
             mid = min(remaining)
-            raise CopyError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")
+            raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")

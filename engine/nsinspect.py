@@ -11,10 +11,8 @@ import os
 import stat
 
 from engine import fds as fdkinds, forkrun, fs, kernel, mappings, mountinfo
+from engine.dumperror import DumpError
 
-
-class InspectError(OSError):
-    """A process of the namespace went away while it was read (dump raises it as its DumpError)."""
 
 
 def _parse_fdinfo(text: str) -> dict[str, int]:
@@ -130,7 +128,7 @@ def inspect_ns(ns_fd: int, pids: list[int], by_statmount: bool) -> dict:
                 if (seen := fdkinds.inspect_in_ns(target, st.st_mode, hostproc, pid, n, parsed)) is not None:
                     fds[-1]["in_ns"] = seen   # what a kind reads from inside the namespace (inotify watches)
         except FileNotFoundError:
-            raise InspectError(errno.ESRCH, f"process {pid} exited during dump") from None
+            raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
         procs[pid] = {"root": root, "cwd": cwd, "fds": fds, **mappings.read(hostproc, pid)}
     _same_path_outside(procs, parsed, hostproc)
     return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev, "dirs": dirs}
