@@ -598,96 +598,17 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
     na, nb = names
     if ca.text == cb.text:
         return True, f"equal: {na} and {nb} have the same mount tree ({len(ca.order)} mounts)\n"
-    pairs = _match(ca, cb)
-    back = {v: k for k, v in pairs.items()}
-    ta, tb = ca.tree, cb.tree
-    cache: dict = {}
-    changes = {x: _attr_changes(ta.by_id[x], tb.by_id[y], ca, cb, pairs, back, cache) for x, y in pairs.items()}
-    only_a = [m for m in ca.order if m.mnt_id not in pairs]
-    only_b = [m for m in cb.order if m.mnt_id not in back]
-    changed = [x for x, ch in changes.items() if ch]
-
-    # Nodes: ("p", a_id) paired, ("a", a_id) only in A, ("b", b_id) only in B.
-    a_rank = {m.mnt_id: i for i, m in enumerate(ca.order)}
-    b_rank = {m.mnt_id: i for i, m in enumerate(cb.order)}
-
-    def kids(node):
-        kind, i = node
-        out = []
-        if kind in ("p", "a"):
-            for c in ta.children[i]:
-                out.append(("p" if c.mnt_id in pairs else "a", c.mnt_id))
-        if kind in ("p", "b"):
-            j = pairs[i] if kind == "p" else i
-            out.extend(("b", c.mnt_id) for c in tb.children[j] if c.mnt_id not in back)
-        return sorted(out, key=lambda n: (n[0] == "b", a_rank[n[1]] if n[0] != "b" else b_rank[n[1]]))
-
-    # Which nodes have a difference at or below them (to fold the rest).
-    dirty: set = set()
-    roots = [("p" if m.mnt_id in pairs else "a", m.mnt_id) for m in ta.roots] + \
-            [("b", m.mnt_id) for m in tb.roots if m.mnt_id not in back]
-    roots.sort(key=lambda n: (n[0] == "b", a_rank[n[1]] if n[0] != "b" else b_rank[n[1]]))
-    post = []
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        post.append(n)
-        stack.extend(kids(n))
-    for n in reversed(post):
-        if n[0] != "p" or changes[n[1]] or any(k in dirty for k in kids(n)):
-            dirty.add(n)
-
-    rows = [["", "TARGET", "SOURCE FSTYPE OPTIONS PROPAGATION"]]
-    details: dict[int, list[str]] = {}
-    folds: dict[tuple, int] = {}
-
-    def count_below(n):
-        total, st = 0, list(kids(n))
-        while st:
-            k = st.pop()
-            total += 1
-            st.extend(kids(k))
-        return total
-
-    def children_of(n):
-        # Unchanged subtrees show only their top mount; many unchanged siblings of a
-        # change shrink to one "... unchanged" line.
-        if n[0] == "fold" or n not in dirty:
-            return []
-        ks = kids(n)
-        clean = [k for k in ks if k not in dirty]
-        if len(clean) <= _MAX_CLEAN_SIBLINGS:
-            return ks
-        fold = ("fold", n)
-        folds[fold] = len(clean) + sum(count_below(k) for k in clean)
-        return [k for k in ks if k in dirty] + [fold]
-
-    for n, prefix in _tree_walk(roots, children_of):
-        kind, i = n
-        if kind == "fold":
-            rows.append(["", prefix + f"... {folds[n]} unchanged mounts", ""])
-            continue
-        if kind == "b":
-            m = tb.by_id[i]
-            rows.append(["+", prefix + escape(m.mountpoint), _summary(m, cb) + "  (only in B)"])
-            continue
-        m = ta.by_id[i]
-        if kind == "a":
-            rows.append(["-", prefix + escape(m.mountpoint), _summary(m, ca) + "  (only in A)"])
-            continue
-        mark = "!" if changes[i] else " "
-        note = ""
-        if n not in dirty and kids(n):
-            note = f"  ({count_below(n)} unchanged below)"
-        rows.append([mark, prefix + escape(m.mountpoint), _summary(m, ca) + note])
-        if changes[i]:
-            details[len(rows) - 1] = changes[i]
+    merged = _Merged(ca, cb)
+    rows, details = _diff_rows(merged)
     table = _table(rows).splitlines(keepends=True)
     body = []
     for idx, line in enumerate(table):
         body.append(line)
         for d in details.get(idx, ()):
             body.append(f"!   * {d}\n")
+    changed = [x for x, ch in merged.changes.items() if ch]
+    only_a = [m for m in ca.order if m.mnt_id not in merged.pairs]
+    only_b = [m for m in cb.order if m.mnt_id not in merged.back]
     head = (f"different: {len(changed)} changed, {len(only_a)} only in A, {len(only_b)} only in B\n"
             f"A = {na}\nB = {nb}\n"
             f"legend: '!' attributes differ (A -> B), '-' only in A, '+' only in B\n")
@@ -699,3 +620,104 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
         text += "".join(difflib.unified_diff(ca.text.splitlines(keepends=True), cb.text.splitlines(keepends=True),
                                              fromfile="A", tofile="B"))
     return False, text
+
+
+class _Merged:
+    """The trees of A and B as one: nodes ("p", a_id) paired, ("a", a_id) only in A, ("b", b_id)
+    only in B; each paired mount's attribute changes, and which nodes have a difference at or
+    below them (`dirty`: the rest is folded)."""
+
+    def __init__(self, ca: Canonical, cb: Canonical):
+        self.ca, self.cb = ca, cb
+        self.pairs = _match(ca, cb)
+        self.back = {v: k for k, v in self.pairs.items()}
+        self.ta, self.tb = ca.tree, cb.tree
+        cache: dict = {}
+        self.changes = {x: _attr_changes(self.ta.by_id[x], self.tb.by_id[y], ca, cb, self.pairs, self.back, cache)
+                        for x, y in self.pairs.items()}
+        self.a_rank = {m.mnt_id: i for i, m in enumerate(ca.order)}
+        self.b_rank = {m.mnt_id: i for i, m in enumerate(cb.order)}
+        self.roots = [("p" if m.mnt_id in self.pairs else "a", m.mnt_id) for m in self.ta.roots] + \
+                     [("b", m.mnt_id) for m in self.tb.roots if m.mnt_id not in self.back]
+        self.roots.sort(key=self._rank)
+        self.dirty = self._dirty()
+
+    def _rank(self, n) -> tuple:
+        return (n[0] == "b", self.a_rank[n[1]] if n[0] != "b" else self.b_rank[n[1]])
+
+    def kids(self, node) -> list:
+        """The children of `node`: A's (paired or only in A), then those only in B."""
+        kind, i = node
+        out = []
+        if kind in ("p", "a"):
+            for c in self.ta.children[i]:
+                out.append(("p" if c.mnt_id in self.pairs else "a", c.mnt_id))
+        if kind in ("p", "b"):
+            j = self.pairs[i] if kind == "p" else i
+            out.extend(("b", c.mnt_id) for c in self.tb.children[j] if c.mnt_id not in self.back)
+        return sorted(out, key=self._rank)
+
+    def _dirty(self) -> set:
+        dirty: set = set()
+        post = []
+        stack = list(self.roots)
+        while stack:
+            n = stack.pop()
+            post.append(n)
+            stack.extend(self.kids(n))
+        for n in reversed(post):
+            if n[0] != "p" or self.changes[n[1]] or any(k in dirty for k in self.kids(n)):
+                dirty.add(n)
+        return dirty
+
+    def count_below(self, n) -> int:
+        """How many nodes lie below `n`."""
+        total, st = 0, list(self.kids(n))
+        while st:
+            k = st.pop()
+            total += 1
+            st.extend(self.kids(k))
+        return total
+
+
+def _diff_rows(t: _Merged) -> tuple[list[list[str]], dict[int, list[str]]]:
+    """The report's table rows (mark, target, summary) and, by row, the attribute changes to show
+    below it."""
+    rows = [["", "TARGET", "SOURCE FSTYPE OPTIONS PROPAGATION"]]
+    details: dict[int, list[str]] = {}
+    folds: dict[tuple, int] = {}
+
+    def children_of(n):
+        # Unchanged subtrees show only their top mount; many unchanged siblings of a
+        # change shrink to one "... unchanged" line.
+        if n[0] == "fold" or n not in t.dirty:
+            return []
+        ks = t.kids(n)
+        clean = [k for k in ks if k not in t.dirty]
+        if len(clean) <= _MAX_CLEAN_SIBLINGS:
+            return ks
+        fold = ("fold", n)
+        folds[fold] = len(clean) + sum(t.count_below(k) for k in clean)
+        return [k for k in ks if k in t.dirty] + [fold]
+
+    for n, prefix in _tree_walk(t.roots, children_of):
+        kind, i = n
+        if kind == "fold":
+            rows.append(["", prefix + f"... {folds[n]} unchanged mounts", ""])
+            continue
+        if kind == "b":
+            m = t.tb.by_id[i]
+            rows.append(["+", prefix + escape(m.mountpoint), _summary(m, t.cb) + "  (only in B)"])
+            continue
+        m = t.ta.by_id[i]
+        if kind == "a":
+            rows.append(["-", prefix + escape(m.mountpoint), _summary(m, t.ca) + "  (only in A)"])
+            continue
+        mark = "!" if t.changes[i] else " "
+        note = ""
+        if n not in t.dirty and t.kids(n):
+            note = f"  ({t.count_below(n)} unchanged below)"
+        rows.append([mark, prefix + escape(m.mountpoint), _summary(m, t.ca) + note])
+        if t.changes[i]:
+            details[len(rows) - 1] = t.changes[i]
+    return rows, details
