@@ -15,6 +15,7 @@ from engine.image import is_beneath, rel_to
 
 
 def external_file_hint(path: str) -> str:
+    """How a refusal of an fd on `path` (a file dump cannot reach) tells the user to declare it."""
     return (f"declare it with --external file[{path}]:KEY (and restore with --external file[KEY]:HOSTPATH), "
             "or run the tree with that fd on a file of its own mounts")
 

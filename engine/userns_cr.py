@@ -655,6 +655,7 @@ class Rebuild:
         return owner_ids(self.users, owner)
 
     def close(self) -> None:
+        """Close the namespace and idmap fds kept for the restore."""
         for fd in [*self.fd.values(), *self.idmap_fd.values()]:
             os.close(fd)
         self.fd.clear()
