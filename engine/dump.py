@@ -28,10 +28,11 @@ import stat
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import nscopy, nsinspect, placement, prestop, userns_cr
+from engine import freeze, nscopy, nsinspect, placement, prestop, userns_cr
 from engine.dumperror import DumpError
 from engine.fds import FdError
 from engine.fdtable import FdTable
+from engine.freeze import process_tree
 from engine.image import is_beneath
 
 # Every fd kind: helpers (engine/nsinspect.py) classify fds after they entered (and chrooted into) a container.
@@ -41,88 +42,6 @@ NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
 _EXT_FILE = re.compile(r"^file\[(?P<what>/[^\]]*)\]:(?P<key>[^\s\[\]]+)$")
-
-
-# --- process tree --------------------------------------------------------------
-
-def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
-    """[(pid, ppid)] of the tree rooted at root_pid, parents first (one scan of /proc)."""
-    if not os.path.isdir(f"/proc/{root_pid}"):
-        raise DumpError(errno.ESRCH, f"no such process: {root_pid}")
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        # comm may contain spaces and parens: ppid is the 2nd field after the last ')'
-        ppid = int(data[data.rindex(b")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    order = [(root_pid, None)]
-    i = 0
-    while i < len(order):
-        pid = order[i][0]
-        for c in sorted(children.get(pid, ())):
-            order.append((c, pid))
-        i += 1
-    return order
-
-
-def _signal_all(pids, sig) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_gone(pids, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break  # a zombie waiting for its (non-dumped) parent: gone for us
-            except OSError:
-                break
-            time.sleep(0.005)
-
-
-def _refuse_zombies(tree) -> None:
-    """A process of the tree that exited but was not reaped (a zombie) has no namespaces, fds or
-    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed)."""
-    for pid, ppid in tree:
-        if _state(pid) in ("Z", "X", ""):
-            comm = _comm(pid)
-            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}, child of {ppid} ({_comm(ppid)})) has exited "
-                                              "and its parent has not reaped it (a zombie): a tree with zombies "
-                                              "cannot be dumped yet; the tree keeps running")
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def _wait_stopped(pids, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                break
-            if state in ("T", "t", "Z", "X"):
-                break
-            time.sleep(0.002)
 
 
 # --- externals -----------------------------------------------------------------
@@ -214,16 +133,16 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
     pids = [p for p, _ in tree]
     _precheck(tree, ext_mnts, leave_running, ext_files)
-    _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
+    freeze.refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
-    resume = [p for p in pids if _state(p) not in ("T", "t")]
-    watchdog = _watchdog(resume)
-    _signal_all(pids, signal.SIGSTOP)
+    resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
+    watchdog = freeze.watchdog(resume)
+    freeze.signal_all(pids, signal.SIGSTOP)
     ok = False
     try:
-        _wait_stopped(pids)
-        _refuse_zombies(tree)
+        freeze.wait_stopped(pids)
+        freeze.refuse_zombies(tree)
         # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
@@ -241,38 +160,12 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         if not ok:
             writer.abort()
         if ok and not leave_running:
-            _signal_all(everyone, signal.SIGKILL)
-            _wait_gone(everyone)
+            freeze.signal_all(everyone, signal.SIGKILL)
+            freeze.wait_gone(everyone)
         else:
-            _signal_all(resume, signal.SIGCONT)
+            freeze.signal_all(resume, signal.SIGCONT)
         os.kill(watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
-
-
-def _state(pid: int) -> str:
-    """The state letter of a process (R, S, T...), "" when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
-def _watchdog(pids: list[int]) -> int:
-    """A child that resumes the stopped tree if this dump dies (SIGKILL included)."""
-    me = kernel.pidfd_open(os.getpid())
-    pid = os.fork()
-    if pid == 0:
-        try:
-            signal.signal(signal.SIGUSR1, lambda *_: (_signal_all(pids, signal.SIGCONT), os._exit(0)))
-            kernel.set_pdeathsig(signal.SIGUSR1)
-            while not kernel.exited(me):
-                signal.pause()
-        finally:
-            _signal_all(pids, signal.SIGCONT)
-            os._exit(0)
-    os.close(me)
-    return pid
 
 
 def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,
