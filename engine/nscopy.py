@@ -51,28 +51,8 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
     with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
                    encoding="utf-8", errors="surrogateescape") as f:
         copy = mountinfo.brief(f.read())  # ids and mount points are all we need of the copy
-    # Map original -> copy by (parent, mount point): unique since the kernel tucks
-    # a mount propagated onto an occupied mount point under the existing one.
-    o_ids = {m.mnt_id for m in orig}
-    c_ids = {mid for mid, *_ in copy}
-    o_root = next(m for m in orig if m.parent_id not in o_ids)
-    c_root = next(mid for mid, parent, *_ in copy if parent not in c_ids)
-    c_children: dict[tuple[int, str], int] = {(parent, mp): mid for mid, parent, _, mp, _ in copy}
-    o_children: dict[int, list[mountinfo.Mount]] = {}
-    for m in orig:
-        if m.mnt_id != o_root.mnt_id:
-            o_children.setdefault(m.parent_id, []).append(m)
-    del copy, c_ids
-    to_copy = {o_root.mnt_id: c_root}
-    stack = [o_root]
-    while stack:
-        m = stack.pop()
-        for c in o_children.get(m.mnt_id, ()):
-            cid = c_children.get((to_copy[m.mnt_id], c.mountpoint))
-            if cid is None:
-                raise DumpError(errno.EIO, f"mount {c.mnt_id} ({c.mountpoint}) has no twin in the namespace copy")
-            to_copy[c.mnt_id] = cid
-            stack.append(c)
+    o_root, o_children, to_copy = _twins(orig, copy)
+    del copy
     want = set(wanted)
     # Clones go out 200 at a time as they are made and are closed here once sent: this helper
     # never holds more (a 90,000-mount tree has tens of thousands to clone).
@@ -122,6 +102,32 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
         _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
     send(final=True)
     chan.send("done")
+
+
+def _twins(orig: list, copy: list) -> tuple:
+    """(root, {parent id: children}, {original id: copy id}) of the namespace's mounts `orig` and the
+    copy's (`copy`, mountinfo.brief). Twins are matched by (parent, mount point): unique since the
+    kernel tucks a mount propagated onto an occupied mount point under the existing one."""
+    o_ids = {m.mnt_id for m in orig}
+    c_ids = {mid for mid, *_ in copy}
+    o_root = next(m for m in orig if m.parent_id not in o_ids)
+    c_root = next(mid for mid, parent, *_ in copy if parent not in c_ids)
+    c_children: dict[tuple[int, str], int] = {(parent, mp): mid for mid, parent, _, mp, _ in copy}
+    o_children: dict[int, list[mountinfo.Mount]] = {}
+    for m in orig:
+        if m.mnt_id != o_root.mnt_id:
+            o_children.setdefault(m.parent_id, []).append(m)
+    to_copy = {o_root.mnt_id: c_root}
+    stack = [o_root]
+    while stack:
+        m = stack.pop()
+        for c in o_children.get(m.mnt_id, ()):
+            cid = c_children.get((to_copy[m.mnt_id], c.mountpoint))
+            if cid is None:
+                raise DumpError(errno.EIO, f"mount {c.mnt_id} ({c.mountpoint}) has no twin in the namespace copy")
+            to_copy[c.mnt_id] = cid
+            stack.append(c)
+    return o_root, o_children, to_copy
 
 
 def clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
