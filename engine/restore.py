@@ -500,8 +500,8 @@ class _Restorer:
                     fd = fds[0]
                 else:
                     # Made inside the user namespace that made it (engine/userns_cr.py), else here.
-                    fc = None if owner is None else self.users.fsopen_in(owner, fstype)
-                    fd = standin.fsmount(fstype, source, params, attr, fc)
+                    fd = standin.fsmount(fstype, source, params, attr) if owner is None else \
+                        self.users.fsmount_in(owner, fstype, source, params, attr, handler.id_opts)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
             self.sb_fd[sid] = self._settle(sid, fd)

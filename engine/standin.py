@@ -164,8 +164,8 @@ def _drop_inherited(keep: int) -> None:
         os.close(null)
 
 
-def _fsmount(fstype: str, source: str | None, params, attr: int, fc: int | None = None) -> int:
-    fd = kernel.fsopen(fstype) if fc is None else fc
+def _fsmount(fstype: str, source: str | None, params, attr: int) -> int:
+    fd = kernel.fsopen(fstype)
     try:
         if source is not None:
             kernel.fsconfig(fd, kernel.FSCONFIG_SET_STRING, "source", source)
@@ -180,12 +180,11 @@ def _fsmount(fstype: str, source: str | None, params, attr: int, fc: int | None 
         os.close(fd)
 
 
-def fsmount(fstype: str, source: str | None, params, attr: int = 0, fc: int | None = None) -> int:
-    """Create a superblock with fsopen/fsconfig/fsmount; return the detached mount's fd. `fc`: a
-    filesystem context fsopen made elsewhere (in another user namespace, which then owns the
-    superblock), used and closed instead of a new one."""
+def fsmount(fstype: str, source: str | None, params, attr: int = 0) -> int:
+    """Create a superblock with fsopen/fsconfig/fsmount; return the detached mount's fd (owned by
+    the caller's user namespace: engine/userns_cr.py fsmount_in makes one inside another)."""
     try:
-        return _fsmount(fstype, source, params, attr, fc)
+        return _fsmount(fstype, source, params, attr)
     except OSError as e:
         raise OSError(e.errno, f"creating {fstype}: {e.strerror if e.strerror else e}") from None
 

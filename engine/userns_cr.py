@@ -323,6 +323,39 @@ def owner_ids(users: dict, name: str) -> tuple[int, int]:
     return pick(rec["uid_map"]), pick(rec["gid_map"])
 
 
+def inside_id(ranges, outside: int) -> int | None:
+    """The id that restorer's id `outside` is inside a user namespace with map `ranges` ((inside,
+    outside, count) triples, outside ids in the restorer's ids as the image keeps them), None
+    when it maps no such id."""
+    for first, lower, count in ranges:
+        if lower <= outside < lower + count:
+            return first + outside - lower
+    return None
+
+
+def ids_inside(rec: dict | None, name: str, params, id_opts: tuple[tuple[str, str], ...]) -> list:
+    """fsconfig `params` with the value of each id option (`id_opts`: (option, "uid" | "gid"))
+    rewritten from the restorer's ids into those of user namespace `name` (record `rec`), where a
+    superblock it owns is configured. An id the namespace does not map is refused with one line:
+    the superblock could not have been made there with it."""
+    kinds = dict(id_opts)
+    out = []
+    for key, value in params:
+        kind = kinds.get(key)
+        if kind is not None and value is not None and rec is not None:
+            try:
+                mine = int(value)
+            except ValueError:
+                raise OSError(errno.EINVAL, f"its option {key}={value} is no id") from None
+            inside = inside_id(rec[f"{kind}_map"], mine)
+            if inside is None:
+                raise OSError(errno.EINVAL, f"its option {key}={value} names a {kind} that user namespace {name}, "
+                                            "which owns it, does not map")
+            value = str(inside)
+        out.append((key, value))
+    return out
+
+
 def owner_to_join(mntns_fd: int) -> int | None:
     """An fd on the user namespace owning mount namespace `mntns_fd`, or None when it is the
     caller's: a helper that copies the namespace joins it first, so that the copy keeps its locks
@@ -629,12 +662,18 @@ class Rebuild:
             self._ns_of = {x["id"]: ns_id for ns_id, ns in self.doc["mntns"].items() for x in ns["mounts"]}
         return self._ns_of.get(mid)
 
-    def fsopen_in(self, owner: str, fstype: str) -> int:
-        """A filesystem context (fsopen) made inside restored user namespace `owner`: the superblock
-        it creates belongs to that namespace, as the dumped one did. Only fsopen runs there; the
-        restorer configures it in its own ids (uid=, gid= options mean what dump read)."""
+    def fsmount_in(self, owner: str, fstype: str, source: str | None, params, attr: int,
+                   id_opts: tuple[tuple[str, str], ...] = ()) -> int:
+        """A new superblock made wholly inside restored user namespace `owner` (fsopen, fsconfig,
+        create, fsmount), which then owns it as the dumped one was owned; returns the detached mount.
+        The create runs there too: a type still on the legacy mount interface (devpts before its
+        fs_context conversion, Linux 6.1 among them) takes the owner from the task that creates
+        it (sget: current_user_ns), not from the context, and parses its options then. Its id
+        options (`id_opts`: (option, "uid" | "gid")), shown in the initial namespace's ids, are
+        given in `owner`'s."""
         from engine import channel
-        _, fds = channel.call_in_child(_fsopen_child, self.fd[owner], fstype)
+        params = ids_inside(self.users.get(owner), owner, params, id_opts)
+        _, fds = channel.call_in_child(_fsmount_child, self.fd[owner], fstype, source, params, attr)
         return fds[0]
 
     def premade(self, p: dict, nsfd_of: dict, hostnames: dict, hostproc: int) -> None:
@@ -933,12 +972,11 @@ def _make_ns_child(userns_fd: int, kind: str, hostname: str | None, hostproc: in
     chan.send(("ok", None), [os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=hostproc)])
 
 
-def _fsopen_child(userns_fd: int, fstype: str, chan) -> None:
-    from engine import kernel
+def _fsmount_child(userns_fd: int, fstype: str, source: str | None, params, attr: int, chan) -> None:
+    from engine import kernel, standin
     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
-    kernel.unshare(kernel.CLONE_NEWNS)   # fsopen needs a mount namespace the user namespace owns
-    fc = kernel.fsopen(fstype)
-    chan.send(("ok", None), [fc])
+    kernel.unshare(kernel.CLONE_NEWNS)   # fsopen and fsmount need a mount namespace the user namespace owns
+    chan.send(("ok", None), [standin.fsmount(fstype, source, params, attr)])
 
 
 def _member_of(userns_fd: int) -> bool:

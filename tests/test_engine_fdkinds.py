@@ -237,6 +237,33 @@ os.dup2(i, 10); os.close(i)
     assert inos == {1: os.stat(f"{root}/share/dbus-1/services").st_ino, 2: os.stat(root).st_ino}
 
 
+def test_inotify_watch_reached_only_from_another_namespace_of_the_tree(case):
+    """A watch on a file whose filesystem only another mount namespace of the tree still shows (podman's
+    conmon watches the container cgroup's memory.events; the scenario's /sys/fs/cgroup is gone, the
+    container's cgroup2 mount shows it): found through that namespace's mount, restored on it."""
+    setup = """
+mkdir /mnt/w; mount -t tmpfs w /mnt/w; touch /mnt/w/events
+""" + py_hold("""
+import ctypes, subprocess, time
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(os.O_NONBLOCK)
+libc.inotify_add_watch(i, b"/mnt/w/events", 0x2)
+os.dup2(i, 10); os.close(i)
+subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                  "touch /run/copied; exec /.hold/mntcr-hold 100000"],
+                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+while not os.path.exists("/run/copied"): time.sleep(0.05)
+subprocess.run(["umount", "/mnt/w"], check=True)
+""")
+    before, after = case.roundtrip(setup)
+    assert "watches=1:2" in _fd(after, 10), _fd(after, 10)
+    child = _first_child(after.pid)
+    with open(f"/proc/{after.pid}/fdinfo/10") as f:
+        ino = int(re.search(r"inotify wd:1 ino:([0-9a-f]+)", f.read())[1], 16)
+    assert ino == os.stat(f"/proc/{child}/root/mnt/w/events").st_ino
+    assert not os.path.exists(f"/proc/{after.pid}/root/mnt/w/events")
+
+
 def test_ptys_on_devpts_of_the_tree(case):
     """Two pty pairs on a devpts instance of the container (numbers 0 and 2: 1 was closed), the
     slave of one held by a child; termios and window size of the first pair are kept."""

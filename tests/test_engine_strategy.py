@@ -124,6 +124,35 @@ def test_overmounted_layer_told_by_its_files_without_unique_ids(case):
     assert_same(before, take(new, look))
 
 
+SYMLINKED = """
+mkdir -p /run/st /mnt/merged
+mount -t tmpfs st /run/st
+mkdir -p /run/st/ovl/L1/diff /run/st/ovl/C1/diff /run/st/ovl/C1/work /run/st/ovl/l
+echo layer > /run/st/ovl/L1/diff/f
+ln -s ../L1/diff /run/st/ovl/l/ABC
+mount --bind /run/st/ovl /run/st/ovl
+mount -t overlay overlay -o lowerdir=/run/st/ovl/l/ABC,upperdir=/run/st/ovl/C1/diff,workdir=/run/st/ovl/C1/work /mnt/merged
+hold
+"""
+
+
+def test_layer_named_by_symlink_told_by_its_files_without_unique_ids(case):
+    """Without unique mount ids, a lower layer named by a symlink (podman's overlay/l/ID ->
+    ../ID/diff) on a self-bind of the storage directory (podman makes it a private mount): the
+    link is followed beneath the covers as the kernel followed it for the overlay, so the layer's
+    files tell its mount and the tree is restored (it was refused as "no longer a directory")."""
+    env = {"MNTCR_STRATEGY": "layers=refuse-ambiguous"}
+    pid = case.start(SYMLINKED)
+    look = "cat /mnt/merged/f; grep -o 'lowerdir=[^,]*' /proc/self/mountinfo"
+    before = take(pid, look)
+    assert before.snap.check_output.split() == ["layer", "lowerdir=/run/st/ovl/l/ABC"], before.snap.check_output
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
+    assert r.returncode == 0, r.stderr
+    new = case.restore(images)
+    assert_same(before, take(new, look))
+
+
 def test_overmounted_layer_refused_when_its_files_tell_nothing(case):
     """Without unique mount ids, a lower layer overmounted after the overlay whose only file the
     upper layer hides shows nothing of its own: dump refuses it, one line naming the layer, both

@@ -1,6 +1,8 @@
 """User namespaces in the engine: making them, map checks, what dump refuses, locks after restore."""
 
+import fcntl
 import os
+import struct
 
 import pytest
 
@@ -9,6 +11,8 @@ import enginecase
 from enginecase import case, procs_with  # noqa: F401
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making user namespaces with any map needs root")
+
+_TIOCGPTN = 0x80045430   # _IOR('T', 0x30, unsigned int): the pty number of a ptmx fd (termios lacks it)
 
 ROOTLESS = userns.Maps(((0, 100000, 65536),), ((0, 100000, 65536),), "allow")
 
@@ -70,22 +74,41 @@ def test_dump_refuses_namespaces_of_two_user_namespaces_and_keeps_the_tree_runni
 
 
 def test_superblock_made_from_inside_a_restored_user_namespace_belongs_to_it():
-    # What restore does for a superblock the image says a user namespace made (fsopen there,
-    # configured here), and the probe that tells ownership (engine/sbowner.py): from inside the
-    # user namespace a reconfigure of its own superblock gets past the owner check, of ours not.
+    # What restore does for a superblock the image says a user namespace made (made wholly there:
+    # a type on the legacy mount interface, devpts on 6.1, takes its owner from the task that
+    # creates it), and the probe that tells ownership (engine/sbowner.py): from inside the user
+    # namespace a reconfigure of its own superblock gets past the owner check, of ours not. Its
+    # uid= option, in the restorer's ids as mountinfo shows it, is given in the namespace's.
     from engine import sbowner, standin
+    from engine.fs import tmpfs
     u = userns.make(ROOTLESS)
-    rebuild = userns_cr.Rebuild({"mntns": {}, "processes": [], "userns": {}})
+    rebuild = userns_cr.Rebuild({"mntns": {}, "processes": [], "userns": {"user-1": {
+        "parent": None, "uid_map": [list(r) for r in ROOTLESS.uid_map],
+        "gid_map": [list(r) for r in ROOTLESS.gid_map], "setgroups": "allow"}}})
     rebuild.fd["user-1"] = u
     try:
-        owned = standin.fsmount("tmpfs", "x", [("uid", "100000")], 0, rebuild.fsopen_in("user-1", "tmpfs"))
+        owned = rebuild.fsmount_in("user-1", "tmpfs", "x", [("uid", "100007"), ("gid", "100008")], 0,
+                                   tmpfs.TYPE.id_opts)
+        pts = rebuild.fsmount_in("user-1", "devpts", "devpts", [("gid", "100005"), ("mode", "620")], 0,
+                                 (("gid", "gid"),))
         ours = standin.fsmount("tmpfs", "x", [], 0)
         try:
-            assert forkrun.run(sbowner._capable, u, [owned, ours]) == [True, False]
-            assert os.fstat(owned).st_uid == 100000
+            assert forkrun.run(sbowner._capable, u, [owned, pts, ours]) == [True, True, False]
+            st = os.fstat(owned)
+            assert (st.st_uid, st.st_gid) == (100007, 100008)
+            # a new pty gets the instance's gid= (restorer's 100005, the namespace's 5)
+            ptmx = os.open(f"/proc/self/fd/{pts}/ptmx", os.O_RDWR | os.O_NOCTTY)
+            try:
+                n = struct.unpack("I", fcntl.ioctl(ptmx, _TIOCGPTN, b"\0" * 4))[0]
+                assert os.stat(f"/proc/self/fd/{pts}/{n}").st_gid == 100005
+            finally:
+                os.close(ptmx)
         finally:
-            os.close(owned)
-            os.close(ours)
+            for fd in (owned, pts, ours):
+                os.close(fd)
+        with pytest.raises(OSError, match="its option uid=7 names a uid that user namespace user-1, which owns "
+                                          "it, does not map"):
+            rebuild.fsmount_in("user-1", "tmpfs", "x", [("uid", "7")], 0, tmpfs.TYPE.id_opts)
     finally:
         rebuild.close()
 

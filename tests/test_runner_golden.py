@@ -113,3 +113,17 @@ def test_battery_golden_files_are_sectioned_by_fstype():
     sc = scenario.render(scenario.load(path), {"fstype": "tmpfs"})
     assert sc.golden_path and sc.golden.startswith("/mnt/b/file tmpfs /f private\n")
     assert "===" not in sc.golden
+
+
+def test_kernel_dependent_masked_paths_are_filtered():
+    """zdtm_kmasks: masks of /proc files only some kernels have (6.1's /proc/kcore) leave no line."""
+    import subprocess
+    from zdtm.holder import HELPERS
+    text = ("/proc/kcore /null rw,nosuid tmpfs\n/proc/acpi / ro tmpfs\n/proc/kcorex / rw proc\n"
+            "/proc/sys /sys ro proc\n/sys/devices/virtual/powercap / ro tmpfs\n")
+    r = subprocess.run(["sh", "-c", HELPERS + "zdtm_kmasks"], input=text, capture_output=True, text=True)
+    assert r.returncode == 0
+    assert r.stdout.splitlines() == ["/proc/kcorex / rw proc", "/proc/sys /sys ro proc"]
+    r = subprocess.run(["sh", "-c", HELPERS + "zdtm_kmasks"], input="/proc/kcore / rw tmpfs\n",
+                       capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (0, "")

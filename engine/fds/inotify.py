@@ -8,8 +8,11 @@ order. A filesystem whose handles do not open again (overlayfs without
 nfs_export) is searched for the inode number near the mount's root instead. The kernel hands out wds cyclically, so a gap (a watch removed) is
 recreated with throwaway watches on memfds, removed again.
 
-Not done: unread events, watches on a filesystem reachable only beneath an
-overmount or on a detached mount (refused at dump). fanotify marks: engine/fds/fanotify.py.
+A watched inode no mount of the process's namespace reaches is looked for
+through the visible mounts of the tree's other namespaces (a runtime's monitor
+watching a file of the container's cgroup). Not done: unread events, watches
+on a filesystem reachable only beneath an overmount or on a detached mount
+(refused at dump). fanotify marks: engine/fds/fanotify.py.
 """
 
 from __future__ import annotations
@@ -41,9 +44,36 @@ def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
         got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)],
                             ino=int(m[2], 16))
         out.append({"wd": wd, "mask": mask, **got} if got else
-                   {"wd": wd, "error": f"watch {wd} is on device {sdev >> 20}:{sdev & 0xFFFFF}, which no visible "
-                                       "mount reaches"})
+                   {"wd": wd, "mask": mask, "error": f"watch {wd} is on device {sdev >> 20}:{sdev & 0xFFFFF}, which "
+                                                     "no visible mount reaches",
+                    "find": (sdev, int(m[6], 16), m[7][:2 * int(m[5], 16)], int(m[2], 16))})
     return out
+
+
+def _in_other_ns(pid: int, mounts, sdev: int, htype: int, handle: str, ino: int) -> dict | None:
+    """In a forked child: locate_handle in the mount namespace of `pid` (its mounts `mounts`),
+    standing at its root as the in_ns hook stands in the fd's own."""
+    from engine import dump
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    ns = os.open(f"{pid}/ns/mnt", os.O_RDONLY, dir_fd=hostproc)
+    dump._enter_ns_root(ns, [pid], hostproc)
+    return locate_handle(hostproc, mounts, sdev, htype, bytes.fromhex(handle), ino=ino)
+
+
+def _elsewhere(d, find) -> dict | None:
+    """{abs, mnt} of a watched inode no mount of the process's namespace reaches, found through a
+    visible mount of the tree's other namespaces (podman's conmon watches the container's cgroup
+    memory.events, which after the runtime's /sys/fs/cgroup is gone only the container's own
+    cgroup2 mount shows); None when none reaches it either."""
+    from engine import forkrun
+    sdev, htype, handle, ino = find
+    dev = f"{sdev >> 20}:{sdev & 0xFFFFF}"
+    for pid, mounts in d.elsewhere:
+        if any(m.dev == dev for m in mounts):
+            got = forkrun.run(_in_other_ns, pid, mounts, sdev, htype, handle, ino)
+            if got is not None:
+                return got
+    return None
 
 
 def locate_handle(hostproc: int, mounts, sdev: int, htype: int, handle: bytes,
@@ -170,7 +200,10 @@ def _dump(d) -> dict:
     watches = []
     for w in d.in_ns or []:
         if "error" in w:
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify {w['error']}: not supported")
+            got = _elsewhere(d, w["find"]) if w.get("find") else None
+            if got is None:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify {w['error']}: not supported")
+            w = {"wd": w["wd"], "mask": w["mask"], **got}
         loc = d.place(w["abs"], w["mnt"], f"fd {d.fd} inotify watch {w['wd']}")
         if loc.get("detached"):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify watch {w['wd']} on a detached mount: not supported")

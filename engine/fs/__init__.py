@@ -16,7 +16,7 @@ What a type declares:
   (the namespace that owns it: `probe`);
 - restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
   and `when` it can be made; options shown vs given (`drop_opts`, `no_opts`,
-  `path_opts`, `fsconfig_params`); `keep_source`;
+  `path_opts`, `fsconfig_params`, `id_opts`); `keep_source`;
 - kernel: `requires` (names /proc/filesystems must list);
 - the --fstype battery: `recipe` (scenarios/battery/), or None.
 """
@@ -113,6 +113,10 @@ class FsType:
     path_opts: frozenset[str] = field(default_factory=frozenset)
     # Pass no super options at all (e.g. cgroup2: they belong to the one hierarchy).
     no_opts: bool = False
+    # Super options whose value is a user or group id: (option, "uid" | "gid"). mountinfo shows
+    # them in the initial user namespace's ids; a superblock a user namespace owns is made inside
+    # it and given them in that namespace's ids (engine/userns_cr.py fsmount_in).
+    id_opts: tuple[tuple[str, str], ...] = ()
     # Keep the mountinfo source string when creating (fsconfig "source").
     keep_source: bool = True
     # A new mount of the type in the same namespace joins its superblock (mqueue, sysfs, cgroup2:

@@ -2,4 +2,6 @@
 
 from engine.fs import FsType, register
 
-TYPE = register(FsType("devpts", fresh_roots=frozenset({"/", "/ptmx"}), requires=("devpts",)))
+IDS = (("uid", "uid"), ("gid", "gid"))   # devpts_show_options prints them in the initial namespace's ids
+
+TYPE = register(FsType("devpts", fresh_roots=frozenset({"/", "/ptmx"}), requires=("devpts",), id_opts=IDS))

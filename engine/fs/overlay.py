@@ -165,11 +165,13 @@ def _open_root(roots: list[str], overlay_dev: str) -> int | None:
     return None
 
 
-def _listing(path: str, dev: str) -> tuple | None | bool:
+def _listing(path: str, dev: str, follow: bool = False) -> tuple | None | bool:
     """(directory's _print, its identity, {name: _print} of up to _MAX_ENTRIES entries) of directory
-    `path`; None when there is none; False when it is on another device than `dev`."""
+    `path`; None when there is none; False when it is on another device than `dev`. `follow`: a
+    symlink at `path` itself leads to the directory (only where the caller stands at the dumped
+    namespace's root, so that the link resolves there, as it did for the overlay's mount)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW))
     except OSError:
         return None
     try:
@@ -199,7 +201,9 @@ def look_beneath(path: str, stack: list[tuple[str, str]], roots: list[str], over
         for i, (mountpoint, dev) in enumerate(stack):
             if merged is None:
                 merged = _open_root(roots, overlay_dev)
-            got = _listing(path, dev)
+            # A layer named by a symlink (podman's overlay/l/ID -> ../ID/diff) was followed when the
+            # overlay was made: follow it too (this child stands at the namespace copy's root).
+            got = _listing(path, dev, follow=True)
             if got is False:
                 return None   # not the mount dump expects here: the copy differs
             seen.append(got)
