@@ -44,6 +44,7 @@ class Channel:
         return cls(a), cls(b)
 
     def fileno(self) -> int:
+        """The socket's fd (to poll on, or to pass to a child)."""
         return self.sock.fileno()
 
     def send(self, obj, fds: list[int] | tuple[int, ...] = ()) -> None:
@@ -86,6 +87,7 @@ class Channel:
         return reply, rfds
 
     def close(self) -> None:
+        """Close this end (the other side's recv then raises ChannelClosed)."""
         self.sock.close()
 
 

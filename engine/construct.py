@@ -866,36 +866,75 @@ def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None) -
 def assemble(r, service_fd: int) -> None:
     """Build every restored namespace by the plan (engine.restore's assemble step for
     sharing=construct): `r` is the restore's _Restorer."""
-    import errno
-    import os
-
-    from engine import kernel
-    from engine.restore import _BENEATH, RestoreError, _make_yard, step
-
     r._plan_fds()
     r.new_id = {}
     r._sorted_rels = {}
-    roots = {ns["root"]: ns_id for ns_id, ns in r.doc["mntns"].items()}
-    seeds: dict[int, dict] = {}
-    props = {"private": kernel.MS_PRIVATE, "slave": kernel.MS_SLAVE, "shared": kernel.MS_SHARED,
-             "unbindable": kernel.MS_UNBINDABLE}
+    b = _Builder(r)
+    b.copy_namespaces()
+    for op in r.construct_ops:
+        b.run(op)
+    _check_counts(r)
+    r._users_call(r.users.copy_rest, r, set(r.mounts))
+    r.finish_assembly(service_fd)
 
-    def mount_of(i: int) -> dict:
-        return seeds[i] if i < 0 else r.mounts[i]
 
-    def source(src: tuple) -> tuple[int, str]:
+class _Builder:
+    """Runs the plan's ops one by one on the restorer `r`: seeds (temporary mounts whose peer group
+    others join), mounts made and attached (with the copies propagation makes), user-namespace and
+    namespace copies, propagation changes, and seeds dropped once their groups have members."""
+
+    def __init__(self, r):
+        from engine import kernel
+        self.r = r
+        self.roots = {ns["root"]: ns_id for ns_id, ns in r.doc["mntns"].items()}
+        self.seeds: dict[int, dict] = {}
+        self.attached: set[int] = set()  # for the user-namespace copy's check (its locked mounts are all there)
+        # seed -> the mount whose locked flags it carries (op lockseed: a group of locked binds)
+        self.lock_seed = {op[1]: op[2] for op in r.construct_ops if op[0] == "lockseed"}
+        self.props = {"private": kernel.MS_PRIVATE, "slave": kernel.MS_SLAVE, "shared": kernel.MS_SHARED,
+                      "unbindable": kernel.MS_UNBINDABLE}
+
+    def run(self, op: tuple) -> None:
+        """Carry out one op of the plan (its kind names the method)."""
+        getattr(self, f"_op_{op[0]}")(*op[1:])
+
+    def copy_namespaces(self) -> None:
+        """Every namespace is copied from the service one before any seed exists: a copy of a seed (and of
+        the copies in it) would join restored peer groups, and dropping it would unmount theirs."""
+        import os
+
+        from engine import kernel
+        r = self.r
+        for ns_id in r.doc["mntns"]:
+            r.to_service()
+            kernel.unshare(kernel.CLONE_NEWNS)
+            r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
+            r.current_ns = ns_id
+
+    def mount_of(self, i: int) -> dict:
+        """Mount `i` of the image, or seed `i` (negative ids)."""
+        return self.seeds[i] if i < 0 else self.r.mounts[i]
+
+    def source(self, src: tuple) -> tuple[int, str]:
         """(fd, path beneath it) to bind from, standing where that mount may be cloned."""
+        r = self.r
         kind, i, rel = src
         if kind == "ext":
             r.to_service()
             return r.ext_host[i], rel
         if i < 0:
             r.to_service()
-            return seeds[i]["fd"], rel
+            return self.seeds[i]["fd"], rel
         r.enter(r.ns_of_mount[i])
         return r.mnt_fd[i], rel
 
+    @staticmethod
     def clone_at(base: int, rel: str, what: str) -> int:
+        """A detached clone of what lies at `rel` beneath `base` (its root when empty)."""
+        import os
+
+        from engine import kernel
+        from engine.restore import _BENEATH, RestoreError
         try:
             where = kernel.openat2(base, rel, os.O_PATH, _BENEATH) if rel else os.dup(base)
             try:
@@ -905,13 +944,15 @@ def assemble(r, service_fd: int) -> None:
         except OSError as e:
             raise RestoreError(e.errno, f"{what}: cannot bind {rel or 'its root'}: {e.strerror}") from None
 
-    def set_flags(m: dict, private: bool = False) -> None:
+    def set_flags(self, m: dict, private: bool = False) -> None:
         """Per-mount flags of an attached mount (its propagation is the plan's)."""
+        from engine import kernel
+        from engine.restore import RestoreError, attr_of
+        r = self.r
         r.enter(r.ns_of_mount[m["id"]])
         if r.legacy:
             r._legacy_attrs(m, private=private)
             return
-        from engine.restore import attr_of
         aset, aclr = attr_of(m["mount_opts"])
         try:
             kernel.mount_setattr(r.mnt_fd[m["id"]], "", kernel.AT_EMPTY_PATH, attr_set=aset, attr_clr=aclr)
@@ -919,8 +960,14 @@ def assemble(r, service_fd: int) -> None:
             raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting "
                                         f"{','.join(m['mount_opts'])}: {e.strerror}") from None
 
-    def adopt(c: dict, mp: int | None) -> None:
+    def adopt(self, c: dict, mp: int | None) -> None:
         """Copy c was made by propagation: find it (the top of its mount point, just made)."""
+        import errno
+        import os
+
+        from engine import kernel
+        from engine.restore import _BENEATH, RestoreError
+        r = self.r
         q = r.mounts[c["parent"]]
         # The walk to c's mount point, from the nearest mount above it whose mount point differs
         # (a copy on top of q's root is reached through q's own mount point), ends on the top mount.
@@ -949,116 +996,133 @@ def assemble(r, service_fd: int) -> None:
             ns_id = r.ns_of_mount[c["id"]]
             r.attached_in[ns_id] = r.attached_in.get(ns_id, 0) + 1
 
-    # Every namespace is copied from the service one before any seed exists: a copy of a seed (and of
-    # the copies in it) would join restored peer groups, and dropping it would unmount theirs.
-    for ns_id in r.doc["mntns"]:
+    def _op_seed(self, sid: int, sb: str, root: str, src) -> None:
+        """A temporary mount of superblock `sb` at `root`, kept in the helper yard, for a peer group."""
+        import errno
+        import os
+
+        from engine import kernel
+        from engine.restore import RestoreError, _make_yard
+        r = self.r
+        what = f"a temporary mount of superblock {sb} for its peer group"
+        if src is None:
+            base, rel = r._source({"id": sid, "sb": sb, "root": root, "mountpoint": f"({what})"})
+            r.to_service()
+        else:
+            base, rel = self.source(src)
+        fd = self.clone_at(base, rel, what)
+        if sid in self.lock_seed:
+            try:
+                fd = r.users.lock_flags(r.mounts[self.lock_seed[sid]], fd)   # (uses the first fd up)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{what}: {e.strerror or e}") from None
         r.to_service()
+        if r.helper_yard is None:
+            r.helper_yard = r.yard if r.yard is not None else _make_yard()
+        try:
+            os.mkdir(f"seed{-sid}", 0o700, dir_fd=r.helper_yard)
+            kernel.move_mount(fd, "", r.helper_yard, f"seed{-sid}", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        except OSError as e:
+            os.close(fd)
+            raise RestoreError(e.errno, f"{what}: {e.strerror}") from None
+        self.seeds[sid] = {"id": sid, "sb": sb, "root": root, "fd": fd, "mountpoint": f"({what})"}
+
+    def _op_make(self, mid: int, src) -> None:
+        """Mount `mid`, detached: made from its superblock, or a bind of `src`."""
+        r = self.r
+        m = r.mounts[mid]
+        r.mnt_fd[mid] = r._clone(m) if src is None else r._clone(m, base=self.source(src))
+
+    def _op_attach(self, mid: int, copies) -> None:
+        """Attach mount `mid` (a namespace root: pivot into it); propagation makes `copies` with it."""
+        from engine.restore import step
+        r = self.r
+        m = r.mounts[mid]
+        if mid in self.roots:
+            r.enter(self.roots[mid])
+            r._pivot_into(m)
+        else:
+            r.enter(r.ns_of_mount[mid])
+            # The copies' mount points, opened before propagation covers them.
+            mps = {}
+            for cid in copies:
+                c = r.mounts[cid]
+                mps[cid] = r._mountpoint_fd(r.mounts[c["parent"]], c)
+            r.enter(r.ns_of_mount[mid])
+            r._attach(r.mounts[m["parent"]], m)
+            for cid in copies:
+                self.adopt(r.mounts[cid], mps.pop(cid))
+        if r.legacy:
+            self.set_flags(m)
+        for cid in copies:
+            self.set_flags(r.mounts[cid])
+        self.attached.update([mid, *copies])
+        step("attach")
+
+    def _op_lockseed(self, sid: int, mid: int) -> None:
+        """Nothing left to do: seed `sid` took mount `mid`'s flag locks when it was made."""
+
+    def _op_member(self, mid: int) -> None:
+        """Mount `mid`, cloned with the unlocked mount above it (engine/userns_cr.py lock_subtree), is
+        attached with it: accounted for here."""
+        from engine.restore import step
+        r = self.r
+        x = r.mounts[mid]
+        r._moved.add(x["id"])
+        r._users_call(r.users.attached, r, x)
+        if r._filling_now():
+            nsx = r.ns_of_mount[x["id"]]
+            r.attached_in[nsx] = r.attached_in.get(nsx, 0) + 1
+        if r.legacy:
+            self.set_flags(x)
+        self.attached.add(x["id"])
+        step("attach")
+
+    def _op_userns(self, ns_id: str) -> None:
+        """Its root and locked mounts are made: the copy from inside its user namespace locks them
+        and replaces it (engine/userns_cr.py); the rest is made in the copy."""
+        self.r._users_call(self.r.users.copy, self.r, ns_id, self.attached)
+
+    def _op_nscopy(self, mid: int, src: int) -> None:
+        """The namespace of root mount `mid` becomes a copy of the namespace of root mount `src` (which
+        holds only that root yet): its root is a peer of `src`."""
+        import os
+
+        from engine import kernel
+        r = self.r
+        ns_id = r.ns_of_mount[mid]
+        r.enter(r.ns_of_mount[src])
         kernel.unshare(kernel.CLONE_NEWNS)
+        os.close(r.ns_fd[ns_id])  # the copy of the service namespace made for it at the start
         r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
         r.current_ns = ns_id
-    attached: set[int] = set()  # for the user-namespace copy's check (its locked mounts are all there)
-    lock_seed = {op[1]: op[2] for op in r.construct_ops if op[0] == "lockseed"}
-    for op in r.construct_ops:
-        kind = op[0]
-        if kind == "seed":
-            _, sid, sb, root, src = op
-            what = f"a temporary mount of superblock {sb} for its peer group"
-            if src is None:
-                base, rel = r._source({"id": sid, "sb": sb, "root": root, "mountpoint": f"({what})"})
-                r.to_service()
-            else:
-                base, rel = source(src)
-            fd = clone_at(base, rel, what)
-            if sid in lock_seed:
-                try:
-                    fd = r.users.lock_flags(r.mounts[lock_seed[sid]], fd)   # (uses the first fd up)
-                except OSError as e:
-                    raise RestoreError(e.errno or errno.EIO, f"{what}: {e.strerror or e}") from None
-            r.to_service()
-            if r.helper_yard is None:
-                r.helper_yard = r.yard if r.yard is not None else _make_yard()
-            try:
-                os.mkdir(f"seed{-sid}", 0o700, dir_fd=r.helper_yard)
-                kernel.move_mount(fd, "", r.helper_yard, f"seed{-sid}", kernel.MOVE_MOUNT_F_EMPTY_PATH)
-            except OSError as e:
-                os.close(fd)
-                raise RestoreError(e.errno, f"{what}: {e.strerror}") from None
-            seeds[sid] = {"id": sid, "sb": sb, "root": root, "fd": fd, "mountpoint": f"({what})"}
-        elif kind == "make":
-            _, mid, src = op
-            m = r.mounts[mid]
-            r.mnt_fd[mid] = r._clone(m) if src is None else r._clone(m, base=source(src))
-        elif kind == "attach":
-            _, mid, copies = op
-            m = r.mounts[mid]
-            if mid in roots:
-                r.enter(roots[mid])
-                r._pivot_into(m)
-            else:
-                r.enter(r.ns_of_mount[mid])
-                # The copies' mount points, opened before propagation covers them.
-                mps = {}
-                for cid in copies:
-                    c = r.mounts[cid]
-                    mps[cid] = r._mountpoint_fd(r.mounts[c["parent"]], c)
-                r.enter(r.ns_of_mount[mid])
-                r._attach(r.mounts[m["parent"]], m)
-                for cid in copies:
-                    adopt(r.mounts[cid], mps.pop(cid))
-            if r.legacy:
-                set_flags(m)
-            for cid in copies:
-                set_flags(r.mounts[cid])
-            attached.update([mid, *copies])
-            step("attach")
-        elif kind == "lockseed":
-            pass  # done with its seed
-        elif kind == "member":
-            # Cloned with the unlocked mount above it (engine/userns_cr.py lock_subtree), attached with it.
-            x = r.mounts[op[1]]
-            r._moved.add(x["id"])
-            r._users_call(r.users.attached, r, x)
-            if r._filling_now():
-                nsx = r.ns_of_mount[x["id"]]
-                r.attached_in[nsx] = r.attached_in.get(nsx, 0) + 1
-            if r.legacy:
-                set_flags(x)
-            attached.add(x["id"])
-            step("attach")
-        elif kind == "userns":
-            # Its root and locked mounts are made: the copy from inside its user namespace locks them
-            # and replaces it (engine/userns_cr.py); the rest is made in the copy.
-            r._users_call(r.users.copy, r, op[1], attached)
-        elif kind == "nscopy":
-            _, mid, src = op
-            ns_id = r.ns_of_mount[mid]
-            r.enter(r.ns_of_mount[src])
-            kernel.unshare(kernel.CLONE_NEWNS)
-            os.close(r.ns_fd[ns_id])  # the copy of the service namespace made for it at the start
-            r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)
-            r.current_ns = ns_id
-            r.mnt_fd[mid] = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            set_flags(r.mounts[mid])
-            attached.add(mid)
-        elif kind == "prop":
-            _, i, what = op
-            r.set_propagation(mount_of(i), props[what])
-            step("group")
-        elif kind == "drop":
-            s = seeds.pop(op[1])
-            r.to_service()
-            os.fchdir(r.hostproc)  # the host /proc's self/fd/N names the seed itself
-            try:
-                # The seed and the copies propagation made in it, private first: unmounting a copy
-                # whose parent is still a peer of restored mounts would unmount theirs too.
-                kernel.mount(None, f"self/fd/{s['fd']}", None, kernel.MS_PRIVATE | kernel.MS_REC)
-                kernel.umount2(f"self/fd/{s['fd']}", kernel.MNT_DETACH)
-            finally:
-                os.chdir("/")
-                os.close(s["fd"])
-    _check_counts(r)
-    r._users_call(r.users.copy_rest, r, set(r.mounts))
-    r.finish_assembly(service_fd)
+        r.mnt_fd[mid] = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        self.set_flags(r.mounts[mid])
+        self.attached.add(mid)
+
+    def _op_prop(self, i: int, what: str) -> None:
+        """Propagation `what` (private, slave, shared, unbindable) on mount or seed `i`."""
+        from engine.restore import step
+        self.r.set_propagation(self.mount_of(i), self.props[what])
+        step("group")
+
+    def _op_drop(self, sid: int) -> None:
+        """Unmount seed `sid` (its group has its members now)."""
+        import os
+
+        from engine import kernel
+        r = self.r
+        s = self.seeds.pop(sid)
+        r.to_service()
+        os.fchdir(r.hostproc)  # the host /proc's self/fd/N names the seed itself
+        try:
+            # The seed and the copies propagation made in it, private first: unmounting a copy
+            # whose parent is still a peer of restored mounts would unmount theirs too.
+            kernel.mount(None, f"self/fd/{s['fd']}", None, kernel.MS_PRIVATE | kernel.MS_REC)
+            kernel.umount2(f"self/fd/{s['fd']}", kernel.MNT_DETACH)
+        finally:
+            os.chdir("/")
+            os.close(s["fd"])
 
 
 def _check_counts(r) -> None:

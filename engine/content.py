@@ -83,7 +83,7 @@ def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Cha
     tools()
     staging = _staging(mounts)
     # --one-file-system: a mount cloned with the locked mounts on it (a namespace a user namespace
-    # owns: dump's _clone_mounts) must not bring their files (proc's, another tmpfs's) along.
+    # owns: engine.nscopy's clone_mounts) must not bring their files (proc's, another tmpfs's) along.
     cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", "--one-file-system", *_COMMON,
            "--quoting-style=c", "-cf", "-", *sorted(name for _, name in mounts)]
     proc = subprocess.run(cmd, pass_fds=(staging,), stdin=subprocess.DEVNULL, stdout=out_fd,

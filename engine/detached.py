@@ -28,8 +28,10 @@ import io
 import os
 import stat
 
-from engine import content, kernel
+from engine import content, fs, kernel, nscopy
+from engine.dumperror import DumpError
 from engine.image import is_beneath, rel_to
+from engine.placement import external_file_hint
 
 
 class DetachedError(OSError):
@@ -351,3 +353,100 @@ def sb_by_handle(facts: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tupl
         if (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", st.st_ino) == (facts["dev"], facts["ino"]):
             return sid, m.dev
     return None, None
+
+
+def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
+    """Describe each detached mount that a process holds a file or cwd on (`unplaced`: (location, pid,
+    /proc link) from engine.placement), archiving what only such mounts reach."""
+    by_mnt: dict[int, list[tuple[dict, int, str]]] = {}
+    for item in unplaced:
+        by_mnt.setdefault(item[0]["mnt"], []).append(item)
+    out: dict[str, dict] = {}
+
+    ns_of_mount = {m.mnt_id: ino for ino, data in ns_data.items() for m in data["mounts"]}
+
+    def clone_of(m) -> int | None:
+        """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
+        ino = ns_of_mount[m.mnt_id]
+        return nscopy.clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
+
+    anchors: list[int] = []
+    beyond: list[tuple[str, str, int, str]] = []
+    try:
+        for mnt, items in sorted(by_mnt.items()):
+            loc0, pid0, link0 = items[0]
+            # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
+            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on mount {mnt}, in no dumped namespace"
+            try:
+                facts = [(probe(pid, link), loc["path"]) for loc, pid, link in items]
+                f0 = facts[0][0]
+                sid, dev = sb_of_dev.get(f0["dev"]), f0["dev"]
+                if sid is None:
+                    # Files may show another device than the mounts of their superblock (a subvolume's
+                    # own anonymous device): the superblock whose mount opens the file's handle as it.
+                    sid, dev = sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
+                if sid is not None:
+                    candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),
+                                        key=lambda m: (len(m.root), m.mnt_id))
+                    found = root_via_visible(f0, facts[0][1], candidates, clone_of)
+                    if found is None and superblocks[sid]["external"]:
+                        # Restore reaches an external filesystem only through its external mounts: a
+                        # file beside them (a host log the runtime gave as stdout) cannot be reopened.
+                        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
+                                                          f"reaches the file; {external_file_hint(loc0['path'])}")
+                    if found is not None:
+                        vis, root_on_v = found
+                        vroot = mounts_by_id[vis].root
+                        root = vroot if root_on_v == "/" else (root_on_v if vroot == "/" else vroot + root_on_v)
+                    else:
+                        d_fd, d_path = anchor(f0, candidates, clone_of)
+                        anchors.append(d_fd)
+                        root = locate_outside(f0, facts[0][1], d_fd, d_path)
+                        if fs.lookup(superblocks[sid]["fstype"]).content:
+                            beyond.append((sid, root, d_fd, d_path))
+                else:
+                    found_type = fs.by_magic(f0["magic"])
+                    if found_type is None:
+                        raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
+                                                          f"visible (only a detached {fs.content_names()} can be "
+                                                          f"dumped whole); {external_file_hint(loc0['path'])}")
+                    sid = f"sb-{len(superblocks)}"
+                    name, path = writer.new_archive()
+                    files[name] = archive_invisible(facts, path)
+                    superblocks[sid] = {"fstype": found_type.name, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
+                                        "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
+                    root = "/"
+            except DumpError:
+                raise
+            except OSError as e:
+                hint = f"; {external_file_hint(loc0['path'])}" if link0.startswith("fd/") else ""
+                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}") from None
+            out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
+                             "mountpoint": "(detached)"}
+        _archive_beyond(beyond, superblocks, writer, files)
+    finally:
+        for fd in anchors:
+            os.close(fd)
+    return out
+
+
+def _archive_beyond(beyond, superblocks, writer, files) -> None:
+    """Archive what only detached mounts reach of a content superblock: each widest detached root
+    (sb id, root, anchor fd, anchor path) not already archived, minus the archived roots inside it."""
+    done: dict[str, list[str]] = {}
+    for sid, root, d_fd, d_path in sorted(beyond, key=lambda b: (b[0], len(b[1]), b[1])):
+        sb = superblocks[sid]
+        covered = [a["root"] for a in sb["archives"] if "only" not in a] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
+        if any(is_beneath(root, c) for c in covered + done.get(sid, [])):
+            continue
+        rel = rel_to(root, d_path)
+        r_fd = d_fd if not rel else kernel.openat2(d_fd, rel, os.O_PATH | os.O_DIRECTORY,
+                                                   kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_XDEV)
+        try:
+            name, path = writer.new_archive()
+            files[name] = content.archive_dir(r_fd, path, [rel_to(c, root) for c in covered if is_beneath(c, root)])
+        finally:
+            if r_fd != d_fd:
+                os.close(r_fd)
+        sb["archives"].append({"file": name, "member": "sb-0", "root": root})
+        done.setdefault(sid, []).append(root)

@@ -1,18 +1,19 @@
 """Dump: a process tree's mount namespaces, roots, cwds and open files -> image directory.
 
-Steps:
+Steps (`dump`, then `_collect`, one named function a step):
  1. find the process tree, refuse what it already shows while it runs (engine/prestop.py: a
     refusal leaves it untouched), then stop it (SIGSTOP) so nothing changes under us;
  2. per mount namespace, a helper enters it (setns) and reads mountinfo and each
     member process's root, cwd and fds (paths as seen from the namespace root,
-    mount ids from fdinfo/statx);
+    mount ids from fdinfo/statx: engine/nsinspect.py);
  3. plan superblocks: content archives, externals, devices, namespace-tagged
     pseudo filesystems, each as its type module says (engine/fs/); refuse
     anything unsupported before writing;
  4. per namespace, a second helper enters a private copy of it, uncovers
     overmounted mounts and hands back detached clones of the mounts whose files
-    must be archived (or that a type module probes, `FsType.probe`);
- 5. write the image atomically, then kill the tree (or resume it).
+    must be archived (or that a type module probes, `FsType.probe`: engine/nscopy.py);
+ 5. place each process's root, cwd and fds on the mounts (engine/placement.py; on detached
+    mounts: engine/detached.py), write the image atomically, then kill the tree (or resume it).
 """
 
 from __future__ import annotations
@@ -26,105 +27,21 @@ import signal
 import stat
 import time
 
-from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mappings, mountinfo
-from engine import imageformat, mountrules, prestop, userns_cr
+from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
+from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, userns_cr
+from engine.dumperror import DumpError
 from engine.fds import FdError
 from engine.fdtable import FdTable
-from engine.image import is_beneath, rel_to
+from engine.freeze import process_tree
+from engine.image import is_beneath
 
-# Every fd kind: helpers classify fds after they entered (and chrooted into) a container.
+# Every fd kind: helpers (engine/nsinspect.py) classify fds after they entered (and chrooted into) a container.
 fdkinds.load()
 
 NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
 _EXT_FILE = re.compile(r"^file\[(?P<what>/[^\]]*)\]:(?P<key>[^\s\[\]]+)$")
-
-
-class DumpError(OSError):
-    """Dump refuses: one line naming the mount/process and the reason."""
-
-
-# --- process tree --------------------------------------------------------------
-
-def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
-    """[(pid, ppid)] of the tree rooted at root_pid, parents first (one scan of /proc)."""
-    if not os.path.isdir(f"/proc/{root_pid}"):
-        raise DumpError(errno.ESRCH, f"no such process: {root_pid}")
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        # comm may contain spaces and parens: ppid is the 2nd field after the last ')'
-        ppid = int(data[data.rindex(b")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(name))
-    order = [(root_pid, None)]
-    i = 0
-    while i < len(order):
-        pid = order[i][0]
-        for c in sorted(children.get(pid, ())):
-            order.append((c, pid))
-        i += 1
-    return order
-
-
-def _signal_all(pids, sig) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-
-
-def _wait_gone(pids, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break  # a zombie waiting for its (non-dumped) parent: gone for us
-            except OSError:
-                break
-            time.sleep(0.005)
-
-
-def _refuse_zombies(tree) -> None:
-    """A process of the tree that exited but was not reaped (a zombie) has no namespaces, fds or
-    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed)."""
-    for pid, ppid in tree:
-        if _state(pid) in ("Z", "X", ""):
-            comm = _comm(pid)
-            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}, child of {ppid} ({_comm(ppid)})) has exited "
-                                              "and its parent has not reaped it (a zombie): a tree with zombies "
-                                              "cannot be dumped yet; the tree keeps running")
-
-
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
-
-
-def _wait_stopped(pids, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                break
-            if state in ("T", "t", "Z", "X"):
-                break
-            time.sleep(0.002)
 
 
 # --- externals -----------------------------------------------------------------
@@ -160,391 +77,6 @@ def parse_external_files(specs) -> dict[str, str]:
         if m:
             out[m["what"]] = m["key"]
     return out
-
-
-def _external_file_hint(path: str) -> str:
-    return (f"declare it with --external file[{path}]:KEY (and restore with --external file[KEY]:HOSTPATH), "
-            "or run the tree with that fd on a file of its own mounts")
-
-
-# --- per-namespace inspection (runs in a forked child inside the namespace) -----------
-
-def _parse_fdinfo(text: str) -> dict[str, int]:
-    out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        value = value.strip()
-        if key == "pos":
-            out["pos"] = int(value)
-        elif key == "flags":
-            out["flags"] = int(value, 8)
-        elif key == "mnt_id":
-            out["mnt_id"] = int(value)
-    return out
-
-
-def _loc(hostproc: int, link: str, pid: int, what: str) -> dict:
-    path = os.readlink(link, dir_fd=hostproc)
-    mnt = kernel.statx_mnt_id(link, dfd=hostproc)
-    return {"abs": path, "mnt": mnt}
-
-
-def _enter_ns_root(ns_fd: int, pids: list[int], hostproc: int) -> None:
-    """setns into the mount namespace and chroot to its root mount.
-
-    setns puts us on whatever is mounted on top of the namespace's "/" (the
-    chroot problem of an overmounted root), and ".." cannot step below an
-    overmount. So take the roots the member processes have and keep the one
-    that sees the most mounts: a process's root is the namespace root unless
-    it chrooted, and a chroot sees a subset.
-    """
-    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
-    roots = []
-    seen = set()
-    for pid in pids:
-        fd = os.open(f"{pid}/root", os.O_PATH | os.O_DIRECTORY, dir_fd=hostproc)
-        key = (kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH), os.fstat(fd).st_ino)
-        if key in seen:
-            os.close(fd)
-            continue
-        seen.add(key)
-        roots.append(fd)
-    best = roots[0]
-    if len(roots) > 1:   # one root (no process chrooted): nothing to compare, no counting child
-        counts = [forkrun.run(_count_mounts_from, fd, hostproc) for fd in roots]
-        best = roots[counts.index(max(counts))]
-    for fd in roots:
-        if fd != best:
-            os.close(fd)
-    os.fchdir(best)
-    os.chroot(".")
-    os.close(best)
-
-
-def _count_mounts_from(root_fd: int, hostproc: int) -> int:
-    os.fchdir(root_fd)
-    os.chroot(".")
-    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
-        return sum(1 for _ in f)
-
-
-def _inspect_ns(ns_fd: int, pids: list[int], by_statmount: bool) -> dict:
-    """In a forked child: enter the namespace, read mountinfo and each process's root, cwd, fds
-    (and the mounts' unique ids when `by_statmount`: engine.strategy's ids axis)."""
-    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    _enter_ns_root(ns_fd, pids, hostproc)
-    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc)) as f:
-        text = f.read()
-    # The block device a mount lives on, where mountinfo's device number is not it (its type says).
-    source_rdev = {}
-    parsed = mountinfo.parse(text)
-    for m in parsed:
-        h = fs.lookup(m.fstype)
-        if h is not None and h.device and (rdev := h.device_of(m)) is not None:
-            source_rdev[m.mnt_id] = rdev
-    # Whether a bind's root is a directory (so restore may make it while files are still being
-    # extracted): the type of its mount point, read where the path leads to that very mount.
-    dirs = {}
-    for m in parsed:
-        if m.root != "/" and (h := fs.lookup(m.fstype)) is not None and h.content:
-            try:
-                mid, mode = kernel.statx_mnt_id_mode(m.mountpoint, flags=kernel.AT_SYMLINK_NOFOLLOW)
-            except OSError:
-                continue
-            if mid == m.mnt_id:
-                dirs[m.mnt_id] = stat.S_ISDIR(mode)
-    # 64-bit unique ids (creation order) where the strategy reads them (ids=statmount, 6.8+).
-    # Only the ids: the records come from mountinfo, which parses in half the time full statmount
-    # records take here (benchmarks/README.md, "statmount or mountinfo").
-    unique = kernel.unique_ids() if by_statmount else {}
-    procs = {}
-    for pid in pids:
-        try:
-            root = _loc(hostproc, f"{pid}/root", pid, "root")
-            cwd = _loc(hostproc, f"{pid}/cwd", pid, "cwd")
-            fds = []
-            dfd = os.open(f"{pid}/fd", os.O_RDONLY | os.O_DIRECTORY, dir_fd=hostproc)
-            try:
-                names = os.listdir(dfd)
-            finally:
-                os.close(dfd)
-            for name in names:
-                n = int(name)
-                link = f"{pid}/fd/{n}"
-                try:
-                    target = os.readlink(link, dir_fd=hostproc)
-                    with os.fdopen(os.open(f"{pid}/fdinfo/{n}", os.O_RDONLY, dir_fd=hostproc)) as f:
-                        info = _parse_fdinfo(f.read())
-                    st = os.stat(link, dir_fd=hostproc)
-                except FileNotFoundError:
-                    continue  # closed while we looked (the tree is stopped, so: a race with exit)
-                fds.append({"fd": n, "target": target, "mode": st.st_mode, **info})
-                if (seen := fdkinds.inspect_in_ns(target, st.st_mode, hostproc, pid, n, parsed)) is not None:
-                    fds[-1]["in_ns"] = seen   # what a kind reads from inside the namespace (inotify watches)
-        except FileNotFoundError:
-            raise DumpError(errno.ESRCH, f"process {pid} exited during dump") from None
-        procs[pid] = {"root": root, "cwd": cwd, "fds": fds, **mappings.read(hostproc, pid)}
-    _same_path_outside(procs, parsed, hostproc)
-    return {"mountinfo": text, "procs": procs, "unique": unique, "source_rdev": source_rdev, "dirs": dirs}
-
-
-def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
-    """In the namespace (chrooted at its root): each fd on a mount this namespace lacks that its path
-    here reaches too (same superblock, same inode) gets `visible_mnt`, the mount the path leads to
-    (used only when no dumped namespace has the fd's mount).
-
-    A process that opened a file before it unshared (/dev/null of every systemd service and
-    bwrap sandbox, a runtime's log) holds it through a mount of the parent namespace, which is
-    not dumped; its namespace copy has the file at the same path on a mount of the same
-    superblock. Lazily unmounted mounts have no such path (see _plan_detached).
-    """
-    ids = {m.mnt_id for m in mounts}
-    devs = {m.mnt_id: m.dev for m in mounts}
-    for pid, data in procs.items():
-        for f in data["fds"]:
-            if f.get("mnt_id") in ids or not f["target"].startswith("/") or f["target"].endswith(" (deleted)"):
-                continue
-            try:
-                want = os.stat(f"{pid}/fd/{f['fd']}", dir_fd=hostproc)
-                link = stat.S_ISLNK(f["mode"])
-                here = os.stat(f["target"], follow_symlinks=not link)
-                mid = kernel.statx_mnt_id(f["target"], flags=kernel.AT_SYMLINK_NOFOLLOW if link else 0)
-            except OSError:
-                continue
-            dev = f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}"
-            if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and devs.get(mid) == dev:
-                f["visible_mnt"] = mid
-        # A mapped file likewise (a program that unshared without exec maps its libraries through
-        # the parent's mounts): the mount its path reaches here, used when the mapping's own mount
-        # is in no dumped namespace (_place_maps).
-        maps = []
-        for path, mnt, link, *_ in data["maps"]:
-            visible = None
-            if mnt not in ids and not path.endswith(" (deleted)"):
-                try:
-                    want, here = os.stat(f"{pid}/{link}", dir_fd=hostproc), os.stat(path)
-                    mid = kernel.statx_mnt_id(path)
-                    if (here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and \
-                            devs.get(mid) == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}":
-                        visible = mid
-                except OSError:
-                    pass
-            maps.append((path, mnt, link, visible))
-        data["maps"] = maps
-
-
-def _enter_copy(ns_fd: int, pids: list[int]) -> int:
-    """In a forked child: stand at the root of a private copy of the namespace (made as its owner)
-    where what covers a mount may be unmounted without touching the original; returns an fd on /proc."""
-    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
-    # A copy made from another user namespace than the owner's would lock every mount of it.
-    owner = userns_cr.owner_to_join(ns_fd)
-    _enter_ns_root(ns_fd, pids, hostproc)
-    if owner is not None:
-        kernel.setns(owner, kernel.CLONE_NEWUSER)
-    kernel.unshare(kernel.CLONE_NEWNS)
-    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    return hostproc
-
-
-def _run_in_copy(ns_fd: int, pids: list[int], fn, args) -> object:
-    """In a forked child: fn(*args) at the root of a private copy of the namespace (_enter_copy)."""
-    os.close(_enter_copy(ns_fd, pids))
-    return fn(*args)
-
-
-def _clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, chan: channel.Channel) -> None:
-    """In a forked child: clone each wanted mount (original ids) of the namespace and send the fds.
-
-    `orig` is the namespace's mount list as dump read it (the tree is stopped).
-    Works in a private copy of the namespace so it may unmount what covers a
-    mount (an overmount, or a mount over one of its ancestors' paths) without
-    touching the original: visible mounts are cloned at once, covered ones
-    after their covers are gone (see _uncover).
-    """
-    owner = userns_cr.owner_to_join(ns_fd)   # (not None: mounts of the copy may carry locked ones)
-    if owner is not None:
-        os.close(owner)
-    hostproc = _enter_copy(ns_fd, pids)
-    with os.fdopen(os.open("thread-self/mountinfo", os.O_RDONLY, dir_fd=hostproc),
-                   encoding="utf-8", errors="surrogateescape") as f:
-        copy = mountinfo.brief(f.read())  # ids and mount points are all we need of the copy
-    # Map original -> copy by (parent, mount point): unique since the kernel tucks
-    # a mount propagated onto an occupied mount point under the existing one.
-    o_ids = {m.mnt_id for m in orig}
-    c_ids = {mid for mid, *_ in copy}
-    o_root = next(m for m in orig if m.parent_id not in o_ids)
-    c_root = next(mid for mid, parent, *_ in copy if parent not in c_ids)
-    c_children: dict[tuple[int, str], int] = {(parent, mp): mid for mid, parent, _, mp, _ in copy}
-    o_children: dict[int, list[mountinfo.Mount]] = {}
-    for m in orig:
-        if m.mnt_id != o_root.mnt_id:
-            o_children.setdefault(m.parent_id, []).append(m)
-    del copy, c_ids
-    to_copy = {o_root.mnt_id: c_root}
-    stack = [o_root]
-    while stack:
-        m = stack.pop()
-        for c in o_children.get(m.mnt_id, ()):
-            cid = c_children.get((to_copy[m.mnt_id], c.mountpoint))
-            if cid is None:
-                raise DumpError(errno.EIO, f"mount {c.mnt_id} ({c.mountpoint}) has no twin in the namespace copy")
-            to_copy[c.mnt_id] = cid
-            stack.append(c)
-    want = set(wanted)
-    # Clones go out 200 at a time as they are made and are closed here once sent: this helper
-    # never holds more (a 90,000-mount tree has tens of thousands to clone).
-    pending: list[tuple[int, int]] = []
-
-    def send(final: bool = False) -> None:
-        if pending and (final or len(pending) >= 200):
-            chan.send([mid for mid, _ in pending], [fd for _, fd in pending])
-            for _, fd in pending:
-                os.close(fd)
-            pending.clear()
-
-    def top_path(mp: str) -> str:
-        # "/" names the root we stand on, never what is mounted over it; "/.." does.
-        return "/.." if mp == "/" else mp
-
-    def clone(m: mountinfo.Mount) -> None:
-        path = top_path(m.mountpoint)
-        if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
-            raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
-        try:
-            fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
-        except OSError as e:
-            if e.errno != errno.EINVAL or owner is None:
-                raise
-            # Locked mounts on it (a namespace a user namespace owns): the kernel clones it only with
-            # them; their files lie on other superblocks (tar stays on one), and nothing of the
-            # container reaches what they cover.
-            fd = kernel.open_tree(kernel.AT_FDCWD, path,
-                                  kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
-        pending.append((m.mnt_id, fd))
-        send()
-
-    # Fast path: mounts whose path already leads to them.
-    orig_by_id = {m.mnt_id: m for m in orig}
-    slow = []
-    for mid in sorted(want):
-        m = orig_by_id[mid]
-        try:
-            if kernel.statx_mnt_id(top_path(m.mountpoint), flags=kernel.AT_SYMLINK_NOFOLLOW) == to_copy[mid]:
-                clone(m)
-                continue
-        except OSError:
-            pass
-        slow.append(mid)
-    if slow:
-        _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
-    send(final=True)
-    chan.send("done")
-
-
-def _clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
-    """A detached clone of mount `mnt_id` of the mount namespace `pids` live in (`mounts`: its
-    mount list), even if covered (_clone_mounts uncovers it); None when it cannot be made."""
-    nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
-    try:
-        for _, fds in channel.fork_stream(_clone_mounts, nsfd, pids, [mnt_id], mounts):
-            for fd in fds[1:]:
-                os.close(fd)
-            return fds[0] if fds else None
-    except OSError:
-        return None
-    finally:
-        os.close(nsfd)
-    return None
-
-
-def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
-    """Clone covered targets by lazily unmounting what covers them (in a private namespace copy).
-
-    A cover is a sibling mounted over a directory above a target's mount
-    point, or a mount over its (or an ancestor's) root. One umount takes a
-    cover's whole subtree, so only covers holding no pending target are
-    unmounted; repeat until every target is visible.
-    """
-    remaining = set(targets)
-    # Children by (parent, mount point): a cover is found by looking up the few
-    # directories above a target, never by scanning all siblings (a parent may
-    # have thousands of children).
-    at: dict[tuple[int, str], list[int]] = {}
-    for parent, cs in children.items():
-        for c in cs:
-            at.setdefault((parent, c.mountpoint), []).append(c.mnt_id)
-
-    def above(n, p) -> list[str]:
-        """Mount points of p's directories that hide n's: p's own root and each proper ancestor of n's."""
-        r = rel_to(n.mountpoint, p.mountpoint)
-        if not r:
-            return []
-        parts = r.split("/")
-        base = "" if p.mountpoint == "/" else p.mountpoint
-        return [p.mountpoint] + [base + "/" + "/".join(parts[:i]) for i in range(1, len(parts))]
-
-    def chain(mid):
-        out = []
-        while mid in by_id and by_id[mid] is not root:
-            out.append(mid)
-            mid = by_id[mid].parent_id
-        return out + [root.mnt_id]
-
-    while remaining:
-        for mid in sorted(remaining):
-            path = top_path(by_id[mid].mountpoint)
-            try:
-                visible = kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) == to_copy[mid]
-            except OSError:
-                visible = False
-            if visible:
-                clone(by_id[mid])
-                remaining.discard(mid)
-        if not remaining:
-            return
-        inside = set()
-        for mid in remaining:
-            inside.update(chain(mid))
-        covers = set()
-        for mid in remaining:
-            ids = chain(mid)
-            for node, parent in zip(ids, ids[1:] + [None]):
-                n = by_id[node]
-                for c in at.get((node, n.mountpoint), ()):
-                    if c not in inside:
-                        covers.add(c)   # a mount over this node's root
-                if parent is None:
-                    continue
-                for mp in above(n, by_id[parent]):
-                    for c in at.get((parent, mp), ()):
-                        if c != node and c not in inside:
-                            covers.add(c)   # a sibling over a directory above it
-        # A cover may itself be overmounted (a stack at its mount point, e.g. propagated there):
-        # its path leads to the top of that stack, which goes first.
-        stack = list(covers)
-        while stack:
-            c = stack.pop()
-            for top in at.get((c, by_id[c].mountpoint), ()):
-                if top not in covers and top not in inside:
-                    covers.add(top)
-                    stack.append(top)
-        # Outer covers first: what an outer cover hides is reachable only once it is gone.
-        progress = False
-        for c in sorted(covers, key=lambda x: (len(by_id[x].mountpoint), x)):
-            path = top_path(by_id[c].mountpoint)
-            try:
-                # Only if its path leads to it: else it is gone already (unmounting the path
-                # would take whatever is there now, maybe a target) or still out of reach.
-                if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[c]:
-                    continue
-                kernel.umount2(path, kernel.MNT_DETACH)
-                progress = True
-            except OSError:
-                pass
-        if not progress:
-            mid = min(remaining)
-            raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")
 
 
 # --- the dump ------------------------------------------------------------------
@@ -601,16 +133,16 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
     pids = [p for p, _ in tree]
     _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs)
-    _refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
+    freeze.refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
-    resume = [p for p in pids if _state(p) not in ("T", "t")]
-    watchdog = _watchdog(resume)
-    _signal_all(pids, signal.SIGSTOP)
+    resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
+    watchdog = freeze.watchdog(resume)
+    freeze.signal_all(pids, signal.SIGSTOP)
     ok = False
     try:
-        _wait_stopped(pids)
-        _refuse_zombies(tree)
+        freeze.wait_stopped(pids)
+        freeze.refuse_zombies(tree)
         # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
@@ -628,38 +160,12 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         if not ok:
             writer.abort()
         if ok and not leave_running:
-            _signal_all(everyone, signal.SIGKILL)
-            _wait_gone(everyone)
+            freeze.signal_all(everyone, signal.SIGKILL)
+            freeze.wait_gone(everyone)
         else:
-            _signal_all(resume, signal.SIGCONT)
+            freeze.signal_all(resume, signal.SIGCONT)
         os.kill(watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
-
-
-def _state(pid: int) -> str:
-    """The state letter of a process (R, S, T...), "" when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
-
-
-def _watchdog(pids: list[int]) -> int:
-    """A child that resumes the stopped tree if this dump dies (SIGKILL included)."""
-    me = kernel.pidfd_open(os.getpid())
-    pid = os.fork()
-    if pid == 0:
-        try:
-            signal.signal(signal.SIGUSR1, lambda *_: (_signal_all(pids, signal.SIGCONT), os._exit(0)))
-            kernel.set_pdeathsig(signal.SIGUSR1)
-            while not kernel.exited(me):
-                signal.pause()
-        finally:
-            _signal_all(pids, signal.SIGCONT)
-            os._exit(0)
-    os.close(me)
-    return pid
 
 
 def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,
@@ -796,7 +302,7 @@ class _Plan:
         pids = self.ns_pids[ns_name]
         fd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
         try:
-            return forkrun.run(_run_in_copy, fd, pids, fn, args)
+            return forkrun.run(nscopy.run_in_copy, fd, pids, fn, args)
         finally:
             os.close(fd)
 
@@ -813,55 +319,106 @@ def _hook(fn, *args):
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
 
+class _Dump:
+    """What the steps of one dump share: the stopped tree, what was declared external, the image
+    being written, and the documents each step fills for the ones after it."""
+
+    def __init__(self, tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files, takes):
+        self.tree, self.writer, self.takes = tree, writer, takes
+        self.ext_mnts, self.ext_devs, self.ext_files = ext_mnts, ext_devs, ext_files
+        # _inspect_namespaces
+        self.me: dict[str, int | None] = {}               # the dumper's own namespace inodes
+        self.ns_of: dict[int, dict[str, int]] = {}        # pid -> {kind: namespace inode}
+        self.names: dict = {}                             # (kind, inode) -> image name
+        self.users: dict = {}                             # user namespaces (engine/userns_cr.py plan)
+        self.by_mntns: dict[int, list[int]] = {}          # mount namespace inode -> its processes
+        self.ns_data: dict[int, dict] = {}                # mount namespace inode -> what nsinspect.inspect_ns read
+        # _record_mounts
+        self.superblocks: dict[str, dict] = {}
+        self.sb_of_dev: dict[str, str] = {}
+        self.mntns_doc: dict[str, dict] = {}
+        self.mount_ns: dict[int, int] = {}                # mount id -> mntns inode
+        self.mounts_by_id: dict[int, mountinfo.Mount] = {}
+        self.root_ns: int | None = None
+        self.plan: _Plan | None = None
+        # _plan_clones: which mounts to clone, and what each clone is for
+        self.clone_plan: dict[int, list[int]] = {}
+        self.archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
+        self.probe_for: dict[int, str] = {}                  # mount id -> sb id its type probes
+        self.ghost_for: dict[int, tuple[str, str]] = {}      # mount id -> (sb id, deleted root) to archive
+        self.ghosts_doc: dict[str, dict] = {}
+        self.pidns_doc: dict[str, dict] = {}
+        self.linked_names: dict[str, str] = {}
+        self.files: dict[str, dict] = {}                  # archive name -> what content.archive says of it
+        # _collect_processes
+        self.procs_doc: list[dict] = []
+        self.uts_names: dict[str, str] = {}
+        self.detached_doc: dict = {}
+        self.objects: dict[str, dict] = {}
+
+    def mntns_name(self, ino: int) -> str:
+        """The image name of the mount namespace with inode `ino`."""
+        return self.names[("mnt", ino)]
+
+    def all_mounts(self):
+        """Every mount entry of the image, namespace by namespace."""
+        for ns in self.mntns_doc.values():
+            yield from ns["mounts"]
+
+
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None) -> dict:
-    me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
-    ns_of: dict[int, dict[str, int]] = {}
-    for pid, _ in tree:
-        ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
+    """The image document of the stopped tree (archives written through `writer`): the dump
+    algorithm, one step after the other; each step refuses with one line naming what it refuses."""
+    d = _Dump(tree, writer, ext_mnts, ext_devs, ext_files or {}, takes)
+    _inspect_namespaces(d)      # 2. namespaces of each process; mountinfo, roots, cwds, fds per mount namespace
+    _record_mounts(d)           # 3. superblocks and mount entries (idmaps, superblock owners, locks)
+    _settle_externals(d)        #    which mounts and superblocks come from outside the dump
+    _plan_devices(d)            #    block devices: declared external or resolved by their type
+    _mark_outside_roots(d)      #    namespace roots the restore is given (--root)
+    _refuse_undumpable(d)       #    types, roots and devices nothing can make again
+    _check_external_binds(d)    #    other mounts of external superblocks lie in an external one
+    _plan_superblocks(d)        #    sources, sharing, each type's own plan
+    _plan_clones(d)             # 4. which mounts to clone: archives, ghosts, probes
+    _record_pid_namespaces(d)
+    _archive_contents(d)        #    clone them from namespace copies and archive their files
+    _name_ghosts(d)
+    _collect_processes(d)       # 5. fds by kind, hostnames, detached mounts
+    return _manifest(d)
+
+
+def _inspect_namespaces(d: _Dump) -> None:
+    """Name every namespace of the tree, plan its user namespaces, and read each mount namespace
+    (mountinfo, and its processes' roots, cwds and fds) in a helper that entered it."""
+    d.me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
+    for pid, _ in d.tree:
+        d.ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
 
     # Name namespaces by first appearance (root process first).
-    names = prestop.ns_names([pid for pid, _ in tree], image.NS_KINDS)
+    d.names = prestop.ns_names([pid for pid, _ in d.tree], image.NS_KINDS)
 
     try:
-        users = userns_cr.plan(tree, names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
+        d.users = userns_cr.plan(d.tree, d.names, image.NS_KINDS)   # user namespaces (engine/userns_cr.py)
     except OSError as e:
         raise DumpError(e.errno or errno.EOPNOTSUPP, str(e) if e.filename else e.strerror or str(e)) from None
 
-    # 2. inspect each mount namespace
-    by_mntns: dict[int, list[int]] = {}
-    for pid, _ in tree:
-        if ns_of[pid]["mnt"] is not None:  # None: a zombie (exited, no namespaces left to look at)
-            by_mntns.setdefault(ns_of[pid]["mnt"], []).append(pid)
+    for pid, _ in d.tree:
+        if d.ns_of[pid]["mnt"] is not None:  # None: a zombie (exited, no namespaces left to look at)
+            d.by_mntns.setdefault(d.ns_of[pid]["mnt"], []).append(pid)
     from engine import strategy
     by_statmount = strategy.current().ids == "statmount"
-    ns_data: dict[int, dict] = {}
-    for ino, members in by_mntns.items():
+    for ino, members in d.by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:
-            ns_data[ino] = forkrun.run(_inspect_ns, fd, members, by_statmount)
+            d.ns_data[ino] = forkrun.run(nsinspect.inspect_ns, fd, members, by_statmount)
         finally:
             os.close(fd)
-        ns_data[ino]["mounts"] = mountinfo.parse(ns_data[ino].pop("mountinfo"), ns_data[ino]["unique"])
+        d.ns_data[ino]["mounts"] = mountinfo.parse(d.ns_data[ino].pop("mountinfo"), d.ns_data[ino]["unique"])
 
-    # 3. plan superblocks
-    superblocks: dict[str, dict] = {}
-    sb_of_dev: dict[str, str] = {}
-    mntns_doc: dict[str, dict] = {}
-    mount_ns: dict[int, int] = {}        # mount id -> mntns inode
-    mounts_by_id: dict[int, mountinfo.Mount] = {}
-    root_ns = ns_of[tree[0][0]]["mnt"]
-    used_ext = set()
-    # Equal option lists are one list object (never changed): 50,000 mounts have a few dozen.
-    lists: dict[tuple[str, ...], list[str]] = {}
 
-    def shared_list(opts: tuple[str, ...]) -> list[str]:
-        got = lists.get(opts)
-        if got is None:
-            got = lists[opts] = list(opts)
-        return got
-
-    # The source each superblock is made from at restore: its first mount's, unless its type picks
-    # another (a network type: the shallowest path, so that every other mount's root lies beneath it).
+def _sb_sources(ns_data: dict) -> dict[str, str]:
+    """The source each superblock (by device) is made from at restore: its first mount's, unless its
+    type picks another (a network type: the shallowest path, so that every other mount's root lies
+    beneath it)."""
     sources: dict[str, list[str]] = {}
     for data in ns_data.values():
         for m in data["mounts"]:
@@ -873,18 +430,36 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 handler = fs.lookup(m.fstype)
                 found = sources.pop(m.dev)
                 sb_source[m.dev] = handler.sb_source(found) if handler is not None else found[0]
+    return sb_source
 
-    for ino, data in ns_data.items():
+
+def _record_mounts(d: _Dump) -> None:
+    """One superblock record per device and one entry per mount of each namespace; with them the
+    idmaps, the user namespaces superblocks were made in and the locks of owned namespaces."""
+    d.root_ns = d.ns_of[d.tree[0][0]]["mnt"]
+    used_ext = set()
+    # Equal option lists are one list object (never changed): 50,000 mounts have a few dozen.
+    lists: dict[tuple[str, ...], list[str]] = {}
+
+    def shared_list(opts: tuple[str, ...]) -> list[str]:
+        got = lists.get(opts)
+        if got is None:
+            got = lists[opts] = list(opts)
+        return got
+
+    sb_source = _sb_sources(d.ns_data)
+    superblocks, sb_of_dev = d.superblocks, d.sb_of_dev
+    for ino, data in d.ns_data.items():
         mounts = data["mounts"]
         ids = {m.mnt_id for m in mounts}
         roots = [m for m in mounts if m.parent_id not in ids]
         if len(roots) != 1:
-            raise DumpError(errno.EIO, f"mount namespace {names[('mnt', ino)]}: {len(roots)} root mounts")
+            raise DumpError(errno.EIO, f"mount namespace {d.mntns_name(ino)}: {len(roots)} root mounts")
         root = roots[0]
         entries = []
         for m in mounts:
-            mounts_by_id[m.mnt_id] = m
-            mount_ns[m.mnt_id] = ino
+            d.mounts_by_id[m.mnt_id] = m
+            d.mount_ns[m.mnt_id] = ino
             if m.dev not in sb_of_dev:
                 sid = f"sb-{len(sb_of_dev)}"
                 sb_of_dev[m.dev] = sid
@@ -894,7 +469,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 if handler is not None and handler.device:
                     superblocks[sid]["device"] = {"dev": handler.host_device(data["source_rdev"].get(m.mnt_id))
                                                   or (m.dev if m.major else None)}
-            ext_key = ext_mnts.get(m.mountpoint) if ino == root_ns else None
+            ext_key = d.ext_mnts.get(m.mountpoint) if ino == d.root_ns else None
             if ext_key is not None:
                 used_ext.add(m.mountpoint)
             sid = sb_of_dev[m.dev]
@@ -915,31 +490,41 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                 entries[-1]["dir"] = data["dirs"][m.mnt_id]
             if deleted:
                 entries[-1]["ghost"] = True   # its root was unlinked: named once archived
-        mntns_doc[names[("mnt", ino)]] = {"root": root.mnt_id, "mounts": entries}
+        d.mntns_doc[d.mntns_name(ino)] = {"root": root.mnt_id, "mounts": entries}
+        _record_ns_users(d, ino, mounts, entries)
+    _hook(mountrules.unknown_externals, d.ext_mnts, used_ext)
+
+
+def _record_ns_users(d: _Dump, ino: int, mounts: list, entries: list[dict]) -> None:
+    """What user namespaces say of mount namespace `ino`: idmapped mounts, superblocks made inside a
+    user namespace of the tree (engine/sbowner.py), and the owner and locked mounts of an owned one."""
+    try:
+        userns_cr.record_idmaps(d.by_mntns[ino][0], entries)
+    except OSError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+    if d.users["userns"]:
         try:
-            userns_cr.record_idmaps(by_mntns[ino][0], entries)
+            pids = d.by_mntns[ino]
+            userns_cr.record_sb_owners(pids[0], mounts, d.sb_of_dev, d.superblocks, d.tree, d.users,
+                                       clone=lambda m, pids=pids, ms=mounts: nscopy.clone_one(pids, ms, m.mnt_id))
+        except userns_cr.UsernsError as e:
+            raise DumpError(e.errno, e.strerror) from None
+    owner = d.users["mntns_owner"].get(d.mntns_name(ino))
+    if owner is not None:
+        d.mntns_doc[d.mntns_name(ino)]["owner"] = owner
+        try:
+            userns_cr.locks(d.by_mntns[ino][0], entries, d.mntns_name(ino))
         except OSError as e:
             raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
-        if users["userns"]:
-            # Superblocks made inside a user namespace of the tree (engine/sbowner.py).
-            try:
-                pids = by_mntns[ino]
-                userns_cr.record_sb_owners(pids[0], mounts, sb_of_dev, superblocks, tree, users,
-                                           clone=lambda m, pids=pids, ms=mounts: _clone_one(pids, ms, m.mnt_id))
-            except userns_cr.UsernsError as e:
-                raise DumpError(e.errno, e.strerror) from None
-        owner = users["mntns_owner"].get(names[("mnt", ino)])
-        if owner is not None:
-            mntns_doc[names[("mnt", ino)]]["owner"] = owner
-            try:
-                userns_cr.locks(by_mntns[ino][0], entries, names[("mnt", ino)])
-            except OSError as e:
-                raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
-    _hook(mountrules.unknown_externals, ext_mnts, used_ext)
+
+
+def _settle_externals(d: _Dump) -> None:
+    """Which mount of an overmount stack is the declared external one, and which superblocks are
+    external; then the sharing construction plan once locks are known, and the hooks' view (_Plan)."""
     # An overmount stack has several mounts at one mount point: the external is the visible (top) one,
     # unless the stack holds a type we cannot dump or the host's one superblock of a type (a runtime's
     # /dev stacked on the host's): then that.
-    for ns in mntns_doc.values():
+    for ns in d.mntns_doc.values():
         by_mp: dict[str, list[dict]] = {}
         for e in ns["mounts"]:
             if e["external"]:
@@ -951,68 +536,80 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                     if (e not in unsupported) if unsupported else any(o["parent"] == e["id"] for o in es):
                         e["external"] = None
 
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if e["external"]:
-                superblocks[e["sb"]]["external"] = True
-    _check_construct_userns(mntns_doc, superblocks)
-    ns_mounts = {names[("mnt", ino)]: data["mounts"] for ino, data in ns_data.items()}
-    plan = _Plan(superblocks, sb_of_dev, mntns_doc, ns_mounts, mounts_by_id)
-    plan.ns_pids = {names[("mnt", ino)]: pids for ino, pids in by_mntns.items()}
-    # Devices: declared external, or resolved by the type (a device over a file we dump), else refused.
-    for sid, sb in superblocks.items():
+    for e in d.all_mounts():
+        if e["external"]:
+            d.superblocks[e["sb"]]["external"] = True
+    _check_construct_userns(d.mntns_doc, d.superblocks)
+    ns_mounts = {d.mntns_name(ino): data["mounts"] for ino, data in d.ns_data.items()}
+    d.plan = _Plan(d.superblocks, d.sb_of_dev, d.mntns_doc, ns_mounts, d.mounts_by_id)
+    d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
+
+
+def _plan_devices(d: _Dump) -> None:
+    """Devices: declared external, or resolved by the type (a device over a file we dump), else
+    marked unresolved (refused by _refuse_undumpable unless the mount turns out external)."""
+    for sid, sb in d.superblocks.items():
         dev = (sb.get("device") or {}).get("dev")
         if dev is None or sb["external"]:
             continue
-        if dev in ext_devs:
-            sb["device"]["key"] = ext_devs[dev]
+        if dev in d.ext_devs:
+            sb["device"]["key"] = d.ext_devs[dev]
             continue
-        if not _hook(fs.lookup(sb["fstype"]).plan_device, sid, sb, plan):
+        if not _hook(fs.lookup(sb["fstype"]).plan_device, sid, sb, d.plan):
             sb["device"]["unresolved"] = True
-    # The namespace root on a filesystem we cannot recreate came from outside (criu's --root): also
-    # when a volume of the same filesystem was declared external (the root is no bind of that
-    # volume), and a root its type says was built outside (on layers no mount of the namespace holds).
-    _hook(mountrules.mark_roots, mntns_doc, superblocks, plan, names[("mnt", root_ns)])
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if not superblocks[e["sb"]]["external"]:
-                _hook(mountrules.own_mount, e, superblocks[e["sb"]])   # (also asked before the stop)
-    # Mounts of an external superblock must be binds of some external mount of it.
-    ext_roots: dict[str, list[str]] = {}
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if e["external"]:
-                ext_roots.setdefault(e["sb"], []).append(e["root"])
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if superblocks[e["sb"]]["external"] and not e["external"]:
-                _hook(mountrules.external_mount, e, ext_roots.get(e["sb"], ()))   # (also asked before the stop)
 
+
+def _mark_outside_roots(d: _Dump) -> None:
+    """The namespace root on a filesystem we cannot recreate came from outside (criu's --root): also
+    when a volume of the same filesystem was declared external (the root is no bind of that
+    volume), and a root its type says was built outside (on layers no mount of the namespace holds)."""
+    _hook(mountrules.mark_roots, d.mntns_doc, d.superblocks, d.plan, d.mntns_name(d.root_ns))
+
+
+def _refuse_undumpable(d: _Dump) -> None:
+    """Refuse a mount of a superblock we make again that restore cannot make (engine/mountrules.py)."""
+    for e in d.all_mounts():
+        if not d.superblocks[e["sb"]]["external"]:
+            _hook(mountrules.own_mount, e, d.superblocks[e["sb"]])   # (also asked before the stop)
+
+
+def _check_external_binds(d: _Dump) -> None:
+    """Mounts of an external superblock must be binds of some external mount of it (and not of a
+    deleted file: no archive holds one)."""
+    ext_roots: dict[str, list[str]] = {}
+    for e in d.all_mounts():
+        if e["external"]:
+            ext_roots.setdefault(e["sb"], []).append(e["root"])
+    for e in d.all_mounts():
+        if d.superblocks[e["sb"]]["external"] and not e["external"]:
+            _hook(mountrules.external_mount, e, ext_roots.get(e["sb"], ()))   # (also asked before the stop)
+
+
+def _plan_superblocks(d: _Dump) -> None:
+    """Check that restore can give every superblock its sources and every mount its sharing, then
+    let each type module plan its superblocks (archives, layers, owning namespaces...)."""
+    from engine import strategy
     try:
-        prestop.check_sources(mntns_doc, {sid for sid, sb in superblocks.items() if sb["external"]},
+        prestop.check_sources(d.mntns_doc, {sid for sid, sb in d.superblocks.items() if sb["external"]},
                               strategy.current().sharing == "construct")
     except fs.FsError as e:
         raise DumpError(e.errno, e.strerror) from None
-    _check_sharing(mntns_doc, superblocks, {names[("mnt", ino)]: pids[0] for ino, pids in by_mntns.items()})
-    from engine import strategy
-    plan.strategy = strategy.current()
-    for sid, sb in superblocks.items():
+    _check_sharing(d.mntns_doc, d.superblocks, {d.mntns_name(ino): pids[0] for ino, pids in d.by_mntns.items()})
+    d.plan.strategy = strategy.current()
+    for sid, sb in d.superblocks.items():
         if not sb["external"]:
-            _hook(fs.lookup(sb["fstype"]).plan, sid, sb, plan)
+            _hook(fs.lookup(sb["fstype"]).plan, sid, sb, d.plan)
 
-    # Which mounts to clone: one per disjoint root of each content superblock, one of each type probes.
-    clone_plan: dict[int, list[int]] = {}
-    archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
-    probe_for: dict[int, str] = {}                  # mount id -> sb id its type probes
-    ghost_for: dict[int, tuple[str, str]] = {}      # mount id -> (sb id, deleted root) to archive
+
+def _plan_clones(d: _Dump) -> None:
+    """Which mounts to clone: one per disjoint root of each content superblock, one of each type
+    probes, one per deleted root (a ghost) to archive."""
     ghost_roots: dict[tuple[str, str], int] = {}
-    ghosts_doc: dict[str, dict] = {}
     mounts_of_sb: dict[str, list[dict]] = {}
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            mounts_of_sb.setdefault(e["sb"], []).append(e)
+    for e in d.all_mounts():
+        mounts_of_sb.setdefault(e["sb"], []).append(e)
     for sid, es in mounts_of_sb.items():
-        sb = superblocks[sid]
+        sb = d.superblocks[sid]
         if sb["external"]:
             continue
         handler = fs.lookup(sb["fstype"])
@@ -1024,8 +621,8 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                                                       "can hold it again")
                 if (sid, e["root"]) not in ghost_roots:
                     ghost_roots[(sid, e["root"])] = e["id"]
-                    ghost_for[e["id"]] = (sid, e["root"])
-                    clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
+                    d.ghost_for[e["id"]] = (sid, e["root"])
+                    d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
         if handler.content:
             chosen: list[str] = []
             for e in sorted(es, key=lambda e: (len(e["root"]), e["root"])):
@@ -1033,315 +630,250 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
                     continue
                 if not any(is_beneath(e["root"], r) for r in chosen):
                     chosen.append(e["root"])
-                    archive_for[e["id"]] = (sid, e["root"])
-                    clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
+                    d.archive_for[e["id"]] = (sid, e["root"])
+                    d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
         elif handler.wants_probe():
             e = es[0]
-            probe_for[e["id"]] = sid
-            clone_plan.setdefault(mount_ns[e["id"]], []).append(e["id"])
+            d.probe_for[e["id"]] = sid
+            d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
 
-    # pid namespaces
-    pidns_doc: dict[str, dict] = {}
-    ino_name = {ino: name for (k, ino), name in names.items() if k == "pid"}
-    for pid, _ in tree:
-        ino = ns_of[pid]["pid"]
+
+def _record_pid_namespaces(d: _Dump) -> None:
+    """The pid namespaces of the tree (parent, whether the dumper's), and who their processes are."""
+    ino_name = {ino: name for (k, ino), name in d.names.items() if k == "pid"}
+    for pid, _ in d.tree:
+        ino = d.ns_of[pid]["pid"]
         name = ino_name[ino]
-        if name in pidns_doc:
+        if name in d.pidns_doc:
             continue
         parent_ino = _pidns_parent_ino(pid)
-        pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == me["pid"]}
+        d.pidns_doc[name] = {"parent": ino_name.get(parent_ino), "host": ino == d.me["pid"]}
     # Who each pid namespace's processes are (their pid in it, start time): a probe matches a
     # pid-bound superblock to its namespace through them, never through its pid 1 (maybe not ours).
-    for pid, _ in tree:
+    for pid, _ in d.tree:
         ident = _pid_identity(f"/proc/{pid}")
         if ident is not None:
-            plan.members.setdefault(ns_of[pid]["pid"], []).append(ident)
-    plan.pidns_name = ino_name
+            d.plan.members.setdefault(d.ns_of[pid]["pid"], []).append(ident)
+    d.plan.pidns_name = ino_name
 
-    # A file we archive that a device of the image lies on must hold what its filesystem has
-    # cached: flush (the tree is stopped).
-    if plan.wanted:
-        os.sync()
 
-    # Files open under a deleted name that still have another name (CRIU's link-remap): that name
-    # is searched for while their superblock is archived (the file comes back with the others).
-    linked_names = _want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan)
+class _Batch:
+    """Mount clones waiting to go into one tar (content.archive), 500 at most, of one owner each."""
 
-    # 4. clone and archive: batches of mounts into one tar each; empty roots need no archive
-    files: dict[str, dict] = {}
-    # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
-    batch: list[tuple[int, str, str, str, str | None]] = []
-    member_no = itertools.count()
+    def __init__(self, d: _Dump):
+        self.d = d
+        # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
+        self.items: list[tuple[int, str, str, str, str | None]] = []
+        self.member_no = itertools.count()
 
-    def flush():
-        if not batch:
+    def add(self, mfd: int, sid: str, root: str, only: str | None) -> None:
+        """Queue clone `mfd` of superblock `sid` (filling `root`; `only`: the one file it holds there);
+        the batch owns the fd once queued."""
+        superblocks = self.d.superblocks
+        # One archive holds superblocks of one owner: restore extracts it as that owner's root.
+        if self.items and superblocks[self.items[0][2]].get("owner") != superblocks[sid].get("owner"):
+            self.flush()
+        self.items.append((mfd, f"sb-{next(self.member_no)}", sid, root, only))
+
+    def flush_if_full(self) -> None:
+        """Write the archive once it has 500 members."""
+        if len(self.items) >= 500:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the queued clones into one new archive and close them."""
+        if not self.items:
             return
-        name, path = writer.new_archive()
+        name, path = self.d.writer.new_archive()
         sockets: dict[str, list] = {}   # socket files tar leaves out, made again at restore
-        files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
-                                       for mfd, member, _, _, only in batch], path, sockets)
-        for mfd, member, sid, root, only in batch:
+        self.d.files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
+                                              for mfd, member, _, _, only in self.items], path, sockets)
+        for mfd, member, sid, root, only in self.items:
             arc = {"file": name, "member": member, "root": root}
             if only is not None:
                 arc["only"] = only  # a file bind's file: the member holds it alone, not its directory
             if member in sockets:
                 arc["sockets"] = sockets[member]
-            superblocks[sid]["archives"].append(arc)
+            self.d.superblocks[sid]["archives"].append(arc)
             os.close(mfd)
-        batch.clear()
+        self.items.clear()
 
-    def add_member(item) -> None:
-        # One archive holds superblocks of one owner: restore extracts it as that owner's root.
-        if batch and superblocks[batch[0][2]].get("owner") != superblocks[item[2]].get("owner"):
-            flush()
-        batch.append(item)
+    def close(self) -> None:
+        """Close what was queued and not written (a refusal)."""
+        for mfd, *_ in self.items:
+            os.close(mfd)
 
+
+def _archive_contents(d: _Dump) -> None:
+    """Clone the planned mounts out of a private copy of each namespace and archive them: batches of
+    mounts into one tar each (empty roots need no archive), ghosts alone, probes to their type."""
+    # A file we archive that a device of the image lies on must hold what its filesystem has
+    # cached: flush (the tree is stopped).
+    if d.plan.wanted:
+        os.sync()
+
+    # Files open under a deleted name that still have another name (CRIU's link-remap): that name
+    # is searched for while their superblock is archived (the file comes back with the others).
+    d.linked_names = placement.want_linked(d.ns_data, d.mounts_by_id, d.mntns_doc, d.superblocks, d.plan)
+
+    batch = _Batch(d)
     try:
-        for ino, wanted in clone_plan.items():
-            fd = os.open(f"/proc/{by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
+        for ino, wanted in d.clone_plan.items():
+            fd = os.open(f"/proc/{d.by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
             try:
-                for mids, fds in channel.fork_stream(_clone_mounts, fd, by_mntns[ino], wanted, ns_data[ino]["mounts"]):
+                for mids, fds in channel.fork_stream(nscopy.clone_mounts, fd, d.by_mntns[ino], wanted,
+                                                     d.ns_data[ino]["mounts"]):
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):
-                            if mid in ghost_for:
-                                sid, root = ghost_for[mid]
-                                name, path = writer.new_archive()
-                                try:
-                                    files[name] = ghosts.archive_link("/proc/self/fd", str(mfd), root, path,
-                                                                      pass_fds=(mfd,))
-                                except OSError as e:
-                                    raise DumpError(e.errno or errno.EIO, f"mount {mid} "
-                                                    f"({mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
-                                st = os.fstat(mfd)
-                                ghosts_doc[f"g-{len(ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
-                                                                      "member": "sb-0", "only": root.rsplit("/", 1)[1],
-                                                                      "inode": f"{st.st_dev}:{st.st_ino}"}
-                            elif mid in archive_for:
-                                sid, root = archive_for[mid]
-                                for want in plan.wanted.get(sid, ()):
-                                    rel = content.find_inode(mfd, want[0])
-                                    if rel is not None:
-                                        want[1](rel if root == "/" else root + rel)
-                                        want[3] = True
-                                top = f"/proc/self/fd/{mfd}"
-                                if not stat.S_ISDIR(os.fstat(mfd).st_mode):
-                                    # A file bind (its directory may be on no mount at all): the
-                                    # member holds the file alone, extracted into its directory.
-                                    parent, _, base = root.rpartition("/")
-                                    add_member((mfd, f"sb-{next(member_no)}", sid, parent or "/", base))
-                                    kept.add(mfd)
-                                    if len(batch) >= 500:
-                                        flush()
-                                    continue
-                                if not os.listdir(top):
-                                    st = os.stat(top)
-                                    superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
-                                                                      "uid": st.st_uid, "gid": st.st_gid}
-                                    continue
-                                add_member((mfd, f"sb-{next(member_no)}", sid, root, None))
-                                kept.add(mfd)  # the batch owns it now (flush closes it)
-                                if len(batch) >= 500:
-                                    flush()
+                            if mid in d.ghost_for:
+                                _archive_ghost(d, mid, mfd)
+                            elif mid in d.archive_for:
+                                if _add_content(d, batch, mid, mfd):
+                                    kept.add(mfd)  # the batch owns it now (flush closes it)
+                                    batch.flush_if_full()
                             else:
-                                sid = probe_for[mid]
-                                _hook(fs.lookup(superblocks[sid]["fstype"]).probe, sid, mid, mfd, plan)
+                                sid = d.probe_for[mid]
+                                _hook(fs.lookup(d.superblocks[sid]["fstype"]).probe, sid, mid, mfd, d.plan)
                     finally:
                         for mfd in fds:
                             if mfd not in kept:
                                 os.close(mfd)
             finally:
                 os.close(fd)
-        flush()
+        batch.flush()
     finally:
-        for mfd, *_ in batch:
-            os.close(mfd)
+        batch.close()
 
-    for want in (w for ws in plan.wanted.values() for w in ws):
+    for want in (w for ws in d.plan.wanted.values() for w in ws):
         if not want[3]:
             raise DumpError(errno.EOPNOTSUPP, want[2])
 
-    gid_of = {(g["sb"], g["path"]): gid for gid, g in ghosts_doc.items()}
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if e.get("ghost") is True and e["external"]:
-                del e["ghost"]   # (declared external: restore binds the host path given for it)
-            elif e.get("ghost") is True:
-                e["ghost"] = gid_of[(e["sb"], e["root"])]
 
-    # 5. processes (fds by kind: engine/fdtable.py, engine/fds/)
-    fdtable = FdTable(takes)
+def _add_content(d: _Dump, batch: _Batch, mid: int, mfd: int) -> bool:
+    """Clone `mfd` of mount `mid` into the batch (True: the batch owns it now); first the files the
+    type hooks asked for by inode are looked for on it, and an empty root is only recorded."""
+    sid, root = d.archive_for[mid]
+    for want in d.plan.wanted.get(sid, ()):
+        rel = content.find_inode(mfd, want[0])
+        if rel is not None:
+            want[1](rel if root == "/" else root + rel)
+            want[3] = True
+    top = f"/proc/self/fd/{mfd}"
+    if not stat.S_ISDIR(os.fstat(mfd).st_mode):
+        # A file bind (its directory may be on no mount at all): the
+        # member holds the file alone, extracted into its directory.
+        parent, _, base = root.rpartition("/")
+        batch.add(mfd, sid, parent or "/", base)
+        return True
+    if not os.listdir(top):
+        st = os.stat(top)
+        d.superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
+                                            "uid": st.st_uid, "gid": st.st_gid}
+        return False
+    batch.add(mfd, sid, root, None)
+    return True
+
+
+def _archive_ghost(d: _Dump, mid: int, mfd: int) -> None:
+    """Archive the deleted root of mount `mid` (a clone: `mfd`) alone, as a ghost of the image."""
+    sid, root = d.ghost_for[mid]
+    name, path = d.writer.new_archive()
+    try:
+        d.files[name] = ghosts.archive_link("/proc/self/fd", str(mfd), root, path, pass_fds=(mfd,))
+    except OSError as e:
+        raise DumpError(e.errno or errno.EIO, f"mount {mid} "
+                        f"({d.mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
+    st = os.fstat(mfd)
+    d.ghosts_doc[f"g-{len(d.ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
+                                              "member": "sb-0", "only": root.rsplit("/", 1)[1],
+                                              "inode": f"{st.st_dev}:{st.st_ino}"}
+
+
+def _name_ghosts(d: _Dump) -> None:
+    """Each mount on a deleted root names its ghost (an external one binds the host path instead)."""
+    gid_of = {(g["sb"], g["path"]): gid for gid, g in d.ghosts_doc.items()}
+    for e in d.all_mounts():
+        if e.get("ghost") is True and e["external"]:
+            del e["ghost"]   # (declared external: restore binds the host path given for it)
+        elif e.get("ghost") is True:
+            e["ghost"] = gid_of[(e["sb"], e["root"])]
+
+
+def _collect_processes(d: _Dump) -> None:
+    """Each process: namespaces, root, cwd and fds by kind (engine/fdtable.py, engine/fds/); the
+    hostname of each UTS namespace; then the detached mounts their roots, cwds and fds lie on."""
+    from engine import detached
+    fdtable = FdTable(d.takes)
     map_unplaced: list = []
     try:
-        procs_doc = _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable,
-                               (mntns_doc, superblocks, ghosts_doc, writer, files, linked_names), ext_files or {},
-                               map_unplaced)
-        fdtable.finish(procs_doc)
+        d.procs_doc = placement.processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,
+                                          (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files,
+                                           d.linked_names), d.ext_files, map_unplaced)
+        fdtable.finish(d.procs_doc)
     except FdError as e:
         fdtable.release()
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:
         fdtable.close()
-    unplaced = [(loc, p["pid"], link) for p in procs_doc for loc, link in _unplaced_of(p)] + fdtable.unplaced
-    uts_names: dict[str, str] = {}
-    for p in procs_doc:
+    unplaced = [(loc, p["pid"], link) for p in d.procs_doc for loc, link in placement.unplaced_of(p)] + fdtable.unplaced
+    for p in d.procs_doc:
         uts = p["ns"]["uts"]
-        if uts not in uts_names and "uts" not in p["host_ns"]:
-            uts_names[uts] = _hostname_of(p["pid"])
+        if uts not in d.uts_names and "uts" not in p["host_ns"]:
+            d.uts_names[uts] = _hostname_of(p["pid"])
 
-    for g in ghosts_doc.values():
+    for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     try:
-        detached_doc = _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files)
-        _plan_mapped_detached(map_unplaced, detached_doc, procs_doc,
-                              lambda items: _plan_detached(items, superblocks, sb_of_dev, ns_data, by_mntns,
-                                                           mounts_by_id, writer, files))
+        d.detached_doc = detached.plan(unplaced, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
+                                        d.mounts_by_id, d.writer, d.files)
+        _plan_mapped_detached(map_unplaced, d.detached_doc, d.procs_doc,
+                              lambda items: detached.plan(items, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
+                                                          d.mounts_by_id, d.writer, d.files))
     finally:
         fdtable.release()
+    d.objects = fdtable.objects
 
+
+def _plan_mapped_detached(items: list, detached_doc: dict, procs_doc: list, plan) -> None:
+    """The detached mounts that only mappings keep alive (a daemon maps a file of a mount lazily
+    unmounted since), planned one by one with `plan` (detached.plan) into `detached_doc`. A mount
+    that cannot be (one of a namespace outside the tree the file's path no longer reaches: a program
+    that unshared without exec maps its libraries so) is left out with its mappings, as before: a
+    mapping alone is no reason to refuse the tree."""
+    by_mnt: dict[int, list] = {}
+    for item in items:
+        by_mnt.setdefault(item[0]["mnt"], []).append(item)
+    dropped = set()
+    for mnt, group in sorted(by_mnt.items()):
+        if str(mnt) in detached_doc:
+            continue
+        try:
+            detached_doc.update(plan(group))
+        except DumpError:
+            dropped.add(mnt)
+    if dropped:
+        for p in procs_doc:
+            p["maps"] = [m for m in p["maps"] if not (m.get("detached") and m["mnt"] in dropped)]
+
+
+def _manifest(d: _Dump) -> dict:
+    """The image document the steps filled."""
     doc = {
         "kernel": os.uname().release,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "superblocks": superblocks, "mntns": mntns_doc, "pidns": pidns_doc, "processes": procs_doc,
-        "hostnames": uts_names, "detached": detached_doc, "files": files, "ghosts": ghosts_doc,
+        "superblocks": d.superblocks, "mntns": d.mntns_doc, "pidns": d.pidns_doc, "processes": d.procs_doc,
+        "hostnames": d.uts_names, "detached": d.detached_doc, "files": d.files, "ghosts": d.ghosts_doc,
     }
-    if fdtable.objects:
-        doc["objects"] = fdtable.objects
-    if users["userns"]:
-        doc["userns"] = users["userns"]
+    if d.objects:
+        doc["objects"] = d.objects
+    if d.users["userns"]:
+        doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's
     # dbus-daemon, a zdtm test after setuid, bwrap's monitor) keeps them (its stand-in takes them last).
-    for p in procs_doc:
-        p.update(users["proc"].get(p["pid"], {}))
+    for p in d.procs_doc:
+        p.update(d.users["proc"].get(p["pid"], {}))
     return doc
-
-
-def _unplaced_of(p: dict):
-    """(location, /proc link relative to the pid) of each of p's root, cwd and fds on a detached mount."""
-    for key in ("root", "cwd"):
-        if p[key].get("detached"):
-            yield p[key], key
-    for f in p["fds"]:
-        if f.get("detached"):
-            yield f, f"fd/{f['fd']}"
-
-
-def _processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
-               map_unplaced: list) -> list[dict]:
-    """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files.
-    fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only; mappings on
-    detached mounts are added to `map_unplaced` (_place_maps)."""
-    procs_doc = []
-    used_files: set[str] = set()
-    for pid, ppid in tree:
-        ino = ns_of[pid]["mnt"]
-        pdata = ns_data[ino]["procs"][pid]
-        entry = {
-            "pid": pid, "ppid": ppid,
-            "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
-            "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
-            "fds": [],
-        }
-        for key in ("root", "cwd"):
-            entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)
-        for f in pdata["fds"]:
-            if f["target"] in ext_files:
-                entry["fds"].append({"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
-                                     "type": "dir" if stat.S_ISDIR(f["mode"]) else "file",
-                                     "external": ext_files[f["target"]]})
-                used_files.add(f["target"])
-                continue
-            fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: _place(
-                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"],
-                [(next(iter(d["procs"])), d["mounts"]) for other, d in ns_data.items() if other != ino and d["procs"]])
-            if fd_entry.pop("placed"):
-                fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
-            entry["fds"].append(fd_entry)
-        entry["maps"] = _place_maps(pid, pdata["maps"], mounts_by_id, ghost_ctx, map_unplaced)
-        if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
-            entry["exe"] = _place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
-        procs_doc.append(entry)
-    _hook(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
-    return procs_doc
-
-
-def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: list) -> list[dict]:
-    """Where each file process `pid` maps lies (engine/mappings.py): on a mount of the tree (a file
-    unlinked since as a ghost, when its filesystem's files are dumped: CRIU keeps a deleted library
-    so), or on a mount in no dumped namespace (a lazily unmounted mount the mapping keeps alive: its
-    location is added to `unplaced` as (loc, pid, link), for _plan_detached). Left out: anonymous
-    shared memory and memfds, deleted files restore could not make again (nothing of the mount
-    state depends on them)."""
-    mntns_doc, superblocks = ghost_ctx[0], ghost_ctx[1]
-    out = []
-    for path, mnt, link, visible in maps:
-        deleted = path.endswith(ghosts.DELETED_FD)
-        if mnt not in mounts_by_id and visible is not None:
-            mnt = visible   # (a mount of a namespace outside the tree: mapped from the one its path reaches)
-        m = mounts_by_id.get(mnt)
-        if m is None:
-            if not deleted:
-                loc = {"mnt": mnt, "path": path, "detached": True}
-                unplaced.append((loc, pid, link))
-                out.append(loc)
-            continue
-        if not deleted:
-            out.append(_place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping"))
-            continue
-        target = path[: -len(ghosts.DELETED_FD)]
-        sb = superblocks[mntns_sb(mntns_doc, mnt)]
-        try:
-            st = os.stat(f"/proc/{pid}/{link}")
-        except OSError:
-            continue
-        if sb["external"] or not fs.holds_ghosts(sb["fstype"]) or not stat.S_ISREG(st.st_mode) \
-                or (st.st_nlink and fs.lookup(sb["fstype"]).content) \
-                or not is_beneath(target, m.mountpoint):
-            continue
-        loc = _place({"abs": target, "mnt": mnt}, mounts_by_id, pid, "mapping")
-        loc["ghost"] = _fd_ghost(pid, link, target, m, *ghost_ctx)
-        out.append(loc)
-    # once each (two copies of one path may lead to one mount: a stand-in's own library and the one
-    # it maps for the process)
-    return list({(loc["mnt"], loc["path"], bool(loc.get("detached"))): loc for loc in out}.values())
-
-
-def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:
-    """Where a process's root or cwd lies: mount and path, and its ghost if it was removed."""
-    ghost = None
-    if loc["abs"].endswith(ghosts.DELETED_FD):
-        target = loc["abs"][: -len(ghosts.DELETED_FD)]
-        m = mounts_by_id.get(loc["mnt"])
-        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
-            # A directory removed while it was the cwd (or root): always empty.
-            ghost = _fd_ghost(pid, key, target, m, *ghost_ctx)
-        loc = {"abs": target, "mnt": loc["mnt"]}
-    placed = _place(loc, mounts_by_id, pid, key)
-    if ghost is not None:
-        placed["ghost"] = ghost
-    return placed
-
-
-def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
-    """Where an fd on a file (of a placed kind) lies: mount and path, ghost or outside when so."""
-    target = f["target"]
-    ghost = None
-    if target.endswith(ghosts.DELETED_FD):
-        target = target[: -len(ghosts.DELETED_FD)]
-        m = mounts_by_id.get(f["mnt_id"])
-        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
-            # Not the (deleted) root of its mount: a file unlinked while open.
-            ghost = _fd_ghost(pid, f"fd/{f['fd']}", target, m, *ghost_ctx)
-    # Opened through a mount outside the dumped namespaces, but reachable at the same path
-    # here: restored on that visible mount (the outside mount itself cannot be recreated).
-    outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
-    loc = _place({"abs": target, "mnt": f["visible_mnt"] if outside else f["mnt_id"]},
-                 mounts_by_id, pid, f"fd {f['fd']}")
-    if outside:
-        loc["outside"] = True
-    if ghost is not None:
-        loc["ghost"] = ghost
-    return loc
 
 
 def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = None) -> None:
@@ -1394,205 +926,6 @@ def _check_sharing(mntns_doc: dict, superblocks: dict, ns_pid: dict | None = Non
                             "private before the dump")
 
 
-def _want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan) -> dict[str, str]:
-    """For each file a process holds open under a deleted name while it still has another name on
-    a filesystem whose files are archived, ask the archiving step for that other name; returns the
-    dict it fills: "dev:ino" -> the name's path in its superblock (see _fd_ghost)."""
-    found: dict[str, str] = {}
-    for data in ns_data.values():
-        for pid, pdata in data["procs"].items():
-            for f in pdata["fds"]:
-                m = mounts_by_id.get(f.get("mnt_id"))
-                if m is None or not f["target"].endswith(ghosts.DELETED_FD) or not stat.S_ISREG(f["mode"]):
-                    continue
-                try:
-                    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
-                except OSError:
-                    continue
-                sid = mntns_sb(mntns_doc, m.mnt_id)
-                handler = fs.lookup(superblocks[sid]["fstype"])
-                if not st.st_nlink or superblocks[sid]["external"] or handler is None or not handler.content:
-                    continue
-                key = f"{st.st_dev}:{st.st_ino}"
-                if key not in found:
-                    found[key] = ""
-                    plan.want_file(sid, st.st_ino, lambda path, key=key: found.__setitem__(key, path),
-                                   f"process {pid} fd {f['fd']} ({f['target']}): a deleted name of a file "
-                                   f"that has {st.st_nlink} other name(s), none of them on a mount of the tree "
-                                   "whose files are dumped")
-    return found
-
-
-def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files, linked_names=None) -> str:
-    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it
-    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root").
-
-    Like CRIU's link-remap: a file open under several deleted names keeps them all (restore links
-    it there again while it reopens the fds, `links`); a deleted name of a file that still has
-    another name archives nothing of its own (`linked`: restore links that name there again)."""
-    where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
-    sid = None if m is None else mntns_sb(mntns_doc, m.mnt_id)
-    sb = None if m is None else superblocks[sid]
-    st = None if m is None else os.stat(f"/proc/{pid}/{link}")
-    _hook(mountrules.deleted_file, where, sb, st and st.st_mode)   # (also asked before the stop)
-    key = f"{st.st_dev}:{st.st_ino}"
-    # A type that makes ghosts through its mounts shows another inode's link count (overlay: the
-    # layer's, which still has its name beneath the whiteout): the "(deleted)" name is what counts.
-    nlink = 0 if not fs.lookup(sb["fstype"]).content else st.st_nlink
-    linked = (linked_names or {}).get(key) if nlink else None
-    if nlink and not linked:
-        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
-                                          "no mount of the tree whose files are dumped reaches")
-    m_root = ghosts.split_root(m.root)[0]
-    rel = rel_to(path, m.mountpoint)
-    sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
-    for gid, g in ghosts_doc.items():
-        if g.get("inode") == key:
-            links = g.setdefault("links", [])
-            if g["path"] != sb_path and sb_path not in links:
-                # Restore reopens every fd through its own name on its own mount: another unlinked
-                # name of the same file is linked there too (CRIU's mntns_link_remap).
-                if stat.S_ISDIR(st.st_mode) or len(links) >= imageformat.MAX_GHOST_LINKS:
-                    raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
-                                                      f"{g['path']} of its filesystem (too many names)")
-                links.append(sb_path)
-            if not links:
-                del g["links"]
-            return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
-    gid = f"g-{len(ghosts_doc)}"
-    if linked:
-        ghosts_doc[gid] = {"sb": sid, "path": sb_path, "linked": linked, "inode": key}
-        return gid
-    name, out = writer.new_archive()
-    try:
-        d, _, entry = f"/proc/{pid}/{link}".rpartition("/")
-        files[name] = ghosts.archive_link(d, entry, sb_path, out)
-    except OSError as e:
-        raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
-    ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",
-                       "only": sb_path.rsplit("/", 1)[1], "inode": key}
-    return gid
-
-
-def _plan_detached(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
-    """Describe each detached mount that a process holds a file or cwd on (see engine/detached.py)."""
-    from engine import detached
-    by_mnt: dict[int, list[tuple[dict, int, str]]] = {}
-    for item in unplaced:
-        by_mnt.setdefault(item[0]["mnt"], []).append(item)
-    out: dict[str, dict] = {}
-
-    ns_of_mount = {m.mnt_id: ino for ino, data in ns_data.items() for m in data["mounts"]}
-
-    def clone_of(m) -> int | None:
-        """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
-        ino = ns_of_mount[m.mnt_id]
-        return _clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
-
-    anchors: list[int] = []
-    beyond: list[tuple[str, str, int, str]] = []
-    try:
-        for mnt, items in sorted(by_mnt.items()):
-            loc0, pid0, link0 = items[0]
-            # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
-            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on mount {mnt}, in no dumped namespace"
-            try:
-                facts = [(detached.probe(pid, link), loc["path"]) for loc, pid, link in items]
-                f0 = facts[0][0]
-                sid, dev = sb_of_dev.get(f0["dev"]), f0["dev"]
-                if sid is None:
-                    # Files may show another device than the mounts of their superblock (a subvolume's
-                    # own anonymous device): the superblock whose mount opens the file's handle as it.
-                    sid, dev = detached.sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
-                if sid is not None:
-                    candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),
-                                        key=lambda m: (len(m.root), m.mnt_id))
-                    found = detached.root_via_visible(f0, facts[0][1], candidates, clone_of)
-                    if found is None and superblocks[sid]["external"]:
-                        # Restore reaches an external filesystem only through its external mounts: a
-                        # file beside them (a host log the runtime gave as stdout) cannot be reopened.
-                        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
-                                                          f"reaches the file; {_external_file_hint(loc0['path'])}")
-                    if found is not None:
-                        vis, root_on_v = found
-                        vroot = mounts_by_id[vis].root
-                        root = vroot if root_on_v == "/" else (root_on_v if vroot == "/" else vroot + root_on_v)
-                    else:
-                        d_fd, d_path = detached.anchor(f0, candidates, clone_of)
-                        anchors.append(d_fd)
-                        root = detached.locate_outside(f0, facts[0][1], d_fd, d_path)
-                        if fs.lookup(superblocks[sid]["fstype"]).content:
-                            beyond.append((sid, root, d_fd, d_path))
-                else:
-                    found_type = fs.by_magic(f0["magic"])
-                    if found_type is None:
-                        raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                                          f"visible (only a detached {fs.content_names()} can be "
-                                                          f"dumped whole); {_external_file_hint(loc0['path'])}")
-                    sid = f"sb-{len(superblocks)}"
-                    name, path = writer.new_archive()
-                    files[name] = detached.archive_invisible(facts, path)
-                    superblocks[sid] = {"fstype": found_type.name, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
-                                        "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
-                    root = "/"
-            except DumpError:
-                raise
-            except OSError as e:
-                hint = f"; {_external_file_hint(loc0['path'])}" if link0.startswith("fd/") else ""
-                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}") from None
-            out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
-                             "mountpoint": "(detached)"}
-        _archive_beyond(beyond, superblocks, writer, files)
-    finally:
-        for fd in anchors:
-            os.close(fd)
-    return out
-
-
-def _plan_mapped_detached(items: list, detached_doc: dict, procs_doc: list, plan) -> None:
-    """The detached mounts that only mappings keep alive (a daemon maps a file of a mount lazily
-    unmounted since), planned one by one with `plan` (_plan_detached) into `detached_doc`. A mount
-    that cannot be (one of a namespace outside the tree the file's path no longer reaches: a program
-    that unshared without exec maps its libraries so) is left out with its mappings, as before: a
-    mapping alone is no reason to refuse the tree."""
-    by_mnt: dict[int, list] = {}
-    for item in items:
-        by_mnt.setdefault(item[0]["mnt"], []).append(item)
-    dropped = set()
-    for mnt, group in sorted(by_mnt.items()):
-        if str(mnt) in detached_doc:
-            continue
-        try:
-            detached_doc.update(plan(group))
-        except DumpError:
-            dropped.add(mnt)
-    if dropped:
-        for p in procs_doc:
-            p["maps"] = [m for m in p["maps"] if not (m.get("detached") and m["mnt"] in dropped)]
-
-
-def _archive_beyond(beyond, superblocks, writer, files) -> None:
-    """Archive what only detached mounts reach of a content superblock: each widest detached root
-    (sb id, root, anchor fd, anchor path) not already archived, minus the archived roots inside it."""
-    done: dict[str, list[str]] = {}
-    for sid, root, d_fd, d_path in sorted(beyond, key=lambda b: (b[0], len(b[1]), b[1])):
-        sb = superblocks[sid]
-        covered = [a["root"] for a in sb["archives"] if "only" not in a] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
-        if any(is_beneath(root, c) for c in covered + done.get(sid, [])):
-            continue
-        rel = rel_to(root, d_path)
-        r_fd = d_fd if not rel else kernel.openat2(d_fd, rel, os.O_PATH | os.O_DIRECTORY,
-                                                   kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_XDEV)
-        try:
-            name, path = writer.new_archive()
-            files[name] = content.archive_dir(r_fd, path, [rel_to(c, root) for c in covered if is_beneath(c, root)])
-        finally:
-            if r_fd != d_fd:
-                os.close(r_fd)
-        sb["archives"].append({"file": name, "member": "sb-0", "root": root})
-        done.setdefault(sid, []).append(root)
-
-
 def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
     """(pid in its own pid namespace, start time) of the process at /proc/PID (`piddir`); None for a
     zombie (its namespace links are gone, so no pid-bound superblock can be matched through it)."""
@@ -1606,25 +939,3 @@ def _pid_identity(piddir: str) -> tuple[int, bytes] | None:
         nspid = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
     return int(nspid), fields[19]
 
-
-def mntns_sb(mntns_doc: dict, mid: int) -> str:
-    """The superblock id of mount `mid`."""
-    for ns in mntns_doc.values():
-        for e in ns["mounts"]:
-            if e["id"] == mid:
-                return e["sb"]
-    raise KeyError(mid)
-
-
-def _place(loc: dict, mounts_by_id: dict, pid: int, what: str) -> dict:
-    """{abs path, mnt id} -> {mnt, path relative to the mount's root}."""
-    path, mnt = loc["abs"], loc["mnt"]
-    if path.endswith(" (deleted)"):
-        raise DumpError(errno.EOPNOTSUPP, f"process {pid} {what}: {path}: deleted files are not supported yet")
-    m = mounts_by_id.get(mnt)
-    if m is None:
-        # In no dumped namespace: a lazily unmounted (detached) mount, resolved later.
-        return {"mnt": mnt, "path": path, "detached": True}
-    if not is_beneath(path, m.mountpoint):
-        raise DumpError(errno.EIO, f"process {pid} {what}: {path} is not beneath its mount's {m.mountpoint}")
-    return {"mnt": mnt, "path": "/" + rel_to(path, m.mountpoint)}

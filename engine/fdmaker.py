@@ -80,6 +80,7 @@ class FdMaker:
                 raise OSError(e.errno, f"{what}: {e.strerror or e}") from None
 
     def close(self) -> None:
+        """Close every fd made or kept so far."""
         for fd in list(self.descs.values()) + self.keep:
             try:
                 os.close(fd)

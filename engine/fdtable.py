@@ -32,7 +32,7 @@ class FdTable:
         return self._pidfds[pid]
 
     def entry(self, pid: int, f: dict, place=None, mounts=(), elsewhere=()) -> dict:
-        """The image entry of fd record `f` (from dump._inspect_ns) of process `pid`; its "placed" key
+        """The image entry of fd record `f` (from engine.nsinspect.inspect_ns) of process `pid`; its "placed" key
         says whether the caller must add the mount and path (popped by the caller). `elsewhere`:
         the tree's other mount namespaces, [(a pid in it, its mounts)]."""
         kind = fds.classify(f["target"], f["mode"])

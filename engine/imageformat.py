@@ -121,6 +121,7 @@ class Record:
 
     @property
     def required(self) -> frozenset:
+        """The names of the fields an entry must have."""
         return frozenset(k for k, f in self.fields.items() if f.required)
 
 

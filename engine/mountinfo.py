@@ -103,6 +103,7 @@ class Mount:
 
     @property
     def readonly(self) -> bool:
+        """Whether the mount itself is read-only (its per-mount "ro")."""
         return "ro" in self.mount_opts
 
     def super_opt(self, name: str) -> str | None:

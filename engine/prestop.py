@@ -73,20 +73,10 @@ class View:
         pids = self.ns_pids[ns_name]
         fd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return forkrun.run(_dump_step("run_in_copy"), fd, pids, fn, args)
+            from engine import nscopy   # (imported late: it is dump's, and dump imports this module)
+            return forkrun.run(nscopy.run_in_copy, fd, pids, fn, args)
         finally:
             os.close(fd)
-
-
-def _dump_step(name: str):
-    """Dump's helper `name` that works on a namespace copy (engine/nscopy.py where dump's steps are
-    modules of their own, else engine/dump.py's `_name`; imported late: dump imports this module)."""
-    try:
-        from engine import nscopy
-        return getattr(nscopy, name)
-    except (ImportError, AttributeError):
-        from engine import dump
-        return getattr(dump, "_" + name)
 
 
 def ns_names(pids: list[int], kinds) -> dict[tuple[str, int | None], str]:
@@ -404,7 +394,8 @@ def _open_mount(view: View, ns_name: str, e: dict) -> int | None:
             pass
         os.close(fd)
     try:
-        return _dump_step("clone_one")(pids, view.ns_mounts[ns_name], e["id"])
+        from engine import nscopy
+        return nscopy.clone_one(pids, view.ns_mounts[ns_name], e["id"])
     except (OSError, forkrun.ChildError):
         return None
 

@@ -244,103 +244,142 @@ def _await_commit(lifeline: int) -> None:
 
 
 def _serve(chan: channel.Channel) -> None:
+    """A stand-in's loop: carry out the restorer's requests (one _Server method each) and answer
+    ("ok", reply) or ("error", text); the last request, detach, never returns."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    installed: set[int] = set()
-    exe_fd = None
-    ids = None   # (uid, gid, groups) deferred to the end of detach
+    server = _Server(chan)
     while True:
         try:
-            msg, fds = chan.recv()
+            msg, fds = server.chan.recv()
         except (channel.ChannelClosed, ConnectionError):
             os._exit(1)
-        op = msg[0]
+        fds = list(fds)
         try:
-            if op == "spawn":
-                _, mode = msg
-                sock_fd = fds[0]
-                pid = spawn(mode, fds[1] if len(fds) > 1 else None, sock_fd)
-                reply = pid
-            elif op == "spawn_in_userns":
-                _, mode = msg
-                pid = spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1])
-                reply = pid
-            elif op == "ns":
-                _, kind, action, hostname = msg
-                if action == "new":
-                    kernel.unshare(NS_FLAGS[kind])
-                elif action == "join":
-                    kernel.setns(fds[0], NS_FLAGS[kind])
-                if hostname is not None:
-                    _socket.sethostname(hostname)
-                reply = None
-            elif op == "fsmount":
-                _, fstype, source, params, attr = msg
-                mfd = fsmount(fstype, source, params, attr)
-                chan.send(("ok", None), [mfd])
-                os.close(mfd)
-                for fd in fds:
-                    os.close(fd)
+            handler = getattr(server, f"op_{msg[0]}", None)
+            if handler is None:
+                raise OSError(f"unknown stand-in request {msg[0]!r}")
+            reply = handler(msg, fds)
+            if reply is _ANSWERED:
                 continue
-            elif op == "enter":
-                ns_fd, root_fd, cwd_fd = fds
-                kernel.setns(ns_fd, kernel.CLONE_NEWNS)
-                os.fchdir(root_fd)
-                os.chroot(".")
-                os.fchdir(cwd_fd)
-                reply = None
-            elif op == "fds":
-                _, items = msg
-                chan = _install_fds(chan, items, fds)
-                installed.update(n for n, _ in items)
-                fds = []
-                reply = None
-            elif op == "kind":
-                # A step of an fd kind that must run in this process (engine/fds/): its reply fds go back.
-                _, kind, fn, args = msg
-                reply, out = fdkinds.lookup(kind).standin[fn](args, fds)
-                chan.send(("ok", reply), out)
-                for fd in out:
-                    os.close(fd)
-                for fd in fds:
-                    if fd not in installed:
-                        os.close(fd)
-                continue
-            elif op == "map":
-                mappings.map_files(fds)
-                reply = None
-            elif op == "exe":
-                # The executable to become once detached (mappings.become_exe).
-                exe_fd = fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 3)   # (a free number: all fds are in)
-                installed.add(exe_fd)
-                reply = None
-            elif op == "become":
-                # Last request but detach: join the process's user namespace with its ids there.
-                _, uid, gid, groups = msg
-                if not fds and uid is not None and exe_fd is not None and mappings.can_become_exe():
-                    # Other ids in our own user namespace: taking them now would drop the privilege
-                    # setting the executable needs, so the last step of detach takes them.
-                    ids = (uid, gid, groups or [])
-                else:
-                    userns_cr.become(fds[0] if fds else None, uid, gid, groups)
-                reply = None
-            elif op == "detach":
-                # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
-                kernel.set_pdeathsig(0)
-                chan.send(("ok", None))
-                if fds:  # the root stand-in: the tree lives only once the restore commits
-                    _await_commit(fds[0])
-                _detach(installed, exe_fd, ids)
-            else:
-                raise OSError(f"unknown stand-in request {op!r}")
             for fd in fds:
-                if fd not in installed:
+                if fd not in server.installed:
                     os.close(fd)
-            chan.send(("ok", reply))
+            server.chan.send(("ok", reply))
         except OSError as e:
             for fd in fds:
                 try:
-                    if fd not in installed:
+                    if fd not in server.installed:
                         os.close(fd)
                 except OSError:
                     pass
-            chan.send(("error", str(e)))
+            server.chan.send(("error", str(e)))
+
+
+_ANSWERED = object()   # a request whose handler sent the answer (with fds) itself
+
+
+class _Server:
+    """What a stand-in keeps between requests: its channel (replaced when fds are installed over
+    its number), the fds installed, the executable to become and the ids to take at detach.
+
+    Each op_NAME(msg, fds) handles request NAME; `fds` came with it, and those not installed are
+    closed after it (a handler that consumed them all empties the list)."""
+
+    def __init__(self, chan: channel.Channel):
+        self.chan = chan
+        self.installed: set[int] = set()
+        self.exe_fd = None
+        self.ids = None   # (uid, gid, groups) deferred to the end of detach
+
+    def op_spawn(self, msg, fds):
+        """A child stand-in (its channel: fds[0]) in mode msg[1]."""
+        _, mode = msg
+        sock_fd = fds[0]
+        return spawn(mode, fds[1] if len(fds) > 1 else None, sock_fd)
+
+    def op_spawn_in_userns(self, msg, fds):
+        """A child stand-in started inside a user namespace."""
+        _, mode = msg
+        return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1])
+
+    def op_ns(self, msg, fds):
+        """A new namespace of a kind, or join fds[0]; and a hostname."""
+        _, kind, action, hostname = msg
+        if action == "new":
+            kernel.unshare(NS_FLAGS[kind])
+        elif action == "join":
+            kernel.setns(fds[0], NS_FLAGS[kind])
+        if hostname is not None:
+            _socket.sethostname(hostname)
+        return None
+
+    def op_fsmount(self, msg, fds):
+        """A new superblock made here (in our namespaces), sent back as a detached mount."""
+        _, fstype, source, params, attr = msg
+        mfd = fsmount(fstype, source, params, attr)
+        self.chan.send(("ok", None), [mfd])
+        os.close(mfd)
+        for fd in fds:
+            os.close(fd)
+        return _ANSWERED
+
+    def op_enter(self, msg, fds):
+        """Join the mount namespace fds[0], with root fds[1] and cwd fds[2]."""
+        ns_fd, root_fd, cwd_fd = fds
+        kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+        os.fchdir(root_fd)
+        os.chroot(".")
+        os.fchdir(cwd_fd)
+        return None
+
+    def op_fds(self, msg, fds):
+        """Install the process's fds at their numbers."""
+        _, items = msg
+        self.chan = _install_fds(self.chan, items, fds)
+        self.installed.update(n for n, _ in items)
+        fds.clear()
+        return None
+
+    def op_kind(self, msg, fds):
+        """A step of an fd kind that must run in this process (engine/fds/): its reply fds go back."""
+        _, kind, fn, args = msg
+        reply, out = fdkinds.lookup(kind).standin[fn](args, fds)
+        self.chan.send(("ok", reply), out)
+        for fd in out:
+            os.close(fd)
+        for fd in fds:
+            if fd not in self.installed:
+                os.close(fd)
+        return _ANSWERED
+
+    def op_map(self, msg, fds):
+        """Map the process's files."""
+        mappings.map_files(fds)
+        return None
+
+    def op_exe(self, msg, fds):
+        """The executable to become once detached (mappings.become_exe)."""
+        self.exe_fd = fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 3)   # (a free number: all fds are in)
+        self.installed.add(self.exe_fd)
+        return None
+
+    def op_become(self, msg, fds):
+        """Last request but detach: join the process's user namespace with its ids there."""
+        _, uid, gid, groups = msg
+        if not fds and uid is not None and self.exe_fd is not None and mappings.can_become_exe():
+            # Other ids in our own user namespace: taking them now would drop the privilege
+            # setting the executable needs, so the last step of detach takes them.
+            self.ids = (uid, gid, groups or [])
+        else:
+            userns_cr.become(fds[0] if fds else None, uid, gid, groups)
+        return None
+
+    def op_detach(self, msg, fds):
+        """Become the process: answer, wait for the commit (the root stand-in), close the rest."""
+        # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
+        kernel.set_pdeathsig(0)
+        self.chan.send(("ok", None))
+        if fds:  # the root stand-in: the tree lives only once the restore commits
+            _await_commit(fds[0])
+        _detach(self.installed, self.exe_fd, self.ids)
+        return None

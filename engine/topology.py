@@ -241,87 +241,127 @@ def canonical(mounts) -> Canonical:
     the text describes the tree completely.
     """
     tree = mounts if isinstance(mounts, Tree) else Tree(mounts)
-    # Bottom-up subtree hashes: children are hashed before their parent.
+    sub = _subtree_hashes(tree)
+    color = _tie_colors(tree, sub)
+
+    def sibling_key(m: Mount):
+        return (_own_key(m), sub[m.mnt_id], color[m.mnt_id] if color else b"")
+
+    namer = _Namer()
+    order, lines = _walk(tree, sibling_key, namer)
+    keys = {m.mnt_id: sibling_key(m) for m in tree.mounts}
+    return Canonical(text="".join("  " * d + lines[m.mnt_id] + "\n" for m, d in order),
+                     order=[m for m, _ in order], labels=_labels([m for m, _ in order]), lines=lines,
+                     group_names=namer.group_names, sb_names=namer.sb_names, tree=tree, keys=keys)
+
+
+def _subtree_hashes(tree: Tree) -> dict[int, bytes]:
+    """Bottom-up subtree hashes: children are hashed before their parent."""
     sub: dict[int, bytes] = {}
     for m in reversed(tree.order):
         sub[m.mnt_id] = _h((_own_key(m), sorted(sub[c.mnt_id] for c in tree.children[m.mnt_id])))
+    return sub
 
-    def sibling_key(m: Mount, color=None):
-        return (_own_key(m), sub[m.mnt_id], color[m.mnt_id] if color else b"")
 
+def _tie_colors(tree: Tree, sub: dict[int, bytes]) -> dict[int, bytes] | None:
+    """Where siblings have equal subtrees: colours that tell them apart by their ties to the rest
+    (None when no siblings are alike)."""
     sibling_lists = [tree.roots] + [k for k in tree.children.values() if len(k) > 1]
-    tied = any(len({sub[m.mnt_id] for m in sibs}) < len(sibs) for sibs in sibling_lists)
-    color = None
-    if tied:
-        # Start from the position in the tree (own subtree plus the path of
-        # ancestors' subtrees), then let group and superblock ties split it.
-        pos: dict[int, bytes] = {}
-        for m in tree.order:
-            parent = tree.parent(m)
-            pos[m.mnt_id] = _h((pos[parent.mnt_id] if parent else b"", sub[m.mnt_id]))
-        color = _refine(tree, pos)
+    if not any(len({sub[m.mnt_id] for m in sibs}) < len(sibs) for sibs in sibling_lists):
+        return None
+    # Start from the position in the tree (own subtree plus the path of
+    # ancestors' subtrees), then let group and superblock ties split it.
+    pos: dict[int, bytes] = {}
+    for m in tree.order:
+        parent = tree.parent(m)
+        pos[m.mnt_id] = _h((pos[parent.mnt_id] if parent else b"", sub[m.mnt_id]))
+    return _refine(tree, pos)
 
-    group_names: dict[int, str] = {}
-    sb_names: dict[tuple[int, int], str] = {}
-    named: dict[tuple, int] = {}  # ("g", gid) / ("s", dev) -> rank of its name
-    waiting: dict[tuple, list] = {}  # unnamed ref -> tied candidates whose greedy key it lowers
-    unnamed = 1 << 62
 
+class _Namer:
+    """Names peer groups P1.. and superblocks S1.. by first appearance in the walk, and tells the
+    tied runs waiting on a name that their candidates' greedy keys changed."""
+
+    UNNAMED = 1 << 62
+
+    def __init__(self):
+        self.group_names: dict[int, str] = {}
+        self.sb_names: dict[tuple[int, int], str] = {}
+        self.named: dict[tuple, int] = {}  # ("g", gid) / ("s", dev) -> rank of its name
+        self.waiting: dict[tuple, list] = {}  # unnamed ref -> tied candidates whose greedy key it lowers
+
+    @staticmethod
     def refs(m: Mount) -> tuple:
+        """The peer groups and superblock mount `m` is tied to."""
         return (("g", m.shared), ("g", m.master), ("g", m.propagate_from), ("s", (m.major, m.minor)))
 
-    def greedy_key(m: Mount) -> tuple:
-        return tuple(-1 if r[1] is None else named.get(r, unnamed) for r in refs(m))
+    def greedy_key(self, m: Mount) -> tuple:
+        """The ranks of m's groups and superblock names (unnamed last): lower is taken first."""
+        return tuple(-1 if r[1] is None else self.named.get(r, self.UNNAMED) for r in self.refs(m))
 
-    class _Tied:
-        """Siblings no key tells apart: picked one at a time, each time the one whose peer
-        groups / superblock already have the earliest names (so partners follow each other)."""
-
-        def __init__(self, run: list[Mount]):
-            self.left = len(run)
-            self.done: set[int] = set()
-            self.by_id = {m.mnt_id: m for m in run}
-            self.seq = {m.mnt_id: i for i, m in enumerate(run)}
-            self.heap = [(greedy_key(m), i, m.mnt_id) for i, m in enumerate(run)]
-            heapq.heapify(self.heap)
-            for m in run:
-                for r in refs(m):
-                    if r[1] is not None and r not in named:
-                        waiting.setdefault(r, []).append((self, m))
-
-        def pop(self) -> Mount:
-            while True:
-                key, _, mid = heapq.heappop(self.heap)
-                m = self.by_id[mid]
-                if mid in self.done or key != greedy_key(m):
-                    continue  # stale: a fresher entry was pushed when a name was given
-                self.done.add(mid)
-                self.left -= 1
-                return m
-
-    def give_name(r: tuple, names: dict, prefix: str) -> str:
+    def give_name(self, r: tuple, names: dict, prefix: str) -> str:
+        """The name of ref `r` in `names`, given now if it has none (and the waiting runs told)."""
         if r[1] not in names:
             names[r[1]] = f"{prefix}{len(names) + 1}"
-            named[r] = len(names)
-            for tied, m in waiting.pop(r, ()):
+            self.named[r] = len(names)
+            for tied, m in self.waiting.pop(r, ()):
                 if m.mnt_id not in tied.done:
-                    heapq.heappush(tied.heap, (greedy_key(m), tied.seq[m.mnt_id], m.mnt_id))
+                    heapq.heappush(tied.heap, (self.greedy_key(m), tied.seq[m.mnt_id], m.mnt_id))
         return names[r[1]]
 
+    def sb(self, m: Mount) -> str:
+        """The name of m's superblock."""
+        return self.give_name(("s", (m.major, m.minor)), self.sb_names, "S")
+
+    def group(self, g: int) -> str:
+        """The name of peer group `g`."""
+        return self.give_name(("g", g), self.group_names, "P")
+
+
+class _Tied:
+    """Siblings no key tells apart: picked one at a time, each time the one whose peer
+    groups / superblock already have the earliest names (so partners follow each other)."""
+
+    def __init__(self, run: list[Mount], namer: _Namer):
+        self.namer = namer
+        self.left = len(run)
+        self.done: set[int] = set()
+        self.by_id = {m.mnt_id: m for m in run}
+        self.seq = {m.mnt_id: i for i, m in enumerate(run)}
+        self.heap = [(namer.greedy_key(m), i, m.mnt_id) for i, m in enumerate(run)]
+        heapq.heapify(self.heap)
+        for m in run:
+            for r in namer.refs(m):
+                if r[1] is not None and r not in namer.named:
+                    namer.waiting.setdefault(r, []).append((self, m))
+
+    def pop(self) -> Mount:
+        """The next sibling to walk."""
+        while True:
+            key, _, mid = heapq.heappop(self.heap)
+            m = self.by_id[mid]
+            if mid in self.done or key != self.namer.greedy_key(m):
+                continue  # stale: a fresher entry was pushed when a name was given
+            self.done.add(mid)
+            self.left -= 1
+            return m
+
+
+def _walk(tree: Tree, sibling_key, namer: _Namer) -> tuple[list[tuple[Mount, int]], dict[int, str]]:
+    """Walk the tree depth first, siblings in canonical order: [(mount, depth)] and each mount's
+    line (groups and superblocks named as they are met)."""
+
     def frame(siblings: list[Mount]) -> list:
-        ordered = sorted(siblings, key=lambda m: sibling_key(m, color))
+        ordered = sorted(siblings, key=sibling_key)
         runs: list = []
-        for _, grp in itertools.groupby(ordered, key=lambda m: sibling_key(m, color)):
+        for _, grp in itertools.groupby(ordered, key=sibling_key):
             run = list(grp)
-            runs.append(run[0] if len(run) == 1 else _Tied(run))
+            runs.append(run[0] if len(run) == 1 else _Tied(run, namer))
         runs.reverse()
         return runs
 
-    order: list[Mount] = []
-    depth: dict[int, int] = {}
+    order: list[tuple[Mount, int]] = []
     lines: dict[int, str] = {}
-    out = []
-    mp_count: dict[str, int] = {}
     stack = [(frame(tree.roots), 0)]
     while stack:
         runs, d = stack[-1]
@@ -335,18 +375,22 @@ def canonical(mounts) -> Canonical:
                 runs.pop()
         else:
             m = runs.pop()
-        order.append(m)
-        depth[m.mnt_id] = d
-        mp_count[m.mountpoint] = mp_count.get(m.mountpoint, 0) + 1
-        sb = give_name(("s", (m.major, m.minor)), sb_names, "S")
-        prop = optional_fields(m, lambda g: give_name(("g", g), group_names, "P"))
-        line = (f"{escape(m.mountpoint)} root={escape(m.root)} type={escape(m.fstype)} "
-                f"source={escape(m.source)} opts={','.join(m.mount_opts)} sb={sb} "
-                f"sbopts={','.join(m.super_opts)} prop={' '.join(prop) or 'private'}")
-        lines[m.mnt_id] = line
-        out.append("  " * d + line)
+        order.append((m, d))
+        sb = namer.sb(m)
+        prop = optional_fields(m, namer.group)
+        lines[m.mnt_id] = (f"{escape(m.mountpoint)} root={escape(m.root)} type={escape(m.fstype)} "
+                           f"source={escape(m.source)} opts={','.join(m.mount_opts)} sb={sb} "
+                           f"sbopts={','.join(m.super_opts)} prop={' '.join(prop) or 'private'}")
         if tree.children[m.mnt_id]:
             stack.append((frame(tree.children[m.mnt_id]), d + 1))
+    return order, lines
+
+
+def _labels(order: list[Mount]) -> dict[int, str]:
+    """Each mount's label: its mount point, numbered (#1, #2...) in walk order where several share it."""
+    mp_count: dict[str, int] = {}
+    for m in order:
+        mp_count[m.mountpoint] = mp_count.get(m.mountpoint, 0) + 1
     seen: dict[str, int] = {}
     labels: dict[int, str] = {}
     for m in order:
@@ -356,9 +400,7 @@ def canonical(mounts) -> Canonical:
         else:
             seen[base] = seen.get(base, 0) + 1
             labels[m.mnt_id] = f"{base}#{seen[base]}"
-    keys = {m.mnt_id: sibling_key(m, color) for m in tree.mounts}
-    return Canonical(text="".join(line + "\n" for line in out), order=order, labels=labels, lines=lines,
-                     group_names=group_names, sb_names=sb_names, tree=tree, keys=keys)
+    return labels
 
 
 # --- rendering ----------------------------------------------------------------
@@ -556,96 +598,17 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
     na, nb = names
     if ca.text == cb.text:
         return True, f"equal: {na} and {nb} have the same mount tree ({len(ca.order)} mounts)\n"
-    pairs = _match(ca, cb)
-    back = {v: k for k, v in pairs.items()}
-    ta, tb = ca.tree, cb.tree
-    cache: dict = {}
-    changes = {x: _attr_changes(ta.by_id[x], tb.by_id[y], ca, cb, pairs, back, cache) for x, y in pairs.items()}
-    only_a = [m for m in ca.order if m.mnt_id not in pairs]
-    only_b = [m for m in cb.order if m.mnt_id not in back]
-    changed = [x for x, ch in changes.items() if ch]
-
-    # Nodes: ("p", a_id) paired, ("a", a_id) only in A, ("b", b_id) only in B.
-    a_rank = {m.mnt_id: i for i, m in enumerate(ca.order)}
-    b_rank = {m.mnt_id: i for i, m in enumerate(cb.order)}
-
-    def kids(node):
-        kind, i = node
-        out = []
-        if kind in ("p", "a"):
-            for c in ta.children[i]:
-                out.append(("p" if c.mnt_id in pairs else "a", c.mnt_id))
-        if kind in ("p", "b"):
-            j = pairs[i] if kind == "p" else i
-            out.extend(("b", c.mnt_id) for c in tb.children[j] if c.mnt_id not in back)
-        return sorted(out, key=lambda n: (n[0] == "b", a_rank[n[1]] if n[0] != "b" else b_rank[n[1]]))
-
-    # Which nodes have a difference at or below them (to fold the rest).
-    dirty: set = set()
-    roots = [("p" if m.mnt_id in pairs else "a", m.mnt_id) for m in ta.roots] + \
-            [("b", m.mnt_id) for m in tb.roots if m.mnt_id not in back]
-    roots.sort(key=lambda n: (n[0] == "b", a_rank[n[1]] if n[0] != "b" else b_rank[n[1]]))
-    post = []
-    stack = list(roots)
-    while stack:
-        n = stack.pop()
-        post.append(n)
-        stack.extend(kids(n))
-    for n in reversed(post):
-        if n[0] != "p" or changes[n[1]] or any(k in dirty for k in kids(n)):
-            dirty.add(n)
-
-    rows = [["", "TARGET", "SOURCE FSTYPE OPTIONS PROPAGATION"]]
-    details: dict[int, list[str]] = {}
-    folds: dict[tuple, int] = {}
-
-    def count_below(n):
-        total, st = 0, list(kids(n))
-        while st:
-            k = st.pop()
-            total += 1
-            st.extend(kids(k))
-        return total
-
-    def children_of(n):
-        # Unchanged subtrees show only their top mount; many unchanged siblings of a
-        # change shrink to one "... unchanged" line.
-        if n[0] == "fold" or n not in dirty:
-            return []
-        ks = kids(n)
-        clean = [k for k in ks if k not in dirty]
-        if len(clean) <= _MAX_CLEAN_SIBLINGS:
-            return ks
-        fold = ("fold", n)
-        folds[fold] = len(clean) + sum(count_below(k) for k in clean)
-        return [k for k in ks if k in dirty] + [fold]
-
-    for n, prefix in _tree_walk(roots, children_of):
-        kind, i = n
-        if kind == "fold":
-            rows.append(["", prefix + f"... {folds[n]} unchanged mounts", ""])
-            continue
-        if kind == "b":
-            m = tb.by_id[i]
-            rows.append(["+", prefix + escape(m.mountpoint), _summary(m, cb) + "  (only in B)"])
-            continue
-        m = ta.by_id[i]
-        if kind == "a":
-            rows.append(["-", prefix + escape(m.mountpoint), _summary(m, ca) + "  (only in A)"])
-            continue
-        mark = "!" if changes[i] else " "
-        note = ""
-        if n not in dirty and kids(n):
-            note = f"  ({count_below(n)} unchanged below)"
-        rows.append([mark, prefix + escape(m.mountpoint), _summary(m, ca) + note])
-        if changes[i]:
-            details[len(rows) - 1] = changes[i]
+    merged = _Merged(ca, cb)
+    rows, details = _diff_rows(merged)
     table = _table(rows).splitlines(keepends=True)
     body = []
     for idx, line in enumerate(table):
         body.append(line)
         for d in details.get(idx, ()):
             body.append(f"!   * {d}\n")
+    changed = [x for x, ch in merged.changes.items() if ch]
+    only_a = [m for m in ca.order if m.mnt_id not in merged.pairs]
+    only_b = [m for m in cb.order if m.mnt_id not in merged.back]
     head = (f"different: {len(changed)} changed, {len(only_a)} only in A, {len(only_b)} only in B\n"
             f"A = {na}\nB = {nb}\n"
             f"legend: '!' attributes differ (A -> B), '-' only in A, '+' only in B\n")
@@ -657,3 +620,104 @@ def diff_report(a: list[Mount], b: list[Mount], names=("A", "B")) -> tuple[bool,
         text += "".join(difflib.unified_diff(ca.text.splitlines(keepends=True), cb.text.splitlines(keepends=True),
                                              fromfile="A", tofile="B"))
     return False, text
+
+
+class _Merged:
+    """The trees of A and B as one: nodes ("p", a_id) paired, ("a", a_id) only in A, ("b", b_id)
+    only in B; each paired mount's attribute changes, and which nodes have a difference at or
+    below them (`dirty`: the rest is folded)."""
+
+    def __init__(self, ca: Canonical, cb: Canonical):
+        self.ca, self.cb = ca, cb
+        self.pairs = _match(ca, cb)
+        self.back = {v: k for k, v in self.pairs.items()}
+        self.ta, self.tb = ca.tree, cb.tree
+        cache: dict = {}
+        self.changes = {x: _attr_changes(self.ta.by_id[x], self.tb.by_id[y], ca, cb, self.pairs, self.back, cache)
+                        for x, y in self.pairs.items()}
+        self.a_rank = {m.mnt_id: i for i, m in enumerate(ca.order)}
+        self.b_rank = {m.mnt_id: i for i, m in enumerate(cb.order)}
+        self.roots = [("p" if m.mnt_id in self.pairs else "a", m.mnt_id) for m in self.ta.roots] + \
+                     [("b", m.mnt_id) for m in self.tb.roots if m.mnt_id not in self.back]
+        self.roots.sort(key=self._rank)
+        self.dirty = self._dirty()
+
+    def _rank(self, n) -> tuple:
+        return (n[0] == "b", self.a_rank[n[1]] if n[0] != "b" else self.b_rank[n[1]])
+
+    def kids(self, node) -> list:
+        """The children of `node`: A's (paired or only in A), then those only in B."""
+        kind, i = node
+        out = []
+        if kind in ("p", "a"):
+            for c in self.ta.children[i]:
+                out.append(("p" if c.mnt_id in self.pairs else "a", c.mnt_id))
+        if kind in ("p", "b"):
+            j = self.pairs[i] if kind == "p" else i
+            out.extend(("b", c.mnt_id) for c in self.tb.children[j] if c.mnt_id not in self.back)
+        return sorted(out, key=self._rank)
+
+    def _dirty(self) -> set:
+        dirty: set = set()
+        post = []
+        stack = list(self.roots)
+        while stack:
+            n = stack.pop()
+            post.append(n)
+            stack.extend(self.kids(n))
+        for n in reversed(post):
+            if n[0] != "p" or self.changes[n[1]] or any(k in dirty for k in self.kids(n)):
+                dirty.add(n)
+        return dirty
+
+    def count_below(self, n) -> int:
+        """How many nodes lie below `n`."""
+        total, st = 0, list(self.kids(n))
+        while st:
+            k = st.pop()
+            total += 1
+            st.extend(self.kids(k))
+        return total
+
+
+def _diff_rows(t: _Merged) -> tuple[list[list[str]], dict[int, list[str]]]:
+    """The report's table rows (mark, target, summary) and, by row, the attribute changes to show
+    below it."""
+    rows = [["", "TARGET", "SOURCE FSTYPE OPTIONS PROPAGATION"]]
+    details: dict[int, list[str]] = {}
+    folds: dict[tuple, int] = {}
+
+    def children_of(n):
+        # Unchanged subtrees show only their top mount; many unchanged siblings of a
+        # change shrink to one "... unchanged" line.
+        if n[0] == "fold" or n not in t.dirty:
+            return []
+        ks = t.kids(n)
+        clean = [k for k in ks if k not in t.dirty]
+        if len(clean) <= _MAX_CLEAN_SIBLINGS:
+            return ks
+        fold = ("fold", n)
+        folds[fold] = len(clean) + sum(t.count_below(k) for k in clean)
+        return [k for k in ks if k in t.dirty] + [fold]
+
+    for n, prefix in _tree_walk(t.roots, children_of):
+        kind, i = n
+        if kind == "fold":
+            rows.append(["", prefix + f"... {folds[n]} unchanged mounts", ""])
+            continue
+        if kind == "b":
+            m = t.tb.by_id[i]
+            rows.append(["+", prefix + escape(m.mountpoint), _summary(m, t.cb) + "  (only in B)"])
+            continue
+        m = t.ta.by_id[i]
+        if kind == "a":
+            rows.append(["-", prefix + escape(m.mountpoint), _summary(m, t.ca) + "  (only in A)"])
+            continue
+        mark = "!" if t.changes[i] else " "
+        note = ""
+        if n not in t.dirty and t.kids(n):
+            note = f"  ({t.count_below(n)} unchanged below)"
+        rows.append([mark, prefix + escape(m.mountpoint), _summary(m, t.ca) + note])
+        if t.changes[i]:
+            details[len(rows) - 1] = t.changes[i]
+    return rows, details

@@ -99,49 +99,74 @@ def plan(tree, names: dict, ns_kinds) -> dict:
     """The user-namespace part of the image for `tree` [(pid, ppid)]: {"userns": {...},
     "proc": {pid: {"userns": id, "creds": {...}}}, "mntns_owner": {mnt ns name: userns id}}.
     Raises UsernsError for what restore cannot rebuild."""
-    users = userns.UsernsTree()
-    ids: dict[int, str] = {}
-    doc: dict[str, dict] = {}
-
-    def name(key: int) -> str | None:
-        if key == users.top:
-            return None
-        if key not in ids:
-            parent = users.parent(key)
-            if parent is None:
-                raise UsernsError(errno.EOPNOTSUPP, "a user namespace outside the dumper's: cannot be dumped")
-            pname = name(parent)
-            ids[key] = f"user-{len(ids) + 1}"
-            maps = users.maps(key)
-            doc[ids[key]] = {"parent": pname, "uid_map": [list(r) for r in maps.uid_map],
-                             "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups}
-        return ids[key]
-
-    procs: dict[int, dict] = {}
-    owners: dict[str, str] = {}
-    own_of: dict[int, int] = {}
+    p = _Plan()
     ns_ino = {pid: {k: _ns_ino(pid, k) for k in ns_kinds} for pid, _ in tree}
     for pid, ppid in tree:
         if None in ns_ino[pid].values():
             continue  # exited (a zombie has no namespaces): nothing of its own to restore here
-        own = own_of[pid] = users.of_pid(pid)
-        uname = name(own)
+        own = p.own_of[pid] = p.users.of_pid(pid)
+        p.record_creds(pid, own)
+        mnt_owner = p.users.owner_of(pid, "mnt")
+        oname = p.name(mnt_owner)
+        if oname is not None:
+            p.owners[names[("mnt", ns_ino[pid]["mnt"])]] = oname
+        first, made_in = p.made_where(pid, ppid, own, mnt_owner, ns_ino, ns_kinds)
+        if made_in:
+            p.record_made_in(pid, ppid, own, mnt_owner, made_in, first)
+        if first:
+            p.record_first(pid, ppid, own, mnt_owner)
+    return p.result()
+
+
+class _Plan:
+    """What plan() learns, process by process: the user namespaces met (named user-1.. from the
+    dumper's down), each process's user namespace, ids and where its namespaces are made."""
+
+    def __init__(self):
+        self.users = userns.UsernsTree()
+        self.ids: dict[int, str] = {}
+        self.doc: dict[str, dict] = {}
+        self.procs: dict[int, dict] = {}
+        self.owners: dict[str, str] = {}
+        self.own_of: dict[int, int] = {}
+
+    def name(self, key: int) -> str | None:
+        """The image id of user namespace `key` (its ancestors named first); None for the dumper's."""
+        users = self.users
+        if key == users.top:
+            return None
+        if key not in self.ids:
+            parent = users.parent(key)
+            if parent is None:
+                raise UsernsError(errno.EOPNOTSUPP, "a user namespace outside the dumper's: cannot be dumped")
+            pname = self.name(parent)
+            self.ids[key] = f"user-{len(self.ids) + 1}"
+            maps = users.maps(key)
+            self.doc[self.ids[key]] = {"parent": pname, "uid_map": [list(r) for r in maps.uid_map],
+                                       "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups}
+        return self.ids[key]
+
+    def record_creds(self, pid: int, own: int) -> None:
+        """The process's user namespace and its ids there."""
+        uname = self.name(own)
         if uname is not None:
-            procs[pid] = {"userns": uname}
-            creds = _creds(pid, users.maps(own))
+            self.procs[pid] = {"userns": uname}
+            creds = _creds(pid, self.users.maps(own))
             if creds is not None:
-                procs[pid]["creds"] = creds
+                self.procs[pid]["creds"] = creds
         else:
             # In the dumper's user namespace under other ids than root's (bwrap's unprivileged
             # monitor): its stand-in takes them last, too.
             ident = userns.Maps(((0, 0, (1 << 32) - 1),), ((0, 0, (1 << 32) - 1),), "allow")
             creds = _creds(pid, ident)
             if creds is not None and set(creds["uid"] + creds["gid"] + creds["groups"]) != {0}:
-                procs[pid] = {"creds": creds}
-        mnt_owner = users.owner_of(pid, "mnt")
-        oname = name(mnt_owner)
-        if oname is not None:
-            owners[names[("mnt", ns_ino[pid]["mnt"])]] = oname
+                self.procs[pid] = {"creds": creds}
+
+    def made_where(self, pid: int, ppid, own: int, mnt_owner: int, ns_ino: dict, ns_kinds) -> tuple[bool, dict]:
+        """(first, made_in): whether the process made namespaces of its own from inside its user
+        namespace (its stand-in starts there: "userns_first"), and {kind: owner} of those another
+        user namespace owns (a helper makes them inside that one)."""
+        users = self.users
         # Namespaces this process's user namespace owns (besides mount namespaces) are made by its
         # stand-in from inside it: the stand-in starts there ("userns_first").
         first = False
@@ -168,53 +193,66 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             # stays the restorer's, and a helper makes these namespaces there (as for joined ones).
             made_in = {kind: own for kind in first_kinds}
             first = False
-        if made_in:
-            if first:
-                kind = next(iter(made_in))
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to "
-                                                    f"{users.describe(made_in[kind])}, others of its namespaces to "
-                                                    f"its own user namespace ({users.describe(own)}): not supported "
-                                                    "yet")
-            if procs.get(ppid, {}).get("userns_first") or procs.get(ppid, {}).get("userns_start"):
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its namespaces belong to another user namespace "
-                                                    f"than its own ({', '.join(sorted(set(map(users.describe, made_in.values()))))}), "
-                                                    "and its parent made namespaces inside a user namespace: not supported yet")
-            if "pid" in made_in:
-                # A pid namespace cannot be made ahead and joined (it has no init to open it by):
-                # the stand-in starts inside its owner, makes it there, and joins its own user
-                # namespace last, which must lie below; so must its mount namespace's owner.
-                o = made_in["pid"]
-                where = f"its pid namespace belongs to {users.describe(o)}"
-                if any(x != o for x in made_in.values()):
-                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, another of its namespaces to "
-                                                        "a third user namespace: not supported yet")
-                if not _is_ancestor(users, o, own):
-                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, which is no ancestor of its own "
-                                                        f"({users.describe(own)}; joined with setns): not supported yet")
-                if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
-                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, its mount namespace to "
-                                                        f"{users.describe(mnt_owner)}, which is not at or below it: "
-                                                        "a stand-in starting there could not enter it: not supported yet")
-                procs.setdefault(pid, {})["userns_start"] = name(o)
-            else:
-                procs.setdefault(pid, {})["ns_made_in"] = {k: name(o) for k, o in made_in.items()}
+        return first, made_in
+
+    def record_made_in(self, pid: int, ppid, own: int, mnt_owner: int, made_in: dict, first: bool) -> None:
+        """Where the namespaces other user namespaces own are made ("userns_start", "ns_made_in"),
+        or refuse what a stand-in could not do."""
+        users, procs = self.users, self.procs
         if first:
-            if mnt_owner != own:
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside its user namespace "
-                                                    f"but its mount namespace belongs to another "
-                                                    f"({users.describe(mnt_owner)}; its own is {users.describe(own)}): "
-                                                    "not supported yet")
-            parent_first = procs.get(ppid, {}).get("userns_first")
-            # The parent's stand-in is still the restorer's (it joins its user namespace last) unless
-            # it started in one itself: then only that one can be joined from it.
-            if parent_first and own_of[ppid] != own:
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
-                                                    f"({users.describe(own)}) nested in its parent's "
-                                                    f"({users.describe(own_of[ppid])}), which made namespaces too: "
-                                                    "not supported yet")
-            procs[pid]["userns_first"] = True
-    return {"userns": doc, "proc": procs, "mntns_owner": owners,
-            "ino_name": {key: n for key, n in ids.items()}, "depth": {n: users.depth(k) for k, n in ids.items()}}
+            kind = next(iter(made_in))
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to "
+                                                f"{users.describe(made_in[kind])}, others of its namespaces to "
+                                                f"its own user namespace ({users.describe(own)}): not supported "
+                                                "yet")
+        if procs.get(ppid, {}).get("userns_first") or procs.get(ppid, {}).get("userns_start"):
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its namespaces belong to another user namespace "
+                                                f"than its own ({', '.join(sorted(set(map(users.describe, made_in.values()))))}), "
+                                                "and its parent made namespaces inside a user namespace: not supported yet")
+        if "pid" in made_in:
+            # A pid namespace cannot be made ahead and joined (it has no init to open it by):
+            # the stand-in starts inside its owner, makes it there, and joins its own user
+            # namespace last, which must lie below; so must its mount namespace's owner.
+            o = made_in["pid"]
+            where = f"its pid namespace belongs to {users.describe(o)}"
+            if any(x != o for x in made_in.values()):
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, another of its namespaces to "
+                                                    "a third user namespace: not supported yet")
+            if not _is_ancestor(users, o, own):
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, which is no ancestor of its own "
+                                                    f"({users.describe(own)}; joined with setns): not supported yet")
+            if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, its mount namespace to "
+                                                    f"{users.describe(mnt_owner)}, which is not at or below it: "
+                                                    "a stand-in starting there could not enter it: not supported yet")
+            procs.setdefault(pid, {})["userns_start"] = self.name(o)
+        else:
+            procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
+
+    def record_first(self, pid: int, ppid, own: int, mnt_owner: int) -> None:
+        """The process's stand-in starts in its user namespace ("userns_first"), where it can."""
+        users = self.users
+        if mnt_owner != own:
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside its user namespace "
+                                                f"but its mount namespace belongs to another "
+                                                f"({users.describe(mnt_owner)}; its own is {users.describe(own)}): "
+                                                "not supported yet")
+        parent_first = self.procs.get(ppid, {}).get("userns_first")
+        # The parent's stand-in is still the restorer's (it joins its user namespace last) unless
+        # it started in one itself: then only that one can be joined from it.
+        if parent_first and self.own_of[ppid] != own:
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
+                                                f"({users.describe(own)}) nested in its parent's "
+                                                f"({users.describe(self.own_of[ppid])}), which made namespaces too: "
+                                                "not supported yet")
+        self.procs[pid]["userns_first"] = True
+
+    def result(self) -> dict:
+        """plan()'s document."""
+        ids = self.ids
+        return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners,
+                "ino_name": {key: n for key, n in ids.items()},
+                "depth": {n: self.users.depth(k) for k, n in ids.items()}}
 
 
 def _is_ancestor(users: userns.UsernsTree, a: int, b: int) -> bool:
@@ -661,6 +699,7 @@ class Rebuild:
         return owner_ids(self.users, owner)
 
     def close(self) -> None:
+        """Close the namespace and idmap fds kept for the restore."""
         for fd in [*self.fd.values(), *self.idmap_fd.values()]:
             os.close(fd)
         self.fd.clear()

@@ -176,7 +176,7 @@ def dot_source(ns: Namespace, names: dict[int, str], highlight: set[str] = froze
                homes: dict[int, list[int]] | None = None) -> str:
     """Graphviz source of one namespace's tree (see the module docstring); `homes` (group_homes)
     says in which other namespace a master group outside this one lives."""
-    canon, tree = ns.canon, ns.canon.tree
+    canon = ns.canon
     drawn = canon.order[:MAX_NODES]
     ids = {m.mnt_id: f"n{i}" for i, m in enumerate(drawn)}
     hidden = _hidden_by(ns)
@@ -186,47 +186,61 @@ def dot_source(ns: Namespace, names: dict[int, str], highlight: set[str] = froze
              '  node [shape=box, style="rounded,filled", fontname="monospace", fontsize=8, margin="0.12,0.03", '
              'fillcolor="#ffffff", color="#555555"];',
              '  edge [color="#777777", arrowsize=0.5, fontname="sans-serif", fontsize=7];']
-    for m in drawn:
-        label = canon.labels[m.mnt_id]
-        rows = [f"<B>{_text(label)}</B>"]
-        src = f"{m.fstype} {m.source}" + (f" root={mountinfo.escape(m.root)}" if m.root != "/" else "")
-        rows.append(_text(src))
-        flags = []
-        if "ro" in m.mount_opts:
-            flags.append('<FONT COLOR="#b00000"><B>ro</B></FONT>')
+    lines += [_mount_node(m, ns, names, hidden, highlight, ids[m.mnt_id]) for m in drawn]
+    lines += _tree_edges(canon.tree, drawn, ids)
+    lines += _master_edges(ns, names, drawn, ids, homes)
+    lines += _notes(ns, drawn, ids)
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def _mount_node(m, ns: Namespace, names: dict[int, str], hidden: dict[int, str], highlight, node_id: str) -> str:
+    """The node of mount `m`: its label, source, propagation, what hides it and the files on it."""
+    label = ns.canon.labels[m.mnt_id]
+    rows = [f"<B>{_text(label)}</B>"]
+    src = f"{m.fstype} {m.source}" + (f" root={mountinfo.escape(m.root)}" if m.root != "/" else "")
+    rows.append(_text(src))
+    flags = []
+    if "ro" in m.mount_opts:
+        flags.append('<FONT COLOR="#b00000"><B>ro</B></FONT>')
+    if m.shared is not None:
+        g = names[m.shared]
+        flags.append(f'<FONT COLOR="{group_colour(g)}"><B>shared {g}</B></FONT>')
+    if m.master is not None:
+        g = names[m.master]
+        flags.append(f'<FONT COLOR="{group_colour(g)}">slave of {g}</FONT>')
+    if m.unbindable:
+        flags.append("<B>unbindable</B>")
+    if not (m.shared or m.master or m.unbindable):
+        flags.append("private")
+    rows.append(", ".join(flags))
+    if m.mnt_id in hidden:
+        rows.append(f'<FONT COLOR="#888888"><I>hidden beneath {_text(hidden[m.mnt_id])}</I></FONT>')
+    files = ns.files.get(label, [])
+    rows += [f'<FONT COLOR="#00308f">● {_text(f)}</FONT>' for f in files[:MAX_FILES]]
+    if len(files) > MAX_FILES:
+        rows.append(f"… {len(files) - MAX_FILES} more")
+    attrs = ["label=<" + '<BR ALIGN="LEFT"/>'.join(rows) + '<BR ALIGN="LEFT"/>>']
+    style = ["rounded", "filled"]
+    if m.unbindable:
+        style.append("dashed")
+    if label in highlight:
+        attrs += [f'fillcolor="{HIGHLIGHT_FILL}"', 'color="#cc0000"', "penwidth=2.5"]
+    else:
         if m.shared is not None:
-            g = names[m.shared]
-            flags.append(f'<FONT COLOR="{group_colour(g)}"><B>shared {g}</B></FONT>')
-        if m.master is not None:
-            g = names[m.master]
-            flags.append(f'<FONT COLOR="{group_colour(g)}">slave of {g}</FONT>')
-        if m.unbindable:
-            flags.append("<B>unbindable</B>")
-        if not (m.shared or m.master or m.unbindable):
-            flags.append("private")
-        rows.append(", ".join(flags))
+            c = group_colour(names[m.shared])
+            attrs += [f'color="{c}"', f'fillcolor="{c}22"', "penwidth=2"]
+        elif "ro" in m.mount_opts:
+            attrs.append('fillcolor="#e8e8e8"')
         if m.mnt_id in hidden:
-            rows.append(f'<FONT COLOR="#888888"><I>hidden beneath {_text(hidden[m.mnt_id])}</I></FONT>')
-        files = ns.files.get(label, [])
-        rows += [f'<FONT COLOR="#00308f">● {_text(f)}</FONT>' for f in files[:MAX_FILES]]
-        if len(files) > MAX_FILES:
-            rows.append(f"… {len(files) - MAX_FILES} more")
-        attrs = ["label=<" + '<BR ALIGN="LEFT"/>'.join(rows) + '<BR ALIGN="LEFT"/>>']
-        style = ["rounded", "filled"]
-        if m.unbindable:
-            style.append("dashed")
-        if label in highlight:
-            attrs += [f'fillcolor="{HIGHLIGHT_FILL}"', 'color="#cc0000"', "penwidth=2.5"]
-        else:
-            if m.shared is not None:
-                c = group_colour(names[m.shared])
-                attrs += [f'color="{c}"', f'fillcolor="{c}22"', "penwidth=2"]
-            elif "ro" in m.mount_opts:
-                attrs.append('fillcolor="#e8e8e8"')
-            if m.mnt_id in hidden:
-                attrs.append('fontcolor="#777777"')
-        attrs.append(f'style="{",".join(style)}"')
-        lines.append(f"  {ids[m.mnt_id]} [{', '.join(attrs)}];")
+            attrs.append('fontcolor="#777777"')
+    attrs.append(f'style="{",".join(style)}"')
+    return f"  {node_id} [{', '.join(attrs)}];"
+
+
+def _tree_edges(tree, drawn: list, ids: dict[int, str]) -> list[str]:
+    """Parent -> child edges (an overmount's in red)."""
+    lines = []
     for m in drawn:
         parent = tree.parent(m)
         if parent is None or parent.mnt_id not in ids:
@@ -236,7 +250,13 @@ def dot_source(ns: Namespace, names: dict[int, str], highlight: set[str] = froze
                          'label=<<FONT COLOR="#cc0000">overmounted by</FONT>>];')
         else:
             lines.append(f"  {ids[parent.mnt_id]} -> {ids[m.mnt_id]};")
-    # master -> slave: from the master group's first drawn member here, else an outside node
+    return lines
+
+
+def _master_edges(ns: Namespace, names: dict[int, str], drawn: list, ids: dict[int, str],
+                  homes: dict[int, list[int]] | None) -> list[str]:
+    """master -> slave: from the master group's first drawn member here, else an outside node."""
+    lines = []
     first = {}
     for m in drawn:
         if m.shared is not None:
@@ -260,6 +280,13 @@ def dot_source(ns: Namespace, names: dict[int, str], highlight: set[str] = froze
                              f"label=<{g}<BR/>({place})>];")
         lines.append(f'  {src} -> {ids[m.mnt_id]} [style=dotted, color="{c}", penwidth=1.5, constraint=false, '
                      f'label=<<FONT COLOR="{c}">slave</FONT>>];')
+    return lines
+
+
+def _notes(ns: Namespace, drawn: list, ids: dict[int, str]) -> list[str]:
+    """The files on detached mounts, and how many mounts were not drawn."""
+    lines = []
+    canon = ns.canon
     detached = ns.files.get("detached", [])
     if detached:
         rows = [f"● {_text(f)}" for f in detached[:MAX_FILES]]
@@ -273,8 +300,7 @@ def dot_source(ns: Namespace, names: dict[int, str], highlight: set[str] = froze
         lines.append(f'  more [shape=note, fillcolor="#fff5cc", label=<{more} more mounts, not drawn>];')
         if drawn:
             lines.append(f"  {ids[drawn[0].mnt_id]} -> more [style=dashed];")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 # --- rendering ------------------------------------------------------------------

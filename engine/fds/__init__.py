@@ -51,6 +51,7 @@ class DumpFd:
 
     @property
     def where(self) -> str:
+        """The fd as refusals name it: process, number and target."""
         return f"process {self.pid} fd {self.fd} ({self.target})"
 
     def info(self) -> dict[str, list[str]]:
@@ -70,6 +71,7 @@ class DumpFd:
         return self._copy
 
     def close(self) -> None:
+        """Close our copy of the fd (`copy`), if one was made."""
         if self._copy is not None:
             os.close(self._copy)
             self._copy = None
@@ -93,6 +95,7 @@ class RestoreFd:
 
     @property
     def where(self) -> str:
+        """The fd as errors name it: number and kind."""
         return f"fd {self.entry['fd']} ({self.entry.get('kind', 'file')})"
 
     def reopen(self, fd: int, flags: int) -> int:

@@ -53,10 +53,10 @@ def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
 def _in_other_ns(pid: int, mounts, sdev: int, htype: int, handle: str, ino: int) -> dict | None:
     """In a forked child: locate_handle in the mount namespace of `pid` (its mounts `mounts`),
     standing at its root as the in_ns hook stands in the fd's own."""
-    from engine import dump
+    from engine import nsinspect
     hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
     ns = os.open(f"{pid}/ns/mnt", os.O_RDONLY, dir_fd=hostproc)
-    dump._enter_ns_root(ns, [pid], hostproc)
+    nsinspect.enter_root(ns, [pid], hostproc)
     return locate_handle(hostproc, mounts, sdev, htype, bytes.fromhex(handle), ino=ino)
 
 

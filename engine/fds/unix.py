@@ -146,117 +146,162 @@ def _dump(d) -> dict:
     return out
 
 
+class _Sock:
+    """One unix socket being dumped: our copy of it and what sock_diag says of it and its peer."""
+
+    def __init__(self, d, c: int, s: socket.socket):
+        self.d, self.c, self.s = d, c, s
+        self.typ = refuse_family(d, s)
+        self.ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
+        self.netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
+        self.diag = diag_of(d, self.netns)
+        self.rec = self.diag.get(self.ino, {})
+        self.out = {"type": TYPES[self.typ], **_name(s.getsockname())}   # the image entry being built
+        refuse_name(d, self.out)
+        self.peer = self.rec.get("peer")
+        self.inflight = 0
+
+    @property
+    def named(self) -> bool:
+        """Bound to a path or an abstract name."""
+        return "path" in self.out or "abstract" in self.out
+
+
 def _dump_one(d) -> dict:
+    """The image entry of unix socket fd `d`, case by case: a listener, a connection not accepted yet,
+    a socket whose peer is gone, a named one with datagrams waiting, a client of a named socket, or
+    one end of a pair (refusing what restore cannot make again)."""
     c = d.copy()
     s = socket.socket(fileno=os.dup(c))
     try:
-        typ = refuse_family(d, s)
-        ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
-        netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
-        diag = diag_of(d, netns)
-        rec = diag.get(ino, {})
-        out = {"type": TYPES[typ], **_name(s.getsockname())}
-        refuse_name(d, out)
-        peer = rec.get("peer")
-        mutual = bool(peer) and diag.get(peer, {}).get("peer") == ino
+        k = _Sock(d, c, s)
+        out = k.out
+        mutual = bool(k.peer) and k.diag.get(k.peer, {}).get("peer") == k.ino
         if "path" in out and not mutual:
-            # (an accepted end's name is its listener's)
-            found = _locate(d, out["path"], rec.get("vfs"))
-            normal = found.pop("normal", False)
-            out["bound"] = _writable(d, found)
-            _bindable_here(d, out["path"], normal, out["bound"] is not found)
-            owner = _file_owner(d)
-            if owner is not None:
-                out["owner"] = owner
-        inflight = int((d.info().get("scm_fds") or ["0"])[0])
-        if inflight and (typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
+            _record_bound(k)   # (an accepted end's name is its listener's)
+        k.inflight = int((d.info().get("scm_fds") or ["0"])[0])
+        if k.inflight and (k.typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
             # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
             # kept apart) or in a listener's pending connections.
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight (SCM_RIGHTS not yet received) "
-                                            f"on a {'listening' if typ != socket.SOCK_STREAM else 'stream'} socket: "
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k.inflight} fds in flight (SCM_RIGHTS not yet received) "
+                                            f"on a {'listening' if k.typ != socket.SOCK_STREAM else 'stream'} socket: "
                                             "not supported")
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            out["listen"] = max(rec.get("wqueue", 128), 1)
-            if rec.get("rqueue"):
-                out["_pending"] = _pending(d, rec, diag, netns, typ)
-                out["_where"] = d.where
-            return out
-        embryos = d.scratch.get(("unix-embryos", netns))
+            return _as_listener(k)
+        embryos = d.scratch.get(("unix-embryos", k.netns))
         if embryos is None:
-            embryos = d.scratch[("unix-embryos", netns)] = _embryos(diag)
-        embryo = embryos.get(ino)
+            embryos = d.scratch[("unix-embryos", k.netns)] = _embryos(k.diag)
+        embryo = embryos.get(k.ino)
         if embryo is not None:
             # A connection its listener has not accepted yet: connected to the listener again.
-            out.update(_connected_to(d, s, typ, embryo[0], diag, netns, inflight))
+            out.update(_connected_to(d, s, k.typ, embryo[0], k.diag, k.netns, k.inflight))
             out["connect"]["order"] = embryo[1]
             return out
-        if not peer and "path" not in out and "abstract" not in out and _connected(s):
-            # Its peer is gone (closed by a process that exited: podman's end of conmon's sync
-            # socket): restored as one end of a pair whose other end is closed at once.
-            out["dangling"] = True
-            if typ != socket.SOCK_STREAM and (inflight or _inq(c)):
-                # (systemd-nspawn keeps the fd of its kmsg FIFO in flight on such a socket)
-                out["msgs"] = _peek_messages(s, d, inflight)
-                out["mnts"] = _inflight_mounts(out["msgs"])
-            elif _inq(c):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: data queued on a stream socket whose peer is gone: "
-                                                "not supported yet")
-            return out
-        if not peer and typ == socket.SOCK_DGRAM and ("path" in out or "abstract" in out) and rec.get("state") == 1:
+        if not k.peer and not k.named and _connected(s):
+            return _as_dangling(k)
+        if not k.peer and k.typ == socket.SOCK_DGRAM and k.named and k.rec.get("state") == 1:
             # A client connected to it once (logger to /dev/log): the kernel marks it established
             # for good (/proc/net/unix shows it); restore connects a throwaway socket to it too.
             out["reached"] = True
-        if not peer and ("path" in out or "abstract" in out) and (inflight or _inq(c)):
-            # Datagrams other sockets sent to its name (a syslog or sd_notify socket's backlog): sent
-            # again at restore, in order, each from its sender: an unbound one from a fresh unbound
-            # socket, a named one from the tree's socket of that name (_finish finds it).
-            senders: list = []
-            out["msgs"] = _peek_messages(s, d, inflight, senders)
-            out["mnts"] = _inflight_mounts(out["msgs"])
-            if any(senders):
-                out["_senders"] = senders
-                out["_where"] = d.where
+        if not k.peer and k.named and (k.inflight or _inq(c)):
+            return _with_backlog(k)
+        if k.peer and not mutual:
+            out.update(_connected_to(d, s, k.typ, k.peer, k.diag, k.netns, k.inflight))
             return out
-        if peer and diag.get(peer, {}).get("peer") != ino:
-            out.update(_connected_to(d, s, typ, peer, diag, netns, inflight))
-            return out
-        if peer:
-            a, b = sorted((ino, peer))
-            obj = f"unixpair-{netns}-{a}-{b}"
-            o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
-            end = 0 if ino == a else 1
-            out.update({"obj": obj, "end": end})
-            if "path" in out or "abstract" in out:
-                # The accepted end of a connection to a listener: its name is the listener's, and the
-                # other end's peer name too. Made again through a listener of that name.
-                if o.get("via", {}).get("end", end) != end or out["type"] == "dgram" \
-                        or _MAGIC.match(out.get("path", "")):
-                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
-                                                    "named, or named through /proc: not supported")
-                if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
-                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
-                                                    "listener: not supported")
-                o["via"] = {"end": end, **{k: out[k] for k in ("path", "abstract") if k in out}}
-                for k in ("path", "abstract"):
-                    out.pop(k, None)
-            if out["type"] == "stream":
-                n = _inq(c)
-                if n > MAX_DATA:
-                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: {n} bytes queued: too many")
-                if n:
-                    data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-                    d.objects[obj]["data"][end] = base64.b64encode(data).decode()
-            elif _inq(c) or inflight:
-                o.setdefault("msgs", [[], []])[end] = _peek_messages(s, d, inflight)
-                if inflight and "via" in o:
-                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
-                                                    "listener: not supported")
-            if "msgs" in o:
-                # (the mounts of the files in flight on either end: restore opens them)
-                out["mnts"] = _inflight_mounts([m for q in o["msgs"] for m in q])
+        if k.peer:
+            _as_pair_end(k)
         return out
     finally:
         s.close()
+
+
+def _record_bound(k: _Sock) -> None:
+    """A socket bound to a path: where its file lies (the mount restore binds it on) and its owner."""
+    d, out = k.d, k.out
+    found = _locate(d, out["path"], k.rec.get("vfs"))
+    normal = found.pop("normal", False)
+    out["bound"] = _writable(d, found)
+    _bindable_here(d, out["path"], normal, out["bound"] is not found)
+    owner = _file_owner(d)
+    if owner is not None:
+        out["owner"] = owner
+
+
+def _as_listener(k: _Sock) -> dict:
+    """A listening socket: its backlog, and the connections waiting to be accepted."""
+    out = k.out
+    out["listen"] = max(k.rec.get("wqueue", 128), 1)
+    if k.rec.get("rqueue"):
+        out["_pending"] = _pending(k.d, k.rec, k.diag, k.netns, k.typ)
+        out["_where"] = k.d.where
+    return out
+
+
+def _as_dangling(k: _Sock) -> dict:
+    """Its peer is gone (closed by a process that exited: podman's end of conmon's sync socket):
+    restored as one end of a pair whose other end is closed at once."""
+    out = k.out
+    out["dangling"] = True
+    if k.typ != socket.SOCK_STREAM and (k.inflight or _inq(k.c)):
+        # (systemd-nspawn keeps the fd of its kmsg FIFO in flight on such a socket)
+        out["msgs"] = _peek_messages(k.s, k.d, k.inflight)
+        out["mnts"] = _inflight_mounts(out["msgs"])
+    elif _inq(k.c):
+        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: data queued on a stream socket whose peer is gone: "
+                                        "not supported yet")
+    return out
+
+
+def _with_backlog(k: _Sock) -> dict:
+    """Datagrams other sockets sent to its name (a syslog or sd_notify socket's backlog): sent
+    again at restore, in order, each from its sender: an unbound one from a fresh unbound
+    socket, a named one from the tree's socket of that name (_finish finds it)."""
+    out = k.out
+    senders: list = []
+    out["msgs"] = _peek_messages(k.s, k.d, k.inflight, senders)
+    out["mnts"] = _inflight_mounts(out["msgs"])
+    if any(senders):
+        out["_senders"] = senders
+        out["_where"] = k.d.where
+    return out
+
+
+def _as_pair_end(k: _Sock) -> None:
+    """One end of a connected pair (a shared object of the image): its queued data or messages."""
+    d, s, out, ino, peer = k.d, k.s, k.out, k.ino, k.peer
+    a, b = sorted((ino, peer))
+    obj = f"unixpair-{k.netns}-{a}-{b}"
+    o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
+    end = 0 if ino == a else 1
+    out.update({"obj": obj, "end": end})
+    if "path" in out or "abstract" in out:
+        # The accepted end of a connection to a listener: its name is the listener's, and the
+        # other end's peer name too. Made again through a listener of that name.
+        if o.get("via", {}).get("end", end) != end or out["type"] == "dgram" \
+                or _MAGIC.match(out.get("path", "")):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
+                                            "named, or named through /proc: not supported")
+        if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
+                                            "listener: not supported")
+        o["via"] = {"end": end, **{key: out[key] for key in ("path", "abstract") if key in out}}
+        for key in ("path", "abstract"):
+            out.pop(key, None)
+    if out["type"] == "stream":
+        n = _inq(k.c)
+        if n > MAX_DATA:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {n} bytes queued: too many")
+        if n:
+            data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            d.objects[obj]["data"][end] = base64.b64encode(data).decode()
+    elif _inq(k.c) or k.inflight:
+        o.setdefault("msgs", [[], []])[end] = _peek_messages(s, d, k.inflight)
+        if k.inflight and "via" in o:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
+                                            "listener: not supported")
+    if "msgs" in o:
+        # (the mounts of the files in flight on either end: restore opens them)
+        out["mnts"] = _inflight_mounts([m for q in o["msgs"] for m in q])
 
 
 def refuse_family(d, s: socket.socket) -> int:
@@ -591,12 +636,12 @@ def _writable(d, loc: dict) -> dict:
 
 def _search_clones(d, name: str, pid: int, mounts, hidden: list[int], dev: int, ino: int, budget: list):
     from engine import channel
-    from engine.dump import _clone_mounts
+    from engine.nscopy import clone_mounts
     by_id = {m.mnt_id: m for m in mounts}
     found = None
     nsfd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        for mids, fds in channel.fork_stream(_clone_mounts, nsfd, [pid], hidden, mounts):
+        for mids, fds in channel.fork_stream(clone_mounts, nsfd, [pid], hidden, mounts):
             try:
                 for mid, mfd in zip(mids, fds):
                     if found is None:

@@ -192,7 +192,7 @@ def _listing(path: str, dev: str, follow: bool = False) -> tuple | None | bool:
 
 
 def look_beneath(path: str, stack: list[tuple[str, str]], roots: list[str], overlay_dev: str) -> list[dict] | None:
-    """In a private copy of the namespace (engine.dump's in_ns_copy), at its root: for each mount of
+    """In a private copy of the namespace (engine.dump's in_ns_copy, engine/nscopy.py), at its root: for each mount of
     `stack` ((mount point, device) of stack_beneath's mounts), whether directory `path` is on it, its
     identity, and how many of its files the overlay shows as its own (same name, same _print); the
     mounts are unmounted one by one to reach the next. None when the overlay's root (a mount point

@@ -1,0 +1,122 @@
+"""The dumped process tree: found from /proc, stopped (SIGSTOP) while dump reads it, checked for
+zombies, then killed or resumed; a watchdog child resumes it if the dump itself dies.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+
+from engine import kernel
+from engine.dumperror import DumpError
+
+
+def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
+    """[(pid, ppid)] of the tree rooted at root_pid, parents first (one scan of /proc)."""
+    if not os.path.isdir(f"/proc/{root_pid}"):
+        raise DumpError(errno.ESRCH, f"no such process: {root_pid}")
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        # comm may contain spaces and parens: ppid is the 2nd field after the last ')'
+        ppid = int(data[data.rindex(b")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(name))
+    order = [(root_pid, None)]
+    i = 0
+    while i < len(order):
+        pid = order[i][0]
+        for c in sorted(children.get(pid, ())):
+            order.append((c, pid))
+        i += 1
+    return order
+
+
+def signal_all(pids, sig) -> None:
+    """Send `sig` to each of `pids` (one that is gone already is skipped)."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def wait_gone(pids, timeout: float = 10.0) -> None:
+    """Wait (up to `timeout` seconds in all) until each of `pids` is gone or a zombie."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break  # a zombie waiting for its (non-dumped) parent: gone for us
+            except OSError:
+                break
+            time.sleep(0.005)
+
+
+def refuse_zombies(tree) -> None:
+    """A process of the tree that exited but was not reaped (a zombie) has no namespaces, fds or
+    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed)."""
+    for pid, ppid in tree:
+        if state(pid) in ("Z", "X", ""):
+            comm = _comm(pid)
+            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}, child of {ppid} ({_comm(ppid)})) has exited "
+                                              "and its parent has not reaped it (a zombie): a tree with zombies "
+                                              "cannot be dumped yet; the tree keeps running")
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def wait_stopped(pids, timeout: float = 5.0) -> None:
+    """Wait (up to `timeout` seconds in all) until each of `pids` is stopped (or gone)."""
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state in ("T", "t", "Z", "X"):
+                break
+            time.sleep(0.002)
+
+
+def state(pid: int) -> str:
+    """The state letter of a process (R, S, T...), "" when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def watchdog(pids: list[int]) -> int:
+    """A child that resumes the stopped tree if this dump dies (SIGKILL included)."""
+    me = kernel.pidfd_open(os.getpid())
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.signal(signal.SIGUSR1, lambda *_: (signal_all(pids, signal.SIGCONT), os._exit(0)))
+            kernel.set_pdeathsig(signal.SIGUSR1)
+            while not kernel.exited(me):
+                signal.pause()
+        finally:
+            signal_all(pids, signal.SIGCONT)
+            os._exit(0)
+    os.close(me)
+    return pid

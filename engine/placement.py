@@ -1,0 +1,259 @@
+"""Where each dumped process's root, cwd, fds, mappings and executable lie: a mount of the tree and
+a path relative to its root, the ghost of a deleted file (archived once per inode), or a detached
+mount planned later (engine/detached.py `plan`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+
+from engine import fs, ghosts, image, imageformat, mountrules
+from engine.dumperror import DumpError
+from engine.image import is_beneath, rel_to
+
+
+def _rule(fn, *args) -> None:
+    """Ask a rule of engine/mountrules.py; its refusal (FsError) becomes the dump's."""
+    try:
+        fn(*args)
+    except fs.FsError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
+
+
+def external_file_hint(path: str) -> str:
+    """How a refusal of an fd on `path` (a file dump cannot reach) tells the user to declare it."""
+    return (f"declare it with --external file[{path}]:KEY (and restore with --external file[KEY]:HOSTPATH), "
+            "or run the tree with that fd on a file of its own mounts")
+
+
+def unplaced_of(p: dict):
+    """(location, /proc link relative to the pid) of each of p's root, cwd and fds on a detached mount."""
+    for key in ("root", "cwd"):
+        if p[key].get("detached"):
+            yield p[key], key
+    for f in p["fds"]:
+        if f.get("detached"):
+            yield f, f"fd/{f['fd']}"
+
+
+def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
+              map_unplaced: list) -> list[dict]:
+    """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files.
+    fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only; mappings on
+    detached mounts are added to `map_unplaced` (_place_maps)."""
+    procs_doc = []
+    used_files: set[str] = set()
+    for pid, ppid in tree:
+        ino = ns_of[pid]["mnt"]
+        pdata = ns_data[ino]["procs"][pid]
+        entry = {
+            "pid": pid, "ppid": ppid,
+            "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
+            "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
+            "fds": [],
+        }
+        for key in ("root", "cwd"):
+            entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)
+        for f in pdata["fds"]:
+            if f["target"] in ext_files:
+                entry["fds"].append({"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
+                                     "type": "dir" if stat.S_ISDIR(f["mode"]) else "file",
+                                     "external": ext_files[f["target"]]})
+                used_files.add(f["target"])
+                continue
+            fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: place(
+                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"],
+                [(next(iter(d["procs"])), d["mounts"]) for other, d in ns_data.items() if other != ino and d["procs"]])
+            if fd_entry.pop("placed"):
+                fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
+            entry["fds"].append(fd_entry)
+        entry["maps"] = _place_maps(pid, pdata["maps"], mounts_by_id, ghost_ctx, map_unplaced)
+        if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
+            entry["exe"] = place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
+        procs_doc.append(entry)
+    _rule(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
+    return procs_doc
+
+
+def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: list) -> list[dict]:
+    """Where each file process `pid` maps lies (engine/mappings.py): on a mount of the tree (a file
+    unlinked since as a ghost, when its filesystem's files are dumped: CRIU keeps a deleted library
+    so), or on a mount in no dumped namespace (a lazily unmounted mount the mapping keeps alive: its
+    location is added to `unplaced` as (loc, pid, link), for detached.plan). Left out: anonymous
+    shared memory and memfds, deleted files restore could not make again (nothing of the mount
+    state depends on them)."""
+    mntns_doc, superblocks = ghost_ctx[0], ghost_ctx[1]
+    out = []
+    for path, mnt, link, visible in maps:
+        deleted = path.endswith(ghosts.DELETED_FD)
+        if mnt not in mounts_by_id and visible is not None:
+            mnt = visible   # (a mount of a namespace outside the tree: mapped from the one its path reaches)
+        m = mounts_by_id.get(mnt)
+        if m is None:
+            if not deleted:
+                loc = {"mnt": mnt, "path": path, "detached": True}
+                unplaced.append((loc, pid, link))
+                out.append(loc)
+            continue
+        if not deleted:
+            out.append(place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping"))
+            continue
+        target = path[: -len(ghosts.DELETED_FD)]
+        sb = superblocks[mntns_sb(mntns_doc, mnt)]
+        try:
+            st = os.stat(f"/proc/{pid}/{link}")
+        except OSError:
+            continue
+        if sb["external"] or not fs.holds_ghosts(sb["fstype"]) or not stat.S_ISREG(st.st_mode) \
+                or (st.st_nlink and fs.lookup(sb["fstype"]).content) \
+                or not is_beneath(target, m.mountpoint):
+            continue
+        loc = place({"abs": target, "mnt": mnt}, mounts_by_id, pid, "mapping")
+        loc["ghost"] = _fd_ghost(pid, link, target, m, *ghost_ctx)
+        out.append(loc)
+    # once each (two copies of one path may lead to one mount: a stand-in's own library and the one
+    # it maps for the process)
+    return list({(loc["mnt"], loc["path"], bool(loc.get("detached"))): loc for loc in out}.values())
+
+
+def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:
+    """Where a process's root or cwd lies: mount and path, and its ghost if it was removed."""
+    ghost = None
+    if loc["abs"].endswith(ghosts.DELETED_FD):
+        target = loc["abs"][: -len(ghosts.DELETED_FD)]
+        m = mounts_by_id.get(loc["mnt"])
+        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
+            # A directory removed while it was the cwd (or root): always empty.
+            ghost = _fd_ghost(pid, key, target, m, *ghost_ctx)
+        loc = {"abs": target, "mnt": loc["mnt"]}
+    placed = place(loc, mounts_by_id, pid, key)
+    if ghost is not None:
+        placed["ghost"] = ghost
+    return placed
+
+
+def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
+    """Where an fd on a file (of a placed kind) lies: mount and path, ghost or outside when so."""
+    target = f["target"]
+    ghost = None
+    if target.endswith(ghosts.DELETED_FD):
+        target = target[: -len(ghosts.DELETED_FD)]
+        m = mounts_by_id.get(f["mnt_id"])
+        if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
+            # Not the (deleted) root of its mount: a file unlinked while open.
+            ghost = _fd_ghost(pid, f"fd/{f['fd']}", target, m, *ghost_ctx)
+    # Opened through a mount outside the dumped namespaces, but reachable at the same path
+    # here: restored on that visible mount (the outside mount itself cannot be recreated).
+    outside = "visible_mnt" in f and f["mnt_id"] not in mounts_by_id
+    loc = place({"abs": target, "mnt": f["visible_mnt"] if outside else f["mnt_id"]},
+                 mounts_by_id, pid, f"fd {f['fd']}")
+    if outside:
+        loc["outside"] = True
+    if ghost is not None:
+        loc["ghost"] = ghost
+    return loc
+
+
+def want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan) -> dict[str, str]:
+    """For each file a process holds open under a deleted name while it still has another name on
+    a filesystem whose files are archived, ask the archiving step for that other name; returns the
+    dict it fills: "dev:ino" -> the name's path in its superblock (see _fd_ghost)."""
+    found: dict[str, str] = {}
+    for data in ns_data.values():
+        for pid, pdata in data["procs"].items():
+            for f in pdata["fds"]:
+                m = mounts_by_id.get(f.get("mnt_id"))
+                if m is None or not f["target"].endswith(ghosts.DELETED_FD) or not stat.S_ISREG(f["mode"]):
+                    continue
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
+                except OSError:
+                    continue
+                sid = mntns_sb(mntns_doc, m.mnt_id)
+                handler = fs.lookup(superblocks[sid]["fstype"])
+                if not st.st_nlink or superblocks[sid]["external"] or handler is None or not handler.content:
+                    continue
+                key = f"{st.st_dev}:{st.st_ino}"
+                if key not in found:
+                    found[key] = ""
+                    plan.want_file(sid, st.st_ino, lambda path, key=key: found.__setitem__(key, path),
+                                   f"process {pid} fd {f['fd']} ({f['target']}): a deleted name of a file "
+                                   f"that has {st.st_nlink} other name(s), none of them on a mount of the tree "
+                                   "whose files are dumped")
+    return found
+
+
+def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, files, linked_names=None) -> str:
+    """The ghost (archived once per inode) of a file that process `pid` holds open after unlinking it
+    (`link`: "fd/N"), or of a directory removed while it was its cwd or root ("cwd", "root").
+
+    Like CRIU's link-remap: a file open under several deleted names keeps them all (restore links
+    it there again while it reopens the fds, `links`); a deleted name of a file that still has
+    another name archives nothing of its own (`linked`: restore links that name there again)."""
+    where = f"process {pid} {link.replace('fd/', 'fd ')} ({path} (deleted))"
+    sid = None if m is None else mntns_sb(mntns_doc, m.mnt_id)
+    sb = None if m is None else superblocks[sid]
+    st = None if m is None else os.stat(f"/proc/{pid}/{link}")
+    _rule(mountrules.deleted_file, where, sb, st and st.st_mode)   # (also asked before the stop)
+    key = f"{st.st_dev}:{st.st_ino}"
+    # A type that makes ghosts through its mounts shows another inode's link count (overlay: the
+    # layer's, which still has its name beneath the whiteout): the "(deleted)" name is what counts.
+    nlink = 0 if not fs.lookup(sb["fstype"]).content else st.st_nlink
+    linked = (linked_names or {}).get(key) if nlink else None
+    if nlink and not linked:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: the file has {st.st_nlink} other name(s) (a hard link) that "
+                                          "no mount of the tree whose files are dumped reaches")
+    m_root = ghosts.split_root(m.root)[0]
+    rel = rel_to(path, m.mountpoint)
+    sb_path = m_root if not rel else (("" if m_root == "/" else m_root) + "/" + rel)
+    for gid, g in ghosts_doc.items():
+        if g.get("inode") == key:
+            links = g.setdefault("links", [])
+            if g["path"] != sb_path and sb_path not in links:
+                # Restore reopens every fd through its own name on its own mount: another unlinked
+                # name of the same file is linked there too (CRIU's mntns_link_remap).
+                if stat.S_ISDIR(st.st_mode) or len(links) >= imageformat.MAX_GHOST_LINKS:
+                    raise DumpError(errno.EOPNOTSUPP, f"{where}: the same deleted file is also open as "
+                                                      f"{g['path']} of its filesystem (too many names)")
+                links.append(sb_path)
+            if not links:
+                del g["links"]
+            return gid  # another fd on it, or the (deleted) root of a mount: one inode at restore too
+    gid = f"g-{len(ghosts_doc)}"
+    if linked:
+        ghosts_doc[gid] = {"sb": sid, "path": sb_path, "linked": linked, "inode": key}
+        return gid
+    name, out = writer.new_archive()
+    try:
+        d, _, entry = f"/proc/{pid}/{link}".rpartition("/")
+        files[name] = ghosts.archive_link(d, entry, sb_path, out)
+    except OSError as e:
+        raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+    ghosts_doc[gid] = {"sb": sid, "path": sb_path, "file": name, "member": "sb-0",
+                       "only": sb_path.rsplit("/", 1)[1], "inode": key}
+    return gid
+
+
+def mntns_sb(mntns_doc: dict, mid: int) -> str:
+    """The superblock id of mount `mid`."""
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            if e["id"] == mid:
+                return e["sb"]
+    raise KeyError(mid)
+
+
+def place(loc: dict, mounts_by_id: dict, pid: int, what: str) -> dict:
+    """{abs path, mnt id} -> {mnt, path relative to the mount's root}."""
+    path, mnt = loc["abs"], loc["mnt"]
+    if path.endswith(" (deleted)"):
+        raise DumpError(errno.EOPNOTSUPP, f"process {pid} {what}: {path}: deleted files are not supported yet")
+    m = mounts_by_id.get(mnt)
+    if m is None:
+        # In no dumped namespace: a lazily unmounted (detached) mount, resolved later.
+        return {"mnt": mnt, "path": path, "detached": True}
+    if not is_beneath(path, m.mountpoint):
+        raise DumpError(errno.EIO, f"process {pid} {what}: {path} is not beneath its mount's {m.mountpoint}")
+    return {"mnt": mnt, "path": "/" + rel_to(path, m.mountpoint)}
