@@ -9,7 +9,7 @@ mounts are busy the same way; contents and addresses are not restored.
 A mapped file that was unlinked since (a library replaced by an upgrade) is
 kept as a ghost when its filesystem's files are dumped, and a file on a
 lazily unmounted mount keeps that detached mount, as an open file would
-(engine/dump.py `_place_maps`). Not recorded: anonymous shared memory,
+(engine/placement.py `_place_maps`). Not recorded: anonymous shared memory,
 memfds, deleted files of other filesystems. The executable is recorded and
 mapped like the others, and on x86-64 a stand-in makes it its own
 /proc/PID/exe once it is detached (become_exe): a few instructions in an
