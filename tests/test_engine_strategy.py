@@ -112,13 +112,20 @@ def test_overmounted_layer_told_by_its_files_without_unique_ids(case):
     """Without unique mount ids (forced: layers=refuse-ambiguous) an overlay whose lower path now
     resolves to a decoy mounted over it afterwards is still restored from the layer beneath: the
     overlay shows the layer's files with their own inode numbers and times, the decoy's differ."""
-    env = {"MNTCR_STRATEGY": "layers=refuse-ambiguous"}
-    pid = case.start(OVERMOUNTED.format(decoy="mount -t tmpfs decoy /run/ovl/lower; echo decoy > /run/ovl/lower/f"))
-    look = "cat /mnt/merged/f /run/ovl/lower/f"
+    _round_trip_without_unique_ids(case, OVERMOUNTED.format(decoy="mount -t tmpfs decoy /run/ovl/lower; "
+                                                                  "echo decoy > /run/ovl/lower/f"),
+                                   "cat /mnt/merged/f /run/ovl/lower/f", ["real", "decoy"])
+
+
+def _round_trip_without_unique_ids(case, script: str, look: str, shown: list[str]) -> None:
+    """Dump and restore the tree `script` makes with layers=refuse-ambiguous forced; `look` shows
+    `shown` before, and the same after."""
+    pid = case.start(script)
     before = take(pid, look)
-    assert before.snap.check_output.split() == ["real", "decoy"], before.snap.check_output
+    assert before.snap.check_output.split() == shown, before.snap.check_output
     images = case.new_images_dir()
-    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS,
+              env={"MNTCR_STRATEGY": "layers=refuse-ambiguous"})
     assert r.returncode == 0, r.stderr
     new = case.restore(images)
     assert_same(before, take(new, look))
@@ -141,16 +148,8 @@ def test_layer_named_by_symlink_told_by_its_files_without_unique_ids(case):
     ../ID/diff) on a self-bind of the storage directory (podman makes it a private mount): the
     link is followed beneath the covers as the kernel followed it for the overlay, so the layer's
     files tell its mount and the tree is restored (it was refused as "no longer a directory")."""
-    env = {"MNTCR_STRATEGY": "layers=refuse-ambiguous"}
-    pid = case.start(SYMLINKED)
-    look = "cat /mnt/merged/f; grep -o 'lowerdir=[^,]*' /proc/self/mountinfo"
-    before = take(pid, look)
-    assert before.snap.check_output.split() == ["layer", "lowerdir=/run/st/ovl/l/ABC"], before.snap.check_output
-    images = case.new_images_dir()
-    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env)
-    assert r.returncode == 0, r.stderr
-    new = case.restore(images)
-    assert_same(before, take(new, look))
+    _round_trip_without_unique_ids(case, SYMLINKED, "cat /mnt/merged/f; grep -o 'lowerdir=[^,]*' /proc/self/mountinfo",
+                                   ["layer", "lowerdir=/run/st/ovl/l/ABC"])
 
 
 def test_overmounted_layer_refused_when_its_files_tell_nothing(case):
