@@ -1144,6 +1144,14 @@ def _check_counts(r) -> None:
 def private_in_yard(r, path: str, name: str) -> int:
     """A private copy of the service namespace's mount at `path`, attached in the yard as `name`
     (a source whose clones are private from the start); returns an fd on it."""
+    return in_yard(r, path, name, private=True)
+
+
+def in_yard(r, path: str, name: str, private: bool) -> int:
+    """A copy of the service namespace's mount at `path` attached in the yard as `name`, made private
+    or (`private` False) keeping the host mount's peer group or master: a way into an external group
+    that later clones can start from (before 5.12 or so open_tree clones only mounts of the caller's
+    namespace, not a detached clone); returns an fd on it."""
     import os
 
     from engine import kernel
@@ -1151,11 +1159,12 @@ def private_in_yard(r, path: str, name: str) -> int:
     try:
         os.mkdir(name, 0o700, dir_fd=r.yard)
         kernel.move_mount(fd, "", r.yard, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
-        os.fchdir(r.hostproc)  # the host /proc's self/fd/N names the mount itself
-        try:
-            kernel.mount(None, f"self/fd/{fd}", None, kernel.MS_PRIVATE)
-        finally:
-            os.chdir("/")
+        if private:
+            os.fchdir(r.hostproc)  # the host /proc's self/fd/N names the mount itself
+            try:
+                kernel.mount(None, f"self/fd/{fd}", None, kernel.MS_PRIVATE)
+            finally:
+                os.chdir("/")
     except OSError:
         os.close(fd)
         raise

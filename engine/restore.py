@@ -851,7 +851,12 @@ class _Restorer:
                     # path, which is that mount's peer (or a slave of its master). MOVE_MOUNT_SET_GROUP
                     # copies only from a mount's root, and the path may be a directory inside the
                     # host's mount (CRIU's mnt_ext_master binds /tmp/X/test of a shared mount at /tmp/X).
-                    self.ext_host[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
+                    if self.yard is not None and strategy.current().sharing == "construct":
+                        # engine.construct binds from it: attached in the yard, as a detached clone
+                        # cannot be cloned again there (5.10: open_tree EINVAL)
+                        self.ext_host[e["id"]] = construct.in_yard(self, path, f"host{e['id']}", private=False)
+                    else:
+                        self.ext_host[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
             except OSError as err:
                 raise RestoreError(err.errno, f"external {e['external']} ({path}) for mount {e['id']} "
                                               f"({e['mountpoint']}): {err.strerror}") from None
