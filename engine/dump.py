@@ -29,7 +29,7 @@ import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
 from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, userns_cr
-from engine.dumperror import DumpError
+from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
 from engine.freeze import process_tree
@@ -309,14 +309,6 @@ class _Plan:
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """Call setter(path on superblock `sid`) for the file with inode `ino`; refuse with `missing` if none."""
         self.wanted.setdefault(sid, []).append([ino, setter, missing, False])
-
-
-def _hook(fn, *args):
-    """Call a type hook; its refusal (FsError) becomes the dump's."""
-    try:
-        return fn(*args)
-    except fs.FsError as e:
-        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
 
 class _Dump:

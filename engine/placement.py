@@ -10,16 +10,8 @@ import os
 import stat
 
 from engine import fs, ghosts, image, imageformat, mountrules
-from engine.dumperror import DumpError
+from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
-
-
-def _rule(fn, *args) -> None:
-    """Ask a rule of engine/mountrules.py; its refusal (FsError) becomes the dump's."""
-    try:
-        fn(*args)
-    except fs.FsError as e:
-        raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 
 
 def external_file_hint(path: str) -> str:
@@ -73,7 +65,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
         if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
             entry["exe"] = place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
         procs_doc.append(entry)
-    _rule(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
+    hook(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
     return procs_doc
 
 
@@ -196,7 +188,7 @@ def _fd_ghost(pid, link, path, m, mntns_doc, superblocks, ghosts_doc, writer, fi
     sid = None if m is None else mntns_sb(mntns_doc, m.mnt_id)
     sb = None if m is None else superblocks[sid]
     st = None if m is None else os.stat(f"/proc/{pid}/{link}")
-    _rule(mountrules.deleted_file, where, sb, st and st.st_mode)   # (also asked before the stop)
+    hook(mountrules.deleted_file, where, sb, st and st.st_mode)   # (also asked before the stop)
     key = f"{st.st_dev}:{st.st_ino}"
     # A type that makes ghosts through its mounts shows another inode's link count (overlay: the
     # layer's, which still has its name beneath the whiteout): the "(deleted)" name is what counts.
