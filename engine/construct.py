@@ -1141,12 +1141,6 @@ def _check_counts(r) -> None:
                                           f"the image has {n} (propagation made mounts the plan did not foresee)")
 
 
-def private_in_yard(r, path: str, name: str) -> int:
-    """A private copy of the service namespace's mount at `path`, attached in the yard as `name`
-    (a source whose clones are private from the start); returns an fd on it."""
-    return in_yard(r, path, name, private=True)
-
-
 def in_yard(r, path: str, name: str, private: bool) -> int:
     """A copy of the service namespace's mount at `path` attached in the yard as `name`, made private
     or (`private` False) keeping the host mount's peer group or master: a way into an external group

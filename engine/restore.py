@@ -842,7 +842,7 @@ class _Restorer:
                     # Clones of the service namespace's own mount would be slaves of the host's
                     # groups until made private, after they are attached: too late where peer
                     # groups are built while attaching (engine.construct). A private copy in the yard.
-                    self.ext_src[e["id"]] = construct.private_in_yard(self, path, f"ext{e['id']}")
+                    self.ext_src[e["id"]] = construct.in_yard(self, path, f"ext{e['id']}", private=True)
                 else:
                     self.ext_src[e["id"]] = kernel.open_tree(kernel.AT_FDCWD, path,
                                                              kernel.OPEN_TREE_CLONE if self.yard is None else 0)
