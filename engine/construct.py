@@ -40,6 +40,7 @@ restores them with MOVE_MOUNT_SET_GROUP.
 
 The plan is a list of tuples (ids < 0 are seeds):
   ("seed", sid, sb, root, src)   attach a seed in the yard; src None: the superblock's root,
+                                 ("source", id, "") a mount of it shown with mount id's source,
                                  ("node", id, rel) a bind of made mount id, ("ext", id, rel) of
                                  the host mount of external mount id
   ("make", id, src)              clone mount id (src as above; None: a plain private clone)
@@ -94,6 +95,7 @@ class _Node:
     mountpoint: str | None   # None: not in a restored tree (seed, copy inside a seed, host mount)
     real: bool               # a mount of the image
     source: bool = False     # a seed or a host mount: the first choice to bind a member from
+    name: object = None      # the source mountinfo shows (a bind keeps it; None: any, restore gives it)
 
 
 class _State:
@@ -218,6 +220,7 @@ class _State:
 
 
 _MISSING = object()
+_ANY = object()   # _find: a mount shown with any source
 
 
 def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
@@ -251,8 +254,11 @@ def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
 
 
 class _Planner:
-    def __init__(self, mounts, helper_ok, userns_copies=None, subtrees=None):
+    def __init__(self, mounts, helper_ok, userns_copies=None, subtrees=None, sources=None):
         self.helper_ok = helper_ok
+        # Mount -> the source it shows, where restore must give each its own (kept_sources): a bind
+        # or a propagated copy shows its source's, so a member is bound only from one that shows its.
+        self.names = dict(sources or {})
         # Unlocked mount -> the locked mounts below it that restore makes with it (lock_groups).
         self.subtrees = {top: list(members) for top, members in (subtrees or {}).items()}
         # Namespaces copied into their user namespace: ns -> (mounts made before the copy, which the
@@ -318,7 +324,8 @@ class _Planner:
         if rel is None:
             return []
         return [x for x in self.children.get((q["id"], _join(q["mountpoint"], rel)), ())
-                if x["sb"] == c["sb"] and x["root"] == c["root"] and x is not c]
+                if x["sb"] == c["sb"] and x["root"] == c["root"] and x is not c
+                and self.names.get(x["id"]) == self.names.get(c["id"])]
 
     def _constraints(self) -> None:
         """Which mounts should wait for which (from the image alone): a mount attached under a shared
@@ -398,9 +405,9 @@ class _Planner:
             return ("ext", self.ext_of[nid], rel)
         return ("node", nid, rel)
 
-    def _find(self, sb, root: str, ks, km, peer_only=False) -> int | None:
-        """A made mount (seed first) of superblock sb, whose root covers `root`, in state (ks, km)
-        (peer_only: any member of group ks)."""
+    def _find(self, sb, root: str, ks, km, peer_only=False, name=None) -> int | None:
+        """A made mount (seed first) of superblock sb, whose root covers `root`, shown with source
+        `name`, in state (ks, km) (peer_only: any member of group ks)."""
         st = self.st
         if ks is not None:
             sources, pool = st.src_members.get(ks, ()), st.members.get(ks, ())
@@ -410,7 +417,7 @@ class _Planner:
         def fits(n) -> bool:
             node = st.nodes[n]
             self.steps += 1
-            return (node.sb == sb and _rel(root, node.root) is not None
+            return (node.sb == sb and (name is _ANY or node.name == name) and _rel(root, node.root) is not None
                     and (peer_only or (st.ks[n], st.km[n]) == (ks, km)))
 
         # A seed or host mount first (few per group); a member of the image only when the group has
@@ -421,6 +428,14 @@ class _Planner:
         if not found:
             return None
         return min(found, key=lambda n: (len(st.nodes[n].root), self.rank.get(n, 0), n))
+
+    def _lost(self, m: dict, root: str, ks, km, msg: str) -> PlanError:
+        """The refusal for m, which no made mount of its group (ks) or master (km) covering `root` can be
+        bound for: `msg`, or, where one shown with another source could, that (a bind keeps its source's)."""
+        if self._find(m["sb"], root, ks, km, peer_only=ks is not None, name=_ANY) is None:
+            return PlanError(msg)
+        return PlanError(f"{self.where(m)}: shown with source {self.names.get(m['id'])!r}, and the mounts of its peer "
+                         f"group or master it could be bound from show another (a bind keeps its source's){_NEED}")
 
     def _seed(self, sb, src, ops_after, root="/") -> int:
         sid = self.next_seed
@@ -438,6 +453,11 @@ class _Planner:
         if not members:
             raise PlanError(f"peer group {g} has no mount in the image{_NEED}")
         first = members[0]
+        name = self.names.get(first["id"])
+        odd = next((x for x in members if self.names.get(x["id"]) != name), None)
+        if odd is not None:
+            raise PlanError(f"{self.where(odd)}: its peer group {g} has members shown with other sources "
+                            f"({self.names.get(odd['id'])!r}, {name!r}), and a bind shows its source's{_NEED}")
         if not self.helper_ok(first["sb"]):
             raise PlanError(f"{self.where(first)}: its peer group {g} is on a filesystem the restore does not "
                             f"create, so no temporary mount can start the group{_NEED}")
@@ -450,20 +470,23 @@ class _Planner:
                 mt = self._ensure(master, first["sb"])
             finally:
                 self._ensuring.discard(master)
-            src = self._find(first["sb"], "/", mt, None, peer_only=True)
+            src = self._find(first["sb"], "/", mt, None, peer_only=True, name=name)
             if src is None:
-                raise PlanError(f"{self.where(first)}: no mount of its master group {master} covers the root "
-                                f"of its superblock{_NEED}")
+                raise self._lost(first, "/", mt, None, f"{self.where(first)}: no mount of its master group {master} "
+                                                        f"covers the root of its superblock{_NEED}")
             sid = self._seed(first["sb"], self._src_of(src, "/"), None)
-            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), self.st.ks[src], self.st.km[src])
+            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True, name=name),
+                        self.st.ks[src], self.st.km[src])
             self.ops.append(("prop", sid, "slave"))
             self.st.make_slave(sid)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         else:
-            sid = self._seed(first["sb"], None, None)
+            # (a fresh mount of the superblock shown with the group's source: restore mounts it again
+            # under that source where it is not the superblock's first)
+            sid = self._seed(first["sb"], None if name is None else ("source", first["id"], ""), None)
             self._lock_seed(sid, g, members)
-            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), None, None)
+            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True, name=name), None, None)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         self.st.do_bind(g, self.st.ks[sid])
@@ -508,7 +531,7 @@ class _Planner:
     # -- one step ----------------------------------------------------------------
     def _make(self, m: dict) -> None:
         """Choose how m is made and record it (ops and state); PlanError when no way works."""
-        g, h = m.get("shared"), m.get("master")
+        g, h, nm = m.get("shared"), m.get("master"), self.names.get(m["id"])
         parent = self.mounts.get(m.get("parent"))
         parent_shared = parent is not None and self.st.ks.get(parent["id"]) is not None
         src = None
@@ -523,14 +546,15 @@ class _Planner:
                                 f"group{_NEED}")
             if h:
                 th = self._master_token(h, m["sb"])
-                n = self._find(m["sb"], m["root"], None, th)
+                n = self._find(m["sb"], m["root"], None, th, name=nm)
                 if n is None:
-                    peer = self._find(m["sb"], "/", th, None, peer_only=True)
+                    peer = self._find(m["sb"], "/", th, None, peer_only=True, name=nm)
                     if peer is None:
-                        raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
-                                        f"{m['root']}{_NEED}")
+                        raise self._lost(m, "/", th, None, f"{self.where(m)}: no mount of its master group {h} covers "
+                                                           f"its root {m['root']}{_NEED}")
                     n = self._seed(m["sb"], self._src_of(peer, "/"), None)
-                    self.st.add(_Node(n, m["sb"], "/", None, False, source=True), self.st.ks[peer], self.st.km[peer])
+                    self.st.add(_Node(n, m["sb"], "/", None, False, source=True, name=nm),
+                                self.st.ks[peer], self.st.km[peer])
                     self.ops.append(("prop", n, "slave"))
                     self.st.make_slave(n)
                 src, state = self._src_of(n, m["root"]), (None, th)
@@ -545,24 +569,24 @@ class _Planner:
             if g and tg is None and self.helper_ok(m["sb"]):
                 tg = self._ensure(g, m["sb"])
             if g and tg is not None:
-                n = self._find(m["sb"], m["root"], tg, th)
+                n = self._find(m["sb"], m["root"], tg, th, name=nm)
                 if n is None:
-                    raise PlanError(f"{self.where(m)}: no mount of its peer group {g} covers its root "
-                                    f"{m['root']}{_NEED}")
+                    raise self._lost(m, m["root"], tg, th, f"{self.where(m)}: no mount of its peer group {g} covers "
+                                                           f"its root {m['root']}{_NEED}")
                 src, state = self._src_of(n, m["root"]), (tg, th)
             else:
                 # First of a slave group (or a plain slave): a bind of a member of the master group,
                 # made slave (and shared) once attached.
-                n = self._find(m["sb"], m["root"], th, None, peer_only=True)
+                n = self._find(m["sb"], m["root"], th, None, peer_only=True, name=nm)
                 if n is None and not parent_shared:
-                    n = self._find(m["sb"], m["root"], None, th)
+                    n = self._find(m["sb"], m["root"], None, th, name=nm)
                 if n is None:
-                    raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
-                                    f"{m['root']}{_NEED}")
+                    raise self._lost(m, m["root"], th, None, f"{self.where(m)}: no mount of its master group {h} "
+                                                             f"covers its root {m['root']}{_NEED}")
                 src, state = self._src_of(n, m["root"]), (self.st.ks[n], self.st.km[n])
         self._check_flag_locks(m, src)
         self.ops.append(("make", m["id"], src))
-        self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True), *state)
+        self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True, name=nm), *state)
         if parent is None and state[0] is not None:
             # pivot_root refuses a shared new root: the root joins a group only as its first member
             # (made shared once it is the root), or as a slave.
@@ -579,9 +603,10 @@ class _Planner:
             # unchanged) are copies of this namespace made now, while it holds only its root.
             for x in self.roots:
                 if (x.get("parent") not in self.mounts and x["id"] not in self.st.made
-                        and (x.get("shared"), x.get("master"), x["sb"], x["root"]) == (g, h, m["sb"], m["root"])):
+                        and (x.get("shared"), x.get("master"), x["sb"], x["root"], self.names.get(x["id"]))
+                        == (g, h, m["sb"], m["root"], nm)):
                     self.ops.append(("nscopy", x["id"], m["id"]))
-                    self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True),
+                    self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True, name=nm),
                                 self.st.ks[m["id"]], self.st.km[m["id"]])
 
     def _attach(self, m: dict, parent: dict) -> list[dict]:
@@ -597,6 +622,7 @@ class _Planner:
             self.st.set_state(m["id"], self.st.token(), self.st.km[m["id"]])
         dentry = _join(parent["root"], _rel(m["mountpoint"], parent["mountpoint"]))
         copies: list[dict] = []
+        nm = self.names.get(m["id"])
 
         def copy_into(q: int, ks, km) -> None:
             qn = self.st.nodes[q]
@@ -606,7 +632,7 @@ class _Planner:
             if not qn.real or qn.mountpoint is None:
                 jid = self.st.next_junk
                 self.st.next_junk -= 1
-                self.st.add(_Node(jid, m["sb"], m["root"], None, False), ks, km)
+                self.st.add(_Node(jid, m["sb"], m["root"], None, False, name=nm), ks, km)
                 return
             mp = _join(qn.mountpoint, rel)
             if (q, mp) in self.st.occupied:
@@ -614,6 +640,11 @@ class _Planner:
                                 f"(reparenting){_NEED}")
             cands = [c for c in self.children.get((q, mp), ()) if c["id"] not in self.st.made
                      and c["sb"] == m["sb"] and c["root"] == m["root"]]
+            if cands and not any(self.names.get(c["id"]) == nm for c in cands):
+                raise PlanError(f"{self.where(m)}: propagation would copy it to {mp}, where the image's mount shows "
+                                f"another source than its {nm!r} (a copy shows the source of the mount it is "
+                                f"copied from){_NEED}")
+            cands = [c for c in cands if self.names.get(c["id"]) == nm]
             if not cands:
                 raise PlanError(f"{self.where(m)}: propagation would copy it to {mp}, where the image has no such "
                                 f"mount (non-uniform propagation){_NEED}")
@@ -622,7 +653,7 @@ class _Planner:
             if ns is not None and ns not in self.copied:
                 raise PlanError(f"{self.where(m)}: propagation would copy it to {mp} before its namespace {ns} is "
                                 f"copied into its user namespace, which would lock it{_NEED}")
-            self.st.add(_Node(c["id"], c["sb"], c["root"], c["mountpoint"], True), ks, km)
+            self.st.add(_Node(c["id"], c["sb"], c["root"], c["mountpoint"], True, name=nm), ks, km)
             self.st._dset(self.st.occupied, (q, mp), c["id"])
             copies.append(c)
 
@@ -712,7 +743,8 @@ class _Planner:
             if key in self.st.occupied:
                 raise PlanError(f"{self.where(x)}: another mount is already at its mount point")
             self.st._dset(self.st.occupied, key, x["id"])
-            self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True), None, None)
+            self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True, name=self.names.get(x["id"])),
+                        None, None)
             self.ops.append(("member", x["id"]))
 
     # -- the whole plan ----------------------------------------------------------------
@@ -849,7 +881,7 @@ class _Planner:
         return self.ops
 
 
-def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None) -> list[tuple]:
+def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None, sources=None) -> list[tuple]:
     """The construction plan for `mounts` (image mount dicts of every namespace: id, parent,
     mountpoint, root, sb, shared, master, external); PlanError naming a mount when none works.
     `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made.
@@ -857,8 +889,24 @@ def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None) -
     namespace (engine.userns_cr.construct_copies): the plan copies each into its user namespace
     (op ("userns", namespace)) once its mounts "before" are made, and makes those "after" in the copy.
     `subtrees`: {unlocked mount: [the locked mounts below it]} (engine.userns_cr.construct_subtrees),
-    made and attached with that mount (op ("member", id) each)."""
-    return _Planner(list(mounts), helper_ok, userns_copies, subtrees).run()
+    made and attached with that mount (op ("member", id) each).
+    `sources`: {mount: the source it shows} where restore gives each mount its own (kept_sources):
+    a member is bound only from a mount that shows its source, and a group's seed is a mount of
+    the superblock under its members' source (src ("source", member, "")); none: sources not checked."""
+    return _Planner(list(mounts), helper_ok, userns_copies, subtrees, sources).run()
+
+
+def kept_sources(entries) -> dict[int, str]:
+    """{mount: source} for `entries` ((mount id, fs type, the source mountinfo shows) of the mounts
+    of superblocks restore makes) whose source restore gives back as shown: a type whose source
+    names the mount's root (fs.FsType.source_names_root) shows each restored bind's own again."""
+    from engine import fs
+    out = {}
+    for mid, fstype, source in entries:
+        h = fs.lookup(fstype)
+        if h is None or not h.source_names_root:
+            out[mid] = source
+    return out
 
 
 # -- restore: executing the plan -----------------------------------------------------------
@@ -1005,8 +1053,11 @@ class _Builder:
         from engine.restore import RestoreError, _make_yard
         r = self.r
         what = f"a temporary mount of superblock {sb} for its peer group"
-        if src is None:
-            base, rel = r._source({"id": sid, "sb": sb, "root": root, "mountpoint": f"({what})"})
+        if src is None or src[0] == "source":
+            # (a mount of the superblock, shown with member src[1]'s source: mounted again under it
+            # where that is not the superblock's first, restore's _other_source)
+            m = {"id": sid, "sb": sb, "mountpoint": f"({what})"} if src is None else r.mounts[src[1]]
+            base, rel = r._source(dict(m, root=root))
             r.to_service()
         else:
             base, rel = self.source(src)

@@ -1028,9 +1028,12 @@ class _Restorer:
         try:
             if strategy.current().sharing == "construct":
                 # Built while mounting (engine.construct); nothing is left for the sharing step.
-                self.construct_ops = construct.plan(list(self.mounts.values()), helper_ok,
-                                                    userns_cr.construct_copies(self.doc["mntns"]),
-                                                    userns_cr.construct_subtrees(self.doc["mntns"]))
+                sbs = self.doc["superblocks"]
+                self.construct_ops = construct.plan(
+                    list(self.mounts.values()), helper_ok, userns_cr.construct_copies(self.doc["mntns"]),
+                    userns_cr.construct_subtrees(self.doc["mntns"]),
+                    construct.kept_sources((m["id"], sbs[m["sb"]]["fstype"], m.get("source", sbs[m["sb"]]["source"]))
+                                           for m in self.mounts.values() if helper_ok(m["sb"])))
                 self.sharing_ops = []
             else:
                 self.sharing_ops = sharing.plan(list(self.mounts.values()), helper_ok=helper_ok)
