@@ -57,9 +57,11 @@ The plan is a list of tuples (ids < 0 are seeds):
   ("lockseed", sid, id)          seed sid carries the flag locks of mount id (an unlocked mount with
                                  locked flags, engine.userns_cr): cloned inside its user namespace from
                                  a locked copy before it is attached, so the binds of it inherit them
-  ("member", id)                 locked mount id below an unlocked one (a recursive bind made inside
+  ("member", id, src)            locked mount id below an unlocked one (a recursive bind made inside
                                  a user namespace, engine.userns_cr.lock_groups) came with it: made
-                                 with that mount's clone, attached with its attach
+                                 with that mount's clone, attached with its attach; src: what is
+                                 copied into the user namespace for it (as in "make": a bind of a
+                                 mount of its master group, or None)
 """
 
 from __future__ import annotations
@@ -261,6 +263,7 @@ class _Planner:
         self.names = dict(sources or {})
         # Unlocked mount -> the locked mounts below it that restore makes with it (lock_groups).
         self.subtrees = {top: list(members) for top, members in (subtrees or {}).items()}
+        self.in_subtree = {i for members in self.subtrees.values() for i in members}
         # Namespaces copied into their user namespace: ns -> (mounts made before the copy, which the
         # kernel locks; mounts made after it, in the copy).
         self.userns_copies = {ns: (set(before), set(after)) for ns, (before, after) in (userns_copies or {}).items()}
@@ -352,7 +355,7 @@ class _Planner:
                 for q in tree:
                     if q is p or q is c or _rel(dentry, q["root"]) is None:
                         continue
-                    cands = self._copy_candidates(c, dentry, q)
+                    cands = [x for x in self._copy_candidates(c, dentry, q) if x["id"] not in self.in_subtree]
                     if cands:
                         self.wait_for.setdefault(c["id"], []).append(q["id"])
                         for x in cands:
@@ -475,6 +478,7 @@ class _Planner:
                 raise self._lost(first, "/", mt, None, f"{self.where(first)}: no mount of its master group {master} "
                                                         f"covers the root of its superblock{_NEED}")
             sid = self._seed(first["sb"], self._src_of(src, "/"), None)
+            self._lock_seed(sid, g, members)
             self.st.add(_Node(sid, first["sb"], "/", None, False, source=True, name=name),
                         self.st.ks[src], self.st.km[src])
             self.ops.append(("prop", sid, "slave"))
@@ -536,6 +540,8 @@ class _Planner:
         parent_shared = parent is not None and self.st.ks.get(parent["id"]) is not None
         src = None
         state = (None, None)
+        # A subtree's members are made with its top's clone: their seeds come before its make.
+        inputs = {i: self._subtree_input(self.mounts[i]) for i in self.subtrees.get(m["id"], ())}
         if m.get("external") and not (g or h):
             pass  # a plain clone of the host path (restore's usual way)
         elif parent is None and not (m.get("external") and h in self.ext_nodes):
@@ -561,6 +567,8 @@ class _Planner:
         elif m.get("external") and h in self.ext_nodes:
             # A bind of the host's mount, a slave of the outside group there (made shared after, if).
             src, state = ("ext", m["id"], ""), (None, self.st.bind[h])
+        elif m["id"] in self.subtrees:
+            src, state = self._subtree_input(m)
         elif g and not h and not self.helper_ok(m["sb"]):
             pass  # no seed: a plain clone, made shared once attached (the first of its group)
         elif g or h:
@@ -584,7 +592,8 @@ class _Planner:
                     raise self._lost(m, m["root"], th, None, f"{self.where(m)}: no mount of its master group {h} "
                                                              f"covers its root {m['root']}{_NEED}")
                 src, state = self._src_of(n, m["root"]), (self.st.ks[n], self.st.km[n])
-        self._check_flag_locks(m, src)
+        if m["id"] not in self.subtrees:   # (a subtree's top takes its flag locks from the copy)
+            self._check_flag_locks(m, src)
         self.ops.append(("make", m["id"], src))
         self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True, name=nm), *state)
         if parent is None and state[0] is not None:
@@ -597,7 +606,7 @@ class _Planner:
         for x in [m] + copies:
             self._reach(x)
         if m["id"] in self.subtrees:
-            self._members(m, parent)
+            self._members(m, parent, inputs)
         if parent is None and self.st.ks[m["id"]] is not None:
             # Other namespaces whose root is a peer of this one (a namespace copied with propagation
             # unchanged) are copies of this namespace made now, while it holds only its root.
@@ -726,26 +735,51 @@ class _Planner:
             raise PlanError(f"{self.where(m)}: the way it must be made leaves it in another peer group or with "
                             f"another master than it had{_NEED}")
 
-    def _members(self, top: dict, parent: dict | None) -> None:
+    def _subtree_input(self, x: dict) -> tuple:
+        """(src, state) of what restore copies into the user namespace for x, the top or a member of a
+        subtree made there (lock_subtree): the copy of a shared mount is a slave of its group, of a
+        slave one of the same master, of a private one private. A slave of group h is made from a slave
+        of h (a seed bound from a member, made slave, where none is made yet): a member of h would
+        propagate what is mounted on it while the subtree is put together into h's other members. x's
+        own group (shared) is one that starts with it once attached."""
+        h = x.get("master")
+        if not h:
+            return None, (None, None)
+        th = self._master_token(h, x["sb"])
+        nm = self.names.get(x["id"])
+        n = self._find(x["sb"], x["root"], None, th, name=nm)
+        if n is None:
+            peer = self._find(x["sb"], x["root"], th, None, peer_only=True, name=nm)
+            if peer is None:
+                raise self._lost(x, x["root"], th, None, f"{self.where(x)}: no mount of its master group {h} "
+                                                         f"covers its root {x['root']}{_NEED}")
+            root = self.st.nodes[peer].root
+            n = self._seed(x["sb"], self._src_of(peer, root), None, root=root)
+            self.st.add(_Node(n, x["sb"], root, None, False, source=True, name=nm), self.st.ks[peer], self.st.km[peer])
+            self.ops.append(("prop", n, "slave"))
+            self.st.make_slave(n)
+        return self._src_of(n, x["root"]), (None, th)
+
+    def _members(self, top: dict, parent: dict | None, inputs: dict) -> None:
         """The locked mounts below unlocked `top`, made and attached with it (restore clones the whole
-        subtree from a locked copy inside the user namespace): private, as the copy leaves them, so a
-        subtree with sharing in it or attached where propagation would copy it is refused."""
+        subtree from a locked copy inside the user namespace, each from its `inputs`, _subtree_input):
+        a subtree attached where propagation would copy it is refused; under a shared parent the
+        kernel makes each of its mounts shared (a group of its own), as the top."""
         members = [self.mounts[i] for i in self.subtrees[top["id"]]]
-        shared = next((x for x in [top, *members] if x.get("shared") or x.get("master")), None)
-        if shared is not None:
-            raise PlanError(f"{self.where(shared)}: shared or slave, in a subtree of locked mounts below the "
-                            f"unlocked mount {top['id']} ({top['mountpoint']}){_NEED}")
-        if parent is not None and self.st.ks.get(parent["id"]) is not None:
+        pt = self.st.ks.get(parent["id"]) if parent is not None else None
+        if pt is not None and (len(self.st.members.get(pt, ())) > 1 or self.st.slaves.get(pt)):
             raise PlanError(f"{self.where(top)}: locked mounts below it, under a shared parent whose peers "
-                            f"would get copies of it{_NEED}")
+                            f"or slaves would get copies of it{_NEED}")
         for x in members:
             key = (x["parent"], x["mountpoint"])
             if key in self.st.occupied:
                 raise PlanError(f"{self.where(x)}: another mount is already at its mount point")
+            src, (_, km) = inputs[x["id"]]
             self.st._dset(self.st.occupied, key, x["id"])
             self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True, name=self.names.get(x["id"])),
-                        None, None)
-            self.ops.append(("member", x["id"]))
+                        None if pt is None else self.st.token(), km)
+            self.ops.append(("member", x["id"], src))
+            self._reach(x)
 
     # -- the whole plan ----------------------------------------------------------------
     def _before_copy(self, mounts: list[dict]) -> list[dict]:
@@ -939,6 +973,9 @@ class _Builder:
         self.attached: set[int] = set()  # for the user-namespace copy's check (its locked mounts are all there)
         # seed -> the mount whose locked flags it carries (op lockseed: a group of locked binds)
         self.lock_seed = {op[1]: op[2] for op in r.construct_ops if op[0] == "lockseed"}
+        # What lock_subtree copies into the user namespace for each member of a subtree (op member).
+        member_src = {op[1]: op[2] for op in r.construct_ops if op[0] == "member" and op[2] is not None}
+        r.subtree_base = lambda m: self.source(member_src[m["id"]]) if m["id"] in member_src else None
         self.props = {"private": kernel.MS_PRIVATE, "slave": kernel.MS_SLAVE, "shared": kernel.MS_SHARED,
                       "unbindable": kernel.MS_UNBINDABLE}
 
@@ -1113,7 +1150,7 @@ class _Builder:
     def _op_lockseed(self, sid: int, mid: int) -> None:
         """Nothing left to do: seed `sid` took mount `mid`'s flag locks when it was made."""
 
-    def _op_member(self, mid: int) -> None:
+    def _op_member(self, mid: int, src=None) -> None:
         """Mount `mid`, cloned with the unlocked mount above it (engine/userns_cr.py lock_subtree), is
         attached with it: accounted for here."""
         from engine.restore import step
