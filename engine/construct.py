@@ -774,6 +774,10 @@ class _Planner:
             key = (x["parent"], x["mountpoint"])
             if key in self.st.occupied:
                 raise PlanError(f"{self.where(x)}: another mount is already at its mount point")
+            if x.get("shared") and x["shared"] in self.st.bind:
+                raise PlanError(f"{self.where(x)}: in a subtree of locked mounts below the unlocked mount {top['id']} "
+                                f"({top['mountpoint']}), a peer of mounts made before it: the copy that locks it "
+                                f"starts a group of its own{_NEED}")
             src, (_, km) = inputs[x["id"]]
             self.st._dset(self.st.occupied, key, x["id"])
             self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True, name=self.names.get(x["id"])),
