@@ -645,8 +645,13 @@ class _Planner:
                 return
             mp = _join(qn.mountpoint, rel)
             if (q, mp) in self.st.occupied:
-                raise PlanError(f"{self.where(m)}: propagation would slide a copy beneath the mount at {mp} "
-                                f"(reparenting){_NEED}")
+                # Every peer whose root covers the place gets a copy of what is attached on another: over a
+                # peer that already holds one the kernel tucks the copy beneath it, covered at birth. The
+                # plan attaches one mount at a time and never lets that happen (it could not reach the
+                # covered copy to finish it); stacks of peers built apart and attached whole (recursive
+                # clones) might, but are not planned.
+                raise PlanError(f"{self.where(m)}: propagation would slide a copy beneath the mount at {mp}, "
+                                f"covered where the construction cannot reach it (reparenting){_NEED}")
             cands = [c for c in self.children.get((q, mp), ()) if c["id"] not in self.st.made
                      and c["sb"] == m["sb"] and c["root"] == m["root"]]
             if cands and not any(self.names.get(c["id"]) == nm for c in cands):
