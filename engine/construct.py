@@ -40,6 +40,7 @@ restores them with MOVE_MOUNT_SET_GROUP.
 
 The plan is a list of tuples (ids < 0 are seeds):
   ("seed", sid, sb, root, src)   attach a seed in the yard; src None: the superblock's root,
+                                 ("source", id, "") a mount of it shown with mount id's source,
                                  ("node", id, rel) a bind of made mount id, ("ext", id, rel) of
                                  the host mount of external mount id
   ("make", id, src)              clone mount id (src as above; None: a plain private clone)
@@ -56,9 +57,11 @@ The plan is a list of tuples (ids < 0 are seeds):
   ("lockseed", sid, id)          seed sid carries the flag locks of mount id (an unlocked mount with
                                  locked flags, engine.userns_cr): cloned inside its user namespace from
                                  a locked copy before it is attached, so the binds of it inherit them
-  ("member", id)                 locked mount id below an unlocked one (a recursive bind made inside
+  ("member", id, src)            locked mount id below an unlocked one (a recursive bind made inside
                                  a user namespace, engine.userns_cr.lock_groups) came with it: made
-                                 with that mount's clone, attached with its attach
+                                 with that mount's clone, attached with its attach; src: what is
+                                 copied into the user namespace for it (as in "make": a bind of a
+                                 mount of its master group, or None)
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class _Node:
     mountpoint: str | None   # None: not in a restored tree (seed, copy inside a seed, host mount)
     real: bool               # a mount of the image
     source: bool = False     # a seed or a host mount: the first choice to bind a member from
+    name: object = None      # the source mountinfo shows (a bind keeps it; None: any, restore gives it)
 
 
 class _State:
@@ -218,6 +222,7 @@ class _State:
 
 
 _MISSING = object()
+_ANY = object()   # _find: a mount shown with any source
 
 
 def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
@@ -251,10 +256,14 @@ def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
 
 
 class _Planner:
-    def __init__(self, mounts, helper_ok, userns_copies=None, subtrees=None):
+    def __init__(self, mounts, helper_ok, userns_copies=None, subtrees=None, sources=None):
         self.helper_ok = helper_ok
+        # Mount -> the source it shows, where restore must give each its own (kept_sources): a bind
+        # or a propagated copy shows its source's, so a member is bound only from one that shows its.
+        self.names = dict(sources or {})
         # Unlocked mount -> the locked mounts below it that restore makes with it (lock_groups).
         self.subtrees = {top: list(members) for top, members in (subtrees or {}).items()}
+        self.in_subtree = {i for members in self.subtrees.values() for i in members}
         # Namespaces copied into their user namespace: ns -> (mounts made before the copy, which the
         # kernel locks; mounts made after it, in the copy).
         self.userns_copies = {ns: (set(before), set(after)) for ns, (before, after) in (userns_copies or {}).items()}
@@ -318,7 +327,8 @@ class _Planner:
         if rel is None:
             return []
         return [x for x in self.children.get((q["id"], _join(q["mountpoint"], rel)), ())
-                if x["sb"] == c["sb"] and x["root"] == c["root"] and x is not c]
+                if x["sb"] == c["sb"] and x["root"] == c["root"] and x is not c
+                and self.names.get(x["id"]) == self.names.get(c["id"])]
 
     def _constraints(self) -> None:
         """Which mounts should wait for which (from the image alone): a mount attached under a shared
@@ -345,7 +355,7 @@ class _Planner:
                 for q in tree:
                     if q is p or q is c or _rel(dentry, q["root"]) is None:
                         continue
-                    cands = self._copy_candidates(c, dentry, q)
+                    cands = [x for x in self._copy_candidates(c, dentry, q) if x["id"] not in self.in_subtree]
                     if cands:
                         self.wait_for.setdefault(c["id"], []).append(q["id"])
                         for x in cands:
@@ -398,9 +408,9 @@ class _Planner:
             return ("ext", self.ext_of[nid], rel)
         return ("node", nid, rel)
 
-    def _find(self, sb, root: str, ks, km, peer_only=False) -> int | None:
-        """A made mount (seed first) of superblock sb, whose root covers `root`, in state (ks, km)
-        (peer_only: any member of group ks)."""
+    def _find(self, sb, root: str, ks, km, peer_only=False, name=None) -> int | None:
+        """A made mount (seed first) of superblock sb, whose root covers `root`, shown with source
+        `name`, in state (ks, km) (peer_only: any member of group ks)."""
         st = self.st
         if ks is not None:
             sources, pool = st.src_members.get(ks, ()), st.members.get(ks, ())
@@ -410,7 +420,7 @@ class _Planner:
         def fits(n) -> bool:
             node = st.nodes[n]
             self.steps += 1
-            return (node.sb == sb and _rel(root, node.root) is not None
+            return (node.sb == sb and (name is _ANY or node.name == name) and _rel(root, node.root) is not None
                     and (peer_only or (st.ks[n], st.km[n]) == (ks, km)))
 
         # A seed or host mount first (few per group); a member of the image only when the group has
@@ -421,6 +431,14 @@ class _Planner:
         if not found:
             return None
         return min(found, key=lambda n: (len(st.nodes[n].root), self.rank.get(n, 0), n))
+
+    def _lost(self, m: dict, root: str, ks, km, msg: str) -> PlanError:
+        """The refusal for m, which no made mount of its group (ks) or master (km) covering `root` can be
+        bound for: `msg`, or, where one shown with another source could, that (a bind keeps its source's)."""
+        if self._find(m["sb"], root, ks, km, peer_only=ks is not None, name=_ANY) is None:
+            return PlanError(msg)
+        return PlanError(f"{self.where(m)}: shown with source {self.names.get(m['id'])!r}, and the mounts of its peer "
+                         f"group or master it could be bound from show another (a bind keeps its source's){_NEED}")
 
     def _seed(self, sb, src, ops_after, root="/") -> int:
         sid = self.next_seed
@@ -438,6 +456,11 @@ class _Planner:
         if not members:
             raise PlanError(f"peer group {g} has no mount in the image{_NEED}")
         first = members[0]
+        name = self.names.get(first["id"])
+        odd = next((x for x in members if self.names.get(x["id"]) != name), None)
+        if odd is not None:
+            raise PlanError(f"{self.where(odd)}: its peer group {g} has members shown with other sources "
+                            f"({self.names.get(odd['id'])!r}, {name!r}), and a bind shows its source's{_NEED}")
         if not self.helper_ok(first["sb"]):
             raise PlanError(f"{self.where(first)}: its peer group {g} is on a filesystem the restore does not "
                             f"create, so no temporary mount can start the group{_NEED}")
@@ -450,20 +473,24 @@ class _Planner:
                 mt = self._ensure(master, first["sb"])
             finally:
                 self._ensuring.discard(master)
-            src = self._find(first["sb"], "/", mt, None, peer_only=True)
+            src = self._find(first["sb"], "/", mt, None, peer_only=True, name=name)
             if src is None:
-                raise PlanError(f"{self.where(first)}: no mount of its master group {master} covers the root "
-                                f"of its superblock{_NEED}")
+                raise self._lost(first, "/", mt, None, f"{self.where(first)}: no mount of its master group {master} "
+                                                        f"covers the root of its superblock{_NEED}")
             sid = self._seed(first["sb"], self._src_of(src, "/"), None)
-            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), self.st.ks[src], self.st.km[src])
+            self._lock_seed(sid, g, members)
+            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True, name=name),
+                        self.st.ks[src], self.st.km[src])
             self.ops.append(("prop", sid, "slave"))
             self.st.make_slave(sid)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         else:
-            sid = self._seed(first["sb"], None, None)
+            # (a fresh mount of the superblock shown with the group's source: restore mounts it again
+            # under that source where it is not the superblock's first)
+            sid = self._seed(first["sb"], None if name is None else ("source", first["id"], ""), None)
             self._lock_seed(sid, g, members)
-            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True), None, None)
+            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True, name=name), None, None)
             self.ops.append(("prop", sid, "shared"))
             self.st.make_shared(sid)
         self.st.do_bind(g, self.st.ks[sid])
@@ -508,11 +535,13 @@ class _Planner:
     # -- one step ----------------------------------------------------------------
     def _make(self, m: dict) -> None:
         """Choose how m is made and record it (ops and state); PlanError when no way works."""
-        g, h = m.get("shared"), m.get("master")
+        g, h, nm = m.get("shared"), m.get("master"), self.names.get(m["id"])
         parent = self.mounts.get(m.get("parent"))
         parent_shared = parent is not None and self.st.ks.get(parent["id"]) is not None
         src = None
         state = (None, None)
+        # A subtree's members are made with its top's clone: their seeds come before its make.
+        inputs = {i: self._subtree_input(self.mounts[i]) for i in self.subtrees.get(m["id"], ())}
         if m.get("external") and not (g or h):
             pass  # a plain clone of the host path (restore's usual way)
         elif parent is None and not (m.get("external") and h in self.ext_nodes):
@@ -523,20 +552,23 @@ class _Planner:
                                 f"group{_NEED}")
             if h:
                 th = self._master_token(h, m["sb"])
-                n = self._find(m["sb"], m["root"], None, th)
+                n = self._find(m["sb"], m["root"], None, th, name=nm)
                 if n is None:
-                    peer = self._find(m["sb"], "/", th, None, peer_only=True)
+                    peer = self._find(m["sb"], "/", th, None, peer_only=True, name=nm)
                     if peer is None:
-                        raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
-                                        f"{m['root']}{_NEED}")
+                        raise self._lost(m, "/", th, None, f"{self.where(m)}: no mount of its master group {h} covers "
+                                                           f"its root {m['root']}{_NEED}")
                     n = self._seed(m["sb"], self._src_of(peer, "/"), None)
-                    self.st.add(_Node(n, m["sb"], "/", None, False, source=True), self.st.ks[peer], self.st.km[peer])
+                    self.st.add(_Node(n, m["sb"], "/", None, False, source=True, name=nm),
+                                self.st.ks[peer], self.st.km[peer])
                     self.ops.append(("prop", n, "slave"))
                     self.st.make_slave(n)
                 src, state = self._src_of(n, m["root"]), (None, th)
         elif m.get("external") and h in self.ext_nodes:
             # A bind of the host's mount, a slave of the outside group there (made shared after, if).
             src, state = ("ext", m["id"], ""), (None, self.st.bind[h])
+        elif m["id"] in self.subtrees:
+            src, state = self._subtree_input(m)
         elif g and not h and not self.helper_ok(m["sb"]):
             pass  # no seed: a plain clone, made shared once attached (the first of its group)
         elif g or h:
@@ -545,24 +577,25 @@ class _Planner:
             if g and tg is None and self.helper_ok(m["sb"]):
                 tg = self._ensure(g, m["sb"])
             if g and tg is not None:
-                n = self._find(m["sb"], m["root"], tg, th)
+                n = self._find(m["sb"], m["root"], tg, th, name=nm)
                 if n is None:
-                    raise PlanError(f"{self.where(m)}: no mount of its peer group {g} covers its root "
-                                    f"{m['root']}{_NEED}")
+                    raise self._lost(m, m["root"], tg, th, f"{self.where(m)}: no mount of its peer group {g} covers "
+                                                           f"its root {m['root']}{_NEED}")
                 src, state = self._src_of(n, m["root"]), (tg, th)
             else:
                 # First of a slave group (or a plain slave): a bind of a member of the master group,
                 # made slave (and shared) once attached.
-                n = self._find(m["sb"], m["root"], th, None, peer_only=True)
+                n = self._find(m["sb"], m["root"], th, None, peer_only=True, name=nm)
                 if n is None and not parent_shared:
-                    n = self._find(m["sb"], m["root"], None, th)
+                    n = self._find(m["sb"], m["root"], None, th, name=nm)
                 if n is None:
-                    raise PlanError(f"{self.where(m)}: no mount of its master group {h} covers its root "
-                                    f"{m['root']}{_NEED}")
+                    raise self._lost(m, m["root"], th, None, f"{self.where(m)}: no mount of its master group {h} "
+                                                             f"covers its root {m['root']}{_NEED}")
                 src, state = self._src_of(n, m["root"]), (self.st.ks[n], self.st.km[n])
-        self._check_flag_locks(m, src)
+        if m["id"] not in self.subtrees:   # (a subtree's top takes its flag locks from the copy)
+            self._check_flag_locks(m, src)
         self.ops.append(("make", m["id"], src))
-        self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True), *state)
+        self.st.add(_Node(m["id"], m["sb"], m["root"], m["mountpoint"], True, name=nm), *state)
         if parent is None and state[0] is not None:
             # pivot_root refuses a shared new root: the root joins a group only as its first member
             # (made shared once it is the root), or as a slave.
@@ -573,15 +606,16 @@ class _Planner:
         for x in [m] + copies:
             self._reach(x)
         if m["id"] in self.subtrees:
-            self._members(m, parent)
+            self._members(m, parent, inputs)
         if parent is None and self.st.ks[m["id"]] is not None:
             # Other namespaces whose root is a peer of this one (a namespace copied with propagation
             # unchanged) are copies of this namespace made now, while it holds only its root.
             for x in self.roots:
                 if (x.get("parent") not in self.mounts and x["id"] not in self.st.made
-                        and (x.get("shared"), x.get("master"), x["sb"], x["root"]) == (g, h, m["sb"], m["root"])):
+                        and (x.get("shared"), x.get("master"), x["sb"], x["root"], self.names.get(x["id"]))
+                        == (g, h, m["sb"], m["root"], nm)):
                     self.ops.append(("nscopy", x["id"], m["id"]))
-                    self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True),
+                    self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True, name=nm),
                                 self.st.ks[m["id"]], self.st.km[m["id"]])
 
     def _attach(self, m: dict, parent: dict) -> list[dict]:
@@ -597,6 +631,7 @@ class _Planner:
             self.st.set_state(m["id"], self.st.token(), self.st.km[m["id"]])
         dentry = _join(parent["root"], _rel(m["mountpoint"], parent["mountpoint"]))
         copies: list[dict] = []
+        nm = self.names.get(m["id"])
 
         def copy_into(q: int, ks, km) -> None:
             qn = self.st.nodes[q]
@@ -606,14 +641,24 @@ class _Planner:
             if not qn.real or qn.mountpoint is None:
                 jid = self.st.next_junk
                 self.st.next_junk -= 1
-                self.st.add(_Node(jid, m["sb"], m["root"], None, False), ks, km)
+                self.st.add(_Node(jid, m["sb"], m["root"], None, False, name=nm), ks, km)
                 return
             mp = _join(qn.mountpoint, rel)
             if (q, mp) in self.st.occupied:
-                raise PlanError(f"{self.where(m)}: propagation would slide a copy beneath the mount at {mp} "
-                                f"(reparenting){_NEED}")
+                # Every peer whose root covers the place gets a copy of what is attached on another: over a
+                # peer that already holds one the kernel tucks the copy beneath it, covered at birth. The
+                # plan attaches one mount at a time and never lets that happen (it could not reach the
+                # covered copy to finish it); stacks of peers built apart and attached whole (recursive
+                # clones) might, but are not planned.
+                raise PlanError(f"{self.where(m)}: propagation would slide a copy beneath the mount at {mp}, "
+                                f"covered where the construction cannot reach it (reparenting){_NEED}")
             cands = [c for c in self.children.get((q, mp), ()) if c["id"] not in self.st.made
                      and c["sb"] == m["sb"] and c["root"] == m["root"]]
+            if cands and not any(self.names.get(c["id"]) == nm for c in cands):
+                raise PlanError(f"{self.where(m)}: propagation would copy it to {mp}, where the image's mount shows "
+                                f"another source than its {nm!r} (a copy shows the source of the mount it is "
+                                f"copied from){_NEED}")
+            cands = [c for c in cands if self.names.get(c["id"]) == nm]
             if not cands:
                 raise PlanError(f"{self.where(m)}: propagation would copy it to {mp}, where the image has no such "
                                 f"mount (non-uniform propagation){_NEED}")
@@ -622,7 +667,7 @@ class _Planner:
             if ns is not None and ns not in self.copied:
                 raise PlanError(f"{self.where(m)}: propagation would copy it to {mp} before its namespace {ns} is "
                                 f"copied into its user namespace, which would lock it{_NEED}")
-            self.st.add(_Node(c["id"], c["sb"], c["root"], c["mountpoint"], True), ks, km)
+            self.st.add(_Node(c["id"], c["sb"], c["root"], c["mountpoint"], True, name=nm), ks, km)
             self.st._dset(self.st.occupied, (q, mp), c["id"])
             copies.append(c)
 
@@ -695,25 +740,55 @@ class _Planner:
             raise PlanError(f"{self.where(m)}: the way it must be made leaves it in another peer group or with "
                             f"another master than it had{_NEED}")
 
-    def _members(self, top: dict, parent: dict | None) -> None:
+    def _subtree_input(self, x: dict) -> tuple:
+        """(src, state) of what restore copies into the user namespace for x, the top or a member of a
+        subtree made there (lock_subtree): the copy of a shared mount is a slave of its group, of a
+        slave one of the same master, of a private one private. A slave of group h is made from a slave
+        of h (a seed bound from a member, made slave, where none is made yet): a member of h would
+        propagate what is mounted on it while the subtree is put together into h's other members. x's
+        own group (shared) is one that starts with it once attached."""
+        h = x.get("master")
+        if not h:
+            return None, (None, None)
+        th = self._master_token(h, x["sb"])
+        nm = self.names.get(x["id"])
+        n = self._find(x["sb"], x["root"], None, th, name=nm)
+        if n is None:
+            peer = self._find(x["sb"], x["root"], th, None, peer_only=True, name=nm)
+            if peer is None:
+                raise self._lost(x, x["root"], th, None, f"{self.where(x)}: no mount of its master group {h} "
+                                                         f"covers its root {x['root']}{_NEED}")
+            root = self.st.nodes[peer].root
+            n = self._seed(x["sb"], self._src_of(peer, root), None, root=root)
+            self.st.add(_Node(n, x["sb"], root, None, False, source=True, name=nm), self.st.ks[peer], self.st.km[peer])
+            self.ops.append(("prop", n, "slave"))
+            self.st.make_slave(n)
+        return self._src_of(n, x["root"]), (None, th)
+
+    def _members(self, top: dict, parent: dict | None, inputs: dict) -> None:
         """The locked mounts below unlocked `top`, made and attached with it (restore clones the whole
-        subtree from a locked copy inside the user namespace): private, as the copy leaves them, so a
-        subtree with sharing in it or attached where propagation would copy it is refused."""
+        subtree from a locked copy inside the user namespace, each from its `inputs`, _subtree_input):
+        a subtree attached where propagation would copy it is refused; under a shared parent the
+        kernel makes each of its mounts shared (a group of its own), as the top."""
         members = [self.mounts[i] for i in self.subtrees[top["id"]]]
-        shared = next((x for x in [top, *members] if x.get("shared") or x.get("master")), None)
-        if shared is not None:
-            raise PlanError(f"{self.where(shared)}: shared or slave, in a subtree of locked mounts below the "
-                            f"unlocked mount {top['id']} ({top['mountpoint']}){_NEED}")
-        if parent is not None and self.st.ks.get(parent["id"]) is not None:
+        pt = self.st.ks.get(parent["id"]) if parent is not None else None
+        if pt is not None and (len(self.st.members.get(pt, ())) > 1 or self.st.slaves.get(pt)):
             raise PlanError(f"{self.where(top)}: locked mounts below it, under a shared parent whose peers "
-                            f"would get copies of it{_NEED}")
+                            f"or slaves would get copies of it{_NEED}")
         for x in members:
             key = (x["parent"], x["mountpoint"])
             if key in self.st.occupied:
                 raise PlanError(f"{self.where(x)}: another mount is already at its mount point")
+            if x.get("shared") and x["shared"] in self.st.bind:
+                raise PlanError(f"{self.where(x)}: in a subtree of locked mounts below the unlocked mount {top['id']} "
+                                f"({top['mountpoint']}), a peer of mounts made before it: the copy that locks it "
+                                f"starts a group of its own{_NEED}")
+            src, (_, km) = inputs[x["id"]]
             self.st._dset(self.st.occupied, key, x["id"])
-            self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True), None, None)
-            self.ops.append(("member", x["id"]))
+            self.st.add(_Node(x["id"], x["sb"], x["root"], x["mountpoint"], True, name=self.names.get(x["id"])),
+                        None if pt is None else self.st.token(), km)
+            self.ops.append(("member", x["id"], src))
+            self._reach(x)
 
     # -- the whole plan ----------------------------------------------------------------
     def _before_copy(self, mounts: list[dict]) -> list[dict]:
@@ -849,7 +924,7 @@ class _Planner:
         return self.ops
 
 
-def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None) -> list[tuple]:
+def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None, sources=None) -> list[tuple]:
     """The construction plan for `mounts` (image mount dicts of every namespace: id, parent,
     mountpoint, root, sb, shared, master, external); PlanError naming a mount when none works.
     `helper_ok(sb)`: whether a seed (a mount of superblock sb's root) can be made.
@@ -857,8 +932,24 @@ def plan(mounts, helper_ok=lambda sb: True, userns_copies=None, subtrees=None) -
     namespace (engine.userns_cr.construct_copies): the plan copies each into its user namespace
     (op ("userns", namespace)) once its mounts "before" are made, and makes those "after" in the copy.
     `subtrees`: {unlocked mount: [the locked mounts below it]} (engine.userns_cr.construct_subtrees),
-    made and attached with that mount (op ("member", id) each)."""
-    return _Planner(list(mounts), helper_ok, userns_copies, subtrees).run()
+    made and attached with that mount (op ("member", id) each).
+    `sources`: {mount: the source it shows} where restore gives each mount its own (kept_sources):
+    a member is bound only from a mount that shows its source, and a group's seed is a mount of
+    the superblock under its members' source (src ("source", member, "")); none: sources not checked."""
+    return _Planner(list(mounts), helper_ok, userns_copies, subtrees, sources).run()
+
+
+def kept_sources(entries) -> dict[int, str]:
+    """{mount: source} for `entries` ((mount id, fs type, the source mountinfo shows) of the mounts
+    of superblocks restore makes) whose source restore gives back as shown: a type whose source
+    names the mount's root (fs.FsType.source_names_root) shows each restored bind's own again."""
+    from engine import fs
+    out = {}
+    for mid, fstype, source in entries:
+        h = fs.lookup(fstype)
+        if h is None or not h.source_names_root:
+            out[mid] = source
+    return out
 
 
 # -- restore: executing the plan -----------------------------------------------------------
@@ -891,6 +982,9 @@ class _Builder:
         self.attached: set[int] = set()  # for the user-namespace copy's check (its locked mounts are all there)
         # seed -> the mount whose locked flags it carries (op lockseed: a group of locked binds)
         self.lock_seed = {op[1]: op[2] for op in r.construct_ops if op[0] == "lockseed"}
+        # What lock_subtree copies into the user namespace for each member of a subtree (op member).
+        member_src = {op[1]: op[2] for op in r.construct_ops if op[0] == "member" and op[2] is not None}
+        r.subtree_base = lambda m: self.source(member_src[m["id"]]) if m["id"] in member_src else None
         self.props = {"private": kernel.MS_PRIVATE, "slave": kernel.MS_SLAVE, "shared": kernel.MS_SHARED,
                       "unbindable": kernel.MS_UNBINDABLE}
 
@@ -1005,8 +1099,11 @@ class _Builder:
         from engine.restore import RestoreError, _make_yard
         r = self.r
         what = f"a temporary mount of superblock {sb} for its peer group"
-        if src is None:
-            base, rel = r._source({"id": sid, "sb": sb, "root": root, "mountpoint": f"({what})"})
+        if src is None or src[0] == "source":
+            # (a mount of the superblock, shown with member src[1]'s source: mounted again under it
+            # where that is not the superblock's first, restore's _other_source)
+            m = {"id": sid, "sb": sb, "mountpoint": f"({what})"} if src is None else r.mounts[src[1]]
+            base, rel = r._source(dict(m, root=root))
             r.to_service()
         else:
             base, rel = self.source(src)
@@ -1062,7 +1159,7 @@ class _Builder:
     def _op_lockseed(self, sid: int, mid: int) -> None:
         """Nothing left to do: seed `sid` took mount `mid`'s flag locks when it was made."""
 
-    def _op_member(self, mid: int) -> None:
+    def _op_member(self, mid: int, src=None) -> None:
         """Mount `mid`, cloned with the unlocked mount above it (engine/userns_cr.py lock_subtree), is
         attached with it: accounted for here."""
         from engine.restore import step

@@ -232,7 +232,8 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, di
                 ext_devs.add(m.dev)
             mounts.append({"id": m.mnt_id, "parent": m.parent_id, "mountpoint": m.mountpoint, "root": m.root,
                            "sb": m.dev, "shared": m.shared, "master": m.master,
-                           "external": m.mountpoint in ext_mnts, "unbindable": m.unbindable})
+                           "external": m.mountpoint in ext_mnts, "unbindable": m.unbindable,
+                           "fstype": m.fstype, "source": m.source})
     if not any(m["shared"] or m["master"] for m in mounts):
         return
     seen: dict[int, dict] = {}
@@ -240,7 +241,9 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, di
         seen.setdefault(m["id"], m)  # one entry per mount, however many namespaces list it
     try:
         construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs,
-                       userns_copies=userns_cr.construct_copies(owned))
+                       userns_copies=userns_cr.construct_copies(owned),
+                       sources=construct.kept_sources((m["id"], m["fstype"], m["source"])
+                                                      for m in seen.values() if m["sb"] not in ext_devs))
     except construct.PlanError as e:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
 
@@ -258,7 +261,9 @@ def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:
     try:
         construct.plan(mounts, helper_ok=lambda sid: not superblocks[sid].get("external"),
                        userns_copies=userns_cr.construct_copies(mntns_doc),
-                       subtrees=userns_cr.construct_subtrees(mntns_doc))
+                       subtrees=userns_cr.construct_subtrees(mntns_doc),
+                       sources=construct.kept_sources((m["id"], m["fstype"], m["source"]) for m in mounts
+                                                      if not superblocks[m["sb"]].get("external")))
     except construct.PlanError as e:
         raise DumpError(errno.EOPNOTSUPP, f"{e}; the tree keeps running") from None
 
@@ -582,8 +587,7 @@ def _plan_superblocks(d: _Dump) -> None:
     let each type module plan its superblocks (archives, layers, owning namespaces...)."""
     from engine import strategy
     try:
-        prestop.check_sources(d.mntns_doc, {sid for sid, sb in d.superblocks.items() if sb["external"]},
-                              strategy.current().sharing == "construct")
+        prestop.check_sources(d.mntns_doc, {sid for sid, sb in d.superblocks.items() if sb["external"]})
     except fs.FsError as e:
         raise DumpError(e.errno, e.strerror) from None
     _check_sharing(d.mntns_doc, d.superblocks, {d.mntns_name(ino): pids[0] for ino, pids in d.by_mntns.items()})

@@ -150,7 +150,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _roots(view)
         _check_types(view, ext_mnts, root_ns)
         _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
-        check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns), strat.sharing == "construct")
+        check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns))
         owned_ns = _check_locks(view, sorted(owners or ()))
         _check_probes(view, pids, names)
         _check_fds(pids, view, leave_running, set(ext_files))
@@ -302,14 +302,15 @@ def _maybe_external(view: View, ext_mnts, root_ns: str | None) -> set[str]:
     return out
 
 
-def check_sources(mntns_doc: dict, skip: set[str], construct: bool) -> None:
+def check_sources(mntns_doc: dict, skip: set[str]) -> None:
     """Refuse mounts of one superblock shown with different sources (mountinfo's source is per
     mount: the same block device mounted under two names, `mount -t mqueue a` then `mount -t
     mqueue b` in one ipc namespace) where restore cannot give each its own: restore makes a
     superblock with the source of its first mount, and its other mounts are clones, which keep
     that one. Types that `joins_by_ns` or have a `mount_again` hook (block devices) are mounted
-    again with the other source (engine/restore.py `_other_source`), except where peer groups are built while mounting (sharing=construct: a
-    mount is bound from another there). `skip`: external superblocks (bound from the host)."""
+    again with the other source (engine/restore.py `_other_source`; where peer groups are built while
+    mounting, engine/construct.py binds a member only from a mount that shows its source).
+    `skip`: external superblocks (bound from the host)."""
     first: dict[str, dict] = {}
     for ns in mntns_doc.values():
         for e in ns["mounts"]:
@@ -320,14 +321,13 @@ def check_sources(mntns_doc: dict, skip: set[str], construct: bool) -> None:
             if e["source"] == f["source"]:
                 continue
             h = fs.lookup(e["fstype"])
-            if h is not None and (h.source_names_root or (h.mounts_again and not construct)):
+            if h is not None and (h.source_names_root or h.mounts_again):
                 continue
-            why = ("not with peer groups built while mounting (sharing=construct)" if h is not None and h.mounts_again
-                   else f"restore makes every mount of a {e['fstype']} superblock with one source")
             raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its source "
                                                f"{e['source']!r} is not {f['source']!r}, the source of mount {f['id']} "
                                                f"({f['mountpoint']}) of the same filesystem (one superblock mounted "
-                                               f"again under another name): {why}; not supported")
+                                               f"again under another name): restore makes every mount of a {e['fstype']} "
+                                               "superblock with one source; not supported")
 
 
 def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:

@@ -284,6 +284,9 @@ class _Restorer:
         # (sb id, source) -> a mount of that superblock shown with another source than its first
         # (a type that `joins_by_ns`: made again in its namespace with that source, _other_source).
         self.src_fd: dict[tuple[str, str], int] = {}
+        # Member of a locked subtree -> (fd, path) it is bound from, where peer groups are built while
+        # mounting (engine/construct.py: a mount of its master group); None: a plain clone.
+        self.subtree_base = lambda m: None
         # Clones still to be made from each new superblock's fd (assemble closes it after the last:
         # at 90,000 mounts one fd per superblock would pass the fd limit); closed ones, to refuse reuse.
         self.sb_uses: dict[str, int] = {}
@@ -870,7 +873,7 @@ class _Restorer:
         # An unlocked mount with locked flags: cloned again inside its user namespace (with the locked
         # mounts below it, if any). A bind from `base` has them already: engine.construct binds it
         # from a mount with the same flag locks (a seed made with them: op lockseed).
-        if m.get("locked_flags") and not m.get("locked") and base is None:
+        if m.get("locked_flags") and not m.get("locked") and (base is None or m["id"] in self.users.groups):
             try:
                 if m["id"] in self.users.groups:
                     fd = self.users.lock_subtree(self, m, fd)
@@ -1028,9 +1031,12 @@ class _Restorer:
         try:
             if strategy.current().sharing == "construct":
                 # Built while mounting (engine.construct); nothing is left for the sharing step.
-                self.construct_ops = construct.plan(list(self.mounts.values()), helper_ok,
-                                                    userns_cr.construct_copies(self.doc["mntns"]),
-                                                    userns_cr.construct_subtrees(self.doc["mntns"]))
+                sbs = self.doc["superblocks"]
+                self.construct_ops = construct.plan(
+                    list(self.mounts.values()), helper_ok, userns_cr.construct_copies(self.doc["mntns"]),
+                    userns_cr.construct_subtrees(self.doc["mntns"]),
+                    construct.kept_sources((m["id"], sbs[m["sb"]]["fstype"], m.get("source", sbs[m["sb"]]["source"]))
+                                           for m in self.mounts.values() if helper_ok(m["sb"])))
                 self.sharing_ops = []
             else:
                 self.sharing_ops = sharing.plan(list(self.mounts.values()), helper_ok=helper_ok)

@@ -634,7 +634,7 @@ class Rebuild:
         try:
             spec = []
             for m in members:
-                fds[m["id"]] = r._clone(m)
+                fds[m["id"]] = r._clone(m, base=r.subtree_base(m))
                 mp = r._mountpoint_fd(r.mounts[m["parent"]], m, fds[m["parent"]])
                 made.append(mp)
                 lock, _ = _lock_bits(m)

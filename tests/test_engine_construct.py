@@ -106,6 +106,39 @@ def test_reparenting_refused():
         plan(tree)
 
 
+def test_second_source_groups_start_from_their_own_seed():
+    """One superblock under two sources (two_sources_shared.yaml): each peer group's seed is a mount of
+    the superblock shown with its members' source, its members and a slave are binds of that seed, and
+    a private mount under the second source is a plain clone (restore mounts it again under it)."""
+    tree = BASE + [M(10, 2, "/mnt/one", sb="q", shared=5), M(11, 2, "/mnt/onepeer", sb="q", shared=5),
+                   M(12, 2, "/mnt/two", sb="q", shared=6), M(13, 2, "/mnt/peer", sb="q", shared=6),
+                   M(14, 2, "/mnt/slave", sb="q", master=6), M(15, 2, "/mnt/priv", sb="q")]
+    names = {1: "r", 2: "r", 10: "q-one", 11: "q-one", 12: "q-two", 13: "q-two", 14: "q-two", 15: "q-two"}
+    ops = construct.plan(tree, helper_ok=lambda sb: sb != "root", sources=names)
+    seeds = {op[1]: op[4] for op in ops if op[0] == "seed"}
+    src = {op[1]: op[2] for op in ops if op[0] == "make"}
+    shown = {sid: names[s[1]] for sid, s in seeds.items()}
+    assert all(s[0] == "source" for s in seeds.values()) and sorted(shown.values()) == ["q-one", "q-two"]
+    for mid in (10, 11, 12, 13, 14):
+        kind, sid, _ = src[mid]
+        assert kind == "node" and shown[sid] == names[mid], (mid, src[mid])
+    assert src[15] is None and ("prop", 14, "slave") in ops
+
+
+@pytest.mark.parametrize("case_", ["peers", "slave"])
+def test_second_source_refused_where_a_bind_shows_another(case_):
+    """Where no member or master shows a mount's source, no bind gives it (a bind keeps its source's):
+    the plan names the mount and the sources (a tree Linux >= 5.15 makes with MOVE_MOUNT_SET_GROUP)."""
+    second = {"shared": 5} if case_ == "peers" else {"master": 5}
+    tree = BASE + [M(10, 2, "/mnt/a", sb="q", shared=5), M(11, 2, "/mnt/b", sb="q", **second)]
+    names = {10: "one", 11: "two"}
+    want = {"peers": r"^mount 1[01] \(/mnt/[ab]\): its peer group 5 has members shown with other sources",
+            "slave": r"^mount 11 \(/mnt/b\): shown with source 'two', and the mounts of its peer group or master"}
+    with pytest.raises(construct.PlanError, match=want[case_] + r".*Linux >= 5\.15"):
+        construct.plan(tree, helper_ok=lambda sb: sb != "root", sources=names)
+    construct.plan(tree, helper_ok=lambda sb: sb != "root")   # (the same tree, sources not checked: planned)
+
+
 # bind_matrix[parent=shared_slave-bind=rbind-child=slave]: /mnt (shared:3 master:2, with its peer
 # /run/peer) gets an rbind of /run/src/a whose child is a slave of /run/cmaster (shared:1); the
 # rbind's copies appear in the peer; a later mount in the master propagates to both.

@@ -83,9 +83,9 @@ def test_one_superblock_of_a_type_that_makes_one_under_two_names_refused_unstopp
 
 def test_check_sources_refuses_only_what_restore_cannot_mount_again():
     """The rule on its own: a second source of a superblock passes for a type restore mounts again
-    (mqueue, ext4), is refused for one it cannot (tracefs) and for every type where peer groups are
-    built while mounting, is not looked at on an external superblock, and differing sources that
-    name roots (nfs) pass."""
+    (mqueue, ext4; where peer groups are built while mounting too: engine/construct.py binds members
+    only from mounts that show their source), is refused for one it cannot (tracefs), is not looked
+    at on an external superblock, and differing sources that name roots (nfs) pass."""
     from engine import fs, prestop
 
     def doc(fstype, external=None):
@@ -95,18 +95,15 @@ def test_check_sources_refuses_only_what_restore_cannot_mount_again():
             {"id": 3, "mountpoint": "/b", "fstype": fstype, "source": "two", "sb": "sb-1", "external": external}]}}
 
     for fstype in ("mqueue", "ext4"):
-        prestop.check_sources(doc(fstype), set(), False)
-    for fstype, construct in (("tracefs", False), ("mqueue", True)):
-        with pytest.raises(fs.FsError, match=r"mount 3 \(/b\) on \w+: its source 'two' is not 'one', the source of "
-                                             r"mount 2 \(/a\)"):
-            prestop.check_sources(doc(fstype), set(), construct)
-    prestop.check_sources(doc("tracefs"), {"sb-1"}, False)
-    prestop.check_sources(doc("tracefs", external="key"), set(), False)
+        prestop.check_sources(doc(fstype), set())
+    with pytest.raises(fs.FsError, match=r"mount 3 \(/b\) on tracefs: its source 'two' is not 'one', the source of "
+                                         r"mount 2 \(/a\)"):
+        prestop.check_sources(doc("tracefs"), set())
+    prestop.check_sources(doc("tracefs"), {"sb-1"})
+    prestop.check_sources(doc("tracefs", external="key"), set())
     # nfs names a mount's root in its source ("host:/d" for a bind of d): differing sources of one
-    # superblock are its roots, not other names (the nfs battery's binds, refused in a 6.1 VM),
-    # with peer groups built while mounting too
-    for construct in (False, True):
-        prestop.check_sources(doc("nfs4"), set(), construct)
+    # superblock are its roots, not other names (the nfs battery's binds, refused in a 6.1 VM)
+    prestop.check_sources(doc("nfs4"), set())
 
 
 def _refused_unstopped(case, pid: int, pattern: str, extra: tuple = (), externals: tuple | None = None) -> None:

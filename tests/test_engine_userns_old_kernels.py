@@ -124,16 +124,40 @@ def test_construct_makes_a_locked_subtree_with_its_unlocked_top():
     ops = construct.plan(LOCKED_BELOW, userns_copies=COPIES, subtrees={5: [6, 7]})
     assert [op[1] for op in ops if op[0] == "make"] == [1, 2, 3, 4, 5, 8]
     i = ops.index(("attach", 5, []))
-    assert ops[i + 1:i + 3] == [("member", 6), ("member", 7)]
+    assert ops[i + 1:i + 3] == [("member", 6, None), ("member", 7, None)]
     assert ops.index(("userns", "ns")) < ops.index(("make", 5, None))
-    assert ops.index(("member", 7)) < ops.index(("make", 8, None))
+    assert ops.index(("member", 7, None)) < ops.index(("make", 8, None))
 
 
-def test_construct_refuses_sharing_in_a_locked_subtree():
+def test_construct_refuses_a_locked_subtree_member_that_joins_a_group():
+    """The copy that locks a member makes it at best a slave of its group (then shared: a group of its
+    own), never a peer of a mount made before it."""
     tree = [dict(m, shared=9) if m["id"] in (3, 6) else m for m in LOCKED_BELOW]
-    with pytest.raises(construct.PlanError, match=r"^mount 6 \(/view/ro\): shared or slave, in a subtree of locked "
-                                                  r"mounts below the unlocked mount 5 \(/view\); Linux >= 5.15"):
+    with pytest.raises(construct.PlanError, match=r"^mount 6 \(/view/ro\): in a subtree of locked mounts below the "
+                                                  r"unlocked mount 5 \(/view\), a peer of mounts made before it: .*"
+                                                  r"Linux >= 5.15"):
         construct.plan(tree, userns_copies=COPIES, subtrees={5: [6, 7]})
+
+
+def test_construct_makes_sharing_in_a_locked_subtree():
+    """lxc_shared[unprivileged]: an rshared rbind, inside the container's user namespace, of a shared host
+    mount with a mount in it: the top (unlocked) and its locked member are each shared and a slave of the
+    host's group. Each is copied into the user namespace from a slave of its master group (a seed bound
+    from the host's member and made slave, before the top's clone, which makes the members), and is
+    made shared by the attach under the container's shared root."""
+    tree = [M(1, None, "/", sb="root"), M(46, 1, "/run/shared", sb="s", shared=1),
+            M(48, 46, "/run/shared/early", sb="e", shared=3),
+            M(73, None, "/", sb="root", shared=6), M(81, 73, "/shared", sb="s", shared=4, master=1),
+            M(82, 81, "/shared/early", sb="e", shared=5, master=3)]
+    ops = construct.plan(tree, helper_ok=lambda sb: sb != "root", userns_copies={"ct": ({73}, {81, 82})},
+                         subtrees={81: [82]})
+    make81 = ops.index(next(op for op in ops if op[:2] == ("make", 81)))
+    member = next(op for op in ops if op[:2] == ("member", 82))
+    for src in (ops[make81][2], member[2]):
+        kind, seed, _ = src
+        assert kind == "node" and seed < 0 and ops.index(("prop", seed, "slave")) < make81, ops
+    assert ops.index(next(op for op in ops if op[:2] == ("make", 48))) < make81   # (else a copy at /shared/early)
+    assert not any(op[0] == "prop" and op[1] in (81, 82) for op in ops), ops   # shared by the attach
 
 
 def test_construct_starts_again_a_group_that_died_with_the_copied_namespace():
