@@ -62,7 +62,7 @@ import struct
 from engine import forkrun, kernel
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
-from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog, unix_prestop
+from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog, unix_ghost, unix_prestop
 
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
@@ -218,6 +218,13 @@ def _dump_one(d) -> dict:
 def _record_bound(k: _Sock) -> None:
     """A socket bound to a path: where its file lies (the mount restore binds it on) and its owner."""
     d, out = k.d, k.out
+    ghost = unix_ghost.place(d, out["path"], k.c)
+    if ghost is not None:
+        out.update({"bound": ghost, "unlinked": True})   # (numbered by _finish)
+        owner = _file_owner(d)
+        if owner is not None:
+            out["owner"] = owner
+        return
     found = _locate(d, out["path"], k.rec.get("vfs"))
     normal = found.pop("normal", False)
     out["bound"] = _writable(d, found)
@@ -403,7 +410,12 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
         raise FdError(errno.EOPNOTSUPP, f"{what}, and that one has no name to connect to again "
                                         f"({name or 'unnamed'}): not supported")
     if "path" in name:
-        loc = _locate(d, name["path"], diag.get(peer, {}).get("vfs"))
+        try:
+            loc = _locate(d, name["path"], diag.get(peer, {}).get("vfs"))
+        except FdError as e:
+            # Its file may be a ghost's (unlinked): _finish connects to that socket by its id then.
+            return {"connect": name, "_ghost_peer": (f"{netns}:{peer}", e.strerror), "_peer": f"{netns}:{peer}",
+                    "_where": d.where}
         loc.pop("normal", None)
         if loc.get("detached"):
             raise FdError(errno.EOPNOTSUPP, f"{what}: the socket file of {name['path']} is on a detached mount: "
@@ -416,6 +428,7 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     """Refuse a socket connected to a named socket that no process of the tree holds (restore would
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
     unix_backlog.name_senders([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
+    unix_ghost.number([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
     have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
     for e in entries:
         for client in e.pop("_pending", None) or ():
@@ -834,6 +847,10 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: socket path too long")
         if not isinstance(entry.get("bound"), dict):
             _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
+    if "unlinked" in entry and (not isinstance(entry["unlinked"], str)
+                                or not unix_ghost.GHOST_ID.match(entry["unlinked"])
+                                or "path" not in entry or _MAGIC.match(entry["path"]) or {"obj", "dangling"} & set(entry)):
+        _fail(f"{what}: bad ghost socket id, or a ghost that is not a path-bound socket")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
     c = entry.get("connect")
@@ -848,6 +865,10 @@ def _check(entry: dict, what: str) -> None:
         if set(c) == {"abstract"}:
             if not isinstance(c["abstract"], str) or len(c["abstract"]) > 148:
                 _fail(f"{what}: bad abstract name to connect to")
+        elif set(c) == {"path", "to"}:
+            check_abs_path(c["path"], what)
+            if len(c["path"]) > 107 or not isinstance(c["to"], str) or not unix_ghost.GHOST_ID.match(c["to"]):
+                _fail(f"{what}: bad ghost socket to connect to")
         elif set(c) == {"path", "mnt", "at"}:
             check_abs_path(c["path"], what)
             check_abs_path(c["at"], what)
@@ -1009,6 +1030,9 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     m = _MAGIC.match(name)
     if m is None and d is not None and _bind_beside(s, d, name, ids):
         return
+    if spec.get("ghost"):
+        raise FdError(errno.EOPNOTSUPP, f"{name}: a deleted socket file is bound again aside, which this kernel "
+                                        "cannot (no mounts on detached mounts)")
     if m is None or d is None:
         _mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
         return
@@ -1172,7 +1196,11 @@ def _open(r: RestoreFd) -> int:
         if e.get("dangling"):
             spec["msgs"] = e.get("msgs")
             sent = _open_inflight(r, e.get("msgs") or ())
-        if "bound" in e:
+        if e.get("unlinked"):
+            # Its socket file was unlinked: bound in a fresh directory of its mount, unlinked later.
+            sent = [unix_ghost.make_dir(r)]
+            spec.update({"base": e["path"].rsplit("/", 1)[-1], "ghost": True})
+        elif "bound" in e:
             # The directory of its socket file, on the restored mount: the stand-in binds there.
             b = e["bound"]
             parent = b["path"].rsplit("/", 1)[0] or "/"
@@ -1187,6 +1215,8 @@ def _open(r: RestoreFd) -> int:
         finally:
             for x in sent:
                 os.close(x)
+        if e.get("unlinked"):
+            unix_ghost.hold(r)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     if "sender_id" in e:
@@ -1216,7 +1246,7 @@ def _reach(r: RestoreFd, e: dict) -> None:
         r.standin("reach", e["abstract"])
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        _connect_to(r, s, {"mnt": e["bound"]["mnt"], "at": e["bound"]["path"]})
+        _connect_to(r, s, e)
 
 
 def _reach_in(name, fds):
@@ -1245,10 +1275,11 @@ def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
 
 
 def _connect_to(r: RestoreFd, s: socket.socket, c: dict) -> None:
+    """Connect `s` to named socket `c` (a `connect`, or a named entry): see _connect."""
     if "abstract" in c:
         s.connect(b"\0" + base64.b64decode(c["abstract"]))
         return
-    at = r.open_at(c["mnt"], c["at"], os.O_PATH | (os.O_NOFOLLOW if c["at"].strip("/") else 0))
+    at = unix_ghost.sock_file(r, c)
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
     try:
         os.fchdir(r.proc)
@@ -1298,6 +1329,7 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
+                        "unlinked": F(STR, required=False),
                         "owner": F(LIST, required=False, rule=_owner_rule),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
                         "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
