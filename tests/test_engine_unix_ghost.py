@@ -1,0 +1,101 @@
+"""Unix sockets whose socket file was unlinked since (ghost sockets, CRIU's sk-unix-dgram-ghost and
+del_standalone_un): a datagram server with a client in a child and a datagram queued, its file
+unlinked and its directory removed; a listener whose file another listener's replaced (rename
+over it). After restore each keeps its name, its file is unlinked again on the same mount, the
+directory stays gone, the client's connection and the queued datagram reach the server, and the
+live name still leads to the other listener. A kernel that cannot bind a name aside refuses
+before the tree is stopped."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import socket
+
+import pytest
+
+from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from engine.fds import sys as fsys
+
+SETUP = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d /mnt/t/e
+""" + py_hold("""
+import socket
+srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind("/mnt/t/e/g")
+cli = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); cli.connect("/mnt/t/e/g")
+cli.send(b"queued before dump")
+os.unlink("/mnt/t/e/g"); os.rmdir("/mnt/t/e")
+l1 = socket.socket(socket.AF_UNIX); l1.bind("/mnt/t/d/s"); l1.listen(4)
+os.rename("/mnt/t/d/s", "/mnt/t/d/tmp")
+l2 = socket.socket(socket.AF_UNIX); l2.bind("/mnt/t/d/s"); l2.listen(4)
+os.rename("/mnt/t/d/tmp", "/mnt/t/d/s")   # (l2's file is unlinked, l1's has the name)
+if os.fork() == 0:
+    os.dup2(cli.fileno(), 11)
+else:
+    os.dup2(srv.fileno(), 10); os.dup2(l1.fileno(), 12); os.dup2(l2.fileno(), 13)
+for x in (srv, cli, l1, l2): x.close()
+""")
+
+
+def _grab(pid: int, fd: int) -> socket.socket:
+    pidfd = os.pidfd_open(pid)
+    try:
+        return socket.socket(fileno=fsys.pidfd_getfd(pidfd, fd))
+    finally:
+        os.close(pidfd)
+
+
+def _file(pid: int, fd: int) -> tuple[int, int]:
+    """(link count, mount id) of the file of bound socket fd `fd` of `pid` (SIOCUNIXFILE)."""
+    with _grab(pid, fd) as s:
+        f = fcntl.ioctl(s.fileno(), 0x89E0)
+    try:
+        with open(f"/proc/self/fdinfo/{f}") as info:
+            mnt = next(int(line.split()[1]) for line in info if line.startswith("mnt_id:"))
+        return os.fstat(f).st_nlink, mnt
+    finally:
+        os.close(f)
+
+
+def _mount_of(pid: int, mountpoint: str) -> int:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return next(int(line.split()[0]) for line in f if line.split()[4] == mountpoint)
+
+
+def test_ghost_sockets_round_trip(case):
+    states = case.roundtrip(SETUP, check="ls -A /mnt/t /mnt/t/d")
+    state = states[-1]
+    assert states[0].snap.check_output == state.snap.check_output   # (no directory of restore's left)
+    fds = "\n".join(state.root.fds)
+    assert re.search(r"^10: .*name='/mnt/t/e/g'", fds, re.M), fds
+    assert re.search(r"^13: .*name='/mnt/t/d/s' listening=1", fds, re.M), fds
+    t = _mount_of(state.pid, "/mnt/t")
+    assert _file(state.pid, 10) == (0, t) and _file(state.pid, 13) == (0, t)
+    assert _file(state.pid, 12) == (1, t)
+    with open(f"/proc/{state.pid}/task/{state.pid}/children") as f:
+        kid = int(f.read().split()[0])
+    with _grab(state.pid, 10) as srv, _grab(kid, 11) as cli:
+        cli.send(b"after restore")
+        assert srv.recv(100, socket.MSG_DONTWAIT) == b"queued before dump"
+        assert srv.recv(100, socket.MSG_DONTWAIT) == b"after restore"
+    # The live name leads to the listener that had it (fd 12), not to the ghost (fd 13).
+    with _grab(state.pid, 12) as l1, _grab(state.pid, 13) as l2:
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(f"/proc/{state.pid}/root/mnt/t/d/s")
+            l1.settimeout(5)
+            a, _ = l1.accept()
+            a.close()
+        l2.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            l2.accept()
+
+
+def test_ghost_socket_refused_before_stop_without_binding_aside(case, monkeypatch):
+    """sources=yard (Linux < 6.15): restore could not bind the name with its file elsewhere."""
+    monkeypatch.setenv("MNTCR_STRATEGY", "sources=yard")
+    pid = case.start(STOP_WATCH + SETUP)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert "whose socket file was deleted; this kernel cannot bind the name again aside" in str(err.value)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
