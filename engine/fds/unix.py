@@ -177,8 +177,8 @@ def _dump_one(d) -> dict:
         k = _Sock(d, c, s)
         out = k.out
         mutual = bool(k.peer) and k.diag.get(k.peer, {}).get("peer") == k.ino
-        if "path" in out and not mutual:
-            _record_bound(k)   # (an accepted end's name is its listener's)
+        if "path" in out and (not mutual or k.typ == socket.SOCK_DGRAM):
+            _record_bound(k)   # (an accepted end's name is its listener's; a datagram pair end's its own)
         k.inflight = int((d.info().get("scm_fds") or ["0"])[0])
         if k.inflight and (k.typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
             # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
@@ -281,11 +281,12 @@ def _as_pair_end(k: _Sock) -> None:
     o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
     end = 0 if ino == a else 1
     out.update({"obj": obj, "end": end})
-    if "path" in out or "abstract" in out:
+    if out["type"] == "dgram":
+        pass   # (named or not, each end binds its own name at restore: _name_spec)
+    elif "path" in out or "abstract" in out:
         # The accepted end of a connection to a listener: its name is the listener's, and the
         # other end's peer name too. Made again through a listener of that name.
-        if o.get("via", {}).get("end", end) != end or out["type"] == "dgram" \
-                or _MAGIC.match(out.get("path", "")):
+        if o.get("via", {}).get("end", end) != end or _MAGIC.match(out.get("path", "")):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
                                             "named, or named through /proc: not supported")
         if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
@@ -849,7 +850,7 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
     if "unlinked" in entry and (not isinstance(entry["unlinked"], str)
                                 or not unix_ghost.GHOST_ID.match(entry["unlinked"])
-                                or "path" not in entry or _MAGIC.match(entry["path"]) or {"obj", "dangling"} & set(entry)):
+                                or "path" not in entry or _MAGIC.match(entry["path"]) or "dangling" in entry):
         _fail(f"{what}: bad ghost socket id, or a ghost that is not a path-bound socket")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
@@ -889,6 +890,8 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: bad data sent on a connection not yet accepted")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
+    if "obj" in entry and ("path" in entry or "abstract" in entry) and entry.get("type") != "dgram":
+        _fail(f"{what}: only a datagram pair end is bound to a name of its own")
     if "msgs" in entry:
         named = ("path" in entry or "abstract" in entry) and entry.get("type") == "dgram" \
             and not {"dangling", "listen", "connect", "obj"} & set(entry)
@@ -1133,6 +1136,48 @@ def _via(spec, fds):
     """In the stand-in: a connection through a temporary listener at the dumped name."""
     t = _TYPE_NO[spec["type"]]
     name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
+    if isinstance(name, str) and not os.path.isdir(os.path.dirname(name) or "."):
+        a, c = _accept_aside(t, name)   # (the listener's directory was removed: CRIU's sk-unix01)
+    else:
+        a, c = _accept_at(t, name)
+    ends = [None, None]
+    ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
+    for end, data in enumerate(spec.get("data") or ()):
+        if data:
+            os.write(ends[1 - end], base64.b64decode(data))
+    rest = list(fds)
+    for end, queue in enumerate(spec.get("msgs") or ()):
+        with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
+            rest = _send_queue(peer, queue, rest)
+    return None, ends
+
+
+def _accept_aside(t: int, name: str) -> tuple[socket.socket, socket.socket]:
+    """(accepted, client) of a connection through a temporary listener bound to `name` with its
+    file in a fresh detached tmpfs (_bind_beside), where the name leads nowhere any more."""
+    top = _fresh("tmpfs")
+    lst = socket.socket(socket.AF_UNIX, t)
+    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        if not _bind_beside(lst, top, name):
+            raise FdError(errno.EOPNOTSUPP, f"{name}: a connection accepted from a listener whose directory is "
+                                            "gone is made through a name bound aside, which this kernel cannot")
+        lst.listen(1)
+        c = socket.socket(socket.AF_UNIX, t)
+        os.fchdir(top)
+        c.connect(os.path.basename(name))
+        a, _ = lst.accept()
+        return a, c
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+        lst.close()
+        os.close(top)
+
+
+def _accept_at(t: int, name) -> tuple[socket.socket, socket.socket]:
+    """(accepted, client) of a connection through a temporary listener at `name` (a socket file
+    there, restored with its filesystem, is moved aside for the moment)."""
     lst = socket.socket(socket.AF_UNIX, t)
     aside = None
     where = (os.path.dirname(name) or ".") if isinstance(name, str) else None   # (for _mapped)
@@ -1163,16 +1208,7 @@ def _via(spec, fds):
                 pass
             if aside is not None:
                 _mapped(None, where, os.rename, aside, name)
-    ends = [None, None]
-    ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
-    for end, data in enumerate(spec.get("data") or ()):
-        if data:
-            os.write(ends[1 - end], base64.b64decode(data))
-    rest = list(fds)
-    for end, queue in enumerate(spec.get("msgs") or ()):
-        with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
-            rest = _send_queue(peer, queue, rest)
-    return None, ends
+    return a, c
 
 
 def _open(r: RestoreFd) -> int:
@@ -1190,26 +1226,21 @@ def _open(r: RestoreFd) -> int:
                     os.close(x)
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
+        if "path" in e or "abstract" in e:
+            # A datagram pair end bound to a name of its own: bound again by its holder.
+            spec, sent = _name_spec(r, e)
+            try:
+                r.standin("bind", spec, [fd] + sent)
+            finally:
+                for x in sent:
+                    os.close(x)
+            if e.get("unlinked"):
+                unix_ghost.hold(r)
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner") if k in e}
-        sent = []
+        spec, sent = _name_spec(r, e)
         if e.get("dangling"):
             spec["msgs"] = e.get("msgs")
             sent = _open_inflight(r, e.get("msgs") or ())
-        if e.get("unlinked"):
-            # Its socket file was unlinked: bound in a fresh directory of its mount, unlinked later.
-            sent = [unix_ghost.make_dir(r)]
-            spec.update({"base": e["path"].rsplit("/", 1)[-1], "ghost": True})
-        elif "bound" in e:
-            # The directory of its socket file, on the restored mount: the stand-in binds there.
-            b = e["bound"]
-            parent = b["path"].rsplit("/", 1)[0] or "/"
-            try:
-                sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
-            except KeyError:
-                raise FdError(errno.EINVAL, f"{r.where}: its socket file is on mount {b['mnt']}, which the image "
-                                            "does not have") from None
-            spec["base"] = b["path"].rsplit("/", 1)[1]
         try:
             fd = r.standin("make", spec, sent)[0]
         finally:
@@ -1236,6 +1267,40 @@ def _open(r: RestoreFd) -> int:
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
                        lambda: _connect(r, mine, c, e.get("sent")), c.get("order", -1)))
     return fd
+
+
+def _name_spec(r: RestoreFd, e: dict) -> tuple[dict, list[int]]:
+    """(what the stand-in makes or binds of entry `e`, the fds sent with it: the directory its
+    socket file goes to, on the restored mount: where it was, or a fresh one for a ghost)."""
+    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner") if k in e}
+    if e.get("unlinked"):
+        # Its socket file was unlinked: bound in a fresh directory of its mount, unlinked later.
+        spec.update({"base": e["path"].rsplit("/", 1)[-1], "ghost": True})
+        return spec, [unix_ghost.make_dir(r)]
+    if "bound" not in e:
+        return spec, []
+    b = e["bound"]
+    parent = b["path"].rsplit("/", 1)[0] or "/"
+    try:
+        sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
+    except KeyError:
+        raise FdError(errno.EINVAL, f"{r.where}: its socket file is on mount {b['mnt']}, which the image "
+                                    "does not have") from None
+    spec["base"] = b["path"].rsplit("/", 1)[1]
+    return spec, sent
+
+
+def _bind_in(spec, fds):
+    """In the stand-in: bind socket fds[0] (one end of a pair) to its dumped name (_make's way)."""
+    s = socket.socket(fileno=fds[0])
+    try:
+        if "abstract" in spec:
+            s.bind(b"\0" + base64.b64decode(spec["abstract"]))
+        else:
+            _bind_path(s, spec, fds[1:])
+    finally:
+        s.detach()   # (the received fds are the stand-in's to close)
+    return None, []
 
 
 def _reach(r: RestoreFd, e: dict) -> None:
@@ -1326,7 +1391,7 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
                 precheck=unix_prestop.precheck, prefinish=unix_prestop.prefinish,
                 check=_check, check_object=_check_object, prepare=_prepare,
-                standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
+                standin={"make": _make, "bind": _bind_in, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
                         "unlinked": F(STR, required=False),
