@@ -174,8 +174,9 @@ UNS_TESTS = {
         # deleted files on filesystems of the user namespace, or on its locked root
         "mntns_ghost", "mntns_ghost01", "mntns_deleted", "mntns_link_ghost", "mntns_link_remap", "mntns_remap",
         "ghost_on_rofs",
-        # unix sockets bound again in the user namespace's tmpfs
-        "overmount_sock", "sk-unix-mntns",
+        # unix sockets bound again in the user namespace's tmpfs; ghost ones (their files unlinked)
+        "overmount_sock", "sk-unix-mntns", "sk-unix01", "sk-unix-dgram-ghost", "del_standalone_un",
+        "fifo_upon_unix_socket00", "inotify01",
         # external mounts (the .desc's --external), some with an outside master
         "mnt_ext_auto", "mnt_ext_manual", "mnt_ext_master", "mnt_ext_collision", "mnt_ext_multiple",
         "mnt_ext_root", "mnt_ext_sharing", "mnt_root_ext")},

@@ -1159,7 +1159,9 @@ def _accept_aside(t: int, name: str) -> tuple[socket.socket, socket.socket]:
     lst = socket.socket(socket.AF_UNIX, t)
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
     try:
-        if not _bind_beside(lst, top, name):
+        # (as the root of the stand-in's user namespace: its own ids may be ones the namespace of
+        # the fresh tmpfs does not map)
+        if not _bind_beside(lst, top, name, (0, 0)):
             raise FdError(errno.EOPNOTSUPP, f"{name}: a connection accepted from a listener whose directory is "
                                             "gone is made through a name bound aside, which this kernel cannot")
         lst.listen(1)

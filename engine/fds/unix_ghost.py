@@ -115,7 +115,9 @@ def make_dir(r: RestoreFd) -> int:
                                     "does not have") from None
     name = f".mntcr-sock-{os.getpid()}-{len(r.state.setdefault(STATE, {}))}"
     try:
-        unix._mapped(None, top, lambda: os.mkdir(name, 0o700, dir_fd=top))
+        # (owned by the socket file's owner, who binds there: a stand-in in a user namespace has
+        # no capability over a directory of ids that namespace does not map)
+        unix._mapped(unix._bind_ids(r.entry), top, lambda: os.mkdir(name, 0o700, dir_fd=top))
         sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
     except BaseException:
         os.close(top)
