@@ -99,3 +99,32 @@ def test_ghost_socket_refused_before_stop_without_binding_aside(case, monkeypatc
         case.dump(pid, case.new_images_dir())
     assert "whose socket file was deleted; this kernel cannot bind the name again aside" in str(err.value)
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_ghost_pair_ends_and_connection_of_a_ghost_listener(case):
+    """CRIU's sk-unix01: a datagram socket pair whose ends were bound to one name in turn (each file
+    unlinked), and a connection accepted from a listener whose file and directory were removed.
+    After restore the ends keep their names and talk, and the accepted end has the listener's name."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/f
+""" + py_hold("""
+import socket
+p0, p1 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+p0.bind("/mnt/t/f/p"); os.unlink("/mnt/t/f/p"); p1.bind("/mnt/t/f/p"); os.unlink("/mnt/t/f/p")
+lg = socket.socket(socket.AF_UNIX); lg.bind("/mnt/t/f/l"); lg.listen(4)
+cc = socket.socket(socket.AF_UNIX); cc.connect("/mnt/t/f/l"); acc, _ = lg.accept()
+os.unlink("/mnt/t/f/l"); os.rmdir("/mnt/t/f")
+for n, s in ((14, p0), (15, p1), (16, lg), (17, cc), (18, acc)):
+    os.dup2(s.fileno(), n); s.close()
+""")
+    state = case.roundtrip(setup, check="ls -A /mnt/t")[-1]
+    fds = "\n".join(state.root.fds)
+    for n, name in ((14, "p"), (15, "p"), (16, "l"), (18, "l")):
+        assert re.search(rf"^{n}: .*name='/mnt/t/f/{name}'", fds, re.M), (n, fds)
+    assert not os.path.exists(f"/proc/{state.pid}/root/mnt/t/f")
+    with _grab(state.pid, 14) as p0, _grab(state.pid, 15) as p1:
+        p1.send(b"pair")
+        assert p0.recv(10, socket.MSG_DONTWAIT) == b"pair"
+    with _grab(state.pid, 17) as cc, _grab(state.pid, 18) as acc:
+        cc.send(b"stream")
+        assert acc.recv(10, socket.MSG_DONTWAIT) == b"stream"
