@@ -254,8 +254,11 @@ def _as_dangling(k: _Sock) -> dict:
         out["msgs"] = _peek_messages(k.s, k.d, k.inflight)
         out["mnts"] = _inflight_mounts(out["msgs"])
     elif _inq(k.c):
-        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: data queued on a stream socket whose peer is gone: "
-                                        "not supported yet")
+        # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
+        n = _inq(k.c)
+        if n > MAX_DATA:
+            raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: {n} bytes queued: too many")
+        out["data"] = base64.b64encode(k.s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
     return out
 
 
@@ -890,6 +893,9 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: bad data sent on a connection not yet accepted")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
+    if "data" in entry and (not entry.get("dangling") or entry.get("type") != "stream"
+                            or len(entry["data"]) > MAX_DATA * 4 // 3 + 4):
+        _fail(f"{what}: stream data queued only on a stream socket whose peer is gone")
     if "obj" in entry and ("path" in entry or "abstract" in entry) and entry.get("type") != "dgram":
         _fail(f"{what}: only a datagram pair end is bound to a name of its own")
     if "msgs" in entry:
@@ -970,6 +976,8 @@ def _make(args, fds):
     if spec.get("dangling"):
         a, b = socket.socketpair(socket.AF_UNIX, _TYPE_NO[spec["type"]])
         _send_queue(b, spec.get("msgs") or (), fds)   # its queue, sent by the peer that goes at once
+        if spec.get("data"):
+            b.sendall(base64.b64decode(spec["data"]))
         b.close()
         return None, [a.detach()]
     if spec.get("pair"):
@@ -1241,7 +1249,7 @@ def _open(r: RestoreFd) -> int:
     else:
         spec, sent = _name_spec(r, e)
         if e.get("dangling"):
-            spec["msgs"] = e.get("msgs")
+            spec.update({"msgs": e.get("msgs"), "data": e.get("data")})
             sent = _open_inflight(r, e.get("msgs") or ())
         try:
             fd = r.standin("make", spec, sent)[0]
@@ -1395,7 +1403,7 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 check=_check, check_object=_check_object, prepare=_prepare,
                 standin={"make": _make, "bind": _bind_in, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
-                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
+                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False), "data": F(STR, required=False),
                         "unlinked": F(STR, required=False),
                         "owner": F(LIST, required=False, rule=_owner_rule),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
