@@ -25,3 +25,31 @@ def test_relative_socket_names_round_trip(case):
     text = "\n".join(p.text() for p in after.snap.procs)
     assert "d/srv" in text and "d/dg" in text, text
     assert after.snap.check_output == before.snap.check_output
+
+
+def test_pending_connection_to_a_relative_name(case):
+    """CRIU's sk-unix-listen01: a client connected to a listener's relative name and not accepted
+    yet was refused ("no name to connect to again"); it connects again through the socket file
+    found, and the listener accepts it after restore."""
+    import os
+    import socket
+    from engine.fds import sys as fsys
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d
+""" + py_hold("""
+import socket
+os.chdir("/mnt/t")
+l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind("d/srv"); l.listen(4)
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect("d/srv"); c.send(b"hello")
+os.dup2(l.fileno(), 10); os.dup2(c.fileno(), 11); l.close(); c.close()
+""")
+    state = case.roundtrip(setup)[-1]
+    pidfd = os.pidfd_open(state.pid)
+    try:
+        with socket.socket(fileno=fsys.pidfd_getfd(pidfd, 10)) as lst:
+            lst.settimeout(5)
+            a, _ = lst.accept()
+            with a:
+                assert a.recv(10) == b"hello"
+    finally:
+        os.close(pidfd)

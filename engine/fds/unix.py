@@ -410,7 +410,8 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
     if inflight or _inq(d.copy()):
         raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
     name = _name(s.getpeername())
-    if not name or _MAGIC.match(name.get("path", "")) or not name.get("path", "/").startswith("/"):
+    # (a relative name, CRIU's sk-unix-listen01, is connected to again through the file it found)
+    if not name or _MAGIC.match(name.get("path", "")):
         raise FdError(errno.EOPNOTSUPP, f"{what}, and that one has no name to connect to again "
                                         f"({name or 'unnamed'}): not supported")
     if "path" in name:
@@ -870,11 +871,11 @@ def _check(entry: dict, what: str) -> None:
             if not isinstance(c["abstract"], str) or len(c["abstract"]) > 148:
                 _fail(f"{what}: bad abstract name to connect to")
         elif set(c) == {"path", "to"}:
-            check_abs_path(c["path"], what)
+            _check_name(c["path"], what)
             if len(c["path"]) > 107 or not isinstance(c["to"], str) or not unix_ghost.GHOST_ID.match(c["to"]):
                 _fail(f"{what}: bad ghost socket to connect to")
         elif set(c) == {"path", "mnt", "at"}:
-            check_abs_path(c["path"], what)
+            _check_name(c["path"], what)
             check_abs_path(c["at"], what)
             if len(c["path"]) > 107 or _MAGIC.match(c["path"]) or type(c["mnt"]) is not int:
                 _fail(f"{what}: bad socket path to connect to")
