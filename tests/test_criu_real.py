@@ -97,7 +97,7 @@ TESTS = {
     "chroot-file": "pass",
     "console": "pass",
     "pty-console": "refused: its root /0 exists only in the instance it was bound from",
-    "deleted_dev": "refused: only deleted regular files, FIFOs and directories are supported",
+    "deleted_dev": "pass",
     "unhashed_proc": "refused: a deleted file on proc",
     "proc-self": "refused: net fds are not supported",
     # cgroup mounts: cgroup_stray mounts v1 hierarchies in the test's namespace (dumped and restored);
