@@ -427,6 +427,8 @@ FD = Record("fd", {
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
     # Opened through a mount outside the dumped namespaces: restored on the visible one (dump.py).
     "outside": F(BOOL, required=False),
+    # A file of /proc/N/ whose process N was gone at dump: reopened while N is ours (engine/fds/file.py).
+    "dead_pid": F(INT, required=False, rule=rng(2, 1 << 22)),
 })
 
 _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")

@@ -36,6 +36,7 @@ with readable diffs.
 from __future__ import annotations
 
 import ctypes
+import errno
 import difflib
 import hashlib
 import json
@@ -523,6 +524,8 @@ def fd_data(pid: int) -> list[str]:
                 out.append(f"{name}: mode {st.st_mode:o}")
         except FileNotFoundError:
             continue
+        except OSError as e:
+            out.append(f"{name}: unreadable ({errno.errorcode.get(e.errno, e.errno)})")   # (a gone process's /proc file)
     return out
 
 
