@@ -469,6 +469,9 @@ def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: Vi
             mnt = int(next(line.split()[1] for line in f if line.startswith("mnt_id:")))
     except (OSError, StopIteration, ValueError):
         return   # (closed meanwhile: dump tells, once the tree is stopped)
+    from engine.fds import file as fdfile
+    if kind == "file" and fdfile.gone_pid_dir(target, view.mounts_by_id.get(mnt)):
+        return   # (the fd kind reopens it: /proc/N of a process gone)
     _deleted_on(f"process {pid} fd {n} ({target})", target, mnt, mode, view)
 
 

@@ -118,7 +118,7 @@ TESTS = {
     "fifo-rowo-pair": "pass",
     "fifo-ghost": "pass",
     "remap_dead_pid": "pass",   # reopened while a child of restore's has that pid
-    "remap_dead_pid_root": "refused: a deleted file on proc",
+    "remap_dead_pid_root": "pass",
     # --- fds ----------------------------------------------------------------------------------
     "pipe00": "pass",
     "pipe01": "pass",
@@ -178,7 +178,7 @@ UNS_TESTS = {
         "overmount_sock", "sk-unix-mntns", "sk-unix01", "sk-unix-dgram-ghost", "del_standalone_un",
         "fifo_upon_unix_socket00", "inotify01",
         # a file of /proc/N/ of a process gone: reopened while a child of restore's has that pid
-        "remap_dead_pid",
+        "remap_dead_pid", "remap_dead_pid_root",
         # external mounts (the .desc's --external), some with an outside master
         "mnt_ext_auto", "mnt_ext_manual", "mnt_ext_master", "mnt_ext_collision", "mnt_ext_multiple",
         "mnt_ext_root", "mnt_ext_sharing", "mnt_root_ext")},

@@ -55,3 +55,21 @@ def test_fd_on_proc_dir_of_a_live_process_is_refused(case, tmp_path):
 def test_fd_on_proc_dir_of_the_pid_namespace_init_is_restored(case):
     # pid 1 of a pid namespace made again is pid 1 again: its /proc/1/... names the same process.
     case.roundtrip(py_hold('os.dup2(os.open("/proc/1/task", os.O_RDONLY | os.O_DIRECTORY), 10)\n'))
+
+
+def test_fd_on_the_proc_dir_itself_of_a_gone_process_is_restored(case):
+    # CRIU's remap_dead_pid_root: /proc/N itself, which shows "(deleted)" once N is gone (no ghost
+    # is made of it: proc holds none; the tree was refused before it was stopped).
+    setup = py_hold("""
+import signal, time
+child = os.fork()
+if child == 0:
+    time.sleep(1000)
+f = os.open(f"/proc/{child}", os.O_RDONLY | os.O_DIRECTORY)
+os.kill(child, signal.SIGKILL); os.waitpid(child, 0)
+os.dup2(f, 10); os.close(f)
+""")
+    before, after = case.roundtrip(setup)
+    link = os.readlink(f"/proc/{after.pid}/fd/10")
+    assert re.fullmatch(r"/proc/\d+ \(deleted\)", link), link
+    assert any(line.startswith(f"10: {link}") for line in before.root.fds), (link, before.root.fds)

@@ -93,7 +93,24 @@ def _dump(d) -> dict:
     gone = _refuse_gone_pid_dir(d)
     if gone is not None:
         out["dead_pid"] = gone
+        if d.target.endswith(DELETED):
+            # /proc/N itself (CRIU's remap_dead_pid_root): its dentry is unhashed, no ghost is made
+            # of it; placed here, by its path on that proc mount.
+            loc = d.place(d.target[: -len(DELETED)], d.mnt, f"fd {d.fd}")
+            out.update({"placed": False, "mnt": loc["mnt"], "path": loc["path"]})
     return out
+
+
+DELETED = " (deleted)"
+
+
+def gone_pid_dir(target: str, m) -> bool:
+    """Is `target` (an fd's path ending in " (deleted)") the /proc/N directory of a process that is
+    gone, on proc mount `m` of the whole proc (restored as a file of a gone process, _of_dead_pid)?"""
+    if m is None or m.fstype != "proc" or m.root != "/" or not target.endswith(DELETED):
+        return False
+    rest = target[: -len(DELETED)][len(m.mountpoint.rstrip("/")):]
+    return bool(re.fullmatch(r"/[0-9]+", rest)) and target.startswith(m.mountpoint.rstrip("/") + "/")
 
 
 _PID_DIR = re.compile(r"/(\d+)(?:/|$)")
@@ -121,13 +138,15 @@ def _refuse_gone_pid_dir(d) -> int | None:
     if m is None or m.fstype != "proc" or not d.target.startswith(m.mountpoint.rstrip("/") + "/"):
         return
     rel = d.target[len(m.mountpoint.rstrip("/")):]
+    if gone_pid_dir(d.target, m):
+        rel = rel[: -len(DELETED)]
     hit = _PID_DIR.match(m.root.rstrip("/") + rel)
     if not hit:
         return
     if not os.path.lexists(f"/proc/{d.pid}/root{m.mountpoint.rstrip('/')}/{hit[1]}"):
         # Restore opens it while a process of its own has that number (_of_dead_pid), on a mount
         # of the whole proc (its path then starts with the number).
-        if m.root != "/" or d.target.endswith(" (deleted)"):
+        if m.root != "/":
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory, and that "
                                             "process is gone, on a proc mount of a subdirectory: not supported")
         return int(hit[1])
