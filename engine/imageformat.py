@@ -393,6 +393,8 @@ LOC = Record("location", LOC_FIELDS)
 DIR_LOC = Record("root or cwd", {
     **LOC_FIELDS,
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+    # /proc/N of a process gone at dump: entered while N is restore's (engine/deadpid.py)
+    "dead_pid": F(INT, required=False, rule=rng(2, 1 << 22)),
 })
 
 # A mapped file: one unlinked since is mapped again from its ghost, and one on a detached mount

@@ -73,3 +73,19 @@ os.dup2(f, 10); os.close(f)
     link = os.readlink(f"/proc/{after.pid}/fd/10")
     assert re.fullmatch(r"/proc/\d+ \(deleted\)", link), link
     assert any(line.startswith(f"10: {link}") for line in before.root.fds), (link, before.root.fds)
+
+
+def test_cwd_in_the_proc_dir_of_a_gone_process_is_restored(case):
+    # CRIU's unhashed_proc: the cwd is /proc/N of a process gone since (getcwd says ENOENT).
+    setup = py_hold("""
+import signal, time
+child = os.fork()
+if child == 0:
+    time.sleep(1000)
+os.chdir(f"/proc/{child}")
+os.kill(child, signal.SIGKILL); os.waitpid(child, 0)
+""")
+    before, after = case.roundtrip(setup)
+    cwd = os.readlink(f"/proc/{after.pid}/cwd")
+    assert re.fullmatch(r"/proc/\d+ \(deleted\)", cwd), cwd
+    assert cwd == os.readlink(f"/proc/{after.pid}/cwd") and before.root.cwd == after.root.cwd, cwd

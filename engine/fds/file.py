@@ -7,6 +7,7 @@ import os
 import re
 import stat
 
+from engine import deadpid
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.imageformat import O_TMPFILE_BIT
 
@@ -68,24 +69,11 @@ def _tmpfile(r: RestoreFd, e: dict, flags: int) -> int:
 
 
 def _of_dead_pid(r: RestoreFd, e: dict, flags: int) -> int:
-    """A file of /proc/N/ whose process N was gone at dump (CRIU's remap_dead_pid): opened while a
-    child of ours has number N in that proc mount's pid namespace (its init's), which then exits."""
-    from engine import kernel
-    n = e["dead_pid"]
-    at = r.open_at(e["mnt"], "/1/ns", os.O_PATH | os.O_DIRECTORY)
+    """A file of /proc/N/ whose process N was gone at dump (engine/deadpid.py)."""
     try:
-        ns = os.open("pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=at)
-    finally:
-        os.close(at)
-    try:
-        return kernel.hold_pid(ns, n, r.proc, lambda: r.open_at(e["mnt"], e["path"], flags))
+        return deadpid.reopen(r.open_at, r.proc, e["mnt"], e["path"], e["dead_pid"], flags)
     except OSError as err:
-        if err.errno == errno.EEXIST:
-            raise FdError(errno.EEXIST, f"{r.where}: a file of process {n}'s /proc directory, whose number another "
-                                        "process of the restored tree has") from None
-        raise
-    finally:
-        os.close(ns)
+        raise FdError(err.errno, f"{r.where}: {err.strerror or err}") from None
 
 
 def _dump(d) -> dict:
@@ -101,18 +89,7 @@ def _dump(d) -> dict:
     return out
 
 
-DELETED = " (deleted)"
-
-
-def gone_pid_dir(target: str, m) -> bool:
-    """Is `target` (an fd's path ending in " (deleted)") the /proc/N directory of a process that is
-    gone, on proc mount `m` of the whole proc (restored as a file of a gone process, _of_dead_pid)?"""
-    if m is None or m.fstype != "proc" or m.root != "/" or not target.endswith(DELETED):
-        return False
-    rest = target[: -len(DELETED)][len(m.mountpoint.rstrip("/")):]
-    return bool(re.fullmatch(r"/[0-9]+", rest)) and target.startswith(m.mountpoint.rstrip("/") + "/")
-
-
+DELETED = deadpid.DELETED
 _PID_DIR = re.compile(r"/(\d+)(?:/|$)")
 
 
@@ -138,7 +115,7 @@ def _refuse_gone_pid_dir(d) -> int | None:
     if m is None or m.fstype != "proc" or not d.target.startswith(m.mountpoint.rstrip("/") + "/"):
         return
     rel = d.target[len(m.mountpoint.rstrip("/")):]
-    if gone_pid_dir(d.target, m):
+    if deadpid.gone_pid_dir(d.target, m):
         rel = rel[: -len(DELETED)]
     hit = _PID_DIR.match(m.root.rstrip("/") + rel)
     if not hit:
