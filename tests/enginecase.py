@@ -501,6 +501,16 @@ class EngineCase:
 
 # --- snapshots -------------------------------------------------------------------------
 
+def grab_fd(pid: int, fd: int) -> int:
+    """Our own copy of fd `fd` of process `pid` (pidfd_getfd: the same open file description)."""
+    from engine.fds import sys as fsys
+    pidfd = os.pidfd_open(pid)
+    try:
+        return fsys.pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+
+
 def fd_data(pid: int) -> list[str]:
     """What each fd of `pid` reads, through /proc/PID/fd/N: size, hash and the bytes at its offset
     for files, the names for directories, the device for device nodes."""

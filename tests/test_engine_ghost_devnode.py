@@ -6,8 +6,7 @@ from __future__ import annotations
 import os
 import stat
 
-from enginecase import case, py_hold  # noqa: F401  (fixture)
-from engine.fds import sys as fsys
+from enginecase import case, grab_fd, py_hold  # noqa: F401  (fixture)
 
 SETUP = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; mknod -m 600 /mnt/t/zero c 1 5
@@ -18,11 +17,7 @@ f = os.open("/mnt/t/zero", os.O_RDWR); os.unlink("/mnt/t/zero"); os.dup2(f, 10);
 
 def test_deleted_device_node_held_open(case):
     state = case.roundtrip(SETUP, check="ls -A /mnt/t")[-1]
-    pidfd = os.pidfd_open(state.pid)
-    try:
-        f = fsys.pidfd_getfd(pidfd, 10)
-    finally:
-        os.close(pidfd)
+    f = grab_fd(state.pid, 10)
     try:
         st = os.fstat(f)
         assert (stat.S_ISCHR(st.st_mode), stat.S_IMODE(st.st_mode), st.st_nlink) == (True, 0o600, 0)

@@ -9,8 +9,7 @@ import struct
 
 import pytest
 
-from enginecase import CRError, case, py_hold  # noqa: F401  (fixture)
-from engine.fds import sys as fsys
+from enginecase import CRError, case, grab_fd, py_hold  # noqa: F401  (fixture)
 
 IN_MODIFY = 0x2
 
@@ -41,11 +40,7 @@ os.close(f)
 
 def test_watch_on_a_file_unlinked_while_open(case):
     state = case.roundtrip(_setup(True), check="ls -A /mnt/t/d")[-1]
-    pidfd = os.pidfd_open(state.pid)
-    try:
-        ino, f = fsys.pidfd_getfd(pidfd, 10), fsys.pidfd_getfd(pidfd, 11)
-    finally:
-        os.close(pidfd)
+    ino, f = grab_fd(state.pid, 10), grab_fd(state.pid, 11)
     try:
         assert os.fstat(f).st_nlink == 0
         os.pwrite(f, b"changed", 0)

@@ -9,8 +9,7 @@ import os
 
 import pytest
 
-from enginecase import case, py_hold  # noqa: F401  (fixture)
-from engine.fds import sys as fsys
+from enginecase import case, grab_fd, py_hold  # noqa: F401  (fixture)
 
 SETUP = """
 mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts
@@ -29,11 +28,7 @@ def test_hung_up_pty_slaves(case):
     out = after.snap.check_output
     assert "11 /dev/pts/1 (deleted)" in out and "12 /dev/pts/1 (deleted)" in out, out
     assert "/dev/pts/1\n" not in out and "\n1\n" not in out, out   # (its node is gone again)
-    pidfd = os.pidfd_open(after.pid)
-    try:
-        s = fsys.pidfd_getfd(pidfd, 11)
-    finally:
-        os.close(pidfd)
+    s = grab_fd(after.pid, 11)
     try:
         with pytest.raises(OSError) as err:
             os.write(s, b"x")

@@ -3,11 +3,9 @@ back, then end of file."""
 
 from __future__ import annotations
 
-import os
 import socket
 
-from enginecase import case, py_hold  # noqa: F401  (fixture)
-from engine.fds import sys as fsys
+from enginecase import case, grab_fd, py_hold  # noqa: F401  (fixture)
 
 SETUP = py_hold("""
 import socket
@@ -17,11 +15,7 @@ os.dup2(a.fileno(), 10); a.close()
 
 
 def _grab(pid: int, fd: int) -> socket.socket:
-    pidfd = os.pidfd_open(pid)
-    try:
-        return socket.socket(fileno=fsys.pidfd_getfd(pidfd, fd))
-    finally:
-        os.close(pidfd)
+    return socket.socket(fileno=grab_fd(pid, fd))
 
 
 def test_stream_data_of_a_closed_peer(case):

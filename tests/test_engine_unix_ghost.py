@@ -15,8 +15,7 @@ import socket
 
 import pytest
 
-from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
-from engine.fds import sys as fsys
+from enginecase import STOP_WATCH, CRError, case, grab_fd, py_hold, was_stopped  # noqa: F401  (fixture)
 
 SETUP = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d /mnt/t/e
@@ -39,11 +38,7 @@ for x in (srv, cli, l1, l2): x.close()
 
 
 def _grab(pid: int, fd: int) -> socket.socket:
-    pidfd = os.pidfd_open(pid)
-    try:
-        return socket.socket(fileno=fsys.pidfd_getfd(pidfd, fd))
-    finally:
-        os.close(pidfd)
+    return socket.socket(fileno=grab_fd(pid, fd))
 
 
 def _file(pid: int, fd: int) -> tuple[int, int]:

@@ -5,7 +5,7 @@ come back with the same relative names."""
 
 from __future__ import annotations
 
-from enginecase import case, py_hold  # noqa: F401  (fixture)
+from enginecase import case, grab_fd, py_hold  # noqa: F401  (fixture)
 
 SETUP = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d
@@ -31,9 +31,7 @@ def test_pending_connection_to_a_relative_name(case):
     """CRIU's sk-unix-listen01: a client connected to a listener's relative name and not accepted
     yet was refused ("no name to connect to again"); it connects again through the socket file
     found, and the listener accepts it after restore."""
-    import os
     import socket
-    from engine.fds import sys as fsys
     setup = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d
 """ + py_hold("""
@@ -44,12 +42,8 @@ c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); c.connect("d/srv"); c.sen
 os.dup2(l.fileno(), 10); os.dup2(c.fileno(), 11); l.close(); c.close()
 """)
     state = case.roundtrip(setup)[-1]
-    pidfd = os.pidfd_open(state.pid)
-    try:
-        with socket.socket(fileno=fsys.pidfd_getfd(pidfd, 10)) as lst:
-            lst.settimeout(5)
-            a, _ = lst.accept()
-            with a:
-                assert a.recv(10) == b"hello"
-    finally:
-        os.close(pidfd)
+    with socket.socket(fileno=grab_fd(state.pid, 10)) as lst:
+        lst.settimeout(5)
+        a, _ = lst.accept()
+        with a:
+            assert a.recv(10) == b"hello"
