@@ -295,6 +295,8 @@ def _as_pair_end(k: _Sock) -> None:
         if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
                                             "listener: not supported")
+        if "path" in out:
+            _via_bindable(d, out["path"])
         o["via"] = {"end": end, **{key: out[key] for key in ("path", "abstract") if key in out}}
         for key in ("path", "abstract"):
             out.pop(key, None)
@@ -313,6 +315,17 @@ def _as_pair_end(k: _Sock) -> None:
     if "msgs" in o:
         # (the mounts of the files in flight on either end: restore opens them)
         out["mnts"] = _inflight_mounts([m for q in o["msgs"] for m in q])
+
+
+def _via_bindable(d, name: str) -> None:
+    """Refuse an accepted end whose listener's directory is gone (CRIU's sk-unix01) where restore
+    could not bind the listener's name aside to make the connection again (Linux < 6.15)."""
+    from engine import strategy
+    base = f"/proc/{d.pid}/root" if name.startswith("/") else f"/proc/{d.pid}/cwd"
+    if strategy.current().sources == "yard" and not os.path.isdir(f"{base}/{os.path.dirname(name)}"):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: accepted from a listener on {name}, whose directory is gone; "
+                                        "this kernel cannot bind the name again aside (no mounts on detached "
+                                        "mounts: Linux >= 6.15 can); the tree keeps running")
 
 
 def refuse_family(d, s: socket.socket) -> int:
