@@ -503,12 +503,8 @@ class EngineCase:
 
 def grab_fd(pid: int, fd: int) -> int:
     """Our own copy of fd `fd` of process `pid` (pidfd_getfd: the same open file description)."""
-    from engine.fds import sys as fsys
-    pidfd = os.pidfd_open(pid)
-    try:
-        return fsys.pidfd_getfd(pidfd, fd)
-    finally:
-        os.close(pidfd)
+    from zdtm import fdkinds
+    return fdkinds._copy(pid, fd)
 
 
 def fd_data(pid: int) -> list[str]:
