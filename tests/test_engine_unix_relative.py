@@ -5,7 +5,16 @@ come back with the same relative names."""
 
 from __future__ import annotations
 
+import pytest
+
 from enginecase import case, grab_fd, py_hold  # noqa: F401  (fixture)
+
+
+@pytest.fixture(autouse=True)
+def _binds_aside():
+    from engine import strategy
+    if strategy.current().sources == "yard":
+        pytest.skip("a relative name is refused at dump before Linux 6.15 (restore binds it as it reads)")
 
 SETUP = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d
