@@ -158,6 +158,29 @@ TESTS = {
     "unlink_fstat02": "pass",
     "ghost_holes00": "pass",
     "fd01": "pass",   # O_TMPFILE files (tmpfile(3)): made again by O_TMPFILE
+    "del_standalone_un_seqpacket": "pass",
+    "fifo_upon_unix_socket01": "pass",
+    "inotify02": "pass",
+    # restore reopens the watched file after adding the watch: the test reads IN_OPEN/IN_CLOSE_NOWRITE it did not make
+    "inotify04": "known: verdict: restore's own opens of a watched file queue events on the watch",
+    "pty03": "unavailable: its .desc allows the h and uns flavors only",
+    "sk-unix-listen02": "refused: on which data already waits",
+    "sk-unix-listen03": "refused: whose client is gone",
+    "sk-unix-listen04": "refused: whose client is gone",
+    "sk-unix-rel-seqpacket": "pass",
+    "sk-unix-unconn-seqpacket": "pass",
+    "sk-unix01-seqpacket": "pass",
+    "socket_queues": "pass",
+    "sockets00-seqpacket": "pass",
+    "sockets01-seqpacket": "pass",
+    "sockets02-seqpacket": "refused: an empty message queued before others",   # (its peer's end of file)
+    "sockets03-seqpacket": "pass",
+    "sockets_dgram": "pass",
+    "sockets_spair": "pass",
+    "sockets_spair_seqpacket": "pass",
+    "unlink_fstat01": "pass",
+    "unlink_fstat03": "pass",
+    "unlink_fstat04": "refused: a deleted file with a newline in its name",
 }
 
 
