@@ -202,6 +202,9 @@ UNS_TESTS = {
         "fifo_upon_unix_socket00", "inotify01",
         # a file of /proc/N/ of a process gone: reopened while a child of restore's has that pid
         "remap_dead_pid", "remap_dead_pid_root",
+        # more of CRIU's socket and pty tests
+        "pty03", "del_standalone_un_seqpacket", "sk-unix01-seqpacket", "fifo_upon_unix_socket01", "sockets_spair",
+        "socket_queues", "sk-unix-rel-seqpacket", "sk-unix-unconn-seqpacket", "unlink_fstat01", "sockets_dgram",
         # external mounts (the .desc's --external), some with an outside master
         "mnt_ext_auto", "mnt_ext_manual", "mnt_ext_master", "mnt_ext_collision", "mnt_ext_multiple",
         "mnt_ext_root", "mnt_ext_sharing", "mnt_root_ext")},
