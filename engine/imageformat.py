@@ -393,6 +393,8 @@ LOC = Record("location", LOC_FIELDS)
 DIR_LOC = Record("root or cwd", {
     **LOC_FIELDS,
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
+    # /proc/N of a process gone at dump: entered while N is restore's (engine/deadpid.py)
+    "dead_pid": F(INT, required=False, rule=rng(2, 1 << 22)),
 })
 
 # A mapped file: one unlinked since is mapped again from its ghost, and one on a detached mount
@@ -427,6 +429,8 @@ FD = Record("fd", {
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
     # Opened through a mount outside the dumped namespaces: restored on the visible one (dump.py).
     "outside": F(BOOL, required=False),
+    # A file of /proc/N/ whose process N was gone at dump: reopened while N is ours (engine/fds/file.py).
+    "dead_pid": F(INT, required=False, rule=rng(2, 1 << 22)),
 })
 
 _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")

@@ -541,3 +541,47 @@ def fs_ids_keeping_caps(uid: int, gid: int) -> None:
     _libc.setfsuid(uid)
     if _libc.setfsuid(-1) != uid or _libc.setfsgid(-1) != gid:
         raise OSError(errno.EPERM, f"setfsuid({uid})/setfsgid({gid}) did not take")
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_uint64) for n in ("flags", "pidfd", "child_tid", "parent_tid", "exit_signal", "stack",
+                                               "stack_size", "tls", "set_tid", "set_tid_size", "cgroup")]
+
+
+def hold_pid(pidns: int, pid: int, proc: int, fn):
+    """fn() while a child of ours has number `pid` in pid namespace `pidns` (an fd), made by clone3
+    with set_tid; the child exits and is reaped right after, so what fn() opened of /proc/PID/ is
+    a file of a process that is gone (CRIU's remap_dead_pid). `proc`: an fd on the host's /proc.
+    EEXIST when that number is taken there."""
+    import signal
+    back = os.open("self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+    r, w = os.pipe()
+    try:
+        setns(pidns, CLONE_NEWPID)
+        try:
+            tid = (ctypes.c_int * 1)(pid)
+            args = _CloneArgs(exit_signal=signal.SIGCHLD, set_tid=ctypes.addressof(tid), set_tid_size=1)
+            # (PyDLL keeps the GIL across the call: the child must not wait for another thread's)
+            clone3 = ctypes.PyDLL(None, use_errno=True).syscall
+            clone3.restype = ctypes.c_long
+            child = clone3(ctypes.c_long(435), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+            if child == 0:
+                os.close(w)
+                os.read(r, 1)
+                os._exit(0)
+        finally:
+            setns(back, CLONE_NEWPID)
+        if child < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"clone3 with pid {pid}: {os.strerror(e)}")
+        try:
+            return fn()
+        finally:
+            os.close(w)
+            w = -1
+            os.waitpid(child, 0)
+    finally:
+        os.close(back)
+        os.close(r)
+        if w >= 0:
+            os.close(w)

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import fs, ghosts, image, imageformat, mountrules
+from engine import deadpid, fs, ghosts, image, imageformat, mountrules
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -113,6 +113,12 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
 def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:
     """Where a process's root or cwd lies: mount and path, and its ghost if it was removed."""
     ghost = None
+    if deadpid.gone_pid_dir(loc["abs"], mounts_by_id.get(loc["mnt"])):
+        # /proc/N of a process gone (CRIU's unhashed_proc): entered again while N is restore's
+        target = loc["abs"][: -len(ghosts.DELETED_FD)]
+        placed = place({"abs": target, "mnt": loc["mnt"]}, mounts_by_id, pid, key)
+        placed["dead_pid"] = int(target.rsplit("/", 1)[1])
+        return placed
     if loc["abs"].endswith(ghosts.DELETED_FD):
         target = loc["abs"][: -len(ghosts.DELETED_FD)]
         m = mounts_by_id.get(loc["mnt"])

@@ -38,7 +38,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import fds as fdkinds, forkrun, fs, ghosts, kernel, mountinfo, mountrules, userns_cr
+from engine import deadpid, fds as fdkinds, forkrun, fs, ghosts, kernel, mountinfo, mountrules, userns_cr
 from engine.fds import FdError
 
 
@@ -469,6 +469,8 @@ def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: Vi
             mnt = int(next(line.split()[1] for line in f if line.startswith("mnt_id:")))
     except (OSError, StopIteration, ValueError):
         return   # (closed meanwhile: dump tells, once the tree is stopped)
+    if kind == "file" and deadpid.gone_pid_dir(target, view.mounts_by_id.get(mnt)):
+        return   # (the fd kind reopens it: /proc/N of a process gone)
     _deleted_on(f"process {pid} fd {n} ({target})", target, mnt, mode, view)
 
 
@@ -485,6 +487,8 @@ def _check_deleted_dirs(pid: int, view: View) -> None:
             mode = os.stat(link).st_mode
         except OSError:
             continue   # (gone meanwhile: dump tells, once the tree is stopped)
+        if deadpid.gone_pid_dir(target, view.mounts_by_id.get(mnt)):
+            continue   # (/proc/N of a process gone: restore enters it again, engine/deadpid.py)
         _deleted_on(f"process {pid} {key} ({target})", target, mnt, mode, view)
 
 

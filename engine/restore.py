@@ -49,7 +49,7 @@ import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 import stat
 
-from engine import (channel, construct, content, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
+from engine import (channel, construct, content, deadpid, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
                     remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -1506,6 +1506,16 @@ class _Restorer:
 
     def _enter(self, p: dict) -> None:
         """Put process p's stand-in into its mount namespace, root and cwd."""
+        dead = next((loc for loc in (p["cwd"], p["root"]) if "dead_pid" in loc), None)
+        if dead is None:
+            self._enter_now(p)
+            return
+        try:   # (/proc/N of a process gone: entered while N is ours again, engine/deadpid.py)
+            deadpid.hold(self.open_at, self.hostproc, dead["mnt"], dead["dead_pid"], lambda: self._enter_now(p))
+        except OSError as e:
+            raise RestoreError(e.errno, f"process {p['pid']}: root or cwd: {e.strerror or e}") from None
+
+    def _enter_now(self, p: dict) -> None:
         chan = self.chans[p["pid"]]
         where = f"process {p['pid']}"
         try:

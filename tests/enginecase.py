@@ -36,6 +36,7 @@ with readable diffs.
 from __future__ import annotations
 
 import ctypes
+import errno
 import difflib
 import hashlib
 import json
@@ -500,6 +501,12 @@ class EngineCase:
 
 # --- snapshots -------------------------------------------------------------------------
 
+def grab_fd(pid: int, fd: int) -> int:
+    """Our own copy of fd `fd` of process `pid` (pidfd_getfd: the same open file description)."""
+    from zdtm import fdkinds
+    return fdkinds._copy(pid, fd)
+
+
 def fd_data(pid: int) -> list[str]:
     """What each fd of `pid` reads, through /proc/PID/fd/N: size, hash and the bytes at its offset
     for files, the names for directories, the device for device nodes."""
@@ -523,6 +530,8 @@ def fd_data(pid: int) -> list[str]:
                 out.append(f"{name}: mode {st.st_mode:o}")
         except FileNotFoundError:
             continue
+        except OSError as e:
+            out.append(f"{name}: unreadable ({errno.errorcode.get(e.errno, e.errno)})")   # (a gone process's /proc file)
     return out
 
 

@@ -97,8 +97,8 @@ TESTS = {
     "chroot-file": "pass",
     "console": "pass",
     "pty-console": "refused: its root /0 exists only in the instance it was bound from",
-    "deleted_dev": "refused: only deleted regular files, FIFOs and directories are supported",
-    "unhashed_proc": "refused: a deleted file on proc",
+    "deleted_dev": "pass",
+    "unhashed_proc": "pass",   # its cwd, /proc/N of a gone process: entered while N is restore's
     "proc-self": "refused: net fds are not supported",
     # cgroup mounts: cgroup_stray mounts v1 hierarchies in the test's namespace (dumped and restored);
     # the others are zdtm.py's host-flavor tests of --manage-cgroups, or need cgroup2 controllers.
@@ -117,8 +117,8 @@ TESTS = {
     "fifo_wronly": "pass",
     "fifo-rowo-pair": "pass",
     "fifo-ghost": "pass",
-    "remap_dead_pid": "refused: a file of process 6's /proc directory, and that process is gone",
-    "remap_dead_pid_root": "refused: a deleted file on proc",
+    "remap_dead_pid": "pass",   # reopened while a child of restore's has that pid
+    "remap_dead_pid_root": "pass",
     # --- fds ----------------------------------------------------------------------------------
     "pipe00": "pass",
     "pipe01": "pass",
@@ -127,25 +127,25 @@ TESTS = {
     "eventfs00": "pass",
     "signalfd00": "pass",
     "timerfd": "pass",
-    "inotify00": "refused: deleted files are not supported yet",
-    "inotify01": "refused: which no visible mount reaches: not supported",
+    "inotify00": "pass",   # a watch on a file unlinked while open: added through its ghost
+    "inotify01": "pass",
     "epoll": "pass",     # targets registered under a number closed since: registered under it again
     "epoll01": "pass",
     "pty00": "pass",
     "pty01": "pass",
     "pty02": "pass",
-    "pty04": "refused: a deleted file on devpts",
-    "sk-unix-listen01": "refused: has no name to connect to again",
+    "pty04": "pass",   # slaves hung up (master closed): opened with a master of that number, then it closes
+    "sk-unix-listen01": "pass",   # a pending connection to a relative name
     "sk-unix-rel": "pass",
     "sk-unix-unconn": "pass",
-    "sk-unix01": "refused: its socket file is on no mount of the tree",
-    "sk-unix-dgram-ghost": "refused: its socket file is on no mount of the tree",
-    "del_standalone_un": "refused: its socket file is on no mount of the tree",
-    "fifo_upon_unix_socket00": "refused: its socket file is on no mount of the tree",
+    "sk-unix01": "pass",   # ghost listener, servers and datagram pair ends bound to their own names
+    "sk-unix-dgram-ghost": "pass",   # its socket file unlinked: bound again aside, then unlinked
+    "del_standalone_un": "pass",
+    "fifo_upon_unix_socket00": "pass",
     "deleted_unix_sock": "pass",
     "sockets00": "pass",
     "sockets01": "pass",
-    "sockets02": "refused: data queued on a stream socket whose peer is gone",
+    "sockets02": "pass",
     "sockets03": "pass",
     "socket_listen": "refused: inet sockets are not supported",
     # it keeps /proc/self/fdinfo/N open: /proc/N/ of a live process, which restore cannot name again
@@ -158,6 +158,30 @@ TESTS = {
     "unlink_fstat02": "pass",
     "ghost_holes00": "pass",
     "fd01": "pass",   # O_TMPFILE files (tmpfile(3)): made again by O_TMPFILE
+    "del_standalone_un_seqpacket": "pass",
+    "fifo_upon_unix_socket01": "pass",
+    "inotify02": "pass",
+    # dump archives the test's tmpfs with tar, which opens and reads the watched file: the test (left
+    # running) reads IN_OPEN/IN_CLOSE_NOWRITE it did not make (CRIU dumps no files of a disk filesystem)
+    "inotify04": "known: verdict: dump's archive of the tmpfs opens the watched file, queueing events",
+    "pty03": "unavailable: its .desc allows the h and uns flavors only",
+    "sk-unix-listen02": "refused: on which data already waits",
+    "sk-unix-listen03": "refused: whose client is gone",
+    "sk-unix-listen04": "refused: whose client is gone",
+    "sk-unix-rel-seqpacket": "pass",
+    "sk-unix-unconn-seqpacket": "pass",
+    "sk-unix01-seqpacket": "pass",
+    "socket_queues": "pass",
+    "sockets00-seqpacket": "pass",
+    "sockets01-seqpacket": "pass",
+    "sockets02-seqpacket": "refused: an empty message queued before others",   # (its peer's end of file)
+    "sockets03-seqpacket": "pass",
+    "sockets_dgram": "pass",
+    "sockets_spair": "pass",
+    "sockets_spair_seqpacket": "pass",
+    "unlink_fstat01": "pass",
+    "unlink_fstat03": "pass",
+    "unlink_fstat04": "refused: a deleted file with a newline in its name",
 }
 
 
@@ -174,8 +198,14 @@ UNS_TESTS = {
         # deleted files on filesystems of the user namespace, or on its locked root
         "mntns_ghost", "mntns_ghost01", "mntns_deleted", "mntns_link_ghost", "mntns_link_remap", "mntns_remap",
         "ghost_on_rofs",
-        # unix sockets bound again in the user namespace's tmpfs
-        "overmount_sock", "sk-unix-mntns",
+        # unix sockets bound again in the user namespace's tmpfs; ghost ones (their files unlinked)
+        "overmount_sock", "sk-unix-mntns", "sk-unix01", "sk-unix-dgram-ghost", "del_standalone_un",
+        "fifo_upon_unix_socket00", "inotify01",
+        # a file of /proc/N/ of a process gone: reopened while a child of restore's has that pid
+        "remap_dead_pid", "remap_dead_pid_root",
+        # more of CRIU's socket and pty tests
+        "pty03", "del_standalone_un_seqpacket", "sk-unix01-seqpacket", "fifo_upon_unix_socket01", "sockets_spair",
+        "socket_queues", "sk-unix-rel-seqpacket", "sk-unix-unconn-seqpacket", "unlink_fstat01", "sockets_dgram",
         # external mounts (the .desc's --external), some with an outside master
         "mnt_ext_auto", "mnt_ext_manual", "mnt_ext_master", "mnt_ext_collision", "mnt_ext_multiple",
         "mnt_ext_root", "mnt_ext_sharing", "mnt_root_ext")},

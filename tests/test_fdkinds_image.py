@@ -59,6 +59,13 @@ MUTATIONS = {
     "inotify watch mount": lambda d: _fd(d, "inotify")["watches"][0].update(mnt=987654),
     "inotify watch path": lambda d: _fd(d, "inotify")["watches"][0].update(path="/../etc"),
     "pty ptmx mount": lambda d: _fd(d, "pty")["ptmx"].update(mnt=987654),
+    "pty master hung up": lambda d: _fd(d, "pty").update(orphan=True),
+    "unix ghost id": lambda d: _fd(d, "unix").update(unlinked="../x"),
+    "unix stream data on a pair end": lambda d: _fd(d, "unix").update(data="eA=="),
+    "inotify watch ghost id": lambda d: _fd(d, "inotify")["watches"][0].update(ghost="x"),
+    "file of a gone pid elsewhere": lambda d: next(f for f in d["processes"][0]["fds"]
+                                                  if "kind" not in f).update(dead_pid=5),
+    "cwd of a gone pid elsewhere": lambda d: d["processes"][0]["cwd"].update(dead_pid=1),
     "mapping path": lambda d: d["processes"][0]["maps"][0].update(path="/a/../b"),
     "mapping mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654),
     "mapping ghost": lambda d: d["processes"][0]["maps"][0].update(ghost="g-99"),

@@ -7,6 +7,7 @@ import os
 import re
 import stat
 
+from engine import deadpid
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.imageformat import O_TMPFILE_BIT
 
@@ -29,6 +30,8 @@ def _open(r: RestoreFd) -> int:
             fd = r.open_at(e["mnt"], e["path"], flags & ~(O_TMPFILE_BIT | os.O_DIRECTORY))
     elif e.get("ghost"):
         fd = r.open_ghost(e["ghost"], flags, e["mnt"], e["path"])   # unlinked at restore too (engine/ghosts.py)
+    elif "dead_pid" in e:
+        fd = _of_dead_pid(r, e, flags)
     else:
         fd = r.open_at(e["mnt"], e["path"], flags)
     if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
@@ -65,11 +68,28 @@ def _tmpfile(r: RestoreFd, e: dict, flags: int) -> int:
         os.close(src)
 
 
+def _of_dead_pid(r: RestoreFd, e: dict, flags: int) -> int:
+    """A file of /proc/N/ whose process N was gone at dump (engine/deadpid.py)."""
+    try:
+        return deadpid.reopen(r.open_at, r.proc, e["mnt"], e["path"], e["dead_pid"], flags)
+    except OSError as err:
+        raise FdError(err.errno, f"{r.where}: {err.strerror or err}") from None
+
+
 def _dump(d) -> dict:
-    _refuse_gone_pid_dir(d)
-    return {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
+    out = {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
+    gone = _refuse_gone_pid_dir(d)
+    if gone is not None:
+        out["dead_pid"] = gone
+        if d.target.endswith(DELETED):
+            # /proc/N itself (CRIU's remap_dead_pid_root): its dentry is unhashed, no ghost is made
+            # of it; placed here, by its path on that proc mount.
+            loc = d.place(d.target[: -len(DELETED)], d.mnt, f"fd {d.fd}")
+            out.update({"placed": False, "mnt": loc["mnt"], "path": loc["path"]})
+    return out
 
 
+DELETED = deadpid.DELETED
 _PID_DIR = re.compile(r"/(\d+)(?:/|$)")
 
 
@@ -85,7 +105,7 @@ def _precheck(d) -> None:
         _refuse_gone_pid_dir(d)
 
 
-def _refuse_gone_pid_dir(d) -> None:
+def _refuse_gone_pid_dir(d) -> int | None:
     """A file of /proc/N/ (restore reopens paths): refused here, naming it, when process N is gone
     (CRIU's remap_dead_pid: /proc/N/... names no file then, or another process's), and when it is
     there but not its pid namespace's init (CRIU's fanotify00 keeps /proc/self/fdinfo/N open):
@@ -95,16 +115,32 @@ def _refuse_gone_pid_dir(d) -> None:
     if m is None or m.fstype != "proc" or not d.target.startswith(m.mountpoint.rstrip("/") + "/"):
         return
     rel = d.target[len(m.mountpoint.rstrip("/")):]
+    if deadpid.gone_pid_dir(d.target, m):
+        rel = rel[: -len(DELETED)]
     hit = _PID_DIR.match(m.root.rstrip("/") + rel)
     if not hit:
         return
     if not os.path.lexists(f"/proc/{d.pid}/root{m.mountpoint.rstrip('/')}/{hit[1]}"):
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory, and that "
-                                        "process is gone: not supported")
+        # Restore opens it while a process of its own has that number (_of_dead_pid), on a mount
+        # of the whole proc (its path then starts with the number).
+        if m.root != "/":
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory, and that "
+                                            "process is gone, on a proc mount of a subdirectory: not supported")
+        return int(hit[1])
     if hit[1] != "1":
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory: restore "
                                         "keeps no pid numbers, so that name would lead to another process's "
                                         "file: not supported")
+    return None
 
 
-register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90, precheck=_precheck))
+def _check(entry: dict, what: str) -> None:
+    from engine.image import _fail
+    n = entry.get("dead_pid")
+    if n is not None and (entry.get("ghost") or entry.get("path") != f"/{n}"
+                          and not str(entry.get("path", "")).startswith(f"/{n}/")):
+        _fail(f"{what}: bad pid of a /proc file whose process is gone")
+
+
+register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90, precheck=_precheck,
+                check=_check))

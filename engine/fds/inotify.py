@@ -8,6 +8,10 @@ order. A filesystem whose handles do not open again (overlayfs without
 nfs_export) is searched for the inode number near the mount's root instead. The kernel hands out wds cyclically, so a gap (a watch removed) is
 recreated with throwaway watches on memfds, removed again.
 
+A watch on a file unlinked since (CRIU's inotify00) is on the ghost of the
+same file that an fd of the tree holds open (engine/ghosts.py): restore adds it
+through that ghost before the ghost is unlinked again.
+
 A watched inode no mount of the process's namespace reaches is looked for
 through the visible mounts of the tree's other namespaces (a runtime's monitor
 watching a file of the container's cgroup). Not done: unread events, watches
@@ -23,7 +27,7 @@ import os
 import re
 import stat
 
-from engine.imageformat import LIST, F
+from engine.imageformat import GHOST_ID, LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 _WATCH = re.compile(r"wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) .*?"
@@ -204,11 +208,35 @@ def _dump(d) -> dict:
             if got is None:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify {w['error']}: not supported")
             w = {"wd": w["wd"], "mask": w["mask"], **got}
-        loc = d.place(w["abs"], w["mnt"], f"fd {d.fd} inotify watch {w['wd']}")
+        deleted = w["abs"].endswith(DELETED)
+        abs_path = w["abs"][: -len(DELETED)] if deleted else w["abs"]
+        loc = d.place(abs_path, w["mnt"], f"fd {d.fd} inotify watch {w['wd']}")
         if loc.get("detached"):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify watch {w['wd']} on a detached mount: not supported")
-        watches.append({"wd": w["wd"], "mask": w["mask"], "mnt": loc["mnt"], "path": loc["path"]})
+        watch = {"wd": w["wd"], "mask": w["mask"], "mnt": loc["mnt"], "path": loc["path"]}
+        if deleted:
+            watch["_deleted"] = d.where   # (_finish names the ghost of the fd that holds that file)
+        watches.append(watch)
     return {"watches": sorted(watches, key=lambda w: w["wd"])}
+
+
+DELETED = " (deleted)"
+
+
+def _finish(objects: dict, entries: list[dict]) -> None:
+    """A watch on a file unlinked since: on the ghost of an fd of the tree on that file (same mount
+    and path), which restore recreates; refused when no fd holds it (nothing to watch at restore)."""
+    held = {(e["mnt"], e["path"]): e["ghost"] for e in entries if e.get("ghost") and "mnt" in e and "path" in e}
+    for e in entries:
+        for w in e.get("watches") or () if e.get("kind") == "inotify" else ():
+            where = w.pop("_deleted", None)
+            if where is None:
+                continue
+            gid = held.get((w["mnt"], w["path"]))
+            if gid is None:
+                raise FdError(errno.EOPNOTSUPP, f"{where}: inotify watch {w['wd']} on {w['path']}, a deleted file "
+                                                "no fd of the tree holds open: not supported")
+            w["ghost"] = gid
 
 
 def _check(entry: dict, what: str) -> None:
@@ -223,6 +251,8 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: bad inotify watch")
         last = w["wd"]
         check_abs_path(w.get("path"), f"{what} watch {w['wd']}")
+        if "ghost" in w and (not isinstance(w["ghost"], str) or not GHOST_ID.match(w["ghost"])):
+            _fail(f"{what}: inotify watch {w['wd']}: bad ghost id")
 
 
 def _add(ifd: int, proc: int, fd: int, mask: int, name: str | None = None) -> int:
@@ -259,7 +289,10 @@ def _open(r: RestoreFd) -> int:
             # (O_NOFOLLOW for a path beneath the mount's root only: its root is reached through a
             # /proc magic link, which O_NOFOLLOW would open itself)
             named = bool(w["path"].strip("/"))
-            fd = r.open_at(w["mnt"], w["path"], os.O_PATH | (os.O_NOFOLLOW if named else 0))
+            if "ghost" in w:
+                fd = _ghost(r, w)
+            else:
+                fd = r.open_at(w["mnt"], w["path"], os.O_PATH | (os.O_NOFOLLOW if named else 0))
             try:
                 if named and stat.S_ISLNK(os.fstat(fd).st_mode):
                     # A watch on a symlink itself (systemd's on /etc/localtime; fdinfo shows no
@@ -281,5 +314,14 @@ def _open(r: RestoreFd) -> int:
         raise
 
 
+def _ghost(r: RestoreFd, w: dict) -> int:
+    """An O_PATH fd on the ghost of watch `w` (a file unlinked while open; engine/ghosts.py)."""
+    try:
+        return r.open_ghost(w["ghost"], os.O_PATH, w["mnt"], w["path"])
+    except (StopIteration, KeyError):
+        raise FdError(errno.EINVAL, f"{r.where}: inotify watch {w['wd']}: no ghost {w['ghost']} on mount "
+                                    f"{w['mnt']}") from None
+
+
 register(FdKind(name="inotify", matches=lambda t, m: t == "anon_inode:inotify", dump=_dump, open=_open,
-                check=_check, in_ns=_in_ns, mounts=lambda e: [w["mnt"] for w in e["watches"]], fields={"watches": F(LIST)}))
+                check=_check, in_ns=_in_ns, finish=_finish, mounts=lambda e: [w["mnt"] for w in e["watches"]], fields={"watches": F(LIST)}))

@@ -29,7 +29,7 @@ import stat
 import struct
 import termios
 
-from engine.imageformat import DICT, STR, F
+from engine.imageformat import BOOL, DICT, STR, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 TIOCGPTN = 0x80045430
@@ -66,7 +66,19 @@ def _dump(d) -> dict:
     index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
     obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
     d.objects.setdefault(obj, {"kind": "pty", "index": index})
+    if d.target.endswith(DELETED):
+        # Its master was closed (CRIU's pty04): the kernel hung the slave up and removed its node.
+        # Placed here (no ghost on devpts): restore opens it while a master of that number is open,
+        # then closes the master (_finish names its ptmx, beside the node on that devpts mount).
+        loc = d.place(d.target[: -len(DELETED)], d.mnt, f"fd {d.fd}")
+        if loc.get("detached"):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pty slave whose master is gone, on a detached mount: "
+                                            "not supported")
+        return {"obj": obj, "end": "slave", "orphan": True, "placed": False, "mnt": loc["mnt"], "path": loc["path"]}
     return {"obj": obj, "end": "slave"}
+
+
+DELETED = " (deleted)"
 
 
 def _instance(d, st) -> int:
@@ -87,6 +99,12 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     for e in entries:
         if e.get("kind") != "pty":
             continue
+        if e.get("orphan"):
+            if e["obj"] in masters:
+                raise FdError(errno.EOPNOTSUPP, f"fd {e['fd']} ({e['path']}): a hung-up pty slave whose number a "
+                                                "master of the tree holds again: not supported")
+            e["ptmx"] = {"mnt": e["mnt"], "path": (e["path"].rsplit("/", 1)[0] or "") + "/ptmx"}
+            continue
         if e["obj"] not in masters:
             if e["end"] == "master":
                 raise FdError(errno.EOPNOTSUPP, f"fd {e['fd']} ({e.get('path')}): pty master on a detached mount: "
@@ -106,6 +124,8 @@ def _check(entry: dict, what: str) -> None:
             or not isinstance(entry.get("ptmx"), dict) or not isinstance(entry["ptmx"].get("mnt"), int):
         _fail(f"{what}: bad pty entry")
     check_abs_path(entry["ptmx"].get("path"), f"{what} ptmx")
+    if entry.get("orphan") and entry["end"] != "slave":
+        _fail(f"{what}: only a pty slave is hung up")
 
 
 def _check_object(obj: dict, what: str) -> None:
@@ -160,7 +180,7 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check,
-                check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30, fields={"end": F(STR), "ptmx": F(DICT)}))
+                check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30, fields={"end": F(STR), "ptmx": F(DICT), "orphan": F(BOOL, required=False)}))
 
 
 # --- /dev/tty: the controlling terminal under another name -------------------------------------

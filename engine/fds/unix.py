@@ -62,7 +62,7 @@ import struct
 from engine import forkrun, kernel
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
-from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog, unix_prestop
+from engine.fds import FdError, FdKind, RestoreFd, register, unix_backlog, unix_ghost, unix_prestop
 
 SOCK_DIAG_BY_FAMILY = 20
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
@@ -177,8 +177,8 @@ def _dump_one(d) -> dict:
         k = _Sock(d, c, s)
         out = k.out
         mutual = bool(k.peer) and k.diag.get(k.peer, {}).get("peer") == k.ino
-        if "path" in out and not mutual:
-            _record_bound(k)   # (an accepted end's name is its listener's)
+        if "path" in out and (not mutual or k.typ == socket.SOCK_DGRAM):
+            _record_bound(k)   # (an accepted end's name is its listener's; a datagram pair end's its own)
         k.inflight = int((d.info().get("scm_fds") or ["0"])[0])
         if k.inflight and (k.typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
             # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
@@ -218,6 +218,13 @@ def _dump_one(d) -> dict:
 def _record_bound(k: _Sock) -> None:
     """A socket bound to a path: where its file lies (the mount restore binds it on) and its owner."""
     d, out = k.d, k.out
+    ghost = unix_ghost.place(d, out["path"], k.c)
+    if ghost is not None:
+        out.update({"bound": ghost, "unlinked": True})   # (numbered by _finish)
+        owner = _file_owner(d)
+        if owner is not None:
+            out["owner"] = owner
+        return
     found = _locate(d, out["path"], k.rec.get("vfs"))
     normal = found.pop("normal", False)
     out["bound"] = _writable(d, found)
@@ -247,8 +254,11 @@ def _as_dangling(k: _Sock) -> dict:
         out["msgs"] = _peek_messages(k.s, k.d, k.inflight)
         out["mnts"] = _inflight_mounts(out["msgs"])
     elif _inq(k.c):
-        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: data queued on a stream socket whose peer is gone: "
-                                        "not supported yet")
+        # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
+        n = _inq(k.c)
+        if n > MAX_DATA:
+            raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: {n} bytes queued: too many")
+        out["data"] = base64.b64encode(k.s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
     return out
 
 
@@ -274,16 +284,19 @@ def _as_pair_end(k: _Sock) -> None:
     o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
     end = 0 if ino == a else 1
     out.update({"obj": obj, "end": end})
-    if "path" in out or "abstract" in out:
+    if out["type"] == "dgram":
+        pass   # (named or not, each end binds its own name at restore: _name_spec)
+    elif "path" in out or "abstract" in out:
         # The accepted end of a connection to a listener: its name is the listener's, and the
         # other end's peer name too. Made again through a listener of that name.
-        if o.get("via", {}).get("end", end) != end or out["type"] == "dgram" \
-                or _MAGIC.match(out.get("path", "")):
+        if o.get("via", {}).get("end", end) != end or _MAGIC.match(out.get("path", "")):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
                                             "named, or named through /proc: not supported")
         if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
                                             "listener: not supported")
+        if "path" in out:
+            _via_bindable(d, out["path"])
         o["via"] = {"end": end, **{key: out[key] for key in ("path", "abstract") if key in out}}
         for key in ("path", "abstract"):
             out.pop(key, None)
@@ -302,6 +315,17 @@ def _as_pair_end(k: _Sock) -> None:
     if "msgs" in o:
         # (the mounts of the files in flight on either end: restore opens them)
         out["mnts"] = _inflight_mounts([m for q in o["msgs"] for m in q])
+
+
+def _via_bindable(d, name: str) -> None:
+    """Refuse an accepted end whose listener's directory is gone (CRIU's sk-unix01) where restore
+    could not bind the listener's name aside to make the connection again (Linux < 6.15)."""
+    from engine import strategy
+    base = f"/proc/{d.pid}/root" if name.startswith("/") else f"/proc/{d.pid}/cwd"
+    if strategy.current().sources == "yard" and not os.path.isdir(f"{base}/{os.path.dirname(name)}"):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: accepted from a listener on {name}, whose directory is gone; "
+                                        "this kernel cannot bind the name again aside (no mounts on detached "
+                                        "mounts: Linux >= 6.15 can); the tree keeps running")
 
 
 def refuse_family(d, s: socket.socket) -> int:
@@ -399,11 +423,17 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
     if inflight or _inq(d.copy()):
         raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
     name = _name(s.getpeername())
-    if not name or _MAGIC.match(name.get("path", "")) or not name.get("path", "/").startswith("/"):
+    # (a relative name, CRIU's sk-unix-listen01, is connected to again through the file it found)
+    if not name or _MAGIC.match(name.get("path", "")):
         raise FdError(errno.EOPNOTSUPP, f"{what}, and that one has no name to connect to again "
                                         f"({name or 'unnamed'}): not supported")
     if "path" in name:
-        loc = _locate(d, name["path"], diag.get(peer, {}).get("vfs"))
+        try:
+            loc = _locate(d, name["path"], diag.get(peer, {}).get("vfs"))
+        except FdError as e:
+            # Its file may be a ghost's (unlinked): _finish connects to that socket by its id then.
+            return {"connect": name, "_ghost_peer": (f"{netns}:{peer}", e.strerror), "_peer": f"{netns}:{peer}",
+                    "_where": d.where}
         loc.pop("normal", None)
         if loc.get("detached"):
             raise FdError(errno.EOPNOTSUPP, f"{what}: the socket file of {name['path']} is on a detached mount: "
@@ -416,6 +446,7 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     """Refuse a socket connected to a named socket that no process of the tree holds (restore would
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
     unix_backlog.name_senders([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
+    unix_ghost.number([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
     have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
     for e in entries:
         for client in e.pop("_pending", None) or ():
@@ -834,6 +865,10 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: socket path too long")
         if not isinstance(entry.get("bound"), dict):
             _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
+    if "unlinked" in entry and (not isinstance(entry["unlinked"], str)
+                                or not unix_ghost.GHOST_ID.match(entry["unlinked"])
+                                or "path" not in entry or _MAGIC.match(entry["path"]) or "dangling" in entry):
+        _fail(f"{what}: bad ghost socket id, or a ghost that is not a path-bound socket")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
     c = entry.get("connect")
@@ -848,8 +883,12 @@ def _check(entry: dict, what: str) -> None:
         if set(c) == {"abstract"}:
             if not isinstance(c["abstract"], str) or len(c["abstract"]) > 148:
                 _fail(f"{what}: bad abstract name to connect to")
+        elif set(c) == {"path", "to"}:
+            _check_name(c["path"], what)
+            if len(c["path"]) > 107 or not isinstance(c["to"], str) or not unix_ghost.GHOST_ID.match(c["to"]):
+                _fail(f"{what}: bad ghost socket to connect to")
         elif set(c) == {"path", "mnt", "at"}:
-            check_abs_path(c["path"], what)
+            _check_name(c["path"], what)
             check_abs_path(c["at"], what)
             if len(c["path"]) > 107 or _MAGIC.match(c["path"]) or type(c["mnt"]) is not int:
                 _fail(f"{what}: bad socket path to connect to")
@@ -868,6 +907,11 @@ def _check(entry: dict, what: str) -> None:
             _fail(f"{what}: bad data sent on a connection not yet accepted")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
+    if "data" in entry and (not entry.get("dangling") or entry.get("type") != "stream"
+                            or len(entry["data"]) > MAX_DATA * 4 // 3 + 4):
+        _fail(f"{what}: stream data queued only on a stream socket whose peer is gone")
+    if "obj" in entry and ("path" in entry or "abstract" in entry) and entry.get("type") != "dgram":
+        _fail(f"{what}: only a datagram pair end is bound to a name of its own")
     if "msgs" in entry:
         named = ("path" in entry or "abstract" in entry) and entry.get("type") == "dgram" \
             and not {"dangling", "listen", "connect", "obj"} & set(entry)
@@ -946,6 +990,8 @@ def _make(args, fds):
     if spec.get("dangling"):
         a, b = socket.socketpair(socket.AF_UNIX, _TYPE_NO[spec["type"]])
         _send_queue(b, spec.get("msgs") or (), fds)   # its queue, sent by the peer that goes at once
+        if spec.get("data"):
+            b.sendall(base64.b64decode(spec["data"]))
         b.close()
         return None, [a.detach()]
     if spec.get("pair"):
@@ -1009,6 +1055,9 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     m = _MAGIC.match(name)
     if m is None and d is not None and _bind_beside(s, d, name, ids):
         return
+    if spec.get("ghost"):
+        raise FdError(errno.EOPNOTSUPP, f"{name}: a deleted socket file is bound again aside, which this kernel "
+                                        "cannot (no mounts on detached mounts)")
     if m is None or d is None:
         _mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
         return
@@ -1109,6 +1158,50 @@ def _via(spec, fds):
     """In the stand-in: a connection through a temporary listener at the dumped name."""
     t = _TYPE_NO[spec["type"]]
     name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
+    if isinstance(name, str) and not os.path.isdir(os.path.dirname(name) or "."):
+        a, c = _accept_aside(t, name)   # (the listener's directory was removed: CRIU's sk-unix01)
+    else:
+        a, c = _accept_at(t, name)
+    ends = [None, None]
+    ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
+    for end, data in enumerate(spec.get("data") or ()):
+        if data:
+            os.write(ends[1 - end], base64.b64decode(data))
+    rest = list(fds)
+    for end, queue in enumerate(spec.get("msgs") or ()):
+        with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
+            rest = _send_queue(peer, queue, rest)
+    return None, ends
+
+
+def _accept_aside(t: int, name: str) -> tuple[socket.socket, socket.socket]:
+    """(accepted, client) of a connection through a temporary listener bound to `name` with its
+    file in a fresh detached tmpfs (_bind_beside), where the name leads nowhere any more."""
+    top = _fresh("tmpfs")
+    lst = socket.socket(socket.AF_UNIX, t)
+    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        # (as the root of the stand-in's user namespace: its own ids may be ones the namespace of
+        # the fresh tmpfs does not map)
+        if not _bind_beside(lst, top, name, (0, 0)):
+            raise FdError(errno.EOPNOTSUPP, f"{name}: a connection accepted from a listener whose directory is "
+                                            "gone is made through a name bound aside, which this kernel cannot")
+        lst.listen(1)
+        c = socket.socket(socket.AF_UNIX, t)
+        os.fchdir(top)
+        c.connect(os.path.basename(name))
+        a, _ = lst.accept()
+        return a, c
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+        lst.close()
+        os.close(top)
+
+
+def _accept_at(t: int, name) -> tuple[socket.socket, socket.socket]:
+    """(accepted, client) of a connection through a temporary listener at `name` (a socket file
+    there, restored with its filesystem, is moved aside for the moment)."""
     lst = socket.socket(socket.AF_UNIX, t)
     aside = None
     where = (os.path.dirname(name) or ".") if isinstance(name, str) else None   # (for _mapped)
@@ -1139,16 +1232,7 @@ def _via(spec, fds):
                 pass
             if aside is not None:
                 _mapped(None, where, os.rename, aside, name)
-    ends = [None, None]
-    ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
-    for end, data in enumerate(spec.get("data") or ()):
-        if data:
-            os.write(ends[1 - end], base64.b64decode(data))
-    rest = list(fds)
-    for end, queue in enumerate(spec.get("msgs") or ()):
-        with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
-            rest = _send_queue(peer, queue, rest)
-    return None, ends
+    return a, c
 
 
 def _open(r: RestoreFd) -> int:
@@ -1166,27 +1250,28 @@ def _open(r: RestoreFd) -> int:
                     os.close(x)
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
-    else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner") if k in e}
-        sent = []
-        if e.get("dangling"):
-            spec["msgs"] = e.get("msgs")
-            sent = _open_inflight(r, e.get("msgs") or ())
-        if "bound" in e:
-            # The directory of its socket file, on the restored mount: the stand-in binds there.
-            b = e["bound"]
-            parent = b["path"].rsplit("/", 1)[0] or "/"
+        if "path" in e or "abstract" in e:
+            # A datagram pair end bound to a name of its own: bound again by its holder.
+            spec, sent = _name_spec(r, e)
             try:
-                sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
-            except KeyError:
-                raise FdError(errno.EINVAL, f"{r.where}: its socket file is on mount {b['mnt']}, which the image "
-                                            "does not have") from None
-            spec["base"] = b["path"].rsplit("/", 1)[1]
+                r.standin("bind", spec, [fd] + sent)
+            finally:
+                for x in sent:
+                    os.close(x)
+            if e.get("unlinked"):
+                unix_ghost.hold(r)
+    else:
+        spec, sent = _name_spec(r, e)
+        if e.get("dangling"):
+            spec.update({"msgs": e.get("msgs"), "data": e.get("data")})
+            sent = _open_inflight(r, e.get("msgs") or ())
         try:
             fd = r.standin("make", spec, sent)[0]
         finally:
             for x in sent:
                 os.close(x)
+        if e.get("unlinked"):
+            unix_ghost.hold(r)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     if "sender_id" in e:
@@ -1208,6 +1293,40 @@ def _open(r: RestoreFd) -> int:
     return fd
 
 
+def _name_spec(r: RestoreFd, e: dict) -> tuple[dict, list[int]]:
+    """(what the stand-in makes or binds of entry `e`, the fds sent with it: the directory its
+    socket file goes to, on the restored mount: where it was, or a fresh one for a ghost)."""
+    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner") if k in e}
+    if e.get("unlinked"):
+        # Its socket file was unlinked: bound in a fresh directory of its mount, unlinked later.
+        spec.update({"base": e["path"].rsplit("/", 1)[-1], "ghost": True})
+        return spec, [unix_ghost.make_dir(r)]
+    if "bound" not in e:
+        return spec, []
+    b = e["bound"]
+    parent = b["path"].rsplit("/", 1)[0] or "/"
+    try:
+        sent = [r.open_at(b["mnt"], parent, os.O_PATH | os.O_DIRECTORY)]
+    except KeyError:
+        raise FdError(errno.EINVAL, f"{r.where}: its socket file is on mount {b['mnt']}, which the image "
+                                    "does not have") from None
+    spec["base"] = b["path"].rsplit("/", 1)[1]
+    return spec, sent
+
+
+def _bind_in(spec, fds):
+    """In the stand-in: bind socket fds[0] (one end of a pair) to its dumped name (_make's way)."""
+    s = socket.socket(fileno=fds[0])
+    try:
+        if "abstract" in spec:
+            s.bind(b"\0" + base64.b64decode(spec["abstract"]))
+        else:
+            _bind_path(s, spec, fds[1:])
+    finally:
+        s.detach()   # (the received fds are the stand-in's to close)
+    return None, []
+
+
 def _reach(r: RestoreFd, e: dict) -> None:
     """Connect a throwaway datagram socket to named socket `e` (made by now) and close it, as a
     client once did: the kernel marks `e` established. An abstract name from the stand-in (a new
@@ -1216,7 +1335,7 @@ def _reach(r: RestoreFd, e: dict) -> None:
         r.standin("reach", e["abstract"])
         return
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        _connect_to(r, s, {"mnt": e["bound"]["mnt"], "at": e["bound"]["path"]})
+        _connect_to(r, s, e)
 
 
 def _reach_in(name, fds):
@@ -1245,10 +1364,11 @@ def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
 
 
 def _connect_to(r: RestoreFd, s: socket.socket, c: dict) -> None:
+    """Connect `s` to named socket `c` (a `connect`, or a named entry): see _connect."""
     if "abstract" in c:
         s.connect(b"\0" + base64.b64decode(c["abstract"]))
         return
-    at = r.open_at(c["mnt"], c["at"], os.O_PATH | (os.O_NOFOLLOW if c["at"].strip("/") else 0))
+    at = unix_ghost.sock_file(r, c)
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
     try:
         os.fchdir(r.proc)
@@ -1295,9 +1415,10 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
                 precheck=unix_prestop.precheck, prefinish=unix_prestop.prefinish,
                 check=_check, check_object=_check_object, prepare=_prepare,
-                standin={"make": _make, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
+                standin={"make": _make, "bind": _bind_in, "via": _via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
-                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
+                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False), "data": F(STR, required=False),
+                        "unlinked": F(STR, required=False),
                         "owner": F(LIST, required=False, rule=_owner_rule),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
                         "senders": F(LIST, required=False), "sender_id": F(STR, required=False),

@@ -136,8 +136,8 @@ def deliver(r: RestoreFd, e: dict) -> None:
             r.standin("deliver", {"to": e["abstract"], "msgs": e["msgs"], "who": who, "n": len(senders)},
                       senders + inflight)
             return
-        b = e["bound"]
-        at = r.open_at(b["mnt"], b["path"], os.O_PATH | os.O_NOFOLLOW)
+        from engine.fds import unix_ghost
+        at = unix_ghost.sock_file(r, e)
         cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
         try:
             os.fchdir(r.proc)
