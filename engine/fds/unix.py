@@ -220,9 +220,9 @@ def _record_bound(k: _Sock) -> None:
     d, out = k.d, k.out
     found = _locate(d, out["path"], k.rec.get("vfs"))
     out["bound"] = _writable(d, found)
-    owner = _file_owner(d)
-    if owner is not None:
-        out["owner"] = owner
+    st = _file_stat(d)
+    if st is not None:
+        out["owner"], out["mode"] = [st.st_uid, st.st_gid], stat.S_IMODE(st.st_mode)
 
 
 def _as_listener(k: _Sock) -> dict:
@@ -521,19 +521,18 @@ def _on_detached(d, known: set[int]) -> dict | None:
             os.close(f)
 
 
-def _file_owner(d) -> list[int] | None:
-    """[uid, gid] of the socket's file as this (the initial) user namespace sees them, by the file the
-    kernel hands us (SIOCUNIXFILE); None without it. Restore binds as that owner: the socket file
-    is the same user's again, and a filesystem of a user namespace takes no file from an id it
-    does not map (bind: EOVERFLOW)."""
+def _file_stat(d) -> os.stat_result | None:
+    """The stat of the socket's file (its owner as this, the initial, user namespace sees it), by the
+    file the kernel hands us (SIOCUNIXFILE); None without it. Restore binds as that owner: the socket
+    file is the same user's again, and a filesystem of a user namespace takes no file from an id it
+    does not map (bind: EOVERFLOW); then gives it the same mode (bind's follows the umask)."""
     import fcntl
     try:
         f = fcntl.ioctl(d.copy(), SIOCUNIXFILE)
     except OSError:
         return None
     try:
-        st = os.fstat(f)
-        return [st.st_uid, st.st_gid]
+        return os.fstat(f)
     finally:
         os.close(f)
 
@@ -981,9 +980,11 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
             pass
     m = _MAGIC.match(name)
     if m is None and d is not None and _bind_beside(s, d, name, ids):
+        _chmod(spec, d)
         return
     if m is None or d is None:
         _mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
+        _chmod(spec, d)
         return
     n = int(m[1])
     import fcntl
@@ -999,12 +1000,19 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     os.dup2(d, n)
     try:
         _mapped(ids, d, s.bind, name)
+        _chmod(spec, d)
     finally:
         if saved is None:
             os.close(n)
         else:
             os.dup2(saved, n, inheritable=not cloexec)
             os.close(saved)
+
+
+def _chmod(spec: dict, d: int | None) -> None:
+    """Give the socket file just bound in directory `d` its dumped mode."""
+    if "mode" in spec and d is not None:
+        os.chmod(spec["base"], spec["mode"], dir_fd=d)
 
 
 def _bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | None = None) -> bool:
@@ -1155,7 +1163,7 @@ def _open(r: RestoreFd) -> int:
             r.keep.extend(st)
         fd = os.dup(st[e["end"]])
     else:
-        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner") if k in e}
+        spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner", "mode") if k in e}
         sent = []
         if e.get("dangling"):
             spec["msgs"] = e.get("msgs")
@@ -1271,6 +1279,10 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
     return out
 
 
+def _mode_rule(v) -> str | None:
+    return None if 0 <= v <= 0o7777 else "must be a permission mode (0..0o7777)"
+
+
 def _owner_rule(v) -> str | None:
     if len(v) != 2 or any(type(x) is not int or not 0 <= x < 2**32 - 1 for x in v):
         return "must be [uid, gid]"
@@ -1287,6 +1299,7 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                         "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=_name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False),
                         "owner": F(LIST, required=False, rule=_owner_rule),
+                        "mode": F(INT, required=False, rule=_mode_rule),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
                         "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
                         "sent": F(STR + LIST, required=False), "reached": F(BOOL, required=False)}))
