@@ -1128,6 +1128,8 @@ class _Builder:
         """Mount `mid`, detached: made from its superblock, or a bind of `src`."""
         r = self.r
         m = r.mounts[mid]
+        if src is not None and m.get("ghost"):
+            r._ghost(m["ghost"])   # its unlinked root gets its name back for the bind (restore unlinks it again)
         r.mnt_fd[mid] = r._clone(m) if src is None else r._clone(m, base=self.source(src))
 
     def _op_attach(self, mid: int, copies) -> None:

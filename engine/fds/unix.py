@@ -13,7 +13,8 @@ it: the name's path in the process's namespace or another namespace of the
 tree (a runtime binds inside the container it builds), else a search of that
 filesystem's mounts, covered ones too (through clones, beneath an
 overmount). At restore the name is bound again as dumped with its file in
-that directory, whatever the name leads to from the stand-in (_bind_beside),
+that directory, whatever the name leads to from the stand-in (_bind_beside, on
+every kernel: before 6.15 in a private mount namespace of a child of the stand-in),
 through a read-write mount of the superblock when the one found is read-only.
 A socket file on a mount lazily unmounted since (the socket keeps that mount
 alive) is found by the kernel itself (SIOCUNIXFILE) and bound again on that
@@ -44,9 +45,8 @@ fds in flight on a stream or a listener, other kinds in flight, data a
 pending connection's client already sent when the tree keeps running
 (--leave-running: only accept() reads it), a datagram queued on a named socket
 from a sender name no socket of the tree holds, a connection to a named
-socket outside the tree, a path name whose file is only on a detached mount
-where the kernel lacks SIOCUNIXFILE, and, before Linux 6.15, a name restore
-could not bind where its file was (_bindable_here).
+socket outside the tree, and a path name whose file is only on a detached mount
+where the kernel lacks SIOCUNIXFILE.
 """
 
 from __future__ import annotations
@@ -216,22 +216,17 @@ def _dump_one(d) -> dict:
 
 
 def _record_bound(k: _Sock) -> None:
-    """A socket bound to a path: where its file lies (the mount restore binds it on) and its owner."""
+    """A socket bound to a path: where its file lies (the mount restore binds it on), its owner
+    and mode."""
     d, out = k.d, k.out
     ghost = unix_ghost.place(d, out["path"], k.c)
     if ghost is not None:
         out.update({"bound": ghost, "unlinked": True})   # (numbered by _finish)
-        owner = _file_owner(d)
-        if owner is not None:
-            out["owner"] = owner
-        return
-    found = _locate(d, out["path"], k.rec.get("vfs"))
-    normal = found.pop("normal", False)
-    out["bound"] = _writable(d, found)
-    _bindable_here(d, out["path"], normal, out["bound"] is not found)
-    owner = _file_owner(d)
-    if owner is not None:
-        out["owner"] = owner
+    else:
+        out["bound"] = _writable(d, _locate(d, out["path"], k.rec.get("vfs")))
+    st = _file_stat(d)
+    if st is not None:
+        out["owner"], out["mode"] = [st.st_uid, st.st_gid], stat.S_IMODE(st.st_mode)
 
 
 def _as_listener(k: _Sock) -> dict:
@@ -434,7 +429,6 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
             # Its file may be a ghost's (unlinked): _finish connects to that socket by its id then.
             return {"connect": name, "_ghost_peer": (f"{netns}:{peer}", e.strerror), "_peer": f"{netns}:{peer}",
                     "_where": d.where}
-        loc.pop("normal", None)
         if loc.get("detached"):
             raise FdError(errno.EOPNOTSUPP, f"{what}: the socket file of {name['path']} is on a detached mount: "
                                             "not supported")
@@ -489,11 +483,8 @@ def _locate(d, name: str, vfs) -> dict:
             try:
                 st = os.stat(root + name, follow_symlinks=False)
                 if stat.S_ISSOCK(st.st_mode) and (st.st_ino, st.st_dev) == (ino, dev):
-                    loc = d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
-                                  "socket")
-                    if pid == d.pid and not loc.get("detached"):
-                        loc["normal"] = True   # the name leads there from the process (_bindable_here)
-                    return loc
+                    return d.place(name, kernel.statx_mnt_id(root + name, flags=kernel.AT_SYMLINK_NOFOLLOW),
+                                   "socket")
             except OSError:
                 pass
     budget = [MAX_WALK]
@@ -558,19 +549,18 @@ def _on_detached(d, known: set[int]) -> dict | None:
             os.close(f)
 
 
-def _file_owner(d) -> list[int] | None:
-    """[uid, gid] of the socket's file as this (the initial) user namespace sees them, by the file the
-    kernel hands us (SIOCUNIXFILE); None without it. Restore binds as that owner: the socket file
-    is the same user's again, and a filesystem of a user namespace takes no file from an id it
-    does not map (bind: EOVERFLOW)."""
+def _file_stat(d) -> os.stat_result | None:
+    """The stat of the socket's file (its owner as this, the initial, user namespace sees it), by the
+    file the kernel hands us (SIOCUNIXFILE); None without it. Restore binds as that owner: the socket
+    file is the same user's again, and a filesystem of a user namespace takes no file from an id it
+    does not map (bind: EOVERFLOW); then gives it the same mode (bind's follows the umask)."""
     import fcntl
     try:
         f = fcntl.ioctl(d.copy(), SIOCUNIXFILE)
     except OSError:
         return None
     try:
-        st = os.fstat(f)
-        return [st.st_uid, st.st_gid]
+        return os.fstat(f)
     finally:
         os.close(f)
 
@@ -625,27 +615,6 @@ def _mapped(ids: tuple[int, int] | None, where, fn, *args) -> None:
         if (st.st_uid, st.st_gid) == ids:
             raise
         _as((st.st_uid, st.st_gid), fn, *args)
-
-
-def _bindable_here(d, name: str, normal: bool, moved: bool) -> None:
-    """Refuse at dump a name restore could not bind again with its file where it was: without
-    mounts on detached mounts (Linux < 6.15: the `sources=yard` strategy) the stand-in binds the
-    name as it reads from its restored root (_bind_path), which is right only where the name, from
-    the process's root, leads to that file's directory on a read-write mount."""
-    from engine import strategy
-    if strategy.current().sources != "yard" or _MAGIC.match(name):
-        return
-    how = None
-    if not name.startswith("/"):
-        how = "a relative name"
-    elif not normal:
-        how = "its socket file lies beneath an overmount or in another mount namespace of the tree"
-    elif moved:
-        how = "its socket file is on a read-only mount"
-    if how is not None:
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}: {how}; this kernel cannot bind it again "
-                                        "there (no mounts on detached mounts: Linux >= 6.15 can); the tree keeps "
-                                        "running")
 
 
 def _writable(d, loc: dict) -> dict:
@@ -1054,12 +1023,14 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
             pass
     m = _MAGIC.match(name)
     if m is None and d is not None and _bind_beside(s, d, name, ids):
+        _chmod(spec, d)
         return
     if spec.get("ghost"):
         raise FdError(errno.EOPNOTSUPP, f"{name}: a deleted socket file is bound again aside, which this kernel "
                                         "cannot (no mounts on detached mounts)")
     if m is None or d is None:
         _mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
+        _chmod(spec, d)
         return
     n = int(m[1])
     import fcntl
@@ -1075,6 +1046,7 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     os.dup2(d, n)
     try:
         _mapped(ids, d, s.bind, name)
+        _chmod(spec, d)
     finally:
         if saved is None:
             os.close(n)
@@ -1083,18 +1055,27 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
             os.close(saved)
 
 
+def _chmod(spec: dict, d: int | None) -> None:
+    """Give the socket file just bound in directory `d` its dumped mode."""
+    if "mode" in spec and d is not None:
+        os.chmod(spec["base"], spec["mode"], dir_fd=d)
+
+
 def _bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | None = None) -> bool:
     """Bind `s` to `name` with its socket file in directory `d`, wherever `name` leads from here
     (the file may lie beneath an overmount, on a detached mount, or in another mount namespace of
     the tree). A forked child chroots to a detached tmpfs where `name`'s directory is a symlink
     to `d` through a procfs of its own (/P/self/fd/D), and binds there: the name is the dumped
-    one, the file lands in `d`. False where the kernel cannot mount on a detached mount (before
-    6.15) or the name has dot components: then the caller binds the name as it reads from the
-    stand-in's root. `ids`: the file system ids to bind with (_bind_ids, _mapped)."""
+    one, the file lands in `d`. Before Linux 6.15 (no mounts on a detached mount: strategy
+    sources=yard) that tmpfs is attached first, in a private mount namespace of the child
+    (_attach_privately). False where the name has dot components: then the caller binds the
+    name as it reads from the stand-in's root. `ids`: the file system ids to bind with (_bind_ids, _mapped)."""
+    from engine import strategy
     absolute = name.startswith("/")
     parts = [p for p in name.split("/")[:-1] if p]
     if any(p in (".", "..") for p in parts):
         return False
+    private = strategy.current().sources == "yard"
 
     def body(ids):
         if ids is not None:
@@ -1109,12 +1090,9 @@ def _bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | Non
         sub = parts if absolute else ["w"] + parts
         procdir = next(p for p in ("p", "q") if p != sub[0])
         os.mkdir(procdir, 0o555, dir_fd=top)
-        try:
-            kernel.move_mount(_fresh("proc"), "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
-        except OSError as e:
-            if e.errno == errno.EINVAL:
-                return False   # no mounting on a detached mount (Linux < 6.15)
-            raise
+        if private:
+            _attach_privately(top)   # (no mounts on detached mounts before Linux 6.15)
+        kernel.move_mount(_fresh("proc"), "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
         for i in range(len(sub) - 1):
             os.mkdir("/".join(sub[: i + 1]), 0o755, dir_fd=top)
         os.symlink(f"/{procdir}/self/fd/{d}", "/".join(sub), dir_fd=top)
@@ -1132,6 +1110,21 @@ def _bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | Non
         if e.errno != errno.EOVERFLOW or (st.st_uid, st.st_gid) == ids:
             raise
         return forkrun.run(body, (st.st_uid, st.st_gid))   # as in _mapped
+
+
+def _attach_privately(top: int) -> None:
+    """In a forked child: attach detached mount `top` over the root of a mount namespace of the
+    child's own, whose mounts are all private (nothing it mounts propagates back to the tree's).
+    setns through our own pidfd puts our root at the new namespace's root, where a recursive
+    make-private can start even when the caller's root is not a mount's root (a chroot)."""
+    kernel.unshare(kernel.CLONE_NEWNS)
+    me = kernel.pidfd_open(os.getpid())
+    try:
+        kernel.setns(me, kernel.CLONE_NEWNS)
+    finally:
+        os.close(me)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    kernel.move_mount(top, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
 
 
 def _fresh(fstype: str) -> int:
@@ -1296,7 +1289,7 @@ def _open(r: RestoreFd) -> int:
 def _name_spec(r: RestoreFd, e: dict) -> tuple[dict, list[int]]:
     """(what the stand-in makes or binds of entry `e`, the fds sent with it: the directory its
     socket file goes to, on the restored mount: where it was, or a fresh one for a ghost)."""
-    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner") if k in e}
+    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner", "mode") if k in e}
     if e.get("unlinked"):
         # Its socket file was unlinked: bound in a fresh directory of its mount, unlinked later.
         spec.update({"base": e["path"].rsplit("/", 1)[-1], "ghost": True})
@@ -1403,6 +1396,10 @@ def _open_inflight(r: RestoreFd, msgs) -> list[int]:
     return out
 
 
+def _mode_rule(v) -> str | None:
+    return None if 0 <= v <= 0o7777 else "must be a permission mode (0..0o7777)"
+
+
 def _owner_rule(v) -> str | None:
     if len(v) != 2 or any(type(x) is not int or not 0 <= x < 2**32 - 1 for x in v):
         return "must be [uid, gid]"
@@ -1420,6 +1417,7 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                         "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False), "data": F(STR, required=False),
                         "unlinked": F(STR, required=False),
                         "owner": F(LIST, required=False, rule=_owner_rule),
+                        "mode": F(INT, required=False, rule=_mode_rule),
                         "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
                         "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
                         "sent": F(STR + LIST, required=False), "reached": F(BOOL, required=False)}))
