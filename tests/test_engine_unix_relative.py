@@ -9,13 +9,6 @@ import pytest
 
 from enginecase import case, grab_fd, py_hold  # noqa: F401  (fixture)
 
-
-@pytest.fixture(autouse=True)
-def _binds_aside():
-    from engine import strategy
-    if strategy.current().sources == "yard":
-        pytest.skip("a relative name is refused at dump before Linux 6.15 (restore binds it as it reads)")
-
 SETUP = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d
 """ + py_hold("""
@@ -29,7 +22,11 @@ for n, s in ((10, l), (11, c), (12, a), (13, d)):
 """)
 
 
-def test_relative_socket_names_round_trip(case):
+@pytest.mark.parametrize("strategy", ["", "flags=remount,sources=yard,sharing=construct,ids=mountinfo"])
+def test_relative_socket_names_round_trip(case, strategy, monkeypatch):
+    """Also before Linux 6.15 (the 5.10-like strategy), which binds them from a private mount namespace."""
+    if strategy:
+        monkeypatch.setenv("MNTCR_STRATEGY", strategy)
     before, after = case.roundtrip(SETUP, check="cd /mnt/t && ls -l d | awk 'NR > 1 {print $1, $NF}'")
     text = "\n".join(p.text() for p in after.snap.procs)
     assert "d/srv" in text and "d/dg" in text, text

@@ -290,8 +290,6 @@ def _as_pair_end(k: _Sock) -> None:
         if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
                                             "listener: not supported")
-        if "path" in out:
-            _via_bindable(d, out["path"])
         o["via"] = {"end": end, **{key: out[key] for key in ("path", "abstract") if key in out}}
         for key in ("path", "abstract"):
             out.pop(key, None)
@@ -310,17 +308,6 @@ def _as_pair_end(k: _Sock) -> None:
     if "msgs" in o:
         # (the mounts of the files in flight on either end: restore opens them)
         out["mnts"] = _inflight_mounts([m for q in o["msgs"] for m in q])
-
-
-def _via_bindable(d, name: str) -> None:
-    """Refuse an accepted end whose listener's directory is gone (CRIU's sk-unix01) where restore
-    could not bind the listener's name aside to make the connection again (Linux < 6.15)."""
-    from engine import strategy
-    base = f"/proc/{d.pid}/root" if name.startswith("/") else f"/proc/{d.pid}/cwd"
-    if strategy.current().sources == "yard" and not os.path.isdir(f"{base}/{os.path.dirname(name)}"):
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: accepted from a listener on {name}, whose directory is gone; "
-                                        "this kernel cannot bind the name again aside (no mounts on detached "
-                                        "mounts: Linux >= 6.15 can); the tree keeps running")
 
 
 def refuse_family(d, s: socket.socket) -> int:
@@ -565,10 +552,12 @@ def _file_stat(d) -> os.stat_result | None:
         os.close(f)
 
 
-def _here(kid: int, map_path: str) -> int | None:
-    """The id that outside id `kid` is in our user namespace (its map, read from inside: relative to
-    its parent, the initial namespace for a first-level one), or None when unmapped."""
-    with open(map_path) as f:
+def _here(kid: int, map_name: str, proc: int = -1) -> int | None:
+    """The id that outside id `kid` is in our user namespace (its map /proc/self/`map_name`, read
+    from inside: relative to its parent, the initial namespace for a first-level one), or None when
+    unmapped. `proc`: an fd on /proc, where our "/" has none (the restorer's yard)."""
+    path = f"/proc/self/{map_name}" if proc < 0 else f"self/{map_name}"
+    with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=None if proc < 0 else proc)) as f:
         for line in f:
             inside, outside, count = (int(x) for x in line.split())
             if outside <= kid < outside + count:
@@ -576,13 +565,13 @@ def _here(kid: int, map_path: str) -> int | None:
     return None
 
 
-def _bind_ids(spec: dict) -> tuple[int, int] | None:
+def _bind_ids(spec: dict, proc: int = -1) -> tuple[int, int] | None:
     """The file system ids to make `spec`'s socket file with: its dumped owner, as our user namespace
-    names it; None (our own) when there is none, it is ours, or we cannot name it."""
+    names it; None (our own) when there is none, it is ours, or we cannot name it. `proc`: as _here's."""
     owner = spec.get("owner")
     if not owner:
         return None
-    ids = _here(owner[0], "/proc/self/uid_map"), _here(owner[1], "/proc/self/gid_map")
+    ids = _here(owner[0], "uid_map", proc), _here(owner[1], "gid_map", proc)
     if None in ids or ids == (os.geteuid(), os.getegid()):
         return None
     return ids
@@ -1026,8 +1015,8 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
         _chmod(spec, d)
         return
     if spec.get("ghost"):
-        raise FdError(errno.EOPNOTSUPP, f"{name}: a deleted socket file is bound again aside, which this kernel "
-                                        "cannot (no mounts on detached mounts)")
+        raise FdError(errno.EOPNOTSUPP, f"{name}: a deleted socket file is bound again aside, which a name with "
+                                        "'.' or '..' components cannot be")
     if m is None or d is None:
         _mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
         _chmod(spec, d)
@@ -1178,7 +1167,8 @@ def _accept_aside(t: int, name: str) -> tuple[socket.socket, socket.socket]:
         # the fresh tmpfs does not map)
         if not _bind_beside(lst, top, name, (0, 0)):
             raise FdError(errno.EOPNOTSUPP, f"{name}: a connection accepted from a listener whose directory is "
-                                            "gone is made through a name bound aside, which this kernel cannot")
+                                            "gone is made through a name bound aside, which a name with '.' or "
+                                            "'..' components cannot be")
         lst.listen(1)
         c = socket.socket(socket.AF_UNIX, t)
         os.fchdir(top)

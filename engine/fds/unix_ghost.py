@@ -13,8 +13,9 @@ name need not lead there, and another socket may hold the name now); the
 restorer keeps an O_PATH fd on that file while its clients connect and the
 datagrams queued on it are sent again (late steps, through the /proc magic
 link), then unlinks the file and the directory: the socket keeps its name and
-its mount, without a file, as dumped. Kernels that cannot bind a name aside
-(before 6.15: no mounts on detached mounts) are refused before the stop.
+its mount, without a file, as dumped. Before Linux 6.15 (no mounts on
+detached mounts) the name is bound aside from a private mount namespace
+(unix._attach_privately), as any name whose path no longer leads to its file.
 """
 
 from __future__ import annotations
@@ -51,16 +52,6 @@ def unlinked_file(sock: int) -> tuple[int, os.stat_result] | None:
         os.close(f)
 
 
-def refuse_here(d, name: str) -> None:
-    """Refuse ghost socket fd `d` (bound to `name`) where restore could not bind its name aside:
-    without mounts on detached mounts (Linux < 6.15, the `sources=yard` strategy)."""
-    from engine import strategy
-    if strategy.current().sources == "yard":
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, whose socket file was deleted; this kernel "
-                                        "cannot bind the name again aside (no mounts on detached mounts: Linux "
-                                        ">= 6.15 can); the tree keeps running")
-
-
 def place(d, name: str, sock: int) -> dict | None:
     """The `bound` location of a ghost socket (our copy `sock`, bound to `name`): the root of the
     mount of the tree its file was on, or a read-write mount of that superblock; None when its
@@ -69,7 +60,6 @@ def place(d, name: str, sock: int) -> dict | None:
     got = unlinked_file(sock)
     if got is None:
         return None
-    refuse_here(d, name)
     mnt = got[0]
     every = {m.mnt_id: m for _pid, mounts in [(d.pid, d.mounts)] + list(d.elsewhere) for m in mounts}
     if mnt not in every:
@@ -117,7 +107,7 @@ def make_dir(r: RestoreFd) -> int:
     try:
         # (owned by the socket file's owner, who binds there: a stand-in in a user namespace has
         # no capability over a directory of ids that namespace does not map)
-        unix._mapped(unix._bind_ids(r.entry), top, lambda: os.mkdir(name, 0o700, dir_fd=top))
+        unix._mapped(unix._bind_ids(r.entry, r.proc), top, lambda: os.mkdir(name, 0o700, dir_fd=top))
         sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
     except BaseException:
         os.close(top)

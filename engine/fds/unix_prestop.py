@@ -5,8 +5,7 @@ What a running process's socket already shows is refused here with the line
 untouched (no SIGSTOP a parent, a ptracer or a job-control shell could see):
 another family (inet...), a type restore does not make, netlink messages
 waiting to be read, a name that is not normalised, data waiting on a
-connection not yet accepted (with --leave-running), a name whose socket file
-was deleted where the kernel cannot bind it again aside, and a datagram waiting on
+connection not yet accepted (with --leave-running), and a datagram waiting on
 a named socket whose sender's name no datagram socket of the tree holds.
 
 Everything here only reads: a peek without a peek offset takes nothing and
@@ -27,7 +26,7 @@ SCRATCH = "unix-prestop"
 def precheck(d) -> None:
     """Refuse socket fd `d` of a running process where its state already says `dump` would; note
     its name and its head datagram's sender for `prefinish`."""
-    from engine.fds import netlink, unix, unix_ghost
+    from engine.fds import netlink, unix
     c = d.copy()
     with socket.socket(fileno=os.dup(c)) as s:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
@@ -36,8 +35,6 @@ def precheck(d) -> None:
         typ = unix.refuse_family(d, s)
         name = unix._name(s.getsockname())
         unix.refuse_name(d, name)
-        if "path" in name and unix_ghost.unlinked_file(c) is not None:
-            unix_ghost.refuse_here(d, name["path"])
         ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
         netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
         entry = {"type": unix.TYPES[typ], **name, "_ino": f"{netns}:{ino}", "_where": d.where}
