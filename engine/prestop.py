@@ -25,7 +25,8 @@ tree already shows is checked here first, with the line dump would give:
   sockets, netlink messages waiting, a file of /proc/N of a process gone, a
   socket name that is not normalised, data on a connection not yet accepted with
   --leave-running, a datagram from a named sender the tree does not hold,
-  fanotify events waiting).
+  fanotify events waiting); each file mapped under a deleted name (engine/mountrules.py
+  `deleted_mapping`, asked by dump again).
 
 Everything here only reads. Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
@@ -38,7 +39,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import fds as fdkinds, forkrun, fs, ghosts, kernel, mountinfo, mountrules, userns_cr
+from engine import fds as fdkinds, forkrun, fs, ghosts, kernel, mappings, mountinfo, mountrules, userns_cr
 from engine.fds import FdError
 
 
@@ -414,6 +415,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     for pid in pids:
         name = by_pid.get(pid)
         _check_deleted_dirs(pid, view)
+        _check_deleted_maps(pid, view)
         try:
             names = os.listdir(f"/proc/{pid}/fd")
             pidfd = kernel.pidfd_open(pid)
@@ -486,6 +488,35 @@ def _check_deleted_dirs(pid: int, view: View) -> None:
         except OSError:
             continue   # (gone meanwhile: dump tells, once the tree is stopped)
         _deleted_on(f"process {pid} {key} ({target})", target, mnt, mode, view)
+
+
+def _check_deleted_maps(pid: int, view: View) -> None:
+    """Dump's rule for each file `pid` maps under a deleted name (engine/mountrules.py
+    `deleted_mapping`), but memory of the kernel's own mounts (mappings.kernel_memory, left out):
+    the lines of /proc/PID/maps that end so, each read through its map_files link."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
+            lines = [line for line in f.read().splitlines() if line.endswith(ghosts.DELETED_FD)]
+    except OSError:
+        return   # (gone meanwhile: dump tells, once the tree is stopped)
+    seen: set[tuple[str, int]] = set()
+    for line in lines:
+        lo, _, hi = line.split(None, 1)[0].partition("-")
+        link = f"/proc/{pid}/map_files/{int(lo, 16):x}-{int(hi, 16):x}"
+        try:
+            target = os.readlink(link)
+            mnt = kernel.statx_mnt_id(link)
+            st = os.stat(link)
+        except OSError:
+            continue   # (unmapped meanwhile)
+        if (target, mnt) in seen or mappings.kernel_memory(mnt):
+            continue
+        seen.add((target, mnt))
+        m = view.mounts_by_id.get(mnt)
+        sid = None if m is None else view.sb_of_dev[m.dev]
+        if sid not in view.unsure:
+            mountrules.deleted_mapping(f"process {pid} mapping ({target})",
+                                       None if sid is None else view.superblocks[sid], st.st_mode, st.st_nlink)
 
 
 def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View) -> None:
