@@ -520,12 +520,79 @@ a, b = socket.socketpair()
 socket.send_fds(a, [b"fd"], [os.open("/", os.O_RDONLY)])
 os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 11 \(socket:\[\d+\]\): 1 fds in flight \(SCM_RIGHTS", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_data_on_a_stream_whose_peer_is_gone_refused_unstopped(case):
+    """A stream socket pair, one end written to and closed: the data waits on the other end, whose
+    peer is gone, which restore cannot make again. Refused naming the fd, before the stop."""
+    pid = case.start(STOP_WATCH + py_hold("""
+import socket
+a, b = socket.socketpair()
+a.send(b"left behind"); a.close(); os.dup2(b.fileno(), 10); b.close()
+"""))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): data queued on a stream socket whose peer is gone: "
+                     "not supported yet", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+# A parent holding one socket and a child (the dumped tree) holding another (it closes what it
+# inherited): the child notes each SIGCONT (as STOP_WATCH does) in /run/.continued.
+_OUTSIDE = """
+import signal, socket
+{parent}
+if os.fork() == 0:
+    def cont(*_):
+        with open("/run/.continued", "a") as f:
+            f.write("SIGCONT\\n")
+    signal.signal(signal.SIGCONT, cont)
+    {child}
+"""
+
+
+def _dump_child(case, parent: str, child: str) -> tuple[int, str]:
+    """Start `_OUTSIDE` with these parts; dump the child alone, which must fail: (pid, its stderr)."""
+    from enginecase import mntcr
+    pid = case.start(py_hold(_OUTSIDE.format(parent=parent, child=child)))
+    r = mntcr("dump", "-t", str(_first_child(pid)), "-D", case.new_images_dir(),
+              "--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
+    assert r.returncode == 2, r.stderr
+    return pid, r.stderr
+
+
+def test_dgram_connected_to_a_socket_outside_the_tree_refused_unstopped(case):
+    """A datagram socket connected to a named socket that a process outside the dumped tree holds
+    (a client of a syslog daemon that is not dumped): restore would connect to whatever has that
+    name then. Refused naming the fd and the name, before the stop."""
+    pid, err = _dump_child(case, 'srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind("/run/srv")',
+                           'srv.close(); c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.connect("/run/srv"); '
+                           'os.dup2(c.fileno(), 10)')
+    assert re.fullmatch(r"mntcr dump: process \d+ fd \d+ \(socket:\[\d+\]\): connected to /run/srv, a socket no "
+                        r"process of the tree holds: not supported\n", err), err
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_pending_connection_from_outside_the_tree_refused_unstopped(case):
+    """A listener of the dumped tree with a connection not accepted yet whose client a process
+    outside the tree holds: restore cannot connect it again. Refused naming the listener, before
+    the stop."""
+    pid, err = _dump_child(case, 'import time; c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+                           'c.close(); l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind("/run/l"); l.listen(); '
+                           'os.dup2(l.fileno(), 10); open("/run/listening", "w").close()\n'
+                           'else:\n    while not os.path.exists("/run/listening"): time.sleep(0.01)\n'
+                           '    c.connect("/run/l")')
+    assert re.fullmatch(r"mntcr dump: process \d+ fd \d+ \(socket:\[\d+\]\): listening unix socket with a "
+                        r"connection not yet accepted whose client no process of the tree holds: not supported\n",
+                        err), err
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
 
 
 def test_unix_fds_in_flight(case):

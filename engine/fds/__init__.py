@@ -152,7 +152,8 @@ class FdKind:
     # `dump` would give) what the fd of a running process already shows, changing nothing the
     # process could notice; `dump` checks again once the tree is stopped (what changed since).
     # The DumpFd has no flags, pos, mnt, objects or place (0, empty); facts for `prefinish` go
-    # into its scratch, shared by every fd of the tree (scratch["leave_running"]: the option).
+    # into its scratch, shared by every fd of the tree (scratch["leave_running"]: the option;
+    # scratch["pids"]: the tree's processes).
     precheck: Callable[[DumpFd], None] | None = None
     # prefinish(scratch): once every fd of the tree was prechecked, refuse what takes several.
     prefinish: Callable[[dict], None] = lambda scratch: None
