@@ -108,6 +108,24 @@ for fd in (e, s, t, t2): os.close(fd)
     assert re.search(r"targets=12:80000019:[0-9a-f]*c,14:19:[0-9a-f]*e$", _fd(after, 15))
 
 
+def test_epoll_target_the_process_holds_at_no_number_refused_unstopped(case):
+    """An epoll whose target's fd was closed while a child still holds the file (so epoll keeps
+    it): restore could not name it again in the owner. Refused naming the epoll and the number,
+    before the stop."""
+    pid = case.start(STOP_WATCH + py_hold("""
+import select
+r, w = os.pipe(); os.dup2(r, 10); os.close(r)
+ep = select.epoll(); ep.register(10, select.EPOLLIN); os.dup2(ep.fileno(), 11); ep.close()
+if os.fork() != 0:
+    os.close(10)
+"""))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 11 \(anon_inode:\[eventpoll\]\): epoll target fd 10 is no longer open at "
+                     "that number, and the process holds its file at no other", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
 @pytest.mark.parametrize("strategy", ["", "sources=yard"])
 def test_memfd_and_o_path(case, strategy, monkeypatch):
     """A sealed memfd with content at an offset, a second description of it, an O_PATH fd.
