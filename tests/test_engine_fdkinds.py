@@ -1078,12 +1078,13 @@ def test_dev_tty_of_a_session_leader(case):
 
 def test_dev_tty_of_a_session_member_refused(case):
     """/dev/tty held by a process of the session that does not lead it: a stand-in cannot join the
-    restored session, so dump refuses naming the fd, and the tree keeps running."""
-    pid = case.start(_CTTY_SETUP.replace("LEADER_ONLY", "0"))
+    restored session, so dump refuses naming the fd, before it stops the tree."""
+    pid = case.start(STOP_WATCH + _CTTY_SETUP.replace("LEADER_ONLY", "0"))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd \d+ \(/dev/tty\): /dev/tty of a process that does not lead its session",
                      str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
