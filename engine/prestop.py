@@ -443,7 +443,9 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     continue
                 used.add(kind.name)
                 d = DumpFd(pid=pid, fd=int(n), target=target, mode=mode, flags=0, pos=0, pidfd=pidfd,
-                           objects={}, scratch=scratch, mounts=view.ns_mounts.get(name, []))
+                           objects={}, scratch=scratch, mounts=view.ns_mounts.get(name, []),
+                           elsewhere=[(ps[0], view.ns_mounts.get(other, [])) for other, ps in view.ns_pids.items()
+                                      if other != name and ps])
                 try:
                     kind.precheck(d)
                 except FdError:

@@ -766,6 +766,29 @@ os.dup2(f, 10); os.close(f)
     assert (os.major(st.st_dev), os.minor(st.st_dev)) == (sdev >> 20, sdev & 0xFFFFF)
 
 
+def test_fanotify_mount_mark_on_a_detached_mount_refused_unstopped(case):
+    """A fanotify mount mark on a tmpfs lazily unmounted since (a directory fd keeps the mount, and
+    the mark, alive): restore cannot mark a mount no namespace of the tree has. Refused naming the
+    fd and the mark, before the stop."""
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t\n" + py_hold("""
+import ctypes, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+f = libc.fanotify_init(0x2, os.O_RDONLY)
+assert f >= 0 and libc.fanotify_mark(f, 0x1 | 0x10, 0x20, -100, b"/mnt/t") == 0, ctypes.get_errno()
+os.dup2(f, 10); os.close(f)
+os.dup2(os.open("/mnt/t", os.O_RDONLY | os.O_DIRECTORY), 11)
+subprocess.run(["umount", "-l", "/mnt/t"], check=True)
+""")
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify mount mark 0 on mount \d+, which is "
+                     r"in no mount namespace of the tree \(a detached mount or one outside the dump\): not supported",
+                     str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
 def test_fanotify_inode_marks_on_overlay_found_by_inode_number(case):
     """Overlayfs without nfs_export shows a handle it cannot open again (ESTALE), for fanotify's
     inode marks as for inotify's watches: marks on an overlay directory and an overlay file are
