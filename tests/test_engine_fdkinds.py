@@ -231,6 +231,27 @@ os.dup2(i, 10); os.close(i)
     assert "watches=1:300,3:2,4:4" in _fd(after, 10), _fd(after, 10)
 
 
+def test_inotify_watch_no_mount_reaches_refused_unstopped(case):
+    """An inotify watch on a file of a tmpfs lazily unmounted since (a directory fd keeps it alive):
+    no mount of the tree reaches the watched inode, so restore could not watch it again. Refused
+    naming the fd and the watch, before the stop."""
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t; touch /mnt/t/f\n" + py_hold("""
+import ctypes, subprocess
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(os.O_NONBLOCK)
+assert libc.inotify_add_watch(i, b"/mnt/t/f", 0x2) == 1
+os.dup2(i, 10); os.close(i)
+os.dup2(os.open("/mnt/t", os.O_RDONLY | os.O_DIRECTORY), 11)
+subprocess.run(["umount", "-l", "/mnt/t"], check=True)
+""")
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(anon_inode:inotify\): inotify watch 1 is on device \d+:\d+, which no "
+                     "visible mount reaches: not supported", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
 def test_inotify_watch_on_overlay_found_by_inode_number(case):
     """Overlayfs without nfs_export shows a handle it cannot open again (ESTALE): a watch on an
     overlay directory (dbus-daemon's on /usr/share/dbus-1 in a VM guest whose root is an overlay)
