@@ -43,6 +43,24 @@ def _grab_socket(pid: int, fd: int):
         os.close(pidfd)
 
 
+def _refused_unstopped(case, setup: str, pattern: str) -> int:
+    """Start `setup` behind STOP_WATCH; dump must refuse it with a line matching `pattern` without
+    ever stopping the tree. Returns the tree's pid."""
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(pattern, str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    return pid
+
+
+# Python lines that keep /mnt/t alive by a directory fd (11), then lazily unmount it.
+_DETACH_MNT_T = """
+os.dup2(os.open("/mnt/t", os.O_RDONLY | os.O_DIRECTORY), 11)
+subprocess.run(["umount", "-l", "/mnt/t"], check=True)
+"""
+
+
 def test_pipe_data_and_ends(case):
     """A pipe with data both ends held, a full pipe, a pipe whose writer is gone (data kept)."""
     setup = py_hold("""
@@ -241,15 +259,9 @@ libc = ctypes.CDLL(None)
 i = libc.inotify_init1(os.O_NONBLOCK)
 assert libc.inotify_add_watch(i, b"/mnt/t/f", 0x2) == 1
 os.dup2(i, 10); os.close(i)
-os.dup2(os.open("/mnt/t", os.O_RDONLY | os.O_DIRECTORY), 11)
-subprocess.run(["umount", "-l", "/mnt/t"], check=True)
-""")
-    pid = case.start(STOP_WATCH + setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd 10 \(anon_inode:inotify\): inotify watch 1 is on device \d+:\d+, which no "
-                     "visible mount reaches: not supported", str(err.value)), err.value
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
+""" + _DETACH_MNT_T)
+    _refused_unstopped(case, setup, r"process \d+ fd 10 \(anon_inode:inotify\): inotify watch 1 is on device "
+                                    r"\d+:\d+, which no visible mount reaches: not supported")
 
 
 def test_inotify_watch_on_overlay_found_by_inode_number(case):
@@ -798,16 +810,10 @@ libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, cty
 f = libc.fanotify_init(0x2, os.O_RDONLY)
 assert f >= 0 and libc.fanotify_mark(f, 0x1 | 0x10, 0x20, -100, b"/mnt/t") == 0, ctypes.get_errno()
 os.dup2(f, 10); os.close(f)
-os.dup2(os.open("/mnt/t", os.O_RDONLY | os.O_DIRECTORY), 11)
-subprocess.run(["umount", "-l", "/mnt/t"], check=True)
-""")
-    pid = case.start(STOP_WATCH + setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify mount mark 0 on mount \d+, which is "
-                     r"in no mount namespace of the tree \(a detached mount or one outside the dump\): not supported",
-                     str(err.value)), err.value
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
+""" + _DETACH_MNT_T)
+    _refused_unstopped(case, setup, r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify mount mark 0 on mount "
+                                    r"\d+, which is in no mount namespace of the tree \(a detached mount or one outside "
+                                    r"the dump\): not supported")
 
 
 def test_fanotify_inode_marks_on_overlay_found_by_inode_number(case):
