@@ -595,6 +595,18 @@ a.send(b"left behind"); a.close(); os.dup2(b.fileno(), 10); b.close()
     assert not was_stopped(pid), "dump stopped the tree before it refused"
 
 
+def test_socket_whose_file_was_removed_refused_unstopped(case):
+    """A listener whose socket file was removed (a daemon's socket under a cleaned-up directory): no
+    name of the tree leads to it, so restore could not bind it where it was. Refused naming the fd
+    and the name, before the stop (dump used to search the tree's mounts for it, then refuse)."""
+    _refused_unstopped(case, "mkdir /mnt/t; mount -t tmpfs t /mnt/t\n" + py_hold("""
+import socket
+l = socket.socket(socket.AF_UNIX); l.bind("/mnt/t/s"); l.listen(); os.dup2(l.fileno(), 10); l.close()
+os.unlink("/mnt/t/s")
+"""), r"process \d+ fd 10 \(socket:\[\d+\]\): bound to /mnt/t/s, but its socket file was removed since: "
+       "not supported")
+
+
 # A parent holding one socket and a child (the dumped tree) holding another (it closes what it
 # inherited): the child notes each SIGCONT (as STOP_WATCH does) in /run/.continued.
 _OUTSIDE = """

@@ -243,6 +243,7 @@ def _dump_one(d) -> dict:
 def _record_bound(k: _Sock) -> None:
     """A socket bound to a path: where its file lies (the mount restore binds it on) and its owner."""
     d, out = k.d, k.out
+    refuse_removed(d, out["path"])
     found = _locate(d, out["path"], k.rec.get("vfs"))
     normal = found.pop("normal", False)
     out["bound"] = _writable(d, found)
@@ -503,7 +504,7 @@ def _locate(d, name: str, vfs) -> dict:
     ino, kdev = vfs
     dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
     spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
-    detached = _on_detached(d, {m.mnt_id for _pid, mounts in spaces for m in mounts})
+    detached = _on_detached(d, known_mounts(d))
     if detached is not None:
         return detached
     if name.startswith("/") and not _MAGIC.match(name):
@@ -550,6 +551,31 @@ def _locate(d, name: str, vfs) -> dict:
 
 
 SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd on a bound socket's file (what CRIU uses)
+
+
+def known_mounts(d) -> set[int]:
+    """The ids of the mounts of the tree's namespaces, as fd `d` sees them (its own and `elsewhere`)."""
+    return {m.mnt_id for _pid, mounts in [(d.pid, d.mounts)] + list(d.elsewhere) for m in mounts}
+
+
+def refuse_removed(d, name: str) -> None:
+    """Refuse socket fd `d` bound to path `name` when its socket file (the kernel hands it to us:
+    SIOCUNIXFILE) lies on a mount of the tree and has no name left (removed since: no search finds
+    it); asked before the stop too (unix_prestop)."""
+    import fcntl
+    try:
+        f = fcntl.ioctl(d.copy(), SIOCUNIXFILE)
+    except OSError:
+        return   # (without SIOCUNIXFILE: the search tells)
+    try:
+        with open(f"/proc/self/fdinfo/{f}") as info:
+            mnt = next(int(line.split()[1]) for line in info if line.startswith("mnt_id:"))
+        removed = os.fstat(f).st_nlink == 0
+    finally:
+        os.close(f)
+    if removed and mnt in known_mounts(d):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, but its socket file was removed since: "
+                                        "not supported")
 
 
 def _on_detached(d, known: set[int]) -> dict | None:

@@ -4,7 +4,7 @@ What a running process's socket already shows is refused here with the line
 `dump` gives once the tree is stopped, so that the common case leaves the tree
 untouched (no SIGSTOP a parent, a ptracer or a job-control shell could see):
 another family (inet...), a type restore does not make, netlink messages
-waiting to be read, a name that is not normalised, fds in flight on a stream
+waiting to be read, a name that is not normalised, a socket file removed, fds in flight on a stream
 or a listener, data on a stream whose peer is gone, pending connections dump
 cannot list exactly or whose client is outside the tree, data waiting on a
 connection not yet accepted (with --leave-running), a connection to a socket
@@ -52,6 +52,8 @@ def _precheck(d) -> None:
             return
         k = unix._Sock(d, c, s)
         entry = {**k.out, "_ino": f"{k.netns}:{k.ino}", "_where": d.where}
+        if "path" in k.out and not k.mutual:   # (as dump locates it: an accepted end's name is its listener's)
+            unix.refuse_removed(d, k.out["path"])
         case, detail = unix.case_of(k)
         if case == "listener":
             if k.rec.get("rqueue"):
