@@ -68,13 +68,33 @@ def read(hostproc: int, pid: int) -> dict:
 
 
 _KERNEL_MEMORY: set[int] | None = None
+# Pseudo filesystems the kernel mounts for itself that hold only memory, never mounted in a
+# namespace: aio rings (io_setup), dma-bufs, memfd_secret areas, anonymous inodes.
+_MEMORY_MAGICS = {0xA10A10A1, 0x444D4142, 0x5345434D, 0x09041934}
 
 
-def kernel_memory(mnt: int) -> bool:
-    """Whether mount `mnt` is one of the kernel's internal mounts that hold memory no filesystem of
-    the tree holds (memfds, shared anonymous and SysV memory, hugetlb memory): learnt from memfds of
-    our own, one per huge page size. A deleted file on any other mount no dumped namespace has is
-    a detached mount's (or one outside the dump)."""
+def kernel_memory(mnt: int, link: str) -> bool:
+    """Whether a mapping on mount `mnt` (its /proc map_files `link`) is memory of one of the
+    kernel's internal mounts, which no filesystem of the tree holds: memfds, shared anonymous and
+    SysV memory, hugetlb memory (their mounts learnt from memfds of our own, one per huge page
+    size), aio rings, dma-bufs and the like (by their filesystem). A deleted file on any other
+    mount no dumped namespace has is a detached mount's (or one outside the dump)."""
+    if mnt in _internal_mounts():
+        return True
+    try:
+        fd = os.open(link, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return kernel.fstatfs_type(fd) in _MEMORY_MAGICS
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _internal_mounts() -> set[int]:
+    """The mount ids of the kernel's shmem and hugetlbfs mounts (of memfds we make)."""
     global _KERNEL_MEMORY
     if _KERNEL_MEMORY is None:
         flags = [0]
@@ -96,7 +116,7 @@ def kernel_memory(mnt: int) -> bool:
             finally:
                 os.close(fd)
         _KERNEL_MEMORY = found
-    return mnt in _KERNEL_MEMORY
+    return _KERNEL_MEMORY
 
 
 _MAPPED: set[int] = set()   # addresses map_files mapped (kept when the interpreter is unmapped)

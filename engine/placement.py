@@ -91,7 +91,7 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
                 loc = place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping")
             out.append(loc)
             continue
-        if m is None and mappings.kernel_memory(mnt):
+        if m is None and mappings.kernel_memory(mnt, f"/proc/{pid}/{link}"):
             continue
         target = path[: -len(ghosts.DELETED_FD)]
         try:

@@ -512,7 +512,7 @@ def _check_deleted_maps(pid: int, view: View) -> None:
             st = os.stat(link)
         except OSError:
             continue   # (unmapped meanwhile)
-        if (target, mnt) in seen or mappings.kernel_memory(mnt):
+        if (target, mnt) in seen or mappings.kernel_memory(mnt, link):
             continue
         seen.add((target, mnt))
         m = view.mounts_by_id.get(mnt)
