@@ -20,7 +20,8 @@ tree already shows is checked here first, with the line dump would give:
   may be a loop over a file of the dump, or that shows no device number);
 - per mount namespace owned by another user namespace, its locks, probed as dump
   probes them (engine/userns_cr.locks: a locked mount covered by a locked mount
-  that is shared, as nspawn -U leaves them);
+  that is shared, as nspawn -U leaves them); the owners of the superblocks a path
+  reaches (engine/userns_cr.record_sb_owners: a fuse made inside a user namespace);
 - per fd, its kind's `precheck` hook (engine/fds/: an fd no kind handles, inet
   sockets, netlink messages waiting, a file of /proc/N of a process gone, a
   socket name that is not normalised, data on a connection not yet accepted with
@@ -120,11 +121,12 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     names = ns_names(pids, image.NS_KINDS)
     view = View(strat)
     try:
-        owners = userns_cr.plan(tree, names, image.NS_KINDS)["mntns_owner"]
+        users = userns_cr.plan(tree, names, image.NS_KINDS)
+        owners = users["mntns_owner"]
     except userns_cr.UsernsError as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, str(e) if e.filename else e.strerror or str(e)) from None
     except OSError:
-        owners = None   # (a process gone meanwhile: dump tells, once the tree is stopped)
+        users = owners = None   # (a process gone meanwhile: dump tells, once the tree is stopped)
     for pid in pids:
         ino = _ns_ino(pid)
         if ino is not None:
@@ -153,6 +155,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns), strat.sharing == "construct")
         owned_ns = _check_locks(view, sorted(owners or ()))
+        _check_sb_owners(view, tree, users)
         _check_probes(view, pids, names)
         _check_fds(pids, view, leave_running, set(ext_files))
     except (fs.FsError, userns_cr.UsernsError, FdError) as e:
@@ -342,6 +345,19 @@ def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:
         userns_cr.locks(view.ns_pids[name][0], ns["mounts"], name)
         out[name] = {**ns, "owner": True}
     return out
+
+
+def _check_sb_owners(view: View, tree, users: dict | None) -> None:
+    """Which user namespace of the tree owns each superblock a path reaches, probed as dump probes
+    it (engine/userns_cr.record_sb_owners refuses one restore cannot make there: a type made by its
+    own hook, as fuse); superblocks only a clone reaches are left to dump. Only for a tree with
+    user namespaces of its own; the owners found are not kept (a copy of the records is given)."""
+    if not users or not users["userns"]:
+        return
+    for name, pids in view.ns_pids.items():
+        if pids and name in view.ns_mounts:
+            userns_cr.record_sb_owners(pids[0], view.ns_mounts[name], view.sb_of_dev,
+                                       {sid: dict(sb) for sid, sb in view.superblocks.items()}, tree, users)
 
 
 def _check_probes(view: View, pids: list[int], names: dict) -> None:
