@@ -355,9 +355,15 @@ def _check_sb_owners(view: View, tree, users: dict | None) -> None:
     if not users or not users["userns"]:
         return
     for name, pids in view.ns_pids.items():
-        if pids and name in view.ns_mounts:
+        if not pids or name not in view.ns_mounts:
+            continue
+        try:
             userns_cr.record_sb_owners(pids[0], view.ns_mounts[name], view.sb_of_dev,
                                        {sid: dict(sb) for sid, sb in view.superblocks.items()}, tree, users)
+        except userns_cr.UsernsError:
+            raise
+        except (OSError, forkrun.ChildError):
+            continue   # (a process gone meanwhile: dump probes, once the tree is stopped)
 
 
 def _check_probes(view: View, pids: list[int], names: dict) -> None:
