@@ -9,8 +9,9 @@ mounts are busy the same way; contents and addresses are not restored.
 A mapped file that was unlinked since (a library replaced by an upgrade) is
 kept as a ghost when its filesystem's files are dumped, and a file on a
 lazily unmounted mount keeps that detached mount, as an open file would
-(engine/placement.py `_place_maps`). Not recorded: anonymous shared memory,
-memfds, deleted files of other filesystems. The executable is recorded and
+(engine/placement.py `_place_maps`). Not recorded: anonymous shared memory and
+memfds (`kernel_memory`); a deleted file restore cannot make again is refused
+(engine/mountrules.py `deleted_mapping`, asked before the stop too). The executable is recorded and
 mapped like the others, and on x86-64 a stand-in makes it its own
 /proc/PID/exe once it is detached (become_exe): a few instructions in an
 anonymous page unmap the interpreter's executable (the kernel refuses a new
@@ -64,6 +65,58 @@ def read(hostproc: int, pid: int) -> dict:
     except OSError:
         pass
     return {"maps": sorted(seen.values()), "exe": exe}
+
+
+_KERNEL_MEMORY: set[int] | None = None
+# Pseudo filesystems the kernel mounts for itself that hold only memory, never mounted in a
+# namespace: aio rings (io_setup), dma-bufs, memfd_secret areas, anonymous inodes.
+_MEMORY_MAGICS = {0xA10A10A1, 0x444D4142, 0x5345434D, 0x09041934}
+
+
+def kernel_memory(mnt: int, link: str) -> bool:
+    """Whether a mapping on mount `mnt` (its /proc map_files `link`) is memory of one of the
+    kernel's internal mounts, which no filesystem of the tree holds: memfds, shared anonymous and
+    SysV memory, hugetlb memory (their mounts learnt from memfds of our own, one per huge page
+    size), aio rings, dma-bufs and the like (by their filesystem). A deleted file on any other
+    mount no dumped namespace has is a detached mount's (or one outside the dump)."""
+    if mnt in _internal_mounts():
+        return True
+    try:
+        fd = os.open(link, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return kernel.fstatfs_type(fd) in _MEMORY_MAGICS
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _internal_mounts() -> set[int]:
+    """The mount ids of the kernel's shmem and hugetlbfs mounts (of memfds we make)."""
+    global _KERNEL_MEMORY
+    if _KERNEL_MEMORY is None:
+        flags = [0]
+        try:
+            sizes = os.listdir("/sys/kernel/mm/hugepages")   # hugepages-2048kB ...
+        except OSError:
+            sizes = []
+        for name in sizes:
+            kb = int(name.removeprefix("hugepages-").removesuffix("kB"))
+            flags.append(os.MFD_HUGETLB | ((kb * 1024).bit_length() - 1) << 26)
+        found = set()
+        for f in flags:
+            try:
+                fd = os.memfd_create("mntcr-probe", os.MFD_CLOEXEC | f)
+            except OSError:
+                continue   # (no huge pages of that size)
+            try:
+                found.add(kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH))
+            finally:
+                os.close(fd)
+        _KERNEL_MEMORY = found
+    return _KERNEL_MEMORY
 
 
 _MAPPED: set[int] = set()   # addresses map_files mapped (kept when the interpreter is unmapped)

@@ -143,6 +143,16 @@ def deleted_file(where: str, sb: dict | None, mode: int) -> None:
                                            "directories are supported")
 
 
+def deleted_mapping(where: str, sb: dict | None, mode: int, nlink: int) -> None:
+    """Refuse a file a process maps under a deleted name (`where` names it) that restore cannot map
+    again: what `deleted_file` refuses, and a deleted name of a file that keeps `nlink` other names on
+    a superblock whose files are archived (a ghost is made only of a file no name holds)."""
+    deleted_file(where, sb, mode)
+    if nlink and fs.lookup(sb["fstype"]).content:
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a deleted name of a file that has {nlink} other name(s): "
+                                           "a mapping of it is not supported yet")
+
+
 def unknown_external_files(ext_files, used) -> None:
     """Refuse --external file[PATH] declarations (`ext_files`) no process of the tree holds open
     (`used`: the paths some fd shows)."""

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import deadpid, fs, ghosts, image, imageformat, mountrules
+from engine import deadpid, fs, ghosts, image, imageformat, mappings, mountrules
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -74,8 +74,8 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
     unlinked since as a ghost, when its filesystem's files are dumped: CRIU keeps a deleted library
     so), or on a mount in no dumped namespace (a lazily unmounted mount the mapping keeps alive: its
     location is added to `unplaced` as (loc, pid, link), for detached.plan). Left out: anonymous
-    shared memory and memfds, deleted files restore could not make again (nothing of the mount
-    state depends on them)."""
+    shared memory and memfds (mappings.kernel_memory); a deleted file restore could not make again
+    is refused (mountrules.deleted_mapping)."""
     mntns_doc, superblocks = ghost_ctx[0], ghost_ctx[1]
     out = []
     for path, mnt, link, visible in maps:
@@ -83,25 +83,27 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
         if mnt not in mounts_by_id and visible is not None:
             mnt = visible   # (a mount of a namespace outside the tree: mapped from the one its path reaches)
         m = mounts_by_id.get(mnt)
-        if m is None:
-            if not deleted:
+        if not deleted:
+            if m is None:
                 loc = {"mnt": mnt, "path": path, "detached": True}
                 unplaced.append((loc, pid, link))
-                out.append(loc)
+            else:
+                loc = place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping")
+            out.append(loc)
             continue
-        if not deleted:
-            out.append(place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "mapping"))
+        if m is None and mappings.kernel_memory(mnt, f"/proc/{pid}/{link}"):
             continue
         target = path[: -len(ghosts.DELETED_FD)]
-        sb = superblocks[mntns_sb(mntns_doc, mnt)]
         try:
             st = os.stat(f"/proc/{pid}/{link}")
         except OSError:
-            continue
-        if sb["external"] or not fs.holds_ghosts(sb["fstype"]) or not stat.S_ISREG(st.st_mode) \
-                or (st.st_nlink and fs.lookup(sb["fstype"]).content) \
-                or not is_beneath(target, m.mountpoint):
-            continue
+            continue   # (not mapped any more: a process of the tree is stopped, so it exited)
+        where = f"process {pid} mapping ({path})"
+        sb = None if m is None else superblocks[mntns_sb(mntns_doc, mnt)]
+        hook(mountrules.deleted_mapping, where, sb, st.st_mode, st.st_nlink)   # (asked before the stop too)
+        if not is_beneath(target, m.mountpoint):
+            raise DumpError(errno.EOPNOTSUPP, f"{where}: not beneath {m.mountpoint}, where its mount "
+                                              f"{mnt} is: not supported")
         loc = place({"abs": target, "mnt": mnt}, mounts_by_id, pid, "mapping")
         loc["ghost"] = _fd_ghost(pid, link, target, m, *ghost_ctx)
         out.append(loc)

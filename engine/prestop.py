@@ -20,12 +20,14 @@ tree already shows is checked here first, with the line dump would give:
   may be a loop over a file of the dump, or that shows no device number);
 - per mount namespace owned by another user namespace, its locks, probed as dump
   probes them (engine/userns_cr.locks: a locked mount covered by a locked mount
-  that is shared, as nspawn -U leaves them);
+  that is shared, as nspawn -U leaves them); the owners of the superblocks a path
+  reaches (engine/userns_cr.record_sb_owners: a fuse made inside a user namespace);
 - per fd, its kind's `precheck` hook (engine/fds/: an fd no kind handles, inet
   sockets, netlink messages waiting, a file of /proc/N of a process gone, a
   socket name that is not normalised, data on a connection not yet accepted with
   --leave-running, a datagram from a named sender the tree does not hold,
-  fanotify events waiting).
+  fanotify events waiting); each file mapped under a deleted name (engine/mountrules.py
+  `deleted_mapping`, asked by dump again).
 
 Everything here only reads. Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
@@ -38,7 +40,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import deadpid, fds as fdkinds, forkrun, fs, ghosts, kernel, mountinfo, mountrules, userns_cr
+from engine import deadpid, fds as fdkinds, forkrun, fs, ghosts, kernel, mappings, mountinfo, mountrules, userns_cr
 from engine.fds import FdError
 
 
@@ -119,11 +121,12 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     names = ns_names(pids, image.NS_KINDS)
     view = View(strat)
     try:
-        owners = userns_cr.plan(tree, names, image.NS_KINDS)["mntns_owner"]
+        users = userns_cr.plan(tree, names, image.NS_KINDS)
+        owners = users["mntns_owner"]
     except userns_cr.UsernsError as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, str(e) if e.filename else e.strerror or str(e)) from None
     except OSError:
-        owners = None   # (a process gone meanwhile: dump tells, once the tree is stopped)
+        users = owners = None   # (a process gone meanwhile: dump tells, once the tree is stopped)
     for pid in pids:
         ino = _ns_ino(pid)
         if ino is not None:
@@ -152,6 +155,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns))
         owned_ns = _check_locks(view, sorted(owners or ()))
+        _check_sb_owners(view, tree, users)
         _check_probes(view, pids, names)
         _check_fds(pids, view, leave_running, set(ext_files))
     except (fs.FsError, userns_cr.UsernsError, FdError) as e:
@@ -343,6 +347,25 @@ def _check_locks(view: View, owned_ns: list[str]) -> dict[str, dict]:
     return out
 
 
+def _check_sb_owners(view: View, tree, users: dict | None) -> None:
+    """Which user namespace of the tree owns each superblock a path reaches, probed as dump probes
+    it (engine/userns_cr.record_sb_owners refuses one restore cannot make there: a type made by its
+    own hook, as fuse); superblocks only a clone reaches are left to dump. Only for a tree with
+    user namespaces of its own; the owners found are not kept (a copy of the records is given)."""
+    if not users or not users["userns"]:
+        return
+    for name, pids in view.ns_pids.items():
+        if not pids or name not in view.ns_mounts:
+            continue
+        try:
+            userns_cr.record_sb_owners(pids[0], view.ns_mounts[name], view.sb_of_dev,
+                                       {sid: dict(sb) for sid, sb in view.superblocks.items()}, tree, users)
+        except userns_cr.UsernsError:
+            raise
+        except (OSError, forkrun.ChildError):
+            continue   # (a process gone meanwhile: dump probes, once the tree is stopped)
+
+
 def _check_probes(view: View, pids: list[int], names: dict) -> None:
     """Each `probe` of a type that looks at one mount of its superblock (proc: which pid namespace
     it shows; an empty-only type: that it is empty), on the mount dump probes (the superblock's
@@ -406,7 +429,8 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     and last the --external file[PATH] declarations no fd shows (once every fd was seen)."""
     from engine.fds import DumpFd
     fdkinds.load()
-    scratch: dict = {"leave_running": leave_running}
+    scratch: dict = {"leave_running": leave_running, "pids": pids,
+                     "members": {pid: ps for ps in view.ns_pids.values() for pid in ps}}
     by_pid = {pid: name for name, ps in view.ns_pids.items() for pid in ps}
     used: set[str] = set()
     held: set[str] = set()     # paths of ext_files some fd shows
@@ -414,6 +438,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     for pid in pids:
         name = by_pid.get(pid)
         _check_deleted_dirs(pid, view)
+        _check_deleted_maps(pid, view)
         try:
             names = os.listdir(f"/proc/{pid}/fd")
             pidfd = kernel.pidfd_open(pid)
@@ -441,7 +466,9 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     continue
                 used.add(kind.name)
                 d = DumpFd(pid=pid, fd=int(n), target=target, mode=mode, flags=0, pos=0, pidfd=pidfd,
-                           objects={}, scratch=scratch, mounts=view.ns_mounts.get(name, []))
+                           objects={}, scratch=scratch, mounts=view.ns_mounts.get(name, []),
+                           elsewhere=[(ps[0], view.ns_mounts.get(other, [])) for other, ps in view.ns_pids.items()
+                                      if other != name and ps])
                 try:
                     kind.precheck(d)
                 except FdError:
@@ -490,6 +517,35 @@ def _check_deleted_dirs(pid: int, view: View) -> None:
         if deadpid.gone_pid_dir(target, view.mounts_by_id.get(mnt)):
             continue   # (/proc/N of a process gone: restore enters it again, engine/deadpid.py)
         _deleted_on(f"process {pid} {key} ({target})", target, mnt, mode, view)
+
+
+def _check_deleted_maps(pid: int, view: View) -> None:
+    """Dump's rule for each file `pid` maps under a deleted name (engine/mountrules.py
+    `deleted_mapping`), but memory of the kernel's own mounts (mappings.kernel_memory, left out):
+    the lines of /proc/PID/maps that end so, each read through its map_files link."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
+            lines = [line for line in f.read().splitlines() if line.endswith(ghosts.DELETED_FD)]
+    except OSError:
+        return   # (gone meanwhile: dump tells, once the tree is stopped)
+    seen: set[tuple[str, int]] = set()
+    for line in lines:
+        lo, _, hi = line.split(None, 1)[0].partition("-")
+        link = f"/proc/{pid}/map_files/{int(lo, 16):x}-{int(hi, 16):x}"
+        try:
+            target = os.readlink(link)
+            mnt = kernel.statx_mnt_id(link)
+            st = os.stat(link)
+        except OSError:
+            continue   # (unmapped meanwhile)
+        if (target, mnt) in seen or mappings.kernel_memory(mnt, link):
+            continue
+        seen.add((target, mnt))
+        m = view.mounts_by_id.get(mnt)
+        sid = None if m is None else view.sb_of_dev[m.dev]
+        if sid not in view.unsure:
+            mountrules.deleted_mapping(f"process {pid} mapping ({target})",
+                                       None if sid is None else view.superblocks[sid], st.st_mode, st.st_nlink)
 
 
 def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View) -> None:

@@ -8,7 +8,9 @@ the ones it made when it is done, and a named hierarchy disappears with its last
 from __future__ import annotations
 
 import os
+import re
 import subprocess
+import sys
 import uuid
 
 import pytest
@@ -185,3 +187,27 @@ def _sleeper_of(unshare_pid: int, tries: int = 400) -> int:
             pass
         time.sleep(0.05)
     raise AssertionError("the unshared shell never reached its sleep")
+
+
+def test_root_outside_the_dumpers_cgroup_namespace_refused_unstopped(made_cgroups, case):
+    """A named hierarchy mounted by the tree, dumped by a dumper in a cgroup namespace made in a
+    cgroup beneath the mounts' roots: mountinfo shows them as "/.." roots, which restore cannot make
+    from its own namespace. Refused naming the mount, before the tree is stopped."""
+    if not _v1("name=x"):
+        pytest.skip("no cgroup v1 on this host (/proc/cgroups missing)")
+    name = f"mntcr-test-{uuid.uuid4().hex[:8]}"
+    made_cgroups.append((f"none,name={name}", ["a/b", "a"]))
+    pid = case.start(enginecase.STOP_WATCH + f"mkdir -p /sys/fs/cgroup/named\n"
+                     f"mount -t cgroup -o none,name={name} cgroup /sys/fs/cgroup/named\n"
+                     "mkdir -p /sys/fs/cgroup/named/a/b\nhold\n")
+    procs = f"/proc/{pid}/root/sys/fs/cgroup/named/a/b/cgroup.procs"
+    images = case.new_images_dir()
+    r = subprocess.run(["sh", "-c", f'echo $$ > {procs} && exec unshare -C "$@"', "sh", sys.executable, "-m",
+                        "engine.cli", "dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS],
+                       cwd=enginecase.ENGINE_ROOT, env=dict(os.environ, PYTHONPATH=enginecase.ENGINE_ROOT),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: mount \d+ \(/sys/fs/cgroup/named\) on cgroup: its root /\.\./\.\. lies outside "
+                        r"the dumper's cgroup namespace; dump from the host's cgroup namespace\n", r.stderr), r.stderr
+    assert not os.path.exists(images)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"

@@ -43,6 +43,24 @@ def _grab_socket(pid: int, fd: int):
         os.close(pidfd)
 
 
+def _refused_unstopped(case, setup: str, pattern: str) -> int:
+    """Start `setup` behind STOP_WATCH; dump must refuse it with a line matching `pattern` without
+    ever stopping the tree. Returns the tree's pid."""
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(pattern, str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    return pid
+
+
+# Python lines that keep /mnt/t alive by a directory fd (11), then lazily unmount it.
+_DETACH_MNT_T = """
+os.dup2(os.open("/mnt/t", os.O_RDONLY | os.O_DIRECTORY), 11)
+subprocess.run(["umount", "-l", "/mnt/t"], check=True)
+"""
+
+
 def test_pipe_data_and_ends(case):
     """A pipe with data both ends held, a full pipe, a pipe whose writer is gone (data kept)."""
     setup = py_hold("""
@@ -106,6 +124,24 @@ for fd in (e, s, t, t2): os.close(fd)
     # Python's epoll leaves the upper half of the data word unset: compare the fd half only.
     assert re.search(r"targets=10:19:[0-9a-f]*a$", _fd(after, 14))
     assert re.search(r"targets=12:80000019:[0-9a-f]*c,14:19:[0-9a-f]*e$", _fd(after, 15))
+
+
+def test_epoll_target_the_process_holds_at_no_number_refused_unstopped(case):
+    """An epoll whose target's fd was closed while a child still holds the file (so epoll keeps
+    it): restore could not name it again in the owner. Refused naming the epoll and the number,
+    before the stop."""
+    pid = case.start(STOP_WATCH + py_hold("""
+import select
+r, w = os.pipe(); os.dup2(r, 10); os.close(r)
+ep = select.epoll(); ep.register(10, select.EPOLLIN); os.dup2(ep.fileno(), 11); ep.close()
+if os.fork() != 0:
+    os.close(10)
+"""))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 11 \(anon_inode:\[eventpoll\]\): epoll target fd 10 is no longer open at "
+                     "that number, and the process holds its file at no other", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
 
 
 @pytest.mark.parametrize("strategy", ["", "sources=yard"])
@@ -211,6 +247,21 @@ os.dup2(i, 10); os.close(i)
 """)
     before, after = case.roundtrip(setup)
     assert "watches=1:300,3:2,4:4" in _fd(after, 10), _fd(after, 10)
+
+
+def test_inotify_watch_no_mount_reaches_refused_unstopped(case):
+    """An inotify watch on a file of a tmpfs lazily unmounted since (a directory fd keeps it alive):
+    no mount of the tree reaches the watched inode, so restore could not watch it again. Refused
+    naming the fd and the watch, before the stop."""
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t; touch /mnt/t/f\n" + py_hold("""
+import ctypes, subprocess
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(os.O_NONBLOCK)
+assert libc.inotify_add_watch(i, b"/mnt/t/f", 0x2) == 1
+os.dup2(i, 10); os.close(i)
+""" + _DETACH_MNT_T)
+    _refused_unstopped(case, setup, r"process \d+ fd 10 \(anon_inode:inotify\): inotify watch 1 is on device "
+                                    r"\d+:\d+, which no visible mount reaches: not supported")
 
 
 def test_inotify_watch_on_overlay_found_by_inode_number(case):
@@ -520,12 +571,93 @@ a, b = socket.socketpair()
 socket.send_fds(a, [b"fd"], [os.open("/", os.O_RDONLY)])
 os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
 """)
-    pid = case.start(setup)
+    pid = case.start(STOP_WATCH + setup)
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd 11 \(socket:\[\d+\]\): 1 fds in flight \(SCM_RIGHTS", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+
+
+def test_too_much_data_on_a_stream_whose_peer_is_gone_refused_unstopped(case):
+    """A stream socket pair, one end written to and closed: the data waits on the other end, whose
+    peer is gone. Restore sends it again from the peer it makes (test_engine_unix_dangling.py), up to
+    what an image keeps (4 MiB): more is refused naming the fd, before the stop."""
+    _refused_unstopped(case, py_hold("""
+import socket
+a, b = socket.socketpair()
+a.setsockopt(socket.SOL_SOCKET, 32, 1 << 24)   # SO_SNDBUFFORCE (root): room for more than 4 MiB
+a.setblocking(False); sent = 0
+while sent < (1 << 22) + 4096:
+    sent += a.send(b"x" * 65536)
+a.close(); os.dup2(b.fileno(), 10); b.close()
+"""), r"process \d+ fd 10 \(socket:\[\d+\]\): \d+ bytes queued: too many")
+
+
+def test_socket_whose_file_was_removed_on_a_read_only_mount_refused_unstopped(case):
+    """A listener whose socket file was removed (a ghost socket) is restored, its file bound again in
+    a fresh directory of its mount (test_engine_unix_ghost.py); on a mount made read-only since, with
+    no read-write mount of that filesystem, restore could not: refused naming the fd and the name,
+    before the stop (unix_ghost.place, asked by prestop and dump)."""
+    _refused_unstopped(case, "mkdir /mnt/t; mount -t tmpfs t /mnt/t\n" + py_hold("""
+import socket, subprocess
+l = socket.socket(socket.AF_UNIX); l.bind("/mnt/t/s"); l.listen(); os.dup2(l.fileno(), 10); l.close()
+os.unlink("/mnt/t/s")
+subprocess.run(["mount", "-o", "remount,bind,ro", "/mnt/t"], check=True)
+"""), r"process \d+ fd 10 \(socket:\[\d+\]\): bound to /mnt/t/s, whose socket file was deleted on a "
+       "read-only mount")
+
+
+# A parent holding one socket and a child (the dumped tree) holding another (it closes what it
+# inherited): the child notes each SIGCONT (as STOP_WATCH does) in /run/.continued.
+_OUTSIDE = """
+import signal, socket
+{parent}
+if os.fork() == 0:
+    def cont(*_):
+        with open("/run/.continued", "a") as f:
+            f.write("SIGCONT\\n")
+    signal.signal(signal.SIGCONT, cont)
+    {child}
+"""
+
+
+def _dump_child(case, parent: str, child: str) -> tuple[int, str]:
+    """Start `_OUTSIDE` with these parts; dump the child alone, which must fail: (pid, its stderr)."""
+    from enginecase import mntcr
+    pid = case.start(py_hold(_OUTSIDE.format(parent=parent, child=child)))
+    r = mntcr("dump", "-t", str(_first_child(pid)), "-D", case.new_images_dir(),
+              "--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
+    assert r.returncode == 2, r.stderr
+    return pid, r.stderr
+
+
+def test_dgram_connected_to_a_socket_outside_the_tree_refused_unstopped(case):
+    """A datagram socket connected to a named socket that a process outside the dumped tree holds
+    (a client of a syslog daemon that is not dumped): restore would connect to whatever has that
+    name then. Refused naming the fd and the name, before the stop."""
+    pid, err = _dump_child(case, 'srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind("/run/srv")',
+                           'srv.close(); c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.connect("/run/srv"); '
+                           'os.dup2(c.fileno(), 10)')
+    assert re.fullmatch(r"mntcr dump: process \d+ fd \d+ \(socket:\[\d+\]\): connected to /run/srv, a socket no "
+                        r"process of the tree holds: not supported\n", err), err
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_pending_connection_from_outside_the_tree_refused_unstopped(case):
+    """A listener of the dumped tree with a connection not accepted yet whose client a process
+    outside the tree holds: restore cannot connect it again. Refused naming the listener, before
+    the stop."""
+    pid, err = _dump_child(case, 'import time; c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)',
+                           'c.close(); l = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); l.bind("/run/l"); l.listen(); '
+                           'os.dup2(l.fileno(), 10); open("/run/listening", "w").close()\n'
+                           'else:\n    while not os.path.exists("/run/listening"): time.sleep(0.01)\n'
+                           '    c.connect("/run/l")')
+    assert re.fullmatch(r"mntcr dump: process \d+ fd \d+ \(socket:\[\d+\]\): listening unix socket with a "
+                        r"connection not yet accepted whose client no process of the tree holds: not supported\n",
+                        err), err
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
 
 
 def test_unix_fds_in_flight(case):
@@ -679,6 +811,23 @@ os.dup2(f, 10); os.close(f)
         sdev = int(re.search(r"fanotify sdev:([0-9a-f]+) mflags", f.read())[1], 16)
     st = os.stat(f"/proc/{state.pid}/root/mnt/u")
     assert (os.major(st.st_dev), os.minor(st.st_dev)) == (sdev >> 20, sdev & 0xFFFFF)
+
+
+def test_fanotify_mount_mark_on_a_detached_mount_refused_unstopped(case):
+    """A fanotify mount mark on a tmpfs lazily unmounted since (a directory fd keeps the mount, and
+    the mark, alive): restore cannot mark a mount no namespace of the tree has. Refused naming the
+    fd and the mark, before the stop."""
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t\n" + py_hold("""
+import ctypes, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+f = libc.fanotify_init(0x2, os.O_RDONLY)
+assert f >= 0 and libc.fanotify_mark(f, 0x1 | 0x10, 0x20, -100, b"/mnt/t") == 0, ctypes.get_errno()
+os.dup2(f, 10); os.close(f)
+""" + _DETACH_MNT_T)
+    _refused_unstopped(case, setup, r"process \d+ fd 10 \(anon_inode:\[fanotify\]\): fanotify mount mark 0 on mount "
+                                    r"\d+, which is in no mount namespace of the tree \(a detached mount or one outside "
+                                    r"the dump\): not supported")
 
 
 def test_fanotify_inode_marks_on_overlay_found_by_inode_number(case):
@@ -993,12 +1142,13 @@ def test_dev_tty_of_a_session_leader(case):
 
 def test_dev_tty_of_a_session_member_refused(case):
     """/dev/tty held by a process of the session that does not lead it: a stand-in cannot join the
-    restored session, so dump refuses naming the fd, and the tree keeps running."""
-    pid = case.start(_CTTY_SETUP.replace("LEADER_ONLY", "0"))
+    restored session, so dump refuses naming the fd, before it stops the tree."""
+    pid = case.start(STOP_WATCH + _CTTY_SETUP.replace("LEADER_ONLY", "0"))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+ fd \d+ \(/dev/tty\): /dev/tty of a process that does not lead its session",
                      str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 

@@ -1,8 +1,9 @@
 """Mapped files that have no name left (engine/mappings.py, engine/dump.py `_place_maps`): a file
 unlinked after it was mapped (a library an upgrade replaced) comes back as a ghost on its mount,
 mapped by the stand-in and unlinked again; a file mapped from a mount lazily unmounted since keeps
-that detached mount alive after restore, with its files. A memfd mapped after its fd was closed
-lies on no mount: it is left out, and the dump does not refuse the tree for it."""
+that detached mount alive after restore, with its files. A memfd mapped after its fd was closed,
+shared anonymous memory and an aio ring lie on no mount (on the kernel's own, shown deleted): they
+are left out, and the dump does not refuse the tree for them."""
 
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ keep("/mnt/t/libold.so", unlink=True)
 keep("/mnt/lazy/cache.bin")
 subprocess.run(["umount", "-l", "/mnt/lazy"], check=True)
 m = os.memfd_create("buffer"); os.write(m, b"x" * 4096); maps.append(mmap.mmap(m, 4096)); os.close(m)
+aio = ctypes.c_ulong(0); assert ctypes.CDLL(None).syscall(206, 8, ctypes.byref(aio)) == 0   # io_setup: /[aio] (deleted)
+shared = mmap.mmap(-1, 4096, flags=mmap.MAP_SHARED)   # /dev/zero (deleted)
 ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
 open("/run/mapped", "w").close()
 while True:

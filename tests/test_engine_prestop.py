@@ -16,7 +16,7 @@ import re
 
 import pytest
 
-from enginecase import STOP_WATCH, CRError, case, was_stopped  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
 
 
 def _running(pid: int) -> bool:
@@ -176,3 +176,51 @@ def test_removed_cwd_on_a_type_without_archives_refused_unstopped(case):
                      "rmdir /mnt/h/d\nhold\n")
     _refused_unstopped(case, pid, r"process \d+ cwd \(/mnt/h/d \(deleted\)\): a deleted file on hugetlbfs \(only a "
                                   r".* made in the dumped tree can hold it again\)")
+
+
+def _mapper(*steps: str) -> str:
+    """A setup tail: python maps a page of each file named by a `map PATH` step (mmap(2) itself:
+    Python's mmap objects keep an fd, which dump would refuse first) and runs each other step as a
+    shell command, in order, then holds."""
+    body = ("import ctypes, subprocess\nlibc = ctypes.CDLL(None); libc.mmap.restype = ctypes.c_void_p\n"
+            "libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t] + [ctypes.c_int] * 3 + [ctypes.c_long]\n")
+    for step in steps:
+        if step.startswith("map "):
+            body += (f"fd = os.open({step[4:]!r}, os.O_RDONLY)\n"
+                     "assert libc.mmap(None, 4096, 1, 1, fd, 0) not in (None, 2 ** 64 - 1); os.close(fd)\n")
+        else:
+            body += f"subprocess.run({step!r}, shell=True, check=True)\n"
+    return py_hold(body)
+
+
+def test_deleted_mapped_file_on_a_detached_mount_refused_unstopped(case):
+    """A file mapped, removed, its tmpfs then lazily unmounted: nothing restore makes can hold the
+    deleted file again. Dump used to leave the mapping out of the image (the process came back
+    without it); it refuses naming the mapping (its path on the detached mount, as the kernel shows
+    it), before the stop."""
+    pid = case.start(STOP_WATCH + "mkdir /mnt/lazy; mount -t tmpfs lazy /mnt/lazy; echo x > /mnt/lazy/lib.so\n"
+                     + _mapper("map /mnt/lazy/lib.so", "rm /mnt/lazy/lib.so", "umount -l /mnt/lazy"))
+    _refused_unstopped(case, pid, r"process \d+ mapping \(/lib.so \(deleted\)\): a deleted file on a "
+                                  r"detached mount or one outside the dumped namespaces: not supported yet")
+
+
+def test_deleted_mapped_file_on_an_external_mount_refused_unstopped(case):
+    """A file mapped and removed on a tmpfs declared --external: restore binds the host's directory
+    there, which cannot hold it. Dump used to leave the mapping out; it refuses, before the stop."""
+    pid = case.start(STOP_WATCH + "mkdir /mnt/e; mount -t tmpfs e /mnt/e; echo x > /mnt/e/lib.so\n"
+                     + _mapper("map /mnt/e/lib.so", "rm /mnt/e/lib.so"))
+    _refused_unstopped(case, pid, r"process \d+ mapping \(/mnt/e/lib.so \(deleted\)\): a deleted file on tmpfs "
+                                  r"\(only a .* made in the dumped tree can hold it again\)",
+                       externals=("--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc",
+                                  "--external", "mnt[/mnt/e]:e"))
+
+
+def test_deleted_name_of_a_mapped_file_with_another_name_refused_unstopped(case):
+    """A file of a tmpfs of the tree mapped through a name removed since, while another name (a hard
+    link) keeps it: restore makes ghosts of files no name holds only. Dump used to leave the mapping
+    out; it refuses, before the stop. The same mapping once the other name is gone too comes back
+    (tests/test_engine_mapped_ghosts.py)."""
+    pid = case.start(STOP_WATCH + "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/a; ln /mnt/t/a /mnt/t/b\n"
+                     + _mapper("map /mnt/t/a", "rm /mnt/t/a"))
+    _refused_unstopped(case, pid, r"process \d+ mapping \(/mnt/t/a \(deleted\)\): a deleted name of a file that "
+                                  r"has 1 other name\(s\): a mapping of it is not supported yet")

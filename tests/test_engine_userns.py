@@ -2,6 +2,7 @@
 
 import fcntl
 import os
+import re
 import struct
 
 import pytest
@@ -253,3 +254,25 @@ def test_owned_namespace_restored_whatever_the_legacy_id_order(case, monkeypatch
     before = enginecase.take(pid)
     new = case.cr(pid)
     enginecase.assert_same(before, enginecase.take(new))
+
+
+def test_a_fuse_made_inside_a_user_namespace_is_refused_unstopped(case):
+    """bindfs mounted by a process in a user namespace of its own (rootless fuse-overlayfs does the
+    same): restore makes fuse with its type's own hook, which makes no superblock owned by a user
+    namespace. The probe that tells the owner changes nothing, so dump asks it before the stop:
+    refused naming the mount, and the tree never stopped."""
+    import shutil
+    if shutil.which("bindfs") is None or not os.path.exists("/dev/fuse"):
+        pytest.skip("bindfs or /dev/fuse missing")
+    pid = case.start(enginecase.STOP_WATCH + "mknod -m 666 /dev/fuse c 10 229; mkdir -p /run/src /mnt/fuse\n"
+                     "mount -t tmpfs src /run/src\n"
+                     # (bindfs under the name the test waits for: every process of the tree holds)
+                     f"mkdir /run/bin; ln -s {shutil.which('bindfs')} /run/bin/mntcr-hold\n"
+                     "unshare -U -r -m --propagation unchanged sh -c '/run/bin/mntcr-hold --no-allow-other /run/src "
+                     "/mnt/fuse </dev/null >/dev/null 2>&1 && exec /.hold/mntcr-hold 100000' </dev/null >/dev/null "
+                     "2>&1 &\nhold\n")
+    with pytest.raises(enginecase.CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"mount \d+ \(/mnt/fuse\) on (fuse[.\w-]*): its superblock was made inside a user namespace, "
+                     r"which restore cannot do for \1 yet", str(err.value)), err.value
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"

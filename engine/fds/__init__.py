@@ -151,8 +151,10 @@ class FdKind:
     # precheck(DumpFd) before the tree is stopped (engine/prestop.py): refuse (FdError, the line
     # `dump` would give) what the fd of a running process already shows, changing nothing the
     # process could notice; `dump` checks again once the tree is stopped (what changed since).
-    # The DumpFd has no flags, pos, mnt, objects or place (0, empty); facts for `prefinish` go
-    # into its scratch, shared by every fd of the tree (scratch["leave_running"]: the option).
+    # The DumpFd has no flags, pos, mnt, objects, place or in_ns (0, empty); facts for `prefinish` go
+    # into its scratch, shared by every fd of the tree (scratch["leave_running"]: the option;
+    # scratch["pids"]: the tree's processes; scratch["members"]: pid -> the tree's processes in its mount
+    # namespace).
     precheck: Callable[[DumpFd], None] | None = None
     # prefinish(scratch): once every fd of the tree was prechecked, refuse what takes several.
     prefinish: Callable[[dict], None] = lambda scratch: None

@@ -6,7 +6,7 @@ installed. A target whose fd number was closed since (CRIU's epoll, epoll01: a
 dup registered, then closed) but whose file the owner still holds at another
 number (`via`, found with kcmp KCMP_EPOLL_TFD) is registered as it was made: the
 stand-in puts that file at the number for the call. One the owner holds at no
-number cannot be named again: refused at dump.
+number cannot be named again: refused at dump, and before the tree is stopped.
 """
 
 from __future__ import annotations
@@ -22,6 +22,22 @@ _TFD = re.compile(r"^(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
 
 
 def _dump(d) -> dict:
+    return {"targets": _targets(d)}
+
+
+def _precheck(d) -> None:
+    """Before the tree is stopped: the targets as `_dump` reads them (its refusal of a target the
+    process holds at no number). The process runs: a target it closed while we looked (epoll drops
+    it with its file) is refused only when a second look finds it too."""
+    try:
+        _targets(d)
+    except FdError:
+        _targets(d)
+
+
+def _targets(d) -> list[dict]:
+    """Each target of epoll fd `d`: its number, events and data word, and `via` (another number
+    the process holds its file at) when that number was closed since; refused when none is."""
     targets = []
     seen: dict[int, int] = {}   # tfd -> items with that number so far (kcmp's toff: fdinfo and kcmp
                                 # both walk the epoll's items in its tree's order)
@@ -44,7 +60,7 @@ def _dump(d) -> dict:
                                  "process holds its file at no other")
             target["via"] = via
         targets.append(target)
-    return {"targets": targets}
+    return targets
 
 
 def _holder(d, tfd: int, toff: int, ino: int) -> int | None:
@@ -123,4 +139,5 @@ def _register(args, fds):
 
 
 register(FdKind(name="epoll", matches=lambda t, m: t == "anon_inode:[eventpoll]", dump=_dump, open=_open,
-                check=_check, after=_after, standin={"register": _register}, fields={"targets": F(LIST)}))
+                check=_check, after=_after, standin={"register": _register}, fields={"targets": F(LIST)},
+                precheck=_precheck))

@@ -55,15 +55,24 @@ _libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ct
 def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> dict:
     """In the namespace: the group's flags and its marks, inode marks located ({abs, mnt} or error)."""
     with open(os.open(f"{pid}/fdinfo/{fd}", os.O_RDONLY, dir_fd=hostproc)) as f:
-        text = f.read()
+        return _parse(f.read(), lambda sdev, htype, handle, ino: locate_handle(hostproc, mounts, sdev, htype, handle,
+                                                                                ino=ino))
+
+
+def _parse(text: str, locate) -> dict:
+    """fdinfo `text` as the group's flags and its marks; each inode mark located by
+    locate(sdev, handle type, handle, inode number) -> {abs, mnt} or None (an error then), or left
+    unlocated when `locate` is None (before the stop)."""
     g = _GROUP.search(text)
     out = {"init": int(g[1], 16), "event_flags": int(g[2], 16), "marks": []} if g else {"error": "no group line"}
     for m in _INODE.finditer(text):
         sdev = int(m[2], 16)
-        # (by its inode number where the handle does not open again: overlayfs without nfs_export)
-        got = locate_handle(hostproc, mounts, sdev, int(m[7], 16), bytes.fromhex(m[8])[:int(m[6], 16)],
-                            ino=int(m[1], 16))
         mark = {"type": "inode", "mflags": int(m[3], 16), "mask": int(m[4], 16), "ignored": int(m[5], 16)}
+        if locate is None:
+            out["marks"].append({**mark, "unlocated": True})
+            continue
+        # (by its inode number where the handle does not open again: overlayfs without nfs_export)
+        got = locate(sdev, int(m[7], 16), bytes.fromhex(m[8])[:int(m[6], 16)], int(m[1], 16))
         out["marks"].append({**mark, **got} if got else
                             {**mark, "error": f"an inode mark on device {sdev >> 20}:{sdev & 0xFFFFF}, which no "
                                               "visible mount reaches"})
@@ -79,6 +88,12 @@ def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> dict:
 
 def _dump(d) -> dict:
     got = d.in_ns or {"error": "fdinfo unreadable"}
+    return {"init": got["init"], "event_flags": got["event_flags"], "marks": _marks(d, got)}
+
+
+def _marks(d, got: dict) -> list[dict]:
+    """The image's marks of group `got` (_parse's) of fanotify fd `d`, refusing what restore cannot
+    mark again; an unlocated inode mark (before the stop) is passed over."""
     if "error" in got:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: fanotify group: {got['error']}")
     every = {m.mnt_id: m for _pid, mounts in [(d.pid, d.mounts)] + list(d.elsewhere) for m in mounts}
@@ -90,6 +105,8 @@ def _dump(d) -> dict:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what}: mark flags {k['mflags']:#x} not supported")
         if "error" in k:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k['error']}: not supported")
+        if k.get("unlocated"):
+            continue
         if k["type"] == "inode":
             loc = d.place(k["abs"], k["mnt"], f"fd {d.fd} {what}")
             if loc.get("detached"):
@@ -108,12 +125,15 @@ def _dump(d) -> dict:
                                                 "tree shows: not supported")
             rec["mnt"] = same[0].mnt_id
         marks.append(rec)
-    return {"init": got["init"], "event_flags": got["event_flags"], "marks": marks}
+    return marks
 
 
 def _precheck(d) -> None:
-    """Before the tree is stopped: refuse a group whose events wait to be read (FIONREAD counts
-    their bytes and takes none)."""
+    """Before the tree is stopped: `_marks`' refusals but those of inode marks (located by dump in
+    the namespace), and a group whose events wait to be read (FIONREAD counts their bytes and takes
+    none)."""
+    with open(f"/proc/{d.pid}/fdinfo/{d.fd}") as f:
+        _marks(d, _parse(f.read(), None))
     import fcntl
     import struct
     import termios

@@ -16,7 +16,7 @@ A watched inode no mount of the process's namespace reaches is looked for
 through the visible mounts of the tree's other namespaces (a runtime's monitor
 watching a file of the container's cgroup). Not done: unread events, watches
 on a filesystem reachable only beneath an overmount or on a detached mount
-(refused at dump). fanotify marks: engine/fds/fanotify.py.
+(refused at dump, and before the tree is stopped: `_precheck`). fanotify marks: engine/fds/fanotify.py.
 """
 
 from __future__ import annotations
@@ -202,12 +202,7 @@ def _within(h: int, path: str, mnt) -> bool:
 
 def _dump(d) -> dict:
     watches = []
-    for w in d.in_ns or []:
-        if "error" in w:
-            got = _elsewhere(d, w["find"]) if w.get("find") else None
-            if got is None:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify {w['error']}: not supported")
-            w = {"wd": w["wd"], "mask": w["mask"], **got}
+    for w in _located(d, d.in_ns or []):
         deleted = w["abs"].endswith(DELETED)
         abs_path = w["abs"][: -len(DELETED)] if deleted else w["abs"]
         loc = d.place(abs_path, w["mnt"], f"fd {d.fd} inotify watch {w['wd']}")
@@ -237,6 +232,46 @@ def _finish(objects: dict, entries: list[dict]) -> None:
                 raise FdError(errno.EOPNOTSUPP, f"{where}: inotify watch {w['wd']} on {w['path']}, a deleted file "
                                                 "no fd of the tree holds open: not supported")
             w["ghost"] = gid
+
+
+def _located(d, seen: list[dict]) -> list[dict]:
+    """The watches the in_ns hook saw (`seen`), each {wd, mask, abs, mnt}: one no mount of the
+    process's namespace reaches looked for in the tree's other namespaces, and refused when none
+    reaches it either."""
+    out = []
+    for w in seen:
+        if "error" in w:
+            got = _elsewhere(d, w["find"]) if w.get("find") else None
+            if got is None:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify {w['error']}: not supported")
+            w = {"wd": w["wd"], "mask": w["mask"], **got}
+        out.append(w)
+    return out
+
+
+def _precheck(d) -> None:
+    """Before the tree is stopped: `_located`'s refusal, the watches seen as the in_ns hook sees them
+    in a child that entered the process's namespace (only for an fd with watches). The process
+    runs: a watch it changed while we looked is refused only when a second look finds it too."""
+    from engine import forkrun
+    with open(f"/proc/{d.pid}/fdinfo/{d.fd}") as f:
+        if "inotify wd:" not in f.read():
+            return
+    members = (d.scratch.get("members") or {}).get(d.pid) or [d.pid]
+    try:
+        _located(d, forkrun.run(_in_own_ns, d.pid, members, d.fd, d.mounts))
+    except FdError:
+        _located(d, forkrun.run(_in_own_ns, d.pid, members, d.fd, d.mounts))
+
+
+def _in_own_ns(pid: int, members: list[int], fd: int, mounts) -> list[dict]:
+    """In a forked child: the in_ns hook for fd `fd` of `pid`, standing at the root of its mount
+    namespace as dump's helper stands (`members`: the tree's processes in it)."""
+    from engine import nsinspect
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY)
+    ns = os.open(f"{pid}/ns/mnt", os.O_RDONLY, dir_fd=hostproc)
+    nsinspect.enter_root(ns, members, hostproc)
+    return _in_ns(hostproc, pid, fd, mounts)
 
 
 def _check(entry: dict, what: str) -> None:
@@ -324,4 +359,5 @@ def _ghost(r: RestoreFd, w: dict) -> int:
 
 
 register(FdKind(name="inotify", matches=lambda t, m: t == "anon_inode:inotify", dump=_dump, open=_open,
-                check=_check, in_ns=_in_ns, finish=_finish, mounts=lambda e: [w["mnt"] for w in e["watches"]], fields={"watches": F(LIST)}))
+                check=_check, in_ns=_in_ns, finish=_finish, mounts=lambda e: [w["mnt"] for w in e["watches"]], fields={"watches": F(LIST)},
+                precheck=_precheck))

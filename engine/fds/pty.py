@@ -190,9 +190,33 @@ def _is_dev_tty(target: str, mode: int) -> bool:
 
 
 def _dump_ctty(d) -> dict:
+    index = _ctty_index(d)
+    if index is None:
+        return {}   # a device node called tty that is not /dev/tty: reopened like any node
+    for m, path, pst in _ctty_nodes(d, index):
+        loc = d.place(path, m.mnt_id, "controlling terminal")
+        if loc.get("detached"):
+            continue
+        obj = d.scratch.setdefault(("pty", pst.st_dev, index), f"pty-{len(d.objects)}")
+        d.objects.setdefault(obj, {"kind": "pty", "index": index})
+        return {"tty": {"mnt": loc["mnt"], "path": loc["path"]}, "obj": obj}
+    _refuse_no_devpts(d, index)
+
+
+def _precheck_ctty(d) -> None:
+    """Before the tree is stopped: `_dump_ctty`'s refusals (the process's terminal, read from
+    /proc/PID/stat, and a devpts mount of its namespace that shows it)."""
+    index = _ctty_index(d)
+    if index is not None and next(_ctty_nodes(d, index), None) is None:
+        _refuse_no_devpts(d, index)
+
+
+def _ctty_index(d) -> int | None:
+    """The pty number of the controlling terminal of fd `d`'s process, when `d` is /dev/tty (None:
+    another node called tty); refused when it has none, does not lead its session, or is no pty."""
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if st.st_rdev != os.makedev(5, 0):
-        return {}   # a device node called tty that is not /dev/tty: reopened like any node
+        return None
     with open(f"/proc/{d.pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     session, tty_nr = int(fields[3]), int(fields[4])
@@ -206,9 +230,15 @@ def _dump_ctty(d) -> dict:
     if not 136 <= major < 144:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process whose controlling terminal is "
                                         f"device {major}:{minor}, not a pty: not supported")
-    index = minor + (major - 136) * 256
-    root = f"/proc/{d.pid}/root"
+    return minor + (major - 136) * 256
+
+
+def _ctty_nodes(d, index: int):
+    """(mount, path, stat) of each node of pty `index` on a devpts mount of the process's namespace
+    that its path reaches."""
     from engine import kernel
+    root = f"/proc/{d.pid}/root"
+    rdev = os.makedev(136 + index // 256, index % 256)
     for m in d.mounts:
         if m.fstype != "devpts":
             continue
@@ -218,13 +248,11 @@ def _dump_ctty(d) -> dict:
             visible = kernel.statx_mnt_id(root + path, flags=kernel.AT_SYMLINK_NOFOLLOW) == m.mnt_id
         except OSError:
             continue
-        if visible and pst.st_rdev == os.makedev(major, minor):
-            loc = d.place(path, m.mnt_id, "controlling terminal")
-            if loc.get("detached"):
-                continue
-            obj = d.scratch.setdefault(("pty", pst.st_dev, index), f"pty-{len(d.objects)}")
-            d.objects.setdefault(obj, {"kind": "pty", "index": index})
-            return {"tty": {"mnt": loc["mnt"], "path": loc["path"]}, "obj": obj}
+        if visible and pst.st_rdev == rdev:
+            yield m, path, pst
+
+
+def _refuse_no_devpts(d, index: int) -> None:
     raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process whose controlling terminal (pty {index}) "
                                     "is on no devpts mount of its namespace: not supported")
 
@@ -294,6 +322,6 @@ def _ctty_in(args, fds):
 
 
 register(FdKind(name="ctty", matches=_is_dev_tty, dump=_dump_ctty, open=_open_ctty, placed=True, check=_check_ctty,
-                finish=_finish_ctty, standin={"ctty": _ctty_in}, order=29,
+                finish=_finish_ctty, standin={"ctty": _ctty_in}, order=29, precheck=_precheck_ctty,
                 mounts=lambda e: [e[k]["mnt"] for k in ("tty", "ptmx") if k in e],
                 fields={"tty": F(DICT, required=False), "ptmx": F(DICT, required=False)}))

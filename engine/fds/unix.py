@@ -166,49 +166,74 @@ class _Sock:
         """Bound to a path or an abstract name."""
         return "path" in self.out or "abstract" in self.out
 
+    @property
+    def mutual(self) -> bool:
+        """Its peer's peer is it: one end of a pair (or of an accepted connection)."""
+        return bool(self.peer) and self.diag.get(self.peer, {}).get("peer") == self.ino
+
+
+def case_of(k: _Sock) -> tuple[str, object]:
+    """Which case socket `k` is, asked of the stopped tree by `_dump_one` and of the running one by
+    unix_prestop.precheck: ("listener", None), ("embryo", (its listener, its place in the queue)): a
+    connection not accepted yet, ("dangling", None): its peer is gone, ("backlog", None): a named one
+    with datagrams waiting, ("client", peer): connected to a socket that is not its pair, ("pair",
+    None), or ("alone", None). Refuses fds in flight on a stream or a listener."""
+    d, s = k.d, k.s
+    k.inflight = int((d.info().get("scm_fds") or ["0"])[0])
+    listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if k.inflight and (k.typ == socket.SOCK_STREAM or listening):
+        # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
+        # kept apart) or in a listener's pending connections.
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k.inflight} fds in flight (SCM_RIGHTS not yet received) "
+                                        f"on a {'listening' if k.typ != socket.SOCK_STREAM else 'stream'} socket: "
+                                        "not supported")
+    if listening:
+        return "listener", None
+    embryos = d.scratch.get(("unix-embryos", k.netns))
+    if embryos is None:
+        embryos = d.scratch[("unix-embryos", k.netns)] = _embryos(k.diag)
+    if k.ino in embryos:
+        return "embryo", embryos[k.ino]
+    if not k.peer and not k.named and _connected(s):
+        return "dangling", None
+    if not k.peer and k.named and (k.inflight or _inq(k.c)):
+        return "backlog", None
+    if k.peer and not k.mutual:
+        return "client", k.peer
+    return ("pair" if k.peer else "alone"), None
+
 
 def _dump_one(d) -> dict:
-    """The image entry of unix socket fd `d`, case by case: a listener, a connection not accepted yet,
-    a socket whose peer is gone, a named one with datagrams waiting, a client of a named socket, or
-    one end of a pair (refusing what restore cannot make again)."""
+    """The image entry of unix socket fd `d`, case by case (`case_of`): a listener, a connection not
+    accepted yet, a socket whose peer is gone, a named one with datagrams waiting, a client of a
+    named socket, or one end of a pair (refusing what restore cannot make again)."""
     c = d.copy()
     s = socket.socket(fileno=os.dup(c))
     try:
         k = _Sock(d, c, s)
         out = k.out
-        mutual = bool(k.peer) and k.diag.get(k.peer, {}).get("peer") == k.ino
-        if "path" in out and (not mutual or k.typ == socket.SOCK_DGRAM):
+        if "path" in out and (not k.mutual or k.typ == socket.SOCK_DGRAM):
             _record_bound(k)   # (an accepted end's name is its listener's; a datagram pair end's its own)
-        k.inflight = int((d.info().get("scm_fds") or ["0"])[0])
-        if k.inflight and (k.typ == socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)):
-            # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
-            # kept apart) or in a listener's pending connections.
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k.inflight} fds in flight (SCM_RIGHTS not yet received) "
-                                            f"on a {'listening' if k.typ != socket.SOCK_STREAM else 'stream'} socket: "
-                                            "not supported")
-        if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        case, detail = case_of(k)
+        if case == "listener":
             return _as_listener(k)
-        embryos = d.scratch.get(("unix-embryos", k.netns))
-        if embryos is None:
-            embryos = d.scratch[("unix-embryos", k.netns)] = _embryos(k.diag)
-        embryo = embryos.get(k.ino)
-        if embryo is not None:
+        if case == "embryo":
             # A connection its listener has not accepted yet: connected to the listener again.
-            out.update(_connected_to(d, s, k.typ, embryo[0], k.diag, k.netns, k.inflight))
-            out["connect"]["order"] = embryo[1]
+            out.update(_connected_to(d, s, k.typ, detail[0], k.diag, k.netns, k.inflight))
+            out["connect"]["order"] = detail[1]
             return out
-        if not k.peer and not k.named and _connected(s):
+        if case == "dangling":
             return _as_dangling(k)
         if not k.peer and k.typ == socket.SOCK_DGRAM and k.named and k.rec.get("state") == 1:
             # A client connected to it once (logger to /dev/log): the kernel marks it established
             # for good (/proc/net/unix shows it); restore connects a throwaway socket to it too.
             out["reached"] = True
-        if not k.peer and k.named and (k.inflight or _inq(c)):
+        if case == "backlog":
             return _with_backlog(k)
-        if k.peer and not mutual:
-            out.update(_connected_to(d, s, k.typ, k.peer, k.diag, k.netns, k.inflight))
+        if case == "client":
+            out.update(_connected_to(d, s, k.typ, detail, k.diag, k.netns, k.inflight))
             return out
-        if k.peer:
+        if case == "pair":
             _as_pair_end(k)
         return out
     finally:
@@ -244,17 +269,23 @@ def _as_dangling(k: _Sock) -> dict:
     restored as one end of a pair whose other end is closed at once."""
     out = k.out
     out["dangling"] = True
+    refuse_dangling(k)
     if k.typ != socket.SOCK_STREAM and (k.inflight or _inq(k.c)):
         # (systemd-nspawn keeps the fd of its kmsg FIFO in flight on such a socket)
         out["msgs"] = _peek_messages(k.s, k.d, k.inflight)
         out["mnts"] = _inflight_mounts(out["msgs"])
     elif _inq(k.c):
         # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
-        n = _inq(k.c)
-        if n > MAX_DATA:
-            raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: {n} bytes queued: too many")
-        out["data"] = base64.b64encode(k.s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
+        out["data"] = base64.b64encode(k.s.recv(_inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
     return out
+
+
+def refuse_dangling(k: _Sock) -> None:
+    """Refuse a stream socket whose peer is gone with more bytes queued on it than an image keeps;
+    asked before the stop too (unix_prestop)."""
+    n = _inq(k.c) if k.typ == socket.SOCK_STREAM else 0
+    if n > MAX_DATA:
+        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: {n} bytes queued: too many")
 
 
 def _with_backlog(k: _Sock) -> dict:
@@ -362,6 +393,20 @@ def _pending(d, rec: dict, diag: dict, netns: int, typ: int) -> list[str]:
     connection, which no fd reaches before accept(): a step dump runs last (`takes`) accepts the
     connections up to the last such one and reads it, for restore to send again from the client
     once connected; with --leave-running (no `takes`) that is refused."""
+    out, last = pending_clients(d, rec, diag, netns)
+    if last >= 0:
+        takes = d.scratch.get("takes")
+        if takes is None:
+            refuse_pending_data(d)
+        lst = os.dup(d.copy())
+        takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], typ, doc, d.where))
+    return out
+
+
+def pending_clients(d, rec: dict, diag: dict, netns: int) -> tuple[list[str], int]:
+    """(The clients ("netns:inode") of listener d's pending connections in queue order, the place of
+    the last one on which data waits or -1), refusing where that cannot be exact (a client gone,
+    the queue not what sock_diag lists); asked before the stop too (unix_prestop)."""
     icons = rec.get("icons") or []
     if len(icons) != rec.get("rqueue"):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with {rec.get('rqueue')} connections not "
@@ -377,13 +422,7 @@ def _pending(d, rec: dict, diag: dict, netns: int, typ: int) -> list[str]:
         if diag[client].get("wqueue"):
             last = i
         out.append(f"{netns}:{client}")
-    if last >= 0:
-        takes = d.scratch.get("takes")
-        if takes is None:
-            refuse_pending_data(d)
-        lst = os.dup(d.copy())
-        takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], typ, doc, d.where))
-    return out
+    return out, last
 
 
 def refuse_pending_data(d) -> None:
@@ -399,16 +438,7 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
     for a path the mount and path of its socket file), connected again at restore once every
     process holds its fds; the named socket must be one of the tree's (finish checks it)."""
     what = f"{d.where}: unix socket connected to a socket that is not its pair"
-    listener = diag.get(peer, {}).get("icons") is not None or diag.get(peer, {}).get("state") == 10   # TCP_LISTEN
-    if typ != socket.SOCK_DGRAM and not listener:
-        raise FdError(errno.EOPNOTSUPP, f"{what}: not supported")
-    if inflight or _inq(d.copy()):
-        raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
-    name = _name(s.getpeername())
-    # (a relative name, CRIU's sk-unix-listen01, is connected to again through the file it found)
-    if not name or _MAGIC.match(name.get("path", "")):
-        raise FdError(errno.EOPNOTSUPP, f"{what}, and that one has no name to connect to again "
-                                        f"({name or 'unnamed'}): not supported")
+    name = peer_name(d, s, typ, peer, diag, inflight)
     if "path" in name:
         try:
             loc = _locate(d, name["path"], diag.get(peer, {}).get("vfs"))
@@ -423,27 +453,52 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
     return {"connect": name, "_peer": f"{netns}:{peer}", "_where": d.where}
 
 
+def peer_name(d, s: socket.socket, typ: int, peer: int, diag: dict, inflight: int) -> dict:
+    """The name of the socket `peer` that socket fd `d` is connected to, not its pair (`_connected_to`),
+    refusing what restore cannot connect again (a stream to no listener, datagrams queued, a peer
+    with no name); asked before the stop too (unix_prestop)."""
+    what = f"{d.where}: unix socket connected to a socket that is not its pair"
+    listener = diag.get(peer, {}).get("icons") is not None or diag.get(peer, {}).get("state") == 10   # TCP_LISTEN
+    if typ != socket.SOCK_DGRAM and not listener:
+        raise FdError(errno.EOPNOTSUPP, f"{what}: not supported")
+    if inflight or _inq(d.copy()):
+        raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
+    name = _name(s.getpeername())
+    # (a relative name, CRIU's sk-unix-listen01, is connected to again through the file it found)
+    if not name or _MAGIC.match(name.get("path", "")):
+        raise FdError(errno.EOPNOTSUPP, f"{what}, and that one has no name to connect to again "
+                                        f"({name or 'unnamed'}): not supported")
+    return name
+
+
 def _finish(objects: dict, entries: list[dict]) -> None:
     """Refuse a socket connected to a named socket that no process of the tree holds (restore would
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
-    unix_backlog.name_senders([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
-    unix_ghost.number([e for e in entries if e.get("kind") == "unix" and "_ino" in e])
-    have = {e.pop("_ino") for e in entries if e.get("kind") == "unix" and "_ino" in e}
+    unix = [e for e in entries if e.get("kind") == "unix" and "_ino" in e]
+    unix_backlog.name_senders(unix)
+    unix_ghost.number(unix)
+    refuse_outside(unix)
     for e in entries:
-        for client in e.pop("_pending", None) or ():
+        for key in ("_ino", "_pending", "_peer", "_where"):
+            e.pop(key, None)
+
+
+def refuse_outside(unix: list[dict]) -> None:
+    """Refuse, among the tree's unix socket entries `unix` (each with its "_ino"), a pending
+    connection (`_pending`) or a connection (`_peer`, `connect`) to a socket no process of the tree
+    holds; asked of the running tree too (unix_prestop.prefinish)."""
+    have = {e["_ino"] for e in unix}
+    for e in unix:
+        for client in e.get("_pending") or ():
             if client not in have:
                 raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: listening unix socket with a connection not "
                                                 "yet accepted whose client no process of the tree holds: not supported")
-    for e in entries:
-        if e.get("kind") == "unix" and "_peer" in e:
-            peer, where = e.pop("_peer"), e.get("_where")
-            if peer not in have:
-                c = e["connect"]
-                target = c.get("path") or "@" + base64.b64decode(c["abstract"]).decode(errors="replace")
-                raise FdError(errno.EOPNOTSUPP, f"{where}: connected to {target}, a socket no process of the tree "
-                                                "holds: not supported")
-    for e in entries:
-        e.pop("_where", None)
+    for e in unix:
+        if e.get("_peer") and e["_peer"] not in have:
+            c = e["connect"]
+            target = c.get("path") or "@" + base64.b64decode(c["abstract"]).decode(errors="replace")
+            raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: connected to {target}, a socket no process of the "
+                                            "tree holds: not supported")
 
 
 _MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
@@ -461,7 +516,7 @@ def _locate(d, name: str, vfs) -> dict:
     ino, kdev = vfs
     dev = os.makedev(kdev >> 20, kdev & 0xFFFFF)
     spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
-    detached = _on_detached(d, {m.mnt_id for _pid, mounts in spaces for m in mounts})
+    detached = _on_detached(d, known_mounts(d))
     if detached is not None:
         return detached
     if name.startswith("/") and not _MAGIC.match(name):
@@ -505,6 +560,11 @@ def _locate(d, name: str, vfs) -> dict:
 
 
 SIOCUNIXFILE = 0x89E0   # SIOCPROTOPRIVATE: an O_PATH fd on a bound socket's file (what CRIU uses)
+
+
+def known_mounts(d) -> set[int]:
+    """The ids of the mounts of the tree's namespaces, as fd `d` sees them (its own and `elsewhere`)."""
+    return {m.mnt_id for _pid, mounts in [(d.pid, d.mounts)] + list(d.elsewhere) for m in mounts}
 
 
 def _on_detached(d, known: set[int]) -> dict | None:

@@ -4,9 +4,14 @@ What a running process's socket already shows is refused here with the line
 `dump` gives once the tree is stopped, so that the common case leaves the tree
 untouched (no SIGSTOP a parent, a ptracer or a job-control shell could see):
 another family (inet...), a type restore does not make, netlink messages
-waiting to be read, a name that is not normalised, data waiting on a
-connection not yet accepted (with --leave-running), and a datagram waiting on
-a named socket whose sender's name no datagram socket of the tree holds.
+waiting to be read, a name that is not normalised, a socket file removed on a
+mount restore cannot bind it again on, fds in flight on a stream or a listener,
+more data on a stream whose peer is gone than an image keeps, pending connections dump
+cannot list exactly or whose client is outside the tree, data waiting on a
+connection not yet accepted (with --leave-running), a connection to a socket
+that is not its pair restore cannot make again or that is outside the tree,
+and a datagram waiting on a named socket whose sender's name no datagram
+socket of the tree holds.
 
 Everything here only reads: a peek without a peek offset takes nothing and
 moves nothing, so only the head datagram's sender is looked at (the socket's
@@ -18,47 +23,100 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 
 SO_PEEK_OFF = 42
 SCRATCH = "unix-prestop"
 
 
 def precheck(d) -> None:
-    """Refuse socket fd `d` of a running process where its state already says `dump` would; note
-    its name and its head datagram's sender for `prefinish`."""
-    from engine.fds import netlink, unix
+    """Refuse socket fd `d` of a running process where its state already says `dump` would (the
+    questions dump asks, engine/fds/unix.py: `case_of`, `pending_clients`, `peer_name`,
+    `refuse_dangling`); note its name, peer, pending clients and head datagram's sender for
+    `prefinish`. The tree runs: what sock_diag showed (read once a network namespace) may be older
+    than the socket, so a refusal is told only when a fresh read says so too."""
+    from engine.fds import FdError
+    try:
+        _precheck(d)
+    except FdError:
+        for key in [key for key in d.scratch if isinstance(key, tuple) and key[0] in ("unix", "unix-embryos")]:
+            del d.scratch[key]
+        _precheck(d)
+
+
+def _precheck(d) -> None:
+    from engine.fds import netlink, unix, unix_ghost
     c = d.copy()
     with socket.socket(fileno=os.dup(c)) as s:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
             netlink.refuse(d, s)
             return
-        typ = unix.refuse_family(d, s)
-        name = unix._name(s.getsockname())
-        unix.refuse_name(d, name)
-        ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
-        netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
-        entry = {"type": unix.TYPES[typ], **name, "_ino": f"{netns}:{ino}", "_where": d.where}
-        d.scratch.setdefault(SCRATCH, []).append(entry)
-        if s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            if d.scratch.get("leave_running"):
-                diag = unix.diag_of(d, netns)
-                if any(diag.get(client, {}).get("wqueue") for client in diag.get(ino, {}).get("icons") or ()):
+        k = unix._Sock(d, c, s)
+        entry = {**k.out, "_ino": f"{k.netns}:{k.ino}", "_where": d.where}
+        if "path" in k.out and (not k.mutual or k.typ == socket.SOCK_DGRAM):
+            # (as dump places it: an accepted end's name is its listener's) A socket whose file was
+            # removed is restored (a ghost socket): refused only where unix_ghost.place cannot put it.
+            unix_ghost.place(d, k.out["path"], c)
+        case, detail = unix.case_of(k)
+        if case == "listener":
+            if k.rec.get("rqueue"):
+                entry["_pending"], last = unix.pending_clients(d, k.rec, k.diag, k.netns)
+                if last >= 0 and d.scratch.get("leave_running"):
                     unix.refuse_pending_data(d)
-            return
-        if name and typ == socket.SOCK_DGRAM and not unix._connected(s) and unix._inq(c) \
+        elif case in ("embryo", "client"):
+            peer = detail[0] if case == "embryo" else detail
+            name = unix.peer_name(d, s, k.typ, peer, k.diag, k.inflight)
+            if case == "client":
+                entry.update({"connect": name, "_peer": f"{k.netns}:{peer}"})
+        elif case == "dangling":
+            unix.refuse_dangling(k)
+        elif case == "backlog" and k.typ == socket.SOCK_DGRAM and not unix._connected(s) \
                 and s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) < 0:
-            try:
-                # (no room for ancillary data: fds in flight with it are not installed here)
-                _data, _anc, _flags, addr = s.recvmsg(1, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                return   # (read meanwhile)
-            sender = unix._name(addr)
-            if sender:
-                entry["_senders"] = [sender]
+            entry["_senders"] = _head_sender(s)
+        d.scratch.setdefault(SCRATCH, []).append(entry)
+
+
+def _head_sender(s: socket.socket) -> list[dict]:
+    """[the name of the sender of the datagram at the head of s's queue] when it has one, else []."""
+    from engine.fds import unix
+    try:
+        # (no room for ancillary data: fds in flight with it are not installed here)
+        _data, _anc, _flags, addr = s.recvmsg(1, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return []   # (read meanwhile)
+    sender = unix._name(addr)
+    return [sender] if sender else []
 
 
 def prefinish(scratch: dict) -> None:
     """Once every socket of the tree was prechecked: refuse a head datagram whose named sender is
-    no datagram socket of the tree (unix_backlog.name_senders, on these entries)."""
-    from engine.fds import unix_backlog
-    unix_backlog.name_senders(scratch.pop(SCRATCH, []))
+    no datagram socket of the tree (unix_backlog.name_senders), and a connection to a socket, or a
+    pending one from a client, no process of the tree holds (unix.refuse_outside), on these entries.
+    A socket the running tree made after its process was looked at counts: the tree's sockets are
+    listed again (scratch["pids"]) before such a refusal."""
+    from engine.fds import FdError, unix, unix_backlog
+    entries = scratch.pop(SCRATCH, [])
+    unix_backlog.name_senders(entries)
+    try:
+        unix.refuse_outside(entries)
+    except FdError:
+        unix.refuse_outside(entries + [{"_ino": ino} for ino in _sockets(scratch.get("pids", ()))])
+
+
+def _sockets(pids) -> set[str]:
+    """The sockets ("netns inode:inode") processes `pids` hold now."""
+    out = set()
+    for pid in pids:
+        try:
+            netns = os.stat(f"/proc/{pid}/ns/net").st_ino
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for n in names:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{n}")
+            except OSError:
+                continue
+            if stat.S_ISSOCK(st.st_mode):
+                out.add(f"{netns}:{st.st_ino}")
+    return out

@@ -98,6 +98,10 @@ class CgroupV1(FsType):
 
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Refuse a mount whose root lies outside the dumper's cgroup namespace ("/.." roots)."""
+        self.precheck(sid, sb, plan)
+
+    def precheck(self, sid: str, sb: dict, plan) -> None:
+        """`plan`'s refusal, asked of the running tree too (mountinfo shows the roots)."""
         for ns in plan.mntns_doc.values():
             for e in ns["mounts"]:
                 if e["sb"] == sid and (e["root"] == "/.." or e["root"].startswith("/../")):
