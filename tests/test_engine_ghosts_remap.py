@@ -167,31 +167,6 @@ hold
     refused(lambda g: g[linked].update(links=[f"/n{i}" for i in range(100)]), "at most")
 
 
-def test_socket_name_beneath_overmount_refused_without_detached_mounts(case):
-    """Without mounts on detached mounts (Linux < 6.15, forced here with MNTCR_STRATEGY=sources=yard)
-    restore binds a socket's name as it reads from the stand-in's root: a name whose file lies
-    beneath an overmount is refused at dump, naming the fd and why, and the tree keeps running."""
-    import re
-    from enginecase import DUMP_EXTERNALS, mntcr
-    from enginecase import py_hold
-    setup = """
-mkdir /mnt/t; mount -t tmpfs t /mnt/t
-""" + py_hold("""
-import socket, subprocess
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind("/mnt/t/sock")
-subprocess.run(["mount", "-t", "tmpfs", "over", "/mnt/t"], check=True)
-os.dup2(s.fileno(), 10); s.close()
-""")
-    pid = case.start(setup)
-    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS,
-              env={"MNTCR_STRATEGY": "sources=yard"})
-    assert r.returncode != 0
-    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): bound to /mnt/t/sock: its socket file lies "
-                     r"beneath an overmount", r.stderr), r.stderr
-    with open(f"/proc/{pid}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
-
-
 def test_deleted_host_file_bind_is_refused_then_external(case, tmp_path):
     """systemd-nspawn's boot_id on a host whose /run is no tmpfs of the tree: a host file (here on
     the host's root filesystem) bound into the container and deleted on the host. Dump refuses,
