@@ -333,6 +333,8 @@ unshare -m --propagation private sh -c '
   pivot_root . old
   umount -l /old
   exec /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1' </dev/null >/dev/null 2>&1 &
+# (ready once the child has pivoted and exec'd its holder: a snapshot taken earlier saw it mid-pivot)
+i=0; until grep -qx mntcr-hold /proc/[0-9]*/comm 2>/dev/null; do i=$((i+1)); [ $i -lt 600 ] || exit 1; sleep 0.05; done
 hold
 """
 
