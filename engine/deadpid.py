@@ -11,7 +11,7 @@ import errno
 import os
 import re
 
-DELETED = " (deleted)"
+from engine.kernel import DELETED
 
 
 def gone_pid_dir(target: str, m) -> bool:

@@ -16,6 +16,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
+# How the kernel shows a path whose file was unlinked (/proc/PID/fd links, fdinfo, maps).
+DELETED = " (deleted)"
+
+
+def undeleted(path: str) -> tuple[str, bool]:
+    """`path` without the kernel's " (deleted)" suffix, and whether it had it."""
+    return (path[: -len(DELETED)], True) if path.endswith(DELETED) else (path, False)
+
+
 # Syscall numbers (unified table for the new mount API; classic ones per arch).
 _ARCH = os.uname().machine
 if _ARCH == "x86_64":

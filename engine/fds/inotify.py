@@ -29,6 +29,7 @@ import stat
 
 from engine.imageformat import GHOST_ID, LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
+from engine.kernel import undeleted
 
 _WATCH = re.compile(r"wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) .*?"
                     r"fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+)")
@@ -203,8 +204,7 @@ def _within(h: int, path: str, mnt) -> bool:
 def _dump(d) -> dict:
     watches = []
     for w in _located(d, d.in_ns or []):
-        deleted = w["abs"].endswith(DELETED)
-        abs_path = w["abs"][: -len(DELETED)] if deleted else w["abs"]
+        abs_path, deleted = undeleted(w["abs"])
         loc = d.place(abs_path, w["mnt"], f"fd {d.fd} inotify watch {w['wd']}")
         if loc.get("detached"):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: inotify watch {w['wd']} on a detached mount: not supported")
@@ -213,9 +213,6 @@ def _dump(d) -> dict:
             watch["_deleted"] = d.where   # (_finish names the ghost of the fd that holds that file)
         watches.append(watch)
     return {"watches": sorted(watches, key=lambda w: w["wd"])}
-
-
-DELETED = " (deleted)"
 
 
 def _finish(objects: dict, entries: list[dict]) -> None:

@@ -30,6 +30,7 @@ import struct
 import termios
 
 from engine.imageformat import BOOL, DICT, STR, F
+from engine.kernel import undeleted
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 TIOCGPTN = 0x80045430
@@ -66,11 +67,12 @@ def _dump(d) -> dict:
     index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
     obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
     d.objects.setdefault(obj, {"kind": "pty", "index": index})
-    if d.target.endswith(DELETED):
+    target, deleted = undeleted(d.target)
+    if deleted:
         # Its master was closed (CRIU's pty04): the kernel hung the slave up and removed its node.
         # Placed here (no ghost on devpts): restore opens it while a master of that number is open,
         # then closes the master (_finish names its ptmx, beside the node on that devpts mount).
-        loc = d.place(d.target[: -len(DELETED)], d.mnt, f"fd {d.fd}")
+        loc = d.place(target, d.mnt, f"fd {d.fd}")
         if loc.get("detached"):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pty slave whose master is gone, on a detached mount: "
                                             "not supported")
@@ -78,7 +80,6 @@ def _dump(d) -> dict:
     return {"obj": obj, "end": "slave"}
 
 
-DELETED = " (deleted)"
 
 
 def _instance(d, st) -> int:
