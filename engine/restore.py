@@ -1089,7 +1089,8 @@ class _Restorer:
         # namespace may have a lower id than its root or a locked mount: those come first, since
         # the namespace is copied into its user namespace before its first own mount is attached.
         early = {mid for before, _ in userns_cr.construct_copies(self.doc["mntns"]).values() for mid in before}
-        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0,
+        first = userns_cr.creation_uid(self.doc["mntns"])
+        order = sorted(self.mounts.values(), key=lambda m: (first.get(m["id"], m.get("uid") or 0), m["id"] not in first,
                                                             m.get("uid") is None and m["id"] not in early, m["id"]))
 
         def done(mid: int) -> None:

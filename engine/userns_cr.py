@@ -449,8 +449,10 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
         # Recorded whatever its type: restore makes its flag locks with the group's.
         by_id[top]["locked_flags"] = unlocked_flags[top]
     grouped = {x["id"] for members in groups.values() for x in members}
-    newest_locked = max((e.get("uid") or 0 for e in entries if e.get("locked") and e["id"] not in grouped),
-                        default=0)
+    # The root is left out: restore makes it first whatever its age (crun attaches volumes it cloned
+    # before pivoting into the root, so they are older than the root, which took the old root's lock).
+    newest_locked = max((e.get("uid") or 0 for e in entries
+                         if e.get("locked") and e["id"] not in grouped and e is not root), default=0)
     for e in entries:
         if not e.get("locked") and e is not root and (e.get("uid") or 0) < newest_locked:
             raise UsernsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): unlocked but older than "
@@ -510,6 +512,20 @@ def construct_copies(mntns: dict) -> dict[str, tuple[set[int], set[int]]]:
             before = {m["id"] for m in ns["mounts"]
                       if m["id"] == ns["root"] or (m.get("locked") and m["id"] not in grouped)}
             out[ns_id] = (before, {m["id"] for m in ns["mounts"]} - before)
+    return out
+
+
+def creation_uid(mntns: dict) -> dict[int, int]:
+    """Each root of a namespace owned by a user namespace that is younger than another of its
+    mounts -> the lowest unique id of that namespace, to order it by: restore copies the
+    namespace with its root before its first own mount is attached (crun, as root, clones
+    volumes before pivoting into the root, which takes the old root's lock). `mntns`: the image's."""
+    out = {}
+    for ns in mntns.values():
+        uids = [m["uid"] for m in ns["mounts"] if m.get("uid")]
+        root = next((m for m in ns["mounts"] if m["id"] == ns["root"]), None)
+        if ns.get("owner") and root is not None and root.get("uid") and uids and min(uids) < root["uid"]:
+            out[root["id"]] = min(uids)
     return out
 
 
