@@ -550,6 +550,11 @@ class _Planner:
             if g and g in self.st.bind:
                 raise PlanError(f"{self.where(m)}: the root of a mount namespace that joins an existing peer "
                                 f"group{_NEED}")
+            if g and m["id"] in self.locked_ns and m.get("locked") and "atime" not in (m.get("locked_flags") or ()):
+                # Pivoted into inside its user namespace (the mount lock alone): restore pivots into a
+                # clone of it after the copy, and a clone of a shared root is shared, which pivot_root
+                # refuses (LXC's unprivileged overlay root).
+                raise PlanError(f"{self.where(m)}: a shared root pivoted into inside its user namespace{_NEED}")
             if h:
                 th = self._master_token(h, m["sb"])
                 n = self._find(m["sb"], m["root"], None, th, name=nm)

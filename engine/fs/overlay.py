@@ -23,8 +23,9 @@ overlay's: `overmounted_after`) or lacks the directory: then dump refuses it
 path that leads nowhere in the overlay's namespace any more, because the
 namespace pivoted away from the mounts it was made on (systemd-nspawn
 --overlay), is looked for at the same path in the dump's other namespaces
-(`_in_namespace_made_from`); a nested namespace's root made so on layers no
-namespace reaches (nspawn --volatile=overlay's tmpfs upper) is refused.
+(`_in_namespace_made_from`), also for a nested namespace's root made so (LXC's
+overlay rootfs); such a root on layers no namespace reaches (nspawn
+--volatile=overlay's tmpfs upper) is refused.
 
 Restore: a forked helper builds a private "yard" where each original layer
 path leads to a clone of the recorded layer directory, chroots into it and
@@ -359,6 +360,8 @@ def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -
     in the other namespaces: the one holding files the overlay shows (overlayfs passes their inode
     numbers and times through), else the only directory found; None when nothing tells."""
     pids_of = getattr(plan, "ns_pids", None) or {}
+    if not any(pids_of.get(other) for other in plan.ns_mounts if other != ns_name):
+        return None   # no other namespace to look in
     roots = [f"/proc/{pids_of[ns_name][0]}/root{e['mountpoint']}" for e in plan.mntns_doc[ns_name]["mounts"]
              if e["sb"] == sid and e["root"] == "/" and pids_of.get(ns_name)]
     merged = _open_root(roots, sb["dev"])
@@ -494,6 +497,9 @@ def _layers(sid: str, sb: dict, plan) -> list[dict]:
         if found is None:
             found = resolve(path, mounts, oldest["uid"] if unique else None, unique)
         if found is None:
+            # made in a copy of another namespace of the dump, then pivoted into (LXC's overlay rootfs)
+            found = _in_namespace_made_from(path, sid, sb, ns_name, plan)
+        if found is None:
             raise FsError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
                                         f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
         if _gone_here(path, found, mounts, plan, ns_name):
@@ -519,12 +525,21 @@ class OverlayType(FsType):
         outside the dumped namespaces, and it is restored like a directory root."""
         ns_name, oldest = _oldest(sid, plan.mntns_doc, True)
         if oldest["uid"] is None:
-            # No unique ids: made inside when some namespace of the dump sees all its layers outside it.
-            return not _makers(sid, sb, plan)
+            # No unique ids: made inside when some namespace of the dump sees all its layers outside it,
+            # or has each at its path while the overlay's own namespace pivoted away from them.
+            if _makers(sid, sb, plan):
+                return False
+            ns_name = _maker(sid, sb, plan)[0]
+            return not all(path.startswith("/") and _in_namespace_made_from(path, sid, sb, ns_name, plan)
+                           for _, path in layer_paths(sb["super_opts"]))
 
         def held(path: str) -> bool:
             # (without unique ids every mount counts: a path inside the overlay itself holds nothing)
             found = path.startswith("/") and resolve(path, plan.ns_mounts[ns_name], oldest["uid"])
+            if not found and path.startswith("/"):
+                # its namespace, a copy of another of the dump, pivoted into the overlay and dropped the
+                # copies of the layers' mounts (LXC's overlay rootfs): the layer is at that path there
+                found = _in_namespace_made_from(path, sid, sb, ns_name, plan)
             return bool(found) and plan.sb_of_dev.get(plan.mounts_by_id[found[0]].dev) != sid
         return not all(held(path) for _, path in layer_paths(sb["super_opts"]))
 
