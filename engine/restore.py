@@ -1472,11 +1472,17 @@ class _Restorer:
         return os.open(f"self/fd/{base}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def place_processes(self) -> None:
-        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost)
+        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost,
+                            self._ns_fd_of)
         try:
             self._place_processes()
         finally:
             self._fds.close()
+
+    def _ns_fd_of(self, nsid: str) -> int | None:
+        """Our fd on restored namespace `nsid` of the image ("net-1"), or None (for fds on namespaces)."""
+        kind = nsid.partition("-")[0]
+        return self.ns_fd.get(nsid) if kind == "mnt" else self.nsfd_of.get((kind, nsid))
 
     def _open_ghost(self, gid: str, flags: int, mnt: int, path: str | None = None) -> int:
         """A new description of ghost `gid` (unlinked at restore too) on mount `mnt`: reopened from the

@@ -1336,3 +1336,46 @@ m = os.memfd_create("big"); os.ftruncate(m, (64 << 20) + 1); os.dup2(m, 10); os.
     assert re.search(r"process \d+ fd 10 \(/memfd:big \(deleted\)\): memfd of 67108865 bytes: more than 64 MiB is "
                      "not dumped", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_fds_on_namespaces_of_the_tree(case):
+    """A parent holding fds on its child's network and UTS namespaces (systemd-nspawn
+    --private-network keeps one on the container's), and on its own IPC namespace: each is reopened
+    on the restored namespace of the same process (the snapshot names it by that process)."""
+    setup = """
+cat > /run/child.py <<'PY'
+import ctypes, signal
+ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+signal.pause()
+PY
+unshare -n -u sh -c 'hostname inner; exec python3 /run/child.py' </dev/null >/dev/null 2>&1 &
+child=$!
+while [ "$(cat /proc/$child/comm)" != mntcr-hold ]; do sleep 0.05; done
+exec 7</proc/$child/ns/net 8</proc/$child/ns/uts 9</proc/self/ns/ipc
+""" + py_hold("")
+    before, after = case.roundtrip(setup)
+    holder = next(p for p in after.snap.procs if any(line.startswith("7: net:") for line in p.fds))
+    child = next(p for p in after.snap.procs if p is not holder)
+    kid = f"P{after.snap.procs.index(child)}"
+    assert any(line.startswith(f"7: net:[{kid}]") for line in holder.fds), holder.fds
+    assert any(line.startswith(f"8: uts:[{kid}]") for line in holder.fds), holder.fds
+    assert any(line.startswith("9: ipc:[P") for line in holder.fds), holder.fds
+    assert os.stat(f"/proc/{holder.pid}/fd/9").st_ino == os.stat(f"/proc/{holder.pid}/ns/ipc").st_ino
+    # the restored fd is on the child's restored namespace, not a copy
+    fd7 = os.stat(f"/proc/{holder.pid}/fd/7").st_ino
+    assert fd7 == os.stat(f"/proc/{child.pid}/ns/net").st_ino
+    assert fd7 != os.stat(f"/proc/{holder.pid}/ns/net").st_ino
+
+
+def test_fd_on_a_namespace_outside_the_tree_refused_unstopped(case):
+    """An fd on a network namespace no process of the tree is in (only the fd keeps it) is refused
+    before the stop, naming the fd."""
+    setup = """
+unshare -n sleep 100000 </dev/null >/dev/null 2>&1 &
+c=$!
+while [ "$(readlink /proc/$c/ns/net)" = "$(readlink /proc/self/ns/net)" ]; do sleep 0.05; done
+exec 7</proc/$c/ns/net
+kill $c; wait $c 2>/dev/null || true
+"""
+    _refused_unstopped(case, setup + py_hold(""),
+                       r"process \d+ fd 7 \(net:\[\d+\]\): its net namespace is none of the dumped tree's")

@@ -25,6 +25,7 @@ i = libc.inotify_init1(0); libc.inotify_add_watch(i, b"/mnt/t/d", 0x100); os.dup
 m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
 os.dup2(m, 17)
 f = open("/mnt/t/lib", "rb"); mm = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
+os.dup2(os.open("/proc/self/ns/uts", os.O_RDONLY), 18)
 """)
 
 
@@ -71,6 +72,8 @@ MUTATIONS = {
     "mapping ghost": lambda d: d["processes"][0]["maps"][0].update(ghost="g-99"),
     "mapping on an unknown detached mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654, detached=True),
     "executable on a detached mount": lambda d: d["processes"][0]["exe"].update(detached=True),
+    "nsfs namespace id": lambda d: _fd(d, "nsfs").update(ns="../net-1"),
+    "nsfs user namespace": lambda d: _fd(d, "nsfs").update(ns="user-1"),
     "object id": lambda d: d["objects"].update({"../x": {"kind": "pipe", "size": 1, "data": ""}}),
 }
 
@@ -86,7 +89,7 @@ def dumped(tmp_path_factory):
 def test_dumped_image_with_every_kind_validates(dumped):
     doc, img = dumped
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
-    assert {"pipe", "eventfd", "epoll", "unix", "inotify", "pty"} <= kinds
+    assert {"pipe", "eventfd", "epoll", "unix", "inotify", "pty", "nsfs"} <= kinds
     assert doc["processes"][0]["maps"]
     image.validate(copy.deepcopy(doc), img)
 

@@ -311,6 +311,32 @@ class Snapshot:
                 "check_output": self.check_output}
 
 
+_NSFD_INO = re.compile(r"\b(mnt|pid|uts|ipc|net|cgroup|user|time):\[\d+\]")
+_NSFD = re.compile(r"^(\d+): (mnt|pid|uts|ipc|net|cgroup|user|time):\[(\d+)\]( .*)$")
+
+
+def _name_ns_fds(procs: list[Proc]) -> None:
+    """An fd on a namespace ("net:[4026532181]") names it by the first process of the tree in it
+    ("net:[P1]"; "net:[outside]" when none is): the inode number changes across C/R."""
+    for p in procs:
+        for i, line in enumerate(p.fds):
+            hit = _NSFD.match(line)
+            if hit is None:
+                continue
+            fd, kind, ino, rest = hit.groups()
+            inos = [q.ns.get(kind) for q in procs] if kind in NS_TYPES else \
+                [_ns_ino(q.pid, kind) for q in procs]
+            who = next((f"P{j}" for j, x in enumerate(inos) if x == int(ino)), "outside")
+            p.fds[i] = f"{fd}: {kind}:[{who}]{rest}"
+
+
+def _ns_ino(pid: int, kind: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
 def _partition(procs: list[Proc]) -> str:
     own = {}
     for t in NS_TYPES:
@@ -423,10 +449,11 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     candidates = _userns_candidates(pids, users)
     try:
         procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache,
-                                  candidates) for pid in pids), key=lambda p: p.text())
+                                  candidates) for pid in pids), key=lambda p: _NSFD_INO.sub(r"\1:[]", p.text()))
     finally:
         for _, fd in candidates:
             os.close(fd)
+    _name_ns_fds(procs)
     return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
                     check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]))
 

@@ -92,6 +92,8 @@ class RestoreFd:
     # Steps run by the restorer once every process got its fds (a datagram socket connected to a
     # named socket of another process, made by then): (what, fn()) or (what, fn(), order) each.
     late: list = field(default_factory=list)
+    # ns_fd(namespace id of the image) -> the restorer's fd on that restored namespace, or None.
+    ns_fd: Callable | None = None
 
     @property
     def where(self) -> str:
