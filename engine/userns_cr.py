@@ -31,7 +31,7 @@ What is refused (at dump, the tree keeps running): pid, uts, ipc, net and
 cgroup namespaces owned by another user namespace of the tree than the
 process's own, or made inside a user namespace nested in the parent's; idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
-(those below an unlocked mount aside: see lock_groups); locked mounts below an unlocked mount whose
+(its root, made first at restore, and those below an unlocked mount aside: see lock_groups); locked mounts below an unlocked mount whose
 atime is not locked, or covered there.
 """
 
