@@ -1455,7 +1455,7 @@ class _Restorer:
         if mnt in self.detached:
             if parts:
                 return kernel.openat2(self.mnt_fd[mnt], "/".join(parts), flags, _BENEATH | kernel.RESOLVE_NO_XDEV)
-            return os.open(f"self/fd/{self.mnt_fd[mnt]}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
+            return self._reopen_root(self.mnt_fd[mnt], flags)
         by_rel = self._child_rel.get(mnt)
         if by_rel is None:
             mpoint = self.mounts[mnt]["mountpoint"]
@@ -1469,11 +1469,20 @@ class _Restorer:
                 break
         if rest:
             return kernel.openat2(base, "/".join(rest), flags, _BENEATH | kernel.RESOLVE_NO_XDEV)
-        return os.open(f"self/fd/{base}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
+        return self._reopen_root(base, flags)
+
+    def _reopen_root(self, fd: int, flags: int) -> int:
+        """A new description of what our `fd` is on (a mount's root, or a covered mount point),
+        through /proc/self/fd/N; a directory opened with O_NOFOLLOW (LXC's monitor holds its cgroup
+        directory O_PATH|O_NOFOLLOW) as "." beneath it instead: that flag would open the magic link
+        itself. (A file root drops the flag, as a ghost does: _open_ghost.)"""
+        if flags & os.O_NOFOLLOW and stat.S_ISDIR(os.fstat(fd).st_mode):
+            return kernel.openat2(fd, ".", flags | os.O_CLOEXEC, _BENEATH | kernel.RESOLVE_NO_XDEV)
+        return os.open(f"self/fd/{fd}", (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def place_processes(self) -> None:
         self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost,
-                            self._ns_fd_of)
+                            self._ns_fd_of, self.hostpid.get)
         try:
             self._place_processes()
         finally:
@@ -1490,7 +1499,9 @@ class _Restorer:
         at = self.ghost_fd.get((gid, mnt, path))
         if at is None:
             at = next(fd for (g, m, _), fd in self.ghost_fd.items() if g == gid and m == mnt)
-        return os.open(f"self/fd/{at}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
+        # Through /proc/self/fd/N, which O_NOFOLLOW would open as the magic link itself (O_PATH) or
+        # refuse (ELOOP): left out, an open-time flag only (LXC holds .lxc_keep so; zdtm/snapshot.py).
+        return os.open(f"self/fd/{at}", (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def _place_processes(self) -> None:
         # Every stand-in enters its root first: some objects are made before any fd (a socket pair

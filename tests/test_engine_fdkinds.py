@@ -1379,3 +1379,44 @@ kill $c; wait $c 2>/dev/null || true
 """
     _refused_unstopped(case, setup + py_hold(""),
                        r"process \d+ fd 7 \(net:\[\d+\]\): its net namespace is none of the dumped tree's")
+
+
+def test_pidfd_of_a_process_of_the_tree(case):
+    """A parent holding a pidfd of its child (LXC's monitor keeps one on the container's init), one
+    with PIDFD_NONBLOCK, and one of itself: each names the same process's stand-in after restore."""
+    setup = """
+cat > /run/child.py <<'PY'
+import ctypes, signal
+ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+signal.pause()
+PY
+python3 /run/child.py </dev/null >/dev/null 2>&1 &
+echo $! > /run/child.pid
+""" + py_hold("""
+child = int(open("/run/child.pid").read())
+os.dup2(os.pidfd_open(child), 7)
+os.dup2(os.pidfd_open(child, os.O_NONBLOCK), 8)
+os.dup2(os.pidfd_open(os.getpid()), 9)
+""")
+    before, after = case.roundtrip(setup)
+    holder = next(p for p in after.snap.procs if any(line.startswith("7: ") for line in p.fds))
+    child = next(p for p in after.snap.procs if p is not holder)
+    kid, me = f"P{after.snap.procs.index(child)}", f"P{after.snap.procs.index(holder)}"
+    lines = {line.split(":")[0]: line for line in holder.fds}
+    assert lines["7"].endswith(f"pidfd={kid}") and lines["8"].endswith(f"pidfd={kid}"), holder.fds
+    assert lines["9"].endswith(f"pidfd={me}"), holder.fds
+    assert "flags=4002" in lines["8"], lines["8"]   # O_NONBLOCK kept (dup2 cleared O_CLOEXEC)
+
+
+def test_pidfd_of_a_process_that_exited_refused_unstopped(case):
+    """A pidfd of a process that exited (reaped: no process of the tree) is refused before the stop."""
+    setup = """
+sleep 100000 </dev/null >/dev/null 2>&1 &
+echo $! > /run/child.pid
+""" + py_hold("""
+import signal
+child = int(open("/run/child.pid").read())
+os.dup2(os.pidfd_open(child), 7)
+os.kill(child, signal.SIGKILL); os.waitpid(child, 0)
+""")
+    _refused_unstopped(case, setup, r"process \d+ fd \d+ \(anon_inode:\[pidfd\]\): a pidfd of a process that exited")

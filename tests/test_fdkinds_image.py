@@ -26,6 +26,7 @@ m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431
 os.dup2(m, 17)
 f = open("/mnt/t/lib", "rb"); mm = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
 os.dup2(os.open("/proc/self/ns/uts", os.O_RDONLY), 18)
+os.dup2(os.pidfd_open(os.getpid()), 19)
 """)
 
 
@@ -74,6 +75,8 @@ MUTATIONS = {
     "executable on a detached mount": lambda d: d["processes"][0]["exe"].update(detached=True),
     "nsfs namespace id": lambda d: _fd(d, "nsfs").update(ns="../net-1"),
     "nsfs user namespace": lambda d: _fd(d, "nsfs").update(ns="user-1"),
+    "pidfd pid": lambda d: _fd(d, "pidfd").update(pid=0),
+    "pidfd pid not a number": lambda d: _fd(d, "pidfd").update(pid="1"),
     "object id": lambda d: d["objects"].update({"../x": {"kind": "pipe", "size": 1, "data": ""}}),
 }
 
@@ -89,7 +92,7 @@ def dumped(tmp_path_factory):
 def test_dumped_image_with_every_kind_validates(dumped):
     doc, img = dumped
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
-    assert {"pipe", "eventfd", "epoll", "unix", "inotify", "pty", "nsfs"} <= kinds
+    assert {"pipe", "eventfd", "epoll", "unix", "inotify", "pty", "nsfs", "pidfd"} <= kinds
     assert doc["processes"][0]["maps"]
     image.validate(copy.deepcopy(doc), img)
 

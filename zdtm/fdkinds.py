@@ -111,6 +111,8 @@ def details(pid: int, fd: int, target: str) -> str:
                     ws = sorted((int(m[1], 16), m[2]) for m in re.finditer(r"inotify wd:([0-9a-f]+) .*?mask:([0-9a-f]+)",
                                                                          f.read()))
                 return "watches=" + ",".join(f"{wd}:{mask}" for wd, mask in ws)
+            if target == "anon_inode:[pidfd]":
+                return f"pidfd={info.get('Pid', '?')}"   # a host pid: zdtm/snapshot.py names its process
             if target == "anon_inode:[fanotify]":
                 return _fanotify(pid, fd)
             if target == "anon_inode:[eventpoll]":

@@ -251,6 +251,10 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
+            if path.endswith(" (deleted)"):
+                # An open-time flag only: a file reopened through its /proc/self/fd link (a deleted
+                # one, at restore) cannot take it (engine/restore.py _open_ghost).
+                flags &= ~os.O_NOFOLLOW
             hit = _TMPFILE.match(path) if flags & _O_TMPFILE else None
             if hit:
                 # A file made by O_TMPFILE: "#INODE" is the kernel's name for it, not the program's;
@@ -311,15 +315,25 @@ class Snapshot:
                 "check_output": self.check_output}
 
 
+_PIDFD_ANY = re.compile(r"pidfd=-?\d+")
 _NSFD_INO = re.compile(r"\b(mnt|pid|uts|ipc|net|cgroup|user|time):\[\d+\]")
 _NSFD = re.compile(r"^(\d+): (mnt|pid|uts|ipc|net|cgroup|user|time):\[(\d+)\]( .*)$")
 
 
+_PIDFD = re.compile(r" pidfd=(-?\d+)$")
+
+
 def _name_ns_fds(procs: list[Proc]) -> None:
     """An fd on a namespace ("net:[4026532181]") names it by the first process of the tree in it
-    ("net:[P1]"; "net:[outside]" when none is): the inode number changes across C/R."""
+    ("net:[P1]"; "net:[outside]" when none is): the inode number changes across C/R. So does a
+    pidfd's process ("pidfd=P2")."""
     for p in procs:
         for i, line in enumerate(p.fds):
+            pidfd = _PIDFD.search(line)
+            if pidfd is not None:
+                who = next((f"P{j}" for j, q in enumerate(procs) if q.pid == int(pidfd[1])), "outside")
+                p.fds[i] = line[:pidfd.start()] + f" pidfd={who}"
+                continue
             hit = _NSFD.match(line)
             if hit is None:
                 continue
@@ -449,7 +463,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     candidates = _userns_candidates(pids, users)
     try:
         procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache,
-                                  candidates) for pid in pids), key=lambda p: _NSFD_INO.sub(r"\1:[]", p.text()))
+                                  candidates) for pid in pids), key=lambda p: _PIDFD_ANY.sub("pidfd=", _NSFD_INO.sub(r"\1:[]", p.text())))
     finally:
         for _, fd in candidates:
             os.close(fd)

@@ -94,6 +94,8 @@ class RestoreFd:
     late: list = field(default_factory=list)
     # ns_fd(namespace id of the image) -> the restorer's fd on that restored namespace, or None.
     ns_fd: Callable | None = None
+    # host_pid(pid of an image process) -> the pid of its stand-in here, or None.
+    host_pid: Callable | None = None
 
     @property
     def where(self) -> str:
