@@ -802,6 +802,7 @@ def _collect_processes(d: _Dump) -> None:
     from engine import detached
     fdtable = FdTable(d.takes)
     fdtable.scratch["pids"] = [pid for pid, _ in d.tree]   # the tree's processes (fds on its namespaces)
+    fdtable.scratch["user_names"] = d.users.get("ino_name", {})   # its user namespaces' image ids
     map_unplaced: list = []
     try:
         d.procs_doc = placement.processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,

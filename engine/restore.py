@@ -1491,6 +1491,8 @@ class _Restorer:
     def _ns_fd_of(self, nsid: str) -> int | None:
         """Our fd on restored namespace `nsid` of the image ("net-1"), or None (for fds on namespaces)."""
         kind = nsid.partition("-")[0]
+        if kind == "user":
+            return self.users.fd.get(nsid)
         return self.ns_fd.get(nsid) if kind == "mnt" else self.nsfd_of.get((kind, nsid))
 
     def _open_ghost(self, gid: str, flags: int, mnt: int, path: str | None = None) -> int:

@@ -1340,8 +1340,9 @@ m = os.memfd_create("big"); os.ftruncate(m, (64 << 20) + 1); os.dup2(m, 10); os.
 
 def test_fds_on_namespaces_of_the_tree(case):
     """A parent holding fds on its child's network and UTS namespaces (systemd-nspawn
-    --private-network keeps one on the container's), and on its own IPC namespace: each is reopened
-    on the restored namespace of the same process (the snapshot names it by that process)."""
+    --private-network keeps one on the container's), on its own IPC namespace and on another
+    child's user namespace (LXC's monitor keeps one on an unprivileged container's): each is
+    reopened on the restored namespace of the same process (the snapshot names it by that process)."""
     setup = """
 cat > /run/child.py <<'PY'
 import ctypes, signal
@@ -1352,10 +1353,16 @@ unshare -n -u sh -c 'hostname inner; exec python3 /run/child.py' </dev/null >/de
 child=$!
 while [ "$(cat /proc/$child/comm)" != mntcr-hold ]; do sleep 0.05; done
 exec 7</proc/$child/ns/net 8</proc/$child/ns/uts 9</proc/self/ns/ipc
+unshare -U -r sh -c 'exec python3 /run/child.py' </dev/null >/dev/null 2>&1 &
+inner=$!
+while [ "$(cat /proc/$inner/comm)" != mntcr-hold ]; do sleep 0.05; done
+exec 6</proc/$inner/ns/user
 """ + py_hold("")
     before, after = case.roundtrip(setup)
     holder = next(p for p in after.snap.procs if any(line.startswith("7: net:") for line in p.fds))
-    child = next(p for p in after.snap.procs if p is not holder)
+    child = next(p for p in after.snap.procs if p is not holder and p.ns["net"] != holder.ns["net"])
+    inner = next(p for p in after.snap.procs if p.ns["user"] != holder.ns["user"])
+    assert any(line.startswith(f"6: user:[P{after.snap.procs.index(inner)}]") for line in holder.fds), holder.fds
     kid = f"P{after.snap.procs.index(child)}"
     assert any(line.startswith(f"7: net:[{kid}]") for line in holder.fds), holder.fds
     assert any(line.startswith(f"8: uts:[{kid}]") for line in holder.fds), holder.fds

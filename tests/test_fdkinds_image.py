@@ -74,7 +74,7 @@ MUTATIONS = {
     "mapping on an unknown detached mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654, detached=True),
     "executable on a detached mount": lambda d: d["processes"][0]["exe"].update(detached=True),
     "nsfs namespace id": lambda d: _fd(d, "nsfs").update(ns="../net-1"),
-    "nsfs user namespace": lambda d: _fd(d, "nsfs").update(ns="user-1"),
+    "nsfs time namespace": lambda d: _fd(d, "nsfs").update(ns="time-1"),
     "pidfd pid": lambda d: _fd(d, "pidfd").update(pid=0),
     "pidfd pid not a number": lambda d: _fd(d, "pidfd").update(pid="1"),
     "object id": lambda d: d["objects"].update({"../x": {"kind": "pipe", "size": 1, "data": ""}}),

@@ -6,8 +6,10 @@ namespace; runtimes and monitors keep such fds to join a container later. Dump n
 namespace as the image does (`ns`: "net-1", the namespace some process of the tree is in);
 restore gives a new description of the restorer's fd on that restored namespace. A namespace no
 process of the tree is in (the host's, one kept alive only by the fd) is refused before the stop.
-User and time namespaces are not kept (the image names no time namespace; user namespaces have
-their own records): refused too.
+A user namespace is named as its image record ("user-1", engine/userns_cr.py): one of the tree's
+below the dumper's own (LXC's monitor keeps an fd on an unprivileged container's). Time
+namespaces are not kept (the image names none): refused, as an fd on the dumper's own user
+namespace is.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from engine.fds import FdError, FdKind, RestoreFd, register
 # Kinds the image names ("KIND-N", engine/prestop.ns_names): what restore keeps an fd on.
 KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup")
 _TARGET = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user|time):\[([0-9]+)\]$")
-_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}$")
+_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user)-[0-9]{1,9}$")
 
 
 def _matches(target: str, mode: int) -> bool:
@@ -33,6 +35,8 @@ def _name(d) -> str:
     """The image name of the namespace the fd names, or FdError (one line) when the tree has none."""
     from engine import prestop
     kind, ino = _TARGET.match(d.target).groups()
+    if kind == "user":
+        return _user_name(d, int(ino))
     if kind not in KINDS:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd on a {kind} namespace: not supported")
     pids = d.scratch.get("pids") or ()
@@ -43,6 +47,26 @@ def _name(d) -> str:
     if name is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: its {kind} namespace is none of the dumped tree's "
                                         "(the host's, or one only the fd keeps): not supported")
+    return name
+
+
+def _user_name(d, ino: int) -> str:
+    """The image id of the user namespace `ino` of the tree ("user-" when the tree is still running:
+    prestop knows no ids), or FdError."""
+    from engine import userns
+    names = d.scratch.get("user_names")
+    if names is not None:
+        name = names.get(ino)
+    else:
+        def of(pid):
+            try:
+                return os.stat(f"/proc/{pid}/ns/user").st_ino
+            except OSError:
+                return None
+        name = "user-" if ino in {of(p) for p in d.scratch.get("pids") or ()} else None
+    if name is None or ino == userns.own_userns_ino():
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: its user namespace is none the tree made (the dumper's "
+                                        "own, or one no process of the tree is in): not supported")
     return name
 
 
