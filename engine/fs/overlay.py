@@ -299,6 +299,13 @@ def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, st
                 raise OSError(errno.ENOENT, f"overlay layer directory {path} does not exist in its parent layer")
             os.makedirs(rel)
         kernel.move_mount(layer_fd, "", kernel.AT_FDCWD, "/" + rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        if not rel:
+            # Layers whose common directory is their mount's root (podman's -v SRC:DST:O with SRC and
+            # its storage on one filesystem): mounted over the yard's root, which a walk from "/"
+            # never leaves; the root moves onto it. (Later layers are then on it, not on the yard:
+            # nothing is made there.)
+            os.fchdir(layer_fd)
+            os.chroot(".")
     os.chdir("/")
     if userns_fd is not None:
         _become_owner(userns_fd)
