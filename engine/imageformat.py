@@ -513,6 +513,8 @@ PROCESS = Record("process", {
     "ns_made_in": F(DICT, required=False),
     # The user namespace (above its own) its stand-in starts in: its pid namespace's owner.
     "userns_start": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
+    # Its name (/proc/PID/comm: the kernel keeps 15 bytes); the stand-in takes it (prctl PR_SET_NAME).
+    "comm": F(STR, required=False, rule=strlen(15)),
 })
 
 MOUNT = Record("mount", {

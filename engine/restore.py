@@ -1606,7 +1606,7 @@ class _Restorer:
         """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
         procs = self.doc["processes"]
         for p in reversed(procs):
-            self.chans[p["pid"]].call(("detach",), [lifeline] if p is procs[0] else [])
+            self.chans[p["pid"]].call(("detach", p.get("comm")), [lifeline] if p is procs[0] else [])
 
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> int:

@@ -120,6 +120,7 @@ class Proc:
     """The compared state of one process (pid only for reference, never compared)."""
 
     pid: int
+    comm: str                    # its name (/proc/PID/comm): a stand-in takes the dumped one
     mounts: list                 # engine.mountinfo.Mount, as read
     tree_text: str               # canonical mount tree
     root: str
@@ -137,7 +138,7 @@ class Proc:
 
     def text(self) -> str:
         """The compared text of this process."""
-        out = ["mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
+        out = [f"comm: {self.comm!r}", "mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
         out += [f"idmap {label}: {idmap}" for label, idmap in sorted(self.idmaps.items())]
         out += [f"sb owner {label}: {owner}" for label, owner in sorted(self.sb_owners.items())]
@@ -238,6 +239,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     users = users or userns.UsernsTree()
     lock_cache = {} if lock_cache is None else lock_cache
     try:
+        comm = kernel.read_comm(pid)
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
         fds = []
@@ -268,7 +270,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         user_side = _user_side(pid, users, canon, mounts, lock_cache, sb_candidates)
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
-    return Proc(pid=pid, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
+    return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
                 fds=fds, ns=ns, maps=maps, **user_side)
 
 
