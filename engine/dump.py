@@ -808,7 +808,9 @@ def _collect_processes(d: _Dump) -> None:
                                           (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files,
                                            d.linked_names), d.ext_files, map_unplaced)
         fdtable.finish(d.procs_doc)
-    except FdError as e:
+        # (roots made again from what a process holds: a pty bound as /dev/console needs its master)
+        mountrules.held_roots(d.mntns_doc, d.superblocks, fdtable.scratch.get("held", ()))
+    except (FdError, fs.FsError) as e:
         fdtable.release()
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:

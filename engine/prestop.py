@@ -484,6 +484,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
         fdkinds.lookup(kind_name).prefinish(scratch)
     if complete:
         mountrules.unknown_external_files(ext_files, held)
+        mountrules.held_roots(view.mntns_doc, view.superblocks, scratch.get("held", ()), view.unsure)
 
 
 def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: View) -> None:

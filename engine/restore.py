@@ -316,6 +316,10 @@ class _Restorer:
         for m in self.mounts.values():
             if m.get("ghost"):
                 self.ghost_user.setdefault(m["ghost"], m)
+        # Objects opened to make mount roots a new instance lacks (engine/fs `make_root`): the
+        # superblock's device -> {number: fd}, handed to the fd stage; and the (sb, root) made.
+        self.made: dict[int, dict[int, int]] = {}
+        self.made_roots: set[tuple[str, str]] = set()
         self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
         self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
@@ -755,6 +759,8 @@ class _Restorer:
                                                      f"{m['sb']} was not created")
                 self.sb_fd[m["sb"]] = self._settle(m["sb"], self._create_by_type(m["sb"], sb, m))
                 step("superblock")
+            if fs.lookup(sb["fstype"]).held_root(m["root"]):
+                self._make_root(m)
             if m.get("source", sb["source"]) != sb["source"] and not fs.lookup(sb["fstype"]).source_names_root:
                 return self._other_source(m, sb), rel_to(m["root"], "/")
             return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
@@ -775,6 +781,21 @@ class _Restorer:
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+
+    def _make_root(self, m: dict) -> None:
+        """Make mount m's root on its new superblock by its type's `make_root` (a pty bound as
+        /dev/console), once; the objects opened for it wait in `made` for the fd stage."""
+        sid = m["sb"]
+        if (sid, m["root"]) in self.made_roots:
+            return
+        fd = self.sb_fd[sid]
+        where = f"mount {m['id']} ({m['mountpoint']})"
+        try:
+            opened = fs.lookup(self.doc["superblocks"][sid]["fstype"]).make_root(self, m)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"{where}: making its root {m['root']}: {e.strerror or e}") from None
+        self.made_roots.add((sid, m["root"]))
+        self.made.setdefault(os.fstat(fd).st_dev, {}).update(opened)
 
     def _other_source(self, m: dict, sb: dict) -> int:
         """A mount of m's superblock shown with m's own source, which is not the superblock's first
@@ -1089,8 +1110,8 @@ class _Restorer:
         # namespace may have a lower id than its root or a locked mount: those come first, since
         # the namespace is copied into its user namespace before its first own mount is attached.
         early = {mid for before, _ in userns_cr.construct_copies(self.doc["mntns"]).values() for mid in before}
-        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0,
-                                                            m.get("uid") is None and m["id"] not in early, m["id"]))
+        order = fs.held_roots_last(sorted(self.mounts.values(), key=lambda m: (
+            m.get("uid") or 0, m.get("uid") is None and m["id"] not in early, m["id"])))
 
         def done(mid: int) -> None:
             # All of mid's children are attached: its fd is needed only if kept.
@@ -1472,6 +1493,9 @@ class _Restorer:
 
     def place_processes(self) -> None:
         self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost)
+        for dev, opened in self.made.items():   # (closed with the fd stage's own, once all hold theirs)
+            self._fds.state[("made", dev)] = dict(opened)
+            self._fds.keep.extend(opened.values())
         try:
             self._place_processes()
         finally:
