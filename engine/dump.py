@@ -802,6 +802,7 @@ def _collect_processes(d: _Dump) -> None:
     hostname of each UTS namespace; then the detached mounts their roots, cwds and fds lie on."""
     from engine import detached
     fdtable = FdTable(d.takes)
+    fdtable.scratch["pids"] = [pid for pid, _ in d.tree]   # (files of /proc/N/ of a process of the tree)
     map_unplaced: list = []
     try:
         d.procs_doc = placement.processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,

@@ -1492,7 +1492,8 @@ class _Restorer:
         return os.open(f"self/fd/{base}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def place_processes(self) -> None:
-        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost)
+        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost,
+                            self.hostpid.get)
         for dev, opened in self.made.items():   # (closed with the fd stage's own, once all hold theirs)
             self._fds.state[("made", dev)] = dict(opened)
             self._fds.keep.extend(opened.values())
@@ -1518,11 +1519,17 @@ class _Restorer:
             self._fds.prepare(self.doc["processes"], self.chans)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"fds: {e.strerror or e}") from None
+        deferred: list = []
         for p in self.doc["processes"]:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
-            self._place_fds(p, chan, where)
+            self._place_fds(p, chan, where, deferred)
             step("process")
+        for p, later, after in deferred:   # (every process holds its other fds now)
+            chan, where = self.chans[p["pid"]], f"process {p['pid']}"
+            after += self._place_fd_list(p, later, chan, where)
+            self._map_files(p, chan, where)
+            self._after_fds(after, chan, where)
         try:
             self._fds.finish()
         except OSError as e:
@@ -1555,8 +1562,30 @@ class _Restorer:
             os.close(root)
             os.close(cwd)
 
-    def _place_fds(self, p: dict, chan, where: str) -> None:
-        """Make process p's fds (engine/fds/), install them at their numbers, map its files."""
+    def _place_fds(self, p: dict, chan, where: str, deferred: list) -> None:
+        """Make process p's fds (engine/fds/), install them at their numbers, map its files; when some
+        are made only once every process holds its fds, (p, those, the steps after the others) is
+        added to `deferred` instead of mapping (`_place_processes` finishes it)."""
+        now = [f for f in p["fds"] if not fdkinds.deferred(f)]
+        after = self._place_fd_list(p, now, chan, where)
+        if len(now) < len(p["fds"]):
+            # Its files are mapped once all its fds are in (the stand-in's executable takes a free number).
+            deferred.append((p, [f for f in p["fds"] if fdkinds.deferred(f)], after))
+            return
+        self._map_files(p, chan, where)
+        self._after_fds(after, chan, where)
+
+    def _after_fds(self, after: list, chan, where: str) -> None:
+        """Run the stand-in steps of fds installed (FdMaker.after: epoll registrations)."""
+        for kind, fn, args in after:
+            try:
+                chan.call(("kind", kind, fn, args))
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
+
+    def _place_fd_list(self, p: dict, entries: list, chan, where: str) -> list:
+        """Make the fd `entries` of process p and install them at their numbers; return the stand-in
+        steps to run after (`_after_fds`)."""
         batch_items, batch_fds = [], []
 
         def flush():
@@ -1570,7 +1599,7 @@ class _Restorer:
                 batch_fds.clear()
 
         after = []
-        for f in p["fds"]:
+        for f in entries:
             try:
                 ext = self.ext_files.pop((p["pid"], f["fd"]), None)
                 if ext is not None:
@@ -1588,12 +1617,7 @@ class _Restorer:
             if len(batch_items) >= 200:
                 flush()
         flush()
-        self._map_files(p, chan, where)
-        for kind, fn, args in after:
-            try:
-                chan.call(("kind", kind, fn, args))
-            except OSError as e:
-                raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
+        return after
 
     def _map_files(self, p: dict, chan, where: str) -> None:
         """Have the stand-in map the files the process mapped (and its executable), from their mounts."""
