@@ -56,9 +56,10 @@ def hold(open_at, proc: int, mnt: int, n: int, fn):
 
 
 def _nspid(status_fd: int) -> list[int]:
-    with os.fdopen(status_fd, encoding="ascii", errors="replace") as f:
+    # (bytes: the restorer may stand where no codec module can be imported any more)
+    with os.fdopen(status_fd, "rb") as f:
         for line in f:
-            if line.startswith("NSpid:"):
+            if line.startswith(b"NSpid:"):
                 return [int(x) for x in line.split()[1:]]
     return []
 

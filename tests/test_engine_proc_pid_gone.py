@@ -34,7 +34,7 @@ def test_fd_on_proc_dir_of_a_gone_process_is_restored(case):
 
 
 # Process A (not the namespace's init) holds fd 11 on /proc/self/fdinfo/3 (its eventfd, CRIU's
-# fanotify00) and fd 10 on /proc/B/mounts of its child B.
+# fanotify00) and fd 10 on /proc/B/uid_map of its child B.
 LIVE = STOP_WATCH + py_hold("""
 import ctypes, signal
 a = os.fork()
@@ -45,7 +45,7 @@ if a == 0:
         os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
     os.dup2(os.eventfd(7), 3)
     os.dup2(os.open("/proc/self/fdinfo/3", os.O_RDONLY), 11)
-    os.dup2(os.open(f"/proc/{b}/mounts", os.O_RDONLY), 10)
+    os.dup2(os.open(f"/proc/{b}/uid_map", os.O_RDONLY), 10)
     ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
     while True:
         signal.pause()
@@ -62,7 +62,7 @@ def test_fd_on_proc_dir_of_a_live_process_is_restored(case):
     assert f11 == f"/proc/{ns_pids[0]}/fdinfo/3", (f11, ns_pids)
     b = next(p for p in tree_pids(after.pid) if p != a and open(f"/proc/{p}/stat").read().split()[3] == str(a))
     b_ns = [int(line.split()[-1]) for line in open(f"/proc/{b}/status") if line.startswith("NSpid:")]
-    assert f10 == f"/proc/{b_ns[0]}/mounts", (f10, b_ns)
+    assert f10 == f"/proc/{b_ns[0]}/uid_map", (f10, b_ns)
     assert "eventfd-count:" in open(f"/proc/{a}/fd/11").read()
 
 
