@@ -1,7 +1,8 @@
 """devpts: each fsmount is a new instance, and a new instance has no pty yet.
 
 A mount whose root is pty N of the instance (CRIU's pty-console binds its slave /dev/pts/0 onto
-/dev/console) is made at restore by opening the instance's ptmx until pty N exists; the masters
+/dev/console) is made at restore by opening the instance's ptmx, where the tree's master of N
+was opened (so that it shows that path), until pty N exists; the masters
 opened meanwhile go to the fd stage (engine/fds/pty.py), which gives master N to the process of
 the tree that holds it. Dump asks that one does (the pty kind names it in scratch "held"): a pty
 whose master lives outside the tree (LXC's monitor allocates the console in the container's
