@@ -100,7 +100,12 @@ def _instance(d, st) -> int:
     """The devpts instance (its superblock's device) the fd's pty lives on."""
     if not _is_master(st.st_mode, st.st_rdev):
         return st.st_dev
-    peer = fcntl.ioctl(d.copy(), TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
+    return _peer_dev(d.copy())
+
+
+def _peer_dev(master: int) -> int:
+    """The device of the devpts instance the pty of master `master` lives on (its slave's)."""
+    peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
     try:
         return os.fstat(peer).st_dev
     finally:
@@ -194,14 +199,10 @@ def open_for_root(doc: dict, open_at, dev: int, index: int) -> dict[int, int]:
         except (OSError, KeyError):
             continue   # (its mount is not made yet)
         try:
-            peer = fcntl.ioctl(probe, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
-        finally:
-            os.close(probe)
-        try:
-            if os.fstat(peer).st_dev != dev:
+            if _peer_dev(probe) != dev:
                 continue
         finally:
-            os.close(peer)
+            os.close(probe)
         return open_until(open_ptmx, index)
     raise OSError(errno.ENOENT, f"no master of pty {index} of the instance can be opened before the mount "
                                 "(its ptmx lies on a mount made after it)")
@@ -220,13 +221,9 @@ def _made(r: RestoreFd, open_ptmx, index: int) -> int | None:
         return None
     probe = open_ptmx()   # (a new pty of the instance, gone again once closed)
     try:
-        peer = fcntl.ioctl(probe, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
+        dev = _peer_dev(probe)
     finally:
         os.close(probe)
-    try:
-        dev = os.fstat(peer).st_dev
-    finally:
-        os.close(peer)
     return pools.get(dev, {}).pop(index, None)
 
 
