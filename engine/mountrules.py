@@ -75,8 +75,8 @@ def nested_root(ns_name: str, root_ns: str | None, root: dict, sb: dict, plan) -
 
 def own_mount(e: dict, sb: dict) -> None:
     """Refuse a mount `e` of a superblock dump makes again (`sb`, not external) that restore cannot
-    make: a type mntcr cannot dump, a root a new instance lacks (LXC's /dev/console bound from a host
-    pty), a block device nobody declared (`sb["device"]` as dump planned it: prestop has none), a
+    make: a type mntcr cannot dump, a root a new instance lacks that its type cannot make (`held_root`:
+    a pty is made, `held_roots` asks that the tree holds its master), a block device nobody declared (`sb["device"]` as dump planned it: prestop has none), a
     deleted root on a type whose files are not dumped."""
     handler = fs.lookup(e["fstype"])
     if handler is None:

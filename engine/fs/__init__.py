@@ -15,6 +15,8 @@ What a type declares:
   device: `device_of`, `plan_device`), `layers` (built on other mounts: `plan`,
   `made_outside`; `precheck`: what a running tree already shows refused), `ns` / `ns_key`
   (the namespace that owns it: `probe`);
+- roots: `fresh_roots` (the mount roots a new instance has), `held_root`/`make_root` (a root it lacks
+  that restore makes from an object a process of the tree holds: a pty bound as /dev/console);
 - restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
   and `when` it can be made; options shown vs given (`drop_opts`, `no_opts`,
   `path_opts`, `fsconfig_params`, `id_opts`); `keep_source`;
