@@ -57,3 +57,18 @@ def test_pty_bound_as_console_whose_master_is_outside_refused_unstopped(case):
         assert not was_stopped(pid), "dump stopped the tree before it refused"
     finally:
         os.close(master)
+
+
+def test_a_pty_root_is_made_after_the_other_mounts_of_its_devpts():
+    """Restore's order (by creation, or by the tree where ids are reused) may put /dev/console before
+    /dev/pts; the pty is made through the ptmx of /dev/pts, so it moves after it, but never before
+    its parent, and not when something is mounted on it."""
+    from engine import fs
+    m = lambda i, parent, root, sb, fstype="devpts": {"id": i, "parent": parent, "root": root, "sb": sb,  # noqa: E731
+                                                       "fstype": fstype, "mountpoint": f"/m{i}"}
+    dev, console, pts, other = m(1, None, "/", "sb-0", "tmpfs"), m(2, 1, "/0", "sb-1"), m(3, 1, "/", "sb-1"), \
+        m(4, 1, "/", "sb-2", "tmpfs")
+    assert [x["id"] for x in fs.held_roots_last([dev, console, pts, other])] == [1, 3, 2, 4]
+    assert [x["id"] for x in fs.held_roots_last([dev, pts, console, other])] == [1, 3, 2, 4]
+    cover = m(5, 2, "/", "sb-2", "tmpfs")   # (mounted on the console: it stays where it is)
+    assert [x["id"] for x in fs.held_roots_last([dev, console, pts, cover])] == [1, 2, 3, 5]
