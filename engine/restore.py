@@ -790,6 +790,7 @@ class _Restorer:
             return
         fd = self.sb_fd[sid]
         where = f"mount {m['id']} ({m['mountpoint']})"
+        self.join_files()   # (the ptmx it opens may be a node of an archived filesystem: /dev/ptmx)
         try:
             opened = fs.lookup(self.doc["superblocks"][sid]["fstype"]).make_root(self, m)
         except OSError as e:

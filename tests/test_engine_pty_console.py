@@ -26,9 +26,13 @@ os.dup2(m1, 10); os.close(m1)
 """)
 
 
-def test_pty_bound_as_console_restored_with_its_master(case):
+@pytest.mark.parametrize("ptmx", ["/dev/pts/ptmx", "/dev/ptmx"])
+def test_pty_bound_as_console_restored_with_its_master(case, ptmx):
+    """Its master opened through the devpts instance's own ptmx, or through a ptmx node beside it
+    (/dev/ptmx on the /dev tmpfs, which finds the instance mounted at /dev/pts)."""
     check = "ls /dev/pts; findmnt -n -o TARGET,FSTYPE,FSROOT /dev/console"
-    before, after = case.roundtrip(SETUP, check=check)
+    setup = SETUP.replace("/dev/pts/ptmx", ptmx).replace(DEVPTS, DEVPTS + "mknod -m 666 /dev/ptmx c 5 2\n")
+    before, after = case.roundtrip(setup, check=check)
     assert before.snap.check_output.split() == ["1", "ptmx", "/dev/console", "devpts", "/1"], before.snap.check_output
     # The console is the pty of the master the process holds: what the master writes, it reads.
     master = grab_fd(after.pid, 10)
