@@ -802,13 +802,16 @@ def _collect_processes(d: _Dump) -> None:
     hostname of each UTS namespace; then the detached mounts their roots, cwds and fds lie on."""
     from engine import detached
     fdtable = FdTable(d.takes)
+    fdtable.scratch["pids"] = [pid for pid, _ in d.tree]   # (files of /proc/N/ of a process of the tree)
     map_unplaced: list = []
     try:
         d.procs_doc = placement.processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,
                                           (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files,
                                            d.linked_names), d.ext_files, map_unplaced)
         fdtable.finish(d.procs_doc)
-    except FdError as e:
+        # (roots made again from what a process holds: a pty bound as /dev/console needs its master)
+        mountrules.held_roots(d.mntns_doc, d.superblocks, fdtable.scratch.get("held", ()))
+    except (FdError, fs.FsError) as e:
         fdtable.release()
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:

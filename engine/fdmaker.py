@@ -12,8 +12,9 @@ from engine import fds
 class FdMaker:
     """Makes fds for the restorer; `close` drops its own copies once every stand-in holds its fds."""
 
-    def __init__(self, objects: dict, open_at, proc: int = -1, open_ghost=None):
+    def __init__(self, objects: dict, open_at, proc: int = -1, open_ghost=None, pid_of=None):
         self.proc = proc
+        self.pid_of = pid_of
         self.open_ghost = open_ghost
         self.objects = objects
         self.open_at = open_at
@@ -57,7 +58,7 @@ class FdMaker:
 
         r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
                           standin=standin, keep=self.keep, proc=self.proc,
-                          open_ghost=self.open_ghost, late=self.late)
+                          open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of)
         fd = kind.open(r)
         if desc is not None:
             self.descs[desc] = os.dup(fd)

@@ -431,6 +431,9 @@ FD = Record("fd", {
     "outside": F(BOOL, required=False),
     # A file of /proc/N/ whose process N was gone at dump: reopened while N is ours (engine/fds/file.py).
     "dead_pid": F(INT, required=False, rule=rng(2, 1 << 22)),
+    # A file of /proc/N/ of a live process of the tree (its pid in the image): reopened under the
+    # number that process has at restore in that proc mount's pid namespace (engine/fds/file.py).
+    "live_pid": F(INT, required=False, rule=rng(1, MAX_PID)),
 })
 
 _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")

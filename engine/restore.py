@@ -316,6 +316,10 @@ class _Restorer:
         for m in self.mounts.values():
             if m.get("ghost"):
                 self.ghost_user.setdefault(m["ghost"], m)
+        # Objects opened to make mount roots a new instance lacks (engine/fs `make_root`): the
+        # superblock's device -> {number: fd}, handed to the fd stage; and the (sb, root) made.
+        self.made: dict[int, dict[int, int]] = {}
+        self.made_roots: set[tuple[str, str]] = set()
         self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
         self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
@@ -755,6 +759,8 @@ class _Restorer:
                                                      f"{m['sb']} was not created")
                 self.sb_fd[m["sb"]] = self._settle(m["sb"], self._create_by_type(m["sb"], sb, m))
                 step("superblock")
+            if fs.lookup(sb["fstype"]).held_root(m["root"]):
+                self._make_root(m)
             if m.get("source", sb["source"]) != sb["source"] and not fs.lookup(sb["fstype"]).source_names_root:
                 return self._other_source(m, sb), rel_to(m["root"], "/")
             return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
@@ -775,6 +781,22 @@ class _Restorer:
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+
+    def _make_root(self, m: dict) -> None:
+        """Make mount m's root on its new superblock by its type's `make_root` (a pty bound as
+        /dev/console), once; the objects opened for it wait in `made` for the fd stage."""
+        sid = m["sb"]
+        if (sid, m["root"]) in self.made_roots:
+            return
+        fd = self.sb_fd[sid]
+        where = f"mount {m['id']} ({m['mountpoint']})"
+        self.join_files()   # (the ptmx it opens may be a node of an archived filesystem: /dev/ptmx)
+        try:
+            opened = fs.lookup(self.doc["superblocks"][sid]["fstype"]).make_root(self, m)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"{where}: making its root {m['root']}: {e.strerror or e}") from None
+        self.made_roots.add((sid, m["root"]))
+        self.made.setdefault(os.fstat(fd).st_dev, {}).update(opened)
 
     def _other_source(self, m: dict, sb: dict) -> int:
         """A mount of m's superblock shown with m's own source, which is not the superblock's first
@@ -1089,8 +1111,8 @@ class _Restorer:
         # namespace may have a lower id than its root or a locked mount: those come first, since
         # the namespace is copied into its user namespace before its first own mount is attached.
         early = {mid for before, _ in userns_cr.construct_copies(self.doc["mntns"]).values() for mid in before}
-        order = sorted(self.mounts.values(), key=lambda m: (m.get("uid") or 0,
-                                                            m.get("uid") is None and m["id"] not in early, m["id"]))
+        order = fs.held_roots_last(sorted(self.mounts.values(), key=lambda m: (
+            m.get("uid") or 0, m.get("uid") is None and m["id"] not in early, m["id"])))
 
         def done(mid: int) -> None:
             # All of mid's children are attached: its fd is needed only if kept.
@@ -1471,7 +1493,11 @@ class _Restorer:
         return os.open(f"self/fd/{base}", flags | os.O_CLOEXEC, dir_fd=self.hostproc)
 
     def place_processes(self) -> None:
-        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost)
+        self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost,
+                            self.hostpid.get)
+        for dev, opened in self.made.items():   # (closed with the fd stage's own, once all hold theirs)
+            self._fds.state[("made", dev)] = dict(opened)
+            self._fds.keep.extend(opened.values())
         try:
             self._place_processes()
         finally:
@@ -1494,11 +1520,17 @@ class _Restorer:
             self._fds.prepare(self.doc["processes"], self.chans)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"fds: {e.strerror or e}") from None
+        deferred: list = []
         for p in self.doc["processes"]:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
-            self._place_fds(p, chan, where)
+            self._place_fds(p, chan, where, deferred)
             step("process")
+        for p, later, after in deferred:   # (every process holds its other fds now)
+            chan, where = self.chans[p["pid"]], f"process {p['pid']}"
+            after += self._place_fd_list(p, later, chan, where)
+            self._map_files(p, chan, where)
+            self._after_fds(after, chan, where)
         try:
             self._fds.finish()
         except OSError as e:
@@ -1531,8 +1563,30 @@ class _Restorer:
             os.close(root)
             os.close(cwd)
 
-    def _place_fds(self, p: dict, chan, where: str) -> None:
-        """Make process p's fds (engine/fds/), install them at their numbers, map its files."""
+    def _place_fds(self, p: dict, chan, where: str, deferred: list) -> None:
+        """Make process p's fds (engine/fds/), install them at their numbers, map its files; when some
+        are made only once every process holds its fds, (p, those, the steps after the others) is
+        added to `deferred` instead of mapping (`_place_processes` finishes it)."""
+        now = [f for f in p["fds"] if not fdkinds.deferred(f)]
+        after = self._place_fd_list(p, now, chan, where)
+        if len(now) < len(p["fds"]):
+            # Its files are mapped once all its fds are in (the stand-in's executable takes a free number).
+            deferred.append((p, [f for f in p["fds"] if fdkinds.deferred(f)], after))
+            return
+        self._map_files(p, chan, where)
+        self._after_fds(after, chan, where)
+
+    def _after_fds(self, after: list, chan, where: str) -> None:
+        """Run the stand-in steps of fds installed (FdMaker.after: epoll registrations)."""
+        for kind, fn, args in after:
+            try:
+                chan.call(("kind", kind, fn, args))
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
+
+    def _place_fd_list(self, p: dict, entries: list, chan, where: str) -> list:
+        """Make the fd `entries` of process p and install them at their numbers; return the stand-in
+        steps to run after (`_after_fds`)."""
         batch_items, batch_fds = [], []
 
         def flush():
@@ -1546,7 +1600,7 @@ class _Restorer:
                 batch_fds.clear()
 
         after = []
-        for f in p["fds"]:
+        for f in entries:
             try:
                 ext = self.ext_files.pop((p["pid"], f["fd"]), None)
                 if ext is not None:
@@ -1564,12 +1618,7 @@ class _Restorer:
             if len(batch_items) >= 200:
                 flush()
         flush()
-        self._map_files(p, chan, where)
-        for kind, fn, args in after:
-            try:
-                chan.call(("kind", kind, fn, args))
-            except OSError as e:
-                raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
+        return after
 
     def _map_files(self, p: dict, chan, where: str) -> None:
         """Have the stand-in map the files the process mapped (and its executable), from their mounts."""
