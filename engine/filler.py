@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import os
 
-from engine import channel, content, standin
+from engine import channel, content, parking, standin
 
 # Superblock fds the helper may hold while waiting to fill them; past this, archives whose
 # superblocks all exist are extracted before more are made.
 _HELD = 2048
 
 
-def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: channel.Channel) -> None:
+def _body(plans, given, fills, empties, hostproc, mount_of, sockets, stack, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
+    parked = parking.Parking(stack)  # the clones tar extracts through: its own, nobody else's
     # A superblock's fd stays here only until its last archive is extracted: an empty root is set
     # up as soon as the superblock exists, and one without archives is closed once sent (90,000
     # mounts would otherwise hold one fd per superblock in this process).
@@ -61,7 +62,9 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: chann
         while done < len(fills):
             if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
                 return
-            _extract(fills[done], done, made, given, last_fill, mount_of, sockets)
+            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, parked.drop)
+            if closed:
+                chan.send(("filled", closed))  # ours are closed: the restorer's are the last
             done += 1
 
     for sid, fstype, source, params, attr, where in plans:
@@ -78,12 +81,15 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: chann
         send()
     chan.send(("made", None))
     extract(ready_only=False)
+    parked.flush()
     chan.send(("ok", None))
 
 
-def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict) -> None:
+def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict,
+             drop) -> list[str]:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
-    out (`sockets`: {(archive, member): records}); close the superblocks it was the last for."""
+    out (`sockets`: {(archive, member): records}); close the superblocks it was the last for, and
+    return them."""
     archive_fd, name, expect, spec, ids = fill
     targets = []
     try:
@@ -93,7 +99,7 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
             except OSError as e:
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
-            content.extract(archive_fd, name, expect, targets, ids)
+            content.extract(archive_fd, name, expect, targets, ids, drop)
             for fd, member in targets:
                 content.make_sockets(fd, sockets.get((name, member), ()), ids)
         except OSError as e:
@@ -103,9 +109,12 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
         for (fd, _), (sid, _, _) in zip(targets, spec):
             if fd != made[sid]:
                 os.close(fd)
+    closed = []
     for sid, _, _ in spec:
         if last_fill.get(sid) == i and sid in made and sid not in given:
             os.close(made.pop(sid))
+            closed.append(sid)
+    return closed
 
 
 def _empty_roots(sb_fd: int, records, where: str, hostproc: int) -> None:
@@ -132,18 +141,22 @@ def _named(e: OSError, where: str) -> OSError:
 class Filler:
     """The restorer's side of the helper."""
 
-    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None, sockets=None):
+    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None, sockets=None,
+                 stack: bool = False):
         """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
         order of first use; `given`: superblocks that exist already ({sid: fd}, e.g. attached in
         a yard), to fill only; `fills`: (archive fd, name, expected size/sha256, [(sid, root,
         member)], (uid, gid) to create its files as, or None: ours); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc;
         `where`: {sid: "mount N (PATH) on TYPE"}, to name the mount in an error; `sockets`:
-        {(archive, member): socket file records} made after the member is extracted.
+        {(archive, member): socket file records} made after the member is extracted; `stack`:
+        let go of its own detached clones in batches (engine/parking.py).
         The archive fds may be closed after this returns."""
         self.sids = {p[0] for p in plans}
         self.got: dict[str, int] = {}
         self.made = self.done = False
-        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {}, sockets or {})
+        self.filled: set[str] = set()  # superblocks whose files are all in (the helper closed its fd)
+        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {}, sockets or {},
+                                     stack)
 
     def _recv(self) -> None:
         try:
@@ -154,6 +167,8 @@ class Filler:
         kind = msg[0] if isinstance(msg, tuple) and msg else None
         if kind == "sbs":
             self.got.update(zip(msg[1], fds))
+        elif kind == "filled":
+            self.filled.update(msg[1])
         elif kind == "made":
             self.made = True
         elif kind == "ok":
@@ -169,6 +184,11 @@ class Filler:
                 raise OSError(f"superblock helper did not make {sid}")
             self._recv()
         return self.got.pop(sid)
+
+    def poll(self) -> None:
+        """Take in what the helper has sent so far, without waiting."""
+        while not self.done and self.pending.chan.ready():
+            self._recv()
 
     def wait(self) -> None:
         """Until every archive is extracted; superblocks not taken yet stay available."""

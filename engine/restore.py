@@ -50,7 +50,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 
 from engine import (channel, construct, content, deadpid, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
-                    remount, sharing, standin, strategy, userns_cr)
+                    parking, remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -337,6 +337,8 @@ class _Restorer:
         # chroot in the kernel's eyes, and a chrooted process may not create a user namespace.
         self.yard: int | None = None
         self.wants_yard = chosen.sources == "yard"
+        # Superblock and source mounts let go of in batches (a yard's are attached: closed alone).
+        self.parking = parking.Parking(not self.wants_yard and features.available()["move_mount(to-detached)"].present)
 
     def start_yard(self) -> None:
         """The yard of sources=yard (see __init__), once the user namespaces exist."""
@@ -553,7 +555,8 @@ class _Restorer:
                              None if owner is None else self.users.writer_ids(owner)))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
                      for sid, m in users.items()}
-            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets)
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets,
+                                        self.parking.stack)
         finally:
             for fd in afds:
                 os.close(fd)
@@ -1008,8 +1011,20 @@ class _Restorer:
         del self.sb_uses[sid]
         fd = self.sb_fd.pop(sid, None)
         if fd is not None:
-            os.close(fd)
+            self._drop_sb(sid, fd)
             self.sb_closed.add(sid)
+
+    def _drop_sb(self, sid: str, fd: int) -> None:
+        """Let go of superblock sid's mount: in a batch (engine/parking.py) unless another fd of
+        the same mount is still used (the helper filling it clones from it, seal() reconfigures
+        it, sharing helpers are cloned from it): then this is not the last close, and costs nothing."""
+        if sid in self.filling and self._filling_now():
+            self.filler.poll()
+        if sid in self.ro_fd or sid in self.helper_src or (
+                sid in self.filling and self._filling_now() and sid not in self.filler.filled):
+            os.close(fd)
+        else:
+            self.parking.drop(fd)
 
     def _plan_fds(self) -> None:
         """Decide which fds must outlive the assembly (the rest close as soon as they are done).
@@ -1160,8 +1175,12 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"mount {self.ghost_user[gid]['id']} "
                                                          f"({self.ghost_user[gid]['mountpoint']}): unlinking its root "
                                                          f"{self.doc['ghosts'][gid]['path']} again: {e.strerror or e}") from None
-        for fd in (list(self.sb_fd.values()) + list(self.src_fd.values()) + list(self.ext_src.values())
-                   + list(self.ghost_src.values())):
+        for sid, fd in self.sb_fd.items():
+            self._drop_sb(sid, fd)
+        for fd in list(self.src_fd.values()) + list(self.ext_src.values()):
+            self.parking.drop(fd)
+        self.parking.flush()
+        for fd in self.ghost_src.values():
             os.close(fd)
         self.sb_fd.clear()
         self.src_fd.clear()
