@@ -357,12 +357,11 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, e
 
 
 def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]],
-            ids: tuple[int, int] | None = None, drop=os.close) -> None:
+            ids: tuple[int, int] | None = None) -> None:
     """Check the archive against `expect` (size, sha256) and its members, then extract each member
     into the directory behind its fd (`targets`: (O_PATH fd of a directory, member name)), in a
     helper; nothing is extracted from an archive that fails a check. `ids`: (uid, gid) tar creates
-    files as (keeping root's file capabilities), for superblocks a user namespace owns. `drop`
-    lets go of the detached clones made for it (engine/parking.py)."""
+    files as (keeping root's file capabilities), for superblocks a user namespace owns."""
     tools()
     clones = []
     try:
@@ -371,7 +370,7 @@ def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, s
         channel.call_in_child(_extract_child, clones, archive_fd, name, expect, ids)
     finally:
         for fd, _ in clones:
-            drop(fd)
+            os.close(fd)
 
 
 def find_inode(root_fd: int, ino: int) -> str | None:

@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import os
 
-from engine import channel, content, parking, standin
+from engine import channel, content, standin
 
 # Superblock fds the helper may hold while waiting to fill them; past this, archives whose
 # superblocks all exist are extracted before more are made.
 _HELD = 2048
 
 
-def _body(plans, given, fills, empties, hostproc, mount_of, sockets, stack, chan: channel.Channel) -> None:
+def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
-    parked = parking.Parking(stack)  # the clones tar extracts through: its own, nobody else's
     # A superblock's fd stays here only until its last archive is extracted: an empty root is set
     # up as soon as the superblock exists, and one without archives is closed once sent (90,000
     # mounts would otherwise hold one fd per superblock in this process).
@@ -62,7 +61,7 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, stack, chan
         while done < len(fills):
             if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
                 return
-            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, parked.drop)
+            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets)
             if closed:
                 chan.send(("filled", closed))  # ours are closed: the restorer's are the last
             done += 1
@@ -81,12 +80,10 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, stack, chan
         send()
     chan.send(("made", None))
     extract(ready_only=False)
-    parked.flush()
     chan.send(("ok", None))
 
 
-def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict,
-             drop) -> list[str]:
+def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict) -> list[str]:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
     out (`sockets`: {(archive, member): records}); close the superblocks it was the last for, and
     return them."""
@@ -99,7 +96,7 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
             except OSError as e:
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
-            content.extract(archive_fd, name, expect, targets, ids, drop)
+            content.extract(archive_fd, name, expect, targets, ids)
             for fd, member in targets:
                 content.make_sockets(fd, sockets.get((name, member), ()), ids)
         except OSError as e:
@@ -141,22 +138,19 @@ def _named(e: OSError, where: str) -> OSError:
 class Filler:
     """The restorer's side of the helper."""
 
-    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None, sockets=None,
-                 stack: bool = False):
+    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None, sockets=None):
         """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
         order of first use; `given`: superblocks that exist already ({sid: fd}, e.g. attached in
         a yard), to fill only; `fills`: (archive fd, name, expected size/sha256, [(sid, root,
         member)], (uid, gid) to create its files as, or None: ours); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc;
         `where`: {sid: "mount N (PATH) on TYPE"}, to name the mount in an error; `sockets`:
-        {(archive, member): socket file records} made after the member is extracted; `stack`:
-        let go of its own detached clones in batches (engine/parking.py).
+        {(archive, member): socket file records} made after the member is extracted.
         The archive fds may be closed after this returns."""
         self.sids = {p[0] for p in plans}
         self.got: dict[str, int] = {}
         self.made = self.done = False
         self.filled: set[str] = set()  # superblocks whose files are all in (the helper closed its fd)
-        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {}, sockets or {},
-                                     stack)
+        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {}, sockets or {})
 
     def _recv(self) -> None:
         try:

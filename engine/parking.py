@@ -21,7 +21,7 @@ import os
 
 from engine import kernel
 
-BATCH = 1024
+BATCH = 256
 
 _ONTO = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
 

@@ -555,8 +555,7 @@ class _Restorer:
                              None if owner is None else self.users.writer_ids(owner)))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
                      for sid, m in users.items()}
-            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets,
-                                        self.parking.stack)
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets)
         finally:
             for fd in afds:
                 os.close(fd)
@@ -1019,7 +1018,10 @@ class _Restorer:
         the same mount is still used (the helper filling it clones from it, seal() reconfigures
         it, sharing helpers are cloned from it): then this is not the last close, and costs nothing."""
         if sid in self.filling and self._filling_now():
-            self.filler.poll()
+            try:
+                self.filler.poll()
+            except OSError as e:
+                raise RestoreError(errno.EIO, str(e.strerror or e)) from None
         if sid in self.ro_fd or sid in self.helper_src or (
                 sid in self.filling and self._filling_now() and sid not in self.filler.filled):
             os.close(fd)
