@@ -67,6 +67,8 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
                "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
+# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts).
+_AFTER_FILL = 512
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
 _PLAIN = frozenset({"rw", "relatime"})   # what fsmount gives without attributes
@@ -299,6 +301,9 @@ class _Restorer:
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
         self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
+        # Superblock mounts done with while the filling helper still holds them: let go of once it
+        # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
+        self.after_fill: dict[str, int] = {}
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
@@ -623,6 +628,8 @@ class _Restorer:
             self.filler.wait()
         except OSError as e:
             raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+        self._drop_filled()
+        self.parking.flush()
         step("extract")
         back = self.current_ns
         for ns_id, n in self.attached_in.items():
@@ -1022,11 +1029,21 @@ class _Restorer:
                 self.filler.poll()
             except OSError as e:
                 raise RestoreError(errno.EIO, str(e.strerror or e)) from None
-        if sid in self.ro_fd or sid in self.helper_src or (
-                sid in self.filling and self._filling_now() and sid not in self.filler.filled):
+            self._drop_filled()
+        if sid in self.ro_fd or sid in self.helper_src:
             os.close(fd)
+        elif sid in self.filling and self._filling_now() and sid not in self.filler.filled:
+            if len(self.after_fill) < _AFTER_FILL:
+                self.after_fill[sid] = fd
+            else:
+                os.close(fd)  # (the helper's close will wait alone)
         else:
             self.parking.drop(fd)
+
+    def _drop_filled(self) -> None:
+        """Let go of the mounts in after_fill whose superblock the helper is done with."""
+        for sid in [s for s in self.after_fill if not self._filling_now() or s in self.filler.filled]:
+            self.parking.drop(self.after_fill.pop(sid))
 
     def _plan_fds(self) -> None:
         """Decide which fds must outlive the assembly (the rest close as soon as they are done).
