@@ -1025,11 +1025,13 @@ class _Restorer:
         the same mount is still used (the helper filling it clones from it, seal() reconfigures
         it, sharing helpers are cloned from it): then this is not the last close, and costs nothing."""
         if sid in self.filling and self._filling_now():
+            seen = len(self.filler.filled)
             try:
                 self.filler.poll()
             except OSError as e:
                 raise RestoreError(errno.EIO, str(e.strerror or e)) from None
-            self._drop_filled()
+            if len(self.filler.filled) != seen or self.filler.done:
+                self._drop_filled()
         if sid in self.ro_fd or sid in self.helper_src:
             os.close(fd)
         elif sid in self.filling and self._filling_now() and sid not in self.filler.filled:
@@ -1042,7 +1044,8 @@ class _Restorer:
 
     def _drop_filled(self) -> None:
         """Let go of the mounts in after_fill whose superblock the helper is done with."""
-        for sid in [s for s in self.after_fill if not self._filling_now() or s in self.filler.filled]:
+        done = not self._filling_now()
+        for sid in [s for s in self.after_fill if done or s in self.filler.filled]:
             self.parking.drop(self.after_fill.pop(sid))
 
     def _plan_fds(self) -> None:
