@@ -50,7 +50,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 
 from engine import (channel, construct, content, deadpid, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
-                    remount, sharing, standin, strategy, userns_cr)
+                    parking, remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -67,6 +67,8 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
                "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
+# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts).
+_AFTER_FILL = 512
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
 _PLAIN = frozenset({"rw", "relatime"})   # what fsmount gives without attributes
@@ -299,6 +301,9 @@ class _Restorer:
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
         self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
+        # Superblock mounts done with while the filling helper still holds them: let go of once it
+        # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
+        self.after_fill: dict[str, int] = {}
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
@@ -341,6 +346,8 @@ class _Restorer:
         # chroot in the kernel's eyes, and a chrooted process may not create a user namespace.
         self.yard: int | None = None
         self.wants_yard = chosen.sources == "yard"
+        # Superblock and source mounts let go of in batches (a yard's are attached: closed alone).
+        self.parking = parking.Parking(not self.wants_yard and features.available()["move_mount(to-detached)"].present)
 
     def start_yard(self) -> None:
         """The yard of sources=yard (see __init__), once the user namespaces exist."""
@@ -625,6 +632,8 @@ class _Restorer:
             self.filler.wait()
         except OSError as e:
             raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+        self._drop_filled()
+        self.parking.flush()
         step("extract")
         back = self.current_ns
         for ns_id, n in self.attached_in.items():
@@ -1030,8 +1039,36 @@ class _Restorer:
         del self.sb_uses[sid]
         fd = self.sb_fd.pop(sid, None)
         if fd is not None:
-            os.close(fd)
+            self._drop_sb(sid, fd)
             self.sb_closed.add(sid)
+
+    def _drop_sb(self, sid: str, fd: int) -> None:
+        """Let go of superblock sid's mount: in a batch (engine/parking.py) unless another fd of
+        the same mount is still used (the helper filling it clones from it, seal() reconfigures
+        it, sharing helpers are cloned from it): then this is not the last close, and costs nothing."""
+        if sid in self.filling and self._filling_now():
+            seen = len(self.filler.filled)
+            try:
+                self.filler.poll()
+            except OSError as e:
+                raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+            if len(self.filler.filled) != seen or self.filler.done:
+                self._drop_filled()
+        if sid in self.ro_fd or sid in self.helper_src:
+            os.close(fd)
+        elif sid in self.filling and self._filling_now() and sid not in self.filler.filled:
+            if len(self.after_fill) < _AFTER_FILL:
+                self.after_fill[sid] = fd
+            else:
+                os.close(fd)  # (the helper's close will wait alone)
+        else:
+            self.parking.drop(fd)
+
+    def _drop_filled(self) -> None:
+        """Let go of the mounts in after_fill whose superblock the helper is done with."""
+        done = not self._filling_now()
+        for sid in [s for s in self.after_fill if done or s in self.filler.filled]:
+            self.parking.drop(self.after_fill.pop(sid))
 
     def _plan_fds(self) -> None:
         """Decide which fds must outlive the assembly (the rest close as soon as they are done).
@@ -1182,8 +1219,12 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"mount {self.ghost_user[gid]['id']} "
                                                          f"({self.ghost_user[gid]['mountpoint']}): unlinking its root "
                                                          f"{self.doc['ghosts'][gid]['path']} again: {e.strerror or e}") from None
-        for fd in (list(self.sb_fd.values()) + list(self.src_fd.values()) + list(self.ext_src.values())
-                   + list(self.ghost_src.values())):
+        for sid, fd in self.sb_fd.items():
+            self._drop_sb(sid, fd)
+        for fd in list(self.src_fd.values()) + list(self.ext_src.values()):
+            self.parking.drop(fd)
+        self.parking.flush()
+        for fd in self.ghost_src.values():
             os.close(fd)
         self.sb_fd.clear()
         self.src_fd.clear()
