@@ -76,6 +76,14 @@ class Channel:
             raise OSError("file descriptors were truncated in transit (fd limit?)")
         return pickle.loads(data), fds
 
+    def ready(self) -> bool:
+        """Whether a message (or the peer's end) is waiting: recv() would not block."""
+        try:
+            self.sock.recv(1, _socket.MSG_PEEK | _socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return False
+        return True
+
     def call(self, obj, fds=()) -> tuple[object, list[int]]:
         """Send a request and wait for its reply; a reply ("error", text) raises OSError."""
         self.send(obj, fds)

@@ -251,8 +251,10 @@ def _canonical_order(mounts: list[dict], by_id: dict[int, dict]) -> list[dict]:
     # 64-bit unique ids (Linux >= 6.8) are creation order and come first where the image has them:
     # a restored tree keeps its overlays younger than their layers' mounts and older than what
     # covers them later, which the next dump reads from those ids (engine/fs/overlay.py).
-    return sorted(mounts, key=lambda m: (m.get("uid") or 0, depth_of(m), m["mountpoint"], m["root"],
-                                         bool(m.get("master")), bool(m.get("shared")), m["id"]))
+    from engine import fs
+    # (a pty bound as /dev/console after the devpts mount its master's ptmx is opened through)
+    return fs.held_roots_last(sorted(mounts, key=lambda m: (m.get("uid") or 0, depth_of(m), m["mountpoint"], m["root"],
+                                                            bool(m.get("master")), bool(m.get("shared")), m["id"])))
 
 
 class _Planner:

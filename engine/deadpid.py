@@ -3,7 +3,11 @@ unhashed_proc): an fd or a cwd on /proc/N/mountinfo or on /proc/N itself (which 
 "(deleted)") after N exited. Restore gives the stand-ins other pid numbers, so such a path would
 name nothing, or another process: it is opened while a child of the restorer has number N in that
 proc mount's pid namespace (kernel.hold_pid), which exits right after: the fd (or the cwd made
-from it) is on a gone process's file again, under the same name."""
+from it) is on a gone process's file again, under the same name.
+
+A file of /proc/N/ of a live process of the tree (CRIU's fanotify00 keeps /proc/self/fdinfo/3
+open) is reopened as /proc/M/... of the process N became, M its number in that proc mount's pid
+namespace (`pid_in`): the same file of the same process, under the number it has now."""
 
 from __future__ import annotations
 
@@ -49,3 +53,33 @@ def hold(open_at, proc: int, mnt: int, n: int, fn):
         raise
     finally:
         os.close(ns)
+
+
+def _nspid(status_fd: int) -> list[int]:
+    # (bytes: the restorer may stand where no codec module can be imported any more)
+    with os.fdopen(status_fd, "rb") as f:
+        for line in f:
+            if line.startswith(b"NSpid:"):
+                return [int(x) for x in line.split()[1:]]
+    return []
+
+
+def pid_in(view: int, host_pid: int, hostproc: int) -> int | None:
+    """The number of process `host_pid` in the pid namespace of the proc mount `view` (an O_PATH fd
+    on its root), None when that namespace does not see it. `hostproc`: an fd on the host's /proc.
+    The process is the one of number n there whose own pid namespace and number in it are the
+    host's: one number a namespace, so one process."""
+    try:
+        host = _nspid(os.open(f"{host_pid}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=hostproc))
+        own = os.stat(f"{host_pid}/ns/pid", dir_fd=hostproc).st_ino
+    except OSError:
+        return None
+    for i, n in enumerate(host):
+        try:
+            seen = _nspid(os.open(f"{n}/status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=view))
+            if len(seen) == len(host) - i and seen[-1] == host[-1] and \
+                    os.stat(f"{n}/ns/pid", dir_fd=view).st_ino == own:
+                return n
+        except OSError:
+            continue
+    return None

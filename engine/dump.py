@@ -25,6 +25,7 @@ import os
 import re
 import signal
 import stat
+import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
@@ -801,7 +802,8 @@ def _collect_processes(d: _Dump) -> None:
     hostname of each UTS namespace; then the detached mounts their roots, cwds and fds lie on."""
     from engine import detached
     fdtable = FdTable(d.takes)
-    fdtable.scratch["pids"] = [pid for pid, _ in d.tree]   # the tree's processes (fds on its namespaces)
+    # the tree's processes (files of /proc/N/ of one, pidfds, fds on its namespaces)
+    fdtable.scratch["pids"] = [pid for pid, _ in d.tree]
     fdtable.scratch["user_names"] = d.users.get("ino_name", {})   # its user namespaces' image ids
     map_unplaced: list = []
     try:
@@ -809,7 +811,9 @@ def _collect_processes(d: _Dump) -> None:
                                           (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files,
                                            d.linked_names), d.ext_files, map_unplaced)
         fdtable.finish(d.procs_doc)
-    except FdError as e:
+        # (roots made again from what a process holds: a pty bound as /dev/console needs its master)
+        mountrules.held_roots(d.mntns_doc, d.superblocks, fdtable.scratch.get("held", ()))
+    except (FdError, fs.FsError) as e:
         fdtable.release()
         raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
     finally:
@@ -837,22 +841,30 @@ def _plan_mapped_detached(items: list, detached_doc: dict, procs_doc: list, plan
     """The detached mounts that only mappings keep alive (a daemon maps a file of a mount lazily
     unmounted since), planned one by one with `plan` (detached.plan) into `detached_doc`. A mount
     that cannot be (one of a namespace outside the tree the file's path no longer reaches: a program
-    that unshared without exec maps its libraries so) is left out with its mappings, as before: a
-    mapping alone is no reason to refuse the tree."""
+    that unshared without exec maps its libraries so) is left out with its mappings: a mapping alone
+    is no reason to refuse the tree, but the user is told on stderr (never silently)."""
     by_mnt: dict[int, list] = {}
     for item in items:
         by_mnt.setdefault(item[0]["mnt"], []).append(item)
-    dropped = set()
+    dropped: dict[int, str] = {}
     for mnt, group in sorted(by_mnt.items()):
         if str(mnt) in detached_doc:
             continue
         try:
             detached_doc.update(plan(group))
-        except DumpError:
-            dropped.add(mnt)
-    if dropped:
-        for p in procs_doc:
-            p["maps"] = [m for m in p["maps"] if not (m.get("detached") and m["mnt"] in dropped)]
+        except DumpError as e:
+            dropped[mnt] = e.strerror or str(e)
+    if not dropped:
+        return
+    for p in procs_doc:
+        gone = [m for m in p["maps"] if m.get("detached") and m["mnt"] in dropped]
+        if not gone:
+            continue
+        p["maps"] = [m for m in p["maps"] if m not in gone]
+        paths = ", ".join(sorted({m["path"] for m in gone}))
+        why = "; ".join(sorted({dropped[m["mnt"]] for m in gone}))
+        sys.stderr.write(f"mntcr dump: note: process {p['pid']}: its mappings of {paths} (on a detached mount "
+                         f"restore cannot make: {why}) are left out; the restored process will not map them\n")
 
 
 def _manifest(d: _Dump) -> dict:

@@ -12,10 +12,10 @@ from engine import fds
 class FdMaker:
     """Makes fds for the restorer; `close` drops its own copies once every stand-in holds its fds."""
 
-    def __init__(self, objects: dict, open_at, proc: int = -1, open_ghost=None, ns_fd=None, host_pid=None):
+    def __init__(self, objects: dict, open_at, proc: int = -1, open_ghost=None, pid_of=None, ns_fd=None):
         self.proc = proc
+        self.pid_of = pid_of
         self.ns_fd = ns_fd
-        self.host_pid = host_pid
         self.open_ghost = open_ghost
         self.objects = objects
         self.open_at = open_at
@@ -59,8 +59,7 @@ class FdMaker:
 
         r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
                           standin=standin, keep=self.keep, proc=self.proc,
-                          open_ghost=self.open_ghost, late=self.late, ns_fd=self.ns_fd,
-                          host_pid=self.host_pid)
+                          open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of, ns_fd=self.ns_fd)
         fd = kind.open(r)
         if desc is not None:
             self.descs[desc] = os.dup(fd)

@@ -36,6 +36,8 @@ FEATURES = {
     "STATX_MNT_ID_UNIQUE": (False, "6.8"),
     # without it: new superblocks are attached in a yard and cloned from there
     "open_tree(detached)": (False, "6.15"),
+    # without it: each dropped detached mount is closed alone, one RCU grace period each (engine/parking.py)
+    "move_mount(to-detached)": (False, "6.15"),
     # without it: an idmapped mount's map cannot be read, so dump refuses it (engine/userns_cr.py)
     "statmount(idmap)": (False, "6.15"),
 }
@@ -118,6 +120,19 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
 
     attempt("open_tree(detached)", clone_detached)
 
+    def stack_detached():
+        below = kernel.scratch_tmpfs()
+        try:
+            above = kernel.scratch_tmpfs()
+            try:
+                kernel.move_mount(above, "", below, "", kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+            finally:
+                os.close(above)
+        finally:
+            os.close(below)
+
+    attempt("move_mount(to-detached)", stack_detached)
+
     def idmap_map():
         ufd = userns.make(userns.Maps(((0, 100000, 1),), ((0, 100000, 1),), "deny"))
         try:
@@ -165,7 +180,7 @@ def render(report: list[Feature]) -> str:
         state = "present" if f.present else "MISSING"
         need = "required" if f.required else "optional"
         extra = "" if f.present else f" ({f.detail}; kernel >= {f.since})"
-        lines.append(f"{f.name:<22} {state:<8} {need}{extra}")
+        lines.append(f"{f.name:<24} {state:<8} {need}{extra}")
     missing = [f.name for f in report if f.required and not f.present]
     lines.append("Looks good." if not missing else f"Restore is not possible: missing {', '.join(missing)}.")
     return "\n".join(lines) + "\n"

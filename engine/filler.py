@@ -61,7 +61,9 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: chann
         while done < len(fills):
             if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
                 return
-            _extract(fills[done], done, made, given, last_fill, mount_of, sockets)
+            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets)
+            if closed:
+                chan.send(("filled", closed))  # ours are closed: the restorer's are the last
             done += 1
 
     for sid, fstype, source, params, attr, where in plans:
@@ -81,9 +83,10 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: chann
     chan.send(("ok", None))
 
 
-def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict) -> None:
+def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict) -> list[str]:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
-    out (`sockets`: {(archive, member): records}); close the superblocks it was the last for."""
+    out (`sockets`: {(archive, member): records}); close the superblocks it was the last for, and
+    return them."""
     archive_fd, name, expect, spec, ids = fill
     targets = []
     try:
@@ -103,9 +106,12 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
         for (fd, _), (sid, _, _) in zip(targets, spec):
             if fd != made[sid]:
                 os.close(fd)
+    closed = []
     for sid, _, _ in spec:
         if last_fill.get(sid) == i and sid in made and sid not in given:
             os.close(made.pop(sid))
+            closed.append(sid)
+    return closed
 
 
 def _empty_roots(sb_fd: int, records, where: str, hostproc: int) -> None:
@@ -143,6 +149,7 @@ class Filler:
         self.sids = {p[0] for p in plans}
         self.got: dict[str, int] = {}
         self.made = self.done = False
+        self.filled: set[str] = set()  # superblocks whose files are all in (the helper closed its fd)
         self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {}, sockets or {})
 
     def _recv(self) -> None:
@@ -154,6 +161,8 @@ class Filler:
         kind = msg[0] if isinstance(msg, tuple) and msg else None
         if kind == "sbs":
             self.got.update(zip(msg[1], fds))
+        elif kind == "filled":
+            self.filled.update(msg[1])
         elif kind == "made":
             self.made = True
         elif kind == "ok":
@@ -169,6 +178,11 @@ class Filler:
                 raise OSError(f"superblock helper did not make {sid}")
             self._recv()
         return self.got.pop(sid)
+
+    def poll(self) -> None:
+        """Take in what the helper has sent so far, without waiting."""
+        while not self.done and self.pending.chan.ready():
+            self._recv()
 
     def wait(self) -> None:
         """Until every archive is extracted; superblocks not taken yet stay available."""

@@ -431,6 +431,9 @@ FD = Record("fd", {
     "outside": F(BOOL, required=False),
     # A file of /proc/N/ whose process N was gone at dump: reopened while N is ours (engine/fds/file.py).
     "dead_pid": F(INT, required=False, rule=rng(2, 1 << 22)),
+    # A file of /proc/N/ of a live process of the tree (its pid in the image): reopened under the
+    # number that process has at restore in that proc mount's pid namespace (engine/fds/file.py).
+    "live_pid": F(INT, required=False, rule=rng(1, MAX_PID)),
 })
 
 _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")
@@ -513,6 +516,8 @@ PROCESS = Record("process", {
     "ns_made_in": F(DICT, required=False),
     # The user namespace (above its own) its stand-in starts in: its pid namespace's owner.
     "userns_start": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
+    # Its name (/proc/PID/comm: the kernel keeps 15 bytes); the stand-in takes it (prctl PR_SET_NAME).
+    "comm": F(STR, required=False, rule=strlen(15)),
 })
 
 MOUNT = Record("mount", {

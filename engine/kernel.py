@@ -423,6 +423,18 @@ def openat2(dfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int
 PR_SET_PDEATHSIG = 1
 
 
+def set_comm(name: str) -> None:
+    """prctl(PR_SET_NAME): this thread's name (/proc/PID/comm; the kernel keeps 15 bytes)."""
+    _check(_libc.prctl(ctypes.c_int(15), ctypes.c_char_p(name.encode("utf-8", "surrogateescape")[:15]), 0, 0, 0),
+           "prctl(PR_SET_NAME)")
+
+
+def read_comm(pid: int) -> str:
+    """/proc/PID/comm without its newline (bytes a UTF-8 decode cannot take kept as surrogates)."""
+    with open(f"/proc/{pid}/comm", "rb") as f:
+        return f.read().rstrip(b"\n").decode("utf-8", "surrogateescape")
+
+
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): get `sig` when the parent thread exits (0 clears it)."""
     _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")

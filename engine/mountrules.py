@@ -75,14 +75,14 @@ def nested_root(ns_name: str, root_ns: str | None, root: dict, sb: dict, plan) -
 
 def own_mount(e: dict, sb: dict) -> None:
     """Refuse a mount `e` of a superblock dump makes again (`sb`, not external) that restore cannot
-    make: a type mntcr cannot dump, a root a new instance lacks (LXC's /dev/console bound from a host
-    pty), a block device nobody declared (`sb["device"]` as dump planned it: prestop has none), a
+    make: a type mntcr cannot dump, a root a new instance lacks that its type cannot make (`held_root`:
+    a pty is made, `held_roots` asks that the tree holds its master), a block device nobody declared (`sb["device"]` as dump planned it: prestop has none), a
     deleted root on a type whose files are not dumped."""
     handler = fs.lookup(e["fstype"])
     if handler is None:
         raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: not "
                                            f"supported; declare it with --external mnt[{e['mountpoint']}]:KEY")
-    if handler.fresh_roots is not None and e["root"] not in handler.fresh_roots:
+    if handler.fresh_roots is not None and e["root"] not in handler.fresh_roots and not handler.held_root(e["root"]):
         raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
                                            f"{e['root']} exists only in the instance it was bound from (LXC's "
                                            "/dev/console is a host pty); declare it with --external "
@@ -105,6 +105,28 @@ def own_mount(e: dict, sb: dict) -> None:
         raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its "
                                            f"root {e['root']} was deleted; only a {fs.content_names()} "
                                            "can hold it again")
+
+
+def held_roots(mntns_doc: dict, superblocks: dict, held, skip=frozenset()) -> None:
+    """Refuse a mount of a superblock dump makes again whose root restore makes by opening an object
+    of the new instance (a type's `held_root`: a pty of a devpts bound as /dev/console) when no
+    process of the tree holds that object (`held`: (superblock's "MAJ:MIN", root) pairs the fd kinds
+    saw): it lives outside the tree (LXC's monitor holds the console's master), and restore would
+    make it with nobody holding it. `skip`: superblocks whose answer is not known yet (prestop's)."""
+    for ns in mntns_doc.values():
+        for e in ns["mounts"]:
+            sb = superblocks[e["sb"]]
+            if e["external"] or sb["external"] or e["sb"] in skip or e.get("ghost"):
+                continue
+            handler = fs.lookup(e["fstype"])
+            if handler is None or not handler.held_root(e["root"]) or (sb["dev"], e["root"]) in held:
+                continue
+            raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its root "
+                                               f"{e['root']} is made again only with what holds it (a pty's "
+                                               "master), which no process of the tree holds (LXC binds a pty "
+                                               "whose master its monitor holds); declare it with "
+                                               f"--external mnt[{e['mountpoint']}]:KEY (restore binds the host "
+                                               "path given for KEY, e.g. a new console)")
 
 
 def external_mount(e: dict, ext_roots) -> None:

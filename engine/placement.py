@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import deadpid, fs, ghosts, image, imageformat, mappings, mountrules
+from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -45,6 +45,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
             "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
             "fds": [],
+            "comm": kernel.read_comm(pid),
         }
         for key in ("root", "cwd"):
             entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)

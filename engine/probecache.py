@@ -25,7 +25,6 @@ import os
 import stat
 
 DIR = "/run/mntcr"        # tests point this elsewhere
-FILE = "features.json"
 _VERSION = 1
 _MAX_BYTES = 64 * 1024
 # The errors that say "this kernel does not do that", as opposed to "not right now".
@@ -53,6 +52,14 @@ def key(names) -> dict:
             "capeff": status.get("CapEff"), "seccomp": status.get("Seccomp"), "features": sorted(names)}
 
 
+def file_name(names) -> str:
+    """The cache file of a feature list: engines of other versions (other lists) on one machine keep
+    their own files instead of overwriting each other's on every run (each would probe again)."""
+    from _blake2 import blake2b   # (what hashlib.blake2b is, without loading OpenSSL's binding)
+    digest = blake2b("\0".join(sorted(names)).encode(), digest_size=8).hexdigest()
+    return f"features-{digest}.json"
+
+
 def _usable(k: dict) -> bool:
     return (k["boot_id"] is not None and k["userns"] is not None and k["capeff"] is not None
             and k["seccomp"] == "0")
@@ -63,7 +70,7 @@ def load(k: dict) -> dict[str, tuple[bool, str]] | None:
     if not _usable(k):
         return None
     try:
-        fd = os.open(os.path.join(DIR, FILE), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        fd = os.open(os.path.join(DIR, file_name(k["features"])), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError:
         return None
     try:
@@ -102,13 +109,14 @@ def store(k: dict, results: dict[str, tuple[bool, str]], errnos: dict[str, int |
         st = os.lstat(DIR)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
             return False
-        tmp = os.path.join(DIR, f".{FILE}.{os.getpid()}")
+        name = file_name(k["features"])
+        tmp = os.path.join(DIR, f".{name}.{os.getpid()}")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps({"key": k, "results": {n: list(v) for n, v in results.items()}}).encode())
         finally:
             os.close(fd)
-        os.rename(tmp, os.path.join(DIR, FILE))  # readers see the old file or the new one, never half
+        os.rename(tmp, os.path.join(DIR, name))  # readers see the old file or the new one, never half
         return True
     except OSError:
         return False

@@ -50,7 +50,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 
 from engine import (channel, construct, content, deadpid, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
-                    remount, sharing, standin, strategy, userns_cr)
+                    parking, remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -67,6 +67,8 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
                "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
+# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts).
+_AFTER_FILL = 512
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
 _PLAIN = frozenset({"rw", "relatime"})   # what fsmount gives without attributes
@@ -299,6 +301,9 @@ class _Restorer:
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
         self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
+        # Superblock mounts done with while the filling helper still holds them: let go of once it
+        # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
+        self.after_fill: dict[str, int] = {}
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
@@ -316,6 +321,10 @@ class _Restorer:
         for m in self.mounts.values():
             if m.get("ghost"):
                 self.ghost_user.setdefault(m["ghost"], m)
+        # Objects opened to make mount roots a new instance lacks (engine/fs `make_root`): the
+        # superblock's device -> {number: fd}, handed to the fd stage; and the (sb, root) made.
+        self.made: dict[int, dict[int, int]] = {}
+        self.made_roots: set[tuple[str, str]] = set()
         self.attached_in: dict[str, int] = {}  # mounts attached per namespace while they work
         self.ns_fd: dict[str, int] = {}
         self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
@@ -337,6 +346,8 @@ class _Restorer:
         # chroot in the kernel's eyes, and a chrooted process may not create a user namespace.
         self.yard: int | None = None
         self.wants_yard = chosen.sources == "yard"
+        # Superblock and source mounts let go of in batches (a yard's are attached: closed alone).
+        self.parking = parking.Parking(not self.wants_yard and features.available()["move_mount(to-detached)"].present)
 
     def start_yard(self) -> None:
         """The yard of sources=yard (see __init__), once the user namespaces exist."""
@@ -621,6 +632,8 @@ class _Restorer:
             self.filler.wait()
         except OSError as e:
             raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+        self._drop_filled()
+        self.parking.flush()
         step("extract")
         back = self.current_ns
         for ns_id, n in self.attached_in.items():
@@ -755,6 +768,8 @@ class _Restorer:
                                                      f"{m['sb']} was not created")
                 self.sb_fd[m["sb"]] = self._settle(m["sb"], self._create_by_type(m["sb"], sb, m))
                 step("superblock")
+            if fs.lookup(sb["fstype"]).held_root(m["root"]):
+                self._make_root(m)
             if m.get("source", sb["source"]) != sb["source"] and not fs.lookup(sb["fstype"]).source_names_root:
                 return self._other_source(m, sb), rel_to(m["root"], "/")
             return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
@@ -775,6 +790,22 @@ class _Restorer:
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+
+    def _make_root(self, m: dict) -> None:
+        """Make mount m's root on its new superblock by its type's `make_root` (a pty bound as
+        /dev/console), once; the objects opened for it wait in `made` for the fd stage."""
+        sid = m["sb"]
+        if (sid, m["root"]) in self.made_roots:
+            return
+        fd = self.sb_fd[sid]
+        where = f"mount {m['id']} ({m['mountpoint']})"
+        self.join_files()   # (the ptmx it opens may be a node of an archived filesystem: /dev/ptmx)
+        try:
+            opened = fs.lookup(self.doc["superblocks"][sid]["fstype"]).make_root(self, m)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"{where}: making its root {m['root']}: {e.strerror or e}") from None
+        self.made_roots.add((sid, m["root"]))
+        self.made.setdefault(os.fstat(fd).st_dev, {}).update(opened)
 
     def _other_source(self, m: dict, sb: dict) -> int:
         """A mount of m's superblock shown with m's own source, which is not the superblock's first
@@ -1008,8 +1039,36 @@ class _Restorer:
         del self.sb_uses[sid]
         fd = self.sb_fd.pop(sid, None)
         if fd is not None:
-            os.close(fd)
+            self._drop_sb(sid, fd)
             self.sb_closed.add(sid)
+
+    def _drop_sb(self, sid: str, fd: int) -> None:
+        """Let go of superblock sid's mount: in a batch (engine/parking.py) unless another fd of
+        the same mount is still used (the helper filling it clones from it, seal() reconfigures
+        it, sharing helpers are cloned from it): then this is not the last close, and costs nothing."""
+        if sid in self.filling and self._filling_now():
+            seen = len(self.filler.filled)
+            try:
+                self.filler.poll()
+            except OSError as e:
+                raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+            if len(self.filler.filled) != seen or self.filler.done:
+                self._drop_filled()
+        if sid in self.ro_fd or sid in self.helper_src:
+            os.close(fd)
+        elif sid in self.filling and self._filling_now() and sid not in self.filler.filled:
+            if len(self.after_fill) < _AFTER_FILL:
+                self.after_fill[sid] = fd
+            else:
+                os.close(fd)  # (the helper's close will wait alone)
+        else:
+            self.parking.drop(fd)
+
+    def _drop_filled(self) -> None:
+        """Let go of the mounts in after_fill whose superblock the helper is done with."""
+        done = not self._filling_now()
+        for sid in [s for s in self.after_fill if done or s in self.filler.filled]:
+            self.parking.drop(self.after_fill.pop(sid))
 
     def _plan_fds(self) -> None:
         """Decide which fds must outlive the assembly (the rest close as soon as they are done).
@@ -1090,8 +1149,9 @@ class _Restorer:
         # the namespace is copied into its user namespace before its first own mount is attached.
         early = {mid for before, _ in userns_cr.construct_copies(self.doc["mntns"]).values() for mid in before}
         first = userns_cr.creation_uid(self.doc["mntns"])
-        order = sorted(self.mounts.values(), key=lambda m: (first.get(m["id"], m.get("uid") or 0), m["id"] not in first,
-                                                            m.get("uid") is None and m["id"] not in early, m["id"]))
+        order = fs.held_roots_last(sorted(self.mounts.values(), key=lambda m: (
+            first.get(m["id"], m.get("uid") or 0), m["id"] not in first,
+            m.get("uid") is None and m["id"] not in early, m["id"])))
 
         def done(mid: int) -> None:
             # All of mid's children are attached: its fd is needed only if kept.
@@ -1161,8 +1221,12 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"mount {self.ghost_user[gid]['id']} "
                                                          f"({self.ghost_user[gid]['mountpoint']}): unlinking its root "
                                                          f"{self.doc['ghosts'][gid]['path']} again: {e.strerror or e}") from None
-        for fd in (list(self.sb_fd.values()) + list(self.src_fd.values()) + list(self.ext_src.values())
-                   + list(self.ghost_src.values())):
+        for sid, fd in self.sb_fd.items():
+            self._drop_sb(sid, fd)
+        for fd in list(self.src_fd.values()) + list(self.ext_src.values()):
+            self.parking.drop(fd)
+        self.parking.flush()
+        for fd in self.ghost_src.values():
             os.close(fd)
         self.sb_fd.clear()
         self.src_fd.clear()
@@ -1482,7 +1546,10 @@ class _Restorer:
 
     def place_processes(self) -> None:
         self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost,
-                            self._ns_fd_of, self.hostpid.get)
+                            self.hostpid.get, self._ns_fd_of)
+        for dev, opened in self.made.items():   # (closed with the fd stage's own, once all hold theirs)
+            self._fds.state[("made", dev)] = dict(opened)
+            self._fds.keep.extend(opened.values())
         try:
             self._place_processes()
         finally:
@@ -1514,11 +1581,17 @@ class _Restorer:
             self._fds.prepare(self.doc["processes"], self.chans)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"fds: {e.strerror or e}") from None
+        deferred: list = []
         for p in self.doc["processes"]:
             chan = self.chans[p["pid"]]
             where = f"process {p['pid']}"
-            self._place_fds(p, chan, where)
+            self._place_fds(p, chan, where, deferred)
             step("process")
+        for p, later, after in deferred:   # (every process holds its other fds now)
+            chan, where = self.chans[p["pid"]], f"process {p['pid']}"
+            after += self._place_fd_list(p, later, chan, where)
+            self._map_files(p, chan, where)
+            self._after_fds(after, chan, where)
         try:
             self._fds.finish()
         except OSError as e:
@@ -1551,8 +1624,30 @@ class _Restorer:
             os.close(root)
             os.close(cwd)
 
-    def _place_fds(self, p: dict, chan, where: str) -> None:
-        """Make process p's fds (engine/fds/), install them at their numbers, map its files."""
+    def _place_fds(self, p: dict, chan, where: str, deferred: list) -> None:
+        """Make process p's fds (engine/fds/), install them at their numbers, map its files; when some
+        are made only once every process holds its fds, (p, those, the steps after the others) is
+        added to `deferred` instead of mapping (`_place_processes` finishes it)."""
+        now = [f for f in p["fds"] if not fdkinds.deferred(f)]
+        after = self._place_fd_list(p, now, chan, where)
+        if len(now) < len(p["fds"]):
+            # Its files are mapped once all its fds are in (the stand-in's executable takes a free number).
+            deferred.append((p, [f for f in p["fds"] if fdkinds.deferred(f)], after))
+            return
+        self._map_files(p, chan, where)
+        self._after_fds(after, chan, where)
+
+    def _after_fds(self, after: list, chan, where: str) -> None:
+        """Run the stand-in steps of fds installed (FdMaker.after: epoll registrations)."""
+        for kind, fn, args in after:
+            try:
+                chan.call(("kind", kind, fn, args))
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
+
+    def _place_fd_list(self, p: dict, entries: list, chan, where: str) -> list:
+        """Make the fd `entries` of process p and install them at their numbers; return the stand-in
+        steps to run after (`_after_fds`)."""
         batch_items, batch_fds = [], []
 
         def flush():
@@ -1566,7 +1661,7 @@ class _Restorer:
                 batch_fds.clear()
 
         after = []
-        for f in p["fds"]:
+        for f in entries:
             try:
                 ext = self.ext_files.pop((p["pid"], f["fd"]), None)
                 if ext is not None:
@@ -1584,12 +1679,7 @@ class _Restorer:
             if len(batch_items) >= 200:
                 flush()
         flush()
-        self._map_files(p, chan, where)
-        for kind, fn, args in after:
-            try:
-                chan.call(("kind", kind, fn, args))
-            except OSError as e:
-                raise RestoreError(e.errno or errno.EIO, f"{where}: {kind}: {e.strerror or e}") from None
+        return after
 
     def _map_files(self, p: dict, chan, where: str) -> None:
         """Have the stand-in map the files the process mapped (and its executable), from their mounts."""
@@ -1626,7 +1716,7 @@ class _Restorer:
         """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
         procs = self.doc["processes"]
         for p in reversed(procs):
-            self.chans[p["pid"]].call(("detach",), [lifeline] if p is procs[0] else [])
+            self.chans[p["pid"]].call(("detach", p.get("comm")), [lifeline] if p is procs[0] else [])
 
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> int:

@@ -375,7 +375,10 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process: answer, wait for the commit (the root stand-in), close the rest."""
+        """Become the process (its name too): answer, wait for the commit (the root stand-in), close
+        the rest."""
+        if len(msg) > 1 and msg[1] is not None:
+            kernel.set_comm(msg[1])
         # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
         kernel.set_pdeathsig(0)
         self.chan.send(("ok", None))

@@ -75,3 +75,30 @@ def test_the_image_holds_a_ghost_and_a_detached_mount(case):
     assert [m["path"] for m in detached] == ["/cache.bin"]
     assert str(detached[0]["mnt"]) in doc["detached"]
     case.trees.append(case.restore(images))
+
+
+def test_mappings_restore_cannot_make_are_left_out_loudly(capsys):
+    """A mapping on a detached mount detached.plan refuses (a file of an external filesystem no
+    external mount reaches) is left out of the image, and dump says so on stderr, naming the
+    process and the path: a mapping alone does not refuse the tree, but never silently."""
+    from engine import dump
+    from engine.dumperror import DumpError
+
+    procs = [{"pid": 7, "maps": [{"mnt": 40, "path": "/opt/lib.so", "detached": True},
+                                 {"mnt": 41, "path": "/kept.so", "detached": True},
+                                 {"mnt": 12, "path": "/usr/lib/libc.so.6"}]}]
+    items = [({"mnt": 40, "path": "/opt/lib.so", "detached": True}, 7, "map_files/1-2"),
+             ({"mnt": 41, "path": "/kept.so", "detached": True}, 7, "map_files/3-4")]
+
+    def plan(group):
+        if group[0][0]["mnt"] == 40:
+            raise DumpError(95, "no external mount of its filesystem reaches the file")
+        return {"41": {"id": 41}}
+
+    detached_doc: dict = {}
+    dump._plan_mapped_detached(items, detached_doc, procs, plan)
+    assert [m["path"] for m in procs[0]["maps"]] == ["/kept.so", "/usr/lib/libc.so.6"]
+    assert list(detached_doc) == ["41"]
+    err = capsys.readouterr().err
+    assert err.startswith("mntcr dump: note: process 7: its mappings of /opt/lib.so ")
+    assert "no external mount of its filesystem reaches the file" in err and "/kept.so" not in err

@@ -1,7 +1,7 @@
 """Files of /proc/N/: one whose process N has exited (CRIU's remap_dead_pid) is reopened at restore
 while a child of restore's has number N in that pid namespace, which then exits, so the fd is on a
-gone process's file again; one of a live process other than its namespace's init is refused at
-dump, the tree left running (restore keeps no pid numbers)."""
+gone process's file again; one of a live process of the tree (CRIU's fanotify00) is reopened under
+the number the process restored for it has."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import re
 import pytest
 
 from enginecase import STOP_WATCH, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from zdtm.snapshot import tree_pids
 
 SETUP = py_hold("""
 import signal, time
@@ -32,24 +33,37 @@ def test_fd_on_proc_dir_of_a_gone_process_is_restored(case):
     assert not os.path.exists(f"/proc/{after.pid}/root/proc/{n}"), "its process is there"
 
 
-LIVE = py_hold("""
-import time
-child = os.fork()
-if child == 0:
-    os.dup2(os.open("/dev/null", os.O_RDWR), 1); os.dup2(1, 2)
-    os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
-os.dup2(os.open(f"/proc/{child}/status", os.O_RDONLY), 10)
+# Process A (not the namespace's init) holds fd 11 on /proc/self/fdinfo/3 (its eventfd, CRIU's
+# fanotify00) and fd 10 on /proc/B/uid_map of its child B.
+LIVE = STOP_WATCH + py_hold("""
+import ctypes, signal
+a = os.fork()
+if a == 0:
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    b = os.fork()
+    if b == 0:
+        os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+    os.dup2(os.eventfd(7), 3)
+    os.dup2(os.open("/proc/self/fdinfo/3", os.O_RDONLY), 11)
+    os.dup2(os.open(f"/proc/{b}/uid_map", os.O_RDONLY), 10)
+    ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True:
+        signal.pause()
 """)
 
 
-def test_fd_on_proc_dir_of_a_live_process_is_refused(case, tmp_path):
-    # CRIU's fanotify00 keeps /proc/self/fdinfo/N open; restore reopened /proc/N/... by its number,
-    # which names another process (or none) among the stand-ins.
-    pid = case.start(LIVE)
-    with pytest.raises(AssertionError) as err:
-        case.dump(pid, str(tmp_path / "img"))
-    assert "a file of process 2's /proc directory: restore keeps no pid numbers" in str(err.value)
-    assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
+def test_fd_on_proc_dir_of_a_live_process_is_restored(case):
+    # Reopened as /proc/M/... of the process restored for it, M its number now (restore keeps no pid
+    # numbers); the snapshot names such a path <self> or <tree>.
+    before, after = case.roundtrip(LIVE)
+    a = next(p for p in tree_pids(after.pid) if os.path.exists(f"/proc/{p}/fd/11"))
+    f11, f10 = (os.readlink(f"/proc/{a}/fd/{n}") for n in (11, 10))
+    ns_pids = [int(line.split()[-1]) for line in open(f"/proc/{a}/status") if line.startswith("NSpid:")]
+    assert f11 == f"/proc/{ns_pids[0]}/fdinfo/3", (f11, ns_pids)
+    b = next(p for p in tree_pids(after.pid) if p != a and open(f"/proc/{p}/stat").read().split()[3] == str(a))
+    b_ns = [int(line.split()[-1]) for line in open(f"/proc/{b}/status") if line.startswith("NSpid:")]
+    assert f10 == f"/proc/{b_ns[0]}/uid_map", (f10, b_ns)
+    assert "eventfd-count:" in open(f"/proc/{a}/fd/11").read()
 
 
 def test_fd_on_proc_dir_of_the_pid_namespace_init_is_restored(case):

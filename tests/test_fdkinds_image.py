@@ -68,6 +68,10 @@ MUTATIONS = {
     "file of a gone pid elsewhere": lambda d: next(f for f in d["processes"][0]["fds"]
                                                   if "kind" not in f).update(dead_pid=5),
     "cwd of a gone pid elsewhere": lambda d: d["processes"][0]["cwd"].update(dead_pid=1),
+    "file of a live pid not under /N": lambda d: next(f for f in d["processes"][0]["fds"]
+                                                      if "kind" not in f).update(live_pid=5),
+    "file of a live pid and a gone one": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(
+        path="/5/status", live_pid=5, dead_pid=5),
     "mapping path": lambda d: d["processes"][0]["maps"][0].update(path="/a/../b"),
     "mapping mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654),
     "mapping ghost": lambda d: d["processes"][0]["maps"][0].update(ghost="g-99"),

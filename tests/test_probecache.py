@@ -19,7 +19,7 @@ ALL = {name: (True, "ok") for name in NAMES}
 def cache(tmp_path, monkeypatch):
     monkeypatch.setattr(probecache, "DIR", str(tmp_path / "mntcr"))
     monkeypatch.setattr(features, "_cache", None)
-    return tmp_path / "mntcr" / probecache.FILE
+    return tmp_path / "mntcr" / probecache.file_name(NAMES)
 
 
 def test_round_trip_under_same_key_only(cache):
@@ -133,3 +133,14 @@ def test_seccomp_filtered_caller_bypasses_the_cache(cache):
     assert rc == 0 and mode == "2"
     assert loaded is None and stored is False
     assert probecache.load(k) == ALL
+
+
+def test_feature_lists_keep_files_of_their_own(cache):
+    """Two engines with other feature lists on one machine (two versions, a checkout beside an
+    installed one) do not overwrite each other's answer: each finds its own on the next run."""
+    other = NAMES[:-1]
+    k, k_other = probecache.key(NAMES), probecache.key(other)
+    assert probecache.store(k, ALL, {})
+    assert probecache.store(k_other, {n: ALL[n] for n in other}, {})
+    assert probecache.file_name(NAMES) != probecache.file_name(other)
+    assert probecache.load(k) == ALL and probecache.load(k_other) == {n: ALL[n] for n in other}

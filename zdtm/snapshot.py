@@ -120,6 +120,7 @@ class Proc:
     """The compared state of one process (pid only for reference, never compared)."""
 
     pid: int
+    comm: str                    # its name (/proc/PID/comm): a stand-in takes the dumped one
     mounts: list                 # engine.mountinfo.Mount, as read
     tree_text: str               # canonical mount tree
     root: str
@@ -137,7 +138,7 @@ class Proc:
 
     def text(self) -> str:
         """The compared text of this process."""
-        out = ["mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
+        out = [f"comm: {self.comm!r}", "mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
         out += [f"idmap {label}: {idmap}" for label, idmap in sorted(self.idmaps.items())]
         out += [f"sb owner {label}: {owner}" for label, owner in sorted(self.sb_owners.items())]
@@ -227,19 +228,49 @@ def _user_side(pid: int, users: userns.UsernsTree, canon, mounts, lock_cache: di
                 locks=lock_cache[key], idmaps=idmaps, sb_owners=sb_owners)
 
 
+def _proc_pid_path(pid: int, path: str, m, tree: tuple) -> str:
+    """`path` of an fd of `pid` on proc mount `m` with a leading /proc/N/ of a process of the tree
+    (`tree`: host pids) named as "<self>" (the process itself) or "<tree>" (another of the tree):
+    restore keeps no pid numbers, and the fd is on the same file of the process that number became
+    (engine/deadpid.py)."""
+    if m.root != "/" or not path.startswith(m.mountpoint.rstrip("/") + "/"):
+        return path
+    top = m.mountpoint.rstrip("/")
+    hit = re.match(r"/(\d+)(?=/|$)", path[len(top):])
+    if not hit:
+        return path
+    from engine import deadpid
+    try:
+        view = os.open(f"/proc/{pid}/root{m.mountpoint}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return path
+    try:
+        n = int(hit[1])
+        name = "<self>" if deadpid.pid_in(view, pid, hostproc) == n else \
+            "<tree>" if any(deadpid.pid_in(view, t, hostproc) == n for t in tree if t != pid) else None
+    finally:
+        os.close(view)
+        os.close(hostproc)
+    return path if name is None else f"{top}/{name}{path[len(top) + hit.end():]}"
+
+
 def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ignore_maps_on=None,
               users: userns.UsernsTree | None = None, lock_cache: dict | None = None,
-              sb_candidates: list | None = None) -> Proc:
+              sb_candidates: list | None = None, tree: tuple = ()) -> Proc:
     """Read the compared state of process `pid` (host pid); `elsewhere` maps mount ids of the
     tree's other namespaces to their labels there. Mappings are read only when
-    `ignore_maps_on` (mount labels whose mappings are not compared) is given."""
+    `ignore_maps_on` (mount labels whose mappings are not compared) is given. `tree`: the host pids
+    of the tree, whose /proc/N/ files are named by what they are (`_proc_pid_path`)."""
     from engine import kernel
     elsewhere = elsewhere or {}
     users = users or userns.UsernsTree()
     lock_cache = {} if lock_cache is None else lock_cache
     try:
+        comm = kernel.read_comm(pid)
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
+        proc_mounts = {m.mnt_id: m for m in mounts if m.fstype == "proc"}
         fds = []
         tmpfiles: dict[str, str] = {}
         for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
@@ -261,6 +292,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
                 # compared as the first, second... such file of the process (which fds share it shows).
                 path = f"{hit[1]}#tmpfile{tmpfiles.setdefault(path, str(len(tmpfiles) + 1))} (deleted)"
             mnt = int(info["mnt_id"]) if "mnt_id" in info else None
+            if mnt in proc_mounts:
+                path = _proc_pid_path(pid, path, proc_mounts[mnt], tree or (pid,))
             fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}"
                        + (f" {extra}" if extra else ""))
         places = {}
@@ -272,7 +305,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         user_side = _user_side(pid, users, canon, mounts, lock_cache, sb_candidates)
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
-    return Proc(pid=pid, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
+    return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
                 fds=fds, ns=ns, maps=maps, **user_side)
 
 
@@ -463,7 +496,8 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     candidates = _userns_candidates(pids, users)
     try:
         procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache,
-                                  candidates) for pid in pids), key=lambda p: _PIDFD_ANY.sub("pidfd=", _NSFD_INO.sub(r"\1:[]", p.text())))
+                                  candidates, tuple(pids)) for pid in pids),
+                       key=lambda p: _PIDFD_ANY.sub("pidfd=", _NSFD_INO.sub(r"\1:[]", p.text())))
     finally:
         for _, fd in candidates:
             os.close(fd)

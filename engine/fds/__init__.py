@@ -92,10 +92,10 @@ class RestoreFd:
     # Steps run by the restorer once every process got its fds (a datagram socket connected to a
     # named socket of another process, made by then): (what, fn()) or (what, fn(), order) each.
     late: list = field(default_factory=list)
+    # pid_of(image pid) -> the host pid of the process restored for it (a file of /proc/N/ of a live one).
+    pid_of: Callable | None = None
     # ns_fd(namespace id of the image) -> the restorer's fd on that restored namespace, or None.
     ns_fd: Callable | None = None
-    # host_pid(pid of an image process) -> the pid of its stand-in here, or None.
-    host_pid: Callable | None = None
 
     @property
     def where(self) -> str:
@@ -135,6 +135,9 @@ class FdKind:
     check: Callable[[dict, str], None] = _no_payload
     # check_object(obj, what): the same for an image object whose "kind" is this kind's name.
     check_object: Callable[[dict, str], None] = _no_payload
+    # deferred(entry) -> whether the entry is made only once every process holds its other fds
+    # (a file of /proc/N/fdinfo/M needs process N's fd M), then installed at its number.
+    deferred: Callable[[dict], bool] = lambda entry: False
     # after(entry) -> a stand-in step run once its fds are installed: (fn, args) or None (epoll).
     after: Callable[[dict], tuple | None] = lambda entry: None
     # Functions a stand-in may run for this kind: name -> fn(args, fds) -> (reply, fds).
@@ -240,6 +243,12 @@ def inspect_in_ns(target: str, mode: int, hostproc: int, pid: int, fd: int, moun
     if kind is None or kind.in_ns is None:
         return None
     return kind.in_ns(hostproc, pid, fd, mounts)
+
+
+def deferred(entry: dict) -> bool:
+    """Whether fd entry `entry` is made only once every process holds its other fds (FdKind.deferred)."""
+    kind = lookup(entry.get("kind", "file"))
+    return kind is not None and kind.deferred(entry)
 
 
 def mounts_used(entry: dict) -> list[int]:

@@ -32,6 +32,8 @@ def _open(r: RestoreFd) -> int:
         fd = r.open_ghost(e["ghost"], flags, e["mnt"], e["path"])   # unlinked at restore too (engine/ghosts.py)
     elif "dead_pid" in e:
         fd = _of_dead_pid(r, e, flags)
+    elif "live_pid" in e:
+        fd = _of_live_pid(r, e, flags)
     else:
         fd = r.open_at(e["mnt"], e["path"], flags)
     if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
@@ -76,11 +78,28 @@ def _of_dead_pid(r: RestoreFd, e: dict, flags: int) -> int:
         raise FdError(err.errno, f"{r.where}: {err.strerror or err}") from None
 
 
+def _of_live_pid(r: RestoreFd, e: dict, flags: int) -> int:
+    """A file of /proc/N/ of a live process of the tree: /proc/M/... of the process restored for it,
+    M its number in that proc mount's pid namespace (engine/deadpid.py pid_in)."""
+    host = r.pid_of(e["live_pid"]) if r.pid_of is not None else None
+    if host is None:
+        raise FdError(errno.EINVAL, f"{r.where}: {e['path']}: process {e['live_pid']} is not in the image")
+    view = r.open_at(e["mnt"], "/", os.O_PATH | os.O_DIRECTORY)
+    try:
+        n = deadpid.pid_in(view, host, r.proc)
+    finally:
+        os.close(view)
+    if n is None:
+        raise FdError(errno.ESRCH, f"{r.where}: {e['path']}: the restored process {e['live_pid']} is not in that "
+                                   "proc's pid namespace")
+    return r.open_at(e["mnt"], _PID_DIR.sub(f"/{n}/", e["path"], count=1).rstrip("/") or "/", flags)
+
+
 def _dump(d) -> dict:
     out = {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
-    gone = _refuse_gone_pid_dir(d)
-    if gone is not None:
-        out["dead_pid"] = gone
+    pid_fields = _refuse_gone_pid_dir(d)
+    out.update(pid_fields)
+    if "dead_pid" in pid_fields:
         if d.target.endswith(DELETED):
             # /proc/N itself (CRIU's remap_dead_pid_root): its dentry is unhashed, no ghost is made
             # of it; placed here, by its path on that proc mount.
@@ -105,33 +124,58 @@ def _precheck(d) -> None:
         _refuse_gone_pid_dir(d)
 
 
-def _refuse_gone_pid_dir(d) -> int | None:
-    """A file of /proc/N/ (restore reopens paths): refused here, naming it, when process N is gone
-    (CRIU's remap_dead_pid: /proc/N/... names no file then, or another process's), and when it is
-    there but not its pid namespace's init (CRIU's fanotify00 keeps /proc/self/fdinfo/N open):
-    restore gives the stand-ins other pid numbers, so the name would lead to another process's
-    file. A pid namespace made again has the same init."""
+def _refuse_gone_pid_dir(d) -> dict:
+    """A file of /proc/N/ (restore reopens paths, and gives the stand-ins other pid numbers): the
+    entry's fields that say how restore names it again. {"dead_pid": N} when process N is gone
+    (CRIU's remap_dead_pid: reopened while a process of restore's has that number); {"live_pid":
+    PID} when it is a process of the tree other than its pid namespace's init (CRIU's fanotify00
+    keeps /proc/self/fdinfo/N open: reopened under the number that process has then); {} for the
+    init (a pid namespace made again has the same) and any other file. Refused: one of a process
+    outside the tree, or of a gone one on a proc mount of a subdirectory."""
     m = next((m for m in d.mounts if m.mnt_id == d.mnt), None)
     if m is None or m.fstype != "proc" or not d.target.startswith(m.mountpoint.rstrip("/") + "/"):
-        return
+        return {}
     rel = d.target[len(m.mountpoint.rstrip("/")):]
     if deadpid.gone_pid_dir(d.target, m):
         rel = rel[: -len(DELETED)]
     hit = _PID_DIR.match(m.root.rstrip("/") + rel)
     if not hit:
-        return
+        return {}
     if not os.path.lexists(f"/proc/{d.pid}/root{m.mountpoint.rstrip('/')}/{hit[1]}"):
         # Restore opens it while a process of its own has that number (_of_dead_pid), on a mount
         # of the whole proc (its path then starts with the number).
         if m.root != "/":
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory, and that "
                                             "process is gone, on a proc mount of a subdirectory: not supported")
-        return int(hit[1])
+        return {"dead_pid": int(hit[1])}
     if hit[1] != "1":
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a file of process {hit[1]}'s /proc directory: restore "
-                                        "keeps no pid numbers, so that name would lead to another process's "
-                                        "file: not supported")
-    return None
+        return {"live_pid": _tree_process(d, m, int(hit[1]))}
+    return {}
+
+
+def _tree_process(d, m, n: int) -> int:
+    """The process of the tree (its pid here) that is process `n` of proc mount `m`: restore reopens
+    its file under the number it then has (engine/deadpid.py pid_in). Refused: one outside the tree,
+    or on a proc mount of a subdirectory."""
+    what = f"{d.where}: a file of process {n}'s /proc directory"
+    if m.root != "/":
+        raise FdError(errno.EOPNOTSUPP, f"{what}, on a proc mount of a subdirectory: not supported")
+    cache = d.scratch.setdefault("proc-pids", {})
+    key = (d.pid, m.mnt_id)
+    if key not in cache:
+        view = os.open(f"/proc/{d.pid}/root{m.mountpoint}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                cache[key] = {deadpid.pid_in(view, pid, hostproc): pid for pid in d.scratch.get("pids", ())}
+            finally:
+                os.close(hostproc)
+        finally:
+            os.close(view)
+    pid = cache[key].get(n)
+    if pid is None:
+        raise FdError(errno.EOPNOTSUPP, f"{what}, a process outside the dumped tree: restore cannot name it again")
+    return pid
 
 
 def _check(entry: dict, what: str) -> None:
@@ -140,7 +184,10 @@ def _check(entry: dict, what: str) -> None:
     if n is not None and (entry.get("ghost") or entry.get("path") != f"/{n}"
                           and not str(entry.get("path", "")).startswith(f"/{n}/")):
         _fail(f"{what}: bad pid of a /proc file whose process is gone")
+    if "live_pid" in entry and (n is not None or entry.get("ghost") or entry.get("detached")
+                                or not _PID_DIR.match(str(entry.get("path", "")))):
+        _fail(f"{what}: a /proc file of a live process must be /N/... on a mount of the tree")
 
 
 register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90, precheck=_precheck,
-                check=_check))
+                check=_check, deferred=lambda e: "live_pid" in e))

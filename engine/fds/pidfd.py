@@ -42,7 +42,7 @@ def _dump(d) -> dict:
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    host = r.host_pid(e["pid"]) if r.host_pid is not None else None
+    host = r.pid_of(e["pid"]) if r.pid_of is not None else None
     if host is None:
         raise FdError(errno.EINVAL, f"{r.where}: names process {e['pid']}, which is not in the image")
     return os.pidfd_open(host, e["flags"] & os.O_NONBLOCK)   # PIDFD_NONBLOCK is O_NONBLOCK

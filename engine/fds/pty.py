@@ -58,6 +58,7 @@ def _dump(d) -> dict:
     if _is_master(st.st_mode, st.st_rdev):
         c = d.copy()
         index = _index(c)
+        _hold(d, key[1], index)
         obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
         o = d.objects.setdefault(obj, {"kind": "pty", "index": index})
         attrs = termios.tcgetattr(c)
@@ -82,11 +83,29 @@ def _dump(d) -> dict:
 
 
 
+def _hold(d, dev: int, index: int) -> None:
+    """Note that the tree holds master `index` of the devpts instance `dev`: a mount whose root is
+    that pty can be made again (engine/mountrules.py held_roots)."""
+    d.scratch.setdefault("held", set()).add((f"{os.major(dev)}:{os.minor(dev)}", f"/{index}"))
+
+
+def _precheck(d) -> None:
+    """Before the tree is stopped: the masters it holds (for mountrules.held_roots)."""
+    st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
+    if _is_master(st.st_mode, st.st_rdev):
+        _hold(d, _instance(d, st), _index(d.copy()))
+
+
 def _instance(d, st) -> int:
     """The devpts instance (its superblock's device) the fd's pty lives on."""
     if not _is_master(st.st_mode, st.st_rdev):
         return st.st_dev
-    peer = fcntl.ioctl(d.copy(), TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
+    return _peer_dev(d.copy())
+
+
+def _peer_dev(master: int) -> int:
+    """The device of the devpts instance the pty of master `master` lives on (its slave's)."""
+    peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
     try:
         return os.fstat(peer).st_dev
     finally:
@@ -140,31 +159,96 @@ def _check_object(obj: dict, what: str) -> None:
         _fail(f"{what}: bad pty termios")
 
 
+def open_until(open_ptmx, index: int) -> dict[int, int]:
+    """Masters opened through `open_ptmx()` until the kernel hands out pty `index`: {number: fd},
+    the numbers below it among them (they stay taken while their masters are open, and a new
+    instance hands out the lowest free one). EBUSY when a higher number comes first."""
+    got: dict[int, int] = {}
+    try:
+        while True:
+            fd = open_ptmx()
+            try:
+                n = _index(fd)
+            except OSError:
+                os.close(fd)
+                raise
+            got[n] = fd
+            if n == index:
+                return got
+            if n > index or len(got) > 4096:
+                raise OSError(errno.EBUSY, f"pty {index} is taken on the restored devpts (got {n})")
+    except BaseException:
+        for fd in got.values():
+            os.close(fd)
+        raise
+
+
+def open_for_root(doc: dict, open_at, dev: int, index: int) -> dict[int, int]:
+    """Pty `index` of the restored devpts instance whose device is `dev`, made before its fd stage
+    (a mount's root: engine/fs/devpts.py): `open_until` through the ptmx where a master of that
+    number in the image (`doc`) was opened (`open_at(mnt, path, flags)`), so that the master the
+    tree gets shows that path and mount; one that reaches another instance is passed over."""
+    objects = doc.get("objects") or {}
+    places = {(f["ptmx"]["mnt"], f["ptmx"]["path"]) for p in doc["processes"] for f in p["fds"]
+              if f.get("kind") == "pty" and f["end"] == "master" and objects[f["obj"]]["index"] == index}
+    for mnt, path in sorted(places):
+        def open_ptmx(mnt=mnt, path=path):
+            return open_at(mnt, path, os.O_RDWR | os.O_NOCTTY)
+        try:
+            probe = open_ptmx()   # (its number is free again once it is closed)
+        except (OSError, KeyError):
+            continue   # (its mount is not made yet)
+        try:
+            if _peer_dev(probe) != dev:
+                continue
+        finally:
+            os.close(probe)
+        return open_until(open_ptmx, index)
+    raise OSError(errno.ENOENT, f"no master of pty {index} of the instance can be opened before the mount "
+                                "(its ptmx lies on a mount made after it)")
+
+
+def unlock(fd: int) -> None:
+    """Unlock the slave of master `fd` (unlockpt), so that it can be opened."""
+    fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 0))
+
+
+def _made(r: RestoreFd, open_ptmx, index: int) -> int | None:
+    """Master `index` if restore opened it already to make a mount root of its instance (a pty
+    bound as /dev/console: engine/fs/devpts.py `make_root`), else None."""
+    pools = {k[1]: v for k, v in r.state.items() if isinstance(k, tuple) and k[0] == "made"}
+    if not pools:
+        return None
+    probe = open_ptmx()   # (a new pty of the instance, gone again once closed)
+    try:
+        dev = _peer_dev(probe)
+    finally:
+        os.close(probe)
+    return pools.get(dev, {}).pop(index, None)
+
+
 def _master(r: RestoreFd, key: str) -> int:
     got = r.state.get(key)
     if got is not None:
         return got
     o = r.objects[key]
     m = r.entry["ptmx"]
-    taken = []
-    try:
-        while True:
-            fd = r.open_at(m["mnt"], m["path"], os.O_RDWR | os.O_NOCTTY)
-            n = _index(fd)
-            if n == o["index"]:
-                break
-            taken.append(fd)
-            if n > o["index"] or len(taken) > 4096:
-                raise OSError(errno.EBUSY, f"pty {o['index']} is taken on the restored devpts (got {n})")
-    finally:
-        r.keep.extend(taken)   # freed only once every process holds its fds
-    fcntl.ioctl(fd, TIOCSPTLCK, struct.pack("i", 0))
+
+    def open_ptmx():
+        return r.open_at(m["mnt"], m["path"], os.O_RDWR | os.O_NOCTTY)
+
+    fd = _made(r, open_ptmx, o["index"])   # (kept by restore already)
+    if fd is None:
+        opened = open_until(open_ptmx, o["index"])
+        fd = opened.pop(o["index"])
+        r.keep.extend(opened.values())   # freed only once every process holds its fds
+        r.keep.append(fd)
+    unlock(fd)
     if "termios" in o:
         t = o["termios"]
         termios.tcsetattr(fd, termios.TCSANOW, t[:6] + [[bytes([c]) if i not in (termios.VMIN, termios.VTIME) else c
                                                          for i, c in enumerate(t[6])]])
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", *o["winsize"]))
-    r.keep.append(fd)
     r.state[key] = fd
     return fd
 
@@ -180,7 +264,7 @@ def _open(r: RestoreFd) -> int:
     return r.open_at(e["mnt"], e["path"], (e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)) | os.O_NOCTTY)
 
 
-register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check,
+register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check, precheck=_precheck,
                 check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30, fields={"end": F(STR), "ptmx": F(DICT), "orphan": F(BOOL, required=False)}))
 
 

@@ -15,6 +15,8 @@ What a type declares:
   device: `device_of`, `plan_device`), `layers` (built on other mounts: `plan`,
   `made_outside`; `precheck`: what a running tree already shows refused), `ns` / `ns_key`
   (the namespace that owns it: `probe`);
+- roots: `fresh_roots` (the mount roots a new instance has), `held_root`/`make_root` (a root it lacks
+  that restore makes from an object a process of the tree holds: a pty bound as /dev/console);
 - restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
   and `when` it can be made; options shown vs given (`drop_opts`, `no_opts`,
   `path_opts`, `fsconfig_params`, `id_opts`); `keep_source`;
@@ -202,6 +204,13 @@ class FsType:
         running tree already shows. `plan` has the same fields `plan` gets, read from mountinfo (no
         archives, no devices); `sb` has fstype, source, super_opts and dev. Reads only: the tree runs."""
 
+    def held_root(self, root: str) -> bool:
+        """Whether `root`, a mount root a new instance lacks (not in `fresh_roots`), is made at
+        restore by opening an object of the instance that a process of the tree holds (devpts: pty N,
+        whose master is opened through the instance's ptmx): `make_root` makes it, and dump asks that
+        the tree holds the object (its fd kind names it in scratch "held", engine/mountrules.py)."""
+        return False
+
     def made_outside(self, sid: str, sb: dict, plan) -> bool:
         """Whether this namespace-root superblock was built outside the dumped namespaces."""
         return False
@@ -248,6 +257,13 @@ class FsType:
         mounts of one superblock then differ in source by their roots alone, which `mount_root`
         turns into roots, and the kernel shows each restored bind with its own path again."""
         return type(self).mount_root is not FsType.mount_root
+
+    def make_root(self, ctx, m: dict) -> dict[int, int]:
+        """Make the root of mount `m` (one `held_root` accepts) on its new superblock, through the
+        restorer `ctx` (its `doc`, `sb(sid)`, `open_at`), before m is cloned; return {number: fd} of
+        every object opened to make it, which restore hands to the fd kinds (keyed by the
+        superblock's device: a process of the tree holds one of them)."""
+        raise FsError(errno.EOPNOTSUPP, f"{self.name}: cannot make root {m['root']}")
 
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         """Make the superblock; return a detached mount fd. Only for types whose `when` is not PLAIN
@@ -296,6 +312,25 @@ def supported() -> list[str]:
     """Names of all supported filesystem types."""
     _load()
     return sorted(_REGISTRY)
+
+
+def held_roots_last(order: list[dict]) -> list[dict]:
+    """`order` (image mount records, as restore makes them) with each mount whose root its type makes
+    from an object the tree holds (`held_root`: a pty bound as /dev/console) moved after the last
+    other mount of its superblock, through which that object is opened (/dev/pts/ptmx), unless
+    something is mounted on it (restore then fails naming it, as before)."""
+    parents = {m.get("parent") for m in order}
+    held = [m for m in order if m["id"] not in parents and m.get("fstype")
+            and (h := lookup(m["fstype"])) is not None
+            and h.held_root(m["root"])]
+    if not held:
+        return order
+    out = [m for m in order if m not in held]
+    for m in held:
+        last = max((i for i, x in enumerate(out) if x["sb"] == m["sb"]), default=None)
+        at = order.index(m) if last is None else last + 1
+        out.insert(max(at, next((i + 1 for i, x in enumerate(out) if x["id"] == m.get("parent")), 0)), m)
+    return out
 
 
 def types() -> list[FsType]:

@@ -1,0 +1,51 @@
+"""engine/parking.py: detached mounts let go of in batches hold two fds whatever their number, and
+what was opened beneath them stays usable after their batch went (as after a lazy unmount); an fd
+that is no detached tree of its own is simply closed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from engine import features, forkrun, kernel, parking
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount namespaces)")
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _scenario(stack: bool) -> dict:
+    park = parking.Parking(stack)
+    base = _open_fds()
+    kept = None
+    for i in range(parking.BATCH + 10):
+        mnt = kernel.scratch_tmpfs()
+        if i == 3:
+            os.mkdir("d", dir_fd=mnt)
+            with open(os.open("d/f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=mnt), "w") as f:
+                f.write("kept")
+            kept = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=mnt)
+        park.drop(mnt)
+    held = _open_fds() - base - 1   # less `kept`
+    with open(os.open("f", os.O_RDONLY, dir_fd=kept)) as f:
+        readable = f.read()   # after its own batch went (BATCH reached): as after a lazy unmount
+    plain = os.open("/proc/self/status", os.O_RDONLY)
+    park.drop(plain)          # not a mount: closed
+    park.flush()
+    os.close(kept)
+    return {"held": held, "readable": readable, "after": _open_fds() - base, "plain_closed": not os.path.exists(
+        f"/proc/self/fd/{plain}")}
+
+
+@pytest.mark.parametrize("stack", [True, False])
+def test_parking_bounds_fds_and_drops(stack):
+    if stack and not features.available()["move_mount(to-detached)"].present:
+        pytest.skip("kernel cannot attach mounts to detached trees (move_mount(to-detached))")
+    got = forkrun.in_mount_ns(_scenario, stack)
+    assert got["readable"] == "kept"
+    assert got["held"] <= 2, got
+    assert got["after"] == 0, got
+    assert got["plain_closed"]
