@@ -316,6 +316,58 @@ def test_namespace_roots():
     assert ops[i - 1][0] == "make" and ops[i - 1][2][1] < 0 and ops[i + 1] == ("prop", 8, "shared")
 
 
+def test_slaves_of_a_group_a_namespace_root_started():
+    """A booted container's services (nspawn_boot.yaml): the container's root is a bind of a directory
+    /c made shared (its group has no seed: a root starts it), each service's root is a slave of it and
+    a service's /var/tmp a shared slave at a directory below: their seeds are binds of that root at
+    its own root /c (no member of the master group covers the superblock's root)."""
+    ops = plan([M(1, None, "/", sb="r", root="/c", shared=3), M(2, 1, "/mnt", sb="t"),
+                M(8, None, "/", sb="r", root="/c", shared=9, master=3), M(10, 8, "/mnt", sb="t"),
+                M(11, 8, "/var/tmp", sb="r", root="/c/v/a", shared=12, master=3)])
+    seeds = {op[1]: op[2:] for op in ops if op[0] == "seed"}
+    src = {op[1]: op[2] for op in ops if op[0] == "make"}
+    assert src[8][0] == "node" and seeds[src[8][1]] == ("r", "/c", ("node", 1, "")) and src[8][2] == ""
+    assert src[11][0] == "node" and seeds[src[11][1]] == ("r", "/c", ("node", 1, "")) and src[11][2] == "v/a"
+    with pytest.raises(construct.PlanError, match=r"^mount 11 \(/var/tmp\): no mount of its master group 3 "
+                                                  r"covers /a, the roots of its peer group 12"):
+        plan([M(1, None, "/", sb="r", root="/c", shared=3), M(8, None, "/", sb="r", root="/c", master=3),
+              M(11, 8, "/var/tmp", sb="r", root="/a", shared=12, master=3)])
+
+
+def test_round_trip_booted_container_shapes(case, old_kernel):
+    """The shapes of a booted nspawn container, in small: a namespace whose root is a bind of a
+    directory made shared, with a nested namespace whose root is a slave of it (made shared) holding a
+    shared slave bind of a directory below; and under a shared /run-like mount with a slave copy
+    elsewhere, mounts made beneath a place a recursive self-bind of a peer covers later (nspawn's
+    /run/host, read-only binds of a file beneath it and on it): propagation makes copies beneath the
+    cover, which restore finds (and gives their flags) through the directory taken before it was
+    covered."""
+    setup = """
+mkdir -p /mnt/c/old /mnt/c/usr /mnt/c/etc /mnt/c/dev /mnt/c/tmp /mnt/c/run /mnt/c/v/a /mnt/c/.hold /mnt/c/mnt
+for d in bin lib lib64 sbin; do if [ -L /$d ]; then cp -P /$d /mnt/c/$d; fi; done
+cp -P /.hold/mntcr-hold /mnt/c/.hold/
+mount --bind /mnt/c /mnt/c
+unshare -m sh -c '
+    mount --bind /usr /mnt/c/usr; mount --bind /dev /mnt/c/dev
+    cd /mnt/c; pivot_root . old; umount -l /old; cd /
+    mount --make-shared /
+    mount -t tmpfs run /run; mount --make-shared /run; mkdir -p /run/host/in; touch /run/host/f /run/f
+    mount -t tmpfs in /run/host/in; mount --bind /run/f /run/host/f; mount -o remount,bind,ro /run/host/f
+    mount --rbind /run/host /run/host; mount -o remount,bind,ro,nosuid /run/host/f
+    unshare -m --propagation slave sh -c "
+        mount --bind /v/a /tmp; mount --make-shared /tmp; mount --make-shared /
+        touch /mnt/ready
+        exec /.hold/mntcr-hold 100000" </dev/null >/dev/null 2>&1 &
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /mnt/c/mnt/ready
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+
+
 def test_shared_mounts_inside_a_user_namespace(case, monkeypatch):
     """A mount namespace owned by a user namespace (rootless container) with peer groups of its own:
     its locked copy of a shared mount made shared again inside (shared+slave), a tmpfs made shared
