@@ -573,8 +573,8 @@ class _Planner:
             src, state = ("ext", m["id"], ""), (None, self.st.bind[h])
         elif m["id"] in self.subtrees:
             src, state = self._subtree_input(m)
-        elif g and not h and not self.helper_ok(m["sb"]):
-            pass  # no seed: a plain clone, made shared once attached (the first of its group)
+        elif g and not h and not self.helper_ok(m["sb"]) and g not in self.st.bind:
+            pass  # no seed: a plain clone, made shared once attached (the first of its group; the others bind it)
         elif g or h:
             th = self._master_token(h, m["sb"]) if h else None
             tg = self.st.bind.get(g) if g else None

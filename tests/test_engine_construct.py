@@ -368,6 +368,37 @@ hold
     assert_same(before, take(pid))
 
 
+def test_group_on_a_superblock_restore_does_not_make():
+    """mnt_ext_auto.yaml: a peer group of binds of an external mount's directory (no seed: restore does
+    not create that superblock) starts with a plain clone made shared; its other member is a bind of
+    that one, and so is the first of its shared slave group."""
+    ops = construct.plan([M(1, None, "/", sb="r"), M(2, 1, "/usr", sb="x", root="/usr", external="usr"),
+                          M(3, 1, "/m/a", sb="x", root="/usr/share", shared=5),
+                          M(4, 1, "/m/b", sb="x", root="/usr/share", shared=5),
+                          M(6, 1, "/m/c", sb="x", root="/usr/share", shared=7, master=5)],
+                         helper_ok=lambda sb: sb != "x")
+    assert not [op for op in ops if op[0] == "seed"]
+    src = {op[1]: op[2] for op in ops if op[0] == "make"}
+    first = 3 if src[3] is None else 4
+    assert src[first] is None and src[7 - first] == ("node", first, "") and src[6] == ("node", first, "")
+
+
+def test_round_trip_external_binds_made_private_then_shared(case, old_kernel):
+    """CRIU's mnt_ext_auto: a directory of the external /usr bound, bound again and made private then
+    shared, that bound (its peer), bound again as a shared slave and once more as a slave."""
+    setup = """
+d=/mnt/zdtm; mkdir -p $d/dst $d/ps $d/bind $d/ss $d/slave
+mount --bind /usr/share $d/dst; mount --bind $d/dst $d/ps; mount --make-private $d/ps; mount --make-shared $d/ps
+mount --bind $d/ps $d/bind; mount --bind $d/bind $d/ss; mount --make-slave $d/ss; mount --make-shared $d/ss
+mount --bind $d/ss $d/slave; mount --make-slave $d/slave
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+
+
 def test_shared_mounts_inside_a_user_namespace(case, monkeypatch):
     """A mount namespace owned by a user namespace (rootless container) with peer groups of its own:
     its locked copy of a shared mount made shared again inside (shared+slave), a tmpfs made shared
