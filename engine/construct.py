@@ -654,8 +654,11 @@ class _Planner:
                 # plan attaches one mount at a time and never lets that happen (it could not reach the
                 # covered copy to finish it); stacks of peers built apart and attached whole (recursive
                 # clones) might, but are not planned.
-                raise PlanError(f"{self.where(m)}: propagation would slide a copy beneath the mount at {mp}, "
-                                f"covered where the construction cannot reach it (reparenting){_NEED}")
+                o = self.st.occupied[(q, mp)]
+                raise PlanError(f"{self.where(m)}: attached on mount {parent['id']}, propagation would tuck its copy "
+                                f"in peer {q} ({qn.mountpoint}) beneath mount {o} ({mp}), there already "
+                                f"(reparenting): a copy covered at birth, which the construction cannot reach to give "
+                                f"it its flags, its propagation and the mounts on it{_NEED}")
             cands = [c for c in self.children.get((q, mp), ()) if c["id"] not in self.st.made
                      and c["sb"] == m["sb"] and c["root"] == m["root"]]
             if cands and not any(self.names.get(c["id"]) == nm for c in cands):

@@ -294,9 +294,10 @@ def test_dump_refuses_what_no_order_builds(case, old_kernel):
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
     assert r.returncode == 2, r.stderr
-    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/t/[ab]\): propagation would slide a copy beneath .*"
-                        r"\(reparenting\); Linux >= 5\.15 restores it with MOVE_MOUNT_SET_GROUP; the tree keeps "
-                        r"running\n", r.stderr), r.stderr
+    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/t/[ab]\): attached on mount \d+, propagation would tuck "
+                        r"its copy in peer \d+ \(/mnt/t(/[ab])?\) beneath mount \d+ \(/mnt/t/[ab]\), there already "
+                        r"\(reparenting\): a copy covered at birth, .*; Linux >= 5\.15 restores it with "
+                        r"MOVE_MOUNT_SET_GROUP; the tree keeps running\n", r.stderr), r.stderr
     assert not os.path.exists(images)
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
