@@ -11,8 +11,9 @@ has, and never one more:
 - a peer group's first mount to be made gets a *seed*: a temporary mount of
   its superblock's root, attached in the service namespace's yard and made
   shared (a slave group's seed is a bind of its master's seed, made slave,
-  then shared). Members are binds of their group's seed, so they are in the
-  group before they are attached;
+  then shared; where a namespace root started the master group, at a
+  directory, a bind of that root at its root). Members are binds of their
+  group's seed, so they are in the group before they are attached;
 - mounts are attached parents first, in an order found from the tree alone
   (which mounts must wait for which, so that propagation makes the copies the
   image has and no other; then depth and path), never from mount ids: before
@@ -20,9 +21,10 @@ has, and never one more:
   mounts were made in. When a
   step would make propagation copy the mount somewhere, the copy must be a
   mount of the image not made yet (at that place, same superblock and root):
-  it is *adopted*, not made again. A step whose copy the image lacks, or that
-  would slide a copy beneath a mount already there, is put off, and a later
-  mount is tried first;
+  it is *adopted*, not made again (where a mount attached before covers its
+  place, found through the directory opened before that cover). A step whose
+  copy the image lacks, or that would slide a copy beneath a mount already
+  there, is put off, and a later mount is tried first;
 - right after each step the new mount and its copies get the propagation the
   image gives them (make private, make slave of the current group, make
   shared) when that reaches it; the seeds are made private and dropped at
