@@ -450,12 +450,12 @@ else:
 
 def _queued(pid: int, fd: int) -> list[bytes]:
     """The datagrams queued on fd `fd` of process `pid` (peeked, not consumed)."""
-    from engine.fds import unix
+    from engine.fds import unix_queue
     s = _grab_socket(pid, fd)
     import base64
     import types
     with s:
-        return [base64.b64decode(m) for m in unix._peek_messages(s, types.SimpleNamespace(where=f"fd {fd}"), 0)]
+        return [base64.b64decode(m) for m in unix_queue._peek_messages(s, types.SimpleNamespace(where=f"fd {fd}"), 0)]
 
 
 def test_unix_pairs_with_queued_datagrams(case):

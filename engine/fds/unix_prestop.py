@@ -78,13 +78,13 @@ def _precheck(d) -> None:
 
 def _head_sender(s: socket.socket) -> list[dict]:
     """[the name of the sender of the datagram at the head of s's queue] when it has one, else []."""
-    from engine.fds import unix
+    from engine.fds import unix_bind
     try:
         # (no room for ancillary data: fds in flight with it are not installed here)
         _data, _anc, _flags, addr = s.recvmsg(1, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         return []   # (read meanwhile)
-    sender = unix._name(addr)
+    sender = unix_bind._name(addr)
     return [sender] if sender else []
 
 
