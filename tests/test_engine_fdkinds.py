@@ -455,7 +455,7 @@ def _queued(pid: int, fd: int) -> list[bytes]:
     import base64
     import types
     with s:
-        return [base64.b64decode(m) for m in unix_queue._peek_messages(s, types.SimpleNamespace(where=f"fd {fd}"), 0)]
+        return [base64.b64decode(m) for m in unix_queue.peek_messages(s, types.SimpleNamespace(where=f"fd {fd}"), 0)]
 
 
 def test_unix_pairs_with_queued_datagrams(case):

@@ -201,7 +201,7 @@ def _socket_pairs(by_inode: dict) -> list[str]:
         try:
             net = os.stat(f"/proc/{pid}/ns/net").st_ino
             if net not in diag:
-                diag[net] = unix_diag._diag_in(pid)
+                diag[net] = unix_diag.diag_in(pid)
             diag.setdefault("all", {}).update(diag[net])
         except OSError:
             continue

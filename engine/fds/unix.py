@@ -1,52 +1,35 @@
-"""Unix sockets: socket pairs (both ends, queued stream data), unbound ones, abstract names and
-names bound to a path, listening or not; any other family is refused naming the fd.
+"""Unix sockets (the fd kind): socket pairs (both ends, queued stream data), unbound ones, abstract
+names and names bound to a path, listening or not; any other family is refused naming the fd.
 
-Sockets are made by the stand-in of the process that holds them (so they
-belong to its network namespace, where abstract names live) and handed back
-to the restorer, which gives the same description to every holder. A path
-name is bound again by that stand-in, after it entered its restored root,
-with the dumped name; the socket file left by the dumped tree (made again
-with its filesystem's files, engine/content.py) is replaced.
+Dump asks what case a socket is (`case_of`: a listener, a connection not accepted yet, one whose
+peer is gone, a named one with datagrams waiting, a client of a named socket, a pair end) and
+records it; restore's entry points make it again. Sockets are made by the stand-in of the process
+that holds them (so they belong to its network namespace, where abstract names live) and handed
+back to the restorer, which gives the same description to every holder.
 
-The socket file of a path name is found on any mount of the tree that holds
-it: the name's path in the process's namespace or another namespace of the
-tree (a runtime binds inside the container it builds), else a search of that
-filesystem's mounts, covered ones too (through clones, beneath an
-overmount). At restore the name is bound again as dumped with its file in
-that directory, whatever the name leads to from the stand-in (unix_bind._bind_beside, on
-every kernel: before 6.15 in a private mount namespace of a child of the stand-in),
-through a read-write mount of the superblock when the one found is read-only.
-A socket file on a mount lazily unmounted since (the socket keeps that mount
-alive) is found by the kernel itself (unix_locate.SIOCUNIXFILE) and bound again on that
-detached mount, restored like any other (engine/detached.py). When only the
-socket holds that mount, the rest of its files are out of reach and not kept
-(the socket file's directories are made again).
+The concepts live in helper modules of this kind:
+- unix_diag: what sock_diag lists (peers, files, pending connections, queue lengths);
+- unix_locate: which mount of the tree holds a path-bound socket's file;
+- unix_bind: binding the dumped name again with its file where it was (bind_beside; before 6.15
+  from a private mount namespace, attach_privately), as the file's owner, with its mode;
+- unix_queue: queued messages (peeked with a peek offset) and the fds in flight with them;
+- unix_pair: pair ends, and pairs made again through a temporary listener at the name;
+- unix_backlog: datagrams queued on a named socket, each sent again from its sender, and what a
+  pending connection's client had sent;
+- unix_ghost: sockets whose file was unlinked since;
+- unix_prestop: the refusals told before the tree is stopped;
+- unix_check: the image validator's part.
 
-Queued datagrams (pairs, a survivor whose peer is gone, and a named socket
-other sockets sent to) are peeked with a peek offset; fds in flight with them
-come with each peek and are kept as files or FIFOs on mounts of the tree, sent
-again with their message at restore. A named socket's datagrams are sent again
-once every process holds its fds, each from its sender: the tree's socket of
-the sender's name, or a fresh unbound socket for an unbound sender.
+A datagram socket connected to a named socket of the tree, and the client of a connection its
+listener has not accepted yet (in queue order), are made unconnected and connected again once
+every process holds its fds (the restorer's late steps), through the socket file on the restored
+mount by a /proc magic link, or by the abstract name.
 
-A datagram socket connected to a named socket of the tree, and the client of
-a connection its listener has not accepted yet (sock_diag's icons list them in
-queue order), are made unconnected and connected again once every process
-holds its fds (the restorer's late steps), through the socket file on the
-restored mount by a /proc magic link, or by the abstract name. What such a
-client had sent waits in the server end the kernel made for the connection,
-which no fd reaches: dump's last step (`takes`, the tree is killed after)
-accepts those connections and reads it, and restore sends it again from the
-client once connected, for the listener's accept() to read.
-
-Peers come from sock_diag (NETLINK_SOCK_DIAG, one dump per network
-namespace, read in a child that joins it). Not done yet (refused at dump):
-fds in flight on a stream or a listener, other kinds in flight, data a
-pending connection's client already sent when the tree keeps running
-(--leave-running: only accept() reads it), a datagram queued on a named socket
-from a sender name no socket of the tree holds, a connection to a named
-socket outside the tree, and a path name whose file is only on a detached mount
-where the kernel lacks unix_locate.SIOCUNIXFILE.
+Not done yet (refused at dump): fds in flight on a stream or a listener, other kinds in flight,
+data a pending connection's client already sent when the tree keeps running (--leave-running:
+only accept() reads it), a datagram queued on a named socket from a sender name no socket of the
+tree holds, a connection to a named socket outside the tree, and a path name whose file is only on
+a detached mount where the kernel lacks SIOCUNIXFILE.
 """
 
 from __future__ import annotations
@@ -57,7 +40,6 @@ import os
 import socket
 import stat
 
-from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, record
 from engine.fds import (FdError, FdKind, RestoreFd, register, unix_backlog, unix_bind, unix_check, unix_diag,
                         unix_ghost, unix_locate, unix_pair, unix_prestop, unix_queue)
 
@@ -74,7 +56,7 @@ def _dump(d) -> dict:
     return out
 
 
-class _Sock:
+class Sock:
     """One unix socket being dumped: our copy of it and what sock_diag says of it and its peer."""
 
     def __init__(self, d, c: int, s: socket.socket):
@@ -84,7 +66,7 @@ class _Sock:
         self.netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
         self.diag = unix_diag.diag_of(d, self.netns)
         self.rec = self.diag.get(self.ino, {})
-        self.out = {"type": unix_diag.TYPES[self.typ], **unix_bind._name(s.getsockname())}   # the image entry being built
+        self.out = {"type": unix_diag.TYPES[self.typ], **unix_bind.name_of(s.getsockname())}   # the image entry being built
         refuse_name(d, self.out)
         self.peer = self.rec.get("peer")
         self.inflight = 0
@@ -100,7 +82,7 @@ class _Sock:
         return bool(self.peer) and self.diag.get(self.peer, {}).get("peer") == self.ino
 
 
-def case_of(k: _Sock) -> tuple[str, object]:
+def case_of(k: Sock) -> tuple[str, object]:
     """Which case socket `k` is, asked of the stopped tree by `_dump_one` and of the running one by
     unix_prestop.precheck: ("listener", None), ("embryo", (its listener, its place in the queue)): a
     connection not accepted yet, ("dangling", None): its peer is gone, ("backlog", None): a named one
@@ -119,12 +101,12 @@ def case_of(k: _Sock) -> tuple[str, object]:
         return "listener", None
     embryos = d.scratch.get(("unix-embryos", k.netns))
     if embryos is None:
-        embryos = d.scratch[("unix-embryos", k.netns)] = unix_diag._embryos(k.diag)
+        embryos = d.scratch[("unix-embryos", k.netns)] = unix_diag.embryos(k.diag)
     if k.ino in embryos:
         return "embryo", embryos[k.ino]
-    if not k.peer and not k.named and _connected(s):
+    if not k.peer and not k.named and connected(s):
         return "dangling", None
-    if not k.peer and k.named and (k.inflight or unix_queue._inq(k.c)):
+    if not k.peer and k.named and (k.inflight or unix_queue.inq(k.c)):
         return "backlog", None
     if k.peer and not k.mutual:
         return "client", k.peer
@@ -138,7 +120,7 @@ def _dump_one(d) -> dict:
     c = d.copy()
     s = socket.socket(fileno=os.dup(c))
     try:
-        k = _Sock(d, c, s)
+        k = Sock(d, c, s)
         out = k.out
         if "path" in out and (not k.mutual or k.typ == socket.SOCK_DGRAM):
             _record_bound(k)   # (an accepted end's name is its listener's; a datagram pair end's its own)
@@ -162,13 +144,13 @@ def _dump_one(d) -> dict:
             out.update(_connected_to(d, s, k.typ, detail, k.diag, k.netns, k.inflight))
             return out
         if case == "pair":
-            unix_pair._as_pair_end(k)
+            unix_pair.dump_end(k)
         return out
     finally:
         s.close()
 
 
-def _record_bound(k: _Sock) -> None:
+def _record_bound(k: Sock) -> None:
     """A socket bound to a path: where its file lies (the mount restore binds it on), its owner
     and mode."""
     d, out = k.d, k.out
@@ -176,13 +158,13 @@ def _record_bound(k: _Sock) -> None:
     if ghost is not None:
         out.update({"bound": ghost, "unlinked": True})   # (numbered by _finish)
     else:
-        out["bound"] = unix_locate._writable(d, unix_locate._locate(d, out["path"], k.rec.get("vfs")))
-    st = unix_locate._file_stat(d)
+        out["bound"] = unix_locate.writable(d, unix_locate.locate(d, out["path"], k.rec.get("vfs")))
+    st = unix_locate.file_stat(d)
     if st is not None:
         out["owner"], out["mode"] = [st.st_uid, st.st_gid], stat.S_IMODE(st.st_mode)
 
 
-def _as_listener(k: _Sock) -> dict:
+def _as_listener(k: Sock) -> dict:
     """A listening socket: its backlog, and the connections waiting to be accepted."""
     out = k.out
     out["listen"] = max(k.rec.get("wqueue", 128), 1)
@@ -192,38 +174,38 @@ def _as_listener(k: _Sock) -> dict:
     return out
 
 
-def _as_dangling(k: _Sock) -> dict:
+def _as_dangling(k: Sock) -> dict:
     """Its peer is gone (closed by a process that exited: podman's end of conmon's sync socket):
     restored as one end of a pair whose other end is closed at once."""
     out = k.out
     out["dangling"] = True
     refuse_dangling(k)
-    if k.typ != socket.SOCK_STREAM and (k.inflight or unix_queue._inq(k.c)):
+    if k.typ != socket.SOCK_STREAM and (k.inflight or unix_queue.inq(k.c)):
         # (systemd-nspawn keeps the fd of its kmsg FIFO in flight on such a socket)
-        out["msgs"] = unix_queue._peek_messages(k.s, k.d, k.inflight)
-        out["mnts"] = unix_queue._inflight_mounts(out["msgs"])
-    elif unix_queue._inq(k.c):
+        out["msgs"] = unix_queue.peek_messages(k.s, k.d, k.inflight)
+        out["mnts"] = unix_queue.inflight_mounts(out["msgs"])
+    elif unix_queue.inq(k.c):
         # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
-        out["data"] = base64.b64encode(k.s.recv(unix_queue._inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
+        out["data"] = base64.b64encode(k.s.recv(unix_queue.inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
     return out
 
 
-def refuse_dangling(k: _Sock) -> None:
+def refuse_dangling(k: Sock) -> None:
     """Refuse a stream socket whose peer is gone with more bytes queued on it than an image keeps;
     asked before the stop too (unix_prestop)."""
-    n = unix_queue._inq(k.c) if k.typ == socket.SOCK_STREAM else 0
+    n = unix_queue.inq(k.c) if k.typ == socket.SOCK_STREAM else 0
     if n > unix_queue.MAX_DATA:
         raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: {n} bytes queued: too many")
 
 
-def _with_backlog(k: _Sock) -> dict:
+def _with_backlog(k: Sock) -> dict:
     """Datagrams other sockets sent to its name (a syslog or sd_notify socket's backlog): sent
     again at restore, in order, each from its sender: an unbound one from a fresh unbound
     socket, a named one from the tree's socket of that name (_finish finds it)."""
     out = k.out
     senders: list = []
-    out["msgs"] = unix_queue._peek_messages(k.s, k.d, k.inflight, senders)
-    out["mnts"] = unix_queue._inflight_mounts(out["msgs"])
+    out["msgs"] = unix_queue.peek_messages(k.s, k.d, k.inflight, senders)
+    out["mnts"] = unix_queue.inflight_mounts(out["msgs"])
     if any(senders):
         out["_senders"] = senders
         out["_where"] = k.d.where
@@ -246,12 +228,12 @@ def refuse_family(d, s: socket.socket) -> int:
 
 
 def refuse_name(d, name: dict) -> None:
-    """Refuse a socket bound to a path that is not a normalised name (`name`: from unix_bind._name): one with
+    """Refuse a socket bound to a path that is not a normalised name (`name`: from unix_bind.name_of): one with
     '.', '..' or '//', which restore's validator would refuse in the image."""
     if "path" in name:
         from engine.image import ImageError
         try:
-            unix_check._check_name(name["path"], "name")
+            unix_check.check_name(name["path"], "name")
         except ImageError:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name['path']!r}, not a normalised name "
                                             "(the only names the image keeps): not supported") from None
@@ -312,7 +294,7 @@ def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: i
     name = peer_name(d, s, typ, peer, diag, inflight)
     if "path" in name:
         try:
-            loc = unix_locate._locate(d, name["path"], diag.get(peer, {}).get("vfs"))
+            loc = unix_locate.locate(d, name["path"], diag.get(peer, {}).get("vfs"))
         except FdError as e:
             # Its file may be a ghost's (unlinked): _finish connects to that socket by its id then.
             return {"connect": name, "_ghost_peer": (f"{netns}:{peer}", e.strerror), "_peer": f"{netns}:{peer}",
@@ -332,11 +314,11 @@ def peer_name(d, s: socket.socket, typ: int, peer: int, diag: dict, inflight: in
     listener = diag.get(peer, {}).get("icons") is not None or diag.get(peer, {}).get("state") == 10   # TCP_LISTEN
     if typ != socket.SOCK_DGRAM and not listener:
         raise FdError(errno.EOPNOTSUPP, f"{what}: not supported")
-    if inflight or unix_queue._inq(d.copy()):
+    if inflight or unix_queue.inq(d.copy()):
         raise FdError(errno.EOPNOTSUPP, f"{what}: datagrams queued on it: not supported")
-    name = unix_bind._name(s.getpeername())
+    name = unix_bind.name_of(s.getpeername())
     # (a relative name, CRIU's sk-unix-listen01, is connected to again through the file it found)
-    if not name or unix_bind._MAGIC.match(name.get("path", "")):
+    if not name or unix_bind.MAGIC.match(name.get("path", "")):
         raise FdError(errno.EOPNOTSUPP, f"{what}, and that one has no name to connect to again "
                                         f"({name or 'unnamed'}): not supported")
     return name
@@ -372,7 +354,8 @@ def refuse_outside(unix: list[dict]) -> None:
                                             "tree holds: not supported")
 
 
-def _connected(s: socket.socket) -> bool:
+def connected(s: socket.socket) -> bool:
+    """Is `s` connected (has a peer name, even one whose peer is gone)?"""
     try:
         s.getpeername()
         return True
@@ -384,34 +367,26 @@ def _make(args, fds):
     """In the stand-in: a socket (or a pair) of its network namespace, bound and listening as dumped."""
     spec = args
     if spec.get("dangling"):
-        a, b = socket.socketpair(socket.AF_UNIX, unix_diag._TYPE_NO[spec["type"]])
-        unix_queue._send_queue(b, spec.get("msgs") or (), fds)   # its queue, sent by the peer that goes at once
+        a, b = socket.socketpair(socket.AF_UNIX, unix_diag.TYPE_NO[spec["type"]])
+        unix_queue.send_queue(b, spec.get("msgs") or (), fds)   # its queue, sent by the peer that goes at once
         if spec.get("data"):
             b.sendall(base64.b64decode(spec["data"]))
         b.close()
         return None, [a.detach()]
     if spec.get("pair"):
-        a, b = socket.socketpair(socket.AF_UNIX, unix_diag._TYPE_NO[spec["type"]])
-        out = [a.detach(), b.detach()]
-        for end, data in enumerate(spec.get("data") or ()):
-            if data:
-                os.write(out[1 - end], base64.b64decode(data))   # what `end` will read, sent by its peer
-        rest = list(fds)
-        for end, queue in enumerate(spec.get("msgs") or ()):
-            with socket.socket(fileno=os.dup(out[1 - end])) as peer:
-                rest = unix_queue._send_queue(peer, queue, rest)
-        return None, out
-    s = socket.socket(socket.AF_UNIX, unix_diag._TYPE_NO[spec["type"]])
+        a, b = socket.socketpair(socket.AF_UNIX, unix_diag.TYPE_NO[spec["type"]])
+        return None, unix_pair.fill([a.detach(), b.detach()], spec, fds)
+    s = socket.socket(socket.AF_UNIX, unix_diag.TYPE_NO[spec["type"]])
     try:
         if "abstract" in spec:
             s.bind(b"\0" + base64.b64decode(spec["abstract"]))
         elif "path" in spec:
-            if unix_bind._MAGIC.match(spec["path"]):
+            if unix_bind.MAGIC.match(spec["path"]):
                 import fcntl
                 hi = fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 1024)   # off any fd number N it names
                 s.close()
                 s = socket.socket(fileno=hi)
-            unix_bind._bind_path(s, spec, fds)
+            unix_bind.bind_path(s, spec, fds)
         if "listen" in spec:
             s.listen(spec["listen"])
         return None, [s.detach()]
@@ -425,7 +400,7 @@ def _open(r: RestoreFd) -> int:
         st = r.state.get(e["obj"])
         if st is None:
             obj = r.objects[e["obj"]]
-            sent = unix_queue._open_inflight(r, [m for q in obj.get("msgs") or () for m in q])
+            sent = unix_queue.open_inflight(r, [m for q in obj.get("msgs") or () for m in q])
             try:
                 st = r.state[e["obj"]] = r.standin("make", {"pair": True, "type": obj["type"], "data": obj["data"],
                                                             "msgs": obj.get("msgs")}, sent)
@@ -448,7 +423,7 @@ def _open(r: RestoreFd) -> int:
         spec, sent = _name_spec(r, e)
         if e.get("dangling"):
             spec.update({"msgs": e.get("msgs"), "data": e.get("data")})
-            sent = unix_queue._open_inflight(r, e.get("msgs") or ())
+            sent = unix_queue.open_inflight(r, e.get("msgs") or ())
         try:
             fd = r.standin("make", spec, sent)[0]
         finally:
@@ -505,7 +480,7 @@ def _bind_in(spec, fds):
         if "abstract" in spec:
             s.bind(b"\0" + base64.b64decode(spec["abstract"]))
         else:
-            unix_bind._bind_path(s, spec, fds[1:])
+            unix_bind.bind_path(s, spec, fds[1:])
     finally:
         s.detach()   # (the received fds are the stand-in's to close)
     return None, []
@@ -563,18 +538,18 @@ def _connect_to(r: RestoreFd, s: socket.socket, c: dict) -> None:
         os.close(at)
 
 
+def _mounts(e: dict) -> list[int]:
+    """The attached mounts restore opens for entry `e`: its socket file's, those of its fds in
+    flight, and that of the socket file it connects to."""
+    return (([e["bound"]["mnt"]] if "bound" in e and not e["bound"].get("detached") else [])
+            + list(e.get("mnts", ()))
+            + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []))
+
+
 register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump=_dump, open=_open,
-                mounts=lambda e: ([e["bound"]["mnt"]] if "bound" in e and not e["bound"].get("detached") else [])
-                + list(e.get("mnts", ()))
-                + ([e["connect"]["mnt"]] if "mnt" in e.get("connect", {}) else []), finish=_finish,
+                mounts=_mounts, finish=_finish,
                 precheck=unix_prestop.precheck, prefinish=unix_prestop.prefinish,
-                check=unix_check._check, check_object=unix_check._check_object, prepare=unix_pair._prepare,
-                standin={"make": _make, "bind": _bind_in, "via": unix_pair._via, "deliver": unix_backlog.deliver_in, "reach": _reach_in}, fields={
-                        "connect": F(DICT, required=False),"type": F(STR), "abstract": F(STR, required=False), "path": F(STR, required=False, rule=unix_check._name_rule), "listen": F(INT, required=False), "end": F(INT, required=False),
-                        "bound": F(DICT, required=False, rule=record(LOC)), "dangling": F(BOOL, required=False), "data": F(STR, required=False),
-                        "unlinked": F(STR, required=False),
-                        "owner": F(LIST, required=False, rule=unix_check._owner_rule),
-                        "mode": F(INT, required=False, rule=unix_check._mode_rule),
-                        "msgs": F(LIST, required=False), "mnts": F(LIST, required=False),
-                        "senders": F(LIST, required=False), "sender_id": F(STR, required=False),
-                        "sent": F(STR + LIST, required=False), "reached": F(BOOL, required=False)}))
+                check=unix_check.check, check_object=unix_check.check_object, fields=unix_check.FIELDS,
+                prepare=unix_pair.prepare,
+                standin={"make": _make, "bind": _bind_in, "via": unix_pair.via_in,
+                         "deliver": unix_backlog.deliver_in, "reach": _reach_in}))

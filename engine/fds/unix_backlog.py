@@ -2,7 +2,7 @@
 datagrams other sockets sent to a named socket (a /dev/log or sd_notify backlog), and what the
 client of a connection not accepted yet had sent (engine/fds/unix.py makes the sockets).
 
-Datagrams queued on a named socket are peeked at dump (unix_queue._peek_messages) with their
+Datagrams queued on a named socket are peeked at dump (unix_queue.peek_messages) with their
 senders' names; each named sender must be a datagram socket of the tree (`sender_id` on it,
 `senders` on the receiver), and restore, once every process holds its fds, sends each datagram
 again in order from that socket or, for an unbound sender, from a fresh unbound socket, so the
@@ -27,7 +27,7 @@ import struct
 
 from engine.fds import FdError, RestoreFd, unix_queue
 
-MAX_DATA = 1 << 22   # (as engine/fds/unix.py's)
+MAX_DATA = unix_queue.MAX_DATA
 SO_SNDBUFFORCE = 32
 SENDER_ID = re.compile(r"^u-[0-9]{1,9}$")
 
@@ -129,7 +129,7 @@ def deliver(r: RestoreFd, e: dict) -> None:
         if named[sid] not in senders:
             senders.append(named[sid])
         who.append(senders.index(named[sid]))
-    inflight = unix_queue._open_inflight(r, e["msgs"])
+    inflight = unix_queue.open_inflight(r, e["msgs"])
     try:
         if "abstract" in e:
             r.standin("deliver", {"to": e["abstract"], "msgs": e["msgs"], "who": who, "n": len(senders)},

@@ -1,11 +1,11 @@
 """Binding a unix socket's dumped name again at restore, its socket file in the directory it was in.
 
-The name as the image keeps it (`_name`), the file system ids to bind with (its dumped owner, as
-the stand-in's user namespace names them), and the bind itself: `_bind_beside` binds the dumped
+The name as the image keeps it (`name_of`), the file system ids to bind with (its dumped owner, as
+the stand-in's user namespace names them), and the bind itself: `bind_beside` binds the dumped
 name with its file in a given directory whatever the name leads to from the stand-in (beneath an
 overmount, on a detached mount, in another namespace of the tree), from a forked child chrooted
 to a fresh tmpfs; before Linux 6.15 (strategy sources=yard) that tmpfs is attached first in a
-private mount namespace of the child (`_attach_privately`).
+private mount namespace of the child (`attach_privately`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from engine import forkrun, kernel
 from engine.fds import FdError
 
 
-def _name(raw) -> dict:
+def name_of(raw) -> dict:
+    """A socket name as getsockname/getpeername give it, as the image keeps it: {"abstract": base64}, {"path": name}, or {} for none."""
     if isinstance(raw, bytes):
         return {"abstract": base64.b64encode(raw[1:] if raw[:1] == b"\0" else raw).decode()} if raw else {}
     if not raw:
@@ -29,7 +30,7 @@ def _name(raw) -> dict:
     return {"path": raw}
 
 
-_MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
+MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
 
 
 def _here(kid: int, map_name: str, proc: int = -1) -> int | None:
@@ -45,7 +46,7 @@ def _here(kid: int, map_name: str, proc: int = -1) -> int | None:
     return None
 
 
-def _bind_ids(spec: dict, proc: int = -1) -> tuple[int, int] | None:
+def bind_ids(spec: dict, proc: int = -1) -> tuple[int, int] | None:
     """The file system ids to make `spec`'s socket file with: its dumped owner, as our user namespace
     names it; None (our own) when there is none, it is ours, or we cannot name it. `proc`: as _here's."""
     owner = spec.get("owner")
@@ -71,7 +72,7 @@ def _as(ids: tuple[int, int] | None, fn, *args) -> None:
     forkrun.run(body)
 
 
-def _mapped(ids: tuple[int, int] | None, where, fn, *args) -> None:
+def mapped(ids: tuple[int, int] | None, where, fn, *args) -> None:
     """fn(*args) (which makes a file in directory `where`, an fd or a path) with file system ids
     `ids`, or our own; where the filesystem's user namespace does not map those (EOVERFLOW: a
     tmpfs mounted inside a user namespace, our ids the restorer's), again as the directory's owner."""
@@ -86,28 +87,28 @@ def _mapped(ids: tuple[int, int] | None, where, fn, *args) -> None:
         _as((st.st_uid, st.st_gid), fn, *args)
 
 
-def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
+def bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     """Bind to the dumped name, the socket file landing in the directory received (fds[0]).
 
     A name through /proc/self/fd/N/ is bound the same way, with that directory at N for the
     call; any other name is bound as it reads, from the stand-in's restored root."""
     name, d = spec["path"], fds[0] if fds else None
-    ids = _bind_ids(spec)
+    ids = bind_ids(spec)
     if d is not None:
         try:
             if stat.S_ISSOCK(os.lstat(spec["base"], dir_fd=d).st_mode):
                 os.unlink(spec["base"], dir_fd=d)   # the dumped socket's node: bind makes a new one
         except FileNotFoundError:
             pass
-    m = _MAGIC.match(name)
-    if m is None and d is not None and _bind_beside(s, d, name, ids):
+    m = MAGIC.match(name)
+    if m is None and d is not None and bind_beside(s, d, name, ids):
         _chmod(spec, d)
         return
     if spec.get("ghost"):
         raise FdError(errno.EOPNOTSUPP, f"{name}: a deleted socket file is bound again aside, which a name with "
                                         "'.' or '..' components cannot be")
     if m is None or d is None:
-        _mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
+        mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
         _chmod(spec, d)
         return
     n = int(m[1])
@@ -123,7 +124,7 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     cloexec = saved is not None and not os.get_inheritable(n)
     os.dup2(d, n)
     try:
-        _mapped(ids, d, s.bind, name)
+        mapped(ids, d, s.bind, name)
         _chmod(spec, d)
     finally:
         if saved is None:
@@ -139,15 +140,15 @@ def _chmod(spec: dict, d: int | None) -> None:
         os.chmod(spec["base"], spec["mode"], dir_fd=d)
 
 
-def _bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | None = None) -> bool:
+def bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | None = None) -> bool:
     """Bind `s` to `name` with its socket file in directory `d`, wherever `name` leads from here
     (the file may lie beneath an overmount, on a detached mount, or in another mount namespace of
     the tree). A forked child chroots to a detached tmpfs where `name`'s directory is a symlink
     to `d` through a procfs of its own (/P/self/fd/D), and binds there: the name is the dumped
     one, the file lands in `d`. Before Linux 6.15 (no mounts on a detached mount: strategy
     sources=yard) that tmpfs is attached first, in a private mount namespace of the child
-    (_attach_privately). False where the name has dot components: then the caller binds the
-    name as it reads from the stand-in's root. `ids`: the file system ids to bind with (_bind_ids, _mapped)."""
+    (attach_privately). False where the name has dot components: then the caller binds the
+    name as it reads from the stand-in's root. `ids`: the file system ids to bind with (bind_ids, mapped)."""
     from engine import strategy
     absolute = name.startswith("/")
     parts = [p for p in name.split("/")[:-1] if p]
@@ -164,13 +165,13 @@ def _bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | Non
                 os.chroot(".")
             s.bind(name)
             return True
-        top = _fresh("tmpfs")
+        top = fresh_mount("tmpfs")
         sub = parts if absolute else ["w"] + parts
         procdir = next(p for p in ("p", "q") if p != sub[0])
         os.mkdir(procdir, 0o555, dir_fd=top)
         if private:
-            _attach_privately(top)   # (no mounts on detached mounts before Linux 6.15)
-        kernel.move_mount(_fresh("proc"), "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+            attach_privately(top)   # (no mounts on detached mounts before Linux 6.15)
+        kernel.move_mount(fresh_mount("proc"), "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
         for i in range(len(sub) - 1):
             os.mkdir("/".join(sub[: i + 1]), 0o755, dir_fd=top)
         os.symlink(f"/{procdir}/self/fd/{d}", "/".join(sub), dir_fd=top)
@@ -187,10 +188,10 @@ def _bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | Non
         st = os.fstat(d)
         if e.errno != errno.EOVERFLOW or (st.st_uid, st.st_gid) == ids:
             raise
-        return forkrun.run(body, (st.st_uid, st.st_gid))   # as in _mapped
+        return forkrun.run(body, (st.st_uid, st.st_gid))   # as in mapped
 
 
-def _attach_privately(top: int) -> None:
+def attach_privately(top: int) -> None:
     """In a forked child: attach detached mount `top` over the root of a mount namespace of the
     child's own, whose mounts are all private (nothing it mounts propagates back to the tree's).
     setns through our own pidfd puts our root at the new namespace's root, where a recursive
@@ -205,7 +206,7 @@ def _attach_privately(top: int) -> None:
     kernel.move_mount(top, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
 
 
-def _fresh(fstype: str) -> int:
+def fresh_mount(fstype: str) -> int:
     """A detached mount of a new superblock of `fstype` (in a child that exits soon)."""
     fs = kernel.fsopen(fstype)
     kernel.fsconfig(fs, kernel.FSCONFIG_CMD_CREATE)

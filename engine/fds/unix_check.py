@@ -4,16 +4,16 @@ restore reads (names, mounts, queues, pending connections, ghosts, senders) is c
 
 from __future__ import annotations
 
-from engine.imageformat import path_rule
+from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
 from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_queue
 
 
-def _name_rule(v) -> str | None:
-    """imageformat rule of a socket's path name: see _check_name."""
+def name_rule(v) -> str | None:
+    """imageformat rule of a socket's path name: see check_name."""
     return path_rule("/" + v if isinstance(v, str) and v and not v.startswith("/") else v)
 
 
-def _check_name(name, what: str) -> None:
+def check_name(name, what: str) -> None:
     """A socket's path name as bind() got it: a normalised absolute path, or a relative one
     (sockname shows it as given: CRIU's sk-unix-rel) without '.', '..' or empty components."""
     from engine.image import _fail, check_abs_path
@@ -23,19 +23,20 @@ def _check_name(name, what: str) -> None:
         check_abs_path(name, what)
 
 
-def _check(entry: dict, what: str) -> None:
+def check(entry: dict, what: str) -> None:
+    """The image validator for a unix socket fd entry (FdKind.check): every field restore reads."""
     from engine.image import _fail, check_abs_path
     if entry.get("type") not in unix_diag.TYPES.values():
         _fail(f"{what}: bad unix socket type")
     if "path" in entry:
-        _check_name(entry["path"], what)
+        check_name(entry["path"], what)
         if len(entry["path"]) > 107:
             _fail(f"{what}: socket path too long")
         if not isinstance(entry.get("bound"), dict):
             _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
     if "unlinked" in entry and (not isinstance(entry["unlinked"], str)
                                 or not unix_ghost.GHOST_ID.match(entry["unlinked"])
-                                or "path" not in entry or unix_bind._MAGIC.match(entry["path"]) or "dangling" in entry):
+                                or "path" not in entry or unix_bind.MAGIC.match(entry["path"]) or "dangling" in entry):
         _fail(f"{what}: bad ghost socket id, or a ghost that is not a path-bound socket")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
@@ -52,13 +53,13 @@ def _check(entry: dict, what: str) -> None:
             if not isinstance(c["abstract"], str) or len(c["abstract"]) > 148:
                 _fail(f"{what}: bad abstract name to connect to")
         elif set(c) == {"path", "to"}:
-            _check_name(c["path"], what)
+            check_name(c["path"], what)
             if len(c["path"]) > 107 or not isinstance(c["to"], str) or not unix_ghost.GHOST_ID.match(c["to"]):
                 _fail(f"{what}: bad ghost socket to connect to")
         elif set(c) == {"path", "mnt", "at"}:
-            _check_name(c["path"], what)
+            check_name(c["path"], what)
             check_abs_path(c["at"], what)
-            if len(c["path"]) > 107 or unix_bind._MAGIC.match(c["path"]) or type(c["mnt"]) is not int:
+            if len(c["path"]) > 107 or unix_bind.MAGIC.match(c["path"]) or type(c["mnt"]) is not int:
                 _fail(f"{what}: bad socket path to connect to")
         else:
             _fail(f"{what}: 'connect' needs an abstract name, or a path with the mount and path of its socket file")
@@ -126,7 +127,8 @@ def _check_msgs(queue, what: str) -> None:
                 check_abs_path(f.get("path"), what)
 
 
-def _check_object(obj: dict, what: str) -> None:
+def check_object(obj: dict, what: str) -> None:
+    """The image validator for a socket pair object (FdKind.check_object): its data, queues and listener name."""
     from engine.image import _fail, check_abs_path
     if obj.get("type") not in unix_diag.TYPES.values() or not isinstance(obj.get("data"), list) or len(obj["data"]) != 2 \
             or not all(isinstance(x, str) and len(x) <= unix_queue.MAX_DATA * 4 // 3 + 4 for x in obj["data"]):
@@ -142,18 +144,43 @@ def _check_object(obj: dict, what: str) -> None:
         if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
             _fail(f"{what}: bad listener name of a socket pair")
         if "path" in via:
-            _check_name(via["path"], what)
-            if len(via["path"]) > 107 or unix_bind._MAGIC.match(via["path"]):
+            check_name(via["path"], what)
+            if len(via["path"]) > 107 or unix_bind.MAGIC.match(via["path"]):
                 _fail(f"{what}: bad listener path of a socket pair")
         elif not isinstance(via["abstract"], str) or len(via["abstract"]) > 148:
             _fail(f"{what}: bad abstract listener name of a socket pair")
 
 
-def _mode_rule(v) -> str | None:
+def mode_rule(v) -> str | None:
+    """imageformat rule of a socket file's mode."""
     return None if 0 <= v <= 0o7777 else "must be a permission mode (0..0o7777)"
 
 
-def _owner_rule(v) -> str | None:
+def owner_rule(v) -> str | None:
+    """imageformat rule of a socket file's owner ([uid, gid])."""
     if len(v) != 2 or any(type(x) is not int or not 0 <= x < 2**32 - 1 for x in v):
         return "must be [uid, gid]"
     return None
+
+
+# The fields of a unix fd entry (engine.imageformat types; `check` does the rest).
+FIELDS = {
+    "connect": F(DICT, required=False),
+    "type": F(STR),
+    "abstract": F(STR, required=False),
+    "path": F(STR, required=False, rule=name_rule),
+    "listen": F(INT, required=False),
+    "end": F(INT, required=False),
+    "bound": F(DICT, required=False, rule=record(LOC)),
+    "dangling": F(BOOL, required=False),
+    "data": F(STR, required=False),
+    "unlinked": F(STR, required=False),
+    "owner": F(LIST, required=False, rule=owner_rule),
+    "mode": F(INT, required=False, rule=mode_rule),
+    "msgs": F(LIST, required=False),
+    "mnts": F(LIST, required=False),
+    "senders": F(LIST, required=False),
+    "sender_id": F(STR, required=False),
+    "sent": F(STR + LIST, required=False),
+    "reached": F(BOOL, required=False),
+}

@@ -27,7 +27,7 @@ UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN 
 TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
 
 
-def _diag_all() -> dict[int, dict]:
+def diag_all() -> dict[int, dict]:
     """{socket inode: {peer, backlog, vfs}} of every unix socket of our network namespace."""
     s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 4)  # NETLINK_SOCK_DIAG
     try:
@@ -67,12 +67,12 @@ def _diag_all() -> dict[int, dict]:
         s.close()
 
 
-def _diag_in(pid: int) -> dict[int, dict]:
-    from engine import forkrun, kernel
+def diag_in(pid: int) -> dict[int, dict]:
+    """`diag_all` of the network namespace of process `pid`, read in a child that joins it."""
 
     def body(fd):
         kernel.setns(fd, kernel.CLONE_NEWNET)
-        return _diag_all()
+        return diag_all()
 
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
@@ -85,11 +85,11 @@ def diag_of(d, netns: int) -> dict[int, dict]:
     """sock_diag's unix sockets of network namespace `netns` (d's process is in it), read once a dump."""
     diag = d.scratch.get(("unix", netns))
     if diag is None:
-        diag = d.scratch[("unix", netns)] = _diag_in(d.pid)
+        diag = d.scratch[("unix", netns)] = diag_in(d.pid)
     return diag
 
 
-def _embryos(diag: dict) -> dict[int, tuple[int, int]]:
+def embryos(diag: dict) -> dict[int, tuple[int, int]]:
     """{inode of the client of a connection not accepted yet: (its listener's inode, its place in the
     queue)} (a listener's UNIX_DIAG_ICONS name the clients)."""
     out = {}
@@ -99,4 +99,4 @@ def _embryos(diag: dict) -> dict[int, tuple[int, int]]:
     return out
 
 
-_TYPE_NO = {v: k for k, v in TYPES.items()}
+TYPE_NO = {v: k for k, v in TYPES.items()}

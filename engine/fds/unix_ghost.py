@@ -8,14 +8,14 @@ connections, and no name leads to it any more. The kernel hands us its file
 its file was on and an id the sockets connected to it name.
 
 At restore the stand-in binds the dumped name with its file in a fresh,
-private directory at the root of that restored mount (unix_bind._bind_beside: the
+private directory at the root of that restored mount (unix_bind.bind_beside: the
 name need not lead there, and another socket may hold the name now); the
 restorer keeps an O_PATH fd on that file while its clients connect and the
 datagrams queued on it are sent again (late steps, through the /proc magic
 link), then unlinks the file and the directory: the socket keeps its name and
 its mount, without a file, as dumped. Before Linux 6.15 (no mounts on
 detached mounts) the name is bound aside from a private mount namespace
-(unix_bind._attach_privately), as any name whose path no longer leads to its file.
+(unix_bind.attach_privately), as any name whose path no longer leads to its file.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def place(d, name: str, sock: int) -> dict | None:
     if mnt not in every:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, whose socket file was deleted on a mount "
                                         "in no namespace of the tree: not supported")
-    loc = unix_locate._writable(d, {"mnt": mnt, "path": "/"})
+    loc = unix_locate.writable(d, {"mnt": mnt, "path": "/"})
     if every[loc["mnt"]].readonly:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, whose socket file was deleted on a "
                                         "read-only mount (restore binds it again there): not supported")
@@ -105,7 +105,7 @@ def make_dir(r: RestoreFd) -> int:
     try:
         # (owned by the socket file's owner, who binds there: a stand-in in a user namespace has
         # no capability over a directory of ids that namespace does not map)
-        unix_bind._mapped(unix_bind._bind_ids(r.entry, r.proc), top, lambda: os.mkdir(name, 0o700, dir_fd=top))
+        unix_bind.mapped(unix_bind.bind_ids(r.entry, r.proc), top, lambda: os.mkdir(name, 0o700, dir_fd=top))
         sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
     except BaseException:
         os.close(top)

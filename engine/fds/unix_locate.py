@@ -20,7 +20,7 @@ from engine.fds import FdError, unix_bind
 MAX_WALK = 100_000
 
 
-def _locate(d, name: str, vfs) -> dict:
+def locate(d, name: str, vfs) -> dict:
     """{mnt, path} of the socket file a path-bound socket made (its name may be relative, or go
     through /proc/self/fd/N/, as conmon binds its attach socket): the name when it leads to the
     socket's inode (sock_diag's VFS dev and ino), else a bounded search of the visible mounts of
@@ -34,7 +34,7 @@ def _locate(d, name: str, vfs) -> dict:
     detached = _on_detached(d, known_mounts(d))
     if detached is not None:
         return detached
-    if name.startswith("/") and not unix_bind._MAGIC.match(name):
+    if name.startswith("/") and not unix_bind.MAGIC.match(name):
         for pid, _mounts in spaces:
             root = f"/proc/{pid}/root"
             try:
@@ -111,7 +111,7 @@ def _on_detached(d, known: set[int]) -> dict | None:
             os.close(f)
 
 
-def _file_stat(d) -> os.stat_result | None:
+def file_stat(d) -> os.stat_result | None:
     """The stat of the socket's file (its owner as this, the initial, user namespace sees it), by the
     file the kernel hands us (SIOCUNIXFILE); None without it. Restore binds as that owner: the socket
     file is the same user's again, and a filesystem of a user namespace takes no file from an id it
@@ -127,7 +127,7 @@ def _file_stat(d) -> os.stat_result | None:
         os.close(f)
 
 
-def _writable(d, loc: dict) -> dict:
+def writable(d, loc: dict) -> dict:
     """The socket file's directory through a read-write mount of its superblock, where the mount
     it was found on is read-only (systemd-nspawn binds /run/host/notify, then makes /run/host a
     read-only bind): restore binds the socket again where a bind can create its file. The inode

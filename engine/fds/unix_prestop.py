@@ -51,7 +51,7 @@ def _precheck(d) -> None:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
             netlink.refuse(d, s)
             return
-        k = unix._Sock(d, c, s)
+        k = unix.Sock(d, c, s)
         entry = {**k.out, "_ino": f"{k.netns}:{k.ino}", "_where": d.where}
         if "path" in k.out and (not k.mutual or k.typ == socket.SOCK_DGRAM):
             # (as dump places it: an accepted end's name is its listener's) A socket whose file was
@@ -70,7 +70,7 @@ def _precheck(d) -> None:
                 entry.update({"connect": name, "_peer": f"{k.netns}:{peer}"})
         elif case == "dangling":
             unix.refuse_dangling(k)
-        elif case == "backlog" and k.typ == socket.SOCK_DGRAM and not unix._connected(s) \
+        elif case == "backlog" and k.typ == socket.SOCK_DGRAM and not unix.connected(s) \
                 and s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) < 0:
             entry["_senders"] = _head_sender(s)
         d.scratch.setdefault(SCRATCH, []).append(entry)
@@ -84,7 +84,7 @@ def _head_sender(s: socket.socket) -> list[dict]:
         _data, _anc, _flags, addr = s.recvmsg(1, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         return []   # (read meanwhile)
-    sender = unix_bind._name(addr)
+    sender = unix_bind.name_of(addr)
     return [sender] if sender else []
 
 

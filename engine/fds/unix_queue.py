@@ -27,12 +27,12 @@ SO_PEEK_OFF = 42
 MAX_MSGS = 4096
 
 
-def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None) -> list:
+def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None) -> list:
     """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
     without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
     (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
     carries fds (SCM_RIGHTS, `inflight` of them in all): a peek hands us copies of those, each
-    described as an fd on a file of the tree's mounts (_inflight_entry). With `senders`, the
+    described as an fd on a file of the tree's mounts (inflight_entry). With `senders`, the
     sender's name of each message is appended to it ({} for an unbound sender)."""
     saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
@@ -54,10 +54,10 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
                                                     "ancillary data than fds: not supported")
                 msg = base64.b64encode(data).decode()
                 if got:
-                    msg = {"data": msg, "fds": [_inflight_entry(d, fd) for fd in got]}
+                    msg = {"data": msg, "fds": [inflight_entry(d, fd) for fd in got]}
                 out.append(msg)
                 if senders is not None:
-                    senders.append(unix_bind._name(_addr))
+                    senders.append(unix_bind.name_of(_addr))
             finally:
                 for fd in got:
                     os.close(fd)
@@ -82,7 +82,7 @@ def _peek_messages(s: socket.socket, d, inflight: int, senders: list | None = No
 INFLIGHT_KINDS = ("file", "fifo")
 
 
-def _inflight_entry(d, fd: int) -> dict:
+def inflight_entry(d, fd: int) -> dict:
     """An fd in flight (our copy `fd`) as an fd entry of a placed kind (a file or a FIFO): on the mount
     its fdinfo names, or, for a file deleted since, on the mount of the tree whose root it is (the
     FIFO systemd-nspawn binds over /proc/kmsg)."""
@@ -132,17 +132,19 @@ def _inflight_entry(d, fd: int) -> dict:
     return entry
 
 
-def _inflight_mounts(msgs: list) -> list[int]:
+def inflight_mounts(msgs: list) -> list[int]:
+    """The mounts of the fds in flight in `msgs` (restore opens files on them)."""
     return sorted({f["mnt"] for m in msgs if isinstance(m, dict) for f in m["fds"]})
 
 
-def _inq(fd: int) -> int:
+def inq(fd: int) -> int:
+    """The bytes waiting to be read on socket `fd` (FIONREAD)."""
     import fcntl
     import termios
     return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
 
 
-def _send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
+def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
     """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
     from the front of `fds` (received ones, which the stand-in closes). Returns the fds left."""
     fds = list(fds)
@@ -158,7 +160,7 @@ def _send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
     return fds
 
 
-def _open_inflight(r: RestoreFd, msgs) -> list[int]:
+def open_inflight(r: RestoreFd, msgs) -> list[int]:
     """Our fds on new descriptions of the files in flight in `msgs`, in order (their mounts must be
     among the entry's `mnts`, which the validator checked)."""
     from engine import fds as kinds
