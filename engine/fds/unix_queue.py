@@ -108,7 +108,7 @@ def inflight_entry(d, fd: int) -> dict:
     spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
     mnt = int(info.get("mnt_id", 0))
     known = {m.mnt_id for _pid, mounts in spaces for m in mounts}
-    if not target.endswith(" (deleted)") and mnt in known:
+    if not target.endswith(kernel.DELETED) and mnt in known:
         loc = d.place(target, mnt, "fd in flight")
     else:
         loc = None
