@@ -35,16 +35,27 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
     described as an fd on a file of the tree's mounts (inflight_entry). With `senders`, the
     sender's name of each message is appended to it ({} for an unbound sender)."""
     saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    # Past the last message, a seqpacket socket whose peer is gone returns 0 bytes (its end of
+    # file), as an empty message would: with SO_PASSCRED set for the peek, every message carries
+    # its sender's credentials (dropped here) and the end of file none.
+    creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_SEQPACKET \
+        and not s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
     s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    if creds:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
     out: list = []
     total = nfds = 0
     try:
         while True:
             try:
-                data, anc, flags, _addr = s.recvmsg(1 << 17, socket.CMSG_SPACE(253 * 4),
+                data, anc, flags, _addr = s.recvmsg(1 << 17, socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12),
                                                     socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 break
+            real = [c for c in anc if creds and c[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)]
+            if creds and not real and not data and not anc:
+                break   # (the end of file)
+            anc = [c for c in anc if c not in real]
             got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
                    for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
             try:
@@ -64,16 +75,18 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
             nfds += len(got)
             total += len(data)
             if not data:
-                # The peek offset cannot step over an empty message: it must be the queue's last
-                # one, which it is when it brings the count of fds in flight to the kernel's.
+                # An empty message (the image keeps none), unless it is the queue's last one and
+                # carries fds, which it is when it brings the count of fds in flight to the kernel's.
                 if got and nfds == inflight:
                     break
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: an empty message queued before others: not supported")
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: an empty message queued: not supported")
             if len(out) > MAX_MSGS or total > MAX_DATA:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: more than {MAX_MSGS} messages or {MAX_DATA} bytes "
                                                 "queued: too many")
     finally:
         s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+        if creds:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
     if nfds != inflight:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight, {nfds} found in its queue")
     return out
