@@ -25,9 +25,12 @@ listener has not accepted yet (in queue order), are made unconnected and connect
 every process holds its fds (the restorer's late steps), through the socket file on the restored
 mount by a /proc magic link, or by the abstract name.
 
+A pending connection whose client is gone (sock_diag names it 0) is made again from a fresh
+client that connects, sends what the gone one had and closes.
+
 Not done yet (refused at dump): fds in flight on a stream or a listener, other kinds in flight,
-data a pending connection's client already sent when the tree keeps running (--leave-running:
-only accept() reads it), a datagram queued on a named socket from a sender name no socket of the
+data a pending connection's client already sent, or any pending connection whose client is gone,
+when the tree keeps running (--leave-running: only accept() reads it), a datagram queued on a named socket from a sender name no socket of the
 tree holds, a connection to a named socket outside the tree, and a path name whose file is only on
 a detached mount where the kernel lacks SIOCUNIXFILE.
 """
@@ -169,7 +172,7 @@ def _as_listener(k: Sock) -> dict:
     out = k.out
     out["listen"] = max(k.rec.get("wqueue", 128), 1)
     if k.rec.get("rqueue"):
-        out["_pending"] = _pending(k.d, k.rec, k.diag, k.netns, k.typ)
+        out["_pending"] = _pending(k)
         out["_where"] = k.d.where
     return out
 
@@ -239,50 +242,62 @@ def refuse_name(d, name: dict) -> None:
                                             "(the only names the image keeps): not supported") from None
 
 
-def _pending(d, rec: dict, diag: dict, netns: int, typ: int) -> list[str]:
-    """The clients ("netns:inode") of a listener's pending connections, which restore connects again
-    in queue order; refused where that cannot be exact (a client gone, the queue not what sock_diag
-    lists). Data a client sent already waits in the server end the kernel made for the
+def _pending(k: Sock) -> list[str | None]:
+    """The clients ("netns:inode", None for one gone) of listener k's pending connections, which
+    restore connects again in queue order; refused where that cannot be exact (the queue not what
+    sock_diag lists). Data a client sent already waits in the server end the kernel made for the
     connection, which no fd reaches before accept(): a step dump runs last (`takes`) accepts the
-    connections up to the last such one and reads it, for restore to send again from the client
-    once connected; with --leave-running (no `takes`) that is refused."""
-    out, last = pending_clients(d, rec, diag, netns)
+    connections up to the last such one (or one whose client is gone: whether anything waits there
+    only accept() tells) and reads it, for restore to send again from the client once connected
+    (from a fresh client closed at once for one gone: `gone`); with --leave-running (no `takes`)
+    that is refused."""
+    d = k.d
+    out, last = pending_clients(d, k.rec, k.diag, k.netns)
     if last >= 0:
         takes = d.scratch.get("takes")
         if takes is None:
-            refuse_pending_data(d)
+            refuse_pending_data(d, None in out[: last + 1])
         lst = os.dup(d.copy())
-        takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], typ, doc, d.where))
+        takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], k.typ, doc, d.where,
+                                                                f"{k.netns}:{k.ino}"))
     return out
 
 
-def pending_clients(d, rec: dict, diag: dict, netns: int) -> tuple[list[str], int]:
-    """(The clients ("netns:inode") of listener d's pending connections in queue order, the place of
-    the last one on which data waits or -1), refusing where that cannot be exact (a client gone,
-    the queue not what sock_diag lists); asked before the stop too (unix_prestop)."""
+def pending_clients(d, rec: dict, diag: dict, netns: int) -> tuple[list[str | None], int]:
+    """(The clients ("netns:inode") of listener d's pending connections in queue order, None for a
+    client gone (closed: sock_diag names it 0), and the place of the last one dump must accept
+    (data waits on it, or its client is gone) or -1), refusing where that cannot be exact (a client
+    in another network namespace, the queue not what sock_diag lists); asked before the stop too
+    (unix_prestop)."""
     icons = rec.get("icons") or []
     if len(icons) != rec.get("rqueue"):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with {rec.get('rqueue')} connections not "
                                         f"yet accepted, {len(icons)} of them listed: not supported")
     # (sock_diag names each pending connection by its client's inode, the server end having none
     # yet; what the client sent is still charged to the client's send buffer, its wqueue)
-    out = []
+    out: list[str | None] = []
     last = -1
     for i, client in enumerate(icons):
+        if client == 0:
+            out.append(None)
+            last = i
+            continue
         if client not in diag:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted "
-                                            "whose client is gone: not supported")
+                                            "whose client is in another network namespace: not supported")
         if diag[client].get("wqueue"):
             last = i
         out.append(f"{netns}:{client}")
     return out, last
 
 
-def refuse_pending_data(d) -> None:
-    """Refuse listener d: data waits on a connection it has not accepted, and the tree keeps running."""
-    raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted on "
-                                    "which data already waits: only accept() reads it, which takes the "
-                                    "connection from the tree; not supported with --leave-running")
+def refuse_pending_data(d, gone: bool) -> None:
+    """Refuse listener d: data waits on a connection it has not accepted (or may: `gone`, its client
+    closed it), and the tree keeps running."""
+    what = "whose client is gone (what it sent may wait there)" if gone else "on which data already waits"
+    raise FdError(errno.EOPNOTSUPP, f"{d.where}: listening unix socket with a connection not yet accepted {what}: "
+                                    "only accept() reads it, which takes the connection from the tree; not "
+                                    "supported with --leave-running")
 
 
 def _connected_to(d, s: socket.socket, typ: int, peer: int, diag: dict, netns: int, inflight: int) -> dict:
@@ -343,7 +358,7 @@ def refuse_outside(unix: list[dict]) -> None:
     have = {e["_ino"] for e in unix}
     for e in unix:
         for client in e.get("_pending") or ():
-            if client not in have:
+            if client is not None and client not in have:
                 raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: listening unix socket with a connection not "
                                                 "yet accepted whose client no process of the tree holds: not supported")
     for e in unix:
@@ -442,6 +457,10 @@ def _open(r: RestoreFd) -> int:
         r.late.append((f"{r.where}: connecting a socket to it", lambda: _reach(r, e)))
     if "msgs" in e and not e.get("dangling"):
         r.late.append((f"{r.where}: sending its queued datagrams again", lambda: unix_backlog.deliver(r, e)))
+    for g in e.get("gone") or ():
+        # (a pending connection whose client is gone: a fresh client connects, sends, and closes)
+        r.late.append((f"{r.where}: a connection not yet accepted whose client is gone",
+                       lambda g=g: _connect_gone(r, e, g), g["order"]))
     if "connect" in e:
         mine = os.dup(fd)
         r.keep.append(mine)
@@ -520,6 +539,17 @@ def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
                 raise FdError(errno.EAGAIN, "the data its client had sent does not fit its send buffer") from None
     finally:
         s.close()
+
+
+def _connect_gone(r: RestoreFd, e: dict, g: dict) -> None:
+    """A pending connection to listener `e` whose client is gone: a fresh unbound socket of the
+    stand-in (its network namespace, where an abstract name lives) connects, sends what the client
+    had (g["sent"]) and closes, leaving accept() that data, then end of file."""
+    fd = r.standin("make", {"type": e["type"]}, [])[0]
+    try:
+        _connect(r, fd, e, g.get("sent"))
+    finally:
+        os.close(fd)
 
 
 def _connect_to(r: RestoreFd, s: socket.socket, c: dict) -> None:

@@ -67,13 +67,12 @@ def check(entry: dict, what: str) -> None:
                                  or {"obj", "dangling", "listen"} & set(entry)):
         _fail(f"{what}: only a named datagram socket is marked reached")
     sent = entry.get("sent")
-    if sent is not None:
-        stream = entry.get("type") == "stream"
-        if "order" not in (entry.get("connect") or {}) or (stream and not isinstance(sent, str)) \
-                or (not stream and (not isinstance(sent, list) or len(sent) > unix_queue.MAX_MSGS)) \
-                or not all(isinstance(m, str) and 0 < len(m) <= unix_queue.MAX_DATA * 4 // 3 + 4
-                           for m in ([sent] if stream else sent)):
-            _fail(f"{what}: bad data sent on a connection not yet accepted")
+    if sent is not None and ("order" not in (entry.get("connect") or {}) or not _sent_ok(entry, sent)):
+        _fail(f"{what}: bad data sent on a connection not yet accepted")
+    gone = entry.get("gone")
+    if gone is not None and ("listen" not in entry or entry.get("type") == "dgram" or not isinstance(gone, list)
+                             or len(gone) > 1 << 20 or not all(_gone_ok(entry, g) for g in gone)):
+        _fail(f"{what}: bad pending connections whose client is gone")
     if "obj" in entry and entry.get("end") not in (0, 1):
         _fail(f"{what}: bad socket pair end")
     if "data" in entry and (not entry.get("dangling") or entry.get("type") != "stream"
@@ -102,6 +101,23 @@ def check(entry: dict, what: str) -> None:
         _fail(f"{what}: bad sender id")
     if "mnts" in entry and (not all(type(x) is int for x in entry["mnts"]) or len(entry["mnts"]) > 253 * unix_queue.MAX_MSGS):
         _fail(f"{what}: bad mounts of fds in flight")
+
+
+def _sent_ok(entry: dict, sent) -> bool:
+    """Is `sent` what a pending connection's client of socket type entry["type"] had sent: stream
+    bytes (base64), or seqpacket messages (a list of base64)?"""
+    stream = entry.get("type") == "stream"
+    if (stream and not isinstance(sent, str)) or (not stream and (not isinstance(sent, list)
+                                                                  or len(sent) > unix_queue.MAX_MSGS)):
+        return False
+    return all(isinstance(m, str) and 0 < len(m) <= unix_queue.MAX_DATA * 4 // 3 + 4
+               for m in ([sent] if stream else sent))
+
+
+def _gone_ok(entry: dict, g) -> bool:
+    """Is `g` a pending connection whose client is gone: {order[, sent]}?"""
+    return isinstance(g, dict) and set(g) <= {"order", "sent"} and type(g.get("order")) is int \
+        and 0 <= g["order"] < 1 << 20 and ("sent" not in g or _sent_ok(entry, g["sent"]))
 
 
 def _check_msgs(queue, what: str) -> None:
@@ -183,4 +199,5 @@ FIELDS = {
     "sender_id": F(STR, required=False),
     "sent": F(STR + LIST, required=False),
     "reached": F(BOOL, required=False),
+    "gone": F(LIST, required=False),
 }

@@ -7,8 +7,9 @@ another family (inet...), a type restore does not make, netlink messages
 waiting to be read, a name that is not normalised, a socket file removed on a
 mount restore cannot bind it again on, fds in flight on a stream or a listener,
 more data on a stream whose peer is gone than an image keeps, pending connections dump
-cannot list exactly or whose client is outside the tree, data waiting on a
-connection not yet accepted (with --leave-running), a connection to a socket
+cannot list exactly or whose client is outside the tree, data waiting (or maybe
+waiting: its client is gone) on a connection not yet accepted (with
+--leave-running), a connection to a socket
 that is not its pair restore cannot make again or that is outside the tree,
 and a datagram waiting on a named socket whose sender's name no datagram
 socket of the tree holds.
@@ -62,7 +63,7 @@ def _precheck(d) -> None:
             if k.rec.get("rqueue"):
                 entry["_pending"], last = unix.pending_clients(d, k.rec, k.diag, k.netns)
                 if last >= 0 and d.scratch.get("leave_running"):
-                    unix.refuse_pending_data(d)
+                    unix.refuse_pending_data(d, None in entry["_pending"][: last + 1])
         elif case in ("embryo", "client"):
             peer = detail[0] if case == "embryo" else detail
             name = unix.peer_name(d, s, k.typ, peer, k.diag, k.inflight)
