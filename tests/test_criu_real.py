@@ -210,6 +210,7 @@ UNS_TESTS = {
         # more of CRIU's socket and pty tests
         "pty03", "del_standalone_un_seqpacket", "sk-unix01-seqpacket", "fifo_upon_unix_socket01", "sockets_spair",
         "socket_queues", "sk-unix-rel-seqpacket", "sk-unix-unconn-seqpacket", "unlink_fstat01", "sockets_dgram",
+        "sockets02-seqpacket",
         # external mounts (the .desc's --external), some with an outside master
         "mnt_ext_auto", "mnt_ext_manual", "mnt_ext_master", "mnt_ext_collision", "mnt_ext_multiple",
         "mnt_ext_root", "mnt_ext_sharing", "mnt_root_ext")},
