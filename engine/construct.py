@@ -11,8 +11,9 @@ has, and never one more:
 - a peer group's first mount to be made gets a *seed*: a temporary mount of
   its superblock's root, attached in the service namespace's yard and made
   shared (a slave group's seed is a bind of its master's seed, made slave,
-  then shared). Members are binds of their group's seed, so they are in the
-  group before they are attached;
+  then shared; where a namespace root started the master group, at a
+  directory, a bind of that root at its root). Members are binds of their
+  group's seed, so they are in the group before they are attached;
 - mounts are attached parents first, in an order found from the tree alone
   (which mounts must wait for which, so that propagation makes the copies the
   image has and no other; then depth and path), never from mount ids: before
@@ -20,9 +21,10 @@ has, and never one more:
   mounts were made in. When a
   step would make propagation copy the mount somewhere, the copy must be a
   mount of the image not made yet (at that place, same superblock and root):
-  it is *adopted*, not made again. A step whose copy the image lacks, or that
-  would slide a copy beneath a mount already there, is put off, and a later
-  mount is tried first;
+  it is *adopted*, not made again (where a mount attached before covers its
+  place, found through the directory opened before that cover). A step whose
+  copy the image lacks, or that would slide a copy beneath a mount already
+  there, is put off, and a later mount is tried first;
 - right after each step the new mount and its copies get the propagation the
   image gives them (make private, make slave of the current group, make
   shared) when that reaches it; the seeds are made private and dropped at
@@ -87,6 +89,17 @@ def _rel(path: str, base: str) -> str:
 
 def _join(base: str, rel: str) -> str:
     return base if not rel else base.rstrip("/") + "/" + rel
+
+
+def _common_root(roots: list[str]) -> str:
+    """The deepest directory that is or holds each of `roots` (absolute paths)."""
+    parts = [[p for p in r.split("/") if p] for r in roots]
+    common = []
+    for names in zip(*parts):
+        if any(n != names[0] for n in names):
+            break
+        common.append(names[0])
+    return "/" + "/".join(common)
 
 
 @record
@@ -475,13 +488,17 @@ class _Planner:
                 mt = self._ensure(master, first["sb"])
             finally:
                 self._ensuring.discard(master)
-            src = self._find(first["sb"], "/", mt, None, peer_only=True, name=name)
+            # The seed is bound from the member of the master group with the widest root that covers
+            # every member's (a group a namespace root started lies at a directory, not the superblock's root).
+            need = _common_root([x["root"] for x in members])
+            src = self._find(first["sb"], need, mt, None, peer_only=True, name=name)
             if src is None:
-                raise self._lost(first, "/", mt, None, f"{self.where(first)}: no mount of its master group {master} "
-                                                        f"covers the root of its superblock{_NEED}")
-            sid = self._seed(first["sb"], self._src_of(src, "/"), None)
+                raise self._lost(first, need, mt, None, f"{self.where(first)}: no mount of its master group {master} "
+                                                        f"covers {need}, the roots of its peer group {g}{_NEED}")
+            root = self.st.nodes[src].root
+            sid = self._seed(first["sb"], self._src_of(src, root), None, root=root)
             self._lock_seed(sid, g, members)
-            self.st.add(_Node(sid, first["sb"], "/", None, False, source=True, name=name),
+            self.st.add(_Node(sid, first["sb"], root, None, False, source=True, name=name),
                         self.st.ks[src], self.st.km[src])
             self.ops.append(("prop", sid, "slave"))
             self.st.make_slave(sid)
@@ -559,25 +576,14 @@ class _Planner:
                 raise PlanError(f"{self.where(m)}: a shared root pivoted into inside its user namespace{_NEED}")
             if h:
                 th = self._master_token(h, m["sb"])
-                n = self._find(m["sb"], m["root"], None, th, name=nm)
-                if n is None:
-                    peer = self._find(m["sb"], "/", th, None, peer_only=True, name=nm)
-                    if peer is None:
-                        raise self._lost(m, "/", th, None, f"{self.where(m)}: no mount of its master group {h} covers "
-                                                           f"its root {m['root']}{_NEED}")
-                    n = self._seed(m["sb"], self._src_of(peer, "/"), None)
-                    self.st.add(_Node(n, m["sb"], "/", None, False, source=True, name=nm),
-                                self.st.ks[peer], self.st.km[peer])
-                    self.ops.append(("prop", n, "slave"))
-                    self.st.make_slave(n)
-                src, state = self._src_of(n, m["root"]), (None, th)
+                src, state = self._src_of(self._slave_of(m, th), m["root"]), (None, th)
         elif m.get("external") and h in self.ext_nodes:
             # A bind of the host's mount, a slave of the outside group there (made shared after, if).
             src, state = ("ext", m["id"], ""), (None, self.st.bind[h])
         elif m["id"] in self.subtrees:
             src, state = self._subtree_input(m)
-        elif g and not h and not self.helper_ok(m["sb"]):
-            pass  # no seed: a plain clone, made shared once attached (the first of its group)
+        elif g and not h and not self.helper_ok(m["sb"]) and g not in self.st.bind:
+            pass  # no seed: a plain clone, made shared once attached (the first of its group; the others bind it)
         elif g or h:
             th = self._master_token(h, m["sb"]) if h else None
             tg = self.st.bind.get(g) if g else None
@@ -657,8 +663,11 @@ class _Planner:
                 # plan attaches one mount at a time and never lets that happen (it could not reach the
                 # covered copy to finish it); stacks of peers built apart and attached whole (recursive
                 # clones) might, but are not planned.
-                raise PlanError(f"{self.where(m)}: propagation would slide a copy beneath the mount at {mp}, "
-                                f"covered where the construction cannot reach it (reparenting){_NEED}")
+                o = self.st.occupied[(q, mp)]
+                raise PlanError(f"{self.where(m)}: attached on mount {parent['id']}, propagation would tuck its copy "
+                                f"in peer {q} ({qn.mountpoint}) beneath mount {o} ({mp}), there already "
+                                f"(reparenting): a copy covered at birth, which the construction cannot reach to give "
+                                f"it its flags, its propagation and the mounts on it{_NEED}")
             cands = [c for c in self.children.get((q, mp), ()) if c["id"] not in self.st.made
                      and c["sb"] == m["sb"] and c["root"] == m["root"]]
             if cands and not any(self.names.get(c["id"]) == nm for c in cands):
@@ -758,19 +767,26 @@ class _Planner:
         if not h:
             return None, (None, None)
         th = self._master_token(h, x["sb"])
+        return self._src_of(self._slave_of(x, th), x["root"]), (None, th)
+
+    def _slave_of(self, x: dict, th) -> int:
+        """A made slave of group th whose root covers x's: one there is, else a seed bound from the
+        member of th with the widest root that covers x's (a namespace root may start a group at a
+        directory, so its slaves' seed cannot be at the superblock's root), made slave."""
         nm = self.names.get(x["id"])
         n = self._find(x["sb"], x["root"], None, th, name=nm)
-        if n is None:
-            peer = self._find(x["sb"], x["root"], th, None, peer_only=True, name=nm)
-            if peer is None:
-                raise self._lost(x, x["root"], th, None, f"{self.where(x)}: no mount of its master group {h} "
-                                                         f"covers its root {x['root']}{_NEED}")
-            root = self.st.nodes[peer].root
-            n = self._seed(x["sb"], self._src_of(peer, root), None, root=root)
-            self.st.add(_Node(n, x["sb"], root, None, False, source=True, name=nm), self.st.ks[peer], self.st.km[peer])
-            self.ops.append(("prop", n, "slave"))
-            self.st.make_slave(n)
-        return self._src_of(n, x["root"]), (None, th)
+        if n is not None:
+            return n
+        peer = self._find(x["sb"], x["root"], th, None, peer_only=True, name=nm)
+        if peer is None:
+            raise self._lost(x, x["root"], th, None, f"{self.where(x)}: no mount of its master group {x['master']} "
+                                                     f"covers its root {x['root']}{_NEED}")
+        root = self.st.nodes[peer].root
+        n = self._seed(x["sb"], self._src_of(peer, root), None, root=root)
+        self.st.add(_Node(n, x["sb"], root, None, False, source=True, name=nm), self.st.ks[peer], self.st.km[peer])
+        self.ops.append(("prop", n, "slave"))
+        self.st.make_slave(n)
+        return n
 
     def _members(self, top: dict, parent: dict | None, inputs: dict) -> None:
         """The locked mounts below unlocked `top`, made and attached with it (restore clones the whole
@@ -965,6 +981,7 @@ def assemble(r, service_fd: int) -> None:
     """Build every restored namespace by the plan (engine.restore's assemble step for
     sharing=construct): `r` is the restore's _Restorer."""
     r._plan_fds()
+    r.keep_dirs = True
     r.new_id = {}
     r._sorted_rels = {}
     b = _Builder(r)
@@ -1061,8 +1078,10 @@ class _Builder:
             raise RestoreError(e.errno, f"mount {m['id']} ({m['mountpoint']}): setting "
                                         f"{','.join(m['mount_opts'])}: {e.strerror}") from None
 
-    def adopt(self, c: dict, mp: int | None) -> None:
-        """Copy c was made by propagation: find it (the top of its mount point, just made)."""
+    def adopt(self, c: dict, mp: int | None, up: int | None = None) -> None:
+        """Copy c was made by propagation: find it (the top of its mount point, just made); `up`: an
+        fd on the directory of c's mount point, taken before a mount covered it (then the walk from
+        above would end on the covering mount)."""
         import errno
         import os
 
@@ -1076,11 +1095,17 @@ class _Builder:
         while top["mountpoint"] == c["mountpoint"] and top.get("parent") in r.mounts:
             top = r.mounts[top["parent"]]
         rel = _rel(c["mountpoint"], top["mountpoint"])
+        base = r.mnt_fd[top["id"]]
+        if up is not None:
+            base, rel = up, os.path.basename(c["mountpoint"])
         try:
-            fd = kernel.openat2(r.mnt_fd[top["id"]], rel, os.O_PATH, _BENEATH) if rel else None
+            fd = kernel.openat2(base, rel, os.O_PATH, _BENEATH) if rel else None
         except OSError as e:
             raise RestoreError(e.errno, f"mount {c['id']} ({c['mountpoint']}): the copy propagation was to "
                                         f"make is not there: {e.strerror}") from None
+        finally:
+            if up is not None:
+                os.close(up)
         if fd is None or kernel.statx_mnt_id("", fd, kernel.AT_EMPTY_PATH) == \
                 kernel.statx_mnt_id("", r.mnt_fd[q["id"]], kernel.AT_EMPTY_PATH):
             # (also when c sits on q's root: q's own mount point leads to c, not to q)
@@ -1153,11 +1178,14 @@ class _Builder:
             mps = {}
             for cid in copies:
                 c = r.mounts[cid]
-                mps[cid] = r._mountpoint_fd(r.mounts[c["parent"]], c)
+                # (and those of mounts not made yet that the copy is about to cover)
+                r.keep_mountpoints(r.mounts[c["parent"]], c)
+                mp = r.mp_fd.pop(cid, None)   # (opened before a mount covered it)
+                mps[cid] = mp if mp is not None else r._mountpoint_fd(r.mounts[c["parent"]], c)
             r.enter(r.ns_of_mount[mid])
             r._attach(r.mounts[m["parent"]], m)
             for cid in copies:
-                self.adopt(r.mounts[cid], mps.pop(cid))
+                self.adopt(r.mounts[cid], mps.pop(cid), r.mp_dir.pop(cid, None))
         if r.legacy:
             self.set_flags(m)
         for cid in copies:

@@ -38,7 +38,6 @@ import stat
 from engine import content, kernel
 
 DELETED_ROOT = "//deleted"     # mountinfo's root of an unlinked dentry (dentry_path)
-DELETED_FD = " (deleted)"      # /proc/PID/fd/N of an unlinked file (d_path)
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 
 

@@ -16,6 +16,8 @@ import json
 import os
 import stat
 
+from engine.kernel import DELETED
+
 FORMAT = "mntcr-image"
 VERSION = 1
 MANIFEST = "mntcr.json"
@@ -320,7 +322,7 @@ def render(doc: dict) -> str:
             if fd.get("external"):
                 lines.append(f"    fd {fd['fd']}: external file {fd['external']} flags={fd['flags']:o} pos={fd['pos']}")
                 continue
-            deleted = " (deleted)" if fd.get("ghost") else ""
+            deleted = DELETED if fd.get("ghost") else ""
             where = f"mount {fd['mnt']} {fd['path']}{deleted}" if "mnt" in fd else fd.get("obj", "")
             lines.append(f"    fd {fd['fd']}: {fd.get('kind', 'file')} {where} flags={fd['flags']:o} pos={fd['pos']}"
                          + (" (detached)" if fd.get("detached") else "")

@@ -60,7 +60,7 @@ def read(hostproc: int, pid: int) -> dict:
     exe = None
     try:
         path = os.readlink(f"{pid}/exe", dir_fd=hostproc)
-        if path.startswith("/") and not path.endswith(" (deleted)"):
+        if path.startswith("/") and not path.endswith(kernel.DELETED):
             exe = (path, kernel.statx_mnt_id(f"{pid}/exe", dfd=hostproc))
     except OSError:
         pass

@@ -148,7 +148,7 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
     devs = {m.mnt_id: m.dev for m in mounts}
     for pid, data in procs.items():
         for f in data["fds"]:
-            if f.get("mnt_id") in ids or not f["target"].startswith("/") or f["target"].endswith(" (deleted)"):
+            if f.get("mnt_id") in ids or not f["target"].startswith("/") or f["target"].endswith(kernel.DELETED):
                 continue
             try:
                 want = os.stat(f"{pid}/fd/{f['fd']}", dir_fd=hostproc)
@@ -166,7 +166,7 @@ def _same_path_outside(procs: dict, mounts: list, hostproc: int) -> None:
         maps = []
         for path, mnt, link, *_ in data["maps"]:
             visible = None
-            if mnt not in ids and not path.endswith(" (deleted)"):
+            if mnt not in ids and not path.endswith(kernel.DELETED):
                 try:
                     want, here = os.stat(f"{pid}/{link}", dir_fd=hostproc), os.stat(path)
                     mid = kernel.statx_mnt_id(path)

@@ -80,7 +80,7 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
     mntns_doc, superblocks = ghost_ctx[0], ghost_ctx[1]
     out = []
     for path, mnt, link, visible in maps:
-        deleted = path.endswith(ghosts.DELETED_FD)
+        target, deleted = kernel.undeleted(path)
         if mnt not in mounts_by_id and visible is not None:
             mnt = visible   # (a mount of a namespace outside the tree: mapped from the one its path reaches)
         m = mounts_by_id.get(mnt)
@@ -94,7 +94,6 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
             continue
         if m is None and mappings.kernel_memory(mnt, f"/proc/{pid}/{link}"):
             continue
-        target = path[: -len(ghosts.DELETED_FD)]
         try:
             st = os.stat(f"/proc/{pid}/{link}")
         except OSError:
@@ -118,12 +117,12 @@ def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> 
     ghost = None
     if deadpid.gone_pid_dir(loc["abs"], mounts_by_id.get(loc["mnt"])):
         # /proc/N of a process gone (CRIU's unhashed_proc): entered again while N is restore's
-        target = loc["abs"][: -len(ghosts.DELETED_FD)]
+        target = kernel.undeleted(loc["abs"])[0]
         placed = place({"abs": target, "mnt": loc["mnt"]}, mounts_by_id, pid, key)
         placed["dead_pid"] = int(target.rsplit("/", 1)[1])
         return placed
-    if loc["abs"].endswith(ghosts.DELETED_FD):
-        target = loc["abs"][: -len(ghosts.DELETED_FD)]
+    target, deleted = kernel.undeleted(loc["abs"])
+    if deleted:
         m = mounts_by_id.get(loc["mnt"])
         if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
             # A directory removed while it was the cwd (or root): always empty.
@@ -137,10 +136,9 @@ def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> 
 
 def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
     """Where an fd on a file (of a placed kind) lies: mount and path, ghost or outside when so."""
-    target = f["target"]
+    target, deleted = kernel.undeleted(f["target"])
     ghost = None
-    if target.endswith(ghosts.DELETED_FD):
-        target = target[: -len(ghosts.DELETED_FD)]
+    if deleted:
         m = mounts_by_id.get(f["mnt_id"])
         if m is None or target != m.mountpoint or not ghosts.split_root(m.root)[1]:
             # Not the (deleted) root of its mount: a file unlinked while open.
@@ -166,7 +164,7 @@ def want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan) -> dict[str
         for pid, pdata in data["procs"].items():
             for f in pdata["fds"]:
                 m = mounts_by_id.get(f.get("mnt_id"))
-                if m is None or not f["target"].endswith(ghosts.DELETED_FD) or not stat.S_ISREG(f["mode"]):
+                if m is None or not f["target"].endswith(kernel.DELETED) or not stat.S_ISREG(f["mode"]):
                     continue
                 try:
                     st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
@@ -249,7 +247,7 @@ def mntns_sb(mntns_doc: dict, mid: int) -> str:
 def place(loc: dict, mounts_by_id: dict, pid: int, what: str) -> dict:
     """{abs path, mnt id} -> {mnt, path relative to the mount's root}."""
     path, mnt = loc["abs"], loc["mnt"]
-    if path.endswith(" (deleted)"):
+    if path.endswith(kernel.DELETED):
         raise DumpError(errno.EOPNOTSUPP, f"process {pid} {what}: {path}: deleted files are not supported yet")
     m = mounts_by_id.get(mnt)
     if m is None:

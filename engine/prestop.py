@@ -490,7 +490,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
 def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: View) -> None:
     """Dump's rule for fd `n` of `pid` when it is a file or FIFO open under a deleted name, on the mount
     its fdinfo names (not the deleted root of that mount itself, which the mount carries)."""
-    if kind not in ("file", "fifo") or not target.endswith(ghosts.DELETED_FD):
+    if kind not in ("file", "fifo") or not target.endswith(kernel.DELETED):
         return
     try:
         with open(f"/proc/{pid}/fdinfo/{n}") as f:
@@ -509,7 +509,7 @@ def _check_deleted_dirs(pid: int, view: View) -> None:
         link = f"/proc/{pid}/{key}"
         try:
             target = os.readlink(link)
-            if not target.endswith(ghosts.DELETED_FD):
+            if not target.endswith(kernel.DELETED):
                 continue
             mnt = kernel.statx_mnt_id(link)
             mode = os.stat(link).st_mode
@@ -526,7 +526,7 @@ def _check_deleted_maps(pid: int, view: View) -> None:
     the lines of /proc/PID/maps that end so, each read through its map_files link."""
     try:
         with open(f"/proc/{pid}/maps", encoding="utf-8", errors="surrogateescape") as f:
-            lines = [line for line in f.read().splitlines() if line.endswith(ghosts.DELETED_FD)]
+            lines = [line for line in f.read().splitlines() if line.endswith(kernel.DELETED)]
     except OSError:
         return   # (gone meanwhile: dump tells, once the tree is stopped)
     seen: set[tuple[str, int]] = set()
@@ -554,7 +554,7 @@ def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View) -> Non
     unless it is the deleted root of that mount itself (which the mount carries) or the mount's
     superblock waits for the stopped tree."""
     m = view.mounts_by_id.get(mnt)
-    if m is not None and target[:-len(ghosts.DELETED_FD)] == m.mountpoint and ghosts.split_root(m.root)[1]:
+    if m is not None and kernel.undeleted(target)[0] == m.mountpoint and ghosts.split_root(m.root)[1]:
         return
     sid = None if m is None else view.sb_of_dev[m.dev]
     if sid in view.unsure:

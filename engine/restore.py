@@ -282,6 +282,10 @@ class _Restorer:
         self.ext_files: dict[tuple[int, int], int] = {}  # (pid, fd) -> the external file, opened on the host
         self._moved: set[int] = set()
         self.mp_fd: dict[int, int] = {}    # mount id -> fd on its mount point, taken before the move
+        # mount id -> fd on the directory holding its mount point, taken before a mount covered it
+        # (sharing=construct sets keep_dirs: a copy propagation makes there is found through it)
+        self.mp_dir: dict[int, int] = {}
+        self.keep_dirs = False
         self.sb_fd: dict[str, int] = {}
         # (sb id, source) -> a mount of that superblock shown with another source than its first
         # (a type that `joins_by_ns`: made again in its namespace with that source, _other_source).
@@ -1300,20 +1304,10 @@ class _Restorer:
 
     def _attach(self, parent: dict, c: dict) -> None:
         """Move c onto its mount point; first open the mount points c is about to cover."""
-        rel = rel_to(c["mountpoint"], parent["mountpoint"])
-        rels = self._sorted_rels.get(parent["id"])
-        if rels is None:
-            rels = self._sorted_rels[parent["id"]] = sorted(
-                (rel_to(k["mountpoint"], parent["mountpoint"]), k["id"]) for k in self.children[parent["id"]])
-        if rel == "":
-            at_risk = [k for _, k in rels]
-        else:
-            lo = bisect.bisect_left(rels, (rel + "/", -1))
-            hi = bisect.bisect_left(rels, (rel + "0", -1))  # "0" sorts right after "/"
-            at_risk = [k for _, k in rels[lo:hi]]
-        for k in at_risk:
-            if k != c["id"] and k not in self.mp_fd and k not in self._moved:
-                self.mp_fd[k] = self._mountpoint_fd(parent, self.mounts[k])
+        self.keep_mountpoints(parent, c)
+        up = self.mp_dir.pop(c["id"], None)   # (only a copy propagation makes is found through it)
+        if up is not None:
+            os.close(up)
         mp = self.mp_fd.get(c["id"])
         if mp is None:
             mp = self._mountpoint_fd(parent, c)
@@ -1331,6 +1325,29 @@ class _Restorer:
         else:
             self.mp_fd.pop(c["id"], None)
             os.close(mp)
+
+    def keep_mountpoints(self, parent: dict, c: dict) -> None:
+        """Open the mount points in `parent` that a mount at c's mount point is about to cover (children
+        of parent not attached yet beneath it), so that they are attached there later all the same."""
+        rel = rel_to(c["mountpoint"], parent["mountpoint"])
+        rels = self._sorted_rels.get(parent["id"])
+        if rels is None:
+            rels = self._sorted_rels[parent["id"]] = sorted(
+                (rel_to(k["mountpoint"], parent["mountpoint"]), k["id"]) for k in self.children[parent["id"]])
+        if rel == "":
+            at_risk = [k for _, k in rels]
+        else:
+            lo = bisect.bisect_left(rels, (rel + "/", -1))
+            hi = bisect.bisect_left(rels, (rel + "0", -1))  # "0" sorts right after "/"
+            at_risk = [k for _, k in rels[lo:hi]]
+        for k in at_risk:
+            if k != c["id"] and k not in self.mp_fd and k not in self._moved:
+                self.mp_fd[k] = self._mountpoint_fd(parent, self.mounts[k])
+                if self.keep_dirs:
+                    up = os.path.dirname(rel_to(self.mounts[k]["mountpoint"], parent["mountpoint"]))
+                    pfd = self.mnt_fd[parent["id"]]
+                    self.mp_dir[k] = kernel.openat2(pfd, up, os.O_PATH | os.O_DIRECTORY,
+                                                    _BENEATH | kernel.RESOLVE_NO_XDEV) if up else os.dup(pfd)
 
     # -- 5. sharing -----------------------------------------------------------------
 

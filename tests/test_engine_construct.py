@@ -294,9 +294,10 @@ def test_dump_refuses_what_no_order_builds(case, old_kernel):
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
     assert r.returncode == 2, r.stderr
-    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/t/[ab]\): propagation would slide a copy beneath .*"
-                        r"\(reparenting\); Linux >= 5\.15 restores it with MOVE_MOUNT_SET_GROUP; the tree keeps "
-                        r"running\n", r.stderr), r.stderr
+    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/t/[ab]\): attached on mount \d+, propagation would tuck "
+                        r"its copy in peer \d+ \(/mnt/t(/[ab])?\) beneath mount \d+ \(/mnt/t/[ab]\), there already "
+                        r"\(reparenting\): a copy covered at birth, .*; Linux >= 5\.15 restores it with "
+                        r"MOVE_MOUNT_SET_GROUP; the tree keeps running\n", r.stderr), r.stderr
     assert not os.path.exists(images)
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
@@ -314,6 +315,89 @@ def test_namespace_roots():
     assert ("attach", 2, [6, 10]) in ops   # the copies in the peer and slave roots are propagation's
     i = ops.index(("attach", 8, []))
     assert ops[i - 1][0] == "make" and ops[i - 1][2][1] < 0 and ops[i + 1] == ("prop", 8, "shared")
+
+
+def test_slaves_of_a_group_a_namespace_root_started():
+    """A booted container's services (nspawn_boot.yaml): the container's root is a bind of a directory
+    /c made shared (its group has no seed: a root starts it), each service's root is a slave of it and
+    a service's /var/tmp a shared slave at a directory below: their seeds are binds of that root at
+    its own root /c (no member of the master group covers the superblock's root)."""
+    ops = plan([M(1, None, "/", sb="r", root="/c", shared=3), M(2, 1, "/mnt", sb="t"),
+                M(8, None, "/", sb="r", root="/c", shared=9, master=3), M(10, 8, "/mnt", sb="t"),
+                M(11, 8, "/var/tmp", sb="r", root="/c/v/a", shared=12, master=3)])
+    seeds = {op[1]: op[2:] for op in ops if op[0] == "seed"}
+    src = {op[1]: op[2] for op in ops if op[0] == "make"}
+    assert src[8][0] == "node" and seeds[src[8][1]] == ("r", "/c", ("node", 1, "")) and src[8][2] == ""
+    assert src[11][0] == "node" and seeds[src[11][1]] == ("r", "/c", ("node", 1, "")) and src[11][2] == "v/a"
+    with pytest.raises(construct.PlanError, match=r"^mount 11 \(/var/tmp\): no mount of its master group 3 "
+                                                  r"covers /a, the roots of its peer group 12"):
+        plan([M(1, None, "/", sb="r", root="/c", shared=3), M(8, None, "/", sb="r", root="/c", master=3),
+              M(11, 8, "/var/tmp", sb="r", root="/a", shared=12, master=3)])
+
+
+def test_round_trip_booted_container_shapes(case, old_kernel):
+    """The shapes of a booted nspawn container, in small: a namespace whose root is a bind of a
+    directory made shared, with a nested namespace whose root is a slave of it (made shared) holding a
+    shared slave bind of a directory below; and under a shared /run-like mount with a slave copy
+    elsewhere, mounts made beneath a place a recursive self-bind of a peer covers later (nspawn's
+    /run/host, read-only binds of a file beneath it and on it): propagation makes copies beneath the
+    cover, which restore finds (and gives their flags) through the directory taken before it was
+    covered."""
+    setup = """
+mkdir -p /mnt/c/old /mnt/c/usr /mnt/c/etc /mnt/c/dev /mnt/c/tmp /mnt/c/run /mnt/c/v/a /mnt/c/.hold /mnt/c/mnt
+for d in bin lib lib64 sbin; do if [ -L /$d ]; then cp -P /$d /mnt/c/$d; fi; done
+cp -P /.hold/mntcr-hold /mnt/c/.hold/
+mount --bind /mnt/c /mnt/c
+unshare -m sh -c '
+    mount --bind /usr /mnt/c/usr; mount --bind /dev /mnt/c/dev
+    cd /mnt/c; pivot_root . old; umount -l /old; cd /
+    mount --make-shared /
+    mount -t tmpfs run /run; mount --make-shared /run; mkdir -p /run/host/in; touch /run/host/f /run/f
+    mount -t tmpfs in /run/host/in; mount --bind /run/f /run/host/f; mount -o remount,bind,ro /run/host/f
+    mount --rbind /run/host /run/host; mount -o remount,bind,ro,nosuid /run/host/f
+    unshare -m --propagation slave sh -c "
+        mount --bind /v/a /tmp; mount --make-shared /tmp; mount --make-shared /
+        touch /mnt/ready
+        exec /.hold/mntcr-hold 100000" </dev/null >/dev/null 2>&1 &
+    exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /mnt/c/mnt/ready
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+
+
+def test_group_on_a_superblock_restore_does_not_make():
+    """mnt_ext_auto.yaml: a peer group of binds of an external mount's directory (no seed: restore does
+    not create that superblock) starts with a plain clone made shared; its other member is a bind of
+    that one, and so is the first of its shared slave group."""
+    ops = construct.plan([M(1, None, "/", sb="r"), M(2, 1, "/usr", sb="x", root="/usr", external="usr"),
+                          M(3, 1, "/m/a", sb="x", root="/usr/share", shared=5),
+                          M(4, 1, "/m/b", sb="x", root="/usr/share", shared=5),
+                          M(6, 1, "/m/c", sb="x", root="/usr/share", shared=7, master=5)],
+                         helper_ok=lambda sb: sb != "x")
+    assert not [op for op in ops if op[0] == "seed"]
+    src = {op[1]: op[2] for op in ops if op[0] == "make"}
+    first = 3 if src[3] is None else 4
+    assert src[first] is None and src[7 - first] == ("node", first, "") and src[6] == ("node", first, "")
+
+
+def test_round_trip_external_binds_made_private_then_shared(case, old_kernel):
+    """CRIU's mnt_ext_auto: a directory of the external /usr bound, bound again and made private then
+    shared, that bound (its peer), bound again as a shared slave and once more as a slave."""
+    setup = """
+d=/mnt/zdtm; mkdir -p $d/dst $d/ps $d/bind $d/ss $d/slave
+mount --bind /usr/share $d/dst; mount --bind $d/dst $d/ps; mount --make-private $d/ps; mount --make-shared $d/ps
+mount --bind $d/ps $d/bind; mount --bind $d/bind $d/ss; mount --make-slave $d/ss; mount --make-shared $d/ss
+mount --bind $d/ss $d/slave; mount --make-slave $d/slave
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
 
 
 def test_shared_mounts_inside_a_user_namespace(case, monkeypatch):

@@ -450,12 +450,12 @@ else:
 
 def _queued(pid: int, fd: int) -> list[bytes]:
     """The datagrams queued on fd `fd` of process `pid` (peeked, not consumed)."""
-    from engine.fds import unix
+    from engine.fds import unix_queue
     s = _grab_socket(pid, fd)
     import base64
     import types
     with s:
-        return [base64.b64decode(m) for m in unix._peek_messages(s, types.SimpleNamespace(where=f"fd {fd}"), 0)]
+        return [base64.b64decode(m) for m in unix_queue.peek_messages(s, types.SimpleNamespace(where=f"fd {fd}"), 0)]
 
 
 def test_unix_pairs_with_queued_datagrams(case):
@@ -1158,7 +1158,11 @@ def test_netlink_sockets(case):
     listening to groups (one beyond the first 32), with a netlink flag and a bigger receive
     buffer; an audit socket never bound; a uevent socket bound to an explicit port id and
     connected. After restore each has the same protocol, port id, groups and peer (the snapshot
-    compares them), and the rtnetlink socket answers a request."""
+    compares them), and the rtnetlink socket answers a request. The tree has a network namespace of
+    its own, as such a daemon in a container: port ids are a namespace's, and the rtnetlink socket's
+    is its process's pid (1 in its pid namespace), which any test running meanwhile in the host's
+    network namespace from a pid namespace of its own gets too (restore could not bind it again
+    then: EADDRINUSE)."""
     setup = py_hold("""
 import socket
 r = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE); r.bind((0, 1))
@@ -1168,7 +1172,7 @@ a = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)   # NETLINK_AUDIT
 u = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 15); u.bind((4242, 0)); u.connect((0, 0))
 os.dup2(r.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(u.fileno(), 12)
 for x in (r, a, u): x.close()
-""")
+""").replace("exec python3", "exec unshare --net python3", 1)
     before, after = case.roundtrip(setup)
     assert "protocol=0 name=" in _fd(before, 10) and "groups=[1, 33]" in _fd(before, 10), _fd(before, 10)
     assert "name=(4242, 0)" in _fd(after, 12), _fd(after, 12)

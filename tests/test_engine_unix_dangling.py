@@ -1,5 +1,5 @@
-"""A stream socket whose peer wrote and then closed (CRIU's sockets02): the bytes still queued come
-back, then end of file."""
+"""A socket whose peer wrote and then closed (CRIU's sockets02, sockets02-seqpacket): what is still
+queued comes back, then end of file."""
 
 from __future__ import annotations
 
@@ -24,3 +24,34 @@ def test_stream_data_of_a_closed_peer(case):
         a.setblocking(False)
         assert a.recv(100) == b"written before close"
         assert a.recv(100) == b""   # (end of file: the peer is gone, as at dump)
+
+
+SEQPACKET = py_hold("""
+import socket
+a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+b.send(b"one"); b.send(b"two"); b.close()
+os.dup2(a.fileno(), 10); a.close()
+""")
+
+
+def test_seqpacket_messages_of_a_closed_peer_then_end_of_file(case):
+    """A seqpacket pair whose peer sent two messages and closed (CRIU's sockets02-seqpacket): past
+    the messages a peek returns 0 bytes (its end of file) as an empty message would; dump tells them
+    apart (SO_PASSCRED: only a message carries credentials) and restore gives back the two messages,
+    then end of file. The socket's own SO_PASSCRED is left as it was."""
+    state = case.roundtrip(SEQPACKET)[-1]
+    with _grab(state.pid, 10) as a:
+        a.setblocking(False)
+        assert a.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) == 0
+        assert [a.recv(100), a.recv(100), a.recv(100)] == [b"one", b"two", b""]
+
+
+def test_seqpacket_empty_message_of_a_closed_peer_refused(case):
+    """An empty message before the end of file is a message, not the end of file: the image keeps
+    none, so dump refuses naming it (it was taken for the end of file, silently dropped, before)."""
+    import pytest
+    from enginecase import CRError
+    pid = case.start(SEQPACKET.replace('b.send(b"two")', 'b.send(b"")'))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert "an empty message queued: not supported" in str(err.value), err.value

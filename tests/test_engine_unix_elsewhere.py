@@ -1,7 +1,7 @@
 """Unix sockets whose name no longer leads to their file from the process: bound, then the
 directory made a read-only bind (systemd-nspawn's notify socket), covered by an overmount, or
 lazily unmounted; and a relative name. Restore binds each again with the dumped name and its file
-where it was (engine/fds/unix.py _bind_beside), on every kernel: before Linux 6.15 (strategy
+where it was (engine/fds/unix.py bind_beside), on every kernel: before Linux 6.15 (strategy
 sources=yard, no mounts on detached mounts) in a private mount namespace of a child of the
 stand-in. Also inside a user namespace, whose stand-in makes that namespace as its own."""
 

@@ -64,6 +64,9 @@ MUTATIONS = {
     "pty master hung up": lambda d: _fd(d, "pty").update(orphan=True),
     "unix ghost id": lambda d: _fd(d, "unix").update(unlinked="../x"),
     "unix stream data on a pair end": lambda d: _fd(d, "unix").update(data="eA=="),
+    "unix gone connections on no listener": lambda d: _fd(d, "unix").update(gone=[{"order": 0}]),
+    "unix gone connection order": lambda d: _fd(d, "unix").update(listen=4, gone=[{"order": -1}]),
+    "unix gone connection data": lambda d: _fd(d, "unix").update(listen=4, gone=[{"order": 0, "sent": ["eA=="]}]),
     "inotify watch ghost id": lambda d: _fd(d, "inotify")["watches"][0].update(ghost="x"),
     "file of a gone pid elsewhere": lambda d: next(f for f in d["processes"][0]["fds"]
                                                   if "kind" not in f).update(dead_pid=5),

@@ -107,3 +107,54 @@ def test_a_one_shot_timer_that_fired_unread_counts_as_armed():
     finally:
         os.close(fired)
         os.close(idle)
+
+
+_LATE_WRITER = """
+import os, signal, sys, time
+r, w = os.pipe()
+if os.fork() == 0:
+    end = time.monotonic() + float(sys.argv[1])
+    while time.monotonic() < end:
+        pass                      # still busy when the parent says it is ready
+    os.write(w, b"late")
+    signal.pause()
+os.dup2(r, 10)
+print("ready", flush=True)
+signal.pause()
+"""
+
+
+def _pipe_bytes(pid: int) -> int:
+    import fcntl
+    import struct
+    import termios
+    fd = os.open(f"/proc/{pid}/fd/10", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("busy", ["0.5", "1e9"])
+def test_settle_waits_for_a_tree_still_busy_after_ready(busy):
+    """A process says it is ready while its child still runs and writes to the pipe it reads (CRIU's
+    mountpoints): `settle` returns once every thread sleeps, and the pipe then holds what the child
+    wrote (a snapshot taken right after "ready" saw it empty). A tree that never sleeps: False."""
+    import subprocess
+    import sys
+    import time
+    p = subprocess.Popen([sys.executable, "-c", _LATE_WRITER, busy],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline() == "ready\n"
+        assert _pipe_bytes(p.pid) == 0
+        start = time.monotonic()
+        settled = snapshot.settle(p.pid, timeout=2.0)
+        if busy == "1e9":
+            assert not settled and time.monotonic() - start >= 2.0
+        else:
+            assert settled and _pipe_bytes(p.pid) == 4
+    finally:
+        snapshot.kill_tree(p.pid)
+        p.wait()
+        p.stdout.close()

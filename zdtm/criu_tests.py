@@ -475,6 +475,7 @@ class _Run:
     def cycle(self) -> Result:
         pid = self.test_pid
         ignore = ()
+        settled = snapshot.settle(pid, min(self.timeout, 5.0))
         before = snapshot.take(pid, ignore_maps_on=ignore)
         _save(os.path.join(self.w, "before.txt"), before.text())
         images = os.path.join(self.w, "images")
@@ -515,7 +516,8 @@ class _Run:
         snapshot.kill_tree(self.restored)
         self.restored = None
         if not equal:
-            return self.res("fail", "compare", "restored state differs from the test's:\n" + report)
+            busy = "" if settled else " (the test was still running when its state was taken: it never slept)"
+            return self.res("fail", "compare", f"restored state differs from the test's{busy}:\n" + report)
         return self.verdict()
 
     def keep_outputs(self) -> None:

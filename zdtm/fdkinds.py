@@ -190,7 +190,7 @@ def _is_fifo(pid: int, fd: int) -> bool:
 def _socket_pairs(by_inode: dict) -> list[str]:
     """Lines "socketpair P0:3 | P1:4" for unix sockets held by the tree that are each other's peers,
     "connected P1:5 -> P0:3" for one connected to another that is not connected back (sock_diag)."""
-    from engine.fds import unix
+    from engine.fds import unix_diag
     socks = {}
     for (_, ino), members in by_inode.items():
         if members[0][3].startswith("socket:"):
@@ -203,7 +203,7 @@ def _socket_pairs(by_inode: dict) -> list[str]:
         try:
             net = os.stat(f"/proc/{pid}/ns/net").st_ino
             if net not in diag:
-                diag[net] = unix._diag_in(pid)
+                diag[net] = unix_diag.diag_in(pid)
             diag.setdefault("all", {}).update(diag[net])
         except OSError:
             continue

@@ -95,6 +95,41 @@ def wait_gone(pid: int, timeout: float = 10.0) -> bool:
     return True
 
 
+def _busy(root: int) -> bool:
+    """Whether a thread of the tree at `root` runs or waits to run (R), or waits on I/O (D)."""
+    for pid in tree_pids(root):
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if state in ("R", "D"):
+                return True
+    return False
+
+
+def settle(root: int, timeout: float = 5.0) -> bool:
+    """Wait until every thread of the tree at `root` sleeps (twice in a row: a thread seen asleep
+    may be woken by one seen later): a test that said it is ready may still be finishing what it
+    started (CRIU's mountpoints: both halves of a fork write to a pipe its parent reads once, the
+    second maybe after the parent wrote its pid file), and a snapshot taken meanwhile races with
+    it. False when it is still busy after `timeout` seconds (a test that spins)."""
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 2:
+        quiet = 0 if _busy(root) else quiet + 1
+        if quiet < 2:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+    return True
+
+
 def kill_tree(root: int, timeout: float = 10.0) -> None:
     """SIGKILL `root` and its descendants and wait until they are gone (or zombies)."""
     pids = tree_pids(root)

@@ -2,7 +2,7 @@
 datagrams other sockets sent to a named socket (a /dev/log or sd_notify backlog), and what the
 client of a connection not accepted yet had sent (engine/fds/unix.py makes the sockets).
 
-Datagrams queued on a named socket are peeked at dump (unix._peek_messages) with their
+Datagrams queued on a named socket are peeked at dump (unix_queue.peek_messages) with their
 senders' names; each named sender must be a datagram socket of the tree (`sender_id` on it,
 `senders` on the receiver), and restore, once every process holds its fds, sends each datagram
 again in order from that socket or, for an unbound sender, from a fresh unbound socket, so the
@@ -10,8 +10,10 @@ receiver sees the same sender address.
 
 What a pending connection's client had sent waits in the server end the kernel made for the
 connection, which no fd reaches before accept(): dump's last step (`takes`, never with
---leave-running) accepts the connections up to the last such one and reads it; restore sends it
-again from the client once it is connected (unix._connect). Should writing the image fail
+--leave-running) accepts the connections up to the last such one (or one whose client is gone:
+only accept() tells whether anything waits there) and reads it; restore sends it again from the
+client once it is connected (unix._connect), or from a fresh client that closes at once for one
+gone (unix._connect_gone). Should writing the image fail
 after that step, the tree resumes with those connections gone (dump accepted and closed them:
 their clients read an end of file).
 """
@@ -25,9 +27,9 @@ import re
 import socket
 import struct
 
-from engine.fds import FdError, RestoreFd
+from engine.fds import FdError, RestoreFd, unix_queue
 
-MAX_DATA = 1 << 22   # (as engine/fds/unix.py's)
+MAX_DATA = unix_queue.MAX_DATA
 SO_SNDBUFFORCE = 32
 SENDER_ID = re.compile(r"^u-[0-9]{1,9}$")
 
@@ -65,43 +67,30 @@ def name_senders(unix: list[dict]) -> None:
             out.append(sid)
         e["senders"] = out
 
-def take_pending(lst: int, clients: list[str], typ: int, doc: dict, where: str) -> None:
+def take_pending(lst: int, clients: list[str | None], typ: int, doc: dict, where: str, listener: str) -> None:
     """Accept the first pending connections of listener `lst` (ours; closed here), one per client
     in `clients` (queue order: accept takes the head), and give what each client sent to its entry
     in `doc` ("sent": stream bytes, or seqpacket messages), found by inode among the connecting
-    ones (the tree is still stopped)."""
-    entries = {}
+    ones (the tree is still stopped); for a client gone (None), to the listener's entries (each fd
+    of socket `listener`, "netns:inode"): "gone" lists the place in the queue and what was sent of
+    each."""
+    entries, listeners = {}, []
     for p in doc["processes"]:
         netns = os.stat(f"/proc/{p['pid']}/ns/net").st_ino
         for e in p["fds"]:
-            if e.get("kind") == "unix" and "order" in e.get("connect", {}):
+            if e.get("kind") == "unix" and ("order" in e.get("connect", {}) or "listen" in e):
                 ino = os.stat(f"/proc/{p['pid']}/fd/{e['fd']}").st_ino
-                entries[f"{netns}:{ino}"] = e
+                if "listen" not in e:
+                    entries[f"{netns}:{ino}"] = e
+                elif f"{netns}:{ino}" == listener:
+                    listeners.append(e)
     s = socket.socket(fileno=lst)
     try:
-        for key in clients:
+        for order, key in enumerate(clients):
             a, _ = s.accept()   # (each is there: the tree is stopped)
             with a:
-                msgs, total = [], 0
-                while True:
-                    try:
-                        data, anc, flags, _ = a.recvmsg(1 << 17, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
-                    except BlockingIOError:
-                        break
-                    for _level, _kind, raw in anc:   # (fds in flight: close our copies, then refuse)
-                        for x in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
-                            os.close(x)
-                    if anc or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                        raise FdError(errno.EOPNOTSUPP, f"{where}: a connection not yet accepted carries fds in "
-                                                        "flight, or a message over 128 KiB: not supported")
-                    if not data:
-                        break
-                    total += len(data)
-                    if total > MAX_DATA:
-                        raise FdError(errno.EOPNOTSUPP, f"{where}: over {MAX_DATA} bytes sent on a connection not "
-                                                        "yet accepted: too many")
-                    msgs.append(data)
-            e = entries.get(key)
+                msgs = _read_all(a, where)
+            e = {"order": order} if key is None else entries.get(key)
             if e is None:
                 raise FdError(errno.EOPNOTSUPP, f"{where}: the client of a connection not yet accepted is no fd of "
                                                 "the tree: not supported")
@@ -109,8 +98,35 @@ def take_pending(lst: int, clients: list[str], typ: int, doc: dict, where: str) 
                 e["sent"] = base64.b64encode(b"".join(msgs)).decode()
             elif msgs:
                 e["sent"] = [base64.b64encode(m).decode() for m in msgs]
+            for x in listeners if key is None else ():
+                x.setdefault("gone", []).append(dict(e))
     finally:
         s.close()
+
+
+def _read_all(a: socket.socket, where: str) -> list[bytes]:
+    """What waits on accepted socket `a`, message by message (a stream's in pieces), up to its end
+    of file or what is there now."""
+    msgs, total = [], 0
+    while True:
+        try:
+            data, anc, flags, _ = a.recvmsg(1 << 17, socket.CMSG_SPACE(4), socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            break
+        for _level, _kind, raw in anc:   # (fds in flight: close our copies, then refuse)
+            for x in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4]):
+                os.close(x)
+        if anc or flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise FdError(errno.EOPNOTSUPP, f"{where}: a connection not yet accepted carries fds in "
+                                            "flight, or a message over 128 KiB: not supported")
+        if not data:
+            break
+        total += len(data)
+        if total > MAX_DATA:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: over {MAX_DATA} bytes sent on a connection not "
+                                            "yet accepted: too many")
+        msgs.append(data)
+    return msgs
 
 def deliver(r: RestoreFd, e: dict) -> None:
     """Send the datagrams queued on named socket `e` (made by now) to it again, in order, each from
@@ -129,8 +145,7 @@ def deliver(r: RestoreFd, e: dict) -> None:
         if named[sid] not in senders:
             senders.append(named[sid])
         who.append(senders.index(named[sid]))
-    from engine.fds.unix import _open_inflight
-    inflight = _open_inflight(r, e["msgs"])
+    inflight = unix_queue.open_inflight(r, e["msgs"])
     try:
         if "abstract" in e:
             r.standin("deliver", {"to": e["abstract"], "msgs": e["msgs"], "who": who, "n": len(senders)},

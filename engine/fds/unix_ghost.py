@@ -8,14 +8,14 @@ connections, and no name leads to it any more. The kernel hands us its file
 its file was on and an id the sockets connected to it name.
 
 At restore the stand-in binds the dumped name with its file in a fresh,
-private directory at the root of that restored mount (unix._bind_beside: the
+private directory at the root of that restored mount (unix_bind.bind_beside: the
 name need not lead there, and another socket may hold the name now); the
 restorer keeps an O_PATH fd on that file while its clients connect and the
 datagrams queued on it are sent again (late steps, through the /proc magic
 link), then unlinks the file and the directory: the socket keeps its name and
 its mount, without a file, as dumped. Before Linux 6.15 (no mounts on
 detached mounts) the name is bound aside from a private mount namespace
-(unix._attach_privately), as any name whose path no longer leads to its file.
+(unix_bind.attach_privately), as any name whose path no longer leads to its file.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import os
 import re
 import stat
 
-from engine.fds import FdError, RestoreFd
+from engine.fds import FdError, RestoreFd, unix_bind, unix_locate
 
 SIOCUNIXFILE = 0x89E0
 GHOST_ID = re.compile(r"^s-[0-9]{1,9}$")
@@ -56,7 +56,6 @@ def place(d, name: str, sock: int) -> dict | None:
     """The `bound` location of a ghost socket (our copy `sock`, bound to `name`): the root of the
     mount of the tree its file was on, or a read-write mount of that superblock; None when its
     file still has a name."""
-    from engine.fds import unix
     got = unlinked_file(sock)
     if got is None:
         return None
@@ -65,7 +64,7 @@ def place(d, name: str, sock: int) -> dict | None:
     if mnt not in every:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, whose socket file was deleted on a mount "
                                         "in no namespace of the tree: not supported")
-    loc = unix._writable(d, {"mnt": mnt, "path": "/"})
+    loc = unix_locate.writable(d, {"mnt": mnt, "path": "/"})
     if every[loc["mnt"]].readonly:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: bound to {name}, whose socket file was deleted on a "
                                         "read-only mount (restore binds it again there): not supported")
@@ -96,7 +95,6 @@ def number(entries: list[dict]) -> None:
 def make_dir(r: RestoreFd) -> int:
     """A fresh directory at the root of the ghost's restored mount (an O_PATH fd the caller closes),
     where the stand-in binds the name; its removal is a late step (`hold`)."""
-    from engine.fds import unix
     b = r.entry["bound"]
     try:
         top = r.open_at(b["mnt"], b["path"], os.O_RDONLY | os.O_DIRECTORY)
@@ -107,7 +105,7 @@ def make_dir(r: RestoreFd) -> int:
     try:
         # (owned by the socket file's owner, who binds there: a stand-in in a user namespace has
         # no capability over a directory of ids that namespace does not map)
-        unix._mapped(unix._bind_ids(r.entry, r.proc), top, lambda: os.mkdir(name, 0o700, dir_fd=top))
+        unix_bind.mapped(unix_bind.bind_ids(r.entry, r.proc), top, lambda: os.mkdir(name, 0o700, dir_fd=top))
         sub = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=top)
     except BaseException:
         os.close(top)

@@ -7,8 +7,9 @@ another family (inet...), a type restore does not make, netlink messages
 waiting to be read, a name that is not normalised, a socket file removed on a
 mount restore cannot bind it again on, fds in flight on a stream or a listener,
 more data on a stream whose peer is gone than an image keeps, pending connections dump
-cannot list exactly or whose client is outside the tree, data waiting on a
-connection not yet accepted (with --leave-running), a connection to a socket
+cannot list exactly or whose client is outside the tree, data waiting (or maybe
+waiting: its client is gone) on a connection not yet accepted (with
+--leave-running), a connection to a socket
 that is not its pair restore cannot make again or that is outside the tree,
 and a datagram waiting on a named socket whose sender's name no datagram
 socket of the tree holds.
@@ -51,7 +52,7 @@ def _precheck(d) -> None:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
             netlink.refuse(d, s)
             return
-        k = unix._Sock(d, c, s)
+        k = unix.Sock(d, c, s)
         entry = {**k.out, "_ino": f"{k.netns}:{k.ino}", "_where": d.where}
         if "path" in k.out and (not k.mutual or k.typ == socket.SOCK_DGRAM):
             # (as dump places it: an accepted end's name is its listener's) A socket whose file was
@@ -62,7 +63,7 @@ def _precheck(d) -> None:
             if k.rec.get("rqueue"):
                 entry["_pending"], last = unix.pending_clients(d, k.rec, k.diag, k.netns)
                 if last >= 0 and d.scratch.get("leave_running"):
-                    unix.refuse_pending_data(d)
+                    unix.refuse_pending_data(d, None in entry["_pending"][: last + 1])
         elif case in ("embryo", "client"):
             peer = detail[0] if case == "embryo" else detail
             name = unix.peer_name(d, s, k.typ, peer, k.diag, k.inflight)
@@ -70,7 +71,7 @@ def _precheck(d) -> None:
                 entry.update({"connect": name, "_peer": f"{k.netns}:{peer}"})
         elif case == "dangling":
             unix.refuse_dangling(k)
-        elif case == "backlog" and k.typ == socket.SOCK_DGRAM and not unix._connected(s) \
+        elif case == "backlog" and k.typ == socket.SOCK_DGRAM and not unix.connected(s) \
                 and s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) < 0:
             entry["_senders"] = _head_sender(s)
         d.scratch.setdefault(SCRATCH, []).append(entry)
@@ -78,13 +79,13 @@ def _precheck(d) -> None:
 
 def _head_sender(s: socket.socket) -> list[dict]:
     """[the name of the sender of the datagram at the head of s's queue] when it has one, else []."""
-    from engine.fds import unix
+    from engine.fds import unix_bind
     try:
         # (no room for ancillary data: fds in flight with it are not installed here)
         _data, _anc, _flags, addr = s.recvmsg(1, 0, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except BlockingIOError:
         return []   # (read meanwhile)
-    sender = unix._name(addr)
+    sender = unix_bind.name_of(addr)
     return [sender] if sender else []
 
 

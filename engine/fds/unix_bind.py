@@ -1,0 +1,213 @@
+"""Binding a unix socket's dumped name again at restore, its socket file in the directory it was in.
+
+The name as the image keeps it (`name_of`), the file system ids to bind with (its dumped owner, as
+the stand-in's user namespace names them), and the bind itself: `bind_beside` binds the dumped
+name with its file in a given directory whatever the name leads to from the stand-in (beneath an
+overmount, on a detached mount, in another namespace of the tree), from a forked child chrooted
+to a fresh tmpfs; before Linux 6.15 (strategy sources=yard) that tmpfs is attached first in a
+private mount namespace of the child (`attach_privately`).
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import re
+import socket
+import stat
+
+from engine import forkrun, kernel
+from engine.fds import FdError
+
+
+def name_of(raw) -> dict:
+    """A socket name as getsockname/getpeername give it, as the image keeps it: {"abstract": base64}, {"path": name}, or {} for none."""
+    if isinstance(raw, bytes):
+        return {"abstract": base64.b64encode(raw[1:] if raw[:1] == b"\0" else raw).decode()} if raw else {}
+    if not raw:
+        return {}
+    return {"path": raw}
+
+
+MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
+
+
+def _here(kid: int, map_name: str, proc: int = -1) -> int | None:
+    """The id that outside id `kid` is in our user namespace (its map /proc/self/`map_name`, read
+    from inside: relative to its parent, the initial namespace for a first-level one), or None when
+    unmapped. `proc`: an fd on /proc, where our "/" has none (the restorer's yard)."""
+    path = f"/proc/self/{map_name}" if proc < 0 else f"self/{map_name}"
+    with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=None if proc < 0 else proc)) as f:
+        for line in f:
+            inside, outside, count = (int(x) for x in line.split())
+            if outside <= kid < outside + count:
+                return inside + kid - outside
+    return None
+
+
+def bind_ids(spec: dict, proc: int = -1) -> tuple[int, int] | None:
+    """The file system ids to make `spec`'s socket file with: its dumped owner, as our user namespace
+    names it; None (our own) when there is none, it is ours, or we cannot name it. `proc`: as _here's."""
+    owner = spec.get("owner")
+    if not owner:
+        return None
+    ids = _here(owner[0], "uid_map", proc), _here(owner[1], "gid_map", proc)
+    if None in ids or ids == (os.geteuid(), os.getegid()):
+        return None
+    return ids
+
+
+def _as(ids: tuple[int, int] | None, fn, *args) -> None:
+    """fn(*args), by a child with file system ids `ids` when they are given (they would stay with
+    the stand-in, and SECBIT_NO_SETUID_FIXUP with them)."""
+    if ids is None:
+        fn(*args)
+        return
+
+    def body():
+        kernel.fs_ids_keeping_caps(*ids)
+        fn(*args)
+
+    forkrun.run(body)
+
+
+def mapped(ids: tuple[int, int] | None, where, fn, *args) -> None:
+    """fn(*args) (which makes a file in directory `where`, an fd or a path) with file system ids
+    `ids`, or our own; where the filesystem's user namespace does not map those (EOVERFLOW: a
+    tmpfs mounted inside a user namespace, our ids the restorer's), again as the directory's owner."""
+    try:
+        _as(ids, fn, *args)
+    except OSError as e:
+        if e.errno != errno.EOVERFLOW:
+            raise
+        st = os.fstat(where) if isinstance(where, int) else os.stat(where)
+        if (st.st_uid, st.st_gid) == ids:
+            raise
+        _as((st.st_uid, st.st_gid), fn, *args)
+
+
+def bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
+    """Bind to the dumped name, the socket file landing in the directory received (fds[0]).
+
+    A name through /proc/self/fd/N/ is bound the same way, with that directory at N for the
+    call; any other name is bound as it reads, from the stand-in's restored root."""
+    name, d = spec["path"], fds[0] if fds else None
+    ids = bind_ids(spec)
+    if d is not None:
+        try:
+            if stat.S_ISSOCK(os.lstat(spec["base"], dir_fd=d).st_mode):
+                os.unlink(spec["base"], dir_fd=d)   # the dumped socket's node: bind makes a new one
+        except FileNotFoundError:
+            pass
+    m = MAGIC.match(name)
+    if m is None and d is not None and bind_beside(s, d, name, ids):
+        _chmod(spec, d)
+        return
+    if spec.get("ghost"):
+        raise FdError(errno.EOPNOTSUPP, f"{name}: a deleted socket file is bound again aside, which a name with "
+                                        "'.' or '..' components cannot be")
+    if m is None or d is None:
+        mapped(ids, d if d is not None else os.path.dirname(name) or ".", s.bind, name)
+        _chmod(spec, d)
+        return
+    n = int(m[1])
+    import fcntl
+    # Whatever the stand-in holds at N (its channel, maybe) steps aside for the call: it is
+    # single-threaded, and N holds the same description again right after.
+    try:
+        saved = fcntl.fcntl(n, fcntl.F_DUPFD_CLOEXEC, 1024)
+    except OSError as e:
+        if e.errno != errno.EBADF:
+            raise
+        saved = None
+    cloexec = saved is not None and not os.get_inheritable(n)
+    os.dup2(d, n)
+    try:
+        mapped(ids, d, s.bind, name)
+        _chmod(spec, d)
+    finally:
+        if saved is None:
+            os.close(n)
+        else:
+            os.dup2(saved, n, inheritable=not cloexec)
+            os.close(saved)
+
+
+def _chmod(spec: dict, d: int | None) -> None:
+    """Give the socket file just bound in directory `d` its dumped mode."""
+    if "mode" in spec and d is not None:
+        os.chmod(spec["base"], spec["mode"], dir_fd=d)
+
+
+def bind_beside(s: socket.socket, d: int, name: str, ids: tuple[int, int] | None = None) -> bool:
+    """Bind `s` to `name` with its socket file in directory `d`, wherever `name` leads from here
+    (the file may lie beneath an overmount, on a detached mount, or in another mount namespace of
+    the tree). A forked child chroots to a detached tmpfs where `name`'s directory is a symlink
+    to `d` through a procfs of its own (/P/self/fd/D), and binds there: the name is the dumped
+    one, the file lands in `d`. Before Linux 6.15 (no mounts on a detached mount: strategy
+    sources=yard) that tmpfs is attached first, in a private mount namespace of the child
+    (attach_privately). False where the name has dot components: then the caller binds the
+    name as it reads from the stand-in's root. `ids`: the file system ids to bind with (bind_ids, mapped)."""
+    from engine import strategy
+    absolute = name.startswith("/")
+    parts = [p for p in name.split("/")[:-1] if p]
+    if any(p in (".", "..") for p in parts):
+        return False
+    private = strategy.current().sources == "yard"
+
+    def body(ids):
+        if ids is not None:
+            kernel.fs_ids_keeping_caps(*ids)
+        if not parts:
+            os.fchdir(d)
+            if absolute:
+                os.chroot(".")
+            s.bind(name)
+            return True
+        top = fresh_mount("tmpfs")
+        sub = parts if absolute else ["w"] + parts
+        procdir = next(p for p in ("p", "q") if p != sub[0])
+        os.mkdir(procdir, 0o555, dir_fd=top)
+        if private:
+            attach_privately(top)   # (no mounts on detached mounts before Linux 6.15)
+        kernel.move_mount(fresh_mount("proc"), "", top, procdir, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        for i in range(len(sub) - 1):
+            os.mkdir("/".join(sub[: i + 1]), 0o755, dir_fd=top)
+        os.symlink(f"/{procdir}/self/fd/{d}", "/".join(sub), dir_fd=top)
+        os.fchdir(top)
+        os.chroot(".")
+        if not absolute:
+            os.chdir("w")
+        s.bind(name)
+        return True
+
+    try:
+        return forkrun.run(body, ids)
+    except OSError as e:
+        st = os.fstat(d)
+        if e.errno != errno.EOVERFLOW or (st.st_uid, st.st_gid) == ids:
+            raise
+        return forkrun.run(body, (st.st_uid, st.st_gid))   # as in mapped
+
+
+def attach_privately(top: int) -> None:
+    """In a forked child: attach detached mount `top` over the root of a mount namespace of the
+    child's own, whose mounts are all private (nothing it mounts propagates back to the tree's).
+    setns through our own pidfd puts our root at the new namespace's root, where a recursive
+    make-private can start even when the caller's root is not a mount's root (a chroot)."""
+    kernel.unshare(kernel.CLONE_NEWNS)
+    me = kernel.pidfd_open(os.getpid())
+    try:
+        kernel.setns(me, kernel.CLONE_NEWNS)
+    finally:
+        os.close(me)
+    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    kernel.move_mount(top, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+
+
+def fresh_mount(fstype: str) -> int:
+    """A detached mount of a new superblock of `fstype` (in a child that exits soon)."""
+    fs = kernel.fsopen(fstype)
+    kernel.fsconfig(fs, kernel.FSCONFIG_CMD_CREATE)
+    return kernel.fsmount(fs)

@@ -1,0 +1,203 @@
+"""The image validator's part for unix socket fd entries and socket pair objects: every field
+restore reads (names, mounts, queues, pending connections, ghosts, senders) is checked here.
+"""
+
+from __future__ import annotations
+
+from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
+from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_queue
+
+
+def name_rule(v) -> str | None:
+    """imageformat rule of a socket's path name: see check_name."""
+    return path_rule("/" + v if isinstance(v, str) and v and not v.startswith("/") else v)
+
+
+def check_name(name, what: str) -> None:
+    """A socket's path name as bind() got it: a normalised absolute path, or a relative one
+    (sockname shows it as given: CRIU's sk-unix-rel) without '.', '..' or empty components."""
+    from engine.image import _fail, check_abs_path
+    if isinstance(name, str) and name and not name.startswith("/"):
+        check_abs_path("/" + name, what)
+    else:
+        check_abs_path(name, what)
+
+
+def check(entry: dict, what: str) -> None:
+    """The image validator for a unix socket fd entry (FdKind.check): every field restore reads."""
+    from engine.image import _fail, check_abs_path
+    if entry.get("type") not in unix_diag.TYPES.values():
+        _fail(f"{what}: bad unix socket type")
+    if "path" in entry:
+        check_name(entry["path"], what)
+        if len(entry["path"]) > 107:
+            _fail(f"{what}: socket path too long")
+        if not isinstance(entry.get("bound"), dict):
+            _fail(f"{what}: a path-bound socket needs the mount of its file ('bound')")
+    if "unlinked" in entry and (not isinstance(entry["unlinked"], str)
+                                or not unix_ghost.GHOST_ID.match(entry["unlinked"])
+                                or "path" not in entry or unix_bind.MAGIC.match(entry["path"]) or "dangling" in entry):
+        _fail(f"{what}: bad ghost socket id, or a ghost that is not a path-bound socket")
+    if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
+        _fail(f"{what}: bad backlog")
+    c = entry.get("connect")
+    if c is not None:
+        if "obj" in entry or "listen" in entry or (entry.get("type") == "dgram") == ("order" in c):
+            _fail(f"{what}: only a lone datagram socket, or a pending connection (with its 'order'), is connected "
+                  "to a named socket")
+        if "order" in c:
+            if type(c["order"]) is not int or not 0 <= c["order"] < 1 << 20:
+                _fail(f"{what}: bad order of a pending connection")
+            c = {k: v for k, v in c.items() if k != "order"}
+        if set(c) == {"abstract"}:
+            if not isinstance(c["abstract"], str) or len(c["abstract"]) > 148:
+                _fail(f"{what}: bad abstract name to connect to")
+        elif set(c) == {"path", "to"}:
+            check_name(c["path"], what)
+            if len(c["path"]) > 107 or not isinstance(c["to"], str) or not unix_ghost.GHOST_ID.match(c["to"]):
+                _fail(f"{what}: bad ghost socket to connect to")
+        elif set(c) == {"path", "mnt", "at"}:
+            check_name(c["path"], what)
+            check_abs_path(c["at"], what)
+            if len(c["path"]) > 107 or unix_bind.MAGIC.match(c["path"]) or type(c["mnt"]) is not int:
+                _fail(f"{what}: bad socket path to connect to")
+        else:
+            _fail(f"{what}: 'connect' needs an abstract name, or a path with the mount and path of its socket file")
+    if entry.get("reached") and (entry.get("type") != "dgram" or ("path" not in entry and "abstract" not in entry)
+                                 or {"obj", "dangling", "listen"} & set(entry)):
+        _fail(f"{what}: only a named datagram socket is marked reached")
+    sent = entry.get("sent")
+    if sent is not None and ("order" not in (entry.get("connect") or {}) or not _sent_ok(entry, sent)):
+        _fail(f"{what}: bad data sent on a connection not yet accepted")
+    gone = entry.get("gone")
+    if gone is not None and ("listen" not in entry or entry.get("type") == "dgram" or not isinstance(gone, list)
+                             or len(gone) > 1 << 20 or not all(_gone_ok(entry, g) for g in gone)):
+        _fail(f"{what}: bad pending connections whose client is gone")
+    if "obj" in entry and entry.get("end") not in (0, 1):
+        _fail(f"{what}: bad socket pair end")
+    if "data" in entry and (not entry.get("dangling") or entry.get("type") != "stream"
+                            or len(entry["data"]) > unix_queue.MAX_DATA * 4 // 3 + 4):
+        _fail(f"{what}: stream data queued only on a stream socket whose peer is gone")
+    if "obj" in entry and ("path" in entry or "abstract" in entry) and entry.get("type") != "dgram":
+        _fail(f"{what}: only a datagram pair end is bound to a name of its own")
+    if "msgs" in entry:
+        named = ("path" in entry or "abstract" in entry) and entry.get("type") == "dgram" \
+            and not {"dangling", "listen", "connect", "obj"} & set(entry)
+        if not named and (not entry.get("dangling") or entry.get("type") == "stream"):
+            _fail(f"{what}: queued messages on a socket that is neither the survivor of a pair nor a named "
+                  "datagram socket")
+        _check_msgs(entry["msgs"], what)
+        senders = entry.get("senders")
+        if senders is not None and (not named or not isinstance(senders, list)
+                                    or len(senders) != len(entry["msgs"])
+                                    or not all(x is None or (isinstance(x, str) and unix_backlog.SENDER_ID.match(x))
+                                               for x in senders)):
+            _fail(f"{what}: bad senders of queued datagrams")
+    elif "senders" in entry:
+        _fail(f"{what}: senders without queued datagrams")
+    sid = entry.get("sender_id")
+    if sid is not None and (entry.get("type") != "dgram" or not isinstance(sid, str)
+                            or not unix_backlog.SENDER_ID.match(sid)):
+        _fail(f"{what}: bad sender id")
+    if "mnts" in entry and (not all(type(x) is int for x in entry["mnts"]) or len(entry["mnts"]) > 253 * unix_queue.MAX_MSGS):
+        _fail(f"{what}: bad mounts of fds in flight")
+
+
+def _sent_ok(entry: dict, sent) -> bool:
+    """Is `sent` what a pending connection's client of socket type entry["type"] had sent: stream
+    bytes (base64), or seqpacket messages (a list of base64)?"""
+    stream = entry.get("type") == "stream"
+    if (stream and not isinstance(sent, str)) or (not stream and (not isinstance(sent, list)
+                                                                  or len(sent) > unix_queue.MAX_MSGS)):
+        return False
+    return all(isinstance(m, str) and 0 < len(m) <= unix_queue.MAX_DATA * 4 // 3 + 4
+               for m in ([sent] if stream else sent))
+
+
+def _gone_ok(entry: dict, g) -> bool:
+    """Is `g` a pending connection whose client is gone: {order[, sent]}?"""
+    return isinstance(g, dict) and set(g) <= {"order", "sent"} and type(g.get("order")) is int \
+        and 0 <= g["order"] < 1 << 20 and ("sent" not in g or _sent_ok(entry, g["sent"]))
+
+
+def _check_msgs(queue, what: str) -> None:
+    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file or FIFO]}."""
+    from engine.image import _fail, check_abs_path
+    if not isinstance(queue, list) or len(queue) > unix_queue.MAX_MSGS:
+        _fail(f"{what}: bad queued messages")
+    for m in queue:
+        data, fds = (m.get("data"), m.get("fds")) if isinstance(m, dict) else (m, None)
+        if not isinstance(data, str) or len(data) > (1 << 17) * 4 // 3 + 4 or (not data and not fds):
+            _fail(f"{what}: bad queued message")
+        if isinstance(m, dict):
+            if set(m) != {"data", "fds"} or not isinstance(fds, list) or not 0 < len(fds) <= 253:
+                _fail(f"{what}: bad fds of a queued message")
+            for f in fds:
+                if not isinstance(f, dict) or f.get("kind") not in unix_queue.INFLIGHT_KINDS \
+                        or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj"} \
+                        or ("obj" in f and (f["kind"] != "fifo" or not isinstance(f["obj"], str))) \
+                        or type(f.get("flags")) is not int or not 0 <= f["flags"] < 1 << 22 \
+                        or type(f.get("pos")) is not int or not 0 <= f["pos"] < 1 << 63 \
+                        or type(f.get("mnt")) is not int or f.get("type", "file") not in ("file", "dir"):
+                    _fail(f"{what}: bad fd in flight")
+                check_abs_path(f.get("path"), what)
+
+
+def check_object(obj: dict, what: str) -> None:
+    """The image validator for a socket pair object (FdKind.check_object): its data, queues and listener name."""
+    from engine.image import _fail, check_abs_path
+    if obj.get("type") not in unix_diag.TYPES.values() or not isinstance(obj.get("data"), list) or len(obj["data"]) != 2 \
+            or not all(isinstance(x, str) and len(x) <= unix_queue.MAX_DATA * 4 // 3 + 4 for x in obj["data"]):
+        _fail(f"{what}: bad unix socket pair")
+    msgs = obj.get("msgs")
+    if msgs is not None:
+        if obj["type"] == "stream" or not isinstance(msgs, list) or len(msgs) != 2:
+            _fail(f"{what}: bad queued messages of a socket pair")
+        for q in msgs:
+            _check_msgs(q, what)
+    via = obj.get("via")
+    if via is not None:
+        if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
+            _fail(f"{what}: bad listener name of a socket pair")
+        if "path" in via:
+            check_name(via["path"], what)
+            if len(via["path"]) > 107 or unix_bind.MAGIC.match(via["path"]):
+                _fail(f"{what}: bad listener path of a socket pair")
+        elif not isinstance(via["abstract"], str) or len(via["abstract"]) > 148:
+            _fail(f"{what}: bad abstract listener name of a socket pair")
+
+
+def mode_rule(v) -> str | None:
+    """imageformat rule of a socket file's mode."""
+    return None if 0 <= v <= 0o7777 else "must be a permission mode (0..0o7777)"
+
+
+def owner_rule(v) -> str | None:
+    """imageformat rule of a socket file's owner ([uid, gid])."""
+    if len(v) != 2 or any(type(x) is not int or not 0 <= x < 2**32 - 1 for x in v):
+        return "must be [uid, gid]"
+    return None
+
+
+# The fields of a unix fd entry (engine.imageformat types; `check` does the rest).
+FIELDS = {
+    "connect": F(DICT, required=False),
+    "type": F(STR),
+    "abstract": F(STR, required=False),
+    "path": F(STR, required=False, rule=name_rule),
+    "listen": F(INT, required=False),
+    "end": F(INT, required=False),
+    "bound": F(DICT, required=False, rule=record(LOC)),
+    "dangling": F(BOOL, required=False),
+    "data": F(STR, required=False),
+    "unlinked": F(STR, required=False),
+    "owner": F(LIST, required=False, rule=owner_rule),
+    "mode": F(INT, required=False, rule=mode_rule),
+    "msgs": F(LIST, required=False),
+    "mnts": F(LIST, required=False),
+    "senders": F(LIST, required=False),
+    "sender_id": F(STR, required=False),
+    "sent": F(STR + LIST, required=False),
+    "reached": F(BOOL, required=False),
+    "gone": F(LIST, required=False),
+}

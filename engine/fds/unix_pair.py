@@ -1,0 +1,156 @@
+"""Connected unix socket pairs whose ends the tree holds: the dump record of one end (its queued
+data or messages, a shared image object), and, for the accepted end of a connection to a
+listener (its name is the listener's), the connection made again at restore through a
+temporary listener at that name (or bound aside where the listener's directory is gone).
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import socket
+import stat
+
+from engine.fds import FdError, unix_bind, unix_diag, unix_queue
+
+
+def dump_end(k) -> None:
+    """One end of a connected pair (a shared object of the image): its queued data or messages
+    (`k`: the unix.Sock being dumped)."""
+    d, s, out, ino, peer = k.d, k.s, k.out, k.ino, k.peer
+    a, b = sorted((ino, peer))
+    obj = f"unixpair-{k.netns}-{a}-{b}"
+    o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
+    end = 0 if ino == a else 1
+    out.update({"obj": obj, "end": end})
+    if out["type"] == "dgram":
+        pass   # (named or not, each end binds its own name at restore: _name_spec)
+    elif "path" in out or "abstract" in out:
+        # The accepted end of a connection to a listener: its name is the listener's, and the
+        # other end's peer name too. Made again through a listener of that name.
+        if o.get("via", {}).get("end", end) != end or unix_bind.MAGIC.match(out.get("path", "")):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a connected socket pair whose both ends are "
+                                            "named, or named through /proc: not supported")
+        if any(isinstance(m, dict) for q in o.get("msgs") or () for m in q):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
+                                            "listener: not supported")
+        o["via"] = {"end": end, **{key: out[key] for key in ("path", "abstract") if key in out}}
+        for key in ("path", "abstract"):
+            out.pop(key, None)
+    if out["type"] == "stream":
+        n = unix_queue.inq(k.c)
+        if n > unix_queue.MAX_DATA:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: {n} bytes queued: too many")
+        if n:
+            data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            d.objects[obj]["data"][end] = base64.b64encode(data).decode()
+    elif unix_queue.inq(k.c) or k.inflight:
+        o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight)
+        if k.inflight and "via" in o:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: fds in flight on a connection accepted from a "
+                                            "listener: not supported")
+    if "msgs" in o:
+        # (the mounts of the files in flight on either end: restore opens them)
+        out["mnts"] = unix_queue.inflight_mounts([m for q in o["msgs"] for m in q])
+
+
+def prepare(key: str, obj: dict, holders: list, call):
+    """A pair connected through a listener's name: the holder of its accepted end binds a
+    listener there, connects, accepts, and removes it again (before the tree's own sockets are
+    made, so the name is free). Returns [end 0, end 1]."""
+    via = obj.get("via")
+    if via is None:
+        return None
+    chan = next((ch for e, ch in holders if e.get("end") == via["end"]), holders[0][1])
+    spec = {"type": obj["type"], "data": obj["data"], "msgs": obj.get("msgs"), "accepted": via["end"],
+            **{k: via[k] for k in ("path", "abstract") if k in via}}
+    return call(chan, "via", spec)
+
+
+def via_in(spec, fds):
+    """In the stand-in: a connection through a temporary listener at the dumped name."""
+    t = unix_diag.TYPE_NO[spec["type"]]
+    name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
+    if isinstance(name, str) and not os.path.isdir(os.path.dirname(name) or "."):
+        a, c = _accept_aside(t, name)   # (the listener's directory was removed: CRIU's sk-unix01)
+    else:
+        a, c = _accept_at(t, name)
+    ends = [None, None]
+    ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
+    return None, fill(ends, spec, fds)
+
+
+def fill(ends: list[int], spec: dict, fds: list[int]) -> list[int]:
+    """Queue on each of a new pair's `ends` what it held at dump (spec's "data" or "msgs", with the
+    fds in flight from `fds`), each sent by its peer. Returns `ends`."""
+    for end, data in enumerate(spec.get("data") or ()):
+        if data:
+            os.write(ends[1 - end], base64.b64decode(data))   # what `end` will read, sent by its peer
+    rest = list(fds)
+    for end, queue in enumerate(spec.get("msgs") or ()):
+        with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
+            rest = unix_queue.send_queue(peer, queue, rest)
+    return ends
+
+
+def _accept_aside(t: int, name: str) -> tuple[socket.socket, socket.socket]:
+    """(accepted, client) of a connection through a temporary listener bound to `name` with its
+    file in a fresh detached tmpfs (unix_bind.bind_beside), where the name leads nowhere any more."""
+    top = unix_bind.fresh_mount("tmpfs")
+    lst = socket.socket(socket.AF_UNIX, t)
+    cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
+    try:
+        # (as the root of the stand-in's user namespace: its own ids may be ones the namespace of
+        # the fresh tmpfs does not map)
+        if not unix_bind.bind_beside(lst, top, name, (0, 0)):
+            raise FdError(errno.EOPNOTSUPP, f"{name}: a connection accepted from a listener whose directory is "
+                                            "gone is made through a name bound aside, which a name with '.' or "
+                                            "'..' components cannot be")
+        lst.listen(1)
+        c = socket.socket(socket.AF_UNIX, t)
+        os.fchdir(top)
+        c.connect(os.path.basename(name))
+        a, _ = lst.accept()
+        return a, c
+    finally:
+        os.fchdir(cwd)
+        os.close(cwd)
+        lst.close()
+        os.close(top)
+
+
+def _accept_at(t: int, name) -> tuple[socket.socket, socket.socket]:
+    """(accepted, client) of a connection through a temporary listener at `name` (a socket file
+    there, restored with its filesystem, is moved aside for the moment)."""
+    lst = socket.socket(socket.AF_UNIX, t)
+    aside = None
+    where = (os.path.dirname(name) or ".") if isinstance(name, str) else None   # (for unix_bind.mapped)
+    try:
+        if isinstance(name, str):
+            try:
+                if stat.S_ISSOCK(os.lstat(name).st_mode):
+                    # The listener's socket file, restored with its filesystem's files (its
+                    # listener is gone: CRIU's overmount_sock): moved aside for the moment.
+                    unix_bind.mapped(None, where, os.rename, name, f"{name}.mntcr-{os.getpid()}")
+                    aside = f"{name}.mntcr-{os.getpid()}"
+            except FileNotFoundError:
+                pass
+        if where is None:
+            lst.bind(name)
+        else:
+            unix_bind.mapped(None, where, lst.bind, name)
+        lst.listen(1)
+        c = socket.socket(socket.AF_UNIX, t)
+        c.connect(name)
+        a, _ = lst.accept()
+    finally:
+        lst.close()
+        if isinstance(name, str):
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                pass
+            if aside is not None:
+                unix_bind.mapped(None, where, os.rename, aside, name)
+    return a, c

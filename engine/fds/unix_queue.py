@@ -1,0 +1,197 @@
+"""What is queued on a unix socket and the fds in flight with it.
+
+Dump peeks the messages of a datagram or seqpacket socket with a peek offset (their bounds kept)
+and describes each fd in flight as a file or FIFO on a mount of the tree; restore opens those
+again and sends the queue from the peer, one message a send.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import os
+import socket
+import stat
+import struct
+
+from engine import kernel
+from engine.fds import FdError, RestoreFd, unix_bind
+
+
+MAX_DATA = 1 << 22
+
+
+SO_PEEK_OFF = 42
+
+
+MAX_MSGS = 4096
+
+
+def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = None) -> list:
+    """The messages queued on a datagram or seqpacket socket, in order and with their bounds, read
+    without consuming them: with a peek offset (SO_PEEK_OFF) each MSG_PEEK returns the next one
+    (the socket's own peek offset is put back). Each is its data (base64), or {data, fds} when it
+    carries fds (SCM_RIGHTS, `inflight` of them in all): a peek hands us copies of those, each
+    described as an fd on a file of the tree's mounts (inflight_entry). With `senders`, the
+    sender's name of each message is appended to it ({} for an unbound sender)."""
+    saved = s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    # Past the last message, a seqpacket socket whose peer is gone returns 0 bytes (its end of
+    # file), as an empty message would: with SO_PASSCRED set for the peek, every message carries
+    # its sender's credentials (dropped here) and the end of file none.
+    creds = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE) == socket.SOCK_SEQPACKET \
+        and not s.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED)
+    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    if creds:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+    out: list = []
+    total = nfds = 0
+    try:
+        while True:
+            try:
+                data, anc, flags, _addr = s.recvmsg(1 << 17, socket.CMSG_SPACE(253 * 4) + socket.CMSG_SPACE(12),
+                                                    socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+            except BlockingIOError:
+                break
+            real = [c for c in anc if creds and c[:2] == (socket.SOL_SOCKET, socket.SCM_CREDENTIALS)]
+            if creds and not real and not data and not anc:
+                break   # (the end of file)
+            anc = [c for c in anc if c not in real]
+            got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                   for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
+            try:
+                if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC) or any(
+                        level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS for level, kind, _ in anc):
+                    raise FdError(errno.EOPNOTSUPP, f"{d.where}: a queued message over 128 KiB, or with other "
+                                                    "ancillary data than fds: not supported")
+                msg = base64.b64encode(data).decode()
+                if got:
+                    msg = {"data": msg, "fds": [inflight_entry(d, fd) for fd in got]}
+                out.append(msg)
+                if senders is not None:
+                    senders.append(unix_bind.name_of(_addr))
+            finally:
+                for fd in got:
+                    os.close(fd)
+            nfds += len(got)
+            total += len(data)
+            if not data:
+                # An empty message (the image keeps none), unless it is the queue's last one and
+                # carries fds, which it is when it brings the count of fds in flight to the kernel's.
+                if got and nfds == inflight:
+                    break
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: an empty message queued: not supported")
+            if len(out) > MAX_MSGS or total > MAX_DATA:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: more than {MAX_MSGS} messages or {MAX_DATA} bytes "
+                                                "queued: too many")
+    finally:
+        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, saved)
+        if creds:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 0)
+    if nfds != inflight:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {inflight} fds in flight, {nfds} found in its queue")
+    return out
+
+
+INFLIGHT_KINDS = ("file", "fifo")
+
+
+def inflight_entry(d, fd: int) -> dict:
+    """An fd in flight (our copy `fd`) as an fd entry of a placed kind (a file or a FIFO): on the mount
+    its fdinfo names, or, for a file deleted since, on the mount of the tree whose root it is (the
+    FIFO systemd-nspawn binds over /proc/kmsg)."""
+    from engine import fds as kinds
+    target = os.readlink(f"/proc/self/fd/{fd}")
+    st = os.fstat(fd)
+    kind = kinds.classify(target, st.st_mode)
+    what = f"{d.where}: an fd in flight ({target})"
+    if kind is None or kind.name not in INFLIGHT_KINDS:
+        raise FdError(errno.EOPNOTSUPP, f"{what}: only files and FIFOs in flight are supported")
+    info = {}
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    entry = {"kind": kind.name, "flags": int(info["flags"], 8) & ~os.O_CLOEXEC, "pos": int(info["pos"])}
+    if kind.name == "file":
+        entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "file"
+    else:
+        # Its pipe with the data it holds: an fd in flight may be all that keeps a FIFO's data.
+        from engine.fds.pipe import fifo_object
+        entry["obj"] = fifo_object(d.objects, f"/proc/self/fd/{fd}")
+    spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
+    mnt = int(info.get("mnt_id", 0))
+    known = {m.mnt_id for _pid, mounts in spaces for m in mounts}
+    if not target.endswith(kernel.DELETED) and mnt in known:
+        loc = d.place(target, mnt, "fd in flight")
+    else:
+        loc = None
+        for pid, mounts in spaces:
+            for m in mounts:
+                try:
+                    mst = os.stat(f"/proc/{pid}/root{m.mountpoint}", follow_symlinks=False)
+                    here = kernel.statx_mnt_id(f"/proc/{pid}/root{m.mountpoint}", flags=kernel.AT_SYMLINK_NOFOLLOW)
+                except OSError:
+                    continue
+                if (mst.st_dev, mst.st_ino) == (st.st_dev, st.st_ino) and here == m.mnt_id:
+                    loc = {"mnt": m.mnt_id, "path": "/"}
+                    break
+            if loc is not None:
+                break
+        if loc is None:
+            raise FdError(errno.EOPNOTSUPP, f"{what}: on no mount of the tree: not supported")
+    if loc.get("detached"):
+        raise FdError(errno.EOPNOTSUPP, f"{what}: on a detached mount: not supported")
+    entry.update({"mnt": loc["mnt"], "path": loc["path"]})
+    return entry
+
+
+def inflight_mounts(msgs: list) -> list[int]:
+    """The mounts of the fds in flight in `msgs` (restore opens files on them)."""
+    return sorted({f["mnt"] for m in msgs if isinstance(m, dict) for f in m["fds"]})
+
+
+def inq(fd: int) -> int:
+    """The bytes waiting to be read on socket `fd` (FIONREAD)."""
+    import fcntl
+    import termios
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
+    """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
+    from the front of `fds` (received ones, which the stand-in closes). Returns the fds left."""
+    fds = list(fds)
+    for m in queue:
+        if isinstance(m, dict):
+            n = len(m["fds"])
+            mine, fds = fds[:n], fds[n:]
+            if len(mine) != n:
+                raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
+            socket.send_fds(peer, [base64.b64decode(m["data"])], mine)
+        else:
+            peer.send(base64.b64decode(m))
+    return fds
+
+
+def open_inflight(r: RestoreFd, msgs) -> list[int]:
+    """Our fds on new descriptions of the files in flight in `msgs`, in order (their mounts must be
+    among the entry's `mnts`, which the validator checked)."""
+    from engine import fds as kinds
+    out: list[int] = []
+    try:
+        for m in msgs:
+            if not isinstance(m, dict):
+                continue
+            for f in m["fds"]:
+                if f["mnt"] not in r.entry.get("mnts", ()):
+                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight on mount {f['mnt']}, not in its mnts")
+                if "obj" in f and r.objects.get(f["obj"], {}).get("kind") != "pipe":
+                    raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no pipe object {f['obj'][:40]!r}")
+                sub = RestoreFd(entry={"fd": -1, **f}, objects=r.objects, state=r.state, open_at=r.open_at,
+                                standin=r.standin, keep=r.keep, proc=r.proc, open_ghost=r.open_ghost)
+                out.append(kinds.lookup(f["kind"]).open(sub))
+    except BaseException:
+        for x in out:
+            os.close(x)
+        raise
+    return out
