@@ -344,6 +344,7 @@ class _Dump:
         self.archive_for: dict[int, tuple[str, str]] = {}   # mount id -> (sb id, root)
         self.probe_for: dict[int, str] = {}                  # mount id -> sb id its type probes
         self.ghost_for: dict[int, tuple[str, str]] = {}      # mount id -> (sb id, deleted root) to archive
+        self.ghost_of: dict[int, str] = {}                   # mount id -> its ghost's id, once archived
         self.ghosts_doc: dict[str, dict] = {}
         self.pidns_doc: dict[str, dict] = {}
         self.linked_names: dict[str, str] = {}
@@ -601,7 +602,6 @@ def _plan_superblocks(d: _Dump) -> None:
 def _plan_clones(d: _Dump) -> None:
     """Which mounts to clone: one per disjoint root of each content superblock, one of each type
     probes, one per deleted root (a ghost) to archive."""
-    ghost_roots: dict[tuple[str, str], int] = {}
     mounts_of_sb: dict[str, list[dict]] = {}
     for e in d.all_mounts():
         mounts_of_sb.setdefault(e["sb"], []).append(e)
@@ -616,10 +616,10 @@ def _plan_clones(d: _Dump) -> None:
                     raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) on {e['fstype']}: its "
                                                       f"root {e['root']} was deleted; only a {fs.content_names()} "
                                                       "can hold it again")
-                if (sid, e["root"]) not in ghost_roots:
-                    ghost_roots[(sid, e["root"])] = e["id"]
-                    d.ghost_for[e["id"]] = (sid, e["root"])
-                    d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
+                # Each one looked at: two files unlinked under one name are two ghosts (bwrap's
+                # --bind-data temporary files when mkstemp repeats a name), one file bound twice one.
+                d.ghost_for[e["id"]] = (sid, e["root"])
+                d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
         if handler.content:
             chosen: list[str] = []
             for e in sorted(es, key=lambda e: (len(e["root"]), e["root"])):
@@ -775,26 +775,38 @@ def _add_content(d: _Dump, batch: _Batch, mid: int, mfd: int) -> bool:
 def _archive_ghost(d: _Dump, mid: int, mfd: int) -> None:
     """Archive the deleted root of mount `mid` (a clone: `mfd`) alone, as a ghost of the image."""
     sid, root = d.ghost_for[mid]
+    st = os.fstat(mfd)
+    inode = f"{st.st_dev}:{st.st_ino}"
+    for gid, g in d.ghosts_doc.items():
+        if g["sb"] == sid and g["path"] == root:
+            if g.get("inode") != inode:
+                other = next(m for m, x in d.ghost_of.items() if x == gid)
+                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({d.mounts_by_id[mid].mountpoint}): its deleted "
+                                                  f"root {root} has the name of another deleted file of its "
+                                                  f"filesystem, the root of mount {other} "
+                                                  f"({d.mounts_by_id[other].mountpoint}): restore makes one file "
+                                                  "a name; not supported")
+            d.ghost_of[mid] = gid
+            return
     name, path = d.writer.new_archive()
     try:
         d.files[name] = ghosts.archive_link("/proc/self/fd", str(mfd), root, path, pass_fds=(mfd,))
     except OSError as e:
         raise DumpError(e.errno or errno.EIO, f"mount {mid} "
                         f"({d.mounts_by_id[mid].mountpoint}): {e.strerror or e}") from None
-    st = os.fstat(mfd)
-    d.ghosts_doc[f"g-{len(d.ghosts_doc)}"] = {"sb": sid, "path": root, "file": name,
-                                              "member": "sb-0", "only": root.rsplit("/", 1)[1],
-                                              "inode": f"{st.st_dev}:{st.st_ino}"}
+    gid = f"g-{len(d.ghosts_doc)}"
+    d.ghosts_doc[gid] = {"sb": sid, "path": root, "file": name, "member": "sb-0",
+                         "only": root.rsplit("/", 1)[1], "inode": inode}
+    d.ghost_of[mid] = gid
 
 
 def _name_ghosts(d: _Dump) -> None:
     """Each mount on a deleted root names its ghost (an external one binds the host path instead)."""
-    gid_of = {(g["sb"], g["path"]): gid for gid, g in d.ghosts_doc.items()}
     for e in d.all_mounts():
         if e.get("ghost") is True and e["external"]:
             del e["ghost"]   # (declared external: restore binds the host path given for it)
         elif e.get("ghost") is True:
-            e["ghost"] = gid_of[(e["sb"], e["root"])]
+            e["ghost"] = d.ghost_of[e["id"]]
 
 
 def _collect_processes(d: _Dump) -> None:
