@@ -15,6 +15,7 @@ from engine import imageformat, kernel
     ("w\u00f6rk er", "w\u00f6rk er"),
     ("raw\udcff\udcfebytes", "raw\udcff\udcfebytes"),          # b"raw\xff\xfebytes"
     ("0123456789abcdefghij", "0123456789abcde"),               # the kernel keeps 15 bytes
+    ("ends with nl\n", "ends with nl\n"),                       # only the kernel's newline is taken off
 ])
 def test_a_name_survives_set_and_read(name, shown):
     r, w = os.pipe()
@@ -38,8 +39,12 @@ def test_a_name_survives_set_and_read(name, shown):
         os.close(r)
 
 
-def test_the_image_takes_a_name_of_at_most_15_characters():
+def test_the_image_takes_a_name_of_at_most_15_bytes():
     rule = imageformat.PROCESS.fields["comm"].rule
     assert rule("mntcr-hold") is None
+    assert rule("raw\udcff\udcfebytes") is None
+    assert rule("\u00f6" * 7) is None                            # 14 bytes
     assert "at most 15" in rule("x" * 16)
+    assert "at most 15" in rule("\u00f6" * 8)                  # 8 characters, 16 bytes: not cut at restore
     assert "NUL" in rule("a\0b")
+    assert rule("\ud800") is not None                            # JSON can carry it; no encoding takes it
