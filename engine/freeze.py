@@ -75,7 +75,7 @@ def refuse_zombies(tree) -> None:
 
 def _comm(pid: int) -> str:
     try:
-        with open(f"/proc/{pid}/comm") as f:
+        with open(f"/proc/{pid}/comm", errors="backslashreplace") as f:
             return f.read().strip()
     except OSError:
         return "?"
