@@ -43,6 +43,28 @@ FEATURES = {
 }
 
 
+def _clone_detached() -> None:
+    # open_tree(OPEN_TREE_CLONE) of a detached mount (a fresh tmpfs): OSError where refused.
+    mnt = kernel.scratch_tmpfs()
+    try:
+        os.close(kernel.open_tree(mnt, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH))
+    finally:
+        os.close(mnt)
+
+
+def _stack_detached() -> None:
+    # move_mount of one detached mount onto another: OSError where refused.
+    below = kernel.scratch_tmpfs()
+    try:
+        above = kernel.scratch_tmpfs()
+        try:
+            kernel.move_mount(above, "", below, "", kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(above)
+    finally:
+        os.close(below)
+
+
 def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
     # Imported before the probes mount over /tmp of this namespace: an engine that lives under
     # /tmp (a checkout there) could not be imported from afterwards.
@@ -111,27 +133,8 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
     attempt("statmount/listmount", lambda: kernel.statmount(kernel.listmount()[0]) and None)
     attempt("STATX_MNT_ID_UNIQUE", lambda: kernel.statx_mnt_id("/", unique=True) and None)
 
-    def clone_detached():
-        mnt = kernel.scratch_tmpfs()
-        try:
-            os.close(kernel.open_tree(mnt, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH))
-        finally:
-            os.close(mnt)
-
-    attempt("open_tree(detached)", clone_detached)
-
-    def stack_detached():
-        below = kernel.scratch_tmpfs()
-        try:
-            above = kernel.scratch_tmpfs()
-            try:
-                kernel.move_mount(above, "", below, "", kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
-            finally:
-                os.close(above)
-        finally:
-            os.close(below)
-
-    attempt("move_mount(to-detached)", stack_detached)
+    attempt("open_tree(detached)", _clone_detached)
+    attempt("move_mount(to-detached)", _stack_detached)
 
     def idmap_map():
         ufd = userns.make(userns.Maps(((0, 100000, 1),), ((0, 100000, 1),), "deny"))

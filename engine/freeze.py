@@ -54,7 +54,7 @@ def wait_gone(pids, timeout: float = 10.0) -> None:
     for pid in pids:
         while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
             try:
-                with open(f"/proc/{pid}/stat") as f:
+                with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
                     if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                         break  # a zombie waiting for its (non-dumped) parent: gone for us
             except OSError:
@@ -75,7 +75,7 @@ def refuse_zombies(tree) -> None:
 
 def _comm(pid: int) -> str:
     try:
-        with open(f"/proc/{pid}/comm") as f:
+        with open(f"/proc/{pid}/comm", errors="backslashreplace") as f:
             return f.read().strip()
     except OSError:
         return "?"
@@ -87,7 +87,7 @@ def wait_stopped(pids, timeout: float = 5.0) -> None:
     for pid in pids:
         while time.monotonic() < deadline:
             try:
-                with open(f"/proc/{pid}/stat") as f:
+                with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
             except OSError:
                 break
@@ -99,7 +99,7 @@ def wait_stopped(pids, timeout: float = 5.0) -> None:
 def state(pid: int) -> str:
     """The state letter of a process (R, S, T...), "" when it is gone."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
             return f.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         return ""

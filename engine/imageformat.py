@@ -161,6 +161,21 @@ def strlen(hi: int) -> Rule:
     return rule
 
 
+def comm_rule(v) -> str | None:
+    """A process name as prctl(PR_SET_NAME) takes it: at most 15 bytes (UTF-8, undecodable bytes
+    kept as surrogates, as engine/kernel.read_comm reads them), no NUL (null passes)."""
+    if v is None:
+        return None
+    try:
+        ok = len(v.encode("utf-8", "surrogateescape")) <= 15 and "\0" not in v
+    except UnicodeEncodeError:
+        ok = False
+    return None if ok else "must be a name of at most 15 bytes without NUL"
+
+
+comm_rule.inline = ("cached",)
+
+
 def path_rule(v) -> str | None:
     """A normalised absolute path with no '.', '..', NUL or oversize (null passes)."""
     if v is None:
@@ -516,8 +531,10 @@ PROCESS = Record("process", {
     "ns_made_in": F(DICT, required=False),
     # The user namespace (above its own) its stand-in starts in: its pid namespace's owner.
     "userns_start": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
-    # Its name (/proc/PID/comm: the kernel keeps 15 bytes); the stand-in takes it (prctl PR_SET_NAME).
-    "comm": F(STR, required=False, rule=strlen(15)),
+    # Its name (/proc/PID/comm: the kernel keeps 15 bytes); the stand-in takes it (prctl PR_SET_NAME):
+    # checked here as bytes, so that a longer one is refused, not cut, and one no encoding takes
+    # does not fail in the stand-in once the tree is made.
+    "comm": F(STR, required=False, rule=comm_rule),
 })
 
 MOUNT = Record("mount", {

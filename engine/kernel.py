@@ -432,7 +432,9 @@ def set_comm(name: str) -> None:
 def read_comm(pid: int) -> str:
     """/proc/PID/comm without its newline (bytes a UTF-8 decode cannot take kept as surrogates)."""
     with open(f"/proc/{pid}/comm", "rb") as f:
-        return f.read().rstrip(b"\n").decode("utf-8", "surrogateescape")
+        data = f.read()
+    # Only the newline the kernel adds: a name may end with its own.
+    return (data[:-1] if data.endswith(b"\n") else data).decode("utf-8", "surrogateescape")
 
 
 def set_pdeathsig(sig: int) -> None:

@@ -94,7 +94,7 @@ def _zombies(pids: list[int]) -> bool:
     """Whether every process of `pids` is dead already (a zombie awaiting its parent)."""
     for p in pids:
         try:
-            with open(f"/proc/{p}/stat") as f:
+            with open(f"/proc/{p}/stat", errors="surrogateescape") as f:
                 if f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
                     return False
         except (OSError, IndexError):

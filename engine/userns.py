@@ -287,7 +287,7 @@ def idmaps(pid: int, mounts) -> dict[int, str]:
 def creds(pid: int) -> str:
     """``uid R,E,S,F gid R,E,S,F groups G,...`` of `pid` in the reader's ids."""
     fields = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("Uid", "Gid", "Groups"):

@@ -71,7 +71,7 @@ def _inside(ids, ranges) -> list[int]:
 def _creds(pid: int, maps: userns.Maps) -> dict | None:
     """The ids of `pid` inside its user namespace; None when they are the dumper's root, unmapped."""
     fields = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("Uid", "Gid", "Groups"):

@@ -245,7 +245,7 @@ def keeper_main(cfg: dict) -> int:
 
 def _comm(pid: int) -> str | None:
     try:
-        with open(f"/proc/{pid}/comm") as f:
+        with open(f"/proc/{pid}/comm", errors="surrogateescape") as f:
             return f.read().strip()
     except OSError:
         return None

@@ -880,3 +880,11 @@ def test_validator_errors_cross_process_boundaries():
         assert str(again) == str(e) and "is missing" in str(e)
     else:
         pytest.fail("an empty manifest validated")
+
+
+@pytest.mark.parametrize("comm", ["\ud800", "\u00f6" * 8])
+def test_process_name_the_stand_in_cannot_take_is_refused(base_image, tmp_path, comm):
+    """A `comm` no UTF-8 encoding takes (it would fail in the stand-in once the tree is made), or one
+    over the kernel's 15 bytes (it would be cut), is refused before anything runs."""
+    img = _mutated(base_image, tmp_path, lambda d: d["processes"][0].__setitem__("comm", comm))
+    refused(img, r"comm.*at most 15 bytes", tmp_path)

@@ -51,7 +51,7 @@ def _ppids() -> dict[int, int]:
         if not name.isdigit():
             continue
         try:
-            with open(f"/proc/{name}/stat") as f:
+            with open(f"/proc/{name}/stat", errors="surrogateescape") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
@@ -79,7 +79,7 @@ def tree_pids(root: int) -> list[int]:
 def alive(pid: int) -> bool:
     """Whether `pid` exists and is not a zombie."""
     try:
-        with open(f"/proc/{pid}/stat") as f:
+        with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
@@ -104,7 +104,7 @@ def _busy(root: int) -> bool:
             continue
         for tid in tids:
             try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                with open(f"/proc/{pid}/task/{tid}/stat", errors="surrogateescape") as f:
                     state = f.read().rsplit(")", 1)[1].split()[0]
             except (OSError, IndexError):
                 continue

@@ -302,7 +302,7 @@ def _ctty_index(d) -> int | None:
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if st.st_rdev != os.makedev(5, 0):
         return None
-    with open(f"/proc/{d.pid}/stat") as f:
+    with open(f"/proc/{d.pid}/stat", errors="surrogateescape") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     session, tty_nr = int(fields[3]), int(fields[4])
     major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
