@@ -158,7 +158,7 @@ def _interpreter() -> tuple | None:
     if os.uname().machine != "x86_64":
         return None
     try:
-        with open("/proc/self/stat") as f:
+        with open("/proc/self/stat", errors="surrogateescape") as f:
             st = f.read().rsplit(")", 1)[1].split()
         with open("/proc/self/maps") as f:
             regions = exe_regions(f.read(), int(st[26 - 3]))
