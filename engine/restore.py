@@ -1554,8 +1554,8 @@ class _Restorer:
 
     def _reopen_root(self, fd: int, flags: int) -> int:
         """A new description of what our `fd` is on (a mount's root, or a covered mount point),
-        through /proc/self/fd/N; a directory opened with O_NOFOLLOW (LXC's monitor holds its cgroup
-        directory O_PATH|O_NOFOLLOW) as "." beneath it instead: that flag would open the magic link
+        through /proc/self/fd/N; a directory opened with O_NOFOLLOW (LXC's monitor holds one
+        O_PATH|O_NOFOLLOW) as "." beneath it instead: that flag would open the magic link
         itself. (A file root drops the flag, as a ghost does: _open_ghost.)"""
         if flags & os.O_NOFOLLOW and stat.S_ISDIR(os.fstat(fd).st_mode):
             return kernel.openat2(fd, ".", flags | os.O_CLOEXEC, _BENEATH | kernel.RESOLVE_NO_XDEV)
