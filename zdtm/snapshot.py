@@ -512,7 +512,13 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
         from engine import topology
     if not alive(root):
         raise SnapshotError(f"process {root} is not running")
+    # A tree that said it is ready may still be busy: a holder found by its name right after its
+    # exec still has the loader's /etc/ld.so.cache open, a booted init still arms its watches.
+    # (A tree that never sleeps is snapshot as it is after the wait.)
+    settle(root, min(timeout, 5.0))
     check_output = run_check(root, check, timeout) if check else None
+    if check:
+        settle(root, min(timeout, 5.0))
     # A filesystem's daemon (a FUSE server) is restarted by restore, not restored: a new process
     # outside the tree (engine/fs/fuse.py). What it serves is compared, the process is not.
     from engine import fs
