@@ -475,8 +475,7 @@ class _Run:
     def cycle(self) -> Result:
         pid = self.test_pid
         ignore = ()
-        settled = snapshot.settle(pid, min(self.timeout, 5.0))
-        before = snapshot.take(pid, ignore_maps_on=ignore)
+        before = snapshot.take(pid, ignore_maps_on=ignore)   # (taken once the test sleeps: snapshot.settle)
         _save(os.path.join(self.w, "before.txt"), before.text())
         images = os.path.join(self.w, "images")
         opts = options(self.p.desc)
@@ -516,7 +515,7 @@ class _Run:
         snapshot.kill_tree(self.restored)
         self.restored = None
         if not equal:
-            busy = "" if settled else " (the test was still running when its state was taken: it never slept)"
+            busy = "" if before.settled else " (the test was still running when its state was taken: it never slept)"
             return self.res("fail", "compare", f"restored state differs from the test's{busy}:\n" + report)
         return self.verdict()
 

@@ -317,7 +317,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
-            if path.endswith(" (deleted)"):
+            if path.endswith(kernel.DELETED):
                 # An open-time flag only: a file reopened through its /proc/self/fd link (a deleted
                 # one, at restore) cannot take it (engine/restore.py _open_ghost).
                 flags &= ~os.O_NOFOLLOW
@@ -355,6 +355,7 @@ class Snapshot:
     cross_peers: str             # peer groups spanning mount namespaces
     check_output: str | None
     sharing: str = ""            # fds that are one pipe/FIFO or one open file description (zdtm/fdkinds.py)
+    settled: bool = True         # every thread slept before it was read (`settle`); never compared
 
     def text(self) -> str:
         """Everything compared, as one text."""
@@ -515,10 +516,10 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     # A tree that said it is ready may still be busy: a holder found by its name right after its
     # exec still has the loader's /etc/ld.so.cache open, a booted init still arms its watches.
     # (A tree that never sleeps is snapshot as it is after the wait.)
-    settle(root, min(timeout, 5.0))
+    settled = settle(root, min(timeout, 5.0))
     check_output = run_check(root, check, timeout) if check else None
     if check:
-        settle(root, min(timeout, 5.0))
+        settled = settle(root, min(timeout, 5.0))
     # A filesystem's daemon (a FUSE server) is restarted by restore, not restored: a new process
     # outside the tree (engine/fs/fuse.py). What it serves is compared, the process is not.
     from engine import fs
@@ -544,7 +545,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
             os.close(fd)
     _name_ns_fds(procs)
     return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
-                    check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]))
+                    check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]), settled=settled)
 
 
 # --- comparison -----------------------------------------------------------------
