@@ -82,11 +82,6 @@ def parse_external_files(specs) -> dict[str, str]:
 
 # --- the dump ------------------------------------------------------------------
 
-def _ns_inode(pid, kind) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-    except FileNotFoundError:
-        return None
 
 
 def _pidns_parent_ino(pid: int) -> int | None:
@@ -388,9 +383,9 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
 def _inspect_namespaces(d: _Dump) -> None:
     """Name every namespace of the tree, plan its user namespaces, and read each mount namespace
     (mountinfo, and its processes' roots, cwds and fds) in a helper that entered it."""
-    d.me = {k: _ns_inode("self", k) for k in image.NS_KINDS + ("user",)}
+    d.me = {k: kernel.ns_ino("self", k) for k in image.NS_KINDS + ("user",)}
     for pid, _ in d.tree:
-        d.ns_of[pid] = {k: _ns_inode(pid, k) for k in image.NS_KINDS + ("user",)}
+        d.ns_of[pid] = {k: kernel.ns_ino(pid, k) for k in image.NS_KINDS + ("user",)}
 
     # Name namespaces by first appearance (root process first).
     d.names = prestop.ns_names([pid for pid, _ in d.tree], image.NS_KINDS)

@@ -423,6 +423,15 @@ def openat2(dfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int
 PR_SET_PDEATHSIG = 1
 
 
+def ns_ino(pid, kind: str = "mnt") -> int | None:
+    """The inode of `pid`'s (a number or "self") namespace of `kind`; None when it has none (gone,
+    or a zombie: its /proc/PID/ns links are gone)."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except FileNotFoundError:
+        return None
+
+
 def set_comm(name: str) -> None:
     """prctl(PR_SET_NAME): this thread's name (/proc/PID/comm; the kernel keeps 15 bytes)."""
     _check(_libc.prctl(ctypes.c_int(15), ctypes.c_char_p(name.encode("utf-8", "surrogateescape")[:15]), 0, 0, 0),

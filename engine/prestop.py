@@ -89,18 +89,13 @@ def ns_names(pids: list[int], kinds) -> dict[tuple[str, int | None], str]:
     count: dict[str, int] = {}
     for pid in pids:
         for k in kinds:
-            key = (k, _ns_ino(pid, k))
+            key = (k, kernel.ns_ino(pid, k))
             if key not in names:
                 names[key] = f"{k}-{count.get(k, 0)}"
                 count[k] = count.get(k, 0) + 1
     return names
 
 
-def _ns_ino(pid: int, kind: str = "mnt") -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-    except FileNotFoundError:
-        return None
 
 
 def _unique_ids(nsfd: int) -> dict[int, int]:
@@ -128,11 +123,11 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     except OSError:
         users = owners = None   # (a process gone meanwhile: dump tells, once the tree is stopped)
     for pid in pids:
-        ino = _ns_ino(pid)
+        ino = kernel.ns_ino(pid)
         if ino is not None:
             view.ns_pids.setdefault(names[("mnt", ino)], []).append(pid)
     for pid, text in texts:
-        ino = _ns_ino(pid)
+        ino = kernel.ns_ino(pid)
         if ino is None:
             continue
         name = names[("mnt", ino)]
@@ -149,7 +144,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         view.ns_mounts[name] = mounts
         view.mntns_doc[name] = _entries(mounts, view)
     try:
-        root_ns = names.get(("mnt", _ns_ino(pids[0])))
+        root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
         _roots(view)
         _check_types(view, ext_mnts, root_ns)
         _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
@@ -375,7 +370,7 @@ def _check_probes(view: View, pids: list[int], names: dict) -> None:
     for pid in pids:
         try:
             ident = _pid_identity(f"/proc/{pid}")
-            ino = _ns_ino(pid, "pid")
+            ino = kernel.ns_ino(pid, "pid")
         except (OSError, StopIteration):
             continue   # (gone meanwhile: dump tells, once the tree is stopped)
         if ident is not None and ino is not None:

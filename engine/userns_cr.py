@@ -88,19 +88,15 @@ def _creds(pid: int, maps: userns.Maps) -> dict | None:
                                         "its user namespace: not supported yet")
 
 
-def _ns_ino(pid: int, kind: str) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-    except FileNotFoundError:
-        return None
 
 
 def plan(tree, names: dict, ns_kinds) -> dict:
     """The user-namespace part of the image for `tree` [(pid, ppid)]: {"userns": {...},
     "proc": {pid: {"userns": id, "creds": {...}}}, "mntns_owner": {mnt ns name: userns id}}.
     Raises UsernsError for what restore cannot rebuild."""
+    from engine import kernel
     p = _Plan()
-    ns_ino = {pid: {k: _ns_ino(pid, k) for k in ns_kinds} for pid, _ in tree}
+    ns_ino = {pid: {k: kernel.ns_ino(pid, k) for k in ns_kinds} for pid, _ in tree}
     for pid, ppid in tree:
         if None in ns_ino[pid].values():
             continue  # exited (a zombie has no namespaces): nothing of its own to restore here

@@ -396,6 +396,7 @@ def _name_ns_fds(procs: list[Proc]) -> None:
     """An fd on a namespace ("net:[4026532181]") names it by the first process of the tree in it
     ("net:[P1]"; "net:[outside]" when none is): the inode number changes across C/R. So does a
     pidfd's process ("pidfd=P2")."""
+    from engine import kernel
     for p in procs:
         for i, line in enumerate(p.fds):
             pidfd = _PIDFD.search(line)
@@ -408,16 +409,11 @@ def _name_ns_fds(procs: list[Proc]) -> None:
                 continue
             fd, kind, ino, rest = hit.groups()
             inos = [q.ns.get(kind) for q in procs] if kind in NS_TYPES else \
-                [_ns_ino(q.pid, kind) for q in procs]
+                [kernel.ns_ino(q.pid, kind) for q in procs]
             who = next((f"P{j}" for j, x in enumerate(inos) if x == int(ino)), "outside")
             p.fds[i] = f"{fd}: {kind}:[{who}]{rest}"
 
 
-def _ns_ino(pid: int, kind: str) -> int | None:
-    try:
-        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
-    except OSError:
-        return None
 
 
 def _partition(procs: list[Proc]) -> str:

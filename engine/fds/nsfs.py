@@ -53,17 +53,12 @@ def _name(d) -> str:
 def _user_name(d, ino: int) -> str:
     """The image id of the user namespace `ino` of the tree ("user-" when the tree is still running:
     prestop knows no ids), or FdError."""
-    from engine import userns
+    from engine import kernel, userns
     names = d.scratch.get("user_names")
     if names is not None:
         name = names.get(ino)
     else:
-        def of(pid):
-            try:
-                return os.stat(f"/proc/{pid}/ns/user").st_ino
-            except OSError:
-                return None
-        name = "user-" if ino in {of(p) for p in d.scratch.get("pids") or ()} else None
+        name = "user-" if ino in {kernel.ns_ino(p, "user") for p in d.scratch.get("pids") or ()} else None
     if name is None or ino == userns.own_userns_ino():
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: its user namespace is none the tree made (the dumper's "
                                         "own, or one no process of the tree is in): not supported")
