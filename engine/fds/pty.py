@@ -81,7 +81,6 @@ def _dump(d) -> dict:
     return {"obj": obj, "end": "slave"}
 
 
-
 def _hold(d, dev: int, index: int) -> None:
     """Note that the tree holds master `index` of the devpts instance `dev`: a mount whose root is
     that pty can be made again (engine/mountrules.py held_roots)."""
