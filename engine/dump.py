@@ -774,13 +774,9 @@ def _archive_ghost(d: _Dump, mid: int, mfd: int) -> None:
     inode = f"{st.st_dev}:{st.st_ino}"
     for gid, g in d.ghosts_doc.items():
         if g["sb"] == sid and g["path"] == root:
-            if g.get("inode") != inode:
-                other = next(m for m, x in d.ghost_of.items() if x == gid)
-                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({d.mounts_by_id[mid].mountpoint}): its deleted "
-                                                  f"root {root} has the name of another deleted file of its "
-                                                  f"filesystem, the root of mount {other} "
-                                                  f"({d.mounts_by_id[other].mountpoint}): restore makes one file "
-                                                  "a name; not supported")
+            other = next(m for m, x in d.ghost_of.items() if x == gid)
+            hook(mountrules.ghost_names, {"id": mid, "mountpoint": d.mounts_by_id[mid].mountpoint, "root": root},
+                 {"id": other, "mountpoint": d.mounts_by_id[other].mountpoint}, g.get("inode") == inode)
             d.ghost_of[mid] = gid
             return
     name, path = d.writer.new_archive()

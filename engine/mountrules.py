@@ -129,6 +129,18 @@ def held_roots(mntns_doc: dict, superblocks: dict, held, skip=frozenset()) -> No
                                                "path given for KEY, e.g. a new console)")
 
 
+def ghost_names(e: dict, other: dict, same_file: bool) -> None:
+    """Refuse mount `e` whose deleted root has the name of `other`'s, another mount of the same
+    superblock with a deleted root, when they are not one file (`same_file`): restore makes one file
+    a name (bwrap's --bind-data files when mkstemp repeats a name)."""
+    if same_file:
+        return
+    raise fs.FsError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}): its deleted root {e['root']} has the "
+                                       "name of another deleted file of its filesystem, the root of mount "
+                                       f"{other['id']} ({other['mountpoint']}): restore makes one file a name; "
+                                       "not supported")
+
+
 def external_mount(e: dict, ext_roots) -> None:
     """Refuse a mount `e` of an external superblock that is not itself external, which restore binds
     from an external mount of that superblock (`ext_roots`: their roots): a deleted root (no archive

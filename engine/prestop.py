@@ -152,6 +152,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         owned_ns = _check_locks(view, sorted(owners or ()))
         _check_sb_owners(view, tree, users)
         _check_probes(view, pids, names)
+        _check_ghost_names(view)
         _check_fds(pids, view, leave_running, set(ext_files))
     except (fs.FsError, userns_cr.UsernsError, FdError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
@@ -394,14 +395,41 @@ def _check_probes(view: View, pids: list[int], names: dict) -> None:
             os.close(fd)
 
 
-def _open_mount(view: View, ns_name: str, e: dict) -> int | None:
+def _check_ghost_names(view: View) -> None:
+    """Mounts of one superblock whose deleted roots have one name must be one file
+    (mountrules.ghost_names): the roots of each such group compared through fds on them
+    (_open_mount); one that cannot be opened is left to dump, which compares them stopped."""
+    groups: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+    for ns_name, ns in view.mntns_doc.items():
+        for e in ns["mounts"]:
+            if e.get("ghost") and not e["external"] and e["sb"] not in view.unsure:
+                groups.setdefault((e["sb"], e["root"]), []).append((ns_name, e))
+    for group in groups.values():
+        if len(group) < 2:
+            continue
+        first = None
+        for ns_name, e in group:
+            fd = _open_mount(view, ns_name, e, os.O_PATH | os.O_CLOEXEC)
+            if fd is None:
+                continue
+            try:
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
+            if first is None:
+                first = (e, (st.st_dev, st.st_ino))
+            else:
+                mountrules.ghost_names(e, first[0], first[1] == (st.st_dev, st.st_ino))
+
+
+def _open_mount(view: View, ns_name: str, e: dict, flags: int = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) -> int | None:
     """An fd on the root of mount `e` of namespace `ns_name`: its mount point when that leads to it,
     else a detached clone made in a copy of the namespace; None when neither can be had."""
     pids = view.ns_pids.get(ns_name) or ()
     if not pids:
         return None
     try:
-        fd = os.open(f"/proc/{pids[0]}/root{e['mountpoint']}", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fd = os.open(f"/proc/{pids[0]}/root{e['mountpoint']}", flags)
     except OSError:
         fd = None
     if fd is not None:

@@ -148,6 +148,18 @@ def test_deleted_root_on_a_type_without_archives_refused_unstopped(case):
                                   r"it again")
 
 
+def test_two_deleted_roots_of_one_name_refused_unstopped(case):
+    """Two file binds whose sources were unlinked under one name, two files (bwrap's --bind-data
+    files when mkstemp repeats a name): restore makes one file a name, so dump refuses naming both
+    mounts, before the stop; one file bound twice under its deleted name is no refusal."""
+    pid = case.start(STOP_WATCH + "mkdir -p /run/t /m1 /m2 /m3; mount -t tmpfs t /run/t\n"
+                     "echo one > /run/t/x; touch /m1/f /m3/f; mount --bind /run/t/x /m1/f; mount --bind /run/t/x /m3/f\n"
+                     "rm /run/t/x; echo two > /run/t/x; touch /m2/f; mount --bind /run/t/x /m2/f; rm /run/t/x\n"
+                     "umount /run/t\nhold\n")
+    _refused_unstopped(case, pid, r"mount \d+ \(/m2/f\): its deleted root /x has the name of another deleted file "
+                                  r"of its filesystem, the root of mount \d+ \(/m1/f\): restore makes one file a name; not supported")
+
+
 def test_deleted_file_on_a_type_without_archives_refused_unstopped(case):
     """A file of an mqueue filesystem held open after it was removed: only a filesystem whose files
     are dumped can hold a deleted file again. Refused naming the fd, before the stop; a deleted file
