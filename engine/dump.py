@@ -775,7 +775,7 @@ def _archive_ghost(d: _Dump, mid: int, mfd: int) -> None:
     for gid, g in d.ghosts_doc.items():
         if g["sb"] == sid and g["path"] == root:
             other = next(m for m, x in d.ghost_of.items() if x == gid)
-            hook(mountrules.ghost_names, {"id": mid, "mountpoint": d.mounts_by_id[mid].mountpoint, "root": root},
+            _hook(mountrules.ghost_names, {"id": mid, "mountpoint": d.mounts_by_id[mid].mountpoint, "root": root},
                  {"id": other, "mountpoint": d.mounts_by_id[other].mountpoint}, g.get("inode") == inode)
             d.ghost_of[mid] = gid
             return

@@ -236,3 +236,26 @@ def test_deleted_name_of_a_mapped_file_with_another_name_refused_unstopped(case)
                      + _mapper("map /mnt/t/a", "rm /mnt/t/a"))
     _refused_unstopped(case, pid, r"process \d+ mapping \(/mnt/t/a \(deleted\)\): a deleted name of a file that "
                                   r"has 1 other name\(s\): a mapping of it is not supported yet")
+
+
+def test_dump_asks_the_same_rule_of_roots_it_opens_stopped():
+    """Dump compares two deleted roots of one name again once the tree is stopped (a root prestop
+    could not open): another file under that name is refused with prestop's text, the same file
+    shares its ghost (dump._archive_ghost)."""
+    from types import SimpleNamespace
+    from engine import dump
+    from engine.dumperror import DumpError
+    fd = os.open("/dev/null", os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        d = SimpleNamespace(ghost_for={7: ("sb-1", "/x")}, ghost_of={5: "g-0"},
+                            ghosts_doc={"g-0": {"sb": "sb-1", "path": "/x", "inode": "0:0"}},
+                            mounts_by_id={5: SimpleNamespace(mountpoint="/m1/f"), 7: SimpleNamespace(mountpoint="/m2/f")})
+        with pytest.raises(DumpError, match=r"mount 7 \(/m2/f\): its deleted root /x has the name of another "
+                                            r"deleted file of its filesystem, the root of mount 5 \(/m1/f\)"):
+            dump._archive_ghost(d, 7, fd)
+        d.ghosts_doc["g-0"]["inode"] = f"{st.st_dev}:{st.st_ino}"
+        dump._archive_ghost(d, 7, fd)
+        assert d.ghost_of[7] == "g-0"
+    finally:
+        os.close(fd)
