@@ -1729,6 +1729,19 @@ class _Restorer:
             finally:
                 os.close(fd)
 
+    def take_locks(self) -> None:
+        """Each stand-in takes its process's file locks (engine/filelocks.py), once every process holds
+        its fds and the restorer let go of its own: leases last, after every open of restore (an
+        open for writing breaks a read lease)."""
+        for leases in (False, True):
+            for p in self.doc["processes"]:
+                todo = [lk for lk in p.get("locks") or () if (lk["type"] == "lease") == leases]
+                if todo:
+                    try:
+                        self.chans[p["pid"]].call(("locks", todo))
+                    except OSError as e:
+                        raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
         procs = self.doc["processes"]
@@ -1780,6 +1793,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
+    r.take_locks()
     r._users_call(r.users.become, r.chans)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore

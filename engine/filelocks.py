@@ -1,0 +1,249 @@
+"""File locks the dumped processes hold (flock, POSIX, OFD, leases): read from fdinfo, kept in the
+image (a process's "locks"), taken again by its stand-in before the tree runs.
+
+Who owns a lock decides who takes it again. A POSIX lock belongs to the process: its stand-in
+takes it through the fd the kernel shows it on (the description it was taken through). A flock
+lock, an OFD lock and a lease belong to the open file description (shared by dup, fork and
+SCM_RIGHTS): taken once, through one fd of it, by the process the kernel names (flock and lease:
+the one that took it, which /proc/locks shows; OFD locks name none: the first holder).
+
+What cannot be made again exactly is refused, before the stop (`precheck`, from /proc/locks) and
+once the tree is stopped (`settle`): a process of the tree waiting for a lock, a mandatory lock, a
+lease being broken, a write lease (dump reads the files of the tree's mounts: that open breaks
+it), a flock lock or lease whose taker does not hold its description any more.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+
+from engine.fds import FdError
+
+TYPES = ("posix", "flock", "ofd", "lease")
+MODES = ("read", "write")
+_KERNEL_TYPE = {"POSIX": "posix", "FLOCK": "flock", "OFDLCK": "ofd", "LEASE": "lease"}
+_STATE = {"posix": "ADVISORY", "flock": "ADVISORY", "ofd": "ADVISORY", "lease": "ACTIVE"}
+_F_OFD_SETLK = 37
+_F_OFD_SETLKW = 38
+# fcntl and flock syscall numbers, to tell a process blocked in a lock wait (/proc/PID/syscall):
+# OFD waiters show no pid in /proc/locks.
+_LOCK_SYSCALLS = {"x86_64": (72, 73), "aarch64": (25, 32)}
+_WAIT_CMDS = (fcntl.F_SETLKW, _F_OFD_SETLKW)
+
+
+def parse(text: str) -> dict:
+    """One lock line of fdinfo or /proc/locks ("1: POSIX  ADVISORY  WRITE 123 fe:00:45 0 EOF", an
+    fdinfo line without its "lock:" key) -> {type, mode, start, end, pid, inode, waiter, state};
+    type None for a kind mntcr does not know (a delegation, an ACCESS lock), end None for EOF."""
+    words = text.split()
+    waiter = len(words) > 1 and words[1] == "->"
+    rest = words[2:] if waiter else words[1:]
+    if len(rest) < 7:
+        raise FdError(errno.EINVAL, f"unreadable lock line {text.strip()!r}")
+    kind, state, mode, pid, inode, start, end = rest[:7]
+    return {"type": _KERNEL_TYPE.get(kind), "kernel_type": kind, "state": state, "mode": mode.lower(),
+            "pid": int(pid), "inode": inode, "start": int(start), "end": None if end == "EOF" else int(end),
+            "waiter": waiter}
+
+
+def _show(lock: dict) -> str:
+    """A lock as refusals name it: "a FLOCK WRITE lock" / "a POSIX READ lock on bytes 5-14"."""
+    what = f"a {lock.get('kernel_type') or lock['type'].upper()} {lock['mode'].upper()} " \
+           f"{'lease' if lock['type'] == 'lease' else 'lock'}"
+    if lock["type"] in ("posix", "ofd") and (lock["start"] or lock["end"] is not None):
+        what += f" on bytes {lock['start']}-{'EOF' if lock['end'] is None else lock['end']}"
+    return what
+
+
+def refuse_kind(lock: dict, where: str) -> None:
+    """Refuse (FdError) a lock that restore cannot make exactly, whoever holds it: `where` names the
+    process, fd and file."""
+    why = None
+    if lock["type"] is None:
+        why = f"{lock['kernel_type']} locks are not supported"
+    elif lock["state"] == "MANDATORY":
+        why = "mandatory locks are not supported"
+    elif lock["state"] != _STATE[lock["type"]]:
+        why = f"it is {lock['state'].lower()} (a lease being broken): restore cannot make that state"
+    elif lock["mode"] not in MODES:
+        why = f"its mode {lock['mode'].upper()} cannot be taken again"
+    elif lock["type"] == "lease" and lock["mode"] == "write":
+        why = "a write lease: dump reads the files of the tree's mounts, and that open breaks it"
+    if why:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {_show(lock)} ({why})")
+
+
+def fd_locks(lines: list[str], where: str) -> list[dict]:
+    """The locks an fd's fdinfo shows ("lock:" values), each refused here when no restore can make
+    it (`refuse_kind`)."""
+    out = []
+    for line in lines:
+        lock = parse(line)
+        refuse_kind(lock, where)
+        out.append(lock)
+    return out
+
+
+def settle(procs_doc: list[dict], seen: dict) -> None:
+    """Give each process of the image its "locks": [{fd, type, mode, start, end}], from `seen`
+    {(pid, fd): (target, [parsed locks of that fd])} once fds sharing a description carry the same
+    "desc". A description's lock is kept once (on the fd of the process that took it); a flock lock
+    or lease whose taker holds no fd of its description is refused (FdError)."""
+    done: set = set()
+    orphans: dict = {}
+    for p in procs_doc:
+        pid, kept = p["pid"], []
+        for e in p["fds"]:
+            target, locks = seen.get((pid, e["fd"]), ("", ()))
+            where = f"process {pid} fd {e['fd']} ({target})"
+            desc = e.get("desc") or (pid, e["fd"])
+            for lock in locks:
+                same = (lock["type"], lock["mode"], lock["start"], lock["end"])
+                if lock["type"] == "posix":
+                    if lock["pid"] != pid:   # (a process sharing its fd table: CLONE_FILES)
+                        raise FdError(errno.EOPNOTSUPP, f"{where}: {_show(lock)} of process {lock['pid']}, "
+                                                        "which shares this fd table: not supported")
+                    key = (pid, desc, same)
+                else:
+                    key = (desc, same)
+                    if lock["type"] != "ofd" and lock["pid"] != pid:
+                        orphans.setdefault(key, (where, lock))
+                        continue
+                if key not in done:
+                    done.add(key)
+                    kept.append({"fd": e["fd"], "type": lock["type"], "mode": lock["mode"],
+                                 "start": lock["start"], "end": lock["end"]})
+        if kept:
+            p["locks"] = kept
+        else:
+            p.pop("locks", None)
+    for key, (where, lock) in orphans.items():
+        if key not in done:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: {_show(lock)} taken by process {lock['pid']}, which "
+                                            "holds no fd of that open file now (outside the tree, gone, or "
+                                            "closed it): restore cannot take it again in that process's name")
+
+
+def refuse_waiters(pids, held: set[str], text: str | None = None) -> None:
+    """Refuse (FdError) a process of the tree (`pids`) waiting for a lock (/proc/locks "->" lines:
+    CRIU cannot restore a blocked wait either). An OFD waiter shows no pid: on an inode the tree
+    holds (`held`: "MAJ:MIN:INO" as /proc/locks writes them), the tree's processes blocked in a
+    lock wait are looked for by their current syscall."""
+    if text is None:
+        with open("/proc/locks") as f:
+            text = f.read()
+    tree = set(pids)
+    for line in text.splitlines():
+        if "->" not in line:
+            continue
+        lock = parse(line)
+        if lock["pid"] in tree:
+            raise FdError(errno.EOPNOTSUPP, f"process {lock['pid']} waits for {_show(lock)} on inode "
+                                            f"{lock['inode']}: a blocked lock wait cannot be restored")
+        if lock["pid"] == -1 and lock["inode"] in held:
+            for pid in tree:
+                if _in_lock_wait(pid):
+                    raise FdError(errno.EOPNOTSUPP, f"process {pid} waits for a lock (an OFD lock is waited "
+                                                    f"for on inode {lock['inode']}): a blocked lock wait "
+                                                    "cannot be restored")
+
+
+def _in_lock_wait(pid: int) -> bool:
+    """Whether `pid` sleeps in fcntl(F_SETLKW / F_OFD_SETLKW) or flock (unknown machine: assumed)."""
+    nrs = _LOCK_SYSCALLS.get(os.uname().machine)
+    if nrs is None:
+        return True
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            words = f.read().split()
+    except OSError:
+        return False
+    if not words or not words[0].isdigit():
+        return False
+    nr = int(words[0])
+    return nr == nrs[1] or nr == nrs[0] and len(words) > 2 and int(words[2], 16) in _WAIT_CMDS
+
+
+def inode_key(dev: int, ino: int) -> str:
+    """An inode as /proc/locks names it ("fe:00:1234")."""
+    return f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
+
+
+def precheck(pids: list[int]) -> None:
+    """Before the tree is stopped: refuse (FdError) the locks `settle` and `refuse_kind` would, and
+    waiters. Only fds on an inode /proc/locks names are looked at (their fdinfo, and kcmp among
+    them for shared descriptions)."""
+    from engine.fds import sys as fsys
+    with open("/proc/locks") as f:
+        text = f.read()
+    locked = {line.split()[-3] for line in text.splitlines() if line.strip()}
+    if not locked:
+        return
+    held: dict[str, list] = {}
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue   # (gone meanwhile: dump tells)
+        for n in names:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{n}")
+                key = inode_key(st.st_dev, st.st_ino)
+            except OSError:
+                continue
+            if key in locked:
+                held.setdefault(key, []).append((pid, int(n)))
+    refuse_waiters(pids, set(held), text)
+    procs = {pid: {"pid": pid, "fds": []} for pid in pids}
+    seen: dict = {}
+    ndesc = 0
+    for members in held.values():
+        groups: list[list] = []
+        for pid, n in members:
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{n}")
+                with open(f"/proc/{pid}/fdinfo/{n}") as f:
+                    lines = [v.strip() for k, _, v in (line.partition(":") for line in f) if k == "lock"]
+                g = next((g for g in groups if fsys.same_file(g[0][0], g[0][1]["fd"], pid, n)), None)
+            except OSError:
+                continue
+            seen[(pid, n)] = (target, fd_locks(lines, f"process {pid} fd {n} ({target})"))
+            e = {"fd": n}
+            procs[pid]["fds"].append(e)
+            if g is None:
+                groups.append([(pid, e)])
+            else:
+                g.append((pid, e))
+        for g in groups:
+            if len(g) > 1:
+                for _, e in g:
+                    e["desc"] = f"d-{ndesc}"
+                ndesc += 1
+    settle([procs[pid] for pid in pids], seen)
+
+
+# --- restore ---------------------------------------------------------------------------------
+
+def _flock_struct(lock: dict) -> bytes:
+    kind = fcntl.F_RDLCK if lock["mode"] == "read" else fcntl.F_WRLCK
+    length = 0 if lock["end"] is None else lock["end"] - lock["start"] + 1
+    return struct.pack("hhqqi4x", kind, os.SEEK_SET, lock["start"], length, 0)
+
+
+def take(locks: list[dict]) -> None:
+    """In a stand-in: take each lock of the image's process entry on its (installed) fd, without
+    waiting: a conflict (someone outside the tree holds it now) fails the restore, naming it."""
+    for lock in locks:
+        fd = lock["fd"]
+        try:
+            if lock["type"] == "flock":
+                fcntl.flock(fd, (fcntl.LOCK_SH if lock["mode"] == "read" else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+            elif lock["type"] == "lease":
+                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK if lock["mode"] == "read" else fcntl.F_WRLCK)
+            else:
+                fcntl.fcntl(fd, fcntl.F_SETLK if lock["type"] == "posix" else _F_OFD_SETLK, _flock_struct(lock))
+        except OSError as e:
+            raise OSError(e.errno, f"fd {fd}: {_show(lock)}: {e.strerror}") from None
