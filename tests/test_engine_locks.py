@@ -166,3 +166,89 @@ import time; time.sleep(0.2)
     pid = case.start(setup)
     _refused_unstopped(case, pid, r"process \d+ fd \d+ \(/mnt/t/f\): a FLOCK WRITE lock taken by process \d+, "
                                   r"which holds no fd of that open file now .*")
+
+
+HOSTILE = [   # (mutation of a process's first lock, the validator's words)
+    (lambda lk, p: lk.update(fd=999), r"the process has no such fd"),
+    (lambda lk, p: lk.update(type="mandatory"), r"'locks\[0\].type' must be posix, flock, ofd or lease"),
+    (lambda lk, p: lk.update(mode="rw"), r"'locks\[0\].mode' must be read or write"),
+    (lambda lk, p: lk.update(start=-1), r"'locks\[0\].start' out of range"),
+    (lambda lk, p: lk.update(start=5, end=4), r"its range ends before it starts"),
+    (lambda lk, p: lk.update(type="flock", start=3), r"a flock covers the whole file"),
+    (lambda lk, p: lk.update(end="EOF"), r"'locks\[0\].end' must be an integer"),
+    (lambda lk, p: lk.update(extra=1), r"extra"),
+    (lambda lk, p: lk.update(type="lease", start=0, end=None, fd=next(f["fd"] for f in p["fds"]
+                                                                      if f.get("type") == "dir")),
+     r"a lease is on a regular file"),
+    (lambda lk, p: p["locks"].append(dict(lk)), r"listed twice"),
+    (lambda lk, p: p.update(locks="all"), r"'locks' must be a list"),
+]
+
+
+def test_hostile_lock_records_refused(case):
+    """An image's locks are untrusted: each hostile value is refused by the validator with one line
+    naming it, and `mntcr restore` exits 2 with that one line."""
+    import json
+    from engine import image, imageformat
+    from enginecase import RESTORE_EXTERNALS, mntcr
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f; exec 7</mnt/t\n" + py_hold(LOCKER + """
+f = os.open("/mnt/t/f", os.O_RDWR); fcntl.lockf(f, fcntl.LOCK_EX, 4, 2)
+""")
+    pid = case.start(setup)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    lk = next(p for p in good["processes"] if p.get("locks"))["locks"]
+    assert lk == [{"fd": lk[0]["fd"], "type": "posix", "mode": "write", "start": 2, "end": 5}], lk
+    imageformat.validate(json.loads(json.dumps(good)))
+    for n, (mutate, words) in enumerate(HOSTILE):
+        doc = json.loads(json.dumps(good))
+        p = next(p for p in doc["processes"] if p.get("locks"))
+        mutate(p["locks"][0], p)
+        try:
+            imageformat.validate(doc)
+        except image.ImageError as e:
+            assert re.search(words, str(e)) and "\n" not in str(e), (n, str(e))
+        else:
+            raise AssertionError(f"hostile lock #{n} passed: {p['locks']}")
+    next(p for p in good["processes"] if p.get("locks"))["locks"][0]["fd"] = 999
+    with open(os.path.join(images, "mntcr.json"), "w") as f:
+        json.dump(good, f)
+    r = mntcr("restore", "-D", images, *RESTORE_EXTERNALS)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "no such fd" in r.stderr, r.stderr
+
+
+def test_parse_and_settle():
+    """fdinfo lines parsed; a description's flock kept once, on its taker's fd; an OFD lock on the
+    first holder; a flock whose taker holds no fd of it refused naming lock, taker and file."""
+    from engine import filelocks
+    from engine.fds import FdError
+    lk = filelocks.parse("1: POSIX  ADVISORY  READ 28922 fe:00:2261034 5 14")
+    assert (lk["type"], lk["mode"], lk["pid"], lk["start"], lk["end"], lk["waiter"]) == ("posix", "read", 28922, 5, 14, False)
+    assert filelocks.parse("2: -> FLOCK  ADVISORY  WRITE 7 fe:00:1 0 EOF")["waiter"]
+    fl = filelocks.parse("1: FLOCK  ADVISORY  WRITE 10 fe:00:1 0 EOF")
+    of = filelocks.parse("1: OFDLCK ADVISORY  WRITE -1 fe:00:2 3 9")
+    procs = [{"pid": 10, "fds": [{"fd": 3, "desc": "d-0"}, {"fd": 4, "desc": "d-1"}]},
+             {"pid": 11, "fds": [{"fd": 3, "desc": "d-0"}, {"fd": 4, "desc": "d-1"}]}]
+    seen = {(p, n): ("/f", [fl] if n == 3 else [of]) for p in (10, 11) for n in (3, 4)}
+    filelocks.settle(procs, seen)
+    assert procs[0]["locks"] == [{"fd": 3, "type": "flock", "mode": "write", "start": 0, "end": None},
+                                 {"fd": 4, "type": "ofd", "mode": "write", "start": 3, "end": 9}]
+    assert "locks" not in procs[1]
+    procs = [{"pid": 11, "fds": [{"fd": 3}]}]
+    try:
+        filelocks.settle(procs, {(11, 3): ("/f", [fl])})
+    except FdError as e:
+        assert str(e.strerror).startswith("process 11 fd 3 (/f): a FLOCK WRITE lock taken by process 10"), e
+    else:
+        raise AssertionError("an orphaned flock passed")
+    for line, words in (("1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF", "mandatory locks are not supported"),
+                        ("1: LEASE  BREAKING  READ 1 fe:00:1 0 EOF", "a lease being broken"),
+                        ("1: DELEG  ACTIVE    READ 1 fe:00:1 0 EOF", "DELEG locks are not supported")):
+        try:
+            filelocks.fd_locks([line], "process 1 fd 3 (/f)")
+        except FdError as e:
+            assert words in str(e.strerror), e
+        else:
+            raise AssertionError(f"{line} passed")
