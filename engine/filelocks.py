@@ -5,12 +5,14 @@ Who owns a lock decides who takes it again. A POSIX lock belongs to the process:
 takes it through the fd the kernel shows it on (the description it was taken through). A flock
 lock, an OFD lock and a lease belong to the open file description (shared by dup, fork and
 SCM_RIGHTS): taken once, through one fd of it, by the process the kernel names (flock and lease:
-the one that took it, which /proc/locks shows; OFD locks name none: the first holder).
+the one that took it, which /proc/locks shows; OFD locks name none: the first holder). A flock
+lock whose taker closed its fd since is taken by it through a copy of a holder's fd (`of`).
 
 What cannot be made again exactly is refused, before the stop (`precheck`, from /proc/locks) and
 once the tree is stopped (`settle`): a process of the tree waiting for a lock, a mandatory lock, a
 lease being broken, a write lease (dump reads the files of the tree's mounts: that open breaks
-it), a flock lock or lease whose taker does not hold its description any more.
+it), a flock lock whose taker is not in the tree (gone: the shell's `exec 9>f; flock 9`), a lease
+whose taker holds no fd of it.
 """
 
 from __future__ import annotations
@@ -88,14 +90,17 @@ def fd_locks(lines: list[str], where: str) -> list[dict]:
 
 
 def settle(procs_doc: list[dict], seen: dict) -> None:
-    """Give each process of the image its "locks": [{fd, type, mode, start, end}], from `seen`
+    """Give each process of the image its "locks": [{fd, type, mode, start, end[, of]}], from `seen`
     {(pid, fd): (target, [parsed locks of that fd])} once fds sharing a description carry the same
-    "desc". A description's lock is kept once (on the fd of the process that took it); a flock lock
-    or lease whose taker holds no fd of its description is refused (FdError)."""
+    "desc". A description's lock is kept once, under the process that took it: on its own fd, or,
+    for a flock lock whose taker closed its fd (CRIU's file_locks03: taken before fork, closed in
+    the parent), on fd `fd` of process `of` that holds the description. A flock lock or lease
+    whose taker is not in the tree, or a lease whose taker holds no fd of it, is refused (FdError)."""
     done: set = set()
     orphans: dict = {}
+    kept: dict = {p["pid"]: [] for p in procs_doc}
     for p in procs_doc:
-        pid, kept = p["pid"], []
+        pid = p["pid"]
         for e in p["fds"]:
             target, locks = seen.get((pid, e["fd"]), ("", ()))
             where = f"process {pid} fd {e['fd']} ({target})"
@@ -110,21 +115,30 @@ def settle(procs_doc: list[dict], seen: dict) -> None:
                 else:
                     key = (desc, same)
                     if lock["type"] != "ofd" and lock["pid"] != pid:
-                        orphans.setdefault(key, (where, lock))
+                        orphans.setdefault(key, (where, lock, pid, e["fd"]))
                         continue
                 if key not in done:
                     done.add(key)
-                    kept.append({"fd": e["fd"], "type": lock["type"], "mode": lock["mode"],
-                                 "start": lock["start"], "end": lock["end"]})
-        if kept:
-            p["locks"] = kept
+                    kept[pid].append(_record(e["fd"], lock))
+    for key, (where, lock, holder, fd) in orphans.items():
+        if key in done:
+            continue
+        if lock["type"] != "flock" or lock["pid"] not in kept:
+            why = "holds no fd of that open file now" if lock["pid"] in kept else \
+                "is not in the dumped tree (gone, or outside it)"
+            raise FdError(errno.EOPNOTSUPP, f"{where}: {_show(lock)} taken by process {lock['pid']}, which {why}: "
+                                            "restore cannot take it again in that process's name")
+        done.add(key)
+        kept[lock["pid"]].append({**_record(fd, lock), "of": holder})
+    for p in procs_doc:
+        if kept[p["pid"]]:
+            p["locks"] = kept[p["pid"]]
         else:
             p.pop("locks", None)
-    for key, (where, lock) in orphans.items():
-        if key not in done:
-            raise FdError(errno.EOPNOTSUPP, f"{where}: {_show(lock)} taken by process {lock['pid']}, which "
-                                            "holds no fd of that open file now (outside the tree, gone, or "
-                                            "closed it): restore cannot take it again in that process's name")
+
+
+def _record(fd: int, lock: dict) -> dict:
+    return {"fd": fd, "type": lock["type"], "mode": lock["mode"], "start": lock["start"], "end": lock["end"]}
 
 
 def refuse_waiters(pids, held: set[str], text: str | None = None) -> None:
@@ -233,11 +247,12 @@ def _flock_struct(lock: dict) -> bytes:
     return struct.pack("hhqqi4x", kind, os.SEEK_SET, lock["start"], length, 0)
 
 
-def take(locks: list[dict]) -> None:
-    """In a stand-in: take each lock of the image's process entry on its (installed) fd, without
-    waiting: a conflict (someone outside the tree holds it now) fails the restore, naming it."""
+def take(locks: list[dict], fds: list[int]) -> None:
+    """In a stand-in: take each lock of the image's process entry on its (installed) fd, or on
+    fds[lock["sent"]] (a description another process holds: `of`), without waiting: a conflict
+    (someone outside the tree holds it now) fails the restore, naming it."""
     for lock in locks:
-        fd = lock["fd"]
+        fd = lock["fd"] if lock.get("sent") is None else fds[lock["sent"]]
         try:
             if lock["type"] == "flock":
                 fcntl.flock(fd, (fcntl.LOCK_SH if lock["mode"] == "read" else fcntl.LOCK_EX) | fcntl.LOCK_NB)
@@ -246,4 +261,5 @@ def take(locks: list[dict]) -> None:
             else:
                 fcntl.fcntl(fd, fcntl.F_SETLK if lock["type"] == "posix" else _F_OFD_SETLK, _flock_struct(lock))
         except OSError as e:
-            raise OSError(e.errno, f"fd {fd}: {_show(lock)}: {e.strerror}") from None
+            of = f" of process {lock['of']}" if "of" in lock else ""
+            raise OSError(e.errno, f"fd {lock['fd']}{of}: {_show(lock)}: {e.strerror}") from None

@@ -519,6 +519,8 @@ LOCK = Record("file lock", {
     "mode": F(STR, rule=lambda v: None if v in ("read", "write") else "must be read or write"),
     "start": F(INT, rule=rng(0, MAX_OFF)),
     "end": F(OPT_INT, rule=rng(0, MAX_OFF)),                  # the last byte; null: to the end of file
+    # A flock lock this process took on a description it no longer holds: `fd` is process `of`'s.
+    "of": F(INT, required=False, rule=rng(1, MAX_PID)),
 })
 
 PROCESS = Record("process", {
@@ -1197,7 +1199,9 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             seen_fd.add(fd["fd"])
             if kind.placed:
                 _check_loc(fd, mounts, detached, fwhat)
-        _check_file_locks(p, what)
+    procs = {p["pid"]: p for p in doc["processes"]}
+    for p in doc["processes"]:
+        _check_file_locks(p, procs, f"process {p['pid']}")
     # Stand-ins are forked parents first: the first process is the root of the tree, every
     # other one's parent comes before it (so there is no cycle either).
     earlier: set[int] = set()
@@ -1215,14 +1219,19 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
 
 
-def _check_file_locks(p: dict, what: str) -> None:
-    """A process's file locks: each on one of its fds, a range that is one (flock locks and leases
-    cover the whole file), a lease only on a regular file, one lock of a kind and range an fd."""
+def _check_file_locks(p: dict, procs: dict, what: str) -> None:
+    """A process's file locks: each on one of its fds (a flock lock: or of process `of`'s, another
+    process of the image), a range that is one (flock locks and leases cover the whole file), a
+    lease only on a regular file, one lock of a kind and range an fd."""
     fds = {fd["fd"]: fd for fd in p["fds"]}
     seen = set()
     for lock in p.get("locks") or ():
         lwhat = f"{what} {lock['type']} lock on fd {lock['fd']}"
-        fd = fds.get(lock["fd"])
+        if "of" in lock:
+            if lock["type"] != "flock" or lock["of"] == p["pid"] or lock["of"] not in procs:
+                _fail(f"{lwhat}: 'of' names a flock lock's holder, another process of the image")
+            lwhat += f" of process {lock['of']}"
+        fd = (fds if "of" not in lock else {f["fd"]: f for f in procs[lock["of"]]["fds"]}).get(lock["fd"])
         if fd is None:
             _fail(f"{lwhat}: the process has no such fd")
         if lock["end"] is not None and lock["end"] < lock["start"]:
@@ -1231,7 +1240,7 @@ def _check_file_locks(p: dict, what: str) -> None:
             _fail(f"{lwhat}: a {lock['type']} covers the whole file (0 to EOF)")
         if lock["type"] == "lease" and (fd.get("kind", "file") != "file" or fd.get("type") == "dir"):
             _fail(f"{lwhat}: a lease is on a regular file")
-        key = (lock["fd"], lock["type"], lock["start"], lock["end"])
+        key = (lock["fd"], lock.get("of"), lock["type"], lock["start"], lock["end"])
         if key in seen:
             _fail(f"{lwhat}: listed twice")
         seen.add(key)

@@ -1732,15 +1732,35 @@ class _Restorer:
     def take_locks(self) -> None:
         """Each stand-in takes its process's file locks (engine/filelocks.py), once every process holds
         its fds and the restorer let go of its own: leases last, after every open of restore (an
-        open for writing breaks a read lease)."""
+        open for writing breaks a read lease). A lock on another process's fd (`of`) is taken on a
+        copy of that fd (pidfd_getfd), closed once taken."""
         for leases in (False, True):
             for p in self.doc["processes"]:
                 todo = [lk for lk in p.get("locks") or () if (lk["type"] == "lease") == leases]
-                if todo:
-                    try:
-                        self.chans[p["pid"]].call(("locks", todo))
-                    except OSError as e:
-                        raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                if not todo:
+                    continue
+                items, sent = [], []
+                try:
+                    for lk in todo:
+                        if "of" in lk:
+                            sent.append(self._copy_fd(lk["of"], lk["fd"]))
+                            lk = dict(lk, sent=len(sent) - 1)
+                        items.append(lk)
+                    self.chans[p["pid"]].call(("locks", items), sent)
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                finally:
+                    for fd in sent:
+                        os.close(fd)
+
+    def _copy_fd(self, pid: int, fd: int) -> int:
+        """Our copy of fd `fd` of the stand-in of image process `pid`."""
+        from engine.fds import sys as fsys
+        pidfd = kernel.pidfd_open(self.hostpid[pid])
+        try:
+            return fsys.pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
 
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""

@@ -354,8 +354,9 @@ class _Server:
         return _ANSWERED
 
     def op_locks(self, msg, fds):
-        """Take the process's file locks (msg[1]: its image "locks") on its installed fds."""
-        filelocks.take(msg[1])
+        """Take the process's file locks (msg[1]: its image "locks") on its installed fds or the
+        ones sent (descriptions of other processes' fds)."""
+        filelocks.take(msg[1], fds)
         return None
 
     def op_map(self, msg, fds):

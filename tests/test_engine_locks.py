@@ -151,7 +151,8 @@ def test_flock_of_a_process_gone_refused_unstopped(case):
     before the stop, naming the lock, the taker and the file."""
     setup = STOP_WATCH + "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f\n" + py_hold(LOCKER + """
 r, w = os.pipe()
-if os.fork() == 0:
+mid = os.fork()
+if mid == 0:
     f = os.open("/mnt/t/f", os.O_RDWR); fcntl.flock(f, fcntl.LOCK_EX)
     if os.fork():
         os._exit(0)
@@ -160,12 +161,31 @@ if os.fork() == 0:
     os.close(w)
     while True:
         signal.pause()
-os.close(w); os.read(r, 1)
-import time; time.sleep(0.2)
+os.close(w); os.read(r, 1); os.waitpid(mid, 0)
 """)
     pid = case.start(setup)
     _refused_unstopped(case, pid, r"process \d+ fd \d+ \(/mnt/t/f\): a FLOCK WRITE lock taken by process \d+, "
-                                  r"which holds no fd of that open file now .*")
+                                  r"which is not in the dumped tree \(gone, or outside it\): restore cannot take "
+                                  r"it again in that process's name")
+
+
+def test_flock_of_a_parent_that_closed_its_fd(case):
+    """CRIU's file_locks03: a flock taken before fork, the taker's fd closed since, the child holds
+    the description: taken again by the parent's stand-in (the pid /proc/locks shows) through a
+    copy of the child's fd."""
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f\n" + py_hold(LOCKER + """
+f = os.open("/mnt/t/f", os.O_RDWR); fcntl.flock(f, fcntl.LOCK_EX)
+r, w = os.pipe()
+if os.fork() == 0:
+    import signal
+    ready()
+    os.close(w)
+    while True:
+        signal.pause()
+os.close(w); os.read(r, 1); os.close(f)
+""")
+    locks = _roundtrip(case, setup)
+    assert locks == [("FLOCK", "WRITE", 0, "0", "EOF")], locks
 
 
 HOSTILE = [   # (mutation of a process's first lock, the validator's words)
@@ -182,6 +202,8 @@ HOSTILE = [   # (mutation of a process's first lock, the validator's words)
      r"a lease is on a regular file"),
     (lambda lk, p: p["locks"].append(dict(lk)), r"listed twice"),
     (lambda lk, p: p.update(locks="all"), r"'locks' must be a list"),
+    (lambda lk, p: lk.update(of=p["pid"]), r"'of' names a flock lock's holder"),
+    (lambda lk, p: lk.update(type="flock", start=0, end=None, of=4000000), r"'of' names a flock lock's holder"),
 ]
 
 
@@ -236,11 +258,15 @@ def test_parse_and_settle():
     assert procs[0]["locks"] == [{"fd": 3, "type": "flock", "mode": "write", "start": 0, "end": None},
                                  {"fd": 4, "type": "ofd", "mode": "write", "start": 3, "end": 9}]
     assert "locks" not in procs[1]
+    procs = [{"pid": 10, "fds": []}, {"pid": 11, "fds": [{"fd": 3}]}]
+    filelocks.settle(procs, {(11, 3): ("/f", [fl])})
+    assert procs[0]["locks"] == [{"fd": 3, "type": "flock", "mode": "write", "start": 0, "end": None, "of": 11}]
     procs = [{"pid": 11, "fds": [{"fd": 3}]}]
     try:
         filelocks.settle(procs, {(11, 3): ("/f", [fl])})
     except FdError as e:
-        assert str(e.strerror).startswith("process 11 fd 3 (/f): a FLOCK WRITE lock taken by process 10"), e
+        assert str(e.strerror).startswith("process 11 fd 3 (/f): a FLOCK WRITE lock taken by process 10, which "
+                                          "is not in the dumped tree"), e
     else:
         raise AssertionError("an orphaned flock passed")
     for line, words in (("1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF", "mandatory locks are not supported"),
