@@ -247,6 +247,24 @@ def _flock_struct(lock: dict) -> bytes:
     return struct.pack("hhqqi4x", kind, os.SEEK_SET, lock["start"], length, 0)
 
 
+def _lease(fd: int, kind: int) -> None:
+    """F_SETLEASE as the file's owner: the kernel lets its owner (fsuid) or a holder of CAP_LEASE in
+    the initial user namespace take a lease, and a stand-in inside a user namespace has only the
+    first way (it may set its fsuid to any id mapped there, as the lease's taker had it)."""
+    import ctypes
+    setfsuid = ctypes.CDLL(None).setfsuid
+    owner = os.fstat(fd).st_uid
+    old = setfsuid(-1)   # (an invalid id changes nothing: the current fsuid)
+    if old == owner:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, kind)
+        return
+    setfsuid(owner)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, kind)
+    finally:
+        setfsuid(old)
+
+
 def take(locks: list[dict], fds: list[int]) -> None:
     """In a stand-in: take each lock of the image's process entry on its (installed) fd, or on
     fds[lock["sent"]] (a description another process holds: `of`), without waiting: a conflict
@@ -257,7 +275,7 @@ def take(locks: list[dict], fds: list[int]) -> None:
             if lock["type"] == "flock":
                 fcntl.flock(fd, (fcntl.LOCK_SH if lock["mode"] == "read" else fcntl.LOCK_EX) | fcntl.LOCK_NB)
             elif lock["type"] == "lease":
-                fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK if lock["mode"] == "read" else fcntl.F_WRLCK)
+                _lease(fd, fcntl.F_RDLCK if lock["mode"] == "read" else fcntl.F_WRLCK)
             else:
                 fcntl.fcntl(fd, fcntl.F_SETLK if lock["type"] == "posix" else _F_OFD_SETLK, _flock_struct(lock))
         except OSError as e:
