@@ -37,9 +37,7 @@ class FdTable:
         says whether the caller must add the mount and path (popped by the caller). `elsewhere`:
         the tree's other mount namespaces, [(a pid in it, its mounts)]."""
         kind = fds.classify(f["target"], f["mode"])
-        if f.get("locks"):
-            self._locks[(pid, f["fd"])] = (f["target"], filelocks.fd_locks(f["locks"], f"process {pid} fd {f['fd']} "
-                                                                                   f"({f['target']})"))
+        self.note_locks(pid, f)
         if kind is None:
             raise fds.FdError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): "
                                                 f"{fds.describe(f['target'])} fds are not supported")
@@ -65,6 +63,13 @@ class FdTable:
         except OSError:
             pass
         return out
+
+    def note_locks(self, pid: int, f: dict) -> None:
+        """Keep the file locks fd record `f` of process `pid` shows (engine/filelocks.py; `entry` does,
+        and dump for an fd on an --external file, which gets no entry of a kind)."""
+        if f.get("locks"):
+            where = f"process {pid} fd {f['fd']} ({f['target']})"
+            self._locks[(pid, f["fd"])] = (f["target"], filelocks.fd_locks(f["locks"], where))
 
     def finish(self, procs_doc: list[dict]) -> None:
         """Once every fd is dumped: let each kind complete its entries (or refuse), then mark sharing."""

@@ -99,6 +99,11 @@ def settle(procs_doc: list[dict], seen: dict) -> None:
     done: set = set()
     orphans: dict = {}
     kept: dict = {p["pid"]: [] for p in procs_doc}
+    externals: dict = {}   # --external file KEY -> how many fds of the tree restore opens on it
+    for p in procs_doc:
+        for e in p["fds"]:
+            if "external" in e:
+                externals[e["external"]] = externals.get(e["external"], 0) + 1
     for p in procs_doc:
         pid = p["pid"]
         for e in p["fds"]:
@@ -114,6 +119,9 @@ def settle(procs_doc: list[dict], seen: dict) -> None:
                     key = (pid, desc, same)
                 else:
                     key = (desc, same)
+                    if externals.get(e.get("external"), 0) > 1:
+                        raise FdError(errno.EOPNOTSUPP, f"{where}: {_show(lock)} on an --external file several fds "
+                                                        "hold: restore opens each on a description of its own")
                     if lock["type"] != "ofd" and lock["pid"] != pid:
                         orphans.setdefault(key, (where, lock, pid, e["fd"]))
                         continue

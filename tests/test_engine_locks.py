@@ -278,3 +278,34 @@ def test_parse_and_settle():
             assert words in str(e.strerror), e
         else:
             raise AssertionError(f"{line} passed")
+
+
+# The child locks a byte of /etc/passwd (a bind of the host's), then unshares and unmounts /etc:
+# an fd declared --external file[], whose lock is taken again on the file restore opens.
+EXTERNAL_LOCKED = """
+cat > /run/lk.py <<'PY'
+import fcntl, os
+fcntl.lockf(7, fcntl.LOCK_SH, 1, 0)
+os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+PY
+sh -c 'exec 7</etc/passwd; exec unshare -m sh -c "umount /etc; exec python3 /run/lk.py"' &
+hold
+"""
+
+
+def test_lock_on_an_external_file(case):
+    """A POSIX lock on an fd declared --external file[]: taken again on the host file restore opens."""
+    from enginecase import take, assert_same
+    from zdtm.snapshot import tree_pids
+    pid = case.start(EXTERNAL_LOCKED)
+    child = next(p for p in tree_pids(pid) if p != pid)
+    before, locks = take(child), _tree_locks(child)
+    assert locks == [("POSIX", "READ", 0, "0", "0")], locks
+    images = case.new_images_dir()
+    from enginecase import mntcr   # (/usr external only: the child unmounted /etc)
+    r = mntcr("dump", "-t", str(child), "-D", images, "--external", "mnt[/usr]:usr", "--external", "file[/etc/passwd]:pw")
+    assert r.returncode == 0, r.stderr
+    restored = case.restore(images, ("--external", "file[pw]:/etc/passwd"))
+    assert _tree_locks(restored) == locks
+    assert_same(before, take(restored))
