@@ -1732,11 +1732,14 @@ class _Restorer:
     def take_locks(self) -> None:
         """Each stand-in takes its process's file locks (engine/filelocks.py), once every process holds
         its fds and the restorer let go of its own: leases last, after every open of restore (an
-        open for writing breaks a read lease). A lock on another process's fd (`of`) is taken on a
-        copy of that fd (pidfd_getfd), closed once taken."""
-        for leases in (False, True):
+        open for writing breaks a read lease). A lock on another process's fd (`of`) is taken first,
+        on a copy of that fd (pidfd_getfd) that is closed once taken: a close drops the closer's POSIX
+        locks on that file, so those come after."""
+        phases = (lambda lk: "of" in lk, lambda lk: "of" not in lk and lk["type"] != "lease",
+                  lambda lk: lk["type"] == "lease")
+        for phase in phases:
             for p in self.doc["processes"]:
-                todo = [lk for lk in p.get("locks") or () if (lk["type"] == "lease") == leases]
+                todo = [lk for lk in p.get("locks") or () if phase(lk)]
                 if not todo:
                     continue
                 items, sent = [], []
