@@ -226,6 +226,7 @@ f = os.open("/mnt/t/f", os.O_RDWR); fcntl.lockf(f, fcntl.LOCK_EX, 4, 2)
     lk = next(p for p in good["processes"] if p.get("locks"))["locks"]
     assert lk == [{"fd": lk[0]["fd"], "type": "posix", "mode": "write", "start": 2, "end": 5}], lk
     imageformat.validate(json.loads(json.dumps(good)))
+    assert f"    lock: posix write bytes 2-5 on fd {lk[0]['fd']}\n" in image.render(good)   # (mntcr show)
     for n, (mutate, words) in enumerate(HOSTILE):
         doc = json.loads(json.dumps(good))
         p = next(p for p in doc["processes"] if p.get("locks"))
