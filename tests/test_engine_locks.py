@@ -18,6 +18,12 @@ LOCKER = """
 import fcntl, struct
 def ofd(fd, kind, start, length):
     fcntl.fcntl(fd, 37, struct.pack("hhqqi4x", kind, 0, start, length, 0))   # F_OFD_SETLK
+def wait_blocked():   # until /proc/locks shows a waiter (a child blocked in a lock wait), at most 10s
+    import time
+    for _ in range(1000):
+        if "->" in open("/proc/locks").read():
+            return
+        time.sleep(0.01)
 def ready():   # a child: off the setup's pipe, named as a holder
     import ctypes
     os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
@@ -129,7 +135,7 @@ if os.fork() == 0:
     ready()
     g = os.open("/mnt/t/f", os.O_RDWR); fcntl.lockf(g, fcntl.LOCK_EX)
     os._exit(0)
-import time; time.sleep(0.3)
+wait_blocked()
 """)
     pid = case.start(setup)
     _refused_unstopped(case, pid, r"process \d+ waits for a POSIX WRITE lock on inode \S+: a blocked lock wait "
@@ -312,3 +318,20 @@ def test_lock_on_an_external_file(case):
     restored = case.restore(images, ("--external", "file[pw]:/etc/passwd"))
     assert _tree_locks(restored) == locks
     assert_same(before, take(restored))
+
+
+def test_blocked_ofd_waiter_refused_unstopped(case):
+    """A process of the tree blocked in F_OFD_SETLKW (/proc/locks names no pid for it): found by its
+    syscall, refused before the stop."""
+    setup = STOP_WATCH + "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f\n" + py_hold(LOCKER + """
+f = os.open("/mnt/t/f", os.O_RDWR); ofd(f, fcntl.F_WRLCK, 0, 0)
+if os.fork() == 0:
+    ready()
+    g = os.open("/mnt/t/f", os.O_RDWR)
+    fcntl.fcntl(g, 38, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))   # F_OFD_SETLKW: blocks
+    os._exit(0)
+wait_blocked()
+""")
+    pid = case.start(setup)
+    _refused_unstopped(case, pid, r"process \d+ waits for a lock \(an OFD lock is waited for on inode \S+\): a blocked "
+                                  r"lock wait cannot be restored")
