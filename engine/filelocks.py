@@ -24,7 +24,6 @@ import struct
 
 from engine.fds import FdError
 
-TYPES = ("posix", "flock", "ofd", "lease")
 MODES = ("read", "write")
 _KERNEL_TYPE = {"POSIX": "posix", "FLOCK": "flock", "OFDLCK": "ofd", "LEASE": "lease"}
 _STATE = {"posix": "ADVISORY", "flock": "ADVISORY", "ofd": "ADVISORY", "lease": "ACTIVE"}
@@ -69,7 +68,7 @@ def refuse_kind(lock: dict, where: str) -> None:
     elif lock["state"] == "MANDATORY":
         why = "mandatory locks are not supported"
     elif lock["state"] != _STATE[lock["type"]]:
-        why = f"it is {lock['state'].lower()} (a lease being broken): restore cannot make that state"
+        why = f"a lease being broken, {lock['state']}: restore cannot make that state"
     elif lock["mode"] not in MODES:
         why = f"its mode {lock['mode'].upper()} cannot be taken again"
     elif lock["type"] == "lease" and lock["mode"] == "write":
