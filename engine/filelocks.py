@@ -6,13 +6,13 @@ takes it through the fd the kernel shows it on (the description it was taken thr
 lock, an OFD lock and a lease belong to the open file description (shared by dup, fork and
 SCM_RIGHTS): taken once, through one fd of it, by the process the kernel names (flock and lease:
 the one that took it, which /proc/locks shows; OFD locks name none: the first holder). A flock
-lock whose taker closed its fd since is taken by it through a copy of a holder's fd (`of`).
+lock whose taker closed its fd since is taken by it through a copy of a holder's fd (`of`); one
+whose taker is gone (the shell's `exec 9>f; flock 9`) by the restorer, which exits too (`gone`).
 
 What cannot be made again exactly is refused, before the stop (`precheck`, from /proc/locks) and
 once the tree is stopped (`settle`): a process of the tree waiting for a lock, a mandatory lock, a
 lease being broken, a write lease (dump reads the files of the tree's mounts: that open breaks
-it), a flock lock whose taker is not in the tree (gone: the shell's `exec 9>f; flock 9`), a lease
-whose taker holds no fd of it.
+it), a flock lock whose taker is alive outside the tree, a lease whose taker holds no fd of it.
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def settle(procs_doc: list[dict], seen: dict) -> None:
     "desc". A description's lock is kept once, under the process that took it: on its own fd, or,
     for a flock lock whose taker closed its fd (CRIU's file_locks03: taken before fork, closed in
     the parent), on fd `fd` of process `of` that holds the description. A flock lock or lease
-    whose taker is not in the tree, or a lease whose taker holds no fd of it, is refused (FdError)."""
+    whose taker is gone is kept on a holder's fd with "gone"; one whose taker is alive outside the
+    tree, or a lease whose taker holds no fd of it, is refused (FdError)."""
     done: set = set()
     orphans: dict = {}
     kept: dict = {p["pid"]: [] for p in procs_doc}
@@ -130,9 +131,15 @@ def settle(procs_doc: list[dict], seen: dict) -> None:
     for key, (where, lock, holder, fd) in orphans.items():
         if key in done:
             continue
+        if lock["type"] == "flock" and lock["pid"] not in kept and not os.path.exists(f"/proc/{lock['pid']}"):
+            # The shell's `exec 9>f; flock 9`: flock(1) took it and exited. The lock is the
+            # description's; restore takes it in a process that then exits too (`gone`).
+            done.add(key)
+            kept[holder].append({**_record(fd, lock), "gone": True})
+            continue
         if lock["type"] != "flock" or lock["pid"] not in kept:
             why = "holds no fd of that open file now" if lock["pid"] in kept else \
-                "is not in the dumped tree (gone, or outside it)"
+                "is alive outside the dumped tree"
             raise FdError(errno.EOPNOTSUPP, f"{where}: {_show(lock)} taken by process {lock['pid']}, which {why}: "
                                             "restore cannot take it again in that process's name")
         done.add(key)

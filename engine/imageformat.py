@@ -521,6 +521,8 @@ LOCK = Record("file lock", {
     "end": F(OPT_INT, rule=rng(0, MAX_OFF)),                  # the last byte; null: to the end of file
     # A flock lock this process took on a description it no longer holds: `fd` is process `of`'s.
     "of": F(INT, required=False, rule=rng(1, MAX_PID)),
+    # A flock lock on this process's fd whose taker is gone: restore's own process takes it and exits.
+    "gone": F(BOOL, required=False),
 })
 
 PROCESS = Record("process", {
@@ -1231,6 +1233,8 @@ def _check_file_locks(p: dict, procs: dict, what: str) -> None:
             if lock["type"] != "flock" or lock["of"] == p["pid"] or lock["of"] not in procs:
                 _fail(f"{lwhat}: 'of' names a flock lock's holder, another process of the image")
             lwhat += f" of process {lock['of']}"
+        if lock.get("gone") and (lock["type"] != "flock" or "of" in lock):
+            _fail(f"{lwhat}: 'gone' is for a flock lock on the process's own fd")
         fd = (fds if "of" not in lock else {f["fd"]: f for f in procs[lock["of"]]["fds"]}).get(lock["fd"])
         if fd is None:
             _fail(f"{lwhat}: the process has no such fd")

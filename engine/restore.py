@@ -49,8 +49,8 @@ import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 import stat
 
-from engine import (channel, construct, content, deadpid, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
-                    parking, remount, sharing, standin, strategy, userns_cr)
+from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
+                    mountinfo, parking, remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -1734,8 +1734,19 @@ class _Restorer:
         its fds and the restorer let go of its own: leases last, after every open of restore (an
         open for writing breaks a read lease). A lock on another process's fd (`of`) is taken first,
         on a copy of that fd (pidfd_getfd) that is closed once taken: a close drops the closer's POSIX
-        locks on that file, so those come after."""
-        phases = (lambda lk: "of" in lk, lambda lk: "of" not in lk and lk["type"] != "lease",
+        locks on that file, so those come after. A flock lock whose taker is gone (`gone`) is taken
+        here, by the restorer, on a copy of its holder's fd: the restorer exits too, as its taker did."""
+        for p in self.doc["processes"]:
+            for lk in p.get("locks") or ():
+                if lk.get("gone"):
+                    copy = self._copy_fd(p["pid"], lk["fd"])
+                    try:
+                        filelocks.take([dict(lk, sent=0)], [copy])
+                    except OSError as e:
+                        raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                    finally:
+                        os.close(copy)
+        phases = (lambda lk: "of" in lk, lambda lk: "of" not in lk and lk["type"] != "lease" and not lk.get("gone"),
                   lambda lk: lk["type"] == "lease")
         for phase in phases:
             for p in self.doc["processes"]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 from enginecase import STOP_WATCH, case, py_hold, was_stopped  # noqa: F401  (fixture)
 from test_engine_prestop import _refused_unstopped
 
@@ -152,27 +154,37 @@ f = os.open("/mnt/t/f", os.O_WRONLY); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_W
                                   r"reads the files of the tree's mounts, and that open breaks it\)")
 
 
-def test_flock_of_a_process_gone_refused_unstopped(case):
-    """A flock taken by a process that left the tree (the description held by its child): refused
-    before the stop, naming the lock, the taker and the file."""
-    setup = STOP_WATCH + "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f\n" + py_hold(LOCKER + """
-r, w = os.pipe()
-mid = os.fork()
-if mid == 0:
-    f = os.open("/mnt/t/f", os.O_RDWR); fcntl.flock(f, fcntl.LOCK_EX)
-    if os.fork():
-        os._exit(0)
-    import signal
-    ready()
-    os.close(w)
-    while True:
-        signal.pause()
-os.close(w); os.read(r, 1); os.waitpid(mid, 0)
-""")
+def _flocks_on(pid: int, path: str) -> list[str]:
+    """The /proc/locks lines (without their number) of FLOCK locks on file `path` of process `pid`."""
+    st = os.stat(f"/proc/{pid}/root{path}")
+    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as f:
+        return [" ".join(line.split()[1:]) for line in f if "FLOCK" in line and f" {inode} " in line]
+
+
+def test_flock_of_a_process_gone(case):
+    """The shell's `exec 9>f; flock 9`: flock(1) took the lock and exited, the shell's description
+    holds it. Restored on that description, taken by a process that is gone too (the restorer):
+    /proc/locks names no process of the tree, before as after, and the lock still excludes."""
+    from enginecase import take, assert_same
+    from zdtm.snapshot import tree_pids
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t\nexec 9>/mnt/t/f\nflock 9\n" + py_hold("")
     pid = case.start(setup)
-    _refused_unstopped(case, pid, r"process \d+ fd \d+ \(/mnt/t/f\): a FLOCK WRITE lock taken by process \d+, "
-                                  r"which is not in the dumped tree \(gone, or outside it\): restore cannot take "
-                                  r"it again in that process's name")
+    first = take(pid)
+    before = _flocks_on(pid, "/mnt/t/f")
+    assert len(before) == 1 and int(before[0].split()[3]) not in tree_pids(pid), before
+    pid = case.cr(pid)
+    assert_same(first, take(pid))
+    after = _flocks_on(pid, "/mnt/t/f")
+    assert len(after) == 1 and after[0].split()[:3] == ["FLOCK", "ADVISORY", "WRITE"], after
+    assert int(after[0].split()[3]) not in tree_pids(pid), after
+    probe = os.open(f"/proc/{pid}/root/mnt/t/f", os.O_RDONLY)
+    try:
+        import fcntl
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
 
 
 def test_flock_of_a_parent_that_closed_its_fd(case):
@@ -270,14 +282,19 @@ def test_parse_and_settle():
     procs = [{"pid": 10, "fds": []}, {"pid": 11, "fds": [{"fd": 3}]}]
     filelocks.settle(procs, {(11, 3): ("/f", [fl])})
     assert procs[0]["locks"] == [{"fd": 3, "type": "flock", "mode": "write", "start": 0, "end": None, "of": 11}]
+    alive = dict(fl, pid=os.getpid())          # a taker alive outside the tree: refused
     procs = [{"pid": 11, "fds": [{"fd": 3}]}]
     try:
-        filelocks.settle(procs, {(11, 3): ("/f", [fl])})
+        filelocks.settle(procs, {(11, 3): ("/f", [alive])})
     except FdError as e:
-        assert str(e.strerror).startswith("process 11 fd 3 (/f): a FLOCK WRITE lock taken by process 10, which "
-                                          "is not in the dumped tree"), e
+        assert str(e.strerror).startswith(f"process 11 fd 3 (/f): a FLOCK WRITE lock taken by process {os.getpid()}, "
+                                          "which is alive outside the dumped tree"), e
     else:
-        raise AssertionError("an orphaned flock passed")
+        raise AssertionError("a flock of a live process outside the tree passed")
+    gone = dict(fl, pid=1 << 23)               # above any pid_max: a taker that is gone
+    procs = [{"pid": 11, "fds": [{"fd": 3}]}]
+    filelocks.settle(procs, {(11, 3): ("/f", [gone])})
+    assert procs[0]["locks"] == [{"fd": 3, "type": "flock", "mode": "write", "start": 0, "end": None, "gone": True}]
     for line, words in (("1: POSIX  MANDATORY WRITE 1 fe:00:1 0 EOF", "mandatory locks are not supported"),
                         ("1: LEASE  BREAKING  READ 1 fe:00:1 0 EOF", "a lease being broken"),
                         ("1: DELEG  ACTIVE    READ 1 fe:00:1 0 EOF", "DELEG locks are not supported")):

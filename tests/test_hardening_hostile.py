@@ -641,6 +641,7 @@ RANGES = {
     "lock-on-no-fd": (lambda d: _lock(d, fd=77), r"lock on fd 77: the process has no such fd"),
     "lock-of-itself": (lambda d: _lock(d, type="flock", start=0, end=None, of=d["processes"][0]["pid"]),
                        r"'of' names a flock lock's holder, another process of the image"),
+    "lock-gone-posix": (lambda d: _lock(d, gone=True), r"'gone' is for a flock lock on the process's own fd"),
     "fd-flags-1<<70": (lambda d: d["processes"][0]["fds"][-1].update(flags=1 << 70), r"'flags' has bits"),
     "fd-pos-negative": (lambda d: d["processes"][0]["fds"][-1].update(pos=-1), r"'pos' out of range"),
     "mount-id-negative": (lambda d: _mount(d, "/mnt/u").update(id=-5), r"'id' out of range"),
