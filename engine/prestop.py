@@ -29,7 +29,7 @@ tree already shows is checked here first, with the line dump would give:
   fanotify events waiting); each file mapped under a deleted name (engine/mountrules.py
   `deleted_mapping`, asked by dump again);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
-  a lock, a write lease, a flock lock whose taker no longer holds its file).
+  a lock, a write lease, a flock lock whose taker is alive outside the tree).
 
 Everything here only reads. Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
