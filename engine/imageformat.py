@@ -1129,6 +1129,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
     mntns, pidns = doc["mntns"], doc["pidns"]
     pids: set[int] = set()
     uts_used = set()
+    refs = _Refs(doc, mounts, detached)
     for i, p in enumerate(doc["processes"]):
         what = f"process {p['pid']}" if type(p) is dict and type(p.get("pid")) is int else f"process #{i}"
         check_record(PROCESS, p, what)
@@ -1152,6 +1153,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for key in ("root", "cwd"):
             _check_loc(p[key], mounts, detached, f"{what} {key}")
             _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
+            if "dead_pid" in p[key]:
+                refs.check(f"{what} {key}", "proc", p[key], "a /proc file ('dead_pid')")
         for loc in p.get("maps") or []:
             _check_loc(loc, mounts, detached, f"{what} mapping")
             _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
@@ -1184,6 +1187,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             seen_fd.add(fd["fd"])
             if kind.placed:
                 _check_loc(fd, mounts, detached, fwhat)
+            for ref, value, text in kind.refs(fd):
+                refs.check(fwhat, ref, fd if ref == "proc" else value, text)
     # Stand-ins are forked parents first: the first process is the root of the tree, every
     # other one's parent comes before it (so there is no cycle either).
     earlier: set[int] = set()
@@ -1199,6 +1204,35 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"hostname for {str(uts)[:40]!r}, a uts namespace no process is in")
         if type(name) is not str or strlen(MAX_HOSTNAME)(name):
             _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+class _Refs:
+    """What an fd or cwd may name elsewhere in the image: a pid, a namespace, a proc mount. Restore
+    would make such an fd from whatever the restorer has under that name (its own pid namespace's
+    process 1, its own network namespace), or look /proc files up beneath a mount of the image's
+    own files, where a FIFO blocks the lookup forever."""
+
+    def __init__(self, doc: dict, mounts: dict, detached: dict):
+        procs = [p for p in doc["processes"] if type(p) is dict]
+        self.pids = {p.get("pid") for p in procs}
+        self.ns = {n for p in procs if type(p.get("ns")) is dict for n in p["ns"].values() if type(n) is str}
+        self.users = doc.get("userns") or {}
+        self.sbs, self.mounts, self.detached = doc["superblocks"], mounts, detached
+
+    def check(self, what: str, ref: str, value, text: str) -> None:
+        """Refuse `value` (for "proc": the location, {mnt, detached?}) unless the image has it."""
+        if ref == "process" and value not in self.pids:
+            _fail(f"{what}: {text}, which is no process of the image")
+        if ref == "namespace" and str(value).startswith("user-") and value not in self.users:
+            _fail(f"{what}: {text}, which is no user namespace of the image")
+        if ref == "namespace" and not str(value).startswith("user-") and value not in self.ns:
+            _fail(f"{what}: {text}, which no process of the image is in")
+        if ref == "proc":
+            from engine import fs
+            m = (self.detached if value.get("detached") else self.mounts).get(value["mnt"])
+            handler = fs.lookup(self.sbs[m["sb"]]["fstype"]) if m is not None else None
+            if handler is None or handler.ns_key != "pidns":
+                _fail(f"{what}: {text} on mount {value['mnt']}, which is no proc mount of the image")
 
 
 def _check_ghost_ref(doc: dict, loc: dict, mounts: dict, what: str) -> None:

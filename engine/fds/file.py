@@ -189,5 +189,13 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: a /proc file of a live process must be /N/... on a mount of the tree")
 
 
+def _refs(entry: dict) -> list:
+    """A /proc file of a process: on a proc mount of the image, a live one a process of the image."""
+    out = [("proc", entry["mnt"], f"a /proc file ({key!r})") for key in ("dead_pid", "live_pid") if key in entry]
+    if "live_pid" in entry:
+        out.append(("process", entry["live_pid"], f"'live_pid' {entry['live_pid']}"))
+    return out
+
+
 register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90, precheck=_precheck,
-                check=_check, deferred=lambda e: "live_pid" in e))
+                check=_check, deferred=lambda e: "live_pid" in e, refs=_refs))

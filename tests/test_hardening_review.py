@@ -1,0 +1,158 @@
+"""Hostile images, session 11's attacker review: references between records that the field checks
+alone let through, and opens of image files that a FIFO (or a slow device) would block forever.
+
+The attacker writes the image directory only. Each variant below is a real dumped image changed
+the way that attacker would, and must be refused with exit status 2, one line, nothing left
+running or mounted and no file outside the test touched (test_hardening_hostile.refused):
+
+- a pidfd's `pid`, a /proc file's `live_pid` naming no process of the image; an nsfs fd's `ns`
+  naming no namespace of the image (restore made these fds from whatever the restorer had);
+- `dead_pid` / `live_pid` on a mount that is no proc mount: restore looked up `1/ns/pid` or
+  `N/status` beneath it with plain opens, where a FIFO of the image's tmpfs blocked forever;
+- image files restore opens that are FIFOs where a file is meant (an fd of kind file, a loop
+  device's backing file, a FUSE daemon's input): an open that blocked forever;
+- corrupt manifests (a directory, a version of another JSON type): one line that says so.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import enginecase
+from enginecase import copy_image, load_manifest, save_manifest
+from test_hardening_hostile import refused
+
+# A tmpfs with a FIFO where restore's /proc lookups would go (1/ns/pid, 1/status) and one at /fifo;
+# an mqueue (a superblock without archive, to turn into another type); a process holding a pidfd of itself (fd 7), an fd on its network namespace (fd 8) and a file (fd 5).
+SETUP = """
+mkdir /mnt/t /mnt/mq
+mount -t mqueue mq /mnt/mq
+mount -t tmpfs -o size=8m t /mnt/t; echo data > /mnt/t/f; mkdir -p /mnt/t/1/ns /mnt/t/d
+mkfifo /mnt/t/fifo /mnt/t/1/ns/pid /mnt/t/1/status
+""" + enginecase.py_hold("""
+os.dup2(os.pidfd_open(os.getpid()), 7)
+os.dup2(os.open("/proc/self/ns/net", os.O_RDONLY), 8)
+os.dup2(os.open("/mnt/t/f", os.O_RDONLY), 5)
+os.chdir("/mnt/t/d")
+""")
+
+
+@pytest.fixture(scope="module")
+def base_image(tmp_path_factory):
+    """The image of SETUP's tree."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _proc(d) -> dict:
+    return d["processes"][0]
+
+
+def _fd(d, n: int) -> dict:
+    return next(f for f in _proc(d)["fds"] if f["fd"] == n)
+
+
+def _set_fd(d, n: int, **fields) -> None:
+    """Change fd `n` and every fd of its open file description (restore makes a description once)."""
+    desc = _fd(d, n).get("desc")
+    for f in _proc(d)["fds"]:
+        if f["fd"] == n or (desc is not None and f.get("desc") == desc):
+            f.update(fields)
+
+
+def _mnt(d, mountpoint: str) -> dict:
+    ns = d["mntns"][_proc(d)["ns"]["mnt"]]
+    return next(m for m in ns["mounts"] if m["mountpoint"] == mountpoint)
+
+
+def _on(d, mountpoint: str, fd: int, **fields) -> None:
+    """Fd `fd` (a plain file) moved to a path of the mount at `mountpoint`."""
+    f = _fd(d, fd)
+    f.pop("desc", None)
+    f.update(mnt=_mnt(d, mountpoint)["id"], **fields)
+
+
+def _mutated(base: str, tmp_path, mutate) -> str:
+    img = copy_image(base, tmp_path)
+    doc = load_manifest(img)
+    mutate(doc)
+    save_manifest(img, doc)
+    return img
+
+
+def _turn_mqueue(d, fstype: str, **sb) -> None:
+    """The mqueue at /mnt/mq (no archive) turned into a superblock of `fstype`."""
+    m = _mnt(d, "/mnt/mq")
+    d["superblocks"][m["sb"]].update(fstype=fstype, archives=[], **sb)
+    m.update(fstype=fstype, source=sb["source"])
+
+
+REFS = {
+    # the pidfd of fds 3 and 7 (one description; the first is named), of process 1: the restorer's own init
+    "pidfd-of-another-process": (lambda d: _set_fd(d, 7, pid=1),
+                                 r"fd [37]: a pidfd of process 1, which is no process of the image"),
+    "nsfs-of-another-namespace": (lambda d: _set_fd(d, 8, ns="net-7"),
+                                  r"fd [48]: namespace net-7, which no process of the image is in"),
+    "nsfs-of-another-user-namespace": (lambda d: _set_fd(d, 8, ns="user-3"),
+                                       r"fd [48]: namespace user-3, which is no user namespace of the image"),
+    "live-pid-of-another-process": (lambda d: _on(d, "/proc", 5, path="/1/status", live_pid=4242),
+                                    r"fd 5: 'live_pid' 4242, which is no process of the image"),
+    # restore looked the restored process up in N/status beneath the mount: a FIFO there
+    "live-pid-on-a-tmpfs": (lambda d: _on(d, "/mnt/t", 5, path="/1/status", live_pid=_proc(d)["pid"]),
+                            r"fd 5: a /proc file \('live_pid'\) on mount \d+, which is no proc mount"),
+    # restore opened 1/ns/pid beneath the mount for the pid namespace: a FIFO there
+    "dead-pid-on-a-tmpfs": (lambda d: _on(d, "/mnt/t", 5, path="/2", dead_pid=2),
+                            r"fd 5: a /proc file \('dead_pid'\) on mount \d+, which is no proc mount"),
+    "dead-pid-cwd-on-a-tmpfs": (lambda d: _proc(d).update(cwd={"mnt": _mnt(d, "/mnt/t")["id"], "path": "/2",
+                                                               "dead_pid": 2}),
+                                r"cwd: a /proc file \('dead_pid'\) on mount \d+, which is no proc mount"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(REFS))
+def test_references_name_the_image(base_image, tmp_path, kind):
+    """A pid, namespace or proc mount an fd or cwd names is one of the image's, checked before anything
+    is made."""
+    mutate, pattern = REFS[kind]
+    refused(_mutated(base_image, tmp_path, mutate), pattern, tmp_path)
+
+
+def test_file_fd_on_a_fifo_is_refused(base_image, tmp_path):
+    """An fd of kind file whose path is a FIFO of the image: the open blocked forever (no writer)."""
+    img = _mutated(base_image, tmp_path, lambda d: _set_fd(d, 5, path="/fifo"))
+    refused(img, r"fd 5 \(file\): /fifo is a FIFO, where the image has a file", tmp_path)
+
+
+def test_loop_file_on_a_fifo_is_refused(base_image, tmp_path):
+    """A block superblock on a read-only loop device whose backing file is a FIFO of the image."""
+    img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(
+        d, "ext4", source="/dev/loop7", super_opts=["ro"],
+        device={"loop": {"sb": _mnt(d, "/mnt/t")["sb"], "path": "/fifo", "offset": 0, "sizelimit": 0, "ro": True}}))
+    refused(img, r"\(ext4\): its loop device's backing file /fifo is no regular file", tmp_path)
+
+
+def test_fuse_input_on_a_fifo_is_refused(base_image, tmp_path):
+    """A FUSE superblock whose input (the daemon's source) is a FIFO of the image: the open blocked
+    before the user's command ran."""
+    img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(
+        d, "fuse.squashfuse", source="/mnt/t/fifo", super_opts=["rw", "user_id=0", "group_id=0"],
+        input={"sb": _mnt(d, "/mnt/t")["sb"], "path": "/fifo"}))
+    refused(img, r"\(fuse\.squashfuse\): its input file /fifo is no regular file", tmp_path,
+            extra=("--fuse-restart", "squashfuse=true {source} {conn}"))
+
+
+def test_manifest_that_is_a_directory_is_refused(base_image, tmp_path):
+    img = copy_image(base_image, tmp_path)
+    os.unlink(os.path.join(img, "mntcr.json"))
+    os.mkdir(os.path.join(img, "mntcr.json"))
+    refused(img, r"bad image: mntcr\.json is not a regular file", tmp_path)
+
+
+@pytest.mark.parametrize("version", ["1", 1.0, True, None])
+def test_version_of_another_type_is_named_so(base_image, tmp_path, version):
+    """A version "1" (a string), 1.0 or true was refused as "format version 1 is not supported ...
+    (it reads version 1)"."""
+    img = _mutated(base_image, tmp_path, lambda d: d.update(version=version))
+    refused(img, r"format version (\"1\"|1\.0|true|null) is not supported", tmp_path)
