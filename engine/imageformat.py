@@ -728,7 +728,8 @@ def validate(doc) -> None:
         _fail(f"format is {str(doc.get('format'))[:40]!r}, expected {FORMAT!r}")
     version = doc.get("version")
     if version != VERSION or type(version) is not int:
-        _fail(f"format version {str(version)[:20]} is not supported by this mntcr (it reads version {VERSION})")
+        import json   # (as JSON wrote it: "1", a string, is no 1)
+        _fail(f"format version {json.dumps(version)[:20]} is not supported by this mntcr (it reads version {VERSION})")
     check_record(MANIFEST, doc, "manifest")
     _check_counts(doc)
     files = doc.get("files") or {}

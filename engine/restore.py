@@ -1531,7 +1531,11 @@ class _Restorer:
                                              "outside the image and no --external mount gives it")
 
     def open_at(self, mnt: int, path: str, flags: int) -> int:
-        """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered."""
+        """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered; never
+        blocking (a FIFO of the image where it has a file must not hang restore)."""
+        return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+
+    def _open_at(self, mnt: int, path: str, flags: int) -> int:
         parts = [x for x in path.split("/") if x]
         if mnt in self.detached:
             if parts:
@@ -1587,7 +1591,8 @@ class _Restorer:
             at = next(fd for (g, m, _), fd in self.ghost_fd.items() if g == gid and m == mnt)
         # Through /proc/self/fd/N, which O_NOFOLLOW would open as the magic link itself (O_PATH) or
         # refuse (ELOOP): left out, an open-time flag only (LXC holds .lxc_keep so; zdtm/snapshot.py).
-        return os.open(f"self/fd/{at}", (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC, dir_fd=self.hostproc)
+        return kernel.open_unblocked(lambda f: os.open(f"self/fd/{at}", (f & ~os.O_NOFOLLOW) | os.O_CLOEXEC,
+                                                       dir_fd=self.hostproc), flags)
 
     def _place_processes(self) -> None:
         # Every stand-in enters its root first: some objects are made before any fd (a socket pair

@@ -130,7 +130,7 @@ def test_loop_file_on_a_fifo_is_refused(base_image, tmp_path):
     img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(
         d, "ext4", source="/dev/loop7", super_opts=["ro"],
         device={"loop": {"sb": _mnt(d, "/mnt/t")["sb"], "path": "/fifo", "offset": 0, "sizelimit": 0, "ro": True}}))
-    refused(img, r"\(ext4\): its loop device's backing file /fifo is no regular file", tmp_path)
+    refused(img, r"on ext4: its loop device's backing file /fifo is no regular file", tmp_path)
 
 
 def test_fuse_input_on_a_fifo_is_refused(base_image, tmp_path):
@@ -139,7 +139,7 @@ def test_fuse_input_on_a_fifo_is_refused(base_image, tmp_path):
     img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(
         d, "fuse.squashfuse", source="/mnt/t/fifo", super_opts=["rw", "user_id=0", "group_id=0"],
         input={"sb": _mnt(d, "/mnt/t")["sb"], "path": "/fifo"}))
-    refused(img, r"\(fuse\.squashfuse\): its input file /fifo is no regular file", tmp_path,
+    refused(img, r"on fuse\.squashfuse: its input file /fifo is no regular file", tmp_path,
             extra=("--fuse-restart", "squashfuse=true {source} {conn}"))
 
 

@@ -36,6 +36,12 @@ def _open(r: RestoreFd) -> int:
         fd = _of_live_pid(r, e, flags)
     else:
         fd = r.open_at(e["mnt"], e["path"], flags)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        # (dump gives FIFOs and sockets kinds of their own: the image's file is not what it says)
+        os.close(fd)
+        raise FdError(errno.EINVAL, f"{r.where}: {e['path']} is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}, "
+                                    "where the image has a file")
     if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
         os.lseek(fd, e["pos"], os.SEEK_SET)
     return fd

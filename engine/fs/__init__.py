@@ -47,6 +47,22 @@ class FsError(OSError):
 
 # When restore can create a superblock of a type:
 PLAIN = "plain"            # at once (from a stand-in in its namespace for `ns` types)
+def open_image_file(base: int, path: str, flags: int, what: str, dirs: bool = False) -> int:
+    """A regular file (or, with `dirs`, a directory) of a superblock the image filled (`path` beneath
+    its root fd `base`, through no symlink and no other mount), opened without blocking; FsError
+    "WHAT PATH is no regular file" for anything else (a FIFO of a hostile archive would block the
+    open forever)."""
+    from engine import kernel
+    fd = kernel.open_unblocked(lambda f: kernel.openat2(
+        base, path.lstrip("/") or ".", f, kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS
+        | kernel.RESOLVE_NO_MAGICLINKS | kernel.RESOLVE_NO_XDEV), flags)
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or dirs and stat.S_ISDIR(mode)):
+        os.close(fd)
+        raise FsError(errno.EINVAL, f"{what} {path} is no regular file{' or directory' if dirs else ''}")
+    return fd
+
+
 AFTER_FILES = "after-files"  # after every archive is extracted (a loop image file may be among them)
 ON_USE = "on-use"          # when a mount of it is first cloned (its layers are mounts restored before it)
 
