@@ -21,8 +21,9 @@ How to add a field (e.g. a new kind of fd):
      (new fields are optional, so older images still load; bump
      image.VERSION only when an existing field changes meaning);
   2. if it names another element (a mount id, a superblock, a namespace),
-     check the reference in the matching `_check_*` function below, and any
-     path with `path_rule` (normalised absolute, no `..`);
+     check the reference in the matching `_check_*` function below (a field
+     of an fd kind: list it in the kind's `refs`, which `_Refs` checks), and
+     any path with `path_rule` (normalised absolute, no `..`);
   3. add a hostile value for it to tests/test_hardening_hostile.py and a line
      to IMAGE.md.
 A new record kind is a new Record plus `rule=record(NEW)` (or
