@@ -1190,7 +1190,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             if kind.placed:
                 _check_loc(fd, mounts, detached, fwhat)
             for ref, value, text in kind.refs(fd):
-                refs.check(fwhat, ref, fd if ref == "proc" else value, text)
+                refs.check(fwhat, ref, value, text)
     # Stand-ins are forked parents first: the first process is the root of the tree, every
     # other one's parent comes before it (so there is no cycle either).
     earlier: set[int] = set()
@@ -1229,6 +1229,12 @@ class _Refs:
             _fail(f"{what}: {text}, which is no user namespace of the image")
         if ref == "namespace" and not str(value).startswith("user-") and value not in self.ns:
             _fail(f"{what}: {text}, which no process of the image is in")
+        if ref == "private":
+            from engine import fs
+            sb = self.sbs[self.mounts[value["mnt"]]["sb"]] if value["mnt"] in self.mounts else None
+            if sb is None or sb.get("external") or not fs.made_for_image(sb["fstype"]):
+                _fail(f"{what}: {text} on mount {value['mnt']}, whose filesystem restore does not make for the "
+                      "image alone (the host's accesses to it would wait for a stand-in that never answers)")
         if ref == "proc":
             from engine import fs
             m = (self.detached if value.get("detached") else self.mounts).get(value["mnt"])

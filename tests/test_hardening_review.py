@@ -17,11 +17,12 @@ running or mounted and no file outside the test touched (test_hardening_hostile.
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 
 import enginecase
-from enginecase import copy_image, load_manifest, save_manifest
+from enginecase import case, copy_image, load_manifest, save_manifest  # noqa: F401
 from test_hardening_hostile import refused
 
 # A tmpfs with a FIFO where restore's /proc lookups would go (1/ns/pid, 1/status) and one at /fifo;
@@ -156,3 +157,68 @@ def test_version_of_another_type_is_named_so(base_image, tmp_path, version):
     (it reads version 1)"."""
     img = _mutated(base_image, tmp_path, lambda d: d.update(version=version))
     refused(img, r"format version (\"1\"|1\.0|true|null) is not supported", tmp_path)
+
+
+# --- fanotify permission groups: marks on what the host shares ------------------------------------
+# A group of a permission class (FAN_CLASS_CONTENT) whose inode or filesystem mark lies on a
+# filesystem of the host (an external mount: /usr here, the host's root filesystem) would, with a
+# permission event in its mask, make every access of the host's own processes there wait for the
+# stand-in's answer, which never comes. The marks below carry a notification mask only (FAN_OPEN):
+# were the refusal to fail, what restore marks must not freeze the machine the tests share.
+
+def _fanotify(d, kind: str, mountpoint: str, init: int = 0x4) -> None:
+    mark = {"type": kind, "mnt": _mnt(d, mountpoint)["id"], "mflags": 0, "mask": 0x20, "ignored": 0}
+    if kind == "inode":
+        mark["path"] = "/bin"
+    _proc(d)["fds"].append({"fd": 30, "flags": 0, "pos": 0, "kind": "fanotify", "init": init,
+                            "event_flags": 0, "marks": [mark]})
+
+
+FANOTIFY = {
+    "filesystem-mark-on-external": (lambda d: _fanotify(d, "filesystem", "/usr"),
+                                    r"fd 30: fanotify filesystem mark 0 of a permission class group on mount \d+, "
+                                    r"whose filesystem restore does not make for the image alone"),
+    "inode-mark-on-external": (lambda d: _fanotify(d, "inode", "/usr"),
+                               r"fd 30: fanotify inode mark 0 of a permission class group on mount \d+"),
+    "pre-content-filesystem-mark-on-proc": (lambda d: _fanotify(d, "filesystem", "/proc", init=0x8),
+                                            r"fd 30: fanotify filesystem mark 0 of a permission class group"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(FANOTIFY))
+def test_fanotify_permission_marks_on_host_filesystems_are_refused(base_image, tmp_path, kind):
+    mutate, pattern = FANOTIFY[kind]
+    refused(_mutated(base_image, tmp_path, mutate), pattern, tmp_path)
+
+
+def test_fanotify_permission_marks_on_image_filesystems_restore(case, base_image, tmp_path):
+    """The rule's other side: a permission class group's filesystem mark on a tmpfs of the image, and
+    its mount mark on the external /usr (only the restored tree's own clone of it), restore."""
+    def mutate(d):
+        _fanotify(d, "filesystem", "/mnt/t")
+        _proc(d)["fds"][-1]["marks"].append({"type": "mount", "mnt": _mnt(d, "/usr")["id"], "mflags": 0,
+                                             "mask": 0x20, "ignored": 0})
+    pid = case.restore(_mutated(base_image, tmp_path, mutate))
+    with open(f"/proc/{pid}/fdinfo/30") as f:
+        assert len([x for x in f if x.startswith("fanotify ")]) == 3   # the group line and two marks
+
+
+def test_dump_refuses_a_permission_group_marking_a_host_filesystem(case):
+    """Dump refuses what restore would: a FAN_CLASS_CONTENT group with an inode mark on the external
+    /usr, before the tree is stopped."""
+    from enginecase import STOP_WATCH, CRError, was_stopped
+    setup = enginecase.py_hold("""
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.fanotify_mark.argtypes = [ctypes.c_int, ctypes.c_uint, ctypes.c_uint64, ctypes.c_int, ctypes.c_char_p]
+f = libc.fanotify_init(0x4, os.O_RDONLY)
+assert f >= 0 and libc.fanotify_mark(f, 0x1, 0x20, -100, b"/usr/bin") == 0, ctypes.get_errno()
+os.dup2(f, 10); os.close(f)
+""")
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    # (CRError shortens the line in its middle)
+    assert re.search(r"fd 10 \(anon_inode:\[fanotify\]\): fanotify inode mark 0 of a permi.*only on filesystems it "
+                     r"makes for the tree alone \(tmpfs, ramfs, overlay, FUSE\): not supported", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"

@@ -153,7 +153,8 @@ class FdKind:
     # refs(entry) -> what the entry names elsewhere in the image, checked by the validator against
     # it (a field's form says nothing of whose process or namespace it is): (what, value, text)
     # each, what one of "process" (an image pid), "namespace" (an image namespace id), "proc" (a
-    # mount id that must be a proc mount of the image); text names the field in the refusal.
+    # location {mnt, detached?} on a proc mount of the image), "private" (a location {mnt} on a
+    # filesystem only the restored tree reaches, fs.made_for_image); text names it in the refusal.
     refs: Callable[[dict], list] = lambda entry: []
     # prepare(key, object, [(entry, chan)], call) -> fds kept as the object's restore state, made
     # before any fd once all stand-ins entered their roots (call(chan, fn, args, fds) -> fds).

@@ -197,7 +197,7 @@ def _check(entry: dict, what: str) -> None:
 
 def _refs(entry: dict) -> list:
     """A /proc file of a process: on a proc mount of the image, a live one a process of the image."""
-    out = [("proc", entry["mnt"], f"a /proc file ({key!r})") for key in ("dead_pid", "live_pid") if key in entry]
+    out = [("proc", entry, f"a /proc file ({key!r})") for key in ("dead_pid", "live_pid") if key in entry]
     if "live_pid" in entry:
         out.append(("process", entry["live_pid"], f"'live_pid' {entry['live_pid']}"))
     return out

@@ -396,6 +396,15 @@ def daemons(pids) -> set[int]:
     return out
 
 
+def made_for_image(fstype: str) -> bool:
+    """Whether restore makes a superblock of this type that only the restored tree reaches: filled
+    from the image (tmpfs, ramfs), built on its layers (overlay) or served by a new daemon (FUSE).
+    Others may be the host's own: devtmpfs, a cgroup v1 hierarchy, a block device the host has
+    mounted too, a namespace-bound one of a namespace shared with the host (and any external one)."""
+    t = lookup(fstype)
+    return t is not None and (t.content or t.layers or t.daemon)
+
+
 def holds_ghosts(fstype: str) -> bool:
     """Whether an unlinked file of a superblock of this type can be made again at restore (a ghost)."""
     handler = lookup(fstype)
