@@ -153,6 +153,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
+    _check_host_devices(doc, devices)
     if doc.get("files") or doc.get("ghosts"):
         content.tools()   # tar's runner and the archives' digests; an image without archives skips them
     ext = parse_externals(externals, root)
@@ -243,6 +244,19 @@ def _hang_up(commit) -> None:
         pass
     finally:
         commit.close()
+
+
+def _check_host_devices(doc: dict, devices: str) -> None:
+    """The machine's one device filesystem (devtmpfs: FsType.host_global) mounted again gives the tree
+    every device node of the host, which no device policy but `all` lets an image have."""
+    if devices == "all":
+        return
+    for sid, sb in doc["superblocks"].items():
+        t = fs.lookup(sb["fstype"])
+        if t is not None and t.host_global and not sb.get("external"):
+            raise RestoreError(errno.EPERM, f"superblock {sid} ({sb['fstype']}): the host's own device filesystem "
+                                            "would give the tree every device node of the host, which the device "
+                                            f"policy ({devices}) refuses; --devices all restores it (images you trust)")
 
 
 def _check_fd_numbers(doc: dict) -> None:

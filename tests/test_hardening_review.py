@@ -222,3 +222,16 @@ os.dup2(f, 10); os.close(f)
     assert re.search(r"fd 10 \(anon_inode:\[fanotify\]\): fanotify inode mark 0 of a permi.*only on filesystems it "
                      r"makes for the tree alone \(tmpfs, ramfs, overlay, FUSE\): not supported", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+# --- the host's devtmpfs: every device node of the host, whatever --devices says -------------------
+
+@pytest.mark.parametrize("policy", ["container", "none"])
+def test_devtmpfs_needs_devices_all(base_image, tmp_path, policy):
+    """The mqueue at /mnt/mq turned into a devtmpfs: restore mounted the host's one device filesystem
+    into the tree (/dev/sda, /dev/mem...), past the device policy that holds for archives."""
+    if "devtmpfs" not in open("/proc/filesystems").read():
+        pytest.skip("no devtmpfs on this kernel")
+    img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(d, "devtmpfs", source="devtmpfs", super_opts=["rw"]))
+    refused(img, rf"superblock sb-\d+ \(devtmpfs\): the host's own device filesystem .* the device policy \({policy}\) "
+                 r"refuses; --devices all", tmp_path, extra=("--devices", policy))
