@@ -235,3 +235,15 @@ def test_devtmpfs_needs_devices_all(base_image, tmp_path, policy):
     img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(d, "devtmpfs", source="devtmpfs", super_opts=["rw"]))
     refused(img, rf"superblock sb-\d+ \(devtmpfs\): the host's own device filesystem .* the device policy \({policy}\) "
                  r"refuses; --devices all", tmp_path, extra=("--devices", policy))
+
+
+# --- socket queues larger than a socket holds ------------------------------------------------------
+
+def test_socket_queue_that_does_not_fit_is_refused(base_image, tmp_path):
+    """A dangling datagram socket whose queue (1,000 messages, within the validator's bounds) is more
+    than a socket's send buffer takes: the stand-in's sends blocked forever, with no reader."""
+    import base64
+    msg = base64.b64encode(b"x" * 100).decode()
+    img = _mutated(base_image, tmp_path, lambda d: _proc(d)["fds"].append(
+        {"fd": 31, "flags": 2, "pos": 0, "kind": "unix", "type": "dgram", "dangling": True, "msgs": [msg] * 1000}))
+    refused(img, r"fd 31 \(unix\): its queue does not fit back: the socket takes \d+ of its 1000 messages", tmp_path)
