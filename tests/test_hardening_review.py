@@ -180,6 +180,9 @@ FANOTIFY = {
                                     r"whose filesystem restore does not make for the image alone"),
     "inode-mark-on-external": (lambda d: _fanotify(d, "inode", "/usr"),
                                r"fd 30: fanotify inode mark 0 of a permission class group on mount \d+"),
+    "unlimited-queue-filesystem-mark-on-external": (lambda d: _fanotify(d, "filesystem", "/usr", init=0x10),
+                                                    r"fd 30: fanotify filesystem mark 0 of a group with an unlimited "
+                                                    r"queue on mount \d+, whose filesystem restore does not make"),
     "pre-content-filesystem-mark-on-proc": (lambda d: _fanotify(d, "filesystem", "/proc", init=0x8),
                                             r"fd 30: fanotify filesystem mark 0 of a permission class group"),
 }

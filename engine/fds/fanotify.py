@@ -49,6 +49,21 @@ TYPES = ("inode", "mount", "filesystem")
 # fanotify_init classes that take permission events (FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT): an access
 # to what such a group marks waits until the group's holder answers, which a stand-in never does.
 PERM_CLASSES = 0x4 | 0x8
+# FAN_UNLIMITED_QUEUE: events wait in kernel memory without bound; a stand-in never reads them.
+UNLIMITED_QUEUE = 0x10
+
+
+def _host_risk(init: int, kind: str) -> str | None:
+    """Why a mark of this kind of group must lie on a filesystem made for the image alone, or None:
+    a permission class group's inode or filesystem mark (the host's accesses there would wait for
+    its answer), an unlimited queue's filesystem mark (every access to the host's filesystem would
+    queue an event in kernel memory for good; an inode mark, as CRIU's fanotify00 holds, costs
+    what that one file's accesses make)."""
+    if init & PERM_CLASSES and kind != "mount":
+        return "of a permission class group"
+    if init & UNLIMITED_QUEUE and kind == "filesystem":
+        return "of a group with an unlimited queue"
+    return None
 MAX_MARKS = 1 << 16
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -134,27 +149,26 @@ def _marks(d, got: dict) -> list[dict]:
 
 
 def _refuse_blocking(d, got: dict, k: dict, every: dict, what: str) -> None:
-    """A permission class group's inode or filesystem mark on a filesystem that may be the host's
-    too (fs.made_for_image): restored, the host's own accesses there would wait for a stand-in
-    that never answers. Refused (the validator refuses such an image too, and one on an external
-    mount, which dump cannot tell here)."""
+    """A mark `_host_risk` names on a filesystem that may be the host's too (fs.made_for_image):
+    restored, the host's own accesses there would wait for a stand-in that never answers, or
+    queue events it never reads. Refused (the validator refuses such an image too, and one on
+    an external mount, which dump cannot tell here)."""
     from engine import fs
-    if not got["init"] & PERM_CLASSES or k["type"] == "mount":
+    risk = _host_risk(got["init"], k["type"])
+    if risk is None:
         return
     types = sorted({m.fstype for m in every.values() if m.dev == k["dev"]})
     if not any(fs.made_for_image(t) for t in types):
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} of a permission class group on a "
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} {risk} on a "
                                         f"{'/'.join(types) or 'unknown'} filesystem: restore makes such marks "
                                         "only on filesystems it makes for the tree alone (tmpfs, ramfs, overlay, "
                                         "FUSE): not supported")
 
 
 def _refs(e: dict) -> list:
-    """A permission class group's inode and filesystem marks lie on filesystems made for the image."""
-    if not e["init"] & PERM_CLASSES:
-        return []
-    return [("private", k, f"fanotify {k['type']} mark {i} of a permission class group")
-            for i, k in enumerate(e["marks"]) if k["type"] != "mount"]
+    """The marks `_host_risk` names lie on filesystems made for the image."""
+    return [("private", k, f"fanotify {k['type']} mark {i} {_host_risk(e['init'], k['type'])}")
+            for i, k in enumerate(e["marks"]) if _host_risk(e["init"], k["type"])]
 
 
 def _precheck(d) -> None:
