@@ -22,8 +22,8 @@ import re
 import pytest
 
 import enginecase
-from enginecase import case, copy_image, load_manifest, save_manifest  # noqa: F401
-from test_hardening_hostile import refused
+from enginecase import case, copy_image  # noqa: F401 (case: a fixture)
+from test_hardening_hostile import _mutated, refused
 
 # A tmpfs with a FIFO where restore's /proc lookups would go (1/ns/pid, 1/status) and one at /fifo;
 # an mqueue (a superblock without archive, to turn into another type); a process holding a pidfd of itself (fd 7), an fd on its network namespace (fd 8) and a file (fd 5).
@@ -73,14 +73,6 @@ def _on(d, mountpoint: str, fd: int, **fields) -> None:
     f = _fd(d, fd)
     f.pop("desc", None)
     f.update(mnt=_mnt(d, mountpoint)["id"], **fields)
-
-
-def _mutated(base: str, tmp_path, mutate) -> str:
-    img = copy_image(base, tmp_path)
-    doc = load_manifest(img)
-    mutate(doc)
-    save_manifest(img, doc)
-    return img
 
 
 def _turn_mqueue(d, fstype: str, **sb) -> None:
