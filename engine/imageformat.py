@@ -55,6 +55,7 @@ MAX_OPTS = 256                  # options of one mount or superblock
 MAX_OPT = 4096                  # one option string
 MAX_ARCHIVES = 1 << 16          # archive files of one image
 MAX_LAYERS = 512                # overlayfs takes at most 500 lower layers
+MAX_LOOPS = 256                 # loop devices one image attaches (each a device of the whole host)
 MAX_HOSTNAME = 64               # HOST_NAME_MAX
 MAX_UID = (1 << 32) - 2         # (uid_t)-1 means "no change"
 MAX_OFF = (1 << 63) - 1         # file offsets and sizes (loff_t)
@@ -955,6 +956,9 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             odd_roots.setdefault(m["sb"], []).append(m)
     members: set[tuple[str, str]] = set()
     archive_bytes: dict[str, int] = {}
+    loops = sum(1 for sb in sbs.values() if (sb.get("device") or {}).get("loop") and not sb.get("external"))
+    if loops > MAX_LOOPS:
+        _fail(f"{loops} loop devices is absurd (at most {MAX_LOOPS}: each is a device of the whole host)")
     for sid, sb in sbs.items():
         what = f"superblock {sid} ({sb['fstype']})"
         handler = fs.lookup(sb["fstype"])

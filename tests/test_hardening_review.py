@@ -242,3 +242,14 @@ def test_socket_queue_that_does_not_fit_is_refused(base_image, tmp_path):
     img = _mutated(base_image, tmp_path, lambda d: _proc(d)["fds"].append(
         {"fd": 31, "flags": 2, "pos": 0, "kind": "unix", "type": "dgram", "dangling": True, "msgs": [msg] * 1000}))
     refused(img, r"fd 31 \(unix\): its queue does not fit back: the socket takes \d+ of its 1000 messages", tmp_path)
+
+
+def test_loop_devices_are_bounded(base_image, tmp_path):
+    """257 block superblocks on loop devices over one file of the image: restore would attach (and the
+    host's loop-control create) a loop device for each."""
+    def mutate(d):
+        loop = {"sb": _mnt(d, "/mnt/t")["sb"], "path": "/f", "offset": 0, "sizelimit": 0, "ro": True}
+        for i in range(257):
+            d["superblocks"][f"sb-{1000 + i}"] = {"fstype": "ext4", "source": "/dev/loop7", "super_opts": ["ro"],
+                                                  "device": {"loop": loop}}
+    refused(_mutated(base_image, tmp_path, mutate), r"257 loop devices is absurd \(at most 256", tmp_path)
