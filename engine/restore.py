@@ -247,16 +247,19 @@ def _hang_up(commit) -> None:
 
 
 def _check_host_devices(doc: dict, devices: str) -> None:
-    """The machine's one device filesystem (devtmpfs: FsType.host_global) mounted again gives the tree
-    every device node of the host, which no device policy but `all` lets an image have."""
+    """A filesystem of one superblock for the whole machine (FsType.host_global) mounted again gives
+    the tree the host's own: every device node of the host (devtmpfs), its debugfs, tracefs,
+    securityfs... No device policy but `all` lets an image have that (one a user namespace of the
+    image owns is its own: binfmt_misc)."""
     if devices == "all":
         return
     for sid, sb in doc["superblocks"].items():
         t = fs.lookup(sb["fstype"])
-        if t is not None and t.host_global and not sb.get("external"):
-            raise RestoreError(errno.EPERM, f"superblock {sid} ({sb['fstype']}): the host's own device filesystem "
-                                            "would give the tree every device node of the host, which the device "
-                                            f"policy ({devices}) refuses; --devices all restores it (images you trust)")
+        if t is not None and t.host_global and not sb.get("external") and not sb.get("owner"):
+            raise RestoreError(errno.EPERM, f"superblock {sid} ({sb['fstype']}): one superblock of the whole host, "
+                                            "mounted again, would give the tree the host's own (every device node, "
+                                            f"for devtmpfs), which the device policy ({devices}) refuses; --devices "
+                                            "all restores it (images you trust)")
 
 
 def _check_fd_numbers(doc: dict) -> None:

@@ -228,8 +228,19 @@ def test_devtmpfs_needs_devices_all(base_image, tmp_path, policy):
     if "devtmpfs" not in open("/proc/filesystems").read():
         pytest.skip("no devtmpfs on this kernel")
     img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(d, "devtmpfs", source="devtmpfs", super_opts=["rw"]))
-    refused(img, rf"superblock sb-\d+ \(devtmpfs\): the host's own device filesystem .* the device policy \({policy}\) "
-                 r"refuses; --devices all", tmp_path, extra=("--devices", policy))
+    refused(img, rf"superblock sb-\d+ \(devtmpfs\): one superblock of the whole host, .* the device policy "
+                 rf"\({policy}\) refuses; --devices all", tmp_path, extra=("--devices", policy))
+
+
+@pytest.mark.parametrize("fstype", ["debugfs", "tracefs", "securityfs"])
+def test_host_global_pseudo_filesystems_need_devices_all(base_image, tmp_path, fstype):
+    """The mqueue turned into one of the machine's single-superblock filesystems: restore mounted the
+    host's own (its tracing, its LSM policy files) into the tree."""
+    if fstype not in open("/proc/filesystems").read():
+        pytest.skip(f"no {fstype} on this kernel")
+    img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(d, fstype, source=fstype, super_opts=["rw"]))
+    refused(img, rf"superblock sb-\d+ \({fstype}\): one superblock of the whole host, mounted again, would give "
+                 r"the tree the host's own .*\(container\) refuses; --devices all", tmp_path)
 
 
 # --- socket queues larger than a socket holds ------------------------------------------------------

@@ -157,8 +157,10 @@ class FsType:
     # Served by a daemon process: restore starts a new one with the user's restart command (fuse.py);
     # dump neither stops nor dumps the tree's processes `serves` says hold such a connection.
     daemon: bool = False
-    # One superblock for the whole machine (devtmpfs): a mount of it in the tree is the host's, so
-    # an --external naming an overmount stack that holds one applies to it, not to the stack's top.
+    # One superblock for the whole machine (devtmpfs, debugfs, tracefs...; binfmt_misc: one a user
+    # namespace): a mount of it in the tree is the host's, so an --external naming an overmount
+    # stack that holds one applies to it, not to the stack's top; restore mounts it again only for
+    # an image it trusts (--devices all).
     host_global: bool = False
     # Names /proc/filesystems must list for the kernel to make it.
     requires: tuple[str, ...] = ()
