@@ -746,6 +746,9 @@ def validate(doc) -> None:
         if not _SB_ID.match(sid):
             _fail(f"superblock id {sid[:40]!r} is not sb-N")
         check_record(SUPERBLOCK, sb, f"superblock {sid}")
+    loops = sum(1 for sb in sbs.values() if (sb.get("device") or {}).get("loop") and not sb.get("external"))
+    if loops > MAX_LOOPS:
+        _fail(f"{loops} loop devices is absurd (at most {MAX_LOOPS}: each is a device of the whole host)")
     mounts = _check_mntns(doc["mntns"], sbs)
     detached = _check_detached(doc.get("detached") or {}, sbs, mounts)
     _check_superblocks(sbs, files, pidns, mounts, detached)
@@ -956,9 +959,6 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             odd_roots.setdefault(m["sb"], []).append(m)
     members: set[tuple[str, str]] = set()
     archive_bytes: dict[str, int] = {}
-    loops = sum(1 for sb in sbs.values() if (sb.get("device") or {}).get("loop") and not sb.get("external"))
-    if loops > MAX_LOOPS:
-        _fail(f"{loops} loop devices is absurd (at most {MAX_LOOPS}: each is a device of the whole host)")
     for sid, sb in sbs.items():
         what = f"superblock {sid} ({sb['fstype']})"
         handler = fs.lookup(sb["fstype"])

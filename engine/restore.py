@@ -248,17 +248,17 @@ def _hang_up(commit) -> None:
 
 def _check_host_devices(doc: dict, devices: str) -> None:
     """A filesystem of one superblock for the whole machine (FsType.host_global) mounted again gives
-    the tree the host's own: every device node of the host (devtmpfs), its debugfs, tracefs,
-    securityfs... No device policy but `all` lets an image have that (one a user namespace of the
-    image owns is its own: binfmt_misc)."""
+    the tree the host's own: every device node of the host, its tracing, its security policy
+    files... No device policy but `all` lets an image have that (one a user namespace of the
+    image owns is its own)."""
     if devices == "all":
         return
     for sid, sb in doc["superblocks"].items():
         t = fs.lookup(sb["fstype"])
         if t is not None and t.host_global and not sb.get("external") and not sb.get("owner"):
             raise RestoreError(errno.EPERM, f"superblock {sid} ({sb['fstype']}): one superblock of the whole host, "
-                                            "mounted again, would give the tree the host's own (every device node, "
-                                            f"for devtmpfs), which the device policy ({devices}) refuses; --devices "
+                                            "mounted again, would give the tree the host's own (device nodes, "
+                                            f"tracing...), which the device policy ({devices}) refuses; --devices "
                                             "all restores it (images you trust)")
 
 
