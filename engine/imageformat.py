@@ -512,6 +512,19 @@ CREDS = Record("credentials", {
     "groups": F(LIST, rule=_ids_rule(0, MAX_NGROUPS)),
 })
 
+# A file lock the process holds (engine/filelocks.py), taken again through its fd `fd`: a POSIX lock
+# of the process, or the flock lock, OFD lock or lease of that fd's open file description.
+LOCK = Record("file lock", {
+    "fd": F(INT, rule=rng(0, MAX_FD)),
+    "type": F(STR, rule=lambda v: None if v in ("posix", "flock", "ofd", "lease")
+              else "must be posix, flock, ofd or lease"),
+    "mode": F(STR, rule=lambda v: None if v in ("read", "write") else "must be read or write"),
+    "start": F(INT, rule=rng(0, MAX_OFF)),
+    "end": F(OPT_INT, rule=rng(0, MAX_OFF)),                  # the last byte; null: to the end of file
+    # A flock lock this process took on a description it no longer holds: `fd` is process `of`'s.
+    "of": F(INT, required=False, rule=rng(1, MAX_PID)),
+})
+
 PROCESS = Record("process", {
     "pid": F(INT, rule=rng(1, MAX_PID)),
     "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
@@ -537,6 +550,7 @@ PROCESS = Record("process", {
     # checked here as bytes, so that a longer one is refused, not cut, and one no encoding takes
     # does not fail in the stand-in once the tree is made.
     "comm": F(STR, required=False, rule=comm_rule),
+    "locks": F(LIST, required=False, rule=list_of(record(LOCK), MAX_FDS, DICT)),
 })
 
 MOUNT = Record("mount", {
@@ -713,7 +727,8 @@ MANIFEST = Record("manifest", {
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
-                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP)}
+                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP,
+                                          LOCK)}
 
 
 # --- the validator ----------------------------------------------------------------------------
@@ -1195,6 +1210,9 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 _check_loc(fd, mounts, detached, fwhat)
             for ref, value, text in kind.refs(fd):
                 refs.check(fwhat, ref, value, text)
+    procs = {p["pid"]: p for p in doc["processes"]}
+    for p in doc["processes"]:
+        _check_file_locks(p, procs, f"process {p['pid']}")
     # Stand-ins are forked parents first: the first process is the root of the tree, every
     # other one's parent comes before it (so there is no cycle either).
     earlier: set[int] = set()
@@ -1245,6 +1263,33 @@ class _Refs:
             handler = fs.lookup(self.sbs[m["sb"]]["fstype"]) if m is not None else None
             if handler is None or handler.ns_key != "pidns":
                 _fail(f"{what}: {text} on mount {value['mnt']}, which is no proc mount of the image")
+
+
+def _check_file_locks(p: dict, procs: dict, what: str) -> None:
+    """A process's file locks: each on one of its fds (a flock lock: or of process `of`'s, another
+    process of the image), a range that is one (flock locks and leases cover the whole file), a
+    lease only on a regular file, one lock of a kind and range an fd."""
+    fds = {fd["fd"]: fd for fd in p["fds"]}
+    seen = set()
+    for lock in p.get("locks") or ():
+        lwhat = f"{what} {lock['type']} lock on fd {lock['fd']}"
+        if "of" in lock:
+            if lock["type"] != "flock" or lock["of"] == p["pid"] or lock["of"] not in procs:
+                _fail(f"{lwhat}: 'of' names a flock lock's holder, another process of the image")
+            lwhat += f" of process {lock['of']}"
+        fd = (fds if "of" not in lock else {f["fd"]: f for f in procs[lock["of"]]["fds"]}).get(lock["fd"])
+        if fd is None:
+            _fail(f"{lwhat}: the process has no such fd")
+        if lock["end"] is not None and lock["end"] < lock["start"]:
+            _fail(f"{lwhat}: its range ends before it starts")
+        if lock["type"] in ("flock", "lease") and (lock["start"] or lock["end"] is not None):
+            _fail(f"{lwhat}: a {lock['type']} covers the whole file (0 to EOF)")
+        if lock["type"] == "lease" and (fd.get("kind", "file") != "file" or fd.get("type") == "dir"):
+            _fail(f"{lwhat}: a lease is on a regular file")
+        key = (lock["fd"], lock.get("of"), lock["type"], lock["start"], lock["end"])
+        if key in seen:
+            _fail(f"{lwhat}: listed twice")
+        seen.add(key)
 
 
 def _check_ghost_ref(doc: dict, loc: dict, mounts: dict, what: str) -> None:

@@ -1751,6 +1751,42 @@ class _Restorer:
             finally:
                 os.close(fd)
 
+    def take_locks(self) -> None:
+        """Each stand-in takes its process's file locks (engine/filelocks.py), once every process holds
+        its fds and the restorer let go of its own: leases last, after every open of restore (an
+        open for writing breaks a read lease). A lock on another process's fd (`of`) is taken first,
+        on a copy of that fd (pidfd_getfd) that is closed once taken: a close drops the closer's POSIX
+        locks on that file, so those come after."""
+        phases = (lambda lk: "of" in lk, lambda lk: "of" not in lk and lk["type"] != "lease",
+                  lambda lk: lk["type"] == "lease")
+        for phase in phases:
+            for p in self.doc["processes"]:
+                todo = [lk for lk in p.get("locks") or () if phase(lk)]
+                if not todo:
+                    continue
+                items, sent = [], []
+                try:
+                    for lk in todo:
+                        if "of" in lk:
+                            sent.append(self._copy_fd(lk["of"], lk["fd"]))
+                            lk = dict(lk, sent=len(sent) - 1)
+                        items.append(lk)
+                    self.chans[p["pid"]].call(("locks", items), sent)
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                finally:
+                    for fd in sent:
+                        os.close(fd)
+
+    def _copy_fd(self, pid: int, fd: int) -> int:
+        """Our copy of fd `fd` of the stand-in of image process `pid`."""
+        from engine.fds import sys as fsys
+        pidfd = kernel.pidfd_open(self.hostpid[pid])
+        try:
+            return fsys.pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
+
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
         procs = self.doc["processes"]
@@ -1802,6 +1838,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
+    r.take_locks()
     r._users_call(r.users.become, r.chans)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore
