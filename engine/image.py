@@ -222,10 +222,11 @@ def load(images_dir: str) -> dict:
             raise ImageError(f"bad image: {MANIFEST} cannot be opened ({e.strerror}; a symlink?)") from None
     finally:
         os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):   # (before fdopen, which refuses a directory with a bare errno)
+        os.close(fd)
+        _fail(f"{MANIFEST} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            _fail(f"{MANIFEST} is not a regular file")
         if st.st_size > MAX_MANIFEST_BYTES:
             _fail(f"{MANIFEST} is absurdly large ({st.st_size} bytes, at most {MAX_MANIFEST_BYTES})")
         data = f.read(MAX_MANIFEST_BYTES + 1)

@@ -153,6 +153,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
+    _check_host_devices(doc, devices)
     if doc.get("files") or doc.get("ghosts"):
         content.tools()   # tar's runner and the archives' digests; an image without archives skips them
     ext = parse_externals(externals, root)
@@ -243,6 +244,22 @@ def _hang_up(commit) -> None:
         pass
     finally:
         commit.close()
+
+
+def _check_host_devices(doc: dict, devices: str) -> None:
+    """A filesystem of one superblock for the whole machine (FsType.host_global) mounted again gives
+    the tree the host's own: every device node of the host, its tracing, its security policy
+    files... No device policy but `all` lets an image have that (one a user namespace of the
+    image owns is its own)."""
+    if devices == "all":
+        return
+    for sid, sb in doc["superblocks"].items():
+        t = fs.lookup(sb["fstype"])
+        if t is not None and t.host_global and not sb.get("external") and not sb.get("owner"):
+            raise RestoreError(errno.EPERM, f"superblock {sid} ({sb['fstype']}): one superblock of the whole host, "
+                                            "mounted again, would give the tree the host's own (device nodes, "
+                                            f"tracing...), which the device policy ({devices}) refuses; --devices "
+                                            "all restores it (images you trust)")
 
 
 def _check_fd_numbers(doc: dict) -> None:
@@ -1531,7 +1548,11 @@ class _Restorer:
                                              "outside the image and no --external mount gives it")
 
     def open_at(self, mnt: int, path: str, flags: int) -> int:
-        """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered."""
+        """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered; never
+        blocking (a FIFO of the image where it has a file must not hang restore)."""
+        return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+
+    def _open_at(self, mnt: int, path: str, flags: int) -> int:
         parts = [x for x in path.split("/") if x]
         if mnt in self.detached:
             if parts:
@@ -1587,7 +1608,8 @@ class _Restorer:
             at = next(fd for (g, m, _), fd in self.ghost_fd.items() if g == gid and m == mnt)
         # Through /proc/self/fd/N, which O_NOFOLLOW would open as the magic link itself (O_PATH) or
         # refuse (ELOOP): left out, an open-time flag only (LXC holds .lxc_keep so; zdtm/snapshot.py).
-        return os.open(f"self/fd/{at}", (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC, dir_fd=self.hostproc)
+        return kernel.open_unblocked(lambda f: os.open(f"self/fd/{at}", (f & ~os.O_NOFOLLOW) | os.O_CLOEXEC,
+                                                       dir_fd=self.hostproc), flags)
 
     def _place_processes(self) -> None:
         # Every stand-in enters its root first: some objects are made before any fd (a socket pair

@@ -49,4 +49,5 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="pidfd", matches=_matches, dump=_dump, open=_open, precheck=_precheck,
-                fields={"pid": F(INT, rule=rng(1, MAX_PID))}))
+                fields={"pid": F(INT, rule=rng(1, MAX_PID))},
+                refs=lambda e: [("process", e["pid"], f"a pidfd of process {e['pid']}")]))
