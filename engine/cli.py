@@ -294,10 +294,11 @@ def _exit_now(code: int) -> None:
     ~80 ms CPU). The engine leaves no buffered file open and registers no exit hook; the runner's
     verbs (vm, report) may, and exit normally."""
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:
-        return   # (a closed pipe: the normal exit reports it)
+        for f in (sys.stdout, sys.stderr):
+            if f is not None:   # (None: started with that fd closed)
+                f.flush()
+    except (OSError, ValueError):
+        return   # (a closed pipe or file: the normal exit reports it)
     os._exit(code)
 
 
