@@ -65,10 +65,11 @@ def archive_link(proc_dir: str, entry: str, path: str, out_path: str, pass_fds=(
     name = os.path.basename(path)
     cmd = [content.tar(), "-C", proc_dir, "--dereference", "--sparse", *content.COMMON,
            f"--transform=s,^{entry}$,sb-0/{_sed_replacement(name)},", "-cf", out_path, entry]
-    code, _, err = content.run(cmd, pass_fds=pass_fds)
-    if code not in (0, 1):
+    import subprocess   # dump only, where archives are made: not every command's start-up
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, pass_fds=pass_fds)
+    if proc.returncode not in (0, 1):
         raise GhostError(errno.EIO, f"archiving the deleted file {path} failed: "
-                                    f"{content.last_line(err.decode('utf-8', 'surrogateescape'), 'tar failed')}")
+                                    f"{content.last_line(proc.stderr, 'tar failed')}")
     return content.digest_path(out_path)
 
 
