@@ -87,14 +87,15 @@ def run(argv: list[str], stdin: int | None = None, stdout: int | None = None, pa
         actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
         # (a close of an fd closed meanwhile, the listing's own, is ignored by glibc)
         actions += [(os.POSIX_SPAWN_CLOSE, int(fd)) for fd in os.listdir("/proc/self/fd") if int(fd) not in keep]
+        was = {fd: os.get_inheritable(fd) for fd in pass_fds}
         for fd in pass_fds:
             os.set_inheritable(fd, True)
         try:
             pid = os.posix_spawn(argv[0], argv, os.environ if env is None else env, file_actions=actions,
                                  setsigdef=(signal.SIGPIPE, signal.SIGXFSZ))
         finally:
-            for fd in pass_fds:
-                os.set_inheritable(fd, False)
+            for fd, inheritable in was.items():
+                os.set_inheritable(fd, inheritable)
         status = os.waitpid(pid, 0)[1]
         return os.waitstatus_to_exitcode(status), b"" if stdout is not None else _read_from_start(out), \
             _read_from_start(err)

@@ -46,7 +46,9 @@ def test_run_passes_only_pass_fds():
         code, out, _ = content.run(_sh("ls /proc/self/fd"), pass_fds=(passed,))
         fds = {int(x) for x in out.split()}
         assert passed in fds and inherited not in fds, fds
-        assert os.get_inheritable(passed) is False   # ours again after the spawn
+        assert os.get_inheritable(passed) is False   # as it was before the spawn
+        content.run(["/bin/true"], pass_fds=(inherited,))
+        assert os.get_inheritable(inherited) is True
     finally:
         os.close(inherited)
         os.close(passed)
