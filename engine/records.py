@@ -99,9 +99,8 @@ def _getter(names: tuple[str, ...]):
     return get if len(names) > 1 else (lambda obj: (get(obj),))
 
 
-def _methods(cls, flds: list[Field], frozen: bool) -> dict:
-    """__init__ is generated (one compile per class: the fields as parameters, defaults bound);
-    the other methods are shared, reading the fields through attrgetters."""
+def _init_source(flds: list[Field], frozen: bool) -> tuple[str, dict]:
+    """The text of the record's __init__ (the fields as parameters, defaults bound) and its globals."""
     env = {"_MISSING": _MISSING, "_set": object.__setattr__}
     params, body = [], []
     for i, f in enumerate(flds):
@@ -117,11 +116,34 @@ def _methods(cls, flds: list[Field], frozen: bool) -> dict:
             params.append(f.name)
             value = f.name
         body.append(f"    _set(self, {f.name!r}, {value})" if frozen else f"    self.{f.name} = {value}")
-    src = f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass")
-    ns: dict = {}
-    exec(compile(src, f"<record {cls.__qualname__}>", "exec"), env, ns)   # noqa: S102 (our own text)
+    return f"def __init__(self, {', '.join(params)}):\n" + ("\n".join(body) or "    pass"), env
+
+
+def _lazy_init(qualname: str, flds: list[Field], frozen: bool):
+    """An __init__ that compiles the real one on the first instance and puts it in its own place:
+    a compile is ~0.3 ms, and most record classes a command imports (fs types, fd kinds, plans)
+    never get an instance in a small dump or restore."""
+    made = []
+
+    def __init__(self, *args, **kwargs):
+        if not made:
+            src, env = _init_source(flds, frozen)
+            ns: dict = {}
+            exec(compile(src, f"<record {qualname}>", "exec"), env, ns)   # noqa: S102 (our own text)
+            made.append(ns["__init__"])
+            for klass in type(self).__mro__:   # the class (or its slotted copy) that holds this stub
+                if klass.__dict__.get("__init__") is __init__:
+                    type.__setattr__(klass, "__init__", made[0])
+        made[0](self, *args, **kwargs)
+    return __init__
+
+
+def _methods(cls, flds: list[Field], frozen: bool) -> dict:
+    """__init__ is generated (one compile per class, on its first instance); the other methods are
+    shared, reading the fields through attrgetters."""
     names = tuple(f.name for f in flds)
-    out = {"__init__": ns["__init__"], "__repr__": _repr, "__eq__": _eq, "__reduce__": _reduce,
+    out = {"__init__": _lazy_init(cls.__qualname__, flds, frozen), "__repr__": _repr, "__eq__": _eq,
+           "__reduce__": _reduce,
            "__record_fields__": tuple(flds), "__record_names__": names,
            "_record_all": staticmethod(_getter(names)),
            "_record_key": staticmethod(_getter(tuple(f.name for f in flds if f.compare))),

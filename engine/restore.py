@@ -154,8 +154,8 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
     _check_host_devices(doc, devices)
-    if doc.get("files") or doc.get("ghosts"):
-        content.tools()   # tar's runner and the archives' digests; an image without archives skips them
+    # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach.
+    content.tools(big=any(f["size"] >= content.BIG for f in (doc.get("files") or {}).values()))
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})

@@ -189,3 +189,11 @@ def test_nfs_mount_root_comes_from_its_source():
     assert nfs.sb_source(["127.0.0.1:/f", "127.0.0.1:/", "127.0.0.1:/d"]) == "127.0.0.1:/"
     assert nfs.sb_source(["srv:/exp/a", "srv:/exp/b"]) == "srv:/exp/a"
     assert fsmod.lookup("tmpfs").sb_source(["b", "a"]) == "b"
+
+
+def test_daemon_modules_declared():
+    """fs.daemons loads only fs.DAEMON_MODULES: every module that registers a daemon type is listed."""
+    import engine.fs as fsmod
+    fsmod.types()   # every module
+    registering = {fsmod.module_of(t.name) for t in fsmod.types() if t.daemon}
+    assert registering == set(fsmod.DAEMON_MODULES)

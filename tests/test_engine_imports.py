@@ -23,8 +23,8 @@ _NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site"
           "xml", "tomllib", "email", "http", "urllib", "logging", "asyncio", "unittest", "traceback",
           # engine.records instead of dataclasses, which loads these (~17 ms of CPU per command)
           "dataclasses", "inspect", "ast", "dis", "tokenize", "linecache",
-          # tar's runner and OpenSSL's hashes: loaded by content.tools() only when archives are made
-          # or read (none here: dump finds no process, restore no image)
+          # tar runs through posix_spawn (content.run; ghosts.py's dump of a deleted file still
+          # loads subprocess); OpenSSL's hashes: content.tools() only for archives of a MiB or more
           "subprocess", "hashlib", "_hashlib",
           # channel and forkrun pickle through the C module alone
           "pickle")

@@ -375,10 +375,18 @@ def battery() -> dict[str, FsType]:
     return out
 
 
+# The modules that register a daemon type (`daemon`): `daemons` loads these alone, not all
+# 29 type modules (~40 M instructions of a small dump). tests/test_engine_fs.py checks this
+# list against what the modules register.
+DAEMON_MODULES = ("fuse",)
+
+
 def daemons(pids) -> set[int]:
     """The processes among `pids` that serve a filesystem (hold a connection a daemon type's `serves`
     recognizes): dump leaves them running and out of the image; restore restarts them."""
-    serving = [t for t in types() if t.daemon]
+    for name in DAEMON_MODULES:
+        _import(name)
+    serving = [t for t in _REGISTRY.values() if t.daemon]
     out = set()
     for pid in pids:
         try:
