@@ -242,6 +242,28 @@ def test_ids_mountinfo_dumps_without_unique_ids(case):
 
 
 @pytest.mark.parametrize("forced", ["", "ids=mountinfo"])
+def test_layer_whose_mount_was_unmounted_is_refused_naming_where_the_path_ends(case, forced):
+    """podman --uidmap (overlay storage) mounts the overlay with layers on idmapped mounts beneath
+    .../mapped/0 and unmounts them at once: the layer path then ends in an empty directory. It was
+    refused as if the mount had been moved; the refusal now says where the path ends, that the mount
+    may have been unmounted, and leaves the tree running."""
+    pid = case.start(enginecase.STOP_WATCH + "mkdir -p /mnt/src/l /mnt/ov/u /mnt/ov/w /mnt/ov/m /mnt/mapped; "
+                     "echo 1 > /mnt/src/l/x\nmount --bind /mnt/src /mnt/mapped\n"
+                     "mount -t overlay ov -o lowerdir=/mnt/mapped/l,upperdir=/mnt/ov/u,workdir=/mnt/ov/w /mnt/ov/m\n"
+                     "umount /mnt/mapped\nhold\n")
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS,
+              env={"MNTCR_STRATEGY": forced} if forced else None)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/ov/m\) on overlay: its layer lowerdir=/mnt/mapped/l is "
+                        r"no longer a directory at that path \(/mnt/mapped holds no 'l'\): the mount the overlay "
+                        r"was given it through was unmounted or moved after the overlay was made .*not supported\n",
+                        r.stderr), r.stderr
+    assert not os.path.exists(images)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
+
+
+@pytest.mark.parametrize("forced", ["", "ids=mountinfo"])
 def test_layer_whose_mount_was_moved_is_refused(case, forced):
     """An overlay's options keep the layer paths it was given; after `mount --move` of the layers'
     mount the paths lead nowhere. Dump refuses it in one line naming the layer, the tree left
