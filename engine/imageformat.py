@@ -487,6 +487,7 @@ USERNS = Record("user namespace", {
     "uid_map": F(LIST, rule=_map_rule),
     "gid_map": F(LIST, rule=_map_rule),
     "setgroups": F(STR, rule=lambda v: None if v in ("allow", "deny") else "must be allow or deny"),
+    "owner": F(OPT_INT, required=False, rule=rng(0, MAX_UID)),   # the uid that made it (dumper's ids)
 })
 
 

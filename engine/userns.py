@@ -25,6 +25,7 @@ from engine import forkrun, kernel
 # linux/nsfs.h
 NS_GET_USERNS = 0xB701
 NS_GET_PARENT = 0xB702
+NS_GET_OWNER_UID = 0xB704
 
 STATMOUNT_MNT_UIDMAP = 0x2000
 STATMOUNT_MNT_GIDMAP = 0x4000
@@ -50,6 +51,13 @@ def parent_fd(userns_fd: int) -> int | None:
         raise
 
 
+def owner_uid(userns_fd: int) -> int:
+    """The uid (in the caller's ids) that made the user namespace at `userns_fd`: the kernel gives
+    it every capability there from the parent namespace (it may setns into it, ptrace its processes)."""
+    buf = fcntl.ioctl(userns_fd, NS_GET_OWNER_UID, b"\0" * 4)
+    return struct.unpack("=I", buf)[0]
+
+
 def ino(fd: int) -> int:
     """The inode number that names the namespace at `fd` on this boot."""
     return os.fstat(fd).st_ino
@@ -67,12 +75,15 @@ class Maps:
     uid_map: tuple[tuple[int, int, int], ...]
     gid_map: tuple[tuple[int, int, int], ...]
     setgroups: str            # "allow" or "deny"
+    owner: int | None = None  # the uid that made it (a user namespace's, not an idmapped mount's)
 
     def text(self) -> str:
-        """One stable line: ``uid 0 100000 65536 gid 0 100000 65536 setgroups allow``."""
+        """One stable line: ``uid 0 100000 65536 gid 0 100000 65536 setgroups allow [owner 1000]`` (the
+        owner when not root: root made most)."""
         def ranges(m):
             return ",".join(f"{a} {b} {c}" for a, b, c in m) or "-"
-        return f"uid {ranges(self.uid_map)} gid {ranges(self.gid_map)} setgroups {self.setgroups}"
+        owner = f" owner {self.owner}" if self.owner else ""
+        return f"uid {ranges(self.uid_map)} gid {ranges(self.gid_map)} setgroups {self.setgroups}{owner}"
 
 
 def parse_map(text: str) -> tuple[tuple[int, int, int], ...]:
@@ -137,6 +148,7 @@ class UsernsTree:
         finally:
             os.close(par)
         maps = read_maps_of_pid(pid) if pid is not None else read_maps_of_fd(fd)
+        maps = Maps(maps.uid_map, maps.gid_map, maps.setgroups, owner_uid(fd))
         self._maps[key] = maps
         self._parent[key] = pkey
         self._desc[key] = f"{self._desc[pkey]} > [{maps.text()}]"
@@ -366,9 +378,21 @@ def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = No
         # namespace's, unmapped here): the maps could not be written.
         _set_dumpable()
 
+    # The uid that unshares a user namespace owns it (every capability there from the parent): the
+    # dumped owner, as the parent sees it (a rootless runtime's user, not the restorer's root).
+    try:
+        owner = None if maps.owner is None else \
+            translate(((0, maps.owner, 1),), parent_maps.uid_map if parent_maps else None)[0][1]
+    except ValueError:
+        raise OSError(errno.EINVAL, f"making a user namespace ({maps.text()}): its owner is not mapped in "
+                                    "its parent") from None
+
     def unshare_user():
         if parent_fd is not None:
             become_parent_root()
+        if owner is not None and owner != os.geteuid():
+            os.setresuid(owner, owner, owner)
+            _set_dumpable()   # (its maps are written through /proc/PID, as above)
         kernel.unshare(kernel.CLONE_NEWUSER)
 
     child = _hold_in(unshare_user)

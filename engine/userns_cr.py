@@ -139,7 +139,8 @@ class _Plan:
             self.ids[key] = f"user-{len(self.ids) + 1}"
             maps = users.maps(key)
             self.doc[self.ids[key]] = {"parent": pname, "uid_map": [list(r) for r in maps.uid_map],
-                                       "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups}
+                                       "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups,
+                                       "owner": maps.owner}
         return self.ids[key]
 
     def record_creds(self, pid: int, own: int) -> None:
@@ -534,7 +535,7 @@ def construct_subtrees(mntns: dict) -> dict[int, list[int]]:
 
 def _maps_of(rec: dict) -> userns.Maps:
     return userns.Maps(tuple(tuple(r) for r in rec["uid_map"]), tuple(tuple(r) for r in rec["gid_map"]),
-                       rec["setgroups"])
+                       rec["setgroups"], rec.get("owner"))
 
 
 class Rebuild:

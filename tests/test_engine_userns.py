@@ -33,9 +33,24 @@ def test_nested_user_namespace_reads_back_its_maps():
     try:
         assert userns.read_maps_of_fd(inner) == inner_maps
         tree = userns.UsernsTree()
+        # (the inner one was made by the outer one's root: host uid 100000 owns it)
         assert tree.describe(tree._learn(inner)) == (
             "init > [uid 0 100000 65536 gid 0 100000 65536 setgroups allow] "
-            "> [uid 0 101000 1000 gid 0 101000 1000 setgroups deny]")
+            "> [uid 0 101000 1000 gid 0 101000 1000 setgroups deny owner 100000]")
+    finally:
+        os.close(inner)
+        os.close(outer)
+
+
+def test_a_user_namespace_is_made_by_its_dumped_owner():
+    """A rootless runtime's user made its container's user namespace and keeps every capability there
+    (setns, ptrace, `runc exec`); restore made it as root, so that user lost them."""
+    outer = userns.make(userns.Maps(ROOTLESS.uid_map, ROOTLESS.gid_map, ROOTLESS.setgroups, 100000))
+    inner = userns.make(userns.Maps(((0, 101000, 10),), ((0, 101000, 10),), "deny", 101005), outer, ROOTLESS)
+    try:
+        assert (userns.owner_uid(outer), userns.owner_uid(inner)) == (100000, 101005)
+        with pytest.raises(OSError, match="its owner is not mapped in its parent"):
+            userns.make(userns.Maps(((0, 101000, 10),), ((0, 101000, 10),), "deny", 300000), outer, ROOTLESS)
     finally:
         os.close(inner)
         os.close(outer)
