@@ -509,6 +509,7 @@ CREDS = Record("credentials", {
     "uid": F(LIST, rule=_ids_rule(4)),                        # real, effective, saved, fs
     "gid": F(LIST, rule=_ids_rule(4)),
     "groups": F(LIST, rule=_ids_rule(0, MAX_NGROUPS)),
+    "dumpable": F(OPT_BOOL, required=False),                  # prctl(PR_SET_DUMPABLE) after the ids
 })
 
 PROCESS = Record("process", {

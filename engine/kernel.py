@@ -446,6 +446,11 @@ def read_comm(pid: int) -> str:
     return (data[:-1] if data.endswith(b"\n") else data).decode("utf-8", "surrogateescape")
 
 
+def set_dumpable(on: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): whether the process is dumpable (changing ids clears it)."""
+    _check(_libc.prctl(ctypes.c_int(4), ctypes.c_ulong(1 if on else 0), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): get `sig` when the parent thread exits (0 clears it)."""
     _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")

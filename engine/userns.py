@@ -297,15 +297,17 @@ def idmaps(pid: int, mounts) -> dict[int, str]:
 
 
 def creds(pid: int) -> str:
-    """``uid R,E,S,F gid R,E,S,F groups G,...`` of `pid` in the reader's ids."""
+    """``uid R,E,S,F gid R,E,S,F groups G,... proc U:G`` of `pid` in the reader's ids; `proc` is the
+    owner of its /proc/PID files, which says whether it is dumpable (its ids when it is)."""
     fields = {}
     with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
         for line in f:
             key, _, value = line.partition(":")
             if key in ("Uid", "Gid", "Groups"):
                 fields[key] = value.split()
+    st = os.stat(f"/proc/{pid}/status")   # (not /proc/PID: a directory is always its euid's)
     return (f"uid {','.join(fields.get('Uid', []))} gid {','.join(fields.get('Gid', []))} "
-            f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'}")
+            f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'} proc {st.st_uid}:{st.st_gid}")
 
 
 # --- restore: making user namespaces and locked mount namespaces --------------------------------
@@ -376,7 +378,7 @@ def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = No
         os.setresuid(uid, uid, uid)
         # Changing ids cleared "dumpable", which makes /proc/PID files root's (the initial
         # namespace's, unmapped here): the maps could not be written.
-        _set_dumpable()
+        kernel.set_dumpable(True)
 
     # The uid that unshares a user namespace owns it (every capability there from the parent): the
     # dumped owner, as the parent sees it (a rootless runtime's user, not the restorer's root).
@@ -392,7 +394,7 @@ def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = No
             become_parent_root()
         if owner is not None and owner != os.geteuid():
             os.setresuid(owner, owner, owner)
-            _set_dumpable()   # (its maps are written through /proc/PID, as above)
+            kernel.set_dumpable(True)   # (its maps are written through /proc/PID, as above)
         kernel.unshare(kernel.CLONE_NEWUSER)
 
     child = _hold_in(unshare_user)
@@ -420,13 +422,6 @@ def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = No
         raise OSError(e.errno, f"making a user namespace ({maps.text()}): {e.strerror or e}") from None
     finally:
         _release(*child)
-
-
-def _set_dumpable() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(4, 1, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_DUMPABLE): {os.strerror(err)}")
 
 
 def _map_text(ranges) -> str:

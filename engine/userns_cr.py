@@ -68,6 +68,15 @@ def _inside(ids, ranges) -> list[int]:
     return out
 
 
+def _dumpable(pid: int, euid: int, egid: int) -> bool:
+    """Whether `pid` is dumpable: the kernel gives its /proc/PID files (not the directory) its
+    effective ids when it is, else the root of its memory's user namespace. (Its stand-in changes
+    ids, which clears "dumpable": it sets it back.) Where that root is the process's own ids, both
+    read as dumpable, and restore gives the same owner."""
+    st = os.stat(f"/proc/{pid}/status")
+    return (st.st_uid, st.st_gid) == (euid, egid)
+
+
 def _creds(pid: int, maps: userns.Maps) -> dict | None:
     """The ids of `pid` inside its user namespace; None when they are the dumper's root, unmapped."""
     fields = {}
@@ -79,6 +88,7 @@ def _creds(pid: int, maps: userns.Maps) -> dict | None:
     out = {"uid": _inside(fields["Uid"], maps.uid_map), "gid": _inside(fields["Gid"], maps.gid_map),
            "groups": _inside(fields.get("Groups", []), maps.gid_map)}
     if None not in out["uid"] + out["gid"] + out["groups"]:
+        out["dumpable"] = _dumpable(pid, fields["Uid"][1], fields["Gid"][1])
         return out
     if set(fields["Uid"] + fields["Gid"] + fields.get("Groups", [])) == {0}:
         # The dumper's root, unmapped there (a namespace made by root that never switched ids): a
@@ -872,12 +882,13 @@ class Rebuild:
         for p in self.doc["processes"]:
             if "userns" not in p and p.get("creds"):
                 c = p["creds"]
-                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"]), [])
+                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"], c.get("dumpable")), [])
             if "userns" in p:
                 creds = p.get("creds")
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
                 chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
-                                      None if deny or not creds else creds["groups"]),
+                                      None if deny or not creds else creds["groups"],
+                                      creds and creds.get("dumpable")),
                                      [] if started.get(p["pid"]) == p["userns"] else [self.fd[p["userns"]]])
 
     def _started_in(self) -> dict[int, str | None]:
@@ -1065,8 +1076,11 @@ def _member_of(userns_fd: int) -> bool:
         return False
 
 
-def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None) -> None:
-    """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs)."""
+def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None,
+           dumpable: bool | None = None) -> None:
+    """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs),
+    and the dumped "dumpable" (changing ids cleared it: /proc/PID files would be root's, setns and
+    ptrace by the process's own user refused)."""
     from engine import kernel
     # A stand-in forked by one that started in the namespace is in it already (CRIU's zdtm tests
     # under the uns flavor: the test's pid 1 forks the test), and setns to it again is EINVAL.
@@ -1078,3 +1092,5 @@ def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[i
         os.setgroups(groups)
     os.setresgid(gid[0], gid[1], gid[2])
     os.setresuid(uid[0], uid[1], uid[2])
+    if dumpable is not None:
+        kernel.set_dumpable(dumpable)

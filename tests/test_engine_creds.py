@@ -24,10 +24,14 @@ def _creds(state) -> list[str]:
 
 def test_ids_of_a_process_without_user_namespace_are_kept(case):
     """The setuid child comes back with its uid, gid and groups, and its executable (set while the
-    stand-in was still privileged); the root holder stays root."""
+    stand-in was still privileged), dumpable as it was (taking the ids had cleared it: its /proc
+    files were root's); the root holder stays root."""
     before, after = case.roundtrip(SETUP)
     exe = [line for p in after.snap.procs for line in p.text().splitlines() if line.startswith("map exe")]
     assert "map exe /mntcr-hold mnt=/" in exe
-    assert _creds(before) == ["creds: uid 0,0,0,0 gid 0,0,0,0 groups -",
-                              "creds: uid 18943,18943,18943,18943 gid 58467,58467,58467,58467 groups 27495,48244"]
+    # (`proc`: the owner of its /proc/PID files, its own ids: it is dumpable, as its stand-in is again
+    # after taking them)
+    assert _creds(before) == ["creds: uid 0,0,0,0 gid 0,0,0,0 groups - proc 0:0",
+                              "creds: uid 18943,18943,18943,18943 gid 58467,58467,58467,58467 groups 27495,48244 "
+                              "proc 18943:58467"]
     assert _creds(after) == _creds(before)
