@@ -42,8 +42,8 @@ import re
 from collections.abc import Callable
 from engine import records
 
-from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, VERSION, ImageError,
-                          check_abs_path, is_beneath)
+from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, USERNS_LIMITS, VERSION,
+                          ImageError, check_abs_path, is_beneath)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -482,12 +482,22 @@ def _map_rule(v) -> str | None:
     return None
 
 
+def _limits_rule(v: dict) -> str | None:
+    for k, x in v.items():
+        if k not in USERNS_LIMITS:
+            return f"{k!r} is not a user namespace limit ({', '.join(USERNS_LIMITS)})"
+        if type(x) is not int or not 0 <= x < 1 << 31:
+            return f"{k}: must be an integer of 0..2^31-1"
+    return None
+
+
 USERNS = Record("user namespace", {
     "parent": F(OPT_STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "uid_map": F(LIST, rule=_map_rule),
     "gid_map": F(LIST, rule=_map_rule),
     "setgroups": F(STR, rule=lambda v: None if v in ("allow", "deny") else "must be allow or deny"),
     "owner": F(OPT_INT, required=False, rule=rng(0, MAX_UID)),   # the uid that made it (dumper's ids)
+    "limits": F(DICT, required=False, rule=_limits_rule),         # {NAME: value} of /proc/sys/user/max_NAME
 })
 
 

@@ -21,6 +21,7 @@ import struct
 from engine.records import record
 
 from engine import forkrun, kernel
+from engine.image import USERNS_LIMITS
 
 # linux/nsfs.h
 NS_GET_USERNS = 0xB701
@@ -120,6 +121,44 @@ def read_maps_of_fd(userns_fd: int) -> Maps:
         _release(pid, ready_r, go_w)
 
 
+LIMIT_DEFAULT = (1 << 31) - 1                    # what a new user namespace starts with
+
+
+def _read_limits() -> dict[str, int]:
+    out = {}
+    for name in USERNS_LIMITS:
+        try:
+            with open(f"/proc/sys/user/max_{name}") as f:
+                value = int(f.read())
+        except FileNotFoundError:
+            continue   # a kernel without that limit
+        if value != LIMIT_DEFAULT:
+            out[name] = value
+    return out
+
+
+def read_limits(userns_fd: int) -> dict[str, int]:
+    """The limits (user.max_*) of the user namespace at `userns_fd` that differ from a new one's
+    (bwrap --disable-userns sets max_user_namespaces): /proc/sys/user shows the reader's namespace's,
+    so a forked child that joined it reads them."""
+    def read():
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+        return _read_limits()
+    return forkrun.run(read)
+
+
+def set_limits(userns_fd: int, limits: dict[str, int]) -> None:
+    """Give the user namespace at `userns_fd` the `limits` read_limits read, from a forked child
+    that joined it (it has every capability there)."""
+    def write():
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+        for name, value in limits.items():
+            with open(f"/proc/sys/user/max_{name}", "w") as f:
+                f.write(str(value))
+    if limits:
+        forkrun.run(write)
+
+
 class UsernsTree:
     """The user namespaces met while reading a process tree, below the reader's own.
 
@@ -132,6 +171,7 @@ class UsernsTree:
         self.top = own_userns_ino()
         self._desc: dict[int, str] = {self.top: "init"}
         self._maps: dict[int, Maps] = {}
+        self._limits: dict[int, dict[str, int]] = {}
         self._parent: dict[int, int | None] = {self.top: None}
 
     def _learn(self, fd: int, pid: int | None = None) -> int:
@@ -150,8 +190,10 @@ class UsernsTree:
         maps = read_maps_of_pid(pid) if pid is not None else read_maps_of_fd(fd)
         maps = Maps(maps.uid_map, maps.gid_map, maps.setgroups, owner_uid(fd))
         self._maps[key] = maps
+        self._limits[key] = limits = read_limits(fd)
         self._parent[key] = pkey
-        self._desc[key] = f"{self._desc[pkey]} > [{maps.text()}]"
+        shown = "".join(f" max_{k} {v}" for k, v in sorted(limits.items()))
+        self._desc[key] = f"{self._desc[pkey]} > [{maps.text()}{shown}]"
         return key
 
     def of_pid(self, pid: int) -> int:
@@ -181,6 +223,10 @@ class UsernsTree:
     def maps(self, key: int) -> Maps | None:
         """The maps of a learnt user namespace (None for the reader's own)."""
         return self._maps.get(key)
+
+    def limits(self, key: int) -> dict[str, int]:
+        """The limits of a learnt user namespace that differ from a new one's (read_limits)."""
+        return self._limits.get(key, {})
 
     def parent(self, key: int) -> int | None:
         """The inode of a learnt user namespace's parent (None at the top)."""

@@ -151,6 +151,8 @@ class _Plan:
             self.doc[self.ids[key]] = {"parent": pname, "uid_map": [list(r) for r in maps.uid_map],
                                        "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups,
                                        "owner": maps.owner}
+            if users.limits(key):
+                self.doc[self.ids[key]]["limits"] = users.limits(key)
         return self.ids[key]
 
     def record_creds(self, pid: int, own: int) -> None:
@@ -878,6 +880,10 @@ class Rebuild:
         there, or was forked by one that did) only takes its ids: setns into one's own user
         namespace is EINVAL, and a stand-in that pivoted into a root without /proc (CRIU's
         mntns_pivot_root under the uns flavor) cannot look which one it is in."""
+        # The user namespaces' limits last: the restore has made every namespace in them by now
+        # (a limit of 0, or of what exists, would have refused that).
+        for name, rec in self.users.items():
+            userns.set_limits(self.fd[name], rec.get("limits") or {})
         started = self._started_in()
         for p in self.doc["processes"]:
             if "userns" not in p and p.get("creds"):

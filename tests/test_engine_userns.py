@@ -291,3 +291,19 @@ def test_a_fuse_made_inside_a_user_namespace_is_refused_unstopped(case):
     assert re.search(r"mount \d+ \(/mnt/fuse\) on (fuse[.\w-]*): its superblock was made inside a user namespace, "
                      r"which restore cannot do for \1 yet", str(err.value)), err.value
     assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_user_namespace_limits_read_back_and_a_bad_one_is_refused_by_the_image_check():
+    """bwrap --disable-userns sets its sandbox's user.max_user_namespaces: a restored sandbox without
+    it could make user namespaces again. A new namespace reads as having none set."""
+    from engine import imageformat
+    fd = userns.make(ROOTLESS)
+    try:
+        assert userns.read_limits(fd) == {}
+        userns.set_limits(fd, {"user_namespaces": 1, "mnt_namespaces": 7})
+        assert userns.read_limits(fd) == {"user_namespaces": 1, "mnt_namespaces": 7}
+    finally:
+        os.close(fd)
+    assert imageformat._limits_rule({"user_namespaces": 0}) is None
+    assert "not a user namespace limit" in imageformat._limits_rule({"max_user_namespaces": 1})
+    assert "0..2^31-1" in imageformat._limits_rule({"user_namespaces": -1})
