@@ -491,6 +491,14 @@ def _limits_rule(v: dict) -> str | None:
     return None
 
 
+def _caps_rule(v: dict) -> str | None:
+    if set(v) != {"inh", "prm", "eff", "bnd", "amb"}:
+        return "must have exactly inh, prm, eff, bnd and amb"
+    if any(type(x) is not int or not 0 <= x < 1 << 64 for x in v.values()):
+        return "each must be a 64-bit mask"
+    return None
+
+
 USERNS = Record("user namespace", {
     "parent": F(OPT_STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "uid_map": F(LIST, rule=_map_rule),
@@ -547,6 +555,7 @@ PROCESS = Record("process", {
     # checked here as bytes, so that a longer one is refused, not cut, and one no encoding takes
     # does not fail in the stand-in once the tree is made.
     "comm": F(STR, required=False, rule=comm_rule),
+    "caps": F(DICT, required=False, rule=_caps_rule),        # {inh, prm, eff, bnd, amb}: capability bit masks
 })
 
 MOUNT = Record("mount", {

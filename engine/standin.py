@@ -213,7 +213,7 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
     return chan
 
 
-def _detach(keep: set[int], exe_fd: int | None = None, ids: tuple | None = None) -> None:
+def _detach(keep: set[int], exe_fd: int | None = None, ids: tuple | None = None, caps: dict | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     low = 0
@@ -221,10 +221,12 @@ def _detach(keep: set[int], exe_fd: int | None = None, ids: tuple | None = None)
         if n > low:
             os.closerange(low, n)
         low = n + 1
-    if exe_fd is not None and not mappings.become_exe(exe_fd, ids):   # (does not return when it can)
+    if exe_fd is not None and not mappings.become_exe(exe_fd, ids, caps):   # (does not return when it can)
         os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
+    if caps is not None:
+        kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
     while True:
         signal.pause()
 
@@ -384,5 +386,9 @@ class _Server:
         self.chan.send(("ok", None))
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0])
-        _detach(self.installed, self.exe_fd, self.ids)
+        caps = msg[2] if len(msg) > 2 else None
+        if caps is not None:
+            # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
+            kernel.drop_bounding(caps["bnd"])
+        _detach(self.installed, self.exe_fd, self.ids, caps)
         return None

@@ -147,13 +147,17 @@ def read_limits(userns_fd: int) -> dict[str, int]:
     return forkrun.run(read)
 
 
-def set_limits(userns_fd: int, limits: dict[str, int]) -> None:
+def set_limits(userns_fd: int, limits: dict[str, int], proc_fd: int | None = None) -> None:
     """Give the user namespace at `userns_fd` the `limits` read_limits read, from a forked child
-    that joined it (it has every capability there)."""
+    that joined it (it has every capability there); `proc_fd`: a /proc to write them through, when
+    the caller's root has none."""
     def write():
         kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
         for name, value in limits.items():
-            with open(f"/proc/sys/user/max_{name}", "w") as f:
+            path = f"sys/user/max_{name}"
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd) if proc_fd is not None \
+                else os.open("/proc/" + path, os.O_WRONLY | os.O_CLOEXEC)
+            with os.fdopen(fd, "w") as f:
                 f.write(str(value))
     if limits:
         forkrun.run(write)
@@ -343,17 +347,20 @@ def idmaps(pid: int, mounts) -> dict[int, str]:
 
 
 def creds(pid: int) -> str:
-    """``uid R,E,S,F gid R,E,S,F groups G,... proc U:G`` of `pid` in the reader's ids; `proc` is the
-    owner of its /proc/PID files, which says whether it is dumpable (its ids when it is)."""
+    """``uid R,E,S,F gid R,E,S,F groups G,... proc U:G caps inh X prm X eff X bnd X amb X`` of `pid`
+    in the reader's ids; `proc` is the owner of its /proc/PID files, which says whether it is dumpable
+    (its ids when it is)."""
     fields = {}
     with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("Uid", "Gid", "Groups"):
+            if key in ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
                 fields[key] = value.split()
+    caps = " ".join(f"{k[3:].lower()} {fields[k][0]}" for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+                    if k in fields)
     st = os.stat(f"/proc/{pid}/status")   # (not /proc/PID: a directory is always its euid's)
     return (f"uid {','.join(fields.get('Uid', []))} gid {','.join(fields.get('Gid', []))} "
-            f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'} proc {st.st_uid}:{st.st_gid}")
+            f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'} proc {st.st_uid}:{st.st_gid} caps {caps}")
 
 
 # --- restore: making user namespaces and locked mount namespaces --------------------------------

@@ -874,7 +874,7 @@ class Rebuild:
 
     # -- stand-ins ---------------------------------------------------------------------------------
 
-    def become(self, chans: dict) -> None:
+    def become(self, chans: dict, hostproc: int | None = None) -> None:
         """Each stand-in of a process in a user namespace joins it and takes its ids there (last:
         it gives up its privilege over everything else). One that is in it already (it started
         there, or was forked by one that did) only takes its ids: setns into one's own user
@@ -883,7 +883,7 @@ class Rebuild:
         # The user namespaces' limits last: the restore has made every namespace in them by now
         # (a limit of 0, or of what exists, would have refused that).
         for name, rec in self.users.items():
-            userns.set_limits(self.fd[name], rec.get("limits") or {})
+            userns.set_limits(self.fd[name], rec.get("limits") or {}, hostproc)
         started = self._started_in()
         for p in self.doc["processes"]:
             if "userns" not in p and p.get("creds"):
