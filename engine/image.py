@@ -32,6 +32,11 @@ MAX_MANIFEST_BYTES = 128 << 20
 MAX_PATH = 4096
 
 NS_KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup")
+# /proc/sys/user/max_NAME: the limits each user namespace has of its own (an image's user namespace
+# records those that differ from a new one's)
+USERNS_LIMITS = ("cgroup_namespaces", "fanotify_groups", "fanotify_marks", "inotify_instances", "inotify_watches",
+                 "ipc_namespaces", "mnt_namespaces", "net_namespaces", "pid_namespaces", "time_namespaces",
+                 "user_namespaces", "uts_namespaces")
 
 
 class ImageError(ValueError):

@@ -43,8 +43,8 @@ import re
 from collections.abc import Callable
 from engine import records
 
-from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, VERSION, ImageError,
-                          check_abs_path, is_beneath)
+from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, USERNS_LIMITS, VERSION,
+                          ImageError, check_abs_path, is_beneath)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -484,11 +484,30 @@ def _map_rule(v) -> str | None:
     return None
 
 
+def _limits_rule(v: dict) -> str | None:
+    for k, x in v.items():
+        if k not in USERNS_LIMITS:
+            return f"{k!r} is not a user namespace limit ({', '.join(USERNS_LIMITS)})"
+        if type(x) is not int or not 0 <= x < 1 << 31:
+            return f"{k}: must be an integer of 0..2^31-1"
+    return None
+
+
+def _caps_rule(v: dict) -> str | None:
+    if set(v) != {"inh", "prm", "eff", "bnd", "amb"}:
+        return "must have exactly inh, prm, eff, bnd and amb"
+    if any(type(x) is not int or not 0 <= x < 1 << 64 for x in v.values()):
+        return "each must be a 64-bit mask"
+    return None
+
+
 USERNS = Record("user namespace", {
     "parent": F(OPT_STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "uid_map": F(LIST, rule=_map_rule),
     "gid_map": F(LIST, rule=_map_rule),
     "setgroups": F(STR, rule=lambda v: None if v in ("allow", "deny") else "must be allow or deny"),
+    "owner": F(OPT_INT, required=False, rule=rng(0, MAX_UID)),   # the uid that made it (dumper's ids)
+    "limits": F(DICT, required=False, rule=_limits_rule),         # {NAME: value} of /proc/sys/user/max_NAME
 })
 
 
@@ -510,6 +529,7 @@ CREDS = Record("credentials", {
     "uid": F(LIST, rule=_ids_rule(4)),                        # real, effective, saved, fs
     "gid": F(LIST, rule=_ids_rule(4)),
     "groups": F(LIST, rule=_ids_rule(0, MAX_NGROUPS)),
+    "dumpable": F(OPT_BOOL, required=False),                  # prctl(PR_SET_DUMPABLE) after the ids
 })
 
 # A file lock the process holds (engine/filelocks.py), taken again through its fd `fd`: a POSIX lock
@@ -553,6 +573,7 @@ PROCESS = Record("process", {
     # does not fail in the stand-in once the tree is made.
     "comm": F(STR, required=False, rule=comm_rule),
     "locks": F(LIST, required=False, rule=list_of(record(LOCK), MAX_FDS, DICT)),
+    "caps": F(DICT, required=False, rule=_caps_rule),        # {inh, prm, eff, bnd, amb}: capability bit masks
 })
 
 MOUNT = Record("mount", {

@@ -462,6 +462,11 @@ def read_comm(pid: int) -> str:
     return (data[:-1] if data.endswith(b"\n") else data).decode("utf-8", "surrogateescape")
 
 
+def set_dumpable(on: bool) -> None:
+    """prctl(PR_SET_DUMPABLE): whether the process is dumpable (changing ids clears it)."""
+    _check(_libc.prctl(ctypes.c_int(4), ctypes.c_ulong(1 if on else 0), 0, 0, 0), "prctl(PR_SET_DUMPABLE)")
+
+
 def set_pdeathsig(sig: int) -> None:
     """prctl(PR_SET_PDEATHSIG): get `sig` when the parent thread exits (0 clears it)."""
     _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(sig), 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
@@ -555,6 +560,48 @@ def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
     _check(_libc.prctl(28, 0x4, 0, 0, 0), "prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP)")
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
+
+
+CAP_SETS = ("inh", "prm", "eff", "bnd", "amb")   # /proc/PID/status CapInh, CapPrm, CapEff, CapBnd, CapAmb
+
+
+def read_caps(pid: int) -> dict[str, int]:
+    """The capability sets of `pid` (inheritable, permitted, effective, bounding, ambient), as bit masks."""
+    out = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key.startswith("Cap") and key[3:].lower() in CAP_SETS:
+                out[key[3:].lower()] = int(value, 16)
+    return out
+
+
+def cap_data(caps: dict[str, int]):
+    """(header, data) for capset(2) setting `caps`' inheritable, permitted and effective sets."""
+    head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()   # _LINUX_CAPABILITY_VERSION_3
+    for i in (0, 1):
+        data[i].effective, data[i].permitted, data[i].inheritable = \
+            ((caps[k] >> (32 * i)) & 0xFFFFFFFF for k in ("eff", "prm", "inh"))
+    return head, data
+
+
+def drop_bounding(keep: int) -> None:
+    """Drop from the bounding set every capability not in mask `keep` (needs CAP_SETPCAP)."""
+    c = 0
+    while c < 64 and _libc.prctl(23, c, 0, 0, 0) >= 0:   # PR_CAPBSET_READ: EINVAL past the last one
+        if not keep >> c & 1:
+            _check(_libc.prctl(24, c, 0, 0, 0), f"prctl(PR_CAPBSET_DROP, {c})")
+        c += 1
+
+
+def take_caps(caps: dict[str, int]) -> None:
+    """Make the inheritable, permitted and effective sets `caps`' (only ever fewer than now), then
+    raise its ambient ones."""
+    head, data = cap_data(caps)
+    _check(_libc.capset(ctypes.byref(head), data), "capset")
+    for c in range(64):
+        if caps["amb"] >> c & 1:
+            _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, c, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE, {c})")
 
 
 class fs_ids_for_a_while:

@@ -46,6 +46,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
             "fds": [],
             "comm": kernel.read_comm(pid),
+            "caps": kernel.read_caps(pid),
         }
         for key in ("root", "cwd"):
             entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)

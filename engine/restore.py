@@ -1802,7 +1802,7 @@ class _Restorer:
         """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
         procs = self.doc["processes"]
         for p in reversed(procs):
-            self.chans[p["pid"]].call(("detach", p.get("comm")), [lifeline] if p is procs[0] else [])
+            self.chans[p["pid"]].call(("detach", p.get("comm"), p.get("caps")), [lifeline] if p is procs[0] else [])
 
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> int:
@@ -1850,7 +1850,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     r.seal()
     r.place_processes()
     r.take_locks()
-    r._users_call(r.users.become, r.chans)
+    r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore
     return r.hostpid[doc["processes"][0]["pid"]]

@@ -214,7 +214,7 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
     return chan
 
 
-def _detach(keep: set[int], exe_fd: int | None = None, ids: tuple | None = None) -> None:
+def _detach(keep: set[int], exe_fd: int | None = None, ids: tuple | None = None, caps: dict | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     low = 0
@@ -222,10 +222,12 @@ def _detach(keep: set[int], exe_fd: int | None = None, ids: tuple | None = None)
         if n > low:
             os.closerange(low, n)
         low = n + 1
-    if exe_fd is not None and not mappings.become_exe(exe_fd, ids):   # (does not return when it can)
+    if exe_fd is not None and not mappings.become_exe(exe_fd, ids, caps):   # (does not return when it can)
         os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
+    if caps is not None:
+        kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
     while True:
         signal.pause()
 
@@ -290,7 +292,7 @@ class _Server:
         self.chan = chan
         self.installed: set[int] = set()
         self.exe_fd = None
-        self.ids = None   # (uid, gid, groups) deferred to the end of detach
+        self.ids = None   # (uid, gid, groups, dumpable) deferred to the end of detach
 
     def op_spawn(self, msg, fds):
         """A child stand-in (its channel: fds[0]) in mode msg[1]."""
@@ -372,13 +374,13 @@ class _Server:
 
     def op_become(self, msg, fds):
         """Last request but detach: join the process's user namespace with its ids there."""
-        _, uid, gid, groups = msg
+        _, uid, gid, groups, dumpable = msg
         if not fds and uid is not None and self.exe_fd is not None and mappings.can_become_exe():
             # Other ids in our own user namespace: taking them now would drop the privilege
             # setting the executable needs, so the last step of detach takes them.
-            self.ids = (uid, gid, groups or [])
+            self.ids = (uid, gid, groups or [], dumpable)
         else:
-            userns_cr.become(fds[0] if fds else None, uid, gid, groups)
+            userns_cr.become(fds[0] if fds else None, uid, gid, groups, dumpable)
         return None
 
     def op_detach(self, msg, fds):
@@ -391,5 +393,9 @@ class _Server:
         self.chan.send(("ok", None))
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0])
-        _detach(self.installed, self.exe_fd, self.ids)
+        caps = msg[2] if len(msg) > 2 else None
+        if caps is not None:
+            # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
+            kernel.drop_bounding(caps["bnd"])
+        _detach(self.installed, self.exe_fd, self.ids, caps)
         return None

@@ -21,10 +21,12 @@ import struct
 from engine.records import record
 
 from engine import forkrun, kernel
+from engine.image import USERNS_LIMITS
 
 # linux/nsfs.h
 NS_GET_USERNS = 0xB701
 NS_GET_PARENT = 0xB702
+NS_GET_OWNER_UID = 0xB704
 
 STATMOUNT_MNT_UIDMAP = 0x2000
 STATMOUNT_MNT_GIDMAP = 0x4000
@@ -50,6 +52,13 @@ def parent_fd(userns_fd: int) -> int | None:
         raise
 
 
+def owner_uid(userns_fd: int) -> int:
+    """The uid (in the caller's ids) that made the user namespace at `userns_fd`: the kernel gives
+    it every capability there from the parent namespace (it may setns into it, ptrace its processes)."""
+    buf = fcntl.ioctl(userns_fd, NS_GET_OWNER_UID, b"\0" * 4)
+    return struct.unpack("=I", buf)[0]
+
+
 def ino(fd: int) -> int:
     """The inode number that names the namespace at `fd` on this boot."""
     return os.fstat(fd).st_ino
@@ -67,12 +76,15 @@ class Maps:
     uid_map: tuple[tuple[int, int, int], ...]
     gid_map: tuple[tuple[int, int, int], ...]
     setgroups: str            # "allow" or "deny"
+    owner: int | None = None  # the uid that made it (a user namespace's, not an idmapped mount's)
 
     def text(self) -> str:
-        """One stable line: ``uid 0 100000 65536 gid 0 100000 65536 setgroups allow``."""
+        """One stable line: ``uid 0 100000 65536 gid 0 100000 65536 setgroups allow [owner 1000]`` (the
+        owner when not root: root made most)."""
         def ranges(m):
             return ",".join(f"{a} {b} {c}" for a, b, c in m) or "-"
-        return f"uid {ranges(self.uid_map)} gid {ranges(self.gid_map)} setgroups {self.setgroups}"
+        owner = f" owner {self.owner}" if self.owner else ""
+        return f"uid {ranges(self.uid_map)} gid {ranges(self.gid_map)} setgroups {self.setgroups}{owner}"
 
 
 def parse_map(text: str) -> tuple[tuple[int, int, int], ...]:
@@ -109,6 +121,48 @@ def read_maps_of_fd(userns_fd: int) -> Maps:
         _release(pid, ready_r, go_w)
 
 
+LIMIT_DEFAULT = (1 << 31) - 1                    # what a new user namespace starts with
+
+
+def _read_limits() -> dict[str, int]:
+    out = {}
+    for name in USERNS_LIMITS:
+        try:
+            with open(f"/proc/sys/user/max_{name}") as f:
+                value = int(f.read())
+        except FileNotFoundError:
+            continue   # a kernel without that limit
+        if value != LIMIT_DEFAULT:
+            out[name] = value
+    return out
+
+
+def read_limits(userns_fd: int) -> dict[str, int]:
+    """The limits (user.max_*) of the user namespace at `userns_fd` that differ from a new one's
+    (bwrap --disable-userns sets max_user_namespaces): /proc/sys/user shows the reader's namespace's,
+    so a forked child that joined it reads them."""
+    def read():
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+        return _read_limits()
+    return forkrun.run(read)
+
+
+def set_limits(userns_fd: int, limits: dict[str, int], proc_fd: int | None = None) -> None:
+    """Give the user namespace at `userns_fd` the `limits` read_limits read, from a forked child
+    that joined it (it has every capability there); `proc_fd`: a /proc to write them through, when
+    the caller's root has none."""
+    def write():
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+        for name, value in limits.items():
+            path = f"sys/user/max_{name}"
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd) if proc_fd is not None \
+                else os.open("/proc/" + path, os.O_WRONLY | os.O_CLOEXEC)
+            with os.fdopen(fd, "w") as f:
+                f.write(str(value))
+    if limits:
+        forkrun.run(write)
+
+
 class UsernsTree:
     """The user namespaces met while reading a process tree, below the reader's own.
 
@@ -121,6 +175,7 @@ class UsernsTree:
         self.top = own_userns_ino()
         self._desc: dict[int, str] = {self.top: "init"}
         self._maps: dict[int, Maps] = {}
+        self._limits: dict[int, dict[str, int]] = {}
         self._parent: dict[int, int | None] = {self.top: None}
 
     def _learn(self, fd: int, pid: int | None = None) -> int:
@@ -137,9 +192,12 @@ class UsernsTree:
         finally:
             os.close(par)
         maps = read_maps_of_pid(pid) if pid is not None else read_maps_of_fd(fd)
+        maps = Maps(maps.uid_map, maps.gid_map, maps.setgroups, owner_uid(fd))
         self._maps[key] = maps
+        self._limits[key] = limits = read_limits(fd)
         self._parent[key] = pkey
-        self._desc[key] = f"{self._desc[pkey]} > [{maps.text()}]"
+        shown = "".join(f" max_{k} {v}" for k, v in sorted(limits.items()))
+        self._desc[key] = f"{self._desc[pkey]} > [{maps.text()}{shown}]"
         return key
 
     def of_pid(self, pid: int) -> int:
@@ -169,6 +227,10 @@ class UsernsTree:
     def maps(self, key: int) -> Maps | None:
         """The maps of a learnt user namespace (None for the reader's own)."""
         return self._maps.get(key)
+
+    def limits(self, key: int) -> dict[str, int]:
+        """The limits of a learnt user namespace that differ from a new one's (read_limits)."""
+        return self._limits.get(key, {})
 
     def parent(self, key: int) -> int | None:
         """The inode of a learnt user namespace's parent (None at the top)."""
@@ -285,15 +347,20 @@ def idmaps(pid: int, mounts) -> dict[int, str]:
 
 
 def creds(pid: int) -> str:
-    """``uid R,E,S,F gid R,E,S,F groups G,...`` of `pid` in the reader's ids."""
+    """``uid R,E,S,F gid R,E,S,F groups G,... proc U:G caps inh X prm X eff X bnd X amb X`` of `pid`
+    in the reader's ids; `proc` is the owner of its /proc/PID files, which says whether it is dumpable
+    (its ids when it is)."""
     fields = {}
     with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
         for line in f:
             key, _, value = line.partition(":")
-            if key in ("Uid", "Gid", "Groups"):
+            if key in ("Uid", "Gid", "Groups", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
                 fields[key] = value.split()
+    caps = " ".join(f"{k[3:].lower()} {fields[k][0]}" for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")
+                    if k in fields)
+    st = os.stat(f"/proc/{pid}/status")   # (not /proc/PID: a directory is always its euid's)
     return (f"uid {','.join(fields.get('Uid', []))} gid {','.join(fields.get('Gid', []))} "
-            f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'}")
+            f"groups {','.join(sorted(fields.get('Groups', []), key=int)) or '-'} proc {st.st_uid}:{st.st_gid} caps {caps}")
 
 
 # --- restore: making user namespaces and locked mount namespaces --------------------------------
@@ -364,11 +431,23 @@ def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = No
         os.setresuid(uid, uid, uid)
         # Changing ids cleared "dumpable", which makes /proc/PID files root's (the initial
         # namespace's, unmapped here): the maps could not be written.
-        _set_dumpable()
+        kernel.set_dumpable(True)
+
+    # The uid that unshares a user namespace owns it (every capability there from the parent): the
+    # dumped owner, as the parent sees it (a rootless runtime's user, not the restorer's root).
+    try:
+        owner = None if maps.owner is None else \
+            translate(((0, maps.owner, 1),), parent_maps.uid_map if parent_maps else None)[0][1]
+    except ValueError:
+        raise OSError(errno.EINVAL, f"making a user namespace ({maps.text()}): its owner is not mapped in "
+                                    "its parent") from None
 
     def unshare_user():
         if parent_fd is not None:
             become_parent_root()
+        if owner is not None and owner != os.geteuid():
+            os.setresuid(owner, owner, owner)
+            kernel.set_dumpable(True)   # (its maps are written through /proc/PID, as above)
         kernel.unshare(kernel.CLONE_NEWUSER)
 
     child = _hold_in(unshare_user)
@@ -396,13 +475,6 @@ def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = No
         raise OSError(e.errno, f"making a user namespace ({maps.text()}): {e.strerror or e}") from None
     finally:
         _release(*child)
-
-
-def _set_dumpable() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(4, 1, 0, 0, 0) != 0:  # PR_SET_DUMPABLE
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_DUMPABLE): {os.strerror(err)}")
 
 
 def _map_text(ranges) -> str:

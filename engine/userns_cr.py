@@ -68,6 +68,15 @@ def _inside(ids, ranges) -> list[int]:
     return out
 
 
+def _dumpable(pid: int, euid: int, egid: int) -> bool:
+    """Whether `pid` is dumpable: the kernel gives its /proc/PID files (not the directory) its
+    effective ids when it is, else the root of its memory's user namespace. (Its stand-in changes
+    ids, which clears "dumpable": it sets it back.) Where that root is the process's own ids, both
+    read as dumpable, and restore gives the same owner."""
+    st = os.stat(f"/proc/{pid}/status")
+    return (st.st_uid, st.st_gid) == (euid, egid)
+
+
 def _creds(pid: int, maps: userns.Maps) -> dict | None:
     """The ids of `pid` inside its user namespace; None when they are the dumper's root, unmapped."""
     fields = {}
@@ -79,6 +88,7 @@ def _creds(pid: int, maps: userns.Maps) -> dict | None:
     out = {"uid": _inside(fields["Uid"], maps.uid_map), "gid": _inside(fields["Gid"], maps.gid_map),
            "groups": _inside(fields.get("Groups", []), maps.gid_map)}
     if None not in out["uid"] + out["gid"] + out["groups"]:
+        out["dumpable"] = _dumpable(pid, fields["Uid"][1], fields["Gid"][1])
         return out
     if set(fields["Uid"] + fields["Gid"] + fields.get("Groups", [])) == {0}:
         # The dumper's root, unmapped there (a namespace made by root that never switched ids): a
@@ -139,7 +149,10 @@ class _Plan:
             self.ids[key] = f"user-{len(self.ids) + 1}"
             maps = users.maps(key)
             self.doc[self.ids[key]] = {"parent": pname, "uid_map": [list(r) for r in maps.uid_map],
-                                       "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups}
+                                       "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups,
+                                       "owner": maps.owner}
+            if users.limits(key):
+                self.doc[self.ids[key]]["limits"] = users.limits(key)
         return self.ids[key]
 
     def record_creds(self, pid: int, own: int) -> None:
@@ -534,7 +547,7 @@ def construct_subtrees(mntns: dict) -> dict[int, list[int]]:
 
 def _maps_of(rec: dict) -> userns.Maps:
     return userns.Maps(tuple(tuple(r) for r in rec["uid_map"]), tuple(tuple(r) for r in rec["gid_map"]),
-                       rec["setgroups"])
+                       rec["setgroups"], rec.get("owner"))
 
 
 class Rebuild:
@@ -861,22 +874,27 @@ class Rebuild:
 
     # -- stand-ins ---------------------------------------------------------------------------------
 
-    def become(self, chans: dict) -> None:
+    def become(self, chans: dict, hostproc: int | None = None) -> None:
         """Each stand-in of a process in a user namespace joins it and takes its ids there (last:
         it gives up its privilege over everything else). One that is in it already (it started
         there, or was forked by one that did) only takes its ids: setns into one's own user
         namespace is EINVAL, and a stand-in that pivoted into a root without /proc (CRIU's
         mntns_pivot_root under the uns flavor) cannot look which one it is in."""
+        # The user namespaces' limits last: the restore has made every namespace in them by now
+        # (a limit of 0, or of what exists, would have refused that).
+        for name, rec in self.users.items():
+            userns.set_limits(self.fd[name], rec.get("limits") or {}, hostproc)
         started = self._started_in()
         for p in self.doc["processes"]:
             if "userns" not in p and p.get("creds"):
                 c = p["creds"]
-                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"]), [])
+                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"], c.get("dumpable")), [])
             if "userns" in p:
                 creds = p.get("creds")
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
                 chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
-                                      None if deny or not creds else creds["groups"]),
+                                      None if deny or not creds else creds["groups"],
+                                      creds and creds.get("dumpable")),
                                      [] if started.get(p["pid"]) == p["userns"] else [self.fd[p["userns"]]])
 
     def _started_in(self) -> dict[int, str | None]:
@@ -1064,8 +1082,11 @@ def _member_of(userns_fd: int) -> bool:
         return False
 
 
-def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None) -> None:
-    """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs)."""
+def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None,
+           dumpable: bool | None = None) -> None:
+    """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs),
+    and the dumped "dumpable" (changing ids cleared it: /proc/PID files would be root's, setns and
+    ptrace by the process's own user refused)."""
     from engine import kernel
     # A stand-in forked by one that started in the namespace is in it already (CRIU's zdtm tests
     # under the uns flavor: the test's pid 1 forks the test), and setns to it again is EINVAL.
@@ -1077,3 +1098,5 @@ def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[i
         os.setgroups(groups)
     os.setresgid(gid[0], gid[1], gid[2])
     os.setresuid(uid[0], uid[1], uid[2])
+    if dumpable is not None:
+        kernel.set_dumpable(dumpable)

@@ -19,15 +19,40 @@ exec {HOLD} 100000 </dev/null >/dev/null 2>&1
 
 
 def _creds(state) -> list[str]:
-    return sorted(line for p in state.snap.procs for line in p.text().splitlines() if line.startswith("creds:"))
+    """The processes' ids (their capabilities left out: compared whole by roundtrip)."""
+    return sorted(line.split(" caps ")[0] for p in state.snap.procs for line in p.text().splitlines()
+                  if line.startswith("creds:"))
 
 
 def test_ids_of_a_process_without_user_namespace_are_kept(case):
     """The setuid child comes back with its uid, gid and groups, and its executable (set while the
-    stand-in was still privileged); the root holder stays root."""
+    stand-in was still privileged), dumpable as it was (taking the ids had cleared it: its /proc
+    files were root's); the root holder stays root."""
     before, after = case.roundtrip(SETUP)
     exe = [line for p in after.snap.procs for line in p.text().splitlines() if line.startswith("map exe")]
     assert "map exe /mntcr-hold mnt=/" in exe
-    assert _creds(before) == ["creds: uid 0,0,0,0 gid 0,0,0,0 groups -",
-                              "creds: uid 18943,18943,18943,18943 gid 58467,58467,58467,58467 groups 27495,48244"]
+    # (`proc`: the owner of its /proc/PID files, its own ids: it is dumpable, as its stand-in is again
+    # after taking them)
+    assert _creds(before) == ["creds: uid 0,0,0,0 gid 0,0,0,0 groups - proc 0:0",
+                              "creds: uid 18943,18943,18943,18943 gid 58467,58467,58467,58467 groups 27495,48244 "
+                              "proc 18943:58467"]
     assert _creds(after) == _creds(before)
+
+
+def test_capability_sets_are_kept(case):
+    """Runtimes drop capabilities (runc's default keeps 14 in the bounding set, bwrap none): every
+    stand-in came back with the restorer's full sets. A root process whose bounding set holds only
+    kill and net_bind_service (its permitted and effective sets follow at exec) keeps those."""
+    setup = f"""
+cp "$(readlink -f {HOLD})" /mntcr-hold
+setpriv --bounding-set -all,+kill,+net_bind_service --inh-caps=-all /mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+exec {HOLD} 100000 </dev/null >/dev/null 2>&1
+"""
+    before, after = case.roundtrip(setup)
+    caps = sorted(line.split(" caps ")[1] for p in after.snap.procs for line in p.text().splitlines()
+                  if line.startswith("creds:"))
+    assert "inh 0000000000000000 prm 0000000000000420 eff 0000000000000420 bnd 0000000000000420 " \
+           "amb 0000000000000000" in caps, caps
+    assert [p.text() for p in before.snap.procs] and caps == sorted(
+        line.split(" caps ")[1] for p in before.snap.procs for line in p.text().splitlines()
+        if line.startswith("creds:"))

@@ -241,6 +241,38 @@ def test_ids_mountinfo_dumps_without_unique_ids(case):
     assert set(uids["mountinfo"]) == {None}, uids
 
 
+def _layer_refused(case, forced: str, setup: str, pattern: str) -> None:
+    """Dump of the tree `setup` makes refuses its overlay with the one line `pattern`, before the
+    tree is stopped, leaving it running and no image."""
+    pid = case.start(enginecase.STOP_WATCH + setup)
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS,
+              env={"MNTCR_STRATEGY": forced} if forced else None)
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(pattern, r.stderr), r.stderr
+    assert not os.path.exists(images)
+    # (without unique ids too: the files are looked at beneath the covers in a copy of the running
+    # tree's namespace, before it is stopped)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
+    with open(f"/proc/{pid}/stat") as f:
+        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
+
+
+@pytest.mark.parametrize("forced", ["", "ids=mountinfo"])
+def test_layer_whose_mount_was_unmounted_is_refused_naming_where_the_path_ends(case, forced):
+    """podman --uidmap (overlay storage) mounts the overlay with layers on idmapped mounts beneath
+    .../mapped/0 and unmounts them at once: the layer path then ends in an empty directory. It was
+    refused as if the mount had been moved; the refusal now says where the path ends, that the mount
+    may have been unmounted, and leaves the tree running."""
+    _layer_refused(case, forced, "mkdir -p /mnt/src/l /mnt/ov/u /mnt/ov/w /mnt/ov/m /mnt/mapped; "
+                   "echo 1 > /mnt/src/l/x\nmount --bind /mnt/src /mnt/mapped\n"
+                   "mount -t overlay ov -o lowerdir=/mnt/mapped/l,upperdir=/mnt/ov/u,workdir=/mnt/ov/w /mnt/ov/m\n"
+                   "umount /mnt/mapped\nhold\n",
+                   r"mntcr dump: mount \d+ \(/mnt/ov/m\) on overlay: its layer lowerdir=/mnt/mapped/l is "
+                   r"no longer a directory at that path \(/mnt/mapped holds no 'l'\): the mount the overlay "
+                   r"was given it through was unmounted or moved after the overlay was made .*not supported\n")
+
+
 @pytest.mark.parametrize("forced", ["", "ids=mountinfo"])
 def test_layer_whose_mount_was_moved_is_refused(case, forced):
     """An overlay's options keep the layer paths it was given; after `mount --move` of the layers'
@@ -250,20 +282,9 @@ def test_layer_whose_mount_was_moved_is_refused(case, forced):
     on no mount the path crosses, which is the same refusal, not "mounted over it after the overlay"
     (the random trees' explicit example failed on that message in 5.10's strategy)."""
     # /mnt a mount of its own, as in the random trees: the layer path then crosses two mounts (/mnt, /)
-    pid = case.start(enginecase.STOP_WATCH + "mount -t tmpfs base /mnt; mkdir -p /mnt/t0 /mnt/m2; "
-                     "mount -t tmpfs t0 /mnt/t0\n"
-                     "mkdir -p /mnt/t0/ov/l /mnt/t0/ov/u /mnt/t0/ov/w /mnt/t0/ov/m; echo 1 > /mnt/t0/ov/l/x\n"
-                     "mount -t overlay ov -o lowerdir=/mnt/t0/ov/l,upperdir=/mnt/t0/ov/u,workdir=/mnt/t0/ov/w "
-                     "/mnt/t0/ov/m\nmount --move /mnt/t0 /mnt/m2\nhold\n")
-    images = case.new_images_dir()
-    r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS,
-              env={"MNTCR_STRATEGY": forced} if forced else None)
-    assert r.returncode == 2, r.stderr
-    assert re.fullmatch(r"mntcr dump: mount \d+ \(/mnt/m2/ov/m\) on overlay: its layer lowerdir=/mnt/t0/ov/l is "
-                        r"no longer a directory at that path .*not supported\n", r.stderr), r.stderr
-    assert not os.path.exists(images)
-    # (without unique ids too: the files are looked at beneath the covers in a copy of the running
-    # tree's namespace, before it is stopped)
-    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
-    with open(f"/proc/{pid}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] in ("S", "R"), "the tree was not left running"
+    _layer_refused(case, forced, "mount -t tmpfs base /mnt; mkdir -p /mnt/t0 /mnt/m2; mount -t tmpfs t0 /mnt/t0\n"
+                   "mkdir -p /mnt/t0/ov/l /mnt/t0/ov/u /mnt/t0/ov/w /mnt/t0/ov/m; echo 1 > /mnt/t0/ov/l/x\n"
+                   "mount -t overlay ov -o lowerdir=/mnt/t0/ov/l,upperdir=/mnt/t0/ov/u,workdir=/mnt/t0/ov/w "
+                   "/mnt/t0/ov/m\nmount --move /mnt/t0 /mnt/m2\nhold\n",
+                   r"mntcr dump: mount \d+ \(/mnt/m2/ov/m\) on overlay: its layer lowerdir=/mnt/t0/ov/l is "
+                   r"no longer a directory at that path .*not supported\n")

@@ -33,9 +33,24 @@ def test_nested_user_namespace_reads_back_its_maps():
     try:
         assert userns.read_maps_of_fd(inner) == inner_maps
         tree = userns.UsernsTree()
+        # (the inner one was made by the outer one's root: host uid 100000 owns it)
         assert tree.describe(tree._learn(inner)) == (
             "init > [uid 0 100000 65536 gid 0 100000 65536 setgroups allow] "
-            "> [uid 0 101000 1000 gid 0 101000 1000 setgroups deny]")
+            "> [uid 0 101000 1000 gid 0 101000 1000 setgroups deny owner 100000]")
+    finally:
+        os.close(inner)
+        os.close(outer)
+
+
+def test_a_user_namespace_is_made_by_its_dumped_owner():
+    """A rootless runtime's user made its container's user namespace and keeps every capability there
+    (setns, ptrace, `runc exec`); restore made it as root, so that user lost them."""
+    outer = userns.make(userns.Maps(ROOTLESS.uid_map, ROOTLESS.gid_map, ROOTLESS.setgroups, 100000))
+    inner = userns.make(userns.Maps(((0, 101000, 10),), ((0, 101000, 10),), "deny", 101005), outer, ROOTLESS)
+    try:
+        assert (userns.owner_uid(outer), userns.owner_uid(inner)) == (100000, 101005)
+        with pytest.raises(OSError, match="its owner is not mapped in its parent"):
+            userns.make(userns.Maps(((0, 101000, 10),), ((0, 101000, 10),), "deny", 300000), outer, ROOTLESS)
     finally:
         os.close(inner)
         os.close(outer)
@@ -276,3 +291,19 @@ def test_a_fuse_made_inside_a_user_namespace_is_refused_unstopped(case):
     assert re.search(r"mount \d+ \(/mnt/fuse\) on (fuse[.\w-]*): its superblock was made inside a user namespace, "
                      r"which restore cannot do for \1 yet", str(err.value)), err.value
     assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_user_namespace_limits_read_back_and_a_bad_one_is_refused_by_the_image_check():
+    """bwrap --disable-userns sets its sandbox's user.max_user_namespaces: a restored sandbox without
+    it could make user namespaces again. A new namespace reads as having none set."""
+    from engine import imageformat
+    fd = userns.make(ROOTLESS)
+    try:
+        assert userns.read_limits(fd) == {}
+        userns.set_limits(fd, {"user_namespaces": 1, "mnt_namespaces": 7})
+        assert userns.read_limits(fd) == {"user_namespaces": 1, "mnt_namespaces": 7}
+    finally:
+        os.close(fd)
+    assert imageformat._limits_rule({"user_namespaces": 0}) is None
+    assert "not a user namespace limit" in imageformat._limits_rule({"max_user_namespaces": 1})
+    assert "0..2^31-1" in imageformat._limits_rule({"user_namespaces": -1})

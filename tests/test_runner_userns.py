@@ -49,7 +49,8 @@ def test_user_namespace_owner_maps_and_locks(tmp_path):
     assert child.userns == "init > [uid 0 0 1 gid 0 0 1 setgroups deny]"
     # Its mount namespace belongs to its own user namespace; pid/uts/ipc/net stay the holder's.
     assert child.owners.startswith("mnt=own pid=init ")
-    assert child.creds == "uid 0,0,0,0 gid 0,0,0,0 groups -"
+    # (root of its own user namespace: every capability there, the runner's bounding set)
+    assert child.creds.startswith("uid 0,0,0,0 gid 0,0,0,0 groups - proc 0:0 caps inh 0000000000000000 prm ")
     # Everything the child inherited is locked, flags included; nothing of the holder is.
     assert child.locks["/mnt/x"] == "locked flags=ro,nosuid,atime"
     assert child.locks["/mnt"].startswith("locked flags=")

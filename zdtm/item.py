@@ -143,10 +143,21 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> O
         try:
             out = cycle.run(sc, bk, place, running, workdir, iters=spec.iters, update_golden=spec.update_golden,
                             timings=timings)
+            res = Outcome(out.kind, out.detail, kernel=release, setup_output=running.setup_output, timings=timings)
         except cycle.CycleFailure as e:
-            return Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output,
-                           timings=timings)
-        return Outcome(out.kind, out.detail, kernel=release, setup_output=running.setup_output, timings=timings)
+            res = Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output,
+                          timings=timings)
+    return _with_leaks(res, running.leaks)
+
+
+def _with_leaks(res: Outcome, leaks: list[str]) -> Outcome:
+    """`res`, failed when the place could not release what the run made (a passing run's leak is its own)."""
+    if not leaks:
+        return res
+    text = "teardown: " + "; ".join(leaks)
+    if res.outcome in ("fail", "setup-error"):
+        return dataclasses.replace(res, message=f"{res.message}\n{text}")
+    return dataclasses.replace(res, outcome="fail", message=text, kind="leak")
 
 
 def _serve(sc, workdir: str, undo: contextlib.ExitStack) -> None:

@@ -17,6 +17,9 @@
   A session marks what it starts with ``ZDTM_SESSION=<id>`` in the
   environment (processes inherit it, the ns flavor passes it into the
   container), so other sessions running on the same machine are not blamed.
+- Cgroups: runtimes make them in the host's hierarchy, named with the run's
+  tag; the place removes them when it stops, and one it cannot remove fails
+  that item (zdtm/cgroups.py, zdtm.item).
 
 Attribution (a workstation's table changes under other programs too:
 container runtimes, automounts, another test run):

@@ -14,7 +14,8 @@ TOP_KEYS = {
     "requires": "mapping with kernel, filesystems, commands, features, strategy",
     "params": "mapping NAME: [values...]; each combination is one test id",
     "exclude": "list of {NAME: value, ...} combinations to leave out of the matrix",
-    "setup": "sh script run as root inside the scenario, ending in `exec zdtm-hold` (required)",
+    "setup": "sh script run as root inside the scenario, ending in `exec zdtm-hold` (required); "
+             "$ZDTM_RUN_ID names the cgroups it makes (removed at teardown, zdtm/cgroups.py)",
     "check": "sh script; exits 0 and prints NAME.out (when there is one) before dump, the same after every restore",
     "expect": "pass | crfail: REASON | {BACKEND: pass | crfail: REASON | differs: REASON | skip: REASON, ...}",
     "flavors": "list of flavors this scenario runs in: ns, vm",

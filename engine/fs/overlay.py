@@ -404,12 +404,36 @@ def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -
 
 def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, where: str) -> None:
     """Refuse a layer whose path no longer leads to it: the overlay's options keep the path it was
-    given, and a layer whose mount was moved since (`mount --move`) resolves to the mount now at
+    given, and a layer whose mount was moved (`mount --move`) or unmounted since resolves to the mount now at
     that path, where the directory is missing."""
     if _gone_here(path, found, mounts, plan, ns_name):
-        raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path "
-                                        "(the layer's mount was moved, or the directory removed, after the overlay "
-                                        "was made): dump cannot tell where the layer lies now; not supported")
+        raise _not_there(where, key, path, plan, ns_name)
+
+
+def _not_there(where: str, key: str, path: str, plan, ns_name: str) -> FsError:
+    """The refusal of a layer whose path leads to no directory in namespace `ns_name` now, naming
+    the last directory the path does reach (where the mount that held the layer was)."""
+    pids = (getattr(plan, "ns_pids", None) or {}).get(ns_name) or ()
+    detail = ""
+    if pids:
+        parent, name = _last_present(f"/proc/{pids[0]}/root", path)
+        detail = f" ({parent} holds no {name!r})" if name else ""
+    return FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path"
+                                     f"{detail}: the mount the overlay was given it through was unmounted or "
+                                     "moved after the overlay was made (podman unmounts the idmapped layer "
+                                     "mounts it makes for --uidmap and --userns=auto), or the directory was "
+                                     "removed; dump cannot tell where the layer lies now; not supported")
+
+
+def _last_present(root: str, path: str) -> tuple[str, str]:
+    """(the longest prefix of `path` that is a directory beneath `root`, the next component), or
+    (path, "") when the whole path is one."""
+    here = "/"
+    for name in [p for p in path.split("/") if p]:
+        if not os.path.isdir(os.path.join(root + here, name)):
+            return here, name
+        here = os.path.join(here, name)
+    return here, ""
 
 
 def _oldest(sid: str, mntns_doc: dict, unique: bool):
@@ -489,10 +513,7 @@ def _layers(sid: str, sb: dict, plan) -> list[dict]:
             found, absent = _by_files(path, sid, sb, ns_name, plan)
             late = overmounted_after(path, mounts, oldest["id"])
             if found is None and absent == "nowhere":
-                raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at "
-                                                "that path (the layer's mount was moved, or the directory "
-                                                "removed, after the overlay was made): dump cannot tell where "
-                                                "the layer lies now; not supported")
+                raise _not_there(where, key, path, plan, ns_name)
             if found is None and (late is not None or absent):
                 late = late or _top(path, mounts, None, False)
                 raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "

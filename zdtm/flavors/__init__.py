@@ -37,6 +37,7 @@ class Running:
     externals: list[External] = field(default_factory=list)
     setup_output: str = ""
     handle: object = None   # flavor-private (e.g. the keeper process)
+    leaks: list[str] = field(default_factory=list)  # what `stop` could not release (the item fails)
 
 
 class Place(Protocol):

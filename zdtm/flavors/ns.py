@@ -46,7 +46,7 @@ import sys
 import threading
 import time
 
-from zdtm import holder
+from zdtm import cgroups, holder
 from zdtm.flavors import External, Running, SetupError
 from zdtm.lineread import read_line
 
@@ -161,6 +161,7 @@ def _container_init(cfg: dict, out_fd: int) -> None:
                "LANG": "C"}
         if os.environ.get("ZDTM_SESSION"):
             env["ZDTM_SESSION"] = os.environ["ZDTM_SESSION"]  # the leak guard finds this session's holders
+        env[cgroups.RUN_ENV] = cfg["run_id"]  # names the cgroups the run makes (removed at stop)
         os.execve("/bin/sh", ["sh", "-c", holder.PRELUDE + cfg["setup"]], env)
     except BaseException as e:  # noqa: BLE001 - any failure here is a setup error, reported on the pipe
         try:
@@ -270,7 +271,7 @@ class NsFlavor:
         deadline = time.monotonic() + scenario.timeout
         out_r, out_w = os.pipe()
         config = os.path.join(workdir, "ns-config.json")
-        cfg = {"setup": scenario.setup, "out_fd": out_w}
+        cfg = {"setup": scenario.setup, "out_fd": out_w, "run_id": cgroups.new_tag()}
         externals = host_externals()
         container = getattr(scenario, "container", None)
         outer = bool(container and container.external_slavery)
@@ -296,6 +297,7 @@ class NsFlavor:
             log.close()
         keeper = _Keeper(proc, out_r)
         keeper.outer = outer
+        keeper.run_id = cfg["run_id"]
         running = Running(pid=0, externals=externals, handle=keeper)
         try:
             line = keeper.read_line(deadline)
@@ -307,9 +309,11 @@ class NsFlavor:
                 raise SetupError(f"ns flavor: the keeper did not start the container: {err or line or 'no output'}")
             running.pid = keeper.pid = int(line.split()[1])
             self._wait_ready(scenario, keeper, deadline)
-        except BaseException:
+        except BaseException as e:
             self.stop(running)
             running.setup_output = keeper.text()
+            if running.leaks and isinstance(e, SetupError):
+                raise SetupError("\n".join([str(e), *running.leaks])) from None
             raise
         running.setup_output = keeper.text()
         return running
@@ -370,6 +374,10 @@ class NsFlavor:
                 keeper.proc.kill()
                 keeper.proc.wait()
             keeper.proc.stdout.close()
+            # the tree is gone: the cgroups its runtimes made are empty, or emptying
+            left = cgroups.remove(keeper.run_id)
+            if left:
+                running.leaks.append(cgroups.describe(left))
 
 
 class RestoreInNamespace:
