@@ -1419,15 +1419,29 @@ os.dup2(os.pidfd_open(os.getpid()), 9)
     assert "flags=4002" in lines["8"], lines["8"]   # O_NONBLOCK kept (dup2 cleared O_CLOEXEC)
 
 
-def test_pidfd_of_a_process_that_exited_refused_unstopped(case):
-    """A pidfd of a process that exited (reaped: no process of the tree) is refused before the stop."""
-    setup = """
-sleep 100000 </dev/null >/dev/null 2>&1 &
-echo $! > /run/child.pid
-""" + py_hold("""
+def test_pidfds_of_processes_that_exited(case):
+    """Pidfds of two children that exited and were reaped (CRIU's pidfd_dead), two on the first: each
+    comes back naming no process (fdinfo Pid: -1), the two on one child sharing an inode, the other's
+    a different one."""
+    setup = py_hold("""
 import signal
-child = int(open("/run/child.pid").read())
-os.dup2(os.pidfd_open(child), 7)
-os.kill(child, signal.SIGKILL); os.waitpid(child, 0)
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        signal.pause(); os._exit(0)
+    kids.append(pid)
+os.dup2(os.pidfd_open(kids[0]), 7); os.dup2(os.pidfd_open(kids[0], os.O_NONBLOCK), 8)
+os.dup2(os.pidfd_open(kids[1]), 9)
+for pid in kids:
+    os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
 """)
-    _refused_unstopped(case, setup, r"process \d+ fd \d+ \(anon_inode:\[pidfd\]\): a pidfd of a process that exited")
+    before, after = case.roundtrip(setup)
+    lines = {line.split(":")[0]: line for line in after.root.fds}
+    for n in ("7", "8", "9"):
+        assert lines[n].endswith("pidfd=outside"), after.root.fds
+        with open(f"/proc/{after.pid}/fdinfo/{n}") as f:
+            assert "Pid:\t-1\n" in f.read()
+    assert "flags=4002" in lines["8"], lines["8"]
+    ino = {n: os.stat(f"/proc/{after.pid}/fd/{n}").st_ino for n in ("7", "8", "9")}
+    assert ino["7"] == ino["8"] != ino["9"], ino
