@@ -705,6 +705,48 @@ for x in (d1, d2, q1): x.close()
             os.close(fd)
 
 
+def test_pipes_in_flight(case):
+    """Pipe ends sent with SCM_RIGHTS and not received yet (CRIU's scm00, scm03): the read end of a
+    pipe holding data on a datagram pair, its sender's copy closed and the write end kept; both ends of
+    another pipe in one seqpacket message, no process holding either. Each comes back in the queue as
+    an end of the same restored pipe as the process's, the data in it."""
+    setup = py_hold("""
+import socket
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe(); os.write(w, b"in the pipe")
+socket.send_fds(d1, [b"read end"], [r]); os.close(r); os.dup2(w, 23); os.close(w)
+q1, q2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+r2, w2 = os.pipe(); os.write(w2, b"both")
+socket.send_fds(q2, [b"both ends"], [r2, w2]); os.close(r2); os.close(w2)
+os.dup2(d2.fileno(), 20); os.dup2(q1.fileno(), 21); os.dup2(d1.fileno(), 22); os.dup2(q2.fileno(), 24)
+for x in (d1, d2, q1, q2): x.close()
+""")
+    before, after = case.roundtrip(setup)
+    import socket
+    from engine import kernel
+    from engine.fds import sys as fsys
+    pidfd = kernel.pidfd_open(after.pid)
+    try:
+        d2 = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 20))
+        q1 = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 21))
+        w = fsys.pidfd_getfd(pidfd, 23)
+    finally:
+        os.close(pidfd)
+    with d2, q1:   # (reading consumes the restored tree's queues: the test's last look)
+        data, fds, _, _ = socket.recv_fds(d2, 100, 4, socket.MSG_DONTWAIT)
+        assert data == b"read end" and len(fds) == 1
+        os.write(w, b", more")
+        os.close(w)
+        assert os.read(fds[0], 100) == b"in the pipe, more"
+        data, ends, _, _ = socket.recv_fds(q1, 100, 4, socket.MSG_DONTWAIT)
+        assert data == b"both ends" and len(ends) == 2
+        assert os.fstat(ends[0]).st_ino == os.fstat(ends[1]).st_ino
+        os.write(ends[1], b" ends")
+        assert os.read(ends[0], 100) == b"both ends"
+        for fd in fds + ends:
+            os.close(fd)
+
+
 def test_fifo_in_flight_keeps_its_data(case):
     """A FIFO whose only holder is an fd in flight (sent with SCM_RIGHTS and closed by the sender,
     the FIFO's name on a tmpfs of a nested mount namespace): the bytes it buffers come back with
