@@ -747,6 +747,18 @@ for x in (d1, d2, q1, q2): x.close()
             os.close(fd)
 
 
+def test_kind_in_flight_not_kept_refused_unstopped(case):
+    """An epoll sent with SCM_RIGHTS on a datagram pair and not received yet (CRIU's scm05) is
+    refused before the stop: a peek at the head message shows it."""
+    _refused_unstopped(case, py_hold("""
+import select, socket
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+ep = select.epoll(); socket.send_fds(d1, [b"an epoll"], [ep.fileno()]); ep.close()
+os.dup2(d2.fileno(), 20); os.dup2(d1.fileno(), 21); d1.close(); d2.close()
+"""), r"process \d+ fd 20 \(socket:\[\d+\]\): an fd in flight \(anon_inode:\[eventpoll\]\): only files, "
+      r"FIFOs and pipes in flight are supported")
+
+
 def test_fifo_in_flight_keeps_its_data(case):
     """A FIFO whose only holder is an fd in flight (sent with SCM_RIGHTS and closed by the sender,
     the FIFO's name on a tmpfs of a nested mount namespace): the bytes it buffers come back with
