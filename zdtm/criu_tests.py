@@ -66,6 +66,9 @@ IGNORED_OPTS = {
     "--manage-cgroups": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
     "--manage-cgroups=full": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
     "--manage-cgroups=ignore": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
+    "--ghost-limit": "mntcr keeps deleted files of any size: there is no limit to raise",
+    "--ghost-fiemap": "how criu finds a deleted file's holes; mntcr's archive keeps them (tar --sparse)",
+    "--no-ghost-fiemap": "how criu finds a deleted file's holes; mntcr's archive keeps them (tar --sparse)",
 }
 # --external mnt[]:FLAGS and mnt[] ask criu to detect external mounts itself; mntcr dumps every mount
 # it can and names the others, so they ask nothing more of it.
@@ -125,7 +128,7 @@ class Options:
 def _opt_words(text: str) -> list[tuple[str, str | None]]:
     """criu's options as (option, value) pairs; `--opt=value` and `--opt value` for the ones with a value."""
     with_value = {"--external", "--ext-mount-map", "--enable-fs", "--cgroup-root", "--cgroup-yard",
-                  "--lsm-mount-context"}
+                  "--lsm-mount-context", "--ghost-limit"}
     words, out, i = text.split(), [], 0
     while i < len(words):
         word = words[i]
