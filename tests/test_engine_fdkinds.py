@@ -169,6 +169,32 @@ os.dup2(os.open("/mnt/t/f", os.O_PATH), 12)
     assert _fd(after, 12).startswith("12: /mnt/t/f flags=10000000")
 
 
+@pytest.mark.parametrize("strategy", ["", "sources=yard"])
+def test_anonymous_shared_memory_fd(case, strategy, monkeypatch):
+    """An fd on anonymous shared memory (opened through /proc/self/map_files, then unmapped: CRIU's
+    shmemfd), O_APPEND, with content and an offset, and a second description of it: restored as
+    "/dev/zero (deleted)" of the kernel's shmem mount with that content, offset and flags."""
+    if strategy:
+        monkeypatch.setenv("MNTCR_STRATEGY", strategy)
+    setup = py_hold("""
+import ctypes, fcntl, mmap
+libc = ctypes.CDLL(None, use_errno=True); libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+a = libc.mmap(None, 4096, 3, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
+fd = os.open(f"/proc/self/map_files/{a:x}-{a + 4096:x}", os.O_RDWR)
+libc.munmap(ctypes.c_void_p(a), ctypes.c_size_t(4096))
+os.ftruncate(fd, 0); os.write(fd, b"shared memory"); os.lseek(fd, 3, 0)
+fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
+os.dup2(fd, 10); os.dup2(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY), 11)
+""")
+    before, after = case.roundtrip(setup)
+    assert _fd(after, 10).startswith("10: /dev/zero (deleted) flags=2002 pos=3"), _fd(after, 10)
+    assert _fd(after, 11).startswith("11: /dev/zero (deleted) flags=0 pos=0"), _fd(after, 11)
+    with open(f"/proc/{after.pid}/fd/11", "rb") as f:
+        assert f.read() == b"shared memory"
+    assert os.stat(f"/proc/{after.pid}/fd/10").st_ino == os.stat(f"/proc/{after.pid}/fd/11").st_ino
+
+
 def test_fifo_beneath_overmount_and_detached(case):
     """A FIFO with data opened before its directory was covered, and one on a lazily unmounted tmpfs."""
     setup = """
