@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
 
 from engine import content, kernel
@@ -77,16 +76,21 @@ def archive_link(proc_dir: str, entry: str, path: str, out_path: str, pass_fds=(
 
 
 def _archive_symlink(target: str, st: os.stat_result, name: str, out_path: str) -> dict:
-    import tempfile
-    tmp = tempfile.mkdtemp(prefix="mntcr-ghost-link-")
+    # (made beside the archive, in the image directory dump writes, and removed again)
+    tmp = out_path + ".link"
+    os.mkdir(tmp, 0o700)
+    link = os.path.join(tmp, "link")
     try:
-        link = os.path.join(tmp, "link")
         os.symlink(target, link)
         os.chown(link, st.st_uid, st.st_gid, follow_symlinks=False)
         os.utime(link, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
         return _tar(tmp, "link", name, out_path, [], ())
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            os.unlink(link)
+        except FileNotFoundError:
+            pass   # (the symlink was never made)
+        os.rmdir(tmp)
 
 
 def _tar(directory: str, entry: str, name: str, out_path: str, opts: list[str], pass_fds) -> dict:
