@@ -49,3 +49,8 @@ def test_ghost_limit_and_fiemap_ask_nothing_of_mntcr():
     assert criu_tests.options({"dopts": "--ghost-limit 8M --no-ghost-fiemap"}) == criu_tests.Options()
     assert criu_tests.options({"opts": "--ghost-limit=1G --ghost-fiemap"}) == criu_tests.Options()
     assert "--tcp-established" in criu_tests.options({"dopts": "--ghost-limit 8M --tcp-established"}).unsupported
+
+
+def test_irmap_options_ask_nothing_of_mntcr():
+    """--force-irmap and --irmap-scan-path DIR: how criu names an inotify watch's file."""
+    assert criu_tests.options({"opts": "--force-irmap --irmap-scan-path /zdtm/static"}) == criu_tests.Options()

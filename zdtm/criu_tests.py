@@ -69,6 +69,8 @@ IGNORED_OPTS = {
     "--ghost-limit": "mntcr keeps deleted files of any size: there is no limit to raise",
     "--ghost-fiemap": "how criu finds a deleted file's holes; mntcr's archive keeps them (tar --sparse)",
     "--no-ghost-fiemap": "how criu finds a deleted file's holes; mntcr's archive keeps them (tar --sparse)",
+    "--force-irmap": "how criu names an inotify watch's file (by a scan); mntcr finds it by its inode on the mount",
+    "--irmap-scan-path": "where criu's scan for an inotify watch's file starts; mntcr does not scan",
 }
 # --external mnt[]:FLAGS and mnt[] ask criu to detect external mounts itself; mntcr dumps every mount
 # it can and names the others, so they ask nothing more of it.
@@ -128,7 +130,7 @@ class Options:
 def _opt_words(text: str) -> list[tuple[str, str | None]]:
     """criu's options as (option, value) pairs; `--opt=value` and `--opt value` for the ones with a value."""
     with_value = {"--external", "--ext-mount-map", "--enable-fs", "--cgroup-root", "--cgroup-yard",
-                  "--lsm-mount-context", "--ghost-limit"}
+                  "--lsm-mount-context", "--ghost-limit", "--irmap-scan-path"}
     words, out, i = text.split(), [], 0
     while i < len(words):
         word = words[i]
