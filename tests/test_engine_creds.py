@@ -31,3 +31,23 @@ def test_ids_of_a_process_without_user_namespace_are_kept(case):
     assert _creds(before) == ["creds: uid 0,0,0,0 gid 0,0,0,0 groups -",
                               "creds: uid 18943,18943,18943,18943 gid 58467,58467,58467,58467 groups 27495,48244"]
     assert _creds(after) == _creds(before)
+
+
+def test_distinct_real_effective_saved_and_fs_ids_are_kept(case):
+    """A process whose real, effective, saved and file system ids all differ (CRIU's pid00: gids
+    5,6,7,8, uids 1,2,3 with fsuid 2) comes back with each of them: setresgid/setresuid set the fs ids
+    to the effective ones, so the stand-in sets them after (it kept the fsgid at the egid)."""
+    setup = f"""
+python3 -c '
+import ctypes, os, signal
+libc = ctypes.CDLL(None)
+os.setresgid(5, 6, 7); libc.setfsgid(8); os.setresuid(1, 2, 3)   # (an exec would reset saved and fs ids)
+libc.prctl(15, b"mntcr-hold", 0, 0, 0)   # PR_SET_NAME: ready
+while True:
+    signal.pause()
+' </dev/null >/dev/null 2>&1 &
+exec {HOLD} 100000 </dev/null >/dev/null 2>&1
+"""
+    before, after = case.roundtrip(setup)
+    assert "creds: uid 1,2,3,2 gid 5,6,7,8 groups -" in _creds(before), _creds(before)
+    assert _creds(after) == _creds(before)
