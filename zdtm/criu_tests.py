@@ -411,6 +411,9 @@ def _tail(path: str, n: int = 6) -> str:
         return ""
 
 
+TIMED_OUT = "timed out"   # (what `_mntcr` says of a stage it killed: never a refusal)
+
+
 def _mntcr(stage: str, args: list[str], log: str, timeout: float) -> str | None:
     """Run `mntcr STAGE ARGS`; None when it succeeded, else its last stderr line."""
     env = dict(os.environ, PYTHONPATH=_PROJECT_ROOT)
@@ -419,7 +422,7 @@ def _mntcr(stage: str, args: list[str], log: str, timeout: float) -> str | None:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, cwd=_PROJECT_ROOT,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f"mntcr {stage} timed out after {timeout:g}s"
+        return f"{TIMED_OUT} after {timeout:g}s"
     with open(log, "wb") as f:
         f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + proc.stdout + b"--- stderr\n" + proc.stderr)
     if proc.returncode == 0:
@@ -493,6 +496,8 @@ class _Run:
                               *dump_ext],
                      os.path.join(self.w, "dump.log"), self.timeout * 2)
         if err:
+            if err.startswith(TIMED_OUT):
+                return self.res("fail", "dump", f"mntcr dump {err}")   # (killed: no refusal line)
             if not snapshot.alive(pid):
                 return self.res("fail", "dump", f"dump refused and the test is gone: {err}")
             # A refusal must leave the tree running and untouched: the test's own check says so.
