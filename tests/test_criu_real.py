@@ -226,7 +226,13 @@ TESTS = {
         "unbound_sock", "socket_udp", "socket_udplite", "socket-tcp-listen", "sock_filter00", "sock_filter01",
         "sock_opts01", "sock_tcp_opts00", "socket-linger")},
     **{name: "refused: inet6 sockets are not supported" for name in ("socket6_udp", "sk-freebind")},
-    **{name: "refused: packet sockets are not supported" for name in ("packet_sock", "packet_sock_mmap")},
+    **{name: "refused: packet sockets are not supported" for name in ("packet_sock", "packet_sock_mmap",
+                                                                      "packet_sock_spkt")},
+    # (noauto in CRIU's zdtm.py) watches on files of the root; _nodel's files stay, so dump's archive
+    # of the tmpfs opens and reads them, queueing events the test did not make (as inotify04)
+    "inotify_system": "pass",
+    "inotify_system_nodel": "known: verdict: dump's archive of the tmpfs opens the watched files, queueing events",
+    **{name: "unavailable: not built here: it needs libbpf's headers (bpf/bpf.h)" for name in ("bpf_hash", "bpf_array")},
     "maps09": "unavailable: start: MAP_HUGETLB, and this machine reserves no huge pages (vm.nr_hugepages 0)",
     "maps10": "unavailable: start: MAP_HUGETLB, and this machine reserves no huge pages (vm.nr_hugepages 0)",
     "mtime_mmap": "unavailable: start: the driver's tmpfs root does not update mtime on writes through a "
