@@ -6,7 +6,8 @@ processes); restore opens a pidfd of the stand-in of that image process, with PI
 the fd had O_NONBLOCK. A pidfd of a process that exited and was reaped (fdinfo `Pid: -1`, CRIU's
 pidfd_dead) names no process: restore opens it on a child of its own that exits and is reaped once
 every process holds its fds, one child for each dead process (pidfds on one share an inode, which
-tells them apart). A pidfd of a process outside the tree is refused before the stop.
+tells them apart; before pidfs, Linux 6.9, every pidfd is the one anonymous inode, and the dead
+ones come back as pidfds of one child, which is all such a kernel shows of them). A pidfd of a process outside the tree is refused before the stop.
 """
 
 from __future__ import annotations
