@@ -100,7 +100,8 @@ def _add_restore(sub) -> None:
     p.add_argument("--devices", choices=("container", "all", "none"), default="container",
                    help="device nodes archives may create: 'container' (default) the character devices "
                         "every container has (null, zero, full, random, urandom, tty, console, ptmx), "
-                        "'all' whatever the image holds (only for images you trust), 'none' no device node")
+                        "'all' whatever the image holds and the host's devtmpfs, debugfs, tracefs... "
+                        "(only for images you trust), 'none' no device node")
 
 
 def _add_show(sub) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import fds, kernel
+from engine import fds, filelocks, kernel
 from engine.fds import sys as fsys
 
 
@@ -25,6 +25,7 @@ class FdTable:
         self.scratch: dict = {"takes": takes}
         self._pidfds: dict[int, int] = {}
         self._inode: dict[tuple[int, int], int] = {}   # (pid, fd) -> (dev, ino) key
+        self._locks: dict[tuple[int, int], tuple] = {}   # (pid, fd) -> (target, its locks) (engine/filelocks.py)
 
     def _pidfd(self, pid: int) -> int:
         if pid not in self._pidfds:
@@ -36,6 +37,7 @@ class FdTable:
         says whether the caller must add the mount and path (popped by the caller). `elsewhere`:
         the tree's other mount namespaces, [(a pid in it, its mounts)]."""
         kind = fds.classify(f["target"], f["mode"])
+        self.note_locks(pid, f)
         if kind is None:
             raise fds.FdError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): "
                                                 f"{fds.describe(f['target'])} fds are not supported")
@@ -62,12 +64,22 @@ class FdTable:
             pass
         return out
 
+    def note_locks(self, pid: int, f: dict) -> None:
+        """Keep the file locks fd record `f` of process `pid` shows (engine/filelocks.py; `entry` does,
+        and dump for an fd on an --external file, which gets no entry of a kind)."""
+        if f.get("locks"):
+            where = f"process {pid} fd {f['fd']} ({f['target']})"
+            self._locks[(pid, f["fd"])] = (f["target"], filelocks.fd_locks(f["locks"], where))
+
     def finish(self, procs_doc: list[dict]) -> None:
         """Once every fd is dumped: let each kind complete its entries (or refuse), then mark sharing."""
         entries = [e for p in procs_doc for e in p["fds"]]
         for name in sorted({e.get("kind", "file") for e in entries}):
             fds.lookup(name).finish(self.objects, entries)
         self.mark_shared(procs_doc)
+        held = {filelocks.inode_key(dev, ino) for dev, ino in self._inode.values()}
+        filelocks.refuse_waiters([p["pid"] for p in procs_doc], held)
+        filelocks.settle(procs_doc, self._locks)
 
     def mark_shared(self, procs_doc: list[dict]) -> None:
         """Give fds that are one open file description the same "desc" id (dup, fork, SCM_RIGHTS)."""

@@ -222,10 +222,11 @@ def load(images_dir: str) -> dict:
             raise ImageError(f"bad image: {MANIFEST} cannot be opened ({e.strerror}; a symlink?)") from None
     finally:
         os.close(dfd)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):   # (before fdopen, which refuses a directory with a bare errno)
+        os.close(fd)
+        _fail(f"{MANIFEST} is not a regular file")
     with os.fdopen(fd, "rb") as f:
-        st = os.fstat(f.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            _fail(f"{MANIFEST} is not a regular file")
         if st.st_size > MAX_MANIFEST_BYTES:
             _fail(f"{MANIFEST} is absurdly large ({st.st_size} bytes, at most {MAX_MANIFEST_BYTES})")
         data = f.read(MAX_MANIFEST_BYTES + 1)
@@ -299,7 +300,8 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
 # --- showing -------------------------------------------------------------------
 
 def render(doc: dict) -> str:
-    """Readable text of an image: each namespace's tree, superblocks, and processes with their fds."""
+    """Readable text of an image: each namespace's tree, superblocks, and processes with their fds
+    and file locks."""
     from engine import topology
     lines = [f"mntcr image v{doc['version']}, dumped on kernel {doc.get('kernel', '?')}"]
     for ns_id, ns in sorted(doc["mntns"].items()):
@@ -329,6 +331,11 @@ def render(doc: dict) -> str:
                          + (f" shared as {fd['desc']}" if fd.get("desc") else ""))
         for m in p.get("maps", ()):
             lines.append(f"    maps: mount {m['mnt']} {m['path']}")
+        for lk in p.get("locks", ()):
+            span = "" if lk["type"] in ("flock", "lease") else \
+                f" bytes {lk['start']}-{'EOF' if lk['end'] is None else lk['end']}"
+            of = f" of process {lk['of']}" if "of" in lk else ""
+            lines.append(f"    lock: {lk['type']} {lk['mode']}{span} on fd {lk['fd']}{of}")
     return "\n".join(lines) + "\n"
 
 

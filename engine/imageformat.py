@@ -21,8 +21,9 @@ How to add a field (e.g. a new kind of fd):
      (new fields are optional, so older images still load; bump
      image.VERSION only when an existing field changes meaning);
   2. if it names another element (a mount id, a superblock, a namespace),
-     check the reference in the matching `_check_*` function below, and any
-     path with `path_rule` (normalised absolute, no `..`);
+     check the reference in the matching `_check_*` function below (a field
+     of an fd kind: list it in the kind's `refs`, which `_Refs` checks), and
+     any path with `path_rule` (normalised absolute, no `..`);
   3. add a hostile value for it to tests/test_hardening_hostile.py and a line
      to IMAGE.md.
 A new record kind is a new Record plus `rule=record(NEW)` (or
@@ -54,6 +55,7 @@ MAX_OPTS = 256                  # options of one mount or superblock
 MAX_OPT = 4096                  # one option string
 MAX_ARCHIVES = 1 << 16          # archive files of one image
 MAX_LAYERS = 512                # overlayfs takes at most 500 lower layers
+MAX_LOOPS = 256                 # loop devices one image attaches (each a device of the whole host)
 MAX_HOSTNAME = 64               # HOST_NAME_MAX
 MAX_UID = (1 << 32) - 2         # (uid_t)-1 means "no change"
 MAX_OFF = (1 << 63) - 1         # file offsets and sizes (loff_t)
@@ -510,6 +512,21 @@ CREDS = Record("credentials", {
     "groups": F(LIST, rule=_ids_rule(0, MAX_NGROUPS)),
 })
 
+# A file lock the process holds (engine/filelocks.py), taken again through its fd `fd`: a POSIX lock
+# of the process, or the flock lock, OFD lock or lease of that fd's open file description.
+LOCK = Record("file lock", {
+    "fd": F(INT, rule=rng(0, MAX_FD)),
+    "type": F(STR, rule=lambda v: None if v in ("posix", "flock", "ofd", "lease")
+              else "must be posix, flock, ofd or lease"),
+    "mode": F(STR, rule=lambda v: None if v in ("read", "write") else "must be read or write"),
+    "start": F(INT, rule=rng(0, MAX_OFF)),
+    "end": F(OPT_INT, rule=rng(0, MAX_OFF)),                  # the last byte; null: to the end of file
+    # A flock lock this process took on a description it no longer holds: `fd` is process `of`'s.
+    "of": F(INT, required=False, rule=rng(1, MAX_PID)),
+    # A flock lock on this process's fd whose taker is gone: restore's own process takes it and exits.
+    "gone": F(BOOL, required=False),
+})
+
 PROCESS = Record("process", {
     "pid": F(INT, rule=rng(1, MAX_PID)),
     "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
@@ -535,6 +552,7 @@ PROCESS = Record("process", {
     # checked here as bytes, so that a longer one is refused, not cut, and one no encoding takes
     # does not fail in the stand-in once the tree is made.
     "comm": F(STR, required=False, rule=comm_rule),
+    "locks": F(LIST, required=False, rule=list_of(record(LOCK), MAX_FDS, DICT)),
 })
 
 MOUNT = Record("mount", {
@@ -711,7 +729,8 @@ MANIFEST = Record("manifest", {
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
-                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP)}
+                                          DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP,
+                                          LOCK)}
 
 
 # --- the validator ----------------------------------------------------------------------------
@@ -728,7 +747,8 @@ def validate(doc) -> None:
         _fail(f"format is {str(doc.get('format'))[:40]!r}, expected {FORMAT!r}")
     version = doc.get("version")
     if version != VERSION or type(version) is not int:
-        _fail(f"format version {str(version)[:20]} is not supported by this mntcr (it reads version {VERSION})")
+        import json   # (as JSON wrote it: "1", a string, is no 1)
+        _fail(f"format version {json.dumps(version)[:20]} is not supported by this mntcr (it reads version {VERSION})")
     check_record(MANIFEST, doc, "manifest")
     _check_counts(doc)
     files = doc.get("files") or {}
@@ -743,6 +763,9 @@ def validate(doc) -> None:
         if not _SB_ID.match(sid):
             _fail(f"superblock id {sid[:40]!r} is not sb-N")
         check_record(SUPERBLOCK, sb, f"superblock {sid}")
+    loops = sum(1 for sb in sbs.values() if (sb.get("device") or {}).get("loop") and not sb.get("external"))
+    if loops > MAX_LOOPS:
+        _fail(f"{loops} loop devices is absurd (at most {MAX_LOOPS}: each is a device of the whole host)")
     mounts = _check_mntns(doc["mntns"], sbs)
     detached = _check_detached(doc.get("detached") or {}, sbs, mounts)
     _check_superblocks(sbs, files, pidns, mounts, detached)
@@ -1129,6 +1152,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
     mntns, pidns = doc["mntns"], doc["pidns"]
     pids: set[int] = set()
     uts_used = set()
+    refs = _Refs(doc, mounts, detached)
     for i, p in enumerate(doc["processes"]):
         what = f"process {p['pid']}" if type(p) is dict and type(p.get("pid")) is int else f"process #{i}"
         check_record(PROCESS, p, what)
@@ -1152,6 +1176,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for key in ("root", "cwd"):
             _check_loc(p[key], mounts, detached, f"{what} {key}")
             _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
+            if "dead_pid" in p[key]:
+                refs.check(f"{what} {key}", "proc", p[key], "a /proc file ('dead_pid')")
         for loc in p.get("maps") or []:
             _check_loc(loc, mounts, detached, f"{what} mapping")
             _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
@@ -1184,6 +1210,11 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             seen_fd.add(fd["fd"])
             if kind.placed:
                 _check_loc(fd, mounts, detached, fwhat)
+            for ref, value, text in kind.refs(fd):
+                refs.check(fwhat, ref, value, text)
+    procs = {p["pid"]: p for p in doc["processes"]}
+    for p in doc["processes"]:
+        _check_file_locks(p, procs, f"process {p['pid']}")
     # Stand-ins are forked parents first: the first process is the root of the tree, every
     # other one's parent comes before it (so there is no cycle either).
     earlier: set[int] = set()
@@ -1199,6 +1230,70 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"hostname for {str(uts)[:40]!r}, a uts namespace no process is in")
         if type(name) is not str or strlen(MAX_HOSTNAME)(name):
             _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+class _Refs:
+    """What an fd or cwd may name elsewhere in the image: a pid, a namespace, a proc mount. Restore
+    would make such an fd from whatever the restorer has under that name (its own pid namespace's
+    process 1, its own network namespace), or look /proc files up beneath a mount of the image's
+    own files, where a FIFO blocks the lookup forever."""
+
+    def __init__(self, doc: dict, mounts: dict, detached: dict):
+        procs = [p for p in doc["processes"] if type(p) is dict]
+        self.pids = {p.get("pid") for p in procs}
+        self.ns = {n for p in procs if type(p.get("ns")) is dict for n in p["ns"].values() if type(n) is str}
+        self.users = doc.get("userns") or {}
+        self.sbs, self.mounts, self.detached = doc["superblocks"], mounts, detached
+
+    def check(self, what: str, ref: str, value, text: str) -> None:
+        """Refuse `value` (for "proc": the location, {mnt, detached?}) unless the image has it."""
+        if ref == "process" and value not in self.pids:
+            _fail(f"{what}: {text}, which is no process of the image")
+        if ref == "namespace" and str(value).startswith("user-") and value not in self.users:
+            _fail(f"{what}: {text}, which is no user namespace of the image")
+        if ref == "namespace" and not str(value).startswith("user-") and value not in self.ns:
+            _fail(f"{what}: {text}, which no process of the image is in")
+        if ref == "private":
+            from engine import fs
+            sb = self.sbs[self.mounts[value["mnt"]]["sb"]] if value["mnt"] in self.mounts else None
+            if sb is None or sb.get("external") or not fs.made_for_image(sb["fstype"]):
+                _fail(f"{what}: {text} on mount {value['mnt']}, whose filesystem restore does not make for the "
+                      "image alone (the host's accesses to it would wait for a stand-in that never answers)")
+        if ref == "proc":
+            from engine import fs
+            m = (self.detached if value.get("detached") else self.mounts).get(value["mnt"])
+            handler = fs.lookup(self.sbs[m["sb"]]["fstype"]) if m is not None else None
+            if handler is None or handler.ns_key != "pidns":
+                _fail(f"{what}: {text} on mount {value['mnt']}, which is no proc mount of the image")
+
+
+def _check_file_locks(p: dict, procs: dict, what: str) -> None:
+    """A process's file locks: each on one of its fds (a flock lock: or of process `of`'s, another
+    process of the image), a range that is one (flock locks and leases cover the whole file), a
+    lease only on a regular file, one lock of a kind and range an fd."""
+    fds = {fd["fd"]: fd for fd in p["fds"]}
+    seen = set()
+    for lock in p.get("locks") or ():
+        lwhat = f"{what} {lock['type']} lock on fd {lock['fd']}"
+        if "of" in lock:
+            if lock["type"] != "flock" or lock["of"] == p["pid"] or lock["of"] not in procs:
+                _fail(f"{lwhat}: 'of' names a flock lock's holder, another process of the image")
+            lwhat += f" of process {lock['of']}"
+        if lock.get("gone") and (lock["type"] != "flock" or "of" in lock):
+            _fail(f"{lwhat}: 'gone' is for a flock lock on the process's own fd")
+        fd = (fds if "of" not in lock else {f["fd"]: f for f in procs[lock["of"]]["fds"]}).get(lock["fd"])
+        if fd is None:
+            _fail(f"{lwhat}: the process has no such fd")
+        if lock["end"] is not None and lock["end"] < lock["start"]:
+            _fail(f"{lwhat}: its range ends before it starts")
+        if lock["type"] in ("flock", "lease") and (lock["start"] or lock["end"] is not None):
+            _fail(f"{lwhat}: a {lock['type']} covers the whole file (0 to EOF)")
+        if lock["type"] == "lease" and (fd.get("kind", "file") != "file" or fd.get("type") == "dir"):
+            _fail(f"{lwhat}: a lease is on a regular file")
+        key = (lock["fd"], lock.get("of"), lock["type"], lock["start"], lock["end"])
+        if key in seen:
+            _fail(f"{lwhat}: listed twice")
+        seen.add(key)
 
 
 def _check_ghost_ref(doc: dict, loc: dict, mounts: dict, what: str) -> None:

@@ -420,6 +420,22 @@ def openat2(dfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int
                            ctypes.c_size_t(ctypes.sizeof(how))), lambda: f"openat2({path!r})")
 
 
+def open_unblocked(opener, flags: int) -> int:
+    """opener(flags) with O_NONBLOCK for the open alone (then cleared, unless `flags` ask for it):
+    an image's FIFO (no writer) or a device waiting for carrier never blocks restore. O_PATH
+    opens never block."""
+    import fcntl
+    if flags & (os.O_PATH | os.O_NONBLOCK):
+        return opener(flags)
+    fd = opener(flags | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 PR_SET_PDEATHSIG = 1
 
 

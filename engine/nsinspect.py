@@ -15,8 +15,8 @@ from engine.dumperror import DumpError
 
 
 
-def _parse_fdinfo(text: str) -> dict[str, int]:
-    out = {}
+def _parse_fdinfo(text: str) -> dict:
+    out: dict = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
         value = value.strip()
@@ -26,6 +26,8 @@ def _parse_fdinfo(text: str) -> dict[str, int]:
             out["flags"] = int(value, 8)
         elif key == "mnt_id":
             out["mnt_id"] = int(value)
+        elif key == "lock":   # (engine/filelocks.py)
+            out.setdefault("locks", []).append(value)
     return out
 
 

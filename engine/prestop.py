@@ -27,7 +27,9 @@ tree already shows is checked here first, with the line dump would give:
   socket name that is not normalised, data on a connection not yet accepted with
   --leave-running, a datagram from a named sender the tree does not hold,
   fanotify events waiting); each file mapped under a deleted name (engine/mountrules.py
-  `deleted_mapping`, asked by dump again).
+  `deleted_mapping`, asked by dump again);
+- file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
+  a lock, a write lease, a flock lock whose taker is alive outside the tree).
 
 Everything here only reads. Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
@@ -40,7 +42,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import deadpid, fds as fdkinds, forkrun, fs, ghosts, kernel, mappings, mountinfo, mountrules, userns_cr
+from engine import deadpid, fds as fdkinds, filelocks, forkrun, fs, ghosts, kernel, mappings, mountinfo, mountrules, userns_cr
 from engine.fds import FdError
 
 
@@ -154,6 +156,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_probes(view, pids, names)
         _check_ghost_names(view)
         _check_fds(pids, view, leave_running, set(ext_files))
+        filelocks.precheck(pids)
     except (fs.FsError, userns_cr.UsernsError, FdError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns

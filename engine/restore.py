@@ -49,8 +49,8 @@ import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 import stat
 
-from engine import (channel, construct, content, deadpid, features, filler, forkrun, fs, ghosts, image, kernel, mountinfo,
-                    parking, remount, sharing, standin, strategy, userns_cr)
+from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
+                    mountinfo, parking, remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fdmaker import FdMaker
@@ -153,6 +153,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
+    _check_host_devices(doc, devices)
     if doc.get("files") or doc.get("ghosts"):
         content.tools()   # tar's runner and the archives' digests; an image without archives skips them
     ext = parse_externals(externals, root)
@@ -243,6 +244,22 @@ def _hang_up(commit) -> None:
         pass
     finally:
         commit.close()
+
+
+def _check_host_devices(doc: dict, devices: str) -> None:
+    """A filesystem of one superblock for the whole machine (FsType.host_global) mounted again gives
+    the tree the host's own: every device node of the host, its tracing, its security policy
+    files... No device policy but `all` lets an image have that (one a user namespace of the
+    image owns is its own)."""
+    if devices == "all":
+        return
+    for sid, sb in doc["superblocks"].items():
+        t = fs.lookup(sb["fstype"])
+        if t is not None and t.host_global and not sb.get("external") and not sb.get("owner"):
+            raise RestoreError(errno.EPERM, f"superblock {sid} ({sb['fstype']}): one superblock of the whole host, "
+                                            "mounted again, would give the tree the host's own (device nodes, "
+                                            f"tracing...), which the device policy ({devices}) refuses; --devices "
+                                            "all restores it (images you trust)")
 
 
 def _check_fd_numbers(doc: dict) -> None:
@@ -1531,7 +1548,11 @@ class _Restorer:
                                              "outside the image and no --external mount gives it")
 
     def open_at(self, mnt: int, path: str, flags: int) -> int:
-        """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered."""
+        """Open `path` (relative to mount `mnt`'s root) on that very mount, even if covered; never
+        blocking (a FIFO of the image where it has a file must not hang restore)."""
+        return kernel.open_unblocked(lambda f: self._open_at(mnt, path, f), flags)
+
+    def _open_at(self, mnt: int, path: str, flags: int) -> int:
         parts = [x for x in path.split("/") if x]
         if mnt in self.detached:
             if parts:
@@ -1587,7 +1608,8 @@ class _Restorer:
             at = next(fd for (g, m, _), fd in self.ghost_fd.items() if g == gid and m == mnt)
         # Through /proc/self/fd/N, which O_NOFOLLOW would open as the magic link itself (O_PATH) or
         # refuse (ELOOP): left out, an open-time flag only (LXC holds .lxc_keep so; zdtm/snapshot.py).
-        return os.open(f"self/fd/{at}", (flags & ~os.O_NOFOLLOW) | os.O_CLOEXEC, dir_fd=self.hostproc)
+        return kernel.open_unblocked(lambda f: os.open(f"self/fd/{at}", (f & ~os.O_NOFOLLOW) | os.O_CLOEXEC,
+                                                       dir_fd=self.hostproc), flags)
 
     def _place_processes(self) -> None:
         # Every stand-in enters its root first: some objects are made before any fd (a socket pair
@@ -1729,6 +1751,53 @@ class _Restorer:
             finally:
                 os.close(fd)
 
+    def take_locks(self) -> None:
+        """Each stand-in takes its process's file locks (engine/filelocks.py), once every process holds
+        its fds and the restorer let go of its own: leases last, after every open of restore (an
+        open for writing breaks a read lease). A lock on another process's fd (`of`) is taken first,
+        on a copy of that fd (pidfd_getfd) that is closed once taken: a close drops the closer's POSIX
+        locks on that file, so those come after. A flock lock whose taker is gone (`gone`) is taken
+        here, by the restorer, on a copy of its holder's fd: the restorer exits too, as its taker did."""
+        for p in self.doc["processes"]:
+            for lk in p.get("locks") or ():
+                if lk.get("gone"):
+                    copy = self._copy_fd(p["pid"], lk["fd"])
+                    try:
+                        filelocks.take([dict(lk, sent=0)], [copy])
+                    except OSError as e:
+                        raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                    finally:
+                        os.close(copy)
+        phases = (lambda lk: "of" in lk, lambda lk: "of" not in lk and lk["type"] != "lease" and not lk.get("gone"),
+                  lambda lk: lk["type"] == "lease")
+        for phase in phases:
+            for p in self.doc["processes"]:
+                todo = [lk for lk in p.get("locks") or () if phase(lk)]
+                if not todo:
+                    continue
+                items, sent = [], []
+                try:
+                    for lk in todo:
+                        if "of" in lk:
+                            sent.append(self._copy_fd(lk["of"], lk["fd"]))
+                            lk = dict(lk, sent=len(sent) - 1)
+                        items.append(lk)
+                    self.chans[p["pid"]].call(("locks", items), sent)
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                finally:
+                    for fd in sent:
+                        os.close(fd)
+
+    def _copy_fd(self, pid: int, fd: int) -> int:
+        """Our copy of fd `fd` of the stand-in of image process `pid`."""
+        from engine.fds import sys as fsys
+        pidfd = kernel.pidfd_open(self.hostpid[pid])
+        try:
+            return fsys.pidfd_getfd(pidfd, fd)
+        finally:
+            os.close(pidfd)
+
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
         procs = self.doc["processes"]
@@ -1780,6 +1849,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
+    r.take_locks()
     r._users_call(r.users.become, r.chans)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore

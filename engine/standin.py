@@ -13,6 +13,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   map      map each file received (engine/mappings.py)
   exe      the executable to make its /proc/PID/exe when detached (mappings.become_exe)
   become   join its user namespace and take its ids there (engine/userns_cr.py)
+  locks    take the process's file locks on its installed fds (engine/filelocks.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
   detach   drop the channel and every other fd and sleep until killed
 
@@ -36,7 +37,7 @@ import os
 import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
-from engine import channel, fds as fdkinds, kernel, mappings, userns_cr  # imported before a stand-in chroots
+from engine import channel, fds as fdkinds, filelocks, kernel, mappings, userns_cr  # imported before a stand-in chroots
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -351,6 +352,12 @@ class _Server:
             if fd not in self.installed:
                 os.close(fd)
         return _ANSWERED
+
+    def op_locks(self, msg, fds):
+        """Take the process's file locks (msg[1]: its image "locks") on its installed fds or the
+        ones sent (descriptions of other processes' fds)."""
+        filelocks.take(msg[1], fds)
+        return None
 
     def op_map(self, msg, fds):
         """Map the process's files."""

@@ -247,6 +247,14 @@ TESTS = {
     "socket-tcp": "unavailable: its .desc allows the h flavor only",
     "inotify_irmap": "pass",   # (--force-irmap, --irmap-scan-path: how criu names a watch's file)
     "socket_aio": "unavailable: criu --tcp-established, which this driver does not translate",
+    # --- file locks (engine/filelocks.py; the .desc's --file-locks asks nothing more) ------------
+    **{f"file_locks0{n}": "pass" for n in range(9)},   # 03: a flock taken before fork, closed in the taker
+    "file_lease00": "refused: a write lease: dump reads the files of the tree's mounts",
+    "file_lease01": "pass",
+    # leases being broken (an open that conflicts waits for them): restore cannot make that state
+    "file_lease02": "refused: a lease being broken",
+    "file_lease03": "refused: a lease being broken",
+    "file_lease04": "refused: a lease being broken",
 }
 
 
@@ -274,7 +282,9 @@ UNS_TESTS = {
         "sockets02-seqpacket",
         # external mounts (the .desc's --external), some with an outside master
         "mnt_ext_auto", "mnt_ext_manual", "mnt_ext_master", "mnt_ext_collision", "mnt_ext_multiple",
-        "mnt_ext_root", "mnt_ext_sharing", "mnt_root_ext")},
+        "mnt_ext_root", "mnt_ext_sharing", "mnt_root_ext",
+        # file locks; a read lease taken again as the file's owner (no CAP_LEASE in a user namespace)
+        *(f"file_locks0{n}" for n in range(9)), "file_lease01")},
     # fd, file, mapping, tty and pidfd tests in the user namespace
     **{name: "pass" for name in (
         "socket_queues_seqpacket", "file_cloexec", "fd", "fd_offset", "fd_from_pidfd", "pidfd_self", "pidfd_child",
@@ -305,9 +315,9 @@ UNS_TESTS = {
 QUICK = {"bind-mount", "mntns_open", "mntns_overmount", "mntns_shared_bind", "mount_complex_sharing",
          "mountpoints", "non_uniform_share_propagation", "overmount_sock", "shared_slave_mount_children",
          "tempfs_ro", "tempfs_subns", "unbindable", "mnt_ext_master", "fifo-rowo-pair", "pipe00",
-         "eventfs00", "sk-unix-rel", "sockets00", "memfd00", "mntns_ghost", "pty00", "fd01",
+         "eventfs00", "sk-unix-rel", "sockets00", "memfd00", "mntns_ghost", "pty00", "fd01", "file_locks03",
          "uns:bind-mount", "uns:sk-unix-mntns", "uns:unbindable", "uns:mnt_ext_master", "uns:mntns_ghost01",
-         "uns:mntns_pivot_root"}
+         "uns:mntns_pivot_root", "uns:file_lease01"}
 
 
 def _selected(name: str) -> bool:

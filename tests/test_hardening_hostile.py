@@ -630,7 +630,18 @@ def test_huge_manifest_is_refused_before_reading(base_image, tmp_path):
     refused(img, r"mntcr\.json is absurdly large", tmp_path)
 
 
+def _lock(d: dict, **kw) -> None:
+    """Give the first process a file lock on its fd 5 (a POSIX write lock on bytes 0-9), changed by kw."""
+    d["processes"][0]["locks"] = [{"fd": 5, "type": "posix", "mode": "write", "start": 0, "end": 9, **kw}]
+
+
 RANGES = {
+    "lock-start-huge": (lambda d: _lock(d, start=1 << 70), r"'locks\[0\]\.start' out of range"),
+    "lock-end-before-start": (lambda d: _lock(d, start=9, end=3), r"lock on fd 5: its range ends before it starts"),
+    "lock-on-no-fd": (lambda d: _lock(d, fd=77), r"lock on fd 77: the process has no such fd"),
+    "lock-of-itself": (lambda d: _lock(d, type="flock", start=0, end=None, of=d["processes"][0]["pid"]),
+                       r"'of' names a flock lock's holder, another process of the image"),
+    "lock-gone-posix": (lambda d: _lock(d, gone=True), r"'gone' is for a flock lock on the process's own fd"),
     "fd-flags-1<<70": (lambda d: d["processes"][0]["fds"][-1].update(flags=1 << 70), r"'flags' has bits"),
     "fd-pos-negative": (lambda d: d["processes"][0]["fds"][-1].update(pos=-1), r"'pos' out of range"),
     "mount-id-negative": (lambda d: _mount(d, "/mnt/u").update(id=-5), r"'id' out of range"),

@@ -61,6 +61,7 @@ DEFAULT_TIMEOUT = 30.0
 # from mntcr, and why. Any other option makes the test a skip naming it: never run it half-configured.
 IGNORED_OPTS = {
     "--link-remap": "mntcr keeps files open under a deleted or linked name without a flag",
+    "--file-locks": "mntcr always dumps the tree's file locks (engine/filelocks.py), or refuses naming one",
     "--mntns-compat-mode": "criu's choice of its mount engine; mntcr has one",
     "--no-mntns-compat-mode": "criu's choice of its mount engine; mntcr has one",
     "--manage-cgroups": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
@@ -84,6 +85,7 @@ FEATURES = {
     "sk_unix_file": lambda: _sk_unix_file(),
     "kcmp_epoll": lambda: _kernel_at_least(4, 13),   # kcmp(KCMP_EPOLL_TFD)
     "timerfd": lambda: _kernel_at_least(3, 17),      # timerfd state in fdinfo
+    "fdinfo_lock": lambda: _kernel_at_least(4, 1),   # "lock:" lines in fdinfo (engine/filelocks.py reads them)
 }
 
 

@@ -4,7 +4,7 @@ Per process: the canonical mount tree of its mount namespace as it sees it
 (/proc/PID/mountinfo, relative to its root), its fd table (number, flags,
 offset, path, mount by canonical label or ``detached``, and per kind what the
 fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
-see zdtm/fdkinds.py), cwd and root (path and mount label). Which fds are one
+see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label). Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), peer groups that span
 several mount namespaces, and the output of the scenario's `check` script run
@@ -190,13 +190,35 @@ class Proc:
         return mntlocks.summary(self.locks)
 
 
-def _fdinfo(pid: int, fd: str) -> dict[str, str]:
-    out = {}
+def _fdinfo(pid: int, fd: str) -> dict:
+    """fdinfo as {key: value}; its "lock" lines (several) as a list."""
+    out: dict = {}
     with open(f"/proc/{pid}/fdinfo/{fd}") as f:
         for line in f:
             key, _, value = line.partition(":")
-            out[key.strip()] = value.strip()
+            if key == "lock":
+                out.setdefault("locks", []).append(value.strip())
+            else:
+                out[key.strip()] = value.strip()
     return out
+
+
+def _locks(pid: int, lines: list[str]) -> str:
+    """The file locks an fd shows, as compared: kind, state, mode, range, and whose they are ("self":
+    this process took it, "other": another process, none for an OFD lock); the inode is the fd's
+    file (its path is compared), lock numbers and pids change on restore."""
+    out = []
+    for line in lines:
+        words = line.split()[1:]       # (without the "N:" number)
+        if words and words[0] == "->":
+            words = words[1:]
+        if len(words) < 7:
+            out.append(line)
+            continue
+        kind, state, mode, owner, _inode, start, end = words[:7]
+        who = "" if owner == "-1" else " self" if int(owner) == pid else " other"
+        out.append(f"{kind} {state} {mode}{who} {start}-{end}")
+    return " locks=[" + "; ".join(sorted(out)) + "]" if out else ""
 
 
 def _where(canon, mnt_id: int | None, elsewhere: dict) -> str:
@@ -330,7 +352,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             if mnt in proc_mounts:
                 path = _proc_pid_path(pid, path, proc_mounts[mnt], tree or (pid,))
             fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}"
-                       + (f" {extra}" if extra else ""))
+                       + (f" {extra}" if extra else "") + _locks(pid, info.get("locks", ())))
         places = {}
         for what in ("root", "cwd"):
             path = os.readlink(f"/proc/{pid}/{what}")

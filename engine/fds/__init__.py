@@ -150,6 +150,12 @@ class FdKind:
     mounts: Callable[[dict], list] = lambda entry: []
     # Its own fields of an image fd entry: name -> engine.imageformat.F (types; `check` does the rest).
     fields: dict = field(default_factory=dict)
+    # refs(entry) -> what the entry names elsewhere in the image, checked by the validator against
+    # it (a field's form says nothing of whose process or namespace it is): (what, value, text)
+    # each, what one of "process" (an image pid), "namespace" (an image namespace id), "proc" (a
+    # location {mnt, detached?} on a proc mount of the image), "private" (a location {mnt} on a
+    # filesystem only the restored tree reaches, fs.made_for_image); text names it in the refusal.
+    refs: Callable[[dict], list] = lambda entry: []
     # prepare(key, object, [(entry, chan)], call) -> fds kept as the object's restore state, made
     # before any fd once all stand-ins entered their roots (call(chan, fn, args, fds) -> fds).
     prepare: Callable | None = None

@@ -46,6 +46,24 @@ FAN_MARK_IGNORED_MASK, FAN_MARK_IGNORED_SURV_MODIFY, FAN_MARK_EVICTABLE = 0x20, 
 FAN_MARK_IGNORE = 0x400
 MARK_FLAGS = FAN_MARK_IGNORED_SURV_MODIFY | FAN_MARK_EVICTABLE | FAN_MARK_IGNORE   # what fdinfo's mflags holds
 TYPES = ("inode", "mount", "filesystem")
+# fanotify_init classes that take permission events (FAN_CLASS_CONTENT, FAN_CLASS_PRE_CONTENT): an access
+# to what such a group marks waits until the group's holder answers, which a stand-in never does.
+PERM_CLASSES = 0x4 | 0x8
+# FAN_UNLIMITED_QUEUE: events wait in kernel memory without bound; a stand-in never reads them.
+UNLIMITED_QUEUE = 0x10
+
+
+def _host_risk(init: int, kind: str) -> str | None:
+    """Why a mark of this kind of group must lie on a filesystem made for the image alone, or None:
+    a permission class group's inode or filesystem mark (the host's accesses there would wait for
+    its answer), an unlimited queue's filesystem mark (every access to the host's filesystem would
+    queue an event in kernel memory for good; an inode mark, as CRIU's fanotify00 holds, costs
+    what that one file's accesses make)."""
+    if init & PERM_CLASSES and kind != "mount":
+        return "of a permission class group"
+    if init & UNLIMITED_QUEUE and kind == "filesystem":
+        return "of a group with an unlimited queue"
+    return None
 MAX_MARKS = 1 << 16
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -67,7 +85,8 @@ def _parse(text: str, locate) -> dict:
     out = {"init": int(g[1], 16), "event_flags": int(g[2], 16), "marks": []} if g else {"error": "no group line"}
     for m in _INODE.finditer(text):
         sdev = int(m[2], 16)
-        mark = {"type": "inode", "mflags": int(m[3], 16), "mask": int(m[4], 16), "ignored": int(m[5], 16)}
+        mark = {"type": "inode", "dev": f"{sdev >> 20}:{sdev & 0xFFFFF}", "mflags": int(m[3], 16),
+                "mask": int(m[4], 16), "ignored": int(m[5], 16)}
         if locate is None:
             out["marks"].append({**mark, "unlocated": True})
             continue
@@ -105,6 +124,7 @@ def _marks(d, got: dict) -> list[dict]:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what}: mark flags {k['mflags']:#x} not supported")
         if "error" in k:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k['error']}: not supported")
+        _refuse_blocking(d, got, k, every, what)
         if k.get("unlocated"):
             continue
         if k["type"] == "inode":
@@ -126,6 +146,29 @@ def _marks(d, got: dict) -> list[dict]:
             rec["mnt"] = same[0].mnt_id
         marks.append(rec)
     return marks
+
+
+def _refuse_blocking(d, got: dict, k: dict, every: dict, what: str) -> None:
+    """A mark `_host_risk` names on a filesystem that may be the host's too (fs.made_for_image):
+    restored, the host's own accesses there would wait for a stand-in that never answers, or
+    queue events it never reads. Refused (the validator refuses such an image too, and one on
+    an external mount, which dump cannot tell here)."""
+    from engine import fs
+    risk = _host_risk(got["init"], k["type"])
+    if risk is None:
+        return
+    types = sorted({m.fstype for m in every.values() if m.dev == k["dev"]})
+    if not any(fs.made_for_image(t) for t in types):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} {risk} on a "
+                                        f"{'/'.join(types) or 'unknown'} filesystem: restore makes such marks "
+                                        "only on filesystems it makes for the tree alone (tmpfs, ramfs, overlay, "
+                                        "FUSE): not supported")
+
+
+def _refs(e: dict) -> list:
+    """The marks `_host_risk` names lie on filesystems made for the image."""
+    return [("private", k, f"fanotify {k['type']} mark {i} {_host_risk(e['init'], k['type'])}")
+            for i, k in enumerate(e["marks"]) if _host_risk(e["init"], k["type"])]
 
 
 def _precheck(d) -> None:
@@ -203,4 +246,5 @@ def _open(r: RestoreFd) -> int:
 
 register(FdKind(name="fanotify", matches=lambda t, m: t == "anon_inode:[fanotify]", dump=_dump, open=_open,
                 check=_check, in_ns=_in_ns, mounts=lambda e: [k["mnt"] for k in e["marks"]], precheck=_precheck,
+                refs=_refs,
                 fields={"init": F(INT), "event_flags": F(INT), "marks": F(LIST)}))

@@ -36,6 +36,12 @@ def _open(r: RestoreFd) -> int:
         fd = _of_live_pid(r, e, flags)
     else:
         fd = r.open_at(e["mnt"], e["path"], flags)
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+        # (dump gives FIFOs and sockets kinds of their own: the image's file is not what it says)
+        os.close(fd)
+        raise FdError(errno.EINVAL, f"{r.where}: {e['path']} is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}, "
+                                    "where the image has a file")
     if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
         os.lseek(fd, e["pos"], os.SEEK_SET)
     return fd
@@ -189,5 +195,13 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: a /proc file of a live process must be /N/... on a mount of the tree")
 
 
+def _refs(entry: dict) -> list:
+    """A /proc file of a process: on a proc mount of the image, a live one a process of the image."""
+    out = [("proc", entry, f"a /proc file ({key!r})") for key in ("dead_pid", "live_pid") if key in entry]
+    if "live_pid" in entry:
+        out.append(("process", entry["live_pid"], f"'live_pid' {entry['live_pid']}"))
+    return out
+
+
 register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90, precheck=_precheck,
-                check=_check, deferred=lambda e: "live_pid" in e))
+                check=_check, deferred=lambda e: "live_pid" in e, refs=_refs))

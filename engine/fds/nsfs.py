@@ -84,4 +84,5 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="nsfs", matches=_matches, dump=_dump, open=_open, precheck=_precheck,
-                fields={"ns": F(STR, rule=pattern(_NS_ID, "a namespace id like net-1"))}))
+                fields={"ns": F(STR, rule=pattern(_NS_ID, "a namespace id like net-1"))},
+                refs=lambda e: [("namespace", e["ns"], f"namespace {e['ns']}")]))

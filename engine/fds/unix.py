@@ -385,7 +385,7 @@ def _make(args, fds):
         a, b = socket.socketpair(socket.AF_UNIX, unix_diag.TYPE_NO[spec["type"]])
         unix_queue.send_queue(b, spec.get("msgs") or (), fds)   # its queue, sent by the peer that goes at once
         if spec.get("data"):
-            b.sendall(base64.b64decode(spec["data"]))
+            unix_queue.send_all(b, base64.b64decode(spec["data"]))
         b.close()
         return None, [a.detach()]
     if spec.get("pair"):

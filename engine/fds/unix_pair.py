@@ -86,7 +86,8 @@ def fill(ends: list[int], spec: dict, fds: list[int]) -> list[int]:
     fds in flight from `fds`), each sent by its peer. Returns `ends`."""
     for end, data in enumerate(spec.get("data") or ()):
         if data:
-            os.write(ends[1 - end], base64.b64decode(data))   # what `end` will read, sent by its peer
+            with socket.socket(fileno=os.dup(ends[1 - end])) as peer:   # what `end` will read, sent by its peer
+                unix_queue.send_all(peer, base64.b64decode(data))
     rest = list(fds)
     for end, queue in enumerate(spec.get("msgs") or ()):
         with socket.socket(fileno=os.dup(ends[1 - end])) as peer:

@@ -195,16 +195,31 @@ def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
     """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
     from the front of `fds` (received ones, which the stand-in closes). Returns the fds left."""
     fds = list(fds)
-    for m in queue:
-        if isinstance(m, dict):
-            n = len(m["fds"])
-            mine, fds = fds[:n], fds[n:]
-            if len(mine) != n:
-                raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
-            socket.send_fds(peer, [base64.b64decode(m["data"])], mine)
-        else:
-            peer.send(base64.b64decode(m))
+    try:
+        for i, m in enumerate(queue):
+            if isinstance(m, dict):
+                n = len(m["fds"])
+                mine, fds = fds[:n], fds[n:]
+                if len(mine) != n:
+                    raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
+                socket.send_fds(peer, [base64.b64decode(m["data"])], mine, socket.MSG_DONTWAIT)
+            else:
+                peer.send(base64.b64decode(m), socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        # (one argument: the stand-in reports str(e), which would show an errno before it)
+        raise FdError(f"its queue does not fit back: the socket takes {i} of its {len(queue)} messages") from None
     return fds
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """Queue stream bytes `data` on `sock`'s peer, never waiting for a reader (none comes before the
+    tree runs: a hostile image's queue larger than the socket holds would block restore forever)."""
+    done = 0
+    try:
+        while done < len(data):
+            done += sock.send(data[done:], socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        raise FdError(f"its queued bytes do not fit back: the socket takes {done} of {len(data)}") from None
 
 
 def open_inflight(r: RestoreFd, msgs) -> list[int]:

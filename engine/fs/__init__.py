@@ -47,6 +47,22 @@ class FsError(OSError):
 
 # When restore can create a superblock of a type:
 PLAIN = "plain"            # at once (from a stand-in in its namespace for `ns` types)
+def open_image_file(base: int, path: str, flags: int, what: str, dirs: bool = False) -> int:
+    """A regular file (or, with `dirs`, a directory) of a superblock the image filled (`path` beneath
+    its root fd `base`, through no symlink and no other mount), opened without blocking; FsError
+    "WHAT PATH is no regular file" for anything else (a FIFO of a hostile archive would block the
+    open forever)."""
+    from engine import kernel
+    fd = kernel.open_unblocked(lambda f: kernel.openat2(
+        base, path.lstrip("/") or ".", f, kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS
+        | kernel.RESOLVE_NO_MAGICLINKS | kernel.RESOLVE_NO_XDEV), flags)
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or dirs and stat.S_ISDIR(mode)):
+        os.close(fd)
+        raise FsError(errno.EINVAL, f"{what} {path} is no regular file{' or directory' if dirs else ''}")
+    return fd
+
+
 AFTER_FILES = "after-files"  # after every archive is extracted (a loop image file may be among them)
 ON_USE = "on-use"          # when a mount of it is first cloned (its layers are mounts restored before it)
 
@@ -141,8 +157,10 @@ class FsType:
     # Served by a daemon process: restore starts a new one with the user's restart command (fuse.py);
     # dump neither stops nor dumps the tree's processes `serves` says hold such a connection.
     daemon: bool = False
-    # One superblock for the whole machine (devtmpfs): a mount of it in the tree is the host's, so
-    # an --external naming an overmount stack that holds one applies to it, not to the stack's top.
+    # One superblock for the whole machine (devtmpfs, debugfs, tracefs...; binfmt_misc: one a user
+    # namespace): a mount of it in the tree is the host's, so an --external naming an overmount
+    # stack that holds one applies to it, not to the stack's top; restore mounts it again only for
+    # an image it trusts (--devices all).
     host_global: bool = False
     # Names /proc/filesystems must list for the kernel to make it.
     requires: tuple[str, ...] = ()
@@ -378,6 +396,15 @@ def daemons(pids) -> set[int]:
                 out.add(pid)
                 break
     return out
+
+
+def made_for_image(fstype: str) -> bool:
+    """Whether restore makes a superblock of this type that only the restored tree reaches: filled
+    from the image (tmpfs, ramfs), built on its layers (overlay) or served by a new daemon (FUSE).
+    Others may be the host's own: devtmpfs, a cgroup v1 hierarchy, a block device the host has
+    mounted too, a namespace-bound one of a namespace shared with the host (and any external one)."""
+    t = lookup(fstype)
+    return t is not None and (t.content or t.layers or t.daemon)
 
 
 def holds_ghosts(fstype: str) -> bool:

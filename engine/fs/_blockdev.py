@@ -23,7 +23,7 @@ from engine.records import record
 
 from engine import channel, kernel
 from engine.standin import fsmount
-from engine.fs import FsError, FsType, lookup
+from engine.fs import FsError, FsType, lookup, open_image_file
 
 LOOP_MAJOR = 7
 LOOP_CTL_GET_FREE = 0x4C82
@@ -186,9 +186,8 @@ class BlockType(FsType):
                 if base is None:
                     raise FsError(errno.EINVAL, f"{where}: the filesystem of its loop device's backing file "
                                                 "was not restored")
-                file_fd = kernel.openat2(base, loop["path"].lstrip("/"), (os.O_RDONLY if loop["ro"] else os.O_RDWR),
-                                         kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS
-                                         | kernel.RESOLVE_NO_MAGICLINKS | kernel.RESOLVE_NO_XDEV)
+                file_fd = open_image_file(base, loop["path"], os.O_RDONLY if loop["ro"] else os.O_RDWR,
+                                          f"{where}: its loop device's backing file")
                 loop_fd, rdev = attach_loop(file_fd, loop["offset"], loop["sizelimit"], loop["ro"])
             return create(sb["fstype"].split(".", 1)[0], sb["source"], rdev, self.fsconfig_params(sb["super_opts"]))
         finally:

@@ -2,4 +2,4 @@
 
 from engine.fs import FsType, register
 
-TYPE = register(FsType("binfmt_misc", requires=("binfmt_misc",)))
+TYPE = register(FsType("binfmt_misc", host_global=True, requires=("binfmt_misc",)))

@@ -6,4 +6,4 @@ declare that mount --external); a mount of its own in the container is made agai
 
 from engine.fs import FsType, pseudo_recipe, register
 
-TYPE = register(FsType("configfs", requires=("configfs",), recipe=pseudo_recipe("configfs")))
+TYPE = register(FsType("configfs", host_global=True, requires=("configfs",), recipe=pseudo_recipe("configfs")))

@@ -6,4 +6,4 @@ declare that mount --external); a mount of its own in the container is made agai
 
 from engine.fs import FsType, pseudo_recipe, register
 
-TYPE = register(FsType("debugfs", requires=("debugfs",), recipe=pseudo_recipe("debugfs")))
+TYPE = register(FsType("debugfs", host_global=True, requires=("debugfs",), recipe=pseudo_recipe("debugfs")))

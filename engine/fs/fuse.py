@@ -32,7 +32,7 @@ import stat
 from engine.records import record
 
 from engine import kernel
-from engine.fs import AFTER_FILES, FsError, FsType, Recipe, lookup, register
+from engine.fs import AFTER_FILES, FsError, FsType, Recipe, lookup, open_image_file, register
 
 FUSE_DEV = os.makedev(10, 229)
 # Seconds a restarted daemon has to answer its first request.
@@ -171,9 +171,8 @@ class FuseType(FsType):
                 base = ctx.sb(sb["input"]["sb"])
                 if base is None:
                     raise FsError(errno.EINVAL, f"{where}: the filesystem of its source file was not restored")
-                source_fd = kernel.openat2(base, sb["input"]["path"].lstrip("/") or ".", os.O_RDONLY,
-                                           kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS
-                                           | kernel.RESOLVE_NO_MAGICLINKS | kernel.RESOLVE_NO_XDEV)
+                source_fd = open_image_file(base, sb["input"]["path"], os.O_RDONLY, f"{where}: its input file",
+                                            dirs=True)
             argv = command(template, 0, source_fd, key)  # checked before anything is made
             conn = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
             params = [("fd", str(conn)), ("rootmode", "40000")]

@@ -6,4 +6,4 @@ declare that mount --external); a mount of its own in the container is made agai
 
 from engine.fs import FsType, pseudo_recipe, register
 
-TYPE = register(FsType("fusectl", requires=("fusectl",), recipe=pseudo_recipe("fusectl")))
+TYPE = register(FsType("fusectl", host_global=True, requires=("fusectl",), recipe=pseudo_recipe("fusectl")))

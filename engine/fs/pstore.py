@@ -6,4 +6,4 @@ declare that mount --external); a mount of its own in the container is made agai
 
 from engine.fs import FsType, pseudo_recipe, register
 
-TYPE = register(FsType("pstore", requires=("pstore",), recipe=pseudo_recipe("pstore")))
+TYPE = register(FsType("pstore", host_global=True, requires=("pstore",), recipe=pseudo_recipe("pstore")))

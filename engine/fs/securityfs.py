@@ -6,4 +6,4 @@ declare that mount --external); a mount of its own in the container is made agai
 
 from engine.fs import FsType, pseudo_recipe, register
 
-TYPE = register(FsType("securityfs", requires=("securityfs",), recipe=pseudo_recipe("securityfs")))
+TYPE = register(FsType("securityfs", host_global=True, requires=("securityfs",), recipe=pseudo_recipe("securityfs")))

@@ -6,4 +6,4 @@ declare that mount --external); a mount of its own in the container is made agai
 
 from engine.fs import FsType, pseudo_recipe, register
 
-TYPE = register(FsType("tracefs", requires=("tracefs",), recipe=pseudo_recipe("tracefs")))
+TYPE = register(FsType("tracefs", host_global=True, requires=("tracefs",), recipe=pseudo_recipe("tracefs")))
