@@ -61,14 +61,46 @@ def _sed_replacement(text: str) -> str:
 def archive_link(proc_dir: str, entry: str, path: str, out_path: str, pass_fds=()) -> dict:
     """Archive the unlinked object behind the magic link `proc_dir/entry` (/proc/PID/fd/N, or
     /proc/self/fd/N of a mount clone in `pass_fds`) alone, as member sb-0 under the name it had
-    (`path`'s last part); size and sha256."""
+    (`path`'s last part); size and sha256. A symlink (an O_PATH fd on one: CRIU's symlink01) is
+    archived as a symlink of the same target, owner and times: tar would store the magic link's
+    own target, the deleted path."""
     name = os.path.basename(path)
-    cmd = [content.tar(), "-C", proc_dir, "--dereference", "--sparse", *content.COMMON,
+    fd = os.open(os.path.join(proc_dir, entry), os.O_PATH | os.O_CLOEXEC)   # (the symlink itself, if one)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISLNK(st.st_mode):
+            return _archive_symlink(os.readlink("", dir_fd=fd), st, name, out_path)
+    finally:
+        os.close(fd)
+    return _tar(proc_dir, entry, name, out_path, ["--dereference"], pass_fds)
+
+
+def _archive_symlink(target: str, st: os.stat_result, name: str, out_path: str) -> dict:
+    # (made beside the archive, in the image directory dump writes, and removed again)
+    tmp = out_path + ".link"
+    os.mkdir(tmp, 0o700)
+    link = os.path.join(tmp, "link")
+    try:
+        os.symlink(target, link)
+        os.chown(link, st.st_uid, st.st_gid, follow_symlinks=False)
+        os.utime(link, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        return _tar(tmp, "link", name, out_path, [], ())
+    finally:
+        try:
+            os.unlink(link)
+        except FileNotFoundError:
+            pass   # (the symlink was never made)
+        os.rmdir(tmp)
+
+
+def _tar(directory: str, entry: str, name: str, out_path: str, opts: list[str], pass_fds) -> dict:
+    """Archive `directory/entry` as member sb-0/`name` into `out_path`; its size and sha256."""
+    cmd = [content.tar(), "-C", directory, *opts, "--sparse", *content.COMMON,
            f"--transform=s,^{entry}$,sb-0/{_sed_replacement(name)},", "-cf", out_path, entry]
     import subprocess   # dump only, where archives are made: not every command's start-up
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True, pass_fds=pass_fds)
     if proc.returncode not in (0, 1):
-        raise GhostError(errno.EIO, f"archiving the deleted file {path} failed: "
+        raise GhostError(errno.EIO, f"archiving the deleted file {name} failed: "
                                     f"{content.last_line(proc.stderr, 'tar failed')}")
     return content.digest_path(out_path)
 

@@ -627,6 +627,15 @@ class fs_ids_for_a_while:
         return False
 
 
+def set_fs_ids(uid: int | None = None, gid: int | None = None) -> None:
+    """setfsuid/setfsgid (the kernel answers with the old id whether it took or not: a caller
+    that must know asks again)."""
+    if gid is not None:
+        _libc.setfsgid(gid)
+    if uid is not None:
+        _libc.setfsuid(uid)
+
+
 def fs_ids_keeping_caps(uid: int, gid: int) -> None:
     """In a root child: file system ids `uid`/`gid` (new files are theirs, and a superblock a user
     namespace owns takes them only from ids it maps), keeping root's capabilities

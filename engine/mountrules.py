@@ -163,18 +163,19 @@ def deleted_file(where: str, sb: dict | None, mode: int) -> None:
     """Refuse a file a process holds open under a deleted name (`where` names it) that restore cannot
     make again: one on a mount in no dumped namespace (`sb` None: detached, or outside the dump), on a
     superblock that cannot hold it again (external, or a type without ghosts: fs.holds_ghosts), or neither a regular
-    file, a FIFO, a device node nor a directory (`mode`)."""
+    file, a FIFO, a device node, a symlink nor a directory (`mode`)."""
     if sb is None:
         raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a deleted file on a detached mount or one outside the dumped "
                                            "namespaces: not supported yet")
     if sb["external"] or not fs.holds_ghosts(sb["fstype"]):
         raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a deleted file on {sb['fstype']} (only a "
                                            f"{fs.ghost_names()} made in the dumped tree can hold it again)")
-    # (a device node is archived as a node, its device numbers only: CRIU's deleted_dev)
+    # (a device node is archived as a node, its device numbers only: CRIU's deleted_dev; a symlink
+    # as a symlink: CRIU's symlink01 holds one by an O_PATH fd)
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode)
-            or stat.S_ISBLK(mode)):
-        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs, device nodes and "
-                                           "directories are supported")
+            or stat.S_ISBLK(mode) or stat.S_ISLNK(mode)):
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: only deleted regular files, FIFOs, device nodes, "
+                                           "symlinks and directories are supported")
 
 
 def deleted_mapping(where: str, sb: dict | None, mode: int, nlink: int) -> None:

@@ -1097,6 +1097,11 @@ def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[i
     if groups is not None:
         os.setgroups(groups)
     os.setresgid(gid[0], gid[1], gid[2])
+    # The file system ids after the others, which set them to the effective ones: the fsgid while
+    # still root (one none of the others is takes CAP_SETGID), the fsuid last (one of the three
+    # takes; another cannot be had without the privilege, and the runner's comparison tells).
+    kernel.set_fs_ids(gid=gid[3] if len(gid) > 3 else None)
     os.setresuid(uid[0], uid[1], uid[2])
-    if dumpable is not None:
+    kernel.set_fs_ids(uid=uid[3] if len(uid) > 3 else None)
+    if dumpable is not None:   # (last: a change of the fsuid clears it too)
         kernel.set_dumpable(dumpable)

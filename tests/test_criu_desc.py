@@ -41,3 +41,16 @@ def test_flavor_and_features():
 def test_enable_fs_needs_only_the_kernel_filesystem():
     assert criu_tests.options({"opts": "--enable-fs tmpfs"}).unsupported is None
     assert "has no no_such_fs" in criu_tests.options({"opts": "--enable-fs no_such_fs"}).unsupported
+
+
+def test_ghost_limit_and_fiemap_ask_nothing_of_mntcr():
+    """--ghost-limit N (with its value, either spelling) and --(no-)ghost-fiemap: mntcr keeps deleted
+    files of any size, holes included; a word after them is still read as an option."""
+    assert criu_tests.options({"dopts": "--ghost-limit 8M --no-ghost-fiemap"}) == criu_tests.Options()
+    assert criu_tests.options({"opts": "--ghost-limit=1G --ghost-fiemap"}) == criu_tests.Options()
+    assert "--tcp-established" in criu_tests.options({"dopts": "--ghost-limit 8M --tcp-established"}).unsupported
+
+
+def test_irmap_options_ask_nothing_of_mntcr():
+    """--force-irmap and --irmap-scan-path DIR: how criu names an inotify watch's file."""
+    assert criu_tests.options({"opts": "--force-irmap --irmap-scan-path /zdtm/static"}) == criu_tests.Options()

@@ -56,3 +56,23 @@ exec {HOLD} 100000 </dev/null >/dev/null 2>&1
     assert [p.text() for p in before.snap.procs] and caps == sorted(
         line.split(" caps ")[1] for p in before.snap.procs for line in p.text().splitlines()
         if line.startswith("creds:"))
+
+
+def test_distinct_real_effective_saved_and_fs_ids_are_kept(case):
+    """A process whose real, effective, saved and file system ids all differ (CRIU's pid00: gids
+    5,6,7,8, uids 1,2,3 with fsuid 2) comes back with each of them: setresgid/setresuid set the fs ids
+    to the effective ones, so the stand-in sets them after (it kept the fsgid at the egid)."""
+    setup = f"""
+python3 -c '
+import ctypes, os, signal
+libc = ctypes.CDLL(None)
+os.setresgid(5, 6, 7); libc.setfsgid(8); os.setresuid(1, 2, 3)   # (an exec would reset saved and fs ids)
+libc.prctl(15, b"mntcr-hold", 0, 0, 0)   # PR_SET_NAME: ready
+while True:
+    signal.pause()
+' </dev/null >/dev/null 2>&1 &
+exec {HOLD} 100000 </dev/null >/dev/null 2>&1
+"""
+    before, after = case.roundtrip(setup)
+    assert any(c.startswith("creds: uid 1,2,3,2 gid 5,6,7,8 groups - ") for c in _creds(before)), _creds(before)
+    assert _creds(after) == _creds(before)

@@ -169,6 +169,32 @@ os.dup2(os.open("/mnt/t/f", os.O_PATH), 12)
     assert _fd(after, 12).startswith("12: /mnt/t/f flags=10000000")
 
 
+@pytest.mark.parametrize("strategy", ["", "sources=yard"])
+def test_anonymous_shared_memory_fd(case, strategy, monkeypatch):
+    """An fd on anonymous shared memory (opened through /proc/self/map_files, then unmapped: CRIU's
+    shmemfd), O_APPEND, with content and an offset, and a second description of it: restored as
+    "/dev/zero (deleted)" of the kernel's shmem mount with that content, offset and flags."""
+    if strategy:
+        monkeypatch.setenv("MNTCR_STRATEGY", strategy)
+    setup = py_hold("""
+import ctypes, fcntl, mmap
+libc = ctypes.CDLL(None, use_errno=True); libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+a = libc.mmap(None, 4096, 3, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
+fd = os.open(f"/proc/self/map_files/{a:x}-{a + 4096:x}", os.O_RDWR)
+libc.munmap(ctypes.c_void_p(a), ctypes.c_size_t(4096))
+os.ftruncate(fd, 0); os.write(fd, b"shared memory"); os.lseek(fd, 3, 0)
+fcntl.fcntl(fd, fcntl.F_SETFL, os.O_APPEND)
+os.dup2(fd, 10); os.dup2(os.open(f"/proc/self/fd/{fd}", os.O_RDONLY), 11)
+""")
+    before, after = case.roundtrip(setup)
+    assert _fd(after, 10).startswith("10: /dev/zero (deleted) flags=2002 pos=3"), _fd(after, 10)
+    assert _fd(after, 11).startswith("11: /dev/zero (deleted) flags=0 pos=0"), _fd(after, 11)
+    with open(f"/proc/{after.pid}/fd/11", "rb") as f:
+        assert f.read() == b"shared memory"
+    assert os.stat(f"/proc/{after.pid}/fd/10").st_ino == os.stat(f"/proc/{after.pid}/fd/11").st_ino
+
+
 def test_fifo_beneath_overmount_and_detached(case):
     """A FIFO with data opened before its directory was covered, and one on a lazily unmounted tmpfs."""
     setup = """
@@ -703,6 +729,60 @@ for x in (d1, d2, q1): x.close()
         assert out.stdout == b"x", out
         for fd in fds + kfds:
             os.close(fd)
+
+
+def test_pipes_in_flight(case):
+    """Pipe ends sent with SCM_RIGHTS and not received yet (CRIU's scm00, scm03): the read end of a
+    pipe holding data on a datagram pair, its sender's copy closed and the write end kept; both ends of
+    another pipe in one seqpacket message, no process holding either. Each comes back in the queue as
+    an end of the same restored pipe as the process's, the data in it."""
+    setup = py_hold("""
+import socket
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe(); os.write(w, b"in the pipe")
+socket.send_fds(d1, [b"read end"], [r]); os.close(r); os.dup2(w, 23); os.close(w)
+q1, q2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+r2, w2 = os.pipe(); os.write(w2, b"both")
+socket.send_fds(q2, [b"both ends"], [r2, w2]); os.close(r2); os.close(w2)
+os.dup2(d2.fileno(), 20); os.dup2(q1.fileno(), 21); os.dup2(d1.fileno(), 22); os.dup2(q2.fileno(), 24)
+for x in (d1, d2, q1, q2): x.close()
+""")
+    before, after = case.roundtrip(setup)
+    import socket
+    from engine import kernel
+    from engine.fds import sys as fsys
+    pidfd = kernel.pidfd_open(after.pid)
+    try:
+        d2 = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 20))
+        q1 = socket.socket(fileno=fsys.pidfd_getfd(pidfd, 21))
+        w = fsys.pidfd_getfd(pidfd, 23)
+    finally:
+        os.close(pidfd)
+    with d2, q1:   # (reading consumes the restored tree's queues: the test's last look)
+        data, fds, _, _ = socket.recv_fds(d2, 100, 4, socket.MSG_DONTWAIT)
+        assert data == b"read end" and len(fds) == 1
+        os.write(w, b", more")
+        os.close(w)
+        assert os.read(fds[0], 100) == b"in the pipe, more"
+        data, ends, _, _ = socket.recv_fds(q1, 100, 4, socket.MSG_DONTWAIT)
+        assert data == b"both ends" and len(ends) == 2
+        assert os.fstat(ends[0]).st_ino == os.fstat(ends[1]).st_ino
+        os.write(ends[1], b" ends")
+        assert os.read(ends[0], 100) == b"both ends"
+        for fd in fds + ends:
+            os.close(fd)
+
+
+def test_kind_in_flight_not_kept_refused_unstopped(case):
+    """An epoll sent with SCM_RIGHTS on a datagram pair and not received yet (CRIU's scm05) is
+    refused before the stop: a peek at the head message shows it."""
+    _refused_unstopped(case, py_hold("""
+import select, socket
+d1, d2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+ep = select.epoll(); socket.send_fds(d1, [b"an epoll"], [ep.fileno()]); ep.close()
+os.dup2(d2.fileno(), 20); os.dup2(d1.fileno(), 21); d1.close(); d2.close()
+"""), r"process \d+ fd 20 \(socket:\[\d+\]\): an fd in flight \(anon_inode:\[eventpoll\]\): only files, "
+      r"FIFOs and pipes in flight are supported")
 
 
 def test_fifo_in_flight_keeps_its_data(case):
@@ -1419,15 +1499,29 @@ os.dup2(os.pidfd_open(os.getpid()), 9)
     assert "flags=4002" in lines["8"], lines["8"]   # O_NONBLOCK kept (dup2 cleared O_CLOEXEC)
 
 
-def test_pidfd_of_a_process_that_exited_refused_unstopped(case):
-    """A pidfd of a process that exited (reaped: no process of the tree) is refused before the stop."""
-    setup = """
-sleep 100000 </dev/null >/dev/null 2>&1 &
-echo $! > /run/child.pid
-""" + py_hold("""
+def test_pidfds_of_processes_that_exited(case):
+    """Pidfds of two children that exited and were reaped (CRIU's pidfd_dead), two on the first: each
+    comes back naming no process (fdinfo Pid: -1), the two on one child sharing an inode, the other's
+    a different one."""
+    setup = py_hold("""
 import signal
-child = int(open("/run/child.pid").read())
-os.dup2(os.pidfd_open(child), 7)
-os.kill(child, signal.SIGKILL); os.waitpid(child, 0)
+kids = []
+for _ in range(2):
+    pid = os.fork()
+    if pid == 0:
+        signal.pause(); os._exit(0)
+    kids.append(pid)
+os.dup2(os.pidfd_open(kids[0]), 7); os.dup2(os.pidfd_open(kids[0], os.O_NONBLOCK), 8)
+os.dup2(os.pidfd_open(kids[1]), 9)
+for pid in kids:
+    os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
 """)
-    _refused_unstopped(case, setup, r"process \d+ fd \d+ \(anon_inode:\[pidfd\]\): a pidfd of a process that exited")
+    before, after = case.roundtrip(setup)
+    lines = {line.split(":")[0]: line for line in after.root.fds}
+    for n in ("7", "8", "9"):
+        assert lines[n].endswith("pidfd=outside"), after.root.fds
+        with open(f"/proc/{after.pid}/fdinfo/{n}") as f:
+            assert "Pid:\t-1\n" in f.read()
+    assert "flags=4002" in lines["8"], lines["8"]
+    ino = {n: os.stat(f"/proc/{after.pid}/fd/{n}").st_ino for n in ("7", "8", "9")}
+    assert ino["7"] == ino["8"] != ino["9"], ino

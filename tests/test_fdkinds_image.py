@@ -27,6 +27,10 @@ os.dup2(m, 17)
 f = open("/mnt/t/lib", "rb"); mm = mmap.mmap(f.fileno(), 4096, prot=mmap.PROT_READ)
 os.dup2(os.open("/proc/self/ns/uts", os.O_RDONLY), 18)
 os.dup2(os.pidfd_open(os.getpid()), 19)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+sh = libc.mmap(None, 4096, 3, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
+os.dup2(os.open(f"/proc/self/map_files/{sh:x}-{sh + 4096:x}", os.O_RDWR), 20)
 """)
 
 
@@ -53,7 +57,11 @@ MUTATIONS = {
     "unix messages not a queue pair": lambda d: _obj(d, "unix").update(type="dgram", msgs=[["eA=="]]),
     "unix empty message": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[""], []]),
     "unix fd in flight of a kind": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[{"data": "", "fds": [
-        {"kind": "pipe", "flags": 0, "pos": 0, "mnt": 1, "path": "/"}]}], []]),
+        {"kind": "eventfd", "flags": 0, "pos": 0, "mnt": 1, "path": "/"}]}], []]),
+    "unix pipe in flight on a mount": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[{"data": "", "fds": [
+        {"kind": "pipe", "flags": 0, "pos": 0, "mnt": 1, "path": "/", "obj": _fd(d, "pipe")["obj"]}]}], []]),
+    "unix pipe in flight without its pipe": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[{"data": "", "fds": [
+        {"kind": "pipe", "flags": 0, "pos": 0}]}], []]),
     "unix fd in flight path": lambda d: _obj(d, "unix").update(type="dgram", msgs=[[{"data": "", "fds": [
         {"kind": "file", "flags": 0, "pos": 0, "mnt": 1, "path": "/../x"}]}], []]),
     "unix mounts of fds in flight": lambda d: _fd(d, "unix").update(mnts=[987654]),
@@ -84,6 +92,10 @@ MUTATIONS = {
     "nsfs time namespace": lambda d: _fd(d, "nsfs").update(ns="time-1"),
     "pidfd pid": lambda d: _fd(d, "pidfd").update(pid=0),
     "pidfd pid not a number": lambda d: _fd(d, "pidfd").update(pid="1"),
+    "pidfd of a live and an exited process": lambda d: _fd(d, "pidfd").update(dead="123"),
+    "pidfd of no process": lambda d: _fd(d, "pidfd").pop("pid"),
+    "pidfd exited id": lambda d: _fd(d, "pidfd").update(dead="../1"),
+    "shared memory content": lambda d: _obj(d, "shmem").update(data=7),
     "object id": lambda d: d["objects"].update({"../x": {"kind": "pipe", "size": 1, "data": ""}}),
 }
 
@@ -99,7 +111,7 @@ def dumped(tmp_path_factory):
 def test_dumped_image_with_every_kind_validates(dumped):
     doc, img = dumped
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
-    assert {"pipe", "eventfd", "epoll", "unix", "inotify", "pty", "nsfs", "pidfd"} <= kinds
+    assert {"pipe", "eventfd", "epoll", "unix", "inotify", "pty", "nsfs", "pidfd", "shmem"} <= kinds
     assert doc["processes"][0]["maps"]
     image.validate(copy.deepcopy(doc), img)
 

@@ -67,6 +67,11 @@ IGNORED_OPTS = {
     "--manage-cgroups": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
     "--manage-cgroups=full": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
     "--manage-cgroups=ignore": "cgroup membership is not mntcr's (cgroup mounts are dumped)",
+    "--ghost-limit": "mntcr keeps deleted files of any size: there is no limit to raise",
+    "--ghost-fiemap": "how criu finds a deleted file's holes; mntcr's archive keeps them (tar --sparse)",
+    "--no-ghost-fiemap": "how criu finds a deleted file's holes; mntcr's archive keeps them (tar --sparse)",
+    "--force-irmap": "how criu names an inotify watch's file (by a scan); mntcr finds it by its inode on the mount",
+    "--irmap-scan-path": "where criu's scan for an inotify watch's file starts; mntcr does not scan",
 }
 # --external mnt[]:FLAGS and mnt[] ask criu to detect external mounts itself; mntcr dumps every mount
 # it can and names the others, so they ask nothing more of it.
@@ -127,7 +132,7 @@ class Options:
 def _opt_words(text: str) -> list[tuple[str, str | None]]:
     """criu's options as (option, value) pairs; `--opt=value` and `--opt value` for the ones with a value."""
     with_value = {"--external", "--ext-mount-map", "--enable-fs", "--cgroup-root", "--cgroup-yard",
-                  "--lsm-mount-context"}
+                  "--lsm-mount-context", "--ghost-limit", "--irmap-scan-path"}
     words, out, i = text.split(), [], 0
     while i < len(words):
         word = words[i]
@@ -408,6 +413,9 @@ def _tail(path: str, n: int = 6) -> str:
         return ""
 
 
+TIMED_OUT = "timed out"   # (what `_mntcr` says of a stage it killed: never a refusal)
+
+
 def _mntcr(stage: str, args: list[str], log: str, timeout: float) -> str | None:
     """Run `mntcr STAGE ARGS`; None when it succeeded, else its last stderr line."""
     env = dict(os.environ, PYTHONPATH=_PROJECT_ROOT)
@@ -416,7 +424,7 @@ def _mntcr(stage: str, args: list[str], log: str, timeout: float) -> str | None:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, env=env, cwd=_PROJECT_ROOT,
                               timeout=timeout)
     except subprocess.TimeoutExpired:
-        return f"mntcr {stage} timed out after {timeout:g}s"
+        return f"{TIMED_OUT} after {timeout:g}s"
     with open(log, "wb") as f:
         f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + proc.stdout + b"--- stderr\n" + proc.stderr)
     if proc.returncode == 0:
@@ -490,6 +498,8 @@ class _Run:
                               *dump_ext],
                      os.path.join(self.w, "dump.log"), self.timeout * 2)
         if err:
+            if err.startswith(TIMED_OUT):
+                return self.res("fail", "dump", f"mntcr dump {err}")   # (killed: no refusal line)
             if not snapshot.alive(pid):
                 return self.res("fail", "dump", f"dump refused and the test is gone: {err}")
             # A refusal must leave the tree running and untouched: the test's own check says so.

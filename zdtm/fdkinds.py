@@ -4,7 +4,8 @@
 the same open file description, read without consuming anything): buffered
 bytes and capacity of a pipe or FIFO, eventfd counter, signalfd mask, timerfd
 clock and interval (and whether it is armed, or fired unread: the time left moves), epoll
-targets, memfd seals and size, a socket's family, type, name and state.
+targets, memfd seals and size, a socket's family, type, name and state (and how many fds are in
+flight on it).
 `sharing` names, per pipe/FIFO and per open file description held by more
 than one fd, which processes (by their index in the sorted snapshot) and fd
 numbers hold it.
@@ -127,7 +128,9 @@ def details(pid: int, fd: int, target: str) -> str:
         c = _copy(pid, fd)
         try:
             if target.startswith("socket:"):
-                return _socket(c)
+                # (fds in flight, sent with SCM_RIGHTS and not received yet: fdinfo's count)
+                inflight = info.get("scm_fds")
+                return _socket(c) + (f" scm_fds={inflight}" if inflight is not None else "")
             if target.startswith("/memfd:"):
                 return f"seals={fcntl.fcntl(c, fsys.F_GET_SEALS)} size={os.fstat(c).st_size}"
             return f"bytes={_inq(c)} size={fcntl.fcntl(c, fsys.F_GETPIPE_SZ)}"

@@ -1,24 +1,34 @@
-"""memfd: name, content, seals and offset (the file lives on no mount of the tree)."""
+"""memfds and anonymous shared memory: files of the kernel's own shmem mount, on no mount of the tree.
+
+A memfd keeps its name, content, seals and offset. An fd on anonymous shared memory (a
+MAP_SHARED|MAP_ANONYMOUS mapping opened through /proc/PID/map_files, CRIU's shmemfd; the
+kernel names it "/dev/zero (deleted)") keeps its content and offset: restore maps a page of
+new anonymous shared memory, opens it through its own map_files (CAP_SYS_ADMIN), unmaps it,
+and gives the file the dumped size and content. Descriptions of one file share one object.
+"""
 
 from __future__ import annotations
 
 import base64
+import ctypes
+import errno
 import fcntl
+import mmap
 import os
 import re
 
-from engine.fds import FdKind, RestoreFd, register
+from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
 _NAME = re.compile(r"^/memfd:(.*) \(deleted\)$")
+SHMEM = "/dev/zero (deleted)"   # shmem_zero_setup's file, on the kernel's shmem mount
 MAX_SIZE = 64 << 20   # kept inline in the image: refuse bigger ones rather than bloat the manifest
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
 F_SEAL_SEAL = 1
 
 
 def _refuse_size(where: str, size: int) -> None:
-    """Refuse a memfd too big to keep inline in the image."""
-    from engine.fds import FdError
+    """Refuse a file too big to keep inline in the image."""
     if size > MAX_SIZE:
         raise FdError(0, f"{where}: memfd of {size} bytes: more than {MAX_SIZE >> 20} MiB is not dumped")
 
@@ -28,19 +38,42 @@ def _precheck(d) -> None:
     _refuse_size(d.where, os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_size)
 
 
-def _dump(d) -> dict:
-    name = _NAME.match(d.target)[1]
+def _shmem_precheck(d) -> None:
+    """Before the tree is stopped: a "/dev/zero (deleted)" of the kernel's shmem mount, not a file so
+    named on a mount of the tree; its size."""
+    from engine import mappings
+    link = f"/proc/{d.pid}/fd/{d.fd}"
+    if not mappings.kernel_memory(int(d.info()["mnt_id"][0]), link):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a deleted file named /dev/zero on a mount of the tree, "
+                                        "not anonymous shared memory: not supported")
+    _precheck(d)
+
+
+def _content(d) -> tuple[bytes, int]:
+    """(content, seals) of the file behind fd `d`."""
     fd = os.open(f"/proc/{d.pid}/fd/{d.fd}", os.O_RDONLY | os.O_CLOEXEC)
     try:
         size = os.fstat(fd).st_size
         _refuse_size(d.where, size)
-        data = os.pread(fd, size, 0)
-        seals = fcntl.fcntl(fd, fsys.F_GET_SEALS)
+        return os.pread(fd, size, 0), fcntl.fcntl(fd, fsys.F_GET_SEALS)
     finally:
         os.close(fd)
+
+
+def _dump(d) -> dict:
     obj = f"memfd-{os.stat(f'/proc/{d.pid}/fd/{d.fd}').st_ino}"
     if obj not in d.objects:
-        d.objects[obj] = {"kind": "memfd", "name": name, "data": base64.b64encode(data).decode(), "seals": seals}
+        data, seals = _content(d)
+        d.objects[obj] = {"kind": "memfd", "name": _NAME.match(d.target)[1], "data": base64.b64encode(data).decode(),
+                          "seals": seals}
+    return {"obj": obj}
+
+
+def _shmem_dump(d) -> dict:
+    _shmem_precheck(d)
+    obj = f"shmem-{os.stat(f'/proc/{d.pid}/fd/{d.fd}').st_ino}"
+    if obj not in d.objects:
+        d.objects[obj] = {"kind": "shmem", "data": base64.b64encode(_content(d)[0]).decode()}
     return {"obj": obj}
 
 
@@ -50,32 +83,63 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: a memfd needs 'obj'")
 
 
+def _check_data(obj: dict, what: str) -> None:
+    from engine.image import _fail
+    if not isinstance(obj.get("data"), str) or len(obj["data"]) > MAX_SIZE * 4 // 3 + 4:
+        _fail(f"{what}: bad content of shared memory")
+
+
 def _check_object(obj: dict, what: str) -> None:
     from engine.image import _fail
+    _check_data(obj, what)
     if not isinstance(obj.get("name"), str) or len(obj["name"]) > 249 or "\0" in obj["name"] \
-            or not isinstance(obj.get("seals"), int) or not isinstance(obj.get("data"), str) \
-            or len(obj["data"]) > MAX_SIZE * 4 // 3 + 4:
+            or not isinstance(obj.get("seals"), int):
         _fail(f"{what}: bad memfd")
 
 
-def _open(r: RestoreFd) -> int:
-    e = r.entry
-    key = e["obj"]
-    if key not in r.state:
-        obj = r.objects[key]
-        fd = fsys.memfd_create(obj["name"], MFD_CLOEXEC | MFD_ALLOW_SEALING)
-        os.write(fd, base64.b64decode(obj["data"]))
-        r.keep.append(fd)
-        r.state[key] = fd
-        # Seals last (a write seal would stop the write above); a memfd made without
-        # MFD_ALLOW_SEALING shows F_SEAL_SEAL, which is what we add then.
-        if obj["seals"]:
-            fcntl.fcntl(fd, fsys.F_ADD_SEALS, obj["seals"])
-    # Each description opened again through /proc: its own offset and access mode.
-    fd = r.reopen(r.state[key], (e["flags"] & (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK)) | os.O_CLOEXEC)
-    os.lseek(fd, e["pos"], os.SEEK_SET)
+def _make_memfd(r: RestoreFd, obj: dict) -> int:
+    fd = fsys.memfd_create(obj["name"], MFD_CLOEXEC | MFD_ALLOW_SEALING)
+    os.write(fd, base64.b64decode(obj["data"]))
+    # Seals last (a write seal would stop the write above); a memfd made without
+    # MFD_ALLOW_SEALING shows F_SEAL_SEAL, which is what we add then.
+    if obj["seals"]:
+        fcntl.fcntl(fd, fsys.F_ADD_SEALS, obj["seals"])
     return fd
 
 
-register(FdKind(name="memfd", matches=lambda t, m: _NAME.match(t) is not None, dump=_dump, open=_open,
+def _make_shmem(r: RestoreFd, obj: dict) -> int:
+    from engine.mappings import _libc
+    addr = _libc.mmap(None, mmap.PAGESIZE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS,
+                      -1, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        raise FdError(errno.ENOMEM, f"{r.where}: mmap of anonymous shared memory failed")
+    try:
+        fd = os.open(f"self/map_files/{addr:x}-{addr + mmap.PAGESIZE:x}", os.O_RDWR | os.O_CLOEXEC,
+                     dir_fd=r.proc) if r.proc >= 0 else \
+            os.open(f"/proc/self/map_files/{addr:x}-{addr + mmap.PAGESIZE:x}", os.O_RDWR | os.O_CLOEXEC)
+    finally:
+        _libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(mmap.PAGESIZE))
+    os.ftruncate(fd, 0)
+    os.write(fd, base64.b64decode(obj["data"]))
+    return fd
+
+
+def _opener(make):
+    def _open(r: RestoreFd) -> int:
+        e = r.entry
+        key = e["obj"]
+        if key not in r.state:
+            fd = make(r, r.objects[key])
+            r.keep.append(fd)
+            r.state[key] = fd
+        # Each description opened again through /proc: its own offset and access mode.
+        fd = r.reopen(r.state[key], (e["flags"] & (os.O_ACCMODE | os.O_APPEND | os.O_NONBLOCK)) | os.O_CLOEXEC)
+        os.lseek(fd, e["pos"], os.SEEK_SET)
+        return fd
+    return _open
+
+
+register(FdKind(name="memfd", matches=lambda t, m: _NAME.match(t) is not None, dump=_dump, open=_opener(_make_memfd),
                 check=_check, check_object=_check_object, order=20, precheck=_precheck))
+register(FdKind(name="shmem", matches=lambda t, m: t == SHMEM, dump=_shmem_dump, open=_opener(_make_shmem),
+                check=_check, check_object=_check_data, order=20, precheck=_shmem_precheck))

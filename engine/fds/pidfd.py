@@ -3,17 +3,30 @@ opened again on that process's stand-in.
 
 Dump reads the process from fdinfo (`Pid:`, in the dumper's pid namespace, as the image names
 processes); restore opens a pidfd of the stand-in of that image process, with PIDFD_NONBLOCK when
-the fd had O_NONBLOCK. A pidfd of a process outside the tree, or of one that exited, is refused
-before the stop.
+the fd had O_NONBLOCK. A pidfd of a process that exited and was reaped (fdinfo `Pid: -1`, CRIU's
+pidfd_dead) names no process: restore opens it on a child of its own that exits and is reaped once
+every process holds its fds, one child for each dead process (pidfds on one share an inode, which
+tells them apart; before pidfs, Linux 6.9, every pidfd is the one anonymous inode, and the dead
+ones come back as pidfds of one child, which is all such a kernel shows of them). A pidfd of a process outside the tree is refused before the stop.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import re
 
-from engine.imageformat import INT, MAX_PID, F, rng
+from engine.imageformat import INT, MAX_PID, STR, F, pattern, rng
 from engine.fds import FdError, FdKind, RestoreFd, register
+
+
+_DEAD = re.compile(r"^[0-9]{1,20}$")
+
+
+def _check(entry: dict, what: str) -> None:
+    from engine.image import _fail
+    if ("pid" in entry) == ("dead" in entry):
+        _fail(f"{what}: a pidfd names a process ('pid') or an exited one ('dead'), one of them")
 
 
 def _matches(target: str, mode: int) -> bool:
@@ -21,11 +34,13 @@ def _matches(target: str, mode: int) -> bool:
 
 
 def _pid(d) -> int:
-    """The tree process the pidfd names, or FdError (one line)."""
-    pid = int(d.info().get("Pid", ["-1"])[0])
-    if pid <= 0:
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pidfd of a process that exited (or of another pid "
-                                        "namespace): not supported")
+    """The tree process the pidfd names, -1 for one that exited, or FdError (one line)."""
+    pid = int(d.info().get("Pid", ["0"])[0])
+    if pid == -1:
+        return pid
+    if pid == 0:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pidfd of a process of another pid namespace, outside "
+                                        "the dumped tree: not supported")
     if pid not in (d.scratch.get("pids") or ()):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pidfd of process {pid}, which is not in the dumped "
                                         "tree: not supported")
@@ -37,11 +52,44 @@ def _precheck(d) -> None:
 
 
 def _dump(d) -> dict:
-    return {"pid": _pid(d)}
+    pid = _pid(d)
+    if pid == -1:
+        return {"dead": str(os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino)}
+    return {"pid": pid}
+
+
+def _dead_child(r: RestoreFd, key: str) -> int:
+    """The pid of restore's child standing for the dead process `key`: it waits on a pipe (so that
+    it exists until every pidfd on it is open, whatever SIGCHLD's disposition) and is reaped by a
+    late step."""
+    state = r.state.get(("pidfd-dead", key))
+    if state is not None:
+        return state
+    rd, wr = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:   # (holds nothing of restore's but its end of the pipe)
+        try:
+            os.closerange(0, rd)
+            os.closerange(rd + 1, 1 << 20)
+            os.read(rd, 1)
+        finally:
+            os._exit(0)
+    os.close(rd)
+    r.keep.append(wr)   # (closed with the other kept fds if restore fails: the child exits)
+
+    def reap():
+        os.close(r.keep.pop(r.keep.index(wr)))
+        os.waitpid(pid, 0)
+
+    r.late.append((f"{r.where}: the exited process of a pidfd", reap))
+    r.state[("pidfd-dead", key)] = pid
+    return pid
 
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
+    if "dead" in e:
+        return os.pidfd_open(_dead_child(r, e["dead"]), e["flags"] & os.O_NONBLOCK)
     host = r.pid_of(e["pid"]) if r.pid_of is not None else None
     if host is None:
         raise FdError(errno.EINVAL, f"{r.where}: names process {e['pid']}, which is not in the image")
@@ -49,5 +97,7 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="pidfd", matches=_matches, dump=_dump, open=_open, precheck=_precheck,
-                fields={"pid": F(INT, rule=rng(1, MAX_PID))},
-                refs=lambda e: [("process", e["pid"], f"a pidfd of process {e['pid']}")]))
+                check=_check, fields={"pid": F(INT, required=False, rule=rng(1, MAX_PID)),
+                                      "dead": F(STR, required=False, rule=pattern(_DEAD, "an inode number"))},
+                # (an exited process's pidfd names no process of the image)
+                refs=lambda e: [("process", e["pid"], f"a pidfd of process {e['pid']}")] if "pid" in e else []))

@@ -24,16 +24,12 @@ from engine.fds import sys as fsys
 MAX_DATA = 1 << 24   # a pipe holds at most pipe-user-pages-hard: 16 MiB is far above any default
 
 
-def _read_buffer(d) -> tuple[bytes, int]:
-    """(buffered bytes, capacity) of the pipe behind fd `d`, leaving the bytes where they are."""
-    return read_buffer_at(f"/proc/{d.pid}/fd/{d.fd}")
-
-
-def fifo_object(objects: dict, link: str) -> str:
-    """The id of the pipe object of the FIFO behind magic link `link` (/proc/PID/fd/N), recorded in
-    `objects` with its buffered data the first time (a process's fd on it, or an fd in flight)."""
+def pipe_object(objects: dict, link: str, prefix: str = "fifo") -> str:
+    """The id of the pipe object of the pipe or FIFO behind magic link `link` (/proc/PID/fd/N),
+    recorded in `objects` with its buffered data the first time (a process's fd on it, or an fd in
+    flight). `prefix`: "pipe" for a pipe, "fifo" for a FIFO."""
     st = os.stat(link)
-    obj = f"fifo-{st.st_dev}-{st.st_ino}"
+    obj = f"{prefix}-{st.st_dev}-{st.st_ino}"
     if obj not in objects:
         data, size = read_buffer_at(link)
         objects[obj] = {"kind": "pipe", "size": size, "data": base64.b64encode(data).decode()}
@@ -65,13 +61,8 @@ def read_buffer_at(link: str) -> tuple[bytes, int]:
         os.close(rd)
 
 
-def _dump(d, prefix: str = "pipe") -> dict:
-    st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
-    obj = f"{prefix}-{st.st_dev}-{st.st_ino}"
-    if obj not in d.objects:
-        data, size = _read_buffer(d)
-        d.objects[obj] = {"kind": "pipe", "size": size, "data": base64.b64encode(data).decode()}
-    return {"obj": obj}
+def _dump(d) -> dict:
+    return {"obj": pipe_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}", "pipe")}
 
 
 def _check(entry: dict, what: str) -> None:
@@ -158,7 +149,7 @@ def _open_fifo(r: RestoreFd) -> int:
 
 
 def _dump_fifo(d) -> dict:
-    return {"obj": fifo_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}")}
+    return {"obj": pipe_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}")}
 
 
 register(FdKind(name="pipe", matches=lambda t, m: t.startswith("pipe:["), dump=_dump, open=_open_pipe,

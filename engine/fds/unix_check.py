@@ -121,7 +121,7 @@ def _gone_ok(entry: dict, g) -> bool:
 
 
 def _check_msgs(queue, what: str) -> None:
-    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file or FIFO]}."""
+    """A queue of messages: base64 data each, or {data, fds: [fd entries of a file, FIFO or pipe]}."""
     from engine.image import _fail, check_abs_path
     if not isinstance(queue, list) or len(queue) > unix_queue.MAX_MSGS:
         _fail(f"{what}: bad queued messages")
@@ -135,10 +135,17 @@ def _check_msgs(queue, what: str) -> None:
             for f in fds:
                 if not isinstance(f, dict) or f.get("kind") not in unix_queue.INFLIGHT_KINDS \
                         or not set(f) <= {"kind", "flags", "pos", "mnt", "path", "type", "obj"} \
-                        or ("obj" in f and (f["kind"] != "fifo" or not isinstance(f["obj"], str))) \
+                        or ("obj" in f and (f["kind"] == "file" or not isinstance(f["obj"], str))) \
                         or type(f.get("flags")) is not int or not 0 <= f["flags"] < 1 << 22 \
                         or type(f.get("pos")) is not int or not 0 <= f["pos"] < 1 << 63 \
-                        or type(f.get("mnt")) is not int or f.get("type", "file") not in ("file", "dir"):
+                        or f.get("type", "file") not in ("file", "dir"):
+                    _fail(f"{what}: bad fd in flight")
+                if f["kind"] == "pipe":
+                    # (no file: its pipe object, nothing on a mount)
+                    if "obj" not in f or {"mnt", "path", "type"} & set(f):
+                        _fail(f"{what}: bad pipe in flight")
+                    continue
+                if type(f.get("mnt")) is not int:
                     _fail(f"{what}: bad fd in flight")
                 check_abs_path(f.get("path"), what)
 

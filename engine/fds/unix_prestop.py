@@ -5,7 +5,8 @@ What a running process's socket already shows is refused here with the line
 untouched (no SIGSTOP a parent, a ptracer or a job-control shell could see):
 another family (inet...), a type restore does not make, netlink messages
 waiting to be read, a name that is not normalised, a socket file removed on a
-mount restore cannot bind it again on, fds in flight on a stream or a listener,
+mount restore cannot bind it again on, fds in flight on a stream or a listener, an fd in flight of
+a kind not kept (in the datagram at the head of the queue: a peek sees that one only),
 more data on a stream whose peer is gone than an image keeps, pending connections dump
 cannot list exactly or whose client is outside the tree, data waiting (or maybe
 waiting: its client is gone) on a connection not yet accepted (with
@@ -46,7 +47,7 @@ def precheck(d) -> None:
 
 
 def _precheck(d) -> None:
-    from engine.fds import netlink, unix, unix_ghost
+    from engine.fds import netlink, unix, unix_ghost, unix_queue
     c = d.copy()
     with socket.socket(fileno=os.dup(c)) as s:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
@@ -59,6 +60,8 @@ def _precheck(d) -> None:
             # removed is restored (a ghost socket): refused only where unix_ghost.place cannot put it.
             unix_ghost.place(d, k.out["path"], c)
         case, detail = unix.case_of(k)
+        if k.inflight:
+            unix_queue.refuse_head_inflight(d, s)
         if case == "listener":
             if k.rec.get("rqueue"):
                 entry["_pending"], last = unix.pending_clients(d, k.rec, k.diag, k.netns)

@@ -1,8 +1,8 @@
 """What is queued on a unix socket and the fds in flight with it.
 
 Dump peeks the messages of a datagram or seqpacket socket with a peek offset (their bounds kept)
-and describes each fd in flight as a file or FIFO on a mount of the tree; restore opens those
-again and sends the queue from the peer, one message a send.
+and describes each fd in flight as a file or FIFO on a mount of the tree, or a pipe; restore opens
+those again and sends the queue from the peer, one message a send.
 """
 
 from __future__ import annotations
@@ -92,20 +92,52 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
     return out
 
 
-INFLIGHT_KINDS = ("file", "fifo")
+INFLIGHT_KINDS = ("file", "fifo", "pipe")
+
+
+def inflight_kind(d, fd: int, target: str, mode: int):
+    """The kind of our copy `fd` of an fd in flight on socket `d`, or FdError when no entry of
+    INFLIGHT_KINDS describes it."""
+    from engine import fds as kinds
+    kind = kinds.classify(target, mode)
+    if kind is None or kind.name not in INFLIGHT_KINDS:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: an fd in flight ({target}): only files, FIFOs and pipes "
+                                        "in flight are supported")
+    return kind
+
+
+def refuse_head_inflight(d, s: socket.socket) -> None:
+    """Before the tree is stopped: refuse the fds in flight of the datagram at the head of socket `s`
+    that `peek_messages` would refuse. A peek without a peek offset takes nothing, but marks an empty
+    message peeked, which a later peek with an offset skips: only a head of some bytes (FIONREAD
+    tells a datagram socket's head's length, a seqpacket socket's whole queue's) is peeked. A socket
+    with its own peek offset is left to dump too (our peek would move it)."""
+    if s.type != socket.SOCK_DGRAM or s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) >= 0 or not inq(s.fileno()):
+        return
+    try:
+        _data, anc, _flags, _addr = s.recvmsg(1, socket.CMSG_SPACE(253 * 4),
+                                              socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
+    except BlockingIOError:
+        return   # (read meanwhile)
+    got = [fd for level, kind, raw in anc if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+           for fd in struct.unpack(f"{len(raw) // 4}i", raw[: len(raw) - len(raw) % 4])]
+    try:
+        for fd in got:
+            inflight_kind(d, fd, os.readlink(f"/proc/self/fd/{fd}"), os.fstat(fd).st_mode)
+    finally:
+        for fd in got:
+            os.close(fd)
 
 
 def inflight_entry(d, fd: int) -> dict:
-    """An fd in flight (our copy `fd`) as an fd entry of a placed kind (a file or a FIFO): on the mount
-    its fdinfo names, or, for a file deleted since, on the mount of the tree whose root it is (the
-    FIFO systemd-nspawn binds over /proc/kmsg)."""
-    from engine import fds as kinds
+    """An fd in flight (our copy `fd`) as an fd entry of a file, a FIFO or a pipe. A file or FIFO is
+    placed on the mount its fdinfo names, or, for a file deleted since, on the mount of the tree whose
+    root it is (the FIFO systemd-nspawn binds over /proc/kmsg); a pipe names its pipe object, the one
+    the tree's own fds on that pipe name (CRIU's scm00: an end sent, then closed by the sender)."""
     target = os.readlink(f"/proc/self/fd/{fd}")
     st = os.fstat(fd)
-    kind = kinds.classify(target, st.st_mode)
+    kind = inflight_kind(d, fd, target, st.st_mode)
     what = f"{d.where}: an fd in flight ({target})"
-    if kind is None or kind.name not in INFLIGHT_KINDS:
-        raise FdError(errno.EOPNOTSUPP, f"{what}: only files and FIFOs in flight are supported")
     info = {}
     with open(f"/proc/self/fdinfo/{fd}") as f:
         for line in f:
@@ -116,8 +148,10 @@ def inflight_entry(d, fd: int) -> dict:
         entry["type"] = "dir" if stat.S_ISDIR(st.st_mode) else "file"
     else:
         # Its pipe with the data it holds: an fd in flight may be all that keeps a FIFO's data.
-        from engine.fds.pipe import fifo_object
-        entry["obj"] = fifo_object(d.objects, f"/proc/self/fd/{fd}")
+        from engine.fds.pipe import pipe_object
+        entry["obj"] = pipe_object(d.objects, f"/proc/self/fd/{fd}", kind.name)
+        if kind.name == "pipe":
+            return entry
     spaces = [(d.pid, d.mounts)] + list(d.elsewhere)
     mnt = int(info.get("mnt_id", 0))
     known = {m.mnt_id for _pid, mounts in spaces for m in mounts}
@@ -147,7 +181,7 @@ def inflight_entry(d, fd: int) -> dict:
 
 def inflight_mounts(msgs: list) -> list[int]:
     """The mounts of the fds in flight in `msgs` (restore opens files on them)."""
-    return sorted({f["mnt"] for m in msgs if isinstance(m, dict) for f in m["fds"]})
+    return sorted({f["mnt"] for m in msgs if isinstance(m, dict) for f in m["fds"] if "mnt" in f})
 
 
 def inq(fd: int) -> int:
@@ -198,7 +232,7 @@ def open_inflight(r: RestoreFd, msgs) -> list[int]:
             if not isinstance(m, dict):
                 continue
             for f in m["fds"]:
-                if f["mnt"] not in r.entry.get("mnts", ()):
+                if "mnt" in f and f["mnt"] not in r.entry.get("mnts", ()):
                     raise FdError(errno.EINVAL, f"{r.where}: an fd in flight on mount {f['mnt']}, not in its mnts")
                 if "obj" in f and r.objects.get(f["obj"], {}).get("kind") != "pipe":
                     raise FdError(errno.EINVAL, f"{r.where}: an fd in flight names no pipe object {f['obj'][:40]!r}")
