@@ -568,7 +568,7 @@ CAP_SETS = ("inh", "prm", "eff", "bnd", "amb")   # /proc/PID/status CapInh, CapP
 def read_caps(pid: int) -> dict[str, int]:
     """The capability sets of `pid` (inheritable, permitted, effective, bounding, ambient), as bit masks."""
     out = {}
-    with open(f"/proc/{pid}/status") as f:
+    with open(f"/proc/{pid}/status", errors="surrogateescape") as f:   # (its Name: may be any bytes)
         for line in f:
             key, _, value = line.partition(":")
             if key.startswith("Cap") and key[3:].lower() in CAP_SETS:
