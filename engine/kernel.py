@@ -602,6 +602,12 @@ def take_caps(caps: dict[str, int]) -> None:
     for c in range(64):
         if caps["amb"] >> c & 1:
             _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, c, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE, {c})")
+    set_keep_caps(False)   # (userns_cr.become may have set it)
+
+
+def set_keep_caps(on: bool) -> None:
+    """prctl(PR_SET_KEEPCAPS): whether leaving root keeps the permitted set."""
+    _check(_libc.prctl(ctypes.c_int(8), ctypes.c_ulong(1 if on else 0), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
 
 
 class fs_ids_for_a_while:

@@ -7,6 +7,8 @@ root, because dump recorded ids only when the tree held a user namespace.
 
 from __future__ import annotations
 
+import pytest
+
 from enginecase import HOLD, case  # noqa: F401  (fixture)
 
 # The setuid process runs a copy of sleep (/mntcr-hold) on the container's own tmpfs root, so its executable
@@ -76,3 +78,36 @@ exec {HOLD} 100000 </dev/null >/dev/null 2>&1
     before, after = case.roundtrip(setup)
     assert any(c.startswith("creds: uid 1,2,3,2 gid 5,6,7,8 groups - ") for c in _creds(before)), _creds(before)
     assert _creds(after) == _creds(before)
+
+
+_KEEPCAPS = """
+python3 -c '
+import ctypes, os, signal
+libc = ctypes.CDLL(None)
+libc.prctl(8, 1, 0, 0, 0)   # PR_SET_KEEPCAPS
+os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)
+libc.prctl(8, 0, 0, 0, 0)
+libc.prctl(15, b"mntcr-hold", 0, 0, 0)   # PR_SET_NAME: ready
+while True:
+    signal.pause()
+' </dev/null >/dev/null 2>&1 &
+"""
+_AMBIENT = f"""
+cp "$(readlink -f {HOLD})" /mntcr-hold
+setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps +net_bind_service --ambient-caps +net_bind_service \\
+    /mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+"""
+
+
+@pytest.mark.parametrize("start", [_KEEPCAPS, _AMBIENT], ids=["keepcaps", "ambient"])
+def test_capabilities_of_a_non_root_process_are_kept(case, start):
+    """A non-root process with permitted capabilities (kept through setresuid, as a daemon dropping
+    root does; ambient ones, as systemd's AmbientCapabilities=) comes back with them: the stand-in's
+    change of ids cleared its permitted set, which capset cannot raise again (both stand-in paths:
+    the executable set by become_exe's code, and, with ambient ones, by the Python one)."""
+    before, after = case.roundtrip(start + f"exec {HOLD} 100000 </dev/null >/dev/null 2>&1\n")
+    creds = lambda state: sorted(line for p in state.snap.procs for line in p.text().splitlines()  # noqa: E731
+                                 if line.startswith("creds:"))
+    mine = [c for c in creds(before) if c.startswith("creds: uid 1000")]
+    assert mine and " prm 0000000000000000 " not in mine[0], mine
+    assert creds(after) == creds(before)
