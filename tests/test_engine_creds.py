@@ -98,16 +98,33 @@ setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps +net_bind_service --
     /mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
 """
 
+# In a user namespace (0-65535 as 100000-165535): its stand-in takes the ids there in Python
+# (userns_cr.become), then its capabilities (kernel.take_caps).
+_USERNS = f"""
+cp "$(readlink -f {HOLD})" /mntcr-hold
+python3 -c '
+import ctypes, os, time
+ctypes.CDLL(None).unshare(0x10000000)   # CLONE_NEWUSER
+while not os.path.exists("/mapped"):
+    time.sleep(0.05)
+os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)   # (mapped now: root there, which the exec keeps)
+os.execv("/usr/bin/setpriv", ["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups", "--inh-caps",
+         "+net_bind_service", "--ambient-caps", "+net_bind_service", "/mntcr-hold", "100000"])
+' </dev/null >/dev/null 2>&1 &
+while [ "$(readlink /proc/$!/ns/user)" = "$(readlink /proc/self/ns/user)" ]; do sleep 0.05; done
+echo "0 100000 65536" > /proc/$!/uid_map; echo "0 100000 65536" > /proc/$!/gid_map; touch /mapped
+"""
 
-@pytest.mark.parametrize("start", [_KEEPCAPS, _AMBIENT], ids=["keepcaps", "ambient"])
+
+@pytest.mark.parametrize("start", [_KEEPCAPS, _AMBIENT, _USERNS], ids=["keepcaps", "ambient", "userns"])
 def test_capabilities_of_a_non_root_process_are_kept(case, start):
     """A non-root process with permitted capabilities (kept through setresuid, as a daemon dropping
     root does; ambient ones, as systemd's AmbientCapabilities=) comes back with them: the stand-in's
     change of ids cleared its permitted set, which capset cannot raise again (both stand-in paths:
-    the executable set by become_exe's code, and, with ambient ones, by the Python one)."""
+    become_exe's code, which also keeps the ambient one's executable now, and the Python one)."""
     before, after = case.roundtrip(start + f"exec {HOLD} 100000 </dev/null >/dev/null 2>&1\n")
     creds = lambda state: sorted(line for p in state.snap.procs for line in p.text().splitlines()  # noqa: E731
                                  if line.startswith("creds:"))
-    mine = [c for c in creds(before) if c.startswith("creds: uid 1000")]
+    mine = [c for c in creds(before) if c.startswith(("creds: uid 1000", "creds: uid 101000"))]
     assert mine and " prm 0000000000000000 " not in mine[0], mine
     assert creds(after) == creds(before)
