@@ -396,6 +396,7 @@ class _Server:
         caps = msg[2] if len(msg) > 2 else None
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
+            kernel.caps_before_bounding(caps)
             kernel.drop_bounding(caps["bnd"])
         _detach(self.installed, self.exe_fd, self.ids, caps)
         return None

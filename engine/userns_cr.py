@@ -1083,8 +1083,9 @@ def _member_of(userns_fd: int) -> bool:
 
 
 def _keeps(p: dict) -> bool:
-    """Whether p's stand-in must keep its permitted set through taking p's ids (p has some)."""
-    return bool((p.get("caps") or {}).get("prm"))
+    """Whether p's stand-in must keep its permitted set through taking p's ids: it sets p's
+    capabilities after (its bounding set too, which needs CAP_SETPCAP)."""
+    return p.get("caps") is not None
 
 
 def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None,

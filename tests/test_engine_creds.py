@@ -7,6 +7,8 @@ root, because dump recorded ids only when the tree held a user namespace.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from enginecase import HOLD, case  # noqa: F401  (fixture)
@@ -116,7 +118,14 @@ echo "0 100000 65536" > /proc/$!/uid_map; echo "0 100000 65536" > /proc/$!/gid_m
 """
 
 
-@pytest.mark.parametrize("start", [_KEEPCAPS, _AMBIENT, _USERNS], ids=["keepcaps", "ambient", "userns"])
+# (and a bounding set of two; running the host's program, whose executable is not the image's: no
+# become_exe, the stand-in takes ids, bounding set and capabilities in Python)
+_USERNS_BOUNDED = _USERNS.replace('"--clear-groups",', '"--clear-groups", "--bounding-set", "-all,+kill,+net_bind_service",') \
+    .replace('"/mntcr-hold", "100000"', f'"{HOLD}", "100000"')
+
+
+@pytest.mark.parametrize("start", [_KEEPCAPS, _AMBIENT, _USERNS, _USERNS_BOUNDED],
+                         ids=["keepcaps", "ambient", "userns", "userns_bounded"])
 def test_capabilities_of_a_non_root_process_are_kept(case, start):
     """A non-root process with permitted capabilities (kept through setresuid, as a daemon dropping
     root does; ambient ones, as systemd's AmbientCapabilities=) comes back with them: the stand-in's
@@ -128,3 +137,36 @@ def test_capabilities_of_a_non_root_process_are_kept(case, start):
     mine = [c for c in creds(before) if c.startswith(("creds: uid 1000", "creds: uid 101000"))]
     assert mine and " prm 0000000000000000 " not in mine[0], mine
     assert creds(after) == creds(before)
+
+
+@pytest.mark.parametrize("caps", [
+    {"inh": 0x400, "prm": 0x400, "eff": 0x400, "bnd": 0x420, "amb": 0x400},
+    # an inheritable capability outside the bounding set (capset takes it only before the drop)
+    {"inh": 0x1000, "prm": 0x400, "eff": 0x400, "bnd": 0x420, "amb": 0},
+], ids=["ambient", "inheritable_unbounded"])
+def test_python_stand_in_path_takes_ids_then_bounding_set_then_caps(caps):
+    """A stand-in that takes its ids in Python (one joining its user namespace by setns, or without
+    become_exe) does what op_become and op_detach do, in order: the ids (its effective set emptied),
+    the bounding set (which needs CAP_SETPCAP there), the capabilities."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the stand-in starts as root)")
+    from engine import kernel, userns_cr
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            userns_cr.become(None, [1000] * 4, [1000] * 4, [], None, userns_cr._keeps({"caps": caps}))
+            kernel.caps_before_bounding(caps)
+            kernel.drop_bounding(caps["bnd"])
+            kernel.take_caps(caps)
+            os.write(w, repr(kernel.read_caps(os.getpid())).encode())
+        except BaseException as e:
+            os.write(w, repr(e).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    assert got == repr(caps), got
