@@ -100,8 +100,8 @@ setpriv --reuid 1000 --regid 1000 --clear-groups --inh-caps +net_bind_service --
     /mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
 """
 
-# In a user namespace (0-65535 as 100000-165535): its stand-in takes the ids there in Python
-# (userns_cr.become), then its capabilities (kernel.take_caps).
+# In a user namespace (0-65535 as 100000-165535), where its stand-in started: it takes the ids there
+# in become_exe's code too (the Python path: test_python_stand_in_path_takes_ids_then_bounding_set_then_caps).
 _USERNS = f"""
 cp "$(readlink -f {HOLD})" /mntcr-hold
 python3 -c '
@@ -118,8 +118,7 @@ echo "0 100000 65536" > /proc/$!/uid_map; echo "0 100000 65536" > /proc/$!/gid_m
 """
 
 
-# (and a bounding set of two; running the host's program, whose executable is not the image's: no
-# become_exe, the stand-in takes ids, bounding set and capabilities in Python)
+# (and a bounding set of two, dropped by the stand-in before it takes the ids; running the host's program)
 _USERNS_BOUNDED = _USERNS.replace('"--clear-groups",', '"--clear-groups", "--bounding-set", "-all,+kill,+net_bind_service",') \
     .replace('"/mntcr-hold", "100000"', f'"{HOLD}", "100000"')
 
@@ -129,8 +128,8 @@ _USERNS_BOUNDED = _USERNS.replace('"--clear-groups",', '"--clear-groups", "--bou
 def test_capabilities_of_a_non_root_process_are_kept(case, start):
     """A non-root process with permitted capabilities (kept through setresuid, as a daemon dropping
     root does; ambient ones, as systemd's AmbientCapabilities=) comes back with them: the stand-in's
-    change of ids cleared its permitted set, which capset cannot raise again (both stand-in paths:
-    become_exe's code, which also keeps the ambient one's executable now, and the Python one)."""
+    change of ids cleared its permitted set, which capset cannot raise again (become_exe's code, which
+    also keeps the ambient one's executable now)."""
     before, after = case.roundtrip(start + f"exec {HOLD} 100000 </dev/null >/dev/null 2>&1\n")
     creds = lambda state: sorted(line for p in state.snap.procs for line in p.text().splitlines()  # noqa: E731
                                  if line.startswith("creds:"))
