@@ -75,14 +75,11 @@ def run(argv: list[str], stdin: int | None = None, stdout: int | None = None, pa
     mine = []
     try:
         if stdin is None:
-            stdin = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-            mine.append(stdin)
+            stdin = _above_stdio(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC), mine)
         out = stdout
         if stdout is None:
-            out = os.memfd_create("stdout", os.MFD_CLOEXEC)
-            mine.append(out)
-        err = os.memfd_create("stderr", os.MFD_CLOEXEC)
-        mine.append(err)
+            out = _above_stdio(os.memfd_create("stdout", os.MFD_CLOEXEC), mine)
+        err = _above_stdio(os.memfd_create("stderr", os.MFD_CLOEXEC), mine)
         keep = {0, 1, 2, *pass_fds}
         actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
         # (a close of an fd closed meanwhile, the listing's own, is ignored by glibc)
@@ -102,6 +99,20 @@ def run(argv: list[str], stdin: int | None = None, stdout: int | None = None, pa
     finally:
         for fd in mine:
             os.close(fd)
+
+
+def _above_stdio(fd: int, mine: list[int]) -> int:
+    """`fd` moved to a number above 2 (kept in `mine`, to close): with one of our fds 0-2 closed, an fd
+    made there would be overwritten by the dup2 onto 0-2 of the one before it."""
+    if fd < 3:
+        import fcntl
+        try:
+            high = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+        finally:
+            os.close(fd)
+        fd = high
+    mine.append(fd)
+    return fd
 
 
 def _read_from_start(fd: int) -> bytes:

@@ -498,6 +498,9 @@ def _caps_rule(v: dict) -> str | None:
         return "must have exactly inh, prm, eff, bnd and amb"
     if any(type(x) is not int or not 0 <= x < 1 << 64 for x in v.values()):
         return "each must be a 64-bit mask"
+    # (what the kernel keeps true; a stand-in's capset or ambient raise would fail after the stop)
+    if v["eff"] & ~v["prm"] or v["amb"] & ~(v["prm"] & v["inh"]):
+        return "eff must be within prm, amb within prm and inh"
     return None
 
 

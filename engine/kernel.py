@@ -594,6 +594,19 @@ def drop_bounding(keep: int) -> None:
         c += 1
 
 
+def caps_before_bounding(caps: dict[str, int]) -> None:
+    """Before `drop_bounding`: the effective set back to the permitted one (taking other ids
+    emptied it; the permitted one was kept), and `caps`' inheritable set while the bounding set
+    still allows it (capset takes an inheritable capability only from the old inheritable or
+    bounding set)."""
+    head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()   # _LINUX_CAPABILITY_VERSION_3
+    _check(_libc.capget(ctypes.byref(head), data), "capget")
+    for i in (0, 1):
+        data[i].effective = data[i].permitted
+        data[i].inheritable = (caps["inh"] >> (32 * i)) & 0xFFFFFFFF
+    _check(_libc.capset(ctypes.byref(head), data), "capset")
+
+
 def take_caps(caps: dict[str, int]) -> None:
     """Make the inheritable, permitted and effective sets `caps`' (only ever fewer than now), then
     raise its ambient ones."""
@@ -602,6 +615,12 @@ def take_caps(caps: dict[str, int]) -> None:
     for c in range(64):
         if caps["amb"] >> c & 1:
             _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_RAISE, c, 0, 0), f"prctl(PR_CAP_AMBIENT_RAISE, {c})")
+    set_keep_caps(False)   # (userns_cr.become may have set it)
+
+
+def set_keep_caps(on: bool) -> None:
+    """prctl(PR_SET_KEEPCAPS): whether leaving root keeps the permitted set."""
+    _check(_libc.prctl(ctypes.c_int(8), ctypes.c_ulong(1 if on else 0), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")
 
 
 class fs_ids_for_a_while:

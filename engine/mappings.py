@@ -170,11 +170,14 @@ def _interpreter() -> tuple | None:
 _SELF = _interpreter()
 
 # x86-64: rdi -> [n, (addr, len) * n, &prctl_mm_map, sizeof, exe fd, ids?, ngroups, &groups,
-# rgid, egid, sgid, ruid, euid, suid, fsgid, fsuid, dumpable, &cap header, &cap data]; munmap each,
-# prctl(PR_SET_MM, PR_SET_MM_MAP, map, size, 0), close(exe fd), when ids?: setgroups, setresgid,
-# setfsgid, setresuid, setfsuid (the ids a stand-in takes last: prctl needs the privilege they drop;
-# userns_cr.become says why in this order), prctl(PR_SET_DUMPABLE) (changing ids cleared it);
-# capset (the capabilities, last: everything before needs them); then pause() for ever.
+# rgid, egid, sgid, ruid, euid, suid, fsgid, fsuid, dumpable, &cap header, &cap data, keepcaps, ambient];
+# munmap each, prctl(PR_SET_MM, PR_SET_MM_MAP, map, size, 0), close(exe fd), when ids?:
+# prctl(PR_SET_KEEPCAPS, keepcaps) (else leaving root clears the permitted set capset then cannot
+# raise), setgroups, setresgid, setfsgid, setresuid, setfsuid (the ids a stand-in takes last: prctl
+# needs the privilege they drop; userns_cr.become says why in this order), prctl(PR_SET_DUMPABLE)
+# (changing ids cleared it); capset (the capabilities, last: everything before needs them),
+# prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, bit) for each bit of ambient, prctl(PR_SET_KEEPCAPS, 0);
+# then pause() for ever.
 _BLOB = bytes.fromhex(
     "4989fc" "4d8b2c24" "4d8d742408"                         # r12 = args; r13 = n; r14 = &regions
     "4d85ed" "7417"                                          # loop: if !r13 goto done
@@ -183,7 +186,8 @@ _BLOB = bytes.fromhex(
     "bf23000000" "be0e000000" "498b16" "4d8b5608" "4d31c0"   # done: prctl(35, 14, [r14], [r14+8], 0)
     "b89d000000" "0f05"
     "498b7e10" "b803000000" "0f05"                           # close([r14+16])
-    "49837e1800" "745b"                                      # if ![r14+24] goto caps
+    "49837e1800" "746e"                                      # if ![r14+24] goto caps
+    "bf08000000" "498bb688000000" "b89d000000" "0f05"        # prctl(PR_SET_KEEPCAPS, [r14+136])
     "498b7e20" "498b7628" "b874000000" "0f05"                # setgroups([r14+32], [r14+40])
     "498b7e30" "498b7638" "498b5640" "b877000000" "0f05"     # setresgid([r14+48], [r14+56], [r14+64])
     "498b7e60" "b87b000000" "0f05"                           # setfsgid([r14+96])
@@ -191,6 +195,13 @@ _BLOB = bytes.fromhex(
     "498b7e68" "b87a000000" "0f05"                           # setfsuid([r14+104])
     "bf04000000" "498b7670" "b89d000000" "0f05"              # prctl(PR_SET_DUMPABLE, [r14+112])
     "498b7e78" "498bb680000000" "b87e000000" "0f05"          # caps: capset([r14+120], [r14+128]) (NULL: EFAULT)
+    "4d8bae90000000" "4531e4"                                # r13 = [r14+144]; r12 = 0
+    "4d85ed" "7428"                                          # amb: if !r13 goto kept
+    "41f6c501" "741a"                                        # if !(r13 & 1) goto next
+    "bf2f000000" "be02000000" "4c89e2" "4d31d2" "4d31c0"     # prctl(PR_CAP_AMBIENT, RAISE, r12, 0, 0)
+    "b89d000000" "0f05"
+    "49d1ed" "49ffc4" "ebd3"                                 # next: r13 >>= 1; r12++; goto amb
+    "bf08000000" "31f6" "b89d000000" "0f05"                  # kept: prctl(PR_SET_KEEPCAPS, 0)
     "b822000000" "0f05" "ebf7")                              # hold: pause(); goto hold
 
 
@@ -213,16 +224,13 @@ def can_become_exe() -> bool:
 
 def become_exe(exe_fd: int, ids: tuple | None = None, caps: dict | None = None) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe, then take `ids` (uids,
-    gids: real, effective, saved[, fs]; groups; dumpable) when given, then `caps`
-    (kernel.take_caps, without the ambient set) when given, and pause for good (never returns).
-    False (nothing done) where this cannot be done: not x86-64, no layout known, or ambient
-    capabilities to raise."""
+    gids: real, effective, saved[, fs]; groups; dumpable; whether to keep the permitted set for
+    `caps`) when given, then `caps` (as kernel.take_caps) when given, and pause for good (never
+    returns). False (nothing done) where this cannot be done: not x86-64, or no layout known."""
     import signal
     import struct
-    if _SELF is None or not _may_set_exe() or (caps and caps["amb"]):
-        # (a stand-in that took unprivileged ids in its user namespace keeps its own; the code below
-        # raises no ambient capability: the caller's path does, and the executable stays ours)
-        return False
+    if _SELF is None or not _may_set_exe():
+        return False   # (a stand-in that took unprivileged ids in its user namespace keeps its own)
     regions, st = _SELF
     regions = [(a, n) for a, n in regions if a not in _MAPPED]
     field = lambda n: int(st[n - 3])   # noqa: E731  (field n, 1-indexed, of /proc/PID/stat)
@@ -231,15 +239,15 @@ def become_exe(exe_fd: int, ids: tuple | None = None, caps: dict | None = None) 
     mm = struct.pack("=11QQII", field(26), field(27), field(45), field(46), field(47), brk, field(28),
                      field(48), field(49), field(50), field(51), 0, 0, exe_fd)
     mm_buf = ctypes.create_string_buffer(mm, len(mm))
-    uid, gid, groups, dumpable = ids or ((0, 0, 0), (0, 0, 0), (), None)
+    uid, gid, groups, dumpable, keep_caps = ids or ((0, 0, 0), (0, 0, 0), (), None, False)
     groups_buf = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
     cap_head, cap_body = kernel.cap_data(caps or {"eff": 0, "prm": 0, "inh": 0})
     fs = lambda xs: xs[3] if len(xs) > 3 else xs[1]   # noqa: E731  (the fs id; else the effective one)
     args = struct.pack("=Q", len(regions)) + b"".join(struct.pack("=QQ", a, n) for a, n in regions) \
         + struct.pack("=QQQ", ctypes.addressof(mm_buf), len(mm), exe_fd) \
-        + struct.pack("=QQQ3Q3QQQQQQ", 1 if ids else 0, len(groups), ctypes.addressof(groups_buf), *gid[:3], *uid[:3],
-                      fs(gid), fs(uid), 1 if dumpable else 0, ctypes.addressof(cap_head) if caps else 0,
-                      ctypes.addressof(cap_body))
+        + struct.pack("=QQQ3Q3QQQQQQQQ", 1 if ids else 0, len(groups), ctypes.addressof(groups_buf), *gid[:3],
+                      *uid[:3], fs(gid), fs(uid), 1 if dumpable else 0, ctypes.addressof(cap_head) if caps else 0,
+                      ctypes.addressof(cap_body), 1 if keep_caps and caps else 0, caps["amb"] if caps else 0)
     args_buf = ctypes.create_string_buffer(args, len(args))
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     page.write(_BLOB)

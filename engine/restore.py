@@ -154,6 +154,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
     _check_host_devices(doc, devices)
+    _check_caps(doc)
     # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach.
     content.tools(big=any(f["size"] >= content.BIG for f in (doc.get("files") or {}).values()))
     ext = parse_externals(externals, root)
@@ -260,6 +261,21 @@ def _check_host_devices(doc: dict, devices: str) -> None:
                                             "mounted again, would give the tree the host's own (device nodes, "
                                             f"tracing...), which the device policy ({devices}) refuses; --devices "
                                             "all restores it (images you trust)")
+
+
+def _check_caps(doc: dict) -> None:
+    """A process outside any user namespace of the image has capabilities the restorer can give
+    (a stand-in takes them from its own after the restore committed, where a failure is too late
+    to report; one in a user namespace of the image has them all there)."""
+    own = kernel.read_caps(os.getpid())
+    for p in doc["processes"]:
+        caps = p.get("caps")
+        if caps is None or "userns" in p:
+            continue
+        lack = (caps["prm"] | caps["inh"]) & ~own["prm"] | caps["bnd"] & ~own["bnd"]
+        if lack:
+            raise RestoreError(errno.EPERM, f"process {p['pid']}: its capabilities (mask {lack:#x}) are not the "
+                                            "restorer's to give")
 
 
 def _check_fd_numbers(doc: dict) -> None:

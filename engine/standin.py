@@ -292,7 +292,7 @@ class _Server:
         self.chan = chan
         self.installed: set[int] = set()
         self.exe_fd = None
-        self.ids = None   # (uid, gid, groups, dumpable) deferred to the end of detach
+        self.ids = None   # (uid, gid, groups, dumpable, keep_caps) deferred to the end of detach
 
     def op_spawn(self, msg, fds):
         """A child stand-in (its channel: fds[0]) in mode msg[1]."""
@@ -374,13 +374,13 @@ class _Server:
 
     def op_become(self, msg, fds):
         """Last request but detach: join the process's user namespace with its ids there."""
-        _, uid, gid, groups, dumpable = msg
+        _, uid, gid, groups, dumpable, keep_caps = msg
         if not fds and uid is not None and self.exe_fd is not None and mappings.can_become_exe():
             # Other ids in our own user namespace: taking them now would drop the privilege
             # setting the executable needs, so the last step of detach takes them.
-            self.ids = (uid, gid, groups or [], dumpable)
+            self.ids = (uid, gid, groups or [], dumpable, keep_caps)
         else:
-            userns_cr.become(fds[0] if fds else None, uid, gid, groups, dumpable)
+            userns_cr.become(fds[0] if fds else None, uid, gid, groups, dumpable, keep_caps)
         return None
 
     def op_detach(self, msg, fds):
@@ -396,6 +396,7 @@ class _Server:
         caps = msg[2] if len(msg) > 2 else None
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
+            kernel.caps_before_bounding(caps)
             kernel.drop_bounding(caps["bnd"])
         _detach(self.installed, self.exe_fd, self.ids, caps)
         return None

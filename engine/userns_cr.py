@@ -888,13 +888,13 @@ class Rebuild:
         for p in self.doc["processes"]:
             if "userns" not in p and p.get("creds"):
                 c = p["creds"]
-                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"], c.get("dumpable")), [])
+                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"], c.get("dumpable"), _keeps(p)), [])
             if "userns" in p:
                 creds = p.get("creds")
                 deny = self.users[p["userns"]]["setgroups"] == "deny"
                 chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
                                       None if deny or not creds else creds["groups"],
-                                      creds and creds.get("dumpable")),
+                                      creds and creds.get("dumpable"), _keeps(p)),
                                      [] if started.get(p["pid"]) == p["userns"] else [self.fd[p["userns"]]])
 
     def _started_in(self) -> dict[int, str | None]:
@@ -1082,11 +1082,18 @@ def _member_of(userns_fd: int) -> bool:
         return False
 
 
+def _keeps(p: dict) -> bool:
+    """Whether p's stand-in must keep its permitted set through taking p's ids: it sets p's
+    capabilities after (its bounding set too, which needs CAP_SETPCAP)."""
+    return p.get("caps") is not None
+
+
 def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[int] | None,
-           dumpable: bool | None = None) -> None:
+           dumpable: bool | None = None, keep_caps: bool = False) -> None:
     """In a stand-in: join the user namespace and take the dumped ids (real, effective, saved, fs),
     and the dumped "dumpable" (changing ids cleared it: /proc/PID files would be root's, setns and
-    ptrace by the process's own user refused)."""
+    ptrace by the process's own user refused). `keep_caps`: keep the permitted set through the
+    change (kernel.take_caps lowers it to the dumped one later, and clears PR_SET_KEEPCAPS)."""
     from engine import kernel
     # A stand-in forked by one that started in the namespace is in it already (CRIU's zdtm tests
     # under the uns flavor: the test's pid 1 forks the test), and setns to it again is EINVAL.
@@ -1097,6 +1104,8 @@ def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[i
     if groups is not None:
         os.setgroups(groups)
     os.setresgid(gid[0], gid[1], gid[2])
+    if keep_caps:   # (leaving root clears the permitted set, which capset cannot raise again)
+        kernel.set_keep_caps(True)
     # The file system ids after the others, which set them to the effective ones: the fsgid while
     # still root (one none of the others is takes CAP_SETGID), the fsuid last (one of the three
     # takes; another cannot be had without the privilege, and the runner's comparison tells).

@@ -63,6 +63,36 @@ def test_run_restores_sigpipe_default():
     assert not int(out.split()[1], 16) & (1 << (signal.SIGPIPE - 1))
 
 
+@pytest.mark.parametrize("closed", ["0", "0 1", "0 1 2"])
+def test_run_with_our_stdio_closed(tmp_path, closed):
+    """A caller whose fds 0-2 are closed (a verb started with `<&-`): the memory files for the
+    program's outputs land there unless moved, and the dup2 of the fd before them overwrote them
+    (the program's output went to its stdin, its error message nowhere)."""
+    script = tmp_path / "run.py"
+    result = tmp_path / "result"
+    script.write_text(f"""
+import os, sys
+sys.path.insert(0, {os.getcwd()!r})
+from engine import content
+r, w = os.pipe()
+os.write(w, b"in"); os.close(w)
+r = os.dup2(r, 10)
+for fd in ({closed.replace(" ", ", ")},):
+    os.close(fd)
+a = content.run(["/bin/cat"], stdin=10)
+b = content.run(["/bin/sh", "-c", "echo out; echo err >&2; exit 3"])
+open({str(result)!r}, "w").write(repr((a, b)))
+""")
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.execv("/usr/bin/python3", ["python3", str(script)])
+        finally:
+            os._exit(127)
+    assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    assert result.read_text() == repr(((0, b"in", b""), (3, b"out\n", b"err\n")))
+
+
 def test_run_env():
     code, out, _ = content.run(_sh('echo "$LC_ALL"'), env={"LC_ALL": "C", "PATH": "/usr/bin:/bin"})
     assert (code, out) == (0, b"C\n")

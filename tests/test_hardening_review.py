@@ -103,6 +103,23 @@ REFS = {
                                 r"cwd: a /proc file \('dead_pid'\) on mount \d+, which is no proc mount"),
 }
 
+_CAPS = {"inh": 0, "prm": 0x400, "eff": 0x400, "bnd": 0x400, "amb": 0}
+CAPS = {
+    "effective-beyond-permitted": ({**_CAPS, "eff": 0x420}, r"eff must be within prm, amb within prm and inh"),
+    "ambient-beyond-inheritable": ({**_CAPS, "amb": 0x400}, r"eff must be within prm, amb within prm and inh"),
+    # (bit 63: no kernel has it; a stand-in's capset after the commit would fail)
+    "beyond-the-restorer": ({**_CAPS, "prm": 1 << 63 | 0x400}, r"capabilities \(mask 0x8000000000000000\) are not "
+                                                                r"the restorer's to give"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CAPS))
+def test_capability_sets_the_kernel_would_not_take_are_refused(base_image, tmp_path, kind):
+    """A process's capability sets are ones a process can have, and the restorer can give (a stand-in
+    sets them after the commit)."""
+    caps, pattern = CAPS[kind]
+    refused(_mutated(base_image, tmp_path, lambda d: _proc(d).update(caps=caps)), pattern, tmp_path)
+
 
 @pytest.mark.parametrize("kind", sorted(REFS))
 def test_references_name_the_image(base_image, tmp_path, kind):
