@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated tree sizes (total mounts in the container's namespace)")
     p.add_argument("--profile", metavar="DIR", help="run dump and restore under cProfile, profiles into DIR")
     p.add_argument("--keep", metavar="DIR", help="work in DIR and keep images and floor op lists")
-    p.add_argument("--backend", default="mntcr", choices=("mntcr", "mntcr,criu"),
-                   help="mntcr,criu also dumps and restores the same trees with criu (zdtm/criu_env.py's "
+    p.add_argument("--backend", default="mntcr", choices=("mntcr", "mntcr,criu"), metavar="mntcr|mntcr,criu",
+                   help="mntcr (default) or mntcr,criu, which also dumps and restores the same trees with criu (zdtm/criu_env.py's "
                         "criu) in the same run and prints criu/mntcr per N")
     p.add_argument("--criu", default="auto", help="which criu (see zdtm/criu_env.py); default auto")
     args = p.parse_args(argv)
