@@ -53,6 +53,7 @@ from engine import (channel, construct, content, deadpid, features, filelocks, f
                     mountinfo, parking, remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
+from engine.fds import sys as fsys
 from engine.fdmaker import FdMaker
 from engine.image import is_beneath, rel_to
 
@@ -1836,7 +1837,6 @@ class _Restorer:
 
     def _copy_fd(self, pid: int, fd: int) -> int:
         """Our copy of fd `fd` of the stand-in of image process `pid`."""
-        from engine.fds import sys as fsys
         pidfd = kernel.pidfd_open(self.hostpid[pid])
         try:
             return fsys.pidfd_getfd(pidfd, fd)
