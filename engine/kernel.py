@@ -565,15 +565,21 @@ def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
 CAP_SETS = ("inh", "prm", "eff", "bnd", "amb")   # /proc/PID/status CapInh, CapPrm, CapEff, CapBnd, CapAmb
 
 
-def read_caps(pid: int) -> dict[str, int]:
-    """The capability sets of `pid` (inheritable, permitted, effective, bounding, ambient), as bit masks."""
+def proc_status(pid, keys) -> dict[str, str]:
+    """The values of lines `keys` ("Uid", "CapEff", ...) of /proc/PID/status, where present."""
     out = {}
     with open(f"/proc/{pid}/status", errors="surrogateescape") as f:   # (its Name: may be any bytes)
         for line in f:
             key, _, value = line.partition(":")
-            if key.startswith("Cap") and key[3:].lower() in CAP_SETS:
-                out[key[3:].lower()] = int(value, 16)
+            if key in keys:
+                out[key] = value
     return out
+
+
+def read_caps(pid: int) -> dict[str, int]:
+    """The capability sets of `pid` (inheritable, permitted, effective, bounding, ambient), as bit masks."""
+    got = proc_status(pid, {"Cap" + s.capitalize() for s in CAP_SETS})
+    return {k[3:].lower(): int(v, 16) for k, v in got.items()}
 
 
 def cap_data(caps: dict[str, int]):

@@ -79,12 +79,8 @@ def _dumpable(pid: int, euid: int, egid: int) -> bool:
 
 def _creds(pid: int, maps: userns.Maps) -> dict | None:
     """The ids of `pid` inside its user namespace; None when they are the dumper's root, unmapped."""
-    fields = {}
-    with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("Uid", "Gid", "Groups"):
-                fields[key] = [int(x) for x in value.split()]
+    from engine import kernel
+    fields = {k: [int(x) for x in v.split()] for k, v in kernel.proc_status(pid, ("Uid", "Gid", "Groups")).items()}
     out = {"uid": _inside(fields["Uid"], maps.uid_map), "gid": _inside(fields["Gid"], maps.gid_map),
            "groups": _inside(fields.get("Groups", []), maps.gid_map)}
     if None not in out["uid"] + out["gid"] + out["groups"]:
