@@ -13,6 +13,7 @@ import re
 
 import pytest
 
+from engine.filelocks import inode_key
 from enginecase import STOP_WATCH, case, py_hold, was_stopped  # noqa: F401  (fixture)
 from test_engine_prestop import _refused_unstopped
 
@@ -45,7 +46,7 @@ def _tree_locks(pid: int) -> list[tuple]:
                 st = os.stat(f"/proc/{p}/fd/{n}")
             except OSError:
                 continue
-            inodes.add(f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}")
+            inodes.add(inode_key(st.st_dev, st.st_ino))
     out = []
     with open("/proc/locks") as f:
         for line in f:
@@ -157,7 +158,7 @@ f = os.open("/mnt/t/f", os.O_WRONLY); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_W
 def _flocks_on(pid: int, path: str) -> list[str]:
     """The /proc/locks lines (without their number) of FLOCK locks on file `path` of process `pid`."""
     st = os.stat(f"/proc/{pid}/root{path}")
-    inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    inode = inode_key(st.st_dev, st.st_ino)
     with open("/proc/locks") as f:
         return [" ".join(line.split()[1:]) for line in f if "FLOCK" in line and f" {inode} " in line]
 
