@@ -550,7 +550,7 @@ def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
     the old real one counts as set-user-id and clears the ambient set on older kernels, 6.1 among them, not 6.18 (tar
     then lost CAP_CHOWN and failed to give a userns-owned tmpfs's files their owners in a 6.1 VM,
     userns/full_map). SECBIT_NO_SETUID_FIXUP keeps the capabilities through the change of ids."""
-    head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()   # _LINUX_CAPABILITY_VERSION_3
+    head, data = _cap_buffers()
     _check(_libc.capget(ctypes.byref(head), data), "capget")
     for c in caps:
         data[c // 32].inheritable |= 1 << (c % 32)
@@ -582,9 +582,14 @@ def read_caps(pid: int) -> dict[str, int]:
     return {k[3:].lower(): int(v, 16) for k, v in got.items()}
 
 
+def _cap_buffers():
+    """A capget/capset header (_LINUX_CAPABILITY_VERSION_3, this process) and its two data words."""
+    return _CapHeader(0x20080522, 0), (_CapData * 2)()
+
+
 def cap_data(caps: dict[str, int]):
     """(header, data) for capset(2) setting `caps`' inheritable, permitted and effective sets."""
-    head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()   # _LINUX_CAPABILITY_VERSION_3
+    head, data = _cap_buffers()
     for i in (0, 1):
         data[i].effective, data[i].permitted, data[i].inheritable = \
             ((caps[k] >> (32 * i)) & 0xFFFFFFFF for k in ("eff", "prm", "inh"))
@@ -605,7 +610,7 @@ def caps_before_bounding(caps: dict[str, int]) -> None:
     emptied it; the permitted one was kept), and `caps`' inheritable set while the bounding set
     still allows it (capset takes an inheritable capability only from the old inheritable or
     bounding set)."""
-    head, data = _CapHeader(0x20080522, 0), (_CapData * 2)()   # _LINUX_CAPABILITY_VERSION_3
+    head, data = _cap_buffers()
     _check(_libc.capget(ctypes.byref(head), data), "capget")
     for i in (0, 1):
         data[i].effective = data[i].permitted
