@@ -527,6 +527,8 @@ def creation_uid(mntns: dict) -> dict[int, int]:
     volumes before pivoting into the root, which takes the old root's lock). `mntns`: the image's."""
     out = {}
     for ns in mntns.values():
+        if not ns.get("owner"):
+            continue
         uids = [m["uid"] for m in ns["mounts"] if m.get("uid")]
         root = next((m for m in ns["mounts"] if m["id"] == ns["root"]), None)
         if ns.get("owner") and root is not None and root.get("uid") and uids and min(uids) < root["uid"]:
