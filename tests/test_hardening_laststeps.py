@@ -1,0 +1,133 @@
+"""A stand-in's last steps (session 12's review): the executable it becomes, the ids and the
+capabilities it takes once detached, after its channel's last answer.
+
+Those steps ignored failures: become_exe's machine code went on after a failed prctl, setresuid,
+setfsuid or capset, and the Python path's exceptions ended the stand-in after the restorer had
+heard "ok", so a restore "succeeded" with a process that kept the restorer's identity, the
+interpreter as its executable, or was missing. Now each step is checked and the stand-in's last
+word (engine/lastword.py) fails the restore: exit 2, one line naming the process and the step,
+nothing left running, no pid file (test_hardening_hostile.refused).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import struct
+
+import pytest
+
+import enginecase
+from enginecase import HOLD, case, copy_image  # noqa: F401 (case: a fixture)
+from test_hardening_hostile import _mutated, refused
+
+# A tmpfs with a data file (mode 0644: no executable) and a copy of the holder; a child runs that
+# copy, the root the holder itself.
+SETUP = f"""
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo data > /mnt/t/f
+cp "$(readlink -f {HOLD})" /mnt/t/mntcr-hold
+/mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+exec {HOLD} 100000 </dev/null >/dev/null 2>&1
+"""
+
+
+@pytest.fixture(scope="module")
+def base_image(tmp_path_factory):
+    """The image of SETUP's tree."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _exe_on_data_file(d, which: int) -> None:
+    """Process `which` (0: the root) made to become /f of the tmpfs, a file the kernel refuses as an
+    executable (no x bit): its stand-in's prctl(PR_SET_MM_MAP) fails with EACCES."""
+    p = d["processes"][which]
+    assert "exe" in p, p
+    ns = d["mntns"][p["ns"]["mnt"]]
+    mnt = next(m for m in ns["mounts"] if m["mountpoint"] == "/mnt/t")
+    p["exe"] = {"mnt": mnt["id"], "path": "/f"}
+
+
+def test_base_image_restores(case, base_image, tmp_path):
+    """Control: the unchanged copy restores (both stand-ins become their executables)."""
+    assert case.restore(copy_image(base_image, tmp_path)) > 0
+
+
+@pytest.mark.parametrize("which", [1, 0], ids=["child", "root"])
+def test_executable_the_kernel_refuses_fails_the_restore(base_image, tmp_path, which):
+    """A non-root stand-in tells before the commit, the root one after it (it keeps the privilege to
+    kill the tree until then): either way the restore fails and nothing is left."""
+    img = _mutated(base_image, tmp_path, lambda d: _exe_on_data_file(d, which))
+    refused(img, r"process \d+: prctl\(PR_SET_MM_MAP\) making its executable: Permission denied", tmp_path)
+
+
+def _last_word(fn) -> bytes:
+    """Run `fn(report_fd)` in a forked child (a stand-in's last steps); what it told, once it closed
+    the report fd; the child, which then pauses for good, is killed."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            fn(w)
+        finally:
+            os._exit(3)
+    os.close(w)
+    out = b""
+    try:
+        while chunk := os.read(r, 4096):
+            out += chunk
+    finally:
+        os.close(r)
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return out
+
+
+def _needs_root():
+    if os.geteuid() != 0:
+        pytest.skip("needs root (a stand-in's last steps take ids and capabilities)")
+
+
+def test_machine_code_stops_at_the_first_failed_step_and_says_which():
+    """become_exe's program on a file the kernel refuses as an executable: the word names the
+    prctl and its errno; no later step ran (the ids stayed root's)."""
+    _needs_root()
+    from engine import lastword, mappings
+    if not mappings.can_become_exe():
+        pytest.skip("become_exe works on x86-64 only")
+
+    def steps(w):
+        fd = os.open("/proc/self/status", os.O_RDONLY)   # (a regular file without an x bit)
+        mappings.become_exe(fd, w, ([1000] * 4, [1000] * 4, [], True, False), None)
+
+    word = _last_word(steps)
+    assert lastword.explain(word) == (13, "prctl(PR_SET_MM_MAP) making its executable: Permission denied"), word
+    index = struct.unpack("=QQ", word[:16])[0]
+    nr = lastword.ENTRY.unpack(word[16:16 + lastword.ENTRY.size])[0]
+    assert nr == 157 and index >= 1, (index, nr)
+
+
+def test_machine_code_tells_success():
+    """The same program on a real executable with ids: 16 zero bytes."""
+    _needs_root()
+    from engine import lastword, mappings
+    if not mappings.can_become_exe():
+        pytest.skip("become_exe works on x86-64 only")
+
+    def steps(w):
+        fd = os.open("/bin/true", os.O_RDONLY)
+        mappings.become_exe(fd, w, ([1000] * 4, [1000] * 4, [1000], True, False), None)
+
+    assert _last_word(steps) == lastword.OK
+
+
+def test_python_path_tells_a_failed_capset():
+    """Without become_exe (no executable to become), _detach takes the ids and capabilities in
+    Python: a capability the changed ids lost (no keepcaps: the permitted set was cleared) cannot be
+    raised again, and the word says so instead of the stand-in ending unnoticed."""
+    _needs_root()
+    from engine import lastword, standin
+    caps = {"inh": 0, "prm": 0x400, "eff": 0x400, "bnd": (1 << 41) - 1, "amb": 0}
+    word = _last_word(lambda w: standin._detach(set(), w, None, ([1000] * 4, [1000] * 4, [], None, False), caps))
+    assert lastword.explain(word) == (1, "capset: Operation not permitted"), word
