@@ -38,6 +38,7 @@ be pure: the same value always gets the same answer.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Callable
@@ -811,6 +812,32 @@ def _covered(ranges, by) -> int | None:
     return None
 
 
+def _unmapped(ids, ranges) -> int | None:
+    """The first of `ids` no inside range of `ranges` maps (None: all are mapped)."""
+    spans = sorted((inside, inside + count) for inside, _, count in ranges)
+    starts = [lo for lo, _ in spans]
+    for i in dict.fromkeys(ids):
+        k = bisect.bisect_right(starts, i) - 1
+        if k < 0 or i >= spans[k][1]:
+            return i
+    return None
+
+
+def _check_creds(p: dict, users: dict) -> None:
+    """A process in a user namespace of the image has ids that namespace maps: its stand-in takes
+    them there, and an unmapped one fails (setresuid: EINVAL), once the stand-in is past its last
+    answer (the last steps of a detached stand-in: engine/lastword.py); dump records none else."""
+    creds = p.get("creds")
+    if creds is None or "userns" not in p:
+        return
+    ns = users[p["userns"]]
+    for what, ids, key in (("uid", creds["uid"], "uid_map"), ("gid", creds["gid"], "gid_map"),
+                           ("group", creds["groups"], "gid_map")):
+        bad = _unmapped(ids, ns[key])
+        if bad is not None:
+            _fail(f"process {p['pid']}: its {what} {bad} is not mapped in its user namespace {p['userns']}")
+
+
 def _check_userns(doc: dict, mounts: dict) -> None:
     """User namespace records, their parent chains, and who names them."""
     users = doc.get("userns") or {}
@@ -839,6 +866,7 @@ def _check_userns(doc: dict, mounts: dict) -> None:
     for p in doc["processes"]:
         if "userns" in p and p["userns"] not in users:
             _fail(f"process {p['pid']}: unknown user namespace {p['userns']!r}")
+        _check_creds(p, users)
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
         for kind, owner in (p.get("ns_made_in") or {}).items():

@@ -131,3 +131,25 @@ def test_python_path_tells_a_failed_capset():
     caps = {"inh": 0, "prm": 0x400, "eff": 0x400, "bnd": (1 << 41) - 1, "amb": 0}
     word = _last_word(lambda w: standin._detach(set(), w, None, ([1000] * 4, [1000] * 4, [], None, False), caps))
     assert lastword.explain(word) == (1, "capset: Operation not permitted"), word
+
+
+_MAPS = {"uid_map": [[0, 100000, 65536]], "gid_map": [[0, 100000, 65536]], "setgroups": "allow"}
+CREDS = {
+    "uid-not-mapped": ({"uid": [0, 70000, 0, 0], "gid": [0] * 4, "groups": []}, r"its uid 70000 is not mapped"),
+    "gid-not-mapped": ({"uid": [0] * 4, "gid": [0, 0, 0, 65536], "groups": []}, r"its gid 65536 is not mapped"),
+    "group-not-mapped": ({"uid": [0] * 4, "gid": [0] * 4, "groups": [5, 1 << 20]},
+                         r"its group 1048576 is not mapped"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CREDS))
+def test_ids_its_user_namespace_does_not_map_are_refused(base_image, tmp_path, kind):
+    """A process in a user namespace of the image takes its ids there, in become_exe's code once
+    detached: an id the namespace does not map failed there (setresuid: EINVAL) and the stand-in
+    stayed that namespace's root. The validator refuses it before anything is made."""
+    creds, pattern = CREDS[kind]
+
+    def mutate(d):
+        d["userns"] = {"user-0": dict(_MAPS)}
+        d["processes"][1].update(userns="user-0", creds=creds)
+    refused(_mutated(base_image, tmp_path, mutate), rf"process \d+: {pattern} in its user namespace user-0", tmp_path)
