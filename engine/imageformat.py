@@ -1255,6 +1255,10 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             kind.check(fd, fwhat)
             if "obj" in fd and fd["obj"] not in (doc.get("objects") or {}):
                 _fail(f"{fwhat}: unknown object {fd['obj']!r}")
+            if "obj" in fd and doc["objects"][fd["obj"]]["kind"] != (kind.obj_kind or kind.name):
+                # (the kind that makes it reads its own kind's fields: a pipe's size, a memfd's name)
+                _fail(f"{fwhat}: object {fd['obj']} is a {doc['objects'][fd['obj']]['kind']}, not what an fd of "
+                      f"kind {kind.name} names")
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")

@@ -153,3 +153,39 @@ def test_ids_its_user_namespace_does_not_map_are_refused(base_image, tmp_path, k
         d["userns"] = {"user-0": dict(_MAPS)}
         d["processes"][1].update(userns="user-0", creds=creds)
     refused(_mutated(base_image, tmp_path, mutate), rf"process \d+: {pattern} in its user namespace user-0", tmp_path)
+
+
+# --- objects named by an fd of another kind --------------------------------------------------------
+
+FD_SETUP = enginecase.py_hold("""
+r, w = os.pipe(); os.write(w, b"x"); os.dup2(r, 7); os.dup2(w, 8)
+m = os.memfd_create("m"); os.write(m, b"y"); os.dup2(m, 9)
+""")
+
+
+@pytest.fixture(scope="module")
+def fd_image(tmp_path_factory):
+    """The image of a process holding a pipe (fds 7, 8) and a memfd (fd 9)."""
+    yield from enginecase.dumped_image(tmp_path_factory, FD_SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _swap_obj(d, fd: int, kind: str) -> None:
+    """Fd `fd` made to name the image's object of `kind` (and every fd of its description)."""
+    p = d["processes"][0]
+    other = next(k for k, o in d["objects"].items() if o["kind"] == kind)
+    e = next(f for f in p["fds"] if f["fd"] == fd)
+    for f in p["fds"]:
+        if f is e or (e.get("desc") is not None and f.get("desc") == e["desc"]):
+            f["obj"] = other
+
+
+OBJS = {"memfd-on-a-pipe": (9, "pipe"), "pipe-on-a-memfd": (7, "memfd")}
+
+
+@pytest.mark.parametrize("kind", sorted(OBJS))
+def test_fd_naming_an_object_of_another_kind_is_refused(fd_image, tmp_path, kind):
+    """An fd's `obj` is an object of its own kind: the kind that makes it reads that kind's fields."""
+    fd, other = OBJS[kind]
+    refused(_mutated(fd_image, tmp_path, lambda d: _swap_obj(d, fd, other)),
+            rf"fd \d+: object \S+ is a {other}, not what an fd of kind \w+ names", tmp_path)
