@@ -1206,6 +1206,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
     mntns, pidns = doc["mntns"], doc["pidns"]
     pids: set[int] = set()
     uts_used = set()
+    forked: set = set()   # processes restore forks for fds (FdKind.forks)
     refs = _Refs(doc, mounts, detached)
     for i, p in enumerate(doc["processes"]):
         what = f"process {p['pid']}" if type(p) is dict and type(p.get("pid")) is int else f"process #{i}"
@@ -1259,6 +1260,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 # (the kind that makes it reads its own kind's fields: a pipe's size, a memfd's name)
                 _fail(f"{fwhat}: object {fd['obj']} is a {doc['objects'][fd['obj']]['kind']}, not what an fd of "
                       f"kind {kind.name} names")
+            if kind.forks(fd) is not None:
+                forked.add(kind.forks(fd))
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
@@ -1270,6 +1273,9 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 _check_loc(fd, mounts, detached, fwhat)
             for ref, value, text in kind.refs(fd):
                 refs.check(fwhat, ref, value, text)
+    if len(doc["processes"]) + len(forked) > MAX_PROCESSES:
+        _fail(f"{len(doc['processes'])} processes and {len(forked)} more that fds name (restore forks one for "
+              f"each) is absurd (at most {MAX_PROCESSES} in all)")
     procs = {p["pid"]: p for p in doc["processes"]}
     for p in doc["processes"]:
         _check_file_locks(p, procs, f"process {p['pid']}")

@@ -160,12 +160,13 @@ def test_ids_its_user_namespace_does_not_map_are_refused(base_image, tmp_path, k
 FD_SETUP = enginecase.py_hold("""
 r, w = os.pipe(); os.write(w, b"x"); os.dup2(r, 7); os.dup2(w, 8)
 m = os.memfd_create("m"); os.write(m, b"y"); os.dup2(m, 9)
+os.dup2(os.pidfd_open(os.getpid()), 10)
 """)
 
 
 @pytest.fixture(scope="module")
 def fd_image(tmp_path_factory):
-    """The image of a process holding a pipe (fds 7, 8) and a memfd (fd 9)."""
+    """The image of a process holding a pipe (fds 7, 8), a memfd (fd 9) and a pidfd of itself (fd 10)."""
     yield from enginecase.dumped_image(tmp_path_factory, FD_SETUP,
                                        "hostile image tests need root (they dump a real container and restore)")
 
@@ -189,3 +190,19 @@ def test_fd_naming_an_object_of_another_kind_is_refused(fd_image, tmp_path, kind
     fd, other = OBJS[kind]
     refused(_mutated(fd_image, tmp_path, lambda d: _swap_obj(d, fd, other)),
             rf"fd \d+: object \S+ is a {other}, not what an fd of kind \w+ names", tmp_path)
+
+
+def test_pidfds_of_exited_processes_are_bounded(fd_image, tmp_path):
+    """Restore forks a child for each exited process pidfds name (a distinct `dead` inode): as many
+    of them as an image may have fds (a million forks of the restorer) are refused, counted with the
+    image's processes against their bound."""
+    from engine.image import MAX_PROCESSES
+
+    def mutate(d):
+        p = d["processes"][0]
+        e = next(f for f in p["fds"] if f["fd"] == 10)
+        e.pop("pid")
+        e["dead"] = "7000"   # (one of those below: one exited process)
+        p["fds"] += [dict(e, fd=1000 + i, dead=str(7000 + i)) for i in range(MAX_PROCESSES)]
+    refused(_mutated(fd_image, tmp_path, mutate), rf"1 processes and {MAX_PROCESSES} more that fds name \(restore "
+            r"forks one for each\) is absurd", tmp_path)
