@@ -1354,6 +1354,10 @@ def _check_file_locks(p: dict, procs: dict, what: str) -> None:
             _fail(f"{lwhat}: a {lock['type']} covers the whole file (0 to EOF)")
         if lock["type"] == "lease" and (fd.get("kind", "file") != "file" or fd.get("type") == "dir"):
             _fail(f"{lwhat}: a lease is on a regular file")
+        if lock["type"] == "lease" and lock["mode"] == "write":
+            # (an open of the file by anyone, a host process too when it is an external file, waits
+            # for the lease's holder to give it up: a stand-in never does, so for lease-break-time)
+            _fail(f"{lwhat}: a write lease: dump never records one (engine/filelocks.py)")
         key = (lock["fd"], lock.get("of"), lock["type"], lock["start"], lock["end"])
         if key in seen:
             _fail(f"{lwhat}: listed twice")
