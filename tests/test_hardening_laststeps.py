@@ -206,3 +206,22 @@ def test_pidfds_of_exited_processes_are_bounded(fd_image, tmp_path):
         p["fds"] += [dict(e, fd=1000 + i, dead=str(7000 + i)) for i in range(MAX_PROCESSES)]
     refused(_mutated(fd_image, tmp_path, mutate), rf"1 processes and {MAX_PROCESSES} more that fds name \(restore "
             r"forks one for each\) is absurd", tmp_path)
+
+
+# --- dump: an executable that is not one any more ----------------------------------------------------
+
+@pytest.mark.parametrize("change", ["chmod -x /mnt/t/mntcr-hold", "mount -o remount,noexec /mnt/t"],
+                         ids=["no-x-bit", "noexec-mount"])
+def test_executable_that_is_not_one_any_more_refused_unstopped(case, change):
+    """A dump that succeeds must restore: a process whose executable lost its x bits (or whose mount
+    became noexec) since the exec cannot get it back as /proc/PID/exe (the kernel refuses it, and
+    restore now fails on that), so dump refuses it before the stop."""
+    from test_engine_prestop import _refused_unstopped
+    from enginecase import STOP_WATCH
+    setup = STOP_WATCH + SETUP.replace("/mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &\n",
+                                       f"/mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &\n{change}\n")
+    assert change in setup
+    pid = case.start(setup)
+    _refused_unstopped(case, pid, r"process \d+ executable \(/mnt/t/mntcr-hold\): not executable any more \((mode "
+                                  r"0644, no x bit|on a noexec mount)\): restore could not make it the process's "
+                                  r"executable again")
