@@ -50,13 +50,23 @@ def tell(fd: int, word: bytes) -> None:
 
 
 def hear(sock) -> bytes:
-    """Everything a stand-in wrote on socket `sock` (a _socket.socket) until it closed its end."""
+    """What a stand-in wrote on socket `sock` (a _socket.socket): a whole word, or what came before
+    its end closed (not waiting for the end once the word is whole: a copy of it held elsewhere
+    would keep it open)."""
     out = b""
-    while True:
+    while not _whole(out):
         data = sock.recv(4096)
         if not data:
-            return out
+            break
         out += data
+    return out
+
+
+def _whole(word: bytes) -> bool:
+    if len(word) < 16:
+        return False
+    index = struct.unpack("=Q", word[:8])[0]
+    return word[:16] == OK or (index != PYTHON and len(word) >= 16 + ENTRY.size) or (index == PYTHON and len(word) > 16)
 
 
 def explain(word: bytes) -> tuple[int, str] | None:

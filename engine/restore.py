@@ -1866,9 +1866,12 @@ class _Restorer:
         procs = self.doc["processes"]
         for p in reversed(procs):
             chan = self.chans[p["pid"]]
+            why = None
             try:
                 chan.call(("detach", p.get("comm"), p.get("caps")), [lifeline] if p is procs[0] else [])
-                why = None if p is procs[0] else lastword.explain(lastword.hear(chan.sock))
+                if p is not procs[0]:
+                    chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
+                    why = lastword.explain(lastword.hear(chan.sock))
             except OSError as e:
                 why = (e.errno or errno.EIO, str(e))
             if why:
