@@ -61,9 +61,9 @@ def test_executable_the_kernel_refuses_fails_the_restore(base_image, tmp_path, w
     refused(img, r"process \d+: prctl\(PR_SET_MM_MAP\) making its executable: Permission denied", tmp_path)
 
 
-def _last_word(fn) -> bytes:
+def _last_word(fn, seen: dict | None = None) -> bytes:
     """Run `fn(report_fd)` in a forked child (a stand-in's last steps); what it told, once it closed
-    the report fd; the child, which then pauses for good, is killed."""
+    the report fd; the child, which then pauses for good, is killed (its ids noted in `seen` first)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -79,6 +79,9 @@ def _last_word(fn) -> bytes:
             out += chunk
     finally:
         os.close(r)
+        if seen is not None:
+            with open(f"/proc/{pid}/status") as f:
+                seen.update(line.split(":", 1) for line in f if line.startswith(("Uid:", "Gid:")))
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     return out
@@ -101,8 +104,10 @@ def test_machine_code_stops_at_the_first_failed_step_and_says_which():
         fd = os.open("/proc/self/status", os.O_RDONLY)   # (a regular file without an x bit)
         mappings.become_exe(fd, w, ([1000] * 4, [1000] * 4, [], True, False), None)
 
-    word = _last_word(steps)
+    seen: dict = {}
+    word = _last_word(steps, seen)
     assert lastword.explain(word) == (13, "prctl(PR_SET_MM_MAP) making its executable: Permission denied"), word
+    assert seen["Uid"].split() == ["0"] * 4 and seen["Gid"].split() == ["0"] * 4, seen
     index = struct.unpack("=QQ", word[:16])[0]
     nr = lastword.ENTRY.unpack(word[16:16 + lastword.ENTRY.size])[0]
     assert nr == 157 and index >= 1, (index, nr)
@@ -119,7 +124,24 @@ def test_machine_code_tells_success():
         fd = os.open("/bin/true", os.O_RDONLY)
         mappings.become_exe(fd, w, ([1000] * 4, [1000] * 4, [1000], True, False), None)
 
-    assert _last_word(steps) == lastword.OK
+    seen: dict = {}
+    assert _last_word(steps, seen) == lastword.OK
+    assert seen["Uid"].split() == ["1000"] * 4 and seen["Gid"].split() == ["1000"] * 4, seen
+
+
+def test_machine_code_asks_the_fs_id_again():
+    """setfsuid answers the old id whether it took or not: asked again, an fs uid none of the other
+    uids is (and no CAP_SETUID left after setresuid) is told, not kept silently as the euid."""
+    _needs_root()
+    from engine import lastword, mappings
+    if not mappings.can_become_exe():
+        pytest.skip("become_exe works on x86-64 only")
+
+    def steps(w):
+        fd = os.open("/bin/true", os.O_RDONLY)
+        mappings.become_exe(fd, w, ([1000, 1000, 1000, 2000], [1000] * 4, [], True, False), None)
+
+    assert lastword.explain(_last_word(steps)) == (1, "setfsuid(2000) did not take: the id stayed 1000")
 
 
 def test_python_path_tells_a_failed_capset():
