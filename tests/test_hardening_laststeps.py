@@ -247,3 +247,34 @@ def test_executable_that_is_not_one_any_more_refused_unstopped(case, change):
     _refused_unstopped(case, pid, r"process \d+ executable \(/mnt/t/mntcr-hold\): not executable any more \((mode "
                                   r"0644, no x bit|on a noexec mount)\): restore could not make it the process's "
                                   r"executable again")
+
+
+# --- the child that makes a user namespace for its owner -----------------------------------------------
+
+def test_owner_child_holds_nothing_of_the_restorers():
+    """The child that unshares a user namespace as the owner the image names (any host uid: the
+    attacker's own) is that user's to ptrace once it is in the namespace. It held root's gid and
+    groups and every fd of the restorer (its lifeline among them); now only its pipes, gid nogroup
+    and no supplementary groups."""
+    _needs_root()
+    from engine import userns
+    extra = os.open("/", os.O_PATH)   # (stands for the restorer's fds)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            userns.become_owner(4242, False, (w,))
+            os.write(w, repr((os.getresuid(), os.getresgid(), os.getgroups(),
+                              sorted(int(n) for n in os.listdir("/proc/self/fd")))).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(extra)
+    with os.fdopen(r) as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    # (the listing's own directory fd shows too: the lowest number free)
+    ids, gids, groups, fds = eval(got)   # noqa: S307  (our own child's repr)
+    assert ids == (4242,) * 3 and gids == (userns.NOGROUP,) * 3 and groups == [], got
+    assert w in fds and len(fds) <= 2, got
