@@ -50,7 +50,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
-                    mountinfo, parking, remount, sharing, standin, strategy, userns_cr)
+                    lastword, mountinfo, parking, remount, sharing, standin, strategy, userns_cr)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -224,12 +224,28 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     # Published: from here a late Ctrl-C must not turn the success into a failure, so SIGINT stays
     # ignored in this process (the CLI prints the pid and exits 0).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _commit(commit, pid, pidfile, doc["processes"][0]["pid"])
+    return pid
+
+
+def _commit(commit, pid: int, pidfile: str | None, image_pid: int) -> None:
+    """Let the tree live, then hear the root stand-in's last word (engine/lastword.py): it takes its
+    last steps after the commit (until then it keeps the privilege to kill the whole tree), and a
+    failed one fails the restore all the same, with nothing left (no tree, no pid file)."""
+    why = None
     try:
         commit.sendall(b"c")
+        commit.settimeout(60)  # (a root stand-in stopped from outside must not hang the restore)
+        word = lastword.hear(commit)
+        why = lastword.explain(word) if word else None   # (none: killed from outside, the tree dies)
     except OSError:
         pass  # the root stand-in is gone already (killed from outside): nothing to keep alive
     _hang_up(commit)
-    return pid
+    if why:
+        pidfile_mod.kill_tree(pid)
+        if pidfile:
+            os.unlink(pidfile)
+        raise RestoreError(why[0], f"process {image_pid}: {why[1]}")
 
 
 def _hang_up(commit) -> None:
@@ -1878,10 +1894,22 @@ class _Restorer:
             os.close(pidfd)
 
     def detach(self, lifeline: int) -> None:
-        """Every stand-in drops its channel, children first; the root takes the lifeline (standin.py)."""
+        """Every stand-in drops its channel, children first, each telling how its last steps went
+        (engine/lastword.py: a failed one fails the restore); the root takes the lifeline and tells on
+        it once the restore commits (standin.py, `restore`)."""
         procs = self.doc["processes"]
         for p in reversed(procs):
-            self.chans[p["pid"]].call(("detach", p.get("comm"), p.get("caps")), [lifeline] if p is procs[0] else [])
+            chan = self.chans[p["pid"]]
+            why = None
+            try:
+                chan.call(("detach", p.get("comm"), p.get("caps")), [lifeline] if p is procs[0] else [])
+                if p is not procs[0]:
+                    chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
+                    why = lastword.explain(lastword.hear(chan.sock))
+            except OSError as e:
+                why = (e.errno or errno.EIO, str(e))
+            if why:
+                raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
 
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> int:
