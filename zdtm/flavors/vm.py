@@ -9,6 +9,10 @@ guest; the transport is the VM's job channel and the writable results share:
                                                      = zdtm.item.run(spec, ns place) on kernel K
         reads WORKDIR/item-result.json ◀──────────  (WORKDIR is in the results share)
 
+On the qemu fast path that command is a child forked by the guest's item
+server (zdtm/itemserver.py, started by the VM's first item), which imported
+the item path once: under TCG a fresh interpreter costs 8-11 s per item.
+
 So the expectation, requirement and backend checks, setup, cycle and
 teardown are the host's own code path (zdtm/item.py), run on kernel K. The
 guest's interpreter is the provider's answer (`guest_python()`): the host's
@@ -167,6 +171,9 @@ class VmFlavor:
         r = run_in_vm(vm, key, argv, timeout=limit)
         out = item.read_outcome(wd)
         if out is None:
+            # the guest's runner is broken (with the item server: gone): the next item gets a fresh VM
+            _VMS.pop(key, None)
+            vm.close()
             raise VMError(f"kernel {kernel}: the item runner in the VM wrote no result "
                           f"(status {r.status}): {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
         out.seconds = r.seconds
