@@ -84,3 +84,23 @@ def test_the_client_says_so_when_no_server_runs(tmp_path):
 def test_a_server_that_cannot_start_fails_its_start_job(tmp_path):
     r = _sh(itemserver.start_script("/nonexistent/python3", str(tmp_path / "run")))
     assert r.returncode == 125
+
+
+def test_a_dead_server_is_noticed_even_as_a_zombie(tmp_path):
+    """A server killed but not yet reaped is a zombie: the client must not write to its fifo."""
+    rundir = tmp_path / "run"
+    rundir.mkdir()
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        (rundir / itemserver.PIDFILE).write_text(f"{proc.pid}\n")
+        os.mkfifo(rundir / itemserver.REQUESTS)
+        os.kill(proc.pid, signal.SIGKILL)
+        import time
+        deadline = time.monotonic() + 10
+        while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        r = _sh(itemserver.client_script(str(rundir), str(tmp_path)), timeout=30)
+        assert (r.returncode, r.stderr.strip()) == (125, "the item server in the VM is not running")
+    finally:
+        proc.wait()

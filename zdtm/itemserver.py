@@ -53,8 +53,10 @@ def client_script(rundir: str, workdir: str) -> str:
     """
     d, wd = shlex.quote(rundir), shlex.quote(workdir)
     # shell builtins where they do (each exec costs ~0.1 s under TCG)
-    return (f"{{ read p < {d}/{PIDFILE}; }} 2>/dev/null; kill -0 \"$p\" 2>/dev/null "
-            f"|| {{ echo 'the item server in the VM is not running' >&2; exit 125; }}\n"
+    # a killed server may stay a zombie for a while (kill -0 succeeds on one): read its state
+    return (f"s=; {{ read p < {d}/{PIDFILE} && while read k s _; do [ \"$k\" = State: ] && break; done "
+            f"< /proc/$p/status; }} 2>/dev/null\n"
+            f"case \"$s\" in ''|Z) echo 'the item server in the VM is not running' >&2; exit 125 ;; esac\n"
             f"f={d}/done.$$; mkfifo \"$f\" || exit 125\n"
             f"echo \"$$ $f \"{wd} > {d}/{REQUESTS}\n"
             f"read st < \"$f\"; rm -f \"$f\"; exit \"${{st:-125}}\"\n")
