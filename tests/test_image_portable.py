@@ -127,3 +127,28 @@ def test_image_restores_exactly_from_elsewhere(case, move):
         pid = int(f.read())
     case.trees.append(pid)
     assert_same(before, take(pid, CHECK))
+
+
+def test_seal_this_kernel_lacks_is_named(monkeypatch):
+    """A kernel older than the image's seals (F_SEAL_EXEC before 6.3) refuses F_ADD_SEALS with EINVAL:
+    the line names the newest seal asked for and the kernel it needs, not a bare "Invalid argument"."""
+    import errno
+    import fcntl
+    import types
+
+    from engine.fds import FdError, memfd
+
+    real = fcntl.fcntl
+
+    def old_kernel(fd, cmd, arg=0):
+        if cmd == 1033 and arg & 0x20:   # F_ADD_SEALS with F_SEAL_EXEC, as Linux 6.1 answers
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real(fd, cmd, arg)
+
+    monkeypatch.setattr(memfd.fcntl, "fcntl", old_kernel)
+    r = types.SimpleNamespace(where="process 7 fd 9 (memfd)")
+    with pytest.raises(FdError) as e:
+        memfd._make_memfd(r, {"name": "m", "data": "", "seals": 0x2a})
+    assert e.value.errno == errno.EINVAL
+    assert str(e.value.strerror).startswith("process 7 fd 9 (memfd): memfd seals 0x2a refused by this kernel"), e.value
+    assert "F_SEAL_EXEC needs Linux >= 6.3" in e.value.strerror
