@@ -251,7 +251,7 @@ def _older_kernel_note(doc: dict, e: BaseException) -> str:
     exc = e.exc if isinstance(e, forkrun.ChildError) else e
     dumped, here = doc.get("kernel") or "", os.uname().release
     if not isinstance(exc, OSError) or exc.errno not in _LACKING or not _version(dumped) \
-            or _version(dumped) <= _version(here):
+            or _version(dumped) <= _version(here) or here in str(exc):   # (named already: said once)
         return ""
     return f" (the image was dumped on Linux {dumped}, this is Linux {here}: it may need a facility this kernel lacks)"
 

@@ -150,5 +150,5 @@ def test_seal_this_kernel_lacks_is_named(monkeypatch):
     with pytest.raises(FdError) as e:
         memfd._make_memfd(r, {"name": "m", "data": "", "seals": 0x2a})
     assert e.value.errno == errno.EINVAL
-    assert str(e.value.strerror).startswith("process 7 fd 9 (memfd): memfd seals 0x2a refused by this kernel"), e.value
+    assert str(e.value.strerror).startswith("memfd seals 0x2a refused by this kernel"), e.value
     assert "F_SEAL_EXEC needs Linux >= 6.3" in e.value.strerror

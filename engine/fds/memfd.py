@@ -118,7 +118,8 @@ def _make_memfd(r: RestoreFd, obj: dict) -> int:
                 raise
             newest = max((b for b in SEALS if obj["seals"] & b), key=lambda b: [int(x) for x in SEALS[b][1].split(".")])
             name, since = SEALS[newest]
-            raise FdError(e.errno, f"{r.where}: memfd seals {obj['seals']:#x} refused by this kernel "
+            # (no r.where: the caller names the fd)
+            raise FdError(e.errno, f"memfd seals {obj['seals']:#x} refused by this kernel "
                                    f"(Linux {os.uname().release}; {name} needs Linux >= {since})") from None
     return fd
 
