@@ -152,3 +152,33 @@ def test_seal_this_kernel_lacks_is_named(monkeypatch):
     assert e.value.errno == errno.EINVAL
     assert str(e.value.strerror).startswith("memfd seals 0x2a refused by this kernel"), e.value
     assert "F_SEAL_EXEC needs Linux >= 6.3" in e.value.strerror
+
+
+def test_kernel_note_only_for_a_newer_dumping_kernel():
+    """The note is added only when the failure looks like a missing facility and the image's kernel is newer."""
+    import errno
+
+    from engine import restore
+
+    here = os.uname().release
+    lacking = OSError(errno.EINVAL, "mount 5 (/x) on tmpfs: Invalid argument")
+    assert "dumped on Linux 99.0.1" in restore._older_kernel_note({"kernel": "99.0.1"}, lacking)
+    assert restore._older_kernel_note({"kernel": here}, lacking) == ""
+    assert restore._older_kernel_note({"kernel": "3.10.0-1160.el7"}, lacking) == ""
+    assert restore._older_kernel_note({}, lacking) == ""
+    assert restore._older_kernel_note({"kernel": "99.0.1"}, OSError(errno.ENOENT, "no such file")) == ""
+
+
+def test_helper_errors_keep_their_errno():
+    """An OSError a helper process raises reaches the caller with its errno and without "[Errno N]" in the
+    text, so the caller can tell a kernel's EINVAL from a missing file."""
+    import errno
+
+    from engine import channel
+
+    def fails(chan):
+        raise OSError(errno.EOPNOTSUPP, "mount 3 (/m) on tmpfs: Operation not supported")
+
+    with pytest.raises(OSError) as e:
+        list(channel.fork_stream(fails))
+    assert e.value.errno == errno.EOPNOTSUPP and e.value.strerror == "mount 3 (/m) on tmpfs: Operation not supported"
