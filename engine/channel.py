@@ -89,14 +89,27 @@ class Channel:
         self.send(obj, fds)
         reply, rfds = self.recv()
         if isinstance(reply, tuple) and reply and reply[0] == "error":
-            for fd in rfds:
-                _close(fd)
-            raise OSError(reply[1])
+            raise_error(reply, rfds)
         return reply, rfds
 
     def close(self) -> None:
         """Close this end (the other side's recv then raises ChannelClosed)."""
         self.sock.close()
+
+
+def error_reply(e: OSError) -> tuple:
+    """("error", text, errno) for an OSError a helper reports: the errno crosses the process
+    boundary (a caller tells "this kernel lacks it" from "not there"), the text without "[Errno N]"."""
+    text = e.strerror if e.strerror and not e.filename else str(e)
+    return ("error", text, e.errno)
+
+
+def raise_error(msg: tuple, fds=()) -> None:
+    """Raise the OSError an ("error", text[, errno]) message reports (closing its fds)."""
+    for fd in fds:
+        _close(fd)
+    err = msg[2] if len(msg) > 2 and isinstance(msg[2], int) else None
+    raise OSError(err, msg[1]) if err else OSError(msg[1])
 
 
 def _close(fd: int) -> None:
@@ -126,7 +139,7 @@ def _fork(fn, args) -> tuple[int, Channel]:
         except BaseException as e:  # noqa: BLE001 - reported to the parent
             code = 1
             try:
-                child.send(("error", f"{e}" if isinstance(e, OSError) else format_tb(e, limit=3)))
+                child.send(error_reply(e) if isinstance(e, OSError) else ("error", format_tb(e, limit=3)))
             except Exception:
                 pass
         os._exit(code)
@@ -142,9 +155,7 @@ def _next(chan: Channel) -> tuple[object, list[int]]:
     except ChannelClosed:
         raise OSError("helper process died") from None
     if isinstance(msg, tuple) and msg and msg[0] == "error":
-        for fd in fds:
-            _close(fd)
-        raise OSError(msg[1])
+        raise_error(msg, fds)
     return msg, fds
 
 

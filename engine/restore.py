@@ -199,8 +199,11 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
         except (forkrun.ChildError, OSError, ValueError) as e:
             if interrupted:  # whatever the restorer's helpers said as they died
                 raise KeyboardInterrupt from None
+            note = _older_kernel_note(doc, e)
             if isinstance(e, forkrun.ChildError):
-                raise RestoreError(errno.EIO, f"restore failed: {e}") from None
+                raise RestoreError(errno.EIO, f"restore failed: {e}{note}") from None
+            if note:
+                raise RestoreError(e.errno, f"{e.strerror if e.strerror and not e.filename else e}{note}") from None
             raise
         finally:
             os.close(img_fd)
@@ -246,6 +249,28 @@ def _commit(commit, pid: int, pidfile: str | None, image_pid: int) -> None:
         if pidfile:
             os.unlink(pidfile)
         raise RestoreError(why[0], f"process {image_pid}: {why[1]}")
+
+
+# What a kernel says when it lacks a facility (a syscall, flag, option or argument it does not know).
+_LACKING = (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTTY, errno.E2BIG)
+
+
+def _version(release: str) -> tuple[int, ...]:
+    """(major, minor) of a kernel release string, () when it does not start with one."""
+    parts = release.split("-", 1)[0].split(".")[:2]
+    return tuple(int(p) for p in parts) if all(p.isdigit() for p in parts) and len(parts) == 2 else ()
+
+
+def _older_kernel_note(doc: dict, e: BaseException) -> str:
+    """'; the image was dumped on Linux X, this is Y' when restore failed the way a kernel lacking a
+    facility fails and the image comes from a newer kernel: the line then tells what to do (restore
+    where it was dumped, or on a kernel at least as new)."""
+    exc = e.exc if isinstance(e, forkrun.ChildError) else e
+    dumped, here = doc.get("kernel") or "", os.uname().release
+    if not isinstance(exc, OSError) or exc.errno not in _LACKING or not _version(dumped) \
+            or _version(dumped) <= _version(here) or here in str(exc):   # (named already: said once)
+        return ""
+    return f" (the image was dumped on Linux {dumped}, this is Linux {here}: it may need a facility this kernel lacks)"
 
 
 def _hang_up(commit) -> None:
@@ -670,7 +695,7 @@ class _Restorer:
             try:
                 fd = self.sb_fd[sid] = self.filler.take(sid)
             except OSError as e:
-                raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+                raise RestoreError(e.errno or errno.EIO, str(e.strerror or e)) from None
             self._keep_for_seal(sid, fd)
         return fd
 
@@ -718,7 +743,7 @@ class _Restorer:
         try:
             self.filler.wait()
         except OSError as e:
-            raise RestoreError(errno.EIO, str(e.strerror or e)) from None
+            raise RestoreError(e.errno or errno.EIO, str(e.strerror or e)) from None
         self._drop_filled()
         self.parking.flush()
         step("extract")

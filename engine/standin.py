@@ -290,7 +290,7 @@ def _serve(chan: channel.Channel) -> None:
                         os.close(fd)
                 except OSError:
                     pass
-            server.chan.send(("error", str(e)))
+            server.chan.send(channel.error_reply(e))
 
 
 _ANSWERED = object()   # a request whose handler sent the answer (with fds) itself

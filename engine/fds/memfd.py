@@ -25,6 +25,11 @@ SHMEM = "/dev/zero (deleted)"   # shmem_zero_setup's file, on the kernel's shmem
 MAX_SIZE = 64 << 20   # kept inline in the image: refuse bigger ones rather than bloat the manifest
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
 F_SEAL_SEAL = 1
+# Every seal bit Linux defines: (name, first kernel). An image from a newer kernel may hold one an
+# older kernel refuses (EINVAL): restore names it instead of a bare "Invalid argument".
+SEALS = {0x1: ("F_SEAL_SEAL", "3.17"), 0x2: ("F_SEAL_SHRINK", "3.17"), 0x4: ("F_SEAL_GROW", "3.17"),
+         0x8: ("F_SEAL_WRITE", "3.17"), 0x10: ("F_SEAL_FUTURE_WRITE", "5.1"), 0x20: ("F_SEAL_EXEC", "6.3")}
+KNOWN_SEALS = sum(SEALS)
 
 
 def _refuse_size(where: str, size: int) -> None:
@@ -93,8 +98,10 @@ def _check_object(obj: dict, what: str) -> None:
     from engine.image import _fail
     _check_data(obj, what)
     if not isinstance(obj.get("name"), str) or len(obj["name"]) > 249 or "\0" in obj["name"] \
-            or not isinstance(obj.get("seals"), int):
+            or not isinstance(obj.get("seals"), int) or isinstance(obj["seals"], bool):
         _fail(f"{what}: bad memfd")
+    if obj["seals"] & ~KNOWN_SEALS or obj["seals"] < 0:
+        _fail(f"{what}: memfd seals {obj['seals']:#x}: unknown seal bits {obj['seals'] & ~KNOWN_SEALS:#x}")
 
 
 def _make_memfd(r: RestoreFd, obj: dict) -> int:
@@ -103,7 +110,17 @@ def _make_memfd(r: RestoreFd, obj: dict) -> int:
     # Seals last (a write seal would stop the write above); a memfd made without
     # MFD_ALLOW_SEALING shows F_SEAL_SEAL, which is what we add then.
     if obj["seals"]:
-        fcntl.fcntl(fd, fsys.F_ADD_SEALS, obj["seals"])
+        try:
+            fcntl.fcntl(fd, fsys.F_ADD_SEALS, obj["seals"])
+        except OSError as e:
+            os.close(fd)
+            if e.errno != errno.EINVAL:
+                raise
+            newest = max((b for b in SEALS if obj["seals"] & b), key=lambda b: [int(x) for x in SEALS[b][1].split(".")])
+            name, since = SEALS[newest]
+            # (no r.where: the caller names the fd)
+            raise FdError(e.errno, f"memfd seals {obj['seals']:#x} refused by this kernel "
+                                   f"(Linux {os.uname().release}; {name} needs Linux >= {since})") from None
     return fd
 
 
