@@ -241,7 +241,10 @@ def test_executable_that_is_not_one_any_more_refused_unstopped(case, change):
     from test_engine_prestop import _refused_unstopped
     from enginecase import STOP_WATCH
     setup = STOP_WATCH + SETUP.replace("/mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &\n",
-                                       f"/mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &\n{change}\n")
+                                       "/mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &\n"
+                                       # the change must come after the exec, or the exec fails on it
+                                       'until [ "$(readlink /proc/$!/exe)" = /mnt/t/mntcr-hold ]; do sleep 0.01; done\n'
+                                       f"{change}\n")
     assert change in setup
     pid = case.start(setup)
     _refused_unstopped(case, pid, r"process \d+ executable \(/mnt/t/mntcr-hold\): not executable any more \((mode "
