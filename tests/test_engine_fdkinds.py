@@ -255,6 +255,29 @@ else:
     assert "name='/mnt/t/dgram.sock' listening=0" in _fd(after, 25)
 
 
+def test_listener_keeps_the_ids_it_listened_with(case):
+    """A root process that listened as euid 1000 (a server that drops privileges around listen())
+    and one as root: SO_PEERCRED, what clients are told of the server (and dbus checks), shows the
+    same ids after restore, not the restorer's."""
+    import socket
+    import struct
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t\n" + py_hold("""
+import socket
+ls = socket.socket(socket.AF_UNIX); ls.bind("/mnt/t/user.sock")
+os.setresgid(-1, 1001, -1); os.setresuid(-1, 1000, -1); ls.listen(); os.setresuid(-1, 0, -1); os.setresgid(-1, 0, -1)
+os.dup2(ls.fileno(), 20); ls.close()
+rs = socket.socket(socket.AF_UNIX); rs.bind("/mnt/t/root.sock"); rs.listen(); os.dup2(rs.fileno(), 21); rs.close()
+""")
+    _, after = case.roundtrip(setup)
+    for fd, ids in ((20, (1000, 1001)), (21, (0, 0))):
+        s = _grab_socket(after.pid, fd)
+        try:
+            _, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        finally:
+            s.close()
+        assert (uid, gid) == ids, (fd, uid, gid)
+
+
 def test_inotify_watches(case):
     """Watches on a directory and a file of a tmpfs, with a gap in the wds (a watch removed), seen
     through a bind of a subdirectory too; events after restore reach the restored instance."""
