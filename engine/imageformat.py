@@ -38,6 +38,7 @@ be pure: the same value always gets the same answer.
 
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from collections.abc import Callable
@@ -811,6 +812,32 @@ def _covered(ranges, by) -> int | None:
     return None
 
 
+def _unmapped(ids, ranges) -> int | None:
+    """The first of `ids` no inside range of `ranges` maps (None: all are mapped)."""
+    spans = sorted((inside, inside + count) for inside, _, count in ranges)
+    starts = [lo for lo, _ in spans]
+    for i in dict.fromkeys(ids):
+        k = bisect.bisect_right(starts, i) - 1
+        if k < 0 or i >= spans[k][1]:
+            return i
+    return None
+
+
+def _check_creds(p: dict, users: dict) -> None:
+    """A process in a user namespace of the image has ids that namespace maps: its stand-in takes
+    them there, and an unmapped one fails (setresuid: EINVAL), once the stand-in is past its last
+    answer (the last steps of a detached stand-in: engine/lastword.py); dump records none else."""
+    creds = p.get("creds")
+    if creds is None or "userns" not in p:
+        return
+    ns = users[p["userns"]]
+    for what, ids, key in (("uid", creds["uid"], "uid_map"), ("gid", creds["gid"], "gid_map"),
+                           ("group", creds["groups"], "gid_map")):
+        bad = _unmapped(ids, ns[key])
+        if bad is not None:
+            _fail(f"process {p['pid']}: its {what} {bad} is not mapped in its user namespace {p['userns']}")
+
+
 def _check_userns(doc: dict, mounts: dict) -> None:
     """User namespace records, their parent chains, and who names them."""
     users = doc.get("userns") or {}
@@ -839,6 +866,7 @@ def _check_userns(doc: dict, mounts: dict) -> None:
     for p in doc["processes"]:
         if "userns" in p and p["userns"] not in users:
             _fail(f"process {p['pid']}: unknown user namespace {p['userns']!r}")
+        _check_creds(p, users)
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
         for kind, owner in (p.get("ns_made_in") or {}).items():
@@ -1178,6 +1206,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
     mntns, pidns = doc["mntns"], doc["pidns"]
     pids: set[int] = set()
     uts_used = set()
+    forked: set = set()   # processes restore forks for fds (FdKind.forks)
     refs = _Refs(doc, mounts, detached)
     for i, p in enumerate(doc["processes"]):
         what = f"process {p['pid']}" if type(p) is dict and type(p.get("pid")) is int else f"process #{i}"
@@ -1227,6 +1256,12 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             kind.check(fd, fwhat)
             if "obj" in fd and fd["obj"] not in (doc.get("objects") or {}):
                 _fail(f"{fwhat}: unknown object {fd['obj']!r}")
+            if "obj" in fd and doc["objects"][fd["obj"]]["kind"] != (kind.obj_kind or kind.name):
+                # (the kind that makes it reads its own kind's fields: a pipe's size, a memfd's name)
+                _fail(f"{fwhat}: object {fd['obj']} is a {doc['objects'][fd['obj']]['kind']}, not what an fd of "
+                      f"kind {kind.name} names")
+            if kind.forks(fd) is not None:
+                forked.add(kind.forks(fd))
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
@@ -1238,6 +1273,9 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 _check_loc(fd, mounts, detached, fwhat)
             for ref, value, text in kind.refs(fd):
                 refs.check(fwhat, ref, value, text)
+    if len(doc["processes"]) + len(forked) > MAX_PROCESSES:
+        _fail(f"{len(doc['processes'])} processes and {len(forked)} more that fds name (restore forks one for "
+              f"each) is absurd (at most {MAX_PROCESSES} in all)")
     procs = {p["pid"]: p for p in doc["processes"]}
     for p in doc["processes"]:
         _check_file_locks(p, procs, f"process {p['pid']}")
@@ -1316,6 +1354,10 @@ def _check_file_locks(p: dict, procs: dict, what: str) -> None:
             _fail(f"{lwhat}: a {lock['type']} covers the whole file (0 to EOF)")
         if lock["type"] == "lease" and (fd.get("kind", "file") != "file" or fd.get("type") == "dir"):
             _fail(f"{lwhat}: a lease is on a regular file")
+        if lock["type"] == "lease" and lock["mode"] == "write":
+            # (an open of the file by anyone, a host process too when it is an external file, waits
+            # for the lease's holder to give it up: a stand-in never does, so for lease-break-time)
+            _fail(f"{lwhat}: a write lease: dump never records one (engine/filelocks.py)")
         key = (lock["fd"], lock.get("of"), lock["type"], lock["start"], lock["end"])
         if key in seen:
             _fail(f"{lwhat}: listed twice")

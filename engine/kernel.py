@@ -658,12 +658,14 @@ class fs_ids_for_a_while:
 
 
 def set_fs_ids(uid: int | None = None, gid: int | None = None) -> None:
-    """setfsuid/setfsgid (the kernel answers with the old id whether it took or not: a caller
-    that must know asks again)."""
-    if gid is not None:
-        _libc.setfsgid(gid)
-    if uid is not None:
-        _libc.setfsuid(uid)
+    """setfsuid/setfsgid, asked again (the kernel answers with the old id whether it took or not):
+    OSError(EPERM) when one did not take."""
+    for name, call, want in (("setfsgid", _libc.setfsgid, gid), ("setfsuid", _libc.setfsuid, uid)):
+        if want is not None:
+            call(want)
+            kept = call(-1) & 0xFFFFFFFF
+            if kept != want:
+                raise OSError(errno.EPERM, f"{name}({want}) did not take: the id stayed {kept}")
 
 
 def fs_ids_keeping_caps(uid: int, gid: int) -> None:

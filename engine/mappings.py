@@ -16,8 +16,10 @@ mapped like the others, and on x86-64 a stand-in makes it its own
 /proc/PID/exe once it is detached (become_exe): a few instructions in an
 anonymous page unmap the interpreter's executable (the kernel refuses a new
 exe while the old one is mapped) and call prctl(PR_SET_MM, PR_SET_MM_MAP)
-with the exe fd (CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), then pause for
-good: from then on no Python runs in it. Elsewhere it stays its interpreter.
+with the exe fd (CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), take the process's ids and
+capabilities, tell the restore how each step went (engine/lastword.py: a failed one is a failed
+restore, never a process left with the restorer's identity) and pause for good: from then on no
+Python runs in it. Elsewhere it stays its interpreter.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import ctypes
 import mmap
 import os
 
-from engine import kernel
+from engine import kernel, lastword
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -169,40 +171,28 @@ def _interpreter() -> tuple | None:
 
 _SELF = _interpreter()
 
-# x86-64: rdi -> [n, (addr, len) * n, &prctl_mm_map, sizeof, exe fd, ids?, ngroups, &groups,
-# rgid, egid, sgid, ruid, euid, suid, fsgid, fsuid, dumpable, &cap header, &cap data, keepcaps, ambient];
-# munmap each, prctl(PR_SET_MM, PR_SET_MM_MAP, map, size, 0), close(exe fd), when ids?:
-# prctl(PR_SET_KEEPCAPS, keepcaps) (else leaving root clears the permitted set capset then cannot
-# raise), setgroups, setresgid, setfsgid, setresuid, setfsuid (the ids a stand-in takes last: prctl
-# needs the privilege they drop; userns_cr.become says why in this order), prctl(PR_SET_DUMPABLE)
-# (changing ids cleared it); capset (the capabilities, last: everything before needs them),
-# prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, bit) for each bit of ambient, prctl(PR_SET_KEEPCAPS, 0);
-# then pause() for ever.
+# x86-64 code that runs a program of system calls and tells how it went (engine/lastword.py): rdi ->
+# [n, report fd, &status (16 zero bytes), n entries of lastword.ENTRY (nr, a0..a5, check, expect)];
+# each call is checked (1: an answer -4095..-1 is an error; 2: the answer must be `expect`, as
+# setfsuid(-1) answers the fs id kept); the first that fails writes (its index from 1, the answer)
+# and its entry on the report fd; else the 16 zero bytes go. Then close(report fd) and pause() for
+# ever. (Made with `as`; the source is in the comments.)
 _BLOB = bytes.fromhex(
-    "4989fc" "4d8b2c24" "4d8d742408"                         # r12 = args; r13 = n; r14 = &regions
-    "4d85ed" "7417"                                          # loop: if !r13 goto done
-    "498b3e" "498b7608" "b80b000000" "0f05"                  # munmap([r14], [r14+8])
-    "4983c610" "49ffcd" "ebe4"                               # r14 += 16; r13--; goto loop
-    "bf23000000" "be0e000000" "498b16" "4d8b5608" "4d31c0"   # done: prctl(35, 14, [r14], [r14+8], 0)
-    "b89d000000" "0f05"
-    "498b7e10" "b803000000" "0f05"                           # close([r14+16])
-    "49837e1800" "746e"                                      # if ![r14+24] goto caps
-    "bf08000000" "498bb688000000" "b89d000000" "0f05"        # prctl(PR_SET_KEEPCAPS, [r14+136])
-    "498b7e20" "498b7628" "b874000000" "0f05"                # setgroups([r14+32], [r14+40])
-    "498b7e30" "498b7638" "498b5640" "b877000000" "0f05"     # setresgid([r14+48], [r14+56], [r14+64])
-    "498b7e60" "b87b000000" "0f05"                           # setfsgid([r14+96])
-    "498b7e48" "498b7650" "498b5658" "b875000000" "0f05"     # setresuid([r14+72], [r14+80], [r14+88])
-    "498b7e68" "b87a000000" "0f05"                           # setfsuid([r14+104])
-    "bf04000000" "498b7670" "b89d000000" "0f05"              # prctl(PR_SET_DUMPABLE, [r14+112])
-    "498b7e78" "498bb680000000" "b87e000000" "0f05"          # caps: capset([r14+120], [r14+128]) (NULL: EFAULT)
-    "4d8bae90000000" "4531e4"                                # r13 = [r14+144]; r12 = 0
-    "4d85ed" "7428"                                          # amb: if !r13 goto kept
-    "41f6c501" "741a"                                        # if !(r13 & 1) goto next
-    "bf2f000000" "be02000000" "4c89e2" "4d31d2" "4d31c0"     # prctl(PR_CAP_AMBIENT, RAISE, r12, 0, 0)
-    "b89d000000" "0f05"
-    "49d1ed" "49ffc4" "ebd3"                                 # next: r13 >>= 1; r12++; goto amb
-    "bf08000000" "31f6" "b89d000000" "0f05"                  # kept: prctl(PR_SET_KEEPCAPS, 0)
-    "b822000000" "0f05" "ebf7")                              # hold: pause(); goto hold
+    "4989fc" "4d8b2c24" "4d8d742418" "4531ff"                 # r12 = args; r13 = n; r14 = entry; r15 = 0
+    "4d39ef" "0f8380000000"                                  # next: cmp r15, r13; jae done
+    "498b06" "498b7e08" "498b7610" "498b5618"                # rax, rdi, rsi, rdx = nr, a0, a1, a2
+    "4d8b5620" "4d8b4628" "4d8b4e30" "0f05"                  # r10, r8, r9 = a3, a4, a5; syscall
+    "498b4e38" "4883f901" "750a"                             # rcx = check; cmp rcx, 1; jne same
+    "483d01f0ffff" "7317" "eb0c"                             # cmp rax, -4095; jae fail; jmp step
+    "4883f902" "7506" "493b4640" "7509"                      # same: cmp rcx, 2; jne step; cmp rax, expect; jne fail
+    "4983c648" "49ffc7" "ebb1"                               # step: r14 += 72; r15++; jmp next
+    "498b5c2410" "498d4f01" "48890b" "48894308"              # fail: rbx = &status; [rbx] = r15 + 1; [rbx+8] = rax
+    "498b7c2408" "4889de" "ba10000000" "b801000000" "0f05"   # write(report, status, 16)
+    "498b7c2408" "4c89f6" "ba48000000" "b801000000" "0f05"   # write(report, entry, 72)
+    "eb16"                                                   # jmp close
+    "498b7c2408" "498b742410" "ba10000000" "b801000000" "0f05"  # done: write(report, status (zeros), 16)
+    "498b7c2408" "b803000000" "0f05"                         # close: close(report)
+    "b822000000" "0f05" "ebf7")                              # hold: pause(); jmp hold
 
 
 def _may_set_exe() -> bool:
@@ -222,11 +212,47 @@ def can_become_exe() -> bool:
     return _SELF is not None and _may_set_exe()
 
 
-def become_exe(exe_fd: int, ids: tuple | None = None, caps: dict | None = None) -> bool:
+def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None, keep: list) -> list[tuple]:
+    """The system calls of become_exe as lastword.ENTRY tuples; `keep` holds the buffers they point at.
+
+    Unmap the interpreter's executable (the kernel refuses a new exe while the old one is mapped),
+    prctl(PR_SET_MM, PR_SET_MM_MAP) with the exe fd, close it; with `ids`: PR_SET_KEEPCAPS (else
+    leaving root clears the permitted set capset then cannot raise), setgroups, setresgid,
+    setfsgid, setresuid, setfsuid (the ids a stand-in takes last: prctl needs the privilege they
+    drop; userns_cr.become says why in this order; each fs id asked again, as setfs*id answers
+    the old one), PR_SET_DUMPABLE (changing ids cleared it); with `caps`: capset (last: everything
+    before needs them) and an ambient raise a bit; PR_SET_KEEPCAPS 0."""
+    prog = [(11, a, n, 0, 0, 0, 0, 1, 0) for a, n in regions]
+    prog.append((157, 35, 14, ctypes.addressof(mm_buf), len(mm_buf.raw), 0, 0, 1, 0))
+    prog.append((3, exe_fd, 0, 0, 0, 0, 0, 0, 0))
+    if ids:
+        uid, gid, groups, dumpable, keep_caps = ids
+        groups_buf = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
+        keep.append(groups_buf)
+        fs = lambda xs: xs[3] if len(xs) > 3 else xs[1]   # noqa: E731  (the fs id; else the effective one)
+        prog += [(157, 8, 1 if keep_caps and caps else 0, 0, 0, 0, 0, 1, 0),
+                 (116, len(groups), ctypes.addressof(groups_buf), 0, 0, 0, 0, 1, 0),
+                 (119, *gid[:3], 0, 0, 0, 1, 0),
+                 (123, fs(gid), 0, 0, 0, 0, 0, 0, 0), (123, 0xFFFFFFFF, 0, 0, 0, 0, 0, 2, fs(gid)),
+                 (117, *uid[:3], 0, 0, 0, 1, 0),
+                 (122, fs(uid), 0, 0, 0, 0, 0, 0, 0), (122, 0xFFFFFFFF, 0, 0, 0, 0, 0, 2, fs(uid)),
+                 (157, 4, 1 if dumpable else 0, 0, 0, 0, 0, 1, 0)]
+    if caps:
+        head, body = kernel.cap_data(caps)
+        keep += [head, body]
+        prog.append((126, ctypes.addressof(head), ctypes.addressof(body), 0, 0, 0, 0, 1, 0))
+        prog += [(157, 47, 2, c, 0, 0, 0, 1, 0) for c in range(64) if caps["amb"] >> c & 1]
+    prog.append((157, 8, 0, 0, 0, 0, 0, 1, 0))
+    return prog
+
+
+def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict | None = None) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe, then take `ids` (uids,
     gids: real, effective, saved[, fs]; groups; dumpable; whether to keep the permitted set for
-    `caps`) when given, then `caps` (as kernel.take_caps) when given, and pause for good (never
-    returns). False (nothing done) where this cannot be done: not x86-64, or no layout known."""
+    `caps`) when given, then `caps` (as kernel.take_caps) when given, tell how it went on
+    `report_fd` (engine/lastword.py: the first step that failed, which ends the steps) and pause
+    for good (never returns). False (nothing done) where this cannot be done: not x86-64, or no
+    layout known."""
     import signal
     import struct
     if _SELF is None or not _may_set_exe():
@@ -239,15 +265,12 @@ def become_exe(exe_fd: int, ids: tuple | None = None, caps: dict | None = None) 
     mm = struct.pack("=11QQII", field(26), field(27), field(45), field(46), field(47), brk, field(28),
                      field(48), field(49), field(50), field(51), 0, 0, exe_fd)
     mm_buf = ctypes.create_string_buffer(mm, len(mm))
-    uid, gid, groups, dumpable, keep_caps = ids or ((0, 0, 0), (0, 0, 0), (), None, False)
-    groups_buf = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
-    cap_head, cap_body = kernel.cap_data(caps or {"eff": 0, "prm": 0, "inh": 0})
-    fs = lambda xs: xs[3] if len(xs) > 3 else xs[1]   # noqa: E731  (the fs id; else the effective one)
-    args = struct.pack("=Q", len(regions)) + b"".join(struct.pack("=QQ", a, n) for a, n in regions) \
-        + struct.pack("=QQQ", ctypes.addressof(mm_buf), len(mm), exe_fd) \
-        + struct.pack("=QQQ3Q3QQQQQQQQ", 1 if ids else 0, len(groups), ctypes.addressof(groups_buf), *gid[:3],
-                      *uid[:3], fs(gid), fs(uid), 1 if dumpable else 0, ctypes.addressof(cap_head) if caps else 0,
-                      ctypes.addressof(cap_body), 1 if keep_caps and caps else 0, caps["amb"] if caps else 0)
+    keep: list = []
+    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep)
+    status = ctypes.create_string_buffer(16)
+    mask = (1 << 64) - 1
+    args = struct.pack("=QQQ", len(prog), report_fd, ctypes.addressof(status)) \
+        + b"".join(lastword.ENTRY.pack(*(x & mask for x in e)) for e in prog)
     args_buf = ctypes.create_string_buffer(args, len(args))
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     page.write(_BLOB)

@@ -188,6 +188,18 @@ def deleted_mapping(where: str, sb: dict | None, mode: int, nlink: int) -> None:
                                            "a mapping of it is not supported yet")
 
 
+def executable(where: str, mode: int, noexec: bool) -> None:
+    """Refuse an executable (`where` names it) that is no longer one: its x bits cleared or its
+    mount made noexec since the exec. Restore makes the file the stand-in's /proc/PID/exe
+    (engine/mappings.py become_exe), which the kernel refuses for such a file, failing the restore."""
+    why = "on a noexec mount" if noexec else None if mode & 0o111 else f"mode {stat.S_IMODE(mode):04o}, no x bit"
+    if not stat.S_ISREG(mode):
+        why = "not a regular file"
+    if why:
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: not executable any more ({why}): restore could not make it the "
+                                           "process's executable again")
+
+
 def unknown_external_files(ext_files, used) -> None:
     """Refuse --external file[PATH] declarations (`ext_files`) no process of the tree holds open
     (`used`: the paths some fd shows)."""

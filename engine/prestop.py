@@ -465,6 +465,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
         name = by_pid.get(pid)
         _check_deleted_dirs(pid, view)
         _check_deleted_maps(pid, view)
+        _check_exe(pid, view)
         try:
             names = os.listdir(f"/proc/{pid}/fd")
             pidfd = kernel.pidfd_open(pid)
@@ -590,6 +591,21 @@ def _check_deleted_maps(pid: int, view: View) -> None:
         if sid not in view.unsure:
             mountrules.deleted_mapping(f"process {pid} mapping ({target})",
                                        None if sid is None else view.superblocks[sid], st.st_mode, st.st_nlink)
+
+
+def _check_exe(pid: int, view: View) -> None:
+    """Dump's rule for the executable `pid` runs (engine/mountrules.py `executable`), when dump keeps
+    it: a file not deleted, on a mount of the tree."""
+    link = f"/proc/{pid}/exe"
+    try:
+        target = os.readlink(link)
+        mnt = kernel.statx_mnt_id(link)
+        st = os.stat(link)
+        noexec = bool(os.statvfs(link).f_flag & os.ST_NOEXEC)
+    except OSError:
+        return   # (a kernel thread, or gone meanwhile: dump tells, once the tree is stopped)
+    if target.startswith("/") and not target.endswith(kernel.DELETED) and mnt in view.mounts_by_id:
+        mountrules.executable(f"process {pid} executable ({target})", st.st_mode, noexec)
 
 
 def _deleted_on(where: str, target: str, mnt: int, mode: int, view: View) -> None:

@@ -61,6 +61,9 @@ class _Roots:
         self.by_root.setdefault(m["root"], m)
 
     def widest_covering(self, root: str) -> dict | None:
+        top = self.by_root.get("/")
+        if top is not None:
+            return top   # "/" covers every root and none is wider (most groups of a tree: its plain tmpfs peers)
         best = None
         for r in _ancestors(root):
             if r in self.by_root:

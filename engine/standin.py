@@ -15,7 +15,8 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   become   join its user namespace and take its ids there (engine/userns_cr.py)
   locks    take the process's file locks on its installed fds (engine/filelocks.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
-  detach   drop the channel and every other fd and sleep until killed
+  detach   drop every other fd, take the last steps (executable, ids, capabilities), tell how
+           they went (engine/lastword.py) and sleep until killed
 
 If the restorer dies, the channel closes and every stand-in exits (and
 PDEATHSIG covers a stand-in blocked elsewhere), so a killed restore leaves no
@@ -26,7 +27,9 @@ a socket whose other end only `mntcr restore` holds. The root waits on it
 before it sleeps: "c" (commit) lets the tree live; end of file (the restore
 interrupted, killed or failed after the restorer exited) kills the whole tree:
 the root is the leader of a process group of its own that every stand-in
-inherits, or init of its pid namespace.
+inherits, or init of its pid namespace. After "c" the root takes its last steps (executable, ids,
+capabilities) and tells how they went on the lifeline; the others tell on their channel before
+(engine/lastword.py): a failed step fails the restore.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import os
 import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
-from engine import channel, fds as fdkinds, filelocks, kernel, mappings, userns_cr  # imported before a stand-in chroots
+from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, userns_cr  # imported before a stand-in chroots
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -214,32 +217,44 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
     return chan
 
 
-def _detach(keep: set[int], exe_fd: int | None = None, ids: tuple | None = None, caps: dict | None = None) -> None:
+def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
+            caps: dict | None = None) -> None:
+    """Close every fd but `keep` and `report_fd`; become the executable, take the ids and the
+    capabilities; tell how that went on `report_fd` (engine/lastword.py) and sleep until killed.
+    A step that fails ends them: the stand-in never runs on with the restorer's identity."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     low = 0
-    for n in sorted(keep) + [1 << 20]:
+    for n in sorted(keep | {report_fd}) + [1 << 20]:
         if n > low:
             os.closerange(low, n)
         low = n + 1
-    if exe_fd is not None and not mappings.become_exe(exe_fd, ids, caps):   # (does not return when it can)
-        os.close(exe_fd)
+    word = lastword.OK
+    try:
+        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps):   # (no return when it can)
+            os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
-    if caps is not None:
-        kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
+        if caps is not None:
+            kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
+    except OSError as e:
+        word = lastword.failed(e)
+    try:
+        lastword.tell(report_fd, word)
+    except OSError:
+        pass   # (the restore is gone: its end of the tree kills us)
     while True:
         signal.pause()
 
 
 def _await_commit(lifeline: int) -> None:
-    """The root stand-in until the restore commits: "c" on the lifeline, else the tree dies."""
+    """The root stand-in until the restore commits: "c" on the lifeline, else the tree dies. The
+    lifeline stays open: the root's last word goes on it (_detach)."""
     try:
         word = os.read(lifeline, 1)
     except OSError:
         word = b""
     if word == b"c":
-        os.close(lifeline)  # before the restore returns: `mntcr restore` waits for this end to close
         return
     if os.getpid() != 1 and os.getpgrp() == os.getpid():
         os.killpg(os.getpgrp(), signal.SIGKILL)  # the tree's own group, us included
@@ -384,19 +399,21 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process (its name too): answer, wait for the commit (the root stand-in), close
-        the rest."""
+        """Become the process (its name, bounding set): answer, wait for the commit (the root
+        stand-in), close the rest, take the last steps and tell how they went (_detach): a non-root
+        stand-in on its channel, the root on the lifeline."""
         if len(msg) > 1 and msg[1] is not None:
             kernel.set_comm(msg[1])
-        # Clear PDEATHSIG before answering: the restorer exits as soon as it hears back.
-        kernel.set_pdeathsig(0)
-        self.chan.send(("ok", None))
-        if fds:  # the root stand-in: the tree lives only once the restore commits
-            _await_commit(fds[0])
         caps = msg[2] if len(msg) > 2 else None
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
             kernel.caps_before_bounding(caps)
             kernel.drop_bounding(caps["bnd"])
-        _detach(self.installed, self.exe_fd, self.ids, caps)
+        # Clear PDEATHSIG before answering: the restorer exits once the root has answered.
+        kernel.set_pdeathsig(0)
+        self.chan.send(("ok", None))
+        report = fds[0] if fds else self.chan.fileno()
+        if fds:  # the root stand-in: the tree lives only once the restore commits
+            _await_commit(fds[0])
+        _detach(self.installed, report, self.exe_fd, self.ids, caps)
         return None

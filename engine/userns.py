@@ -112,7 +112,7 @@ def read_maps_of_fd(userns_fd: int) -> Maps:
     """The maps of the user namespace at `userns_fd` (which may hold no process): a forked child
     joins it and waits while the caller reads the child's /proc files, so that the maps are shown
     in the caller's ids."""
-    pid, ready_r, go_w = _hold_in(lambda: kernel.setns(userns_fd, kernel.CLONE_NEWUSER))
+    pid, ready_r, go_w = _hold_in(lambda keep: kernel.setns(userns_fd, kernel.CLONE_NEWUSER))
     try:
         if not os.read(ready_r, 1):
             raise OSError(errno.EPERM, "cannot enter a user namespace to read its maps")
@@ -366,8 +366,9 @@ def creds(pid: int) -> str:
 # --- restore: making user namespaces and locked mount namespaces --------------------------------
 
 def _hold_in(prepare) -> tuple[int, int, int]:
-    """Fork a child that runs `prepare()` (setns/unshare) and then waits; return (pid, ready_r, go_w).
-    The caller reads one byte from ready_r (empty: the child failed) and closes go_w to let it go."""
+    """Fork a child that runs `prepare(keep)` (setns/unshare; `keep`: the child's two pipe fds, for
+    one that closes fds) and then waits; return (pid, ready_r, go_w). The caller reads one byte from
+    ready_r (empty: the child failed) and closes go_w to let it go."""
     ready_r, ready_w = os.pipe()
     go_r, go_w = os.pipe()
     pid = os.fork()
@@ -376,7 +377,7 @@ def _hold_in(prepare) -> tuple[int, int, int]:
         try:
             os.close(ready_r)
             os.close(go_w)
-            prepare()
+            prepare((ready_w, go_r))
             os.write(ready_w, b"1")
             os.read(go_r, 1)
             code = 0
@@ -387,6 +388,28 @@ def _hold_in(prepare) -> tuple[int, int, int]:
     os.close(ready_w)
     os.close(go_r)
     return pid, ready_r, go_w
+
+
+NOGROUP = 65534   # the kernel's overflow gid
+
+
+def become_owner(owner: int, nested: bool, keep: tuple[int, ...]) -> None:
+    """In the child that unshares a user namespace the image says user `owner` made: become that
+    uid holding nothing of the restorer's. Its owner may ptrace it once it is in the namespace
+    (every capability there; dumpable, for its maps), so it must hold no more than that user
+    would: every fd but `keep` closed (the restorer's lifeline among them), and, unless `nested`
+    (ids of a parent user namespace the image made), no group of root's (gid nogroup, no
+    supplementary groups)."""
+    lo = 0
+    for n in sorted(keep) + [1 << 20]:
+        if n > lo:
+            os.closerange(lo, n)
+        lo = n + 1
+    if not nested:
+        os.setgroups([])
+        os.setresgid(NOGROUP, NOGROUP, NOGROUP)
+    os.setresuid(owner, owner, owner)
+    kernel.set_dumpable(True)   # (its maps are written through /proc/PID, as for a parent's root)
 
 
 def _release(pid: int, ready_r: int, go_w: int) -> None:
@@ -442,12 +465,11 @@ def make(maps: Maps, parent_fd: int | None = None, parent_maps: Maps | None = No
         raise OSError(errno.EINVAL, f"making a user namespace ({maps.text()}): its owner is not mapped in "
                                     "its parent") from None
 
-    def unshare_user():
+    def unshare_user(keep):
         if parent_fd is not None:
             become_parent_root()
         if owner is not None and owner != os.geteuid():
-            os.setresuid(owner, owner, owner)
-            kernel.set_dumpable(True)   # (its maps are written through /proc/PID, as above)
+            become_owner(owner, parent_fd is not None, keep)
         kernel.unshare(kernel.CLONE_NEWUSER)
 
     child = _hold_in(unshare_user)
@@ -486,7 +508,7 @@ def copy_mntns_into(userns_fd: int, mntns_fd: int, proc_fd: int | None = None) -
     fd on the copy (`proc_fd`: a /proc to find it in, when the caller's root has none). The kernel
     locks what it copies into a less privileged user namespace (every
     mount but the root, and each mount's flags), as it did when the dumped namespace was made."""
-    def prepare():
+    def prepare(keep):
         kernel.setns(mntns_fd, kernel.CLONE_NEWNS)     # as the caller: needs its privilege
         kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
         kernel.unshare(kernel.CLONE_NEWNS)

@@ -527,6 +527,8 @@ def creation_uid(mntns: dict) -> dict[int, int]:
     volumes before pivoting into the root, which takes the old root's lock). `mntns`: the image's."""
     out = {}
     for ns in mntns.values():
+        if not ns.get("owner"):
+            continue
         uids = [m["uid"] for m in ns["mounts"] if m.get("uid")]
         root = next((m for m in ns["mounts"] if m["id"] == ns["root"]), None)
         if ns.get("owner") and root is not None and root.get("uid") and uids and min(uids) < root["uid"]:
@@ -1104,7 +1106,7 @@ def become(userns_fd: int | None, uid: list[int], gid: list[int], groups: list[i
         kernel.set_keep_caps(True)
     # The file system ids after the others, which set them to the effective ones: the fsgid while
     # still root (one none of the others is takes CAP_SETGID), the fsuid last (one of the three
-    # takes; another cannot be had without the privilege, and the runner's comparison tells).
+    # takes; another cannot be had without the privilege, and set_fs_ids refuses it).
     kernel.set_fs_ids(gid=gid[3] if len(gid) > 3 else None)
     os.setresuid(uid[0], uid[1], uid[2])
     kernel.set_fs_ids(uid=uid[3] if len(uid) > 3 else None)

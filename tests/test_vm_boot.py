@@ -72,6 +72,20 @@ def test_project_visible_and_cwd_env(vm):
     assert lines[-1] == "a b"
 
 
+def test_guest_clock_keeps_real_time(vm):
+    """Without a calibrated TSC the guest runs on refined-jiffies, which under TCG on a loaded host
+    lost half the seconds: the guest's timeouts and phase timings were wrong by that much."""
+    r = vm.run("cat /sys/devices/system/clocksource/clocksource0/current_clocksource")
+    assert r.status == 0 and r.stdout.strip() in ("tsc", "hpet"), r.stdout + r.stderr
+    t = time.monotonic()
+    r = vm.run("a=$(cut -d' ' -f1 /proc/uptime); sleep 5; i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; "
+               "b=$(cut -d' ' -f1 /proc/uptime); echo $a $b")
+    host = time.monotonic() - t
+    a, b = map(float, r.stdout.split())
+    # the host's span also holds the job's transport: the guest's may be shorter, never much
+    assert 0.7 * host - 1.0 <= b - a <= host + 0.5, (b - a, host)
+
+
 def test_vm_writes_reach_only_the_results_dir(vm, results):
     name = f"mntcr-vm-probe-{uuid.uuid4().hex}"
     outside = PROJECT / name

@@ -84,3 +84,30 @@ def test_scenarios_run_from_a_virtualenv_under_tmp(tmp_path_factory):
     finally:
         import shutil
         shutil.rmtree(venv, ignore_errors=True)
+
+
+def test_items_share_one_guest_item_server_and_a_dead_one_costs_a_fresh_vm(flavor):
+    """zdtm/itemserver.py: started by a VM's first item, reused by the next; if it dies, the item
+    fails as an infrastructure error (VMError) and the next item boots a fresh VM with a new server."""
+    from vm.errors import VMError
+    from zdtm.flavors import vm as vmf
+    f, root = flavor
+    s = _scenario(root, "srv", "description: d\nsetup: exec zdtm-hold\n")
+    pidfile = f"{vmf.ITEM_SERVER_DIR}/pid"
+
+    def server_pid() -> str:
+        vm = next(iter(vmf._VMS.values()))
+        r = vm.run(["sh", "-c", f"read p < {pidfile} && kill -0 $p && echo $p"], timeout=120)
+        assert r.status == 0, r.stderr
+        return r.stdout.strip()
+
+    assert f.run(_spec(s), str(root / "srv1")).outcome == "pass"
+    first = server_pid()
+    assert f.run(_spec(s), str(root / "srv2")).outcome == "pass"
+    assert server_pid() == first
+    vm = next(iter(vmf._VMS.values()))
+    assert vm.run(["sh", "-c", f"read p < {pidfile} && kill -9 $p"], timeout=120).status == 0
+    with pytest.raises(VMError, match="the item server in the VM is not running"):
+        f.run(_spec(s), str(root / "srv3"))
+    assert vm not in vmf._VMS.values()
+    assert f.run(_spec(s), str(root / "srv4")).outcome == "pass"

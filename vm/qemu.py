@@ -144,10 +144,14 @@ class QemuVM:
     def argv(self, initrd: Path) -> list[str]:
         """The qemu command line (without the binary's path resolution)."""
         assert self.tmp is not None
-        # acpi=off: no ACPI table parsing and device enumeration (~1-1.5 s of 5-6 s under TCG,
-        # measured with benchmarks/vm_boot.py); the guest ends with `reboot -f`, which -no-reboot
+        # acpi=ht: ACPI's tables are read (the HPET among them) but its interpreter does not run
+        # (no device enumeration: most of the ~1-1.5 s that full ACPI adds to a 5-6 s TCG boot).
+        # Not acpi=off: without the HPET the guest cannot calibrate its TSC and falls back to the
+        # refined-jiffies clock, which under TCG on a loaded host loses ticks (measured: 31 guest
+        # seconds in 63 real ones, benchmarks/README.md), so every timeout, sleep and phase timing
+        # in the guest was off by that much. The guest ends with `reboot -f`, which -no-reboot
         # turns into qemu's exit. cryptomgr.notests: no self-tests of every crypto algorithm at boot.
-        cmdline = (f"console=ttyS0 quiet panic=-1 oops=panic mitigations=off tsc=reliable acpi=off "
+        cmdline = (f"console=ttyS0 quiet panic=-1 oops=panic mitigations=off tsc=reliable acpi=ht "
                    f"cryptomgr.notests "
                    f"mntcr.results={self.results} mntcr.moddir={self.kernel.moddir} "
                    f"mntcr.kver={self.kernel.version}")

@@ -169,6 +169,11 @@ class FdKind:
     # location {mnt, detached?} on a proc mount of the image), "private" (a location {mnt} on a
     # filesystem only the restored tree reaches, fs.made_for_image); text names it in the refusal.
     refs: Callable[[dict], list] = lambda entry: []
+    # forks(entry) -> a key (str) of a process restore forks for it (entries with one key share one;
+    # a pidfd of an exited process), None: none. Counted with the image's processes by the validator.
+    forks: Callable[[dict], str | None] = lambda entry: None
+    # The kind of the image object its `obj` names (empty: an object of its own kind), checked by the validator.
+    obj_kind: str = ""
     # prepare(key, object, [(entry, chan)], call) -> fds kept as the object's restore state, made
     # before any fd once all stand-ins entered their roots (call(chan, fn, args, fds) -> fds).
     prepare: Callable | None = None

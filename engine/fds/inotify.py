@@ -5,7 +5,9 @@ mount namespace (the in_ns hook) the handle is opened through a visible mount
 of that device, giving the inode's path and mount there; restore opens that
 path on the restored mount and adds the watch through /proc/self/fd/N, in wd
 order. A filesystem whose handles do not open again (overlayfs without
-nfs_export) is searched for the inode number near the mount's root instead. The kernel hands out wds cyclically, so a gap (a watch removed) is
+nfs_export), or a watch fdinfo lists without a handle (the kernel could not encode one), is
+searched for by the inode number near the mount's root instead; a watch line of another form
+refuses the fd (never a watch silently left out). The kernel hands out wds cyclically, so a gap (a watch removed) is
 recreated with throwaway watches on memfds, removed again.
 
 A watch on a file unlinked since (CRIU's inotify00) is on the ghost of the
@@ -31,8 +33,9 @@ from engine.imageformat import GHOST_ID, LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.kernel import undeleted
 
-_WATCH = re.compile(r"wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) .*?"
-                    r"fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+)")
+# One fdinfo line a watch; the handle is left out when the kernel cannot encode one for the inode.
+_WATCH = re.compile(r"^inotify wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) [^\n]*?"
+                    r"(?:fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+))?$", re.M)
 MAX_GAP = 4096
 IN_DONT_FOLLOW = 0x02000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -44,14 +47,19 @@ def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
         text = f.read()
     out = []
     for m in _WATCH.finditer(text):
-        wd, mask = int(m[1], 16), int(m[4], 16)
-        sdev = int(m[3], 16)
-        got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)],
-                            ino=int(m[2], 16))
+        wd, mask, sdev, ino = int(m[1], 16), int(m[4], 16), int(m[3], 16), int(m[2], 16)
+        if m[5] is None:   # no handle: the inode by its number alone
+            got = _by_ino(mounts, f"{sdev >> 20}:{sdev & 0xFFFFF}", os.makedev(sdev >> 20, sdev & 0xFFFFF), ino)
+            find = None
+        else:
+            got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)], ino=ino)
+            find = (sdev, int(m[6], 16), m[7][:2 * int(m[5], 16)], ino)
         out.append({"wd": wd, "mask": mask, **got} if got else
                    {"wd": wd, "mask": mask, "error": f"watch {wd} is on device {sdev >> 20}:{sdev & 0xFFFFF}, which "
-                                                     "no visible mount reaches",
-                    "find": (sdev, int(m[6], 16), m[7][:2 * int(m[5], 16)], int(m[2], 16))})
+                                                     "no visible mount reaches", "find": find})
+    if len(out) != text.count("inotify wd:"):
+        # a line this parser does not know: refused rather than a watch silently left out
+        raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {fd}: an inotify watch line of an unknown form")
     return out
 
 

@@ -97,7 +97,7 @@ def _open(r: RestoreFd) -> int:
 
 
 register(FdKind(name="pidfd", matches=_matches, dump=_dump, open=_open, precheck=_precheck,
-                check=_check, fields={"pid": F(INT, required=False, rule=rng(1, MAX_PID)),
+                check=_check, forks=lambda e: e.get("dead"), fields={"pid": F(INT, required=False, rule=rng(1, MAX_PID)),
                                       "dead": F(STR, required=False, rule=pattern(_DEAD, "an inode number"))},
                 # (an exited process's pidfd names no process of the image)
                 refs=lambda e: [("process", e["pid"], f"a pidfd of process {e['pid']}")] if "pid" in e else []))

@@ -155,6 +155,6 @@ def _dump_fifo(d) -> dict:
 register(FdKind(name="pipe", matches=lambda t, m: t.startswith("pipe:["), dump=_dump, open=_open_pipe,
                 check=_check, check_object=check_object, order=10))
 register(FdKind(name="fifo", matches=lambda t, m: stat.S_ISFIFO(m) and t.startswith("/"), dump=_dump_fifo,
-                open=_open_fifo, check=_check, placed=True, order=10,
+                open=_open_fifo, check=_check, placed=True, order=10, obj_kind="pipe",
                 # A FIFO unlinked while open: its ghost (engine/ghosts.py) on the same superblock.
                 fields={"ghost": F(STR, required=False, rule=pattern(GHOST_ID, "a ghost id g-N"))}))

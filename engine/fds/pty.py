@@ -405,6 +405,7 @@ def _ctty_in(args, fds):
 
 
 register(FdKind(name="ctty", matches=_is_dev_tty, dump=_dump_ctty, open=_open_ctty, placed=True, check=_check_ctty,
+                obj_kind="pty",
                 finish=_finish_ctty, standin={"ctty": _ctty_in}, order=29, precheck=_precheck_ctty,
                 mounts=lambda e: [e[k]["mnt"] for k in ("tty", "ptmx") if k in e],
                 fields={"tty": F(DICT, required=False), "ptmx": F(DICT, required=False)}))

@@ -287,8 +287,10 @@ class NsFlavor:
         env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         log = open(os.path.join(workdir, "keeper.log"), "wb")
         try:
-            # With outside groups the keeper holds its namespace until its stdin closes.
-            proc = subprocess.Popen([sys.executable, "-m", "zdtm.flavors.ns", config],
+            # With outside groups the keeper holds its namespace until its stdin closes. -S: the
+            # keeper needs only the standard library (like engine.cli.command); site-packages' .pth
+            # hooks cost ~2 s of each item's setup in a TCG guest.
+            proc = subprocess.Popen([sys.executable, "-S", "-m", "zdtm.flavors.ns", config],
                                     stdin=subprocess.PIPE if outer else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=log, pass_fds=(out_w,), env=env,
                                     cwd=_PROJECT_ROOT)

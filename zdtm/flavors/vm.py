@@ -9,6 +9,10 @@ guest; the transport is the VM's job channel and the writable results share:
                                                      = zdtm.item.run(spec, ns place) on kernel K
         reads WORKDIR/item-result.json ◀──────────  (WORKDIR is in the results share)
 
+On the qemu fast path that command is a child forked by the guest's item
+server (zdtm/itemserver.py, started by the VM's first item), which imported
+the item path once: under TCG a fresh interpreter costs 8-11 s per item.
+
 So the expectation, requirement and backend checks, setup, cycle and
 teardown are the host's own code path (zdtm/item.py), run on kernel K. The
 guest's interpreter is the provider's answer (`guest_python()`): the host's
@@ -27,6 +31,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import os
+import weakref
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +40,12 @@ _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 TCG_TIMEOUT_SCALE = 5.0
 
 _VMS: dict[tuple, object] = {}
+# VMs whose guest runs zdtm/itemserver.py (started by their first item), and where it lives in the
+# guest (its /run is the guest's own tmpfs).
+_SERVING: "weakref.WeakSet" = weakref.WeakSet()
+ITEM_SERVER_DIR = "/run/mntcr/items"
+# Providers whose items go through the item server; Vagrant boxes keep a fresh interpreter per item.
+ITEM_SERVER_PROVIDERS = ("qemu",)
 
 
 def close_all() -> None:
@@ -80,6 +91,27 @@ def run_in_vm(vm, key: tuple, argv: list[str], *, timeout: float = 600.0):
         _VMS.pop(key, None)
         vm.close()
         raise
+
+
+def item_command(vm, key: tuple, provider: str, workdir: str) -> list[str] | str:
+    """What the guest runs for the item in `workdir`: the item server's client job, the server started
+    first if this VM has none (qemu), else a fresh `python -m zdtm.item WORKDIR` (Vagrant).
+
+    A server that does not start is a VMError (an infrastructure error, never a per-item fallback).
+    """
+    from vm.errors import VMError
+    from zdtm import itemserver
+    if provider not in ITEM_SERVER_PROVIDERS:
+        return [vm.guest_python(), "-m", "zdtm.item", workdir]
+    if vm not in _SERVING:
+        r = run_in_vm(vm, key, itemserver.start_script(vm.guest_python(), ITEM_SERVER_DIR), timeout=600.0)
+        if r.status != 0:
+            last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            _VMS.pop(key, None)
+            vm.close()
+            raise VMError(f"kernel {key[0]}: the item server did not start in the VM (status {r.status}): {last}")
+        _SERVING.add(vm)
+    return itemserver.client_script(ITEM_SERVER_DIR, workdir)
 
 
 class VmFlavor:
@@ -133,11 +165,15 @@ class VmFlavor:
             # every instruction emulated: the scenario's timeouts were set for a real machine
             spec = dataclasses.replace(spec, timeout_scale=TCG_TIMEOUT_SCALE)
         item.write_spec(spec, wd)
-        argv = [vm.guest_python(), "-m", "zdtm.item", wd]
+        key = (kernel, provider, root, spec.accel)
+        argv = item_command(vm, key, provider, wd)
         limit = max(120.0, spec.scenario.timeout * spec.timeout_scale * (2 + spec.iters * 3))
-        r = run_in_vm(vm, (kernel, provider, root, spec.accel), argv, timeout=limit)
+        r = run_in_vm(vm, key, argv, timeout=limit)
         out = item.read_outcome(wd)
         if out is None:
+            # the guest's runner is broken (with the item server: gone): the next item gets a fresh VM
+            _VMS.pop(key, None)
+            vm.close()
             raise VMError(f"kernel {kernel}: the item runner in the VM wrote no result "
                           f"(status {r.status}): {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
         out.seconds = r.seconds
