@@ -20,20 +20,31 @@ fi
 # and the Vagrant box, vagrant + vagrant-libvirt + libvirt for the Vagrant provider, the container runtimes
 # of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container), uidmap (newuidmap for the
 # rootless scenarios in scenarios/userns/ and scenarios/runtimes/), the real programs of
-# scenarios/fds/real_programs.yaml (tmux, dbus-daemon, socat), gcc, make and libc6-dev (CRIU's real zdtm
+# scenarios/fds/real_programs.yaml (tmux, dbus-daemon, socat) and scenarios/fds/apps.yaml (nginx, lighttpd,
+# redis-server, screen, sqlite3, inotify-tools, curl), gcc, make and libc6-dev (CRIU's real zdtm
 # tests, built statically from Debian's criu source package: tests/test_criu_real.py).
 pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3 squashfuse
       erofs-utils dosfstools exfatprogs f2fs-tools nfs-kernel-server
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
       vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-utils openssh-client rsync
-      runc crun podman lxc bubblewrap systemd-container uidmap chromium tmux dbus-daemon socat gcc make libc6-dev)
+      runc crun podman lxc bubblewrap systemd-container uidmap chromium tmux dbus-daemon socat
+      nginx lighttpd redis-server screen sqlite3 inotify-tools curl gcc make libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "run.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
+  # The servers among them (nginx, lighttpd, redis-server) run only inside scenarios: a policy-rc.d for the
+  # install's time keeps their packages from starting them as the machine's services.
+  policy=
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy=/usr/sbin/policy-rc.d
+    trap 'rm -f "$policy"' EXIT
+    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "Running pip as the 'root' user" || true
 # An editable install leaves byte-compiling to the first import, which PYTHONDONTWRITEBYTECODE

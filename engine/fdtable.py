@@ -41,6 +41,7 @@ class FdTable:
         if kind is None:
             raise fds.FdError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): "
                                                 f"{fds.describe(f['target'])} fds are not supported")
+        fds.refuse_async(f"process {pid} fd {f['fd']} ({f['target']})", f["flags"])
         d = fds.DumpFd(pid=pid, fd=f["fd"], target=f["target"], mode=f["mode"], flags=f["flags"], pos=f["pos"],
                        pidfd=self._pidfd(pid), objects=self.objects, scratch=self.scratch,
                        in_ns=f.get("in_ns"), place=place, mnt=f.get("mnt_id", 0),

@@ -227,12 +227,13 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     prog.append((3, exe_fd, 0, 0, 0, 0, 0, 0, 0))
     if ids:
         uid, gid, groups, dumpable, keep_caps = ids
-        groups_buf = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
-        keep.append(groups_buf)
         fs = lambda xs: xs[3] if len(xs) > 3 else xs[1]   # noqa: E731  (the fs id; else the effective one)
-        prog += [(157, 8, 1 if keep_caps and caps else 0, 0, 0, 0, 0, 1, 0),
-                 (116, len(groups), ctypes.addressof(groups_buf), 0, 0, 0, 0, 1, 0),
-                 (119, *gid[:3], 0, 0, 0, 1, 0),
+        prog.append((157, 8, 1 if keep_caps and caps else 0, 0, 0, 0, 0, 1, 0))
+        if groups is not None:   # (None: a user namespace whose setgroups is "deny" keeps what it has)
+            groups_buf = (ctypes.c_uint32 * max(1, len(groups)))(*groups)
+            keep.append(groups_buf)
+            prog.append((116, len(groups), ctypes.addressof(groups_buf), 0, 0, 0, 0, 1, 0))
+        prog += [(119, *gid[:3], 0, 0, 0, 1, 0),
                  (123, fs(gid), 0, 0, 0, 0, 0, 0, 0), (123, 0xFFFFFFFF, 0, 0, 0, 0, 0, 2, fs(gid)),
                  (117, *uid[:3], 0, 0, 0, 1, 0),
                  (122, fs(uid), 0, 0, 0, 0, 0, 0, 0), (122, 0xFFFFFFFF, 0, 0, 0, 0, 0, 2, fs(uid)),

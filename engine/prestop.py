@@ -488,6 +488,11 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                 if kind is None:
                     raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
                                                     f"{fdkinds.describe(target)} fds are not supported")
+                flags = _fd_flags(pid, n)
+                if flags is None:
+                    complete = False
+                    continue
+                fdkinds.refuse_async(f"process {pid} fd {n} ({target})", flags)
                 if kind.precheck is None:
                     _check_deleted(kind.name, pid, n, target, mode, view)
                     continue
@@ -512,6 +517,18 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     if complete:
         mountrules.unknown_external_files(ext_files, held)
         mountrules.held_roots(view.mntns_doc, view.superblocks, scratch.get("held", ()), view.unsure)
+
+
+def _fd_flags(pid: int, n: str) -> int | None:
+    """The status flags fdinfo shows for fd `n` of `pid` (None: closed meanwhile)."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{n}") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return None
 
 
 def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: View) -> None:

@@ -393,7 +393,7 @@ class _Server:
         if not fds and uid is not None and self.exe_fd is not None and mappings.can_become_exe():
             # Other ids in our own user namespace: taking them now would drop the privilege
             # setting the executable needs, so the last step of detach takes them.
-            self.ids = (uid, gid, groups or [], dumpable, keep_caps)
+            self.ids = (uid, gid, groups, dumpable, keep_caps)   # (groups None: setgroups denied, kept)
         else:
             userns_cr.become(fds[0] if fds else None, uid, gid, groups, dumpable, keep_caps)
         return None

@@ -255,6 +255,29 @@ else:
     assert "name='/mnt/t/dgram.sock' listening=0" in _fd(after, 25)
 
 
+def test_listener_keeps_the_ids_it_listened_with(case):
+    """A root process that listened as euid 1000 (a server that drops privileges around listen())
+    and one as root: SO_PEERCRED, what clients are told of the server (and dbus checks), shows the
+    same ids after restore, not the restorer's."""
+    import socket
+    import struct
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t\n" + py_hold("""
+import socket
+ls = socket.socket(socket.AF_UNIX); ls.bind("/mnt/t/user.sock")
+os.setresgid(-1, 1001, -1); os.setresuid(-1, 1000, -1); ls.listen(); os.setresuid(-1, 0, -1); os.setresgid(-1, 0, -1)
+os.dup2(ls.fileno(), 20); ls.close()
+rs = socket.socket(socket.AF_UNIX); rs.bind("/mnt/t/root.sock"); rs.listen(); os.dup2(rs.fileno(), 21); rs.close()
+""")
+    _, after = case.roundtrip(setup)
+    for fd, ids in ((20, (1000, 1001)), (21, (0, 0))):
+        s = _grab_socket(after.pid, fd)
+        try:
+            _, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        finally:
+            s.close()
+        assert (uid, gid) == ids, (fd, uid, gid)
+
+
 def test_inotify_watches(case):
     """Watches on a directory and a file of a tmpfs, with a gap in the wds (a watch removed), seen
     through a bind of a subdirectory too; events after restore reach the restored instance."""
@@ -619,6 +642,22 @@ while sent < (1 << 22) + 4096:
     sent += a.send(b"x" * 65536)
 a.close(); os.dup2(b.fileno(), 10); b.close()
 """), r"process \d+ fd 10 \(socket:\[\d+\]\): \d+ bytes queued: too many")
+
+
+@pytest.mark.parametrize("what", ["socketpair", "pipe"])
+def test_fd_in_signal_driven_mode_refused_unstopped(case, what):
+    """An fd in O_ASYNC mode (nginx sets FIOASYNC and F_SETOWN on its channels): restore gives back
+    neither the flag nor its owner and signal, so dump refuses naming the fd, before the stop. (A
+    regular file keeps no O_ASYNC: the kernel sets it only where the file has a fasync hook.)"""
+    make = ("import socket\na, b = socket.socketpair(); fd = a.fileno()" if what == "socketpair"
+            else "fd, w = os.pipe()")
+    _refused_unstopped(case, py_hold(f"""
+import fcntl
+{make}
+fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+os.dup2(fd, 10)
+"""), r"process \d+ fd \d+ \(.*\): O_ASYNC \(signal-driven I/O: its owner and signal\) is not restored")
 
 
 def test_socket_whose_file_was_removed_on_a_read_only_mount_refused_unstopped(case):

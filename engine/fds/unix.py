@@ -41,6 +41,7 @@ import base64
 import errno
 import os
 import socket
+import struct
 import stat
 
 from engine.fds import (FdError, FdKind, RestoreFd, register, unix_backlog, unix_bind, unix_check, unix_diag,
@@ -171,6 +172,9 @@ def _as_listener(k: Sock) -> dict:
     """A listening socket: its backlog, and the connections waiting to be accepted."""
     out = k.out
     out["listen"] = max(k.rec.get("wqueue", 128), 1)
+    # Who listened (what SO_PEERCRED shows its clients, and dbus checks): restore listens as them.
+    _, uid, gid = struct.unpack("3i", k.s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    out["cred"] = [uid & 0xffffffff, gid & 0xffffffff]
     if k.rec.get("rqueue"):
         out["_pending"] = _pending(k)
         out["_where"] = k.d.where
@@ -403,7 +407,7 @@ def _make(args, fds):
                 s = socket.socket(fileno=hi)
             unix_bind.bind_path(s, spec, fds)
         if "listen" in spec:
-            s.listen(spec["listen"])
+            unix_bind.as_creds(spec, lambda: s.listen(spec["listen"]))
         return None, [s.detach()]
     finally:
         s.close()
@@ -474,7 +478,7 @@ def _open(r: RestoreFd) -> int:
 def _name_spec(r: RestoreFd, e: dict) -> tuple[dict, list[int]]:
     """(what the stand-in makes or binds of entry `e`, the fds sent with it: the directory its
     socket file goes to, on the restored mount: where it was, or a fresh one for a ghost)."""
-    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "dangling", "owner", "mode") if k in e}
+    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "cred", "dangling", "owner", "mode") if k in e}
     if e.get("unlinked"):
         # Its socket file was unlinked: bound in a fresh directory of its mount, unlinked later.
         spec.update({"base": e["path"].rsplit("/", 1)[-1], "ghost": True})

@@ -58,6 +58,28 @@ def bind_ids(spec: dict, proc: int = -1) -> tuple[int, int] | None:
     return ids
 
 
+def as_creds(spec: dict, fn) -> None:
+    """fn() (a listen(), which records the caller's credentials for SO_PEERCRED) as the dumped
+    listener's effective ids (`spec["cred"]`, as the dumper's user namespace names them): by a
+    forked child that takes them (they would stay with the stand-in: inside a user namespace it
+    cannot name the ids it has before `become`); by the stand-in itself when they are its own."""
+    cred = spec.get("cred")
+    ids = (_here(cred[0], "uid_map"), _here(cred[1], "gid_map")) if cred else None
+    if ids is None or ids == (os.geteuid(), os.getegid()):
+        fn()
+        return
+    if None in ids:
+        raise FdError(errno.EOPNOTSUPP, f"listened as uid {cred[0]} gid {cred[1]}, which the process's user "
+                                        "namespace does not map")
+
+    def body():
+        os.setresgid(-1, ids[1], -1)
+        os.setresuid(-1, ids[0], -1)
+        fn()
+
+    forkrun.run(body)
+
+
 def _as(ids: tuple[int, int] | None, fn, *args) -> None:
     """fn(*args), by a child with file system ids `ids` when they are given (they would stay with
     the stand-in, and SECBIT_NO_SETUID_FIXUP with them)."""

@@ -40,6 +40,8 @@ def check(entry: dict, what: str) -> None:
         _fail(f"{what}: bad ghost socket id, or a ghost that is not a path-bound socket")
     if "listen" in entry and (not isinstance(entry["listen"], int) or not 0 < entry["listen"] < 1 << 20):
         _fail(f"{what}: bad backlog")
+    if "cred" in entry and "listen" not in entry:
+        _fail(f"{what}: only a listener keeps the credentials it listened with")
     c = entry.get("connect")
     if c is not None:
         if "obj" in entry or "listen" in entry or (entry.get("type") == "dgram") == ("order" in c):
@@ -199,6 +201,7 @@ FIELDS = {
     "data": F(STR, required=False),
     "unlinked": F(STR, required=False),
     "owner": F(LIST, required=False, rule=owner_rule),
+    "cred": F(LIST, required=False, rule=owner_rule),
     "mode": F(INT, required=False, rule=mode_rule),
     "msgs": F(LIST, required=False),
     "mnts": F(LIST, required=False),
