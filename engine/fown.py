@@ -5,10 +5,13 @@ open file description, not to the fd, and /proc shows neither: dump reads them o
 fd (pidfd_getfd) as fcntl F_GETOWN_EX / F_GETSIG give them in the dumper's pid namespace, where the
 image names processes. An owner is kept as a process of the tree (F_OWNER_PID, or F_OWNER_TID of
 a process's main thread, the one thread a stand-in has); a process group (F_OWNER_PGRP), another
-thread or a process outside the tree is refused before the stop. Restore sets the owner on the
-stand-in of that process (its pid as the restorer sees it), the signal, and O_ASYNC last: F_SETFL
+thread or a process outside the tree is refused before the stop (an owner that exited is none:
+F_GETOWN_EX names no owner without a task). Restore sets the owner on the
+stand-in of that process (its pid as the restorer sees it) after the signal and O_ASYNC: F_SETFL
 calls the file's fasync hook only when the flag changes (open(2) sets the bit without it), which is
-what registers the owner for SIGIO on sockets, pipes and ttys.
+what registers the file for SIGIO on sockets, pipes and ttys; a tty's hook gives a description
+without owner one (its foreground process group, or the caller: the restorer), which the image's
+owner, or none, replaces.
 """
 
 from __future__ import annotations
@@ -85,20 +88,22 @@ def check_running(pidfd: int, fd: int, flags: int, pids, where: str) -> None:
 
 
 def restore(fd: int, entry: dict, pid_of) -> None:
-    """Give our fd `fd`, a new description made for image fd `entry`, its owner and signal, then
-    O_ASYNC; `pid_of(image pid)` is the restored process's pid as we see it (None: not restored)."""
+    """Give our fd `fd`, a new description made for image fd `entry`, its signal, O_ASYNC, then its
+    owner; `pid_of(image pid)` is the restored process's pid as we see it (None: not restored)."""
     if not entry["flags"] & O_ASYNC:
         return
+    host = 0
     if "async_owner" in entry:
         host = pid_of(entry["async_owner"]) if pid_of is not None else None
         if host is None:
             raise OSError(errno.EINVAL, f"its signal owner {entry['async_owner']} is no process of the image")
-        _fcntl_ptr(fd, F_SETOWN_EX, _OwnerEx(F_OWNER_TID if entry.get("async_tid") else F_OWNER_PID, host))
     fcntl.fcntl(fd, F_SETSIG, entry.get("async_signal", 0))
     fl = fcntl.fcntl(fd, fcntl.F_GETFL)
     # (off first: a bit open(2) set without registering must change to reach the fasync hook)
     fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~O_ASYNC)
     fcntl.fcntl(fd, fcntl.F_SETFL, fl | O_ASYNC)
+    # The owner last: a tty's fasync hook makes its foreground group, or us, the owner of one without.
+    _fcntl_ptr(fd, F_SETOWN_EX, _OwnerEx(F_OWNER_TID if entry.get("async_tid") else F_OWNER_PID, host))
 
 
 def owner_text(fd: int) -> str:

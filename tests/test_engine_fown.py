@@ -21,13 +21,15 @@ from enginecase import STOP_WATCH, CRError, case, grab_fd, py_hold, was_stopped 
 from engine import fown
 from zdtm.snapshot import tree_pids
 
-# The root holds a socket pair (10, its peer 11) and a pipe (12 read, 13 write); fd 10 is in O_ASYNC
-# mode owned by its first child with SIGUSR1, fd 12 by its second child's thread (F_OWNER_TID) with
-# the default SIGIO.
-SETUP = py_hold("""
-import ctypes, fcntl, signal, socket
+# The root holds a socket pair (10, its peer 11), a pipe (12 read, 13 write) and a pty (14 master, 15
+# slave); in O_ASYNC mode: fd 10 owned by its first child with SIGUSR1, fd 12 by its second child's
+# thread (F_OWNER_TID) with the default SIGIO, fd 14 by its third child with SIGUSR2.
+SETUP = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+""" + py_hold("""
+import ctypes, fcntl, signal, socket, struct
 kids = []
-for _ in range(2):
+for _ in range(3):
     pid = os.fork()
     if pid == 0:
         os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
@@ -43,8 +45,13 @@ r, w = os.pipe(); os.dup2(r, 12); os.dup2(w, 13); os.close(r); os.close(w)
 fcntl.fcntl(10, fcntl.F_SETOWN, kids[0])
 fcntl.fcntl(10, 10, signal.SIGUSR1)   # F_SETSIG
 assert libc.fcntl(12, 15, ctypes.byref(Own(0, kids[1]))) == 0   # F_SETOWN_EX, F_OWNER_TID
-for fd in (10, 12):
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+os.dup2(m, 14); os.dup2(os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY), 15); os.close(m)
+for fd in (10, 12, 14):
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+fcntl.fcntl(14, fcntl.F_SETOWN, kids[2])   # (after O_ASYNC, which made this process the owner)
+fcntl.fcntl(14, 10, signal.SIGUSR2)
 """)
 
 
@@ -75,7 +82,7 @@ def test_owner_and_signal_kept_and_delivered(case):
     assert "async-owner=tid:P" in lines["12"] and "sig=0" in lines["12"], lines["12"]
     kids = _kids(after.pid)
     got = {}
-    for n in (10, 12):
+    for n in (10, 12, 14):
         c = grab_fd(after.pid, n)
         try:
             assert fcntl.fcntl(c, fcntl.F_GETFL) & os.O_ASYNC
@@ -84,8 +91,9 @@ def test_owner_and_signal_kept_and_delivered(case):
             os.close(c)
     assert got[10] == (fown.F_OWNER_PID, kids[0], signal.SIGUSR1), (got, kids)
     assert got[12] == (fown.F_OWNER_TID, kids[1], 0), (got, kids)
-    assert _exit_signal(kids[0], timeout=0) == 0 and _exit_signal(kids[1], timeout=0) == 0
-    for n in (11, 13):
+    assert got[14] == (fown.F_OWNER_PID, kids[2], signal.SIGUSR2), (got, kids)
+    assert not any(_exit_signal(k, timeout=0) for k in kids)
+    for n in (11, 13, 15):
         c = grab_fd(after.pid, n)
         try:
             os.write(c, b"x")
@@ -93,6 +101,7 @@ def test_owner_and_signal_kept_and_delivered(case):
             os.close(c)
     assert _exit_signal(kids[0]) == signal.SIGUSR1
     assert _exit_signal(kids[1]) == signal.SIGIO
+    assert _exit_signal(kids[2]) == signal.SIGUSR2
 
 
 def _refused_unstopped(case, setup: str, pattern: str, then=None) -> None:
