@@ -1230,6 +1230,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 continue
             kind = _fd_kind(fd, fwhat)
             check_record(FD if kind.name == "file" else _kind_record(kind), fd, fwhat)
+            _check_fown(fd, refs, fwhat)
             kind.check(fd, fwhat)
             if "obj" in fd and fd["obj"] not in (doc.get("objects") or {}):
                 _fail(f"{fwhat}: unknown object {fd['obj']!r}")
@@ -1244,7 +1245,6 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 _check_loc(fd, mounts, detached, fwhat)
             for ref, value, text in kind.refs(fd):
                 refs.check(fwhat, ref, value, text)
-            _check_fown(fd, refs, fwhat)
     procs = {p["pid"]: p for p in doc["processes"]}
     for p in doc["processes"]:
         _check_file_locks(p, procs, f"process {p['pid']}")
