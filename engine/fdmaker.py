@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from engine import fds
+from engine import fds, fown
 
 
 class FdMaker:
@@ -61,6 +61,11 @@ class FdMaker:
                           standin=standin, keep=self.keep, proc=self.proc,
                           open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of, ns_fd=self.ns_fd)
         fd = kind.open(r)
+        try:
+            fown.restore(fd, entry, self.pid_of)
+        except OSError as e:
+            os.close(fd)
+            raise OSError(e.errno, f"signal-driven I/O (O_ASYNC): {e.strerror or e}") from None
         if desc is not None:
             self.descs[desc] = os.dup(fd)
         return fd, True

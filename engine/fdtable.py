@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import fds, filelocks, kernel
+from engine import fds, filelocks, fown, kernel
 from engine.fds import sys as fsys
 
 
@@ -41,13 +41,14 @@ class FdTable:
         if kind is None:
             raise fds.FdError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): "
                                                 f"{fds.describe(f['target'])} fds are not supported")
-        fds.refuse_async(f"process {pid} fd {f['fd']} ({f['target']})", f["flags"])
         d = fds.DumpFd(pid=pid, fd=f["fd"], target=f["target"], mode=f["mode"], flags=f["flags"], pos=f["pos"],
                        pidfd=self._pidfd(pid), objects=self.objects, scratch=self.scratch,
                        in_ns=f.get("in_ns"), place=place, mnt=f.get("mnt_id", 0),
                        mounts=list(mounts), elsewhere=list(elsewhere))
         try:
             payload = kind.dump(d)
+            own = fown.entry_fields(d.copy(), f["flags"], self.scratch.get("pids") or (), d.where) \
+                if f["flags"] & fown.O_ASYNC else {}
         except fds.FdError:
             raise
         except OSError as e:
@@ -58,6 +59,7 @@ class FdTable:
         if kind.name != "file":
             out["kind"] = kind.name
         out.update(payload)
+        out.update(own)
         try:
             st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
             self._inode[(pid, f["fd"])] = (st.st_dev, st.st_ino)

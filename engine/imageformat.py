@@ -67,8 +67,9 @@ MOUNT_OPTS = frozenset({"rw", "ro", "nosuid", "nodev", "noexec", "noatime", "nod
 # open(2) flags an fd may carry (fdinfo shows these; O_LARGEFILE always on 64-bit).
 _O_LARGEFILE = 0o100000
 O_TMPFILE_BIT = 0o20000000   # __O_TMPFILE: f_flags keeps it (with O_DIRECTORY) on a file made by O_TMPFILE
+O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
 OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC | os.O_APPEND | os.O_NONBLOCK
-              | os.O_DSYNC | os.O_SYNC | getattr(os, "O_ASYNC", 0o20000) | os.O_DIRECT | _O_LARGEFILE
+              | os.O_DSYNC | os.O_SYNC | O_ASYNC | os.O_DIRECT | _O_LARGEFILE
               | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NOATIME | os.O_CLOEXEC | os.O_PATH | O_TMPFILE_BIT)
 # Super options that name a device or file of the machine (an external journal, a log or
 # realtime device, a btrfs member device): the image may never make restore open one.
@@ -437,6 +438,11 @@ FD_BASE = {
     "desc": F(STR, required=False, rule=pattern(_DESC_ID, "a description id d-N")),
     # An entry of "objects" (a pipe, a socket pair, a memfd, a pty) the description belongs to.
     "obj": F(STR, required=False, rule=pattern(_OBJ_ID, "an object id")),
+    # Signal-driven I/O (flags has O_ASYNC; engine/fown.py): the process of the image that gets
+    # the signal (F_SETOWN; async_tid: F_OWNER_TID, its main thread) and the signal (F_SETSIG, absent: SIGIO).
+    "async_owner": F(INT, required=False, rule=rng(1, MAX_PID)),
+    "async_tid": F(BOOL, required=False),
+    "async_signal": F(INT, required=False, rule=rng(1, 64)),
 }
 
 FD = Record("fd", {
@@ -1253,6 +1259,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 continue
             kind = _fd_kind(fd, fwhat)
             check_record(FD if kind.name == "file" else _kind_record(kind), fd, fwhat)
+            _check_fown(fd, refs, fwhat)
             kind.check(fd, fwhat)
             if "obj" in fd and fd["obj"] not in (doc.get("objects") or {}):
                 _fail(f"{fwhat}: unknown object {fd['obj']!r}")
@@ -1329,6 +1336,17 @@ class _Refs:
             handler = fs.lookup(self.sbs[m["sb"]]["fstype"]) if m is not None else None
             if handler is None or handler.ns_key != "pidns":
                 _fail(f"{what}: {text} on mount {value['mnt']}, which is no proc mount of the image")
+
+
+def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
+    """Signal-driven I/O fields: only on an fd with O_ASYNC, the owner a process of the image (restore
+    would make a host process the signal's target otherwise)."""
+    if any(k in fd for k in ("async_owner", "async_tid", "async_signal")) and not fd["flags"] & O_ASYNC:
+        _fail(f"{what}: 'async_owner', 'async_tid' and 'async_signal' are for an fd with O_ASYNC in its flags")
+    if "async_tid" in fd and "async_owner" not in fd:
+        _fail(f"{what}: 'async_tid' without 'async_owner'")
+    if "async_owner" in fd:
+        refs.check(what, "process", fd["async_owner"], f"its signal owner (F_SETOWN) {fd['async_owner']}")
 
 
 def _check_file_locks(p: dict, procs: dict, what: str) -> None:

@@ -42,7 +42,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import deadpid, fds as fdkinds, filelocks, forkrun, fs, ghosts, kernel, mappings, mountinfo, mountrules, userns_cr
+from engine import deadpid, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules, userns_cr
 from engine.fds import FdError
 
 
@@ -492,7 +492,13 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                 if flags is None:
                     complete = False
                     continue
-                fdkinds.refuse_async(f"process {pid} fd {n} ({target})", flags)
+                try:
+                    fown.check_running(pidfd, int(n), flags, pids, f"process {pid} fd {n} ({target})")
+                except FdError:
+                    raise
+                except OSError:
+                    complete = False   # (closed meanwhile: dump tells later)
+                    continue
                 if kind.precheck is None:
                     _check_deleted(kind.name, pid, n, target, mode, view)
                     continue

@@ -644,22 +644,6 @@ a.close(); os.dup2(b.fileno(), 10); b.close()
 """), r"process \d+ fd 10 \(socket:\[\d+\]\): \d+ bytes queued: too many")
 
 
-@pytest.mark.parametrize("what", ["socketpair", "pipe"])
-def test_fd_in_signal_driven_mode_refused_unstopped(case, what):
-    """An fd in O_ASYNC mode (nginx sets FIOASYNC and F_SETOWN on its channels): restore gives back
-    neither the flag nor its owner and signal, so dump refuses naming the fd, before the stop. (A
-    regular file keeps no O_ASYNC: the kernel sets it only where the file has a fasync hook.)"""
-    make = ("import socket\na, b = socket.socketpair(); fd = a.fileno()" if what == "socketpair"
-            else "fd, w = os.pipe()")
-    _refused_unstopped(case, py_hold(f"""
-import fcntl
-{make}
-fcntl.fcntl(fd, fcntl.F_SETOWN, os.getpid())
-fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
-os.dup2(fd, 10)
-"""), r"process \d+ fd \d+ \(.*\): O_ASYNC \(signal-driven I/O: its owner and signal\) is not restored")
-
-
 def test_socket_whose_file_was_removed_on_a_read_only_mount_refused_unstopped(case):
     """A listener whose socket file was removed (a ghost socket) is restored, its file bound again in
     a fresh directory of its mount (test_engine_unix_ghost.py); on a mount made read-only since, with

@@ -93,6 +93,17 @@ def _fanotify(pid: int, fd: int) -> str:
     return f"flags={group[1] if group else '?'} event-flags={group[2] if group else '?'} marks=" + ",".join(sorted(marks))
 
 
+def async_owner(pid: int, fd: int) -> str:
+    """The signal owner and signal of fd `fd` of `pid` (one in O_ASYNC mode): "async-owner=pid:N sig=S", N a
+    host pid (zdtm/snapshot.py names its process)."""
+    from engine import fown
+    c = _copy(pid, fd)
+    try:
+        return fown.owner_text(c)
+    finally:
+        os.close(c)
+
+
 def details(pid: int, fd: int, target: str) -> str:
     """The compared state of fd `fd` of `pid` beyond path, flags, offset and mount ('' for files)."""
     try:

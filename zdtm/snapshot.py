@@ -32,6 +32,7 @@ from zdtm import fdkinds, holder
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
 OWNED_NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
+_O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
 _O_TMPFILE = 0o20000000   # __O_TMPFILE
 _TMPFILE = re.compile(r"^(.*/)#\d+ \(deleted\)$")
@@ -339,6 +340,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
+            if flags & _O_ASYNC:   # (who gets its signal, and which: engine/fown.py)
+                extra = f"{extra} {fdkinds.async_owner(pid, int(fd))}".strip()
             if path.endswith(kernel.DELETED):
                 # An open-time flag only: a file reopened through its /proc/self/fd link (a deleted
                 # one, at restore) cannot take it (engine/restore.py _open_ghost).
@@ -412,15 +415,21 @@ _NSFD = re.compile(r"^(\d+): (mnt|pid|uts|ipc|net|cgroup|user|time):\[(\d+)\]( .
 
 
 _PIDFD = re.compile(r" pidfd=(-?\d+)$")
+_OWNER = re.compile(r"\basync-owner=(tid|pid|pgrp|\d+):(\d+)")
 
 
 def _name_ns_fds(procs: list[Proc]) -> None:
     """An fd on a namespace ("net:[4026532181]") names it by the first process of the tree in it
     ("net:[P1]"; "net:[outside]" when none is): the inode number changes across C/R. So does a
-    pidfd's process ("pidfd=P2")."""
+    pidfd's process ("pidfd=P2") and the signal owner of an fd in O_ASYNC mode ("async-owner=pid:P0")."""
     from engine import kernel
+
+    def named(pid: int) -> str:
+        return next((f"P{j}" for j, q in enumerate(procs) if q.pid == pid), "outside")
+
     for p in procs:
         for i, line in enumerate(p.fds):
+            line = p.fds[i] = _OWNER.sub(lambda m: f"async-owner={m[1]}:{named(int(m[2]))}", line)
             pidfd = _PIDFD.search(line)
             if pidfd is not None:
                 who = next((f"P{j}" for j, q in enumerate(procs) if q.pid == int(pidfd[1])), "outside")
@@ -557,7 +566,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     try:
         procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache,
                                   candidates, tuple(pids)) for pid in pids),
-                       key=lambda p: _PIDFD_ANY.sub("pidfd=", _NSFD_INO.sub(r"\1:[]", p.text())))
+                       key=lambda p: _PIDFD_ANY.sub("pidfd=", _OWNER.sub("async-owner=", _NSFD_INO.sub(r"\1:[]", p.text()))))
     finally:
         for _, fd in candidates:
             os.close(fd)

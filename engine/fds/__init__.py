@@ -26,19 +26,6 @@ class FdError(OSError):
     """An fd that cannot be dumped or restored (one line naming it)."""
 
 
-O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
-
-
-def refuse_async(where: str, flags: int) -> None:
-    """Refuse an fd in signal-driven I/O mode (O_ASYNC, set with F_SETFL or FIOASYNC, as nginx sets
-    it on its channels): restore would give back neither the flag nor the F_SETOWN owner nor the
-    F_SETSIG signal, so the process would silently get no SIGIO."""
-    if flags & O_ASYNC:
-        import errno
-        raise FdError(errno.EOPNOTSUPP, f"{where}: O_ASYNC (signal-driven I/O: its owner and signal) is not "
-                                        "restored: not supported")
-
-
 @record
 class DumpFd:
     """One fd of a stopped process, as a kind's dump hook sees it."""

@@ -1,0 +1,222 @@
+"""Signal-driven I/O (engine/fown.py): an fd in O_ASYNC mode keeps its flag, its owner (F_SETOWN)
+and its signal (F_SETSIG) across C/R, as nginx's channels need; an owner the image cannot name (a
+process outside the tree, a process group) is refused before the stop; an image whose owner is
+no process of it (a host pid) is refused by the validator.
+
+The snapshot (zdtm/snapshot.py) compares each O_ASYNC fd's owner (named as a process of the tree)
+and signal; the tests also read them on the restored fds and make the kernel send the signal.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import time
+
+import pytest
+
+import enginecase
+from enginecase import STOP_WATCH, CRError, case, grab_fd, py_hold, was_stopped  # noqa: F401  (fixture)
+from engine import fown
+from zdtm.snapshot import tree_pids
+
+# The root holds a socket pair (10, its peer 11), a pipe (12 read, 13 write) and a pty (14 master, 15
+# slave); in O_ASYNC mode: fd 10 owned by its first child with SIGUSR1, fd 12 by its second child's
+# thread (F_OWNER_TID) with the default SIGIO, fd 14 by its third child with SIGUSR2.
+SETUP = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+""" + py_hold("""
+import ctypes, fcntl, signal, socket, struct
+kids = []
+for _ in range(3):
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+        ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+        while True: signal.pause()
+    kids.append(pid)
+class Own(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("pid", ctypes.c_int)]
+libc = ctypes.CDLL(None, use_errno=True)
+a, b = socket.socketpair()
+os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+r, w = os.pipe(); os.dup2(r, 12); os.dup2(w, 13); os.close(r); os.close(w)
+fcntl.fcntl(10, fcntl.F_SETOWN, kids[0])
+fcntl.fcntl(10, 10, signal.SIGUSR1)   # F_SETSIG
+assert libc.fcntl(12, 15, ctypes.byref(Own(0, kids[1]))) == 0   # F_SETOWN_EX, F_OWNER_TID
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+os.dup2(m, 14); os.dup2(os.open(f"/dev/pts/{n}", os.O_RDWR | os.O_NOCTTY), 15); os.close(m)
+for fd in (10, 12, 14):
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_ASYNC)
+fcntl.fcntl(14, fcntl.F_SETOWN, kids[2])   # (after O_ASYNC, which made this process the owner)
+fcntl.fcntl(14, 10, signal.SIGUSR2)
+""")
+
+
+def _kids(pid: int) -> list[int]:
+    """The two children of the root `pid`, in the order they were forked (the lower pid first)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return sorted(int(x) for x in f.read().split())
+
+
+def _exit_signal(pid: int, timeout: float = 10) -> int:
+    """The signal that killed `pid` (a zombie: its parent, a stand-in, does not reap it); 0 alive."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        if fields[0] == "Z":
+            return int(fields[-1]) & 0x7f   # exit_code
+        time.sleep(0.02)
+    return 0
+
+
+def test_owner_and_signal_kept_and_delivered(case):
+    """After C/R the fds are in O_ASYNC mode again, owned by the restored children (the owner of the
+    pipe as a thread) with their signals; a write to each peer sends that signal to its owner."""
+    before, after = case.roundtrip(SETUP)
+    lines = {line.split(":")[0]: line for line in after.root.fds}
+    assert "async-owner=pid:P" in lines["10"] and "sig=10" in lines["10"], lines["10"]
+    assert "async-owner=tid:P" in lines["12"] and "sig=0" in lines["12"], lines["12"]
+    kids = _kids(after.pid)
+    got = {}
+    for n in (10, 12, 14):
+        c = grab_fd(after.pid, n)
+        try:
+            assert fcntl.fcntl(c, fcntl.F_GETFL) & os.O_ASYNC
+            got[n] = fown.read(c)
+        finally:
+            os.close(c)
+    assert got[10] == (fown.F_OWNER_PID, kids[0], signal.SIGUSR1), (got, kids)
+    assert got[12] == (fown.F_OWNER_TID, kids[1], 0), (got, kids)
+    assert got[14] == (fown.F_OWNER_PID, kids[2], signal.SIGUSR2), (got, kids)
+    assert not any(_exit_signal(k, timeout=0) for k in kids)
+    for n in (11, 13, 15):
+        c = grab_fd(after.pid, n)
+        try:
+            os.write(c, b"x")
+        finally:
+            os.close(c)
+    assert _exit_signal(kids[0]) == signal.SIGUSR1
+    assert _exit_signal(kids[1]) == signal.SIGIO
+    assert _exit_signal(kids[2]) == signal.SIGUSR2
+
+
+def _refused_unstopped(case, setup: str, pattern: str, then=None) -> None:
+    """Start `setup` behind STOP_WATCH (then `then(pid)`); dump must refuse with a line matching
+    `pattern` without ever stopping the tree."""
+    import re
+    pid = case.start(STOP_WATCH + setup)
+    if then is not None:
+        then(pid)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(pattern, str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def _hold_async_pair() -> str:
+    return py_hold("""
+import fcntl, socket
+a, b = socket.socketpair(); os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+fcntl.fcntl(10, fcntl.F_SETOWN, os.getpid())
+fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
+""")
+
+
+def test_owner_outside_the_tree_refused_unstopped(case):
+    """The owner is a process outside the tree (one this test started, which set it through a copy
+    of the fd): refused before the stop, naming the fd and the pid."""
+    import subprocess
+    import sys
+    # (it ignores SIGIO: the tree's end, closed when the case ends, sends it one)
+    outside = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGIO, "
+                                "signal.SIG_IGN); time.sleep(600)"])
+
+    def own_it(pid):
+        holder = next(p for p in tree_pids(pid) if os.path.exists(f"/proc/{p}/fd/10"))
+        c = grab_fd(holder, 10)
+        try:
+            fcntl.fcntl(c, fcntl.F_SETOWN, outside.pid)
+        finally:
+            os.close(c)
+
+    try:
+        _refused_unstopped(case, _hold_async_pair(), rf"process \d+ fd 10 \(socket:\[\d+\]\): O_ASYNC with process "
+                           rf"{outside.pid} as its signal owner \(F_SETOWN\), which is not a process of the dumped "
+                           "tree", then=own_it)
+    finally:
+        outside.kill()
+        outside.wait()
+
+
+def test_owner_that_exited_is_none(case):
+    """An owner that exited: the kernel names no owner any more (F_GETOWN_EX gives 0), and neither
+    does the restored fd; its O_ASYNC mode stays."""
+    setup = py_hold("""
+import fcntl, socket
+rd, wr = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(wr); os.read(rd, 1); os._exit(0)
+a, b = socket.socketpair(); os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11)
+fcntl.fcntl(10, fcntl.F_SETOWN, pid)
+fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
+os.close(wr); os.waitpid(pid, 0); os.close(rd)
+""")
+    before, after = case.roundtrip(setup)
+    line = next(x for x in after.root.fds if x.startswith("10: "))
+    assert "async-owner=none sig=0" in line, line
+
+
+def test_process_group_owner_refused_unstopped(case):
+    """A process group as owner (F_SETOWN -pgid): process groups are not restored, refused before the stop."""
+    _refused_unstopped(case, py_hold("""
+import fcntl
+r, w = os.pipe(); os.dup2(r, 10); os.close(r)
+fcntl.fcntl(10, fcntl.F_SETOWN, -os.getpgrp())
+fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
+"""), r"process \d+ fd 10 \(pipe:\[\d+\]\): O_ASYNC with process group \d+ as its signal owner")
+
+
+# --- hostile images -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def base_image(tmp_path_factory):
+    """The image of SETUP's tree."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _root_fd(d, n: int) -> dict:
+    return next(f for f in d["processes"][0]["fds"] if f["fd"] == n)
+
+
+HOSTILE = {
+    # a host pid: restore would make the host's init the signal's target
+    "owner-a-host-pid": (lambda d: _root_fd(d, 10).update(async_owner=1),
+                         r"fd 10: its signal owner \(F_SETOWN\) 1, which is no process of the image"),
+    "owner-without-o-async": (lambda d: _root_fd(d, 11).update(async_owner=d["processes"][0]["pid"]),
+                              r"fd 11: 'async_owner', 'async_tid' and 'async_signal' are for an fd with O_ASYNC"),
+    "signal-out-of-range": (lambda d: _root_fd(d, 10).update(async_signal=65), r"fd 10.*async_signal"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_owner_refused(base_image, tmp_path, kind):
+    """An owner that is no process of the image, or owner fields on an fd without O_ASYNC, are
+    refused by the validator: exit 2, one line, nothing made."""
+    from test_hardening_hostile import _mutated, refused
+    mutate, pattern = HOSTILE[kind]
+    refused(_mutated(base_image, tmp_path, mutate), pattern, tmp_path)
+
+
+def test_base_image_has_the_owners(base_image):
+    """The dumped entries name the owners as processes of the image, the pipe's as a thread."""
+    d = enginecase.load_manifest(base_image)
+    pids = [p["pid"] for p in d["processes"]]
+    a, r = _root_fd(d, 10), _root_fd(d, 12)
+    assert a["async_owner"] in pids[1:] and a["async_signal"] == signal.SIGUSR1 and "async_tid" not in a, a
+    assert r["async_owner"] in pids[1:] and r["async_tid"] is True and "async_signal" not in r, r
