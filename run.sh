@@ -36,11 +36,12 @@ if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   # The servers among them (nginx, lighttpd, redis-server) run only inside scenarios: a policy-rc.d for the
   # install's time keeps their packages from starting them as the machine's services.
+  # Made with noclobber (O_EXCL: a file, or a symlink even dangling, already there is the admin's
+  # and stays as it is), and removed only when this run made it.
   policy=
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    policy=/usr/sbin/policy-rc.d
-    trap 'rm -f "$policy"' EXIT
-    printf '#!/bin/sh\nexit 101\n' > "$policy"; chmod 755 "$policy"
+  trap 'if [ -n "$policy" ]; then rm -f "$policy"; fi' EXIT
+  if (set -C; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d) 2>/dev/null; then
+    policy=/usr/sbin/policy-rc.d; chmod 755 "$policy"
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
