@@ -234,15 +234,14 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
 def _commit(commit, pid: int, pidfile: str | None, image_pid: int) -> None:
     """Let the tree live, then hear the root stand-in's last word (engine/lastword.py): it takes its
     last steps after the commit (until then it keeps the privilege to kill the whole tree), and a
-    failed one fails the restore all the same, with nothing left (no tree, no pid file)."""
-    why = None
+    failed one fails the restore all the same, with nothing left (no tree, no pid file). No word
+    (the root died, or was stopped for 60 s) fails it too: success is only what the root told."""
     try:
         commit.sendall(b"c")
         commit.settimeout(60)  # (a root stand-in stopped from outside must not hang the restore)
-        word = lastword.hear(commit)
-        why = lastword.explain(word) if word else None   # (none: killed from outside, the tree dies)
-    except OSError:
-        pass  # the root stand-in is gone already (killed from outside): nothing to keep alive
+        why = lastword.explain(lastword.hear(commit))   # (an empty word: it ended without telling)
+    except OSError as e:   # (gone before the commit, or silent for 60 s)
+        why = (e.errno or errno.EIO, f"it did not tell how its last steps went after the commit: {e.strerror or e}")
     _hang_up(commit)
     if why:
         pidfile_mod.kill_tree(pid)

@@ -281,3 +281,39 @@ def test_owner_child_holds_nothing_of_the_restorers():
     ids, gids, groups, fds = eval(got)   # noqa: S307  (our own child's repr)
     assert ids == (4242,) * 3 and gids == (userns.NOGROUP,) * 3 and groups == [], got
     assert w in fds and len(fds) <= 2, got
+
+
+@pytest.mark.parametrize("tells", ["ok", "nothing", "gone"])
+def test_commit_succeeds_only_on_the_root_word(tmp_path, monkeypatch, tells):
+    """After the commit, only the root's OK word makes a success: a root that ended without telling
+    (it died in its last steps) or was gone before the commit fails the restore, the tree killed
+    and no pid file left (both used to count as a success)."""
+    import _socket
+    import threading
+    from engine import lastword, restore
+    killed = []
+    monkeypatch.setattr(restore.pidfile_mod, "kill_tree", killed.append)
+    ours, root = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    pidfile = tmp_path / "pid"
+    pidfile.write_text("4242\n")
+
+    def the_root():   # (what standin._await_commit and _detach do on the lifeline)
+        if tells != "gone" and root.recv(1) == b"c" and tells == "ok":
+            root.sendall(lastword.OK)
+        root.close()
+
+    t = threading.Thread(target=the_root)
+    t.start()
+    if tells == "gone":
+        t.join()
+    try:
+        if tells == "ok":
+            restore._commit(ours, 4242, str(pidfile), 1)
+            assert killed == [] and pidfile.exists()
+            return
+        with pytest.raises(restore.RestoreError) as e:
+            restore._commit(ours, 4242, str(pidfile), 1)
+    finally:
+        t.join()
+    assert "process 1: " in str(e.value) and e.value.errno, e.value
+    assert killed == [4242] and not pidfile.exists()
