@@ -261,7 +261,7 @@ def _version(release: str) -> tuple[int, ...]:
 
 
 def _older_kernel_note(doc: dict, e: BaseException) -> str:
-    """'; the image was dumped on Linux X, this is Y' when restore failed the way a kernel lacking a
+    """' (the image was dumped on Linux X, this is Linux Y: ...)' when restore failed the way a kernel lacking a
     facility fails and the image comes from a newer kernel: the line then tells what to do (restore
     where it was dumped, or on a kernel at least as new)."""
     exc = e.exc if isinstance(e, forkrun.ChildError) else e
