@@ -673,10 +673,7 @@ def fs_ids_keeping_caps(uid: int, gid: int) -> None:
     namespace owns takes them only from ids it maps), keeping root's capabilities
     (SECBIT_NO_SETUID_FIXUP: the kernel would drop the file capabilities otherwise)."""
     _check(_libc.prctl(28, 0x4, 0, 0, 0), "prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP)")
-    _libc.setfsgid(gid)
-    _libc.setfsuid(uid)
-    if _libc.setfsuid(-1) != uid or _libc.setfsgid(-1) != gid:
-        raise OSError(errno.EPERM, f"setfsuid({uid})/setfsgid({gid}) did not take")
+    set_fs_ids(uid, gid)   # (checked there, ids above 2^31 too: setfs*id answers a signed int)
 
 
 class _CloneArgs(ctypes.Structure):

@@ -317,3 +317,27 @@ def test_commit_succeeds_only_on_the_root_word(tmp_path, monkeypatch, tells):
         t.join()
     assert "process 1: " in str(e.value) and e.value.errno, e.value
     assert killed == [4242] and not pidfile.exists()
+
+
+@pytest.mark.parametrize("uid", [1000, 4294967294])
+def test_fs_ids_keeping_caps_checks_like_set_fs_ids(uid):
+    """kernel.fs_ids_keeping_caps (files made as an image's owner) checks its ids as set_fs_ids
+    does: an id above 2^31 takes (setfs*id answers a signed int: compared unmasked it was refused)."""
+    _needs_root()
+    from engine import kernel
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            kernel.fs_ids_keeping_caps(uid, uid)
+            os.write(w, b"ok")
+        except OSError as e:
+            os.write(w, str(e).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        got = f.read()
+    os.waitpid(pid, 0)
+    assert got == b"ok", got
