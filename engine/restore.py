@@ -245,6 +245,10 @@ def _commit(commit, pid: int, pidfile: str | None, image_pid: int) -> None:
     _hang_up(commit)
     if why:
         pidfile_mod.kill_tree(pid)
+        try:   # (a root that died leaves its children to init, where kill_tree no longer finds them,
+            os.killpg(pid, signal.SIGKILL)   # but still in the tree's process group, the root's pid)
+        except OSError:
+            pass
         if pidfile:
             os.unlink(pidfile)
         raise RestoreError(why[0], f"process {image_pid}: {why[1]}")

@@ -293,6 +293,7 @@ def test_commit_succeeds_only_on_the_root_word(tmp_path, monkeypatch, tells):
     from engine import lastword, restore
     killed = []
     monkeypatch.setattr(restore.pidfile_mod, "kill_tree", killed.append)
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: killed.append(("group", pgid, sig)))
     ours, root = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     pidfile = tmp_path / "pid"
     pidfile.write_text("4242\n")
@@ -316,7 +317,7 @@ def test_commit_succeeds_only_on_the_root_word(tmp_path, monkeypatch, tells):
     finally:
         t.join()
     assert "process 1: " in str(e.value) and e.value.errno, e.value
-    assert killed == [4242] and not pidfile.exists()
+    assert killed == [4242, ("group", 4242, signal.SIGKILL)] and not pidfile.exists()
 
 
 @pytest.mark.parametrize("uid", [1000, 4294967294])
