@@ -432,8 +432,7 @@ def _name_ns_fds(procs: list[Proc]) -> None:
             line = p.fds[i] = _OWNER.sub(lambda m: f"async-owner={m[1]}:{named(int(m[2]))}", line)
             pidfd = _PIDFD.search(line)
             if pidfd is not None:
-                who = next((f"P{j}" for j, q in enumerate(procs) if q.pid == int(pidfd[1])), "outside")
-                p.fds[i] = line[:pidfd.start()] + f" pidfd={who}"
+                p.fds[i] = line[:pidfd.start()] + f" pidfd={named(int(pidfd[1]))}"
                 continue
             hit = _NSFD.match(line)
             if hit is None:
