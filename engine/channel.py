@@ -100,7 +100,12 @@ class Channel:
 def error_reply(e: OSError) -> tuple:
     """("error", text, errno) for an OSError a helper reports: the errno crosses the process
     boundary (a caller tells "this kernel lacks it" from "not there"), the text without "[Errno N]"."""
-    text = e.strerror if e.strerror and not e.filename else str(e)
+    if not e.strerror:
+        return ("error", str(e), e.errno)
+    # (str(e) would carry "[Errno N]", which the raised OSError adds again)
+    text = e.strerror if e.filename is None else f"{e.strerror}: {e.filename!r}"
+    if e.filename2 is not None:
+        text += f" -> {e.filename2!r}"
     return ("error", text, e.errno)
 
 

@@ -182,3 +182,19 @@ def test_helper_errors_keep_their_errno():
     with pytest.raises(OSError) as e:
         list(channel.fork_stream(fails))
     assert e.value.errno == errno.EOPNOTSUPP and e.value.strerror == "mount 3 (/m) on tmpfs: Operation not supported"
+
+
+def test_helper_errors_with_a_file_name_say_errno_once():
+    """An OSError with a file name (FileNotFoundError from os.open) keeps it in the text, with one
+    "[Errno N]" in str(): error_reply sent str(e), to which the raised OSError added its own."""
+    import errno
+
+    from engine import channel
+
+    def fails(chan):
+        os.open("/nonexistent-mntcr-review", os.O_RDONLY)
+
+    with pytest.raises(OSError) as e:
+        list(channel.fork_stream(fails))
+    assert e.value.errno == errno.ENOENT, e.value
+    assert str(e.value) == "[Errno 2] No such file or directory: '/nonexistent-mntcr-review'", str(e.value)
