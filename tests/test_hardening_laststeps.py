@@ -325,20 +325,5 @@ def test_fs_ids_keeping_caps_checks_like_set_fs_ids(uid):
     """kernel.fs_ids_keeping_caps (files made as an image's owner) checks its ids as set_fs_ids
     does: an id above 2^31 takes (setfs*id answers a signed int: compared unmasked it was refused)."""
     _needs_root()
-    from engine import kernel
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            kernel.fs_ids_keeping_caps(uid, uid)
-            os.write(w, b"ok")
-        except OSError as e:
-            os.write(w, str(e).encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        got = f.read()
-    os.waitpid(pid, 0)
-    assert got == b"ok", got
+    from engine import forkrun, kernel
+    forkrun.run(kernel.fs_ids_keeping_caps, uid, uid)   # (raises the child's OSError)
