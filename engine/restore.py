@@ -1935,7 +1935,7 @@ class _Restorer:
                     chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
                     why = lastword.explain(lastword.hear(chan.sock))
             except OSError as e:
-                why = (e.errno or errno.EIO, str(e))
+                why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
             if why:
                 raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
 
