@@ -42,6 +42,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
   trap 'if [ -n "$policy" ]; then rm -f "$policy"; fi' EXIT
   if (set -C; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d) 2>/dev/null; then
     policy=/usr/sbin/policy-rc.d; chmod 755 "$policy"
+  elif [ ! -e /usr/sbin/policy-rc.d ] && [ ! -L /usr/sbin/policy-rc.d ]; then
+    echo "run.sh: cannot make /usr/sbin/policy-rc.d (it keeps the servers installed from starting)" >&2; exit 1
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
