@@ -48,6 +48,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
+  # Their packages also enable them for the next boot (systemd): not the machine's services either.
+  # systemctl disable works without a running systemd (it removes the units' links).
+  if command -v systemctl >/dev/null; then
+    for s in nginx lighttpd redis-server; do
+      case " ${missing[*]} " in *" $s "*) systemctl disable --quiet "$s.service" 2>/dev/null || true ;; esac
+    done
+  fi
 fi
 python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "Running pip as the 'root' user" || true
 # An editable install leaves byte-compiling to the first import, which PYTHONDONTWRITEBYTECODE
