@@ -104,3 +104,35 @@ def test_a_dead_server_is_noticed_even_as_a_zombie(tmp_path):
         assert (r.returncode, r.stderr.strip()) == (125, "the item server in the VM is not running")
     finally:
         proc.wait()
+
+
+def test_a_server_dying_during_an_item_ends_the_job_at_once(server, tmp_path):
+    """The client gets EOF when the server dies mid-item (it held the status fifo's writing end),
+    instead of waiting out the job's timeout (up to ~25 minutes under TCG)."""
+    import time
+    rundir, pid = server
+    wd = tmp_path / "w"
+    wd.mkdir()
+    os.mkfifo(wd / item.SPEC_FILE)  # the item's child blocks opening its spec: a long item
+    out, err = open(tmp_path / "out", "w"), open(tmp_path / "err", "w")
+    client = subprocess.Popen(["sh", "-c", itemserver.client_script(rundir, str(wd))], stdout=out, stderr=err)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(n.startswith("done.") for n in os.listdir(rundir)) or client.poll() is not None:
+            assert client.poll() is None and time.monotonic() < deadline, open(tmp_path / "err").read()
+            time.sleep(0.05)
+        time.sleep(0.5)  # the request is being served: the child waits on its spec
+        assert client.poll() is None
+        os.kill(pid, signal.SIGKILL)
+        assert client.wait(timeout=20) == 125
+        assert open(tmp_path / "err").read().strip().splitlines()[-1] == \
+            "the item server in the VM died during the item"
+    finally:
+        if client.poll() is None:
+            client.kill()
+        # let the orphaned item child go: it reads a broken spec and exits
+        fd = os.open(wd / item.SPEC_FILE, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, b"x")
+        os.close(fd)
+        out.close()
+        err.close()

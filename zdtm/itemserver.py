@@ -49,7 +49,7 @@ def start_script(python: str, rundir: str) -> str:
 def client_script(rundir: str, workdir: str) -> str:
     """Shell text (an agent job) that has the server run the item in `workdir`; exits with its status.
 
-    Exit 125 with one line on stderr when no server is running.
+    Exit 125 with one line on stderr when no server is running, or when it dies during the item.
     """
     d, wd = shlex.quote(rundir), shlex.quote(workdir)
     # shell builtins where they do (each exec costs ~0.1 s under TCG)
@@ -59,7 +59,10 @@ def client_script(rundir: str, workdir: str) -> str:
             f"case \"$s\" in ''|Z) echo 'the item server in the VM is not running' >&2; exit 125 ;; esac\n"
             f"f={d}/done.$$; mkfifo \"$f\" || exit 125\n"
             f"echo \"$$ $f \"{wd} > {d}/{REQUESTS}\n"
-            f"read st < \"$f\"; rm -f \"$f\"; exit \"${{st:-125}}\"\n")
+            # EOF without a status: the server (which holds the writing end through the item) died
+            f"read st < \"$f\"; rm -f \"$f\"\n"
+            f"[ -n \"$st\" ] || {{ echo 'the item server in the VM died during the item' >&2; exit 125; }}\n"
+            f"exit \"$st\"\n")
 
 
 def _child(client_pid: str, workdir: str, keep_closed: list[int]) -> int:
@@ -80,11 +83,14 @@ def _child(client_pid: str, workdir: str, keep_closed: list[int]) -> int:
 def serve_one(line: str, keep_closed: list[int]) -> None:
     """Run the request `line` ("CLIENT_PID DONE_FIFO WORKDIR") in a child; its exit status into DONE_FIFO."""
     client_pid, done, workdir = line.split(" ", 2)
+    # Held through the item (the client opens its end right after its request): if this server
+    # dies, the client's read sees EOF at once instead of waiting out the job's timeout.
+    out = os.open(done, os.O_WRONLY)
     pid = os.fork()
     if pid == 0:
         code = 1
         try:
-            code = _child(client_pid, workdir, keep_closed)
+            code = _child(client_pid, workdir, [*keep_closed, out])
         except BaseException:  # noqa: BLE001 - the child must never return into the server's loop
             traceback.print_exc()
         finally:
@@ -95,7 +101,7 @@ def serve_one(line: str, keep_closed: list[int]) -> None:
                 os._exit(code)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
-    with open(done, "w") as f:  # the client waits for a writer: this open never blocks for long
+    with os.fdopen(out, "w") as f:
         f.write(f"{128 - code if code < 0 else code}\n")
 
 
