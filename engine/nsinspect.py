@@ -15,7 +15,8 @@ from engine.dumperror import DumpError
 
 
 
-def _parse_fdinfo(text: str) -> dict:
+def parse_fdinfo(text: str) -> dict:
+    """The fields of a /proc/PID/fdinfo/N text dump and its pre-stop check use: pos, flags, mnt_id, locks."""
     out: dict = {}
     for line in text.splitlines():
         key, _, value = line.partition(":")
@@ -122,7 +123,7 @@ def inspect_ns(ns_fd: int, pids: list[int], by_statmount: bool) -> dict:
                 try:
                     target = os.readlink(link, dir_fd=hostproc)
                     with os.fdopen(os.open(f"{pid}/fdinfo/{n}", os.O_RDONLY, dir_fd=hostproc)) as f:
-                        info = _parse_fdinfo(f.read())
+                        info = parse_fdinfo(f.read())
                     st = os.stat(link, dir_fd=hostproc)
                 except FileNotFoundError:
                     continue  # closed while we looked (the tree is stopped, so: a race with exit)

@@ -42,7 +42,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import deadpid, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules, userns_cr
+from engine import deadpid, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules, nsinspect, userns_cr
 from engine.fds import FdError
 
 
@@ -488,19 +488,19 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                 if kind is None:
                     raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
                                                     f"{fdkinds.describe(target)} fds are not supported")
-                flags = _fd_flags(pid, n)
-                if flags is None:
+                info = _fdinfo(pid, n)
+                if info is None:
                     complete = False
                     continue
                 try:
-                    fown.check_running(pidfd, int(n), flags, pids, f"process {pid} fd {n} ({target})")
+                    fown.check_running(pidfd, int(n), info["flags"], pids, f"process {pid} fd {n} ({target})")
                 except FdError:
                     raise
                 except OSError:
                     complete = False   # (closed meanwhile: dump tells later)
                     continue
                 if kind.precheck is None:
-                    _check_deleted(kind.name, pid, n, target, mode, view)
+                    _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
                     continue
                 used.add(kind.name)
                 d = DumpFd(pid=pid, fd=int(n), target=target, mode=mode, flags=0, pos=0, pidfd=pidfd,
@@ -515,7 +515,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     continue   # (closed or changed meanwhile, or unreadable now: dump tells later)
                 finally:
                     d.close()
-                _check_deleted(kind.name, pid, n, target, mode, view)
+                _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
         finally:
             os.close(pidfd)
     for kind_name in sorted(used):
@@ -525,28 +525,21 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
         mountrules.held_roots(view.mntns_doc, view.superblocks, scratch.get("held", ()), view.unsure)
 
 
-def _fd_flags(pid: int, n: str) -> int | None:
-    """The status flags fdinfo shows for fd `n` of `pid` (None: closed meanwhile)."""
+def _fdinfo(pid: int, n: str) -> dict | None:
+    """What fdinfo shows of fd `n` of `pid` (nsinspect.parse_fdinfo; None: closed meanwhile)."""
     try:
         with open(f"/proc/{pid}/fdinfo/{n}") as f:
-            for line in f:
-                if line.startswith("flags:"):
-                    return int(line.split()[1], 8)
+            info = nsinspect.parse_fdinfo(f.read())
     except OSError:
-        pass
-    return None
+        return None
+    return info if "flags" in info else None
 
 
-def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, view: View) -> None:
+def _check_deleted(kind: str, pid: int, n: str, target: str, mode: int, mnt: int | None, view: View) -> None:
     """Dump's rule for fd `n` of `pid` when it is a file or FIFO open under a deleted name, on the mount
-    its fdinfo names (not the deleted root of that mount itself, which the mount carries)."""
-    if kind not in ("file", "fifo") or not target.endswith(kernel.DELETED):
+    its fdinfo names (`mnt`; not the deleted root of that mount itself, which the mount carries)."""
+    if kind not in ("file", "fifo") or not target.endswith(kernel.DELETED) or mnt is None:
         return
-    try:
-        with open(f"/proc/{pid}/fdinfo/{n}") as f:
-            mnt = int(next(line.split()[1] for line in f if line.startswith("mnt_id:")))
-    except (OSError, StopIteration, ValueError):
-        return   # (closed meanwhile: dump tells, once the tree is stopped)
     if kind == "file" and deadpid.gone_pid_dir(target, view.mounts_by_id.get(mnt)):
         return   # (the fd kind reopens it: /proc/N of a process gone)
     _deleted_on(f"process {pid} fd {n} ({target})", target, mnt, mode, view)
