@@ -1459,7 +1459,7 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno, f"mount {cid} ({c['mountpoint']}): attaching it: {e.strerror}") from None
         self._moved.add(cid)
-        if self.filler is not None and not self.filler.done:
+        if self._filling_now():
             ns_id = self.ns_of_mount[cid]
             self.attached_in[ns_id] = self.attached_in.get(ns_id, 0) + 1
         if kept:
