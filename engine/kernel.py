@@ -629,6 +629,15 @@ def take_caps(caps: dict[str, int]) -> None:
     set_keep_caps(False)   # (userns_cr.become may have set it)
 
 
+def close_fds_except(keep) -> None:
+    """Close every fd of this process but those in `keep` (up to 2^20, the fd limit's ceiling)."""
+    low = 0
+    for n in sorted(set(keep)) + [1 << 20]:
+        if n > low:
+            os.closerange(low, n)
+        low = n + 1
+
+
 def set_keep_caps(on: bool) -> None:
     """prctl(PR_SET_KEEPCAPS): whether leaving root keeps the permitted set."""
     _check(_libc.prctl(ctypes.c_int(8), ctypes.c_ulong(1 if on else 0), 0, 0, 0), "prctl(PR_SET_KEEPCAPS)")

@@ -224,11 +224,7 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    low = 0
-    for n in sorted(keep | {report_fd}) + [1 << 20]:
-        if n > low:
-            os.closerange(low, n)
-        low = n + 1
+    kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
         if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps):   # (no return when it can)

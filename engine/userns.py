@@ -400,11 +400,7 @@ def become_owner(owner: int, nested: bool, keep: tuple[int, ...]) -> None:
     would: every fd but `keep` closed (the restorer's lifeline among them), and, unless `nested`
     (ids of a parent user namespace the image made), no group of root's (gid nogroup, no
     supplementary groups)."""
-    lo = 0
-    for n in sorted(keep) + [1 << 20]:
-        if n > lo:
-            os.closerange(lo, n)
-        lo = n + 1
+    kernel.close_fds_except(keep)
     if not nested:
         os.setgroups([])
         os.setresgid(NOGROUP, NOGROUP, NOGROUP)
