@@ -27,12 +27,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import mntlocks, mountinfo, sbowner, userns
+from engine import fown, mntlocks, mountinfo, sbowner, userns
 from zdtm import fdkinds, holder
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
 OWNED_NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
-_O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
 _O_TMPFILE = 0o20000000   # __O_TMPFILE
 _TMPFILE = re.compile(r"^(.*/)#\d+ \(deleted\)$")
@@ -340,7 +339,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
-            if flags & _O_ASYNC:   # (who gets its signal, and which: engine/fown.py)
+            if flags & fown.O_ASYNC:   # (who gets its signal, and which: engine/fown.py)
                 extra = f"{extra} {fdkinds.async_owner(pid, int(fd))}".strip()
             if path.endswith(kernel.DELETED):
                 # An open-time flag only: a file reopened through its /proc/self/fd link (a deleted
