@@ -82,18 +82,24 @@ def _comm(pid: int) -> str:
 
 
 def wait_stopped(pids, timeout: float = 5.0) -> None:
-    """Wait (up to `timeout` seconds in all) until each of `pids` is stopped (or gone)."""
+    """Wait (up to `timeout` seconds in all) until each of `pids` is stopped (or gone), every
+    thread of it: threads are read once the tree is stopped (engine/threads.py)."""
     deadline = time.monotonic() + timeout
     for pid in pids:
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
-                    state = f.read().rsplit(")", 1)[1].split()[0]
-            except OSError:
-                break
-            if state in ("T", "t", "Z", "X"):
-                break
-            time.sleep(0.002)
+        try:
+            tasks = [f"{pid}/task/{t}" for t in os.listdir(f"/proc/{pid}/task")]
+        except OSError:
+            continue
+        for task in tasks:
+            while time.monotonic() < deadline:
+                try:
+                    with open(f"/proc/{task}/stat", errors="surrogateescape") as f:
+                        state = f.read().rsplit(")", 1)[1].split()[0]
+                except OSError:
+                    break
+                if state in ("T", "t", "Z", "X"):
+                    break
+                time.sleep(0.002)
 
 
 def state(pid: int) -> str:

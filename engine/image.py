@@ -28,6 +28,7 @@ MANIFEST = "mntcr.json"
 MAX_MOUNTS = 500_000
 MAX_PROCESSES = 100_000
 MAX_FDS = 1_000_000
+MAX_THREADS = 1 << 16   # of one process, its leader aside (engine/threads.py refuses more at dump)
 MAX_MANIFEST_BYTES = 128 << 20
 MAX_PATH = 4096
 

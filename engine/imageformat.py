@@ -44,8 +44,8 @@ import re
 from collections.abc import Callable
 from engine import records
 
-from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, NS_KINDS, USERNS_LIMITS, VERSION,
-                          ImageError, check_abs_path, is_beneath)
+from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS, NS_KINDS, USERNS_LIMITS,
+                          VERSION, ImageError, check_abs_path, is_beneath)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -557,6 +557,12 @@ LOCK = Record("file lock", {
     "gone": F(BOOL, required=False),
 })
 
+# A thread of the process but its leader (engine/threads.py): made again with the process's state,
+# named as it was (tids are not restored).
+THREAD = Record("thread", {
+    "comm": F(STR, rule=comm_rule),
+})
+
 PROCESS = Record("process", {
     "pid": F(INT, rule=rng(1, MAX_PID)),
     "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
@@ -584,6 +590,7 @@ PROCESS = Record("process", {
     "comm": F(STR, required=False, rule=comm_rule),
     "locks": F(LIST, required=False, rule=list_of(record(LOCK), MAX_FDS, DICT)),
     "caps": F(DICT, required=False, rule=_caps_rule),        # {inh, prm, eff, bnd, amb}: capability bit masks
+    "threads": F(LIST, required=False, rule=list_of(record(THREAD), MAX_THREADS, DICT)),
 })
 
 MOUNT = Record("mount", {
@@ -915,13 +922,16 @@ def _check_counts(doc: dict) -> None:
         total += len(ns["mounts"])
     if total > MAX_MOUNTS:
         _fail(f"{total} mounts is absurd (at most {MAX_MOUNTS})")
-    nfds = 0
+    nfds = nthreads = 0
     for i, p in enumerate(procs):
-        if type(p) is not dict or type(p.get("fds")) is not list:
+        if type(p) is not dict or type(p.get("fds")) is not list or type(p.get("threads", [])) is not list:
             check_record(PROCESS, p, f"process #{i}")
         nfds += len(p["fds"])
+        nthreads += len(p.get("threads", ()))
     if nfds > MAX_FDS:
         _fail(f"{nfds} fds is absurd (at most {MAX_FDS})")
+    if nthreads + len(procs) > MAX_PID:   # (each thread has a pid of the host's)
+        _fail(f"{nthreads} threads is absurd (at most {MAX_PID - len(procs)})")
     for key, hi in (("superblocks", MAX_MOUNTS), ("pidns", MAX_PROCESSES), ("detached", MAX_FDS),
                     ("ghosts", MAX_FDS + MAX_MOUNTS),
                     ("hostnames", MAX_PROCESSES), ("files", MAX_ARCHIVES)):

@@ -1,5 +1,6 @@
 """A stand-in's last word: how the steps it takes once detached went (its executable, ids and
-capabilities: engine/mappings.py `become_exe`, or the same in Python), told to the restore.
+capabilities, then its threads: engine/mappings.py `become_exe`, or the same in Python), told to
+the restore.
 
 Those steps come after its channel's last answer, some in machine code once the interpreter is
 unmapped, and each can fail (a file the kernel will not take as an executable, ids its user
@@ -29,10 +30,12 @@ ENTRY = struct.Struct("=QQQQQQQQQ")   # nr, a0..a5, check (0 none, 1 -errno, 2 =
 
 # How a step of the program is named (x86-64 syscall numbers; prctl by its option), from its args.
 _NAMES = {3: lambda a: "close", 11: lambda a: "munmap (of the interpreter's executable)",
+          56: lambda a: "clone (making a thread)",
           116: lambda a: f"setgroups ({a[0]} groups)", 117: lambda a: f"setresuid({a[0]}, {a[1]}, {a[2]})",
           119: lambda a: f"setresgid({a[0]}, {a[1]}, {a[2]})", 122: lambda a: "setfsuid", 123: lambda a: "setfsgid",
           126: lambda a: "capset", 157: lambda a: _PRCTL.get(a[0], lambda a: f"prctl({a[0]})")(a)}
 _PRCTL = {4: lambda a: f"prctl(PR_SET_DUMPABLE, {a[1]})", 8: lambda a: f"prctl(PR_SET_KEEPCAPS, {a[1]})",
+          15: lambda a: "prctl(PR_SET_NAME) (a thread's name, or its own)",
           35: lambda a: "prctl(PR_SET_MM_MAP) making its executable",
           47: lambda a: f"prctl(PR_CAP_AMBIENT_RAISE, {a[2]})"}
 

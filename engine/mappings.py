@@ -28,7 +28,7 @@ import ctypes
 import mmap
 import os
 
-from engine import kernel, lastword
+from engine import kernel, lastword, threads as threadsteps
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -174,25 +174,28 @@ _SELF = _interpreter()
 # x86-64 code that runs a program of system calls and tells how it went (engine/lastword.py): rdi ->
 # [n, report fd, &status (16 zero bytes), n entries of lastword.ENTRY (nr, a0..a5, check, expect)];
 # each call is checked (1: an answer -4095..-1 is an error; 2: the answer must be `expect`, as
-# setfsuid(-1) answers the fs id kept); the first that fails writes (its index from 1, the answer)
-# and its entry on the report fd; else the 16 zero bytes go. Then close(report fd) and pause() for
-# ever. (Made with `as`; the source is in the comments.)
+# setfsuid(-1) answers the fs id kept; 3: clone, whose new thread, answered 0, parks at once:
+# engine/threads.py); the first that fails writes (its index from 1, the answer) and its entry on
+# the report fd; else the 16 zero bytes go. Then close(report fd) and pause() for ever. (Made with
+# `as`; the source is in the comments.)
 _BLOB = bytes.fromhex(
     "4989fc" "4d8b2c24" "4d8d742418" "4531ff"                 # r12 = args; r13 = n; r14 = entry; r15 = 0
-    "4d39ef" "0f8380000000"                                  # next: cmp r15, r13; jae done
+    "4d39ef" "0f8395000000"                                  # next: cmp r15, r13; jae done
     "498b06" "498b7e08" "498b7610" "498b5618"                # rax, rdi, rsi, rdx = nr, a0, a1, a2
     "4d8b5620" "4d8b4628" "4d8b4e30" "0f05"                  # r10, r8, r9 = a3, a4, a5; syscall
     "498b4e38" "4883f901" "750a"                             # rcx = check; cmp rcx, 1; jne same
-    "483d01f0ffff" "7317" "eb0c"                             # cmp rax, -4095; jae fail; jmp step
-    "4883f902" "7506" "493b4640" "7509"                      # same: cmp rcx, 2; jne step; cmp rax, expect; jne fail
-    "4983c648" "49ffc7" "ebb1"                               # step: r14 += 72; r15++; jmp next
+    "483d01f0ffff" "732c" "eb21"                             # cmp rax, -4095; jae fail; jmp step
+    "4883f902" "7508" "493b4640" "751e" "eb13"               # same: cmp rcx, 2; jne clone; cmp rax, expect; jne fail; jmp step
+    "4883f903" "750d" "4885c0" "746d"                        # clone: cmp rcx, 3; jne step; test rax, rax; jz hold
+    "483d01f0ffff" "7309"                                    # cmp rax, -4095; jae fail
+    "4983c648" "49ffc7" "eb9c"                               # step: r14 += 72; r15++; jmp next
     "498b5c2410" "498d4f01" "48890b" "48894308"              # fail: rbx = &status; [rbx] = r15 + 1; [rbx+8] = rax
     "498b7c2408" "4889de" "ba10000000" "b801000000" "0f05"   # write(report, status, 16)
     "498b7c2408" "4c89f6" "ba48000000" "b801000000" "0f05"   # write(report, entry, 72)
     "eb16"                                                   # jmp close
     "498b7c2408" "498b742410" "ba10000000" "b801000000" "0f05"  # done: write(report, status (zeros), 16)
     "498b7c2408" "b803000000" "0f05"                         # close: close(report)
-    "b822000000" "0f05" "ebf7")                              # hold: pause(); jmp hold
+    "b822000000" "0f05" "ebf7")                              # hold: pause(); jmp hold                              # hold: pause(); jmp hold
 
 
 def _may_set_exe() -> bool:
@@ -212,7 +215,8 @@ def can_become_exe() -> bool:
     return _SELF is not None and _may_set_exe()
 
 
-def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None, keep: list) -> list[tuple]:
+def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None, keep: list,
+             threads: list[str] = ()) -> list[tuple]:
     """The system calls of become_exe as lastword.ENTRY tuples; `keep` holds the buffers they point at.
 
     Unmap the interpreter's executable (the kernel refuses a new exe while the old one is mapped),
@@ -221,7 +225,8 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     setfsgid, setresuid, setfsuid (the ids a stand-in takes last: prctl needs the privilege they
     drop; userns_cr.become says why in this order; each fs id asked again, as setfs*id answers
     the old one), PR_SET_DUMPABLE (changing ids cleared it); with `caps`: capset (last: everything
-    before needs them) and an ambient raise a bit; PR_SET_KEEPCAPS 0."""
+    before needs them) and an ambient raise a bit; PR_SET_KEEPCAPS 0; then a thread named each of
+    `threads` (engine/threads.py `steps`: made last, each holds the ids and capabilities taken)."""
     prog = [(11, a, n, 0, 0, 0, 0, 1, 0) for a, n in regions]
     prog.append((157, 35, 14, ctypes.addressof(mm_buf), len(mm_buf.raw), 0, 0, 1, 0))
     prog.append((3, exe_fd, 0, 0, 0, 0, 0, 0, 0))
@@ -244,13 +249,17 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
         prog.append((126, ctypes.addressof(head), ctypes.addressof(body), 0, 0, 0, 0, 1, 0))
         prog += [(157, 47, 2, c, 0, 0, 0, 1, 0) for c in range(64) if caps["amb"] >> c & 1]
     prog.append((157, 8, 0, 0, 0, 0, 0, 1, 0))
+    if threads:
+        prog += threadsteps.steps(list(threads), threadsteps.own_name(), keep)
     return prog
 
 
-def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict | None = None) -> bool:
+def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict | None = None,
+               threads: list[str] = ()) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe, then take `ids` (uids,
     gids: real, effective, saved[, fs]; groups; dumpable; whether to keep the permitted set for
-    `caps`) when given, then `caps` (as kernel.take_caps) when given, tell how it went on
+    `caps`) when given, then `caps` (as kernel.take_caps) when given, then make a thread named
+    each of `threads` (engine/threads.py), tell how it went on
     `report_fd` (engine/lastword.py: the first step that failed, which ends the steps) and pause
     for good (never returns). False (nothing done) where this cannot be done: not x86-64, or no
     layout known."""
@@ -267,7 +276,7 @@ def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict
                      field(48), field(49), field(50), field(51), 0, 0, exe_fd)
     mm_buf = ctypes.create_string_buffer(mm, len(mm))
     keep: list = []
-    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep)
+    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep, threads)
     status = ctypes.create_string_buffer(16)
     mask = (1 << 64) - 1
     args = struct.pack("=QQQ", len(prog), report_fd, ctypes.addressof(status)) \

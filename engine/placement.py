@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules
+from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, threads
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -32,7 +32,7 @@ def unplaced_of(p: dict):
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
               map_unplaced: list) -> list[dict]:
-    """The image's process entries: namespaces, root, cwd, fds (each by its kind) and mapped files.
+    """The image's process entries: namespaces, threads, root, cwd, fds (each by its kind) and mapped files.
     fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only; mappings on
     detached mounts are added to `map_unplaced` (_place_maps)."""
     procs_doc = []
@@ -48,6 +48,12 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "comm": kernel.read_comm(pid),
             "caps": kernel.read_caps(pid),
         }
+        try:
+            entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)
+        except threads.ThreadError as e:
+            raise DumpError(e.errno, e.strerror) from None
+        if not entry["threads"]:
+            del entry["threads"]
         for key in ("root", "cwd"):
             entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)
         for f in pdata["fds"]:

@@ -29,7 +29,9 @@ tree already shows is checked here first, with the line dump would give:
   fanotify events waiting); each file mapped under a deleted name (engine/mountrules.py
   `deleted_mapping`, asked by dump again);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
-  a lock, a write lease, a flock lock whose taker is alive outside the tree).
+  a lock, a write lease, a flock lock whose taker is alive outside the tree);
+- threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
+  capabilities other than their process's; checked again once the tree is stopped).
 
 Everything here only reads. Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
@@ -42,7 +44,8 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import deadpid, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules, nsinspect, userns_cr
+from engine import (deadpid, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
+                    nsinspect, threads, userns_cr)
 from engine.fds import FdError
 
 
@@ -157,7 +160,9 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_ghost_names(view)
         _check_fds(pids, view, leave_running, set(ext_files))
         filelocks.precheck(pids)
-    except (fs.FsError, userns_cr.UsernsError, FdError) as e:
+        for pid in pids:
+            threads.check(pid)
+    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
 

@@ -1930,7 +1930,8 @@ class _Restorer:
             chan = self.chans[p["pid"]]
             why = None
             try:
-                chan.call(("detach", p.get("comm"), p.get("caps")), [lifeline] if p is procs[0] else [])
+                chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()]),
+                          [lifeline] if p is procs[0] else [])
                 if p is not procs[0]:
                     chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
                     why = lastword.explain(lastword.hear(chan.sock))

@@ -15,8 +15,8 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   become   join its user namespace and take its ids there (engine/userns_cr.py)
   locks    take the process's file locks on its installed fds (engine/filelocks.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
-  detach   drop every other fd, take the last steps (executable, ids, capabilities), tell how
-           they went (engine/lastword.py) and sleep until killed
+  detach   drop every other fd, take the last steps (executable, ids, capabilities, then its
+           threads: engine/threads.py), tell how they went (engine/lastword.py) and sleep until killed
 
 If the restorer dies, the channel closes and every stand-in exits (and
 PDEATHSIG covers a stand-in blocked elsewhere), so a killed restore leaves no
@@ -40,7 +40,7 @@ import os
 import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
-from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, userns_cr  # imported before a stand-in chroots
+from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, threads as threadsteps, userns_cr  # imported before a stand-in chroots
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -218,21 +218,23 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
-            caps: dict | None = None) -> None:
+            caps: dict | None = None, threads: list[str] = ()) -> None:
     """Close every fd but `keep` and `report_fd`; become the executable, take the ids and the
-    capabilities; tell how that went on `report_fd` (engine/lastword.py) and sleep until killed.
+    capabilities, then make the threads (named `threads`: made last, they copy what we took);
+    tell how that went on `report_fd` (engine/lastword.py) and sleep until killed.
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
-        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps):   # (no return when it can)
+        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads):   # (no return when it can)
             os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
         if caps is not None:
             kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
+        threadsteps.start(threads)
     except OSError as e:
         word = lastword.failed(e)
     try:
@@ -396,11 +398,12 @@ class _Server:
 
     def op_detach(self, msg, fds):
         """Become the process (its name, bounding set): answer, wait for the commit (the root
-        stand-in), close the rest, take the last steps and tell how they went (_detach): a non-root
-        stand-in on its channel, the root on the lifeline."""
+        stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
+        tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
         if len(msg) > 1 and msg[1] is not None:
             kernel.set_comm(msg[1])
         caps = msg[2] if len(msg) > 2 else None
+        threads = msg[3] if len(msg) > 3 else ()
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
             kernel.caps_before_bounding(caps)
@@ -411,5 +414,5 @@ class _Server:
         report = fds[0] if fds else self.chan.fileno()
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0])
-        _detach(self.installed, report, self.exe_fd, self.ids, caps)
+        _detach(self.installed, report, self.exe_fd, self.ids, caps, threads)
         return None

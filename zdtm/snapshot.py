@@ -170,10 +170,12 @@ class Proc:
     idmaps: dict = field(default_factory=dict)      # mount label -> idmap of an idmapped mount
     # mount label -> the user namespace owning its superblock, when not the runner's (engine/sbowner.py)
     sb_owners: dict = field(default_factory=dict)
+    threads: list = field(default_factory=list)     # the names of its threads but the leader, sorted
 
     def text(self) -> str:
         """The compared text of this process."""
-        out = [f"comm: {self.comm!r}", "mounts:"] + ["  " + line for line in self.tree_text.splitlines()]
+        out = [f"comm: {self.comm!r}", f"threads: {len(self.threads)} {self.threads!r}", "mounts:"]
+        out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
         out += [f"idmap {label}: {idmap}" for label, idmap in sorted(self.idmaps.items())]
         out += [f"sb owner {label}: {owner}" for label, owner in sorted(self.sb_owners.items())]
@@ -325,6 +327,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     lock_cache = {} if lock_cache is None else lock_cache
     try:
         comm = kernel.read_comm(pid)
+        threads = _threads(pid)
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
         proc_mounts = {m.mnt_id: m for m in mounts if m.fstype == "proc"}
@@ -365,7 +368,20 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
-                fds=fds, ns=ns, maps=maps, **user_side)
+                fds=fds, ns=ns, maps=maps, threads=threads, **user_side)
+
+
+def _threads(pid: int) -> list[str]:
+    """The sorted names of `pid`'s threads but its leader (tids are not restored: never compared)."""
+    from engine import kernel
+    out = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        if tid != str(pid):
+            try:
+                out.append(kernel.read_comm(f"{pid}/task/{tid}"))
+            except FileNotFoundError:
+                continue   # (it exited while we looked)
+    return sorted(out)
 
 
 # --- the whole tree ---------------------------------------------------------------
