@@ -4,8 +4,8 @@ nginx sets O_ASYNC (FIOASYNC) and F_SETOWN on its channels. The owner and the si
 open file description, not to the fd, and /proc shows neither: dump reads them on a copy of the
 fd (pidfd_getfd) as fcntl F_GETOWN_EX / F_GETSIG give them in the dumper's pid namespace, where the
 image names processes. An owner is kept as a process of the tree (F_OWNER_PID, or F_OWNER_TID of
-a process's main thread, the one thread a stand-in has); a process group (F_OWNER_PGRP), another
-thread or a process outside the tree is refused before the stop (an owner that exited is none:
+a process's main thread: a stand-in's other threads are made last, after the owner is set); a
+process group (F_OWNER_PGRP), another thread or a process outside the tree is refused before the stop (an owner that exited is none:
 F_GETOWN_EX names no owner without a task). Restore sets the owner on the
 stand-in of that process (its pid as the restorer sees it) after the signal and O_ASYNC: F_SETFL
 calls the file's fasync hook only when the flag changes (open(2) sets the bit without it), which is

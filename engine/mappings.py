@@ -17,7 +17,7 @@ mapped like the others, and on x86-64 a stand-in makes it its own
 anonymous page unmap the interpreter's executable (the kernel refuses a new
 exe while the old one is mapped) and call prctl(PR_SET_MM, PR_SET_MM_MAP)
 with the exe fd (CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN), take the process's ids and
-capabilities, tell the restore how each step went (engine/lastword.py: a failed one is a failed
+capabilities, make its threads (engine/threads.py), tell the restore how each step went (engine/lastword.py: a failed one is a failed
 restore, never a process left with the restorer's identity) and pause for good: from then on no
 Python runs in it. Elsewhere it stays its interpreter.
 """
