@@ -899,3 +899,17 @@ def test_process_name_the_stand_in_cannot_take_is_refused(base_image, tmp_path, 
     over the kernel's 15 bytes (it would be cut), is refused before anything runs."""
     img = _mutated(base_image, tmp_path, lambda d: d["processes"][0].__setitem__("comm", comm))
     refused(img, r"comm.*at most 15 bytes", tmp_path)
+
+
+@pytest.mark.parametrize("threads, why", [
+    ([{"comm": "\u00f6" * 8}], r"threads\[0\]\.comm.*at most 15 bytes"),
+    ([{"comm": "a\0b"}], r"threads\[0\]\.comm.*without NUL"),
+    ([{"comm": "t", "tid": 5}], r"threads\[0\].*unknown field 'tid'"),
+    ({"comm": "t"}, r"threads.*must be a list"),
+    ([{"comm": "t"}] * (1 << 16 | 1), r"threads.*at most 65536"),
+])
+def test_threads_restore_cannot_make_are_refused(base_image, tmp_path, threads, why):
+    """A process's threads (engine/threads.py): a name the stand-in cannot take, a field restore
+    does not know, or more threads than a process keeps are refused before anything runs."""
+    img = _mutated(base_image, tmp_path, lambda d: d["processes"][0].__setitem__("threads", threads))
+    refused(img, why, tmp_path)
