@@ -4,7 +4,8 @@ Per process: the canonical mount tree of its mount namespace as it sees it
 (/proc/PID/mountinfo, relative to its root), its fd table (number, flags,
 offset, path, mount by canonical label or ``detached``, and per kind what the
 fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
-see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label). Which fds are one
+see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
+its name and the number and sorted names of its other threads (tids are not compared). Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), peer groups that span
 several mount namespaces, and the output of the scenario's `check` script run
