@@ -17,6 +17,7 @@ import pytest
 
 from engine import imageformat, kernel, lastword, threads
 from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from test_hardening_laststeps import _last_word
 from zdtm.snapshot import tree_pids
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -33,25 +34,10 @@ def _tasks(pid: int) -> list[dict]:
 
 def _last_steps(fn) -> tuple[bytes, list[dict]]:
     """Run `fn(report_fd)` (a stand-in's last steps) in a forked child; (its last word, its threads
-    as _tasks reads them once it told); the child is killed."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            fn(w)
-        finally:
-            os._exit(3)
-    os.close(w)
-    word = b""
-    try:
-        while chunk := os.read(r, 4096):
-            word += chunk
-        return word, _tasks(pid)
-    finally:
-        os.close(r)
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    as _tasks reads them once it told)."""
+    tasks: list[dict] = []
+    word = _last_word(fn, look=lambda pid: tasks.extend(_tasks(pid)))
+    return word, tasks
 
 
 def _needs_root():

@@ -61,9 +61,10 @@ def test_executable_the_kernel_refuses_fails_the_restore(base_image, tmp_path, w
     refused(img, r"process \d+: prctl\(PR_SET_MM_MAP\) making its executable: Permission denied", tmp_path)
 
 
-def _last_word(fn, seen: dict | None = None) -> bytes:
+def _last_word(fn, seen: dict | None = None, look=None) -> bytes:
     """Run `fn(report_fd)` in a forked child (a stand-in's last steps); what it told, once it closed
-    the report fd; the child, which then pauses for good, is killed (its ids noted in `seen` first)."""
+    the report fd; the child, which then pauses for good, is killed (its ids noted in `seen` first,
+    and `look(pid)` called)."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -79,11 +80,15 @@ def _last_word(fn, seen: dict | None = None) -> bytes:
             out += chunk
     finally:
         os.close(r)
-        if seen is not None:
-            with open(f"/proc/{pid}/status") as f:
-                seen.update(line.split(":", 1) for line in f if line.startswith(("Uid:", "Gid:")))
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        try:
+            if seen is not None:
+                with open(f"/proc/{pid}/status") as f:
+                    seen.update(line.split(":", 1) for line in f if line.startswith(("Uid:", "Gid:")))
+            if look is not None:
+                look(pid)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
     return out
 
 
