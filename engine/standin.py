@@ -40,7 +40,8 @@ import os
 import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
-from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, threads as threadsteps, userns_cr  # imported before a stand-in chroots
+# (imported before a stand-in chroots)
+from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, threads as threadsteps, userns_cr
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -228,7 +229,8 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
-        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads):   # (no return when it can)
+        # (become_exe does not return when it can)
+        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads):
             os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
