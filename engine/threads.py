@@ -11,8 +11,8 @@ makes it, and takes its own back at the end. In machine code (engine/mappings.py
 thread is a clone step whose new thread parks at once; in Python (elsewhere) a thread blocked on
 a lock for good. Either way the steps are told through engine/lastword.py like the others.
 
-What a thread holds apart from its leader, a restored one would lose: its own fs (a root,
-working directory or umask of its own after unshare(CLONE_FS)), its own namespaces (setns or
+What a thread holds apart from its leader, a restored one would lose: its own fs (a root or
+working directory of its own after unshare(CLONE_FS)), its own namespaces (setns or
 unshare in one thread), other ids or capabilities (raw per-thread setresuid, capset). Those are
 refused before the tree is stopped (engine/prestop.py) and again once it is (a thread made
 in between is recorded or refused like the others).
@@ -31,10 +31,11 @@ from engine.image import MAX_THREADS
 
 # Lines of /proc/PID/task/TID/status that a thread keeps of its own and restore gives it from the
 # process, with how a refusal names them.
-_STATUS = {"Umask": "umask", "Uid": "uids", "Gid": "gids", "Groups": "supplementary groups",
+# (Not the umask nor no_new_privs: restore keeps neither for a process, so not for a thread either.)
+_STATUS = {"Uid": "uids", "Gid": "gids", "Groups": "supplementary groups",
            "CapInh": "inheritable capabilities", "CapPrm": "permitted capabilities",
            "CapEff": "effective capabilities", "CapBnd": "capability bounding set",
-           "CapAmb": "ambient capabilities", "NoNewPrivs": "no_new_privs flag"}
+           "CapAmb": "ambient capabilities"}
 _PLACES = {"root": "root directory", "cwd": "working directory"}
 
 

@@ -130,7 +130,6 @@ def test_the_image_bounds_threads_and_their_names():
 # What a thread does to hold a state of its own: (how, what the refusal names).
 OWN = {
     "cwd": ("unshare(0x200); os.chdir('/tmp')", r"its own working directory \(/tmp on mount \d+"),
-    "umask": ("unshare(0x200); os.umask(0o077)", r"its own umask \(0077"),
     "mntns": ("unshare(0x20000)", r"its own mnt namespace \(mnt:\[\d+\]"),
     "netns": ("unshare(0x40000000)", r"its own net namespace \(net:\[\d+\]"),
     "uid": ("setresuid(1000)", r"its own uids \(1000 1000 1000 1000; the process's: 0 0 0 0\)"),
