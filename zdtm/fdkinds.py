@@ -93,13 +93,16 @@ def _fanotify(pid: int, fd: int) -> str:
     return f"flags={group[1] if group else '?'} event-flags={group[2] if group else '?'} marks=" + ",".join(sorted(marks))
 
 
-def async_owner(pid: int, fd: int) -> str:
-    """The signal owner and signal of fd `fd` of `pid` (one in O_ASYNC mode): "async-owner=pid:N sig=S", N a
-    host pid (zdtm/snapshot.py names its process)."""
+def async_owner(pid: int, fd: int, flags: int) -> str:
+    """The signal owner and signal of fd `fd` of `pid` (status `flags`): "async-owner=pid:N sig=S", N a
+    host pid (zdtm/snapshot.py names its process); '' for none, no signal and no O_ASYNC."""
     from engine import fown
-    c = _copy(pid, fd)
     try:
-        return fown.owner_text(c)
+        c = _copy(pid, fd)
+    except OSError as e:
+        return f"async-owner=unreadable ({type(e).__name__})"
+    try:
+        return fown.owner_text(c, flags)
     finally:
         os.close(c)
 

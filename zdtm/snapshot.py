@@ -27,7 +27,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import fown, mntlocks, mountinfo, sbowner, userns
+from engine import mntlocks, mountinfo, sbowner, userns
 from zdtm import fdkinds, holder
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
@@ -339,8 +339,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
-            if flags & fown.O_ASYNC:   # (who gets its signal, and which: engine/fown.py)
-                extra = f"{extra} {fdkinds.async_owner(pid, int(fd))}".strip()
+            # (who gets its signals, and which: engine/fown.py; with or without O_ASYNC)
+            extra = f"{extra} {fdkinds.async_owner(pid, int(fd), flags)}".strip()
             if path.endswith(kernel.DELETED):
                 # An open-time flag only: a file reopened through its /proc/self/fd link (a deleted
                 # one, at restore) cannot take it (engine/restore.py _open_ghost).
@@ -420,7 +420,7 @@ _OWNER = re.compile(r"\basync-owner=(tid|pid|pgrp|\d+):(\d+)")
 def _name_ns_fds(procs: list[Proc]) -> None:
     """An fd on a namespace ("net:[4026532181]") names it by the first process of the tree in it
     ("net:[P1]"; "net:[outside]" when none is): the inode number changes across C/R. So does a
-    pidfd's process ("pidfd=P2") and the signal owner of an fd in O_ASYNC mode ("async-owner=pid:P0")."""
+    pidfd's process ("pidfd=P2") and the signal owner of an fd ("async-owner=pid:P0")."""
     from engine import kernel
 
     def named(pid: int) -> str:
