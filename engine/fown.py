@@ -25,6 +25,7 @@ import fcntl
 import os
 
 O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
+O_PATH = getattr(os, "O_PATH", 0o10000000)
 F_SETSIG, F_GETSIG = 10, 11
 F_SETOWN_EX, F_GETOWN_EX = 15, 16
 F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
@@ -47,6 +48,8 @@ def _fcntl_ptr(fd: int, cmd: int, arg: _OwnerEx) -> None:
 
 def read(fd: int) -> tuple[int, int, int]:
     """(owner type, owner id in our pid namespace (0: none), signal (0: SIGIO)) of our fd `fd`."""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & O_PATH:
+        return F_OWNER_PID, 0, 0   # (fcntl refuses both on an O_PATH description, which has neither)
     own = _OwnerEx()
     _fcntl_ptr(fd, F_GETOWN_EX, own)
     return own.type, own.pid, fcntl.fcntl(fd, F_GETSIG)
