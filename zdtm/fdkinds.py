@@ -62,6 +62,11 @@ def _socket(c: int) -> str:
             out += f" name={s.getsockname()!r} listening={listening} connected={peer is not None}"
             if not listening:
                 out += f" inq={_inq(c)}"
+            else:   # (what its clients see of the server: the pid is named by zdtm/snapshot.py)
+                from engine.fds import unix_bind
+                pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                groups = ",".join(str(g) for g in unix_bind.listener_groups(s)) or "-"
+                out += f" peercred=pid:{pid} ids={uid & 0xffffffff}:{gid & 0xffffffff} groups={groups}"
         elif fam == socket.AF_NETLINK:
             # (protocol, port id, groups, peer: a restore binds the same port id again)
             raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS

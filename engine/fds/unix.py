@@ -172,9 +172,13 @@ def _as_listener(k: Sock) -> dict:
     """A listening socket: its backlog, and the connections waiting to be accepted."""
     out = k.out
     out["listen"] = max(k.rec.get("wqueue", 128), 1)
-    # Who listened (what SO_PEERCRED shows its clients, and dbus checks): restore listens as them.
-    _, uid, gid = struct.unpack("3i", k.s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    # Who listened (what SO_PEERCRED and SO_PEERGROUPS show its clients, and dbus checks): restore
+    # listens as them. The kernel keeps them on the listener itself, where both options read them.
+    pid, uid, gid = struct.unpack("3i", k.s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     out["cred"] = [uid & 0xffffffff, gid & 0xffffffff]
+    out["cred_groups"] = unix_bind.listener_groups(k.s)
+    if pid not in (k.d.scratch.get("pids") or ()):
+        out["cred_gone"] = True   # (it listened in a process since gone, or outside the tree: a daemon's parent)
     if k.rec.get("rqueue"):
         out["_pending"] = _pending(k)
         out["_where"] = k.d.where
@@ -478,7 +482,8 @@ def _open(r: RestoreFd) -> int:
 def _name_spec(r: RestoreFd, e: dict) -> tuple[dict, list[int]]:
     """(what the stand-in makes or binds of entry `e`, the fds sent with it: the directory its
     socket file goes to, on the restored mount: where it was, or a fresh one for a ghost)."""
-    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "cred", "dangling", "owner", "mode") if k in e}
+    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "cred", "cred_groups", "cred_gone", "dangling",
+                                   "owner", "mode") if k in e}
     if e.get("unlinked"):
         # Its socket file was unlinked: bound in a fresh directory of its mount, unlinked later.
         spec.update({"base": e["path"].rsplit("/", 1)[-1], "ghost": True})
