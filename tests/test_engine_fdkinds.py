@@ -1569,3 +1569,24 @@ for pid in kids:
     assert "flags=4002" in lines["8"], lines["8"]
     ino = {n: os.stat(f"/proc/{after.pid}/fd/{n}").st_ino for n in ("7", "8", "9")}
     assert ino["7"] == ino["8"] != ino["9"], ino
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    ({"cred_groups": [1]}, "'cred_groups' or 'cred_gone' without 'cred'"),
+    ({"cred_gone": True}, "'cred_groups' or 'cred_gone' without 'cred'"),
+])
+def test_listener_groups_fields_need_the_ids(extra, pattern):
+    """The validator: the groups a listener listened with, or that it listened in a process gone
+    since, come only with the ids it listened with."""
+    from engine.fds import unix_check
+    from engine.image import ImageError
+    with pytest.raises(ImageError, match=pattern):
+        unix_check.check({"type": "stream", "listen": 5, **extra}, "fd 3")
+    unix_check.check({"type": "stream", "listen": 5, "cred": [0, 0], **extra}, "fd 3")
+
+
+def test_listener_groups_rule():
+    """At most NGROUPS_MAX gids, each an id."""
+    from engine.fds import unix_check
+    assert unix_check.groups_rule([0, 5, 2**32 - 2]) is None
+    assert unix_check.groups_rule([-1]) and unix_check.groups_rule([True]) and unix_check.groups_rule([0] * 65537)
