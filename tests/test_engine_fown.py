@@ -25,12 +25,13 @@ from zdtm.snapshot import tree_pids
 # The root holds a socket pair (10, its peer 11), a pipe (12 read, 13 write) and a pty (14 master, 15
 # slave); in O_ASYNC mode: fd 10 owned by its first child with SIGUSR1, fd 12 by its second child's
 # thread (F_OWNER_TID) with the default SIGIO, fd 14 by its third child with SIGUSR2.
-SETUP = """
-mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
-""" + py_hold("""
+def _kids_prelude(n: int) -> str:
+    """Python lines of a root that forks `n` children holding (their pids in `kids`), with F_SETOWN_EX's
+    struct (Own) and libc at hand."""
+    return """
 import ctypes, fcntl, signal, socket, struct
 kids = []
-for _ in range(3):
+for _ in range(COUNT):
     pid = os.fork()
     if pid == 0:
         os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
@@ -40,6 +41,12 @@ for _ in range(3):
 class Own(ctypes.Structure):
     _fields_ = [("type", ctypes.c_int), ("pid", ctypes.c_int)]
 libc = ctypes.CDLL(None, use_errno=True)
+""".replace("COUNT", str(n))
+
+
+SETUP = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+""" + py_hold(_kids_prelude(3) + """
 a, b = socket.socketpair()
 os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
 r, w = os.pipe(); os.dup2(r, 12); os.dup2(w, 13); os.close(r); os.close(w)
@@ -105,23 +112,12 @@ def test_owner_and_signal_kept_and_delivered(case):
     assert _exit_signal(kids[2]) == signal.SIGUSR2
 
 
-# Without O_ASYNC: the root's socket pair (10, its peer 11) is owned by its first child; a pipe (12 read, 13 write) by its second child's thread with SIGUSR1; a file
-# with a read lease (14) by its second child, set after the lease (which made the root its owner).
+# Without O_ASYNC: the root's socket pair (10, its peer 11) is owned by its first child; a pipe (12
+# read, 13 write) by its second child's thread with SIGUSR1; a file with a read lease (14) by its
+# second child, set after the lease (which made the root its owner).
 NO_ASYNC = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo data > /mnt/t/leased
-""" + py_hold("""
-import ctypes, fcntl, signal, socket
-kids = []
-for _ in range(2):
-    pid = os.fork()
-    if pid == 0:
-        os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
-        ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
-        while True: signal.pause()
-    kids.append(pid)
-class Own(ctypes.Structure):
-    _fields_ = [("type", ctypes.c_int), ("pid", ctypes.c_int)]
-libc = ctypes.CDLL(None, use_errno=True)
+""" + py_hold(_kids_prelude(2) + """
 a, b = socket.socketpair(); os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
 fcntl.fcntl(10, fcntl.F_SETOWN, kids[0])
 r, w = os.pipe(); os.dup2(r, 12); os.dup2(w, 13); os.close(r); os.close(w)
