@@ -11,19 +11,24 @@ import errno
 
 import pytest
 
-from enginecase import case, py_hold  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, case, py_hold  # noqa: F401  (fixture)
 from engine import userns_cr, userns_groups
 
 
-def _setup(first: bool) -> str:
+def _setup(first: bool, listener: bool = False) -> str:
     """The root forks a child holding groups 5, 7 and 1000 that makes a user namespace mapping
     ids 0..65535 to themselves, setgroups denied (written by the root); with `first` the child also
     makes a uts namespace from inside it (its stand-in starts there) and forks a grandchild, which
-    keeps its groups."""
+    keeps its groups. With `listener` the child listens on an abstract socket with group 9 first
+    (before it takes its groups and enters the namespace)."""
     return py_hold("""
 import ctypes, signal
 libc = ctypes.CDLL(None, use_errno=True)
 r, w = os.pipe(); r2, w2 = os.pipe()
+import socket
+ls = socket.socket(socket.AF_UNIX); ls.bind(b"\\0zdtm-groups")
+if LISTENER:
+    os.setgroups([9]); ls.listen()
 os.setgroups([5, 7, 1000])
 kid = os.fork()
 if kid == 0:
@@ -43,7 +48,7 @@ for name, text in (("setgroups", "deny"), ("uid_map", "0 0 65536"), ("gid_map", 
         f.write(text)
 os.write(w2, b"1")
 os.setgroups([])
-""".replace("FIRST", str(first)))
+""".replace("FIRST", str(first)).replace("LISTENER", str(listener)))
 
 
 def _groups(state) -> list[str]:
@@ -97,3 +102,14 @@ def test_plan_refuses_other_groups_than_the_parents_inside_a_denying_namespace()
     assert "process 2: groups [6] in a user namespace that denies setgroups" in str(err.value)
     procs[1]["creds"]["groups"] = [5]
     assert userns_groups.plan(procs, _users()) == {1: [100005]}
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["joined_last", "started_inside"])
+def test_listener_with_other_groups_in_a_denying_namespace_refused_unstopped(case, first):
+    """A listener that listened with group 9 held by a process of groups 5, 7, 1000 in a namespace
+    that denies setgroups: its stand-in could not listen with group 9 there: refused before the stop."""
+    from test_engine_prestop import _refused_unstopped
+    pid = case.start(STOP_WATCH + _setup(first, listener=True))
+    _refused_unstopped(case, pid, r"process \d+ fd \d+ \(socket:\[\d+\]\): a listener that listened with "
+                                  r"groups \[9\], other than its process's \(\[5, 7, 1000\]\), in a user namespace "
+                                  "that denies setgroups: not supported")

@@ -177,6 +177,7 @@ def _as_listener(k: Sock) -> dict:
     pid, uid, gid = struct.unpack("3i", k.s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     out["cred"] = [uid & 0xffffffff, gid & 0xffffffff]
     out["cred_groups"] = unix_bind.listener_groups(k.s)
+    refuse_listener_groups(k, out["cred_groups"])
     if pid not in (k.d.scratch.get("pids") or ()):
         out["cred_gone"] = True   # (it listened in a process since gone, or outside the tree: a daemon's parent)
     if k.rec.get("rqueue"):
@@ -199,6 +200,22 @@ def _as_dangling(k: Sock) -> dict:
         # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
         out["data"] = base64.b64encode(k.s.recv(unix_queue.inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
     return out
+
+
+def refuse_listener_groups(k: Sock, groups: list[int]) -> None:
+    """Refuse a listener that listened with other supplementary groups (`groups`) than its process
+    has, in a user namespace that denies setgroups: its stand-in, holding the process's there
+    (engine/userns_groups.py), cannot take others to listen with. Asked before the stop too."""
+    from engine import kernel
+    pid = k.d.pid
+    with open(f"/proc/{pid}/setgroups") as f:
+        if f.read().strip() != "deny":
+            return
+    own = sorted(int(g) for g in kernel.proc_status(pid, ("Groups",)).get("Groups", "").split())
+    if sorted(groups) != own:
+        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that listened with groups {sorted(groups)}, other "
+                                        f"than its process's ({own}), in a user namespace that denies setgroups: "
+                                        "not supported")
 
 
 def refuse_dangling(k: Sock) -> None:
