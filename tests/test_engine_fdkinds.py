@@ -1590,3 +1590,37 @@ def test_listener_groups_rule():
     from engine.fds import unix_check
     assert unix_check.groups_rule([0, 5, 2**32 - 2]) is None
     assert unix_check.groups_rule([-1]) and unix_check.groups_rule([True]) and unix_check.groups_rule([0] * 65537)
+
+
+_LISTENS_IN_CHILD = """
+import signal, socket
+ls = socket.socket(socket.AF_UNIX); ls.bind("/run/l.sock")
+kid = os.fork()
+if kid == 0:
+    ls.listen()
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    import ctypes; ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True: signal.pause()
+import time
+while not ls.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN): time.sleep(0.01)
+os.dup2(ls.fileno(), 20); ls.close()
+"""
+
+
+def test_listener_that_a_later_holder_listened_on_refused_unstopped(case):
+    """The root holds a socket its child (holding it too, a live process of the tree) listened on:
+    restore listens in the first holder's stand-in (the root's), whose pid clients would see:
+    refused before the stop, naming both."""
+    from test_engine_prestop import _refused_unstopped
+    pid = case.start(STOP_WATCH + py_hold(_LISTENS_IN_CHILD))
+    _refused_unstopped(case, pid, r"process \d+ fd 20 \(socket:\[\d+\]\): a listener that process \d+ of the tree "
+                                  r"listened on, which its first holder \d+ would listen on at restore \(its clients "
+                                  r"would see that process as the server\): not supported")
+
+
+def test_listener_held_only_by_the_child_that_listened(case):
+    """Once the root closed its copy, the child that listened is the socket's only holder: its clients
+    see it as the server again after restore."""
+    before, after = case.roundtrip(py_hold(_LISTENS_IN_CHILD + "os.close(20)\n"))
+    lines = [line for p in after.snap.procs for line in p.fds if "name='/run/l.sock'" in line]
+    assert len(lines) == 1 and "peercred=pid:P1 " in lines[0], lines

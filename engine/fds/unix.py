@@ -178,6 +178,7 @@ def _as_listener(k: Sock) -> dict:
     out["cred"] = [uid & 0xffffffff, gid & 0xffffffff]
     out["cred_groups"] = unix_bind.listener_groups(k.s)
     refuse_listener_groups(k, out["cred_groups"])
+    refuse_listener_elsewhere(k, pid)
     if pid not in (k.d.scratch.get("pids") or ()):
         out["cred_gone"] = True   # (it listened in a process since gone, or outside the tree: a daemon's parent)
     if k.rec.get("rqueue"):
@@ -216,6 +217,21 @@ def refuse_listener_groups(k: Sock, groups: list[int]) -> None:
         raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that listened with groups {sorted(groups)}, other "
                                         f"than its process's ({own}), in a user namespace that denies setgroups: "
                                         "not supported")
+
+
+def refuse_listener_elsewhere(k: Sock, pid: int) -> None:
+    """Refuse a listener that listened in process `pid` (SO_PEERCRED's), a live process of the tree
+    other than its first holder, `k`'s process when `k` is the first fd of it met (processes in
+    the image's order): restore listens in the stand-in that makes the socket, the first holder's,
+    so its clients would see another process of the tree as the server. Asked before the stop too."""
+    seen = k.d.scratch.setdefault("unix-listeners", set())
+    if k.ino in seen:
+        return
+    if pid != k.d.pid and pid in (k.d.scratch.get("pids") or ()):
+        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that process {pid} of the tree listened on, "
+                                        f"which its first holder {k.d.pid} would listen on at restore (its "
+                                        "clients would see that process as the server): not supported")
+    seen.add(k.ino)   # (after the check: unix_prestop asks again after a refusal)
 
 
 def refuse_dangling(k: Sock) -> None:
