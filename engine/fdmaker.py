@@ -65,7 +65,7 @@ class FdMaker:
             fown.restore(fd, entry, self.pid_of)
         except OSError as e:
             os.close(fd)
-            raise OSError(e.errno, f"signal-driven I/O (O_ASYNC): {e.strerror or e}") from None
+            raise OSError(e.errno, f"signal owner (F_SETOWN, F_SETSIG, O_ASYNC): {e.strerror or e}") from None
         if desc is not None:
             self.descs[desc] = os.dup(fd)
         return fd, True

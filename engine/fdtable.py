@@ -47,8 +47,7 @@ class FdTable:
                        mounts=list(mounts), elsewhere=list(elsewhere))
         try:
             payload = kind.dump(d)
-            own = fown.entry_fields(d.copy(), f["flags"], self.scratch.get("pids") or (), d.where) \
-                if f["flags"] & fown.O_ASYNC else {}
+            own = fown.entry_fields(d.copy(), self.scratch.get("pids") or (), d.where)
         except fds.FdError:
             raise
         except OSError as e:

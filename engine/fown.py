@@ -1,13 +1,16 @@
 """Signal-driven I/O of an open file description: O_ASYNC, its owner (F_SETOWN) and signal (F_SETSIG).
 
-nginx sets O_ASYNC (FIOASYNC) and F_SETOWN on its channels. The owner and the signal belong to the
+nginx sets O_ASYNC (FIOASYNC) and F_SETOWN on its channels. An owner matters without O_ASYNC too:
+it gets a socket's SIGURG and a lease's break signal (F_SETLEASE makes its taker the owner of a
+description without one), so every fd's owner and signal are kept. The owner and the signal belong to the
 open file description, not to the fd, and /proc shows neither: dump reads them on a copy of the
 fd (pidfd_getfd) as fcntl F_GETOWN_EX / F_GETSIG give them in the dumper's pid namespace, where the
 image names processes. An owner is kept as a process of the tree (F_OWNER_PID, or F_OWNER_TID of
 a process's main thread: a stand-in's other threads are made last, after the owner is set); a
 process group (F_OWNER_PGRP), another thread or a process outside the tree is refused before the stop (an owner that exited is none:
 F_GETOWN_EX names no owner without a task). Restore sets the owner on the
-stand-in of that process (its pid as the restorer sees it) after the signal and O_ASYNC: F_SETFL
+stand-in of that process (its pid as the restorer sees it) after the signal and O_ASYNC, before
+any lease (which keeps an owner it finds): F_SETFL
 calls the file's fasync hook only when the flag changes (open(2) sets the bit without it), which is
 what registers the file for SIGIO on sockets, pipes and ttys; a tty's hook gives a description
 without owner one (its foreground process group, or the caller: the restorer), which the image's
@@ -22,6 +25,7 @@ import fcntl
 import os
 
 O_ASYNC = getattr(os, "O_ASYNC", 0o20000)
+O_PATH = getattr(os, "O_PATH", 0o10000000)
 F_SETSIG, F_GETSIG = 10, 11
 F_SETOWN_EX, F_GETOWN_EX = 15, 16
 F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
@@ -44,27 +48,27 @@ def _fcntl_ptr(fd: int, cmd: int, arg: _OwnerEx) -> None:
 
 def read(fd: int) -> tuple[int, int, int]:
     """(owner type, owner id in our pid namespace (0: none), signal (0: SIGIO)) of our fd `fd`."""
+    if fcntl.fcntl(fd, fcntl.F_GETFL) & O_PATH:
+        return F_OWNER_PID, 0, 0   # (fcntl refuses both on an O_PATH description, which has neither)
     own = _OwnerEx()
     _fcntl_ptr(fd, F_GETOWN_EX, own)
     return own.type, own.pid, fcntl.fcntl(fd, F_GETSIG)
 
 
-def entry_fields(fd: int, flags: int, pids, where: str) -> dict:
-    """The image fields of signal-driven I/O for an fd with status `flags` whose copy is our `fd`
-    ({} when O_ASYNC is off): {"async_owner": image pid, "async_tid": True?, "async_signal": N?}; an owner the
-    image cannot name raises engine.fds.FdError (one line), `pids` being the tree's processes."""
+def entry_fields(fd: int, pids, where: str) -> dict:
+    """The image fields of the owner and signal of our copy `fd` of a dumped fd ({} when it has
+    neither): {"async_owner": image pid, "async_tid": True?, "async_signal": N?}; an owner the image
+    cannot name raises engine.fds.FdError (one line), `pids` being the tree's processes."""
     from engine.fds import FdError
-    if not flags & O_ASYNC:
-        return {}
     kind, who, sig = read(fd)
     out: dict = {}
     if kind == F_OWNER_PGRP and who:
-        raise FdError(errno.EOPNOTSUPP, f"{where}: O_ASYNC with process group {who} as its signal owner "
-                                        "(F_SETOWN -pgid): process groups are not restored: not supported")
+        raise FdError(errno.EOPNOTSUPP, f"{where}: process group {who} as its signal owner (F_SETOWN -pgid): "
+                                        "process groups are not restored: not supported")
     if who:
         if who not in pids:
             what = "thread" if kind == F_OWNER_TID else "process"
-            raise FdError(errno.EOPNOTSUPP, f"{where}: O_ASYNC with {what} {who} as its signal owner (F_SETOWN), "
+            raise FdError(errno.EOPNOTSUPP, f"{where}: {what} {who} as its signal owner (F_SETOWN), "
                                             "which is not a process of the dumped tree: not supported")
         out["async_owner"] = who
         if kind == F_OWNER_TID:
@@ -74,15 +78,13 @@ def entry_fields(fd: int, flags: int, pids, where: str) -> dict:
     return out
 
 
-def check_running(pidfd: int, fd: int, flags: int, pids, where: str) -> None:
+def check_running(pidfd: int, fd: int, pids, where: str) -> None:
     """Before the stop: refuse what `entry_fields` would refuse for fd `fd` of the running process
     of `pidfd` (a copy of it read, nothing changed)."""
-    if not flags & O_ASYNC:
-        return
     from engine.fds import sys as fsys
     c = fsys.pidfd_getfd(pidfd, fd)
     try:
-        entry_fields(c, flags, pids, where)
+        entry_fields(c, pids, where)
     finally:
         os.close(c)
 
@@ -90,7 +92,8 @@ def check_running(pidfd: int, fd: int, flags: int, pids, where: str) -> None:
 def restore(fd: int, entry: dict, pid_of) -> None:
     """Give our fd `fd`, a new description made for image fd `entry`, its signal, O_ASYNC, then its
     owner; `pid_of(image pid)` is the restored process's pid as we see it (None: not restored)."""
-    if not entry["flags"] & O_ASYNC:
+    o_async = entry["flags"] & O_ASYNC
+    if not o_async and not any(k in entry for k in ("async_owner", "async_signal")):
         return
     host = 0
     if "async_owner" in entry:
@@ -98,17 +101,19 @@ def restore(fd: int, entry: dict, pid_of) -> None:
         if host is None:
             raise OSError(errno.EINVAL, f"its signal owner {entry['async_owner']} is no process of the image")
     fcntl.fcntl(fd, F_SETSIG, entry.get("async_signal", 0))
-    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-    # (off first: a bit open(2) set without registering must change to reach the fasync hook)
-    fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~O_ASYNC)
-    fcntl.fcntl(fd, fcntl.F_SETFL, fl | O_ASYNC)
+    if o_async:
+        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        # (off first: a bit open(2) set without registering must change to reach the fasync hook)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~O_ASYNC)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fl | O_ASYNC)
     # The owner last: a tty's fasync hook makes its foreground group, or us, the owner of one without.
     _fcntl_ptr(fd, F_SETOWN_EX, _OwnerEx(F_OWNER_TID if entry.get("async_tid") else F_OWNER_PID, host))
 
 
-def owner_text(fd: int) -> str:
-    """The owner and signal of our fd `fd` as zdtm's snapshot compares them ("async-owner=pid:N sig=S")."""
+def owner_text(fd: int, flags: int) -> str:
+    """The owner and signal of our fd `fd` (status `flags`) as zdtm's snapshot compares them
+    ("async-owner=pid:N sig=S"; '' for one without O_ASYNC, owner or signal)."""
     kind, who, sig = read(fd)
     if not who:   # (the type of no owner means nothing: F_SETOWN of a process since gone kept one)
-        return f"async-owner=none sig={sig}"
+        return f"async-owner=none sig={sig}" if sig or flags & O_ASYNC else ""
     return f"async-owner={ {F_OWNER_TID: 'tid', F_OWNER_PID: 'pid', F_OWNER_PGRP: 'pgrp'}.get(kind, kind)}:{who} sig={sig}"

@@ -438,8 +438,9 @@ FD_BASE = {
     "desc": F(STR, required=False, rule=pattern(_DESC_ID, "a description id d-N")),
     # An entry of "objects" (a pipe, a socket pair, a memfd, a pty) the description belongs to.
     "obj": F(STR, required=False, rule=pattern(_OBJ_ID, "an object id")),
-    # Signal-driven I/O (flags has O_ASYNC; engine/fown.py): the process of the image that gets
-    # the signal (F_SETOWN; async_tid: F_OWNER_TID, its main thread) and the signal (F_SETSIG, absent: SIGIO).
+    # Signal owner of the description (engine/fown.py; O_ASYNC's, a socket's SIGURG, a lease's
+    # break): the process of the image that gets the signal (F_SETOWN; async_tid: F_OWNER_TID, its
+    # main thread) and the signal (F_SETSIG, absent: SIGIO).
     "async_owner": F(INT, required=False, rule=rng(1, MAX_PID)),
     "async_tid": F(BOOL, required=False),
     "async_signal": F(INT, required=False, rule=rng(1, 64)),
@@ -1349,10 +1350,8 @@ class _Refs:
 
 
 def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
-    """Signal-driven I/O fields: only on an fd with O_ASYNC, the owner a process of the image (restore
-    would make a host process the signal's target otherwise)."""
-    if any(k in fd for k in ("async_owner", "async_tid", "async_signal")) and not fd["flags"] & O_ASYNC:
-        _fail(f"{what}: 'async_owner', 'async_tid' and 'async_signal' are for an fd with O_ASYNC in its flags")
+    """Signal owner fields: the owner a process of the image (restore would make a host process the
+    signal's target otherwise)."""
     if "async_tid" in fd and "async_owner" not in fd:
         _fail(f"{what}: 'async_tid' without 'async_owner'")
     if "async_owner" in fd:

@@ -29,10 +29,10 @@ def undeleted(path: str) -> tuple[str, bool]:
 _ARCH = os.uname().machine
 if _ARCH == "x86_64":
     NR = dict(setns=308, unshare=272, pivot_root=155, name_to_handle_at=303, open_by_handle_at=304,
-              statx=332, mount=165, umount2=166)
+              statx=332, mount=165, umount2=166, setgroups=116, setresuid=117, setresgid=119, tgkill=234)
 elif _ARCH in ("aarch64", "arm64"):
     NR = dict(setns=268, unshare=97, pivot_root=41, name_to_handle_at=264, open_by_handle_at=265,
-              statx=291, mount=40, umount2=39)
+              statx=291, mount=40, umount2=39, setgroups=159, setresuid=147, setresgid=149, tgkill=131)
 else:  # pragma: no cover - other architectures are not supported yet
     raise ImportError(f"mntcr: unsupported architecture {_ARCH}")
 NR.update(open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
@@ -134,6 +134,11 @@ def _check(ret: int, what) -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"{what() if callable(what) else what}: {os.strerror(err)}")
     return ret
+
+
+def syscall(name: str, *args) -> int:
+    """The raw syscall `name` (of NR) with ctypes `args`: its result, or OSError naming it."""
+    return _check(_syscall(NR[name], *args), name)
 
 
 def _b(path: str | bytes | None) -> bytes | None:
@@ -460,6 +465,11 @@ def read_comm(pid: int) -> str:
         data = f.read()
     # Only the newline the kernel adds: a name may end with its own.
     return (data[:-1] if data.endswith(b"\n") else data).decode("utf-8", "surrogateescape")
+
+
+def dumpable() -> bool:
+    """prctl(PR_GET_DUMPABLE): whether the process is dumpable."""
+    return _check(_libc.prctl(ctypes.c_int(3), 0, 0, 0, 0), "prctl(PR_GET_DUMPABLE)") == 1
 
 
 def set_dumpable(on: bool) -> None:

@@ -498,7 +498,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     complete = False
                     continue
                 try:
-                    fown.check_running(pidfd, int(n), info["flags"], pids, f"process {pid} fd {n} ({target})")
+                    fown.check_running(pidfd, int(n), pids, f"process {pid} fd {n} ({target})")
                 except FdError:
                     raise
                 except OSError:

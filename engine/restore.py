@@ -50,7 +50,8 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
-                    lastword, mountinfo, parking, remount, sharing, standin, strategy, userns_cr)
+                    lastword, mountinfo, parking, remount, sharing, standin, strategy, userns_cr,
+                    userns_groups)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -484,6 +485,10 @@ class _Restorer:
         procs = self.doc["processes"]
         by_pid = {p["pid"]: p for p in procs}
         own = {k: os.open(f"/proc/self/ns/{k}", os.O_RDONLY | os.O_CLOEXEC) for k in _OTHER_NS}
+        try:
+            early_groups = userns_groups.plan(procs, self.doc.get("userns") or {})
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
@@ -503,19 +508,20 @@ class _Restorer:
             if mode == "join":
                 fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
             in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
+            groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
             if parent is None:
                 if in_userns is None:
                     hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=True)
                 else:
                     hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
-                                                 in_userns, root=True)
+                                                 in_userns, root=True, groups=groups)
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
                 if in_userns is None:
                     pchan.call(("spawn", mode), fds)
                 else:
-                    pchan.call(("spawn_in_userns", mode), [fds[0], in_userns, *fds[1:]])
+                    pchan.call(("spawn_in_userns", mode, groups), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -523,6 +529,8 @@ class _Restorer:
             theirs.close()
             self.chans[p["pid"]] = ours
             self.hostpid[p["pid"]] = hp
+            if groups is not None and in_userns is None:
+                ours.call(("groups", groups), [])
             step("spawn")
             if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
                 self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)

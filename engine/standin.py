@@ -91,14 +91,16 @@ def _subreaper(on: bool) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False) -> int:
+def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
+                    groups: list[int] | None = None) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
 
     The caller cannot join the user namespace itself (it would lose its privilege), so an
     intermediate child joins and forks the stand-in, then exits; the caller, a child subreaper
-    meanwhile, adopts the stand-in. `root` as in spawn. Returns its pid as the caller sees it."""
+    meanwhile, adopts the stand-in. `root` as in spawn; `groups`: the supplementary groups the
+    stand-in holds, set before it enters (engine/userns_groups.py). Returns its pid as the caller sees it."""
     me = kernel.pidfd_open(os.getpid())
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -110,6 +112,8 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
             try:
                 os.close(pid_r)
                 os.close(go_w)
+                if groups is not None:
+                    os.setgroups(groups)
                 kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
                 kernel.unshare(kernel.CLONE_NEWNS)
                 if mode == "new":
@@ -317,8 +321,14 @@ class _Server:
 
     def op_spawn_in_userns(self, msg, fds):
         """A child stand-in started inside a user namespace."""
-        _, mode = msg
-        return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1])
+        mode, groups = msg[1], msg[2] if len(msg) > 2 else None
+        return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups)
+
+    def op_groups(self, msg, fds):
+        """Hold supplementary groups msg[1] before entering a user namespace that denies setgroups
+        (engine/userns_groups.py)."""
+        os.setgroups(msg[1])
+        return None
 
     def op_ns(self, msg, fds):
         """A new namespace of a kind, or join fds[0]; and a hostname."""

@@ -117,7 +117,10 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             p.record_made_in(pid, ppid, own, mnt_owner, made_in, first)
         if first:
             p.record_first(pid, ppid, own, mnt_owner)
-    return p.result()
+    from engine import userns_groups   # (it builds on this module)
+    out = p.result()
+    userns_groups.check(tree, out)   # (groups of namespaces that deny setgroups: engine/userns_groups.py)
+    return out
 
 
 class _Plan:

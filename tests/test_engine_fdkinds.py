@@ -256,26 +256,47 @@ else:
 
 
 def test_listener_keeps_the_ids_it_listened_with(case):
-    """A root process that listened as euid 1000 (a server that drops privileges around listen())
-    and one as root: SO_PEERCRED, what clients are told of the server (and dbus checks), shows the
-    same ids after restore, not the restorer's."""
+    """A root process that listened as euid 1000 with groups 10 and 20 (a server that drops
+    privileges around listen()) and one as root: what a client is told of the server (SO_PEERCRED,
+    SO_PEERGROUPS; dbus checks them) shows the same ids and groups after restore, not the
+    restorer's, and the pid of the restored process that holds the socket (not a helper's); one
+    that listened in a child gone since keeps its groups and shows no live process."""
     import socket
     import struct
+    from engine.fds import unix_bind
     setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t\n" + py_hold("""
 import socket
 ls = socket.socket(socket.AF_UNIX); ls.bind("/mnt/t/user.sock")
-os.setresgid(-1, 1001, -1); os.setresuid(-1, 1000, -1); ls.listen(); os.setresuid(-1, 0, -1); os.setresgid(-1, 0, -1)
+os.setgroups([10, 20]); os.setresgid(-1, 1001, -1); os.setresuid(-1, 1000, -1); ls.listen()
+os.setresuid(-1, 0, -1); os.setresgid(-1, 0, -1); os.setgroups([])
 os.dup2(ls.fileno(), 20); ls.close()
 rs = socket.socket(socket.AF_UNIX); rs.bind("/mnt/t/root.sock"); rs.listen(); os.dup2(rs.fileno(), 21); rs.close()
+gs = socket.socket(socket.AF_UNIX); gs.bind("/mnt/t/gone.sock")
+kid = os.fork()
+if kid == 0:
+    os.setgroups([30]); gs.listen(); os._exit(0)
+os.waitpid(kid, 0); os.dup2(gs.fileno(), 22); gs.close()
 """)
-    _, after = case.roundtrip(setup)
-    for fd, ids in ((20, (1000, 1001)), (21, (0, 0))):
+    before, after = case.roundtrip(setup)
+    assert "peercred=pid:P0 ids=1000:1001 groups=10,20" in _fd(after, 20), _fd(after, 20)
+    # (one that listened in a process gone since, a daemon's parent: its clients see no live process)
+    assert "peercred=pid:outside ids=0:0 groups=30" in _fd(after, 22), _fd(after, 22)
+    for fd, name, ids, groups in ((20, "user", (1000, 1001), [10, 20]), (21, "root", (0, 0), []),
+                                  (22, "gone", (0, 0), [30])):
         s = _grab_socket(after.pid, fd)
         try:
             _, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            assert ((uid, gid), unix_bind.listener_groups(s)) == (ids, groups), (fd, uid, gid)
         finally:
             s.close()
-        assert (uid, gid) == ids, (fd, uid, gid)
+        c = socket.socket(socket.AF_UNIX)
+        try:   # (a client, through the restored tree's root)
+            c.connect(f"/proc/{after.pid}/root/mnt/t/{name}.sock")
+            got = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            assert got[1:] == ids and (got[0] == after.pid) == (fd != 22), (fd, got, after.pid)
+            assert unix_bind.listener_groups(c) == groups
+        finally:
+            c.close()
 
 
 def test_inotify_watches(case):
@@ -1548,3 +1569,58 @@ for pid in kids:
     assert "flags=4002" in lines["8"], lines["8"]
     ino = {n: os.stat(f"/proc/{after.pid}/fd/{n}").st_ino for n in ("7", "8", "9")}
     assert ino["7"] == ino["8"] != ino["9"], ino
+
+
+@pytest.mark.parametrize("extra, pattern", [
+    ({"cred_groups": [1]}, "'cred_groups' or 'cred_gone' without 'cred'"),
+    ({"cred_gone": True}, "'cred_groups' or 'cred_gone' without 'cred'"),
+])
+def test_listener_groups_fields_need_the_ids(extra, pattern):
+    """The validator: the groups a listener listened with, or that it listened in a process gone
+    since, come only with the ids it listened with."""
+    from engine.fds import unix_check
+    from engine.image import ImageError
+    with pytest.raises(ImageError, match=pattern):
+        unix_check.check({"type": "stream", "listen": 5, **extra}, "fd 3")
+    unix_check.check({"type": "stream", "listen": 5, "cred": [0, 0], **extra}, "fd 3")
+
+
+def test_listener_groups_rule():
+    """At most NGROUPS_MAX gids, each an id."""
+    from engine.fds import unix_check
+    assert unix_check.groups_rule([0, 5, 2**32 - 2]) is None
+    assert unix_check.groups_rule([-1]) and unix_check.groups_rule([True]) and unix_check.groups_rule([0] * 65537)
+
+
+_LISTENS_IN_CHILD = """
+import signal, socket
+ls = socket.socket(socket.AF_UNIX); ls.bind("/run/l.sock")
+kid = os.fork()
+if kid == 0:
+    ls.listen()
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    import ctypes; ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True: signal.pause()
+import time
+while not ls.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN): time.sleep(0.01)
+os.dup2(ls.fileno(), 20); ls.close()
+"""
+
+
+def test_listener_that_a_later_holder_listened_on_refused_unstopped(case):
+    """The root holds a socket its child (holding it too, a live process of the tree) listened on:
+    restore listens in the first holder's stand-in (the root's), whose pid clients would see:
+    refused before the stop, naming both."""
+    from test_engine_prestop import _refused_unstopped
+    pid = case.start(STOP_WATCH + py_hold(_LISTENS_IN_CHILD))
+    _refused_unstopped(case, pid, r"process \d+ fd 20 \(socket:\[\d+\]\): a listener that process \d+ of the tree "
+                                  r"listened on, which its first holder \d+ would listen on at restore \(its clients "
+                                  r"would see that process as the server\): not supported")
+
+
+def test_listener_held_only_by_the_child_that_listened(case):
+    """Once the root closed its copy, the child that listened is the socket's only holder: its clients
+    see it as the server again after restore."""
+    before, after = case.roundtrip(py_hold(_LISTENS_IN_CHILD + "os.close(20)\n"))
+    lines = [line for p in after.snap.procs for line in p.fds if "name='/run/l.sock'" in line]
+    assert len(lines) == 1 and "peercred=pid:P1 " in lines[0], lines

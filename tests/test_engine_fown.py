@@ -1,9 +1,10 @@
 """Signal-driven I/O (engine/fown.py): an fd in O_ASYNC mode keeps its flag, its owner (F_SETOWN)
-and its signal (F_SETSIG) across C/R, as nginx's channels need; an owner the image cannot name (a
+and its signal (F_SETSIG) across C/R, as nginx's channels need; so does an fd with an owner and no
+O_ASYNC (a socket's SIGURG, a lease's break signal); an owner the image cannot name (a
 process outside the tree, a process group) is refused before the stop; an image whose owner is
 no process of it (a host pid) is refused by the validator.
 
-The snapshot (zdtm/snapshot.py) compares each O_ASYNC fd's owner (named as a process of the tree)
+The snapshot (zdtm/snapshot.py) compares each fd's owner (named as a process of the tree)
 and signal; the tests also read them on the restored fds and make the kernel send the signal.
 """
 
@@ -24,12 +25,13 @@ from zdtm.snapshot import tree_pids
 # The root holds a socket pair (10, its peer 11), a pipe (12 read, 13 write) and a pty (14 master, 15
 # slave); in O_ASYNC mode: fd 10 owned by its first child with SIGUSR1, fd 12 by its second child's
 # thread (F_OWNER_TID) with the default SIGIO, fd 14 by its third child with SIGUSR2.
-SETUP = """
-mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
-""" + py_hold("""
+def _kids_prelude(n: int) -> str:
+    """Python lines of a root that forks `n` children holding (their pids in `kids`), with F_SETOWN_EX's
+    struct (Own) and libc at hand."""
+    return """
 import ctypes, fcntl, signal, socket, struct
 kids = []
-for _ in range(3):
+for _ in range(COUNT):
     pid = os.fork()
     if pid == 0:
         os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
@@ -39,6 +41,12 @@ for _ in range(3):
 class Own(ctypes.Structure):
     _fields_ = [("type", ctypes.c_int), ("pid", ctypes.c_int)]
 libc = ctypes.CDLL(None, use_errno=True)
+""".replace("COUNT", str(n))
+
+
+SETUP = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+""" + py_hold(_kids_prelude(3) + """
 a, b = socket.socketpair()
 os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
 r, w = os.pipe(); os.dup2(r, 12); os.dup2(w, 13); os.close(r); os.close(w)
@@ -104,6 +112,48 @@ def test_owner_and_signal_kept_and_delivered(case):
     assert _exit_signal(kids[2]) == signal.SIGUSR2
 
 
+# Without O_ASYNC: the root's socket pair (10, its peer 11) is owned by its first child; a pipe (12
+# read, 13 write) by its second child's thread with SIGUSR1; a file with a read lease (14) by its
+# second child, set after the lease (which made the root its owner).
+NO_ASYNC = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo data > /mnt/t/leased
+""" + py_hold(_kids_prelude(2) + """
+a, b = socket.socketpair(); os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
+fcntl.fcntl(10, fcntl.F_SETOWN, kids[0])
+r, w = os.pipe(); os.dup2(r, 12); os.dup2(w, 13); os.close(r); os.close(w)
+assert libc.fcntl(12, 15, ctypes.byref(Own(0, kids[1]))) == 0   # F_SETOWN_EX, F_OWNER_TID
+fcntl.fcntl(12, 10, signal.SIGUSR1)   # F_SETSIG
+os.dup2(os.open("/mnt/t/leased", os.O_RDONLY), 14)
+fcntl.fcntl(14, fcntl.F_SETLEASE, fcntl.F_RDLCK)
+fcntl.fcntl(14, fcntl.F_SETOWN, kids[1])
+""")
+
+
+def test_owner_without_o_async_kept_and_delivered(case):
+    """Owners set without O_ASYNC come back on the restored children (the lease's too, after the
+    lease was taken again), with their signals; a lease break sends its signal (SIGIO) to the lease
+    fd's owner. (SIGURG is not watched: a stand-in keeps the default disposition, which ignores it.)"""
+    before, after = case.roundtrip(NO_ASYNC)
+    lines = {line.split(":")[0]: line for line in after.root.fds}
+    assert "async-owner=pid:P" in lines["10"] and "sig=0" in lines["10"], lines["10"]
+    assert "async-owner=tid:P" in lines["12"] and "sig=10" in lines["12"], lines["12"]
+    assert "async-owner=pid:P" in lines["14"], lines["14"]
+    kids = _kids(after.pid)
+    got = {}
+    for n in (10, 12, 14):
+        c = grab_fd(after.pid, n)
+        try:
+            assert n == 14 or not fcntl.fcntl(c, fcntl.F_GETFL) & os.O_ASYNC   # (a lease sets it: fasync)
+            got[n] = fown.read(c)
+        finally:
+            os.close(c)
+    assert got == {10: (fown.F_OWNER_PID, kids[0], 0), 12: (fown.F_OWNER_TID, kids[1], signal.SIGUSR1),
+                   14: (fown.F_OWNER_PID, kids[1], 0)}, (got, kids)
+    with pytest.raises(BlockingIOError):   # (the lease breaks: its owner gets SIGIO)
+        os.open(f"/proc/{after.pid}/root/mnt/t/leased", os.O_WRONLY | os.O_NONBLOCK)
+    assert _exit_signal(kids[1]) == signal.SIGIO
+
+
 def _refused_unstopped(case, setup: str, pattern: str, then=None) -> None:
     """Start `setup` behind STOP_WATCH (then `then(pid)`); dump must refuse with a line matching
     `pattern` without ever stopping the tree."""
@@ -117,18 +167,18 @@ def _refused_unstopped(case, setup: str, pattern: str, then=None) -> None:
     assert not was_stopped(pid), "dump stopped the tree before it refused"
 
 
-def _hold_async_pair() -> str:
+def _hold_owned_pair(o_async: bool) -> str:
     return py_hold("""
 import fcntl, socket
 a, b = socket.socketpair(); os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11); a.close(); b.close()
 fcntl.fcntl(10, fcntl.F_SETOWN, os.getpid())
-fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
-""")
+""" + ("fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)\n" if o_async else ""))
 
 
-def test_owner_outside_the_tree_refused_unstopped(case):
+@pytest.mark.parametrize("o_async", [True, False], ids=["o_async", "owner_only"])
+def test_owner_outside_the_tree_refused_unstopped(case, o_async):
     """The owner is a process outside the tree (one this test started, which set it through a copy
-    of the fd): refused before the stop, naming the fd and the pid."""
+    of the fd), with O_ASYNC or without: refused before the stop, naming the fd and the pid."""
     import subprocess
     import sys
     # (it ignores SIGIO: the tree's end, closed when the case ends, sends it one)
@@ -144,7 +194,7 @@ def test_owner_outside_the_tree_refused_unstopped(case):
             os.close(c)
 
     try:
-        _refused_unstopped(case, _hold_async_pair(), rf"process \d+ fd 10 \(socket:\[\d+\]\): O_ASYNC with process "
+        _refused_unstopped(case, _hold_owned_pair(o_async), rf"process \d+ fd 10 \(socket:\[\d+\]\): process "
                            rf"{outside.pid} as its signal owner \(F_SETOWN\), which is not a process of the dumped "
                            "tree", then=own_it)
     finally:
@@ -171,14 +221,16 @@ os.close(wr); os.waitpid(pid, 0); os.close(rd)
     assert "async-owner=none sig=0" in line, line
 
 
-def test_process_group_owner_refused_unstopped(case):
-    """A process group as owner (F_SETOWN -pgid): process groups are not restored, refused before the stop."""
+@pytest.mark.parametrize("o_async", [True, False], ids=["o_async", "owner_only"])
+def test_process_group_owner_refused_unstopped(case, o_async):
+    """A process group as owner (F_SETOWN -pgid), with O_ASYNC or without: process groups are not
+    restored, refused before the stop."""
     _refused_unstopped(case, py_hold("""
 import fcntl
 r, w = os.pipe(); os.dup2(r, 10); os.close(r)
 fcntl.fcntl(10, fcntl.F_SETOWN, -os.getpgrp())
-fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
-"""), r"process \d+ fd 10 \(pipe:\[\d+\]\): O_ASYNC with process group \d+ as its signal owner")
+""" + ("fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)\n" if o_async else "")),
+        r"process \d+ fd 10 \(pipe:\[\d+\]\): process group \d+ as its signal owner")
 
 
 # --- hostile images -------------------------------------------------------------------------------
@@ -198,15 +250,15 @@ HOSTILE = {
     # a host pid: restore would make the host's init the signal's target
     "owner-a-host-pid": (lambda d: _root_fd(d, 10).update(async_owner=1),
                          r"fd 10: its signal owner \(F_SETOWN\) 1, which is no process of the image"),
-    "owner-without-o-async": (lambda d: _root_fd(d, 11).update(async_owner=d["processes"][0]["pid"]),
-                              r"fd 11: 'async_owner', 'async_tid' and 'async_signal' are for an fd with O_ASYNC"),
+    "tid-without-owner": (lambda d: _root_fd(d, 11).update(async_tid=True),
+                          r"fd 11: 'async_tid' without 'async_owner'"),
     "signal-out-of-range": (lambda d: _root_fd(d, 10).update(async_signal=65), r"fd 10.*async_signal"),
 }
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
 def test_hostile_owner_refused(base_image, tmp_path, kind):
-    """An owner that is no process of the image, or owner fields on an fd without O_ASYNC, are
+    """An owner that is no process of the image, or a thread flag without an owner, are
     refused by the validator: exit 2, one line, nothing made."""
     from test_hardening_hostile import _mutated, refused
     mutate, pattern = HOSTILE[kind]

@@ -62,6 +62,11 @@ def _socket(c: int) -> str:
             out += f" name={s.getsockname()!r} listening={listening} connected={peer is not None}"
             if not listening:
                 out += f" inq={_inq(c)}"
+            else:   # (what its clients see of the server: the pid is named by zdtm/snapshot.py)
+                from engine.fds import unix_bind
+                pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+                groups = ",".join(str(g) for g in unix_bind.listener_groups(s)) or "-"
+                out += f" peercred=pid:{pid} ids={uid & 0xffffffff}:{gid & 0xffffffff} groups={groups}"
         elif fam == socket.AF_NETLINK:
             # (protocol, port id, groups, peer: a restore binds the same port id again)
             raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS
@@ -93,13 +98,16 @@ def _fanotify(pid: int, fd: int) -> str:
     return f"flags={group[1] if group else '?'} event-flags={group[2] if group else '?'} marks=" + ",".join(sorted(marks))
 
 
-def async_owner(pid: int, fd: int) -> str:
-    """The signal owner and signal of fd `fd` of `pid` (one in O_ASYNC mode): "async-owner=pid:N sig=S", N a
-    host pid (zdtm/snapshot.py names its process)."""
+def async_owner(pid: int, fd: int, flags: int) -> str:
+    """The signal owner and signal of fd `fd` of `pid` (status `flags`): "async-owner=pid:N sig=S", N a
+    host pid (zdtm/snapshot.py names its process); '' for none, no signal and no O_ASYNC."""
     from engine import fown
-    c = _copy(pid, fd)
     try:
-        return fown.owner_text(c)
+        c = _copy(pid, fd)
+    except OSError as e:
+        return f"async-owner=unreadable ({type(e).__name__})"
+    try:
+        return fown.owner_text(c, flags)
     finally:
         os.close(c)
 

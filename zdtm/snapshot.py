@@ -28,7 +28,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import fown, mntlocks, mountinfo, sbowner, userns
+from engine import mntlocks, mountinfo, sbowner, userns
 from zdtm import fdkinds, holder
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
@@ -343,8 +343,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
-            if flags & fown.O_ASYNC:   # (who gets its signal, and which: engine/fown.py)
-                extra = f"{extra} {fdkinds.async_owner(pid, int(fd))}".strip()
+            # (who gets its signals, and which: engine/fown.py; with or without O_ASYNC)
+            extra = f"{extra} {fdkinds.async_owner(pid, int(fd), flags)}".strip()
             if path.endswith(kernel.DELETED):
                 # An open-time flag only: a file reopened through its /proc/self/fd link (a deleted
                 # one, at restore) cannot take it (engine/restore.py _open_ghost).
@@ -431,13 +431,14 @@ _NSFD = re.compile(r"^(\d+): (mnt|pid|uts|ipc|net|cgroup|user|time):\[(\d+)\]( .
 
 
 _PIDFD = re.compile(r" pidfd=(-?\d+)$")
-_OWNER = re.compile(r"\basync-owner=(tid|pid|pgrp|\d+):(\d+)")
+_OWNER = re.compile(r"\b(async-owner|peercred)=(tid|pid|pgrp|\d+):(\d+)")
 
 
 def _name_ns_fds(procs: list[Proc]) -> None:
     """An fd on a namespace ("net:[4026532181]") names it by the first process of the tree in it
     ("net:[P1]"; "net:[outside]" when none is): the inode number changes across C/R. So does a
-    pidfd's process ("pidfd=P2") and the signal owner of an fd in O_ASYNC mode ("async-owner=pid:P0")."""
+    pidfd's process ("pidfd=P2"), the signal owner of an fd ("async-owner=pid:P0") and the process a
+    listening unix socket's clients see as the server ("peercred=pid:P1")."""
     from engine import kernel
 
     def named(pid: int) -> str:
@@ -445,7 +446,7 @@ def _name_ns_fds(procs: list[Proc]) -> None:
 
     for p in procs:
         for i, line in enumerate(p.fds):
-            line = p.fds[i] = _OWNER.sub(lambda m: f"async-owner={m[1]}:{named(int(m[2]))}", line)
+            line = p.fds[i] = _OWNER.sub(lambda m: f"{m[1]}={m[2]}:{named(int(m[3]))}", line)
             pidfd = _PIDFD.search(line)
             if pidfd is not None:
                 p.fds[i] = line[:pidfd.start()] + f" pidfd={named(int(pidfd[1]))}"
@@ -581,7 +582,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     try:
         procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache,
                                   candidates, tuple(pids)) for pid in pids),
-                       key=lambda p: _PIDFD_ANY.sub("pidfd=", _OWNER.sub("async-owner=", _NSFD_INO.sub(r"\1:[]", p.text()))))
+                       key=lambda p: _PIDFD_ANY.sub("pidfd=", _OWNER.sub(r"\1=", _NSFD_INO.sub(r"\1:[]", p.text()))))
     finally:
         for _, fd in candidates:
             os.close(fd)

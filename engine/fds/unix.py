@@ -172,9 +172,15 @@ def _as_listener(k: Sock) -> dict:
     """A listening socket: its backlog, and the connections waiting to be accepted."""
     out = k.out
     out["listen"] = max(k.rec.get("wqueue", 128), 1)
-    # Who listened (what SO_PEERCRED shows its clients, and dbus checks): restore listens as them.
-    _, uid, gid = struct.unpack("3i", k.s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    # Who listened (what SO_PEERCRED and SO_PEERGROUPS show its clients, and dbus checks): restore
+    # listens as them. The kernel keeps them on the listener itself, where both options read them.
+    pid, uid, gid = struct.unpack("3i", k.s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     out["cred"] = [uid & 0xffffffff, gid & 0xffffffff]
+    out["cred_groups"] = unix_bind.listener_groups(k.s)
+    refuse_listener_groups(k, out["cred_groups"])
+    refuse_listener_elsewhere(k, pid)
+    if pid not in (k.d.scratch.get("pids") or ()):
+        out["cred_gone"] = True   # (it listened in a process since gone, or outside the tree: a daemon's parent)
     if k.rec.get("rqueue"):
         out["_pending"] = _pending(k)
         out["_where"] = k.d.where
@@ -195,6 +201,37 @@ def _as_dangling(k: Sock) -> dict:
         # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
         out["data"] = base64.b64encode(k.s.recv(unix_queue.inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
     return out
+
+
+def refuse_listener_groups(k: Sock, groups: list[int]) -> None:
+    """Refuse a listener that listened with other supplementary groups (`groups`) than its process
+    has, in a user namespace that denies setgroups: its stand-in, holding the process's there
+    (engine/userns_groups.py), cannot take others to listen with. Asked before the stop too."""
+    from engine import kernel
+    pid = k.d.pid
+    with open(f"/proc/{pid}/setgroups") as f:
+        if f.read().strip() != "deny":
+            return
+    own = sorted(int(g) for g in kernel.proc_status(pid, ("Groups",)).get("Groups", "").split())
+    if sorted(groups) != own:
+        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that listened with groups {sorted(groups)}, other "
+                                        f"than its process's ({own}), in a user namespace that denies setgroups: "
+                                        "not supported")
+
+
+def refuse_listener_elsewhere(k: Sock, pid: int) -> None:
+    """Refuse a listener that listened in process `pid` (SO_PEERCRED's), a live process of the tree
+    other than its first holder, `k`'s process when `k` is the first fd of it met (processes in
+    the image's order): restore listens in the stand-in that makes the socket, the first holder's,
+    so its clients would see another process of the tree as the server. Asked before the stop too."""
+    seen = k.d.scratch.setdefault("unix-listeners", set())
+    if k.ino in seen:
+        return
+    if pid != k.d.pid and pid in (k.d.scratch.get("pids") or ()):
+        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that process {pid} of the tree listened on, "
+                                        f"which its first holder {k.d.pid} would listen on at restore (its "
+                                        "clients would see that process as the server): not supported")
+    seen.add(k.ino)   # (after the check: unix_prestop asks again after a refusal)
 
 
 def refuse_dangling(k: Sock) -> None:
@@ -478,7 +515,8 @@ def _open(r: RestoreFd) -> int:
 def _name_spec(r: RestoreFd, e: dict) -> tuple[dict, list[int]]:
     """(what the stand-in makes or binds of entry `e`, the fds sent with it: the directory its
     socket file goes to, on the restored mount: where it was, or a fresh one for a ghost)."""
-    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "cred", "dangling", "owner", "mode") if k in e}
+    spec = {k: e[k] for k in ("type", "abstract", "path", "listen", "cred", "cred_groups", "cred_gone", "dangling",
+                                   "owner", "mode") if k in e}
     if e.get("unlinked"):
         # Its socket file was unlinked: bound in a fresh directory of its mount, unlinked later.
         spec.update({"base": e["path"].rsplit("/", 1)[-1], "ghost": True})

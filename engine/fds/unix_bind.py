@@ -17,7 +17,7 @@ import re
 import socket
 import stat
 
-from engine import forkrun, kernel
+from engine import forkrun, kernel, threadids
 from engine.fds import FdError
 
 
@@ -58,26 +58,57 @@ def bind_ids(spec: dict, proc: int = -1) -> tuple[int, int] | None:
     return ids
 
 
+SO_PEERGROUPS = 59
+
+
+def listener_groups(s: socket.socket) -> list[int]:
+    """The supplementary groups listening socket `s` recorded at listen() (what SO_PEERGROUPS shows
+    its clients), as our user namespace names them."""
+    import ctypes
+    n = 64
+    while True:
+        buf = (ctypes.c_uint * n)()
+        size = ctypes.c_uint(ctypes.sizeof(buf))
+        if ctypes.CDLL(None, use_errno=True).getsockopt(s.fileno(), socket.SOL_SOCKET, SO_PEERGROUPS, buf,
+                                                        ctypes.byref(size)) == 0:
+            return list(buf[:size.value // 4])
+        e = ctypes.get_errno()
+        if e != errno.ERANGE:
+            raise OSError(e, f"getsockopt(SO_PEERGROUPS): {os.strerror(e)}")
+        n = size.value // 4   # (the kernel said how much it needs)
+
+
 def as_creds(spec: dict, fn) -> None:
-    """fn() (a listen(), which records the caller's credentials for SO_PEERCRED) as the dumped
-    listener's effective ids (`spec["cred"]`, as the dumper's user namespace names them): by a
-    forked child that takes them (they would stay with the stand-in: inside a user namespace it
-    cannot name the ids it has before `become`); by the stand-in itself when they are its own."""
+    """fn() (a listen(), which records the caller's credentials for SO_PEERCRED and SO_PEERGROUPS)
+    with the dumped listener's effective ids and groups (`spec["cred"]`, `spec["cred_groups"]`, as
+    the dumper's user namespace names them), by a thread of ours that takes them for itself alone
+    (engine/threadids.py): the kernel records our pid, the clients see the process that holds
+    the socket; by ourselves when they are our own; by a short-lived child when it listened in a
+    process that is gone (`spec["cred_gone"]`)."""
     cred = spec.get("cred")
-    ids = (_here(cred[0], "uid_map"), _here(cred[1], "gid_map")) if cred else None
-    if ids is None or ids == (os.geteuid(), os.getegid()):
+    if not cred:
         fn()
         return
-    if None in ids:
-        raise FdError(errno.EOPNOTSUPP, f"listened as uid {cred[0]} gid {cred[1]}, which the process's user "
-                                        "namespace does not map")
+    ids = (_here(cred[0], "uid_map"), _here(cred[1], "gid_map"))
+    groups = [_here(g, "gid_map") for g in spec["cred_groups"]] if "cred_groups" in spec else None
+    if None in ids or None in (groups or ()):
+        raise FdError(errno.EOPNOTSUPP, f"listened as uid {cred[0]} gid {cred[1]} groups {spec.get('cred_groups')}, "
+                                        "which the process's user namespace does not map")
+    if groups is not None and sorted(groups) == sorted(os.getgroups()):
+        groups = None   # (ours already: a user namespace that denies setgroups would refuse the call)
+    if spec.get("cred_gone"):
+        def body():
+            if groups is not None:
+                os.setgroups(groups)
+            os.setresgid(-1, ids[1], -1)
+            os.setresuid(-1, ids[0], -1)
+            fn()
 
-    def body():
-        os.setresgid(-1, ids[1], -1)
-        os.setresuid(-1, ids[0], -1)
+        forkrun.run(body)   # (its clients see the pid of a process that is gone, as they did)
+    elif ids == (os.geteuid(), os.getegid()) and groups is None:
         fn()
-
-    forkrun.run(body)
+    else:
+        threadids.call_as(ids[0], ids[1], groups, fn)
 
 
 def _as(ids: tuple[int, int] | None, fn, *args) -> None:

@@ -42,6 +42,8 @@ def check(entry: dict, what: str) -> None:
         _fail(f"{what}: bad backlog")
     if "cred" in entry and "listen" not in entry:
         _fail(f"{what}: only a listener keeps the credentials it listened with")
+    if ("cred_groups" in entry or "cred_gone" in entry) and "cred" not in entry:
+        _fail(f"{what}: 'cred_groups' or 'cred_gone' without 'cred'")
     c = entry.get("connect")
     if c is not None:
         if "obj" in entry or "listen" in entry or (entry.get("type") == "dgram") == ("order" in c):
@@ -188,6 +190,13 @@ def owner_rule(v) -> str | None:
     return None
 
 
+def groups_rule(v) -> str | None:
+    """imageformat rule of a listener's supplementary groups (at most NGROUPS_MAX gids)."""
+    if len(v) > 65536 or any(type(x) is not int or not 0 <= x < 2**32 - 1 for x in v):
+        return "must be at most 65536 gids"
+    return None
+
+
 # The fields of a unix fd entry (engine.imageformat types; `check` does the rest).
 FIELDS = {
     "connect": F(DICT, required=False),
@@ -202,6 +211,10 @@ FIELDS = {
     "unlinked": F(STR, required=False),
     "owner": F(LIST, required=False, rule=owner_rule),
     "cred": F(LIST, required=False, rule=owner_rule),
+    # The supplementary groups the listener listened with (SO_PEERGROUPS), in the dumper's ids.
+    "cred_groups": F(LIST, required=False, rule=groups_rule),
+    # It listened in a process that is no live process of the tree (exited since: a daemon's parent).
+    "cred_gone": F(BOOL, required=False),
     "mode": F(INT, required=False, rule=mode_rule),
     "msgs": F(LIST, required=False),
     "mnts": F(LIST, required=False),

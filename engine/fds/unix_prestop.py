@@ -10,7 +10,9 @@ a kind not kept (in the datagram at the head of the queue: a peek sees that one 
 more data on a stream whose peer is gone than an image keeps, pending connections dump
 cannot list exactly or whose client is outside the tree, data waiting (or maybe
 waiting: its client is gone) on a connection not yet accepted (with
---leave-running), a connection to a socket
+--leave-running), a listener that listened with other groups than its process's in a user
+namespace that denies setgroups or in another live process of the tree than its first holder,
+a connection to a socket
 that is not its pair restore cannot make again or that is outside the tree,
 and a datagram waiting on a named socket whose sender's name no datagram
 socket of the tree holds.
@@ -26,6 +28,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import struct
 
 SO_PEEK_OFF = 42
 SCRATCH = "unix-prestop"
@@ -63,6 +66,10 @@ def _precheck(d) -> None:
         if k.inflight:
             unix_queue.refuse_head_inflight(d, s)
         if case == "listener":
+            from engine.fds import unix_bind
+            unix.refuse_listener_groups(k, unix_bind.listener_groups(s))
+            unix.refuse_listener_elsewhere(k, struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                                                12))[0])
             if k.rec.get("rqueue"):
                 entry["_pending"], last = unix.pending_clients(d, k.rec, k.diag, k.netns)
                 if last >= 0 and d.scratch.get("leave_running"):

@@ -1,0 +1,115 @@
+"""Supplementary groups in user namespaces that deny setgroups (engine/userns_groups.py): nobody
+can set them inside, so a stand-in that entered with the restorer's groups kept those, and the
+snapshot (its "creds" line: uid, gid, groups) showed the difference. Each stand-in now holds its
+process's groups before it enters; one that cannot (its parent's stand-in is in such a namespace
+already, with other groups) is refused at dump, before the stop.
+"""
+
+from __future__ import annotations
+
+import errno
+
+import pytest
+
+from enginecase import STOP_WATCH, case, py_hold  # noqa: F401  (fixture)
+from engine import userns_cr, userns_groups
+
+
+def _setup(first: bool, listener: bool = False) -> str:
+    """The root forks a child holding groups 5, 7 and 1000 that makes a user namespace mapping
+    ids 0..65535 to themselves, setgroups denied (written by the root); with `first` the child also
+    makes a uts namespace from inside it (its stand-in starts there) and forks a grandchild, which
+    keeps its groups. With `listener` the child listens on an abstract socket with group 9 first
+    (before it takes its groups and enters the namespace)."""
+    return py_hold("""
+import ctypes, signal
+libc = ctypes.CDLL(None, use_errno=True)
+r, w = os.pipe(); r2, w2 = os.pipe()
+import socket
+ls = socket.socket(socket.AF_UNIX); ls.bind(b"\\0zdtm-groups")
+if LISTENER:
+    os.setgroups([9]); ls.listen()
+os.setgroups([5, 7, 1000])
+kid = os.fork()
+if kid == 0:
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    assert libc.unshare(0x10000000) == 0   # CLONE_NEWUSER
+    os.write(w, b"1"); os.read(r2, 1)
+    if FIRST:
+        assert libc.unshare(0x04000000) == 0   # CLONE_NEWUTS, from inside
+        if os.fork() == 0:
+            libc.prctl(15, b"mntcr-hold", 0, 0, 0)
+            while True: signal.pause()
+    libc.prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True: signal.pause()
+os.read(r, 1)
+for name, text in (("setgroups", "deny"), ("uid_map", "0 0 65536"), ("gid_map", "0 0 65536")):
+    with open(f"/proc/{kid}/{name}", "w") as f:
+        f.write(text)
+os.write(w2, b"1")
+os.setgroups([])
+""".replace("FIRST", str(first)).replace("LISTENER", str(listener)))
+
+
+def _groups(state) -> list[str]:
+    return sorted(line.split(" groups ")[1].split()[0] for p in state.snap.procs for line in p.text().splitlines()
+                  if line.startswith("creds:"))
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["joined_last", "started_inside"])
+def test_groups_in_a_namespace_that_denies_setgroups_are_kept(case, first):
+    """The child (and the grandchild forked inside) come back with groups 5, 7, 1000 (the
+    snapshot compares every process's groups), the root with none."""
+    before, after = case.roundtrip(_setup(first))
+    assert _groups(before) == ["-"] + ["5,7,1000"] * (2 if first else 1)
+    assert _groups(after) == _groups(before)
+
+
+def _users(setgroups_outer: str = "allow") -> dict:
+    return {"user-1": {"parent": None, "uid_map": [[0, 100000, 65536]], "gid_map": [[0, 100000, 65536]],
+                       "setgroups": setgroups_outer},
+            "user-2": {"parent": "user-1", "uid_map": [[0, 100000, 1000]], "gid_map": [[0, 100000, 1000]],
+                       "setgroups": "deny"}}
+
+
+def _proc(pid, ppid, userns, groups, **more) -> dict:
+    return {"pid": pid, "ppid": ppid, "userns": userns,
+            "creds": {"uid": [0] * 4, "gid": [0] * 4, "groups": groups}, **more}
+
+
+def test_plan_names_groups_in_the_namespace_the_stand_in_is_in_first():
+    """A stand-in in the restorer's namespace sets the dumper's ids; one forked by a stand-in that
+    started in an allowing namespace sets that namespace's ids; one forked inside a denying one
+    keeps its parent's (nothing to set)."""
+    procs = [_proc(1, None, "user-2", [3, 4]),
+             _proc(2, 1, "user-1", [], userns_first=True),
+             _proc(3, 2, "user-2", [5]),
+             _proc(4, None, "user-2", [5], userns_first=True),
+             _proc(5, 4, "user-2", [5])]
+    procs[3]["ppid"] = 3
+    procs[4]["ppid"] = 4
+    plan = userns_groups.plan(procs, _users())
+    assert plan == {1: [100003, 100004], 3: [5], 4: [5]}, plan
+
+
+def test_plan_refuses_other_groups_than_the_parents_inside_a_denying_namespace():
+    """A child whose parent's stand-in started inside the denying namespace holds the parent's
+    groups: other ones are refused, one line."""
+    procs = [_proc(1, None, "user-2", [5], userns_first=True), _proc(2, 1, "user-2", [6])]
+    with pytest.raises(userns_cr.UsernsError) as err:
+        userns_groups.plan(procs, _users())
+    assert err.value.errno == errno.EOPNOTSUPP
+    assert "process 2: groups [6] in a user namespace that denies setgroups" in str(err.value)
+    procs[1]["creds"]["groups"] = [5]
+    assert userns_groups.plan(procs, _users()) == {1: [100005]}
+
+
+@pytest.mark.parametrize("first", [False, True], ids=["joined_last", "started_inside"])
+def test_listener_with_other_groups_in_a_denying_namespace_refused_unstopped(case, first):
+    """A listener that listened with group 9 held by a process of groups 5, 7, 1000 in a namespace
+    that denies setgroups: its stand-in could not listen with group 9 there: refused before the stop."""
+    from test_engine_prestop import _refused_unstopped
+    pid = case.start(STOP_WATCH + _setup(first, listener=True))
+    _refused_unstopped(case, pid, r"process \d+ fd \d+ \(socket:\[\d+\]\): a listener that listened with "
+                                  r"groups \[9\], other than its process's \(\[5, 7, 1000\]\), in a user namespace "
+                                  "that denies setgroups: not supported")
