@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from dataclasses import dataclass, field
 
 from engine import cli as engine_cli
-from zdtm import clifork
+from zdtm import freshfork
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +86,7 @@ def _error_line(text: str) -> str:
 
 
 class MntcrBackend(Backend):
-    """Our engine, through its command line (engine.cli's main in a process of its own: zdtm/clifork.py),
+    """Our engine, through its command line (engine.cli's main in a process of its own: zdtm/freshfork.py),
     so a crash stays a failure."""
 
     name = "mntcr"
@@ -98,8 +99,8 @@ class MntcrBackend(Backend):
         cmd = engine_cli.command(stage, *args)   # what the log shows: the same verb from a shell
         timeout = self.timeout or ctx.scenario.timeout
         try:
-            code, out, err = clifork.run([stage, *args], timeout, cwd=_PROJECT_ROOT)
-        except clifork.Timeout:
+            code, out, err = freshfork.run_verb([stage, *args], timeout, cwd=_PROJECT_ROOT)
+        except subprocess.TimeoutExpired:
             raise BackendError(stage, f"mntcr {stage}: timed out after {timeout:g}s", log) from None
         with open(log, "wb") as f:
             f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + out + b"--- stderr\n" + err)

@@ -27,7 +27,7 @@ import traceback
 REQUESTS = "req"
 PIDFILE = "pid"
 # What `python -m zdtm.item` imports before and while running an item, and the engine verbs the
-# item forks (zdtm/clifork.py: each child starts with its verb loaded); the rest is imported on
+# item forks (zdtm/freshfork.py: each child starts with its verb loaded); the rest is imported on
 # use, in the child, as before.
 PRELOAD = ("zdtm.item", "zdtm.flavors.ns", "zdtm.cycle", "zdtm.scenario", "zdtm.backends", "engine.cli",
            "engine.dump", "engine.restore")
