@@ -220,6 +220,9 @@ def project_env(root: str) -> dict[str, str]:
 
 def _verb(args: list[str]) -> int:
     from engine import cli
+    if "engine.strategy" in sys.modules:
+        # chosen from MNTCR_STRATEGY when first asked: a fresh interpreter reads it now
+        sys.modules["engine.strategy"].reset()
     sys.argv = [cli.__file__, *args]
     return cli.main()
 
