@@ -237,7 +237,7 @@ def run_verb(args: list[str], timeout: float | None, cwd: str) -> tuple[int, byt
     """
     if forkable():
         prepare(args[0] if args else "")
-    from engine import cli
+    from engine import cli, content
     out = os.memfd_create("mntcr-stdout", os.MFD_CLOEXEC)
     err = os.memfd_create("mntcr-stderr", os.MFD_CLOEXEC)
     null = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -250,18 +250,10 @@ def run_verb(args: list[str], timeout: float | None, cwd: str) -> tuple[int, byt
             child.kill()
             child.wait()
             raise
-        return code, _read(out), _read(err)
+        return code, content.read_from_start(out), content.read_from_start(err)
     finally:
         for fd in (out, err, null):
             os.close(fd)
-
-
-def _read(fd: int) -> bytes:
-    os.lseek(fd, 0, os.SEEK_SET)
-    chunks = []
-    while chunk := os.read(fd, 1 << 20):
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def _wait(pid: int, timeout: float | None) -> int:
