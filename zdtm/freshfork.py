@@ -13,12 +13,14 @@ stdout, stderr as asked, `close_fds`, `pass_fds`, `cwd`, `env`): those fds and
 no other, that environment, the signal dispositions an interpreter starts with
 (handlers the runner installed are reset; SIGPIPE stays ignored). And it shows
 the command line and environment the interpreter showed in /proc/PID/cmdline
-and /proc/PID/environ (prctl PR_SET_MM, which needs CAP_SYS_RESOURCE: the
-runner is root wherever it runs items), and so do the processes it forks
+and /proc/PID/environ (prctl PR_SET_MM), and so do the processes it forks
 (stand-ins): the leak guard knows ours by them (zdtm/leakguard.py: the
 session's mark in the environment, the module in the command line), and `ps`
 says what each is. A forked child would otherwise show the runner's (and not
 the session mark, which the runner put in its environment after it started).
+PR_SET_MM needs CAP_SYS_RESOURCE: a VM guest's root has it; a runner without
+it (a container's root may lack it: this project's CI host does) starts fresh
+interpreters, as before (`forkable`): slower, the same otherwise.
 
 - `run_verb(args, timeout, cwd)`: engine.cli's own `main` (its argument
   parsing, its one-line errors, its exit status), stdout and stderr captured
