@@ -94,8 +94,8 @@ def run(argv: list[str], stdin: int | None = None, stdout: int | None = None, pa
             for fd, inheritable in was.items():
                 os.set_inheritable(fd, inheritable)
         status = os.waitpid(pid, 0)[1]
-        return os.waitstatus_to_exitcode(status), b"" if stdout is not None else _read_from_start(out), \
-            _read_from_start(err)
+        return os.waitstatus_to_exitcode(status), b"" if stdout is not None else read_from_start(out), \
+            read_from_start(err)
     finally:
         for fd in mine:
             os.close(fd)
@@ -115,7 +115,8 @@ def _above_stdio(fd: int, mine: list[int]) -> int:
     return fd
 
 
-def _read_from_start(fd: int) -> bytes:
+def read_from_start(fd: int) -> bytes:
+    """All of the file at `fd` from its start (a memory file a child wrote its output to)."""
     os.lseek(fd, 0, os.SEEK_SET)
     chunks = []
     while data := os.read(fd, 1 << 20):

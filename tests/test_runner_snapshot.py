@@ -158,3 +158,25 @@ def test_settle_waits_for_a_tree_still_busy_after_ready(busy):
         snapshot.kill_tree(p.pid)
         p.wait()
         p.stdout.close()
+
+
+@pytest.mark.skipif(not snapshot._has_children_files(),
+                    reason="this kernel has no /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN): tree_pids scans "
+                           "every process there")
+def test_tree_from_children_files_is_the_tree_from_every_parent():
+    """Grandchildren included, a zombie left out, the same order as the scan of every process."""
+    import signal
+    import subprocess
+    import time
+    root = subprocess.Popen(["sh", "-c", "sleep 100 & sh -c 'sleep 100 & sleep 100 & wait' & true & exec sleep 100"])
+    try:
+        deadline = time.monotonic() + 30
+        while len(snapshot._tree_from_scan(root.pid)) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        want = snapshot._tree_from_scan(root.pid)
+        assert len(want) == 5   # the root's sleep, its sleep and sh, that sh's two sleeps (not the zombie true)
+        assert snapshot.tree_pids(root.pid) == want
+    finally:
+        for pid in reversed(snapshot._tree_from_scan(root.pid)):
+            os.kill(pid, signal.SIGKILL)
+        root.wait()

@@ -25,6 +25,7 @@ import subprocess
 from dataclasses import dataclass, field
 
 from engine import cli as engine_cli
+from zdtm import freshfork
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,7 +86,8 @@ def _error_line(text: str) -> str:
 
 
 class MntcrBackend(Backend):
-    """Our engine, through its command line (`python -m engine.cli`), so a crash stays a failure."""
+    """Our engine, through its command line (engine.cli's main in a process of its own: zdtm/freshfork.py),
+    so a crash stays a failure."""
 
     name = "mntcr"
 
@@ -94,20 +96,17 @@ class MntcrBackend(Backend):
 
     def _run(self, stage: str, args: list[str], ctx: Context) -> None:
         log = ctx.log_path(stage)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        cmd = engine_cli.command(stage, *args)
+        cmd = engine_cli.command(stage, *args)   # what the log shows: the same verb from a shell
+        timeout = self.timeout or ctx.scenario.timeout
         try:
-            proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  env=env, cwd=_PROJECT_ROOT, timeout=self.timeout or ctx.scenario.timeout)
+            code, out, err = freshfork.run_verb([stage, *args], timeout, cwd=_PROJECT_ROOT)
         except subprocess.TimeoutExpired:
-            raise BackendError(stage, f"mntcr {stage}: timed out after {self.timeout or ctx.scenario.timeout:g}s",
-                               log) from None
+            raise BackendError(stage, f"mntcr {stage}: timed out after {timeout:g}s", log) from None
         with open(log, "wb") as f:
-            f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + proc.stdout + b"--- stderr\n" + proc.stderr)
-        if proc.returncode != 0:
-            err = _error_line(proc.stderr.decode(errors="replace")) or f"exit status {proc.returncode}, no message"
-            raise BackendError(stage, err, log)
+            f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + out + b"--- stderr\n" + err)
+        if code != 0:
+            err_line = _error_line(err.decode(errors="replace")) or f"exit status {code}, no message"
+            raise BackendError(stage, err_line, log)
 
     def dump(self, pid, images_dir, externals, ctx):
         args = ["-t", str(pid), "-D", images_dir]

@@ -61,8 +61,54 @@ def _ppids() -> dict[int, int]:
     return out
 
 
+_HAS_CHILDREN: bool | None = None
+
+
+def _has_children_files() -> bool:
+    """Whether the kernel has /proc/PID/task/TID/children (CONFIG_PROC_CHILDREN: Debian's kernels
+    and this project's hosts do, not every kernel does)."""
+    global _HAS_CHILDREN
+    if _HAS_CHILDREN is None:
+        _HAS_CHILDREN = os.path.exists(f"/proc/self/task/{os.getpid()}/children")
+    return _HAS_CHILDREN
+
+
+def _children(pid: int) -> list[int]:
+    """The children of `pid` (of each of its threads); [] when it is gone."""
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return []
+    out = []
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(n) for n in f.read().split()]
+        except OSError:
+            pass   # the thread (or the process) is gone
+    return out
+
+
 def tree_pids(root: int) -> list[int]:
-    """`root` and its live descendants (host pids), root first, parents before children."""
+    """`root` and its live descendants (host pids), root first, parents before children.
+
+    Read from the tree's own children files when the kernel has them: a scan of every
+    process's stat costs ~0.2 s a call in a TCG guest (100 entries), three calls a snapshot.
+    """
+    if not _has_children_files():
+        return _tree_from_scan(root)
+    if not alive(root):
+        return []
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop(0)
+        out.append(pid)
+        todo.extend(sorted(k for k in _children(pid) if alive(k)))
+    return out
+
+
+def _tree_from_scan(root: int) -> list[int]:
+    """tree_pids from every process's parent (kernels without children files)."""
     ppids = _ppids()
     if root not in ppids:
         return []

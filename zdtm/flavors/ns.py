@@ -3,7 +3,8 @@
 Process layout (nothing is mounted in the host's mount namespace):
 
     runner (pytest)
-      └─ keeper: python -m zdtm.flavors.ns CONFIG   (host namespaces; unshare(CLONE_NEWPID))
+      └─ keeper: a forked child (zdtm/freshfork.py) running keeper_main(CONFIG)   (host namespaces;
+                 unshare(CLONE_NEWPID))
            └─ init: pid 1 of a new PID namespace; unshares mount, UTS, IPC;
                     builds the container root, pivot_root, setsid, exec sh -c SETUP
                     ... which ends in `exec zdtm-hold` (zdtm/holder.py)
@@ -46,7 +47,7 @@ import sys
 import threading
 import time
 
-from zdtm import cgroups, holder
+from zdtm import cgroups, freshfork, holder
 from zdtm.flavors import External, Running, SetupError
 from zdtm.lineread import read_line
 
@@ -200,7 +201,7 @@ def keeper_main(config_path: str) -> int:
 class _Keeper:
     """The keeper process and the setup output collected from its pipe."""
 
-    def __init__(self, proc: subprocess.Popen, out_r: int):
+    def __init__(self, proc: freshfork.Child, out_r: int):
         self.proc = proc
         self.output = bytearray()
         self.closed = threading.Event()
@@ -283,20 +284,23 @@ class NsFlavor:
                 externals.insert(0, External(key=ROOT_KEY, mountpoint="/", host_path=cfg["outer_root"]))
         with open(config, "w") as f:
             json.dump(cfg, f)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = _PROJECT_ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        log = open(os.path.join(workdir, "keeper.log"), "wb")
+        log = os.open(os.path.join(workdir, "keeper.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
+                      0o644)
         try:
-            # With outside groups the keeper holds its namespace until its stdin closes. -S: the
-            # keeper needs only the standard library (like engine.cli.command); site-packages' .pth
-            # hooks cost ~2 s of each item's setup in a TCG guest.
-            proc = subprocess.Popen([sys.executable, "-S", "-m", "zdtm.flavors.ns", config],
-                                    stdin=subprocess.PIPE if outer else subprocess.DEVNULL,
-                                    stdout=subprocess.PIPE, stderr=log, pass_fds=(out_w,), env=env,
-                                    cwd=_PROJECT_ROOT)
+            # With outside groups the keeper holds its namespace until its stdin closes. Forked
+            # (zdtm/freshfork.py), not `python -m zdtm.flavors.ns`: a fresh interpreter and its
+            # imports cost 2-3 s of each item's setup in a TCG guest.
+            null = None if outer else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                shown = [sys.executable, "-S", "-m", "zdtm.flavors.ns", config]   # ps and the leak guard see it
+                proc = freshfork.spawn(lambda: keeper_main(config), shown, freshfork.project_env(_PROJECT_ROOT),
+                                       stdin=null, stdout=None, stderr=log, cwd=_PROJECT_ROOT, pass_fds=(out_w,))
+            finally:
+                if null is not None:
+                    os.close(null)
         finally:
             os.close(out_w)
-            log.close()
+            os.close(log)
         keeper = _Keeper(proc, out_r)
         keeper.outer = outer
         keeper.run_id = cfg["run_id"]
