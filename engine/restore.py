@@ -74,6 +74,8 @@ _ALL_FLAGS = sum(_ATTR_FLAGS.values())
 # Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts).
 _AFTER_FILL = 512
 _MOVE_FLAGS = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
+_CLONE = kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH
+_SET_GROUP = kernel.MOVE_MOUNT_SET_GROUP | _MOVE_FLAGS
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
 _PLAIN = frozenset({"rw", "relatime"})   # what fsmount gives without attributes
@@ -898,7 +900,7 @@ class _Restorer:
         sb = self.doc["superblocks"][m["sb"]]
         if not sb.get("external"):
             handler = fs.lookup(sb["fstype"])
-            if self._sb(m["sb"]) is None:
+            if m["sb"] not in self.sb_fd and self._sb(m["sb"]) is None:   # (made: no call)
                 if handler is None or handler.when != fs.ON_USE:
                     raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
                                                      f"{m['sb']} was not created")
@@ -1123,11 +1125,11 @@ class _Restorer:
             if rel:
                 where = self._beneath_or_made(m["sb"], base, rel, lambda: m.get("dir"), os.O_PATH, _BENEATH)
                 try:
-                    fd = kernel.open_tree(where, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+                    fd = kernel.open_tree(where, "", _CLONE)
                 finally:
                     os.close(where)
             else:
-                fd = kernel.open_tree(base, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+                fd = kernel.open_tree(base, "", _CLONE)
         except OSError as e:
             raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): cannot bind root "
                                         f"{m['root']}: {e.strerror}") from None
@@ -1593,15 +1595,12 @@ class _Restorer:
         if op[0] == "set_group":
             dst = self._mount(op[2])
             src, close_src = self._fd_for(self._mount(op[1]))
-            why = f"copying the sharing of mount {op[1]}"
         elif op[0] == "set_group_via":
             dst = self._mount(op[2])
             src, close_src = self._clone_beside(self._mount(op[1]), dst), True
-            why = f"copying the sharing of mount {op[1]} (through a clone of it at this root)"
         else:
             dst = self._mount(op[1])
             src, close_src = self._external_master(dst, op[2]), True
-            why = f"joining external master group {op[2]}"
         try:
             dfd, close_dst = self._fd_for(dst)
         except RestoreError:
@@ -1610,9 +1609,11 @@ class _Restorer:
             raise
         self._enter_for(dst)
         try:
-            kernel.move_mount(src, "", dfd, "", kernel.MOVE_MOUNT_SET_GROUP
-                              | kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+            kernel.move_mount(src, "", dfd, "", _SET_GROUP)
         except OSError as e:
+            why = f"copying the sharing of mount {op[1]}" if op[0] == "set_group" else \
+                f"copying the sharing of mount {op[1]} (through a clone of it at this root)" if op[0] == "set_group_via" \
+                else f"joining external master group {op[2]}"
             raise RestoreError(e.errno, f"mount {dst['id']} ({dst['mountpoint']}): {why}: {e.strerror}") from None
         finally:
             if close_src:
