@@ -420,6 +420,10 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
 
 def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
                    ids: tuple[int, int] | None, chan: channel.Channel) -> None:
+    # The caller's other fds (the filler holds a superblock's each: thousands at 10,000 mounts, still
+    # its own too) go at once, with a few close_range calls: else each tar spawn (run) closes them
+    # one by one, two syscalls each (glibc asks for the fd limit at every close action).
+    kernel.close_fds_except({0, 1, 2, archive_fd, chan.fileno(), *(fd for fd, _ in targets)})
     # The size first: only a manifest's own big archives are hashed by OpenSSL (restore loads it
     # for them, tools), and one that lies about its size is refused without reading it.
     got = {"size": os.fstat(archive_fd).st_size, "sha256": "(not read)"}
@@ -430,6 +434,8 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, e
                       f"do not match the manifest ({expect.get('size')}, {str(expect.get('sha256'))[:16]}...)")
     check_members(archive_fd, name, {m for _, m in targets})
     staging = _staging(targets)
+    for fd, _ in targets:
+        os.close(fd)   # (attached in staging now: tar's spawn has one close action fewer each)
     os.lseek(archive_fd, 0, os.SEEK_SET)
     cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *_COMMON, "--same-owner",
            "--delay-directory-restore"]

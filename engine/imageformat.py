@@ -440,23 +440,16 @@ def _rule_lines(n: int, key: str, f: F, env: dict, v: str, ind: str, seen: set, 
                 f"{ind}except TypeError:",
                 f"{ind}    key, hit = None, False",
                 f"{ind}if not hit: _seen(SEEN{n}, _rec, what, {k}, {v}, key)"]
-    if kind[0] == "record":
-        # The nested record's own compiled check, called directly; its error gets this field's name.
+    if kind[0] in ("record", "records"):
+        # The nested record's own compiled check, called directly; its error gets this field's name
+        # (a list's item: _slow again, for the item's index in the message).
         env[f"CHK{n}"] = _compiled.get(kind[1].name) or _compile_into(kind[1])
-        return [f"{ind}if {v} is not None:",
-                f"{ind}    try:",
-                f"{ind}        CHK{n}({v}, '')",
-                f"{ind}    except Bad as b:",
-                f"{ind}        _where(what, {k} + b.where, b.why)"]
-    if kind[0] == "records":
-        env[f"CHK{n}"] = _compiled.get(kind[1].name) or _compile_into(kind[1])
-        return [f"{ind}if {v} is not None:",
-                f"{ind}    if len({v}) > {kind[2]!r}: {slow}",
-                f"{ind}    try:",
-                f"{ind}        for x in {v}:",
-                f"{ind}            CHK{n}(x, '')",
-                f"{ind}    except Bad:",
-                f"{ind}        {slow}  # again, for the item's index in the message"]
+        one = kind[0] == "record"
+        return [f"{ind}if {v} is not None:"] + ([] if one else [f"{ind}    if len({v}) > {kind[2]!r}: {slow}"]) + [
+            f"{ind}    try:",
+            f"{ind}        CHK{n}({v}, '')" if one else f"{ind}        for x in {v}: CHK{n}(x, '')",
+            f"{ind}    except Bad as b:",
+            f"{ind}        " + (f"_where(what, {k} + b.where, b.why)" if one else slow)]
     return [f"{ind}{slow}"]
 
 
