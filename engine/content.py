@@ -82,8 +82,10 @@ def run(argv: list[str], stdin: int | None = None, stdout: int | None = None, pa
         err = _above_stdio(os.memfd_create("stderr", os.MFD_CLOEXEC), mine)
         keep = {0, 1, 2, *pass_fds}
         actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
-        # (a close of an fd closed meanwhile, the listing's own, is ignored by glibc)
-        actions += [(os.POSIX_SPAWN_CLOSE, int(fd)) for fd in os.listdir("/proc/self/fd") if int(fd) not in keep]
+        # Only fds exec would keep get a close action (glibc makes two syscalls for each; the others,
+        # close-on-exec like most of ours, go at the exec anyway).
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in map(int, os.listdir("/proc/self/fd"))
+                    if fd not in keep and _inherited(fd)]
         was = {fd: os.get_inheritable(fd) for fd in pass_fds}
         for fd in pass_fds:
             os.set_inheritable(fd, True)
@@ -99,6 +101,14 @@ def run(argv: list[str], stdin: int | None = None, stdout: int | None = None, pa
     finally:
         for fd in mine:
             os.close(fd)
+
+
+def _inherited(fd: int) -> bool:
+    """Whether an exec would keep `fd` open (False for an fd closed meanwhile: the listing's own)."""
+    try:
+        return os.get_inheritable(fd)
+    except OSError:
+        return False
 
 
 def _above_stdio(fd: int, mine: list[int]) -> int:
