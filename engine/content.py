@@ -82,8 +82,10 @@ def run(argv: list[str], stdin: int | None = None, stdout: int | None = None, pa
         err = _above_stdio(os.memfd_create("stderr", os.MFD_CLOEXEC), mine)
         keep = {0, 1, 2, *pass_fds}
         actions = [(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, out, 1), (os.POSIX_SPAWN_DUP2, err, 2)]
-        # (a close of an fd closed meanwhile, the listing's own, is ignored by glibc)
-        actions += [(os.POSIX_SPAWN_CLOSE, int(fd)) for fd in os.listdir("/proc/self/fd") if int(fd) not in keep]
+        # Only fds exec would keep get a close action (glibc makes two syscalls for each; the others,
+        # close-on-exec like most of ours, go at the exec anyway).
+        actions += [(os.POSIX_SPAWN_CLOSE, fd) for fd in map(int, os.listdir("/proc/self/fd"))
+                    if fd not in keep and _inherited(fd)]
         was = {fd: os.get_inheritable(fd) for fd in pass_fds}
         for fd in pass_fds:
             os.set_inheritable(fd, True)
@@ -99,6 +101,14 @@ def run(argv: list[str], stdin: int | None = None, stdout: int | None = None, pa
     finally:
         for fd in mine:
             os.close(fd)
+
+
+def _inherited(fd: int) -> bool:
+    """Whether an exec would keep `fd` open (False for an fd closed meanwhile: the listing's own)."""
+    try:
+        return os.get_inheritable(fd)
+    except OSError:
+        return False
 
 
 def _above_stdio(fd: int, mine: list[int]) -> int:
@@ -421,6 +431,10 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
 
 def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
                    ids: tuple[int, int] | None, chan: channel.Channel) -> None:
+    # The caller's other fds (the filler holds a superblock's each: thousands at 10,000 mounts, still
+    # its own too) go at once, with a few close_range calls: else each tar spawn (run) closes them
+    # one by one, two syscalls each (glibc asks for the fd limit at every close action).
+    kernel.close_fds_except({0, 1, 2, archive_fd, chan.fileno(), *(fd for fd, _ in targets)})
     # The size first: only a manifest's own big archives are hashed by OpenSSL (restore loads it
     # for them, tools), and one that lies about its size is refused without reading it.
     got = {"size": os.fstat(archive_fd).st_size, "sha256": "(not read)"}
@@ -431,6 +445,8 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, e
                       f"do not match the manifest ({expect.get('size')}, {str(expect.get('sha256'))[:16]}...)")
     check_members(archive_fd, name, {m for _, m in targets})
     staging = _staging(targets)
+    for fd, _ in targets:
+        os.close(fd)   # (attached in staging now: tar's spawn has one close action fewer each)
     os.lseek(archive_fd, 0, os.SEEK_SET)
     cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *_COMMON, "--same-owner",
            "--delay-directory-restore"]

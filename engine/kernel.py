@@ -141,6 +141,12 @@ def syscall(name: str, *args) -> int:
     return _check(_syscall(NR[name], *args), name)
 
 
+def _failed(what: str):
+    """Raise the OSError of the call that just failed (errno), naming it."""
+    err = ctypes.get_errno()
+    raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
 def _b(path: str | bytes | None) -> bytes | None:
     # os.fsencode, inlined: this runs for every path of every mount syscall.
     if type(path) is str:
@@ -148,16 +154,23 @@ def _b(path: str | bytes | None) -> bytes | None:
     return path
 
 
+# The hot wrappers below (restore makes several of these calls a mount) pass fds as plain ints
+# (ctypes passes them as C ints, as c_int would), an empty path without a call, and format
+# their message only when they fail.
+
 def open_tree(dfd: int, path: str, flags: int) -> int:
     """open_tree(2): an O_PATH fd on a mount, or (OPEN_TREE_CLONE) on a detached copy."""
-    return _check(_syscall(NR["open_tree"], ctypes.c_int(dfd), _b(path), ctypes.c_uint(flags | OPEN_TREE_CLOEXEC)),
-                  lambda: f"open_tree({path!r})")
+    fd = _syscall(NR["open_tree"], dfd, b"" if path == "" else _b(path), ctypes.c_uint(flags | OPEN_TREE_CLOEXEC))
+    if fd < 0:
+        _failed(f"open_tree({path!r})")
+    return fd
 
 
 def move_mount(from_dfd: int, from_path: str, to_dfd: int, to_path: str, flags: int) -> None:
     """move_mount(2): attach/move a mount, or with MOVE_MOUNT_SET_GROUP copy sharing."""
-    _check(_syscall(NR["move_mount"], ctypes.c_int(from_dfd), _b(from_path), ctypes.c_int(to_dfd), _b(to_path),
-                    ctypes.c_uint(flags)), lambda: f"move_mount({from_path!r} -> {to_path!r})")
+    if _syscall(NR["move_mount"], from_dfd, b"" if from_path == "" else _b(from_path), to_dfd,
+                b"" if to_path == "" else _b(to_path), ctypes.c_uint(flags)) < 0:
+        _failed(f"move_mount({from_path!r} -> {to_path!r})")
 
 
 def fsopen(fstype: str) -> int:
@@ -235,8 +248,12 @@ def mount_setattr(dfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: 
                   propagation: int = 0) -> None:
     """mount_setattr(2): change per-mount flags and/or propagation."""
     attr = _MountAttr(attr_set, attr_clr, propagation, 0)
-    _check(_syscall(NR["mount_setattr"], ctypes.c_int(dfd), _b(path), ctypes.c_uint(flags), ctypes.byref(attr),
-                    ctypes.c_size_t(ctypes.sizeof(attr))), lambda: f"mount_setattr({path!r})")
+    if _syscall(NR["mount_setattr"], dfd, b"" if path == "" else _b(path), ctypes.c_uint(flags), ctypes.byref(attr),
+                _MOUNT_ATTR_SIZE) < 0:
+        _failed(f"mount_setattr({path!r})")
+
+
+_MOUNT_ATTR_SIZE = ctypes.c_size_t(ctypes.sizeof(_MountAttr))
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -421,8 +438,13 @@ class _OpenHow(ctypes.Structure):
 def openat2(dfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): open `path` beneath `dfd` under the RESOLVE_* restrictions."""
     how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    return _check(_syscall(NR["openat2"], ctypes.c_int(dfd), _b(path), ctypes.byref(how),
-                           ctypes.c_size_t(ctypes.sizeof(how))), lambda: f"openat2({path!r})")
+    fd = _syscall(NR["openat2"], dfd, _b(path), ctypes.byref(how), _OPEN_HOW_SIZE)
+    if fd < 0:
+        _failed(f"openat2({path!r})")
+    return fd
+
+
+_OPEN_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
 
 
 def open_unblocked(opener, flags: int) -> int:

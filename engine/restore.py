@@ -38,9 +38,11 @@ with the restorer, so a killed restore leaves nothing mounted.
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import errno
 import gc
+import itertools
 import marshal
 import os
 import re
@@ -48,6 +50,7 @@ import resource
 import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 import stat
+from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
                     lastword, mountinfo, parking, remount, sharing, standin, strategy, userns_cr,
@@ -72,6 +75,8 @@ _ALL_FLAGS = sum(_ATTR_FLAGS.values())
 # Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts).
 _AFTER_FILL = 512
 _MOVE_FLAGS = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
+_CLONE = kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH
+_SET_GROUP = kernel.MOVE_MOUNT_SET_GROUP | _MOVE_FLAGS
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
 _PLAIN = frozenset({"rw", "relatime"})   # what fsmount gives without attributes
@@ -102,7 +107,17 @@ def parse_externals(specs, root: str | None) -> dict[str, str]:
 
 def attr_of(mount_opts) -> tuple[int, int]:
     """(attr_set, attr_clr) for mount_setattr from mountinfo per-mount options."""
-    opts = set(mount_opts)
+    key = frozenset(mount_opts)
+    got = _ATTRS.get(key)   # (asked about once a mount and a superblock, of a few distinct option sets)
+    if got is None:
+        got = _ATTRS[key] = _attr_of(key)
+    return got
+
+
+_ATTRS: dict[frozenset, tuple[int, int]] = {}
+
+
+def _attr_of(opts: frozenset) -> tuple[int, int]:
     attr_set = sum(flag for name, flag in _ATTR_FLAGS.items() if name in opts)
     if "noatime" in opts:
         attr_set |= kernel.MOUNT_ATTR_NOATIME
@@ -375,9 +390,9 @@ class _Restorer:
         self.mounts: dict[int, dict] = {}
         self.ns_of_mount: dict[int, str] = {}
         for ns_id, ns in doc["mntns"].items():
-            for m in ns["mounts"]:
-                self.mounts[m["id"]] = m
-                self.ns_of_mount[m["id"]] = ns_id
+            ids = list(map(itemgetter("id"), ns["mounts"]))
+            self.mounts.update(zip(ids, ns["mounts"]))
+            self.ns_of_mount.update(dict.fromkeys(ids, ns_id))
         self.children: dict[int, list[dict]] = {}
         for m in self.mounts.values():
             if m.get("parent") is not None:
@@ -431,8 +446,9 @@ class _Restorer:
                 if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
                     self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
                     self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
-        for m in self.mounts.values():
-            if m.get("ghost"):
+        self.ghost_mounts = [m for m in itertools.chain(self.mounts.values(), self.detached.values()) if m.get("ghost")]
+        for m in self.ghost_mounts:
+            if m["id"] in self.mounts:
                 self.ghost_user.setdefault(m["ghost"], m)
         # Objects opened to make mount roots a new instance lacks (engine/fs `make_root`): the
         # superblock's device -> {number: fd}, handed to the fd stage; and the (sb, root) made.
@@ -576,14 +592,16 @@ class _Restorer:
         """Create every superblock the image needs (external ones are cloned later, types made
         on use when first used: engine/fs `when`). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
         while the rest of the restore goes on."""
-        users: dict[str, dict] = {}
+        every = list(itertools.chain(self.mounts.values(), self.detached.values()))
+        sids = list(map(itemgetter("sb"), every))
+        # Each superblock's first mount (dict(zip) keeps a key's last value: both reversed), and how
+        # many of its mounts have each set of options, counted in one pass in C (~45 steps a mount
+        # in a loop here); a Counter keeps the pairs in first-seen order, as the loop did.
+        users: dict[str, dict] = dict(zip(reversed(sids), reversed(every)))
         counts: dict[str, dict[frozenset, int]] = {}
-        for m in list(self.mounts.values()) + list(self.detached.values()):
-            users.setdefault(m["sb"], m)
-            opts = frozenset(m["mount_opts"])
+        for (sid, opts), n in collections.Counter(zip(sids, map(frozenset, map(itemgetter("mount_opts"), every)))).items():
             if opts <= _BASE_OK:
-                c = counts.setdefault(m["sb"], {})
-                c[opts] = c.get(opts, 0) + 1
+                counts.setdefault(sid, {})[opts] = n
         # A new superblock's own mount (fsmount) carries the per-mount options most of its mounts
         # have (never "ro": files are extracted through it): their clones need no mount_setattr.
         # (max keeps the first of equal counts, as Counter.most_common did; a plain dict is cheaper
@@ -890,7 +908,7 @@ class _Restorer:
         sb = self.doc["superblocks"][m["sb"]]
         if not sb.get("external"):
             handler = fs.lookup(sb["fstype"])
-            if self._sb(m["sb"]) is None:
+            if m["sb"] not in self.sb_fd and self._sb(m["sb"]) is None:   # (made: no call)
                 if handler is None or handler.when != fs.ON_USE:
                     raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
                                                      f"{m['sb']} was not created")
@@ -899,8 +917,8 @@ class _Restorer:
             if handler.held_root(m["root"]):
                 self._make_root(m)
             if m.get("source", sb["source"]) != sb["source"] and not handler.source_names_root:
-                return self._other_source(m, sb), rel_to(m["root"], "/")
-            return self.sb_fd[m["sb"]], rel_to(m["root"], "/")
+                return self._other_source(m, sb), m["root"][1:]
+            return self.sb_fd[m["sb"]], m["root"][1:]
         # A clone of a host path may only be cloned again from the namespace it came from.
         self.to_service()
         if m.get("external"):
@@ -1115,11 +1133,11 @@ class _Restorer:
             if rel:
                 where = self._beneath_or_made(m["sb"], base, rel, lambda: m.get("dir"), os.O_PATH, _BENEATH)
                 try:
-                    fd = kernel.open_tree(where, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+                    fd = kernel.open_tree(where, "", _CLONE)
                 finally:
                     os.close(where)
             else:
-                fd = kernel.open_tree(base, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+                fd = kernel.open_tree(base, "", _CLONE)
         except OSError as e:
             raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): cannot bind root "
                                         f"{m['root']}: {e.strerror}") from None
@@ -1151,14 +1169,17 @@ class _Restorer:
             return  # clones from seeds, adopted copies: uses are not one clone a mount there
         sbs = self.doc["superblocks"]
         later = set(self.helper_sbs) | {g["sb"] for g in (self.doc.get("ghosts") or {}).values()}
-        for sb in sbs.values():
+        for sid, sb in sbs.items():
+            if sb.get("external"):
+                later.add(sid)
             handler = fs.lookup(sb["fstype"])  # None: an external superblock of a type we do not make
             if handler is not None:
                 later |= handler.made_from(sb, self.mounts)
-        for m in list(self.mounts.values()) + list(self.detached.values()):
-            sid = m["sb"]
-            if not m.get("ghost") and sid not in later and not sbs[sid].get("external"):
-                self.sb_uses[sid] = self.sb_uses.get(sid, 0) + 1
+        # (counted in one pass in C: this was ~45 steps a mount)
+        uses = collections.Counter(map(itemgetter("sb"), itertools.chain(self.mounts.values(), self.detached.values())))
+        for m in self.ghost_mounts:
+            uses[m["sb"]] -= 1   # made from their ghost, not from the superblock's fd
+        self.sb_uses.update((sid, n) for sid, n in uses.items() if n > 0 and sid not in later)
 
     def _used_sb(self, sid: str) -> None:
         """One clone of superblock `sid` made: after its last, close its fd."""
@@ -1247,12 +1268,16 @@ class _Restorer:
                     if kids[0]["mountpoint"] == self.mounts[mid]["mountpoint"]:
                         covered[mid] = True
                     continue
-                rels = {rel_to(c["mountpoint"], self.mounts[mid]["mountpoint"]) for c in kids}
+                at = self.mounts[mid]["mountpoint"]
+                rs = [rel_to(c["mountpoint"], at) for c in kids]
+                rels = set(rs)
                 over_root = "" in rels
-                for c in kids:
-                    r = rel_to(c["mountpoint"], self.mounts[mid]["mountpoint"])
-                    parts = r.split("/") if r else []
-                    hidden = (over_root and r != "") or any("/".join(parts[:k]) in rels for k in range(1, len(parts)))
+                for c, r in zip(kids, rs):
+                    if over_root or "/" not in r:   # (a one-name path has no sibling above it)
+                        hidden = over_root and r != ""
+                    else:
+                        parts = r.split("/")
+                        hidden = any("/".join(parts[:k]) in rels for k in range(1, len(parts)))
                     stack.append((c["id"], cov or hidden))
                 if over_root:
                     covered[mid] = True
@@ -1294,21 +1319,26 @@ class _Restorer:
         order = fs.held_roots_last(sorted(self.mounts.values(), key=key))
         grouped_ids, owned = self.users.grouped, self.users.owned   # (set up before: fixed from here)
 
-        def done(mid: int) -> None:
-            # All of mid's children are attached: its fd is needed only if kept.
-            if left.get(mid, 0) == 0 and mid not in self.keep and mid in self.mnt_fd:
-                if mid in self.shared_ids:
-                    self.new_id[mid] = kernel.statx_mnt_id("", self.mnt_fd[mid], kernel.AT_EMPTY_PATH)
-                os.close(self.mnt_fd.pop(mid))
+        keep, mnt_fd, ns_of, mounts = self.keep, self.mnt_fd, self.ns_of_mount, self.mounts
+        groups, legacy = self.users.groups, self.legacy
 
+        def done(mid: int) -> None:
+            # All of mid's children are attached (the caller saw none left): its fd is needed only if kept.
+            if mid not in keep and mid in mnt_fd:
+                if mid in self.shared_ids:
+                    self.new_id[mid] = kernel.statx_mnt_id("", mnt_fd[mid], kernel.AT_EMPTY_PATH)
+                os.close(mnt_fd.pop(mid))
+
+        # (this loop runs once a mount: lookups are bound above, done() is called only when it acts)
         for m in order:
-            if m["id"] in grouped_ids:
+            mid = m["id"]
+            if mid in grouped_ids:
                 continue  # made with the unlocked mount above it (engine/userns_cr.py lock_subtree)
-            ns_id = self.ns_of_mount[m["id"]]
+            ns_id = ns_of[mid]
             if owned and self.users.must_copy_before(ns_id, m):  # locks: engine/userns_cr.py
                 self._users_call(self.users.copy, self, ns_id, attached)
-            self.mnt_fd[m["id"]] = self._clone(m)
-            if m["id"] in roots:
+            mnt_fd[mid] = self._clone(m)
+            if mid in roots:
                 self._new_namespace(ns_id, m, service_fd)
                 ready = [m]
             elif m["parent"] in attached:
@@ -1318,33 +1348,36 @@ class _Restorer:
                 continue
             while ready:
                 x = ready.pop()
-                if x["id"] in grouped_ids:
-                    self._moved.add(x["id"])   # attached with the unlocked mount above it
+                xid = x["id"]
+                if xid in grouped_ids:
+                    self._moved.add(xid)   # attached with the unlocked mount above it
                     self._users_call(self.users.attached, self, x)
                     if self._filling_now():
-                        nsx = self.ns_of_mount[x["id"]]
+                        nsx = ns_of[xid]
                         self.attached_in[nsx] = self.attached_in.get(nsx, 0) + 1
-                    left[x["parent"]] -= 1
-                    done(x["parent"])
-                elif x["id"] not in roots:
-                    nsx = self.ns_of_mount[x["id"]]
-                    if nsx != self.current_ns:
-                        self.enter(nsx)
-                    self._attach(self.mounts[x["parent"]], x)
-                    left[x["parent"]] -= 1
-                    done(x["parent"])
-                attached.add(x["id"])
-                if self.legacy:
-                    self.enter(self.ns_of_mount[x["id"]])
+                elif xid not in roots:
+                    if ns_of[xid] != self.current_ns:
+                        self.enter(ns_of[xid])
+                    self._attach(mounts[x["parent"]], x)
+                if xid not in roots:
+                    up = x["parent"]
+                    left[up] -= 1
+                    if not left[up]:
+                        done(up)
+                attached.add(xid)
+                if legacy:
+                    self.enter(ns_of[xid])
                     self._legacy_attrs(x)
-                kids = pending.pop(x["id"], None)
+                kids = pending.pop(xid, None)
                 if kids:
                     ready.extend(sorted(kids, key=lambda c: (c.get("uid") or 0, c["id"]), reverse=True))
-                grouped = self.users.groups.get(x["id"])
+                grouped = groups.get(xid)
                 if grouped:
                     ready.extend(reversed(grouped))
-                done(x["id"])
-                step("attach")
+                if not left.get(xid):
+                    done(xid)
+                if _FAULT_AT:   # (a call a mount saved when no fault is injected)
+                    step("attach")
         if pending:
             mid = next(iter(pending))
             raise RestoreError(errno.EINVAL, f"mount {mid}: children left unattached (parent cycle?)")
@@ -1552,7 +1585,8 @@ class _Restorer:
                     self.set_propagation(self._mount(op[1]), props[op[0]])
                 else:
                     self._set_group(op)
-                step("group")
+                if _FAULT_AT:   # (a call a mount saved when no fault is injected)
+                    step("group")
         finally:
             for hid in list(self.helpers):
                 self._drop_helper(hid)
@@ -1569,15 +1603,12 @@ class _Restorer:
         if op[0] == "set_group":
             dst = self._mount(op[2])
             src, close_src = self._fd_for(self._mount(op[1]))
-            why = f"copying the sharing of mount {op[1]}"
         elif op[0] == "set_group_via":
             dst = self._mount(op[2])
             src, close_src = self._clone_beside(self._mount(op[1]), dst), True
-            why = f"copying the sharing of mount {op[1]} (through a clone of it at this root)"
         else:
             dst = self._mount(op[1])
             src, close_src = self._external_master(dst, op[2]), True
-            why = f"joining external master group {op[2]}"
         try:
             dfd, close_dst = self._fd_for(dst)
         except RestoreError:
@@ -1586,9 +1617,11 @@ class _Restorer:
             raise
         self._enter_for(dst)
         try:
-            kernel.move_mount(src, "", dfd, "", kernel.MOVE_MOUNT_SET_GROUP
-                              | kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+            kernel.move_mount(src, "", dfd, "", _SET_GROUP)
         except OSError as e:
+            why = f"copying the sharing of mount {op[1]}" if op[0] == "set_group" else \
+                f"copying the sharing of mount {op[1]} (through a clone of it at this root)" if op[0] == "set_group_via" \
+                else f"joining external master group {op[2]}"
             raise RestoreError(e.errno, f"mount {dst['id']} ({dst['mountpoint']}): {why}: {e.strerror}") from None
         finally:
             if close_src:

@@ -99,15 +99,18 @@ def _mutations(base: dict, rng: random.Random, count: int):
         yield obj
 
 
-@pytest.fixture(params=["compiled", "interpreted"])
+@pytest.fixture(params=["compiled", "shapes", "table", "interpreted"])
 def check_path(request, monkeypatch):
-    """Each table checked by its compiled code from the first record, or only by the loop that
-    checks a small image's first records (engine.imageformat._interpret)."""
+    """Each table checked by its compiled code from the first record (as it runs: a check made for
+    each of the first 64 key lists, the whole table's check for others; "shapes": one for every key
+    list; "table": the whole table's only), or only by the loop that checks a small image's first
+    records (engine.imageformat._interpret)."""
     monkeypatch.setattr(f, "_compiled", {})
     monkeypatch.setattr(f, "_interpreted", {})
-    monkeypatch.setattr(f, "_COMPILE_AFTER", 0 if request.param == "compiled" else 1 << 30)
+    monkeypatch.setattr(f, "_COMPILE_AFTER", 1 << 30 if request.param == "interpreted" else 0)
+    monkeypatch.setattr(f, "_MAX_SHAPES", {"shapes": 1 << 30, "table": 0}.get(request.param, f._MAX_SHAPES))
     yield request.param
-    assert bool(f._compiled) == (request.param == "compiled"), "the check must have taken that path"
+    assert bool(f._compiled) == (request.param != "interpreted"), "the check must have taken that path"
 
 
 @pytest.mark.parametrize("rec,make", [(f.SUPERBLOCK, _superblock), (f.MOUNT, _mount)],

@@ -301,6 +301,7 @@ _current_module: list[str] = []
 def register(fs: FsType) -> FsType:
     """Add a filesystem type to the registry (from its module, at import)."""
     _REGISTRY[fs.name] = fs
+    _FOUND.clear()
     if _current_module:
         _MODULE_OF[fs.name] = _current_module[-1]
         _BY_MODULE.setdefault(_current_module[-1], []).append(fs)
@@ -314,6 +315,9 @@ def lookup(fstype: str) -> FsType | None:
     few types then loads a few modules, not all of them (~10 ms of CPU a run). Any other name
     (ext2 lives in ext4.py) or one no module registers imports them all, as before.
     """
+    found = _FOUND.get(fstype)   # (restore asks ~3 times a mount)
+    if found is not None:
+        return found
     base = fstype.split(".", 1)[0]
     found = _REGISTRY.get(fstype) or _REGISTRY.get(base)
     if found is None and not _loaded:
@@ -323,7 +327,12 @@ def lookup(fstype: str) -> FsType | None:
         if found is None:
             _load()
             found = _REGISTRY.get(fstype) or _REGISTRY.get(base)
+    if found is not None:
+        _FOUND[fstype] = found
     return found
+
+
+_FOUND: dict[str, FsType] = {}   # names looked up -> their type (emptied when a type registers)
 
 
 def supported() -> list[str]:
