@@ -47,7 +47,8 @@ def _gone(tid: int, timeout: float = 10) -> None:
 def call_as(uid: int, gid: int, groups: list[int] | None, fn):
     """fn() in a new thread that first takes effective ids `uid`/`gid` and supplementary groups
     `groups` (None: ours) for itself alone; returns fn's result or raises its exception, once the
-    thread is gone (we are one thread again) and our "dumpable" is what it was."""
+    thread is gone (we are one thread again) and our "dumpable" is what it was. A thread that
+    cannot be made raises OSError (EAGAIN)."""
     out: dict = {}
 
     def body():
@@ -60,7 +61,10 @@ def call_as(uid: int, gid: int, groups: list[int] | None, fn):
 
     was_dumpable = kernel.dumpable()
     t = threading.Thread(target=body, name="mntcr-ids")
-    t.start()
+    try:
+        t.start()
+    except RuntimeError as e:   # (the stand-in's loop answers OSErrors only: anything else kills it)
+        raise OSError(errno.EAGAIN, f"making a thread to take ids {uid}/{gid}: {e}") from None
     t.join()
     _gone(out["tid"])
     # (a change of ids clears "dumpable" of the memory the threads share: the process's, set back)

@@ -3,6 +3,7 @@ it records them with our pid, and we keep ours (and are one thread again, dumpab
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -42,3 +43,17 @@ def test_an_error_in_the_thread_is_raised_here():
         raise ValueError("from the thread")
     with pytest.raises(ValueError, match="from the thread"):
         threadids.call_as(os.geteuid(), os.getegid(), None, fail)
+
+
+def test_a_thread_that_cannot_be_made_is_an_oserror(monkeypatch):
+    """Thread.start's RuntimeError comes back as an OSError (EAGAIN), what a stand-in answers
+    with, and fn never runs."""
+    import threading
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    ran = []
+    with pytest.raises(OSError, match="making a thread to take ids 1/2: can't start new thread") as e:
+        threadids.call_as(1, 2, None, lambda: ran.append(1))
+    assert e.value.errno == errno.EAGAIN and not ran
