@@ -67,6 +67,11 @@ def entry_fields(fd: int, pids, where: str) -> dict:
                                         "process groups are not restored: not supported")
     if who:
         if who not in pids:
+            leader = _leader_of(who)
+            if leader in pids:
+                raise FdError(errno.EOPNOTSUPP, f"{where}: thread {who} of process {leader} as its signal owner "
+                                                "(F_SETOWN): restored threads get other tids (only a process or "
+                                                "its main thread is kept as an owner): not supported")
             what = "thread" if kind == F_OWNER_TID else "process"
             raise FdError(errno.EOPNOTSUPP, f"{where}: {what} {who} as its signal owner (F_SETOWN), "
                                             "which is not a process of the dumped tree: not supported")
@@ -76,6 +81,15 @@ def entry_fields(fd: int, pids, where: str) -> dict:
     if sig:
         out["async_signal"] = sig
     return out
+
+
+def _leader_of(tid: int) -> int | None:
+    """The process (thread group) thread `tid` belongs to in our pid namespace; None when gone."""
+    from engine import kernel
+    try:
+        return int(kernel.proc_status(tid, ("Tgid",))["Tgid"])
+    except (OSError, KeyError, ValueError):
+        return None
 
 
 def check_running(pidfd: int, fd: int, pids, where: str) -> None:

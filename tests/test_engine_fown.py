@@ -233,6 +233,20 @@ fcntl.fcntl(10, fcntl.F_SETOWN, -os.getpgrp())
         r"process \d+ fd 10 \(pipe:\[\d+\]\): process group \d+ as its signal owner")
 
 
+def test_another_thread_as_owner_refused_unstopped(case):
+    """A thread other than its process's main thread as owner (F_OWNER_TID): restored threads get
+    other tids, refused before the stop, naming the thread and its process."""
+    _refused_unstopped(case, py_hold("""
+import ctypes, threading, time
+class Own(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("pid", ctypes.c_int)]
+t = threading.Thread(target=time.sleep, args=(600,), daemon=True); t.start()
+r, w = os.pipe(); os.dup2(r, 10); os.close(r)
+assert ctypes.CDLL(None).fcntl(10, 15, ctypes.byref(Own(0, t.native_id))) == 0   # F_SETOWN_EX, F_OWNER_TID
+"""), r"process (\d+) fd 10 \(pipe:\[\d+\]\): thread \d+ of process \1 as its signal owner \(F_SETOWN\): "
+      "restored threads get other tids")
+
+
 # --- hostile images -------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
