@@ -146,6 +146,14 @@ _fault_step = 0
 _FAULT_AT = int(os.environ.get("MNTCR_FAULT_STEP") or 0)  # read once: step() runs ~2 times per mount
 
 
+def read_environment() -> None:
+    """Read MNTCR_FAULT_STEP again: a verb forked from a runner that imported this module
+    (zdtm/freshfork.py) has the environment it was given, not the runner's at import."""
+    global _FAULT_AT, _fault_step
+    _FAULT_AT = int(os.environ.get("MNTCR_FAULT_STEP") or 0)
+    _fault_step = 0
+
+
 def step(name: str) -> None:
     """A point where fault injection (MNTCR_FAULT_STEP=k) may kill the restorer."""
     global _fault_step

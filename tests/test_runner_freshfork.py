@@ -146,3 +146,13 @@ def test_child_shows_the_interpreter_it_stands_for(monkeypatch):
     assert code == 0, err
     want = str([a.encode() for a in cli.command("dump", "-t", "1")])
     assert out.decode() == f"{want}\nTrue\n{want}\nTrue\n"
+
+
+def test_verb_reads_the_fault_step_of_its_own_environment(monkeypatch):
+    """engine.restore, imported by the runner, reads MNTCR_FAULT_STEP again in the child: the
+    verb's environment has it, the runner's had not when it imported the module."""
+    from engine import restore
+    monkeypatch.setattr(restore, "_FAULT_AT", 0)
+    _fake_main(monkeypatch, lambda: restore._FAULT_AT)
+    monkeypatch.setenv("MNTCR_FAULT_STEP", "9")
+    assert freshfork.run_verb(["check"], 60, cwd=PROJECT)[0] == 9

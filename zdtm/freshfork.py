@@ -225,6 +225,8 @@ def _verb(args: list[str]) -> int:
     if "engine.strategy" in sys.modules:
         # chosen from MNTCR_STRATEGY when first asked: a fresh interpreter reads it now
         sys.modules["engine.strategy"].reset()
+    if "engine.restore" in sys.modules:
+        sys.modules["engine.restore"].read_environment()   # (its fault step, read at import)
     sys.argv = [cli.__file__, *args]
     return cli.main()
 
