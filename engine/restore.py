@@ -604,7 +604,7 @@ class _Restorer:
         sids = list(map(itemgetter("sb"), every))
         # Each superblock's first mount (dict(zip) keeps a key's last value: both reversed), and how
         # many of its mounts have each set of options, counted in one pass in C (~45 steps a mount
-        # in a loop here); a Counter keeps the pairs in first-seen order, as the loop did.
+        # as Python statements); a Counter keeps the pairs in first-seen order, as those did.
         users: dict[str, dict] = dict(zip(reversed(sids), reversed(every)))
         counts: dict[str, dict[frozenset, int]] = {}
         for (sid, opts), n in collections.Counter(zip(sids, map(frozenset, map(itemgetter("mount_opts"), every)))).items():
@@ -1337,7 +1337,7 @@ class _Restorer:
                     self.new_id[mid] = kernel.statx_mnt_id("", mnt_fd[mid], kernel.AT_EMPTY_PATH)
                 os.close(mnt_fd.pop(mid))
 
-        # (this loop runs once a mount: lookups are bound above, done() is called only when it acts)
+        # (this runs once a mount: lookups are bound above, done() is called only when it acts)
         for m in order:
             mid = m["id"]
             if mid in grouped_ids:
