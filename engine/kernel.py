@@ -131,8 +131,7 @@ def _check(ret: int, what) -> int:
     """`ret`, or OSError naming the call: `what` is its text, or a callable making it (hot
     wrappers format their message only when they fail)."""
     if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what() if callable(what) else what}: {os.strerror(err)}")
+        _failed(what() if callable(what) else what)
     return ret
 
 
