@@ -112,21 +112,21 @@ class _FakeVagrant:
 def test_close_removes_a_domain_vagrant_left_defined(machine, monkeypatch, destroy_fails):
     """Whether `vagrant destroy` fails or claims success, a domain libvirt still lists is removed."""
     calls = []
-    monkeypatch.setattr(machine, "_domain_defined", lambda: True)
-    monkeypatch.setattr(machine, "_virsh_cleanup", lambda: calls.append("virsh"))
+    monkeypatch.setattr(vagrant.vagrant_owner, "defined_domains", lambda: [f"mntcr-{machine.id}-default"])
+    monkeypatch.setattr(vagrant.vagrant_owner, "remove_domain", lambda vm_id: calls.append(("virsh", vm_id)))
     machine.v, machine._created = _FakeVagrant(destroy_fails), True
     machine.close()
     assert machine.v.destroyed == 1
-    assert calls == ["virsh"]
+    assert calls == [("virsh", machine.id)]
     assert machine.dir is None
     machine.close()  # safe twice: nothing is destroyed again
-    assert machine.v.destroyed == 1 and calls == ["virsh"]
+    assert machine.v.destroyed == 1 and calls == [("virsh", machine.id)]
 
 
 def test_close_leaves_virsh_alone_when_the_domain_is_gone(machine, monkeypatch):
     calls = []
-    monkeypatch.setattr(machine, "_domain_defined", lambda: False)
-    monkeypatch.setattr(machine, "_virsh_cleanup", lambda: calls.append("virsh"))
+    monkeypatch.setattr(vagrant.vagrant_owner, "defined_domains", lambda: ["mntcr-0000aaaa-default"])
+    monkeypatch.setattr(vagrant.vagrant_owner, "remove_domain", lambda vm_id: calls.append(("virsh", vm_id)))
     machine.v, machine._created = _FakeVagrant(False), True
     machine.close()
     assert calls == []

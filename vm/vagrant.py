@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from vm import box_volume, cache, initramfs, libvirt_host, vagrant_box
+from vm import box_volume, cache, initramfs, libvirt_host, vagrant_box, vagrant_owner
 from vm.errors import VMError
 from vm.kernels import Kernel
 from vm.progress import say
@@ -179,6 +179,7 @@ class VagrantVM:
         self.guest_release = ""
         self.port = 0
         self._created = False
+        self._owner: int | None = None   # the fd holding this machine's ownership record (vm/vagrant_owner.py)
         self.ctl_dir: Path | None = None
 
     def guest_python(self) -> str:
@@ -343,6 +344,8 @@ class VagrantVM:
         self.results.mkdir(parents=True, exist_ok=True)
         self.dir = Path(tempfile.mkdtemp(prefix=f"vm-{self.id}-", dir=cache.sub("vagrant", "machines")))
         self.dir.chmod(0o755)  # virtlogd writes the console log here
+        vagrant_owner.sweep()   # machines left by killed runs: before this one takes a CPU too
+        self._owner = vagrant_owner.claim(self.id, self.dir)
         env = self._env()
         box = self._box(env)
         initrd = initramfs.ensure(self.kernel, disk_modules(self.kernel), initramfs.DISK_INIT)
@@ -394,28 +397,19 @@ class VagrantVM:
                 say(f"vagrant destroy failed: {self._vagrant_tail()}; removing the domain with virsh")
             # vagrant destroy can "succeed" and leave the domain defined (seen after a failed
             # up under load): check libvirt itself
-            if self._domain_defined():
-                self._virsh_cleanup()
+            names = vagrant_owner.defined_domains()
+            if names is None or vagrant_owner.domain_name(self.id) in names:
+                vagrant_owner.remove_domain(self.id)
+        if self._owner is not None:
+            names = vagrant_owner.defined_domains()
+            # a machine still defined keeps its record, unlocked: the next run's sweep destroys it
+            vagrant_owner.release(self.id, self._owner,
+                                  forget=names is not None and vagrant_owner.domain_name(self.id) not in names)
+            self._owner = None
         for d in (self.dir, self.ctl_dir):
             if d:
                 shutil.rmtree(d, ignore_errors=True)
         self.dir = self.ctl_dir = None
-
-    def _domain_defined(self) -> bool:
-        """Whether libvirt still knows this VM's domain (running or shut off)."""
-        try:
-            p = subprocess.run(["virsh", "-q", "list", "--all", "--name"], capture_output=True,
-                               text=True, timeout=60)
-        except (OSError, subprocess.TimeoutExpired):
-            return True  # cannot tell: the cleanup below is harmless when it is gone
-        return f"mntcr-{self.id}-default" in p.stdout.split()
-
-    def _virsh_cleanup(self) -> None:
-        """Fallback when vagrant destroy fails: remove this VM's domain and volume by their prefix."""
-        name = f"mntcr-{self.id}-default"
-        for argv in (["virsh", "-q", "destroy", name], ["virsh", "-q", "undefine", name, "--nvram"],
-                     ["virsh", "-q", "vol-delete", "--pool", "default", f"{name}.img"]):
-            subprocess.run(argv, capture_output=True, timeout=60)
 
     def __enter__(self) -> "VagrantVM":
         return self.start()  # start() destroys the machine itself when it fails
