@@ -487,22 +487,17 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     complete = False
                     continue
                 if target in ext_files:
-                    held.add(target)
+                    held.add(target)   # (no kind's: restore opens the host's file, but keeps its owner)
+                    if not _check_owner(pidfd, pid, n, target, pids):
+                        complete = False
                     continue
                 kind = fdkinds.classify(target, mode)
                 if kind is None:
                     raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
                                                     f"{fdkinds.describe(target)} fds are not supported")
                 info = _fdinfo(pid, n)
-                if info is None:
+                if info is None or not _check_owner(pidfd, pid, n, target, pids):
                     complete = False
-                    continue
-                try:
-                    fown.check_running(pidfd, int(n), pids, f"process {pid} fd {n} ({target})")
-                except FdError:
-                    raise
-                except OSError:
-                    complete = False   # (closed meanwhile: dump tells later)
                     continue
                 if kind.precheck is None:
                     _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
@@ -528,6 +523,18 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     if complete:
         mountrules.unknown_external_files(ext_files, held)
         mountrules.held_roots(view.mntns_doc, view.superblocks, scratch.get("held", ()), view.unsure)
+
+
+def _check_owner(pidfd: int, pid: int, n: str, target: str, pids: list[int]) -> bool:
+    """Refuse the signal owner of fd `n` of `pid` dump would refuse (engine/fown.py); False when the
+    fd was closed meanwhile (dump tells later)."""
+    try:
+        fown.check_running(pidfd, int(n), pids, f"process {pid} fd {n} ({target})")
+    except FdError:
+        raise
+    except OSError:
+        return False
+    return True
 
 
 def _fdinfo(pid: int, n: str) -> dict | None:
