@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from engine import kernel
+from engine import kernel, threads
 from engine.dumperror import DumpError
 
 
@@ -64,8 +64,13 @@ def wait_gone(pids, timeout: float = 10.0) -> None:
 
 def refuse_zombies(tree) -> None:
     """A process of the tree that exited but was not reaped (a zombie) has no namespaces, fds or
-    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed)."""
+    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed). A
+    process whose main thread alone exited shows its leader so too: told as such (threads.py)."""
     for pid, ppid in tree:
+        try:
+            threads.check_leader(pid)
+        except threads.ThreadError as e:
+            raise DumpError(e.errno, e.strerror) from None
         if state(pid) in ("Z", "X", ""):
             comm = _comm(pid)
             raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}, child of {ppid} ({_comm(ppid)})) has exited "

@@ -31,7 +31,8 @@ tree already shows is checked here first, with the line dump would give:
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
 - threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
-  capabilities other than their process's; checked again once the tree is stopped).
+  capabilities other than their process's; checked again once the tree is stopped), and,
+  before anything else, a process whose main thread has exited while its threads run.
 
 Everything here only reads. Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
@@ -120,6 +121,11 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     pids = [p for p, _ in tree]
     names = ns_names(pids, image.NS_KINDS)
     view = View(strat)
+    try:
+        for pid in pids:
+            threads.check_leader(pid)   # (first: a process without its main thread shows no namespaces)
+    except threads.ThreadError as e:
+        raise PrestopError(e.errno, e.strerror) from None
     try:
         users = userns_cr.plan(tree, names, image.NS_KINDS)
         owners = users["mntns_owner"]
