@@ -184,6 +184,14 @@ def _clone_root(clone_of, m) -> int | None:
         os.close(clone)
 
 
+def anchorable(facts: dict) -> None:
+    """Refuse (DetachedError) a file `anchor` cannot locate outside every visible mount of its
+    filesystem: one that is neither a regular file nor a directory."""
+    if not (facts["is_dir"] or facts["is_reg"]):
+        raise DetachedError(errno.EOPNOTSUPP, "only a regular file or directory outside every visible mount "
+                                              "of its filesystem can be located")
+
+
 def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
     """(directory fd on the detached mount, its path in the superblock): the fixed point of ".."
     from a visible mount's root opened by handle on the detached mount.
@@ -192,9 +200,7 @@ def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
     superblock's root; either way the steps climbed from the visible root (of
     known path) give the fixed point's path.
     """
-    if not (facts["is_dir"] or facts["is_reg"]):
-        raise DetachedError(errno.EOPNOTSUPP, "only a regular file or directory outside every visible mount "
-                                              "of its filesystem can be located")
+    anchorable(facts)
     # open_by_handle_at wants a real (not O_PATH) fd on the mount it resolves on.
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | (os.O_DIRECTORY if facts["is_dir"] else 0)
     pfd = os.open(facts["link"], flags)
@@ -355,45 +361,124 @@ def sb_by_handle(facts: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tupl
     return None, None
 
 
-def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
-    """Describe each detached mount that a process holds a file or cwd on (`unplaced`: (location, pid,
-    /proc link) from engine.placement), archiving what only such mounts reach."""
+def _by_mount(unplaced) -> dict[int, list[tuple[dict, int, str]]]:
+    """`unplaced` items (location, pid, /proc link) grouped by their detached mount's id."""
     by_mnt: dict[int, list[tuple[dict, int, str]]] = {}
     for item in unplaced:
         by_mnt.setdefault(item[0]["mnt"], []).append(item)
-    out: dict[str, dict] = {}
+    return by_mnt
 
+
+def _cloner(ns_data, by_mntns):
+    """clone_of(m): a detached clone of mount m of a namespace of `ns_data` (its processes in
+    `by_mntns`), even if covered (the clone helper uncovers it in a copy of the namespace)."""
     ns_of_mount = {m.mnt_id: ino for ino, data in ns_data.items() for m in data["mounts"]}
 
     def clone_of(m) -> int | None:
-        """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
         ino = ns_of_mount[m.mnt_id]
         return nscopy.clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
+    return clone_of
 
+
+def _where(mnt: int, item: tuple[dict, int, str]) -> str:
+    """How a refusal names the first file (location, pid, link) held on detached mount `mnt`."""
+    loc, pid, link = item
+    # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
+    return f"process {pid} {link.replace('fd/', 'fd ')} ({loc['path']}) on mount {mnt}, in no dumped namespace"
+
+
+def _failed(where: str, item: tuple[dict, int, str], e: OSError) -> DumpError:
+    """The refusal of a detached mount whose planning failed with `e` (an fd is told how to declare
+    its file instead)."""
+    hint = f"; {external_file_hint(item[0]['path'])}" if item[2].startswith("fd/") else ""
+    return DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}")
+
+
+def _superblock(f0: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tuple[str | None, str | None]:
+    """(sb id, device of its mounts) of the dumped superblock detached file `f0` (probe) lies on;
+    (None, None) when no visible mount shows its filesystem."""
+    sid = sb_of_dev.get(f0["dev"])
+    if sid is not None:
+        return sid, f0["dev"]
+    # Files may show another device than the mounts of their superblock (a subvolume's own
+    # anonymous device): the superblock whose mount opens the file's handle as it.
+    return sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
+
+
+def _invisible_type(f0: dict, where: str, path: str):
+    """The type of a filesystem no visible mount shows (dumped whole from the detached mount): only
+    a type whose files are dumped; any other is refused."""
+    found = fs.by_magic(f0["magic"])
+    if found is None:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
+                                          f"visible (only a detached {fs.content_names()} can be "
+                                          f"dumped whole); {external_file_hint(path)}")
+    return found
+
+
+def _on_visible(f0: dict, inner: str, sid: str, dev: str, superblocks, ns_data, clone_of, where: str, path: str):
+    """(candidate mounts of superblock `sid`, widest root first; root_via_visible's answer) for
+    detached file `f0` at `inner` in its mount; a file of an external filesystem no visible mount
+    reaches is refused: restore reaches one only through its external mounts (a host log a runtime
+    gave as stdout cannot be reopened)."""
+    candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),
+                        key=lambda m: (len(m.root), m.mnt_id))
+    found = root_via_visible(f0, inner, candidates, clone_of)
+    if found is None and superblocks[sid]["external"]:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
+                                          f"reaches the file; {external_file_hint(path)}")
+    return candidates, found
+
+
+def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> None:
+    """Before the stop (engine/prestop.py): refuse (DumpError, with plan's line) what `plan` would
+    refuse of the detached mounts `unplaced` lie on, read from the running tree, archiving
+    nothing: a filesystem mounted nowhere visible whose files are not dumped (a lazily unmounted
+    overlay), a file no external mount of its filesystem reaches, one that neither a handle nor a
+    search finds on a visible mount, one outside every visible mount that is no regular file or
+    directory. Superblocks in `unsure` (externality told once stopped) and files gone or changed
+    meanwhile are left to plan, which checks everything again."""
+    clone_of = _cloner(ns_data, by_mntns)
+    for mnt, items in sorted(_by_mount(unplaced).items()):
+        loc0, pid0, link0 = items[0]
+        where = _where(mnt, items[0])
+        try:
+            f0 = probe(pid0, link0)
+            sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
+            if sid is None:
+                _invisible_type(f0, where, loc0["path"])
+            elif sid not in unsure:
+                found = _on_visible(f0, loc0["path"], sid, dev, superblocks, ns_data, clone_of, where,
+                                    loc0["path"])[1]
+                if found is None:
+                    anchorable(f0)
+        except DumpError:
+            raise
+        except DetachedError as e:
+            raise _failed(where, items[0], e) from None
+        except OSError:
+            continue   # (closed or gone meanwhile: plan tells, once the tree is stopped)
+
+
+def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
+    """Describe each detached mount that a process holds a file or cwd on (`unplaced`: (location, pid,
+    /proc link) from engine.placement), archiving what only such mounts reach (refusals told
+    before the stop too: precheck)."""
+    out: dict[str, dict] = {}
+    clone_of = _cloner(ns_data, by_mntns)
     anchors: list[int] = []
     beyond: list[tuple[str, str, int, str]] = []
     try:
-        for mnt, items in sorted(by_mnt.items()):
-            loc0, pid0, link0 = items[0]
-            # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
-            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on mount {mnt}, in no dumped namespace"
+        for mnt, items in sorted(_by_mount(unplaced).items()):
+            loc0 = items[0][0]
+            where = _where(mnt, items[0])
             try:
                 facts = [(probe(pid, link), loc["path"]) for loc, pid, link in items]
                 f0 = facts[0][0]
-                sid, dev = sb_of_dev.get(f0["dev"]), f0["dev"]
-                if sid is None:
-                    # Files may show another device than the mounts of their superblock (a subvolume's
-                    # own anonymous device): the superblock whose mount opens the file's handle as it.
-                    sid, dev = sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
+                sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
                 if sid is not None:
-                    candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),
-                                        key=lambda m: (len(m.root), m.mnt_id))
-                    found = root_via_visible(f0, facts[0][1], candidates, clone_of)
-                    if found is None and superblocks[sid]["external"]:
-                        # Restore reaches an external filesystem only through its external mounts: a
-                        # file beside them (a host log the runtime gave as stdout) cannot be reopened.
-                        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
-                                                          f"reaches the file; {external_file_hint(loc0['path'])}")
+                    candidates, found = _on_visible(f0, facts[0][1], sid, dev, superblocks, ns_data, clone_of,
+                                                    where, loc0["path"])
                     if found is not None:
                         vis, root_on_v = found
                         vroot = mounts_by_id[vis].root
@@ -405,11 +490,7 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
                         if fs.lookup(superblocks[sid]["fstype"]).content:
                             beyond.append((sid, root, d_fd, d_path))
                 else:
-                    found_type = fs.by_magic(f0["magic"])
-                    if found_type is None:
-                        raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                                          f"visible (only a detached {fs.content_names()} can be "
-                                                          f"dumped whole); {external_file_hint(loc0['path'])}")
+                    found_type = _invisible_type(f0, where, loc0["path"])
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
                     files[name] = archive_invisible(facts, path)
@@ -419,8 +500,7 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
             except DumpError:
                 raise
             except OSError as e:
-                hint = f"; {external_file_hint(loc0['path'])}" if link0.startswith("fd/") else ""
-                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}") from None
+                raise _failed(where, items[0], e) from None
             out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
                              "mountpoint": "(detached)"}
         _archive_beyond(beyond, superblocks, writer, files)

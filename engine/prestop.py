@@ -28,6 +28,10 @@ tree already shows is checked here first, with the line dump would give:
   --leave-running, a datagram from a named sender the tree does not hold,
   fanotify events waiting); each file mapped under a deleted name (engine/mountrules.py
   `deleted_mapping`, asked by dump again);
+- files, cwds and roots on detached mounts (lazily unmounted, or of a namespace outside the
+  tree) dump would refuse (engine/detached.py `precheck`, `plan`'s questions without its
+  archives: a filesystem mounted nowhere visible whose files are not dumped, a file no external
+  mount reaches, one that cannot be located);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
 - threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
@@ -44,9 +48,11 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
-from engine import (deadpid, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
+from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
                     nsinspect, threads, userns_cr)
+from engine.dumperror import DumpError
 from engine.fds import FdError
 
 
@@ -168,7 +174,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         filelocks.precheck(pids)
         for pid in pids:
             threads.check(pid)
-    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError) as e:
+    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
 
@@ -472,9 +478,11 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     used: set[str] = set()
     held: set[str] = set()     # paths of ext_files some fd shows
     complete = True            # every fd was seen
+    unplaced: list = []        # (location, pid, link) on detached mounts, as engine/placement.py finds them
     for pid in pids:
         name = by_pid.get(pid)
         _check_deleted_dirs(pid, view)
+        _detached_dirs(pid, view, unplaced)
         _check_deleted_maps(pid, view)
         _check_exe(pid, view)
         try:
@@ -505,6 +513,8 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                 if info is None or not _check_owner(pidfd, pid, n, target, pids):
                     complete = False
                     continue
+                if kind.placed and _detached_fd(pid, n, target, mode, info.get("mnt_id"), view):
+                    unplaced.append(({"mnt": info["mnt_id"], "path": target}, pid, f"fd/{n}"))
                 if kind.precheck is None:
                     _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
                     continue
@@ -526,9 +536,51 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
             os.close(pidfd)
     for kind_name in sorted(used):
         fdkinds.lookup(kind_name).prefinish(scratch)
+    if unplaced:
+        detached.precheck(unplaced, view.superblocks, view.sb_of_dev,
+                          {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)
     if complete:
         mountrules.unknown_external_files(ext_files, held)
         mountrules.held_roots(view.mntns_doc, view.superblocks, scratch.get("held", ()), view.unsure)
+
+
+def _detached_fd(pid: int, n: str, target: str, mode: int, mnt: int | None, view: View) -> bool:
+    """Whether dump places fd `n` of `pid` (of a kind that names a file on a mount) on a detached
+    mount: its mount (fdinfo's `mnt`) is in no dumped namespace, and its path in the process's
+    namespace does not reach the same file on a mount of the same superblock there (where dump
+    places it instead: engine/nsinspect.py `_same_path_outside`). A deleted file is another rule's
+    (`_check_deleted`); a process with a root of its own is left to dump."""
+    if mnt is None or mnt in view.mounts_by_id or not target.startswith("/") or target.endswith(kernel.DELETED):
+        return False
+    try:
+        if os.readlink(f"/proc/{pid}/root") != "/":
+            return False
+        want = os.stat(f"/proc/{pid}/fd/{n}")
+        follow = not stat.S_ISLNK(mode)
+        here_path = f"/proc/{pid}/root{target}"
+        here = os.stat(here_path, follow_symlinks=follow)
+        mid = kernel.statx_mnt_id(here_path, flags=0 if follow else kernel.AT_SYMLINK_NOFOLLOW)
+    except FileNotFoundError:
+        return True    # (the path leads nowhere there: a lazily unmounted mount's file)
+    except OSError:
+        return False   # (gone meanwhile: dump tells)
+    m = view.mounts_by_id.get(mid)
+    return not ((here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and m is not None
+                and m.dev == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}")
+
+
+def _detached_dirs(pid: int, view: View, unplaced: list) -> None:
+    """Add the root and cwd of `pid` to `unplaced` when they lie on a mount in no dumped namespace
+    (a cwd on a lazily unmounted mount), as engine/placement.py places them."""
+    for key in ("root", "cwd"):
+        link = f"/proc/{pid}/{key}"
+        try:
+            target = os.readlink(link)
+            mnt = kernel.statx_mnt_id(link)
+        except OSError:
+            continue   # (gone meanwhile: dump tells, once the tree is stopped)
+        if mnt not in view.mounts_by_id and not target.endswith(kernel.DELETED):
+            unplaced.append(({"mnt": mnt, "path": target}, pid, key))
 
 
 def _check_owner(pidfd: int, pid: int, n: str, target: str, pids: list[int]) -> bool:

@@ -163,6 +163,23 @@ def test_host_file_declared_external_with_group_owner_refused_unstopped(case):
     assert _state(child) not in ("T", "Z"), "the tree was not left running"
 
 
+def test_host_file_refused_unstopped(case):
+    """HOST_FILE without --external file[]: refused before the stop (it used to be refused once the
+    tree was stopped, in engine/detached.py), with the line naming the file and the flag; the
+    tree was never stopped."""
+    pid = case.start(HOST_FILE_WATCHED)
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        child, = (int(x) for x in f.read().split())
+    r = _dump(case, child)
+    assert r.returncode != 0, "dump accepted an fd that restore cannot reopen"
+    assert re.search(r"process \d+ fd 7 \(/etc/passwd\) on mount \d+, in no dumped namespace: no external mount "
+                     r"of its filesystem reaches the file; declare it with --external file\[/etc/passwd\]:KEY",
+                     r.stderr), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not enginecase.was_stopped(child), "dump stopped the tree before it refused"
+    assert _state(child) not in ("T", "Z"), "the tree was not left running"
+
+
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
