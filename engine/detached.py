@@ -184,7 +184,7 @@ def _clone_root(clone_of, m) -> int | None:
         os.close(clone)
 
 
-def anchorable(facts: dict) -> None:
+def _anchorable(facts: dict) -> None:
     """Refuse (DetachedError) a file `anchor` cannot locate outside every visible mount of its
     filesystem: one that is neither a regular file nor a directory."""
     if not (facts["is_dir"] or facts["is_reg"]):
@@ -200,7 +200,7 @@ def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
     superblock's root; either way the steps climbed from the visible root (of
     known path) give the fixed point's path.
     """
-    anchorable(facts)
+    _anchorable(facts)
     # open_by_handle_at wants a real (not O_PATH) fd on the mount it resolves on.
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | (os.O_DIRECTORY if facts["is_dir"] else 0)
     pfd = os.open(facts["link"], flags)
@@ -436,7 +436,8 @@ def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> 
     nothing: a filesystem mounted nowhere visible whose files are not dumped (a lazily unmounted
     overlay), a file no external mount of its filesystem reaches, one that neither a handle nor a
     search finds on a visible mount, one outside every visible mount that is no regular file or
-    directory. Superblocks in `unsure` (externality told once stopped) and files gone or changed
+    directory or whose filesystem no visible mount is a directory of (`anchor`; the search for
+    its name, locate_outside, is plan's alone). Superblocks in `unsure` (externality told once stopped) and files gone or changed
     meanwhile are left to plan, which checks everything again."""
     clone_of = _cloner(ns_data, by_mntns)
     for mnt, items in sorted(_by_mount(unplaced).items()):
@@ -448,13 +449,15 @@ def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> 
             if sid is None:
                 _invisible_type(f0, where, loc0["path"])
             elif sid not in unsure:
-                found = _on_visible(f0, loc0["path"], sid, dev, superblocks, ns_data, clone_of, where,
-                                    loc0["path"])[1]
+                candidates, found = _on_visible(f0, loc0["path"], sid, dev, superblocks, ns_data, clone_of, where,
+                                                loc0["path"])
                 if found is None:
-                    anchorable(f0)
+                    os.close(anchor(f0, candidates, clone_of)[0])
         except DumpError:
             raise
         except DetachedError as e:
+            if e.errno == errno.EIO:
+                continue   # (climbed too far: the filesystem changed meanwhile; plan tells)
             raise _failed(where, items[0], e) from None
         except OSError:
             continue   # (closed or gone meanwhile: plan tells, once the tree is stopped)

@@ -59,7 +59,7 @@ def test_lazily_unmounted_overlay_refused_unstopped(case, held):
 
 def test_fifo_outside_every_visible_mount_refused_unstopped(case):
     """A FIFO of a tmpfs whose only visible mount is a bind of another directory of it: only a
-    regular file or directory can be located there (engine/detached.py `anchorable`)."""
+    regular file or directory can be located there (engine/detached.py `_anchorable`)."""
     _refused_unstopped(case, """
 mkdir -p /mnt/t /mnt/va; mount -t tmpfs t /mnt/t; mkdir /mnt/t/a /mnt/t/b; mkfifo /mnt/t/b/p
 mount --bind /mnt/t/a /mnt/va
@@ -67,3 +67,15 @@ exec 5<>/mnt/t/b/p; umount -l /mnt/t
 hold
 """, r"process \d+ fd 5 \(/b/p\) on mount \d+, in no dumped namespace: only a regular file or directory outside "
      r"every visible mount of its filesystem can be located; declare it with --external file\[/b/p\]:KEY")
+
+
+def test_file_outside_a_file_bind_refused_unstopped(case):
+    """A file of a tmpfs whose only visible mount is a bind of one of its files: no directory to
+    locate the detached mount's root from (engine/detached.py `anchor`)."""
+    _refused_unstopped(case, """
+mkdir -p /mnt/t; touch /mnt/f; mount -t tmpfs t /mnt/t; mkdir /mnt/t/a /mnt/t/b; echo x > /mnt/t/a/file
+echo y > /mnt/t/b/g; mount --bind /mnt/t/a/file /mnt/f
+exec 5</mnt/t/b/g; umount -l /mnt/t
+hold
+""", r"process \d+ fd 5 \(/b/g\) on mount \d+, in no dumped namespace: no visible mount of its filesystem is a "
+     r"directory to locate it from; declare it with --external file\[/b/g\]:KEY")
