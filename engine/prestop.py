@@ -536,12 +536,23 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
             os.close(pidfd)
     for kind_name in sorted(used):
         fdkinds.lookup(kind_name).prefinish(scratch)
-    if unplaced:
-        detached.precheck(unplaced, view.superblocks, view.sb_of_dev,
-                          {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)
+    _check_detached(unplaced, scratch, view)
     if complete:
         mountrules.unknown_external_files(ext_files, held)
         mountrules.held_roots(view.mntns_doc, view.superblocks, scratch.get("held", ()), view.unsure)
+
+
+def _check_detached(unplaced: list, scratch: dict, view: View) -> None:
+    """engine/detached.py `precheck` on the files, cwds and roots on detached mounts (`unplaced`) and
+    the socket files the kinds found there (scratch "unplaced": our fds on them, closed here)."""
+    ours = scratch.pop("unplaced", [])
+    try:
+        if unplaced or ours:
+            detached.precheck(unplaced + ours, view.superblocks, view.sb_of_dev,
+                              {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)
+    finally:
+        for _loc, _pid, link in ours:
+            os.close(int(link.rsplit("/", 1)[1]))
 
 
 def _detached_fd(pid: int, n: str, target: str, mode: int, mnt: int | None, view: View) -> bool:

@@ -13,7 +13,7 @@ import re
 
 import pytest
 
-from enginecase import STOP_WATCH, CRError, case, was_stopped  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
 
 OVERLAY = """
 mkdir -p /mnt/t /mnt/o; mount -t tmpfs t /mnt/t; mkdir /mnt/t/l /mnt/t/u /mnt/t/w; echo x > /mnt/t/l/f
@@ -79,3 +79,17 @@ exec 5</mnt/t/b/g; umount -l /mnt/t
 hold
 """, r"process \d+ fd 5 \(/b/g\) on mount \d+, in no dumped namespace: no visible mount of its filesystem is a "
      r"directory to locate it from; declare it with --external file\[/b/g\]:KEY")
+
+
+def test_socket_bound_on_a_lazily_unmounted_overlay_refused_unstopped(case):
+    """A unix socket bound on the overlay before it was lazily unmounted (the socket keeps the mount
+    alive): its file lies on a filesystem mounted nowhere visible. (The line names the dumper's own
+    fd on the socket file, as dump's plan does.)"""
+    _needs_overlay()
+    _refused_unstopped(case, OVERLAY + py_hold("""
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/mnt/o/sock"); s.listen(1)
+os.dup2(s.fileno(), 5); s.close()
+assert os.system("umount -l /mnt/o") == 0
+"""), r"process \d+ fd \d+ \(/sock\) on mount \d+, in no dumped namespace: its filesystem \(magic 0x794c7630\) "
+      r"is mounted nowhere visible")
