@@ -49,7 +49,7 @@ def probe(pid: int, what: str) -> dict:
         except OSError:
             htype, handle = None, None
         return {"dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", "is_dir": stat.S_ISDIR(st.st_mode),
-                "is_reg": stat.S_ISREG(st.st_mode), "ino": st.st_ino,
+                "is_reg": stat.S_ISREG(st.st_mode), "ino": st.st_ino, "mode": st.st_mode,
                 "magic": kernel.fstatfs_type(fd), "mount_opts": kernel.mount_opts_of_fd(fd),
                 "handle": (htype, handle), "link": link}
     finally:
@@ -262,12 +262,32 @@ def locate_outside(facts: dict, inner_path: str, d_fd: int, d_path: str) -> str:
                                       "(unlinked, or renamed while dumped?)")
 
 
+# What archive_invisible keeps of a file that is not a directory, by its file type: its content
+# (regular files), or the node alone (a FIFO; a device node, made at restore as the --devices
+# policy allows). A socket's file is bound again by its socket (engine/fds/unix.py).
+_NODES = {stat.S_IFREG: "file", stat.S_IFIFO: "fifo", stat.S_IFCHR: "char device", stat.S_IFBLK: "block device",
+          stat.S_IFSOCK: "socket"}
+
+
+def _archivable(locs: list[tuple[dict, str]]) -> None:
+    """Refuse (DetachedError) what archive_invisible cannot keep: without a directory to climb from,
+    a file of another type than those of _NODES (a symlink held by an O_PATH fd)."""
+    if any(f["is_dir"] for f, _ in locs):
+        return
+    for facts, inner in locs:
+        if stat.S_IFMT(facts["mode"]) not in _NODES:
+            raise DetachedError(errno.EOPNOTSUPP, f"{inner} (mode {facts['mode']:o}) on a filesystem only detached "
+                                                  "mounts reach: only regular files, FIFOs, sockets and device "
+                                                  "nodes are kept without a directory of it: not supported")
+
+
 def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
     """Archive a detached tmpfs reachable only through fds (member sb-0): its whole tree from a
     directory, else the files. Returns the archive's size and sha256.
 
     `locs` are (probe facts, path inside the detached mount).
     """
+    _archivable(locs)
     dirs = [(f, p) for f, p in locs if f["is_dir"]]
     if dirs:
         facts, inner = dirs[0]
@@ -307,16 +327,22 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
                 continue
             made.add(name)
             if not facts["is_reg"]:
-                # A FIFO (a process's pipe on it is dumped by engine/fds/pipe.py): the node only;
-                # opening it to read would block.
+                # A FIFO (a process's pipe on it is dumped by engine/fds/pipe.py) or a device node:
+                # the node only (opening it to read would block, or never end: /dev/zero).
                 st = os.stat(facts["link"])
                 if stat.S_ISSOCK(st.st_mode):
                     continue   # a bound socket's file: its socket binds it again (engine/fds/unix.py)
+                info = tarfile.TarInfo(name)
+                info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
                 if stat.S_ISFIFO(st.st_mode):
-                    info = tarfile.TarInfo(name)
-                    info.type, info.mode, info.uid, info.gid = tarfile.FIFOTYPE, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-                    tar.addfile(info)
-                    continue
+                    info.type = tarfile.FIFOTYPE
+                elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                    info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+                    info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+                else:
+                    raise DetachedError(errno.EOPNOTSUPP, f"{inner}: changed type while it was dumped")
+                tar.addfile(info)
+                continue
             with open(facts["link"], "rb") as f:
                 st = os.fstat(f.fileno())
                 data = f.read()
@@ -448,6 +474,7 @@ def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> 
             sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
             if sid is None:
                 _invisible_type(f0, where, loc0["path"])
+                _archivable([(probe(pid, link), loc["path"]) for loc, pid, link in items])
             elif sid not in unsure:
                 candidates, found = _on_visible(f0, loc0["path"], sid, dev, superblocks, ns_data, clone_of, where,
                                                 loc0["path"])
