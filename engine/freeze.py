@@ -109,11 +109,7 @@ def wait_stopped(pids, timeout: float = 5.0) -> None:
 
 def state(pid: int) -> str:
     """The state letter of a process (R, S, T...), "" when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+    return threads.task_state(str(pid))
 
 
 def watchdog(pids: list[int]) -> int:

@@ -81,7 +81,7 @@ def _named(key: str, value) -> tuple[str, str]:
     return f"{key[3:]} namespace", f"{key[3:]}:[{value}]"
 
 
-def _task_state(task: str) -> str:
+def task_state(task: str) -> str:
     """The state letter of /proc/`task` ("PID" or "PID/task/TID"; "" when it is gone)."""
     try:
         with open(f"/proc/{task}/stat", errors="surrogateescape") as f:
@@ -94,9 +94,9 @@ def check_leader(pid: int) -> None:
     """Refuse (ThreadError) a process whose main thread has exited while other threads run
     (pthread_exit in main: /proc/PID/stat shows the leader as a zombie, task/ lists live threads):
     a stand-in is its main thread, and the kernel makes no process without one."""
-    if _task_state(str(pid)) not in ("Z", "X"):
+    if task_state(str(pid)) not in ("Z", "X"):
         return
-    live = [t for t in tids(pid) if _task_state(f"{pid}/task/{t}") not in ("Z", "X", "")]
+    live = [t for t in tids(pid) if task_state(f"{pid}/task/{t}") not in ("Z", "X", "")]
     if live:
         raise ThreadError(errno.EOPNOTSUPP, f"process {pid} ({_comm(str(pid))}): its main thread has exited while "
                                             f"threads {', '.join(map(str, live))} run; mntcr cannot restore a "
