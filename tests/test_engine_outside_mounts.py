@@ -311,7 +311,8 @@ def _hostile_external_fd_refused(images: str) -> None:
     fd = next(f for p in doc["processes"] for f in p["fds"] if f.get("external"))
     try:
         for change, match in (({"mnt": 1, "path": "/x"}, "unknown field .mnt."), ({"external": "../x"}, "external"),
-                              ({"external": 7}, "external")):
+                              ({"external": 7}, "external"), ({"async_owner": 99999}, "signal owner"),
+                              ({"async_tid": True}, "'async_tid' without 'async_owner'")):
             bad = copy.deepcopy(doc)
             next(f for p in bad["processes"] for f in p["fds"] if f["fd"] == fd["fd"]).update(change)
             with open(manifest, "w") as f:
