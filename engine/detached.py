@@ -265,8 +265,7 @@ def locate_outside(facts: dict, inner_path: str, d_fd: int, d_path: str) -> str:
 # What archive_invisible keeps of a file that is not a directory, by its file type: its content
 # (regular files), or the node alone (a FIFO; a device node, made at restore as the --devices
 # policy allows). A socket's file is bound again by its socket (engine/fds/unix.py).
-_NODES = {stat.S_IFREG: "file", stat.S_IFIFO: "fifo", stat.S_IFCHR: "char device", stat.S_IFBLK: "block device",
-          stat.S_IFSOCK: "socket"}
+_NODES = frozenset((stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK))
 
 
 def _archivable(locs: list[tuple[dict, str]]) -> None:
