@@ -405,17 +405,20 @@ def _cloner(ns_data, by_mntns):
     return clone_of
 
 
-def _where(mnt: int, item: tuple[dict, int, str]) -> str:
-    """How a refusal names the first file (location, pid, link) held on detached mount `mnt`."""
+def _where(mnt: int, item: tuple[dict, int, str]) -> tuple[str, str]:
+    """(how a refusal names the first file (location, pid, link) held on detached mount `mnt`, the
+    hint it ends with: how to declare an fd's file instead, else ''). A file a kind found through
+    our own fd on it names its holder (`holder`: a socket's file)."""
     loc, pid, link = item
     # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
-    return f"process {pid} {link.replace('fd/', 'fd ')} ({loc['path']}) on mount {mnt}, in no dumped namespace"
+    if "holder" in loc:
+        return f"{loc['holder']}: its file ({loc['path']}) on mount {mnt}, in no dumped namespace", ""
+    hint = f"; {external_file_hint(loc['path'])}" if link.startswith("fd/") else ""
+    return f"process {pid} {link.replace('fd/', 'fd ')} ({loc['path']}) on mount {mnt}, in no dumped namespace", hint
 
 
-def _failed(where: str, item: tuple[dict, int, str], e: OSError) -> DumpError:
-    """The refusal of a detached mount whose planning failed with `e` (an fd is told how to declare
-    its file instead)."""
-    hint = f"; {external_file_hint(item[0]['path'])}" if item[2].startswith("fd/") else ""
+def _failed(where: str, hint: str, e: OSError) -> DumpError:
+    """The refusal of a detached mount whose planning failed with `e`."""
     return DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}")
 
 
@@ -430,18 +433,18 @@ def _superblock(f0: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tuple[st
     return sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
 
 
-def _invisible_type(f0: dict, where: str, path: str):
+def _invisible_type(f0: dict, where: str, hint: str):
     """The type of a filesystem no visible mount shows (dumped whole from the detached mount): only
     a type whose files are dumped; any other is refused."""
     found = fs.by_magic(f0["magic"])
     if found is None:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
                                           f"visible (only a detached {fs.content_names()} can be "
-                                          f"dumped whole); {external_file_hint(path)}")
+                                          f"dumped whole){hint}")
     return found
 
 
-def _on_visible(f0: dict, inner: str, sid: str, dev: str, superblocks, ns_data, clone_of, where: str, path: str):
+def _on_visible(f0: dict, inner: str, sid: str, dev: str, superblocks, ns_data, clone_of, where: str, hint: str):
     """(candidate mounts of superblock `sid`, widest root first; root_via_visible's answer) for
     detached file `f0` at `inner` in its mount; a file of an external filesystem no visible mount
     reaches is refused: restore reaches one only through its external mounts (a host log a runtime
@@ -451,7 +454,7 @@ def _on_visible(f0: dict, inner: str, sid: str, dev: str, superblocks, ns_data, 
     found = root_via_visible(f0, inner, candidates, clone_of)
     if found is None and superblocks[sid]["external"]:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
-                                          f"reaches the file; {external_file_hint(path)}")
+                                          f"reaches the file{hint}")
     return candidates, found
 
 
@@ -467,16 +470,16 @@ def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> 
     clone_of = _cloner(ns_data, by_mntns)
     for mnt, items in sorted(_by_mount(unplaced).items()):
         loc0, pid0, link0 = items[0]
-        where = _where(mnt, items[0])
+        where, hint = _where(mnt, items[0])
         try:
             f0 = probe(pid0, link0)
             sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
             if sid is None:
-                _invisible_type(f0, where, loc0["path"])
+                _invisible_type(f0, where, hint)
                 _archivable([(probe(pid, link), loc["path"]) for loc, pid, link in items])
             elif sid not in unsure:
                 candidates, found = _on_visible(f0, loc0["path"], sid, dev, superblocks, ns_data, clone_of, where,
-                                                loc0["path"])
+                                                hint)
                 if found is None:
                     os.close(anchor(f0, candidates, clone_of)[0])
         except DumpError:
@@ -484,7 +487,7 @@ def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> 
         except DetachedError as e:
             if e.errno == errno.EIO:
                 continue   # (climbed too far: the filesystem changed meanwhile; plan tells)
-            raise _failed(where, items[0], e) from None
+            raise _failed(where, hint, e) from None
         except OSError:
             continue   # (closed or gone meanwhile: plan tells, once the tree is stopped)
 
@@ -499,15 +502,14 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
     beyond: list[tuple[str, str, int, str]] = []
     try:
         for mnt, items in sorted(_by_mount(unplaced).items()):
-            loc0 = items[0][0]
-            where = _where(mnt, items[0])
+            where, hint = _where(mnt, items[0])
             try:
                 facts = [(probe(pid, link), loc["path"]) for loc, pid, link in items]
                 f0 = facts[0][0]
                 sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
                 if sid is not None:
                     candidates, found = _on_visible(f0, facts[0][1], sid, dev, superblocks, ns_data, clone_of,
-                                                    where, loc0["path"])
+                                                    where, hint)
                     if found is not None:
                         vis, root_on_v = found
                         vroot = mounts_by_id[vis].root
@@ -519,7 +521,7 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
                         if fs.lookup(superblocks[sid]["fstype"]).content:
                             beyond.append((sid, root, d_fd, d_path))
                 else:
-                    found_type = _invisible_type(f0, where, loc0["path"])
+                    found_type = _invisible_type(f0, where, hint)
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
                     files[name] = archive_invisible(facts, path)
@@ -529,7 +531,7 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
             except DumpError:
                 raise
             except OSError as e:
-                raise _failed(where, items[0], e) from None
+                raise _failed(where, hint, e) from None
             out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
                              "mountpoint": "(detached)"}
         _archive_beyond(beyond, superblocks, writer, files)

@@ -118,7 +118,8 @@ def _on_detached(d, known: set[int]) -> dict | None:
         loc = d.place(os.readlink(f"/proc/self/fd/{f}"), mnt, "socket")
         if not loc.get("detached"):
             return None
-        d.scratch.setdefault("unplaced", []).append((loc, os.getpid(), f"fd/{f}"))
+        # (a copy naming the socket: engine/detached.py tells a refusal so)
+        d.scratch.setdefault("unplaced", []).append(({**loc, "holder": d.where}, os.getpid(), f"fd/{f}"))
         keep = True
         return loc
     finally:
@@ -134,7 +135,7 @@ def note_detached(d) -> None:
     if got is not None:
         f, mnt = got
         d.scratch.setdefault("unplaced", []).append(
-            ({"mnt": mnt, "path": os.readlink(f"/proc/self/fd/{f}")}, os.getpid(), f"fd/{f}"))
+            ({"mnt": mnt, "path": os.readlink(f"/proc/self/fd/{f}"), "holder": d.where}, os.getpid(), f"fd/{f}"))
 
 
 def file_stat(d) -> os.stat_result | None:
