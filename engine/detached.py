@@ -262,31 +262,12 @@ def locate_outside(facts: dict, inner_path: str, d_fd: int, d_path: str) -> str:
                                       "(unlinked, or renamed while dumped?)")
 
 
-# What archive_invisible keeps of a file that is not a directory, by its file type: its content
-# (regular files), or the node alone (a FIFO; a device node, made at restore as the --devices
-# policy allows). A socket's file is bound again by its socket (engine/fds/unix.py).
-_NODES = frozenset((stat.S_IFREG, stat.S_IFIFO, stat.S_IFCHR, stat.S_IFBLK, stat.S_IFSOCK))
-
-
-def _archivable(locs: list[tuple[dict, str]]) -> None:
-    """Refuse (DetachedError) what archive_invisible cannot keep: without a directory to climb from,
-    a file of another type than those of _NODES (a symlink held by an O_PATH fd)."""
-    if any(f["is_dir"] for f, _ in locs):
-        return
-    for facts, inner in locs:
-        if stat.S_IFMT(facts["mode"]) not in _NODES:
-            raise DetachedError(errno.EOPNOTSUPP, f"{inner} (mode {facts['mode']:o}) on a filesystem only detached "
-                                                  "mounts reach: only regular files, FIFOs, sockets and device "
-                                                  "nodes are kept without a directory of it: not supported")
-
-
 def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
     """Archive a detached tmpfs reachable only through fds (member sb-0): its whole tree from a
     directory, else the files. Returns the archive's size and sha256.
 
     `locs` are (probe facts, path inside the detached mount).
     """
-    _archivable(locs)
     dirs = [(f, p) for f, p in locs if f["is_dir"]]
     if dirs:
         facts, inner = dirs[0]
@@ -326,21 +307,9 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
                 continue
             made.add(name)
             if not facts["is_reg"]:
-                # A FIFO (a process's pipe on it is dumped by engine/fds/pipe.py) or a device node:
-                # the node only (opening it to read would block, or never end: /dev/zero).
-                st = os.stat(facts["link"])
-                if stat.S_ISSOCK(st.st_mode):
-                    continue   # a bound socket's file: its socket binds it again (engine/fds/unix.py)
-                info = tarfile.TarInfo(name)
-                info.mode, info.uid, info.gid = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-                if stat.S_ISFIFO(st.st_mode):
-                    info.type = tarfile.FIFOTYPE
-                elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                    info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
-                    info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
-                else:
-                    raise DetachedError(errno.EOPNOTSUPP, f"{inner}: changed type while it was dumped")
-                tar.addfile(info)
+                node = _node(facts["link"], name)
+                if node is not None:
+                    tar.addfile(node)
                 continue
             with open(facts["link"], "rb") as f:
                 st = os.fstat(f.fileno())
@@ -350,6 +319,35 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
                 info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
                 tar.addfile(info, io.BytesIO(data))
     return content.digest_path(out_path)
+
+
+def _node(link: str, name: str):
+    """The tar member (named `name`) of the file that is no regular file behind magic link `link`:
+    the node alone, never its content (a FIFO's read would block, /dev/zero's never end): a FIFO
+    (a process's pipe on it is dumped by engine/fds/pipe.py), a device node (made at restore as
+    the --devices policy allows), a symlink an O_PATH fd holds (its own target, not the magic
+    link's); None for a socket's file (its socket binds it again: engine/fds/unix.py)."""
+    import tarfile
+    fd = os.open(link, os.O_PATH | os.O_CLOEXEC)   # (the symlink itself, if one)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISSOCK(st.st_mode):
+            return None
+        info = tarfile.TarInfo(name)
+        info.mode, info.uid, info.gid, info.mtime = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)
+        if stat.S_ISFIFO(st.st_mode):
+            info.type = tarfile.FIFOTYPE
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif stat.S_ISLNK(st.st_mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink("", dir_fd=fd)
+        else:
+            raise DetachedError(errno.EOPNOTSUPP, f"{name[len('sb-0'):]}: a directory that was not one when "
+                                                  "it was probed (changed while dumped)")
+        return info
+    finally:
+        os.close(fd)
 
 
 def sb_by_handle(facts: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tuple[str | None, str | None]:
@@ -476,7 +474,6 @@ def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> 
             sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
             if sid is None:
                 _invisible_type(f0, where, hint)
-                _archivable([(probe(pid, link), loc["path"]) for loc, pid, link in items])
             elif sid not in unsure:
                 candidates, found = _on_visible(f0, loc0["path"], sid, dev, superblocks, ns_data, clone_of, where,
                                                 hint)
