@@ -49,7 +49,7 @@ def probe(pid: int, what: str) -> dict:
         except OSError:
             htype, handle = None, None
         return {"dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", "is_dir": stat.S_ISDIR(st.st_mode),
-                "is_reg": stat.S_ISREG(st.st_mode), "ino": st.st_ino,
+                "is_reg": stat.S_ISREG(st.st_mode), "ino": st.st_ino, "mode": st.st_mode,
                 "magic": kernel.fstatfs_type(fd), "mount_opts": kernel.mount_opts_of_fd(fd),
                 "handle": (htype, handle), "link": link}
     finally:
@@ -184,6 +184,14 @@ def _clone_root(clone_of, m) -> int | None:
         os.close(clone)
 
 
+def _anchorable(facts: dict) -> None:
+    """Refuse (DetachedError) a file `anchor` cannot locate outside every visible mount of its
+    filesystem: one that is neither a regular file nor a directory."""
+    if not (facts["is_dir"] or facts["is_reg"]):
+        raise DetachedError(errno.EOPNOTSUPP, "only a regular file or directory outside every visible mount "
+                                              "of its filesystem can be located")
+
+
 def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
     """(directory fd on the detached mount, its path in the superblock): the fixed point of ".."
     from a visible mount's root opened by handle on the detached mount.
@@ -192,9 +200,7 @@ def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
     superblock's root; either way the steps climbed from the visible root (of
     known path) give the fixed point's path.
     """
-    if not (facts["is_dir"] or facts["is_reg"]):
-        raise DetachedError(errno.EOPNOTSUPP, "only a regular file or directory outside every visible mount "
-                                              "of its filesystem can be located")
+    _anchorable(facts)
     # open_by_handle_at wants a real (not O_PATH) fd on the mount it resolves on.
     flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY | (os.O_DIRECTORY if facts["is_dir"] else 0)
     pfd = os.open(facts["link"], flags)
@@ -301,16 +307,10 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
                 continue
             made.add(name)
             if not facts["is_reg"]:
-                # A FIFO (a process's pipe on it is dumped by engine/fds/pipe.py): the node only;
-                # opening it to read would block.
-                st = os.stat(facts["link"])
-                if stat.S_ISSOCK(st.st_mode):
-                    continue   # a bound socket's file: its socket binds it again (engine/fds/unix.py)
-                if stat.S_ISFIFO(st.st_mode):
-                    info = tarfile.TarInfo(name)
-                    info.type, info.mode, info.uid, info.gid = tarfile.FIFOTYPE, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-                    tar.addfile(info)
-                    continue
+                node = _node(facts["link"], name)
+                if node is not None:
+                    tar.addfile(node)
+                continue
             with open(facts["link"], "rb") as f:
                 st = os.fstat(f.fileno())
                 data = f.read()
@@ -319,6 +319,35 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
                 info.uid, info.gid, info.mtime = st.st_uid, st.st_gid, int(st.st_mtime)
                 tar.addfile(info, io.BytesIO(data))
     return content.digest_path(out_path)
+
+
+def _node(link: str, name: str):
+    """The tar member (named `name`) of the file that is no regular file behind magic link `link`:
+    the node alone, never its content (a FIFO's read would block, /dev/zero's never end): a FIFO
+    (a process's pipe on it is dumped by engine/fds/pipe.py), a device node (made at restore as
+    the --devices policy allows), a symlink an O_PATH fd holds (its own target, not the magic
+    link's); None for a socket's file (its socket binds it again: engine/fds/unix.py)."""
+    import tarfile
+    fd = os.open(link, os.O_PATH | os.O_CLOEXEC)   # (the symlink itself, if one)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISSOCK(st.st_mode):
+            return None
+        info = tarfile.TarInfo(name)
+        info.mode, info.uid, info.gid, info.mtime = stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, int(st.st_mtime)
+        if stat.S_ISFIFO(st.st_mode):
+            info.type = tarfile.FIFOTYPE
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        elif stat.S_ISLNK(st.st_mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink("", dir_fd=fd)
+        else:
+            raise DetachedError(errno.EOPNOTSUPP, f"{name[len('sb-0'):]}: a directory that was not one when "
+                                                  "it was probed (changed while dumped)")
+        return info
+    finally:
+        os.close(fd)
 
 
 def sb_by_handle(facts: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tuple[str | None, str | None]:
@@ -355,45 +384,129 @@ def sb_by_handle(facts: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tupl
     return None, None
 
 
-def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
-    """Describe each detached mount that a process holds a file or cwd on (`unplaced`: (location, pid,
-    /proc link) from engine.placement), archiving what only such mounts reach."""
+def _by_mount(unplaced) -> dict[int, list[tuple[dict, int, str]]]:
+    """`unplaced` items (location, pid, /proc link) grouped by their detached mount's id."""
     by_mnt: dict[int, list[tuple[dict, int, str]]] = {}
     for item in unplaced:
         by_mnt.setdefault(item[0]["mnt"], []).append(item)
-    out: dict[str, dict] = {}
+    return by_mnt
 
+
+def _cloner(ns_data, by_mntns):
+    """clone_of(m): a detached clone of mount m of a namespace of `ns_data` (its processes in
+    `by_mntns`), even if covered (the clone helper uncovers it in a copy of the namespace)."""
     ns_of_mount = {m.mnt_id: ino for ino, data in ns_data.items() for m in data["mounts"]}
 
     def clone_of(m) -> int | None:
-        """A detached clone of mount m, even if covered (the clone helper uncovers it)."""
         ino = ns_of_mount[m.mnt_id]
         return nscopy.clone_one(by_mntns[ino], ns_data[ino]["mounts"], m.mnt_id)
+    return clone_of
 
+
+def _where(mnt: int, item: tuple[dict, int, str]) -> tuple[str, str]:
+    """(how a refusal names the first file (location, pid, link) held on detached mount `mnt`, the
+    hint it ends with: how to declare an fd's file instead, else ''). A file a kind found through
+    our own fd on it names its holder (`holder`: a socket's file)."""
+    loc, pid, link = item
+    # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
+    if "holder" in loc:
+        return f"{loc['holder']}: its file ({loc['path']}) on mount {mnt}, in no dumped namespace", ""
+    hint = f"; {external_file_hint(loc['path'])}" if link.startswith("fd/") else ""
+    return f"process {pid} {link.replace('fd/', 'fd ')} ({loc['path']}) on mount {mnt}, in no dumped namespace", hint
+
+
+def _failed(where: str, hint: str, e: OSError) -> DumpError:
+    """The refusal of a detached mount whose planning failed with `e`."""
+    return DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}")
+
+
+def _superblock(f0: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tuple[str | None, str | None]:
+    """(sb id, device of its mounts) of the dumped superblock detached file `f0` (probe) lies on;
+    (None, None) when no visible mount shows its filesystem."""
+    sid = sb_of_dev.get(f0["dev"])
+    if sid is not None:
+        return sid, f0["dev"]
+    # Files may show another device than the mounts of their superblock (a subvolume's own
+    # anonymous device): the superblock whose mount opens the file's handle as it.
+    return sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
+
+
+def _invisible_type(f0: dict, where: str, hint: str):
+    """The type of a filesystem no visible mount shows (dumped whole from the detached mount): only
+    a type whose files are dumped; any other is refused."""
+    found = fs.by_magic(f0["magic"])
+    if found is None:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
+                                          f"visible (only a detached {fs.content_names()} can be "
+                                          f"dumped whole){hint}")
+    return found
+
+
+def _on_visible(f0: dict, inner: str, sid: str, dev: str, superblocks, ns_data, clone_of, where: str, hint: str):
+    """(candidate mounts of superblock `sid`, widest root first; root_via_visible's answer) for
+    detached file `f0` at `inner` in its mount; a file of an external filesystem no visible mount
+    reaches is refused: restore reaches one only through its external mounts (a host log a runtime
+    gave as stdout cannot be reopened)."""
+    candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),
+                        key=lambda m: (len(m.root), m.mnt_id))
+    found = root_via_visible(f0, inner, candidates, clone_of)
+    if found is None and superblocks[sid]["external"]:
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
+                                          f"reaches the file{hint}")
+    return candidates, found
+
+
+def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> None:
+    """Before the stop (engine/prestop.py): refuse (DumpError, with plan's line) what `plan` would
+    refuse of the detached mounts `unplaced` lie on, read from the running tree, archiving
+    nothing: a filesystem mounted nowhere visible whose files are not dumped (a lazily unmounted
+    overlay), a file no external mount of its filesystem reaches, one that neither a handle nor a
+    search finds on a visible mount, one outside every visible mount that is no regular file or
+    directory or whose filesystem no visible mount is a directory of (`anchor`; the search for
+    its name, locate_outside, is plan's alone). Superblocks in `unsure` (externality told once stopped) and files gone or changed
+    meanwhile are left to plan, which checks everything again."""
+    clone_of = _cloner(ns_data, by_mntns)
+    for mnt, items in sorted(_by_mount(unplaced).items()):
+        loc0, pid0, link0 = items[0]
+        where, hint = _where(mnt, items[0])
+        try:
+            f0 = probe(pid0, link0)
+            sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
+            if sid is None:
+                _invisible_type(f0, where, hint)
+            elif sid not in unsure:
+                candidates, found = _on_visible(f0, loc0["path"], sid, dev, superblocks, ns_data, clone_of, where,
+                                                hint)
+                if found is None:
+                    os.close(anchor(f0, candidates, clone_of)[0])
+        except DumpError:
+            raise
+        except DetachedError as e:
+            if e.errno == errno.EIO:
+                continue   # (climbed too far: the filesystem changed meanwhile; plan tells)
+            raise _failed(where, hint, e) from None
+        except OSError:
+            continue   # (closed or gone meanwhile: plan tells, once the tree is stopped)
+
+
+def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
+    """Describe each detached mount that a process holds a file or cwd on (`unplaced`: (location, pid,
+    /proc link) from engine.placement), archiving what only such mounts reach (refusals told
+    before the stop too: precheck)."""
+    out: dict[str, dict] = {}
+    clone_of = _cloner(ns_data, by_mntns)
     anchors: list[int] = []
     beyond: list[tuple[str, str, int, str]] = []
     try:
-        for mnt, items in sorted(by_mnt.items()):
-            loc0, pid0, link0 = items[0]
-            # A lazily unmounted mount, or a mount of a namespace outside the tree (opened before unshare).
-            where = f"process {pid0} {link0.replace('fd/', 'fd ')} ({loc0['path']}) on mount {mnt}, in no dumped namespace"
+        for mnt, items in sorted(_by_mount(unplaced).items()):
+            where, hint = _where(mnt, items[0])
             try:
                 facts = [(probe(pid, link), loc["path"]) for loc, pid, link in items]
                 f0 = facts[0][0]
-                sid, dev = sb_of_dev.get(f0["dev"]), f0["dev"]
-                if sid is None:
-                    # Files may show another device than the mounts of their superblock (a subvolume's
-                    # own anonymous device): the superblock whose mount opens the file's handle as it.
-                    sid, dev = sb_by_handle(f0, sb_of_dev, superblocks, ns_data, clone_of)
+                sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
                 if sid is not None:
-                    candidates = sorted((m for data in ns_data.values() for m in data["mounts"] if m.dev == dev),
-                                        key=lambda m: (len(m.root), m.mnt_id))
-                    found = root_via_visible(f0, facts[0][1], candidates, clone_of)
-                    if found is None and superblocks[sid]["external"]:
-                        # Restore reaches an external filesystem only through its external mounts: a
-                        # file beside them (a host log the runtime gave as stdout) cannot be reopened.
-                        raise DumpError(errno.EOPNOTSUPP, f"{where}: no external mount of its filesystem "
-                                                          f"reaches the file; {external_file_hint(loc0['path'])}")
+                    candidates, found = _on_visible(f0, facts[0][1], sid, dev, superblocks, ns_data, clone_of,
+                                                    where, hint)
                     if found is not None:
                         vis, root_on_v = found
                         vroot = mounts_by_id[vis].root
@@ -405,11 +518,7 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
                         if fs.lookup(superblocks[sid]["fstype"]).content:
                             beyond.append((sid, root, d_fd, d_path))
                 else:
-                    found_type = fs.by_magic(f0["magic"])
-                    if found_type is None:
-                        raise DumpError(errno.EOPNOTSUPP, f"its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                                          f"visible (only a detached {fs.content_names()} can be "
-                                                          f"dumped whole); {external_file_hint(loc0['path'])}")
+                    found_type = _invisible_type(f0, where, hint)
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
                     files[name] = archive_invisible(facts, path)
@@ -419,8 +528,7 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
             except DumpError:
                 raise
             except OSError as e:
-                hint = f"; {external_file_hint(loc0['path'])}" if link0.startswith("fd/") else ""
-                raise DumpError(e.errno or errno.EIO, f"{where}: {e.strerror or e}{hint}") from None
+                raise _failed(where, hint, e) from None
             out[str(mnt)] = {"id": mnt, "sb": sid, "root": root, "mount_opts": f0["mount_opts"],
                              "mountpoint": "(detached)"}
         _archive_beyond(beyond, superblocks, writer, files)

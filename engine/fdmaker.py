@@ -61,14 +61,20 @@ class FdMaker:
                           standin=standin, keep=self.keep, proc=self.proc,
                           open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of, ns_fd=self.ns_fd)
         fd = kind.open(r)
+        self.give_owner(fd, entry)
+        if desc is not None:
+            self.descs[desc] = os.dup(fd)
+        return fd, True
+
+    def give_owner(self, fd: int, entry: dict) -> None:
+        """Give our new description `fd` the signal owner, signal and O_ASYNC of image fd `entry`
+        (engine/fown.py; an --external file's too, which restore opens itself); `fd` is closed when
+        that fails."""
         try:
             fown.restore(fd, entry, self.pid_of)
         except OSError as e:
             os.close(fd)
             raise OSError(e.errno, f"signal owner (F_SETOWN, F_SETSIG, O_ASYNC): {e.strerror or e}") from None
-        if desc is not None:
-            self.descs[desc] = os.dup(fd)
-        return fd, True
 
     def after(self, entry: dict) -> tuple[str, str, object] | None:
         """(kind, stand-in function, args) to run once the process holds its fds, or None."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from engine import fds, filelocks, fown, kernel
 from engine.fds import sys as fsys
@@ -65,6 +66,25 @@ class FdTable:
         except OSError:
             pass
         return out
+
+    def external_entry(self, pid: int, f: dict, key: str) -> dict:
+        """The image entry of fd record `f` of process `pid` on a file declared --external file[PATH]:KEY:
+        no kind dumps it (restore opens the host path given for KEY), but its flags, offset, locks and
+        signal owner and signal (engine/fown.py) are kept as every fd's are."""
+        self.note_locks(pid, f)
+        where = f"process {pid} fd {f['fd']} ({f['target']})"
+        try:
+            c = fsys.pidfd_getfd(self._pidfd(pid), f["fd"])
+            try:
+                own = fown.entry_fields(c, self.scratch.get("pids") or (), where)
+            finally:
+                os.close(c)
+        except fds.FdError:
+            raise
+        except OSError as e:
+            raise fds.FdError(e.errno or errno.EIO, f"{where}: external file: {e.strerror or e}") from None
+        return {"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
+                "type": "dir" if stat.S_ISDIR(f["mode"]) else "file", "external": key, **own}
 
     def note_locks(self, pid: int, f: dict) -> None:
         """Keep the file locks fd record `f` of process `pid` shows (engine/filelocks.py; `entry` does,

@@ -9,7 +9,7 @@ import os
 import signal
 import time
 
-from engine import kernel
+from engine import kernel, threads
 from engine.dumperror import DumpError
 
 
@@ -64,8 +64,13 @@ def wait_gone(pids, timeout: float = 10.0) -> None:
 
 def refuse_zombies(tree) -> None:
     """A process of the tree that exited but was not reaped (a zombie) has no namespaces, fds or
-    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed)."""
+    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed). A
+    process whose main thread alone exited shows its leader so too: told as such (threads.py)."""
     for pid, ppid in tree:
+        try:
+            threads.check_leader(pid)
+        except threads.ThreadError as e:
+            raise DumpError(e.errno, e.strerror) from None
         if state(pid) in ("Z", "X", ""):
             comm = _comm(pid)
             raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}, child of {ppid} ({_comm(ppid)})) has exited "
@@ -104,11 +109,7 @@ def wait_stopped(pids, timeout: float = 5.0) -> None:
 
 def state(pid: int) -> str:
     """The state letter of a process (R, S, T...), "" when it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+    return threads.task_state(str(pid))
 
 
 def watchdog(pids: list[int]) -> int:

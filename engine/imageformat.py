@@ -1325,6 +1325,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 check_record(EXTERNAL_FD, fd, fwhat)
                 if fd.get("kind", "file") != "file":
                     _fail(f"{fwhat}: an external file is of kind file")
+                _check_fown(fd, refs, fwhat)
                 if fd["fd"] in seen_fd:
                     _fail(f"{what}: duplicate fd number {fd['fd']}")
                 seen_fd.add(fd["fd"])

@@ -58,10 +58,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             entry[key] = _place_dir(pid, key, pdata[key], mounts_by_id, ghost_ctx)
         for f in pdata["fds"]:
             if f["target"] in ext_files:
-                fdtable.note_locks(pid, f)
-                entry["fds"].append({"fd": f["fd"], "flags": f["flags"], "pos": f["pos"],
-                                     "type": "dir" if stat.S_ISDIR(f["mode"]) else "file",
-                                     "external": ext_files[f["target"]]})
+                entry["fds"].append(fdtable.external_entry(pid, f, ext_files[f["target"]]))
                 used_files.add(f["target"])
                 continue
             fd_entry = fdtable.entry(pid, f, lambda path, mnt, what, pid=pid: place(

@@ -28,10 +28,15 @@ tree already shows is checked here first, with the line dump would give:
   --leave-running, a datagram from a named sender the tree does not hold,
   fanotify events waiting); each file mapped under a deleted name (engine/mountrules.py
   `deleted_mapping`, asked by dump again);
+- files, cwds and roots on detached mounts (lazily unmounted, or of a namespace outside the
+  tree) dump would refuse (engine/detached.py `precheck`, `plan`'s questions without its
+  archives: a filesystem mounted nowhere visible whose files are not dumped, a file no external
+  mount reaches, one that cannot be located);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
 - threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
-  capabilities other than their process's; checked again once the tree is stopped).
+  capabilities other than their process's; checked again once the tree is stopped), and,
+  before anything else, a process whose main thread has exited while its threads run.
 
 Everything here only reads. Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
@@ -43,9 +48,11 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
-from engine import (deadpid, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
+from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
                     nsinspect, threads, userns_cr)
+from engine.dumperror import DumpError
 from engine.fds import FdError
 
 
@@ -121,6 +128,11 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     names = ns_names(pids, image.NS_KINDS)
     view = View(strat)
     try:
+        for pid in pids:
+            threads.check_leader(pid)   # (first: a process without its main thread shows no namespaces)
+    except threads.ThreadError as e:
+        raise PrestopError(e.errno, e.strerror) from None
+    try:
         users = userns_cr.plan(tree, names, image.NS_KINDS)
         owners = users["mntns_owner"]
     except userns_cr.UsernsError as e:
@@ -162,7 +174,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         filelocks.precheck(pids)
         for pid in pids:
             threads.check(pid)
-    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError) as e:
+    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
 
@@ -466,9 +478,11 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     used: set[str] = set()
     held: set[str] = set()     # paths of ext_files some fd shows
     complete = True            # every fd was seen
+    unplaced: list = []        # (location, pid, link) on detached mounts, as engine/placement.py finds them
     for pid in pids:
         name = by_pid.get(pid)
         _check_deleted_dirs(pid, view)
+        _detached_dirs(pid, view, unplaced)
         _check_deleted_maps(pid, view)
         _check_exe(pid, view)
         try:
@@ -487,23 +501,20 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                     complete = False
                     continue
                 if target in ext_files:
-                    held.add(target)
+                    held.add(target)   # (no kind's: restore opens the host's file, but keeps its owner)
+                    if not _check_owner(pidfd, pid, n, target, pids):
+                        complete = False
                     continue
                 kind = fdkinds.classify(target, mode)
                 if kind is None:
                     raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
                                                     f"{fdkinds.describe(target)} fds are not supported")
                 info = _fdinfo(pid, n)
-                if info is None:
+                if info is None or not _check_owner(pidfd, pid, n, target, pids):
                     complete = False
                     continue
-                try:
-                    fown.check_running(pidfd, int(n), pids, f"process {pid} fd {n} ({target})")
-                except FdError:
-                    raise
-                except OSError:
-                    complete = False   # (closed meanwhile: dump tells later)
-                    continue
+                if kind.placed and _detached_fd(pid, n, target, mode, info.get("mnt_id"), view):
+                    unplaced.append(({"mnt": info["mnt_id"], "path": target}, pid, f"fd/{n}"))
                 if kind.precheck is None:
                     _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
                     continue
@@ -525,9 +536,74 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
             os.close(pidfd)
     for kind_name in sorted(used):
         fdkinds.lookup(kind_name).prefinish(scratch)
+    _check_detached(unplaced, scratch, view)
     if complete:
         mountrules.unknown_external_files(ext_files, held)
         mountrules.held_roots(view.mntns_doc, view.superblocks, scratch.get("held", ()), view.unsure)
+
+
+def _check_detached(unplaced: list, scratch: dict, view: View) -> None:
+    """engine/detached.py `precheck` on the files, cwds and roots on detached mounts (`unplaced`) and
+    the socket files the kinds found there (scratch "unplaced": our fds on them, closed here)."""
+    ours = scratch.pop("unplaced", [])
+    try:
+        if unplaced or ours:
+            detached.precheck(unplaced + ours, view.superblocks, view.sb_of_dev,
+                              {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)
+    finally:
+        for _loc, _pid, link in ours:
+            os.close(int(link.rsplit("/", 1)[1]))
+
+
+def _detached_fd(pid: int, n: str, target: str, mode: int, mnt: int | None, view: View) -> bool:
+    """Whether dump places fd `n` of `pid` (of a kind that names a file on a mount) on a detached
+    mount: its mount (fdinfo's `mnt`) is in no dumped namespace, and its path in the process's
+    namespace does not reach the same file on a mount of the same superblock there (where dump
+    places it instead: engine/nsinspect.py `_same_path_outside`). A deleted file is another rule's
+    (`_check_deleted`); a process with a root of its own is left to dump."""
+    if mnt is None or mnt in view.mounts_by_id or not target.startswith("/") or target.endswith(kernel.DELETED):
+        return False
+    try:
+        if os.readlink(f"/proc/{pid}/root") != "/":
+            return False
+        want = os.stat(f"/proc/{pid}/fd/{n}")
+        follow = not stat.S_ISLNK(mode)
+        here_path = f"/proc/{pid}/root{target}"
+        here = os.stat(here_path, follow_symlinks=follow)
+        mid = kernel.statx_mnt_id(here_path, flags=0 if follow else kernel.AT_SYMLINK_NOFOLLOW)
+    except FileNotFoundError:
+        return True    # (the path leads nowhere there: a lazily unmounted mount's file)
+    except OSError:
+        return False   # (gone meanwhile: dump tells)
+    m = view.mounts_by_id.get(mid)
+    return not ((here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and m is not None
+                and m.dev == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}")
+
+
+def _detached_dirs(pid: int, view: View, unplaced: list) -> None:
+    """Add the root and cwd of `pid` to `unplaced` when they lie on a mount in no dumped namespace
+    (a cwd on a lazily unmounted mount), as engine/placement.py places them."""
+    for key in ("root", "cwd"):
+        link = f"/proc/{pid}/{key}"
+        try:
+            target = os.readlink(link)
+            mnt = kernel.statx_mnt_id(link)
+        except OSError:
+            continue   # (gone meanwhile: dump tells, once the tree is stopped)
+        if mnt not in view.mounts_by_id and not target.endswith(kernel.DELETED):
+            unplaced.append(({"mnt": mnt, "path": target}, pid, key))
+
+
+def _check_owner(pidfd: int, pid: int, n: str, target: str, pids: list[int]) -> bool:
+    """Refuse the signal owner of fd `n` of `pid` dump would refuse (engine/fown.py); False when the
+    fd was closed meanwhile (dump tells later)."""
+    try:
+        fown.check_running(pidfd, int(n), pids, f"process {pid} fd {n} ({target})")
+    except FdError:
+        raise
+    except OSError:
+        return False
+    return True
 
 
 def _fdinfo(pid: int, n: str) -> dict | None:

@@ -1878,6 +1878,7 @@ class _Restorer:
                 ext = self.ext_files.pop((p["pid"], f["fd"]), None)
                 if ext is not None:
                     fd, first = ext, False  # --external file[KEY]:HOSTPATH, opened on the host before assembly
+                    self._fds.give_owner(fd, f)
                 else:
                     fd, first = self._fds.open(f, chan)
             except OSError as e:

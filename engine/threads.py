@@ -81,12 +81,36 @@ def _named(key: str, value) -> tuple[str, str]:
     return f"{key[3:]} namespace", f"{key[3:]}:[{value}]"
 
 
+def task_state(task: str) -> str:
+    """The state letter of /proc/`task` ("PID" or "PID/task/TID"; "" when it is gone)."""
+    try:
+        with open(f"/proc/{task}/stat", errors="surrogateescape") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def check_leader(pid: int) -> None:
+    """Refuse (ThreadError) a process whose main thread has exited while other threads run
+    (pthread_exit in main: /proc/PID/stat shows the leader as a zombie, task/ lists live threads):
+    a stand-in is its main thread, and the kernel makes no process without one."""
+    if task_state(str(pid)) not in ("Z", "X"):
+        return
+    live = [t for t in tids(pid) if task_state(f"{pid}/task/{t}") not in ("Z", "X", "")]
+    if live:
+        raise ThreadError(errno.EOPNOTSUPP, f"process {pid} ({_comm(str(pid))}): its main thread has exited while "
+                                            f"threads {', '.join(map(str, live))} run; mntcr cannot restore a "
+                                            "process without its main thread; the tree keeps running")
+
+
 def check(pid: int) -> None:
-    """Refuse (ThreadError) a thread of `pid` whose state differs from its leader's (see the module
-    docstring), or more threads than an image keeps. A thread gone meanwhile is skipped."""
+    """Refuse (ThreadError) a process whose main thread has exited (check_leader), a thread of `pid`
+    whose state differs from its leader's (see the module docstring), or more threads than an image
+    keeps. A thread gone meanwhile is skipped."""
     others = tids(pid)
     if not others:
         return
+    check_leader(pid)
     if len(others) > MAX_THREADS:
         raise ThreadError(errno.EOPNOTSUPP, f"process {pid} ({_comm(str(pid))}): {len(others) + 1} threads, "
                                             f"more than an image keeps ({MAX_THREADS + 1}); the tree keeps running")

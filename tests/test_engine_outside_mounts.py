@@ -41,8 +41,8 @@ def _fds(state) -> dict[int, tuple[str, str]]:
     """{fd: (line without its mount, mount label)} of the root process."""
     out = {}
     for line in state.root.fds:
-        m = re.match(r"(\d+): (.*) mnt=(\S+)$", line)
-        out[int(m[1])] = (m[2], m[3])
+        m = re.match(r"(\d+): (.*) mnt=(\S+)(.*)$", line)
+        out[int(m[1])] = (m[2] + m[4], m[3])
     return out
 
 
@@ -95,6 +95,89 @@ def test_host_file_declared_external(case):
     assert _fds(before)[7] == _fds(after)[7] == (_fds(before)[7][0], "detached")
     assert "pos=3" in _fds(after)[7][0]
     assert before.fd_data[0] == after.fd_data[0]
+
+
+def _set_owner(pid: int, fd: int, owner: int, sig: int) -> None:
+    """F_SETOWN `owner` (negative: a process group) and F_SETSIG `sig` on fd `fd` of `pid`, through
+    our copy of it (the same open file description). (No O_ASYNC: a regular file without a fasync
+    hook does not keep it.)"""
+    import fcntl
+    from engine import fown
+    c = enginecase.grab_fd(pid, fd)
+    try:
+        fcntl.fcntl(c, fcntl.F_SETOWN, owner)
+        fcntl.fcntl(c, fown.F_SETSIG, sig)
+    finally:
+        os.close(c)
+
+
+def test_host_file_declared_external_keeps_its_owner(case):
+    """The external file's fd has an owner (F_SETOWN: the process itself, as a lease's taker is) and
+    a signal (F_SETSIG SIGUSR1): both come back on the restored fd, the owner being the restored
+    process (they used to be dropped silently: no more SIGIO)."""
+    import signal
+    from engine import fown, image
+    pid = case.start(HOST_FILE)
+    child = _child(pid)
+    _set_owner(child, 7, child, signal.SIGUSR1)
+    before = take(child)
+    assert "async-owner=pid:P0 sig=10" in _fds(before)[7][0], _fds(before)
+    images = case.new_images_dir()
+    r = _dump(case, child, "--external", "file[/etc/passwd]:pw", images=images)
+    assert r.returncode == 0, r.stderr
+    fd = next(f for p in image.load(images)["processes"] for f in p["fds"] if f["fd"] == 7)
+    assert fd["async_owner"] and fd["async_signal"] == signal.SIGUSR1, fd
+    restored = case.restore(images, ("--external", "file[pw]:/etc/passwd"))
+    after = take(restored)
+    assert _fds(before)[7] == _fds(after)[7]
+    c = enginecase.grab_fd(restored, 7)
+    try:
+        assert fown.read(c) == (fown.F_OWNER_PID, restored, signal.SIGUSR1)
+    finally:
+        os.close(c)
+
+
+# HOST_FILE with a STOP_WATCH process in the dumped child's tree (the child's namespace unmounted /etc).
+_INNER = ("umount /etc\n" + enginecase.STOP_WATCH.replace(
+    "wait_for /run/.watching", "while [ ! -e /run/.watching ]; do sleep 0.05; done")
+    + "exec /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1\n")
+HOST_FILE_WATCHED = ("cat > /run/inner.sh <<'EOF'\n" + _INNER + "EOF\n"
+                     "sh -c 'exec 7</etc/passwd; exec unshare -m sh /run/inner.sh' </dev/null >/dev/null 2>&1 &\n"
+                     "hold\n")
+
+
+def test_host_file_declared_external_with_group_owner_refused_unstopped(case):
+    """The external file's owner is a process group (F_SETOWN -pgid), which restore cannot give
+    back: refused before the stop (as for any other fd), naming the fd and the group; the tree was
+    never stopped."""
+    import signal
+    pid = case.start(HOST_FILE_WATCHED)
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        child, = (int(x) for x in f.read().split())   # (the watcher is its child)
+    _set_owner(child, 7, -os.getpgid(child), signal.SIGUSR1)
+    r = _dump(case, child, "--external", "file[/etc/passwd]:pw")
+    assert r.returncode != 0, "dump accepted a process group as owner"
+    assert re.search(r"process \d+ fd 7 \(/etc/passwd\): process group \d+ as its signal owner", r.stderr), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not enginecase.was_stopped(child), "dump stopped the tree before it refused"
+    assert _state(child) not in ("T", "Z"), "the tree was not left running"
+
+
+def test_host_file_refused_unstopped(case):
+    """HOST_FILE without --external file[]: refused before the stop (it used to be refused once the
+    tree was stopped, in engine/detached.py), with the line naming the file and the flag; the
+    tree was never stopped."""
+    pid = case.start(HOST_FILE_WATCHED)
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        child, = (int(x) for x in f.read().split())
+    r = _dump(case, child)
+    assert r.returncode != 0, "dump accepted an fd that restore cannot reopen"
+    assert re.search(r"process \d+ fd 7 \(/etc/passwd\) on mount \d+, in no dumped namespace: no external mount "
+                     r"of its filesystem reaches the file; declare it with --external file\[/etc/passwd\]:KEY",
+                     r.stderr), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not enginecase.was_stopped(child), "dump stopped the tree before it refused"
+    assert _state(child) not in ("T", "Z"), "the tree was not left running"
 
 
 def _state(pid: int) -> str:
@@ -228,7 +311,8 @@ def _hostile_external_fd_refused(images: str) -> None:
     fd = next(f for p in doc["processes"] for f in p["fds"] if f.get("external"))
     try:
         for change, match in (({"mnt": 1, "path": "/x"}, "unknown field .mnt."), ({"external": "../x"}, "external"),
-                              ({"external": 7}, "external")):
+                              ({"external": 7}, "external"), ({"async_owner": 99999}, "signal owner"),
+                              ({"async_tid": True}, "'async_tid' without 'async_owner'")):
             bad = copy.deepcopy(doc)
             next(f for p in bad["processes"] for f in p["fds"] if f["fd"] == fd["fd"]).update(change)
             with open(manifest, "w") as f:

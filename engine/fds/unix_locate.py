@@ -82,11 +82,11 @@ def known_mounts(d) -> set[int]:
     return {m.mnt_id for _pid, mounts in [(d.pid, d.mounts)] + list(d.elsewhere) for m in mounts}
 
 
-def _on_detached(d, known: set[int]) -> dict | None:
-    """The socket file's place when it lies on a mount in no namespace of the tree (bound on a mount
-    that was lazily unmounted since: the socket keeps that mount alive), else None. The kernel hands
-    us the file itself (SIOCUNIXFILE), on its very mount; our fd on it stays open for dump's plan of
-    detached mounts (FdTable.unplaced). Without SIOCUNIXFILE: None (the search refuses such a file)."""
+def detached_file(d, known: set[int]) -> tuple[int, int] | None:
+    """(our O_PATH fd on the socket file of socket fd `d`, its mount id) when that file lies on a mount
+    not in `known` (a mount in no namespace of the tree: bound on a mount lazily unmounted since, which
+    the socket keeps alive), else None. The kernel hands us the file itself (SIOCUNIXFILE), on its very
+    mount. Without SIOCUNIXFILE: None (the search refuses such a file). The caller closes the fd."""
     import fcntl
     try:
         f = fcntl.ioctl(d.copy(), SIOCUNIXFILE)
@@ -94,21 +94,48 @@ def _on_detached(d, known: set[int]) -> dict | None:
         if e.errno in (errno.ENOTTY, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.ENOENT):
             return None
         raise
-    keep = False
     try:
         with open(f"/proc/self/fdinfo/{f}") as info:
             mnt = next(int(line.split()[1]) for line in info if line.startswith("mnt_id:"))
-        if mnt in known:
-            return None
+    except BaseException:
+        os.close(f)
+        raise
+    if mnt in known:
+        os.close(f)
+        return None
+    return f, mnt
+
+
+def _on_detached(d, known: set[int]) -> dict | None:
+    """The socket file's place when it lies on a mount in no namespace of the tree (detached_file),
+    else None; our fd on it stays open for dump's plan of detached mounts (FdTable.unplaced)."""
+    got = detached_file(d, known)
+    if got is None:
+        return None
+    f, mnt = got
+    keep = False
+    try:
         loc = d.place(os.readlink(f"/proc/self/fd/{f}"), mnt, "socket")
         if not loc.get("detached"):
             return None
-        d.scratch.setdefault("unplaced", []).append((loc, os.getpid(), f"fd/{f}"))
+        # (a copy naming the socket: engine/detached.py tells a refusal so)
+        d.scratch.setdefault("unplaced", []).append(({**loc, "holder": d.where}, os.getpid(), f"fd/{f}"))
         keep = True
         return loc
     finally:
         if not keep:
             os.close(f)
+
+
+def note_detached(d) -> None:
+    """Before the stop (engine/fds/unix_prestop.py): add the socket file of fd `d` to
+    d.scratch["unplaced"] as dump's plan gets it, when it lies on a detached mount (engine/prestop.py
+    asks engine/detached.py `precheck` about it, then closes our fd on it)."""
+    got = detached_file(d, known_mounts(d))
+    if got is not None:
+        f, mnt = got
+        d.scratch.setdefault("unplaced", []).append(
+            ({"mnt": mnt, "path": os.readlink(f"/proc/self/fd/{f}"), "holder": d.where}, os.getpid(), f"fd/{f}"))
 
 
 def file_stat(d) -> os.stat_result | None:

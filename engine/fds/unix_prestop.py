@@ -61,7 +61,9 @@ def _precheck(d) -> None:
         if "path" in k.out and (not k.mutual or k.typ == socket.SOCK_DGRAM):
             # (as dump places it: an accepted end's name is its listener's) A socket whose file was
             # removed is restored (a ghost socket): refused only where unix_ghost.place cannot put it.
-            unix_ghost.place(d, k.out["path"], c)
+            if unix_ghost.place(d, k.out["path"], c) is None:
+                from engine.fds import unix_locate
+                unix_locate.note_detached(d)   # (a file on a detached mount: engine/detached.py precheck)
         case, detail = unix.case_of(k)
         if k.inflight:
             unix_queue.refuse_head_inflight(d, s)

@@ -1,0 +1,110 @@
+"""Refusals of files on detached (lazily unmounted) mounts told before the stop (engine/prestop.py
+asks engine/detached.py `precheck`, which asks what `plan` asks once the tree is stopped): a
+filesystem mounted nowhere visible whose files mntcr does not dump (a lazily unmounted overlay),
+and a file outside every visible mount of its filesystem that is no regular file or directory.
+Each is refused with dump's line and a non-zero exit, and the tree was never stopped (they used
+to be refused once it was). The same refusals once stopped stay (a mount unmounted in between).
+A file no external mount reaches: tests/test_engine_outside_mounts.py."""
+
+from __future__ import annotations
+
+import os
+import re
+
+import pytest
+
+from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+
+OVERLAY = """
+mkdir -p /mnt/t /mnt/o; mount -t tmpfs t /mnt/t; mkdir /mnt/t/l /mnt/t/u /mnt/t/w; echo x > /mnt/t/l/f
+mount -t overlay o -o lowerdir=/mnt/t/l,upperdir=/mnt/t/u,workdir=/mnt/t/w /mnt/o
+"""
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _refused_unstopped(case, setup: str, pattern: str) -> None:
+    """Start `setup` behind STOP_WATCH: dump must exit non-zero with one line matching `pattern`,
+    the tree never stopped and still running."""
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    msg = str(err.value)
+    assert re.search(pattern, msg), msg
+    assert len(err.value.args[0].strip().splitlines()) == 2, msg   # ("mntcr dump exited N:" and the line)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert _state(pid) in "SR", "the tree was not left running"
+
+
+def _needs_unixfile():
+    """Skip where the kernel hands out no bound socket's file (SIOCUNIXFILE, 6.x): dump then refuses
+    such a socket in its own search, once stopped."""
+    import fcntl
+    import socket
+    import tempfile
+    with tempfile.TemporaryDirectory() as d, socket.socket(socket.AF_UNIX) as s:
+        s.bind(os.path.join(d, "s"))
+        try:
+            os.close(fcntl.ioctl(s.fileno(), 0x89E0))
+        except OSError as e:
+            pytest.skip(f"no SIOCUNIXFILE on this kernel ({e.strerror})")
+
+
+def _needs_overlay():
+    with open("/proc/filesystems") as f:
+        if "overlay" not in f.read():
+            pytest.skip("overlay is not in /proc/filesystems (kernel without CONFIG_OVERLAY_FS)")
+
+
+@pytest.mark.parametrize("held", ["fd", "cwd"])
+def test_lazily_unmounted_overlay_refused_unstopped(case, held):
+    """An fd (or the cwd) on a file of an overlay lazily unmounted since, its only mount: no visible
+    mount shows the overlay, and an overlay is not dumped whole from a detached mount."""
+    _needs_overlay()
+    hold = "exec 5</mnt/o/f; umount -l /mnt/o\nhold\n" if held == "fd" else "cd /mnt/o; umount -l /mnt/o\nhold\n"
+    what = r"fd 5 \(/f\)" if held == "fd" else r"cwd \(/\)"
+    _refused_unstopped(case, OVERLAY + hold,
+                       rf"process \d+ {what} on mount \d+, in no dumped namespace: its filesystem \(magic 0x794c7630\) "
+                       r"is mounted nowhere visible \(only a detached .* can be dumped whole\)")
+
+
+def test_fifo_outside_every_visible_mount_refused_unstopped(case):
+    """A FIFO of a tmpfs whose only visible mount is a bind of another directory of it: only a
+    regular file or directory can be located there (engine/detached.py `_anchorable`)."""
+    _refused_unstopped(case, """
+mkdir -p /mnt/t /mnt/va; mount -t tmpfs t /mnt/t; mkdir /mnt/t/a /mnt/t/b; mkfifo /mnt/t/b/p
+mount --bind /mnt/t/a /mnt/va
+exec 5<>/mnt/t/b/p; umount -l /mnt/t
+hold
+""", r"process \d+ fd 5 \(/b/p\) on mount \d+, in no dumped namespace: only a regular file or directory outside "
+     r"every visible mount of its filesystem can be located; declare it with --external file\[/b/p\]:KEY")
+
+
+def test_file_outside_a_file_bind_refused_unstopped(case):
+    """A file of a tmpfs whose only visible mount is a bind of one of its files: no directory to
+    locate the detached mount's root from (engine/detached.py `anchor`)."""
+    _refused_unstopped(case, """
+mkdir -p /mnt/t; touch /mnt/f; mount -t tmpfs t /mnt/t; mkdir /mnt/t/a /mnt/t/b; echo x > /mnt/t/a/file
+echo y > /mnt/t/b/g; mount --bind /mnt/t/a/file /mnt/f
+exec 5</mnt/t/b/g; umount -l /mnt/t
+hold
+""", r"process \d+ fd 5 \(/b/g\) on mount \d+, in no dumped namespace: no visible mount of its filesystem is a "
+     r"directory to locate it from; declare it with --external file\[/b/g\]:KEY")
+
+
+def test_socket_bound_on_a_lazily_unmounted_overlay_refused_unstopped(case):
+    """A unix socket bound on the overlay before it was lazily unmounted (the socket keeps the mount
+    alive): its file lies on a filesystem mounted nowhere visible. The line names the socket's fd
+    (and no --external file[] hint: a socket file is no file to declare)."""
+    _needs_overlay()
+    _needs_unixfile()
+    _refused_unstopped(case, OVERLAY + py_hold("""
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/mnt/o/sock"); s.listen(1)
+os.dup2(s.fileno(), 5); s.close()
+assert os.system("umount -l /mnt/o") == 0
+"""), r"process \d+ fd 5 \(socket:\[\d+\]\): its file \(/sock\) on mount \d+, in no dumped namespace: its filesystem "
+      r"\(magic 0x794c7630\) is mounted nowhere visible \(only a detached .* can be dumped whole\)$")
