@@ -887,9 +887,10 @@ def _covered(ranges, by) -> int | None:
     return None
 
 
-def _unmapped(ids, ranges) -> int | None:
-    """The first of `ids` no inside range of `ranges` maps (None: all are mapped)."""
-    spans = sorted((inside, inside + count) for inside, _, count in ranges)
+def _unmapped(ids, ranges, side: int = 0) -> int | None:
+    """The first of `ids` no inside range (`side` 1: outside range) of `ranges` maps (None: all are
+    mapped)."""
+    spans = sorted((r[side], r[side] + r[2]) for r in ranges)
     starts = [lo for lo, _ in spans]
     for i in dict.fromkeys(ids):
         k = bisect.bisect_right(starts, i) - 1
@@ -911,6 +912,34 @@ def _check_creds(p: dict, users: dict) -> None:
         bad = _unmapped(ids, ns[key])
         if bad is not None:
             _fail(f"process {p['pid']}: its {what} {bad} is not mapped in its user namespace {p['userns']}")
+
+
+def _rootless(name: str, users: dict) -> str | None:
+    """The outermost user namespace at or above `name` that a non-root user made (None: root made
+    them all): what its owner held is what the namespace maps."""
+    out = None
+    while name is not None:
+        if users[name].get("owner"):
+            out = name
+        name = users[name].get("parent")
+    return out
+
+
+def _check_fd_ids(p: dict, users: dict) -> None:
+    """The ids an fd of a process in a user namespace a non-root user made takes at restore for
+    itself (FdKind.ids: a listener's) are ids that namespace maps: the stand-in takes them before
+    it joins its namespace, where any id is the restorer's to give (SO_PEERCRED would tell the
+    host's clients a rootless tree's socket is root's)."""
+    top = _rootless(p["userns"], users) if "userns" in p else None
+    if top is None:
+        return
+    for fd in p["fds"]:
+        taken = _fd_kind(fd, "fd").ids(fd) if "external" not in fd else {}
+        for key, ids in taken.items():
+            bad = _unmapped(ids, users[top][f"{key}_map"], side=1)
+            if bad is not None:
+                _fail(f"process {p['pid']} fd {fd['fd']}: takes {key} {bad} at restore, which user namespace "
+                      f"{top}, made by uid {users[top]['owner']}, does not map: no id that user could give it")
 
 
 def _check_userns(doc: dict, mounts: dict) -> None:
@@ -942,6 +971,7 @@ def _check_userns(doc: dict, mounts: dict) -> None:
         if "userns" in p and p["userns"] not in users:
             _fail(f"process {p['pid']}: unknown user namespace {p['userns']!r}")
         _check_creds(p, users)
+        _check_fd_ids(p, users)
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
         for kind, owner in (p.get("ns_made_in") or {}).items():

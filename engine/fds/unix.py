@@ -622,6 +622,6 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 mounts=_mounts, finish=_finish,
                 precheck=unix_prestop.precheck, prefinish=unix_prestop.prefinish,
                 check=unix_check.check, check_object=unix_check.check_object, fields=unix_check.FIELDS,
-                prepare=unix_pair.prepare,
+                ids=unix_check.listener_ids, prepare=unix_pair.prepare,
                 standin={"make": _make, "bind": _bind_in, "via": unix_pair.via_in,
                          "deliver": unix_backlog.deliver_in, "reach": _reach_in}))

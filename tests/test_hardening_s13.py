@@ -1,0 +1,123 @@
+"""Hostile images against session 13's surfaces: listeners' credentials (`cred`, `cred_groups`,
+`cred_gone`: engine/fds/unix_bind.py, engine/threadids.py), fds' signal owners (`async_owner`,
+`async_signal`: engine/fown.py), threads and setgroups-deny groups (engine/userns_groups.py).
+
+Each image is a real dump changed the way an attacker with write access to the image directory
+would; each must be refused with exit status 2 and one line, nothing left running or mounted and
+nothing outside the test touched (test_hardening_hostile.refused), or, where the image is one an
+honest dump makes, restored.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+
+import pytest
+
+import enginecase
+from enginecase import load_manifest, mntcr, py_hold  # noqa: F401
+from test_hardening_hostile import _mutated, refused
+
+# The root holds a listener (fd 11) with one pending connection whose client is gone; its child
+# unshares a user namespace (0-65535 as 100000-165535), is its root there, and holds a listener it
+# made there (fd 10).
+SETUP = py_hold("""
+import socket, time
+os.mkdir("/run/k"); os.chmod("/run/k", 0o777)
+ls = socket.socket(socket.AF_UNIX); ls.bind("/run/root.sock"); ls.listen(4)
+c = socket.socket(socket.AF_UNIX); c.connect("/run/root.sock"); c.close()
+os.dup2(ls.fileno(), 11); ls.close()
+kid = os.fork()
+if kid == 0:
+    import ctypes, signal
+    ctypes.CDLL(None).unshare(0x10000000)   # CLONE_NEWUSER
+    while not os.path.exists("/run/mapped"):
+        time.sleep(0.02)
+    os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
+    s = socket.socket(socket.AF_UNIX); s.bind("/run/k/kid.sock"); s.listen(4)
+    os.dup2(s.fileno(), 10); s.close(); os.close(11)
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True:
+        signal.pause()
+while os.readlink(f"/proc/{kid}/ns/user") == os.readlink("/proc/self/ns/user"):
+    time.sleep(0.02)
+for m in ("uid_map", "gid_map"):
+    with open(f"/proc/{kid}/{m}", "w") as f:
+        f.write("0 100000 65536")
+open("/run/mapped", "w").close()
+""")
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """The dumped tree of SETUP."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _kid(doc) -> dict:
+    return next(p for p in doc["processes"] if "userns" in p)
+
+
+def _fd(p: dict, n: int) -> dict:
+    return next(f for f in p["fds"] if f["fd"] == n)
+
+
+def _owned(d, **listener) -> None:
+    """The child's user namespace made by uid 1000 (a rootless runtime's), its listener changed."""
+    d["userns"][_kid(d)["userns"]]["owner"] = 1000
+    _fd(_kid(d), 10).update(listener)
+
+
+@pytest.mark.parametrize("listener", [
+    {"cred": [0, 0]},
+    {"cred": [100000, 0]},
+    {"cred": [100000, 100000], "cred_groups": [0]},
+    {"cred": [100000, 100000], "cred_groups": [100000, 6]},
+    {"cred": [0, 0], "cred_gone": True},
+], ids=["root", "root-gid", "root-group", "disk-group", "root-gone"])
+def test_listener_ids_its_rootless_namespace_lacks_are_refused(image, tmp_path, listener):
+    """A listener of a process in a user namespace a non-root user made listens again with ids
+    that namespace maps: restore listens while the stand-in is still in the restorer's user
+    namespace, so an id it does not map (the host's root, its disk group) would be taken there,
+    and SO_PEERCRED / SO_PEERGROUPS would tell the host's clients the tree's socket is root's."""
+    img = _mutated(image, tmp_path, lambda d: _owned(d, **listener))
+    refused(img, r"process \d+ fd 10: takes (uid|gid) \d+ at restore, which user namespace user-1, made by uid "
+                 r"1000, does not map", tmp_path)
+
+
+
+
+@contextlib.contextmanager
+def _restored(img: str, tmp_path):
+    """Restore `img` (it must work); yields the root's pid, killed after."""
+    from zdtm.snapshot import kill_tree
+    pidfile = os.path.join(str(tmp_path), "ok.pid")
+    r = mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, "--pidfile", pidfile, timeout=120)
+    assert r.returncode == 0, r.stderr
+    with open(pidfile) as f:
+        root = int(f.read())
+    try:
+        yield root
+    finally:
+        kill_tree(root)
+        os.unlink(pidfile)
+
+
+def test_listener_ids_its_rootless_namespace_maps_are_kept(image, tmp_path):
+    """The same namespace made by uid 1000 with the listener as dumped: restored, its clients see
+    the ids it listened with (100000, the namespace's root), no more."""
+    img = _mutated(image, tmp_path, lambda d: _owned(d, cred_groups=[100000, 100007]))
+    with _restored(img, tmp_path) as root:
+        with open(f"/proc/{root}/task/{root}/children") as f:
+            kid = int(f.read().split()[0])
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(f"/proc/{kid}/root/run/k/kid.sock")
+            _, uid, gid = struct.unpack("3i", c.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            groups = c.getsockopt(socket.SOL_SOCKET, 59, 64)   # SO_PEERGROUPS
+    assert (uid, gid) == (100000, 100000)
+    assert sorted(struct.unpack(f"{len(groups) // 4}I", groups)) == [100000, 100007]
