@@ -526,8 +526,9 @@ _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")
 
 # An fd declared external at dump (--external file[PATH]:KEY) has no mount: restore opens the
 # host path given for KEY (--external file[KEY]:HOSTPATH), with these flags and offset.
+# (No signal owner: dump keeps none for an external file, and restore sets none on the host's file.)
 EXTERNAL_FD = Record("fd (external file)", {
-    **FD_BASE,
+    **{k: v for k, v in FD_BASE.items() if not k.startswith("async_")},
     "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
     "external": F(STR, rule=pattern(_EXT_FILE_KEY, "a key of --external file[PATH]:KEY")),
 })

@@ -1763,6 +1763,10 @@ class _Restorer:
             self._fds.keep.extend(opened.values())
         try:
             self._place_processes()
+            try:
+                self._fds.set_owners()
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, str(e.strerror or e)) from None
         finally:
             self._fds.close()
 
@@ -1879,7 +1883,7 @@ class _Restorer:
                 if ext is not None:
                     fd, first = ext, False  # --external file[KEY]:HOSTPATH, opened on the host before assembly
                 else:
-                    fd, first = self._fds.open(f, chan)
+                    fd, first = self._fds.open(f, chan, f"{where} fd {f['fd']} ({f.get('kind', 'file')})")
             except OSError as e:
                 what = f"{f['path']} on mount {f['mnt']}: " if "mnt" in f else ""
                 raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "

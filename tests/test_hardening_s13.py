@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import struct
+import time
 
 import pytest
 
@@ -21,7 +23,8 @@ import enginecase
 from enginecase import load_manifest, mntcr, py_hold  # noqa: F401
 from test_hardening_hostile import _mutated, refused
 
-# The root holds a listener (fd 11) with one pending connection whose client is gone; its child
+# The root holds a listener (fd 11) with one pending connection whose client is gone and the read
+# end of a pipe whose write end is closed (fd 12); its child
 # unshares a user namespace (0-65535 as 100000-165535), is its root there, and holds a listener it
 # made there (fd 10).
 SETUP = py_hold("""
@@ -30,6 +33,7 @@ os.mkdir("/run/k"); os.chmod("/run/k", 0o777)
 ls = socket.socket(socket.AF_UNIX); ls.bind("/run/root.sock"); ls.listen(4)
 c = socket.socket(socket.AF_UNIX); c.connect("/run/root.sock"); c.close()
 os.dup2(ls.fileno(), 11); ls.close()
+r, w = os.pipe(); os.dup2(r, 12); os.close(r); os.close(w)
 kid = os.fork()
 if kid == 0:
     import ctypes, signal
@@ -38,7 +42,7 @@ if kid == 0:
         time.sleep(0.02)
     os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
     s = socket.socket(socket.AF_UNIX); s.bind("/run/k/kid.sock"); s.listen(4)
-    os.dup2(s.fileno(), 10); s.close(); os.close(11)
+    os.dup2(s.fileno(), 10); s.close(); os.close(11); os.close(12)
     os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
     ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
     while True:
@@ -121,3 +125,47 @@ def test_listener_ids_its_rootless_namespace_maps_are_kept(image, tmp_path):
             groups = c.getsockopt(socket.SOL_SOCKET, 59, 64)   # SO_PEERGROUPS
     assert (uid, gid) == (100000, 100000)
     assert sorted(struct.unpack(f"{len(groups) // 4}I", groups)) == [100000, 100007]
+
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1] for line in f if line.startswith("State:"))
+
+
+@pytest.mark.parametrize("signum", [0, signal.SIGSTOP], ids=["SIGIO", "SIGSTOP"])
+def test_signal_owner_gets_no_signal_of_restore_itself(image, tmp_path, signum):
+    """The root's pipe read end (its writer closed), in O_ASYNC mode, owned by the child: restore's
+    own copy of the writer, released once every process holds its fds, signalled the owner's
+    stand-in mid-restore (SIGIO killed it: "peer closed the channel"; an image's SIGSTOP stopped
+    it and hung the restore). Restored, the owner runs, and gets the signal when a writer goes."""
+    def mutate(d):
+        _fd(d["processes"][0], 12).update(flags=os.O_ASYNC, async_owner=_kid(d)["pid"],
+                                          **({"async_signal": int(signum)} if signum else {}))
+    img = _mutated(image, tmp_path, mutate)
+    with _restored(img, tmp_path) as root:
+        with open(f"/proc/{root}/task/{root}/children") as f:
+            kid = int(f.read().split()[0])
+        assert _state(kid) == "S"
+        os.close(os.open(f"/proc/{root}/fd/12", os.O_WRONLY))   # (a writer comes and goes)
+        deadline = time.monotonic() + 10
+        while _state(kid) not in ("T", "Z", "X") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert _state(kid) == ("T" if signum else "Z")   # (SIGIO kills a stand-in: it has no handler)
+
+
+
+@pytest.mark.parametrize("field", [{"async_owner": 1}, {"async_signal": 9}, {"async_tid": True}])
+def test_external_file_has_no_signal_owner(image, tmp_path, field):
+    """An fd on an --external file (the host's file, opened by restore): dump keeps no owner for
+    it and restore would set none (silently): the fields are refused."""
+    def mutate(d):
+        fds = d["processes"][0]["fds"]
+        fds[fds.index(_fd(d["processes"][0], 12))] = {"fd": 12, "flags": 0, "pos": 0, "external": "k", **field}
+    victim = os.path.join(str(tmp_path), "victim")
+    os.makedirs(victim)
+    with open(os.path.join(victim, "file"), "w") as f:
+        f.write("victim\n")
+    refused(_mutated(image, tmp_path, mutate), rf"fd 12: unknown field '{next(iter(field))}'", tmp_path,
+            extra=("--external", f"file[k]:{victim}/file"), victim=victim)
+
