@@ -11,6 +11,7 @@ honest dump makes, restored.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -169,3 +170,23 @@ def test_external_file_has_no_signal_owner(image, tmp_path, field):
     refused(_mutated(image, tmp_path, mutate), rf"fd 12: unknown field '{next(iter(field))}'", tmp_path,
             extra=("--external", f"file[k]:{victim}/file"), victim=victim)
 
+
+
+def test_listener_with_ngroups_max_groups(image, tmp_path):
+    """A listener that listened with NGROUPS_MAX (65536) supplementary groups listens with them
+    again: its stand-in read its user namespace's map once for them all (once per group it took
+    1.6 s a listener, minutes for a manifest of such listeners), not one more is refused."""
+    groups = list(range(1000, 1000 + 65536))
+    img = _mutated(image, tmp_path, lambda d: _fd(d["processes"][0], 11).update(cred_groups=groups))
+    t = time.monotonic()
+    with _restored(img, tmp_path) as root:
+        took = time.monotonic() - t
+        with socket.socket(socket.AF_UNIX) as c:
+            c.connect(f"/proc/{root}/root/run/root.sock")
+            size = ctypes.c_uint(4 * 65536)
+            buf = (ctypes.c_uint * 65536)()
+            assert ctypes.CDLL(None).getsockopt(c.fileno(), socket.SOL_SOCKET, 59, buf, ctypes.byref(size)) == 0
+    assert sorted(buf[:size.value // 4]) == groups
+    assert took < 30, took
+    img = _mutated(image, tmp_path / "more", lambda d: _fd(d["processes"][0], 11).update(cred_groups=groups + [7]))
+    refused(img, r"cred_groups.*at most 65536", tmp_path)
