@@ -349,30 +349,18 @@ def _check_caps(doc: dict) -> None:
                                             "restorer's to give")
 
 
-def _to_host(users: dict, parent: str | None, start: int, count: int, key: str) -> list[tuple[int, int]]:
-    """Ids start..start+count-1 of user namespace `parent` (None: the host) as host id ranges
-    (start, count), through the `key` maps ("uid_map", "gid_map") of it and its parents."""
-    if parent is None:
-        return [(start, count)]
-    out = []
-    for p_in, p_out, p_count in users[parent][key]:
-        lo, hi = max(start, p_in), min(start + count, p_in + p_count)
-        if lo < hi:
-            out += _to_host(users, users[parent].get("parent"), p_out + lo - p_in, hi - lo, key)
-    return out
-
-
 def _check_userns_owners(doc: dict) -> None:
     """A user namespace the image says a non-root user made is given to that user (its owner holds
     every capability in it): refused when its maps reach the host's root ids, which no such user
-    can map (newuidmap would not), so an image cannot hand a user the host's root files."""
+    can map (newuidmap would not), so an image cannot hand a user the host's root files. A map's
+    outside ids are the restorer's own at every depth (the dumper's, which restore writes through
+    the parents' maps: engine/userns.translate), so a range from outside id 0 is one."""
     users = doc.get("userns") or {}
     for ns_id, ns in users.items():
         if not ns.get("owner"):
             continue
         for key in ("uid_map", "gid_map"):
-            reach = [r for _, out, n in ns[key] for r in _to_host(users, ns.get("parent"), out, n, key)]
-            if any(start == 0 for start, _ in reach):
+            if any(outside == 0 for _, outside, _ in ns[key]):
                 raise RestoreError(errno.EPERM, f"user namespace {ns_id}: owned by uid {ns['owner']}, yet its "
                                                 f"{key} reaches the host's id 0, which no user but root can map")
 
