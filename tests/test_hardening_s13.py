@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import re
 import signal
 import socket
 import struct
@@ -21,7 +22,7 @@ import time
 import pytest
 
 import enginecase
-from enginecase import load_manifest, mntcr, py_hold  # noqa: F401
+from enginecase import STOP_WATCH, CRError, case, load_manifest, mntcr, py_hold, was_stopped  # noqa: F401
 from test_hardening_hostile import _mutated, refused
 
 # The root holds a listener (fd 11) with one pending connection whose client is gone and the read
@@ -190,3 +191,48 @@ def test_listener_with_ngroups_max_groups(image, tmp_path):
     assert took < 30, took
     img = _mutated(image, tmp_path / "more", lambda d: _fd(d["processes"][0], 11).update(cred_groups=groups + [7]))
     refused(img, r"cred_groups.*at most 65536", tmp_path)
+
+
+# A process that dropped to uid 1000 and made a user namespace (uid 1000's: 0 as 1000) holds a
+# listener a root process listened on (its parent, exited since: cred_gone).
+_ROOT_LISTENER_IN_ROOTLESS = py_hold("""
+import socket, time
+os.mkdir("/run/k"); os.chmod("/run/k", 0o777)
+r, w = os.pipe()
+a = os.fork()
+if a == 0:
+    ls = socket.socket(socket.AF_UNIX); ls.bind("/run/k/l.sock"); ls.listen(4)
+    if os.fork():
+        os._exit(0)
+    import ctypes, signal
+    os.setgroups([]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)
+    ctypes.CDLL(None).unshare(0x10000000)   # CLONE_NEWUSER
+    os.write(w, b"x")
+    while not os.path.exists("/run/k/mapped"):
+        time.sleep(0.02)
+    os.dup2(ls.fileno(), 10); ls.close()
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True:
+        signal.pause()
+os.waitpid(a, 0)
+os.read(r, 1)
+me = os.getpid()
+kid = next(int(c) for c in open(f"/proc/{me}/task/{me}/children").read().split()   # (the orphan is ours)
+           if os.readlink(f"/proc/{c}/ns/user") != os.readlink("/proc/self/ns/user"))
+for m in ("uid_map", "gid_map"):
+    with open(f"/proc/{kid}/{m}", "w") as f:
+        f.write("0 1000 1")
+open("/run/k/mapped", "w").close()
+""")
+
+
+def test_dump_refuses_a_rootless_process_listener_listened_by_root(case):
+    """What the validator refuses (a listener's ids its rootless namespace does not map), dump
+    refuses before the stop, naming the fd, the id and the namespace's owner."""
+    pid = case.start(STOP_WATCH + _ROOT_LISTENER_IN_ROOTLESS)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): a listener that listened as uid 0, which the user "
+                     r"namespace uid 1000 made \(its process's\) does not map", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
