@@ -200,6 +200,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
     _check_fd_numbers(doc)
+    _check_task_room(doc)
     chosen = strategy.current()
     if chosen.sharing == "refuse":
         for ns in doc["mntns"].values():
@@ -374,6 +375,31 @@ def _check_fd_numbers(doc: dict) -> None:
             if hard != resource.RLIM_INFINITY and f["fd"] >= hard:
                 raise RestoreError(errno.EMFILE, f"process {p['pid']} fd {f['fd']}: above this machine's open-file "
                                                  f"limit (RLIMIT_NOFILE hard {hard}); raise it (ulimit -Hn)")
+
+
+def _task_room() -> tuple[int, str]:
+    """(tasks this machine can still make, how that was reckoned): kernel.pid_max and
+    kernel.threads-max, less the tasks that run now (/proc/loadavg counts every thread)."""
+    def number(path: str) -> int:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    pid_max, threads_max = number("/proc/sys/kernel/pid_max"), number("/proc/sys/kernel/threads-max")
+    with open("/proc/loadavg") as f:
+        used = int(f.read().split()[3].split("/")[1])
+    return min(pid_max, threads_max) - used, f"kernel.pid_max {pid_max}, kernel.threads-max {threads_max}, " \
+                                              f"{used} tasks running"
+
+
+def _check_task_room(doc: dict) -> None:
+    """The image's processes and threads, each a task with a pid of the host's, must fit in what
+    the machine can still make: a restore that cannot make them all would first take every free
+    pid of the host (no host process could fork meanwhile: pid_max is 32768 on a small machine,
+    an image may list 65536 threads a process), then fail."""
+    want = sum(1 + len(p.get("threads") or ()) for p in doc["processes"])
+    room, how = _task_room()
+    if want > room:
+        raise RestoreError(errno.EAGAIN, f"the image makes {want} processes and threads, more than this machine "
+                                         f"can make now ({room}: {how}); refused before anything is made")
 
 
 class _Restorer:

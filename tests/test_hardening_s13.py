@@ -236,3 +236,25 @@ def test_dump_refuses_a_rootless_process_listener_listened_by_root(case):
     assert re.search(r"process \d+ fd 10 \(socket:\[\d+\]\): a listener that listened as uid 0, which the user "
                      r"namespace uid 1000 made \(its process's\) does not map", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_more_threads_than_the_machine_can_make_are_refused_first(image, tmp_path):
+    """Threads within the image's bounds (65536 a process) but more than the machine can make
+    (pid_max is 32768 on a small one): restore refused before anything is made, instead of taking
+    every free pid of the host (no host process could fork) before its clone failed."""
+    from engine import restore
+    room, _ = restore._task_room()
+    doc = load_manifest(image)
+    if room + 10 > 65536 * len(doc["processes"]):
+        pytest.skip(f"this machine can make {room} more tasks: more than the image's processes can list threads")
+    per = -(-(room + 10) // len(doc["processes"]))
+
+    def mutate(d):
+        for p in d["processes"]:
+            p["threads"] = [{"comm": "t"}] * min(per, 65536)
+    img = _mutated(image, tmp_path, mutate)
+    with pytest.raises(restore.RestoreError, match="more than this machine can make now"):   # (before the CLI)
+        restore._check_task_room(load_manifest(img))
+    refused(img, r"the image makes \d+ processes and threads, more than this machine can make now \(\d+: "
+                 r"kernel\.pid_max \d+, kernel\.threads-max \d+, \d+ tasks running\); refused before anything "
+                 r"is made", tmp_path)
