@@ -1446,6 +1446,9 @@ def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
     signal's target otherwise)."""
     if "async_tid" in fd and "async_owner" not in fd:
         _fail(f"{what}: 'async_tid' without 'async_owner'")
+    if fd["flags"] & os.O_PATH and (fd["flags"] & O_ASYNC or "async_owner" in fd or "async_signal" in fd):
+        # (fcntl refuses them on such a description, and dump keeps none: it would fail once the tree is made)
+        _fail(f"{what}: an O_PATH fd has no signal owner, signal or O_ASYNC")
     if "async_owner" in fd:
         refs.check(what, "process", fd["async_owner"], f"its signal owner (F_SETOWN) {fd['async_owner']}")
 

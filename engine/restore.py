@@ -396,6 +396,8 @@ def _check_task_room(doc: dict) -> None:
     pid of the host (no host process could fork meanwhile: pid_max is 32768 on a small machine,
     an image may list 65536 threads a process), then fail."""
     want = sum(1 + len(p.get("threads") or ()) for p in doc["processes"])
+    want += len({key for p in doc["processes"] for f in p["fds"] if "external" not in f
+                 if (key := fdkinds.lookup(f.get("kind", "file")).forks(f)) is not None})   # (pidfds of exited ones)
     room, how = _task_room()
     if want > room:
         raise RestoreError(errno.EAGAIN, f"the image makes {want} processes and threads, more than this machine "

@@ -258,3 +258,18 @@ def test_more_threads_than_the_machine_can_make_are_refused_first(image, tmp_pat
     refused(img, r"the image makes \d+ processes and threads, more than this machine can make now \(\d+: "
                  r"kernel\.pid_max \d+, kernel\.threads-max \d+, \d+ tasks running\); refused before anything "
                  r"is made", tmp_path)
+
+
+@pytest.mark.parametrize("field", [{"async_signal": 10}, {"async_owner": 0}, {"flags": os.O_PATH | os.O_ASYNC}],
+                         ids=["signal", "owner", "O_ASYNC"])
+def test_o_path_fd_has_no_signal_owner(image, tmp_path, field):
+    """An O_PATH description has no owner, signal or O_ASYNC (fcntl refuses them; dump keeps none):
+    refused by the validator, not by an fcntl failing once the tree is made."""
+    def mutate(d):
+        f = _fd(d["processes"][0], 0)
+        f.update({"flags": os.O_PATH, **field})
+        f.pop("desc", None)
+        if "async_owner" in field:
+            f["async_owner"] = d["processes"][0]["pid"]
+    refused(_mutated(image, tmp_path, mutate), r"process \d+ fd 0: an O_PATH fd has no signal owner, signal or "
+                                                r"O_ASYNC", tmp_path)
