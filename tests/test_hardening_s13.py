@@ -273,3 +273,24 @@ def test_o_path_fd_has_no_signal_owner(image, tmp_path, field):
             f["async_owner"] = d["processes"][0]["pid"]
     refused(_mutated(image, tmp_path, mutate), r"process \d+ fd 0: an O_PATH fd has no signal owner, signal or "
                                                 r"O_ASYNC", tmp_path)
+
+
+def _deny(d, groups=None, **user) -> None:
+    """The child's user namespace denies setgroups (its stand-in holds its groups before it enters,
+    set in the restorer's namespace: engine/userns_groups.py); its groups and the namespace changed."""
+    kid = _kid(d)
+    d["userns"][kid["userns"]].update(setgroups="deny", **user)
+    if groups is not None:
+        kid["creds"]["groups"] = groups
+
+
+@pytest.mark.parametrize("mutate, why", [
+    (lambda d: _deny(d, [70000]), r"process \d+: its group 70000 is not mapped in its user namespace user-1"),
+    (lambda d: _deny(d, [0], owner=1000, gid_map=[[0, 0, 1], [1, 100000, 65535]]),
+     r"user namespace user-1: owned by uid 1000, yet its gid_map reaches the host's id 0"),
+], ids=["unmapped", "host-root-group"])
+def test_setgroups_deny_groups_the_namespace_lacks_are_refused(image, tmp_path, mutate, why):
+    """Groups a stand-in would set on the host before it enters a namespace that denies setgroups:
+    one the namespace does not map, or the host's group 0 in a namespace a non-root user made, is
+    refused before anything is made (setgroups in the restorer's namespace would take any)."""
+    refused(_mutated(image, tmp_path, mutate), why, tmp_path)
