@@ -99,7 +99,7 @@ def _add_restore(sub) -> None:
                         "tree runs, else nothing of the restore is left); the pid is printed either way")
     p.add_argument("--devices", choices=("container", "all", "none"), default="container",
                    help="device nodes archives may create: 'container' (default) the character devices "
-                        "every container has (null, zero, full, random, urandom, tty, console, ptmx), "
+                        "every container has (null, zero, full, random, urandom, tty, ptmx), "
                         "'all' whatever the image holds and the host's devtmpfs, debugfs, tracefs... "
                         "(only for images you trust), 'none' no device node")
 

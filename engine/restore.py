@@ -2014,6 +2014,9 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
     """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
     os.close(lifeline[0])  # the committing end stays with `mntcr restore` alone
+    # An fd on an image's tty node (5:0, kind file) would be the terminal `mntcr restore` runs in
+    # (the user's keystrokes): we, and the stand-ins we fork, have none.
+    kernel.drop_ctty()
     out = os.environ.get("MNTCR_PROFILE")
     if not out:
         return _restore_body(doc, img_fd, ext, lifeline[1])

@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import os
+import re
 import signal
 import socket
 import struct
+import subprocess
+import sys
+import tarfile
+import termios
 import time
 
 import pytest
 
 import enginecase
-from enginecase import STOP_WATCH, case, load_manifest, mntcr, py_hold  # noqa: F401
-from test_hardening_hostile import _mutated, refused
+from enginecase import STOP_WATCH, case, copy_image, load_manifest, mntcr, py_hold, save_manifest  # noqa: F401
+from test_hardening_hostile import Host, _mutated, _victim, refused
 
 # The root holds a listener (fd 11) with one pending connection whose client is gone and the read
 # end of a pipe whose write end is closed (fd 12); its child
@@ -292,3 +298,66 @@ def test_setgroups_deny_groups_the_namespace_lacks_are_refused(image, tmp_path, 
     one the namespace does not map, or the host's group 0 in a namespace a non-root user made, is
     refused before anything is made (setgroups in the restorer's namespace would take any)."""
     refused(_mutated(image, tmp_path, mutate), why, tmp_path)
+
+
+# --- device nodes that are the host's: the restorer's terminal, the console ------------------------
+
+def _with_node(d, img: str, name: str, major: int, minor: int) -> None:
+    """A character node /dev/NAME in the container's /dev tmpfs, and an fd of the root on it (O_RDWR)."""
+    from test_hardening_hostile import _info, _mount, _rewrite_archive
+    save_manifest(img, d)
+    _rewrite_archive(img, "/dev", [(_info(f"MEMBER/{name}", tarfile.CHRTYPE, mode=0o666, devmajor=major,
+                                          devminor=minor), None)])
+    d.clear()
+    d.update(load_manifest(img))
+    d["processes"][0]["fds"].append({"fd": 20, "flags": os.O_RDWR, "pos": 0, "mnt": _mount(d, "/dev")["id"],
+                                     "path": f"/{name}"})
+    save_manifest(img, d)
+
+
+def test_tty_node_fd_is_not_the_terminal_restore_runs_in(image, tmp_path):
+    """A tty node (5:0, every container's /dev/tty) with an fd on it as a plain file: restore opened
+    it itself, so the tree held the terminal `mntcr restore` ran in (the root user's: its
+    keystrokes, for whoever the image lets at the tree's fds). The restorer has no controlling
+    terminal: the open fails, one line, nothing left; the terminal's session is untouched."""
+    img = copy_image(image, tmp_path)
+    _with_node(load_manifest(img), img, "tty", 5, 0)
+    host = Host(img, _victim(tmp_path))
+    pidfile = os.path.join(str(tmp_path), "tty.pid")
+    master, slave = os.openpty()
+
+    def ctty():   # (a session of its own, whose terminal is our pty)
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    try:
+        r = subprocess.run([sys.executable, "-m", "engine.cli", "restore", "-D", img, *enginecase.RESTORE_EXTERNALS,
+                            "--pidfile", pidfile], preexec_fn=ctty, stdin=slave, capture_output=True, text=True,
+                           timeout=120, cwd=enginecase.ENGINE_ROOT,
+                           env=dict(os.environ, PYTHONPATH=enginecase.ENGINE_ROOT))
+        if r.returncode == 0:
+            from zdtm.snapshot import kill_tree
+            with open(pidfile) as f:
+                root = int(f.read())
+            fd = enginecase.grab_fd(root, 20)
+            held = struct.unpack("I", fcntl.ioctl(fd, 0x80045432, b"0000"))[0]   # TIOCGDEV: the tty it is
+            os.close(fd)
+            kill_tree(root)
+            os.unlink(pidfile)
+            pytest.fail(f"restored, the tree holding fd 20 on tty {os.major(held)}:{os.minor(held)} (our pty: "
+                        f"{os.major(os.fstat(slave).st_rdev)}:{os.minor(os.fstat(slave).st_rdev)})")
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert r.returncode == 2 and len(r.stderr.splitlines()) == 1, r.stderr
+    assert re.search(r"process \d+ fd 20 \(file\): /tty on mount \d+: .*No such device or address", r.stderr), r.stderr
+    host.assert_untouched(pidfile)
+
+
+def test_console_node_is_refused_by_the_container_policy(image, tmp_path):
+    """A console node (5:1) is the host's console (its serial line or VT), not a container's (a pty
+    bound onto /dev/console): restore made it and opened the fd on it, handing the tree the host's
+    console. The default device policy refuses the node; --devices all trusts it."""
+    img = copy_image(image, tmp_path)
+    _with_node(load_manifest(img), img, "console", 5, 1)
+    refused(img, r"member 'sb-\d+/console' is a character device 5:1, which the device policy \(container\) "
+                 r"refuses", tmp_path)
