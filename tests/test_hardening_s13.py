@@ -11,6 +11,7 @@ honest dump makes, restored.
 from __future__ import annotations
 
 import contextlib
+import errno
 import ctypes
 import fcntl
 import os
@@ -361,3 +362,32 @@ def test_console_node_is_refused_by_the_container_policy(image, tmp_path):
     _with_node(load_manifest(img), img, "console", 5, 1)
     refused(img, r"member 'sb-\d+/console' is a character device 5:1, which the device policy \(container\) "
                  r"refuses", tmp_path)
+
+
+def _children() -> list[int]:
+    me = os.getpid()
+    out = []
+    for tid in os.listdir(f"/proc/{me}/task"):
+        with open(f"/proc/{me}/task/{tid}/children") as f:
+            out += [int(x) for x in f.read().split()]
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="taking other ids needs root")
+def test_cred_gone_child_dies_when_listen_fails():
+    """A listener that listened in a process gone since listens again from a short-lived child of
+    the stand-in (unix_bind.as_creds): when its listen fails (an image's socket cannot listen),
+    the error comes back and the child is gone, nothing left behind."""
+    def in_child():
+        before = _children()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)   # (no datagram socket listens)
+        from engine.fds import unix_bind
+        try:
+            unix_bind.as_creds({"cred": [1234, 2345], "cred_groups": [7], "cred_gone": True},
+                               lambda: s.listen(5))
+        except OSError as e:
+            return e.errno, sorted(set(_children()) - set(before))
+        return None, sorted(set(_children()) - set(before))
+    from engine import forkrun
+    err, left = forkrun.run(in_child)
+    assert err == errno.EOPNOTSUPP and left == [], (err, left)
