@@ -936,11 +936,15 @@ def _check_fd_ids(p: dict, users: dict) -> None:
         return
     for fd in p["fds"]:
         taken = _fd_kind(fd, "fd").ids(fd) if "external" not in fd else {}
+        made = f"user namespace {top}, made by uid {users[top]['owner']}"
         for key, ids in taken.items():
-            bad = _unmapped(ids, users[top][f"{key}_map"], side=1)
+            if ids is None:
+                _fail(f"process {p['pid']} fd {fd['fd']}: takes ids at restore without the supplementary groups "
+                      f"that go with them (an older image's), which in {made}, would be the restorer's")
+            bad = _unmapped(ids, users[top]["uid_map" if key == "uid" else "gid_map"], side=1)
             if bad is not None:
-                _fail(f"process {p['pid']} fd {fd['fd']}: takes {key} {bad} at restore, which user namespace "
-                      f"{top}, made by uid {users[top]['owner']}, does not map: no id that user could give it")
+                _fail(f"process {p['pid']} fd {fd['fd']}: takes {'uid' if key == 'uid' else 'gid'} {bad} at "
+                      f"restore, which {made}, does not map: no id that user could give it")
 
 
 def _check_userns(doc: dict, mounts: dict) -> None:

@@ -391,3 +391,13 @@ def test_cred_gone_child_dies_when_listen_fails():
     from engine import forkrun
     err, left = forkrun.run(in_child)
     assert err == errno.EOPNOTSUPP and left == [], (err, left)
+
+
+def test_rootless_listener_without_its_groups_is_refused(image, tmp_path):
+    """A listener's `cred` without `cred_groups` (an image from before they were kept) listens
+    with the stand-in's groups, the restorer's (root's) at that point: in a tree a non-root user
+    made, refused (its clients would see root's groups), not guessed."""
+    img = _mutated(image, tmp_path, lambda d: (_owned(d), _fd(_kid(d), 10).pop("cred_groups")))
+    refused(img, r"process \d+ fd 10: takes ids at restore without the supplementary groups that go with them "
+                 r"\(an older image's\), which in user namespace user-1, made by uid 1000, would be the restorer's",
+            tmp_path)

@@ -179,11 +179,12 @@ def check_object(obj: dict, what: str) -> None:
 
 
 def listener_ids(entry: dict) -> dict:
-    """The ids (the dumper's) a listener listens with again (FdKind.ids): `cred` and `cred_groups`."""
+    """The ids (the dumper's) a listener listens with again (FdKind.ids): `cred` and `cred_groups`
+    (None without them, an older image's: the stand-in's own)."""
     cred = entry.get("cred")
     if not cred:
         return {}
-    return {"uid": [cred[0]], "gid": [cred[1], *entry.get("cred_groups", ())]}
+    return {"uid": [cred[0]], "gid": [cred[1]], "groups": entry.get("cred_groups")}
 
 
 def mode_rule(v) -> str | None:
