@@ -401,3 +401,19 @@ def test_rootless_listener_without_its_groups_is_refused(image, tmp_path):
     refused(img, r"process \d+ fd 10: takes ids at restore without the supplementary groups that go with them "
                  r"\(an older image's\), which in user namespace user-1, made by uid 1000, would be the restorer's",
             tmp_path)
+
+
+def test_show_prints_no_control_character_of_the_image(image, tmp_path):
+    """`mntcr show -D` on an image whose names hold an escape sequence (an OSC that retitles the
+    terminal, or writes its clipboard), a newline that forges a line, or an undecodable byte:
+    shown as \\xNN (\\uXXXX), never sent raw to the terminal of whoever looks at the image."""
+    def mutate(d):
+        _fd(d["processes"][0], 0).update(path="/nu\x1b]0;owned\x07ll\n    fd 99: forged\udcff")
+        _fd(d["processes"][0], 0).pop("desc", None)
+    img = _mutated(image, tmp_path, mutate)
+    r = mntcr("show", "-D", img)
+    assert r.returncode == 0, r.stderr
+    assert not any(c in r.stdout for c in "\x1b\x07\x9b") and "fd 99" not in r.stdout.replace("\\x0a    fd 99", ""), \
+        r.stdout
+    assert re.search(r"fd 0: file mount \d+ /nu\\x1b\]0;owned\\x07ll\\x0a    fd 99: forged\\udcff flags=",
+                     r.stdout), r.stdout
