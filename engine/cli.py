@@ -318,7 +318,8 @@ def _main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:
         # Every engine error is one line: it names the mount or file and the reason.
         text = e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else str(e)
-        print(f"mntcr {args.verb}: {' '.join(str(text).split())}", file=sys.stderr)
+        from engine.image import printable   # (an image's names in it: no escape sequence reaches the terminal)
+        print(f"mntcr {args.verb}: {printable(' '.join(str(text).split()))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         what = "nothing was restored" if args.verb == "restore" else "stopped"
@@ -327,7 +328,8 @@ def _main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: still one line, the traceback on request
         if os.environ.get("MNTCR_DEBUG"):
             raise
-        text = " ".join(str(e).split()) or type(e).__name__
+        from engine.image import printable
+        text = printable(" ".join(str(e).split())) or type(e).__name__
         print(f"mntcr {args.verb}: internal error: {text} (MNTCR_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
 

@@ -324,12 +324,17 @@ _UNPRINTABLE = {**{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))}
                 **{c: f"\\u{c:04x}" for c in range(0xd800, 0xe000)}}
 
 
+def printable(text: str) -> str:
+    """`text` with every control character shown as \\xNN (a lone surrogate as \\uXXXX): an image's
+    names (paths, sources) go to a terminal (`mntcr show -D`, an error line), where an escape
+    sequence would act (retitle, write the clipboard, answer back) and a newline forge a line."""
+    return text.translate(_UNPRINTABLE)
+
+
 def _printable(value):
-    """`value` (JSON) with every control character of its strings shown as \\xNN: an image's names
-    (paths, sources) go to the terminal of whoever runs `mntcr show -D`, where an escape sequence
-    would act (retitle, write the clipboard, answer back) and a newline would forge a line."""
+    """`value` (JSON) with each of its strings `printable`."""
     if isinstance(value, str):
-        return value.translate(_UNPRINTABLE)
+        return printable(value)
     if isinstance(value, dict):
         return {_printable(k): _printable(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -417,3 +417,14 @@ def test_show_prints_no_control_character_of_the_image(image, tmp_path):
         r.stdout
     assert re.search(r"fd 0: file mount \d+ /nu\\x1b\]0;owned\\x07ll\\x0a    fd 99: forged\\udcff flags=",
                      r.stdout), r.stdout
+
+
+def test_error_line_prints_no_control_character_of_the_image(image, tmp_path):
+    """A refusal names the image's element (a path that does not open): its escape sequence is
+    shown as \\xNN in the one line on stderr, not sent to the terminal."""
+    def mutate(d):
+        _fd(d["processes"][0], 0).update(path="/nu\x1b]0;owned\x07ll")
+        _fd(d["processes"][0], 0).pop("desc", None)
+    line = refused(_mutated(image, tmp_path, mutate), r"fd 0 \(file\): /nu\\x1b\]0;owned\\x07ll on mount \d+: ",
+                   tmp_path)
+    assert "\x1b" not in line and "\x07" not in line, line
