@@ -99,7 +99,7 @@ def _add_restore(sub) -> None:
                         "tree runs, else nothing of the restore is left); the pid is printed either way")
     p.add_argument("--devices", choices=("container", "all", "none"), default="container",
                    help="device nodes archives may create: 'container' (default) the character devices "
-                        "every container has (null, zero, full, random, urandom, tty, console, ptmx), "
+                        "every container has (null, zero, full, random, urandom, tty, ptmx), "
                         "'all' whatever the image holds and the host's devtmpfs, debugfs, tracefs... "
                         "(only for images you trust), 'none' no device node")
 
@@ -318,7 +318,8 @@ def _main(argv: list[str]) -> int:
     except (OSError, ValueError) as e:
         # Every engine error is one line: it names the mount or file and the reason.
         text = e.strerror if isinstance(e, OSError) and e.strerror and not e.filename else str(e)
-        print(f"mntcr {args.verb}: {' '.join(str(text).split())}", file=sys.stderr)
+        from engine.image import printable   # (an image's names in it: no escape sequence reaches the terminal)
+        print(f"mntcr {args.verb}: {printable(' '.join(str(text).split()))}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
         what = "nothing was restored" if args.verb == "restore" else "stopped"
@@ -327,7 +328,8 @@ def _main(argv: list[str]) -> int:
     except Exception as e:  # noqa: BLE001 - a bug: still one line, the traceback on request
         if os.environ.get("MNTCR_DEBUG"):
             raise
-        text = " ".join(str(e).split()) or type(e).__name__
+        from engine.image import printable
+        text = printable(" ".join(str(e).split())) or type(e).__name__
         print(f"mntcr {args.verb}: internal error: {text} (MNTCR_DEBUG=1 shows the traceback)", file=sys.stderr)
         return EXIT_ERROR
 

@@ -317,8 +317,9 @@ def mkdirs_beneath(base_fd: int, path: str, resolve: int = _MKDIRS_RESOLVE) -> i
 
 
 # Device nodes restore makes by default: the character devices every container gets
-# (null, zero, full, random, urandom, tty, console, ptmx; the OCI runtime spec's list).
-CONTAINER_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 1), (5, 2)})
+# (null, zero, full, random, urandom, tty, ptmx; the OCI runtime spec's list). Not the console
+# (5:1): the host's own (a serial line, a VT); a container's /dev/console is a pty bound there.
+CONTAINER_DEVICES = frozenset({(1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0), (5, 2)})
 # overlayfs's whiteout: char 0:0 names no device (opening it fails with ENXIO) and every overlay
 # upper layer that hides a lower file holds one, so every policy lets it through.
 WHITEOUT = (0, 0)

@@ -23,6 +23,7 @@ class FdMaker:
         self.keep: list[int] = []
         self.late: list = []     # (what, fn) run once every process got its fds (RestoreFd.late)
         self.descs: dict[str, int] = {}
+        self.owned: list[tuple[int, dict, str]] = []   # (our copy, entry, what) of fds with a signal owner
 
     def prepare(self, processes: list[dict], chans: dict) -> None:
         """Make the objects that must exist before any fd (FdKind.prepare), once every stand-in has
@@ -46,8 +47,9 @@ class FdMaker:
                 self.state[key] = got
                 self.keep.extend(got)
 
-    def open(self, entry: dict, chan) -> tuple[int, bool]:
-        """(our fd for `entry`, whether it is a new description); the caller sends and closes the fd."""
+    def open(self, entry: dict, chan, where: str = "fd") -> tuple[int, bool]:
+        """(our fd for `entry`, whether it is a new description); the caller sends and closes the fd.
+        `where` names the fd in an error of `set_owners`."""
         desc = entry.get("desc")
         if desc is not None and desc in self.descs:
             return os.dup(self.descs[desc]), False
@@ -61,20 +63,16 @@ class FdMaker:
                           standin=standin, keep=self.keep, proc=self.proc,
                           open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of, ns_fd=self.ns_fd)
         fd = kind.open(r)
-        self.give_owner(fd, entry)
+        self.give_owner(fd, entry, where)
         if desc is not None:
             self.descs[desc] = os.dup(fd)
         return fd, True
 
-    def give_owner(self, fd: int, entry: dict) -> None:
-        """Give our new description `fd` the signal owner, signal and O_ASYNC of image fd `entry`
-        (engine/fown.py; an --external file's too, which restore opens itself); `fd` is closed when
-        that fails."""
-        try:
-            fown.restore(fd, entry, self.pid_of)
-        except OSError as e:
-            os.close(fd)
-            raise OSError(e.errno, f"signal owner (F_SETOWN, F_SETSIG, O_ASYNC): {e.strerror or e}") from None
+    def give_owner(self, fd: int, entry: dict, where: str = "fd") -> None:
+        """Note that our description `fd` gets the signal owner, signal and O_ASYNC of image fd
+        `entry` (engine/fown.py) in `set_owners`; an --external file's too, which restore opens itself."""
+        if fown.needed(entry):
+            self.owned.append((os.dup(fd), entry, where))
 
     def after(self, entry: dict) -> tuple[str, str, object] | None:
         """(kind, stand-in function, args) to run once the process holds its fds, or None."""
@@ -92,12 +90,31 @@ class FdMaker:
             except OSError as e:
                 raise OSError(e.errno, f"{what}: {e.strerror or e}") from None
 
+    def set_owners(self) -> None:
+        """Give each new description its signal, O_ASYNC and owner (engine/fown.py), once every
+        process holds its fds, the late steps ran and our other copies are closed: the release of
+        a pipe's last writer we kept signals its readers' owners (a stand-in killed by SIGIO, or
+        stopped for good by an image's SIGSTOP). An error names the fd (OSError)."""
+        owned, self.owned = self.owned, []
+        self.close()
+        try:
+            for fd, entry, where in owned:
+                try:
+                    fown.restore(fd, entry, self.pid_of)
+                except OSError as e:
+                    raise OSError(e.errno, f"{where}: signal owner (F_SETOWN, F_SETSIG, O_ASYNC): "
+                                           f"{e.strerror or e}") from None
+        finally:
+            for fd, _, _ in owned:
+                os.close(fd)
+
     def close(self) -> None:
         """Close every fd made or kept so far."""
-        for fd in list(self.descs.values()) + self.keep:
+        for fd in list(self.descs.values()) + self.keep + [fd for fd, _, _ in self.owned]:
             try:
                 os.close(fd)
             except OSError:
                 pass
         self.descs.clear()
         self.keep.clear()
+        self.owned.clear()

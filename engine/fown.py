@@ -9,8 +9,10 @@ image names processes. An owner is kept as a process of the tree (F_OWNER_PID, o
 a process's main thread: a stand-in's other threads are made last, after the owner is set); a
 process group (F_OWNER_PGRP), another thread or a process outside the tree is refused before the stop (an owner that exited is none:
 F_GETOWN_EX names no owner without a task). Restore sets the owner on the
-stand-in of that process (its pid as the restorer sees it) after the signal and O_ASYNC, before
-any lease (which keeps an owner it finds): F_SETFL
+stand-in of that process (its pid as the restorer sees it) after the signal and O_ASYNC, once
+every fd of the tree is made and restore's own copies are closed (the release of a pipe's last
+writer signals its readers' owners: a stand-in would get SIGIO, which kills it, or the image's
+SIGSTOP, which hangs the restore), before any lease (which keeps an owner it finds): F_SETFL
 calls the file's fasync hook only when the flag changes (open(2) sets the bit without it), which is
 what registers the file for SIGIO on sockets, pipes and ttys; a tty's hook gives a description
 without owner one (its foreground process group, or the caller: the restorer), which the image's
@@ -103,11 +105,16 @@ def check_running(pidfd: int, fd: int, pids, where: str) -> None:
         os.close(c)
 
 
+def needed(entry: dict) -> bool:
+    """Whether image fd `entry` has a signal owner, a signal or O_ASYNC to restore."""
+    return bool(entry["flags"] & O_ASYNC) or any(k in entry for k in ("async_owner", "async_signal"))
+
+
 def restore(fd: int, entry: dict, pid_of) -> None:
     """Give our fd `fd`, a new description made for image fd `entry`, its signal, O_ASYNC, then its
     owner; `pid_of(image pid)` is the restored process's pid as we see it (None: not restored)."""
     o_async = entry["flags"] & O_ASYNC
-    if not o_async and not any(k in entry for k in ("async_owner", "async_signal")):
+    if not needed(entry):
         return
     host = 0
     if "async_owner" in entry:

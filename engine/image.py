@@ -318,10 +318,35 @@ def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:
 
 # --- showing -------------------------------------------------------------------
 
+# (str.translate's table: C0, DEL and C1 controls; lone surrogates, undecodable bytes of a name,
+# which no terminal encoding takes)
+_UNPRINTABLE = {**{c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7f, 0xa0))},
+                **{c: f"\\u{c:04x}" for c in range(0xd800, 0xe000)}}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character shown as \\xNN (a lone surrogate as \\uXXXX): an image's
+    names (paths, sources) go to a terminal (`mntcr show -D`, an error line), where an escape
+    sequence would act (retitle, write the clipboard, answer back) and a newline forge a line."""
+    return text.translate(_UNPRINTABLE)
+
+
+def _printable(value):
+    """`value` (JSON) with each of its strings `printable`."""
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value
+
+
 def render(doc: dict) -> str:
     """Readable text of an image: each namespace's tree, superblocks, and processes with their fds
-    and file locks."""
+    and file locks (control characters of its strings shown as \\xNN: _printable)."""
     from engine import topology
+    doc = _printable(doc)
     lines = [f"mntcr image v{doc['version']}, dumped on kernel {doc.get('kernel', '?')}"]
     for ns_id, ns in sorted(doc["mntns"].items()):
         lines.append(f"\nmount namespace {ns_id} ({len(ns['mounts'])} mounts):")

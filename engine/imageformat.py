@@ -526,6 +526,7 @@ _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")
 
 # An fd declared external at dump (--external file[PATH]:KEY) has no mount: restore opens the
 # host path given for KEY (--external file[KEY]:HOSTPATH), with these flags and offset.
+# Its signal owner fields are every fd's (checked by _check_fown): restore sets them on the host's file.
 EXTERNAL_FD = Record("fd (external file)", {
     **FD_BASE,
     "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
@@ -887,9 +888,10 @@ def _covered(ranges, by) -> int | None:
     return None
 
 
-def _unmapped(ids, ranges) -> int | None:
-    """The first of `ids` no inside range of `ranges` maps (None: all are mapped)."""
-    spans = sorted((inside, inside + count) for inside, _, count in ranges)
+def _unmapped(ids, ranges, side: int = 0) -> int | None:
+    """The first of `ids` no inside range (`side` 1: outside range) of `ranges` maps (None: all are
+    mapped)."""
+    spans = sorted((r[side], r[side] + r[2]) for r in ranges)
     starts = [lo for lo, _ in spans]
     for i in dict.fromkeys(ids):
         k = bisect.bisect_right(starts, i) - 1
@@ -911,6 +913,38 @@ def _check_creds(p: dict, users: dict) -> None:
         bad = _unmapped(ids, ns[key])
         if bad is not None:
             _fail(f"process {p['pid']}: its {what} {bad} is not mapped in its user namespace {p['userns']}")
+
+
+def _rootless(name: str, users: dict) -> str | None:
+    """The outermost user namespace at or above `name` that a non-root user made (None: root made
+    them all): what its owner held is what the namespace maps."""
+    out = None
+    while name is not None:
+        if users[name].get("owner"):
+            out = name
+        name = users[name].get("parent")
+    return out
+
+
+def _check_fd_ids(p: dict, users: dict) -> None:
+    """The ids an fd of a process in a user namespace a non-root user made takes at restore for
+    itself (FdKind.ids: a listener's) are ids that namespace maps: the stand-in takes them before
+    it joins its namespace, where any id is the restorer's to give (SO_PEERCRED would tell the
+    host's clients a rootless tree's socket is root's)."""
+    top = _rootless(p["userns"], users) if "userns" in p else None
+    if top is None:
+        return
+    for fd in p["fds"]:
+        taken = _fd_kind(fd, "fd").ids(fd) if "external" not in fd else {}
+        made = f"user namespace {top}, made by uid {users[top]['owner']}"
+        for key, ids in taken.items():
+            if ids is None:
+                _fail(f"process {p['pid']} fd {fd['fd']}: takes ids at restore without the supplementary groups "
+                      f"that go with them (an older image's), which in {made}, would be the restorer's")
+            bad = _unmapped(ids, users[top]["uid_map" if key == "uid" else "gid_map"], side=1)
+            if bad is not None:
+                _fail(f"process {p['pid']} fd {fd['fd']}: takes {'uid' if key == 'uid' else 'gid'} {bad} at "
+                      f"restore, which {made}, does not map: no id that user could give it")
 
 
 def _check_userns(doc: dict, mounts: dict) -> None:
@@ -942,6 +976,7 @@ def _check_userns(doc: dict, mounts: dict) -> None:
         if "userns" in p and p["userns"] not in users:
             _fail(f"process {p['pid']}: unknown user namespace {p['userns']!r}")
         _check_creds(p, users)
+        _check_fd_ids(p, users)
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
         for kind, owner in (p.get("ns_made_in") or {}).items():
@@ -1416,6 +1451,9 @@ def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
     signal's target otherwise)."""
     if "async_tid" in fd and "async_owner" not in fd:
         _fail(f"{what}: 'async_tid' without 'async_owner'")
+    if fd["flags"] & os.O_PATH and (fd["flags"] & O_ASYNC or "async_owner" in fd or "async_signal" in fd):
+        # (fcntl refuses them on such a description, and dump keeps none: it would fail once the tree is made)
+        _fail(f"{what}: an O_PATH fd has no signal owner, signal or O_ASYNC")
     if "async_owner" in fd:
         refs.check(what, "process", fd["async_owner"], f"its signal owner (F_SETOWN) {fd['async_owner']}")
 

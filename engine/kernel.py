@@ -474,6 +474,24 @@ def ns_ino(pid, kind: str = "mnt") -> int | None:
         return None
 
 
+def drop_ctty() -> None:
+    """Leave our controlling terminal, if we have one and do not lead our session (TIOCNOTTY: our
+    session and process group keep it, Ctrl-C still reaches us): an open of a tty node (5:0) by us,
+    or by a child made after, then fails (ENXIO) instead of giving the terminal we were started from."""
+    import fcntl
+    import termios
+    if os.getsid(0) == os.getpid():
+        return   # (a leader's TIOCNOTTY would hang its whole session up)
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return   # (none)
+    try:
+        fcntl.ioctl(fd, termios.TIOCNOTTY)
+    finally:
+        os.close(fd)
+
+
 def set_comm(name: str) -> None:
     """prctl(PR_SET_NAME): this thread's name (/proc/PID/comm; the kernel keeps 15 bytes)."""
     _check(_libc.prctl(ctypes.c_int(15), ctypes.c_char_p(name.encode("utf-8", "surrogateescape")[:15]), 0, 0, 0),

@@ -200,6 +200,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
     _check_fd_numbers(doc)
+    _check_task_room(doc)
     chosen = strategy.current()
     if chosen.sharing == "refuse":
         for ns in doc["mntns"].values():
@@ -349,30 +350,18 @@ def _check_caps(doc: dict) -> None:
                                             "restorer's to give")
 
 
-def _to_host(users: dict, parent: str | None, start: int, count: int, key: str) -> list[tuple[int, int]]:
-    """Ids start..start+count-1 of user namespace `parent` (None: the host) as host id ranges
-    (start, count), through the `key` maps ("uid_map", "gid_map") of it and its parents."""
-    if parent is None:
-        return [(start, count)]
-    out = []
-    for p_in, p_out, p_count in users[parent][key]:
-        lo, hi = max(start, p_in), min(start + count, p_in + p_count)
-        if lo < hi:
-            out += _to_host(users, users[parent].get("parent"), p_out + lo - p_in, hi - lo, key)
-    return out
-
-
 def _check_userns_owners(doc: dict) -> None:
     """A user namespace the image says a non-root user made is given to that user (its owner holds
     every capability in it): refused when its maps reach the host's root ids, which no such user
-    can map (newuidmap would not), so an image cannot hand a user the host's root files."""
+    can map (newuidmap would not), so an image cannot hand a user the host's root files. A map's
+    outside ids are the restorer's own at every depth (the dumper's, which restore writes through
+    the parents' maps: engine/userns.translate), so a range from outside id 0 is one."""
     users = doc.get("userns") or {}
     for ns_id, ns in users.items():
         if not ns.get("owner"):
             continue
         for key in ("uid_map", "gid_map"):
-            reach = [r for _, out, n in ns[key] for r in _to_host(users, ns.get("parent"), out, n, key)]
-            if any(start == 0 for start, _ in reach):
+            if any(outside == 0 for _, outside, _ in ns[key]):
                 raise RestoreError(errno.EPERM, f"user namespace {ns_id}: owned by uid {ns['owner']}, yet its "
                                                 f"{key} reaches the host's id 0, which no user but root can map")
 
@@ -386,6 +375,33 @@ def _check_fd_numbers(doc: dict) -> None:
             if hard != resource.RLIM_INFINITY and f["fd"] >= hard:
                 raise RestoreError(errno.EMFILE, f"process {p['pid']} fd {f['fd']}: above this machine's open-file "
                                                  f"limit (RLIMIT_NOFILE hard {hard}); raise it (ulimit -Hn)")
+
+
+def _task_room() -> tuple[int, str]:
+    """(tasks this machine can still make, how that was reckoned): kernel.pid_max and
+    kernel.threads-max, less the tasks that run now (/proc/loadavg counts every thread)."""
+    def number(path: str) -> int:
+        with open(path) as f:
+            return int(f.read().split()[0])
+    pid_max, threads_max = number("/proc/sys/kernel/pid_max"), number("/proc/sys/kernel/threads-max")
+    with open("/proc/loadavg") as f:
+        used = int(f.read().split()[3].split("/")[1])
+    return min(pid_max, threads_max) - used, f"kernel.pid_max {pid_max}, kernel.threads-max {threads_max}, " \
+                                              f"{used} tasks running"
+
+
+def _check_task_room(doc: dict) -> None:
+    """The image's processes and threads, each a task with a pid of the host's, must fit in what
+    the machine can still make: a restore that cannot make them all would first take every free
+    pid of the host (no host process could fork meanwhile: pid_max is 32768 on a small machine,
+    an image may list 65536 threads a process), then fail."""
+    want = sum(1 + len(p.get("threads") or ()) for p in doc["processes"])
+    want += len({key for p in doc["processes"] for f in p["fds"] if "external" not in f
+                 if (key := fdkinds.lookup(f.get("kind", "file")).forks(f)) is not None})   # (pidfds of exited ones)
+    room, how = _task_room()
+    if want > room:
+        raise RestoreError(errno.EAGAIN, f"the image makes {want} processes and threads, more than this machine "
+                                         f"can make now ({room}: {how}); refused before anything is made")
 
 
 class _Restorer:
@@ -1763,6 +1779,10 @@ class _Restorer:
             self._fds.keep.extend(opened.values())
         try:
             self._place_processes()
+            try:
+                self._fds.set_owners()
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, str(e.strerror or e)) from None
         finally:
             self._fds.close()
 
@@ -1878,9 +1898,9 @@ class _Restorer:
                 ext = self.ext_files.pop((p["pid"], f["fd"]), None)
                 if ext is not None:
                     fd, first = ext, False  # --external file[KEY]:HOSTPATH, opened on the host before assembly
-                    self._fds.give_owner(fd, f)
+                    self._fds.give_owner(fd, f, f"{where} fd {f['fd']} (file)")
                 else:
-                    fd, first = self._fds.open(f, chan)
+                    fd, first = self._fds.open(f, chan, f"{where} fd {f['fd']} ({f.get('kind', 'file')})")
             except OSError as e:
                 what = f"{f['path']} on mount {f['mnt']}: " if "mnt" in f else ""
                 raise RestoreError(e.errno or errno.EIO, f"{where} fd {f['fd']} ({f.get('kind', 'file')}): "
@@ -1995,6 +2015,9 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
     """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
     os.close(lifeline[0])  # the committing end stays with `mntcr restore` alone
+    # An fd on an image's tty node (5:0, kind file) would be the terminal `mntcr restore` runs in
+    # (the user's keystrokes): we, and the stand-ins we fork, have none.
+    kernel.drop_ctty()
     out = os.environ.get("MNTCR_PROFILE")
     if not out:
         return _restore_body(doc, img_fd, ext, lifeline[1])

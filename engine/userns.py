@@ -121,6 +121,34 @@ def read_maps_of_fd(userns_fd: int) -> Maps:
         _release(pid, ready_r, go_w)
 
 
+def outermost_owned(pid: int) -> tuple[Maps, int] | None:
+    """(its maps, its owner's uid) of the outermost user namespace at or above `pid`'s, below the
+    caller's own, that a non-root user made (every id that user could give is one it maps); None
+    when root made them all."""
+    top = own_userns_ino()
+    fd: int | None = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    found: tuple[int, int] | None = None
+    try:
+        while fd is not None and ino(fd) != top:
+            uid = owner_uid(fd)
+            if uid:
+                if found is not None:
+                    os.close(found[0])
+                found = (os.dup(fd), uid)
+            par = parent_fd(fd)
+            os.close(fd)
+            fd = par
+    finally:
+        if fd is not None:
+            os.close(fd)
+    if found is None:
+        return None
+    try:
+        return read_maps_of_fd(found[0]), found[1]
+    finally:
+        os.close(found[0])
+
+
 LIMIT_DEFAULT = (1 << 31) - 1                    # what a new user namespace starts with
 
 

@@ -156,6 +156,11 @@ class FdKind:
     # location {mnt, detached?} on a proc mount of the image), "private" (a location {mnt} on a
     # filesystem only the restored tree reaches, fs.made_for_image); text names it in the refusal.
     refs: Callable[[dict], list] = lambda entry: []
+    # ids(entry) -> {"uid": [...], "gid": [...], "groups": [...] or None (the stand-in's own)}: ids
+    # (the dumper's) restore takes for the fd alone, outside the process's user namespace (a
+    # listener's credentials); the validator refuses one its tree's rootless user namespace does
+    # not map, and groups left to the stand-in (the restorer's, then) there.
+    ids: Callable[[dict], dict] = lambda entry: {}
     # forks(entry) -> a key (str) of a process restore forks for it (entries with one key share one;
     # a pidfd of an exited process), None: none. Counted with the image's processes by the validator.
     forks: Callable[[dict], str | None] = lambda entry: None

@@ -178,6 +178,7 @@ def _as_listener(k: Sock) -> dict:
     out["cred"] = [uid & 0xffffffff, gid & 0xffffffff]
     out["cred_groups"] = unix_bind.listener_groups(k.s)
     refuse_listener_groups(k, out["cred_groups"])
+    refuse_listener_ids(k, out["cred"], out["cred_groups"])
     refuse_listener_elsewhere(k, pid)
     if pid not in (k.d.scratch.get("pids") or ()):
         out["cred_gone"] = True   # (it listened in a process since gone, or outside the tree: a daemon's parent)
@@ -217,6 +218,24 @@ def refuse_listener_groups(k: Sock, groups: list[int]) -> None:
         raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that listened with groups {sorted(groups)}, other "
                                         f"than its process's ({own}), in a user namespace that denies setgroups: "
                                         "not supported")
+
+
+def refuse_listener_ids(k: Sock, cred: list[int], groups: list[int]) -> None:
+    """Refuse a listener that listened with ids (`cred` [uid, gid], `groups`, ours) the user
+    namespace a non-root user made, that its process is in (the outermost such), does not map: a
+    process outside it listened (root's socket activation) with ids restore gives no tree of that
+    user's (the validator refuses them: imageformat._check_fd_ids). Asked before the stop too."""
+    from engine import userns
+    owned = userns.outermost_owned(k.d.pid)
+    if owned is None:
+        return
+    maps, owner = owned
+    for key, ids, ranges in (("uid", [cred[0]], maps.uid_map), ("gid", [cred[1], *groups], maps.gid_map)):
+        bad = next((i for i in ids if not any(o <= i < o + c for _, o, c in ranges)), None)
+        if bad is not None:
+            raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that listened as {key} {bad}, which the "
+                                            f"user namespace uid {owner} made (its process's) does not map: "
+                                            "restore gives no id that user lacks; not supported")
 
 
 def refuse_listener_elsewhere(k: Sock, pid: int) -> None:
@@ -622,6 +641,6 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 mounts=_mounts, finish=_finish,
                 precheck=unix_prestop.precheck, prefinish=unix_prestop.prefinish,
                 check=unix_check.check, check_object=unix_check.check_object, fields=unix_check.FIELDS,
-                prepare=unix_pair.prepare,
+                ids=unix_check.listener_ids, prepare=unix_pair.prepare,
                 standin={"make": _make, "bind": _bind_in, "via": unix_pair.via_in,
                          "deliver": unix_backlog.deliver_in, "reach": _reach_in}))

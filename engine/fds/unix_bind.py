@@ -33,16 +33,21 @@ def name_of(raw) -> dict:
 MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
 
 
-def _here(kid: int, map_name: str, proc: int = -1) -> int | None:
-    """The id that outside id `kid` is in our user namespace (its map /proc/self/`map_name`, read
-    from inside: relative to its parent, the initial namespace for a first-level one), or None when
-    unmapped. `proc`: an fd on /proc, where our "/" has none (the restorer's yard)."""
+def _map(map_name: str, proc: int = -1) -> list[tuple[int, int, int]]:
+    """Our user namespace's map /proc/self/`map_name` (read from inside: outside ids relative to
+    its parent, the initial namespace for a first-level one). `proc`: an fd on /proc, where our
+    "/" has none (the restorer's yard)."""
     path = f"/proc/self/{map_name}" if proc < 0 else f"self/{map_name}"
     with open(os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=None if proc < 0 else proc)) as f:
-        for line in f:
-            inside, outside, count = (int(x) for x in line.split())
-            if outside <= kid < outside + count:
-                return inside + kid - outside
+        return [tuple(int(x) for x in line.split()) for line in f]
+
+
+def _here(kid: int, map_name: str, proc: int = -1, ranges=None) -> int | None:
+    """The id that outside id `kid` is in our user namespace (map `ranges`, else read: _map), or
+    None when unmapped."""
+    for inside, outside, count in _map(map_name, proc) if ranges is None else ranges:
+        if outside <= kid < outside + count:
+            return inside + kid - outside
     return None
 
 
@@ -89,8 +94,9 @@ def as_creds(spec: dict, fn) -> None:
     if not cred:
         fn()
         return
-    ids = (_here(cred[0], "uid_map"), _here(cred[1], "gid_map"))
-    groups = [_here(g, "gid_map") for g in spec["cred_groups"]] if "cred_groups" in spec else None
+    gids = _map("gid_map")   # (read once: a listener may list 65536 groups)
+    ids = (_here(cred[0], "uid_map"), _here(cred[1], "gid_map", ranges=gids))
+    groups = [_here(g, "gid_map", ranges=gids) for g in spec["cred_groups"]] if "cred_groups" in spec else None
     if None in ids or None in (groups or ()):
         raise FdError(errno.EOPNOTSUPP, f"listened as uid {cred[0]} gid {cred[1]} groups {spec.get('cred_groups')}, "
                                         "which the process's user namespace does not map")

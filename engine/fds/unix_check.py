@@ -178,6 +178,15 @@ def check_object(obj: dict, what: str) -> None:
             _fail(f"{what}: bad abstract listener name of a socket pair")
 
 
+def listener_ids(entry: dict) -> dict:
+    """The ids (the dumper's) a listener listens with again (FdKind.ids): `cred` and `cred_groups`
+    (None without them, an older image's: the stand-in's own)."""
+    cred = entry.get("cred")
+    if not cred:
+        return {}
+    return {"uid": [cred[0]], "gid": [cred[1]], "groups": entry.get("cred_groups")}
+
+
 def mode_rule(v) -> str | None:
     """imageformat rule of a socket file's mode."""
     return None if 0 <= v <= 0o7777 else "must be a permission mode (0..0o7777)"

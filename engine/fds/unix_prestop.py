@@ -69,7 +69,10 @@ def _precheck(d) -> None:
             unix_queue.refuse_head_inflight(d, s)
         if case == "listener":
             from engine.fds import unix_bind
-            unix.refuse_listener_groups(k, unix_bind.listener_groups(s))
+            groups = unix_bind.listener_groups(s)
+            unix.refuse_listener_groups(k, groups)
+            _, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            unix.refuse_listener_ids(k, [uid & 0xffffffff, gid & 0xffffffff], groups)
             unix.refuse_listener_elsewhere(k, struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
                                                                                 12))[0])
             if k.rec.get("rqueue"):
