@@ -479,80 +479,85 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     held: set[str] = set()     # paths of ext_files some fd shows
     complete = True            # every fd was seen
     unplaced: list = []        # (location, pid, link) on detached mounts, as engine/placement.py finds them
-    for pid in pids:
-        name = by_pid.get(pid)
-        _check_deleted_dirs(pid, view)
-        _detached_dirs(pid, view, unplaced)
-        _check_deleted_maps(pid, view)
-        _check_exe(pid, view)
-        try:
-            names = os.listdir(f"/proc/{pid}/fd")
-            pidfd = kernel.pidfd_open(pid)
-        except OSError:
-            complete = False
-            continue   # (gone meanwhile: dump tells, once the tree is stopped)
-        try:
-            for n in names:
-                link = f"/proc/{pid}/fd/{n}"
-                try:
-                    target = os.readlink(link)
-                    mode = os.stat(link).st_mode
-                except OSError:
-                    complete = False
-                    continue
-                if target in ext_files:
-                    held.add(target)   # (no kind's: restore opens the host's file, but keeps its owner)
-                    if not _check_owner(pidfd, pid, n, target, pids):
+    try:
+        for pid in pids:
+            name = by_pid.get(pid)
+            _check_deleted_dirs(pid, view)
+            _detached_dirs(pid, view, unplaced)
+            _check_deleted_maps(pid, view)
+            _check_exe(pid, view)
+            try:
+                names = os.listdir(f"/proc/{pid}/fd")
+                pidfd = kernel.pidfd_open(pid)
+            except OSError:
+                complete = False
+                continue   # (gone meanwhile: dump tells, once the tree is stopped)
+            try:
+                for n in names:
+                    link = f"/proc/{pid}/fd/{n}"
+                    try:
+                        target = os.readlink(link)
+                        mode = os.stat(link).st_mode
+                    except OSError:
                         complete = False
-                    continue
-                kind = fdkinds.classify(target, mode)
-                if kind is None:
-                    raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
-                                                    f"{fdkinds.describe(target)} fds are not supported")
-                info = _fdinfo(pid, n)
-                if info is None or not _check_owner(pidfd, pid, n, target, pids):
-                    complete = False
-                    continue
-                if kind.placed and _detached_fd(pid, n, target, mode, info.get("mnt_id"), view):
-                    unplaced.append(({"mnt": info["mnt_id"], "path": target}, pid, f"fd/{n}"))
-                if kind.precheck is None:
+                        continue
+                    if target in ext_files:
+                        held.add(target)   # (no kind's: restore opens the host's file, but keeps its owner)
+                        if not _check_owner(pidfd, pid, n, target, pids):
+                            complete = False
+                        continue
+                    kind = fdkinds.classify(target, mode)
+                    if kind is None:
+                        raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
+                                                        f"{fdkinds.describe(target)} fds are not supported")
+                    info = _fdinfo(pid, n)
+                    if info is None or not _check_owner(pidfd, pid, n, target, pids):
+                        complete = False
+                        continue
+                    if kind.placed and _detached_fd(pid, n, target, mode, info.get("mnt_id"), view):
+                        unplaced.append(({"mnt": info["mnt_id"], "path": target}, pid, f"fd/{n}"))
+                    if kind.precheck is None:
+                        _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
+                        continue
+                    used.add(kind.name)
+                    d = DumpFd(pid=pid, fd=int(n), target=target, mode=mode, flags=0, pos=0, pidfd=pidfd,
+                               objects={}, scratch=scratch, mounts=view.ns_mounts.get(name, []),
+                               elsewhere=[(ps[0], view.ns_mounts.get(other, [])) for other, ps in view.ns_pids.items()
+                                          if other != name and ps])
+                    try:
+                        kind.precheck(d)
+                    except FdError:
+                        raise
+                    except OSError:
+                        continue   # (closed or changed meanwhile, or unreadable now: dump tells later)
+                    finally:
+                        d.close()
                     _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
-                    continue
-                used.add(kind.name)
-                d = DumpFd(pid=pid, fd=int(n), target=target, mode=mode, flags=0, pos=0, pidfd=pidfd,
-                           objects={}, scratch=scratch, mounts=view.ns_mounts.get(name, []),
-                           elsewhere=[(ps[0], view.ns_mounts.get(other, [])) for other, ps in view.ns_pids.items()
-                                      if other != name and ps])
-                try:
-                    kind.precheck(d)
-                except FdError:
-                    raise
-                except OSError:
-                    continue   # (closed or changed meanwhile, or unreadable now: dump tells later)
-                finally:
-                    d.close()
-                _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
-        finally:
-            os.close(pidfd)
-    for kind_name in sorted(used):
-        fdkinds.lookup(kind_name).prefinish(scratch)
-    _check_detached(unplaced, scratch, view)
+            finally:
+                os.close(pidfd)
+        for kind_name in sorted(used):
+            fdkinds.lookup(kind_name).prefinish(scratch)
+        _check_detached(unplaced, scratch.get("unplaced", []), view)
+    finally:
+        _close_ours(scratch)   # (our fds on socket files: a refusal of any fd must close them too)
     if complete:
         mountrules.unknown_external_files(ext_files, held)
         mountrules.held_roots(view.mntns_doc, view.superblocks, scratch.get("held", ()), view.unsure)
 
 
-def _check_detached(unplaced: list, scratch: dict, view: View) -> None:
+def _check_detached(unplaced: list, ours: list, view: View) -> None:
     """engine/detached.py `precheck` on the files, cwds and roots on detached mounts (`unplaced`) and
-    the socket files the kinds found there (scratch "unplaced": our fds on them, closed here)."""
-    ours = scratch.pop("unplaced", [])
-    try:
-        if unplaced or ours:
-            detached.precheck(unplaced + ours, view.superblocks, view.sb_of_dev,
-                              {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)
-    finally:
-        for _loc, _pid, link in ours:
-            os.close(int(link.rsplit("/", 1)[1]))
+    the socket files the kinds found there (`ours`: scratch "unplaced", our fds on them, which
+    _close_ours closes)."""
+    if unplaced or ours:
+        detached.precheck(unplaced + ours, view.superblocks, view.sb_of_dev,
+                          {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)
+
+
+def _close_ours(scratch: dict) -> None:
+    """Close our fds on the socket files the kinds' prechecks noted (scratch "unplaced")."""
+    for _loc, _pid, link in scratch.pop("unplaced", []):
+        os.close(int(link.rsplit("/", 1)[1]))
 
 
 def _detached_fd(pid: int, n: str, target: str, mode: int, mnt: int | None, view: View) -> bool:

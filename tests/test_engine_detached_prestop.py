@@ -108,3 +108,40 @@ os.dup2(s.fileno(), 5); s.close()
 assert os.system("umount -l /mnt/o") == 0
 """), r"process \d+ fd 5 \(socket:\[\d+\]\): its file \(/sock\) on mount \d+, in no dumped namespace: its filesystem "
       r"\(magic 0x794c7630\) is mounted nowhere visible \(only a detached .* can be dumped whole\)$")
+
+
+def test_our_fds_on_socket_files_closed_when_another_fd_is_refused(monkeypatch):
+    """prestop keeps an fd of ours on each socket file a kind found on a detached mount (for
+    detached.precheck); a refusal of a later fd (or a prefinish) must close them too, not only the
+    path that reaches the detached check (they keep a lazily unmounted mount alive)."""
+    import subprocess
+    from engine import fds as fdkinds, prestop
+    from engine.fds import FdError
+    ours: list[int] = []
+
+    def precheck(d):
+        if not ours:   # (the first fd: a socket file noted, as unix_locate.note_detached does)
+            ours.append(os.open("/", os.O_PATH | os.O_CLOEXEC))
+            d.scratch.setdefault("unplaced", []).append(({"mnt": -1, "path": "/s", "holder": "x"}, os.getpid(),
+                                                         f"fd/{ours[0]}"))
+            return
+        raise FdError(95, "refused")   # (the next fd)
+
+    fake = fdkinds.FdKind(name="fake", matches=lambda t, m: True, dump=None, open=None, precheck=precheck,
+                          prefinish=lambda scratch: None)
+    monkeypatch.setattr(fdkinds, "classify", lambda target, mode: fake)
+    child = subprocess.Popen(["sh", "-c", "exec 5</dev/null 6</dev/null; exec sleep 30"])
+    try:
+        import time
+        for _ in range(100):   # (until its exec of sleep holds fds 5 and 6)
+            if os.path.exists(f"/proc/{child.pid}/fd/6") and os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"):
+                break
+            time.sleep(0.05)
+        with pytest.raises(FdError, match="refused"):
+            prestop._check_fds([child.pid], prestop.View(None), False, set())
+    finally:
+        child.kill()
+        child.wait()
+    assert ours, "the fake kind's precheck never ran"
+    with pytest.raises(OSError):
+        os.fstat(ours[0])   # (closed by prestop)

@@ -134,8 +134,13 @@ def note_detached(d) -> None:
     got = detached_file(d, known_mounts(d))
     if got is not None:
         f, mnt = got
-        d.scratch.setdefault("unplaced", []).append(
-            ({"mnt": mnt, "path": os.readlink(f"/proc/self/fd/{f}"), "holder": d.where}, os.getpid(), f"fd/{f}"))
+        try:
+            path = os.readlink(f"/proc/self/fd/{f}")
+        except BaseException:
+            os.close(f)
+            raise
+        d.scratch.setdefault("unplaced", []).append(({"mnt": mnt, "path": path, "holder": d.where}, os.getpid(),
+                                                     f"fd/{f}"))
 
 
 def file_stat(d) -> os.stat_result | None:
