@@ -138,15 +138,12 @@ def outermost_owned(pid: int) -> tuple[Maps, int] | None:
             par = parent_fd(fd)
             os.close(fd)
             fd = par
+        return None if found is None else (read_maps_of_fd(found[0]), found[1])
     finally:
-        if fd is not None:
-            os.close(fd)
-    if found is None:
-        return None
-    try:
-        return read_maps_of_fd(found[0]), found[1]
-    finally:
-        os.close(found[0])
+        # (every path: a namespace that cannot be read keeps no fd of ours on it)
+        for left in (fd, None if found is None else found[0]):
+            if left is not None:
+                os.close(left)
 
 
 LIMIT_DEFAULT = (1 << 31) - 1                    # what a new user namespace starts with

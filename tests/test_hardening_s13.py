@@ -428,3 +428,37 @@ def test_error_line_prints_no_control_character_of_the_image(image, tmp_path):
     line = refused(_mutated(image, tmp_path, mutate), r"fd 0 \(file\): /nu\\x1b\]0;owned\\x07ll on mount \d+: ",
                    tmp_path)
     assert "\x1b" not in line and "\x07" not in line, line
+
+
+def test_outermost_owned_keeps_no_fd_when_its_walk_fails(monkeypatch):
+    """userns.outermost_owned closes its fds on the namespaces it walked on every path: a walk that
+    fails once it found an owned namespace (its parent unreadable) leaves none of ours open."""
+    import subprocess
+    import time
+    from engine import userns
+    child = subprocess.Popen(["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups",
+                              "unshare", "-U", "sleep", "30"])
+    try:
+        for _ in range(100):   # (until it runs in its own user namespace)
+            try:
+                if os.stat(f"/proc/{child.pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino and \
+                        os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+        else:
+            pytest.skip("a user namespace made by uid 1000 could not be made here")
+        maps, owner = userns.outermost_owned(child.pid)
+        assert owner == 1000, (maps, owner)   # (no map written: unshare -U alone)
+
+        def unreadable(fd):
+            raise OSError(3, "gone")
+        monkeypatch.setattr(userns, "parent_fd", unreadable)
+        before = sorted(os.listdir("/proc/self/fd"))
+        with pytest.raises(OSError, match="gone"):
+            userns.outermost_owned(child.pid)
+        assert sorted(os.listdir("/proc/self/fd")) == before
+    finally:
+        child.kill()
+        child.wait()
