@@ -71,10 +71,9 @@ def _precheck(d) -> None:
             from engine.fds import unix_bind
             groups = unix_bind.listener_groups(s)
             unix.refuse_listener_groups(k, groups)
-            _, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            peer, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             unix.refuse_listener_ids(k, [uid & 0xffffffff, gid & 0xffffffff], groups)
-            unix.refuse_listener_elsewhere(k, struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
-                                                                                12))[0])
+            unix.refuse_listener_elsewhere(k, peer)
             if k.rec.get("rqueue"):
                 entry["_pending"], last = unix.pending_clients(d, k.rec, k.diag, k.netns)
                 if last >= 0 and d.scratch.get("leave_running"):
