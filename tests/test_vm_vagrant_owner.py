@@ -151,3 +151,29 @@ def test_a_recorded_directory_outside_the_machines_dir_is_never_removed(libvirt,
     vagrant_owner.release(vm_id, fd, forget=False)
     assert vagrant_owner.sweep() == [vagrant_owner.domain_name(vm_id)]
     assert precious.is_dir()
+
+
+def test_a_machine_the_sweep_could_not_remove_keeps_its_record(libvirt, tmp_path, monkeypatch, capsys):
+    """virsh fails to undefine an orphaned machine: its record stays (unlocked) and its directory
+    too, so the next sweep tries again (a domain without a record is never removed)."""
+    vm_id = _new_id()
+    p, machine = _owner(tmp_path, vm_id)
+    name = vagrant_owner.domain_name(vm_id)
+    libvirt["domains"].add(name)
+    _kill(p)
+    fake = vagrant_owner._virsh
+
+    def failing(*args):
+        if args[0] == "undefine":
+            libvirt["calls"].append(args)
+            return subprocess.CompletedProcess(args, 1, "", "error: failed")
+        return fake(*args)
+    monkeypatch.setattr(vagrant_owner, "_virsh", failing)
+    assert vagrant_owner.sweep() == []
+    assert name in libvirt["domains"] and machine.is_dir()
+    assert (vagrant_owner.OWNERS / f"{vm_id}.lock").exists()
+    assert f"libvirt domain {name} is still defined" in capsys.readouterr().err
+    monkeypatch.setattr(vagrant_owner, "_virsh", fake)
+    assert vagrant_owner.sweep() == [name]
+    assert name not in libvirt["domains"] and not machine.exists()
+    assert not (vagrant_owner.OWNERS / f"{vm_id}.lock").exists()

@@ -135,16 +135,22 @@ def sweep() -> list[str]:
         fd = _orphaned(vm_id)
         if fd is None:
             continue   # its owner runs
+        removed = False
         try:
             say(f"libvirt domain {name}: the process that made it is gone (killed before it could destroy "
                 "it): destroying it")
             remove_domain(vm_id)
+            left = defined_domains()
+            removed = left is not None and name not in left
+            if not removed:
+                say(f"libvirt domain {name} is still defined (virsh failed): its record stays for the next run")
+                continue
             d = _machine_dir(fd, vm_id)
             if d is not None:
                 shutil.rmtree(d, ignore_errors=True)
             gone.append(name)
         finally:
-            release(vm_id, fd)
+            release(vm_id, fd, forget=removed)   # (kept, unlocked: a domain with no record is never swept)
     # records whose owner died before its domain was defined
     for lock in OWNERS.glob("*.lock") if OWNERS.is_dir() else ():
         vm_id = lock.stem
