@@ -184,6 +184,24 @@ def _clone_root(clone_of, m) -> int | None:
         os.close(clone)
 
 
+def climb(d: int, flags: int) -> tuple[int, int]:
+    """(an fd opened with `flags` on the fixed point of ".." from directory fd `d`, which it takes,
+    the steps climbed): the root of d's mount, or of its superblock from outside that root. No fd
+    is left open when a step fails (a directory removed meanwhile)."""
+    steps = 0
+    try:
+        while True:
+            up = os.open("..", flags | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=d)
+            if _same(os.fstat(d), os.fstat(up)):
+                os.close(up)
+                return d, steps
+            os.close(d)
+            d, steps = up, steps + 1
+    except BaseException:
+        os.close(d)
+        raise
+
+
 def _anchorable(facts: dict) -> None:
     """Refuse (DetachedError) a file `anchor` cannot locate outside every visible mount of its
     filesystem: one that is neither a regular file nor a directory."""
@@ -213,15 +231,8 @@ def anchor(facts: dict, candidates, clone_of) -> tuple[int, str]:
                 htype, handle, _ = kernel.name_to_handle_at(root, "", kernel.AT_EMPTY_PATH)
             finally:
                 os.close(root)
-            d = kernel.open_by_handle_at(pfd, htype, handle, os.O_RDONLY | os.O_DIRECTORY)
-            steps = 0
-            while True:
-                up = os.open("..", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=d)
-                if _same(os.fstat(d), os.fstat(up)):
-                    os.close(up)
-                    break
-                os.close(d)
-                d, steps = up, steps + 1
+            d, steps = climb(kernel.open_by_handle_at(pfd, htype, handle, os.O_RDONLY | os.O_DIRECTORY),
+                             os.O_RDONLY)
             parts = [c for c in m.root.split("/") if c]
             if steps > len(parts):
                 os.close(d)
@@ -271,17 +282,9 @@ def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
     dirs = [(f, p) for f, p in locs if f["is_dir"]]
     if dirs:
         facts, inner = dirs[0]
-        fd = os.open(facts["link"], os.O_PATH | os.O_DIRECTORY)
+        # Climb to the detached mount's root: ".." stops there (it has no parent).
+        fd, _ = climb(os.open(facts["link"], os.O_PATH | os.O_DIRECTORY), os.O_PATH)
         try:
-            # Climb to the detached mount's root: ".." stops there (it has no parent).
-            while True:
-                up = os.open("..", os.O_PATH | os.O_DIRECTORY, dir_fd=fd)
-                a, b = os.fstat(fd), os.fstat(up)
-                if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino):
-                    os.close(up)
-                    break
-                os.close(fd)
-                fd = up
             # A mount in no namespace cannot be cloned (open_tree says EINVAL); its
             # children were disconnected by the lazy umount, so archive it in place.
             return content.archive_dir(fd, out_path)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import stat
 
+import pytest
+
 from enginecase import case, py_hold, take  # noqa: F401  (fixture)
 
 
@@ -44,3 +46,33 @@ assert os.system("umount -l /mnt/t") == 0
         assert stat.S_ISLNK(os.fstat(fd).st_mode) and os.readlink("", dir_fd=fd) == "nowhere"
     finally:
         os.close(fd)
+
+
+def test_climb_leaves_no_fd_when_a_step_fails(tmp_path, monkeypatch):
+    """detached.climb (anchor's and archive_invisible's walk up ".."): its fixed point and steps;
+    a step that fails (a directory removed meanwhile, as precheck may meet on the running tree)
+    leaves none of its fds open."""
+    from engine import detached
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    st = os.stat("/")
+    top, steps = detached.climb(os.open(tmp_path / "a" / "b", os.O_PATH | os.O_DIRECTORY), os.O_PATH)
+    try:
+        here = os.fstat(top)
+        assert steps >= 2 and (here.st_dev, here.st_ino) == (st.st_dev, st.st_ino)
+    finally:
+        os.close(top)
+    real_open, calls = os.open, []
+
+    def failing(path, flags, mode=0o777, *, dir_fd=None):
+        if path == "..":
+            calls.append(dir_fd)
+            if len(calls) == 2:
+                raise FileNotFoundError(2, "removed meanwhile")
+        return real_open(path, flags, mode, dir_fd=dir_fd)
+    before = sorted(os.listdir("/proc/self/fd"))
+    start = os.open(tmp_path / "a" / "b", os.O_PATH | os.O_DIRECTORY)
+    monkeypatch.setattr(os, "open", failing)
+    with pytest.raises(FileNotFoundError):
+        detached.climb(start, os.O_PATH)
+    monkeypatch.undo()
+    assert len(calls) == 2 and sorted(os.listdir("/proc/self/fd")) == before
