@@ -173,7 +173,9 @@ def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leav
     seen: set[int] = set()
     texts: list[tuple[int, str]] = []
     unsupported: dict[int, tuple[str, str]] = {}   # mount id -> (mount point, fstype), in order
-    for pid in pids:
+    # A chrooted process's mountinfo leaves out the mounts outside its root: read each namespace's
+    # through a process at its root when one is (dump's own look chroots to the widest root).
+    for pid in sorted(pids, key=_chrooted):
         try:
             ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
             if ns in seen:
@@ -210,6 +212,14 @@ def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) ->
     more = f" and {len(unsupported) - shown} more" if len(unsupported) > shown else ""
     return (f"{len(unsupported)} mounts of types mntcr cannot dump: {', '.join(named)}{more}; declare each "
             "with --external mnt[MOUNTPOINT]:KEY (a mount of the same filesystem as a declared one needs none)")
+
+
+def _chrooted(pid: int) -> bool:
+    """Whether process `pid` has a root other than its mount namespace's (True when gone)."""
+    try:
+        return os.readlink(f"/proc/{pid}/root") != "/"
+    except OSError:
+        return True
 
 
 def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, dict]) -> None:

@@ -75,6 +75,7 @@ class View:
         self.mounts_by_id: dict[int, mountinfo.Mount] = {}
         self.superblocks: dict[str, dict] = {}           # sb id -> {fstype, source, super_opts, dev, external}
         self.unsure: set[str] = set()                    # sb ids whose externality waits for the stopped tree
+        self.partial: set[str] = set()                   # ns names whose mountinfo a chrooted process read
         self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
         self.pidns_name: dict[int, str] = {}
 
@@ -160,6 +161,11 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
                 os.close(nsfd)
         view.ns_mounts[name] = mounts
         view.mntns_doc[name] = _entries(mounts, view)
+        try:
+            if os.readlink(f"/proc/{pid}/root") != "/":
+                view.partial.add(name)   # (its mountinfo leaves out the mounts outside its root)
+        except OSError:
+            view.partial.add(name)
     try:
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
         _roots(view)
@@ -548,7 +554,9 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
 def _check_detached(unplaced: list, ours: list, view: View) -> None:
     """engine/detached.py `precheck` on the files, cwds and roots on detached mounts (`unplaced`) and
     the socket files the kinds found there (`ours`: scratch "unplaced", our fds on them, which
-    _close_ours closes)."""
+    _close_ours closes); none when a namespace was seen only through a chrooted process."""
+    if view.partial:
+        return   # (a mount left out of a namespace's view would look detached: plan asks, once stopped)
     if unplaced or ours:
         detached.precheck(unplaced + ours, view.superblocks, view.sb_of_dev,
                           {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)

@@ -145,3 +145,42 @@ def test_our_fds_on_socket_files_closed_when_another_fd_is_refused(monkeypatch):
     assert ours, "the fake kind's precheck never ran"
     with pytest.raises(OSError):
         os.fstat(ours[0])   # (closed by prestop)
+
+
+# A mount namespace whose first process (the one dump met first) is chrooted, and a child of it
+# at the namespace's root whose cwd is an overlay mounted only there, its stdio on that
+# namespace's /dev: both mounts lie outside the chroot.
+CHROOTED_FIRST = """
+mkdir -p /mnt/c /mnt/t /mnt/o; mount -t tmpfs c /mnt/c; mkdir /mnt/c/dev; touch /mnt/c/dev/null
+mount --bind /dev/null /mnt/c/dev/null
+mount -t tmpfs t /mnt/t; mkdir /mnt/t/l /mnt/t/u /mnt/t/w; echo x > /mnt/t/l/f
+cat > /run/chrooted.py <<'PY'
+import os, ctypes, signal
+os.chroot("/mnt/c"); os.chdir("/")
+os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+while True:
+    signal.pause()
+PY
+unshare -m --propagation private sh -c 'mount -t overlay o -o lowerdir=/mnt/t/l,upperdir=/mnt/t/u,workdir=/mnt/t/w /mnt/o
+  (cd /mnt/o && exec /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1) &
+  sleep 0.3; exec python3 /run/chrooted.py' </dev/null >/dev/null 2>&1 &
+sleep 1
+hold
+"""
+
+
+def test_namespace_first_seen_through_a_chroot_is_not_refused(case):
+    """A chrooted process's mountinfo leaves out the mounts outside its root: read through it,
+    the child's cwd (the overlay) and fds (/dev) looked detached, and a lazily unmounted overlay's
+    refusal was told before the stop. Dump reads each namespace through a process at its root
+    when there is one (and the detached check is not asked of a namespace seen only through a
+    chroot): the tree is dumped and restored."""
+    from enginecase import assert_same, take
+    from zdtm.snapshot import tree_pids
+    _needs_overlay()
+    pid = case.start(CHROOTED_FIRST)
+    seen = [(os.readlink(f"/proc/{q}/root"), os.readlink(f"/proc/{q}/cwd")) for q in tree_pids(pid)]
+    assert ("/mnt/c", "/mnt/c") in seen and ("/", "/mnt/o") in seen, seen   # (the tree is what it says)
+    before = take(pid)
+    assert_same(before, take(case.cr(pid)))
