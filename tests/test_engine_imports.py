@@ -109,3 +109,30 @@ def test_restore_loads_only_the_image_fd_kinds():
     assert len(kinds) > 5 and "engine.fds.unix" in kinds
     mods = _modules("from engine import fds\nassert fds.lookup('fifo').name == 'fifo'")
     assert sorted(m for m in mods if m.startswith("engine.fds.")) == kinds
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_a_type_module_out_of_reach_is_an_fs_error(tmp_path):
+    """A dump helper inside the tree's root (engine/nsinspect.py) that meets a type whose module
+    was not imported before cannot import it (the engine's files are out of reach): an FsError
+    that says so and survives pickling, not an internal ModuleNotFoundError; the registry is not
+    left half loaded (a known type would then read as unsupported)."""
+    code = ("import os, pickle; from engine import fs\n"
+            "fs.lookup('tmpfs')\n"   # (dump's check before the stop looked its types up)
+            f"os.chroot({str(tmp_path)!r}); os.chdir('/')\n"
+            "for name in ('squashfs', 'no-such-type'):\n"
+            "    try:\n"
+            "        fs.lookup(name)\n"
+            "    except fs.FsError as e:\n"
+            "        e2 = pickle.loads(pickle.dumps(e))\n"
+            "        print(type(e2).__name__, e2.errno, e2.strerror)\n"
+            "print('loaded', fs._loaded)\n")
+    env = dict(os.environ, PYTHONPATH=_PROJECT, PYTHONDONTWRITEBYTECODE="1")
+    out = subprocess.run([sys.executable, "-S", "-c", code], env=env, cwd="/", capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3, out.stdout
+    for line in lines[:2]:
+        assert line.startswith("FsError 2 the module of filesystem type ") and line.endswith("dump again"), line
+    assert "engine/fs/squashfs.py" in lines[0]
+    assert lines[2] == "loaded False"

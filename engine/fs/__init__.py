@@ -456,8 +456,12 @@ def _load() -> None:
     if _loaded:
         return
     _loaded = True
-    for name in sorted(_module_names()):
-        _import(name)
+    try:
+        for name in sorted(_module_names()):
+            _import(name)
+    except FsError:
+        _loaded = False   # (a registry left partial would call a known type unsupported)
+        raise
 
 
 _names: frozenset[str] | None = None
@@ -478,6 +482,13 @@ def _import(name: str) -> None:
     _current_module.append(name)
     try:
         importlib.import_module(f"{__name__}.{name}")
+    except (ImportError, OSError) as e:
+        # A dump helper inside the tree's root (engine/nsinspect.py) imports a type first seen
+        # there: the engine's files are out of reach. Said so, not an internal error.
+        raise FsError(errno.ENOENT, f"the module of filesystem type {name} (engine/fs/{name}.py) cannot be "
+                                    f"loaded here ({type(e).__name__}: {e}): a helper inside the dumped tree's "
+                                    "root met a type no mount showed before (a mount made while dump ran?); "
+                                    "dump again") from None
     finally:
         _current_module.pop()
 
