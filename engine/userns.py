@@ -87,6 +87,16 @@ class Maps:
         return f"uid {ranges(self.uid_map)} gid {ranges(self.gid_map)} setgroups {self.setgroups}{owner}"
 
 
+def inside(ids, ranges) -> list[int | None]:
+    """Reader's ids -> ids inside a namespace with `ranges` (inside, outside, count); None: unmapped there."""
+    return [next((ins + (i - o) for ins, o, c in ranges if o <= i < o + c), None) for i in ids]
+
+
+def outside(ids, ranges) -> list[int | None]:
+    """Ids inside a namespace with `ranges` (inside, outside, count) -> the reader's; None: unmapped."""
+    return [next((o + (i - ins) for ins, o, c in ranges if ins <= i < ins + c), None) for i in ids]
+
+
 def parse_map(text: str) -> tuple[tuple[int, int, int], ...]:
     """Parse a uid_map / gid_map text into (inside, outside, count) triples."""
     out = []

@@ -59,15 +59,6 @@ class UsernsError(OSError):
 
 # --- dump ---------------------------------------------------------------------------------------
 
-def _inside(ids, ranges) -> list[int]:
-    """Reader's ids -> ids inside a namespace with `ranges` (inside, outside, count)."""
-    out = []
-    for i in ids:
-        hit = next((ins + (i - o) for ins, o, c in ranges if o <= i < o + c), None)
-        out.append(hit)  # None: unmapped there
-    return out
-
-
 def _dumpable(pid: int, euid: int, egid: int) -> bool:
     """Whether `pid` is dumpable: the kernel gives its /proc/PID files (not the directory) its
     effective ids when it is, else the root of its memory's user namespace. (Its stand-in changes
@@ -81,8 +72,8 @@ def _creds(pid: int, maps: userns.Maps) -> dict | None:
     """The ids of `pid` inside its user namespace; None when they are the dumper's root, unmapped."""
     from engine import kernel
     fields = {k: [int(x) for x in v.split()] for k, v in kernel.proc_status(pid, ("Uid", "Gid", "Groups")).items()}
-    out = {"uid": _inside(fields["Uid"], maps.uid_map), "gid": _inside(fields["Gid"], maps.gid_map),
-           "groups": _inside(fields.get("Groups", []), maps.gid_map)}
+    out = {"uid": userns.inside(fields["Uid"], maps.uid_map), "gid": userns.inside(fields["Gid"], maps.gid_map),
+           "groups": userns.inside(fields.get("Groups", []), maps.gid_map)}
     if None not in out["uid"] + out["gid"] + out["groups"]:
         out["dumpable"] = _dumpable(pid, fields["Uid"][1], fields["Gid"][1])
         return out
@@ -331,16 +322,6 @@ def owner_ids(users: dict, name: str) -> tuple[int, int]:
     return pick(rec["uid_map"]), pick(rec["gid_map"])
 
 
-def inside_id(ranges, outside: int) -> int | None:
-    """The id that restorer's id `outside` is inside a user namespace with map `ranges` ((inside,
-    outside, count) triples, outside ids in the restorer's ids as the image keeps them), None
-    when it maps no such id."""
-    for first, lower, count in ranges:
-        if lower <= outside < lower + count:
-            return first + outside - lower
-    return None
-
-
 def ids_inside(rec: dict | None, name: str, params, id_opts: tuple[tuple[str, str], ...]) -> list:
     """fsconfig `params` with the value of each id option (`id_opts`: (option, "uid" | "gid"))
     rewritten from the restorer's ids into those of user namespace `name` (record `rec`), where a
@@ -355,7 +336,7 @@ def ids_inside(rec: dict | None, name: str, params, id_opts: tuple[tuple[str, st
                 mine = int(value)
             except ValueError:
                 raise OSError(errno.EINVAL, f"its option {key}={value} is no id") from None
-            inside = inside_id(rec[f"{kind}_map"], mine)
+            inside = userns.inside([mine], rec[f"{kind}_map"])[0]
             if inside is None:
                 raise OSError(errno.EINVAL, f"its option {key}={value} names a {kind} that user namespace {name}, "
                                             "which owns it, does not map")

@@ -14,12 +14,7 @@ from __future__ import annotations
 
 import errno
 
-from engine import userns_cr
-
-
-def _outside(ids, ranges) -> list[int | None]:
-    """Ids inside a namespace with `ranges` (inside, outside, count) -> the dumper's ids."""
-    return [next((o + (i - ins) for ins, o, c in ranges if ins <= i < ins + c), None) for i in ids]
+from engine import userns, userns_cr
 
 
 def _kernel_groups(p: dict, users: dict) -> list[int] | None:
@@ -28,7 +23,7 @@ def _kernel_groups(p: dict, users: dict) -> list[int] | None:
     creds, name = p.get("creds"), p.get("userns")
     if not creds or name is None or users[name]["setgroups"] != "deny":
         return None
-    return sorted(_outside(creds["groups"], users[name]["gid_map"]))
+    return sorted(userns.outside(creds["groups"], users[name]["gid_map"]))
 
 
 def plan(processes: list[dict], users: dict) -> dict[int, list[int]]:
@@ -59,7 +54,7 @@ def plan(processes: list[dict], users: dict) -> dict[int, list[int]]:
                                                               "parent's stand-in, which its stand-in starts as, "
                                                               "is in one too with other groups: not supported yet")
             continue   # (the fork holds them already)
-        inside = [next((ins + (g - o) for ins, o, c in rec["gid_map"] if o <= g < o + c), None) for g in groups]
+        inside = userns.inside(groups, rec["gid_map"])
         if None in inside:
             raise userns_cr.UsernsError(errno.EOPNOTSUPP, f"process {p['pid']}: groups {p['creds']['groups']} in a "
                                                           "user namespace that denies setgroups, which the one its "

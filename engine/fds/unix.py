@@ -231,7 +231,7 @@ def refuse_listener_ids(k: Sock, cred: list[int], groups: list[int]) -> None:
         return
     maps, owner = owned
     for key, ids, ranges in (("uid", [cred[0]], maps.uid_map), ("gid", [cred[1], *groups], maps.gid_map)):
-        bad = next((i for i in ids if not any(o <= i < o + c for _, o, c in ranges)), None)
+        bad = next((i for i, here in zip(ids, userns.inside(ids, ranges)) if here is None), None)
         if bad is not None:
             raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that listened as {key} {bad}, which the "
                                             f"user namespace uid {owner} made (its process's) does not map: "
