@@ -96,15 +96,8 @@ def wait_stopped(pids, timeout: float = 5.0) -> None:
         except OSError:
             continue
         for task in tasks:
-            while time.monotonic() < deadline:
-                try:
-                    with open(f"/proc/{task}/stat", errors="surrogateescape") as f:
-                        state = f.read().rsplit(")", 1)[1].split()[0]
-                except OSError:
-                    break
-                if state in ("T", "t", "Z", "X"):
-                    break
-                time.sleep(0.002)
+            while time.monotonic() < deadline and threads.task_state(task) not in ("T", "t", "Z", "X", ""):
+                time.sleep(0.002)   # ("": gone)
 
 
 def state(pid: int) -> str:
