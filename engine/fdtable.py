@@ -74,11 +74,7 @@ class FdTable:
         self.note_locks(pid, f)
         where = f"process {pid} fd {f['fd']} ({f['target']})"
         try:
-            c = fsys.pidfd_getfd(self._pidfd(pid), f["fd"])
-            try:
-                own = fown.entry_fields(c, self.scratch.get("pids") or (), where)
-            finally:
-                os.close(c)
+            own = fown.fields_of(self._pidfd(pid), f["fd"], self.scratch.get("pids") or (), where)
         except fds.FdError:
             raise
         except OSError as e:

@@ -94,13 +94,13 @@ def _leader_of(tid: int) -> int | None:
         return None
 
 
-def check_running(pidfd: int, fd: int, pids, where: str) -> None:
-    """Before the stop: refuse what `entry_fields` would refuse for fd `fd` of the running process
-    of `pidfd` (a copy of it read, nothing changed)."""
+def fields_of(pidfd: int, fd: int, pids, where: str) -> dict:
+    """`entry_fields` of fd `fd` of the process of `pidfd`, read on a copy of it (nothing changed):
+    before the stop, to refuse what dump would; at dump, for an fd no kind reads (an --external file's)."""
     from engine.fds import sys as fsys
     c = fsys.pidfd_getfd(pidfd, fd)
     try:
-        entry_fields(c, pids, where)
+        return entry_fields(c, pids, where)
     finally:
         os.close(c)
 

@@ -612,7 +612,7 @@ def _check_owner(pidfd: int, pid: int, n: str, target: str, pids: list[int]) -> 
     """Refuse the signal owner of fd `n` of `pid` dump would refuse (engine/fown.py); False when the
     fd was closed meanwhile (dump tells later)."""
     try:
-        fown.check_running(pidfd, int(n), pids, f"process {pid} fd {n} ({target})")
+        fown.fields_of(pidfd, int(n), pids, f"process {pid} fd {n} ({target})")
     except FdError:
         raise
     except OSError:
