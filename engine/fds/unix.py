@@ -174,12 +174,7 @@ def _as_listener(k: Sock) -> dict:
     out["listen"] = max(k.rec.get("wqueue", 128), 1)
     # Who listened (what SO_PEERCRED and SO_PEERGROUPS show its clients, and dbus checks): restore
     # listens as them. The kernel keeps them on the listener itself, where both options read them.
-    pid, uid, gid = struct.unpack("3i", k.s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-    out["cred"] = [uid & 0xffffffff, gid & 0xffffffff]
-    out["cred_groups"] = unix_bind.listener_groups(k.s)
-    refuse_listener_groups(k, out["cred_groups"])
-    refuse_listener_ids(k, out["cred"], out["cred_groups"])
-    refuse_listener_elsewhere(k, pid)
+    pid, out["cred"], out["cred_groups"] = listener_creds(k, k.s)
     if pid not in (k.d.scratch.get("pids") or ()):
         out["cred_gone"] = True   # (it listened in a process since gone, or outside the tree: a daemon's parent)
     if k.rec.get("rqueue"):
@@ -202,6 +197,18 @@ def _as_dangling(k: Sock) -> dict:
         # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
         out["data"] = base64.b64encode(k.s.recv(unix_queue.inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
     return out
+
+
+def listener_creds(k: Sock, s: socket.socket) -> tuple[int, list[int], list[int]]:
+    """(the pid it listened in, [uid, gid], its supplementary groups) of listening socket `s` of
+    `k` (SO_PEERCRED, SO_PEERGROUPS: what its clients see), refused (FdError) where restore could
+    not listen so (refuse_listener_groups, _ids, _elsewhere). Asked before the stop too."""
+    pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    cred, groups = [uid & 0xffffffff, gid & 0xffffffff], unix_bind.listener_groups(s)
+    refuse_listener_groups(k, groups)
+    refuse_listener_ids(k, cred, groups)
+    refuse_listener_elsewhere(k, pid)
+    return pid, cred, groups
 
 
 def refuse_listener_groups(k: Sock, groups: list[int]) -> None:

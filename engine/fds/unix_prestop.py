@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import struct
 
 SO_PEEK_OFF = 42
 SCRATCH = "unix-prestop"
@@ -68,12 +67,7 @@ def _precheck(d) -> None:
         if k.inflight:
             unix_queue.refuse_head_inflight(d, s)
         if case == "listener":
-            from engine.fds import unix_bind
-            groups = unix_bind.listener_groups(s)
-            unix.refuse_listener_groups(k, groups)
-            peer, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-            unix.refuse_listener_ids(k, [uid & 0xffffffff, gid & 0xffffffff], groups)
-            unix.refuse_listener_elsewhere(k, peer)
+            unix.listener_creds(k, s)
             if k.rec.get("rqueue"):
                 entry["_pending"], last = unix.pending_clients(d, k.rec, k.diag, k.netns)
                 if last >= 0 and d.scratch.get("leave_running"):
