@@ -384,6 +384,7 @@ class VagrantVM:
 
     def close(self) -> None:
         """Destroy the machine (vagrant destroy -f) and remove its files; safe to call twice."""
+        gone = True   # (no machine was made, or it was destroyed)
         if self.v is not None and self._created:
             self._created = False
             if self.ssh_config and self.ssh_config.exists():
@@ -397,14 +398,13 @@ class VagrantVM:
                 say(f"vagrant destroy failed: {self._vagrant_tail()}; removing the domain with virsh")
             # vagrant destroy can "succeed" and leave the domain defined (seen after a failed
             # up under load): check libvirt itself
+            name = vagrant_owner.domain_name(self.id)
             names = vagrant_owner.defined_domains()
-            if names is None or vagrant_owner.domain_name(self.id) in names:
-                vagrant_owner.remove_domain(self.id)
+            if names is None or name in names:
+                gone = vagrant_owner.remove_domain(self.id)
         if self._owner is not None:
-            names = vagrant_owner.defined_domains()
             # a machine still defined keeps its record, unlocked: the next run's sweep destroys it
-            vagrant_owner.release(self.id, self._owner,
-                                  forget=names is not None and vagrant_owner.domain_name(self.id) not in names)
+            vagrant_owner.release(self.id, self._owner, forget=gone)
             self._owner = None
         for d in (self.dir, self.ctl_dir):
             if d:

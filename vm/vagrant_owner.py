@@ -80,8 +80,9 @@ def defined_domains() -> list[str] | None:
     return p.stdout.split() if p.returncode == 0 else None
 
 
-def remove_domain(vm_id: str) -> None:
-    """Stop and undefine machine `vm_id`'s domain and delete its disk volume (each step may find it gone)."""
+def remove_domain(vm_id: str) -> bool:
+    """Stop and undefine machine `vm_id`'s domain and delete its disk volume (each step may find it
+    gone); whether libvirt lists the domain no more."""
     name = domain_name(vm_id)
     for args in (("destroy", name), ("undefine", name, "--nvram"),
                  ("vol-delete", "--pool", box_volume.POOL, f"{name}.img")):
@@ -89,6 +90,8 @@ def remove_domain(vm_id: str) -> None:
             _virsh(*args)
         except (OSError, subprocess.TimeoutExpired):
             pass
+    left = defined_domains()
+    return left is not None and name not in left
 
 
 def _orphaned(vm_id: str) -> int | None:
@@ -139,9 +142,7 @@ def sweep() -> list[str]:
         try:
             say(f"libvirt domain {name}: the process that made it is gone (killed before it could destroy "
                 "it): destroying it")
-            remove_domain(vm_id)
-            left = defined_domains()
-            removed = left is not None and name not in left
+            removed = remove_domain(vm_id)
             if not removed:
                 say(f"libvirt domain {name} is still defined (virsh failed): its record stays for the next run")
                 continue
