@@ -16,7 +16,9 @@ SIGSTOP, which hangs the restore), before any lease (which keeps an owner it fin
 calls the file's fasync hook only when the flag changes (open(2) sets the bit without it), which is
 what registers the file for SIGIO on sockets, pipes and ttys; a tty's hook gives a description
 without owner one (its foreground process group, or the caller: the restorer), which the image's
-owner, or none, replaces.
+owner, or none, replaces. The kernel keeps the number of the fd that turned O_ASYNC on and sends it
+as si_fd with a signal set by F_SETSIG: restore turns it on through the tree's fd number
+(`register_async`).
 """
 
 from __future__ import annotations
@@ -123,12 +125,38 @@ def restore(fd: int, entry: dict, pid_of) -> None:
             raise OSError(errno.EINVAL, f"its signal owner {entry['async_owner']} is no process of the image")
     fcntl.fcntl(fd, F_SETSIG, entry.get("async_signal", 0))
     if o_async:
-        fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-        # (off first: a bit open(2) set without registering must change to reach the fasync hook)
-        fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~O_ASYNC)
-        fcntl.fcntl(fd, fcntl.F_SETFL, fl | O_ASYNC)
+        register_async(fd, entry["fd"])
     # The owner last: a tty's fasync hook makes its foreground group, or us, the owner of one without.
     _fcntl_ptr(fd, F_SETOWN_EX, _OwnerEx(F_OWNER_TID if entry.get("async_tid") else F_OWNER_PID, host))
+
+
+def register_async(fd: int, number: int) -> None:
+    """Register our description `fd` for signal-driven I/O (O_ASYNC) through fd number `number`.
+
+    The kernel keeps the number of the fd whose F_SETFL turned O_ASYNC on and sends it as si_fd
+    of the owner's signal when one is set (F_SETSIG): it must be the tree's fd number, not ours.
+    A forked child, whose fd table is a throwaway copy, puts the description at that number and
+    turns the flag off and on there (off first: a bit open(2) set without registering must change
+    to reach the file's fasync hook). A description several fds share gets the number of the one
+    it was made for: which fd turned the flag on last, /proc does not show. OSError on failure."""
+    pid = os.fork()
+    if pid == 0:   # (nothing but syscalls here, then _exit: no Python clean-up in the copy)
+        code = 0
+        try:
+            if fd != number:
+                os.dup2(fd, number, inheritable=False)
+            fl = fcntl.fcntl(number, fcntl.F_GETFL)
+            fcntl.fcntl(number, fcntl.F_SETFL, fl & ~O_ASYNC)
+            fcntl.fcntl(number, fcntl.F_SETFL, fl | O_ASYNC)
+        except OSError as e:
+            code = e.errno if e.errno and e.errno < 255 else 255
+        except BaseException:
+            code = 255
+        os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code:
+        err = code if 0 < code < 255 else errno.EIO
+        raise OSError(err, f"O_ASYNC through fd {number}: {os.strerror(err)}")
 
 
 def owner_text(fd: int, flags: int) -> str:

@@ -112,6 +112,48 @@ def test_owner_and_signal_kept_and_delivered(case):
     assert _exit_signal(kids[2]) == signal.SIGUSR2
 
 
+def _si_fd_of_signal(fd: int, sig: int, fire) -> int:
+    """si_fd of the `sig` that `fire()` sends through our copy `fd` of a restored description, its
+    owner moved to this thread meanwhile (F_SETOWN keeps the registered fd number); `sig` blocked
+    and taken by sigtimedwait (siginfo_t of SIGPOLL on 64-bit Linux: si_fd at byte 24). The owner is
+    none again, and nothing pending, before `sig` is unblocked (a hangup at teardown would kill us)."""
+    import ctypes
+    import threading
+    libc = ctypes.CDLL(None, use_errno=True)
+    mask, info = ctypes.create_string_buffer(128), ctypes.create_string_buffer(128)
+    libc.sigemptyset(mask)
+    libc.sigaddset(mask, sig)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+    try:
+        fown._fcntl_ptr(fd, fown.F_SETOWN_EX, fown._OwnerEx(fown.F_OWNER_TID, threading.get_native_id()))
+        try:
+            fire()
+            got = libc.sigtimedwait(mask, info, (ctypes.c_long * 2)(5, 0))
+            assert got == sig, (got, ctypes.get_errno())
+        finally:
+            fown._fcntl_ptr(fd, fown.F_SETOWN_EX, fown._OwnerEx(fown.F_OWNER_PID, 0))
+            while libc.sigtimedwait(mask, None, (ctypes.c_long * 2)(0, 0)) == sig:
+                pass
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return int.from_bytes(info.raw[24:28], "little", signed=True)
+
+
+def test_signal_names_the_trees_fd_number(case):
+    """A signal set by F_SETSIG names the fd in si_fd: the kernel keeps the number of the fd that
+    turned O_ASYNC on, so restore turns it on through the tree's number (10, 14), not its own."""
+    _, after = case.roundtrip(SETUP)
+    got = {}
+    for n, peer, sig in ((10, 11, signal.SIGUSR1), (14, 15, signal.SIGUSR2)):
+        c, w = grab_fd(after.pid, n), grab_fd(after.pid, peer)
+        try:
+            got[n] = _si_fd_of_signal(c, sig, lambda: os.write(w, b"x"))
+        finally:
+            os.close(c)
+            os.close(w)
+    assert got == {10: 10, 14: 14}
+
+
 # Without O_ASYNC: the root's socket pair (10, its peer 11) is owned by its first child; a pipe (12
 # read, 13 write) by its second child's thread with SIGUSR1; a file with a read lease (14) by its
 # second child, set after the lease (which made the root its owner).
