@@ -168,6 +168,9 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         except OSError:
             view.partial.add(name)
     try:
+        # (locks first: the detached-mount check opens files on the running tree, which breaks a
+        # write lease this refuses)
+        filelocks.precheck(pids)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
         _roots(view)
         _check_types(view, ext_mnts, root_ns)
@@ -178,7 +181,6 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_probes(view, pids, names)
         _check_ghost_names(view)
         _check_fds(pids, view, leave_running, set(ext_files))
-        filelocks.precheck(pids)
         for pid in pids:
             threads.check(pid)
     except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError) as e:

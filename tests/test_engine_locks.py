@@ -155,6 +155,24 @@ f = os.open("/mnt/t/f", os.O_WRONLY); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_W
                                   r"reads the files of the tree's mounts, and that open breaks it\)")
 
 
+def test_write_lease_on_detached_mount_refused_unbroken(case):
+    """A write lease on a file of a lazily unmounted tmpfs whose only visible mount shows another
+    directory: refused before the stop, and the lease is not broken on the way (the detached-mount
+    check opens such a file to locate it: the lock check comes first), so its holder lives on."""
+    setup = STOP_WATCH + """mkdir /mnt/t /mnt/v; mount -t tmpfs t /mnt/t; mkdir /mnt/t/a /mnt/t/v
+echo x > /mnt/t/a/f; mount --bind /mnt/t/v /mnt/v
+""" + py_hold(LOCKER + """
+f = os.open("/mnt/t/a/f", os.O_WRONLY); fcntl.fcntl(f, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+import subprocess; subprocess.run(["umount", "-l", "/mnt/t"], check=True)
+""")
+    pid = case.start(setup)
+    _refused_unstopped(case, pid, r"process \d+ fd \d+ \(/a/f\): a LEASE WRITE lease \(a write lease: dump "
+                                  r"reads the files of the tree's mounts, and that open breaks it\)")
+    with open("/proc/locks") as f:
+        mine = [line for line in f if line.split()[1:2] == ["LEASE"] and line.split()[4] == str(pid)]
+    assert len(mine) == 1 and " ACTIVE " in mine[0] and " WRITE " in mine[0], mine
+
+
 def _flocks_on(pid: int, path: str) -> list[str]:
     """The /proc/locks lines (without their number) of FLOCK locks on file `path` of process `pid`."""
     st = os.stat(f"/proc/{pid}/root{path}")
