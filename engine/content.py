@@ -21,6 +21,7 @@ import stat
 from engine import channel, kernel
 
 _COMMON = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"]
+_PLAIN = ["--numeric-owner"]   # extracting an archive with no xattr or ACL (XATTR_WORDS)
 MEMBER = re.compile(r"^sb-[0-9]+$")
 
 
@@ -271,16 +272,33 @@ def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = ()) -> dict:
 
 def digest_fd(fd: int) -> dict:
     """{"size", "sha256"} of the file open on fd (read from the start)."""
+    return _digest(fd, ())[0]
+
+
+# The pax keywords GNU tar reads under --xattrs and --acls hold one of these: SCHILY.xattr.NAME
+# (LIBARCHIVE.xattr.NAME for newer tars), SCHILY.acl.access, .default, .ace. An archive none of
+# whose bytes do extracts the same without those options, which cost tar a setxattr and a
+# removexattr a file: about a third of its CPU. File data that holds one only keeps the options.
+XATTR_WORDS = (b"xattr.", b".acl.")
+
+
+def _digest(fd: int, words, chunk: int = 1 << 20) -> tuple[dict, bool]:
+    """digest_fd's answer, and whether any of `words` (bytes) occurs in the file, found in the
+    same pass (also across the edges of the `chunk`-sized reads)."""
     h = _sha256(os.fstat(fd).st_size)
     size = 0
+    found = False
+    edge = max(map(len, words), default=1) - 1
+    tail = b""
     os.lseek(fd, 0, os.SEEK_SET)
-    while True:
-        data = os.read(fd, 1 << 20)
-        if not data:
-            break
+    while data := os.read(fd, chunk):
         h.update(data)
         size += len(data)
-    return {"size": size, "sha256": h.hexdigest()}
+        if not found and words:
+            seam = tail + data[:edge]
+            found = any(w in data or w in seam for w in words)
+            tail = (tail + data[-edge:])[-edge:] if edge else b""
+    return {"size": size, "sha256": h.hexdigest()}, found
 
 
 def digest_path(path: str) -> dict:
@@ -438,9 +456,9 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, e
     kernel.close_fds_except({0, 1, 2, archive_fd, chan.fileno(), *(fd for fd, _ in targets)})
     # The size first: only a manifest's own big archives are hashed by OpenSSL (restore loads it
     # for them, tools), and one that lies about its size is refused without reading it.
-    got = {"size": os.fstat(archive_fd).st_size, "sha256": "(not read)"}
+    got, xattrs = {"size": os.fstat(archive_fd).st_size, "sha256": "(not read)"}, True
     if got["size"] == expect.get("size"):
-        got = digest_fd(archive_fd)
+        got, xattrs = _digest(archive_fd, XATTR_WORDS)
     if got != {"size": expect.get("size"), "sha256": expect.get("sha256")}:
         raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
                       f"do not match the manifest ({expect.get('size')}, {str(expect.get('sha256'))[:16]}...)")
@@ -449,8 +467,10 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, e
     for fd, _ in targets:
         os.close(fd)   # (attached in staging now: tar's spawn has one close action fewer each)
     os.lseek(archive_fd, 0, os.SEEK_SET)
-    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *_COMMON, "--same-owner",
-           "--delay-directory-restore"]
+    # (No xattr or ACL in the archive, checked above: the files of the new superblock have none
+    # either, so the options would only set ACLs equal to each file's mode and remove none.)
+    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *(_COMMON if xattrs else _PLAIN),
+           "--same-owner", "--delay-directory-restore"]
     if ids is not None:
         # tar runs as them, keeping root's file capabilities; so does this helper, which only
         # waits for it now. (The change of ids cleared our parent-death signal: set again.)
