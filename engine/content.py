@@ -55,8 +55,11 @@ BIG = 1 << 20
 def _sha256(size: int):
     """A new sha256 object: OpenSSL's for a big file, else the builtin module (no OpenSSL to load)."""
     if size >= BIG:
-        tools(big=True)
-        return hashlib.sha256()
+        try:
+            tools(big=True)
+            return hashlib.sha256()
+        except ImportError:   # (out of the library's reach, e.g. an archive its read-ahead failed on)
+            pass
     try:
         from _sha2 import sha256        # Python >= 3.12
     except ImportError:

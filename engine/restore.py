@@ -196,8 +196,10 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     _check_host_devices(doc, devices)
     _check_caps(doc)
     _check_userns_owners(doc)
-    # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach.
-    content.tools(big=any(f["size"] >= content.BIG for f in (doc.get("files") or {}).values()))
+    # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach; not for
+    # those read ahead (hashed by that helper: ~4 ms less before the fork).
+    content.tools(big=any(f["size"] >= content.BIG and (ahead is None or name not in ahead.fds)
+                          for name, f in (doc.get("files") or {}).items()))
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
