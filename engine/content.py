@@ -571,14 +571,17 @@ class ReadAhead:
     def _end(self) -> None:
         if self.pending is not None:
             if os.getpid() == self.parent:
+                # Killed, not waited for: a restore that failed must not wait for files of an image it
+                # refused to be hashed (it only reads; done already, it is a zombie the kill leaves).
+                os.kill(self.pending.pid, signal.SIGKILL)
                 self.pending.reap()
             else:
                 self.pending.chan.close()
             self.pending = None
 
     def close(self) -> None:
-        """Close the fds not taken and the listings not used; end the helper (its parent waits for it,
-        another process closes its end of the channel)."""
+        """Close the fds not taken and the listings not used; end the helper (its parent kills and
+        reaps it, another process closes its end of the channel)."""
         for fd in self.fds.values():
             os.close(fd)
         self.fds.clear()

@@ -107,3 +107,24 @@ def test_a_helper_that_fails_leaves_every_archive_to_the_usual_checks(tmp_path, 
 def test_a_missing_directory_raises_for_restore_to_leave_to_image_load(tmp_path):
     with pytest.raises(OSError):
         content.ReadAhead(str(tmp_path / "none"))
+
+
+def test_close_does_not_wait_for_the_helper(tmp_path, monkeypatch):
+    # A restore that fails early (a refused manifest) ends at once: the helper is killed, not awaited.
+    import signal
+    _tar(tmp_path, "files-0.tar")
+    monkeypatch.setattr(content, "_digest", lambda fd, words: signal.pause())   # reads forever
+    ahead = content.ReadAhead(str(tmp_path / "img"))
+    pid = ahead.pending.pid
+    statuses = []
+    real = os.waitpid
+
+    def waitpid(p, options):
+        got = real(p, options)
+        statuses.append(got)
+        return got
+    monkeypatch.setattr(os, "waitpid", waitpid)
+    ahead.close()
+    assert ahead.pending is None
+    (got_pid, status), = statuses
+    assert got_pid == pid and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
