@@ -21,6 +21,7 @@ import stat
 from engine import channel, kernel
 
 _COMMON = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"]
+_PLAIN = ["--numeric-owner"]   # extracting an archive with no xattr or ACL (XATTR_WORDS)
 MEMBER = re.compile(r"^sb-[0-9]+$")
 
 
@@ -54,8 +55,11 @@ BIG = 1 << 20
 def _sha256(size: int):
     """A new sha256 object: OpenSSL's for a big file, else the builtin module (no OpenSSL to load)."""
     if size >= BIG:
-        tools(big=True)
-        return hashlib.sha256()
+        try:
+            tools(big=True)
+            return hashlib.sha256()
+        except ImportError:   # (out of the library's reach, e.g. an archive its read-ahead failed on)
+            pass
     try:
         from _sha2 import sha256        # Python >= 3.12
     except ImportError:
@@ -271,16 +275,33 @@ def archive_dir(dir_fd: int, out_path: str, exclude: list[str] = ()) -> dict:
 
 def digest_fd(fd: int) -> dict:
     """{"size", "sha256"} of the file open on fd (read from the start)."""
+    return _digest(fd, ())[0]
+
+
+# The pax keywords GNU tar reads under --xattrs and --acls hold one of these: SCHILY.xattr.NAME
+# (LIBARCHIVE.xattr.NAME for newer tars), SCHILY.acl.access, .default, .ace. An archive none of
+# whose bytes do extracts the same without those options, which cost tar a setxattr and a
+# removexattr a file: about a third of its CPU. File data that holds one only keeps the options.
+XATTR_WORDS = (b"xattr.", b".acl.")
+
+
+def _digest(fd: int, words, chunk: int = 1 << 20) -> tuple[dict, bool]:
+    """digest_fd's answer, and whether any of `words` (bytes) occurs in the file, found in the
+    same pass (also across the edges of the `chunk`-sized reads)."""
     h = _sha256(os.fstat(fd).st_size)
     size = 0
+    found = False
+    edge = max(map(len, words), default=1) - 1
+    tail = b""
     os.lseek(fd, 0, os.SEEK_SET)
-    while True:
-        data = os.read(fd, 1 << 20)
-        if not data:
-            break
+    while data := os.read(fd, chunk):
         h.update(data)
         size += len(data)
-    return {"size": size, "sha256": h.hexdigest()}
+        if not found and words:
+            seam = tail + data[:edge]
+            found = any(w in data or w in seam for w in words)
+            tail = (tail + data[-edge:])[-edge:] if edge else b""
+    return {"size": size, "sha256": h.hexdigest()}, found
 
 
 def digest_path(path: str) -> dict:
@@ -384,12 +405,18 @@ def _member_ok(member: str, allowed: set[str]) -> bool:
     return not (member.startswith("/") or ".." in parts or parts[0] not in allowed)
 
 
-def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
+_LIST = ["-tvf", "-", "--quoting-style=c", "--numeric-owner"]
+
+
+def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple | None = None) -> None:
     """Refuse an archive whose members could reach outside the superblocks it fills: absolute names,
     `..`, a top-level name not in `allowed`, a path through a member that is a symlink, a hard
-    link to outside, or a device node the device policy does not allow (see IMAGE.md)."""
-    os.lseek(archive_fd, 0, os.SEEK_SET)
-    code, out, err = run([_tar(), "-tvf", "-", "--quoting-style=c", "--numeric-owner"], stdin=archive_fd)
+    link to outside, or a device node the device policy does not allow (see IMAGE.md).
+    `listed`: (status, stdout, stderr) of tar's listing of that archive, made already (ReadAhead)."""
+    if listed is None:
+        os.lseek(archive_fd, 0, os.SEEK_SET)
+        listed = run([_tar(), *_LIST], stdin=archive_fd)
+    code, out, err = listed
     if code != 0:
         raise OSError(f"archive {name} is damaged: {_last_line(err.decode(errors='replace'), 'unreadable')}")
     symlinks: set[str] = set()
@@ -431,26 +458,32 @@ def check_members(archive_fd: int, name: str, allowed: set[str]) -> None:
 
 
 def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
-                   ids: tuple[int, int] | None, chan: channel.Channel) -> None:
+                   ids: tuple[int, int] | None, ahead: tuple | None, chan: channel.Channel) -> None:
     # The caller's other fds (the filler holds a superblock's each: thousands at 10,000 mounts, still
     # its own too) go at once, with a few close_range calls: else each tar spawn (run) closes them
     # one by one, two syscalls each (glibc asks for the fd limit at every close action).
-    kernel.close_fds_except({0, 1, 2, archive_fd, chan.fileno(), *(fd for fd, _ in targets)})
+    listing = () if ahead is None else (ahead[4],)
+    kernel.close_fds_except({0, 1, 2, archive_fd, chan.fileno(), *listing, *(fd for fd, _ in targets)})
     # The size first: only a manifest's own big archives are hashed by OpenSSL (restore loads it
     # for them, tools), and one that lies about its size is refused without reading it.
-    got = {"size": os.fstat(archive_fd).st_size, "sha256": "(not read)"}
-    if got["size"] == expect.get("size"):
-        got = digest_fd(archive_fd)
+    got, xattrs = {"size": os.fstat(archive_fd).st_size, "sha256": "(not read)"}, True
+    if ahead is not None:
+        got, xattrs = ahead[0], ahead[1]
+    elif got["size"] == expect.get("size"):
+        got, xattrs = _digest(archive_fd, XATTR_WORDS)
     if got != {"size": expect.get("size"), "sha256": expect.get("sha256")}:
         raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
                       f"do not match the manifest ({expect.get('size')}, {str(expect.get('sha256'))[:16]}...)")
-    check_members(archive_fd, name, {m for _, m in targets})
+    listed = None if ahead is None else (ahead[2], read_from_start(ahead[4]), ahead[3])
+    check_members(archive_fd, name, {m for _, m in targets}, listed)
     staging = _staging(targets)
     for fd, _ in targets:
         os.close(fd)   # (attached in staging now: tar's spawn has one close action fewer each)
     os.lseek(archive_fd, 0, os.SEEK_SET)
-    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *_COMMON, "--same-owner",
-           "--delay-directory-restore"]
+    # (No xattr or ACL in the archive, checked above: the files of the new superblock have none
+    # either, so the options would only set ACLs equal to each file's mode and remove none.)
+    cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *(_COMMON if xattrs else _PLAIN),
+           "--same-owner", "--delay-directory-restore"]
     if ids is not None:
         # tar runs as them, keeping root's file capabilities; so does this helper, which only
         # waits for it now. (The change of ids cleared our parent-death signal: set again.)
@@ -463,19 +496,115 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, e
 
 
 def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]],
-            ids: tuple[int, int] | None = None) -> None:
+            ids: tuple[int, int] | None = None, ahead: tuple | None = None) -> None:
     """Check the archive against `expect` (size, sha256) and its members, then extract each member
     into the directory behind its fd (`targets`: (O_PATH fd of a directory, member name)), in a
     helper; nothing is extracted from an archive that fails a check. `ids`: (uid, gid) tar creates
-    files as (keeping root's file capabilities), for superblocks a user namespace owns."""
+    files as (keeping root's file capabilities), for superblocks a user namespace owns. `ahead`:
+    what ReadAhead.result read from `archive_fd` already (the checks then use it)."""
     clones = []
     try:
         for dir_fd, member in targets:
             clones.append((kernel.open_tree(dir_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH), member))
-        channel.call_in_child(_extract_child, clones, archive_fd, name, expect, ids)
+        channel.call_in_child(_extract_child, clones, archive_fd, name, expect, ids, ahead)
     finally:
         for fd, _ in clones:
             os.close(fd)
+
+
+# Archives read ahead up to this size only: before the manifest is checked nothing says a file is
+# one of its archives, nor how big (a huge one waits for the usual check, after the size comparison).
+AHEAD_MAX = 64 << 20
+_AHEAD_FILES = 64   # fds held by `mntcr restore` (more archives: the others get the usual checks)
+ARCHIVE_NAME = re.compile(r"^files-[0-9]{1,9}\.tar$")
+
+
+class ReadAhead:
+    """The image's archives, read by a helper while `mntcr restore` loads and checks the manifest
+    on one core: each one's size and sha256, whether it holds xattr or ACL records (XATTR_WORDS)
+    and tar's listing. The extraction children use them instead of reading each archive twice more
+    on the filler's path, once the manifest's sizes and hashes are compared with them; they come
+    from the very fd the filler extracts from. An archive not read ahead (too big, not a regular
+    file, the helper failed) gets the usual checks."""
+
+    def __init__(self, images_dir: str):
+        """Open the archives in `images_dir` and start the helper."""
+        self.fds: dict[str, int] = {}
+        self.results: dict[str, tuple] = {}
+        dir_fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            names = sorted(filter(ARCHIVE_NAME.match, os.listdir(dir_fd)), key=_dump_order)[:_AHEAD_FILES]
+        except OSError:
+            names = []
+        for name in names:
+            try:
+                fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size <= AHEAD_MAX:
+                self.fds[name] = fd
+            else:
+                os.close(fd)
+        os.close(dir_fd)
+        self.pending = channel.spawn(_read_ahead, list(self.fds.items())) if self.fds else None
+        self.parent = os.getpid()   # the helper's: the filler that reads its answers cannot reap it
+
+    def take_fd(self, name: str) -> int | None:
+        """The fd archive `name` was read ahead from (the caller owns it), or None."""
+        return self.fds.pop(name, None)
+
+    def result(self, name: str) -> tuple | None:
+        """What the helper read of archive `name`: (size/sha256, holds xattr words, tar -t's status,
+        its stderr, an fd on its stdout); waits for it. None if it did not read it, or failed."""
+        while name not in self.results and self.pending is not None:
+            try:
+                msg, fds = self.pending.recv()
+            except OSError:
+                msg, fds = ("ok", None), ()
+            if msg[0] == "ok":
+                self._end()
+                break
+            self.results[msg[1]] = (*msg[2:], fds[0])
+        return self.results.pop(name, None)
+
+    def _end(self) -> None:
+        if self.pending is not None:
+            if os.getpid() == self.parent:
+                # Killed, not waited for: a restore that failed must not wait for files of an image it
+                # refused to be hashed (it only reads; done already, it is a zombie the kill leaves).
+                os.kill(self.pending.pid, signal.SIGKILL)
+                self.pending.reap()
+            else:
+                self.pending.chan.close()
+            self.pending = None
+
+    def close(self) -> None:
+        """Close the fds not taken and the listings not used; end the helper (its parent kills and
+        reaps it, another process closes its end of the channel)."""
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds.clear()
+        for r in self.results.values():
+            os.close(r[4])
+        self.results.clear()
+        self._end()
+
+
+def _dump_order(name: str) -> tuple[int, str]:
+    """files-N.tar by N: the order the filler extracts them in."""
+    return len(name), name
+
+
+def _read_ahead(items: list[tuple[str, int]], chan: channel.Channel) -> None:
+    for name, fd in items:
+        got, xattrs = _digest(fd, XATTR_WORDS)
+        out = os.memfd_create("listing", os.MFD_CLOEXEC)
+        os.lseek(fd, 0, os.SEEK_SET)
+        code, _, err = run([_tar(), *_LIST], stdin=fd, stdout=out)
+        chan.send(("read", name, got, xattrs, code, err), [out])
+        os.close(out)
+    chan.send(("ok", None))
 
 
 def find_inode(root_fd: int, ino: int) -> str | None:

@@ -26,7 +26,7 @@ from engine import channel, content, standin
 _HELD = 2048
 
 
-def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: channel.Channel) -> None:
+def _body(plans, given, fills, empties, hostproc, mount_of, sockets, ahead, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
     # A superblock's fd stays here only until its last archive is extracted: an empty root is set
     # up as soon as the superblock exists, and one without archives is closed once sent (90,000
@@ -61,7 +61,7 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: chann
         while done < len(fills):
             if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
                 return
-            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets)
+            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, ahead)
             if closed:
                 chan.send(("filled", closed))  # ours are closed: the restorer's are the last
             done += 1
@@ -83,12 +83,14 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, chan: chann
     chan.send(("ok", None))
 
 
-def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict) -> list[str]:
+def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict,
+             ahead) -> list[str]:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
     out (`sockets`: {(archive, member): records}); close the superblocks it was the last for, and
-    return them."""
+    return them. `ahead`: a content.ReadAhead whose reading of the archive the checks use."""
     archive_fd, name, expect, spec, ids = fill
     targets = []
+    read = ahead.result(name) if ahead is not None else None
     try:
         for sid, root, member in spec:
             try:
@@ -96,7 +98,7 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
             except OSError as e:
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
-            content.extract(archive_fd, name, expect, targets, ids)
+            content.extract(archive_fd, name, expect, targets, ids, read)
             for fd, member in targets:
                 content.make_sockets(fd, sockets.get((name, member), ()), ids)
         except OSError as e:
@@ -106,6 +108,8 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
         for (fd, _), (sid, _, _) in zip(targets, spec):
             if fd != made[sid]:
                 os.close(fd)
+        if read is not None:
+            os.close(read[4])
     closed = []
     for sid, _, _ in spec:
         if last_fill.get(sid) == i and sid in made and sid not in given:
@@ -138,19 +142,22 @@ def _named(e: OSError, where: str) -> OSError:
 class Filler:
     """The restorer's side of the helper."""
 
-    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None, sockets=None):
+    def __init__(self, plans, fills, empties, given: dict[str, int], hostproc: int, where=None, sockets=None,
+                 ahead=None):
         """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
         order of first use; `given`: superblocks that exist already ({sid: fd}, e.g. attached in
         a yard), to fill only; `fills`: (archive fd, name, expected size/sha256, [(sid, root,
         member)], (uid, gid) to create its files as, or None: ours); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc;
         `where`: {sid: "mount N (PATH) on TYPE"}, to name the mount in an error; `sockets`:
-        {(archive, member): socket file records} made after the member is extracted.
+        {(archive, member): socket file records} made after the member is extracted; `ahead`: a
+        content.ReadAhead that read some of the archive fds already.
         The archive fds may be closed after this returns."""
         self.sids = {p[0] for p in plans}
         self.got: dict[str, int] = {}
         self.made = self.done = False
         self.filled: set[str] = set()  # superblocks whose files are all in (the helper closed its fd)
-        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {}, sockets or {})
+        self.pending = channel.spawn(_body, plans, given, fills, empties, hostproc, where or {}, sockets or {},
+                                     ahead)
 
     def _recv(self) -> None:
         try:

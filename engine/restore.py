@@ -173,6 +173,20 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     content.set_device_policy(devices)
     if pidfile:
         pidfile_mod.check(pidfile)  # before anything is built
+    # The archives are read (hashed, listed) on the other core while this one loads the manifest.
+    try:
+        ahead = content.ReadAhead(images_dir)
+    except OSError:
+        ahead = None    # (image.load says what is wrong with the directory)
+    try:
+        return _restore(images_dir, root, externals, pidfile, devices, daemons, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, devices: str,
+             daemons: dict[str, str] | None, ahead) -> int:
     doc = image.load(images_dir)
     # The image's filesystem types and fd kinds, before the restorer pivots away.
     fs.load(sb["fstype"] for sb in doc["superblocks"].values())
@@ -182,8 +196,10 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     _check_host_devices(doc, devices)
     _check_caps(doc)
     _check_userns_owners(doc)
-    # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach.
-    content.tools(big=any(f["size"] >= content.BIG for f in (doc.get("files") or {}).values()))
+    # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach; not for
+    # those read ahead (hashed by that helper: ~4 ms less before the fork).
+    content.tools(big=any(f["size"] >= content.BIG and (ahead is None or name not in ahead.fds)
+                          for name, f in (doc.get("files") or {}).items()))
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
@@ -219,7 +235,7 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     commit, lifeline = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
-            pid = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()),
+            pid = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()), ahead,
                               unshare_flags=kernel.CLONE_NEWNS, private=False)
         except (forkrun.ChildError, OSError, ValueError) as e:
             if interrupted:  # whatever the restorer's helpers said as they died
@@ -450,6 +466,7 @@ class _Restorer:
         self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
+        self.ahead: content.ReadAhead | None = None  # the archives `mntcr restore` had read (to the filler)
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
         self.ro_fd: dict[str, int] = {}    # their mounts, kept until seal()
@@ -712,6 +729,8 @@ class _Restorer:
             if sb.get("empty_root") is not None:
                 empties.append((sid, sb["empty_root"]))
         if not (plans or fills or empties):
+            if self.ahead is not None:
+                self.ahead.close()
             return
         afds = []
         try:
@@ -724,15 +743,19 @@ class _Restorer:
                     raise RestoreError(errno.EINVAL, f"archive {name} fills superblocks of different user "
                                                      f"namespaces ({', '.join(sorted(map(str, owners)))})")
                 owner = owners.pop()
-                afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd))
+                fd = self.ahead.take_fd(name) if self.ahead is not None else None
+                afds.append(os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW, dir_fd=self.img_fd)
+                            if fd is None else fd)
                 jobs.append((afds[-1], name, self.doc["files"][name], spec,
                              None if owner is None else self.users.writer_ids(owner)))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
                      for sid, m in users.items()}
-            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets)
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets, self.ahead)
         finally:
             for fd in afds:
                 os.close(fd)
+            if self.ahead is not None:
+                self.ahead.close()   # (our copy: the helper's answers are the filler's)
         self.filling |= {sid for spec in fills.values() for sid, _, _ in spec}
 
     def _filling_now(self) -> bool:
@@ -2011,7 +2034,7 @@ class _Restorer:
                 raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
 
 
-def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> int:
+def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int], ahead=None) -> int:
     """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
     os.close(lifeline[0])  # the committing end stays with `mntcr restore` alone
@@ -2020,20 +2043,21 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
     kernel.drop_ctty()
     out = os.environ.get("MNTCR_PROFILE")
     if not out:
-        return _restore_body(doc, img_fd, ext, lifeline[1])
+        return _restore_body(doc, img_fd, ext, lifeline[1], ahead)
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)  # before we pivot away
     import cProfile   # here, not for every restore; still before the pivot
     prof = cProfile.Profile()
     try:
-        return prof.runcall(_restore_body, doc, img_fd, ext, lifeline[1])
+        return prof.runcall(_restore_body, doc, img_fd, ext, lifeline[1], ahead)
     finally:
         prof.create_stats()
         with os.fdopen(fd, "wb") as f:
             marshal.dump(prof.stats, f)
 
 
-def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) -> int:
-    """The restorer process body (already in its own copy of the host mount namespace)."""
+def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int, ahead=None) -> int:
+    """The restorer process body (already in its own copy of the host mount namespace); `ahead`:
+    the archives read ahead (content.ReadAhead), or None."""
     kernel.set_pdeathsig(signal.SIGKILL)
     # The image (about 20 objects a mount) lives until this process ends and is never changed:
     # out of the collector's sight, a full collection does not walk it (~17 ms each at 10,000
@@ -2048,6 +2072,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     service_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     r = _Restorer(doc, img_fd, ext)
     r.service_fd = service_fd
+    r.ahead = ahead
     step("start")
     r._users_call(r.users.make_userns)
     r.start_yard()

@@ -32,6 +32,9 @@ if [ "$2" = xattrs ]; then
     setfattr -n trusted.secret -v 42 owned
     setfattr -n user.d -v 1 dir
     setfattr -h -n trusted.l -v on link
+    # ACLs (tar's other pax records): dir/file's access ACL names user 1234, dir's default one too
+    setfattr -n system.posix_acl_access -v 0sAgAAAAEABgD/////AgAEANIEAAAEAAQA/////xAABAD/////IAAEAP////8= dir/file
+    setfattr -n system.posix_acl_default -v 0sAgAAAAEABwD/////AgAFANIEAAAEAAUA/////xAABQD/////IAAAAP////8= dir
 fi
 cd /
 """
@@ -64,6 +67,9 @@ hold
     assert "./owned f 644 1234:5678" in out
     if xattrs:
         assert 'user.color="blue"' in out and 'trusted.secret="42"' in out and 'trusted.l="on"' in out
+        assert "system.posix_acl_access=" in out and "system.posix_acl_default=" in out
+    else:  # restore extracted it without tar's --xattrs and --acls (no such record in the archive)
+        assert "posix_acl" not in out and "user." not in out
     assert "a and hard share an inode" in out
     if fstype == "tmpfs":  # ramfs counts no blocks for holes either way: nothing to see there
         assert "sparse stays sparse" in out
