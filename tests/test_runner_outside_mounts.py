@@ -5,11 +5,11 @@ external and restored from there. Nothing is mounted on the host (checked)."""
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 
-from zdtm import backends, scenario, snapshot
+from test_runner_external_slavery import _outer_sh, dump_and_restore_in_keeper, started, write
+from zdtm import backends, scenario
 from zdtm.flavors import SetupError
 from zdtm.leakguard import leaked, read_mountinfo
 
@@ -29,12 +29,6 @@ setup: |
 """
 
 
-def write(tmp_path, text, name="s.yaml"):
-    p = tmp_path / name
-    p.write_text(text)
-    return str(p)
-
-
 def test_container_outside_keys(tmp_path):
     s = scenario.load(write(tmp_path, "description: d\n" + OUTSIDE)).render_all()[0]
     c = s.container
@@ -43,57 +37,24 @@ def test_container_outside_keys(tmp_path):
     assert not scenario.Container().outer
 
 
-@pytest.mark.parametrize("text, fragment", [
-    ("container: {externals: {/mnt/x: a}}\n", "key 'container.externals' needs 'container.outside'"),
-    ("container: {outside: 'true', binds: {/mnt/x: /abs}}\n", "key 'container.binds': expected a mapping"),
-    ("container: {outside: 'true', binds: {/mnt/x: ../up}}\n", "key 'container.binds': expected a mapping"),
-    ("container: {outside: 'true', externals: {rel: a}}\n", "key 'container.externals': expected a mapping"),
-    ("container: {outside: [a]}\n", "key 'container.outside' must be an sh script"),
-])
-def test_container_outside_errors(tmp_path, text, fragment):
-    with pytest.raises(scenario.ScenarioError) as e:
-        scenario.load(write(tmp_path, MINIMAL + text)).render_all()
-    assert fragment in str(e.value)
-
-
-def _outer_sh(keeper_pid, script):
-    r = subprocess.run(["nsenter", "-t", str(keeper_pid), "-m", "--", "sh", "-ec", script],
-                       capture_output=True, text=True, timeout=30)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
 @pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root")
 def test_outside_mount_is_declared_external_and_restored_from_outside(tmp_path):
     from zdtm.flavors.ns import FLAVOR as NS
-    host_before = read_mountinfo()
     s = scenario.load(write(tmp_path, "description: d\n" + OUTSIDE)).render_all()[0]
     work = str(tmp_path / "work")
-    running = NS.start(s, work)
-    restored = None
-    try:
+    with started(NS, s, work) as got:
+        running = got["running"]
         out = os.path.join(work, "outside")
         assert [(e.key, e.mountpoint, e.host_path) for e in running.externals if e.key.startswith("outside")] == \
             [("outside-mnt-ext", "/mnt/ext", os.path.join(out, "src"))]
         with open(f"/proc/{running.pid}/root/mnt/ext/f") as f:
             assert f.read() == "before\n"
-        backend = NS.backend_for(running, backends.create("mntcr"))
-        ctx = backends.Context(scenario=s, flavor=NS, log_dir=str(tmp_path / "logs"), workdir=work)
-        backend.dump(running.pid, str(tmp_path / "img"), running.externals, ctx)
-        NS.forget(running)
-        restored = backend.restore(str(tmp_path / "img"), running.externals, ctx)
+        got["restored"] = restored = dump_and_restore_in_keeper(NS, running, s, tmp_path, work)
         # the restored mounts are the outside tmpfs itself: a file written there now shows in both
-        keeper = running.handle.proc.pid
-        _outer_sh(keeper, f"echo after > {out}/src/f")
+        _outer_sh(running.handle.proc.pid, f"echo after > {out}/src/f")
         for mp in ("/mnt/ext", "/mnt/lower"):
             with open(f"/proc/{restored}/root{mp}/f") as f:
                 assert f.read() == "after\n", mp
-    finally:
-        if restored:
-            snapshot.kill_tree(restored)
-        NS.stop(running)
-    assert running.handle.proc.poll() is not None
-    assert leaked(host_before, read_mountinfo()) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root")
@@ -133,17 +94,15 @@ def test_external_file_bind_restores(tmp_path, monkeypatch, forced):
     if forced:
         monkeypatch.setenv("MNTCR_STRATEGY", forced)
     strategy.reset()
-    host_before = read_mountinfo()
     s = scenario.load(write(tmp_path, FILE_BIND)).render_all()[0]
     work = str(tmp_path / "work")
-    running = NS.start(s, work)
     try:
-        with open(f"/proc/{running.pid}/root/mnt/f") as f:
-            assert f.read() == "in-tmpfs\n"
-        # (restores and compares the states, check output included; CycleFailure otherwise)
-        assert cycle.run(s, NS.backend_for(running, backends.create("mntcr")), NS, running, work).kind == "pass"
+        with started(NS, s, work) as got:
+            with open(f"/proc/{got['running'].pid}/root/mnt/f") as f:
+                assert f.read() == "in-tmpfs\n"
+            # (restores and compares the states, check output included; CycleFailure otherwise)
+            backend = NS.backend_for(got["running"], backends.create("mntcr"))
+            assert cycle.run(s, backend, NS, got["running"], work).kind == "pass"
     finally:
-        NS.stop(running)
         monkeypatch.delenv("MNTCR_STRATEGY", raising=False)
         strategy.reset()
-    assert leaked(host_before, read_mountinfo()) == []
