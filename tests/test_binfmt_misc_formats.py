@@ -4,8 +4,12 @@ file read back into the line `register` takes, the F flag refused, and the image
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
+import enginecase
+from enginecase import case, mntcr  # noqa: F401  (fixture)
 from engine import imageformat
 from engine.image import ImageError
 from engine.fs import FsError
@@ -78,3 +82,30 @@ def test_payload_on_another_type_is_refused():
     sb = {"fstype": "proc", "source": "proc", "super_opts": ["rw"], "payload": GOOD, "pidns": "pid-1"}
     with pytest.raises(ImageError, match="carries no payload"):
         imageformat._check_superblocks({"sb-1": sb}, {}, {"pid-1": {}}, {}, {})
+
+
+FIX_BINARY = enginecase.STOP_WATCH + """
+mkdir -p /run/binfmt
+unshare -Urm --propagation unchanged sh -ec '
+    mount -t binfmt_misc none /run/binfmt
+    printf "%s" ":zdtm_fix:E::zfix::/bin/sh:F" > /run/binfmt/register
+    touch /run/ready; exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+wait_for /run/ready
+hold
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_fix_binary_format_refused_before_the_stop(case):
+    """A user namespace's own binfmt_misc holding a format with flag F: refused by the probe that
+    runs on the running tree (engine/prestop.py), one line naming the format; never stopped."""
+    from zdtm.schema import kernel_in_range
+    if "binfmt_misc" not in open("/proc/filesystems").read() or not kernel_in_range(os.uname().release, ">=6.7"):
+        pytest.skip("no binfmt_misc instance of a user namespace's own here (Linux >= 6.7)")
+    pid = case.start(FIX_BINARY)
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), "--external", "mnt[/usr]:usr",
+              "--external", "mnt[/etc]:etc")
+    assert r.returncode != 0, "dump accepted a format restore cannot register"
+    assert "binfmt_misc format zdtm_fix: flag F" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
