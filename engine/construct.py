@@ -1281,11 +1281,16 @@ def in_yard(r, path: str, name: str, private: bool) -> int:
     that later clones can start from (before 5.12 or so open_tree clones only mounts of the caller's
     namespace, not a detached clone); returns an fd on it."""
     import os
+    import stat
 
     from engine import kernel
     fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
     try:
-        os.mkdir(name, 0o700, dir_fd=r.yard)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.mkdir(name, 0o700, dir_fd=r.yard)
+        else:
+            # a file bind (CRIU's mnt_ext_file_bind_auto) is attached on a file, never on a directory
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600, dir_fd=r.yard))
         kernel.move_mount(fd, "", r.yard, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
         if private:
             os.fchdir(r.hostproc)  # the host /proc's self/fd/N names the mount itself

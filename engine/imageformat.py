@@ -789,6 +789,8 @@ SUPERBLOCK = Record("superblock", {
     "layers": F(OPT_LIST, required=False, rule=list_of(record(LAYER), MAX_LAYERS, DICT)),
     "pidns": F(OPT_STR, required=False, rule=pattern(_NS_ID, "a namespace id")),
     "input": F(OPT_DICT, required=False, rule=record(INPUT)),   # a daemon type's source file
+    # What the type's probe recorded beyond files and options (binfmt_misc formats): its module checks it.
+    "payload": F(OPT_DICT, required=False),
     # The user namespace that made it (absent: the restorer's); restore makes it from inside.
     "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
@@ -1182,7 +1184,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                 _fail(f"mount {m['id']}: root {m['root']!r} is no path; only an external mount may have that")
         if external or handler is None:
             if layers is not None or (device or {}).get("loop") or (device or {}).get("key") \
-                    or sb.get("input") is not None:
+                    or sb.get("input") is not None or sb.get("payload") is not None:
                 _fail(f"{what}: an external superblock is bound from the host path given at restore; "
                       "it has no device or layers to create it from")
             continue
@@ -1211,6 +1213,8 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             if base is None or base.get("external") or base_type is None or not base_type.content \
                     or inp["sb"] == sid:
                 _fail(f"{what}: its input file must lie on a tmpfs or ramfs of the image (not {inp['sb']!r})")
+        if sb.get("payload") is not None and (bad := handler.check_payload(what, sb)):
+            _fail(bad)
         if handler.ns_key == "pidns" and sid in used_sbs and not sb.get("pidns"):
             _fail(f"{what}: a proc superblock needs its pid namespace")
     for name, limit in archive_bytes.items():

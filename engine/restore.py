@@ -800,7 +800,10 @@ class _Restorer:
             step("seal")
 
     def _settle(self, sid: str, fd: int) -> int:
-        """A new superblock's mount as a clone source: as is, or attached in the yard (older kernels)."""
+        """A new superblock's mount as a clone source, given what its type recorded beyond files and
+        options (FsType.fill): as is, or attached in the yard (older kernels)."""
+        sb = self.doc["superblocks"][sid]
+        fs.lookup(sb["fstype"]).fill(sb, fd, f"superblock {sid} ({sb['fstype']})")
         if self.yard is not None:
             os.mkdir(sid, 0o700, dir_fd=self.yard)
             kernel.move_mount(fd, "", self.yard, sid, kernel.MOVE_MOUNT_F_EMPTY_PATH)

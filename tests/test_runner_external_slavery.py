@@ -7,6 +7,7 @@ mounted on the host (the tests check the host's mountinfo is unchanged).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 
@@ -50,6 +51,12 @@ def test_container_key_values(tmp_path, text, root, dirs):
     ("container: {host_dirs: [var]}\n", "key 'container.host_dirs': bad value ['var']"),
     ("container: {rooot: slave}\n", "unknown key 'container.rooot'; allowed: root, host_dirs"),
     ("container: slave\n", "key 'container' must be a mapping"),
+    # mounts made outside the tree (tests/test_runner_outside_mounts.py)
+    ("container: {externals: {/mnt/x: a}}\n", "key 'container.externals' needs 'container.outside'"),
+    ("container: {outside: 'true', binds: {/mnt/x: /abs}}\n", "key 'container.binds': expected a mapping"),
+    ("container: {outside: 'true', binds: {/mnt/x: ../up}}\n", "key 'container.binds': expected a mapping"),
+    ("container: {outside: 'true', externals: {rel: a}}\n", "key 'container.externals': expected a mapping"),
+    ("container: {outside: [a]}\n", "key 'container.outside' must be an sh script"),
 ])
 def test_container_key_errors(tmp_path, text, fragment):
     with pytest.raises(scenario.ScenarioError) as e:
@@ -109,18 +116,44 @@ def _outer_sh(keeper_pid, script):
     return r.stdout
 
 
+@contextlib.contextmanager
+def started(ns, s, work):
+    """{"running": ns.start(s, work), "restored": None}; on the way out the restored tree (its pid
+    put there) is killed, the place stopped, and the keeper must be gone and the host's mounts as
+    they were."""
+    host_before = read_mountinfo()
+    got = {"running": ns.start(s, work), "restored": None}
+    try:
+        yield got
+    finally:
+        if got["restored"]:
+            snapshot.kill_tree(got["restored"])
+        ns.stop(got["running"])
+    assert got["running"].handle.proc.poll() is not None
+    assert leaked(host_before, read_mountinfo()) == []
+
+
+def dump_and_restore_in_keeper(ns, running, s, tmp_path, work) -> int:
+    """Dump the tree here, restore it through the flavor's backend (in the keeper's namespace); the
+    restored pid. The keeper must hold its namespace past the dump."""
+    backend = ns.backend_for(running, backends.create("mntcr"))
+    ctx = backends.Context(scenario=s, flavor=ns, log_dir=str(tmp_path / "logs"), workdir=work)
+    backend.dump(running.pid, str(tmp_path / "img"), running.externals, ctx)
+    ns.forget(running)
+    assert running.handle.proc.poll() is None, "the keeper must hold the outside groups until stop()"
+    return backend.restore(str(tmp_path / "img"), running.externals, ctx)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root")
 def test_root_and_host_dirs_are_slaves_of_the_keepers_groups_and_stay_so_after_restore(tmp_path):
     from engine import features
     from zdtm.flavors.ns import FLAVOR as NS, ROOT_KEY
     if not features.available()["MOVE_MOUNT_SET_GROUP"].present:
         pytest.skip("kernel lacks MOVE_MOUNT_SET_GROUP (restoring slaves needs it)")
-    host_before = read_mountinfo()
     s = scenario.load(write(tmp_path, MINIMAL + "container: {root: slave, host_dirs: [usr]}\n")).render_all()[0]
     work = str(tmp_path / "work")
-    running = NS.start(s, work)
-    restored = None
-    try:
+    with started(NS, s, work) as got:
+        running = got["running"]
         keeper = running.handle.proc.pid
         outer = os.path.join(work, "outer")
         assert [(e.key, e.mountpoint, e.host_path) for e in running.externals][0] == (ROOT_KEY, "/", outer)
@@ -133,24 +166,12 @@ def test_root_and_host_dirs_are_slaves_of_the_keepers_groups_and_stay_so_after_r
         kgroups = {r[4]: [o for o in r[6:r.index("-")] if o.startswith("shared:")] for r in krows}
         assert kgroups[outer] == ["shared:" + root_master.split(":")[1]]
         assert kgroups["/usr"] == ["shared:" + usr_master.split(":")[1]]
-        # dump here, restore through the flavor's backend (in the keeper's namespace)
-        backend = NS.backend_for(running, backends.create("mntcr"))
-        ctx = backends.Context(scenario=s, flavor=NS, log_dir=str(tmp_path / "logs"), workdir=work)
-        backend.dump(running.pid, str(tmp_path / "img"), running.externals, ctx)
-        NS.forget(running)
-        assert running.handle.proc.poll() is None, "the keeper must hold the outside groups until stop()"
-        restored = backend.restore(str(tmp_path / "img"), running.externals, ctx)
+        got["restored"] = restored = dump_and_restore_in_keeper(NS, running, s, tmp_path, work)
         rows = _mountinfo(restored)
         assert _master_of(rows, "/") == root_master and _master_of(rows, "/usr") == usr_master
         # events in the outside group reach the restored root (it really is a slave there)
         _outer_sh(keeper, f"mkdir -p {outer}/late && mount -t tmpfs zdtm-late {outer}/late")
         assert any(r[4] == "/late" and "zdtm-late" in r for r in _mountinfo(restored))
-    finally:
-        if restored:
-            snapshot.kill_tree(restored)
-        NS.stop(running)
-    assert running.handle.proc.poll() is not None
-    assert leaked(host_before, read_mountinfo()) == []
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root")

@@ -81,15 +81,28 @@ class Container:
     outside the dumped tree (in a mount namespace the runner made, never the
     host's), like an LXC container on a host whose / is shared. The host dirs in
     `slave_host_dirs` are bound in as slaves of such outside groups too.
+    `outside` runs in that namespace first and mounts what `binds` then binds
+    into the container; `externals` are the container's mounts declared
+    external to the backend (CRIU's --external mnt[MOUNTPOINT]:KEY), each
+    restored from its outside path (mnt[KEY]:PATH).
     """
 
     root: str = "private"                    # "private" | "slave"
     slave_host_dirs: tuple[str, ...] = ()
+    outside: str = ""                        # sh making mounts outside the container ($OUT)
+    binds: tuple[tuple[str, str], ...] = ()       # (mount point in the container, path under $OUT)
+    externals: tuple[tuple[str, str], ...] = ()   # (mount point declared external, path under $OUT)
 
     @property
     def external_slavery(self) -> bool:
         """Whether some container mount has a master outside the tree."""
         return self.root == "slave" or bool(self.slave_host_dirs)
+
+    @property
+    def outer(self) -> bool:
+        """Whether the flavor makes a mount namespace outside the container (CRIU's zdtm tests with
+        mounts made outside the test's namespace: mnt_ext_*)."""
+        return self.external_slavery or bool(self.outside.strip())
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ TOP_KEYS = {
     "flavors": "list of flavors this scenario runs in: ns, vm",
     "timeout": "seconds for the whole scenario (number, default 60)",
     "iters": "minimum number of dump/restore iterations (integer, default 1)",
-    "container": "mapping with root, host_dirs: how the flavor builds the container (default: all private)",
+    "container": "mapping with root, host_dirs, outside, binds, externals: how the flavor builds the container "
+                 "(default: all private)",
     "fuse_restart": "mapping SUBTYPE: COMMAND the mntcr backend's restore gives as --fuse-restart (engine/fs/fuse.py)",
     "server": "mapping with start, stop: sh of a server outside the tree, run in a network and mount namespace of "
               "its own that the container, dump and restore share (zdtm/fsserver.py)",
@@ -38,6 +39,12 @@ REQUIRES_KEYS = {
 CONTAINER_KEYS = {
     "root": "private (default) | slave: the container root is a slave of a peer group outside the tree",
     "host_dirs": "private (default) | slave | list of host dirs (usr, etc...) bound in as slaves of outside groups",
+    "outside": "sh run before the container is built, in the runner's mount namespace outside it (its own, never "
+               "the host's), with $OUT an empty directory there: mounts the tree will see from outside",
+    "binds": "mapping MOUNTPOINT: PATH (relative to $OUT): bound into the container root before setup runs",
+    "externals": "mapping MOUNTPOINT: PATH (relative to $OUT): the container's mount at MOUNTPOINT (a bind, or "
+                 "one setup made) declared external to the backend, restored from $OUT/PATH "
+                 "(criu --external mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore)",
 }
 HOST_DIRS = ("usr", "bin", "lib", "lib64", "sbin", "etc")
 PROPAGATIONS = ("private", "slave")
@@ -165,7 +172,8 @@ def _strategy(path, lines, error, value) -> tuple[str, ...]:
 
 
 def _container(path, lines, error, value):
-    """`container: {root: private|slave, host_dirs: private|slave|[names]}` -> Container."""
+    """`container: {root: private|slave, host_dirs: private|slave|[names], outside: SH,
+    binds: {MOUNTPOINT: PATH}, externals: {MOUNTPOINT: PATH}}` -> Container."""
     from zdtm.scenario import Container
     value = value or {}
     root = value.get("root", "private")
@@ -182,7 +190,23 @@ def _container(path, lines, error, value):
     else:
         raise error(path, f"key 'container.host_dirs': bad value {dirs!r}; allowed: {_allowed(PROPAGATIONS)} "
                           f"or a list of: {_allowed(HOST_DIRS)}", lines.get("container.host_dirs"))
-    return Container(root=root, slave_host_dirs=slave_dirs)
+    outside = value.get("outside", "")
+    if not isinstance(outside, str):
+        raise error(path, "key 'container.outside' must be an sh script", lines.get("container.outside"))
+    maps = {}
+    for key in ("binds", "externals"):
+        m = value.get(key) or {}
+        if not isinstance(m, dict) or not all(
+                isinstance(k, str) and k.startswith("/") and k != "/" and isinstance(v, str) and v
+                and not v.startswith("/") and ".." not in v.split("/") for k, v in m.items()):
+            raise error(path, f"key 'container.{key}': expected a mapping MOUNTPOINT: PATH (an absolute mount "
+                              "point in the container, a path relative to $OUT)", lines.get(f"container.{key}"))
+        if m and not outside.strip():
+            raise error(path, f"key 'container.{key}' needs 'container.outside' (which makes what it names)",
+                        lines.get(f"container.{key}"))
+        maps[key] = tuple(m.items())
+    return Container(root=root, slave_host_dirs=slave_dirs, outside=outside, binds=maps["binds"],
+                     externals=maps["externals"])
 
 
 def _expectation(path, lines, error, key, value):

@@ -289,12 +289,19 @@ def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
     labelled in `ignore` (or beneath them) and those on no mount of the tree."""
     from engine import kernel
     out = set()
+
+    def ignored(label: str) -> bool:
+        # A process whose root hides a host mount (chroot) sees it as another namespace's: the same
+        # host mount, where a stand-in maps its own interpreter and libraries too.
+        bare = label.removeprefix("other-ns:")
+        return any(bare == i or bare.startswith(i.rstrip("/") + "/") for i in ignore)
+
     # /proc/PID/exe too: a stand-in makes the original its own (engine/mappings.py become_exe).
     links = [f"/proc/{pid}/map_files/{n}" for n in os.listdir(f"/proc/{pid}/map_files")]
     try:
         path = os.readlink(f"/proc/{pid}/exe")
         label = _where(canon, kernel.statx_mnt_id(f"/proc/{pid}/exe"), elsewhere)
-        if label != "detached" and not any(label == i or label.startswith(i.rstrip("/") + "/") for i in ignore):
+        if label != "detached" and not ignored(label):
             out.add(f"exe {path} mnt={label}")
     except OSError:
         pass
@@ -306,7 +313,7 @@ def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
             continue
         # A stand-in's interpreter may live outside the tree altogether ("detached": on no mount of
         # the tree's namespaces); mappings there are not compared (nor restored: engine/mappings.py).
-        if label == "detached" or any(label == i or label.startswith(i.rstrip("/") + "/") for i in ignore):
+        if label == "detached" or ignored(label):
             continue
         out.add(f"{path} mnt={label}")
     return sorted(out)

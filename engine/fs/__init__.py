@@ -248,7 +248,17 @@ class FsType:
     def probe(self, sid: str, mid: int, mount_fd: int, plan) -> None:
         """With a detached clone `mount_fd` of mount `mid`: record what the type needs (its namespace)."""
 
+    def check_payload(self, what: str, sb: dict) -> str | None:
+        """Validate sb["payload"] (what `probe` recorded beyond files and options) of an untrusted
+        image: None when restore may `fill` it in, else why not (default: the type has none)."""
+        return f"{what}: a {self.name} superblock carries no payload"
+
     # -- restore hooks ----------------------------------------------------------------
+
+    def fill(self, sb: dict, mount_fd: int, where: str) -> None:
+        """Give a superblock restore has just made what dump recorded of it that is neither files nor
+        options (sb["payload"], checked by `check_payload`), through `mount_fd`, its new detached
+        mount (binfmt_misc: registered formats). Default: nothing."""
 
     def made_from(self, sb: dict, mounts: dict) -> set[str]:
         """Superblock ids `create` reads from (a device's backing file, layers): their fds stay open

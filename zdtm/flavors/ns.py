@@ -29,6 +29,14 @@ WORKDIR/outer), and the backend's restore runs inside the keeper's namespace
 engine joins the restored root to its master through them. The keeper stays
 alive until `stop()`, because its namespace holds the outside groups.
 
+Mounts made outside the tree (`container: {outside: SH, binds: {MOUNTPOINT:
+PATH}, externals: {MOUNTPOINT: PATH}}`, CRIU's mnt_ext_* tests): the keeper
+makes the same namespace of its own and runs SH there with $OUT
+(WORKDIR/outside); the container's init binds $OUT/PATH at each MOUNTPOINT of
+`binds` in the new root before setup runs; each mount point of `externals` is
+declared external (key `outside-MOUNT-POINT`, host path $OUT/PATH) and restored
+inside the keeper's namespace, where that path is.
+
 Setup's stdout/stderr are a pipe to the runner (its output is shown when setup
 fails); the holder moves its own stdio to the container's /dev/null, and the
 runner waits for the pipe to close, so no process of the tree points outside
@@ -62,6 +70,7 @@ SETUP_FAILED = 125
 
 
 OUTER_DIR = "outer"          # WORKDIR/outer: the outside root's mount point in the keeper's namespace
+OUTSIDE_DIR = "outside"      # WORKDIR/outside: $OUT of `container.outside`, in the keeper's namespace
 ROOT_KEY = "rootfs"          # external key of the container root when it is a slave of the outside
 
 
@@ -98,6 +107,35 @@ def _make_outer(outer_root: str | None, slave_dirs: list[str]) -> None:
         # A self-bind makes /NAME a mount root (MOVE_MOUNT_SET_GROUP needs one) with a group of its own.
         kernel.mount("/" + name, "/" + name, None, kernel.MS_BIND)
         kernel.mount(None, "/" + name, None, kernel.MS_SHARED)
+
+
+def _run_outside(script: str, out_dir: str) -> bool:
+    """In the keeper's own namespace: the scenario's `container.outside` script with $OUT; its output
+    goes to the keeper's log (shown when it fails). Whether it succeeded."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "OUT": out_dir, "LANG": "C"}
+    done = subprocess.run(["/bin/sh", "-ec", script], env=env, stdin=subprocess.DEVNULL, stdout=2, stderr=2,
+                          check=False)
+    if done.returncode:
+        print(f"zdtm ns flavor: container.outside exited with status {done.returncode}", file=sys.stderr,
+              flush=True)
+    return done.returncode == 0
+
+
+def _bind_outside(root: str, sources: list[tuple[str, int]]) -> None:
+    """Bind each (mount point, O_PATH fd of its source under $OUT) into the container root at `root`
+    (not recursively, as CRIU's tests do), making the mount point like its source (a directory or a
+    file). Through the fds: the new root may be a tmpfs on /tmp, which hides $OUT when the work
+    directory lies beneath /tmp."""
+    from engine import kernel
+    for mountpoint, fd in sources:
+        target = os.path.join(root, mountpoint.lstrip("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.makedirs(target, exist_ok=True)
+        elif not os.path.exists(target):
+            open(target, "w").close()
+        kernel.mount(f"/proc/self/fd/{fd}", target, None, kernel.MS_BIND)
+        os.close(fd)
 
 
 # --- inside: the container's init ------------------------------------------
@@ -146,7 +184,9 @@ def _container_init(cfg: dict, out_fd: int) -> None:
         socket.sethostname("zdtm")
         # the outside tmpfs (a slave here) or a tmpfs on /tmp, hidden by the new root in this namespace
         staging = outer_root or "/tmp"
+        sources = [(mp, os.open(src, os.O_PATH | os.O_CLOEXEC)) for mp, src in cfg.get("outside_binds", ())]
         _build_root(staging, fresh=not outer_root)
+        _bind_outside(staging, sources)
         os.chdir(staging)
         kernel.pivot_root(".", ".")
         kernel.umount2(".", kernel.MNT_DETACH)
@@ -179,6 +219,8 @@ def keeper_main(config_path: str) -> int:
     out_fd = cfg["out_fd"]
     if cfg.get("outer"):
         _make_outer(cfg.get("outer_root"), cfg.get("slave_dirs", []))
+        if cfg.get("outside") and not _run_outside(cfg["outside"], cfg["outside_dir"]):
+            return SETUP_FAILED
     kernel.unshare(kernel.CLONE_NEWPID)
     sys.stdout.flush()
     pid = os.fork()
@@ -275,13 +317,20 @@ class NsFlavor:
         cfg = {"setup": scenario.setup, "out_fd": out_w, "run_id": cgroups.new_tag()}
         externals = host_externals()
         container = getattr(scenario, "container", None)
-        outer = bool(container and container.external_slavery)
+        outer = bool(container and container.outer)
         if outer:
             cfg.update(outer=True, slave_dirs=_bound_dirs(container.slave_host_dirs))
             if container.root == "slave":
                 cfg["outer_root"] = os.path.join(os.path.abspath(workdir), OUTER_DIR)
                 os.makedirs(cfg["outer_root"], exist_ok=True)
                 externals.insert(0, External(key=ROOT_KEY, mountpoint="/", host_path=cfg["outer_root"]))
+            if container.outside.strip():
+                out = cfg["outside_dir"] = os.path.join(os.path.abspath(workdir), OUTSIDE_DIR)
+                os.makedirs(out, exist_ok=True)
+                cfg["outside"] = container.outside
+                cfg["outside_binds"] = [(mp, os.path.join(out, rel)) for mp, rel in container.binds]
+                externals += [External(key="outside" + mp.replace("/", "-"), mountpoint=mp,
+                                       host_path=os.path.join(out, rel)) for mp, rel in container.externals]
         with open(config, "w") as f:
             json.dump(cfg, f)
         log = os.open(os.path.join(workdir, "keeper.log"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC,
