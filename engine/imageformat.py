@@ -637,7 +637,7 @@ PROCESS = Record("process", {
     "fds": F(LIST),                                           # FD records, checked with their count
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
     "maps": F(LIST, required=False, rule=list_of(record(MAP_LOC), MAX_FDS, DICT)),
-    "exe": F(DICT, required=False, rule=record(LOC)),
+    "exe": F(DICT, required=False, rule=record(MAP_LOC)),   # (a deleted one: its mapping's ghost)
     # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),
@@ -1353,6 +1353,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             if p["exe"].get("detached"):
                 _fail(f"{what}: an executable on a detached mount")
             _check_loc(p["exe"], mounts, detached, f"{what} executable")
+            _check_ghost_ref(doc, p["exe"], mounts, f"{what} executable")
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"

@@ -1936,7 +1936,9 @@ class _Restorer:
         if "exe" in p:
             e = p["exe"]
             try:
-                fd = self.open_at(e["mnt"], e["path"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+                flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+                fd = (self._open_ghost(e["ghost"], flags, e["mnt"], e["path"]) if e.get("ghost")
+                      else self.open_at(e["mnt"], e["path"], flags))
             except OSError as err:
                 raise RestoreError(err.errno, f"{where}: executable {e['path']} on mount {e['mnt']}: "
                                               f"{err.strerror or err}") from None
