@@ -130,6 +130,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     pids = [p for p, _ in tree]
     _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs)
     freeze.refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
+    freeze.refuse_traced(tree)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
     resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
@@ -139,6 +140,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     try:
         freeze.wait_stopped(pids)
         freeze.refuse_zombies(tree)
+        freeze.refuse_traced(tree)
         # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
