@@ -146,6 +146,9 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         # --leave-running (such an fd is refused then).
         takes = None if leave_running else []
         doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes)
+        for p in doc["processes"]:
+            if p["pid"] not in resume:
+                p["stopped"] = True   # (restore stops it again once the tree lives)
         for take in takes or ():
             try:
                 take(doc)

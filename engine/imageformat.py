@@ -638,6 +638,7 @@ PROCESS = Record("process", {
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
     "maps": F(LIST, required=False, rule=list_of(record(MAP_LOC), MAX_FDS, DICT)),
     "exe": F(DICT, required=False, rule=record(MAP_LOC)),   # (a deleted one: its mapping's ghost)
+    "stopped": F(BOOL, required=False),                       # stopped (SIGSTOP, Ctrl-Z) before the dump
     # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),

@@ -219,8 +219,8 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     commit, lifeline = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
-            pid = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()),
-                              unshare_flags=kernel.CLONE_NEWNS, private=False)
+            pid, stopped = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()),
+                                       unshare_flags=kernel.CLONE_NEWNS, private=False)
         except (forkrun.ChildError, OSError, ValueError) as e:
             if interrupted:  # whatever the restorer's helpers said as they died
                 raise KeyboardInterrupt from None
@@ -253,6 +253,9 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     # ignored in this process (the CLI prints the pid and exits 0).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _commit(commit, pid, pidfile, doc["processes"][0]["pid"])
+    # Processes that were stopped at dump stop again, now that every stand-in took its last steps.
+    for p in stopped:
+        os.kill(p, signal.SIGSTOP)
     return pid
 
 
@@ -2013,8 +2016,9 @@ class _Restorer:
                 raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
 
 
-def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> int:
-    """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
+def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int]) -> tuple[int, list[int]]:
+    """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks). Returns
+    the root stand-in's pid and those of the processes stopped at dump (stopped after the commit)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
     os.close(lifeline[0])  # the committing end stays with `mntcr restore` alone
     # An fd on an image's tty node (5:0, kind file) would be the terminal `mntcr restore` runs in
@@ -2034,7 +2038,7 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
             marshal.dump(prof.stats, f)
 
 
-def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) -> int:
+def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) -> tuple[int, list[int]]:
     """The restorer process body (already in its own copy of the host mount namespace)."""
     kernel.set_pdeathsig(signal.SIGKILL)
     # The image (about 20 objects a mount) lives until this process ends and is never changed:
@@ -2068,4 +2072,4 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int) ->
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore
-    return r.hostpid[doc["processes"][0]["pid"]]
+    return r.hostpid[doc["processes"][0]["pid"]], [r.hostpid[p["pid"]] for p in doc["processes"] if p.get("stopped")]
