@@ -823,6 +823,7 @@ MANIFEST = Record("manifest", {
     "pidns": F(DICT),
     "processes": F(LIST),
     "hostnames": F(DICT, required=False),
+    "domainnames": F(DICT, required=False),                   # {uts ns: NIS domain name}, only those set
     "detached": F(OPT_DICT, required=False),
     "files": F(OPT_DICT, required=False),
     "ghosts": F(OPT_DICT, required=False),                    # {g-N: GHOST}: deleted files and mount roots
@@ -1406,11 +1407,12 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
-    for uts, name in (doc.get("hostnames") or {}).items():
-        if uts not in uts_used:
-            _fail(f"hostname for {str(uts)[:40]!r}, a uts namespace no process is in")
-        if type(name) is not str or strlen(MAX_HOSTNAME)(name):
-            _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+    for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
+        for uts, name in (doc.get(key) or {}).items():
+            if uts not in uts_used:
+                _fail(f"{what} for {str(uts)[:40]!r}, a uts namespace no process is in")
+            if type(name) is not str or strlen(MAX_HOSTNAME)(name):
+                _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
 
 
 class _Refs:

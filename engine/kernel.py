@@ -271,6 +271,22 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_syscall(NR["pivot_root"], _b(new_root), _b(put_old)), lambda: f"pivot_root({new_root!r}, {put_old!r})")
 
 
+def domainname() -> str:
+    """The NIS domain name of our UTS namespace (getdomainname(2)); "(none)" when never set."""
+    buf = ctypes.create_string_buffer(65)
+    _check(_libc.getdomainname(buf, ctypes.c_size_t(64)), "getdomainname")
+    return buf.value.decode("utf-8", "surrogateescape")
+
+
+def set_uts_names(hostname: str, domain: str | None) -> None:
+    """sethostname(2), and setdomainname(2) when `domain` is given."""
+    import _socket   # (not socket.py: its enum classes cost a stand-in ~7 ms, engine/channel.py)
+    _socket.sethostname(hostname)
+    if domain is not None:
+        raw = domain.encode("utf-8", "surrogateescape")
+        _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
+
+
 def setns(fd: int, nstype: int = 0) -> None:
     """setns(2). Entering a mount namespace needs a single-threaded caller."""
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")

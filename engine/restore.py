@@ -536,7 +536,7 @@ class _Restorer:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
             # Namespaces another user namespace made: made there now, joined below (engine/userns_cr.py).
-            self._users_call(self.users.premade, p, self.nsfd_of, self.doc.get("hostnames", {}), self.hostproc)
+            self._users_call(self.users.premade, p, self.nsfd_of, self._uts_names, self.hostproc)
             if parent is None:
                 mode = "same" if "pid" in p.get("host_ns", ()) else \
                     "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
@@ -590,9 +590,9 @@ class _Restorer:
                     action, fds = "join", [self.nsfd_of[(kind, nsid)]]
                 else:
                     action, fds = "new", []
-                hostname = self.doc.get("hostnames", {}).get(nsid) if kind == "uts" and action == "new" else None
+                names = self._uts_names(nsid) if kind == "uts" and action == "new" else None
                 if action:
-                    ours.call(("ns", kind, action, hostname), fds)
+                    ours.call(("ns", kind, action, names), fds)
                 if (kind, nsid) not in self.nsfd_of:
                     self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         for fd in own.values():
@@ -1442,6 +1442,11 @@ class _Restorer:
         self.ext_src.clear()
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         self.current_ns = None
+
+    def _uts_names(self, nsid: str) -> tuple[str, str | None] | None:
+        """(hostname, NIS domain name or None) a new UTS namespace `nsid` gets; None: none recorded."""
+        host = (self.doc.get("hostnames") or {}).get(nsid)
+        return None if host is None else (host, (self.doc.get("domainnames") or {}).get(nsid))
 
     @staticmethod
     def _users_call(fn, *args) -> None:

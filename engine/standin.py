@@ -331,14 +331,14 @@ class _Server:
         return None
 
     def op_ns(self, msg, fds):
-        """A new namespace of a kind, or join fds[0]; and a hostname."""
-        _, kind, action, hostname = msg
+        """A new namespace of a kind, or join fds[0]; and a (hostname, domain name or None)."""
+        _, kind, action, names = msg
         if action == "new":
             kernel.unshare(NS_FLAGS[kind])
         elif action == "join":
             kernel.setns(fds[0], NS_FLAGS[kind])
-        if hostname is not None:
-            _socket.sethostname(hostname)
+        if names is not None:
+            kernel.set_uts_names(*names)
         return None
 
     def op_fsmount(self, msg, fds):
