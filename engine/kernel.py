@@ -647,6 +647,21 @@ def read_caps(pid: int) -> dict[str, int]:
     return {k[3:].lower(): int(v, 16) for k, v in got.items()}
 
 
+def read_fs_bits(pid: int) -> dict:
+    """{"umask": its umask, "no_new_privs": True when set} of `pid` (/proc/PID/status)."""
+    got = proc_status(pid, {"Umask", "NoNewPrivs"})
+    out = {"umask": int(got["Umask"], 8)} if "Umask" in got else {}
+    if got.get("NoNewPrivs", "").strip() == "1":
+        out["no_new_privs"] = True
+    return out
+
+
+def set_no_new_privs() -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS, 1): never undone, inherited by every thread made after."""
+    _check(_libc.prctl(38, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+           "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
 def _cap_buffers():
     """A capget/capset header (_LINUX_CAPABILITY_VERSION_3, this process) and its two data words."""
     return _CapHeader(0x20080522, 0), (_CapData * 2)()

@@ -47,6 +47,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "fds": [],
             "comm": kernel.read_comm(pid),
             "caps": kernel.read_caps(pid),
+            **kernel.read_fs_bits(pid),
         }
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)

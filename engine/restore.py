@@ -2010,7 +2010,8 @@ class _Restorer:
             chan = self.chans[p["pid"]]
             why = None
             try:
-                chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()]),
+                chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
+                           {k: p[k] for k in ("umask", "no_new_privs") if k in p}),
                           [lifeline] if p is procs[0] else [])
                 if p is not procs[0]:
                     chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
