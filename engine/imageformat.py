@@ -45,8 +45,8 @@ from collections.abc import Callable
 from operator import itemgetter
 from engine import records
 
-from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS, NS_KINDS, USERNS_LIMITS,
-                          VERSION, ImageError, check_abs_path, is_beneath)
+from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS, NS_KINDS, RLIMITS,
+                          USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -641,6 +641,10 @@ PROCESS = Record("process", {
     "stopped": F(BOOL, required=False),                       # stopped (SIGSTOP, Ctrl-Z) before the dump
     "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
+    # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
+    "rlimits": F(DICT, required=False, rule=lambda v: None if all(
+        k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)
+        for k, x in v.items()) else "must map resource names to [soft, hard]"),
     # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),

@@ -656,6 +656,39 @@ def read_fs_bits(pid: int) -> dict:
     return out
 
 
+# (their numbers in the kernel's order; engine/image.py RLIMITS names the same)
+_RLIMIT_NR = {name: i for i, name in enumerate(("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE",
+                                                "MEMLOCK", "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO",
+                                                "RTTIME"))}
+
+
+def read_rlimits(pid) -> dict[str, list[int]]:
+    """{NAME: [soft, hard]} of every resource limit of `pid` (-1: unlimited), from /proc/PID/limits
+    (prlimit(2) would need CAP_SYS_RESOURCE for another user's process). Its rows come in the
+    kernel's order, the columns where its header puts them."""
+    with open(f"/proc/{pid}/limits") as f:
+        head, *rows = f.read().splitlines()
+    soft_at, hard_at, units_at = head.index("Soft Limit"), head.index("Hard Limit"), head.index("Units")
+    names = sorted(_RLIMIT_NR, key=_RLIMIT_NR.get)
+    value = lambda s: -1 if s.strip() == "unlimited" else int(s)   # noqa: E731
+    return {name: [value(row[soft_at:hard_at]), value(row[hard_at:units_at])] for name, row in zip(names, rows)}
+
+
+def set_rlimits(limits: dict[str, list[int]]) -> None:
+    """setrlimit(2) each of `limits` ({NAME: [soft, hard]}) on ourselves: lowering always works,
+    raising a hard limit needs CAP_SYS_RESOURCE."""
+    import resource
+    for name, (soft, hard) in sorted(limits.items()):
+        try:
+            resource.setrlimit(_RLIMIT_NR[name], (soft, hard))
+        except (OSError, ValueError) as e:
+            have = resource.getrlimit(_RLIMIT_NR[name])
+            raise OSError(getattr(e, "errno", None) or errno.EINVAL,
+                          f"its resource limit {name} ({soft}, {hard}; the restorer's {have[0]}, {have[1]}): "
+                          f"{getattr(e, 'strerror', None) or e} (a hard limit above the restorer's needs "
+                          "CAP_SYS_RESOURCE)") from None
+
+
 def set_no_new_privs() -> None:
     """prctl(PR_SET_NO_NEW_PRIVS, 1): never undone, inherited by every thread made after."""
     _check(_libc.prctl(38, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),

@@ -48,6 +48,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "comm": kernel.read_comm(pid),
             "caps": kernel.read_caps(pid),
             **kernel.read_fs_bits(pid),
+            "rlimits": kernel.read_rlimits(pid),
         }
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)

@@ -409,7 +409,7 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process (its name, bounding set, umask, no_new_privs: msg[4]): answer, wait for the commit (the root
+        """Become the process (its name, bounding set; umask, no_new_privs, resource limits: msg[4]): answer, wait for the commit (the root
         stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
         tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
         if len(msg) > 1 and msg[1] is not None:
@@ -421,6 +421,9 @@ class _Server:
             os.umask(bits["umask"])   # (now: files the restore made here followed the restorer's)
         if bits.get("no_new_privs"):
             kernel.set_no_new_privs()   # (before the threads: each inherits it)
+        if bits.get("rlimits"):
+            # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost)
+            kernel.set_rlimits(bits["rlimits"])
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
             kernel.caps_before_bounding(caps)
