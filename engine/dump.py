@@ -98,15 +98,15 @@ def _pidns_parent_ino(pid: int) -> int | None:
         os.close(pfd)
 
 
-def _hostname_of(pid: int) -> str:
-    """The nodename of the process's UTS namespace, read in it: this thread joins it for the uname
-    and goes back (no helper to fork: a UTS namespace changes nothing else a dump does)."""
+def _uts_names_of(pid: int) -> tuple[str, str]:
+    """The nodename and NIS domain name of the process's UTS namespace, read in it: this thread
+    joins it and goes back (no helper to fork: a UTS namespace changes nothing else a dump does)."""
     fd = os.open(f"/proc/{pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
     own = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
     try:
         kernel.setns(fd, kernel.CLONE_NEWUTS)
         try:
-            return os.uname().nodename
+            return os.uname().nodename, kernel.domainname()
         finally:
             kernel.setns(own, kernel.CLONE_NEWUTS)
     finally:
@@ -130,6 +130,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     pids = [p for p, _ in tree]
     _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs)
     freeze.refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
+    freeze.refuse_traced(tree)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
     resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
@@ -139,11 +140,15 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     try:
         freeze.wait_stopped(pids)
         freeze.refuse_zombies(tree)
+        freeze.refuse_traced(tree)
         # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
         takes = None if leave_running else []
         doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes)
+        for p in doc["processes"]:
+            if p["pid"] not in resume:
+                p["stopped"] = True   # (restore stops it again once the tree lives)
         for take in takes or ():
             try:
                 take(doc)
@@ -357,6 +362,7 @@ class _Dump:
         # _collect_processes
         self.procs_doc: list[dict] = []
         self.uts_names: dict[str, str] = {}
+        self.domainnames: dict[str, str] = {}      # uts ns -> its NIS domain name, when one was set
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
 
@@ -835,7 +841,9 @@ def _collect_processes(d: _Dump) -> None:
     for p in d.procs_doc:
         uts = p["ns"]["uts"]
         if uts not in d.uts_names and "uts" not in p["host_ns"]:
-            d.uts_names[uts] = _hostname_of(p["pid"])
+            d.uts_names[uts], domain = _uts_names_of(p["pid"])
+            if domain != "(none)":   # (a new namespace's: recorded only when set)
+                d.domainnames[uts] = domain
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
@@ -890,6 +898,8 @@ def _manifest(d: _Dump) -> dict:
     }
     if d.objects:
         doc["objects"] = d.objects
+    if d.domainnames:
+        doc["domainnames"] = d.domainnames
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's

@@ -78,6 +78,22 @@ def refuse_zombies(tree) -> None:
                                               "cannot be dumped yet; the tree keeps running")
 
 
+def refuse_traced(tree) -> None:
+    """A process of the tree under ptrace (strace -p, gdb attached) is refused, naming it and its
+    tracer: a stand-in is nobody's tracee, and the tracer's hold (its stops, its syscall reports)
+    is not restored; what our SIGSTOP would do to it is the tracer's to see."""
+    for pid, _ in tree:
+        try:
+            with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
+                tracer = next((int(line.split()[1]) for line in f if line.startswith("TracerPid:")), 0)
+        except OSError:
+            continue   # (gone: told by the checks after the stop)
+        if tracer:
+            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({_comm(pid)}) is traced by process {tracer} "
+                                              f"({_comm(tracer)}): ptrace is not restored; detach the tracer "
+                                              "and dump again; the tree keeps running")
+
+
 def _comm(pid: int) -> str:
     try:
         with open(f"/proc/{pid}/comm", errors="backslashreplace") as f:

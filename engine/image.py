@@ -33,6 +33,9 @@ MAX_MANIFEST_BYTES = 128 << 20
 MAX_PATH = 4096
 
 NS_KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup")
+# A process's resource limits (RLIMIT_NAME), as an image names them.
+RLIMITS = frozenset({"AS", "CORE", "CPU", "DATA", "FSIZE", "LOCKS", "MEMLOCK", "MSGQUEUE", "NICE", "NOFILE", "NPROC",
+                     "RSS", "RTPRIO", "RTTIME", "SIGPENDING", "STACK"})
 # /proc/sys/user/max_NAME: the limits each user namespace has of its own (an image's user namespace
 # records those that differ from a new one's)
 USERNS_LIMITS = ("cgroup_namespaces", "fanotify_groups", "fanotify_marks", "inotify_instances", "inotify_watches",

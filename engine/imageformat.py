@@ -45,8 +45,8 @@ from collections.abc import Callable
 from operator import itemgetter
 from engine import records
 
-from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS, NS_KINDS, USERNS_LIMITS,
-                          VERSION, ImageError, check_abs_path, is_beneath)
+from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS, NS_KINDS, RLIMITS,
+                          USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -637,7 +637,14 @@ PROCESS = Record("process", {
     "fds": F(LIST),                                           # FD records, checked with their count
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
     "maps": F(LIST, required=False, rule=list_of(record(MAP_LOC), MAX_FDS, DICT)),
-    "exe": F(DICT, required=False, rule=record(LOC)),
+    "exe": F(DICT, required=False, rule=record(MAP_LOC)),   # (a deleted one: its mapping's ghost)
+    "stopped": F(BOOL, required=False),                       # stopped (SIGSTOP, Ctrl-Z) before the dump
+    "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
+    "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
+    # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
+    "rlimits": F(DICT, required=False, rule=lambda v: None if all(
+        k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)
+        for k, x in v.items()) else "must map resource names to [soft, hard]"),
     # Its user namespace (absent: the restorer's own) and its ids there (engine/userns_cr.py).
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),
@@ -824,6 +831,7 @@ MANIFEST = Record("manifest", {
     "pidns": F(DICT),
     "processes": F(LIST),
     "hostnames": F(DICT, required=False),
+    "domainnames": F(DICT, required=False),                   # {uts ns: NIS domain name}, only those set
     "detached": F(OPT_DICT, required=False),
     "files": F(OPT_DICT, required=False),
     "ghosts": F(OPT_DICT, required=False),                    # {g-N: GHOST}: deleted files and mount roots
@@ -1357,6 +1365,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             if p["exe"].get("detached"):
                 _fail(f"{what}: an executable on a detached mount")
             _check_loc(p["exe"], mounts, detached, f"{what} executable")
+            _check_ghost_ref(doc, p["exe"], mounts, f"{what} executable")
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"
@@ -1408,11 +1417,12 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
-    for uts, name in (doc.get("hostnames") or {}).items():
-        if uts not in uts_used:
-            _fail(f"hostname for {str(uts)[:40]!r}, a uts namespace no process is in")
-        if type(name) is not str or strlen(MAX_HOSTNAME)(name):
-            _fail(f"hostname of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+    for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
+        for uts, name in (doc.get(key) or {}).items():
+            if uts not in uts_used:
+                _fail(f"{what} for {str(uts)[:40]!r}, a uts namespace no process is in")
+            if type(name) is not str or strlen(MAX_HOSTNAME)(name):
+                _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
 
 
 class _Refs:

@@ -271,6 +271,22 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_syscall(NR["pivot_root"], _b(new_root), _b(put_old)), lambda: f"pivot_root({new_root!r}, {put_old!r})")
 
 
+def domainname() -> str:
+    """The NIS domain name of our UTS namespace (getdomainname(2)); "(none)" when never set."""
+    buf = ctypes.create_string_buffer(65)
+    _check(_libc.getdomainname(buf, ctypes.c_size_t(64)), "getdomainname")
+    return buf.value.decode("utf-8", "surrogateescape")
+
+
+def set_uts_names(hostname: str, domain: str | None) -> None:
+    """sethostname(2), and setdomainname(2) when `domain` is given."""
+    import _socket   # (not socket.py: its enum classes cost a stand-in ~7 ms, engine/channel.py)
+    _socket.sethostname(hostname)
+    if domain is not None:
+        raw = domain.encode("utf-8", "surrogateescape")
+        _check(_libc.setdomainname(raw, ctypes.c_size_t(len(raw))), "setdomainname")
+
+
 def setns(fd: int, nstype: int = 0) -> None:
     """setns(2). Entering a mount namespace needs a single-threaded caller."""
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
@@ -629,6 +645,54 @@ def read_caps(pid: int) -> dict[str, int]:
     """The capability sets of `pid` (inheritable, permitted, effective, bounding, ambient), as bit masks."""
     got = proc_status(pid, {"Cap" + s.capitalize() for s in CAP_SETS})
     return {k[3:].lower(): int(v, 16) for k, v in got.items()}
+
+
+def read_fs_bits(pid: int) -> dict:
+    """{"umask": its umask, "no_new_privs": True when set} of `pid` (/proc/PID/status)."""
+    got = proc_status(pid, {"Umask", "NoNewPrivs"})
+    out = {"umask": int(got["Umask"], 8)} if "Umask" in got else {}
+    if got.get("NoNewPrivs", "").strip() == "1":
+        out["no_new_privs"] = True
+    return out
+
+
+# (their numbers in the kernel's order; engine/image.py RLIMITS names the same)
+_RLIMIT_NR = {name: i for i, name in enumerate(("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE",
+                                                "MEMLOCK", "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO",
+                                                "RTTIME"))}
+
+
+def read_rlimits(pid) -> dict[str, list[int]]:
+    """{NAME: [soft, hard]} of every resource limit of `pid` (-1: unlimited), from /proc/PID/limits
+    (prlimit(2) would need CAP_SYS_RESOURCE for another user's process). Its rows come in the
+    kernel's order, the columns where its header puts them."""
+    with open(f"/proc/{pid}/limits") as f:
+        head, *rows = f.read().splitlines()
+    soft_at, hard_at, units_at = head.index("Soft Limit"), head.index("Hard Limit"), head.index("Units")
+    names = sorted(_RLIMIT_NR, key=_RLIMIT_NR.get)
+    value = lambda s: -1 if s.strip() == "unlimited" else int(s)   # noqa: E731
+    return {name: [value(row[soft_at:hard_at]), value(row[hard_at:units_at])] for name, row in zip(names, rows)}
+
+
+def set_rlimits(limits: dict[str, list[int]]) -> None:
+    """setrlimit(2) each of `limits` ({NAME: [soft, hard]}) on ourselves: lowering always works,
+    raising a hard limit needs CAP_SYS_RESOURCE."""
+    import resource
+    for name, (soft, hard) in sorted(limits.items()):
+        try:
+            resource.setrlimit(_RLIMIT_NR[name], (soft, hard))
+        except (OSError, ValueError) as e:
+            have = resource.getrlimit(_RLIMIT_NR[name])
+            raise OSError(getattr(e, "errno", None) or errno.EINVAL,
+                          f"its resource limit {name} ({soft}, {hard}; the restorer's {have[0]}, {have[1]}): "
+                          f"{getattr(e, 'strerror', None) or e} (a hard limit above the restorer's needs "
+                          "CAP_SYS_RESOURCE)") from None
+
+
+def set_no_new_privs() -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS, 1): never undone, inherited by every thread made after."""
+    _check(_libc.prctl(38, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+           "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
 def _cap_buffers():

@@ -37,7 +37,8 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
 
 def read(hostproc: int, pid: int) -> dict:
     """{"maps": [(abs path, mnt id, "map_files/NAME")], "exe": (abs path, mnt id) | None} of `pid`
-    (in its namespace); a deleted file's path ends in " (deleted)", as the kernel shows it."""
+    (in its namespace); a deleted file's path ends in " (deleted)", as the kernel shows it (an
+    executable replaced by an upgrade while it runs, too)."""
     # By path and mount: a stand-in maps a library from the restored mount besides its interpreter's
     # copy of the same path from the restorer's (keyed by path alone, which one stayed was chance).
     seen: dict[tuple[str, int], tuple[str, int, str]] = {}
@@ -62,7 +63,7 @@ def read(hostproc: int, pid: int) -> dict:
     exe = None
     try:
         path = os.readlink(f"{pid}/exe", dir_fd=hostproc)
-        if path.startswith("/") and not path.endswith(kernel.DELETED):
+        if path.startswith("/"):   # (a deleted one too: restore runs its ghost, engine/placement.py)
             exe = (path, kernel.statx_mnt_id(f"{pid}/exe", dfd=hostproc))
     except OSError:
         pass

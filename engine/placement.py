@@ -47,6 +47,8 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "fds": [],
             "comm": kernel.read_comm(pid),
             "caps": kernel.read_caps(pid),
+            **kernel.read_fs_bits(pid),
+            "rlimits": kernel.read_rlimits(pid),
         }
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)
@@ -69,7 +71,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             entry["fds"].append(fd_entry)
         entry["maps"] = _place_maps(pid, pdata["maps"], mounts_by_id, ghost_ctx, map_unplaced)
         if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
-            entry["exe"] = place({"abs": pdata["exe"][0], "mnt": pdata["exe"][1]}, mounts_by_id, pid, "exe")
+            entry["exe"] = _place_exe(pid, *pdata["exe"], entry["maps"], mounts_by_id)
         procs_doc.append(entry)
     hook(mountrules.unknown_external_files, ext_files, used_files)   # (also asked before the stop)
     return procs_doc
@@ -115,6 +117,20 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
     # once each (two copies of one path may lead to one mount: a stand-in's own library and the one
     # it maps for the process)
     return list({(loc["mnt"], loc["path"], bool(loc.get("detached"))): loc for loc in out}.values())
+
+
+def _place_exe(pid: int, path: str, mnt: int, maps: list[dict], mounts_by_id: dict) -> dict:
+    """Where process `pid`'s executable lies. One deleted since the exec (a binary an upgrade
+    replaced) is mapped too: it is the ghost `_place_maps` kept for that mapping."""
+    target, deleted = kernel.undeleted(path)
+    if not deleted:
+        return place({"abs": path, "mnt": mnt}, mounts_by_id, pid, "exe")
+    want = place({"abs": target, "mnt": mnt}, mounts_by_id, pid, "exe")
+    for loc in maps:
+        if loc.get("ghost") and loc["mnt"] == want["mnt"] and loc["path"] == want["path"]:
+            return dict(loc)
+    raise DumpError(errno.EOPNOTSUPP, f"process {pid} executable ({path}): deleted and not mapped: "
+                                      "restore has no copy of it to run: not supported")
 
 
 def _place_dir(pid: int, key: str, loc: dict, mounts_by_id: dict, ghost_ctx) -> dict:

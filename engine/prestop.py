@@ -691,7 +691,7 @@ def _check_deleted_maps(pid: int, view: View) -> None:
 
 def _check_exe(pid: int, view: View) -> None:
     """Dump's rule for the executable `pid` runs (engine/mountrules.py `executable`), when dump keeps
-    it: a file not deleted, on a mount of the tree."""
+    it: a file on a mount of the tree (a deleted one is also a deleted mapping, checked so)."""
     link = f"/proc/{pid}/exe"
     try:
         target = os.readlink(link)
@@ -700,7 +700,7 @@ def _check_exe(pid: int, view: View) -> None:
         noexec = bool(os.statvfs(link).f_flag & os.ST_NOEXEC)
     except OSError:
         return   # (a kernel thread, or gone meanwhile: dump tells, once the tree is stopped)
-    if target.startswith("/") and not target.endswith(kernel.DELETED) and mnt in view.mounts_by_id:
+    if target.startswith("/") and mnt in view.mounts_by_id:
         mountrules.executable(f"process {pid} executable ({target})", st.st_mode, noexec)
 
 

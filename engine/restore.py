@@ -235,8 +235,8 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     commit, lifeline = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
-            pid = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()), ahead,
-                              unshare_flags=kernel.CLONE_NEWNS, private=False)
+            pid, stopped = forkrun.run(_restorer, doc, img_fd, ext, (commit.fileno(), lifeline.fileno()), ahead,
+                                       unshare_flags=kernel.CLONE_NEWNS, private=False)
         except (forkrun.ChildError, OSError, ValueError) as e:
             if interrupted:  # whatever the restorer's helpers said as they died
                 raise KeyboardInterrupt from None
@@ -269,6 +269,9 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     # ignored in this process (the CLI prints the pid and exits 0).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _commit(commit, pid, pidfile, doc["processes"][0]["pid"])
+    # Processes that were stopped at dump stop again, now that every stand-in took its last steps.
+    for p in stopped:
+        os.kill(p, signal.SIGSTOP)
     return pid
 
 
@@ -550,7 +553,7 @@ class _Restorer:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
             # Namespaces another user namespace made: made there now, joined below (engine/userns_cr.py).
-            self._users_call(self.users.premade, p, self.nsfd_of, self.doc.get("hostnames", {}), self.hostproc)
+            self._users_call(self.users.premade, p, self.nsfd_of, self._uts_names, self.hostproc)
             if parent is None:
                 mode = "same" if "pid" in p.get("host_ns", ()) else \
                     "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
@@ -604,9 +607,9 @@ class _Restorer:
                     action, fds = "join", [self.nsfd_of[(kind, nsid)]]
                 else:
                     action, fds = "new", []
-                hostname = self.doc.get("hostnames", {}).get(nsid) if kind == "uts" and action == "new" else None
+                names = self._uts_names(nsid) if kind == "uts" and action == "new" else None
                 if action:
-                    ours.call(("ns", kind, action, hostname), fds)
+                    ours.call(("ns", kind, action, names), fds)
                 if (kind, nsid) not in self.nsfd_of:
                     self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         for fd in own.values():
@@ -1466,6 +1469,11 @@ class _Restorer:
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
         self.current_ns = None
 
+    def _uts_names(self, nsid: str) -> tuple[str, str | None] | None:
+        """(hostname, NIS domain name or None) a new UTS namespace `nsid` gets; None: none recorded."""
+        host = (self.doc.get("hostnames") or {}).get(nsid)
+        return None if host is None else (host, (self.doc.get("domainnames") or {}).get(nsid))
+
     @staticmethod
     def _users_call(fn, *args) -> None:
         """A user-namespace step (engine/userns_cr.py); its OSError becomes one RestoreError line."""
@@ -1962,7 +1970,9 @@ class _Restorer:
         if "exe" in p:
             e = p["exe"]
             try:
-                fd = self.open_at(e["mnt"], e["path"], os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+                flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
+                fd = (self._open_ghost(e["ghost"], flags, e["mnt"], e["path"]) if e.get("ghost")
+                      else self.open_at(e["mnt"], e["path"], flags))
             except OSError as err:
                 raise RestoreError(err.errno, f"{where}: executable {e['path']} on mount {e['mnt']}: "
                                               f"{err.strerror or err}") from None
@@ -2026,7 +2036,8 @@ class _Restorer:
             chan = self.chans[p["pid"]]
             why = None
             try:
-                chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()]),
+                chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
+                           {k: p[k] for k in ("umask", "no_new_privs", "rlimits") if k in p}),
                           [lifeline] if p is procs[0] else [])
                 if p is not procs[0]:
                     chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
@@ -2037,8 +2048,10 @@ class _Restorer:
                 raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
 
 
-def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int], ahead=None) -> int:
-    """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks)."""
+def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int],
+              ahead=None) -> tuple[int, list[int]]:
+    """The restorer process body; MNTCR_PROFILE=FILE writes its cProfile there (benchmarks). Returns
+    the root stand-in's pid and those of the processes stopped at dump (stopped after the commit)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C: die at once; stand-ins and helpers die with us
     os.close(lifeline[0])  # the committing end stays with `mntcr restore` alone
     # An fd on an image's tty node (5:0, kind file) would be the terminal `mntcr restore` runs in
@@ -2058,9 +2071,11 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
             marshal.dump(prof.stats, f)
 
 
-def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int, ahead=None) -> int:
+def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
+                  ahead=None) -> tuple[int, list[int]]:
     """The restorer process body (already in its own copy of the host mount namespace); `ahead`:
-    the archives read ahead (content.ReadAhead), or None."""
+    the archives read ahead (content.ReadAhead), or None. Returns the root stand-in's pid and those
+    of the processes stopped at dump."""
     kernel.set_pdeathsig(signal.SIGKILL)
     # The image (about 20 objects a mount) lives until this process ends and is never changed:
     # out of the collector's sight, a full collection does not walk it (~17 ms each at 10,000
@@ -2094,4 +2109,4 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int, ah
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore
-    return r.hostpid[doc["processes"][0]["pid"]]
+    return r.hostpid[doc["processes"][0]["pid"]], [r.hostpid[p["pid"]] for p in doc["processes"] if p.get("stopped")]

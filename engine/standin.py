@@ -331,14 +331,14 @@ class _Server:
         return None
 
     def op_ns(self, msg, fds):
-        """A new namespace of a kind, or join fds[0]; and a hostname."""
-        _, kind, action, hostname = msg
+        """A new namespace of a kind, or join fds[0]; and a (hostname, domain name or None)."""
+        _, kind, action, names = msg
         if action == "new":
             kernel.unshare(NS_FLAGS[kind])
         elif action == "join":
             kernel.setns(fds[0], NS_FLAGS[kind])
-        if hostname is not None:
-            _socket.sethostname(hostname)
+        if names is not None:
+            kernel.set_uts_names(*names)
         return None
 
     def op_fsmount(self, msg, fds):
@@ -409,13 +409,21 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process (its name, bounding set): answer, wait for the commit (the root
+        """Become the process (its name, bounding set; umask, no_new_privs, resource limits: msg[4]): answer, wait for the commit (the root
         stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
         tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
         if len(msg) > 1 and msg[1] is not None:
             kernel.set_comm(msg[1])
         caps = msg[2] if len(msg) > 2 else None
         threads = msg[3] if len(msg) > 3 else ()
+        bits = msg[4] if len(msg) > 4 else {}
+        if "umask" in bits:
+            os.umask(bits["umask"])   # (now: files the restore made here followed the restorer's)
+        if bits.get("no_new_privs"):
+            kernel.set_no_new_privs()   # (before the threads: each inherits it)
+        if bits.get("rlimits"):
+            # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost)
+            kernel.set_rlimits(bits["rlimits"])
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
             kernel.caps_before_bounding(caps)

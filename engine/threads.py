@@ -31,8 +31,8 @@ from engine.image import MAX_THREADS
 
 # Lines of /proc/PID/task/TID/status that a thread keeps of its own and restore gives it from the
 # process, with how a refusal names them.
-# (Not the umask nor no_new_privs: restore keeps neither for a process, so not for a thread either.)
-_STATUS = {"Uid": "uids", "Gid": "gids", "Groups": "supplementary groups",
+# (Not the umask: it lives with the root and cwd, shared by threads that share those.)
+_STATUS = {"Uid": "uids", "Gid": "gids", "Groups": "supplementary groups", "NoNewPrivs": "no_new_privs bit",
            "CapInh": "inheritable capabilities", "CapPrm": "permitted capabilities",
            "CapEff": "effective capabilities", "CapBnd": "capability bounding set",
            "CapAmb": "ambient capabilities"}

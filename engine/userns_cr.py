@@ -688,17 +688,18 @@ class Rebuild:
         _, fds = channel.call_in_child(_fsmount_child, self.fd[owner], fstype, source, params, attr)
         return fds[0]
 
-    def premade(self, p: dict, nsfd_of: dict, hostnames: dict, hostproc: int) -> None:
+    def premade(self, p: dict, nsfd_of: dict, uts_names, hostproc: int) -> None:
         """Make p's namespaces that another user namespace than its own made (``ns_made_in``), each
         from inside that one, once; their fds go to `nsfd_of` ((kind, ns id) -> fd), from where
         p's stand-in joins them as it joins any namespace made before it (`hostproc`: an fd on a
-        /proc, which the restorer's root may lack)."""
+        /proc, which the restorer's root may lack; `uts_names(ns id)`: a UTS namespace's
+        (hostname, domain name) or None)."""
         from engine import channel
         for kind, owner in (p.get("ns_made_in") or {}).items():
             key = (kind, p["ns"][kind])
             if key not in nsfd_of:
-                hostname = hostnames.get(p["ns"][kind]) if kind == "uts" else None
-                _, fds = channel.call_in_child(_make_ns_child, self.fd[owner], kind, hostname, hostproc)
+                names = uts_names(p["ns"][kind]) if kind == "uts" else None
+                _, fds = channel.call_in_child(_make_ns_child, self.fd[owner], kind, names, hostproc)
                 nsfd_of[key] = fds[0]
 
     def writer_ids(self, owner: str) -> tuple[int, int]:
@@ -1037,13 +1038,12 @@ def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, opts: lis
 _NS_FLAG = {"pid": 0x20000000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000, "cgroup": 0x02000000}
 
 
-def _make_ns_child(userns_fd: int, kind: str, hostname: str | None, hostproc: int, chan) -> None:
-    import socket
+def _make_ns_child(userns_fd: int, kind: str, names: tuple | None, hostproc: int, chan) -> None:
     from engine import kernel
     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     kernel.unshare(_NS_FLAG[kind])
-    if hostname is not None:
-        socket.sethostname(hostname)
+    if names is not None:
+        kernel.set_uts_names(*names)
     # A new pid namespace is the one our children would be born in (it has no process yet: the
     # stand-in that joins it and forks makes its pid 1).
     path = "self/ns/pid_for_children" if kind == "pid" else f"self/ns/{kind}"

@@ -16,7 +16,7 @@ import time
 import pytest
 
 import enginecase
-from enginecase import (EngineCase, case, copy_image, host_mountinfo, load_manifest, mntcr,  # noqa: F401
+from enginecase import (EngineCase, case, copy_image, host_mountinfo, load_manifest, mntcr, py_hold,  # noqa: F401
                         mounts_added, procs_with, save_manifest, tree_hash)
 
 # --- seccomp: make chosen syscalls fail with ENOSYS in one child (a kernel "without" them) -----
@@ -490,6 +490,36 @@ def test_sigkill_at_every_restore_step(case, tmp_path):
         assert seen is not None, "step 2: restore succeeded although it should have been killed"
         problems += seen
     assert problems == [], "\n".join(problems)
+
+
+def test_a_traced_process_is_refused_and_left_traced(case):
+    """A process of the tree under ptrace (as `strace -p` or gdb attach it; the tracer in the tree
+    too): restore could not attach it again, and our SIGSTOP would be the tracer's to report.
+    Refused before the stop, naming tracee and tracer; no image; both run on, still attached."""
+    pid = case.start("hold & t=$!\n" + "T=$t " + py_hold("""
+import ctypes
+if ctypes.CDLL(None, use_errno=True).ptrace(0x4206, int(os.environ["T"]), 0, 0):   # PTRACE_SEIZE: no stop
+    raise SystemExit(f"ptrace: {os.strerror(ctypes.get_errno())}")
+"""))
+    from engine.freeze import process_tree
+    traced = [p for p, _ in process_tree(pid) if _status(p, "TracerPid") not in ("0", None)]
+    assert len(traced) == 1, traced
+    images = case.new_images_dir()
+    r = enginecase.mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS)
+    assert_refused(r, r"^mntcr dump: process \d+ \(mntcr-hold\) is traced by process \d+ \(mntcr-hold\): ptrace is "
+                      r"not restored; detach the tracer and dump again; the tree keeps running$", "dump")
+    assert not os.path.exists(images)
+    assert _status(traced[0], "State")[0] == "S", _status(traced[0], "State")
+    assert _status(traced[0], "TracerPid") != "0"
+
+
+def _status(pid: int, field: str) -> str | None:
+    """A field of /proc/PID/status (None when the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return None
 
 
 def test_a_zombie_in_the_tree_is_refused_and_the_tree_resumed(case):

@@ -331,7 +331,8 @@ assert libc.inotify_add_watch(i, b"/mnt/t/f", 0x2) == 1
 os.dup2(i, 10); os.close(i)
 """ + _DETACH_MNT_T)
     _refused_unstopped(case, setup, r"process \d+ fd 10 \(anon_inode:inotify\): inotify watch 1 is on device "
-                                    r"\d+:\d+, which no visible mount reaches: not supported")
+                                    r"\d+:\d+, which no visible mount reaches \(a mount covered by another or "
+                                    r"detached, the watcher holding nothing on it\): not supported")
 
 
 def test_inotify_watch_on_overlay_found_by_inode_number(case):

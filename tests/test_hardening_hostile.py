@@ -656,6 +656,8 @@ RANGES = {
     "too-many-fds": (lambda d: d["processes"][0].update(fds=[0] * 1_000_001), r"1000001 fds is absurd"),
     "hostname-too-long": (lambda d: d.update(hostnames={d["processes"][0]["ns"]["uts"]: "h" * 65}),
                           r"hostname of uts-0: must be a string of at most 64"),
+    "domainname-unknown-uts": (lambda d: d.update(domainnames={"uts-99": "example"}),
+                               r"domain name for 'uts-99', a uts namespace no process is in"),
 }
 
 

@@ -5,7 +5,8 @@ Per process: the canonical mount tree of its mount namespace as it sees it
 offset, path, mount by canonical label or ``detached``, and per kind what the
 fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
-its name and the number and sorted names of its other threads (tids are not compared). Which fds are one
+its name and the number and sorted names of its other threads (tids are not compared), whether it is
+stopped (state T), its umask and no_new_privs bit, its resource limits. Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), peer groups that span
 several mount namespaces, and the output of the scenario's `check` script run
@@ -218,10 +219,17 @@ class Proc:
     # mount label -> the user namespace owning its superblock, when not the runner's (engine/sbowner.py)
     sb_owners: dict = field(default_factory=dict)
     threads: list = field(default_factory=list)     # the names of its threads but the leader, sorted
+    stopped: bool = False        # stopped by a signal (state T: SIGSTOP, Ctrl-Z)
+    bits: str = ""               # its umask and no_new_privs bit
+    rlimits: str = ""            # its resource limits, NAME=soft:hard
 
     def text(self) -> str:
         """The compared text of this process."""
-        out = [f"comm: {self.comm!r}", f"threads: {len(self.threads)} {self.threads!r}", "mounts:"]
+        out = [f"comm: {self.comm!r}", f"threads: {len(self.threads)} {self.threads!r}"]
+        out += ["state: stopped"] if self.stopped else []
+        out += [f"bits: {self.bits}"] if self.bits else []
+        out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
+        out += ["mounts:"]
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
         out += [f"idmap {label}: {idmap}" for label, idmap in sorted(self.idmaps.items())]
@@ -382,6 +390,11 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     try:
         comm = kernel.read_comm(pid)
         threads = _threads(pid)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stopped = f.read().rsplit(b")", 1)[1].split()[0] == b"T"
+        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs"})
+        bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
+        rlimits = " ".join(f"{k}={s}:{h}" for k, (s, h) in sorted(kernel.read_rlimits(pid).items()))
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
         proc_mounts = {m.mnt_id: m for m in mounts if m.fstype == "proc"}
@@ -422,7 +435,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
-                fds=fds, ns=ns, maps=maps, threads=threads, **user_side)
+                fds=fds, ns=ns, maps=maps, threads=threads, stopped=stopped, bits=bits, rlimits=rlimits, **user_side)
 
 
 def _threads(pid: int) -> list[str]:

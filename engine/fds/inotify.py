@@ -17,7 +17,8 @@ through that ghost before the ghost is unlinked again.
 A watched inode no mount of the process's namespace reaches is looked for
 through the visible mounts of the tree's other namespaces (a runtime's monitor
 watching a file of the container's cgroup). Not done: unread events, watches
-on a filesystem reachable only beneath an overmount or on a detached mount
+on a filesystem reachable only beneath an overmount, unless the watching process holds
+something on that mount (`_by_held`: tail -f holds the file it watches), or on a detached mount
 (refused at dump, and before the tree is stopped: `_precheck`). fanotify marks: engine/fds/fanotify.py.
 """
 
@@ -52,11 +53,14 @@ def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
             got = _by_ino(mounts, f"{sdev >> 20}:{sdev & 0xFFFFF}", os.makedev(sdev >> 20, sdev & 0xFFFFF), ino)
             find = None
         else:
-            got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), bytes.fromhex(m[7])[:int(m[5], 16)], ino=ino)
+            handle = bytes.fromhex(m[7])[:int(m[5], 16)]
+            got = locate_handle(hostproc, mounts, sdev, int(m[6], 16), handle, ino=ino) \
+                or _by_held(hostproc, pid, mounts, sdev, int(m[6], 16), handle)
             find = (sdev, int(m[6], 16), m[7][:2 * int(m[5], 16)], ino)
         out.append({"wd": wd, "mask": mask, **got} if got else
                    {"wd": wd, "mask": mask, "error": f"watch {wd} is on device {sdev >> 20}:{sdev & 0xFFFFF}, which "
-                                                     "no visible mount reaches", "find": find})
+                                                     "no visible mount reaches (a mount covered by another or detached, "
+                                                     "the watcher holding nothing on it)", "find": find})
     if len(out) != text.count("inotify wd:"):
         # a line this parser does not know: refused rather than a watch silently left out
         raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {fd}: an inotify watch line of an unknown form")
@@ -181,6 +185,68 @@ def _by_handle(hostproc: int, mounts, dev: str, htype: int, handle: bytes) -> di
         finally:
             os.close(h)
     return None
+
+
+def _by_held(hostproc: int, pid: int, mounts, sdev: int, htype: int, handle: bytes) -> dict | None:
+    """In the namespace: {abs, mnt} of the inode with the handle, opened through what process `pid`
+    itself holds on device `sdev` (an fd, its cwd or root) on a mount beneath an overmount, which no
+    path reaches: `tail -f` watches the file it reads, whose directory was mounted over since.
+    None if it holds nothing there."""
+    from engine import kernel
+    rdev = os.makedev(sdev >> 20, sdev & 0xFFFFF)
+    by_id = {m.mnt_id: m for m in mounts}
+    try:
+        dfd = os.open(f"{pid}/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=hostproc)
+    except OSError:
+        return None
+    try:
+        held = [f"fd/{n}" for n in os.listdir(dfd)] + ["cwd", "root"]
+    finally:
+        os.close(dfd)
+    for name in held:
+        try:
+            mfd = _held_open(hostproc, f"{pid}/{name}", rdev, by_id)
+            if mfd is None:
+                continue
+        except OSError:
+            continue
+        try:
+            mnt = by_id[kernel.statx_mnt_id("", mfd, kernel.AT_EMPTY_PATH)]
+            h = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH | os.O_NOFOLLOW)
+        except OSError:
+            continue
+        finally:
+            os.close(mfd)
+        try:
+            path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
+            if _within(h, path, mnt):
+                return {"abs": path, "mnt": mnt.mnt_id}
+        except OSError:
+            continue
+        finally:
+            os.close(h)
+    return None
+
+
+def _held_open(hostproc: int, link: str, rdev: int, by_id: dict) -> int | None:
+    """A readable fd (open_by_handle_at takes no O_PATH one) on what /proc magic link `link` names,
+    when that is a directory or regular file of device `rdev` on a mount of `by_id`; else None. Not
+    a file someone holds a lease on: our open would break it."""
+    from engine import kernel
+    p = os.open(link, os.O_PATH | os.O_CLOEXEC, dir_fd=hostproc)
+    try:
+        st = os.fstat(p)
+        if st.st_dev != rdev or kernel.statx_mnt_id("", p, kernel.AT_EMPTY_PATH) not in by_id \
+                or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+            return None
+        if stat.S_ISREG(st.st_mode):
+            inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+            with open(os.open("locks", os.O_RDONLY, dir_fd=hostproc)) as f:
+                if any(" LEASE " in line and inode in line.split() for line in f):
+                    return None
+        return os.open(f"self/fd/{p}", os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=hostproc)
+    finally:
+        os.close(p)
 
 
 def _within(h: int, path: str, mnt) -> bool:
