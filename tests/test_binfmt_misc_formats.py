@@ -70,6 +70,10 @@ def test_payload_of_an_owned_instance_validates():
      "user-1", "no format restore registers"),
     ({"formats": [{"name": "r", "line": ":r:E::x::relative:", "enabled": True}], "enabled": True},
      "user-1", "no format restore registers"),
+    ({"formats": [{"name": "status", "line": ":status:E::x::/bin/i:", "enabled": False}], "enabled": True},
+     "user-1", "no format restore registers"),
+    ({"formats": [{"name": "..", "line": ":..:E::x::/bin/i:", "enabled": False}], "enabled": True},
+     "user-1", "no format restore registers"),
     ({"formats": [{"name": "n", "line": ":n:E::x::/bin/i:\n:o:E::y::/bin/i:", "enabled": True}],
       "enabled": True}, "user-1", "no format restore registers"),
 ])

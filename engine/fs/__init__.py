@@ -258,7 +258,9 @@ class FsType:
     def fill(self, sb: dict, mount_fd: int, where: str) -> None:
         """Give a superblock restore has just made what dump recorded of it that is neither files nor
         options (sb["payload"], checked by `check_payload`), through `mount_fd`, its new detached
-        mount (binfmt_misc: registered formats). Default: nothing."""
+        mount (binfmt_misc: registered formats). Default: nothing. Called where restore settles a
+        superblock it made itself (restore._settle); the helper that makes plain superblocks outside
+        any user namespace (engine/filler.py) does not call it, so a payload needs an `owner`."""
 
     def made_from(self, sb: dict, mounts: dict) -> set[str]:
         """Superblock ids `create` reads from (a device's backing file, layers): their fds stay open

@@ -126,6 +126,7 @@ class BinfmtMisc(FsType):
         for f in payload["formats"]:
             if not isinstance(f, dict) or set(f) != {"name", "line", "enabled"} \
                     or not isinstance(f["name"], str) or not _NAME.match(f["name"]) \
+                    or f["name"] in _FIXED | {".", ".."} \
                     or not isinstance(f["line"], str) or len(f["line"]) > MAX_LINE \
                     or not (m := _LINE.match(f["line"])) or m[1] != f["name"] or not isinstance(f["enabled"], bool):
                 return f"{what}: binfmt_misc format {str(f)[:120]} is no format restore registers"
