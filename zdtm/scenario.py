@@ -81,15 +81,25 @@ class Container:
     outside the dumped tree (in a mount namespace the runner made, never the
     host's), like an LXC container on a host whose / is shared. The host dirs in
     `slave_host_dirs` are bound in as slaves of such outside groups too.
+
+    `users`: (name, uid, gid, supplementary gids) of users the machine knows for the item: dump
+    and restore run where private copies of /etc/passwd and /etc/group list them (a rootless
+    namespace's owner and its groups: engine/ownergroups.py), never the host's files.
     """
 
     root: str = "private"                    # "private" | "slave"
     slave_host_dirs: tuple[str, ...] = ()
+    users: tuple[tuple[str, int, int, tuple[int, ...]], ...] = ()
 
     @property
     def external_slavery(self) -> bool:
         """Whether some container mount has a master outside the tree."""
         return self.root == "slave" or bool(self.slave_host_dirs)
+
+    @property
+    def outer(self) -> bool:
+        """Whether the backend runs in a mount namespace the runner made (external slavery, users)."""
+        return self.external_slavery or bool(self.users)
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ REQUIRES_KEYS = {
 CONTAINER_KEYS = {
     "root": "private (default) | slave: the container root is a slave of a peer group outside the tree",
     "host_dirs": "private (default) | slave | list of host dirs (usr, etc...) bound in as slaves of outside groups",
+    "users": "list of NAME:UID:GID:GID,GID...: users (primary and supplementary groups) dump and restore know",
 }
 HOST_DIRS = ("usr", "bin", "lib", "lib64", "sbin", "etc")
 PROPAGATIONS = ("private", "slave")
@@ -182,7 +183,20 @@ def _container(path, lines, error, value):
     else:
         raise error(path, f"key 'container.host_dirs': bad value {dirs!r}; allowed: {_allowed(PROPAGATIONS)} "
                           f"or a list of: {_allowed(HOST_DIRS)}", lines.get("container.host_dirs"))
-    return Container(root=root, slave_host_dirs=slave_dirs)
+    return Container(root=root, slave_host_dirs=slave_dirs,
+                     users=tuple(_user(path, lines, error, u) for u in value.get("users") or ()))
+
+
+_USER = re.compile(r"^([a-z_][a-z0-9_-]{0,30}):(\d{1,10}):(\d{1,10}):((?:\d{1,10}(?:,\d{1,10})*)?)$")
+
+
+def _user(path, lines, error, text):
+    """`NAME:UID:GID:GID,GID...` of `container.users` -> (name, uid, gid, supplementary gids)."""
+    m = _USER.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise error(path, f"key 'container.users': bad entry {text!r}; want NAME:UID:GID:GID,GID...",
+                    lines.get("container.users"))
+    return (m[1], int(m[2]), int(m[3]), tuple(int(g) for g in m[4].split(",") if g))
 
 
 def _expectation(path, lines, error, key, value):
