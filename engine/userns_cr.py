@@ -91,8 +91,8 @@ def _creds(pid: int, maps: userns.Maps) -> dict | None:
         return None
     bad = [f"{what} {i}" for what, ids in (("uid", fields["Uid"]), ("gid", fields["Gid"]))
            for i, h in dict(zip(ids, out[what])).items() if h is None]
-    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {', '.join(bad)} not mapped in its user namespace: "
-                                        "not supported yet")
+    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} "
+                                        "not mapped in its user namespace: not supported yet")
 
 
 def _check_owner_groups(pid: int, creds: dict) -> None:

@@ -56,15 +56,16 @@ def plan(processes: list[dict], users: dict) -> dict[int, list[int]]:
         if rec["setgroups"] == "deny":
             if kernel.get(parent["pid"]) != groups:
                 raise userns_cr.UsernsError(errno.EOPNOTSUPP, f"process {p['pid']}: groups {groups} "
-                                                              "in a user namespace that denies setgroups, and its "
+                                                              "(the dumper's ids) in a user namespace that denies setgroups, and its "
                                                               "parent's stand-in, which its stand-in starts as, "
                                                               "is in one too with other groups: not supported yet")
             continue   # (the fork holds them already)
         inside = userns.inside(groups, rec["gid_map"])
         if None in inside:
-            raise userns_cr.UsernsError(errno.EOPNOTSUPP, f"process {p['pid']}: groups {groups} (the dumper's ids) in a "
-                                                          "user namespace that denies setgroups or leaves some unmapped, which the one its "
-                                                          "stand-in starts in does not all map: not supported yet")
+            raise userns_cr.UsernsError(errno.EOPNOTSUPP, f"process {p['pid']}: groups {groups} (the dumper's ids) "
+                                                          "in a user namespace that denies setgroups or leaves some "
+                                                          "unmapped, which the one its stand-in starts in does not "
+                                                          "all map: not supported yet")
         out[p["pid"]] = inside
     return out
 
