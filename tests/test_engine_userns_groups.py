@@ -15,12 +15,15 @@ from enginecase import STOP_WATCH, case, py_hold  # noqa: F401  (fixture)
 from engine import userns_cr, userns_groups
 
 
-def _setup(first: bool, listener: bool = False) -> str:
+def _setup(first: bool, listener: bool = False, setgroups: str = "deny", mapping: str = "0 0 65536",
+           take: bool = False, owner: int | None = None) -> str:
     """The root forks a child holding groups 5, 7 and 1000 that makes a user namespace mapping
     ids 0..65535 to themselves, setgroups denied (written by the root); with `first` the child also
     makes a uts namespace from inside it (its stand-in starts there) and forks a grandchild, which
     keeps its groups. With `listener` the child listens on an abstract socket with group 9 first
-    (before it takes its groups and enters the namespace)."""
+    (before it takes its groups and enters the namespace). `setgroups`, `mapping` (both maps): the
+    namespace's; `take`: the child takes ids 0 inside; `owner`: the host uid it is when it makes
+    the namespace."""
     return py_hold("""
 import ctypes, signal
 libc = ctypes.CDLL(None, use_errno=True)
@@ -33,8 +36,12 @@ os.setgroups([5, 7, 1000])
 kid = os.fork()
 if kid == 0:
     os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    if OWNER is not None:
+        os.setresgid(OWNER, OWNER, OWNER); os.setresuid(OWNER, OWNER, OWNER)
     assert libc.unshare(0x10000000) == 0   # CLONE_NEWUSER
     os.write(w, b"1"); os.read(r2, 1)
+    if TAKE:
+        os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
     if FIRST:
         assert libc.unshare(0x04000000) == 0   # CLONE_NEWUTS, from inside
         if os.fork() == 0:
@@ -43,12 +50,13 @@ if kid == 0:
     libc.prctl(15, b"mntcr-hold", 0, 0, 0)
     while True: signal.pause()
 os.read(r, 1)
-for name, text in (("setgroups", "deny"), ("uid_map", "0 0 65536"), ("gid_map", "0 0 65536")):
+for name, text in (("setgroups", "SETGROUPS"), ("uid_map", "MAPPING"), ("gid_map", "MAPPING")):
     with open(f"/proc/{kid}/{name}", "w") as f:
         f.write(text)
 os.write(w2, b"1")
 os.setgroups([])
-""".replace("FIRST", str(first)).replace("LISTENER", str(listener)))
+""".replace("FIRST", str(first)).replace("LISTENER", str(listener)).replace("SETGROUPS", setgroups)
+       .replace("MAPPING", mapping).replace("TAKE", str(take)).replace("OWNER", str(owner)))
 
 
 def _groups(state) -> list[str]:
@@ -118,33 +126,11 @@ def test_listener_with_other_groups_in_a_denying_namespace_refused_unstopped(cas
 # --- groups the namespace does not map (`unshare -r` by a user of several groups) -----------------
 
 def _unmapped_setup(setgroups: str, take: bool = True, owner: int | None = None) -> str:
-    """The root forks a child holding groups 5, 7 and 1000 that makes a user namespace mapping ids
-    0..999 to the host's 100000.. (setgroups `setgroups`, maps written by the root): none of its
-    groups is mapped there. With `take` it takes ids 0 inside (the host's 100000); with `owner` it
-    is that host uid when it makes the namespace (a non-root user's, which then owns it)."""
-    return py_hold("""
-import ctypes, signal
-libc = ctypes.CDLL(None, use_errno=True)
-r, w = os.pipe(); r2, w2 = os.pipe()
-os.setgroups([5, 7, 1000])
-kid = os.fork()
-if kid == 0:
-    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
-    if OWNER is not None:
-        os.setresgid(OWNER, OWNER, OWNER); os.setresuid(OWNER, OWNER, OWNER)
-    assert libc.unshare(0x10000000) == 0   # CLONE_NEWUSER
-    os.write(w, b"1"); os.read(r2, 1)
-    if TAKE:
-        os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
-    libc.prctl(15, b"mntcr-hold", 0, 0, 0)
-    while True: signal.pause()
-os.read(r, 1)
-for name, text in (("setgroups", "SETGROUPS"), ("uid_map", "0 100000 1000"), ("gid_map", "0 100000 1000")):
-    with open(f"/proc/{kid}/{name}", "w") as f:
-        f.write(text)
-os.write(w2, b"1")
-os.setgroups([])
-""".replace("SETGROUPS", setgroups).replace("TAKE", str(take)).replace("OWNER", str(owner)))
+    """_setup's child in a user namespace mapping ids 0..999 to the host's 100000.. (setgroups
+    `setgroups`): none of its groups 5, 7, 1000 is mapped there. With `take` it takes ids 0
+    inside (the host's 100000); with `owner` it is that host uid when it makes the namespace (a
+    non-root user's, which then owns it)."""
+    return _setup(False, setgroups=setgroups, mapping="0 100000 1000", take=take, owner=owner)
 
 
 @pytest.mark.parametrize("setgroups", ["deny", "allow"])
