@@ -2,7 +2,8 @@
 
 Dump (`plan`): every user namespace of the tree below the dumper's own gets a
 record ``user-N`` (parent, uid and gid maps in the dumper's ids, setgroups);
-a process in one names it and its credentials there (inside ids); a mount
+a process in one names it and its credentials there (inside ids; supplementary groups it does not
+map, held from before it, in the dumper's ids: engine/userns_groups.py); a mount
 namespace owned by one names its owner, and its mounts say whether they are
 locked and which of their flags are (engine/mntlocks.py probes it).
 

@@ -4,10 +4,11 @@
 Inside such a namespace nobody can change the supplementary groups: a process holds those it had
 when it entered it, some of which the namespace may not map (a user's sudo or audio group: they
 read as the overflow gid inside; the image keeps them as "unmapped_groups", in the dumper's ids,
-also of a namespace that allows setgroups, where no setgroups inside could give them back). A stand-in enters its process's user namespace last (engine/userns_cr.py
-`Rebuild.become`) or starts in it (`spawn_in_userns`), so it must hold the process's groups
-before it enters: it sets them as soon as it exists, where it then is (the restorer's user
-namespace, or the one its parent's stand-in started in), in that namespace's ids. Where that
+also of a namespace that allows setgroups, where no setgroups inside could give them back).
+A stand-in enters its process's user namespace last (engine/userns_cr.py `Rebuild.become`) or
+starts in it (`spawn_in_userns`), so it must hold the process's groups before it enters: it sets
+them as soon as it exists, where it then is (the restorer's user namespace, or the one its
+parent's stand-in started in), in that namespace's ids. Where that
 namespace denies setgroups too, the stand-in holds its parent's groups (a fork keeps them): the
 process's must be those (`plan` refuses others, at dump, before the stop).
 """
