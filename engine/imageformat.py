@@ -602,6 +602,9 @@ CREDS = Record("credentials", {
     "uid": F(LIST, rule=_ids_rule(4)),                        # real, effective, saved, fs
     "gid": F(LIST, rule=_ids_rule(4)),
     "groups": F(LIST, rule=_ids_rule(0, MAX_NGROUPS)),
+    # Supplementary groups its user namespace does not map (held from before it: `unshare -r` by a
+    # user of several groups), in the dumper's ids; its stand-in holds them before it enters.
+    "unmapped_groups": F(LIST, required=False, rule=_ids_rule(1, MAX_NGROUPS)),
     "dumpable": F(OPT_BOOL, required=False),                  # prctl(PR_SET_DUMPABLE) after the ids
 })
 
@@ -913,9 +916,15 @@ def _unmapped(ids, ranges, side: int = 0) -> int | None:
 def _check_creds(p: dict, users: dict) -> None:
     """A process in a user namespace of the image has ids that namespace maps: its stand-in takes
     them there, and an unmapped one fails (setresuid: EINVAL), once the stand-in is past its last
-    answer (the last steps of a detached stand-in: engine/lastword.py); dump records none else."""
+    answer (the last steps of a detached stand-in: engine/lastword.py); dump records none else.
+    Its "unmapped_groups" are unmapped there, and, below a namespace a non-root user made, groups
+    that user has on this machine (engine/ownergroups.py): restore, root, would give any."""
     creds = p.get("creds")
-    if creds is None or "userns" not in p:
+    if creds is None:
+        return
+    if "userns" not in p:
+        if "unmapped_groups" in creds:
+            _fail(f"process {p['pid']}: unmapped_groups without a user namespace")
         return
     ns = users[p["userns"]]
     for what, ids, key in (("uid", creds["uid"], "uid_map"), ("gid", creds["gid"], "gid_map"),
@@ -923,6 +932,18 @@ def _check_creds(p: dict, users: dict) -> None:
         bad = _unmapped(ids, ns[key])
         if bad is not None:
             _fail(f"process {p['pid']}: its {what} {bad} is not mapped in its user namespace {p['userns']}")
+    outside = creds.get("unmapped_groups") or []
+    if len(creds["groups"]) + len(outside) > MAX_NGROUPS:
+        _fail(f"process {p['pid']}: more than {MAX_NGROUPS} supplementary groups")
+    mapped = next((g for g in outside if _unmapped([g], ns["gid_map"], side=1) is None), None)
+    if mapped is not None:
+        _fail(f"process {p['pid']}: unmapped group {mapped} is mapped in its user namespace {p['userns']}")
+    top = _rootless(p["userns"], users)
+    if outside and top is not None:
+        from engine import ownergroups   # (only then: it reads the passwd and group databases)
+        line = ownergroups.refusal(f"process {p['pid']}", outside, users[top]["gid_map"], users[top]["owner"])
+        if line is not None:
+            _fail(line)
 
 
 def _rootless(name: str, users: dict) -> str | None:
@@ -940,10 +961,12 @@ def _check_fd_ids(p: dict, users: dict) -> None:
     """The ids an fd of a process in a user namespace a non-root user made takes at restore for
     itself (FdKind.ids: a listener's) are ids that namespace maps: the stand-in takes them before
     it joins its namespace, where any id is the restorer's to give (SO_PEERCRED would tell the
-    host's clients a rootless tree's socket is root's)."""
+    host's clients a rootless tree's socket is root's). Groups it holds unmapped (_check_creds
+    bounds them) it may listen with too."""
     top = _rootless(p["userns"], users) if "userns" in p else None
     if top is None:
         return
+    held = set((p.get("creds") or {}).get("unmapped_groups") or ())
     for fd in p["fds"]:
         taken = _fd_kind(fd, "fd").ids(fd) if "external" not in fd else {}
         made = f"user namespace {top}, made by uid {users[top]['owner']}"
@@ -951,6 +974,7 @@ def _check_fd_ids(p: dict, users: dict) -> None:
             if ids is None:
                 _fail(f"process {p['pid']} fd {fd['fd']}: takes ids at restore without the supplementary groups "
                       f"that go with them (an older image's), which in {made}, would be the restorer's")
+            ids = [i for i in ids if i not in held] if key == "groups" else ids
             bad = _unmapped(ids, users[top]["uid_map" if key == "uid" else "gid_map"], side=1)
             if bad is not None:
                 _fail(f"process {p['pid']} fd {fd['fd']}: takes {'uid' if key == 'uid' else 'gid'} {bad} at "

@@ -2,7 +2,8 @@
 
 Dump (`plan`): every user namespace of the tree below the dumper's own gets a
 record ``user-N`` (parent, uid and gid maps in the dumper's ids, setgroups);
-a process in one names it and its credentials there (inside ids); a mount
+a process in one names it and its credentials there (inside ids; supplementary groups it does not
+map, held from before it, in the dumper's ids: engine/userns_groups.py); a mount
 namespace owned by one names its owner, and its mounts say whether they are
 locked and which of their flags are (engine/mntlocks.py probes it).
 
@@ -69,22 +70,45 @@ def _dumpable(pid: int, euid: int, egid: int) -> bool:
 
 
 def _creds(pid: int, maps: userns.Maps) -> dict | None:
-    """The ids of `pid` inside its user namespace; None when they are the dumper's root, unmapped."""
+    """The ids of `pid` inside its user namespace, and as "unmapped_groups" (the dumper's ids) the
+    supplementary groups it does not map (held since before the namespace: `unshare -r` by a user
+    of several groups; its stand-in holds them before it enters: engine/userns_groups.py); None
+    when they are the dumper's root, unmapped."""
     from engine import kernel
     fields = {k: [int(x) for x in v.split()] for k, v in kernel.proc_status(pid, ("Uid", "Gid", "Groups")).items()}
+    groups = fields.get("Groups", [])
+    here = userns.inside(groups, maps.gid_map)
     out = {"uid": userns.inside(fields["Uid"], maps.uid_map), "gid": userns.inside(fields["Gid"], maps.gid_map),
-           "groups": userns.inside(fields.get("Groups", []), maps.gid_map)}
-    if None not in out["uid"] + out["gid"] + out["groups"]:
+           "groups": [g for g in here if g is not None]}
+    if None not in out["uid"] + out["gid"]:
+        unmapped = sorted(g for g, h in zip(groups, here) if h is None)
+        if unmapped:
+            out["unmapped_groups"] = unmapped
         out["dumpable"] = _dumpable(pid, fields["Uid"][1], fields["Gid"][1])
         return out
-    if set(fields["Uid"] + fields["Gid"] + fields.get("Groups", [])) == {0}:
+    if set(fields["Uid"] + fields["Gid"] + groups) == {0}:
         # The dumper's root, unmapped there (a namespace made by root that never switched ids): a
         # stand-in keeps its own ids, which are those.
         return None
-    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: ids {fields['Uid']} / {fields['Gid']} not all mapped in "
-                                        "its user namespace: not supported yet")
+    bad = [f"{what} {i}" for what, ids in (("uid", fields["Uid"]), ("gid", fields["Gid"]))
+           for i, h in dict(zip(ids, out[what])).items() if h is None]
+    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} "
+                                        "not mapped in its user namespace: not supported yet")
 
 
+def _check_owner_groups(pid: int, creds: dict) -> None:
+    """Refuse (before the stop) supplementary groups of `pid` its user namespace does not map that
+    restore would refuse: the owner of the outermost namespace a non-root user made above it must
+    have them on this machine (engine/ownergroups.py; the image validator asks the same)."""
+    from engine import ownergroups
+    if not creds.get("unmapped_groups"):
+        return
+    owned = userns.outermost_owned(pid)
+    if owned is None:
+        return   # (root made them all: root could give any group)
+    line = ownergroups.refusal(f"process {pid}", creds["unmapped_groups"], owned[0].gid_map, owned[1])
+    if line is not None:
+        raise UsernsError(errno.EOPNOTSUPP, line)
 
 
 def plan(tree, names: dict, ns_kinds) -> dict:
@@ -152,6 +176,7 @@ class _Plan:
             self.procs[pid] = {"userns": uname}
             creds = _creds(pid, self.users.maps(own))
             if creds is not None:
+                _check_owner_groups(pid, creds)
                 self.procs[pid]["creds"] = creds
         else:
             # In the dumper's user namespace under other ids than root's (bwrap's unprivileged
@@ -874,9 +899,10 @@ class Rebuild:
                 chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"], c.get("dumpable"), _keeps(p)), [])
             if "userns" in p:
                 creds = p.get("creds")
-                deny = self.users[p["userns"]]["setgroups"] == "deny"
+                # (where it denies setgroups, or they are not all mapped, the stand-in holds them already)
+                held = self.users[p["userns"]]["setgroups"] == "deny" or (creds or {}).get("unmapped_groups")
                 chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
-                                      None if deny or not creds else creds["groups"],
+                                      None if held or not creds else creds["groups"],
                                       creds and creds.get("dumpable"), _keeps(p)),
                                      [] if started.get(p["pid"]) == p["userns"] else [self.fd[p["userns"]]])
 

@@ -46,6 +46,15 @@ def test_container_key_values(tmp_path, text, root, dirs):
     assert s.container.external_slavery
 
 
+def test_container_users_run_the_backend_in_the_keepers_namespace(tmp_path):
+    """`container.users`: the users dump and restore know (engine/ownergroups.py reads their
+    groups); no external slavery, but the keeper's own namespace (the files bound there)."""
+    s = scenario.load(write(tmp_path, MINIMAL + 'container: {users: ["lg:100100:100100:27,29", "x:5:6:"]}\n'))
+    c = s.render_all()[0].container
+    assert c.users == (("lg", 100100, 100100, (27, 29)), ("x", 5, 6, ()))
+    assert c.outer and not c.external_slavery
+
+
 @pytest.mark.parametrize("text, fragment", [
     ("container: {root: shared}\n", "key 'container.root': bad value 'shared'; allowed: private, slave"),
     ("container: {host_dirs: [var]}\n", "key 'container.host_dirs': bad value ['var']"),
@@ -57,6 +66,7 @@ def test_container_key_values(tmp_path, text, root, dirs):
     ("container: {outside: 'true', binds: {/mnt/x: ../up}}\n", "key 'container.binds': expected a mapping"),
     ("container: {outside: 'true', externals: {rel: a}}\n", "key 'container.externals': expected a mapping"),
     ("container: {outside: [a]}\n", "key 'container.outside' must be an sh script"),
+    ("container: {users: [\"u:1:2\"]}\n", "key 'container.users': bad entry 'u:1:2'; want NAME:UID:GID:GID,GID..."),
 ])
 def test_container_key_errors(tmp_path, text, fragment):
     with pytest.raises(scenario.ScenarioError) as e:

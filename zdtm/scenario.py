@@ -85,6 +85,10 @@ class Container:
     into the container; `externals` are the container's mounts declared
     external to the backend (CRIU's --external mnt[MOUNTPOINT]:KEY), each
     restored from its outside path (mnt[KEY]:PATH).
+
+    `users`: (name, uid, gid, supplementary gids) of users the machine knows for the item: dump
+    and restore run where private copies of /etc/passwd and /etc/group list them (a rootless
+    namespace's owner and its groups: engine/ownergroups.py), never the host's files.
     """
 
     root: str = "private"                    # "private" | "slave"
@@ -92,6 +96,7 @@ class Container:
     outside: str = ""                        # sh making mounts outside the container ($OUT)
     binds: tuple[tuple[str, str], ...] = ()       # (mount point in the container, path under $OUT)
     externals: tuple[tuple[str, str], ...] = ()   # (mount point declared external, path under $OUT)
+    users: tuple[tuple[str, int, int, tuple[int, ...]], ...] = ()
 
     @property
     def external_slavery(self) -> bool:
@@ -100,9 +105,9 @@ class Container:
 
     @property
     def outer(self) -> bool:
-        """Whether the flavor makes a mount namespace outside the container (CRIU's zdtm tests with
-        mounts made outside the test's namespace: mnt_ext_*)."""
-        return self.external_slavery or bool(self.outside.strip())
+        """Whether the backend runs in a mount namespace the runner made (external slavery, users; CRIU's
+        zdtm tests with mounts made outside the test's namespace: mnt_ext_*)."""
+        return self.external_slavery or bool(self.outside.strip()) or bool(self.users)
 
 
 @dataclass(frozen=True)

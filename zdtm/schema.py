@@ -45,6 +45,7 @@ CONTAINER_KEYS = {
     "externals": "mapping MOUNTPOINT: PATH (relative to $OUT): the container's mount at MOUNTPOINT (a bind, or "
                  "one setup made) declared external to the backend, restored from $OUT/PATH "
                  "(criu --external mnt[MOUNTPOINT]:KEY at dump, mnt[KEY]:PATH at restore)",
+    "users": "list of NAME:UID:GID:GID,GID...: users (primary and supplementary groups) dump and restore know",
 }
 HOST_DIRS = ("usr", "bin", "lib", "lib64", "sbin", "etc")
 PROPAGATIONS = ("private", "slave")
@@ -206,7 +207,20 @@ def _container(path, lines, error, value):
                         lines.get(f"container.{key}"))
         maps[key] = tuple(m.items())
     return Container(root=root, slave_host_dirs=slave_dirs, outside=outside, binds=maps["binds"],
-                     externals=maps["externals"])
+                     externals=maps["externals"],
+                     users=tuple(_user(path, lines, error, u) for u in value.get("users") or ()))
+
+
+_USER = re.compile(r"^([a-z_][a-z0-9_-]{0,30}):(\d{1,10}):(\d{1,10}):((?:\d{1,10}(?:,\d{1,10})*)?)$")
+
+
+def _user(path, lines, error, text):
+    """`NAME:UID:GID:GID,GID...` of `container.users` -> (name, uid, gid, supplementary gids)."""
+    m = _USER.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise error(path, f"key 'container.users': bad entry {text!r}; want NAME:UID:GID:GID,GID...",
+                    lines.get("container.users"))
+    return (m[1], int(m[2]), int(m[3]), tuple(int(g) for g in m[4].split(",") if g))
 
 
 def _expectation(path, lines, error, key, value):

@@ -231,12 +231,16 @@ def refuse_listener_ids(k: Sock, cred: list[int], groups: list[int]) -> None:
     """Refuse a listener that listened with ids (`cred` [uid, gid], `groups`, ours) the user
     namespace a non-root user made, that its process is in (the outermost such), does not map: a
     process outside it listened (root's socket activation) with ids restore gives no tree of that
-    user's (the validator refuses them: imageformat._check_fd_ids). Asked before the stop too."""
-    from engine import userns
+    user's (the validator refuses them: imageformat._check_fd_ids). Supplementary groups its
+    process holds too are its own (the user's, kept through `unshare -r`: engine/ownergroups.py
+    bounds them). Asked before the stop too."""
+    from engine import kernel, userns
     owned = userns.outermost_owned(k.d.pid)
     if owned is None:
         return
     maps, owner = owned
+    held = {int(g) for g in kernel.proc_status(k.d.pid, ("Groups",)).get("Groups", "").split()}
+    groups = [g for g in groups if g not in held]
     for key, ids, ranges in (("uid", [cred[0]], maps.uid_map), ("gid", [cred[1], *groups], maps.gid_map)):
         bad = next((i for i, here in zip(ids, userns.inside(ids, ranges)) if here is None), None)
         if bad is not None:

@@ -83,6 +83,18 @@ def listener_groups(s: socket.socket) -> list[int]:
         n = size.value // 4   # (the kernel said how much it needs)
 
 
+def _held(groups: list[int | None]) -> bool:
+    """Whether we hold supplementary `groups` (as our user namespace names them, None: unmapped
+    here), those unmapped read as the overflow gid: a stand-in holds the process's own, unmapped
+    ones too, from before it entered (engine/userns_groups.py), and the validator lets a listener
+    name no other unmapped ones (imageformat._check_fd_ids)."""
+    if None not in groups:
+        return sorted(groups) == sorted(os.getgroups())
+    with open("/proc/sys/kernel/overflowgid") as f:
+        overflow = int(f.read())
+    return sorted(overflow if g is None else g for g in groups) == sorted(os.getgroups())
+
+
 def as_creds(spec: dict, fn) -> None:
     """fn() (a listen(), which records the caller's credentials for SO_PEERCRED and SO_PEERGROUPS)
     with the dumped listener's effective ids and groups (`spec["cred"]`, `spec["cred_groups"]`, as
@@ -97,11 +109,11 @@ def as_creds(spec: dict, fn) -> None:
     gids = _map("gid_map")   # (read once: a listener may list 65536 groups)
     ids = (_here(cred[0], "uid_map"), _here(cred[1], "gid_map", ranges=gids))
     groups = [_here(g, "gid_map", ranges=gids) for g in spec["cred_groups"]] if "cred_groups" in spec else None
+    if groups is not None and _held(groups):
+        groups = None   # (ours already: a user namespace that denies setgroups would refuse the call)
     if None in ids or None in (groups or ()):
         raise FdError(errno.EOPNOTSUPP, f"listened as uid {cred[0]} gid {cred[1]} groups {spec.get('cred_groups')}, "
                                         "which the process's user namespace does not map")
-    if groups is not None and sorted(groups) == sorted(os.getgroups()):
-        groups = None   # (ours already: a user namespace that denies setgroups would refuse the call)
     if spec.get("cred_gone"):
         def body():
             if groups is not None:

@@ -138,6 +138,29 @@ def _bind_outside(root: str, sources: list[tuple[str, int]]) -> None:
         os.close(fd)
 
 
+def _bind_users(workdir: str, users: list) -> None:
+    """In the keeper's own namespace: private copies of /etc/passwd and /etc/group that list
+    `users` [name, uid, gid, [gids]] (their supplementary groups made where the host has none)
+    bound over the host's, for dump and restore (scenario key `container.users`)."""
+    from engine import kernel
+    with open("/etc/passwd") as f:
+        passwd = f.read().splitlines()
+    with open("/etc/group") as f:
+        group = [line.split(":") for line in f.read().splitlines() if line.count(":") == 3]
+    for name, uid, gid, gids in users:
+        passwd.append(f"{name}:x:{uid}:{gid}::/nonexistent:/bin/sh")
+        known = {int(g[2]) for g in group if g[2].isdigit()}
+        group += [[f"zdtm{g}", "x", str(g), ""] for g in dict.fromkeys([gid, *gids]) if g not in known]
+        for g in group:
+            if g[2] in map(str, gids):
+                g[3] = ",".join(filter(None, g[3].split(",") + [name]))
+    for base, lines in (("passwd", passwd), ("group", [":".join(g) for g in group])):
+        copy = os.path.join(workdir, f"etc-{base}")
+        with open(copy, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        kernel.mount(copy, "/etc/" + base, None, kernel.MS_BIND)
+
+
 # --- inside: the container's init ------------------------------------------
 
 def _build_root(root: str, fresh: bool = True) -> None:
@@ -219,6 +242,8 @@ def keeper_main(config_path: str) -> int:
     out_fd = cfg["out_fd"]
     if cfg.get("outer"):
         _make_outer(cfg.get("outer_root"), cfg.get("slave_dirs", []))
+        if cfg.get("users"):
+            _bind_users(cfg["workdir"], cfg["users"])
         if cfg.get("outside") and not _run_outside(cfg["outside"], cfg["outside_dir"]):
             return SETUP_FAILED
     kernel.unshare(kernel.CLONE_NEWPID)
@@ -249,6 +274,7 @@ class _Keeper:
         self.closed = threading.Event()
         self.pid: int | None = None
         self.exit_code: int | None = None
+        self.outer = self.users = False
         self._thread = threading.Thread(target=self._pump, args=(out_r,), daemon=True)
         self._thread.start()
 
@@ -320,6 +346,8 @@ class NsFlavor:
         outer = bool(container and container.outer)
         if outer:
             cfg.update(outer=True, slave_dirs=_bound_dirs(container.slave_host_dirs))
+            if container.users:
+                cfg.update(users=container.users, workdir=os.path.abspath(workdir))
             if container.root == "slave":
                 cfg["outer_root"] = os.path.join(os.path.abspath(workdir), OUTER_DIR)
                 os.makedirs(cfg["outer_root"], exist_ok=True)
@@ -352,6 +380,7 @@ class NsFlavor:
             os.close(log)
         keeper = _Keeper(proc, out_r)
         keeper.outer = outer
+        keeper.users = bool(outer and container.users)
         keeper.run_id = cfg["run_id"]
         running = Running(pid=0, externals=externals, handle=keeper)
         try:
@@ -402,12 +431,13 @@ class NsFlavor:
 
         The restored mounts must join master groups that exist only there, and
         the engine reaches them through the externals' host paths in the
-        namespace its restore starts in.
+        namespace its restore starts in. With `container.users` the dump runs
+        there too (it reads the users' groups as restore does).
         """
         keeper = running.handle
         if keeper is None or not keeper.outer:
             return backend
-        return RestoreInNamespace(backend, keeper.proc.pid)
+        return RestoreInNamespace(backend, keeper.proc.pid, dump=bool(keeper.users))
 
     def forget(self, running: Running) -> None:
         keeper = running.handle
@@ -436,27 +466,37 @@ class NsFlavor:
 
 
 class RestoreInNamespace:
-    """A backend whose restore runs in the mount namespace of process `ns_pid` (dump is unchanged).
+    """A backend whose restore (and with `dump`, its dump) runs in the mount namespace of process
+    `ns_pid`.
 
     A forked child enters the namespace (setns needs a single-threaded
-    caller) and calls the wrapped backend's restore there, so the engine's
-    restore starts in that namespace. BackendError comes back as such.
+    caller) and calls the wrapped backend's verb there, so the engine's
+    verb starts in that namespace. BackendError comes back as such.
     """
 
-    def __init__(self, inner, ns_pid: int):
+    def __init__(self, inner, ns_pid: int, dump: bool = False):
         self.inner = inner
         self.ns_pid = ns_pid
         self.name = inner.name
+        self._dump_there = dump
 
     def __getattr__(self, attr):
         return getattr(self.inner, attr)
 
     def dump(self, pid, images_dir, externals, ctx):
-        return self.inner.dump(pid, images_dir, externals, ctx)
+        if not self._dump_there:
+            return self.inner.dump(pid, images_dir, externals, ctx)
+        return self._in_ns("dump", lambda: self.inner.dump(pid, images_dir, externals, ctx), ctx)
 
     def restore(self, images_dir, externals, ctx):
+        return self._in_ns("restore", lambda: self.inner.restore(images_dir, externals, ctx), ctx)
+
+    def _in_ns(self, stage: str, call, ctx):
+        """call() (the wrapped backend's `stage`) by a forked child in the namespace; its result."""
         from engine import forkrun, kernel
         from zdtm.backends import BackendError
+
+        before = len(ctx.cleanups)
 
         def in_ns():
             fd = os.open(f"/proc/{self.ns_pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
@@ -465,18 +505,18 @@ class RestoreInNamespace:
             finally:
                 os.close(fd)
             try:
-                pid = self.inner.restore(images_dir, externals, ctx)
+                out = call()
             except BackendError as e:
                 return ("error", e.stage, str(e), e.log)
-            if ctx.cleanups:
+            if len(ctx.cleanups) > before:
                 # they were registered in this child and would be lost with it
                 raise RuntimeError(f"backend {self.name} registered cleanups inside the keeper's namespace")
-            return ("ok", pid)
+            return ("ok", out)
 
         try:
             result = forkrun.run(in_ns)
         except (OSError, forkrun.ChildError) as e:
-            raise BackendError("restore", f"restore in the keeper's mount namespace (pid {self.ns_pid}): {e}") \
+            raise BackendError(stage, f"{stage} in the keeper's mount namespace (pid {self.ns_pid}): {e}") \
                 from None
         if result[0] == "error":
             raise BackendError(*result[1:])
