@@ -113,3 +113,35 @@ def test_fix_binary_format_refused_before_the_stop(case):
     assert "binfmt_misc format zdtm_fix: flag F" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
+
+
+@pytest.mark.parametrize("name, entry", [
+    ("c", "enabled\ninterpreter /usr/bin/a:b\nflags: \nextension .x\n"),
+    ("d", "enabled\ninterpreter /bin/i\nflags: \nextension .a:b\n"),
+    ("e:f", "enabled\ninterpreter /bin/i\nflags: \nextension .x\n"),
+    ("g", "enabled\ninterpreter /bin/i\nflags: \noffset 0\nmagic " + "7f" * 1000 + "\n"),
+])
+def test_entry_restore_would_refuse_is_refused_at_dump(name, entry):
+    """A format registered with another delimiter (':' in its name, extension or interpreter), or
+    one whose line is longer than a register write: dump refuses it (before the stop) rather than
+    write an image the validator refuses."""
+    with pytest.raises(FsError, match="no line restore registers"):
+        register_line(name, entry)
+
+
+def test_trailing_newline_in_a_line_is_refused():
+    payload = {"formats": [{"name": "n", "line": ":n:E::x::/bin/i:\n", "enabled": True}], "enabled": True}
+    with pytest.raises(ImageError, match="no format restore registers"):
+        _check(_sb(payload))
+
+
+def test_fill_refuses_the_hosts_instance(monkeypatch):
+    """fill() writes no format into the host's own instance (whatever made the superblock)."""
+    from engine.fs import binfmt_misc
+    fd = os.open("/", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        monkeypatch.setattr(binfmt_misc, "_host_instance", lambda: os.fstat(fd).st_dev)
+        with pytest.raises(FsError, match="host's instance"):
+            binfmt_misc.TYPE.fill(_sb(GOOD), fd, "superblock sb-1")
+    finally:
+        os.close(fd)

@@ -20,11 +20,11 @@ from engine.fs import FsError, FsType, register
 _FIXED = frozenset({"register", "status"})
 MAX_FORMATS = 256
 MAX_LINE = 1920        # the kernel's limit of one register write
-_NAME = re.compile(r"^[^/:\s\x00]{1,255}$")
+_NAME = re.compile(r"[^/:\s\x00]{1,255}")
 _FLAGS = re.compile(r"^[POC]{0,3}$")
 # :name:type:offset:magic:mask:interpreter:flags, magic and mask as \xHH escapes
-_LINE = re.compile(r"^:([^/:\x00\n]{1,255}):([ME]):([0-9]*):((?:\\x[0-9a-f]{2})*|[^:/\x00\n]*):"
-                   r"((?:\\x[0-9a-f]{2})*):(/[^:\x00\n]{0,1024}):([POC]{0,3})$")
+_LINE = re.compile(r":([^/:\x00\n]{1,255}):([ME]):([0-9]*):((?:\\x[0-9a-f]{2})*|[^:/\x00\n]*):"
+                   r"((?:\\x[0-9a-f]{2})*):(/[^:\x00\n]{0,1024}):([POC]{0,3})")
 
 
 def _escaped(hexdigits: str) -> str:
@@ -53,7 +53,21 @@ def register_line(name: str, entry: str) -> tuple[str, bool]:
                 f"{_escaped(fields.get('mask', ''))}:{interp}:{flags}")
     else:
         raise FsError(errno.EOPNOTSUPP, f"binfmt_misc format {name}: neither magic nor extension ({entry[:80]!r})")
+    if not _valid({"name": name, "line": line, "enabled": True}):
+        # (registered with another delimiter than ':', a name or path with ':' in it: restore's
+        # check would refuse the image, so dump does, before the stop)
+        raise FsError(errno.EOPNOTSUPP, f"binfmt_misc format {name[:80]!r}: {line[:120]!r} is no line restore "
+                                        "registers (':' in a field, or longer than one register write)")
     return line, lines[0] == "enabled"
+
+
+def _valid(f) -> bool:
+    """Whether `f` is a format record restore registers: a plain name, the line ':' delimits, no F."""
+    return isinstance(f, dict) and set(f) == {"name", "line", "enabled"} \
+        and isinstance(f["name"], str) and bool(_NAME.fullmatch(f["name"])) \
+        and f["name"] not in _FIXED | {".", ".."} \
+        and isinstance(f["line"], str) and len(f["line"]) <= MAX_LINE \
+        and bool(m := _LINE.fullmatch(f["line"])) and m[1] == f["name"] and isinstance(f["enabled"], bool)
 
 
 def _read(dir_fd: int, name: str) -> str:
@@ -110,6 +124,9 @@ class BinfmtMisc(FsType):
         for name in sorted(n for n in os.listdir(f"/proc/self/fd/{mount_fd}") if n not in _FIXED):
             line, enabled = register_line(name, _read(mount_fd, name))
             formats.append({"name": name, "line": line, "enabled": enabled})
+        if len(formats) > MAX_FORMATS:
+            raise FsError(errno.EOPNOTSUPP, f"binfmt_misc: {len(formats)} formats, more than an image may hold "
+                                            f"({MAX_FORMATS})")
         status = _read(mount_fd, "status").strip()
         sb = plan.superblocks.get(sid)
         if sb is not None:
@@ -124,11 +141,7 @@ class BinfmtMisc(FsType):
                 or not isinstance(payload["formats"], list) or len(payload["formats"]) > MAX_FORMATS:
             return f"{what}: payload is not {{formats: [at most {MAX_FORMATS}], enabled: true|false}}"
         for f in payload["formats"]:
-            if not isinstance(f, dict) or set(f) != {"name", "line", "enabled"} \
-                    or not isinstance(f["name"], str) or not _NAME.match(f["name"]) \
-                    or f["name"] in _FIXED | {".", ".."} \
-                    or not isinstance(f["line"], str) or len(f["line"]) > MAX_LINE \
-                    or not (m := _LINE.match(f["line"])) or m[1] != f["name"] or not isinstance(f["enabled"], bool):
+            if not _valid(f):
                 return f"{what}: binfmt_misc format {str(f)[:120]} is no format restore registers"
         return None
 
@@ -136,6 +149,11 @@ class BinfmtMisc(FsType):
         payload = sb.get("payload")
         if not payload:
             return
+        if os.fstat(mount_fd).st_dev == _host_instance():
+            # (the owner's fsmount must have made that namespace's own instance: formats written
+            # to the host's would run for every process of the machine)
+            raise FsError(errno.EPERM, f"{where}: binfmt_misc: the superblock made is the host's instance; "
+                                       "its formats are not registered there")
         for f in payload["formats"]:
             _write(mount_fd, "register", f["line"], where)
             if not f["enabled"]:
