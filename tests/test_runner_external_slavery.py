@@ -67,6 +67,9 @@ def test_container_users_run_the_backend_in_the_keepers_namespace(tmp_path):
     ("container: {outside: 'true', externals: {rel: a}}\n", "key 'container.externals': expected a mapping"),
     ("container: {outside: [a]}\n", "key 'container.outside' must be an sh script"),
     ("container: {users: [\"u:1:2\"]}\n", "key 'container.users': bad entry 'u:1:2'; want NAME:UID:GID:GID,GID..."),
+    ("container: {users: \"u:1:2:\"}\n", "key 'container.users' must be a list"),
+    ("container: {users: [\"u:1:2:\\n\"]}\n", "key 'container.users': bad entry"),
+    ("container: {outside: 'true', binds: {/mnt/../../etc: a}}\n", "key 'container.binds': expected a mapping"),
 ])
 def test_container_key_errors(tmp_path, text, fragment):
     with pytest.raises(scenario.ScenarioError) as e:

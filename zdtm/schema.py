@@ -21,8 +21,8 @@ TOP_KEYS = {
     "flavors": "list of flavors this scenario runs in: ns, vm",
     "timeout": "seconds for the whole scenario (number, default 60)",
     "iters": "minimum number of dump/restore iterations (integer, default 1)",
-    "container": "mapping with root, host_dirs, outside, binds, externals: how the flavor builds the container "
-                 "(default: all private)",
+    "container": "mapping with root, host_dirs, outside, binds, externals, users: how the flavor builds the "
+                 "container (default: all private)",
     "fuse_restart": "mapping SUBTYPE: COMMAND the mntcr backend's restore gives as --fuse-restart (engine/fs/fuse.py)",
     "server": "mapping with start, stop: sh of a server outside the tree, run in a network and mount namespace of "
               "its own that the container, dump and restore share (zdtm/fsserver.py)",
@@ -174,7 +174,7 @@ def _strategy(path, lines, error, value) -> tuple[str, ...]:
 
 def _container(path, lines, error, value):
     """`container: {root: private|slave, host_dirs: private|slave|[names], outside: SH,
-    binds: {MOUNTPOINT: PATH}, externals: {MOUNTPOINT: PATH}}` -> Container."""
+    binds: {MOUNTPOINT: PATH}, externals: {MOUNTPOINT: PATH}, users: [NAME:UID:GID:GIDS]}` -> Container."""
     from zdtm.scenario import Container
     value = value or {}
     root = value.get("root", "private")
@@ -198,7 +198,8 @@ def _container(path, lines, error, value):
     for key in ("binds", "externals"):
         m = value.get(key) or {}
         if not isinstance(m, dict) or not all(
-                isinstance(k, str) and k.startswith("/") and k != "/" and isinstance(v, str) and v
+                isinstance(k, str) and k.startswith("/") and k != "/" and ".." not in k.split("/")
+                and isinstance(v, str) and v
                 and not v.startswith("/") and ".." not in v.split("/") for k, v in m.items()):
             raise error(path, f"key 'container.{key}': expected a mapping MOUNTPOINT: PATH (an absolute mount "
                               "point in the container, a path relative to $OUT)", lines.get(f"container.{key}"))
@@ -206,17 +207,20 @@ def _container(path, lines, error, value):
             raise error(path, f"key 'container.{key}' needs 'container.outside' (which makes what it names)",
                         lines.get(f"container.{key}"))
         maps[key] = tuple(m.items())
+    users = value.get("users") or []
+    if not isinstance(users, list):
+        raise error(path, "key 'container.users' must be a list of NAME:UID:GID:GID,GID...",
+                    lines.get("container.users"))
     return Container(root=root, slave_host_dirs=slave_dirs, outside=outside, binds=maps["binds"],
-                     externals=maps["externals"],
-                     users=tuple(_user(path, lines, error, u) for u in value.get("users") or ()))
+                     externals=maps["externals"], users=tuple(_user(path, lines, error, u) for u in users))
 
 
-_USER = re.compile(r"^([a-z_][a-z0-9_-]{0,30}):(\d{1,10}):(\d{1,10}):((?:\d{1,10}(?:,\d{1,10})*)?)$")
+_USER = re.compile(r"([a-z_][a-z0-9_-]{0,30}):(\d{1,10}):(\d{1,10}):((?:\d{1,10}(?:,\d{1,10})*)?)")
 
 
 def _user(path, lines, error, text):
     """`NAME:UID:GID:GID,GID...` of `container.users` -> (name, uid, gid, supplementary gids)."""
-    m = _USER.match(text) if isinstance(text, str) else None
+    m = _USER.fullmatch(text) if isinstance(text, str) else None
     if m is None:
         raise error(path, f"key 'container.users': bad entry {text!r}; want NAME:UID:GID:GID,GID...",
                     lines.get("container.users"))
