@@ -173,17 +173,26 @@ def _by_handle(hostproc: int, mounts, dev: str, htype: int, handle: bytes) -> di
             continue
         finally:
             os.close(mfd)
-        try:
-            path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
-            # A handle opens any inode of the filesystem through this mount, even one outside
-            # its root (its path then names something else): only an inode within counts.
-            if not _within(h, path, mnt):
-                continue
-            return {"abs": path, "mnt": kernel.statx_mnt_id("", h, kernel.AT_EMPTY_PATH)}
-        except OSError:
-            continue
-        finally:
-            os.close(h)
+        found = _handle_found(hostproc, h, mnt, None)
+        if found is not None:
+            return found
+    return None
+
+
+def _handle_found(hostproc: int, h: int, mnt, mnt_id: int | None) -> dict | None:
+    """{abs, mnt} of the inode our O_PATH fd `h` (closed here) opened through mount `mnt` (its
+    id `mnt_id`, None: asked of `h`), None when it lies outside that mount's root: a handle opens
+    any inode of the filesystem through a mount (its path then names something else)."""
+    from engine import kernel
+    try:
+        path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
+        if _within(h, path, mnt):
+            return {"abs": path, "mnt": kernel.statx_mnt_id("", h, kernel.AT_EMPTY_PATH) if mnt_id is None
+                    else mnt_id}
+    except OSError:
+        pass
+    finally:
+        os.close(h)
     return None
 
 
@@ -217,14 +226,9 @@ def _by_held(hostproc: int, pid: int, mounts, sdev: int, htype: int, handle: byt
             continue
         finally:
             os.close(mfd)
-        try:
-            path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
-            if _within(h, path, mnt):
-                return {"abs": path, "mnt": mnt.mnt_id}
-        except OSError:
-            continue
-        finally:
-            os.close(h)
+        found = _handle_found(hostproc, h, mnt, mnt.mnt_id)
+        if found is not None:
+            return found
     return None
 
 
