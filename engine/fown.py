@@ -139,10 +139,15 @@ def register_async(fd: int, number: int) -> None:
     turns the flag off and on there (off first: a bit open(2) set without registering must change
     to reach the file's fasync hook). A description several fds share gets the number of the one
     it was made for: which fd turned the flag on last, /proc does not show. OSError on failure."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     pid = os.fork()
     if pid == 0:   # (nothing but syscalls here, then _exit: no Python clean-up in the copy)
         code = 0
         try:
+            if number >= soft:
+                # (the validator bounds fd numbers by the hard limit only: the copy's own to raise)
+                resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             if fd != number:
                 os.dup2(fd, number, inheritable=False)
             fl = fcntl.fcntl(number, fcntl.F_GETFL)

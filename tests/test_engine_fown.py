@@ -328,3 +328,27 @@ def test_base_image_has_the_owners(base_image):
     a, r = _root_fd(d, 10), _root_fd(d, 12)
     assert a["async_owner"] in pids[1:] and a["async_signal"] == signal.SIGUSR1 and "async_tid" not in a, a
     assert r["async_owner"] in pids[1:] and r["async_tid"] is True and "async_signal" not in r, r
+
+
+def test_register_async_through_a_number_above_the_soft_fd_limit():
+    """The tree's fd number may lie above the restorer's soft RLIMIT_NOFILE (the validator bounds it
+    by the hard one only): the throwaway child registers through it all the same, and si_fd names it."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = max(512, len(os.listdir("/proc/self/fd")) + 64)
+    number = low + 100
+    if hard != resource.RLIM_INFINITY and number >= hard:
+        pytest.skip(f"hard RLIMIT_NOFILE {hard} leaves no number above a soft limit of {low}")
+    r, w = os.pipe()
+    resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard))
+    try:
+        fcntl.fcntl(r, fown.F_SETSIG, signal.SIGUSR1)
+        fown.register_async(r, number)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    try:
+        assert fcntl.fcntl(r, fcntl.F_GETFL) & fown.O_ASYNC
+        assert _si_fd_of_signal(r, signal.SIGUSR1, lambda: os.write(w, b"x")) == number
+    finally:
+        os.close(r)
+        os.close(w)
