@@ -76,6 +76,9 @@ def test_payload_of_an_owned_instance_validates():
      "user-1", "no format restore registers"),
     ({"formats": [{"name": "n", "line": ":n:E::x::/bin/i:\n:o:E::y::/bin/i:", "enabled": True}],
       "enabled": True}, "user-1", "no format restore registers"),
+    ({"formats": [{"name": "n", "line": ":n:E::x::/bin/i:", "enabled": True},
+                  {"name": "n", "line": ":n:E::y::/bin/i:", "enabled": True}], "enabled": True},
+     "user-1", "of one name twice"),
 ])
 def test_hostile_payload_is_refused(payload, owner, message):
     with pytest.raises(ImageError, match=message):

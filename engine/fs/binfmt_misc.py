@@ -6,7 +6,10 @@ made it; the instance's status (enabled or not) too.
 
 A format with the F flag ("fix binary") had its interpreter opened when it was registered, in the
 registering process's mount namespace: restore writes from outside the restored tree, so it would
-open another file. Refused, before the tree is stopped (the probe also runs on the running tree)."""
+open another file. Refused, before the tree is stopped (the probe also runs on the running tree);
+so is a format whose line the image's check refuses (one registered with another delimiter than
+':', with ':' in a field). Restore writes the lines as root: only into the instance the owner's
+user namespace made (never the host's, checked again before writing)."""
 
 from __future__ import annotations
 
@@ -143,6 +146,9 @@ class BinfmtMisc(FsType):
         for f in payload["formats"]:
             if not _valid(f):
                 return f"{what}: binfmt_misc format {str(f)[:120]} is no format restore registers"
+        names = [f["name"] for f in payload["formats"]]
+        if len(set(names)) != len(names):
+            return f"{what}: binfmt_misc formats of one name twice (the second register would fail)"
         return None
 
     def fill(self, sb: dict, mount_fd: int, where: str) -> None:
