@@ -167,24 +167,30 @@ def _by_handle(hostproc: int, mounts, dev: str, htype: int, handle: bytes) -> di
             mfd = os.open(mnt.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue
-        try:
-            h = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        finally:
-            os.close(mfd)
-        try:
-            path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
-            # A handle opens any inode of the filesystem through this mount, even one outside
-            # its root (its path then names something else): only an inode within counts.
-            if not _within(h, path, mnt):
-                continue
-            return {"abs": path, "mnt": kernel.statx_mnt_id("", h, kernel.AT_EMPTY_PATH)}
-        except OSError:
-            continue
-        finally:
-            os.close(h)
+        got = _through(hostproc, mfd, mnt, htype, handle)
+        if got is not None:
+            return got
     return None
+
+
+def _through(hostproc: int, mfd: int, mnt, htype: int, handle: bytes) -> dict | None:
+    """{abs, mnt} of the inode with the handle, opened through our fd `mfd` (closed here) on mount
+    `mnt`; None when it does not open, or lies outside that mount's root: a handle opens any inode
+    of the filesystem through any of its mounts (its path then names something else)."""
+    from engine import kernel
+    try:
+        h = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    finally:
+        os.close(mfd)
+    try:
+        path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
+        return {"abs": path, "mnt": mnt.mnt_id} if _within(h, path, mnt) else None
+    except OSError:
+        return None
+    finally:
+        os.close(h)
 
 
 def _by_held(hostproc: int, pid: int, mounts, sdev: int, htype: int, handle: bytes) -> dict | None:
@@ -212,19 +218,12 @@ def _by_held(hostproc: int, pid: int, mounts, sdev: int, htype: int, handle: byt
             continue
         try:
             mnt = by_id[kernel.statx_mnt_id("", mfd, kernel.AT_EMPTY_PATH)]
-            h = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH | os.O_NOFOLLOW)
         except OSError:
-            continue
-        finally:
             os.close(mfd)
-        try:
-            path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
-            if _within(h, path, mnt):
-                return {"abs": path, "mnt": mnt.mnt_id}
-        except OSError:
             continue
-        finally:
-            os.close(h)
+        got = _through(hostproc, mfd, mnt, htype, handle)
+        if got is not None:
+            return got
     return None
 
 
