@@ -270,8 +270,12 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _commit(commit, pid, pidfile, doc["processes"][0]["pid"])
     # Processes that were stopped at dump stop again, now that every stand-in took its last steps.
+    # (the tree is committed: no error may follow, or it would run while restore says it failed)
     for p in stopped:
-        os.kill(p, signal.SIGSTOP)
+        try:
+            os.kill(p, signal.SIGSTOP)
+        except ProcessLookupError:
+            pass   # (killed since the commit: nothing to stop)
     return pid
 
 

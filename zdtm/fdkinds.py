@@ -67,6 +67,8 @@ def _socket(c: int) -> str:
                 pid, uid, gid = struct.unpack("3i", s.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
                 groups = ",".join(str(g) for g in unix_bind.listener_groups(s)) or "-"
                 out += f" peercred=pid:{pid} ids={uid & 0xffffffff}:{gid & 0xffffffff} groups={groups}"
+            from engine.fds import unix_opts   # (what the socket was set to: credentials passed, buffers...)
+            out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(unix_opts.read(s).items()))
         elif fam == socket.AF_NETLINK:
             # (protocol, port id, groups, peer: a restore binds the same port id again)
             raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS

@@ -167,33 +167,30 @@ def _by_handle(hostproc: int, mounts, dev: str, htype: int, handle: bytes) -> di
             mfd = os.open(mnt.mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             continue
-        try:
-            h = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH | os.O_NOFOLLOW)
-        except OSError:
-            continue
-        finally:
-            os.close(mfd)
-        found = _handle_found(hostproc, h, mnt, None)
-        if found is not None:
-            return found
+        got = _through(hostproc, mfd, mnt, htype, handle)
+        if got is not None:
+            return got
     return None
 
 
-def _handle_found(hostproc: int, h: int, mnt, mnt_id: int | None) -> dict | None:
-    """{abs, mnt} of the inode our O_PATH fd `h` (closed here) opened through mount `mnt` (its
-    id `mnt_id`, None: asked of `h`), None when it lies outside that mount's root: a handle opens
-    any inode of the filesystem through a mount (its path then names something else)."""
+def _through(hostproc: int, mfd: int, mnt, htype: int, handle: bytes) -> dict | None:
+    """{abs, mnt} of the inode with the handle, opened through our fd `mfd` (closed here) on mount
+    `mnt`; None when it does not open, or lies outside that mount's root: a handle opens any inode
+    of the filesystem through any of its mounts (its path then names something else)."""
     from engine import kernel
     try:
-        path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
-        if _within(h, path, mnt):
-            return {"abs": path, "mnt": kernel.statx_mnt_id("", h, kernel.AT_EMPTY_PATH) if mnt_id is None
-                    else mnt_id}
+        h = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH | os.O_NOFOLLOW)
     except OSError:
-        pass
+        return None
+    finally:
+        os.close(mfd)
+    try:
+        path = os.readlink(f"self/fd/{h}", dir_fd=hostproc)
+        return {"abs": path, "mnt": mnt.mnt_id} if _within(h, path, mnt) else None
+    except OSError:
+        return None
     finally:
         os.close(h)
-    return None
 
 
 def _by_held(hostproc: int, pid: int, mounts, sdev: int, htype: int, handle: bytes) -> dict | None:
@@ -221,14 +218,12 @@ def _by_held(hostproc: int, pid: int, mounts, sdev: int, htype: int, handle: byt
             continue
         try:
             mnt = by_id[kernel.statx_mnt_id("", mfd, kernel.AT_EMPTY_PATH)]
-            h = kernel.open_by_handle_at(mfd, htype, handle, os.O_PATH | os.O_NOFOLLOW)
         except OSError:
-            continue
-        finally:
             os.close(mfd)
-        found = _handle_found(hostproc, h, mnt, mnt.mnt_id)
-        if found is not None:
-            return found
+            continue
+        got = _through(hostproc, mfd, mnt, htype, handle)
+        if got is not None:
+            return got
     return None
 
 

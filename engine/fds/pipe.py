@@ -7,6 +7,12 @@ same capacity. A FIFO is a pipe reached by a path: restore opens it on the
 restored mount (also beneath an overmount or on a detached mount), a keeper
 O_RDWR open holds the pipe alive and writes the data first, so neither a
 read-only nor a write-only open blocks.
+
+A packet-mode pipe (pipe2(O_DIRECT), autofs's; any end of it O_DIRECT) keeps its
+packets: a read of the private pipe stops at each packet (tee copies the
+buffers with their packet mark), so dump records the reads' lengths and
+restore writes each back through an O_DIRECT end (a plain write would make one
+run of bytes of them, which a reader would take in one read).
 """
 
 from __future__ import annotations
@@ -24,20 +30,24 @@ from engine.fds import sys as fsys
 MAX_DATA = 1 << 24   # a pipe holds at most pipe-user-pages-hard: 16 MiB is far above any default
 
 
-def pipe_object(objects: dict, link: str, prefix: str = "fifo") -> str:
+def pipe_object(objects: dict, link: str, prefix: str = "fifo", packets: bool = False) -> str:
     """The id of the pipe object of the pipe or FIFO behind magic link `link` (/proc/PID/fd/N),
     recorded in `objects` with its buffered data the first time (a process's fd on it, or an fd in
-    flight). `prefix`: "pipe" for a pipe, "fifo" for a FIFO."""
+    flight). `prefix`: "pipe" for a pipe, "fifo" for a FIFO. `packets`: the fd is O_DIRECT, the
+    pipe in packet mode: the lengths of its packets are recorded too."""
     st = os.stat(link)
     obj = f"{prefix}-{st.st_dev}-{st.st_ino}"
-    if obj not in objects:
-        data, size = read_buffer_at(link)
+    if obj not in objects or packets and "packets" not in objects[obj]:
+        data, size, reads = read_buffer_at(link)
         objects[obj] = {"kind": "pipe", "size": size, "data": base64.b64encode(data).decode()}
+        if packets:
+            objects[obj]["packets"] = reads
     return obj
 
 
-def read_buffer_at(link: str) -> tuple[bytes, int]:
-    """(buffered bytes, capacity) of the pipe behind magic link `link`, leaving the bytes there."""
+def read_buffer_at(link: str) -> tuple[bytes, int, list[int]]:
+    """(buffered bytes, capacity, the lengths the reads gave) of the pipe behind magic link `link`,
+    leaving the bytes there; each read asks for all that is left (a read stops after a packet)."""
     rd = os.open(link, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         size = fcntl.fcntl(rd, fsys.F_GETPIPE_SZ)
@@ -50,10 +60,11 @@ def read_buffer_at(link: str) -> tuple[bytes, int]:
                 if e.errno != errno.EAGAIN:
                     raise
                 n = 0   # empty
-            data = b""
+            data, reads = b"", []
             while len(data) < n:
                 data += os.read(r, n - len(data))
-            return data, size
+                reads.append(len(data) - sum(reads))
+            return data, size, reads
         finally:
             os.close(r)
             os.close(w)
@@ -62,7 +73,7 @@ def read_buffer_at(link: str) -> tuple[bytes, int]:
 
 
 def _dump(d) -> dict:
-    return {"obj": pipe_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}", "pipe")}
+    return {"obj": pipe_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}", "pipe", bool(d.flags & os.O_DIRECT))}
 
 
 def _check(entry: dict, what: str) -> None:
@@ -82,17 +93,24 @@ def check_object(obj: dict, what: str) -> None:
         _fail(f"{what}: pipe data is not base64")
     if len(data) > obj["size"]:
         _fail(f"{what}: more pipe data than the pipe holds")
+    packets = obj.get("packets", [len(data)] if data else [])
+    if not isinstance(packets, list) or not all(type(n) is int and n > 0 for n in packets) \
+            or sum(packets) != len(data):
+        _fail(f"{what}: pipe packets must be positive lengths that add up to its data")
 
 
 def _fill(w: int, obj: dict, where: str) -> None:
     fcntl.fcntl(w, fsys.F_SETPIPE_SZ, obj["size"])
     data = base64.b64decode(obj["data"])
     fl = fcntl.fcntl(w, fcntl.F_GETFL)
-    fcntl.fcntl(w, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+    # (in packet mode each recorded read is written alone, as a packet)
+    fcntl.fcntl(w, fcntl.F_SETFL, fl | os.O_NONBLOCK | (os.O_DIRECT if "packets" in obj else 0))
     try:
-        done = 0
-        while done < len(data):
-            done += os.write(w, data[done:])
+        for n in obj.get("packets") or [len(data)]:
+            chunk, data = data[:n], data[n:]
+            done = 0
+            while done < len(chunk):
+                done += os.write(w, chunk[done:])
     except BlockingIOError:
         raise FdError(errno.EAGAIN, f"{where}: the pipe's data does not fit back") from None
     finally:
@@ -149,7 +167,7 @@ def _open_fifo(r: RestoreFd) -> int:
 
 
 def _dump_fifo(d) -> dict:
-    return {"obj": pipe_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}")}
+    return {"obj": pipe_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}", packets=bool(d.flags & os.O_DIRECT))}
 
 
 register(FdKind(name="pipe", matches=lambda t, m: t.startswith("pipe:["), dump=_dump, open=_open_pipe,

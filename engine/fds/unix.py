@@ -17,6 +17,7 @@ The concepts live in helper modules of this kind:
 - unix_backlog: datagrams queued on a named socket, each sent again from its sender, and what a
   pending connection's client had sent;
 - unix_ghost: sockets whose file was unlinked since;
+- unix_opts: the socket options it was given (SO_PASSCRED, buffer sizes...);
 - unix_prestop: the refusals told before the tree is stopped;
 - unix_check: the image validator's part.
 
@@ -45,7 +46,7 @@ import struct
 import stat
 
 from engine.fds import (FdError, FdKind, RestoreFd, register, unix_backlog, unix_bind, unix_check, unix_diag,
-                        unix_ghost, unix_locate, unix_pair, unix_prestop, unix_queue)
+                        unix_ghost, unix_locate, unix_opts, unix_pair, unix_prestop, unix_queue)
 
 
 def _dump(d) -> dict:
@@ -55,6 +56,8 @@ def _dump(d) -> dict:
             from engine.fds import netlink
             return {"kind": "netlink", **netlink.dump(d, s)}   # (a kind of its own, engine/fds/netlink.py)
     out = _dump_one(d)
+    with socket.socket(fileno=os.dup(c)) as s:
+        out["opts"] = unix_opts.read(s)
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     out["_ino"] = f"{os.stat(f'/proc/{d.pid}/ns/net').st_ino}:{st.st_ino}"   # (for _finish, then dropped)
     return out
@@ -519,6 +522,7 @@ def _open(r: RestoreFd) -> int:
             unix_ghost.hold(r)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
+    unix_opts.apply(fd, e.get("opts") or {}, r.where)
     if "sender_id" in e:
         # (it sent datagrams still queued on a named socket: they are sent from it again)
         mine = os.dup(fd)

@@ -5,7 +5,7 @@ restore reads (names, mounts, queues, pending connections, ghosts, senders) is c
 from __future__ import annotations
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
-from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_queue
+from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_opts, unix_queue
 
 
 def name_rule(v) -> str | None:
@@ -28,6 +28,8 @@ def check(entry: dict, what: str) -> None:
     from engine.image import _fail, check_abs_path
     if entry.get("type") not in unix_diag.TYPES.values():
         _fail(f"{what}: bad unix socket type")
+    if "opts" in entry:
+        unix_opts.check(entry["opts"], what)
     if "path" in entry:
         check_name(entry["path"], what)
         if len(entry["path"]) > 107:
@@ -232,4 +234,5 @@ FIELDS = {
     "sent": F(STR + LIST, required=False),
     "reached": F(BOOL, required=False),
     "gone": F(LIST, required=False),
+    "opts": F(DICT, required=False),   # (engine/fds/unix_opts.py)
 }
