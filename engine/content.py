@@ -550,6 +550,7 @@ class ReadAhead:
                 continue
             st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode) and st.st_size <= AHEAD_MAX:
+                os.set_blocking(fd, True)   # (O_NONBLOCK only kept a FIFO's open from waiting)
                 self.fds[name] = fd
                 total += st.st_size
             else:
