@@ -16,24 +16,17 @@ import pytest
 import enginecase
 from enginecase import case, copy_image, load_manifest  # noqa: F401  (fixture)
 from engine import content
-from test_hardening_hostile import ARCHIVES, _info, _rewrite_archive, _sb, _victim, refused
+from test_hardening_hostile import ARCHIVES, BASE_SETUP, _info, _rewrite_archive, _sb, _victim, refused
 
-# A 420 KiB file makes the archive worth reading ahead.
-BIG_SETUP = """
-mkdir /mnt/t
-mount -t tmpfs -o size=8m t /mnt/t; mkdir /mnt/t/d; echo data > /mnt/t/f
-seq 1 70000 > /mnt/t/big
-exec 5</mnt/t/f
-cd /mnt/t
-hold
-"""
+# test_hardening_hostile's image, with a 420 KiB file that makes its archive worth reading ahead.
+BIG_SETUP = BASE_SETUP.replace("exec 5<", "seq 1 70000 > /mnt/t/big\nexec 5<", 1)
 
 
 @pytest.fixture(scope="module")
 def big_image(tmp_path_factory):
     """A valid image whose tmpfs archive is read ahead."""
-    yield from enginecase.dumped_image(tmp_path_factory, BIG_SETUP,
-                                       "hostile image tests need root (they dump a real container and restore)")
+    assert BIG_SETUP != BASE_SETUP
+    yield from enginecase.dumped_image(tmp_path_factory, BIG_SETUP, "hostile image tests need root")
 
 
 def _archive(img: str) -> str:
