@@ -516,6 +516,10 @@ def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, s
 # one of its archives, nor how big (a huge one waits for the usual check, after the size comparison).
 AHEAD_MAX = 64 << 20
 _AHEAD_FILES = 64   # fds held by `mntcr restore` (more archives: the others get the usual checks)
+# Nor when all of them are smaller than this: a small tree's few KiB are hashed and listed in ~2 ms,
+# less than the helper's fork and page faults cost (benchmarks/fixed_cost.py: 1 fork and ~1,400 page
+# faults more for basic/tmpfs).
+AHEAD_MIN = 256 << 10
 ARCHIVE_NAME = re.compile(r"^files-[0-9]{1,9}\.tar$")
 
 
@@ -525,17 +529,20 @@ class ReadAhead:
     and tar's listing. The extraction children use them instead of reading each archive twice more
     on the filler's path, once the manifest's sizes and hashes are compared with them; they come
     from the very fd the filler extracts from. An archive not read ahead (too big, not a regular
-    file, the helper failed) gets the usual checks."""
+    file, all of them too small together, the helper failed) gets the usual checks."""
 
     def __init__(self, images_dir: str):
         """Open the archives in `images_dir` and start the helper."""
         self.fds: dict[str, int] = {}
         self.results: dict[str, tuple] = {}
+        self.pending: channel.Pending | None = None
+        self.parent = os.getpid()   # the helper's: the filler that reads its answers cannot reap it
         dir_fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             names = sorted(filter(ARCHIVE_NAME.match, os.listdir(dir_fd)), key=_dump_order)[:_AHEAD_FILES]
         except OSError:
             names = []
+        total = 0
         for name in names:
             try:
                 fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=dir_fd)
@@ -543,12 +550,16 @@ class ReadAhead:
                 continue
             st = os.fstat(fd)
             if stat.S_ISREG(st.st_mode) and st.st_size <= AHEAD_MAX:
+                os.set_blocking(fd, True)   # (O_NONBLOCK only kept a FIFO's open from waiting)
                 self.fds[name] = fd
+                total += st.st_size
             else:
                 os.close(fd)
         os.close(dir_fd)
-        self.pending = channel.spawn(_read_ahead, list(self.fds.items())) if self.fds else None
-        self.parent = os.getpid()   # the helper's: the filler that reads its answers cannot reap it
+        if total < AHEAD_MIN:
+            self.close()    # (small: reading them in the extraction children costs less than a helper)
+        if self.fds:
+            self.pending = channel.spawn(_read_ahead, list(self.fds.items()))
 
     def take_fd(self, name: str) -> int | None:
         """The fd archive `name` was read ahead from (the caller owns it), or None."""

@@ -15,6 +15,11 @@ import pytest
 from engine import content
 
 
+@pytest.fixture(autouse=True)
+def _small_archives_too(monkeypatch):
+    monkeypatch.setattr(content, "AHEAD_MIN", 0)   # (the archives here are a few KiB)
+
+
 def _tar(tmp_path, name: str, xattr: bool = False) -> bytes:
     src = tmp_path / f"src-{name}"
     (src / "sb-0").mkdir(parents=True)
@@ -128,3 +133,18 @@ def test_close_does_not_wait_for_the_helper(tmp_path, monkeypatch):
     assert ahead.pending is None
     (got_pid, status), = statuses
     assert got_pid == pid and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_small_archives_are_left_to_the_extraction_children(tmp_path, monkeypatch):
+    data = _tar(tmp_path, "files-0.tar")
+    _tar(tmp_path, "files-1.tar")
+    monkeypatch.setattr(content, "AHEAD_MIN", 2 * len(data) + 1)   # both together are smaller
+    ahead = content.ReadAhead(str(tmp_path / "img"))
+    assert ahead.fds == {} and ahead.pending is None and ahead.result("files-0.tar") is None
+    ahead.close()
+    monkeypatch.setattr(content, "AHEAD_MIN", 2 * len(data))
+    ahead = content.ReadAhead(str(tmp_path / "img"))
+    try:
+        assert sorted(ahead.fds) == ["files-0.tar", "files-1.tar"] and ahead.pending is not None
+    finally:
+        ahead.close()
