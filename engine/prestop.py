@@ -560,7 +560,7 @@ def _check_detached(unplaced: list, ours: list, view: View) -> None:
         return   # (a mount left out of a namespace's view would look detached: plan asks, once stopped)
     if unplaced or ours:
         detached.precheck(unplaced + ours, view.superblocks, view.sb_of_dev,
-                          {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)
+                          {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view, view.unsure)
 
 
 def _close_ours(scratch: dict) -> None:
