@@ -87,6 +87,48 @@ def test_lazily_unmounted_overlay_refused_unstopped(case, held):
                        + NO_OPTIONS)
 
 
+def test_lazily_unmounted_overlay_whose_upper_is_detached_too_refused_unstopped(case):
+    """Where the kernel shows a detached overlay's options (statmount by fd): an overlay whose upper
+    layer's own mount was lazily unmounted too. Its upperdir path now leads to the directory beneath
+    that mount, which holds no such directory: the layer is nowhere the holder's namespace shows,
+    refused with the line a visible overlay's moved layer gets (engine/fs/overlay.py _not_there)."""
+    _needs_overlay()
+    if not _statmount_by_fd():
+        pytest.skip("no statmount by fd: every detached overlay is refused before its layers are looked at")
+    _refused_unstopped(case, """
+mkdir -p /mnt/t /mnt/o; mount -t tmpfs t /mnt/t; mkdir /mnt/t/l /mnt/t/up; echo x > /mnt/t/l/f
+mount -t tmpfs up /mnt/t/up; mkdir /mnt/t/up/u /mnt/t/up/w
+mount -t overlay o -o lowerdir=/mnt/t/l,upperdir=/mnt/t/up/u,workdir=/mnt/t/up/w /mnt/o
+exec 5</mnt/o/f; umount -l /mnt/o; umount -l /mnt/t/up
+hold
+""", r"process \d+ fd 5 \(/f\) on mount \d+, in no dumped namespace: detached mount \d+ on overlay: its layer "
+     r"upperdir=/mnt/t/up/u is no longer a directory at that path \(/mnt/t/up holds no 'u'\)")
+
+
+def test_lazily_unmounted_overlay_recorded_with_its_layers(case):
+    """Where the kernel shows a detached overlay's options: the image has a superblock that no
+    namespace mounts, with the overlay's options and its layers on the visible tmpfs, and the
+    detached entry of the fd's mount names it (the validator takes the image; restore:
+    scenarios/lazy_umount/fd_on_detached_overlay.yaml)."""
+    from enginecase import load_manifest
+    _needs_overlay()
+    if not _statmount_by_fd():
+        pytest.skip("no statmount by fd: the detached overlay is refused (test above)")
+    pid = case.start(OVERLAY + "exec 5</mnt/o/f; umount -l /mnt/o\nhold\n")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    doc = load_manifest(images)
+    (det,) = doc["detached"].values()
+    sb = doc["superblocks"][det["sb"]]
+    assert (sb["fstype"], det["root"]) == ("overlay", "/"), (sb, det)
+    assert not any(e["sb"] == det["sb"] for ns in doc["mntns"].values() for e in ns["mounts"])
+    assert {o for o in sb["super_opts"] if o.partition("=")[0] in ("lowerdir", "upperdir", "workdir")} == \
+        {"lowerdir=/mnt/t/l", "upperdir=/mnt/t/u", "workdir=/mnt/t/w"}, sb
+    mounts = {e["id"]: e for ns in doc["mntns"].values() for e in ns["mounts"]}
+    assert sorted((x["path"], mounts[x["mnt"]]["mountpoint"], x["rel"]) for x in sb["layers"]) == [
+        ("/mnt/t/l", "/mnt/t", "/l"), ("/mnt/t/u", "/mnt/t", "/u"), ("/mnt/t/w", "/mnt/t", "/w")], sb["layers"]
+
+
 def test_fifo_outside_every_visible_mount_refused_unstopped(case):
     """A FIFO of a tmpfs whose only visible mount is a bind of another directory of it: only a
     regular file or directory can be located there (engine/detached.py `_anchorable`)."""
