@@ -463,7 +463,7 @@ def _remade(items, f0: dict, ftype, sid: str, view, where: str, hint: str) -> tu
     try:
         info = kernel.statmount_fd(fd, _SB_FACTS)
     except OSError as e:
-        if e.errno != errno.EINVAL:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS):   # (no STATMOUNT_BY_FD; no statmount at all: < 6.8)
             raise
         raise DumpError(errno.EOPNOTSUPP, f"{where}: its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
                                           f"visible ({ftype.name}, made again from the layers its mount options "

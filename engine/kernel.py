@@ -347,7 +347,7 @@ def statmount(mnt_id: int, mask: int = STATMOUNT_ALL, ns_id: int = 0) -> dict:
 def statmount_fd(fd: int, mask: int = STATMOUNT_ALL) -> dict:
     """statmount(2) of the mount fd `fd` lies on (STATMOUNT_BY_FD), as `statmount` decodes it: also
     a mount in no namespace (lazily unmounted), whose options nothing else shows. Kernels without
-    it (6.18 and older) say EINVAL."""
+    it (6.18 and older) say EINVAL, without statmount (before 6.8) ENOSYS."""
     req = struct.pack("<IIQQQ", MNT_ID_REQ_SIZE_VER1, fd, 0, mask, 0)
     return _statmount(req, STATMOUNT_BY_FD, f"statmount(fd {fd})")
 
