@@ -19,6 +19,11 @@ restore needs is where the detached mount's root lies in some superblock:
 
 Restore then clones the superblock at that root into a detached mount (never
 attached anywhere) and opens the fds there.
+
+A superblock no visible mount shows whose type is made from layers (a lazily
+unmounted overlay) is recorded without archives: its options are read through
+the file (statmount by fd), its layers resolved by the type in the namespace of
+the process holding the file (`_remade`); restore makes it again from them.
 """
 
 from __future__ import annotations
@@ -511,12 +516,14 @@ def _on_visible(f0: dict, inner: str, sid: str, dev: str, superblocks, ns_data, 
 def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, view, unsure=()) -> None:
     """Before the stop (engine/prestop.py): refuse (DumpError, with plan's line) what `plan` would
     refuse of the detached mounts `unplaced` lie on, read from the running tree, archiving
-    nothing: a filesystem mounted nowhere visible whose files are not dumped (a lazily unmounted
-    overlay), a file no external mount of its filesystem reaches, one that neither a handle nor a
-    search finds on a visible mount, one outside every visible mount that is no regular file or
-    directory or whose filesystem no visible mount is a directory of (`anchor`; the search for
-    its name, locate_outside, is plan's alone). Superblocks in `unsure` (externality told once stopped) and files gone or changed
-    meanwhile are left to plan, which checks everything again."""
+    nothing: a filesystem mounted nowhere visible whose files are not dumped, nor made again from
+    layers (`_remade`, asked here as plan asks it: a lazily unmounted overlay where the kernel
+    shows no options of it, or whose layers do not lead to visible mounts), a file no external
+    mount of its filesystem reaches, one that neither a handle nor a search finds on a visible
+    mount, one outside every visible mount that is no regular file or directory or whose
+    filesystem no visible mount is a directory of (`anchor`; the search for its name,
+    locate_outside, is plan's alone). Superblocks in `unsure` (externality told once stopped)
+    and files gone or changed meanwhile are left to plan, which checks everything again."""
     clone_of = _cloner(ns_data, by_mntns)
     for mnt, items in sorted(_by_mount(unplaced).items()):
         loc0, pid0, link0 = items[0]
