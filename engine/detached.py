@@ -471,9 +471,10 @@ def _remade(items, f0: dict, ftype, sid: str, view, where: str, hint: str) -> tu
         if e.errno not in (errno.EINVAL, errno.ENOSYS):   # (no STATMOUNT_BY_FD; no statmount at all: < 6.8)
             raise
         raise DumpError(errno.EOPNOTSUPP, f"{where}: its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
-                                          f"visible ({ftype.name}, made again from the layers its mount options "
-                                          "name, which this kernel shows of no mount in no namespace: statmount "
-                                          f"by fd, STATMOUNT_BY_FD, comes after Linux 6.18){hint}") from None
+                                          f"visible (only a detached {fs.content_names()} can be dumped whole); "
+                                          f"{ftype.name} is made again from the layers its mount options name, which "
+                                          "this kernel shows of no mount in no namespace (statmount by fd, "
+                                          f"STATMOUNT_BY_FD, comes after Linux 6.18){hint}") from None
     finally:
         os.close(fd)
     if any("holder" in loc for loc, _, _ in items):
