@@ -483,11 +483,12 @@ def _remade(items, f0: dict, ftype, sid: str, view, where: str, hint: str) -> tu
     ns_name = next((n for n, pids in view.ns_pids.items() if pid in pids), None)
     if ns_name is None or info["fs_type"] != ftype.name:
         raise DetachedError(errno.EOPNOTSUPP, f"a {info['fs_type']} whose holder is in no dumped mount namespace")
-    if kernel.ns_ino(pid, "user") != kernel.ns_ino("self", "user"):
-        # Its owner (engine/sbowner.py) is asked through a mount's root, which a file fd does not give.
-        raise DetachedError(errno.EOPNOTSUPP, f"a {ftype.name} that only a detached mount shows, held by a "
-                                              "process in another user namespace (which one owns the "
-                                              f"{ftype.name} is not told): not supported")
+    me = kernel.ns_ino("self", "user")
+    if any(kernel.ns_ino(p, "user") not in (me, None) for pids in view.ns_pids.values() for p in pids):
+        # Which one owns it (engine/sbowner.py) is asked through a mount's root, which no fd gives here.
+        raise DetachedError(errno.EOPNOTSUPP, f"this {ftype.name}, which only a detached mount shows, is in a "
+                                              f"tree with user namespaces (which one owns the {ftype.name} is not "
+                                              "told): not supported")
     opts = ["ro" if info["sb_flags"] & 1 else "rw"] + [o for o, bit in _SB_FLAG_BITS if info["sb_flags"] & bit]
     sb = {"fstype": ftype.name, "source": info["sb_source"] or "none",
           "super_opts": opts + [o for o in (info["mnt_opts"] or "").split(",") if o],

@@ -106,6 +106,20 @@ hold
      r"upperdir=/mnt/t/up/u is no longer a directory at that path \(/mnt/t/up holds no 'u'\)")
 
 
+def test_lazily_unmounted_overlay_in_a_tree_with_user_namespaces_refused_unstopped(case):
+    """Where the kernel shows a detached overlay's options, in a tree with a user namespace: which
+    one owns the overlay is told (engine/sbowner.py) through a mount's root, which no fd on the
+    detached mount gives; refused rather than made by the restorer's own."""
+    _needs_overlay()
+    if not _statmount_by_fd():
+        pytest.skip("no statmount by fd: every detached overlay is refused before its owner is asked")
+    _refused_unstopped(case, OVERLAY + "exec 5</mnt/o/f; umount -l /mnt/o\n"
+                       "unshare -U -r /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &\nhold\n",
+                       r"process \d+ fd 5 \(/f\) on mount \d+, in no dumped namespace: this overlay, which only a "
+                       r"detached mount shows, is in a tree with user namespaces \(which one owns the overlay is not "
+                       r"told\): not supported")
+
+
 def test_lazily_unmounted_overlay_recorded_with_its_layers(case):
     """Where the kernel shows a detached overlay's options: the image has a superblock that no
     namespace mounts, with the overlay's options and its layers on the visible tmpfs, and the
