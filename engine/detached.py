@@ -19,6 +19,11 @@ restore needs is where the detached mount's root lies in some superblock:
 
 Restore then clones the superblock at that root into a detached mount (never
 attached anywhere) and opens the fds there.
+
+A superblock no visible mount shows whose type is made from layers (a lazily
+unmounted overlay) is recorded without archives: its options are read through
+the file (statmount by fd), its layers resolved by the type in the namespace of
+the process holding the file (`_remade`); restore makes it again from them.
 """
 
 from __future__ import annotations
@@ -435,14 +440,65 @@ def _superblock(f0: dict, sb_of_dev, superblocks, ns_data, clone_of) -> tuple[st
 
 
 def _invisible_type(f0: dict, where: str, hint: str):
-    """The type of a filesystem no visible mount shows (dumped whole from the detached mount): only
-    a type whose files are dumped; any other is refused."""
+    """The type of a filesystem no visible mount shows: one whose files are dumped (whole, from the
+    detached mount) or one made again from layers (`_remade`); any other is refused."""
     found = fs.by_magic(f0["magic"])
     if found is None:
         raise DumpError(errno.EOPNOTSUPP, f"{where}: its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
                                           f"visible (only a detached {fs.content_names()} can be "
                                           f"dumped whole){hint}")
     return found
+
+
+# What statmount tells of a detached mount: its superblock's type, source, flags and options, its root.
+_SB_FACTS = (kernel.STATMOUNT_SB_BASIC | kernel.STATMOUNT_MNT_BASIC | kernel.STATMOUNT_MNT_ROOT
+             | kernel.STATMOUNT_FS_TYPE | kernel.STATMOUNT_MNT_OPTS | kernel.STATMOUNT_SB_SOURCE)
+# Superblock flags mountinfo shows among the super options (engine/fs SB_FLAG_OPTS), by their bit.
+_SB_FLAG_BITS = (("sync", 0x10), ("dirsync", 0x80), ("lazytime", 1 << 25))
+
+
+def _remade(items, f0: dict, ftype, sid: str, view, where: str, hint: str) -> tuple[dict, str]:
+    """(superblock record, the detached mount's root in it) of a `layers` type no visible mount
+    shows, made again from the layers its options name: the options read through the file `f0`
+    (statmount by fd; a kernel without it is refused), the layers resolved in the namespace of
+    the process that holds the first of `items` (`view`: dump's plan, or prestop's view of the
+    running tree). A socket's file there is refused: restore binds sockets on attached mounts."""
+    pid = items[0][1]
+    fd = os.open(f0["link"], os.O_PATH | os.O_CLOEXEC)
+    try:
+        info = kernel.statmount_fd(fd, _SB_FACTS)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOSYS):   # (no STATMOUNT_BY_FD; no statmount at all: < 6.8)
+            raise
+        raise DumpError(errno.EOPNOTSUPP, f"{where}: its filesystem (magic {f0['magic']:#x}) is mounted nowhere "
+                                          f"visible (only a detached {fs.content_names()} can be dumped whole); "
+                                          f"{ftype.name} is made again from the layers its mount options name, which "
+                                          "this kernel shows of no mount in no namespace (statmount by fd, "
+                                          f"STATMOUNT_BY_FD, comes after Linux 6.18){hint}") from None
+    finally:
+        os.close(fd)
+    if any("holder" in loc for loc, _, _ in items):
+        raise DetachedError(errno.EOPNOTSUPP, f"a socket's file on this {ftype.name}, which only a detached "
+                                              "mount shows: not supported")
+    ns_name = next((n for n, pids in view.ns_pids.items() if pid in pids), None)
+    if ns_name is None or info["fs_type"] != ftype.name:
+        raise DetachedError(errno.EOPNOTSUPP, f"a {info['fs_type']} whose holder is in no dumped mount namespace")
+    me = kernel.ns_ino("self", "user")
+    if any(kernel.ns_ino(p, "user") not in (me, None) for pids in view.ns_pids.values() for p in pids):
+        # Which one owns it (engine/sbowner.py) is asked through a mount's root, which no fd gives here.
+        raise DetachedError(errno.EOPNOTSUPP, f"this {ftype.name}, which only a detached mount shows, is in a "
+                                              f"tree with user namespaces (which one owns the {ftype.name} is not "
+                                              "told): not supported")
+    opts = ["ro" if info["sb_flags"] & 1 else "rw"] + [o for o, bit in _SB_FLAG_BITS if info["sb_flags"] & bit]
+    sb = {"fstype": ftype.name, "source": info["sb_source"] or "none",
+          "super_opts": opts + [o for o in (info["mnt_opts"] or "").split(",") if o],
+          "dev": f0["dev"], "external": False, "archives": []}
+    try:
+        ftype.plan_detached(sid, sb, view, ns_name, {"id": info["mnt_id_old"], "uid": info["mnt_id"],
+                                                     "mountpoint": "(detached)"})
+    except fs.FsError as e:
+        raise DumpError(e.errno or errno.EOPNOTSUPP, f"{where}: {e.strerror}{hint}") from None
+    return sb, info["mnt_root"] or "/"
 
 
 def _on_visible(f0: dict, inner: str, sid: str, dev: str, superblocks, ns_data, clone_of, where: str, hint: str):
@@ -459,15 +515,17 @@ def _on_visible(f0: dict, inner: str, sid: str, dev: str, superblocks, ns_data, 
     return candidates, found
 
 
-def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> None:
+def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, view, unsure=()) -> None:
     """Before the stop (engine/prestop.py): refuse (DumpError, with plan's line) what `plan` would
     refuse of the detached mounts `unplaced` lie on, read from the running tree, archiving
-    nothing: a filesystem mounted nowhere visible whose files are not dumped (a lazily unmounted
-    overlay), a file no external mount of its filesystem reaches, one that neither a handle nor a
-    search finds on a visible mount, one outside every visible mount that is no regular file or
-    directory or whose filesystem no visible mount is a directory of (`anchor`; the search for
-    its name, locate_outside, is plan's alone). Superblocks in `unsure` (externality told once stopped) and files gone or changed
-    meanwhile are left to plan, which checks everything again."""
+    nothing: a filesystem mounted nowhere visible whose files are not dumped, nor made again from
+    layers (`_remade`, asked here as plan asks it: a lazily unmounted overlay where the kernel
+    shows no options of it, or whose layers do not lead to visible mounts), a file no external
+    mount of its filesystem reaches, one that neither a handle nor a search finds on a visible
+    mount, one outside every visible mount that is no regular file or directory or whose
+    filesystem no visible mount is a directory of (`anchor`; the search for its name,
+    locate_outside, is plan's alone). Superblocks in `unsure` (externality told once stopped)
+    and files gone or changed meanwhile are left to plan, which checks everything again."""
     clone_of = _cloner(ns_data, by_mntns)
     for mnt, items in sorted(_by_mount(unplaced).items()):
         loc0, pid0, link0 = items[0]
@@ -476,7 +534,9 @@ def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> 
             f0 = probe(pid0, link0)
             sid, dev = _superblock(f0, sb_of_dev, superblocks, ns_data, clone_of)
             if sid is None:
-                _invisible_type(f0, where, hint)
+                found_type = _invisible_type(f0, where, hint)
+                if not found_type.content:
+                    _remade(items, f0, found_type, f"sb-{len(superblocks)}", view, where, hint)
             elif sid not in unsure:
                 candidates, found = _on_visible(f0, loc0["path"], sid, dev, superblocks, ns_data, clone_of, where,
                                                 hint)
@@ -492,11 +552,13 @@ def precheck(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, unsure=()) -> 
             continue   # (closed or gone meanwhile: plan tells, once the tree is stopped)
 
 
-def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files) -> dict:
+def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writer, files, view) -> dict:
     """Describe each detached mount that a process holds a file or cwd on (`unplaced`: (location, pid,
-    /proc link) from engine.placement), archiving what only such mounts reach (refusals told
-    before the stop too: precheck)."""
+    /proc link) from engine.placement), archiving what only such mounts reach, recording the
+    superblocks made again from layers (refusals told before the stop too: precheck). `view`:
+    dump's plan, which a type's `plan_detached` reads."""
     out: dict[str, dict] = {}
+    remade: dict[str, str] = {}    # device -> sb id of a superblock made again from layers
     clone_of = _cloner(ns_data, by_mntns)
     anchors: list[int] = []
     beyond: list[tuple[str, str, int, str]] = []
@@ -520,8 +582,12 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
                         root = locate_outside(f0, facts[0][1], d_fd, d_path)
                         if fs.lookup(superblocks[sid]["fstype"]).content:
                             beyond.append((sid, root, d_fd, d_path))
+                elif not (found_type := _invisible_type(f0, where, hint)).content:
+                    sid = remade.get(f0["dev"], f"sb-{len(superblocks)}")
+                    sb, root = _remade(items, f0, found_type, sid, view, where, hint)
+                    remade[f0["dev"]] = sid
+                    superblocks.setdefault(sid, sb)
                 else:
-                    found_type = _invisible_type(f0, where, hint)
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
                     files[name] = archive_invisible(facts, path)

@@ -849,10 +849,10 @@ def _collect_processes(d: _Dump) -> None:
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
     try:
         d.detached_doc = detached.plan(unplaced, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
-                                        d.mounts_by_id, d.writer, d.files)
+                                        d.mounts_by_id, d.writer, d.files, d.plan)
         _plan_mapped_detached(map_unplaced, d.detached_doc, d.procs_doc,
                               lambda items: detached.plan(items, d.superblocks, d.sb_of_dev, d.ns_data, d.by_mntns,
-                                                          d.mounts_by_id, d.writer, d.files))
+                                                          d.mounts_by_id, d.writer, d.files, d.plan))
     finally:
         fdtable.release()
     d.objects = fdtable.objects

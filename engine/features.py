@@ -40,6 +40,8 @@ FEATURES = {
     "move_mount(to-detached)": (False, "6.15"),
     # without it: an idmapped mount's map cannot be read, so dump refuses it (engine/userns_cr.py)
     "statmount(idmap)": (False, "6.15"),
+    # without it: an overlay only a lazily unmounted mount shows is refused (engine/detached.py)
+    "statmount(fd)": (False, "7.0"),
 }
 
 
@@ -152,6 +154,7 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
             raise OSError(errno.ENOSYS, f"statmount shows no idmap ({uid})")
 
     attempt("statmount(idmap)", idmap_map)
+    attempt("statmount(fd)", lambda: kernel.statmount_fd(detached(), kernel.STATMOUNT_MNT_BASIC) and None)
     return res
 
 

@@ -122,6 +122,7 @@ STATMOUNT_MNT_NS_ID = 0x40
 STATMOUNT_MNT_OPTS = 0x80
 STATMOUNT_FS_SUBTYPE = 0x100
 STATMOUNT_SB_SOURCE = 0x200
+STATMOUNT_BY_FD = 0x1            # statmount flag: mnt_id_req names an fd, not a mount id
 LSMT_ROOT = 0xFFFFFFFFFFFFFFFF
 MNT_ID_REQ_SIZE_VER0 = 24
 MNT_ID_REQ_SIZE_VER1 = 32
@@ -356,17 +357,28 @@ STATMOUNT_ALL = (STATMOUNT_SB_BASIC | STATMOUNT_MNT_BASIC | STATMOUNT_PROPAGATE_
 
 def statmount(mnt_id: int, mask: int = STATMOUNT_ALL, ns_id: int = 0) -> dict:
     """statmount(2) of a unique mount id, decoded into a dict (strings are None when not returned)."""
+    return _statmount(_mnt_id_req(mnt_id, mask, ns_id), 0, f"statmount({mnt_id})")
+
+
+def statmount_fd(fd: int, mask: int = STATMOUNT_ALL) -> dict:
+    """statmount(2) of the mount fd `fd` lies on (STATMOUNT_BY_FD), as `statmount` decodes it: also
+    a mount in no namespace (lazily unmounted), whose options nothing else shows. Kernels without
+    it (6.18 and older) say EINVAL, without statmount (before 6.8) ENOSYS."""
+    req = struct.pack("<IIQQQ", MNT_ID_REQ_SIZE_VER1, fd, 0, mask, 0)
+    return _statmount(req, STATMOUNT_BY_FD, f"statmount(fd {fd})")
+
+
+def _statmount(req: bytes, flags: int, what: str) -> dict:
     size = 4096
     while True:
         buf = ctypes.create_string_buffer(size)
-        req = _mnt_id_req(mnt_id, mask, ns_id)
-        ret = _syscall(NR["statmount"], req, buf, ctypes.c_size_t(size), ctypes.c_uint(0))
+        ret = _syscall(NR["statmount"], req, buf, ctypes.c_size_t(size), ctypes.c_uint(flags))
         if ret < 0:
             err = ctypes.get_errno()
             if err == errno.EOVERFLOW and size < (1 << 24):
                 size *= 4
                 continue
-            raise OSError(err, f"statmount({mnt_id}): {os.strerror(err)}")
+            raise OSError(err, f"{what}: {os.strerror(err)}")
         break
     raw = buf.raw
     (total, o_mnt_opts, got, sb_major, sb_minor, sb_magic, sb_flags, o_fs_type, uid, upid, old_id, old_pid,
@@ -543,6 +555,7 @@ class _Statfs(ctypes.Structure):
 
 TMPFS_MAGIC = 0x01021994
 RAMFS_MAGIC = 0x858458F6
+OVERLAYFS_MAGIC = 0x794C7630
 
 
 def fstatfs_type(fd: int) -> int:

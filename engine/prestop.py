@@ -30,7 +30,8 @@ tree already shows is checked here first, with the line dump would give:
   `deleted_mapping`, asked by dump again);
 - files, cwds and roots on detached mounts (lazily unmounted, or of a namespace outside the
   tree) dump would refuse (engine/detached.py `precheck`, `plan`'s questions without its
-  archives: a filesystem mounted nowhere visible whose files are not dumped, a file no external
+  archives: a filesystem mounted nowhere visible whose files are not dumped nor made again from
+  its layers (a lazily unmounted overlay: its options and layers are read as plan reads them), a file no external
   mount reaches, one that cannot be located; not asked when a namespace was seen only through a
   chrooted process, whose mountinfo leaves out the mounts outside its root);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
@@ -562,7 +563,7 @@ def _check_detached(unplaced: list, ours: list, view: View) -> None:
         return   # (a mount left out of a namespace's view would look detached: plan asks, once stopped)
     if unplaced or ours:
         detached.precheck(unplaced + ours, view.superblocks, view.sb_of_dev,
-                          {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view.unsure)
+                          {n: {"mounts": ms} for n, ms in view.ns_mounts.items()}, view.ns_pids, view, view.unsure)
 
 
 def _close_ours(scratch: dict) -> None:

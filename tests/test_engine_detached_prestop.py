@@ -59,16 +59,89 @@ def _needs_overlay():
             pytest.skip("overlay is not in /proc/filesystems (kernel without CONFIG_OVERLAY_FS)")
 
 
+def _statmount_by_fd() -> bool:
+    from engine import features
+    return features.available()["statmount(fd)"].present
+
+
+# The refusal of an overlay only a detached mount shows, where the kernel does not show its options.
+# (It keeps the line of a detached filesystem no visible mount shows, which the random trees accept.)
+NO_OPTIONS = (r"is mounted nowhere visible \(only a detached ramfs or tmpfs can be dumped whole\); overlay is made "
+              r"again from the layers its mount options name, which this kernel shows of no mount in no namespace "
+              r"\(statmount by fd, STATMOUNT_BY_FD, comes after Linux 6.18\)")
+
+
 @pytest.mark.parametrize("held", ["fd", "cwd"])
 def test_lazily_unmounted_overlay_refused_unstopped(case, held):
     """An fd (or the cwd) on a file of an overlay lazily unmounted since, its only mount: no visible
-    mount shows the overlay, and an overlay is not dumped whole from a detached mount."""
+    mount shows the overlay, an overlay is not dumped whole from a detached mount, and this kernel
+    shows no options (so no layers) of a mount in no namespace. Where it does, the overlay is made
+    again from its layers: scenarios/lazy_umount/fd_on_detached_overlay.yaml."""
     _needs_overlay()
+    if _statmount_by_fd():
+        pytest.skip("statmount by fd shows the detached overlay's options: it is restored "
+                    "(scenarios/lazy_umount/fd_on_detached_overlay.yaml)")
     hold = "exec 5</mnt/o/f; umount -l /mnt/o\nhold\n" if held == "fd" else "cd /mnt/o; umount -l /mnt/o\nhold\n"
     what = r"fd 5 \(/f\)" if held == "fd" else r"cwd \(/\)"
     _refused_unstopped(case, OVERLAY + hold,
                        rf"process \d+ {what} on mount \d+, in no dumped namespace: its filesystem \(magic 0x794c7630\) "
-                       r"is mounted nowhere visible \(only a detached .* can be dumped whole\)")
+                       + NO_OPTIONS)
+
+
+def test_lazily_unmounted_overlay_whose_upper_is_detached_too_refused_unstopped(case):
+    """Where the kernel shows a detached overlay's options (statmount by fd): an overlay whose upper
+    layer's own mount was lazily unmounted too. Its upperdir path now leads to the directory beneath
+    that mount, which holds no such directory: the layer is nowhere the holder's namespace shows,
+    refused with the line a visible overlay's moved layer gets (engine/fs/overlay.py _not_there)."""
+    _needs_overlay()
+    if not _statmount_by_fd():
+        pytest.skip("no statmount by fd: every detached overlay is refused before its layers are looked at")
+    _refused_unstopped(case, """
+mkdir -p /mnt/t /mnt/o; mount -t tmpfs t /mnt/t; mkdir /mnt/t/l /mnt/t/up; echo x > /mnt/t/l/f
+mount -t tmpfs up /mnt/t/up; mkdir /mnt/t/up/u /mnt/t/up/w
+mount -t overlay o -o lowerdir=/mnt/t/l,upperdir=/mnt/t/up/u,workdir=/mnt/t/up/w /mnt/o
+exec 5</mnt/o/f; umount -l /mnt/o; umount -l /mnt/t/up
+hold
+""", r"process \d+ fd 5 \(/f\) on mount \d+, in no dumped namespace: detached mount \d+ on overlay: its layer "
+     r"upperdir=/mnt/t/up/u is no longer a directory at that path \(/mnt/t/up holds no 'u'\)")
+
+
+def test_lazily_unmounted_overlay_in_a_tree_with_user_namespaces_refused_unstopped(case):
+    """Where the kernel shows a detached overlay's options, in a tree with a user namespace: which
+    one owns the overlay is told (engine/sbowner.py) through a mount's root, which no fd on the
+    detached mount gives; refused rather than made by the restorer's own."""
+    _needs_overlay()
+    if not _statmount_by_fd():
+        pytest.skip("no statmount by fd: every detached overlay is refused before its owner is asked")
+    _refused_unstopped(case, OVERLAY + "exec 5</mnt/o/f; umount -l /mnt/o\n"
+                       "unshare -U -r /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &\nhold\n",
+                       r"process \d+ fd 5 \(/f\) on mount \d+, in no dumped namespace: this overlay, which only a "
+                       r"detached mount shows, is in a tree with user namespaces \(which one owns the overlay is not "
+                       r"told\): not supported")
+
+
+def test_lazily_unmounted_overlay_recorded_with_its_layers(case):
+    """Where the kernel shows a detached overlay's options: the image has a superblock that no
+    namespace mounts, with the overlay's options and its layers on the visible tmpfs, and the
+    detached entry of the fd's mount names it (the validator takes the image; restore:
+    scenarios/lazy_umount/fd_on_detached_overlay.yaml)."""
+    from enginecase import load_manifest
+    _needs_overlay()
+    if not _statmount_by_fd():
+        pytest.skip("no statmount by fd: the detached overlay is refused (test above)")
+    pid = case.start(OVERLAY + "exec 5</mnt/o/f; umount -l /mnt/o\nhold\n")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    doc = load_manifest(images)
+    (det,) = doc["detached"].values()
+    sb = doc["superblocks"][det["sb"]]
+    assert (sb["fstype"], det["root"]) == ("overlay", "/"), (sb, det)
+    assert not any(e["sb"] == det["sb"] for ns in doc["mntns"].values() for e in ns["mounts"])
+    assert {o for o in sb["super_opts"] if o.partition("=")[0] in ("lowerdir", "upperdir", "workdir")} == \
+        {"lowerdir=/mnt/t/l", "upperdir=/mnt/t/u", "workdir=/mnt/t/w"}, sb
+    mounts = {e["id"]: e for ns in doc["mntns"].values() for e in ns["mounts"]}
+    assert sorted((x["path"], mounts[x["mnt"]]["mountpoint"], x["rel"]) for x in sb["layers"]) == [
+        ("/mnt/t/l", "/mnt/t", "/l"), ("/mnt/t/u", "/mnt/t", "/u"), ("/mnt/t/w", "/mnt/t", "/w")], sb["layers"]
 
 
 def test_fifo_outside_every_visible_mount_refused_unstopped(case):
@@ -98,7 +171,9 @@ hold
 def test_socket_bound_on_a_lazily_unmounted_overlay_refused_unstopped(case):
     """A unix socket bound on the overlay before it was lazily unmounted (the socket keeps the mount
     alive): its file lies on a filesystem mounted nowhere visible. The line names the socket's fd
-    (and no --external file[] hint: a socket file is no file to declare)."""
+    (and no --external file[] hint: a socket file is no file to declare). Where the kernel shows
+    the overlay's options, a socket's file on it is refused as such (restore binds sockets on
+    attached mounts)."""
     _needs_overlay()
     _needs_unixfile()
     _refused_unstopped(case, OVERLAY + py_hold("""
@@ -106,8 +181,9 @@ import socket
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM); s.bind("/mnt/o/sock"); s.listen(1)
 os.dup2(s.fileno(), 5); s.close()
 assert os.system("umount -l /mnt/o") == 0
-"""), r"process \d+ fd 5 \(socket:\[\d+\]\): its file \(/sock\) on mount \d+, in no dumped namespace: its filesystem "
-      r"\(magic 0x794c7630\) is mounted nowhere visible \(only a detached .* can be dumped whole\)$")
+"""), r"process \d+ fd 5 \(socket:\[\d+\]\): its file \(/sock\) on mount \d+, in no dumped namespace: "
+      + (r"a socket's file on this overlay, which only a detached mount shows: not supported$" if _statmount_by_fd()
+         else r"its filesystem \(magic 0x794c7630\) " + NO_OPTIONS + "$"))
 
 
 def test_our_fds_on_socket_files_closed_when_another_fd_is_refused(monkeypatch):

@@ -123,7 +123,8 @@ class FsType:
     # again through a mount of it and unlinked there (overlay: the new file lies in the upper layer,
     # and unlinking it whites the name out again), as on a `content` type (engine/ghosts.py).
     ghosts_through: bool = False
-    # statfs magic: names a superblock that only a detached mount shows (content types).
+    # statfs magic: names a superblock that only a detached mount shows (content types, whose files
+    # are archived from it; `layers` types, made again from the layers its options name).
     magic: int | None = None
     # Namespace the superblock is tagged with: created by a process inside it.
     ns: str | None = None  # "pid" | "ipc" | "net" | "cgroup"
@@ -221,6 +222,13 @@ class FsType:
         """Before the tree is stopped (engine/prestop.py): refuse what `plan` would refuse that a
         running tree already shows. `plan` has the same fields `plan` gets, read from mountinfo (no
         archives, no devices); `sb` has fstype, source, super_opts and dev. Reads only: the tree runs."""
+
+    def plan_detached(self, sid: str, sb: dict, plan, ns_name: str, made: dict) -> None:
+        """Complete the record of a `layers` superblock that only a detached mount shows (its
+        options read through a file on it): its layers resolved in mount namespace `ns_name` (of
+        the process holding the file), as they were when mount `made` ({id, uid, mountpoint}) was
+        made; FsError naming what cannot be. Reads only: also asked before the stop."""
+        raise FsError(errno.EOPNOTSUPP, f"a {self.name} only a detached mount shows cannot be made again")
 
     def held_root(self, root: str) -> bool:
         """Whether `root`, a mount root a new instance lacks (not in `fresh_roots`), is made at
@@ -455,8 +463,9 @@ def content_names() -> str:
 
 
 def by_magic(magic: int) -> FsType | None:
-    """The content type whose statfs magic is `magic` (a superblock only a detached mount shows)."""
-    return next((t for t in types() if t.magic == magic and t.content), None)
+    """The type whose statfs magic is `magic` (a superblock only a detached mount shows): a content
+    type (archived from it) or a `layers` one (made again from its layers, `plan_detached`)."""
+    return next((t for t in types() if t.magic == magic and (t.content or t.layers)), None)
 
 
 _loaded = False

@@ -502,7 +502,12 @@ def _layers(sid: str, sb: dict, plan) -> list[dict]:
     running tree, `plan` of the stopped one."""
     unique = plan.strategy.layers == "unique-ids"
     ns_name, oldest = _oldest(sid, plan.mntns_doc, unique) if unique else _maker(sid, sb, plan)
-    where = f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay"
+    return _layers_in(sid, sb, plan, ns_name, oldest, unique, f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay")
+
+
+def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: bool, where: str) -> list[dict]:
+    """_layers' answer for the layer paths resolved in namespace `ns_name` as they were when mount
+    `oldest` ({id, uid, mountpoint}) was made (`where` names it in refusals)."""
     mounts = plan.ns_mounts[ns_name]
     layers = []
     for key, path in layer_paths(sb["super_opts"]):
@@ -528,8 +533,10 @@ def _layers(sid: str, sb: dict, plan) -> list[dict]:
             # made in a copy of another namespace of the dump, then pivoted into (LXC's overlay rootfs)
             found = _in_namespace_made_from(path, sid, sb, ns_name, plan)
         if found is None:
+            hint = f"; declare it with --external mnt[{oldest['mountpoint']}]:KEY" \
+                if oldest["mountpoint"].startswith("/") else ""
             raise FsError(errno.ENOENT, f"{where}: no mount holds its layer {path} (made outside the dumped "
-                                        f"namespaces?); declare it with --external mnt[{oldest['mountpoint']}]:KEY")
+                                        f"namespaces?){hint}")
         if _gone_here(path, found, mounts, plan, ns_name):
             # made before its namespace pivoted away from the layers' mounts (nspawn --overlay)?
             found = _in_namespace_made_from(path, sid, sb, ns_name, plan) or found
@@ -586,6 +593,13 @@ class OverlayType(FsType):
         """Record the layers as (mount, path) as they were at the overlay's creation."""
         sb["layers"] = _layers(sid, sb, plan)
 
+    def plan_detached(self, sid: str, sb: dict, plan, ns_name: str, made: dict) -> None:
+        """An overlay only a detached mount shows (lazily unmounted while a process keeps a file on
+        it): its layers resolved in the namespace of that process, the likely maker, with the checks
+        a visible overlay's get (a layer moved or gone since is refused)."""
+        unique = plan.strategy.layers == "unique-ids"
+        sb["layers"] = _layers_in(sid, sb, plan, ns_name, made, unique, f"detached mount {made['id']} on overlay")
+
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         ctx.join_files()  # overlayfs wants its layers complete
         binds: list[tuple[str, int]] = []
@@ -607,5 +621,5 @@ class OverlayType(FsType):
                 os.close(fd)
 
 
-TYPE = register(OverlayType("overlay", layers=True, ghosts_through=True, path_opts=frozenset(LAYER_KEYS),
+TYPE = register(OverlayType("overlay", layers=True, ghosts_through=True, magic=kernel.OVERLAYFS_MAGIC, path_opts=frozenset(LAYER_KEYS),
                             requires=("overlay",)))
