@@ -687,6 +687,30 @@ def read_rlimits(pid) -> dict[str, list[int]]:
     return {name: [value(row[soft_at:hard_at]), value(row[hard_at:units_at])] for name, row in zip(names, rows)}
 
 
+def raise_hard_limits(wanted) -> None:
+    """Raise our hard resource limits to the highest of `wanted` ({NAME: [soft, hard]} each, -1:
+    unlimited), where they are lower, for the stand-ins to inherit: one that then sets its own
+    (`set_rlimits`) only lowers its hard limits, which needs no capability, also inside a user
+    namespace (raising there would need CAP_SYS_RESOURCE of the initial one: podman's 1048576
+    files). Where we may not raise one (no CAP_SYS_RESOURCE, above fs.nr_open), it stays: the
+    stand-in that needs it fails with its line."""
+    import resource
+    top: dict[str, int] = {}
+    for limits in wanted:
+        for name, (_, hard) in limits.items():
+            h = resource.RLIM_INFINITY if hard == -1 else hard
+            if name in _RLIMIT_NR and (top.get(name) != resource.RLIM_INFINITY) and \
+                    (h == resource.RLIM_INFINITY or h > top.get(name, -2)):
+                top[name] = h
+    for name, h in sorted(top.items()):
+        soft, have = resource.getrlimit(_RLIMIT_NR[name])
+        if have != resource.RLIM_INFINITY and (h == resource.RLIM_INFINITY or h > have):
+            try:
+                resource.setrlimit(_RLIMIT_NR[name], (soft, h))
+            except (OSError, ValueError):
+                pass   # (see above: told by the stand-in that needs it)
+
+
 def set_rlimits(limits: dict[str, list[int]]) -> None:
     """setrlimit(2) each of `limits` ({NAME: [soft, hard]}) on ourselves: lowering always works,
     raising a hard limit needs CAP_SYS_RESOURCE."""

@@ -2088,6 +2088,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     # A slave copy: host mount events still arrive (external masters keep working),
     # nothing we do travels back to the host.
     kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
+    kernel.raise_hard_limits(p["rlimits"] for p in doc["processes"] if p.get("rlimits"))
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, max(soft, 4 * len([m for ns in doc["mntns"].values() for m in ns["mounts"]]) + 1024))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
