@@ -217,6 +217,7 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
         features.require(name, "restore")
     _check_fd_numbers(doc)
     _check_task_room(doc)
+    _check_no_new_privs(doc)
     chosen = strategy.current()
     if chosen.sharing == "refuse":
         for ns in doc["mntns"].values():
@@ -398,6 +399,19 @@ def _check_fd_numbers(doc: dict) -> None:
             if hard != resource.RLIM_INFINITY and f["fd"] >= hard:
                 raise RestoreError(errno.EMFILE, f"process {p['pid']} fd {f['fd']}: above this machine's open-file "
                                                  f"limit (RLIMIT_NOFILE hard {hard}); raise it (ulimit -Hn)")
+
+
+def _check_no_new_privs(doc: dict) -> None:
+    """A restore that runs with no_new_privs set (inherited from its caller: a sandbox, a seccomp
+    wrapper) makes every stand-in inherit it, and nothing clears it: refused when the image has a
+    process without it (new images record the bit; older ones say nothing and are not refused)."""
+    if not kernel.read_fs_bits(os.getpid()).get("no_new_privs"):
+        return
+    clear = [p["pid"] for p in doc["processes"] if "umask" in p and not p.get("no_new_privs")]
+    if clear:
+        raise RestoreError(errno.EPERM, f"process {clear[0]}: had no_new_privs clear, and this restore runs with "
+                                        "it set (inherited from its caller), which every process it makes "
+                                        "inherits for good: run mntcr restore without no_new_privs")
 
 
 def _task_room() -> tuple[int, str]:

@@ -301,9 +301,13 @@ def without_syscalls(*names: str):
         fprog = struct.pack("HxxxxxxQ", len(insns), ctypes.addressof(buf))
         fbuf = ctypes.create_string_buffer(fprog)
         ul = ctypes.c_ulong
+        # Root (CAP_SYS_ADMIN) installs the filter without no_new_privs, which restore would hand
+        # to every stand-in (a real old kernel's restorer has it clear); others need it first.
+        if libc.prctl(22, ul(2), ul(ctypes.addressof(fbuf)), ul(0), ul(0)) == 0:  # PR_SET_SECCOMP, FILTER
+            return
         if libc.prctl(38, ul(1), ul(0), ul(0), ul(0)) != 0:          # PR_SET_NO_NEW_PRIVS
             raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
-        if libc.prctl(22, ul(2), ul(ctypes.addressof(fbuf)), ul(0), ul(0)) != 0:  # PR_SET_SECCOMP, FILTER
+        if libc.prctl(22, ul(2), ul(ctypes.addressof(fbuf)), ul(0), ul(0)) != 0:
             raise OSError(ctypes.get_errno(), "PR_SET_SECCOMP")
     return install
 
