@@ -66,6 +66,7 @@ def test_container_users_run_the_backend_in_the_keepers_namespace(tmp_path):
     ("container: {outside: 'true', binds: {/mnt/x: ../up}}\n", "key 'container.binds': expected a mapping"),
     ("container: {outside: 'true', externals: {rel: a}}\n", "key 'container.externals': expected a mapping"),
     ("container: {outside: [a]}\n", "key 'container.outside' must be an sh script"),
+    ("container: {outside: 'true', externals: {/a-b: x, /a/b: y}}\n", "key 'container.externals': two mount points"),
     ("container: {users: [\"u:1:2\"]}\n", "key 'container.users': bad entry 'u:1:2'; want NAME:UID:GID:GID,GID..."),
     ("container: {users: \"u:1:2:\"}\n", "key 'container.users' must be a list"),
     ("container: {users: [\"u:1:2:\\n\"]}\n", "key 'container.users': bad entry"),

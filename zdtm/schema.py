@@ -207,6 +207,10 @@ def _container(path, lines, error, value):
             raise error(path, f"key 'container.{key}' needs 'container.outside' (which makes what it names)",
                         lines.get(f"container.{key}"))
         maps[key] = tuple(m.items())
+    keys = [mp.replace("/", "-") for mp, _ in maps["externals"]]   # (the backend key: zdtm/flavors/ns.py)
+    if len(set(keys)) < len(keys):
+        raise error(path, "key 'container.externals': two mount points give one external key "
+                          "(outside-A-B names both /A-B and /A/B)", lines.get("container.externals"))
     users = value.get("users") or []
     if not isinstance(users, list):
         raise error(path, "key 'container.users' must be a list of NAME:UID:GID:GID,GID...",
