@@ -695,18 +695,17 @@ def raise_hard_limits(wanted) -> None:
     files). Where we may not raise one (no CAP_SYS_RESOURCE, above fs.nr_open), it stays: the
     stand-in that needs it fails with its line."""
     import resource
+    rank = lambda v: float("inf") if v == resource.RLIM_INFINITY else v   # noqa: E731  (-1: unlimited)
     top: dict[str, int] = {}
     for limits in wanted:
         for name, (_, hard) in limits.items():
-            h = resource.RLIM_INFINITY if hard == -1 else hard
-            if name in _RLIMIT_NR and (top.get(name) != resource.RLIM_INFINITY) and \
-                    (h == resource.RLIM_INFINITY or h > top.get(name, -2)):
-                top[name] = h
-    for name, h in sorted(top.items()):
+            if name in _RLIMIT_NR and rank(hard) > rank(top.get(name, 0)):
+                top[name] = hard
+    for name, hard in sorted(top.items()):
         soft, have = resource.getrlimit(_RLIMIT_NR[name])
-        if have != resource.RLIM_INFINITY and (h == resource.RLIM_INFINITY or h > have):
+        if rank(hard) > rank(have):
             try:
-                resource.setrlimit(_RLIMIT_NR[name], (soft, h))
+                resource.setrlimit(_RLIMIT_NR[name], (soft, hard))
             except (OSError, ValueError):
                 pass   # (see above: told by the stand-in that needs it)
 
