@@ -18,7 +18,7 @@ import re
 import signal
 import stat
 
-from engine import channel, kernel
+from engine import channel, image, kernel
 
 _COMMON = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"]
 _PLAIN = ["--numeric-owner"]   # extracting an archive with no xattr or ACL (XATTR_WORDS)
@@ -520,7 +520,6 @@ _AHEAD_FILES = 64   # fds held by `mntcr restore` (more archives: the others get
 # less than the helper's fork and page faults cost (benchmarks/fixed_cost.py: 1 fork and ~1,400 page
 # faults more for basic/tmpfs).
 AHEAD_MIN = 256 << 10
-ARCHIVE_NAME = re.compile(r"^files-[0-9]{1,9}\.tar$")
 
 
 class ReadAhead:
@@ -539,7 +538,7 @@ class ReadAhead:
         self.parent = os.getpid()   # the helper's: the filler that reads its answers cannot reap it
         dir_fd = os.open(images_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            names = sorted(filter(ARCHIVE_NAME.match, os.listdir(dir_fd)), key=_dump_order)[:_AHEAD_FILES]
+            names = sorted(filter(image.ARCHIVE_NAME.match, os.listdir(dir_fd)), key=dump_order)[:_AHEAD_FILES]
         except OSError:
             names = []
         total = 0
@@ -602,8 +601,8 @@ class ReadAhead:
         self._end()
 
 
-def _dump_order(name: str) -> tuple[int, str]:
-    """files-N.tar by N: the order the filler extracts them in."""
+def dump_order(name: str) -> tuple[int, str]:
+    """Archive names (files-N.tar) by N: the order dump wrote them in, and the filler extracts them in."""
     return len(name), name
 
 

@@ -15,9 +15,13 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 
 from engine.kernel import DELETED
+
+# An archive member of the image (ImageWriter.new_archive names them).
+ARCHIVE_NAME = re.compile(r"^files-[0-9]{1,9}\.tar$")
 
 FORMAT = "mntcr-image"
 VERSION = 1

@@ -45,8 +45,8 @@ from collections.abc import Callable
 from operator import itemgetter
 from engine import records
 
-from engine.image import (FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS, NS_KINDS, RLIMITS,
-                          USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
+from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
+                          NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -81,7 +81,6 @@ _SB_ID = re.compile(r"^sb-[0-9]{1,9}$")
 _DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}$")
 _FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}$")
 _KEY = re.compile(r"^[^\s\[\]\x00]{1,256}$")  # what --external accepts: no space, no brackets
-_ARCHIVE = re.compile(r"^files-[0-9]{1,9}\.tar$")
 _MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
@@ -732,7 +731,7 @@ SOCKET_FILE = Record("socket file", {
 
 
 ARCHIVE_REF = Record("archive reference", {
-    "file": F(STR, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
+    "file": F(STR, rule=pattern(ARCHIVE_NAME, "an archive name files-N.tar")),
     "member": F(STR, rule=pattern(_MEMBER, "a member name sb-N")),
     "root": F(STR, rule=path_rule),                           # where the member's files go in the superblock
     # The member holds only this file of that directory (a file bind with no directory mount).
@@ -755,7 +754,7 @@ GHOST = Record("ghost", {
     "sb": F(STR, rule=pattern(_SB_ID, "a superblock id sb-N")),  # a tmpfs, ramfs or overlay of the image
     "path": F(STR, rule=path_rule),                           # its old path in that superblock
     # Its archive (absent with `linked`):
-    "file": F(STR, required=False, rule=pattern(_ARCHIVE, "an archive name files-N.tar")),
+    "file": F(STR, required=False, rule=pattern(ARCHIVE_NAME, "an archive name files-N.tar")),
     "member": F(STR, required=False, rule=pattern(_MEMBER, "a member name sb-N")),
     "only": F(STR, required=False, rule=lambda v: _name_rule(v)),   # the name the member holds: path's last
     # Other unlinked names of the same file, linked too while fds are reopened through them.
@@ -877,7 +876,7 @@ def validate(doc) -> None:
     _check_counts(doc)
     files = doc.get("files") or {}
     for name, meta in files.items():
-        if not _ARCHIVE.match(name):
+        if not ARCHIVE_NAME.match(name):
             _fail(f"archive name {name[:80]!r} is not files-N.tar")
         check_record(ARCHIVE_FILE, meta, f"archive {name}")
     pidns = doc["pidns"]

@@ -758,7 +758,7 @@ class _Restorer:
             jobs = []
             # Archives in the order dump wrote them (files-N.tar by N): their superblocks are made
             # in about that order, and the helper may extract one as soon as its superblocks exist.
-            for name, spec in sorted(fills.items(), key=lambda kv: (len(kv[0]), kv[0])):
+            for name, spec in sorted(fills.items(), key=lambda kv: content.dump_order(kv[0])):
                 owners = {self.doc["superblocks"][sid].get("owner") for sid, _, _ in spec}
                 if len(owners) > 1:
                     raise RestoreError(errno.EINVAL, f"archive {name} fills superblocks of different user "
