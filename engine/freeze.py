@@ -84,8 +84,7 @@ def refuse_traced(tree) -> None:
     is not restored; what our SIGSTOP would do to it is the tracer's to see."""
     for pid, _ in tree:
         try:
-            with open(f"/proc/{pid}/status", errors="surrogateescape") as f:
-                tracer = next((int(line.split()[1]) for line in f if line.startswith("TracerPid:")), 0)
+            tracer = int(kernel.proc_status(pid, ("TracerPid",)).get("TracerPid", 0))
         except OSError:
             continue   # (gone: told by the checks after the stop)
         if tracer:
