@@ -231,7 +231,7 @@ def _held_open(hostproc: int, link: str, rdev: int, by_id: dict) -> int | None:
     """A readable fd (open_by_handle_at takes no O_PATH one) on what /proc magic link `link` names,
     when that is a directory or regular file of device `rdev` on a mount of `by_id`; else None. Not
     a file someone holds a lease on: our open would break it."""
-    from engine import kernel
+    from engine import filelocks, kernel
     p = os.open(link, os.O_PATH | os.O_CLOEXEC, dir_fd=hostproc)
     try:
         st = os.fstat(p)
@@ -239,7 +239,7 @@ def _held_open(hostproc: int, link: str, rdev: int, by_id: dict) -> int | None:
                 or not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
             return None
         if stat.S_ISREG(st.st_mode):
-            inode = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+            inode = filelocks.inode_key(st.st_dev, st.st_ino)
             with open(os.open("locks", os.O_RDONLY, dir_fd=hostproc)) as f:
                 if any(" LEASE " in line and inode in line.split() for line in f):
                     return None
