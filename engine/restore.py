@@ -944,6 +944,20 @@ class _Restorer:
         """The detached mount fd of new superblock `sid`, None if it is not made."""
         return self._sb(sid)
 
+    def sb_pinnable(self, sid: str) -> int | None:
+        """An fd (the caller's to close) to open a file of new superblock `sid` through when a
+        kernel object keeps that file after the tree is gone (a loop device's backing file), None
+        if it is not made. The superblock's own mount is parked (engine/parking.py) in a chain
+        that stays connected while anything holds a mount of it: a file opened there held the
+        chain, and a superblock stacked in it on that very loop device then kept the device, the
+        file and the chain forever. A private clone has no parent."""
+        fd = self._sb(sid)
+        if fd is None:
+            return None
+        if not self.parking.stack:
+            return os.dup(fd)
+        return kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+
     def source_of(self, m: dict) -> tuple[int, str]:
         """(detached mount fd to clone mount `m` from, path of m's root inside it)."""
         return self._source(m)

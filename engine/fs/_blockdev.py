@@ -182,12 +182,15 @@ class BlockType(FsType):
                                                 "block device nor an image file")
             else:
                 loop = dev["loop"]
-                base = ctx.sb(loop["sb"])
+                base = ctx.sb_pinnable(loop["sb"])  # (the loop device keeps the file, and its mount)
                 if base is None:
                     raise FsError(errno.EINVAL, f"{where}: the filesystem of its loop device's backing file "
                                                 "was not restored")
-                file_fd = open_image_file(base, loop["path"], os.O_RDONLY if loop["ro"] else os.O_RDWR,
-                                          f"{where}: its loop device's backing file")
+                try:
+                    file_fd = open_image_file(base, loop["path"], os.O_RDONLY if loop["ro"] else os.O_RDWR,
+                                              f"{where}: its loop device's backing file")
+                finally:
+                    os.close(base)
                 loop_fd, rdev = attach_loop(file_fd, loop["offset"], loop["sizelimit"], loop["ro"])
             return create(sb["fstype"].split(".", 1)[0], sb["source"], rdev, self.fsconfig_params(sb["super_opts"]))
         finally:
