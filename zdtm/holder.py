@@ -53,6 +53,17 @@ zdtm_held() {
         sleep 0.05
     done
 }
+# zdtm_loop_nodes [COUNT]: the container's /dev is private: the loop control node and loop
+# device nodes up to COUNT (default 64) past the first free one (a machine may have many loop
+# devices in use already; one below it may be freed before `mount -o loop` asks for one).
+zdtm_loop_nodes() {
+    [ -e /dev/loop-control ] || mknod -m 600 /dev/loop-control c 10 237
+    _first=$(losetup -f); _first=${_first#/dev/loop}; _i=0
+    while [ "$_i" -lt $((_first + ${1:-64})) ]; do
+        [ -e "/dev/loop$_i" ] || mknod -m 600 "/dev/loop$_i" b 7 "$_i"
+        _i=$((_i + 1))
+    done
+}
 # zdtm_spaces: runs of blanks (findmnt's column padding) become one space.
 zdtm_spaces() { sed 's/[[:space:]]\+/ /g'; }
 # zdtm_ids: peer group and master numbers dropped (a restore need not keep them).
