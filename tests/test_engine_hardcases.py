@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -177,6 +178,35 @@ mkdir /mnt/fs; mount -o loop /tmp/disk.img /mnt/fs; echo data > /mnt/fs/f; exec 
 """, check="cat /mnt/fs/f; ls /mnt/fs")
     m = next(m for m in after.root.mounts if m.mountpoint == "/mnt/fs")
     assert m.fstype == fstype and m.source.startswith("/dev/loop")
+
+
+def test_loop_device_freed_when_restored_tree_dies(case):
+    """The restored loop device goes with the restored tree: its backing file was opened through
+    a mount restore parks (engine/parking.py), which then stayed connected to a mount of the
+    loop's own superblock stacked beneath it, a cycle the kernel never freed (one device and
+    superblock per run, until the machine ran out of the loop nodes tests make)."""
+    _need("mkfs.ext4", "losetup")
+    from engine.fs._blockdev import loop_status
+    _, after = case.roundtrip(LOOP_NODES + """
+truncate -s 32M /tmp/disk.img; mkfs.ext4 -q /tmp/disk.img
+mkdir /mnt/one /mnt/two /dev/disk; mount -o loop /tmp/disk.img /mnt/one; echo data > /mnt/one/f
+dev=$(findmnt -n -o MAJ:MIN /mnt/one); mknod /dev/disk/data b ${dev%%:*} ${dev##*:}
+mount /dev/disk/data /mnt/two
+hold
+""", check="cat /mnt/two/f")
+    held = {os.makedev(m.major, m.minor) for m in after.root.mounts if m.major == 7}
+    assert held, "the restored tree shows no loop device"
+    bound = {rdev: loop_status(rdev) for rdev in held}
+    case.close()
+    deadline = time.monotonic() + 10
+    while True:
+        # gone, or bound again to another file (the number reused by someone else)
+        left = [rdev for rdev in held if bound[rdev] is not None and loop_status(rdev) == bound[rdev]]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not left, (f"loop device(s) {', '.join(f'7:{os.minor(r)}' for r in left)} still attached to the "
+                      "restored backing file after the restored tree died")
 
 
 def test_block_device_declared_external(case, tmp_path):
