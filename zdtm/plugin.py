@@ -19,7 +19,9 @@
   named; after every test, the process that ran it compares its mountinfo
   with the table before the test and fails that test's teardown naming the
   mounts it leaked, removed or changed. Only the test's own changes count
-  (leakguard.attribute); other programs' changes are a warning.
+  (leakguard.attribute); other programs' changes are a warning. Loop devices
+  bound during the session that the kernel keeps where no namespace or process
+  shows them fail the session too (zdtm/loopguard.py).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ import warnings
 
 import pytest
 
-from zdtm import backends, cycle, item as item_mod, leakguard, report_record, scenario as scenario_mod
+from zdtm import backends, cycle, item as item_mod, leakguard, loopguard, report_record, scenario as scenario_mod
 from zdtm.flavors import get as get_flavor
 
 _PROP = report_record.PROP
@@ -107,6 +109,8 @@ class _State:
         self.changed = []       # host mounts whose flags or propagation changed
         self.foreign = leakguard.Changes()  # host mount changes by other programs (a warning)
         self.leftovers = []     # processes of this session alive at its end
+        self.loopguard = None   # loop devices bound at session start (zdtm/loopguard.py)
+        self.loop_leaks = []    # loop devices the kernel keeps bound after the session
         self.unexpected = []    # vm flavor: results that differ from vm/expected.toml (zdtm.expected)
         self.tracker = None     # per-test mountinfo comparison (every process that runs tests)
         self.tmp_base = None
@@ -159,6 +163,10 @@ def pytest_configure(config):
     config.stash[_STATE_KEY] = _State(config)
     config.addinivalue_line("markers", "zdtm: a zdtm scenario (collected from scenarios/**/*.yaml)")
     if not _is_worker(config):
+        if leakguard.SESSION_ENV not in os.environ:
+            # Outermost session only: a session run inside another's test (pytester) would see
+            # the loop devices of the outer session's other workers come and go.
+            _state(config).loopguard = loopguard.Guard()
         # Marks every process this session starts (workers, keepers, containers, stand-ins
         # inherit it), so leftovers are found without blaming other sessions on the machine.
         os.environ[leakguard.SESSION_ENV] = leakguard.new_session_id()
@@ -429,7 +437,9 @@ class Controller:
             state.leaks, state.gone, state.changed = own.new, own.gone, own.changed
             session_id = os.environ.get(leakguard.SESSION_ENV)
             state.leftovers = leakguard.wait_leftovers(session_id, exclude={os.getpid()}) if session_id else []
-            if state.leaks or state.gone or state.changed or state.leftovers:
+            if state.loopguard is not None:
+                state.loop_leaks = state.loopguard.leaked()
+            if state.leaks or state.gone or state.changed or state.leftovers or state.loop_leaks:
                 session.exitstatus = pytest.ExitCode.TESTS_FAILED
         if "vm" in state.flavor_names and state.results:
             from zdtm import expected
@@ -453,6 +463,7 @@ class Controller:
                 ("HOST MOUNTS THAT DISAPPEARED", state.gone, leakguard.describe_gone),
                 ("HOST MOUNTS THAT CHANGED", state.changed, leakguard.describe_changed),
                 ("LEFTOVER PROCESSES", state.leftovers, leakguard.describe_processes),
+                ("LEAKED LOOP DEVICES", state.loop_leaks, loopguard.describe),
                 ("KERNEL MATRIX: RESULTS THAT DIFFER FROM vm/expected.toml", state.unexpected,
                  lambda found: "\n".join(map(str, found)))):
             if found:
