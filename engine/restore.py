@@ -53,7 +53,7 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
-                    lastword, mountinfo, parking, remount, sharing, standin, strategy, userns_cr,
+                    lastword, mountinfo, parking, remount, sharing, standin, strategy, subids, userns_cr,
                     userns_groups)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -377,9 +377,11 @@ def _check_caps(doc: dict) -> None:
 def _check_userns_owners(doc: dict) -> None:
     """A user namespace the image says a non-root user made is given to that user (its owner holds
     every capability in it): refused when its maps reach the host's root ids, which no such user
-    can map (newuidmap would not), so an image cannot hand a user the host's root files. A map's
-    outside ids are the restorer's own at every depth (the dumper's, which restore writes through
-    the parents' maps: engine/userns.translate), so a range from outside id 0 is one."""
+    can map, or, for one made below the restorer's own, any id that user could not have mapped
+    here (engine/subids.py: its own ids and its /etc/subuid, /etc/subgid ranges, newuidmap's
+    rule), so an image cannot hand a user another user's files. A map's outside ids are the
+    restorer's own at every depth (the dumper's, which restore writes through the parents' maps:
+    engine/userns.translate), so a range from outside id 0 is one."""
     users = doc.get("userns") or {}
     for ns_id, ns in users.items():
         if not ns.get("owner"):
@@ -388,6 +390,10 @@ def _check_userns_owners(doc: dict) -> None:
             if any(outside == 0 for _, outside, _ in ns[key]):
                 raise RestoreError(errno.EPERM, f"user namespace {ns_id}: owned by uid {ns['owner']}, yet its "
                                                 f"{key} reaches the host's id 0, which no user but root can map")
+        if ns.get("parent") is None:
+            line = subids.refusal(ns_id, ns["owner"], ns["uid_map"], ns["gid_map"])
+            if line is not None:
+                raise RestoreError(errno.EPERM, line)
 
 
 def _check_fd_numbers(doc: dict) -> None:

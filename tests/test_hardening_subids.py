@@ -1,0 +1,61 @@
+"""Hostile images: a user namespace the image says a non-root user made maps host ids that user
+could not have mapped (engine/subids.py, newuidmap's rule). Restore gives the namespace to that
+user (every capability in it), so such maps would hand it other users' files. Each image is a real
+dump (test_hardening_s13's tree: a child in a user namespace mapping 0-65535 to the host's
+100000-165535) changed as an attacker with write access to the image directory would; each is
+refused with exit status 2 and one line, nothing left running or mounted
+(test_hardening_hostile.refused). The honest case, the same namespace with the user's ranges in
+/etc/subuid and /etc/subgid, restores (test_hardening_s15::test_groups_the_owner_has_are_restored).
+"""
+
+from __future__ import annotations
+
+import grp
+
+import pytest
+
+import enginecase
+from test_hardening_hostile import _mutated, refused
+from test_hardening_s13 import SETUP, _fd, _kid
+from test_hardening_s15 import _nobody
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """The dumped tree of test_hardening_s13's SETUP."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _owned_by(d, owner: int, **maps) -> None:
+    ns = d["userns"][_kid(d)["userns"]]
+    ns["owner"] = owner
+    ns.update(maps)
+
+
+def test_ranges_the_owner_has_no_subuid_for_are_refused(image, tmp_path):
+    """nobody has no /etc/subuid range here: the dumped map (host 100000-165535) is not its to give."""
+    nobody = _nobody()
+    refused(_mutated(image, tmp_path, lambda d: _owned_by(d, nobody.pw_uid)),
+            rf"user namespace user-1: made by uid {nobody.pw_uid} \(nobody\), its uid_map maps host uids "
+            r"100000-165535, which that user could not map here \(only its own uid .* and its /etc/subuid ranges: "
+            r"none, as newuidmap\): if this image and user are trusted, give the user that range in /etc/subuid",
+            tmp_path)
+
+
+def test_a_group_the_owner_is_not_in_is_refused(image, tmp_path):
+    """nobody's namespace mapping a group nobody is not in (disk, sudo...) as its only gid."""
+    nobody = _nobody()
+    other = next((g for g in grp.getgrall() if g.gr_gid not in (0, nobody.pw_gid) and "nobody" not in g.gr_mem
+                  and not 100000 <= g.gr_gid < 165536), None)
+    if other is None:
+        pytest.skip("no group here that nobody is not in")
+
+    def mutate(d):
+        _owned_by(d, nobody.pw_uid, uid_map=[[0, nobody.pw_uid, 1]], gid_map=[[0, other.gr_gid, 1]])
+        kid = _kid(d)
+        kid["creds"].update(uid=[0, 0, 0, 0], gid=[0, 0, 0, 0], groups=[])
+        _fd(kid, 10).update(cred=[nobody.pw_uid, other.gr_gid], cred_groups=[other.gr_gid])   # (its listener)
+    refused(_mutated(image, tmp_path, mutate),
+            rf"user namespace user-1: made by uid {nobody.pw_uid} \(nobody\), its gid_map maps host gids "
+            rf"{other.gr_gid}-{other.gr_gid}, which that user could not map here", tmp_path)
