@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, threads
+from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, sessions, threads
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -50,6 +50,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **kernel.read_fs_bits(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
+        entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)
         except threads.ThreadError as e:

@@ -53,7 +53,7 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
-                    lastword, mountinfo, parking, remount, sharing, standin, strategy, userns_cr,
+                    lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, userns_cr,
                     userns_groups)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -567,6 +567,7 @@ class _Restorer:
             early_groups = userns_groups.plan(procs, self.doc.get("userns") or {})
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
+        self.jobs = sessions.plan(procs)   # (engine/sessions.py; the image checker refused what it cannot make)
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
@@ -588,11 +589,12 @@ class _Restorer:
             in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
             groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
             if parent is None:
+                root = "session" if p["pid"] in self.jobs[0] else True
                 if in_userns is None:
-                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=True)
+                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root)
                 else:
                     hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
-                                                 in_userns, root=True, groups=groups)
+                                                 in_userns, root=root, groups=groups)
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
@@ -609,6 +611,7 @@ class _Restorer:
             self.hostpid[p["pid"]] = hp
             if groups is not None and in_userns is None:
                 ours.call(("groups", groups), [])
+            self._job(p, parent)
             step("spawn")
             if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
                 self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -632,6 +635,25 @@ class _Restorer:
                     self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         for fd in own.values():
             os.close(fd)
+        for pid, leader in self.jobs[2]:
+            self._setpgid(pid, leader)
+
+    def _job(self, p: dict, parent: dict | None) -> None:
+        """Right after stand-in p exists, before its children: its session, and its process group when
+        that exists already (engine/sessions.py)."""
+        if parent is not None and p["pid"] in self.jobs[0]:
+            self.chans[p["pid"]].call(("setsid",), [])
+        if p["pid"] in self.jobs[1]:
+            self._setpgid(p["pid"], self.jobs[1][p["pid"]])
+
+    def _setpgid(self, pid: int, leader: int) -> None:
+        """Process `pid` joins the process group led by image process `leader` (itself: a group of its own)."""
+        try:
+            pgid = 0 if leader == pid else sessions.pid_in(self.hostpid[leader], self.hostpid[pid], self.hostproc)
+            self.chans[pid].call(("setpgid", pgid), [])
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"process {pid}: joining the process group of process "
+                                                     f"{leader}: {e.strerror or e}") from None
 
     @staticmethod
     def _children_of(pid: int) -> set[int]:
@@ -2064,6 +2086,7 @@ class _Restorer:
         (engine/lastword.py: a failed one fails the restore); the root takes the lifeline and tells on
         it once the restore commits (standin.py, `restore`)."""
         procs = self.doc["processes"]
+        self._hand_kin()
         for p in reversed(procs):
             chan = self.chans[p["pid"]]
             why = None
@@ -2078,6 +2101,24 @@ class _Restorer:
                 why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
             if why:
                 raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
+
+
+    def _hand_kin(self) -> None:
+        """Give the root stand-in a pidfd of each stand-in outside its process group (another
+        session or group: engine/sessions.py), which it kills with the tree when the restore does
+        not commit (its killpg misses them); none when it is init of its pid namespace."""
+        procs = self.doc["processes"]
+        root = procs[0]
+        if sessions.pid_in(self.hostpid[root["pid"]], self.hostpid[root["pid"]], self.hostproc) == 1:
+            return
+        away = [self.hostpid[p["pid"]] for p in procs[1:] if p.get("pgid", root.get("pgid")) != root.get("pgid")]
+        for i in range(0, len(away), 200):   # (SCM_RIGHTS takes at most 253 fds a message)
+            pidfds = [kernel.pidfd_open(hp) for hp in away[i:i + 200]]
+            try:
+                self.chans[root["pid"]].call(("kin",), pidfds)
+            finally:
+                for fd in pidfds:
+                    os.close(fd)
 
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int],

@@ -53,7 +53,8 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
     mode "same": in the caller's pid namespace; "new": in a new child pid
     namespace (the stand-in is its init); "join": in the namespace `pidns_fd`.
     The caller's pid_for_children is put back afterwards. The `root` stand-in
-    leads a process group of its own, inherited by the whole tree (see detach).
+    leads a process group of its own, inherited by the whole tree (see detach);
+    root "session": a session of its own (engine/sessions.py), which it leads too.
     """
     me = kernel.pidfd_open(os.getpid())
     saved = None
@@ -68,8 +69,7 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
         if pid == 0:
             try:
                 kernel.die_with_parent(me, signal.SIGKILL)
-                if root:
-                    os.setpgid(0, 0)
+                _lead(root)
                 _drop_inherited(sock_fd)
                 _serve(channel.Channel.of_fd(sock_fd))
             finally:
@@ -80,6 +80,14 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
         if saved is not None:
             kernel.setns(saved, kernel.CLONE_NEWPID)
             os.close(saved)
+
+
+def _lead(root) -> None:
+    """The root stand-in's group (and session, root == "session"); nothing for the others."""
+    if root == "session":
+        os.setsid()
+    elif root:
+        os.setpgid(0, 0)
 
 
 _PR_SET_CHILD_SUBREAPER = 36
@@ -127,8 +135,7 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
                         os.read(go_r, 1)   # adopted by the caller: now its death may kill us
                         os.close(go_r)
                         kernel.die_with_parent(me, signal.SIGKILL)
-                        if root:
-                            os.setpgid(0, 0)   # the tree's process group, as in spawn
+                        _lead(root)   # the tree's process group, as in spawn
                         _drop_inherited(sock_fd)
                         _serve(channel.Channel.of_fd(sock_fd))
                     finally:
@@ -251,15 +258,21 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         signal.pause()
 
 
-def _await_commit(lifeline: int) -> None:
-    """The root stand-in until the restore commits: "c" on the lifeline, else the tree dies. The
-    lifeline stays open: the root's last word goes on it (_detach)."""
+def _await_commit(lifeline: int, kin=()) -> None:
+    """The root stand-in until the restore commits: "c" on the lifeline, else the tree dies (`kin`:
+    pidfds of stand-ins outside our process group). The lifeline stays open: the root's last word
+    goes on it (_detach), which closes `kin`."""
     try:
         word = os.read(lifeline, 1)
     except OSError:
         word = b""
     if word == b"c":
         return
+    for pidfd in kin:
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)   # (stand-ins our group does not hold)
+        except OSError:
+            pass
     if os.getpid() != 1 and os.getpgrp() == os.getpid():
         os.killpg(os.getpgrp(), signal.SIGKILL)  # the tree's own group, us included
     os._exit(1)  # as init of our pid namespace, the kernel kills everything in it with us
@@ -312,6 +325,7 @@ class _Server:
         self.installed: set[int] = set()
         self.exe_fd = None
         self.ids = None   # (uid, gid, groups, dumpable, keep_caps) deferred to the end of detach
+        self.kin: list[int] = []   # the root's pidfds of stand-ins outside its group (_await_commit)
 
     def op_spawn(self, msg, fds):
         """A child stand-in (its channel: fds[0]) in mode msg[1]."""
@@ -323,6 +337,22 @@ class _Server:
         """A child stand-in started inside a user namespace."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
         return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups)
+
+    def op_setsid(self, msg, fds):
+        """A session of our own, before our children are forked (engine/sessions.py)."""
+        os.setsid()
+        return None
+
+    def op_setpgid(self, msg, fds):
+        """Join process group msg[1] (a pid of our pid namespace; 0: a group of our own)."""
+        os.setpgid(0, msg[1])
+        return None
+
+    def op_kin(self, msg, fds):
+        """The root: keep pidfds of stand-ins outside our group, killed if the restore does not commit."""
+        self.kin += fds
+        fds.clear()
+        return None
 
     def op_groups(self, msg, fds):
         """Hold supplementary groups msg[1] before entering a user namespace that denies setgroups
@@ -433,6 +463,6 @@ class _Server:
         self.chan.send(("ok", None))
         report = fds[0] if fds else self.chan.fileno()
         if fds:  # the root stand-in: the tree lives only once the restore commits
-            _await_commit(fds[0])
+            _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads)
         return None

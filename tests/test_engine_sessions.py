@@ -1,0 +1,140 @@
+"""engine/sessions.py: which setsid/setpgid steps remake a tree's sessions and process groups, and
+the one-line refusals of those the stand-ins cannot make (checked before the stop and in images)."""
+
+import pytest
+
+from engine import sessions
+from enginecase import STOP_WATCH, case  # noqa: F401  (fixture)
+from test_engine_prestop import _refused_unstopped
+
+
+def proc(pid, ppid, sid, pgid):
+    return {"pid": pid, "ppid": ppid, "sid": sid, "pgid": pgid}
+
+
+def test_job_control_shell():
+    """`sh -i` leads its session; a pipeline job is a group led by its first process."""
+    procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11), proc(12, 10, 10, 11),
+             proc(13, 11, 10, 11)]
+    setsid, now, later, problem = sessions.plan(procs)
+    assert (setsid, now, later, problem) == ({1, 10}, {11: 11, 12: 11}, [], None)
+
+
+def test_leader_made_after_its_member():
+    """A member forked before its group's leader joins once every stand-in exists; its child, forked
+    after the leader (parents first, by pid), joins at once."""
+    procs = [proc(1, None, 1, 1), proc(12, 1, 1, 15), proc(15, 1, 1, 15), proc(20, 12, 1, 15)]
+    setsid, now, later, problem = sessions.plan(procs)
+    assert now == {15: 15, 20: 15} and later == [(12, 15)] and problem is None
+    procs = [proc(1, None, 1, 1), proc(12, 1, 1, 15), proc(13, 12, 1, 15), proc(15, 1, 1, 15)]
+    assert sessions.plan(procs)[1:3] == ({15: 15}, [(12, 15), (13, 15)])
+
+
+def test_inherited_groups_need_no_step():
+    """Children in their parent's session and group, the root's outside the tree included."""
+    procs = [proc(1, None, 500, 400), proc(2, 1, 500, 400), proc(3, 2, 500, 400)]
+    assert sessions.plan(procs) == (set(), {}, [], None)
+
+
+@pytest.mark.parametrize("procs, problem", [
+    ([proc(1, None, 1, 1), proc(12, 1, 7, 7)], (12, "session", 7)),          # a daemon that forked twice
+    ([proc(1, None, 1, 1), proc(12, 1, 1, 7)], (12, "pgrp", 7)),             # a group led from outside
+    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 1, 5)], (6, "pgrp", 5)),   # another session's group
+])
+def test_what_cannot_be_made(procs, problem):
+    assert sessions.plan(procs)[3] == problem
+
+
+def test_refusal_line_names_the_process_and_what_to_do():
+    tree = [(1, None), (12, 1)]
+    line = sessions.refusal(tree, {1: (1, 1), 12: (7, 7)})
+    assert line.startswith("process 12 (") and "session 7" in line and "is not in the tree" in line
+    assert "dump a tree whose processes lead their session" in line and line.endswith("the tree keeps running")
+    assert "\n" not in line
+    line = sessions.refusal(tree, {1: (1, 1), 12: (1, 7)})
+    assert "process group 7" in line and "\n" not in line
+    assert sessions.refusal(tree, {1: (1, 1), 12: (12, 12)}) is None
+
+
+def test_daemon_forked_twice_refused_unstopped(case):
+    """A session whose leader is gone (`setsid sh -c 'sleep &'`): refused before the stop, naming the
+    process and what to do; the tree runs on."""
+    setup = STOP_WATCH + """
+setsid sh -c '/.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 & touch /run/.daemon' </dev/null >/dev/null 2>&1 &
+n=0; until [ -e /run/.daemon ]; do n=$((n + 1)); [ $n -lt 200 ] || exit 1; sleep 0.05; done
+hold
+"""
+    pid = case.start(setup)
+    _refused_unstopped(case, pid, r"process \d+ \(mntcr-hold\) is in session \d+, neither its own nor its parent's: "
+                                  r"a session is only inherited or made by setsid, and its leader is not in the "
+                                  r"tree; dump a tree whose processes lead their session .*; the tree keeps running")
+
+
+# (every process ends as the holder: case.start waits for that)
+SESSIONS_SETUP = """
+setsid sh -c '/.hold/mntcr-hold 100000 & exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+python3 -c '
+import os
+os.setpgid(0, 0)
+if os.fork() == 0:
+    os.setpgid(0, os.getppid())
+    os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+' </dev/null >/dev/null 2>&1 &
+hold
+"""
+
+
+def test_image_sessions_and_hostile_values(case):
+    """The image names each process's session and group; a session or group restore cannot make
+    (or a bad value) fails validation with one line."""
+    import json
+    import os
+    from engine import image, imageformat
+    pid = case.start(SESSIONS_SETUP)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    procs = good["processes"]
+    assert all("sid" in p and "pgid" in p for p in procs)
+    assert sum(p["sid"] == p["pid"] for p in procs) == 2, procs        # the holder and setsid's sh
+    assert sum(p["pgid"] == p["pid"] for p in procs) == 3, procs       # ... and python3's group
+    imageformat.validate(json.loads(json.dumps(good)))
+    for mutate, words in ((lambda p: p.update(sid=7), "session 7 can be neither inherited nor made"),
+                          (lambda p: p.update(pgid=7), "process group 7 can be neither inherited nor made"),
+                          (lambda p: p.update(sid=-1), "sid"), (lambda p: p.update(pgid="1"), "pgid")):
+        doc = json.loads(json.dumps(good))
+        mutate(doc["processes"][-1])
+        with pytest.raises(image.ImageError, match=words) as e:
+            imageformat.validate(doc)
+        assert "\n" not in str(e.value)
+
+
+def test_killed_restore_kills_stand_ins_of_other_sessions(case, tmp_path):
+    """A root stand-in that is not init of its pid namespace kills, when the restore does not commit,
+    the stand-ins that left its process group (other sessions and groups: its killpg misses them)."""
+    from test_engine_failures import _killed_restore, host_mountinfo
+    from enginecase import assert_same, take, tree_hash
+    from zdtm.snapshot import kill_tree
+    pid = case.start(SESSIONS_SETUP, host_pidns=True)
+    before = take(pid)
+    img = case.new_images_dir()
+    case.dump(pid, img)
+    digest, mounts = tree_hash(img), host_mountinfo()
+    problems = []
+    for k in range(1, 200):
+        pidfile = str(tmp_path / f"k{k}.pid")
+        got = _killed_restore(img, k, pidfile, mounts, digest)
+        if got is None:
+            with open(pidfile) as f:
+                new = int(f.read())
+            case.trees.append(new)
+            break
+        problems += got
+    else:
+        raise AssertionError("restore never succeeded")
+    assert k > 5, f"restore succeeded at step {k}: the fault hook did not fire"
+    assert_same(before, take(new))
+    kill_tree(new)
+    assert not problems, problems
