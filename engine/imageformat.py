@@ -654,6 +654,8 @@ PROCESS = Record("process", {
     # Its session and process group ids as the dumper saw them, like "pid" (engine/sessions.py).
     "sid": F(INT, required=False, rule=rng(0, MAX_PID)),
     "pgid": F(INT, required=False, rule=rng(0, MAX_PID)),
+    # A session leader holding /dev/tty: its terminal's foreground group, when not its own.
+    "tty_fg": F(INT, required=False, rule=rng(1, MAX_PID)),
     "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
@@ -1455,8 +1457,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         earlier.add(p["pid"])
     problem = sessions.plan(doc["processes"])[3]
     if problem is not None:
-        _fail(f"process {problem[0]}: its {'session' if problem[1] == 'session' else 'process group'} {problem[2]} "
-              "can be neither inherited nor made (engine/sessions.py)")
+        what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
+        _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:

@@ -655,6 +655,22 @@ class _Restorer:
             raise RestoreError(e.errno or errno.EIO, f"process {pid}: joining the process group of process "
                                                      f"{leader}: {e.strerror or e}") from None
 
+    def foreground_jobs(self) -> None:
+        """Each session leader whose terminal (restored through its /dev/tty fd) had another group in
+        the foreground gives it the terminal again (its TIOCSCTTY made its own the foreground one)."""
+        for p in self.doc["processes"]:
+            if p.get("tty_fg") is None:
+                continue
+            fd = next((f["fd"] for f in p["fds"] if f.get("kind") == "ctty" and "tty" in f), None)
+            try:
+                if fd is None:
+                    raise OSError(errno.EINVAL, "it holds no /dev/tty")
+                pgid = sessions.pid_in(self.hostpid[p["tty_fg"]], self.hostpid[p["pid"]], self.hostproc)
+                self.chans[p["pid"]].call(("foreground", fd, pgid), [])
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: giving its terminal to process group "
+                                                         f"{p['tty_fg']}: {e.strerror or e}") from None
+
     @staticmethod
     def _children_of(pid: int) -> set[int]:
         with open(f"/proc/{pid}/task/{pid}/children") as f:
@@ -2179,6 +2195,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
+    r.foreground_jobs()
     r.take_locks()
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)

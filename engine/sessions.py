@@ -22,9 +22,19 @@ import os
 
 def read(pid: int) -> tuple[int, int]:
     """(session id, process group id) of `pid`, as our pid namespace sees them (/proc/PID/stat)."""
+    return _stat(pid)[:2]
+
+
+def foreground(pid: int) -> int | None:
+    """The foreground process group of `pid`'s controlling terminal (None: it has none)."""
+    tpgid = _stat(pid)[2]
+    return tpgid if tpgid > 0 else None
+
+
+def _stat(pid: int) -> tuple[int, int, int]:
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return int(fields[3]), int(fields[2])
+    return int(fields[3]), int(fields[2]), int(fields[5])
 
 
 def ids_of(tree) -> dict[int, tuple[int, int]]:
@@ -40,12 +50,22 @@ def ids_of(tree) -> dict[int, tuple[int, int]]:
 
 def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
     """Why the sessions and groups of `tree` ([(pid, ppid)], parents first; `ids`: pid -> (sid, pgid))
-    cannot be made again (one line naming the process and what to do), or None."""
+    cannot be made again (one line naming the process and what to do), or None. The foreground group
+    of a leader's terminal counts when the leader holds /dev/tty (its terminal is restored then)."""
     procs = [{"pid": pid, "ppid": ppid, "sid": ids[pid][0], "pgid": ids[pid][1]} for pid, ppid in tree if pid in ids]
+    for p in procs:
+        if p["sid"] == p["pid"] and _holds_dev_tty(p["pid"]):
+            fg = _foreground_or_none(p["pid"])
+            if fg is not None and fg != p["pgid"]:
+                p["tty_fg"] = fg
     problem = plan(procs)[3]
     if problem is None:
         return None
     pid, what, n = problem
+    if what == "foreground":
+        return (f"process {pid} ({_comm(pid)}) holds /dev/tty, and its terminal's foreground process group {n} "
+                "is led by no process of its session in the tree: bring a job of the tree to the foreground "
+                "(or the shell itself) and dump again; the tree keeps running")
     if what == "session":
         return (f"process {pid} ({_comm(pid)}) is in session {n}, neither its own nor its parent's: a "
                 f"session is only inherited or made by setsid, and its leader {_whose(n, ids)}; dump a tree "
@@ -54,6 +74,27 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
     return (f"process {pid} ({_comm(pid)}) is in process group {n}, not its parent's, and the group's leader "
             f"{_whose(n, ids)}: a group is joined through a process of the tree that leads it in the same "
             "session; dump a tree whose process groups are led by one of its processes; the tree keeps running")
+
+
+def _holds_dev_tty(pid: int) -> bool:
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for n in names:
+        try:
+            if os.stat(f"/proc/{pid}/fd/{n}").st_rdev == os.makedev(5, 0):
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _foreground_or_none(pid: int) -> int | None:
+    try:
+        return foreground(pid)
+    except OSError:
+        return None
 
 
 def _whose(leader: int, ids: dict) -> str:
@@ -70,10 +111,10 @@ def _comm(pid: int) -> str:
 
 def plan(procs: list[dict]):
     """(setsid, now, later, problem) for image processes `procs` (parents first, each with "sid" and
-    "pgid"): the pids whose stand-in calls setsid() as soon as it exists, {pid: leader} the setpgid(0,
+    "pgid", a session leader whose terminal's foreground group is another with "tty_fg"): the pids whose stand-in calls setsid() as soon as it exists, {pid: leader} the setpgid(0,
     leader) each calls right after (leader == pid: its own group), [(pid, leader)] those called once
-    every stand-in exists (a leader made later than its member), and the first (pid, "session" or
-    "pgrp", id) that cannot be made (None). The root leads its group whatever the image says.
+    every stand-in exists (a leader made later than its member), and the first (pid, "session",
+    "pgrp" or "foreground", id) that cannot be made (None). The root leads its group whatever the image says.
 
     It follows which group each stand-in is in (by the dumped group id), as forks pass it on."""
     by_pid = {p["pid"]: p for p in procs}
@@ -112,6 +153,11 @@ def plan(procs: list[dict]):
             return setsid, now, later, (pid, "pgrp", pgid)
         group[pid] = pgid
         made.add(pgid)
+    for p in procs:
+        fg = p.get("tty_fg")
+        if fg is not None and (p.get("sid") != p["pid"] or fg not in by_pid or by_pid[fg].get("pgid") != fg
+                               or by_pid[fg].get("sid") != p["pid"]):
+            return setsid, now, later, (p["pid"], "foreground", fg)
     return setsid, now, later, None
 
 

@@ -15,6 +15,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   become   join its user namespace and take its ids there (engine/userns_cr.py)
   locks    take the process's file locks on its installed fds (engine/filelocks.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
+  setsid, setpgid, foreground   our session, process group, terminal's foreground group (engine/sessions.py)
   detach   drop every other fd, take the last steps (executable, ids, capabilities, then its
            threads: engine/threads.py), tell how they went (engine/lastword.py) and sleep until killed
 
@@ -346,6 +347,11 @@ class _Server:
     def op_setpgid(self, msg, fds):
         """Join process group msg[1] (a pid of our pid namespace; 0: a group of our own)."""
         os.setpgid(0, msg[1])
+        return None
+
+    def op_foreground(self, msg, fds):
+        """Make process group msg[2] the foreground one of our terminal (fd msg[1], our /dev/tty)."""
+        os.tcsetpgrp(msg[1], msg[2])
         return None
 
     def op_kin(self, msg, fds):

@@ -45,6 +45,18 @@ def test_what_cannot_be_made(procs, problem):
     assert sessions.plan(procs)[3] == problem
 
 
+def test_foreground_group_of_a_terminal():
+    """A leader's terminal may give the foreground to a group of its session led in the tree, no other."""
+    procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11)]
+    procs[1]["tty_fg"] = 11
+    assert sessions.plan(procs)[3] is None
+    for fg in (1, 12):
+        procs[1]["tty_fg"] = fg
+        assert sessions.plan(procs)[3] == (10, "foreground", fg)
+    procs[1]["tty_fg"], procs[2]["tty_fg"] = 11, 11   # (only a session leader's)
+    assert sessions.plan(procs)[3] == (11, "foreground", 11)
+
+
 def test_refusal_line_names_the_process_and_what_to_do():
     tree = [(1, None), (12, 1)]
     line = sessions.refusal(tree, {1: (1, 1), 12: (7, 7)})
@@ -103,6 +115,7 @@ def test_image_sessions_and_hostile_values(case):
     imageformat.validate(json.loads(json.dumps(good)))
     for mutate, words in ((lambda p: p.update(sid=7), "session 7 can be neither inherited nor made"),
                           (lambda p: p.update(pgid=7), "process group 7 can be neither inherited nor made"),
+                          (lambda p: p.update(tty_fg=p["pid"]), "terminal's foreground group"),
                           (lambda p: p.update(sid=-1), "sid"), (lambda p: p.update(pgid="1"), "pgid")):
         doc = json.loads(json.dumps(good))
         mutate(doc["processes"][-1])
