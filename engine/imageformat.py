@@ -1455,7 +1455,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
-    problem = sessions.plan(doc["processes"])[3]
+    problem = sessions.plan(doc["processes"]).problem
     if problem is not None:
         what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
         _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")

@@ -589,7 +589,7 @@ class _Restorer:
             in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
             groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
             if parent is None:
-                root = "session" if p["pid"] in self.jobs[0] else True
+                root = "session" if p["pid"] in self.jobs.setsid else True
                 if in_userns is None:
                     hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root)
                 else:
@@ -598,10 +598,11 @@ class _Restorer:
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
+                orphan = p["pid"] in self.jobs.orphans   # (in a session whose leader is gone)
                 if in_userns is None:
-                    pchan.call(("spawn", mode), fds)
+                    pchan.call(("spawn_in_session" if orphan else "spawn", mode), fds)
                 else:
-                    pchan.call(("spawn_in_userns", mode, groups), [fds[0], in_userns, *fds[1:]])
+                    pchan.call(("spawn_in_userns", mode, groups, orphan), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -635,16 +636,16 @@ class _Restorer:
                     self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         for fd in own.values():
             os.close(fd)
-        for pid, leader in self.jobs[2]:
+        for pid, leader in self.jobs.later:
             self._setpgid(pid, leader)
 
     def _job(self, p: dict, parent: dict | None) -> None:
         """Right after stand-in p exists, before its children: its session, and its process group when
         that exists already (engine/sessions.py)."""
-        if parent is not None and p["pid"] in self.jobs[0]:
+        if parent is not None and p["pid"] in self.jobs.setsid:
             self.chans[p["pid"]].call(("setsid",), [])
-        if p["pid"] in self.jobs[1]:
-            self._setpgid(p["pid"], self.jobs[1][p["pid"]])
+        if p["pid"] in self.jobs.now:
+            self._setpgid(p["pid"], self.jobs.now[p["pid"]])
 
     def _setpgid(self, pid: int, leader: int) -> None:
         """Process `pid` joins the process group led by image process `leader` (itself: a group of its own)."""

@@ -3,21 +3,25 @@
 Dump records each process's session and process group ids ("sid", "pgid": pids as the dumper sees
 them, like "pid"). Pids change on restore, so what is restored is what the ids mean: a process that
 led its session calls setsid() as soon as its stand-in exists, before its children are forked (a
-session is only ever inherited); once every stand-in exists, group leaders call setpgid(0, 0) and
-then members join their leader's group (`plan`). A shell's job control (`sh -i` on a pty: each job
+session is only ever inherited); right after, a group leader calls setpgid(0, 0) and a member joins
+its leader's group (once every stand-in exists, when the leader comes later: `plan`). A shell's job control (`sh -i` on a pty: each job
 a group of its own), `setsid` and daemons that fork once are made that way.
 
-What the stand-ins cannot make is refused before the tree is stopped (`refusal`): a process whose
-session is neither its own nor its parent's (its leader gone: a daemon that forked twice, or a
-process its parent's death moved), a process group whose leader is not in the tree and that is
-not its parent's. The root's session and group, when they are not its own, are outside the tree:
-the restored root leads a group of its own (the restored tree is not a job of `mntcr restore`).
+A process whose session's leader is gone (a daemon that forked twice, `podman pause`, a process a
+container runtime started and left) starts in a session and group an intermediate process made and
+left (standin.spawn_in_session); its descendants inherit them. What the stand-ins cannot make is
+refused before the tree is stopped (`refusal`): a session shared with a process that is not an
+ancestor (two daemons of one gone leader, a leader of the tree in another branch), a process group
+whose leader is not in the tree and that is not its parent's. The root's session and group, when
+they are not its own, are outside the tree: the restored root leads a group of its own (the restored
+tree is not a job of `mntcr restore`).
 """
 
 from __future__ import annotations
 
 import errno
 import os
+from typing import NamedTuple
 
 
 def read(pid: int) -> tuple[int, int]:
@@ -58,7 +62,7 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
             fg = _foreground_or_none(p["pid"])
             if fg is not None and fg != p["pgid"]:
                 p["tty_fg"] = fg
-    problem = plan(procs)[3]
+    problem = plan(procs).problem
     if problem is None:
         return None
     pid, what, n = problem
@@ -67,10 +71,12 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
                 "is led by no process of its session in the tree: bring a job of the tree to the foreground "
                 "(or the shell itself) and dump again; the tree keeps running")
     if what == "session":
-        return (f"process {pid} ({_comm(pid)}) is in session {n}, neither its own nor its parent's: a "
-                f"session is only inherited or made by setsid, and its leader {_whose(n, ids)}; dump a tree "
-                "whose processes lead their session or share their parent's (a daemon that forks twice: run "
-                "it in the foreground or with one fork); the tree keeps running")
+        why = ("its leader is a process of the tree that is not its ancestor" if n in ids else
+               "its leader is gone and another process of the tree, not its ancestor, is in it too")
+        return (f"process {pid} ({_comm(pid)}) is in session {n}, which it can neither inherit from its parent nor "
+                f"make: {why}, and a session is inherited, made by setsid or (its leader gone) made again for one "
+                "process and its descendants; dump a tree whose processes share a session only with their "
+                "ancestors (a daemon's helpers started by the daemon); the tree keeps running")
     return (f"process {pid} ({_comm(pid)}) is in process group {n}, not its parent's, and the group's leader "
             f"{_whose(n, ids)}: a group is joined through a process of the tree that leads it in the same "
             "session; dump a tree whose process groups are led by one of its processes; the tree keeps running")
@@ -109,16 +115,26 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-def plan(procs: list[dict]):
-    """(setsid, now, later, problem) for image processes `procs` (parents first, each with "sid" and
-    "pgid", a session leader whose terminal's foreground group is another with "tty_fg"): the pids whose stand-in calls setsid() as soon as it exists, {pid: leader} the setpgid(0,
-    leader) each calls right after (leader == pid: its own group), [(pid, leader)] those called once
-    every stand-in exists (a leader made later than its member), and the first (pid, "session",
-    "pgrp" or "foreground", id) that cannot be made (None). The root leads its group whatever the image says.
+class Plan(NamedTuple):
+    """What the stand-ins do to make the image's sessions and groups (`plan`)."""
 
-    It follows which group each stand-in is in (by the dumped group id), as forks pass it on."""
+    setsid: set            # pids whose stand-in calls setsid() as soon as it exists
+    now: dict              # pid -> leader: the setpgid(0, leader) it calls right after (itself: its own group)
+    later: list            # [(pid, leader)]: those called once every stand-in exists (a leader made later)
+    problem: tuple | None  # the first (pid, "session", "pgrp" or "foreground", id) that cannot be made
+    orphans: set           # pids whose stand-in starts in a session (and group) of a gone leader
+
+
+def plan(procs: list[dict]) -> Plan:
+    """The Plan for image processes `procs` (parents first, each with "sid" and "pgid"; a session
+    leader whose terminal's foreground group is another with "tty_fg"). The root leads its group
+    whatever the image says. A process whose session's leader is no process of the tree (a daemon
+    that forked twice) starts in a session an intermediate process made and left, its first one; its
+    descendants inherit it, no other process can join it.
+
+    It follows which session and group each stand-in is in (by the dumped ids), as forks pass them on."""
     by_pid = {p["pid"]: p for p in procs}
-    setsid, now, later = set(), {}, []
+    out = Plan(set(), {}, [], None, set())
     group: dict[int, int] = {}     # pid -> the dumped group its stand-in is in once spawned
     session: dict[int, int] = {}
     made: set[int] = set()         # dumped groups some stand-in is in
@@ -129,36 +145,57 @@ def plan(procs: list[dict]):
             session[pid] = sid if sid is not None else 0
             group[pid] = pgid if pgid is not None else pid
             if sid == pid:
-                setsid.add(pid)
+                out.setsid.add(pid)
             made.add(group[pid])
             continue
-        if sid == pid:
-            setsid.add(pid)
-            session[pid] = group[pid] = pid
-        else:
-            session[pid], group[pid] = session[parent["pid"]], group[parent["pid"]]
-            if sid is not None and sid != session[pid]:
-                return setsid, now, later, (pid, "session", sid)
-        if pgid is None or pgid == group[pid]:
-            made.add(group[pid])
-            continue
-        if pgid == pid:
-            now[pid] = pid
-        elif pgid in by_pid and by_pid[pgid].get("sid") == sid and by_pid[pgid].get("pgid") == pgid:
-            if pgid not in made:
-                later.append((pid, pgid))   # (its children, forked before, join it then too)
-                continue
-            now[pid] = pgid
-        else:
-            return setsid, now, later, (pid, "pgrp", pgid)
-        group[pid] = pgid
-        made.add(pgid)
+        problem = _session_of(p, parent, by_pid, session, group, out)
+        if problem is None:
+            problem = _group_of(p, by_pid, group, made, out)
+        if problem is not None:
+            return out._replace(problem=problem)
     for p in procs:
         fg = p.get("tty_fg")
         if fg is not None and (p.get("sid") != p["pid"] or fg not in by_pid or by_pid[fg].get("pgid") != fg
                                or by_pid[fg].get("sid") != p["pid"]):
-            return setsid, now, later, (p["pid"], "foreground", fg)
-    return setsid, now, later, None
+            return out._replace(problem=(p["pid"], "foreground", fg))
+    return out
+
+
+def _session_of(p: dict, parent: dict, by_pid: dict, session: dict, group: dict, out: Plan) -> tuple | None:
+    """Where p's stand-in starts: its own session, its parent's, or a gone leader's (`plan`)."""
+    pid, sid = p["pid"], p.get("sid")
+    if sid == pid:
+        out.setsid.add(pid)
+        session[pid] = group[pid] = pid
+        return None
+    session[pid], group[pid] = session[parent["pid"]], group[parent["pid"]]
+    if sid is None or sid == session[pid]:
+        return None
+    if sid in by_pid or sid in session.values():
+        return (pid, "session", sid)   # (a leader of the tree not its ancestor, or one made already)
+    out.orphans.add(pid)
+    session[pid] = group[pid] = sid
+    return None
+
+
+def _group_of(p: dict, by_pid: dict, group: dict, made: set, out: Plan) -> tuple | None:
+    """The setpgid step p's stand-in takes, if any (`plan`)."""
+    pid, sid, pgid = p["pid"], p.get("sid"), p.get("pgid")
+    if pgid is None or pgid == group[pid]:
+        made.add(group[pid])
+        return None
+    if pgid == pid:
+        out.now[pid] = pid
+    elif pgid in by_pid and by_pid[pgid].get("sid") == sid and by_pid[pgid].get("pgid") == pgid:
+        if pgid not in made:
+            out.later.append((pid, pgid))   # (its children, forked before, join it then too)
+            return None
+        out.now[pid] = pgid
+    else:
+        return (pid, "pgrp", pgid)
+    group[pid] = pgid
+    made.add(pgid)
+    return None
 
 
 def pid_in(hostpid: int, seen_from: int, proc: int) -> int:

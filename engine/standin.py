@@ -6,6 +6,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
 
   spawn    fork a child stand-in (same, new, or an existing pid namespace)
   spawn_in_userns   the same, the child starting inside its user namespace
+  spawn_in_session  the same, the child in a session whose leader is gone (engine/sessions.py)
   ns       unshare or setns one namespace (uts, ipc, net, cgroup); set hostname
   fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
   enter    setns into its restored mount namespace, chroot to its root, chdir
@@ -101,7 +102,7 @@ def _subreaper(on: bool) -> None:
 
 
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
-                    groups: list[int] | None = None) -> int:
+                    groups: list[int] | None = None, session: bool = False) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -109,7 +110,20 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     The caller cannot join the user namespace itself (it would lose its privilege), so an
     intermediate child joins and forks the stand-in, then exits; the caller, a child subreaper
     meanwhile, adopts the stand-in. `root` as in spawn; `groups`: the supplementary groups the
-    stand-in holds, set before it enters (engine/userns_groups.py). Returns its pid as the caller sees it."""
+    stand-in holds, set before it enters (engine/userns_groups.py); `session` as in
+    `spawn_in_session`. Returns its pid as the caller sees it."""
+    return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, session)
+
+
+def spawn_in_session(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
+    """Like `spawn`, but the stand-in starts in a session (and process group) whose leader is gone,
+    as a daemon that forked twice (engine/sessions.py): an intermediate child calls setsid(), forks
+    the stand-in and exits; the caller, a child subreaper meanwhile, adopts the stand-in."""
+    return _spawn_via_mid(mode, pidns_fd, sock_fd, None, False, None, True)
+
+
+def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
+                   groups: list[int] | None, session: bool) -> int:
     me = kernel.pidfd_open(os.getpid())
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -123,8 +137,11 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
                 os.close(go_w)
                 if groups is not None:
                     os.setgroups(groups)
-                kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
-                kernel.unshare(kernel.CLONE_NEWNS)
+                if userns_fd is not None:
+                    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+                    kernel.unshare(kernel.CLONE_NEWNS)
+                if session:
+                    os.setsid()   # (the session and group of a leader gone: ours, once we exit)
                 if mode == "new":
                     kernel.unshare(kernel.CLONE_NEWPID)
                 elif mode == "join":
@@ -150,7 +167,8 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
         data = os.read(pid_r, 32)
         _, status = os.waitpid(mid, 0)
         if not data or status:
-            raise OSError(errno.EPERM, "cannot start a stand-in inside its user namespace")
+            raise OSError(errno.EPERM, "cannot start a stand-in inside its user namespace" if userns_fd is not None
+                          else "cannot start a stand-in in a session of its own")
         os.write(go_w, b"1")
         return int(data)
     finally:
@@ -335,9 +353,14 @@ class _Server:
         return spawn(mode, fds[1] if len(fds) > 1 else None, sock_fd)
 
     def op_spawn_in_userns(self, msg, fds):
-        """A child stand-in started inside a user namespace."""
+        """A child stand-in started inside a user namespace (msg[3]: in a session whose leader is gone)."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
-        return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups)
+        return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
+                               session=len(msg) > 3 and msg[3])
+
+    def op_spawn_in_session(self, msg, fds):
+        """A child stand-in started in a session whose leader is gone (spawn_in_session)."""
+        return spawn_in_session(msg[1], fds[1] if len(fds) > 1 else None, fds[0])
 
     def op_setsid(self, msg, fds):
         """A session of our own, before our children are forked (engine/sessions.py)."""

@@ -16,15 +16,14 @@ def test_job_control_shell():
     """`sh -i` leads its session; a pipeline job is a group led by its first process."""
     procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11), proc(12, 10, 10, 11),
              proc(13, 11, 10, 11)]
-    setsid, now, later, problem = sessions.plan(procs)
-    assert (setsid, now, later, problem) == ({1, 10}, {11: 11, 12: 11}, [], None)
+    assert sessions.plan(procs) == ({1, 10}, {11: 11, 12: 11}, [], None, set())
 
 
 def test_leader_made_after_its_member():
     """A member forked before its group's leader joins once every stand-in exists; its child, forked
     after the leader (parents first, by pid), joins at once."""
     procs = [proc(1, None, 1, 1), proc(12, 1, 1, 15), proc(15, 1, 1, 15), proc(20, 12, 1, 15)]
-    setsid, now, later, problem = sessions.plan(procs)
+    setsid, now, later, problem, _ = sessions.plan(procs)
     assert now == {15: 15, 20: 15} and later == [(12, 15)] and problem is None
     procs = [proc(1, None, 1, 1), proc(12, 1, 1, 15), proc(13, 12, 1, 15), proc(15, 1, 1, 15)]
     assert sessions.plan(procs)[1:3] == ({15: 15}, [(12, 15), (13, 15)])
@@ -33,56 +32,64 @@ def test_leader_made_after_its_member():
 def test_inherited_groups_need_no_step():
     """Children in their parent's session and group, the root's outside the tree included."""
     procs = [proc(1, None, 500, 400), proc(2, 1, 500, 400), proc(3, 2, 500, 400)]
-    assert sessions.plan(procs) == (set(), {}, [], None)
+    assert sessions.plan(procs) == (set(), {}, [], None, set())
+
+
+def test_daemon_forked_twice():
+    """A session whose leader is gone is made for its first process; its descendants inherit it, and a
+    group of their own within it is made as usual."""
+    procs = [proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 12, 7, 7), proc(14, 12, 7, 14)]
+    assert sessions.plan(procs) == ({1}, {14: 14}, [], None, {12})
 
 
 @pytest.mark.parametrize("procs, problem", [
-    ([proc(1, None, 1, 1), proc(12, 1, 7, 7)], (12, "session", 7)),          # a daemon that forked twice
+    ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 1, 7, 7)], (13, "session", 7)),   # two of a gone leader
+    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 5, 5)], (6, "session", 5)),     # a leader not its ancestor
     ([proc(1, None, 1, 1), proc(12, 1, 1, 7)], (12, "pgrp", 7)),             # a group led from outside
     ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 1, 5)], (6, "pgrp", 5)),   # another session's group
 ])
 def test_what_cannot_be_made(procs, problem):
-    assert sessions.plan(procs)[3] == problem
+    assert sessions.plan(procs).problem == problem
 
 
 def test_foreground_group_of_a_terminal():
     """A leader's terminal may give the foreground to a group of its session led in the tree, no other."""
     procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11)]
     procs[1]["tty_fg"] = 11
-    assert sessions.plan(procs)[3] is None
+    assert sessions.plan(procs).problem is None
     for fg in (1, 12):
         procs[1]["tty_fg"] = fg
-        assert sessions.plan(procs)[3] == (10, "foreground", fg)
+        assert sessions.plan(procs).problem == (10, "foreground", fg)
     procs[1]["tty_fg"], procs[2]["tty_fg"] = 11, 11   # (only a session leader's)
-    assert sessions.plan(procs)[3] == (11, "foreground", 11)
+    assert sessions.plan(procs).problem == (11, "foreground", 11)
 
 
 def test_refusal_line_names_the_process_and_what_to_do():
-    tree = [(1, None), (12, 1)]
-    line = sessions.refusal(tree, {1: (1, 1), 12: (7, 7)})
-    assert line.startswith("process 12 (") and "session 7" in line and "is not in the tree" in line
-    assert "dump a tree whose processes lead their session" in line and line.endswith("the tree keeps running")
-    assert "\n" not in line
-    line = sessions.refusal(tree, {1: (1, 1), 12: (1, 7)})
+    tree = [(1, None), (12, 1), (13, 1)]
+    line = sessions.refusal(tree, {1: (1, 1), 12: (7, 7), 13: (7, 7)})
+    assert line.startswith("process 13 (") and "session 7" in line and "its leader is gone" in line
+    assert "dump a tree whose processes share a session only with their ancestors" in line
+    assert line.endswith("the tree keeps running") and "\n" not in line
+    line = sessions.refusal(tree, {1: (1, 1), 12: (1, 7), 13: (1, 1)})
     assert "process group 7" in line and "\n" not in line
-    assert sessions.refusal(tree, {1: (1, 1), 12: (12, 12)}) is None
+    assert sessions.refusal(tree, {1: (1, 1), 12: (12, 12), 13: (7, 7)}) is None
 
 
-def test_daemon_forked_twice_refused_unstopped(case):
-    """A session whose leader is gone (`setsid sh -c 'sleep &'`): refused before the stop, naming the
-    process and what to do; the tree runs on."""
+def test_two_daemons_of_one_gone_leader_refused_unstopped(case):
+    """Two processes in one session whose leader is gone, neither the other's ancestor: refused
+    before the stop, naming the process and what to do; the tree runs on."""
     setup = STOP_WATCH + """
-setsid sh -c '/.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 & touch /run/.daemon' </dev/null >/dev/null 2>&1 &
+setsid sh -c '/.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 & /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+  touch /run/.daemon' </dev/null >/dev/null 2>&1 &
 n=0; until [ -e /run/.daemon ]; do n=$((n + 1)); [ $n -lt 200 ] || exit 1; sleep 0.05; done
 hold
 """
     pid = case.start(setup)
-    _refused_unstopped(case, pid, r"process \d+ \(mntcr-hold\) is in session \d+, neither its own nor its parent's: "
-                                  r"a session is only inherited or made by setsid, and its leader is not in the "
-                                  r"tree; dump a tree whose processes lead their session .*; the tree keeps running")
+    _refused_unstopped(case, pid, r"process \d+ \(mntcr-hold\) is in session \d+, which it can neither inherit from "
+                                  r"its parent nor make: its leader is gone and another process of the tree, not its "
+                                  r"ancestor, is in it too, .*; the tree keeps running")
 
 
-# (every process ends as the holder: case.start waits for that)
 SESSIONS_SETUP = """
 setsid sh -c '/.hold/mntcr-hold 100000 & exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
 python3 -c '
@@ -93,6 +100,8 @@ if os.fork() == 0:
     os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
 os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
 ' </dev/null >/dev/null 2>&1 &
+setsid sh -c '/.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 & touch /run/.daemon' </dev/null >/dev/null 2>&1 &
+n=0; until [ -e /run/.daemon ]; do n=$((n + 1)); [ $n -lt 200 ] || exit 1; sleep 0.05; done
 hold
 """
 
@@ -112,8 +121,10 @@ def test_image_sessions_and_hostile_values(case):
     assert all("sid" in p and "pgid" in p for p in procs)
     assert sum(p["sid"] == p["pid"] for p in procs) == 2, procs        # the holder and setsid's sh
     assert sum(p["pgid"] == p["pid"] for p in procs) == 3, procs       # ... and python3's group
+    assert sum(p["sid"] not in {q["pid"] for q in procs} for p in procs) == 1, procs   # the daemon
     imageformat.validate(json.loads(json.dumps(good)))
-    for mutate, words in ((lambda p: p.update(sid=7), "session 7 can be neither inherited nor made"),
+    other = procs[1]["pid"]   # (a child of the root: no ancestor of the last process, the daemon)
+    for mutate, words in ((lambda p: p.update(sid=other), rf"session {other} can be neither inherited nor made"),
                           (lambda p: p.update(pgid=7), "process group 7 can be neither inherited nor made"),
                           (lambda p: p.update(tty_fg=p["pid"]), "terminal's foreground group"),
                           (lambda p: p.update(sid=-1), "sid"), (lambda p: p.update(pgid="1"), "pgid")):
