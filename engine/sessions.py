@@ -108,9 +108,9 @@ def _whose(leader: int, ids: dict) -> str:
 
 
 def _comm(pid: int) -> str:
+    from engine import kernel
     try:
-        with open(f"/proc/{pid}/comm", errors="backslashreplace") as f:
-            return f.read().strip()
+        return kernel.read_comm(pid)
     except OSError:
         return "?"
 
