@@ -19,9 +19,9 @@ tree is not a job of `mntcr restore`).
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
-from typing import NamedTuple
 
 
 def read(pid: int) -> tuple[int, int]:
@@ -115,17 +115,16 @@ def _comm(pid: int) -> str:
         return "?"
 
 
-class Plan(NamedTuple):
-    """What the stand-ins do to make the image's sessions and groups (`plan`)."""
+# What the stand-ins do to make the image's sessions and groups (`plan`):
+#   setsid   pids whose stand-in calls setsid() as soon as it exists
+#   now      pid -> leader: the setpgid(0, leader) it calls right after (itself: its own group)
+#   later    [(pid, leader)]: those called once every stand-in exists (a leader made later)
+#   problem  the first (pid, "session", "pgrp" or "foreground", id) that cannot be made, or None
+#   orphans  pids whose stand-in starts in a session (and group) of a gone leader
+Plan = collections.namedtuple("Plan", "setsid now later problem orphans")
 
-    setsid: set            # pids whose stand-in calls setsid() as soon as it exists
-    now: dict              # pid -> leader: the setpgid(0, leader) it calls right after (itself: its own group)
-    later: list            # [(pid, leader)]: those called once every stand-in exists (a leader made later)
-    problem: tuple | None  # the first (pid, "session", "pgrp" or "foreground", id) that cannot be made
-    orphans: set           # pids whose stand-in starts in a session (and group) of a gone leader
 
-
-def plan(procs: list[dict]) -> Plan:
+def plan(procs: list[dict]):
     """The Plan for image processes `procs` (parents first, each with "sid" and "pgid"; a session
     leader whose terminal's foreground group is another with "tty_fg"). The root leads its group
     whatever the image says. A process whose session's leader is no process of the tree (a daemon
@@ -161,7 +160,7 @@ def plan(procs: list[dict]) -> Plan:
     return out
 
 
-def _session_of(p: dict, parent: dict, by_pid: dict, session: dict, group: dict, out: Plan) -> tuple | None:
+def _session_of(p: dict, parent: dict, by_pid: dict, session: dict, group: dict, out) -> tuple | None:
     """Where p's stand-in starts: its own session, its parent's, or a gone leader's (`plan`)."""
     pid, sid = p["pid"], p.get("sid")
     if sid == pid:
@@ -178,7 +177,7 @@ def _session_of(p: dict, parent: dict, by_pid: dict, session: dict, group: dict,
     return None
 
 
-def _group_of(p: dict, by_pid: dict, group: dict, made: set, out: Plan) -> tuple | None:
+def _group_of(p: dict, by_pid: dict, group: dict, made: set, out) -> tuple | None:
     """The setpgid step p's stand-in takes, if any (`plan`)."""
     pid, sid, pgid = p["pid"], p.get("sid"), p.get("pgid")
     if pgid is None or pgid == group[pid]:
