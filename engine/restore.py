@@ -598,11 +598,11 @@ class _Restorer:
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
-                orphan = p["pid"] in self.jobs.orphans   # (in a session whose leader is gone)
+                alone = self.jobs.orphans.get(p["pid"])   # (in a session or group whose leader is gone)
                 if in_userns is None:
-                    pchan.call(("spawn_in_session" if orphan else "spawn", mode), fds)
+                    pchan.call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
                 else:
-                    pchan.call(("spawn_in_userns", mode, groups, orphan), [fds[0], in_userns, *fds[1:]])
+                    pchan.call(("spawn_in_userns", mode, groups, alone), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -647,14 +647,14 @@ class _Restorer:
         if p["pid"] in self.jobs.now:
             self._setpgid(p["pid"], self.jobs.now[p["pid"]])
 
-    def _setpgid(self, pid: int, leader: int) -> None:
-        """Process `pid` joins the process group led by image process `leader` (itself: a group of its own)."""
+    def _setpgid(self, pid: int, member: int) -> None:
+        """Process `pid` joins the process group image process `member` is in (itself: a group of its own)."""
         try:
-            pgid = 0 if leader == pid else sessions.pid_in(self.hostpid[leader], self.hostpid[pid], self.hostproc)
-            self.chans[pid].call(("setpgid", pgid), [])
+            of = 0 if member == pid else sessions.pid_in(self.hostpid[member], self.hostpid[pid], self.hostproc)
+            self.chans[pid].call(("setpgid", of), [])
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"process {pid}: joining the process group of process "
-                                                     f"{leader}: {e.strerror or e}") from None
+                                                     f"{member}: {e.strerror or e}") from None
 
     def foreground_jobs(self) -> None:
         """Each session leader whose terminal (restored through its /dev/tty fd) had another group in

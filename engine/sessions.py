@@ -9,10 +9,12 @@ a group of its own), `setsid` and daemons that fork once are made that way.
 
 A process whose session's leader is gone (a daemon that forked twice, `podman pause`, a process a
 container runtime started and left) starts in a session and group an intermediate process made and
-left (standin.spawn_in_session); its descendants inherit them. What the stand-ins cannot make is
+left (standin.spawn_alone); its descendants inherit them. So does the first process of a group whose
+leader is gone (`printf x | sleep &` in `sh -i`: printf has exited); others of its session join it
+through that one. What the stand-ins cannot make is
 refused before the tree is stopped (`refusal`): a session shared with a process that is not an
 ancestor (two daemons of one gone leader, a leader of the tree in another branch), a process group
-whose leader is not in the tree and that is not its parent's. The root's session and group, when
+of another session, or a session and a group of their own both of gone leaders. The root's session and group, when
 they are not its own, are outside the tree: the restored root leads a group of its own (the restored
 tree is not a job of `mntcr restore`).
 """
@@ -77,9 +79,9 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
                 f"make: {why}, and a session is inherited, made by setsid or (its leader gone) made again for one "
                 "process and its descendants; dump a tree whose processes share a session only with their "
                 "ancestors (a daemon's helpers started by the daemon); the tree keeps running")
-    return (f"process {pid} ({_comm(pid)}) is in process group {n}, not its parent's, and the group's leader "
-            f"{_whose(n, ids)}: a group is joined through a process of the tree that leads it in the same "
-            "session; dump a tree whose process groups are led by one of its processes; the tree keeps running")
+    return (f"process {pid} ({_comm(pid)}) is in process group {n}, which it can neither inherit from its parent "
+            "nor join or make: the group is another session's, or both its session and its group are of gone "
+            "leaders; dump a tree whose process groups are in their members' session; the tree keeps running")
 
 
 def _holds_dev_tty(pid: int) -> bool:
@@ -103,10 +105,6 @@ def _foreground_or_none(pid: int) -> int | None:
         return None
 
 
-def _whose(leader: int, ids: dict) -> str:
-    return "is in another session" if leader in ids else "is not in the tree"
-
-
 def _comm(pid: int) -> str:
     from engine import kernel
     try:
@@ -120,7 +118,8 @@ def _comm(pid: int) -> str:
 #   now      pid -> leader: the setpgid(0, leader) it calls right after (itself: its own group)
 #   later    [(pid, leader)]: those called once every stand-in exists (a leader made later)
 #   problem  the first (pid, "session", "pgrp" or "foreground", id) that cannot be made, or None
-#   orphans  pids whose stand-in starts in a session (and group) of a gone leader
+#   orphans  pid -> "session" or "group": its stand-in starts in a session (and group), or a group,
+#            whose leader is gone, made by an intermediate process that leaves it
 Plan = collections.namedtuple("Plan", "setsid now later problem orphans")
 
 
@@ -129,14 +128,15 @@ def plan(procs: list[dict]):
     leader whose terminal's foreground group is another with "tty_fg"). The root leads its group
     whatever the image says. A process whose session's leader is no process of the tree (a daemon
     that forked twice) starts in a session an intermediate process made and left, its first one; its
-    descendants inherit it, no other process can join it.
+    descendants inherit it, no other process can join it. The same for a group whose leader is gone
+    (`printf x | sleep &` in `sh -i`), which other processes of its session join through a member.
 
     It follows which session and group each stand-in is in (by the dumped ids), as forks pass them on."""
     by_pid = {p["pid"]: p for p in procs}
-    out = Plan(set(), {}, [], None, set())
+    out = Plan(set(), {}, [], None, {})
     group: dict[int, int] = {}     # pid -> the dumped group its stand-in is in once spawned
     session: dict[int, int] = {}
-    made: set[int] = set()         # dumped groups some stand-in is in
+    made: dict[int, int] = {}      # dumped group -> the first process whose stand-in is in it
     for i, p in enumerate(procs):
         pid, sid, pgid = p["pid"], p.get("sid"), p.get("pgid")
         parent = by_pid.get(p.get("ppid")) if i else None
@@ -145,11 +145,11 @@ def plan(procs: list[dict]):
             group[pid] = pgid if pgid is not None else pid
             if sid == pid:
                 out.setsid.add(pid)
-            made.add(group[pid])
+            made[group[pid]] = pid
             continue
         problem = _session_of(p, parent, by_pid, session, group, out)
         if problem is None:
-            problem = _group_of(p, by_pid, group, made, out)
+            problem = _group_of(p, by_pid, session, group, made, out)
         if problem is not None:
             return out._replace(problem=problem)
     for p in procs:
@@ -172,28 +172,37 @@ def _session_of(p: dict, parent: dict, by_pid: dict, session: dict, group: dict,
         return None
     if sid in by_pid or sid in session.values():
         return (pid, "session", sid)   # (a leader of the tree not its ancestor, or one made already)
-    out.orphans.add(pid)
+    out.orphans[pid] = "session"
     session[pid] = group[pid] = sid
     return None
 
 
-def _group_of(p: dict, by_pid: dict, group: dict, made: set, out) -> tuple | None:
-    """The setpgid step p's stand-in takes, if any (`plan`)."""
-    pid, sid, pgid = p["pid"], p.get("sid"), p.get("pgid")
+def _group_of(p: dict, by_pid: dict, session: dict, group: dict, made: dict, out) -> tuple | None:
+    """The setpgid step p's stand-in takes, if any: its own group, a group some stand-in of its
+    session is in already (joined through that member), one whose leader comes later, or one whose
+    leader is gone made for it (`plan`)."""
+    pid, pgid = p["pid"], p.get("pgid")
     if pgid is None or pgid == group[pid]:
-        made.add(group[pid])
+        made.setdefault(group[pid], pid)
         return None
     if pgid == pid:
         out.now[pid] = pid
-    elif pgid in by_pid and by_pid[pgid].get("sid") == sid and by_pid[pgid].get("pgid") == pgid:
-        if pgid not in made:
-            out.later.append((pid, pgid))   # (its children, forked before, join it then too)
-            return None
-        out.now[pid] = pgid
+    elif pgid in made:
+        if session[made[pgid]] != session[pid]:
+            return (pid, "pgrp", pgid)   # (a group of another session)
+        out.now[pid] = made[pgid]
+    elif pgid in by_pid:
+        leader = by_pid[pgid]
+        if leader.get("sid") != p.get("sid") or leader.get("pgid") != pgid:
+            return (pid, "pgrp", pgid)
+        out.later.append((pid, pgid))   # (its children, forked before, join it then too)
+        return None
+    elif out.orphans.get(pid) is None:
+        out.orphans[pid] = "group"
     else:
-        return (pid, "pgrp", pgid)
+        return (pid, "pgrp", pgid)   # (a session and a group of their own, both of gone leaders)
     group[pid] = pgid
-    made.add(pgid)
+    made.setdefault(pgid, pid)
     return None
 
 

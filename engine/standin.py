@@ -6,7 +6,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
 
   spawn    fork a child stand-in (same, new, or an existing pid namespace)
   spawn_in_userns   the same, the child starting inside its user namespace
-  spawn_in_session  the same, the child in a session whose leader is gone (engine/sessions.py)
+  spawn_alone   the same, the child in a session or group whose leader is gone (engine/sessions.py)
   ns       unshare or setns one namespace (uts, ipc, net, cgroup); set hostname
   fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
   enter    setns into its restored mount namespace, chroot to its root, chdir
@@ -102,7 +102,7 @@ def _subreaper(on: bool) -> None:
 
 
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
-                    groups: list[int] | None = None, session: bool = False) -> int:
+                    groups: list[int] | None = None, alone: str | None = None) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -110,20 +110,21 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     The caller cannot join the user namespace itself (it would lose its privilege), so an
     intermediate child joins and forks the stand-in, then exits; the caller, a child subreaper
     meanwhile, adopts the stand-in. `root` as in spawn; `groups`: the supplementary groups the
-    stand-in holds, set before it enters (engine/userns_groups.py); `session` as in
-    `spawn_in_session`. Returns its pid as the caller sees it."""
-    return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, session)
+    stand-in holds, set before it enters (engine/userns_groups.py); `alone` as in
+    `spawn_alone`. Returns its pid as the caller sees it."""
+    return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone)
 
 
-def spawn_in_session(mode: str, pidns_fd: int | None, sock_fd: int) -> int:
-    """Like `spawn`, but the stand-in starts in a session (and process group) whose leader is gone,
-    as a daemon that forked twice (engine/sessions.py): an intermediate child calls setsid(), forks
-    the stand-in and exits; the caller, a child subreaper meanwhile, adopts the stand-in."""
-    return _spawn_via_mid(mode, pidns_fd, sock_fd, None, False, None, True)
+def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
+    """Like `spawn`, but the stand-in starts in a session and group (alone "session"), or a group
+    ("group"), whose leader is gone, as a daemon that forked twice (engine/sessions.py): an
+    intermediate child calls setsid() (setpgid), forks the stand-in and exits; the caller, a child
+    subreaper meanwhile, adopts the stand-in."""
+    return _spawn_via_mid(mode, pidns_fd, sock_fd, None, False, None, alone)
 
 
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
-                   groups: list[int] | None, session: bool) -> int:
+                   groups: list[int] | None, alone: str | None) -> int:
     me = kernel.pidfd_open(os.getpid())
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -140,8 +141,10 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                 if userns_fd is not None:
                     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
                     kernel.unshare(kernel.CLONE_NEWNS)
-                if session:
+                if alone == "session":
                     os.setsid()   # (the session and group of a leader gone: ours, once we exit)
+                elif alone == "group":
+                    os.setpgid(0, 0)
                 if mode == "new":
                     kernel.unshare(kernel.CLONE_NEWPID)
                 elif mode == "join":
@@ -168,7 +171,7 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
         _, status = os.waitpid(mid, 0)
         if not data or status:
             raise OSError(errno.EPERM, "cannot start a stand-in inside its user namespace" if userns_fd is not None
-                          else "cannot start a stand-in in a session of its own")
+                          else f"cannot start a stand-in in a {alone} of its own")
         os.write(go_w, b"1")
         return int(data)
     finally:
@@ -353,14 +356,14 @@ class _Server:
         return spawn(mode, fds[1] if len(fds) > 1 else None, sock_fd)
 
     def op_spawn_in_userns(self, msg, fds):
-        """A child stand-in started inside a user namespace (msg[3]: in a session whose leader is gone)."""
+        """A child stand-in started inside a user namespace (msg[3]: as in spawn_alone, or None)."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
         return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
-                               session=len(msg) > 3 and msg[3])
+                               alone=msg[3] if len(msg) > 3 else None)
 
-    def op_spawn_in_session(self, msg, fds):
-        """A child stand-in started in a session whose leader is gone (spawn_in_session)."""
-        return spawn_in_session(msg[1], fds[1] if len(fds) > 1 else None, fds[0])
+    def op_spawn_alone(self, msg, fds):
+        """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""
+        return spawn_alone(msg[1], fds[1] if len(fds) > 1 else None, fds[0], msg[2])
 
     def op_setsid(self, msg, fds):
         """A session of our own, before our children are forked (engine/sessions.py)."""
@@ -368,8 +371,8 @@ class _Server:
         return None
 
     def op_setpgid(self, msg, fds):
-        """Join process group msg[1] (a pid of our pid namespace; 0: a group of our own)."""
-        os.setpgid(0, msg[1])
+        """Join the process group of process msg[1] (a pid of our pid namespace; 0: a group of our own)."""
+        os.setpgid(0, os.getpgid(msg[1]) if msg[1] else 0)
         return None
 
     def op_foreground(self, msg, fds):

@@ -16,7 +16,7 @@ def test_job_control_shell():
     """`sh -i` leads its session; a pipeline job is a group led by its first process."""
     procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11), proc(12, 10, 10, 11),
              proc(13, 11, 10, 11)]
-    assert sessions.plan(procs) == ({1, 10}, {11: 11, 12: 11}, [], None, set())
+    assert sessions.plan(procs) == ({1, 10}, {11: 11, 12: 11}, [], None, {})
 
 
 def test_leader_made_after_its_member():
@@ -32,20 +32,29 @@ def test_leader_made_after_its_member():
 def test_inherited_groups_need_no_step():
     """Children in their parent's session and group, the root's outside the tree included."""
     procs = [proc(1, None, 500, 400), proc(2, 1, 500, 400), proc(3, 2, 500, 400)]
-    assert sessions.plan(procs) == (set(), {}, [], None, set())
+    assert sessions.plan(procs) == (set(), {}, [], None, {})
 
 
 def test_daemon_forked_twice():
     """A session whose leader is gone is made for its first process; its descendants inherit it, and a
     group of their own within it is made as usual."""
     procs = [proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 12, 7, 7), proc(14, 12, 7, 14)]
-    assert sessions.plan(procs) == ({1}, {14: 14}, [], None, {12})
+    assert sessions.plan(procs) == ({1}, {14: 14}, [], None, {12: "session"})
+
+
+def test_group_whose_leader_is_gone():
+    """`printf x | sleep | cat &` in `sh -i`, printf gone: the group is made for sleep, cat joins it
+    through sleep; a later member of the session joins it the same way."""
+    procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(12, 10, 10, 11), proc(13, 10, 10, 11),
+             proc(14, 13, 10, 14), proc(15, 14, 10, 11)]
+    assert sessions.plan(procs) == ({1, 10}, {13: 12, 14: 14, 15: 12}, [], None, {12: "group"})
 
 
 @pytest.mark.parametrize("procs, problem", [
     ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 1, 7, 7)], (13, "session", 7)),   # two of a gone leader
     ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 5, 5)], (6, "session", 5)),     # a leader not its ancestor
-    ([proc(1, None, 1, 1), proc(12, 1, 1, 7)], (12, "pgrp", 7)),             # a group led from outside
+    ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 12, 7, 9)], None),               # a group made in it
+    ([proc(1, None, 1, 1), proc(12, 1, 7, 8)], (12, "pgrp", 8)),             # a gone leader's group and session
     ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 1, 5)], (6, "pgrp", 5)),   # another session's group
 ])
 def test_what_cannot_be_made(procs, problem):
@@ -70,8 +79,8 @@ def test_refusal_line_names_the_process_and_what_to_do():
     assert line.startswith("process 13 (") and "session 7" in line and "its leader is gone" in line
     assert "dump a tree whose processes share a session only with their ancestors" in line
     assert line.endswith("the tree keeps running") and "\n" not in line
-    line = sessions.refusal(tree, {1: (1, 1), 12: (1, 7), 13: (1, 1)})
-    assert "process group 7" in line and "\n" not in line
+    line = sessions.refusal(tree, {1: (1, 1), 12: (12, 12), 13: (1, 12)})
+    assert "process group 12" in line and "another session's" in line and "\n" not in line
     assert sessions.refusal(tree, {1: (1, 1), 12: (12, 12), 13: (7, 7)}) is None
 
 
@@ -123,13 +132,13 @@ def test_image_sessions_and_hostile_values(case):
     assert sum(p["pgid"] == p["pid"] for p in procs) == 3, procs       # ... and python3's group
     assert sum(p["sid"] not in {q["pid"] for q in procs} for p in procs) == 1, procs   # the daemon
     imageformat.validate(json.loads(json.dumps(good)))
-    other = procs[1]["pid"]   # (a child of the root: no ancestor of the last process, the daemon)
+    other = procs[1]["pid"]   # (a child of the root leading its session: no ancestor of the daemon)
     for mutate, words in ((lambda p: p.update(sid=other), rf"session {other} can be neither inherited nor made"),
-                          (lambda p: p.update(pgid=7), "process group 7 can be neither inherited nor made"),
+                          (lambda p: p.update(pgid=procs[0]["pid"]), "process group \\d+ can be neither inherited nor made"),
                           (lambda p: p.update(tty_fg=p["pid"]), "terminal's foreground group"),
                           (lambda p: p.update(sid=-1), "sid"), (lambda p: p.update(pgid="1"), "pgid")):
         doc = json.loads(json.dumps(good))
-        mutate(doc["processes"][-1])
+        mutate(next(p for p in doc["processes"] if p["sid"] not in {q["pid"] for q in procs}))   # the daemon
         with pytest.raises(image.ImageError, match=words) as e:
             imageformat.validate(doc)
         assert "\n" not in str(e.value)
