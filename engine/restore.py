@@ -666,8 +666,9 @@ class _Restorer:
             try:
                 if fd is None:
                     raise OSError(errno.EINVAL, "it holds no /dev/tty")
-                pgid = sessions.pid_in(self.hostpid[p["tty_fg"]], self.hostpid[p["pid"]], self.hostproc)
-                self.chans[p["pid"]].call(("foreground", fd, pgid), [])
+                member = sessions.foreground_member(self.doc["processes"], p)
+                of = sessions.pid_in(self.hostpid[member], self.hostpid[p["pid"]], self.hostproc)
+                self.chans[p["pid"]].call(("foreground", fd, of), [])
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: giving its terminal to process group "
                                                          f"{p['tty_fg']}: {e.strerror or e}") from None

@@ -70,7 +70,7 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
     pid, what, n = problem
     if what == "foreground":
         return (f"process {pid} ({_comm(pid)}) holds /dev/tty, and its terminal's foreground process group {n} "
-                "is led by no process of its session in the tree: bring a job of the tree to the foreground "
+                "has no process of its session in the tree: bring a job of the tree to the foreground "
                 "(or the shell itself) and dump again; the tree keeps running")
     if what == "session":
         why = ("its leader is a process of the tree that is not its ancestor" if n in ids else
@@ -154,10 +154,17 @@ def plan(procs: list[dict]):
             return out._replace(problem=problem)
     for p in procs:
         fg = p.get("tty_fg")
-        if fg is not None and (p.get("sid") != p["pid"] or fg not in by_pid or by_pid[fg].get("pgid") != fg
-                               or by_pid[fg].get("sid") != p["pid"]):
+        if fg is not None and (p.get("sid") != p["pid"] or foreground_member(procs, p) is None):
             return out._replace(problem=(p["pid"], "foreground", fg))
     return out
+
+
+def foreground_member(procs: list[dict], leader: dict) -> int | None:
+    """A process of `leader`'s session in its terminal's foreground group ("tty_fg"; its own leader
+    first, when in the tree): the group restore gives the terminal to is that process's."""
+    fg = leader.get("tty_fg")
+    members = [p["pid"] for p in procs if p.get("pgid") == fg and p.get("sid") == leader["pid"]]
+    return fg if fg in members else members[0] if members else None
 
 
 def _session_of(p: dict, parent: dict, by_pid: dict, session: dict, group: dict, out) -> tuple | None:

@@ -376,8 +376,9 @@ class _Server:
         return None
 
     def op_foreground(self, msg, fds):
-        """Make process group msg[2] the foreground one of our terminal (fd msg[1], our /dev/tty)."""
-        os.tcsetpgrp(msg[1], msg[2])
+        """Make the process group of process msg[2] the foreground one of our terminal (fd msg[1], our
+        /dev/tty)."""
+        os.tcsetpgrp(msg[1], os.getpgid(msg[2]))
         return None
 
     def op_kin(self, msg, fds):

@@ -62,11 +62,14 @@ def test_what_cannot_be_made(procs, problem):
 
 
 def test_foreground_group_of_a_terminal():
-    """A leader's terminal may give the foreground to a group of its session led in the tree, no other."""
-    procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11)]
+    """A leader's terminal may give the foreground to a group with a process of its session in the tree
+    (its leader gone or not), no other."""
+    procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11), proc(13, 10, 10, 12)]
     procs[1]["tty_fg"] = 11
-    assert sessions.plan(procs).problem is None
-    for fg in (1, 12):
+    assert sessions.plan(procs).problem is None and sessions.foreground_member(procs, procs[1]) == 11
+    procs[1]["tty_fg"] = 12   # (`printf x | sleep` in the foreground, printf gone)
+    assert sessions.plan(procs).problem is None and sessions.foreground_member(procs, procs[1]) == 13
+    for fg in (1, 14):
         procs[1]["tty_fg"] = fg
         assert sessions.plan(procs).problem == (10, "foreground", fg)
     procs[1]["tty_fg"], procs[2]["tty_fg"] = 11, 11   # (only a session leader's)
