@@ -112,8 +112,17 @@ if os.fork() == 0:
     os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
 os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
 ' </dev/null >/dev/null 2>&1 &
-setsid sh -c '/.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 & touch /run/.daemon' </dev/null >/dev/null 2>&1 &
-n=0; until [ -e /run/.daemon ]; do n=$((n + 1)); [ $n -lt 200 ] || exit 1; sleep 0.05; done
+python3 -c '
+import ctypes, os
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)   # (a subreaper: the daemon stays in the tree with a host pid namespace)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+    os._exit(0)
+os.wait()
+os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+' </dev/null >/dev/null 2>&1 &
 hold
 """
 
