@@ -53,7 +53,8 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
-                    lastword, mountinfo, parking, remount, sharing, standin, strategy, subids, userns_cr,
+                    lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
+                    userns_cr,
                     userns_groups)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -573,6 +574,7 @@ class _Restorer:
             early_groups = userns_groups.plan(procs, self.doc.get("userns") or {})
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
+        self.jobs = sessions.plan(procs)   # (engine/sessions.py; the image checker refused what it cannot make)
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
@@ -594,18 +596,20 @@ class _Restorer:
             in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
             groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
             if parent is None:
+                root = "session" if p["pid"] in self.jobs.setsid else True
                 if in_userns is None:
-                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=True)
+                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root)
                 else:
                     hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
-                                                 in_userns, root=True, groups=groups)
+                                                 in_userns, root=root, groups=groups)
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
+                alone = self.jobs.orphans.get(p["pid"])   # (in a session or group whose leader is gone)
                 if in_userns is None:
-                    pchan.call(("spawn", mode), fds)
+                    pchan.call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
                 else:
-                    pchan.call(("spawn_in_userns", mode, groups), [fds[0], in_userns, *fds[1:]])
+                    pchan.call(("spawn_in_userns", mode, groups, alone), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -615,6 +619,7 @@ class _Restorer:
             self.hostpid[p["pid"]] = hp
             if groups is not None and in_userns is None:
                 ours.call(("groups", groups), [])
+            self._job(p, parent)
             step("spawn")
             if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
                 self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -638,6 +643,42 @@ class _Restorer:
                     self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         for fd in own.values():
             os.close(fd)
+        for pid, leader in self.jobs.later:
+            self._setpgid(pid, leader)
+
+    def _job(self, p: dict, parent: dict | None) -> None:
+        """Right after stand-in p exists, before its children: its session, and its process group when
+        that exists already (engine/sessions.py)."""
+        if parent is not None and p["pid"] in self.jobs.setsid:
+            self.chans[p["pid"]].call(("setsid",), [])
+        if p["pid"] in self.jobs.now:
+            self._setpgid(p["pid"], self.jobs.now[p["pid"]])
+
+    def _setpgid(self, pid: int, member: int) -> None:
+        """Process `pid` joins the process group image process `member` is in (itself: a group of its own)."""
+        try:
+            of = 0 if member == pid else sessions.pid_in(self.hostpid[member], self.hostpid[pid], self.hostproc)
+            self.chans[pid].call(("setpgid", of), [])
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"process {pid}: joining the process group of process "
+                                                     f"{member}: {e.strerror or e}") from None
+
+    def foreground_jobs(self) -> None:
+        """Each session leader whose terminal (restored through its /dev/tty fd) had another group in
+        the foreground gives it the terminal again (its TIOCSCTTY made its own the foreground one)."""
+        for p in self.doc["processes"]:
+            if p.get("tty_fg") is None:
+                continue
+            fd = next((f["fd"] for f in p["fds"] if f.get("kind") == "ctty" and "tty" in f), None)
+            try:
+                if fd is None:
+                    raise OSError(errno.EINVAL, "it holds no /dev/tty")
+                member = sessions.foreground_member(self.doc["processes"], p)
+                of = sessions.pid_in(self.hostpid[member], self.hostpid[p["pid"]], self.hostproc)
+                self.chans[p["pid"]].call(("foreground", fd, of), [])
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: giving its terminal to process group "
+                                                         f"{p['tty_fg']}: {e.strerror or e}") from None
 
     @staticmethod
     def _children_of(pid: int) -> set[int]:
@@ -2070,6 +2111,7 @@ class _Restorer:
         (engine/lastword.py: a failed one fails the restore); the root takes the lifeline and tells on
         it once the restore commits (standin.py, `restore`)."""
         procs = self.doc["processes"]
+        self._hand_kin()
         for p in reversed(procs):
             chan = self.chans[p["pid"]]
             why = None
@@ -2084,6 +2126,24 @@ class _Restorer:
                 why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
             if why:
                 raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
+
+
+    def _hand_kin(self) -> None:
+        """Give the root stand-in a pidfd of each stand-in outside its process group (another
+        session or group: engine/sessions.py), which it kills with the tree when the restore does
+        not commit (its killpg misses them); none when it is init of its pid namespace."""
+        procs = self.doc["processes"]
+        root = procs[0]
+        if sessions.pid_in(self.hostpid[root["pid"]], self.hostpid[root["pid"]], self.hostproc) == 1:
+            return
+        away = [self.hostpid[p["pid"]] for p in procs[1:] if p.get("pgid", root.get("pgid")) != root.get("pgid")]
+        for i in range(0, len(away), 200):   # (SCM_RIGHTS takes at most 253 fds a message)
+            pidfds = [kernel.pidfd_open(hp) for hp in away[i:i + 200]]
+            try:
+                self.chans[root["pid"]].call(("kin",), pidfds)
+            finally:
+                for fd in pidfds:
+                    os.close(fd)
 
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int],
@@ -2144,6 +2204,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
+    r.foreground_jobs()
     r.take_locks()
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)
