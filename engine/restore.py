@@ -54,8 +54,7 @@ from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
                     lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
-                    userns_cr,
-                    userns_groups)
+                    userns_cr, userns_groups)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
