@@ -391,7 +391,7 @@ def _check_userns_owners(doc: dict) -> None:
                 raise RestoreError(errno.EPERM, f"user namespace {ns_id}: owned by uid {ns['owner']}, yet its "
                                                 f"{key} reaches the host's id 0, which no user but root can map")
         if ns.get("parent") is None:
-            line = subids.refusal(ns_id, ns["owner"], ns["uid_map"], ns["gid_map"])
+            line = subids.refusal(ns_id, ns["owner"], ns["uid_map"], ns["gid_map"], ns["setgroups"])
             if line is not None:
                 raise RestoreError(errno.EPERM, line)
 

@@ -58,11 +58,11 @@ def _show(ranges: list[tuple[int, int]]) -> str:
     return ", ".join(f"{a}-{a + n - 1}" for a, n in sorted(ranges)) or "none"
 
 
-def refusal(ns_id: str, owner: int, uid_map, gid_map, etc: str | None = None) -> str | None:
+def refusal(ns_id: str, owner: int, uid_map, gid_map, setgroups: str, etc: str | None = None) -> str | None:
     """One line refusing the maps [(inside, outside, count)] of user namespace `ns_id` that uid
     `owner` (not 0) made with the dumper's user namespace as parent, when they map a host id
-    that user could not map on this machine (`etc`: where subuid and subgid are, default ETC);
-    None when every range is one it could."""
+    that user could not map on this machine (`etc`: where subuid and subgid are, default ETC), or
+    allow setgroups with no /etc/subgid range mapped; None when every range is one it could."""
     etc = etc or ETC
     try:
         name = pwd.getpwuid(owner).pw_name
@@ -81,4 +81,11 @@ def refusal(ns_id: str, owner: int, uid_map, gid_map, etc: str | None = None) ->
                     f"{outside}-{outside + count - 1}, which that user could not map here (only {mine} "
                     f"and its {etc}/{file} ranges: {_show(subs)}, as new{kind}map): if this image and user "
                     f"are trusted, give the user that range in {etc}/{file}")
+    # Its own groups it maps only with setgroups denied (the kernel's rule; newgidmap allows setgroups
+    # only for a subgid range): allowed, it could drop a group that a file's mode denies access.
+    subs = _ranges(os.path.join(etc, "subgid"), owner, name)
+    if setgroups == "allow" and gid_map and not any(_covered(o, n, subs) for _, o, n in gid_map):
+        return (f"user namespace {ns_id}: made by {who}, it allows setgroups, yet its gid_map maps none of its "
+                f"{etc}/subgid ranges ({_show(subs)}): that user could map its own groups only with setgroups "
+                "denied (the kernel's rule, and newgidmap's), or drop a group a file's mode shuts out")
     return None

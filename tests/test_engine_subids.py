@@ -19,8 +19,8 @@ def _etc(tmp_path, subuid="", subgid=""):
     return str(tmp_path)
 
 
-def _why(tmp_path, owner, uid_map, gid_map, **files):
-    return subids.refusal("user-1", owner, uid_map, gid_map, etc=_etc(tmp_path, **files))
+def _why(tmp_path, owner, uid_map, gid_map, setgroups="deny", **files):
+    return subids.refusal("user-1", owner, uid_map, gid_map, setgroups, etc=_etc(tmp_path, **files))
 
 
 def test_own_ids_one_at_a_time(tmp_path):
@@ -63,5 +63,21 @@ def test_user_without_passwd_entry_maps_only_its_uid_and_its_numeric_ranges(tmp_
 
 
 def test_missing_files_give_no_ranges(tmp_path):
-    assert "ranges: none" in subids.refusal("user-1", NOBODY.pw_uid, [[0, 100000, 1]], [],
+    assert "ranges: none" in subids.refusal("user-1", NOBODY.pw_uid, [[0, 100000, 1]], [], "deny",
                                             etc=str(tmp_path / "nowhere"))
+
+
+def test_setgroups_allowed_needs_a_subgid_range(tmp_path):
+    """Its own gid alone the kernel (and newgidmap) let a user map only with setgroups denied: allowed,
+    it could drop a group that a file's mode shuts out."""
+    own = [[0, NOBODY.pw_gid, 1]]
+    uid_map = [[0, NOBODY.pw_uid, 1]]
+    assert _why(tmp_path, NOBODY.pw_uid, uid_map, own, "deny") is None
+    line = _why(tmp_path, NOBODY.pw_uid, uid_map, own, "allow")
+    assert line == (f"user namespace user-1: made by uid {NOBODY.pw_uid} (nobody), it allows setgroups, yet its "
+                    f"gid_map maps none of its {tmp_path}/subgid ranges (none): that user could map its own "
+                    "groups only with setgroups denied (the kernel's rule, and newgidmap's), or drop a group a "
+                    "file's mode shuts out")
+    files = dict(subgid="nobody:100000:10\n")
+    assert _why(tmp_path, NOBODY.pw_uid, uid_map, own + [[1, 100000, 10]], "allow", **files) is None
+    assert _why(tmp_path, NOBODY.pw_uid, uid_map, [], "allow") is None      # (no gid map: setgroups fails)

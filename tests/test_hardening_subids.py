@@ -59,3 +59,19 @@ def test_a_group_the_owner_is_not_in_is_refused(image, tmp_path):
     refused(_mutated(image, tmp_path, mutate),
             rf"user namespace user-1: made by uid {nobody.pw_uid} \(nobody\), its gid_map maps host gids "
             rf"{other.gr_gid}-{other.gr_gid}, which that user could not map here", tmp_path)
+
+
+def test_setgroups_allowed_on_the_owners_own_group_is_refused(image, tmp_path):
+    """nobody's namespace mapping only its own uid and gid, yet allowing setgroups: no user can write
+    that (the kernel and newgidmap deny setgroups then), and with it nobody could drop a group."""
+    nobody = _nobody()
+
+    def mutate(d):
+        _owned_by(d, nobody.pw_uid, uid_map=[[0, nobody.pw_uid, 1]], gid_map=[[0, nobody.pw_gid, 1]],
+                  setgroups="allow")
+        kid = _kid(d)
+        kid["creds"].update(uid=[0, 0, 0, 0], gid=[0, 0, 0, 0], groups=[])
+        _fd(kid, 10).update(cred=[nobody.pw_uid, nobody.pw_gid], cred_groups=[nobody.pw_gid])   # (its listener)
+    refused(_mutated(image, tmp_path, mutate),
+            rf"user namespace user-1: made by uid {nobody.pw_uid} \(nobody\), it allows setgroups, yet its "
+            r"gid_map maps none of its /etc/subgid ranges", tmp_path)
