@@ -81,3 +81,38 @@ def test_setgroups_allowed_needs_a_subgid_range(tmp_path):
     files = dict(subgid="nobody:100000:10\n")
     assert _why(tmp_path, NOBODY.pw_uid, uid_map, own + [[1, 100000, 10]], "allow", **files) is None
     assert _why(tmp_path, NOBODY.pw_uid, uid_map, [], "allow") is None      # (no gid map: setgroups fails)
+
+
+class _Tree:
+    """A made-up UsernsTree: the dumper's namespace 1, root's container 2 mapping the host's 0-65535,
+    and 3 below it, made by uid 1000 with `maps`."""
+
+    top = 1
+
+    def __init__(self, maps):
+        from engine.userns import Maps
+        self._maps = {2: Maps(((0, 0, 65536),), ((0, 0, 65536),), "allow", 0), 3: maps}
+
+    def parent(self, key):
+        return {2: 1, 3: 2}[key]
+
+    def maps(self, key):
+        return self._maps[key]
+
+    def limits(self, key):
+        return {}
+
+
+def test_dump_refuses_a_nested_namespace_a_user_made_that_reaches_the_hosts_root():
+    """Restore refuses a user-owned namespace mapping the host's 0 at any depth (its owner gets it):
+    dump refused only the top's, so a nested one dumped and then could not be restored."""
+    from engine.userns import Maps
+    from engine.userns_cr import UsernsError, _Plan
+    plan = _Plan()
+    plan.users = _Tree(Maps(((0, 0, 1),), ((0, 1000, 1),), "deny", 1000))
+    with pytest.raises(UsernsError, match=r"user namespace user-2: owned by uid 1000, yet its uid_map reaches "
+                                          r"the host's id 0, which no user but root can map$"):
+        plan.name(3)
+    plan = _Plan()
+    plan.users = _Tree(Maps(((0, 1000, 1),), ((0, 1000, 1),), "deny", 1000))
+    assert plan.name(3) == "user-2"      # (below root's: bounded by its parent, not the owner's subuid)
