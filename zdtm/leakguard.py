@@ -327,8 +327,13 @@ def _fuse_daemon(base: str) -> str | None:
     except OSError:
         return None
     for fd in fds:
+        link = os.path.join(base, "fd", fd)
         try:
-            st = os.stat(os.path.join(base, "fd", fd))   # (by device: its path is where restore opened it)
+            # By name first: a stat of a file on a FUSE mount waits for its daemon, which may be stopped
+            # (another session's dump). Then by device: the path is where restore opened it (/fuse).
+            if not os.readlink(link).endswith("/fuse"):
+                continue
+            st = os.stat(link)
         except OSError:
             continue
         if S_ISCHR(st.st_mode) and st.st_rdev == FUSE_DEV:
