@@ -386,14 +386,10 @@ def _check_userns_owners(doc: dict) -> None:
     for ns_id, ns in users.items():
         if not ns.get("owner"):
             continue
-        for key in ("uid_map", "gid_map"):
-            if any(outside == 0 for _, outside, _ in ns[key]):
-                raise RestoreError(errno.EPERM, f"user namespace {ns_id}: owned by uid {ns['owner']}, yet its "
-                                                f"{key} reaches the host's id 0, which no user but root can map")
-        if ns.get("parent") is None:
-            line = subids.refusal(ns_id, ns["owner"], ns["uid_map"], ns["gid_map"])
-            if line is not None:
-                raise RestoreError(errno.EPERM, line)
+        line = subids.owned_refusal(ns_id, ns["owner"], ns.get("parent") is None, ns["uid_map"], ns["gid_map"],
+                                    ns["setgroups"])
+        if line is not None:
+            raise RestoreError(errno.EPERM, line)
 
 
 def _check_fd_numbers(doc: dict) -> None:

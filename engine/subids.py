@@ -13,7 +13,9 @@ ranges of /etc/subgid (newgidmap).
 Only a namespace whose parent is the dumper's (restorer's) own is checked: the
 host user U is its owner there. A namespace nested below another is reachable
 by no host user, and its maps are bounded by its parent's (the kernel refuses ids
-the parent does not map).
+the parent does not map). The host's id 0 no user-made namespace maps, at any
+depth (`root_refusal`). Dump and restore apply one rule (`owned_refusal`): a dump
+that succeeds restores on the same machine.
 """
 
 from __future__ import annotations
@@ -58,11 +60,31 @@ def _show(ranges: list[tuple[int, int]]) -> str:
     return ", ".join(f"{a}-{a + n - 1}" for a, n in sorted(ranges)) or "none"
 
 
-def refusal(ns_id: str, owner: int, uid_map, gid_map, etc: str | None = None) -> str | None:
+def root_refusal(ns_id: str, owner: int, uid_map, gid_map) -> str | None:
+    """One line refusing the maps of user namespace `ns_id`, at any depth, that uid `owner` (not 0)
+    made when they reach the host's id 0 (outside ids are the dumper's at every depth), which no
+    user but root can map; None when neither does."""
+    for key, ranges in (("uid_map", uid_map), ("gid_map", gid_map)):
+        if any(outside == 0 for _, outside, _ in ranges):
+            return (f"user namespace {ns_id}: owned by uid {owner}, yet its {key} reaches the host's id 0, "
+                    "which no user but root can map")
+    return None
+
+
+def owned_refusal(ns_id: str, owner: int, top: bool, uid_map, gid_map, setgroups: str) -> str | None:
+    """The refusal of a user namespace uid `owner` (not 0) made, dump's and restore's one rule:
+    `root_refusal` at any depth, then, for one made below the dumper's own (`top`), `refusal`."""
+    line = root_refusal(ns_id, owner, uid_map, gid_map)
+    if line is None and top:
+        line = refusal(ns_id, owner, uid_map, gid_map, setgroups)
+    return line
+
+
+def refusal(ns_id: str, owner: int, uid_map, gid_map, setgroups: str, etc: str | None = None) -> str | None:
     """One line refusing the maps [(inside, outside, count)] of user namespace `ns_id` that uid
     `owner` (not 0) made with the dumper's user namespace as parent, when they map a host id
-    that user could not map on this machine (`etc`: where subuid and subgid are, default ETC);
-    None when every range is one it could."""
+    that user could not map on this machine (`etc`: where subuid and subgid are, default ETC), or
+    allow setgroups with no /etc/subgid range mapped; None when every range is one it could."""
     etc = etc or ETC
     try:
         name = pwd.getpwuid(owner).pw_name
@@ -81,4 +103,11 @@ def refusal(ns_id: str, owner: int, uid_map, gid_map, etc: str | None = None) ->
                     f"{outside}-{outside + count - 1}, which that user could not map here (only {mine} "
                     f"and its {etc}/{file} ranges: {_show(subs)}, as new{kind}map): if this image and user "
                     f"are trusted, give the user that range in {etc}/{file}")
+    # Its own groups it maps only with setgroups denied (the kernel's rule; newgidmap allows setgroups
+    # only for a subgid range): allowed, it could drop a group that a file's mode denies access.
+    subs = _ranges(os.path.join(etc, "subgid"), owner, name)
+    if setgroups == "allow" and gid_map and not any(_covered(o, n, subs) for _, o, n in gid_map):
+        return (f"user namespace {ns_id}: made by {who}, it allows setgroups, yet its gid_map maps none of its "
+                f"{etc}/subgid ranges ({_show(subs)}): that user could map its own groups only with setgroups "
+                "denied (the kernel's rule, and newgidmap's), or drop a group a file's mode shuts out")
     return None

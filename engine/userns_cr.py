@@ -162,9 +162,10 @@ class _Plan:
             pname = self.name(parent)
             self.ids[key] = f"user-{len(self.ids) + 1}"
             maps = users.maps(key)
-            if pname is None and maps.owner:
+            if maps.owner:
                 # Restore refuses maps the owner could not have written here (engine/subids.py).
-                line = subids.refusal(self.ids[key], maps.owner, maps.uid_map, maps.gid_map)
+                line = subids.owned_refusal(self.ids[key], maps.owner, pname is None, maps.uid_map, maps.gid_map,
+                                            maps.setgroups)
                 if line is not None:
                     raise UsernsError(errno.EPERM, line)
             self.doc[self.ids[key]] = {"parent": pname, "uid_map": [list(r) for r in maps.uid_map],

@@ -19,8 +19,8 @@ def _etc(tmp_path, subuid="", subgid=""):
     return str(tmp_path)
 
 
-def _why(tmp_path, owner, uid_map, gid_map, **files):
-    return subids.refusal("user-1", owner, uid_map, gid_map, etc=_etc(tmp_path, **files))
+def _why(tmp_path, owner, uid_map, gid_map, setgroups="deny", **files):
+    return subids.refusal("user-1", owner, uid_map, gid_map, setgroups, etc=_etc(tmp_path, **files))
 
 
 def test_own_ids_one_at_a_time(tmp_path):
@@ -63,5 +63,56 @@ def test_user_without_passwd_entry_maps_only_its_uid_and_its_numeric_ranges(tmp_
 
 
 def test_missing_files_give_no_ranges(tmp_path):
-    assert "ranges: none" in subids.refusal("user-1", NOBODY.pw_uid, [[0, 100000, 1]], [],
+    assert "ranges: none" in subids.refusal("user-1", NOBODY.pw_uid, [[0, 100000, 1]], [], "deny",
                                             etc=str(tmp_path / "nowhere"))
+
+
+def test_setgroups_allowed_needs_a_subgid_range(tmp_path):
+    """Its own gid alone the kernel (and newgidmap) let a user map only with setgroups denied: allowed,
+    it could drop a group that a file's mode shuts out."""
+    own = [[0, NOBODY.pw_gid, 1]]
+    uid_map = [[0, NOBODY.pw_uid, 1]]
+    assert _why(tmp_path, NOBODY.pw_uid, uid_map, own, "deny") is None
+    line = _why(tmp_path, NOBODY.pw_uid, uid_map, own, "allow")
+    assert line == (f"user namespace user-1: made by uid {NOBODY.pw_uid} (nobody), it allows setgroups, yet its "
+                    f"gid_map maps none of its {tmp_path}/subgid ranges (none): that user could map its own "
+                    "groups only with setgroups denied (the kernel's rule, and newgidmap's), or drop a group a "
+                    "file's mode shuts out")
+    files = dict(subgid="nobody:100000:10\n")
+    assert _why(tmp_path, NOBODY.pw_uid, uid_map, own + [[1, 100000, 10]], "allow", **files) is None
+    assert _why(tmp_path, NOBODY.pw_uid, uid_map, [], "allow") is None      # (no gid map: setgroups fails)
+
+
+class _Tree:
+    """A made-up UsernsTree: the dumper's namespace 1, root's container 2 mapping the host's 0-65535,
+    and 3 below it, made by uid 1000 with `maps`."""
+
+    top = 1
+
+    def __init__(self, maps):
+        from engine.userns import Maps
+        self._maps = {2: Maps(((0, 0, 65536),), ((0, 0, 65536),), "allow", 0), 3: maps}
+
+    def parent(self, key):
+        return {2: 1, 3: 2}[key]
+
+    def maps(self, key):
+        return self._maps[key]
+
+    def limits(self, key):
+        return {}
+
+
+def test_dump_refuses_a_nested_namespace_a_user_made_that_reaches_the_hosts_root():
+    """Restore refuses a user-owned namespace mapping the host's 0 at any depth (its owner gets it):
+    dump refused only the top's, so a nested one dumped and then could not be restored."""
+    from engine.userns import Maps
+    from engine.userns_cr import UsernsError, _Plan
+    plan = _Plan()
+    plan.users = _Tree(Maps(((0, 0, 1),), ((0, 1000, 1),), "deny", 1000))
+    with pytest.raises(UsernsError, match=r"user namespace user-2: owned by uid 1000, yet its uid_map reaches "
+                                          r"the host's id 0, which no user but root can map$"):
+        plan.name(3)
+    plan = _Plan()
+    plan.users = _Tree(Maps(((0, 1000, 1),), ((0, 1000, 1),), "deny", 1000))
+    assert plan.name(3) == "user-2"      # (below root's: bounded by its parent, not the owner's subuid)

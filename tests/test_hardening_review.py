@@ -298,9 +298,10 @@ def test_userns_owned_by_a_user_must_not_reach_host_root(tmp_path, monkeypatch):
     (tmp_path / "subuid").write_text("1000:100000:65536\n")
     (tmp_path / "subgid").write_text("1000:1000:1\n")
     monkeypatch.setattr(subids, "ETC", str(tmp_path))
-    rootless = {"uid_map": [[0, 1000, 1], [1, 100000, 65536]], "gid_map": [[0, 1000, 1]], "owner": 1000}
+    rootless = {"uid_map": [[0, 1000, 1], [1, 100000, 65536]], "gid_map": [[0, 1000, 1]], "owner": 1000,
+                "setgroups": "allow"}
     nested = {"parent": "user-0", "uid_map": [[0, 1000, 1], [1, 100000, 99]], "gid_map": [[0, 1000, 1]],
-              "owner": 1000}
+              "owner": 1000, "setgroups": "allow"}
     _check_userns_owners({"userns": {"user-0": rootless, "user-1": nested}})          # (a rootless podman)
     _check_userns_owners({"userns": {"user-0": dict(rootless, owner=0, uid_map=[[0, 0, 10]])}})  # root's own
     roots = {"uid_map": [[5, 0, 1], [1000, 1000, 1]], "gid_map": [[5, 0, 1], [1000, 1000, 1]]}   # root's, 0 as 5

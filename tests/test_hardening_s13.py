@@ -227,9 +227,9 @@ os.read(r, 1)
 me = os.getpid()
 kid = next(int(c) for c in open(f"/proc/{me}/task/{me}/children").read().split()   # (the orphan is ours)
            if os.readlink(f"/proc/{c}/ns/user") != os.readlink("/proc/self/ns/user"))
-for m in ("uid_map", "gid_map"):
+for m, text in (("setgroups", "deny"), ("uid_map", "0 1000 1"), ("gid_map", "0 1000 1")):  # (as the kernel lets 1000)
     with open(f"/proc/{kid}/{m}", "w") as f:
-        f.write("0 1000 1")
+        f.write(text)
 open("/run/k/mapped", "w").close()
 """)
 

@@ -33,6 +33,15 @@ def _owned_by(d, owner: int, **maps) -> None:
     ns.update(maps)
 
 
+def _owns_one_gid(d, user, gid: int, **maps) -> None:
+    """The child's namespace made by `user`, mapping its uid and host gid `gid` as 0 (its process
+    and listener as that root)."""
+    _owned_by(d, user.pw_uid, uid_map=[[0, user.pw_uid, 1]], gid_map=[[0, gid, 1]], **maps)
+    kid = _kid(d)
+    kid["creds"].update(uid=[0, 0, 0, 0], gid=[0, 0, 0, 0], groups=[])
+    _fd(kid, 10).update(cred=[user.pw_uid, gid], cred_groups=[gid])   # (its listener)
+
+
 def test_ranges_the_owner_has_no_subuid_for_are_refused(image, tmp_path):
     """nobody has no /etc/subuid range here: the dumped map (host 100000-165535) is not its to give."""
     nobody = _nobody()
@@ -51,11 +60,16 @@ def test_a_group_the_owner_is_not_in_is_refused(image, tmp_path):
     if other is None:
         pytest.skip("no group here that nobody is not in")
 
-    def mutate(d):
-        _owned_by(d, nobody.pw_uid, uid_map=[[0, nobody.pw_uid, 1]], gid_map=[[0, other.gr_gid, 1]])
-        kid = _kid(d)
-        kid["creds"].update(uid=[0, 0, 0, 0], gid=[0, 0, 0, 0], groups=[])
-        _fd(kid, 10).update(cred=[nobody.pw_uid, other.gr_gid], cred_groups=[other.gr_gid])   # (its listener)
-    refused(_mutated(image, tmp_path, mutate),
+    refused(_mutated(image, tmp_path, lambda d: _owns_one_gid(d, nobody, other.gr_gid)),
             rf"user namespace user-1: made by uid {nobody.pw_uid} \(nobody\), its gid_map maps host gids "
             rf"{other.gr_gid}-{other.gr_gid}, which that user could not map here", tmp_path)
+
+
+def test_setgroups_allowed_on_the_owners_own_group_is_refused(image, tmp_path):
+    """nobody's namespace mapping only its own uid and gid, yet allowing setgroups: no user can write
+    that (the kernel and newgidmap deny setgroups then), and with it nobody could drop a group."""
+    nobody = _nobody()
+
+    refused(_mutated(image, tmp_path, lambda d: _owns_one_gid(d, nobody, nobody.pw_gid, setgroups="allow")),
+            rf"user namespace user-1: made by uid {nobody.pw_uid} \(nobody\), it allows setgroups, yet its "
+            r"gid_map maps none of its /etc/subgid ranges", tmp_path)

@@ -73,7 +73,9 @@ def test_container_users_run_the_backend_in_the_keepers_namespace(tmp_path):
     ("container: {users: \"u:1:2:\"}\n", "key 'container.users' must be a list"),
     ("container: {users: [\"u:1:2:\\n\"]}\n", "key 'container.users': bad entry"),
     ("container: {users: [\"u:1:2::5\"]}\n", "key 'container.users': bad entry 'u:1:2::5'"),
-    ("container: {users: [\"u:1:2::5:0\"]}\n", "or NAME:UID:GID:GID,GID...:START:COUNT (COUNT > 0)"),
+    ("container: {users: [\"u:1:2::5:0\"]}\n", "or NAME:UID:GID:GID,GID...:START:COUNT (COUNT > 0"),
+    ("container: {users: [\"u:1:2::5:00\"]}\n", "bad entry 'u:1:2::5:00'"),
+    ("container: {users: [\"u:1:2::4294967295:2\"]}\n", "START + COUNT <= 2^32)"),
     ("container: {outside: 'true', binds: {/mnt/../../etc: a}}\n", "key 'container.binds': expected a mapping"),
 ])
 def test_container_key_errors(tmp_path, text, fragment):

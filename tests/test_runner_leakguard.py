@@ -174,11 +174,11 @@ def test_clean_after():
 
 # --- (4) leftover holders, keepers, stand-ins ----------------------------------------
 
-def _spawn(argv, session, argv0=None):
+def _spawn(argv, session, argv0=None, out=subprocess.DEVNULL):
     env = dict(os.environ, **{leakguard.SESSION_ENV: session})
     if argv0:
         argv = ["bash", "-c", f'exec -a {argv0} "$@"', "bash", *argv]
-    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=out)
 
 
 def _reap(*procs):
@@ -208,6 +208,20 @@ def test_leftover_processes_of_the_session_are_named():
     finally:
         _reap(holder, standin, plain, foreign)
     assert leakguard.wait_leftovers(session, grace=2) == []
+
+
+@pytest.mark.skipif(not os.access("/dev/fuse", os.R_OK | os.W_OK), reason="/dev/fuse cannot be opened here")
+def test_a_fuse_daemon_of_the_session_is_a_leftover():
+    """A daemon restore restarted (--fuse-restart) lives while its superblock is mounted anywhere: one
+    left after the session (it held the restorer's detached mounts, its own among them) is named."""
+    session = leakguard.new_session_id()
+    daemon = _spawn([sys.executable, "-c", "import os, sys, time; os.open('/dev/fuse', os.O_RDWR); "
+                     "sys.stdout.write('x'); sys.stdout.flush(); time.sleep(60)"], session, out=subprocess.PIPE)
+    try:
+        assert daemon.stdout.read(1) == b"x"     # (its connection is open)
+        assert [(p.pid, p.what) for p in leakguard.leftover_processes(session)] == [(daemon.pid, "FUSE daemon")]
+    finally:
+        _reap(daemon)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root")

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import os
 import re
+from stat import S_ISCHR
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from engine import mountinfo
 SESSION_ENV = "ZDTM_SESSION"
 HOLDER_ARGV0 = "/.zdtm/zdtm-holding"            # zdtm/holder.py's marker
 HOLDER_COMMS = ("zdtm-holding", "mntcr-hold")
+FUSE_DEV = os.makedev(10, 229)   # /dev/fuse
 # argv words of our own helper processes: ns-flavor keepers, scenario servers, the engine's CLI (restorer, stand-ins fork from it)
 _HELPER_ARGS = ("zdtm.flavors.ns", "engine.cli", "zdtm.fsserver")
 
@@ -317,8 +319,31 @@ def _classify(argv: list[str], comm: str) -> str | None:
     return None
 
 
+def _fuse_daemon(base: str) -> str | None:
+    """"FUSE daemon" when the process at /proc path `base` holds a /dev/fuse connection (one restore
+    restarted, --fuse-restart: it lives while its superblock is mounted anywhere)."""
+    try:
+        fds = os.listdir(os.path.join(base, "fd"))
+    except OSError:
+        return None
+    for fd in fds:
+        link = os.path.join(base, "fd", fd)
+        try:
+            # By name first: a stat of a file on a FUSE mount waits for its daemon, which may be stopped
+            # (another session's dump). Then by device: the path is where restore opened it (/fuse).
+            if not os.readlink(link).endswith("/fuse"):
+                continue
+            st = os.stat(link)
+        except OSError:
+            continue
+        if S_ISCHR(st.st_mode) and st.st_rdev == FUSE_DEV:
+            return "FUSE daemon"
+    return None
+
+
 def leftover_processes(session: str, proc: str = "/proc", exclude: set[int] | None = None) -> list[Leftover]:
-    """Holders, keepers and stand-ins carrying ``ZDTM_SESSION=session`` that are alive (not zombies)."""
+    """Holders, keepers, stand-ins and FUSE daemons carrying ``ZDTM_SESSION=session`` that are alive
+    (not zombies)."""
     marker = f"{SESSION_ENV}={session}".encode()
     exclude = exclude or set()
     out = []
@@ -334,7 +359,7 @@ def leftover_processes(session: str, proc: str = "/proc", exclude: set[int] | No
             continue
         argv = [a.decode(errors="replace") for a in (_read(os.path.join(base, "cmdline")) or b"").split(b"\0") if a]
         comm = (_read(os.path.join(base, "comm")) or b"").decode(errors="replace").strip()
-        what = _classify(argv, comm)
+        what = _classify(argv, comm) or _fuse_daemon(base)
         if what:
             out.append(Leftover(int(name), what, " ".join(argv) or f"[{comm}]"))
     return sorted(out, key=lambda p: p.pid)

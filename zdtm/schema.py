@@ -228,9 +228,10 @@ def _user(path, lines, error, text):
     """`NAME:UID:GID:GID,GID...[:START:COUNT]` of `container.users` -> (name, uid, gid, supplementary
     gids, subordinate range (start, count) or None)."""
     m = _USER.fullmatch(text) if isinstance(text, str) else None
-    if m is None or m[6] == "0":
+    if m is None or (m[5] and not (int(m[6]) > 0 and int(m[5]) + int(m[6]) <= 1 << 32)):
         raise error(path, f"key 'container.users': bad entry {text!r}; want NAME:UID:GID:GID,GID... or "
-                          "NAME:UID:GID:GID,GID...:START:COUNT (COUNT > 0)", lines.get("container.users"))
+                          "NAME:UID:GID:GID,GID...:START:COUNT (COUNT > 0, START + COUNT <= 2^32)",
+                    lines.get("container.users"))
     return (m[1], int(m[2]), int(m[3]), tuple(int(g) for g in m[4].split(",") if g),
             (int(m[5]), int(m[6])) if m[5] else None)
 
