@@ -557,8 +557,16 @@ def _partition(procs: list[Proc]) -> str:
 
 def _jobs(procs: list[Proc]) -> None:
     """Each process's `job`: whether it leads its session and its process group, or which of the
-    tree leads them (pids change on restore, so only what they mean is compared)."""
+    tree leads them (pids change on restore, so only what they mean is compared). The root
+    (procs[0]) in a group outside the tree is compared as that group's leader: the restored root
+    leads a group of its own, which those of the tree in the outside group share (engine/sessions.py)."""
     pids = {p.pid for p in procs}
+    root = procs[0] if procs else None
+    if root is not None and root.pgid not in pids:
+        outside = root.pgid
+        for p in procs:
+            if p.pgid == outside:
+                p.pgid = root.pid
     for p in procs:
         p.job = " ".join(f"{what} " + ("leader" if n == p.pid else "member" if n in pids else "outside")
                          for what, n in (("session", p.sid), ("pgrp", p.pgid)))
