@@ -391,12 +391,13 @@ class EngineCase:
         return o
 
     def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 20,
-              host_pidns: bool = False) -> int:
+              host_pidns: bool = False, daemons: tuple[str, ...] = ()) -> int:
         """Run `setup` as pid 1 of a new container; return its host pid once the tree is ready.
 
         `binds` are (outer path, container path) pairs bound into the root before pivot_root
         (sources in `outer`'s namespace). `host_pidns`: no new pid namespace (the setup is then
-        not pid 1 and its /proc shows the test's pid namespace).
+        not pid 1 and its /proc shows the test's pid namespace). `daemons`: names (comm) of
+        processes the setup leaves running that never reach `hold` (a FUSE daemon).
         """
         out_r, out_w = os.pipe()
         cfg = {"setup": setup, "out_fd": out_w, "hostname": "mntcr-test",
@@ -430,7 +431,7 @@ class EngineCase:
         from zdtm.snapshot import alive, tree_pids
         while True:
             pids = tree_pids(pid)
-            if pids and all(_comm(p) == HOLD_COMM for p in pids):
+            if pids and all(_comm(p) == HOLD_COMM or _comm(p) in daemons for p in pids):
                 break
             if not alive(pid):
                 pipe.closed.wait(2)

@@ -81,6 +81,9 @@ def _start(argv: list[str], keep: list[int], mntns: int) -> None:
             null = os.open("/dev/null", os.O_RDWR)
             for n in (0, 1, 2):
                 os.dup2(null, n)
+            # Only what it serves: an fd the restorer holds (a parked mount's, engine/parking.py)
+            # would keep the superblock it serves alive, and so the daemon itself, forever.
+            kernel.close_fds_except({0, 1, 2, *keep})
             for fd in keep:
                 os.set_inheritable(fd, True)
             os.execvp(argv[0], argv)
@@ -168,11 +171,14 @@ class FuseType(FsType):
         source_fd = conn = mfd = None
         try:
             if sb.get("input"):
-                base = ctx.sb(sb["input"]["sb"])
+                base = ctx.sb_pinnable(sb["input"]["sb"])  # (the daemon lives as long as this superblock)
                 if base is None:
                     raise FsError(errno.EINVAL, f"{where}: the filesystem of its source file was not restored")
-                source_fd = open_image_file(base, sb["input"]["path"], os.O_RDONLY, f"{where}: its input file",
-                                            dirs=True)
+                try:
+                    source_fd = open_image_file(base, sb["input"]["path"], os.O_RDONLY, f"{where}: its input file",
+                                                dirs=True)
+                finally:
+                    os.close(base)
             argv = command(template, 0, source_fd, key)  # checked before anything is made
             conn = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
             params = [("fd", str(conn)), ("rootmode", "40000")]
