@@ -59,7 +59,8 @@ class Channel:
 
     def recv(self) -> tuple[object, list[int]]:
         """Receive one message: (obj, fds). The caller owns the fds."""
-        data, anc, flags, _ = self.sock.recvmsg(_MAX_MSG, _CMSG_SPACE)
+        # Close-on-exec like every other fd of ours: a program started later must not inherit them.
+        data, anc, flags, _ = self.sock.recvmsg(_MAX_MSG, _CMSG_SPACE, _socket.MSG_CMSG_CLOEXEC)
         fds = []
         for level, kind, raw in anc:
             if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
