@@ -8,6 +8,7 @@ started inside `unshare -m --propagation private`.
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -207,6 +208,30 @@ def test_leftover_processes_of_the_session_are_named():
             in text
     finally:
         _reap(holder, standin, plain, foreign)
+    assert leakguard.wait_leftovers(session, grace=2) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="makes a FUSE device node (root)")
+def test_a_fuse_daemon_of_the_session_is_a_leftover(tmp_path):
+    """A process of the session with an fd on the FUSE device is a daemon restore restarted: alive
+    after its tree died, something the kernel keeps holds the superblock it serves."""
+    node = tmp_path / "fuse"
+    os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(10, 229))
+    other = tmp_path / "null"
+    os.mknod(other, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    session = leakguard.new_session_id()
+    script = "import sys, time; f = open(sys.argv[1], 'rb', buffering=0); print(flush=True); time.sleep(60)"
+    env = dict(os.environ, **{leakguard.SESSION_ENV: session})
+    daemon, plain = (subprocess.Popen([sys.executable, "-c", script, str(path)], env=env, stdout=subprocess.PIPE,
+                                      stdin=subprocess.DEVNULL) for path in (node, other))
+    try:
+        for p in (daemon, plain):
+            p.stdout.readline()  # (the node is open)
+        found = leakguard.leftover_processes(session)
+        assert [(p.pid, p.what) for p in found] == [(daemon.pid, "FUSE daemon")]
+        assert f"leftover FUSE daemon: pid {daemon.pid}" in leakguard.describe_processes(found)
+    finally:
+        _reap(daemon, plain)
     assert leakguard.wait_leftovers(session, grace=2) == []
 
 

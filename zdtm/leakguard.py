@@ -12,8 +12,11 @@
 - Per test: the same comparison after each test's teardown, in the process
   that ran the test (`Tracker`), so the report names the test that leaked.
 - Processes: holders (argv0 or comm is the holder's), keepers of the ns
-  flavor and restored stand-ins of *this* session still alive at its end.
-  They keep namespaces (and mounts) alive where no host mountinfo shows them.
+  flavor, restored stand-ins and FUSE daemons (an fd on /dev/fuse: restore
+  restarts them outside the tree, engine/fs/fuse.py) of *this* session still
+  alive at its end. They keep namespaces (and mounts) alive where no host
+  mountinfo shows them; a daemon outlives its tree only while something the
+  kernel keeps holds its superblock (a cycle nothing frees).
   A session marks what it starts with ``ZDTM_SESSION=<id>`` in the
   environment (processes inherit it, the ns flavor passes it into the
   container), so other sessions running on the same machine are not blamed.
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -295,7 +299,7 @@ class Leftover:
     """A process of this session still alive at its end."""
 
     pid: int
-    what: str      # "holder", "keeper", "stand-in or engine process"
+    what: str      # "holder", "keeper", "stand-in or engine process", "FUSE daemon"
     cmdline: str
 
 
@@ -307,18 +311,41 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-def _classify(argv: list[str], comm: str) -> str | None:
+FUSE_DEV = os.makedev(10, 229)
+
+
+def _serves_fuse(base: str) -> bool:
+    """Whether process directory `base` has an fd on the FUSE device (a FUSE daemon)."""
+    fd_dir = os.path.join(base, "fd")
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            st = os.stat(os.path.join(fd_dir, fd))
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == FUSE_DEV:
+            return True
+    return False
+
+
+def _classify(argv: list[str], comm: str, base: str) -> str | None:
     if (argv and argv[0] == HOLDER_ARGV0) or comm in HOLDER_COMMS:
         return "holder"
     if "zdtm.flavors.ns" in argv:
         return "keeper"
     if "engine.cli" in argv:
         return "stand-in or engine process"
+    if _serves_fuse(base):
+        return "FUSE daemon"
     return None
 
 
 def leftover_processes(session: str, proc: str = "/proc", exclude: set[int] | None = None) -> list[Leftover]:
-    """Holders, keepers and stand-ins carrying ``ZDTM_SESSION=session`` that are alive (not zombies)."""
+    """Holders, keepers, stand-ins and FUSE daemons carrying ``ZDTM_SESSION=session`` that are alive
+    (not zombies)."""
     marker = f"{SESSION_ENV}={session}".encode()
     exclude = exclude or set()
     out = []
@@ -329,12 +356,12 @@ def leftover_processes(session: str, proc: str = "/proc", exclude: set[int] | No
         env = _read(os.path.join(base, "environ"))
         if not env or marker not in env.split(b"\0"):
             continue
-        stat = _read(os.path.join(base, "stat"))
-        if stat is None or stat.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"]):
+        status = _read(os.path.join(base, "stat"))
+        if status is None or status.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"]):
             continue
         argv = [a.decode(errors="replace") for a in (_read(os.path.join(base, "cmdline")) or b"").split(b"\0") if a]
         comm = (_read(os.path.join(base, "comm")) or b"").decode(errors="replace").strip()
-        what = _classify(argv, comm)
+        what = _classify(argv, comm, base)
         if what:
             out.append(Leftover(int(name), what, " ".join(argv) or f"[{comm}]"))
     return sorted(out, key=lambda p: p.pid)
