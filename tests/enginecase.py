@@ -379,6 +379,9 @@ class EngineCase:
         self.keepers: list[subprocess.Popen] = []
         self.outers: list[Outer] = []
         self.n_images = 0
+        from zdtm import sbguard
+        # The superblocks of every tree started or restored: each must go with its tree (zdtm/sbguard.py).
+        self.sbs: sbguard.Watch | None = sbguard.Watch()
 
     # -- building --------------------------------------------------------------------
 
@@ -443,6 +446,7 @@ class EngineCase:
         if not pipe.closed.wait(5):
             raise SetupError("a process of the tree still has setup's stdout/stderr open (a pipe to the test): "
                              "end background processes in `hold` or redirect their stdio")
+        self._watch(pid)
         return pid
 
     # -- C/R -----------------------------------------------------------------------------
@@ -470,7 +474,12 @@ class EngineCase:
         with open(pidfile) as f:
             pid = int(f.read())
         self.trees.append(pid)
+        self._watch(pid)
         return pid
+
+    def _watch(self, pid: int) -> None:
+        if self.sbs is not None:
+            self.sbs.add_tree(pid)
 
     def cr(self, pid: int, dump_extra: tuple = (), restore_extra: tuple = (), outer: Outer | None = None) -> int:
         """Dump the tree at `pid` (which dies) and restore it; return the restored root pid."""
@@ -503,6 +512,14 @@ class EngineCase:
             k.stdout.close()
         for o in self.outers:
             o.close()
+        if self.sbs is not None:
+            from zdtm import sbguard
+            sbs, self.sbs = self.sbs, None
+            try:
+                found = sbs.leaked()
+            finally:
+                sbs.close()
+            assert not found, "the kernel keeps what the test's trees made:\n" + sbguard.describe(found)
 
 
 # --- snapshots -------------------------------------------------------------------------
