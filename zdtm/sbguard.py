@@ -27,6 +27,9 @@ from dataclasses import dataclass
 _libc = ctypes.CDLL(None, use_errno=True)
 IN_DELETE_SELF, IN_UNMOUNT, IN_IGNORED = 0x400, 0x2000, 0x8000
 _EVENT = struct.Struct("iIII")
+# Types with one superblock the kernel itself keeps (pinned while anything is registered in it, or
+# internal): mounting one shows the same superblock, which never goes with a tree.
+KERNEL_KEPT = frozenset({"nsfs", "pidfs", "debugfs", "tracefs", "securityfs", "configfs", "pstore", "efivarfs"})
 
 
 @dataclass(frozen=True)
@@ -112,7 +115,7 @@ class Watch:
         self._drain()  # (a device number freed meanwhile may be a new superblock's now)
         watched = {sb.dev for sb in self.live.values()}
         for dev, mountpoint, fstype, source in _mounts(_read(f"/proc/{pid}/mountinfo") or ""):
-            if dev in self.host or dev in watched:
+            if dev in self.host or dev in watched or fstype in KERNEL_KEPT:
                 continue
             path = f"/proc/{pid}/root{mountpoint}"
             wd = _libc.inotify_add_watch(self.fd, path.encode(), IN_DELETE_SELF)
