@@ -24,6 +24,8 @@ import struct
 import time
 from dataclasses import dataclass
 
+from zdtm import holders
+
 _libc = ctypes.CDLL(None, use_errno=True)
 IN_DELETE_SELF, IN_UNMOUNT, IN_IGNORED = 0x400, 0x2000, 0x8000
 _EVENT = struct.Struct("iIII")
@@ -64,40 +66,10 @@ def _mounts(text: str):
         yield os.makedev(int(major), int(minor)), _unescape(fields[4]), after[0], after[1] if len(after) > 1 else ""
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path, errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def held(proc: str = "/proc") -> set[int]:
     """Devices some process's mount table shows or some process holds (an fd, cwd or root on it)."""
-    devs: set[int] = set()
-    seen_ns = set()
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
-        base = os.path.join(proc, pid)
-        try:
-            ns = os.readlink(os.path.join(base, "ns", "mnt"))
-        except OSError:
-            ns = None
-        if ns is None or ns not in seen_ns:
-            seen_ns.add(ns)
-            devs |= {dev for dev, *_ in _mounts(_read(os.path.join(base, "mountinfo")) or "")}
-        links = [os.path.join(base, "cwd"), os.path.join(base, "root")]
-        try:
-            links += [os.path.join(base, "fd", fd) for fd in os.listdir(os.path.join(base, "fd"))]
-        except OSError:
-            pass
-        for link in links:
-            try:
-                devs.add(os.stat(link).st_dev)
-            except OSError:
-                continue
-    return devs
+    found = holders.scan(proc)
+    return found.devs | {dev for text in found.mountinfos for dev, *_ in _mounts(text)}
 
 
 class Watch:
@@ -107,14 +79,14 @@ class Watch:
         self.fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
         if self.fd < 0:
             raise OSError(ctypes.get_errno(), "inotify_init1")
-        self.host = {dev for dev, *_ in _mounts(_read(host_mountinfo) or "")}
+        self.host = {dev for dev, *_ in _mounts(holders.read_text(host_mountinfo) or "")}
         self.live: dict[int, Sb] = {}   # watch descriptor -> superblock
 
     def add_tree(self, pid: int) -> None:
         """Watch every superblock tree `pid` shows that the host does not (each once)."""
         self._drain()  # (a device number freed meanwhile may be a new superblock's now)
         watched = {sb.dev for sb in self.live.values()}
-        for dev, mountpoint, fstype, source in _mounts(_read(f"/proc/{pid}/mountinfo") or ""):
+        for dev, mountpoint, fstype, source in _mounts(holders.read_text(f"/proc/{pid}/mountinfo") or ""):
             if dev in self.host or dev in watched or fstype in KERNEL_KEPT:
                 continue
             path = f"/proc/{pid}/root{mountpoint}"
