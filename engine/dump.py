@@ -29,7 +29,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, userns_cr
+from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, sessions, userns_cr
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -131,6 +131,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs)
     freeze.refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     freeze.refuse_traced(tree)
+    _refuse_sessions(tree)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
     resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
@@ -141,6 +142,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         freeze.wait_stopped(pids)
         freeze.refuse_zombies(tree)
         freeze.refuse_traced(tree)
+        _refuse_sessions(tree)
         # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
@@ -167,6 +169,13 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             freeze.signal_all(resume, signal.SIGCONT)
         os.kill(watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
+
+
+def _refuse_sessions(tree) -> None:
+    """Sessions and process groups the stand-ins cannot make again (engine/sessions.py)."""
+    why = sessions.refusal(tree, sessions.ids_of(tree))
+    if why:
+        raise DumpError(errno.EOPNOTSUPP, why)
 
 
 def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,

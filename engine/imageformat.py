@@ -43,7 +43,7 @@ import os
 import re
 from collections.abc import Callable
 from operator import itemgetter
-from engine import records
+from engine import records, sessions
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
                           NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
@@ -651,6 +651,11 @@ PROCESS = Record("process", {
     "maps": F(LIST, required=False, rule=list_of(record(MAP_LOC), MAX_FDS, DICT)),
     "exe": F(DICT, required=False, rule=record(MAP_LOC)),   # (a deleted one: its mapping's ghost)
     "stopped": F(BOOL, required=False),                       # stopped (SIGSTOP, Ctrl-Z) before the dump
+    # Its session and process group ids as the dumper saw them, like "pid" (engine/sessions.py).
+    "sid": F(INT, required=False, rule=rng(0, MAX_PID)),
+    "pgid": F(INT, required=False, rule=rng(0, MAX_PID)),
+    # A session leader holding /dev/tty: its terminal's foreground group, when not its own.
+    "tty_fg": F(INT, required=False, rule=rng(1, MAX_PID)),
     "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
@@ -1450,6 +1455,10 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
+    problem = sessions.plan(doc["processes"]).problem
+    if problem is not None:
+        what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
+        _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, threads
+from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, sessions, threads
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -50,6 +50,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **kernel.read_fs_bits(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
+        entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)
         except threads.ThreadError as e:
@@ -69,6 +70,10 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
+        if entry["sid"] == pid and any(f.get("kind") == "ctty" and "tty" in f for f in entry["fds"]):
+            fg = sessions.foreground(pid)   # (its terminal is restored: so is the job in its foreground)
+            if fg is not None and fg != entry["pgid"]:
+                entry["tty_fg"] = fg
         entry["maps"] = _place_maps(pid, pdata["maps"], mounts_by_id, ghost_ctx, map_unplaced)
         if pdata["exe"] and pdata["exe"][1] in mounts_by_id:
             entry["exe"] = _place_exe(pid, *pdata["exe"], entry["maps"], mounts_by_id)

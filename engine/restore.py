@@ -53,8 +53,8 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
-                    lastword, mountinfo, parking, remount, sharing, standin, strategy, userns_cr,
-                    userns_groups)
+                    lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
+                    userns_cr, userns_groups)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -377,17 +377,19 @@ def _check_caps(doc: dict) -> None:
 def _check_userns_owners(doc: dict) -> None:
     """A user namespace the image says a non-root user made is given to that user (its owner holds
     every capability in it): refused when its maps reach the host's root ids, which no such user
-    can map (newuidmap would not), so an image cannot hand a user the host's root files. A map's
-    outside ids are the restorer's own at every depth (the dumper's, which restore writes through
-    the parents' maps: engine/userns.translate), so a range from outside id 0 is one."""
+    can map, or, for one made below the restorer's own, any id that user could not have mapped
+    here (engine/subids.py: its own ids and its /etc/subuid, /etc/subgid ranges, newuidmap's
+    rule), so an image cannot hand a user another user's files. A map's outside ids are the
+    restorer's own at every depth (the dumper's, which restore writes through the parents' maps:
+    engine/userns.translate), so a range from outside id 0 is one."""
     users = doc.get("userns") or {}
     for ns_id, ns in users.items():
         if not ns.get("owner"):
             continue
-        for key in ("uid_map", "gid_map"):
-            if any(outside == 0 for _, outside, _ in ns[key]):
-                raise RestoreError(errno.EPERM, f"user namespace {ns_id}: owned by uid {ns['owner']}, yet its "
-                                                f"{key} reaches the host's id 0, which no user but root can map")
+        line = subids.owned_refusal(ns_id, ns["owner"], ns.get("parent") is None, ns["uid_map"], ns["gid_map"],
+                                    ns["setgroups"])
+        if line is not None:
+            raise RestoreError(errno.EPERM, line)
 
 
 def _check_fd_numbers(doc: dict) -> None:
@@ -567,6 +569,7 @@ class _Restorer:
             early_groups = userns_groups.plan(procs, self.doc.get("userns") or {})
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
+        self.jobs = sessions.plan(procs)   # (engine/sessions.py; the image checker refused what it cannot make)
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
@@ -588,18 +591,20 @@ class _Restorer:
             in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
             groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
             if parent is None:
+                root = "session" if p["pid"] in self.jobs.setsid else True
                 if in_userns is None:
-                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=True)
+                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root)
                 else:
                     hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
-                                                 in_userns, root=True, groups=groups)
+                                                 in_userns, root=root, groups=groups)
             else:
                 pchan = self.chans[parent["pid"]]
                 before = self._children_of(self.hostpid[parent["pid"]])
+                alone = self.jobs.orphans.get(p["pid"])   # (in a session or group whose leader is gone)
                 if in_userns is None:
-                    pchan.call(("spawn", mode), fds)
+                    pchan.call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
                 else:
-                    pchan.call(("spawn_in_userns", mode, groups), [fds[0], in_userns, *fds[1:]])
+                    pchan.call(("spawn_in_userns", mode, groups, alone), [fds[0], in_userns, *fds[1:]])
                 new = self._children_of(self.hostpid[parent["pid"]]) - before
                 if len(new) != 1:
                     raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -609,6 +614,7 @@ class _Restorer:
             self.hostpid[p["pid"]] = hp
             if groups is not None and in_userns is None:
                 ours.call(("groups", groups), [])
+            self._job(p, parent)
             step("spawn")
             if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
                 self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
@@ -632,6 +638,42 @@ class _Restorer:
                     self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         for fd in own.values():
             os.close(fd)
+        for pid, leader in self.jobs.later:
+            self._setpgid(pid, leader)
+
+    def _job(self, p: dict, parent: dict | None) -> None:
+        """Right after stand-in p exists, before its children: its session, and its process group when
+        that exists already (engine/sessions.py)."""
+        if parent is not None and p["pid"] in self.jobs.setsid:
+            self.chans[p["pid"]].call(("setsid",), [])
+        if p["pid"] in self.jobs.now:
+            self._setpgid(p["pid"], self.jobs.now[p["pid"]])
+
+    def _setpgid(self, pid: int, member: int) -> None:
+        """Process `pid` joins the process group image process `member` is in (itself: a group of its own)."""
+        try:
+            of = 0 if member == pid else sessions.pid_in(self.hostpid[member], self.hostpid[pid], self.hostproc)
+            self.chans[pid].call(("setpgid", of), [])
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"process {pid}: joining the process group of process "
+                                                     f"{member}: {e.strerror or e}") from None
+
+    def foreground_jobs(self) -> None:
+        """Each session leader whose terminal (restored through its /dev/tty fd) had another group in
+        the foreground gives it the terminal again (its TIOCSCTTY made its own the foreground one)."""
+        for p in self.doc["processes"]:
+            if p.get("tty_fg") is None:
+                continue
+            fd = next((f["fd"] for f in p["fds"] if f.get("kind") == "ctty" and "tty" in f), None)
+            try:
+                if fd is None:
+                    raise OSError(errno.EINVAL, "it holds no /dev/tty")
+                member = sessions.foreground_member(self.doc["processes"], p)
+                of = sessions.pid_in(self.hostpid[member], self.hostpid[p["pid"]], self.hostproc)
+                self.chans[p["pid"]].call(("foreground", fd, of), [])
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: giving its terminal to process group "
+                                                         f"{p['tty_fg']}: {e.strerror or e}") from None
 
     @staticmethod
     def _children_of(pid: int) -> set[int]:
@@ -946,11 +988,12 @@ class _Restorer:
 
     def sb_pinnable(self, sid: str) -> int | None:
         """An fd (the caller's to close) to open a file of new superblock `sid` through when
-        something that lives as long as another superblock keeps that file (a block device's
-        backing file, a daemon's input), None if it is not made. The superblock's own mount is
-        parked (engine/parking.py) in a chain that stays connected while anything holds a mount
-        of it: a file opened there held the chain, and a superblock stacked in it that kept the
-        file then kept itself, the file and the chain forever. A private clone has no parent."""
+        something that lives as long as another superblock keeps that file (the backing file of a
+        block device a type's hook attaches, a restarted daemon's input), None if it is not made.
+        The superblock's own mount is parked (engine/parking.py) in a chain that stays connected
+        while anything holds a mount of it: a file opened there held the chain, and a superblock
+        stacked in it that kept the file then kept itself, the file and the chain forever. A
+        private clone has no parent."""
         fd = self._sb(sid)
         if fd is None:
             return None
@@ -2064,6 +2107,7 @@ class _Restorer:
         (engine/lastword.py: a failed one fails the restore); the root takes the lifeline and tells on
         it once the restore commits (standin.py, `restore`)."""
         procs = self.doc["processes"]
+        self._hand_kin()
         for p in reversed(procs):
             chan = self.chans[p["pid"]]
             why = None
@@ -2078,6 +2122,24 @@ class _Restorer:
                 why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
             if why:
                 raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
+
+
+    def _hand_kin(self) -> None:
+        """Give the root stand-in a pidfd of each stand-in outside its process group (another
+        session or group: engine/sessions.py), which it kills with the tree when the restore does
+        not commit (its killpg misses them); none when it is init of its pid namespace."""
+        procs = self.doc["processes"]
+        root = procs[0]
+        if sessions.pid_in(self.hostpid[root["pid"]], self.hostpid[root["pid"]], self.hostproc) == 1:
+            return
+        away = [self.hostpid[p["pid"]] for p in procs[1:] if p.get("pgid", root.get("pgid")) != root.get("pgid")]
+        for i in range(0, len(away), 200):   # (SCM_RIGHTS takes at most 253 fds a message)
+            pidfds = [kernel.pidfd_open(hp) for hp in away[i:i + 200]]
+            try:
+                self.chans[root["pid"]].call(("kin",), pidfds)
+            finally:
+                for fd in pidfds:
+                    os.close(fd)
 
 
 def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, int],
@@ -2138,6 +2200,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.join_files()  # processes open files: all of them must be there
     r.seal()
     r.place_processes()
+    r.foreground_jobs()
     r.take_locks()
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)

@@ -6,6 +6,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
 
   spawn    fork a child stand-in (same, new, or an existing pid namespace)
   spawn_in_userns   the same, the child starting inside its user namespace
+  spawn_alone   the same, the child in a session or group whose leader is gone (engine/sessions.py)
   ns       unshare or setns one namespace (uts, ipc, net, cgroup); set hostname
   fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
   enter    setns into its restored mount namespace, chroot to its root, chdir
@@ -15,6 +16,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   become   join its user namespace and take its ids there (engine/userns_cr.py)
   locks    take the process's file locks on its installed fds (engine/filelocks.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
+  setsid, setpgid, foreground   our session, process group, terminal's foreground group (engine/sessions.py)
   detach   drop every other fd, take the last steps (executable, ids, capabilities, then its
            threads: engine/threads.py), tell how they went (engine/lastword.py) and sleep until killed
 
@@ -53,7 +55,8 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
     mode "same": in the caller's pid namespace; "new": in a new child pid
     namespace (the stand-in is its init); "join": in the namespace `pidns_fd`.
     The caller's pid_for_children is put back afterwards. The `root` stand-in
-    leads a process group of its own, inherited by the whole tree (see detach).
+    leads a process group of its own, inherited by the whole tree (see detach);
+    root "session": a session of its own (engine/sessions.py), which it leads too.
     """
     me = kernel.pidfd_open(os.getpid())
     saved = None
@@ -68,8 +71,7 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
         if pid == 0:
             try:
                 kernel.die_with_parent(me, signal.SIGKILL)
-                if root:
-                    os.setpgid(0, 0)
+                _lead(root)
                 _drop_inherited(sock_fd)
                 _serve(channel.Channel.of_fd(sock_fd))
             finally:
@@ -82,6 +84,14 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
             os.close(saved)
 
 
+def _lead(root) -> None:
+    """The root stand-in's group (and session, root == "session"); nothing for the others."""
+    if root == "session":
+        os.setsid()
+    elif root:
+        os.setpgid(0, 0)
+
+
 _PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -92,7 +102,7 @@ def _subreaper(on: bool) -> None:
 
 
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
-                    groups: list[int] | None = None) -> int:
+                    groups: list[int] | None = None, alone: str | None = None) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -100,7 +110,21 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     The caller cannot join the user namespace itself (it would lose its privilege), so an
     intermediate child joins and forks the stand-in, then exits; the caller, a child subreaper
     meanwhile, adopts the stand-in. `root` as in spawn; `groups`: the supplementary groups the
-    stand-in holds, set before it enters (engine/userns_groups.py). Returns its pid as the caller sees it."""
+    stand-in holds, set before it enters (engine/userns_groups.py); `alone` as in
+    `spawn_alone`. Returns its pid as the caller sees it."""
+    return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone)
+
+
+def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
+    """Like `spawn`, but the stand-in starts in a session and group (alone "session"), or a group
+    ("group"), whose leader is gone, as a daemon that forked twice (engine/sessions.py): an
+    intermediate child calls setsid() (setpgid), forks the stand-in and exits; the caller, a child
+    subreaper meanwhile, adopts the stand-in."""
+    return _spawn_via_mid(mode, pidns_fd, sock_fd, None, False, None, alone)
+
+
+def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
+                   groups: list[int] | None, alone: str | None) -> int:
     me = kernel.pidfd_open(os.getpid())
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -114,8 +138,13 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
                 os.close(go_w)
                 if groups is not None:
                     os.setgroups(groups)
-                kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
-                kernel.unshare(kernel.CLONE_NEWNS)
+                if userns_fd is not None:
+                    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+                    kernel.unshare(kernel.CLONE_NEWNS)
+                if alone == "session":
+                    os.setsid()   # (the session and group of a leader gone: ours, once we exit)
+                elif alone == "group":
+                    os.setpgid(0, 0)
                 if mode == "new":
                     kernel.unshare(kernel.CLONE_NEWPID)
                 elif mode == "join":
@@ -127,8 +156,7 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
                         os.read(go_r, 1)   # adopted by the caller: now its death may kill us
                         os.close(go_r)
                         kernel.die_with_parent(me, signal.SIGKILL)
-                        if root:
-                            os.setpgid(0, 0)   # the tree's process group, as in spawn
+                        _lead(root)   # the tree's process group, as in spawn
                         _drop_inherited(sock_fd)
                         _serve(channel.Channel.of_fd(sock_fd))
                     finally:
@@ -142,7 +170,8 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
         data = os.read(pid_r, 32)
         _, status = os.waitpid(mid, 0)
         if not data or status:
-            raise OSError(errno.EPERM, "cannot start a stand-in inside its user namespace")
+            raise OSError(errno.EPERM, "cannot start a stand-in inside its user namespace" if userns_fd is not None
+                          else f"cannot start a stand-in in a {alone} of its own")
         os.write(go_w, b"1")
         return int(data)
     finally:
@@ -251,15 +280,21 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         signal.pause()
 
 
-def _await_commit(lifeline: int) -> None:
-    """The root stand-in until the restore commits: "c" on the lifeline, else the tree dies. The
-    lifeline stays open: the root's last word goes on it (_detach)."""
+def _await_commit(lifeline: int, kin=()) -> None:
+    """The root stand-in until the restore commits: "c" on the lifeline, else the tree dies (`kin`:
+    pidfds of stand-ins outside our process group). The lifeline stays open: the root's last word
+    goes on it (_detach), which closes `kin`."""
     try:
         word = os.read(lifeline, 1)
     except OSError:
         word = b""
     if word == b"c":
         return
+    for pidfd in kin:
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)   # (stand-ins our group does not hold)
+        except OSError:
+            pass
     if os.getpid() != 1 and os.getpgrp() == os.getpid():
         os.killpg(os.getpgrp(), signal.SIGKILL)  # the tree's own group, us included
     os._exit(1)  # as init of our pid namespace, the kernel kills everything in it with us
@@ -312,6 +347,7 @@ class _Server:
         self.installed: set[int] = set()
         self.exe_fd = None
         self.ids = None   # (uid, gid, groups, dumpable, keep_caps) deferred to the end of detach
+        self.kin: list[int] = []   # the root's pidfds of stand-ins outside its group (_await_commit)
 
     def op_spawn(self, msg, fds):
         """A child stand-in (its channel: fds[0]) in mode msg[1]."""
@@ -320,9 +356,36 @@ class _Server:
         return spawn(mode, fds[1] if len(fds) > 1 else None, sock_fd)
 
     def op_spawn_in_userns(self, msg, fds):
-        """A child stand-in started inside a user namespace."""
+        """A child stand-in started inside a user namespace (msg[3]: as in spawn_alone, or None)."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
-        return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups)
+        return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
+                               alone=msg[3] if len(msg) > 3 else None)
+
+    def op_spawn_alone(self, msg, fds):
+        """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""
+        return spawn_alone(msg[1], fds[1] if len(fds) > 1 else None, fds[0], msg[2])
+
+    def op_setsid(self, msg, fds):
+        """A session of our own, before our children are forked (engine/sessions.py)."""
+        os.setsid()
+        return None
+
+    def op_setpgid(self, msg, fds):
+        """Join the process group of process msg[1] (a pid of our pid namespace; 0: a group of our own)."""
+        os.setpgid(0, os.getpgid(msg[1]) if msg[1] else 0)
+        return None
+
+    def op_foreground(self, msg, fds):
+        """Make the process group of process msg[2] the foreground one of our terminal (fd msg[1], our
+        /dev/tty)."""
+        os.tcsetpgrp(msg[1], os.getpgid(msg[2]))
+        return None
+
+    def op_kin(self, msg, fds):
+        """The root: keep pidfds of stand-ins outside our group, killed if the restore does not commit."""
+        self.kin += fds
+        fds.clear()
+        return None
 
     def op_groups(self, msg, fds):
         """Hold supplementary groups msg[1] before entering a user namespace that denies setgroups
@@ -433,6 +496,6 @@ class _Server:
         self.chan.send(("ok", None))
         report = fds[0] if fds else self.chan.fileno()
         if fds:  # the root stand-in: the tree lives only once the restore commits
-            _await_commit(fds[0])
+            _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads)
         return None

@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import mntlocks, mountinfo, remount, sbowner, topology, userns
+from engine import mntlocks, mountinfo, remount, sbowner, subids, topology, userns
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
@@ -162,6 +162,12 @@ class _Plan:
             pname = self.name(parent)
             self.ids[key] = f"user-{len(self.ids) + 1}"
             maps = users.maps(key)
+            if maps.owner:
+                # Restore refuses maps the owner could not have written here (engine/subids.py).
+                line = subids.owned_refusal(self.ids[key], maps.owner, pname is None, maps.uid_map, maps.gid_map,
+                                            maps.setgroups)
+                if line is not None:
+                    raise UsernsError(errno.EPERM, line)
             self.doc[self.ids[key]] = {"parent": pname, "uid_map": [list(r) for r in maps.uid_map],
                                        "gid_map": [list(r) for r in maps.gid_map], "setgroups": maps.setgroups,
                                        "owner": maps.owner}

@@ -52,6 +52,7 @@ import struct
 import subprocess
 import sys
 import threading
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -314,12 +315,21 @@ def without_syscalls(*names: str):
 
 def mntcr(*args: str, env: dict | None = None, nsenter: int | None = None,
           timeout: float = 120, engine_root: str | None = None,
-          without: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+          without: tuple[str, ...] = (), subids: str | None = None) -> subprocess.CompletedProcess:
     """Run `python -m engine.cli ARGS` (inside the mount namespace of pid `nsenter` when given;
     with the engine of `engine_root`, e.g. `engine_without`'s copy, instead of ENGINE_ROOT; with
-    the syscalls `without` names failing with ENOSYS, see without_syscalls)."""
+    the syscalls `without` names failing with ENOSYS, see without_syscalls; with `subids`, lines
+    NAME:START:COUNT, as /etc/subuid and /etc/subgid: in a mount namespace of its own, where
+    copies are bound over them, never the host's files)."""
     root = engine_root or ENGINE_ROOT
     cmd = [sys.executable, "-m", "engine.cli", *args]
+    if subids is not None:
+        fd, copy = tempfile.mkstemp(prefix="mntcr-subids.")
+        with os.fdopen(fd, "w") as f:
+            f.write(subids)
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-ec",
+               'mount --bind "$1" /etc/subuid; mount --bind "$1" /etc/subgid; rm "$1"; shift; exec "$@"',
+               "sh", copy] + cmd
     if nsenter:
         cmd = ["nsenter", "-t", str(nsenter), "-m", f"--wd={root}", "--"] + cmd
     full_env = dict(os.environ, PYTHONPATH=root, **(env or {}))

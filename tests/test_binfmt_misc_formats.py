@@ -76,6 +76,12 @@ def test_payload_of_an_owned_instance_validates():
      "user-1", "no format restore registers"),
     ({"formats": [{"name": "n", "line": ":n:E::x::/bin/i:\n:o:E::y::/bin/i:", "enabled": True}],
       "enabled": True}, "user-1", "no format restore registers"),
+    ({"formats": [{"name": "o", "line": ":o:M:99999999999999999999:\\x7f::/bin/i:", "enabled": True}],
+      "enabled": True}, "user-1", "no format restore registers"),   # (past the bytes the kernel reads)
+    ({"formats": [{"name": "o", "line": ":o:M:255:\\x7f\\x45::/bin/i:", "enabled": True}],
+      "enabled": True}, "user-1", "no format restore registers"),
+    ({"formats": [{"name": "e", "line": ":e:E:3:x::/bin/i:", "enabled": True}],
+      "enabled": True}, "user-1", "no format restore registers"),   # (an extension has no offset)
     ({"formats": [{"name": "n", "line": ":n:E::x::/bin/i:", "enabled": True},
                   {"name": "n", "line": ":n:E::y::/bin/i:", "enabled": True}], "enabled": True},
      "user-1", "of one name twice"),

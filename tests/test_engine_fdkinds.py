@@ -1271,8 +1271,9 @@ def test_dev_tty_of_a_session_member_refused(case):
     pid = case.start(STOP_WATCH + _CTTY_SETUP.replace("LEADER_ONLY", "0"))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd \d+ \(/dev/tty\): /dev/tty of a process that does not lead its session",
-                     str(err.value)), err.value
+    assert re.search(r"process \d+ fd \d+ \(/dev/tty\): /dev/tty of a process that does not lead its session"
+                     r" \(session \d+\): .*; run the program that opens /dev/tty as its session's leader .*; the tree "
+                     r"keeps running", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
     with open(f"/proc/{pid}/stat") as f:
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"

@@ -285,17 +285,23 @@ def test_loop_devices_are_bounded(base_image, tmp_path):
 
 # --- user namespaces given to a user ---------------------------------------------------------------
 
-def test_userns_owned_by_a_user_must_not_reach_host_root():
+def test_userns_owned_by_a_user_must_not_reach_host_root(tmp_path, monkeypatch):
     """An image may say a non-root user made a user namespace (restore gives it to that user: every
     capability in it). Its maps, whose outside ids are the restorer's at every depth (the image
     keeps them in the dumper's ids), must not reach the host's id 0: that would hand the user the
     host's root files (restore checks before anything is made). A nested one below a namespace
     root made that maps the host's 0 under another id (5) was let through when its map was read
     as its parent's ids."""
+    from engine import subids
     from engine.restore import RestoreError, _check_userns_owners
-    rootless = {"uid_map": [[0, 1000, 1], [1, 100000, 65536]], "gid_map": [[0, 1000, 1]], "owner": 1000}
+    # (uid 1000's ranges: a rootless podman's; engine/subids.py reads them)
+    (tmp_path / "subuid").write_text("1000:100000:65536\n")
+    (tmp_path / "subgid").write_text("1000:1000:1\n")
+    monkeypatch.setattr(subids, "ETC", str(tmp_path))
+    rootless = {"uid_map": [[0, 1000, 1], [1, 100000, 65536]], "gid_map": [[0, 1000, 1]], "owner": 1000,
+                "setgroups": "allow"}
     nested = {"parent": "user-0", "uid_map": [[0, 1000, 1], [1, 100000, 99]], "gid_map": [[0, 1000, 1]],
-              "owner": 1000}
+              "owner": 1000, "setgroups": "allow"}
     _check_userns_owners({"userns": {"user-0": rootless, "user-1": nested}})          # (a rootless podman)
     _check_userns_owners({"userns": {"user-0": dict(rootless, owner=0, uid_map=[[0, 0, 10]])}})  # root's own
     roots = {"uid_map": [[5, 0, 1], [1000, 1000, 1]], "gid_map": [[5, 0, 1], [1000, 1000, 1]]}   # root's, 0 as 5

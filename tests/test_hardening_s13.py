@@ -105,11 +105,12 @@ def test_listener_ids_its_rootless_namespace_lacks_are_refused(image, tmp_path, 
 
 
 @contextlib.contextmanager
-def _restored(img: str, tmp_path):
-    """Restore `img` (it must work); yields the root's pid, killed after."""
+def _restored(img: str, tmp_path, subids: str | None = None):
+    """Restore `img` (it must work; `subids`: see enginecase.mntcr); yields the root's pid, killed after."""
     from zdtm.snapshot import kill_tree
     pidfile = os.path.join(str(tmp_path), "ok.pid")
-    r = mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, "--pidfile", pidfile, timeout=120)
+    r = mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, "--pidfile", pidfile, timeout=120,
+              subids=subids)
     assert r.returncode == 0, r.stderr
     with open(pidfile) as f:
         root = int(f.read())
@@ -124,7 +125,7 @@ def test_listener_ids_its_rootless_namespace_maps_are_kept(image, tmp_path):
     """The same namespace made by uid 1000 with the listener as dumped: restored, its clients see
     the ids it listened with (100000, the namespace's root), no more."""
     img = _mutated(image, tmp_path, lambda d: _owned(d, cred_groups=[100000, 100007]))
-    with _restored(img, tmp_path) as root:
+    with _restored(img, tmp_path, subids="1000:100000:65536\n") as root:   # (its ranges here)
         with open(f"/proc/{root}/task/{root}/children") as f:
             kid = int(f.read().split()[0])
         with socket.socket(socket.AF_UNIX) as c:
@@ -226,9 +227,9 @@ os.read(r, 1)
 me = os.getpid()
 kid = next(int(c) for c in open(f"/proc/{me}/task/{me}/children").read().split()   # (the orphan is ours)
            if os.readlink(f"/proc/{c}/ns/user") != os.readlink("/proc/self/ns/user"))
-for m in ("uid_map", "gid_map"):
+for m, text in (("setgroups", "deny"), ("uid_map", "0 1000 1"), ("gid_map", "0 1000 1")):  # (as the kernel lets 1000)
     with open(f"/proc/{kid}/{m}", "w") as f:
-        f.write("0 1000 1")
+        f.write(text)
 open("/run/k/mapped", "w").close()
 """)
 

@@ -109,7 +109,7 @@ def test_groups_the_owner_has_are_restored(image, tmp_path):
     if 100000 <= gid < 165536:
         pytest.skip("nobody's group is mapped in the test's namespace")
     img = _mutated(image, tmp_path, lambda d: _held(d, nobody.pw_uid, [gid], cred_groups=[100000, gid]))
-    with _restored(img, tmp_path) as root:
+    with _restored(img, tmp_path, subids=f"{nobody.pw_uid}:100000:65536\n") as root:   # (its ranges here)
         with open(f"/proc/{root}/task/{root}/children") as f:
             kid = int(f.read().split()[0])
         with open(f"/proc/{kid}/status") as f:

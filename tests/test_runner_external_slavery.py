@@ -49,9 +49,11 @@ def test_container_key_values(tmp_path, text, root, dirs):
 def test_container_users_run_the_backend_in_the_keepers_namespace(tmp_path):
     """`container.users`: the users dump and restore know (engine/ownergroups.py reads their
     groups); no external slavery, but the keeper's own namespace (the files bound there)."""
-    s = scenario.load(write(tmp_path, MINIMAL + 'container: {users: ["lg:100100:100100:27,29", "x:5:6:"]}\n'))
+    s = scenario.load(write(tmp_path, MINIMAL + 'container: {users: ["lg:100100:100100:27,29", "x:5:6:",'
+                                                ' "ct:100000:100000::200000:65536"]}\n'))
     c = s.render_all()[0].container
-    assert c.users == (("lg", 100100, 100100, (27, 29)), ("x", 5, 6, ()))
+    assert c.users == (("lg", 100100, 100100, (27, 29), None), ("x", 5, 6, (), None),
+                       ("ct", 100000, 100000, (), (200000, 65536)))
     assert c.outer and not c.external_slavery
 
 
@@ -70,6 +72,10 @@ def test_container_users_run_the_backend_in_the_keepers_namespace(tmp_path):
     ("container: {users: [\"u:1:2\"]}\n", "key 'container.users': bad entry 'u:1:2'; want NAME:UID:GID:GID,GID..."),
     ("container: {users: \"u:1:2:\"}\n", "key 'container.users' must be a list"),
     ("container: {users: [\"u:1:2:\\n\"]}\n", "key 'container.users': bad entry"),
+    ("container: {users: [\"u:1:2::5\"]}\n", "key 'container.users': bad entry 'u:1:2::5'"),
+    ("container: {users: [\"u:1:2::5:0\"]}\n", "or NAME:UID:GID:GID,GID...:START:COUNT (COUNT > 0"),
+    ("container: {users: [\"u:1:2::5:00\"]}\n", "bad entry 'u:1:2::5:00'"),
+    ("container: {users: [\"u:1:2::4294967295:2\"]}\n", "START + COUNT <= 2^32)"),
     ("container: {outside: 'true', binds: {/mnt/../../etc: a}}\n", "key 'container.binds': expected a mapping"),
 ])
 def test_container_key_errors(tmp_path, text, fragment):

@@ -51,6 +51,15 @@ def test_number_bound_again_to_another_file_is_new(tmp_path):
     assert [lp.backing for lp in guard.leaked(grace=0)] == ["/b.img"]
 
 
+def test_a_device_whose_backing_file_was_deleted_since_is_not_new(tmp_path):
+    """sysfs adds " (deleted)" once the file is unlinked: the same binding, someone else's, from before."""
+    sysblock = tmp_path / "block"
+    _bind(sysblock, FAR, "/a.img")
+    guard = loopguard.Guard(str(sysblock), str(_proc(tmp_path)))
+    _bind(sysblock, FAR, "/a.img (deleted)")
+    assert guard.leaked(grace=0) == []
+
+
 @pytest.mark.parametrize("line", [
     f"36 25 7:{FAR + 1} / /mnt rw - ext4 /dev/whatever rw",          # by device number
     f"36 25 0:77 / /mnt rw - btrfs /dev/loop{FAR + 1} rw",            # by source (btrfs: anonymous dev)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from engine import kernel
+
 
 @dataclass
 class Held:
@@ -55,10 +57,12 @@ def scan(proc: str = "/proc") -> Held:
             pass
         for link in links:
             try:
-                st = os.stat(link)
+                # (cached: a file on a FUSE mount whose daemon another session's dump stopped would
+                # make a plain stat wait)
+                dev, rdev = kernel.stat_cached(link)
             except OSError:
                 continue
-            out.devs.add(st.st_dev)
-            if st.st_rdev:
-                out.rdevs.add(st.st_rdev)
+            out.devs.add(dev)
+            if rdev:
+                out.rdevs.add(rdev)
     return out

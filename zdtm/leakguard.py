@@ -12,11 +12,8 @@
 - Per test: the same comparison after each test's teardown, in the process
   that ran the test (`Tracker`), so the report names the test that leaked.
 - Processes: holders (argv0 or comm is the holder's), keepers of the ns
-  flavor, restored stand-ins and FUSE daemons (an fd on /dev/fuse: restore
-  restarts them outside the tree, engine/fs/fuse.py) of *this* session still
-  alive at its end. They keep namespaces (and mounts) alive where no host
-  mountinfo shows them; a daemon outlives its tree only while something the
-  kernel keeps holds its superblock (a cycle nothing frees).
+  flavor and restored stand-ins of *this* session still alive at its end.
+  They keep namespaces (and mounts) alive where no host mountinfo shows them.
   A session marks what it starts with ``ZDTM_SESSION=<id>`` in the
   environment (processes inherit it, the ns flavor passes it into the
   container), so other sessions running on the same machine are not blamed.
@@ -48,7 +45,7 @@ from __future__ import annotations
 
 import os
 import re
-import stat
+from stat import S_ISCHR
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -58,6 +55,7 @@ from engine import mountinfo
 SESSION_ENV = "ZDTM_SESSION"
 HOLDER_ARGV0 = "/.zdtm/zdtm-holding"            # zdtm/holder.py's marker
 HOLDER_COMMS = ("zdtm-holding", "mntcr-hold")
+FUSE_DEV = os.makedev(10, 229)   # /dev/fuse
 # argv words of our own helper processes: ns-flavor keepers, scenario servers, the engine's CLI (restorer, stand-ins fork from it)
 _HELPER_ARGS = ("zdtm.flavors.ns", "engine.cli", "zdtm.fsserver")
 
@@ -299,7 +297,7 @@ class Leftover:
     """A process of this session still alive at its end."""
 
     pid: int
-    what: str      # "holder", "keeper", "stand-in or engine process", "FUSE daemon"
+    what: str      # "holder", "keeper", "stand-in or engine process"
     cmdline: str
 
 
@@ -311,35 +309,35 @@ def _read(path: str) -> bytes | None:
         return None
 
 
-FUSE_DEV = os.makedev(10, 229)
-
-
-def _serves_fuse(base: str) -> bool:
-    """Whether process directory `base` has an fd on the FUSE device (a FUSE daemon)."""
-    fd_dir = os.path.join(base, "fd")
-    try:
-        fds = os.listdir(fd_dir)
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            st = os.stat(os.path.join(fd_dir, fd))
-        except OSError:
-            continue
-        if stat.S_ISCHR(st.st_mode) and st.st_rdev == FUSE_DEV:
-            return True
-    return False
-
-
-def _classify(argv: list[str], comm: str, base: str) -> str | None:
+def _classify(argv: list[str], comm: str) -> str | None:
     if (argv and argv[0] == HOLDER_ARGV0) or comm in HOLDER_COMMS:
         return "holder"
     if "zdtm.flavors.ns" in argv:
         return "keeper"
     if "engine.cli" in argv:
         return "stand-in or engine process"
-    if _serves_fuse(base):
-        return "FUSE daemon"
+    return None
+
+
+def _fuse_daemon(base: str) -> str | None:
+    """"FUSE daemon" when the process at /proc path `base` holds a /dev/fuse connection (one restore
+    restarted, --fuse-restart: it lives while its superblock is mounted anywhere)."""
+    try:
+        fds = os.listdir(os.path.join(base, "fd"))
+    except OSError:
+        return None
+    for fd in fds:
+        link = os.path.join(base, "fd", fd)
+        try:
+            # By name first: a stat of a file on a FUSE mount waits for its daemon, which may be stopped
+            # (another session's dump). Then by device: the path is where restore opened it (/fuse).
+            if not os.readlink(link).endswith("/fuse"):
+                continue
+            st = os.stat(link)
+        except OSError:
+            continue
+        if S_ISCHR(st.st_mode) and st.st_rdev == FUSE_DEV:
+            return "FUSE daemon"
     return None
 
 
@@ -356,12 +354,12 @@ def leftover_processes(session: str, proc: str = "/proc", exclude: set[int] | No
         env = _read(os.path.join(base, "environ"))
         if not env or marker not in env.split(b"\0"):
             continue
-        status = _read(os.path.join(base, "stat"))
-        if status is None or status.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"]):
+        stat = _read(os.path.join(base, "stat"))
+        if stat is None or stat.rsplit(b")", 1)[-1].split()[:1] in ([b"Z"], [b"X"]):
             continue
         argv = [a.decode(errors="replace") for a in (_read(os.path.join(base, "cmdline")) or b"").split(b"\0") if a]
         comm = (_read(os.path.join(base, "comm")) or b"").decode(errors="replace").strip()
-        what = _classify(argv, comm, base)
+        what = _classify(argv, comm) or _fuse_daemon(base)
         if what:
             out.append(Leftover(int(name), what, " ".join(argv) or f"[{comm}]"))
     return sorted(out, key=lambda p: p.pid)

@@ -100,6 +100,12 @@ def held(proc: str = "/proc") -> tuple[set[int], set[str]]:
     return minors, names
 
 
+def _same(before: Loop | None, now: Loop) -> bool:
+    """Whether `now` is the binding `before` was (its backing file deleted since: the same one)."""
+    return before is not None and before.autoclear == now.autoclear and \
+        before.backing.removesuffix(" (deleted)") == now.backing.removesuffix(" (deleted)")
+
+
 class Guard:
     """The bound loop devices at creation; `leaked()` the ones bound since that nothing frees."""
 
@@ -109,7 +115,7 @@ class Guard:
 
     def _suspects(self) -> list[Loop]:
         now = bound(self.sysblock)
-        new = [lp for name, lp in now.items() if lp.autoclear and self.start.get(name) != lp]
+        new = [lp for name, lp in now.items() if lp.autoclear and not _same(self.start.get(name), lp)]
         if not new:
             return []
         minors, names = held(self.proc)

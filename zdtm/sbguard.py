@@ -24,6 +24,7 @@ import struct
 import time
 from dataclasses import dataclass
 
+from engine import kernel
 from zdtm import holders
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -94,7 +95,7 @@ class Watch:
             if wd < 0:
                 continue  # covered, or gone meanwhile: another mount point of it may do
             try:
-                if os.stat(path).st_dev != dev:
+                if kernel.stat_cached(path)[0] != dev:
                     continue  # a mount covers this one: its root is someone else's
             except OSError:
                 continue

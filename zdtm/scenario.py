@@ -86,9 +86,10 @@ class Container:
     external to the backend (CRIU's --external mnt[MOUNTPOINT]:KEY), each
     restored from its outside path (mnt[KEY]:PATH).
 
-    `users`: (name, uid, gid, supplementary gids) of users the machine knows for the item: dump
-    and restore run where private copies of /etc/passwd and /etc/group list them (a rootless
-    namespace's owner and its groups: engine/ownergroups.py), never the host's files.
+    `users`: (name, uid, gid, supplementary gids, subordinate range or None) of users the machine
+    knows for the item: dump and restore run where private copies of /etc/passwd, /etc/group,
+    /etc/subuid and /etc/subgid list them (a rootless namespace's owner, its groups and the ids it
+    may map: engine/ownergroups.py, engine/subids.py), never the host's files.
     """
 
     root: str = "private"                    # "private" | "slave"
@@ -96,7 +97,7 @@ class Container:
     outside: str = ""                        # sh making mounts outside the container ($OUT)
     binds: tuple[tuple[str, str], ...] = ()       # (mount point in the container, path under $OUT)
     externals: tuple[tuple[str, str], ...] = ()   # (mount point declared external, path under $OUT)
-    users: tuple[tuple[str, int, int, tuple[int, ...]], ...] = ()
+    users: tuple[tuple[str, int, int, tuple[int, ...], tuple[int, int] | None], ...] = ()
 
     @property
     def external_slavery(self) -> bool:

@@ -174,7 +174,8 @@ def _strategy(path, lines, error, value) -> tuple[str, ...]:
 
 def _container(path, lines, error, value):
     """`container: {root: private|slave, host_dirs: private|slave|[names], outside: SH,
-    binds: {MOUNTPOINT: PATH}, externals: {MOUNTPOINT: PATH}, users: [NAME:UID:GID:GIDS]}` -> Container."""
+    binds: {MOUNTPOINT: PATH}, externals: {MOUNTPOINT: PATH}, users: [NAME:UID:GID:GIDS[:START:COUNT]]}`
+    -> Container."""
     from zdtm.scenario import Container
     value = value or {}
     root = value.get("root", "private")
@@ -213,22 +214,26 @@ def _container(path, lines, error, value):
                           "(outside-A-B names both /A-B and /A/B)", lines.get("container.externals"))
     users = value.get("users") or []
     if not isinstance(users, list):
-        raise error(path, "key 'container.users' must be a list of NAME:UID:GID:GID,GID...",
+        raise error(path, "key 'container.users' must be a list of NAME:UID:GID:GID,GID...[:START:COUNT]",
                     lines.get("container.users"))
     return Container(root=root, slave_host_dirs=slave_dirs, outside=outside, binds=maps["binds"],
                      externals=maps["externals"], users=tuple(_user(path, lines, error, u) for u in users))
 
 
-_USER = re.compile(r"([a-z_][a-z0-9_-]{0,30}):(\d{1,10}):(\d{1,10}):((?:\d{1,10}(?:,\d{1,10})*)?)")
+_USER = re.compile(r"([a-z_][a-z0-9_-]{0,30}):(\d{1,10}):(\d{1,10}):((?:\d{1,10}(?:,\d{1,10})*)?)"
+                   r"(?::(\d{1,10}):(\d{1,10}))?")
 
 
 def _user(path, lines, error, text):
-    """`NAME:UID:GID:GID,GID...` of `container.users` -> (name, uid, gid, supplementary gids)."""
+    """`NAME:UID:GID:GID,GID...[:START:COUNT]` of `container.users` -> (name, uid, gid, supplementary
+    gids, subordinate range (start, count) or None)."""
     m = _USER.fullmatch(text) if isinstance(text, str) else None
-    if m is None:
-        raise error(path, f"key 'container.users': bad entry {text!r}; want NAME:UID:GID:GID,GID...",
+    if m is None or (m[5] and not (int(m[6]) > 0 and int(m[5]) + int(m[6]) <= 1 << 32)):
+        raise error(path, f"key 'container.users': bad entry {text!r}; want NAME:UID:GID:GID,GID... or "
+                          "NAME:UID:GID:GID,GID...:START:COUNT (COUNT > 0, START + COUNT <= 2^32)",
                     lines.get("container.users"))
-    return (m[1], int(m[2]), int(m[3]), tuple(int(g) for g in m[4].split(",") if g))
+    return (m[1], int(m[2]), int(m[3]), tuple(int(g) for g in m[4].split(",") if g),
+            (int(m[5]), int(m[6])) if m[5] else None)
 
 
 def _expectation(path, lines, error, key, value):

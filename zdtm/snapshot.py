@@ -6,9 +6,11 @@ offset, path, mount by canonical label or ``detached``, and per kind what the
 fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
-stopped (state T), its umask and no_new_privs bit, its resource limits. Which fds are one
+stopped (state T), its umask and no_new_privs bit, its resource limits, whether it leads its session
+and process group. Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
-partition, plus whether a namespace is the runner's own), peer groups that span
+partition, plus whether a namespace is the runner's own), which processes share a session and a
+process group (a partition, with its leader or "outside"), peer groups that span
 several mount namespaces, and the output of the scenario's `check` script run
 inside the scenario's namespaces and root.
 
@@ -222,11 +224,15 @@ class Proc:
     stopped: bool = False        # stopped by a signal (state T: SIGSTOP, Ctrl-Z)
     bits: str = ""               # its umask and no_new_privs bit
     rlimits: str = ""            # its resource limits, NAME=soft:hard
+    sid: int = 0                 # its session and process group ids, as the runner sees them (never
+    pgid: int = 0                # compared: `job` and the partition say what they mean)
+    job: str = ""                # whether it leads its session and its process group (`_jobs`)
 
     def text(self) -> str:
         """The compared text of this process."""
         out = [f"comm: {self.comm!r}", f"threads: {len(self.threads)} {self.threads!r}"]
         out += ["state: stopped"] if self.stopped else []
+        out += [f"job: {self.job}"] if self.job else []
         out += [f"bits: {self.bits}"] if self.bits else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
         out += ["mounts:"]
@@ -391,7 +397,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         comm = kernel.read_comm(pid)
         threads = _threads(pid)
         with open(f"/proc/{pid}/stat", "rb") as f:
-            stopped = f.read().rsplit(b")", 1)[1].split()[0] == b"T"
+            stat = f.read().rsplit(b")", 1)[1].split()
+        stopped, pgid, sid = stat[0] == b"T", int(stat[2]), int(stat[3])
         status = kernel.proc_status(pid, {"Umask", "NoNewPrivs"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
         rlimits = " ".join(f"{k}={s}:{h}" for k, (s, h) in sorted(kernel.read_rlimits(pid).items()))
@@ -435,7 +442,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     except FileNotFoundError as e:
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
-                fds=fds, ns=ns, maps=maps, threads=threads, stopped=stopped, bits=bits, rlimits=rlimits, **user_side)
+                fds=fds, ns=ns, maps=maps, threads=threads, stopped=stopped, bits=bits, rlimits=rlimits, sid=sid,
+                pgid=pgid, **user_side)
 
 
 def _threads(pid: int) -> list[str]:
@@ -547,6 +555,28 @@ def _partition(procs: list[Proc]) -> str:
     return "\n".join(lines)
 
 
+def _jobs(procs: list[Proc]) -> None:
+    """Each process's `job`: whether it leads its session and its process group, or which of the
+    tree leads them (pids change on restore, so only what they mean is compared)."""
+    pids = {p.pid for p in procs}
+    for p in procs:
+        p.job = " ".join(f"{what} " + ("leader" if n == p.pid else "member" if n in pids else "outside")
+                         for what, n in (("session", p.sid), ("pgrp", p.pgid)))
+
+
+def _job_partition(procs: list[Proc]) -> str:
+    """Lines "session: {P0*,P1} {P2}" and "pgrp: ...": which processes share a session and a process
+    group, their leader starred; a group whose leader is not in the tree is named once, as it is."""
+    lines = []
+    for what in ("sid", "pgid"):
+        groups: dict[int, list[str]] = {}
+        for i, p in enumerate(procs):
+            groups.setdefault(getattr(p, what), []).append(f"P{i}" + ("*" if getattr(p, what) == p.pid else ""))
+        lines.append(("session: " if what == "sid" else "pgrp: ")
+                     + " ".join(sorted("{" + ",".join(members) + "}" for members in groups.values())))
+    return "\n" + "\n".join(lines)
+
+
 def _cross_peers(procs: list[Proc], topology) -> str:
     """Peer groups with members in more than one mount namespace, by process and mount label."""
     by_ns: dict[int, int] = {}
@@ -646,14 +676,16 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     users, lock_cache = userns.UsernsTree(), {}
     candidates = _userns_candidates(pids, users)
     try:
-        procs = sorted((read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache,
-                                  candidates, tuple(pids)) for pid in pids),
-                       key=lambda p: _PIDFD_ANY.sub("pidfd=", _OWNER.sub(r"\1=", _NSFD_INO.sub(r"\1:[]", p.text()))))
+        procs = [read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache, candidates,
+                           tuple(pids)) for pid in pids]
     finally:
         for _, fd in candidates:
             os.close(fd)
+    _jobs(procs)
+    procs.sort(key=lambda p: _PIDFD_ANY.sub("pidfd=", _OWNER.sub(r"\1=", _NSFD_INO.sub(r"\1:[]", p.text()))))
     _name_ns_fds(procs)
-    return Snapshot(procs=procs, namespaces=_partition(procs), cross_peers=_cross_peers(procs, topology),
+    return Snapshot(procs=procs, namespaces=_partition(procs) + _job_partition(procs),
+                    cross_peers=_cross_peers(procs, topology),
                     check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]), settled=settled)
 
 

@@ -308,8 +308,12 @@ def _ctty_index(d) -> int | None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that has no controlling terminal "
                                         "any more: not supported")
     if session != d.pid:
+        # (a member gets the session's terminal only by a fork after its leader took it, and stand-ins are
+        # forked before any terminal exists: engine/sessions.py)
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that does not lead its session "
-                                        f"(session {session}): only a session leader's terminal is restored")
+                                        f"(session {session}): only a session leader's terminal is restored; run "
+                                        "the program that opens /dev/tty as its session's leader (script -c 'exec "
+                                        "sh -i', setsid -c) and dump again; the tree keeps running")
     if not 136 <= major < 144:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process whose controlling terminal is "
                                         f"device {major}:{minor}, not a pty: not supported")

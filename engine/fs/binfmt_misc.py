@@ -64,13 +64,22 @@ def register_line(name: str, entry: str) -> tuple[str, bool]:
     return line, lines[0] == "enabled"
 
 
+BINPRM_BUF = 256       # the bytes of a file the kernel matches a magic in (offset + magic fit)
+
+
 def _valid(f) -> bool:
-    """Whether `f` is a format record restore registers: a plain name, the line ':' delimits, no F."""
-    return isinstance(f, dict) and set(f) == {"name", "line", "enabled"} \
-        and isinstance(f["name"], str) and bool(_NAME.fullmatch(f["name"])) \
-        and f["name"] not in _FIXED | {".", ".."} \
-        and isinstance(f["line"], str) and len(f["line"]) <= MAX_LINE \
-        and bool(m := _LINE.fullmatch(f["line"])) and m[1] == f["name"] and isinstance(f["enabled"], bool)
+    """Whether `f` is a format record restore registers: a plain name, the line ':' delimits, no F,
+    a magic within the bytes the kernel reads (an extension has no offset)."""
+    if not (isinstance(f, dict) and set(f) == {"name", "line", "enabled"}
+            and isinstance(f["name"], str) and bool(_NAME.fullmatch(f["name"]))
+            and f["name"] not in _FIXED | {".", ".."}
+            and isinstance(f["line"], str) and len(f["line"]) <= MAX_LINE
+            and bool(m := _LINE.fullmatch(f["line"])) and m[1] == f["name"] and isinstance(f["enabled"], bool)):
+        return False
+    if m[2] == "E":
+        return m[3] == ""
+    size = len(m[4]) // 4 if m[4].startswith("\\x") else len(m[4])
+    return len(m[3]) <= 3 and int(m[3] or 0) + size <= BINPRM_BUF
 
 
 def _read(dir_fd: int, name: str) -> str:

@@ -81,11 +81,14 @@ def _start(argv: list[str], keep: list[int], mntns: int) -> None:
             null = os.open("/dev/null", os.O_RDWR)
             for n in (0, 1, 2):
                 os.dup2(null, n)
-            # Only what it serves: an fd the restorer holds (a parked mount's, engine/parking.py)
-            # would keep the superblock it serves alive, and so the daemon itself, forever.
-            kernel.close_fds_except({0, 1, 2, *keep})
-            for fd in keep:
+            # Only `keep`: the restorer's other fds (detached mounts, not all close-on-exec) held by
+            # the daemon would keep its own superblock mounted, and so the daemon alive, forever.
+            low = 3
+            for fd in sorted(set(keep)):
+                os.closerange(low, fd)
                 os.set_inheritable(fd, True)
+                low = fd + 1
+            os.closerange(low, os.sysconf("SC_OPEN_MAX"))
             os.execvp(argv[0], argv)
         finally:
             os._exit(127)
@@ -171,7 +174,9 @@ class FuseType(FsType):
         source_fd = conn = mfd = None
         try:
             if sb.get("input"):
-                base = ctx.sb_pinnable(sb["input"]["sb"])  # (the daemon lives as long as this superblock)
+                # (the daemon outlives the tree while this fuse superblock lives: a parked mount its
+                # file held would keep it, see Restorer.sb_pinnable)
+                base = ctx.sb_pinnable(sb["input"]["sb"])
                 if base is None:
                     raise FsError(errno.EINVAL, f"{where}: the filesystem of its source file was not restored")
                 try:

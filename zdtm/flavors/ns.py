@@ -138,27 +138,39 @@ def _bind_outside(root: str, sources: list[tuple[str, int]]) -> None:
         os.close(fd)
 
 
-def _bind_users(workdir: str, users: list) -> None:
-    """In the keeper's own namespace: private copies of /etc/passwd and /etc/group that list
-    `users` [name, uid, gid, [gids]] (their supplementary groups made where the host has none)
-    bound over the host's, for dump and restore (scenario key `container.users`)."""
+def _bind_users(workdir: str, users: list) -> bool:
+    """In the keeper's own namespace: private copies of /etc/passwd, /etc/group, /etc/subuid and
+    /etc/subgid that list `users` [name, uid, gid, [gids], [start, count] or None] (their
+    supplementary groups made where the host has none; the range given in both subordinate id
+    files) bound over the host's, for dump and restore (scenario key `container.users`)."""
     from engine import kernel
-    with open("/etc/passwd") as f:
-        passwd = f.read().splitlines()
-    with open("/etc/group") as f:
-        group = [line.split(":") for line in f.read().splitlines() if line.count(":") == 3]
-    for name, uid, gid, gids in users:
-        passwd.append(f"{name}:x:{uid}:{gid}::/nonexistent:/bin/sh")
+    files = {}
+    for base in ("passwd", "group", "subuid", "subgid"):
+        try:
+            with open("/etc/" + base) as f:
+                files[base] = f.read().splitlines()
+        except FileNotFoundError:
+            print(f"zdtm ns flavor: container.users: /etc/{base} does not exist on this machine: nothing to "
+                  "bind the item's copy over (install the passwd package)", file=sys.stderr, flush=True)
+            return False
+    group = [line.split(":") for line in files["group"] if line.count(":") == 3]
+    for name, uid, gid, gids, subids in users:
+        files["passwd"].append(f"{name}:x:{uid}:{gid}::/nonexistent:/bin/sh")
         known = {int(g[2]) for g in group if g[2].isdigit()}
         group += [[f"zdtm{g}", "x", str(g), ""] for g in dict.fromkeys([gid, *gids]) if g not in known]
         for g in group:
             if g[2] in map(str, gids):
                 g[3] = ",".join(filter(None, g[3].split(",") + [name]))
-    for base, lines in (("passwd", passwd), ("group", [":".join(g) for g in group])):
+        if subids:
+            for base in ("subuid", "subgid"):
+                files[base].append(f"{name}:{subids[0]}:{subids[1]}")
+    files["group"] = [":".join(g) for g in group]
+    for base, lines in files.items():
         copy = os.path.join(workdir, f"etc-{base}")
         with open(copy, "w") as f:
-            f.write("\n".join(lines) + "\n")
+            f.write("\n".join(lines) + "\n" if lines else "")
         kernel.mount(copy, "/etc/" + base, None, kernel.MS_BIND)
+    return True
 
 
 # --- inside: the container's init ------------------------------------------
@@ -242,8 +254,8 @@ def keeper_main(config_path: str) -> int:
     out_fd = cfg["out_fd"]
     if cfg.get("outer"):
         _make_outer(cfg.get("outer_root"), cfg.get("slave_dirs", []))
-        if cfg.get("users"):
-            _bind_users(cfg["workdir"], cfg["users"])
+        if cfg.get("users") and not _bind_users(cfg["workdir"], cfg["users"]):
+            return SETUP_FAILED
         if cfg.get("outside") and not _run_outside(cfg["outside"], cfg["outside_dir"]):
             return SETUP_FAILED
     kernel.unshare(kernel.CLONE_NEWPID)

@@ -1,0 +1,185 @@
+"""engine/sessions.py: which setsid/setpgid steps remake a tree's sessions and process groups, and
+the one-line refusals of those the stand-ins cannot make (checked before the stop and in images)."""
+
+import pytest
+
+from engine import sessions
+from enginecase import STOP_WATCH, case  # noqa: F401  (fixture)
+from test_engine_prestop import _refused_unstopped
+
+
+def proc(pid, ppid, sid, pgid):
+    return {"pid": pid, "ppid": ppid, "sid": sid, "pgid": pgid}
+
+
+def test_job_control_shell():
+    """`sh -i` leads its session; a pipeline job is a group led by its first process."""
+    procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11), proc(12, 10, 10, 11),
+             proc(13, 11, 10, 11)]
+    assert sessions.plan(procs) == ({1, 10}, {11: 11, 12: 11}, [], None, {})
+
+
+def test_leader_made_after_its_member():
+    """A member forked before its group's leader joins once every stand-in exists; its child, forked
+    after the leader (parents first, by pid), joins at once."""
+    procs = [proc(1, None, 1, 1), proc(12, 1, 1, 15), proc(15, 1, 1, 15), proc(20, 12, 1, 15)]
+    setsid, now, later, problem, _ = sessions.plan(procs)
+    assert now == {15: 15, 20: 15} and later == [(12, 15)] and problem is None
+    procs = [proc(1, None, 1, 1), proc(12, 1, 1, 15), proc(13, 12, 1, 15), proc(15, 1, 1, 15)]
+    assert sessions.plan(procs)[1:3] == ({15: 15}, [(12, 15), (13, 15)])
+
+
+def test_inherited_groups_need_no_step():
+    """Children in their parent's session and group, the root's outside the tree included."""
+    procs = [proc(1, None, 500, 400), proc(2, 1, 500, 400), proc(3, 2, 500, 400)]
+    assert sessions.plan(procs) == (set(), {}, [], None, {})
+
+
+def test_daemon_forked_twice():
+    """A session whose leader is gone is made for its first process; its descendants inherit it, and a
+    group of their own within it is made as usual."""
+    procs = [proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 12, 7, 7), proc(14, 12, 7, 14)]
+    assert sessions.plan(procs) == ({1}, {14: 14}, [], None, {12: "session"})
+
+
+def test_group_whose_leader_is_gone():
+    """`printf x | sleep | cat &` in `sh -i`, printf gone: the group is made for sleep, cat joins it
+    through sleep; a later member of the session joins it the same way."""
+    procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(12, 10, 10, 11), proc(13, 10, 10, 11),
+             proc(14, 13, 10, 14), proc(15, 14, 10, 11)]
+    assert sessions.plan(procs) == ({1, 10}, {13: 12, 14: 14, 15: 12}, [], None, {12: "group"})
+
+
+@pytest.mark.parametrize("procs, problem", [
+    ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 1, 7, 7)], (13, "session", 7)),   # two of a gone leader
+    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 5, 5)], (6, "session", 5)),     # a leader not its ancestor
+    ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 12, 7, 9)], None),               # a group made in it
+    ([proc(1, None, 1, 1), proc(12, 1, 7, 8)], (12, "pgrp", 8)),             # a gone leader's group and session
+    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 1, 5)], (6, "pgrp", 5)),   # another session's group
+])
+def test_what_cannot_be_made(procs, problem):
+    assert sessions.plan(procs).problem == problem
+
+
+def test_foreground_group_of_a_terminal():
+    """A leader's terminal may give the foreground to a group with a process of its session in the tree
+    (its leader gone or not), no other."""
+    procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11), proc(13, 10, 10, 12)]
+    procs[1]["tty_fg"] = 11
+    assert sessions.plan(procs).problem is None and sessions.foreground_member(procs, procs[1]) == 11
+    procs[1]["tty_fg"] = 12   # (`printf x | sleep` in the foreground, printf gone)
+    assert sessions.plan(procs).problem is None and sessions.foreground_member(procs, procs[1]) == 13
+    for fg in (1, 14):
+        procs[1]["tty_fg"] = fg
+        assert sessions.plan(procs).problem == (10, "foreground", fg)
+    procs[1]["tty_fg"], procs[2]["tty_fg"] = 11, 11   # (only a session leader's)
+    assert sessions.plan(procs).problem == (11, "foreground", 11)
+
+
+def test_refusal_line_names_the_process_and_what_to_do():
+    tree = [(1, None), (12, 1), (13, 1)]
+    line = sessions.refusal(tree, {1: (1, 1), 12: (7, 7), 13: (7, 7)})
+    assert line.startswith("process 13 (") and "session 7" in line and "its leader is gone" in line
+    assert "dump a tree whose processes share a session only with their ancestors" in line
+    assert line.endswith("the tree keeps running") and "\n" not in line
+    line = sessions.refusal(tree, {1: (1, 1), 12: (12, 12), 13: (1, 12)})
+    assert "process group 12" in line and "another session's" in line and "\n" not in line
+    assert sessions.refusal(tree, {1: (1, 1), 12: (12, 12), 13: (7, 7)}) is None
+
+
+def test_two_daemons_of_one_gone_leader_refused_unstopped(case):
+    """Two processes in one session whose leader is gone, neither the other's ancestor: refused
+    before the stop, naming the process and what to do; the tree runs on."""
+    setup = STOP_WATCH + """
+setsid sh -c '/.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 & /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+  touch /run/.daemon' </dev/null >/dev/null 2>&1 &
+n=0; until [ -e /run/.daemon ]; do n=$((n + 1)); [ $n -lt 200 ] || exit 1; sleep 0.05; done
+hold
+"""
+    pid = case.start(setup)
+    _refused_unstopped(case, pid, r"process \d+ \(mntcr-hold\) is in session \d+, which it can neither inherit from "
+                                  r"its parent nor make: its leader is gone and another process of the tree, not its "
+                                  r"ancestor, is in it too, .*; the tree keeps running")
+
+
+SESSIONS_SETUP = """
+setsid sh -c '/.hold/mntcr-hold 100000 & exec /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+python3 -c '
+import os
+os.setpgid(0, 0)
+if os.fork() == 0:
+    os.setpgid(0, os.getppid())
+    os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+' </dev/null >/dev/null 2>&1 &
+python3 -c '
+import ctypes, os
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)   # (a subreaper: the daemon stays in the tree with a host pid namespace)
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+    os._exit(0)
+os.wait()
+os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+' </dev/null >/dev/null 2>&1 &
+hold
+"""
+
+
+def test_image_sessions_and_hostile_values(case):
+    """The image names each process's session and group; a session or group restore cannot make
+    (or a bad value) fails validation with one line."""
+    import json
+    import os
+    from engine import image, imageformat
+    pid = case.start(SESSIONS_SETUP)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    procs = good["processes"]
+    assert all("sid" in p and "pgid" in p for p in procs)
+    assert sum(p["sid"] == p["pid"] for p in procs) == 2, procs        # the holder and setsid's sh
+    assert sum(p["pgid"] == p["pid"] for p in procs) == 3, procs       # ... and python3's group
+    assert sum(p["sid"] not in {q["pid"] for q in procs} for p in procs) == 1, procs   # the daemon
+    imageformat.validate(json.loads(json.dumps(good)))
+    other = procs[1]["pid"]   # (a child of the root leading its session: no ancestor of the daemon)
+    for mutate, words in ((lambda p: p.update(sid=other), rf"session {other} can be neither inherited nor made"),
+                          (lambda p: p.update(pgid=procs[0]["pid"]), "process group \\d+ can be neither inherited nor made"),
+                          (lambda p: p.update(tty_fg=p["pid"]), "terminal's foreground group"),
+                          (lambda p: p.update(sid=-1), "sid"), (lambda p: p.update(pgid="1"), "pgid")):
+        doc = json.loads(json.dumps(good))
+        mutate(next(p for p in doc["processes"] if p["sid"] not in {q["pid"] for q in procs}))   # the daemon
+        with pytest.raises(image.ImageError, match=words) as e:
+            imageformat.validate(doc)
+        assert "\n" not in str(e.value)
+
+
+def test_killed_restore_kills_stand_ins_of_other_sessions(case, tmp_path):
+    """A root stand-in that is not init of its pid namespace kills, when the restore does not commit,
+    the stand-ins that left its process group (other sessions and groups: its killpg misses them)."""
+    from test_engine_failures import _killed_restore, host_mountinfo
+    from enginecase import assert_same, take, tree_hash
+    from zdtm.snapshot import kill_tree
+    pid = case.start(SESSIONS_SETUP, host_pidns=True)
+    before = take(pid)
+    img = case.new_images_dir()
+    case.dump(pid, img)
+    digest, mounts = tree_hash(img), host_mountinfo()
+    problems = []
+    for k in range(1, 200):
+        pidfile = str(tmp_path / f"k{k}.pid")
+        got = _killed_restore(img, k, pidfile, mounts, digest)
+        if got is None:
+            with open(pidfile) as f:
+                new = int(f.read())
+            case.trees.append(new)
+            break
+        problems += got
+    else:
+        raise AssertionError("restore never succeeded")
+    assert k > 5, f"restore succeeded at step {k}: the fault hook did not fire"
+    assert_same(before, take(new))
+    kill_tree(new)
+    assert not problems, problems
