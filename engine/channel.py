@@ -58,8 +58,8 @@ class Channel:
         self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array("i", fds))])
 
     def recv(self) -> tuple[object, list[int]]:
-        """Receive one message: (obj, fds). The caller owns the fds."""
-        # Close-on-exec like every other fd of ours: a program started later must not inherit them.
+        """Receive one message: (obj, fds). The caller owns the fds (close-on-exec: a program restore
+        runs gets only the fds it is given, never a detached mount that keeps a superblock alive)."""
         data, anc, flags, _ = self.sock.recvmsg(_MAX_MSG, _CMSG_SPACE, _socket.MSG_CMSG_CLOEXEC)
         fds = []
         for level, kind, raw in anc:
