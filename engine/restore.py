@@ -987,12 +987,13 @@ class _Restorer:
         return self._sb(sid)
 
     def sb_pinnable(self, sid: str) -> int | None:
-        """An fd (the caller's to close) to open a file of new superblock `sid` through when a
-        kernel object keeps that file after the tree is gone (the backing file of a block device
-        a type's hook attaches), None if it is not made. The superblock's own mount is parked
-        (engine/parking.py) in a chain that stays connected while anything holds a mount of it:
-        a file opened there held the chain, and a superblock stacked in it on that very device
-        then kept the device, the file and the chain forever. A private clone has no parent."""
+        """An fd (the caller's to close) to open a file of new superblock `sid` through when
+        something that lives as long as another superblock keeps that file (the backing file of a
+        block device a type's hook attaches, a restarted daemon's input), None if it is not made.
+        The superblock's own mount is parked (engine/parking.py) in a chain that stays connected
+        while anything holds a mount of it: a file opened there held the chain, and a superblock
+        stacked in it that kept the file then kept itself, the file and the chain forever. A
+        private clone has no parent."""
         fd = self._sb(sid)
         if fd is None:
             return None

@@ -389,6 +389,9 @@ class EngineCase:
         self.keepers: list[subprocess.Popen] = []
         self.outers: list[Outer] = []
         self.n_images = 0
+        from zdtm import sbguard
+        # The superblocks of every tree started or restored: each must go with its tree (zdtm/sbguard.py).
+        self.sbs: sbguard.Watch | None = sbguard.Watch()
 
     # -- building --------------------------------------------------------------------
 
@@ -401,12 +404,13 @@ class EngineCase:
         return o
 
     def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 20,
-              host_pidns: bool = False) -> int:
+              host_pidns: bool = False, daemons: tuple[str, ...] = ()) -> int:
         """Run `setup` as pid 1 of a new container; return its host pid once the tree is ready.
 
         `binds` are (outer path, container path) pairs bound into the root before pivot_root
         (sources in `outer`'s namespace). `host_pidns`: no new pid namespace (the setup is then
-        not pid 1 and its /proc shows the test's pid namespace).
+        not pid 1 and its /proc shows the test's pid namespace). `daemons`: names (comm) of
+        processes the setup leaves running that never reach `hold` (a FUSE daemon).
         """
         out_r, out_w = os.pipe()
         cfg = {"setup": setup, "out_fd": out_w, "hostname": "mntcr-test",
@@ -440,7 +444,7 @@ class EngineCase:
         from zdtm.snapshot import alive, tree_pids
         while True:
             pids = tree_pids(pid)
-            if pids and all(_comm(p) == HOLD_COMM for p in pids):
+            if pids and all(_comm(p) == HOLD_COMM or _comm(p) in daemons for p in pids):
                 break
             if not alive(pid):
                 pipe.closed.wait(2)
@@ -452,6 +456,7 @@ class EngineCase:
         if not pipe.closed.wait(5):
             raise SetupError("a process of the tree still has setup's stdout/stderr open (a pipe to the test): "
                              "end background processes in `hold` or redirect their stdio")
+        self._watch(pid)
         return pid
 
     # -- C/R -----------------------------------------------------------------------------
@@ -479,7 +484,12 @@ class EngineCase:
         with open(pidfile) as f:
             pid = int(f.read())
         self.trees.append(pid)
+        self._watch(pid)
         return pid
+
+    def _watch(self, pid: int) -> None:
+        if self.sbs is not None:
+            self.sbs.add_tree(pid)
 
     def cr(self, pid: int, dump_extra: tuple = (), restore_extra: tuple = (), outer: Outer | None = None) -> int:
         """Dump the tree at `pid` (which dies) and restore it; return the restored root pid."""
@@ -512,6 +522,14 @@ class EngineCase:
             k.stdout.close()
         for o in self.outers:
             o.close()
+        if self.sbs is not None:
+            from zdtm import sbguard
+            sbs, self.sbs = self.sbs, None
+            try:
+                found = sbs.leaked()
+            finally:
+                sbs.close()
+            assert not found, "the kernel keeps what the test's trees made:\n" + sbguard.describe(found)
 
 
 # --- snapshots -------------------------------------------------------------------------

@@ -82,13 +82,14 @@ def _check_golden(scenario, output: str, workdir: str, update: bool) -> None:
 
 
 def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topology=None,
-        update_golden: bool = False, timings: dict | None = None) -> Outcome:
+        update_golden: bool = False, timings: dict | None = None, watch=None) -> Outcome:
     """Run `iters` dump/restore iterations on `running`; see the module docstring.
 
     `update_golden`: write the check's output before dump as the scenario's golden
     output (zdtm/golden.py) instead of comparing it. `timings`, when given, receives
     the seconds spent per phase, summed over the iterations: dump, restore, compare
-    (snapshots and their comparison).
+    (snapshots and their comparison). `watch` (a zdtm.sbguard.Watch), when given, is
+    shown every tree: the started one and each restored one.
     """
     expect = backend.expectation(scenario)
     crfail = expect.outcome == "crfail"
@@ -99,6 +100,8 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
     host = tuple(e.mountpoint for e in running.externals)
     with phase(timings, "compare"):
         before = snapshot.take(running.pid, scenario.check, timeout, topology=topology, ignore_maps_on=host)
+    if watch is not None:
+        watch.add_tree(running.pid)
     _save(os.path.join(workdir, "before.json"), before)
     with open(os.path.join(workdir, "before.txt"), "w") as f:
         f.write(before.text())
@@ -128,6 +131,8 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 stage = "restore"
                 with phase(timings, "restore"):
                     restored = pid = backend.restore(images, running.externals, ctx)
+                if watch is not None:
+                    watch.add_tree(pid)
             except BackendError as e:
                 where = f"{stage} failed (iteration {i + 1}/{iters})"
                 if crfail:

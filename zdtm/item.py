@@ -101,16 +101,16 @@ def backend_unavailable(name: str, criu: str = "auto") -> str | None:
 
 # --- the one item path -----------------------------------------------------------
 
-def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> Outcome:
+def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False, watch_sbs: bool = False) -> Outcome:
     """Run `spec` in `place` (zdtm.flavors.ns.FLAVOR or another Place) here; never raises for a C/R result.
 
     `load_modules` (in a VM guest): load the kernel modules of the filesystems
     the scenario requires before checking them, so a module that ships with the
-    kernel never makes a scenario skip.
+    kernel never makes a scenario skip. `watch_sbs`: every superblock the trees
+    made must go once they are stopped (zdtm/sbguard.py), else the item fails
+    as a leak.
     """
-    from zdtm import cycle
     from zdtm import scenario as scenario_mod
-    from zdtm.flavors import SetupError
     sc = spec.scenario
     if spec.timeout_scale != 1.0:
         # setup, every backend call and every check get the longer limit
@@ -127,7 +127,27 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> O
     if reason:
         return Outcome("skip", reason, kernel=release)
     os.makedirs(workdir, exist_ok=True)
+    from zdtm import sbguard
+    watch = sbguard.Watch() if watch_sbs else None
+    try:
+        res, running = _run_cycle(sc, spec, place, workdir, release, watch)
+        if res.outcome == "setup-error":
+            return res
+        leaks = list(running.leaks)
+        if watch is not None:
+            leaks += [sb.describe() for sb in watch.leaked()]
+    finally:
+        if watch is not None:
+            watch.close()
+    return _with_leaks(res, leaks)
+
+
+def _run_cycle(sc, spec: ItemSpec, place, workdir: str, release: str, watch) -> tuple[Outcome, object]:
+    """Start the scenario in `place`, run its C/R cycle, stop it: (outcome, the running scenario)."""
+    from zdtm import cycle
+    from zdtm.flavors import SetupError
     timings: dict[str, float] = {}
+    running = None
     with contextlib.ExitStack() as undo:
         try:
             with cycle.phase(timings, "setup"):
@@ -136,18 +156,18 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False) -> O
                 running = place.start(sc, workdir)
         except SetupError as e:
             _write(workdir, "setup.log", str(e) + "\n")
-            return Outcome("setup-error", str(e), kernel=release, timings=timings)
+            return Outcome("setup-error", str(e), kernel=release, timings=timings), running
         undo.callback(place.stop, running)
         _write(workdir, "setup.log", running.setup_output)
         bk = place.backend_for(running, backend(spec.backend, spec.criu))
         try:
             out = cycle.run(sc, bk, place, running, workdir, iters=spec.iters, update_golden=spec.update_golden,
-                            timings=timings)
+                            timings=timings, watch=watch)
             res = Outcome(out.kind, out.detail, kernel=release, setup_output=running.setup_output, timings=timings)
         except cycle.CycleFailure as e:
             res = Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output,
                           timings=timings)
-    return _with_leaks(res, running.leaks)
+    return res, running
 
 
 def _with_leaks(res: Outcome, leaks: list[str]) -> Outcome:

@@ -24,6 +24,8 @@ import os
 import time
 from dataclasses import dataclass
 
+from zdtm import holders
+
 LOOP_MAJOR = 7
 SYSBLOCK_ENV = "ZDTM_LOOPGUARD_SYSBLOCK"
 
@@ -89,36 +91,12 @@ def _devices_in_mountinfo(text: str) -> tuple[set[int], set[str]]:
 def held(proc: str = "/proc") -> tuple[set[int], set[str]]:
     """(loop minors, loop names) some process's mount table names or some process holds."""
     minors, names = set(), set()
-    seen_ns = set()
-    for pid in os.listdir(proc):
-        if not pid.isdigit():
-            continue
-        base = os.path.join(proc, pid)
-        try:
-            ns = os.readlink(os.path.join(base, "ns", "mnt"))
-        except OSError:
-            ns = None
-        if ns is None or ns not in seen_ns:
-            text = _text(os.path.join(base, "mountinfo"))
-            if text is not None:
-                if ns is not None:
-                    seen_ns.add(ns)
-                m, n = _devices_in_mountinfo(text)
-                minors |= m
-                names |= n
-        links = [os.path.join(base, "cwd"), os.path.join(base, "root")]
-        try:
-            links += [os.path.join(base, "fd", fd) for fd in os.listdir(os.path.join(base, "fd"))]
-        except OSError:
-            pass
-        for link in links:
-            try:
-                st = os.stat(link)
-            except OSError:
-                continue
-            for dev in (st.st_dev, st.st_rdev):
-                if dev and os.major(dev) == LOOP_MAJOR:
-                    minors.add(os.minor(dev))
+    found = holders.scan(proc)
+    for text in found.mountinfos:
+        m, n = _devices_in_mountinfo(text)
+        minors |= m
+        names |= n
+    minors |= {os.minor(dev) for dev in found.devs | found.rdevs if os.major(dev) == LOOP_MAJOR}
     return minors, names
 
 

@@ -342,7 +342,8 @@ class NsFlavor:
     def run(self, spec, workdir: str):
         """Run the item here (zdtm.item.run with this place); its Outcome."""
         from zdtm import item
-        return item.run(spec, self, workdir)
+        # (mntcr's restores here: what the kernel keeps of criu's is criu's)
+        return item.run(spec, self, workdir, watch_sbs=spec.backend == "mntcr")
 
     def close(self) -> None:
         """Nothing outlives an item here."""
