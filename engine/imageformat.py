@@ -658,6 +658,8 @@ PROCESS = Record("process", {
     "tty_fg": F(INT, required=False, rule=rng(1, MAX_PID)),
     "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
+    # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
+    "sig_ignored": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
         k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)

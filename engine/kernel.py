@@ -682,6 +682,28 @@ def read_fs_bits(pid: int) -> dict:
     return out
 
 
+def read_ignored_signals(pid: int) -> dict:
+    """{"sig_ignored": mask} of `pid` (/proc/PID/status SigIgn; bit n-1 is signal n), when not empty.
+    (Not the blocked mask: a process stopped for the dump may be in a moment that blocks them all,
+    a shell forking a job; a stand-in would keep that for good.)"""
+    got = proc_status(pid, {"SigIgn"})
+    mask = int(got["SigIgn"], 16) if "SigIgn" in got else 0
+    return {"sig_ignored": mask} if mask else {}
+
+
+def take_ignored_signals(ignored: int) -> None:
+    """Every signal ignored whose bit is set in `ignored`, any other back to its default action: no
+    handler of ours stays, and Python ignores SIGPIPE and SIGXFSZ, which the process may not have."""
+    import signal
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_IGN if ignored >> (sig - 1) & 1 else signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass   # (the C library's own, 32 and 33)
+
+
 # (their numbers in the kernel's order; engine/image.py RLIMITS names the same)
 _RLIMIT_NR = {name: i for i, name in enumerate(("CPU", "FSIZE", "DATA", "STACK", "CORE", "RSS", "NPROC", "NOFILE",
                                                 "MEMLOCK", "AS", "LOCKS", "SIGPENDING", "MSGQUEUE", "NICE", "RTPRIO",

@@ -48,6 +48,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "comm": kernel.read_comm(pid),
             "caps": kernel.read_caps(pid),
             **kernel.read_fs_bits(pid),
+            **kernel.read_ignored_signals(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)

@@ -252,13 +252,13 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
-            caps: dict | None = None, threads: list[str] = ()) -> None:
-    """Close every fd but `keep` and `report_fd`; become the executable, take the ids and the
-    capabilities, then make the threads (named `threads`: made last, they copy what we took);
-    tell how that went on `report_fd` (engine/lastword.py) and sleep until killed.
+            caps: dict | None = None, threads: list[str] = (), ignored: int = 0) -> None:
+    """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
+    (`ignored`, a mask), become the executable, take the ids and the capabilities, then make the
+    threads (named `threads`: made last, they copy what we took); tell how that went on
+    `report_fd` (engine/lastword.py) and sleep until killed.
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    kernel.take_ignored_signals(ignored)
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
@@ -472,7 +472,8 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process (its name, bounding set; umask, no_new_privs, resource limits: msg[4]): answer, wait for the commit (the root
+        """Become the process (its name, bounding set; umask, no_new_privs, resource limits, ignored
+        signals: msg[4]): answer, wait for the commit (the root
         stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
         tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
         if len(msg) > 1 and msg[1] is not None:
@@ -497,5 +498,5 @@ class _Server:
         report = fds[0] if fds else self.chan.fileno()
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0], self.kin)
-        _detach(self.installed, report, self.exe_fd, self.ids, caps, threads)
+        _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0))
         return None

@@ -222,7 +222,7 @@ class Proc:
     sb_owners: dict = field(default_factory=dict)
     threads: list = field(default_factory=list)     # the names of its threads but the leader, sorted
     stopped: bool = False        # stopped by a signal (state T: SIGSTOP, Ctrl-Z)
-    bits: str = ""               # its umask and no_new_privs bit
+    bits: str = ""               # its umask, no_new_privs bit and ignored signals
     rlimits: str = ""            # its resource limits, NAME=soft:hard
     sid: int = 0                 # its session and process group ids, as the runner sees them (never
     pgid: int = 0                # compared: `job` and the partition say what they mean)
@@ -399,7 +399,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().rsplit(b")", 1)[1].split()
         stopped, pgid, sid = stat[0] == b"T", int(stat[2]), int(stat[3])
-        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs"})
+        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
         rlimits = " ".join(f"{k}={s}:{h}" for k, (s, h) in sorted(kernel.read_rlimits(pid).items()))
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
