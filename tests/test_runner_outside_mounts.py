@@ -106,25 +106,3 @@ def test_external_file_bind_restores(tmp_path, monkeypatch, forced):
     finally:
         monkeypatch.delenv("MNTCR_STRATEGY", raising=False)
         strategy.reset()
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="the ns flavor needs root")
-@pytest.mark.parametrize("outer", [False, True], ids=["plain", "outer"])
-def test_container_dies_with_its_keeper(tmp_path, outer):
-    """A runner killed by a signal runs no teardown: its keeper goes (its session, its stdin), and
-    the container's holder must go with it, not stay behind as a leftover holding its mounts."""
-    import signal
-    import time
-    from zdtm import snapshot
-    from zdtm.flavors.ns import FLAVOR as NS
-    s = scenario.load(write(tmp_path, ("description: d\n" + OUTSIDE) if outer else MINIMAL)).render_all()[0]
-    running = NS.start(s, str(tmp_path / "work"))
-    try:
-        assert snapshot.alive(running.pid)
-        os.kill(running.handle.proc.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while snapshot.alive(running.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not snapshot.alive(running.pid), "the container outlived its keeper"
-    finally:
-        NS.stop(running)

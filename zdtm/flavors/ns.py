@@ -260,16 +260,9 @@ def keeper_main(config_path: str) -> int:
             return SETUP_FAILED
     kernel.unshare(kernel.CLONE_NEWPID)
     sys.stdout.flush()
-    me = kernel.pidfd_open(os.getpid())
     pid = os.fork()
     if pid == 0:
-        # The container dies with its keeper: a runner killed by a signal (no teardown runs) leaves
-        # no holder behind (the keeper outlives the tree otherwise: it waits for it, or holds the
-        # outside groups until the runner closes its stdin).
-        kernel.die_with_parent(me, signal.SIGKILL)
-        os.close(me)
         _container_init(cfg, out_fd)
-    os.close(me)
     os.close(out_fd)  # only the container holds the setup pipe, so the runner sees it close
     print(f"pid {pid}", flush=True)
     _, status = os.waitpid(pid, 0)
