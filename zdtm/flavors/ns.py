@@ -233,6 +233,9 @@ def _container_init(cfg: dict, out_fd: int) -> None:
         os.dup2(out_fd, 2)
         os.closerange(3, 65536)
         os.umask(0o022)
+        # Every signal at its default action, as a runtime starts a container: no ignore of the
+        # runner's (Python's SIGPIPE and SIGXFSZ, a `nohup` around the run) reaches the tree.
+        kernel.take_ignored_signals(0)
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root",
                "LANG": "C"}
         if os.environ.get("ZDTM_SESSION"):
