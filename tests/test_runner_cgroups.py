@@ -41,7 +41,8 @@ MAKE = ("mkdir -p /sys/fs/cgroup && mount -t cgroup2 none /sys/fs/cgroup\n"
         "cg=/sys/fs/cgroup/mntcr-zdtmtest-{token}-$ZDTM_RUN_ID\n"
         "mkdir -p $cg/payload\n"
         "sh -c 'echo $$ > '$cg/payload/cgroup.procs'; exec sleep 100000' </dev/null >/dev/null 2>&1 &\n"
-        "while [ -z \"$(cat $cg/payload/cgroup.procs)\" ]; do sleep 0.05; done\n"
+        # (until it runs sleep: the shell still holds cgroup.procs open for its echo, and umount is busy)
+        "while [ \"$(cat /proc/$(cat $cg/payload/cgroup.procs)/comm 2>/dev/null)\" != sleep ]; do sleep 0.05; done\n"
         "umount /sys/fs/cgroup\n")
 
 
