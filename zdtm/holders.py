@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from engine import kernel
+from engine import kernel, mountinfo
 
 
 @dataclass
@@ -30,6 +30,15 @@ def read_text(path: str) -> str | None:
             return f.read()
     except OSError:
         return None
+
+
+def mounts(text: str):
+    """The mounts of a mountinfo text (engine/mountinfo.py), a line it cannot parse left out."""
+    for lineno, line in enumerate(text.splitlines(), 1):
+        try:
+            yield mountinfo.parse_line(line, lineno)
+        except mountinfo.MountinfoError:
+            continue
 
 
 def scan(proc: str = "/proc") -> Held:

@@ -45,14 +45,6 @@ class Loop:
                 "superblock or file on it where no namespace shows it, until the machine reboots")
 
 
-def _text(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
 def bound(sysblock: str = "/sys/block") -> dict[str, Loop]:
     """The bound loop devices by name."""
     out = {}
@@ -63,29 +55,19 @@ def bound(sysblock: str = "/sys/block") -> dict[str, Loop]:
     for name in names:
         if not name.startswith("loop") or not name[4:].isdigit():
             continue
-        backing = _text(os.path.join(sysblock, name, "loop", "backing_file"))
+        backing = holders.read_text(os.path.join(sysblock, name, "loop", "backing_file"))
         if backing is None:
             continue  # not bound
-        out[name] = Loop(name, int(name[4:]), backing,
-                         _text(os.path.join(sysblock, name, "loop", "autoclear")) == "1")
+        autoclear = holders.read_text(os.path.join(sysblock, name, "loop", "autoclear")) or ""
+        out[name] = Loop(name, int(name[4:]), backing.strip(), autoclear.strip() == "1")
     return out
 
 
 def _devices_in_mountinfo(text: str) -> tuple[set[int], set[str]]:
     """(loop minors by device number, loop device names by source) a mount table shows."""
-    minors, names = set(), set()
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        major, _, minor = fields[2].partition(":")
-        if major == str(LOOP_MAJOR) and minor.isdigit():
-            minors.add(int(minor))
-        if " - " in line:
-            after = line.split(" - ", 1)[1].split()
-            if len(after) > 1 and after[1].startswith("/dev/loop"):
-                names.add(os.path.basename(after[1]))
-    return minors, names
+    found = list(holders.mounts(text))
+    return ({m.minor for m in found if m.major == LOOP_MAJOR},
+            {os.path.basename(m.source) for m in found if m.source.startswith("/dev/loop")})
 
 
 def held(proc: str = "/proc") -> tuple[set[int], set[str]]:

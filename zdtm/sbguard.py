@@ -50,21 +50,10 @@ class Sb:
                 "process holding it; the kernel keeps it (and the mounts holding it) until the machine reboots")
 
 
-def _unescape(field: str) -> str:
-    for code, ch in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
-        field = field.replace(code, ch)
-    return field
-
-
 def _mounts(text: str):
-    """(device, mount point, fstype, source) of each line of a mountinfo text."""
-    for line in text.splitlines():
-        fields = line.split()
-        if " - " not in line or len(fields) < 5:
-            continue
-        after = line.split(" - ", 1)[1].split()
-        major, _, minor = fields[2].partition(":")
-        yield os.makedev(int(major), int(minor)), _unescape(fields[4]), after[0], after[1] if len(after) > 1 else ""
+    """(device, mount point, fstype, source) of each mount of a mountinfo text."""
+    for m in holders.mounts(text):
+        yield os.makedev(m.major, m.minor), m.mountpoint, m.fstype, m.source
 
 
 def held(proc: str = "/proc") -> set[int]:
@@ -127,8 +116,8 @@ class Watch:
             self._drain()
             if self.live and not {sb.dev for sb in self.live.values()} - held(proc):
                 break   # every one left is held: nothing to wait for
-        holders = held(proc) if self.live else set()
-        return [sb for sb in self.live.values() if sb.dev not in holders]
+        holding = held(proc) if self.live else set()
+        return [sb for sb in self.live.values() if sb.dev not in holding]
 
     def close(self) -> None:
         """Drop the watches."""
