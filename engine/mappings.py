@@ -264,7 +264,6 @@ def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict
     `report_fd` (engine/lastword.py: the first step that failed, which ends the steps) and pause
     for good (never returns). False (nothing done) where this cannot be done: not x86-64, or no
     layout known."""
-    import signal
     import struct
     if _SELF is None or not _may_set_exe():
         return False   # (a stand-in that took unprivileged ids in its user namespace keeps its own)
@@ -286,12 +285,7 @@ def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     page.write(_BLOB)
     code = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(ctypes.addressof(ctypes.c_char.from_buffer(page)))
-    # No handler of ours may run once the interpreter is gone.
-    for sig in range(1, signal.NSIG):
-        try:
-            if signal.getsignal(sig) not in (signal.SIG_DFL, signal.SIG_IGN, None):
-                signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
+    # (No handler of ours may run once the interpreter is gone: the stand-in took its process's
+    # ignored signals first, every other one at its default action: kernel.take_ignored_signals.)
     code(ctypes.addressof(args_buf))
     return True   # (not reached)
