@@ -85,7 +85,8 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
 
 
 def _lead(root) -> None:
-    """The root stand-in's group (and session, root == "session"); nothing for the others."""
+    """A session of our own (root "session") or a process group of our own (any other true value:
+    the root stand-in's, an intermediate's "group"); nothing when false."""
     if root == "session":
         os.setsid()
     elif root:
@@ -141,10 +142,7 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                 if userns_fd is not None:
                     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
                     kernel.unshare(kernel.CLONE_NEWNS)
-                if alone == "session":
-                    os.setsid()   # (the session and group of a leader gone: ours, once we exit)
-                elif alone == "group":
-                    os.setpgid(0, 0)
+                _lead(alone)   # (the session or group of a leader gone: ours, once we exit)
                 if mode == "new":
                     kernel.unshare(kernel.CLONE_NEWPID)
                 elif mode == "join":
