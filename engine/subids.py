@@ -92,8 +92,9 @@ def refusal(ns_id: str, owner: int, uid_map, gid_map, setgroups: str, etc: str |
         name = None
     who = f"uid {owner}" + (f" ({name})" if name else " (no passwd entry on this machine)")
     groups = ownergroups.of_owner(owner) or set()
+    ranges = {file: _ranges(os.path.join(etc, file), owner, name) for file in ("subuid", "subgid")}
     for key, file, own in (("uid_map", "subuid", [(owner, 1)]), ("gid_map", "subgid", [(g, 1) for g in groups])):
-        subs = _ranges(os.path.join(etc, file), owner, name)
+        subs = ranges[file]
         for _, outside, count in (uid_map if key == "uid_map" else gid_map):
             if _covered(outside, count, subs) or (count == 1 and (outside, 1) in own):
                 continue
@@ -105,7 +106,7 @@ def refusal(ns_id: str, owner: int, uid_map, gid_map, setgroups: str, etc: str |
                     f"are trusted, give the user that range in {etc}/{file}")
     # Its own groups it maps only with setgroups denied (the kernel's rule; newgidmap allows setgroups
     # only for a subgid range): allowed, it could drop a group that a file's mode denies access.
-    subs = _ranges(os.path.join(etc, "subgid"), owner, name)
+    subs = ranges["subgid"]
     if setgroups == "allow" and gid_map and not any(_covered(o, n, subs) for _, o, n in gid_map):
         return (f"user namespace {ns_id}: made by {who}, it allows setgroups, yet its gid_map maps none of its "
                 f"{etc}/subgid ranges ({_show(subs)}): that user could map its own groups only with setgroups "
