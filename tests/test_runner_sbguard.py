@@ -22,8 +22,9 @@ def _tree(tmp_path, source="sbguard-test"):
     p = subprocess.Popen(["unshare", "-m", "--propagation", "private", "sh", "-c",
                           f"mount -t tmpfs {source} {mnt} && echo > {mnt}/f && exec sleep 60"],
                          stdin=subprocess.DEVNULL)
+    # Ready once its file is there (the mount alone shows before `echo` wrote it).
     deadline = time.monotonic() + 10
-    while source not in (open(f"/proc/{p.pid}/mountinfo").read() if p.poll() is None else source):
+    while p.poll() is None and not os.path.exists(f"/proc/{p.pid}/root{mnt}/f"):
         assert time.monotonic() < deadline, "the tree did not mount its tmpfs"
         time.sleep(0.02)
     assert p.poll() is None, "the tree failed to mount its tmpfs"
