@@ -95,6 +95,12 @@ def _add_restore(sub) -> None:
                         "(its mount point: libfuse >= 3.3) and {source} by /proc/self/fd/M of the superblock's "
                         "source file restored from the image, e.g. squashfuse='squashfuse -f {source} {conn}'. "
                         "Never taken from the image. Repeatable.")
+    p.add_argument("--allow-idmap", action="append", default=[], metavar="EXTERNAL",
+                   help="mnt[KEY], dev[KEY], fuse[KEY] (a --fuse-restart daemon's) or root (--root): let the "
+                        "image's idmapped mounts show the host files of that external with other owners (a map "
+                        "0 -> U makes uid U their owner through the mount). Without it restore refuses such an "
+                        "idmap, naming the mount, the host path and the map; one of ids onto themselves needs "
+                        "none. Only for images you trust. Repeatable.")
     p.add_argument("--pidfile", metavar="FILE",
                    help="also write the root stand-in's pid here (must not exist; written only when the whole "
                         "tree runs, else nothing of the restore is left); the pid is printed either way")
@@ -262,7 +268,7 @@ def _cmd_restore(args) -> int:
             raise ValueError(f"--fuse-restart {spec!r}: expected SUBTYPE=COMMAND")
         daemons[key] = cmd
     pid = restore.restore(args.images_dir, root=args.root, externals=args.external, pidfile=args.pidfile,
-                          devices=args.devices, daemons=daemons)
+                          devices=args.devices, daemons=daemons, allow_idmap=args.allow_idmap)
     print(f"restored: root stand-in pid {pid}")
     return EXIT_OK
 

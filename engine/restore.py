@@ -52,8 +52,8 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 from operator import itemgetter
 
-from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, image, kernel,
-                    lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
+from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, hostidmap,
+                    image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
                     userns_cr, userns_groups)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -163,12 +163,14 @@ def step(name: str) -> None:
 
 
 def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str | None = None,
-            devices: str = "container", daemons: dict[str, str] | None = None) -> int:
+            devices: str = "container", daemons: dict[str, str] | None = None, allow_idmap=()) -> int:
     """Restore the image; return the root stand-in's pid (and write it to pidfile).
 
     Atomic: the tree runs and the pid file names it, or nothing is left (engine/pidfile.py).
     `devices` is the policy for device nodes in archives (engine/content.py, IMAGE.md).
     `daemons` maps a daemon type's key to the user's command that serves it again (engine/fs/).
+    `allow_idmap`: the externals (mnt[KEY], dev[KEY], fuse[KEY], root) whose host files the
+    image's idmaps may show with other owners (engine/hostidmap.py).
     """
     content.set_device_policy(devices)
     if pidfile:
@@ -179,14 +181,14 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     except OSError:
         ahead = None    # (image.load says what is wrong with the directory)
     try:
-        return _restore(images_dir, root, externals, pidfile, devices, daemons, ahead)
+        return _restore(images_dir, root, externals, pidfile, devices, daemons, ahead, allow_idmap)
     finally:
         if ahead is not None:
             ahead.close()
 
 
 def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, devices: str,
-             daemons: dict[str, str] | None, ahead) -> int:
+             daemons: dict[str, str] | None, ahead, allow_idmap=()) -> int:
     doc = image.load(images_dir)
     # The image's filesystem types and fd kinds, before the restorer pivots away.
     fs.load(sb["fstype"] for sb in doc["superblocks"].values())
@@ -213,6 +215,11 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
                          else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
                          else f"--external mnt[{k}]:HOSTPATH" for k in missing)
         raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}")
+    # An idmap that would hand the host's files (externals, devices, --root) to other ids: only
+    # with the user's consent (engine/hostidmap.py).
+    line = hostidmap.refusal(doc, hostidmap.parse_allowances(allow_idmap), ext)
+    if line is not None:
+        raise RestoreError(errno.EPERM, line)
     for name in ("open_tree", "move_mount", "fsopen/fsmount"):
         features.require(name, "restore")
     _check_fd_numbers(doc)
