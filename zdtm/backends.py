@@ -123,12 +123,25 @@ class MntcrBackend(Backend):
             args += ["--external", f"mnt[{ext.key}]:{ext.host_path}"]
         for key, cmd in ctx.scenario.fuse_restart:
             args += ["--fuse-restart", f"{key}={cmd}"]
+        for spec in _idmap_allowances(images_dir):
+            args += ["--allow-idmap", spec]
         self._run("restore", args, ctx)
         try:
             with open(pidfile) as f:
                 return int(f.read().strip())
         except (OSError, ValueError) as e:
             raise BackendError("restore", f"mntcr restore succeeded but left no pid in {pidfile}: {e}") from None
+
+
+def _idmap_allowances(images_dir: str) -> list[str]:
+    """The --allow-idmap values the image's idmapped mounts of the flavor's host mounts need: this
+    run dumped it, so those idmaps are the scenario's own (engine/hostidmap.py). An image that does
+    not load is left to restore to refuse."""
+    from engine import hostidmap, image
+    try:
+        return hostidmap.needed(image.load(images_dir))
+    except (OSError, ValueError):
+        return []
 
 
 _CRIU_FAILED = re.compile(r"^criu \w+ failed \(exit (-?\d+)\): (.*?)(?: \[log: (\S+)\])?$", re.S)
