@@ -18,8 +18,8 @@ from array import array
 import _socket
 
 _MAX_MSG = 1 << 22
-_MAX_FDS = 250  # SCM_MAX_FD is 253
-_CMSG_SPACE = _socket.CMSG_LEN(_MAX_FDS * array("i").itemsize)
+MAX_FDS = 250  # fds one message carries at most (the kernel's SCM_MAX_FD is 253)
+_CMSG_SPACE = _socket.CMSG_LEN(MAX_FDS * array("i").itemsize)
 
 
 class ChannelClosed(EOFError):
@@ -53,7 +53,7 @@ class Channel:
         if len(data) > _MAX_MSG:
             raise ValueError(f"message too large ({len(data)} bytes)")
         fds = list(fds)
-        if len(fds) > _MAX_FDS:
+        if len(fds) > MAX_FDS:
             raise ValueError(f"too many fds in one message ({len(fds)})")
         self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, array("i", fds))])
 

@@ -2025,7 +2025,7 @@ class _Restorer:
                 after.append(todo)
             batch_items.append((f["fd"], bool(f["flags"] & _O_CLOEXEC_DUMPED)))
             batch_fds.append(fd)
-            if len(batch_items) >= 200:
+            if len(batch_items) >= channel.MAX_FDS:
                 flush()
         flush()
         return after
@@ -2034,10 +2034,10 @@ class _Restorer:
         """Have the stand-in map the files the process mapped (and its executable), from their mounts."""
         locs = {(m["mnt"], m["path"]): m for m in [*p.get("maps", ()), *([p["exe"]] if "exe" in p else [])]}
         todo = list(locs.values())
-        for i in range(0, len(todo), 200):
+        for i in range(0, len(todo), channel.MAX_FDS):
             fds = []
             try:
-                for m in todo[i:i + 200]:
+                for m in todo[i:i + channel.MAX_FDS]:
                     flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY
                     try:
                         fds.append(self._open_ghost(m["ghost"], flags, m["mnt"], m["path"]) if m.get("ghost")
@@ -2140,8 +2140,8 @@ class _Restorer:
         if sessions.pid_in(self.hostpid[root["pid"]], self.hostpid[root["pid"]], self.hostproc) == 1:
             return
         away = [self.hostpid[p["pid"]] for p in procs[1:] if p.get("pgid", root.get("pgid")) != root.get("pgid")]
-        for i in range(0, len(away), 200):   # (SCM_RIGHTS takes at most 253 fds a message)
-            pidfds = [kernel.pidfd_open(hp) for hp in away[i:i + 200]]
+        for i in range(0, len(away), channel.MAX_FDS):
+            pidfds = [kernel.pidfd_open(hp) for hp in away[i:i + channel.MAX_FDS]]
             try:
                 self.chans[root["pid"]].call(("kin",), pidfds)
             finally:

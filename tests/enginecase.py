@@ -61,6 +61,7 @@ import pytest
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if PROJECT_ROOT not in sys.path:
     sys.path.insert(0, PROJECT_ROOT)
+from zdtm import watchdog  # noqa: E402  (after the path)
 
 # Which tree's engine the CLI runs (default: this checkout). Set MNTCR_ENGINE_ROOT to test another
 # checkout's engine, e.g. an exported commit while the working tree is being edited.
@@ -441,6 +442,7 @@ class EngineCase:
             raise SetupError(f"the keeper did not start the container: {pipe.text().strip() or 'no output'}")
         pid = int(line.split()[1])
         self.trees.append(pid)
+        watchdog.guard(pid)
         from zdtm.snapshot import alive, tree_pids
         while True:
             pids = tree_pids(pid)
@@ -484,6 +486,7 @@ class EngineCase:
         with open(pidfile) as f:
             pid = int(f.read())
         self.trees.append(pid)
+        watchdog.guard(pid)
         self._watch(pid)
         return pid
 

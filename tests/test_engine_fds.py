@@ -116,3 +116,30 @@ if os.fork() == 0:
     with open(f"/proc/{kid}/status") as f:
         status = dict(line.split(":", 1) for line in f)
     assert [status[k].split() for k in ("Uid", "Gid", "Groups")] == [["1000"] * 4, ["1000"] * 4, ["27", "1000"]]
+
+
+def test_more_fds_and_mappings_than_one_message_carries(case):
+    """600 fds and 300 mapped files: restore hands them to the stand-in in batches of at most
+    channel.MAX_FDS (SCM_RIGHTS carries at most 253 fds a message)."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import mmap
+keep = []
+for i in range(300):
+    path = f"/mnt/t/f{i}"
+    with open(path, "wb") as f:
+        f.write(b"%d" % i)
+    fd = os.open(path, os.O_RDONLY)
+    os.lseek(fd, 1, os.SEEK_SET)
+    os.dup2(fd, 100 + 2 * i, inheritable=True)
+    os.dup2(fd, 101 + 2 * i, inheritable=True)
+    keep.append(mmap.mmap(fd, 1, prot=mmap.PROT_READ))
+    os.close(fd)
+""")
+    before, after = case.roundtrip(setup)
+    fds = _fds(after)
+    assert {n for n in fds if 100 <= n < 700} == set(range(100, 700))
+    assert all(fds[n][1] == 1 and fds[n][2] == "/mnt/t" for n in range(100, 700))
+    assert len([m for m in after.root.maps if "/mnt/t/f" in m]) == 300
+    assert after.root.maps == before.root.maps

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass
 
 from engine import cli as engine_cli
 from engine import mountinfo
-from zdtm import criu_env, snapshot
+from zdtm import criu_env, snapshot, watchdog
 from zdtm.criu_source import TestProgram
 
 __all__ = ["Result", "run", "unsupported_flavor"]
@@ -480,6 +480,7 @@ class _Run:
             return self.res("fail", "start", f"the test failed to start (exit {proc.returncode}): {why}")
         with open(pidfile) as f:
             self.test_pid = int(f.read().strip())
+        watchdog.guard(self.test_pid)
         return None
 
     def cycle(self) -> Result:
@@ -521,6 +522,7 @@ class _Run:
             return self.res("fail", "restore", err)
         with open(pidfile) as f:
             self.restored = int(f.read().strip())
+        watchdog.guard(self.restored)
         after = snapshot.take(self.restored, ignore_maps_on=ignore)
         _save(os.path.join(self.w, "after.txt"), after.text())
         equal, report = snapshot.compare(before, after, names=("test", "restored"))

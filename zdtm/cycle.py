@@ -28,7 +28,7 @@ import os
 import time
 from dataclasses import dataclass
 
-from zdtm import golden, snapshot
+from zdtm import golden, snapshot, watchdog
 from zdtm.backends import BackendError, Context
 
 
@@ -131,6 +131,7 @@ def run(scenario, backend, flavor, running, workdir: str, iters: int = 1, topolo
                 stage = "restore"
                 with phase(timings, "restore"):
                     restored = pid = backend.restore(images, running.externals, ctx)
+                    watchdog.guard(pid)
                 if watch is not None:
                     watch.add_tree(pid)
             except BackendError as e:

@@ -55,7 +55,7 @@ import sys
 import threading
 import time
 
-from zdtm import cgroups, freshfork, holder
+from zdtm import cgroups, freshfork, holder, watchdog
 from zdtm.flavors import External, Running, SetupError
 from zdtm.lineread import read_line
 
@@ -408,6 +408,7 @@ class NsFlavor:
                     err = f.read().strip()
                 raise SetupError(f"ns flavor: the keeper did not start the container: {err or line or 'no output'}")
             running.pid = keeper.pid = int(line.split()[1])
+            watchdog.guard(running.pid)
             self._wait_ready(scenario, keeper, deadline)
         except BaseException as e:
             self.stop(running)
