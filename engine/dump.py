@@ -29,7 +29,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, sessions, userns_cr
+from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, userns_cr, zombies
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -127,11 +127,12 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
                                           "a daemon is restarted at restore, never the root of a dumped tree")
     everyone = [p for p, _ in tree]
     tree = [(p, pp) for p, pp in tree if p not in daemons and pp not in daemons]
+    # Zombies are recorded apart (engine/zombies.py): nothing of theirs is left to look at.
+    tree, dead = zombies.split(tree)
     pids = [p for p, _ in tree]
     _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs)
-    freeze.refuse_zombies(tree)  # before the tree is stopped; again after (one may exit in between)
     freeze.refuse_traced(tree)
-    _refuse_sessions(tree)
+    _refuse_sessions(tree, dead)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
     resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
@@ -140,14 +141,15 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     ok = False
     try:
         freeze.wait_stopped(pids)
-        freeze.refuse_zombies(tree)
+        freeze.refuse_zombies(tree)   # (a live one that exited since the split)
         freeze.refuse_traced(tree)
-        _refuse_sessions(tree)
+        _refuse_sessions(tree, dead)
         # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
         takes = None if leave_running else []
         doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes)
+        _record_zombies(doc, dead)
         for p in doc["processes"]:
             if p["pid"] not in resume:
                 p["stopped"] = True   # (restore stops it again once the tree lives)
@@ -171,11 +173,29 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         os.waitpid(watchdog, 0)
 
 
-def _refuse_sessions(tree) -> None:
-    """Sessions and process groups the stand-ins cannot make again (engine/sessions.py)."""
-    why = sessions.refusal(tree, sessions.ids_of(tree))
+def _refuse_sessions(tree, dead=()) -> None:
+    """Sessions and process groups the stand-ins cannot make again (engine/sessions.py), the
+    zombies' (`dead`) among them."""
+    why = zombies.refusal(tree, dead)
     if why:
         raise DumpError(errno.EOPNOTSUPP, why)
+
+
+def _record_zombies(doc: dict, dead) -> None:
+    """The image's `zombies` (engine/zombies.py), read once the tree is stopped; ids in their parent's
+    user namespace when it has one (a zombie's own links are gone: it is made in its parent's)."""
+    by_pid = {p["pid"]: p for p in doc["processes"]}
+    out = []
+    for pid, ppid in dead:
+        z = zombies.read(pid, ppid)
+        if z is None:
+            continue   # (reaped since: its parent waited for it)
+        name = by_pid[ppid].get("userns")
+        if name is not None:
+            zombies.ids_inside(z, doc["userns"][name])
+        out.append(z)
+    if out:
+        doc["zombies"] = out
 
 
 def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,

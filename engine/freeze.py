@@ -1,5 +1,5 @@
 """The dumped process tree: found from /proc, stopped (SIGSTOP) while dump reads it, checked for
-zombies, then killed or resumed; a watchdog child resumes it if the dump itself dies.
+processes that exited meanwhile, then killed or resumed; a watchdog child resumes it if the dump itself dies.
 """
 
 from __future__ import annotations
@@ -63,9 +63,10 @@ def wait_gone(pids, timeout: float = 10.0) -> None:
 
 
 def refuse_zombies(tree) -> None:
-    """A process of the tree that exited but was not reaped (a zombie) has no namespaces, fds or
-    memory left to dump; restore cannot make one: refuse, naming it (the tree is resumed). A
-    process whose main thread alone exited shows its leader so too: told as such (threads.py)."""
+    """A live process of the tree (zombies were set apart before: engine/zombies.py) that has exited
+    since, now a zombie, is refused, naming it (the tree is resumed): it was looked at alive, its
+    children left the tree. A process whose main thread alone exited shows its leader so too: told
+    as such (threads.py)."""
     for pid, ppid in tree:
         try:
             threads.check_leader(pid)
@@ -73,9 +74,9 @@ def refuse_zombies(tree) -> None:
             raise DumpError(e.errno, e.strerror) from None
         if state(pid) in ("Z", "X", ""):
             comm = _comm(pid)
-            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}, child of {ppid} ({_comm(ppid)})) has exited "
-                                              "and its parent has not reaped it (a zombie): a tree with zombies "
-                                              "cannot be dumped yet; the tree keeps running")
+            raise DumpError(errno.EAGAIN, f"process {pid} ({comm}, child of {ppid} ({_comm(ppid)})) has exited "
+                                          "while the dump began (a zombie now, or gone): dump again; the tree "
+                                          "keeps running")
 
 
 def refuse_traced(tree) -> None:

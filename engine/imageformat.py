@@ -43,7 +43,7 @@ import os
 import re
 from collections.abc import Callable
 from operator import itemgetter
-from engine import records, sessions
+from engine import records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
                           NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
@@ -682,6 +682,22 @@ PROCESS = Record("process", {
     "threads": F(LIST, required=False, rule=list_of(record(THREAD), MAX_THREADS, DICT)),
 })
 
+# A process of the tree that had exited and that its parent had not reaped (engine/zombies.py): made
+# again by its parent's stand-in, which forks it and never reaps it. Nothing else of it is left.
+ZOMBIE = Record("zombie", {
+    "pid": F(INT, rule=rng(1, MAX_PID)),
+    "ppid": F(INT, rule=rng(1, MAX_PID)),                     # a live process of the image
+    "comm": F(STR, rule=comm_rule),
+    # Its wait status (/proc/PID/stat exit_code): code << 8, or a fatal signal (| 0x80: a core).
+    "status": F(INT, rule=lambda v: None if 0 <= v <= 0xFFFF and zombies.status_problem(v) is None
+                else f"is no exit status of a process ({zombies.status_problem(v) if 0 <= v <= 0xFFFF else v})"),
+    "sid": F(INT, rule=rng(0, MAX_PID)),
+    "pgid": F(INT, rule=rng(0, MAX_PID)),
+    # Real, effective, saved, fs ids in its parent's user namespace (absent: the restorer's).
+    "uid": F(LIST, required=False, rule=_ids_rule(4)),
+    "gid": F(LIST, required=False, rule=_ids_rule(4)),
+})
+
 MOUNT = Record("mount", {
     "id": F(INT, rule=rng(1, MAX_ID)),
     "parent": F(OPT_INT, required=False, rule=rng(1, MAX_ID)),  # null only for the namespace root
@@ -856,11 +872,12 @@ MANIFEST = Record("manifest", {
     "ghosts": F(OPT_DICT, required=False),                    # {g-N: GHOST}: deleted files and mount roots
     "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
     "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
+    "zombies": F(LIST, required=False),                       # [ZOMBIE], checked with their count
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
                                           DEVICE, LAYER, SUPERBLOCK, PIDNS, DETACHED, ARCHIVE_FILE, MANIFEST, GHOST, USERNS, CREDS, IDMAP,
-                                          LOCK)}
+                                          LOCK, ZOMBIE)}
 
 
 # --- the validator ----------------------------------------------------------------------------
@@ -1037,6 +1054,13 @@ def _check_userns(doc: dict, mounts: dict) -> None:
             _fail(f"process {p['pid']}: ns_made_in and userns_first exclude each other")
         if "userns_start" in p and (p["userns_start"] not in users or "userns" not in p or p.get("userns_first")):
             _fail(f"process {p['pid']}: userns_start needs a user namespace of its own and no userns_first")
+    procs = {p["pid"]: p for p in doc["processes"]}
+    for z in doc.get("zombies") or ():
+        name = procs[z["ppid"]].get("userns")
+        for key, m in (("uid", "uid_map"), ("gid", "gid_map")):
+            bad = _unmapped(z.get(key) or (), users[name][m]) if name is not None else None
+            if bad is not None:
+                _fail(f"zombie {z['pid']}: its {key} {bad} is not mapped in its parent's user namespace {name}")
     for sid, sb in doc["superblocks"].items():
         if "owner" in sb and sb["owner"] not in users:
             _fail(f"superblock {sid}: unknown owner {sb['owner']!r}")
@@ -1061,8 +1085,9 @@ def _check_counts(doc: dict) -> None:
     procs, mntns = doc["processes"], doc["mntns"]
     if not procs:
         _fail("no processes")
-    if len(procs) > MAX_PROCESSES:
-        _fail(f"{len(procs)} processes is absurd (at most {MAX_PROCESSES})")
+    if len(procs) + len(doc.get("zombies") or ()) > MAX_PROCESSES:
+        _fail(f"{len(procs)} processes and {len(doc.get('zombies') or ())} zombies is absurd "
+              f"(at most {MAX_PROCESSES} in all)")
     total = 0
     for ns_id, ns in mntns.items():
         check_record(MNTNS, ns, f"mount namespace {str(ns_id)[:40]}")
@@ -1441,7 +1466,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 _check_loc(fd, mounts, detached, fwhat)
             for ref, value, text in kind.refs(fd):
                 refs.check(fwhat, ref, value, text)
-    if len(doc["processes"]) + len(forked) > MAX_PROCESSES:
+    _check_zombies(doc, pids)
+    if len(doc["processes"]) + len(forked) + len(doc.get("zombies") or ()) > MAX_PROCESSES:
         _fail(f"{len(doc['processes'])} processes and {len(forked)} more that fds name (restore forks one for "
               f"each) is absurd (at most {MAX_PROCESSES} in all)")
     procs = {p["pid"]: p for p in doc["processes"]}
@@ -1457,7 +1483,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
-    problem = sessions.plan(doc["processes"]).problem
+    problem = sessions.plan(zombies.in_order(doc["processes"], doc.get("zombies") or ())).problem
     if problem is not None:
         what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
         _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")
@@ -1514,6 +1540,24 @@ def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
         _fail(f"{what}: an O_PATH fd has no signal owner, signal or O_ASYNC")
     if "async_owner" in fd:
         refs.check(what, "process", fd["async_owner"], f"its signal owner (F_SETOWN) {fd['async_owner']}")
+
+
+def _check_zombies(doc: dict, pids: set[int]) -> None:
+    """Zombie records: pids of their own (none a live process's), each the child of a live process
+    of the image (its stand-in forks it), its ids mapped in that parent's user namespace."""
+    procs = {p["pid"]: p for p in doc["processes"]}
+    seen = set()
+    for i, z in enumerate(doc.get("zombies") or ()):
+        what = f"zombie {z['pid']}" if type(z) is dict and type(z.get("pid")) is int else f"zombie #{i}"
+        check_record(ZOMBIE, z, what)
+        if z["pid"] in pids or z["pid"] in seen:
+            _fail(f"{what}: its pid is another process's")
+        seen.add(z["pid"])
+        parent = procs.get(z["ppid"])
+        if parent is None:
+            _fail(f"{what}: parent {z['ppid']} is no live process of the image")
+        if ("uid" in z) != ("gid" in z):
+            _fail(f"{what}: 'uid' and 'gid' go together")
 
 
 def _check_file_locks(p: dict, procs: dict, what: str) -> None:

@@ -54,7 +54,7 @@ from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, hostidmap,
                     image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
-                    userns_cr, userns_groups)
+                    userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -441,7 +441,7 @@ def _check_task_room(doc: dict) -> None:
     the machine can still make: a restore that cannot make them all would first take every free
     pid of the host (no host process could fork meanwhile: pid_max is 32768 on a small machine,
     an image may list 65536 threads a process), then fail."""
-    want = sum(1 + len(p.get("threads") or ()) for p in doc["processes"])
+    want = sum(1 + len(p.get("threads") or ()) for p in doc["processes"]) + len(doc.get("zombies") or ())
     want += len({key for p in doc["processes"] for f in p["fds"] if "external" not in f
                  if (key := fdkinds.lookup(f.get("kind", "file")).forks(f)) is not None})   # (pidfds of exited ones)
     room, how = _task_room()
@@ -576,7 +576,10 @@ class _Restorer:
             early_groups = userns_groups.plan(procs, self.doc.get("userns") or {})
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
-        self.jobs = sessions.plan(procs)   # (engine/sessions.py; the image checker refused what it cannot make)
+        dead = self.doc.get("zombies") or ()
+        # (engine/sessions.py, zombies made after every live process: engine/zombies.py; the image
+        # checker refused what it cannot make)
+        self.jobs = sessions.plan(zombies.in_order(procs, dead))
         for p in procs:
             parent = by_pid.get(p.get("ppid"))
             ppidns = parent["ns"]["pid"] if parent else None
@@ -645,8 +648,45 @@ class _Restorer:
                     self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         for fd in own.values():
             os.close(fd)
+        for z in dead:
+            self._spawn_zombie(z, by_pid[z["ppid"]])
         for pid, leader in self.jobs.later:
             self._setpgid(pid, leader)
+        self._end_zombies(by_pid)
+
+    def _spawn_zombie(self, z: dict, parent: dict) -> None:
+        """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces, in its
+        session and group (engine/sessions.py); it dies in _end_zombies."""
+        ours, theirs = channel.Channel.pair()
+        before = self._children_of(self.hostpid[parent["pid"]])
+        alone = self.jobs.orphans.get(z["pid"])
+        self.chans[parent["pid"]].call(("spawn_alone", "same", alone) if alone else ("spawn", "same"),
+                                       [theirs.fileno()])
+        theirs.close()
+        new = self._children_of(self.hostpid[parent["pid"]]) - before
+        if len(new) != 1:
+            raise RestoreError(errno.EIO, f"cannot find the stand-in for zombie {z['pid']}")
+        self.chans[z["pid"]], self.hostpid[z["pid"]] = ours, new.pop()
+        self._job(z, parent)
+
+    def _end_zombies(self, by_pid: dict) -> None:
+        """Each zombie's stand-in takes its name and ids and dies with its status (engine/zombies.py),
+        once every process is in its session and group: its parent's stand-in never reaps it."""
+        for z in self.doc.get("zombies") or ():
+            name = by_pid[z["ppid"]].get("userns")
+            chan = self.chans.pop(z["pid"])
+            try:
+                chan.call(("zombie", z["comm"], z["status"], z.get("uid"), z.get("gid")),
+                          [self.users.fd[name]] if name is not None else [])
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"zombie {z['pid']} ({z['comm']}): "
+                                                         f"{e.strerror or e}") from None
+            finally:
+                chan.close()
+            got = zombies.wait_dead(self.hostpid[z["pid"]])
+            if got is None or got & ~0x80 != z["status"] & ~0x80:
+                raise RestoreError(errno.EIO, f"zombie {z['pid']} ({z['comm']}): its stand-in did not die with "
+                                              f"status {z['status']:#x} (got {got if got is None else hex(got)})")
 
     def _job(self, p: dict, parent: dict | None) -> None:
         """Right after stand-in p exists, before its children: its session, and its process group when

@@ -17,6 +17,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   locks    take the process's file locks on its installed fds (engine/filelocks.py)
   kind     run an fd kind's step here (engine/fds/: a socket made in our net namespace, epoll targets)
   setsid, setpgid, foreground   our session, process group, terminal's foreground group (engine/sessions.py)
+  zombie   a zombie's stand-in: take its name and ids, answer, and die with its status (engine/zombies.py)
   detach   drop every other fd, take the last steps (executable, ids, capabilities, then its
            threads: engine/threads.py), tell how they went (engine/lastword.py) and sleep until killed
 
@@ -44,6 +45,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, threads as threadsteps, userns_cr
+from engine import zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -378,6 +380,15 @@ class _Server:
         /dev/tty)."""
         os.tcsetpgrp(msg[1], os.getpgid(msg[2]))
         return None
+
+    def op_zombie(self, msg, fds):
+        """Become zombie msg[1] (name; ids msg[3], msg[4] in user namespace fds[0] when sent) and die
+        with status msg[2] once the restorer heard we took them (engine/zombies.py): our parent
+        stand-in never reaps us."""
+        _, comm, status, uid, gid = msg
+        zombies.become(comm, uid, gid, fds[0] if fds else None)
+        self.chan.send(("ok", None))
+        zombies.die(status)
 
     def op_kin(self, msg, fds):
         """The root: keep pidfds of stand-ins outside our group, killed if the restore does not commit."""

@@ -1,0 +1,167 @@
+"""Zombies: processes of the tree that exited and that their parent has not reaped (yet, or ever:
+`sh -c 'cmd & exec app'` leaves `cmd` a zombie of `app` once it exits, which is why tini exists).
+
+A zombie holds no namespaces, fds or memory; what is left is what its parent's wait() would see
+and what others see of it: its parent, name, wait status, session and process group (a group
+keeps a zombie leader, and its members with it), and its ids. Dump records that much (`read`);
+restore has the parent's stand-in fork a stand-in that takes the zombie's session and group like
+any other (engine/sessions.py), then its name and ids, and exits with the status (`become`)
+before the restore commits. The parent's stand-in never waits for its children, so it stays a
+zombie; a restore that fails kills the parent, and the zombie goes with it.
+
+A status with the core flag (0x80: a core was written) comes back without it: the stand-in is not
+dumpable when it kills itself, so no core file of it is ever written on the restoring host.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+from engine import kernel, sessions, threads
+from engine.dumperror import DumpError
+
+# Signals that stop, or are ignored, by default: no process dies of one (its status would be a
+# stop or never exist), and the stand-in could not die of it either.
+NOT_FATAL = frozenset((signal.SIGCHLD, signal.SIGCONT, signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN,
+                       signal.SIGTTOU, signal.SIGURG, signal.SIGWINCH))
+
+
+def status_problem(status: int) -> str | None:
+    """Why `status` (a wait status: code << 8, or a signal | 0x80 core) is none a zombie can have."""
+    if status & 0x7F == 0:
+        return None if status >> 8 <= 0xFF else "an exit code above 255"
+    sig = status & 0x7F
+    if status >> 8:
+        return "both an exit code and a signal"
+    if sig > 64 or sig in NOT_FATAL:
+        return f"signal {sig}, of which no process dies"
+    return None
+
+
+def _stat(pid: int) -> list[bytes]:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()
+
+
+def is_zombie(pid: int) -> bool:
+    """Whether `pid` is a zombie (state Z or X); False when it is gone."""
+    return threads.task_state(str(pid)) in ("Z", "X")
+
+
+def split(tree) -> tuple[list, list]:
+    """(live, zombies) of `tree` [(pid, ppid)] (parents first), each in the tree's order. A zombie
+    that is the root, a zombie leader whose threads live (engine/threads.py), or a zombie whose
+    parent is not a live process of the tree (a daemon's: not ours) is refused (DumpError)."""
+    live, dead = [], []
+    for pid, ppid in tree:
+        try:
+            threads.check_leader(pid)
+        except threads.ThreadError as e:
+            raise DumpError(e.errno, e.strerror) from None
+        (dead if is_zombie(pid) else live).append((pid, ppid))
+    if dead and dead[0][1] is None:
+        raise DumpError(errno.ESRCH, f"process {dead[0][0]} has exited (a zombie): there is no tree to dump")
+    alive = {pid for pid, _ in live}
+    for pid, ppid in dead:
+        if ppid not in alive:
+            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({_comm(pid)}) has exited and its parent {ppid} "
+                                              "is no live process of the dumped tree: its zombie cannot be made "
+                                              "again; the tree keeps running")
+    return live, dead
+
+
+def read(pid: int, ppid: int) -> dict | None:
+    """The image record of zombie `pid` (child of `ppid`), its ids as the dumper sees them; None when
+    it is gone (reaped meanwhile). Its exit status is /proc/PID/stat's exit_code (field 52)."""
+    try:
+        fields = _stat(pid)
+        ids = kernel.proc_status(pid, ("Uid", "Gid"))
+        comm = kernel.read_comm(pid)
+    except OSError:
+        return None
+    if fields[0] not in (b"Z", b"X"):
+        raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}) was a zombie and runs again? dump again")
+    # (fields after comm: state is field 3, so field N is fields[N - 3])
+    rec = {"pid": pid, "ppid": ppid, "comm": comm, "status": int(fields[49]),
+           "sid": int(fields[3]), "pgid": int(fields[2])}
+    uid, gid = [int(x) for x in ids["Uid"].split()], [int(x) for x in ids["Gid"].split()]
+    if set(uid + gid) != {0}:
+        rec["uid"], rec["gid"] = uid, gid
+    return rec
+
+
+def ids_inside(z: dict, maps: dict) -> None:
+    """Turn zombie record `z`'s ids (the dumper's) into those of its parent's user namespace (its
+    record `maps`: a zombie's own namespace links are gone; it is made in its parent's), refusing
+    one that namespace does not map."""
+    from engine import userns
+    uid = z.get("uid", [0] * 4)
+    gid = z.get("gid", [0] * 4)
+    inside_uid, inside_gid = userns.inside(uid, maps["uid_map"]), userns.inside(gid, maps["gid_map"])
+    if None in inside_uid + inside_gid and set(uid + gid) == {0}:
+        return   # (the dumper's root, unmapped there: its stand-in keeps the restorer's, as a live one's)
+    if None in inside_uid + inside_gid:
+        raise DumpError(errno.EOPNOTSUPP, f"process {z['pid']} ({z['comm']}), a zombie of {z['ppid']}: its ids "
+                                          f"{uid}/{gid} are not mapped in its parent's user namespace: not "
+                                          "supported; the tree keeps running")
+    z["uid"], z["gid"] = inside_uid, inside_gid
+
+
+def in_order(procs: list[dict], zombies: list[dict]) -> list[dict]:
+    """The image's processes, then its zombies: the order stand-ins are made in (sessions.plan's
+    input; a zombie has no children, so any place after its parent is one)."""
+    return list(procs) + list(zombies)
+
+
+def refusal(live, dead) -> str | None:
+    """Why the sessions and groups of the live processes and zombies cannot be made again
+    (engine/sessions.py), in the order restore makes them (`in_order`), or None."""
+    return sessions.refusal(list(live) + list(dead), sessions.ids_of(list(live) + list(dead)))
+
+
+# --- restore: in the zombie's stand-in -------------------------------------------------------------
+
+def become(comm: str, uid, gid, userns_fd: int | None) -> None:
+    """Take zombie `comm`'s name and ids (in user namespace `userns_fd` when given); then `die`."""
+    from engine import userns_cr
+    kernel.set_comm(comm)
+    userns_cr.become(userns_fd, uid, gid, None)
+    kernel.set_dumpable(False)   # (after the ids, which set it again: no core of ours is written)
+
+
+def die(status: int) -> None:
+    """Die with wait status `status`: _exit(code), or killed by the signal at its default action."""
+    sig = status & 0x7F
+    if not sig:
+        os._exit(status >> 8)
+    try:
+        signal.signal(sig, signal.SIG_DFL)
+    except (OSError, ValueError):
+        pass   # (32, 33: glibc's own, never changed from their default)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [sig])
+    os.kill(os.getpid(), sig)
+    os._exit(127)   # (not reached: the status check after tells it did not die of the signal)
+
+
+def wait_dead(pid: int, timeout: float = 10.0) -> int | None:
+    """The exit status zombie stand-in `pid` shows once it is a zombie (None: not within `timeout`)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            fields = _stat(pid)
+        except OSError:
+            return None   # (reaped: its parent is gone)
+        if fields[0] in (b"Z", b"X"):
+            return int(fields[49])
+        time.sleep(0.002)
+    return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        return kernel.read_comm(pid)
+    except OSError:
+        return "?"
