@@ -10,7 +10,8 @@ stopped (state T), its umask and no_new_privs bit, its resource limits, whether 
 and process group. Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), which processes share a session and a
-process group (a partition, with its leader or "outside"), peer groups that span
+process group (a partition, with its leader or "outside"), the zombies of the tree's processes
+(parent, name, exit status, session and group: `_zombie_text`), peer groups that span
 several mount namespaces, and the output of the scenario's `check` script run
 inside the scenario's namespaces and root.
 
@@ -470,6 +471,7 @@ class Snapshot:
     cross_peers: str             # peer groups spanning mount namespaces
     check_output: str | None
     sharing: str = ""            # fds that are one pipe/FIFO or one open file description (zdtm/fdkinds.py)
+    zombies: str = ""            # children of the tree's processes that exited, not reaped (`_zombie_text`)
     settled: bool = True         # every thread slept before it was read (`settle`); never compared
 
     def text(self) -> str:
@@ -486,6 +488,9 @@ class Snapshot:
         if self.sharing:
             out.append("fd sharing:")
             out += ["  " + line for line in self.sharing.splitlines()]
+        if self.zombies:
+            out.append("zombies:")
+            out += ["  " + line for line in self.zombies.splitlines()]
         if self.check_output is not None:
             out.append("check output:")
             out += ["  | " + line for line in self.check_output.splitlines()]
@@ -496,7 +501,7 @@ class Snapshot:
         return {"procs": [{"pid": p.pid, "mountinfo": mountinfo.format_all(p.mounts), "text": p.text()}
                           for p in self.procs],
                 "namespaces": self.namespaces, "cross_peers": self.cross_peers, "sharing": self.sharing,
-                "check_output": self.check_output}
+                "zombies": self.zombies, "check_output": self.check_output}
 
 
 _PIDFD_ANY = re.compile(r"pidfd=-?\d+")
@@ -555,12 +560,60 @@ def _partition(procs: list[Proc]) -> str:
     return "\n".join(lines)
 
 
-def _jobs(procs: list[Proc]) -> None:
+@dataclass
+class Zombie:
+    """A child of a process of the tree that exited and was not reaped (state Z)."""
+
+    pid: int
+    ppid: int
+    comm: str
+    status: int                  # its wait status (/proc/PID/stat exit_code)
+    sid: int
+    pgid: int
+
+
+def _zombies(pids: list[int]) -> list[Zombie]:
+    """The zombie children of `pids` (host pids of the tree's live processes)."""
+    from engine import kernel
+    out = []
+    for parent in pids:
+        for pid in sorted(_children(parent)):
+            try:
+                comm = kernel.read_comm(pid)
+                with open(f"/proc/{pid}/stat", "rb") as f:
+                    stat = f.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue   # (reaped meanwhile)
+            if stat[0] in (b"Z", b"X"):
+                out.append(Zombie(pid, parent, comm, int(stat[49]), int(stat[3]), int(stat[2])))
+    return out
+
+
+def _zombie_text(zombies: list[Zombie], procs: list[Proc], root_pgid: int) -> str:
+    """One line a zombie, sorted: its parent (by place), name, exit status, and its session and
+    process group (itself, a process of the tree by place, another zombie, or outside). The core
+    flag of a status (0x80) is not compared: restore cannot make the kernel write a core
+    (engine/zombies.py). `root_pgid`: the root's group as read, compared as the root's own when it
+    is outside the tree (as `_jobs` does)."""
+    place = {p.pid: f"P{i}" for i, p in enumerate(procs)}
+    dead = {z.pid for z in zombies}
+    if procs and root_pgid not in place and root_pgid not in dead:
+        place[root_pgid] = place[procs[0].pid]
+
+    def who(n: int, z: Zombie) -> str:
+        return "self" if n == z.pid else place.get(n) or ("a zombie" if n in dead else "outside")
+
+    return "\n".join(sorted(f"child of {place.get(z.ppid, 'outside')}: comm={z.comm!r} state=Z "
+                            f"status={z.status & ~0x80:#06x} session={who(z.sid, z)} pgrp={who(z.pgid, z)}"
+                            for z in zombies))
+
+
+def _jobs(procs: list[Proc], dead: frozenset = frozenset()) -> None:
     """Each process's `job`: whether it leads its session and its process group, or which of the
     tree leads them (pids change on restore, so only what they mean is compared). The root
     (procs[0]) in a group outside the tree is compared as that group's leader: the restored root
     leads a group of its own, which those of the tree in the outside group share (engine/sessions.py)."""
-    pids = {p.pid for p in procs}
+    pids = {p.pid for p in procs} | dead   # (a zombie leads its group still: `dead`, their pids)
     root = procs[0] if procs else None
     if root is not None and root.pgid not in pids:
         outside = root.pgid
@@ -689,12 +742,15 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     finally:
         for _, fd in candidates:
             os.close(fd)
-    _jobs(procs)
+    zombies = _zombies(pids)
+    root_pgid = procs[0].pgid if procs else 0
+    _jobs(procs, frozenset(z.pid for z in zombies))
     procs.sort(key=lambda p: _PIDFD_ANY.sub("pidfd=", _OWNER.sub(r"\1=", _NSFD_INO.sub(r"\1:[]", p.text()))))
     _name_ns_fds(procs)
     return Snapshot(procs=procs, namespaces=_partition(procs) + _job_partition(procs),
                     cross_peers=_cross_peers(procs, topology),
-                    check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]), settled=settled)
+                    check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]), settled=settled,
+                    zombies=_zombie_text(zombies, procs, root_pgid))
 
 
 # --- comparison -----------------------------------------------------------------
@@ -759,7 +815,7 @@ def compare(before: Snapshot, after: Snapshot, names=("before", "after"), topolo
                                                                  lineterm="")]
     for what, a, b in (("namespaces", before.namespaces, after.namespaces),
                        ("peer groups across mount namespaces", before.cross_peers, after.cross_peers),
-                       ("fd sharing", before.sharing, after.sharing)):
+                       ("fd sharing", before.sharing, after.sharing), ("zombies", before.zombies, after.zombies)):
         if a != b:
             out.append(f"{what} differ:")
             out += ["  " + line for line in difflib.unified_diff(a.splitlines(), b.splitlines(), names[0],
