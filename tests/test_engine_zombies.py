@@ -1,0 +1,127 @@
+"""engine/zombies.py: a child that exited and that its parent never reaps (`sh -c 'cmd & exec app'`)
+is dumped as a zombie and made again by its parent's stand-in: same parent, name, exit status,
+session and process group, ids; the snapshot (zdtm/snapshot.py) compares them."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from enginecase import case, py_hold, take, assert_same  # noqa: F401  (fixture)
+
+
+def _zombie_children(pid: int) -> list[tuple[str, int, int, int]]:
+    """(comm, status, sid, pgid) of each zombie child of `pid`."""
+    out = []
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        kids = [int(x) for x in f.read().split()]
+    for k in kids:
+        with open(f"/proc/{k}/stat", "rb") as f:
+            data = f.read()
+        fields = data.rsplit(b")", 1)[1].split()
+        if fields[0] == b"Z":
+            comm = data[data.index(b"(") + 1:data.rindex(b")")].decode()
+            out.append((comm, int(fields[49]), int(fields[3]) == k, int(fields[2]) == k))
+    return sorted(out)
+
+
+def _wait_zombies(pid: int, n: int, of=None, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_zombie_children(of or pid)) < n:
+        assert time.monotonic() < deadline, f"no {n} zombies under {of or pid}"
+        time.sleep(0.02)
+
+
+def _cr(case, pid: int) -> tuple[int, dict]:
+    before = take(pid)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        doc = json.load(f)
+    new = case.restore(images)
+    after = take(new)
+    assert_same(before, after)
+    return new, doc
+
+
+# A child named NAME that exits with CODE (or dies of signal SIG), never reaped by the holder.
+def _child(name: str, code: int = 0, sig: int = 0) -> str:
+    die = f"os.kill(os.getpid(), {sig})" if sig else f"os._exit({code})"
+    return (f"if os.fork() == 0:\n"
+            f"    import ctypes; ctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0)\n"
+            f"    {die}\n")
+
+
+@pytest.mark.parametrize("code, sig, status", [(3, 0, 3 << 8), (0, 0, 0), (0, signal.SIGTERM, signal.SIGTERM),
+                                               (0, signal.SIGKILL, signal.SIGKILL)])
+def test_zombie_child_of_the_root(case, code, sig, status):
+    """The root's child that exited (with a code, or killed by a signal) comes back a zombie of the
+    restored root with its name and status; a second C/R keeps it."""
+    pid = case.start(py_hold(_child("gone-child", code, sig)))
+    _wait_zombies(pid, 1)
+    new, doc = _cr(case, pid)
+    assert [(z["comm"], z["status"]) for z in doc["zombies"]] == [("gone-child", status)]
+    assert _zombie_children(new) == [("gone-child", status, False, False)]
+    again, _ = _cr(case, new)
+    assert _zombie_children(again) == [("gone-child", status, False, False)]
+
+
+def test_zombie_in_a_nested_pid_namespace(case):
+    """Init of a pid namespace inside the container has a zombie child: the zombie's stand-in is
+    forked there by its parent's (pid namespaces nest as they did)."""
+    body = ("import ctypes\n"
+            "r, w = os.pipe()\n"
+            "ctypes.CDLL(None).unshare(0x20000000)\n"   # CLONE_NEWPID: our next child is its init
+            "if os.fork() == 0:\n"
+            + "".join("    " + line + "\n" for line in _child("nested-gone", 7).splitlines()) +
+            "    n = os.open('/dev/null', os.O_RDWR); [os.dup2(n, i) for i in (0, 1, 2)]\n"
+            "    os.execv('/.hold/mntcr-hold', ['mntcr-hold', '100000'])\n")
+    pid = case.start(py_hold(body))
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        init = int(f.read().split()[0])
+    _wait_zombies(pid, 1, of=init)
+    new, doc = _cr(case, pid)
+    assert [(z["comm"], z["status"]) for z in doc["zombies"]] == [("nested-gone", 7 << 8)]
+    with open(f"/proc/{new}/task/{new}/children") as f:
+        init = int(f.read().split()[0])
+    with open(f"/proc/{init}/status") as f:
+        nspid = next(line for line in f if line.startswith("NSpid:")).split()[1:]
+    assert len(nspid) >= 3 and nspid[-1] == "1", nspid   # (host, container, nested: its init)
+    assert _zombie_children(init) == [("nested-gone", 7 << 8, False, False)]
+
+
+def test_zombie_leader_of_a_process_group(case):
+    """A child that led a process group exited while another child is still in the group: the group
+    keeps its zombie leader; restored, the member is again in the zombie's group."""
+    body = ("import signal\n"
+            "r, w = os.pipe()\n"
+            "a = os.fork()\n"
+            "if a == 0:\n"
+            "    os.setpgid(0, 0); os.close(w); os.read(r, 1); os._exit(5)\n"
+            "b = os.fork()\n"
+            "if b == 0:\n"
+            "    os.setpgid(0, a)\n"
+            "    n = os.open('/dev/null', os.O_RDWR); [os.dup2(n, i) for i in (0, 1, 2)]\n"
+            "    os.execv('/.hold/mntcr-hold', ['mntcr-hold', '100000'])\n"
+            "while os.getpgid(b) != a: pass\n"   # (b joined: now its leader may exit)
+            "os.write(w, b'x')\n")
+    pid = case.start(py_hold(body))
+    _wait_zombies(pid, 1)
+    new, doc = _cr(case, pid)
+    (z,) = doc["zombies"]
+    assert z["pgid"] == z["pid"] and z["status"] == 5 << 8
+    (comm, status, _, leader), = _zombie_children(new)
+    assert leader and status == 5 << 8
+    with open(f"/proc/{new}/task/{new}/children") as f:
+        kids = [int(x) for x in f.read().split()]
+    groups = {k: os.getpgid(k) for k in kids}
+    zpid = next(k for k in kids if _state(k) == "Z")
+    member = next(k for k in kids if k != zpid)
+    assert groups[member] == zpid, groups
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
