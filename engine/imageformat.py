@@ -919,6 +919,8 @@ def validate(doc) -> None:
     _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts)
     _check_objects(doc.get("objects") or {})
     _check_processes(doc, mounts, detached)
+    _check_zombies(doc)
+    _check_sessions(doc)
     _check_userns(doc, mounts)
 
 
@@ -1466,7 +1468,6 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                 _check_loc(fd, mounts, detached, fwhat)
             for ref, value, text in kind.refs(fd):
                 refs.check(fwhat, ref, value, text)
-    _check_zombies(doc, pids)
     if len(doc["processes"]) + len(forked) + len(doc.get("zombies") or ()) > MAX_PROCESSES:
         _fail(f"{len(doc['processes'])} processes and {len(forked)} more that fds name (restore forks one for "
               f"each) is absurd (at most {MAX_PROCESSES} in all)")
@@ -1483,10 +1484,6 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
-    problem = sessions.plan(zombies.in_order(doc["processes"], doc.get("zombies") or ())).problem
-    if problem is not None:
-        what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
-        _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
@@ -1542,10 +1539,20 @@ def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
         refs.check(what, "process", fd["async_owner"], f"its signal owner (F_SETOWN) {fd['async_owner']}")
 
 
-def _check_zombies(doc: dict, pids: set[int]) -> None:
+def _check_sessions(doc: dict) -> None:
+    """The sessions and process groups of the processes and zombies (made after them) can be made
+    (engine/sessions.py: the stand-ins only inherit, setsid and setpgid)."""
+    problem = sessions.plan(zombies.in_order(doc["processes"], doc.get("zombies") or ())).problem
+    if problem is not None:
+        what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
+        _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")
+
+
+def _check_zombies(doc: dict) -> None:
     """Zombie records: pids of their own (none a live process's), each the child of a live process
-    of the image (its stand-in forks it), its ids mapped in that parent's user namespace."""
+    of the image (its stand-in forks it); its ids are checked with the user namespaces."""
     procs = {p["pid"]: p for p in doc["processes"]}
+    pids = set(procs)
     seen = set()
     for i, z in enumerate(doc.get("zombies") or ()):
         what = f"zombie {z['pid']}" if type(z) is dict and type(z.get("pid")) is int else f"zombie #{i}"

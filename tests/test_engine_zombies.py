@@ -125,3 +125,57 @@ def test_zombie_leader_of_a_process_group(case):
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+# --- the image record: one validator (engine/imageformat.py) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def zimage(tmp_path_factory):
+    """An image of a holder with two zombie children (exit 3, SIGTERM)."""
+    import enginecase
+    yield from enginecase.dumped_image(tmp_path_factory, py_hold(_child("z-exit", 3) + _child("z-term", 0, 15)),
+                                       "engine tests need root")
+
+
+def _load(img: str) -> dict:
+    with open(os.path.join(img, "mntcr.json")) as f:
+        return json.load(f)
+
+
+def test_image_records_each_zombie(zimage):
+    doc = _load(zimage)
+    root = doc["processes"][0]
+    got = sorted((z["comm"], z["status"], z["ppid"] == root["pid"], z["sid"] == root["sid"], z["pgid"] == root["pgid"],
+                  "uid" in z) for z in doc["zombies"])
+    assert got == [("z-exit", 3 << 8, True, True, True, False), ("z-term", 15, True, True, True, False)]
+    assert all(z["pid"] not in {p["pid"] for p in doc["processes"]} for z in doc["zombies"])
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda d, z: z.update(status=0x137F), "no exit status"),                  # stopped by SIGSTOP: no death
+    (lambda d, z: z.update(status=int(signal.SIGCHLD)), "no process dies"),
+    (lambda d, z: z.update(status=0x10000), "no exit status"),
+    (lambda d, z: z.update(status=0x0305), "both an exit code and a signal"),
+    (lambda d, z: z.update(ppid=12345), "no live process of the image"),
+    (lambda d, z: z.update(ppid=d["zombies"][1]["pid"]), "no live process of the image"),   # a zombie's zombie
+    (lambda d, z: z.update(pid=d["processes"][0]["pid"]), "another process's"),
+    (lambda d, z: z.update(fds=[]), "fds"),                                   # a zombie holds nothing
+    (lambda d, z: z.update(comm="x" * 16), "comm"),
+    (lambda d, z: z.update(uid=[1, 1, 1, 1]), "'uid' and 'gid' go together"),
+    (lambda d, z: z.update(pgid=777, sid=778), "neither inherited nor made"),   # both leaders gone
+])
+def test_validator_refuses_a_bad_zombie(zimage, mutate, words):
+    from engine import imageformat
+    from engine.image import ImageError
+    doc = _load(zimage)
+    imageformat.validate(doc)   # (as dumped)
+    mutate(doc, doc["zombies"][0])
+    with pytest.raises(ImageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        imageformat.validate(doc)
+
+
+@pytest.mark.parametrize("status, ok", [(0, True), (255 << 8, True), (9, True), (6 | 0x80, True), (64, True),
+                                        (19, False), (28, False), (65, False), (0x7F, False), (256 << 8, False)])
+def test_status_problem(status, ok):
+    from engine import zombies
+    assert (zombies.status_problem(status) is None) == ok
