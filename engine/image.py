@@ -351,7 +351,7 @@ def _printable(value):
 
 def render(doc: dict) -> str:
     """Readable text of an image: each namespace's tree, superblocks, and processes with their fds
-    and file locks (control characters of its strings shown as \\xNN: _printable)."""
+    and file locks, then zombies (control characters of its strings shown as \\xNN: _printable)."""
     from engine import topology
     doc = _printable(doc)
     lines = [f"mntcr image v{doc['version']}, dumped on kernel {doc.get('kernel', '?')}"]
@@ -387,6 +387,10 @@ def render(doc: dict) -> str:
                 f" bytes {lk['start']}-{'EOF' if lk['end'] is None else lk['end']}"
             of = f" of process {lk['of']}" if "of" in lk else ""
             lines.append(f"    lock: {lk['type']} {lk['mode']}{span} on fd {lk['fd']}{of}")
+    for z in doc.get("zombies") or ():
+        st = z["status"]
+        how = f"exit {st >> 8}" if not st & 0x7F else f"signal {st & 0x7F}" + (" (core)" if st & 0x80 else "")
+        lines.append(f"  zombie {z['pid']} (ppid {z['ppid']}) {z['comm']}: {how}, session {z['sid']} group {z['pgid']}")
     return "\n".join(lines) + "\n"
 
 

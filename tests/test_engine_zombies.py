@@ -179,3 +179,13 @@ def test_validator_refuses_a_bad_zombie(zimage, mutate, words):
 def test_status_problem(status, ok):
     from engine import zombies
     assert (zombies.status_problem(status) is None) == ok
+
+
+def test_show_lists_the_zombies(zimage):
+    """`mntcr show -D` names each zombie, its parent and how it died."""
+    from engine import image
+    doc = _load(zimage)
+    text = image.render(doc)
+    for z in doc["zombies"]:
+        how = "exit 3" if z["comm"] == "z-exit" else "signal 15"
+        assert f"  zombie {z['pid']} (ppid {z['ppid']}) {z['comm']}: {how}, " in text, text
