@@ -189,3 +189,43 @@ def test_show_lists_the_zombies(zimage):
     for z in doc["zombies"]:
         how = "exit 3" if z["comm"] == "z-exit" else "signal 15"
         assert f"  zombie {z['pid']} (ppid {z['ppid']}) {z['comm']}: {how}, " in text, text
+
+
+def _uid_line(pid: int) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line for line in f if line.startswith("Uid:")).split(None, 1)[1].strip()
+
+
+def test_zombie_of_a_process_in_a_user_namespace(case):
+    """A zombie whose parent is in a user namespace (0 -> 100000) took ids there (5): restored, its
+    stand-in takes them in its parent's restored namespace (the host sees 100005 again)."""
+    body = ("import ctypes\n"
+            "r, w = os.pipe(); r2, w2 = os.pipe()\n"
+            "c = os.fork()\n"
+            "if c == 0:\n"
+            "    ctypes.CDLL(None).unshare(0x10000000); os.write(w, b'x'); os.read(r2, 1)\n"   # CLONE_NEWUSER
+            "    os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)\n"
+            "    if os.fork() == 0:\n"
+            "        os.setresuid(5, 5, 5); os._exit(6)\n"
+            "    n = os.open('/dev/null', os.O_RDWR); [os.dup2(n, i) for i in (0, 1, 2)]\n"
+            "    os.execv('/.hold/mntcr-hold', ['mntcr-hold', '100000'])\n"
+            "os.read(r, 1)\n"
+            "for f in ('uid_map', 'gid_map'):\n"
+            "    with open(f'/proc/{c}/{f}', 'w') as m: m.write('0 100000 65536')\n"
+            "os.write(w2, b'x')\n")
+    pid = case.start(py_hold(body))
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        inner = int(f.read().split()[0])
+    _wait_zombies(pid, 1, of=inner)
+    zombie = next(k for k in map(int, open(f"/proc/{inner}/task/{inner}/children").read().split())
+                  if _state(k) == "Z")
+    assert _uid_line(zombie).split() == ["100005"] * 4
+    new, doc = _cr(case, pid)
+    (z,) = doc["zombies"]
+    assert z["uid"] == [5] * 4 and z["gid"] == [0] * 4 and z["status"] == 6 << 8
+    with open(f"/proc/{new}/task/{new}/children") as f:
+        inner = int(f.read().split()[0])
+    zombie = next(k for k in map(int, open(f"/proc/{inner}/task/{inner}/children").read().split())
+                  if _state(k) == "Z")
+    assert _uid_line(zombie).split() == ["100005"] * 4
+    assert os.readlink(f"/proc/{inner}/ns/user") != os.readlink("/proc/self/ns/user")
