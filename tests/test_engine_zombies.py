@@ -68,6 +68,17 @@ def test_zombie_child_of_the_root(case, code, sig, status):
     assert _zombie_children(again) == [("gone-child", status, False, False)]
 
 
+def test_zombie_leader_of_its_own_session(case):
+    """A child that called setsid() and exited: restored, its stand-in makes a session of its own
+    before it dies (engine/sessions.py), so the zombie leads its session and group again."""
+    pid = case.start(py_hold("if os.fork() == 0:\n    os.setsid(); os._exit(2)\n"))
+    _wait_zombies(pid, 1)
+    new, doc = _cr(case, pid)
+    (z,) = doc["zombies"]
+    assert z["sid"] == z["pgid"] == z["pid"]
+    assert _zombie_children(new) == [("python3", 2 << 8, True, True)]
+
+
 def test_zombie_in_a_nested_pid_namespace(case):
     """Init of a pid namespace inside the container has a zombie child: the zombie's stand-in is
     forked there by its parent's (pid namespaces nest as they did)."""
