@@ -1,8 +1,9 @@
 """Dump: a process tree's mount namespaces, roots, cwds and open files -> image directory.
 
 Steps (`dump`, then `_collect`, one named function a step):
- 1. find the process tree, refuse what it already shows while it runs (engine/prestop.py: a
-    refusal leaves it untouched), then stop it (SIGSTOP) so nothing changes under us;
+ 1. find the process tree, set its zombies apart (recorded last: engine/zombies.py), refuse what
+    it already shows while it runs (engine/prestop.py: a refusal leaves it untouched), then stop
+    it (SIGSTOP) so nothing changes under us;
  2. per mount namespace, a helper enters it (setns) and reads mountinfo and each
     member process's root, cwd and fds (paths as seen from the namespace root,
     mount ids from fdinfo/statx: engine/nsinspect.py);
