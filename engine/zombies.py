@@ -7,7 +7,11 @@ keeps a zombie leader, and its members with it), and its ids. Dump records that 
 restore has the parent's stand-in fork a stand-in that takes the zombie's session and group like
 any other (engine/sessions.py), then its name and ids, and exits with the status (`become`)
 before the restore commits. The parent's stand-in never waits for its children, so it stays a
-zombie; a restore that fails kills the parent, and the zombie goes with it.
+zombie; a restore that fails kills the parent, and the zombie goes with it. A parent that ignores
+SIGCHLD has its children reaped as they exit, so it has zombies only if it ignored it after they
+exited; its stand-in ignores it as it detaches, after the zombie exists, which reaps nothing (the
+SA_NOCLDWAIT flag, which /proc does not show, is not kept). A zombie comes back in its parent's
+pid namespace (its own links are gone: one that was init of a namespace of its own is not told).
 
 A status with the core flag (0x80: a core was written) comes back without it: the stand-in is not
 dumpable when it kills itself, so no core file of it is ever written on the restoring host.

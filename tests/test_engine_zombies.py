@@ -48,14 +48,16 @@ def _cr(case, pid: int) -> tuple[int, dict]:
 
 # A child named NAME that exits with CODE (or dies of signal SIG), never reaped by the holder.
 def _child(name: str, code: int = 0, sig: int = 0) -> str:
-    die = f"os.kill(os.getpid(), {sig})" if sig else f"os._exit({code})"
+    # (not dumpable: a core signal writes no core of the test's on the host)
+    die = f"ctypes.CDLL(None).prctl(4, 0, 0, 0, 0); os.kill(os.getpid(), {sig})" if sig else f"os._exit({code})"
     return (f"if os.fork() == 0:\n"
             f"    import ctypes; ctypes.CDLL(None).prctl(15, b'{name}', 0, 0, 0)\n"
             f"    {die}\n")
 
 
 @pytest.mark.parametrize("code, sig, status", [(3, 0, 3 << 8), (0, 0, 0), (0, signal.SIGTERM, signal.SIGTERM),
-                                               (0, signal.SIGKILL, signal.SIGKILL)])
+                                               (0, signal.SIGKILL, signal.SIGKILL),
+                                               (0, signal.SIGABRT, signal.SIGABRT)])
 def test_zombie_child_of_the_root(case, code, sig, status):
     """The root's child that exited (with a code, or killed by a signal) comes back a zombie of the
     restored root with its name and status; a second C/R keeps it."""
@@ -66,6 +68,38 @@ def test_zombie_child_of_the_root(case, code, sig, status):
     assert _zombie_children(new) == [("gone-child", status, False, False)]
     again, _ = _cr(case, new)
     assert _zombie_children(again) == [("gone-child", status, False, False)]
+
+
+def test_core_flag_does_not_come_back(case):
+    """An image whose zombie dumped core (SIGABRT | 0x80) restores it killed by SIGABRT without the
+    flag: its stand-in is not dumpable, so no core file of it is written on the restoring host."""
+    from enginecase import load_manifest, save_manifest
+    pid = case.start(py_hold(_child("core-dumped", 0, signal.SIGABRT)))
+    _wait_zombies(pid, 1)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    doc = load_manifest(images)
+    doc["zombies"][0]["status"] = signal.SIGABRT | 0x80
+    save_manifest(images, doc)
+    new = case.restore(images)
+    assert _zombie_children(new) == [("core-dumped", signal.SIGABRT, False, False)]
+
+
+def test_zombie_of_a_parent_that_ignores_sigchld_since(case):
+    """A parent that ignores SIGCHLD has its children reaped as they exit, but one that set SIG_IGN
+    after a child exited keeps that zombie: its stand-in ignores SIGCHLD once the zombie exists
+    (as it detaches), which reaps nothing, so it is kept too."""
+    body = _child("before-ign", 1) + ("import signal, time\n"
+                                      "while open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read() and "
+                                      "not any(open(f'/proc/{k}/stat').read().rsplit(')', 1)[1].split()[0] == 'Z' "
+                                      "for k in open(f'/proc/{os.getpid()}/task/{os.getpid()}/children').read().split()): "
+                                      "time.sleep(0.01)\n"
+                                      "signal.signal(signal.SIGCHLD, signal.SIG_IGN)\n")
+    pid = case.start(py_hold(body))
+    _wait_zombies(pid, 1)
+    new, doc = _cr(case, pid)
+    assert doc["processes"][0]["sig_ignored"] & (1 << (signal.SIGCHLD - 1))
+    assert _zombie_children(new) == [("before-ign", 1 << 8, False, False)]
 
 
 def test_zombie_leader_of_its_own_session(case):
