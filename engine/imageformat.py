@@ -693,6 +693,8 @@ ZOMBIE = Record("zombie", {
                 else f"is no exit status of a process ({zombies.status_problem(v) if 0 <= v <= 0xFFFF else v})"),
     "sid": F(INT, rule=rng(0, MAX_PID)),
     "pgid": F(INT, rule=rng(0, MAX_PID)),
+    # It was init of a pid namespace of its own (below its parent's): its stand-in is too.
+    "pidns_init": F(BOOL, required=False),
     # Real, effective, saved, fs ids in its parent's user namespace (absent: the restorer's).
     "uid": F(LIST, required=False, rule=_ids_rule(4)),
     "gid": F(LIST, required=False, rule=_ids_rule(4)),

@@ -655,13 +655,14 @@ class _Restorer:
         self._end_zombies(by_pid)
 
     def _spawn_zombie(self, z: dict, parent: dict) -> None:
-        """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces, in its
-        session and group (engine/sessions.py); it dies in _end_zombies."""
+        """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces (init of a new
+        pid namespace for one that was), in its session and group (engine/sessions.py); it dies in
+        _end_zombies."""
         ours, theirs = channel.Channel.pair()
         before = self._children_of(self.hostpid[parent["pid"]])
         alone = self.jobs.orphans.get(z["pid"])
-        self.chans[parent["pid"]].call(("spawn_alone", "same", alone) if alone else ("spawn", "same"),
-                                       [theirs.fileno()])
+        mode = "new" if z.get("pidns_init") else "same"
+        self.chans[parent["pid"]].call(("spawn_alone", mode, alone) if alone else ("spawn", mode), [theirs.fileno()])
         theirs.close()
         new = self._children_of(self.hostpid[parent["pid"]]) - before
         if len(new) != 1:

@@ -11,7 +11,7 @@ zombie; a restore that fails kills the parent, and the zombie goes with it. A pa
 SIGCHLD has its children reaped as they exit, so it has zombies only if it ignored it after they
 exited; its stand-in ignores it as it detaches, after the zombie exists, which reaps nothing (the
 SA_NOCLDWAIT flag, which /proc does not show, is not kept). A zombie comes back in its parent's
-pid namespace (its own links are gone: one that was init of a namespace of its own is not told).
+pid namespace, or as init of a new one below it when it was (its NSpid is one deeper, ending in 1).
 
 A status with the core flag (0x80: a core was written) comes back without it: the stand-in is not
 dumpable when it kills itself, so no core file of it is ever written on the restoring host.
@@ -90,10 +90,30 @@ def read(pid: int, ppid: int) -> dict | None:
     # (fields after comm: state is field 3, so field N is fields[N - 3])
     rec = {"pid": pid, "ppid": ppid, "comm": comm, "status": int(fields[49]),
            "sid": int(fields[3]), "pgid": int(fields[2])}
+    if _own_pidns(pid, ppid, comm):
+        rec["pidns_init"] = True
     uid, gid = [int(x) for x in ids["Uid"].split()], [int(x) for x in ids["Gid"].split()]
     if set(uid + gid) != {0}:
         rec["uid"], rec["gid"] = uid, gid
     return rec
+
+
+def _own_pidns(pid: int, ppid: int, comm: str) -> bool:
+    """Whether zombie `pid` was init of a pid namespace of its own, below its parent's (its parent
+    unshared one before forking it: `unshare -p -f` whose child exited). One in any other pid
+    namespace than its parent's (a parent's setns to a deeper one) is refused: not made again."""
+    mine, theirs = _nspid(pid), _nspid(ppid)
+    if len(mine) == len(theirs):
+        return False
+    if len(mine) == len(theirs) + 1 and mine[-1] == 1:
+        return True
+    raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}), a zombie of {ppid}: it was in a pid namespace "
+                                      "its parent joined, not its parent's nor one of its own: not supported; "
+                                      "the tree keeps running")
+
+
+def _nspid(pid: int) -> list[int]:
+    return [int(x) for x in kernel.proc_status(pid, ("NSpid",)).get("NSpid", "").split()]
 
 
 def ids_inside(z: dict, maps: dict) -> None:

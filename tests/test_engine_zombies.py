@@ -137,6 +137,26 @@ def test_zombie_in_a_nested_pid_namespace(case):
     assert _zombie_children(init) == [("nested-gone", 7 << 8, False, False)]
 
 
+def test_zombie_init_of_its_own_pid_namespace(case):
+    """A parent that unshared a pid namespace and forked: its child was that namespace's init, and
+    exited (`unshare -p -f` whose program ended, its parent not waiting). Restored, the zombie's
+    stand-in is again init of a pid namespace below its parent's."""
+    body = ("import ctypes\n"
+            "ctypes.CDLL(None).unshare(0x20000000)\n"
+            + _child("ns-init-gone", 9))
+    pid = case.start(py_hold(body))
+    _wait_zombies(pid, 1)
+    new, doc = _cr(case, pid)
+    (z,) = doc["zombies"]
+    assert z.get("pidns_init") is True
+    (zpid,) = [k for k in map(int, open(f"/proc/{new}/task/{new}/children").read().split()) if _state(k) == "Z"]
+    with open(f"/proc/{zpid}/status") as f:
+        nspid = next(line for line in f if line.startswith("NSpid:")).split()[1:]
+    with open(f"/proc/{new}/status") as f:
+        parent = next(line for line in f if line.startswith("NSpid:")).split()[1:]
+    assert len(nspid) == len(parent) + 1 and nspid[-1] == "1", (nspid, parent)
+
+
 def test_zombie_leader_of_a_process_group(case):
     """A child that led a process group exited while another child is still in the group: the group
     keeps its zombie leader; restored, the member is again in the zombie's group."""

@@ -570,6 +570,7 @@ class Zombie:
     status: int                  # its wait status (/proc/PID/stat exit_code)
     sid: int
     pgid: int
+    own_pidns: bool = False      # in a pid namespace below its parent's (NSpid one deeper)
 
 
 def _zombies(pids: list[int]) -> list[Zombie]:
@@ -585,8 +586,17 @@ def _zombies(pids: list[int]) -> list[Zombie]:
             except OSError:
                 continue   # (reaped meanwhile)
             if stat[0] in (b"Z", b"X"):
-                out.append(Zombie(pid, parent, comm, int(stat[49]), int(stat[3]), int(stat[2])))
+                deeper = _nspid_depth(pid) > _nspid_depth(parent)
+                out.append(Zombie(pid, parent, comm, int(stat[49]), int(stat[3]), int(stat[2]), deeper))
     return out
+
+
+def _nspid_depth(pid: int) -> int:
+    from engine import kernel
+    try:
+        return len(kernel.proc_status(pid, ("NSpid",)).get("NSpid", "").split())
+    except OSError:
+        return 0
 
 
 def _zombie_text(zombies: list[Zombie], procs: list[Proc], root_pgid: int) -> str:
@@ -605,6 +615,7 @@ def _zombie_text(zombies: list[Zombie], procs: list[Proc], root_pgid: int) -> st
 
     return "\n".join(sorted(f"child of {place.get(z.ppid, 'outside')}: comm={z.comm!r} state=Z "
                             f"status={z.status & ~0x80:#06x} session={who(z.sid, z)} pgrp={who(z.pgid, z)}"
+                            + (" pidns=own" if z.own_pidns else "")
                             for z in zombies))
 
 
