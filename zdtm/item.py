@@ -228,6 +228,8 @@ def main(argv: list[str]) -> int:
         with open(os.path.join(workdir, SPEC_FILE), "rb") as f:
             spec = pickle.load(f)
         from zdtm.flavors.ns import FLAVOR as NS
+        from zdtm import watchdog
+        watchdog.disable()   # (the VM ends with its item)
         res = run(spec, NS, workdir, load_modules=True)
     except Exception as e:  # noqa: BLE001 - anything else is reported as a failure with its text
         res = Outcome("fail", f"item runner in the VM: {type(e).__name__}: {e}", kind="error",

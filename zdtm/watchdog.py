@@ -26,11 +26,21 @@ import sys
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _runner_end: socket.socket | None = None
 _owner_pid = 0   # the process that started the watchdog (a forked child must start its own)
+_enabled = True
+
+
+def disable() -> None:
+    """No watchdog in this process: where the runner's death ends its trees anyway (a VM guest's
+    item runner: the VM goes with it), an interpreter started for it only costs the item time."""
+    global _enabled
+    _enabled = False
 
 
 def guard(pid: int) -> None:
     """Have the watchdog SIGKILL the tree of `pid` if this process dies while it is alive."""
     global _runner_end, _owner_pid
+    if not _enabled:
+        return
     try:
         pidfd = os.pidfd_open(pid)
     except ProcessLookupError:
