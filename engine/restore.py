@@ -169,8 +169,8 @@ def restore(images_dir: str, root: str | None = None, externals=(), pidfile: str
     Atomic: the tree runs and the pid file names it, or nothing is left (engine/pidfile.py).
     `devices` is the policy for device nodes in archives (engine/content.py, IMAGE.md).
     `daemons` maps a daemon type's key to the user's command that serves it again (engine/fs/).
-    `allow_idmap`: the externals (mnt[KEY], dev[KEY], fuse[KEY], root) whose host files the
-    image's idmaps may show with other owners (engine/hostidmap.py).
+    `allow_idmap`: the externals (--allow-idmap spellings: engine/hostidmap.py) whose host files
+    the image's idmaps may show with other owners.
     """
     content.set_device_policy(devices)
     if pidfile:
