@@ -909,9 +909,24 @@ class _Restorer:
         finally:
             self.to_service()  # setns resets root and cwd
 
+    def _listed_count(self, ns_id: str) -> int | None:
+        """How many mounts restored namespace ns_id has under its root, by listmount (None without
+        it): at 10,000 mounts ~0.5 ms of CPU where mountinfo's text took ~15."""
+        if strategy.current().ids != "statmount":
+            return None
+        self.enter(ns_id)
+        try:
+            os.fchdir(self.mnt_fd[self.doc["mntns"][ns_id]["root"]])   # (as mountinfo_of)
+            os.chroot(".")
+            return len(kernel.listmount())
+        finally:
+            self.to_service()
+
     def _check_count(self, ns_id: str, want: int) -> None:
         """Restored namespace ns_id has `want` mounts, else name one that is missing."""
-        text = self.mountinfo_of(ns_id)
+        if self._listed_count(ns_id) == want:
+            return
+        text = self.mountinfo_of(ns_id)   # (also when listmount's count differs: mountinfo decides)
         if text.count("\n") == want:
             return
         there = {mp for _, _, _, mp, _ in mountinfo.brief(text)}
