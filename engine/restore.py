@@ -1460,7 +1460,7 @@ class _Restorer:
         attached: set[int] = set()
         pending: dict[int, list[dict]] = {}
         left = {mid: len(kids) for mid, kids in self.children.items()}
-        self._sorted_rels: dict[int, list[tuple[str, int]]] = {}
+        self._sorted_rels: dict[int, list[tuple[str, int]] | tuple] = {}
         # Without unique ids (before 6.8) legacy ids are reused, so a mount made inside an owned
         # namespace may have a lower id than its root or a locked mount: those come first, since
         # the namespace is copied into its user namespace before its first own mount is attached.
@@ -1700,11 +1700,14 @@ class _Restorer:
     def keep_mountpoints(self, parent: dict, c: dict) -> None:
         """Open the mount points in `parent` that a mount at c's mount point is about to cover (children
         of parent not attached yet beneath it), so that they are attached there later all the same."""
-        rel = rel_to(c["mountpoint"], parent["mountpoint"])
         rels = self._sorted_rels.get(parent["id"])
         if rels is None:
-            rels = self._sorted_rels[parent["id"]] = sorted(
-                (rel_to(k["mountpoint"], parent["mountpoint"]), k["id"]) for k in self.children[parent["id"]])
+            rels = [(rel_to(k["mountpoint"], parent["mountpoint"]), k["id"]) for k in self.children[parent["id"]]]
+            # None of them beneath another (most parents): nothing is ever at risk, () says so.
+            rels = self._sorted_rels[parent["id"]] = sorted(rels) if any(r == "" or "/" in r for r, _ in rels) else ()
+        if not rels:
+            return
+        rel = rel_to(c["mountpoint"], parent["mountpoint"])
         if rel == "":
             at_risk = [k for _, k in rels]
         else:
