@@ -1681,19 +1681,20 @@ class _Restorer:
         rel = rel_to(c["mountpoint"], parent["mountpoint"])
         if "/" in rel:
             return False
-        pfd = self.mnt_fd[parent["id"]]
-        if self._filling_now() and parent["sb"] in self.filling and parent["sb"] not in self.filler.filled:
+        pfd, cid, filler = self.mnt_fd[parent["id"]], c["id"], self.filler
+        filling = filler is not None and not filler.done   # (_filling_now: nothing here changes it)
+        if filling and parent["sb"] in self.filling and parent["sb"] not in filler.filled:
             try:   # (most are not extracted yet; tar, finding it, keeps it and sets its attributes)
                 os.mkdir(rel, 0o755, dir_fd=pfd)
             except OSError:
                 pass   # (there already, read-only, unmapped ids...: the usual way says what to do)
         try:
-            kernel.move_mount(self.mnt_fd[c["id"]], "", pfd, rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+            kernel.move_mount(self.mnt_fd[cid], "", pfd, rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
         except OSError:
             return False
-        self._moved.add(c["id"])
-        if self._filling_now():
-            ns_id = self.ns_of_mount[c["id"]]
+        self._moved.add(cid)
+        if filling:
+            ns_id = self.ns_of_mount[cid]
             self.attached_in[ns_id] = self.attached_in.get(ns_id, 0) + 1
         return True
 
