@@ -1411,6 +1411,18 @@ class _Restorer:
             raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
         # Superblocks a helper mount is cloned from (at their root) in the sharing step.
         self.helper_sbs = {op[2] for op in self.sharing_ops if op[0] == "helper"}
+        roots = {ns["root"] for ns in self.doc["mntns"].values()}
+        # Within the fd budget, keep every shared mount's fd: finding them again by path costs three
+        # syscalls each in the sharing step (and which of them are covered needs no walk then).
+        budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2 - len(self.mounts) // 8 - 256
+        if len(self.shared_ids | self.referenced | roots) < budget:
+            self.keep = self.shared_ids | self.referenced | roots
+            return
+        self.keep = {mid for mid in self.shared_ids if self._covered().get(mid)} | self.referenced | roots
+
+    def _covered(self) -> dict[int, bool]:
+        """{mount id: whether a mount attached later covers it} (a sibling over its mount point or
+        over one above it, a mount on its parent's root, or any of that above it)."""
         covered: dict[int, bool] = {}
         for ns in self.doc["mntns"].values():
             stack = [(ns["root"], False)]
@@ -1436,13 +1448,7 @@ class _Restorer:
                     stack.append((c["id"], cov or hidden))
                 if over_root:
                     covered[mid] = True
-        self.keep = {mid for mid in self.shared_ids if covered.get(mid)} | self.referenced
-        self.keep |= {ns["root"] for ns in self.doc["mntns"].values()}
-        # Within the fd budget, keep every shared mount's fd too: finding them again by path
-        # costs three syscalls each in the sharing step.
-        budget = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2 - len(self.mounts) // 8 - 256
-        if len(self.keep | self.shared_ids) < budget:
-            self.keep |= self.shared_ids
+        return covered
 
     def assemble(self, service_fd: int) -> None:
         """Clone every mount in its original creation order and attach it as soon as its parent is.
