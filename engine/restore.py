@@ -1418,7 +1418,8 @@ class _Restorer:
         if len(self.shared_ids | self.referenced | roots) < budget:
             self.keep = self.shared_ids | self.referenced | roots
             return
-        self.keep = {mid for mid in self.shared_ids if self._covered().get(mid)} | self.referenced | roots
+        covered = self._covered()
+        self.keep = {mid for mid in self.shared_ids if covered.get(mid)} | self.referenced | roots
 
     def _covered(self) -> dict[int, bool]:
         """{mount id: whether a mount attached later covers it} (a sibling over its mount point or
