@@ -154,13 +154,22 @@ def _b(path: str | bytes | None) -> bytes | None:
     return path
 
 
-# The hot wrappers below (restore makes several of these calls a mount) pass fds as plain ints
-# (ctypes passes them as C ints, as c_int would), an empty path without a call, and format
+def _uint(v: int):
+    """An unsigned int argument: a plain int when it fits a C int (ctypes passes it as one, the
+    same bits; a c_uint object costs ~1 us more a call to make and convert), else a c_uint.
+    (The hottest wrappers test the bound inline: a call a syscall is ~8 interpreter steps.)"""
+    return v if 0 <= v < 0x80000000 else ctypes.c_uint(v)
+
+
+# The hot wrappers below (restore makes several of these calls a mount) pass fds and flags as
+# plain ints (ctypes passes them as C ints, as c_int would), an empty path without a call, the
+# same argument structs again (made once per value: the kernel only reads them), and format
 # their message only when they fail.
 
 def open_tree(dfd: int, path: str, flags: int) -> int:
     """open_tree(2): an O_PATH fd on a mount, or (OPEN_TREE_CLONE) on a detached copy."""
-    fd = _syscall(NR["open_tree"], dfd, b"" if path == "" else _b(path), ctypes.c_uint(flags | OPEN_TREE_CLOEXEC))
+    flags |= OPEN_TREE_CLOEXEC
+    fd = _syscall(NR["open_tree"], dfd, b"" if path == "" else _b(path), flags if flags < 0x80000000 else _uint(flags))
     if fd < 0:
         _failed(f"open_tree({path!r})")
     return fd
@@ -169,19 +178,19 @@ def open_tree(dfd: int, path: str, flags: int) -> int:
 def move_mount(from_dfd: int, from_path: str, to_dfd: int, to_path: str, flags: int) -> None:
     """move_mount(2): attach/move a mount, or with MOVE_MOUNT_SET_GROUP copy sharing."""
     if _syscall(NR["move_mount"], from_dfd, b"" if from_path == "" else _b(from_path), to_dfd,
-                b"" if to_path == "" else _b(to_path), ctypes.c_uint(flags)) < 0:
+                b"" if to_path == "" else _b(to_path), flags if flags < 0x80000000 else _uint(flags)) < 0:
         _failed(f"move_mount({from_path!r} -> {to_path!r})")
 
 
 def fsopen(fstype: str) -> int:
     """fsopen(2): a filesystem context for `fstype`."""
-    return _check(_syscall(NR["fsopen"], _b(fstype), ctypes.c_uint(FSOPEN_CLOEXEC)), lambda: f"fsopen({fstype!r})")
+    return _check(_syscall(NR["fsopen"], _b(fstype), FSOPEN_CLOEXEC), lambda: f"fsopen({fstype!r})")
 
 
 def fsconfig(fd: int, cmd: int, key: str | None = None, value: str | bytes | None = None, aux: int = 0) -> None:
     """fsconfig(2)."""
     val = _b(value) if isinstance(value, str) else value
-    ret = _syscall(NR["fsconfig"], ctypes.c_int(fd), ctypes.c_uint(cmd), _b(key), val, ctypes.c_int(aux))
+    ret = _syscall(NR["fsconfig"], fd, _uint(cmd), _b(key), val, aux)
     if ret < 0:
         err = ctypes.get_errno()
         detail = read_fs_log(fd)
@@ -205,7 +214,7 @@ def read_fs_log(fd: int) -> str:
 
 def fsmount(fd: int, attr_flags: int = 0) -> int:
     """fsmount(2): a detached mount of the superblock created on `fd`."""
-    return _check(_syscall(NR["fsmount"], ctypes.c_int(fd), ctypes.c_uint(FSMOUNT_CLOEXEC), ctypes.c_uint(attr_flags)),
+    return _check(_syscall(NR["fsmount"], fd, FSMOUNT_CLOEXEC, _uint(attr_flags)),
                   "fsmount")
 
 
@@ -247,13 +256,18 @@ class _MountAttr(ctypes.Structure):
 def mount_setattr(dfd: int, path: str, flags: int, attr_set: int = 0, attr_clr: int = 0,
                   propagation: int = 0) -> None:
     """mount_setattr(2): change per-mount flags and/or propagation."""
-    attr = _MountAttr(attr_set, attr_clr, propagation, 0)
-    if _syscall(NR["mount_setattr"], dfd, b"" if path == "" else _b(path), ctypes.c_uint(flags), ctypes.byref(attr),
-                _MOUNT_ATTR_SIZE) < 0:
+    key = (attr_set, attr_clr, propagation)
+    attr = _mount_attrs.get(key)
+    if attr is None:
+        attr = _mount_attrs[key] = ctypes.byref(_MountAttr(attr_set, attr_clr, propagation, 0))
+    if _syscall(NR["mount_setattr"], dfd, b"" if path == "" else _b(path),
+                flags if flags < 0x80000000 else _uint(flags), attr, _MOUNT_ATTR_SIZE) < 0:
         _failed(f"mount_setattr({path!r})")
 
 
 _MOUNT_ATTR_SIZE = ctypes.c_size_t(ctypes.sizeof(_MountAttr))
+# (set, clr, propagation) -> a reference to its struct (byref keeps the struct alive)
+_mount_attrs: dict[tuple, object] = {}
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -477,14 +491,20 @@ class _OpenHow(ctypes.Structure):
 
 def openat2(dfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
     """openat2(2): open `path` beneath `dfd` under the RESOLVE_* restrictions."""
-    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
-    fd = _syscall(NR["openat2"], dfd, _b(path), ctypes.byref(how), _OPEN_HOW_SIZE)
+    key = (flags, mode, resolve)
+    how = _open_hows.get(key)
+    if how is None:
+        how = ctypes.byref(_OpenHow(flags | os.O_CLOEXEC, mode, resolve))
+        if len(_open_hows) < 256:   # (modes vary with O_CREAT: the usual few are kept)
+            _open_hows[key] = how
+    fd = _syscall(NR["openat2"], dfd, _b(path), how, _OPEN_HOW_SIZE)
     if fd < 0:
         _failed(f"openat2({path!r})")
     return fd
 
 
 _OPEN_HOW_SIZE = ctypes.c_size_t(ctypes.sizeof(_OpenHow))
+_open_hows: dict[tuple, object] = {}   # (flags, mode, resolve) -> the struct, passed by reference
 
 
 def open_unblocked(opener, flags: int) -> int:
