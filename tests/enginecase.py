@@ -316,14 +316,14 @@ def without_syscalls(*names: str):
 
 def mntcr(*args: str, env: dict | None = None, nsenter: int | None = None,
           timeout: float = 120, engine_root: str | None = None,
-          without: tuple[str, ...] = (), subids: str | None = None) -> subprocess.CompletedProcess:
+          without: tuple[str, ...] = (), subids: str | None = None, wrap: tuple = ()) -> subprocess.CompletedProcess:
     """Run `python -m engine.cli ARGS` (inside the mount namespace of pid `nsenter` when given;
     with the engine of `engine_root`, e.g. `engine_without`'s copy, instead of ENGINE_ROOT; with
     the syscalls `without` names failing with ENOSYS, see without_syscalls; with `subids`, lines
     NAME:START:COUNT, as /etc/subuid and /etc/subgid: in a mount namespace of its own, where
-    copies are bound over them, never the host's files)."""
+    copies are bound over them, never the host's files); `wrap`: a command prefix (e.g. prlimit)."""
     root = engine_root or ENGINE_ROOT
-    cmd = [sys.executable, "-m", "engine.cli", *args]
+    cmd = [*wrap, sys.executable, "-m", "engine.cli", *args]
     if subids is not None:
         fd, copy = tempfile.mkstemp(prefix="mntcr-subids.")
         with os.fdopen(fd, "w") as f:
@@ -474,13 +474,14 @@ class EngineCase:
         if r.returncode:
             raise CRError("dump", r)
 
-    def restore(self, images_dir: str, extra: tuple = (), outer: Outer | None = None) -> int:
-        """`mntcr restore` (externals /usr and /etc) -> root stand-in pid (killed at close)."""
+    def restore(self, images_dir: str, extra: tuple = (), outer: Outer | None = None, wrap: tuple = ()) -> int:
+        """`mntcr restore` (externals /usr and /etc) -> root stand-in pid (killed at close); `wrap`
+        as for mntcr."""
         pidfile = images_dir.rstrip("/") + ".pid"
         # (the test dumped this image itself: its device nodes are trusted, see IMAGE.md)
         r = mntcr("restore", "-D", images_dir, *RESTORE_EXTERNALS, "--devices", "all", *extra,
                   "--pidfile", pidfile,
-                  nsenter=outer.pid if outer else None)
+                  nsenter=outer.pid if outer else None, wrap=wrap)
         if r.returncode:
             raise CRError("restore", r)
         with open(pidfile) as f:
