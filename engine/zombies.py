@@ -57,7 +57,8 @@ def is_zombie(pid: int) -> bool:
 def split(tree) -> tuple[list, list]:
     """(live, zombies) of `tree` [(pid, ppid)] (parents first), each in the tree's order. A zombie
     that is the root, a zombie leader whose threads live (engine/threads.py), or a zombie whose
-    parent is not a live process of the tree (a daemon's: not ours) is refused (DumpError)."""
+    parent is not a live process of the tree (a daemon's: not ours), or one in a pid namespace it
+    cannot be made in (`_own_pidns`), is refused (DumpError), before the tree is stopped."""
     live, dead = [], []
     for pid, ppid in tree:
         try:
@@ -73,6 +74,12 @@ def split(tree) -> tuple[list, list]:
             raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({_comm(pid)}) has exited and its parent {ppid} "
                                               "is no live process of the dumped tree: its zombie cannot be made "
                                               "again; the tree keeps running")
+        # (a zombie's pid namespace never changes: refused here, before the stop, not once stopped)
+        try:
+            nspids = _nspid(pid), _nspid(ppid)
+        except OSError:
+            continue   # (reaped meanwhile: `read` leaves it out)
+        _own_pidns(pid, ppid, _comm(pid), nspids)
     return live, dead
 
 
@@ -98,11 +105,12 @@ def read(pid: int, ppid: int) -> dict | None:
     return rec
 
 
-def _own_pidns(pid: int, ppid: int, comm: str) -> bool:
+def _own_pidns(pid: int, ppid: int, comm: str, nspids: tuple | None = None) -> bool:
     """Whether zombie `pid` was init of a pid namespace of its own, below its parent's (its parent
     unshared one before forking it: `unshare -p -f` whose child exited). One in any other pid
-    namespace than its parent's (a parent's setns to a deeper one) is refused: not made again."""
-    mine, theirs = _nspid(pid), _nspid(ppid)
+    namespace than its parent's (a parent's setns to a deeper one) is refused: not made again.
+    `nspids`: (its NSpid, its parent's) when already read."""
+    mine, theirs = nspids or (_nspid(pid), _nspid(ppid))
     if len(mine) == len(theirs):
         return False
     if len(mine) == len(theirs) + 1 and mine[-1] == 1:

@@ -357,3 +357,25 @@ def _named_zombies(comm: str) -> list[int]:
         if data[data.index("(") + 1:data.rindex(")")] == comm and data.rsplit(")", 1)[1].split()[0] == "Z":
             out.append(int(p))
     return out
+
+
+def test_zombie_in_a_pid_namespace_its_parent_joined_is_refused_unstopped(case):
+    """A parent that unshared a pid namespace forked its init (alive) and then a second child, which
+    exited: that zombie is in a pid namespace that is neither its parent's nor one of its own, which
+    restore cannot make. Dump refuses it, and a zombie's pid namespace never changes, so it does so
+    before the stop: the tree is never stopped (engine/prestop.py's rule)."""
+    from enginecase import STOP_WATCH, CRError, was_stopped
+    body = ("import ctypes\n"
+            "ctypes.CDLL(None).unshare(0x20000000)\n"   # CLONE_NEWPID: our next child is its init
+            "if os.fork() == 0:\n"
+            "    n = os.open('/dev/null', os.O_RDWR); [os.dup2(n, i) for i in (0, 1, 2)]\n"
+            "    os.execv('/.hold/mntcr-hold', ['mntcr-hold', '100000'])\n"
+            "import time; time.sleep(0.2)\n"            # (init first: the next child is pid 2 there)
+            + _child("joined-gone", 5))
+    pid = case.start(STOP_WATCH + py_hold(body))
+    _wait_zombies(pid, 1)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert "a pid namespace its parent joined" in str(err.value), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused the zombie"
+    assert _state(pid) in "SR", "the tree was not left running"
