@@ -58,7 +58,8 @@ def split(tree) -> tuple[list, list]:
     """(live, zombies) of `tree` [(pid, ppid)] (parents first), each in the tree's order. A zombie
     that is the root, a zombie leader whose threads live (engine/threads.py), or a zombie whose
     parent is not a live process of the tree (a daemon's: not ours), or one in a pid namespace it
-    cannot be made in (`_own_pidns`), is refused (DumpError), before the tree is stopped."""
+    cannot be made in (`_own_pidns`) or with ids its parent's user namespace does not map, is
+    refused (DumpError), before the tree is stopped."""
     live, dead = [], []
     for pid, ppid in tree:
         try:
@@ -80,7 +81,24 @@ def split(tree) -> tuple[list, list]:
         except OSError:
             continue   # (reaped meanwhile: `read` leaves it out)
         _own_pidns(pid, ppid, _comm(pid), nspids)
+        _refuse_unmapped(pid, ppid)
     return live, dead
+
+
+def _refuse_unmapped(pid: int, ppid: int) -> None:
+    """Refuse zombie `pid` whose ids its parent's user namespace does not map (`ids_inside`), before
+    the stop: neither its ids nor its parent's namespace's maps change any more."""
+    from engine import userns
+    if kernel.ns_ino(ppid, "user") in (None, userns.own_userns_ino()):
+        return   # (the dumper's: no map to check; gone: `read` leaves it out)
+    try:
+        ids = kernel.proc_status(pid, ("Uid", "Gid"))
+        maps = userns.read_maps_of_pid(ppid)
+    except OSError:
+        return
+    z = {"pid": pid, "ppid": ppid, "comm": _comm(pid),
+         "uid": [int(x) for x in ids["Uid"].split()], "gid": [int(x) for x in ids["Gid"].split()]}
+    ids_inside(z, {"uid_map": maps.uid_map, "gid_map": maps.gid_map})
 
 
 def read(pid: int, ppid: int) -> dict | None:

@@ -379,3 +379,33 @@ def test_zombie_in_a_pid_namespace_its_parent_joined_is_refused_unstopped(case):
     assert "a pid namespace its parent joined" in str(err.value), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused the zombie"
     assert _state(pid) in "SR", "the tree was not left running"
+
+
+def test_zombie_with_ids_its_parents_user_namespace_does_not_map_is_refused_unstopped(case):
+    """A child exited as uid 1234 of the host, and its parent unshared a user namespace (0 -> 100000)
+    since: the zombie's ids are not mapped where its stand-in would be made. Dump refuses it, and a
+    zombie's ids never change, so before the stop: the tree is never stopped."""
+    from enginecase import STOP_WATCH, CRError, was_stopped
+    body = ("import ctypes\n"
+            "r, w = os.pipe(); r2, w2 = os.pipe()\n"
+            "c = os.fork()\n"
+            "if c == 0:\n"
+            "    if os.fork() == 0:\n"
+            "        os.setresgid(1234, 1234, 1234); os.setresuid(1234, 1234, 1234); os._exit(6)\n"
+            "    ctypes.CDLL(None).unshare(0x10000000); os.write(w, b'x'); os.read(r2, 1)\n"   # CLONE_NEWUSER
+            "    os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)\n"
+            "    n = os.open('/dev/null', os.O_RDWR); [os.dup2(n, i) for i in (0, 1, 2)]\n"
+            "    os.execv('/.hold/mntcr-hold', ['mntcr-hold', '100000'])\n"
+            "os.read(r, 1)\n"
+            "for f in ('uid_map', 'gid_map'):\n"
+            "    with open(f'/proc/{c}/{f}', 'w') as m: m.write('0 100000 65536')\n"
+            "os.write(w2, b'x')\n")
+    pid = case.start(STOP_WATCH + py_hold(body))
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        inner = int(f.read().split()[-1])
+    _wait_zombies(pid, 1, of=inner)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert "are not mapped in its parent's user namespace" in str(err.value), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused the zombie"
+    assert _state(pid) in "SR", "the tree was not left running"
