@@ -82,16 +82,23 @@ def _kill(pidfd: int) -> None:
     pid = _pid_of(pidfd)
     if pid is None:
         return
-    rest = tree_pids(pid)[1:]
-    try:
-        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for p in rest:
+    # (pidfds of the descendants before the root dies: their pids, freed as the root's death takes
+    # them, could name a process of the host by the time a kill by number would be sent)
+    rest = []
+    for p in tree_pids(pid)[1:]:
         try:
-            os.kill(p, signal.SIGKILL)
+            rest.append(os.pidfd_open(p))
         except ProcessLookupError:
             pass
+    try:
+        for fd in [pidfd, *rest]:
+            try:
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    finally:
+        for fd in rest:
+            os.close(fd)
 
 
 def serve(sock: socket.socket) -> None:
