@@ -1567,6 +1567,8 @@ def _check_zombies(doc: dict) -> None:
             _fail(f"{what}: parent {z['ppid']} is no live process of the image")
         if ("uid" in z) != ("gid" in z):
             _fail(f"{what}: 'uid' and 'gid' go together")
+        if z.get("pidns_init") and zombies.init_status_problem(z["status"]):
+            _fail(f"{what}: {zombies.init_status_problem(z['status'])}")
 
 
 def _check_file_locks(p: dict, procs: dict, what: str) -> None:

@@ -684,6 +684,9 @@ class _Restorer:
                                                          f"{e.strerror or e}") from None
             finally:
                 chan.close()
+            if z.get("pidns_init") and z["status"] & 0x7F:
+                # (init of its namespace dies of no signal it sends itself: zombies.die waits for this)
+                os.kill(self.hostpid[z["pid"]], signal.SIGKILL)
             got = zombies.wait_dead(self.hostpid[z["pid"]])
             if got is None or got & ~0x80 != z["status"] & ~0x80:
                 raise RestoreError(errno.EIO, f"zombie {z['pid']} ({z['comm']}): its stand-in did not die with "

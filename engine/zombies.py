@@ -11,7 +11,9 @@ zombie; a restore that fails kills the parent, and the zombie goes with it. A pa
 SIGCHLD has its children reaped as they exit, so it has zombies only if it ignored it after they
 exited; its stand-in ignores it as it detaches, after the zombie exists, which reaps nothing (the
 SA_NOCLDWAIT flag, which /proc does not show, is not kept). A zombie comes back in its parent's
-pid namespace, or as init of a new one below it when it was (its NSpid is one deeper, ending in 1).
+pid namespace, or as init of a new one below it when it was (its NSpid is one deeper, ending in 1). Such an
+init dies of no signal it sends itself: one that was killed comes back killed by the restorer
+(SIGKILL: `init_status_problem`).
 
 A status with the core flag (0x80: a core was written) comes back without it: the stand-in is not
 dumpable when it kills itself, so no core file of it is ever written on the restoring host.
@@ -41,6 +43,17 @@ def status_problem(status: int) -> str | None:
         return "both an exit code and a signal"
     if sig > 64 or sig in NOT_FATAL:
         return f"signal {sig}, of which no process dies"
+    return None
+
+
+def init_status_problem(status: int) -> str | None:
+    """Why a zombie that was init of a pid namespace of its own cannot come back with `status`: its
+    stand-in is init there too, which no signal sent from inside kills (the kernel ignores those
+    without a handler); the restorer, outside, kills it with SIGKILL only (as its parent did)."""
+    sig = status & 0x7F
+    if sig and sig != signal.SIGKILL:
+        return (f"it was init of a pid namespace of its own and died of signal {sig} (a fault): restore "
+                "makes such an init die of SIGKILL only; not supported")
     return None
 
 
@@ -80,7 +93,14 @@ def split(tree) -> tuple[list, list]:
             nspids = _nspid(pid), _nspid(ppid)
         except OSError:
             continue   # (reaped meanwhile: `read` leaves it out)
-        _own_pidns(pid, ppid, _comm(pid), nspids)
+        if _own_pidns(pid, ppid, _comm(pid), nspids):
+            try:
+                why = init_status_problem(int(_stat(pid)[49]))
+            except OSError:
+                continue
+            if why:
+                raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({_comm(pid)}), a zombie of {ppid}: {why}; "
+                                                  "the tree keeps running")
         _refuse_unmapped(pid, ppid)
     return live, dead
 
@@ -186,6 +206,11 @@ def die(status: int) -> None:
     sig = status & 0x7F
     if not sig:
         os._exit(status >> 8)
+    if os.getpid() == 1:
+        # Init of its pid namespace: a signal of its own is ignored (no handler); the restorer
+        # SIGKILLs it from outside (init_status_problem: the only signal it may have died of).
+        while True:
+            signal.pause()
     try:
         signal.signal(sig, signal.SIG_DFL)
     except (OSError, ValueError):

@@ -229,6 +229,7 @@ def test_image_records_each_zombie(zimage):
     (lambda d, z: z.update(comm="x" * 16), "comm"),
     (lambda d, z: z.update(uid=[1, 1, 1, 1]), "'uid' and 'gid' go together"),
     (lambda d, z: z.update(pgid=777, sid=778), "neither inherited nor made"),   # both leaders gone
+    (lambda d, z: z.update(pidns_init=True, status=int(signal.SIGSEGV)), "die of SIGKILL only"),   # (an init)
 ])
 def test_validator_refuses_a_bad_zombie(zimage, mutate, words):
     from engine import imageformat
@@ -409,3 +410,22 @@ def test_zombie_with_ids_its_parents_user_namespace_does_not_map_is_refused_unst
     assert "are not mapped in its parent's user namespace" in str(err.value), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused the zombie"
     assert _state(pid) in "SR", "the tree was not left running"
+
+
+def test_zombie_init_of_its_own_pid_namespace_killed(case):
+    """The init of a pid namespace its parent unshared was SIGKILLed (from the parent's namespace:
+    nothing inside can kill an init that has no handler). Restored, its stand-in is init of a new
+    pid namespace again, and dies of SIGKILL again."""
+    body = ("import ctypes, signal, time\n"
+            "ctypes.CDLL(None).unshare(0x20000000)\n"
+            "c = os.fork()\n"
+            "if c == 0:\n"
+            "    ctypes.CDLL(None).prctl(15, b'ns-init-killed', 0, 0, 0)\n"
+            "    while True: signal.pause()\n"
+            "time.sleep(0.1); os.kill(c, signal.SIGKILL)\n")
+    pid = case.start(py_hold(body))
+    _wait_zombies(pid, 1)
+    new, doc = _cr(case, pid)
+    (z,) = doc["zombies"]
+    assert z.get("pidns_init") is True and z["status"] == signal.SIGKILL
+    assert _zombie_children(new) == [("ns-init-killed", signal.SIGKILL, False, False)]
