@@ -11,9 +11,9 @@ zombie; a restore that fails kills the parent, and the zombie goes with it. A pa
 SIGCHLD has its children reaped as they exit, so it has zombies only if it ignored it after they
 exited; its stand-in ignores it as it detaches, after the zombie exists, which reaps nothing (the
 SA_NOCLDWAIT flag, which /proc does not show, is not kept). A zombie comes back in its parent's
-pid namespace, or as init of a new one below it when it was (its NSpid is one deeper, ending in 1). Such an
-init dies of no signal it sends itself: one that was killed comes back killed by the restorer
-(SIGKILL: `init_status_problem`).
+pid namespace, or as init of a new one below it when it was (its NSpid is one deeper, ending in 1).
+Such an init dies of no signal it sends itself: one that was killed comes back killed by the
+restorer (SIGKILL: `init_status_problem`).
 
 A status with the core flag (0x80: a core was written) comes back without it: the stand-in is not
 dumpable when it kills itself, so no core file of it is ever written on the restoring host.
