@@ -59,7 +59,8 @@ def _dump(d) -> dict:
     with socket.socket(fileno=os.dup(c)) as s:
         out["opts"] = unix_opts.read(s)
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
-    out["_ino"] = f"{os.stat(f'/proc/{d.pid}/ns/net').st_ino}:{st.st_ino}"   # (for _finish, then dropped)
+    netns, _diag = unix_diag.netns_of(d, st.st_ino, os.stat(f"/proc/{d.pid}/ns/net").st_ino)
+    out["_ino"] = f"{netns}:{st.st_ino}"   # (for _finish, then dropped)
     return out
 
 
@@ -70,12 +71,22 @@ class Sock:
         self.d, self.c, self.s = d, c, s
         self.typ = refuse_family(d, s)
         self.ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
-        self.netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
-        self.diag = unix_diag.diag_of(d, self.netns)
+        # The socket's network namespace (where sock_diag lists it), which is not always its
+        # holder's: the server end of a stream connection is made in the client's (the kernel's
+        # unix_stream_connect), in another namespace when the client connected through a socket file.
+        self.holder_netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
+        self.netns, self.diag = unix_diag.netns_of(d, self.ino, self.holder_netns)
         self.rec = self.diag.get(self.ino, {})
         self.out = {"type": unix_diag.TYPES[self.typ], **unix_bind.name_of(s.getsockname())}   # the image entry being built
         refuse_name(d, self.out)
         self.peer = self.rec.get("peer")
+        # (where sock_diag lists the peer: another network namespace of the tree when the socket
+        # was connected through a socket file across namespaces)
+        self.peer_netns, self.peer_diag = self.netns, self.diag
+        if self.peer and self.peer not in self.diag:
+            found = unix_diag.find_peer(d, self.peer, self.netns)
+            if found is not None:
+                self.peer_netns, self.peer_diag = found
         self.inflight = 0
 
     @property
@@ -86,7 +97,7 @@ class Sock:
     @property
     def mutual(self) -> bool:
         """Its peer's peer is it: one end of a pair (or of an accepted connection)."""
-        return bool(self.peer) and self.diag.get(self.peer, {}).get("peer") == self.ino
+        return bool(self.peer) and self.peer_diag.get(self.peer, {}).get("peer") == self.ino
 
 
 def case_of(k: Sock) -> tuple[str, object]:
@@ -117,6 +128,14 @@ def case_of(k: Sock) -> tuple[str, object]:
         return "backlog", None
     if k.peer and not k.mutual:
         return "client", k.peer
+    if k.peer and k.peer_netns != k.netns and k.typ == socket.SOCK_DGRAM and k.named:
+        # Datagram sockets of two network namespaces connected to each other through their socket
+        # files: each end is made in its own, bound and connected to the other again (a client each).
+        return "client", k.peer
+    if k.peer and k.peer_netns != k.netns:
+        # Restore makes both ends of a pair in one stand-in, so in one network namespace.
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket connected to a socket of another network "
+                                        "namespace of the tree (through a socket file): not supported yet")
     return ("pair" if k.peer else "alone"), None
 
 
@@ -148,7 +167,7 @@ def _dump_one(d) -> dict:
         if case == "backlog":
             return _with_backlog(k)
         if case == "client":
-            out.update(_connected_to(d, s, k.typ, detail, k.diag, k.netns, k.inflight))
+            out.update(_connected_to(d, s, k.typ, detail, k.peer_diag, k.peer_netns, k.inflight))
             return out
         if case == "pair":
             unix_pair.dump_end(k)
@@ -417,6 +436,7 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     """Refuse a socket connected to a named socket that no process of the tree holds (restore would
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
     unix = [e for e in entries if e.get("kind") == "unix" and "_ino" in e]
+    unix_pair.settle(objects)
     unix_backlog.name_senders(unix)
     unix_ghost.number(unix)
     refuse_outside(unix)

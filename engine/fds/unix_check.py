@@ -170,7 +170,8 @@ def check_object(obj: dict, what: str) -> None:
             _check_msgs(q, what)
     via = obj.get("via")
     if via is not None:
-        if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
+        if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via) \
+                or via.get("maker", via["end"]) not in (0, 1) or ("maker" in via and "path" not in via):
             _fail(f"{what}: bad listener name of a socket pair")
         if "path" in via:
             check_name(via["path"], what)

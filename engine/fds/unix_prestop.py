@@ -74,9 +74,9 @@ def _precheck(d) -> None:
                     unix.refuse_pending_data(d, None in entry["_pending"][: last + 1])
         elif case in ("embryo", "client"):
             peer = detail[0] if case == "embryo" else detail
-            name = unix.peer_name(d, s, k.typ, peer, k.diag, k.inflight)
+            name = unix.peer_name(d, s, k.typ, peer, k.diag if case == "embryo" else k.peer_diag, k.inflight)
             if case == "client":
-                entry.update({"connect": name, "_peer": f"{k.netns}:{peer}"})
+                entry.update({"connect": name, "_peer": f"{k.peer_netns}:{peer}"})
         elif case == "dangling":
             unix.refuse_dangling(k)
         elif case == "backlog" and k.typ == socket.SOCK_DGRAM and not unix.connected(s) \
