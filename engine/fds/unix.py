@@ -29,7 +29,11 @@ mount by a /proc magic link, or by the abstract name.
 A pending connection whose client is gone (sock_diag names it 0) is made again from a fresh
 client that connects, sends what the gone one had and closes.
 
-Not done yet (refused at dump): fds in flight on a stream or a listener, other kinds in flight,
+Fds in flight on a stream pair (socketpair(2)) are kept with its queue in segments, each ending
+with the bytes that carried fds (a peek with a peek offset stops there), and sent again so.
+
+Not done yet (refused at dump): fds in flight on a listener or on a stream that is not an unnamed
+pair's end (a connection accepted from a listener), other kinds in flight,
 data a pending connection's client already sent, or any pending connection whose client is gone,
 when the tree keeps running (--leave-running: only accept() reads it), a datagram queued on a named socket from a sender name no socket of the
 tree holds, a connection to a named socket outside the tree, and a path name whose file is only on
@@ -109,11 +113,13 @@ def case_of(k: Sock) -> tuple[str, object]:
     d, s = k.d, k.s
     k.inflight = int((d.info().get("scm_fds") or ["0"])[0])
     listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    if k.inflight and (k.typ == socket.SOCK_STREAM or listening):
-        # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
-        # kept apart) or in a listener's pending connections.
+    if k.inflight and (listening or (k.typ == socket.SOCK_STREAM and not _unnamed_pair(k))):
+        # fds passed with SCM_RIGHTS and not received yet in a listener's pending connections, or
+        # on a stream that is not an end of an unnamed pair (socketpair(2): its queue is peeked in
+        # segments, each ending with the bytes that carried fds, unix_pair.dump_end).
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k.inflight} fds in flight (SCM_RIGHTS not yet received) "
-                                        f"on a {'listening' if k.typ != socket.SOCK_STREAM else 'stream'} socket: "
+                                        f"on a {'listening' if listening else 'stream'} socket"
+                                        f"{'' if listening else ' that is not an end of a socketpair'}: "
                                         "not supported")
     if listening:
         return "listener", None
@@ -137,6 +143,17 @@ def case_of(k: Sock) -> tuple[str, object]:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket connected to a socket of another network "
                                         "namespace of the tree (through a socket file): not supported yet")
     return ("pair" if k.peer else "alone"), None
+
+
+def _unnamed_pair(k: Sock) -> bool:
+    """Is `k` one end of a pair whose ends have no name (socketpair(2), not a connection accepted
+    from a listener, whose accepted end bears the listener's name)?"""
+    if not k.mutual or k.named or k.peer_netns != k.netns:
+        return False
+    try:
+        return not unix_bind.name_of(k.s.getpeername())
+    except OSError:
+        return False
 
 
 def _dump_one(d) -> dict:

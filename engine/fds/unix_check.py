@@ -164,7 +164,9 @@ def check_object(obj: dict, what: str) -> None:
         _fail(f"{what}: bad unix socket pair")
     msgs = obj.get("msgs")
     if msgs is not None:
-        if obj["type"] == "stream" or not isinstance(msgs, list) or len(msgs) != 2:
+        # (a stream pair's queue in segments when fds were in flight on it: then no bytes besides)
+        if not isinstance(msgs, list) or len(msgs) != 2 or (obj["type"] == "stream" and (
+                any(obj["data"]) or "via" in obj)):
             _fail(f"{what}: bad queued messages of a socket pair")
         for q in msgs:
             _check_msgs(q, what)

@@ -42,7 +42,11 @@ def dump_end(k) -> None:
         o["via"] = {"end": end, **{key: out[key] for key in ("path", "abstract") if key in out}}
         for key in ("path", "abstract"):
             out.pop(key, None)
-    if out["type"] == "stream":
+    if out["type"] == "stream" and k.inflight:
+        # (fds in flight: the queue in segments, each ending with the bytes that carried fds;
+        # an unnamed pair only, unix.case_of)
+        o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight)
+    elif out["type"] == "stream":
         n = unix_queue.inq(k.c)
         if n > unix_queue.MAX_DATA:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {n} bytes queued: too many")

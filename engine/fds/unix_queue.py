@@ -195,6 +195,7 @@ def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
     """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
     from the front of `fds` (received ones, which the stand-in closes). Returns the fds left."""
     fds = list(fds)
+    stream = peer.type == socket.SOCK_STREAM   # (a pair's segments, when fds were in flight on it)
     try:
         for i, m in enumerate(queue):
             if isinstance(m, dict):
@@ -202,7 +203,12 @@ def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
                 mine, fds = fds[:n], fds[n:]
                 if len(mine) != n:
                     raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
-                socket.send_fds(peer, [base64.b64decode(m["data"])], mine, socket.MSG_DONTWAIT)
+                data = base64.b64decode(m["data"])
+                sent = socket.send_fds(peer, [data], mine, socket.MSG_DONTWAIT)
+                if stream:
+                    send_all(peer, data[sent:])   # (a stream may take part of it: the fds went with the first)
+            elif stream:
+                send_all(peer, base64.b64decode(m))
             else:
                 peer.send(base64.b64decode(m), socket.MSG_DONTWAIT)
     except BlockingIOError:
