@@ -60,3 +60,18 @@ x, y = socket.socketpair()
 a.send(b"head "); socket.send_fds(a, [b"fds"], [x.fileno()])
 os.dup2(b.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(y.fileno(), 12)
 """, "only files, FIFOs and pipes in flight are supported")
+
+
+SEG = {"data": "eA==", "fds": [{"kind": "pipe", "flags": 0, "pos": 0, "obj": "pipe-1"}]}
+
+
+@pytest.mark.parametrize("obj", [
+    {"data": ["eA==", ""], "msgs": [[SEG], []]},                       # bytes besides the segments
+    {"data": ["", ""], "msgs": [["eA=="], []]},                        # segments without any fds
+    {"data": ["", ""], "msgs": [[SEG], []], "via": {"end": 0, "path": "/run/s"}},   # an accepted connection's
+])
+def test_validator_refuses_stream_segments_but_with_fds_of_a_socketpair(obj):
+    from engine import image
+    from engine.fds import unix_check
+    with pytest.raises(image.ImageError, match="bad queued messages"):
+        unix_check.check_object({"kind": "unix", "type": "stream", **obj}, "object x")

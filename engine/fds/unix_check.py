@@ -164,9 +164,10 @@ def check_object(obj: dict, what: str) -> None:
         _fail(f"{what}: bad unix socket pair")
     msgs = obj.get("msgs")
     if msgs is not None:
-        # (a stream pair's queue in segments when fds were in flight on it: then no bytes besides)
+        # (a stream pair's queue in segments only when fds were in flight on it: then no bytes besides)
         if not isinstance(msgs, list) or len(msgs) != 2 or (obj["type"] == "stream" and (
-                any(obj["data"]) or "via" in obj)):
+                any(obj["data"]) or "via" in obj or not any(isinstance(m, dict) for q in msgs
+                                                            if isinstance(q, list) for m in q))):
             _fail(f"{what}: bad queued messages of a socket pair")
         for q in msgs:
             _check_msgs(q, what)
