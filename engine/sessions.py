@@ -113,10 +113,7 @@ def _foreground_or_none(pid: int) -> int | None:
 
 def _comm(pid: int) -> str:
     from engine import kernel
-    try:
-        return kernel.read_comm(pid)
-    except OSError:
-        return "?"
+    return kernel.comm_shown(pid)
 
 
 # What the stand-ins do to make the image's sessions and groups (`plan`):
