@@ -94,12 +94,7 @@ def refuse_traced(tree) -> None:
                                               "and dump again; the tree keeps running")
 
 
-def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", errors="backslashreplace") as f:
-            return f.read().strip()
-    except OSError:
-        return "?"
+_comm = kernel.comm_shown
 
 
 def wait_stopped(pids, timeout: float = 5.0) -> None:

@@ -567,6 +567,14 @@ def read_comm(pid: int) -> str:
     return (data[:-1] if data.endswith(b"\n") else data).decode("utf-8", "surrogateescape")
 
 
+def comm_shown(pid) -> str:
+    """/proc/PID/comm as a message shows it (bytes no UTF-8 decode takes escaped), "?" once it is gone."""
+    try:
+        return read_comm(pid).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except OSError:
+        return "?"
+
+
 def dumpable() -> bool:
     """prctl(PR_GET_DUMPABLE): whether the process is dumpable."""
     return _check(_libc.prctl(ctypes.c_int(3), 0, 0, 0, 0), "prctl(PR_GET_DUMPABLE)") == 1

@@ -71,7 +71,8 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
-        if entry["sid"] == pid and any(f.get("kind") == "ctty" and "tty" in f for f in entry["fds"]):
+        if entry["sid"] == pid and any((f.get("kind") == "ctty" and "tty" in f) or f.get("ctty") is True
+                                       for f in entry["fds"]):
             fg = sessions.foreground(pid)   # (its terminal is restored: so is the job in its foreground)
             if fg is not None and fg != entry["pgid"]:
                 entry["tty_fg"] = fg

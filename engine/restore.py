@@ -715,7 +715,8 @@ class _Restorer:
         for p in self.doc["processes"]:
             if p.get("tty_fg") is None:
                 continue
-            fd = next((f["fd"] for f in p["fds"] if f.get("kind") == "ctty" and "tty" in f), None)
+            fd = next((f["fd"] for f in p["fds"] if (f.get("kind") == "ctty" and "tty" in f)
+                       or (f.get("kind") == "pty" and f.get("ctty"))), None)
             try:
                 if fd is None:
                     raise OSError(errno.EINVAL, "it holds no /dev/tty")

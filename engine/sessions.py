@@ -60,7 +60,7 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
     of a leader's terminal counts when the leader holds /dev/tty (its terminal is restored then)."""
     procs = [{"pid": pid, "ppid": ppid, "sid": ids[pid][0], "pgid": ids[pid][1]} for pid, ppid in tree if pid in ids]
     for p in procs:
-        if p["sid"] == p["pid"] and _holds_dev_tty(p["pid"]):
+        if p["sid"] == p["pid"] and (_holds_dev_tty(p["pid"]) or _holds_ctty_slave(p["pid"])):
             fg = _foreground_or_none(p["pid"])
             if fg is not None and fg != p["pgid"]:
                 p["tty_fg"] = fg
@@ -69,7 +69,8 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
         return None
     pid, what, n = problem
     if what == "foreground":
-        return (f"process {pid} ({_comm(pid)}) holds /dev/tty, and its terminal's foreground process group {n} "
+        return (f"process {pid} ({_comm(pid)}) holds its terminal (/dev/tty or the pty), and its terminal's "
+                f"foreground process group {n} "
                 "has no process of its session in the tree: bring a job of the tree to the foreground "
                 "(or the shell itself) and dump again; the tree keeps running")
     if what == "session":
@@ -82,6 +83,11 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
     return (f"process {pid} ({_comm(pid)}) is in process group {n}, which it can neither inherit from its parent "
             "nor join or make: the group is another session's, or both its session and its group are of gone "
             "leaders; dump a tree whose process groups are in their members' session; the tree keeps running")
+
+
+def _holds_ctty_slave(pid: int) -> bool:
+    from engine.fds import pty   # (a leader holding its terminal's slave: restored too, engine/fds/pty.py)
+    return pty.holds_ctty_slave(pid)
 
 
 def _holds_dev_tty(pid: int) -> bool:
@@ -107,10 +113,7 @@ def _foreground_or_none(pid: int) -> int | None:
 
 def _comm(pid: int) -> str:
     from engine import kernel
-    try:
-        return kernel.read_comm(pid)
-    except OSError:
-        return "?"
+    return kernel.comm_shown(pid)
 
 
 # What the stand-ins do to make the image's sessions and groups (`plan`):

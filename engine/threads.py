@@ -132,11 +132,7 @@ def check(pid: int) -> None:
                                                     "thread holds its process's; the tree keeps running")
 
 
-def _comm(task: str) -> str:
-    try:
-        return kernel.read_comm(task).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except OSError:
-        return "?"
+_comm = kernel.comm_shown
 
 
 def read(pid: int) -> list[dict]:

@@ -235,8 +235,4 @@ def wait_dead(pid: int, timeout: float = 10.0) -> int | None:
     return None
 
 
-def _comm(pid: int) -> str:
-    try:
-        return kernel.read_comm(pid)
-    except OSError:
-        return "?"
+_comm = kernel.comm_shown

@@ -15,9 +15,12 @@ shell of a tmux pane does) is the process's controlling terminal under
 another name: its stand-in starts a session of its own, makes the restored
 slave its controlling terminal (TIOCSCTTY) and opens the /dev/tty node of
 the restored mount. Only for a process that leads its session (the one that
-acquired the terminal); other members of a session are refused. Not done:
-controlling terminals of processes without a /dev/tty fd, sessions, data in
-flight.
+acquired the terminal); other members of a session are refused. A session
+leader holding the slave that is its controlling terminal (`ctty` on the
+slave's entry: a shell on a container's console) takes it again the same way
+without /dev/tty. Not done: controlling terminals of session members (they
+get one only by a fork after their leader took it; stand-ins are forked
+before any terminal exists), data in flight.
 """
 
 from __future__ import annotations
@@ -78,7 +81,40 @@ def _dump(d) -> dict:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pty slave whose master is gone, on a detached mount: "
                                             "not supported")
         return {"obj": obj, "end": "slave", "orphan": True, "placed": False, "mnt": loc["mnt"], "path": loc["path"]}
-    return {"obj": obj, "end": "slave"}
+    out = {"obj": obj, "end": "slave"}
+    if leads_on(d.pid, st.st_rdev):
+        out["ctty"] = True   # (its stand-in takes it again as its controlling terminal: _ctty_slave_in)
+    return out
+
+
+def leads_on(pid: int, rdev: int) -> bool:
+    """Does process `pid` lead its session with the pty slave of device `rdev` as its controlling
+    terminal (/proc/PID/stat: the terminal's number; a shell on a container's console, the process
+    systemd-nspawn or `runc run -t` started, holds it as its stdio and no /dev/tty)?"""
+    try:
+        with open(f"/proc/{pid}/stat", errors="surrogateescape") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    session, tty_nr = int(fields[3]), int(fields[4])
+    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    return bool(tty_nr) and session == pid and (major, minor) == (os.major(rdev), os.minor(rdev))
+
+
+def holds_ctty_slave(pid: int) -> bool:
+    """Does process `pid` lead its session and hold the pty slave that is its controlling terminal?"""
+    try:
+        names = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for n in names:
+        try:
+            st = os.stat(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            continue
+        if stat.S_ISCHR(st.st_mode) and 136 <= os.major(st.st_rdev) < 144 and leads_on(pid, st.st_rdev):
+            return True
+    return False
 
 
 def _hold(d, dev: int, index: int) -> None:
@@ -144,6 +180,8 @@ def _check(entry: dict, what: str) -> None:
     check_abs_path(entry["ptmx"].get("path"), f"{what} ptmx")
     if entry.get("orphan") and entry["end"] != "slave":
         _fail(f"{what}: only a pty slave is hung up")
+    if entry.get("ctty") and (entry["end"] != "slave" or entry.get("orphan")):
+        _fail(f"{what}: only a pty slave that is not hung up is a controlling terminal")
 
 
 def _check_object(obj: dict, what: str) -> None:
@@ -259,11 +297,27 @@ def _open(r: RestoreFd) -> int:
         fl = fcntl.fcntl(fd, fcntl.F_GETFL)
         fcntl.fcntl(fd, fcntl.F_SETFL, (fl & ~os.O_NONBLOCK) | (e["flags"] & os.O_NONBLOCK))
         return fd
-    return r.open_at(e["mnt"], e["path"], (e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)) | os.O_NOCTTY)
+    fd = r.open_at(e["mnt"], e["path"], (e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL)) | os.O_NOCTTY)
+    if e.get("ctty"):
+        try:
+            r.standin("ctty_slave", {}, [fd])
+        except BaseException:
+            os.close(fd)
+            raise
+    return fd
+
+
+def _ctty_slave_in(args, fds):
+    """In the stand-in (its session's leader): the slave fds[0] its controlling terminal again."""
+    fcntl.ioctl(fds[0], termios.TIOCSCTTY, 0)
+    return None, []
 
 
 register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check, precheck=_precheck,
-                check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30, fields={"end": F(STR), "ptmx": F(DICT), "orphan": F(BOOL, required=False)}))
+                check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30,
+                standin={"ctty_slave": _ctty_slave_in},
+                fields={"end": F(STR), "ptmx": F(DICT), "orphan": F(BOOL, required=False),
+                        "ctty": F(BOOL, required=False)}))
 
 
 # --- /dev/tty: the controlling terminal under another name -------------------------------------

@@ -29,7 +29,11 @@ mount by a /proc magic link, or by the abstract name.
 A pending connection whose client is gone (sock_diag names it 0) is made again from a fresh
 client that connects, sends what the gone one had and closes.
 
-Not done yet (refused at dump): fds in flight on a stream or a listener, other kinds in flight,
+Fds in flight on a stream pair (socketpair(2)) are kept with its queue in segments, each ending
+with the bytes that carried fds (a peek with a peek offset stops there), and sent again so.
+
+Not done yet (refused at dump): fds in flight on a listener or on a stream that is not an unnamed
+pair's end (a connection accepted from a listener), other kinds in flight,
 data a pending connection's client already sent, or any pending connection whose client is gone,
 when the tree keeps running (--leave-running: only accept() reads it), a datagram queued on a named socket from a sender name no socket of the
 tree holds, a connection to a named socket outside the tree, and a path name whose file is only on
@@ -59,7 +63,8 @@ def _dump(d) -> dict:
     with socket.socket(fileno=os.dup(c)) as s:
         out["opts"] = unix_opts.read(s)
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
-    out["_ino"] = f"{os.stat(f'/proc/{d.pid}/ns/net').st_ino}:{st.st_ino}"   # (for _finish, then dropped)
+    netns, _diag = unix_diag.netns_of(d, st.st_ino, os.stat(f"/proc/{d.pid}/ns/net").st_ino)
+    out["_ino"] = f"{netns}:{st.st_ino}"   # (for _finish, then dropped)
     return out
 
 
@@ -70,12 +75,22 @@ class Sock:
         self.d, self.c, self.s = d, c, s
         self.typ = refuse_family(d, s)
         self.ino = os.stat(f"/proc/{d.pid}/fd/{d.fd}").st_ino
-        self.netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
-        self.diag = unix_diag.diag_of(d, self.netns)
+        # The socket's network namespace (where sock_diag lists it), which is not always its
+        # holder's: the server end of a stream connection is made in the client's (the kernel's
+        # unix_stream_connect), in another namespace when the client connected through a socket file.
+        self.holder_netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
+        self.netns, self.diag = unix_diag.netns_of(d, self.ino, self.holder_netns)
         self.rec = self.diag.get(self.ino, {})
         self.out = {"type": unix_diag.TYPES[self.typ], **unix_bind.name_of(s.getsockname())}   # the image entry being built
         refuse_name(d, self.out)
         self.peer = self.rec.get("peer")
+        # (where sock_diag lists the peer: another network namespace of the tree when the socket
+        # was connected through a socket file across namespaces)
+        self.peer_netns, self.peer_diag = self.netns, self.diag
+        if self.peer and self.peer not in self.diag:
+            found = unix_diag.find_peer(d, self.peer, self.netns)
+            if found is not None:
+                self.peer_netns, self.peer_diag = found
         self.inflight = 0
 
     @property
@@ -86,7 +101,7 @@ class Sock:
     @property
     def mutual(self) -> bool:
         """Its peer's peer is it: one end of a pair (or of an accepted connection)."""
-        return bool(self.peer) and self.diag.get(self.peer, {}).get("peer") == self.ino
+        return bool(self.peer) and self.peer_diag.get(self.peer, {}).get("peer") == self.ino
 
 
 def case_of(k: Sock) -> tuple[str, object]:
@@ -98,11 +113,13 @@ def case_of(k: Sock) -> tuple[str, object]:
     d, s = k.d, k.s
     k.inflight = int((d.info().get("scm_fds") or ["0"])[0])
     listening = s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
-    if k.inflight and (k.typ == socket.SOCK_STREAM or listening):
-        # fds passed with SCM_RIGHTS and not received yet, on a stream (its messages are not
-        # kept apart) or in a listener's pending connections.
+    if k.inflight and (listening or (k.typ == socket.SOCK_STREAM and not _unnamed_pair(k))):
+        # fds passed with SCM_RIGHTS and not received yet in a listener's pending connections, or
+        # on a stream that is not an end of an unnamed pair (socketpair(2): its queue is peeked in
+        # segments, each ending with the bytes that carried fds, unix_pair.dump_end).
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {k.inflight} fds in flight (SCM_RIGHTS not yet received) "
-                                        f"on a {'listening' if k.typ != socket.SOCK_STREAM else 'stream'} socket: "
+                                        f"on a {'listening' if listening else 'stream'} socket"
+                                        f"{'' if listening else ' that is not an end of a socketpair'}: "
                                         "not supported")
     if listening:
         return "listener", None
@@ -117,7 +134,26 @@ def case_of(k: Sock) -> tuple[str, object]:
         return "backlog", None
     if k.peer and not k.mutual:
         return "client", k.peer
+    if k.peer and k.peer_netns != k.netns and k.typ == socket.SOCK_DGRAM and k.named:
+        # Datagram sockets of two network namespaces connected to each other through their socket
+        # files: each end is made in its own, bound and connected to the other again (a client each).
+        return "client", k.peer
+    if k.peer and k.peer_netns != k.netns:
+        # Restore makes both ends of a pair in one stand-in, so in one network namespace.
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket connected to a socket of another network "
+                                        "namespace of the tree (through a socket file): not supported yet")
     return ("pair" if k.peer else "alone"), None
+
+
+def _unnamed_pair(k: Sock) -> bool:
+    """Is `k` one end of a pair whose ends have no name (socketpair(2), not a connection accepted
+    from a listener, whose accepted end bears the listener's name)?"""
+    if not k.mutual or k.named or k.peer_netns != k.netns:
+        return False
+    try:
+        return not unix_bind.name_of(k.s.getpeername())
+    except OSError:
+        return False
 
 
 def _dump_one(d) -> dict:
@@ -148,7 +184,7 @@ def _dump_one(d) -> dict:
         if case == "backlog":
             return _with_backlog(k)
         if case == "client":
-            out.update(_connected_to(d, s, k.typ, detail, k.diag, k.netns, k.inflight))
+            out.update(_connected_to(d, s, k.typ, detail, k.peer_diag, k.peer_netns, k.inflight))
             return out
         if case == "pair":
             unix_pair.dump_end(k)
@@ -417,6 +453,7 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     """Refuse a socket connected to a named socket that no process of the tree holds (restore would
     connect to whatever has that name then), and drop the dump's own bookkeeping fields."""
     unix = [e for e in entries if e.get("kind") == "unix" and "_ino" in e]
+    unix_pair.settle(objects)
     unix_backlog.name_senders(unix)
     unix_ghost.number(unix)
     refuse_outside(unix)

@@ -164,13 +164,17 @@ def check_object(obj: dict, what: str) -> None:
         _fail(f"{what}: bad unix socket pair")
     msgs = obj.get("msgs")
     if msgs is not None:
-        if obj["type"] == "stream" or not isinstance(msgs, list) or len(msgs) != 2:
+        # (a stream pair's queue in segments only when fds were in flight on it: then no bytes besides)
+        if not isinstance(msgs, list) or len(msgs) != 2 or (obj["type"] == "stream" and (
+                any(obj["data"]) or "via" in obj or not any(isinstance(m, dict) for q in msgs
+                                                            if isinstance(q, list) for m in q))):
             _fail(f"{what}: bad queued messages of a socket pair")
         for q in msgs:
             _check_msgs(q, what)
     via = obj.get("via")
     if via is not None:
-        if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via):
+        if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via) \
+                or via.get("maker", via["end"]) not in (0, 1) or ("maker" in via and "path" not in via):
             _fail(f"{what}: bad listener name of a socket pair")
         if "path" in via:
             check_name(via["path"], what)

@@ -89,6 +89,42 @@ def diag_of(d, netns: int) -> dict[int, dict]:
     return diag
 
 
+def netns_of(d, ino: int, netns: int) -> tuple[int, dict]:
+    """(network namespace, its `diag_of` table) of socket `ino` that a process in network
+    namespace `netns` holds: that one, unless sock_diag lists the socket in another of the tree's."""
+    diag = diag_of(d, netns)
+    if ino not in diag:
+        found = find_peer(d, ino, netns)
+        if found is not None:
+            return found
+    return netns, diag
+
+
+def find_peer(d, peer: int, netns: int) -> tuple[int, dict] | None:
+    """(network namespace, its `diag_of` table) of the tree's network namespace other than `netns`
+    whose sock_diag lists socket `peer`, or None. A socket connected through a socket file may have
+    its peer in another network namespace (a container's service and a host agent): sock_diag lists
+    a namespace's own sockets only."""
+    seen = {netns}
+    for pid in d.scratch.get("pids") or ():
+        try:
+            other = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            continue
+        if other in seen:
+            continue
+        seen.add(other)
+        diag = d.scratch.get(("unix", other))
+        if diag is None:
+            try:
+                diag = d.scratch[("unix", other)] = diag_in(pid)
+            except OSError:
+                continue
+        if peer in diag:
+            return other, diag
+    return None
+
+
 def embryos(diag: dict) -> dict[int, tuple[int, int]]:
     """{inode of the client of a connection not accepted yet: (its listener's inode, its place in the
     queue)} (a listener's UNIX_DIAG_ICONS name the clients)."""

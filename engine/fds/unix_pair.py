@@ -1,7 +1,9 @@
 """Connected unix socket pairs whose ends the tree holds: the dump record of one end (its queued
 data or messages, a shared image object), and, for the accepted end of a connection to a
 listener (its name is the listener's), the connection made again at restore through a
-temporary listener at that name (or bound aside where the listener's directory is gone).
+temporary listener at that name (or bound aside where the listener's directory is gone, or
+where the client's holder makes it: the kernel makes a connection's server end in the client's
+network namespace, so a client that connected from another one holds the pair's namespace).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ def dump_end(k) -> None:
     o = d.objects.setdefault(obj, {"kind": "unix", "type": out["type"], "data": ["", ""]})
     end = 0 if ino == a else 1
     out.update({"obj": obj, "end": end})
+    # (is this end's holder in the pair's network namespace: `settle` picks the end that makes it)
+    o.setdefault("_home", [False, False])[end] |= k.holder_netns == k.netns
     if out["type"] == "dgram":
         pass   # (named or not, each end binds its own name at restore: _name_spec)
     elif "path" in out or "abstract" in out:
@@ -38,7 +42,11 @@ def dump_end(k) -> None:
         o["via"] = {"end": end, **{key: out[key] for key in ("path", "abstract") if key in out}}
         for key in ("path", "abstract"):
             out.pop(key, None)
-    if out["type"] == "stream":
+    if out["type"] == "stream" and k.inflight:
+        # (fds in flight: the queue in segments, each ending with the bytes that carried fds;
+        # an unnamed pair only, unix.case_of)
+        o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight)
+    elif out["type"] == "stream":
         n = unix_queue.inq(k.c)
         if n > unix_queue.MAX_DATA:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {n} bytes queued: too many")
@@ -55,6 +63,22 @@ def dump_end(k) -> None:
         out["mnts"] = unix_queue.inflight_mounts([m for q in o["msgs"] for m in q])
 
 
+def settle(objects: dict) -> None:
+    """Once every end is dumped: a pair connected through a listener's name whose accepted end's
+    holder is in another network namespace than the pair (a client that connected through a socket
+    file from another namespace: both ends are the client's namespace's) is made by the holder of
+    the client end (`via["maker"]`), through a listener bound aside; drops the dump's bookkeeping."""
+    for key, o in objects.items():
+        home = o.pop("_home", None) if key.startswith("unixpair-") else None
+        via = o.get("via")
+        if home is None or via is None or home[via["end"]]:
+            continue
+        if not home[1 - via["end"]]:
+            raise FdError(errno.EOPNOTSUPP, f"{key}: a connected unix socket pair held only by processes of other "
+                                            "network namespaces than its own: not supported")
+        via["maker"] = 1 - via["end"]
+
+
 def prepare(key: str, obj: dict, holders: list, call):
     """A pair connected through a listener's name: the holder of its accepted end binds a
     listener there, connects, accepts, and removes it again (before the tree's own sockets are
@@ -62,9 +86,12 @@ def prepare(key: str, obj: dict, holders: list, call):
     via = obj.get("via")
     if via is None:
         return None
-    chan = next((ch for e, ch in holders if e.get("end") == via["end"]), holders[0][1])
+    maker = via.get("maker", via["end"])
+    chan = next((ch for e, ch in holders if e.get("end") == maker), holders[0][1])
     spec = {"type": obj["type"], "data": obj["data"], "msgs": obj.get("msgs"), "accepted": via["end"],
             **{k: via[k] for k in ("path", "abstract") if k in via}}
+    if maker != via["end"]:
+        spec["aside"] = True   # (the client's holder: the name may lead nowhere in its mount namespace)
     return call(chan, "via", spec)
 
 
@@ -72,7 +99,7 @@ def via_in(spec, fds):
     """In the stand-in: a connection through a temporary listener at the dumped name."""
     t = unix_diag.TYPE_NO[spec["type"]]
     name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
-    if isinstance(name, str) and not os.path.isdir(os.path.dirname(name) or "."):
+    if isinstance(name, str) and (spec.get("aside") or not os.path.isdir(os.path.dirname(name) or ".")):
         a, c = _accept_aside(t, name)   # (the listener's directory was removed: CRIU's sk-unix01)
     else:
         a, c = _accept_at(t, name)

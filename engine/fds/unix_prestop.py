@@ -5,7 +5,8 @@ What a running process's socket already shows is refused here with the line
 untouched (no SIGSTOP a parent, a ptracer or a job-control shell could see):
 another family (inet...), a type restore does not make, netlink messages
 waiting to be read, a name that is not normalised, a socket file removed on a
-mount restore cannot bind it again on, fds in flight on a stream or a listener, an fd in flight of
+mount restore cannot bind it again on, fds in flight on a listener or on a stream that is not an
+end of a socketpair, an fd in flight of
 a kind not kept (in the datagram at the head of the queue: a peek sees that one only),
 more data on a stream whose peer is gone than an image keeps, pending connections dump
 cannot list exactly or whose client is outside the tree, data waiting (or maybe
@@ -74,9 +75,9 @@ def _precheck(d) -> None:
                     unix.refuse_pending_data(d, None in entry["_pending"][: last + 1])
         elif case in ("embryo", "client"):
             peer = detail[0] if case == "embryo" else detail
-            name = unix.peer_name(d, s, k.typ, peer, k.diag, k.inflight)
+            name = unix.peer_name(d, s, k.typ, peer, k.diag if case == "embryo" else k.peer_diag, k.inflight)
             if case == "client":
-                entry.update({"connect": name, "_peer": f"{k.netns}:{peer}"})
+                entry.update({"connect": name, "_peer": f"{k.peer_netns}:{peer}"})
         elif case == "dangling":
             unix.refuse_dangling(k)
         elif case == "backlog" and k.typ == socket.SOCK_DGRAM and not unix.connected(s) \

@@ -111,11 +111,14 @@ def refuse_head_inflight(d, s: socket.socket) -> None:
     that `peek_messages` would refuse. A peek without a peek offset takes nothing, but marks an empty
     message peeked, which a later peek with an offset skips: only a head of some bytes (FIONREAD
     tells a datagram socket's head's length, a seqpacket socket's whole queue's) is peeked. A socket
-    with its own peek offset is left to dump too (our peek would move it)."""
-    if s.type != socket.SOCK_DGRAM or s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) >= 0 or not inq(s.fileno()):
+    with its own peek offset is left to dump too (our peek would move it). On a stream (a socketpair's
+    end) the head segment: a peek of its queued bytes stops after the first bytes that carried fds."""
+    n = inq(s.fileno()) if s.type in (socket.SOCK_DGRAM, socket.SOCK_STREAM) else 0
+    if not n or s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) >= 0:
         return
     try:
-        _data, anc, _flags, _addr = s.recvmsg(1, socket.CMSG_SPACE(253 * 4),
+        _data, anc, _flags, _addr = s.recvmsg(1 if s.type == socket.SOCK_DGRAM else min(n, 1 << 17),
+                                              socket.CMSG_SPACE(253 * 4),
                                               socket.MSG_PEEK | socket.MSG_DONTWAIT | socket.MSG_CMSG_CLOEXEC)
     except BlockingIOError:
         return   # (read meanwhile)
@@ -195,6 +198,7 @@ def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
     """Send `queue` (dumped messages) from `peer`, one message a send; the fds in flight are taken
     from the front of `fds` (received ones, which the stand-in closes). Returns the fds left."""
     fds = list(fds)
+    stream = peer.type == socket.SOCK_STREAM   # (a pair's segments, when fds were in flight on it)
     try:
         for i, m in enumerate(queue):
             if isinstance(m, dict):
@@ -202,7 +206,12 @@ def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
                 mine, fds = fds[:n], fds[n:]
                 if len(mine) != n:
                     raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
-                socket.send_fds(peer, [base64.b64decode(m["data"])], mine, socket.MSG_DONTWAIT)
+                data = base64.b64decode(m["data"])
+                sent = socket.send_fds(peer, [data], mine, socket.MSG_DONTWAIT)
+                if stream:
+                    send_all(peer, data[sent:])   # (a stream may take part of it: the fds went with the first)
+            elif stream:
+                send_all(peer, base64.b64decode(m))
             else:
                 peer.send(base64.b64decode(m), socket.MSG_DONTWAIT)
     except BlockingIOError:
