@@ -80,7 +80,17 @@ class Sock:
         # unix_stream_connect), in another namespace when the client connected through a socket file.
         self.holder_netns = os.stat(f"/proc/{d.pid}/ns/net").st_ino
         self.netns, self.diag = unix_diag.netns_of(d, self.ino, self.holder_netns)
-        self.rec = self.diag.get(self.ino, {})
+        if self.ino not in self.diag:
+            # Listed in none of the tree's namespaces: read its holder's again (the socket may be
+            # newer than the table read for this dump), else its namespace has no process of the
+            # tree (made there, then its maker left it) and sock_diag, which tells its peer and
+            # queue, cannot be asked there: without it a connected pair would pass for two ends
+            # whose peers are gone.
+            self.diag = d.scratch[("unix", self.netns)] = unix_diag.diag_in(d.pid)
+            if self.ino not in self.diag:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a unix socket of a network namespace that no "
+                                                "process of the tree is in (made there, then left): not supported")
+        self.rec = self.diag[self.ino]
         self.out = {"type": unix_diag.TYPES[self.typ], **unix_bind.name_of(s.getsockname())}   # the image entry being built
         refuse_name(d, self.out)
         self.peer = self.rec.get("peer")
