@@ -651,7 +651,7 @@ RANGES = {
     "mount-option-unknown": (lambda d: _mount(d, "/mnt/t")["mount_opts"].append("remount"),
                              r"is no per-mount option"),
     # (counts are checked before any record is looked at: lists of zeros are enough)
-    "too-many-processes": (lambda d: d.update(processes=[0] * 100_001), r"100001 processes is absurd"),
+    "too-many-processes": (lambda d: d.update(processes=[0] * 100_001), r"100001 processes and 0 zombies is absurd"),
     "too-many-mounts": (lambda d: _ns(d).update(mounts=[0] * 500_001), r"500001 mounts is absurd"),
     "too-many-fds": (lambda d: d["processes"][0].update(fds=[0] * 1_000_001), r"1000001 fds is absurd"),
     "hostname-too-long": (lambda d: d.update(hostnames={d["processes"][0]["ns"]["uts"]: "h" * 65}),
