@@ -60,7 +60,7 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
     of a leader's terminal counts when the leader holds /dev/tty (its terminal is restored then)."""
     procs = [{"pid": pid, "ppid": ppid, "sid": ids[pid][0], "pgid": ids[pid][1]} for pid, ppid in tree if pid in ids]
     for p in procs:
-        if p["sid"] == p["pid"] and (_holds_dev_tty(p["pid"]) or _holds_ctty_slave(p["pid"])):
+        if p["sid"] == p["pid"] and _holds_terminal(p["pid"]):
             fg = _foreground_or_none(p["pid"])
             if fg is not None and fg != p["pgid"]:
                 p["tty_fg"] = fg
@@ -85,23 +85,12 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
             "leaders; dump a tree whose process groups are in their members' session; the tree keeps running")
 
 
-def _holds_ctty_slave(pid: int) -> bool:
-    from engine.fds import pty   # (a leader holding its terminal's slave: restored too, engine/fds/pty.py)
-    return pty.holds_ctty_slave(pid)
-
-
-def _holds_dev_tty(pid: int) -> bool:
-    try:
-        names = os.listdir(f"/proc/{pid}/fd")
-    except OSError:
-        return False
-    for n in names:
-        try:
-            if os.stat(f"/proc/{pid}/fd/{n}").st_rdev == os.makedev(5, 0):
-                return True
-        except OSError:
-            pass
-    return False
+def _holds_terminal(pid: int) -> bool:
+    """Does leader `pid` hold its terminal as /dev/tty, or as the pty slave that is its controlling
+    terminal (both restored: engine/fds/pty.py)? One scan of its fds for both."""
+    from engine.fds import pty
+    rdevs = pty.char_rdevs(pid)
+    return os.makedev(5, 0) in rdevs or pty.holds_ctty_slave(pid, rdevs)
 
 
 def _foreground_or_none(pid: int) -> int | None:

@@ -101,20 +101,28 @@ def leads_on(pid: int, rdev: int) -> bool:
     return bool(tty_nr) and session == pid and (major, minor) == (os.major(rdev), os.minor(rdev))
 
 
-def holds_ctty_slave(pid: int) -> bool:
-    """Does process `pid` lead its session and hold the pty slave that is its controlling terminal?"""
+def char_rdevs(pid: int) -> set[int]:
+    """The devices of the character-device fds process `pid` holds (none once it is gone)."""
     try:
         names = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return False
+        return set()
+    out = set()
     for n in names:
         try:
             st = os.stat(f"/proc/{pid}/fd/{n}")
         except OSError:
             continue
-        if stat.S_ISCHR(st.st_mode) and 136 <= os.major(st.st_rdev) < 144 and leads_on(pid, st.st_rdev):
-            return True
-    return False
+        if stat.S_ISCHR(st.st_mode):
+            out.add(st.st_rdev)
+    return out
+
+
+def holds_ctty_slave(pid: int, rdevs: set[int] | None = None) -> bool:
+    """Does process `pid` lead its session and hold the pty slave that is its controlling terminal?
+    (`rdevs`: its char_rdevs, when the caller read them already.)"""
+    rdevs = char_rdevs(pid) if rdevs is None else rdevs
+    return any(136 <= os.major(r) < 144 and leads_on(pid, r) for r in rdevs)
 
 
 def _hold(d, dev: int, index: int) -> None:
