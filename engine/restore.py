@@ -961,6 +961,19 @@ class _Restorer:
         finally:
             self.to_service()  # setns resets root and cwd
 
+    def _premake_dir(self, sid: str, base: int, rel: str) -> None:
+        """Make directory `rel` (one name) beneath `base` first while its superblock `sid` is still
+        being extracted: most mount points are not extracted yet, and this takes two calls where a
+        failed open, fstat, mkdir and open took four (tar, finding it, keeps it and sets its
+        attributes at its end). One name: mkdir follows no symlink, and the open or move that comes
+        next refuses whatever else an archive may have put there."""
+        if "/" in rel or not self._filling_now() or sid not in self.filling or sid in self.filler.filled:
+            return
+        try:
+            os.mkdir(rel, 0o755, dir_fd=base)
+        except OSError:
+            pass   # (there already, read-only, unmapped ids...: the usual way says what to do)
+
     def _listed_count(self, ns_id: str) -> int | None:
         """How many mounts restored namespace ns_id has under its root, by listmount (None without
         it): at 10,000 mounts ~0.5 ms of CPU where mountinfo's text took ~15."""
@@ -994,17 +1007,8 @@ class _Restorer:
         that superblock, a missing directory is made (tar, finding it, keeps it and sets its
         attributes at its end), and anything else waits for the extraction. `is_dir()` says
         whether the path should be a directory (None: unknown); `surely_dir`: it is known to be one."""
-        if surely_dir and "/" not in rel and self._filling_now() and sid in self.filling \
-                and sid not in self.filler.filled:
-            # Most such mount points are not extracted yet: made first, two calls instead of four
-            # (a failed open, fstat, mkdir, open). One name: mkdir follows no symlink, and the open
-            # below refuses whatever else an archive may have put there.
-            try:
-                os.mkdir(rel, 0o755, dir_fd=base)
-            except FileExistsError:
-                pass
-            except OSError:
-                pass   # (read-only, unmapped ids...: the usual way below says what to do)
+        if surely_dir:
+            self._premake_dir(sid, base, rel)
         try:
             return kernel.openat2(base, rel, flags, resolve)
         except FileNotFoundError:
@@ -1740,19 +1744,14 @@ class _Restorer:
         rel = rel_to(c["mountpoint"], parent["mountpoint"])
         if "/" in rel:
             return False
-        pfd, cid, filler = self.mnt_fd[parent["id"]], c["id"], self.filler
-        filling = filler is not None and not filler.done   # (_filling_now: nothing here changes it)
-        if filling and parent["sb"] in self.filling and parent["sb"] not in filler.filled:
-            try:   # (most are not extracted yet; tar, finding it, keeps it and sets its attributes)
-                os.mkdir(rel, 0o755, dir_fd=pfd)
-            except OSError:
-                pass   # (there already, read-only, unmapped ids...: the usual way says what to do)
+        pfd, cid = self.mnt_fd[parent["id"]], c["id"]
+        self._premake_dir(parent["sb"], pfd, rel)
         try:
             kernel.move_mount(self.mnt_fd[cid], "", pfd, rel, kernel.MOVE_MOUNT_F_EMPTY_PATH)
         except OSError:
             return False
         self._moved.add(cid)
-        if filling:
+        if self._filling_now():
             ns_id = self.ns_of_mount[cid]
             self.attached_in[ns_id] = self.attached_in.get(ns_id, 0) + 1
         return True
