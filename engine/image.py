@@ -278,27 +278,44 @@ class _Sharing:
     each once: 40% less memory for 10,000 mounts (1.8 -> 1.05 KiB a mount), for ~1% more
     restore CPU. Shared lists are never changed in place (restore only reads the image)."""
 
-    STRINGS = ("dev", "fstype", "root", "sb", "source")
-    LISTS = ("mount_opts", "super_opts")
-
     def __init__(self):
-        self.strings: dict[str, str] = {}
-        self.lists: dict[tuple, list] = {}
+        strings: dict[str, str] = {}
+        lists: dict[tuple, list] = {}
+        one, many = strings.setdefault, lists.setdefault
+        str_, list_ = str, list
 
-    def hook(self, obj: dict) -> dict:
-        get = obj.get
-        for k in self.STRINGS:
-            v = get(k)
-            if v.__class__ is str:
-                obj[k] = self.strings.setdefault(v, v)
-        for k in self.LISTS:
-            v = get(k)
-            if v.__class__ is list:
-                try:
-                    obj[k] = self.lists.setdefault(tuple(v), v)
-                except TypeError:
-                    pass  # an item that is not hashable (a bad image): left alone for the validator
-        return obj
+        # A closure over its tables (no attribute lookups), straight-line, and one test that lets
+        # every object other than a mount, detached mount or superblock through at once.
+        def hook(obj: dict) -> dict:
+            if "super_opts" not in obj and "mount_opts" not in obj:
+                return obj
+            get = obj.get
+            v = get("dev")
+            if v.__class__ is str_:
+                obj["dev"] = one(v, v)
+            v = get("fstype")
+            if v.__class__ is str_:
+                obj["fstype"] = one(v, v)
+            v = get("root")
+            if v.__class__ is str_:
+                obj["root"] = one(v, v)
+            v = get("sb")
+            if v.__class__ is str_:
+                obj["sb"] = one(v, v)
+            v = get("source")
+            if v.__class__ is str_:
+                obj["source"] = one(v, v)
+            try:
+                v = get("mount_opts")
+                if v.__class__ is list_:
+                    obj["mount_opts"] = many(tuple(v), v)
+                v = get("super_opts")
+                if v.__class__ is list_:
+                    obj["super_opts"] = many(tuple(v), v)
+            except TypeError:
+                pass  # an item that is not hashable (a bad image): left alone for the validator
+            return obj
+        self.hook = hook
 
 
 def validate(doc: dict, images_dir: str, check_archives: bool = True) -> None:

@@ -46,7 +46,7 @@ from operator import itemgetter
 from engine import records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
-                          NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
+                          NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -161,7 +161,8 @@ def strlen(hi: int) -> Rule:
         if v is not None and (len(v) > hi or "\0" in v):
             return f"must be a string of at most {hi} characters without NUL"
         return None
-    rule.inline = ("cached",)
+    # Inlined, not cached: sources are mostly each superblock's own (a cache would miss).
+    rule.inline = ("strlen", hi)
     return rule
 
 
@@ -424,6 +425,8 @@ def _rule_lines(n: int, key: str, f: F, env: dict, v: str, ind: str, seen: set, 
     if kind[0] == "pattern":
         env[f"RX{n}"] = kind[1].match
         return [f"{ind}if {nullable}RX{n}({v}) is None: {slow}"]
+    if kind[0] == "strlen":
+        return [f"{ind}if {nullable}(len({v}) > {kind[1]!r} or '\\x00' in {v}): {slow}"]
     if kind[0] == "path":
         return [f"{ind}if {nullable}({v}[:1] != '/' or '/.' in {v} or '//' in {v} or '\\x00' in {v} "
                 f"or len({v}) > MAXP or ({v}[-1] == '/' and {v} != '/')):",
@@ -1071,17 +1074,20 @@ def _check_userns(doc: dict, mounts: dict) -> None:
     for ns_id, ns in doc["mntns"].items():
         if "owner" in ns and ns["owner"] not in users:
             _fail(f"mount namespace {ns_id}: unknown owner {ns['owner']!r}")
+        owned, root = "owner" in ns, ns["root"]
         for m in ns["mounts"]:
-            if (m.get("locked") or m.get("locked_flags")) and "owner" not in ns:
-                _fail(f"mount {m['id']}: locked in {ns_id}, which no user namespace of the image owns")
-            if "owner" in ns and m["id"] == ns["root"] and not m.get("locked"):
-                # Restore copies the namespace into its user namespace, which locks the root.
-                _fail(f"mount {m['id']}: the root of {ns_id}, owned by {ns['owner']}, must be locked")
+            if owned or "locked" in m or "locked_flags" in m:
+                if (m.get("locked") or m.get("locked_flags")) and not owned:
+                    _fail(f"mount {m['id']}: locked in {ns_id}, which no user namespace of the image owns")
+                if owned and m["id"] == root and not m.get("locked"):
+                    # Restore copies the namespace into its user namespace, which locks the root.
+                    _fail(f"mount {m['id']}: the root of {ns_id}, owned by {ns['owner']}, must be locked")
             if ("idmap" in m) != ("idmapped" in m["mount_opts"]):
                 _fail(f"mount {m['id']}: 'idmapped' and an idmap record go together")
-            for flag in m.get("locked_flags") or ():
-                if flag != "atime" and flag not in m["mount_opts"]:
-                    _fail(f"mount {m['id']}: flag {flag} is locked but not set")
+            if "locked_flags" in m:
+                for flag in m["locked_flags"] or ():
+                    if flag != "atime" and flag not in m["mount_opts"]:
+                        _fail(f"mount {m['id']}: flag {flag} is locked but not set")
 
 
 def _check_counts(doc: dict) -> None:
@@ -1160,29 +1166,34 @@ def _check_mntns(mntns: dict, sbs: dict) -> dict[int, dict]:
             _fail(f"{what}: root mount {root} has a parent")
         if by_id[root]["mountpoint"] != "/":
             _fail(f"{what}: root mount {root} is not mounted at /")
+        # Every mount reaches the root (no cycles, no second root), iteratively at any depth. Most
+        # mounts come after their parent (mountinfo's order): `done` (reaches the root) at once.
+        done, later = {root}, []
         for m in ns["mounts"]:
-            if m["id"] == root:
+            mid = m["id"]
+            if mid == root:
                 continue
             parent = m.get("parent")
             if parent not in by_id:
-                _fail(f"mount {m['id']}: parent {parent!r} is not in {ns_id}")
-            if not is_beneath(m["mountpoint"], by_id[parent]["mountpoint"]):
-                _fail(f"mount {m['id']}: mountpoint {m['mountpoint']} is outside its parent's "
-                      f"{by_id[parent]['mountpoint']}")
-        # every mount reaches the root (no cycles, no second root): iterative, any depth
-        state: dict[int, int] = {root: 2}
-        for m in ns["mounts"]:
-            chain, cur = [], m["id"]
-            while state.get(cur) != 2:
-                if state.get(cur) == 1:
+                _fail(f"mount {mid}: parent {parent!r} is not in {ns_id}")
+            base, mp = by_id[parent]["mountpoint"], m["mountpoint"]
+            if not (base == "/" or mp == base or mp.startswith(base + "/")):   # (is_beneath)
+                _fail(f"mount {mid}: mountpoint {mp} is outside its parent's {base}")
+            if parent in done:
+                done.add(mid)
+            else:
+                later.append(m)
+        for m in later:
+            chain, on_chain, cur = [], set(), m["id"]
+            while cur not in done:
+                if cur in on_chain:
                     _fail(f"mount {m['id']}: parent cycle")
-                state[cur] = 1
+                on_chain.add(cur)
                 chain.append(cur)
                 cur = by_id[cur].get("parent")
                 if cur is None:
                     _fail(f"mount {m['id']}: does not reach the namespace root")
-            for c in chain:
-                state[c] = 2
+            done.update(chain)
     return all_mounts
 
 
