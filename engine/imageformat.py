@@ -1233,9 +1233,15 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             odd_roots.setdefault(m["sb"], []).append(m)
     members: set[tuple[str, str]] = set()
     archive_bytes: dict[str, int] = {}
+    # Per type and per option list (most superblocks share a few: image._Sharing), asked once.
+    handlers: dict[str, object] = {}
+    opts_ok: set[tuple[int, int]] = set()      # (ids of) a super_opts list of `sbs` and its type, checked
+    limits: dict[int, int | None] = {}         # id of a super_opts list -> _size_limit
     for sid, sb in sbs.items():
         what = f"superblock {sid} ({sb['fstype']})"
-        handler = fs.lookup(sb["fstype"])
+        handler = handlers.get(sb["fstype"], handlers)
+        if handler is handlers:
+            handler = handlers[sb["fstype"]] = fs.lookup(sb["fstype"])
         external = sb.get("external", False)
         if handler is None and not external and sid in used_sbs:
             _fail(f"{what}: filesystem type {sb['fstype']!r} is not supported")
@@ -1250,17 +1256,14 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             if (a["file"], a["member"]) in members:
                 _fail(f"{what}: duplicate archive member {a['file']}:{a['member']}")
             members.add((a["file"], a["member"]))
-            limit = _size_limit(sb)
+            limit = limits.get(id(sb["super_opts"]), limits)
+            if limit is limits:
+                limit = limits[id(sb["super_opts"])] = _size_limit(sb)
             if archive_bytes.get(a["file"], 0) is not None:
                 archive_bytes[a["file"]] = None if limit is None else archive_bytes.get(a["file"], 0) + limit
-        for opt in sb["super_opts"] if not external else ():
-            key, sep, value = opt.partition("=")
-            if key in HOST_OPTS:
-                _fail(f"{what}: super option {key!r} names a device or file of the host: refused")
-            # (options restore never passes back, like btrfs subvol=/x, name paths inside the fs)
-            if value.startswith("/") and not (handler is not None and (key in handler.drop_opts
-                                                                       or key in handler.path_opts)):
-                _fail(f"{what}: super option {opt[:80]!r} names a host path: refused")
+        if not external and (id(sb["super_opts"]), id(handler)) not in opts_ok:
+            _check_super_opts(what, sb["super_opts"], handler)
+            opts_ok.add((id(sb["super_opts"]), id(handler)))
         if sb.get("pidns") is not None:
             if handler is None or handler.ns_key != "pidns":
                 _fail(f"{what}: a pid namespace only belongs to a proc superblock")
@@ -1310,6 +1313,18 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
         if limit is not None and limit + 10240 < files[name]["size"]:
             _fail(f"archive {name}: {files[name]['size']} bytes is more than its superblocks may hold ({limit})")
     _check_overlay_cycles(sbs, mounts)
+
+
+def _check_super_opts(what: str, opts: list, handler) -> None:
+    """No super option naming a host device or file (`handler`: the superblock's type, or None)."""
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key in HOST_OPTS:
+            _fail(f"{what}: super option {key!r} names a device or file of the host: refused")
+        # (options restore never passes back, like btrfs subvol=/x, name paths inside the fs)
+        if value.startswith("/") and not (handler is not None and (key in handler.drop_opts
+                                                                   or key in handler.path_opts)):
+            _fail(f"{what}: super option {opt[:80]!r} names a host path: refused")
 
 
 def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
