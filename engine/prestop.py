@@ -687,7 +687,7 @@ def _check_deleted_maps(pid: int, view: View) -> None:
         sid = None if m is None else view.sb_of_dev[m.dev]
         if sid not in view.unsure:
             mountrules.deleted_mapping(f"process {pid} mapping ({target})",
-                                       None if sid is None else view.superblocks[sid], st.st_mode, st.st_nlink)
+                                       None if sid is None else view.superblocks[sid], st.st_mode)
 
 
 def _check_exe(pid: int, view: View) -> None:
