@@ -875,6 +875,7 @@ MANIFEST = Record("manifest", {
     "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
     "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
     "zombies": F(LIST, required=False),                       # [ZOMBIE], checked with their count
+    "sysvipc": F(DICT, required=False),                       # {ipc ns: System V IPC objects} (engine/sysvipc.py)
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
@@ -1486,6 +1487,10 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
+    if "sysvipc" in doc:
+        from engine import sysvipc
+        sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"] if "ipc" not in (p.get("host_ns") or ())},
+                      _fail)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:

@@ -53,7 +53,7 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, hostidmap,
-                    image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
+                    image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids, sysvipc,
                     userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -653,6 +653,17 @@ class _Restorer:
         for pid, leader in self.jobs.later:
             self._setpgid(pid, leader)
         self._end_zombies(by_pid)
+
+    def make_sysvipc(self) -> None:
+        """The System V IPC objects of each restored ipc namespace (engine/sysvipc.py)."""
+        for nsid, objs in (self.doc.get("sysvipc") or {}).items():
+            fd = self.nsfd_of.get(("ipc", nsid))
+            if fd is None:
+                raise RestoreError(errno.EINVAL, f"ipc namespace {nsid}: not made by this restore")
+            try:
+                sysvipc.make(fd, objs, self.hostproc)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
 
     def _spawn_zombie(self, z: dict, parent: dict) -> None:
         """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces (init of a new
@@ -2308,6 +2319,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r._users_call(r.users.make_userns)
     r.start_yard()
     r.spawn_standins()
+    r.make_sysvipc()
     r.open_externals()
     r.create_superblocks()
     if strategy.current().sharing == "construct":
