@@ -36,6 +36,7 @@ tree already shows is checked here first, with the line dump would give:
   chrooted process, whose mountinfo leaves out the mounts outside its root);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
+- System V IPC objects of the tree's ipc namespaces beyond what an image keeps (engine/sysvipc.py);
 - threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
   capabilities other than their process's; checked again once the tree is stopped), and,
   before anything else, a process whose main thread has exited while its threads run.
@@ -53,7 +54,7 @@ import os
 import stat
 
 from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
-                    nsinspect, threads, userns_cr)
+                    nsinspect, sysvipc, threads, userns_cr)
 from engine.dumperror import DumpError
 from engine.fds import FdError
 
@@ -172,6 +173,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         # (locks first: the detached-mount check opens files on the running tree, which breaks a
         # write lease this refuses)
         filelocks.precheck(pids)
+        sysvipc.precheck(pids)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
         _roots(view)
         _check_types(view, ext_mnts, root_ns)
@@ -184,7 +186,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_fds(pids, view, leave_running, set(ext_files))
         for pid in pids:
             threads.check(pid)
-    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError) as e:
+    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
 

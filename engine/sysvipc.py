@@ -144,6 +144,48 @@ def read(pid: int) -> dict:
         os.close(proc)
 
 
+def _limits_here(proc: int) -> None:
+    """In a child in the namespace: refuse more objects or bytes than an image keeps (_read_here's
+    limits, from the tables alone)."""
+    total = 0
+    for kind, size in (("shm", "size"), ("sem", None), ("msg", "cbytes")):
+        rows = _table(proc, kind)
+        if len(rows) > MAX_OBJECTS:
+            raise IpcError(errno.EOPNOTSUPP, f"{len(rows)} System V {kind} objects in one ipc namespace: at most "
+                                             f"{MAX_OBJECTS}")
+        total += sum(r[size] for r in rows if size and not (kind == "shm" and r["perms"] & _SHM_DEST))
+    if total > MAX_BYTES:
+        raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory and messages in "
+                                    "an ipc namespace of the tree")
+
+
+def precheck(pids: list[int]) -> None:
+    """Before the stop: refuse an ipc namespace of the tree (not the dumper's) whose objects an
+    image cannot keep; IpcError says why."""
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        mine = os.stat("self/ns/ipc", dir_fd=proc).st_ino
+        seen = {mine}
+        for pid in pids:
+            try:
+                ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+            except OSError:
+                continue   # (gone meanwhile: dump tells, once the tree is stopped)
+            try:
+                if os.fstat(ns).st_ino in seen:
+                    continue
+                seen.add(os.fstat(ns).st_ino)
+
+                def body():
+                    kernel.setns(ns, kernel.CLONE_NEWIPC)
+                    _limits_here(proc)
+                forkrun.run(body)
+            finally:
+                os.close(ns)
+    finally:
+        os.close(proc)
+
+
 def _next_id(proc: int, kind: str, value: int) -> None:
     fd = os.open(f"sys/kernel/{kind}_next_id", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
     try:
@@ -239,6 +281,13 @@ def _int(v, lo: int, hi: int) -> bool:
     return type(v) is int and lo <= v <= hi
 
 
+def _b64len(text: str, what: str, fail) -> int:
+    try:
+        return len(base64.b64decode(text, validate=True))
+    except ValueError:
+        fail(f"{what}: contents are not base64")
+
+
 def check(doc, ns_used: set, fail) -> None:
     """The validator's rule for the image's "sysvipc": per ipc namespace a process is in, objects of
     the three kinds with ids, owners and contents in range, each id once per kind, at most
@@ -265,23 +314,20 @@ def check(doc, ns_used: set, fail) -> None:
                 if rec["id"] in seen:
                     fail(f"{what}: id {rec['id']} twice")
                 seen.add(rec["id"])
-                try:
-                    if kind == "shm":
-                        if not _int(rec["size"], 1, MAX_BYTES) or type(rec["data"]) is not str:
-                            fail(f"{what} {rec['id']}: bad size or data")
-                        total += len(base64.b64decode(rec["data"], validate=True))
-                    elif kind == "sem":
-                        if type(rec["vals"]) is not list or not 1 <= len(rec["vals"]) <= 32000 or \
-                                not all(_int(v, 0, 32767) for v in rec["vals"]):
-                            fail(f"{what} {rec['id']}: bad semaphore values")
-                    else:
-                        if type(rec["msgs"]) is not list:
-                            fail(f"{what} {rec['id']}: bad messages")
-                        for m in rec["msgs"]:
-                            if type(m) is not list or len(m) != 2 or not _int(m[0], 1, (1 << 63) - 1) or type(m[1]) is not str:
-                                fail(f"{what} {rec['id']}: a message is [mtype >= 1, base64 text]")
-                            total += len(base64.b64decode(m[1], validate=True))
-                except ValueError:
-                    fail(f"{what} {rec['id']}: contents are not base64")
+                if kind == "shm":
+                    if not _int(rec["size"], 1, MAX_BYTES) or type(rec["data"]) is not str:
+                        fail(f"{what} {rec['id']}: bad size or data")
+                    total += _b64len(rec["data"], f"{what} {rec['id']}", fail)
+                elif kind == "sem":
+                    if type(rec["vals"]) is not list or not 1 <= len(rec["vals"]) <= 32000 or \
+                            not all(_int(v, 0, 32767) for v in rec["vals"]):
+                        fail(f"{what} {rec['id']}: bad semaphore values")
+                else:
+                    if type(rec["msgs"]) is not list:
+                        fail(f"{what} {rec['id']}: bad messages")
+                    for m in rec["msgs"]:
+                        if type(m) is not list or len(m) != 2 or not _int(m[0], 1, (1 << 63) - 1) or type(m[1]) is not str:
+                            fail(f"{what} {rec['id']}: a message is [mtype >= 1, base64 text]")
+                        total += _b64len(m[1], f"{what} {rec['id']}", fail)
                 if total > MAX_BYTES:
                     fail(f"sysvipc: more than {MAX_BYTES >> 20} MiB of contents")
