@@ -210,6 +210,10 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
                        if (sb.get("device") or {}).get("key") and not sb.get("external")}
                     | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
     missing = [k for k in needed if k not in ext]
+    if root is not None and "root" not in needed:
+        # (criu's users give --root always; here a root made inside the tree comes from the image)
+        os.write(2, f"mntcr restore: note: --root {root} is not used: the image makes its root mount itself "
+                    "(a filesystem whose files it holds, not a directory from outside the tree)\n".encode())
     if missing:
         hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
                          else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")

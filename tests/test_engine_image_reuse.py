@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 
 from enginecase import assert_same, case, take  # noqa: F401  (fixture)
 
@@ -52,3 +53,51 @@ def test_left_running_moved_and_restored_twice(case, tmp_path):
     assert_same(before, take(second))
     # The original still runs beside its two copies, itself still.
     assert_same(before, take(pid))
+
+
+def test_root_from_outside_restored_into_another_root(case, tmp_path):
+    """A container whose root is a directory of the host's filesystem its runtime prepared (restored
+    with --root, as criu's): the image restores into fresh copies of that directory, each tree
+    rooted where its --root says (a file only the copy has is there) and otherwise equal to the
+    dumped one."""
+    from zdtm.snapshot import tree_pids
+    t = str(tmp_path)
+    subprocess.run(["sh", "-ec", f"mkdir -p {t}/a/usr {t}/a/.hold {t}/a/data && echo image > {t}/a/os-release && "
+                    f"for b in bin lib lib64 sbin; do ln -s usr/$b {t}/a/$b; done && "
+                    f"ln -s {os.path.realpath(shutil.which('sleep'))} {t}/a/.hold/mntcr-hold"], check=True)
+    pid = case.start("""
+unshare -m sh -c 'exec 2>/ct/err; mount --rbind /usr /ct/usr; mount -t tmpfs own /ct/data; mkdir -p /ct/old; cd /ct
+                  pivot_root . old; cd /; busybox umount -l /old
+                  exec 0</os-release 3</data 1>/data/out 2>&1; exec /.hold/mntcr-hold 100000' &
+hold
+""", binds=((f"{t}/a", "/ct"),))
+    child = next((k for k in tree_pids(pid) if k != pid), None)
+    assert child, open(f"{t}/a/err").read()
+    before = take(child)
+    images = case.new_images_dir()
+    from enginecase import mntcr
+    r = mntcr("dump", "-t", str(child), "-D", images, "--external", "mnt[/usr]:usr")
+    assert r.returncode == 0, r.stderr
+    # The runtime makes the root directory again (a copy, at the same path: the image records it
+    # for the mount's root), twice, each while the tree restored into the one before still runs.
+    subprocess.run(["mv", f"{t}/a", f"{t}/orig"], check=True)
+    for copy in ("b", "c"):
+        subprocess.run(["sh", "-ec", f"[ ! -e {t}/a ] || mv {t}/a {t}/used-{copy}; cp -a {t}/orig {t}/a; "
+                        f"touch {t}/a/only-{copy}"], check=True)
+        restored = case.restore(images, ("--root", f"{t}/a"))
+        os.unlink(images + ".pid")
+        assert os.path.exists(f"/proc/{restored}/root/only-{copy}"), f"not rooted in the copy {copy}"
+        assert_same(before, take(restored))
+
+
+def test_root_not_used_is_said(case):
+    """--root given for an image whose root mount the tree made itself (a tmpfs: its files are in
+    the image): restore makes the root from the image and says that --root was not used."""
+    from enginecase import RESTORE_EXTERNALS, mntcr
+    pid = case.start("hold\n")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    r = mntcr("restore", "-D", images, *RESTORE_EXTERNALS, "--root", "/", "--pidfile", images + ".pid")
+    assert r.returncode == 0, r.stderr
+    case.trees.append(int(open(images + ".pid").read()))
+    assert "--root / is not used: the image makes its root mount itself" in r.stderr, r.stderr
