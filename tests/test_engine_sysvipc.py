@@ -72,3 +72,17 @@ def test_validator(doc, pattern):
         sysvipc.check(doc, {"ipc-0"}, fail)
     sysvipc.check({"ipc-0": {"sem": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0,
                                       "vals": [1]}]}}, {"ipc-0"}, fail)
+
+
+def test_posix_message_queue_refused_unstopped(case):
+    """A POSIX message queue of the tree's ipc namespace (no mqueue mount needed: mq_open reaches
+    the namespace's superblock itself): not restored yet, refused before the stop, naming it.
+    (Dump succeeded and restore made the namespace without it.)"""
+    pid = case.start(STOP_WATCH + py_hold("""
+import ctypes
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+assert rt.mq_open(b"/jobs", os.O_RDWR | os.O_CREAT, 0o600, None) >= 0, ctypes.get_errno()
+"""))
+    with pytest.raises(CRError, match=r"POSIX message queues in an ipc namespace of the tree \(/jobs\): not supported"):
+        case.dump(pid, case.new_images_dir())
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
