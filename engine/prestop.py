@@ -36,7 +36,8 @@ tree already shows is checked here first, with the line dump would give:
   chrooted process, whose mountinfo leaves out the mounts outside its root);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
-- System V IPC objects of the tree's ipc namespaces beyond what an image keeps (engine/sysvipc.py);
+- System V IPC objects and POSIX message queues of the tree's ipc namespaces beyond what an image
+  keeps, and a queue a process is notified on (engine/sysvipc.py);
 - threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
   capabilities other than their process's; checked again once the tree is stopped), and,
   before anything else, a process whose main thread has exited while its threads run.
