@@ -96,3 +96,19 @@ os.dup2(q, 7)
     with pytest.raises(CRError, match=r"POSIX message queue /jobs: process \d+ asked to be notified on it"):
         case.dump(pid, case.new_images_dir())
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_queue_bound_as_a_mount_root(case):
+    """A queue made by a file's creation on an mqueue mount (touch), bound as a file mount: the queue
+    is made again with the namespace (its messages too), and the bind's root is that queue."""
+    setup = ("mkdir /mnt/q; mount -t mqueue q /mnt/q; touch /mnt/q/x /mnt/f; mount --bind /mnt/q/x /mnt/f\n"
+             + py_hold("""
+import ctypes
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+q = rt.mq_open(b"/x", os.O_WRONLY)
+assert q >= 0 and rt.mq_send(q, b"m", 1, 5) == 0, ctypes.get_errno()
+os.close(q)
+"""))
+    check = "ls /mnt/q; head -c 7 /mnt/f; echo; stat -c '%i' /mnt/q/x /mnt/f | uniq | wc -l"
+    before, after = case.roundtrip(setup, check)
+    assert before.snap.check_output.split() == ["x", "QSIZE:1", "1"], before.snap.check_output
