@@ -1488,15 +1488,21 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
     if "sysvipc" in doc:
-        from engine import sysvipc
-        sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"] if "ipc" not in (p.get("host_ns") or ())},
-                      _fail)
+        _check_sysvipc(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
                 _fail(f"{what} for {str(uts)[:40]!r}, a uts namespace no process is in")
             if type(name) is not str or strlen(MAX_HOSTNAME)(name):
                 _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+def _check_sysvipc(doc: dict) -> None:
+    """The ipc objects (engine/sysvipc.py) only of namespaces restore makes: no process may have
+    one as the host's (restore would join the host's namespace for it)."""
+    from engine import sysvipc
+    host = {p["ns"]["ipc"] for p in doc["processes"] if "ipc" in (p.get("host_ns") or ())}
+    sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"]} - host, _fail)
 
 
 class _Refs:

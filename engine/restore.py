@@ -662,7 +662,8 @@ class _Restorer:
         """The System V IPC objects of each restored ipc namespace (engine/sysvipc.py)."""
         for nsid, objs in (self.doc.get("sysvipc") or {}).items():
             fd = self.nsfd_of.get(("ipc", nsid))
-            if fd is None:
+            # (never the restorer's own: the host's objects are not the image's to make)
+            if fd is None or os.fstat(fd).st_ino == os.stat("/proc/self/ns/ipc").st_ino:
                 raise RestoreError(errno.EINVAL, f"ipc namespace {nsid}: not made by this restore")
             try:
                 sysvipc.make(fd, objs, self.hostproc)

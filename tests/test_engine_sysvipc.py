@@ -112,3 +112,15 @@ os.close(q)
     check = "ls /mnt/q; head -c 7 /mnt/f; echo; stat -c '%i' /mnt/q/x /mnt/f | uniq | wc -l"
     before, after = case.roundtrip(setup, check)
     assert before.snap.check_output.split() == ["x", "QSIZE:1", "1"], before.snap.check_output
+
+
+def test_objects_never_go_to_the_host_namespace():
+    """An image whose ipc namespace one process has as the host's (host_ns) and another as its own:
+    the validator refuses objects for it (restore would join the host's namespace for it)."""
+    from engine import imageformat
+    from engine.image import ImageError
+    procs = [{"ns": {"ipc": "ipc-0"}, "host_ns": ["ipc"]}, {"ns": {"ipc": "ipc-0"}}]
+    doc = {"processes": procs, "sysvipc": {"ipc-0": {"sem": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0,
+                                                             "cuid": 0, "cgid": 0, "vals": [1]}]}}}
+    with pytest.raises(ImageError, match="an ipc namespace no process is in"):
+        imageformat._check_sysvipc(doc)
