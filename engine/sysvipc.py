@@ -235,17 +235,22 @@ def _posix_queues(limits_only: bool = False) -> list[dict]:
 
 def _make_queues(queues: list) -> None:
     """In a child in the new namespace: each POSIX message queue with its attributes, owner, mode
-    and messages (made by root, whose limits are the kernel's: a queue longer than the namespace's
-    msg_max was made by a privileged process)."""
+    and messages, made by root with the owner's file system ids (its inode takes them: a namespace
+    a user namespace owns takes only ids it maps) and root's capabilities (a queue longer than the
+    namespace's msg_max was made by a privileged process)."""
     old = os.umask(0)
     try:
         for q in queues:
             what = f"POSIX message queue /{q['name']}"
             attr = _MqAttr(0, q["maxmsg"], q["msgsize"], 0)
-            fd = _check(_libc.mq_open(("/" + q["name"]).encode(), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NONBLOCK
-                                      | os.O_CLOEXEC, ctypes.c_uint(q["mode"]), ctypes.byref(attr)), f"{what}: mq_open")
+            kernel.fs_ids_keeping_caps(q["uid"], q["gid"])
             try:
-                os.fchown(fd, q["uid"], q["gid"])
+                fd = _check(_libc.mq_open(("/" + q["name"]).encode(), os.O_RDWR | os.O_CREAT | os.O_EXCL
+                                          | os.O_NONBLOCK | os.O_CLOEXEC, ctypes.c_uint(q["mode"]), ctypes.byref(attr)),
+                            f"{what}: mq_open")
+            finally:
+                kernel.set_fs_ids(0, 0)
+            try:
                 for p, text in q["msgs"]:
                     body = base64.b64decode(text)
                     _check(_libc.mq_send(fd, body, len(body), p), f"{what}: mq_send")
