@@ -34,6 +34,7 @@ tree already shows is checked here first, with the line dump would give:
   its layers (a lazily unmounted overlay: its options and layers are read as plan reads them), a file no external
   mount reaches, one that cannot be located; not asked when a namespace was seen only through a
   chrooted process, whose mountinfo leaves out the mounts outside its root);
+- a mount of the file of a unix socket a process of the tree is bound to (`_check_socket_binds`);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
 - System V IPC objects and POSIX message queues of the tree's ipc namespaces beyond what an image
@@ -185,6 +186,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_probes(view, pids, names)
         _check_ghost_names(view)
         _check_fds(pids, view, leave_running, set(ext_files))
+        _check_socket_binds(pids, view)
         for pid in pids:
             threads.check(pid)
     except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError) as e:
@@ -453,6 +455,56 @@ def _check_ghost_names(view: View) -> None:
                 first = (e, (st.st_dev, st.st_ino))
             else:
                 mountrules.ghost_names(e, first[0], first[1] == (st.st_dev, st.st_ino))
+
+
+def _check_socket_binds(pids: list[int], view: View) -> None:
+    """Refuse a mount whose root is the file of a unix socket a process of the tree is bound to
+    (/dev/log of a syslogd of the tree bound into another namespace, a sandbox's bind of a proxy's
+    socket): restore binds the socket anew, a new file, and the mount would keep the old one,
+    deleted (the mount's root "//deleted", nobody listening behind it). Not supported yet."""
+    socks: dict[tuple[int, int], tuple[str, dict]] = {}
+    for ns_name, doc in view.mntns_doc.items():
+        first = (view.ns_pids.get(ns_name) or (None,))[0]
+        for e in doc["mounts"] if first is not None else ():
+            try:
+                st = os.stat(f"/proc/{first}/root{e['mountpoint']}", follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISSOCK(st.st_mode):
+                socks[(st.st_dev, st.st_ino)] = (ns_name, e)
+    if not socks:
+        return
+    from engine.fds import unix_diag
+    seen_net: set[int] = set()
+    for pid in pids:
+        try:
+            net = os.stat(f"/proc/{pid}/ns/net").st_ino
+            if net in seen_net:
+                continue
+            seen_net.add(net)
+            diag = unix_diag.diag_in(pid)
+        except (OSError, forkrun.ChildError):
+            continue
+        held = set()
+        for p in pids:
+            try:
+                for n in os.listdir(f"/proc/{p}/fd"):
+                    link = os.readlink(f"/proc/{p}/fd/{n}")
+                    if link.startswith("socket:["):
+                        held.add(int(link[8:-1]))
+            except OSError:
+                continue
+        for ino, rec in diag.items():
+            vfs = rec.get("vfs")
+            if ino not in held or not vfs:
+                continue
+            key = (os.makedev(vfs[1] >> 20, vfs[1] & 0xfffff), vfs[0])
+            if key in socks:
+                ns_name, e = socks[key]
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) of {ns_name}: a bind of the "
+                                                  "file of a unix socket a process of the tree is bound to; restore "
+                                                  "binds the socket anew and the mount would keep the old file: not "
+                                                  "supported yet")
 
 
 def _open_mount(view: View, ns_name: str, e: dict, flags: int = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) -> int | None:
