@@ -30,7 +30,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, userns_cr, zombies
+from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, sysvipc, userns_cr, zombies
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -393,6 +393,7 @@ class _Dump:
         self.procs_doc: list[dict] = []
         self.uts_names: dict[str, str] = {}
         self.domainnames: dict[str, str] = {}      # uts ns -> its NIS domain name, when one was set
+        self.sysvipc: dict[str, dict] = {}         # ipc ns -> its System V IPC objects (engine/sysvipc.py)
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
 
@@ -874,6 +875,12 @@ def _collect_processes(d: _Dump) -> None:
             d.uts_names[uts], domain = _uts_names_of(p["pid"])
             if domain != "(none)":   # (a new namespace's: recorded only when set)
                 d.domainnames[uts] = domain
+        ipc = p["ns"]["ipc"]
+        if ipc not in d.sysvipc and "ipc" not in p["host_ns"]:
+            try:
+                d.sysvipc[ipc] = sysvipc.read(p["pid"])
+            except OSError as e:
+                raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
@@ -930,6 +937,8 @@ def _manifest(d: _Dump) -> dict:
         doc["objects"] = d.objects
     if d.domainnames:
         doc["domainnames"] = d.domainnames
+    if any(d.sysvipc.values()):
+        doc["sysvipc"] = {ns: objs for ns, objs in d.sysvipc.items() if objs}
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's

@@ -878,6 +878,7 @@ MANIFEST = Record("manifest", {
     "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
     "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
     "zombies": F(LIST, required=False),                       # [ZOMBIE], checked with their count
+    "sysvipc": F(DICT, required=False),                       # {ipc ns: System V IPC objects} (engine/sysvipc.py)
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
@@ -1512,12 +1513,22 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
+    if "sysvipc" in doc:
+        _check_sysvipc(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
                 _fail(f"{what} for {str(uts)[:40]!r}, a uts namespace no process is in")
             if type(name) is not str or strlen(MAX_HOSTNAME)(name):
                 _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+def _check_sysvipc(doc: dict) -> None:
+    """The ipc objects (engine/sysvipc.py) only of namespaces restore makes: no process may have
+    one as the host's (restore would join the host's namespace for it)."""
+    from engine import sysvipc
+    host = {p["ns"]["ipc"] for p in doc["processes"] if "ipc" in (p.get("host_ns") or ())}
+    sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"]} - host, _fail)
 
 
 class _Refs:

@@ -53,7 +53,7 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, hostidmap,
-                    image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
+                    image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids, sysvipc,
                     userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -210,6 +210,10 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
                        if (sb.get("device") or {}).get("key") and not sb.get("external")}
                     | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
     missing = [k for k in needed if k not in ext]
+    if root is not None and "root" not in needed:
+        # (criu's users give --root always; here a root made inside the tree comes from the image)
+        os.write(2, f"mntcr restore: note: --root {root} is not used: the image makes its root mount itself "
+                    "(a filesystem whose files it holds, not a directory from outside the tree)\n".encode())
     if missing:
         hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
                          else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
@@ -653,6 +657,18 @@ class _Restorer:
         for pid, leader in self.jobs.later:
             self._setpgid(pid, leader)
         self._end_zombies(by_pid)
+
+    def make_sysvipc(self) -> None:
+        """The System V IPC objects of each restored ipc namespace (engine/sysvipc.py)."""
+        for nsid, objs in (self.doc.get("sysvipc") or {}).items():
+            fd = self.nsfd_of.get(("ipc", nsid))
+            # (never the restorer's own: the host's objects are not the image's to make)
+            if fd is None or os.fstat(fd).st_ino == os.stat("/proc/self/ns/ipc").st_ino:
+                raise RestoreError(errno.EINVAL, f"ipc namespace {nsid}: not made by this restore")
+            try:
+                sysvipc.make(fd, objs, self.hostproc)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
 
     def _spawn_zombie(self, z: dict, parent: dict) -> None:
         """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces (init of a new
@@ -2308,6 +2324,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r._users_call(r.users.make_userns)
     r.start_yard()
     r.spawn_standins()
+    r.make_sysvipc()
     r.open_externals()
     r.create_superblocks()
     if strategy.current().sharing == "construct":

@@ -1611,15 +1611,28 @@ os.dup2(ls.fileno(), 20); ls.close()
 """
 
 
-def test_listener_that_a_later_holder_listened_on_refused_unstopped(case):
+def test_listener_that_a_later_holder_listened_on(case):
     """The root holds a socket its child (holding it too, a live process of the tree) listened on:
-    restore listens in the first holder's stand-in (the root's), whose pid clients would see:
-    refused before the stop, naming both."""
-    from test_engine_prestop import _refused_unstopped
-    pid = case.start(STOP_WATCH + py_hold(_LISTENS_IN_CHILD))
-    _refused_unstopped(case, pid, r"process \d+ fd 20 \(socket:\[\d+\]\): a listener that process \d+ of the tree "
-                                  r"listened on, which its first holder \d+ would listen on at restore \(its clients "
-                                  r"would see that process as the server\): not supported")
+    restore makes it in the first holder's stand-in (the root's) and listens in the child's, so
+    its clients see the child as the server (SO_PEERCRED), as they did. (It was refused: the
+    root's stand-in listened, and clients saw the root.)"""
+    before, after = case.roundtrip(py_hold(_LISTENS_IN_CHILD))
+    lines = [line for p in after.snap.procs for line in p.fds if "name='/run/l.sock'" in line]
+    assert len(lines) == 2 and all("peercred=pid:P1 " in line for line in lines), lines
+
+
+def test_listened_by_needs_a_live_listener():
+    """The validator: 'listened_by' (the process restore listens in) only with the ids it listened
+    with, not with 'cred_gone', and a pid."""
+    from engine.fds import unix_check
+    from engine.image import ImageError
+    good = {"type": "stream", "listen": 5, "cred": [0, 0]}
+    unix_check.check({**good, "listened_by": 7}, "fd 3")
+    for bad in ({"listened_by": 7, "cred_gone": True}, {"listened_by": "7"}, {"listened_by": 0}):
+        with pytest.raises(ImageError, match="listened_by"):
+            unix_check.check({**good, **bad}, "fd 3")
+    with pytest.raises(ImageError, match="listened_by"):
+        unix_check.check({"type": "stream", "listen": 5, "listened_by": 7}, "fd 3")
 
 
 def test_listener_held_only_by_the_child_that_listened(case):
