@@ -43,7 +43,7 @@ import os
 import re
 from collections.abc import Callable
 from operator import itemgetter
-from engine import records, sessions, zombies
+from engine import ctty, records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
                           NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
@@ -656,6 +656,8 @@ PROCESS = Record("process", {
     "pgid": F(INT, required=False, rule=rng(0, MAX_PID)),
     # A session leader holding /dev/tty: its terminal's foreground group, when not its own.
     "tty_fg": F(INT, required=False, rule=rng(1, MAX_PID)),
+    # A member of a session that has its leader's controlling terminal (engine/ctty.py).
+    "ctty": F(BOOL, required=False),
     "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
@@ -1543,11 +1545,15 @@ def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
 
 def _check_sessions(doc: dict) -> None:
     """The sessions and process groups of the processes and zombies (made after them) can be made
-    (engine/sessions.py: the stand-ins only inherit, setsid and setpgid)."""
+    (engine/sessions.py: the stand-ins only inherit, setsid and setpgid), and so can the controlling
+    terminals of the members of sessions (engine/ctty.py)."""
     problem = sessions.plan(zombies.in_order(doc["processes"], doc.get("zombies") or ())).problem
     if problem is not None:
         what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
         _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")
+    problem = ctty.plan(doc["processes"]).problem
+    if problem is not None:
+        _fail(f"process {problem[0]}: its controlling terminal cannot be made ({problem[1]}: engine/ctty.py)")
 
 
 def _check_zombies(doc: dict) -> None:

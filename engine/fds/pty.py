@@ -142,10 +142,10 @@ def _instance(d, st) -> int:
     """The devpts instance (its superblock's device) the fd's pty lives on."""
     if not _is_master(st.st_mode, st.st_rdev):
         return st.st_dev
-    return _peer_dev(d.copy())
+    return peer_dev(d.copy())
 
 
-def _peer_dev(master: int) -> int:
+def peer_dev(master: int) -> int:
     """The device of the devpts instance the pty of master `master` lives on (its slave's)."""
     peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
     try:
@@ -243,7 +243,7 @@ def open_for_root(doc: dict, open_at, dev: int, index: int) -> dict[int, int]:
         except (OSError, KeyError):
             continue   # (its mount is not made yet)
         try:
-            if _peer_dev(probe) != dev:
+            if peer_dev(probe) != dev:
                 continue
         finally:
             os.close(probe)
@@ -265,7 +265,7 @@ def _made(r: RestoreFd, open_ptmx, index: int) -> int | None:
         return None
     probe = open_ptmx()   # (a new pty of the instance, gone again once closed)
     try:
-        dev = _peer_dev(probe)
+        dev = peer_dev(probe)
     finally:
         os.close(probe)
     return pools.get(dev, {}).pop(index, None)

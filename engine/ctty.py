@@ -1,0 +1,199 @@
+"""Controlling terminals: every process of the tree that had one has it again after restore.
+
+The kernel's rules (drivers/tty/tty_jobctrl.c): a process's controlling terminal is inherited at
+fork; only a session leader that has none takes one (TIOCSCTTY, or an open without O_NOCTTY);
+setsid() leaves it; when the leader leaves its terminal (TIOCNOTTY, exit) or the terminal hangs up,
+every process of its session loses it. So a member of a session has its leader's terminal, or none
+(it, or an ancestor of it in the session, was forked before the leader took the terminal).
+
+A leader's terminal is made again through the fd it holds on it (/dev/tty, or the pty slave that
+is its terminal: engine/fds/pty.py). Dump marks each member that has the terminal (process "ctty").
+Stand-ins are forked before any terminal exists, so the stand-ins of those members, and of their
+descendants, are forked late (`Plan.late`), once every mount exists: each leader takes its terminal
+first (`Plan.takes`, before its late children are forked), then they are forked by their parents
+in order and inherit it, as the processes did.
+
+Refused before the tree is stopped (`refusal`; the image checker refuses the same, `plan`): a process
+whose terminal is that of a session led outside the tree (the terminal `mntcr dump` runs in: restore
+gives no terminal it did not make), a leader whose terminal would not be made again (it holds no fd
+on it, or holds only the slave of a pty whose master is outside the tree), a member whose parent has
+not the terminal (it could inherit it from nobody), and a process that would inherit a terminal it
+had not (a member that left it with TIOCNOTTY, forked late).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import stat
+
+# late   the pids whose stand-ins are forked once their leaders took their terminals, parents first
+# takes  the leaders that take their terminal before any late stand-in is forked from them
+# problem   (pid, why) of the first process whose terminal cannot be made, or None
+Plan = collections.namedtuple("Plan", "late takes problem")
+
+
+def tty_nr(pid: int) -> int:
+    """The device of `pid`'s controlling terminal (/proc/PID/stat tty_nr; 0: none)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[4])
+
+
+def device(nr: int) -> tuple[int, int]:
+    """(major, minor) of a tty_nr."""
+    return (nr >> 8) & 0xFFF, (nr & 0xFF) | ((nr >> 12) & 0xFFF00)
+
+
+def leader_takes(p: dict) -> bool:
+    """Does image process `p` take its terminal back through an fd it holds (engine/fds/pty.py)?"""
+    return any((f.get("kind") == "ctty" and "tty" in f) or (f.get("kind") == "pty" and f.get("ctty") is True)
+               for f in p.get("fds") or ())
+
+
+def plan(procs: list[dict]) -> Plan:
+    """The Plan for image processes `procs` (parents first; each with "sid", a member with the
+    terminal with "ctty", a leader that takes its terminal with such an fd: `leader_takes`)."""
+    by_pid = {p["pid"]: p for p in procs}
+    has: dict[int, bool] = {}   # the stand-in has the terminal once forked (and its leader took it)
+    late: list[int] = []
+    takes: list[int] = []
+    for p in procs:
+        pid, sid = p["pid"], p.get("sid")
+        parent = by_pid.get(p.get("ppid")) if p is not procs[0] else None
+        if sid == pid:
+            has[pid] = leader_takes(p)
+            if has[pid]:
+                takes.append(pid)
+            if p.get("ctty"):
+                return Plan(late, takes, (pid, "leader"))
+            if parent is not None and parent["pid"] in late:
+                if not _same_namespaces(p, parent):
+                    return Plan(late, takes, (pid, "namespaces"))
+                late.append(pid)
+            continue
+        wants = bool(p.get("ctty"))
+        if parent is None:
+            if wants:
+                return Plan(late, takes, (pid, "outside"))
+            has[pid] = False
+            continue
+        inherits = parent.get("sid") == sid and has.get(parent["pid"], False)
+        is_late = parent["pid"] in late or wants
+        if is_late and not _same_namespaces(p, parent):
+            return Plan(late, takes, (pid, "namespaces"))
+        if wants and not inherits:
+            return Plan(late, takes, (pid, "parent"))
+        if is_late and inherits and not wants:
+            return Plan(late, takes, (pid, "unwanted"))
+        has[pid] = wants
+        if is_late:
+            late.append(pid)
+    return Plan(late, takes, None)
+
+
+def _same_namespaces(p: dict, parent: dict) -> bool:
+    """A late stand-in makes no namespace: those made before the mounts are needed by them (its
+    mount namespace it enters as every stand-in does)."""
+    keys = ("userns", "userns_first", "userns_start", "ns_made_in")
+    return ({k: v for k, v in (p.get("ns") or {}).items() if k != "mnt"}
+            == {k: v for k, v in (parent.get("ns") or {}).items() if k != "mnt"}
+            and all(p.get(k) == parent.get(k) for k in keys))
+
+
+def why(pid: int, what: str) -> str:
+    """The one-line refusal for a Plan's problem (`pid` a running or stopped process)."""
+    from engine import kernel
+    name = f"process {pid} ({kernel.comm_shown(pid)})"
+    return {
+        "outside": f"{name} has the controlling terminal of a session led outside the tree (the terminal it "
+                   "was started from): restore gives no terminal it did not make; start the tree's root with "
+                   "setsid (or with no terminal: setsid -w, </dev/null) and dump again; the tree keeps running",
+        "leader": f"{name} leads its session and has a controlling terminal that restore would not give back (it "
+                  "holds no fd on it: neither /dev/tty nor the pty slave, or the pty's master is no process's of "
+                  "the tree); keep an fd on the terminal open in it (exec 9</dev/tty), or dump the process "
+                  "holding the master too; the tree keeps running",
+        "parent": f"{name} has its session's controlling terminal but its parent, in the same session, has not "
+                  "(a member inherits the terminal at fork only): not supported; the tree keeps running",
+        "namespaces": f"{name} is (or descends from) a member of a session with its controlling terminal, in "
+                      "other namespaces than its parent: its stand-in, forked once the terminal exists, cannot "
+                      "make namespaces then: not supported; the tree keeps running",
+        "unwanted": f"{name} has no controlling terminal but its parent in its session has (it left the terminal "
+                    "with TIOCNOTTY): not supported; the tree keeps running",
+    }[what]
+
+
+def refusal(tree) -> str | None:
+    """Why the controlling terminals of `tree` ([(pid, ppid)], parents first, running or stopped)
+    cannot be made again (one line naming the process and what to do), or None."""
+    procs, nrs = [], {}
+    for pid, ppid in tree:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue   # (gone: told by the checks after the stop)
+        sid, nrs[pid] = int(fields[3]), int(fields[4])
+        procs.append({"pid": pid, "ppid": ppid, "sid": sid, "ns": _namespaces(pid)})
+    masters = _masters([p["pid"] for p in procs])
+    for p in procs:
+        pid, nr = p["pid"], nrs[p["pid"]]
+        if not nr:
+            continue
+        if p["sid"] != pid:
+            p["ctty"] = True
+        elif _restored(pid, nr, masters):
+            p["fds"] = [{"kind": "ctty", "tty": None}]   # (what leader_takes looks for)
+        else:
+            return why(pid, "leader")
+    problem = plan(procs).problem
+    return None if problem is None else why(*problem)
+
+
+def _namespaces(pid: int) -> dict:
+    out = {}
+    for kind in ("pid", "uts", "ipc", "net", "cgroup", "user"):
+        try:
+            out[kind] = os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+        except OSError:
+            pass
+    return out
+
+
+def _restored(pid: int, nr: int, masters: set[int]) -> bool:
+    """Does leader `pid` (terminal `nr`) hold an fd through which restore gives the terminal back:
+    /dev/tty (engine/fds/pty.py refuses what it cannot make), or the pty slave with its master held
+    by a process of the tree?"""
+    from engine.fds import pty
+    rdevs = pty.char_rdevs(pid)
+    if os.makedev(5, 0) in rdevs:
+        return True
+    major, minor = device(nr)
+    return 136 <= major < 144 and os.makedev(major, minor) in rdevs and minor + (major - 136) * 256 in masters
+
+
+def _masters(pids) -> set[int]:
+    """The numbers of the pty masters the processes `pids` hold (fdinfo tty-index)."""
+    out = set()
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for n in names:
+            try:
+                st = os.stat(f"/proc/{pid}/fd/{n}")
+                if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(5, 2)):
+                    continue
+                with open(f"/proc/{pid}/fdinfo/{n}") as f:
+                    out.update(int(line.split()[1]) for line in f if line.startswith("tty-index:"))
+            except OSError:
+                continue
+    return out
+
+
+def record(procs_doc: list[dict]) -> None:
+    """Mark each image process that is a member of a session with the controlling terminal
+    ("ctty"), read while the tree is stopped."""
+    for p in procs_doc:
+        if p.get("sid") != p["pid"] and tty_nr(p["pid"]):
+            p["ctty"] = True
