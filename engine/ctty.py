@@ -72,6 +72,8 @@ def plan(procs: list[dict]) -> Plan:
                 late.append(pid)
             continue
         wants = bool(p.get("ctty"))
+        if not wants and any(f.get("kind") == "ctty" and "tty" in f for f in p.get("fds") or ()):
+            return Plan(late, takes, (pid, "member"))   # (/dev/tty of a member without the terminal)
         if parent is None:
             if wants:
                 return Plan(late, takes, (pid, "outside"))
@@ -117,6 +119,7 @@ def why(pid: int, what: str) -> str:
         "namespaces": f"{name} is (or descends from) a member of a session with its controlling terminal, in "
                       "other namespaces than its parent: its stand-in, forked once the terminal exists, cannot "
                       "make namespaces then: not supported; the tree keeps running",
+        "member": f"{name} holds /dev/tty without a controlling terminal: not supported",
         "unwanted": f"{name} has no controlling terminal but its parent in its session has (it left the terminal "
                     "with TIOCNOTTY): not supported; the tree keeps running",
     }[what]

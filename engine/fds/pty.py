@@ -14,13 +14,12 @@ An fd on /dev/tty (kind `ctty`: a shell opens it for job control, as the
 shell of a tmux pane does) is the process's controlling terminal under
 another name: its stand-in starts a session of its own, makes the restored
 slave its controlling terminal (TIOCSCTTY) and opens the /dev/tty node of
-the restored mount. Only for a process that leads its session (the one that
-acquired the terminal); other members of a session are refused. A session
+the restored mount. A member of the session (`member`) inherited the
+terminal already (its stand-in is forked once its leader took it:
+engine/ctty.py) and only opens the node. A session
 leader holding the slave that is its controlling terminal (`ctty` on the
 slave's entry: a shell on a container's console) takes it again the same way
-without /dev/tty. Not done: controlling terminals of session members (they
-get one only by a fork after their leader took it; stand-ins are forked
-before any terminal exists), data in flight.
+without /dev/tty.
 """
 
 from __future__ import annotations
@@ -344,7 +343,10 @@ def _dump_ctty(d) -> dict:
             continue
         obj = d.scratch.setdefault(("pty", pst.st_dev, index), f"pty-{len(d.objects)}")
         d.objects.setdefault(obj, {"kind": "pty", "index": index})
-        return {"tty": {"mnt": loc["mnt"], "path": loc["path"]}, "obj": obj}
+        out = {"tty": {"mnt": loc["mnt"], "path": loc["path"]}, "obj": obj}
+        if os.getsid(d.pid) != d.pid:
+            out["member"] = True   # (its stand-in inherits the terminal: engine/ctty.py; it only opens the node)
+        return out
     _refuse_no_devpts(d, index)
 
 
@@ -358,24 +360,18 @@ def _precheck_ctty(d) -> None:
 
 def _ctty_index(d) -> int | None:
     """The pty number of the controlling terminal of fd `d`'s process, when `d` is /dev/tty (None:
-    another node called tty); refused when it has none, does not lead its session, or is no pty."""
+    another node called tty); refused when it has none or is no pty. (A member of a session has its
+    leader's: engine/ctty.py gives it back, or refuses before the stop.)"""
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if st.st_rdev != os.makedev(5, 0):
         return None
     with open(f"/proc/{d.pid}/stat", errors="surrogateescape") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    session, tty_nr = int(fields[3]), int(fields[4])
+    tty_nr = int(fields[4])
     major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
     if not tty_nr:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that has no controlling terminal "
                                         "any more: not supported")
-    if session != d.pid:
-        # (a member gets the session's terminal only by a fork after its leader took it, and stand-ins are
-        # forked before any terminal exists: engine/sessions.py)
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that does not lead its session "
-                                        f"(session {session}): only a session leader's terminal is restored; run "
-                                        "the program that opens /dev/tty as its session's leader (script -c 'exec "
-                                        "sh -i', setsid -c) and dump again; the tree keeps running")
     if not 136 <= major < 144:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process whose controlling terminal is "
                                         f"device {major}:{minor}, not a pty: not supported")
@@ -423,7 +419,7 @@ def _finish_ctty(objects: dict, entries: list[dict]) -> None:
 def _check_ctty(entry: dict, what: str) -> None:
     from engine.image import _fail, check_abs_path
     if "tty" not in entry:
-        if "obj" in entry or "ptmx" in entry:
+        if "obj" in entry or "ptmx" in entry or "member" in entry:
             _fail(f"{what}: bad /dev/tty entry")
         return
     t = entry["tty"]
@@ -453,7 +449,7 @@ def _open_ctty(r: RestoreFd) -> int:
         fds.append(r.open_at(e["mnt"], e["path"], os.O_PATH))
         fds.append(r.proc if r.proc >= 0 else os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         flags = e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL | os.O_NOCTTY | os.O_CLOEXEC)
-        return r.standin("ctty", {"flags": flags}, fds)[0]
+        return r.standin("ctty", {"flags": flags, "member": bool(e.get("member"))}, fds)[0]
     finally:
         for x in fds:
             if x != r.proc:
@@ -461,12 +457,14 @@ def _open_ctty(r: RestoreFd) -> int:
 
 
 def _ctty_in(args, fds):
-    """In the stand-in: a session of its own with the slave fds[0] as its controlling terminal, then
-    /dev/tty (the node fds[1]) opened through a procfs (fds[2]: its self/fd/N is ours)."""
+    """In the stand-in: a session of its own with the slave fds[0] as its controlling terminal (a
+    member of a session has it already: its stand-in inherited it), then /dev/tty (the node fds[1])
+    opened through a procfs (fds[2]: its self/fd/N is ours)."""
     slave, node, proc = fds
-    if os.getsid(0) != os.getpid():
-        os.setsid()
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    if not args.get("member"):
+        if os.getsid(0) != os.getpid():
+            os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
     return None, [os.open(f"self/fd/{node}", args["flags"] | os.O_CLOEXEC, dir_fd=proc)]
 
 
@@ -474,4 +472,5 @@ register(FdKind(name="ctty", matches=_is_dev_tty, dump=_dump_ctty, open=_open_ct
                 obj_kind="pty",
                 finish=_finish_ctty, standin={"ctty": _ctty_in}, order=29, precheck=_precheck_ctty,
                 mounts=lambda e: [e[k]["mnt"] for k in ("tty", "ptmx") if k in e],
-                fields={"tty": F(DICT, required=False), "ptmx": F(DICT, required=False)}))
+                fields={"tty": F(DICT, required=False), "ptmx": F(DICT, required=False),
+                        "member": F(BOOL, required=False)}))
