@@ -20,6 +20,9 @@ engine/ctty.py) and only opens the node. A session
 leader holding the slave that is its controlling terminal (`ctty` on the
 slave's entry: a shell on a container's console) takes it again the same way
 without /dev/tty.
+
+Bytes waiting in a pty (output not read from the master, input not read on
+the slave) are refused before the stop (`_refuse_unread`): not kept.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def _dump(d) -> dict:
         attrs = termios.tcgetattr(c)
         o["termios"] = attrs[:6] + [[x if isinstance(x, int) else ord(x) for x in attrs[6]]]
         o["winsize"] = list(struct.unpack("HHHH", fcntl.ioctl(c, termios.TIOCGWINSZ, b"\0" * 8)))
+        _refuse(_unread(d, "master", index))
         return {"obj": obj, "end": "master"}
     index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
     obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
@@ -81,6 +85,9 @@ def _dump(d) -> dict:
                                             "not supported")
         return {"obj": obj, "end": "slave", "orphan": True, "placed": False, "mnt": loc["mnt"], "path": loc["path"]}
     out = {"obj": obj, "end": "slave"}
+    unread = _unread(d, "slave", index)
+    if unread:
+        out["unread"] = unread   # (refused by _finish when the tree holds its master: restore makes the pty)
     if leads_on(d.pid, st.st_rdev):
         out["ctty"] = True   # (its stand-in takes it again as its controlling terminal: _ctty_slave_in)
     return out
@@ -131,10 +138,52 @@ def _hold(d, dev: int, index: int) -> None:
 
 
 def _precheck(d) -> None:
-    """Before the tree is stopped: the masters it holds (for mountrules.held_roots)."""
+    """Before the tree is stopped: the masters it holds (for mountrules.held_roots), and bytes
+    waiting to be read on either end of a pty the tree holds the master of (`_unread`)."""
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if _is_master(st.st_mode, st.st_rdev):
-        _hold(d, _instance(d, st), _index(d.copy()))
+        index = _index(d.copy())
+        _hold(d, _instance(d, st), index)
+        _refuse(_unread(d, "master", index))
+    elif 136 <= os.major(st.st_rdev) < 144 and not undeleted(d.target)[1]:
+        index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
+        unread = _unread(d, "slave", index)
+        if unread:
+            key = (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", f"/{index}")
+            d.scratch.setdefault("pty_unread", []).append((key, unread))
+
+
+def _prefinish(scratch: dict) -> None:
+    """Unread input on a slave whose master the tree holds (restore makes that pty: it would be
+    lost); on a terminal from outside the tree it stays where it is."""
+    held = scratch.get("held", set())
+    for key, unread in scratch.get("pty_unread", ()):
+        if key in held:
+            _refuse(unread)
+
+
+def _unread(d, end: str, index: int) -> str | None:
+    """Why fd `d` (a pty's `end`) cannot be dumped as it is: bytes wait to be read on it (FIONREAD):
+    on a master, what the program on the slave wrote that nobody read yet; on a slave, input not
+    read yet (in canonical mode whole lines: a line being typed is not counted, and not kept). They
+    are not kept: written back at restore they would pass the line discipline again (echo, signals,
+    CR/NL translation); so refused, before the stop and again once stopped, never read here (the
+    tree keeps running untouched). None when nothing waits."""
+    try:
+        n = struct.unpack("i", fcntl.ioctl(d.copy(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return None   # (a hung-up terminal: nothing waits on it)
+    if n <= 0:
+        return None
+    what = ("output that the program on its slave wrote and nobody read from the master" if end == "master"
+            else "input that the program on the slave has not read yet")
+    return (f"{d.where}: pty {index}: {n} bytes of {what} wait in the terminal, which restore would lose: let "
+            "them be read (the reader drained, the program at its prompt) and dump again; the tree keeps running")
+
+
+def _refuse(why: str | None) -> None:
+    if why:
+        raise FdError(errno.EOPNOTSUPP, why)
 
 
 def _instance(d, st) -> int:
@@ -160,6 +209,9 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     for e in entries:
         if e.get("kind") != "pty":
             continue
+        unread = e.pop("unread", None)
+        if unread and e["obj"] in masters:
+            _refuse(unread)
         if e.get("orphan"):
             if e["obj"] in masters:
                 raise FdError(errno.EOPNOTSUPP, f"fd {e['fd']} ({e['path']}): a hung-up pty slave whose number a "
@@ -321,6 +373,7 @@ def _ctty_slave_in(args, fds):
 
 
 register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check, precheck=_precheck,
+                prefinish=_prefinish,
                 check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30,
                 standin={"ctty_slave": _ctty_slave_in},
                 fields={"end": F(STR), "ptmx": F(DICT), "orphan": F(BOOL, required=False),

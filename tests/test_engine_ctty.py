@@ -1,0 +1,167 @@
+"""engine/ctty.py: controlling terminals of a tree's processes made again (members of a session forked
+late, once their leader took the terminal), what is refused before the stop, and bytes waiting in a pty
+(engine/fds/pty.py: refused, never lost)."""
+
+import json
+import os
+import re
+
+import pytest
+
+from engine import ctty
+from enginecase import STOP_WATCH, case, py_hold  # noqa: F401  (fixture)
+from test_engine_prestop import _refused_unstopped
+
+
+def proc(pid, ppid, sid, ctty=False, takes=False, ns=None):
+    p = {"pid": pid, "ppid": ppid, "sid": sid, "fds": [], "ns": ns or {"pid": "pid-0", "net": "net-0"}}
+    if ctty:
+        p["ctty"] = True
+    if takes:
+        p["fds"] = [{"kind": "pty", "end": "slave", "ctty": True}]
+    return p
+
+
+def test_shell_jobs_are_forked_late():
+    """`sh -i` leads its session on a pty; its jobs (and a job's child) have the terminal and are forked
+    late; a `setsid` child of a job leaves it (forked late, as its parent, without it); a child of the
+    shell forked before it took the terminal (no terminal) is forked early."""
+    procs = [proc(1, None, 1), proc(10, 1, 10, takes=True), proc(11, 10, 10, ctty=True), proc(12, 11, 10, ctty=True),
+             proc(13, 11, 13), proc(14, 10, 10)]
+    plan = ctty.plan(procs)
+    assert plan == ([11, 12, 13], [10], None)
+
+
+def test_a_late_leader_takes_its_own_terminal():
+    """A job that starts a session of its own on another pty (`script` run from the shell): forked late,
+    it takes its terminal before its own members are forked."""
+    procs = [proc(1, None, 1, takes=True), proc(2, 1, 1, ctty=True), proc(3, 2, 3, takes=True),
+             proc(4, 3, 3, ctty=True)]
+    assert ctty.plan(procs) == ([2, 3, 4], [1, 3], None)
+
+
+@pytest.mark.parametrize("procs, problem", [
+    ([proc(1, None, 9, ctty=True)], (1, "outside")),                               # a terminal of a session outside
+    ([proc(1, None, 1), proc(2, 1, 1, ctty=True)], (2, "parent")),                 # its leader gives it back not
+    ([proc(1, None, 1, takes=True), proc(2, 1, 1), proc(3, 2, 1, ctty=True)], (3, "parent")),   # its parent left it
+    ([proc(1, None, 1, takes=True), proc(2, 1, 1, ctty=True), proc(3, 2, 1)], (3, "unwanted")),  # TIOCNOTTY
+    ([proc(1, None, 1, takes=True), proc(2, 1, 1, ctty=True, ns={"pid": "pid-1", "net": "net-0"})],
+     (2, "namespaces")),
+    ([proc(1, None, 1, takes=True, ctty=True)], (1, "leader")),
+])
+def test_what_cannot_be_made(procs, problem):
+    assert ctty.plan(procs).problem == problem
+
+
+_PTY = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+""" + py_hold("""
+import fcntl, struct, termios, time
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(m); os.close(r)
+    os.setsid()
+    s = os.open(f"/dev/pts/{n}", os.O_RDWR)   # (its controlling terminal)
+    a = termios.tcgetattr(s); a[3] &= ~termios.ECHO; termios.tcsetattr(s, termios.TCSANOW, a)
+    if MODE == "output":
+        os.write(s, b"nobody reads this\\n")
+    if MODE == "no_fd":
+        os.close(s)
+    else:
+        os.dup2(s, 10); os.close(s)
+    if MODE != "member" or os.fork():   # (a member: the terminal inherited)
+        os.write(w, b"x")
+    os.close(w)
+else:
+    os.close(w)
+    os.read(r, 1); os.close(r)
+    if MODE == "input":
+        os.write(m, b"typed, not read\\n")
+    time.sleep(0.2)
+    os.dup2(m, 20); os.close(m)
+""")
+
+
+def _pty_tree(case, mode):
+    return case.start(STOP_WATCH + _PTY.replace("MODE", f"\"{mode}\""))
+
+
+@pytest.mark.parametrize("mode, words", [
+    ("input", r"fd 10 \(/dev/pts/0\): pty 0: 16 bytes of input that the program on the slave has not read yet"),
+    # (19: the line discipline wrote its newline as CR NL)
+    ("output", r"fd 20 \(/dev/pts/ptmx\): pty 0: 19 bytes of output that the program on its slave wrote and "
+               r"nobody read from the master"),
+])
+def test_unread_pty_bytes_refused_unstopped(case, mode, words):
+    """Bytes waiting in a pty of the tree (input the program on the slave did not read, output nobody
+    read from the master): restore would lose them, so dump refuses before the stop, naming the fd
+    and what to do; the bytes are still there."""
+    pid = _pty_tree(case, mode)
+    _refused_unstopped(case, pid, r"process \d+ " + words + r" wait in the terminal, which restore would lose: "
+                                  r"let them be read .* and dump again; the tree keeps running")
+    import fcntl
+    import struct
+    import termios
+    from engine.fds import sys as fsys
+    holder = pid if mode == "output" else _child_holding(pid, 10)
+    pidfd = os.pidfd_open(holder)
+    try:
+        fd = fsys.pidfd_getfd(pidfd, 20 if mode == "output" else 10)
+    finally:
+        os.close(pidfd)
+    try:
+        assert struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0] == (19 if mode == "output" else 16)
+    finally:
+        os.close(fd)
+
+
+def test_leader_without_fd_on_its_terminal_refused_unstopped(case):
+    """A session leader that closed every fd on its controlling terminal still has it (tty_nr): restore
+    would not give it back, so dump refuses before the stop, naming it and what to do."""
+    pid = _pty_tree(case, "no_fd")
+    _refused_unstopped(case, pid, r"process \d+ \(mntcr-hold\) leads its session and has a controlling terminal "
+                                  r"that restore would not give back .*; the tree keeps running")
+
+
+def _child_holding(pid: int, fd: int) -> int:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return next(int(c) for c in f.read().split() if os.path.exists(f"/proc/{c}/fd/{fd}"))
+
+
+def test_image_member_terminal_hostile_values(case):
+    """The image marks the members that have their leader's terminal; a mark restore cannot make (a
+    member whose parent lacks the terminal, the root, a bad value) fails validation in one line."""
+    from engine import image, imageformat
+    pid = _pty_tree(case, "member")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    imageformat.validate(json.loads(json.dumps(good)))
+    procs = good["processes"]
+    assert [bool(p.get("ctty")) for p in procs[-3:]] == [False, False, True], procs   # (holder, leader, member)
+
+    def no_terminal_fd(d):
+        for f in d["processes"][-2]["fds"]:
+            f.pop("ctty", None)
+    for mutate, words in ((lambda d: d["processes"][0].update(ctty=True), r"controlling terminal cannot be made"),
+                          (no_terminal_fd, r"process \d+: its controlling terminal cannot be made \(parent"),
+                          (lambda d: d["processes"][-1].update(ctty="yes"), "ctty")):
+        doc = json.loads(json.dumps(good))
+        mutate(doc)
+        with pytest.raises(image.ImageError, match=words) as e:
+            imageformat.validate(doc)
+        assert "\n" not in str(e.value)
+
+
+def test_member_keeps_its_terminal(case):
+    """A session leader on a pty (its slave held) and a member forked after it took it: after restore
+    the member still has the terminal (the snapshot compares each process's terminal; before
+    engine/ctty.py its stand-in, forked before any terminal existed, had none)."""
+    state = case.roundtrip(_PTY.replace("MODE", '"member"'))[-1]
+    leader = _child_holding(state.pid, 10)
+    member = _child_holding(leader, 10)
+    for p in (leader, member):
+        assert ctty.device(ctty.tty_nr(p)) == (136, 0), p
