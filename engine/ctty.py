@@ -94,12 +94,13 @@ def plan(procs: list[dict]) -> Plan:
 
 
 def _same_namespaces(p: dict, parent: dict) -> bool:
-    """A late stand-in makes no namespace: those made before the mounts are needed by them (its
-    mount namespace it enters as every stand-in does)."""
-    keys = ("userns", "userns_first", "userns_start", "ns_made_in")
-    return ({k: v for k, v in (p.get("ns") or {}).items() if k != "mnt"}
-            == {k: v for k, v in (parent.get("ns") or {}).items() if k != "mnt"}
-            and all(p.get(k) == parent.get(k) for k in keys))
+    """A late stand-in makes no namespace (those made before the mounts are needed by them, and made by
+    stand-ins there already): it is in its parent's (its mount namespace too: a stand-in seeing it
+    makes its superblocks), its user namespace its parent's, joined last or inherited
+    (engine/userns_cr.py spawn_in)."""
+    return (p.get("ns") == parent.get("ns") and p.get("userns") == parent.get("userns")
+            and not p.get("userns_start") and not p.get("ns_made_in")
+            and (not p.get("userns_first") or bool(parent.get("userns_first"))))
 
 
 def why(pid: int, what: str) -> str:
@@ -154,7 +155,7 @@ def refusal(tree) -> str | None:
 
 def _namespaces(pid: int) -> dict:
     out = {}
-    for kind in ("pid", "uts", "ipc", "net", "cgroup", "user"):
+    for kind in ("mnt", "pid", "uts", "ipc", "net", "cgroup", "user"):
         try:
             out[kind] = os.stat(f"/proc/{pid}/ns/{kind}").st_ino
         except OSError:

@@ -805,7 +805,8 @@ class _Restorer:
         """The channel of a stand-in in `kind` namespace nsid; for making a superblock there, one
         that stands in the user namespace `owner` owning it (None: the restorer's) when there is
         one (stand-ins that made namespaces inside theirs start in it: engine/userns_cr.py)."""
-        found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid]
+        # (a stand-in forked late, engine/ctty.py, is not there yet: its parent is, in its namespaces)
+        found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid and p["pid"] in self.chans]
         if not found:
             raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
         best = next((p for p in found if self.users.stands_in(p) == owner), found[0])
@@ -1167,7 +1168,8 @@ class _Restorer:
         # Tagged with the namespace of the processes that see the mount: made by one of them that
         # stands in the user namespace owning it, else by any stand-in in that namespace that does.
         ns_id = self.ns_of_mount[user["id"]]
-        seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id] or self.doc["processes"][:1]
+        seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id and p["pid"] in self.chans] \
+            or self.doc["processes"][:1]
         p = next((p for p in seers if self.users.stands_in(p) == sb.get("owner")), None)
         if p is None and handler.ns in seers[0]["ns"]:
             return self._standin_in(handler.ns, seers[0]["ns"][handler.ns], sb.get("owner"))
