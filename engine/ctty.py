@@ -7,7 +7,9 @@ every process of its session loses it. So a member of a session has its leader's
 (it, or an ancestor of it in the session, was forked before the leader took the terminal).
 
 A leader's terminal is made again through the fd it holds on it (/dev/tty, or the pty slave that
-is its terminal: engine/fds/pty.py). Dump marks each member that has the terminal (process "ctty").
+is its terminal: engine/fds/pty.py), or, when it holds none (its stdio sent elsewhere, the terminal
+kept), through the slave's node on a devpts mount of its namespace (process "ctty_node", the
+pty's master held by a process of the tree: the pty is made by restore). Dump marks each member that has the terminal (process "ctty").
 Stand-ins are forked before any terminal exists, so the stand-ins of those members, and of their
 descendants, are forked late (`Plan.late`), once every mount exists: each leader takes its terminal
 first (`Plan.takes`, before its late children are forked), then they are forked by their parents
@@ -15,8 +17,8 @@ in order and inherit it, as the processes did.
 
 Refused before the tree is stopped (`refusal`; the image checker refuses the same, `plan`): a process
 whose terminal is that of a session led outside the tree (the terminal `mntcr dump` runs in: restore
-gives no terminal it did not make), a leader whose terminal would not be made again (it holds no fd
-on it, or holds only the slave of a pty whose master is outside the tree), a member whose parent has
+gives no terminal it did not make), a leader whose terminal would not be made again (a pty whose
+master no process of the tree holds, or no pty, and it holds no /dev/tty), a member whose parent has
 not the terminal (it could inherit it from nobody), and a process that would inherit a terminal it
 had not (a member that left it with TIOCNOTTY, forked late).
 """
@@ -45,9 +47,31 @@ def device(nr: int) -> tuple[int, int]:
 
 
 def leader_takes(p: dict) -> bool:
-    """Does image process `p` take its terminal back through an fd it holds (engine/fds/pty.py)?"""
-    return any((f.get("kind") == "ctty" and "tty" in f) or (f.get("kind") == "pty" and f.get("ctty") is True)
-               for f in p.get("fds") or ())
+    """Does image process `p` take its terminal back: through an fd it holds (engine/fds/pty.py), or
+    through its node (`ctty_node`: a leader that holds no fd on it)?"""
+    return "ctty_node" in p or any((f.get("kind") == "ctty" and "tty" in f)
+                                   or (f.get("kind") == "pty" and f.get("ctty") is True) for f in p.get("fds") or ())
+
+
+def node_of(pid: int, fdtable, place, mounts) -> dict | None:
+    """For leader `pid` that holds no fd on its terminal, a pty: where restore opens the terminal's
+    slave to make it its terminal again ({mnt, path, obj}: a node on a devpts mount of its namespace,
+    the pty object), found as for its /dev/tty (engine/fds/pty.py); `ptmx` is added by `record`.
+    None when it has no terminal or it is no pty (refused before the stop)."""
+    from engine import fds, kernel
+    from engine.fds import pty
+    nr = tty_nr(pid)
+    major, minor = device(nr)
+    if not nr or not 136 <= major < 144:
+        return None
+    d = fds.DumpFd(pid=pid, fd=-1, target="/dev/tty", mode=stat.S_IFCHR, flags=0, pos=0,
+                   pidfd=kernel.pidfd_open(pid), objects=fdtable.objects, scratch=fdtable.scratch, place=place,
+                   mounts=list(mounts))
+    try:
+        got = pty.ctty_node(d, minor + (major - 136) * 256)
+    finally:
+        os.close(d.pidfd)
+    return {**got["tty"], "obj": got["obj"]}
 
 
 def plan(procs: list[dict]) -> Plan:
@@ -111,10 +135,10 @@ def why(pid: int, what: str) -> str:
         "outside": f"{name} has the controlling terminal of a session led outside the tree (the terminal it "
                    "was started from): restore gives no terminal it did not make; start the tree's root with "
                    "setsid (or with no terminal: setsid -w, </dev/null) and dump again; the tree keeps running",
-        "leader": f"{name} leads its session and has a controlling terminal that restore would not give back (it "
-                  "holds no fd on it: neither /dev/tty nor the pty slave, or the pty's master is no process's of "
-                  "the tree); keep an fd on the terminal open in it (exec 9</dev/tty), or dump the process "
-                  "holding the master too; the tree keeps running",
+        "leader": f"{name} leads its session and has a controlling terminal that restore would not make again "
+                  "(a pty whose master no process of the tree holds, or no pty, and it holds no /dev/tty): dump "
+                  "the process holding the master too (the terminal's emulator, a container's console holder), "
+                  "or keep /dev/tty open in it; the tree keeps running",
         "parent": f"{name} has its session's controlling terminal but its parent, in the same session, has not "
                   "(a member inherits the terminal at fork only): not supported; the tree keeps running",
         "namespaces": f"{name} is (or descends from) a member of a session with its controlling terminal, in "
@@ -164,15 +188,14 @@ def _namespaces(pid: int) -> dict:
 
 
 def _restored(pid: int, nr: int, masters: set[int]) -> bool:
-    """Does leader `pid` (terminal `nr`) hold an fd through which restore gives the terminal back:
-    /dev/tty (engine/fds/pty.py refuses what it cannot make), or the pty slave with its master held
-    by a process of the tree?"""
+    """Is the terminal `nr` of leader `pid` made again: it holds /dev/tty (engine/fds/pty.py refuses
+    what it cannot make), or it is a pty whose master a process of the tree holds (taken again through
+    the slave it holds, or its node: `node_of`)?"""
     from engine.fds import pty
-    rdevs = pty.char_rdevs(pid)
-    if os.makedev(5, 0) in rdevs:
+    if os.makedev(5, 0) in pty.char_rdevs(pid):
         return True
     major, minor = device(nr)
-    return 136 <= major < 144 and os.makedev(major, minor) in rdevs and minor + (major - 136) * 256 in masters
+    return 136 <= major < 144 and minor + (major - 136) * 256 in masters
 
 
 def _masters(pids) -> set[int]:
@@ -197,7 +220,17 @@ def _masters(pids) -> set[int]:
 
 def record(procs_doc: list[dict]) -> None:
     """Mark each image process that is a member of a session with the controlling terminal
-    ("ctty"), read while the tree is stopped."""
+    ("ctty"), read while the tree is stopped; give each `ctty_node` the ptmx of its pty's master
+    (none in the tree: the node is dropped, and the plan refuses the leader)."""
+    masters = {f["obj"]: f["ptmx"] for p in procs_doc for f in p["fds"]
+               if f.get("kind") == "pty" and f.get("end") == "master" and "ptmx" in f}
     for p in procs_doc:
         if p.get("sid") != p["pid"] and tty_nr(p["pid"]):
             p["ctty"] = True
+        node = p.get("ctty_node")
+        if node is not None:
+            if node["obj"] in masters:
+                node["ptmx"] = dict(masters[node["obj"]])
+            else:
+                del p["ctty_node"]
+                p["ctty"] = True   # (so that the plan names it: a leader whose terminal is not made again)

@@ -658,6 +658,8 @@ PROCESS = Record("process", {
     "tty_fg": F(INT, required=False, rule=rng(1, MAX_PID)),
     # A member of a session that has its leader's controlling terminal (engine/ctty.py).
     "ctty": F(BOOL, required=False),
+    # A session leader holding no fd on its pty terminal: where it takes it again (engine/ctty.py).
+    "ctty_node": F(DICT, required=False),
     "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
@@ -1432,6 +1434,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for loc in p.get("maps") or []:
             _check_loc(loc, mounts, detached, f"{what} mapping")
             _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
+        if "ctty_node" in p:
+            _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
         if "exe" in p:
             if p["exe"].get("detached"):
                 _fail(f"{what}: an executable on a detached mount")
@@ -1541,6 +1545,17 @@ def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
         _fail(f"{what}: an O_PATH fd has no signal owner, signal or O_ASYNC")
     if "async_owner" in fd:
         refs.check(what, "process", fd["async_owner"], f"its signal owner (F_SETOWN) {fd['async_owner']}")
+
+
+def _check_ctty_node(doc: dict, node, mounts: dict, what: str) -> None:
+    """A leader's terminal node (engine/ctty.py): on mounts of the image, naming a pty object."""
+    from engine.fds import pty
+    pty.check_node(node, what)
+    for mnt in (node["mnt"], node["ptmx"]["mnt"]):
+        if mnt not in mounts:
+            _fail(f"{what}: unknown mount {mnt}")
+    if (doc.get("objects") or {}).get(node["obj"], {}).get("kind") != "pty":
+        _fail(f"{what}: {node['obj'][:40]!r} is no pty of the image")
 
 
 def _check_sessions(doc: dict) -> None:

@@ -623,9 +623,9 @@ class _Restorer:
         """Leader p's stand-in takes its terminal (TIOCSCTTY), the slave of a pty of the tree opened on
         its restored devpts (its master opened now, kept for the fd stage: self.made), or the node its
         /dev/tty named; its fds take it again later (engine/fds/pty.py: a no-op then)."""
-        e = next(f for f in p["fds"] if (f.get("kind") == "ctty" and "tty" in f)
-                 or (f.get("kind") == "pty" and f.get("ctty") is True))
-        node = e["tty"] if e["kind"] == "ctty" else {"mnt": e["mnt"], "path": e["path"]}
+        e = p.get("ctty_node") or next(f for f in p["fds"] if (f.get("kind") == "ctty" and "tty" in f)
+                                       or (f.get("kind") == "pty" and f.get("ctty") is True))
+        node = e["tty"] if e.get("kind") == "ctty" else {"mnt": e["mnt"], "path": e["path"]}
         try:
             if "obj" in e and "ptmx" in e:
                 self._pty_master(e["obj"], e["ptmx"])
@@ -787,11 +787,19 @@ class _Restorer:
             fd = next((f["fd"] for f in p["fds"] if (f.get("kind") == "ctty" and "tty" in f)
                        or (f.get("kind") == "pty" and f.get("ctty"))), None)
             try:
-                if fd is None:
+                if fd is None and "ctty_node" not in p:
                     raise OSError(errno.EINVAL, "it holds no /dev/tty")
                 member = sessions.foreground_member(self.doc["processes"], p)
                 of = sessions.pid_in(self.hostpid[member], self.hostpid[p["pid"]], self.hostproc)
-                self.chans[p["pid"]].call(("foreground", fd, of), [])
+                if fd is not None:
+                    self.chans[p["pid"]].call(("foreground", fd, of), [])
+                else:   # (no fd on its terminal: through its slave, opened for this, engine/ctty.py)
+                    node = p["ctty_node"]
+                    slave = self.open_at(node["mnt"], node["path"], os.O_RDWR | os.O_NOCTTY)
+                    try:
+                        self.chans[p["pid"]].call(("kind", "pty", "foreground", {"of": of}), [slave])
+                    finally:
+                        os.close(slave)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: giving its terminal to process group "
                                                          f"{p['tty_fg']}: {e.strerror or e}") from None

@@ -68,10 +68,10 @@ if os.fork() == 0:
     if MODE == "output":
         os.write(s, b"nobody reads this\\n")
     if MODE == "no_fd":
-        os.close(s)
+        os.close(s)   # (its stdio /dev/null: py_hold's tail)
     else:
         os.dup2(s, 10); os.close(s)
-    if MODE != "member" or os.fork():   # (a member: the terminal inherited)
+    if MODE not in ("member", "no_fd") or os.fork():   # (a member: the terminal inherited)
         os.write(w, b"x")
     os.close(w)
 else:
@@ -117,12 +117,27 @@ def test_unread_pty_bytes_refused_unstopped(case, mode, words):
         os.close(fd)
 
 
-def test_leader_without_fd_on_its_terminal_refused_unstopped(case):
-    """A session leader that closed every fd on its controlling terminal still has it (tty_nr): restore
-    would not give it back, so dump refuses before the stop, naming it and what to do."""
-    pid = _pty_tree(case, "no_fd")
-    _refused_unstopped(case, pid, r"process \d+ \(mntcr-hold\) leads its session and has a controlling terminal "
-                                  r"that restore would not give back .*; the tree keeps running")
+def test_leader_without_fd_on_its_terminal_keeps_it(case):
+    """A session leader that closed every fd on its controlling terminal (its stdio sent elsewhere)
+    still has it (tty_nr), and its member too: restore makes the leader take it through the slave's
+    node (process "ctty_node": its master is the tree's), then forks the member."""
+    state = case.roundtrip(_PTY.replace("MODE", '"no_fd"'))[-1]
+    leader = next(int(c) for c in open(f"/proc/{state.pid}/task/{state.pid}/children").read().split()
+                  if os.getsid(int(c)) == int(c) and ctty.tty_nr(int(c)))
+    member = int(open(f"/proc/{leader}/task/{leader}/children").read().split()[0])
+    for p in (leader, member):
+        assert ctty.device(ctty.tty_nr(p)) == (136, 0), p
+        assert not any(os.readlink(f"/proc/{p}/fd/{n}").startswith("/dev/pts/") for n in os.listdir(f"/proc/{p}/fd"))
+
+
+def test_leader_whose_master_is_outside_refused_unstopped(case):
+    """A session leader on a pty whose master is outside the dumped tree (its parent holds it; the
+    leader alone is dumped) holding only the slave: restore would not make its terminal (it was lost
+    silently before), so dump refuses before the stop, naming it and what to do."""
+    pid = _pty_tree(case, "member")
+    leader = _child_holding(pid, 10)
+    _refused_unstopped(case, leader, r"process \d+ \(mntcr-hold\) leads its session and has a controlling terminal "
+                                     r"that restore would not make again .*; the tree keeps running")
 
 
 def _child_holding(pid: int, fd: int) -> int:

@@ -372,10 +372,28 @@ def _ctty_slave_in(args, fds):
     return None, []
 
 
+def _foreground_in(args, fds):
+    """In the stand-in (its session's leader, holding no fd on its terminal): the process group of
+    process args["of"] (a pid of its pid namespace) the foreground one of its terminal, the slave fds[0]."""
+    os.tcsetpgrp(fds[0], os.getpgid(args["of"]))
+    return None, []
+
+
+def check_node(node, what: str) -> None:
+    """A process's `ctty_node` (engine/ctty.py): {mnt, path, obj, ptmx{mnt, path}}."""
+    from engine.image import _fail, check_abs_path
+    if not isinstance(node, dict) or set(node) != {"mnt", "path", "obj", "ptmx"} or type(node["mnt"]) is not int \
+            or not isinstance(node["obj"], str) or not isinstance(node["ptmx"], dict) \
+            or set(node["ptmx"]) != {"mnt", "path"} or type(node["ptmx"]["mnt"]) is not int:
+        _fail(f"{what}: bad controlling terminal node")
+    check_abs_path(node["path"], f"{what} controlling terminal")
+    check_abs_path(node["ptmx"]["path"], f"{what} controlling terminal's ptmx")
+
+
 register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check, precheck=_precheck,
                 prefinish=_prefinish,
                 check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30,
-                standin={"ctty_slave": _ctty_slave_in},
+                standin={"ctty_slave": _ctty_slave_in, "foreground": _foreground_in},
                 fields={"end": F(STR), "ptmx": F(DICT), "orphan": F(BOOL, required=False),
                         "ctty": F(BOOL, required=False)}))
 
@@ -390,16 +408,23 @@ def _dump_ctty(d) -> dict:
     index = _ctty_index(d)
     if index is None:
         return {}   # a device node called tty that is not /dev/tty: reopened like any node
+    out = ctty_node(d, index)
+    if os.getsid(d.pid) != d.pid:
+        out["member"] = True   # (its stand-in inherits the terminal: engine/ctty.py; it only opens the node)
+    return out
+
+
+def ctty_node(d, index: int) -> dict:
+    """{"tty": {mnt, path}, "obj"}: the node of pty `index` (the controlling terminal of `d`'s
+    process) on a devpts mount of its namespace that is placed, and the pty object; refused when
+    there is none."""
     for m, path, pst in _ctty_nodes(d, index):
         loc = d.place(path, m.mnt_id, "controlling terminal")
         if loc.get("detached"):
             continue
         obj = d.scratch.setdefault(("pty", pst.st_dev, index), f"pty-{len(d.objects)}")
         d.objects.setdefault(obj, {"kind": "pty", "index": index})
-        out = {"tty": {"mnt": loc["mnt"], "path": loc["path"]}, "obj": obj}
-        if os.getsid(d.pid) != d.pid:
-            out["member"] = True   # (its stand-in inherits the terminal: engine/ctty.py; it only opens the node)
-        return out
+        return {"tty": {"mnt": loc["mnt"], "path": loc["path"]}, "obj": obj}
     _refuse_no_devpts(d, index)
 
 
