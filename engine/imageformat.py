@@ -1556,6 +1556,13 @@ def _check_ctty_node(doc: dict, node, mounts: dict, what: str) -> None:
             _fail(f"{what}: unknown mount {mnt}")
     if (doc.get("objects") or {}).get(node["obj"], {}).get("kind") != "pty":
         _fail(f"{what}: {node['obj'][:40]!r} is no pty of the image")
+    # Only a pty restore makes: the node of that pty's number on a devpts the restore makes (never a
+    # host terminal on an external one, which TIOCSCTTY would take).
+    m = mounts[node["mnt"]]
+    sb = doc["superblocks"].get(m.get("sb"), {})
+    if sb.get("fstype") != "devpts" or sb.get("external") or m.get("external") is not None \
+            or node["path"].rsplit("/", 1)[-1] != str(doc["objects"][node["obj"]].get("index")):
+        _fail(f"{what}: not the node of its pty on a devpts mount the restore makes")
 
 
 def _check_sessions(doc: dict) -> None:

@@ -180,3 +180,29 @@ def test_member_keeps_its_terminal(case):
     member = _child_holding(leader, 10)
     for p in (leader, member):
         assert ctty.device(ctty.tty_nr(p)) == (136, 0), p
+
+
+def test_image_ctty_node_hostile_values(case):
+    """A leader's `ctty_node` names only its own pty's node on a devpts mount restore makes: another
+    number (a host terminal on that devpts), an unknown mount or object, a bad shape fail validation
+    in one line."""
+    from engine import image, imageformat
+    pid = _pty_tree(case, "no_fd")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    imageformat.validate(json.loads(json.dumps(good)))
+    leader = next(i for i, p in enumerate(good["processes"]) if "ctty_node" in p)
+    node = good["processes"][leader]["ctty_node"]
+    assert node["path"].endswith("/0") and set(node) == {"mnt", "path", "obj", "ptmx"}, node
+    for change, words in (({"path": node["path"][:-1] + "7"}, "not the node of its pty on a devpts mount"),
+                          ({"mnt": 99999}, "unknown mount 99999"),
+                          ({"obj": "pty-999"}, "is no pty of the image"),
+                          ({"extra": 1}, "bad controlling terminal node"),
+                          ({"path": "../0"}, "controlling terminal")):
+        doc = json.loads(json.dumps(good))
+        doc["processes"][leader]["ctty_node"].update(change)
+        with pytest.raises(image.ImageError, match=words) as e:
+            imageformat.validate(doc)
+        assert "\n" not in str(e.value)
