@@ -161,7 +161,11 @@ def refusal(tree) -> str | None:
         except OSError:
             continue   # (gone: told by the checks after the stop)
         sid, nrs[pid] = int(fields[3]), int(fields[4])
-        procs.append({"pid": pid, "ppid": ppid, "sid": sid, "ns": _namespaces(pid)})
+        procs.append({"pid": pid, "ppid": ppid, "sid": sid})
+    if not any(nrs.values()):
+        return None   # (no terminal at all: the common case costs one read a process)
+    for p in procs:
+        p["ns"] = _namespaces(p["pid"])
     masters = _masters([p["pid"] for p in procs])
     for p in procs:
         pid, nr = p["pid"], nrs[p["pid"]]
