@@ -81,8 +81,12 @@ def plan(procs: list[dict]) -> Plan:
     has: dict[int, bool] = {}   # the stand-in has the terminal once forked (and its leader took it)
     late: list[int] = []
     takes: list[int] = []
+    first: dict[int, int] = {}   # process group -> its first process, in order (engine/sessions.py joins through it)
     for p in procs:
         pid, sid = p["pid"], p.get("sid")
+        group = p.get("pgid")
+        if group is not None:
+            first.setdefault(group, pid)
         parent = by_pid.get(p.get("ppid")) if p is not procs[0] else None
         if sid == pid:
             has[pid] = leader_takes(p)
@@ -114,6 +118,8 @@ def plan(procs: list[dict]) -> Plan:
         has[pid] = wants
         if is_late:
             late.append(pid)
+        elif group is not None and first[group] in late:
+            return Plan(late, takes, (pid, "group"))   # (it would join a group no stand-in is in yet)
     return Plan(late, takes, None)
 
 
@@ -145,6 +151,9 @@ def why(pid: int, what: str) -> str:
                       "other namespaces than its parent: its stand-in, forked once the terminal exists, cannot "
                       "make namespaces then: not supported; the tree keeps running",
         "member": f"{name} holds /dev/tty without a controlling terminal: not supported",
+        "group": f"{name} has not its session's controlling terminal but is in a process group whose first "
+                 "process has it (forked once the terminal exists, after this one): not supported; the tree keeps "
+                 "running",
         "unwanted": f"{name} has no controlling terminal but its parent in its session has (it left the terminal "
                     "with TIOCNOTTY): not supported; the tree keeps running",
     }[what]
@@ -161,7 +170,7 @@ def refusal(tree) -> str | None:
         except OSError:
             continue   # (gone: told by the checks after the stop)
         sid, nrs[pid] = int(fields[3]), int(fields[4])
-        procs.append({"pid": pid, "ppid": ppid, "sid": sid})
+        procs.append({"pid": pid, "ppid": ppid, "sid": sid, "pgid": int(fields[2])})
     if not any(nrs.values()):
         return None   # (no terminal at all: the common case costs one read a process)
     for p in procs:

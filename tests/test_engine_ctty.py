@@ -48,6 +48,9 @@ def test_a_late_leader_takes_its_own_terminal():
     ([proc(1, None, 1, takes=True), proc(2, 1, 1, ctty=True, ns={"pid": "pid-1", "net": "net-0"})],
      (2, "namespaces")),
     ([proc(1, None, 1, takes=True, ctty=True)], (1, "leader")),
+    # (a child of the leader forked before it took the terminal, in the group of a job that has it)
+    ([proc(1, None, 1, takes=True), dict(proc(2, 1, 1, ctty=True), pgid=2), dict(proc(3, 1, 1), pgid=2)],
+     (3, "group")),
 ])
 def test_what_cannot_be_made(procs, problem):
     assert ctty.plan(procs).problem == problem
