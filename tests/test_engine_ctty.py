@@ -209,3 +209,29 @@ def test_image_ctty_node_hostile_values(case):
         with pytest.raises(image.ImageError, match=words) as e:
             imageformat.validate(doc)
         assert "\n" not in str(e.value)
+
+
+def test_snapshot_names_each_process_terminal():
+    """zdtm/snapshot.py compares each process's terminal by what it is (a pty by number and whether
+    the tree holds its master, /dev/console, none) and which group is in its foreground: a member
+    that lost its terminal at restore shows."""
+    from zdtm import snapshot
+
+    def p(pid, comm, sid, pgid, tty_nr=0, tpgid=-1, masters=()):
+        return snapshot.Proc(pid=pid, comm=comm, mounts=[], tree_text="", root="/", cwd="/", fds=[], sid=sid,
+                             pgid=pgid, tty_nr=tty_nr, tpgid=tpgid, masters=frozenset(masters))
+    pty3 = os.makedev(136, 3)
+    procs = [p(1, "script", 1, 1, masters=[3]), p(10, "sh", 10, 10, pty3, 11), p(11, "sleep", 10, 11, pty3, 11),
+             p(12, "cat", 10, 11, pty3, 11), p(13, "sleep", 13, 13), p(14, "init", 14, 14, os.makedev(5, 1), 14)]
+    snapshot._jobs(procs)
+    snapshot._cttys(procs)
+    assert [q.ctty for q in procs] == [
+        "none", "pty 3 (master in the tree) foreground=the group of cat,sleep",
+        "pty 3 (master in the tree) foreground=its own group", "pty 3 (master in the tree) foreground=its own group",
+        "none", "/dev/console foreground=its own group"]
+    lost = [p(1, "script", 1, 1, masters=[3]), p(10, "sh", 10, 10, pty3, 11), p(11, "sleep", 10, 11),
+            p(12, "cat", 10, 11, pty3, 11), p(13, "sleep", 13, 13), p(14, "init", 14, 14, os.makedev(5, 1), 14)]
+    snapshot._jobs(lost)
+    snapshot._cttys(lost)
+    assert lost[2].ctty == "none" and "ctty: none" in lost[2].text()
+    assert "ctty: pty 3 (master in the tree)" in procs[2].text()
