@@ -9,7 +9,8 @@ every process of its session loses it. So a member of a session has its leader's
 A leader's terminal is made again through the fd it holds on it (/dev/tty, or the pty slave that
 is its terminal: engine/fds/pty.py), or, when it holds none (its stdio sent elsewhere, the terminal
 kept), through the slave's node on a devpts mount of its namespace (process "ctty_node", the
-pty's master held by a process of the tree: the pty is made by restore). Dump marks each member that has the terminal (process "ctty").
+pty's master held by a process of the tree: the pty is made by restore). Dump marks each member
+that has the terminal (process "ctty").
 Stand-ins are forked before any terminal exists, so the stand-ins of those members, and of their
 descendants, are forked late (`Plan.late`), once every mount exists: each leader takes its terminal
 first (`Plan.takes`, before its late children are forked), then they are forked by their parents

@@ -52,10 +52,9 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 from operator import itemgetter
 
-from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, hostidmap,
-                    ctty, image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy,
-                    subids,
-                    userns_cr, userns_groups, zombies)
+from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
+                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin,
+                    strategy, subids, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import pty, sys as fsys
