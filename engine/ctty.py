@@ -213,22 +213,33 @@ def _restored(pid: int, nr: int, masters: set[int]) -> bool:
 
 
 def _masters(pids) -> set[int]:
-    """The numbers of the pty masters the processes `pids` hold (fdinfo tty-index)."""
+    """The numbers of the pty masters the processes `pids` hold (TIOCGPTN on a copy of each)."""
+    from engine import kernel
+    from engine.fds import pty, sys as fsys
     out = set()
     for pid in pids:
         try:
             names = os.listdir(f"/proc/{pid}/fd")
         except OSError:
             continue
-        for n in names:
-            try:
-                st = os.stat(f"/proc/{pid}/fd/{n}")
-                if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(5, 2)):
+        pidfd = None
+        try:
+            for n in names:
+                try:
+                    st = os.stat(f"/proc/{pid}/fd/{n}")
+                    if not (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(5, 2)):
+                        continue
+                    pidfd = kernel.pidfd_open(pid) if pidfd is None else pidfd
+                    fd = fsys.pidfd_getfd(pidfd, int(n))
+                    try:
+                        out.add(pty.index_of(fd))
+                    finally:
+                        os.close(fd)
+                except OSError:
                     continue
-                with open(f"/proc/{pid}/fdinfo/{n}") as f:
-                    out.update(int(line.split()[1]) for line in f if line.startswith("tty-index:"))
-            except OSError:
-                continue
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
     return out
 
 

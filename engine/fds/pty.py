@@ -53,8 +53,9 @@ def _matches(target: str, mode: int) -> bool:
                                                               or target.startswith("/dev/pts"))
 
 
-def _index(fd: int) -> int:
-    return struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, b"\0\0\0\0"))[0]
+def index_of(master: int) -> int:
+    """The number of the pty of master fd `master` (TIOCGPTN)."""
+    return struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
 
 
 def _dump(d) -> dict:
@@ -62,7 +63,7 @@ def _dump(d) -> dict:
     key = ("pty", _instance(d, st))
     if _is_master(st.st_mode, st.st_rdev):
         c = d.copy()
-        index = _index(c)
+        index = index_of(c)
         _hold(d, key[1], index)
         obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
         o = d.objects.setdefault(obj, {"kind": "pty", "index": index})
@@ -142,7 +143,7 @@ def _precheck(d) -> None:
     waiting to be read on either end of a pty the tree holds the master of (`_unread`)."""
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if _is_master(st.st_mode, st.st_rdev):
-        index = _index(d.copy())
+        index = index_of(d.copy())
         _hold(d, _instance(d, st), index)
         _refuse(_unread(d, "master", index))
     elif 136 <= os.major(st.st_rdev) < 144 and not undeleted(d.target)[1]:
@@ -263,7 +264,7 @@ def open_until(open_ptmx, index: int) -> dict[int, int]:
         while True:
             fd = open_ptmx()
             try:
-                n = _index(fd)
+                n = index_of(fd)
             except OSError:
                 os.close(fd)
                 raise
