@@ -1468,6 +1468,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
+            if kind.name == "pty" and fd.get("ctty"):
+                _check_own_pty(doc, fd, mounts, f"{fwhat} (its controlling terminal)")
             _check_ghost_ref(doc, fd, mounts, fwhat)
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
@@ -1556,9 +1558,15 @@ def _check_ctty_node(doc: dict, node, mounts: dict, what: str) -> None:
             _fail(f"{what}: unknown mount {mnt}")
     if (doc.get("objects") or {}).get(node["obj"], {}).get("kind") != "pty":
         _fail(f"{what}: {node['obj'][:40]!r} is no pty of the image")
-    # Only a pty restore makes: the node of that pty's number on a devpts the restore makes (never a
-    # host terminal on an external one, which TIOCSCTTY would take).
-    m = mounts[node["mnt"]]
+    _check_own_pty(doc, node, mounts, what)
+
+
+def _check_own_pty(doc: dict, node: dict, mounts: dict, what: str) -> None:
+    """A terminal a stand-in takes (TIOCSCTTY) through a node of a pty of the tree: only the node of
+    that pty's number on a devpts the restore makes (never a host terminal on an external one)."""
+    m = mounts.get(node.get("mnt"))
+    if m is None:
+        _fail(f"{what}: unknown mount {str(node.get('mnt'))[:40]}")
     sb = doc["superblocks"].get(m.get("sb"), {})
     if sb.get("fstype") != "devpts" or sb.get("external") or m.get("external") is not None \
             or node["path"].rsplit("/", 1)[-1] != str(doc["objects"][node["obj"]].get("index")):

@@ -235,3 +235,23 @@ def test_snapshot_names_each_process_terminal():
     snapshot._cttys(lost)
     assert lost[2].ctty == "none" and "ctty: none" in lost[2].text()
     assert "ctty: pty 3 (master in the tree)" in procs[2].text()
+
+
+def test_image_ctty_slave_of_another_pty_refused(case):
+    """A leader's pty slave marked as its controlling terminal (`ctty`) must be the node of its own pty
+    (restore made it): another number, or an unknown mount, fails validation in one line."""
+    from engine import image, imageformat
+    pid = _pty_tree(case, "member")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    where = next((i, j) for i, p in enumerate(good["processes"]) for j, f in enumerate(p["fds"])
+                 if f.get("kind") == "pty" and f.get("ctty"))
+    for change, words in (({"path": "/dev/pts/5"}, "not the node of its pty on a devpts mount"),
+                          ({"mnt": 99999}, "unknown mount 99999")):
+        doc = json.loads(json.dumps(good))
+        doc["processes"][where[0]]["fds"][where[1]].update(change)
+        with pytest.raises(image.ImageError, match=words) as e:
+            imageformat.validate(doc)
+        assert "\n" not in str(e.value)
