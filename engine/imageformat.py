@@ -1568,8 +1568,10 @@ def _check_own_pty(doc: dict, node: dict, mounts: dict, what: str) -> None:
     if m is None:
         _fail(f"{what}: unknown mount {str(node.get('mnt'))[:40]}")
     sb = doc["superblocks"].get(m.get("sb"), {})
+    # (its path in the superblock: a pty bound as /dev/console is its mount's root, "/N")
+    in_sb = m.get("root", "/") if node["path"] == "/" else str(m.get("root", "/")).rstrip("/") + node["path"]
     if sb.get("fstype") != "devpts" or sb.get("external") or m.get("external") is not None \
-            or node["path"].rsplit("/", 1)[-1] != str(doc["objects"][node["obj"]].get("index")):
+            or in_sb.rsplit("/", 1)[-1] != str(doc["objects"][node["obj"]].get("index")):
         _fail(f"{what}: not the node of its pty on a devpts mount the restore makes")
 
 

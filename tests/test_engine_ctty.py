@@ -255,3 +255,37 @@ def test_image_ctty_slave_of_another_pty_refused(case):
         with pytest.raises(image.ImageError, match=words) as e:
             imageformat.validate(doc)
         assert "\n" not in str(e.value)
+
+
+CONSOLE = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts; touch /dev/console
+""" + py_hold("""
+import fcntl, struct, subprocess
+m0 = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)
+m1 = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m1, 0x40045431, struct.pack("i", 0))
+subprocess.run(["mount", "--bind", "/dev/pts/1", "/dev/console"], check=True)
+os.close(m0)
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(m1); os.close(r)
+    os.setsid()
+    c = os.open("/dev/console", os.O_RDWR)   # (a container's init on its console: its terminal)
+    os.dup2(c, 10); os.close(c)
+    if os.fork():
+        os.write(w, b"x")   # (the member, forked after: it has the console too)
+    os.close(w)
+else:
+    os.close(w); os.read(r, 1); os.close(r)
+    os.dup2(m1, 20); os.close(m1)
+""")
+
+
+def test_leader_on_a_console_bound_pty_and_its_member(case):
+    """A container's init on /dev/console (a pty of the tree bound there, CRIU's pty-console) leads
+    its session with it as its terminal, its child a member: both keep it (the slave is the mount's
+    root /1, the node the validator checks through the mount's root)."""
+    state = case.roundtrip(CONSOLE)[-1]
+    leader = _child_holding(state.pid, 10)
+    member = _child_holding(leader, 10)
+    for p in (leader, member):
+        assert ctty.device(ctty.tty_nr(p)) == (136, 1), p
