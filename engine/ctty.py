@@ -68,8 +68,13 @@ def node_of(pid: int, fdtable, place, mounts) -> dict | None:
     d = fds.DumpFd(pid=pid, fd=-1, target="/dev/tty", mode=stat.S_IFCHR, flags=0, pos=0,
                    pidfd=kernel.pidfd_open(pid), objects=fdtable.objects, scratch=fdtable.scratch, place=place,
                    mounts=list(mounts))
+    index = minor + (major - 136) * 256
     try:
-        got = pty.ctty_node(d, minor + (major - 136) * 256)
+        got = pty.ctty_node(d, index)
+    except fds.FdError as e:
+        raise fds.FdError(e.errno, f"process {pid} leads its session with pty {index} as its controlling "
+                                   "terminal and holds no fd on it, and no devpts mount of its namespace shows "
+                                   "that pty: not supported") from None
     finally:
         os.close(d.pidfd)
     return {**got["tty"], "obj": got["obj"]}
