@@ -74,8 +74,10 @@ if os.fork() == 0:
         os.close(s)   # (its stdio /dev/null: py_hold's tail)
     else:
         os.dup2(s, 10); os.close(s)
-    if MODE not in ("member", "no_fd") or os.fork():   # (a member: the terminal inherited)
+    if MODE not in ("member", "no_fd", "zombie") or os.fork():   # (a member: the terminal inherited)
         os.write(w, b"x")
+    elif MODE == "zombie" and os.fork() == 0:
+        os._exit(7)   # (the member's child, never reaped: a zombie of a late stand-in)
     os.close(w)
 else:
     os.close(w)
@@ -289,3 +291,14 @@ def test_leader_on_a_console_bound_pty_and_its_member(case):
     member = _child_holding(leader, 10)
     for p in (leader, member):
         assert ctty.device(ctty.tty_nr(p)) == (136, 1), p
+
+
+def test_zombie_of_a_member(case):
+    """A member with the terminal whose child exited unreaped: the zombie's stand-in is forked by the
+    member's, itself forked late (the zombies come after every late stand-in)."""
+    state = case.roundtrip(_PTY.replace("MODE", '"zombie"'))[-1]
+    leader = _child_holding(state.pid, 10)
+    member = _child_holding(leader, 10)
+    assert ctty.device(ctty.tty_nr(member)) == (136, 0)
+    kids = open(f"/proc/{member}/task/{member}/children").read().split()
+    assert len(kids) == 1 and open(f"/proc/{kids[0]}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
