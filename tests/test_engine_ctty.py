@@ -302,3 +302,33 @@ def test_zombie_of_a_member(case):
     assert ctty.device(ctty.tty_nr(member)) == (136, 0)
     kids = open(f"/proc/{member}/task/{member}/children").read().split()
     assert len(kids) == 1 and open(f"/proc/{kids[0]}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_killed_restore_of_late_stand_ins_leaves_nothing(case, tmp_path):
+    """A restore killed at any step, the late stand-ins' among them (forked once the mounts exist,
+    engine/ctty.py), leaves no process, mount or stand-in behind; the one that runs to the end
+    restores the tree with its terminals."""
+    from test_engine_failures import _killed_restore, host_mountinfo
+    from enginecase import assert_same, take, tree_hash
+    from zdtm.snapshot import kill_tree
+    pid = case.start(_PTY.replace("MODE", '"member"'), host_pidns=True)
+    before = take(pid)
+    img = case.new_images_dir()
+    case.dump(pid, img)
+    digest, mounts = tree_hash(img), host_mountinfo()
+    problems = []
+    for k in range(1, 200):
+        pidfile = str(tmp_path / f"k{k}.pid")
+        got = _killed_restore(img, k, pidfile, mounts, digest)
+        if got is None:
+            with open(pidfile) as f:
+                new = int(f.read())
+            case.trees.append(new)
+            break
+        problems += got
+    else:
+        raise AssertionError("restore never succeeded")
+    assert k > 5, f"restore succeeded at step {k}: the fault hook did not fire"
+    assert_same(before, take(new))
+    kill_tree(new)
+    assert not problems, problems
