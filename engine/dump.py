@@ -30,7 +30,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, sysvipc, userns_cr, zombies
+from engine import ctty, freeze, mountrules, nscopy, nsinspect, placement, prestop, sysvipc, userns_cr, zombies
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -176,8 +176,8 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
 
 def _refuse_sessions(tree, dead=()) -> None:
     """Sessions and process groups the stand-ins cannot make again (engine/sessions.py), the
-    zombies' (`dead`) among them."""
-    why = zombies.refusal(tree, dead)
+    zombies' (`dead`) among them, and controlling terminals (engine/ctty.py)."""
+    why = zombies.refusal(tree, dead) or ctty.refusal(tree)
     if why:
         raise DumpError(errno.EOPNOTSUPP, why)
 
@@ -847,6 +847,15 @@ def _name_ghosts(d: _Dump) -> None:
             e["ghost"] = d.ghost_of[e["id"]]
 
 
+def _record_cttys(procs_doc: list[dict]) -> None:
+    """Mark the members of sessions that have their leader's terminal (engine/ctty.py); refused
+    before the stop already when restore could not give it (a change since: refused now)."""
+    ctty.record(procs_doc)
+    problem = ctty.plan(procs_doc).problem
+    if problem is not None:
+        raise DumpError(errno.EOPNOTSUPP, ctty.why(*problem))
+
+
 def _collect_processes(d: _Dump) -> None:
     """Each process: namespaces, root, cwd and fds by kind (engine/fdtable.py, engine/fds/); the
     hostname of each UTS namespace; then the detached mounts their roots, cwds and fds lie on."""
@@ -861,6 +870,7 @@ def _collect_processes(d: _Dump) -> None:
                                           (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files,
                                            d.linked_names), d.ext_files, map_unplaced)
         fdtable.finish(d.procs_doc)
+        _record_cttys(d.procs_doc)
         # (roots made again from what a process holds: a pty bound as /dev/console needs its master)
         mountrules.held_roots(d.mntns_doc, d.superblocks, fdtable.scratch.get("held", ()))
     except (FdError, fs.FsError) as e:

@@ -43,7 +43,7 @@ import os
 import re
 from collections.abc import Callable
 from operator import itemgetter
-from engine import records, sessions, zombies
+from engine import ctty, records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
                           NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path)
@@ -659,6 +659,10 @@ PROCESS = Record("process", {
     "pgid": F(INT, required=False, rule=rng(0, MAX_PID)),
     # A session leader holding /dev/tty: its terminal's foreground group, when not its own.
     "tty_fg": F(INT, required=False, rule=rng(1, MAX_PID)),
+    # A member of a session that has its leader's controlling terminal (engine/ctty.py).
+    "ctty": F(BOOL, required=False),
+    # A session leader holding no fd on its pty terminal: where it takes it again (engine/ctty.py).
+    "ctty_node": F(DICT, required=False),
     "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
@@ -1457,6 +1461,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for loc in p.get("maps") or []:
             _check_loc(loc, mounts, detached, f"{what} mapping")
             _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
+        if "ctty_node" in p:
+            _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
         if "exe" in p:
             if p["exe"].get("detached"):
                 _fail(f"{what}: an executable on a detached mount")
@@ -1489,6 +1495,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
+            if kind.name == "pty" and fd.get("ctty"):
+                _check_own_pty(doc, fd, mounts, f"{fwhat} (its controlling terminal)")
             _check_ghost_ref(doc, fd, mounts, fwhat)
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
@@ -1578,13 +1586,43 @@ def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
         refs.check(what, "process", fd["async_owner"], f"its signal owner (F_SETOWN) {fd['async_owner']}")
 
 
+def _check_ctty_node(doc: dict, node, mounts: dict, what: str) -> None:
+    """A leader's terminal node (engine/ctty.py): on mounts of the image, naming a pty object."""
+    from engine.fds import pty
+    pty.check_node(node, what)
+    for mnt in (node["mnt"], node["ptmx"]["mnt"]):
+        if mnt not in mounts:
+            _fail(f"{what}: unknown mount {mnt}")
+    if (doc.get("objects") or {}).get(node["obj"], {}).get("kind") != "pty":
+        _fail(f"{what}: {node['obj'][:40]!r} is no pty of the image")
+    _check_own_pty(doc, node, mounts, what)
+
+
+def _check_own_pty(doc: dict, node: dict, mounts: dict, what: str) -> None:
+    """A terminal a stand-in takes (TIOCSCTTY) through a node of a pty of the tree: only the node of
+    that pty's number on a devpts the restore makes (never a host terminal on an external one)."""
+    m = mounts.get(node.get("mnt"))
+    if m is None:
+        _fail(f"{what}: unknown mount {str(node.get('mnt'))[:40]}")
+    sb = doc["superblocks"].get(m.get("sb"), {})
+    # (its path in the superblock: a pty bound as /dev/console is its mount's root, "/N")
+    in_sb = m.get("root", "/") if node["path"] == "/" else str(m.get("root", "/")).rstrip("/") + node["path"]
+    if sb.get("fstype") != "devpts" or sb.get("external") or m.get("external") is not None \
+            or in_sb.rsplit("/", 1)[-1] != str(doc["objects"][node["obj"]].get("index")):
+        _fail(f"{what}: not the node of its pty on a devpts mount the restore makes")
+
+
 def _check_sessions(doc: dict) -> None:
     """The sessions and process groups of the processes and zombies (made after them) can be made
-    (engine/sessions.py: the stand-ins only inherit, setsid and setpgid)."""
+    (engine/sessions.py: the stand-ins only inherit, setsid and setpgid), and so can the controlling
+    terminals of the members of sessions (engine/ctty.py)."""
     problem = sessions.plan(zombies.in_order(doc["processes"], doc.get("zombies") or ())).problem
     if problem is not None:
         what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
         _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")
+    problem = ctty.plan(doc["processes"]).problem
+    if problem is not None:
+        _fail(f"process {problem[0]}: its controlling terminal cannot be made ({problem[1]}: engine/ctty.py)")
 
 
 def _check_zombies(doc: dict) -> None:

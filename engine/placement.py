@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, sessions, threads
+from engine import ctty, deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, sessions, threads
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -71,8 +71,13 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
-        if entry["sid"] == pid and any((f.get("kind") == "ctty" and "tty" in f) or f.get("ctty") is True
-                                       for f in entry["fds"]):
+        if entry["sid"] == pid and not ctty.leader_takes(entry):
+            # (a leader holding no fd on its terminal: it takes it again through its node, engine/ctty.py)
+            node = ctty.node_of(pid, fdtable, lambda path, mnt, what, pid=pid: place(
+                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"])
+            if node is not None:
+                entry["ctty_node"] = node
+        if entry["sid"] == pid and ctty.leader_takes(entry):
             fg = sessions.foreground(pid)   # (its terminal is restored: so is the job in its foreground)
             if fg is not None and fg != entry["pgid"]:
                 entry["tty_fg"] = fg
