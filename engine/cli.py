@@ -65,6 +65,10 @@ def _add_dump(sub) -> None:
     p.add_argument("-D", "--images-dir", dest="images_dir", required=True, metavar="DIR",
                    help="image directory to create (must not exist, or be empty)")
     p.add_argument("--leave-running", action="store_true", help="do not kill the tree after dumping")
+    p.add_argument("--shell-job", action="store_true",
+                   help="accept processes whose controlling terminal is that of a session led outside the tree "
+                        "(a tree started as a job from an interactive shell): the terminal is left behind and "
+                        "they come back without one (dump notes each); without it such a tree is refused")
     p.add_argument("--external", action="append", default=[], metavar="SPEC",
                    help="mnt[MOUNTPOINT]:KEY declares the mount at MOUNTPOINT (in the root process's "
                         "namespace) external: it is recorded by KEY and not dumped; dev[MAJ:MIN]:KEY "
@@ -256,7 +260,8 @@ def _cmd_check(args) -> int:
 def _cmd_dump(args) -> int:
     from engine import dump
     _settled()
-    dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external)
+    dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external,
+              shell_job=args.shell_job)
     return EXIT_OK
 
 

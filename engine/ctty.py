@@ -146,7 +146,8 @@ def why(pid: int, what: str) -> str:
     return {
         "outside": f"{name} has the controlling terminal of a session led outside the tree (the terminal it "
                    "was started from): restore gives no terminal it did not make; start the tree's root with "
-                   "setsid (or with no terminal: setsid -w, </dev/null) and dump again; the tree keeps running",
+                   "setsid (or with no terminal: setsid -w, </dev/null), or dump with --shell-job to leave the "
+                   "terminal behind; the tree keeps running",
         "leader": f"{name} leads its session and has a controlling terminal that restore would not make again "
                   "(a pty whose master no process of the tree holds, or no pty, and it holds no /dev/tty): dump "
                   "the process holding the master too (the terminal's emulator, a container's console holder), "
@@ -165,10 +166,18 @@ def why(pid: int, what: str) -> str:
     }[what]
 
 
-def refusal(tree) -> str | None:
+def shell_terminal(pid: int, sid: int, pids) -> bool:
+    """Has `pid` (of session `sid`) the terminal of a session led outside the tree `pids` (the
+    terminal the tree was started from), which `mntcr dump --shell-job` leaves behind?"""
+    return sid not in pids and tty_nr(pid) != 0
+
+
+def refusal(tree, shell_job: bool = False) -> str | None:
     """Why the controlling terminals of `tree` ([(pid, ppid)], parents first, running or stopped)
-    cannot be made again (one line naming the process and what to do), or None."""
+    cannot be made again (one line naming the process and what to do), or None. With `shell_job`,
+    the terminal of a session led outside the tree counts as none (restore gives none)."""
     procs, nrs = [], {}
+    pids = {pid for pid, _ in tree}
     for pid, ppid in tree:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -176,6 +185,8 @@ def refusal(tree) -> str | None:
         except OSError:
             continue   # (gone: told by the checks after the stop)
         sid, nrs[pid] = int(fields[3]), int(fields[4])
+        if shell_job and sid not in pids:
+            nrs[pid] = 0
         procs.append({"pid": pid, "ppid": ppid, "sid": sid, "pgid": int(fields[2])})
     if not any(nrs.values()):
         return None   # (no terminal at all: the common case costs one read a process)
@@ -248,14 +259,17 @@ def _masters(pids) -> set[int]:
     return out
 
 
-def record(procs_doc: list[dict]) -> None:
+def record(procs_doc: list[dict], shell_job: bool = False) -> list[int]:
     """Mark each image process that is a member of a session with the controlling terminal
     ("ctty"), read while the tree is stopped; give each `ctty_node` the ptmx of its pty's master
-    (none in the tree: the node is dropped, and the plan refuses the leader)."""
+    (none in the tree: the node is dropped, and the plan refuses the leader). With `shell_job`, a
+    terminal of a session led outside the tree is not marked: the pids left without it are returned."""
+    pids = {p["pid"] for p in procs_doc}
+    dropped = [p["pid"] for p in procs_doc if shell_job and shell_terminal(p["pid"], p.get("sid"), pids)]
     masters = {f["obj"]: f["ptmx"] for p in procs_doc for f in p["fds"]
                if f.get("kind") == "pty" and f.get("end") == "master" and "ptmx" in f}
     for p in procs_doc:
-        if p.get("sid") != p["pid"] and tty_nr(p["pid"]):
+        if p.get("sid") != p["pid"] and p["pid"] not in dropped and tty_nr(p["pid"]):
             p["ctty"] = True
         node = p.get("ctty_node")
         if node is not None:
@@ -264,3 +278,4 @@ def record(procs_doc: list[dict]) -> None:
             else:
                 del p["ctty_node"]
                 p["ctty"] = True   # (so that the plan names it: a leader whose terminal is not made again)
+    return dropped

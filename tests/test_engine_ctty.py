@@ -74,10 +74,12 @@ if os.fork() == 0:
         os.close(s)   # (its stdio /dev/null: py_hold's tail)
     else:
         os.dup2(s, 10); os.close(s)
-    if MODE not in ("member", "no_fd", "zombie") or os.fork():   # (a member: the terminal inherited)
+    if MODE not in ("member", "no_fd", "zombie", "shell") or os.fork():   # (a member: the terminal inherited)
         os.write(w, b"x")
     elif MODE == "zombie" and os.fork() == 0:
         os._exit(7)   # (the member's child, never reaped: a zombie of a late stand-in)
+    elif MODE == "shell":   # (a job of the leader's shell: the terminal, no fd on it; fd 11 tells it)
+        os.close(10); os.dup2(os.open("/dev/null", os.O_RDONLY), 11)
     os.close(w)
 else:
     os.close(w)
@@ -143,6 +145,30 @@ def test_leader_whose_master_is_outside_refused_unstopped(case):
     leader = _child_holding(pid, 10)
     _refused_unstopped(case, leader, r"process \d+ \(mntcr-hold\) leads its session and has a controlling terminal "
                                      r"that restore would not make again .*; the tree keeps running")
+
+
+def test_shell_job_leaves_the_terminal_behind(case):
+    """A job started from a shell (a member of a session led outside the dumped tree, with its
+    terminal): refused before the stop, the message naming --shell-job; with --shell-job, dumped with
+    a note, and restored without a controlling terminal (restore gives none it did not make)."""
+    from enginecase import mntcr
+    pid = _pty_tree(case, "shell")
+    job = _child_holding(_child_holding(pid, 10), 11)
+    assert ctty.tty_nr(job)
+    _refused_unstopped(case, job, r"process \d+ \(mntcr-hold\) has the controlling terminal of a session led "
+                                  r"outside the tree .* or dump with --shell-job to leave the terminal behind; "
+                                  r"the tree keeps running")
+    images = case.new_images_dir()
+    r = mntcr("dump", "--shell-job", "-t", str(job), "-D", images, "--external", "mnt[/usr]:usr",
+              "--external", "mnt[/etc]:etc")
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(rf"mntcr dump: note: process {job} \(mntcr-hold\): its controlling terminal \(of a "
+                        r"session led outside the tree\) is left behind \(--shell-job\): restore gives it none\n",
+                        r.stderr), r.stderr
+    with open(os.path.join(images, "mntcr.json")) as f:
+        assert "ctty" not in json.load(f)["processes"][0]
+    restored = case.restore(images)
+    assert ctty.tty_nr(restored) == 0
 
 
 def _child_holding(pid: int, fd: int) -> int:
