@@ -1402,6 +1402,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
     uts_used = set()
     forked: set = set()   # processes restore forks for fds (FdKind.forks)
     refs = _Refs(doc, mounts, detached)
+    host_net = {p["ns"].get("net") for p in doc["processes"] if type(p) is dict and "net" in (p.get("host_ns") or ())
+                and type(p.get("ns")) is dict}
     for i, p in enumerate(doc["processes"]):
         what = f"process {p['pid']}" if type(p) is dict and type(p.get("pid")) is int else f"process #{i}"
         check_record(PROCESS, p, what)
@@ -1451,6 +1453,9 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             check_record(FD if kind.name == "file" else _kind_record(kind), fd, fwhat)
             _check_fown(fd, refs, fwhat)
             kind.check(fd, fwhat)
+            if kind.own_netns and ("net" in (p.get("host_ns") or ()) or ns["net"] in host_net):
+                _fail(f"{fwhat}: a {kind.name} socket of the restorer's own network namespace (restore makes such "
+                      "sockets only in a network namespace it creates)")
             if "obj" in fd and fd["obj"] not in (doc.get("objects") or {}):
                 _fail(f"{fwhat}: unknown object {fd['obj']!r}")
             if "obj" in fd and doc["objects"][fd["obj"]]["kind"] != (kind.obj_kind or kind.name):

@@ -56,6 +56,10 @@ def _precheck(d) -> None:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
             netlink.refuse(d, s)
             return
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) in (socket.AF_INET, socket.AF_INET6):
+            from engine.fds import inet
+            inet.precheck(d)
+            return
         k = unix.Sock(d, c, s)
         entry = {**k.out, "_ino": f"{k.netns}:{k.ino}", "_where": d.where}
         if "path" in k.out and (not k.mutual or k.typ == socket.SOCK_DGRAM):

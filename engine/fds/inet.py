@@ -1,0 +1,220 @@
+"""Inet sockets (IPv4, IPv6; TCP, UDP) of a network namespace the tree owns, in the states a new
+socket can be put in exactly: created and not bound, bound to an address and port, a TCP listener
+with its backlog (no connection waiting to be accepted), a UDP socket with no datagram waiting
+(connected to a loopback peer, or not); with the options it was given (engine/fds/inet_opts.py).
+
+Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection
+(established, closing: its sequence numbers and the peer's view cannot be made again without
+TCP_REPAIR), a listener with connections waiting to be accepted, a UDP socket with datagrams
+waiting (their senders could not send them again), a UDP socket connected to a peer off
+loopback, raw, SCTP, UDP-Lite and MPTCP sockets, one with a socket filter attached, and any socket
+of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
+shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
+
+Restore makes the socket in the stand-in of the process that holds it (in the restored network
+namespace), after bringing that namespace's lo up when it was up: the image object of kind "inet"
+each socket names ("obj") is its network namespace.
+
+A socket's fd is classified as a socket by engine/fds/unix.py, which hands an inet one here.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import os
+import socket
+import struct
+
+from engine.imageformat import BOOL, INT, STR, DICT, F, rng
+from engine.fds import FdError, FdKind, RestoreFd, inet_net, inet_opts, register
+
+FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+FAMILY_NO = {v: k for k, v in FAMILIES.items()}
+PROTOS = {(socket.SOCK_STREAM, 6): "tcp", (socket.SOCK_DGRAM, 17): "udp"}
+TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+              7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+TCP_CLOSE, TCP_LISTEN = 7, 10
+TCP_INFO, SO_GET_FILTER = 11, 26
+MAX_BACKLOG = 1 << 31   # (listen() takes an int; the kernel caps it at net.core.somaxconn)
+
+
+def _tcp_info(s: socket.socket) -> tuple[int, int, int]:
+    """(state, accept queue length, backlog) of TCP socket `s` (struct tcp_info: a listener's
+    tcpi_unacked and tcpi_sacked are its accept queue's length and its backlog)."""
+    raw = s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 32)
+    return raw[0], *struct.unpack_from("=II", raw, 24)
+
+
+def _waiting(s: socket.socket) -> bool:
+    """Whether a datagram waits on `s` (a peek takes nothing; a zero-length one counts)."""
+    try:
+        s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _name(addr: tuple) -> tuple[str, int]:
+    host = addr[0]
+    if len(addr) == 4 and addr[3]:
+        host = f"{host.split('%')[0]}%{addr[3]}"   # (a link-local address's scope: an interface index)
+    return host, addr[1]
+
+
+def read(d, s: socket.socket) -> dict:
+    """The entry of inet socket `s` (our copy of fd d.fd), or FdError (a line naming d) for what
+    restore cannot make exactly. Only reads: also asked of a running tree (engine/prestop.py)."""
+    fam = FAMILIES[s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)]
+    typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    proto = PROTOS.get((typ, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)))
+    if proto is None:
+        what = {socket.SOCK_RAW: "raw"}.get(typ, f"protocol {s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket ({what}): not supported (only TCP and UDP)")
+    if s.getsockopt(socket.SOL_SOCKET, SO_GET_FILTER, 8):   # (its length: the filter's instructions, or 0)
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket with a socket filter (SO_ATTACH_FILTER): not supported")
+    out = {"family": fam, "proto": proto}
+    host, port = _name(s.getsockname())
+    if port or not ipaddress.ip_address(host.split("%")[0]).is_unspecified:
+        out.update({"addr": host, "port": port})
+    if proto == "tcp":
+        st, queued, backlog = _tcp_info(s)
+        if st == TCP_LISTEN:
+            if queued:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener on port {port} with {queued} connection(s) "
+                                                "waiting to be accepted (they cannot be made again): not supported")
+            out["listen"] = backlog
+        elif st != TCP_CLOSE:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection ({TCP_STATES.get(st, st)}, port {port}): "
+                                            "not supported (only listening, bound and unbound TCP sockets)")
+    else:
+        if _waiting(s):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: UDP datagrams wait on port {port} (their senders could not "
+                                            "send them again): not supported")
+        try:
+            peer = _name(s.getpeername())
+        except OSError:
+            peer = None
+        if peer is not None:
+            if not ipaddress.ip_address(peer[0].split("%")[0]).is_loopback:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a UDP socket connected to {peer[0]} port {peer[1]}, off "
+                                                "loopback (a restored network namespace has lo only): not supported")
+            out["peer"], out["peer_port"] = peer
+    out["opts"] = inet_opts.read(s, fam, proto)
+    return out
+
+
+def _with_socket(d, fn):
+    c = d.copy()
+    with socket.socket(fileno=os.dup(c)) as s:
+        out = fn(s)
+        ino, lo = inet_net.check(d, c, d.where)
+    return out, ino, lo
+
+
+def precheck(d) -> None:
+    """Before the tree is stopped: refuse what `read` and the namespace check refuse."""
+    _with_socket(d, lambda s: read(d, s))
+
+
+def dump(d) -> dict:
+    """The image entry of inet fd `d`, naming its network namespace's object (created here once)."""
+    out, ino, lo = _with_socket(d, lambda s: read(d, s))
+    ids = d.scratch.setdefault("inet-objects", {})
+    key = ids.get(ino)
+    if key is None:
+        key = ids[ino] = f"inetns-{len(ids) + 1}"
+        d.objects[key] = {"kind": "inet", "lo": "up" if lo else "down"}
+    out["obj"] = key
+    return out
+
+
+def _check(e: dict, what: str) -> None:
+    from engine.image import _fail
+    if e["family"] not in FAMILY_NO or e["proto"] not in TYPE_NO:
+        _fail(f"{what}: bad inet socket family or protocol")
+    if ("addr" in e) != ("port" in e) or ("peer" in e) != ("peer_port" in e):
+        _fail(f"{what}: an inet address without its port")
+    for key in ("addr", "peer"):
+        if key in e:
+            try:
+                a = ipaddress.ip_address(e[key].split("%")[0])
+                scope = e[key].partition("%")[2]
+            except ValueError:
+                _fail(f"{what}: bad inet {key} {e[key][:60]!r}")
+            if a.version != (4 if e["family"] == "inet" else 6) or (scope and not (scope.isdigit() and len(scope) < 11)):
+                _fail(f"{what}: inet {key} {e[key][:60]!r} is not of family {e['family']}")
+            if key == "peer" and not a.is_loopback:
+                _fail(f"{what}: a peer off loopback")
+    if "listen" in e and e["proto"] != "tcp":
+        _fail(f"{what}: only a TCP socket listens")
+    if "peer" in e and e["proto"] != "udp":
+        _fail(f"{what}: only a UDP socket is connected")
+    if "obj" not in e:
+        _fail(f"{what}: an inet socket names its network namespace ('obj')")
+    inet_opts.check(e["opts"], e["family"], e["proto"], what)
+
+
+def _check_object(obj: dict, what: str) -> None:
+    from engine.image import _fail
+    if set(obj) != {"kind", "lo"} or obj["lo"] not in ("up", "down"):
+        _fail(f"{what}: an inet network namespace is {{kind, lo: up|down}}")
+
+
+def _make(spec, fds):
+    """In the stand-in (the restored network namespace): its lo up first when it was, then the
+    socket with its options, bound, listening or connected as dumped."""
+    if spec["lo"] == "up":
+        inet_net.set_lo_up()
+    fam = FAMILY_NO[spec["family"]]
+    s = socket.socket(fam, TYPE_NO[spec["proto"]])
+    try:
+        inet_opts.apply(s, spec["opts"])
+        if "addr" in spec:
+            s.bind(_addr(fam, spec["addr"], spec["port"]))
+        if "listen" in spec:
+            s.listen(spec["listen"])
+        if "peer" in spec:
+            s.connect(_addr(fam, spec["peer"], spec["peer_port"]))
+        return None, [s.detach()]
+    finally:
+        s.close()
+
+
+def _addr(fam: int, host: str, port: int) -> tuple:
+    if fam == socket.AF_INET:
+        return host, port
+    host, _, scope = host.partition("%")
+    return host, port, 0, int(scope or 0)
+
+
+def _open(r: RestoreFd) -> int:
+    e = r.entry
+    spec = {k: e[k] for k in ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "opts") if k in e}
+    spec["lo"] = r.objects[e["obj"]]["lo"]
+    try:
+        fd = r.standin("make", spec)[0]
+    except FdError:
+        raise
+    except OSError as err:
+        what = f" {e['addr']} port {e['port']}" if "addr" in e else ""
+        raise FdError(err.errno or errno.EIO, f"making the {e['family']} {e['proto']} socket{what} again: "
+                                              f"{err.strerror or err}") from None
+    if e["flags"] & os.O_NONBLOCK:
+        os.set_blocking(fd, False)
+    return fd
+
+
+# Never classified from a /proc link (every socket is "socket:[N]"): engine/fds/unix.py hands
+# inet sockets here by their family. Its sockets are made in the process's network namespace,
+# which must be one restore makes (imageformat: own_netns).
+register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
+                check_object=_check_object, standin={"make": _make}, own_netns=True,
+                fields={"family": F(STR), "proto": F(STR),
+                        "addr": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
+                        "port": F(INT, required=False, rule=rng(0, 65535)),
+                        "listen": F(INT, required=False, rule=rng(0, MAX_BACKLOG - 1)),
+                        "peer": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
+                        "peer_port": F(INT, required=False, rule=rng(1, 65535)),
+                        "opts": F(DICT)}))

@@ -1,0 +1,171 @@
+"""The network namespace an inet socket lives in, as restore makes it again: a fresh namespace
+(unshare), holding what a fresh one holds (lo, and the fallback tunnel devices the host's modules
+add, all down), with lo brought up when it was up (which gives it 127.0.0.1/8 and ::1).
+
+Dump refuses, for a namespace holding an inet socket, what that fresh namespace would lack: an
+interface a fresh namespace does not have (a veth of podman's or LXC's networking), an interface
+other than lo that is up, an address other than those lo gets when it comes up; and a namespace
+restore would not make: the dumper's own (the host's ports are not restore's to take) or one a
+process outside the tree is in (its other users would not see the restored sockets).
+
+Compared through rtnetlink (RTM_GETLINK, RTM_GETADDR) in a child that joins the namespace, and
+against a fresh namespace made by a child (unshare), before and after its lo comes up.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import socket
+import struct
+
+from engine import forkrun, kernel
+
+RTM_GETLINK, RTM_GETADDR = 18, 22
+NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
+IFLA_IFNAME, IFA_ADDRESS, IFA_LOCAL = 3, 1, 2
+IFF_UP = 1
+SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
+SIOCGSKNS = 0x894C
+
+
+def _dump(typ: int, body: bytes) -> list[tuple[int, bytes]]:
+    """[(message type, payload)] of an rtnetlink dump request."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)   # NETLINK_ROUTE
+    try:
+        s.send(struct.pack("=IHHII", 16 + len(body), typ, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
+        out = []
+        while True:
+            data = s.recv(1 << 16)
+            off = 0
+            while off + 16 <= len(data):
+                ln, mtype = struct.unpack_from("=IH", data, off)
+                if mtype == 3:   # NLMSG_DONE
+                    return out
+                if mtype == 2:   # NLMSG_ERROR
+                    raise OSError(-struct.unpack_from("=i", data, off + 16)[0], "rtnetlink")
+                out.append((mtype, data[off + 16: off + ln]))
+                off += (ln + 3) & ~3
+    finally:
+        s.close()
+
+
+def _attrs(data: bytes, off: int) -> dict[int, bytes]:
+    out = {}
+    while off + 4 <= len(data):
+        alen, atype = struct.unpack_from("=HH", data, off)
+        if alen < 4:
+            break
+        out[atype & 0x3FFF] = data[off + 4: off + alen]
+        off += (alen + 3) & ~3
+    return out
+
+
+def state() -> dict:
+    """Our network namespace: {"links": {name: up}, "addrs": sorted ["NAME ADDR/PREFIX"]}."""
+    names, links = {}, {}
+    for _t, msg in _dump(RTM_GETLINK, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)):
+        _fam, _typ, index, flags, _change = struct.unpack_from("=BxHiII", msg)
+        name = _attrs(msg, 16).get(IFLA_IFNAME, b"?\0").split(b"\0")[0].decode(errors="replace")
+        names[index], links[name] = name, bool(flags & IFF_UP)
+    addrs = []
+    for _t, msg in _dump(RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)):
+        fam, prefix, _flags, _scope, index = struct.unpack_from("=BBBBI", msg)
+        a = _attrs(msg, 8)
+        raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS) or b""
+        addr = socket.inet_ntop(fam, raw) if fam in (socket.AF_INET, socket.AF_INET6) and raw else "?"
+        addrs.append(f"{names.get(index, index)} {addr}/{prefix}")
+    return {"links": links, "addrs": sorted(addrs)}
+
+
+def _state_of(fd: int) -> dict:
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    return state()
+
+
+def _fresh() -> tuple[dict, dict]:
+    """(a fresh network namespace's state, the same once its lo is up): we are a child that unshared it."""
+    before = state()
+    set_lo_up()
+    return before, state()
+
+
+def set_lo_up() -> None:
+    """Bring our network namespace's lo up (SIOCSIFFLAGS)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        req = bytearray(fcntl.ioctl(s.fileno(), SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0)))
+        flags = struct.unpack_from("H", req, 16)[0]
+        if not flags & IFF_UP:
+            fcntl.ioctl(s.fileno(), SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def netns_fd(sock_fd: int) -> int:
+    """An fd on the network namespace socket `sock_fd` belongs to (SIOCGSKNS)."""
+    return fcntl.ioctl(sock_fd, SIOCGSKNS)
+
+
+def check(d, sock_fd: int, where: str) -> tuple[int, bool]:
+    """(inode of the network namespace of socket `sock_fd`, whether its lo is up); refuses (FdError
+    naming `where`) a namespace restore would not make again as it is: the socket's namespace is
+    not its holder's, is the dumper's, holds a process outside the tree, or holds what a fresh one
+    lacks. Read once per namespace and dump (d.scratch)."""
+    from engine.fds import FdError
+    ns = netns_fd(sock_fd)
+    try:
+        ino = os.fstat(ns).st_ino
+        if ino == os.stat("/proc/self/ns/net").st_ino:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: an inet socket of the host's network namespace (the dumper's "
+                                            "own: restore makes inet sockets only in one it creates): not supported; "
+                                            "run the tree in a network namespace of its own (unshare -n)")
+        if ino != os.stat(f"/proc/{d.pid}/ns/net").st_ino:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: an inet socket of another network namespace than its "
+                                            "process's: not supported")
+        key = ("inet-netns", ino)
+        known = d.scratch.get(key)
+        if known is None:
+            known = d.scratch[key] = _refusal(d, ns, ino)
+    finally:
+        os.close(ns)
+    if isinstance(known, str):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {known}")
+    return ino, known
+
+
+def _refusal(d, ns: int, ino: int) -> str | bool:
+    """Why network namespace `ns` cannot be made again (a line), or whether its lo is up."""
+    outside = _outsider(ino, set(d.scratch.get("pids") or ()) | {d.pid})
+    if outside is not None:
+        return (f"its network namespace holds process {outside}, which is outside the tree (the namespace is "
+                "not the tree's own: restore makes a new one): not supported")
+    fresh = d.scratch.get("inet-fresh")
+    if fresh is None:
+        fresh = d.scratch["inet-fresh"] = forkrun.run(_fresh, unshare_flags=kernel.CLONE_NEWNET)
+    have = forkrun.run(_state_of, ns)
+    extra = sorted(set(have["links"]) - set(fresh[0]["links"]))
+    if extra:
+        return (f"its network namespace has interface {', '.join(extra)}, which a restored one (lo only) would lack: "
+                "not supported")
+    up = sorted(n for n, on in have["links"].items() if on and n != "lo")
+    if up:
+        return f"its network namespace has interface {', '.join(up)} up, which a restored one would have down: not supported"
+    lo_up = have["links"].get("lo", False)
+    want = fresh[1 if lo_up else 0]["addrs"]
+    if have["addrs"] != want:
+        odd = sorted(set(have["addrs"]) ^ set(want))
+        return (f"its network namespace's addresses differ from those a restored one gets ({'; '.join(odd)[:200]}): "
+                "not supported")
+    return lo_up
+
+
+def _outsider(ino: int, tree: set[int]) -> int | None:
+    """A process outside `tree` in network namespace `ino`, or None."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in tree:
+            continue
+        try:
+            if os.stat(f"/proc/{name}/ns/net").st_ino == ino:
+                return int(name)
+        except OSError:
+            continue
+    return None
