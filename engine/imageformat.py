@@ -1402,8 +1402,9 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
     uts_used = set()
     forked: set = set()   # processes restore forks for fds (FdKind.forks)
     refs = _Refs(doc, mounts, detached)
-    host_net = {p["ns"].get("net") for p in doc["processes"] if type(p) is dict and "net" in (p.get("host_ns") or ())
-                and type(p.get("ns")) is dict}
+    # (network namespaces restore joins, the restorer's own: no inet socket is made there)
+    host_net = {p["ns"].get("net") for p in doc["processes"] if type(p) is dict and type(p.get("ns")) is dict
+                and type(p.get("host_ns")) is list and "net" in p["host_ns"]}
     for i, p in enumerate(doc["processes"]):
         what = f"process {p['pid']}" if type(p) is dict and type(p.get("pid")) is int else f"process #{i}"
         check_record(PROCESS, p, what)
