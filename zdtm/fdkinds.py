@@ -104,6 +104,14 @@ def _inet(s: socket.socket) -> str:
         out += f" inq={_inq(s.fileno())}"
     if proto in ("tcp", "udp"):
         out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(inet_opts.read(s, fam, proto).items()))
+        from engine import forkrun
+        from engine.fds import inet_diag
+        ns = inet_net.netns_fd(s.fileno())
+        try:   # (which directions it was shut down in: sock_diag, in its network namespace)
+            rec = forkrun.run(inet_diag._in, ns).get(os.fstat(s.fileno()).st_ino)
+        finally:
+            os.close(ns)
+        out += f" shutdown={rec['shutdown'] if rec else '?'}"
     req = fcntl.ioctl(s.fileno(), inet_net.SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
     return out + f" lo={'up' if struct.unpack_from('H', req, 16)[0] & inet_net.IFF_UP else 'down'}"
 

@@ -21,13 +21,15 @@ A socket's fd is classified as a socket by engine/fds/unix.py, which hands an in
 from __future__ import annotations
 
 import errno
+import fcntl
 import ipaddress
 import os
 import socket
 import struct
+import termios
 
 from engine.imageformat import BOOL, INT, STR, DICT, F, rng
-from engine.fds import FdError, FdKind, RestoreFd, inet_net, inet_opts, register
+from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, register
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
@@ -47,6 +49,19 @@ def _tcp_info(s: socket.socket) -> tuple[int, int, int]:
     return raw[0], *struct.unpack_from("=II", raw, 24)
 
 
+def _filtered(s: socket.socket) -> bool:
+    """Whether a socket filter is attached to `s`: SO_GET_FILTER with a length of 0 gives the
+    filter's number of instructions and copies nothing (a length is taken as instructions, not
+    bytes: a buffer Python gives would be overrun)."""
+    import ctypes
+    n = ctypes.c_uint(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.getsockopt(s.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None, ctypes.byref(n)) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return n.value > 0
+
+
 def _waiting(s: socket.socket) -> bool:
     """Whether a datagram waits on `s` (a peek takes nothing; a zero-length one counts)."""
     try:
@@ -63,16 +78,17 @@ def _name(addr: tuple) -> tuple[str, int]:
     return host, addr[1]
 
 
-def read(d, s: socket.socket) -> dict:
-    """The entry of inet socket `s` (our copy of fd d.fd), or FdError (a line naming d) for what
-    restore cannot make exactly. Only reads: also asked of a running tree (engine/prestop.py)."""
+def read(d, s: socket.socket, rec: dict | None) -> dict:
+    """The entry of inet socket `s` (our copy of fd d.fd; `rec`: its inet_diag record), or FdError (a
+    line naming d) for what restore cannot make exactly. Only reads: also asked of a running tree
+    (engine/prestop.py)."""
     fam = FAMILIES[s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)]
     typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     proto = PROTOS.get((typ, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)))
     if proto is None:
         what = {socket.SOCK_RAW: "raw"}.get(typ, f"protocol {s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}")
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket ({what}): not supported (only TCP and UDP)")
-    if s.getsockopt(socket.SOL_SOCKET, SO_GET_FILTER, 8):   # (its length: the filter's instructions, or 0)
+    if _filtered(s):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket with a socket filter (SO_ATTACH_FILTER): not supported")
     out = {"family": fam, "proto": proto}
     host, port = _name(s.getsockname())
@@ -101,26 +117,46 @@ def read(d, s: socket.socket) -> dict:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: a UDP socket connected to {peer[0]} port {peer[1]}, off "
                                                 "loopback (a restored network namespace has lo only): not supported")
             out["peer"], out["peer_port"] = peer
+    if rec is None and ("listen" in out or proto == "udp" and "addr" in out):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: sock_diag does not list this {fam} socket (inet_diag, udp_diag "
+                                        "not in the kernel?): not supported")
+    # (sock_diag lists no unbound socket, nor a bound TCP one that does not listen before Linux 6.10:
+    # such a socket's shutdown, which only a program that shut down a socket never connected sets, is not kept)
+    if rec is not None and rec["shutdown"]:
+        if "listen" in out:   # (a listener shut down for reading stops listening: not one)
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener shut down: not supported")
+        out["shutdown"] = rec["shutdown"]
+    # (a UDP socket's corked datagram, not sent yet; a listener has no send queue: EINVAL)
+    unsent = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0] if proto == "udp" else 0
+    if unsent:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {unsent} bytes not sent yet on the {proto} socket of port "
+                                        f"{port} (UDP_CORK): not supported")
     out["opts"] = inet_opts.read(s, fam, proto)
     return out
 
 
-def _with_socket(d, fn):
+def _with_socket(d) -> tuple[dict, int, bool]:
+    """(`read`'s entry of fd d, its network namespace's inode, whether its lo is up), or FdError."""
     c = d.copy()
-    with socket.socket(fileno=os.dup(c)) as s:
-        out = fn(s)
-        ino, lo = inet_net.check(d, c, d.where)
-    return out, ino, lo
+    ns = inet_net.netns_fd(c)
+    try:
+        netns, lo = inet_net.check(d, ns, d.where)
+        rec = inet_diag.lookup(d, os.fstat(c).st_ino, netns, ns)
+        with socket.socket(fileno=os.dup(c)) as s:
+            out = read(d, s, rec)
+    finally:
+        os.close(ns)
+    return out, netns, lo
 
 
 def precheck(d) -> None:
     """Before the tree is stopped: refuse what `read` and the namespace check refuse."""
-    _with_socket(d, lambda s: read(d, s))
+    _with_socket(d)
 
 
 def dump(d) -> dict:
     """The image entry of inet fd `d`, naming its network namespace's object (created here once)."""
-    out, ino, lo = _with_socket(d, lambda s: read(d, s))
+    out, ino, lo = _with_socket(d)
     ids = d.scratch.setdefault("inet-objects", {})
     key = ids.get(ino)
     if key is None:
@@ -172,14 +208,33 @@ def _make(spec, fds):
     try:
         inet_opts.apply(s, spec["opts"])
         if "addr" in spec:
-            s.bind(_addr(fam, spec["addr"], spec["port"]))
+            _bind(s, _addr(fam, spec["addr"], spec["port"]), spec["opts"])
         if "listen" in spec:
             s.listen(spec["listen"])
         if "peer" in spec:
             s.connect(_addr(fam, spec["peer"], spec["peer_port"]))
+        if spec.get("shutdown"):
+            try:   # (on an unconnected socket the kernel sets the bits and says ENOTCONN)
+                s.shutdown(spec["shutdown"] - 1)
+            except OSError as e:
+                if e.errno != errno.ENOTCONN:
+                    raise
         return None, [s.detach()]
     finally:
         s.close()
+
+
+def _bind(s: socket.socket, addr: tuple, opts: dict) -> None:
+    """Bind `s` to `addr`; an address the namespace does not have (bound while IP_FREEBIND was on,
+    which the program turned off since) is bound with it on for the bind alone."""
+    try:
+        s.bind(addr)
+    except OSError as e:
+        if e.errno != errno.EADDRNOTAVAIL or opts.get("freebind"):
+            raise
+        s.setsockopt(socket.IPPROTO_IP, inet_opts.OPTS["freebind"][1], 1)
+        s.bind(addr)
+        s.setsockopt(socket.IPPROTO_IP, inet_opts.OPTS["freebind"][1], 0)
 
 
 def _addr(fam: int, host: str, port: int) -> tuple:
@@ -191,7 +246,8 @@ def _addr(fam: int, host: str, port: int) -> tuple:
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    spec = {k: e[k] for k in ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "opts") if k in e}
+    spec = {k: e[k] for k in ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "opts")
+            if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
     try:
         fd = r.standin("make", spec)[0]
@@ -217,4 +273,6 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         "listen": F(INT, required=False, rule=rng(0, MAX_BACKLOG - 1)),
                         "peer": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
                         "peer_port": F(INT, required=False, rule=rng(1, 65535)),
+                        # directions it was shut down in: 1 receive, 2 send, 3 both (sk_shutdown)
+                        "shutdown": F(INT, required=False, rule=rng(1, 3)),
                         "opts": F(DICT)}))

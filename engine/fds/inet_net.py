@@ -105,28 +105,24 @@ def netns_fd(sock_fd: int) -> int:
     return fcntl.ioctl(sock_fd, SIOCGSKNS)
 
 
-def check(d, sock_fd: int, where: str) -> tuple[int, bool]:
-    """(inode of the network namespace of socket `sock_fd`, whether its lo is up); refuses (FdError
-    naming `where`) a namespace restore would not make again as it is: the socket's namespace is
-    not its holder's, is the dumper's, holds a process outside the tree, or holds what a fresh one
-    lacks. Read once per namespace and dump (d.scratch)."""
+def check(d, ns: int, where: str) -> tuple[int, bool]:
+    """(inode of network namespace `ns`, our fd on a socket's (netns_fd), whether its lo is up);
+    refuses (FdError naming `where`) a namespace restore would not make again as it is: not the
+    socket's holder's, the dumper's, one holding a process outside the tree, or one holding what a
+    fresh one lacks. Read once per namespace and dump (d.scratch)."""
     from engine.fds import FdError
-    ns = netns_fd(sock_fd)
-    try:
-        ino = os.fstat(ns).st_ino
-        if ino == os.stat("/proc/self/ns/net").st_ino:
-            raise FdError(errno.EOPNOTSUPP, f"{where}: an inet socket of the host's network namespace (the dumper's "
-                                            "own: restore makes inet sockets only in one it creates): not supported; "
-                                            "run the tree in a network namespace of its own (unshare -n)")
-        if ino != os.stat(f"/proc/{d.pid}/ns/net").st_ino:
-            raise FdError(errno.EOPNOTSUPP, f"{where}: an inet socket of another network namespace than its "
-                                            "process's: not supported")
-        key = ("inet-netns", ino)
-        known = d.scratch.get(key)
-        if known is None:
-            known = d.scratch[key] = _refusal(d, ns, ino)
-    finally:
-        os.close(ns)
+    ino = os.fstat(ns).st_ino
+    if ino == os.stat("/proc/self/ns/net").st_ino:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: an inet socket of the host's network namespace (the dumper's "
+                                        "own: restore makes inet sockets only in one it creates): not supported; "
+                                        "run the tree in a network namespace of its own (unshare -n)")
+    if ino != os.stat(f"/proc/{d.pid}/ns/net").st_ino:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: an inet socket of another network namespace than its "
+                                        "process's: not supported")
+    key = ("inet-netns", ino)
+    known = d.scratch.get(key)
+    if known is None:
+        known = d.scratch[key] = _refusal(d, ns, ino)
     if isinstance(known, str):
         raise FdError(errno.EOPNOTSUPP, f"{where}: {known}")
     return ino, known

@@ -16,8 +16,8 @@ import struct
 
 from engine.fds import FdError
 
-SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP = socket.SOL_SOCKET, 0, 41, 6
-# name: (level, option number, "int" or "timeval", families or None: every one, protocols or None)
+SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = socket.SOL_SOCKET, 0, 41, 6, 17
+# name: (level, option number, "int", "timeval" or "linger", families or None: every one, protocols or None)
 OPTS = {
     "reuseaddr": (SOL_SOCKET, 2, "int", None, None), "reuseport": (SOL_SOCKET, 15, "int", None, None),
     "keepalive": (SOL_SOCKET, 9, "int", None, None), "broadcast": (SOL_SOCKET, 6, "int", None, None),
@@ -25,6 +25,7 @@ OPTS = {
     "rcvbuf": (SOL_SOCKET, 8, "int", None, None), "sndbuf": (SOL_SOCKET, 7, "int", None, None),
     "rcvlowat": (SOL_SOCKET, 18, "int", None, None), "timestamp": (SOL_SOCKET, 29, "int", None, None),
     "rcvtimeo": (SOL_SOCKET, 20, "timeval", None, None), "sndtimeo": (SOL_SOCKET, 21, "timeval", None, None),
+    "linger": (SOL_SOCKET, 13, "linger", None, None), "mark": (SOL_SOCKET, 36, "int", None, None),
     "tos": (IPPROTO_IP, 1, "int", ("inet",), None), "ttl": (IPPROTO_IP, 2, "int", ("inet",), None),
     "freebind": (IPPROTO_IP, 15, "int", None, None), "bind_address_no_port": (IPPROTO_IP, 24, "int", None, None),
     "pktinfo": (IPPROTO_IP, 8, "int", ("inet",), None), "recverr": (IPPROTO_IP, 11, "int", ("inet",), None),
@@ -35,17 +36,17 @@ OPTS = {
     "keepidle": (IPPROTO_TCP, 4, "int", None, ("tcp",)), "keepintvl": (IPPROTO_TCP, 5, "int", None, ("tcp",)),
     "keepcnt": (IPPROTO_TCP, 6, "int", None, ("tcp",)), "defer_accept": (IPPROTO_TCP, 9, "int", None, ("tcp",)),
     "user_timeout": (IPPROTO_TCP, 18, "int", None, ("tcp",)), "fastopen": (IPPROTO_TCP, 23, "int", None, ("tcp",)),
+    "udp_cork": (IPPROTO_UDP, 1, "int", None, ("udp",)), "udp_segment": (IPPROTO_UDP, 103, "int", None, ("udp",)),
 }
 _FORCE = {"rcvbuf": 33, "sndbuf": 32}   # SO_RCVBUFFORCE, SO_SNDBUFFORCE
-_TIMEVAL = struct.Struct("ll")
+_STRUCTS = {"timeval": struct.Struct("ll"), "linger": struct.Struct("ii")}   # [seconds, µs], [on, seconds]
 
 
 def _get(s: socket.socket, name: str):
     level, num, how, _f, _p = OPTS[name]
-    if how == "timeval":
-        return list(_TIMEVAL.unpack(s.getsockopt(level, num, _TIMEVAL.size)))
-    v = s.getsockopt(level, num)
-    return v
+    if how in _STRUCTS:
+        return list(_STRUCTS[how].unpack(s.getsockopt(level, num, _STRUCTS[how].size)))
+    return s.getsockopt(level, num)
 
 
 def _applies(name: str, family: str, proto: str) -> bool:
@@ -72,8 +73,8 @@ def apply(s: socket.socket, opts: dict) -> None:
             continue
         level, num, how, _f, _p = OPTS[name]
         try:
-            if how == "timeval":
-                s.setsockopt(level, num, _TIMEVAL.pack(*want))
+            if how in _STRUCTS:
+                s.setsockopt(level, num, _STRUCTS[how].pack(*want))
             elif name in _FORCE:
                 # (the kernel doubles what it is given, and caps it at [rw]mem_max unless forced)
                 s.setsockopt(level, num, want // 2)
@@ -89,7 +90,7 @@ def apply(s: socket.socket, opts: dict) -> None:
 
 def check(opts, family: str, proto: str, what: str) -> None:
     """The image validator's part: known names that apply to the socket, bounded ints (timeouts:
-    [seconds, microseconds])."""
+    [seconds, microseconds]; linger: [on, seconds])."""
     from engine.image import _fail
     if not isinstance(opts, dict):
         _fail(f"{what}: socket options must be an object")
@@ -98,6 +99,6 @@ def check(opts, family: str, proto: str, what: str) -> None:
             _fail(f"{what}: bad socket option {str(name)[:40]!r}")
         how = OPTS[name][2]
         ok = (how == "int" and type(v) is int and -(1 << 31) <= v < 1 << 31) or \
-             (how == "timeval" and type(v) is list and len(v) == 2 and all(type(x) is int and 0 <= x < 1 << 62 for x in v))
+             (how in _STRUCTS and type(v) is list and len(v) == 2 and all(type(x) is int and 0 <= x < 1 << 62 for x in v))
         if not ok:
             _fail(f"{what}: bad socket option {name!r}")
