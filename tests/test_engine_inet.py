@@ -146,7 +146,7 @@ import ctypes, socket, struct
 # (two instructions: a length taken as bytes, not instructions, would overrun the dumper's buffer)
 code = ctypes.create_string_buffer(struct.pack("HBBI", 0x28, 0, 0, 12) + struct.pack("HBBI", 6, 0, 0, 0xffff))
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 7002))
-u.setsockopt(socket.SOL_SOCKET, socket.SO_ATTACH_FILTER, struct.pack("HxxxxxxQ", 2, ctypes.addressof(code)))
+u.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HxxxxxxQ", 2, ctypes.addressof(code)))
 os.dup2(u.fileno(), 10)
 """, True, r"fd 10 .*with a socket filter \(SO_ATTACH_FILTER\): not supported"),
     ("raw", """
