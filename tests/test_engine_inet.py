@@ -141,6 +141,11 @@ import socket, subprocess
 subprocess.run(["ip", "addr", "add", "10.9.9.9/32", "dev", "lo"], check=True)
 s = socket.socket(); os.dup2(s.fileno(), 10)
 """, True, r"addresses differ .*10\.9\.9\.9/32"),
+    ("route", """
+import socket, subprocess
+subprocess.run(["ip", "route", "add", "local", "10.0.0.0/8", "dev", "lo"], check=True)   # (AnyIP)
+s = socket.socket(); os.dup2(s.fileno(), 10)
+""", True, r"routes differ .*10\.0\.0\.0/8 dev lo"),
     ("filter", """
 import ctypes, socket, struct
 # (two instructions: a length taken as bytes, not instructions, would overrun the dumper's buffer)

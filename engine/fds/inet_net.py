@@ -4,11 +4,14 @@ add, all down), with lo brought up when it was up (which gives it 127.0.0.1/8 an
 
 Dump refuses, for a namespace holding an inet socket, what that fresh namespace would lack: an
 interface a fresh namespace does not have (a veth of podman's or LXC's networking), an interface
-other than lo that is up, an address other than those lo gets when it comes up; and a namespace
+other than lo that is up, an address or a route other than those lo gets when it comes up; and a namespace
 restore would not make: the dumper's own (the host's ports are not restore's to take) or one a
 process outside the tree is in (its other users would not see the restored sockets).
 
-Compared through rtnetlink (RTM_GETLINK, RTM_GETADDR) in a child that joins the namespace, and
+Not compared, and not kept: firewall rules (nftables, iptables), policy routing rules, neighbours,
+the namespace's sysctls (net.ipv4.ip_local_port_range...).
+
+Compared through rtnetlink (RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE) in a child that joins the namespace, and
 against a fresh namespace made by a child (unshare), before and after its lo comes up.
 """
 
@@ -22,9 +25,10 @@ import struct
 
 from engine import forkrun, kernel
 
-RTM_GETLINK, RTM_GETADDR = 18, 22
+RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
 IFLA_IFNAME, IFA_ADDRESS, IFA_LOCAL = 3, 1, 2
+RTA_DST, RTA_OIF, RTA_TABLE = 1, 4, 15
 IFF_UP = 1
 SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 SIOCGSKNS = 0x894C
@@ -63,7 +67,8 @@ def _attrs(data: bytes, off: int) -> dict[int, bytes]:
 
 
 def state() -> dict:
-    """Our network namespace: {"links": {name: up}, "addrs": sorted ["NAME ADDR/PREFIX"]}."""
+    """Our network namespace: {"links": {name: up}, "addrs": sorted ["NAME ADDR/PREFIX"], "routes": sorted
+    ["table T type Y DST/LEN dev NAME"]} (its IPv4 and IPv6 routes, in every table)."""
     names, links = {}, {}
     for _t, msg in _dump(RTM_GETLINK, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)):
         _fam, _typ, index, flags, _change = struct.unpack_from("=BxHiII", msg)
@@ -76,7 +81,16 @@ def state() -> dict:
         raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS) or b""
         addr = socket.inet_ntop(fam, raw) if fam in (socket.AF_INET, socket.AF_INET6) and raw else "?"
         addrs.append(f"{names.get(index, index)} {addr}/{prefix}")
-    return {"links": links, "addrs": sorted(addrs)}
+    routes = []
+    for fam in (socket.AF_INET, socket.AF_INET6):
+        for _t, msg in _dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", fam, 0, 0, 0, 0, 0, 0, 0, 0)):
+            _f, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = struct.unpack_from("=BBBBBBBBI", msg)
+            a = _attrs(msg, 12)
+            dst = socket.inet_ntop(fam, a[RTA_DST]) if RTA_DST in a else "default"
+            oif = struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0
+            table = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else table
+            routes.append(f"table {table} type {rtype} {dst}/{dst_len} dev {names.get(oif, oif)}")
+    return {"links": links, "addrs": sorted(addrs), "routes": sorted(routes)}
 
 
 def _state_of(fd: int) -> dict:
@@ -150,6 +164,11 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
     if have["addrs"] != want:
         odd = sorted(set(have["addrs"]) ^ set(want))
         return (f"its network namespace's addresses differ from those a restored one gets ({'; '.join(odd)[:200]}): "
+                "not supported")
+    want = fresh[1 if lo_up else 0]["routes"]
+    if have["routes"] != want:
+        odd = sorted(set(have["routes"]) ^ set(want))
+        return (f"its network namespace's routes differ from those a restored one gets ({'; '.join(odd)[:200]}): "
                 "not supported")
     return lo_up
 
