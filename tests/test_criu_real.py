@@ -147,7 +147,6 @@ TESTS = {
     "sockets01": "pass",
     "sockets02": "pass",
     "sockets03": "pass",
-    "socket_listen": "refused: inet sockets are not supported",
     # it keeps /proc/self/fdinfo/N open: reopened as /proc/M/fdinfo/N of the process restored for it
     "fanotify00": "pass",
     "memfd00": "pass",
