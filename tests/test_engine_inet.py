@@ -121,6 +121,17 @@ import socket
 l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
 c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept(); os.dup2(c.fileno(), 10)
 """, True, r"a TCP connection \(ESTABLISHED, port \d+\): not supported"),
+    ("reset", """
+import socket, struct
+l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept(); l.close()
+a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); a.close()   # (an RST)
+try:
+    c.recv(1)
+except ConnectionResetError:
+    pass
+os.dup2(c.fileno(), 10)
+""", True, r"fd \d+ .*a TCP socket whose connection ended"),
     ("pending", """
 import socket
 l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen(); os.dup2(l.fileno(), 10)

@@ -49,6 +49,13 @@ def _tcp_info(s: socket.socket) -> tuple[int, int, int]:
     return raw[0], *struct.unpack_from("=II", raw, 24)
 
 
+def _used(s: socket.socket) -> bool:
+    """Whether closed TCP socket `s` had a connection (tcp_info's tcpi_segs_out, tcpi_segs_in: a
+    reset or refused one keeps its port in getsockname, unbound; no new socket is that)."""
+    raw = s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 144)
+    return len(raw) >= 144 and any(struct.unpack_from("=II", raw, 136))
+
+
 def _filtered(s: socket.socket) -> bool:
     """Whether a socket filter is attached to `s`: SO_GET_FILTER with a length of 0 gives the
     filter's number of instructions and copies nothing (a length is taken as instructions, not
@@ -104,6 +111,9 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
         elif st != TCP_CLOSE:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection ({TCP_STATES.get(st, st)}, port {port}): "
                                             "not supported (only listening, bound and unbound TCP sockets)")
+        elif _used(s):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended (reset, refused or "
+                                            "closed: a new socket cannot be made so): not supported")
     else:
         if _waiting(s):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: UDP datagrams wait on port {port} (their senders could not "
