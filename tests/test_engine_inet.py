@@ -157,6 +157,11 @@ import socket, subprocess
 subprocess.run(["ip", "route", "add", "local", "10.0.0.0/8", "dev", "lo"], check=True)   # (AnyIP)
 s = socket.socket(); os.dup2(s.fileno(), 10)
 """, True, r"routes differ .*10\.0\.0\.0/8 dev lo"),
+    ("multicast", """
+import socket, struct
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 5353)); os.dup2(u.fileno(), 10)
+u.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, socket.inet_aton("224.0.0.251") + socket.inet_aton("127.0.0.1"))
+""", True, r"multicast memberships .*lo FB0000E0 1"),
     ("filter", """
 import ctypes, socket, struct
 # (two instructions: a length taken as bytes, not instructions, would overrun the dumper's buffer)

@@ -4,7 +4,8 @@ add, all down), with lo brought up when it was up (which gives it 127.0.0.1/8 an
 
 Dump refuses, for a namespace holding an inet socket, what that fresh namespace would lack: an
 interface a fresh namespace does not have (a veth of podman's or LXC's networking), an interface
-other than lo that is up, an address or a route other than those lo gets when it comes up; and a namespace
+other than lo that is up, an address, a route or a multicast membership (a socket's: not kept) other than
+those lo gets when it comes up; and a namespace
 restore would not make: the dumper's own (the host's ports are not restore's to take) or one a
 process outside the tree is in (its other users would not see the restored sockets).
 
@@ -90,7 +91,27 @@ def state() -> dict:
             oif = struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0
             table = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else table
             routes.append(f"table {table} type {rtype} {dst}/{dst_len} dev {names.get(oif, oif)}")
-    return {"links": links, "addrs": sorted(addrs), "routes": sorted(routes)}
+    return {"links": links, "addrs": sorted(addrs), "routes": sorted(routes), "mcast": _memberships()}
+
+
+def _memberships() -> list[str]:
+    """Our namespace's multicast memberships, "DEV GROUP USERS" ("/proc/self/net": a socket's
+    IP_ADD_MEMBERSHIP shows there only, and a fresh namespace's lo has the all-hosts groups)."""
+    out = []
+    try:
+        with open("/proc/self/net/igmp") as f:
+            dev = "?"
+            for line in f.read().splitlines()[1:]:
+                if line[:1].isdigit():
+                    dev = line.split()[1]
+                elif line.strip():
+                    group, users = line.split()[:2]
+                    out.append(f"{dev} {group} {users}")
+        with open("/proc/self/net/igmp6") as f:
+            out += [" ".join(line.split()[1:4]) for line in f if line.strip()]
+    except FileNotFoundError:
+        pass   # (a kernel without IPv4 or IPv6 multicast)
+    return sorted(out)
 
 
 def _state_of(fd: int) -> dict:
@@ -165,6 +186,11 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
         odd = sorted(set(have["addrs"]) ^ set(want))
         return (f"its network namespace's addresses differ from those a restored one gets ({'; '.join(odd)[:200]}): "
                 "not supported")
+    want = fresh[1 if lo_up else 0]["mcast"]
+    if have["mcast"] != want:
+        odd = sorted(set(have["mcast"]) ^ set(want))
+        return (f"its network namespace's multicast memberships (a socket's IP_ADD_MEMBERSHIP, not kept) differ from "
+                f"a restored one's ({'; '.join(odd)[:200]}): not supported")
     want = fresh[1 if lo_up else 0]["routes"]
     if have["routes"] != want:
         odd = sorted(set(have["routes"]) ^ set(want))
