@@ -212,3 +212,26 @@ s = socket.socket(); s.bind(("127.0.0.1", 8080)); s.listen(); os.dup2(s.fileno()
         with pytest.raises(image.ImageError, match=text):
             imageformat.validate(doc)
     assert fd["family"] == "inet"
+
+
+def test_shared_listener_owner(case):
+    """A listener shared by a server and its forked worker (a prefork server), with O_ASYNC and the
+    worker as its signal owner (F_SETOWN, F_SETSIG), and a UDP socket in the worker alone: one open
+    file description again, in both processes, with its owner and flags."""
+    setup = _in_netns("""
+import fcntl, signal, socket, time
+l = socket.socket(); l.bind(("127.0.0.1", 8080)); l.listen(4); os.dup2(l.fileno(), 10); l.close()
+r, w = os.pipe()
+if os.fork() == 0:
+    fcntl.fcntl(10, fcntl.F_SETOWN, os.getpid()); fcntl.fcntl(10, 10, signal.SIGUSR1)   # F_SETSIG
+    fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
+    u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind(("::1", 5000)); os.dup2(u.fileno(), 11); u.close()
+    os.write(w, b"x")
+else:
+    os.read(r, 1)
+""")
+    before, after = case.roundtrip(setup)
+    assert "description P0:10 P1:10" in after.snap.sharing, after.snap.sharing
+    assert "inet tcp name=127.0.0.1:8080 state=LISTEN backlog=4" in _fd(after, 10, 1)
+    assert "async-owner=" in _fd(after, 10, 1) and "flags=20002" in _fd(after, 10, 1), _fd(after, 10, 1)
+    assert "inet6 udp name=::1:5000" in _fd(after, 11, 1)
