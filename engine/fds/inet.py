@@ -147,6 +147,7 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
 
 def _with_socket(d) -> tuple[dict, int, bool]:
     """(`read`'s entry of fd d, its network namespace's inode, whether its lo is up), or FdError."""
+    from engine import forkrun
     c = d.copy()
     ns = inet_net.netns_fd(c)
     try:
@@ -154,6 +155,10 @@ def _with_socket(d) -> tuple[dict, int, bool]:
         rec = inet_diag.lookup(d, os.fstat(c).st_ino, netns, ns)
         with socket.socket(fileno=os.dup(c)) as s:
             out = read(d, s, rec)
+    except FdError:
+        raise
+    except (OSError, forkrun.ChildError) as e:   # (named as this kind's, not as unix's which handed it here)
+        raise FdError(getattr(e, "errno", None) or errno.EIO, f"{d.where}: inet: {getattr(e, 'strerror', None) or e}") from None
     finally:
         os.close(ns)
     return out, netns, lo
