@@ -4,11 +4,13 @@ before the stop, of what cannot be made exactly."""
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
 
-from tests.enginecase import CRError, STOP_WATCH, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from tests.enginecase import (CRError, DUMP_EXTERNALS, STOP_WATCH, case, mntcr, py_hold,  # noqa: F401  (fixture)
+                              was_stopped)
 
 # The holder's network namespace: its own, lo up (the setup runs `unshare -n` first).
 NETNS = "exec unshare -n sh -ec 'ip link set lo up; exec \"$0\" \"$@\"' "
@@ -182,6 +184,25 @@ def test_refused_before_stop(case, what, body, lo, why):
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(why, str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_pinned_netns_refused(case, tmp_path):
+    """A network namespace bound to a file (`ip netns add`, a runtime's netns file) is not the tree's
+    alone: its inet socket is refused before the stop."""
+    from zdtm.snapshot import tree_pids
+    setup = _in_netns("""
+import socket
+s = socket.socket(); s.bind(("127.0.0.1", 8080)); s.listen(); os.dup2(s.fileno(), 10); s.close()
+""")
+    pid = case.start(STOP_WATCH + setup)
+    holder = next(p for p in tree_pids(pid)
+                  if os.readlink(f"/proc/{p}/ns/net") != os.readlink("/proc/self/ns/net"))
+    # (bound in a private mount namespace of the dumper's own, never the host's)
+    bind = f"touch {tmp_path}/netns && mount --bind /proc/{holder}/ns/net {tmp_path}/netns && exec \"$@\""
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS,
+              wrap=("unshare", "-m", "--propagation", "private", "sh", "-c", bind, "-"))
+    assert r.returncode != 0 and re.search(r"network namespace is bound at .*/netns", r.stderr), r.stderr
     assert not was_stopped(pid), "dump stopped the tree before it refused"
 
 

@@ -6,8 +6,9 @@ Dump refuses, for a namespace holding an inet socket, what that fresh namespace 
 interface a fresh namespace does not have (a veth of podman's or LXC's networking), an interface
 other than lo that is up, an address, a route or a multicast membership (a socket's: not kept) other than
 those lo gets when it comes up; and a namespace
-restore would not make: the dumper's own (the host's ports are not restore's to take) or one a
-process outside the tree is in (its other users would not see the restored sockets).
+restore would not make: the dumper's own (the host's ports are not restore's to take), one a
+process outside the tree is in or one bound to a file in the dumper's mount namespace (`ip netns
+add`, a runtime's netns file): its other users would not see the restored sockets.
 
 Not compared, and not kept: firewall rules (nftables, iptables), policy routing rules, neighbours,
 the namespace's sysctls (net.ipv4.ip_local_port_range...).
@@ -169,6 +170,10 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
     if outside is not None:
         return (f"its network namespace holds process {outside}, which is outside the tree (the namespace is "
                 "not the tree's own: restore makes a new one): not supported")
+    pinned = _pinned(ino)
+    if pinned is not None:
+        return (f"its network namespace is bound at {pinned} (`ip netns add`, a runtime's netns file: others may "
+                "enter it, and restore makes a new one): not supported")
     fresh = d.scratch.get("inet-fresh")
     if fresh is None:
         fresh = d.scratch["inet-fresh"] = forkrun.run(_fresh, unshare_flags=kernel.CLONE_NEWNET)
@@ -197,6 +202,16 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
         return (f"its network namespace's routes differ from those a restored one gets ({'; '.join(odd)[:200]}): "
                 "not supported")
     return lo_up
+
+
+def _pinned(ino: int) -> str | None:
+    """Where the dumper's mount namespace binds network namespace `ino` (an nsfs mount), or None."""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[3] == f"net:[{ino}]":
+                return fields[4]
+    return None
 
 
 def _outsider(ino: int, tree: set[int]) -> int | None:
