@@ -1,5 +1,6 @@
 """Unix sockets (the fd kind): socket pairs (both ends, queued stream data), unbound ones, abstract
-names and names bound to a path, listening or not; any other family is refused naming the fd.
+names and names bound to a path, listening or not; netlink and inet sockets are handed to their own
+kinds (engine/fds/netlink.py, inet.py), any other family is refused naming the fd.
 
 Dump asks what case a socket is (`case_of`: a listener, a connection not accepted yet, one whose
 peer is gone, a named one with datagrams waiting, a client of a named socket, a pair end) and
