@@ -28,7 +28,7 @@ import socket
 import struct
 import termios
 
-from engine.imageformat import BOOL, INT, STR, DICT, F, rng
+from engine.imageformat import INT, STR, DICT, F, rng
 from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, register
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
@@ -38,7 +38,7 @@ TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 TCP_CLOSE, TCP_LISTEN = 7, 10
-TCP_INFO, SO_GET_FILTER = 11, 26
+TCP_INFO, SO_GET_FILTER, SO_MEMINFO = 11, 26, 55
 MAX_BACKLOG = 1 << 31   # (listen() takes an int; the kernel caps it at net.core.somaxconn)
 
 
@@ -70,12 +70,9 @@ def _filtered(s: socket.socket) -> bool:
 
 
 def _waiting(s: socket.socket) -> bool:
-    """Whether a datagram waits on `s` (a peek takes nothing; a zero-length one counts)."""
-    try:
-        s.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-        return True
-    except BlockingIOError:
-        return False
+    """Whether a datagram waits on `s` (SO_MEMINFO's receive memory: a zero-length one counts; a peek
+    would consume an error the socket holds, ECONNREFUSED from a port no one listens on)."""
+    return struct.unpack_from("=I", s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0] > 0
 
 
 def _name(addr: tuple) -> tuple[str, int]:

@@ -4,7 +4,6 @@ inode; read once per network namespace and dump, in a child that joins it."""
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 
@@ -70,7 +69,3 @@ def lookup(d, ino: int, netns: int, netns_fd: int) -> dict | None:
         table = d.scratch[key] = forkrun.run(_in, netns_fd)
     return table.get(ino)
 
-
-def socket_ino(pid: int, fd: int) -> int:
-    """The inode of socket fd `fd` of process `pid`."""
-    return os.stat(f"/proc/{pid}/fd/{fd}").st_ino
