@@ -28,6 +28,7 @@ OPTS = {
     "linger": (SOL_SOCKET, 13, "linger", None, None), "mark": (SOL_SOCKET, 36, "int", None, None),
     "tos": (IPPROTO_IP, 1, "int", ("inet",), None), "ttl": (IPPROTO_IP, 2, "int", ("inet",), None),
     "freebind": (IPPROTO_IP, 15, "int", None, None), "bind_address_no_port": (IPPROTO_IP, 24, "int", None, None),
+    "transparent": (IPPROTO_IP, 19, "int", None, None),
     "pktinfo": (IPPROTO_IP, 8, "int", ("inet",), None), "recverr": (IPPROTO_IP, 11, "int", ("inet",), None),
     "v6only": (IPPROTO_IPV6, 26, "int", ("inet6",), None), "tclass": (IPPROTO_IPV6, 67, "int", ("inet6",), None),
     "unicast_hops": (IPPROTO_IPV6, 16, "int", ("inet6",), None),
