@@ -93,7 +93,8 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
         what = {socket.SOCK_RAW: "raw"}.get(typ, f"protocol {s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}")
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket ({what}): not supported (only TCP and UDP)")
     if _filtered(s):
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket with a socket filter (SO_ATTACH_FILTER): not supported")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket with a socket filter (SO_ATTACH_FILTER): "
+                                        "not supported")
     out = {"family": fam, "proto": proto}
     host, port = _name(s.getsockname())
     if port or not ipaddress.ip_address(host.split("%")[0]).is_unspecified:
@@ -155,7 +156,8 @@ def _with_socket(d) -> tuple[dict, int, bool]:
     except FdError:
         raise
     except (OSError, forkrun.ChildError) as e:   # (named as this kind's, not as unix's which handed it here)
-        raise FdError(getattr(e, "errno", None) or errno.EIO, f"{d.where}: inet: {getattr(e, 'strerror', None) or e}") from None
+        raise FdError(getattr(e, "errno", None) or errno.EIO,
+                      f"{d.where}: inet: {getattr(e, 'strerror', None) or e}") from None
     finally:
         os.close(ns)
     return out, netns, lo
@@ -191,7 +193,8 @@ def _check(e: dict, what: str) -> None:
                 scope = e[key].partition("%")[2]
             except ValueError:
                 _fail(f"{what}: bad inet {key} {e[key][:60]!r}")
-            if a.version != (4 if e["family"] == "inet" else 6) or (scope and not (scope.isdigit() and len(scope) < 11)):
+            if a.version != (4 if e["family"] == "inet" else 6) or \
+                    (scope and not (scope.isdigit() and len(scope) < 11)):
                 _fail(f"{what}: inet {key} {e[key][:60]!r} is not of family {e['family']}")
             if key == "peer" and not a.is_loopback:
                 _fail(f"{what}: a peer off loopback")

@@ -12,7 +12,8 @@ from engine import forkrun, kernel
 SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NLM_F_DUMP = 20, 1, 0x300
 INET_DIAG_SHUTDOWN = 8
 _REQ = struct.Struct("=BBBxI48x")      # inet_diag_req_v2: family, protocol, ext, states, (sockid: any)
-_MSG = struct.Struct("=BBBB48xIIIII")   # inet_diag_msg: family, state, timer, retrans, (sockid), expires, rqueue, wqueue, uid, inode
+# inet_diag_msg: family, state, timer, retrans, (sockid), expires, rqueue, wqueue, uid, inode
+_MSG = struct.Struct("=BBBB48xIIIII")
 
 
 def _dump(family: int, proto: int) -> dict[int, dict]:

@@ -4,17 +4,18 @@ add, all down), with lo brought up when it was up (which gives it 127.0.0.1/8 an
 
 Dump refuses, for a namespace holding an inet socket, what that fresh namespace would lack: an
 interface a fresh namespace does not have (a veth of podman's or LXC's networking), an interface
-other than lo that is up, an address, a route or a multicast membership (a socket's: not kept) other than
-those lo gets when it comes up; and a namespace
-restore would not make: the dumper's own (the host's ports are not restore's to take), one a
-process outside the tree is in or one bound to a file in the dumper's mount namespace (`ip netns
-add`, a runtime's netns file): its other users would not see the restored sockets.
+other than lo that is up, an address, a route or a multicast membership (a socket's: not kept)
+other than those lo gets when it comes up; and a namespace restore would not make: the dumper's
+own (the host's ports are not restore's to take), one a process outside the tree is in or one bound
+to a file in the dumper's mount namespace (`ip netns add`, a runtime's netns file): its other users
+would not see the restored sockets.
 
 Not compared, and not kept: firewall rules (nftables, iptables), policy routing rules, neighbours,
 the namespace's sysctls (net.ipv4.ip_local_port_range...).
 
-Compared through rtnetlink (RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE) in a child that joins the namespace, and
-against a fresh namespace made by a child (unshare), before and after its lo comes up.
+Compared through rtnetlink (RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE) and /proc/self/net/igmp(6) in a
+child that joins the namespace, against a fresh namespace made by a child (unshare), before and
+after its lo comes up.
 """
 
 from __future__ import annotations
@@ -142,10 +143,10 @@ def netns_fd(sock_fd: int) -> int:
 
 
 def check(d, ns: int, where: str) -> tuple[int, bool]:
-    """(inode of network namespace `ns`, our fd on a socket's (netns_fd), whether its lo is up);
+    """(inode of network namespace `ns` (our fd on a socket's: netns_fd), whether its lo is up);
     refuses (FdError naming `where`) a namespace restore would not make again as it is: not the
-    socket's holder's, the dumper's, one holding a process outside the tree, or one holding what a
-    fresh one lacks. Read once per namespace and dump (d.scratch)."""
+    socket's holder's, the dumper's, one holding a process outside the tree or bound to a file, or
+    one holding what a fresh one lacks. Read once per namespace and dump (d.scratch)."""
     from engine.fds import FdError
     ino = os.fstat(ns).st_ino
     if ino == os.stat("/proc/self/ns/net").st_ino:
@@ -184,7 +185,8 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
                 "not supported")
     up = sorted(n for n, on in have["links"].items() if on and n != "lo")
     if up:
-        return f"its network namespace has interface {', '.join(up)} up, which a restored one would have down: not supported"
+        return (f"its network namespace has interface {', '.join(up)} up, which a restored one would have down: "
+                "not supported")
     lo_up = have["links"].get("lo", False)
     want = fresh[1 if lo_up else 0]["addrs"]
     if have["addrs"] != want:

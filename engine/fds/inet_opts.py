@@ -100,6 +100,7 @@ def check(opts, family: str, proto: str, what: str) -> None:
             _fail(f"{what}: bad socket option {str(name)[:40]!r}")
         how = OPTS[name][2]
         ok = (how == "int" and type(v) is int and -(1 << 31) <= v < 1 << 31) or \
-             (how in _STRUCTS and type(v) is list and len(v) == 2 and all(type(x) is int and 0 <= x < 1 << 62 for x in v))
+             (how in _STRUCTS and type(v) is list and len(v) == 2
+              and all(type(x) is int and 0 <= x < 1 << 62 for x in v))
         if not ok:
             _fail(f"{what}: bad socket option {name!r}")
