@@ -237,8 +237,9 @@ s = socket.socket(); s.bind(("127.0.0.1", 8080)); s.listen(); os.dup2(s.fileno()
 
 def test_shared_listener_owner(case):
     """A listener shared by a server and its forked worker (a prefork server), with O_ASYNC and the
-    worker as its signal owner (F_SETOWN, F_SETSIG), and a UDP socket in the worker alone: one open
-    file description again, in both processes, with its owner and flags."""
+    worker as its signal owner (F_SETOWN, F_SETSIG), and a UDP socket the worker made as uid 1000:
+    one open file description again, in both processes, with its owner and flags; the UDP socket
+    owned by uid 1000 again (sk_uid)."""
     setup = _in_netns("""
 import fcntl, signal, socket, time
 l = socket.socket(); l.bind(("127.0.0.1", 8080)); l.listen(4); os.dup2(l.fileno(), 10); l.close()
@@ -246,7 +247,9 @@ r, w = os.pipe()
 if os.fork() == 0:
     fcntl.fcntl(10, fcntl.F_SETOWN, os.getpid()); fcntl.fcntl(10, 10, signal.SIGUSR1)   # F_SETSIG
     fcntl.fcntl(10, fcntl.F_SETFL, fcntl.fcntl(10, fcntl.F_GETFL) | os.O_ASYNC)
+    os.setresuid(1000, 1000, 0)   # (a worker dropped to a user: its own socket is that user's, sk_uid)
     u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind(("::1", 5000)); os.dup2(u.fileno(), 11); u.close()
+    os.setresuid(0, 0, 0)
     os.write(w, b"x")
 else:
     os.read(r, 1)
@@ -255,4 +258,5 @@ else:
     assert "description P0:10 P1:10" in after.snap.sharing, after.snap.sharing
     assert "inet tcp name=127.0.0.1:8080 state=LISTEN backlog=4" in _fd(after, 10, 1)
     assert "async-owner=" in _fd(after, 10, 1) and "flags=20002" in _fd(after, 10, 1), _fd(after, 10, 1)
-    assert "inet6 udp name=::1:5000" in _fd(after, 11, 1)
+    assert "inet6 udp name=::1:5000" in _fd(after, 11, 1) and " uid=1000 " in _fd(after, 11, 1), _fd(after, 11, 1)
+    assert " uid=0 " in _fd(after, 10, 1)

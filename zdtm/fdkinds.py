@@ -111,7 +111,7 @@ def _inet(s: socket.socket) -> str:
             rec = forkrun.run(inet_diag._in, ns).get(os.fstat(s.fileno()).st_ino)
         finally:
             os.close(ns)
-        out += f" shutdown={rec['shutdown'] if rec else '?'}"
+        out += f" shutdown={rec['shutdown'] if rec else '?'} uid={rec['uid'] if rec else '?'}"
     req = fcntl.ioctl(s.fileno(), inet_net.SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
     return out + f" lo={'up' if struct.unpack_from('H', req, 16)[0] & inet_net.IFF_UP else 'down'}"
 

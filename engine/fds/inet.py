@@ -28,8 +28,9 @@ import socket
 import struct
 import termios
 
-from engine.imageformat import INT, STR, DICT, F, rng
-from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, register
+from engine import threadids
+from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
+from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, register, unix_bind
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
@@ -130,6 +131,8 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
                                         "not in the kernel?): not supported")
     # (sock_diag lists no unbound socket, nor a bound TCP one that does not listen before Linux 6.10:
     # such a socket's shutdown, which only a program that shut down a socket never connected sets, is not kept)
+    if rec is not None:
+        out["uid"] = rec["uid"]   # (the socket's owner, sk_uid: who made it, as the dumper names it)
     if rec is not None and rec["shutdown"]:
         if "listen" in out:   # (a listener shut down for reading stops listening: not one)
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener shut down: not supported")
@@ -219,7 +222,7 @@ def _make(spec, fds):
     if spec["lo"] == "up":
         inet_net.set_lo_up()
     fam = FAMILY_NO[spec["family"]]
-    s = socket.socket(fam, TYPE_NO[spec["proto"]])
+    s = _new(fam, TYPE_NO[spec["proto"]], spec.get("uid"))
     try:
         inet_opts.apply(s, spec["opts"])
         if "addr" in spec:
@@ -237,6 +240,20 @@ def _make(spec, fds):
         return None, [s.detach()]
     finally:
         s.close()
+
+
+def _new(fam: int, typ: int, uid: int | None) -> socket.socket:
+    """A new socket owned by `uid` (the dumper's name of it; the kernel's sk_uid is the maker's file
+    system uid): made by a thread of ours that takes that uid for itself alone when it is not ours."""
+    mine = None if uid is None else unix_bind._here(uid, "uid_map")
+    if uid is not None and mine is None:
+        raise FdError(errno.EOPNOTSUPP, f"its owner uid {uid} is not mapped in the process's user namespace")
+    if mine is None or mine == os.geteuid():
+        return socket.socket(fam, typ)
+    # (a gid of our user namespace: ours, or, before the stand-in took its ids there, the first it maps)
+    gids = unix_bind._map("gid_map")
+    gid = os.getegid() if any(i <= os.getegid() < i + n for i, _o, n in gids) else gids[0][0]
+    return threadids.call_as(mine, gid, None, lambda: socket.socket(fam, typ))
 
 
 def _bind(s: socket.socket, addr: tuple, opts: dict) -> None:
@@ -261,8 +278,8 @@ def _addr(fam: int, host: str, port: int) -> tuple:
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    spec = {k: e[k] for k in ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "opts")
-            if k in e}
+    spec = {k: e[k] for k in ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid",
+                              "opts") if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
     try:
         fd = r.standin("make", spec)[0]
@@ -282,6 +299,7 @@ def _open(r: RestoreFd) -> int:
 # which must be one restore makes (imageformat: own_netns).
 register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
                 check_object=_check_object, standin={"make": _make}, own_netns=True,
+                ids=lambda e: {"uid": [e["uid"]]} if "uid" in e else {},
                 fields={"family": F(STR), "proto": F(STR),
                         "addr": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
                         "port": F(INT, required=False, rule=rng(0, 65535)),
@@ -290,4 +308,7 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         "peer_port": F(INT, required=False, rule=rng(1, 65535)),
                         # directions it was shut down in: 1 receive, 2 send, 3 both (sk_shutdown)
                         "shutdown": F(INT, required=False, rule=rng(1, 3)),
+                        # its owner (sk_uid), as the dumper's user namespace names it; taken by a thread
+                        # of the stand-in to make it (absent: an unbound socket sock_diag does not list)
+                        "uid": F(INT, required=False, rule=rng(0, MAX_UID)),
                         "opts": F(DICT)}))
