@@ -260,3 +260,27 @@ else:
     assert "async-owner=" in _fd(after, 10, 1) and "flags=20002" in _fd(after, 10, 1), _fd(after, 10, 1)
     assert "inet6 udp name=::1:5000" in _fd(after, 11, 1) and " uid=1000 " in _fd(after, 11, 1), _fd(after, 11, 1)
     assert " uid=0 " in _fd(after, 10, 1)
+
+
+def test_owner_unmapped_refused(case):
+    """A socket made by root that its process took into a user namespace mapping only uid 100000:
+    its owner is no uid the stand-in could take there, refused before the stop."""
+    setup = _in_netns("""
+import ctypes, socket, time
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 6000)); os.dup2(u.fileno(), 10); u.close()
+assert ctypes.CDLL(None).unshare(0x10000000) == 0   # CLONE_NEWUSER
+open("/run/.unshared", "w").close()
+while not os.path.exists("/run/.mapped"):
+    time.sleep(0.02)
+""").replace("exec unshare -n sh -c", "unshare -n sh -c", 1).rstrip("\n") + " &\n" + """
+wait_for /run/.unshared
+echo deny > /proc/$!/setgroups; echo "0 100000 1" > /proc/$!/uid_map; echo "0 100000 1" > /proc/$!/gid_map
+touch /run/.mapped
+hold
+"""
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"fd 10 .*owned by uid 0, which its process's user namespace does not map", str(err.value)), \
+        err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"

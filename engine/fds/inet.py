@@ -156,6 +156,10 @@ def _with_socket(d) -> tuple[dict, int, bool]:
         rec = inet_diag.lookup(d, os.fstat(c).st_ino, netns, ns)
         with socket.socket(fileno=os.dup(c)) as s:
             out = read(d, s, rec)
+        if "uid" in out and unix_bind._here(out["uid"], "uid_map", ranges=_map_of(d.pid)) is None:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: an inet socket owned by uid {out['uid']}, which its process's "
+                                            "user namespace does not map (its stand-in could not make it so): "
+                                            "not supported")
     except FdError:
         raise
     except (OSError, forkrun.ChildError) as e:   # (named as this kind's, not as unix's which handed it here)
@@ -164,6 +168,12 @@ def _with_socket(d) -> tuple[dict, int, bool]:
     finally:
         os.close(ns)
     return out, netns, lo
+
+
+def _map_of(pid: int) -> list[tuple[int, int, int]]:
+    """/proc/PID/uid_map of process `pid`, as the dumper reads it (outside ids: the dumper's)."""
+    with open(f"/proc/{pid}/uid_map") as f:
+        return [tuple(int(x) for x in line.split()) for line in f]
 
 
 def precheck(d) -> None:
