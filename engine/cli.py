@@ -50,7 +50,9 @@ def _add_dump(sub) -> None:
                     "a dumped image file is found automatically, any other device must be declared external), "
                     "nfs and nfs4 (external server), FUSE (its daemon is neither stopped nor dumped: restore "
                     "restarts it with --fuse-restart). Also files and cwds on lazily unmounted mounts, deleted "
-                    "files (ghosts), user namespaces (maps, owners, locked and idmapped mounts), and fds: "
+                    "files (ghosts), user namespaces (maps, owners, locked and idmapped mounts), System V IPC objects "
+                    "of the tree's ipc namespaces (shared memory, semaphores, message queues) and its POSIX message "
+                    "queues, and fds: "
                     "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets (with queued "
                     "data), netlink sockets (restored empty), inet sockets (TCP, UDP; unbound, bound, listening) of the "
                     "tree's own network namespace, /dev/tty, nsfs (fds on the tree's namespaces), "
@@ -65,6 +67,10 @@ def _add_dump(sub) -> None:
     p.add_argument("-D", "--images-dir", dest="images_dir", required=True, metavar="DIR",
                    help="image directory to create (must not exist, or be empty)")
     p.add_argument("--leave-running", action="store_true", help="do not kill the tree after dumping")
+    p.add_argument("--shell-job", action="store_true",
+                   help="accept processes whose controlling terminal is that of a session led outside the tree "
+                        "(a tree started as a job from an interactive shell): the terminal is left behind and "
+                        "they come back without one (dump notes each); without it such a tree is refused")
     p.add_argument("--external", action="append", default=[], metavar="SPEC",
                    help="mnt[MOUNTPOINT]:KEY declares the mount at MOUNTPOINT (in the root process's "
                         "namespace) external: it is recorded by KEY and not dumped; dev[MAJ:MIN]:KEY "
@@ -256,7 +262,8 @@ def _cmd_check(args) -> int:
 def _cmd_dump(args) -> int:
     from engine import dump
     _settled()
-    dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external)
+    dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external,
+              shell_job=args.shell_job)
     return EXIT_OK
 
 

@@ -30,7 +30,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import freeze, mountrules, nscopy, nsinspect, placement, prestop, userns_cr, zombies
+from engine import ctty, freeze, mountrules, nscopy, nsinspect, placement, prestop, sysvipc, userns_cr, zombies
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -115,8 +115,10 @@ def _uts_names_of(pid: int) -> tuple[str, str]:
         os.close(own)
 
 
-def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=()) -> dict:
-    """Dump the tree at root_pid into images_dir (atomically); return the manifest."""
+def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=(), shell_job: bool = False) -> dict:
+    """Dump the tree at root_pid into images_dir (atomically); return the manifest. `shell_job`: the
+    controlling terminal of a session led outside the tree (the shell's the tree was started from)
+    is left behind instead of refused (engine/ctty.py): its processes come back without one."""
     ext_mnts, ext_devs = parse_externals(externals)
     ext_files = parse_external_files(externals)
     tree = process_tree(root_pid)
@@ -133,7 +135,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     pids = [p for p, _ in tree]
     _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs)
     freeze.refuse_traced(tree)
-    _refuse_sessions(tree, dead)
+    _refuse_sessions(tree, dead, shell_job)
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
     resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
@@ -144,12 +146,12 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         freeze.wait_stopped(pids)
         freeze.refuse_zombies(tree)   # (a live one that exited since the split)
         freeze.refuse_traced(tree)
-        _refuse_sessions(tree, dead)
+        _refuse_sessions(tree, dead, shell_job)
         # Reads that take something from the tree (engine/fds/ `takes`: data a client sent on a
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
         takes = None if leave_running else []
-        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes)
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes, shell_job)
         _record_zombies(doc, dead)
         for p in doc["processes"]:
             if p["pid"] not in resume:
@@ -174,10 +176,10 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         os.waitpid(watchdog, 0)
 
 
-def _refuse_sessions(tree, dead=()) -> None:
+def _refuse_sessions(tree, dead=(), shell_job: bool = False) -> None:
     """Sessions and process groups the stand-ins cannot make again (engine/sessions.py), the
-    zombies' (`dead`) among them."""
-    why = zombies.refusal(tree, dead)
+    zombies' (`dead`) among them, and controlling terminals (engine/ctty.py)."""
+    why = zombies.refusal(tree, dead) or ctty.refusal(tree, shell_job)
     if why:
         raise DumpError(errno.EOPNOTSUPP, why)
 
@@ -363,6 +365,7 @@ class _Dump:
 
     def __init__(self, tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files, takes):
         self.tree, self.writer, self.takes = tree, writer, takes
+        self.shell_job = False   # leave the terminal of a session led outside the tree (--shell-job)
         self.ext_mnts, self.ext_devs, self.ext_files = ext_mnts, ext_devs, ext_files
         # _inspect_namespaces
         self.me: dict[str, int | None] = {}               # the dumper's own namespace inodes
@@ -393,6 +396,7 @@ class _Dump:
         self.procs_doc: list[dict] = []
         self.uts_names: dict[str, str] = {}
         self.domainnames: dict[str, str] = {}      # uts ns -> its NIS domain name, when one was set
+        self.sysvipc: dict[str, dict] = {}         # ipc ns -> its System V IPC objects (engine/sysvipc.py)
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
 
@@ -406,10 +410,12 @@ class _Dump:
             yield from ns["mounts"]
 
 
-def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None) -> dict:
+def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None,
+             shell_job: bool = False) -> dict:
     """The image document of the stopped tree (archives written through `writer`): the dump
     algorithm, one step after the other; each step refuses with one line naming what it refuses."""
     d = _Dump(tree, writer, ext_mnts, ext_devs, ext_files or {}, takes)
+    d.shell_job = shell_job
     _inspect_namespaces(d)      # 2. namespaces of each process; mountinfo, roots, cwds, fds per mount namespace
     _record_mounts(d)           # 3. superblocks and mount entries (idmaps, superblock owners, locks)
     _settle_externals(d)        #    which mounts and superblocks come from outside the dump
@@ -846,6 +852,18 @@ def _name_ghosts(d: _Dump) -> None:
             e["ghost"] = d.ghost_of[e["id"]]
 
 
+def _record_cttys(procs_doc: list[dict], shell_job: bool = False) -> None:
+    """Mark the members of sessions that have their leader's terminal (engine/ctty.py); refused
+    before the stop already when restore could not give it (a change since: refused now). With
+    `shell_job`, say which processes come back without the terminal they were started from."""
+    for pid in ctty.record(procs_doc, shell_job):
+        sys.stderr.write(f"mntcr dump: note: process {pid} ({kernel.comm_shown(pid)}): its controlling terminal "
+                         "(of a session led outside the tree) is left behind (--shell-job): restore gives it none\n")
+    problem = ctty.plan(procs_doc).problem
+    if problem is not None:
+        raise DumpError(errno.EOPNOTSUPP, ctty.why(*problem))
+
+
 def _collect_processes(d: _Dump) -> None:
     """Each process: namespaces, root, cwd and fds by kind (engine/fdtable.py, engine/fds/); the
     hostname of each UTS namespace; then the detached mounts their roots, cwds and fds lie on."""
@@ -860,6 +878,7 @@ def _collect_processes(d: _Dump) -> None:
                                           (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files,
                                            d.linked_names), d.ext_files, map_unplaced)
         fdtable.finish(d.procs_doc)
+        _record_cttys(d.procs_doc, d.shell_job)
         # (roots made again from what a process holds: a pty bound as /dev/console needs its master)
         mountrules.held_roots(d.mntns_doc, d.superblocks, fdtable.scratch.get("held", ()))
     except (FdError, fs.FsError) as e:
@@ -874,6 +893,12 @@ def _collect_processes(d: _Dump) -> None:
             d.uts_names[uts], domain = _uts_names_of(p["pid"])
             if domain != "(none)":   # (a new namespace's: recorded only when set)
                 d.domainnames[uts] = domain
+        ipc = p["ns"]["ipc"]
+        if ipc not in d.sysvipc and "ipc" not in p["host_ns"]:
+            try:
+                d.sysvipc[ipc] = sysvipc.read(p["pid"])
+            except OSError as e:
+                raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
@@ -930,6 +955,8 @@ def _manifest(d: _Dump) -> dict:
         doc["objects"] = d.objects
     if d.domainnames:
         doc["domainnames"] = d.domainnames
+    if any(d.sysvipc.values()):
+        doc["sysvipc"] = {ns: objs for ns, objs in d.sysvipc.items() if objs}
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's

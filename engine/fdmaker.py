@@ -24,10 +24,12 @@ class FdMaker:
         self.late: list = []     # (what, fn) run once every process got its fds (RestoreFd.late)
         self.descs: dict[str, int] = {}
         self.owned: list[tuple[int, dict, str]] = []   # (our copy, entry, what) of fds with a signal owner
+        self.chans: dict = {}   # image pid -> its stand-in's channel (prepare: for standin_of)
 
     def prepare(self, processes: list[dict], chans: dict) -> None:
         """Make the objects that must exist before any fd (FdKind.prepare), once every stand-in has
         entered its root: each kind gets its objects and their holders as (entry, stand-in call)."""
+        self.chans = chans
         holders: dict[str, list] = {}
         for p in processes:
             chan = chans[p["pid"]]
@@ -55,13 +57,18 @@ class FdMaker:
             return os.dup(self.descs[desc]), False
         kind = fds.lookup(entry.get("kind", "file"))
 
-        def standin(fn, args, sent=()):
+        def standin(fn, args, sent=(), chan=chan):
             _, got = chan.call(("kind", kind.name, fn, args), list(sent))
             return got
 
+        def standin_of(pid):
+            other = self.chans.get(pid)
+            return None if other is None else lambda fn, args, sent=(): standin(fn, args, sent, other)
+
         r = fds.RestoreFd(entry=entry, objects=self.objects, state=self.state, open_at=self.open_at,
                           standin=standin, keep=self.keep, proc=self.proc,
-                          open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of, ns_fd=self.ns_fd)
+                          open_ghost=self.open_ghost, late=self.late, pid_of=self.pid_of, ns_fd=self.ns_fd,
+                          standin_of=standin_of)
         fd = kind.open(r)
         self.give_owner(fd, entry, where)
         if desc is not None:

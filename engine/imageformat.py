@@ -43,10 +43,10 @@ import os
 import re
 from collections.abc import Callable
 from operator import itemgetter
-from engine import records, sessions, zombies
+from engine import ctty, records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
-                          NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, is_beneath)
+                          NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -161,7 +161,8 @@ def strlen(hi: int) -> Rule:
         if v is not None and (len(v) > hi or "\0" in v):
             return f"must be a string of at most {hi} characters without NUL"
         return None
-    rule.inline = ("cached",)
+    # Inlined, not cached: sources are mostly each superblock's own (a cache would miss).
+    rule.inline = ("strlen", hi)
     return rule
 
 
@@ -424,6 +425,8 @@ def _rule_lines(n: int, key: str, f: F, env: dict, v: str, ind: str, seen: set, 
     if kind[0] == "pattern":
         env[f"RX{n}"] = kind[1].match
         return [f"{ind}if {nullable}RX{n}({v}) is None: {slow}"]
+    if kind[0] == "strlen":
+        return [f"{ind}if {nullable}(len({v}) > {kind[1]!r} or '\\x00' in {v}): {slow}"]
     if kind[0] == "path":
         return [f"{ind}if {nullable}({v}[:1] != '/' or '/.' in {v} or '//' in {v} or '\\x00' in {v} "
                 f"or len({v}) > MAXP or ({v}[-1] == '/' and {v} != '/')):",
@@ -656,6 +659,10 @@ PROCESS = Record("process", {
     "pgid": F(INT, required=False, rule=rng(0, MAX_PID)),
     # A session leader holding /dev/tty: its terminal's foreground group, when not its own.
     "tty_fg": F(INT, required=False, rule=rng(1, MAX_PID)),
+    # A member of a session that has its leader's controlling terminal (engine/ctty.py).
+    "ctty": F(BOOL, required=False),
+    # A session leader holding no fd on its pty terminal: where it takes it again (engine/ctty.py).
+    "ctty_node": F(DICT, required=False),
     "umask": F(INT, required=False, rule=rng(0, 0o777)),      # its umask, and its no_new_privs bit:
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
@@ -875,6 +882,7 @@ MANIFEST = Record("manifest", {
     "objects": F(OPT_DICT, required=False),                   # {id: object of an fd kind} (engine/fds/)
     "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
     "zombies": F(LIST, required=False),                       # [ZOMBIE], checked with their count
+    "sysvipc": F(DICT, required=False),                       # {ipc ns: System V IPC objects} (engine/sysvipc.py)
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
@@ -1071,17 +1079,20 @@ def _check_userns(doc: dict, mounts: dict) -> None:
     for ns_id, ns in doc["mntns"].items():
         if "owner" in ns and ns["owner"] not in users:
             _fail(f"mount namespace {ns_id}: unknown owner {ns['owner']!r}")
+        owned, root = "owner" in ns, ns["root"]
         for m in ns["mounts"]:
-            if (m.get("locked") or m.get("locked_flags")) and "owner" not in ns:
-                _fail(f"mount {m['id']}: locked in {ns_id}, which no user namespace of the image owns")
-            if "owner" in ns and m["id"] == ns["root"] and not m.get("locked"):
-                # Restore copies the namespace into its user namespace, which locks the root.
-                _fail(f"mount {m['id']}: the root of {ns_id}, owned by {ns['owner']}, must be locked")
+            if owned or "locked" in m or "locked_flags" in m:
+                if (m.get("locked") or m.get("locked_flags")) and not owned:
+                    _fail(f"mount {m['id']}: locked in {ns_id}, which no user namespace of the image owns")
+                if owned and m["id"] == root and not m.get("locked"):
+                    # Restore copies the namespace into its user namespace, which locks the root.
+                    _fail(f"mount {m['id']}: the root of {ns_id}, owned by {ns['owner']}, must be locked")
             if ("idmap" in m) != ("idmapped" in m["mount_opts"]):
                 _fail(f"mount {m['id']}: 'idmapped' and an idmap record go together")
-            for flag in m.get("locked_flags") or ():
-                if flag != "atime" and flag not in m["mount_opts"]:
-                    _fail(f"mount {m['id']}: flag {flag} is locked but not set")
+            if "locked_flags" in m:
+                for flag in m["locked_flags"] or ():
+                    if flag != "atime" and flag not in m["mount_opts"]:
+                        _fail(f"mount {m['id']}: flag {flag} is locked but not set")
 
 
 def _check_counts(doc: dict) -> None:
@@ -1160,29 +1171,34 @@ def _check_mntns(mntns: dict, sbs: dict) -> dict[int, dict]:
             _fail(f"{what}: root mount {root} has a parent")
         if by_id[root]["mountpoint"] != "/":
             _fail(f"{what}: root mount {root} is not mounted at /")
+        # Every mount reaches the root (no cycles, no second root), iteratively at any depth. Most
+        # mounts come after their parent (mountinfo's order): `done` (reaches the root) at once.
+        done, later = {root}, []
         for m in ns["mounts"]:
-            if m["id"] == root:
+            mid = m["id"]
+            if mid == root:
                 continue
             parent = m.get("parent")
             if parent not in by_id:
-                _fail(f"mount {m['id']}: parent {parent!r} is not in {ns_id}")
-            if not is_beneath(m["mountpoint"], by_id[parent]["mountpoint"]):
-                _fail(f"mount {m['id']}: mountpoint {m['mountpoint']} is outside its parent's "
-                      f"{by_id[parent]['mountpoint']}")
-        # every mount reaches the root (no cycles, no second root): iterative, any depth
-        state: dict[int, int] = {root: 2}
-        for m in ns["mounts"]:
-            chain, cur = [], m["id"]
-            while state.get(cur) != 2:
-                if state.get(cur) == 1:
+                _fail(f"mount {mid}: parent {parent!r} is not in {ns_id}")
+            base, mp = by_id[parent]["mountpoint"], m["mountpoint"]
+            if not (base == "/" or mp == base or mp.startswith(base + "/")):   # (is_beneath)
+                _fail(f"mount {mid}: mountpoint {mp} is outside its parent's {base}")
+            if parent in done:
+                done.add(mid)
+            else:
+                later.append(m)
+        for m in later:
+            chain, on_chain, cur = [], set(), m["id"]
+            while cur not in done:
+                if cur in on_chain:
                     _fail(f"mount {m['id']}: parent cycle")
-                state[cur] = 1
+                on_chain.add(cur)
                 chain.append(cur)
                 cur = by_id[cur].get("parent")
                 if cur is None:
                     _fail(f"mount {m['id']}: does not reach the namespace root")
-            for c in chain:
-                state[c] = 2
+            done.update(chain)
     return all_mounts
 
 
@@ -1222,9 +1238,15 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             odd_roots.setdefault(m["sb"], []).append(m)
     members: set[tuple[str, str]] = set()
     archive_bytes: dict[str, int] = {}
+    # Per type and per option list (most superblocks share a few: image._Sharing), asked once.
+    handlers: dict[str, object] = {}
+    opts_ok: set[tuple[int, int]] = set()      # (ids of) a super_opts list of `sbs` and its type, checked
+    limits: dict[int, int | None] = {}         # id of a super_opts list -> _size_limit
     for sid, sb in sbs.items():
         what = f"superblock {sid} ({sb['fstype']})"
-        handler = fs.lookup(sb["fstype"])
+        handler = handlers.get(sb["fstype"], handlers)
+        if handler is handlers:
+            handler = handlers[sb["fstype"]] = fs.lookup(sb["fstype"])
         external = sb.get("external", False)
         if handler is None and not external and sid in used_sbs:
             _fail(f"{what}: filesystem type {sb['fstype']!r} is not supported")
@@ -1239,17 +1261,14 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             if (a["file"], a["member"]) in members:
                 _fail(f"{what}: duplicate archive member {a['file']}:{a['member']}")
             members.add((a["file"], a["member"]))
-            limit = _size_limit(sb)
+            limit = limits.get(id(sb["super_opts"]), limits)
+            if limit is limits:
+                limit = limits[id(sb["super_opts"])] = _size_limit(sb)
             if archive_bytes.get(a["file"], 0) is not None:
                 archive_bytes[a["file"]] = None if limit is None else archive_bytes.get(a["file"], 0) + limit
-        for opt in sb["super_opts"] if not external else ():
-            key, sep, value = opt.partition("=")
-            if key in HOST_OPTS:
-                _fail(f"{what}: super option {key!r} names a device or file of the host: refused")
-            # (options restore never passes back, like btrfs subvol=/x, name paths inside the fs)
-            if value.startswith("/") and not (handler is not None and (key in handler.drop_opts
-                                                                       or key in handler.path_opts)):
-                _fail(f"{what}: super option {opt[:80]!r} names a host path: refused")
+        if not external and (id(sb["super_opts"]), id(handler)) not in opts_ok:
+            _check_super_opts(what, sb["super_opts"], handler)
+            opts_ok.add((id(sb["super_opts"]), id(handler)))
         if sb.get("pidns") is not None:
             if handler is None or handler.ns_key != "pidns":
                 _fail(f"{what}: a pid namespace only belongs to a proc superblock")
@@ -1299,6 +1318,18 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
         if limit is not None and limit + 10240 < files[name]["size"]:
             _fail(f"archive {name}: {files[name]['size']} bytes is more than its superblocks may hold ({limit})")
     _check_overlay_cycles(sbs, mounts)
+
+
+def _check_super_opts(what: str, opts: list, handler) -> None:
+    """No super option naming a host device or file (`handler`: the superblock's type, or None)."""
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key in HOST_OPTS:
+            _fail(f"{what}: super option {key!r} names a device or file of the host: refused")
+        # (options restore never passes back, like btrfs subvol=/x, name paths inside the fs)
+        if value.startswith("/") and not (handler is not None and (key in handler.drop_opts
+                                                                   or key in handler.path_opts)):
+            _fail(f"{what}: super option {opt[:80]!r} names a host path: refused")
 
 
 def _check_ghosts(ghosts: dict, sbs: dict, files: dict, mounts: dict) -> None:
@@ -1430,6 +1461,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for loc in p.get("maps") or []:
             _check_loc(loc, mounts, detached, f"{what} mapping")
             _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
+        if "ctty_node" in p:
+            _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
         if "exe" in p:
             if p["exe"].get("detached"):
                 _fail(f"{what}: an executable on a detached mount")
@@ -1464,6 +1497,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
+            if kind.name == "pty" and fd.get("ctty"):
+                _check_own_pty(doc, fd, mounts, f"{fwhat} (its controlling terminal)")
             _check_ghost_ref(doc, fd, mounts, fwhat)
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
@@ -1488,12 +1523,22 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
+    if "sysvipc" in doc:
+        _check_sysvipc(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
                 _fail(f"{what} for {str(uts)[:40]!r}, a uts namespace no process is in")
             if type(name) is not str or strlen(MAX_HOSTNAME)(name):
                 _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+
+
+def _check_sysvipc(doc: dict) -> None:
+    """The ipc objects (engine/sysvipc.py) only of namespaces restore makes: no process may have
+    one as the host's (restore would join the host's namespace for it)."""
+    from engine import sysvipc
+    host = {p["ns"]["ipc"] for p in doc["processes"] if "ipc" in (p.get("host_ns") or ())}
+    sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"]} - host, _fail)
 
 
 class _Refs:
@@ -1553,13 +1598,43 @@ def _check_fown(fd: dict, refs: "_Refs", what: str) -> None:
         refs.check(what, "process", fd["async_owner"], f"its signal owner (F_SETOWN) {fd['async_owner']}")
 
 
+def _check_ctty_node(doc: dict, node, mounts: dict, what: str) -> None:
+    """A leader's terminal node (engine/ctty.py): on mounts of the image, naming a pty object."""
+    from engine.fds import pty
+    pty.check_node(node, what)
+    for mnt in (node["mnt"], node["ptmx"]["mnt"]):
+        if mnt not in mounts:
+            _fail(f"{what}: unknown mount {mnt}")
+    if (doc.get("objects") or {}).get(node["obj"], {}).get("kind") != "pty":
+        _fail(f"{what}: {node['obj'][:40]!r} is no pty of the image")
+    _check_own_pty(doc, node, mounts, what)
+
+
+def _check_own_pty(doc: dict, node: dict, mounts: dict, what: str) -> None:
+    """A terminal a stand-in takes (TIOCSCTTY) through a node of a pty of the tree: only the node of
+    that pty's number on a devpts the restore makes (never a host terminal on an external one)."""
+    m = mounts.get(node.get("mnt"))
+    if m is None:
+        _fail(f"{what}: unknown mount {str(node.get('mnt'))[:40]}")
+    sb = doc["superblocks"].get(m.get("sb"), {})
+    # (its path in the superblock: a pty bound as /dev/console is its mount's root, "/N")
+    in_sb = m.get("root", "/") if node["path"] == "/" else str(m.get("root", "/")).rstrip("/") + node["path"]
+    if sb.get("fstype") != "devpts" or sb.get("external") or m.get("external") is not None \
+            or in_sb.rsplit("/", 1)[-1] != str(doc["objects"][node["obj"]].get("index")):
+        _fail(f"{what}: not the node of its pty on a devpts mount the restore makes")
+
+
 def _check_sessions(doc: dict) -> None:
     """The sessions and process groups of the processes and zombies (made after them) can be made
-    (engine/sessions.py: the stand-ins only inherit, setsid and setpgid)."""
+    (engine/sessions.py: the stand-ins only inherit, setsid and setpgid), and so can the controlling
+    terminals of the members of sessions (engine/ctty.py)."""
     problem = sessions.plan(zombies.in_order(doc["processes"], doc.get("zombies") or ())).problem
     if problem is not None:
         what = {"session": "session", "pgrp": "process group", "foreground": "terminal's foreground group"}[problem[1]]
         _fail(f"process {problem[0]}: its {what} {problem[2]} can be neither inherited nor made (engine/sessions.py)")
+    problem = ctty.plan(doc["processes"]).problem
+    if problem is not None:
+        _fail(f"process {problem[0]}: its controlling terminal cannot be made ({problem[1]}: engine/ctty.py)")
 
 
 def _check_zombies(doc: dict) -> None:

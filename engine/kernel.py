@@ -29,10 +29,12 @@ def undeleted(path: str) -> tuple[str, bool]:
 _ARCH = os.uname().machine
 if _ARCH == "x86_64":
     NR = dict(setns=308, unshare=272, pivot_root=155, name_to_handle_at=303, open_by_handle_at=304,
-              statx=332, mount=165, umount2=166, setgroups=116, setresuid=117, setresgid=119, tgkill=234)
+              statx=332, mount=165, umount2=166, setgroups=116, setresuid=117, setresgid=119, tgkill=234,
+              rt_sigaction=13)
 elif _ARCH in ("aarch64", "arm64"):
     NR = dict(setns=268, unshare=97, pivot_root=41, name_to_handle_at=264, open_by_handle_at=265,
-              statx=291, mount=40, umount2=39, setgroups=159, setresuid=147, setresgid=149, tgkill=131)
+              statx=291, mount=40, umount2=39, setgroups=159, setresuid=147, setresgid=149, tgkill=131,
+              rt_sigaction=134)
 else:  # pragma: no cover - other architectures are not supported yet
     raise ImportError(f"mntcr: unsupported architecture {_ARCH}")
 NR.update(open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
@@ -729,7 +731,17 @@ def take_ignored_signals(ignored: int) -> None:
         try:
             signal.signal(sig, signal.SIG_IGN if ignored >> (sig - 1) & 1 else signal.SIG_DFL)
         except (OSError, ValueError):
-            pass   # (the C library's own, 32 and 33)
+            # The C library's own, 32 and 33, which its sigaction() refuses to touch: processes a
+            # program forked while ignoring every signal (make's jobs) ignore them too.
+            if ignored >> (sig - 1) & 1:
+                _ignore_raw(sig)
+
+
+def _ignore_raw(sig: int) -> None:
+    """Ignore signal `sig` with the raw rt_sigaction (struct k_sigaction: handler, flags, restorer,
+    mask); the stand-in runs no C library code that would wait for its handler of it afterwards."""
+    act = struct.pack("=QQQQ", 1, 0, 0, 0)   # SIG_IGN
+    syscall("rt_sigaction", ctypes.c_int(sig), act, None, ctypes.c_size_t(8))
 
 
 # (their numbers in the kernel's order; engine/image.py RLIMITS names the same)

@@ -178,14 +178,12 @@ def deleted_file(where: str, sb: dict | None, mode: int) -> None:
                                            "symlinks and directories are supported")
 
 
-def deleted_mapping(where: str, sb: dict | None, mode: int, nlink: int) -> None:
+def deleted_mapping(where: str, sb: dict | None, mode: int) -> None:
     """Refuse a file a process maps under a deleted name (`where` names it) that restore cannot map
-    again: what `deleted_file` refuses, and a deleted name of a file that keeps `nlink` other names on
-    a superblock whose files are archived (a ghost is made only of a file no name holds)."""
+    again: what `deleted_file` refuses. (A deleted name of a file that keeps another name is mapped
+    from that name, as an fd is opened: placement.want_linked; glibc's sem_open maps its temporary
+    name, unlinked once the semaphore's name is linked.)"""
     deleted_file(where, sb, mode)
-    if nlink and fs.lookup(sb["fstype"]).content:
-        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a deleted name of a file that has {nlink} other name(s): "
-                                           "a mapping of it is not supported yet")
 
 
 def executable(where: str, mode: int, noexec: bool) -> None:

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, sessions, threads
+from engine import ctty, deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, sessions, threads
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -71,8 +71,13 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             if fd_entry.pop("placed"):
                 fd_entry.update(_place_fd(pid, f, mounts_by_id, ghost_ctx))
             entry["fds"].append(fd_entry)
-        if entry["sid"] == pid and any((f.get("kind") == "ctty" and "tty" in f) or f.get("ctty") is True
-                                       for f in entry["fds"]):
+        if entry["sid"] == pid and not ctty.leader_takes(entry):
+            # (a leader holding no fd on its terminal: it takes it again through its node, engine/ctty.py)
+            node = ctty.node_of(pid, fdtable, lambda path, mnt, what, pid=pid: place(
+                {"abs": path, "mnt": mnt}, mounts_by_id, pid, what), ns_data[ino]["mounts"])
+            if node is not None:
+                entry["ctty_node"] = node
+        if entry["sid"] == pid and ctty.leader_takes(entry):
             fg = sessions.foreground(pid)   # (its terminal is restored: so is the job in its foreground)
             if fg is not None and fg != entry["pgid"]:
                 entry["tty_fg"] = fg
@@ -114,7 +119,7 @@ def _place_maps(pid: int, maps: list, mounts_by_id: dict, ghost_ctx, unplaced: l
             continue   # (not mapped any more: a process of the tree is stopped, so it exited)
         where = f"process {pid} mapping ({path})"
         sb = None if m is None else superblocks[mntns_sb(mntns_doc, mnt)]
-        hook(mountrules.deleted_mapping, where, sb, st.st_mode, st.st_nlink)   # (asked before the stop too)
+        hook(mountrules.deleted_mapping, where, sb, st.st_mode)   # (asked before the stop too)
         if not is_beneath(target, m.mountpoint):
             raise DumpError(errno.EOPNOTSUPP, f"{where}: not beneath {m.mountpoint}, where its mount "
                                               f"{mnt} is: not supported")
@@ -184,29 +189,33 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
 
 
 def want_linked(ns_data, mounts_by_id, mntns_doc, superblocks, plan) -> dict[str, str]:
-    """For each file a process holds open under a deleted name while it still has another name on
-    a filesystem whose files are archived, ask the archiving step for that other name; returns the
-    dict it fills: "dev:ino" -> the name's path in its superblock (see _fd_ghost)."""
+    """For each file a process holds open or maps under a deleted name while it still has another
+    name on a filesystem whose files are archived, ask the archiving step for that other name;
+    returns the dict it fills: "dev:ino" -> the name's path in its superblock (see _fd_ghost)."""
     found: dict[str, str] = {}
     for data in ns_data.values():
         for pid, pdata in data["procs"].items():
-            for f in pdata["fds"]:
-                m = mounts_by_id.get(f.get("mnt_id"))
-                if m is None or not f["target"].endswith(kernel.DELETED) or not stat.S_ISREG(f["mode"]):
+            held = [(f.get("mnt_id"), f["target"], f"fd/{f['fd']}", f"fd {f['fd']}") for f in pdata["fds"]
+                    if stat.S_ISREG(f["mode"])]
+            held += [(mnt, path, link, "mapping") for path, mnt, link, _visible in pdata["maps"]]
+            for mnt, target, link, what in held:
+                m = mounts_by_id.get(mnt)
+                if m is None or not target.endswith(kernel.DELETED):
                     continue
                 try:
-                    st = os.stat(f"/proc/{pid}/fd/{f['fd']}")
+                    st = os.stat(f"/proc/{pid}/{link}")
                 except OSError:
                     continue
                 sid = mntns_sb(mntns_doc, m.mnt_id)
                 handler = fs.lookup(superblocks[sid]["fstype"])
-                if not st.st_nlink or superblocks[sid]["external"] or handler is None or not handler.content:
+                if (not st.st_nlink or not stat.S_ISREG(st.st_mode) or superblocks[sid]["external"]
+                        or handler is None or not handler.content):
                     continue
                 key = f"{st.st_dev}:{st.st_ino}"
                 if key not in found:
                     found[key] = ""
                     plan.want_file(sid, st.st_ino, lambda path, key=key: found.__setitem__(key, path),
-                                   f"process {pid} fd {f['fd']} ({f['target']}): a deleted name of a file "
+                                   f"process {pid} {what} ({target}): a deleted name of a file "
                                    f"that has {st.st_nlink} other name(s), none of them on a mount of the tree "
                                    "whose files are dumped")
     return found

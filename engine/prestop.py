@@ -34,8 +34,11 @@ tree already shows is checked here first, with the line dump would give:
   its layers (a lazily unmounted overlay: its options and layers are read as plan reads them), a file no external
   mount reaches, one that cannot be located; not asked when a namespace was seen only through a
   chrooted process, whose mountinfo leaves out the mounts outside its root);
+- a mount of the file of a unix socket a process of the tree is bound to (`_check_socket_binds`);
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
+- System V IPC objects and POSIX message queues of the tree's ipc namespaces beyond what an image
+  keeps, and a queue a process is notified on (engine/sysvipc.py);
 - threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
   capabilities other than their process's; checked again once the tree is stopped), and,
   before anything else, a process whose main thread has exited while its threads run.
@@ -53,7 +56,7 @@ import os
 import stat
 
 from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
-                    nsinspect, threads, userns_cr)
+                    nsinspect, sysvipc, threads, userns_cr)
 from engine.dumperror import DumpError
 from engine.fds import FdError
 
@@ -172,6 +175,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         # (locks first: the detached-mount check opens files on the running tree, which breaks a
         # write lease this refuses)
         filelocks.precheck(pids)
+        sysvipc.precheck(pids)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
         _roots(view)
         _check_types(view, ext_mnts, root_ns)
@@ -182,9 +186,10 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_probes(view, pids, names)
         _check_ghost_names(view)
         _check_fds(pids, view, leave_running, set(ext_files))
+        _check_socket_binds(pids, view)
         for pid in pids:
             threads.check(pid)
-    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError) as e:
+    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
 
@@ -452,6 +457,56 @@ def _check_ghost_names(view: View) -> None:
                 mountrules.ghost_names(e, first[0], first[1] == (st.st_dev, st.st_ino))
 
 
+def _check_socket_binds(pids: list[int], view: View) -> None:
+    """Refuse a mount whose root is the file of a unix socket a process of the tree is bound to
+    (/dev/log of a syslogd of the tree bound into another namespace, a sandbox's bind of a proxy's
+    socket): restore binds the socket anew, a new file, and the mount would keep the old one,
+    deleted (the mount's root "//deleted", nobody listening behind it). Not supported yet."""
+    socks: dict[tuple[int, int], tuple[str, dict]] = {}
+    for ns_name, doc in view.mntns_doc.items():
+        first = (view.ns_pids.get(ns_name) or (None,))[0]
+        for e in doc["mounts"] if first is not None else ():
+            try:
+                st = os.stat(f"/proc/{first}/root{e['mountpoint']}", follow_symlinks=False)
+            except OSError:
+                continue
+            if stat.S_ISSOCK(st.st_mode):
+                socks[(st.st_dev, st.st_ino)] = (ns_name, e)
+    if not socks:
+        return
+    from engine.fds import unix_diag
+    seen_net: set[int] = set()
+    for pid in pids:
+        try:
+            net = os.stat(f"/proc/{pid}/ns/net").st_ino
+            if net in seen_net:
+                continue
+            seen_net.add(net)
+            diag = unix_diag.diag_in(pid)
+        except (OSError, forkrun.ChildError):
+            continue
+        held = set()
+        for p in pids:
+            try:
+                for n in os.listdir(f"/proc/{p}/fd"):
+                    link = os.readlink(f"/proc/{p}/fd/{n}")
+                    if link.startswith("socket:["):
+                        held.add(int(link[8:-1]))
+            except OSError:
+                continue
+        for ino, rec in diag.items():
+            vfs = rec.get("vfs")
+            if ino not in held or not vfs:
+                continue
+            key = (os.makedev(vfs[1] >> 20, vfs[1] & 0xfffff), vfs[0])
+            if key in socks:
+                ns_name, e = socks[key]
+                raise DumpError(errno.EOPNOTSUPP, f"mount {e['id']} ({e['mountpoint']}) of {ns_name}: a bind of the "
+                                                  "file of a unix socket a process of the tree is bound to; restore "
+                                                  "binds the socket anew and the mount would keep the old file: not "
+                                                  "supported yet")
+
+
 def _open_mount(view: View, ns_name: str, e: dict, flags: int = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) -> int | None:
     """An fd on the root of mount `e` of namespace `ns_name`: its mount point when that leads to it,
     else a detached clone made in a copy of the namespace; None when neither can be had."""
@@ -687,7 +742,7 @@ def _check_deleted_maps(pid: int, view: View) -> None:
         sid = None if m is None else view.sb_of_dev[m.dev]
         if sid not in view.unsure:
             mountrules.deleted_mapping(f"process {pid} mapping ({target})",
-                                       None if sid is None else view.superblocks[sid], st.st_mode, st.st_nlink)
+                                       None if sid is None else view.superblocks[sid], st.st_mode)
 
 
 def _check_exe(pid: int, view: View) -> None:

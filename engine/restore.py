@@ -52,12 +52,12 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 from operator import itemgetter
 
-from engine import (channel, construct, content, deadpid, features, filelocks, filler, forkrun, fs, ghosts, hostidmap,
-                    image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin, strategy, subids,
-                    userns_cr, userns_groups, zombies)
+from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
+                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin,
+                    strategy, subids, sysvipc, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
-from engine.fds import sys as fsys
+from engine.fds import pty, sys as fsys
 from engine.fdmaker import FdMaker
 from engine.image import is_beneath, rel_to
 
@@ -210,6 +210,10 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
                        if (sb.get("device") or {}).get("key") and not sb.get("external")}
                     | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
     missing = [k for k in needed if k not in ext]
+    if root is not None and "root" not in needed:
+        # (criu's users give --root always; here a root made inside the tree comes from the image)
+        os.write(2, f"mntcr restore: note: --root {root} is not used: the image makes its root mount itself "
+                    "(a filesystem whose files it holds, not a directory from outside the tree)\n".encode())
     if missing:
         hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
                          else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
@@ -580,79 +584,159 @@ class _Restorer:
         # (engine/sessions.py, zombies made after every live process: engine/zombies.py; the image
         # checker refused what it cannot make)
         self.jobs = sessions.plan(zombies.in_order(procs, dead))
+        self.cttys = ctty.plan(procs)   # (members with their leader's terminal: forked late, late_standins)
+        late = set(self.cttys.late)
         for p in procs:
-            parent = by_pid.get(p.get("ppid"))
-            ppidns = parent["ns"]["pid"] if parent else None
-            # Namespaces another user namespace made: made there now, joined below (engine/userns_cr.py).
-            self._users_call(self.users.premade, p, self.nsfd_of, self._uts_names, self.hostproc)
-            if parent is None:
-                mode = "same" if "pid" in p.get("host_ns", ()) else \
-                    "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
-            elif p["ns"]["pid"] == ppidns:
-                mode = "same"
-            elif ("pid", p["ns"]["pid"]) in self.nsfd_of:
-                mode = "join"
-            else:
-                mode = "new"
-            ours, theirs = channel.Channel.pair()
-            fds = [theirs.fileno()]
-            if mode == "join":
-                fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
-            in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
-            groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
-            if parent is None:
-                root = "session" if p["pid"] in self.jobs.setsid else True
-                if in_userns is None:
-                    hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root)
-                else:
-                    hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
-                                                 in_userns, root=root, groups=groups)
-            else:
-                pchan = self.chans[parent["pid"]]
-                before = self._children_of(self.hostpid[parent["pid"]])
-                alone = self.jobs.orphans.get(p["pid"])   # (in a session or group whose leader is gone)
-                if in_userns is None:
-                    pchan.call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
-                else:
-                    pchan.call(("spawn_in_userns", mode, groups, alone), [fds[0], in_userns, *fds[1:]])
-                new = self._children_of(self.hostpid[parent["pid"]]) - before
-                if len(new) != 1:
-                    raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
-                hp = new.pop()
-            theirs.close()
-            self.chans[p["pid"]] = ours
-            self.hostpid[p["pid"]] = hp
-            if groups is not None and in_userns is None:
-                ours.call(("groups", groups), [])
-            self._job(p, parent)
-            step("spawn")
-            if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
-                self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-            for kind in _OTHER_NS:
-                nsid = p["ns"][kind]
-                inherited = parent["ns"][kind] if parent else None
-                if parent is None and kind in p.get("host_ns", ()):
-                    action, fds = None, []
-                elif nsid == inherited:
-                    action, fds = None, []
-                elif kind in p.get("host_ns", ()):
-                    action, fds = "join", [own[kind]]
-                elif (kind, nsid) in self.nsfd_of:
-                    action, fds = "join", [self.nsfd_of[(kind, nsid)]]
-                else:
-                    action, fds = "new", []
-                names = self._uts_names(nsid) if kind == "uts" and action == "new" else None
-                if action:
-                    ours.call(("ns", kind, action, names), fds)
-                if (kind, nsid) not in self.nsfd_of:
-                    self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+            if p["pid"] not in late:
+                self._spawn_one(p, by_pid.get(p.get("ppid")), own, early_groups)
         for fd in own.values():
             os.close(fd)
-        for z in dead:
+        if not late:
+            self._after_spawn(by_pid)
+
+    def _after_spawn(self, by_pid: dict) -> None:
+        """Once every live process's stand-in exists: the zombies', the process groups whose leader
+        came later, then the zombies die."""
+        for z in self.doc.get("zombies") or ():
             self._spawn_zombie(z, by_pid[z["ppid"]])
         for pid, leader in self.jobs.later:
             self._setpgid(pid, leader)
         self._end_zombies(by_pid)
+
+    def make_sysvipc(self) -> None:
+        """The System V IPC objects of each restored ipc namespace (engine/sysvipc.py)."""
+        for nsid, objs in (self.doc.get("sysvipc") or {}).items():
+            fd = self.nsfd_of.get(("ipc", nsid))
+            # (never the restorer's own: the host's objects are not the image's to make)
+            if fd is None or os.fstat(fd).st_ino == os.stat("/proc/self/ns/ipc").st_ino:
+                raise RestoreError(errno.EINVAL, f"ipc namespace {nsid}: not made by this restore")
+            try:
+                sysvipc.make(fd, objs, self.hostproc)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
+
+    def late_standins(self) -> None:
+        """Controlling terminals (engine/ctty.py), once every mount exists: each session leader takes
+        its terminal, then the stand-ins of the members that have it (and their descendants) are
+        forked, inheriting it; a late leader takes its own right after its stand-in exists."""
+        late = set(self.cttys.late)
+        procs = self.doc["processes"]
+        by_pid = {p["pid"]: p for p in procs}
+        for pid in self.cttys.takes:
+            if pid not in late:
+                self._take_ctty(by_pid[pid])
+        if not late:
+            return
+        for p in procs:
+            if p["pid"] in late:
+                self._spawn_one(p, by_pid.get(p.get("ppid")), {}, {})
+                if p["pid"] in self.cttys.takes:
+                    self._take_ctty(p)
+        self._after_spawn(by_pid)
+
+    def _take_ctty(self, p: dict) -> None:
+        """Leader p's stand-in takes its terminal (TIOCSCTTY), the slave of a pty of the tree opened on
+        its restored devpts (its master opened now, kept for the fd stage: self.made), or the node its
+        /dev/tty named; its fds take it again later (engine/fds/pty.py: a no-op then)."""
+        e = p.get("ctty_node") or next(f for f in p["fds"] if (f.get("kind") == "ctty" and "tty" in f)
+                                       or (f.get("kind") == "pty" and f.get("ctty") is True))
+        node = e["tty"] if e.get("kind") == "ctty" else {"mnt": e["mnt"], "path": e["path"]}
+        try:
+            if "obj" in e and "ptmx" in e:
+                self._pty_master(e["obj"], e["ptmx"])
+            slave = self.open_at(node["mnt"], node["path"], os.O_RDWR | os.O_NOCTTY)
+            try:
+                self.chans[p["pid"]].call(("kind", "pty", "ctty_slave", {}), [slave])
+            finally:
+                os.close(slave)
+        except OSError as err:
+            raise RestoreError(err.errno or errno.EIO, f"process {p['pid']}: taking its controlling terminal "
+                                                       f"{node['path']}: {err.strerror or err}") from None
+
+    def _pty_master(self, obj: str, ptmx: dict) -> None:
+        """Master of pty `obj` opened through its ptmx and unlocked, kept in self.made (the fd stage
+        gives it to the process holding it: engine/fds/pty.py)."""
+        index = self.doc["objects"][obj]["index"]
+
+        def open_ptmx():
+            return self.open_at(ptmx["mnt"], ptmx["path"], os.O_RDWR | os.O_NOCTTY)
+
+        probe = open_ptmx()
+        try:
+            pool = self.made.setdefault(pty.peer_dev(probe), {})
+        finally:
+            os.close(probe)
+        if index not in pool:
+            pool.update(pty.open_until(open_ptmx, index))
+        pty.unlock(pool[index])
+
+    def _spawn_one(self, p: dict, parent: dict | None, own: dict, early_groups: dict) -> None:
+        """The stand-in of process p, forked by its parent's (the root's by us), in its session and
+        group and namespaces."""
+        ppidns = parent["ns"]["pid"] if parent else None
+        # Namespaces another user namespace made: made there now, joined below (engine/userns_cr.py).
+        self._users_call(self.users.premade, p, self.nsfd_of, self._uts_names, self.hostproc)
+        if parent is None:
+            mode = "same" if "pid" in p.get("host_ns", ()) else \
+                "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
+        elif p["ns"]["pid"] == ppidns:
+            mode = "same"
+        elif ("pid", p["ns"]["pid"]) in self.nsfd_of:
+            mode = "join"
+        else:
+            mode = "new"
+        ours, theirs = channel.Channel.pair()
+        fds = [theirs.fileno()]
+        if mode == "join":
+            fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
+        in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
+        groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
+        if parent is None:
+            root = "session" if p["pid"] in self.jobs.setsid else True
+            if in_userns is None:
+                hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root)
+            else:
+                hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
+                                             in_userns, root=root, groups=groups)
+        else:
+            pchan = self.chans[parent["pid"]]
+            before = self._children_of(self.hostpid[parent["pid"]])
+            alone = self.jobs.orphans.get(p["pid"])   # (in a session or group whose leader is gone)
+            if in_userns is None:
+                pchan.call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
+            else:
+                pchan.call(("spawn_in_userns", mode, groups, alone), [fds[0], in_userns, *fds[1:]])
+            new = self._children_of(self.hostpid[parent["pid"]]) - before
+            if len(new) != 1:
+                raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
+            hp = new.pop()
+        theirs.close()
+        self.chans[p["pid"]] = ours
+        self.hostpid[p["pid"]] = hp
+        if groups is not None and in_userns is None:
+            ours.call(("groups", groups), [])
+        self._job(p, parent)
+        step("spawn")
+        if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
+            self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        for kind in _OTHER_NS:
+            nsid = p["ns"][kind]
+            inherited = parent["ns"][kind] if parent else None
+            if parent is None and kind in p.get("host_ns", ()):
+                action, fds = None, []
+            elif nsid == inherited:
+                action, fds = None, []
+            elif kind in p.get("host_ns", ()):
+                action, fds = "join", [own[kind]]
+            elif (kind, nsid) in self.nsfd_of:
+                action, fds = "join", [self.nsfd_of[(kind, nsid)]]
+            else:
+                action, fds = "new", []
+            names = self._uts_names(nsid) if kind == "uts" and action == "new" else None
+            if action:
+                ours.call(("ns", kind, action, names), fds)
+            if (kind, nsid) not in self.nsfd_of:
+                self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
 
     def _spawn_zombie(self, z: dict, parent: dict) -> None:
         """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces (init of a new
@@ -718,25 +802,34 @@ class _Restorer:
             fd = next((f["fd"] for f in p["fds"] if (f.get("kind") == "ctty" and "tty" in f)
                        or (f.get("kind") == "pty" and f.get("ctty"))), None)
             try:
-                if fd is None:
+                if fd is None and "ctty_node" not in p:
                     raise OSError(errno.EINVAL, "it holds no /dev/tty")
                 member = sessions.foreground_member(self.doc["processes"], p)
                 of = sessions.pid_in(self.hostpid[member], self.hostpid[p["pid"]], self.hostproc)
-                self.chans[p["pid"]].call(("foreground", fd, of), [])
+                if fd is not None:
+                    self.chans[p["pid"]].call(("foreground", fd, of), [])
+                else:   # (no fd on its terminal: through its slave, opened for this, engine/ctty.py)
+                    node = p["ctty_node"]
+                    slave = self.open_at(node["mnt"], node["path"], os.O_RDWR | os.O_NOCTTY)
+                    try:
+                        self.chans[p["pid"]].call(("kind", "pty", "foreground", {"of": of}), [slave])
+                    finally:
+                        os.close(slave)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: giving its terminal to process group "
                                                          f"{p['tty_fg']}: {e.strerror or e}") from None
 
-    @staticmethod
-    def _children_of(pid: int) -> set[int]:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
+    def _children_of(self, pid: int) -> set[int]:
+        # (through the host's /proc: late stand-ins are forked once the mounts are made)
+        with open(os.open(f"{pid}/task/{pid}/children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)) as f:
             return {int(x) for x in f.read().split()}
 
     def _standin_in(self, kind: str, nsid: str, owner: str | None = None) -> channel.Channel:
         """The channel of a stand-in in `kind` namespace nsid; for making a superblock there, one
         that stands in the user namespace `owner` owning it (None: the restorer's) when there is
         one (stand-ins that made namespaces inside theirs start in it: engine/userns_cr.py)."""
-        found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid]
+        # (a stand-in forked late, engine/ctty.py, is not there yet: its parent is, in its namespaces)
+        found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid and p["pid"] in self.chans]
         if not found:
             raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
         best = next((p for p in found if self.users.stands_in(p) == owner), found[0])
@@ -1098,7 +1191,8 @@ class _Restorer:
         # Tagged with the namespace of the processes that see the mount: made by one of them that
         # stands in the user namespace owning it, else by any stand-in in that namespace that does.
         ns_id = self.ns_of_mount[user["id"]]
-        seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id] or self.doc["processes"][:1]
+        seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id and p["pid"] in self.chans] \
+            or self.doc["processes"][:1]
         p = next((p for p in seers if self.users.stands_in(p) == sb.get("owner")), None)
         if p is None and handler.ns in seers[0]["ns"]:
             return self._standin_in(handler.ns, seers[0]["ns"][handler.ns], sb.get("owner"))
@@ -2308,6 +2402,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r._users_call(r.users.make_userns)
     r.start_yard()
     r.spawn_standins()
+    r.make_sysvipc()
     r.open_externals()
     r.create_superblocks()
     if strategy.current().sharing == "construct":
@@ -2317,6 +2412,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.restore_sharing()
     r.join_files()  # processes open files: all of them must be there
     r.seal()
+    r.late_standins()
     r.place_processes()
     r.foreground_jobs()
     r.take_locks()

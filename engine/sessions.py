@@ -57,7 +57,7 @@ def ids_of(tree) -> dict[int, tuple[int, int]]:
 def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
     """Why the sessions and groups of `tree` ([(pid, ppid)], parents first; `ids`: pid -> (sid, pgid))
     cannot be made again (one line naming the process and what to do), or None. The foreground group
-    of a leader's terminal counts when the leader holds /dev/tty (its terminal is restored then)."""
+    of a leader's terminal counts when the leader has a terminal (restored: engine/ctty.py)."""
     procs = [{"pid": pid, "ppid": ppid, "sid": ids[pid][0], "pgid": ids[pid][1]} for pid, ppid in tree if pid in ids]
     for p in procs:
         if p["sid"] == p["pid"] and _holds_terminal(p["pid"]):
@@ -86,11 +86,13 @@ def refusal(tree, ids: dict[int, tuple[int, int]]) -> str | None:
 
 
 def _holds_terminal(pid: int) -> bool:
-    """Does leader `pid` hold its terminal as /dev/tty, or as the pty slave that is its controlling
-    terminal (both restored: engine/fds/pty.py)? One scan of its fds for both."""
-    from engine.fds import pty
-    rdevs = pty.char_rdevs(pid)
-    return os.makedev(5, 0) in rdevs or pty.holds_ctty_slave(pid, rdevs)
+    """Has leader `pid` a controlling terminal? Restore gives it back (through an fd it holds on
+    it, or its node: engine/ctty.py), or dump refuses it before the stop."""
+    from engine import ctty
+    try:
+        return ctty.tty_nr(pid) != 0
+    except OSError:
+        return False
 
 
 def _foreground_or_none(pid: int) -> int | None:

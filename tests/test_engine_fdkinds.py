@@ -1267,18 +1267,37 @@ def test_dev_tty_of_a_session_leader(case):
         os.close(master)
 
 
-def test_dev_tty_of_a_session_member_refused(case):
-    """/dev/tty held by a process of the session that does not lead it: a stand-in cannot join the
-    restored session, so dump refuses naming the fd, before it stops the tree."""
-    pid = case.start(STOP_WATCH + _CTTY_SETUP.replace("LEADER_ONLY", "0"))
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"process \d+ fd \d+ \(/dev/tty\): /dev/tty of a process that does not lead its session"
-                     r" \(session \d+\): .*; run the program that opens /dev/tty as its session's leader .*; the tree "
-                     r"keeps running", str(err.value)), err.value
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
-    with open(f"/proc/{pid}/stat") as f:
-        assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
+def test_dev_tty_of_a_session_member(case):
+    """/dev/tty held by a process of the session that does not lead it (a job of a shell that opens
+    its terminal): it has its leader's terminal. After restore it still has it (its stand-in is
+    forked once its leader took the terminal: engine/ctty.py; the snapshot compares each process's
+    terminal), and what it writes to its /dev/tty fd comes out of the master."""
+    state = case.roundtrip(_CTTY_SETUP.replace("LEADER_ONLY", "0"))[-1]
+    kid = _first_child(state.pid)
+    member = _first_child(kid)
+    assert os.readlink(f"/proc/{member}/fd/11") == "/dev/tty"
+    with open(f"/proc/{member}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    assert (int(fields[3]), os.major(int(fields[4])), os.minor(int(fields[4]))) == (kid, 136, 0), fields
+    from engine.fds import sys as fsys
+    import fcntl
+    pidfd = os.pidfd_open(member)
+    try:
+        mine = fsys.pidfd_getfd(pidfd, 11)
+    finally:
+        os.close(pidfd)
+    pidfd = os.pidfd_open(state.pid)
+    try:
+        master = fsys.pidfd_getfd(pidfd, 20)
+    finally:
+        os.close(pidfd)
+    try:
+        os.write(mine, b"a member through /dev/tty\n")
+        fcntl.fcntl(master, fcntl.F_SETFL, os.O_NONBLOCK)
+        assert b"a member through /dev/tty" in os.read(master, 100)
+    finally:
+        os.close(mine)
+        os.close(master)
 
 
 def test_netlink_sockets(case):
@@ -1611,15 +1630,28 @@ os.dup2(ls.fileno(), 20); ls.close()
 """
 
 
-def test_listener_that_a_later_holder_listened_on_refused_unstopped(case):
+def test_listener_that_a_later_holder_listened_on(case):
     """The root holds a socket its child (holding it too, a live process of the tree) listened on:
-    restore listens in the first holder's stand-in (the root's), whose pid clients would see:
-    refused before the stop, naming both."""
-    from test_engine_prestop import _refused_unstopped
-    pid = case.start(STOP_WATCH + py_hold(_LISTENS_IN_CHILD))
-    _refused_unstopped(case, pid, r"process \d+ fd 20 \(socket:\[\d+\]\): a listener that process \d+ of the tree "
-                                  r"listened on, which its first holder \d+ would listen on at restore \(its clients "
-                                  r"would see that process as the server\): not supported")
+    restore makes it in the first holder's stand-in (the root's) and listens in the child's, so
+    its clients see the child as the server (SO_PEERCRED), as they did. (It was refused: the
+    root's stand-in listened, and clients saw the root.)"""
+    before, after = case.roundtrip(py_hold(_LISTENS_IN_CHILD))
+    lines = [line for p in after.snap.procs for line in p.fds if "name='/run/l.sock'" in line]
+    assert len(lines) == 2 and all("peercred=pid:P1 " in line for line in lines), lines
+
+
+def test_listened_by_needs_a_live_listener():
+    """The validator: 'listened_by' (the process restore listens in) only with the ids it listened
+    with, not with 'cred_gone', and a pid."""
+    from engine.fds import unix_check
+    from engine.image import ImageError
+    good = {"type": "stream", "listen": 5, "cred": [0, 0]}
+    unix_check.check({**good, "listened_by": 7}, "fd 3")
+    for bad in ({"listened_by": 7, "cred_gone": True}, {"listened_by": "7"}, {"listened_by": 0}):
+        with pytest.raises(ImageError, match="listened_by"):
+            unix_check.check({**good, **bad}, "fd 3")
+    with pytest.raises(ImageError, match="listened_by"):
+        unix_check.check({"type": "stream", "listen": 5, "listened_by": 7}, "fd 3")
 
 
 def test_listener_held_only_by_the_child_that_listened(case):

@@ -92,3 +92,47 @@ def test_one_and_no_compared_field():
     assert One(1, "x") == One(1, "y") and hash(One(1)) == hash(One(1, "z")) and One(1) != One(2)
     assert pickle.loads(pickle.dumps(One(1, "x"))).note == "x"
     assert Nothing() == Nothing() and repr(Nothing()) == "Nothing()"
+
+
+def _made(cls, args, kwargs):
+    """What cls(*args, **kwargs) gives: the record's fields, or the TypeError's text."""
+    try:
+        obj = cls(*args, **kwargs)
+    except TypeError as e:
+        return ("TypeError", str(e).split("__init__() ", 1)[-1])
+    return ("ok", {f.name: getattr(obj, f.name) for f in fields(cls)})
+
+
+CALLS = [((), {}), (("x",), {}), (("x", True), {}), (("x",), {"items": frozenset({1})}),
+         (("x", True, frozenset(), 5), {}), (("x", True, frozenset(), 5, 6), {}), (("x",), {"nope": 1}),
+         (("x",), {"name": "y"}), ((), {"name": "y", "extra": 0}), ((), {"flag": False})]
+
+
+def _fresh(name: str) -> type:
+    """A new class with Child's fields (a record is made of it once: each test its own)."""
+    return type(name, (), {"__annotations__": {"name": "str", "flag": "bool", "items": "frozenset", "extra": "int"},
+                           "flag": True, "items": field(default_factory=frozenset), "extra": 3})
+
+
+def test_the_first_instances_are_made_as_the_compiled_init_makes_them(monkeypatch):
+    """A class's first instances come from a loop over its fields (no compile), the later ones and
+    any refused call from its compiled __init__: the same fields, defaults, fresh factory values."""
+    import engine.records as records
+    for frozen in (True, False):
+        monkeypatch.setattr(records, "_COMPILE_AFTER", 1000)
+        loop = record(_fresh("L"), frozen=frozen)
+        well = [CALLS[i] for i in (1, 2, 3, 4, 8)]
+        assert [_made(loop, a, k)[0] for a, k in well] == ["ok"] * 5
+        assert loop.__init__.uses == 5, "the loop made the well-formed ones"
+        generic = [_made(loop, a, k) for a, k in CALLS]   # (a refusal: compiled from there on, its message)
+        monkeypatch.setattr(records, "_COMPILE_AFTER", 0)
+        comp = record(_fresh("C"), frozen=frozen)
+        compiled = [_made(comp, a, k) for a, k in CALLS]
+        assert comp.__init__.__code__.co_filename.startswith("<record "), "compiled at the first"
+        assert generic == compiled
+        assert sum(r[0] == "ok" for r in generic) == 5 and len({r[1] for r in generic if r[0] != "ok"}) == 4
+        a, b = loop("x"), loop("x")
+        assert a == b and a.items is not None and a.extra == 3
+        if frozen:
+            with pytest.raises(AttributeError):
+                a.name = "y"

@@ -7,7 +7,7 @@ fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
 stopped (state T), its umask and no_new_privs bit, its resource limits, whether it leads its session
-and process group. Which fds are one
+and process group, its controlling terminal and that terminal's foreground group. Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), which processes share a session and a
 process group (a partition, with its leader or "outside"), the zombies of the tree's processes
@@ -228,12 +228,17 @@ class Proc:
     sid: int = 0                 # its session and process group ids, as the runner sees them (never
     pgid: int = 0                # compared: `job` and the partition say what they mean)
     job: str = ""                # whether it leads its session and its process group (`_jobs`)
+    tty_nr: int = 0              # its controlling terminal's device (/proc/PID/stat; never compared:
+    tpgid: int = -1              # `ctty` says which terminal and whose group is in its foreground)
+    masters: frozenset = frozenset()   # the numbers of the pty masters it holds (fdinfo tty-index)
+    ctty: str = ""               # its controlling terminal, named (`_cttys`)
 
     def text(self) -> str:
         """The compared text of this process."""
         out = [f"comm: {self.comm!r}", f"threads: {len(self.threads)} {self.threads!r}"]
         out += ["state: stopped"] if self.stopped else []
         out += [f"job: {self.job}"] if self.job else []
+        out += [f"ctty: {self.ctty}"] if self.ctty else []
         out += [f"bits: {self.bits}"] if self.bits else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
         out += ["mounts:"]
@@ -400,6 +405,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().rsplit(b")", 1)[1].split()
         stopped, pgid, sid = stat[0] == b"T", int(stat[2]), int(stat[3])
+        tty_nr, tpgid = int(stat[4]), int(stat[5])
         status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
         rlimits = " ".join(f"{k}={s}:{h}" for k, (s, h) in sorted(kernel.read_rlimits(pid).items()))
@@ -407,6 +413,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         canon = topology.canonical(mounts)
         proc_mounts = {m.mnt_id: m for m in mounts if m.fstype == "proc"}
         fds = []
+        masters = set()
         tmpfiles: dict[str, str] = {}
         for fd in sorted(os.listdir(f"/proc/{pid}/fd"), key=int):
             try:
@@ -417,6 +424,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             extra = fdkinds.details(pid, int(fd), path)
             path = _ANON.sub(r"\1", path)
             flags = int(info.get("flags", "0"), 8) & ~_O_LARGEFILE
+            if "tty-index" in info:
+                masters.add(int(info["tty-index"]))
             # (who gets its signals, and which: engine/fown.py; with or without O_ASYNC)
             extra = f"{extra} {fdkinds.async_owner(pid, int(fd), flags)}".strip()
             if path.endswith(kernel.DELETED):
@@ -444,7 +453,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
                 fds=fds, ns=ns, maps=maps, threads=threads, stopped=stopped, bits=bits, rlimits=rlimits, sid=sid,
-                pgid=pgid, **user_side)
+                pgid=pgid, tty_nr=tty_nr, tpgid=tpgid, masters=frozenset(masters), **user_side)
 
 
 def _threads(pid: int) -> list[str]:
@@ -626,14 +635,45 @@ def _jobs(procs: list[Proc], dead: frozenset = frozenset()) -> None:
     leads a group of its own, which those of the tree in the outside group share (engine/sessions.py)."""
     pids = {p.pid for p in procs} | dead   # (a zombie leads its group still: `dead`, their pids)
     root = procs[0] if procs else None
+    outside = None
     if root is not None and root.pgid not in pids:
         outside = root.pgid
         for p in procs:
             if p.pgid == outside:
                 p.pgid = root.pid
     for p in procs:
+        if p.tpgid == outside:
+            p.tpgid = root.pid
+    for p in procs:
         p.job = " ".join(f"{what} " + ("leader" if n == p.pid else "member" if n in pids else "outside")
                          for what, n in (("session", p.sid), ("pgrp", p.pgid)))
+
+
+def _cttys(procs: list[Proc]) -> None:
+    """Each process's `ctty`: its controlling terminal by what it is (a pty by number, and whether a
+    process of the tree holds its master; /dev/console; a virtual console; none) and, for one, which
+    process group is in its foreground (its own, another of the tree by its members' names, or one
+    outside the tree). A member of a session loses its terminal silently when its stand-in is forked
+    before its leader took the terminal: this is what shows it (engine/ctty.py). Run after `_jobs`."""
+    held = set().union(*(p.masters for p in procs)) if procs else set()
+    for p in procs:
+        if not p.tty_nr:
+            p.ctty = "none"
+            continue
+        major, minor = (p.tty_nr >> 8) & 0xFFF, (p.tty_nr & 0xFF) | ((p.tty_nr >> 12) & 0xFFF00)
+        if 136 <= major < 144:
+            n = minor + (major - 136) * 256
+            name = f"pty {n} (master " + ("in the tree)" if n in held else "outside the tree)")
+        elif (major, minor) == (5, 1):
+            name = "/dev/console"
+        elif major == 4 and minor < 64:
+            name = f"virtual console {minor}"
+        else:
+            name = f"device {major}:{minor}"
+        members = sorted(q.comm for q in procs if q.pgid == p.tpgid)
+        fg = ("none" if p.tpgid <= 0 else "its own group" if p.tpgid == p.pgid
+              else f"the group of {','.join(members)}" if members else "a group outside the tree")
+        p.ctty = f"{name} foreground={fg}"
 
 
 def _job_partition(procs: list[Proc]) -> str:
@@ -756,6 +796,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     zombies = _zombies(pids)
     root_pgid = procs[0].pgid if procs else 0
     _jobs(procs, frozenset(z.pid for z in zombies))
+    _cttys(procs)
     procs.sort(key=lambda p: _PIDFD_ANY.sub("pidfd=", _OWNER.sub(r"\1=", _NSFD_INO.sub(r"\1:[]", p.text()))))
     _name_ns_fds(procs)
     return Snapshot(procs=procs, namespaces=_partition(procs) + _job_partition(procs),

@@ -96,6 +96,9 @@ class RestoreFd:
     pid_of: Callable | None = None
     # ns_fd(namespace id of the image) -> the restorer's fd on that restored namespace, or None.
     ns_fd: Callable | None = None
+    # standin_of(image pid) -> a `standin`-like call into that process's stand-in (this kind's
+    # hooks), or None when the image has no such process (a listener another process listened on).
+    standin_of: Callable | None = None
 
     @property
     def where(self) -> str:

@@ -14,13 +14,15 @@ An fd on /dev/tty (kind `ctty`: a shell opens it for job control, as the
 shell of a tmux pane does) is the process's controlling terminal under
 another name: its stand-in starts a session of its own, makes the restored
 slave its controlling terminal (TIOCSCTTY) and opens the /dev/tty node of
-the restored mount. Only for a process that leads its session (the one that
-acquired the terminal); other members of a session are refused. A session
+the restored mount. A member of the session (`member`) inherited the
+terminal already (its stand-in is forked once its leader took it:
+engine/ctty.py) and only opens the node. A session
 leader holding the slave that is its controlling terminal (`ctty` on the
 slave's entry: a shell on a container's console) takes it again the same way
-without /dev/tty. Not done: controlling terminals of session members (they
-get one only by a fork after their leader took it; stand-ins are forked
-before any terminal exists), data in flight.
+without /dev/tty.
+
+Bytes waiting in a pty (output not read from the master, input not read on
+the slave) are refused before the stop (`_refuse_unread`): not kept.
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def _matches(target: str, mode: int) -> bool:
                                                               or target.startswith("/dev/pts"))
 
 
-def _index(fd: int) -> int:
-    return struct.unpack("I", fcntl.ioctl(fd, TIOCGPTN, b"\0\0\0\0"))[0]
+def index_of(master: int) -> int:
+    """The number of the pty of master fd `master` (TIOCGPTN)."""
+    return struct.unpack("I", fcntl.ioctl(master, TIOCGPTN, b"\0\0\0\0"))[0]
 
 
 def _dump(d) -> dict:
@@ -60,13 +63,14 @@ def _dump(d) -> dict:
     key = ("pty", _instance(d, st))
     if _is_master(st.st_mode, st.st_rdev):
         c = d.copy()
-        index = _index(c)
+        index = index_of(c)
         _hold(d, key[1], index)
         obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
         o = d.objects.setdefault(obj, {"kind": "pty", "index": index})
         attrs = termios.tcgetattr(c)
         o["termios"] = attrs[:6] + [[x if isinstance(x, int) else ord(x) for x in attrs[6]]]
         o["winsize"] = list(struct.unpack("HHHH", fcntl.ioctl(c, termios.TIOCGWINSZ, b"\0" * 8)))
+        _refuse(_unread(d, "master", index))
         return {"obj": obj, "end": "master"}
     index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
     obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
@@ -82,6 +86,9 @@ def _dump(d) -> dict:
                                             "not supported")
         return {"obj": obj, "end": "slave", "orphan": True, "placed": False, "mnt": loc["mnt"], "path": loc["path"]}
     out = {"obj": obj, "end": "slave"}
+    unread = _unread(d, "slave", index)
+    if unread:
+        out["unread"] = unread   # (refused by _finish when the tree holds its master: restore makes the pty)
     if leads_on(d.pid, st.st_rdev):
         out["ctty"] = True   # (its stand-in takes it again as its controlling terminal: _ctty_slave_in)
     return out
@@ -132,20 +139,62 @@ def _hold(d, dev: int, index: int) -> None:
 
 
 def _precheck(d) -> None:
-    """Before the tree is stopped: the masters it holds (for mountrules.held_roots)."""
+    """Before the tree is stopped: the masters it holds (for mountrules.held_roots), and bytes
+    waiting to be read on either end of a pty the tree holds the master of (`_unread`)."""
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if _is_master(st.st_mode, st.st_rdev):
-        _hold(d, _instance(d, st), _index(d.copy()))
+        index = index_of(d.copy())
+        _hold(d, _instance(d, st), index)
+        _refuse(_unread(d, "master", index))
+    elif 136 <= os.major(st.st_rdev) < 144 and not undeleted(d.target)[1]:
+        index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
+        unread = _unread(d, "slave", index)
+        if unread:
+            key = (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", f"/{index}")
+            d.scratch.setdefault("pty_unread", []).append((key, unread))
+
+
+def _prefinish(scratch: dict) -> None:
+    """Unread input on a slave whose master the tree holds (restore makes that pty: it would be
+    lost); on a terminal from outside the tree it stays where it is."""
+    held = scratch.get("held", set())
+    for key, unread in scratch.get("pty_unread", ()):
+        if key in held:
+            _refuse(unread)
+
+
+def _unread(d, end: str, index: int) -> str | None:
+    """Why fd `d` (a pty's `end`) cannot be dumped as it is: bytes wait to be read on it (FIONREAD):
+    on a master, what the program on the slave wrote that nobody read yet; on a slave, input not
+    read yet (in canonical mode whole lines: a line being typed is not counted, and not kept). They
+    are not kept: written back at restore they would pass the line discipline again (echo, signals,
+    CR/NL translation); so refused, before the stop and again once stopped, never read here (the
+    tree keeps running untouched). None when nothing waits."""
+    try:
+        n = struct.unpack("i", fcntl.ioctl(d.copy(), termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return None   # (a hung-up terminal: nothing waits on it)
+    if n <= 0:
+        return None
+    what = ("output that the program on its slave wrote and nobody read from the master" if end == "master"
+            else "input that the program on the slave has not read yet")
+    return (f"{d.where}: pty {index}: {n} bytes of {what} wait in the terminal, which restore would lose: let "
+            "them be read (the reader drained, the program at its prompt) and dump again; the tree keeps running")
+
+
+def _refuse(why: str | None) -> None:
+    if why:
+        raise FdError(errno.EOPNOTSUPP, why)
 
 
 def _instance(d, st) -> int:
     """The devpts instance (its superblock's device) the fd's pty lives on."""
     if not _is_master(st.st_mode, st.st_rdev):
         return st.st_dev
-    return _peer_dev(d.copy())
+    return peer_dev(d.copy())
 
 
-def _peer_dev(master: int) -> int:
+def peer_dev(master: int) -> int:
     """The device of the devpts instance the pty of master `master` lives on (its slave's)."""
     peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
     try:
@@ -161,6 +210,9 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     for e in entries:
         if e.get("kind") != "pty":
             continue
+        unread = e.pop("unread", None)
+        if unread and e["obj"] in masters:
+            _refuse(unread)
         if e.get("orphan"):
             if e["obj"] in masters:
                 raise FdError(errno.EOPNOTSUPP, f"fd {e['fd']} ({e['path']}): a hung-up pty slave whose number a "
@@ -212,7 +264,7 @@ def open_until(open_ptmx, index: int) -> dict[int, int]:
         while True:
             fd = open_ptmx()
             try:
-                n = _index(fd)
+                n = index_of(fd)
             except OSError:
                 os.close(fd)
                 raise
@@ -243,7 +295,7 @@ def open_for_root(doc: dict, open_at, dev: int, index: int) -> dict[int, int]:
         except (OSError, KeyError):
             continue   # (its mount is not made yet)
         try:
-            if _peer_dev(probe) != dev:
+            if peer_dev(probe) != dev:
                 continue
         finally:
             os.close(probe)
@@ -265,7 +317,7 @@ def _made(r: RestoreFd, open_ptmx, index: int) -> int | None:
         return None
     probe = open_ptmx()   # (a new pty of the instance, gone again once closed)
     try:
-        dev = _peer_dev(probe)
+        dev = peer_dev(probe)
     finally:
         os.close(probe)
     return pools.get(dev, {}).pop(index, None)
@@ -321,9 +373,28 @@ def _ctty_slave_in(args, fds):
     return None, []
 
 
+def _foreground_in(args, fds):
+    """In the stand-in (its session's leader, holding no fd on its terminal): the process group of
+    process args["of"] (a pid of its pid namespace) the foreground one of its terminal, the slave fds[0]."""
+    os.tcsetpgrp(fds[0], os.getpgid(args["of"]))
+    return None, []
+
+
+def check_node(node, what: str) -> None:
+    """A process's `ctty_node` (engine/ctty.py): {mnt, path, obj, ptmx{mnt, path}}."""
+    from engine.image import _fail, check_abs_path
+    if not isinstance(node, dict) or set(node) != {"mnt", "path", "obj", "ptmx"} or type(node["mnt"]) is not int \
+            or not isinstance(node["obj"], str) or not isinstance(node["ptmx"], dict) \
+            or set(node["ptmx"]) != {"mnt", "path"} or type(node["ptmx"]["mnt"]) is not int:
+        _fail(f"{what}: bad controlling terminal node")
+    check_abs_path(node["path"], f"{what} controlling terminal")
+    check_abs_path(node["ptmx"]["path"], f"{what} controlling terminal's ptmx")
+
+
 register(FdKind(name="pty", matches=_matches, dump=_dump, open=_open, placed=True, check=_check, precheck=_precheck,
+                prefinish=_prefinish,
                 check_object=_check_object, finish=_finish, mounts=lambda e: [e["ptmx"]["mnt"]], order=30,
-                standin={"ctty_slave": _ctty_slave_in},
+                standin={"ctty_slave": _ctty_slave_in, "foreground": _foreground_in},
                 fields={"end": F(STR), "ptmx": F(DICT), "orphan": F(BOOL, required=False),
                         "ctty": F(BOOL, required=False)}))
 
@@ -338,6 +409,16 @@ def _dump_ctty(d) -> dict:
     index = _ctty_index(d)
     if index is None:
         return {}   # a device node called tty that is not /dev/tty: reopened like any node
+    out = ctty_node(d, index)
+    if os.getsid(d.pid) != d.pid:
+        out["member"] = True   # (its stand-in inherits the terminal: engine/ctty.py; it only opens the node)
+    return out
+
+
+def ctty_node(d, index: int) -> dict:
+    """{"tty": {mnt, path}, "obj"}: the node of pty `index` (the controlling terminal of `d`'s
+    process) on a devpts mount of its namespace that is placed, and the pty object; refused when
+    there is none."""
     for m, path, pst in _ctty_nodes(d, index):
         loc = d.place(path, m.mnt_id, "controlling terminal")
         if loc.get("detached"):
@@ -358,24 +439,18 @@ def _precheck_ctty(d) -> None:
 
 def _ctty_index(d) -> int | None:
     """The pty number of the controlling terminal of fd `d`'s process, when `d` is /dev/tty (None:
-    another node called tty); refused when it has none, does not lead its session, or is no pty."""
+    another node called tty); refused when it has none or is no pty. (A member of a session has its
+    leader's: engine/ctty.py gives it back, or refuses before the stop.)"""
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if st.st_rdev != os.makedev(5, 0):
         return None
     with open(f"/proc/{d.pid}/stat", errors="surrogateescape") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    session, tty_nr = int(fields[3]), int(fields[4])
+    tty_nr = int(fields[4])
     major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
     if not tty_nr:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that has no controlling terminal "
                                         "any more: not supported")
-    if session != d.pid:
-        # (a member gets the session's terminal only by a fork after its leader took it, and stand-ins are
-        # forked before any terminal exists: engine/sessions.py)
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that does not lead its session "
-                                        f"(session {session}): only a session leader's terminal is restored; run "
-                                        "the program that opens /dev/tty as its session's leader (script -c 'exec "
-                                        "sh -i', setsid -c) and dump again; the tree keeps running")
     if not 136 <= major < 144:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process whose controlling terminal is "
                                         f"device {major}:{minor}, not a pty: not supported")
@@ -423,7 +498,7 @@ def _finish_ctty(objects: dict, entries: list[dict]) -> None:
 def _check_ctty(entry: dict, what: str) -> None:
     from engine.image import _fail, check_abs_path
     if "tty" not in entry:
-        if "obj" in entry or "ptmx" in entry:
+        if "obj" in entry or "ptmx" in entry or "member" in entry:
             _fail(f"{what}: bad /dev/tty entry")
         return
     t = entry["tty"]
@@ -453,7 +528,7 @@ def _open_ctty(r: RestoreFd) -> int:
         fds.append(r.open_at(e["mnt"], e["path"], os.O_PATH))
         fds.append(r.proc if r.proc >= 0 else os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
         flags = e["flags"] & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL | os.O_NOCTTY | os.O_CLOEXEC)
-        return r.standin("ctty", {"flags": flags}, fds)[0]
+        return r.standin("ctty", {"flags": flags, "member": bool(e.get("member"))}, fds)[0]
     finally:
         for x in fds:
             if x != r.proc:
@@ -461,12 +536,14 @@ def _open_ctty(r: RestoreFd) -> int:
 
 
 def _ctty_in(args, fds):
-    """In the stand-in: a session of its own with the slave fds[0] as its controlling terminal, then
-    /dev/tty (the node fds[1]) opened through a procfs (fds[2]: its self/fd/N is ours)."""
+    """In the stand-in: a session of its own with the slave fds[0] as its controlling terminal (a
+    member of a session has it already: its stand-in inherited it), then /dev/tty (the node fds[1])
+    opened through a procfs (fds[2]: its self/fd/N is ours)."""
     slave, node, proc = fds
-    if os.getsid(0) != os.getpid():
-        os.setsid()
-    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    if not args.get("member"):
+        if os.getsid(0) != os.getpid():
+            os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
     return None, [os.open(f"self/fd/{node}", args["flags"] | os.O_CLOEXEC, dir_fd=proc)]
 
 
@@ -474,4 +551,5 @@ register(FdKind(name="ctty", matches=_is_dev_tty, dump=_dump_ctty, open=_open_ct
                 obj_kind="pty",
                 finish=_finish_ctty, standin={"ctty": _ctty_in}, order=29, precheck=_precheck_ctty,
                 mounts=lambda e: [e[k]["mnt"] for k in ("tty", "ptmx") if k in e],
-                fields={"tty": F(DICT, required=False), "ptmx": F(DICT, required=False)}))
+                fields={"tty": F(DICT, required=False), "ptmx": F(DICT, required=False),
+                        "member": F(BOOL, required=False)}))

@@ -230,6 +230,8 @@ def _as_listener(k: Sock) -> dict:
     pid, out["cred"], out["cred_groups"] = listener_creds(k, k.s)
     if pid not in (k.d.scratch.get("pids") or ()):
         out["cred_gone"] = True   # (it listened in a process since gone, or outside the tree: a daemon's parent)
+    elif listened_elsewhere(k, pid):
+        out["listened_by"] = pid
     if k.rec.get("rqueue"):
         out["_pending"] = _pending(k)
         out["_where"] = k.d.where
@@ -260,7 +262,6 @@ def listener_creds(k: Sock, s: socket.socket) -> tuple[int, list[int], list[int]
     cred, groups = [uid & 0xffffffff, gid & 0xffffffff], unix_bind.listener_groups(s)
     refuse_listener_groups(k, groups)
     refuse_listener_ids(k, cred, groups)
-    refuse_listener_elsewhere(k, pid)
     return pid, cred, groups
 
 
@@ -302,19 +303,13 @@ def refuse_listener_ids(k: Sock, cred: list[int], groups: list[int]) -> None:
                                             "restore gives no id that user lacks; not supported")
 
 
-def refuse_listener_elsewhere(k: Sock, pid: int) -> None:
-    """Refuse a listener that listened in process `pid` (SO_PEERCRED's), a live process of the tree
-    other than its first holder, `k`'s process when `k` is the first fd of it met (processes in
-    the image's order): restore listens in the stand-in that makes the socket, the first holder's,
-    so its clients would see another process of the tree as the server. Asked before the stop too."""
-    seen = k.d.scratch.setdefault("unix-listeners", set())
-    if k.ino in seen:
-        return
-    if pid != k.d.pid and pid in (k.d.scratch.get("pids") or ()):
-        raise FdError(errno.EOPNOTSUPP, f"{k.d.where}: a listener that process {pid} of the tree listened on, "
-                                        f"which its first holder {k.d.pid} would listen on at restore (its "
-                                        "clients would see that process as the server): not supported")
-    seen.add(k.ino)   # (after the check: unix_prestop asks again after a refusal)
+def listened_elsewhere(k: Sock, pid: int) -> bool:
+    """Whether the listener listened in process `pid` (SO_PEERCRED's), a live process of the tree
+    other than its first holder, `k`'s process (processes in the image's order): a parent that made
+    the socket, listened and handed it to a child before it closed its own (Python's forkserver,
+    socket activation inside the tree). Restore makes the socket in the first holder and listens in
+    that process's stand-in (`listened_by`), so its clients see the same process as the server."""
+    return pid != k.d.pid and pid in (k.d.scratch.get("pids") or ())
 
 
 def refuse_dangling(k: Sock) -> None:
@@ -563,11 +558,16 @@ def _open(r: RestoreFd) -> int:
         if e.get("dangling"):
             spec.update({"msgs": e.get("msgs"), "data": e.get("data")})
             sent = unix_queue.open_inflight(r, e.get("msgs") or ())
+        elsewhere = e.get("listened_by")
+        if elsewhere is not None:
+            spec.pop("listen")   # (bound by its holder, listened on by the process that did)
         try:
             fd = r.standin("make", spec, sent)[0]
         finally:
             for x in sent:
                 os.close(x)
+        if elsewhere is not None:
+            _listen_in(r, elsewhere, fd, {k: e[k] for k in ("listen", "cred", "cred_groups") if k in e})
         if e.get("unlinked"):
             unix_ghost.hold(r)
     if e["flags"] & os.O_NONBLOCK:
@@ -616,6 +616,24 @@ def _name_spec(r: RestoreFd, e: dict) -> tuple[dict, list[int]]:
                                     "does not have") from None
     spec["base"] = b["path"].rsplit("/", 1)[1]
     return spec, sent
+
+
+def _listen_in(r: RestoreFd, pid: int, fd: int, spec: dict) -> None:
+    """listen() on our socket `fd` in the stand-in of image process `pid`, as that process did."""
+    call = r.standin_of(pid) if r.standin_of is not None else None
+    if call is None:
+        raise FdError(errno.EINVAL, f"{r.where}: listened on by process {pid}, which the image does not have")
+    call("listen", spec, [fd])
+
+
+def _listen(spec, fds):
+    """In the stand-in: listen on socket fds[0] with the dumped backlog and credentials."""
+    s = socket.socket(fileno=fds[0])
+    try:
+        unix_bind.as_creds(spec, lambda: s.listen(spec["listen"]))
+    finally:
+        s.detach()   # (the received fds are the stand-in's to close)
+    return None, []
 
 
 def _bind_in(spec, fds):
@@ -707,5 +725,5 @@ register(FdKind(name="unix", matches=lambda t, m: t.startswith("socket:["), dump
                 precheck=unix_prestop.precheck, prefinish=unix_prestop.prefinish,
                 check=unix_check.check, check_object=unix_check.check_object, fields=unix_check.FIELDS,
                 ids=unix_check.listener_ids, prepare=unix_pair.prepare,
-                standin={"make": _make, "bind": _bind_in, "via": unix_pair.via_in,
+                standin={"make": _make, "bind": _bind_in, "listen": _listen, "via": unix_pair.via_in,
                          "deliver": unix_backlog.deliver_in, "reach": _reach_in}))

@@ -46,6 +46,9 @@ def check(entry: dict, what: str) -> None:
         _fail(f"{what}: only a listener keeps the credentials it listened with")
     if ("cred_groups" in entry or "cred_gone" in entry) and "cred" not in entry:
         _fail(f"{what}: 'cred_groups' or 'cred_gone' without 'cred'")
+    if "listened_by" in entry and ("cred" not in entry or "cred_gone" in entry or "obj" in entry
+                                   or type(entry["listened_by"]) is not int or not 0 < entry["listened_by"] < 1 << 32):
+        _fail(f"{what}: 'listened_by' names a live process of the tree that listened on a lone listener")
     c = entry.get("connect")
     if c is not None:
         if "obj" in entry or "listen" in entry or (entry.get("type") == "dgram") == ("order" in c):
@@ -230,6 +233,8 @@ FIELDS = {
     "cred_groups": F(LIST, required=False, rule=groups_rule),
     # It listened in a process that is no live process of the tree (exited since: a daemon's parent).
     "cred_gone": F(BOOL, required=False),
+    # It listened in this other live process of the tree (image pid), which restore listens in.
+    "listened_by": F(INT, required=False),
     "mode": F(INT, required=False, rule=mode_rule),
     "msgs": F(LIST, required=False),
     "mnts": F(LIST, required=False),

@@ -1,4 +1,5 @@
-"""mqueue: no files to dump (queues are not dumped yet); it belongs to an ipc namespace."""
+"""mqueue: no files to dump here; it belongs to an ipc namespace, whose queues engine/sysvipc.py
+dumps and makes again with the namespace."""
 
 from engine.fs import FsType, register
 

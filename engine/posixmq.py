@@ -1,0 +1,172 @@
+"""POSIX message queues of the tree's ipc namespaces (mq_open), with engine/sysvipc.py: read in a
+child that joins the namespace, listed on a detached mqueue mount of its own (the namespace's one
+superblock: nothing is attached anywhere); made again with mq_open in the restored namespace with
+their attributes, owner, mode and messages in their order. A queue a process asked to be notified
+on (mq_notify) is refused before the stop: the registration is not restored.
+
+Image (in the namespace's "sysvipc" entry): "mqueue": [{name, mode, uid, gid, maxmsg, msgsize,
+msgs [[priority, base64 text]]}].
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import os
+
+from engine import kernel
+from engine.sysvipc import MAX_OBJECTS, IpcError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(ret: int, what: str) -> int:
+    if ret == -1:
+        e = ctypes.get_errno()
+        raise IpcError(e, f"{what}: {os.strerror(e)}")
+    return ret
+
+
+def _int(v, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _b64len(text: str, what: str, fail) -> int:
+    try:
+        return len(base64.b64decode(text, validate=True))
+    except ValueError:
+        fail(f"{what}: contents are not base64")
+
+
+class _MqAttr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long),
+                ("curmsgs", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+
+
+_libc.mq_receive.restype = ctypes.c_ssize_t
+_libc.mq_receive.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_uint))
+_libc.mq_send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint)
+
+
+def _mqueue_dir() -> int | None:
+    """In a child in the namespace: a directory fd on a detached mqueue mount of our own (the
+    namespace's one superblock: its POSIX message queues; nothing is attached anywhere), None
+    without POSIX message queues in the kernel."""
+    try:
+        ctx = kernel.fsopen("mqueue")
+    except OSError:
+        return None
+    try:
+        kernel.fsconfig(ctx, kernel.FSCONFIG_CMD_CREATE)
+        mnt = kernel.fsmount(ctx)
+    finally:
+        os.close(ctx)
+    try:
+        return os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=mnt)   # (fsmount's fd is O_PATH)
+    finally:
+        os.close(mnt)
+
+
+def read_here(limits_only: bool = False) -> list[dict]:
+    """In a child in the namespace: its POSIX message queues (name, mode, owner, attributes and
+    messages, highest priority first as mq_receive gives them). Reading takes the messages; each
+    is sent again at once, in the order read, so the queue is as it was. A queue a process asked to
+    be notified on (mq_notify) is refused: the registration is not restored. `limits_only`: the
+    refusals alone, nothing read."""
+    d = _mqueue_dir()
+    if d is None:
+        return []
+    out = []
+    try:
+        names = sorted(os.listdir(d))
+        if len(names) > MAX_OBJECTS:
+            raise IpcError(errno.EOPNOTSUPP, f"{len(names)} POSIX message queues in one ipc namespace: at most "
+                                             f"{MAX_OBJECTS}")
+        for name in names:
+            fd = os.open(name, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=d)
+            try:
+                info = dict(kv.split(":") for kv in os.read(fd, 256).decode().split())
+                if int(info.get("NOTIFY_PID", "0")):
+                    raise IpcError(errno.EOPNOTSUPP, f"POSIX message queue /{name}: process {info['NOTIFY_PID']} "
+                                                     "asked to be notified on it (mq_notify): not supported yet")
+                if limits_only:
+                    continue
+                st = os.fstat(fd)
+                attr = _MqAttr()
+                _check(_libc.mq_getattr(fd, ctypes.byref(attr)), f"mq_getattr of /{name}")
+                buf = ctypes.create_string_buffer(attr.msgsize)
+                prio = ctypes.c_uint()
+                msgs = []
+                while True:
+                    got = _libc.mq_receive(fd, buf, attr.msgsize, ctypes.byref(prio))
+                    if got < 0:
+                        if ctypes.get_errno() != errno.EAGAIN:
+                            _check(-1, f"mq_receive of /{name}")
+                        break
+                    msgs.append((prio.value, buf.raw[:got]))
+                for p, body in msgs:   # (back at once, in the order taken: the queue is as it was)
+                    _check(_libc.mq_send(fd, body, len(body), p), f"mq_send to /{name}")
+                out.append({"name": name, "mode": st.st_mode & 0o777, "uid": st.st_uid, "gid": st.st_gid,
+                            "maxmsg": attr.maxmsg, "msgsize": attr.msgsize,
+                            "msgs": [[p, base64.b64encode(body).decode()] for p, body in msgs]})
+            finally:
+                os.close(fd)
+    finally:
+        os.close(d)
+    return out
+
+
+def make_here(queues: list) -> None:
+    """In a child in the new namespace: each POSIX message queue with its attributes, owner, mode
+    and messages, made by root with the owner's file system ids (its inode takes them: a namespace
+    a user namespace owns takes only ids it maps) and root's capabilities (a queue longer than the
+    namespace's msg_max was made by a privileged process)."""
+    old = os.umask(0)
+    try:
+        for q in queues:
+            what = f"POSIX message queue /{q['name']}"
+            attr = _MqAttr(0, q["maxmsg"], q["msgsize"], 0)
+            kernel.fs_ids_keeping_caps(q["uid"], q["gid"])
+            try:
+                fd = _check(_libc.mq_open(("/" + q["name"]).encode(), os.O_RDWR | os.O_CREAT | os.O_EXCL
+                                          | os.O_NONBLOCK | os.O_CLOEXEC, ctypes.c_uint(q["mode"]), ctypes.byref(attr)),
+                            f"{what}: mq_open")
+            finally:
+                kernel.set_fs_ids(0, 0)
+            try:
+                for p, text in q["msgs"]:
+                    body = base64.b64decode(text)
+                    _check(_libc.mq_send(fd, body, len(body), p), f"{what}: mq_send")
+            finally:
+                os.close(fd)
+    finally:
+        os.umask(old)
+
+
+def check(queues, what: str, fail) -> int:
+    """The validator's rule for an ipc namespace's POSIX message queues; returns their bytes."""
+    if type(queues) is not list or len(queues) > MAX_OBJECTS:
+        fail(f"{what}: must be a list of at most {MAX_OBJECTS} queues")
+    total, names = 0, set()
+    for q in queues:
+        if type(q) is not dict or set(q) != {"name", "mode", "uid", "gid", "maxmsg", "msgsize", "msgs"}:
+            fail(f"{what}: a queue must have exactly name, mode, uid, gid, maxmsg, msgsize, msgs")
+        name = q["name"]
+        if type(name) is not str or not 0 < len(name) <= 255 or "/" in name or "\0" in name or name in (".", "..") \
+                or name in names:
+            fail(f"{what}: bad or repeated queue name {str(name)[:40]!r}")
+        names.add(name)
+        if not (_int(q["mode"], 0, 0o777) and _int(q["uid"], 0, 0xfffffffe) and _int(q["gid"], 0, 0xfffffffe)
+                and _int(q["maxmsg"], 1, 65536) and _int(q["msgsize"], 1, 16 << 20)):
+            fail(f"{what} /{name}: bad mode, owner or attributes")
+        if type(q["msgs"]) is not list or len(q["msgs"]) > q["maxmsg"]:
+            fail(f"{what} /{name}: more messages than it holds")
+        for m in q["msgs"]:
+            if type(m) is not list or len(m) != 2 or not _int(m[0], 0, 32767) or type(m[1]) is not str:
+                fail(f"{what} /{name}: a message is [priority 0..32767, base64 text]")
+            n = _b64len(m[1], f"{what} /{name}", fail)
+            if n > q["msgsize"]:
+                fail(f"{what} /{name}: a message longer than its msgsize")
+            total += n
+    return total

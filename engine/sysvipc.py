@@ -1,0 +1,353 @@
+"""System V IPC objects of the tree's own ipc namespaces: shared memory segments (with their
+contents), semaphore sets (with their values) and message queues (with their messages).
+
+They belong to the ipc namespace, not to a process: busybox syslogd -C keeps its log in a segment
+and guards it with a semaphore set (logread reads them), PostgreSQL keeps an interlock segment.
+A restore that made the namespace empty lost them silently. Dump reads them in a child that joins
+the namespace (/proc/sysvipc lists the reader's namespace; shmat, semctl GETALL and msgrcv
+MSG_COPY read without consuming); restore makes each one again in the restored namespace with the
+same key and id (the namespace's *_next_id sysctls, as CRIU does), created by its creator's ids
+(cuid, cgid) and mode, given its owner's (IPC_SET) when they differ, and filled.
+
+Its POSIX message queues likewise (engine/posixmq.py).
+
+Not restored: attachments (a stand-in does not map a segment: nattch is 0), the times and the
+pids of the last operations, semaphore undo lists, the namespace's limits (shmmax...). A segment
+already removed (IPC_RMID while attached) goes with its last detach, and is left out. Ids are as
+the dumper's user namespace names them.
+
+Image: "sysvipc": {ipc-N: {"shm": [SHM], "sem": [SEM], "msg": [MSG]}}, each object with key, id,
+mode (0..0o777), uid, gid, cuid, cgid; SHM with size and data (base64, at most `MAX_BYTES` in all),
+SEM with vals (nsems values, each 0..32767), MSG with msgs [[mtype >= 1, base64 text]]; and
+"mqueue": [{name, mode, uid, gid, maxmsg, msgsize, msgs [[priority, base64 text]]}].
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import os
+
+from engine import forkrun, kernel
+
+MAX_OBJECTS = 4096          # per kind and namespace (the kernel's default limits allow 32000 each)
+MAX_BYTES = 64 << 20        # segment contents and messages together, per image
+_MSG_MAX = 1 << 20          # one message's text (msgmax is 8192 by default)
+
+_IPC_CREAT, _IPC_EXCL, _IPC_NOWAIT = 0o1000, 0o2000, 0o4000
+_IPC_RMID, _IPC_SET, _IPC_STAT = 0, 1, 2
+_GETALL, _SETALL = 13, 17
+_MSG_COPY = 0o40000
+_SHM_RDONLY = 0o10000
+_SHM_DEST = 0o1000          # in a segment's perms: removed, gone with its last detach
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.shmat.restype = ctypes.c_void_p
+_libc.shmat.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_libc.shmdt.argtypes = (ctypes.c_void_p,)
+_libc.shmget.argtypes = (ctypes.c_int, ctypes.c_size_t, ctypes.c_int)
+_libc.msgrcv.restype = ctypes.c_ssize_t
+_libc.msgrcv.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_long, ctypes.c_int)
+_libc.msgsnd.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+
+
+class IpcError(OSError):
+    """An object that cannot be dumped or made again; one line."""
+
+
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def _check(ret, what: str):
+    if ret == -1 or ret is None or ret == _MAP_FAILED:
+        e = ctypes.get_errno()
+        raise IpcError(e, f"{what}: {os.strerror(e)}")
+    return ret
+
+
+def _table(proc: int, name: str) -> list[dict]:
+    """The rows of /proc/sysvipc/NAME (of the reader's ipc namespace), by their header's names."""
+    with open(os.open(f"sysvipc/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)) as f:
+        head, *rows = f.read().splitlines()
+    keys = head.split()
+    # (perms is printed in octal, the rest in decimal)
+    return [{k: int(v, 8 if k == "perms" else 10) for k, v in zip(keys, row.split())} for row in rows if row.strip()]
+
+
+def _ids(row: dict, idkey: str) -> dict:
+    return {"key": row["key"] & 0xffffffff, "id": row[idkey], "mode": row["perms"] & 0o777,
+            "uid": row["uid"], "gid": row["gid"], "cuid": row["cuid"], "cgid": row["cgid"]}
+
+
+def _read_here(proc: int) -> dict:
+    """In a child in the namespace: its objects (see the module's image format)."""
+    out: dict = {}
+    from engine import posixmq   # (it imports this module)
+    queues = posixmq.read_here()
+    if queues:
+        out["mqueue"] = queues
+    total = 0
+    shms = []
+    for row in _table(proc, "shm"):
+        if row["perms"] & _SHM_DEST:
+            continue
+        rec = _ids(row, "shmid")
+        rec["size"] = row["size"]
+        total += row["size"]
+        if total > MAX_BYTES:
+            raise IpcError(errno.EFBIG, f"System V shared memory segment {row['shmid']}: more than "
+                                        f"{MAX_BYTES >> 20} MiB of segments in the tree's ipc namespaces")
+        addr = _check(_libc.shmat(row["shmid"], None, _SHM_RDONLY), f"shmat of segment {row['shmid']}")
+        try:
+            rec["data"] = base64.b64encode(ctypes.string_at(addr, row["size"])).decode()
+        finally:
+            _libc.shmdt(ctypes.c_void_p(addr))
+        shms.append(rec)
+    sems = []
+    for row in _table(proc, "sem"):
+        rec = _ids(row, "semid")
+        vals = (ctypes.c_ushort * row["nsems"])()
+        _check(_libc.semctl(row["semid"], 0, _GETALL, vals), f"semctl GETALL of semaphore set {row['semid']}")
+        rec["vals"] = list(vals)
+        sems.append(rec)
+    msgs = []
+    buf = ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + _MSG_MAX)
+    for row in _table(proc, "msg"):
+        rec = _ids(row, "msqid")
+        rec["msgs"] = []
+        for n in range(row["qnum"]):
+            got = _check(_libc.msgrcv(row["msqid"], buf, _MSG_MAX, n, _IPC_NOWAIT | _MSG_COPY),
+                         f"msgrcv MSG_COPY of message queue {row['msqid']}")
+            total += got
+            if total > MAX_BYTES:
+                raise IpcError(errno.EFBIG, f"System V message queue {row['msqid']}: more than "
+                                            f"{MAX_BYTES >> 20} MiB of segments and messages in the tree's ipc namespaces")
+            mtype = ctypes.c_long.from_buffer(buf).value
+            rec["msgs"].append([mtype, base64.b64encode(buf.raw[ctypes.sizeof(ctypes.c_long):][:got]).decode()])
+        msgs.append(rec)
+    total += sum(len(base64.b64decode(m[1])) for q in queues for m in q["msgs"])
+    if total > MAX_BYTES:
+        raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory, messages and "
+                                    "POSIX messages in the tree's ipc namespaces")
+    for kind, objs in (("shm", shms), ("sem", sems), ("msg", msgs)):
+        if len(objs) > MAX_OBJECTS:
+            raise IpcError(errno.EOPNOTSUPP, f"{len(objs)} System V {kind} objects in one ipc namespace: at most "
+                                             f"{MAX_OBJECTS}")
+        if objs:
+            out[kind] = objs
+    return out
+
+
+def read(pid: int) -> dict:
+    """The System V IPC objects of process `pid`'s ipc namespace ({} when there are none)."""
+    def body():
+        kernel.setns(ns, kernel.CLONE_NEWIPC)
+        return _read_here(proc)
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+        try:
+            return forkrun.run(body)
+        finally:
+            os.close(ns)
+    finally:
+        os.close(proc)
+
+
+def _limits_here(proc: int) -> None:
+    """In a child in the namespace: refuse more objects or bytes than an image keeps (_read_here's
+    limits, from the tables alone), and POSIX message queues someone is notified on."""
+    from engine import posixmq
+    posixmq.read_here(limits_only=True)
+    total = 0
+    for kind, size in (("shm", "size"), ("sem", None), ("msg", "cbytes")):
+        rows = _table(proc, kind)
+        if len(rows) > MAX_OBJECTS:
+            raise IpcError(errno.EOPNOTSUPP, f"{len(rows)} System V {kind} objects in one ipc namespace: at most "
+                                             f"{MAX_OBJECTS}")
+        total += sum(r[size] for r in rows if size and not (kind == "shm" and r["perms"] & _SHM_DEST))
+    if total > MAX_BYTES:
+        raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory and messages in "
+                                    "an ipc namespace of the tree")
+
+
+def precheck(pids: list[int]) -> None:
+    """Before the stop: refuse an ipc namespace of the tree (not the dumper's) whose objects an
+    image cannot keep, or that holds POSIX message queues; IpcError says why."""
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        mine = os.stat("self/ns/ipc", dir_fd=proc).st_ino
+        seen = {mine}
+        for pid in pids:
+            try:
+                ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+            except OSError:
+                continue   # (gone meanwhile: dump tells, once the tree is stopped)
+            try:
+                if os.fstat(ns).st_ino in seen:
+                    continue
+                seen.add(os.fstat(ns).st_ino)
+
+                def body():
+                    kernel.setns(ns, kernel.CLONE_NEWIPC)
+                    _limits_here(proc)
+                forkrun.run(body)
+            finally:
+                os.close(ns)
+    finally:
+        os.close(proc)
+
+
+def _next_id(proc: int, kind: str, value: int) -> None:
+    fd = os.open(f"sys/kernel/{kind}_next_id", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
+    try:
+        os.write(fd, str(value).encode())
+    finally:
+        os.close(fd)
+
+
+def _as(uid: int, gid: int, fn):
+    """fn() with effective ids uid, gid (an object's creator), ours again after it."""
+    os.setresgid(-1, gid, -1)
+    os.setresuid(-1, uid, -1)
+    try:
+        return fn()
+    finally:
+        os.setresuid(-1, 0, -1)
+        os.setresgid(-1, 0, -1)
+
+
+def _owner(ctl, ident: int, rec: dict, what: str) -> None:
+    """Give the object its owner (IPC_SET) when it is not its creator: struct ipc_perm starts with
+    the key, uid and gid (ints) on every architecture; the rest is what IPC_STAT read."""
+    if (rec["uid"], rec["gid"]) == (rec["cuid"], rec["cgid"]):
+        return
+    buf = ctypes.create_string_buffer(512)
+    _check(ctl(ident, _IPC_STAT, buf), f"{what}: IPC_STAT")
+    ctypes.c_uint.from_buffer(buf, 4).value = rec["uid"]
+    ctypes.c_uint.from_buffer(buf, 8).value = rec["gid"]
+    _check(ctl(ident, _IPC_SET, buf), f"{what}: IPC_SET")
+
+
+def _key(rec: dict) -> int:
+    """The object's key as key_t (an int) takes it."""
+    return rec["key"] - (1 << 32) if rec["key"] >= 1 << 31 else rec["key"]
+
+
+def _make_here(proc: int, doc: dict) -> None:
+    """In a child in the new namespace: every object of `doc`, with its key, id, owner and contents."""
+    shmctl = lambda i, cmd, buf: _libc.shmctl(i, cmd, buf)   # noqa: E731
+    semctl = lambda i, cmd, buf: _libc.semctl(i, 0, cmd, buf)   # noqa: E731
+    msgctl = lambda i, cmd, buf: _libc.msgctl(i, cmd, buf)   # noqa: E731
+    # (the kernel takes a *_next_id once, for the next object of its kind, then forgets it: -1;
+    # writing -1 is refused)
+    for rec in doc.get("shm") or ():
+        what = f"System V shared memory segment {rec['id']}"
+        _next_id(proc, "shm", rec["id"])
+        got = _as(rec["cuid"], rec["cgid"], lambda: _check(
+            _libc.shmget(_key(rec), rec["size"], _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: shmget"))
+        if got != rec["id"]:
+            raise IpcError(errno.EEXIST, f"{what}: made as {got}")
+        data = base64.b64decode(rec["data"])
+        addr = _check(_libc.shmat(got, None, 0), f"{what}: shmat")
+        try:
+            ctypes.memmove(addr, data, min(len(data), rec["size"]))
+        finally:
+            _libc.shmdt(ctypes.c_void_p(addr))
+        _owner(shmctl, got, rec, what)
+    for rec in doc.get("sem") or ():
+        what = f"System V semaphore set {rec['id']}"
+        _next_id(proc, "sem", rec["id"])
+        got = _as(rec["cuid"], rec["cgid"], lambda: _check(
+            _libc.semget(_key(rec), len(rec["vals"]), _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: semget"))
+        if got != rec["id"]:
+            raise IpcError(errno.EEXIST, f"{what}: made as {got}")
+        vals = (ctypes.c_ushort * len(rec["vals"]))(*rec["vals"])
+        _check(_libc.semctl(got, 0, _SETALL, vals), f"{what}: semctl SETALL")
+        _owner(semctl, got, rec, what)
+    for rec in doc.get("msg") or ():
+        what = f"System V message queue {rec['id']}"
+        _next_id(proc, "msg", rec["id"])
+        got = _as(rec["cuid"], rec["cgid"], lambda: _check(
+            _libc.msgget(_key(rec), _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: msgget"))
+        if got != rec["id"]:
+            raise IpcError(errno.EEXIST, f"{what}: made as {got}")
+        for mtype, text in rec["msgs"]:
+            body = base64.b64decode(text)
+            buf = ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + len(body))
+            ctypes.c_long.from_buffer(buf).value = mtype
+            ctypes.memmove(ctypes.addressof(buf) + ctypes.sizeof(ctypes.c_long), body, len(body))
+            _check(_libc.msgsnd(got, buf, len(body), _IPC_NOWAIT), f"{what}: msgsnd")
+        _owner(msgctl, got, rec, what)
+    from engine import posixmq
+    posixmq.make_here(doc.get("mqueue") or ())
+
+
+def make(ns_fd: int, doc: dict, hostproc: int) -> None:
+    """Make the objects of `doc` in the (new, empty) ipc namespace `ns_fd`; IpcError names one that fails."""
+    def body():
+        kernel.setns(ns_fd, kernel.CLONE_NEWIPC)
+        _make_here(hostproc, doc)
+    forkrun.run(body)
+
+
+def _int(v, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _b64len(text: str, what: str, fail) -> int:
+    try:
+        return len(base64.b64decode(text, validate=True))
+    except ValueError:
+        fail(f"{what}: contents are not base64")
+
+
+def check(doc, ns_used: set, fail) -> None:
+    """The validator's rule for the image's "sysvipc": per ipc namespace a process is in, objects of
+    the three kinds with ids, owners and contents in range, each id once per kind, at most
+    MAX_BYTES of contents in all. `fail(text)` raises."""
+    if type(doc) is not dict:
+        fail("sysvipc: must be an object")
+    total = 0
+    for nsid, objs in doc.items():
+        if nsid not in ns_used or type(objs) is not dict or not set(objs) <= {"shm", "sem", "msg", "mqueue"}:
+            fail(f"sysvipc of {str(nsid)[:40]!r}: an ipc namespace no process is in, or kinds other than shm, sem, "
+                 "msg, mqueue")
+        from engine import posixmq
+        total += posixmq.check(objs.get("mqueue", []), f"sysvipc {nsid} mqueue", fail)
+        for kind, recs in objs.items():
+            if kind == "mqueue":
+                continue
+            what = f"sysvipc {nsid} {kind}"
+            if type(recs) is not list or len(recs) > MAX_OBJECTS:
+                fail(f"{what}: must be a list of at most {MAX_OBJECTS} objects")
+            seen = set()
+            for rec in recs:
+                extra = {"shm": {"size", "data"}, "sem": {"vals"}, "msg": {"msgs"}}[kind]
+                if type(rec) is not dict or set(rec) != {"key", "id", "mode", "uid", "gid", "cuid", "cgid"} | extra:
+                    fail(f"{what}: an object must have exactly key, id, mode, uid, gid, cuid, cgid, "
+                         f"{', '.join(sorted(extra))}")
+                if not (_int(rec["key"], 0, 0xffffffff) and _int(rec["id"], 0, 0x7fffffff) and _int(rec["mode"], 0, 0o777)
+                        and all(_int(rec[k], 0, 0xfffffffe) for k in ("uid", "gid", "cuid", "cgid"))):
+                    fail(f"{what}: bad key, id, mode or ids")
+                if rec["id"] in seen:
+                    fail(f"{what}: id {rec['id']} twice")
+                seen.add(rec["id"])
+                if kind == "shm":
+                    if not _int(rec["size"], 1, MAX_BYTES) or type(rec["data"]) is not str:
+                        fail(f"{what} {rec['id']}: bad size or data")
+                    total += _b64len(rec["data"], f"{what} {rec['id']}", fail)
+                elif kind == "sem":
+                    if type(rec["vals"]) is not list or not 1 <= len(rec["vals"]) <= 32000 or \
+                            not all(_int(v, 0, 32767) for v in rec["vals"]):
+                        fail(f"{what} {rec['id']}: bad semaphore values")
+                else:
+                    if type(rec["msgs"]) is not list:
+                        fail(f"{what} {rec['id']}: bad messages")
+                    for m in rec["msgs"]:
+                        if type(m) is not list or len(m) != 2 or not _int(m[0], 1, (1 << 63) - 1) or type(m[1]) is not str:
+                            fail(f"{what} {rec['id']}: a message is [mtype >= 1, base64 text]")
+                        total += _b64len(m[1], f"{what} {rec['id']}", fail)
+                if total > MAX_BYTES:
+                    fail(f"sysvipc: more than {MAX_BYTES >> 20} MiB of contents")

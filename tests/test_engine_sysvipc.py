@@ -1,0 +1,126 @@
+"""System V IPC objects of the tree's ipc namespace (engine/sysvipc.py): made again with their
+keys, ids, owners and contents (scenarios/fds/sysv_ipc.yaml runs real programs); more than an
+image keeps is refused before the stop; the validator's rule."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+
+_MAKE = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+def ok(r):
+    if r == -1 or r == ctypes.c_void_p(-1).value:
+        raise OSError(ctypes.get_errno(), "ipc")
+    return r
+libc.shmget(0, 4096, 0o1600)   # (id 0: the next one gets 1)
+seg = ok(libc.shmget(0x1234, SIZE, 0o1640))
+p = ok(libc.shmat(seg, None, 0)); ctypes.memmove(p, b"kept", 4); libc.shmdt(ctypes.c_void_p(p))
+libc.shmctl(0, 0, None)        # (removed: the kept one keeps id 1)
+s = ok(libc.semget(0x5678, 2, 0o1600)); ok(libc.semctl(s, 0, 17, (ctypes.c_ushort * 2)(3, 7)))
+"""
+
+_LIST = ("for t in shm sem; do sed 1d /proc/sysvipc/$t | awk '{print $1, $2, $3}'; done\n"
+         "python3 -c 'import ctypes; l = ctypes.CDLL(None); l.shmat.restype = ctypes.c_void_p; "
+         "print(ctypes.string_at(l.shmat(1, None, 0o10000), 4))'")
+
+
+def test_objects_restored_with_ids_and_contents(case):
+    """A segment (id 1: the id before it was removed) with content and a semaphore set with values
+    come back in the restored namespace with their keys, ids and modes; the segment's content too."""
+    before, after = case.roundtrip(py_hold(_MAKE.replace("SIZE", "4096")), _LIST)
+    assert before.snap.check_output.split() == ["4660", "1", "640", "22136", "0", "600", "b'kept'"], \
+        before.snap.check_output
+    assert after.snap.check_output == before.snap.check_output
+
+
+def test_more_than_an_image_keeps_refused_unstopped(case):
+    """A segment larger than an image keeps (sysvipc.MAX_BYTES): refused before the stop."""
+    from engine import sysvipc
+    pid = case.start(STOP_WATCH + py_hold(_MAKE.replace("SIZE", str(sysvipc.MAX_BYTES + 4096))))
+    with pytest.raises(CRError, match=r"more than 64 MiB of System V shared memory and messages"):
+        case.dump(pid, case.new_images_dir())
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize("doc, pattern", [
+    ({"ipc-9": {}}, "an ipc namespace no process is in"),
+    ({"ipc-0": {"mqueue": [{"name": "a/b", "mode": 0o600, "uid": 0, "gid": 0, "maxmsg": 1, "msgsize": 8,
+                            "msgs": []}]}}, "bad or repeated queue name"),
+    ({"ipc-0": {"mqueue": [{"name": "q", "mode": 0o600, "uid": 0, "gid": 0, "maxmsg": 1, "msgsize": 2,
+                            "msgs": [[0, "YWJj"]]}]}}, "longer than its msgsize"),
+    ({"ipc-0": {"mqueue": [{"name": "q", "mode": 0o600, "uid": 0, "gid": 0, "maxmsg": 1, "msgsize": 8,
+                            "msgs": [[0, ""], [1, ""]]}]}}, "more messages than it holds"),
+    ({"ipc-0": {"shm": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0}]}},
+     "exactly key, id"),
+    ({"ipc-0": {"sem": [{"key": 1, "id": 0, "mode": 0o4600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0,
+                         "vals": [1]}]}}, "bad key, id, mode"),
+    ({"ipc-0": {"sem": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0,
+                         "vals": [40000]}]}}, "bad semaphore values"),
+    ({"ipc-0": {"msg": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0,
+                         "msgs": [[0, ""]]}]}}, "mtype >= 1"),
+    ({"ipc-0": {"shm": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0,
+                         "size": 4, "data": "!!"}]}}, "not base64"),
+])
+def test_validator(doc, pattern):
+    """The image's "sysvipc" is checked before restore reads it."""
+    from engine import sysvipc
+
+    def fail(text):
+        raise ValueError(text)
+    with pytest.raises(ValueError, match=pattern):
+        sysvipc.check(doc, {"ipc-0"}, fail)
+    sysvipc.check({"ipc-0": {"sem": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0,
+                                      "vals": [1]}]}}, {"ipc-0"}, fail)
+
+
+def test_posix_message_queue_notified_refused_unstopped(case):
+    """A POSIX message queue a process asked to be notified on (mq_notify): the registration is not
+    restored; refused before the stop, naming the queue and the process. (Queues themselves are
+    restored: scenarios/fds/posix_mq.yaml.)"""
+    pid = case.start(STOP_WATCH + py_hold("""
+import ctypes, struct
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+q = rt.mq_open(b"/jobs", os.O_RDWR | os.O_CREAT, 0o600, None)
+assert q >= 0, ctypes.get_errno()
+ev = ctypes.create_string_buffer(struct.pack("iii", 0, 10, 0), 64)   # SIGEV_SIGNAL, SIGUSR1
+assert rt.mq_notify(q, ev) == 0, ctypes.get_errno()
+os.dup2(q, 7)
+"""))
+    with pytest.raises(CRError, match=r"POSIX message queue /jobs: process \d+ asked to be notified on it"):
+        case.dump(pid, case.new_images_dir())
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_queue_bound_as_a_mount_root(case):
+    """A queue made by a file's creation on an mqueue mount (touch), bound as a file mount: the queue
+    is made again with the namespace (its messages too), and the bind's root is that queue."""
+    setup = ("mkdir /mnt/q; mount -t mqueue q /mnt/q; touch /mnt/q/x /mnt/f; mount --bind /mnt/q/x /mnt/f\n"
+             + py_hold("""
+import ctypes
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+q = rt.mq_open(b"/x", os.O_WRONLY)
+assert q >= 0 and rt.mq_send(q, b"m", 1, 5) == 0, ctypes.get_errno()
+os.close(q)
+"""))
+    check = "ls /mnt/q; head -c 7 /mnt/f; echo; stat -c '%i' /mnt/q/x /mnt/f | uniq | wc -l"
+    before, after = case.roundtrip(setup, check)
+    assert before.snap.check_output.split() == ["x", "QSIZE:1", "1"], before.snap.check_output
+
+
+def test_objects_never_go_to_the_host_namespace():
+    """An image whose ipc namespace one process has as the host's (host_ns) and another as its own:
+    the validator refuses objects for it (restore would join the host's namespace for it)."""
+    from engine import imageformat
+    from engine.image import ImageError
+    procs = [{"ns": {"ipc": "ipc-0"}, "host_ns": ["ipc"]}, {"ns": {"ipc": "ipc-0"}}]
+    doc = {"processes": procs, "sysvipc": {"ipc-0": {"sem": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0,
+                                                             "cuid": 0, "cgid": 0, "vals": [1]}]}}}
+    with pytest.raises(ImageError, match="an ipc namespace no process is in"):
+        imageformat._check_sysvipc(doc)
