@@ -1484,6 +1484,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             check_record(FD if kind.name == "file" else _kind_record(kind), fd, fwhat)
             _check_fown(fd, refs, fwhat)
             kind.check(fd, fwhat)
+            refs.own_netns(p, kind, fwhat)
             if "obj" in fd and fd["obj"] not in (doc.get("objects") or {}):
                 _fail(f"{fwhat}: unknown object {fd['obj']!r}")
             if "obj" in fd and doc["objects"][fd["obj"]]["kind"] != (kind.obj_kind or kind.name):
@@ -1551,6 +1552,17 @@ class _Refs:
         self.ns = {n for p in procs if type(p.get("ns")) is dict for n in p["ns"].values() if type(n) is str}
         self.users = doc.get("userns") or {}
         self.sbs, self.mounts, self.detached = doc["superblocks"], mounts, detached
+        # (network namespaces restore joins, the restorer's own: FdKind.own_netns)
+        self.host_net = {p["ns"].get("net") for p in procs if type(p.get("ns")) is dict
+                         and type(p.get("host_ns")) is list and "net" in p["host_ns"]}
+
+    def own_netns(self, p: dict, kind, what: str) -> None:
+        """Refuse an fd of `kind` made in its process's network namespace (FdKind.own_netns: a socket bound
+        to its ports) when that is the restorer's own: an image never makes restore bind in a namespace it
+        did not create."""
+        if kind.own_netns and ("net" in (p.get("host_ns") or ()) or p["ns"]["net"] in self.host_net):
+            _fail(f"{what}: a {kind.name} socket of the restorer's own network namespace (restore makes such "
+                  "sockets only in a network namespace it creates)")
 
     def check(self, what: str, ref: str, value, text: str) -> None:
         """Refuse `value` (for "proc": the location, {mnt, detached?}) unless the image has it."""

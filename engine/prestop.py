@@ -23,7 +23,7 @@ tree already shows is checked here first, with the line dump would give:
   that is shared, as nspawn -U leaves them); the owners of the superblocks a path
   reaches (engine/userns_cr.record_sb_owners: a fuse made inside a user namespace);
 - per fd, its kind's `precheck` hook (engine/fds/: an fd no kind handles, inet
-  sockets, netlink messages waiting, a file of /proc/N/ of a process outside the tree, a
+  sockets restore cannot make exactly (engine/fds/inet.py), netlink messages waiting, a file of /proc/N/ of a process outside the tree, a
   socket name that is not normalised, data on a connection not yet accepted with
   --leave-running, a datagram from a named sender the tree does not hold,
   fanotify events waiting); each file mapped under a deleted name (engine/mountrules.py

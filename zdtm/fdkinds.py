@@ -69,6 +69,8 @@ def _socket(c: int) -> str:
                 out += f" peercred=pid:{pid} ids={uid & 0xffffffff}:{gid & 0xffffffff} groups={groups}"
             from engine.fds import unix_opts   # (what the socket was set to: credentials passed, buffers...)
             out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(unix_opts.read(s).items()))
+        elif fam in (socket.AF_INET, socket.AF_INET6):
+            out += " " + _inet(s)
         elif fam == socket.AF_NETLINK:
             # (protocol, port id, groups, peer: a restore binds the same port id again)
             raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS
@@ -79,6 +81,39 @@ def _socket(c: int) -> str:
         return out
     finally:
         s.close()
+
+
+def _inet(s: socket.socket) -> str:
+    """An inet socket: family, protocol, name, state (a listener's backlog and accept queue, a UDP
+    socket's peer and waiting bytes), its options and its network namespace's lo."""
+    from engine.fds import inet, inet_net, inet_opts
+    fam = inet.FAMILIES[s.family]
+    proto = inet.PROTOS.get((s.type, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)), f"type{int(s.type)}")
+    host, port = inet._name(s.getsockname())
+    out = f"{fam} {proto} name={host}:{port}"
+    if proto == "tcp":
+        st, queued, backlog = inet._tcp_info(s)
+        out += f" state={inet.TCP_STATES.get(st, st)}"
+        if st == inet.TCP_LISTEN:
+            out += f" backlog={backlog} queued={queued}"
+    elif proto == "udp":
+        try:
+            out += " peer={}:{}".format(*inet._name(s.getpeername()))
+        except OSError:
+            pass
+        out += f" inq={_inq(s.fileno())}"
+    if proto in ("tcp", "udp"):
+        out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(inet_opts.read(s, fam, proto).items()))
+        from engine import forkrun
+        from engine.fds import inet_diag
+        ns = inet_net.netns_fd(s.fileno())
+        try:   # (which directions it was shut down in: sock_diag, in its network namespace)
+            rec = forkrun.run(inet_diag._in, ns).get(os.fstat(s.fileno()).st_ino)
+        finally:
+            os.close(ns)
+        out += f" shutdown={rec['shutdown'] if rec else '?'} uid={rec['uid'] if rec else '?'}"
+    req = fcntl.ioctl(s.fileno(), inet_net.SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
+    return out + f" lo={'up' if struct.unpack_from('H', req, 16)[0] & inet_net.IFF_UP else 'down'}"
 
 
 def _fanotify(pid: int, fd: int) -> str:

@@ -184,6 +184,10 @@ class FdKind:
     precheck: Callable[[DumpFd], None] | None = None
     # prefinish(scratch): once every fd of the tree was prechecked, refuse what takes several.
     prefinish: Callable[[dict], None] = lambda scratch: None
+    # Its fds are made in their process's network namespace (inet sockets bound to its ports): the
+    # validator refuses one of a process in the restorer's own (host_ns "net"), which an image
+    # must never make restore bind in.
+    own_netns: bool = False
 
 
 _REGISTRY: dict[str, FdKind] = {}

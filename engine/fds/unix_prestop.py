@@ -1,9 +1,10 @@
-"""Unix and netlink socket refusals told before the tree is stopped (engine/prestop.py).
+"""Unix and netlink socket refusals told before the tree is stopped (engine/prestop.py); an inet
+socket's are engine/fds/inet.py's (`precheck`), which this hands it to.
 
 What a running process's socket already shows is refused here with the line
 `dump` gives once the tree is stopped, so that the common case leaves the tree
 untouched (no SIGSTOP a parent, a ptracer or a job-control shell could see):
-another family (inet...), a type restore does not make, netlink messages
+another family (packet...), a type restore does not make, netlink messages
 waiting to be read, a name that is not normalised, a socket file removed on a
 mount restore cannot bind it again on, fds in flight on a listener or on a stream that is not an
 end of a socketpair, an fd in flight of
@@ -55,6 +56,10 @@ def _precheck(d) -> None:
     with socket.socket(fileno=os.dup(c)) as s:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
             netlink.refuse(d, s)
+            return
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) in (socket.AF_INET, socket.AF_INET6):
+            from engine.fds import inet
+            inet.precheck(d)
             return
         k = unix.Sock(d, c, s)
         entry = {**k.out, "_ino": f"{k.netns}:{k.ino}", "_where": d.where}

@@ -1,0 +1,324 @@
+"""Inet sockets (IPv4, IPv6; TCP, UDP) of a network namespace the tree owns, in the states a new
+socket can be put in exactly: created and not bound, bound to an address and port, a TCP listener
+with its backlog (no connection waiting to be accepted), a UDP socket with no datagram waiting
+(connected to a loopback peer, or not); with the options it was given (engine/fds/inet_opts.py).
+
+Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection
+(established, closing: its sequence numbers and the peer's view cannot be made again without
+TCP_REPAIR), a listener with connections waiting to be accepted, a UDP socket with datagrams
+waiting (their senders could not send them again), a UDP socket connected to a peer off
+loopback, raw, SCTP, UDP-Lite and MPTCP sockets, one with a socket filter attached, and any socket
+of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
+shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
+
+Restore makes the socket in the stand-in of the process that holds it (in the restored network
+namespace), after bringing that namespace's lo up when it was up: the image object of kind "inet"
+each socket names ("obj") is its network namespace.
+
+A socket's fd is classified as a socket by engine/fds/unix.py, which hands an inet one here.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+import termios
+
+from engine import threadids
+from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
+from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, register, unix_bind
+
+FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
+FAMILY_NO = {v: k for k, v in FAMILIES.items()}
+PROTOS = {(socket.SOCK_STREAM, 6): "tcp", (socket.SOCK_DGRAM, 17): "udp"}
+TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
+              7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
+TCP_CLOSE, TCP_LISTEN = 7, 10
+TCP_INFO, SO_GET_FILTER, SO_MEMINFO = 11, 26, 55
+MAX_BACKLOG = 1 << 31   # (listen() takes an int; the kernel caps it at net.core.somaxconn)
+
+
+def _tcp_info(s: socket.socket) -> tuple[int, int, int]:
+    """(state, accept queue length, backlog) of TCP socket `s` (struct tcp_info: a listener's
+    tcpi_unacked and tcpi_sacked are its accept queue's length and its backlog)."""
+    raw = s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 32)
+    return raw[0], *struct.unpack_from("=II", raw, 24)
+
+
+def _used(s: socket.socket) -> bool:
+    """Whether closed TCP socket `s` had a connection (tcp_info's tcpi_segs_out, tcpi_segs_in: a
+    reset or refused one keeps its port in getsockname, unbound; no new socket is that)."""
+    raw = s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 144)
+    return len(raw) >= 144 and any(struct.unpack_from("=II", raw, 136))
+
+
+def _filtered(s: socket.socket) -> bool:
+    """Whether a socket filter is attached to `s`: SO_GET_FILTER with a length of 0 gives the
+    filter's number of instructions and copies nothing (a length is taken as instructions, not
+    bytes: a buffer Python gives would be overrun)."""
+    import ctypes
+    n = ctypes.c_uint(0)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.getsockopt(s.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None, ctypes.byref(n)) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return n.value > 0
+
+
+def _waiting(s: socket.socket) -> bool:
+    """Whether a datagram waits on `s` (SO_MEMINFO's receive memory: a zero-length one counts; a peek
+    would consume an error the socket holds, ECONNREFUSED from a port no one listens on)."""
+    return struct.unpack_from("=I", s.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 36))[0] > 0
+
+
+def _name(addr: tuple) -> tuple[str, int]:
+    host = addr[0]
+    if len(addr) == 4 and addr[3]:
+        host = f"{host.split('%')[0]}%{addr[3]}"   # (a link-local address's scope: an interface index)
+    return host, addr[1]
+
+
+def read(d, s: socket.socket, rec: dict | None) -> dict:
+    """The entry of inet socket `s` (our copy of fd d.fd; `rec`: its inet_diag record), or FdError (a
+    line naming d) for what restore cannot make exactly. Only reads: also asked of a running tree
+    (engine/prestop.py)."""
+    fam = FAMILIES[s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)]
+    typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    proto = PROTOS.get((typ, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)))
+    if proto is None:
+        what = {socket.SOCK_RAW: "raw"}.get(typ, f"protocol {s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket ({what}): not supported (only TCP and UDP)")
+    if _filtered(s):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket with a socket filter (SO_ATTACH_FILTER): "
+                                        "not supported")
+    out = {"family": fam, "proto": proto}
+    host, port = _name(s.getsockname())
+    if port or not ipaddress.ip_address(host.split("%")[0]).is_unspecified:
+        out.update({"addr": host, "port": port})
+    if proto == "tcp":
+        st, queued, backlog = _tcp_info(s)
+        if st == TCP_LISTEN:
+            if queued:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener on port {port} with {queued} connection(s) "
+                                                "waiting to be accepted (they cannot be made again): not supported")
+            out["listen"] = backlog
+        elif st != TCP_CLOSE:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection ({TCP_STATES.get(st, st)}, port {port}): "
+                                            "not supported (only listening, bound and unbound TCP sockets)")
+        elif _used(s):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended (reset, refused or "
+                                            "closed: a new socket cannot be made so): not supported")
+    else:
+        if _waiting(s):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: UDP datagrams wait on port {port} (their senders could not "
+                                            "send them again): not supported")
+        try:
+            peer = _name(s.getpeername())
+        except OSError:
+            peer = None
+        if peer is not None:
+            if not ipaddress.ip_address(peer[0].split("%")[0]).is_loopback:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a UDP socket connected to {peer[0]} port {peer[1]}, off "
+                                                "loopback (a restored network namespace has lo only): not supported")
+            out["peer"], out["peer_port"] = peer
+    if rec is None and ("listen" in out or proto == "udp" and "addr" in out):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: sock_diag does not list this {fam} socket (inet_diag, udp_diag "
+                                        "not in the kernel?): not supported")
+    # (sock_diag lists no unbound socket, nor a bound TCP one that does not listen before Linux 6.10:
+    # such a socket's shutdown, which only a program that shut down a socket never connected sets, is not kept)
+    if rec is not None:
+        out["uid"] = rec["uid"]   # (the socket's owner, sk_uid: who made it, as the dumper names it)
+    if rec is not None and rec["shutdown"]:
+        if "listen" in out:   # (a listener shut down for reading stops listening: not one)
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener shut down: not supported")
+        out["shutdown"] = rec["shutdown"]
+    # (a UDP socket's corked datagram, not sent yet; a listener has no send queue: EINVAL)
+    unsent = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0] if proto == "udp" else 0
+    if unsent:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {unsent} bytes not sent yet on the {proto} socket of port "
+                                        f"{port} (UDP_CORK): not supported")
+    out["opts"] = inet_opts.read(s, fam, proto)
+    return out
+
+
+def _with_socket(d) -> tuple[dict, int, bool]:
+    """(`read`'s entry of fd d, its network namespace's inode, whether its lo is up), or FdError."""
+    from engine import forkrun
+    c = d.copy()
+    ns = inet_net.netns_fd(c)
+    try:
+        netns, lo = inet_net.check(d, ns, d.where)
+        rec = inet_diag.lookup(d, os.fstat(c).st_ino, netns, ns)
+        with socket.socket(fileno=os.dup(c)) as s:
+            out = read(d, s, rec)
+        if "uid" in out and unix_bind._here(out["uid"], "uid_map", ranges=_map_of(d.pid)) is None:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: an inet socket owned by uid {out['uid']}, which its process's "
+                                            "user namespace does not map (its stand-in could not make it so): "
+                                            "not supported")
+    except FdError:
+        raise
+    except (OSError, forkrun.ChildError) as e:   # (named as this kind's, not as unix's which handed it here)
+        raise FdError(getattr(e, "errno", None) or errno.EIO,
+                      f"{d.where}: inet: {getattr(e, 'strerror', None) or e}") from None
+    finally:
+        os.close(ns)
+    return out, netns, lo
+
+
+def _map_of(pid: int) -> list[tuple[int, int, int]]:
+    """/proc/PID/uid_map of process `pid`, as the dumper reads it (outside ids: the dumper's)."""
+    with open(f"/proc/{pid}/uid_map") as f:
+        return [tuple(int(x) for x in line.split()) for line in f]
+
+
+def precheck(d) -> None:
+    """Before the tree is stopped: refuse what `read` and the namespace check refuse."""
+    _with_socket(d)
+
+
+def dump(d) -> dict:
+    """The image entry of inet fd `d`, naming its network namespace's object (created here once)."""
+    out, ino, lo = _with_socket(d)
+    ids = d.scratch.setdefault("inet-objects", {})
+    key = ids.get(ino)
+    if key is None:
+        key = ids[ino] = f"inetns-{len(ids) + 1}"
+        d.objects[key] = {"kind": "inet", "lo": "up" if lo else "down"}
+    out["obj"] = key
+    return out
+
+
+def _check(e: dict, what: str) -> None:
+    from engine.image import _fail
+    if e["family"] not in FAMILY_NO or e["proto"] not in TYPE_NO:
+        _fail(f"{what}: bad inet socket family or protocol")
+    if ("addr" in e) != ("port" in e) or ("peer" in e) != ("peer_port" in e):
+        _fail(f"{what}: an inet address without its port")
+    for key in ("addr", "peer"):
+        if key in e:
+            try:
+                a = ipaddress.ip_address(e[key].split("%")[0])
+                scope = e[key].partition("%")[2]
+            except ValueError:
+                _fail(f"{what}: bad inet {key} {e[key][:60]!r}")
+            if a.version != (4 if e["family"] == "inet" else 6) or \
+                    (scope and not (scope.isdigit() and len(scope) < 11)):
+                _fail(f"{what}: inet {key} {e[key][:60]!r} is not of family {e['family']}")
+            if key == "peer" and not a.is_loopback:
+                _fail(f"{what}: a peer off loopback")
+    if "listen" in e and e["proto"] != "tcp":
+        _fail(f"{what}: only a TCP socket listens")
+    if "peer" in e and e["proto"] != "udp":
+        _fail(f"{what}: only a UDP socket is connected")
+    if "obj" not in e:
+        _fail(f"{what}: an inet socket names its network namespace ('obj')")
+    inet_opts.check(e["opts"], e["family"], e["proto"], what)
+
+
+def _check_object(obj: dict, what: str) -> None:
+    from engine.image import _fail
+    if set(obj) != {"kind", "lo"} or obj["lo"] not in ("up", "down"):
+        _fail(f"{what}: an inet network namespace is {{kind, lo: up|down}}")
+
+
+def _make(spec, fds):
+    """In the stand-in (the restored network namespace): its lo up first when it was, then the
+    socket with its options, bound, listening or connected as dumped."""
+    if spec["lo"] == "up":
+        inet_net.set_lo_up()
+    fam = FAMILY_NO[spec["family"]]
+    s = _new(fam, TYPE_NO[spec["proto"]], spec.get("uid"))
+    try:
+        inet_opts.apply(s, spec["opts"])
+        if "addr" in spec:
+            _bind(s, _addr(fam, spec["addr"], spec["port"]), spec["opts"])
+        if "listen" in spec:
+            s.listen(spec["listen"])
+        if "peer" in spec:
+            s.connect(_addr(fam, spec["peer"], spec["peer_port"]))
+        if spec.get("shutdown"):
+            try:   # (on an unconnected socket the kernel sets the bits and says ENOTCONN)
+                s.shutdown(spec["shutdown"] - 1)
+            except OSError as e:
+                if e.errno != errno.ENOTCONN:
+                    raise
+        return None, [s.detach()]
+    finally:
+        s.close()
+
+
+def _new(fam: int, typ: int, uid: int | None) -> socket.socket:
+    """A new socket owned by `uid` (the dumper's name of it; the kernel's sk_uid is the maker's file
+    system uid): made by a thread of ours that takes that uid for itself alone when it is not ours."""
+    mine = None if uid is None else unix_bind._here(uid, "uid_map")
+    if uid is not None and mine is None:
+        raise FdError(errno.EOPNOTSUPP, f"its owner uid {uid} is not mapped in the process's user namespace")
+    if mine is None or mine == os.geteuid():
+        return socket.socket(fam, typ)
+    # (a gid of our user namespace: ours, or, before the stand-in took its ids there, the first it maps)
+    gids = unix_bind._map("gid_map")
+    gid = os.getegid() if any(i <= os.getegid() < i + n for i, _o, n in gids) else gids[0][0]
+    return threadids.call_as(mine, gid, None, lambda: socket.socket(fam, typ))
+
+
+def _bind(s: socket.socket, addr: tuple, opts: dict) -> None:
+    """Bind `s` to `addr`; an address the namespace does not have (bound while IP_FREEBIND was on,
+    which the program turned off since) is bound with it on for the bind alone."""
+    try:
+        s.bind(addr)
+    except OSError as e:
+        if e.errno != errno.EADDRNOTAVAIL or opts.get("freebind"):
+            raise
+        s.setsockopt(socket.IPPROTO_IP, inet_opts.OPTS["freebind"][1], 1)
+        s.bind(addr)
+        s.setsockopt(socket.IPPROTO_IP, inet_opts.OPTS["freebind"][1], 0)
+
+
+def _addr(fam: int, host: str, port: int) -> tuple:
+    if fam == socket.AF_INET:
+        return host, port
+    host, _, scope = host.partition("%")
+    return host, port, 0, int(scope or 0)
+
+
+def _open(r: RestoreFd) -> int:
+    e = r.entry
+    spec = {k: e[k] for k in ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid",
+                              "opts") if k in e}
+    spec["lo"] = r.objects[e["obj"]]["lo"]
+    try:
+        fd = r.standin("make", spec)[0]
+    except FdError:
+        raise
+    except OSError as err:
+        what = f" {e['addr']} port {e['port']}" if "addr" in e else ""
+        raise FdError(err.errno or errno.EIO, f"making the {e['family']} {e['proto']} socket{what} again: "
+                                              f"{err.strerror or err}") from None
+    if e["flags"] & os.O_NONBLOCK:
+        os.set_blocking(fd, False)
+    return fd
+
+
+# Never classified from a /proc link (every socket is "socket:[N]"): engine/fds/unix.py hands
+# inet sockets here by their family. Its sockets are made in the process's network namespace,
+# which must be one restore makes (imageformat: own_netns).
+register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
+                check_object=_check_object, standin={"make": _make}, own_netns=True,
+                ids=lambda e: {"uid": [e["uid"]]} if "uid" in e else {},
+                fields={"family": F(STR), "proto": F(STR),
+                        "addr": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
+                        "port": F(INT, required=False, rule=rng(0, 65535)),
+                        "listen": F(INT, required=False, rule=rng(0, MAX_BACKLOG - 1)),
+                        "peer": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
+                        "peer_port": F(INT, required=False, rule=rng(1, 65535)),
+                        # directions it was shut down in: 1 receive, 2 send, 3 both (sk_shutdown)
+                        "shutdown": F(INT, required=False, rule=rng(1, 3)),
+                        # its owner (sk_uid), as the dumper's user namespace names it; taken by a thread
+                        # of the stand-in to make it (absent: an unbound socket sock_diag does not list)
+                        "uid": F(INT, required=False, rule=rng(0, MAX_UID)),
+                        "opts": F(DICT)}))

@@ -1,0 +1,106 @@
+"""Socket options of an inet socket that a program sets and that change what it does or what its
+peers see: address and port reuse (SO_REUSEADDR, SO_REUSEPORT: a second listener on the port),
+IPV6_V6ONLY, keepalive and its timers, TCP_NODELAY, TCP_DEFER_ACCEPT, the buffer sizes, timeouts,
+SO_BROADCAST, IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT, TOS/TTL...
+
+Dump reads them on its copy of the socket; restore sets, before the bind (reuse, v6only and
+freebind decide whether the bind works), those that differ from the new socket's. A value that does
+not come back fails the restore naming the option.
+"""
+
+from __future__ import annotations
+
+import errno
+import socket
+import struct
+
+from engine.fds import FdError
+
+SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = socket.SOL_SOCKET, 0, 41, 6, 17
+# name: (level, option number, "int", "timeval" or "linger", families or None: every one, protocols or None)
+OPTS = {
+    "reuseaddr": (SOL_SOCKET, 2, "int", None, None), "reuseport": (SOL_SOCKET, 15, "int", None, None),
+    "keepalive": (SOL_SOCKET, 9, "int", None, None), "broadcast": (SOL_SOCKET, 6, "int", None, None),
+    "oobinline": (SOL_SOCKET, 10, "int", None, None), "priority": (SOL_SOCKET, 12, "int", None, None),
+    "rcvbuf": (SOL_SOCKET, 8, "int", None, None), "sndbuf": (SOL_SOCKET, 7, "int", None, None),
+    "rcvlowat": (SOL_SOCKET, 18, "int", None, None), "timestamp": (SOL_SOCKET, 29, "int", None, None),
+    "rcvtimeo": (SOL_SOCKET, 20, "timeval", None, None), "sndtimeo": (SOL_SOCKET, 21, "timeval", None, None),
+    "linger": (SOL_SOCKET, 13, "linger", None, None), "mark": (SOL_SOCKET, 36, "int", None, None),
+    "tos": (IPPROTO_IP, 1, "int", ("inet",), None), "ttl": (IPPROTO_IP, 2, "int", ("inet",), None),
+    "freebind": (IPPROTO_IP, 15, "int", None, None), "bind_address_no_port": (IPPROTO_IP, 24, "int", None, None),
+    "transparent": (IPPROTO_IP, 19, "int", None, None),
+    "pktinfo": (IPPROTO_IP, 8, "int", ("inet",), None), "recverr": (IPPROTO_IP, 11, "int", ("inet",), None),
+    "v6only": (IPPROTO_IPV6, 26, "int", ("inet6",), None), "tclass": (IPPROTO_IPV6, 67, "int", ("inet6",), None),
+    "unicast_hops": (IPPROTO_IPV6, 16, "int", ("inet6",), None),
+    "recvpktinfo": (IPPROTO_IPV6, 49, "int", ("inet6",), None),
+    "nodelay": (IPPROTO_TCP, 1, "int", None, ("tcp",)), "cork": (IPPROTO_TCP, 3, "int", None, ("tcp",)),
+    "keepidle": (IPPROTO_TCP, 4, "int", None, ("tcp",)), "keepintvl": (IPPROTO_TCP, 5, "int", None, ("tcp",)),
+    "keepcnt": (IPPROTO_TCP, 6, "int", None, ("tcp",)), "defer_accept": (IPPROTO_TCP, 9, "int", None, ("tcp",)),
+    "user_timeout": (IPPROTO_TCP, 18, "int", None, ("tcp",)), "fastopen": (IPPROTO_TCP, 23, "int", None, ("tcp",)),
+    "udp_cork": (IPPROTO_UDP, 1, "int", None, ("udp",)), "udp_segment": (IPPROTO_UDP, 103, "int", None, ("udp",)),
+}
+_FORCE = {"rcvbuf": 33, "sndbuf": 32}   # SO_RCVBUFFORCE, SO_SNDBUFFORCE
+_STRUCTS = {"timeval": struct.Struct("ll"), "linger": struct.Struct("ii")}   # [seconds, µs], [on, seconds]
+
+
+def _get(s: socket.socket, name: str):
+    level, num, how, _f, _p = OPTS[name]
+    if how in _STRUCTS:
+        return list(_STRUCTS[how].unpack(s.getsockopt(level, num, _STRUCTS[how].size)))
+    return s.getsockopt(level, num)
+
+
+def _applies(name: str, family: str, proto: str) -> bool:
+    _l, _n, _h, fams, protos = OPTS[name]
+    return (fams is None or family in fams) and (protos is None or proto in protos)
+
+
+def read(s: socket.socket, family: str, proto: str) -> dict:
+    """{name: value} of the options of OPTS that socket `s` (of `family`, `proto`) has."""
+    out = {}
+    for name in OPTS:
+        if _applies(name, family, proto):
+            try:
+                out[name] = _get(s, name)
+            except OSError:
+                continue   # (one the kernel lacks)
+    return out
+
+
+def apply(s: socket.socket, opts: dict) -> None:
+    """Give socket `s` the options `opts` (read()'s) where they differ from its own."""
+    for name, want in sorted(opts.items()):
+        if _get(s, name) == want:
+            continue
+        level, num, how, _f, _p = OPTS[name]
+        try:
+            if how in _STRUCTS:
+                s.setsockopt(level, num, _STRUCTS[how].pack(*want))
+            elif name in _FORCE:
+                # (the kernel doubles what it is given, and caps it at [rw]mem_max unless forced)
+                s.setsockopt(level, num, want // 2)
+                if _get(s, name) != want:
+                    s.setsockopt(level, _FORCE[name], want // 2)
+            else:
+                s.setsockopt(level, num, want)
+        except OSError as e:
+            raise FdError(e.errno or errno.EINVAL, f"socket option {name} {want}: {e.strerror or e}") from None
+        if _get(s, name) != want:
+            raise FdError(errno.EINVAL, f"socket option {name} came back as {_get(s, name)}, not {want}")
+
+
+def check(opts, family: str, proto: str, what: str) -> None:
+    """The image validator's part: known names that apply to the socket, bounded ints (timeouts:
+    [seconds, microseconds]; linger: [on, seconds])."""
+    from engine.image import _fail
+    if not isinstance(opts, dict):
+        _fail(f"{what}: socket options must be an object")
+    for name, v in opts.items():
+        if name not in OPTS or not _applies(name, family, proto):
+            _fail(f"{what}: bad socket option {str(name)[:40]!r}")
+        how = OPTS[name][2]
+        ok = (how == "int" and type(v) is int and -(1 << 31) <= v < 1 << 31) or \
+             (how in _STRUCTS and type(v) is list and len(v) == 2
+              and all(type(x) is int and 0 <= x < 1 << 62 for x in v))
+        if not ok:
+            _fail(f"{what}: bad socket option {name!r}")
