@@ -5,6 +5,8 @@ late, once their leader took the terminal), what is refused before the stop, and
 import json
 import os
 import re
+import termios
+import time
 
 import pytest
 
@@ -68,8 +70,6 @@ if os.fork() == 0:
     os.setsid()
     s = os.open(f"/dev/pts/{n}", os.O_RDWR)   # (its controlling terminal)
     a = termios.tcgetattr(s); a[3] &= ~termios.ECHO; termios.tcsetattr(s, termios.TCSANOW, a)
-    if MODE == "output":
-        os.write(s, b"nobody reads this\\n")
     if MODE == "no_fd":
         os.close(s)   # (its stdio /dev/null: py_hold's tail)
     else:
@@ -84,8 +84,6 @@ if os.fork() == 0:
 else:
     os.close(w)
     os.read(r, 1); os.close(r)
-    if MODE == "input":
-        os.write(m, b"typed, not read\\n")
     time.sleep(0.2)
     os.dup2(m, 20); os.close(m)
 """)
@@ -95,33 +93,128 @@ def _pty_tree(case, mode):
     return case.start(STOP_WATCH + _PTY.replace("MODE", f"\"{mode}\""))
 
 
-@pytest.mark.parametrize("mode, words", [
-    ("input", r"fd 10 \(/dev/pts/0\): pty 0: 16 bytes of input that the program on the slave has not read yet"),
-    # (19: the line discipline wrote its newline as CR NL)
-    ("output", r"fd 20 \(/dev/pts/ptmx\): pty 0: 19 bytes of output that the program on its slave wrote and "
-               r"nobody read from the master"),
-])
-def test_unread_pty_bytes_refused_unstopped(case, mode, words):
-    """Bytes waiting in a pty of the tree (input the program on the slave did not read, output nobody
-    read from the master): restore would lose them, so dump refuses before the stop, naming the fd
-    and what to do; the bytes are still there."""
-    pid = _pty_tree(case, mode)
-    _refused_unstopped(case, pid, r"process \d+ " + words + r" wait in the terminal, which restore would lose: "
-                                  r"let them be read .* and dump again; the tree keeps running")
-    import fcntl
-    import struct
-    import termios
-    from engine.fds import sys as fsys
-    holder = pid if mode == "output" else _child_holding(pid, 10)
-    pidfd = os.pidfd_open(holder)
+# Bytes waiting in a pty of the tree (engine/fds/pty_data.py): SLAVE_OPS run on the slave `s` (its
+# termios, output its program writes), then MASTER_OPS on the master `m` (input typed), nobody reads.
+_WAITING = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+""" + py_hold("""
+import fcntl, struct, termios, time
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(m); os.close(r)
+    os.setsid()
+    s = os.open(f"/dev/pts/{n}", os.O_RDWR)
+    SLAVE_OPS
+    os.dup2(s, 10); os.close(s)
+    os.write(w, b"x"); os.close(w)
+else:
+    os.close(w)
+    os.read(r, 1); os.close(r)
+    MASTER_OPS
+    time.sleep(0.2)
+    os.dup2(m, 20); os.close(m)
+""")
+
+_SCENARIOS = {
+    # canonical, echo on: lines ended by NL (typed CR: ICRNL), by VEOF (a partial line, then VEOF
+    # alone: an empty read), a literal NL typed with VLNEXT, a VEOL line; output through OPOST
+    "canonical": ("a = termios.tcgetattr(s); a[6][termios.VEOL] = b\"#\"; termios.tcsetattr(s, termios.TCSANOW, a); "
+                  "os.write(s, b\"out\\nline\\n\")",
+                  "[os.write(m, x) or time.sleep(0.02) for x in (b\"abc\\r\", b\"de\\x04\", b\"\\x04\", "
+                  "b\"x\\x16\\ny\\n\", b\"hash#\", b\"\\x16\\x04\\n\")]"),
+    # raw: no canonical lines, no echo, no signals; CR and ^C as they are
+    "raw": ("a = termios.tcgetattr(s); a[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG); "
+            "termios.tcsetattr(s, termios.TCSANOW, a); os.write(s, b\"o\\n\")",
+            "os.write(m, b\"raw\\r\\n\\x03x\")"),
+}
+
+
+def _drain(master: int) -> tuple[bytes, list[bytes]]:
+    """What reads give from a pty: its master (the output waiting), then its slave (input, a read
+    each: lines in canonical mode), through a new fd on the slave."""
+    from engine.fds import pty_data
+    time.sleep(0.05)
+    out = b""
+    while pty_data.inq(master) > 0:
+        out += os.read(master, 65536)
+    slave = pty_data.peer(master)
     try:
-        fd = fsys.pidfd_getfd(pidfd, 20 if mode == "output" else 10)
+        ins = []
+        while pty_data.inq(slave) > 0:
+            ins.append(os.read(slave, 65536))
+        return out, ins
     finally:
-        os.close(pidfd)
+        os.close(slave)
+
+
+def _oracle(scenario: str, more: bytes = b"") -> tuple[bytes, list[bytes]]:
+    """What a pty of ours gives after the scenario's operations (then `more` typed): what the tree's
+    would have given, had it not been dumped."""
+    import fcntl  # noqa: F401  (the operations' names)
+    import termios  # noqa: F401
+    m, s = os.openpty()
     try:
-        assert struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0] == (19 if mode == "output" else 16)
+        slave_ops, master_ops = _SCENARIOS[scenario]
+        exec(slave_ops, {"os": os, "termios": termios, "s": s, "m": m, "time": time})
+        exec(master_ops, {"os": os, "termios": termios, "s": s, "m": m, "time": time})
+        if more:
+            os.write(m, more)
+        return _drain(m)
     finally:
-        os.close(fd)
+        os.close(m)
+        os.close(s)
+
+
+def _waiting_tree(case, scenario: str, typing: bytes = b"") -> int:
+    slave_ops, master_ops = _SCENARIOS[scenario]
+    if typing:
+        master_ops += f"; time.sleep(0.05); os.write(m, b\"{typing.decode()}\")"
+    return case.start(STOP_WATCH + _WAITING.replace("SLAVE_OPS", slave_ops).replace("MASTER_OPS", master_ops))
+
+
+@pytest.mark.parametrize("scenario", sorted(_SCENARIOS))
+def test_pty_bytes_waiting_kept_exactly(case, scenario):
+    """Bytes waiting in a pty of the tree, output nobody read from the master and input the program
+    on the slave did not read, are there after C/R exactly as reads would have given them: the
+    same bytes, the same lines (nothing echoed, translated or signalled twice); the snapshot
+    counts them on both ends (a loss fails the round trip)."""
+    from enginecase import grab_fd, take, assert_same
+    pid = _waiting_tree(case, scenario)
+    before = take(pid)
+    assert any(re.search(r"tty inq=[1-9]", f) for p in before.snap.procs for f in p.fds), before.snap.procs
+    restored = case.cr(pid)
+    assert_same(before, take(restored))
+    m = grab_fd(restored, 20)
+    try:
+        got = _drain(m)
+    finally:
+        os.close(m)
+    want = _oracle(scenario)
+    assert want[0] and want[1], want
+    assert got == want
+
+
+@pytest.mark.parametrize("scenario", sorted(_SCENARIOS))
+def test_pty_bytes_waiting_stay_with_leave_running(case, scenario):
+    """With --leave-running the tree keeps its pty's bytes exactly (dump read them and wrote them
+    back), the line being typed (canonical mode: not kept in the image) among them: typed on, it
+    completes as it would have."""
+    from enginecase import grab_fd
+    pid = _waiting_tree(case, scenario, b"part")
+    images = case.new_images_dir()
+    case.dump(pid, images, ("--leave-running",))
+    with open(os.path.join(images, "mntcr.json")) as f:
+        pty = next(o for o in json.load(f)["objects"].values() if o["kind"] == "pty")
+    assert pty.get("out") and pty.get("in"), pty
+    m = grab_fd(pid, 20)
+    try:
+        os.write(m, b"Z\n")
+        got = _drain(m)
+    finally:
+        os.close(m)
+    assert got == _oracle(scenario, b"partZ\n")
 
 
 def test_leader_without_fd_on_its_terminal_keeps_it(case):

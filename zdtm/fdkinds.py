@@ -5,7 +5,7 @@ the same open file description, read without consuming anything): buffered
 bytes and capacity of a pipe or FIFO, eventfd counter, signalfd mask, timerfd
 clock and interval (and whether it is armed, or fired unread: the time left moves), epoll
 targets, memfd seals and size, a socket's family, type, name and state (and how many fds are in
-flight on it).
+flight on it), the bytes waiting in a pty at each end.
 `sharing` names, per pipe/FIFO and per open file description held by more
 than one fd, which processes (by their index in the sorted snapshot) and fd
 numbers hold it.
@@ -179,6 +179,8 @@ def details(pid: int, fd: int, target: str) -> str:
         c = None
         st = os.stat(f"/proc/{pid}/fd/{fd}")
         import stat as st_mod
+        if st_mod.S_ISCHR(st.st_mode) and _is_pty(st.st_rdev):
+            return _pty(pid, fd)
         if not (target.startswith(("pipe:", "socket:")) or target.startswith("/memfd:") or st_mod.S_ISFIFO(st.st_mode)):
             return ""
         c = _copy(pid, fd)
@@ -194,6 +196,24 @@ def details(pid: int, fd: int, target: str) -> str:
             os.close(c)
     except (OSError, KeyError) as e:
         return f"unreadable ({type(e).__name__})"
+
+
+def _is_pty(rdev: int) -> bool:
+    return (os.major(rdev), os.minor(rdev)) == (5, 2) or 136 <= os.major(rdev) < 144
+
+
+def _pty(pid: int, fd: int) -> str:
+    """The bytes waiting in a pty, seen from this end: to be read here (FIONREAD: output on a
+    master, input on a slave) and not sent yet (TIOCOUTQ); a loss at C/R shows."""
+    c = _copy(pid, fd)
+    try:
+        try:
+            outq = struct.unpack("i", fcntl.ioctl(c, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            return f"tty inq={_inq(c)} outq={outq}"
+        except OSError:
+            return "tty hung-up"   # (a slave whose master is gone: EIO)
+    finally:
+        os.close(c)
 
 
 def sharing(pids: list[int]) -> str:

@@ -21,8 +21,10 @@ leader holding the slave that is its controlling terminal (`ctty` on the
 slave's entry: a shell on a container's console) takes it again the same way
 without /dev/tty.
 
-Bytes waiting in a pty (output not read from the master, input not read on
-the slave) are refused before the stop (`_refuse_unread`): not kept.
+Bytes waiting in a pty whose master the tree holds (output not read from the
+master, input not read on the slave) are kept exactly: read at dump and written
+back at once (the tree keeps them, for --leave-running or a dump that fails),
+written again into the restored pty once its termios is set (engine/fds/pty_data.py).
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ import stat
 import struct
 import termios
 
-from engine.imageformat import BOOL, DICT, STR, F
+from engine.imageformat import BOOL, DICT, INT, LIST, STR, F, Record, b64, list_of, rng
 from engine.kernel import undeleted
-from engine.fds import FdError, FdKind, RestoreFd, register
+from engine.fds import FdError, FdKind, RestoreFd, pty_data, register
 
 TIOCGPTN = 0x80045430
 TIOCSPTLCK = 0x40045431
@@ -70,7 +72,10 @@ def _dump(d) -> dict:
         attrs = termios.tcgetattr(c)
         o["termios"] = attrs[:6] + [[x if isinstance(x, int) else ord(x) for x in attrs[6]]]
         o["winsize"] = list(struct.unpack("HHHH", fcntl.ioctl(c, termios.TIOCGWINSZ, b"\0" * 8)))
-        _refuse(_unread(d, "master", index))
+        read = d.scratch.setdefault("pty_read", set())
+        if obj not in read:   # (once a pty: its masters are fds of one open file description)
+            read.add(obj)
+            o.update(_waiting(d, c, o["termios"], index))
         return {"obj": obj, "end": "master"}
     index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
     obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
@@ -140,7 +145,7 @@ def _hold(d, dev: int, index: int) -> None:
 
 def _precheck(d) -> None:
     """Before the tree is stopped: the masters it holds (for mountrules.held_roots), and bytes
-    waiting to be read on either end of a pty the tree holds the master of (`_unread`)."""
+    waiting in a pty that could not be kept (`_unread`)."""
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if _is_master(st.st_mode, st.st_rdev):
         index = index_of(d.copy())
@@ -155,8 +160,8 @@ def _precheck(d) -> None:
 
 
 def _prefinish(scratch: dict) -> None:
-    """Unread input on a slave whose master the tree holds (restore makes that pty: it would be
-    lost); on a terminal from outside the tree it stays where it is."""
+    """Input that could not be kept on a slave whose master the tree holds (restore makes that
+    pty); on a terminal from outside the tree it stays where it is."""
     held = scratch.get("held", set())
     for key, unread in scratch.get("pty_unread", ()):
         if key in held:
@@ -164,22 +169,83 @@ def _prefinish(scratch: dict) -> None:
 
 
 def _unread(d, end: str, index: int) -> str | None:
-    """Why fd `d` (a pty's `end`) cannot be dumped as it is: bytes wait to be read on it (FIONREAD):
-    on a master, what the program on the slave wrote that nobody read yet; on a slave, input not
-    read yet (in canonical mode whole lines: a line being typed is not counted, and not kept). They
-    are not kept: written back at restore they would pass the line discipline again (echo, signals,
-    CR/NL translation); so refused, before the stop and again once stopped, never read here (the
-    tree keeps running untouched). None when nothing waits."""
+    """Why the bytes waiting on fd `d` (a pty's `end`) cannot be kept (engine/fds/pty_data.py), or
+    None: on a master in packet mode, output (its reads carry a status byte); on a slave, input
+    that fills its line discipline (more may wait behind it, not processed yet)."""
     try:
-        n = struct.unpack("i", fcntl.ioctl(d.copy(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        n = pty_data.inq(d.copy())
+        packet = end == "master" and pty_data.packet_mode(d.copy())
     except OSError:
         return None   # (a hung-up terminal: nothing waits on it)
-    if n <= 0:
+    if n <= 0 or (end == "master" and not packet) or (end == "slave" and n < pty_data.MAX_IN):
         return None
-    what = ("output that the program on its slave wrote and nobody read from the master" if end == "master"
-            else "input that the program on the slave has not read yet")
-    return (f"{d.where}: pty {index}: {n} bytes of {what} wait in the terminal, which restore would lose: let "
-            "them be read (the reader drained, the program at its prompt) and dump again; the tree keeps running")
+    what = ("output nobody read from the master, which is in packet mode (TIOCPKT): not supported"
+            if end == "master" else "input the program on the slave has not read, which fill its line "
+            "discipline (more may wait behind, not processed yet): not supported")
+    return (f"{d.where}: pty {index}: {n} bytes of {what}; let them be read and dump again; the tree keeps running")
+
+
+def _waiting(d, master: int, attrs: list, index: int) -> dict:
+    """The pty object's fields for the bytes waiting in pty `index` (engine/fds/pty_data.py), read
+    through `master` (a copy of the tree's) and a new fd on its slave, and written back at once.
+    The slave is opened only when it was open before (closing the last fd on a slave marks the
+    master's reads EIO): it is closed (the master polls POLLHUP), a process of the tree holds it,
+    or output waits on the master (someone holds it); input written into a slave nobody opened
+    yet is not read (not kept)."""
+    if pty_data.inq(master) <= 0 and not _slave_open(d, master):
+        return {}
+    if pty_data.inq(master) > 0 and pty_data.packet_mode(master):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: pty {index}: output waits on a master in packet mode "
+                                        "(TIOCPKT): not supported; let it be read and dump again")
+    try:
+        slave = pty_data.peer(master)
+    except OSError as e:
+        raise FdError(e.errno or errno.EIO, f"{d.where}: pty {index}: opening its slave to read the bytes "
+                                            f"waiting in it: {e.strerror or e}") from None
+    where = f"{d.where}: pty {index}"
+    try:
+        out = pty_data.read_out(master)
+        chunks, typing = [], b""
+        try:
+            chunks, typing = pty_data.read_in(master, slave, attrs)
+        finally:
+            pty_data.put_back(master, slave, attrs, out, chunks, where, typing)
+    finally:
+        os.close(slave)
+    why = pty_data.too_much(out, chunks)
+    if why:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {why}: not supported; let them be read and dump again")
+    return pty_data.encode(out, chunks)
+
+
+def _slave_open(d, master: int) -> bool:
+    """Was the slave of `master` opened (and maybe closed since)? POLLHUP on the master (every fd
+    on its slave closed), or a process of the tree holds it."""
+    import select
+    p = select.poll()
+    p.register(master, select.POLLIN)
+    if any(ev & select.POLLHUP for _, ev in p.poll(0)):
+        return True
+    peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
+    try:
+        st = os.fstat(peer)
+    finally:
+        os.close(peer)
+    for pid in d.scratch.get("pids", ()):
+        if st.st_rdev not in char_rdevs(pid):
+            continue
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for n in names:
+            try:
+                fst = os.stat(f"/proc/{pid}/fd/{n}")
+            except OSError:
+                continue
+            if (fst.st_dev, fst.st_rdev) == (st.st_dev, st.st_rdev):
+                return True
+    return False
 
 
 def _refuse(why: str | None) -> None:
@@ -244,15 +310,33 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: only a pty slave that is not hung up is a controlling terminal")
 
 
+PTY_OBJECT = Record("pty object", {
+    "kind": F(STR),
+    "index": F(INT, rule=rng(0, MAX_INDEX - 1)),
+    "termios": F(LIST, required=False),
+    "winsize": F(LIST, required=False),
+    # bytes waiting at dump (engine/fds/pty_data.py): output on the master; input on the slave,
+    # as its reads gave them (canonical mode: a line each)
+    "out": F(STR, required=False, rule=b64(pty_data.MAX_OUT)),
+    "in": F(LIST, required=False, rule=list_of(b64(pty_data.MAX_IN), pty_data.MAX_CHUNKS)),
+})
+
+
 def _check_object(obj: dict, what: str) -> None:
     from engine.image import _fail
-    if not isinstance(obj.get("index"), int) or not 0 <= obj["index"] < MAX_INDEX:
-        _fail(f"{what}: bad pty")
+    from engine.imageformat import check_record
+    check_record(PTY_OBJECT, obj, what)
     t = obj.get("termios")
-    if t is not None and (not isinstance(t, list) or len(t) != 7 or not all(isinstance(x, int) for x in t[:6])
-                          or not isinstance(t[6], list) or not all(isinstance(x, int) and 0 <= x < 256 for x in t[6])
-                          or not isinstance(obj.get("winsize"), list) or len(obj["winsize"]) != 4):
+    if t is not None and (len(t) != 7 or not all(type(x) is int and 0 <= x < 1 << 32 for x in t[:6])
+                          or not isinstance(t[6], list) or len(t[6]) != 32
+                          or not all(type(x) is int and 0 <= x < 256 for x in t[6])
+                          or not isinstance(obj.get("winsize"), list) or len(obj["winsize"]) != 4
+                          or not all(type(x) is int and 0 <= x < 1 << 16 for x in obj["winsize"])):
         _fail(f"{what}: bad pty termios")
+    if ("out" in obj or "in" in obj) and t is None:
+        _fail(f"{what}: bytes waiting in a pty without its termios")
+    if sum(len(c) for c in pty_data.decode(obj)[1]) > pty_data.MAX_IN:
+        _fail(f"{what}: more input waiting in a pty than its line discipline holds")
 
 
 def open_until(open_ptmx, index: int) -> dict[int, int]:
@@ -345,8 +429,25 @@ def _master(r: RestoreFd, key: str) -> int:
         termios.tcsetattr(fd, termios.TCSANOW, t[:6] + [[bytes([c]) if i not in (termios.VMIN, termios.VTIME) else c
                                                          for i, c in enumerate(t[6])]])
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", *o["winsize"]))
+    if "out" in o or "in" in o:
+        _refill(r, fd, o)
     r.state[key] = fd
     return fd
+
+
+def _refill(r: RestoreFd, master: int, o: dict) -> None:
+    """The bytes that waited in the pty at dump, waiting again (engine/fds/pty_data.py)."""
+    out, chunks = pty_data.decode(o)
+    where = f"{r.where}: pty {o['index']}"
+    try:
+        slave = pty_data.peer(master)
+    except OSError as e:
+        raise FdError(e.errno or errno.EIO, f"{where}: opening its slave to give back the bytes waiting in it: "
+                                            f"{e.strerror or e}") from None
+    try:
+        pty_data.put_back(master, slave, o["termios"], out, chunks, where)
+    finally:
+        os.close(slave)
 
 
 def _open(r: RestoreFd) -> int:
