@@ -217,6 +217,35 @@ def test_pty_bytes_waiting_stay_with_leave_running(case, scenario):
     assert got == _oracle(scenario, b"partZ\n")
 
 
+def test_image_pty_waiting_hostile_values(case):
+    """The bytes waiting in a pty object are base64 within the terminal's bounds, with its termios:
+    anything else fails validation in one line, before restore writes a byte."""
+    from engine import image, imageformat
+    pid = _waiting_tree(case, "canonical")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    imageformat.validate(json.loads(json.dumps(good)))
+    key = next(k for k, o in good["objects"].items() if o["kind"] == "pty")
+    for change, words in (({"out": "not base64!"}, "must be base64"),
+                          ({"out": "QUJD="}, "must be base64"),
+                          ({"out": "QUJD" * 30000}, "must be base64 of at most 65536 bytes"),
+                          ({"in": "QUJD"}, "in.* must be a list"),
+                          ({"in": [7]}, r"in\[0\].* must be a string"),
+                          ({"in": ["QUJD" * 1400]}, "must be base64 of at most 4095 bytes"),
+                          ({"in": ["QUJD" * 1000, "QUJD" * 1000]}, "more input waiting in a pty than"),
+                          ({"termios": None}, "bytes waiting in a pty without its termios"),
+                          ({"extra": 1}, "unknown field 'extra'")):
+        doc = json.loads(json.dumps(good))
+        doc["objects"][key].update(change)
+        if change.get("termios", 1) is None:
+            del doc["objects"][key]["termios"]
+        with pytest.raises(image.ImageError, match=words) as e:
+            imageformat.validate(doc)
+        assert "\n" not in str(e.value)
+
+
 def test_leader_without_fd_on_its_terminal_keeps_it(case):
     """A session leader that closed every fd on its controlling terminal (its stdio sent elsewhere)
     still has it (tty_nr), and its member too: restore makes the leader take it through the slave's
