@@ -129,6 +129,19 @@ _SCENARIOS = {
             "termios.tcsetattr(s, termios.TCSANOW, a); os.write(s, b\"o\\n\")",
             "os.write(m, b\"raw\\r\\n\\x03x\")"),
 }
+# What cannot be kept (refused before the stop, the tree untouched): output waiting on a master in
+# packet mode (its reads carry a status byte); raw input filling the slave's line discipline (more
+# waits behind it, not processed yet: written back, it would be processed as it was not)
+_UNKEPT = {
+    "packet": ("os.write(s, b\"o\\n\")", "fcntl.ioctl(m, termios.TIOCPKT, struct.pack(\"i\", 1))",
+               r"fd 20 \(/dev/pts/ptmx\): pty 0: 3 bytes of output nobody read from the master, which is in "
+               r"packet mode \(TIOCPKT\): not supported"),
+    "full": ("a = termios.tcgetattr(s); a[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG); "
+             "termios.tcsetattr(s, termios.TCSANOW, a)",
+             "os.set_blocking(m, False); [os.write(m, b\"x\" * 1000) for _ in range(5)]",
+             r"fd 10 \(/dev/pts/0\): pty 0: \d+ bytes of input the program on the slave has not read, which "
+             r"fill its line discipline .*: not supported"),
+}
 
 
 def _drain(master: int) -> tuple[bytes, list[bytes]]:
@@ -215,6 +228,25 @@ def test_pty_bytes_waiting_stay_with_leave_running(case, scenario):
     finally:
         os.close(m)
     assert got == _oracle(scenario, b"partZ\n")
+
+
+@pytest.mark.parametrize("scenario", sorted(_UNKEPT))
+def test_pty_bytes_that_cannot_be_kept_refused_unstopped(case, scenario):
+    """Bytes waiting in a pty that dump could not keep exactly: refused before the stop, naming the
+    fd and what to do; the bytes are still there."""
+    slave_ops, master_ops, words = _UNKEPT[scenario]
+    pid = case.start(STOP_WATCH + _WAITING.replace("SLAVE_OPS", slave_ops).replace("MASTER_OPS", master_ops))
+    _refused_unstopped(case, pid, r"process \d+ (\(mntcr-hold\) )?" + words + "; let them be read and dump again; "
+                                     r"the tree keeps running")
+    from enginecase import grab_fd
+    from engine.fds import pty_data
+    fd = grab_fd(pid, 20)
+    slave = pty_data.peer(fd)
+    try:
+        assert pty_data.inq(fd) == 3 if scenario == "packet" else pty_data.inq(slave) >= 4095
+    finally:
+        os.close(slave)
+        os.close(fd)
 
 
 def test_image_pty_waiting_hostile_values(case):
