@@ -129,6 +129,15 @@ _SCENARIOS = {
             "termios.tcsetattr(s, termios.TCSANOW, a); os.write(s, b\"o\\n\")",
             "os.write(m, b\"raw\\r\\n\\x03x\")"),
 }
+# Output stopped at dump (tcflow TCOOFF; VSTOP typed with IXON): dump starts it to write the bytes
+# back and stops it again the same way (VSTART still restarts it). No echo: a stopped terminal
+# holds its echoes, which come out once started (the same bytes, earlier).
+_STOPPED = {
+    "tcooff": ("a = termios.tcgetattr(s); a[3] &= ~termios.ECHO; termios.tcsetattr(s, termios.TCSANOW, a); "
+               "os.write(s, b\"o\\n\"); termios.tcflow(s, termios.TCOOFF)", "os.write(m, b\"in\\n\")"),
+    "vstop": ("a = termios.tcgetattr(s); a[3] &= ~termios.ECHO; termios.tcsetattr(s, termios.TCSANOW, a); "
+              "os.write(s, b\"o\\n\")", "os.write(m, b\"\\x13\"); time.sleep(0.05); os.write(m, b\"in\\n\")"),
+}
 # What cannot be kept (refused before the stop, the tree untouched): output waiting on a master in
 # packet mode (its reads carry a status byte); raw input filling the slave's line discipline (more
 # waits behind it, not processed yet: written back, it would be processed as it was not)
@@ -169,7 +178,7 @@ def _oracle(scenario: str, more: bytes = b"") -> tuple[bytes, list[bytes]]:
     import termios  # noqa: F401
     m, s = os.openpty()
     try:
-        slave_ops, master_ops = _SCENARIOS[scenario]
+        slave_ops, master_ops = {**_SCENARIOS, **_STOPPED}[scenario]
         exec(slave_ops, {"os": os, "termios": termios, "s": s, "m": m, "time": time})
         exec(master_ops, {"os": os, "termios": termios, "s": s, "m": m, "time": time})
         if more:
@@ -181,7 +190,7 @@ def _oracle(scenario: str, more: bytes = b"") -> tuple[bytes, list[bytes]]:
 
 
 def _waiting_tree(case, scenario: str, typing: bytes = b"") -> int:
-    slave_ops, master_ops = _SCENARIOS[scenario]
+    slave_ops, master_ops = {**_SCENARIOS, **_STOPPED}[scenario]
     if typing:
         master_ops += f"; time.sleep(0.05); os.write(m, b\"{typing.decode()}\")"
     return case.start(STOP_WATCH + _WAITING.replace("SLAVE_OPS", slave_ops).replace("MASTER_OPS", master_ops))
@@ -209,11 +218,12 @@ def test_pty_bytes_waiting_kept_exactly(case, scenario):
     assert got == want
 
 
-@pytest.mark.parametrize("scenario", sorted(_SCENARIOS))
+@pytest.mark.parametrize("scenario", sorted(_SCENARIOS) + sorted(_STOPPED))
 def test_pty_bytes_waiting_stay_with_leave_running(case, scenario):
     """With --leave-running the tree keeps its pty's bytes exactly (dump read them and wrote them
     back), the line being typed (canonical mode: not kept in the image) among them: typed on, it
-    completes as it would have."""
+    completes as it would have; stopped output stays stopped, the way it was."""
+    import select
     from enginecase import grab_fd
     pid = _waiting_tree(case, scenario, b"part")
     images = case.new_images_dir()
@@ -223,11 +233,20 @@ def test_pty_bytes_waiting_stay_with_leave_running(case, scenario):
     assert pty.get("out") and pty.get("in"), pty
     m = grab_fd(pid, 20)
     try:
+        if scenario in _STOPPED:
+            slave = grab_fd(_child_holding(pid, 10), 10)
+            try:
+                assert not select.select([], [slave], [], 0.1)[1], "its output was started"
+                if scenario == "vstop":
+                    os.write(m, b"\x11")   # (VSTART, typed, starts it)
+                    assert select.select([], [slave], [], 2)[1]
+            finally:
+                os.close(slave)
         os.write(m, b"Z\n")
         got = _drain(m)
     finally:
         os.close(m)
-    assert got == _oracle(scenario, b"partZ\n")
+    assert got == _oracle(scenario, b"\x11partZ\n" if scenario == "vstop" else b"partZ\n")
 
 
 @pytest.mark.parametrize("scenario", sorted(_UNKEPT))

@@ -132,6 +132,35 @@ def _write_all(fd: int, data: bytes, what: str) -> None:
             raise FdError(errno.EAGAIN, f"{what}: the terminal takes {done} of {len(data)} bytes") from None
 
 
+def _stopped(master: int, slave: int, attrs: list) -> str | None:
+    """How the pty's output is stopped: None (it is not: the slave takes output, the master's queue
+    having room), "tco" (tcflow TCOOFF: TCOON restarts it, which this tries) or "ixon" (VSTOP typed
+    with IXON on: VSTART restarts it). Raises FdError when neither could."""
+    if select.select([], [slave], [], 0)[1]:
+        return None
+    termios.tcflow(slave, termios.TCOON)   # (restarts only what TCOOFF stopped)
+    if select.select([], [slave], [], 0)[1]:
+        termios.tcflow(slave, termios.TCOOFF)
+        return "tco"
+    if attrs[_IFLAG] & termios.IXON and attrs[_CC][termios.VSTART] and attrs[_CC][termios.VSTOP]:
+        return "ixon"
+    raise FdError(errno.EAGAIN, "its output is stopped and nothing restarts it")
+
+
+def _flow(master: int, slave: int, attrs: list, kind: str, on: bool, what: str) -> None:
+    """Output of the pty restarted (`on`) or stopped again the way `kind` (_stopped) says. (Started,
+    the echoes it held come out: the same bytes, earlier.)"""
+    if kind == "tco":
+        termios.tcflow(slave, termios.TCOON if on else termios.TCOOFF)
+        return
+    os.write(master, bytes([attrs[_CC][termios.VSTART if on else termios.VSTOP]]))
+    end = time.monotonic() + SETTLE   # (until the tty work handled it)
+    while bool(select.select([], [slave], [], 0)[1]) != on:
+        if time.monotonic() > end:
+            raise FdError(errno.EIO, f"{what}: its output stays {'stopped' if on else 'started'}")
+        time.sleep(0.002)
+
+
 def _free(taken: set[int]) -> int:
     """A byte value none of `taken` uses (a special character for the write-back alone)."""
     return next(c for c in range(1, 256) if c not in taken and c != 10)
@@ -171,7 +200,17 @@ def put_back(master: int, slave: int, attrs: list, out: bytes, chunks: list[byte
     """Make pty `master` (whose slave fd `slave` is non-blocking, and whose termios is `attrs`, cc as
     integers) hold output `out` on the master and input `chunks` on the slave exactly, then the
     line being typed `typing` (read_in's); its termios is `attrs` again after. Raises FdError."""
+    if not (out or chunks or typing):
+        _set(master, attrs)   # (read_in turned ICANON off for a moment)
+        return
     try:
+        stopped = _stopped(master, slave, attrs)
+    except FdError as e:
+        _set(master, attrs)
+        raise FdError(e.errno, f"{what}: {e.strerror}") from None
+    try:
+        if stopped:
+            _flow(master, slave, attrs, stopped, True, what)
         if out:
             t = list(attrs[:6]) + [list(attrs[_CC])]
             t[_OFLAG] &= ~termios.OPOST
@@ -194,6 +233,9 @@ def put_back(master: int, slave: int, attrs: list, out: bytes, chunks: list[byte
                 _settled(slave, sum(len(c) for c in chunks), f"{what}: the line being typed")
     finally:
         _set(master, attrs)
+        if stopped:
+            # (turning IXON off for the input restarted it too: stopped again only now)
+            _flow(master, slave, attrs, stopped, False, what)
 
 
 def _settled(slave: int, n: int, what: str) -> None:
