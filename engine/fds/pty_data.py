@@ -11,9 +11,11 @@ Two queues of a pty can hold bytes nobody read yet (engine/fds/pty.py):
   partial line VEOF pushed), and the write-back ends each chunk so that reads give it again:
   nothing after '\\n', VEOL or VEOL2, which stay enabled, and VEOF after a partial one. A byte of a
   chunk that would end it early (a literal the program typed with VLNEXT) goes with VLNEXT before it.
-A line being typed (not complete in canonical mode) is not counted by FIONREAD and not read: it
-is not kept. A master in packet mode (TIOCPKT) with output waiting is refused (its reads carry a
-status byte).
+A line being typed (not complete in canonical mode) is not counted by FIONREAD and not in the
+image: dump reads it (ICANON off for a moment) only to write it back after the lines, so the tree
+it leaves running keeps it. Output stopped (tcflow, or VSTOP with IXON) is started for the
+write-back and stopped again the same way; a restored pty's output runs. A master in packet mode
+(TIOCPKT) with output waiting is refused (its reads carry a status byte).
 
 CRIU (criu/tty.c) writes both queues into the peer as they are, through the line discipline again.
 """
@@ -84,8 +86,9 @@ def read_out(master: int) -> bytes:
 def read_in(master: int, slave: int, attrs: list) -> tuple[list[bytes], bytes]:
     """The input waiting on `slave` (non-blocking) of pty `master` whose termios is `attrs`: in
     canonical mode one chunk per line as reads give them (an empty one: a VEOF alone), else one
-    chunk; and the line being typed after them (canonical mode: read with ICANON off for a moment,
-    which loses no line since none is left; its termios is the caller's to give back: put_back)."""
+    chunk; and the line being typed after them (canonical mode, when lines were read: read with
+    ICANON off for a moment, which loses no line since none is left; its termios is the caller's
+    to give back: put_back)."""
     chunks: list[bytes] = []
     total = 0
     while inq(slave) > 0 and len(chunks) < MAX_CHUNKS and total <= MAX_IN:
@@ -97,6 +100,8 @@ def read_in(master: int, slave: int, attrs: list) -> tuple[list[bytes], bytes]:
         total += len(got)
     if not attrs[_LFLAG] & termios.ICANON:
         return ([b"".join(chunks)] if chunks else []), b""
+    if not chunks:
+        return [], b""   # (a line being typed alone stays where it is, untouched)
     t = list(attrs[:6]) + [list(attrs[_CC])]
     t[_LFLAG] &= ~termios.ICANON
     t[_CC][termios.VMIN], t[_CC][termios.VTIME] = 1, 0
@@ -201,7 +206,6 @@ def put_back(master: int, slave: int, attrs: list, out: bytes, chunks: list[byte
     integers) hold output `out` on the master and input `chunks` on the slave exactly, then the
     line being typed `typing` (read_in's); its termios is `attrs` again after. Raises FdError."""
     if not (out or chunks or typing):
-        _set(master, attrs)   # (read_in turned ICANON off for a moment)
         return
     try:
         stopped = _stopped(master, slave, attrs)
