@@ -89,16 +89,21 @@ def read_in(master: int, slave: int, attrs: list) -> tuple[list[bytes], bytes]:
     chunk; and the line being typed after them (canonical mode, when lines were read: read with
     ICANON off for a moment, which loses no line since none is left; its termios is the caller's
     to give back: put_back)."""
+    canonical = bool(attrs[_LFLAG] & termios.ICANON)
     chunks: list[bytes] = []
     total = 0
-    while inq(slave) > 0 and len(chunks) < MAX_CHUNKS and total <= MAX_IN:
+    # (canonical mode: until no line is left, a VEOF alone at the end too, which FIONREAD does not
+    # count; otherwise as FIONREAD says: a read with VMIN 0 gives 0 bytes rather than EAGAIN)
+    while (canonical or inq(slave) > 0) and len(chunks) < MAX_CHUNKS and total <= MAX_IN:
         try:
             got = os.read(slave, MAX_IN + 1)
         except BlockingIOError:
             break
+        if not got and not canonical:
+            break
         chunks.append(got)
         total += len(got)
-    if not attrs[_LFLAG] & termios.ICANON:
+    if not canonical:
         return ([b"".join(chunks)] if chunks else []), b""
     if not chunks:
         return [], b""   # (a line being typed alone stays where it is, untouched)
@@ -232,6 +237,8 @@ def put_back(master: int, slave: int, attrs: list, out: bytes, chunks: list[byte
             _write_all(master, data, f"{what}: input")
             # (the termios changes back only once the line discipline took every byte)
             _wait(slave, sum(len(c) for c in chunks), f"{what}: input")
+            if chunks and not chunks[-1]:
+                time.sleep(0.01)   # (a VEOF alone, last: written with the line before it, not counted)
             if tail:
                 _write_all(master, tail, f"{what}: the line being typed")
                 _settled(slave, sum(len(c) for c in chunks), f"{what}: the line being typed")
