@@ -134,12 +134,19 @@ def _wait(fd: int, n: int, what: str) -> None:
 
 
 def _write_all(fd: int, data: bytes, what: str) -> None:
+    """`data` written into fd `fd` (non-blocking or not: the tree's master may be either), waiting
+    while the tty buffer is full for the tty work to move it on into the line discipline."""
     done = 0
+    end = time.monotonic() + SETTLE
     while done < len(data):
         try:
             done += os.write(fd, data[done:])
+            end = time.monotonic() + SETTLE
         except BlockingIOError:
-            raise FdError(errno.EAGAIN, f"{what}: the terminal takes {done} of {len(data)} bytes") from None
+            # (polled: the tty work that makes room wakes no writer up)
+            if time.monotonic() > end:
+                raise FdError(errno.EAGAIN, f"{what}: the terminal takes {done} of {len(data)} bytes") from None
+            time.sleep(0.002)
 
 
 def _stopped(master: int, slave: int, attrs: list) -> str | None:
