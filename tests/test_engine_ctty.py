@@ -128,6 +128,11 @@ _SCENARIOS = {
     "raw": ("a = termios.tcgetattr(s); a[3] &= ~(termios.ICANON | termios.ECHO | termios.ISIG); "
             "termios.tcsetattr(s, termios.TCSANOW, a); os.write(s, b\"o\\n\")",
             "os.write(m, b\"raw\\r\\n\\x03x\")"),
+    # more than the line disciplines hold: output past the master's 4 KiB waits in the tty buffer
+    # behind it; input lines, many of their bytes special characters typed literally (VLNEXT)
+    "big": ("a = termios.tcgetattr(s); a[3] &= ~termios.ECHO; termios.tcsetattr(s, termios.TCSANOW, a); "
+            "[os.write(s, bytes([48 + i]) * 1000) or time.sleep(0.01) for i in range(10)]",
+            "[os.write(m, b\"\\x16\\x04\" * 100 + b\"\\x16\\n\\n\") or time.sleep(0.005) for _ in range(15)]"),
 }
 # Output stopped at dump (tcflow TCOOFF; VSTOP typed with IXON): dump starts it to write the bytes
 # back and stops it again the same way (VSTART still restarts it). No echo: a stopped terminal
@@ -159,8 +164,8 @@ def _drain(master: int) -> tuple[bytes, list[bytes]]:
     from engine.fds import pty_data
     time.sleep(0.05)
     out = b""
-    while pty_data.inq(master) > 0:
-        out += os.read(master, 65536)
+    while pty_data.inq(master) > 0 or (time.sleep(0.05) or pty_data.inq(master) > 0):
+        out += os.read(master, 65536)   # (then what the tty work moves in behind)
     slave = pty_data.peer(master)
     try:
         ins = []
