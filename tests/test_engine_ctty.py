@@ -1,6 +1,6 @@
 """engine/ctty.py: controlling terminals of a tree's processes made again (members of a session forked
 late, once their leader took the terminal), what is refused before the stop, and bytes waiting in a pty
-(engine/fds/pty.py: refused, never lost)."""
+(engine/fds/pty_data.py: kept exactly, or refused before the stop, never lost)."""
 
 import json
 import os
