@@ -182,8 +182,6 @@ def _drain(master: int) -> tuple[bytes, list[bytes]]:
 def _oracle(scenario: str, more: bytes = b"") -> tuple[bytes, list[bytes]]:
     """What a pty of ours gives after the scenario's operations (then `more` typed): what the tree's
     would have given, had it not been dumped."""
-    import fcntl  # noqa: F401  (the operations' names)
-    import termios  # noqa: F401
     m, s = os.openpty()
     try:
         slave_ops, master_ops = {**_SCENARIOS, **_STOPPED}[scenario]

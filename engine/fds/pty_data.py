@@ -42,7 +42,7 @@ MAX_OUT = 1 << 16   # the master's line discipline and the tty buffer behind it:
 MAX_CHUNKS = MAX_IN + 1
 SETTLE = 2.0        # seconds the kernel's tty work may take to move written bytes into a queue
 
-_IFLAG, _OFLAG, _CFLAG, _LFLAG, _CC = 0, 1, 2, 3, 6
+_IFLAG, _OFLAG, _LFLAG, _CC = 0, 1, 3, 6
 _IN_OFF = (termios.ICRNL | termios.INLCR | termios.IGNCR | getattr(termios, "IUCLC", 0) | termios.ISTRIP
            | termios.IXON | termios.IXOFF | termios.PARMRK)
 _LOCAL_OFF = (termios.ECHO | termios.ECHOE | termios.ECHOK | termios.ECHONL | termios.ECHOCTL | termios.ECHOPRT
