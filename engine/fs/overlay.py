@@ -349,13 +349,40 @@ def create(source: str, super_opts, binds: list[tuple[str, int]], userns_fd: int
 
 def _gone_here(path: str, found, mounts, plan, ns_name: str) -> bool:
     """Whether layer `path` no longer leads to a directory in namespace `ns_name`, where it resolves
-    to mount `found` now. Only where that mount is the one a walk of the path ends on now (a covered
-    layer is reached by other means, and is not looked at here)."""
+    to mount `found`: the path walked now where that mount is the one the walk ends on, else (a
+    layer beneath covers mounted after the overlay) that mount's directory beneath them."""
     now = _top(path, mounts, None, False)
     pids = (getattr(plan, "ns_pids", None) or {}).get(ns_name) or ()
-    if now is None or now.mnt_id != found[0] or not pids:
+    if now is None or not pids:
         return False
-    return not os.path.isdir(f"/proc/{pids[0]}/root{path}")
+    if now.mnt_id == found[0]:
+        return not os.path.isdir(f"/proc/{pids[0]}/root{path}")
+    return _gone_beneath(path, found, mounts, plan, ns_name)
+
+
+def _gone_beneath(path: str, found, mounts, plan, ns_name: str) -> bool:
+    """Whether layer `path`, resolved to mount `found` beneath covers mounted later (unique ids skip
+    them), leads to no directory on that mount: its layers' mount was lazily unmounted after the
+    overlay was made (a process keeps it alive, detached), and restore would look for the layer on the
+    mount beneath. Looked at in a private copy of the namespace, the covers unmounted there."""
+    stack = stack_beneath(path, mounts)
+    i = next((k for k, m in enumerate(stack) if m.mnt_id == found[0]), None)
+    if not i:
+        return False   # not beneath the walk (found in another namespace), or not covered
+    try:
+        return bool(plan.in_ns_copy(ns_name, missing_beneath, path, [m.mountpoint for m in stack[:i]],
+                                    stack[i].dev))
+    except (OSError, forkrun.ChildError):
+        return False   # the copy could not be looked at: nothing tells
+
+
+def missing_beneath(path: str, covers: list[str], dev: str) -> bool:
+    """In a private copy of the namespace, at its root: whether directory `path` is missing once the
+    mounts at `covers` (mount points, topmost first) are lazily unmounted, where it resolves to a
+    mount of device `dev` (a symlink at `path` is followed, as when the overlay was made)."""
+    for mountpoint in covers:
+        kernel.umount2(mountpoint, kernel.MNT_DETACH)
+    return _listing(path, dev, follow=True) is None
 
 
 def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[int, str] | None:
@@ -420,7 +447,8 @@ def _not_there(where: str, key: str, path: str, plan, ns_name: str) -> FsError:
         detail = f" ({parent} holds no {name!r})" if name else ""
     return FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path"
                                      f"{detail}: the mount the overlay was given it through was unmounted or "
-                                     "moved after the overlay was made (podman unmounts the idmapped layer "
+                                     "moved after the overlay was made (lazily unmounted, it may live on detached, "
+                                     "where dump does not look for layers; podman unmounts the idmapped layer "
                                      "mounts it makes for --uidmap and --userns=auto), or the directory was "
                                      "removed; dump cannot tell where the layer lies now; not supported")
 
