@@ -567,8 +567,11 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
                                         f"namespaces?){hint}")
         if _gone_here(path, found, mounts, plan, ns_name):
             # made before its namespace pivoted away from the layers' mounts (nspawn --overlay)?
-            found = _in_namespace_made_from(path, sid, sb, ns_name, plan) or found
-        _check_still_there(key, path, found, mounts, plan, ns_name, where)
+            other = _in_namespace_made_from(path, sid, sb, ns_name, plan)
+            if other is None:
+                raise _not_there(where, key, path, plan, ns_name)
+            found = other
+            _check_still_there(key, path, found, mounts, plan, ns_name, where)
         layers.append({"path": path, "mnt": found[0], "rel": found[1]})
     return layers
 
