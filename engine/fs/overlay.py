@@ -429,6 +429,58 @@ def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -
     return None
 
 
+def _on_detached(sid: str, sb: dict, plan) -> tuple[int, dict[str, str]] | None:
+    """(detached mount id, {layer path: path inside it}) of the overlay's layers that lie on a mount
+    lazily unmounted since, which a file of the tree keeps alive (engine/fs/_layers_detached.py):
+    found through the handle the overlay's root gives of its real layer directory, looked at on
+    one of its visible mounts (beneath covers, in a private copy of its namespace). The handle is
+    kept for engine/detached.py, which archives that mount whole from there (`layer_anchors`)."""
+    from engine.fs import _layers_detached as ld
+    anchors = getattr(plan, "layer_anchors", None)
+    pids = [p for ps in (getattr(plan, "ns_pids", None) or {}).values() for p in ps]
+    held = ld.held_on_detached(pids, {m.mnt_id for ms in plan.ns_mounts.values() for m in ms})
+    if not held:
+        return None
+    fid = None
+    for ns_name, ns in plan.mntns_doc.items():
+        for e in ns["mounts"]:
+            if e["sb"] != sid or e["root"] != "/" or not (getattr(plan, "ns_pids", None) or {}).get(ns_name):
+                continue
+            stack = stack_beneath(e["mountpoint"], plan.ns_mounts[ns_name])
+            i = next((k for k, m in enumerate(stack) if m.mnt_id == e["id"]), None)
+            if i is None:
+                continue
+            try:
+                fid = plan.in_ns_copy(ns_name, fid_beneath, e["mountpoint"], [m.mountpoint for m in stack[:i]],
+                                      sb["dev"])
+            except (OSError, forkrun.ChildError):
+                fid = None
+            if fid:
+                break
+        if fid:
+            break
+    if not fid:
+        return None
+    got = ld.place(tuple(fid), layer_paths(sb["super_opts"]), held)
+    if got is not None and anchors is not None:
+        anchors[got[0]] = tuple(fid)
+    return got
+
+
+def fid_beneath(mountpoint: str, covers: list[str], dev: str):
+    """In a private copy of the namespace, at its root: the real layer handle the overlay mounted at
+    `mountpoint` (device `dev`) gives of its root (engine/fs/_layers_detached.py root_fid), once the
+    mounts at `covers` (topmost first) are lazily unmounted; None when it gives none."""
+    from engine.fs import _layers_detached as ld
+    for mp in covers:
+        kernel.umount2(mp, kernel.MNT_DETACH)
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        return ld.root_fid(fd) if _dev(os.fstat(fd)) == dev else None
+    finally:
+        os.close(fd)
+
+
 def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, where: str) -> None:
     """Refuse a layer whose path no longer leads to it: the overlay's options keep the path it was
     given, and a layer whose mount was moved (`mount --move`) or unmounted since resolves to the mount now at
@@ -448,7 +500,7 @@ def _not_there(where: str, key: str, path: str, plan, ns_name: str) -> FsError:
     return FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path"
                                      f"{detail}: the mount the overlay was given it through was unmounted or "
                                      "moved after the overlay was made (lazily unmounted, it may live on detached, "
-                                     "where dump does not look for layers; podman unmounts the idmapped layer "
+                                     "but no file the tree holds there leads to the layers; podman unmounts the idmapped layer "
                                      "mounts it makes for --uidmap and --userns=auto), or the directory was "
                                      "removed; dump cannot tell where the layer lies now; not supported")
 
@@ -538,6 +590,7 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
     `oldest` ({id, uid, mountpoint}) was made (`where` names it in refusals)."""
     mounts = plan.ns_mounts[ns_name]
     layers = []
+    on_detached = None   # (detached mount id, {layer path: path in it}), looked for once
     for key, path in layer_paths(sb["super_opts"]):
         if not path.startswith("/"):
             raise FsError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
@@ -569,6 +622,13 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
             # made before its namespace pivoted away from the layers' mounts (nspawn --overlay)?
             other = _in_namespace_made_from(path, sid, sb, ns_name, plan)
             if other is None:
+                # the layers' mount lazily unmounted since, kept alive by a file of the tree on it?
+                if on_detached is None:
+                    on_detached = _on_detached(sid, sb, plan) or (0, {})
+                if path in on_detached[1]:
+                    layers.append({"path": path, "mnt": on_detached[0], "rel": on_detached[1][path],
+                                   "detached": True})
+                    continue
                 raise _not_there(where, key, path, plan, ns_name)
             found = other
             _check_still_there(key, path, found, mounts, plan, ns_name, where)
@@ -635,8 +695,10 @@ class OverlayType(FsType):
         ctx.join_files()  # overlayfs wants its layers complete
         binds: list[tuple[str, int]] = []
         try:
+            detached = {x["mnt"] for x in sb["layers"] if x.get("detached")}
             for path, mnt, rel in yard_binds(sb["layers"]):
-                layer = ctx.mounts.get(mnt)
+                # (a layer on a detached mount: its mount lazily unmounted after the overlay was made)
+                layer = (ctx.detached if mnt in detached else ctx.mounts).get(mnt)
                 if layer is None:
                     raise FsError(errno.EINVAL, f"{where}: its layers at {path} lie on mount {mnt}, which "
                                                 "is not in the image")
