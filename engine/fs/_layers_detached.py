@@ -55,19 +55,24 @@ def held_on_detached(pids, visible: set[int]) -> list[tuple[int, str]]:
                     mnt = next(int(x.split()[1]) for x in f if x.startswith("mnt_id:"))
             except (OSError, StopIteration, ValueError):
                 continue
-            if mnt not in visible and mnt not in seen:
+            if mnt not in visible and mnt not in seen and _dir_or_file(f"/proc/{pid}/fd/{fd}"):
                 seen.add(mnt)
                 out.append((mnt, f"/proc/{pid}/fd/{fd}"))
     return out
 
 
-def _open_mount_fd(link: str) -> int | None:
-    """An fd on the file at /proc `link` that open_by_handle_at takes as its mount_fd (no O_PATH)."""
+def _dir_or_file(link: str) -> bool:
+    """Whether /proc `link` leads to a directory or regular file (one that can be opened to read)."""
     try:
         st = os.stat(link)
     except OSError:
-        return None
-    if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+        return False
+    return stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)
+
+
+def _open_mount_fd(link: str) -> int | None:
+    """An fd on the file at /proc `link` that open_by_handle_at takes as its mount_fd (no O_PATH)."""
+    if not _dir_or_file(link):
         return None
     try:
         return os.open(link, os.O_RDONLY | os.O_CLOEXEC)
