@@ -500,9 +500,10 @@ def _not_there(where: str, key: str, path: str, plan, ns_name: str) -> FsError:
     return FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path"
                                      f"{detail}: the mount the overlay was given it through was unmounted or "
                                      "moved after the overlay was made (lazily unmounted, it may live on detached, "
-                                     "but no file the tree holds there leads to the layers; podman unmounts the idmapped layer "
-                                     "mounts it makes for --uidmap and --userns=auto), or the directory was "
-                                     "removed; dump cannot tell where the layer lies now; not supported")
+                                     "but no file the tree holds there leads to the layers; podman unmounts "
+                                     "the idmapped layer mounts it makes for --uidmap and --userns=auto), or "
+                                     "the directory was removed; dump cannot tell where the layer lies now; "
+                                     "not supported")
 
 
 def _last_present(root: str, path: str) -> tuple[str, str]:
