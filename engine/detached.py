@@ -278,12 +278,22 @@ def locate_outside(facts: dict, inner_path: str, d_fd: int, d_path: str) -> str:
                                       "(unlinked, or renamed while dumped?)")
 
 
-def archive_invisible(locs: list[tuple[dict, str]], out_path: str) -> dict:
+def archive_invisible(locs: list[tuple[dict, str]], out_path: str, layer: tuple | None = None) -> dict:
     """Archive a detached tmpfs reachable only through fds (member sb-0): its whole tree from a
     directory, else the files. Returns the archive's size and sha256.
 
-    `locs` are (probe facts, path inside the detached mount).
+    `locs` are (probe facts, path inside the detached mount); `layer`: the handle of an overlay
+    layer directory on it (engine/fs/_layers_detached.py), a directory to climb from when the fds
+    are only files.
     """
+    if layer is not None:
+        from engine.fs import _layers_detached
+        fd = _layers_detached.root_dir(layer, locs[0][0]["link"])
+        if fd is not None:
+            try:
+                return content.archive_dir(fd, out_path)
+            finally:
+                os.close(fd)
     dirs = [(f, p) for f, p in locs if f["is_dir"]]
     if dirs:
         facts, inner = dirs[0]
@@ -590,7 +600,7 @@ def plan(unplaced, superblocks, sb_of_dev, ns_data, by_mntns, mounts_by_id, writ
                 else:
                     sid = f"sb-{len(superblocks)}"
                     name, path = writer.new_archive()
-                    files[name] = archive_invisible(facts, path)
+                    files[name] = archive_invisible(facts, path, (getattr(view, "layer_anchors", None) or {}).get(mnt))
                     superblocks[sid] = {"fstype": found_type.name, "source": "none", "super_opts": ["rw"], "dev": f0["dev"],
                                         "external": False, "archives": [{"file": name, "member": "sb-0", "root": "/"}]}
                     root = "/"

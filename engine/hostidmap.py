@@ -60,6 +60,8 @@ class _Origins:
             if m.get("external"):
                 self.ext_by_sb.setdefault(m["sb"], []).append(m)
         self.memo: dict[str, frozenset[str]] = {}
+        # (overlay layers may lie on detached mounts too: their mount lazily unmounted since)
+        self.all_mounts = {**self.mounts, **{d["id"]: d for d in (doc.get("detached") or {}).values()}}
 
     def of_mount(self, m: dict) -> frozenset[str]:
         """What mount m's files come from: its external (the one restore clones it from: itself, or
@@ -92,7 +94,7 @@ class _Origins:
         if handler is not None:
             if handler.daemon:
                 out.add(f"fuse[{sb['fstype'].partition('.')[2] or 'fuse'}]")   # (its --fuse-restart key)
-            for other in handler.made_from(sb, self.mounts):
+            for other in handler.made_from(sb, self.all_mounts):
                 out.update(self.of_sb(other, seen | {sid}))
         self.memo[sid] = frozenset(out)
         return self.memo[sid]

@@ -839,6 +839,7 @@ LAYER = Record("overlay layer", {
     "path": F(STR, rule=path_rule),                           # the path the overlay options name
     "mnt": F(INT, rule=rng(1, MAX_ID)),                       # the mount of the image it lies on
     "rel": F(STR, rule=path_rule),                            # the path inside that mount
+    "detached": F(BOOL, required=False),                      # the mount is in "detached"
 })
 
 SUPERBLOCK = Record("superblock", {
@@ -1309,7 +1310,10 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                 if path not in recorded:
                     _fail(f"{what}: layer {key}={path[:200]} is not in its layers record")
             for x in layers:
-                if x["mnt"] not in mounts:
+                if x.get("detached"):
+                    if x["mnt"] not in detached:
+                        _fail(f"{what}: layer {x['path']} lies on detached mount {x['mnt']}, which is not in the image")
+                elif x["mnt"] not in mounts:
                     _fail(f"{what}: layer {x['path']} lies on mount {x['mnt']}, which is not in the image")
         elif layers is not None:
             _fail(f"{what}: a layers record only belongs to an overlay")
@@ -1330,7 +1334,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
         # (+ the end of archive and tar's padding to its 10 KiB record)
         if limit is not None and limit + 10240 < files[name]["size"]:
             _fail(f"archive {name}: {files[name]['size']} bytes is more than its superblocks may hold ({limit})")
-    _check_overlay_cycles(sbs, mounts)
+    _check_overlay_cycles(sbs, mounts, detached)
 
 
 def _check_super_opts(what: str, opts: list, handler) -> None:
@@ -1424,10 +1428,10 @@ def _size_limit(sb: dict) -> int | None:
     return 2 * size + (1024 * inodes if inodes else 64 << 20)
 
 
-def _check_overlay_cycles(sbs: dict, mounts: dict) -> None:
+def _check_overlay_cycles(sbs: dict, mounts: dict, detached: dict) -> None:
     """An overlay whose layer lies (through other overlays) on itself could never be made."""
-    deps = {sid: {mounts[x["mnt"]]["sb"] for x in sb.get("layers") or ()} for sid, sb in sbs.items()
-            if sb.get("layers")}
+    deps = {sid: {(detached if x.get("detached") else mounts)[x["mnt"]]["sb"] for x in sb.get("layers") or ()}
+            for sid, sb in sbs.items() if sb.get("layers")}
     for start in deps:
         seen, stack = set(), [start]
         while stack:

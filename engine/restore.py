@@ -1474,12 +1474,13 @@ class _Restorer:
             return  # clones from seeds, adopted copies: uses are not one clone a mount there
         sbs = self.doc["superblocks"]
         later = set(self.helper_sbs) | {g["sb"] for g in (self.doc.get("ghosts") or {}).values()}
+        every = {**self.mounts, **self.detached}   # (overlay layers may lie on detached mounts)
         for sid, sb in sbs.items():
             if sb.get("external"):
                 later.add(sid)
             handler = fs.lookup(sb["fstype"])  # None: an external superblock of a type we do not make
             if handler is not None:
-                later |= handler.made_from(sb, self.mounts)
+                later |= handler.made_from(sb, every)
         # (counted in one pass in C: this was ~45 steps a mount)
         uses = collections.Counter(map(itemgetter("sb"), itertools.chain(self.mounts.values(), self.detached.values())))
         for m in self.ghost_mounts:

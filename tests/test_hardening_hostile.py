@@ -292,6 +292,17 @@ def test_overlay_layer_cycle_is_refused(base_image, tmp_path):
     refused(_mutated(base_image, tmp_path, mutate), r"layer cycle", tmp_path)
 
 
+def test_overlay_layer_on_an_unknown_detached_mount_is_refused(base_image, tmp_path):
+    """A layer marked `detached` (its mount lazily unmounted after the overlay) must lie on a detached
+    mount of the image: a mount id of the tree does not pass for one."""
+    def mutate(d):
+        sb = _sb(d, "/mnt/u")
+        sb.update(fstype="overlay", source="overlay", archives=[], super_opts=["rw", "lowerdir=/l"],
+                  layers=[{"path": "/l", "mnt": _mount(d, "/mnt/t")["id"], "rel": "/", "detached": True}])
+    refused(_mutated(base_image, tmp_path, mutate), r"layer /l lies on detached mount \d+, which is not in the image",
+            tmp_path)
+
+
 # --- FUSE: the daemon's command comes from the user, never from the image ---------------------------
 
 def _to_fuse(doc, source: str = "/mnt/t/f", **extra):

@@ -69,6 +69,16 @@ def test_an_overlay_on_a_host_layer_and_a_fuse_daemon():
     assert "the daemon of --fuse-restart squashfuse" in hostidmap.refusal(doc, {"mnt[usr]"}, EXT)
 
 
+def test_an_overlay_on_a_layer_of_a_detached_mount_of_the_host():
+    """A layer on a detached mount (its mount lazily unmounted after the overlay was made) of an
+    external superblock: the overlay shows the host's files as well."""
+    layer = {"path": "/usr/l", "mnt": 9, "rel": "/l", "detached": True}
+    doc = _doc([_m(1, "/", "sb-0"), _m(2, "/usr", "sb-1", "/usr", external="usr"), _m(3, "/ov", "sb-2", idmap=SHIFT)],
+               {"sb-0": _sb(), "sb-1": _sb("ext4", external=True), "sb-2": _sb("overlay", layers=[layer])})
+    doc["detached"] = {"9": {"id": 9, "sb": "sb-1", "root": "/usr", "mount_opts": ["rw"]}}
+    assert hostidmap.needed(doc) == ["mnt[usr]"]
+
+
 @pytest.mark.parametrize("spec", ["vol", "mnt[]", "file[x]", "mnt[a]b", "ROOT"])
 def test_bad_allowances(spec):
     with pytest.raises(ValueError, match=r"--allow-idmap .*expected mnt\[KEY\], dev\[KEY\], fuse\[KEY\] or root"):

@@ -272,7 +272,8 @@ class FsType:
 
     def made_from(self, sb: dict, mounts: dict) -> set[str]:
         """Superblock ids `create` reads from (a device's backing file, layers): their fds stay open
-        until the superblock is made. `mounts` maps the image's mount ids to their records."""
+        until the superblock is made. `mounts` maps the image's mount ids (and its detached mounts'
+        ids) to their records."""
         return set()
 
     def mount_again(self, sb: dict, source: str, sb_fd: int, where: str) -> int:

@@ -349,13 +349,40 @@ def create(source: str, super_opts, binds: list[tuple[str, int]], userns_fd: int
 
 def _gone_here(path: str, found, mounts, plan, ns_name: str) -> bool:
     """Whether layer `path` no longer leads to a directory in namespace `ns_name`, where it resolves
-    to mount `found` now. Only where that mount is the one a walk of the path ends on now (a covered
-    layer is reached by other means, and is not looked at here)."""
+    to mount `found`: the path walked now where that mount is the one the walk ends on, else (a
+    layer beneath covers mounted after the overlay) that mount's directory beneath them."""
     now = _top(path, mounts, None, False)
     pids = (getattr(plan, "ns_pids", None) or {}).get(ns_name) or ()
-    if now is None or now.mnt_id != found[0] or not pids:
+    if now is None or not pids:
         return False
-    return not os.path.isdir(f"/proc/{pids[0]}/root{path}")
+    if now.mnt_id == found[0]:
+        return not os.path.isdir(f"/proc/{pids[0]}/root{path}")
+    return _gone_beneath(path, found, mounts, plan, ns_name)
+
+
+def _gone_beneath(path: str, found, mounts, plan, ns_name: str) -> bool:
+    """Whether layer `path`, resolved to mount `found` beneath covers mounted later (unique ids skip
+    them), leads to no directory on that mount: its layers' mount was lazily unmounted after the
+    overlay was made (a process keeps it alive, detached), and restore would look for the layer on the
+    mount beneath. Looked at in a private copy of the namespace, the covers unmounted there."""
+    stack = stack_beneath(path, mounts)
+    i = next((k for k, m in enumerate(stack) if m.mnt_id == found[0]), None)
+    if not i:
+        return False   # not beneath the walk (found in another namespace), or not covered
+    try:
+        return bool(plan.in_ns_copy(ns_name, missing_beneath, path, [m.mountpoint for m in stack[:i]],
+                                    stack[i].dev))
+    except (OSError, forkrun.ChildError):
+        return False   # the copy could not be looked at: nothing tells
+
+
+def missing_beneath(path: str, covers: list[str], dev: str) -> bool:
+    """In a private copy of the namespace, at its root: whether directory `path` is missing once the
+    mounts at `covers` (mount points, topmost first) are lazily unmounted, where it resolves to a
+    mount of device `dev` (a symlink at `path` is followed, as when the overlay was made)."""
+    for mountpoint in covers:
+        kernel.umount2(mountpoint, kernel.MNT_DETACH)
+    return _listing(path, dev, follow=True) is None
 
 
 def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -> tuple[int, str] | None:
@@ -402,6 +429,58 @@ def _in_namespace_made_from(path: str, sid: str, sb: dict, ns_name: str, plan) -
     return None
 
 
+def _on_detached(sid: str, sb: dict, plan) -> tuple[int, dict[str, str]] | None:
+    """(detached mount id, {layer path: path inside it}) of the overlay's layers that lie on a mount
+    lazily unmounted since, which a file of the tree keeps alive (engine/fs/_layers_detached.py):
+    found through the handle the overlay's root gives of its real layer directory, looked at on
+    one of its visible mounts (beneath covers, in a private copy of its namespace). The handle is
+    kept for engine/detached.py, which archives that mount whole from there (`layer_anchors`)."""
+    from engine.fs import _layers_detached as ld
+    anchors = getattr(plan, "layer_anchors", None)
+    pids = [p for ps in (getattr(plan, "ns_pids", None) or {}).values() for p in ps]
+    held = ld.held_on_detached(pids, {m.mnt_id for ms in plan.ns_mounts.values() for m in ms})
+    if not held:
+        return None
+    fid = None
+    for ns_name, ns in plan.mntns_doc.items():
+        for e in ns["mounts"]:
+            if e["sb"] != sid or e["root"] != "/" or not (getattr(plan, "ns_pids", None) or {}).get(ns_name):
+                continue
+            stack = stack_beneath(e["mountpoint"], plan.ns_mounts[ns_name])
+            i = next((k for k, m in enumerate(stack) if m.mnt_id == e["id"]), None)
+            if i is None:
+                continue
+            try:
+                fid = plan.in_ns_copy(ns_name, fid_beneath, e["mountpoint"], [m.mountpoint for m in stack[:i]],
+                                      sb["dev"])
+            except (OSError, forkrun.ChildError):
+                fid = None
+            if fid:
+                break
+        if fid:
+            break
+    if not fid:
+        return None
+    got = ld.place(tuple(fid), layer_paths(sb["super_opts"]), held)
+    if got is not None and anchors is not None:
+        anchors[got[0]] = tuple(fid)
+    return got
+
+
+def fid_beneath(mountpoint: str, covers: list[str], dev: str):
+    """In a private copy of the namespace, at its root: the real layer handle the overlay mounted at
+    `mountpoint` (device `dev`) gives of its root (engine/fs/_layers_detached.py root_fid), once the
+    mounts at `covers` (topmost first) are lazily unmounted; None when it gives none."""
+    from engine.fs import _layers_detached as ld
+    for mp in covers:
+        kernel.umount2(mp, kernel.MNT_DETACH)
+    fd = os.open(mountpoint, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        return ld.root_fid(fd) if _dev(os.fstat(fd)) == dev else None
+    finally:
+        os.close(fd)
+
+
 def _check_still_there(key: str, path: str, found, mounts, plan, ns_name: str, where: str) -> None:
     """Refuse a layer whose path no longer leads to it: the overlay's options keep the path it was
     given, and a layer whose mount was moved (`mount --move`) or unmounted since resolves to the mount now at
@@ -420,9 +499,11 @@ def _not_there(where: str, key: str, path: str, plan, ns_name: str) -> FsError:
         detail = f" ({parent} holds no {name!r})" if name else ""
     return FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} is no longer a directory at that path"
                                      f"{detail}: the mount the overlay was given it through was unmounted or "
-                                     "moved after the overlay was made (podman unmounts the idmapped layer "
-                                     "mounts it makes for --uidmap and --userns=auto), or the directory was "
-                                     "removed; dump cannot tell where the layer lies now; not supported")
+                                     "moved after the overlay was made (lazily unmounted, it may live on detached, "
+                                     "but no file the tree holds there leads to the layers; podman unmounts "
+                                     "the idmapped layer mounts it makes for --uidmap and --userns=auto), or "
+                                     "the directory was removed; dump cannot tell where the layer lies now; "
+                                     "not supported")
 
 
 def _last_present(root: str, path: str) -> tuple[str, str]:
@@ -510,6 +591,7 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
     `oldest` ({id, uid, mountpoint}) was made (`where` names it in refusals)."""
     mounts = plan.ns_mounts[ns_name]
     layers = []
+    on_detached = None   # (detached mount id, {layer path: path in it}), looked for once
     for key, path in layer_paths(sb["super_opts"]):
         if not path.startswith("/"):
             raise FsError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
@@ -539,8 +621,18 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
                                         f"namespaces?){hint}")
         if _gone_here(path, found, mounts, plan, ns_name):
             # made before its namespace pivoted away from the layers' mounts (nspawn --overlay)?
-            found = _in_namespace_made_from(path, sid, sb, ns_name, plan) or found
-        _check_still_there(key, path, found, mounts, plan, ns_name, where)
+            other = _in_namespace_made_from(path, sid, sb, ns_name, plan)
+            if other is None:
+                # the layers' mount lazily unmounted since, kept alive by a file of the tree on it?
+                if on_detached is None:
+                    on_detached = _on_detached(sid, sb, plan) or (0, {})
+                if path in on_detached[1]:
+                    layers.append({"path": path, "mnt": on_detached[0], "rel": on_detached[1][path],
+                                   "detached": True})
+                    continue
+                raise _not_there(where, key, path, plan, ns_name)
+            found = other
+            _check_still_there(key, path, found, mounts, plan, ns_name, where)
         layers.append({"path": path, "mnt": found[0], "rel": found[1]})
     return layers
 
@@ -604,8 +696,10 @@ class OverlayType(FsType):
         ctx.join_files()  # overlayfs wants its layers complete
         binds: list[tuple[str, int]] = []
         try:
+            detached = {x["mnt"] for x in sb["layers"] if x.get("detached")}
             for path, mnt, rel in yard_binds(sb["layers"]):
-                layer = ctx.mounts.get(mnt)
+                # (a layer on a detached mount: its mount lazily unmounted after the overlay was made)
+                layer = (ctx.detached if mnt in detached else ctx.mounts).get(mnt)
                 if layer is None:
                     raise FsError(errno.EINVAL, f"{where}: its layers at {path} lie on mount {mnt}, which "
                                                 "is not in the image")

@@ -1,0 +1,80 @@
+"""An overlay whose layers lie on a mount lazily unmounted after the overlay was made (a process
+keeps the mount alive, detached, through a regular file on it), while the overlay stays visible
+through a bind (found by tests/test_hardening_random_trees.py). The layer paths lead nowhere in the
+namespace any more; with unique mount ids, resolving them as they were when the overlay was made
+skips mounts made after it, so a later overmount of the directory beneath (`cover`) hid that: dump
+recorded the layers on the mount beneath, which holds no such directory, and restore failed on it
+(openat2('t0/ov2'): No such file or directory). Dump now finds the layers on the detached mount
+through the handle the overlay gives of its real layer directory (engine/fs/_layers_detached.py),
+records them `detached`, and archives that mount whole. Restore (and the variants, dumped twice):
+scenarios/regressions/overlay_on_detached_layers.yaml."""
+
+from __future__ import annotations
+
+import pytest
+
+from enginecase import STOP_WATCH, CRError, case, load_manifest, was_stopped  # noqa: F401  (fixture)
+
+
+def _setup(upper: bool, cover: bool, held: str = "t0") -> str:
+    opts = "lowerdir=/mnt/t0/ov2/l,upperdir=/mnt/t0/ov2/u,workdir=/mnt/t0/ov2/w" if upper \
+        else "lowerdir=/mnt/t0/ov2/l:/mnt/t0/ov2/u"
+    hold = {"t0": "echo 4 > /mnt/t0/l4 && exec 3</mnt/t0/l4 && umount -l /mnt/t0",
+            # a file of another lazily unmounted tmpfs: no handle of the layers opens there
+            "other": "mkdir /mnt/t9 && mount -t tmpfs t9 /mnt/t9 && echo 4 > /mnt/t9/l4 && exec 3</mnt/t9/l4 "
+                     "&& umount -l /mnt/t9 && umount -l /mnt/t0",
+            "nothing": "umount -l /mnt/t0"}[held]
+    return f"""
+mount -t tmpfs base /mnt
+mkdir -p /mnt/t0 && mount -t tmpfs t0 /mnt/t0
+mkdir -p /mnt/t0/ov2/l /mnt/t0/ov2/u /mnt/t0/ov2/w /mnt/t0/ov2/m && echo 2 > /mnt/t0/ov2/l/x
+mount -t overlay ov2 -o {opts} /mnt/t0/ov2/m
+mkdir -p /mnt/b3 && mount --bind /mnt/t0/ov2/m /mnt/b3
+{hold}
+{"mount -t tmpfs o5 /mnt" if cover else ""}
+hold
+"""
+
+
+def _needs_overlay():
+    with open("/proc/filesystems") as f:
+        if "overlay" not in f.read():
+            pytest.skip("overlay is not in /proc/filesystems (kernel without CONFIG_OVERLAY_FS)")
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.parametrize("upper", [True, False], ids=["upper", "lower-only"])
+@pytest.mark.parametrize("cover", [True, False], ids=["covered", "uncovered"])
+def test_layers_on_a_detached_mount_recorded_there(case, upper, cover):
+    _needs_overlay()
+    pid = case.start(_setup(upper, cover))
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    doc = load_manifest(images)
+    (sb,) = [s for s in doc["superblocks"].values() if s["fstype"] == "overlay"]
+    (det,) = doc["detached"].values()
+    want = [("/mnt/t0/ov2/l", "/ov2/l"), ("/mnt/t0/ov2/u", "/ov2/u")] + ([("/mnt/t0/ov2/w", "/ov2/w")] if upper else [])
+    assert sorted((x["path"], x["rel"]) for x in sb["layers"]) == want, sb["layers"]
+    assert all(x.get("detached") and x["mnt"] == det["id"] for x in sb["layers"]), (sb["layers"], det)
+    assert det["root"] == "/" and doc["superblocks"][det["sb"]]["fstype"] == "tmpfs", det
+
+
+@pytest.mark.parametrize("held", ["other", "nothing"])
+def test_layers_on_a_detached_mount_nothing_holds_refused_unstopped(case, held):
+    """The layers' mount lazily unmounted and held by no file of the tree (only the overlay keeps it),
+    or the tree holds a file of another detached mount only: the layers are nowhere dump can reach,
+    refused before the stop (covered: dump used to take them from the mount beneath)."""
+    _needs_overlay()
+    pid = case.start(STOP_WATCH + _setup(True, True, held))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    msg = str(err.value)
+    assert "on overlay: its layer lowerdir=/mnt/t0/ov2/l is no longer a directory at that path" in msg, msg
+    assert "lazily unmounted, it may live on detached" in msg, msg
+    assert len(msg.strip().splitlines()) == 2, msg   # ("mntcr dump exited N:" and the line)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert _state(pid) in "SR", "the tree was not left running"
