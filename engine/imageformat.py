@@ -1303,29 +1303,11 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
         elif device is not None:
             _fail(f"{what}: a device record only belongs to a block filesystem")
         if handler.layers:
-            if layers is None:
-                _fail(f"{what}: an overlay needs its layers record (layers come only from mounts of the image)")
-            recorded = {x["path"] for x in layers}
-            for key, path in handler.layer_paths(sb["super_opts"]):
-                if path not in recorded:
-                    _fail(f"{what}: layer {key}={path[:200]} is not in its layers record")
-            for x in layers:
-                if x.get("detached"):
-                    if x["mnt"] not in detached:
-                        _fail(f"{what}: layer {x['path']} lies on detached mount {x['mnt']}, which is not in the image")
-                elif x["mnt"] not in mounts:
-                    _fail(f"{what}: layer {x['path']} lies on mount {x['mnt']}, which is not in the image")
+            _check_layers(what, sb, handler, layers, mounts, detached)
         elif layers is not None:
             _fail(f"{what}: a layers record only belongs to an overlay")
-        inp = sb.get("input")
-        if inp is not None:
-            base = sbs.get(inp["sb"])
-            base_type = fs.lookup(base["fstype"]) if base is not None else None
-            if not handler.daemon:
-                _fail(f"{what}: an input file only belongs to a filesystem served by a daemon (fuse)")
-            if base is None or base.get("external") or base_type is None or not base_type.content \
-                    or inp["sb"] == sid:
-                _fail(f"{what}: its input file must lie on a tmpfs or ramfs of the image (not {inp['sb']!r})")
+        if sb.get("input") is not None:
+            _check_input(what, sid, sb, handler, sbs)
         if sb.get("payload") is not None and (bad := handler.check_payload(what, sb)):
             _fail(bad)
         if handler.ns_key == "pidns" and sid in used_sbs and not sb.get("pidns"):
@@ -1335,6 +1317,35 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
         if limit is not None and limit + 10240 < files[name]["size"]:
             _fail(f"archive {name}: {files[name]['size']} bytes is more than its superblocks may hold ({limit})")
     _check_overlay_cycles(sbs, mounts, detached)
+
+
+def _check_layers(what: str, sb: dict, handler, layers, mounts: dict, detached: dict) -> None:
+    """An overlay's layers record: every layer its options name recorded, each on a mount (or a
+    detached mount) of the image."""
+    if layers is None:
+        _fail(f"{what}: an overlay needs its layers record (layers come only from mounts of the image)")
+    recorded = {x["path"] for x in layers}
+    for key, path in handler.layer_paths(sb["super_opts"]):
+        if path not in recorded:
+            _fail(f"{what}: layer {key}={path[:200]} is not in its layers record")
+    for x in layers:
+        if x.get("detached"):
+            if x["mnt"] not in detached:
+                _fail(f"{what}: layer {x['path']} lies on detached mount {x['mnt']}, which is not in the image")
+        elif x["mnt"] not in mounts:
+            _fail(f"{what}: layer {x['path']} lies on mount {x['mnt']}, which is not in the image")
+
+
+def _check_input(what: str, sid: str, sb: dict, handler, sbs: dict) -> None:
+    """A daemon-served superblock's input file lies on a tmpfs or ramfs of the image."""
+    from engine import fs
+    inp = sb["input"]
+    base = sbs.get(inp["sb"])
+    base_type = fs.lookup(base["fstype"]) if base is not None else None
+    if not handler.daemon:
+        _fail(f"{what}: an input file only belongs to a filesystem served by a daemon (fuse)")
+    if base is None or base.get("external") or base_type is None or not base_type.content or inp["sb"] == sid:
+        _fail(f"{what}: its input file must lie on a tmpfs or ramfs of the image (not {inp['sb']!r})")
 
 
 def _check_super_opts(what: str, opts: list, handler) -> None:
@@ -1444,6 +1455,25 @@ def _check_overlay_cycles(sbs: dict, mounts: dict, detached: dict) -> None:
                     stack.append(nxt)
 
 
+def _check_places(doc: dict, p: dict, what: str, mounts: dict, detached: dict, refs: "_Refs") -> None:
+    """Where process p is and what it maps: root, cwd, mappings, its terminal's node, executable."""
+    for key in ("root", "cwd"):
+        _check_loc(p[key], mounts, detached, f"{what} {key}")
+        _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
+        if "dead_pid" in p[key]:
+            refs.check(f"{what} {key}", "proc", p[key], "a /proc file ('dead_pid')")
+    for loc in p.get("maps") or []:
+        _check_loc(loc, mounts, detached, f"{what} mapping")
+        _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
+    if "ctty_node" in p:
+        _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
+    if "exe" in p:
+        if p["exe"].get("detached"):
+            _fail(f"{what}: an executable on a detached mount")
+        _check_loc(p["exe"], mounts, detached, f"{what} executable")
+        _check_ghost_ref(doc, p["exe"], mounts, f"{what} executable")
+
+
 def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
     mntns, pidns = doc["mntns"], doc["pidns"]
     pids: set[int] = set()
@@ -1470,21 +1500,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         uts_used.add(ns["uts"])
         if len(set(p.get("host_ns") or ())) != len(p.get("host_ns") or ()):
             _fail(f"{what}: 'host_ns' names a namespace twice")
-        for key in ("root", "cwd"):
-            _check_loc(p[key], mounts, detached, f"{what} {key}")
-            _check_ghost_ref(doc, p[key], mounts, f"{what} {key}")
-            if "dead_pid" in p[key]:
-                refs.check(f"{what} {key}", "proc", p[key], "a /proc file ('dead_pid')")
-        for loc in p.get("maps") or []:
-            _check_loc(loc, mounts, detached, f"{what} mapping")
-            _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
-        if "ctty_node" in p:
-            _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
-        if "exe" in p:
-            if p["exe"].get("detached"):
-                _fail(f"{what}: an executable on a detached mount")
-            _check_loc(p["exe"], mounts, detached, f"{what} executable")
-            _check_ghost_ref(doc, p["exe"], mounts, f"{what} executable")
+        _check_places(doc, p, what, mounts, detached, refs)
         seen_fd = set()
         for fd in p["fds"]:
             fwhat = f"{what} fd {fd['fd']}" if type(fd) is dict and type(fd.get("fd")) is int else f"{what} fd"

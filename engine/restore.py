@@ -202,23 +202,7 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     # those read ahead (hashed by that helper: ~4 ms less before the fork).
     content.tools(big=any(f["size"] >= content.BIG and (ahead is None or name not in ahead.fds)
                           for name, f in (doc.get("files") or {}).items()))
-    ext = parse_externals(externals, root)
-    # (tuple keys: no image's external key can name one)
-    ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
-    needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
-                    | {"dev:" + sb["device"]["key"] for sb in doc["superblocks"].values()
-                       if (sb.get("device") or {}).get("key") and not sb.get("external")}
-                    | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
-    missing = [k for k in needed if k not in ext]
-    if root is not None and "root" not in needed:
-        # (criu's users give --root always; here a root made inside the tree comes from the image)
-        os.write(2, f"mntcr restore: note: --root {root} is not used: the image makes its root mount itself "
-                    "(a filesystem whose files it holds, not a directory from outside the tree)\n".encode())
-    if missing:
-        hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
-                         else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
-                         else f"--external mnt[{k}]:HOSTPATH" for k in missing)
-        raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}")
+    ext = _externals_given(doc, externals, root, daemons)
     # An idmap that would hand the host's files (externals, devices, --root) to other ids: only
     # with the user's consent (engine/hostidmap.py).
     line = hostidmap.refusal(doc, hostidmap.parse_allowances(allow_idmap), ext)
@@ -289,6 +273,29 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
         except ProcessLookupError:
             pass   # (killed since the commit: nothing to stop)
     return pid
+
+
+def _externals_given(doc: dict, externals, root: str | None, daemons) -> dict:
+    """What the user gave for each external the image names (--external, --root, FUSE daemons);
+    refused in one line naming the options missing."""
+    ext = parse_externals(externals, root)
+    # (tuple keys: no image's external key can name one)
+    ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
+    needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
+                    | {"dev:" + sb["device"]["key"] for sb in doc["superblocks"].values()
+                       if (sb.get("device") or {}).get("key") and not sb.get("external")}
+                    | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
+    missing = [k for k in needed if k not in ext]
+    if root is not None and "root" not in needed:
+        # (criu's users give --root always; here a root made inside the tree comes from the image)
+        os.write(2, f"mntcr restore: note: --root {root} is not used: the image makes its root mount itself "
+                    "(a filesystem whose files it holds, not a directory from outside the tree)\n".encode())
+    if missing:
+        hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
+                         else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
+                         else f"--external mnt[{k}]:HOSTPATH" for k in missing)
+        raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}")
+    return ext
 
 
 def _commit(commit, pid: int, pidfile: str | None, image_pid: int) -> None:
