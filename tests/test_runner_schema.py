@@ -125,3 +125,13 @@ def test_every_scenario_in_the_library_loads():
                 assert scenario.load(os.path.join(dirpath, name)).render_all()
                 found += 1
     assert found > 0
+
+
+def test_idmappable_requirement(tmp_path):
+    """`requires.idmappable` skips where the path's filesystem takes no idmapped mount (proc never does;
+    a qemu guest's 9p root neither), with the filesystem named; tried on a detached clone only."""
+    sc = scenario.load(write(tmp_path, MINIMAL + "requires:\n  idmappable: [/proc]\n")).render_all()[0]
+    why = scenario.missing_requirement(sc.requires)
+    assert why.startswith("/proc cannot be idmapped here: its filesystem (proc) takes no idmapped mounts"), why
+    if os.path.isdir("/dev/shm") and scenario.idmap_refusal("/dev/shm") is None:  # tmpfs takes one (6.3)
+        assert scenario.missing_requirement(scenario.Requires(idmappable=("/dev/shm",))) is None

@@ -71,6 +71,7 @@ class Requires:
     commands: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
     strategy: tuple[str, ...] = ()   # "axis=value" choices of engine.strategy
+    idmappable: tuple[str, ...] = ()  # paths whose mounts must take an idmap on this machine
 
 
 @dataclass(frozen=True)
@@ -377,4 +378,40 @@ def missing_requirement(req: Requires, features: dict | None = None) -> str | No
                        else f"kernel feature {feature} (kernel >= {since}) is missing" if value == fast
                        else f"kernel feature {feature} is present")
                 return f"needs strategy {item}, this kernel uses {axis}={getattr(chosen, axis)}: {why}"
+    for path in req.idmappable:
+        why = idmap_refusal(path)
+        if why:
+            return why
     return None
+
+
+def idmap_refusal(path: str) -> str | None:
+    """None when a clone of the mount at `path` takes an idmap here, else why not (a skip reason).
+
+    Whether a filesystem allows idmapped mounts is its own (FS_ALLOW_IDMAP), not a kernel
+    feature: a qemu guest's root over 9p refuses them on a kernel that has them. Tried on a
+    detached clone in a forked child's private mount namespace, so nothing here changes.
+    """
+    from engine import forkrun, kernel, mountinfo, userns
+
+    def attempt() -> str | None:
+        ufd = userns.make(userns.Maps(((0, 100000, 1),), ((0, 100000, 1),), "deny"))
+        try:
+            fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE)
+            try:
+                userns.set_idmap(fd, ufd)
+            except OSError as e:
+                mounts = [m for m in mountinfo.read_pid("self")
+                          if path == m.mountpoint or path.startswith(m.mountpoint.rstrip("/") + "/")]
+                fstype = max(mounts, key=lambda m: len(m.mountpoint)).fstype if mounts else "?"
+                return f"{path} cannot be idmapped here: its filesystem ({fstype}) takes no idmapped mounts ({e})"
+            finally:
+                os.close(fd)
+        finally:
+            os.close(ufd)
+        return None
+
+    try:
+        return forkrun.in_mount_ns(attempt)
+    except OSError as e:
+        return f"{path} cannot be idmapped here: {e}"

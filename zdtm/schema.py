@@ -35,6 +35,8 @@ REQUIRES_KEYS = {
     "commands": "list of commands that must be on PATH",
     "features": "list of `mntcr check` feature names",
     "strategy": "list of axis=value choices of the engine's kernel strategy (`mntcr check`, engine/strategy.py)",
+    "idmappable": "list of absolute paths whose mounts must take an idmap here (their filesystem's FS_ALLOW_IDMAP; "
+                  "a qemu guest's 9p root has none)",
 }
 CONTAINER_KEYS = {
     "root": "private (default) | slave: the container root is a slave of a peer group outside the tree",
@@ -310,6 +312,7 @@ def build(sf, raw: dict, params: dict, error):
         commands=_str_list(path, lines, error, "requires.commands", req.get("commands", [])),
         features=_str_list(path, lines, error, "requires.features", req.get("features", [])),
         strategy=_strategy(path, lines, error, req.get("strategy", [])),
+        idmappable=_str_list(path, lines, error, "requires.idmappable", req.get("idmappable", [])),
     )
     check = raw.get("check")
     return Scenario(
