@@ -80,11 +80,12 @@ def _ids(row: dict, idkey: str) -> dict:
             "uid": row["uid"], "gid": row["gid"], "cuid": row["cuid"], "cgid": row["cgid"]}
 
 
-def _read_here(proc: int) -> dict:
-    """In a child in the namespace: its objects (see the module's image format)."""
+def _read_here(proc: int, outsider: int | None = None) -> dict:
+    """In a child in the namespace: its objects (see the module's image format); `outsider`: a
+    process outside the tree in the namespace (posixmq.read_here refuses its full queues)."""
     out: dict = {}
     from engine import posixmq   # (it imports this module)
-    queues = posixmq.read_here()
+    queues = posixmq.read_here(outsider=outsider)
     if queues:
         out["mqueue"] = queues
     total = 0
@@ -139,15 +140,17 @@ def _read_here(proc: int) -> dict:
     return out
 
 
-def read(pid: int) -> dict:
-    """The System V IPC objects of process `pid`'s ipc namespace ({} when there are none)."""
+def read(pid: int, tree=()) -> dict:
+    """The System V IPC objects of process `pid`'s ipc namespace ({} when there are none); `tree`:
+    the tree's pids (a process outside it in the namespace: its full POSIX queues are refused)."""
     def body():
         kernel.setns(ns, kernel.CLONE_NEWIPC)
-        return _read_here(proc)
+        return _read_here(proc, outsider)
     proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
         try:
+            outsider = kernel.ns_outsider("ipc", os.fstat(ns).st_ino, set(tree) | {pid}) if tree else None
             return forkrun.run(body)
         finally:
             os.close(ns)
@@ -155,11 +158,12 @@ def read(pid: int) -> dict:
         os.close(proc)
 
 
-def _limits_here(proc: int) -> None:
+def _limits_here(proc: int, outsider: int | None) -> None:
     """In a child in the namespace: refuse more objects or bytes than an image keeps (_read_here's
-    limits, from the tables alone), and POSIX message queues someone is notified on."""
+    limits, from the tables alone), POSIX message queues someone is notified on, and a full one when
+    `outsider` (a process outside the tree) is in the namespace."""
     from engine import posixmq
-    posixmq.read_here(limits_only=True)
+    posixmq.read_here(limits_only=True, outsider=outsider)
     total = 0
     for kind, size in (("shm", "size"), ("sem", None), ("msg", "cbytes")):
         rows = _table(proc, kind)
@@ -188,10 +192,11 @@ def precheck(pids: list[int]) -> None:
                 if os.fstat(ns).st_ino in seen:
                     continue
                 seen.add(os.fstat(ns).st_ino)
+                outsider = kernel.ns_outsider("ipc", os.fstat(ns).st_ino, set(pids))
 
                 def body():
                     kernel.setns(ns, kernel.CLONE_NEWIPC)
-                    _limits_here(proc)
+                    _limits_here(proc, outsider)
                 forkrun.run(body)
             finally:
                 os.close(ns)

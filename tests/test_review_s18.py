@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
+
+import pytest
 
 from engine import ctty
-from enginecase import STOP_WATCH, case, py_hold  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
 
 # A session leader whose terminal is a pty of the host (its master outside the tree: a shell started
 # from a terminal emulator, the host's /dev/pts bound in), holding the slave as an fd and /dev/tty.
@@ -37,3 +41,56 @@ def test_leader_on_a_host_pty_with_dev_tty(case):
         assert os.readlink(f"/proc/{leader}/fd/10") == name
     finally:
         os.close(master)
+
+
+_QUEUE = py_hold("""
+import ctypes
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long),
+                ("curmsgs", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+q = rt.mq_open(b"/jobs", os.O_RDWR | os.O_CREAT, 0o600, ctypes.byref(Attr(0, 1, 8, 0)))
+assert q >= 0 and rt.mq_send(q, b"first", 5, 0) == 0, ctypes.get_errno()
+os.close(q)
+""")
+
+_SENDER = """
+import ctypes, os
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+q = rt.mq_open(b"/jobs", os.O_WRONLY)
+print(rt.mq_send(q, b"second", 6, 0), flush=True)
+"""
+
+_DRAIN = """
+import ctypes, os
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+q = rt.mq_open(b"/jobs", os.O_RDONLY | os.O_NONBLOCK)
+b = ctypes.create_string_buffer(8)
+while (n := rt.mq_receive(q, b, 8, None)) >= 0:
+    print(b.raw[:n].decode())
+"""
+
+
+def test_posix_queue_of_an_ipc_namespace_shared_with_a_process_outside(case):
+    """A process outside the tree in the tree's ipc namespace, blocked sending to its full POSIX queue:
+    dump's read (taking each message, sending it back) took that process's message in with the
+    queue's, whose send-back then found the queue full: the message was lost (its sender told it was
+    sent) and dump failed after the stop. A full queue with a process outside the tree in its namespace
+    is refused before the stop now, the queue left alone. (Such a process is common: `unshare -i --fork`
+    and the tests' own keeper wait there; a queue that is not full is read as before.)"""
+    pid = case.start(STOP_WATCH + _QUEUE)
+    sender = subprocess.Popen(["nsenter", f"--ipc=/proc/{pid}/ns/ipc", "python3", "-c", _SENDER],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        time.sleep(0.5)   # (blocked: the queue holds its one message)
+        with pytest.raises(CRError, match=r"POSIX message queue /jobs is full and process \d+, outside the tree, "
+                                          r"is in its ipc namespace \(it may be waiting to send to it\)"):
+            case.dump(pid, case.new_images_dir(), ("--leave-running",))
+        assert not was_stopped(pid), "dump stopped the tree before it refused"
+        assert sender.poll() is None, "the sender's message was taken"
+    finally:
+        sender.kill()
+        sender.wait()
+    left = subprocess.run(["nsenter", f"--ipc=/proc/{pid}/ns/ipc", "python3", "-c", _DRAIN],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert left == ["first"], left
