@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
 
 import pytest
 
-from engine import ctty
+from engine import ctty, image, imageformat
 from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from test_engine_ctty import _pty_tree
 
 # A session leader whose terminal is a pty of the host (its master outside the tree: a shell started
 # from a terminal emulator, the host's /dev/pts bound in), holding the slave as an fd and /dev/tty.
@@ -94,3 +96,25 @@ def test_posix_queue_of_an_ipc_namespace_shared_with_a_process_outside(case):
     left = subprocess.run(["nsenter", f"--ipc=/proc/{pid}/ns/ipc", "python3", "-c", _DRAIN],
                           capture_output=True, text=True, check=True).stdout.split()
     assert left == ["first"], left
+
+
+def test_image_ctty_node_on_an_external_devpts_refused(case):
+    """A leader's `ctty_node` on a devpts the image marks external (the host's, which --external
+    would bind in): its number is a host terminal, which TIOCSCTTY would make the stand-in's. The
+    validator refuses it whatever the number (the node is its own pty's only on a devpts restore makes)."""
+    pid = _pty_tree(case, "no_fd")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    imageformat.validate(json.loads(json.dumps(good)))
+    leader = next(i for i, p in enumerate(good["processes"]) if "ctty_node" in p)
+    doc = json.loads(json.dumps(good))
+    mnt = doc["processes"][leader]["ctty_node"]["mnt"]
+    m = next(m for ns in doc["mntns"].values() for m in ns["mounts"] if m["id"] == mnt)
+    sb = doc["superblocks"][m["sb"]]
+    assert sb["fstype"] == "devpts", sb
+    sb.update(external=True, archives=[])
+    m["external"] = "pts"
+    with pytest.raises(image.ImageError, match="not the node of its pty on a devpts mount the restore makes"):
+        imageformat.validate(doc)
