@@ -118,3 +118,21 @@ def test_image_ctty_node_on_an_external_devpts_refused(case):
     m["external"] = "pts"
     with pytest.raises(image.ImageError, match="not the node of its pty on a devpts mount the restore makes"):
         imageformat.validate(doc)
+
+
+def test_image_semaphores_bounded():
+    """The image's semaphore sets are checked against a bound of semaphores in all (sysvipc.MAX_SEMS):
+    each set may hold 32000 values and a namespace 4096 sets, so a 128 MiB manifest named ~64 million
+    semaphores, which restore made (a kernel struct sem, a cache line, each: ~4 GiB the host's kernel
+    keeps). A count within it passes."""
+    from engine import sysvipc
+
+    def fail(text):
+        raise ValueError(text)
+
+    def sets(n):
+        return {"ipc-0": {"sem": [{"key": i, "id": i, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0,
+                                   "vals": [0] * 32000} for i in range(n)]}}
+    sysvipc.check(sets(sysvipc.MAX_SEMS // 32000), {"ipc-0"}, fail)
+    with pytest.raises(ValueError, match=r"more than \d+ semaphores in all"):
+        sysvipc.check(sets(sysvipc.MAX_SEMS // 32000 + 1), {"ipc-0"}, fail)
