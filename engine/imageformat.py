@@ -1531,6 +1531,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                     _fail(f"{fwhat}: unknown mount {mnt}")
             if kind.name == "pty" and fd.get("ctty"):
                 _check_own_pty(doc, fd, mounts, f"{fwhat} (its controlling terminal)")
+            elif kind.name == "ctty" and "tty" in fd:
+                _check_pty_node(doc, fd["tty"], mounts, f"{fwhat} (its controlling terminal)")
             _check_ghost_ref(doc, fd, mounts, fwhat)
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
@@ -1655,6 +1657,17 @@ def _check_own_pty(doc: dict, node: dict, mounts: dict, what: str) -> None:
     if sb.get("fstype") != "devpts" or sb.get("external") or m.get("external") is not None \
             or in_sb.rsplit("/", 1)[-1] != str(doc["objects"][node["obj"]].get("index")):
         _fail(f"{what}: not the node of its pty on a devpts mount the restore makes")
+
+
+def _check_pty_node(doc: dict, node: dict, mounts: dict, what: str) -> None:
+    """The terminal a /dev/tty fd names (its stand-in takes it, TIOCSCTTY): a pty's node on a devpts
+    mount, as dump records it; on an external one a terminal of the host the user gave, never
+    another device of an external mount (a console, a virtual terminal)."""
+    m = mounts[node["mnt"]]
+    in_sb = m.get("root", "/") if node["path"] == "/" else str(m.get("root", "/")).rstrip("/") + node["path"]
+    number = in_sb.rsplit("/", 1)[-1]
+    if doc["superblocks"].get(m.get("sb"), {}).get("fstype") != "devpts" or not (number.isascii() and number.isdigit()):
+        _fail(f"{what}: not the node of a pty on a devpts mount")
 
 
 def _check_sessions(doc: dict) -> None:

@@ -136,3 +136,30 @@ def test_image_semaphores_bounded():
     sysvipc.check(sets(sysvipc.MAX_SEMS // 32000), {"ipc-0"}, fail)
     with pytest.raises(ValueError, match=r"more than \d+ semaphores in all"):
         sysvipc.check(sets(sysvipc.MAX_SEMS // 32000 + 1), {"ipc-0"}, fail)
+
+
+def test_image_dev_tty_names_only_a_pty_node(case):
+    """A /dev/tty fd's terminal (`tty`, which its stand-in takes with TIOCSCTTY) is a pty's node on a
+    devpts mount, on an external one a host terminal the user gave; another device of an external
+    mount (a console, a virtual terminal of the host's /dev) is refused by the validator."""
+    master, slave = os.openpty()
+    name = os.ttyname(slave)
+    os.close(slave)
+    try:
+        pid = case.start(STOP_WATCH + _HOST_TERMINAL.replace("NUM", name.rsplit("/", 1)[1]),
+                         binds=(("/dev/pts", "/dev/pts"),))
+        images = case.new_images_dir()
+        case.dump(pid, images, ("--external", "mnt[/dev/pts]:pts"))
+    finally:
+        os.close(master)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    imageformat.validate(json.loads(json.dumps(good)))
+    where = next((i, j) for i, p in enumerate(good["processes"]) for j, f in enumerate(p["fds"])
+                 if f.get("kind") == "ctty" and "tty" in f)
+    usr = next(m for ns in good["mntns"].values() for m in ns["mounts"] if m.get("external") == "usr")
+    for change in ({"mnt": usr["id"], "path": "/bin/sh"}, {"path": "/ptmx"}):
+        doc = json.loads(json.dumps(good))
+        doc["processes"][where[0]]["fds"][where[1]]["tty"].update(change)
+        with pytest.raises(image.ImageError, match="not the node of a pty on a devpts mount"):
+            imageformat.validate(doc)
