@@ -209,13 +209,13 @@ def root_rule(v) -> str | None:
 root_rule.inline = ("path",)  # the fast test of a path, else this rule
 
 
-_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")   # (fullmatch: `$` would take a newline last)
 
 
 def b64(hi: int) -> Rule:
     """Base64 text (padded, no other characters) of at most `hi` bytes (null passes)."""
     def rule(v):
-        if v is not None and (len(v) % 4 or len(v) > (hi + 2) // 3 * 4 or not _B64.match(v)
+        if v is not None and (len(v) % 4 or len(v) > (hi + 2) // 3 * 4 or not _B64.fullmatch(v)
                               or len(v) // 4 * 3 - (len(v) - len(v.rstrip("="))) > hi):
             return f"must be base64 of at most {hi} bytes"
         return None

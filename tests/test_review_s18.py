@@ -163,3 +163,14 @@ def test_image_dev_tty_names_only_a_pty_node(case):
         doc["processes"][where[0]]["fds"][where[1]]["tty"].update(change)
         with pytest.raises(image.ImageError, match="not the node of a pty on a devpts mount"):
             imageformat.validate(doc)
+
+
+@pytest.mark.parametrize("field", [{"out": "QUJ\n"}, {"in": ["QUJ\n"]}])
+def test_image_pty_bytes_with_a_newline_last_refused(field):
+    """The pty object's waiting bytes are base64 checked by imageformat.b64, whose pattern ended in
+    `$`, which also matches before a newline last: "QUJ\\n" passed the rule, then its decoding raised
+    binascii.Error out of the validator (no one-line refusal). Refused as the rule says now."""
+    from engine.fds import pty
+    obj = {"kind": "pty", "index": 1, "termios": [0] * 6 + [[0] * 32], "winsize": [0] * 4, **field}
+    with pytest.raises(image.ImageError, match=r"must be base64 of at most \d+ bytes"):
+        pty._check_object(obj, "object pty-1")
