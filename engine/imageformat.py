@@ -76,15 +76,15 @@ OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC |
 # realtime device, a btrfs member device): the image may never make restore open one.
 HOST_OPTS = frozenset({"journal_dev", "journal_path", "logdev", "rtdev", "device"})
 
-_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}$")
-_SB_ID = re.compile(r"^sb-[0-9]{1,9}$")
-_DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}$")
-_FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}$")
-_KEY = re.compile(r"^[^\s\[\]\x00]{1,256}$")  # what --external accepts: no space, no brackets
-_MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
-_USERNS_ID = re.compile(r"^user-[0-9]{1,9}$")
+_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
+_SB_ID = re.compile(r"^sb-[0-9]{1,9}\Z")
+_DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}\Z")
+_FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}\Z")
+_KEY = re.compile(r"^[^\s\[\]\x00]{1,256}\Z")  # what --external accepts: no space, no brackets
+_MEMBER = re.compile(r"^sb-[0-9]{1,9}\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}\Z")
+_USERNS_ID = re.compile(r"^user-[0-9]{1,9}\Z")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
 MAX_NGROUPS = 65536             # NGROUPS_MAX
@@ -195,7 +195,7 @@ def path_rule(v) -> str | None:
 path_rule.inline = ("path",)
 
 
-_NS_ROOT = re.compile(r"^[a-z_]{1,16}:\[[0-9]{1,20}\]$")
+_NS_ROOT = re.compile(r"^[a-z_]{1,16}:\[[0-9]{1,20}\]\Z")
 
 
 def root_rule(v) -> str | None:
@@ -509,8 +509,8 @@ MAP_LOC = Record("mapping", {
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
 })
 
-_DESC_ID = re.compile(r"^d-[0-9]{1,9}$")
-_OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}$")
+_DESC_ID = re.compile(r"^d-[0-9]{1,9}\Z")
+_OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}\Z")
 
 # Fields of every fd entry, whatever its kind (engine/fds/): a kind adds its own (FdKind.fields)
 # and, when its fd names a file on a mount (FdKind.placed), the location fields.
@@ -519,7 +519,7 @@ FD_BASE = {
     "flags": F(INT, rule=lambda v: None if v & ~OPEN_FLAGS == 0 and v >= 0
                else f"has bits that are no open(2) flags ({v:#o})"),
     "pos": F(INT, rule=rng(0, MAX_OFF)),
-    "kind": F(STR, required=False, rule=pattern(re.compile(r"^[a-z]{1,16}$"), "an fd kind name")),  # absent: file
+    "kind": F(STR, required=False, rule=pattern(re.compile(r"^[a-z]{1,16}\Z"), "an fd kind name")),  # absent: file
     # One open file description held by several fds (of one or several processes).
     "desc": F(STR, required=False, rule=pattern(_DESC_ID, "a description id d-N")),
     # An entry of "objects" (a pipe, a socket pair, a memfd, a pty) the description belongs to.
@@ -547,7 +547,7 @@ FD = Record("fd", {
     "live_pid": F(INT, required=False, rule=rng(1, MAX_PID)),
 })
 
-_EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")
+_EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}\Z")
 
 # An fd declared external at dump (--external file[PATH]:KEY) has no mount: restore opens the
 # host path given for KEY (--external file[KEY]:HOSTPATH), with these flags and offset.

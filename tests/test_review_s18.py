@@ -174,3 +174,26 @@ def test_image_pty_bytes_with_a_newline_last_refused(field):
     obj = {"kind": "pty", "index": 1, "termios": [0] * 6 + [[0] * 32], "winsize": [0] * 4, **field}
     with pytest.raises(image.ImageError, match=r"must be base64 of at most \d+ bytes"):
         pty._check_object(obj, "object pty-1")
+
+
+def test_image_names_with_a_newline_last_refused(case):
+    """The validator's name patterns ended in `$`, which re.match also takes before a newline last: an
+    external key "usr\\n" passed (restore's refusal then asked for `--external mnt[usr` and a second
+    line), and a superblock id "sb-N\\n" too. They end in \\Z now."""
+    pid = case.start(STOP_WATCH + "hold\n")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    imageformat.validate(json.loads(json.dumps(good)))
+    doc = json.loads(json.dumps(good))
+    usr = next(m for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external") == "usr")
+    usr["external"] = "usr\n"
+    with pytest.raises(image.ImageError) as e:
+        imageformat.validate(doc)
+    assert "external" in str(e.value), e.value
+    doc = json.loads(json.dumps(good))
+    sid = next(iter(doc["superblocks"]))
+    doc["superblocks"][sid + "\n"] = doc["superblocks"].pop(sid)
+    with pytest.raises(image.ImageError, match="is not sb-N"):
+        imageformat.validate(doc)
