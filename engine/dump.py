@@ -898,7 +898,7 @@ def _collect_processes(d: _Dump) -> None:
         ipc = p["ns"]["ipc"]
         if ipc not in d.sysvipc and "ipc" not in p["host_ns"]:
             try:
-                d.sysvipc[ipc] = sysvipc.read(p["pid"])
+                d.sysvipc[ipc] = sysvipc.read(p["pid"], [q["pid"] for q in d.procs_doc])
             except OSError as e:
                 raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
 

@@ -21,7 +21,7 @@ import stat
 from engine.kernel import DELETED
 
 # An archive member of the image (ImageWriter.new_archive names them).
-ARCHIVE_NAME = re.compile(r"^files-[0-9]{1,9}\.tar$")
+ARCHIVE_NAME = re.compile(r"^files-[0-9]{1,9}\.tar\Z")
 
 FORMAT = "mntcr-image"
 VERSION = 1

@@ -76,15 +76,15 @@ OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC |
 # realtime device, a btrfs member device): the image may never make restore open one.
 HOST_OPTS = frozenset({"journal_dev", "journal_path", "logdev", "rtdev", "device"})
 
-_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}$")
-_SB_ID = re.compile(r"^sb-[0-9]{1,9}$")
-_DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}$")
-_FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}$")
-_KEY = re.compile(r"^[^\s\[\]\x00]{1,256}$")  # what --external accepts: no space, no brackets
-_MEMBER = re.compile(r"^sb-[0-9]{1,9}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}$")
-_USERNS_ID = re.compile(r"^user-[0-9]{1,9}$")
+_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
+_SB_ID = re.compile(r"^sb-[0-9]{1,9}\Z")
+_DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}\Z")
+_FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}\Z")
+_KEY = re.compile(r"^[^\s\[\]\x00]{1,256}\Z")  # what --external accepts: no space, no brackets
+_MEMBER = re.compile(r"^sb-[0-9]{1,9}\Z")
+_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
+_GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}\Z")
+_USERNS_ID = re.compile(r"^user-[0-9]{1,9}\Z")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
 MAX_NGROUPS = 65536             # NGROUPS_MAX
@@ -195,7 +195,7 @@ def path_rule(v) -> str | None:
 path_rule.inline = ("path",)
 
 
-_NS_ROOT = re.compile(r"^[a-z_]{1,16}:\[[0-9]{1,20}\]$")
+_NS_ROOT = re.compile(r"^[a-z_]{1,16}:\[[0-9]{1,20}\]\Z")
 
 
 def root_rule(v) -> str | None:
@@ -209,13 +209,13 @@ def root_rule(v) -> str | None:
 root_rule.inline = ("path",)  # the fast test of a path, else this rule
 
 
-_B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
+_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")   # (fullmatch: `$` would take a newline last)
 
 
 def b64(hi: int) -> Rule:
     """Base64 text (padded, no other characters) of at most `hi` bytes (null passes)."""
     def rule(v):
-        if v is not None and (len(v) % 4 or len(v) > (hi + 2) // 3 * 4 or not _B64.match(v)
+        if v is not None and (len(v) % 4 or len(v) > (hi + 2) // 3 * 4 or not _B64.fullmatch(v)
                               or len(v) // 4 * 3 - (len(v) - len(v.rstrip("="))) > hi):
             return f"must be base64 of at most {hi} bytes"
         return None
@@ -509,8 +509,8 @@ MAP_LOC = Record("mapping", {
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
 })
 
-_DESC_ID = re.compile(r"^d-[0-9]{1,9}$")
-_OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}$")
+_DESC_ID = re.compile(r"^d-[0-9]{1,9}\Z")
+_OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}\Z")
 
 # Fields of every fd entry, whatever its kind (engine/fds/): a kind adds its own (FdKind.fields)
 # and, when its fd names a file on a mount (FdKind.placed), the location fields.
@@ -519,7 +519,7 @@ FD_BASE = {
     "flags": F(INT, rule=lambda v: None if v & ~OPEN_FLAGS == 0 and v >= 0
                else f"has bits that are no open(2) flags ({v:#o})"),
     "pos": F(INT, rule=rng(0, MAX_OFF)),
-    "kind": F(STR, required=False, rule=pattern(re.compile(r"^[a-z]{1,16}$"), "an fd kind name")),  # absent: file
+    "kind": F(STR, required=False, rule=pattern(re.compile(r"^[a-z]{1,16}\Z"), "an fd kind name")),  # absent: file
     # One open file description held by several fds (of one or several processes).
     "desc": F(STR, required=False, rule=pattern(_DESC_ID, "a description id d-N")),
     # An entry of "objects" (a pipe, a socket pair, a memfd, a pty) the description belongs to.
@@ -547,7 +547,7 @@ FD = Record("fd", {
     "live_pid": F(INT, required=False, rule=rng(1, MAX_PID)),
 })
 
-_EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}$")
+_EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}\Z")
 
 # An fd declared external at dump (--external file[PATH]:KEY) has no mount: restore opens the
 # host path given for KEY (--external file[KEY]:HOSTPATH), with these flags and offset.
@@ -1531,6 +1531,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
                     _fail(f"{fwhat}: unknown mount {mnt}")
             if kind.name == "pty" and fd.get("ctty"):
                 _check_own_pty(doc, fd, mounts, f"{fwhat} (its controlling terminal)")
+            elif kind.name == "ctty" and "tty" in fd:
+                _check_pty_node(doc, fd["tty"], mounts, f"{fwhat} (its controlling terminal)")
             _check_ghost_ref(doc, fd, mounts, fwhat)
             if fd["fd"] in seen_fd:
                 _fail(f"{what}: duplicate fd number {fd['fd']}")
@@ -1655,6 +1657,17 @@ def _check_own_pty(doc: dict, node: dict, mounts: dict, what: str) -> None:
     if sb.get("fstype") != "devpts" or sb.get("external") or m.get("external") is not None \
             or in_sb.rsplit("/", 1)[-1] != str(doc["objects"][node["obj"]].get("index")):
         _fail(f"{what}: not the node of its pty on a devpts mount the restore makes")
+
+
+def _check_pty_node(doc: dict, node: dict, mounts: dict, what: str) -> None:
+    """The terminal a /dev/tty fd names (its stand-in takes it, TIOCSCTTY): a pty's node on a devpts
+    mount, as dump records it; on an external one a terminal of the host the user gave, never
+    another device of an external mount (a console, a virtual terminal)."""
+    m = mounts[node["mnt"]]
+    in_sb = m.get("root", "/") if node["path"] == "/" else str(m.get("root", "/")).rstrip("/") + node["path"]
+    number = in_sb.rsplit("/", 1)[-1]
+    if doc["superblocks"].get(m.get("sb"), {}).get("fstype") != "devpts" or not (number.isascii() and number.isdigit()):
+        _fail(f"{what}: not the node of a pty on a devpts mount")
 
 
 def _check_sessions(doc: dict) -> None:

@@ -537,6 +537,19 @@ def ns_ino(pid, kind: str = "mnt") -> int | None:
         return None
 
 
+def ns_outsider(kind: str, ino: int, tree) -> int | None:
+    """A process outside `tree` (pids) in the namespace of `kind` whose inode is `ino`, or None."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in tree:
+            continue
+        try:
+            if os.stat(f"/proc/{name}/ns/{kind}").st_ino == ino:
+                return int(name)
+        except OSError:
+            continue
+    return None
+
+
 def drop_ctty() -> None:
     """Leave our controlling terminal, if we have one and do not lead our session (TIOCNOTTY: our
     session and process group keep it, Ctrl-C still reaches us): an open of a tty node (5:0) by us,

@@ -68,11 +68,13 @@ def _mqueue_dir() -> int | None:
         os.close(mnt)
 
 
-def read_here(limits_only: bool = False) -> list[dict]:
+def read_here(limits_only: bool = False, outsider: int | None = None) -> list[dict]:
     """In a child in the namespace: its POSIX message queues (name, mode, owner, attributes and
     messages, highest priority first as mq_receive gives them). Reading takes the messages; each
     is sent again at once, in the order read, so the queue is as it was. A queue a process asked to
-    be notified on (mq_notify) is refused: the registration is not restored. `limits_only`: the
+    be notified on (mq_notify) is refused: the registration is not restored; so is a full queue when
+    `outsider`, a process outside the tree, is in the namespace (a message it waits to send would be
+    taken in by the first receive, and lost when the queue is full again). `limits_only`: the
     refusals alone, nothing read."""
     d = _mqueue_dir()
     if d is None:
@@ -90,11 +92,18 @@ def read_here(limits_only: bool = False) -> list[dict]:
                 if int(info.get("NOTIFY_PID", "0")):
                     raise IpcError(errno.EOPNOTSUPP, f"POSIX message queue /{name}: process {info['NOTIFY_PID']} "
                                                      "asked to be notified on it (mq_notify): not supported yet")
+                attr = _MqAttr()
+                _check(_libc.mq_getattr(fd, ctypes.byref(attr)), f"mq_getattr of /{name}")
+                if outsider is not None and attr.curmsgs >= attr.maxmsg:
+                    # (the tree's senders left the queue's wait list as it stopped; one outside may wait
+                    # on it, whose message our first receive would take in: lost once the queue is full again)
+                    raise IpcError(errno.EOPNOTSUPP, f"POSIX message queue /{name} is full and process {outsider}, "
+                                                     "outside the tree, is in its ipc namespace (it may be waiting "
+                                                     "to send to it): not supported; let the queue be read and "
+                                                     "dump again")
                 if limits_only:
                     continue
                 st = os.fstat(fd)
-                attr = _MqAttr()
-                _check(_libc.mq_getattr(fd, ctypes.byref(attr)), f"mq_getattr of /{name}")
                 buf = ctypes.create_string_buffer(attr.msgsize)
                 prio = ctypes.c_uint()
                 msgs = []

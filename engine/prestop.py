@@ -475,6 +475,7 @@ def _check_socket_binds(pids: list[int], view: View) -> None:
     if not socks:
         return
     from engine.fds import unix_diag
+    held = _sockets_held(pids)   # (once for the tree, not once a network namespace)
     seen_net: set[int] = set()
     for pid in pids:
         try:
@@ -485,15 +486,6 @@ def _check_socket_binds(pids: list[int], view: View) -> None:
             diag = unix_diag.diag_in(pid)
         except (OSError, forkrun.ChildError):
             continue
-        held = set()
-        for p in pids:
-            try:
-                for n in os.listdir(f"/proc/{p}/fd"):
-                    link = os.readlink(f"/proc/{p}/fd/{n}")
-                    if link.startswith("socket:["):
-                        held.add(int(link[8:-1]))
-            except OSError:
-                continue
         for ino, rec in diag.items():
             vfs = rec.get("vfs")
             if ino not in held or not vfs:
@@ -505,6 +497,25 @@ def _check_socket_binds(pids: list[int], view: View) -> None:
                                                   "file of a unix socket a process of the tree is bound to; restore "
                                                   "binds the socket anew and the mount would keep the old file: not "
                                                   "supported yet")
+
+
+def _sockets_held(pids: list[int]) -> set[int]:
+    """The socket inodes the processes `pids` hold fds on (an fd closed meanwhile is passed over,
+    not the rest of its process's)."""
+    held = set()
+    for p in pids:
+        try:
+            names = os.listdir(f"/proc/{p}/fd")
+        except OSError:
+            continue
+        for n in names:
+            try:
+                link = os.readlink(f"/proc/{p}/fd/{n}")
+            except OSError:
+                continue
+            if link.startswith("socket:["):
+                held.add(int(link[8:-1]))
+    return held
 
 
 def _open_mount(view: View, ns_name: str, e: dict, flags: int = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) -> int | None:

@@ -33,6 +33,9 @@ from engine import forkrun, kernel
 
 MAX_OBJECTS = 4096          # per kind and namespace (the kernel's default limits allow 32000 each)
 MAX_BYTES = 64 << 20        # segment contents and messages together, per image
+# Semaphores of all sets together, per image: restore makes each (a kernel struct sem, a cache line),
+# and the kernel's own bound (semmns) is 1,024,000,000, far past what memory holds.
+MAX_SEMS = 1 << 20
 _MSG_MAX = 1 << 20          # one message's text (msgmax is 8192 by default)
 
 _IPC_CREAT, _IPC_EXCL, _IPC_NOWAIT = 0o1000, 0o2000, 0o4000
@@ -80,11 +83,12 @@ def _ids(row: dict, idkey: str) -> dict:
             "uid": row["uid"], "gid": row["gid"], "cuid": row["cuid"], "cgid": row["cgid"]}
 
 
-def _read_here(proc: int) -> dict:
-    """In a child in the namespace: its objects (see the module's image format)."""
+def _read_here(proc: int, outsider: int | None = None) -> dict:
+    """In a child in the namespace: its objects (see the module's image format); `outsider`: a
+    process outside the tree in the namespace (posixmq.read_here refuses its full queues)."""
     out: dict = {}
     from engine import posixmq   # (it imports this module)
-    queues = posixmq.read_here()
+    queues = posixmq.read_here(outsider=outsider)
     if queues:
         out["mqueue"] = queues
     total = 0
@@ -139,15 +143,17 @@ def _read_here(proc: int) -> dict:
     return out
 
 
-def read(pid: int) -> dict:
-    """The System V IPC objects of process `pid`'s ipc namespace ({} when there are none)."""
+def read(pid: int, tree=()) -> dict:
+    """The System V IPC objects of process `pid`'s ipc namespace ({} when there are none); `tree`:
+    the tree's pids (a process outside it in the namespace: its full POSIX queues are refused)."""
     def body():
         kernel.setns(ns, kernel.CLONE_NEWIPC)
-        return _read_here(proc)
+        return _read_here(proc, outsider)
     proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
         try:
+            outsider = kernel.ns_outsider("ipc", os.fstat(ns).st_ino, set(tree) | {pid}) if tree else None
             return forkrun.run(body)
         finally:
             os.close(ns)
@@ -155,30 +161,34 @@ def read(pid: int) -> dict:
         os.close(proc)
 
 
-def _limits_here(proc: int) -> None:
+def _limits_here(proc: int, outsider: int | None) -> int:
     """In a child in the namespace: refuse more objects or bytes than an image keeps (_read_here's
-    limits, from the tables alone), and POSIX message queues someone is notified on."""
+    limits, from the tables alone), POSIX message queues someone is notified on, and a full one when
+    `outsider` (a process outside the tree) is in the namespace. Returns its number of semaphores."""
     from engine import posixmq
-    posixmq.read_here(limits_only=True)
-    total = 0
+    posixmq.read_here(limits_only=True, outsider=outsider)
+    total = sems = 0
     for kind, size in (("shm", "size"), ("sem", None), ("msg", "cbytes")):
         rows = _table(proc, kind)
         if len(rows) > MAX_OBJECTS:
             raise IpcError(errno.EOPNOTSUPP, f"{len(rows)} System V {kind} objects in one ipc namespace: at most "
                                              f"{MAX_OBJECTS}")
         total += sum(r[size] for r in rows if size and not (kind == "shm" and r["perms"] & _SHM_DEST))
+        sems += sum(r["nsems"] for r in rows) if kind == "sem" else 0
     if total > MAX_BYTES:
         raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory and messages in "
                                     "an ipc namespace of the tree")
+    return sems
 
 
 def precheck(pids: list[int]) -> None:
     """Before the stop: refuse an ipc namespace of the tree (not the dumper's) whose objects an
-    image cannot keep, or that holds POSIX message queues; IpcError says why."""
+    image cannot keep (_limits_here), and more than MAX_SEMS semaphores in all; IpcError says why."""
     proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         mine = os.stat("self/ns/ipc", dir_fd=proc).st_ino
         seen = {mine}
+        sems = 0
         for pid in pids:
             try:
                 ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
@@ -188,13 +198,17 @@ def precheck(pids: list[int]) -> None:
                 if os.fstat(ns).st_ino in seen:
                     continue
                 seen.add(os.fstat(ns).st_ino)
+                outsider = kernel.ns_outsider("ipc", os.fstat(ns).st_ino, set(pids))
 
                 def body():
                     kernel.setns(ns, kernel.CLONE_NEWIPC)
-                    _limits_here(proc)
-                forkrun.run(body)
+                    return _limits_here(proc, outsider)
+                sems += forkrun.run(body)
             finally:
                 os.close(ns)
+        if sems > MAX_SEMS:
+            raise IpcError(errno.EOPNOTSUPP, f"{sems} System V semaphores in the tree's ipc namespaces: at most "
+                                             f"{MAX_SEMS}")
     finally:
         os.close(proc)
 
@@ -306,10 +320,10 @@ def _b64len(text: str, what: str, fail) -> int:
 def check(doc, ns_used: set, fail) -> None:
     """The validator's rule for the image's "sysvipc": per ipc namespace a process is in, objects of
     the three kinds with ids, owners and contents in range, each id once per kind, at most
-    MAX_BYTES of contents in all. `fail(text)` raises."""
+    MAX_BYTES of contents and MAX_SEMS semaphores in all. `fail(text)` raises."""
     if type(doc) is not dict:
         fail("sysvipc: must be an object")
-    total = 0
+    total = sems = 0
     for nsid, objs in doc.items():
         if nsid not in ns_used or type(objs) is not dict or not set(objs) <= {"shm", "sem", "msg", "mqueue"}:
             fail(f"sysvipc of {str(nsid)[:40]!r}: an ipc namespace no process is in, or kinds other than shm, sem, "
@@ -342,6 +356,9 @@ def check(doc, ns_used: set, fail) -> None:
                     if type(rec["vals"]) is not list or not 1 <= len(rec["vals"]) <= 32000 or \
                             not all(_int(v, 0, 32767) for v in rec["vals"]):
                         fail(f"{what} {rec['id']}: bad semaphore values")
+                    sems += len(rec["vals"])
+                    if sems > MAX_SEMS:
+                        fail(f"sysvipc: more than {MAX_SEMS} semaphores in all")
                 else:
                     if type(rec["msgs"]) is not list:
                         fail(f"{what} {rec['id']}: bad messages")

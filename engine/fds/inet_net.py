@@ -167,7 +167,7 @@ def check(d, ns: int, where: str) -> tuple[int, bool]:
 
 def _refusal(d, ns: int, ino: int) -> str | bool:
     """Why network namespace `ns` cannot be made again (a line), or whether its lo is up."""
-    outside = _outsider(ino, set(d.scratch.get("pids") or ()) | {d.pid})
+    outside = kernel.ns_outsider("net", ino, set(d.scratch.get("pids") or ()) | {d.pid})
     if outside is not None:
         return (f"its network namespace holds process {outside}, which is outside the tree (the namespace is "
                 "not the tree's own: restore makes a new one): not supported")
@@ -213,17 +213,4 @@ def _pinned(ino: int) -> str | None:
             fields = line.split()
             if len(fields) > 4 and fields[3] == f"net:[{ino}]":
                 return fields[4]
-    return None
-
-
-def _outsider(ino: int, tree: set[int]) -> int | None:
-    """A process outside `tree` in network namespace `ino`, or None."""
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in tree:
-            continue
-        try:
-            if os.stat(f"/proc/{name}/ns/net").st_ino == ino:
-                return int(name)
-        except OSError:
-            continue
     return None

@@ -20,7 +20,7 @@ from engine.imageformat import INT, MAX_PID, STR, F, pattern, rng
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 
-_DEAD = re.compile(r"^[0-9]{1,20}$")
+_DEAD = re.compile(r"^[0-9]{1,20}\Z")
 
 
 def _check(entry: dict, what: str) -> None:

@@ -291,8 +291,11 @@ def _finish(objects: dict, entries: list[dict]) -> None:
                                                 "not supported")
             # A terminal from outside the tree (the one dump was started from, on an external
             # devpts): reopened by path like any device node, as before ptys were a kind.
+            # (its `ctty` goes too: a file takes no terminal; the leader takes it through its
+            # /dev/tty, or was refused before the stop: engine/ctty.py)
             objects.pop(e.pop("obj"), None)
             del e["kind"], e["end"]
+            e.pop("ctty", None)
             e["type"] = "file"
             continue
         e["ptmx"] = masters[e["obj"]]

@@ -31,7 +31,7 @@ from engine.fds import FdError, RestoreFd, unix_queue
 
 MAX_DATA = unix_queue.MAX_DATA
 SO_SNDBUFFORCE = 32
-SENDER_ID = re.compile(r"^u-[0-9]{1,9}$")
+SENDER_ID = re.compile(r"^u-[0-9]{1,9}\Z")
 
 
 def name_senders(unix: list[dict]) -> None:

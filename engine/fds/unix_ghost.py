@@ -29,7 +29,7 @@ import stat
 from engine.fds import FdError, RestoreFd, unix_bind, unix_locate
 
 SIOCUNIXFILE = 0x89E0
-GHOST_ID = re.compile(r"^s-[0-9]{1,9}$")
+GHOST_ID = re.compile(r"^s-[0-9]{1,9}\Z")
 STATE = "unix-ghosts"
 CLEANUP_ORDER = 1 << 30   # (after every connect and resend: FdMaker.finish sorts late steps by it)
 

@@ -24,7 +24,7 @@ _FIXED = frozenset({"register", "status"})
 MAX_FORMATS = 256
 MAX_LINE = 1920        # the kernel's limit of one register write
 _NAME = re.compile(r"[^/:\s\x00]{1,255}")
-_FLAGS = re.compile(r"^[POC]{0,3}$")
+_FLAGS = re.compile(r"^[POC]{0,3}\Z")
 # :name:type:offset:magic:mask:interpreter:flags, magic and mask as \xHH escapes
 _LINE = re.compile(r":([^/:\x00\n]{1,255}):([ME]):([0-9]*):((?:\\x[0-9a-f]{2})*|[^:/\x00\n]*):"
                    r"((?:\\x[0-9a-f]{2})*):(/[^:\x00\n]{0,1024}):([POC]{0,3})")
