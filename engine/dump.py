@@ -343,7 +343,7 @@ class _Plan:
         self.pidns_name: dict[int, str] = {}
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
         self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
-        # detached mount id -> handle of an overlay layer directory on it (engine/fs/_layers_detached.py)
+        # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
 
     def in_ns_copy(self, ns_name: str, fn, *args):

@@ -57,7 +57,7 @@ from engine import (channel, construct, content, ctty, deadpid, features, filelo
                     strategy, subids, sysvipc, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
-from engine.fds import pty, sys as fsys
+from engine.fds import sys as fsys
 from engine.fdmaker import FdMaker
 from engine.image import is_beneath, rel_to
 
@@ -276,7 +276,7 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
 
 
 def _externals_given(doc: dict, externals, root: str | None, daemons) -> dict:
-    """What the user gave for each external the image names (--external, --root, FUSE daemons);
+    """What the user gave for each external the image names (--external, --root, the daemons restarted);
     refused in one line naming the options missing."""
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
@@ -643,7 +643,7 @@ class _Restorer:
 
     def _take_ctty(self, p: dict) -> None:
         """Leader p's stand-in takes its terminal (TIOCSCTTY), the slave of a pty of the tree opened on
-        its restored devpts (its master opened now, kept for the fd stage: self.made), or the node its
+        its restored mount (its master opened now, kept for the fd stage: self.made), or the node its
         /dev/tty named; its fds take it again later (engine/fds/pty.py: a no-op then)."""
         e = p.get("ctty_node") or next(f for f in p["fds"] if (f.get("kind") == "ctty" and "tty" in f)
                                        or (f.get("kind") == "pty" and f.get("ctty") is True))
@@ -663,6 +663,7 @@ class _Restorer:
     def _pty_master(self, obj: str, ptmx: dict) -> None:
         """Master of pty `obj` opened through its ptmx and unlocked, kept in self.made (the fd stage
         gives it to the process holding it: engine/fds/pty.py)."""
+        from engine.fds import pty   # (only for an image with a terminal: restore loads the image's kinds alone)
         index = self.doc["objects"][obj]["index"]
 
         def open_ptmx():
@@ -1481,7 +1482,7 @@ class _Restorer:
             return  # clones from seeds, adopted copies: uses are not one clone a mount there
         sbs = self.doc["superblocks"]
         later = set(self.helper_sbs) | {g["sb"] for g in (self.doc.get("ghosts") or {}).values()}
-        every = {**self.mounts, **self.detached}   # (overlay layers may lie on detached mounts)
+        every = {**self.mounts, **self.detached}   # (a superblock may be made from files of detached mounts: layers)
         for sid, sb in sbs.items():
             if sb.get("external"):
                 later.add(sid)

@@ -209,7 +209,7 @@ s = socket.socket(); s.bind(("127.0.0.1", 8080)); s.listen(); os.dup2(s.fileno()
 def test_image_inet_in_host_netns_refused(case, tmp_path):
     """An image whose inet socket is in the restorer's own network namespace is refused: restore
     never binds a port of a namespace it did not create."""
-    from tests.enginecase import load_manifest, save_manifest, copy_image
+    from tests.enginecase import load_manifest
     from engine import imageformat, image
     setup = _in_netns("""
 import socket
@@ -223,8 +223,6 @@ s = socket.socket(); s.bind(("127.0.0.1", 8080)); s.listen(); os.dup2(s.fileno()
     doc["processes"][0]["host_ns"] = sorted(set(doc["processes"][0].get("host_ns", [])) | {"net"})
     with pytest.raises(image.ImageError, match="restorer's own network namespace"):
         imageformat.validate(doc)
-    bad = load_manifest(img)
-    fd = next(f for f in bad["processes"][0]["fds"] if f.get("kind") == "inet")
     for key, value, text in (("port", 70000, "port"), ("addr", "1.2.3.400", "bad inet addr"),
                              ("family", "unix", "family"), ("addr", "::1", "not of family inet")):
         doc = load_manifest(img)
@@ -232,7 +230,6 @@ s = socket.socket(); s.bind(("127.0.0.1", 8080)); s.listen(); os.dup2(s.fileno()
         f[key] = value
         with pytest.raises(image.ImageError, match=text):
             imageformat.validate(doc)
-    assert fd["family"] == "inet"
 
 
 def test_shared_listener_owner(case):
