@@ -16,7 +16,7 @@ import errno
 import os
 
 from engine import kernel
-from engine.sysvipc import MAX_OBJECTS, IpcError
+from engine.sysvipc import MAX_OBJECTS, IpcError, b64_size, int_in
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -26,17 +26,6 @@ def _check(ret: int, what: str) -> int:
         e = ctypes.get_errno()
         raise IpcError(e, f"{what}: {os.strerror(e)}")
     return ret
-
-
-def _int(v, lo: int, hi: int) -> bool:
-    return type(v) is int and lo <= v <= hi
-
-
-def _b64len(text: str, what: str, fail) -> int:
-    try:
-        return len(base64.b64decode(text, validate=True))
-    except ValueError:
-        fail(f"{what}: contents are not base64")
 
 
 class _MqAttr(ctypes.Structure):
@@ -166,15 +155,15 @@ def check(queues, what: str, fail) -> int:
                 or name in names:
             fail(f"{what}: bad or repeated queue name {str(name)[:40]!r}")
         names.add(name)
-        if not (_int(q["mode"], 0, 0o777) and _int(q["uid"], 0, 0xfffffffe) and _int(q["gid"], 0, 0xfffffffe)
-                and _int(q["maxmsg"], 1, 65536) and _int(q["msgsize"], 1, 16 << 20)):
+        if not (int_in(q["mode"], 0, 0o777) and int_in(q["uid"], 0, 0xfffffffe) and int_in(q["gid"], 0, 0xfffffffe)
+                and int_in(q["maxmsg"], 1, 65536) and int_in(q["msgsize"], 1, 16 << 20)):
             fail(f"{what} /{name}: bad mode, owner or attributes")
         if type(q["msgs"]) is not list or len(q["msgs"]) > q["maxmsg"]:
             fail(f"{what} /{name}: more messages than it holds")
         for m in q["msgs"]:
-            if type(m) is not list or len(m) != 2 or not _int(m[0], 0, 32767) or type(m[1]) is not str:
+            if type(m) is not list or len(m) != 2 or not int_in(m[0], 0, 32767) or type(m[1]) is not str:
                 fail(f"{what} /{name}: a message is [priority 0..32767, base64 text]")
-            n = _b64len(m[1], f"{what} /{name}", fail)
+            n = b64_size(m[1], f"{what} /{name}", fail)
             if n > q["msgsize"]:
                 fail(f"{what} /{name}: a message longer than its msgsize")
             total += n

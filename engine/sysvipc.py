@@ -306,11 +306,13 @@ def make(ns_fd: int, doc: dict, hostproc: int) -> None:
     forkrun.run(body)
 
 
-def _int(v, lo: int, hi: int) -> bool:
+def int_in(v, lo: int, hi: int) -> bool:
+    """Is `v` an int (not a bool) in lo..hi? (the validator's test of a count or an id)"""
     return type(v) is int and lo <= v <= hi
 
 
-def _b64len(text: str, what: str, fail) -> int:
+def b64_size(text: str, what: str, fail) -> int:
+    """The size of base64 `text` decoded; `fail` (one line naming `what`) when it is not base64."""
     try:
         return len(base64.b64decode(text, validate=True))
     except ValueError:
@@ -342,19 +344,19 @@ def check(doc, ns_used: set, fail) -> None:
                 if type(rec) is not dict or set(rec) != {"key", "id", "mode", "uid", "gid", "cuid", "cgid"} | extra:
                     fail(f"{what}: an object must have exactly key, id, mode, uid, gid, cuid, cgid, "
                          f"{', '.join(sorted(extra))}")
-                if not (_int(rec["key"], 0, 0xffffffff) and _int(rec["id"], 0, 0x7fffffff) and _int(rec["mode"], 0, 0o777)
-                        and all(_int(rec[k], 0, 0xfffffffe) for k in ("uid", "gid", "cuid", "cgid"))):
+                if not (int_in(rec["key"], 0, 0xffffffff) and int_in(rec["id"], 0, 0x7fffffff) and int_in(rec["mode"], 0, 0o777)
+                        and all(int_in(rec[k], 0, 0xfffffffe) for k in ("uid", "gid", "cuid", "cgid"))):
                     fail(f"{what}: bad key, id, mode or ids")
                 if rec["id"] in seen:
                     fail(f"{what}: id {rec['id']} twice")
                 seen.add(rec["id"])
                 if kind == "shm":
-                    if not _int(rec["size"], 1, MAX_BYTES) or type(rec["data"]) is not str:
+                    if not int_in(rec["size"], 1, MAX_BYTES) or type(rec["data"]) is not str:
                         fail(f"{what} {rec['id']}: bad size or data")
-                    total += _b64len(rec["data"], f"{what} {rec['id']}", fail)
+                    total += b64_size(rec["data"], f"{what} {rec['id']}", fail)
                 elif kind == "sem":
                     if type(rec["vals"]) is not list or not 1 <= len(rec["vals"]) <= 32000 or \
-                            not all(_int(v, 0, 32767) for v in rec["vals"]):
+                            not all(int_in(v, 0, 32767) for v in rec["vals"]):
                         fail(f"{what} {rec['id']}: bad semaphore values")
                     sems += len(rec["vals"])
                     if sems > MAX_SEMS:
@@ -363,8 +365,8 @@ def check(doc, ns_used: set, fail) -> None:
                     if type(rec["msgs"]) is not list:
                         fail(f"{what} {rec['id']}: bad messages")
                     for m in rec["msgs"]:
-                        if type(m) is not list or len(m) != 2 or not _int(m[0], 1, (1 << 63) - 1) or type(m[1]) is not str:
+                        if type(m) is not list or len(m) != 2 or not int_in(m[0], 1, (1 << 63) - 1) or type(m[1]) is not str:
                             fail(f"{what} {rec['id']}: a message is [mtype >= 1, base64 text]")
-                        total += _b64len(m[1], f"{what} {rec['id']}", fail)
+                        total += b64_size(m[1], f"{what} {rec['id']}", fail)
                 if total > MAX_BYTES:
                     fail(f"sysvipc: more than {MAX_BYTES >> 20} MiB of contents")

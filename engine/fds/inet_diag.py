@@ -8,8 +8,9 @@ import socket
 import struct
 
 from engine import forkrun, kernel
+from engine.fds import inet_net
 
-SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, NLM_F_DUMP = 20, 1, 0x300
+SOCK_DIAG_BY_FAMILY = 20
 INET_DIAG_SHUTDOWN = 8
 _REQ = struct.Struct("=BBBxI48x")      # inet_diag_req_v2: family, protocol, ext, states, (sockid: any)
 # inet_diag_msg: family, state, timer, retrans, (sockid), expires, rqueue, wqueue, uid, inode
@@ -17,34 +18,16 @@ _MSG = struct.Struct("=BBBB48xIIIII")
 
 
 def _dump(family: int, proto: int) -> dict[int, dict]:
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 4)   # NETLINK_SOCK_DIAG
-    try:
-        req = _REQ.pack(family, proto, 0, 0xFFFFFFFF)
-        s.send(struct.pack("=IHHII", 16 + len(req), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + req)
-        out: dict[int, dict] = {}
-        while True:
-            data = s.recv(1 << 16)
-            off = 0
-            while off + 16 <= len(data):
-                ln, typ = struct.unpack_from("=IH", data, off)
-                if typ == 3:   # NLMSG_DONE
-                    return out
-                if typ == 2:   # NLMSG_ERROR
-                    raise OSError(-struct.unpack_from("=i", data, off + 16)[0], "inet_diag")
-                _f, state, _t, _r, _e, rq, wq, uid, ino = _MSG.unpack_from(data, off + 16)
-                rec = {"state": state, "rqueue": rq, "wqueue": wq, "uid": uid, "shutdown": 0}
-                a = off + 16 + _MSG.size
-                while a + 4 <= off + ln:
-                    alen, atype = struct.unpack_from("=HH", data, a)
-                    if alen < 4:
-                        break
-                    if atype == INET_DIAG_SHUTDOWN:
-                        rec["shutdown"] = data[a + 4]
-                    a += (alen + 3) & ~3
-                out[ino] = rec
-                off += (ln + 3) & ~3
-    finally:
-        s.close()
+    out: dict[int, dict] = {}
+    req = _REQ.pack(family, proto, 0, 0xFFFFFFFF)
+    for _t, msg in inet_net.netlink_dump(4, SOCK_DIAG_BY_FAMILY, req, "inet_diag"):   # NETLINK_SOCK_DIAG
+        _f, state, _t, _r, _e, rq, wq, uid, ino = _MSG.unpack_from(msg, 0)
+        rec = {"state": state, "rqueue": rq, "wqueue": wq, "uid": uid, "shutdown": 0}
+        shutdown = inet_net.attrs(msg, _MSG.size).get(INET_DIAG_SHUTDOWN)
+        if shutdown:
+            rec["shutdown"] = shutdown[0]
+        out[ino] = rec
+    return out
 
 
 def diag_all() -> dict[int, dict]:

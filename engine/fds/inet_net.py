@@ -37,9 +37,10 @@ SIOCGIFFLAGS, SIOCSIFFLAGS = 0x8913, 0x8914
 SIOCGSKNS = 0x894C
 
 
-def _dump(typ: int, body: bytes) -> list[tuple[int, bytes]]:
-    """[(message type, payload)] of an rtnetlink dump request."""
-    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, 0)   # NETLINK_ROUTE
+def netlink_dump(proto: int, typ: int, body: bytes, what: str) -> list[tuple[int, bytes]]:
+    """[(message type, payload)] of a netlink dump request `typ` with `body` on a socket of netlink
+    protocol `proto` (NETLINK_ROUTE 0, NETLINK_SOCK_DIAG 4); an error reply raises OSError naming `what`."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, proto)
     try:
         s.send(struct.pack("=IHHII", 16 + len(body), typ, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + body)
         out = []
@@ -51,14 +52,20 @@ def _dump(typ: int, body: bytes) -> list[tuple[int, bytes]]:
                 if mtype == 3:   # NLMSG_DONE
                     return out
                 if mtype == 2:   # NLMSG_ERROR
-                    raise OSError(-struct.unpack_from("=i", data, off + 16)[0], "rtnetlink")
+                    raise OSError(-struct.unpack_from("=i", data, off + 16)[0], what)
                 out.append((mtype, data[off + 16: off + ln]))
                 off += (ln + 3) & ~3
     finally:
         s.close()
 
 
-def _attrs(data: bytes, off: int) -> dict[int, bytes]:
+def _dump(typ: int, body: bytes) -> list[tuple[int, bytes]]:
+    """[(message type, payload)] of an rtnetlink dump request."""
+    return netlink_dump(0, typ, body, "rtnetlink")
+
+
+def attrs(data: bytes, off: int) -> dict[int, bytes]:
+    """The netlink attributes of `data` from `off` on: {type: payload} (the nested/byte-order bits cleared)."""
     out = {}
     while off + 4 <= len(data):
         alen, atype = struct.unpack_from("=HH", data, off)
@@ -75,12 +82,12 @@ def state() -> dict:
     names, links = {}, {}
     for _t, msg in _dump(RTM_GETLINK, struct.pack("=BxHiII", socket.AF_UNSPEC, 0, 0, 0, 0)):
         _fam, _typ, index, flags, _change = struct.unpack_from("=BxHiII", msg)
-        name = _attrs(msg, 16).get(IFLA_IFNAME, b"?\0").split(b"\0")[0].decode(errors="replace")
+        name = attrs(msg, 16).get(IFLA_IFNAME, b"?\0").split(b"\0")[0].decode(errors="replace")
         names[index], links[name] = name, bool(flags & IFF_UP)
     addrs = []
     for _t, msg in _dump(RTM_GETADDR, struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)):
         fam, prefix, _flags, _scope, index = struct.unpack_from("=BBBBI", msg)
-        a = _attrs(msg, 8)
+        a = attrs(msg, 8)
         raw = a.get(IFA_LOCAL) or a.get(IFA_ADDRESS) or b""
         addr = socket.inet_ntop(fam, raw) if fam in (socket.AF_INET, socket.AF_INET6) and raw else "?"
         addrs.append(f"{names.get(index, index)} {addr}/{prefix}")
@@ -88,7 +95,7 @@ def state() -> dict:
     for fam in (socket.AF_INET, socket.AF_INET6):
         for _t, msg in _dump(RTM_GETROUTE, struct.pack("=BBBBBBBBI", fam, 0, 0, 0, 0, 0, 0, 0, 0)):
             _f, dst_len, _src_len, _tos, table, _proto, _scope, rtype, _flags = struct.unpack_from("=BBBBBBBBI", msg)
-            a = _attrs(msg, 12)
+            a = attrs(msg, 12)
             dst = socket.inet_ntop(fam, a[RTA_DST]) if RTA_DST in a else "default"
             oif = struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0
             table = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else table
