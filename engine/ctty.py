@@ -62,13 +62,12 @@ def node_of(pid: int, fdtable, place, mounts) -> dict | None:
     from engine import fds, kernel
     from engine.fds import pty
     nr = tty_nr(pid)
-    major, minor = device(nr)
-    if not nr or not 136 <= major < 144:
+    index = pty.number_of(*device(nr))
+    if not nr or index is None:
         return None
     d = fds.DumpFd(pid=pid, fd=-1, target="/dev/tty", mode=stat.S_IFCHR, flags=0, pos=0,
                    pidfd=kernel.pidfd_open(pid), objects=fdtable.objects, scratch=fdtable.scratch, place=place,
                    mounts=list(mounts))
-    index = minor + (major - 136) * 256
     try:
         got = pty.ctty_node(d, index)
     except fds.FdError as e:
@@ -224,8 +223,8 @@ def _restored(pid: int, nr: int, masters: set[int]) -> bool:
     from engine.fds import pty
     if os.makedev(5, 0) in pty.char_rdevs(pid):
         return True
-    major, minor = device(nr)
-    return 136 <= major < 144 and minor + (major - 136) * 256 in masters
+    index = pty.number_of(*device(nr))
+    return index is not None and index in masters
 
 
 def _masters(pids) -> set[int]:

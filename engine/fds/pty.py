@@ -37,6 +37,7 @@ import struct
 import termios
 
 from engine.imageformat import BOOL, DICT, INT, LIST, STR, F, Record, b64, list_of, rng
+from engine.ctty import device
 from engine.kernel import undeleted
 from engine.fds import FdError, FdKind, RestoreFd, pty_data, register
 
@@ -77,7 +78,7 @@ def _dump(d) -> dict:
             read.add(obj)
             o.update(_waiting(d, c, o["termios"], index))
         return {"obj": obj, "end": "master"}
-    index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
+    index = number_of(os.major(st.st_rdev), os.minor(st.st_rdev))
     obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
     d.objects.setdefault(obj, {"kind": "pty", "index": index})
     target, deleted = undeleted(d.target)
@@ -99,6 +100,11 @@ def _dump(d) -> dict:
     return out
 
 
+def number_of(major: int, minor: int) -> int | None:
+    """The number of the Unix98 pty slave of device major:minor (majors 136..143), None for any other."""
+    return minor + (major - 136) * 256 if 136 <= major < 144 else None
+
+
 def leads_on(pid: int, rdev: int) -> bool:
     """Does process `pid` lead its session with the pty slave of device `rdev` as its controlling
     terminal (/proc/PID/stat: the terminal's number; a shell on a container's console, the process
@@ -109,7 +115,7 @@ def leads_on(pid: int, rdev: int) -> bool:
     except OSError:
         return False
     session, tty_nr = int(fields[3]), int(fields[4])
-    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    major, minor = device(tty_nr)
     return bool(tty_nr) and session == pid and (major, minor) == (os.major(rdev), os.minor(rdev))
 
 
@@ -152,7 +158,7 @@ def _precheck(d) -> None:
         _hold(d, _instance(d, st), index)
         _refuse(_unread(d, "master", index))
     elif 136 <= os.major(st.st_rdev) < 144 and not undeleted(d.target)[1]:
-        index = os.minor(st.st_rdev) + (os.major(st.st_rdev) - 136) * 256
+        index = number_of(os.major(st.st_rdev), os.minor(st.st_rdev))
         unread = _unread(d, "slave", index)
         if unread:
             key = (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", f"/{index}")
@@ -551,14 +557,15 @@ def _ctty_index(d) -> int | None:
     with open(f"/proc/{d.pid}/stat", errors="surrogateescape") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     tty_nr = int(fields[4])
-    major, minor = (tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00)
+    major, minor = device(tty_nr)
     if not tty_nr:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process that has no controlling terminal "
                                         "any more: not supported")
-    if not 136 <= major < 144:
+    index = number_of(major, minor)
+    if index is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: /dev/tty of a process whose controlling terminal is "
                                         f"device {major}:{minor}, not a pty: not supported")
-    return minor + (major - 136) * 256
+    return index
 
 
 def _ctty_nodes(d, index: int):
