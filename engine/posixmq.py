@@ -16,16 +16,9 @@ import errno
 import os
 
 from engine import kernel
-from engine.sysvipc import MAX_OBJECTS, IpcError, b64_size, int_in
+from engine.sysvipc import MAX_OBJECTS, IpcError, b64_size, checked, int_in
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _check(ret: int, what: str) -> int:
-    if ret == -1:
-        e = ctypes.get_errno()
-        raise IpcError(e, f"{what}: {os.strerror(e)}")
-    return ret
 
 
 class _MqAttr(ctypes.Structure):
@@ -82,7 +75,7 @@ def read_here(limits_only: bool = False, outsider: int | None = None) -> list[di
                     raise IpcError(errno.EOPNOTSUPP, f"POSIX message queue /{name}: process {info['NOTIFY_PID']} "
                                                      "asked to be notified on it (mq_notify): not supported yet")
                 attr = _MqAttr()
-                _check(_libc.mq_getattr(fd, ctypes.byref(attr)), f"mq_getattr of /{name}")
+                checked(_libc.mq_getattr(fd, ctypes.byref(attr)), f"mq_getattr of /{name}")
                 if outsider is not None and attr.curmsgs >= attr.maxmsg:
                     # (the tree's senders left the queue's wait list as it stopped; one outside may wait
                     # on it, whose message our first receive would take in: lost once the queue is full again)
@@ -100,11 +93,11 @@ def read_here(limits_only: bool = False, outsider: int | None = None) -> list[di
                     got = _libc.mq_receive(fd, buf, attr.msgsize, ctypes.byref(prio))
                     if got < 0:
                         if ctypes.get_errno() != errno.EAGAIN:
-                            _check(-1, f"mq_receive of /{name}")
+                            checked(-1, f"mq_receive of /{name}")
                         break
                     msgs.append((prio.value, buf.raw[:got]))
                 for p, body in msgs:   # (back at once, in the order taken: the queue is as it was)
-                    _check(_libc.mq_send(fd, body, len(body), p), f"mq_send to /{name}")
+                    checked(_libc.mq_send(fd, body, len(body), p), f"mq_send to /{name}")
                 out.append({"name": name, "mode": st.st_mode & 0o777, "uid": st.st_uid, "gid": st.st_gid,
                             "maxmsg": attr.maxmsg, "msgsize": attr.msgsize,
                             "msgs": [[p, base64.b64encode(body).decode()] for p, body in msgs]})
@@ -127,7 +120,7 @@ def make_here(queues: list) -> None:
             attr = _MqAttr(0, q["maxmsg"], q["msgsize"], 0)
             kernel.fs_ids_keeping_caps(q["uid"], q["gid"])
             try:
-                fd = _check(_libc.mq_open(("/" + q["name"]).encode(), os.O_RDWR | os.O_CREAT | os.O_EXCL
+                fd = checked(_libc.mq_open(("/" + q["name"]).encode(), os.O_RDWR | os.O_CREAT | os.O_EXCL
                                           | os.O_NONBLOCK | os.O_CLOEXEC, ctypes.c_uint(q["mode"]), ctypes.byref(attr)),
                             f"{what}: mq_open")
             finally:
@@ -135,7 +128,7 @@ def make_here(queues: list) -> None:
             try:
                 for p, text in q["msgs"]:
                     body = base64.b64decode(text)
-                    _check(_libc.mq_send(fd, body, len(body), p), f"{what}: mq_send")
+                    checked(_libc.mq_send(fd, body, len(body), p), f"{what}: mq_send")
             finally:
                 os.close(fd)
     finally:

@@ -62,7 +62,9 @@ class IpcError(OSError):
 _MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def _check(ret, what: str):
+def checked(ret, what: str):
+    """`ret` of a C library call, or IpcError naming `what` with its errno when it failed (-1, NULL,
+    MAP_FAILED)."""
     if ret == -1 or ret is None or ret == _MAP_FAILED:
         e = ctypes.get_errno()
         raise IpcError(e, f"{what}: {os.strerror(e)}")
@@ -102,7 +104,7 @@ def _read_here(proc: int, outsider: int | None = None) -> dict:
         if total > MAX_BYTES:
             raise IpcError(errno.EFBIG, f"System V shared memory segment {row['shmid']}: more than "
                                         f"{MAX_BYTES >> 20} MiB of segments in the tree's ipc namespaces")
-        addr = _check(_libc.shmat(row["shmid"], None, _SHM_RDONLY), f"shmat of segment {row['shmid']}")
+        addr = checked(_libc.shmat(row["shmid"], None, _SHM_RDONLY), f"shmat of segment {row['shmid']}")
         try:
             rec["data"] = base64.b64encode(ctypes.string_at(addr, row["size"])).decode()
         finally:
@@ -112,7 +114,7 @@ def _read_here(proc: int, outsider: int | None = None) -> dict:
     for row in _table(proc, "sem"):
         rec = _ids(row, "semid")
         vals = (ctypes.c_ushort * row["nsems"])()
-        _check(_libc.semctl(row["semid"], 0, _GETALL, vals), f"semctl GETALL of semaphore set {row['semid']}")
+        checked(_libc.semctl(row["semid"], 0, _GETALL, vals), f"semctl GETALL of semaphore set {row['semid']}")
         rec["vals"] = list(vals)
         sems.append(rec)
     msgs = []
@@ -121,7 +123,7 @@ def _read_here(proc: int, outsider: int | None = None) -> dict:
         rec = _ids(row, "msqid")
         rec["msgs"] = []
         for n in range(row["qnum"]):
-            got = _check(_libc.msgrcv(row["msqid"], buf, _MSG_MAX, n, _IPC_NOWAIT | _MSG_COPY),
+            got = checked(_libc.msgrcv(row["msqid"], buf, _MSG_MAX, n, _IPC_NOWAIT | _MSG_COPY),
                          f"msgrcv MSG_COPY of message queue {row['msqid']}")
             total += got
             if total > MAX_BYTES:
@@ -195,10 +197,11 @@ def precheck(pids: list[int]) -> None:
             except OSError:
                 continue   # (gone meanwhile: dump tells, once the tree is stopped)
             try:
-                if os.fstat(ns).st_ino in seen:
+                ino = os.fstat(ns).st_ino
+                if ino in seen:
                     continue
-                seen.add(os.fstat(ns).st_ino)
-                outsider = kernel.ns_outsider("ipc", os.fstat(ns).st_ino, set(pids))
+                seen.add(ino)
+                outsider = kernel.ns_outsider("ipc", ino, set(pids))
 
                 def body():
                     kernel.setns(ns, kernel.CLONE_NEWIPC)
@@ -238,10 +241,10 @@ def _owner(ctl, ident: int, rec: dict, what: str) -> None:
     if (rec["uid"], rec["gid"]) == (rec["cuid"], rec["cgid"]):
         return
     buf = ctypes.create_string_buffer(512)
-    _check(ctl(ident, _IPC_STAT, buf), f"{what}: IPC_STAT")
+    checked(ctl(ident, _IPC_STAT, buf), f"{what}: IPC_STAT")
     ctypes.c_uint.from_buffer(buf, 4).value = rec["uid"]
     ctypes.c_uint.from_buffer(buf, 8).value = rec["gid"]
-    _check(ctl(ident, _IPC_SET, buf), f"{what}: IPC_SET")
+    checked(ctl(ident, _IPC_SET, buf), f"{what}: IPC_SET")
 
 
 def _key(rec: dict) -> int:
@@ -259,12 +262,12 @@ def _make_here(proc: int, doc: dict) -> None:
     for rec in doc.get("shm") or ():
         what = f"System V shared memory segment {rec['id']}"
         _next_id(proc, "shm", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: _check(
+        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.shmget(_key(rec), rec["size"], _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: shmget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
         data = base64.b64decode(rec["data"])
-        addr = _check(_libc.shmat(got, None, 0), f"{what}: shmat")
+        addr = checked(_libc.shmat(got, None, 0), f"{what}: shmat")
         try:
             ctypes.memmove(addr, data, min(len(data), rec["size"]))
         finally:
@@ -273,17 +276,17 @@ def _make_here(proc: int, doc: dict) -> None:
     for rec in doc.get("sem") or ():
         what = f"System V semaphore set {rec['id']}"
         _next_id(proc, "sem", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: _check(
+        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.semget(_key(rec), len(rec["vals"]), _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: semget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
         vals = (ctypes.c_ushort * len(rec["vals"]))(*rec["vals"])
-        _check(_libc.semctl(got, 0, _SETALL, vals), f"{what}: semctl SETALL")
+        checked(_libc.semctl(got, 0, _SETALL, vals), f"{what}: semctl SETALL")
         _owner(semctl, got, rec, what)
     for rec in doc.get("msg") or ():
         what = f"System V message queue {rec['id']}"
         _next_id(proc, "msg", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: _check(
+        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.msgget(_key(rec), _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: msgget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
@@ -292,7 +295,7 @@ def _make_here(proc: int, doc: dict) -> None:
             buf = ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + len(body))
             ctypes.c_long.from_buffer(buf).value = mtype
             ctypes.memmove(ctypes.addressof(buf) + ctypes.sizeof(ctypes.c_long), body, len(body))
-            _check(_libc.msgsnd(got, buf, len(body), _IPC_NOWAIT), f"{what}: msgsnd")
+            checked(_libc.msgsnd(got, buf, len(body), _IPC_NOWAIT), f"{what}: msgsnd")
         _owner(msgctl, got, rec, what)
     from engine import posixmq
     posixmq.make_here(doc.get("mqueue") or ())
