@@ -30,7 +30,7 @@ import termios
 
 from engine import threadids
 from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
-from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, register, unix_bind
+from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, inet_tcp, register, unix_bind
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
@@ -83,10 +83,25 @@ def _name(addr: tuple) -> tuple[str, int]:
     return host, addr[1]
 
 
-def read(d, s: socket.socket, rec: dict | None) -> dict:
+def _loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (an IPv4 one mapped into IPv6 too)."""
+    a = ipaddress.ip_address(host.split("%")[0])
+    return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and a.ipv4_mapped.is_loopback)
+
+
+def end_key(host: str, port: int) -> tuple[str, int]:
+    """One spelling of a connection's end, whichever family's socket names it (an IPv4 address
+    mapped into IPv6 is the IPv4 one)."""
+    a = ipaddress.ip_address(host.split("%")[0])
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    return str(a), port
+
+
+def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
     """The entry of inet socket `s` (our copy of fd d.fd; `rec`: its inet_diag record), or FdError (a
-    line naming d) for what restore cannot make exactly. Only reads: also asked of a running tree
-    (engine/prestop.py)."""
+    line naming d) for what restore cannot make exactly. Only reads while the tree runs
+    (engine/prestop.py); once it is `stopped`, a TCP connection is read in repair mode (inet_tcp)."""
     fam = FAMILIES[s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)]
     typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     proto = PROTOS.get((typ, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)))
@@ -108,8 +123,14 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
                                                 "waiting to be accepted (they cannot be made again): not supported")
             out["listen"] = backlog
         elif st != TCP_CLOSE:
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection ({TCP_STATES.get(st, st)}, port {port}): "
-                                            "not supported (only listening, bound and unbound TCP sockets)")
+            inet_tcp.precheck(s, st, d.where)
+            peer = _name(s.getpeername())
+            if not _loopback(peer[0]) or not _loopback(host):
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
+                                                "off loopback (a restored network namespace has lo only): not supported")
+            out["peer"], out["peer_port"] = peer
+            if stopped:
+                out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
         elif _used(s):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended (reset, refused or "
                                             "closed: a new socket cannot be made so): not supported")
@@ -146,8 +167,9 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
     return out
 
 
-def _with_socket(d) -> tuple[dict, int, bool]:
-    """(`read`'s entry of fd d, its network namespace's inode, whether its lo is up), or FdError."""
+def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
+    """(`read`'s entry of fd d, its network namespace's inode, whether its lo is up), or FdError; a
+    TCP connection's ends are noted for `prefinish` (d.scratch["inet-conns"])."""
     from engine import forkrun
     c = d.copy()
     ns = inet_net.netns_fd(c)
@@ -155,7 +177,7 @@ def _with_socket(d) -> tuple[dict, int, bool]:
         netns, lo = inet_net.check(d, ns, d.where)
         rec = inet_diag.lookup(d, os.fstat(c).st_ino, netns, ns)
         with socket.socket(fileno=os.dup(c)) as s:
-            out = read(d, s, rec)
+            out = read(d, s, rec, stopped)
         if "uid" in out and unix_bind._here(out["uid"], "uid_map", ranges=_map_of(d.pid)) is None:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: an inet socket owned by uid {out['uid']}, which its process's "
                                             "user namespace does not map (its stand-in could not make it so): "
@@ -167,7 +189,35 @@ def _with_socket(d) -> tuple[dict, int, bool]:
                       f"{d.where}: inet: {getattr(e, 'strerror', None) or e}") from None
     finally:
         os.close(ns)
+    if out["proto"] == "tcp" and "peer" in out:
+        d.scratch.setdefault("inet-conns", []).append(
+            (netns, end_key(out["addr"], out["port"]), end_key(out["peer"], out["peer_port"]), d.where))
     return out, netns, lo
+
+
+def prefinish(scratch: dict) -> None:
+    """Once every socket of the tree was prechecked: refuse a TCP connection whose other end no
+    process of the tree holds (engine/fds/unix_prestop.py calls this: inet fds are unix's at first)."""
+    conns = scratch.pop("inet-conns", [])
+    _refuse_lone([(ns, a, b) for ns, a, b, _w in conns], [(ns, a, b, w) for ns, a, b, w in conns])
+
+
+def _refuse_lone(ends: list, conns: list) -> None:
+    """Refuse the first of `conns` [(netns, local, peer, where)] whose reverse is not in `ends`."""
+    have = set(ends)
+    for ns, a, b, where in conns:
+        if (ns, b, a) not in have:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection to {b[0]} port {b[1]} whose other end no "
+                                            "process of the tree holds (waiting in a listener's accept queue, or "
+                                            "closed): not supported")
+
+
+def _finish(objects: dict, entries: list[dict]) -> None:
+    """Once every fd is dumped: each TCP connection's other end is an fd of the tree too (restore
+    makes both; one alone would meet a port nobody holds)."""
+    conns = [(e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]), f"fd {e['fd']} (inet)")
+             for e in entries if e.get("kind") == "inet" and "tcp" in e]
+    _refuse_lone([c[:3] for c in conns], conns)
 
 
 def _map_of(pid: int) -> list[tuple[int, int, int]]:
@@ -183,7 +233,7 @@ def precheck(d) -> None:
 
 def dump(d) -> dict:
     """The image entry of inet fd `d`, naming its network namespace's object (created here once)."""
-    out, ino, lo = _with_socket(d)
+    out, ino, lo = _with_socket(d, stopped=True)
     ids = d.scratch.setdefault("inet-objects", {})
     key = ids.get(ino)
     if key is None:
@@ -209,12 +259,16 @@ def _check(e: dict, what: str) -> None:
             if a.version != (4 if e["family"] == "inet" else 6) or \
                     (scope and not (scope.isdigit() and len(scope) < 11)):
                 _fail(f"{what}: inet {key} {e[key][:60]!r} is not of family {e['family']}")
-            if key == "peer" and not a.is_loopback:
+            if (key == "peer" or "tcp" in e) and not _loopback(e[key]):
                 _fail(f"{what}: a peer off loopback")
     if "listen" in e and e["proto"] != "tcp":
         _fail(f"{what}: only a TCP socket listens")
-    if "peer" in e and e["proto"] != "udp":
-        _fail(f"{what}: only a UDP socket is connected")
+    if "peer" in e and e["proto"] != "udp" and "tcp" not in e:
+        _fail(f"{what}: a TCP socket is connected only with its connection's state ('tcp')")
+    if "tcp" in e:
+        if e["proto"] != "tcp" or "peer" not in e or "addr" not in e or "listen" in e:
+            _fail(f"{what}: a TCP connection ('tcp') is a TCP socket with an address and a peer, not listening")
+        inet_tcp.check(e["tcp"], what)
     if "obj" not in e:
         _fail(f"{what}: an inet socket names its network namespace ('obj')")
     inet_opts.check(e["opts"], e["family"], e["proto"], what)
@@ -288,14 +342,21 @@ def _addr(fam: int, host: str, port: int) -> tuple:
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    spec = {k: e[k] for k in ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid",
-                              "opts") if k in e}
+    # (a connection: the stand-in makes the socket alone, we make the connection: `_connect`)
+    names = ("family", "proto", "uid", "opts") if "tcp" in e else \
+        ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts")
+    spec = {k: e[k] for k in names if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
+    fd = None
     try:
         fd = r.standin("make", spec)[0]
-    except FdError:
-        raise
+        if "tcp" in e:
+            _connect(r, fd)
     except OSError as err:
+        if fd is not None:
+            os.close(fd)
+        if isinstance(err, FdError):
+            raise
         what = f" {e['addr']} port {e['port']}" if "addr" in e else ""
         raise FdError(err.errno or errno.EIO, f"making the {e['family']} {e['proto']} socket{what} again: "
                                               f"{err.strerror or err}") from None
@@ -304,11 +365,39 @@ def _open(r: RestoreFd) -> int:
     return fd
 
 
+def _connect(r: RestoreFd, fd: int) -> None:
+    """Make the connection of entry r.entry on new socket `fd` (in repair mode: inet_tcp.make), and,
+    once every process holds its fds (both ends exist), take it out of repair mode, send what was
+    not sent, and give it back SO_REUSEADDR (repair mode clears it) and its shutdown."""
+    e = r.entry
+    fam = FAMILY_NO[e["family"]]
+    mine = os.dup(fd)
+    r.keep.append(mine)   # (closed by restore once every process holds its fds)
+    s = socket.socket(fileno=mine)
+    try:
+        inet_tcp.make(s, e["tcp"], _addr(fam, e["addr"], e["port"]), _addr(fam, e["peer"], e["peer_port"]),
+                      e["opts"].get("v6only", 0))
+    finally:
+        s.detach()   # (r.keep's: closed there, not by this object)
+
+    def release():
+        s = socket.socket(fileno=mine)
+        try:
+            inet_tcp.release(s, e["tcp"])
+            inet_opts.apply(s, e["opts"])
+            if e.get("shutdown"):
+                s.shutdown(e["shutdown"] - 1)
+        finally:
+            s.detach()
+    r.late.append((f"the TCP connection from {e['addr']} port {e['port']} to {e['peer']} port {e['peer_port']}",
+                   release))
+
+
 # Never classified from a /proc link (every socket is "socket:[N]"): engine/fds/unix.py hands
 # inet sockets here by their family. Its sockets are made in the process's network namespace,
 # which must be one restore makes (imageformat: own_netns).
 register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
-                check_object=_check_object, standin={"make": _make}, own_netns=True,
+                check_object=_check_object, standin={"make": _make}, own_netns=True, finish=_finish,
                 ids=lambda e: {"uid": [e["uid"]]} if "uid" in e else {},
                 fields={"family": F(STR), "proto": F(STR),
                         "addr": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
@@ -321,4 +410,6 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         # its owner (sk_uid), as the dumper's user namespace names it; taken by a thread
                         # of the stand-in to make it (absent: an unbound socket sock_diag does not list)
                         "uid": F(INT, required=False, rule=rng(0, MAX_UID)),
-                        "opts": F(DICT)}))
+                        "opts": F(DICT),
+                        # an established connection (peer, peer_port: its other end, an fd of the tree too)
+                        "tcp": inet_tcp.FIELD}))

@@ -1,0 +1,188 @@
+"""An established TCP connection, CRIU's way (kernel TCP_REPAIR): both ends live in the tree's own
+network namespace, so while the tree is stopped nothing sends to them.
+
+Dump puts our copy of the socket in repair mode for the read alone and takes it out at once
+(TCP_REPAIR_OFF_NO_WP: no window probe, nothing sent; the kernel drops SO_REUSEADDR on the way out,
+so it is set back): the sequence numbers of both queues (TCP_QUEUE_SEQ), their bytes (recv
+MSG_PEEK per queue, TCP_REPAIR_QUEUE; the send queue's part not sent yet, SIOCOUTQNSD), the window
+(TCP_REPAIR_WINDOW), the options the handshake agreed (mss, window scales, SACK, timestamps:
+TCP_MAXSEG in repair mode, tcp_info) and the timestamp clock (TCP_TIMESTAMP). The tree is never
+left in repair mode: a refused or --leave-running dump leaves it as it was.
+
+Restore (the restorer, on the socket the stand-in made, so the repair needs no capability in the
+tree's user namespace): repair on, both queues' first sequence numbers, bind, connect (in repair
+mode: no packet, straight to ESTABLISHED), the options, the timestamp, the receive queue's bytes and
+the send queue's sent part (as sent, not acknowledged: the peer acknowledges them, or they are sent
+again), the window; once every process holds its fds (`late`: both ends exist, so nothing meets a
+closed port), repair off, the unsent part sent, SO_REUSEADDR and the shutdown directions set back.
+
+Refused: the closing states (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING: a FIN in a queue), SYN_SENT
+and SYN_RECV, a peer no process of the tree holds (a connection in a listener's accept queue, an
+orphan socket), urgent data, a peek offset (SO_PEEK_OFF), queues over MAX_QUEUE bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import errno
+import socket
+import struct
+
+from engine.imageformat import BOOL, DICT, INT, LIST, STR, F, Record, b64, list_of, record, rng
+from engine.fds import FdError
+
+SOL_TCP = socket.IPPROTO_TCP
+TCP_MAXSEG, TCP_INFO = 2, 11
+TCP_REPAIR, TCP_REPAIR_QUEUE, TCP_QUEUE_SEQ, TCP_REPAIR_OPTIONS, TCP_TIMESTAMP, TCP_REPAIR_WINDOW = 19, 20, 21, 22, 24, 29
+REPAIR_ON, REPAIR_OFF, REPAIR_OFF_NO_WP = 1, 0, -1
+NO_QUEUE, RECV_QUEUE, SEND_QUEUE = 0, 1, 2
+TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
+TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
+SIOCINQ, SIOCOUTQ, SIOCOUTQNSD, SIOCATMARK = 0x541B, 0x5411, 0x894B, 0x8905
+SO_PEEK_OFF = 42
+TCP_ESTABLISHED = 1
+MAX_QUEUE = 1 << 24   # bytes per queue (net.ipv4.tcp_rmem's default maximum is 6 MiB)
+_WINDOW = struct.Struct("=5I")   # struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
+_U32 = rng(0, (1 << 32) - 1)
+
+# The image entry's "tcp" (engine/fds/inet.py): what restore gives the new socket in repair mode.
+CONN = Record("tcp connection", {
+    "send_seq": F(INT, rule=_U32),      # the first byte of the send queue (snd_una)
+    "recv_seq": F(INT, rule=_U32),      # the first byte of the receive queue not read yet
+    "sendq": F(STR, rule=b64(MAX_QUEUE)),   # sent and not acknowledged, then not sent yet
+    "unsent": F(INT, rule=rng(0, MAX_QUEUE)),   # how many of sendq's last bytes were not sent
+    "recvq": F(STR, rule=b64(MAX_QUEUE)),
+    "window": F(LIST, rule=list_of(_U32, 5, INT)),   # tcp_repair_window, in its order
+    "mss": F(INT, rule=rng(1, 65535)),
+    "wscale": F(LIST, required=False, rule=list_of(rng(0, 14), 2, INT)),   # [ours to send, the peer's]
+    "sack": F(BOOL),
+    "timestamp": F(INT, required=False, rule=_U32),   # the socket's TCP timestamp clock (timestamps on)
+})
+FIELD = F(DICT, required=False, rule=record(CONN))
+
+
+def _int(s: socket.socket, opt: int) -> int:
+    return s.getsockopt(SOL_TCP, opt)
+
+
+def _ioctl(s: socket.socket, req: int) -> int:
+    import fcntl
+    return struct.unpack("i", fcntl.ioctl(s.fileno(), req, b"\0\0\0\0"))[0]
+
+
+def precheck(s: socket.socket, state: int, where: str) -> None:
+    """Refuse (FdError naming `where`) a connection `read` could not keep, without changing it."""
+    from engine.fds.inet import TCP_STATES
+    if state != TCP_ESTABLISHED:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection in state {TCP_STATES.get(state, state)} (only "
+                                        "established ones are kept): not supported; dump once it is closed")
+    if s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) != -1:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with a peek offset (SO_PEEK_OFF): not supported")
+    if _ioctl(s, SIOCATMARK):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with urgent data waiting (MSG_OOB): not supported")
+
+
+def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
+    """The "tcp" entry of established socket `s` (the tree stopped), read in repair mode, which is
+    left at once; `reuseaddr`: its SO_REUSEADDR, which leaving repair mode clears."""
+    try:
+        s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_ON)
+    except OSError as e:
+        raise FdError(e.errno or errno.EPERM, f"{where}: TCP_REPAIR on a connection: {e.strerror or e} "
+                                              "(needs CAP_NET_ADMIN in its network namespace's user namespace)") from None
+    try:
+        info = s.getsockopt(SOL_TCP, TCP_INFO, 8)
+        if info[0] != TCP_ESTABLISHED:
+            precheck(s, info[0], where)
+        out = {"mss": _int(s, TCP_MAXSEG), "sack": bool(info[5] & TCPI_OPT_SACK)}
+        if info[5] & TCPI_OPT_WSCALE:
+            out["wscale"] = [info[6] & 0xF, info[6] >> 4]
+        if info[5] & TCPI_OPT_TIMESTAMPS:
+            out["timestamp"] = _int(s, TCP_TIMESTAMP) & 0xFFFFFFFF
+        out["window"] = list(_WINDOW.unpack(s.getsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.size)))
+        s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, RECV_QUEUE)
+        nxt = _int(s, TCP_QUEUE_SEQ) & 0xFFFFFFFF
+        recvq = _peek(s, _ioctl(s, SIOCINQ), "receive", where)
+        s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)
+        write = _int(s, TCP_QUEUE_SEQ) & 0xFFFFFFFF
+        unsent = _ioctl(s, SIOCOUTQNSD)
+        sendq = _peek(s, _ioctl(s, SIOCOUTQ), "send", where)
+        s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
+    finally:
+        s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF_NO_WP)
+        if reuseaddr:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuseaddr)
+    out.update({"send_seq": (write - len(sendq)) & 0xFFFFFFFF, "recv_seq": (nxt - len(recvq)) & 0xFFFFFFFF,
+                "sendq": base64.b64encode(sendq).decode(), "unsent": unsent,
+                "recvq": base64.b64encode(recvq).decode()})
+    return out
+
+
+def _peek(s: socket.socket, n: int, which: str, where: str) -> bytes:
+    """The `n` bytes of the selected queue of `s` (repair mode: a peek of the send queue reads it)."""
+    if n > MAX_QUEUE:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {n} bytes in a TCP connection's {which} queue (more than "
+                                        f"{MAX_QUEUE}): not supported; let them be read and dump again")
+    data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT) if n else b""
+    if len(data) != n:
+        raise FdError(errno.EIO, f"{where}: read {len(data)} of the {n} bytes of a TCP connection's {which} queue")
+    return data
+
+
+def check(conn: dict, what: str) -> None:
+    """The validator's part CONN's field rules leave: sizes that agree."""
+    from engine.image import _fail
+    if len(conn["window"]) != 5 or ("wscale" in conn and len(conn["wscale"]) != 2):
+        _fail(f"{what}: a TCP connection's window has 5 numbers, its wscale 2")
+    if conn["unsent"] > len(base64.b64decode(conn["sendq"])):
+        _fail(f"{what}: more TCP bytes unsent than in the send queue")
+
+
+def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 0) -> None:
+    """Put new socket `s` (not bound) in repair mode and make it connection `conn` from `local` to
+    `peer`, its queues filled; it stays in repair mode until `release`. `v6only`: its IPV6_V6ONLY."""
+    s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_ON)
+    s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)
+    s.setsockopt(SOL_TCP, TCP_QUEUE_SEQ, struct.unpack("i", struct.pack("I", conn["send_seq"]))[0])
+    s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, RECV_QUEUE)
+    s.setsockopt(SOL_TCP, TCP_QUEUE_SEQ, struct.unpack("i", struct.pack("I", conn["recv_seq"]))[0])
+    if s.family == socket.AF_INET6 and not v6only:
+        # (a bind to a v6 address sets IPV6_V6ONLY for good, which a socket bound by its connect
+        # has off: bound to the port alone, the connect gives it the address routing picks, ::1)
+        local = ("::", *local[1:])
+    s.bind(local)          # (repair mode binds beside a listener of the port: SK_FORCE_REUSE)
+    s.connect(peer)        # (repair mode: no SYN, ESTABLISHED at once)
+    opts = [(TCPOPT_MSS, conn["mss"])]
+    if "wscale" in conn:
+        opts.append((TCPOPT_WINDOW, conn["wscale"][0] | conn["wscale"][1] << 16))
+    if conn["sack"]:
+        opts.append((TCPOPT_SACK_PERM, 0))
+    if "timestamp" in conn:
+        opts.append((TCPOPT_TIMESTAMP, 0))
+    s.setsockopt(SOL_TCP, TCP_REPAIR_OPTIONS, b"".join(struct.pack("=II", c, v) for c, v in opts))
+    if "timestamp" in conn:
+        s.setsockopt(SOL_TCP, TCP_TIMESTAMP, struct.pack("I", conn["timestamp"]))
+    sendq = base64.b64decode(conn["sendq"])
+    _write(s, RECV_QUEUE, base64.b64decode(conn["recvq"]))
+    _write(s, SEND_QUEUE, sendq[:len(sendq) - conn["unsent"]])
+    s.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.pack(*conn["window"]))
+    s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
+
+
+def _write(s: socket.socket, queue: int, data: bytes) -> None:
+    """Write `data` into `queue` of `s` (repair mode: the receive queue as received, the send queue
+    as sent); never waits (a blocking socket over its buffer would)."""
+    s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, queue)
+    view = memoryview(data)
+    while view:
+        view = view[s.send(view, socket.MSG_DONTWAIT):]
+
+
+def release(s: socket.socket, conn: dict) -> None:
+    """Take `s` out of repair mode (a window probe tells the peer our window) and send the bytes
+    that were not sent yet."""
+    s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF)
+    sendq = base64.b64decode(conn["sendq"])
+    view = memoryview(sendq)[len(sendq) - conn["unsent"]:]
+    while view:
+        view = view[s.send(view, socket.MSG_DONTWAIT):]

@@ -1,0 +1,137 @@
+"""Established TCP connections of a network namespace the tree owns (engine/fds/inet_tcp.py): both
+ends made again in repair mode with their sequence numbers, queued bytes and options; they carry
+what was queued and then new data both ways. A --leave-running dump and a refused one leave them
+working."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+
+import pytest
+
+from tests.enginecase import (CRError, DUMP_EXTERNALS, STOP_WATCH, case, grab_fd, mntcr,  # noqa: F401  (fixture)
+                              was_stopped)
+from tests.test_engine_inet import _fd, _in_netns
+
+# A client and the server's end of its connection (fds 10, 11), bytes written both ways and not
+# read (fd 10 has b"to-client" waiting, fd 11 b"to-server"), a listener kept at fd 12; the same over
+# ::1 at fds 13, 14; a connection with the peer's receive buffer full (bytes left unsent) at 15, 16.
+CONNS = """
+import socket
+def pair(fam, host, port, lfd, cfd, afd):
+    l = socket.socket(fam); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind((host, port)); l.listen()
+    c = socket.socket(fam); c.connect((host, port)); a, _ = l.accept()
+    c.sendall(b"to-server"); a.sendall(b"to-client")
+    os.dup2(c.fileno(), cfd); os.dup2(a.fileno(), afd)
+    if lfd: os.dup2(l.fileno(), lfd)
+    for s in (l, c, a): s.close()
+pair(socket.AF_INET, "127.0.0.1", 7000, 12, 10, 11)
+pair(socket.AF_INET6, "::1", 7001, None, 13, 14)
+import time
+l = socket.socket(); l.bind(("127.0.0.1", 7002)); l.listen()
+c = socket.socket(); c.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096); c.connect(("127.0.0.1", 7002))
+a, _ = l.accept(); a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+c.setblocking(False)
+sent = 0
+try:
+    while True:
+        sent += c.send(bytes([sent % 251]) * 1000)
+except BlockingIOError:
+    pass
+c.setblocking(True)
+open("/run/.sent", "w").write(str(sent))
+os.dup2(c.fileno(), 15); os.dup2(a.fileno(), 16)
+for s in (l, c, a): s.close()
+"""
+
+
+def _talk(pid: int) -> None:
+    """The connections of CONNS carry their queued bytes, then new data both ways."""
+    socks = {n: socket.socket(fileno=grab_fd(pid, n)) for n in (10, 11, 13, 14, 15, 16)}
+    try:
+        for s in socks.values():
+            s.settimeout(10)
+        for c, a in ((10, 11), (13, 14)):
+            assert socks[c].recv(100) == b"to-client"
+            assert socks[a].recv(100) == b"to-server"
+            socks[c].sendall(b"more-to-server")
+            socks[a].sendall(b"more-to-client")
+            assert socks[a].recv(100) == b"more-to-server"
+            assert socks[c].recv(100) == b"more-to-client"
+        with open(f"/proc/{pid}/root/run/.sent") as f:
+            sent = int(f.read())
+        got = b""
+        while len(got) < sent:   # (the queued bytes, those that were sent and those that were not)
+            got += socks[16].recv(1 << 16)
+        assert got == b"".join(bytes([i % 251]) * 1000 for i in range(0, sent, 1000))[:sent]
+        socks[16].sendall(b"back")
+        assert socks[15].recv(10) == b"back"
+    finally:
+        for s in socks.values():
+            s.close()
+
+
+def test_connections_kept(case):
+    """Connections over 127.0.0.1 and ::1 with unread bytes both ways, and one whose sender had
+    bytes it could not send yet: after C/R the same ends, state and unread bytes; reads give the
+    queued bytes, then new data flows both ways."""
+    before, after = case.roundtrip(_in_netns(CONNS))
+    for n, what in ((10, r"inet tcp name=127\.0\.0\.1:\d+ state=ESTABLISHED peer=127\.0\.0\.1:7000 inq=9"),
+                    (11, r"inet tcp name=127\.0\.0\.1:7000 state=ESTABLISHED peer=127\.0\.0\.1:\d+ inq=9"),
+                    (13, r"inet6 tcp name=::1:\d+ state=ESTABLISHED peer=::1:7001 inq=9"),
+                    (12, r"inet tcp name=127\.0\.0\.1:7000 state=LISTEN")):
+        assert re.search(what, _fd(after, n)), _fd(after, n)
+    assert "reuseaddr:1" in _fd(after, 12) and "reuseaddr:1" in _fd(after, 11)
+    _talk(after.pid)
+
+
+def test_leave_running_keeps_connections(case):
+    """A --leave-running dump takes the sockets out of repair mode: the tree's connections work on."""
+    pid = case.start(_in_netns(CONNS))
+    case.dump(pid, case.new_images_dir(), extra=("--leave-running",))
+    _talk(pid)
+
+
+def test_refused_dump_keeps_connections(case, tmp_path):
+    """A dump that fails once the tree is stopped (its images directory, a 40 KiB tmpfs, holds the files but not the queued bytes)
+    leaves the connections working."""
+    pid = case.start(STOP_WATCH + _in_netns(CONNS))
+    full = str(tmp_path / "full")
+    img = f"{full}/images"
+    # (mounted in a private mount namespace of the dumper's own, never the host's)
+    small = f"mkdir -p {full} && mount -t tmpfs -o size=40k tmpfs {full} && exec \"$@\""
+    r = mntcr("dump", "-t", str(pid), "-D", img, *DUMP_EXTERNALS,
+              wrap=("unshare", "-m", "--propagation", "private", "sh", "-c", small, "-"))
+    assert r.returncode != 0 and "No space left" in r.stderr, r.stderr
+    assert was_stopped(pid), "the dump failed before the stop: not the case this tests"
+    _talk(pid)
+
+
+@pytest.mark.parametrize("body,why", [
+    ("""
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept(); a.close(); os.dup2(c.fileno(), 10)
+""", r"fd \d+ .*TCP connection in state CLOSE_WAIT \(only established ones are kept\)"),
+    ("""
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept(); c.shutdown(socket.SHUT_WR)
+""", r"fd \d+ .*TCP connection in state FIN_WAIT2"),
+    ("""
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept()
+c.send(b"!", socket.MSG_OOB)
+""", r"fd \d+ .*urgent data waiting"),
+])
+def test_refused_before_stop(case, body, why):
+    """A connection in a closing state, or with urgent data: refused with one line naming the fd
+    before the stop."""
+    pid = case.start(STOP_WATCH + _in_netns(body))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(why, str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
