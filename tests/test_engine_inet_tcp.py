@@ -135,3 +135,50 @@ def test_refused_before_stop(case, body, why):
         case.dump(pid, case.new_images_dir())
     assert re.search(why, str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_rootless_container(case):
+    """A rootless container's connections (its network namespace owned by a user namespace of its
+    own, `unshare -U -r -n`): the dumper and the restorer use TCP_REPAIR with their own
+    CAP_NET_ADMIN, which covers the tree's user namespace; the connections carry their bytes."""
+    setup = _in_netns(CONNS).replace("exec unshare -n sh -c", "exec unshare -U -r -n sh -c", 1)
+    before, after = case.roundtrip(setup)
+    assert os.readlink(f"/proc/{after.pid}/ns/user") != os.readlink("/proc/self/ns/user") or \
+        any(os.readlink(f"/proc/{p}/ns/user") != os.readlink("/proc/self/ns/user") for p in _pids(after.pid))
+    assert re.search(r"state=ESTABLISHED peer=127\.0\.0\.1:7000 inq=9", _fd(after, 10)), _fd(after, 10)
+    _talk(_holder(after.pid))
+
+
+def _pids(pid: int) -> list[int]:
+    from zdtm.snapshot import tree_pids
+    return tree_pids(pid)
+
+
+def _holder(pid: int) -> int:
+    """The process of the tree at `pid` that holds fd 10 (the python holder)."""
+    return next(p for p in _pids(pid) if os.path.exists(f"/proc/{p}/fd/10"))
+
+
+def test_image_tcp_checked(case):
+    """The validator bounds a connection's fields: sequence numbers, base64 queues, unsent bytes
+    within the send queue, a connection only of a TCP socket with a loopback peer."""
+    from tests.enginecase import load_manifest
+    from engine import imageformat, image
+    pid = case.start(_in_netns(CONNS))
+    img = case.new_images_dir()
+    case.dump(pid, img)
+    imageformat.validate(load_manifest(img))
+    for change, text in ((lambda f: f["tcp"].update(send_seq=1 << 32), "send_seq"),
+                         (lambda f: f["tcp"].update(recvq="!!!!"), "base64"),
+                         (lambda f: f["tcp"].update(unsent=10 ** 6), "unsent than in the send queue"),
+                         (lambda f: f["tcp"].update(window=[1, 2]), "window"),
+                         (lambda f: f["tcp"].update(wscale=[15, 0]), "wscale"),
+                         (lambda f: f["tcp"].pop("mss"), "mss"),
+                         (lambda f: f.update(peer="10.0.0.1"), "peer off loopback"),
+                         (lambda f: f.update(proto="udp"), "TCP connection"),
+                         (lambda f: f.pop("peer_port"), "without its port")):
+        doc = load_manifest(img)
+        f = next(f for p in doc["processes"] for f in p["fds"] if f.get("kind") == "inet" and "tcp" in f)
+        change(f)
+        with pytest.raises(image.ImageError, match=text):
+            imageformat.validate(doc)
