@@ -72,6 +72,8 @@ IGNORED_OPTS = {
     "--no-ghost-fiemap": "how criu finds a deleted file's holes; mntcr's archive keeps them (tar --sparse)",
     "--force-irmap": "how criu names an inotify watch's file (by a scan); mntcr finds it by its inode on the mount",
     "--irmap-scan-path": "where criu's scan for an inotify watch's file starts; mntcr does not scan",
+    "--tcp-established": "mntcr always keeps the established TCP connections whose two ends the tree holds "
+                         "(engine/fds/inet_tcp.py), or refuses naming one",
 }
 # --external mnt[]:FLAGS and mnt[] ask criu to detect external mounts itself; mntcr dumps every mount
 # it can and names the others, so they ask nothing more of it.

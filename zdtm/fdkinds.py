@@ -105,7 +105,9 @@ def _inet(s: socket.socket) -> str:
             pass
         out += f" inq={_inq(s.fileno())}"
     if proto in ("tcp", "udp"):
-        out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(inet_opts.read(s, fam, proto).items()))
+        # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
+        opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}
+        out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))
         from engine import forkrun
         from engine.fds import inet_diag
         ns = inet_net.netns_fd(s.fileno())

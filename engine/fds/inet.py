@@ -398,6 +398,7 @@ def _connect(r: RestoreFd, fd: int) -> None:
 # which must be one restore makes (imageformat: own_netns).
 register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
                 check_object=_check_object, standin={"make": _make}, own_netns=True, finish=_finish,
+                deferred=lambda e: "tcp" in e,
                 ids=lambda e: {"uid": [e["uid"]]} if "uid" in e else {},
                 fields={"family": F(STR), "proto": F(STR),
                         "addr": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),

@@ -13,8 +13,11 @@ Restore (the restorer, on the socket the stand-in made, so the repair needs no c
 tree's user namespace): repair on, both queues' first sequence numbers, bind, connect (in repair
 mode: no packet, straight to ESTABLISHED), the options, the timestamp, the receive queue's bytes and
 the send queue's sent part (as sent, not acknowledged: the peer acknowledges them, or they are sent
-again), the window; once every process holds its fds (`late`: both ends exist, so nothing meets a
-closed port), repair off, the unsent part sent, SO_REUSEADDR and the shutdown directions set back.
+again), the window. It is made once every process holds its other fds (FdKind.deferred: a listener
+of its port is bound first, which a socket in repair mode, bound beside anything, would keep from
+binding), with its buffers forced wide enough for its queues; once every process holds its fds
+(`late`: both ends exist, so nothing meets a closed port), repair off, the unsent part queued,
+the buffer sizes, SO_REUSEADDR and the shutdown directions set back (engine/fds/inet.py).
 
 Refused: the closing states (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING: a FIN in a queue), SYN_SENT
 and SYN_RECV, a peer no process of the tree holds (a connection in a listener's accept queue, an
@@ -39,7 +42,7 @@ NO_QUEUE, RECV_QUEUE, SEND_QUEUE = 0, 1, 2
 TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD, SIOCATMARK = 0x541B, 0x5411, 0x894B, 0x8905
-SO_PEEK_OFF = 42
+SO_PEEK_OFF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 42, 32, 33
 TCP_ESTABLISHED = 1
 MAX_QUEUE = 1 << 24   # bytes per queue (net.ipv4.tcp_rmem's default maximum is 6 MiB)
 _WINDOW = struct.Struct("=5I")   # struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
@@ -142,6 +145,10 @@ def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 
     """Put new socket `s` (not bound) in repair mode and make it connection `conn` from `local` to
     `peer`, its queues filled; it stays in repair mode until `release`. `v6only`: its IPV6_V6ONLY."""
     s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_ON)
+    # (room for both queues whatever the buffers were: `release`'s caller gives them back)
+    sendq, recvq = base64.b64decode(conn["sendq"]), base64.b64decode(conn["recvq"])
+    s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(sendq) + (1 << 20))
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, len(recvq) + (1 << 20))
     s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)
     s.setsockopt(SOL_TCP, TCP_QUEUE_SEQ, struct.unpack("i", struct.pack("I", conn["send_seq"]))[0])
     s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, RECV_QUEUE)
@@ -162,8 +169,7 @@ def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 
     s.setsockopt(SOL_TCP, TCP_REPAIR_OPTIONS, b"".join(struct.pack("=II", c, v) for c, v in opts))
     if "timestamp" in conn:
         s.setsockopt(SOL_TCP, TCP_TIMESTAMP, struct.pack("I", conn["timestamp"]))
-    sendq = base64.b64decode(conn["sendq"])
-    _write(s, RECV_QUEUE, base64.b64decode(conn["recvq"]))
+    _write(s, RECV_QUEUE, recvq)
     _write(s, SEND_QUEUE, sendq[:len(sendq) - conn["unsent"]])
     s.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.pack(*conn["window"]))
     s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
@@ -179,8 +185,8 @@ def _write(s: socket.socket, queue: int, data: bytes) -> None:
 
 
 def release(s: socket.socket, conn: dict) -> None:
-    """Take `s` out of repair mode (a window probe tells the peer our window) and send the bytes
-    that were not sent yet."""
+    """Take `s` out of repair mode (a window probe tells the peer our window) and queue the bytes
+    that were not sent yet (its buffers are `make`'s then: the caller sets its options back)."""
     s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF)
     sendq = base64.b64decode(conn["sendq"])
     view = memoryview(sendq)[len(sendq) - conn["unsent"]:]
