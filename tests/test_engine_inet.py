@@ -134,11 +134,12 @@ import socket
 l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen(); os.dup2(l.fileno(), 10)
 c = socket.socket(); c.connect(("127.0.0.1", 7000)); os.dup2(c.fileno(), 11)
 """, True, r"fd \d+ .*1 connection\(s\) waiting to be accepted"),
-    ("udp_queued", """
+    ("udp_peek_offset", """
 import socket
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 7001)); os.dup2(u.fileno(), 10)
+u.setsockopt(socket.SOL_SOCKET, 42, 0)   # SO_PEEK_OFF
 u.sendto(b"x", ("127.0.0.1", 7001))
-""", True, r"UDP datagrams wait on port 7001"),
+""", True, r"UDP datagrams wait on a socket with a peek offset"),
     ("interface", """
 import socket, subprocess
 subprocess.run(["ip", "link", "add", "veth9", "type", "veth", "peer", "name", "veth8"], check=True)

@@ -182,3 +182,42 @@ def test_image_tcp_checked(case):
         change(f)
         with pytest.raises(image.ImageError, match=text):
             imageformat.validate(doc)
+
+
+DGRAMS = """
+import socket
+r4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); r4.bind(("127.0.0.1", 5353))
+s4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s4.bind(("127.0.0.1", 6000))
+for d in (b"one", b"", b"three" * 1000):
+    s4.sendto(d, ("127.0.0.1", 5353))
+gone = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); gone.bind(("127.0.0.7", 6001))
+gone.sendto(b"from a socket closed since", ("127.0.0.1", 5353)); gone.close()
+r6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); r6.bind(("::", 5354))
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s6.bind(("::1", 6002))
+s6.sendto(b"six", ("::1", 5354)); s4.sendto(b"four on six", ("127.0.0.1", 5354))
+for n, s in ((10, r4), (11, s4), (12, r6), (13, s6)):
+    os.dup2(s.fileno(), n); s.close()
+"""
+
+
+def test_udp_datagrams_kept(case):
+    """Datagrams waiting on UDP sockets (IPv4; a dual-stack IPv6 one that got an IPv4 one too), a
+    zero-length one, one whose sender closed since: after C/R the same datagrams, in order, with
+    their boundaries and senders; the sender sockets still send."""
+    before, after = case.roundtrip(_in_netns(DGRAMS))
+    assert "inq=3" in _fd(before, 10) and "inq=3" in _fd(after, 10), _fd(after, 10)
+    socks = {n: socket.socket(fileno=grab_fd(after.pid, n)) for n in (10, 11, 12, 13)}
+    try:
+        got = [socks[10].recvfrom(1 << 16, socket.MSG_DONTWAIT) for _ in range(4)]
+        assert got == [(b"one", ("127.0.0.1", 6000)), (b"", ("127.0.0.1", 6000)),
+                       (b"three" * 1000, ("127.0.0.1", 6000)), (b"from a socket closed since", ("127.0.0.7", 6001))]
+        got = [socks[12].recvfrom(100, socket.MSG_DONTWAIT)[:2] for _ in range(2)]
+        assert [(d, a[:2]) for d, a in got] == [(b"six", ("::1", 6002)), (b"four on six", ("::ffff:127.0.0.1", 6000))]
+        with pytest.raises(BlockingIOError):
+            socks[10].recv(1, socket.MSG_DONTWAIT)
+        socks[11].sendto(b"new", ("127.0.0.1", 5353))
+        socks[10].settimeout(5)
+        assert socks[10].recvfrom(10) == (b"new", ("127.0.0.1", 6000))
+    finally:
+        for s in socks.values():
+            s.close()

@@ -1,12 +1,15 @@
 """Inet sockets (IPv4, IPv6; TCP, UDP) of a network namespace the tree owns, in the states a new
 socket can be put in exactly: created and not bound, bound to an address and port, a TCP listener
-with its backlog (no connection waiting to be accepted), a UDP socket with no datagram waiting
-(connected to a loopback peer, or not); with the options it was given (engine/fds/inet_opts.py).
+with its backlog (no connection waiting to be accepted), a UDP socket (connected to a loopback
+peer, or not); with the options it was given (engine/fds/inet_opts.py).
 
-Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection
-(established, closing: its sequence numbers and the peer's view cannot be made again without
-TCP_REPAIR), a listener with connections waiting to be accepted, a UDP socket with datagrams
-waiting (their senders could not send them again), a UDP socket connected to a peer off
+An established TCP connection whose two ends the tree holds is made again in repair mode
+(engine/fds/inet_tcp.py); datagrams waiting on a UDP socket are sent to it again from their
+senders' addresses (engine/fds/inet_udp.py).
+
+Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
+closing state or whose other end the tree does not hold (inet_tcp), a listener with connections
+waiting to be accepted, a UDP socket connected to a peer off
 loopback, raw, SCTP, UDP-Lite and MPTCP sockets, one with a socket filter attached, and any socket
 of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
 shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
@@ -30,7 +33,8 @@ import termios
 
 from engine import threadids
 from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
-from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, inet_tcp, register, unix_bind
+from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, inet_tcp, inet_udp, register,
+                        unix_bind)
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
@@ -135,13 +139,18 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended (reset, refused or "
                                             "closed: a new socket cannot be made so): not supported")
     else:
-        if _waiting(s):
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: UDP datagrams wait on port {port} (their senders could not "
-                                            "send them again): not supported")
         try:
             peer = _name(s.getpeername())
         except OSError:
             peer = None
+        if _waiting(s):
+            if s.getsockopt(socket.SOL_SOCKET, inet_udp.SO_PEEK_OFF) != -1:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: UDP datagrams wait on a socket with a peek offset "
+                                                "(SO_PEEK_OFF): not supported")
+            if stopped:
+                out["dgrams"] = inet_udp.read(s, d.where, peer)
+                if not out["dgrams"]:
+                    del out["dgrams"]   # (an error the socket holds, not a datagram)
         if peer is not None:
             if not ipaddress.ip_address(peer[0].split("%")[0]).is_loopback:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: a UDP socket connected to {peer[0]} port {peer[1]}, off "
@@ -269,6 +278,10 @@ def _check(e: dict, what: str) -> None:
         if e["proto"] != "tcp" or "peer" not in e or "addr" not in e or "listen" in e:
             _fail(f"{what}: a TCP connection ('tcp') is a TCP socket with an address and a peer, not listening")
         inet_tcp.check(e["tcp"], what)
+    if "dgrams" in e:
+        if e["proto"] != "udp" or "addr" not in e:
+            _fail(f"{what}: only a bound UDP socket has datagrams waiting ('dgrams')")
+        inet_udp.check(e["dgrams"], e["family"], what)
     if "obj" not in e:
         _fail(f"{what}: an inet socket names its network namespace ('obj')")
     inet_opts.check(e["opts"], e["family"], e["proto"], what)
@@ -360,9 +373,28 @@ def _open(r: RestoreFd) -> int:
         what = f" {e['addr']} port {e['port']}" if "addr" in e else ""
         raise FdError(err.errno or errno.EIO, f"making the {e['family']} {e['proto']} socket{what} again: "
                                               f"{err.strerror or err}") from None
+    if "dgrams" in e:
+        _deliver(r, fd)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
+
+
+def _deliver(r: RestoreFd, fd: int) -> None:
+    """Once every process holds its fds: send the datagrams that waited on UDP socket `fd` again
+    from their senders (engine/fds/inet_udp.py), then set its receive buffer back."""
+    e = r.entry
+    mine = os.dup(fd)
+    r.keep.append(mine)   # (closed by restore once every process holds its fds)
+
+    def deliver():
+        s = socket.socket(fileno=mine)
+        try:
+            inet_udp.deliver(s, e["dgrams"], e["opts"].get("rcvbuf"))
+            inet_opts.apply(s, e["opts"])
+        finally:
+            s.detach()
+    r.late.append((f"the datagrams waiting on UDP port {e['port']}", deliver))
 
 
 def _connect(r: RestoreFd, fd: int) -> None:
@@ -413,4 +445,6 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         "uid": F(INT, required=False, rule=rng(0, MAX_UID)),
                         "opts": F(DICT),
                         # an established connection (peer, peer_port: its other end, an fd of the tree too)
-                        "tcp": inet_tcp.FIELD}))
+                        "tcp": inet_tcp.FIELD,
+                        # the datagrams waiting on a bound UDP socket, oldest first: sent again from their senders
+                        "dgrams": inet_udp.FIELD}))
