@@ -221,3 +221,53 @@ def test_udp_datagrams_kept(case):
     finally:
         for s in socks.values():
             s.close()
+
+
+WAITING = """
+import socket
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("127.0.0.1", 7000)); l.listen(8)
+c = socket.socket(); c.connect(("127.0.0.1", 7000)); c.sendall(b"hello from the first")
+c2 = socket.socket(socket.AF_INET6); c2.connect(("::ffff:127.0.0.1", 7000))
+for n, s in ((10, l), (11, c), (12, c2)):
+    os.dup2(s.fileno(), n); s.close()
+"""
+
+
+def test_waiting_connections_kept(case):
+    """A listener with two connections waiting to be accepted (one whose client sent bytes, one from
+    a dual-stack IPv6 client that sent none): after C/R the listener's queue holds both, in order,
+    from the same clients; the first's bytes are there, and data flows both ways once accepted."""
+    before, after = case.roundtrip(_in_netns(WAITING))
+    assert re.search(r"state=LISTEN backlog=8 queued=2", _fd(after, 10)), _fd(after, 10)
+    assert re.search(r"state=ESTABLISHED peer=127\.0\.0\.1:7000", _fd(after, 11)), _fd(after, 11)
+    socks = {n: socket.socket(fileno=grab_fd(after.pid, n)) for n in (10, 11, 12)}
+    try:
+        for s in socks.values():
+            s.settimeout(10)
+        a, who = socks[10].accept()
+        with a:
+            assert who == socks[11].getsockname()
+            got = b""
+            while len(got) < 20:
+                got += a.recv(100)
+            assert got == b"hello from the first"
+            a.sendall(b"welcome")
+            assert socks[11].recv(100) == b"welcome"
+        a, who = socks[10].accept()
+        with a:
+            assert ("::ffff:" + who[0], who[1]) == socks[12].getsockname()[:2]
+            socks[12].sendall(b"late")
+            assert a.recv(100) == b"late"
+    finally:
+        for s in socks.values():
+            s.close()
+
+
+def test_waiting_connections_leave_running_refused(case):
+    """With --leave-running, dump would take the waiting connections from the tree to read them:
+    refused before the stop, naming the listener."""
+    pid = case.start(STOP_WATCH + _in_netns(WAITING))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir(), extra=("--leave-running",))
+    assert re.search(r"fd 10 .*2 connection\(s\) waiting to be accepted.*--leave-running", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"

@@ -33,8 +33,8 @@ import termios
 
 from engine import threadids
 from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
-from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, inet_tcp, inet_udp, register,
-                        unix_bind)
+from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, inet_pending, inet_tcp, inet_udp,
+                        register, unix_bind)
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
@@ -122,10 +122,9 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
     if proto == "tcp":
         st, queued, backlog = _tcp_info(s)
         if st == TCP_LISTEN:
-            if queued:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener on port {port} with {queued} connection(s) "
-                                                "waiting to be accepted (they cannot be made again): not supported")
             out["listen"] = backlog
+            if queued:
+                _pending(d, s, out, queued, stopped)
         elif st != TCP_CLOSE:
             inet_tcp.precheck(s, st, d.where)
             peer = _name(s.getpeername())
@@ -176,6 +175,29 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
     return out
 
 
+def _pending(d, s: socket.socket, out: dict, queued: int, stopped: bool) -> None:
+    """A listener with `queued` connections waiting to be accepted: their clients are connected
+    again at restore, in queue order (engine/fds/inet_pending.py). What each client sent waits in
+    the server end the kernel made, which only accept() reaches: dump's last step (`takes`) accepts
+    them (never with --leave-running, which is refused then)."""
+    if not stopped and d.scratch.get("leave_running") or stopped and d.scratch.get("takes") is None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener on port {out.get('port')} with {queued} "
+                                        "connection(s) waiting to be accepted: dump reads them by accepting them, "
+                                        "which takes them from the tree, and --leave-running forbids that: not supported")
+    out["queued"] = queued
+    key = ("inet-take", os.fstat(s.fileno()).st_ino)
+    if stopped and key not in d.scratch:   # (once for a listener its dups share)
+        ns = inet_net.netns_fd(s.fileno())
+        try:
+            ino = os.fstat(ns).st_ino
+        finally:
+            os.close(ns)
+        d.scratch[key] = lst = os.dup(s.fileno())
+        # (its network namespace's object is named by `dump`, before the take runs)
+        d.scratch["takes"].append(lambda doc: inet_pending.take(lst, queued, doc, d.scratch["inet-objects"][ino],
+                                                                d.where))
+
+
 def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
     """(`read`'s entry of fd d, its network namespace's inode, whether its lo is up), or FdError; a
     TCP connection's ends are noted for `prefinish` (d.scratch["inet-conns"])."""
@@ -201,32 +223,53 @@ def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
     if out["proto"] == "tcp" and "peer" in out:
         d.scratch.setdefault("inet-conns", []).append(
             (netns, end_key(out["addr"], out["port"]), end_key(out["peer"], out["peer_port"]), d.where))
+    if out.get("queued"):
+        d.scratch.setdefault("inet-queues", []).append(
+            (netns, end_key(out.get("addr", "0.0.0.0"), out["port"]), out["queued"], d.where))
     return out, netns, lo
 
 
 def prefinish(scratch: dict) -> None:
     """Once every socket of the tree was prechecked: refuse a TCP connection whose other end no
-    process of the tree holds (engine/fds/unix_prestop.py calls this: inet fds are unix's at first)."""
-    conns = scratch.pop("inet-conns", [])
-    _refuse_lone([(ns, a, b) for ns, a, b, _w in conns], [(ns, a, b, w) for ns, a, b, w in conns])
+    process of the tree holds, and a listener's queue with a connection of no client of the tree
+    (engine/fds/unix_prestop.py calls this: inet fds are unix's at first)."""
+    _refuse_lone(scratch.pop("inet-conns", []), scratch.pop("inet-queues", []))
 
 
-def _refuse_lone(ends: list, conns: list) -> None:
-    """Refuse the first of `conns` [(netns, local, peer, where)] whose reverse is not in `ends`."""
-    have = set(ends)
-    for ns, a, b, where in conns:
-        if (ns, b, a) not in have:
+def _refuse_lone(conns: list, queues: list) -> None:
+    """Refuse the first of `conns` [(netns, local, peer, where)] whose reverse is not among them and
+    that waits in no listener's queue (`queues`: [(netns, listener's end, connections waiting,
+    where)]); then a listener whose queue holds a connection of no client of the tree (one closed).
+    An fd and its dups give the same connection several times: it counts once."""
+    have = {(ns, a, b) for ns, a, b, _w in conns}
+    lists = {(ns, key): (n, where) for ns, key, n, where in queues}
+    waiting: dict = {}
+    for ns, a, b, where in {c[:3]: c for c in conns}.values():
+        if (ns, b, a) in have:
+            continue
+        lst = next(((ns, (h, b[1])) for h in (b[0], "0.0.0.0", "::") if (ns, (h, b[1])) in lists), None)
+        if lst is None:
             raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection to {b[0]} port {b[1]} whose other end no "
-                                            "process of the tree holds (waiting in a listener's accept queue, or "
-                                            "closed): not supported")
+                                            "process of the tree holds (closed, or waiting in the queue of a "
+                                            "listener the tree does not hold): not supported")
+        waiting[lst] = waiting.get(lst, 0) + 1
+    for lst, (n, where) in lists.items():
+        if waiting.get(lst, 0) != n:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP listener on port {lst[1][1]} with {n} connection(s) "
+                                            f"waiting to be accepted, {waiting.get(lst, 0)} of them from clients the "
+                                            "tree holds (the client of another closed, or another listener on the "
+                                            "port): not supported")
 
 
 def _finish(objects: dict, entries: list[dict]) -> None:
     """Once every fd is dumped: each TCP connection's other end is an fd of the tree too (restore
-    makes both; one alone would meet a port nobody holds)."""
-    conns = [(e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]), f"fd {e['fd']} (inet)")
+    makes both; one alone would meet a port nobody holds), or waits in a listener's queue."""
+    where = lambda e: f"fd {e['fd']} (inet)"   # noqa: E731
+    conns = [(e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]), where(e))
              for e in entries if e.get("kind") == "inet" and "tcp" in e]
-    _refuse_lone([c[:3] for c in conns], conns)
+    queues = [(e["obj"], end_key(e.get("addr", "0.0.0.0"), e["port"]), e["queued"], where(e))
+              for e in entries if e.get("kind") == "inet" and e.get("queued")]
+    _refuse_lone(conns, queues)
 
 
 def _map_of(pid: int) -> list[tuple[int, int, int]]:
@@ -268,15 +311,20 @@ def _check(e: dict, what: str) -> None:
             if a.version != (4 if e["family"] == "inet" else 6) or \
                     (scope and not (scope.isdigit() and len(scope) < 11)):
                 _fail(f"{what}: inet {key} {e[key][:60]!r} is not of family {e['family']}")
-            if (key == "peer" or "tcp" in e) and not _loopback(e[key]):
+            if (key == "peer" or "tcp" in e or "pending" in e) and not _loopback(e[key]):
                 _fail(f"{what}: a peer off loopback")
     if "listen" in e and e["proto"] != "tcp":
         _fail(f"{what}: only a TCP socket listens")
-    if "peer" in e and e["proto"] != "udp" and "tcp" not in e:
+    if "peer" in e and e["proto"] != "udp" and "tcp" not in e and "pending" not in e:
         _fail(f"{what}: a TCP socket is connected only with its connection's state ('tcp')")
+    if "queued" in e and "listen" not in e:
+        _fail(f"{what}: only a listener has connections waiting ('queued')")
+    if "tcp" in e or "pending" in e:
+        if e["proto"] != "tcp" or "peer" not in e or "addr" not in e or "listen" in e or \
+                ("tcp" in e and "pending" in e):
+            _fail(f"{what}: a TCP connection ('tcp' or 'pending') is a TCP socket with an address and a peer, "
+                  "not listening")
     if "tcp" in e:
-        if e["proto"] != "tcp" or "peer" not in e or "addr" not in e or "listen" in e:
-            _fail(f"{what}: a TCP connection ('tcp') is a TCP socket with an address and a peer, not listening")
         inet_tcp.check(e["tcp"], what)
     if "dgrams" in e:
         if e["proto"] != "udp" or "addr" not in e:
@@ -356,7 +404,7 @@ def _addr(fam: int, host: str, port: int) -> tuple:
 def _open(r: RestoreFd) -> int:
     e = r.entry
     # (a connection: the stand-in makes the socket alone, we make the connection: `_connect`)
-    names = ("family", "proto", "uid", "opts") if "tcp" in e else \
+    names = ("family", "proto", "uid", "opts") if "tcp" in e or "pending" in e else \
         ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts")
     spec = {k: e[k] for k in names if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
@@ -365,6 +413,8 @@ def _open(r: RestoreFd) -> int:
         fd = r.standin("make", spec)[0]
         if "tcp" in e:
             _connect(r, fd)
+        elif "pending" in e:
+            _connect_pending(r, fd)
     except OSError as err:
         if fd is not None:
             os.close(fd)
@@ -378,6 +428,30 @@ def _open(r: RestoreFd) -> int:
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
+
+
+def _connect_pending(r: RestoreFd, fd: int) -> None:
+    """Once every process holds its fds, in its listener's queue order: connect the client of a
+    connection that waited to be accepted, send what it had sent (engine/fds/inet_pending.py), set
+    its options back (SO_REUSEADDR...) and its shutdown."""
+    e = r.entry
+    fam = FAMILY_NO[e["family"]]
+    mine = os.dup(fd)
+    r.keep.append(mine)
+
+    def connect():
+        s = socket.socket(fileno=mine)
+        try:
+            inet_pending.connect(s, _addr(fam, e["addr"], e["port"]), _addr(fam, e["peer"], e["peer_port"]),
+                                 e["pending"], e["opts"].get("v6only", 0))
+            inet_opts.apply(s, e["opts"])
+            if e.get("shutdown"):
+                s.shutdown(e["shutdown"] - 1)
+        finally:
+            s.detach()
+    # (after the steps without an order: the connections made in repair mode are let go first)
+    r.late.append((f"the TCP client {e['addr']} port {e['port']} of a connection waiting on port {e['peer_port']}",
+                   connect, e["pending"]["order"]))
 
 
 def _deliver(r: RestoreFd, fd: int) -> None:
@@ -447,4 +521,8 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         # an established connection (peer, peer_port: its other end, an fd of the tree too)
                         "tcp": inet_tcp.FIELD,
                         # the datagrams waiting on a bound UDP socket, oldest first: sent again from their senders
-                        "dgrams": inet_udp.FIELD}))
+                        "dgrams": inet_udp.FIELD,
+                        # a listener's connections waiting to be accepted (their clients: "pending")
+                        "queued": F(INT, required=False, rule=rng(1, MAX_BACKLOG)),
+                        # a client whose connection waits in its listener's queue: connected again
+                        "pending": inet_pending.FIELD}))
