@@ -195,18 +195,23 @@ gone.sendto(b"from a socket closed since", ("127.0.0.1", 5353)); gone.close()
 r6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); r6.bind(("::", 5354))
 s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s6.bind(("::1", 6002))
 s6.sendto(b"six", ("::1", 5354)); s4.sendto(b"four on six", ("127.0.0.1", 5354))
+# (the program peeked at its queue once, with a peek offset: a second such walk skips the empty one)
+r4.setsockopt(socket.SOL_SOCKET, 42, 0)
+while True:
+    try:
+        r4.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        break
+r4.setsockopt(socket.SOL_SOCKET, 42, -1)
 for n, s in ((10, r4), (11, s4), (12, r6), (13, s6)):
     os.dup2(s.fileno(), n); s.close()
 """
 
 
-def test_udp_datagrams_kept(case):
-    """Datagrams waiting on UDP sockets (IPv4; a dual-stack IPv6 one that got an IPv4 one too), a
-    zero-length one, one whose sender closed since: after C/R the same datagrams, in order, with
-    their boundaries and senders; the sender sockets still send."""
-    before, after = case.roundtrip(_in_netns(DGRAMS))
-    assert "inq=3" in _fd(before, 10) and "inq=3" in _fd(after, 10), _fd(after, 10)
-    socks = {n: socket.socket(fileno=grab_fd(after.pid, n)) for n in (10, 11, 12, 13)}
+def _datagrams(pid: int) -> None:
+    """The datagrams of DGRAMS wait on the tree's sockets, in order, with their senders; its
+    sender sockets still send."""
+    socks = {n: socket.socket(fileno=grab_fd(pid, n)) for n in (10, 11, 12, 13)}
     try:
         got = [socks[10].recvfrom(1 << 16, socket.MSG_DONTWAIT) for _ in range(4)]
         assert got == [(b"one", ("127.0.0.1", 6000)), (b"", ("127.0.0.1", 6000)),
@@ -221,6 +226,22 @@ def test_udp_datagrams_kept(case):
     finally:
         for s in socks.values():
             s.close()
+
+
+def test_udp_datagrams_kept(case):
+    """Datagrams waiting on UDP sockets (IPv4; a dual-stack IPv6 one that got an IPv4 one too), a
+    zero-length one the program peeked at, one whose sender closed since: after C/R the same
+    datagrams, in order, with their boundaries and senders; the sender sockets still send."""
+    before, after = case.roundtrip(_in_netns(DGRAMS))
+    assert "inq=3" in _fd(before, 10) and "inq=3" in _fd(after, 10), _fd(after, 10)
+    _datagrams(after.pid)
+
+
+def test_udp_datagrams_leave_running(case):
+    """A --leave-running dump reads the datagrams and gives them back: the tree finds them all."""
+    pid = case.start(_in_netns(DGRAMS))
+    case.dump(pid, case.new_images_dir(), extra=("--leave-running",))
+    _datagrams(pid)
 
 
 WAITING = """

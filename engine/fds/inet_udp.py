@@ -1,18 +1,19 @@
 """Datagrams waiting on a UDP socket of the tree's own network namespace: kept with their order,
 boundaries (a zero-length one too) and senders' addresses and ports.
 
-Dump (the tree stopped) peeks them one after the other with a peek offset (SO_PEEK_OFF, set on our
-copy of the socket for the read alone and put back to -1, off, as it was: one already on is
-refused). Their senders are addresses of that namespace, which holds only lo's (engine/fds/inet_net.py):
-a sender off loopback (or to a connected socket, from another than its peer: it would not take it
-again) is refused.
+Dump (the tree stopped) receives them all and sends them back to the socket at once, as restore
+does (a peek offset, SO_PEEK_OFF, walks the queue but skips a zero-length datagram a program
+peeked at already; one the socket has already is refused). Their senders are addresses of that
+namespace, which holds only lo's (engine/fds/inet_net.py): a sender off loopback (never sent back:
+it could not be) or, to a connected socket, another than its peer (it would not take it again) is
+refused.
 
 Restore sends each again, once every process holds its fds, from a raw socket of the restored
 namespace (made by a child of the restorer that joins it) with the sender's address and port as
 its source: a sender's port a socket of the tree holds again is no obstacle, and the receiver sees
 the same sender. Not kept: the destination address of a datagram to a socket bound to a wildcard
 address (sent to 127.0.0.1 or ::1), ancillary data (IP_PKTINFO, timestamps), an error the socket
-holds (ECONNREFUSED).
+holds (ECONNREFUSED: dump's read takes it from a socket with datagrams waiting, a running tree too).
 """
 
 from __future__ import annotations
@@ -40,34 +41,44 @@ FIELD = F(LIST, required=False, rule=list_of(record(DGRAM), MAX_DGRAMS, DICT))
 
 
 def read(s: socket.socket, where: str, peer: tuple | None) -> list[dict]:
-    """The datagrams waiting on `s` (the tree stopped), oldest first; `peer`: its connected peer."""
+    """The datagrams waiting on `s` (the tree stopped), oldest first; `peer`: its connected peer.
+    They are received (a peek offset walk skips a zero-length datagram a program peeked at already)
+    and sent back at once, as restore sends them (`deliver`): the tree finds them as they were."""
     if s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) != -1:
         raise FdError(errno.EOPNOTSUPP, f"{where}: UDP datagrams wait on a socket with a peek offset (SO_PEEK_OFF): "
                                         "not supported")
-    out, total = [], 0
-    s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, 0)
+    out, total, why = [], 0, None
     try:
         while True:
             try:
-                data, addr = s.recvfrom(65536, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                data, addr = s.recvfrom(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 break
+            except OSError:
+                continue   # (an error the socket held, ECONNREFUSED: returned before the datagrams)
             host = ipaddress.ip_address(addr[0].split("%")[0])
             mapped = host.version == 6 and host.ipv4_mapped is not None
-            if not (host.ipv4_mapped if mapped else host).is_loopback:
-                raise FdError(errno.EOPNOTSUPP, f"{where}: a UDP datagram from {addr[0]} port {addr[1]}, off loopback "
-                                                "(a restored network namespace has lo only): not supported")
-            if peer is not None and (addr[0], addr[1]) != peer:
-                raise FdError(errno.EOPNOTSUPP, f"{where}: a UDP datagram from {addr[0]} port {addr[1]} waits on a "
-                                                f"socket connected to {peer[0]} port {peer[1]}: not supported")
-            total += len(data)
-            if len(out) >= MAX_DGRAMS or total > MAX_BYTES:
-                raise FdError(errno.EOPNOTSUPP, f"{where}: more than {MAX_DGRAMS} UDP datagrams or {MAX_BYTES} bytes "
-                                                "wait: not supported; let them be read and dump again")
             out.append({"from": str(host), "port": addr[1], "data": base64.b64encode(data).decode()})
+            total += len(data)
+            if why is None and not (host.ipv4_mapped if mapped else host).is_loopback:
+                why = (f"a UDP datagram from {addr[0]} port {addr[1]}, off loopback (a restored network namespace "
+                       "has lo only): not supported")
+            if why is None and peer is not None and (addr[0], addr[1]) != peer:
+                why = (f"a UDP datagram from {addr[0]} port {addr[1]} waits on a socket connected to {peer[0]} "
+                       f"port {peer[1]}: not supported")
+            if why is None and (len(out) > MAX_DGRAMS or total > MAX_BYTES):
+                why = (f"more than {MAX_DGRAMS} UDP datagrams or {MAX_BYTES} bytes wait: not supported; let them be "
+                       "read and dump again")
     finally:
-        s.setsockopt(socket.SOL_SOCKET, SO_PEEK_OFF, -1)
+        deliver(s, [d for d in out if _loopback(d["from"])], None)
+    if why is not None:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: {why}")
     return out
+
+
+def _loopback(host: str) -> bool:
+    a = ipaddress.ip_address(host)
+    return (a.ipv4_mapped if a.version == 6 and a.ipv4_mapped else a).is_loopback
 
 
 def check(dgrams: list, family: str, what: str) -> None:
