@@ -1,15 +1,17 @@
 """Inet sockets (IPv4, IPv6; TCP, UDP) of a network namespace the tree owns, in the states a new
 socket can be put in exactly: created and not bound, bound to an address and port, a TCP listener
-with its backlog (no connection waiting to be accepted), a UDP socket (connected to a loopback
+with its backlog, a UDP socket (connected to a loopback
 peer, or not); with the options it was given (engine/fds/inet_opts.py).
 
 An established TCP connection whose two ends the tree holds is made again in repair mode
-(engine/fds/inet_tcp.py); datagrams waiting on a UDP socket are sent to it again from their
-senders' addresses (engine/fds/inet_udp.py).
+(engine/fds/inet_tcp.py); the clients of a listener's connections waiting to be accepted connect
+to it again (engine/fds/inet_pending.py); datagrams waiting on a UDP socket are sent to it again
+from their senders' addresses (engine/fds/inet_udp.py).
 
 Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
-closing state or whose other end the tree does not hold (inet_tcp), a listener with connections
-waiting to be accepted, a UDP socket connected to a peer off
+closing state or whose other end the tree does not hold (inet_tcp), a listener with a connection
+waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
+reads what its client sent), a UDP socket connected to a peer off
 loopback, raw, SCTP, UDP-Lite and MPTCP sockets, one with a socket filter attached, and any socket
 of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
 shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
