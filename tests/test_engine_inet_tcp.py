@@ -230,9 +230,9 @@ def _datagrams(pid: int) -> None:
 
 def test_udp_datagrams_kept(case):
     """Datagrams waiting on UDP sockets (IPv4; a dual-stack IPv6 one that got an IPv4 one too), a
-    zero-length one the program peeked at, one whose sender closed since: after C/R the same
+    zero-length one the program peeked at, one whose sender closed since: after C/R (twice) the same
     datagrams, in order, with their boundaries and senders; the sender sockets still send."""
-    before, after = case.roundtrip(_in_netns(DGRAMS))
+    before, _, after = case.roundtrip(_in_netns(DGRAMS), iters=2)
     assert "inq=3" in _fd(before, 10) and "inq=3" in _fd(after, 10), _fd(after, 10)
     _datagrams(after.pid)
 
@@ -256,9 +256,9 @@ for n, s in ((10, l), (11, c), (12, c2)):
 
 def test_waiting_connections_kept(case):
     """A listener with two connections waiting to be accepted (one whose client sent bytes, one from
-    a dual-stack IPv6 client that sent none): after C/R the listener's queue holds both, in order,
+    a dual-stack IPv6 client that sent none): after C/R (twice) the listener's queue holds both, in order,
     from the same clients; the first's bytes are there, and data flows both ways once accepted."""
-    before, after = case.roundtrip(_in_netns(WAITING))
+    before, _, after = case.roundtrip(_in_netns(WAITING), iters=2)
     assert re.search(r"state=LISTEN backlog=8 queued=2", _fd(after, 10)), _fd(after, 10)
     assert re.search(r"state=ESTABLISHED peer=127\.0\.0\.1:7000", _fd(after, 11)), _fd(after, 11)
     socks = {n: socket.socket(fileno=grab_fd(after.pid, n)) for n in (10, 11, 12)}
@@ -292,3 +292,32 @@ def test_waiting_connections_leave_running_refused(case):
         case.dump(pid, case.new_images_dir(), extra=("--leave-running",))
     assert re.search(r"fd 10 .*2 connection\(s\) waiting to be accepted.*--leave-running", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_connection_between_processes_twice(case):
+    """A server and its client in two processes (the server forked from the client's parent: a
+    local database and the program using it), bytes waiting both ways; C/R twice (the restored
+    connection is dumped again): the bytes are there, then new data flows."""
+    setup = _in_netns("""
+import socket
+l = socket.socket(); l.bind(("127.0.0.1", 6379)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 6379)); a, _ = l.accept()
+c.sendall(b"PING"); a.sendall(b"+PONG")
+if os.fork() == 0:
+    os.dup2(a.fileno(), 11); os.dup2(l.fileno(), 12)
+else:
+    os.dup2(c.fileno(), 10)
+for s in (l, c, a): s.close()
+""")
+    before, _, after = case.roundtrip(setup, iters=2)
+    from zdtm.snapshot import tree_pids
+    server = next(p for p in tree_pids(after.pid) if os.path.exists(f"/proc/{p}/fd/11"))
+    client = next(p for p in tree_pids(after.pid) if os.path.exists(f"/proc/{p}/fd/10"))
+    with socket.socket(fileno=grab_fd(client, 10)) as c, socket.socket(fileno=grab_fd(server, 11)) as a:
+        c.settimeout(10)
+        a.settimeout(10)
+        assert a.recv(100) == b"PING" and c.recv(100) == b"+PONG"
+        c.sendall(b"GET k")
+        assert a.recv(100) == b"GET k"
+        a.sendall(b"$-1")
+        assert c.recv(100) == b"$-1"
