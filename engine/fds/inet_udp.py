@@ -9,7 +9,7 @@ it could not be) or, to a connected socket, another than its peer (it would not 
 refused.
 
 Restore sends each again, once every process holds its fds, from a raw socket of the restored
-namespace (made by a child of the restorer that joins it) with the sender's address and port as
+namespace (engine/fds/inet_raw.py) with the sender's address and port as
 its source: a sender's port a socket of the tree holds again is no obstacle, and the receiver sees
 the same sender. Not kept: the destination address of a datagram to a socket bound to a wildcard
 address (sent to 127.0.0.1 or ::1), ancillary data (IP_PKTINFO, timestamps), an error the socket
@@ -21,15 +21,12 @@ from __future__ import annotations
 import base64
 import errno
 import ipaddress
-import os
 import socket
-import struct
 
 from engine.imageformat import DICT, INT, LIST, STR, F, Record, b64, list_of, record, rng
-from engine.fds import FdError
+from engine.fds import FdError, inet_raw
 
 SO_PEEK_OFF, SO_RCVBUFFORCE = 42, 33
-IPV6_HDRINCL = 36
 MAX_DGRAMS = 4096
 MAX_BYTES = 1 << 22   # of one socket's datagrams
 DGRAM = Record("udp datagram", {
@@ -94,45 +91,9 @@ def check(dgrams: list, family: str, what: str) -> None:
             _fail(f"{what}: a UDP sender {d['from'][:60]!r} off loopback or of another family")
 
 
-def _sum(b: bytes) -> int:
-    """The Internet checksum of `b`."""
-    if len(b) % 2:
-        b += b"\0"
-    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return ~s & 0xFFFF
-
-
-def _packet(src: str, sport: int, dst: str, dport: int, data: bytes) -> tuple[int, bytes]:
-    """(family, an IP packet carrying UDP datagram `data` from src:sport to dst:dport)."""
-    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
-    a, b = socket.inet_pton(fam, src), socket.inet_pton(fam, dst)
-    ulen = 8 + len(data)
-    if fam == socket.AF_INET:   # (the kernel fills in the IP header's checksum; UDP's 0: none)
-        return fam, struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + ulen, 0, 0, 64, 17, 0, a, b) + \
-            struct.pack("!HHHH", sport, dport, ulen, 0) + data
-    csum = _sum(a + b + struct.pack("!I3xB", ulen, 17) + struct.pack("!HHHH", sport, dport, ulen, 0) + data) or 0xFFFF
-    return fam, struct.pack("!IHBB16s16s", 6 << 28, ulen, 17, 64, a, b) + \
-        struct.pack("!HHHH", sport, dport, ulen, csum) + data
-
-
-def _send_in(netns: int, packets: list) -> None:
-    """In a child of the restorer: join network namespace `netns`, send `packets` [(family, dst, bytes)]."""
-    from engine import kernel
-    kernel.setns(netns, kernel.CLONE_NEWNET)
-    for fam, dst, pkt in packets:
-        with socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW) as r:
-            if fam == socket.AF_INET6:
-                r.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
-            r.sendto(pkt, (dst, 0))
-
-
 def deliver(s: socket.socket, dgrams: list, rcvbuf: int | None) -> None:
     """Send `dgrams` again to restored socket `s` (bound), in order, from their senders; its receive
     buffer forced wide for them meanwhile and set back to `rcvbuf` (its dumped size) by the caller."""
-    from engine import forkrun
-    from engine.fds import inet_net
     name = s.getsockname()
     packets = []
     for d in dgrams:
@@ -144,12 +105,7 @@ def deliver(s: socket.socket, dgrams: list, rcvbuf: int | None) -> None:
         if dst.is_unspecified or (dst.version == 4) != v4:
             dst = ipaddress.ip_address("127.0.0.1" if v4 else "::1")
         src = src.ipv4_mapped if src.version == 6 and src.ipv4_mapped else src
-        fam, pkt = _packet(str(src), d["port"], str(dst), name[1], base64.b64decode(d["data"]))
-        packets.append((fam, str(dst), pkt))
+        packets.append(inet_raw.udp(str(src), d["port"], str(dst), name[1], base64.b64decode(d["data"])))
     if rcvbuf is not None:
         s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf + sum(len(p) + 1024 for _f, _d, p in packets))
-    ns = inet_net.netns_fd(s.fileno())
-    try:
-        forkrun.run(_send_in, ns, packets)
-    finally:
-        os.close(ns)
+    inet_raw.send(s, packets)
