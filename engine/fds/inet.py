@@ -491,7 +491,7 @@ def _connect(r: RestoreFd, fd: int) -> None:
     def release():
         s = socket.socket(fileno=mine)
         try:
-            inet_tcp.release(s, e["tcp"])
+            inet_tcp.release(s, e["tcp"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]))
             inet_opts.apply(s, e["opts"])
             if e.get("shutdown"):
                 s.shutdown(e["shutdown"] - 1)

@@ -44,7 +44,7 @@ TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD, SIOCATMARK = 0x541B, 0x5411, 0x894B, 0x8905
 SO_PEEK_OFF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 42, 32, 33
-TCP_ESTABLISHED = 1
+TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_CLOSE_WAIT = 1, 5, 8
 MAX_QUEUE = 1 << 24   # bytes per queue (net.ipv4.tcp_rmem's default maximum is 6 MiB)
 _WINDOW = struct.Struct("=5I")   # struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
 _U32 = rng(0, (1 << 32) - 1)
@@ -61,6 +61,8 @@ CONN = Record("tcp connection", {
     "wscale": F(LIST, required=False, rule=list_of(rng(0, 14), 2, INT)),   # [ours to send, the peer's]
     "sack": F(BOOL),
     "timestamp": F(INT, required=False, rule=_U32),   # the socket's TCP timestamp clock (timestamps on)
+    "fin_in": F(BOOL, required=False),    # the peer's FIN came after recvq (CLOSE_WAIT)
+    "fin_out": F(BOOL, required=False),   # our FIN went after sendq and was acknowledged (FIN_WAIT2)
 })
 FIELD = F(DICT, required=False, rule=record(CONN))
 
@@ -77,9 +79,10 @@ def _ioctl(s: socket.socket, req: int) -> int:
 def precheck(s: socket.socket, state: int, where: str) -> None:
     """Refuse (FdError naming `where`) a connection `read` could not keep, without changing it."""
     from engine.fds.inet import TCP_STATES
-    if state != TCP_ESTABLISHED:
+    if state not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT, TCP_FIN_WAIT2):
         raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection in state {TCP_STATES.get(state, state)} (only "
-                                        "established ones are kept): not supported; dump once it is closed")
+                                        "ESTABLISHED, CLOSE_WAIT and FIN_WAIT2 ones are kept): not supported; "
+                                        "dump again once it has settled")
     if s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) != -1:
         raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with a peek offset (SO_PEEK_OFF): not supported")
     if _ioctl(s, SIOCATMARK):
@@ -96,8 +99,8 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
                                               "(needs CAP_NET_ADMIN in its network namespace's user namespace)") from None
     try:
         info = s.getsockopt(SOL_TCP, TCP_INFO, 8)
-        if info[0] != TCP_ESTABLISHED:
-            precheck(s, info[0], where)
+        precheck(s, info[0], where)
+        fin_in, fin_out = int(info[0] == TCP_CLOSE_WAIT), int(info[0] == TCP_FIN_WAIT2)
         out = {"mss": _int(s, TCP_MAXSEG), "sack": bool(info[5] & TCPI_OPT_SACK)}
         if info[5] & TCPI_OPT_WSCALE:
             out["wscale"] = [info[6] & 0xF, info[6] >> 4]
@@ -110,13 +113,22 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)
         write = _int(s, TCP_QUEUE_SEQ) & 0xFFFFFFFF
         unsent = _ioctl(s, SIOCOUTQNSD)
-        sendq = _peek(s, _ioctl(s, SIOCOUTQ), "send", where)
+        outq = _ioctl(s, SIOCOUTQ)
+        if fin_out and outq:   # (FIN_WAIT2: our FIN was acknowledged, and every byte before it)
+            raise FdError(errno.EIO, f"{where}: {outq} bytes unacknowledged before an acknowledged FIN")
+        sendq = _peek(s, outq, "send", where)
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
     finally:
         s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF_NO_WP)
         if reuseaddr:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuseaddr)
-    out.update({"send_seq": (write - len(sendq)) & 0xFFFFFFFF, "recv_seq": (nxt - len(recvq)) & 0xFFFFFFFF,
+    # (a FIN takes a sequence number: rcv_nxt is past the peer's, write_seq past ours)
+    if fin_in:
+        out["fin_in"] = True
+    if fin_out:
+        out["fin_out"] = True
+    out.update({"send_seq": (write - len(sendq) - fin_out) & 0xFFFFFFFF,
+                "recv_seq": (nxt - len(recvq) - fin_in) & 0xFFFFFFFF,
                 "sendq": base64.b64encode(sendq).decode(), "unsent": unsent,
                 "recvq": base64.b64encode(recvq).decode()})
     return out
@@ -172,8 +184,37 @@ def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 
         s.setsockopt(SOL_TCP, TCP_TIMESTAMP, struct.pack("I", conn["timestamp"]))
     _write(s, RECV_QUEUE, recvq)
     _write(s, SEND_QUEUE, sendq[:len(sendq) - conn["unsent"]])
-    s.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.pack(*conn["window"]))
+    window = list(conn["window"])
+    if conn.get("fin_in"):   # (rcv_nxt stops before the peer's FIN until `release` brings it)
+        rcv_nxt = (conn["recv_seq"] + len(recvq)) & 0xFFFFFFFF
+        if (window[4] - rcv_nxt) & 0xFFFFFFFF == 1:
+            window[4] = rcv_nxt
+    s.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.pack(*window))
+    if conn.get("fin_out"):   # (our FIN, "sent" in repair mode: `release` has the peer acknowledge it)
+        s.shutdown(socket.SHUT_WR)
     s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
+
+
+def _peer_says(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
+    """Have `s` receive its peer's FIN (CLOSE_WAIT then) or its acknowledgment of our FIN
+    (FIN_WAIT2 then), carrying the peer's window; refuse a socket that did not get there."""
+    from engine.fds import inet_raw
+    rcv_nxt = (conn["recv_seq"] + len(base64.b64decode(conn["recvq"]))) & 0xFFFFFFFF
+    snd_una = conn["send_seq"]
+    window = conn["window"][1] >> (conn["wscale"][0] if "wscale" in conn else 0)
+    if conn.get("fin_in"):
+        pkt = inet_raw.tcp(peer, local, rcv_nxt, snd_una, inet_raw.TCP_FIN | inet_raw.TCP_ACK, window)
+        want = TCP_CLOSE_WAIT
+    else:
+        write = (snd_una + len(base64.b64decode(conn["sendq"])) + 1) & 0xFFFFFFFF
+        pkt = inet_raw.tcp(peer, local, rcv_nxt, write, inet_raw.TCP_ACK, window)
+        want = TCP_FIN_WAIT2
+    inet_raw.send(s, [pkt])
+    state = s.getsockopt(SOL_TCP, TCP_INFO, 1)[0]
+    if state != want:
+        from engine.fds.inet import TCP_STATES
+        raise OSError(errno.EIO, f"the connection is {TCP_STATES.get(state, state)} once its peer's last segment "
+                                 f"came again, not {TCP_STATES[want]}")
 
 
 def _write(s: socket.socket, queue: int, data: bytes) -> None:
@@ -185,9 +226,15 @@ def _write(s: socket.socket, queue: int, data: bytes) -> None:
         view = view[s.send(view, socket.MSG_DONTWAIT):]
 
 
-def release(s: socket.socket, conn: dict) -> None:
-    """Take `s` out of repair mode (a window probe tells the peer our window) and queue the bytes
-    that were not sent yet (its buffers are `make`'s then: the caller sets its options back)."""
+def release(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
+    """Take `s` (connection `conn` from `local` to `peer`, (address, port) each, an IPv4 one mapped
+    into IPv6 as IPv4) out of repair mode (a window probe tells the peer our window) and queue the
+    bytes that were not sent yet (its buffers are `make`'s then: the caller sets its options back).
+    First, in a half-closed connection, the segment the peer sent last comes again from the peer's
+    address (engine/fds/inet_raw.py; the peer exists, in repair mode too): its FIN, or its
+    acknowledgment of ours."""
+    if conn.get("fin_in") or conn.get("fin_out"):
+        _peer_says(s, conn, local, peer)
     s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF)
     sendq = base64.b64decode(conn["sendq"])
     view = memoryview(sendq)[len(sendq) - conn["unsent"]:]
