@@ -88,6 +88,7 @@ FEATURES = {
     "kcmp_epoll": lambda: _kernel_at_least(4, 13),   # kcmp(KCMP_EPOLL_TFD)
     "timerfd": lambda: _kernel_at_least(3, 17),      # timerfd state in fdinfo
     "fdinfo_lock": lambda: _kernel_at_least(4, 1),   # "lock:" lines in fdinfo (engine/filelocks.py reads them)
+    "tcp_half_closed": lambda: _kernel_at_least(4, 11),   # TCP_REPAIR on a connection past ESTABLISHED
 }
 
 

@@ -488,17 +488,31 @@ def _connect(r: RestoreFd, fd: int) -> None:
     finally:
         s.detach()   # (r.keep's: closed there, not by this object)
 
+    ends = end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"])
+
+    def settle():
+        s = socket.socket(fileno=mine)
+        try:
+            inet_tcp.settle(s, e["tcp"], *ends)
+            # (its receive buffer as it was before it says its window: a wider one, `make`'s, would
+            # let its peer send more than the program had let in)
+            inet_opts.apply(s, {k: v for k, v in e["opts"].items() if k == "rcvbuf"})
+        finally:
+            s.detach()
+
     def release():
         s = socket.socket(fileno=mine)
         try:
-            inet_tcp.release(s, e["tcp"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]))
+            inet_tcp.release(s, e["tcp"], *ends)
             inet_opts.apply(s, e["opts"])
             if e.get("shutdown"):
                 s.shutdown(e["shutdown"] - 1)
         finally:
             s.detach()
-    r.late.append((f"the TCP connection from {e['addr']} port {e['port']} to {e['peer']} port {e['peer_port']}",
-                   release))
+    what = f"the TCP connection from {e['addr']} port {e['port']} to {e['peer']} port {e['peer_port']}"
+    # (every connection settles in repair mode before any leaves it: steps without an order run at -1)
+    r.late.append((what, settle, -2))
+    r.late.append((what, release))
 
 
 # Never classified from a /proc link (every socket is "socket:[N]"): engine/fds/unix.py hands

@@ -44,7 +44,11 @@ TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD, SIOCATMARK = 0x541B, 0x5411, 0x894B, 0x8905
 SO_PEEK_OFF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 42, 32, 33
-TCP_ESTABLISHED, TCP_FIN_WAIT2, TCP_CLOSE_WAIT = 1, 5, 8
+# The states kept: the FINs each has, in which order (restore makes them so).
+# name: (state number, the peer's FIN received, ours sent, ours acknowledged, the peer's first)
+STATES = {"ESTABLISHED": (1, 0, 0, 0, 0), "FIN_WAIT1": (4, 0, 1, 0, 0), "FIN_WAIT2": (5, 0, 1, 1, 0),
+          "CLOSE_WAIT": (8, 1, 0, 0, 1), "LAST_ACK": (9, 1, 1, 0, 1), "CLOSING": (11, 1, 1, 0, 0)}
+_BY_NO = {v[0]: k for k, v in STATES.items()}
 MAX_QUEUE = 1 << 24   # bytes per queue (net.ipv4.tcp_rmem's default maximum is 6 MiB)
 _WINDOW = struct.Struct("=5I")   # struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
 _U32 = rng(0, (1 << 32) - 1)
@@ -61,8 +65,9 @@ CONN = Record("tcp connection", {
     "wscale": F(LIST, required=False, rule=list_of(rng(0, 14), 2, INT)),   # [ours to send, the peer's]
     "sack": F(BOOL),
     "timestamp": F(INT, required=False, rule=_U32),   # the socket's TCP timestamp clock (timestamps on)
-    "fin_in": F(BOOL, required=False),    # the peer's FIN came after recvq (CLOSE_WAIT)
-    "fin_out": F(BOOL, required=False),   # our FIN went after sendq and was acknowledged (FIN_WAIT2)
+    # ESTABLISHED, or a half-closed one's (STATES): the FINs past the queues, who sent first, ours acknowledged
+    "state": F(STR, required=False, rule=lambda v: None if v in STATES else f"must be one of {sorted(STATES)}"),
+    "fin_unsent": F(BOOL, required=False),   # our FIN was not sent yet: it follows the unsent bytes
 })
 FIELD = F(DICT, required=False, rule=record(CONN))
 
@@ -79,10 +84,10 @@ def _ioctl(s: socket.socket, req: int) -> int:
 def precheck(s: socket.socket, state: int, where: str) -> None:
     """Refuse (FdError naming `where`) a connection `read` could not keep, without changing it."""
     from engine.fds.inet import TCP_STATES
-    if state not in (TCP_ESTABLISHED, TCP_CLOSE_WAIT, TCP_FIN_WAIT2):
+    if state not in _BY_NO:
         raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection in state {TCP_STATES.get(state, state)} (only "
-                                        "ESTABLISHED, CLOSE_WAIT and FIN_WAIT2 ones are kept): not supported; "
-                                        "dump again once it has settled")
+                                        f"{', '.join(STATES)} ones are kept): not supported; dump again once it has "
+                                        "settled")
     if s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) != -1:
         raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with a peek offset (SO_PEEK_OFF): not supported")
     if _ioctl(s, SIOCATMARK):
@@ -100,7 +105,8 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
     try:
         info = s.getsockopt(SOL_TCP, TCP_INFO, 8)
         precheck(s, info[0], where)
-        fin_in, fin_out = int(info[0] == TCP_CLOSE_WAIT), int(info[0] == TCP_FIN_WAIT2)
+        name = _BY_NO[info[0]]
+        _n, fin_in, fin_out, acked, _first = STATES[name]
         out = {"mss": _int(s, TCP_MAXSEG), "sack": bool(info[5] & TCPI_OPT_SACK)}
         if info[5] & TCPI_OPT_WSCALE:
             out["wscale"] = [info[6] & 0xF, info[6] >> 4]
@@ -114,7 +120,11 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
         write = _int(s, TCP_QUEUE_SEQ) & 0xFFFFFFFF
         unsent = _ioctl(s, SIOCOUTQNSD)
         outq = _ioctl(s, SIOCOUTQ)
-        if fin_out and outq:   # (FIN_WAIT2: our FIN was acknowledged, and every byte before it)
+        fin_unsent = fin_out and unsent > 0   # (our FIN waits behind bytes the peer's window holds back)
+        unsent -= fin_unsent
+        if fin_out and not acked:
+            outq -= 1   # (SIOCOUTQ counts our FIN, not acknowledged yet: it is not a byte of the queue)
+        if acked and outq:   # (FIN_WAIT2: our FIN was acknowledged, and every byte before it)
             raise FdError(errno.EIO, f"{where}: {outq} bytes unacknowledged before an acknowledged FIN")
         sendq = _peek(s, outq, "send", where)
         s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
@@ -123,10 +133,10 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
         if reuseaddr:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, reuseaddr)
     # (a FIN takes a sequence number: rcv_nxt is past the peer's, write_seq past ours)
-    if fin_in:
-        out["fin_in"] = True
-    if fin_out:
-        out["fin_out"] = True
+    if name != "ESTABLISHED":
+        out["state"] = name
+    if fin_unsent:
+        out["fin_unsent"] = True
     out.update({"send_seq": (write - len(sendq) - fin_out) & 0xFFFFFFFF,
                 "recv_seq": (nxt - len(recvq) - fin_in) & 0xFFFFFFFF,
                 "sendq": base64.b64encode(sendq).decode(), "unsent": unsent,
@@ -152,6 +162,9 @@ def check(conn: dict, what: str) -> None:
         _fail(f"{what}: a TCP connection's window has 5 numbers, its wscale 2")
     if conn["unsent"] > len(base64.b64decode(conn["sendq"])):
         _fail(f"{what}: more TCP bytes unsent than in the send queue")
+    _n, _in, fin_out, acked, _first = _fins(conn)
+    if conn.get("fin_unsent") and not (fin_out and not acked):
+        _fail(f"{what}: only a FIN sent and not acknowledged may wait behind unsent bytes")
 
 
 def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 0) -> None:
@@ -185,36 +198,56 @@ def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 
     _write(s, RECV_QUEUE, recvq)
     _write(s, SEND_QUEUE, sendq[:len(sendq) - conn["unsent"]])
     window = list(conn["window"])
-    if conn.get("fin_in"):   # (rcv_nxt stops before the peer's FIN until `release` brings it)
+    if _fins(conn)[1]:   # (rcv_nxt stops before the peer's FIN until `release` brings it)
         rcv_nxt = (conn["recv_seq"] + len(recvq)) & 0xFFFFFFFF
         if (window[4] - rcv_nxt) & 0xFFFFFFFF == 1:
             window[4] = rcv_nxt
     s.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.pack(*window))
-    if conn.get("fin_out"):   # (our FIN, "sent" in repair mode: `release` has the peer acknowledge it)
-        s.shutdown(socket.SHUT_WR)
     s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
 
 
-def _peer_says(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
-    """Have `s` receive its peer's FIN (CLOSE_WAIT then) or its acknowledgment of our FIN
-    (FIN_WAIT2 then), carrying the peer's window; refuse a socket that did not get there."""
+def _fins(conn: dict) -> tuple:
+    """STATES' entry of connection `conn`."""
+    return STATES[conn.get("state", "ESTABLISHED")]
+
+
+def _closing(s: socket.socket, conn: dict, local: tuple, peer: tuple, repair: bool) -> None:
+    """Bring `s` (ESTABLISHED) to its half-closed state, as far as it gets in repair mode (`repair`)
+    or then once out of it: our FIN queued as sent (shutdown in repair mode sends nothing), or
+    after the unsent bytes once out of repair mode; the peer's FIN and its acknowledgment of ours
+    sent again from the peer's address (engine/fds/inet_raw.py; the peer exists, in repair mode too),
+    in the order they came."""
     from engine.fds import inet_raw
+    _n, fin_in, fin_out, acked, peer_first = _fins(conn)
+    late = bool(conn.get("fin_unsent"))
     rcv_nxt = (conn["recv_seq"] + len(base64.b64decode(conn["recvq"]))) & 0xFFFFFFFF
     snd_una = conn["send_seq"]
+    ours = (snd_una + len(base64.b64decode(conn["sendq"]))) & 0xFFFFFFFF   # (our FIN's sequence number)
     window = conn["window"][1] >> (conn["wscale"][0] if "wscale" in conn else 0)
-    if conn.get("fin_in"):
-        pkt = inet_raw.tcp(peer, local, rcv_nxt, snd_una, inet_raw.TCP_FIN | inet_raw.TCP_ACK, window)
-        want = TCP_CLOSE_WAIT
-    else:
-        write = (snd_una + len(base64.b64decode(conn["sendq"])) + 1) & 0xFFFFFFFF
-        pkt = inet_raw.tcp(peer, local, rcv_nxt, write, inet_raw.TCP_ACK, window)
-        want = TCP_FIN_WAIT2
-    inet_raw.send(s, [pkt])
+
+    def fin_in_now():   # (acknowledging what we sent before our FIN, not the FIN)
+        inet_raw.send(s, [inet_raw.tcp(peer, local, rcv_nxt, snd_una, inet_raw.TCP_FIN | inet_raw.TCP_ACK, window)])
+
+    def fin_out_now():
+        if repair:
+            s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)
+        s.shutdown(socket.SHUT_WR)
+        if repair:
+            s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
+    if repair and fin_in and peer_first:
+        fin_in_now()
+    if fin_out and late != repair:
+        fin_out_now()
+    if fin_in and not peer_first and late != repair:
+        fin_in_now()
+    if repair and acked:
+        inet_raw.send(s, [inet_raw.tcp(peer, local, rcv_nxt, ours + 1, inet_raw.TCP_ACK, window)])
     state = s.getsockopt(SOL_TCP, TCP_INFO, 1)[0]
+    want = STATES[conn["state"]][0] if not (repair and late) else (8 if fin_in and peer_first else 1)
     if state != want:
         from engine.fds.inet import TCP_STATES
-        raise OSError(errno.EIO, f"the connection is {TCP_STATES.get(state, state)} once its peer's last segment "
-                                 f"came again, not {TCP_STATES[want]}")
+        raise OSError(errno.EIO, f"the connection is {TCP_STATES.get(state, state)} once its peer's last segments "
+                                 f"came again, not {TCP_STATES.get(want, want)}")
 
 
 def _write(s: socket.socket, queue: int, data: bytes) -> None:
@@ -226,17 +259,23 @@ def _write(s: socket.socket, queue: int, data: bytes) -> None:
         view = view[s.send(view, socket.MSG_DONTWAIT):]
 
 
+def settle(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
+    """Give half-closed connection `s` (`conn` from `local` to `peer`, (address, port) each, an IPv4
+    one mapped into IPv6 as IPv4) the FINs it had, as far as repair mode goes (`_closing`): done for
+    every connection before any leaves repair mode (`release`), whose first packets would move the
+    peer's sequence numbers past those of the segments sent again here."""
+    if "state" in conn:
+        _closing(s, conn, local, peer, True)
+
+
 def release(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
-    """Take `s` (connection `conn` from `local` to `peer`, (address, port) each, an IPv4 one mapped
-    into IPv6 as IPv4) out of repair mode (a window probe tells the peer our window) and queue the
-    bytes that were not sent yet (its buffers are `make`'s then: the caller sets its options back).
-    First, in a half-closed connection, the segment the peer sent last comes again from the peer's
-    address (engine/fds/inet_raw.py; the peer exists, in repair mode too): its FIN, or its
-    acknowledgment of ours."""
-    if conn.get("fin_in") or conn.get("fin_out"):
-        _peer_says(s, conn, local, peer)
+    """Take `s` (`settle`'s) out of repair mode (a window probe tells the peer our window), queue
+    the bytes that were not sent yet (its buffers are `make`'s then: the caller sets its options
+    back), then our FIN when it waited behind them."""
     s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF)
     sendq = base64.b64decode(conn["sendq"])
     view = memoryview(sendq)[len(sendq) - conn["unsent"]:]
     while view:
         view = view[s.send(view, socket.MSG_DONTWAIT):]
+    if conn.get("fin_unsent"):
+        _closing(s, conn, local, peer, False)
