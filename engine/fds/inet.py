@@ -3,13 +3,13 @@ socket can be put in exactly: created and not bound, bound to an address and por
 with its backlog, a UDP socket (connected to a loopback
 peer, or not); with the options it was given (engine/fds/inet_opts.py).
 
-An established TCP connection whose two ends the tree holds is made again in repair mode
+A TCP connection whose two ends the tree holds, established or half-closed, is made again in repair mode
 (engine/fds/inet_tcp.py); the clients of a listener's connections waiting to be accepted connect
 to it again (engine/fds/inet_pending.py); datagrams waiting on a UDP socket are sent to it again
 from their senders' addresses (engine/fds/inet_udp.py).
 
 Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
-closing state or whose other end the tree does not hold (inet_tcp), a listener with a connection
+handshake or whose other end the tree does not hold (inet_tcp), a listener with a connection
 waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
 reads what its client sent), a UDP socket connected to a peer off
 loopback, raw, SCTP, UDP-Lite and MPTCP sockets, one with a socket filter attached, and any socket

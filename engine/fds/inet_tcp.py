@@ -1,5 +1,5 @@
-"""An established TCP connection, CRIU's way (kernel TCP_REPAIR): both ends live in the tree's own
-network namespace, so while the tree is stopped nothing sends to them.
+"""A TCP connection, established or half-closed (STATES), CRIU's way (kernel TCP_REPAIR): both
+ends live in the tree's own network namespace, so while the tree is stopped nothing sends to them.
 
 Dump puts our copy of the socket in repair mode for the read alone and takes it out at once
 (TCP_REPAIR_OFF_NO_WP: no window probe, nothing sent; the kernel drops SO_REUSEADDR on the way out,
@@ -16,12 +16,16 @@ the send queue's sent part (as sent, not acknowledged: the peer acknowledges the
 again), the window. It is made once every process holds its other fds (FdKind.deferred: a listener
 of its port is bound first, which a socket in repair mode, bound beside anything, would keep from
 binding), with its buffers forced wide enough for its queues; once every process holds its fds
-(`late`: both ends exist, so nothing meets a closed port), repair off, the unsent part queued,
-the buffer sizes, SO_REUSEADDR and the shutdown directions set back (engine/fds/inet.py).
+(`late`: both ends exist, so nothing meets a closed port), every connection first gets its FINs
+(`settle`: ours by a shutdown in repair mode, which sends nothing; the peer's FIN and its
+acknowledgment of ours sent again from the peer's address through a raw socket, inet_raw.py, in
+the order they came) and its receive buffer back; then each leaves repair mode, queues its unsent
+part (and its FIN when that waited behind it) and gets its send buffer, SO_REUSEADDR and shutdown
+directions back (engine/fds/inet.py).
 
-Refused: the closing states (FIN_WAIT1/2, CLOSE_WAIT, LAST_ACK, CLOSING: a FIN in a queue), SYN_SENT
-and SYN_RECV, a peer no process of the tree holds (a connection in a listener's accept queue, an
-orphan socket), urgent data, a peek offset (SO_PEEK_OFF), queues over MAX_QUEUE bytes.
+Refused: SYN_SENT and SYN_RECV (a handshake under way), a peer no process of the tree holds (an
+orphan socket, closed by its program; a client waiting in a listener's queue is inet_pending's),
+urgent data, a peek offset (SO_PEEK_OFF), queues over MAX_QUEUE bytes.
 """
 
 from __future__ import annotations
