@@ -356,3 +356,33 @@ def test_half_closed_kept(case):
     finally:
         for s in socks.values():
             s.close()
+
+
+def test_image_queues_checked(case):
+    """The validator bounds waiting datagrams (a loopback sender of the socket's family, base64),
+    a listener's count of waiting connections, a waiting client's bytes, a half-closed state."""
+    from tests.enginecase import load_manifest
+    from engine import imageformat, image
+    imgs = {}
+    for name, setup in (("dgrams", DGRAMS), ("waiting", WAITING), ("half", HALF)):
+        pid = case.start(_in_netns(setup))
+        imgs[name] = case.new_images_dir()
+        case.dump(pid, imgs[name])
+        imageformat.validate(load_manifest(imgs[name]))
+    for name, has, change, text in (
+            ("dgrams", "dgrams", lambda f: f["dgrams"][0].update({"from": "10.0.0.1"}), "off loopback"),
+            ("dgrams", "dgrams", lambda f: f["dgrams"][0].update({"from": "::1"}), "of another family"),
+            ("dgrams", "dgrams", lambda f: f["dgrams"][0].update({"data": "@@@@"}), "base64"),
+            ("dgrams", "dgrams", lambda f: f.update(proto="tcp"), "datagrams"),
+            ("waiting", "queued", lambda f: f.update(queued=0), "queued"),
+            ("waiting", "queued", lambda f: f.pop("listen"), "listener"),
+            ("waiting", "pending", lambda f: f["pending"].update(sent="!"), "base64"),
+            ("waiting", "pending", lambda f: f.update(listen=4), "'tcp' or 'pending'"),
+            ("half", "tcp", lambda f: f["tcp"].update(state="TIME_WAIT"), "must be one of"),
+            ("half", "tcp", lambda f: f["tcp"].update(fin_unsent=True), "FIN sent and not acknowledged")):
+        doc = load_manifest(imgs[name])
+        f = next(f for p in doc["processes"] for f in p["fds"] if f.get("kind") == "inet" and has in f
+                 and (has != "tcp" or f["tcp"].get("state") == "FIN_WAIT2"))
+        change(f)
+        with pytest.raises(image.ImageError, match=text):
+            imageformat.validate(doc)
