@@ -134,6 +134,7 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
                                                 "off loopback (a restored network namespace has lo only): not supported")
             out["peer"], out["peer_port"] = peer
+            out["_alone"] = st == inet_tcp.STATES["CLOSE_WAIT"][0]   # (for `_refuse_lone`)
             if stopped:
                 out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
         elif _used(s):
@@ -224,7 +225,8 @@ def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
         os.close(ns)
     if out["proto"] == "tcp" and "peer" in out:
         d.scratch.setdefault("inet-conns", []).append(
-            (netns, end_key(out["addr"], out["port"]), end_key(out["peer"], out["peer_port"]), d.where))
+            (netns, end_key(out["addr"], out["port"]), end_key(out["peer"], out["peer_port"]), d.where,
+             out.pop("_alone")))
     if out.get("queued"):
         d.scratch.setdefault("inet-queues", []).append(
             (netns, end_key(out.get("addr", "0.0.0.0"), out["port"]), out["queued"], d.where))
@@ -238,18 +240,24 @@ def prefinish(scratch: dict) -> None:
     _refuse_lone(scratch.pop("inet-conns", []), scratch.pop("inet-queues", []))
 
 
-def _refuse_lone(conns: list, queues: list) -> None:
-    """Refuse the first of `conns` [(netns, local, peer, where)] whose reverse is not among them and
-    that waits in no listener's queue (`queues`: [(netns, listener's end, connections waiting,
-    where)]); then a listener whose queue holds a connection of no client of the tree (one closed).
-    An fd and its dups give the same connection several times: it counts once."""
-    have = {(ns, a, b) for ns, a, b, _w in conns}
+def _refuse_lone(conns: list, queues: list) -> set:
+    """Refuse the first of `conns` [(netns, local, peer, where, may be alone)] whose reverse is not
+    among them, that waits in no listener's queue (`queues`: [(netns, listener's end, connections
+    waiting, where)]) and may not be alone (a CLOSE_WAIT end may: its peer is an orphan its program
+    closed, FIN_WAIT2, which answers nothing but a reset, as a port nobody holds does); then a
+    listener whose queue holds a connection of no client of the tree (one closed). An fd and its
+    dups give the same connection several times: it counts once. Returns the lone ends."""
+    have = {(ns, a, b) for ns, a, b, _w, _l in conns}
     lists = {(ns, key): (n, where) for ns, key, n, where in queues}
     waiting: dict = {}
-    for ns, a, b, where in {c[:3]: c for c in conns}.values():
+    alone = set()
+    for ns, a, b, where, may in {c[:3]: c for c in conns}.values():
         if (ns, b, a) in have:
             continue
         lst = next(((ns, (h, b[1])) for h in (b[0], "0.0.0.0", "::") if (ns, (h, b[1])) in lists), None)
+        if lst is None and may:
+            alone.add((ns, a, b))
+            continue
         if lst is None:
             raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection to {b[0]} port {b[1]} whose other end no "
                                             "process of the tree holds (closed, or waiting in the queue of a "
@@ -261,17 +269,23 @@ def _refuse_lone(conns: list, queues: list) -> None:
                                             f"waiting to be accepted, {waiting.get(lst, 0)} of them from clients the "
                                             "tree holds (the client of another closed, or another listener on the "
                                             "port): not supported")
+    return alone
 
 
 def _finish(objects: dict, entries: list[dict]) -> None:
     """Once every fd is dumped: each TCP connection's other end is an fd of the tree too (restore
-    makes both; one alone would meet a port nobody holds), or waits in a listener's queue."""
+    makes both; one alone would meet a port nobody holds), or waits in a listener's queue, or is
+    an orphan a CLOSE_WAIT end may have."""
     where = lambda e: f"fd {e['fd']} (inet)"   # noqa: E731
-    conns = [(e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]), where(e))
-             for e in entries if e.get("kind") == "inet" and "tcp" in e]
+    tcp = [e for e in entries if e.get("kind") == "inet" and "tcp" in e]
+    key = lambda e: (e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]))   # noqa: E731
+    conns = [(*key(e), where(e), e["tcp"].get("state") == "CLOSE_WAIT") for e in tcp]
     queues = [(e["obj"], end_key(e.get("addr", "0.0.0.0"), e["port"]), e["queued"], where(e))
               for e in entries if e.get("kind") == "inet" and e.get("queued")]
-    _refuse_lone(conns, queues)
+    alone = _refuse_lone(conns, queues)
+    for e in tcp:
+        if key(e) in alone:
+            e["tcp"]["alone"] = True   # (restore leaves repair mode without a window probe)
 
 
 def _map_of(pid: int) -> list[tuple[int, int, int]]:
@@ -473,6 +487,40 @@ def _deliver(r: RestoreFd, fd: int) -> None:
     r.late.append((f"the datagrams waiting on UDP port {e['port']}", deliver))
 
 
+def _orphan(r: RestoreFd, e: dict) -> None:
+    """The peer a CLOSE_WAIT end had, an orphan its program closed (inet_tcp.orphan_of): made in
+    repair mode like a connection of the tree, settled with it, let go of with it and closed at the
+    end (r.keep), an orphan in FIN_WAIT2 again."""
+    fam = FAMILY_NO[e["family"]]
+    conn = inet_tcp.orphan_of(e["tcp"])
+    fd = r.standin("make", {"family": e["family"], "proto": "tcp", "opts": {}, "lo": r.objects[e["obj"]]["lo"]})[0]
+    r.keep.append(fd)
+    s = socket.socket(fileno=fd)
+    try:
+        inet_tcp.make(s, conn, _addr(fam, e["peer"], e["peer_port"]), _addr(fam, e["addr"], e["port"]),
+                      e["opts"].get("v6only", 0))
+    finally:
+        s.detach()
+    ends = end_key(e["peer"], e["peer_port"]), end_key(e["addr"], e["port"])
+
+    def settle():
+        s = socket.socket(fileno=fd)
+        try:
+            inet_tcp.settle(s, conn, *ends)
+        finally:
+            s.detach()
+
+    def release():
+        s = socket.socket(fileno=fd)
+        try:
+            inet_tcp.release(s, conn, *ends)
+        finally:
+            s.detach()
+    what = f"the orphan peer {e['peer']} port {e['peer_port']} of a TCP connection"
+    r.late.append((what, settle, -3))   # (its FIN_WAIT2 first: the end's FIN comes from its address)
+    r.late.append((what, release))
+
+
 def _connect(r: RestoreFd, fd: int) -> None:
     """Make the connection of entry r.entry on new socket `fd` (in repair mode: inet_tcp.make), and,
     once every process holds its fds (both ends exist), take it out of repair mode, send what was
@@ -489,6 +537,8 @@ def _connect(r: RestoreFd, fd: int) -> None:
         s.detach()   # (r.keep's: closed there, not by this object)
 
     ends = end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"])
+    if e["tcp"].get("alone"):
+        _orphan(r, e)
 
     def settle():
         s = socket.socket(fileno=mine)

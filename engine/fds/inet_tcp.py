@@ -23,8 +23,13 @@ the order they came) and its receive buffer back; then each leaves repair mode, 
 part (and its FIN when that waited behind it) and gets its send buffer, SO_REUSEADDR and shutdown
 directions back (engine/fds/inet.py).
 
-Refused: SYN_SENT and SYN_RECV (a handshake under way), a peer no process of the tree holds (an
-orphan socket, closed by its program; a client waiting in a listener's queue is inet_pending's),
+A CLOSE_WAIT end whose peer its program closed (an orphan in FIN_WAIT2, which no process holds)
+is made with that peer (`orphan_of`, "alone"): made in repair mode from the end's state, settled
+first, let go of and closed, an orphan again, answering the end as the first one did (its
+program reads the bytes, then the end; a write meets a reset).
+
+Refused: SYN_SENT and SYN_RECV (a handshake under way), any other end whose peer no process of the
+tree holds (a client waiting in a listener's queue is inet_pending's),
 urgent data, a peek offset (SO_PEEK_OFF), queues over MAX_QUEUE bytes.
 """
 
@@ -72,6 +77,7 @@ CONN = Record("tcp connection", {
     # ESTABLISHED, or a half-closed one's (STATES): the FINs past the queues, who sent first, ours acknowledged
     "state": F(STR, required=False, rule=lambda v: None if v in STATES else f"must be one of {sorted(STATES)}"),
     "fin_unsent": F(BOOL, required=False),   # our FIN was not sent yet: it follows the unsent bytes
+    "alone": F(BOOL, required=False),   # a CLOSE_WAIT end whose peer is an orphan: made again from it
 })
 FIELD = F(DICT, required=False, rule=record(CONN))
 
@@ -169,6 +175,8 @@ def check(conn: dict, what: str) -> None:
     _n, _in, fin_out, acked, _first = _fins(conn)
     if conn.get("fin_unsent") and not (fin_out and not acked):
         _fail(f"{what}: only a FIN sent and not acknowledged may wait behind unsent bytes")
+    if conn.get("alone") and conn.get("state") != "CLOSE_WAIT":
+        _fail(f"{what}: only a CLOSE_WAIT end is made alone")
 
 
 def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 0) -> None:
@@ -263,6 +271,24 @@ def _write(s: socket.socket, queue: int, data: bytes) -> None:
         view = view[s.send(view, socket.MSG_DONTWAIT):]
 
 
+def orphan_of(conn: dict) -> dict:
+    """The connection of the orphan peer of CLOSE_WAIT end `conn` (`alone`): its program closed it
+    once it had read everything and sent its FIN, which `conn` acknowledged (FIN_WAIT2; a reset
+    would have left `conn` CLOSE), so it holds no byte; made again in repair mode and closed once
+    out of it, it is an orphan in FIN_WAIT2 again, answering `conn` as the first did."""
+    rcv_nxt = (conn["send_seq"]) & 0xFFFFFFFF   # (what it acknowledged: conn's unacknowledged bytes it drops)
+    fin = (conn["recv_seq"] + len(base64.b64decode(conn["recvq"]))) & 0xFFFFFFFF
+    snd_wnd, rcv_wnd = conn["window"][3], conn["window"][1]
+    out = {"send_seq": fin, "recv_seq": rcv_nxt, "sendq": "", "unsent": 0, "recvq": "",
+           "window": [rcv_nxt, snd_wnd, max(snd_wnd, conn["window"][2]), rcv_wnd, rcv_nxt],
+           "mss": conn["mss"], "sack": conn["sack"], "state": "FIN_WAIT2"}
+    if "wscale" in conn:
+        out["wscale"] = conn["wscale"][::-1]
+    if "timestamp" in conn:
+        out["timestamp"] = conn["timestamp"]
+    return out
+
+
 def settle(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
     """Give half-closed connection `s` (`conn` from `local` to `peer`, (address, port) each, an IPv4
     one mapped into IPv6 as IPv4) the FINs it had, as far as repair mode goes (`_closing`): done for
@@ -275,8 +301,9 @@ def settle(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
 def release(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
     """Take `s` (`settle`'s) out of repair mode (a window probe tells the peer our window), queue
     the bytes that were not sent yet (its buffers are `make`'s then: the caller sets its options
-    back), then our FIN when it waited behind them."""
-    s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF)
+    back), then our FIN when it waited behind them. An end `alone` sends no window probe (its
+    orphan peer, closed at the end, takes none)."""
+    s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF_NO_WP if conn.get("alone") else REPAIR_OFF)
     sendq = base64.b64decode(conn["sendq"])
     view = memoryview(sendq)[len(sendq) - conn["unsent"]:]
     while view:
