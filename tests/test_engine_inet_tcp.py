@@ -1,7 +1,9 @@
-"""Established TCP connections of a network namespace the tree owns (engine/fds/inet_tcp.py): both
-ends made again in repair mode with their sequence numbers, queued bytes and options; they carry
-what was queued and then new data both ways. A --leave-running dump and a refused one leave them
-working."""
+"""TCP connections of a network namespace the tree owns (engine/fds/inet_tcp.py): both ends made
+again in repair mode with their sequence numbers, queued bytes, options and FINs (established and
+half-closed; a CLOSE_WAIT end with its orphan peer); they carry what was queued and then new data
+both ways. A --leave-running dump and a refused one leave them working. Also what waits at the
+moment of the dump: a listener's connections not accepted yet (engine/fds/inet_pending.py) and
+datagrams on UDP sockets (engine/fds/inet_udp.py)."""
 
 from __future__ import annotations
 
