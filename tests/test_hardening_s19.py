@@ -1,0 +1,195 @@
+"""Hostile images against session 18's surface: System V IPC objects and POSIX message queues
+(engine/sysvipc.py, engine/posixmq.py), ptys and controlling terminals (engine/fds/pty.py,
+engine/ctty.py).
+
+The image is a real dump of a tree in its own ipc namespace (a shared memory segment, a semaphore
+set, a message queue with a message, a POSIX queue with a message) holding a pty of its own devpts
+(a session leader without an fd on its terminal: `ctty_node`), changed the way an attacker with
+write access to the image directory would. Each is refused with exit status 2 and one line, nothing
+left running or mounted, nothing of the host touched (test_hardening_hostile.refused), or fails
+validation in one line.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import struct
+
+import pytest
+
+import enginecase
+from engine import image, imageformat
+from enginecase import load_manifest
+from test_hardening_hostile import _mutated, _victim, refused
+
+SETUP = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
+""" + enginecase.py_hold("""
+import ctypes, fcntl, struct, time
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+def ok(r):
+    if r == -1 or r == ctypes.c_void_p(-1).value:
+        raise OSError(ctypes.get_errno(), "ipc")
+    return r
+seg = ok(libc.shmget(0x1234, 4096, 0o1640))
+p = ok(libc.shmat(seg, None, 0)); ctypes.memmove(p, b"kept", 4); libc.shmdt(ctypes.c_void_p(p))
+s = ok(libc.semget(0x5678, 2, 0o1600)); ok(libc.semctl(s, 0, 17, (ctypes.c_ushort * 2)(3, 7)))
+q = ok(libc.msgget(0x9abc, 0o1600))
+buf = ctypes.create_string_buffer(struct.pack("l", 1) + b"hello")
+ok(libc.msgsnd(q, buf, 5, 0))
+rt = ctypes.CDLL("librt.so.1", use_errno=True)
+class Attr(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_long), ("maxmsg", ctypes.c_long), ("msgsize", ctypes.c_long),
+                ("curmsgs", ctypes.c_long), ("pad", ctypes.c_long * 4)]
+mq = rt.mq_open(b"/jobs", os.O_RDWR | os.O_CREAT, 0o600, ctypes.byref(Attr(0, 4, 64, 0)))
+assert mq >= 0 and rt.mq_send(mq, b"first", 5, 0) == 0, ctypes.get_errno()
+os.close(mq)
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(m); os.close(r)
+    os.setsid()
+    os.close(os.open(f"/dev/pts/{n}", os.O_RDWR))   # (its controlling terminal, no fd on it)
+    os.write(w, b"x"); os.close(w)
+else:
+    os.close(w)
+    os.read(r, 1); os.close(r)
+    time.sleep(0.2)
+    os.dup2(m, 20); os.close(m)
+""")
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """The dumped tree of SETUP."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _ipc(doc) -> dict:
+    return next(iter(doc["sysvipc"].values()))
+
+
+def _invalid(img: str, mutate, pattern: str) -> None:
+    """The manifest of `img` changed by `mutate` fails validation in one line matching `pattern`."""
+    doc = load_manifest(img)
+    imageformat.validate(json.loads(json.dumps(doc)))
+    mutate(doc)
+    with pytest.raises(image.ImageError) as e:
+        imageformat.validate(doc)
+    assert "\n" not in str(e.value) and re.search(pattern, str(e.value)), e.value
+
+
+def test_image_has_what_the_tests_change(image_dir):
+    """The dump holds every object the tests below change (else they would pass for nothing)."""
+    doc = load_manifest(image_dir)
+    objs = _ipc(doc)
+    assert [len(objs.get(k, ())) for k in ("shm", "sem", "msg", "mqueue")] == [1, 1, 1, 1], objs.keys()
+    assert any("ctty_node" in p for p in doc["processes"])
+    assert any(f.get("kind") == "pty" and f["end"] == "master" for p in doc["processes"] for f in p["fds"])
+
+
+# --- System V IPC and POSIX message queues (engine/sysvipc.py, engine/posixmq.py) ---------------
+
+def test_segment_sizes_count_against_the_bound(image_dir, tmp_path):
+    """Eight 64 MiB segments whose data is empty: the bound counted only the data an image carries,
+    so restore made 512 MiB of shared memory (dump counts the segments' sizes, and refuses more than
+    64 MiB). Refused by their sizes now."""
+    def mutate(d):
+        seg = _ipc(d)["shm"][0]
+        _ipc(d)["shm"] = [dict(seg, id=i, key=0, size=64 << 20, data="") for i in range(1, 9)]
+    refused(_mutated(image_dir, tmp_path, mutate), r"sysvipc: more than 64 MiB of contents", tmp_path)
+
+
+def test_segment_data_longer_than_its_size_refused(image_dir):
+    """A segment's data is at most its size (dump reads exactly its size)."""
+    _invalid(image_dir, lambda d: _ipc(d)["shm"][0].update(size=2), r"sysvipc ipc-\d+ shm 0: bad size or data")
+
+
+@pytest.mark.parametrize("kind", ["shm", "sem", "msg"])
+def test_ipc_key_twice_refused(image_dir, tmp_path, kind):
+    """Two objects of a kind with one key (other than IPC_PRIVATE): the second one's IPC_CREAT|IPC_EXCL
+    failed once the namespace was half made ("shmget: File exists"); refused before anything is made
+    now. Two private ones (key 0) are fine."""
+    def mutate(d):
+        objs = _ipc(d)[kind]
+        objs.append(dict(objs[0], id=objs[0]["id"] + 1))
+    key = load_manifest(image_dir)["sysvipc"]
+    key = next(iter(key.values()))[kind][0]["key"]
+    refused(_mutated(image_dir, tmp_path, mutate), rf"sysvipc ipc-\d+ {kind}: key {key} twice", tmp_path)
+    doc = load_manifest(image_dir)
+    objs = _ipc(doc)[kind]
+    objs[0]["key"] = 0
+    objs.append(dict(objs[0], id=objs[0]["id"] + 1))
+    imageformat.validate(doc)
+
+
+def test_posix_queues_alone_are_bounded():
+    """The 64 MiB bound on contents was checked only after a System V object: an ipc namespace with
+    POSIX queues alone was not bounded at all (a manifest holds ~96 MiB of them)."""
+    from engine import sysvipc
+    text = "QUJD" * (1 << 18)   # (768 KiB, shared by every message)
+
+    def fail(msg):
+        raise ValueError(msg)
+    queues = [{"name": f"q{i}", "mode": 0o600, "uid": 0, "gid": 0, "maxmsg": 16, "msgsize": 1 << 20,
+               "msgs": [[0, text]] * 16} for i in range(6)]
+    sysvipc.check({"ipc-0": {"mqueue": queues[:5]}}, {"ipc-0"}, fail)   # (60 MiB: within)
+    with pytest.raises(ValueError, match="more than 64 MiB of contents"):
+        sysvipc.check({"ipc-0": {"mqueue": queues}}, {"ipc-0"}, fail)
+
+
+@pytest.mark.parametrize("name, why", [
+    ("\u00e9" * 200, "400 bytes: past NAME_MAX, mq_open failed mid-restore"),
+    ("\ud800", "a surrogate that stands for no byte"),
+    ("a/b", "a slash"),
+])
+def test_posix_queue_name_refused(image_dir, tmp_path, name, why):
+    """A queue's name is at most 255 bytes (not characters), each one a byte of a name."""
+    refused(_mutated(image_dir, tmp_path, lambda d: _ipc(d)["mqueue"][0].update(name=name)),
+            r"sysvipc ipc-\d+ mqueue: bad or repeated queue name", tmp_path)
+
+
+def test_posix_queue_names_of_the_same_bytes_refused(image_dir):
+    """"\\udcc3\\udca9" (two undecodable bytes, as dump reads a name) and "\u00e9" are the same bytes:
+    one name twice, refused (mq_open's O_EXCL failed mid-restore)."""
+    def mutate(d):
+        q = _ipc(d)["mqueue"]
+        q[0]["name"] = "\u00e9"
+        q.append(dict(q[0], name="\udcc3\udca9"))
+    _invalid(image_dir, mutate, r"bad or repeated queue name")
+
+
+def test_posix_queue_name_of_undecodable_bytes_restored(image_dir, tmp_path):
+    """A queue whose name is no UTF-8 (dump reads it with its bytes as surrogates) is made again with
+    those bytes; restore encoded the name strictly and failed ("surrogates not allowed")."""
+    from engine import sysvipc
+    img = _mutated(image_dir, tmp_path, lambda d: _ipc(d)["mqueue"][0].update(name="j\udcffbs"))
+    pid = enginecase.EngineCase(str(tmp_path)).restore(img)
+    try:
+        names = [q["name"] for q in sysvipc.read(pid).get("mqueue", ())]
+    finally:
+        from zdtm.snapshot import kill_tree
+        kill_tree(pid)
+    assert names == ["j\udcffbs"], names
+
+
+@pytest.mark.parametrize("change, pattern", [
+    # (a new namespace's msgmax is 8192: limits are not restored)
+    (lambda o: o["msg"][0].update(msgs=[[1, "QUJD" * 4000]]), r"System V message queue 0: msgsnd: Invalid argument"),
+    (lambda o: o["msg"][0].update(msgs=[[1, "QUJD" * 2000]] * 3),
+     r"System V message queue 0: msgsnd: Resource temporarily unavailable"),
+    (lambda o: o["mqueue"][0].update(maxmsg=65536, msgsize=16 << 20), r"POSIX message queue /jobs: mq_open: "),
+    (lambda o: o["mqueue"][0].update(name="\x1b]0;x\x07q", maxmsg=65536, msgsize=16 << 20),
+     r"POSIX message queue /\\x1b\]0;x\\x07q: mq_open: "),
+])
+def test_objects_the_kernel_refuses_fail_in_one_line(image_dir, tmp_path, change, pattern):
+    """Objects within the image's bounds that the new namespace's limits refuse (a message past msgmax,
+    a queue's bytes past msgmnb, a POSIX queue past the restorer's RLIMIT_MSGQUEUE): the restore fails
+    in one line naming the object (its name's control characters shown escaped), nothing left."""
+    refused(_mutated(image_dir, tmp_path, lambda d: change(_ipc(d))), pattern, tmp_path)
