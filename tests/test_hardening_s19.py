@@ -12,17 +12,17 @@ validation in one line.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
 import re
-import struct
 
 import pytest
 
 import enginecase
 from engine import image, imageformat
-from enginecase import load_manifest
+from enginecase import case, load_manifest  # noqa: F401  (fixture)
 from test_hardening_hostile import _mutated, _victim, refused
 
 SETUP = """
@@ -193,3 +193,99 @@ def test_objects_the_kernel_refuses_fail_in_one_line(image_dir, tmp_path, change
     a queue's bytes past msgmnb, a POSIX queue past the restorer's RLIMIT_MSGQUEUE): the restore fails
     in one line naming the object (its name's control characters shown escaped), nothing left."""
     refused(_mutated(image_dir, tmp_path, lambda d: change(_ipc(d))), pattern, tmp_path)
+
+
+# --- ptys and controlling terminals (engine/fds/pty.py, engine/ctty.py) -------------------------
+
+@contextlib.contextmanager
+def _opens(path: str):
+    """A list that, after the block, holds the inotify event masks on `path` (IN_CLOSE_WRITE, 8: it
+    was opened for writing; refused() reads it, IN_CLOSE_NOWRITE, to tell it is unchanged)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    ino = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    assert ino >= 0 and libc.inotify_add_watch(ino, path.encode(), 0xfff) >= 0, ctypes.get_errno()
+    seen: list[int] = []
+    try:
+        yield seen
+        try:
+            data = os.read(ino, 4096)
+        except BlockingIOError:
+            data = b""
+        while data:   # (struct inotify_event: wd, mask, cookie, len, name)
+            seen.append(int.from_bytes(data[4:8], "little"))
+            data = data[16 + int.from_bytes(data[12:16], "little"):]
+    finally:
+        os.close(ino)
+
+
+def _external_etc(doc) -> dict:
+    """The external mount /etc, made read-write (the attacker's image says so; restore mounts it so)."""
+    m = next(m for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external") == "etc")
+    m["mount_opts"] = [o for o in m["mount_opts"] if o != "ro"]
+    return m
+
+
+def _master_fd(doc) -> dict:
+    return next(f for p in doc["processes"] for f in p["fds"] if f.get("kind") == "pty" and f["end"] == "master")
+
+
+def _ctty_node(doc) -> dict:
+    return next(p["ctty_node"] for p in doc["processes"] if "ctty_node" in p)
+
+
+@pytest.mark.parametrize("where", ["master", "ctty_node"])
+def test_ptmx_on_an_external_mount_refused(image_dir, tmp_path, where):
+    """A pty master's ptmx, or the one a leader's terminal node names, pointed at a file of an external
+    mount (the user maps it to a directory of the host): restore opened that host file read-write
+    (then failed: TIOCGPTN), or, for the node, failed with an internal KeyError (and opened it once
+    that mount was kept). Refused by the validator now, the host file never opened."""
+    victim = _victim(tmp_path)
+
+    def mutate(d):
+        m = _external_etc(d)
+        (_master_fd(d) if where == "master" else _ctty_node(d))["ptmx"] = {"mnt": m["id"], "path": "/file"}
+    img = _mutated(image_dir, tmp_path, mutate)
+    pattern = "is no ptmx" if where == "master" else "its ptmx lies on external mount"
+    with _opens(os.path.join(victim, "file")) as seen:
+        refused(img, pattern, tmp_path, extra=("--external", f"mnt[etc]:{victim}"), victim=victim)
+    assert 8 not in seen, f"restore opened the host's file for writing (inotify events {seen})"
+
+
+def test_ptmx_named_so_on_an_external_mount_passes(image_dir):
+    """A ptmx node of an external mount (the host's devpts the user gives, as dump records a master
+    opened there) stays valid."""
+    doc = load_manifest(image_dir)
+    _master_fd(doc)["ptmx"] = {"mnt": _external_etc(doc)["id"], "path": "/pts/ptmx"}
+    imageformat.validate(doc)
+
+
+_PTMX_NODE = """
+mkdir -p /run/d; mount -t tmpfs d /run/d; mknod -m 666 /run/d/ptmx c 5 2; mkdir /run/d/pts
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /run/d/pts
+""" + enginecase.py_hold("""
+import fcntl, struct, time
+m = os.open("/run/d/ptmx", os.O_RDWR | os.O_NOCTTY); fcntl.ioctl(m, 0x40045431, struct.pack("i", 0))
+n = struct.unpack("I", fcntl.ioctl(m, 0x80045430, b"0000"))[0]
+r, w = os.pipe()
+if os.fork() == 0:
+    os.close(m); os.close(r)
+    os.setsid()
+    os.close(os.open(f"/run/d/pts/{n}", os.O_RDWR))   # (its terminal; no fd on it)
+    os.write(w, b"x"); os.close(w)
+else:
+    os.close(w)
+    os.read(r, 1); os.close(r)
+    time.sleep(0.2)
+    os.dup2(m, 20); os.close(m)
+""")
+
+
+def test_leader_without_fd_on_a_pty_opened_through_a_ptmx_node(case):
+    """The tree opened its pty through a ptmx node of a tmpfs (beside the devpts: /dev/ptmx of a
+    container's /dev), its session leader holds no fd on the terminal (`ctty_node`): no fd lies on
+    the devpts mount, which restore closed as done, then looked up for the leader's terminal:
+    "restore failed: KeyError". Restored, the leader with its terminal."""
+    from engine import ctty
+    states = case.roundtrip(_PTMX_NODE)   # (compares each process's terminal before and after too)
+    leaders = [p.pid for p in states[-1].snap.procs if os.getsid(p.pid) == p.pid and ctty.tty_nr(p.pid)]
+    assert [ctty.device(ctty.tty_nr(p))[0] for p in leaders] == [136], leaders
