@@ -17,13 +17,18 @@ import ctypes
 import json
 import os
 import re
+import subprocess
+import tempfile
 
 import pytest
+from hypothesis import HealthCheck, given, note, settings
+from hypothesis import strategies as st
 
 import enginecase
 from engine import image, imageformat
 from enginecase import case, load_manifest  # noqa: F401  (fixture)
 from test_hardening_hostile import _mutated, _victim, refused
+from test_hardening_images import _nodes, restore_outcome
 
 SETUP = """
 mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /dev/pts
@@ -289,3 +294,89 @@ def test_leader_without_fd_on_a_pty_opened_through_a_ptmx_node(case):
     states = case.roundtrip(_PTMX_NODE)   # (compares each process's terminal before and after too)
     leaders = [p.pid for p in states[-1].snap.procs if os.getsid(p.pid) == p.pid and ctty.tty_nr(p.pid)]
     assert [ctty.device(ctty.tty_nr(p))[0] for p in leaders] == [136], leaders
+
+
+# --- fuzz: the fields of session 18's kinds mutated at random -----------------------------------
+
+def _host_ipc() -> set[tuple[str, int]]:
+    """(kind, key) of the System V objects and ("mqueue", name) of the POSIX queues of the host's ipc
+    namespace (the queues listed on an mqueue mount of a private mount namespace of our own)."""
+    out = set()
+    for kind in ("shm", "sem", "msg"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            out.update((kind, int(line.split()[0])) for line in f.read().splitlines()[1:] if line.strip())
+    ls = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                         "d=$(mktemp -d) && mount -t mqueue none $d && ls -A $d"],
+                        capture_output=True, text=True, timeout=30)
+    out.update(("mqueue", name) for name in ls.stdout.split())
+    return out
+
+
+def _surface(doc) -> list[tuple]:
+    """The places of the image's System V IPC, POSIX queues, ptys and terminals (paths into it)."""
+    def dicts(v):
+        return v if isinstance(v, dict) else {}
+
+    def items(v):
+        return enumerate(v) if isinstance(v, list) else ()
+    roots = [("sysvipc",)] if "sysvipc" in doc else []
+    roots += [("objects", k) for k, o in dicts(doc.get("objects")).items() if dicts(o).get("kind") == "pty"]
+    for i, p in items(doc.get("processes")):
+        roots += [("processes", i, k) for k in ("ctty_node", "sid", "pgid", "tty_fg", "ctty") if k in dicts(p)]
+        roots += [("processes", i, "fds", j) for j, f in items(dicts(p).get("fds"))
+                  if dicts(f).get("kind") in ("pty", "ctty")]
+    out = []
+    for root in roots:
+        node = doc
+        for k in root:
+            node = node[k]
+        out += [root + path for path, _ in _nodes(node)]
+    return out
+
+
+_VALUES = st.one_of(
+    st.sampled_from([None, True, 0, -1, 1, 7, 32767, 32768, 65536, 65537, 1 << 24, (1 << 31) - 1, 1 << 31,
+                     (1 << 32) - 1, 1 << 32, 1 << 63, -(1 << 63), 1.5, "", "/", "..", "a/b", "/0", "/ptmx", "/1",
+                     "\udcff", "\ud800", "\x1b[2J", "\u00e9" * 200, "QUJD", "QUJD" * 3000, "!!", "mnt-0", "pty-0",
+                     "pty-9", "ipc-0", "ipc-9", [], [[]], [[1, ""]], [[0, "QUJD"]] * 5, {}, {"x": 1}]),
+    st.integers(), st.text(max_size=12))
+
+_MUTATIONS = st.lists(st.tuples(st.integers(0, 10 ** 6), st.sampled_from(["set", "set", "delete", "duplicate"]),
+                                _VALUES), min_size=1, max_size=3)
+
+
+@settings(max_examples=int(os.environ.get("MNTCR_S19_EXAMPLES") or 25), deadline=None, derandomize=False,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(muts=_MUTATIONS)
+def test_fuzz_session_18_fields(image_dir, muts):
+    """Random changes of the image's System V objects, POSIX queues, ptys, terminal nodes and sessions:
+    restore refuses in one line (exit 2, no traceback) or restores (the tree is then killed); never a
+    leak (test_hardening_images.restore_outcome: mounts, the image unchanged, no pid file), and never
+    an object in the host's ipc namespace."""
+    with tempfile.TemporaryDirectory(prefix="mntcr-s19-") as tmp:
+        work = enginecase.copy_image(image_dir, tmp)
+        doc = load_manifest(work)
+        for choice, action, value in muts:
+            places = _surface(doc)
+            if not places:
+                break
+            path = places[choice % len(places)]
+            parent = doc
+            for k in path[:-1]:
+                parent = parent[k]
+            if action == "set":
+                parent[path[-1]] = value
+            elif action == "delete":
+                del parent[path[-1]]
+            elif isinstance(parent, list):
+                parent.append(json.loads(json.dumps(parent[path[-1]])))
+            else:
+                parent[path[-1]] = [parent[path[-1]], parent[path[-1]]]
+            note(f"{action} {path!r} <- {value!r}")
+        try:
+            enginecase.save_manifest(work, doc)
+        except (ValueError, UnicodeEncodeError):
+            return   # (not representable as JSON)
+        before = _host_ipc()
+        restore_outcome(work, list(enginecase.RESTORE_EXTERNALS), tmp)
+        assert _host_ipc() <= before, f"restore made objects in the host's ipc namespace: {_host_ipc() - before}"
