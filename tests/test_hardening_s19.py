@@ -380,3 +380,55 @@ def test_fuzz_session_18_fields(image_dir, muts):
         before = _host_ipc()
         restore_outcome(work, list(enginecase.RESTORE_EXTERNALS), tmp)
         assert _host_ipc() <= before, f"restore made objects in the host's ipc namespace: {_host_ipc() - before}"
+
+
+# --- overlay layers on a detached mount (engine/fs/_layers_detached.py) -------------------------
+
+@pytest.fixture(scope="module")
+def detached_layers(tmp_path_factory):
+    """The manifest of an overlay whose layers lie on a detached tmpfs (a file of it held)."""
+    from test_engine_overlay_detached_layers import _needs_overlay, _setup
+    _needs_overlay()
+    for images in enginecase.dumped_image(tmp_path_factory, _setup(True, False), "needs root"):
+        yield load_manifest(images)
+
+
+def _overlay(doc) -> dict:
+    return next(s for s in doc["superblocks"].values() if s["fstype"] == "overlay")
+
+
+@pytest.mark.parametrize("change, pattern", [
+    # the detached mount the layers lie on is the overlay itself
+    (lambda d, det, mnt: det.update(sb=next(k for k, s in d["superblocks"].items() if s["fstype"] == "overlay")),
+     r"its layers lie on itself \(a layer cycle\)"),
+    # a layer `detached` on a mount of a namespace (no detached mount of that id)
+    (lambda d, det, mnt: _overlay(d)["layers"][0].update(mnt=mnt), r"lies on detached mount \d+, which is not in"),
+    (lambda d, det, mnt: det.update(root="/../x"), r"detached mount \d+: 'root' path has '\.' or '\.\.'"),
+    # a detached mount under a namespace mount's id
+    (lambda d, det, mnt: d["detached"].update({str(mnt): dict(det, id=mnt)}), r"detached mount \d+: bad or duplicate id"),
+    (lambda d, det, mnt: _overlay(d)["layers"][1].update(rel="/ov2/../../u"), r"path has '\.' or '\.\.'"),
+], ids=["self", "not-detached", "root-dotdot", "id-of-a-mount", "rel-dotdot"])
+def test_detached_layers_hostile_values(detached_layers, change, pattern):
+    """A detached layers record that points back at the overlay, at a mount that is no detached one,
+    or out of the detached mount: one line from the validator, before anything is made."""
+    doc = json.loads(json.dumps(detached_layers))
+    imageformat.validate(json.loads(json.dumps(doc)))
+    (det,) = doc["detached"].values()
+    mnt = doc["mntns"][doc["processes"][0]["ns"]["mnt"]]["root"]
+    change(doc, det, mnt)
+    with pytest.raises(image.ImageError) as e:
+        imageformat.validate(doc)
+    assert "\n" not in str(e.value) and re.search(pattern, str(e.value)), e.value
+
+
+def test_objects_of_a_namespace_claimed_as_the_hosts_refused(image_dir, tmp_path):
+    """The image says its processes are in the host's ipc namespace (`host_ns`) and still carries objects
+    for it: restore would make them among the host's own. Refused before anything is made, and the
+    host's ipc namespace has no new object."""
+    def mutate(d):
+        for p in d["processes"]:
+            p["host_ns"] = sorted(set(p.get("host_ns") or ()) | {"ipc"})
+    before = _host_ipc()
+    refused(_mutated(image_dir, tmp_path, mutate), r"sysvipc of 'ipc-\d+': an ipc namespace no process is in",
+            tmp_path)
+    assert _host_ipc() <= before
