@@ -382,6 +382,49 @@ def test_fuzz_session_18_fields(image_dir, muts):
         assert _host_ipc() <= before, f"restore made objects in the host's ipc namespace: {_host_ipc() - before}"
 
 
+def _leaves(doc) -> list[tuple]:
+    """The places of `_surface` that hold an int (not a bool) or a string."""
+    out = []
+    for path in _surface(doc):
+        node = doc
+        for k in path:
+            node = node[k]
+        # (not each of the 32 control characters: they would take most of the draws)
+        if (type(node) is int or type(node) is str) and path and "termios" not in path[-3:-1]:
+            out.append(path)
+    return out
+
+
+@settings(max_examples=int(os.environ.get("MNTCR_S19_EXAMPLES") or 15), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(-2, 1 << 33), st.binary(max_size=64),
+                                  st.booleans()), min_size=1, max_size=4))
+def test_fuzz_session_18_values_in_range(image_dir, changes):
+    """As above with values of the field's own type (near its old one, a power of two, random bytes in
+    base64), so that more images pass the validator and reach what restore makes of them: System V
+    objects and queues in the new namespace, the pty's termios and bytes, the terminal node."""
+    import base64
+    with tempfile.TemporaryDirectory(prefix="mntcr-s19-") as tmp:
+        work = enginecase.copy_image(image_dir, tmp)
+        doc = load_manifest(work)
+        for choice, number, raw, near in changes:
+            places = _leaves(doc)
+            path = places[choice % len(places)]
+            parent = doc
+            for k in path[:-1]:
+                parent = parent[k]
+            old = parent[path[-1]]
+            if type(old) is int:
+                parent[path[-1]] = old + number % 3 if near else number
+            else:
+                parent[path[-1]] = base64.b64encode(raw).decode() if near else raw.decode("latin-1")
+            note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+        enginecase.save_manifest(work, doc)
+        before = _host_ipc()
+        restore_outcome(work, list(enginecase.RESTORE_EXTERNALS), tmp)
+        assert _host_ipc() <= before, f"restore made objects in the host's ipc namespace: {_host_ipc() - before}"
+
+
 # --- overlay layers on a detached mount (engine/fs/_layers_detached.py) -------------------------
 
 @pytest.fixture(scope="module")
