@@ -264,6 +264,16 @@ def test_ptmx_named_so_on_an_external_mount_passes(image_dir):
     imageformat.validate(doc)
 
 
+@pytest.mark.parametrize("item", [4, 5], ids=["ispeed", "ospeed"])
+def test_pty_line_speed_no_terminal_has_refused(image_dir, tmp_path, item):
+    """A pty's termios with a line speed that is no Bnnn value: tcsetattr raised termios.error (no
+    OSError), and the restore ended in "restore failed: error: (22, 'Invalid argument')", naming
+    nothing. Refused by the validator now."""
+    def mutate(d):
+        next(o for o in d["objects"].values() if o["kind"] == "pty")["termios"][item] = 12345
+    refused(_mutated(image_dir, tmp_path, mutate), r"object pty-\d+: bad pty termios", tmp_path)
+
+
 _PTMX_NODE = """
 mkdir -p /run/d; mount -t tmpfs d /run/d; mknod -m 666 /run/d/ptmx c 5 2; mkdir /run/d/pts
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /run/d/pts
