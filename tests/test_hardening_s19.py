@@ -153,6 +153,8 @@ def test_posix_queues_alone_are_bounded():
     ("\u00e9" * 200, "400 bytes: past NAME_MAX, mq_open failed mid-restore"),
     ("\ud800", "a surrogate that stands for no byte"),
     ("a/b", "a slash"),
+    ("..", "the parent directory's name"),
+    ("", "no name"),
 ])
 def test_posix_queue_name_refused(image_dir, tmp_path, name, why):
     """A queue's name is at most 255 bytes (not characters), each one a byte of a name."""
