@@ -1466,6 +1466,8 @@ def _check_places(doc: dict, p: dict, what: str, mounts: dict, detached: dict, r
         _check_loc(loc, mounts, detached, f"{what} mapping")
         _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
     if "ctty_node" in p:
+        if p.get("sid") != p["pid"]:   # (only a session leader takes a terminal: restore ignored it)
+            _fail(f"{what} ctty_node: the process leads no session")
         _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
     if "exe" in p:
         if p["exe"].get("detached"):

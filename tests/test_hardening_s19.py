@@ -276,6 +276,15 @@ def test_pty_line_speed_no_terminal_has_refused(image_dir, tmp_path, item):
     refused(_mutated(image_dir, tmp_path, mutate), r"object pty-\d+: bad pty termios", tmp_path)
 
 
+def test_terminal_node_of_a_process_that_leads_no_session_refused(image_dir):
+    """`ctty_node` on a process of another's session: restore ignored it (the process came back
+    without the terminal the image gave it). Refused by the validator."""
+    def mutate(d):
+        p = next(p for p in d["processes"] if "ctty_node" in p)
+        p["sid"] = d["processes"][0]["sid"]
+    _invalid(image_dir, mutate, r"process \d+ ctty_node: the process leads no session")
+
+
 _PTMX_NODE = """
 mkdir -p /run/d; mount -t tmpfs d /run/d; mknod -m 666 /run/d/ptmx c 5 2; mkdir /run/d/pts
 mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts /run/d/pts
