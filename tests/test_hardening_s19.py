@@ -469,7 +469,8 @@ def _overlay(doc) -> dict:
     (lambda d, det, mnt: _overlay(d)["layers"][0].update(mnt=mnt), r"lies on detached mount \d+, which is not in"),
     (lambda d, det, mnt: det.update(root="/../x"), r"detached mount \d+: 'root' path has '\.' or '\.\.'"),
     # a detached mount under a namespace mount's id
-    (lambda d, det, mnt: d["detached"].update({str(mnt): dict(det, id=mnt)}), r"detached mount \d+: bad or duplicate id"),
+    (lambda d, det, mnt: d["detached"].update({str(mnt): dict(det, id=mnt)}),
+     r"detached mount \d+: bad or duplicate id"),
     (lambda d, det, mnt: _overlay(d)["layers"][1].update(rel="/ov2/../../u"), r"path has '\.' or '\.\.'"),
 ], ids=["self", "not-detached", "root-dotdot", "id-of-a-mount", "rel-dotdot"])
 def test_detached_layers_hostile_values(detached_layers, change, pattern):
