@@ -1551,6 +1551,8 @@ class _Restorer:
                     self.referenced.add(loc["mnt"])
             for f in p["fds"]:
                 self.referenced.update(fdkinds.mounts_used(f))
+            if "ctty_node" in p:   # (its leader takes the terminal through them: engine/ctty.py)
+                self.referenced.update((p["ctty_node"]["mnt"], p["ctty_node"]["ptmx"]["mnt"]))
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
         helper_ok = lambda sid: sid in self.doc["superblocks"] and not self.doc["superblocks"][sid].get("external")  # noqa: E731

@@ -329,6 +329,7 @@ def check(doc, ns_used: set, fail) -> None:
     if type(doc) is not dict:
         fail("sysvipc: must be an object")
     total = sems = 0
+    bound = f"sysvipc: more than {MAX_BYTES >> 20} MiB of contents"
     for nsid, objs in doc.items():
         if nsid not in ns_used or type(objs) is not dict or not set(objs) <= {"shm", "sem", "msg", "mqueue"}:
             fail(f"sysvipc of {str(nsid)[:40]!r}: an ipc namespace no process is in, or kinds other than shm, sem, "
@@ -341,7 +342,7 @@ def check(doc, ns_used: set, fail) -> None:
             what = f"sysvipc {nsid} {kind}"
             if type(recs) is not list or len(recs) > MAX_OBJECTS:
                 fail(f"{what}: must be a list of at most {MAX_OBJECTS} objects")
-            seen = set()
+            seen, keys = set(), set()
             for rec in recs:
                 extra = {"shm": {"size", "data"}, "sem": {"vals"}, "msg": {"msgs"}}[kind]
                 if type(rec) is not dict or set(rec) != {"key", "id", "mode", "uid", "gid", "cuid", "cgid"} | extra:
@@ -353,10 +354,17 @@ def check(doc, ns_used: set, fail) -> None:
                 if rec["id"] in seen:
                     fail(f"{what}: id {rec['id']} twice")
                 seen.add(rec["id"])
+                # (a key other than IPC_PRIVATE names one object of its kind: a second one's IPC_EXCL
+                # get fails once the namespace is half made)
+                if rec["key"] and rec["key"] in keys:
+                    fail(f"{what}: key {rec['key']} twice")
+                keys.add(rec["key"])
                 if kind == "shm":
-                    if not int_in(rec["size"], 1, MAX_BYTES) or type(rec["data"]) is not str:
+                    if not int_in(rec["size"], 1, MAX_BYTES) or type(rec["data"]) is not str \
+                            or b64_size(rec["data"], f"{what} {rec['id']}", fail) > rec["size"]:
                         fail(f"{what} {rec['id']}: bad size or data")
-                    total += b64_size(rec["data"], f"{what} {rec['id']}", fail)
+                    # (its size, as dump counts it: the segment restore makes, whatever the data fills)
+                    total += rec["size"]
                 elif kind == "sem":
                     if type(rec["vals"]) is not list or not 1 <= len(rec["vals"]) <= 32000 or \
                             not all(int_in(v, 0, 32767) for v in rec["vals"]):
@@ -372,4 +380,6 @@ def check(doc, ns_used: set, fail) -> None:
                             fail(f"{what} {rec['id']}: a message is [mtype >= 1, base64 text]")
                         total += b64_size(m[1], f"{what} {rec['id']}", fail)
                 if total > MAX_BYTES:
-                    fail(f"sysvipc: more than {MAX_BYTES >> 20} MiB of contents")
+                    fail(bound)
+    if total > MAX_BYTES:   # (POSIX queues alone)
+        fail(bound)
