@@ -179,20 +179,51 @@ def refuse_waiters(pids, held: set[str], text: str | None = None) -> None:
                                                     "cannot be restored")
 
 
-def _in_lock_wait(pid: int) -> bool:
-    """Whether `pid` sleeps in fcntl(F_SETLKW / F_OFD_SETLKW) or flock (unknown machine: assumed)."""
+def refuse_stopped_waiters(pids, held: set[str]) -> None:
+    """Once the tree is stopped: refuse (FdError) a process of it (`pids`), or a thread of one, that
+    was blocked in a lock wait (flock, fcntl F_SETLKW / F_OFD_SETLKW) when it stopped. /proc/locks
+    no longer tells: the stop interrupts the wait and takes the waiter off the lock's list (the call
+    is made again on SIGCONT), but the interrupted call still shows in the task's syscall file. So
+    a wait begun after `precheck` read /proc/locks is caught too, and no second read of /proc/locks
+    (each waits for an RCU grace period in the kernel) is needed. A task stopped on its way out of
+    a lock call that got its lock shows that call too: refused (dump again). An unknown machine
+    (no syscall numbers): /proc/locks, as `refuse_waiters` reads it (`held`: the tree's inodes)."""
+    if _LOCK_SYSCALLS.get(os.uname().machine) is None:
+        refuse_waiters(pids, held)
+        return
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue   # (gone: a zombie's, or reaped; told elsewhere)
+        for tid in sorted(tids, key=lambda t: t != str(pid)):
+            call = _in_lock_wait(f"{pid}/task/{tid}")
+            if call:
+                who = f"process {pid}" if tid == str(pid) else f"process {pid} (thread {tid})"
+                raise FdError(errno.EOPNOTSUPP, f"{who} waits for a lock (blocked in {call} when the tree "
+                                                "stopped): a blocked lock wait cannot be restored")
+
+
+def _in_lock_wait(task) -> str:
+    """The lock call (flock, "fcntl F_SETLKW", "fcntl F_OFD_SETLKW") /proc/`task` ("PID" or
+    "PID/task/TID") sleeps in or was stopped in, "" for none (unknown machine: "a lock call",
+    assumed). A flock with LOCK_NB or LOCK_UN never waits."""
     nrs = _LOCK_SYSCALLS.get(os.uname().machine)
     if nrs is None:
-        return True
+        return "a lock call"
     try:
-        with open(f"/proc/{pid}/syscall") as f:
+        with open(f"/proc/{task}/syscall") as f:
             words = f.read().split()
     except OSError:
-        return False
-    if not words or not words[0].isdigit():
-        return False
-    nr = int(words[0])
-    return nr == nrs[1] or nr == nrs[0] and len(words) > 2 and int(words[2], 16) in _WAIT_CMDS
+        return ""
+    if len(words) < 3 or not words[0].isdigit():
+        return ""   # ("running", or "-1 SP PC": in no syscall)
+    nr, arg = int(words[0]), int(words[2], 16)
+    if nr == nrs[1]:
+        return "" if arg & (fcntl.LOCK_NB | fcntl.LOCK_UN) else "flock"
+    if nr == nrs[0] and arg in _WAIT_CMDS:
+        return "fcntl F_SETLKW" if arg == fcntl.F_SETLKW else "fcntl F_OFD_SETLKW"
+    return ""
 
 
 def inode_key(dev: int, ino: int) -> str:

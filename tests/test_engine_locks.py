@@ -145,6 +145,40 @@ wait_blocked()
                                   r"cannot be restored")
 
 
+def test_waiter_stopped_before_the_dump_refused(case):
+    """A process of the tree stopped (SIGSTOP) while blocked in flock: the stop took it off the
+    lock's wait list, so /proc/locks shows no waiter (the check before the stop passes); once the
+    tree is stopped its interrupted call is seen and refused, the tree resumed as it was."""
+    setup = STOP_WATCH + "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f\n" + py_hold(LOCKER + """
+import signal, time
+f = os.open("/mnt/t/f", os.O_RDWR); fcntl.flock(f, fcntl.LOCK_EX)
+c = os.fork()
+if c == 0:
+    ready()
+    g = os.open("/mnt/t/f", os.O_RDWR); fcntl.flock(g, fcntl.LOCK_EX)
+    os._exit(0)
+wait_blocked()
+os.kill(c, signal.SIGSTOP)
+while open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+    time.sleep(0.01)
+""")
+    pid = case.start(setup)
+    from enginecase import mntcr
+    from zdtm.snapshot import tree_pids
+    stopped = [p for p in tree_pids(pid) if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] == "T"]
+    assert len(stopped) == 1, stopped
+    assert not any("->" in line and f" {stopped[0]} " in line for line in open("/proc/locks")), \
+        "a stopped waiter shows in /proc/locks: this test no longer tests what it says"
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, "--external", "mnt[/usr]:usr", "--external", "mnt[/etc]:etc")
+    assert r.returncode == 2, r.stderr
+    assert re.fullmatch(rf"mntcr dump: process {stopped[0]} waits for a lock \(blocked in flock when the tree "
+                        r"stopped\): a blocked lock wait cannot be restored\n", r.stderr), r.stderr
+    assert not os.path.exists(images)
+    assert open(f"/proc/{stopped[0]}/stat").read().rsplit(")", 1)[1].split()[0] == "T", "not left stopped"
+    assert was_stopped(pid)   # (refused once stopped: the tree was resumed)
+
+
 def test_write_lease_refused_unstopped(case):
     """A write lease: refused before the stop (dump's reads of the files would break it)."""
     setup = STOP_WATCH + "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f\n" + py_hold(LOCKER + """
