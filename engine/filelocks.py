@@ -17,6 +17,7 @@ it), a flock lock whose taker is alive outside the tree, a lease whose taker hol
 
 from __future__ import annotations
 
+import _thread
 import errno
 import fcntl
 import os
@@ -231,13 +232,58 @@ def inode_key(dev: int, ino: int) -> str:
     return f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
 
 
-def precheck(pids: list[int]) -> None:
+_early: list | None = None   # read_early's [done lock, text or OSError], until proc_locks takes it
+
+
+def read_early() -> None:
+    """Start reading /proc/locks in a thread (dump's CLI does, before it imports the dump): a read of
+    it waits in the kernel for an RCU grace period (locks_start takes file_rwsem for writing),
+    5-20 ms of wall time and no CPU, which the imports and the first looks at the tree then cover.
+    `proc_locks` takes the text; it must be taken before the first fork (a fork copies one thread)."""
+    global _early
+    done = _thread.allocate_lock()
+    done.acquire()
+    box = [done, None]
+
+    def read():
+        try:
+            with open("/proc/locks") as f:
+                box[1] = f.read()
+        except OSError as e:
+            box[1] = e
+        finally:
+            done.release()
+    _thread.start_new_thread(read, ())
+    _early = box
+
+
+def proc_locks() -> str:
+    """The text of /proc/locks: read_early's when one was started (waiting for it; taken once),
+    else read now."""
+    global _early
+    box, _early = _early, None
+    if box is None:
+        with open("/proc/locks") as f:
+            return f.read()
+    box[0].acquire()
+    if isinstance(box[1], OSError):
+        raise box[1]
+    return box[1]
+
+
+def forget_early() -> None:
+    """Wait for and drop read_early's text when no dump took it (it refused before its precheck)."""
+    if _early is not None:
+        proc_locks()
+
+
+def precheck(pids: list[int], text: str | None = None) -> None:
     """Before the tree is stopped: refuse (FdError) the locks `settle` and `refuse_kind` would, and
     waiters. Only fds on an inode /proc/locks names are looked at (their fdinfo, and kcmp among
-    them for shared descriptions)."""
+    them for shared descriptions); `text`: /proc/locks' (proc_locks) when taken already."""
     from engine.fds import sys as fsys
-    with open("/proc/locks") as f:
-        text = f.read()
+    if text is None:
+        text = proc_locks()
     locked = {line.split()[-3] for line in text.splitlines() if line.strip()}
     if not locked:
         return
