@@ -168,8 +168,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         if not ok:
             writer.abort()
         if ok and not leave_running:
-            freeze.signal_all(everyone, signal.SIGKILL)
-            freeze.wait_gone(everyone)
+            freeze.kill_all(everyone)
         else:
             freeze.signal_all(resume, signal.SIGCONT)
         os.kill(watchdog, signal.SIGKILL)
