@@ -168,10 +168,11 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         if not ok:
             writer.abort()
         if ok and not leave_running:
-            freeze.kill_all(everyone)
+            # (the watchdog with it, waited for at once: nothing is left for it to resume)
+            freeze.kill_all(everyone + [watchdog])
         else:
             freeze.signal_all(resume, signal.SIGCONT)
-        os.kill(watchdog, signal.SIGKILL)
+            os.kill(watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
 
 
