@@ -27,7 +27,7 @@ _ONTO = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
 
 
 class Parking:
-    """Where a restore drops its detached mounts; `stack`: the kernel can stack them (else each
+    """Where a restore (or a dump) drops its detached mounts; `stack`: the kernel can stack them (else each
     is closed at once, as a plain close would)."""
 
     def __init__(self, stack: bool):
