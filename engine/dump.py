@@ -766,7 +766,8 @@ def _archive_contents(d: _Dump) -> None:
     # Clones done with here (empty roots, ghosts, probes) are let go of in batches: each one's last
     # close would wait for an RCU grace period (engine/parking.py; ~1,800 at 10,000 mounts).
     from engine import features
-    park = parking.Parking(features.available()["move_mount(to-detached)"].present if d.clone_plan else False)
+    park = parking.Parking(features.available()["move_mount(to-detached)"].present if d.clone_plan else False,
+                           kernel.scratch_tmpfs)
     try:
         for ino, wanted in d.clone_plan.items():
             fd = os.open(f"/proc/{d.by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)

@@ -30,8 +30,13 @@ class Parking:
     """Where a restore (or a dump) drops its detached mounts; `stack`: the kernel can stack them (else each
     is closed at once, as a plain close would)."""
 
-    def __init__(self, stack: bool):
+    def __init__(self, stack: bool, anchor=None):
+        """`anchor`: makes the first mount of each chain, a detached mount of the caller's own (an
+        fd): the kernel takes a detached tree as move_mount's target only from the mount namespace
+        it was made in, so mounts cloned in another one (dump's clone helper's namespace copy) are
+        stacked on such a mount, never on one another's roots."""
         self.stack = stack
+        self.anchor = anchor
         self._first: int | None = None  # the chain's root: closing it unmounts the chain
         self._top: int | None = None    # the last mount stacked, where the next goes
         self._count = 0
@@ -42,8 +47,14 @@ class Parking:
             os.close(fd)
             return
         if self._first is None:
-            self._first, self._count = fd, 1
-            return
+            if self.anchor is None:
+                self._first, self._count = fd, 1
+                return
+            try:
+                self._first, self._count = self.anchor(), 1
+            except OSError:
+                os.close(fd)
+                return
         try:
             kernel.move_mount(fd, "", self._first if self._top is None else self._top, "", _ONTO)
         except OSError:
@@ -64,3 +75,4 @@ class Parking:
                 os.close(fd)
         self._first = self._top = None
         self._count = 0
+
