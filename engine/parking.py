@@ -27,8 +27,8 @@ _ONTO = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
 
 
 class Parking:
-    """Where a restore (or a dump) drops its detached mounts; `stack`: the kernel can stack them (else each
-    is closed at once, as a plain close would)."""
+    """Where a restore (or a dump) drops its detached mounts; `stack`: the kernel can stack them
+    (else each is closed at once, as a plain close would)."""
 
     def __init__(self, stack: bool, anchor=None):
         """`anchor`: makes the first mount of each chain, a detached mount of the caller's own (an
@@ -75,4 +75,3 @@ class Parking:
                 os.close(fd)
         self._first = self._top = None
         self._count = 0
-
