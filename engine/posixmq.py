@@ -1,8 +1,8 @@
 """POSIX message queues of the tree's ipc namespaces (mq_open), with engine/sysvipc.py: read by
 the dumper's thread joined to the namespace, listed on a detached mqueue mount of its own (the
 namespace's one superblock: nothing is attached anywhere); made again with mq_open in the restored
-namespace with their attributes, owner, mode and messages in their order. A queue a process asked to be notified
-on (mq_notify) is refused before the stop: the registration is not restored.
+namespace with their attributes, owner, mode and messages in their order. A queue a process asked
+to be notified on (mq_notify) is refused before the stop: the registration is not restored.
 
 Image (in the namespace's "sysvipc" entry): "mqueue": [{name, mode, uid, gid, maxmsg, msgsize,
 msgs [[priority, base64 text]]}].
