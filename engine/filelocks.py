@@ -180,7 +180,7 @@ def refuse_waiters(pids, held: set[str], text: str | None = None) -> None:
                                                     "cannot be restored")
 
 
-def refuse_stopped_waiters(pids, held: set[str]) -> None:
+def refuse_stopped_waiters(pids, held: set[str], before_stop: bool = False) -> None:
     """Once the tree is stopped: refuse (FdError) a process of it (`pids`), or a thread of one, that
     was blocked in a lock wait (flock, fcntl F_SETLKW / F_OFD_SETLKW) when it stopped. /proc/locks
     no longer tells: the stop interrupts the wait and takes the waiter off the lock's list (the call
@@ -188,9 +188,13 @@ def refuse_stopped_waiters(pids, held: set[str]) -> None:
     a wait begun after `precheck` read /proc/locks is caught too, and no second read of /proc/locks
     (each waits for an RCU grace period in the kernel) is needed. A task stopped on its way out of
     a lock call that got its lock shows that call too: refused (dump again). An unknown machine
-    (no syscall numbers): /proc/locks, as `refuse_waiters` reads it (`held`: the tree's inodes)."""
+    (no syscall numbers): /proc/locks, as `refuse_waiters` reads it (`held`: the tree's inodes).
+    `before_stop` (precheck): only the tasks stopped already (SIGSTOP before the dump), which
+    /proc/locks does not show either, so that they are refused with the tree untouched."""
+    from engine import threads   # (dump's: restore's stand-ins take locks without it)
     if _LOCK_SYSCALLS.get(os.uname().machine) is None:
-        refuse_waiters(pids, held)
+        if not before_stop:
+            refuse_waiters(pids, held)
         return
     for pid in pids:
         try:
@@ -198,11 +202,16 @@ def refuse_stopped_waiters(pids, held: set[str]) -> None:
         except OSError:
             continue   # (gone: a zombie's, or reaped; told elsewhere)
         for tid in sorted(tids, key=lambda t: t != str(pid)):
-            call = _in_lock_wait(f"{pid}/task/{tid}")
+            task = f"{pid}/task/{tid}"
+            if before_stop and threads.task_state(task) not in ("T", "t"):
+                continue
+            call = _in_lock_wait(task)
             if call:
                 who = f"process {pid}" if tid == str(pid) else f"process {pid} (thread {tid})"
-                raise FdError(errno.EOPNOTSUPP, f"{who} waits for a lock (blocked in {call} when the tree "
-                                                "stopped): a blocked lock wait cannot be restored")
+                how = f"stopped while blocked in {call}" if before_stop else \
+                    f"blocked in {call} when the tree stopped"
+                raise FdError(errno.EOPNOTSUPP, f"{who} waits for a lock ({how}): a blocked lock wait cannot "
+                                                "be restored")
 
 
 def _in_lock_wait(task) -> str:
@@ -284,6 +293,7 @@ def precheck(pids: list[int], text: str | None = None) -> None:
     from engine.fds import sys as fsys
     if text is None:
         text = proc_locks()
+    refuse_stopped_waiters(pids, set(), before_stop=True)
     locked = {line.split()[-3] for line in text.splitlines() if line.strip()}
     if not locked:
         return
