@@ -767,7 +767,7 @@ def _archive_contents(d: _Dump) -> None:
     # close would wait for an RCU grace period (engine/parking.py; ~1,800 at 10,000 mounts).
     from engine import features
     park = parking.Parking(features.available()["move_mount(to-detached)"].present if d.clone_plan else False,
-                           kernel.scratch_tmpfs)
+                           anchored=True)
     try:
         for ino, wanted in d.clone_plan.items():
             fd = os.open(f"/proc/{d.by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)

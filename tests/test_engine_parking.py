@@ -65,10 +65,10 @@ def _from_another_namespace(n: int) -> dict:
         fds = [kernel.open_tree(kernel.AT_FDCWD, f"/mnt/{i}", kernel.OPEN_TREE_CLONE) for i in range(n)]
         socket.send_fds(theirs, [b"x"], fds)
     out = {}
-    for name, anchor in (("plain", None), ("anchored", kernel.scratch_tmpfs)):
+    for name, anchored in (("plain", False), ("anchored", True)):
         forkrun.run(clones)
         _, fds, _, _ = socket.recv_fds(mine, 1, n)
-        park = parking.Parking(True, anchor)
+        park = parking.Parking(True, anchored)
         for fd in fds:
             park.drop(fd)
         out[name] = park._top == fds[-1]   # (the last one stacked on the chain, not closed alone)
@@ -79,7 +79,7 @@ def _from_another_namespace(n: int) -> dict:
 
 def test_mounts_of_another_namespace_stack_on_an_anchor():
     """The kernel refuses a detached tree cloned in another mount namespace as move_mount's target
-    (EINVAL), so such mounts stack only on an anchor of our own (kernel.scratch_tmpfs): without
+    (EINVAL), so such mounts stack only on an anchor of our own (a new empty mount): without
     one each is closed alone; with one they form a chain; none is left open either way."""
     if not features.available()["move_mount(to-detached)"].present:
         pytest.skip("kernel cannot attach mounts to detached trees (move_mount(to-detached))")
