@@ -1,8 +1,8 @@
-"""POSIX message queues of the tree's ipc namespaces (mq_open), with engine/sysvipc.py: read in a
-child that joins the namespace, listed on a detached mqueue mount of its own (the namespace's one
-superblock: nothing is attached anywhere); made again with mq_open in the restored namespace with
-their attributes, owner, mode and messages in their order. A queue a process asked to be notified
-on (mq_notify) is refused before the stop: the registration is not restored.
+"""POSIX message queues of the tree's ipc namespaces (mq_open), with engine/sysvipc.py: read by
+the dumper's thread joined to the namespace, listed on a detached mqueue mount of its own (the
+namespace's one superblock: nothing is attached anywhere); made again with mq_open in the restored
+namespace with their attributes, owner, mode and messages in their order. A queue a process asked
+to be notified on (mq_notify) is refused before the stop: the registration is not restored.
 
 Image (in the namespace's "sysvipc" entry): "mqueue": [{name, mode, uid, gid, maxmsg, msgsize,
 msgs [[priority, base64 text]]}].
@@ -32,7 +32,7 @@ _libc.mq_send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes
 
 
 def _mqueue_dir() -> int | None:
-    """In a child in the namespace: a directory fd on a detached mqueue mount of our own (the
+    """In the namespace: a directory fd on a detached mqueue mount of our own (the
     namespace's one superblock: its POSIX message queues; nothing is attached anywhere), None
     without POSIX message queues in the kernel."""
     try:
@@ -51,7 +51,7 @@ def _mqueue_dir() -> int | None:
 
 
 def read_here(limits_only: bool = False, outsider: int | None = None) -> list[dict]:
-    """In a child in the namespace: its POSIX message queues (name, mode, owner, attributes and
+    """In the namespace (sysvipc._joined): its POSIX message queues (name, mode, owner, attributes and
     messages, highest priority first as mq_receive gives them). Reading takes the messages; each
     is sent again at once, in the order read, so the queue is as it was. A queue a process asked to
     be notified on (mq_notify) is refused: the registration is not restored; so is a full queue when
