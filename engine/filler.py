@@ -61,7 +61,10 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, ahead, chan
         while done < len(fills):
             if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
                 return
-            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, ahead)
+            # The last archive once every superblock is made: in this process, which only reports
+            # and exits after it (content.extract `last`).
+            last = not ready_only and done == len(fills) - 1
+            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, ahead, last)
             if closed:
                 chan.send(("filled", closed))  # ours are closed: the restorer's are the last
             done += 1
@@ -84,10 +87,11 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, ahead, chan
 
 
 def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict,
-             ahead) -> list[str]:
+             ahead, last: bool = False) -> list[str]:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
     out (`sockets`: {(archive, member): records}); close the superblocks it was the last for, and
-    return them. `ahead`: a content.ReadAhead whose reading of the archive the checks use."""
+    return them. `ahead`: a content.ReadAhead whose reading of the archive the checks use; `last`:
+    this helper's last work (content.extract's `last`)."""
     archive_fd, name, expect, spec, ids = fill
     targets = []
     read = ahead.result(name) if ahead is not None else None
@@ -98,7 +102,7 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
             except OSError as e:
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
-            content.extract(archive_fd, name, expect, targets, ids, read)
+            content.extract(archive_fd, name, expect, targets, ids, read, last)
             for fd, member in targets:
                 content.make_sockets(fd, sockets.get((name, member), ()), ids)
         except OSError as e:
