@@ -72,7 +72,10 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
                "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
-# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts).
+# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts);
+# up to four times more where the fd limit leaves room (_Restorer.after_fill_max). One closed
+# before the helper's own close makes that one the last: an RCU grace period each, in the helper
+# (10,000 mounts, 1,800 filled superblocks: ~0.2 s of its path while the restorer waited for it).
 _AFTER_FILL = 512
 _MOVE_FLAGS = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
 _CLONE = kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH
@@ -507,6 +510,7 @@ class _Restorer:
         self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
+        self.fill_started = False          # (create_superblocks: the helper started, or found not needed)
         self.ahead: content.ReadAhead | None = None  # the archives `mntcr restore` had read (to the filler)
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
@@ -514,6 +518,8 @@ class _Restorer:
         # Superblock mounts done with while the filling helper still holds them: let go of once it
         # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
         self.after_fill: dict[str, int] = {}
+        room = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4 - len(self.mounts) // 4
+        self.after_fill_max = max(_AFTER_FILL, min(4 * _AFTER_FILL, room))
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
@@ -845,10 +851,13 @@ class _Restorer:
 
     # -- 2. superblocks ---------------------------------------------------------
 
-    def create_superblocks(self) -> None:
+    def create_superblocks(self, early: bool = False) -> None:
         """Create every superblock the image needs (external ones are cloned later, types made
         on use when first used: engine/fs `when`). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
-        while the rest of the restore goes on."""
+        while the rest of the restore goes on. `early` (before the stand-ins exist): only start
+        that helper, when it fills no superblock this process makes (no yard, no content superblock
+        a user namespace owns), so that its fork, superblocks and archives run beside the
+        stand-ins' start; the call without it makes the rest."""
         every = list(itertools.chain(self.mounts.values(), self.detached.values()))
         sids = list(map(itemgetter("sb"), every))
         # Each superblock's first mount (dict(zip) keeps a key's last value: both reversed), and how
@@ -873,15 +882,20 @@ class _Restorer:
                 raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
         order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
                        and handlers[kv[0]].when == fs.AFTER_FILES)
-        started = False
+        started = self.fill_started   # (by the early call: its plain superblocks are the helper's)
+        if early and (self.wants_yard or any(
+                not sb.get("external") and sid in users and handlers[sid].content and not handlers[sid].ns
+                and sb.get("owner") is not None for sid, sb in order)):
+            return
         for sid, sb in order:
             handler = handlers[sid]
             if sb.get("external") or sid not in users or handler.when == fs.ON_USE:
                 continue  # external: cloned from the host; on use: created when first cloned (_source)
             if handler.when == fs.AFTER_FILES:
-                if not started:
+                if early:
+                    continue
+                if not self.fill_started:
                     self._start_filling(plans, users)
-                    started = True
                 self.join_files()  # its device may sit on a file being extracted
                 self.sb_fd[sid] = self._settle(sid, self._create_by_type(sid, sb, users[sid]))
                 step("superblock")
@@ -898,8 +912,11 @@ class _Restorer:
             attr = attr_of(self.base_opts[sid])[0]
             owner = None if handler.ns else sb.get("owner")   # a namespace's own types follow it
             if not handler.ns and self.yard is None and owner is None:
-                plans.append((sid, fstype, source, params, attr, where))
+                if not started:
+                    plans.append((sid, fstype, source, params, attr, where))
                 continue
+            if early:
+                continue   # (made in a namespace or a user namespace: by the call after the stand-ins)
             try:
                 if handler.ns:
                     chan = self._creator(sid, sb, handler, users[sid])
@@ -914,12 +931,13 @@ class _Restorer:
             self.sb_fd[sid] = self._settle(sid, fd)
             self._keep_for_seal(sid, fd)
             step("superblock")
-        if not started:
+        if not self.fill_started:
             self._start_filling(plans, users)
 
     def _start_filling(self, plans: list, users: dict) -> None:
         """Start the helper (engine/filler.py) that makes `plans` and fills every superblock with
         archived files; with a yard the superblocks exist already and it only fills them."""
+        self.fill_started = True
         if plans:
             # In the order assemble() first clones from them (creation order, detached last).
             rank: dict[str, int] = {}
@@ -1524,7 +1542,7 @@ class _Restorer:
         if sid in self.ro_fd or sid in self.helper_src:
             os.close(fd)
         elif sid in self.filling and self._filling_now() and sid not in self.filler.filled:
-            if len(self.after_fill) < _AFTER_FILL:
+            if len(self.after_fill) < self.after_fill_max:
                 self.after_fill[sid] = fd
             else:
                 os.close(fd)  # (the helper's close will wait alone)
@@ -2412,6 +2430,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     step("start")
     r._users_call(r.users.make_userns)
     r.start_yard()
+    r.create_superblocks(early=True)   # the filling helper, when it can, beside the stand-ins' start
     r.spawn_standins()
     r.make_sysvipc()
     r.open_externals()
