@@ -633,6 +633,19 @@ CREDS = Record("credentials", {
     "dumpable": F(OPT_BOOL, required=False),                  # prctl(PR_SET_DUMPABLE) after the ids
 })
 
+# Its scheduling attributes and per-process knobs (engine/schedattrs.py), set on its stand-in.
+SCHED = Record("scheduling attributes", {
+    # SCHED_OTHER, FIFO, RR, BATCH or IDLE, maybe with SCHED_RESET_ON_FORK (never DEADLINE: refused at dump)
+    "policy": F(INT, rule=lambda v: None if v & ~0x40000000 in (0, 1, 2, 3, 5) and 0 <= v <= 0x40000005
+                else "must be a policy of 0..3 or 5, maybe | 0x40000000"),
+    "rt_priority": F(INT, rule=rng(0, 99)),
+    "nice": F(INT, rule=rng(-20, 19)),
+    "ioprio": F(INT, rule=rng(0, 0xFFFF)),
+    "oom_score_adj": F(INT, rule=rng(-1000, 1000)),
+    "timerslack_ns": F(INT, rule=rng(0, (1 << 64) - 1)),
+    "personality": F(INT, rule=rng(0, 0xFFFFFFFF)),
+})
+
 # A file lock the process holds (engine/filelocks.py), taken again through its fd `fd`: a POSIX lock
 # of the process, or the flock lock, OFD lock or lease of that fd's open file description.
 LOCK = Record("file lock", {
@@ -681,6 +694,7 @@ PROCESS = Record("process", {
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
     "sig_ignored": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
+    "sched": F(DICT, required=False, rule=record(SCHED)),
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
         k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)
         for k, x in v.items()) else "must map resource names to [soft, hard]"),

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import ctty, deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, sessions, threads
+from engine import ctty, deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, schedattrs, sessions, threads
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -51,6 +51,10 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **kernel.read_ignored_signals(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
+        try:
+            entry["sched"] = schedattrs.read(pid)
+        except schedattrs.SchedError as e:
+            raise DumpError(e.errno, e.strerror) from None
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)

@@ -53,7 +53,7 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin,
+                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, sessions, sharing, standin,
                     strategy, subids, sysvipc, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -2323,18 +2323,30 @@ class _Restorer:
         finally:
             os.close(pidfd)
 
+    def _sched(self) -> None:
+        """Each stand-in's scheduling attributes, set from here once every stand-in exists and
+        before any makes its threads (engine/schedattrs.py)."""
+        for p in self.doc["processes"]:
+            if "sched" in p:
+                try:
+                    schedattrs.apply(self.hostpid[p["pid"]], p["sched"], self.hostproc)
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first, each telling how its last steps went
         (engine/lastword.py: a failed one fails the restore); the root takes the lifeline and tells on
         it once the restore commits (standin.py, `restore`)."""
         procs = self.doc["processes"]
         self._hand_kin()
+        self._sched()
         for p in reversed(procs):
             chan = self.chans[p["pid"]]
             why = None
             try:
                 chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
-                           {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p}),
+                           {**{k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p},
+                            **({"personality": p["sched"]["personality"]} if "sched" in p else {})}),
                           [lifeline] if p is procs[0] else [])
                 if p is not procs[0]:
                     chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)

@@ -44,7 +44,8 @@ import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
 # (imported before a stand-in chroots)
-from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, threads as threadsteps, userns_cr
+from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
+from engine import userns_cr
 from engine import zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
@@ -481,8 +482,8 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process (its name, bounding set; umask, no_new_privs, resource limits, ignored
-        signals: msg[4]): answer, wait for the commit (the root
+        """Become the process (its name, bounding set; umask, no_new_privs, personality, resource
+        limits, ignored signals: msg[4]): answer, wait for the commit (the root
         stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
         tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
         if len(msg) > 1 and msg[1] is not None:
@@ -494,6 +495,8 @@ class _Server:
             os.umask(bits["umask"])   # (now: files the restore made here followed the restorer's)
         if bits.get("no_new_privs"):
             kernel.set_no_new_privs()   # (before the threads: each inherits it)
+        if "personality" in bits:
+            schedattrs.take_personality(bits["personality"])   # (before the threads: each inherits it)
         if bits.get("rlimits"):
             # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost)
             kernel.set_rlimits(bits["rlimits"])

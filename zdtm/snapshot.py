@@ -32,7 +32,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import mntlocks, mountinfo, sbowner, userns
+from engine import mntlocks, mountinfo, sbowner, schedattrs, userns
 from zdtm import fdkinds, holder
 
 NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
@@ -408,6 +408,9 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         tty_nr, tpgid = int(stat[4]), int(stat[5])
         status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
+        # (nice, policy, ioprio, oom_score_adj, timer slack, personality: engine/schedattrs.py)
+        bits += "".join(f" {k}={v:#x}" if k in ("policy", "personality") else f" {k}={v}"
+                        for k, v in sorted(schedattrs.values(pid).items()))
         rlimits = " ".join(f"{k}={s}:{h}" for k, (s, h) in sorted(kernel.read_rlimits(pid).items()))
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
