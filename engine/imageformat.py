@@ -646,6 +646,19 @@ SCHED = Record("scheduling attributes", {
     "personality": F(INT, rule=rng(0, 0xFFFFFFFF)),
 })
 
+_CLOCKS = ("monotonic", "boottime")
+_TIME_ID = re.compile(r"time-[1-9][0-9]{0,5}\Z")
+# Its time namespace when not the dumper's, and its children's when not its own (engine/timens.py):
+# the clock offsets [seconds, nanoseconds] and the initial namespace's clocks (ns) at the dump.
+TIMENS = Record("time namespace", {
+    "id": F(STR, rule=pattern(_TIME_ID, "a time namespace id time-N")),
+    "offsets": F(DICT, rule=lambda v: None if set(v) == set(_CLOCKS) and all(
+        type(x) is list and len(x) == 2 and all(type(n) is int for n in x) and -(1 << 62) < x[0] < 1 << 62
+        and 0 <= x[1] < 10**9 for x in v.values()) else "must map monotonic and boottime to [seconds, nanoseconds]"),
+    "at": F(DICT, rule=lambda v: None if set(v) == set(_CLOCKS) and all(
+        type(n) is int and 0 <= n < 1 << 63 for n in v.values()) else "must map monotonic and boottime to nanoseconds"),
+})
+
 # A file lock the process holds (engine/filelocks.py), taken again through its fd `fd`: a POSIX lock
 # of the process, or the flock lock, OFD lock or lease of that fd's open file description.
 LOCK = Record("file lock", {
@@ -695,6 +708,8 @@ PROCESS = Record("process", {
     "sig_ignored": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
     "sched": F(DICT, required=False, rule=record(SCHED)),
+    "timens": F(DICT, required=False, rule=record(TIMENS)),
+    "timens_children": F(DICT, required=False, rule=record(TIMENS)),   # its children's, made by it
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
         k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)
         for k, x in v.items()) else "must map resource names to [soft, hard]"),

@@ -54,7 +54,7 @@ from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
                     hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, sessions, sharing, standin,
-                    strategy, subids, sysvipc, userns_cr, userns_groups, zombies)
+                    strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -745,6 +745,32 @@ class _Restorer:
                 ours.call(("ns", kind, action, names), fds)
             if (kind, nsid) not in self.nsfd_of:
                 self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        self._timens(p, parent, ours, hp)
+
+    def _timens(self, p: dict, parent: dict | None, chan, hp: int) -> None:
+        """Stand-in p's time namespace and its children's (engine/timens.py): each made by the
+        process that made it, else by the first in it, and joined by the others; the restorer's
+        for one that had the dumper's below a parent whose children had another."""
+        def key(rec):
+            return "time", rec["id"] if rec else None
+
+        want = p.get("timens")
+        had = parent.get("timens_children") or parent.get("timens") if parent else None
+        if key(want) != key(had):
+            if key(want) in self.nsfd_of:
+                chan.call(("timens", None, True), [self.nsfd_of[key(want)]])
+            elif want is None:
+                self.nsfd_of[key(None)] = os.open("/proc/self/ns/time", os.O_RDONLY | os.O_CLOEXEC)
+                chan.call(("timens", None, True), [self.nsfd_of[key(None)]])
+            else:
+                chan.call(("timens", timens.offsets_now(want), True), [])
+                self.nsfd_of[key(want)] = os.open(f"/proc/{hp}/ns/time", os.O_RDONLY | os.O_CLOEXEC)
+        kids = p.get("timens_children")
+        if kids:
+            if key(kids) in self.nsfd_of:   # (dump refused this order: engine/timens.py check_tree)
+                raise RestoreError(errno.EINVAL, f"process {p['pid']}: time namespace {kids['id']} exists already")
+            chan.call(("timens", timens.offsets_now(kids), False), [])
+            self.nsfd_of[key(kids)] = os.open(f"/proc/{hp}/ns/time_for_children", os.O_RDONLY | os.O_CLOEXEC)
 
     def _spawn_zombie(self, z: dict, parent: dict) -> None:
         """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces (init of a new

@@ -27,7 +27,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 
 class SchedError(OSError):
-    pass
+    """Attributes restore could not give back (a one-line reason)."""
 
 
 def _ioprio_get(pid: int) -> int:

@@ -45,7 +45,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
-from engine import userns_cr
+from engine import timens, userns_cr
 from engine import zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
@@ -412,6 +412,15 @@ class _Server:
             kernel.setns(fds[0], NS_FLAGS[kind])
         if names is not None:
             kernel.set_uts_names(*names)
+        return None
+
+    def op_timens(self, msg, fds):
+        """Enter time namespace fds[0], or make one with offsets msg[1] for our children, which we
+        enter too when msg[2] (engine/timens.py)."""
+        if fds:
+            kernel.setns(fds[0], timens.CLONE_NEWTIME)
+        else:
+            timens.make(msg[1], msg[2])
         return None
 
     def op_fsmount(self, msg, fds):
