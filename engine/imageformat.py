@@ -659,6 +659,21 @@ TIMENS = Record("time namespace", {
         type(n) is int and 0 <= n < 1 << 63 for n in v.values()) else "must map monotonic and boottime to nanoseconds"),
 })
 
+def _seccomp_rule(v) -> str | None:
+    """A process's seccomp filters (engine/seccomp.py), oldest first: BPF programs of 1 to 4096
+    8-byte instructions, as hex, and their LOG flag."""
+    if not 0 < len(v) <= 512:
+        return "must hold 1 to 512 filters"
+    for f in v:
+        if type(f) is not dict or set(f) != {"insns", "log"} or type(f["log"]) is not bool \
+                or type(f["insns"]) is not str or not 0 < len(f["insns"]) <= 16 * 4096 or len(f["insns"]) % 16 \
+                or not _HEX.match(f["insns"]):
+            return "each filter must be {insns: hex of 8-byte instructions, log: true or false}"
+    return None
+
+
+_HEX = re.compile(r"[0-9a-f]*\Z")
+
 # A file lock the process holds (engine/filelocks.py), taken again through its fd `fd`: a POSIX lock
 # of the process, or the flock lock, OFD lock or lease of that fd's open file description.
 LOCK = Record("file lock", {
@@ -710,6 +725,7 @@ PROCESS = Record("process", {
     "sched": F(DICT, required=False, rule=record(SCHED)),
     "timens": F(DICT, required=False, rule=record(TIMENS)),
     "timens_children": F(DICT, required=False, rule=record(TIMENS)),   # its children's, made by it
+    "seccomp": F(LIST, required=False, rule=_seccomp_rule),
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
         k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)
         for k, x in v.items()) else "must map resource names to [soft, hard]"),

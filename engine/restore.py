@@ -2349,13 +2349,26 @@ class _Restorer:
         finally:
             os.close(pidfd)
 
-    def _sched(self) -> None:
+    def seccomp(self) -> None:
+        """Each stand-in installs its process's seccomp filters (engine/seccomp.py): what it does
+        after runs under them."""
+        for p in self.doc["processes"]:
+            if p.get("seccomp"):
+                try:
+                    self.chans[p["pid"]].call(("seccomp", p["seccomp"]), [])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+
+    def sched(self) -> None:
         """Each stand-in's scheduling attributes, set from here once every stand-in exists and
-        before any makes its threads (engine/schedattrs.py)."""
+        before any makes its threads, and its personality, which it sets itself before its
+        seccomp filters may deny that (engine/schedattrs.py)."""
         for p in self.doc["processes"]:
             if "sched" in p:
                 try:
                     schedattrs.apply(self.hostpid[p["pid"]], p["sched"], self.hostproc)
+                    if p["sched"]["personality"] != schedattrs.personality(self.hostpid[p["pid"]], self.hostproc):
+                        self.chans[p["pid"]].call(("personality", p["sched"]["personality"]), [])
                 except OSError as e:
                     raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
 
@@ -2365,14 +2378,12 @@ class _Restorer:
         it once the restore commits (standin.py, `restore`)."""
         procs = self.doc["processes"]
         self._hand_kin()
-        self._sched()
         for p in reversed(procs):
             chan = self.chans[p["pid"]]
             why = None
             try:
                 chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
-                           {**{k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p},
-                            **({"personality": p["sched"]["personality"]} if "sched" in p else {})}),
+                           {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p}),
                           [lifeline] if p is procs[0] else [])
                 if p is not procs[0]:
                     chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
@@ -2463,6 +2474,8 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.place_processes()
     r.foreground_jobs()
     r.take_locks()
+    r.sched()
+    r.seccomp()   # (before the ids: installing needs CAP_SYS_ADMIN or no_new_privs)
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore

@@ -9,7 +9,7 @@ stand-in from outside (`apply`: the restorer's privilege, which lowering a nice 
 oom_score_adj needs, and a stand-in that already took a user's ids lacks), once every stand-in
 exists (none forks after: no child inherits what was not its own) and before its threads are made
 (they inherit them from their leader); the personality only a process sets on itself, so its
-stand-in takes it as it detaches (`take_personality`).
+stand-in takes it when asked (`take_personality`), before its seccomp filters, which may deny it.
 """
 
 from __future__ import annotations
@@ -129,8 +129,13 @@ def apply(pid: int, want: dict, proc_fd: int) -> None:
                 os.close(fd)
 
 
+def personality(pid: int, proc_fd: int) -> int:
+    """The personality of `pid` (as the caller sees it; `proc_fd` the caller's /proc)."""
+    return _read_int(f"{pid}/personality", proc_fd)
+
+
 def take_personality(value: int) -> None:
-    """personality(2) on ourselves, when ours differs (a stand-in, before its threads exist)."""
+    """personality(2) on ourselves (a stand-in, before its threads exist)."""
     _libc.personality.restype = ctypes.c_int
-    if _libc.personality(ctypes.c_ulong(0xFFFFFFFF)) != value and _libc.personality(ctypes.c_ulong(value)) < 0:
+    if _libc.personality(ctypes.c_ulong(value)) < 0:
         raise OSError(ctypes.get_errno(), f"its personality {value:#x}: {os.strerror(ctypes.get_errno())}")

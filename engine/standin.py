@@ -45,7 +45,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
-from engine import timens, userns_cr
+from engine import seccomp, timens, userns_cr
 from engine import zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
@@ -414,6 +414,16 @@ class _Server:
             kernel.set_uts_names(*names)
         return None
 
+    def op_personality(self, msg, fds):
+        """personality(2) msg[1] (engine/schedattrs.py; before our threads: each inherits it)."""
+        schedattrs.take_personality(msg[1])
+        return None
+
+    def op_seccomp(self, msg, fds):
+        """Install seccomp filters msg[1], oldest first (engine/seccomp.py)."""
+        seccomp.install(msg[1])
+        return None
+
     def op_timens(self, msg, fds):
         """Enter time namespace fds[0], or make one with offsets msg[1] for our children, which we
         enter too when msg[2] (engine/timens.py)."""
@@ -491,8 +501,8 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process (its name, bounding set; umask, no_new_privs, personality, resource
-        limits, ignored signals: msg[4]): answer, wait for the commit (the root
+        """Become the process (its name, bounding set; umask, no_new_privs, resource limits, ignored
+        signals: msg[4]): answer, wait for the commit (the root
         stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
         tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
         if len(msg) > 1 and msg[1] is not None:
@@ -504,8 +514,6 @@ class _Server:
             os.umask(bits["umask"])   # (now: files the restore made here followed the restorer's)
         if bits.get("no_new_privs"):
             kernel.set_no_new_privs()   # (before the threads: each inherits it)
-        if "personality" in bits:
-            schedattrs.take_personality(bits["personality"])   # (before the threads: each inherits it)
         if bits.get("rlimits"):
             # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost)
             kernel.set_rlimits(bits["rlimits"])
