@@ -644,6 +644,9 @@ SCHED = Record("scheduling attributes", {
     "oom_score_adj": F(INT, rule=rng(-1000, 1000)),
     "timerslack_ns": F(INT, rule=rng(0, (1 << 64) - 1)),
     "personality": F(INT, rule=rng(0, 0xFFFFFFFF)),
+    # its CPU affinity, when not the dumper's: CPU numbers, ascending
+    "cpus": F(LIST, required=False, rule=lambda v: None if 0 < len(v) <= 8192 and all(
+        type(c) is int and 0 <= c < 8192 for c in v) and v == sorted(set(v)) else "must be ascending CPU numbers"),
 })
 
 _CLOCKS = ("monotonic", "boottime")

@@ -3,7 +3,7 @@ real-time priority, I/O priority, oom_score_adj, timer slack and personality.
 
 systemd units (Nice=, CPUSchedulingPolicy=, IOSchedulingClass=, OOMScoreAdjust=, TimerSlackNSec=,
 Personality=), runtimes (OCI process.oomScoreAdj, podman --oom-score-adj) and users (`nice`,
-`ionice -c3`, `chrt -b`, `setarch -R`) set them; a stand-in forked by the restorer had the
+`ionice -c3`, `chrt -b`, `taskset`, `setarch -R`) set them; a stand-in forked by the restorer had the
 restorer's. Dump reads them from /proc and the scheduler's calls. Restore sets them on each
 stand-in from outside (`apply`: the restorer's privilege, which lowering a nice value or an
 oom_score_adj needs, and a stand-in that already took a user's ids lacks), once every stand-in
@@ -46,13 +46,18 @@ def _read_int(path: str, dir_fd: int | None = None) -> int:
         os.close(fd)
 
 
-def read(pid: int) -> dict[str, int]:
-    """The attributes of `pid` (host pid), every key of the image's SCHED record; SchedError for
-    what restore could not give back (`_refusal`)."""
+def read(pid: int) -> dict:
+    """The attributes of `pid` (host pid), every key of the image's SCHED record but "cpus", its
+    CPU affinity, which is there when it differs from ours (`taskset`, a service's CPUAffinity=:
+    one that has every CPU, as we do, keeps every CPU of the machine it is restored on);
+    SchedError for what restore could not give back (`_refusal`)."""
     got = values(pid)
     why = _refusal(pid, got)
     if why:
         raise SchedError(errno.EOPNOTSUPP, why)
+    cpus = os.sched_getaffinity(pid)
+    if cpus != os.sched_getaffinity(0):
+        got["cpus"] = sorted(cpus)
     return got
 
 
@@ -114,6 +119,11 @@ def apply(pid: int, want: dict, proc_fd: int) -> None:
             os.setpriority(os.PRIO_PROCESS, pid, want["nice"])
         except OSError as e:
             fail(f"nice value {want['nice']}", e)
+    if "cpus" in want and os.sched_getaffinity(pid) != set(want["cpus"]):
+        try:
+            os.sched_setaffinity(pid, want["cpus"])
+        except OSError as e:
+            fail(f"CPU affinity {want['cpus']}", e)
     if _ioprio_get(pid) != want["ioprio"]:
         if _libc.syscall(_NR[1], _IOPRIO_WHO_PROCESS, pid, want["ioprio"]) < 0:
             fail(f"I/O priority {want['ioprio']:#x}", OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno())))

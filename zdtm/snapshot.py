@@ -407,7 +407,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             stat = f.read().rsplit(b")", 1)[1].split()
         stopped, pgid, sid = stat[0] == b"T", int(stat[2]), int(stat[3])
         tty_nr, tpgid = int(stat[4]), int(stat[5])
-        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters"})
+        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
         # (nice, policy, ioprio, oom_score_adj, timer slack, personality: engine/schedattrs.py)
         bits += "".join(f" {k}={v:#x}" if k in ("policy", "personality") else f" {k}={v}"
