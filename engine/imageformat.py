@@ -729,6 +729,7 @@ PROCESS = Record("process", {
     "timens": F(DICT, required=False, rule=record(TIMENS)),
     "timens_children": F(DICT, required=False, rule=record(TIMENS)),   # its children's, made by it
     "seccomp": F(LIST, required=False, rule=_seccomp_rule),
+    "loginuid": F(INT, required=False, rule=rng(0, 4294967295)),   # its audit login uid, when not the dumper's
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
         k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)
         for k, x in v.items()) else "must map resource names to [soft, hard]"),

@@ -9,7 +9,8 @@ import errno
 import os
 import stat
 
-from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, schedattrs, seccomp,
+from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
+                    seccomp,
                     sessions, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
@@ -62,10 +63,13 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             entry["sched"] = schedattrs.read(pid)
             entry.update(timens.read(pid, my_time, time_names))
             filters = seccomp.read(pid)
+            auid = loginuid.read(pid)
         except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if filters:
             entry["seccomp"] = filters
+        if auid is not None:
+            entry["loginuid"] = auid
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)

@@ -2349,6 +2349,19 @@ class _Restorer:
         finally:
             os.close(pidfd)
 
+    def loginuids(self) -> None:
+        """Each stand-in whose process had another login uid than the dumper sets it, through an
+        fd we open on its /proc/PID/loginuid (engine/loginuid.py)."""
+        for p in self.doc["processes"]:
+            if "loginuid" in p:
+                fd = os.open(f"{self.hostpid[p['pid']]}/loginuid", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
+                try:
+                    self.chans[p["pid"]].call(("loginuid", p["loginuid"]), [fd])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                finally:
+                    os.close(fd)
+
     def seccomp(self) -> None:
         """Each stand-in installs its process's seccomp filters (engine/seccomp.py): what it does
         after runs under them."""
@@ -2475,6 +2488,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.foreground_jobs()
     r.take_locks()
     r.sched()
+    r.loginuids()
     r.seccomp()   # (before the ids: installing needs CAP_SYS_ADMIN or no_new_privs)
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)

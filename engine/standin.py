@@ -45,7 +45,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
-from engine import seccomp, timens, userns_cr
+from engine import loginuid, seccomp, timens, userns_cr
 from engine import zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
@@ -417,6 +417,11 @@ class _Server:
     def op_personality(self, msg, fds):
         """personality(2) msg[1] (engine/schedattrs.py; before our threads: each inherits it)."""
         schedattrs.take_personality(msg[1])
+        return None
+
+    def op_loginuid(self, msg, fds):
+        """Our login uid msg[1], written through fds[0], our /proc/PID/loginuid (engine/loginuid.py)."""
+        loginuid.take(msg[1], fds[0])
         return None
 
     def op_seccomp(self, msg, fds):

@@ -32,7 +32,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import mntlocks, mountinfo, sbowner, schedattrs, timens, userns
+from engine import loginuid, mntlocks, mountinfo, sbowner, schedattrs, timens, userns
 from zdtm import fdkinds, holder
 
 # (time and cgroup: None on a kernel without them)
@@ -409,6 +409,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         tty_nr, tpgid = int(stat[4]), int(stat[5])
         status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
+        bits += f" loginuid={loginuid.value(pid)}"
         # (nice, policy, ioprio, oom_score_adj, timer slack, personality: engine/schedattrs.py)
         bits += "".join(f" {k}={v:#x}" if k in ("policy", "personality") else f" {k}={v}"
                         for k, v in sorted(schedattrs.values(pid).items()))
