@@ -2363,8 +2363,8 @@ class _Restorer:
                     os.close(fd)
 
     def seccomp(self) -> None:
-        """Each stand-in installs its process's seccomp filters (engine/seccomp.py): what it does
-        after runs under them."""
+        """Each stand-in gets its process's seccomp filters (engine/seccomp.py), which it installs
+        before it takes its ids: what it does after runs under them."""
         for p in self.doc["processes"]:
             if p.get("seccomp"):
                 try:
@@ -2489,7 +2489,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.take_locks()
     r.sched()
     r.loginuids()
-    r.seccomp()   # (before the ids: installing needs CAP_SYS_ADMIN or no_new_privs)
+    r.seccomp()   # (installed before the ids: that needs CAP_SYS_ADMIN or no_new_privs)
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore

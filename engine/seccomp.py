@@ -5,9 +5,10 @@ restored container every system call its runtime had denied.
 Dump reads each process's filters with ptrace (PTRACE_SECCOMP_GET_FILTER and _GET_METADATA, the
 only interface that shows them: the tree is stopped, each process is seized, read and let go
 in its stop); the image keeps them oldest first, with the LOG flag. Restore installs them in
-each stand-in before it takes its ids (installing needs CAP_SYS_ADMIN or no_new_privs, which the
-ids may drop): its last steps (ids, capabilities, threads) run under them, as the process did,
-and a filter that denies one fails the restore.
+each stand-in before it takes its ids, once it joined its user namespace (installing needs
+CAP_SYS_ADMIN there or no_new_privs, which the ids may drop; joining is what a container's filter
+denies): its last steps (ids, capabilities, threads) run under them, as the process did, and a
+filter that denies one fails the restore.
 
 Refused: strict mode (SECCOMP_MODE_STRICT: nothing but read, write, exit and sigreturn, which
 a stand-in cannot be made under; before the stop), and a filter that hands system calls to a
