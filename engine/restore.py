@@ -53,8 +53,8 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin,
-                    strategy, subids, sysvipc, userns_cr, userns_groups, zombies)
+                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, sessions, sharing, standin,
+                    strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -751,6 +751,32 @@ class _Restorer:
                 ours.call(("ns", kind, action, names), fds)
             if (kind, nsid) not in self.nsfd_of:
                 self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        self._timens(p, parent, ours, hp)
+
+    def _timens(self, p: dict, parent: dict | None, chan, hp: int) -> None:
+        """Stand-in p's time namespace and its children's (engine/timens.py): each made by the
+        process that made it, else by the first in it, and joined by the others; the restorer's
+        for one that had the dumper's below a parent whose children had another."""
+        def key(rec):
+            return "time", rec["id"] if rec else None
+
+        want = p.get("timens")
+        had = parent.get("timens_children") or parent.get("timens") if parent else None
+        if key(want) != key(had):
+            if key(want) in self.nsfd_of:
+                chan.call(("timens", None, True), [self.nsfd_of[key(want)]])
+            elif want is None:
+                self.nsfd_of[key(None)] = os.open("/proc/self/ns/time", os.O_RDONLY | os.O_CLOEXEC)
+                chan.call(("timens", None, True), [self.nsfd_of[key(None)]])
+            else:
+                chan.call(("timens", timens.offsets_now(want), True), [])
+                self.nsfd_of[key(want)] = os.open(f"/proc/{hp}/ns/time", os.O_RDONLY | os.O_CLOEXEC)
+        kids = p.get("timens_children")
+        if kids:
+            if key(kids) in self.nsfd_of:   # (dump refused this order: engine/timens.py check_tree)
+                raise RestoreError(errno.EINVAL, f"process {p['pid']}: time namespace {kids['id']} exists already")
+            chan.call(("timens", timens.offsets_now(kids), False), [])
+            self.nsfd_of[key(kids)] = os.open(f"/proc/{hp}/ns/time_for_children", os.O_RDONLY | os.O_CLOEXEC)
 
     def _spawn_zombie(self, z: dict, parent: dict) -> None:
         """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces (init of a new
@@ -2343,6 +2369,42 @@ class _Restorer:
         finally:
             os.close(pidfd)
 
+    def loginuids(self) -> None:
+        """Each stand-in whose process had another login uid than the dumper sets it, through an
+        fd we open on its /proc/PID/loginuid (engine/loginuid.py)."""
+        for p in self.doc["processes"]:
+            if "loginuid" in p:
+                fd = os.open(f"{self.hostpid[p['pid']]}/loginuid", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
+                try:
+                    self.chans[p["pid"]].call(("loginuid", p["loginuid"]), [fd])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                finally:
+                    os.close(fd)
+
+    def seccomp(self) -> None:
+        """Each stand-in gets its process's seccomp filters (engine/seccomp.py), which it installs
+        before it takes its ids: what it does after runs under them."""
+        for p in self.doc["processes"]:
+            if p.get("seccomp"):
+                try:
+                    self.chans[p["pid"]].call(("seccomp", p["seccomp"]), [])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+
+    def sched(self) -> None:
+        """Each stand-in's scheduling attributes, set from here once every stand-in exists and
+        before any makes its threads, and its personality, which it sets itself before its
+        seccomp filters may deny that (engine/schedattrs.py)."""
+        for p in self.doc["processes"]:
+            if "sched" in p:
+                try:
+                    schedattrs.apply(self.hostpid[p["pid"]], p["sched"], self.hostproc)
+                    if p["sched"]["personality"] != schedattrs.personality(self.hostpid[p["pid"]], self.hostproc):
+                        self.chans[p["pid"]].call(("personality", p["sched"]["personality"]), [])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first, each telling how its last steps went
         (engine/lastword.py: a failed one fails the restore); the root takes the lifeline and tells on
@@ -2446,6 +2508,9 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.place_processes()
     r.foreground_jobs()
     r.take_locks()
+    r.sched()
+    r.loginuids()
+    r.seccomp()   # (installed before the ids: that needs CAP_SYS_ADMIN or no_new_privs)
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore
