@@ -261,10 +261,15 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_dump(args) -> int:
-    from engine import dump
-    _settled()
-    dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external,
-              shell_job=args.shell_job)
+    from engine import filelocks
+    filelocks.read_early()   # (its kernel wait overlaps the imports: engine/filelocks.py)
+    try:
+        from engine import dump
+        _settled()
+        dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external,
+                  shell_job=args.shell_job)
+    finally:
+        filelocks.forget_early()
     return EXIT_OK
 
 

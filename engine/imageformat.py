@@ -633,6 +633,50 @@ CREDS = Record("credentials", {
     "dumpable": F(OPT_BOOL, required=False),                  # prctl(PR_SET_DUMPABLE) after the ids
 })
 
+# Its scheduling attributes and per-process knobs (engine/schedattrs.py), set on its stand-in.
+SCHED = Record("scheduling attributes", {
+    # SCHED_OTHER, FIFO, RR, BATCH or IDLE, maybe with SCHED_RESET_ON_FORK (never DEADLINE: refused at dump)
+    "policy": F(INT, rule=lambda v: None if v & ~0x40000000 in (0, 1, 2, 3, 5) and 0 <= v <= 0x40000005
+                else "must be a policy of 0..3 or 5, maybe | 0x40000000"),
+    "rt_priority": F(INT, rule=rng(0, 99)),
+    "nice": F(INT, rule=rng(-20, 19)),
+    "ioprio": F(INT, rule=rng(0, 0xFFFF)),
+    "oom_score_adj": F(INT, rule=rng(-1000, 1000)),
+    "timerslack_ns": F(INT, rule=rng(0, (1 << 64) - 1)),
+    "personality": F(INT, rule=rng(0, 0xFFFFFFFF)),
+    # its CPU affinity, when not the dumper's: CPU numbers, ascending
+    "cpus": F(LIST, required=False, rule=lambda v: None if 0 < len(v) <= 8192 and all(
+        type(c) is int and 0 <= c < 8192 for c in v) and v == sorted(set(v)) else "must be ascending CPU numbers"),
+})
+
+_CLOCKS = ("monotonic", "boottime")
+_TIME_ID = re.compile(r"time-[1-9][0-9]{0,5}\Z")
+# Its time namespace when not the dumper's, and its children's when not its own (engine/timens.py):
+# the clock offsets [seconds, nanoseconds] and the initial namespace's clocks (ns) at the dump.
+TIMENS = Record("time namespace", {
+    "id": F(STR, rule=pattern(_TIME_ID, "a time namespace id time-N")),
+    "offsets": F(DICT, rule=lambda v: None if set(v) == set(_CLOCKS) and all(
+        type(x) is list and len(x) == 2 and all(type(n) is int for n in x) and -(1 << 62) < x[0] < 1 << 62
+        and 0 <= x[1] < 10**9 for x in v.values()) else "must map monotonic and boottime to [seconds, nanoseconds]"),
+    "at": F(DICT, rule=lambda v: None if set(v) == set(_CLOCKS) and all(
+        type(n) is int and 0 <= n < 1 << 63 for n in v.values()) else "must map monotonic and boottime to nanoseconds"),
+})
+
+def _seccomp_rule(v) -> str | None:
+    """A process's seccomp filters (engine/seccomp.py), oldest first: BPF programs of 1 to 4096
+    8-byte instructions, as hex, and their LOG flag."""
+    if not 0 < len(v) <= 512:
+        return "must hold 1 to 512 filters"
+    for f in v:
+        if type(f) is not dict or set(f) != {"insns", "log"} or type(f["log"]) is not bool \
+                or type(f["insns"]) is not str or not 0 < len(f["insns"]) <= 16 * 4096 or len(f["insns"]) % 16 \
+                or not _HEX.match(f["insns"]):
+            return "each filter must be {insns: hex of 8-byte instructions, log: true or false}"
+    return None
+
+
+_HEX = re.compile(r"[0-9a-f]*\Z")
+
 # A file lock the process holds (engine/filelocks.py), taken again through its fd `fd`: a POSIX lock
 # of the process, or the flock lock, OFD lock or lease of that fd's open file description.
 LOCK = Record("file lock", {
@@ -681,6 +725,11 @@ PROCESS = Record("process", {
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
     "sig_ignored": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
+    "sched": F(DICT, required=False, rule=record(SCHED)),
+    "timens": F(DICT, required=False, rule=record(TIMENS)),
+    "timens_children": F(DICT, required=False, rule=record(TIMENS)),   # its children's, made by it
+    "seccomp": F(LIST, required=False, rule=_seccomp_rule),
+    "loginuid": F(INT, required=False, rule=rng(0, 4294967295)),   # its audit login uid, when not the dumper's
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
         k in RLIMITS and type(x) is list and len(x) == 2 and all(type(n) is int and -1 <= n < 1 << 63 for n in x)
         for k, x in v.items()) else "must map resource names to [soft, hard]"),
@@ -1466,6 +1515,8 @@ def _check_places(doc: dict, p: dict, what: str, mounts: dict, detached: dict, r
         _check_loc(loc, mounts, detached, f"{what} mapping")
         _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
     if "ctty_node" in p:
+        if p.get("sid") != p["pid"]:   # (only a session leader takes a terminal: restore ignored it)
+            _fail(f"{what} ctty_node: the process leads no session")
         _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
     if "exe" in p:
         if p["exe"].get("detached"):
@@ -1529,6 +1580,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
+            if "ptmx" in fd and kind.name in ("pty", "ctty"):
+                _check_ptmx(doc, fd["ptmx"], mounts, f"{fwhat} ptmx")
             if kind.name == "pty" and fd.get("ctty"):
                 _check_own_pty(doc, fd, mounts, f"{fwhat} (its controlling terminal)")
             elif kind.name == "ctty" and "tty" in fd:
@@ -1643,6 +1696,23 @@ def _check_ctty_node(doc: dict, node, mounts: dict, what: str) -> None:
     if (doc.get("objects") or {}).get(node["obj"], {}).get("kind") != "pty":
         _fail(f"{what}: {node['obj'][:40]!r} is no pty of the image")
     _check_own_pty(doc, node, mounts, what)
+    m = mounts[node["ptmx"]["mnt"]]
+    if m.get("external") is not None or doc["superblocks"].get(m.get("sb"), {}).get("external"):
+        # (its master is the tree's, on the devpts restore makes for the node: never a host file)
+        _fail(f"{what}: its ptmx lies on external mount {m.get('id')}")
+    _check_ptmx(doc, node["ptmx"], mounts, f"{what} ptmx")
+
+
+def _check_ptmx(doc: dict, ptmx: dict, mounts: dict, what: str) -> None:
+    """Where a pty master is opened again (restore opens it read-write until the kernel hands out
+    the pty's number): on an external mount (the host's files) only a node called ptmx (the host's
+    devpts the user gave; dump records that name), never another host file or device."""
+    m = mounts[ptmx["mnt"]]
+    if m.get("external") is None and not doc["superblocks"].get(m.get("sb"), {}).get("external"):
+        return
+    in_sb = m.get("root", "/") if ptmx["path"] == "/" else str(m.get("root", "/")).rstrip("/") + ptmx["path"]
+    if in_sb.rsplit("/", 1)[-1] != "ptmx":
+        _fail(f"{what}: {ptmx['path'][:60]!r} on external mount {m.get('id')} is no ptmx")
 
 
 def _check_own_pty(doc: dict, node: dict, mounts: dict, what: str) -> None:

@@ -9,7 +9,9 @@ import errno
 import os
 import stat
 
-from engine import ctty, deadpid, fs, ghosts, image, imageformat, kernel, mappings, mountrules, sessions, threads
+from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
+                    seccomp,
+                    sessions, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -37,6 +39,12 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
     detached mounts are added to `map_unplaced` (_place_maps)."""
     procs_doc = []
     used_files: set[str] = set()
+    time_names: dict[int, str] = {}
+    my_time = timens.ns_ino("self")
+    try:
+        timens.check_tree([pid for pid, _ in tree], my_time)
+    except timens.TimensError as e:
+        raise DumpError(e.errno, e.strerror) from None
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
@@ -51,6 +59,17 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **kernel.read_ignored_signals(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
+        try:
+            entry["sched"] = schedattrs.read(pid)
+            entry.update(timens.read(pid, my_time, time_names))
+            filters = seccomp.read(pid)
+            auid = loginuid.read(pid)
+        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError) as e:
+            raise DumpError(e.errno, e.strerror) from None
+        if filters:
+            entry["seccomp"] = filters
+        if auid is not None:
+            entry["loginuid"] = auid
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)

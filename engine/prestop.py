@@ -39,6 +39,9 @@ tree already shows is checked here first, with the line dump would give:
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
 - System V IPC objects and POSIX message queues of the tree's ipc namespaces beyond what an image
   keeps, and a queue a process is notified on (engine/sysvipc.py);
+- a process under SCHED_DEADLINE (engine/schedattrs.py); time namespaces restore cannot make
+  (engine/timens.py: one a process made after another of the tree joined it); seccomp strict
+  mode (engine/seccomp.py); a login uid restore could not set (engine/loginuid.py);
 - threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
   capabilities other than their process's; checked again once the tree is stopped), and,
   before anything else, a process whose main thread has exited while its threads run.
@@ -56,7 +59,7 @@ import os
 import stat
 
 from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
-                    nsinspect, sysvipc, threads, userns_cr)
+                    loginuid, nsinspect, schedattrs, seccomp, sysvipc, threads, timens, userns_cr)
 from engine.dumperror import DumpError
 from engine.fds import FdError
 
@@ -129,6 +132,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN]. Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
     from engine import image, strategy
+    locks = filelocks.proc_locks()   # (first: before any fork, while read_early's thread may read it)
     strat = strategy.current()
     pids = [p for p, _ in tree]
     names = ns_names(pids, image.NS_KINDS)
@@ -174,8 +178,12 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     try:
         # (locks first: the detached-mount check opens files on the running tree, which breaks a
         # write lease this refuses)
-        filelocks.precheck(pids)
+        filelocks.precheck(pids, locks)
         sysvipc.precheck(pids)
+        schedattrs.precheck(pids)
+        timens.precheck(pids)
+        seccomp.precheck(pids)
+        loginuid.precheck(pids)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
         _roots(view)
         _check_types(view, ext_mnts, root_ns)
@@ -189,7 +197,8 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_socket_binds(pids, view)
         for pid in pids:
             threads.check(pid)
-    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError) as e:
+    except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError,
+            schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, loginuid.LoginuidError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
 

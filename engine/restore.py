@@ -53,8 +53,8 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, sessions, sharing, standin,
-                    strategy, subids, sysvipc, userns_cr, userns_groups, zombies)
+                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, sessions, sharing, standin,
+                    strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -72,7 +72,10 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
                "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
-# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts).
+# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts);
+# up to four times more where the fd limit leaves room (_Restorer.after_fill_max). One closed
+# before the helper's own close makes that one the last: an RCU grace period each, in the helper
+# (10,000 mounts, 1,800 filled superblocks: ~0.2 s of its path while the restorer waited for it).
 _AFTER_FILL = 512
 _MOVE_FLAGS = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
 _CLONE = kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH
@@ -507,6 +510,7 @@ class _Restorer:
         self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
+        self.fill_started = False          # (create_superblocks: the helper started, or found not needed)
         self.ahead: content.ReadAhead | None = None  # the archives `mntcr restore` had read (to the filler)
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
@@ -514,6 +518,8 @@ class _Restorer:
         # Superblock mounts done with while the filling helper still holds them: let go of once it
         # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
         self.after_fill: dict[str, int] = {}
+        room = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4 - len(self.mounts) // 4
+        self.after_fill_max = max(_AFTER_FILL, min(4 * _AFTER_FILL, room))
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
@@ -745,6 +751,32 @@ class _Restorer:
                 ours.call(("ns", kind, action, names), fds)
             if (kind, nsid) not in self.nsfd_of:
                 self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
+        self._timens(p, parent, ours, hp)
+
+    def _timens(self, p: dict, parent: dict | None, chan, hp: int) -> None:
+        """Stand-in p's time namespace and its children's (engine/timens.py): each made by the
+        process that made it, else by the first in it, and joined by the others; the restorer's
+        for one that had the dumper's below a parent whose children had another."""
+        def key(rec):
+            return "time", rec["id"] if rec else None
+
+        want = p.get("timens")
+        had = parent.get("timens_children") or parent.get("timens") if parent else None
+        if key(want) != key(had):
+            if key(want) in self.nsfd_of:
+                chan.call(("timens", None, True), [self.nsfd_of[key(want)]])
+            elif want is None:
+                self.nsfd_of[key(None)] = os.open("/proc/self/ns/time", os.O_RDONLY | os.O_CLOEXEC)
+                chan.call(("timens", None, True), [self.nsfd_of[key(None)]])
+            else:
+                chan.call(("timens", timens.offsets_now(want), True), [])
+                self.nsfd_of[key(want)] = os.open(f"/proc/{hp}/ns/time", os.O_RDONLY | os.O_CLOEXEC)
+        kids = p.get("timens_children")
+        if kids:
+            if key(kids) in self.nsfd_of:   # (dump refused this order: engine/timens.py check_tree)
+                raise RestoreError(errno.EINVAL, f"process {p['pid']}: time namespace {kids['id']} exists already")
+            chan.call(("timens", timens.offsets_now(kids), False), [])
+            self.nsfd_of[key(kids)] = os.open(f"/proc/{hp}/ns/time_for_children", os.O_RDONLY | os.O_CLOEXEC)
 
     def _spawn_zombie(self, z: dict, parent: dict) -> None:
         """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces (init of a new
@@ -845,10 +877,13 @@ class _Restorer:
 
     # -- 2. superblocks ---------------------------------------------------------
 
-    def create_superblocks(self) -> None:
+    def create_superblocks(self, early: bool = False) -> None:
         """Create every superblock the image needs (external ones are cloned later, types made
         on use when first used: engine/fs `when`). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
-        while the rest of the restore goes on."""
+        while the rest of the restore goes on. `early` (before the stand-ins exist): only start
+        that helper, when it fills no superblock this process makes (no yard, no content superblock
+        a user namespace owns), so that its fork, superblocks and archives run beside the
+        stand-ins' start; the call without it makes the rest."""
         every = list(itertools.chain(self.mounts.values(), self.detached.values()))
         sids = list(map(itemgetter("sb"), every))
         # Each superblock's first mount (dict(zip) keeps a key's last value: both reversed), and how
@@ -873,15 +908,20 @@ class _Restorer:
                 raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
         order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
                        and handlers[kv[0]].when == fs.AFTER_FILES)
-        started = False
+        started = self.fill_started   # (by the early call: its plain superblocks are the helper's)
+        if early and (self.wants_yard or any(
+                not sb.get("external") and sid in users and handlers[sid].content and not handlers[sid].ns
+                and sb.get("owner") is not None for sid, sb in order)):
+            return
         for sid, sb in order:
             handler = handlers[sid]
             if sb.get("external") or sid not in users or handler.when == fs.ON_USE:
                 continue  # external: cloned from the host; on use: created when first cloned (_source)
             if handler.when == fs.AFTER_FILES:
-                if not started:
+                if early:
+                    continue
+                if not self.fill_started:
                     self._start_filling(plans, users)
-                    started = True
                 self.join_files()  # its device may sit on a file being extracted
                 self.sb_fd[sid] = self._settle(sid, self._create_by_type(sid, sb, users[sid]))
                 step("superblock")
@@ -898,8 +938,11 @@ class _Restorer:
             attr = attr_of(self.base_opts[sid])[0]
             owner = None if handler.ns else sb.get("owner")   # a namespace's own types follow it
             if not handler.ns and self.yard is None and owner is None:
-                plans.append((sid, fstype, source, params, attr, where))
+                if not started:
+                    plans.append((sid, fstype, source, params, attr, where))
                 continue
+            if early:
+                continue   # (made in a namespace or a user namespace: by the call after the stand-ins)
             try:
                 if handler.ns:
                     chan = self._creator(sid, sb, handler, users[sid])
@@ -914,12 +957,13 @@ class _Restorer:
             self.sb_fd[sid] = self._settle(sid, fd)
             self._keep_for_seal(sid, fd)
             step("superblock")
-        if not started:
+        if not self.fill_started:
             self._start_filling(plans, users)
 
     def _start_filling(self, plans: list, users: dict) -> None:
         """Start the helper (engine/filler.py) that makes `plans` and fills every superblock with
         archived files; with a yard the superblocks exist already and it only fills them."""
+        self.fill_started = True
         if plans:
             # In the order assemble() first clones from them (creation order, detached last).
             rank: dict[str, int] = {}
@@ -1524,7 +1568,7 @@ class _Restorer:
         if sid in self.ro_fd or sid in self.helper_src:
             os.close(fd)
         elif sid in self.filling and self._filling_now() and sid not in self.filler.filled:
-            if len(self.after_fill) < _AFTER_FILL:
+            if len(self.after_fill) < self.after_fill_max:
                 self.after_fill[sid] = fd
             else:
                 os.close(fd)  # (the helper's close will wait alone)
@@ -1551,6 +1595,8 @@ class _Restorer:
                     self.referenced.add(loc["mnt"])
             for f in p["fds"]:
                 self.referenced.update(fdkinds.mounts_used(f))
+            if "ctty_node" in p:   # (its leader takes the terminal through them: engine/ctty.py)
+                self.referenced.update((p["ctty_node"]["mnt"], p["ctty_node"]["ptmx"]["mnt"]))
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
         helper_ok = lambda sid: sid in self.doc["superblocks"] and not self.doc["superblocks"][sid].get("external")  # noqa: E731
@@ -2323,6 +2369,42 @@ class _Restorer:
         finally:
             os.close(pidfd)
 
+    def loginuids(self) -> None:
+        """Each stand-in whose process had another login uid than the dumper sets it, through an
+        fd we open on its /proc/PID/loginuid (engine/loginuid.py)."""
+        for p in self.doc["processes"]:
+            if "loginuid" in p:
+                fd = os.open(f"{self.hostpid[p['pid']]}/loginuid", os.O_WRONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
+                try:
+                    self.chans[p["pid"]].call(("loginuid", p["loginuid"]), [fd])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+                finally:
+                    os.close(fd)
+
+    def seccomp(self) -> None:
+        """Each stand-in gets its process's seccomp filters (engine/seccomp.py), which it installs
+        before it takes its ids: what it does after runs under them."""
+        for p in self.doc["processes"]:
+            if p.get("seccomp"):
+                try:
+                    self.chans[p["pid"]].call(("seccomp", p["seccomp"]), [])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+
+    def sched(self) -> None:
+        """Each stand-in's scheduling attributes, set from here once every stand-in exists and
+        before any makes its threads, and its personality, which it sets itself before its
+        seccomp filters may deny that (engine/schedattrs.py)."""
+        for p in self.doc["processes"]:
+            if "sched" in p:
+                try:
+                    schedattrs.apply(self.hostpid[p["pid"]], p["sched"], self.hostproc)
+                    if p["sched"]["personality"] != schedattrs.personality(self.hostpid[p["pid"]], self.hostproc):
+                        self.chans[p["pid"]].call(("personality", p["sched"]["personality"]), [])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
+
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first, each telling how its last steps went
         (engine/lastword.py: a failed one fails the restore); the root takes the lifeline and tells on
@@ -2410,6 +2492,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     step("start")
     r._users_call(r.users.make_userns)
     r.start_yard()
+    r.create_superblocks(early=True)   # the filling helper, when it can, beside the stand-ins' start
     r.spawn_standins()
     r.make_sysvipc()
     r.open_externals()
@@ -2425,6 +2508,9 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.place_processes()
     r.foreground_jobs()
     r.take_locks()
+    r.sched()
+    r.loginuids()
+    r.seccomp()   # (installed before the ids: that needs CAP_SYS_ADMIN or no_new_privs)
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)
     step("detached")  # the tree is free of PDEATHSIG: only the lifeline still ties it to the restore

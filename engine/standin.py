@@ -44,7 +44,8 @@ import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
 # (imported before a stand-in chroots)
-from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, threads as threadsteps, userns_cr
+from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
+from engine import loginuid, seccomp, timens, userns_cr
 from engine import zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
@@ -347,6 +348,7 @@ class _Server:
         self.installed: set[int] = set()
         self.exe_fd = None
         self.ids = None   # (uid, gid, groups, dumpable, keep_caps) deferred to the end of detach
+        self.filters = None   # seccomp filters to install before the ids (op_seccomp)
         self.kin: list[int] = []   # the root's pidfds of stand-ins outside its group (_await_commit)
 
     def op_spawn(self, msg, fds):
@@ -413,6 +415,36 @@ class _Server:
             kernel.set_uts_names(*names)
         return None
 
+    def op_personality(self, msg, fds):
+        """personality(2) msg[1] (engine/schedattrs.py; before our threads: each inherits it)."""
+        schedattrs.take_personality(msg[1])
+        return None
+
+    def op_loginuid(self, msg, fds):
+        """Our login uid msg[1], written through fds[0], our /proc/PID/loginuid (engine/loginuid.py)."""
+        loginuid.take(msg[1], fds[0])
+        return None
+
+    def op_seccomp(self, msg, fds):
+        """Seccomp filters msg[1], oldest first (engine/seccomp.py), installed before our ids are
+        taken (op_become, after it joined our user namespace) or as we detach."""
+        self.filters = msg[1]
+        return None
+
+    def _install_filters(self) -> None:
+        if self.filters:
+            seccomp.install(self.filters)
+            self.filters = None
+
+    def op_timens(self, msg, fds):
+        """Enter time namespace fds[0], or make one with offsets msg[1] for our children, which we
+        enter too when msg[2] (engine/timens.py)."""
+        if fds:
+            kernel.setns(fds[0], timens.CLONE_NEWTIME)
+        else:
+            timens.make(msg[1], msg[2])
+        return None
+
     def op_fsmount(self, msg, fds):
         """A new superblock made here (in our namespaces), sent back as a detached mount."""
         _, fstype, source, params, attr = msg
@@ -470,8 +502,13 @@ class _Server:
         return None
 
     def op_become(self, msg, fds):
-        """Last request but detach: join the process's user namespace with its ids there."""
+        """Last request but detach: join the process's user namespace with its ids there (its
+        seccomp filters installed in between: joined, we hold CAP_SYS_ADMIN there)."""
         _, uid, gid, groups, dumpable, keep_caps = msg
+        if fds and self.filters:
+            userns_cr.become(fds[0], None, None, None)   # (joins only)
+            fds = []
+        self._install_filters()
         if not fds and uid is not None and self.exe_fd is not None and mappings.can_become_exe():
             # Other ids in our own user namespace: taking them now would drop the privilege
             # setting the executable needs, so the last step of detach takes them.
@@ -485,6 +522,7 @@ class _Server:
         signals: msg[4]): answer, wait for the commit (the root
         stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
         tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
+        self._install_filters()   # (one without a become)
         if len(msg) > 1 and msg[1] is not None:
             kernel.set_comm(msg[1])
         caps = msg[2] if len(msg) > 2 else None

@@ -32,10 +32,11 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from engine import mntlocks, mountinfo, sbowner, userns
+from engine import loginuid, mntlocks, mountinfo, sbowner, schedattrs, timens, userns
 from zdtm import fdkinds, holder
 
-NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user")
+# (time and cgroup: None on a kernel without them)
+NS_TYPES = ("mnt", "pid", "uts", "ipc", "net", "user", "time", "cgroup")
 OWNED_NS_TYPES = ("mnt", "pid", "uts", "ipc", "net")
 _O_LARGEFILE = 0o100000  # forced on 64-bit; says nothing about the program
 _O_TMPFILE = 0o20000000   # __O_TMPFILE
@@ -406,8 +407,12 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             stat = f.read().rsplit(b")", 1)[1].split()
         stopped, pgid, sid = stat[0] == b"T", int(stat[2]), int(stat[3])
         tty_nr, tpgid = int(stat[4]), int(stat[5])
-        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn"})
+        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
+        bits += f" loginuid={loginuid.value(pid)}"
+        # (nice, policy, ioprio, oom_score_adj, timer slack, personality: engine/schedattrs.py)
+        bits += "".join(f" {k}={v:#x}" if k in ("policy", "personality") else f" {k}={v}"
+                        for k, v in sorted(schedattrs.values(pid).items()))
         rlimits = " ".join(f"{k}={s}:{h}" for k, (s, h) in sorted(kernel.read_rlimits(pid).items()))
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
@@ -446,7 +451,9 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         for what in ("root", "cwd"):
             path = os.readlink(f"/proc/{pid}/{what}")
             places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'), elsewhere)}"
-        ns = {t: os.stat(f"/proc/{pid}/ns/{t}").st_ino for t in NS_TYPES}
+        ns = {t: _ns_ino(pid, t) for t in NS_TYPES}
+        if ns["time"] is not None:
+            bits += " timens=" + ",".join(f"{k}:{s}.{n:09d}" for k, (s, n) in timens.offsets(pid).items())
         maps = _maps(pid, canon, elsewhere, tuple(ignore_maps_on)) if ignore_maps_on is not None else []
         user_side = _user_side(pid, users, canon, mounts, lock_cache, sb_candidates)
     except FileNotFoundError as e:
@@ -454,6 +461,15 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
                 fds=fds, ns=ns, maps=maps, threads=threads, stopped=stopped, bits=bits, rlimits=rlimits, sid=sid,
                 pgid=pgid, tty_nr=tty_nr, tpgid=tpgid, masters=frozenset(masters), **user_side)
+
+
+def _ns_ino(pid: int, kind: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except FileNotFoundError:
+        if os.path.exists(f"/proc/{pid}/ns"):
+            return None   # (a kind this kernel lacks)
+        raise
 
 
 def _threads(pid: int) -> list[str]:

@@ -126,7 +126,28 @@ def _open(r: RestoreFd) -> int:
     fd = r.standin("make", spec)[0]
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
+    if spec["groups"]:
+        # Events the restore itself causes in the namespace (its lo brought up for an inet socket
+        # made after this one: links, addresses, routes) reach a subscribed socket; the dumped
+        # one held none (refused otherwise), so they are dropped once every fd exists.
+        copy = os.dup(fd)
+        r.late.append((f"{r.where}: dropping the events the restore caused", lambda: _drain(copy)))
     return fd
+
+
+def _drain(fd: int) -> None:
+    s = socket.socket(fileno=fd)
+    try:
+        while True:
+            try:
+                s.recv(1 << 16, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:   # (an overrun, told once: the queue is still there)
+                    raise
+    finally:
+        s.close()
 
 
 # Never classified from a /proc link (every socket is "socket:[N]"): engine/fds/unix.py hands

@@ -1,0 +1,151 @@
+"""A process's scheduling attributes and per-process kernel knobs: nice, scheduling policy and
+real-time priority, I/O priority, oom_score_adj, timer slack and personality.
+
+systemd units (Nice=, CPUSchedulingPolicy=, IOSchedulingClass=, OOMScoreAdjust=, TimerSlackNSec=,
+Personality=), runtimes (OCI process.oomScoreAdj, podman --oom-score-adj) and users (`nice`,
+`ionice -c3`, `chrt -b`, `taskset`, `setarch -R`) set them; a stand-in forked by the restorer had the
+restorer's. Dump reads them from /proc and the scheduler's calls. Restore sets them on each
+stand-in from outside (`apply`: the restorer's privilege, which lowering a nice value or an
+oom_score_adj needs, and a stand-in that already took a user's ids lacks), once every stand-in
+exists (none forks after: no child inherits what was not its own) and before its threads are made
+(they inherit them from their leader); the personality only a process sets on itself, so its
+stand-in takes it when asked (`take_personality`), before its seccomp filters, which may deny it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+SCHED_RESET_ON_FORK = 0x40000000
+SCHED_DEADLINE = 6
+# (x86_64, aarch64)
+_NR = {"x86_64": (252, 251), "aarch64": (31, 30), "arm64": (31, 30)}[os.uname().machine]
+_IOPRIO_WHO_PROCESS = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class SchedError(OSError):
+    """Attributes restore could not give back (a one-line reason)."""
+
+
+def _ioprio_get(pid: int) -> int:
+    ret = _libc.syscall(_NR[0], _IOPRIO_WHO_PROCESS, pid)
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"ioprio_get({pid}): {os.strerror(e)}")
+    return ret
+
+
+def _read_int(path: str, dir_fd: int | None = None) -> int:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC, dir_fd=dir_fd)
+    try:
+        return int(os.read(fd, 64).split()[0], 16 if path.endswith("personality") else 10)   # (personality: %08x)
+    finally:
+        os.close(fd)
+
+
+def read(pid: int) -> dict:
+    """The attributes of `pid` (host pid), every key of the image's SCHED record but "cpus", its
+    CPU affinity, which is there when it differs from ours (`taskset`, a service's CPUAffinity=:
+    one that has every CPU, as we do, keeps every CPU of the machine it is restored on);
+    SchedError for what restore could not give back (`_refusal`)."""
+    got = values(pid)
+    why = _refusal(pid, got)
+    if why:
+        raise SchedError(errno.EOPNOTSUPP, why)
+    cpus = os.sched_getaffinity(pid)
+    if cpus != os.sched_getaffinity(0):
+        got["cpus"] = sorted(cpus)
+    return got
+
+
+def values(pid: int) -> dict[str, int]:
+    """The attributes of `pid` (host pid), whatever they are."""
+    policy = os.sched_getscheduler(pid)   # (with SCHED_RESET_ON_FORK, which /proc/PID/stat leaves out)
+    return {"policy": policy, "rt_priority": os.sched_getparam(pid).sched_priority,
+            "nice": os.getpriority(os.PRIO_PROCESS, pid), "ioprio": _ioprio_get(pid),
+            "oom_score_adj": _read_int(f"/proc/{pid}/oom_score_adj"),
+            "timerslack_ns": _read_int(f"/proc/{pid}/timerslack_ns"),
+            "personality": _read_int(f"/proc/{pid}/personality")}
+
+
+def _refusal(pid: int, got: dict) -> str | None:
+    """Why restore could not give `pid` its attributes `got`, or None. A negative oom_score_adj
+    only a holder of CAP_SYS_RESOURCE sets (systemd's OOMScoreAdjust=-1000 of sshd): without it the
+    restorer, whose capabilities are ours, would fail once the tree is dead."""
+    if got["policy"] & ~SCHED_RESET_ON_FORK == SCHED_DEADLINE:
+        return (f"process {pid} runs under SCHED_DEADLINE, which is not restored: give it another "
+                "policy (chrt -p) and dump again")
+    if got["oom_score_adj"] < 0 and not _have_cap(_CAP_SYS_RESOURCE):
+        return (f"process {pid} has oom_score_adj {got['oom_score_adj']}, which a restore without "
+                "CAP_SYS_RESOURCE cannot set: dump and restore with it, or raise the value to 0")
+    return None
+
+
+_CAP_SYS_RESOURCE = 24
+
+
+def _have_cap(cap: int) -> bool:
+    with open("/proc/self/status") as f:
+        eff = next(line for line in f if line.startswith("CapEff:"))
+    return bool(int(eff.split()[1], 16) >> cap & 1)
+
+
+def precheck(pids: list[int]) -> None:
+    """Refuse (SchedError) what `read` would refuse, on the running tree."""
+    for pid in pids:
+        try:
+            read(pid)
+        except (ProcessLookupError, FileNotFoundError):
+            continue   # (gone meanwhile: dump tells)
+
+
+def apply(pid: int, want: dict, proc_fd: int) -> None:
+    """Give stand-in `pid` (as the caller sees it; `proc_fd` the caller's /proc) the attributes of
+    `want` but its personality, each only where it differs."""
+    def fail(what: str, e: OSError):
+        raise SchedError(e.errno or errno.EPERM, f"its {what}: {e.strerror or e}") from None
+
+    policy, prio = want["policy"], want["rt_priority"]
+    if (os.sched_getscheduler(pid), os.sched_getparam(pid).sched_priority) != (policy, prio):
+        try:
+            os.sched_setscheduler(pid, policy, os.sched_param(prio))
+        except OSError as e:
+            fail(f"scheduling policy {policy:#x} priority {prio}", e)
+    if os.getpriority(os.PRIO_PROCESS, pid) != want["nice"]:
+        try:
+            os.setpriority(os.PRIO_PROCESS, pid, want["nice"])
+        except OSError as e:
+            fail(f"nice value {want['nice']}", e)
+    if "cpus" in want and os.sched_getaffinity(pid) != set(want["cpus"]):
+        try:
+            os.sched_setaffinity(pid, want["cpus"])
+        except OSError as e:
+            fail(f"CPU affinity {want['cpus']}", e)
+    if _ioprio_get(pid) != want["ioprio"]:
+        if _libc.syscall(_NR[1], _IOPRIO_WHO_PROCESS, pid, want["ioprio"]) < 0:
+            fail(f"I/O priority {want['ioprio']:#x}", OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno())))
+    for name in ("oom_score_adj", "timerslack_ns"):
+        # (a real-time task's timer slack is the kernel's 0, which a write does not change)
+        if _read_int(f"{pid}/{name}", proc_fd) != want[name]:
+            fd = os.open(f"{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+            try:
+                os.write(fd, str(want[name]).encode())
+            except OSError as e:
+                fail(f"{name} {want[name]}", e)
+            finally:
+                os.close(fd)
+
+
+def personality(pid: int, proc_fd: int) -> int:
+    """The personality of `pid` (as the caller sees it; `proc_fd` the caller's /proc)."""
+    return _read_int(f"{pid}/personality", proc_fd)
+
+
+def take_personality(value: int) -> None:
+    """personality(2) on ourselves (a stand-in, before its threads exist)."""
+    _libc.personality.restype = ctypes.c_int
+    if _libc.personality(ctypes.c_ulong(value)) < 0:
+        raise OSError(ctypes.get_errno(), f"its personality {value:#x}: {os.strerror(ctypes.get_errno())}")

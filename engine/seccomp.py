@@ -1,0 +1,133 @@
+"""Seccomp filters (SECCOMP_MODE_FILTER): podman's and docker's default profiles, systemd's
+SystemCallFilter=, `bwrap --seccomp`, a browser's sandbox. A stand-in that lacked them gave the
+restored container every system call its runtime had denied.
+
+Dump reads each process's filters with ptrace (PTRACE_SECCOMP_GET_FILTER and _GET_METADATA, the
+only interface that shows them: the tree is stopped, each process is seized, read and let go
+in its stop); the image keeps them oldest first, with the LOG flag. Restore installs them in
+each stand-in before it takes its ids, once it joined its user namespace (installing needs
+CAP_SYS_ADMIN there or no_new_privs, which the ids may drop; joining is what a container's filter
+denies): its last steps (ids, capabilities, threads) run under them, as the process did, and a
+filter that denies one fails the restore.
+
+Refused: strict mode (SECCOMP_MODE_STRICT: nothing but read, write, exit and sigreturn, which
+a stand-in cannot be made under; before the stop), and a filter that hands system calls to a
+supervisor (SECCOMP_RET_USER_NOTIF: its listener is another process's; seen once the tree is
+stopped, the tree then resumed).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+from engine import kernel
+
+MODE_FILTER = 2
+_PTRACE_DETACH, _PTRACE_SEIZE, _PTRACE_INTERRUPT = 17, 0x4206, 0x4207
+_GET_FILTER, _GET_METADATA = 0x420C, 0x420D
+_WALL = 0x40000000
+FLAG_LOG = 2
+_RET_USER_NOTIF = 0x7FC00000
+MAX_FILTERS = 512         # (the kernel's cap is 32768 instructions over the whole chain)
+_NR_SECCOMP = {"x86_64": 317, "aarch64": 277, "arm64": 277}[os.uname().machine]
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+_libc.ptrace.restype = ctypes.c_long
+
+
+class SeccompError(OSError):
+    """Filters restore could not give back (a one-line reason)."""
+
+
+def mode(pid: int) -> int:
+    """`pid`'s seccomp mode (0 none, 1 strict, 2 filter; /proc/PID/status Seccomp)."""
+    got = kernel.proc_status(pid, {"Seccomp"}).get("Seccomp")
+    return int(got) if got else 0
+
+
+def _strict(pid: int) -> SeccompError:
+    return SeccompError(errno.EOPNOTSUPP, f"process {pid} runs in seccomp strict mode, which is not restored")
+
+
+def precheck(pids: list[int]) -> None:
+    """Refuse strict mode on the running tree (filters are read once it is stopped)."""
+    for pid in pids:
+        try:
+            if mode(pid) == 1:
+                raise _strict(pid)
+        except FileNotFoundError:
+            continue   # (gone meanwhile: dump tells)
+
+
+def _ptrace(req: int, pid: int, addr, data) -> int:
+    ret = _libc.ptrace(req, pid, addr, data)
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"ptrace({req:#x}) of process {pid}: {os.strerror(e)}")
+    return ret
+
+
+def read(pid: int) -> list[dict] | None:
+    """The filters of stopped process `pid`, oldest first ([{"insns": hex, "log": bool}]), None
+    without any."""
+    m = mode(pid)
+    if m == 0:
+        return None
+    if m != MODE_FILTER:
+        raise _strict(pid)
+    _ptrace(_PTRACE_SEIZE, pid, None, None)
+    try:
+        _ptrace(_PTRACE_INTERRUPT, pid, None, None)
+        os.waitpid(pid, _WALL)   # (its trap stop: the one a stopped process enters at once)
+        out = []
+        for i in range(MAX_FILTERS + 1):
+            n = _libc.ptrace(_GET_FILTER, pid, ctypes.c_void_p(i), None)
+            if n < 0 and ctypes.get_errno() == errno.ENOENT:
+                break
+            if n < 0:
+                raise OSError(ctypes.get_errno(), f"process {pid}: reading its seccomp filter {i}: "
+                                                  f"{os.strerror(ctypes.get_errno())}")
+            if i == MAX_FILTERS:
+                raise SeccompError(errno.E2BIG, f"process {pid} has more than {MAX_FILTERS} seccomp filters")
+            buf = ctypes.create_string_buffer(8 * n)
+            _ptrace(_GET_FILTER, pid, ctypes.c_void_p(i), buf)
+            meta = ctypes.create_string_buffer(struct.pack("=QQ", i, 0))
+            _ptrace(_GET_METADATA, pid, ctypes.c_void_p(16), meta)
+            insns = buf.raw
+            if _notifies(insns):
+                raise SeccompError(errno.EOPNOTSUPP, f"process {pid} has a seccomp filter that hands system calls "
+                                                     "to a supervisor (SECCOMP_RET_USER_NOTIF), which is not restored")
+            out.append({"insns": insns.hex(), "log": bool(struct.unpack("=QQ", meta.raw[:16])[1] & FLAG_LOG)})
+        return out
+    finally:
+        _libc.ptrace(_PTRACE_DETACH, pid, None, None)   # (back in its stop: the dump's SIGSTOP)
+
+
+def _notifies(insns: bytes) -> bool:
+    """Whether a classic BPF program returns SECCOMP_RET_USER_NOTIF anywhere (BPF_RET | BPF_K)."""
+    return any(code == 0x06 and k & 0xFFFF0000 == _RET_USER_NOTIF
+               for code, _jt, _jf, k in struct.iter_unpack("=HBBI", insns))
+
+
+def _programs(filters: list[dict]) -> list[tuple]:
+    """(flags, sock_fprog buffer, instructions buffer) per filter, oldest first: the arguments
+    of seccomp(SECCOMP_SET_MODE_FILTER, flags, &fprog)."""
+    out = []
+    for f in filters:
+        insns = bytes.fromhex(f["insns"])
+        body = ctypes.create_string_buffer(insns, len(insns))
+        prog = ctypes.create_string_buffer(struct.pack("=HxxxxxxQ", len(insns) // 8, ctypes.addressof(body)), 16)
+        out.append((FLAG_LOG if f["log"] else 0, prog, body))
+    return out
+
+
+def install(filters: list[dict]) -> None:
+    """Install `filters` on ourselves (a stand-in before it takes its ids), oldest first."""
+    for flags, prog, _body in _programs(filters):
+        if _libc.syscall(_NR_SECCOMP, 1, flags, prog) != 0:
+            e = ctypes.get_errno()
+            raise OSError(e, f"its seccomp filter: {os.strerror(e)}")
