@@ -511,6 +511,7 @@ class _Restorer:
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
         self.fill_started = False          # (create_superblocks: the helper started, or found not needed)
+        self._sb_planned: tuple | None = None  # (_sb_plan)
         self.ahead: content.ReadAhead | None = None  # the archives `mntcr restore` had read (to the filler)
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
@@ -884,30 +885,8 @@ class _Restorer:
         that helper, when it fills no superblock this process makes (no yard, no content superblock
         a user namespace owns), so that its fork, superblocks and archives run beside the
         stand-ins' start; the call without it makes the rest."""
-        every = list(itertools.chain(self.mounts.values(), self.detached.values()))
-        sids = list(map(itemgetter("sb"), every))
-        # Each superblock's first mount (dict(zip) keeps a key's last value: both reversed), and how
-        # many of its mounts have each set of options, counted in one pass in C (~45 steps a mount
-        # as Python statements); a Counter keeps the pairs in first-seen order, as those did.
-        users: dict[str, dict] = dict(zip(reversed(sids), reversed(every)))
-        counts: dict[str, dict[frozenset, int]] = {}
-        for (sid, opts), n in collections.Counter(zip(sids, map(frozenset, map(itemgetter("mount_opts"), every)))).items():
-            if opts <= _BASE_OK:
-                counts.setdefault(sid, {})[opts] = n
-        # A new superblock's own mount (fsmount) carries the per-mount options most of its mounts
-        # have (never "ro": files are extracted through it): their clones need no mount_setattr.
-        # (max keeps the first of equal counts, as Counter.most_common did; a plain dict is cheaper
-        # for thousands of superblocks)
-        common = {sid: max(c, key=c.get) for sid, c in counts.items()}
+        users, common, handlers, order = self._sb_plan()
         plans = []
-        # Types made after the files last: a device may sit on an image file restored here.
-        handlers = {}
-        for sid, sb in self.doc["superblocks"].items():
-            handlers[sid] = fs.lookup(sb["fstype"])
-            if handlers[sid] is None and not sb.get("external") and sid in users:
-                raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
-        order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
-                       and handlers[kv[0]].when == fs.AFTER_FILES)
         started = self.fill_started   # (by the early call: its plain superblocks are the helper's)
         if early and (self.wants_yard or any(
                 not sb.get("external") and sid in users and handlers[sid].content and not handlers[sid].ns
@@ -917,6 +896,8 @@ class _Restorer:
             handler = handlers[sid]
             if sb.get("external") or sid not in users or handler.when == fs.ON_USE:
                 continue  # external: cloned from the host; on use: created when first cloned (_source)
+            if started and handler.when == fs.PLAIN and not handler.ns and sb.get("owner") is None:
+                continue   # (made by the helper the early call started: planned there)
             if handler.when == fs.AFTER_FILES:
                 if early:
                     continue
@@ -938,8 +919,7 @@ class _Restorer:
             attr = attr_of(self.base_opts[sid])[0]
             owner = None if handler.ns else sb.get("owner")   # a namespace's own types follow it
             if not handler.ns and self.yard is None and owner is None:
-                if not started:
-                    plans.append((sid, fstype, source, params, attr, where))
+                plans.append((sid, fstype, source, params, attr, where))
                 continue
             if early:
                 continue   # (made in a namespace or a user namespace: by the call after the stand-ins)
@@ -959,6 +939,37 @@ class _Restorer:
             step("superblock")
         if not self.fill_started:
             self._start_filling(plans, users)
+
+    def _sb_plan(self) -> tuple[dict, dict, dict, list]:
+        """What create_superblocks works from (made once: it runs twice): each superblock's first
+        mount, the per-mount options most of its mounts have, its type, and the order to make them in."""
+        if self._sb_planned is not None:
+            return self._sb_planned
+        every = list(itertools.chain(self.mounts.values(), self.detached.values()))
+        sids = list(map(itemgetter("sb"), every))
+        # Each superblock's first mount (dict(zip) keeps a key's last value: both reversed), and how
+        # many of its mounts have each set of options, counted in one pass in C (~45 steps a mount
+        # as Python statements); a Counter keeps the pairs in first-seen order, as those did.
+        users: dict[str, dict] = dict(zip(reversed(sids), reversed(every)))
+        counts: dict[str, dict[frozenset, int]] = {}
+        for (sid, opts), n in collections.Counter(zip(sids, map(frozenset, map(itemgetter("mount_opts"), every)))).items():
+            if opts <= _BASE_OK:
+                counts.setdefault(sid, {})[opts] = n
+        # A new superblock's own mount (fsmount) carries the per-mount options most of its mounts
+        # have (never "ro": files are extracted through it): their clones need no mount_setattr.
+        # (max keeps the first of equal counts, as Counter.most_common did; a plain dict is cheaper
+        # for thousands of superblocks)
+        common = {sid: max(c, key=c.get) for sid, c in counts.items()}
+        # Types made after the files last: a device may sit on an image file restored here.
+        handlers = {}
+        for sid, sb in self.doc["superblocks"].items():
+            handlers[sid] = fs.lookup(sb["fstype"])
+            if handlers[sid] is None and not sb.get("external") and sid in users:
+                raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
+        order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
+                       and handlers[kv[0]].when == fs.AFTER_FILES)
+        self._sb_planned = users, common, handlers, order
+        return self._sb_planned
 
     def _start_filling(self, plans: list, users: dict) -> None:
         """Start the helper (engine/filler.py) that makes `plans` and fills every superblock with

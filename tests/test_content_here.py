@@ -81,3 +81,30 @@ def test_refuses_the_same_in_either_process(tmp_path, here):
     # A member that is not the one this superblock takes: refused by the listing's check, untouched.
     stray = forkrun.run(_extract, path, expect, here, "sb-1", unshare_flags=kernel.CLONE_NEWNS)
     assert "unsafe member 'sb-0" in stray["error"] and stray["data"] == [None] and stray["fds_left"] == []
+
+
+def _times(path: str, sb_dirs: list[str]) -> dict:
+    sb = standin.fsmount("tmpfs", "x", [], 0)
+    afd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        content.extract(afd, "files-0.tar", content.digest_fd(afd), [(sb, "sb-0")], here=True)
+    finally:
+        os.close(afd)
+    return {d: os.lstat(f"/proc/self/fd/{sb}/{d}").st_mtime_ns for d in sb_dirs}
+
+
+def test_directory_times_come_back(tmp_path):
+    # Directories whose files are extracted after them: tar sets each one's times as it leaves it
+    # (dump's archives list a directory's members right after it), not at the end of the archive.
+    src = tmp_path / "src" / "sb-0"
+    dirs = ["d", "d/e", "d/e/g", "h"]
+    for d in dirs:
+        (src / d).mkdir(parents=True, exist_ok=True)
+        (src / d / "f").write_text(d)
+    for n, d in enumerate(reversed(dirs)):   # (deepest first: a child's utime does not touch its parent)
+        os.utime(src / d, (10**9 + 1000 * n, 10**9 + 1000 * n))   # (whole seconds: ustar keeps no more)
+    out = tmp_path / "files-0.tar"
+    subprocess.run([content.tar(), "-C", str(tmp_path / "src"), "--numeric-owner", "-cf", str(out), "sb-0"],
+                   check=True)
+    want = {d: os.lstat(src / d).st_mtime_ns for d in dirs}
+    assert forkrun.run(_times, str(out), dirs, unshare_flags=kernel.CLONE_NEWNS) == want
