@@ -54,13 +54,26 @@ def _strict(pid: int) -> SeccompError:
 
 
 def precheck(pids: list[int]) -> None:
-    """Refuse strict mode on the running tree (filters are read once it is stopped)."""
+    """Refuse strict mode on the running tree, and filters ptrace may not read here (Yama's
+    ptrace_scope 3: no process may attach); the filters are read once the tree is stopped."""
     for pid in pids:
         try:
-            if mode(pid) == 1:
-                raise _strict(pid)
+            m = mode(pid)
         except FileNotFoundError:
             continue   # (gone meanwhile: dump tells)
+        if m == 1:
+            raise _strict(pid)
+        if m == MODE_FILTER and _yama_scope() == 3:
+            raise SeccompError(errno.EPERM, f"process {pid} has seccomp filters, which only ptrace reads, and "
+                                            "kernel.yama.ptrace_scope is 3 (no attach): not restored")
+
+
+def _yama_scope() -> int:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
 
 
 def _ptrace(req: int, pid: int, addr, data) -> int:
@@ -79,7 +92,11 @@ def read(pid: int) -> list[dict] | None:
         return None
     if m != MODE_FILTER:
         raise _strict(pid)
-    _ptrace(_PTRACE_SEIZE, pid, None, None)
+    try:
+        _ptrace(_PTRACE_SEIZE, pid, None, None)
+    except OSError as e:
+        raise SeccompError(e.errno or errno.EPERM, f"process {pid}: its seccomp filters cannot be read "
+                                                   f"({e.strerror}): dump as root, with CAP_SYS_PTRACE") from None
     try:
         _ptrace(_PTRACE_INTERRUPT, pid, None, None)
         os.waitpid(pid, _WALL)   # (its trap stop: the one a stopped process enters at once)
