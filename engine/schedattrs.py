@@ -81,10 +81,14 @@ def _refusal(pid: int, got: dict) -> str | None:
     if got["oom_score_adj"] < 0 and not _have_cap(_CAP_SYS_RESOURCE):
         return (f"process {pid} has oom_score_adj {got['oom_score_adj']}, which a restore without "
                 "CAP_SYS_RESOURCE cannot set: dump and restore with it, or raise the value to 0")
+    base = got["policy"] & ~SCHED_RESET_ON_FORK
+    if (got["nice"] < 0 or base in (1, 2) or got["ioprio"] >> 13 == 1) and not _have_cap(_CAP_SYS_NICE):
+        return (f"process {pid} has a negative nice value, a real-time policy or the real-time I/O class, "
+                "which a restore without CAP_SYS_NICE cannot set: dump and restore with it")
     return None
 
 
-_CAP_SYS_RESOURCE = 24
+_CAP_SYS_NICE, _CAP_SYS_RESOURCE = 23, 24
 
 
 def _have_cap(cap: int) -> bool:

@@ -54,20 +54,33 @@ def _strict(pid: int) -> SeccompError:
 
 
 def precheck(pids: list[int]) -> None:
-    """Refuse strict mode on the running tree (filters are read once it is stopped)."""
+    """Refuse strict mode on the running tree, and filters ptrace may not read here (Yama's
+    ptrace_scope 3: no process may attach); the filters are read once the tree is stopped."""
     for pid in pids:
         try:
-            if mode(pid) == 1:
-                raise _strict(pid)
+            m = mode(pid)
         except FileNotFoundError:
             continue   # (gone meanwhile: dump tells)
+        if m == 1:
+            raise _strict(pid)
+        if m == MODE_FILTER and _yama_scope() == 3:
+            raise SeccompError(errno.EPERM, f"process {pid} has seccomp filters, which only ptrace reads, and "
+                                            "kernel.yama.ptrace_scope is 3 (no attach): not restored")
+
+
+def _yama_scope() -> int:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
 
 
 def _ptrace(req: int, pid: int, addr, data) -> int:
     ret = _libc.ptrace(req, pid, addr, data)
     if ret < 0:
         e = ctypes.get_errno()
-        raise OSError(e, f"ptrace({req:#x}) of process {pid}: {os.strerror(e)}")
+        raise OSError(e, f"ptrace {req:#x}: {os.strerror(e)}")
     return ret
 
 
@@ -79,32 +92,45 @@ def read(pid: int) -> list[dict] | None:
         return None
     if m != MODE_FILTER:
         raise _strict(pid)
-    _ptrace(_PTRACE_SEIZE, pid, None, None)
     try:
-        _ptrace(_PTRACE_INTERRUPT, pid, None, None)
-        os.waitpid(pid, _WALL)   # (its trap stop: the one a stopped process enters at once)
-        out = []
-        for i in range(MAX_FILTERS + 1):
-            n = _libc.ptrace(_GET_FILTER, pid, ctypes.c_void_p(i), None)
-            if n < 0 and ctypes.get_errno() == errno.ENOENT:
-                break
-            if n < 0:
-                raise OSError(ctypes.get_errno(), f"process {pid}: reading its seccomp filter {i}: "
-                                                  f"{os.strerror(ctypes.get_errno())}")
-            if i == MAX_FILTERS:
-                raise SeccompError(errno.E2BIG, f"process {pid} has more than {MAX_FILTERS} seccomp filters")
-            buf = ctypes.create_string_buffer(8 * n)
-            _ptrace(_GET_FILTER, pid, ctypes.c_void_p(i), buf)
-            meta = ctypes.create_string_buffer(struct.pack("=QQ", i, 0))
-            _ptrace(_GET_METADATA, pid, ctypes.c_void_p(16), meta)
-            insns = buf.raw
-            if _notifies(insns):
-                raise SeccompError(errno.EOPNOTSUPP, f"process {pid} has a seccomp filter that hands system calls "
-                                                     "to a supervisor (SECCOMP_RET_USER_NOTIF), which is not restored")
-            out.append({"insns": insns.hex(), "log": bool(struct.unpack("=QQ", meta.raw[:16])[1] & FLAG_LOG)})
-        return out
+        _ptrace(_PTRACE_SEIZE, pid, None, None)
+    except OSError as e:
+        raise SeccompError(e.errno or errno.EPERM, f"process {pid}: its seccomp filters cannot be read "
+                                                   f"({e.strerror}): dump as root, with CAP_SYS_PTRACE") from None
+    try:
+        return _read_seized(pid)
+    except SeccompError:
+        raise
+    except OSError as e:
+        raise SeccompError(e.errno or errno.EIO, f"process {pid}: its seccomp filters cannot be read "
+                                                 f"({e.strerror or e})") from None
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, None)   # (back in its stop: the dump's SIGSTOP)
+
+
+def _read_seized(pid: int) -> list[dict]:
+    """The filters of `pid`, which we hold seized (read)."""
+    _ptrace(_PTRACE_INTERRUPT, pid, None, None)
+    os.waitpid(pid, _WALL)   # (its trap stop: the one a stopped process enters at once)
+    out = []
+    for i in range(MAX_FILTERS + 1):
+        n = _libc.ptrace(_GET_FILTER, pid, ctypes.c_void_p(i), None)
+        if n < 0 and ctypes.get_errno() == errno.ENOENT:
+            break
+        if n < 0:
+            raise OSError(ctypes.get_errno(), f"filter {i}: {os.strerror(ctypes.get_errno())}")
+        if i == MAX_FILTERS:
+            raise SeccompError(errno.E2BIG, f"process {pid} has more than {MAX_FILTERS} seccomp filters")
+        buf = ctypes.create_string_buffer(8 * n)
+        _ptrace(_GET_FILTER, pid, ctypes.c_void_p(i), buf)
+        meta = ctypes.create_string_buffer(struct.pack("=QQ", i, 0))
+        _ptrace(_GET_METADATA, pid, ctypes.c_void_p(16), meta)
+        insns = buf.raw
+        if _notifies(insns):
+            raise SeccompError(errno.EOPNOTSUPP, f"process {pid} has a seccomp filter that hands system calls "
+                                                 "to a supervisor (SECCOMP_RET_USER_NOTIF), which is not restored")
+        out.append({"insns": insns.hex(), "log": bool(struct.unpack("=QQ", meta.raw[:16])[1] & FLAG_LOG)})
+    return out
 
 
 def _notifies(insns: bytes) -> bool:

@@ -35,7 +35,10 @@ from engine.image import MAX_THREADS
 _STATUS = {"Uid": "uids", "Gid": "gids", "Groups": "supplementary groups", "NoNewPrivs": "no_new_privs bit",
            "CapInh": "inheritable capabilities", "CapPrm": "permitted capabilities",
            "CapEff": "effective capabilities", "CapBnd": "capability bounding set",
-           "CapAmb": "ambient capabilities"}
+           "CapAmb": "ambient capabilities",
+           # (a thread's own filters: the process's are restored, engine/seccomp.py; runtimes and
+           # sandboxes install them with TSYNC, every thread alike)
+           "Seccomp": "seccomp mode", "Seccomp_filters": "number of seccomp filters"}
 _PLACES = {"root": "root directory", "cwd": "working directory"}
 
 

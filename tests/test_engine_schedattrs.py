@@ -38,3 +38,11 @@ def test_record_rejects(bad):
     imageformat.check_record(imageformat.SCHED, _attrs(), "sched")
     with pytest.raises(imageformat.ImageError):
         imageformat.check_record(imageformat.SCHED, _attrs(**bad), "sched")
+
+
+@pytest.mark.parametrize("attrs", [{"nice": -5}, {"policy": 1, "rt_priority": 10}, {"ioprio": (1 << 13) | 4}])
+def test_privileged_priorities_need_cap_sys_nice(monkeypatch, attrs):
+    monkeypatch.setattr(schedattrs, "_have_cap", lambda cap: cap != schedattrs._CAP_SYS_NICE)
+    assert "CAP_SYS_NICE" in schedattrs._refusal(7, _attrs(**attrs))
+    monkeypatch.setattr(schedattrs, "_have_cap", lambda cap: True)
+    assert schedattrs._refusal(7, _attrs(**attrs)) is None
