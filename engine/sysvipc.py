@@ -11,12 +11,16 @@ same key and id (the namespace's *_next_id sysctls, as CRIU does), created by it
 
 Its POSIX message queues likewise (engine/posixmq.py).
 
+The namespace's own limits (msgmax, shmmax, mqueue's msg_max...) likewise (engine/ipcvars.py),
+written before its objects are made and set as dumped after.
+
 Not restored: attachments (a stand-in does not map a segment: nattch is 0), the times and the
-pids of the last operations, semaphore undo lists, the namespace's limits (shmmax...). A segment
+pids of the last operations, semaphore undo lists, a message queue's own msg_qbytes (it gets the
+namespace's msgmnb). A segment
 already removed (IPC_RMID while attached) goes with its last detach, and is left out. Ids are as
 the dumper's user namespace names them.
 
-Image: "sysvipc": {ipc-N: {"shm": [SHM], "sem": [SEM], "msg": [MSG]}}, each object with key, id,
+Image: "sysvipc": {ipc-N: {"shm": [SHM], "sem": [SEM], "msg": [MSG], "vars": {...}}}, each object with key, id,
 mode (0..0o777), uid, gid, cuid, cgid; SHM with size and data (base64, at most `MAX_BYTES` in all),
 SEM with vals (nsems values, each 0..32767), MSG with msgs [[mtype >= 1, base64 text]]; and
 "mqueue": [{name, mode, uid, gid, maxmsg, msgsize, msgs [[priority, base64 text]]}].
@@ -136,6 +140,10 @@ def _read_here(proc: int, outsider: int | None = None) -> dict:
     if total > MAX_BYTES:
         raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory, messages and "
                                     "POSIX messages in the tree's ipc namespaces")
+    from engine import ipcvars
+    kept = ipcvars.read_here(proc, bool(shms))
+    if kept:
+        out["vars"] = kept
     for kind, objs in (("shm", shms), ("sem", sems), ("msg", msgs)):
         if len(objs) > MAX_OBJECTS:
             raise IpcError(errno.EOPNOTSUPP, f"{len(objs)} System V {kind} objects in one ipc namespace: at most "
@@ -180,8 +188,9 @@ def _limits_here(proc: int, outsider: int | None) -> int:
     """In the namespace (_joined): refuse more objects or bytes than an image keeps (_read_here's
     limits, from the tables alone), POSIX message queues someone is notified on, and a full one when
     `outsider` (a process outside the tree) is in the namespace. Returns its number of semaphores."""
-    from engine import posixmq
+    from engine import ipcvars, posixmq
     posixmq.read_here(limits_only=True, outsider=outsider)
+    ipcvars.read_here(proc, any(not r["perms"] & _SHM_DEST for r in _table(proc, "shm")))
     total = sems = 0
     for kind, size in (("shm", "size"), ("sem", None), ("msg", "cbytes")):
         rows = _table(proc, kind)
@@ -266,6 +275,8 @@ def _make_here(proc: int, doc: dict) -> None:
     shmctl = lambda i, cmd, buf: _libc.shmctl(i, cmd, buf)   # noqa: E731
     semctl = lambda i, cmd, buf: _libc.semctl(i, 0, cmd, buf)   # noqa: E731
     msgctl = lambda i, cmd, buf: _libc.msgctl(i, cmd, buf)   # noqa: E731
+    from engine import ipcvars, posixmq
+    written = ipcvars.before(proc, doc)   # (limits first: msgmax before a long message...)
     # (the kernel takes a *_next_id once, for the next object of its kind, then forgets it: -1;
     # writing -1 is refused)
     for rec in doc.get("shm") or ():
@@ -306,8 +317,8 @@ def _make_here(proc: int, doc: dict) -> None:
             ctypes.memmove(ctypes.addressof(buf) + ctypes.sizeof(ctypes.c_long), body, len(body))
             checked(_libc.msgsnd(got, buf, len(body), _IPC_NOWAIT), f"{what}: msgsnd")
         _owner(msgctl, got, rec, what)
-    from engine import posixmq
     posixmq.make_here(doc.get("mqueue") or ())
+    ipcvars.after(proc, doc, written)
 
 
 def make(ns_fd: int, doc: dict, hostproc: int) -> None:
@@ -340,13 +351,14 @@ def check(doc, ns_used: set, fail) -> None:
     total = sems = 0
     bound = f"sysvipc: more than {MAX_BYTES >> 20} MiB of contents"
     for nsid, objs in doc.items():
-        if nsid not in ns_used or type(objs) is not dict or not set(objs) <= {"shm", "sem", "msg", "mqueue"}:
+        if nsid not in ns_used or type(objs) is not dict or not set(objs) <= {"shm", "sem", "msg", "mqueue", "vars"}:
             fail(f"sysvipc of {str(nsid)[:40]!r}: an ipc namespace no process is in, or kinds other than shm, sem, "
-                 "msg, mqueue")
-        from engine import posixmq
+                 "msg, mqueue, vars")
+        from engine import ipcvars, posixmq
         total += posixmq.check(objs.get("mqueue", []), f"sysvipc {nsid} mqueue", fail)
+        ipcvars.check(objs.get("vars", {}), objs, f"sysvipc {nsid} vars", fail)
         for kind, recs in objs.items():
-            if kind == "mqueue":
+            if kind in ("mqueue", "vars"):
                 continue
             what = f"sysvipc {nsid} {kind}"
             if type(recs) is not list or len(recs) > MAX_OBJECTS:
