@@ -4,7 +4,7 @@ shm_next_id..., /proc/sys/fs/mqueue/msg_max...), each namespace's own (CRIU keep
 A container that raised msgmax or mqueue's msg_max and holds a message or a queue that needs it
 dumped fine and failed at restore, or restored with a fresh namespace's limits: its later sends got
 EINVAL or EMSGSIZE where they did not before. Dump reads them with its thread joined to the
-namespace (engine/sysvipc.py `_joined`: a sysctl of the ipc namespace is the reader's) and keeps
+namespace (engine/sysvipc.py `joined`: a sysctl of the ipc namespace is the reader's) and keeps
 those that differ from a fresh namespace's (`VARS`). Restore writes them in the new namespace from
 its helper there, in two steps: before the objects, each limit raised to what the objects need
 (`before`: msg_max before a queue longer than the default, msgmax before a long message; the
@@ -172,3 +172,18 @@ def check(kept, objs: dict, what: str, fail) -> None:
             fail(f"{what} {name}: out of range ({lo}..{hi}{', four of them' if name == 'kernel/sem' else ''})")
     if kept.get("kernel/shm_rmid_forced") and objs.get("shm"):
         fail(f"{what}: kernel/shm_rmid_forced with segments (restore would remove them)")
+
+
+def of_process(pid: int) -> dict:
+    """Every one of `VARS` of process `pid`'s ipc namespace, read by this thread joined to it (the
+    snapshot's comparison)."""
+    from engine.sysvipc import joined
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+        try:
+            return joined(ns, proc, lambda: values(proc))
+        finally:
+            os.close(ns)
+    finally:
+        os.close(proc)

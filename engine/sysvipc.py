@@ -90,7 +90,7 @@ def _ids(row: dict, idkey: str) -> dict:
 
 
 def _read_here(proc: int, outsider: int | None = None) -> dict:
-    """In the namespace (_joined): its objects (see the module's image format); `outsider`: a
+    """In the namespace (joined): its objects (see the module's image format); `outsider`: a
     process outside the tree in the namespace (posixmq.read_here refuses its full queues)."""
     out: dict = {}
     from engine import posixmq   # (it imports this module)
@@ -161,14 +161,14 @@ def read(pid: int, tree=()) -> dict:
         ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
         try:
             outsider = kernel.ns_outsider("ipc", os.fstat(ns).st_ino, set(tree) | {pid}) if tree else None
-            return _joined(ns, proc, lambda: _read_here(proc, outsider))
+            return joined(ns, proc, lambda: _read_here(proc, outsider))
         finally:
             os.close(ns)
     finally:
         os.close(proc)
 
 
-def _joined(ns: int, proc: int, fn):
+def joined(ns: int, proc: int, fn):
     """fn() run in the ipc namespace `ns` by this thread, which joins it and goes back to its own
     after: no helper to fork (~2 ms and a copy-on-write of the dump's pages each). Joining an ipc
     namespace changes what System V calls, /proc/sysvipc opened meanwhile and a new mqueue
@@ -185,7 +185,7 @@ def _joined(ns: int, proc: int, fn):
 
 
 def _limits_here(proc: int, outsider: int | None) -> int:
-    """In the namespace (_joined): refuse more objects or bytes than an image keeps (_read_here's
+    """In the namespace (joined): refuse more objects or bytes than an image keeps (_read_here's
     limits, from the tables alone), POSIX message queues someone is notified on, and a full one when
     `outsider` (a process outside the tree) is in the namespace. Returns its number of semaphores."""
     from engine import ipcvars, posixmq
@@ -224,7 +224,7 @@ def precheck(pids: list[int]) -> None:
                     continue
                 seen.add(ino)
                 outsider = kernel.ns_outsider("ipc", ino, set(pids))
-                sems += _joined(ns, proc, lambda: _limits_here(proc, outsider))
+                sems += joined(ns, proc, lambda: _limits_here(proc, outsider))
             finally:
                 os.close(ns)
         if sems > MAX_SEMS:

@@ -118,3 +118,17 @@ def test_need_raises_limits_for_objects():
     need = ipcvars._need(doc)
     assert ipcvars._first("fs/mqueue/msg_max", 5, need["fs/mqueue/msg_max"]) == 30
     assert ipcvars._first("kernel/msgmax", 100, need["kernel/msgmax"]) == 3000
+
+
+def test_snapshot_compares_ipc_sysctls(case):
+    """The snapshot tells a changed sysctl of the tree's ipc namespace (so a restore that lost one
+    fails), and leaves the host's untouched."""
+    from zdtm.snapshot import compare, run_check, take
+    host = open("/proc/sys/kernel/msgmax").read()
+    pid = case.start(py_hold("pass"))
+    first = take(pid)
+    assert "kernel/msgmax=8192" in first.procs[0].text()
+    run_check(pid, "echo 100 > /proc/sys/kernel/msgmax", 30)
+    equal, report = compare(first, take(pid))
+    assert not equal and "-ipc sysctls:" in report and "kernel/msgmax=100 " in report, report
+    assert open("/proc/sys/kernel/msgmax").read() == host
