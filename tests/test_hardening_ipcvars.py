@@ -6,6 +6,9 @@ the host touched, the host's own ipc sysctls the same."""
 
 from __future__ import annotations
 
+import base64
+import os
+
 import pytest
 
 from engine import ipcvars
@@ -50,3 +53,35 @@ def test_value_the_kernel_refuses_fails_in_one_line(image_dir, tmp_path):
 def _ipcmni_extended() -> bool:
     with open("/proc/cmdline") as f:
         return "ipcmni_extend" in f.read().split()
+
+
+@pytest.mark.parametrize("change", [
+    lambda o: o["msg"][0].update(msgs=[[1, "QUJD" * 4000]]),        # (12000 bytes: past msgmax, 8192)
+    lambda o: o["msg"][0].update(msgs=[[1, "QUJD" * 2000]] * 3),    # (18000 bytes: past msgmnb, 16384)
+    lambda o: o["mqueue"][0].update(maxmsg=40),                     # (past msg_max, 10)
+])
+def test_objects_past_the_limits_made_then_limits_as_dumped(image_dir, tmp_path, change):
+    """Objects past the limits the image keeps (a fresh namespace's here): restore raises each limit
+    while it makes them (the restorer has no CAP_SYS_RESOURCE to pass it), then sets it back as
+    dumped; the objects are all there."""
+    import enginecase
+    from engine import posixmq, sysvipc
+    from zdtm.snapshot import kill_tree
+    img = _mutated(image_dir, tmp_path, lambda d: change(_ipc(d)))
+    pid = enginecase.EngineCase(str(tmp_path)).restore(img)
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY, dir_fd=proc)
+        # (the table, not the messages: MSG_COPY reads none longer than the namespace's msgmax)
+        rows = sysvipc.joined(ns, proc, lambda: sysvipc._table(proc, "msg"))
+        queues = sysvipc.joined(ns, proc, posixmq.read_here)
+        os.close(ns)
+        vals = ipcvars.of_process(pid)
+    finally:
+        os.close(proc)
+        kill_tree(pid)
+    want = _ipc(enginecase.load_manifest(img))
+    assert [(r["qnum"], r["cbytes"]) for r in rows] == \
+        [(len(q["msgs"]), sum(len(base64.b64decode(m[1])) for m in q["msgs"])) for q in want["msg"]], rows
+    assert [q["maxmsg"] for q in queues] == [q["maxmsg"] for q in want["mqueue"]]
+    assert vals["kernel/msgmax"] == 8192 and vals["kernel/msgmnb"] == 16384 and vals["fs/mqueue/msg_max"] == 10, vals
