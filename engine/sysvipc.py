@@ -190,7 +190,8 @@ def _limits_here(proc: int, outsider: int | None) -> int:
     `outsider` (a process outside the tree) is in the namespace. Returns its number of semaphores."""
     from engine import ipcvars, posixmq
     posixmq.read_here(limits_only=True, outsider=outsider)
-    ipcvars.read_here(proc, any(not r["perms"] & _SHM_DEST for r in _table(proc, "shm")))
+    kept = ipcvars.read_here(proc, any(not r["perms"] & _SHM_DEST for r in _table(proc, "shm")))
+    _long_messages(proc, kept.get("kernel/msgmax", ipcvars.VARS["kernel/msgmax"][0]))
     total = sems = 0
     for kind, size in (("shm", "size"), ("sem", None), ("msg", "cbytes")):
         rows = _table(proc, kind)
@@ -203,6 +204,29 @@ def _limits_here(proc: int, outsider: int | None) -> int:
         raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory and messages in "
                                     "an ipc namespace of the tree")
     return sems
+
+
+def _long_messages(proc: int, msgmax: int) -> None:
+    """In the namespace (joined), before the stop: refuse a System V message dump cannot read, one
+    longer than the namespace's msgmax (lowered after it was sent: MSG_COPY copies at most msgmax)
+    or than `_MSG_MAX`. Only a queue with more bytes than that in all may hold one."""
+    limit = min(msgmax, _MSG_MAX)
+    buf = None
+    for row in _table(proc, "msg"):
+        if row["cbytes"] <= limit:
+            continue
+        buf = buf or ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + _MSG_MAX)
+        for n in range(row["qnum"]):
+            if _libc.msgrcv(row["msqid"], buf, _MSG_MAX, n, _IPC_NOWAIT | _MSG_COPY) >= 0:
+                continue
+            e = ctypes.get_errno()
+            if e == errno.ENOMSG:
+                break   # (taken meanwhile: the rest are as many fewer)
+            if e != errno.EINVAL:
+                checked(-1, f"msgrcv MSG_COPY of message queue {row['msqid']}")
+            why = "the namespace's msgmax, lowered after it was sent" if limit == msgmax else "what an image keeps"
+            raise IpcError(errno.EOPNOTSUPP, f"System V message queue {row['msqid']} holds a message longer than "
+                                             f"{limit} bytes ({why}): dump cannot read it; not supported")
 
 
 def precheck(pids: list[int]) -> None:

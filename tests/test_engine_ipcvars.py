@@ -132,3 +132,18 @@ def test_snapshot_compares_ipc_sysctls(case):
     equal, report = compare(first, take(pid))
     assert not equal and "-ipc sysctls:" in report and "kernel/msgmax=100 " in report, report
     assert open("/proc/sys/kernel/msgmax").read() == host
+
+
+def test_message_past_a_lowered_msgmax_refused_unstopped(case):
+    """msgmax lowered after a 20000-byte message was sent: MSG_COPY reads no message longer than
+    msgmax, so dump cannot read it (it failed after the stop); refused before it, in one line."""
+    setup = STOP_WATCH + py_hold(_RAISE + """
+with open("/proc/sys/kernel/msgmax", "w") as f:
+    f.write("8192")
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError, match=r"System V message queue 0 holds a message longer than 8192 bytes "
+                                      r"\(the namespace's msgmax, lowered after it was sent\)"):
+        case.dump(pid, case.new_images_dir())
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert os.path.exists(f"/proc/{pid}")
