@@ -12,8 +12,9 @@ restorer has no CAP_SYS_RESOURCE to pass them otherwise), after them each one as
 limit the objects exceed once it was lowered, the *_next_id ones, which making an object resets to
 -1, and shm_rmid_forced).
 
-Root of the namespace's owning user namespace writes them all within the kernel's bounds (the
-*_next_id ones with CAP_CHECKPOINT_RESTORE there). Refused before the stop, one line: a value out of
+Root of the namespace's owning user namespace writes them all within the kernel's bounds (restore
+writes as that root, the files' owner, when the namespace is a user namespace's: the host's root
+may not), the *_next_id ones with CAP_CHECKPOINT_RESTORE there. Refused before the stop, one line: a value out of
 those bounds (the validator's, `check`), and shm_rmid_forced with a segment in the namespace (a
 restored segment is attached nowhere: writing it would remove them). Not kept: auto_msgmni (a no-op
 that reads 0), and what the kernel keeps unseen (the next id it picks when no *_next_id is set).
@@ -27,7 +28,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine.sysvipc import IpcError, b64_size, int_in
+from engine.sysvipc import IpcError, as_ids, b64_size, int_in
 
 _INT_MAX = (1 << 31) - 1
 _ULONG_MAX = (1 << 64) - 1
@@ -117,14 +118,29 @@ def _need(doc: dict) -> dict:
     }
 
 
-def _write(proc: int, name: str, v) -> None:
+def _put(proc: int, name: str, text: bytes) -> None:
     fd = os.open(f"sys/{name}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
     try:
-        os.write(fd, (" ".join(map(str, v)) if name == "kernel/sem" else str(v)).encode())
-    except OSError as e:
-        raise IpcError(e.errno, f"ipc namespace sysctl {name} = {v}: {e.strerror}") from None
+        os.write(fd, text)
     finally:
         os.close(fd)
+
+
+def _write(proc: int, name: str, v) -> None:
+    """Write `v` into sysctl `name` of this process's ipc namespace; IpcError (one line) when the
+    kernel refuses it."""
+    text = (" ".join(map(str, v)) if name == "kernel/sem" else str(v)).encode()
+    try:
+        try:
+            _put(proc, name, text)
+        except PermissionError:
+            # A namespace a user namespace owns: its sysctls are that namespace's root's to write
+            # (the files are its), not the host's root's (the *_next_id ones take our
+            # CAP_CHECKPOINT_RESTORE instead: the first try)
+            st = os.stat(f"sys/{name}", dir_fd=proc)
+            as_ids(st.st_uid, st.st_gid, lambda: _put(proc, name, text))
+    except OSError as e:
+        raise IpcError(e.errno, f"ipc namespace sysctl {name} = {v}: {e.strerror}") from None
 
 
 def _first(name: str, dumped, need):

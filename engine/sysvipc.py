@@ -266,7 +266,7 @@ def _next_id(proc: int, kind: str, value: int) -> None:
         os.close(fd)
 
 
-def _as(uid: int, gid: int, fn):
+def as_ids(uid: int, gid: int, fn):
     """fn() with effective ids uid, gid (an object's creator), ours again after it."""
     os.setresgid(-1, gid, -1)
     os.setresuid(-1, uid, -1)
@@ -306,7 +306,7 @@ def _make_here(proc: int, doc: dict) -> None:
     for rec in doc.get("shm") or ():
         what = f"System V shared memory segment {rec['id']}"
         _next_id(proc, "shm", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
+        got = as_ids(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.shmget(_key(rec), rec["size"], _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: shmget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
@@ -320,7 +320,7 @@ def _make_here(proc: int, doc: dict) -> None:
     for rec in doc.get("sem") or ():
         what = f"System V semaphore set {rec['id']}"
         _next_id(proc, "sem", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
+        got = as_ids(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.semget(_key(rec), len(rec["vals"]), _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: semget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
@@ -330,7 +330,7 @@ def _make_here(proc: int, doc: dict) -> None:
     for rec in doc.get("msg") or ():
         what = f"System V message queue {rec['id']}"
         _next_id(proc, "msg", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
+        got = as_ids(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.msgget(_key(rec), _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: msgget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")

@@ -147,3 +147,31 @@ with open("/proc/sys/kernel/msgmax", "w") as f:
         case.dump(pid, case.new_images_dir())
     assert not was_stopped(pid), "dump stopped the tree before it refused"
     assert os.path.exists(f"/proc/{pid}")
+
+
+_USERNS = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000) == 0   # CLONE_NEWUSER
+open("/tmp/unshared", "w").close()
+while not os.path.exists("/tmp/mapped"):
+    time.sleep(0.05)
+os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
+assert libc.unshare(0x08000000) == 0   # CLONE_NEWIPC, its user namespace's
+""" + _RAISE
+
+_IN_USERNS = "(" + py_hold(_USERNS).strip() + ") </dev/null >/dev/null 2>&1 &\n" + """
+wait_for /tmp/unshared
+echo "0 100000 65536" > /proc/$!/uid_map; echo "0 100000 65536" > /proc/$!/gid_map; touch /tmp/mapped
+hold
+"""
+
+
+def test_limits_of_a_namespace_a_user_namespace_owns(case):
+    """An ipc namespace a user namespace owns (root is host uid 100000 there): its sysctls are that
+    root's to write, not the host's root's (EACCES); restored as they were (the snapshot compares
+    them per process)."""
+    before, after = case.roundtrip(_IN_USERNS)
+    inner = [p for p in after.snap.procs if "kernel/msgmax=65536" in p.ipc]
+    assert inner and "fs/mqueue/msg_max=50" in inner[0].ipc and "kernel/shm_next_id=77" in inner[0].ipc, \
+        [p.ipc for p in after.snap.procs]
