@@ -30,7 +30,7 @@ import os
 
 from engine.sysvipc import IpcError, as_ids, b64_size, int_in
 
-_INT_MAX = (1 << 31) - 1
+_INT_MAX, _INT_MIN = (1 << 31) - 1, -(1 << 31)
 _ULONG_MAX = (1 << 64) - 1
 # The kernel's bound of msgmni, shmmni and semmni (IPCMNI: 32768; 1 << 24 booted with ipcmni_extend)
 _MNI = 1 << 24
@@ -41,7 +41,8 @@ VARS = {
     "kernel/msgmax": (8192, 0, _INT_MAX),
     "kernel/msgmnb": (16384, 0, _INT_MAX),
     "kernel/msgmni": (32000, 0, _MNI),
-    "kernel/sem": ((32000, 1024000000, 500, 32000), 0, _INT_MAX),   # (semmni: at most _MNI)
+    # (semmsl, semmns, semopm: any int, even one no semget passes; semmni: 0.._MNI)
+    "kernel/sem": ((32000, 1024000000, 500, 32000), _INT_MIN, _INT_MAX),
     "kernel/shmmax": (_ULONG_MAX - (1 << 24), 0, _ULONG_MAX),
     "kernel/shmall": (_ULONG_MAX - (1 << 24), 0, _ULONG_MAX),
     "kernel/shmmni": (4096, 0, _MNI),
@@ -51,7 +52,7 @@ VARS = {
     "kernel/shm_next_id": (-1, 0, _INT_MAX),
     "fs/mqueue/msg_max": (10, 1, _HARD_MSGMAX),
     "fs/mqueue/msgsize_max": (8192, 128, _HARD_MSGSIZEMAX),
-    "fs/mqueue/queues_max": (256, 0, _INT_MAX),
+    "fs/mqueue/queues_max": (256, _INT_MIN, _INT_MAX),   # (below 0: only CAP_SYS_RESOURCE makes queues)
     "fs/mqueue/msg_default": (10, 1, _HARD_MSGMAX),
     "fs/mqueue/msgsize_default": (8192, 128, _HARD_MSGSIZEMAX),
 }
@@ -64,7 +65,7 @@ def _valid(name: str, v) -> bool:
     """Is `v` a value of `name` the kernel takes?"""
     fresh, lo, hi = VARS[name]
     if name == "kernel/sem":
-        return type(v) is list and len(v) == 4 and all(int_in(x, lo, hi) for x in v) and v[3] <= _MNI
+        return type(v) is list and len(v) == 4 and all(int_in(x, lo, hi) for x in v[:3]) and int_in(v[3], 0, _MNI)
     return int_in(v, lo, hi)
 
 
@@ -185,7 +186,8 @@ def check(kept, objs: dict, what: str, fail) -> None:
     for name, v in kept.items():
         if not _valid(name, v):
             lo, hi = VARS[name][1:]
-            fail(f"{what} {name}: out of range ({lo}..{hi}{', four of them' if name == 'kernel/sem' else ''})")
+            fail(f"{what} {name}: out of range ({lo}..{hi}" + (f", four of them, the last 0..{_MNI})" if name == "kernel/sem"
+                                                              else ")"))
     if kept.get("kernel/shm_rmid_forced") and objs.get("shm"):
         fail(f"{what}: kernel/shm_rmid_forced with segments (restore would remove them)")
 

@@ -89,6 +89,9 @@ with open("/proc/sys/kernel/shm_rmid_forced", "w") as f:
     ({"fs/mqueue/msgsize_max": 127}, {}, r"fs/mqueue/msgsize_max: out of range"),
     ({"kernel/sem": [1, 2, 3]}, {}, r"kernel/sem: out of range"),
     ({"kernel/sem": [1, 2, 3, (1 << 24) + 1]}, {}, r"kernel/sem: out of range"),
+    ({"kernel/sem": [1, 2, 3, -1]}, {}, r"kernel/sem: out of range"),
+    ({"kernel/sem": [1 << 31, 2, 3, 4]}, {}, r"kernel/sem: out of range"),
+    ({"fs/mqueue/queues_max": -(1 << 31) - 1}, {}, r"fs/mqueue/queues_max: out of range"),
     ({"kernel/shmmax": 1 << 64}, {}, r"kernel/shmmax: out of range"),
     ({"kernel/shm_rmid_forced": 2}, {}, r"kernel/shm_rmid_forced: out of range"),
     ({"kernel/msg_next_id": True}, {}, r"kernel/msg_next_id: out of range"),
@@ -105,7 +108,9 @@ def test_validator(kept, objs, pattern):
         raise ValueError(text)
     with pytest.raises(ValueError, match=pattern):
         ipcvars.check(kept, objs, "sysvipc ipc-0 vars", fail)
-    ipcvars.check({"kernel/sem": [250, 32000, 32, 128], "fs/mqueue/msg_max": 65536}, {}, "v", fail)
+    # (what the kernel takes: a negative semmsl or queues_max too)
+    ipcvars.check({"kernel/sem": [-1, 32000, 32, 128], "fs/mqueue/msg_max": 65536, "fs/mqueue/queues_max": -1},
+                  {}, "v", fail)
 
 
 def test_need_raises_limits_for_objects():
