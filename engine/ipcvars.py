@@ -42,7 +42,7 @@ VARS = {
     "kernel/msgmnb": (16384, 0, _INT_MAX),
     "kernel/msgmni": (32000, 0, _MNI),
     # (semmsl, semmns, semopm: any int, even one no semget passes; semmni: 0.._MNI)
-    "kernel/sem": ((32000, 1024000000, 500, 32000), _INT_MIN, _INT_MAX),
+    "kernel/sem": ([32000, 1024000000, 500, 32000], _INT_MIN, _INT_MAX),
     "kernel/shmmax": (_ULONG_MAX - (1 << 24), 0, _ULONG_MAX),
     "kernel/shmall": (_ULONG_MAX - (1 << 24), 0, _ULONG_MAX),
     "kernel/shmmni": (4096, 0, _MNI),
@@ -63,7 +63,7 @@ _LATE = {"kernel/msg_next_id", "kernel/sem_next_id", "kernel/shm_next_id", "kern
 
 def _valid(name: str, v) -> bool:
     """Is `v` a value of `name` the kernel takes?"""
-    fresh, lo, hi = VARS[name]
+    _fresh, lo, hi = VARS[name]
     if name == "kernel/sem":
         return type(v) is list and len(v) == 4 and all(int_in(x, lo, hi) for x in v[:3]) and int_in(v[3], 0, _MNI)
     return int_in(v, lo, hi)
@@ -88,12 +88,11 @@ def read_here(proc: int, segments: bool) -> dict:
     line) for one an image cannot keep, or shm_rmid_forced when `segments` (it has some)."""
     out = {}
     for name, v in values(proc).items():
-        fresh = VARS[name][0]
-        if v == (list(fresh) if name == "kernel/sem" else fresh):
+        if v == VARS[name][0]:
             continue
         if not _valid(name, v):
-            raise IpcError(errno.EOPNOTSUPP, f"ipc namespace sysctl {name} = {v}: out of what restore "
-                                             "can write; set it within the kernel's default bounds and dump again")
+            raise IpcError(errno.EOPNOTSUPP, f"ipc namespace sysctl {name} = {v}: out of what an image keeps: "
+                                             "not supported")
         out[name] = v
     if out.get("kernel/shm_rmid_forced") and segments:
         raise IpcError(errno.EOPNOTSUPP, "ipc namespace with kernel.shm_rmid_forced = 1 and System V shared memory "
@@ -159,7 +158,6 @@ def before(proc: int, doc: dict) -> dict:
     for name, (fresh, _lo, _hi) in VARS.items():
         if name in _LATE:
             continue
-        fresh = list(fresh) if name == "kernel/sem" else fresh
         v = _first(name, kept.get(name, fresh), need.get(name, fresh))
         if v != fresh:
             _write(proc, name, v)
@@ -174,8 +172,7 @@ def after(proc: int, doc: dict, written: dict) -> None:
             _write(proc, name, v)
     for name, v in written.items():   # (raised for the objects only: back to a fresh namespace's)
         if name not in (doc.get("vars") or {}):
-            fresh = VARS[name][0]
-            _write(proc, name, list(fresh) if name == "kernel/sem" else fresh)
+            _write(proc, name, VARS[name][0])
 
 
 def check(kept, objs: dict, what: str, fail) -> None:
