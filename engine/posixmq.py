@@ -51,7 +51,7 @@ def _mqueue_dir() -> int | None:
 
 
 def read_here(limits_only: bool = False, outsider: int | None = None) -> list[dict]:
-    """In the namespace (sysvipc._joined): its POSIX message queues (name, mode, owner, attributes and
+    """In the namespace (sysvipc.joined): its POSIX message queues (name, mode, owner, attributes and
     messages, highest priority first as mq_receive gives them). Reading takes the messages; each
     is sent again at once, in the order read, so the queue is as it was. A queue a process asked to
     be notified on (mq_notify) is refused: the registration is not restored; so is a full queue when

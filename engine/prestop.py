@@ -38,7 +38,8 @@ tree already shows is checked here first, with the line dump would give:
 - file locks restore cannot make exactly (engine/filelocks.py: a process waiting for
   a lock, a write lease, a flock lock whose taker is alive outside the tree);
 - System V IPC objects and POSIX message queues of the tree's ipc namespaces beyond what an image
-  keeps, and a queue a process is notified on (engine/sysvipc.py);
+  keeps, a queue a process is notified on (engine/sysvipc.py), and their sysctls an image cannot
+  keep (engine/ipcvars.py);
 - a process under SCHED_DEADLINE (engine/schedattrs.py); time namespaces restore cannot make
   (engine/timens.py: one a process made after another of the tree joined it); seccomp strict
   mode (engine/seccomp.py); a login uid restore could not set (engine/loginuid.py);

@@ -11,12 +11,16 @@ same key and id (the namespace's *_next_id sysctls, as CRIU does), created by it
 
 Its POSIX message queues likewise (engine/posixmq.py).
 
+The namespace's own limits (msgmax, shmmax, mqueue's msg_max...) likewise (engine/ipcvars.py),
+written before its objects are made and set as dumped after.
+
 Not restored: attachments (a stand-in does not map a segment: nattch is 0), the times and the
-pids of the last operations, semaphore undo lists, the namespace's limits (shmmax...). A segment
+pids of the last operations, semaphore undo lists, a message queue's own msg_qbytes (it gets the
+namespace's msgmnb). A segment
 already removed (IPC_RMID while attached) goes with its last detach, and is left out. Ids are as
 the dumper's user namespace names them.
 
-Image: "sysvipc": {ipc-N: {"shm": [SHM], "sem": [SEM], "msg": [MSG]}}, each object with key, id,
+Image: "sysvipc": {ipc-N: {"shm": [SHM], "sem": [SEM], "msg": [MSG], "vars": {...}}}, each object with key, id,
 mode (0..0o777), uid, gid, cuid, cgid; SHM with size and data (base64, at most `MAX_BYTES` in all),
 SEM with vals (nsems values, each 0..32767), MSG with msgs [[mtype >= 1, base64 text]]; and
 "mqueue": [{name, mode, uid, gid, maxmsg, msgsize, msgs [[priority, base64 text]]}].
@@ -86,7 +90,7 @@ def _ids(row: dict, idkey: str) -> dict:
 
 
 def _read_here(proc: int, outsider: int | None = None) -> dict:
-    """In the namespace (_joined): its objects (see the module's image format); `outsider`: a
+    """In the namespace (joined): its objects (see the module's image format); `outsider`: a
     process outside the tree in the namespace (posixmq.read_here refuses its full queues)."""
     out: dict = {}
     from engine import posixmq   # (it imports this module)
@@ -136,6 +140,10 @@ def _read_here(proc: int, outsider: int | None = None) -> dict:
     if total > MAX_BYTES:
         raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory, messages and "
                                     "POSIX messages in the tree's ipc namespaces")
+    from engine import ipcvars
+    kept = ipcvars.read_here(proc, bool(shms))
+    if kept:
+        out["vars"] = kept
     for kind, objs in (("shm", shms), ("sem", sems), ("msg", msgs)):
         if len(objs) > MAX_OBJECTS:
             raise IpcError(errno.EOPNOTSUPP, f"{len(objs)} System V {kind} objects in one ipc namespace: at most "
@@ -153,14 +161,14 @@ def read(pid: int, tree=()) -> dict:
         ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
         try:
             outsider = kernel.ns_outsider("ipc", os.fstat(ns).st_ino, set(tree) | {pid}) if tree else None
-            return _joined(ns, proc, lambda: _read_here(proc, outsider))
+            return joined(ns, proc, lambda: _read_here(proc, outsider))
         finally:
             os.close(ns)
     finally:
         os.close(proc)
 
 
-def _joined(ns: int, proc: int, fn):
+def joined(ns: int, proc: int, fn):
     """fn() run in the ipc namespace `ns` by this thread, which joins it and goes back to its own
     after: no helper to fork (~2 ms and a copy-on-write of the dump's pages each). Joining an ipc
     namespace changes what System V calls, /proc/sysvipc opened meanwhile and a new mqueue
@@ -177,11 +185,13 @@ def _joined(ns: int, proc: int, fn):
 
 
 def _limits_here(proc: int, outsider: int | None) -> int:
-    """In the namespace (_joined): refuse more objects or bytes than an image keeps (_read_here's
+    """In the namespace (joined): refuse more objects or bytes than an image keeps (_read_here's
     limits, from the tables alone), POSIX message queues someone is notified on, and a full one when
     `outsider` (a process outside the tree) is in the namespace. Returns its number of semaphores."""
-    from engine import posixmq
+    from engine import ipcvars, posixmq
     posixmq.read_here(limits_only=True, outsider=outsider)
+    kept = ipcvars.read_here(proc, any(not r["perms"] & _SHM_DEST for r in _table(proc, "shm")))
+    _long_messages(proc, kept.get("kernel/msgmax", ipcvars.VARS["kernel/msgmax"][0]))
     total = sems = 0
     for kind, size in (("shm", "size"), ("sem", None), ("msg", "cbytes")):
         rows = _table(proc, kind)
@@ -194,6 +204,29 @@ def _limits_here(proc: int, outsider: int | None) -> int:
         raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory and messages in "
                                     "an ipc namespace of the tree")
     return sems
+
+
+def _long_messages(proc: int, msgmax: int) -> None:
+    """In the namespace (joined), before the stop: refuse a System V message dump cannot read, one
+    longer than the namespace's msgmax (lowered after it was sent: MSG_COPY copies at most msgmax)
+    or than `_MSG_MAX`. Only a queue with more bytes than that in all may hold one."""
+    limit = min(msgmax, _MSG_MAX)
+    buf = None
+    for row in _table(proc, "msg"):
+        if row["cbytes"] <= limit:
+            continue
+        buf = buf or ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + _MSG_MAX)
+        for n in range(row["qnum"]):
+            if _libc.msgrcv(row["msqid"], buf, _MSG_MAX, n, _IPC_NOWAIT | _MSG_COPY) >= 0:
+                continue
+            e = ctypes.get_errno()
+            if e == errno.ENOMSG:
+                break   # (taken meanwhile: the rest are as many fewer)
+            if e != errno.EINVAL:
+                checked(-1, f"msgrcv MSG_COPY of message queue {row['msqid']}")
+            why = "the namespace's msgmax, lowered after it was sent" if limit == msgmax else "what an image keeps"
+            raise IpcError(errno.EOPNOTSUPP, f"System V message queue {row['msqid']} holds a message longer than "
+                                             f"{limit} bytes ({why}): dump cannot read it; not supported")
 
 
 def precheck(pids: list[int]) -> None:
@@ -215,7 +248,7 @@ def precheck(pids: list[int]) -> None:
                     continue
                 seen.add(ino)
                 outsider = kernel.ns_outsider("ipc", ino, set(pids))
-                sems += _joined(ns, proc, lambda: _limits_here(proc, outsider))
+                sems += joined(ns, proc, lambda: _limits_here(proc, outsider))
             finally:
                 os.close(ns)
         if sems > MAX_SEMS:
@@ -233,7 +266,7 @@ def _next_id(proc: int, kind: str, value: int) -> None:
         os.close(fd)
 
 
-def _as(uid: int, gid: int, fn):
+def as_ids(uid: int, gid: int, fn):
     """fn() with effective ids uid, gid (an object's creator), ours again after it."""
     os.setresgid(-1, gid, -1)
     os.setresuid(-1, uid, -1)
@@ -266,12 +299,14 @@ def _make_here(proc: int, doc: dict) -> None:
     shmctl = lambda i, cmd, buf: _libc.shmctl(i, cmd, buf)   # noqa: E731
     semctl = lambda i, cmd, buf: _libc.semctl(i, 0, cmd, buf)   # noqa: E731
     msgctl = lambda i, cmd, buf: _libc.msgctl(i, cmd, buf)   # noqa: E731
+    from engine import ipcvars, posixmq
+    written = ipcvars.before(proc, doc)   # (limits first: msgmax before a long message...)
     # (the kernel takes a *_next_id once, for the next object of its kind, then forgets it: -1;
     # writing -1 is refused)
     for rec in doc.get("shm") or ():
         what = f"System V shared memory segment {rec['id']}"
         _next_id(proc, "shm", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
+        got = as_ids(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.shmget(_key(rec), rec["size"], _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: shmget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
@@ -285,7 +320,7 @@ def _make_here(proc: int, doc: dict) -> None:
     for rec in doc.get("sem") or ():
         what = f"System V semaphore set {rec['id']}"
         _next_id(proc, "sem", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
+        got = as_ids(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.semget(_key(rec), len(rec["vals"]), _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: semget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
@@ -295,7 +330,7 @@ def _make_here(proc: int, doc: dict) -> None:
     for rec in doc.get("msg") or ():
         what = f"System V message queue {rec['id']}"
         _next_id(proc, "msg", rec["id"])
-        got = _as(rec["cuid"], rec["cgid"], lambda: checked(
+        got = as_ids(rec["cuid"], rec["cgid"], lambda: checked(
             _libc.msgget(_key(rec), _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: msgget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
@@ -306,8 +341,8 @@ def _make_here(proc: int, doc: dict) -> None:
             ctypes.memmove(ctypes.addressof(buf) + ctypes.sizeof(ctypes.c_long), body, len(body))
             checked(_libc.msgsnd(got, buf, len(body), _IPC_NOWAIT), f"{what}: msgsnd")
         _owner(msgctl, got, rec, what)
-    from engine import posixmq
     posixmq.make_here(doc.get("mqueue") or ())
+    ipcvars.after(proc, doc, written)
 
 
 def make(ns_fd: int, doc: dict, hostproc: int) -> None:
@@ -340,13 +375,14 @@ def check(doc, ns_used: set, fail) -> None:
     total = sems = 0
     bound = f"sysvipc: more than {MAX_BYTES >> 20} MiB of contents"
     for nsid, objs in doc.items():
-        if nsid not in ns_used or type(objs) is not dict or not set(objs) <= {"shm", "sem", "msg", "mqueue"}:
+        if nsid not in ns_used or type(objs) is not dict or not set(objs) <= {"shm", "sem", "msg", "mqueue", "vars"}:
             fail(f"sysvipc of {str(nsid)[:40]!r}: an ipc namespace no process is in, or kinds other than shm, sem, "
-                 "msg, mqueue")
-        from engine import posixmq
+                 "msg, mqueue, vars")
+        from engine import ipcvars, posixmq
         total += posixmq.check(objs.get("mqueue", []), f"sysvipc {nsid} mqueue", fail)
+        ipcvars.check(objs.get("vars", {}), objs, f"sysvipc {nsid} vars", fail)
         for kind, recs in objs.items():
-            if kind == "mqueue":
+            if kind in ("mqueue", "vars"):
                 continue
             what = f"sysvipc {nsid} {kind}"
             if type(recs) is not list or len(recs) > MAX_OBJECTS:

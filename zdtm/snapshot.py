@@ -7,7 +7,8 @@ fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
 stopped (state T), its umask and no_new_privs bit, its resource limits, whether it leads its session
-and process group, its controlling terminal and that terminal's foreground group. Which fds are one
+and process group, its controlling terminal and that terminal's foreground group, the sysctls of
+its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py). Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), which processes share a session and a
 process group (a partition, with its leader or "outside"), the zombies of the tree's processes
@@ -233,6 +234,7 @@ class Proc:
     tpgid: int = -1              # `ctty` says which terminal and whose group is in its foreground)
     masters: frozenset = frozenset()   # the numbers of the pty masters it holds (fdinfo tty-index)
     ctty: str = ""               # its controlling terminal, named (`_cttys`)
+    ipc: str = ""                # its ipc namespace's sysctls, when not the runner's (`_ipc_sysctls`)
 
     def text(self) -> str:
         """The compared text of this process."""
@@ -242,6 +244,7 @@ class Proc:
         out += [f"ctty: {self.ctty}"] if self.ctty else []
         out += [f"bits: {self.bits}"] if self.bits else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
+        out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []
         out += ["mounts:"]
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
@@ -461,6 +464,26 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
                 fds=fds, ns=ns, maps=maps, threads=threads, stopped=stopped, bits=bits, rlimits=rlimits, sid=sid,
                 pgid=pgid, tty_nr=tty_nr, tpgid=tpgid, masters=frozenset(masters), **user_side)
+
+
+def _ipc_sysctls(procs: list[Proc]) -> None:
+    """Each process's `ipc`: the sysctls of its ipc namespace (read once per namespace), when it is
+    not the runner's (a restore makes the tree's own; the host's is not its to change)."""
+    from engine import ipcvars
+    own = os.stat("/proc/self/ns/ipc").st_ino
+    seen: dict[int, str] = {}
+    for p in procs:
+        ino = p.ns.get("ipc")
+        if ino is None or ino == own:
+            continue
+        if ino not in seen:
+            try:
+                vals = ipcvars.of_process(p.pid)
+            except FileNotFoundError:
+                raise SnapshotError(f"process {p.pid} vanished while being read") from None
+            seen[ino] = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
+                                 for k, v in sorted(vals.items()))
+        p.ipc = seen[ino]
 
 
 def _ns_ino(pid: int, kind: str) -> int | None:
@@ -809,6 +832,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     finally:
         for _, fd in candidates:
             os.close(fd)
+    _ipc_sysctls(procs)
     zombies = _zombies(pids)
     root_pgid = procs[0].pgid if procs else 0
     _jobs(procs, frozenset(z.pid for z in zombies))

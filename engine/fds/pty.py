@@ -71,6 +71,7 @@ def _dump(d) -> dict:
         obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
         o = d.objects.setdefault(obj, {"kind": "pty", "index": index})
         attrs = termios.tcgetattr(c)
+        _refuse(_odd_speed(d, attrs, index))   # (set since the precheck)
         o["termios"] = attrs[:6] + [[x if isinstance(x, int) else ord(x) for x in attrs[6]]]
         o["winsize"] = list(struct.unpack("HHHH", fcntl.ioctl(c, termios.TIOCGWINSZ, b"\0" * 8)))
         read = d.scratch.setdefault("pty_read", set())
@@ -150,12 +151,14 @@ def _hold(d, dev: int, index: int) -> None:
 
 
 def _precheck(d) -> None:
-    """Before the tree is stopped: the masters it holds (for mountrules.held_roots), and bytes
-    waiting in a pty that could not be kept (`_unread`)."""
+    """Before the tree is stopped: the masters it holds (for mountrules.held_roots), a line speed
+    an image does not keep (`_odd_speed`) and bytes waiting in a pty that could not be kept
+    (`_unread`)."""
     st = os.stat(f"/proc/{d.pid}/fd/{d.fd}")
     if _is_master(st.st_mode, st.st_rdev):
         index = index_of(d.copy())
         _hold(d, _instance(d, st), index)
+        _refuse(_odd_speed(d, termios.tcgetattr(d.copy()), index))
         _refuse(_unread(d, "master", index))
     elif 136 <= os.major(st.st_rdev) < 144 and not undeleted(d.target)[1]:
         index = number_of(os.major(st.st_rdev), os.minor(st.st_rdev))
@@ -163,6 +166,21 @@ def _precheck(d) -> None:
         if unread:
             key = (f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}", f"/{index}")
             d.scratch.setdefault("pty_unread", []).append((key, unread))
+
+
+_CBAUD, _BOTHER, _IBSHIFT = 0o10017, 0o10000, 16
+
+
+def _odd_speed(d, attrs: list, index: int) -> str | None:
+    """Why the line speed of a pty whose termios is `attrs` (tcgetattr) cannot be kept, or None: an
+    arbitrary one (BOTHER, set through termios2: its value is not in termios), or another that is
+    no Bnnn (the validator takes those only, what tcsetattr takes)."""
+    cflag = attrs[2]
+    if (cflag & _CBAUD) != _BOTHER and (cflag >> _IBSHIFT) & _CBAUD != _BOTHER \
+            and attrs[4] in _SPEEDS and attrs[5] in _SPEEDS:
+        return None
+    return (f"{d.where}: pty {index}: an arbitrary line speed (BOTHER, set with termios2): not supported; "
+            "set a standard one (Bnnn, stty speed) and dump again; the tree keeps running")
 
 
 def _prefinish(scratch: dict) -> None:
