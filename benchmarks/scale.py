@@ -163,9 +163,15 @@ def _measured(cmd: list[str], extra_env: dict | None = None) -> dict:
     return res
 
 
+# The CLI run as a program ends with os._exit (engine/cli.py _exit_now), before `-m cProfile`
+# could write its profile: the profiled run calls cli.main with its arguments, which returns.
+_PROFILED = ("import cProfile, sys\nfrom engine import cli\nout = sys.argv.pop(1)\n"
+             "cProfile.run('code = cli.main(sys.argv[1:])', out)\nsys.exit(code)")
+
+
 def _mntcr(verb: str, args: list[str], profile: str | None) -> list[str]:
     if profile:
-        return [sys.executable, "-S", "-m", "cProfile", "-o", profile, "-m", "engine.cli", verb, *args]
+        return [sys.executable, "-S", "-c", _PROFILED, profile, verb, *args]
     return cli.command(verb, *args)
 
 

@@ -54,12 +54,13 @@ def _add_dump(sub) -> None:
                     "of the tree's ipc namespaces (shared memory, semaphores, message queues) and its POSIX message "
                     "queues, and fds: "
                     "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets (with queued "
-                    "data), netlink sockets (restored empty), inet sockets (TCP, UDP; unbound, bound, listening) of the "
-                    "tree's own network namespace, /dev/tty, nsfs (fds on the tree's namespaces), "
+                    "data), netlink sockets (restored empty), inet sockets (TCP, UDP; unbound, bound, listening, "
+                    "TCP connections between processes of the tree, established or half-closed, waiting to be accepted; "
+                    "UDP with datagrams waiting) of the tree's own network namespace, /dev/tty, nsfs (fds on the tree's namespaces), "
                     "pidfd (of the tree's processes), eventfd, "
                     "signalfd, timerfd, epoll, inotify, fanotify, memfd, ptys, plus each process's executable, "
                     "file mappings and threads (by name: what they run is not restored). Refused with one line naming the cause, the tree left running: other "
-                    "filesystems, TCP connections, inet sockets of the host's network namespace, other network "
+                    "filesystems, TCP connections mid-handshake or to a closed socket, inet sockets of the host's network namespace, other network "
                     "sockets, the cases IMAGE.md "
                     "lists as refusals.")
     p.add_argument("-t", "--tree", dest="pid", type=int, required=True, metavar="PID",
@@ -260,10 +261,15 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_dump(args) -> int:
-    from engine import dump
-    _settled()
-    dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external,
-              shell_job=args.shell_job)
+    from engine import filelocks
+    filelocks.read_early()   # (its kernel wait overlaps the imports: engine/filelocks.py)
+    try:
+        from engine import dump
+        _settled()
+        dump.dump(args.pid, args.images_dir, leave_running=args.leave_running, externals=args.external,
+                  shell_job=args.shell_job)
+    finally:
+        filelocks.forget_early()
     return EXIT_OK
 
 

@@ -96,7 +96,7 @@ class FdTable:
             fds.lookup(name).finish(self.objects, entries)
         self.mark_shared(procs_doc)
         held = {filelocks.inode_key(dev, ino) for dev, ino in self._inode.values()}
-        filelocks.refuse_waiters([p["pid"] for p in procs_doc], held)
+        filelocks.refuse_stopped_waiters([p["pid"] for p in procs_doc], held)
         filelocks.settle(procs_doc, self._locks)
 
     def mark_shared(self, procs_doc: list[dict]) -> None:

@@ -42,6 +42,10 @@ FEATURES = {
     "statmount(idmap)": (False, "6.15"),
     # without it: an overlay only a lazily unmounted mount shows is refused (engine/detached.py)
     "statmount(fd)": (False, "7.0"),
+    # overlayfs encodes its real layer's handle for name_to_handle_at(AT_HANDLE_FID) without nfs_export;
+    # without it: an overlay whose layers' mount was lazily unmounted since is refused
+    # (engine/fs/_layers_detached.py)
+    "overlay(AT_HANDLE_FID)": (False, "6.6"),
 }
 
 
@@ -65,6 +69,22 @@ def _stack_detached() -> None:
             os.close(above)
     finally:
         os.close(below)
+
+
+def _overlay_fid() -> None:
+    # An overlay on a fresh tmpfs over /tmp of the throwaway namespace: its root's AT_HANDLE_FID
+    # handle must carry a real layer handle (what engine/fs/_layers_detached.py reads).
+    from engine.fs import _layers_detached
+    kernel.mount("probe", "/tmp", "tmpfs", 0)
+    for d in ("l", "u", "w", "m"):
+        os.mkdir(f"/tmp/{d}")
+    kernel.mount("probe", "/tmp/m", "overlay", 0, "lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w")
+    fd = os.open("/tmp/m", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        if _layers_detached.root_fid(fd) is None:
+            raise OSError(errno.EOPNOTSUPP, "overlayfs gives no real layer handle of its root")
+    finally:
+        os.close(fd)
 
 
 def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
@@ -154,6 +174,7 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
             raise OSError(errno.ENOSYS, f"statmount shows no idmap ({uid})")
 
     attempt("statmount(idmap)", idmap_map)
+    attempt("overlay(AT_HANDLE_FID)", _overlay_fid)
     attempt("statmount(fd)", lambda: kernel.statmount_fd(detached(), kernel.STATMOUNT_MNT_BASIC) and None)
     return res
 

@@ -17,6 +17,7 @@ it), a flock lock whose taker is alive outside the tree, a lease whose taker hol
 
 from __future__ import annotations
 
+import _thread
 import errno
 import fcntl
 import os
@@ -179,20 +180,60 @@ def refuse_waiters(pids, held: set[str], text: str | None = None) -> None:
                                                     "cannot be restored")
 
 
-def _in_lock_wait(pid: int) -> bool:
-    """Whether `pid` sleeps in fcntl(F_SETLKW / F_OFD_SETLKW) or flock (unknown machine: assumed)."""
+def refuse_stopped_waiters(pids, held: set[str], before_stop: bool = False) -> None:
+    """Once the tree is stopped: refuse (FdError) a process of it (`pids`), or a thread of one, that
+    was blocked in a lock wait (flock, fcntl F_SETLKW / F_OFD_SETLKW) when it stopped. /proc/locks
+    no longer tells: the stop interrupts the wait and takes the waiter off the lock's list (the call
+    is made again on SIGCONT), but the interrupted call still shows in the task's syscall file. So
+    a wait begun after `precheck` read /proc/locks is caught too, and no second read of /proc/locks
+    (each waits for an RCU grace period in the kernel) is needed. A task stopped on its way out of
+    a lock call that got its lock shows that call too: refused (dump again). An unknown machine
+    (no syscall numbers): /proc/locks, as `refuse_waiters` reads it (`held`: the tree's inodes).
+    `before_stop` (precheck): only the tasks stopped already (SIGSTOP before the dump), which
+    /proc/locks does not show either, so that they are refused with the tree untouched."""
+    from engine import threads   # (dump's: restore's stand-ins take locks without it)
+    if _LOCK_SYSCALLS.get(os.uname().machine) is None:
+        if not before_stop:
+            refuse_waiters(pids, held)
+        return
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue   # (gone: a zombie's, or reaped; told elsewhere)
+        for tid in sorted(tids, key=lambda t: t != str(pid)):
+            task = f"{pid}/task/{tid}"
+            if before_stop and threads.task_state(task) not in ("T", "t"):
+                continue
+            call = _in_lock_wait(task)
+            if call:
+                who = f"process {pid}" if tid == str(pid) else f"process {pid} (thread {tid})"
+                how = f"stopped while blocked in {call}" if before_stop else \
+                    f"blocked in {call} when the tree stopped"
+                raise FdError(errno.EOPNOTSUPP, f"{who} waits for a lock ({how}): a blocked lock wait cannot "
+                                                "be restored")
+
+
+def _in_lock_wait(task) -> str:
+    """The lock call (flock, "fcntl F_SETLKW", "fcntl F_OFD_SETLKW") /proc/`task` ("PID" or
+    "PID/task/TID") sleeps in or was stopped in, "" for none (unknown machine: "a lock call",
+    assumed). A flock with LOCK_NB or LOCK_UN never waits."""
     nrs = _LOCK_SYSCALLS.get(os.uname().machine)
     if nrs is None:
-        return True
+        return "a lock call"
     try:
-        with open(f"/proc/{pid}/syscall") as f:
+        with open(f"/proc/{task}/syscall") as f:
             words = f.read().split()
     except OSError:
-        return False
-    if not words or not words[0].isdigit():
-        return False
-    nr = int(words[0])
-    return nr == nrs[1] or nr == nrs[0] and len(words) > 2 and int(words[2], 16) in _WAIT_CMDS
+        return ""
+    if len(words) < 3 or not words[0].isdigit():
+        return ""   # ("running", or "-1 SP PC": in no syscall)
+    nr, arg = int(words[0]), int(words[2], 16)
+    if nr == nrs[1]:
+        return "" if arg & (fcntl.LOCK_NB | fcntl.LOCK_UN) else "flock"
+    if nr == nrs[0] and arg in _WAIT_CMDS:
+        return "fcntl F_SETLKW" if arg == fcntl.F_SETLKW else "fcntl F_OFD_SETLKW"
+    return ""
 
 
 def inode_key(dev: int, ino: int) -> str:
@@ -200,13 +241,59 @@ def inode_key(dev: int, ino: int) -> str:
     return f"{os.major(dev):02x}:{os.minor(dev):02x}:{ino}"
 
 
-def precheck(pids: list[int]) -> None:
+_early: list | None = None   # read_early's [done lock, text or OSError], until proc_locks takes it
+
+
+def read_early() -> None:
+    """Start reading /proc/locks in a thread (dump's CLI does, before it imports the dump): a read of
+    it waits in the kernel for an RCU grace period (locks_start takes file_rwsem for writing),
+    5-20 ms of wall time and no CPU, which the imports and the first looks at the tree then cover.
+    `proc_locks` takes the text; it must be taken before the first fork (a fork copies one thread)."""
+    global _early
+    done = _thread.allocate_lock()
+    done.acquire()
+    box = [done, None]
+
+    def read():
+        try:
+            with open("/proc/locks") as f:
+                box[1] = f.read()
+        except OSError as e:
+            box[1] = e
+        finally:
+            done.release()
+    _thread.start_new_thread(read, ())
+    _early = box
+
+
+def proc_locks() -> str:
+    """The text of /proc/locks: read_early's when one was started (waiting for it; taken once),
+    else read now."""
+    global _early
+    box, _early = _early, None
+    if box is None:
+        with open("/proc/locks") as f:
+            return f.read()
+    box[0].acquire()
+    if isinstance(box[1], OSError):
+        raise box[1]
+    return box[1]
+
+
+def forget_early() -> None:
+    """Wait for and drop read_early's text when no dump took it (it refused before its precheck)."""
+    if _early is not None:
+        proc_locks()
+
+
+def precheck(pids: list[int], text: str | None = None) -> None:
     """Before the tree is stopped: refuse (FdError) the locks `settle` and `refuse_kind` would, and
     waiters. Only fds on an inode /proc/locks names are looked at (their fdinfo, and kcmp among
-    them for shared descriptions)."""
+    them for shared descriptions); `text`: /proc/locks' (proc_locks) when taken already."""
     from engine.fds import sys as fsys
-    with open("/proc/locks") as f:
-        text = f.read()
+    if text is None:
+        text = proc_locks()
+    refuse_stopped_waiters(pids, set(), before_stop=True)
     locked = {line.split()[-3] for line in text.splitlines() if line.strip()}
     if not locked:
         return

@@ -1515,6 +1515,8 @@ def _check_places(doc: dict, p: dict, what: str, mounts: dict, detached: dict, r
         _check_loc(loc, mounts, detached, f"{what} mapping")
         _check_ghost_ref(doc, loc, mounts, f"{what} mapping")
     if "ctty_node" in p:
+        if p.get("sid") != p["pid"]:   # (only a session leader takes a terminal: restore ignored it)
+            _fail(f"{what} ctty_node: the process leads no session")
         _check_ctty_node(doc, p["ctty_node"], mounts, f"{what} ctty_node")
     if "exe" in p:
         if p["exe"].get("detached"):
@@ -1578,6 +1580,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             for mnt in kind.mounts(fd):
                 if mnt not in mounts:
                     _fail(f"{fwhat}: unknown mount {mnt}")
+            if "ptmx" in fd and kind.name in ("pty", "ctty"):
+                _check_ptmx(doc, fd["ptmx"], mounts, f"{fwhat} ptmx")
             if kind.name == "pty" and fd.get("ctty"):
                 _check_own_pty(doc, fd, mounts, f"{fwhat} (its controlling terminal)")
             elif kind.name == "ctty" and "tty" in fd:
@@ -1692,6 +1696,23 @@ def _check_ctty_node(doc: dict, node, mounts: dict, what: str) -> None:
     if (doc.get("objects") or {}).get(node["obj"], {}).get("kind") != "pty":
         _fail(f"{what}: {node['obj'][:40]!r} is no pty of the image")
     _check_own_pty(doc, node, mounts, what)
+    m = mounts[node["ptmx"]["mnt"]]
+    if m.get("external") is not None or doc["superblocks"].get(m.get("sb"), {}).get("external"):
+        # (its master is the tree's, on the devpts restore makes for the node: never a host file)
+        _fail(f"{what}: its ptmx lies on external mount {m.get('id')}")
+    _check_ptmx(doc, node["ptmx"], mounts, f"{what} ptmx")
+
+
+def _check_ptmx(doc: dict, ptmx: dict, mounts: dict, what: str) -> None:
+    """Where a pty master is opened again (restore opens it read-write until the kernel hands out
+    the pty's number): on an external mount (the host's files) only a node called ptmx (the host's
+    devpts the user gave; dump records that name), never another host file or device."""
+    m = mounts[ptmx["mnt"]]
+    if m.get("external") is None and not doc["superblocks"].get(m.get("sb"), {}).get("external"):
+        return
+    in_sb = m.get("root", "/") if ptmx["path"] == "/" else str(m.get("root", "/")).rstrip("/") + ptmx["path"]
+    if in_sb.rsplit("/", 1)[-1] != "ptmx":
+        _fail(f"{what}: {ptmx['path'][:60]!r} on external mount {m.get('id')} is no ptmx")
 
 
 def _check_own_pty(doc: dict, node: dict, mounts: dict, what: str) -> None:

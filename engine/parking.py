@@ -27,11 +27,16 @@ _ONTO = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
 
 
 class Parking:
-    """Where a restore drops its detached mounts; `stack`: the kernel can stack them (else each
-    is closed at once, as a plain close would)."""
+    """Where a restore (or a dump) drops its detached mounts; `stack`: the kernel can stack them
+    (else each is closed at once, as a plain close would)."""
 
-    def __init__(self, stack: bool):
+    def __init__(self, stack: bool, anchored: bool = False):
+        """`anchored`: each chain starts on a new empty detached mount of the caller's own (an
+        anchor): the kernel takes a detached tree as move_mount's target only from the mount
+        namespace it was made in, so mounts cloned in another one (dump's clone helper's namespace
+        copy) are stacked on such a mount, never on one another's roots."""
         self.stack = stack
+        self.anchored = anchored
         self._first: int | None = None  # the chain's root: closing it unmounts the chain
         self._top: int | None = None    # the last mount stacked, where the next goes
         self._count = 0
@@ -42,8 +47,14 @@ class Parking:
             os.close(fd)
             return
         if self._first is None:
-            self._first, self._count = fd, 1
-            return
+            if not self.anchored:
+                self._first, self._count = fd, 1
+                return
+            try:
+                self._first, self._count = kernel.scratch_tmpfs(), 1
+            except OSError:
+                os.close(fd)
+                return
         try:
             kernel.move_mount(fd, "", self._first if self._top is None else self._top, "", _ONTO)
         except OSError:

@@ -41,7 +41,11 @@ def _tmp_name(path: str) -> str:
 
 
 def publish(path: str, pid: int) -> None:
-    """Write `pid` to a temporary file next to `path`, then link it to `path` (never replacing one)."""
+    """Write `pid` to a temporary file next to `path`, then link it to `path` (never replacing one).
+
+    Not fsync'ed: a reader never sees a partial file (it appears by link(2), written whole), and
+    after a crash of the host no tree runs that it could name. An fsync waited for the disk on
+    every restore, 2-12 ms on this machine's ext4 (a small restore is ~60 ms)."""
     tmp = _tmp_name(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
@@ -49,7 +53,6 @@ def publish(path: str, pid: int) -> None:
             data = f"{pid}\n".encode()
             if os.write(fd, data) != len(data):
                 raise OSError(errno.ENOSPC, "short write")
-            os.fsync(fd)
         finally:
             os.close(fd)
         os.link(tmp, path)

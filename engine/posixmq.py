@@ -1,8 +1,8 @@
-"""POSIX message queues of the tree's ipc namespaces (mq_open), with engine/sysvipc.py: read in a
-child that joins the namespace, listed on a detached mqueue mount of its own (the namespace's one
-superblock: nothing is attached anywhere); made again with mq_open in the restored namespace with
-their attributes, owner, mode and messages in their order. A queue a process asked to be notified
-on (mq_notify) is refused before the stop: the registration is not restored.
+"""POSIX message queues of the tree's ipc namespaces (mq_open), with engine/sysvipc.py: read by
+the dumper's thread joined to the namespace, listed on a detached mqueue mount of its own (the
+namespace's one superblock: nothing is attached anywhere); made again with mq_open in the restored
+namespace with their attributes, owner, mode and messages in their order. A queue a process asked
+to be notified on (mq_notify) is refused before the stop: the registration is not restored.
 
 Image (in the namespace's "sysvipc" entry): "mqueue": [{name, mode, uid, gid, maxmsg, msgsize,
 msgs [[priority, base64 text]]}].
@@ -32,7 +32,7 @@ _libc.mq_send.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes
 
 
 def _mqueue_dir() -> int | None:
-    """In a child in the namespace: a directory fd on a detached mqueue mount of our own (the
+    """In the namespace: a directory fd on a detached mqueue mount of our own (the
     namespace's one superblock: its POSIX message queues; nothing is attached anywhere), None
     without POSIX message queues in the kernel."""
     try:
@@ -51,7 +51,7 @@ def _mqueue_dir() -> int | None:
 
 
 def read_here(limits_only: bool = False, outsider: int | None = None) -> list[dict]:
-    """In a child in the namespace: its POSIX message queues (name, mode, owner, attributes and
+    """In the namespace (sysvipc._joined): its POSIX message queues (name, mode, owner, attributes and
     messages, highest priority first as mq_receive gives them). Reading takes the messages; each
     is sent again at once, in the order read, so the queue is as it was. A queue a process asked to
     be notified on (mq_notify) is refused: the registration is not restored; so is a full queue when
@@ -120,7 +120,7 @@ def make_here(queues: list) -> None:
             attr = _MqAttr(0, q["maxmsg"], q["msgsize"], 0)
             kernel.fs_ids_keeping_caps(q["uid"], q["gid"])
             try:
-                fd = checked(_libc.mq_open(("/" + q["name"]).encode(), os.O_RDWR | os.O_CREAT | os.O_EXCL
+                fd = checked(_libc.mq_open(_bytes("/" + q["name"]), os.O_RDWR | os.O_CREAT | os.O_EXCL
                                           | os.O_NONBLOCK | os.O_CLOEXEC, ctypes.c_uint(q["mode"]), ctypes.byref(attr)),
                             f"{what}: mq_open")
             finally:
@@ -135,6 +135,15 @@ def make_here(queues: list) -> None:
         os.umask(old)
 
 
+def _bytes(name: str) -> bytes:
+    """The bytes of a queue's name as dump read it (os.listdir: undecodable bytes as surrogates), b""
+    when it has a surrogate that stands for no byte."""
+    try:
+        return name.encode("utf-8", "surrogateescape")
+    except UnicodeError:
+        return b""
+
+
 def check(queues, what: str, fail) -> int:
     """The validator's rule for an ipc namespace's POSIX message queues; returns their bytes."""
     if type(queues) is not list or len(queues) > MAX_OBJECTS:
@@ -144,10 +153,11 @@ def check(queues, what: str, fail) -> int:
         if type(q) is not dict or set(q) != {"name", "mode", "uid", "gid", "maxmsg", "msgsize", "msgs"}:
             fail(f"{what}: a queue must have exactly name, mode, uid, gid, maxmsg, msgsize, msgs")
         name = q["name"]
-        if type(name) is not str or not 0 < len(name) <= 255 or "/" in name or "\0" in name or name in (".", "..") \
-                or name in names:
+        # (its bytes, as restore gives them to mq_open: two names may spell the same ones)
+        raw = _bytes(name) if type(name) is str else b""
+        if not 0 < len(raw) <= 255 or b"/" in raw or b"\0" in raw or raw in (b".", b"..") or raw in names:
             fail(f"{what}: bad or repeated queue name {str(name)[:40]!r}")
-        names.add(name)
+        names.add(raw)
         if not (int_in(q["mode"], 0, 0o777) and int_in(q["uid"], 0, 0xfffffffe) and int_in(q["gid"], 0, 0xfffffffe)
                 and int_in(q["maxmsg"], 1, 65536) and int_in(q["msgsize"], 1, 16 << 20)):
             fail(f"{what} /{name}: bad mode, owner or attributes")

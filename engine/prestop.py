@@ -132,6 +132,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN]. Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
     from engine import image, strategy
+    locks = filelocks.proc_locks()   # (first: before any fork, while read_early's thread may read it)
     strat = strategy.current()
     pids = [p for p, _ in tree]
     names = ns_names(pids, image.NS_KINDS)
@@ -177,7 +178,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     try:
         # (locks first: the detached-mount check opens files on the running tree, which breaks a
         # write lease this refuses)
-        filelocks.precheck(pids)
+        filelocks.precheck(pids, locks)
         sysvipc.precheck(pids)
         schedattrs.precheck(pids)
         timens.precheck(pids)

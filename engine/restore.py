@@ -73,7 +73,10 @@ _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUI
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
                "nodiratime": kernel.MOUNT_ATTR_NODIRATIME, "nosymfollow": kernel.MOUNT_ATTR_NOSYMFOLLOW}
 _ALL_FLAGS = sum(_ATTR_FLAGS.values())
-# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts).
+# Superblock mounts kept at most until the filling helper is done with them (fds, at 90,000 mounts);
+# up to four times more where the fd limit leaves room (_Restorer.after_fill_max). One closed
+# before the helper's own close makes that one the last: an RCU grace period each, in the helper
+# (10,000 mounts, 1,800 filled superblocks: ~0.2 s of its path while the restorer waited for it).
 _AFTER_FILL = 512
 _MOVE_FLAGS = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
 _CLONE = kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH
@@ -508,6 +511,8 @@ class _Restorer:
         self.helpers: dict[int, dict] = {}    # helper id (< 0) -> {"id", "sb", "fd", ...}
         self.helper_yard: int | None = None   # where helpers are attached, when they must be
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
+        self.fill_started = False          # (create_superblocks: the helper started, or found not needed)
+        self._sb_planned: tuple | None = None  # (_sb_plan)
         self.ahead: content.ReadAhead | None = None  # the archives `mntcr restore` had read (to the filler)
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
@@ -515,6 +520,8 @@ class _Restorer:
         # Superblock mounts done with while the filling helper still holds them: let go of once it
         # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
         self.after_fill: dict[str, int] = {}
+        room = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4 - len(self.mounts) // 4
+        self.after_fill_max = max(_AFTER_FILL, min(4 * _AFTER_FILL, room))
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
@@ -872,43 +879,31 @@ class _Restorer:
 
     # -- 2. superblocks ---------------------------------------------------------
 
-    def create_superblocks(self) -> None:
+    def create_superblocks(self, early: bool = False) -> None:
         """Create every superblock the image needs (external ones are cloned later, types made
         on use when first used: engine/fs `when`). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
-        while the rest of the restore goes on."""
-        every = list(itertools.chain(self.mounts.values(), self.detached.values()))
-        sids = list(map(itemgetter("sb"), every))
-        # Each superblock's first mount (dict(zip) keeps a key's last value: both reversed), and how
-        # many of its mounts have each set of options, counted in one pass in C (~45 steps a mount
-        # as Python statements); a Counter keeps the pairs in first-seen order, as those did.
-        users: dict[str, dict] = dict(zip(reversed(sids), reversed(every)))
-        counts: dict[str, dict[frozenset, int]] = {}
-        for (sid, opts), n in collections.Counter(zip(sids, map(frozenset, map(itemgetter("mount_opts"), every)))).items():
-            if opts <= _BASE_OK:
-                counts.setdefault(sid, {})[opts] = n
-        # A new superblock's own mount (fsmount) carries the per-mount options most of its mounts
-        # have (never "ro": files are extracted through it): their clones need no mount_setattr.
-        # (max keeps the first of equal counts, as Counter.most_common did; a plain dict is cheaper
-        # for thousands of superblocks)
-        common = {sid: max(c, key=c.get) for sid, c in counts.items()}
+        while the rest of the restore goes on. `early` (before the stand-ins exist): only start
+        that helper, when it fills no superblock this process makes (no yard, no content superblock
+        a user namespace owns), so that its fork, superblocks and archives run beside the
+        stand-ins' start; the call without it makes the rest."""
+        users, common, handlers, order = self._sb_plan()
         plans = []
-        # Types made after the files last: a device may sit on an image file restored here.
-        handlers = {}
-        for sid, sb in self.doc["superblocks"].items():
-            handlers[sid] = fs.lookup(sb["fstype"])
-            if handlers[sid] is None and not sb.get("external") and sid in users:
-                raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
-        order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
-                       and handlers[kv[0]].when == fs.AFTER_FILES)
-        started = False
+        started = self.fill_started   # (by the early call: its plain superblocks are the helper's)
+        if early and (self.wants_yard or any(
+                not sb.get("external") and sid in users and handlers[sid].content and not handlers[sid].ns
+                and sb.get("owner") is not None for sid, sb in order)):
+            return
         for sid, sb in order:
             handler = handlers[sid]
             if sb.get("external") or sid not in users or handler.when == fs.ON_USE:
                 continue  # external: cloned from the host; on use: created when first cloned (_source)
+            if started and handler.when == fs.PLAIN and not handler.ns and sb.get("owner") is None:
+                continue   # (made by the helper the early call started: planned there)
             if handler.when == fs.AFTER_FILES:
-                if not started:
+                if early:
+                    continue
+                if not self.fill_started:
                     self._start_filling(plans, users)
-                    started = True
                 self.join_files()  # its device may sit on a file being extracted
                 self.sb_fd[sid] = self._settle(sid, self._create_by_type(sid, sb, users[sid]))
                 step("superblock")
@@ -927,6 +922,8 @@ class _Restorer:
             if not handler.ns and self.yard is None and owner is None:
                 plans.append((sid, fstype, source, params, attr, where))
                 continue
+            if early:
+                continue   # (made in a namespace or a user namespace: by the call after the stand-ins)
             try:
                 if handler.ns:
                     chan = self._creator(sid, sb, handler, users[sid])
@@ -941,12 +938,44 @@ class _Restorer:
             self.sb_fd[sid] = self._settle(sid, fd)
             self._keep_for_seal(sid, fd)
             step("superblock")
-        if not started:
+        if not self.fill_started:
             self._start_filling(plans, users)
+
+    def _sb_plan(self) -> tuple[dict, dict, dict, list]:
+        """What create_superblocks works from (made once: it runs twice): each superblock's first
+        mount, the per-mount options most of its mounts have, its type, and the order to make them in."""
+        if self._sb_planned is not None:
+            return self._sb_planned
+        every = list(itertools.chain(self.mounts.values(), self.detached.values()))
+        sids = list(map(itemgetter("sb"), every))
+        # Each superblock's first mount (dict(zip) keeps a key's last value: both reversed), and how
+        # many of its mounts have each set of options, counted in one pass in C (~45 steps a mount
+        # as Python statements); a Counter keeps the pairs in first-seen order, as those did.
+        users: dict[str, dict] = dict(zip(reversed(sids), reversed(every)))
+        counts: dict[str, dict[frozenset, int]] = {}
+        for (sid, opts), n in collections.Counter(zip(sids, map(frozenset, map(itemgetter("mount_opts"), every)))).items():
+            if opts <= _BASE_OK:
+                counts.setdefault(sid, {})[opts] = n
+        # A new superblock's own mount (fsmount) carries the per-mount options most of its mounts
+        # have (never "ro": files are extracted through it): their clones need no mount_setattr.
+        # (max keeps the first of equal counts, as Counter.most_common did; a plain dict is cheaper
+        # for thousands of superblocks)
+        common = {sid: max(c, key=c.get) for sid, c in counts.items()}
+        # Types made after the files last: a device may sit on an image file restored here.
+        handlers = {}
+        for sid, sb in self.doc["superblocks"].items():
+            handlers[sid] = fs.lookup(sb["fstype"])
+            if handlers[sid] is None and not sb.get("external") and sid in users:
+                raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
+        order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
+                       and handlers[kv[0]].when == fs.AFTER_FILES)
+        self._sb_planned = users, common, handlers, order
+        return self._sb_planned
 
     def _start_filling(self, plans: list, users: dict) -> None:
         """Start the helper (engine/filler.py) that makes `plans` and fills every superblock with
         archived files; with a yard the superblocks exist already and it only fills them."""
+        self.fill_started = True
         if plans:
             # In the order assemble() first clones from them (creation order, detached last).
             rank: dict[str, int] = {}
@@ -1551,7 +1580,7 @@ class _Restorer:
         if sid in self.ro_fd or sid in self.helper_src:
             os.close(fd)
         elif sid in self.filling and self._filling_now() and sid not in self.filler.filled:
-            if len(self.after_fill) < _AFTER_FILL:
+            if len(self.after_fill) < self.after_fill_max:
                 self.after_fill[sid] = fd
             else:
                 os.close(fd)  # (the helper's close will wait alone)
@@ -1578,6 +1607,8 @@ class _Restorer:
                     self.referenced.add(loc["mnt"])
             for f in p["fds"]:
                 self.referenced.update(fdkinds.mounts_used(f))
+            if "ctty_node" in p:   # (its leader takes the terminal through them: engine/ctty.py)
+                self.referenced.update((p["ctty_node"]["mnt"], p["ctty_node"]["ptmx"]["mnt"]))
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
         helper_ok = lambda sid: sid in self.doc["superblocks"] and not self.doc["superblocks"][sid].get("external")  # noqa: E731
@@ -2473,6 +2504,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     step("start")
     r._users_call(r.users.make_userns)
     r.start_yard()
+    r.create_superblocks(early=True)   # the filling helper, when it can, beside the stand-ins' start
     r.spawn_standins()
     r.make_sysvipc()
     r.open_externals()

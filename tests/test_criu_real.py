@@ -262,15 +262,36 @@ TESTS = {
     "file_fown": "unavailable: its .desc allows the h flavor only",
     "socket-ext": "unavailable: its .desc allows the h flavor only",
     "socket-tcp": "unavailable: its .desc allows the h flavor only",
-    **{name: "unavailable: criu --tcp-established, which this driver does not translate" for name in (
-        "socket-tcp-local", "socket-tcp-reuseport")},
-    **{name: "unavailable: its .desc needs the criu feature 'tcp_half_closed', which this driver does not probe"
-       for name in ("socket-tcp-unconn", "socket-tcp6-unconn", "socket-tcp-reseted")},
+    # established connections whose two ends the test holds (engine/fds/inet_tcp.py; --tcp-established
+    # asks nothing more: criu_tests.IGNORED_OPTS)
+    **{name: "pass" for name in ("socket-tcp-local", "socket-tcp6-local", "socket-tcp4v6-local")},
+    # (restored, full buffers both ways, but the test never sleeps: its heartbeat moves bytes through
+    # the connections between the state the driver takes and the dump, so the two cannot agree)
+    **{name: "known: compare: a test that never sleeps: its heartbeat moves bytes between its state and the dump"
+       for name in ("socket-tcpbuf-local", "socket-tcpbuf6-local")},
+    "socket-tcp-reuseport": "known: restore: a listener that turned SO_REUSEPORT off once a second one bound its "
+                            "port beside it is made first, without it, and keeps the second from binding",
+    # half-closed connections (engine/fds/inet_tcp.py STATES; the driver probes tcp_half_closed)
+    **{name: "pass" for name in ("socket-tcp-unconn", "socket-tcp6-unconn",
+                                 "socket-tcp-close-wait", "socket-tcp6-close-wait", "socket-tcp4v6-close-wait",
+                                 "socket-tcp-fin-wait2", "socket-tcp6-fin-wait2", "socket-tcp4v6-fin-wait2",
+                                 "socket-tcp-last-ack", "socket-tcp6-last-ack", "socket-tcp4v6-last-ack")},
+    # (restored FIN_WAIT1, its FIN behind bytes the peer's full window holds back; the test's send
+    # buffer, which TCP autotunes, grows between the state the driver takes and the dump)
+    **{name: "known: compare: the test's send buffer grows (TCP autotuning) between its state and the dump"
+       for name in ("socket-tcp-fin-wait1", "socket-tcp6-fin-wait1", "socket-tcp4v6-fin-wait1")},
+    # Not in the table: socket-tcp-closing, -tcp6-closing, -tcp4v6-closing restore CLOSING, but pass or
+    # fail the comparison by chance: a restored receiver's window is computed afresh (its queue's
+    # memory is not the original's), so a few KiB more may flow in before the state is taken.
+    **{name: "refused: a TCP socket whose connection ended" for name in (
+        "socket-tcp-closed", "socket-tcp6-closed", "socket-tcp4v6-closed")},
+    "socket-tcp-reseted": "unavailable: its .desc needs the criu feature 'has_ipt_legacy', which this driver does "
+                          "not probe",
     **{name: "unavailable: its .desc needs the criu feature 'ipv6_freebind', which this driver does not probe"
        for name in ("sock_ip_opts00", "sock_ip_opts01")},
     "socket-raw": "unavailable: its .desc needs the criu feature 'net_diag_raw', which this driver does not probe",
     "inotify_irmap": "pass",   # (--force-irmap, --irmap-scan-path: how criu names a watch's file)
-    "socket_aio": "unavailable: criu --tcp-established, which this driver does not translate",
+    "socket_aio": "pass",
     # --- file locks (engine/filelocks.py; the .desc's --file-locks asks nothing more) ------------
     **{f"file_locks0{n}": "pass" for n in range(9)},   # 03: a flock taken before fork, closed in the taker
     "file_lease00": "refused: a write lease: dump reads the files of the tree's mounts",
@@ -329,7 +350,9 @@ UNS_TESTS = {
     "scm06": "refused: an fd in flight (socket:",
     # inet sockets of the network namespace the test's user namespace owns
     **{name: "pass" for name in ("socket_udp", "socket_listen", "socket-tcp-listen", "socket6_udp", "unbound_sock",
-                                 "socket_udp_shutdown", "sock_tcp_opts00")},
+                                 "socket_udp_shutdown", "sock_tcp_opts00",
+                                 # established connections: repair mode needs no capability there
+                                 "socket-tcp-local", "socket-tcp6-local", "socket-tcp4v6-local")},
     "packet_sock": "refused: packet sockets are not supported",
     "pty-console": "pass",
     # the test pivots into a root with no /proc in a mount namespace of its own: its stand-in, forked

@@ -50,7 +50,7 @@ def assert_refused(r, pattern: str, verb: str = "restore") -> str:
 
 ISSUE_FEATURES = ["open_tree", "move_mount", "MOVE_MOUNT_SET_GROUP", "fsopen/fsmount", "mount_setattr",
                   "statmount/listmount", "STATX_MNT_ID_UNIQUE", "open_tree(detached)", "statmount(idmap)",
-                  "move_mount(to-detached)", "statmount(fd)"]
+                  "move_mount(to-detached)", "statmount(fd)", "overlay(AT_HANDLE_FID)"]
 _CHECK_LINE = re.compile(r"^(\S+)\s+(present|MISSING)\s+(required|optional)\b")
 
 

@@ -145,6 +145,72 @@ wait_blocked()
                                   r"cannot be restored")
 
 
+def test_waiter_stopped_before_the_dump_refused_unstopped(case):
+    """A process of the tree stopped (SIGSTOP) while blocked in flock: the stop took it off the
+    lock's wait list, so /proc/locks shows no waiter; its interrupted call is seen (its syscall
+    file) and refused before the dump stops the tree."""
+    setup = STOP_WATCH + "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f\n" + py_hold(LOCKER + """
+import signal, time
+f = os.open("/mnt/t/f", os.O_RDWR); fcntl.flock(f, fcntl.LOCK_EX)
+c = os.fork()
+if c == 0:
+    ready()
+    g = os.open("/mnt/t/f", os.O_RDWR); fcntl.flock(g, fcntl.LOCK_EX)
+    os._exit(0)
+wait_blocked()
+os.kill(c, signal.SIGSTOP)
+while open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
+    time.sleep(0.01)
+""")
+    pid = case.start(setup)
+    from zdtm.snapshot import tree_pids
+    stopped = [p for p in tree_pids(pid) if open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] == "T"]
+    assert len(stopped) == 1, stopped
+    assert not any("->" in line and f" {stopped[0]} " in line for line in open("/proc/locks")), \
+        "a stopped waiter shows in /proc/locks: this test no longer tests what it says"
+    _refused_unstopped(case, pid, rf"process {stopped[0]} waits for a lock \(stopped while blocked in flock\): a "
+                                  r"blocked lock wait cannot be restored")
+    assert open(f"/proc/{stopped[0]}/stat").read().rsplit(")", 1)[1].split()[0] == "T", "not left stopped"
+
+
+def _until(cond, timeout: float = 10.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_wait_begun_after_the_precheck_refused_once_stopped():
+    """A wait the precheck did not see (begun after it read /proc/locks) is found once the tree is
+    stopped, by the interrupted call in the task's syscall file; the message says so."""
+    import fcntl
+    import signal
+    import subprocess
+    import sys
+    from engine import filelocks
+    from engine.fds import FdError
+    path = f"/tmp/mntcr-locks-{os.getpid()}"
+    f = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        waiter = subprocess.Popen([sys.executable, "-S", "-c", "import fcntl, os\n"
+                                   f"fcntl.flock(os.open({path!r}, os.O_RDWR), fcntl.LOCK_EX)"])
+        try:
+            _until(lambda: f" {waiter.pid} " in "".join(line for line in open("/proc/locks") if "->" in line))
+            os.kill(waiter.pid, signal.SIGSTOP)
+            _until(lambda: open(f"/proc/{waiter.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T")
+            with pytest.raises(FdError, match=rf"process {waiter.pid} waits for a lock \(blocked in flock when "
+                                              r"the tree stopped\)"):
+                filelocks.refuse_stopped_waiters([waiter.pid], set())
+        finally:
+            waiter.kill()
+            waiter.wait()
+    finally:
+        os.close(f)
+        os.unlink(path)
+
+
 def test_write_lease_refused_unstopped(case):
     """A write lease: refused before the stop (dump's reads of the files would break it)."""
     setup = STOP_WATCH + "mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo x > /mnt/t/f\n" + py_hold(LOCKER + """

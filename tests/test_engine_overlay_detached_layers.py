@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import pytest
 
-from enginecase import STOP_WATCH, CRError, case, load_manifest, was_stopped  # noqa: F401  (fixture)
+from enginecase import (DUMP_EXTERNALS, STOP_WATCH, CRError, case, load_manifest, mntcr,  # noqa: F401  (fixture)
+                        needs_seccomp, was_stopped)
 
 
 def _setup(upper: bool, cover: bool, held: str = "t0") -> str:
@@ -42,6 +43,13 @@ def _needs_overlay():
             pytest.skip("overlay is not in /proc/filesystems (kernel without CONFIG_OVERLAY_FS)")
 
 
+def _needs_fid():
+    from engine import features
+    f = features.available()["overlay(AT_HANDLE_FID)"]
+    if not f.present:
+        pytest.skip(f"kernel feature overlay(AT_HANDLE_FID) (kernel >= {f.since}) is missing: {f.detail}")
+
+
 def _state(pid: int) -> str:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
@@ -51,6 +59,7 @@ def _state(pid: int) -> str:
 @pytest.mark.parametrize("cover", [True, False], ids=["covered", "uncovered"])
 def test_layers_on_a_detached_mount_recorded_there(case, upper, cover):
     _needs_overlay()
+    _needs_fid()
     pid = case.start(_setup(upper, cover))
     images = case.new_images_dir()
     case.dump(pid, images)
@@ -76,5 +85,21 @@ def test_layers_on_a_detached_mount_nothing_holds_refused_unstopped(case, held):
     assert "on overlay: its layer lowerdir=/mnt/t0/ov2/l is no longer a directory at that path" in msg, msg
     assert "lazily unmounted, it may live on detached" in msg, msg
     assert len(msg.strip().splitlines()) == 2, msg   # ("mntcr dump exited N:" and the line)
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert _state(pid) in "SR", "the tree was not left running"
+
+
+@needs_seccomp
+def test_layers_on_a_detached_mount_without_fid_refused_naming_the_kernel(case):
+    """A kernel whose overlayfs gives no real layer handle (before 6.6; here name_to_handle_at fails
+    with ENOSYS, so the probe and dump see what such a kernel gives): the layers held on the detached
+    mount cannot be found, refused before the stop with the kernel named as the reason."""
+    _needs_overlay()
+    pid = case.start(STOP_WATCH + _setup(True, True))
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS, without=("name_to_handle_at",))
+    assert r.returncode != 0, r.stdout
+    assert "its layer lowerdir=/mnt/t0/ov2/l is no longer a directory at that path" in r.stderr, r.stderr
+    assert "AT_HANDLE_FID: this kernel gives none, Linux >= 6.6" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not was_stopped(pid), "dump stopped the tree before it refused"
     assert _state(pid) in "SR", "the tree was not left running"

@@ -124,3 +124,19 @@ def test_objects_never_go_to_the_host_namespace():
                                                              "cuid": 0, "cgid": 0, "vals": [1]}]}}}
     with pytest.raises(ImageError, match="an ipc namespace no process is in"):
         imageformat._check_sysvipc(doc)
+
+
+def test_dumper_thread_back_in_its_own_namespace(case):
+    """Dump reads a namespace's objects and checks its limits with its own thread joined to it (no
+    helper to fork): the thread is back in its own ipc namespace after a read and after a refusal."""
+    from engine import sysvipc
+    own = os.stat("/proc/thread-self/ns/ipc").st_ino
+    pid = case.start(py_hold(_MAKE.replace("SIZE", "4096")))
+    assert os.stat(f"/proc/{pid}/ns/ipc").st_ino != own
+    got = sysvipc.read(pid, [pid])
+    assert [s["key"] for s in got["shm"]] == [0x1234] and got["sem"][0]["vals"] == [3, 7], got
+    assert os.stat("/proc/thread-self/ns/ipc").st_ino == own
+    big = case.start(py_hold(_MAKE.replace("SIZE", str(sysvipc.MAX_BYTES + 4096))))
+    with pytest.raises(sysvipc.IpcError, match="more than 64 MiB"):
+        sysvipc.precheck([big])
+    assert os.stat("/proc/thread-self/ns/ipc").st_ino == own

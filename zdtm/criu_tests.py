@@ -72,6 +72,8 @@ IGNORED_OPTS = {
     "--no-ghost-fiemap": "how criu finds a deleted file's holes; mntcr's archive keeps them (tar --sparse)",
     "--force-irmap": "how criu names an inotify watch's file (by a scan); mntcr finds it by its inode on the mount",
     "--irmap-scan-path": "where criu's scan for an inotify watch's file starts; mntcr does not scan",
+    "--tcp-established": "mntcr always keeps the established TCP connections whose two ends the tree holds "
+                         "(engine/fds/inet_tcp.py), or refuses naming one",
 }
 # --external mnt[]:FLAGS and mnt[] ask criu to detect external mounts itself; mntcr dumps every mount
 # it can and names the others, so they ask nothing more of it.
@@ -86,6 +88,7 @@ FEATURES = {
     "kcmp_epoll": lambda: _kernel_at_least(4, 13),   # kcmp(KCMP_EPOLL_TFD)
     "timerfd": lambda: _kernel_at_least(3, 17),      # timerfd state in fdinfo
     "fdinfo_lock": lambda: _kernel_at_least(4, 1),   # "lock:" lines in fdinfo (engine/filelocks.py reads them)
+    "tcp_half_closed": lambda: _kernel_at_least(4, 11),   # TCP_REPAIR on a connection past ESTABLISHED
 }
 
 

@@ -84,8 +84,8 @@ def _socket(c: int) -> str:
 
 
 def _inet(s: socket.socket) -> str:
-    """An inet socket: family, protocol, name, state (a listener's backlog and accept queue, a UDP
-    socket's peer and waiting bytes), its options and its network namespace's lo."""
+    """An inet socket: family, protocol, name, state (a listener's backlog and accept queue, a TCP
+    connection's or a UDP socket's peer and waiting bytes), its options and its network namespace's lo."""
     from engine.fds import inet, inet_net, inet_opts
     fam = inet.FAMILIES[s.family]
     proto = inet.PROTOS.get((s.type, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)), f"type{int(s.type)}")
@@ -96,6 +96,8 @@ def _inet(s: socket.socket) -> str:
         out += f" state={inet.TCP_STATES.get(st, st)}"
         if st == inet.TCP_LISTEN:
             out += f" backlog={backlog} queued={queued}"
+        elif st != inet.TCP_CLOSE:   # (a connection: its other end, and the bytes nobody read yet)
+            out += " peer={}:{} inq={}".format(*inet._name(s.getpeername()), _inq(s.fileno()))
     elif proto == "udp":
         try:
             out += " peer={}:{}".format(*inet._name(s.getpeername()))
@@ -103,7 +105,9 @@ def _inet(s: socket.socket) -> str:
             pass
         out += f" inq={_inq(s.fileno())}"
     if proto in ("tcp", "udp"):
-        out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(inet_opts.read(s, fam, proto).items()))
+        # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
+        opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}
+        out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))
         from engine import forkrun
         from engine.fds import inet_diag
         ns = inet_net.netns_fd(s.fileno())

@@ -1,12 +1,17 @@
 """Inet sockets (IPv4, IPv6; TCP, UDP) of a network namespace the tree owns, in the states a new
 socket can be put in exactly: created and not bound, bound to an address and port, a TCP listener
-with its backlog (no connection waiting to be accepted), a UDP socket with no datagram waiting
-(connected to a loopback peer, or not); with the options it was given (engine/fds/inet_opts.py).
+with its backlog, a UDP socket (connected to a loopback
+peer, or not); with the options it was given (engine/fds/inet_opts.py).
 
-Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection
-(established, closing: its sequence numbers and the peer's view cannot be made again without
-TCP_REPAIR), a listener with connections waiting to be accepted, a UDP socket with datagrams
-waiting (their senders could not send them again), a UDP socket connected to a peer off
+A TCP connection whose two ends the tree holds, established or half-closed, is made again in repair mode
+(engine/fds/inet_tcp.py); the clients of a listener's connections waiting to be accepted connect
+to it again (engine/fds/inet_pending.py); datagrams waiting on a UDP socket are sent to it again
+from their senders' addresses (engine/fds/inet_udp.py).
+
+Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
+handshake or whose other end the tree does not hold (inet_tcp), a listener with a connection
+waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
+reads what its client sent), a UDP socket connected to a peer off
 loopback, raw, SCTP, UDP-Lite and MPTCP sockets, one with a socket filter attached, and any socket
 of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
 shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
@@ -30,7 +35,8 @@ import termios
 
 from engine import threadids
 from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
-from engine.fds import FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, register, unix_bind
+from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, inet_pending, inet_tcp, inet_udp,
+                        register, unix_bind)
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
@@ -83,10 +89,25 @@ def _name(addr: tuple) -> tuple[str, int]:
     return host, addr[1]
 
 
-def read(d, s: socket.socket, rec: dict | None) -> dict:
+def _loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (an IPv4 one mapped into IPv6 too)."""
+    a = ipaddress.ip_address(host.split("%")[0])
+    return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and a.ipv4_mapped.is_loopback)
+
+
+def end_key(host: str, port: int) -> tuple[str, int]:
+    """One spelling of a connection's end, whichever family's socket names it (an IPv4 address
+    mapped into IPv6 is the IPv4 one)."""
+    a = ipaddress.ip_address(host.split("%")[0])
+    if a.version == 6 and a.ipv4_mapped is not None:
+        a = a.ipv4_mapped
+    return str(a), port
+
+
+def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
     """The entry of inet socket `s` (our copy of fd d.fd; `rec`: its inet_diag record), or FdError (a
-    line naming d) for what restore cannot make exactly. Only reads: also asked of a running tree
-    (engine/prestop.py)."""
+    line naming d) for what restore cannot make exactly. Only reads while the tree runs
+    (engine/prestop.py); once it is `stopped`, a TCP connection is read in repair mode (inet_tcp)."""
     fam = FAMILIES[s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)]
     typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     proto = PROTOS.get((typ, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)))
@@ -103,24 +124,35 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
     if proto == "tcp":
         st, queued, backlog = _tcp_info(s)
         if st == TCP_LISTEN:
-            if queued:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener on port {port} with {queued} connection(s) "
-                                                "waiting to be accepted (they cannot be made again): not supported")
             out["listen"] = backlog
+            if queued:
+                _pending(d, s, out, queued, stopped)
         elif st != TCP_CLOSE:
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection ({TCP_STATES.get(st, st)}, port {port}): "
-                                            "not supported (only listening, bound and unbound TCP sockets)")
+            inet_tcp.precheck(s, st, d.where)
+            peer = _name(s.getpeername())
+            if not _loopback(peer[0]) or not _loopback(host):
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
+                                                "off loopback (a restored network namespace has lo only): not supported")
+            out["peer"], out["peer_port"] = peer
+            out["_alone"] = st == inet_tcp.STATES["CLOSE_WAIT"][0]   # (for `_refuse_lone`)
+            if stopped:
+                out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
         elif _used(s):
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended (reset, refused or "
                                             "closed: a new socket cannot be made so): not supported")
     else:
-        if _waiting(s):
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: UDP datagrams wait on port {port} (their senders could not "
-                                            "send them again): not supported")
         try:
             peer = _name(s.getpeername())
         except OSError:
             peer = None
+        if _waiting(s):
+            if s.getsockopt(socket.SOL_SOCKET, inet_udp.SO_PEEK_OFF) != -1:
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: UDP datagrams wait on a socket with a peek offset "
+                                                "(SO_PEEK_OFF): not supported")
+            if stopped:
+                out["dgrams"] = inet_udp.read(s, d.where, peer)
+                if not out["dgrams"]:
+                    del out["dgrams"]   # (an error the socket holds, not a datagram)
         if peer is not None:
             if not ipaddress.ip_address(peer[0].split("%")[0]).is_loopback:
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: a UDP socket connected to {peer[0]} port {peer[1]}, off "
@@ -146,8 +178,32 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
     return out
 
 
-def _with_socket(d) -> tuple[dict, int, bool]:
-    """(`read`'s entry of fd d, its network namespace's inode, whether its lo is up), or FdError."""
+def _pending(d, s: socket.socket, out: dict, queued: int, stopped: bool) -> None:
+    """A listener with `queued` connections waiting to be accepted: their clients are connected
+    again at restore, in queue order (engine/fds/inet_pending.py). What each client sent waits in
+    the server end the kernel made, which only accept() reaches: dump's last step (`takes`) accepts
+    them (never with --leave-running, which is refused then)."""
+    if not stopped and d.scratch.get("leave_running") or stopped and d.scratch.get("takes") is None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener on port {out.get('port')} with {queued} "
+                                        "connection(s) waiting to be accepted: dump reads them by accepting them, "
+                                        "which takes them from the tree, and --leave-running forbids that: not supported")
+    out["queued"] = queued
+    key = ("inet-take", os.fstat(s.fileno()).st_ino)
+    if stopped and key not in d.scratch:   # (once for a listener its dups share)
+        ns = inet_net.netns_fd(s.fileno())
+        try:
+            ino = os.fstat(ns).st_ino
+        finally:
+            os.close(ns)
+        d.scratch[key] = lst = os.dup(s.fileno())
+        # (its network namespace's object is named by `dump`, before the take runs)
+        d.scratch["takes"].append(lambda doc: inet_pending.take(lst, queued, doc, d.scratch["inet-objects"][ino],
+                                                                d.where))
+
+
+def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
+    """(`read`'s entry of fd d, its network namespace's inode, whether its lo is up), or FdError; a
+    TCP connection's ends are noted for `prefinish` (d.scratch["inet-conns"])."""
     from engine import forkrun
     c = d.copy()
     ns = inet_net.netns_fd(c)
@@ -155,7 +211,7 @@ def _with_socket(d) -> tuple[dict, int, bool]:
         netns, lo = inet_net.check(d, ns, d.where)
         rec = inet_diag.lookup(d, os.fstat(c).st_ino, netns, ns)
         with socket.socket(fileno=os.dup(c)) as s:
-            out = read(d, s, rec)
+            out = read(d, s, rec, stopped)
         if "uid" in out and unix_bind._here(out["uid"], "uid_map", ranges=_map_of(d.pid)) is None:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: an inet socket owned by uid {out['uid']}, which its process's "
                                             "user namespace does not map (its stand-in could not make it so): "
@@ -167,7 +223,69 @@ def _with_socket(d) -> tuple[dict, int, bool]:
                       f"{d.where}: inet: {getattr(e, 'strerror', None) or e}") from None
     finally:
         os.close(ns)
+    if out["proto"] == "tcp" and "peer" in out:
+        d.scratch.setdefault("inet-conns", []).append(
+            (netns, end_key(out["addr"], out["port"]), end_key(out["peer"], out["peer_port"]), d.where,
+             out.pop("_alone")))
+    if out.get("queued"):
+        d.scratch.setdefault("inet-queues", []).append(
+            (netns, end_key(out.get("addr", "0.0.0.0"), out["port"]), out["queued"], d.where))
     return out, netns, lo
+
+
+def prefinish(scratch: dict) -> None:
+    """Once every socket of the tree was prechecked: refuse a TCP connection whose other end no
+    process of the tree holds, and a listener's queue with a connection of no client of the tree
+    (engine/fds/unix_prestop.py calls this: inet fds are unix's at first)."""
+    _refuse_lone(scratch.pop("inet-conns", []), scratch.pop("inet-queues", []))
+
+
+def _refuse_lone(conns: list, queues: list) -> set:
+    """Refuse the first of `conns` [(netns, local, peer, where, may be alone)] whose reverse is not
+    among them, that waits in no listener's queue (`queues`: [(netns, listener's end, connections
+    waiting, where)]) and may not be alone (a CLOSE_WAIT end may: its peer is an orphan its program
+    closed, FIN_WAIT2, which answers nothing but a reset, as a port nobody holds does); then a
+    listener whose queue holds a connection of no client of the tree (one closed). An fd and its
+    dups give the same connection several times: it counts once. Returns the lone ends."""
+    have = {(ns, a, b) for ns, a, b, _w, _l in conns}
+    lists = {(ns, key): (n, where) for ns, key, n, where in queues}
+    waiting: dict = {}
+    alone = set()
+    for ns, a, b, where, may in {c[:3]: c for c in conns}.values():
+        if (ns, b, a) in have:
+            continue
+        lst = next(((ns, (h, b[1])) for h in (b[0], "0.0.0.0", "::") if (ns, (h, b[1])) in lists), None)
+        if lst is None and may:
+            alone.add((ns, a, b))
+            continue
+        if lst is None:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection to {b[0]} port {b[1]} whose other end no "
+                                            "process of the tree holds (closed, or waiting in the queue of a "
+                                            "listener the tree does not hold): not supported")
+        waiting[lst] = waiting.get(lst, 0) + 1
+    for lst, (n, where) in lists.items():
+        if waiting.get(lst, 0) != n:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP listener on port {lst[1][1]} with {n} connection(s) "
+                                            f"waiting to be accepted, {waiting.get(lst, 0)} of them from clients the "
+                                            "tree holds (the client of another closed, or another listener on the "
+                                            "port): not supported")
+    return alone
+
+
+def _finish(objects: dict, entries: list[dict]) -> None:
+    """Once every fd is dumped: each TCP connection's other end is an fd of the tree too (restore
+    makes both; one alone would meet a port nobody holds), or waits in a listener's queue, or is
+    an orphan a CLOSE_WAIT end may have."""
+    where = lambda e: f"fd {e['fd']} (inet)"   # noqa: E731
+    tcp = [e for e in entries if e.get("kind") == "inet" and "tcp" in e]
+    key = lambda e: (e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]))   # noqa: E731
+    conns = [(*key(e), where(e), e["tcp"].get("state") == "CLOSE_WAIT") for e in tcp]
+    queues = [(e["obj"], end_key(e.get("addr", "0.0.0.0"), e["port"]), e["queued"], where(e))
+              for e in entries if e.get("kind") == "inet" and e.get("queued")]
+    alone = _refuse_lone(conns, queues)
+    for e in tcp:
+        if key(e) in alone:
+            e["tcp"]["alone"] = True   # (restore leaves repair mode without a window probe)
 
 
 def _map_of(pid: int) -> list[tuple[int, int, int]]:
@@ -183,7 +301,7 @@ def precheck(d) -> None:
 
 def dump(d) -> dict:
     """The image entry of inet fd `d`, naming its network namespace's object (created here once)."""
-    out, ino, lo = _with_socket(d)
+    out, ino, lo = _with_socket(d, stopped=True)
     ids = d.scratch.setdefault("inet-objects", {})
     key = ids.get(ino)
     if key is None:
@@ -209,12 +327,25 @@ def _check(e: dict, what: str) -> None:
             if a.version != (4 if e["family"] == "inet" else 6) or \
                     (scope and not (scope.isdigit() and len(scope) < 11)):
                 _fail(f"{what}: inet {key} {e[key][:60]!r} is not of family {e['family']}")
-            if key == "peer" and not a.is_loopback:
+            if (key == "peer" or "tcp" in e or "pending" in e) and not _loopback(e[key]):
                 _fail(f"{what}: a peer off loopback")
     if "listen" in e and e["proto"] != "tcp":
         _fail(f"{what}: only a TCP socket listens")
-    if "peer" in e and e["proto"] != "udp":
-        _fail(f"{what}: only a UDP socket is connected")
+    if "peer" in e and e["proto"] != "udp" and "tcp" not in e and "pending" not in e:
+        _fail(f"{what}: a TCP socket is connected only with its connection's state ('tcp')")
+    if "queued" in e and "listen" not in e:
+        _fail(f"{what}: only a listener has connections waiting ('queued')")
+    if "tcp" in e or "pending" in e:
+        if e["proto"] != "tcp" or "peer" not in e or "addr" not in e or "listen" in e or \
+                ("tcp" in e and "pending" in e):
+            _fail(f"{what}: a TCP connection ('tcp' or 'pending') is a TCP socket with an address and a peer, "
+                  "not listening")
+    if "tcp" in e:
+        inet_tcp.check(e["tcp"], what)
+    if "dgrams" in e:
+        if e["proto"] != "udp" or "addr" not in e:
+            _fail(f"{what}: only a bound UDP socket has datagrams waiting ('dgrams')")
+        inet_udp.check(e["dgrams"], e["family"], what)
     if "obj" not in e:
         _fail(f"{what}: an inet socket names its network namespace ('obj')")
     inet_opts.check(e["opts"], e["family"], e["proto"], what)
@@ -288,27 +419,158 @@ def _addr(fam: int, host: str, port: int) -> tuple:
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    spec = {k: e[k] for k in ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid",
-                              "opts") if k in e}
+    # (a connection: the stand-in makes the socket alone, we make the connection: `_connect`)
+    names = ("family", "proto", "uid", "opts") if "tcp" in e or "pending" in e else \
+        ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts")
+    spec = {k: e[k] for k in names if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
+    fd = None
     try:
         fd = r.standin("make", spec)[0]
-    except FdError:
-        raise
+        if "tcp" in e:
+            _connect(r, fd)
+        elif "pending" in e:
+            _connect_pending(r, fd)
     except OSError as err:
+        if fd is not None:
+            os.close(fd)
+        if isinstance(err, FdError):
+            raise
         what = f" {e['addr']} port {e['port']}" if "addr" in e else ""
         raise FdError(err.errno or errno.EIO, f"making the {e['family']} {e['proto']} socket{what} again: "
                                               f"{err.strerror or err}") from None
+    if "dgrams" in e:
+        _deliver(r, fd)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
+
+
+def _connect_pending(r: RestoreFd, fd: int) -> None:
+    """Once every process holds its fds, in its listener's queue order: connect the client of a
+    connection that waited to be accepted, send what it had sent (engine/fds/inet_pending.py), set
+    its options back (SO_REUSEADDR...) and its shutdown."""
+    e = r.entry
+    fam = FAMILY_NO[e["family"]]
+    mine = os.dup(fd)
+    r.keep.append(mine)
+
+    def connect():
+        s = socket.socket(fileno=mine)
+        try:
+            inet_pending.connect(s, _addr(fam, e["addr"], e["port"]), _addr(fam, e["peer"], e["peer_port"]),
+                                 e["pending"], e["opts"].get("v6only", 0))
+            inet_opts.apply(s, e["opts"])
+            if e.get("shutdown"):
+                s.shutdown(e["shutdown"] - 1)
+        finally:
+            s.detach()
+    # (after the steps without an order: the connections made in repair mode are let go first)
+    r.late.append((f"the TCP client {e['addr']} port {e['port']} of a connection waiting on port {e['peer_port']}",
+                   connect, e["pending"]["order"]))
+
+
+def _deliver(r: RestoreFd, fd: int) -> None:
+    """Once every process holds its fds: send the datagrams that waited on UDP socket `fd` again
+    from their senders (engine/fds/inet_udp.py), then set its receive buffer back."""
+    e = r.entry
+    mine = os.dup(fd)
+    r.keep.append(mine)   # (closed by restore once every process holds its fds)
+
+    def deliver():
+        s = socket.socket(fileno=mine)
+        try:
+            inet_udp.deliver(s, e["dgrams"], e["opts"].get("rcvbuf"))
+            inet_opts.apply(s, e["opts"])
+        finally:
+            s.detach()
+    r.late.append((f"the datagrams waiting on UDP port {e['port']}", deliver))
+
+
+def _orphan(r: RestoreFd, e: dict) -> None:
+    """The peer a CLOSE_WAIT end had, an orphan its program closed (inet_tcp.orphan_of): made in
+    repair mode like a connection of the tree, settled with it, let go of with it and closed at the
+    end (r.keep), an orphan in FIN_WAIT2 again."""
+    fam = FAMILY_NO[e["family"]]
+    conn = inet_tcp.orphan_of(e["tcp"])
+    fd = r.standin("make", {"family": e["family"], "proto": "tcp", "opts": {}, "lo": r.objects[e["obj"]]["lo"]})[0]
+    r.keep.append(fd)
+    s = socket.socket(fileno=fd)
+    try:
+        inet_tcp.make(s, conn, _addr(fam, e["peer"], e["peer_port"]), _addr(fam, e["addr"], e["port"]),
+                      e["opts"].get("v6only", 0))
+    finally:
+        s.detach()
+    ends = end_key(e["peer"], e["peer_port"]), end_key(e["addr"], e["port"])
+
+    def settle():
+        s = socket.socket(fileno=fd)
+        try:
+            inet_tcp.settle(s, conn, *ends)
+        finally:
+            s.detach()
+
+    def release():
+        s = socket.socket(fileno=fd)
+        try:
+            inet_tcp.release(s, conn, *ends)
+        finally:
+            s.detach()
+    what = f"the orphan peer {e['peer']} port {e['peer_port']} of a TCP connection"
+    r.late.append((what, settle, -3))   # (its FIN_WAIT2 first: the end's FIN comes from its address)
+    r.late.append((what, release))
+
+
+def _connect(r: RestoreFd, fd: int) -> None:
+    """Make the connection of entry r.entry on new socket `fd` (in repair mode: inet_tcp.make), and,
+    once every process holds its fds (both ends exist), take it out of repair mode, send what was
+    not sent, and give it back SO_REUSEADDR (repair mode clears it) and its shutdown."""
+    e = r.entry
+    fam = FAMILY_NO[e["family"]]
+    mine = os.dup(fd)
+    r.keep.append(mine)   # (closed by restore once every process holds its fds)
+    s = socket.socket(fileno=mine)
+    try:
+        inet_tcp.make(s, e["tcp"], _addr(fam, e["addr"], e["port"]), _addr(fam, e["peer"], e["peer_port"]),
+                      e["opts"].get("v6only", 0))
+    finally:
+        s.detach()   # (r.keep's: closed there, not by this object)
+
+    ends = end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"])
+    if e["tcp"].get("alone"):
+        _orphan(r, e)
+
+    def settle():
+        s = socket.socket(fileno=mine)
+        try:
+            inet_tcp.settle(s, e["tcp"], *ends)
+            # (its receive buffer as it was before it says its window: a wider one, `make`'s, would
+            # let its peer send more than the program had let in)
+            inet_opts.apply(s, {k: v for k, v in e["opts"].items() if k == "rcvbuf"})
+        finally:
+            s.detach()
+
+    def release():
+        s = socket.socket(fileno=mine)
+        try:
+            inet_tcp.release(s, e["tcp"], *ends)
+            inet_opts.apply(s, e["opts"])
+            if e.get("shutdown"):
+                s.shutdown(e["shutdown"] - 1)
+        finally:
+            s.detach()
+    what = f"the TCP connection from {e['addr']} port {e['port']} to {e['peer']} port {e['peer_port']}"
+    # (every connection settles in repair mode before any leaves it: steps without an order run at -1)
+    r.late.append((what, settle, -2))
+    r.late.append((what, release))
 
 
 # Never classified from a /proc link (every socket is "socket:[N]"): engine/fds/unix.py hands
 # inet sockets here by their family. Its sockets are made in the process's network namespace,
 # which must be one restore makes (imageformat: own_netns).
 register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
-                check_object=_check_object, standin={"make": _make}, own_netns=True,
+                check_object=_check_object, standin={"make": _make}, own_netns=True, finish=_finish,
+                deferred=lambda e: "tcp" in e,
                 ids=lambda e: {"uid": [e["uid"]]} if "uid" in e else {},
                 fields={"family": F(STR), "proto": F(STR),
                         "addr": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
@@ -321,4 +583,12 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         # its owner (sk_uid), as the dumper's user namespace names it; taken by a thread
                         # of the stand-in to make it (absent: an unbound socket sock_diag does not list)
                         "uid": F(INT, required=False, rule=rng(0, MAX_UID)),
-                        "opts": F(DICT)}))
+                        "opts": F(DICT),
+                        # an established connection (peer, peer_port: its other end, an fd of the tree too)
+                        "tcp": inet_tcp.FIELD,
+                        # the datagrams waiting on a bound UDP socket, oldest first: sent again from their senders
+                        "dgrams": inet_udp.FIELD,
+                        # a listener's connections waiting to be accepted (their clients: "pending")
+                        "queued": F(INT, required=False, rule=rng(1, MAX_BACKLOG)),
+                        # a client whose connection waits in its listener's queue: connected again
+                        "pending": inet_pending.FIELD}))

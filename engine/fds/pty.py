@@ -331,12 +331,18 @@ PTY_OBJECT = Record("pty object", {
 })
 
 
+# The line speeds tcsetattr takes (Bnnn: what tcgetattr gives at dump); another fails the restore
+# with termios.error, naming no pty.
+_SPEEDS = frozenset(getattr(termios, n) for n in dir(termios) if n[0] == "B" and n[1:].isdigit())
+
+
 def _check_object(obj: dict, what: str) -> None:
     from engine.image import _fail
     from engine.imageformat import check_record
     check_record(PTY_OBJECT, obj, what)
     t = obj.get("termios")
     if t is not None and (len(t) != 7 or not all(type(x) is int and 0 <= x < 1 << 32 for x in t[:6])
+                          or t[4] not in _SPEEDS or t[5] not in _SPEEDS
                           or not isinstance(t[6], list) or len(t[6]) != 32
                           or not all(type(x) is int and 0 <= x < 256 for x in t[6])
                           or not isinstance(obj.get("winsize"), list) or len(obj["winsize"]) != 4

@@ -108,8 +108,9 @@ def prefinish(scratch: dict) -> None:
     no datagram socket of the tree (unix_backlog.name_senders), and a connection to a socket, or a
     pending one from a client, no process of the tree holds (unix.refuse_outside), on these entries.
     A socket the running tree made after its process was looked at counts: the tree's sockets are
-    listed again (scratch["pids"]) before such a refusal."""
-    from engine.fds import FdError, unix, unix_backlog
+    listed again (scratch["pids"]) before such a refusal. Then inet's (TCP connections' other ends)."""
+    from engine.fds import FdError, inet, unix, unix_backlog
+    inet.prefinish(scratch)
     entries = scratch.pop(SCRATCH, [])
     unix_backlog.name_senders(entries)
     try:

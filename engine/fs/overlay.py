@@ -506,6 +506,20 @@ def _not_there(where: str, key: str, path: str, plan, ns_name: str) -> FsError:
                                      "not supported")
 
 
+def _kernel_why(err: FsError, plan) -> FsError:
+    """`err`, naming the kernel as the reason when a file of the tree is held on a detached mount
+    (where the layers may lie) but overlayfs gives no real layer handle to find them there by."""
+    from engine import features
+    from engine.fs import _layers_detached as ld
+    pids = [p for ps in (getattr(plan, "ns_pids", None) or {}).values() for p in ps]
+    feature = features.available()["overlay(AT_HANDLE_FID)"]
+    if feature.present or not ld.held_on_detached(pids, {m.mnt_id for ms in plan.ns_mounts.values() for m in ms}):
+        return err
+    return FsError(err.errno, f"{err.strerror} (overlay layers on a detached mount are found by the real layer "
+                              f"handle overlayfs gives with AT_HANDLE_FID: this kernel gives none, Linux >= "
+                              f"{feature.since})")
+
+
 def _last_present(root: str, path: str) -> tuple[str, str]:
     """(the longest prefix of `path` that is a directory beneath `root`, the next component), or
     (path, "") when the whole path is one."""
@@ -630,7 +644,7 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
                     layers.append({"path": path, "mnt": on_detached[0], "rel": on_detached[1][path],
                                    "detached": True})
                     continue
-                raise _not_there(where, key, path, plan, ns_name)
+                raise _kernel_why(_not_there(where, key, path, plan, ns_name), plan)
             found = other
             _check_still_there(key, path, found, mounts, plan, ns_name, where)
         layers.append({"path": path, "mnt": found[0], "rel": found[1]})

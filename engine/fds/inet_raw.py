@@ -1,0 +1,72 @@
+"""IP packets restore (and dump, for datagrams it gives back) sends into a network namespace of the
+tree through a raw socket, with a source of its choosing: a UDP datagram from its sender's address
+and port (engine/fds/inet_udp.py), a TCP segment a connection's peer would have sent (a FIN, an
+acknowledgment: engine/fds/inet_tcp.py). Sent by a child of ours that joins the namespace (one of
+the tree's, never the dumper's: the callers' sockets are the tree's)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+
+IPV6_HDRINCL = 36
+TCP_FIN, TCP_ACK = 0x01, 0x10
+
+
+def _sum(b: bytes) -> int:
+    """The Internet checksum of `b`."""
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack(f"!{len(b) // 2}H", b))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return ~s & 0xFFFF
+
+
+def packet(src: str, dst: str, proto: int, payload: bytes) -> tuple[int, str, bytes]:
+    """(family, dst, an IP packet from `src` to `dst` carrying `payload` of protocol `proto`, whose
+    checksum field (UDP, TCP) is filled in here)."""
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    a, b = socket.inet_pton(fam, src), socket.inet_pton(fam, dst)
+    at = 6 if proto == 17 else 16   # (where the checksum sits in the UDP, TCP header)
+    csum = _sum(a + b + struct.pack("!I3xB", len(payload), proto) + payload)
+    if proto == 17:
+        csum = csum or 0xFFFF
+    payload = payload[:at] + struct.pack("!H", csum) + payload[at + 2:]
+    if fam == socket.AF_INET:   # (the kernel fills in the IP header's checksum)
+        return fam, dst, struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 0, 0, 64, proto, 0, a, b) + payload
+    return fam, dst, struct.pack("!IHBB16s16s", 6 << 28, len(payload), proto, 64, a, b) + payload
+
+
+def udp(src: str, sport: int, dst: str, dport: int, data: bytes) -> tuple[int, str, bytes]:
+    """A UDP datagram's packet (`packet`)."""
+    return packet(src, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data)
+
+
+def tcp(src: tuple, dst: tuple, seq: int, ack: int, flags: int, window: int) -> tuple[int, str, bytes]:
+    """A TCP segment without data or options from `src` to `dst` ((address, port) each)."""
+    hdr = struct.pack("!HHIIBBHHH", src[1], dst[1], seq & 0xFFFFFFFF, ack & 0xFFFFFFFF, 5 << 4, flags,
+                      min(window, 0xFFFF), 0, 0)
+    return packet(src[0], dst[0], 6, hdr)
+
+
+def _send_in(netns: int, packets: list) -> None:
+    from engine import kernel
+    kernel.setns(netns, kernel.CLONE_NEWNET)
+    for fam, dst, pkt in packets:
+        with socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW) as r:
+            if fam == socket.AF_INET6:
+                r.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
+            r.sendto(pkt, (dst, 0))
+
+
+def send(s: socket.socket, packets: list) -> None:
+    """Send `packets` (`packet`'s) in the network namespace of socket `s`, in order."""
+    from engine import forkrun
+    from engine.fds import inet_net
+    ns = inet_net.netns_fd(s.fileno())
+    try:
+        forkrun.run(_send_in, ns, packets)
+    finally:
+        os.close(ns)
