@@ -33,7 +33,8 @@ _NAMES = {3: lambda a: "close", 11: lambda a: "munmap (of the interpreter's exec
           56: lambda a: "clone (making a thread)",
           116: lambda a: f"setgroups ({a[0]} groups)", 117: lambda a: f"setresuid({a[0]}, {a[1]}, {a[2]})",
           119: lambda a: f"setresgid({a[0]}, {a[1]}, {a[2]})", 122: lambda a: "setfsuid", 123: lambda a: "setfsgid",
-          126: lambda a: "capset", 157: lambda a: _PRCTL.get(a[0], lambda a: f"prctl({a[0]})")(a)}
+          126: lambda a: "capset", 157: lambda a: _PRCTL.get(a[0], lambda a: f"prctl({a[0]})")(a),
+          317: lambda a: "seccomp (installing its filters)"}
 _PRCTL = {4: lambda a: f"prctl(PR_SET_DUMPABLE, {a[1]})", 8: lambda a: f"prctl(PR_SET_KEEPCAPS, {a[1]})",
           15: lambda a: "prctl(PR_SET_NAME) (a thread's name, or its own)",
           35: lambda a: "prctl(PR_SET_MM_MAP) making its executable",

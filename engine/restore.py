@@ -53,7 +53,8 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, sessions, sharing, standin,
+                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
+                    standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
@@ -2395,11 +2396,11 @@ class _Restorer:
 
     def seccomp(self) -> None:
         """Each stand-in gets its process's seccomp filters (engine/seccomp.py), which it installs
-        before it takes its ids: what it does after runs under them."""
+        as its last step, or before it takes its ids (`seccomp.late`)."""
         for p in self.doc["processes"]:
             if p.get("seccomp"):
                 try:
-                    self.chans[p["pid"]].call(("seccomp", p["seccomp"]), [])
+                    self.chans[p["pid"]].call(("seccomp", p["seccomp"], seccomp.late(p)), [])
                 except OSError as e:
                     raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
 

@@ -5,10 +5,12 @@ restored container every system call its runtime had denied.
 Dump reads each process's filters with ptrace (PTRACE_SECCOMP_GET_FILTER and _GET_METADATA, the
 only interface that shows them: the tree is stopped, each process is seized, read and let go
 in its stop); the image keeps them oldest first, with the LOG flag. Restore installs them in
-each stand-in before it takes its ids, once it joined its user namespace (installing needs
-CAP_SYS_ADMIN there or no_new_privs, which the ids may drop; joining is what a container's filter
-denies): its last steps (ids, capabilities, threads) run under them, as the process did, and a
-filter that denies one fails the restore.
+each stand-in as its very last step, on every thread (`late`: with no_new_privs or CAP_SYS_ADMIN
+kept, as a systemd service's; its own steps before then are what a filter may deny, such as the
+executable mapping MemoryDenyWriteExecute forbids); else before it takes its ids, once it joined
+its user namespace (installing needs CAP_SYS_ADMIN there, which the ids drop; joining is what a
+container's filter denies): its ids, capabilities and threads are then taken under them, as the
+runtime took them, and a filter that denies one fails the restore.
 
 Refused: strict mode (SECCOMP_MODE_STRICT: nothing but read, write, exit and sigreturn, which
 a stand-in cannot be made under; before the stop), and a filter that hands system calls to a
@@ -151,9 +153,31 @@ def _programs(filters: list[dict]) -> list[tuple]:
     return out
 
 
-def install(filters: list[dict]) -> None:
-    """Install `filters` on ourselves (a stand-in before it takes its ids), oldest first."""
+FLAG_TSYNC = 1
+
+
+def install(filters: list[dict], tsync: bool = False) -> None:
+    """Install `filters` on ourselves, oldest first (`tsync`: on every thread of ours too)."""
     for flags, prog, _body in _programs(filters):
-        if _libc.syscall(_NR_SECCOMP, 1, flags, prog) != 0:
+        if _libc.syscall(_NR_SECCOMP, 1, flags | (FLAG_TSYNC if tsync else 0), prog) != 0:
             e = ctypes.get_errno()
             raise OSError(e, f"its seccomp filter: {os.strerror(e)}")
+
+
+def steps(filters: list[dict], keep: list) -> list[tuple]:
+    """The seccomp(2) calls of `install` with TSYNC as lastword.ENTRY tuples (engine/mappings.py's
+    last steps, after the threads); `keep` holds the buffers they point at."""
+    out = []
+    for flags, prog, body in _programs(filters):
+        keep += [prog, body]
+        out.append((_NR_SECCOMP, 1, flags | FLAG_TSYNC, ctypes.addressof(prog), 0, 0, 0, 1, 0))
+    return out
+
+
+def late(p: dict) -> bool:
+    """Whether process record `p`'s stand-in installs its filters as its very last step (after
+    its ids, capabilities and threads: what a filter denies, MemoryDenyWriteExecute's executable
+    mappings, never stops a step of ours), which needs no_new_privs or CAP_SYS_ADMIN kept (21);
+    else before it takes its ids, while it still may (a runtime's without no_new_privs)."""
+    caps = p.get("caps")
+    return bool(p.get("no_new_privs")) or caps is None or bool(caps["eff"] >> 21 & 1)

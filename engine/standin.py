@@ -253,10 +253,11 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
-            caps: dict | None = None, threads: list[str] = (), ignored: int = 0) -> None:
+            caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
     (`ignored`, a mask), become the executable, take the ids and the capabilities, then make the
-    threads (named `threads`: made last, they copy what we took); tell how that went on
+    threads (named `threads`: made last, they copy what we took), then install seccomp `filters`
+    on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
     kernel.take_ignored_signals(ignored)
@@ -264,13 +265,15 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     word = lastword.OK
     try:
         # (become_exe does not return when it can)
-        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads):
+        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters):
             os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
         if caps is not None:
             kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
         threadsteps.start(threads)
+        if filters:
+            seccomp.install(filters, tsync=True)   # (the very last: engine/seccomp.py `late`)
     except OSError as e:
         word = lastword.failed(e)
     try:
@@ -348,7 +351,8 @@ class _Server:
         self.installed: set[int] = set()
         self.exe_fd = None
         self.ids = None   # (uid, gid, groups, dumpable, keep_caps) deferred to the end of detach
-        self.filters = None   # seccomp filters to install before the ids (op_seccomp)
+        self.filters = None   # seccomp filters to install before the ids or last (op_seccomp)
+        self.filters_late = False
         self.kin: list[int] = []   # the root's pidfds of stand-ins outside its group (_await_commit)
 
     def op_spawn(self, msg, fds):
@@ -426,13 +430,14 @@ class _Server:
         return None
 
     def op_seccomp(self, msg, fds):
-        """Seccomp filters msg[1], oldest first (engine/seccomp.py), installed before our ids are
-        taken (op_become, after it joined our user namespace) or as we detach."""
-        self.filters = msg[1]
+        """Seccomp filters msg[1], oldest first (engine/seccomp.py): installed as the last step of
+        detach when msg[2], else before our ids are taken (op_become, after it joined our user
+        namespace, or as we detach)."""
+        self.filters, self.filters_late = msg[1], msg[2]
         return None
 
     def _install_filters(self) -> None:
-        if self.filters:
+        if self.filters and not self.filters_late:
             seccomp.install(self.filters)
             self.filters = None
 
@@ -545,5 +550,6 @@ class _Server:
         report = fds[0] if fds else self.chan.fileno()
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0], self.kin)
-        _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0))
+        _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
+                self.filters)
         return None
