@@ -224,9 +224,9 @@ def _module_names() -> frozenset[str]:
 
 
 def load(names=None) -> None:
-    """Import the modules of the kinds `names`, or of every kind, now: dump classifies fds in
-    helpers that entered (and chrooted into) a container's mount namespace, and restore's
-    stand-ins run their kinds' hooks in their roots, where this package is out of reach."""
+    """Import the modules of the kinds `names`, or of every kind, now: restore's stand-ins run
+    their kinds' hooks in their roots, where this package is out of reach (dump's helpers that
+    chroot into containers get their tree's kinds from `load_tree`)."""
     if names is None:
         _load()
         return
@@ -257,7 +257,7 @@ def lookup(name: str) -> FdKind | None:
 # without sockets then never loads socket.py, selectors, threading, ipaddress: ~25% of a small
 # dump's instructions). A target this does not route loads every kind, so a new kind on a target
 # of its own is found without an entry here (at the old cost); a new kind of path targets ("/...")
-# must be added to _by_path. tests/test_engine_imports.py checks the routes against every kind.
+# must be added to _by_path. tests/test_engine_dump_imports.py checks the routes against every kind.
 _ANON = {"[eventpoll]": "epoll", "[eventfd]": "eventfd", "[fanotify]": "fanotify", "inotify": "inotify",
          "[pidfd]": "pidfd", "[signalfd]": "signalfd", "[timerfd]": "timerfd"}
 _PREFIX = {"pipe": "pipe", "socket": "unix",   # (unix.py hands netlink and inet sockets to their modules)
