@@ -32,7 +32,8 @@ os.dup2(a.fileno(), 10); os.dup2(b.fileno(), 11)
 def _dump_modules(pid: int, images: str, before: str = "") -> list[str]:
     """sys.modules of a `python -S` that ran `before`, then a dump of tree `pid` (--leave-running)
     to `images`."""
-    code = (before + f"from engine import cli\ncode = cli.main(['dump', '-t', '{pid}', '-D', {images!r}, '--leave-running', "
+    code = (before + "from engine import cli\n"
+            f"code = cli.main(['dump', '-t', '{pid}', '-D', {images!r}, '--leave-running', "
             f"*{list(DUMP_EXTERNALS)!r}])\n"
             "import sys, json\nprint(json.dumps([code, sorted(sys.modules)]))")
     r = subprocess.run([sys.executable, "-S", "-c", code], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
@@ -81,7 +82,8 @@ def test_a_kind_the_precheck_did_not_load_is_loaded_before_the_helpers_chroot(ca
     an fd opened between the precheck and the stop): dump loads its kind from the stopped tree's
     fds (fds.load_tree) before the helper enters the container, and succeeds."""
     pid = case.start(_INOTIFY)
-    mods = _dump_modules(pid, case.new_images_dir(), "from engine import prestop\nprestop._check_fds = lambda *a: None\n")
+    skip_precheck = "from engine import prestop\nprestop._check_fds = lambda *a: None\n"
+    mods = _dump_modules(pid, case.new_images_dir(), skip_precheck)
     assert "engine.fds.inotify" in mods
 
 
@@ -107,7 +109,8 @@ def test_the_routes_name_the_module_of_every_kind_that_claims_a_target():
             "    for mode in m:\n"
             "        routes = fds.modules_of(target, mode)\n"
             "        for k in fds._REGISTRY.values():\n"
-            "            if k.matches(target, mode) and routes is not None and k.open.__module__.rsplit('.', 1)[-1] not in routes:\n"
+            "            module = k.open.__module__.rsplit('.', 1)[-1]\n"
+            "            if k.matches(target, mode) and routes is not None and module not in routes:\n"
             "                bad.append([target, mode, k.name, routes])\n"
             "print(json.dumps([len(fds._REGISTRY), bad]))")
     r = subprocess.run([sys.executable, "-S", "-c", code, json.dumps([_TARGETS, _MODES])],
@@ -146,8 +149,8 @@ def test_each_kind_looked_up_alone_is_the_kind_of_the_full_load():
             "print(json.dumps({n: getattr(fds.lookup(n), 'open', None) and fds.lookup(n).open.__module__ "
             "for n in sys.argv[1:]}))")
     for name in sorted(full) + ["no-such-kind"]:
-        got = json.loads(subprocess.run([sys.executable, "-S", "-c", code, name], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
-                                        capture_output=True, text=True, check=True).stdout)
+        got = json.loads(subprocess.run([sys.executable, "-S", "-c", code, name], capture_output=True, text=True,
+                                        env=dict(os.environ, PYTHONPATH=PROJECT_ROOT), check=True).stdout)
         assert got[name] == full.get(name), name
 
 
