@@ -59,11 +59,13 @@ def node_of(pid: int, fdtable, place, mounts) -> dict | None:
     slave to make it its terminal again ({mnt, path, obj}: a node on a devpts mount of its namespace,
     the pty object), found as for its /dev/tty (engine/fds/pty.py); `ptmx` is added by `record`.
     None when it has no terminal or it is no pty (refused before the stop)."""
+    nr = tty_nr(pid)
+    if not nr:
+        return None   # (no terminal, the common case: pty.py, termios and select stay unloaded)
     from engine import fds, kernel
     from engine.fds import pty
-    nr = tty_nr(pid)
     index = pty.number_of(*device(nr))
-    if not nr or index is None:
+    if index is None:
         return None
     d = fds.DumpFd(pid=pid, fd=-1, target="/dev/tty", mode=stat.S_IFCHR, flags=0, pos=0,
                    pidfd=kernel.pidfd_open(pid), objects=fdtable.objects, scratch=fdtable.scratch, place=place,

@@ -37,9 +37,6 @@ from engine.fdtable import FdTable
 from engine.freeze import process_tree
 from engine.image import is_beneath
 
-# Every fd kind: helpers (engine/nsinspect.py) classify fds after they entered (and chrooted into) a container.
-fdkinds.load()
-
 NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
@@ -454,6 +451,9 @@ def _inspect_namespaces(d: _Dump) -> None:
             d.by_mntns.setdefault(d.ns_of[pid]["mnt"], []).append(pid)
     from engine import strategy
     by_statmount = strategy.current().ids == "statmount"
+    # The kinds of the tree's fds, before the helpers chroot: only these (a tree without sockets
+    # loads no socket module; the precheck loaded most of them already).
+    fdkinds.load_tree([pid for pid, _ in d.tree])
     for ino, members in d.by_mntns.items():
         fd = os.open(f"/proc/{members[0]}/ns/mnt", os.O_RDONLY)
         try:

@@ -557,7 +557,6 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
     file open under a deleted name (engine/mountrules.py `deleted_file`), then each kind's prefinish,
     and last the --external file[PATH] declarations no fd shows (once every fd was seen)."""
     from engine.fds import DumpFd
-    fdkinds.load()
     scratch: dict = {"leave_running": leave_running, "pids": pids,
                      "members": {pid: ps for ps in view.ns_pids.values() for pid in ps}}
     by_pid = {pid: name for name, ps in view.ns_pids.items() for pid in ps}

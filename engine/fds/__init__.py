@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 from collections.abc import Callable
 from engine.records import record, field
 
@@ -223,9 +224,9 @@ def _module_names() -> frozenset[str]:
 
 
 def load(names=None) -> None:
-    """Import the modules of the kinds `names`, or of every kind, now: dump classifies fds in
-    helpers that entered (and chrooted into) a container's mount namespace, and restore's
-    stand-ins run their kinds' hooks in their roots, where this package is out of reach."""
+    """Import the modules of the kinds `names`, or of every kind, now: restore's stand-ins run
+    their kinds' hooks in their roots, where this package is out of reach (dump's helpers that
+    chroot into containers get their tree's kinds from `load_tree`)."""
     if names is None:
         _load()
         return
@@ -236,14 +237,15 @@ def load(names=None) -> None:
 def lookup(name: str) -> FdKind | None:
     """The kind called `name` (None when unknown).
 
-    The module named like the kind (fds/NAME.py) is imported first, alone: a restore of files
-    and pipes does not load the others (~8% of a small restore's start-up). Any other name
-    (fifo lives in pipe.py) or one no module registers imports them all, as before.
+    The module named like the kind (fds/NAME.py, or _MODULE_OF's: fifo lives in pipe.py) is
+    imported first, alone: a restore of files and pipes does not load the others (~8% of a small
+    restore's start-up). A name no such module registers imports them all, as before.
     """
     found = _REGISTRY.get(name)
     if found is None and not _loaded:
-        if name in _module_names():
-            importlib.import_module(f"{__name__}.{name}")
+        module = _MODULE_OF.get(name, name)
+        if module in _module_names():
+            importlib.import_module(f"{__name__}.{module}")
             found = _REGISTRY.get(name)
         if found is None:
             _load()
@@ -251,9 +253,88 @@ def lookup(name: str) -> FdKind | None:
     return found
 
 
+# Which modules' kinds may claim an fd, from its link target: dump imports those alone (a tree
+# without sockets then never loads socket.py, selectors, threading, ipaddress: 27% of the
+# instructions of dump's imports, benchmarks/README.md). A target this does not route loads every
+# kind, so a new kind on a target of its own is found without an entry here (at the old cost); a
+# new kind of path targets ("/...") must be added to _by_path. tests/test_engine_dump_imports.py
+# checks the routes against every kind.
+_ANON = {"[eventpoll]": "epoll", "[eventfd]": "eventfd", "[fanotify]": "fanotify", "inotify": "inotify",
+         "[pidfd]": "pidfd", "[signalfd]": "signalfd", "[timerfd]": "timerfd"}
+_PREFIX = {"pipe": "pipe", "socket": "unix",   # (unix.py hands netlink and inet sockets to their modules)
+           **{ns: "nsfs" for ns in ("mnt", "pid", "uts", "ipc", "net", "cgroup", "user", "time")}}
+_SHMEM = "/dev/zero (deleted)"   # (memfd.SHMEM)
+# Kinds registered by a module of another name (`lookup`).
+_MODULE_OF = {"fifo": "pipe", "ctty": "pty", "shmem": "memfd"}
+
+
+def _by_path(target: str, mode: int) -> tuple[str, ...]:
+    out = ("file",)
+    if stat.S_ISFIFO(mode):
+        out += ("pipe",)
+    elif stat.S_ISCHR(mode) and ("pts" in target or "ptmx" in target or "tty" in target):
+        out += ("pty",)   # (/dev/null and the like do not load pty.py, termios and select)
+    if target.startswith("/memfd:") or target == _SHMEM:
+        out += ("memfd",)
+    return out
+
+
+def modules_of(target: str, mode: int) -> tuple[str, ...] | None:
+    """The kind modules one of whose kinds may claim an fd with this link target and mode (None:
+    any, import them all)."""
+    if target.startswith("/"):
+        return _by_path(target, mode)
+    if target.startswith("anon_inode:"):
+        name = _ANON.get(target[len("anon_inode:"):])
+    else:
+        name = _PREFIX.get(target.split(":[", 1)[0]) if ":[" in target else None
+    return (name,) if name is not None else None
+
+
+def load_for(target: str, mode: int) -> None:
+    """Import the modules whose kinds may claim this fd (`modules_of`), or every kind."""
+    if _loaded:
+        return
+    names = modules_of(target, mode)
+    if names is None:
+        _load()
+        return
+    for name in names:
+        if f"{__name__}.{name}" not in _imported:
+            importlib.import_module(f"{__name__}.{name}")
+            _imported.add(f"{__name__}.{name}")
+
+
+_imported: set[str] = set()
+
+
+def load_tree(pids) -> None:
+    """Import the kind modules the fds of processes `pids` need (`load_for` each), reading /proc
+    now: dump's helpers (engine/nsinspect.py) classify fds after they entered and chrooted into a
+    container, where this package is out of reach. Run with the tree stopped (no fd comes after);
+    a process or fd gone meanwhile is passed over (whoever reads it next tells)."""
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for n in names:
+            link = f"/proc/{pid}/fd/{n}"
+            try:
+                target = os.readlink(link)
+                mode = os.stat(link).st_mode if target.startswith("/") else 0   # (only paths' routes use it)
+            except OSError:
+                continue
+            load_for(target, mode)
+            if _loaded:
+                return
+
+
 def classify(target: str, mode: int) -> FdKind | None:
-    """The kind of an fd from its /proc link target and mode, or None when no kind handles it."""
-    _load()
+    """The kind of an fd from its /proc link target and mode, or None when no kind handles it.
+
+    Imports the modules that may claim it first (`load_for`), when not all are loaded."""
+    load_for(target, mode)
     for kind in sorted(_REGISTRY.values(), key=lambda k: (k.order, k.name)):
         if kind.matches(target, mode):
             return kind
@@ -288,4 +369,5 @@ def describe(target: str) -> str:
     return target.split(":", 1)[0] if ":[" in target else target
 
 
-# Which kinds are loaded is up to the caller (`load`): dump loads every kind, restore its image's.
+# Which kinds are loaded is up to the caller: dump loads the kinds of the tree's fds (`classify`,
+# `load_tree`), restore its image's (`load`).

@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import sys
 
 SO_PEEK_OFF = 42
 SCRATCH = "unix-prestop"
@@ -51,10 +52,11 @@ def precheck(d) -> None:
 
 
 def _precheck(d) -> None:
-    from engine.fds import netlink, unix, unix_ghost, unix_queue
+    from engine.fds import unix, unix_ghost, unix_queue
     c = d.copy()
     with socket.socket(fileno=os.dup(c)) as s:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_NETLINK:
+            from engine.fds import netlink   # (a tree without netlink sockets never loads it)
             netlink.refuse(d, s)
             return
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) in (socket.AF_INET, socket.AF_INET6):
@@ -109,8 +111,9 @@ def prefinish(scratch: dict) -> None:
     pending one from a client, no process of the tree holds (unix.refuse_outside), on these entries.
     A socket the running tree made after its process was looked at counts: the tree's sockets are
     listed again (scratch["pids"]) before such a refusal. Then inet's (TCP connections' other ends)."""
-    from engine.fds import FdError, inet, unix, unix_backlog
-    inet.prefinish(scratch)
+    from engine.fds import FdError, unix, unix_backlog
+    if "engine.fds.inet" in sys.modules:   # (else no inet socket was prechecked: it has nothing to check)
+        sys.modules["engine.fds.inet"].prefinish(scratch)
     entries = scratch.pop(SCRATCH, [])
     unix_backlog.name_senders(entries)
     try:
