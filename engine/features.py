@@ -74,6 +74,7 @@ def _stack_detached() -> None:
 def _overlay_fid() -> None:
     # An overlay on a fresh tmpfs over /tmp of the throwaway namespace: its root's AT_HANDLE_FID
     # handle must carry a real layer handle (what engine/fs/_layers_detached.py reads).
+    # _layers_detached is imported by _probe_in_child, before any probe mounts over /tmp.
     from engine.fs import _layers_detached
     kernel.mount("probe", "/tmp", "tmpfs", 0)
     for d in ("l", "u", "w", "m"):
@@ -91,6 +92,7 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
     # Imported before the probes mount over /tmp of this namespace: an engine that lives under
     # /tmp (a checkout there) could not be imported from afterwards.
     from engine import userns
+    from engine.fs import _layers_detached  # noqa: F401 (for _overlay_fid)
     res: dict[str, tuple[bool, str, int | None]] = {}
 
     def attempt(name, fn):
