@@ -79,7 +79,7 @@ def _free(locked: dict[int, list[str]], m: dict, root: str) -> bool:
 
 def _no_source(m: dict, what: str, members: list[dict], locked: dict[int, list[str]]) -> PlanError:
     """The refusal for m, which no member of `what` (`members`) can give its sharing to."""
-    if locked and _widest(members, m["root"], {}) is not None:
+    if locked and _widest([x for x in members if x is not m], m["root"], {}) is not None:
         return PlanError(f"mount {m['id']} ({m['mountpoint']}): each mount of its {what} that covers its root "
                          f"{m['root']} has a locked mount there (copied into a less privileged user namespace), "
                          "which SET_GROUP refuses as a source")
@@ -99,17 +99,14 @@ class _Roots:
         if old is not m and self.locked.get(old["id"]) and not self.locked.get(m["id"]):
             self.by_root[m["root"]] = m
 
-    def _free(self, m: dict, root: str) -> bool:
-        return _free(self.locked, m, root)
-
     def widest_covering(self, root: str) -> dict | None:
         top = self.by_root.get("/")
-        if top is not None and (not self.locked or self._free(top, root)):
+        if top is not None and (not self.locked or _free(self.locked, top, root)):
             return top   # "/" covers every root and none is wider (most groups of a tree: its plain tmpfs peers)
         best = None
         for r in _ancestors(root):
             m = self.by_root.get(r)
-            if m is not None and self._free(m, root):
+            if m is not None and _free(self.locked, m, root):
                 best = m
         return best
 
