@@ -157,7 +157,8 @@ def plan(mounts, helper_ok=lambda sb: False) -> list[tuple]:
         members = groups[key]
         kids = [(c, needs(c, path + (key,))) for c in children.get(key, ())]
         sbs = {x.get("sb") for x in members}
-        if (members[0]["root"] == "/" and members[0]["id"] not in locked) or len(sbs) != 1 or not helper_ok(members[0].get("sb")):
+        top = members[0]["root"] == "/" and members[0]["id"] not in locked   # (a "/" member covers every root)
+        if top or len(sbs) != 1 or not helper_ok(members[0].get("sb")):
             need[key] = False
         else:
             need[key] = (_first_uncovered(members, locked) is not None
