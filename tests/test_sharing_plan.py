@@ -109,3 +109,37 @@ def test_no_helper_for_an_external_superblock_or_a_root_member():
         sharing.plan([H(1, "/a", shared=1), H(2, "/b", shared=1, sb="sb-2")], helper_ok=lambda sb: False)
     ops = sharing.plan([H(1, "/", shared=1), H(2, "/b", shared=1)], helper_ok=lambda sb: True)
     assert not any(op[0] == "helper" for op in ops)
+
+
+def L(mid, root="/", shared=None, master=None, parent=None, mp=None, locked=None, sb="sb-1"):
+    return dict(H(mid, root, shared, master, sb), parent=parent, mountpoint=mp or f"/m{mid}", locked=locked)
+
+
+def test_source_is_a_member_without_a_locked_mount_beneath_the_target_whatever_the_ids():
+    # scenarios/userns/nested_three: L2's slave /run/c (115) and L3's copy of it (58, lower id), whose
+    # l2 mount the copy into L3's user namespace locked. SET_GROUP from 58 fails with EINVAL
+    # (__has_locked_children), so 115 starts the slave group and gives it to 58.
+    mounts = [L(191, shared=1, mp="/run/c"),
+              L(58, master=1, mp="/run/c", locked=True), L(59, parent=58, mp="/run/c/l2", locked=True, sb="sb-2"),
+              L(115, master=1, mp="/run/c", locked=True), L(46, parent=115, mp="/run/c/l2", sb="sb-2")]
+    assert sharing.plan(mounts) == [("shared", 191), ("set_group", 191, 115), ("slave", 115), ("set_group", 115, 58)]
+    # the same with the ids the other way round (the order a dump gave before, when it did not fail)
+    mounts[1]["id"], mounts[3]["id"] = 115, 58
+    mounts[2]["parent"], mounts[4]["parent"] = 115, 58
+    assert sharing.plan(mounts) == [("shared", 191), ("set_group", 191, 58), ("slave", 58), ("set_group", 58, 115)]
+
+
+def test_a_locked_mount_beside_the_target_root_does_not_block():
+    # the kernel checks only locked children at or beneath the target's root
+    mounts = [L(1, shared=1), L(2, parent=1, mp="/m1/a", locked=True, sb="sb-2"), L(3, "/b", shared=1)]
+    assert sharing.plan(mounts) == [("shared", 1), ("set_group", 1, 3)]
+    mounts[2]["root"] = "/a"
+    with pytest.raises(sharing.PlanError, match=r"mount 3 .*covers its root /a has a locked mount there"):
+        sharing.plan(mounts)
+
+
+def test_only_locked_sources_start_from_a_helper_when_one_can_be_made():
+    mounts = [L(1, shared=1), L(2, parent=1, mp="/m1/a", locked=True, sb="sb-2"), L(3, "/a", shared=1)]
+    ops = sharing.plan(mounts, helper_ok=lambda sb: sb == "sb-1")
+    assert ops == [("helper", -1, "sb-1"), ("shared", -1), ("set_group", -1, 1), ("set_group", -1, 3),
+                   ("drop", -1)]
