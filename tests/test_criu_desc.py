@@ -48,7 +48,7 @@ def test_ghost_limit_and_fiemap_ask_nothing_of_mntcr():
     files of any size, holes included; a word after them is still read as an option."""
     assert criu_tests.options({"dopts": "--ghost-limit 8M --no-ghost-fiemap"}) == criu_tests.Options()
     assert criu_tests.options({"opts": "--ghost-limit=1G --ghost-fiemap"}) == criu_tests.Options()
-    assert "--tcp-established" in criu_tests.options({"dopts": "--ghost-limit 8M --tcp-established"}).unsupported
+    assert "--lazy-pages" in criu_tests.options({"dopts": "--ghost-limit 8M --lazy-pages"}).unsupported
 
 
 def test_irmap_options_ask_nothing_of_mntcr():
