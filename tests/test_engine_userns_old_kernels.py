@@ -86,13 +86,14 @@ def test_lock_probe_by_remount_agrees_with_mount_setattr(tmp_path, monkeypatch):
 @pytest.mark.parametrize("forced", [OLD, OLDEST])
 def test_rootless_tree_round_trips_without_mount_setattr(case, forced):
     """Locked mounts and flags, an unlocked bind with locked flags and a locked subtree below an
-    unlocked recursive bind come back the same, twice, by an engine for which mount_setattr fails
-    (also with peer groups built while mounting and no unique mount ids, as on 5.10)."""
+    unlocked recursive bind come back the same by an engine for which mount_setattr fails (also with
+    peer groups built while mounting and no unique mount ids, as on 5.10). Once: the restored tree
+    inherits the test's seccomp filter, and a dumper under a filter may not read one (EACCES)."""
     pid = case.start(SETUP)
     before = enginecase.take(pid)
     locks = "\n".join(line for p in before.snap.procs for line in p.lock_lines())
     assert "flags=ro,nosuid,nodev,atime" in locks and "locked flags=nodev,atime" in locks, locks
-    for _ in range(2):
+    for _ in range(1):
         images = case.new_images_dir()
         env = {strategy.ENV: forced}
         r = mntcr("dump", "-t", str(pid), "-D", images, *enginecase.DUMP_EXTERNALS, env=env,
@@ -105,7 +106,13 @@ def test_rootless_tree_round_trips_without_mount_setattr(case, forced):
         with open(pidfile) as f:
             pid = int(f.read())
         case.trees.append(pid)
-        enginecase.assert_same(before, enginecase.take(pid))
+        after = enginecase.take(pid)
+        # The stand-ins inherit the filter `without` put on the restore (a process cannot drop a
+        # seccomp filter): one filter more than before, which is this test's, not the engine's.
+        for p in after.snap.procs:
+            assert "seccomp=2 seccomp_filters=1" in p.bits, p.bits
+            p.bits = p.bits.replace("seccomp=2 seccomp_filters=1", "seccomp=0 seccomp_filters=0")
+        enginecase.assert_same(before, after)
 
 
 def M(id, parent, mp, root="/", sb="a", shared=None, master=None):
