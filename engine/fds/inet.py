@@ -25,6 +25,7 @@ A socket's fd is classified as a socket by engine/fds/unix.py, which hands an in
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import ipaddress
@@ -504,21 +505,25 @@ def _orphan(r: RestoreFd, e: dict) -> None:
     ends = end_key(e["peer"], e["peer_port"]), end_key(e["addr"], e["port"])
 
     def settle():
-        s = socket.socket(fileno=fd)
-        try:
+        with _borrowed(fd) as s:
             inet_tcp.settle(s, conn, *ends)
-        finally:
-            s.detach()
 
     def release():
-        s = socket.socket(fileno=fd)
-        try:
+        with _borrowed(fd) as s:
             inet_tcp.release(s, conn, *ends)
-        finally:
-            s.detach()
     what = f"the orphan peer {e['peer']} port {e['peer_port']} of a TCP connection"
     r.late.append((what, settle, -3))   # (its FIN_WAIT2 first: the end's FIN comes from its address)
     r.late.append((what, release))
+
+
+@contextlib.contextmanager
+def _borrowed(fd: int):
+    """A socket object on `fd` that leaves it open (its owner closes it)."""
+    s = socket.socket(fileno=fd)
+    try:
+        yield s
+    finally:
+        s.detach()
 
 
 def _connect(r: RestoreFd, fd: int) -> None:
@@ -541,24 +546,18 @@ def _connect(r: RestoreFd, fd: int) -> None:
         _orphan(r, e)
 
     def settle():
-        s = socket.socket(fileno=mine)
-        try:
+        with _borrowed(mine) as s:
             inet_tcp.settle(s, e["tcp"], *ends)
             # (its receive buffer as it was before it says its window: a wider one, `make`'s, would
             # let its peer send more than the program had let in)
             inet_opts.apply(s, {k: v for k, v in e["opts"].items() if k == "rcvbuf"})
-        finally:
-            s.detach()
 
     def release():
-        s = socket.socket(fileno=mine)
-        try:
+        with _borrowed(mine) as s:
             inet_tcp.release(s, e["tcp"], *ends)
             inet_opts.apply(s, e["opts"])
             if e.get("shutdown"):
                 s.shutdown(e["shutdown"] - 1)
-        finally:
-            s.detach()
     what = f"the TCP connection from {e['addr']} port {e['port']} to {e['peer']} port {e['peer_port']}"
     # (every connection settles in repair mode before any leaves it: steps without an order run at -1)
     r.late.append((what, settle, -2))
