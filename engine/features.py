@@ -71,18 +71,16 @@ def _stack_detached() -> None:
         os.close(below)
 
 
-def _overlay_fid() -> None:
+def _overlay_fid(layers_detached) -> None:
     # An overlay on a fresh tmpfs over /tmp of the throwaway namespace: its root's AT_HANDLE_FID
     # handle must carry a real layer handle (what engine/fs/_layers_detached.py reads).
-    # _layers_detached is imported by _probe_in_child, before any probe mounts over /tmp.
-    from engine.fs import _layers_detached
     kernel.mount("probe", "/tmp", "tmpfs", 0)
     for d in ("l", "u", "w", "m"):
         os.mkdir(f"/tmp/{d}")
     kernel.mount("probe", "/tmp/m", "overlay", 0, "lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w")
     fd = os.open("/tmp/m", os.O_RDONLY | os.O_DIRECTORY)
     try:
-        if _layers_detached.root_fid(fd) is None:
+        if layers_detached.root_fid(fd) is None:
             raise OSError(errno.EOPNOTSUPP, "overlayfs gives no real layer handle of its root")
     finally:
         os.close(fd)
@@ -92,7 +90,7 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
     # Imported before the probes mount over /tmp of this namespace: an engine that lives under
     # /tmp (a checkout there) could not be imported from afterwards.
     from engine import userns
-    from engine.fs import _layers_detached  # noqa: F401 (for _overlay_fid)
+    from engine.fs import _layers_detached
     res: dict[str, tuple[bool, str, int | None]] = {}
 
     def attempt(name, fn):
@@ -176,7 +174,7 @@ def _probe_in_child() -> dict[str, tuple[bool, str, int | None]]:
             raise OSError(errno.ENOSYS, f"statmount shows no idmap ({uid})")
 
     attempt("statmount(idmap)", idmap_map)
-    attempt("overlay(AT_HANDLE_FID)", _overlay_fid)
+    attempt("overlay(AT_HANDLE_FID)", lambda: _overlay_fid(_layers_detached))
     attempt("statmount(fd)", lambda: kernel.statmount_fd(detached(), kernel.STATMOUNT_MNT_BASIC) and None)
     return res
 
