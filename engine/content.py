@@ -502,9 +502,7 @@ def _check_and_extract(targets: list[tuple[int, str]], archive_fd: int, name: st
         # either, so the options would only set ACLs equal to each file's mode and remove none.)
         cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *(_COMMON if xattrs else _PLAIN),
                "--same-owner", "--delay-directory-restore"]
-        # --delay-directory-restore: the restorer makes mount points in these directories while tar
-        # runs (restore._premake_dir); without it, restores failed 1 in 5 with ENOENT on a
-        # subdirectory root (tests/test_engine_propagation.py::test_peers_no_member_covers).
+
         if ids is not None:
             # tar runs as them, keeping root's file capabilities; so does this helper, which only
             # waits for it now. (The change of ids cleared our parent-death signal: set again.)
