@@ -879,17 +879,29 @@ class _Restorer:
 
     # -- 2. superblocks ---------------------------------------------------------
 
-    def create_superblocks(self) -> None:
+    def create_superblocks(self, early: bool = False) -> None:
         """Create every superblock the image needs (external ones are cloned later, types made
         on use when first used: engine/fs `when`). Without a yard, a helper makes the plain ones and fills them (engine/filler.py)
-        while the rest of the restore goes on."""
+        while the rest of the restore goes on. `early` (before the stand-ins exist): only start
+        that helper, when it fills no superblock this process makes (no yard, no content superblock
+        a user namespace owns), so that its fork, superblocks and archives run beside the
+        stand-ins' start; the call without it makes the rest."""
         users, common, handlers, order = self._sb_plan()
         plans = []
+        started = self.fill_started   # (by the early call: its plain superblocks are the helper's)
+        if early and (self.wants_yard or any(
+                not sb.get("external") and sid in users and handlers[sid].content and not handlers[sid].ns
+                and sb.get("owner") is not None for sid, sb in order)):
+            return
         for sid, sb in order:
             handler = handlers[sid]
             if sb.get("external") or sid not in users or handler.when == fs.ON_USE:
                 continue  # external: cloned from the host; on use: created when first cloned (_source)
+            if started and handler.when == fs.PLAIN and not handler.ns and sb.get("owner") is None:
+                continue   # (made by the helper the early call started: planned there)
             if handler.when == fs.AFTER_FILES:
+                if early:
+                    continue
                 if not self.fill_started:
                     self._start_filling(plans, users)
                 self.join_files()  # its device may sit on a file being extracted
@@ -910,6 +922,8 @@ class _Restorer:
             if not handler.ns and self.yard is None and owner is None:
                 plans.append((sid, fstype, source, params, attr, where))
                 continue
+            if early:
+                continue   # (made in a namespace or a user namespace: by the call after the stand-ins)
             try:
                 if handler.ns:
                     chan = self._creator(sid, sb, handler, users[sid])
@@ -928,7 +942,7 @@ class _Restorer:
             self._start_filling(plans, users)
 
     def _sb_plan(self) -> tuple[dict, dict, dict, list]:
-        """What create_superblocks works from (made once): each superblock's first
+        """What create_superblocks works from (made once: it runs twice): each superblock's first
         mount, the per-mount options most of its mounts have, its type, and the order to make them in."""
         if self._sb_planned is not None:
             return self._sb_planned
@@ -2493,6 +2507,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     step("start")
     r._users_call(r.users.make_userns)
     r.start_yard()
+    r.create_superblocks(early=True)   # the filling helper, when it can, beside the stand-ins' start
     r.spawn_standins()
     r.make_sysvipc()
     r.open_externals()
