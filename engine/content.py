@@ -152,10 +152,17 @@ def _last_line(text: str, default: str) -> str:
 tar, COMMON, last_line = _tar, _COMMON, _last_line
 
 
+_private_in: int | None = None   # the pid of the process that left its mount namespace for a private one
+
+
 def _staging(mounts: list[tuple[int, str]]) -> int:
-    """In a private namespace: a tmpfs with each (mount fd, name) attached at name; return its fd."""
-    kernel.unshare(kernel.CLONE_NEWNS)
-    kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    """In a private namespace: a tmpfs with each (mount fd, name) attached at name; return its fd.
+    A process makes that namespace once (extract `here`: the filler stages every archive there)."""
+    global _private_in
+    if _private_in != os.getpid():   # (a forked child has a pid of its own: it makes its own)
+        kernel.unshare(kernel.CLONE_NEWNS)
+        kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+        _private_in = os.getpid()
     staging = kernel.scratch_tmpfs()
     # Stacked on "/" of this private namespace: our own lookups of "/usr/bin/tar" still
     # start below it, while /proc/self/fd/STAGING reaches it.
@@ -488,8 +495,8 @@ def _checked(archive_fd: int, name: str, expect: dict, allowed: set[str], ahead:
 
 def _check_and_extract(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
                        ids: tuple[int, int] | None, ahead: tuple | None) -> None:
-    """The extraction itself, in a process that ends after it (it leaves its mount namespace for
-    a private one and, with `ids`, takes them for good): the checks, the staging, tar -x."""
+    """The extraction itself, in a process that stays in a private mount namespace (_staging) and,
+    with `ids`, takes them for good: the checks, the staging, tar -x. The targets' fds are closed."""
     try:
         xattrs = _checked(archive_fd, name, expect, {m for _, m in targets}, ahead)
         staging = _staging(targets)
@@ -520,20 +527,21 @@ def _check_and_extract(targets: list[tuple[int, str]], archive_fd: int, name: st
 
 
 def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, str]],
-            ids: tuple[int, int] | None = None, ahead: tuple | None = None, last: bool = False) -> None:
+            ids: tuple[int, int] | None = None, ahead: tuple | None = None, here: bool = False) -> None:
     """Check the archive against `expect` (size, sha256) and its members, then extract each member
     into the directory behind its fd (`targets`: (O_PATH fd of a directory, member name)), in a
     helper; nothing is extracted from an archive that fails a check. `ids`: (uid, gid) tar creates
     files as (keeping root's file capabilities), for superblocks a user namespace owns. `ahead`:
-    what ReadAhead.result read from `archive_fd` already (the checks then use it). `last`: the
-    caller's last work but telling its parent and exiting (the filler's last archive): without
-    `ids` done in this process, which then stays in a private mount namespace (a small restore's
-    one archive: one Python process fewer to fork and tear down)."""
+    what ReadAhead.result read from `archive_fd` already (the checks then use it). `here`: the
+    caller may stay in a private mount namespace from now on, where the staged mounts stay until
+    it exits (the filler: it only makes detached superblocks and extracts); without `ids` the
+    archive is then extracted in this process, not a forked child (10,000 mounts: four children's
+    forks and exits, ~10-25 ms each, off the filler's path, which the restorer waits for)."""
     clones = []
     try:
         for dir_fd, member in targets:
             clones.append((kernel.open_tree(dir_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH), member))
-        if last and ids is None:
+        if here and ids is None:
             mine, clones = clones, []   # (closed there, once attached in the staging namespace)
             _check_and_extract(mine, archive_fd, name, expect, ids, ahead)
         else:

@@ -7,8 +7,10 @@ superblock that needs no namespace (fsopen/fsconfig/fsmount) in the order the
 restorer first clones from them and streams their fds back in batches (with
 a yard, on older kernels, the restorer makes them and hands them over),
 giving empty roots their owner and mode as it goes; then it makes the archive
-roots and extracts the archives one after the other (content.extract),
-keeping a superblock's fd only until its last archive is in. The restorer takes each
+roots and extracts the archives one after the other (content.extract: in
+this process, which leaves for a private mount namespace at the first; an
+archive a user namespace's ids write, in a child), keeping a superblock's fd
+only until its last archive is in. The restorer takes each
 superblock when it first needs it (take) and waits for the files (wait)
 before anything reads them. Cloning from a detached superblock mount whose
 files are still arriving is fine: the restorer makes missing directories
@@ -61,10 +63,7 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, ahead, chan
         while done < len(fills):
             if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
                 return
-            # The last archive once every superblock is made: in this process, which only reports
-            # and exits after it (content.extract `last`).
-            last = not ready_only and done == len(fills) - 1
-            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, ahead, last)
+            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, ahead)
             if closed:
                 chan.send(("filled", closed))  # ours are closed: the restorer's are the last
             done += 1
@@ -87,11 +86,11 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, ahead, chan
 
 
 def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict,
-             ahead, last: bool = False) -> list[str]:
+             ahead) -> list[str]:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
     out (`sockets`: {(archive, member): records}); close the superblocks it was the last for, and
-    return them. `ahead`: a content.ReadAhead whose reading of the archive the checks use; `last`:
-    this helper's last work (content.extract's `last`)."""
+    return them. `ahead`: a content.ReadAhead whose reading of the archive the checks use. In this
+    process where it can (content.extract `here`: it stays in a private mount namespace)."""
     archive_fd, name, expect, spec, ids = fill
     targets = []
     read = ahead.result(name) if ahead is not None else None
@@ -102,7 +101,7 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
             except OSError as e:
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
-            content.extract(archive_fd, name, expect, targets, ids, read, last)
+            content.extract(archive_fd, name, expect, targets, ids, read, here=True)
             for fd, member in targets:
                 content.make_sockets(fd, sockets.get((name, member), ()), ids)
         except OSError as e:

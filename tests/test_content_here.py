@@ -1,8 +1,9 @@
-"""content.extract(last=True): the filler's last archive extracted in its own process, not a child.
+"""content.extract(here=True): the filler's archives extracted in its own process, not a child each.
 
 The same checks, the same result and the same refusals as the extraction child's path; only the
-process differs (it ends up in a private mount namespace of its own, the child's way). Each case
-runs in a forked child with a mount namespace of its own: nothing touches the host's.
+process differs (it ends up in a private mount namespace of its own, the child's way, made once
+for all its archives). Each case runs in a forked child with a mount namespace of its own: nothing
+touches the host's.
 """
 
 from __future__ import annotations
@@ -32,56 +33,61 @@ def _archive(tmp_path, member: str = "sb-0/f") -> tuple[str, dict]:
         os.close(fd)
 
 
-def _extract(path: str, expect: dict, last: bool, member: str = "sb-0") -> dict:
-    """In this (forked) process: a new tmpfs filled from the archive; what came of it."""
+def _extract(path: str, expect: dict, here: bool, member: str = "sb-0", times: int = 1) -> dict:
+    """In this (forked) process: new tmpfs filled from the archive, `times` over; what came of it."""
     def no_child(*a):
         raise AssertionError("forked an extraction child")
-    if last:
+    if here:
         channel.call_in_child = no_child   # (this process only: it is a throwaway fork)
     ns = os.stat("/proc/self/ns/mnt").st_ino
-    sb = standin.fsmount("tmpfs", "x", [], 0)
+    sbs = [standin.fsmount("tmpfs", "x", [], 0) for _ in range(times)]
     before = set(os.listdir("/proc/self/fd"))
-    afd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        content.extract(afd, "files-0.tar", expect, [(sb, member)], last=last)
-        error = None
-    except OSError as e:
-        error = str(e)
-    finally:
-        os.close(afd)
-    try:
-        data = open(f"/proc/self/fd/{sb}/f").read()
-    except OSError:
-        data = None
-    return {"error": error, "data": data, "own_ns": os.stat("/proc/self/ns/mnt").st_ino != ns,
+    seen_ns, error = set(), None
+    for sb in sbs:
+        afd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            content.extract(afd, "files-0.tar", expect, [(sb, member)], here=here)
+        except OSError as e:
+            error = str(e)
+        finally:
+            os.close(afd)
+        seen_ns.add(os.stat("/proc/self/ns/mnt").st_ino)
+    data = []
+    for sb in sbs:
+        try:
+            data.append(open(f"/proc/self/fd/{sb}/f").read())
+        except OSError:
+            data.append(None)
+    return {"error": error, "data": data, "own_ns": seen_ns != {ns}, "namespaces": len(seen_ns),
             "fds_left": sorted(set(os.listdir("/proc/self/fd")) - before)}
 
 
-@pytest.mark.parametrize("last", [False, True])
-def test_extracts_the_same_in_either_process(tmp_path, last):
+@pytest.mark.parametrize("here", [False, True])
+def test_extracts_the_same_in_either_process(tmp_path, here):
     path, expect = _archive(tmp_path)
-    got = forkrun.run(_extract, path, expect, last, unshare_flags=kernel.CLONE_NEWNS)
-    assert got["error"] is None and got["data"] == "data"
-    assert got["own_ns"] is last    # last: this process went into the staging namespace itself
-    assert got["fds_left"] == []    # the clones attached in staging are closed, in either path
+    got = forkrun.run(_extract, path, expect, here, times=3, unshare_flags=kernel.CLONE_NEWNS)
+    assert got["error"] is None and got["data"] == ["data"] * 3
+    assert got["own_ns"] is here     # here: this process went into the staging namespace itself,
+    assert got["namespaces"] == 1    # made once for all its archives
+    assert got["fds_left"] == []     # the clones attached in staging are closed, in either path
 
 
-@pytest.mark.parametrize("last", [False, True])
-def test_refuses_the_same_in_either_process(tmp_path, last):
+@pytest.mark.parametrize("here", [False, True])
+def test_refuses_the_same_in_either_process(tmp_path, here):
     path, expect = _archive(tmp_path)
-    damaged = forkrun.run(_extract, path, dict(expect, sha256="0" * 64), last, unshare_flags=kernel.CLONE_NEWNS)
-    assert "files-0.tar is damaged" in damaged["error"] and damaged["data"] is None
+    damaged = forkrun.run(_extract, path, dict(expect, sha256="0" * 64), here, unshare_flags=kernel.CLONE_NEWNS)
+    assert "files-0.tar is damaged" in damaged["error"] and damaged["data"] == [None]
     assert damaged["fds_left"] == [] and damaged["own_ns"] is False   # refused before any staging
     # A member that is not the one this superblock takes: refused by the listing's check, untouched.
-    stray = forkrun.run(_extract, path, expect, last, "sb-1", unshare_flags=kernel.CLONE_NEWNS)
-    assert "unsafe member 'sb-0" in stray["error"] and stray["data"] is None and stray["fds_left"] == []
+    stray = forkrun.run(_extract, path, expect, here, "sb-1", unshare_flags=kernel.CLONE_NEWNS)
+    assert "unsafe member 'sb-0" in stray["error"] and stray["data"] == [None] and stray["fds_left"] == []
 
 
 def _times(path: str, sb_dirs: list[str]) -> dict:
     sb = standin.fsmount("tmpfs", "x", [], 0)
     afd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        content.extract(afd, "files-0.tar", content.digest_fd(afd), [(sb, "sb-0")], last=True)
+        content.extract(afd, "files-0.tar", content.digest_fd(afd), [(sb, "sb-0")], here=True)
     finally:
         os.close(afd)
     return {d: os.lstat(f"/proc/self/fd/{sb}/{d}").st_mtime_ns for d in sb_dirs}
