@@ -30,6 +30,9 @@ _HELD = 2048
 
 def _body(plans, given, fills, empties, hostproc, mount_of, sockets, ahead, chan: channel.Channel) -> None:
     made: dict[str, int] = dict(given)
+    # Extracting in this process leaves it in a private mount namespace, from which superblocks
+    # the restorer made and attached (`given`: its yard on older kernels) can no longer be cloned.
+    here = not given
     # A superblock's fd stays here only until its last archive is extracted: an empty root is set
     # up as soon as the superblock exists, and one without archives is closed once sent (90,000
     # mounts would otherwise hold one fd per superblock in this process).
@@ -63,7 +66,7 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, ahead, chan
         while done < len(fills):
             if ready_only and any(sid not in made for sid, _, _ in fills[done][3]):
                 return
-            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, ahead)
+            closed = _extract(fills[done], done, made, given, last_fill, mount_of, sockets, ahead, here)
             if closed:
                 chan.send(("filled", closed))  # ours are closed: the restorer's are the last
             done += 1
@@ -86,11 +89,11 @@ def _body(plans, given, fills, empties, hostproc, mount_of, sockets, ahead, chan
 
 
 def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: dict, sockets: dict,
-             ahead) -> list[str]:
+             ahead, here: bool) -> list[str]:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
     out (`sockets`: {(archive, member): records}); close the superblocks it was the last for, and
     return them. `ahead`: a content.ReadAhead whose reading of the archive the checks use. In this
-    process where it can (content.extract `here`: it stays in a private mount namespace)."""
+    process when `here` (content.extract: it stays in a private mount namespace)."""
     archive_fd, name, expect, spec, ids = fill
     targets = []
     read = ahead.result(name) if ahead is not None else None
@@ -101,7 +104,7 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
             except OSError as e:
                 raise _named(e, f"{mount_of.get(sid, sid)}: making {root} to extract its files into") from None
         try:
-            content.extract(archive_fd, name, expect, targets, ids, read, here=True)
+            content.extract(archive_fd, name, expect, targets, ids, read, here=here)
             for fd, member in targets:
                 content.make_sockets(fd, sockets.get((name, member), ()), ids)
         except OSError as e:
