@@ -34,6 +34,7 @@ import argparse
 import glob
 import math
 import os
+import re
 import resource
 import shutil
 import subprocess
@@ -62,6 +63,15 @@ class _Config:
     def getoption(self, name, default=None):
         return self.criu if name == "criu" else default
 
+
+
+def _same_but_time(before, after) -> bool:
+    """Equal but for the time namespace: criu 4.x restores a tree into a time namespace of its own
+    (offsets that keep CLOCK_MONOTONIC going across the dump), mntcr keeps the one it was in; the
+    snapshot tells them apart, which is not what this benchmark times."""
+    def strip(text: str) -> str:
+        return re.sub(r" timens=\S+", "", re.sub(r"(?m)^\s*time: .*\n?", "", text))
+    return strip(before.text()) == strip(after.text())
 
 def _children_cpu() -> float:
     """User+sys CPU seconds of every child process this process has reaped so far (and theirs)."""
@@ -94,7 +104,7 @@ def measure_once(sc, backend, workdir: str) -> dict:
         own_restore = _criu_own(backend, "restore")
         after = snapshot.take(restored, sc.check, sc.timeout)
         equal, _ = snapshot.compare(before, after)
-        if not equal:
+        if not equal and not (backend.name == "criu" and _same_but_time(before, after)):
             return {"error": "restored state differs"}
         return {"dump": dump_wall, "restore": restore_wall, "dump_cpu": dump_cpu, "restore_cpu": restore_cpu,
                 "own_dump": own_dump, "own_restore": own_restore}
