@@ -10,7 +10,7 @@ methods below, nested ones counted in their callers too), with the functions tha
 The restorer then runs ~20x slower, so the filler is always done before the mounts are attached
 (as on a slow machine). Each wrapped phase call adds ~28 steps (one a mount for `_attach`).
 Steps are a proxy: on this machine a pass over 10,000 mount records is bound by memory, so 3x
-fewer steps in the mount records' check gave ~13% less CPU there (benchmarks/README.md, session 13).
+fewer steps in the mount records' check gave ~13% less CPU there (benchmarks/HISTORY.md, session 13).
 """
 
 from __future__ import annotations

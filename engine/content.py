@@ -511,7 +511,7 @@ def _check_and_extract(targets: list[tuple[int, str]], archive_fd: int, name: st
         # it (one `tar -c`), so tar sets a directory's times and mode as it leaves it; the option
         # kept them all to the end, ~25% of tar's CPU (53 -> 40 ms for 1,800 superblocks' files),
         # on the filler's path. Every file's and directory's mode, owner and mtime of a restored
-        # 1,000- and 10,000-mount tree came out the same either way (benchmarks/README.md, session 19).
+        # 1,000- and 10,000-mount tree came out the same either way (benchmarks/HISTORY.md, session 19).
         cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "-xpf", "-", *(_COMMON if xattrs else _PLAIN),
                "--same-owner"]
         if ids is not None:

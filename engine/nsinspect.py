@@ -104,7 +104,7 @@ def inspect_ns(ns_fd: int, pids: list[int], by_statmount: bool) -> dict:
                 dirs[m.mnt_id] = stat.S_ISDIR(mode)
     # 64-bit unique ids (creation order) where the strategy reads them (ids=statmount, 6.8+).
     # Only the ids: the records come from mountinfo, which parses in half the time full statmount
-    # records take here (benchmarks/README.md, "statmount or mountinfo").
+    # records take here (benchmarks/HISTORY.md, "statmount or mountinfo").
     unique = kernel.unique_ids() if by_statmount else {}
     procs = {}
     for pid in pids:

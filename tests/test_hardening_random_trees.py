@@ -35,7 +35,7 @@ tests/test_hardening_random_trees.py -k round_trips -s -v -p no:cacheprovider` (
 interpreter that has pytest and hypothesis). It passed (the 3 explicit examples and 10 derandomized
 ones; at least 4 of the 13 make shared or slave mounts, and with 5.10's strategy forced on
 the host the same 13 round-trip but the moved overlay layer, refused) in 5 min 24 s of pytest, 11 min 41 s with boot and the
-guest's start-up of pytest and hypothesis, TCG at load average 15 (benchmarks/README.md, kernel
+guest's start-up of pytest and hypothesis, TCG at load average 15 (benchmarks/HISTORY.md, kernel
 matrix, session 7); without -s the first container's setup was seen to report no output.
 """
 

@@ -148,7 +148,7 @@ class QemuVM:
         # (no device enumeration: most of the ~1-1.5 s that full ACPI adds to a 5-6 s TCG boot).
         # Not acpi=off: without the HPET the guest cannot calibrate its TSC and falls back to the
         # refined-jiffies clock, which under TCG on a loaded host loses ticks (measured: 31 guest
-        # seconds in 63 real ones, benchmarks/README.md), so every timeout, sleep and phase timing
+        # seconds in 63 real ones, benchmarks/HISTORY.md), so every timeout, sleep and phase timing
         # in the guest was off by that much. The guest ends with `reboot -f`, which -no-reboot
         # turns into qemu's exit. cryptomgr.notests: no self-tests of every crypto algorithm at boot.
         cmdline = (f"console=ttyS0 quiet panic=-1 oops=panic mitigations=off tsc=reliable acpi=ht "

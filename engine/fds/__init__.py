@@ -255,7 +255,7 @@ def lookup(name: str) -> FdKind | None:
 
 # Which modules' kinds may claim an fd, from its link target: dump imports those alone (a tree
 # without sockets then never loads socket.py, selectors, threading, ipaddress: 27% of the
-# instructions of dump's imports, benchmarks/README.md). A target this does not route loads every
+# instructions of dump's imports, benchmarks/HISTORY.md). A target this does not route loads every
 # kind, so a new kind on a target of its own is found without an entry here (at the old cost); a
 # new kind of path targets ("/...") must be added to _by_path. tests/test_engine_dump_imports.py
 # checks the routes against every kind.
