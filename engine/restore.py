@@ -1171,7 +1171,7 @@ class _Restorer:
         except FileNotFoundError:
             # A superblock the helper fills may lack a directory after it is done too: dump keeps
             # one empty root a superblock (`empty_root`), so the roots of its other mounts that
-            # hold no files are in no archive (two binds of empty /a and /b of an unmounted tmpfs).
+            # hold no files are in no archive (binds of empty /a and /b of an unmounted filesystem).
             if sid not in self.filling:
                 raise
         if is_dir():
