@@ -574,6 +574,22 @@ def set_comm(name: str) -> None:
            "prctl(PR_SET_NAME)")
 
 
+def fd_links(pids):
+    """(pid, /proc path of the fd, its link target) of every fd of processes `pids`, read now; a
+    process or fd gone meanwhile is passed over (not the rest of its process's)."""
+    for pid in pids:
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError:
+            continue
+        for n in names:
+            path = f"/proc/{pid}/fd/{n}"
+            try:
+                yield pid, path, os.readlink(path)
+            except OSError:
+                continue
+
+
 def read_comm(pid: int) -> str:
     """/proc/PID/comm without its newline (bytes a UTF-8 decode cannot take kept as surrogates)."""
     with open(f"/proc/{pid}/comm", "rb") as f:

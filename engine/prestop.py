@@ -512,20 +512,7 @@ def _check_socket_binds(pids: list[int], view: View) -> None:
 def _sockets_held(pids: list[int]) -> set[int]:
     """The socket inodes the processes `pids` hold fds on (an fd closed meanwhile is passed over,
     not the rest of its process's)."""
-    held = set()
-    for p in pids:
-        try:
-            names = os.listdir(f"/proc/{p}/fd")
-        except OSError:
-            continue
-        for n in names:
-            try:
-                link = os.readlink(f"/proc/{p}/fd/{n}")
-            except OSError:
-                continue
-            if link.startswith("socket:["):
-                held.add(int(link[8:-1]))
-    return held
+    return {int(link[8:-1]) for _, _, link in kernel.fd_links(pids) if link.startswith("socket:[")}
 
 
 def _open_mount(view: View, ns_name: str, e: dict, flags: int = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) -> int | None:

@@ -313,21 +313,15 @@ def load_tree(pids) -> None:
     now: dump's helpers (engine/nsinspect.py) classify fds after they entered and chrooted into a
     container, where this package is out of reach. Run with the tree stopped (no fd comes after);
     a process or fd gone meanwhile is passed over (whoever reads it next tells)."""
-    for pid in pids:
+    from engine import kernel
+    for _, link, target in kernel.fd_links(pids):
         try:
-            names = os.listdir(f"/proc/{pid}/fd")
+            mode = os.stat(link).st_mode if target.startswith("/") else 0   # (only paths' routes use it)
         except OSError:
             continue
-        for n in names:
-            link = f"/proc/{pid}/fd/{n}"
-            try:
-                target = os.readlink(link)
-                mode = os.stat(link).st_mode if target.startswith("/") else 0   # (only paths' routes use it)
-            except OSError:
-                continue
-            load_for(target, mode)
-            if _loaded:
-                return
+        load_for(target, mode)
+        if _loaded:
+            return
 
 
 def classify(target: str, mode: int) -> FdKind | None:
