@@ -251,9 +251,12 @@ def test_more_threads_than_the_machine_can_make_are_refused_first(image, tmp_pat
     from engine import restore
     room, _ = restore._task_room()
     doc = load_manifest(image)
-    if room + 10 > 65536 * len(doc["processes"]):
+    # a margin well above 10: on a loaded machine (a CI beside other jobs) hundreds of tasks end
+    # between this reading and the restore's own, and the room grows by as many
+    want = room + 4096
+    if want > 65536 * len(doc["processes"]):
         pytest.skip(f"this machine can make {room} more tasks: more than the image's processes can list threads")
-    per = -(-(room + 10) // len(doc["processes"]))
+    per = -(-want // len(doc["processes"]))
 
     def mutate(d):
         for p in d["processes"]:
