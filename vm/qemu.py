@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from vm import accel as accel_mod
+from vm import guestclock
 from vm import initramfs
 from vm.errors import VMError
 from vm.kernels import Kernel
@@ -151,7 +152,7 @@ class QemuVM:
         # seconds in 63 real ones, benchmarks/HISTORY.md), so every timeout, sleep and phase timing
         # in the guest was off by that much. The guest ends with `reboot -f`, which -no-reboot
         # turns into qemu's exit. cryptomgr.notests: no self-tests of every crypto algorithm at boot.
-        cmdline = (f"console=ttyS0 quiet panic=-1 oops=panic mitigations=off tsc=reliable acpi=ht "
+        cmdline = (f"console=ttyS0 quiet panic=-1 oops=panic mitigations=off {guestclock.cmdline(self.accel)} acpi=ht "
                    f"cryptomgr.notests "
                    f"mntcr.results={self.results} mntcr.moddir={self.kernel.moddir} "
                    f"mntcr.kver={self.kernel.version}")

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
-from vm import box_volume, cache, initramfs, libvirt_host, vagrant_box, vagrant_owner
+from vm import box_volume, cache, guestclock, initramfs, libvirt_host, vagrant_box, vagrant_owner
 from vm.errors import VMError
 from vm.kernels import Kernel
 from vm.progress import say
@@ -306,7 +306,8 @@ class VagrantVM:
     def render(self, box: str, kernel_path: Path, initrd: Path) -> str:
         """The Vagrantfile text for this VM."""
         import jinja2
-        cmdline = ("root=/dev/vda rw console=ttyS0 quiet panic=-1 oops=panic mitigations=off tsc=reliable "
+        cmdline = ("root=/dev/vda rw console=ttyS0 quiet panic=-1 oops=panic mitigations=off "
+                   f"{guestclock.cmdline(self.accel)} "
                    "net.ifnames=0 systemd.show_status=0 rd.udev.log_level=3 systemd.log_level=warning "
                    "systemd.firstboot=off "
                    f"mntcr.ip={vagrant_box.GUEST_ADDR} mntcr.gw={vagrant_box.GUEST_GW}")
