@@ -43,6 +43,20 @@ def test_ids_of_a_process_without_user_namespace_are_kept(case):
     assert _creds(after) == _creds(before)
 
 
+def test_root_with_supplementary_group_root_keeps_it(case):
+    """dockerd's runc gives a container's root process the supplementary group 0 (uid 0, gid 0,
+    groups 0): all its ids were root's, so dump recorded none and its stand-in came back with the
+    restorer's groups (none)."""
+    setup = f"""
+cp "$(readlink -f {HOLD})" /mntcr-hold
+setpriv --groups 0 /mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+exec {HOLD} 100000 </dev/null >/dev/null 2>&1
+"""
+    before, after = case.roundtrip(setup)
+    assert "creds: uid 0,0,0,0 gid 0,0,0,0 groups 0 proc 0:0" in _creds(before)
+    assert _creds(after) == _creds(before)
+
+
 def test_capability_sets_are_kept(case):
     """Runtimes drop capabilities (runc's default keeps 14 in the bounding set, bwrap none): every
     stand-in came back with the restorer's full sets. A root process whose bounding set holds only

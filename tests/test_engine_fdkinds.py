@@ -212,6 +212,22 @@ hold
     assert "pipe P0:5 P0:6" in after.snap.sharing
 
 
+def test_fifo_opened_o_path(case):
+    """containerd-shim keeps O_PATH fds on the FIFOs of a container's stdio beside its read and write
+    ones: each came back opened for reading (a FIFO's restore opened only with the access mode)."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkfifo /mnt/t/fifo
+""" + py_hold("""
+w = os.open("/mnt/t/fifo", os.O_RDWR | os.O_NONBLOCK); os.write(w, b"kept")
+os.dup2(w, 5); os.close(w)
+p = os.open("/mnt/t/fifo", os.O_PATH); os.dup2(p, 6, inheritable=False); os.close(p)
+""")
+    before, after = case.roundtrip(setup)
+    assert _fd(before, 6).startswith("6: /mnt/t/fifo flags=12000000 "), _fd(before, 6)
+    assert _fd(after, 6) == _fd(before, 6)
+    assert "bytes=4" in _fd(after, 5)
+
+
 def test_unsupported_kind_refused_tree_kept(case):
     """An inet socket is refused at dump naming the fd and kind; the tree keeps running."""
     setup = py_hold("""

@@ -384,3 +384,21 @@ hold
     assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     from zdtm.snapshot import alive, tree_pids
     assert alive(pid) and len(tree_pids(pid)) == 3
+
+
+def test_namespace_bound_on_a_mount_refused_unstopped(case):
+    """dockerd binds each container's network namespace at exec-root/netns/ID (as `ip netns add`
+    does): an nsfs mount, which mntcr cannot make again. Dump refuses it naming the mount, before
+    the stop: the tree keeps running untouched."""
+    from enginecase import CRError, HOLD, STOP_WATCH, was_stopped
+    setup = STOP_WATCH + f"""
+mkdir -p /run/netns; touch /run/netns/ctr
+unshare -n sh -c 'mount --bind /proc/self/ns/net /run/netns/ctr; exec {HOLD} 100000' </dev/null >/dev/null 2>&1 &
+until grep -q ' /run/netns/ctr ' /proc/self/mountinfo; do sleep 0.1; done
+hold
+"""
+    pid = case.start(setup)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"mount \d+ \(/run/netns/ctr\) on nsfs: not supported", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"

@@ -161,6 +161,9 @@ def _open_fifo(r: RestoreFd) -> int:
         r.keep.append(keeper)
         r.state[key] = {"keeper": keeper}
         _fill(keeper, r.objects[key], f"{r.where} fifo")
+    if e["flags"] & os.O_PATH:
+        # (containerd-shim keeps such fds on a container's stdio FIFOs: no end of the pipe, no status flags)
+        return opener(os.O_PATH)
     fd = opener((e["flags"] & os.O_ACCMODE) | os.O_NONBLOCK)
     _set_flags(fd, e["flags"])
     return fd
