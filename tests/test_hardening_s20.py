@@ -20,12 +20,12 @@ import struct
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import HealthCheck, event, given, note, settings
 from hypothesis import strategies as st
 
 import enginecase
 from engine import image, imageformat
-from enginecase import load_manifest
+from enginecase import case, load_manifest  # noqa: F401  (fixture)
 from test_hardening_hostile import _mutated, refused
 from test_hardening_images import restore_outcome
 from test_hardening_s19 import _MUTATIONS
@@ -421,8 +421,13 @@ _PAST_16_MIB = "QUJD" * ((1 << 24) // 3 + 1)   # (base64 of 16 MiB and 3 bytes)
     ("tcp", lambda f: f["tcp"].update(recvq=_PAST_16_MIB), r"'tcp.recvq' must be base64 of at most 16777216"),
     ("pending", lambda f: f["pending"].update(sent=_PAST_16_MIB), r"'pending.sent' must be base64 of at most"),
     ("dgrams", lambda f: f.update(dgrams=[f["dgrams"][0]] * 4097), "dgrams"),
+    # (restore packed its UDP length into 16 bits: "restore failed: error: 'H' format requires ...")
+    ("dgrams", lambda f: f["dgrams"][0].update(data="QUJD" * 21845), r"a UDP datagram of more than 65507 bytes"),
+    # (4 MiB a socket, as dump keeps: restore queued 30 MB on one, its buffer forced wide)
+    ("dgrams", lambda f: f.update(dgrams=[dict(f["dgrams"][0], data="QUJD" * 10000)] * 1000),
+     r"more than 4194304 bytes of UDP datagrams"),
 ], ids=["tcp-peer", "pending-peer", "tcp-addr", "dgram-sender", "dgram-mapped-sender", "tcp-queue",
-        "pending-bytes", "dgram-count"])
+        "pending-bytes", "dgram-count", "dgram-too-long", "dgram-bytes"])
 def test_network_values_out_of_the_trees_reach_refused(image_dir, tmp_path, key, change, pattern):
     """A peer or sender off loopback (the restored namespace has lo alone: a packet to it would be
     routed nowhere, and the image would name hosts it never reached), queues past 16 MiB, more
@@ -477,7 +482,9 @@ def _outcome_no_host_change(work: str, doc: dict, tmp: str) -> None:
         msgmax = f.read()
     lst, udp = _host_net_sockets(required=False)
     try:
-        restore_outcome(work, list(enginecase.RESTORE_EXTERNALS), tmp)
+        code, err = restore_outcome(work, list(enginecase.RESTORE_EXTERNALS), tmp)
+        # (--hypothesis-show-statistics: how many reach restore, and how far)
+        event("restored" if code == 0 else "refused: " + re.sub(r"\d+", "N", err.split(":")[1].strip())[:40])
         _nothing_came(lst, udp)
     finally:
         for s in (lst, udp):
@@ -553,3 +560,29 @@ def _at(doc, path: tuple):
     for k in path:
         node = node[k]
     return node
+
+
+# --- found on the way: a long IPv6 datagram (engine/fds/inet_raw.py) ------------------------------
+
+_LONG_V6 = """
+import socket
+r = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); r.bind(("::1", 5000))
+u = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); u.bind(("::1", 5001))
+u.sendto(bytes(range(256)) * 255 + b"y" * 247, ("::1", 5000)); u.sendto(b"z", ("::1", 5000))
+os.dup2(r.fileno(), 10); os.dup2(u.fileno(), 11)
+"""
+
+
+def test_long_ipv6_datagram_kept(case):
+    """A datagram of 65527 bytes from an IPv6 sender (its socket fragmented it: more than lo's MTU
+    in one packet) waits: dump gave the datagrams back through a raw socket in one packet each,
+    which failed (EMSGSIZE): the dump failed ("inet: Message too long") and the tree had lost every
+    datagram waiting. Sent as fragments now: after C/R (twice) both wait, whole, from their sender."""
+    import socket
+    from enginecase import grab_fd
+    from test_engine_inet import _in_netns
+    _, _, after = case.roundtrip(_in_netns(_LONG_V6), iters=2)
+    with socket.socket(fileno=grab_fd(after.pid, 10)) as r:
+        got = [r.recvfrom(70000, socket.MSG_DONTWAIT) for _ in range(2)]
+    assert [(d, a[:2]) for d, a in got] == [(bytes(range(256)) * 255 + b"y" * 247, ("::1", 5001)),
+                                            (b"z", ("::1", 5001))]
