@@ -2442,22 +2442,42 @@ class _Restorer:
         it once the restore commits (standin.py, `restore`)."""
         procs = self.doc["processes"]
         self._hand_kin()
-        for p in reversed(procs):
-            chan = self.chans[p["pid"]]
-            why = None
-            try:
-                chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
-                           {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p}),
-                          [lifeline] if p is procs[0] else [])
-                if p is not procs[0]:
-                    chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
-                    why = lastword.explain(lastword.hear(chan.sock))
-            except OSError as e:
-                why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
-            except channel.ChannelClosed:   # (killed, or its answer denied by its seccomp filters)
-                why = (errno.EIO, "it ended before it answered its detach")
-            if why:
-                raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
+        detached: list[int] = []
+        try:
+            for p in reversed(procs):
+                detached.append(p["pid"])
+                self._detach_one(p, lifeline)
+        except BaseException:
+            # (a detached stand-in no longer dies with us, its PDEATHSIG cleared, and the root, whose
+            # lifeline kills the tree, is detached last: one that did not end (silent, spinning under
+            # its seccomp filters, stopped from outside) would be left running)
+            for pid in detached:
+                try:
+                    os.kill(self.hostpid[pid], signal.SIGKILL)
+                except OSError:
+                    pass
+            raise
+
+    def _detach_one(self, p: dict, lifeline: int) -> None:
+        """Stand-in p drops its channel and takes its last steps (`detach`); RestoreError when one failed."""
+        procs = self.doc["processes"]
+        chan = self.chans[p["pid"]]
+        why = None
+        try:
+            chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
+                       {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p}),
+                      [lifeline] if p is procs[0] else [])
+            if p is not procs[0]:
+                chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
+                why = lastword.explain(lastword.hear(chan.sock))
+        except TimeoutError:
+            why = (errno.ETIMEDOUT, "it did not tell how its last steps went in 60 s")
+        except OSError as e:
+            why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
+        except channel.ChannelClosed:   # (killed, or its answer denied by its seccomp filters)
+            why = (errno.EIO, "it ended before it answered its detach")
+        if why:
+            raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
 
 
     def _hand_kin(self) -> None:

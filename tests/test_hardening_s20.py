@@ -586,3 +586,37 @@ def test_long_ipv6_datagram_kept(case):
         got = [r.recvfrom(70000, socket.MSG_DONTWAIT) for _ in range(2)]
     assert [(d, a[:2]) for d, a in got] == [(bytes(range(256)) * 255 + b"y" * 247, ("::1", 5001)),
                                             (b"z", ("::1", 5001))]
+
+
+def _with_a_child(d, root_denies_kill: bool) -> None:
+    """A second process, child of the first (no fd), both in the restorer's pid namespace (the root
+    stand-in is no init whose end kills the rest); the child's filter, installed last, makes every
+    call fail (its last word never comes; it spins); the root's, when `root_denies_kill`, makes
+    kill(2) and pidfd_send_signal(2) fail (it cannot kill the tree on its lifeline)."""
+    import copy
+    root = d["processes"][0]
+    child = copy.deepcopy(root)
+    child.update(pid=root["pid"] + 1, ppid=root["pid"], fds=[], seccomp=[{"insns": _RET_ERRNO_ALL, "log": False}],
+                 no_new_privs=True)
+    for k in ("sid", "pgid", "maps"):
+        child.pop(k, None)
+    d["processes"].append(child)
+    for p in d["processes"]:
+        p["host_ns"] = sorted(set(p.get("host_ns") or ()) | {"pid"})
+    if root_denies_kill:
+        nrs = {"x86_64": (62, 424), "aarch64": (129, 424)}[os.uname().machine]
+        prog = [(0x20, 0, 0, 0), (0x15, 2, 0, nrs[0]), (0x15, 1, 0, nrs[1]), (0x06, 0, 0, 0x7FFF0000),
+                (0x06, 0, 0, 0x50001)]
+        _filters(d, b"".join(struct.pack("=HBBI", *i) for i in prog).hex(), False)
+
+
+@pytest.mark.parametrize("root_denies_kill", [False, True], ids=["root", "root-denies-kill"])
+def test_silent_child_is_killed_with_the_failed_restore(image_dir, tmp_path, root_denies_kill):
+    """A child stand-in that never tells how its last steps went (its filter denies every call,
+    pause() too: it spins): the restore failed after 60 s ("process N: timed out") and left it
+    running, spinning, for good: it had dropped its PDEATHSIG as it detached, and the root stand-in,
+    whose lifeline kills the tree, is detached last and died with the restorer. The restorer kills
+    the stand-ins it detached when the detach fails now (also when the root's filter would keep it
+    from killing them)."""
+    refused(_mutated(image_dir, tmp_path, lambda d: _with_a_child(d, root_denies_kill)),
+            r"process \d+: it did not tell how its last steps went in 60 s", tmp_path, timeout=100)
