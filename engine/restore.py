@@ -2469,9 +2469,10 @@ class _Restorer:
                       [lifeline] if p is procs[0] else [])
             if p is not procs[0]:
                 chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
-                why = lastword.explain(lastword.hear(chan.sock))
-        except TimeoutError:
-            why = (errno.ETIMEDOUT, "it did not tell how its last steps went in 60 s")
+                try:
+                    why = lastword.explain(lastword.hear(chan.sock))
+                except TimeoutError:   # (not call's: "no answer in 60 s" to the detach itself)
+                    why = (errno.ETIMEDOUT, "it did not tell how its last steps went in 60 s")
         except OSError as e:
             why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
         except channel.ChannelClosed:   # (killed, or its answer denied by its seccomp filters)
