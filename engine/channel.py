@@ -11,6 +11,7 @@ try:   # the C pickler pickle.py re-exports; pickle.py's own Python (and its re)
     import _pickle as pickle
 except ImportError:   # an interpreter without it
     import pickle
+import errno
 from array import array
 
 # The C module: socket.py wraps its constants in enum classes (AddressFamily, MsgFlag, ...), about
@@ -88,7 +89,10 @@ class Channel:
     def call(self, obj, fds=()) -> tuple[object, list[int]]:
         """Send a request and wait for its reply; a reply ("error", text) raises OSError."""
         self.send(obj, fds)
-        reply, rfds = self.recv()
+        try:
+            reply, rfds = self.recv()
+        except TimeoutError:   # (a socket given a timeout: socket.timeout names no errno nor wait)
+            raise OSError(errno.ETIMEDOUT, f"no answer in {self.sock.gettimeout():g} s") from None
         if isinstance(reply, tuple) and reply and reply[0] == "error":
             raise_error(reply, rfds)
         return reply, rfds

@@ -643,21 +643,23 @@ SCHED = Record("scheduling attributes", {
     "ioprio": F(INT, rule=rng(0, 0xFFFF)),
     "oom_score_adj": F(INT, rule=rng(-1000, 1000)),
     "timerslack_ns": F(INT, rule=rng(0, (1 << 64) - 1)),
-    "personality": F(INT, rule=rng(0, 0xFFFFFFFF)),
+    "personality": F(INT, rule=rng(0, 0xFFFFFFFE)),   # (0xffffffff: personality(2) only answers, sets nothing)
     # its CPU affinity, when not the dumper's: CPU numbers, ascending
     "cpus": F(LIST, required=False, rule=lambda v: None if 0 < len(v) <= 8192 and all(
         type(c) is int and 0 <= c < 8192 for c in v) and v == sorted(set(v)) else "must be ascending CPU numbers"),
 })
 
 _CLOCKS = ("monotonic", "boottime")
+_TIMENS_MAX = ((1 << 63) - 1) // 10**9 // 2   # (KTIME_SEC_MAX / 2: no clock of a time namespace passes it)
 _TIME_ID = re.compile(r"time-[1-9][0-9]{0,5}\Z")
 # Its time namespace when not the dumper's, and its children's when not its own (engine/timens.py):
 # the clock offsets [seconds, nanoseconds] and the initial namespace's clocks (ns) at the dump.
 TIMENS = Record("time namespace", {
     "id": F(STR, rule=pattern(_TIME_ID, "a time namespace id time-N")),
     "offsets": F(DICT, rule=lambda v: None if set(v) == set(_CLOCKS) and all(
-        type(x) is list and len(x) == 2 and all(type(n) is int for n in x) and -(1 << 62) < x[0] < 1 << 62
-        and 0 <= x[1] < 10**9 for x in v.values()) else "must map monotonic and boottime to [seconds, nanoseconds]"),
+        type(x) is list and len(x) == 2 and all(type(n) is int for n in x) and abs(x[0]) <= _TIMENS_MAX
+        and 0 <= x[1] < 10**9 for x in v.values()) else "must map monotonic and boottime to [seconds, nanoseconds], "
+        f"seconds within +-{_TIMENS_MAX} (the kernel's)"),
     "at": F(DICT, rule=lambda v: None if set(v) == set(_CLOCKS) and all(
         type(n) is int and 0 <= n < 1 << 63 for n in v.values()) else "must map monotonic and boottime to nanoseconds"),
 })
@@ -672,6 +674,11 @@ def _seccomp_rule(v) -> str | None:
                 or type(f["insns"]) is not str or not 0 < len(f["insns"]) <= 16 * 4096 or len(f["insns"]) % 16 \
                 or not _HEX.match(f["insns"]):
             return "each filter must be {insns: hex of 8-byte instructions, log: true or false}"
+    from engine import seccomp
+    for i, f in enumerate(v):
+        why = seccomp.check_program(bytes.fromhex(f["insns"]))
+        if why:
+            return f"filter {i}, {why}: not a program the kernel takes"
     return None
 
 

@@ -313,13 +313,14 @@ def _commit(commit, pid: int, pidfile: str | None, image_pid: int) -> None:
         why = lastword.explain(lastword.hear(commit))   # (an empty word: it ended without telling)
     except OSError as e:   # (gone before the commit, or silent for 60 s)
         why = (e.errno or errno.EIO, f"it did not tell how its last steps went after the commit: {e.strerror or e}")
-    _hang_up(commit)
-    if why:
+    if why:   # (killed before we hang up: a silent root, spinning under its seccomp filters, never lets go)
         pidfile_mod.kill_tree(pid)
         try:   # (a root that died leaves its children to init, where kill_tree no longer finds them,
             os.killpg(pid, signal.SIGKILL)   # but still in the tree's process group, the root's pid)
         except OSError:
             pass
+    _hang_up(commit)
+    if why:
         if pidfile:
             os.unlink(pidfile)
         raise RestoreError(why[0], f"process {image_pid}: {why[1]}")
@@ -771,14 +772,25 @@ class _Restorer:
                 self.nsfd_of[key(None)] = os.open("/proc/self/ns/time", os.O_RDONLY | os.O_CLOEXEC)
                 chan.call(("timens", None, True), [self.nsfd_of[key(None)]])
             else:
-                chan.call(("timens", timens.offsets_now(want), True), [])
+                self._new_timens(p, chan, want, True)
                 self.nsfd_of[key(want)] = os.open(f"/proc/{hp}/ns/time", os.O_RDONLY | os.O_CLOEXEC)
         kids = p.get("timens_children")
         if kids:
             if key(kids) in self.nsfd_of:   # (dump refused this order: engine/timens.py check_tree)
                 raise RestoreError(errno.EINVAL, f"process {p['pid']}: time namespace {kids['id']} exists already")
-            chan.call(("timens", timens.offsets_now(kids), False), [])
+            self._new_timens(p, chan, kids, False)
             self.nsfd_of[key(kids)] = os.open(f"/proc/{hp}/ns/time_for_children", os.O_RDONLY | os.O_CLOEXEC)
+
+    @staticmethod
+    def _new_timens(p: dict, chan, rec: dict, enter: bool) -> None:
+        """Stand-in p makes time namespace `rec` (and enters it when `enter`); the kernel's refusal
+        of its offsets (ERANGE: a clock moved past what it keeps, or below 0) names the process."""
+        offs = timens.offsets_now(rec)
+        try:
+            chan.call(("timens", offs, enter), [])
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: its time namespace {rec['id']} with "
+                                                     f"offsets {offs}: {e.strerror or e}") from None
 
     def _spawn_zombie(self, z: dict, parent: dict) -> None:
         """The stand-in of zombie `z`, forked by its parent's in the parent's namespaces (init of a new
@@ -2402,6 +2414,10 @@ class _Restorer:
         as its last step, or before it takes its ids (`seccomp.late`)."""
         for p in self.doc["processes"]:
             if p.get("seccomp"):
+                if not seccomp.late(p):
+                    # (its later steps run under the image's filters, which may deny its answers: a
+                    # stand-in left spinning, every system call denied, would hang the restore)
+                    self.chans[p["pid"]].sock.settimeout(seccomp.ANSWER_TIMEOUT)
                 try:
                     self.chans[p["pid"]].call(("seccomp", p["seccomp"], seccomp.late(p)), [])
                 except OSError as e:
@@ -2426,20 +2442,43 @@ class _Restorer:
         it once the restore commits (standin.py, `restore`)."""
         procs = self.doc["processes"]
         self._hand_kin()
-        for p in reversed(procs):
-            chan = self.chans[p["pid"]]
-            why = None
-            try:
-                chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
-                           {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p}),
-                          [lifeline] if p is procs[0] else [])
-                if p is not procs[0]:
-                    chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
+        detached: list[int] = []
+        try:
+            for p in reversed(procs):
+                detached.append(p["pid"])
+                self._detach_one(p, lifeline)
+        except BaseException:
+            # (a detached stand-in no longer dies with us, its PDEATHSIG cleared, and the root, whose
+            # lifeline kills the tree, is detached last: one that did not end (silent, spinning under
+            # its seccomp filters, stopped from outside) would be left running)
+            for pid in detached:
+                try:
+                    os.kill(self.hostpid[pid], signal.SIGKILL)
+                except OSError:
+                    pass
+            raise
+
+    def _detach_one(self, p: dict, lifeline: int) -> None:
+        """Stand-in p drops its channel and takes its last steps (`detach`); RestoreError when one failed."""
+        procs = self.doc["processes"]
+        chan = self.chans[p["pid"]]
+        why = None
+        try:
+            chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
+                       {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p}),
+                      [lifeline] if p is procs[0] else [])
+            if p is not procs[0]:
+                chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)
+                try:
                     why = lastword.explain(lastword.hear(chan.sock))
-            except OSError as e:
-                why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
-            if why:
-                raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
+                except TimeoutError:   # (not call's: "no answer in 60 s" to the detach itself)
+                    why = (errno.ETIMEDOUT, "it did not tell how its last steps went in 60 s")
+        except OSError as e:
+            why = (e.errno or errno.EIO, str(e.strerror or e))   # (str(e): "[Errno N]" twice)
+        except channel.ChannelClosed:   # (killed, or its answer denied by its seccomp filters)
+            why = (errno.EIO, "it ended before it answered its detach")
+        if why:
+            raise RestoreError(why[0], f"process {p['pid']}: {why[1]}")
 
 
     def _hand_kin(self) -> None:

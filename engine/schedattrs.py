@@ -127,7 +127,8 @@ def apply(pid: int, want: dict, proc_fd: int) -> None:
         try:
             os.sched_setaffinity(pid, want["cpus"])
         except OSError as e:
-            fail(f"CPU affinity {want['cpus']}", e)
+            cpus = want["cpus"]   # (up to 8192 of them: the line names the first few)
+            fail(f"CPU affinity {cpus[:8]}{' ...' if len(cpus) > 8 else ''}", e)
     if _ioprio_get(pid) != want["ioprio"]:
         if _libc.syscall(_NR[1], _IOPRIO_WHO_PROCESS, pid, want["ioprio"]) < 0:
             fail(f"I/O priority {want['ioprio']:#x}", OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno())))

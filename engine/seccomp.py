@@ -12,6 +12,11 @@ its user namespace (installing needs CAP_SYS_ADMIN there, which the ids drop; jo
 container's filter denies): its ids, capabilities and threads are then taken under them, as the
 runtime took them, and a filter that denies one fails the restore.
 
+An image's filters run on its stand-ins alone. The validator refuses a program the kernel would
+not take (`check_program`), before anything is made; a filter that denies what its stand-in does
+after installing it (answering the restorer, its last word) fails the restore within
+ANSWER_TIMEOUT, the stand-in killed with the tree (restore.py).
+
 Refused: strict mode (SECCOMP_MODE_STRICT: nothing but read, write, exit and sigreturn, which
 a stand-in cannot be made under; before the stop), and a filter that hands system calls to a
 supervisor (SECCOMP_RET_USER_NOTIF: its listener is another process's; seen once the tree is
@@ -33,6 +38,7 @@ _GET_FILTER, _GET_METADATA = 0x420C, 0x420D
 _WALL = 0x40000000
 FLAG_LOG = 2
 _RET_USER_NOTIF = 0x7FC00000
+ANSWER_TIMEOUT = 60       # seconds the restorer waits for a stand-in that runs under its filters
 MAX_FILTERS = 512         # (the kernel's cap is 32768 instructions over the whole chain)
 _NR_SECCOMP = {"x86_64": 317, "aarch64": 277, "arm64": 277}[os.uname().machine]
 
@@ -139,6 +145,43 @@ def _notifies(insns: bytes) -> bool:
     """Whether a classic BPF program returns SECCOMP_RET_USER_NOTIF anywhere (BPF_RET | BPF_K)."""
     return any(code == 0x06 and k & 0xFFFF0000 == _RET_USER_NOTIF
                for code, _jt, _jf, k in struct.iter_unpack("=HBBI", insns))
+
+
+# Classic BPF opcodes a seccomp filter may hold (the kernel's seccomp_check_filter; any other is
+# EINVAL): loads (of seccomp_data words, of its length, immediates, scratch memory), stores, ALU
+# with K or X, TAX/TXA, jumps and returns.
+_ALU_OPS = (0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0xa0)   # add sub mul div or and lsh rsh xor (no mod)
+_CODES = ({0x20, 0x80, 0x81, 0x00, 0x01, 0x60, 0x61, 0x02, 0x03, 0x06, 0x16, 0x07, 0x87, 0x84, 0x05}
+          | {0x04 | op | src for op in _ALU_OPS for src in (0, 8)}
+          | {0x05 | op | src for op in (0x10, 0x20, 0x30, 0x40) for src in (0, 8)})
+_SECCOMP_DATA = 64   # sizeof(struct seccomp_data): what BPF_LD|BPF_W|BPF_ABS reads
+
+
+def check_program(insns: bytes) -> str | None:
+    """Why the kernel would refuse classic BPF program `insns` as a seccomp filter (seccomp(2)
+    EINVAL), or None: an opcode it does not take, a load outside seccomp_data or unaligned, a
+    scratch cell past 15, a division by constant 0, a shift by 32 or more, a jump past the end, no
+    return at the end. (Not checked here: a scratch cell read before it is written; the kernel
+    refuses that one at restore.)"""
+    n = len(insns) // 8
+    for pc, (code, jt, jf, k) in enumerate(struct.iter_unpack("=HBBI", insns)):
+        if code not in _CODES:
+            return f"instruction {pc}: opcode {code:#x} is none a seccomp filter may hold"
+        if code == 0x20 and (k >= _SECCOMP_DATA or k % 4):
+            return f"instruction {pc}: a load at offset {k}, outside seccomp_data or unaligned"
+        if code in (0x60, 0x61, 0x02, 0x03) and k >= 16:
+            return f"instruction {pc}: scratch memory cell {k} (there are 16)"
+        if code == 0x34 and k == 0:
+            return f"instruction {pc}: a division by 0"
+        if code in (0x64, 0x74) and k >= 32:
+            return f"instruction {pc}: a shift by {k}"
+        if code == 0x05 and k >= n - pc - 1:
+            return f"instruction {pc}: a jump past the end"
+        if code & 0x07 == 0x05 and code != 0x05 and max(jt, jf) >= n - pc - 1:
+            return f"instruction {pc}: a jump past the end"
+    if n == 0 or insns[-8] & 0x07 != 0x06:
+        return "its last instruction is no return"
+    return None
 
 
 def _programs(filters: list[dict]) -> list[tuple]:

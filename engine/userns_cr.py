@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 import os
 
-from engine import mntlocks, mountinfo, remount, sbowner, subids, topology, userns
+from engine import channel, mntlocks, mountinfo, remount, sbowner, subids, topology, userns
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
@@ -901,17 +901,24 @@ class Rebuild:
             userns.set_limits(self.fd[name], rec.get("limits") or {}, hostproc)
         started = self._started_in()
         for p in self.doc["processes"]:
-            if "userns" not in p and p.get("creds"):
-                c = p["creds"]
-                chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"], c.get("dumpable"), _keeps(p)), [])
-            if "userns" in p:
-                creds = p.get("creds")
-                # (where it denies setgroups, or they are not all mapped, the stand-in holds them already)
-                held = self.users[p["userns"]]["setgroups"] == "deny" or (creds or {}).get("unmapped_groups")
-                chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
-                                      None if held or not creds else creds["groups"],
-                                      creds and creds.get("dumpable"), _keeps(p)),
-                                     [] if started.get(p["pid"]) == p["userns"] else [self.fd[p["userns"]]])
+            try:
+                self._become_one(p, chans, started)
+            except channel.ChannelClosed:   # (killed, or its answer denied by the seccomp filters it installed)
+                raise OSError(errno.EIO, f"process {p['pid']}: it ended before it took its ids") from None
+
+    def _become_one(self, p: dict, chans: dict, started: dict) -> None:
+        """Stand-in of process `p` joins its user namespace and takes its ids (`become`)."""
+        if "userns" not in p and p.get("creds"):
+            c = p["creds"]
+            chans[p["pid"]].call(("become", c["uid"], c["gid"], c["groups"], c.get("dumpable"), _keeps(p)), [])
+        if "userns" in p:
+            creds = p.get("creds")
+            # (where it denies setgroups, or they are not all mapped, the stand-in holds them already)
+            held = self.users[p["userns"]]["setgroups"] == "deny" or (creds or {}).get("unmapped_groups")
+            chans[p["pid"]].call(("become", creds and creds["uid"], creds and creds["gid"],
+                                  None if held or not creds else creds["groups"],
+                                  creds and creds.get("dumpable"), _keeps(p)),
+                                 [] if started.get(p["pid"]) == p["userns"] else [self.fd[p["userns"]]])
 
     def _started_in(self) -> dict[int, str | None]:
         """{pid: the user namespace its stand-in is in until `become`}: the one `spawn_in` starts it

@@ -51,6 +51,29 @@ def tcp(src: tuple, dst: tuple, seq: int, ack: int, flags: int, window: int) -> 
     return packet(src[0], dst[0], 6, hdr)
 
 
+_LO_MTU = 65536
+
+
+def _fragments(pkt: bytes) -> list[bytes]:
+    """IPv6 packet `pkt` as fragments that each fit lo's MTU (a datagram an IPv6 UDP socket sent
+    longer than that was fragmented by its sender; a raw socket sends what it is given, EMSGSIZE):
+    its payload cut at multiples of 8 bytes, each part behind a copy of its header (next header:
+    Fragment) and a fragment header (offset, more fragments, one identification); reassembled on
+    receipt."""
+    if len(pkt) <= _LO_MTU:
+        return [pkt]
+    head, body, proto = pkt[:40], pkt[40:], pkt[6]
+    step = (_LO_MTU - 40 - 8) & ~7
+    ident = struct.unpack("!I", os.urandom(4))[0]
+    out = []
+    for off in range(0, len(body), step):
+        part = body[off:off + step]
+        more = 1 if off + step < len(body) else 0
+        frag = struct.pack("!BBHI", proto, 0, off | more, ident)   # (off is a multiple of 8: its low bits free)
+        out.append(head[:4] + struct.pack("!HB", 8 + len(part), 44) + head[7:] + frag + part)
+    return out
+
+
 def _send_in(netns: int, packets: list) -> None:
     from engine import kernel
     kernel.setns(netns, kernel.CLONE_NEWNET)
@@ -58,7 +81,8 @@ def _send_in(netns: int, packets: list) -> None:
         with socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW) as r:
             if fam == socket.AF_INET6:
                 r.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
-            r.sendto(pkt, (dst, 0))
+            for part in _fragments(pkt) if fam == socket.AF_INET6 else [pkt]:
+                r.sendto(part, (dst, 0))
 
 
 def send(s: socket.socket, packets: list) -> None:

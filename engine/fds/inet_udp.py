@@ -80,8 +80,11 @@ def _loopback(host: str) -> bool:
 
 def check(dgrams: list, family: str, what: str) -> None:
     """The validator's part: each sender a loopback address of the socket's family (an IPv4 one
-    mapped into IPv6 on an inet6 socket)."""
+    mapped into IPv6 on an inet6 socket), each datagram one a UDP header and its IP packet hold
+    (restore builds them: engine/fds/inet_raw.py), at most MAX_BYTES in all, as dump keeps."""
     from engine.image import _fail
+    if sum(len(d["data"]) // 4 * 3 for d in dgrams) > MAX_BYTES + 2 * len(dgrams):   # (base64: padding aside)
+        _fail(f"{what}: more than {MAX_BYTES} bytes of UDP datagrams")
     for d in dgrams:
         try:
             a = ipaddress.ip_address(d["from"])
@@ -89,6 +92,9 @@ def check(dgrams: list, family: str, what: str) -> None:
             _fail(f"{what}: bad UDP sender {d['from'][:60]!r}")
         if family == "inet" and a.version != 4 or not (a.ipv4_mapped or a if a.version == 6 else a).is_loopback:
             _fail(f"{what}: a UDP sender {d['from'][:60]!r} off loopback or of another family")
+        most = 65535 - 20 - 8 if a.version == 4 or a.ipv4_mapped else 65535 - 8   # (IPv4's total length, UDP's)
+        if len(base64.b64decode(d["data"])) > most:
+            _fail(f"{what}: a UDP datagram of more than {most} bytes from {d['from']}")
 
 
 def deliver(s: socket.socket, dgrams: list, rcvbuf: int | None) -> None:
