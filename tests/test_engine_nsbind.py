@@ -47,3 +47,34 @@ hold
                      r"namespace binds yet; unmount it before dump \(umount /run/uts, in the tree's mount "
                      r"namespace\)", msg), msg
 
+
+
+
+# A hostile image may not make restore bind a namespace (the restorer's own, the host's) on a mount:
+# no image record names one yet, so an nsfs superblock the image would make is refused by the
+# validator, whatever its mount's root says.
+HOSTILE = {"nsfs-root-of-a-namespace": "net:[4026531840]", "nsfs-root-a-path": "/"}
+_REFUSED = (r"bad image: (superblock sb-\d+ \(nsfs\): filesystem type 'nsfs' is not supported|mount \d+: root "
+            r"'net:\[4026531840\]' is no path; only an external mount may have that)")
+
+
+@pytest.fixture(scope="module")
+def base_image(tmp_path_factory):
+    """An image of test_hardening_review's tree (an mqueue at /mnt/mq to turn into another type)."""
+    import enginecase
+    from test_hardening_review import SETUP
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP, "hostile image tests need root")
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_image_making_an_nsfs_mount_is_refused(base_image, tmp_path, kind):
+    """The mqueue of a real image turned into an nsfs superblock (not external): refused before
+    anything is made, one line, nothing touched (test_hardening_hostile.refused)."""
+    from test_hardening_hostile import _mutated, refused
+    from test_hardening_review import _mnt, _turn_mqueue
+    root = HOSTILE[kind]
+
+    def mutate(d):
+        _turn_mqueue(d, "nsfs", source="nsfs", super_opts=["rw"])
+        _mnt(d, "/mnt/mq")["root"] = root
+    refused(_mutated(base_image, tmp_path, mutate), _REFUSED, tmp_path)
