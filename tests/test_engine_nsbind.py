@@ -50,6 +50,24 @@ hold
 
 
 
+
+def test_bind_told_with_the_other_unsupported_mounts(case, tmp_path):
+    """A namespace bind beside a mount of a type mntcr cannot dump (debugfs, its module taken out of a
+    copy of the engine): one line telling the bind's own refusal, then the generic line for the other."""
+    import enginecase
+    from enginecase import DUMP_EXTERNALS, mntcr, was_stopped, STOP_WATCH
+    if shutil.which("ip") is None:
+        pytest.skip("ip (iproute2) is not installed")
+    pid = case.start(STOP_WATCH + "ip netns add red\nmkdir /mnt/dbg; mount -t debugfs debugfs /mnt/dbg\nhold\n")
+    engine = enginecase.engine_without(str(tmp_path / "engine"), "debugfs")
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS, engine_root=engine)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode != 0 and len(lines) == 1, r.stderr
+    assert re.search(r"mount \d+ \(/(var/)?run/netns/red\): a net namespace no process of the tree is in .*\(ip "
+                     r"netns delete red, in the tree's mount namespace\); mount \d+ \(/mnt/dbg\) on debugfs: not "
+                     r"supported; declare it with --external mnt\[/mnt/dbg\]:KEY$", lines[0]), lines[0]
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
 # A hostile image may not make restore bind a namespace (the restorer's own, the host's) on a mount:
 # no image record names one yet, so an nsfs superblock the image would make is refused by the
 # validator, whatever its mount's root says.
