@@ -226,7 +226,7 @@ def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leav
                 unsupported.setdefault(mid, (mp, fstype))
         texts.append((pid, text))
     if unsupported:
-        raise DumpError(errno.EOPNOTSUPP, unsupported_line(unsupported))
+        raise DumpError(errno.EOPNOTSUPP, _unsupported_refusal(texts, unsupported, pids))
     for _, text in texts:
         _refuse_sharing(text)
     try:
@@ -234,6 +234,19 @@ def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leav
     except prestop.PrestopError as e:
         raise DumpError(e.errno, e.strerror) from None
     _check_construct(texts, ext_mnts, owned)
+
+
+def _unsupported_refusal(texts: list[tuple[int, str]], unsupported: dict[int, tuple[str, str]],
+                         pids: list[int]) -> str:
+    """One line for the unsupported mounts: those whose type module says why (fs.refusal), then the
+    generic line for the rest."""
+    said: list[str] = []
+    for _, text in texts:
+        for m in mountinfo.parse(text):
+            if m.mnt_id in unsupported and (line := fs.refusal(m, pids)) is not None:
+                said.append(line)
+                del unsupported[m.mnt_id]
+    return "; ".join(said + ([unsupported_line(unsupported)] if unsupported else []))
 
 
 def unsupported_line(unsupported: dict[int, tuple[str, str]], shown: int = 4) -> str:

@@ -356,6 +356,17 @@ def lookup(fstype: str) -> FsType | None:
 _FOUND: dict[str, FsType] = {}   # names looked up -> their type (emptied when a type registers)
 
 
+def refusal(mount, pids) -> str | None:
+    """Why dump refuses `mount` (engine.mountinfo.Mount) of a type no module registers, when the
+    module named like the type says it better than "not supported; declare it --external" (nsfs: a
+    namespace bound on a file, engine/fs/nsfs.py `refuse`); None otherwise. `pids`: the dumped tree."""
+    base = mount.fstype.split(".", 1)[0]
+    if lookup(mount.fstype) is not None or base not in _module_names():
+        return None
+    refuse = getattr(importlib.import_module(f"{__name__}.{base}"), "refuse", None)
+    return refuse(mount, pids) if refuse is not None else None
+
+
 def supported() -> list[str]:
     """Names of all supported filesystem types."""
     _load()
