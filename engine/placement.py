@@ -11,7 +11,7 @@ import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
                     seccomp,
-                    sessions, threads, timens)
+                    sessions, thp, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -57,6 +57,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "caps": kernel.read_caps(pid),
             **kernel.read_fs_bits(pid),
             **kernel.read_ignored_signals(pid),
+            **thp.read(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
         try:

@@ -46,7 +46,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
 from engine import loginuid, seccomp, timens, userns_cr
-from engine import zombies
+from engine import thp, zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -523,8 +523,8 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process (its name, bounding set; umask, no_new_privs, resource limits, ignored
-        signals: msg[4]): answer, wait for the commit (the root
+        """Become the process (its name, bounding set; umask, no_new_privs, THP-disable bit, resource
+        limits, ignored signals: msg[4]): answer, wait for the commit (the root
         stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
         tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
         self._install_filters()   # (one without a become)
@@ -537,6 +537,8 @@ class _Server:
             os.umask(bits["umask"])   # (now: files the restore made here followed the restorer's)
         if bits.get("no_new_privs"):
             kernel.set_no_new_privs()   # (before the threads: each inherits it)
+        if bits.get("thp_disable"):
+            thp.take()   # (its mm's: the threads share it, an exec keeps it)
         if bits.get("rlimits"):
             # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost)
             kernel.set_rlimits(bits["rlimits"])

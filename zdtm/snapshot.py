@@ -6,7 +6,7 @@ offset, path, mount by canonical label or ``detached``, and per kind what the
 fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
-stopped (state T), its umask and no_new_privs bit, its resource limits, whether it leads its session
+stopped (state T), its umask, no_new_privs and THP-disable bits, its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
 its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py). Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
@@ -410,7 +410,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             stat = f.read().rsplit(b")", 1)[1].split()
         stopped, pgid, sid = stat[0] == b"T", int(stat[2]), int(stat[3])
         tty_nr, tpgid = int(stat[4]), int(stat[5])
-        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list"})
+        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list",
+                                          "THP_enabled"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
         bits += f" loginuid={loginuid.value(pid)}"
         # (nice, policy, ioprio, oom_score_adj, timer slack, personality: engine/schedattrs.py)
