@@ -10,7 +10,7 @@ import os
 import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
-                    seccomp,
+                    posixtimers, seccomp,
                     sessions, thp, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
@@ -65,7 +65,8 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             entry.update(timens.read(pid, my_time, time_names))
             filters = seccomp.read(pid)
             auid = loginuid.read(pid)
-        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError) as e:
+            posixtimers.check([pid])   # (one made since the check before the stop)
+        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if filters:
             entry["seccomp"] = filters
