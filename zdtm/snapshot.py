@@ -8,7 +8,8 @@ see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd an
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
 stopped (state T), its umask, no_new_privs and THP-disable bits, its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
-its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py). Which fds are one
+its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py), the host
+and domain names of its UTS namespace when it is not the runner's. Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), which processes share a session and a
 process group (a partition, with its leader or "outside"), the zombies of the tree's processes
@@ -235,6 +236,7 @@ class Proc:
     masters: frozenset = frozenset()   # the numbers of the pty masters it holds (fdinfo tty-index)
     ctty: str = ""               # its controlling terminal, named (`_cttys`)
     ipc: str = ""                # its ipc namespace's sysctls, when not the runner's (`_ipc_sysctls`)
+    uts: str = ""                # its UTS namespace's host and domain names, when not the runner's (`_uts_names`)
 
     def text(self) -> str:
         """The compared text of this process."""
@@ -245,6 +247,7 @@ class Proc:
         out += [f"bits: {self.bits}"] if self.bits else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
         out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []
+        out += [f"uts names: {self.uts}"] if self.uts else []
         out += ["mounts:"]
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
@@ -485,6 +488,34 @@ def _ipc_sysctls(procs: list[Proc]) -> None:
             seen[ino] = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
                                  for k, v in sorted(vals.items()))
         p.ipc = seen[ino]
+
+
+def _uts_names(procs: list[Proc]) -> None:
+    """Each process's `uts`: the nodename and NIS domain name of its UTS namespace (read once per
+    namespace, this thread joining it and coming back), when it is not the runner's."""
+    from engine import kernel
+    own = os.stat("/proc/self/ns/uts").st_ino
+    seen: dict[int, str] = {}
+    for p in procs:
+        ino = p.ns.get("uts")
+        if ino is None or ino == own:
+            continue
+        if ino not in seen:
+            try:
+                fd = os.open(f"/proc/{p.pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise SnapshotError(f"process {p.pid} vanished while being read") from None
+            back = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                kernel.setns(fd, kernel.CLONE_NEWUTS)
+                try:
+                    seen[ino] = f"host={os.uname().nodename!r} domain={kernel.domainname()!r}"
+                finally:
+                    kernel.setns(back, kernel.CLONE_NEWUTS)
+            finally:
+                os.close(fd)
+                os.close(back)
+        p.uts = seen[ino]
 
 
 def _ns_ino(pid: int, kind: str) -> int | None:
@@ -834,6 +865,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
         for _, fd in candidates:
             os.close(fd)
     _ipc_sysctls(procs)
+    _uts_names(procs)
     zombies = _zombies(pids)
     root_pgid = procs[0].pgid if procs else 0
     _jobs(procs, frozenset(z.pid for z in zombies))
