@@ -10,7 +10,7 @@ import os
 import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
-                    posixtimers, seccomp,
+                    pdeathsig, posixtimers, seccomp,
                     sessions, thp, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
@@ -72,6 +72,10 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             entry["seccomp"] = filters
         if auid is not None:
             entry["loginuid"] = auid
+        if pid != tree[0][0]:   # (the root's parent is outside the tree: engine/pdeathsig.py)
+            sig = pdeathsig.read(pid)
+            if sig:
+                entry["pdeathsig"] = sig
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)

@@ -546,8 +546,9 @@ class _Server:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
             kernel.caps_before_bounding(caps)
             kernel.drop_bounding(caps["bnd"])
-        # Clear PDEATHSIG before answering: the restorer exits once the root has answered.
-        kernel.set_pdeathsig(0)
+        # Clear PDEATHSIG before answering: the restorer exits once the root has answered. (The
+        # process's own now: a non-root stand-in's parent is its parent's stand-in, which stays.)
+        kernel.set_pdeathsig(bits.get("pdeathsig", 0))
         self.chan.send(("ok", None))
         report = fds[0] if fds else self.chan.fileno()
         if fds:  # the root stand-in: the tree lives only once the restore commits

@@ -6,7 +6,8 @@ offset, path, mount by canonical label or ``detached``, and per kind what the
 fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
-stopped (state T), its umask, no_new_privs and THP-disable bits, its resource limits, whether it leads its session
+stopped (state T), its umask, no_new_privs and THP-disable bits, its
+parent-death signal (not the root's), its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
 its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py), the host
 and domain names of its UTS namespace when it is not the runner's. Which fds are one
@@ -490,6 +491,17 @@ def _ipc_sysctls(procs: list[Proc]) -> None:
         p.ipc = seen[ino]
 
 
+def _pdeath_signals(procs: list[Proc]) -> None:
+    """Add each process's parent-death signal to its `bits` when it has one and it can be read
+    (engine/pdeathsig.py: the process, stopped a moment, makes the call); not the root's, whose
+    parent is outside the tree."""
+    from engine import pdeathsig
+    for p in procs:
+        sig = pdeathsig.read(p.pid)
+        if sig:
+            p.bits += f" pdeathsig={sig}"
+
+
 def _uts_names(procs: list[Proc]) -> None:
     """Each process's `uts`: the nodename and NIS domain name of its UTS namespace (read once per
     namespace, this thread joining it and coming back), when it is not the runner's."""
@@ -866,6 +878,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
             os.close(fd)
     _ipc_sysctls(procs)
     _uts_names(procs)
+    _pdeath_signals(procs[1:])
     zombies = _zombies(pids)
     root_pgid = procs[0].pgid if procs else 0
     _jobs(procs, frozenset(z.pid for z in zombies))
