@@ -253,9 +253,11 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
-            caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None) -> None:
+            caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
+            pdeathsig: int = 0) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
-    (`ignored`, a mask), become the executable, take the ids and the capabilities, then make the
+    (`ignored`, a mask), become the executable, take the ids and the capabilities and then the
+    parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
     threads (named `threads`: made last, they copy what we took), then install seccomp `filters`
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
@@ -265,12 +267,15 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     word = lastword.OK
     try:
         # (become_exe does not return when it can)
-        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters):
+        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters,
+                                                          pdeathsig):
             os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
         if caps is not None:
             kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
+        if pdeathsig:
+            kernel.set_pdeathsig(pdeathsig)
         threadsteps.start(threads)
         if filters:
             seccomp.install(filters, tsync=True)   # (the very last: engine/seccomp.py `late`)
@@ -547,12 +552,12 @@ class _Server:
             kernel.caps_before_bounding(caps)
             kernel.drop_bounding(caps["bnd"])
         # Clear PDEATHSIG before answering: the restorer exits once the root has answered. (The
-        # process's own now: a non-root stand-in's parent is its parent's stand-in, which stays.)
-        kernel.set_pdeathsig(bits.get("pdeathsig", 0))
+        # process's own is set by _detach, after its ids: changing them clears it.)
+        kernel.set_pdeathsig(0)
         self.chan.send(("ok", None))
         report = fds[0] if fds else self.chan.fileno()
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
-                self.filters)
+                self.filters, bits.get("pdeathsig", 0))
         return None

@@ -16,9 +16,11 @@ from zdtm.snapshot import tree_pids
 
 pytestmark = pytest.mark.skipif(not pdeathsig.supported(), reason="engine/pdeathsig.py reads it on x86_64 only")
 
-# (the holder forks a child that asks for SIGUSR1 when its parent dies; both hold)
+# (the holder forks a child that becomes user 1000, then asks for SIGUSR1 when its parent dies; both
+# hold: its stand-in takes the ids, which clears the signal, before it takes the signal)
 SETUP = py_hold("import ctypes\n"
                 "if os.fork() == 0:\n"
+                "    os.setgroups([]); os.setresgid(1000, 1000, 1000); os.setresuid(1000, 1000, 1000)\n"
                 "    assert ctypes.CDLL(None).prctl(1, 10, 0, 0, 0) == 0   # PR_SET_PDEATHSIG, SIGUSR1\n")
 
 
