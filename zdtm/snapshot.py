@@ -7,7 +7,7 @@ fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
 stopped (state T), its umask, no_new_privs and THP-disable bits, its
-parent-death signal (not the root's), its resource limits, whether it leads its session
+parent-death signal (not the root's), whether it made a time namespace for its children, its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
 its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py), the host
 and domain names of its UTS namespace when it is not the runner's. Which fds are one
@@ -462,6 +462,9 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         ns = {t: _ns_ino(pid, t) for t in NS_TYPES}
         if ns["time"] is not None:
             bits += " timens=" + ",".join(f"{k}:{s}.{n:09d}" for k, (s, n) in timens.offsets(pid).items())
+            # (unshare(CLONE_NEWTIME) made one for its children, which it is not in: CRIU's timens_for_kids)
+            if _ns_ino(pid, "time_for_children") != ns["time"]:
+                bits += " timens_children=own"
         maps = _maps(pid, canon, elsewhere, tuple(ignore_maps_on)) if ignore_maps_on is not None else []
         user_side = _user_side(pid, users, canon, mounts, lock_cache, sb_candidates)
     except FileNotFoundError as e:
