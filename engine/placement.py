@@ -10,7 +10,7 @@ import os
 import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
-                    pdeathsig, posixtimers, seccomp,
+                    pdeathsig, posixtimers, seccomp, seccomp_eval,
                     sessions, thp, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
@@ -30,6 +30,21 @@ def unplaced_of(p: dict):
     for f in p["fds"]:
         if f.get("detached"):
             yield f, f"fd/{f['fd']}"
+
+
+def _check_early_filters(pid: int, entry: dict) -> None:
+    """Refuse filters its stand-in must install before its ids (engine/seccomp.py `late`) that deny
+    a call the stand-in makes after them (engine/seccomp_eval.py): restore would fail."""
+    if seccomp.late(entry):
+        return
+    try:
+        name = seccomp_eval.denied_standin_call(entry["seccomp"], os.uname().machine)
+    except seccomp_eval.EvalError:
+        return   # (what it cannot run: left to restore, as before)
+    if name:
+        raise DumpError(errno.EOPNOTSUPP, f"process {pid}: its seccomp filters deny {name}(2), which its "
+                                          "stand-in makes after installing them (it may not install them after "
+                                          "its ids: no no_new_privs, no CAP_SYS_ADMIN): not restored")
 
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
@@ -70,6 +85,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             raise DumpError(e.errno, e.strerror) from None
         if filters:
             entry["seccomp"] = filters
+            _check_early_filters(pid, entry)
         if auid is not None:
             entry["loginuid"] = auid
         if pid != tree[0][0]:   # (the root's parent is outside the tree: engine/pdeathsig.py)

@@ -231,9 +231,9 @@ TESTS = {
     "seccomp_filter_threads": "refused: has its own seccomp mode",
     "timens_nested": "refused: an fd on a time namespace: not supported",
     # Its filters kill setresuid, and it dropped the privilege that lets a stand-in install them
-    # after its ids (no no_new_privs, no CAP_SYS_ADMIN): installed before, they kill the stand-in
-    # taking the ids (CRIU suspends seccomp under ptrace: PTRACE_O_SUSPEND_SECCOMP)
-    "seccomp_filter": "known: restore: filters that kill setresuid, installed before the stand-in takes its ids",
+    # after its ids (no no_new_privs, no CAP_SYS_ADMIN): installed before, they would kill the
+    # stand-in taking the ids (it used to fail restore; CRIU suspends seccomp under ptrace instead)
+    "seccomp_filter": "refused: its seccomp filters deny setresuid(2), which its stand-in makes after installing them",
     **{name: "unavailable: not built here: it needs libcap's headers (sys/capability.h)"
        for name in ("different_creds", "thread_different_uid_gid")},
     "jobctl00": "unavailable: not built here: CRIU's -Werror fails on an unused variable with this compiler",
