@@ -63,6 +63,9 @@ def read(pid: int) -> int | None:
     try:
         if kernel.proc_status(pid, {"Seccomp"}).get("Seccomp", "0").strip() != "0":
             return None
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] not in (b"S", b"R", b"T"):
+                return None   # (D: an uninterruptible wait, a vfork parent's, which no interrupt ends)
         _call(_PTRACE_SEIZE, pid, None, ctypes.c_void_p(_O_TRACESYSGOOD))
     except OSError:
         return None   # (gone, traced by another, or no right to)
@@ -77,14 +80,31 @@ def read(pid: int) -> int | None:
         _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(pending[0]))   # (a stopped one stops again)
 
 
+def _wait(pid: int, timeout: float = 10.0) -> int:
+    """The status of `pid`'s next stop; OSError when it ends instead, or does not stop within
+    `timeout` seconds (a wait no interrupt ends, entered after we looked: it stays seized until we
+    exit, then runs on)."""
+    import time
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while True:
+        got, status = os.waitpid(pid, _WALL | os.WNOHANG)
+        if got:
+            if not os.WIFSTOPPED(status):
+                raise OSError(3, f"process {pid} ended")
+            return status
+        if time.monotonic() > deadline:
+            raise OSError(62, f"process {pid} did not stop")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
 def _wait_event_stop(pid: int, pending: list) -> None:
     """Wait for the stop an interrupt asked for (in the kernel's signal path: a group stop under
     seize is one too); a signal whose delivery stops it first is kept in `pending[0]`, delivered
     at the detach."""
     while True:
-        _, status = os.waitpid(pid, _WALL)
-        if not os.WIFSTOPPED(status):
-            raise OSError(3, "gone")
+        status = _wait(pid)
         if status >> 16 == _EVENT_STOP:
             return
         pending[0] = os.WSTOPSIG(status)
@@ -127,9 +147,7 @@ def _make_call(pid: int, slot: int, pending: list) -> int | None:
     for _ in range(2):   # (the call's entry stop, then its exit stop)
         _call(_PTRACE_SYSCALL, pid)
         while True:
-            _, status = os.waitpid(pid, _WALL)
-            if not os.WIFSTOPPED(status):
-                raise OSError(3, "gone")
+            status = _wait(pid)
             if os.WSTOPSIG(status) == signal.SIGTRAP | 0x80:
                 break
             if status >> 16 == 0:
