@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
+from engine import (ctty, deadpid, fs, ghosts, image, imageformat, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
                     pdeathsig, posixtimers, seccomp, seccomp_eval,
                     sessions, thp, threads, timens)
 from engine.dumperror import DumpError, hook
@@ -81,7 +81,9 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             filters = seccomp.read(pid)
             auid = loginuid.read(pid)
             posixtimers.check([pid])   # (one made since the check before the stop)
-        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError) as e:
+            itimers.check(pid)
+        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError,
+                itimers.ItimerError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if filters:
             entry["seccomp"] = filters
