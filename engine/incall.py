@@ -84,7 +84,7 @@ def _wait(pid: int, timeout: float = 10.0) -> int:
     exit, then runs on)."""
     import time
     deadline = time.monotonic() + timeout
-    delay = 0.0005
+    tries = 0
     while True:
         got, status = os.waitpid(pid, _WALL | os.WNOHANG)
         if got:
@@ -93,8 +93,12 @@ def _wait(pid: int, timeout: float = 10.0) -> int:
             return status
         if time.monotonic() > deadline:
             raise OSError(62, f"process {pid} did not stop")
-        time.sleep(delay)
-        delay = min(delay * 2, 0.05)
+        # (a stop comes within microseconds: yield first, then sleep longer and longer)
+        tries += 1
+        if tries < 200:
+            os.sched_yield()
+        else:
+            time.sleep(min(0.0005 * 2 ** (tries // 50), 0.05))
 
 
 def _wait_event_stop(pid: int, pending: list) -> None:
