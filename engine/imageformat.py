@@ -724,10 +724,10 @@ PROCESS = Record("process", {
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
     "sig_ignored": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
-    "thp_disable": F(BOOL, required=False),
+    "thp_disable": F(BOOL, required=False),                   # prctl(PR_SET_THP_DISABLE) (engine/thp.py)
     # Its parent-death signal (prctl PR_SET_PDEATHSIG; engine/pdeathsig.py), never the root's: its
     # stand-in takes it as it detaches, under its parent's stand-in.
-    "pdeathsig": F(INT, required=False, rule=rng(1, 64)),                   # prctl(PR_SET_THP_DISABLE) (engine/thp.py)
+    "pdeathsig": F(INT, required=False, rule=rng(1, 64)),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
     "sched": F(DICT, required=False, rule=record(SCHED)),
     "timens": F(DICT, required=False, rule=record(TIMENS)),
