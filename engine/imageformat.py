@@ -1611,6 +1611,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         ppid = p.get("ppid")
         if i == 0 and ppid is not None:
             _fail(f"process {p['pid']}: the first process is the root of the tree and has no parent in it")
+        if i == 0 and "pdeathsig" in p:
+            _fail(f"process {p['pid']}: the root's parent-death signal is not kept (its parent is outside the tree)")
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])

@@ -65,3 +65,21 @@ def test_reading_leaves_the_process_as_it_was(stop):
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_the_image_keeps_it_for_non_roots_only(case):
+    import json
+    from engine import image, imageformat
+    pid = case.start(SETUP)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    assert [p.get("pdeathsig") for p in good["processes"]] == [None, signal.SIGUSR1]
+    imageformat.validate(json.loads(json.dumps(good)))
+    for where, value, words in ((0, 9, "the root's parent-death signal is not kept"), (1, 0, "pdeathsig"),
+                                (1, 65, "pdeathsig")):
+        doc = json.loads(json.dumps(good))
+        doc["processes"][where]["pdeathsig"] = value
+        with pytest.raises(image.ImageError, match=words):
+            imageformat.validate(doc)
