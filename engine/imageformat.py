@@ -731,6 +731,10 @@ PROCESS = Record("process", {
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
     "sig_ignored": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
+    "thp_disable": F(BOOL, required=False),                   # prctl(PR_SET_THP_DISABLE) (engine/thp.py)
+    # Its parent-death signal (prctl PR_SET_PDEATHSIG; engine/pdeathsig.py), never the root's: its
+    # stand-in takes it as it detaches, under its parent's stand-in.
+    "pdeathsig": F(INT, required=False, rule=rng(1, 64)),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
     "sched": F(DICT, required=False, rule=record(SCHED)),
     "timens": F(DICT, required=False, rule=record(TIMENS)),
@@ -1614,6 +1618,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         ppid = p.get("ppid")
         if i == 0 and ppid is not None:
             _fail(f"process {p['pid']}: the first process is the root of the tree and has no parent in it")
+        if i == 0 and "pdeathsig" in p:
+            _fail(f"process {p['pid']}: the root's parent-death signal is not kept (its parent is outside the tree)")
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])

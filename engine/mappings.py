@@ -217,7 +217,7 @@ def can_become_exe() -> bool:
 
 
 def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None, keep: list,
-             threads: list[str] = (), filters: list | None = None) -> list[tuple]:
+             threads: list[str] = (), filters: list | None = None, pdeathsig: int = 0) -> list[tuple]:
     """The system calls of become_exe as lastword.ENTRY tuples; `keep` holds the buffers they point at.
 
     Unmap the interpreter's executable (the kernel refuses a new exe while the old one is mapped),
@@ -226,7 +226,8 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     setfsgid, setresuid, setfsuid (the ids a stand-in takes last: prctl needs the privilege they
     drop; userns_cr.become says why in this order; each fs id asked again, as setfs*id answers
     the old one), PR_SET_DUMPABLE (changing ids cleared it); with `caps`: capset (last: everything
-    before needs them) and an ambient raise a bit; PR_SET_KEEPCAPS 0; then a thread named each of
+    before needs them) and an ambient raise a bit; PR_SET_KEEPCAPS 0; PR_SET_PDEATHSIG `pdeathsig`
+    when given (after the ids: changing them clears it); then a thread named each of
     `threads` (engine/threads.py `steps`: made last, each holds the ids and capabilities taken);
     then seccomp `filters` on every thread (engine/seccomp.py `steps`)."""
     prog = [(11, a, n, 0, 0, 0, 0, 1, 0) for a, n in regions]
@@ -251,6 +252,8 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
         prog.append((126, ctypes.addressof(head), ctypes.addressof(body), 0, 0, 0, 0, 1, 0))
         prog += [(157, 47, 2, c, 0, 0, 0, 1, 0) for c in range(64) if caps["amb"] >> c & 1]
     prog.append((157, 8, 0, 0, 0, 0, 0, 1, 0))
+    if pdeathsig:
+        prog.append((157, 1, pdeathsig, 0, 0, 0, 0, 1, 0))
     if threads:
         prog += threadsteps.steps(list(threads), threadsteps.own_name(), keep)
     if filters:
@@ -259,7 +262,7 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
 
 
 def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict | None = None,
-               threads: list[str] = (), filters: list | None = None) -> bool:
+               threads: list[str] = (), filters: list | None = None, pdeathsig: int = 0) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe, then take `ids` (uids,
     gids: real, effective, saved[, fs]; groups; dumpable; whether to keep the permitted set for
     `caps`) when given, then `caps` (as kernel.take_caps) when given, then make a thread named
@@ -279,7 +282,7 @@ def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict
                      field(48), field(49), field(50), field(51), 0, 0, exe_fd)
     mm_buf = ctypes.create_string_buffer(mm, len(mm))
     keep: list = []
-    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep, threads, filters)
+    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep, threads, filters, pdeathsig)
     status = ctypes.create_string_buffer(16)
     mask = (1 << 64) - 1
     args = struct.pack("=QQQ", len(prog), report_fd, ctypes.addressof(status)) \

@@ -9,9 +9,9 @@ import errno
 import os
 import stat
 
-from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
-                    seccomp,
-                    sessions, threads, timens)
+from engine import (ctty, deadpid, fs, ghosts, image, imageformat, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
+                    pdeathsig, posixtimers, seccomp, seccomp_eval,
+                    sessions, thp, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -30,6 +30,21 @@ def unplaced_of(p: dict):
     for f in p["fds"]:
         if f.get("detached"):
             yield f, f"fd/{f['fd']}"
+
+
+def _check_early_filters(pid: int, entry: dict) -> None:
+    """Refuse filters its stand-in must install before its ids (engine/seccomp.py `late`) that deny
+    a call the stand-in makes after them (engine/seccomp_eval.py): restore would fail."""
+    if seccomp.late(entry):
+        return
+    try:
+        name = seccomp_eval.denied_standin_call(entry["seccomp"], os.uname().machine)
+    except seccomp_eval.EvalError:
+        return   # (what it cannot run: left to restore, as before)
+    if name:
+        raise DumpError(errno.EOPNOTSUPP, f"process {pid}: its seccomp filters deny {name}(2), which its "
+                                          "stand-in makes after installing them (it may not install them after "
+                                          "its ids: no no_new_privs, no CAP_SYS_ADMIN): not restored")
 
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
@@ -57,6 +72,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "caps": kernel.read_caps(pid),
             **kernel.read_fs_bits(pid),
             **kernel.read_ignored_signals(pid),
+            **thp.read(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
         try:
@@ -64,12 +80,20 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             entry.update(timens.read(pid, my_time, time_names))
             filters = seccomp.read(pid)
             auid = loginuid.read(pid)
-        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError) as e:
+            posixtimers.check([pid])   # (one made since the check before the stop)
+            itimers.check(pid)
+        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError,
+                itimers.ItimerError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if filters:
             entry["seccomp"] = filters
+            _check_early_filters(pid, entry)
         if auid is not None:
             entry["loginuid"] = auid
+        if pid != tree[0][0]:   # (the root's parent is outside the tree: engine/pdeathsig.py)
+            sig = pdeathsig.read(pid)
+            if sig:
+                entry["pdeathsig"] = sig
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
             entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)

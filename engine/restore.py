@@ -2436,6 +2436,22 @@ class _Restorer:
                 except OSError as e:
                     raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: {e.strerror or e}") from None
 
+    def _pdeathsig(self, p: dict) -> dict:
+        """{"pdeathsig": sig} for its stand-in to take as it detaches, when its parent is its
+        parent's stand-in, which stays (engine/pdeathsig.py); else nothing (a helper of ours that
+        exits would signal it)."""
+        if "pdeathsig" not in p or p.get("ppid") not in self.hostpid:
+            return {}
+        try:
+            fd = os.open(f"{self.hostpid[p['pid']]}/stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
+            try:
+                ppid = int(os.read(fd, 4096).rsplit(b")", 1)[1].split()[1])
+            finally:
+                os.close(fd)
+        except (OSError, ValueError, IndexError):
+            return {}
+        return {"pdeathsig": p["pdeathsig"]} if ppid == self.hostpid[p["ppid"]] else {}
+
     def detach(self, lifeline: int) -> None:
         """Every stand-in drops its channel, children first, each telling how its last steps went
         (engine/lastword.py: a failed one fails the restore); the root takes the lifeline and tells on
@@ -2465,7 +2481,8 @@ class _Restorer:
         why = None
         try:
             chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
-                       {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored") if k in p}),
+                       {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored", "thp_disable")
+                        if k in p} | self._pdeathsig(p)),
                       [lifeline] if p is procs[0] else [])
             if p is not procs[0]:
                 chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)

@@ -46,7 +46,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
 from engine import loginuid, seccomp, timens, userns_cr
-from engine import zombies
+from engine import thp, zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -253,9 +253,11 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
-            caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None) -> None:
+            caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
+            pdeathsig: int = 0) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
-    (`ignored`, a mask), become the executable, take the ids and the capabilities, then make the
+    (`ignored`, a mask), become the executable, take the ids and the capabilities and then the
+    parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
     threads (named `threads`: made last, they copy what we took), then install seccomp `filters`
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
@@ -265,12 +267,15 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     word = lastword.OK
     try:
         # (become_exe does not return when it can)
-        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters):
+        if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters,
+                                                          pdeathsig):
             os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
         if caps is not None:
             kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
+        if pdeathsig:
+            kernel.set_pdeathsig(pdeathsig)
         threadsteps.start(threads)
         if filters:
             seccomp.install(filters, tsync=True)   # (the very last: engine/seccomp.py `late`)
@@ -523,8 +528,8 @@ class _Server:
         return None
 
     def op_detach(self, msg, fds):
-        """Become the process (its name, bounding set; umask, no_new_privs, resource limits, ignored
-        signals: msg[4]): answer, wait for the commit (the root
+        """Become the process (its name, bounding set; umask, no_new_privs, THP-disable bit, resource
+        limits, ignored signals: msg[4]): answer, wait for the commit (the root
         stand-in), close the rest, take the last steps (msg[3]: its threads' names, made last) and
         tell how they went (_detach): a non-root stand-in on its channel, the root on the lifeline."""
         self._install_filters()   # (one without a become)
@@ -537,6 +542,8 @@ class _Server:
             os.umask(bits["umask"])   # (now: files the restore made here followed the restorer's)
         if bits.get("no_new_privs"):
             kernel.set_no_new_privs()   # (before the threads: each inherits it)
+        if bits.get("thp_disable"):
+            thp.take()   # (its mm's: the threads share it, an exec keeps it)
         if bits.get("rlimits"):
             # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost)
             kernel.set_rlimits(bits["rlimits"])
@@ -544,12 +551,13 @@ class _Server:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
             kernel.caps_before_bounding(caps)
             kernel.drop_bounding(caps["bnd"])
-        # Clear PDEATHSIG before answering: the restorer exits once the root has answered.
+        # Clear PDEATHSIG before answering: the restorer exits once the root has answered. (The
+        # process's own is set by _detach, after its ids: changing them clears it.)
         kernel.set_pdeathsig(0)
         self.chan.send(("ok", None))
         report = fds[0] if fds else self.chan.fileno()
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
-                self.filters)
+                self.filters, bits.get("pdeathsig", 0))
         return None

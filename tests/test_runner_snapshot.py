@@ -180,3 +180,40 @@ def test_tree_from_children_files_is_the_tree_from_every_parent():
         for pid in reversed(snapshot._tree_from_scan(root.pid)):
             os.kill(pid, signal.SIGKILL)
         root.wait()
+
+
+def test_the_host_and_domain_names_of_a_uts_namespace_are_compared():
+    # (CRIU's utsname sets both in the test's namespace: a restore that lost them must not compare equal)
+    import socket
+    from engine import kernel
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)   # (so that the parent's read ends if this child fails before it writes)
+        os.close(go_w)
+        try:
+            kernel.unshare(kernel.CLONE_NEWUTS)
+            kernel.set_uts_names("before.example", "dom.example")
+            os.write(w, b"x")
+            os.read(go_r, 1)
+            socket.sethostname("after.example")
+            os.write(w, b"x")
+            os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(go_r)
+    try:
+        assert os.read(r, 1) == b"x"
+        first = snapshot.take(pid)
+        os.write(go_w, b"x")
+        assert os.read(r, 1) == b"x"
+        second = snapshot.take(pid)
+    finally:
+        os.close(go_w)
+        os.waitpid(pid, 0)
+        os.close(r)
+    assert "uts names: host='before.example' domain='dom.example'" in first.text()
+    equal, report = snapshot.compare(first, second)
+    assert not equal and "host='after.example'" in report, report

@@ -89,6 +89,11 @@ FEATURES = {
     "timerfd": lambda: _kernel_at_least(3, 17),      # timerfd state in fdinfo
     "fdinfo_lock": lambda: _kernel_at_least(4, 1),   # "lock:" lines in fdinfo (engine/filelocks.py reads them)
     "tcp_half_closed": lambda: _kernel_at_least(4, 11),   # TCP_REPAIR on a connection past ESTABLISHED
+    "seccomp_filters": lambda: _kernel_at_least(4, 4),    # PTRACE_SECCOMP_GET_FILTER (engine/seccomp.py)
+    "seccomp_suspend": lambda: _kernel_at_least(4, 3),    # PTRACE_O_SUSPEND_SECCOMP
+    "loginuid": lambda: os.path.exists("/proc/self/loginuid"),   # (audit: engine/loginuid.py)
+    "timens": lambda: os.path.exists("/proc/self/ns/time"),
+    "ns_pid": lambda: "NSpid:" in open("/proc/self/status").read(),
 }
 
 

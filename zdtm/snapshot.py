@@ -6,9 +6,11 @@ offset, path, mount by canonical label or ``detached``, and per kind what the
 fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
-stopped (state T), its umask and no_new_privs bit, its resource limits, whether it leads its session
+stopped (state T), its umask, no_new_privs and THP-disable bits, its
+parent-death signal (not the root's), whether it made a time namespace for its children, its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
-its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py). Which fds are one
+its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py), the host
+and domain names of its UTS namespace when it is not the runner's. Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), which processes share a session and a
 process group (a partition, with its leader or "outside"), the zombies of the tree's processes
@@ -235,6 +237,7 @@ class Proc:
     masters: frozenset = frozenset()   # the numbers of the pty masters it holds (fdinfo tty-index)
     ctty: str = ""               # its controlling terminal, named (`_cttys`)
     ipc: str = ""                # its ipc namespace's sysctls, when not the runner's (`_ipc_sysctls`)
+    uts: str = ""                # its UTS namespace's host and domain names, when not the runner's (`_uts_names`)
 
     def text(self) -> str:
         """The compared text of this process."""
@@ -245,6 +248,7 @@ class Proc:
         out += [f"bits: {self.bits}"] if self.bits else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
         out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []
+        out += [f"uts names: {self.uts}"] if self.uts else []
         out += ["mounts:"]
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
@@ -410,7 +414,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             stat = f.read().rsplit(b")", 1)[1].split()
         stopped, pgid, sid = stat[0] == b"T", int(stat[2]), int(stat[3])
         tty_nr, tpgid = int(stat[4]), int(stat[5])
-        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list"})
+        status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list",
+                                          "THP_enabled"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
         bits += f" loginuid={loginuid.value(pid)}"
         # (nice, policy, ioprio, oom_score_adj, timer slack, personality: engine/schedattrs.py)
@@ -457,6 +462,9 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         ns = {t: _ns_ino(pid, t) for t in NS_TYPES}
         if ns["time"] is not None:
             bits += " timens=" + ",".join(f"{k}:{s}.{n:09d}" for k, (s, n) in timens.offsets(pid).items())
+            # (unshare(CLONE_NEWTIME) made one for its children, which it is not in: CRIU's timens_for_kids)
+            if _ns_ino(pid, "time_for_children") != ns["time"]:
+                bits += " timens_children=own"
         maps = _maps(pid, canon, elsewhere, tuple(ignore_maps_on)) if ignore_maps_on is not None else []
         user_side = _user_side(pid, users, canon, mounts, lock_cache, sb_candidates)
     except FileNotFoundError as e:
@@ -484,6 +492,45 @@ def _ipc_sysctls(procs: list[Proc]) -> None:
             seen[ino] = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
                                  for k, v in sorted(vals.items()))
         p.ipc = seen[ino]
+
+
+def _pdeath_signals(procs: list[Proc]) -> None:
+    """Add each process's parent-death signal to its `bits` when it has one and it can be read
+    (engine/pdeathsig.py: the process, stopped a moment, makes the call); not the root's, whose
+    parent is outside the tree."""
+    from engine import pdeathsig
+    for p in procs:
+        sig = pdeathsig.read(p.pid)
+        if sig:
+            p.bits += f" pdeathsig={sig}"
+
+
+def _uts_names(procs: list[Proc]) -> None:
+    """Each process's `uts`: the nodename and NIS domain name of its UTS namespace (read once per
+    namespace, this thread joining it and coming back), when it is not the runner's."""
+    from engine import kernel
+    own = os.stat("/proc/self/ns/uts").st_ino
+    seen: dict[int, str] = {}
+    for p in procs:
+        ino = p.ns.get("uts")
+        if ino is None or ino == own:
+            continue
+        if ino not in seen:
+            try:
+                fd = os.open(f"/proc/{p.pid}/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise SnapshotError(f"process {p.pid} vanished while being read") from None
+            back = os.open("/proc/thread-self/ns/uts", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                kernel.setns(fd, kernel.CLONE_NEWUTS)
+                try:
+                    seen[ino] = f"host={os.uname().nodename!r} domain={kernel.domainname()!r}"
+                finally:
+                    kernel.setns(back, kernel.CLONE_NEWUTS)
+            finally:
+                os.close(fd)
+                os.close(back)
+        p.uts = seen[ino]
 
 
 def _ns_ino(pid: int, kind: str) -> int | None:
@@ -833,6 +880,8 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
         for _, fd in candidates:
             os.close(fd)
     _ipc_sysctls(procs)
+    _uts_names(procs)
+    _pdeath_signals(procs[1:])
     zombies = _zombies(pids)
     root_pgid = procs[0].pgid if procs else 0
     _jobs(procs, frozenset(z.pid for z in zombies))
