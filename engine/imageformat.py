@@ -724,6 +724,10 @@ PROCESS = Record("process", {
     "no_new_privs": F(BOOL, required=False),                  # both taken by its stand-in as it detaches
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
     "sig_ignored": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
+    # Signals its main thread blocks (tini, dumb-init, catatonit), and whether it is a child
+    # subreaper (`tini -s`; engine/subreaper.py): both taken by its stand-in as it detaches.
+    "sig_blocked": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
+    "child_subreaper": F(BOOL, required=False),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
     "sched": F(DICT, required=False, rule=record(SCHED)),
     "timens": F(DICT, required=False, rule=record(TIMENS)),

@@ -11,7 +11,7 @@ import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, kernel, loginuid, mappings, mountrules, schedattrs,
                     seccomp,
-                    sessions, threads, timens)
+                    sessions, subreaper, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -45,6 +45,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
         timens.check_tree([pid for pid, _ in tree], my_time)
     except timens.TimensError as e:
         raise DumpError(e.errno, e.strerror) from None
+    parents = {ppid for _, ppid in tree}
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
@@ -57,6 +58,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "caps": kernel.read_caps(pid),
             **kernel.read_fs_bits(pid),
             **kernel.read_ignored_signals(pid),
+            **kernel.read_blocked_signals(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
         try:
@@ -64,7 +66,10 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             entry.update(timens.read(pid, my_time, time_names))
             filters = seccomp.read(pid)
             auid = loginuid.read(pid)
-        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError) as e:
+            # (only a parent's flag is ever seen: a stand-in never forks)
+            if pid in parents and subreaper.read(pid, filters or []):
+                entry["child_subreaper"] = True
+        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, subreaper.SubreaperError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if filters:
             entry["seccomp"] = filters

@@ -1,0 +1,50 @@
+"""The child subreaper flag (prctl PR_SET_CHILD_SUBREAPER): `tini -s`, catatonit not running as
+pid 1, systemd --user, container shims (conmon). Orphans of its descendants are
+reparented to it instead of to its pid namespace's init; a restored process that lost it leaves
+later orphans to pid 1 (and a `tini -s` no longer reaps them).
+
+Only the process itself can read it (PR_GET_CHILD_SUBREAPER; /proc shows nothing), so dump asks
+it there (engine/inject.py: one prctl run in the stopped process, as CRIU's parasite asks), and
+only for a process with children in the tree: a stand-in never forks, so the flag of a childless
+one is never seen. A process whose seccomp filters would not let that prctl run (a kill, a trap,
+an errno; engine/seccomp_eval.py) is refused with the reason, never sent the call. Restore sets it
+in the stand-in as it detaches (engine/standin.py `op_detach`).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from engine import inject, seccomp, seccomp_eval
+
+_NR_PRCTL = 157
+_PR_GET_CHILD_SUBREAPER = 37
+
+
+class SubreaperError(OSError):
+    """The flag of a process could not be read (one line naming it and what to do)."""
+
+
+def read(pid: int, filters: list | None = None) -> bool:
+    """Whether `pid` (we may trace it; stopped or running: left as it was) is a child subreaper;
+    `filters`: its seccomp filters as engine/seccomp.py reads them (read here when None)."""
+    if not inject.SUPPORTED:
+        raise SubreaperError(errno.ENOSYS, f"process {pid} has children, and whether it is their child subreaper is "
+                                           f"read on x86-64 only (here {os.uname().machine})")
+    if filters is None and seccomp.mode(pid) == seccomp.MODE_FILTER:
+        filters = seccomp.read(pid)
+    # (the filter sees the call's address: any; the scratch pointer: below the stack pointer)
+    if filters and not seccomp_eval.allows(filters, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, 0), 0):
+        raise SubreaperError(errno.EPERM, f"process {pid} has children and seccomp filters that do not let it "
+                                          "answer prctl(PR_GET_CHILD_SUBREAPER): its child subreaper flag cannot be read")
+    try:
+        answer, words = inject.call(pid, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, None), 1)
+    except inject.InjectError as e:
+        raise SubreaperError(e.errno or errno.EIO, f"process {pid}: its child subreaper flag cannot be read "
+                                                   f"({e.strerror}): dump as root, with CAP_SYS_PTRACE") from None
+    if answer < 0:
+        raise SubreaperError(-answer, f"process {pid}: prctl(PR_GET_CHILD_SUBREAPER) failed in it "
+                                      f"({errno.errorcode.get(-answer, -answer)})")
+    return bool(words[0] & 0xFFFFFFFF)
+
