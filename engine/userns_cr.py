@@ -189,7 +189,9 @@ class _Plan:
             # monitor): its stand-in takes them last, too.
             ident = userns.Maps(((0, 0, (1 << 32) - 1),), ((0, 0, (1 << 32) - 1),), "allow")
             creds = _creds(pid, ident)
-            if creds is not None and set(creds["uid"] + creds["gid"] + creds["groups"]) != {0}:
+            # (root with supplementary group 0, as initgroups leaves it: schroot, su, cron; a
+            # stand-in keeps the restorer's groups, none, unless told)
+            if creds is not None and (set(creds["uid"] + creds["gid"]) != {0} or creds["groups"]):
                 self.procs[pid] = {"creds": creds}
 
     def made_where(self, pid: int, ppid, own: int, mnt_owner: int, ns_ino: dict, ns_kinds) -> tuple[bool, dict]:
