@@ -26,18 +26,44 @@ class SubreaperError(OSError):
     """The flag of a process could not be read (one line naming it and what to do)."""
 
 
-def read(pid: int, filters: list | None = None) -> bool:
-    """Whether `pid` (we may trace it; stopped or running: left as it was) is a child subreaper;
-    `filters`: its seccomp filters as engine/seccomp.py reads them (read here when None)."""
+def precheck(pids: list[int]) -> None:
+    """Refuse, on the running tree, a parent whose flag could not be asked once it is stopped:
+    off x86-64, or seccomp filters that would not let the call run (they are read here: a seize
+    and an interrupt, as dump's own)."""
+    parents = set()
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                parents.add(int(f.read().rsplit(b")", 1)[1].split()[1]))
+        except OSError:
+            continue   # (gone meanwhile: dump tells)
+    for pid in sorted(parents & set(pids)):
+        try:
+            filtered = seccomp.mode(pid) == seccomp.MODE_FILTER
+        except FileNotFoundError:
+            continue
+        if not inject.SUPPORTED or filtered:
+            _allowed(pid, seccomp.read(pid) if filtered else None)
+
+
+def _allowed(pid: int, filters: list | None) -> None:
+    """Raise unless prctl(PR_GET_CHILD_SUBREAPER) may run in `pid` (`filters`: its seccomp
+    filters)."""
     if not inject.SUPPORTED:
         raise SubreaperError(errno.ENOSYS, f"process {pid} has children, and whether it is their child subreaper is "
                                            f"read on x86-64 only (here {os.uname().machine})")
-    if filters is None and seccomp.mode(pid) == seccomp.MODE_FILTER:
-        filters = seccomp.read(pid)
     # (the filter sees the call's address: any; the scratch pointer: below the stack pointer)
     if filters and not seccomp_eval.allows(filters, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, 0), 0):
         raise SubreaperError(errno.EPERM, f"process {pid} has children and seccomp filters that do not let it "
                                           "answer prctl(PR_GET_CHILD_SUBREAPER): its child subreaper flag cannot be read")
+
+
+def read(pid: int, filters: list | None = None) -> bool:
+    """Whether `pid` (we may trace it; stopped or running: left as it was) is a child subreaper;
+    `filters`: its seccomp filters as engine/seccomp.py reads them (read here when None)."""
+    if filters is None and seccomp.mode(pid) == seccomp.MODE_FILTER:
+        filters = seccomp.read(pid)
+    _allowed(pid, filters)
     try:
         answer, words = inject.call(pid, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, None), 1)
     except inject.InjectError as e:

@@ -91,7 +91,7 @@ def test_the_flag_is_read_inside_the_process_and_leaves_nothing_behind():
 
 def test_a_filter_that_would_kill_the_call_is_refused_and_the_process_lives():
     """A process whose seccomp filter kills prctl(PR_GET_CHILD_SUBREAPER) is never sent it: the
-    read is refused with the reason, the process runs on."""
+    read is refused with the reason (by dump before the stop), the process runs on."""
     code = _CHILD.replace('print("ready"', f'''
 import struct
 prog = bytes.fromhex("{_filter(0x80000000)[0]["insns"]}")
@@ -105,6 +105,12 @@ print("ready"''')
         assert p.stdout.readline() == b"ready\n"
         with pytest.raises(subreaper.SubreaperError, match="seccomp filters"):
             subreaper.read(p.pid)
+        # (and dump refuses it before the stop: the parent of a process of the tree)
+        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+            kids = [int(c) for c in f.read().split()]
+        with pytest.raises(subreaper.SubreaperError, match="seccomp filters"):
+            subreaper.precheck([p.pid, *kids])
+        subreaper.precheck(kids)   # (no parent among them: nothing asked)
         out, _ = p.communicate(b"alive", timeout=10)
         assert out == b"alive\n" and p.returncode == 0
     finally:
