@@ -67,7 +67,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             filters = seccomp.read(pid)
             auid = loginuid.read(pid)
             # (only a parent's flag is ever seen: a stand-in never forks)
-            if pid in parents and subreaper.read(pid, filters or []):
+            if pid in parents and subreaper.asked() and subreaper.read(pid, filters or []):
                 entry["child_subreaper"] = True
         except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, subreaper.SubreaperError) as e:
             raise DumpError(e.errno, e.strerror) from None

@@ -8,13 +8,13 @@ it there (engine/inject.py: one prctl run in the stopped process, as CRIU's para
 only for a process with children in the tree: a stand-in never forks, so the flag of a childless
 one is never seen. A process whose seccomp filters would not let that prctl run (a kill, a trap,
 an errno; engine/seccomp_eval.py) is refused with the reason, never sent the call. Restore sets it
-in the stand-in as it detaches (engine/standin.py `op_detach`).
+in the stand-in as it detaches (engine/standin.py `op_detach`). Asked on x86-64 only (`asked`:
+elsewhere not kept, as before).
 """
 
 from __future__ import annotations
 
 import errno
-import os
 
 from engine import inject, seccomp, seccomp_eval
 
@@ -28,8 +28,10 @@ class SubreaperError(OSError):
 
 def precheck(pids: list[int]) -> None:
     """Refuse, on the running tree, a parent whose flag could not be asked once it is stopped:
-    off x86-64, or seccomp filters that would not let the call run (they are read here: a seize
-    and an interrupt, as dump's own)."""
+    seccomp filters that would not let the call run (they are read here: a seize and an
+    interrupt, as dump's own)."""
+    if not inject.SUPPORTED:
+        return   # (not asked there: `asked`)
     parents = set()
     for pid in pids:
         try:
@@ -42,20 +44,23 @@ def precheck(pids: list[int]) -> None:
             filtered = seccomp.mode(pid) == seccomp.MODE_FILTER
         except FileNotFoundError:
             continue
-        if not inject.SUPPORTED or filtered:
-            _allowed(pid, seccomp.read(pid) if filtered else None)
+        if filtered:
+            _allowed(pid, seccomp.read(pid))
 
 
 def _allowed(pid: int, filters: list | None) -> None:
     """Raise unless prctl(PR_GET_CHILD_SUBREAPER) may run in `pid` (`filters`: its seccomp
     filters)."""
-    if not inject.SUPPORTED:
-        raise SubreaperError(errno.ENOSYS, f"process {pid} has children, and whether it is their child subreaper is "
-                                           f"read on x86-64 only (here {os.uname().machine})")
     # (the filter sees the call's address: any; the scratch pointer: below the stack pointer)
     if filters and not seccomp_eval.allows(filters, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, 0), 0):
         raise SubreaperError(errno.EPERM, f"process {pid} has children and seccomp filters that do not let it "
                                           "answer prctl(PR_GET_CHILD_SUBREAPER): its child subreaper flag cannot be read")
+
+
+def asked() -> bool:
+    """Whether dump asks the flag here: on x86-64 only (engine/inject.py). Elsewhere it is not
+    kept (as before it was read at all), rather than refusing every tree with a parent."""
+    return inject.SUPPORTED
 
 
 def read(pid: int, filters: list | None = None) -> bool:
