@@ -6,10 +6,11 @@ nothing); a stopped one (the dump's SIGSTOP) goes back to its stop when detached
 saved, `syscall` is written at an executable address of a private mapping (its instruction
 pointer's, else the first one of /proc/PID/maps: a shared one would write the file), and its
 registers are set to the call with orig_rax -1 (no restart of the call it was interrupted in is
-mixed in). It runs the call between two system call stops (PTRACE_SYSCALL: no signal is made, its
-blocked set and actions stay), the answer is read, then its code and registers are put back: an
-interrupted restartable call is restarted as if nothing happened (as CRIU's compel does). Memory the
-call writes is a word below its stack pointer (beyond the red zone), saved and put back as well.
+mixed in). What the call writes goes to the words at its stack pointer (mapped, whatever the
+stack: no code of its own runs until they are put back). It runs the call between two system
+call stops (PTRACE_SYSCALL: no signal is made, its blocked set and actions stay), the answer is
+read, then its code, stack words and registers are put back: an interrupted restartable call is
+restarted as if nothing happened (as CRIU's compel does).
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ _EVENT_STOP = 128
 _RAX, _RDX, _RSI, _RDI, _ORIG_RAX, _RIP, _RSP = 10, 12, 13, 14, 15, 16, 19
 _R10, _R8, _R9 = 7, 9, 8
 _CODE = b"\x0f\x05"   # syscall
-_SCRATCH = 512            # bytes below the stack pointer for what the call writes
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -202,7 +202,7 @@ def _run(pid: int, nr: int, args: tuple, out_words: int, held: list) -> tuple[in
     saved = ctypes.create_string_buffer(struct.pack("=27Q", *_restarted(regs)))
     at = _code_address(pid, regs[_RIP])
     old_code = _peek(pid, at)
-    scratch = (regs[_RSP] - _SCRATCH) & ~7
+    scratch = regs[_RSP] & ~7
     old_scratch = [_peek(pid, scratch + 8 * i) for i in range(out_words)]
     try:
         _poke(pid, at, int.from_bytes(_CODE, "little") | old_code & ~0xFFFF)

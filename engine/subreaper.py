@@ -51,7 +51,7 @@ def precheck(pids: list[int]) -> None:
 def _allowed(pid: int, filters: list | None) -> None:
     """Raise unless prctl(PR_GET_CHILD_SUBREAPER) may run in `pid` (`filters`: its seccomp
     filters)."""
-    # (the filter sees the call's address: any; the scratch pointer: below the stack pointer)
+    # (the filter sees the call's address: any; the scratch pointer: its stack pointer)
     if filters and not seccomp_eval.allows(filters, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, 0), 0):
         raise SubreaperError(errno.EPERM, f"process {pid} has children and seccomp filters that do not let it "
                                           "answer prctl(PR_GET_CHILD_SUBREAPER): its child subreaper flag cannot be read")
