@@ -18,7 +18,8 @@ fi
 # chromium (the report test loads a page in headless Chromium),
 # mkfs tools, squashfs and squashfuse (the fuse battery) for the filesystem scenarios and the --fstype battery, qemu + busybox for the VM flavor, debootstrap for criu
 # and the Vagrant box, vagrant + vagrant-libvirt + libvirt for the Vagrant provider, the container runtimes
-# of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container docker.io), uidmap (newuidmap for the
+# of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container docker.io firejail schroot), the container inits of
+# scenarios/fds/container_inits.yaml (tini dumb-init catatonit), uidmap (newuidmap for the
 # rootless scenarios in scenarios/userns/ and scenarios/runtimes/), the real programs of
 # scenarios/fds/real_programs.yaml (tmux, dbus-daemon, socat) and scenarios/fds/apps.yaml (nginx, lighttpd,
 # redis-server, screen, sqlite3, inotify-tools, curl), gcc, make and libc6-dev (CRIU's real zdtm
@@ -27,14 +28,14 @@ pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squash
       erofs-utils dosfstools exfatprogs f2fs-tools nfs-kernel-server
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
       vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-utils openssh-client rsync
-      runc crun podman lxc bubblewrap systemd-container docker.io uidmap chromium tmux dbus-daemon socat
+      runc crun podman lxc bubblewrap systemd-container docker.io firejail schroot tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
       nginx lighttpd redis-server screen sqlite3 inotify-tools curl gcc make libc6-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "run.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  # The servers among them (nginx, lighttpd, redis-server, dockerd, containerd) run only inside scenarios: a policy-rc.d for the
+  # The servers among them (nginx, lighttpd, redis-server, dockerd, containerd; schroot's session recovery) run only inside scenarios: a policy-rc.d for the
   # install's time keeps their packages from starting them as the machine's services.
   # Made with noclobber (O_EXCL: a file, or a symlink even dangling, already there is the admin's
   # and stays as it is), and removed only when this run made it.
@@ -51,7 +52,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # Their packages also enable them for the next boot (systemd): not the machine's services either.
   # systemctl disable works without a running systemd (it removes the units' links).
   if command -v systemctl >/dev/null; then
-    for s in nginx lighttpd redis-server docker.io; do
+    for s in nginx lighttpd redis-server schroot docker.io; do
       case " ${missing[*]} " in *" $s "*) ;; *) continue ;; esac
       # docker.io's units are docker.service, docker.socket and containerd.service
       [ "$s" = docker.io ] && units="docker.service docker.socket containerd.service" || units="$s.service"

@@ -137,7 +137,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
     resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
     watchdog = freeze.watchdog(resume)
-    freeze.signal_all(pids, signal.SIGSTOP)
+    freeze.stop_in_order(pids)
     ok = False
     try:
         freeze.wait_stopped(pids)

@@ -48,6 +48,23 @@ def signal_all(pids, sig) -> None:
             pass
 
 
+def stop_in_order(pids, each: float = 0.05) -> None:
+    """SIGSTOP each of `pids` (parents first), waiting a moment (`each` seconds at most) until it
+    stopped before stopping the next: a child that stops sends its parent SIGCHLD, which woke a
+    parent still running (a shell in `wait` runs its handler and blocks every signal before it
+    waits again: stopped then, its blocked set was a moment's). A stopped parent keeps the
+    signal pending. (One that does not stop at once, a vfork parent, is not waited for longer:
+    wait_stopped waits for the whole tree.)"""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGSTOP)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + each
+        while state(pid) not in ("T", "t", "Z", "X", "") and time.monotonic() < deadline:
+            time.sleep(0.0002)
+
+
 def wait_gone(pids, timeout: float = 10.0) -> None:
     """Wait (up to `timeout` seconds in all) until each of `pids` is gone or a zombie."""
     deadline = time.monotonic() + timeout

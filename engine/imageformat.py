@@ -735,6 +735,10 @@ PROCESS = Record("process", {
     # Its parent-death signal (prctl PR_SET_PDEATHSIG; engine/pdeathsig.py), never the root's: its
     # stand-in takes it as it detaches, under its parent's stand-in.
     "pdeathsig": F(INT, required=False, rule=rng(1, 64)),
+    # Signals its main thread blocks (tini, dumb-init, catatonit), and whether it is a child
+    # subreaper (`tini -s`; engine/subreaper.py): both taken by its stand-in as it detaches.
+    "sig_blocked": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
+    "child_subreaper": F(BOOL, required=False),
     # {NAME: [soft, hard]} (-1: unlimited), taken by its stand-in as it detaches (engine/image.py RLIMITS)
     "sched": F(DICT, required=False, rule=record(SCHED)),
     "timens": F(DICT, required=False, rule=record(TIMENS)),

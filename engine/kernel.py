@@ -742,12 +742,29 @@ def read_fs_bits(pid: int) -> dict:
 
 
 def read_ignored_signals(pid: int) -> dict:
-    """{"sig_ignored": mask} of `pid` (/proc/PID/status SigIgn; bit n-1 is signal n), when not empty.
-    (Not the blocked mask: a process stopped for the dump may be in a moment that blocks them all,
-    a shell forking a job; a stand-in would keep that for good.)"""
+    """{"sig_ignored": mask} of `pid` (/proc/PID/status SigIgn; bit n-1 is signal n), when not empty."""
     got = proc_status(pid, {"SigIgn"})
     mask = int(got["SigIgn"], 16) if "SigIgn" in got else 0
     return {"sig_ignored": mask} if mask else {}
+
+
+def read_blocked_signals(pid: int) -> dict:
+    """{"sig_blocked": mask} of `pid`'s main thread (/proc/PID/status SigBlk), when not empty: what
+    tini, dumb-init and catatonit block for good (they take signals by sigtimedwait or a
+    signalfd), so that a stand-in without it would die of a SIGTERM they hold pending. Read with
+    the tree stopped: the stop ended a sigtimedwait, which blocks less while it waits. (A process
+    in sigsuspend, ppoll or pselect shows the mask of its wait until it returns: that one is
+    kept, as a moment's mask of a shell forking a job would be.)"""
+    got = proc_status(pid, {"SigBlk"})
+    mask = int(got["SigBlk"], 16) if "SigBlk" in got else 0
+    return {"sig_blocked": mask} if mask else {}
+
+
+def take_blocked_signals(blocked: int) -> None:
+    """Block exactly the signals whose bit is set in `blocked` (SIGKILL and SIGSTOP never are)."""
+    import signal
+    signal.pthread_sigmask(signal.SIG_SETMASK, {s for s in range(1, signal.NSIG) if blocked >> (s - 1) & 1
+                                                and s not in (signal.SIGKILL, signal.SIGSTOP)})
 
 
 def take_ignored_signals(ignored: int) -> None:

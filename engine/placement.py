@@ -11,7 +11,7 @@ import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
                     pdeathsig, posixtimers, seccomp, seccomp_eval,
-                    sessions, thp, threads, timens)
+                    sessions, subreaper, thp, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -60,6 +60,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
         timens.check_tree([pid for pid, _ in tree], my_time)
     except timens.TimensError as e:
         raise DumpError(e.errno, e.strerror) from None
+    parents = {ppid for _, ppid in tree}
     for pid, ppid in tree:
         ino = ns_of[pid]["mnt"]
         pdata = ns_data[ino]["procs"][pid]
@@ -73,6 +74,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             **kernel.read_fs_bits(pid),
             **kernel.read_ignored_signals(pid),
             **thp.read(pid),
+            **kernel.read_blocked_signals(pid),
             "rlimits": kernel.read_rlimits(pid),
         }
         try:
@@ -82,8 +84,11 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             auid = loginuid.read(pid)
             posixtimers.check([pid])   # (one made since the check before the stop)
             itimers.check(pid)
+            # (only a parent's flag is ever seen: a stand-in never forks)
+            if pid in parents and subreaper.asked() and subreaper.read(pid, filters or []):
+                entry["child_subreaper"] = True
         except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError,
-                itimers.ItimerError) as e:
+                itimers.ItimerError, subreaper.SubreaperError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if filters:
             entry["seccomp"] = filters

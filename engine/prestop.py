@@ -60,7 +60,7 @@ import os
 import stat
 
 from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
-                    loginuid, nsinspect, posixtimers, schedattrs, seccomp, sysvipc, threads, timens, userns_cr)
+                    loginuid, nsinspect, posixtimers, schedattrs, seccomp, subreaper, sysvipc, threads, timens, userns_cr)
 from engine.dumperror import DumpError
 from engine.fds import FdError
 
@@ -184,6 +184,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         schedattrs.precheck(pids)
         timens.precheck(pids)
         seccomp.precheck(pids)
+        subreaper.precheck(pids)
         loginuid.precheck(pids)
         posixtimers.check(pids)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
@@ -201,7 +202,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
             threads.check(pid)
     except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError,
             schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, loginuid.LoginuidError,
-            posixtimers.TimerError) as e:
+            posixtimers.TimerError, subreaper.SubreaperError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
 

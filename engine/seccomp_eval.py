@@ -1,5 +1,8 @@
 """What a chain of seccomp filters answers a system call: classic BPF run here over seccomp_data.
 
+Two users: restore's stand-ins, below, and dump's calls run inside a stopped process
+(engine/inject.py), never sent where a filter would kill, trap or fail them (`call_allowed`).
+
 A stand-in installs its process's filters before it takes its ids when it may not after them
 (engine/seccomp.py `late`: no no_new_privs, no CAP_SYS_ADMIN kept): the calls it makes after that
 (setresuid, capset, prctl...) then meet the filters. Dump asks here what they answer those calls,
@@ -84,12 +87,12 @@ def run(insns: bytes, data: bytes) -> int:
     raise EvalError("ran off the end")
 
 
-def answer(filters: list[dict], arch: int, nr: int, args=()) -> int:
+def answer(filters: list[dict], arch: int, nr: int, args=(), ip: int = 0) -> int:
     """What the chain (oldest first, as engine/seccomp.py reads it: {"insns": hex}) answers call
     `nr` with `args` (up to 6, the rest 0): the most restrictive action of all (the kernel's order),
     with its data."""
     args = [v & (1 << 64) - 1 for v in args] + [0] * (6 - len(args))
-    data = struct.pack("=iIQ6Q", nr, arch, 0, *args)
+    data = struct.pack("=iIQ6Q", nr, arch, ip, *args)
     out = RET_ALLOW
     for f in filters:
         got = run(bytes.fromhex(f["insns"]), data)
@@ -102,6 +105,15 @@ def answer(filters: list[dict], arch: int, nr: int, args=()) -> int:
 def _rank(ret: int) -> int:
     action = ret & _ACTION_FULL
     return action - (1 << 32) if action & 0x80000000 else action
+
+
+def call_allowed(filters: list[dict], nr: int, args=(), ip: int = 0) -> bool:
+    """Whether every filter lets x86-64 call `nr` with `args` made at `ip` through (ALLOW, LOG);
+    False when one does not, or cannot be run here."""
+    try:
+        return allows(answer(filters, AUDIT_ARCH_X86_64, nr, args, ip))
+    except EvalError:
+        return False
 
 
 def allows(ret: int) -> bool:

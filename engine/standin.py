@@ -254,15 +254,17 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
             caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
-            pdeathsig: int = 0) -> None:
+            pdeathsig: int = 0, blocked: int = 0) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
-    (`ignored`, a mask), become the executable, take the ids and the capabilities and then the
-    parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
+    (`ignored`, a mask) and block those it blocked (`blocked`: its threads, made after, copy it),
+    become the executable, take the ids and the capabilities and then the parent-death signal
+    `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
     threads (named `threads`: made last, they copy what we took), then install seccomp `filters`
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
     kernel.take_ignored_signals(ignored)
+    kernel.take_blocked_signals(blocked)
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
@@ -544,6 +546,8 @@ class _Server:
             kernel.set_no_new_privs()   # (before the threads: each inherits it)
         if bits.get("thp_disable"):
             thp.take()   # (its mm's: the threads share it, an exec keeps it)
+        if bits.get("child_subreaper"):
+            _subreaper(True)   # (after its children were made: their makers were the restore's)
         if bits.get("rlimits"):
             # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost)
             kernel.set_rlimits(bits["rlimits"])
@@ -559,5 +563,5 @@ class _Server:
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
-                self.filters, bits.get("pdeathsig", 0))
+                self.filters, bits.get("pdeathsig", 0), bits.get("sig_blocked", 0))
         return None

@@ -189,7 +189,8 @@ class _Plan:
             # monitor): its stand-in takes them last, too.
             ident = userns.Maps(((0, 0, (1 << 32) - 1),), ((0, 0, (1 << 32) - 1),), "allow")
             creds = _creds(pid, ident)
-            # (root with supplementary groups, e.g. runc's group 0, too: a stand-in would keep the restorer's)
+            # (root with supplementary groups, e.g. runc's group 0, or group 0 as initgroups leaves it:
+            # schroot, su, cron; a stand-in would keep the restorer's, none)
             if creds is not None and (set(creds["uid"] + creds["gid"]) != {0} or creds["groups"]):
                 self.procs[pid] = {"creds": creds}
 

@@ -6,8 +6,9 @@ offset, path, mount by canonical label or ``detached``, and per kind what the
 fd holds: buffered bytes, counters, masks, timers, epoll targets, socket state;
 see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd and root (path and mount label),
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
-stopped (state T), its umask, no_new_privs and THP-disable bits, its
-parent-death signal (not the root's), whether it made a time namespace for its children, its resource limits, whether it leads its session
+stopped (state T), its umask, no_new_privs and THP-disable bits, the signals it ignores and
+those it blocks, whether a parent is a child subreaper, its parent-death signal (not the root's),
+whether it made a time namespace for its children, its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
 its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py), the host
 and domain names of its UTS namespace when it is not the runner's. Which fds are one
@@ -417,7 +418,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         status = kernel.proc_status(pid, {"Umask", "NoNewPrivs", "SigIgn", "Seccomp", "Seccomp_filters", "Cpus_allowed_list",
                                           "THP_enabled"})
         bits = " ".join(f"{k.lower()}={v.strip()}" for k, v in sorted(status.items()))
-        bits += f" loginuid={loginuid.value(pid)}"
+        bits += f" loginuid={loginuid.value(pid)}" + _signal_bits(pid)
         # (nice, policy, ioprio, oom_score_adj, timer slack, personality: engine/schedattrs.py)
         bits += "".join(f" {k}={v:#x}" if k in ("policy", "personality") else f" {k}={v}"
                         for k, v in sorted(schedattrs.values(pid).items()))
@@ -472,6 +473,38 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
     return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
                 fds=fds, ns=ns, maps=maps, threads=threads, stopped=stopped, bits=bits, rlimits=rlimits, sid=sid,
                 pgid=pgid, tty_nr=tty_nr, tpgid=tpgid, masters=frozenset(masters), **user_side)
+
+
+def _syscall(pid: int) -> str:
+    """The first word of /proc/PID/syscall: the number of the call it waits in, "running" or "-1"."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            return (f.read().split() or ["?"])[0]
+    except OSError:
+        return "?"
+
+
+def _signal_bits(pid: int) -> str:
+    """" sigblk=MASK" (its main thread's blocked signals, read in a ptrace stop when it waits in
+    sigtimedwait, which blocks less meanwhile: tini, dumb-init) and, for a process with children,
+    " subreaper=0|1" (asked in the process: engine/subreaper.py; "?" when it cannot be)."""
+    from engine import inject, kernel, subreaper
+    before = _syscall(pid)
+    status = kernel.proc_status(pid, {"SigBlk"})
+    # (in rt_sigtimedwait (x86-64: 128) or between two calls ("running": one may come) before or
+    # after that read: read again in a stop)
+    if inject.SUPPORTED and (before in ("128", "running") or _syscall(pid) in ("128", "running")):
+        try:
+            status = inject.status_at_rest(pid, {"SigBlk"})
+        except OSError:
+            pass   # (traced by another: as read)
+    out = f" sigblk={status.get('SigBlk', '?').strip()}"
+    if _children(pid):
+        try:
+            out += f" subreaper={int(subreaper.read(pid))}"
+        except OSError:
+            out += " subreaper=?"   # (traced by another, or filters that would deny the call)
+    return out
 
 
 def _ipc_sysctls(procs: list[Proc]) -> None:

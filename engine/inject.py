@@ -1,0 +1,225 @@
+"""One system call run inside another process (x86-64), for state only the process itself can read
+(prctl(PR_GET_CHILD_SUBREAPER): engine/subreaper.py).
+
+The process is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT: no signal, its parent sees
+nothing); a stopped one (the dump's SIGSTOP) goes back to its stop when detached. Its registers are
+saved, `syscall` is written at an executable address of a private mapping (its instruction
+pointer's, else the first one of /proc/PID/maps: a shared one would write the file), and its
+registers are set to the call with orig_rax -1 (no restart of the call it was interrupted in is
+mixed in). What the call writes goes to the words at its stack pointer (mapped, whatever the
+stack: no code of its own runs until they are put back). It runs the call between two system
+call stops (PTRACE_SYSCALL: no signal is made, its blocked set and actions stay), the answer is
+read, then its code, stack words and registers are put back: an interrupted restartable call is
+restarted as if nothing happened (as CRIU's compel does).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+
+_PTRACE_PEEKDATA, _PTRACE_POKEDATA, _PTRACE_CONT = 2, 5, 7
+_PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH, _PTRACE_SYSCALL = 12, 13, 17, 24
+_O_TRACESYSGOOD, _SYSCALL_STOP = 1, 0x85   # (system call stops report SIGTRAP | 0x80)
+_PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
+_WALL = 0x40000000
+_EVENT_STOP = 128
+# user_regs_struct (27 words): the places of the registers a call uses
+_RAX, _RDX, _RSI, _RDI, _ORIG_RAX, _RIP, _RSP = 10, 12, 13, 14, 15, 16, 19
+_R10, _R8, _R9 = 7, 9, 8
+_CODE = b"\x0f\x05"   # syscall
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
+_libc.ptrace.restype = ctypes.c_long
+
+SUPPORTED = os.uname().machine == "x86_64"
+
+
+class InjectError(OSError):
+    """A call that could not be run in the process (one line naming it)."""
+
+
+def _pt(req: int, pid: int, addr=0, data=0) -> int:
+    ctypes.set_errno(0)
+    ret = _libc.ptrace(req, pid, ctypes.c_void_p(addr), ctypes.c_void_p(data))
+    e = ctypes.get_errno()
+    if ret == -1 and e:
+        raise InjectError(e, f"ptrace {req:#x} on process {pid}: {os.strerror(e)}")
+    return ret
+
+
+def _peek(pid: int, addr: int) -> int:
+    return _pt(_PTRACE_PEEKDATA, pid, addr) & (1 << 64) - 1
+
+
+def _poke(pid: int, addr: int, word: int) -> None:
+    _pt(_PTRACE_POKEDATA, pid, addr, word)
+
+
+def _code_address(pid: int, rip: int) -> int:
+    """An address of a private executable mapping of `pid`: its instruction pointer's, else the
+    start of the first one."""
+    first = None
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            span, perms = line.split()[:2]
+            lo, hi = (int(x, 16) for x in span.split("-"))
+            if perms[2:4] != "xp":
+                continue
+            if lo <= rip and rip + 8 <= hi:
+                return rip
+            if first is None and hi - lo >= 8:
+                first = lo
+    if first is None:
+        raise InjectError(errno.EFAULT, f"process {pid} has no private executable mapping to run a call from")
+    return first
+
+
+def _wait_stop(pid: int) -> int:
+    """Wait for `pid`'s next stop; its status."""
+    _, status = os.waitpid(pid, _WALL)
+    if not os.WIFSTOPPED(status):
+        raise InjectError(errno.ESRCH, f"process {pid} ended while a call ran in it")
+    return status
+
+
+def _run_call(pid: int, at: int, held: list) -> tuple:
+    """Let `pid` run the call at `at` (in system call stops: no signal is made, as an int3's
+    SIGTRAP would unblock itself and reset its action); its registers as the call ends. A pending
+    signal it stops for first is kept in held[0] (one: a second one is refused), not delivered."""
+    entered = False
+    _pt(_PTRACE_SYSCALL, pid)
+    for _ in range(16):
+        status = _wait_stop(pid)
+        done = ctypes.create_string_buffer(27 * 8)
+        _pt(_PTRACE_GETREGS, pid, 0, ctypes.addressof(done))
+        after = struct.unpack("=27Q", done.raw)
+        sig = os.WSTOPSIG(status)
+        if sig == _SYSCALL_STOP and after[_RIP] == at + 2:
+            if entered:
+                return after
+            entered = True
+        elif entered or after[_RIP] != at or status >> 16 not in (0, _EVENT_STOP) or (status >> 16 == 0 and held[0]):
+            raise InjectError(errno.EIO, f"process {pid} stopped elsewhere (signal {sig}) while a call ran in it")
+        elif status >> 16 == 0:
+            held[0] = sig
+        # (else a trap stop queued before: seizing a stopped process queues its group stop and
+        # our interrupt)
+        _pt(_PTRACE_SYSCALL, pid)
+    raise InjectError(errno.EIO, f"process {pid} kept stopping before a call could run in it")
+
+
+def call(pid: int, nr: int, args: tuple = (), out_words: int = 0) -> tuple[int, list[int]]:
+    """Run system call `nr` in process `pid` (we may trace it: root, or CAP_SYS_PTRACE) with
+    `args`; an argument None stands for the address of `out_words` words of scratch memory the call
+    may write. (its answer, those words as it left them). The process is left as it was (stopped
+    or running)."""
+    if not SUPPORTED:
+        raise InjectError(errno.ENOSYS, f"running a call in another process is done on x86-64 only, not {os.uname().machine}")
+    waiting = _waits_in(pid)
+    _pt(_PTRACE_SEIZE, pid, 0, _O_TRACESYSGOOD)
+    held = [0]   # (a signal that came meanwhile: given back as we detach)
+    try:
+        _pt(_PTRACE_INTERRUPT, pid)
+        _wait_stop(pid)
+        return _run(pid, nr, args, out_words, held)
+    finally:
+        _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(held[0]))
+        _settle(pid, waiting)
+
+
+def status_at_rest(pid: int, keys) -> dict[str, str]:
+    """Lines `keys` of /proc/`pid`/status read while we hold it in a ptrace stop (left as it was):
+    a wait that changes what they show (sigtimedwait blocks less while it waits) has ended."""
+    from engine import kernel
+    waiting = _waits_in(pid)
+    _pt(_PTRACE_SEIZE, pid)
+    try:
+        _pt(_PTRACE_INTERRUPT, pid)
+        _wait_stop(pid)
+        return kernel.proc_status(pid, keys)
+    finally:
+        _libc.ptrace(_PTRACE_DETACH, pid, None, None)
+        _settle(pid, waiting)
+
+
+def _waits_in(pid: int) -> str | None:
+    """The number of the call a running (not stopped) `pid` waits in, else None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] in (b"T", b"t"):
+                return None
+        with open(f"/proc/{pid}/syscall") as f:
+            word = (f.read().split() or [""])[0]
+    except OSError:
+        return None
+    return word if word.isdigit() else None
+
+
+def _settle(pid: int, waiting: str | None, timeout: float = 1.0) -> None:
+    """Wait (a while at most) until `pid`, let go, waits in call `waiting` again: until then it
+    runs with what the interrupted wait had set aside (sigsuspend's mask: its own, not the wait's,
+    restored on the way out), which a stop in between (the dump's) would see."""
+    import time
+    end = time.monotonic() + timeout
+    while waiting is not None and time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                if (f.read().split() or [""])[0] == waiting:
+                    return
+        except OSError:
+            return
+        time.sleep(0.002)
+
+
+# -ERESTARTSYS, -ERESTARTNOINTR, -ERESTARTNOHAND; -ERESTART_RESTARTBLOCK (restart_syscall: 219)
+_RESTART = {(1 << 64) - 512, (1 << 64) - 513, (1 << 64) - 514}
+_RESTART_BLOCK, _NR_RESTART_SYSCALL = (1 << 64) - 516, 219
+
+
+def _restarted(regs: list[int]) -> list[int]:
+    """The registers to give back: a call the stop interrupted, to be restarted, is made to run
+    again from its `syscall` instruction (as CRIU's compel does): once our call ran, the kernel no
+    longer restarts it (no signal is delivered on the way out), and its -ERESTART* answer would
+    reach the program."""
+    out = list(regs)
+    if regs[_ORIG_RAX] >> 63 == 0 and (regs[_RAX] in _RESTART or regs[_RAX] == _RESTART_BLOCK):
+        out[_RAX] = regs[_ORIG_RAX] if regs[_RAX] in _RESTART else _NR_RESTART_SYSCALL
+        out[_RIP] -= 2
+        out[_ORIG_RAX] = (1 << 64) - 1
+    return out
+
+
+def _run(pid: int, nr: int, args: tuple, out_words: int, held: list) -> tuple[int, list[int]]:
+    """call() in a process we hold in a ptrace stop; a signal it was about to take meanwhile goes
+    into held[0]."""
+    got = ctypes.create_string_buffer(27 * 8)
+    _pt(_PTRACE_GETREGS, pid, 0, ctypes.addressof(got))
+    regs = list(struct.unpack("=27Q", got.raw))
+    saved = ctypes.create_string_buffer(struct.pack("=27Q", *_restarted(regs)))
+    at = _code_address(pid, regs[_RIP])
+    old_code = _peek(pid, at)
+    scratch = regs[_RSP] & ~7
+    old_scratch = [_peek(pid, scratch + 8 * i) for i in range(out_words)]
+    try:
+        _poke(pid, at, int.from_bytes(_CODE, "little") | old_code & ~0xFFFF)
+        for i in range(out_words):
+            _poke(pid, scratch + 8 * i, 0)
+        new = list(regs)
+        new[_RAX], new[_ORIG_RAX], new[_RIP] = nr, (1 << 64) - 1, at
+        for place, a in zip((_RDI, _RSI, _RDX, _R10, _R8, _R9), args):
+            new[place] = (scratch if a is None else a) & (1 << 64) - 1
+        buf = ctypes.create_string_buffer(struct.pack("=27Q", *new))
+        _pt(_PTRACE_SETREGS, pid, 0, ctypes.addressof(buf))
+        after = _run_call(pid, at, held)
+        answer = after[_RAX] - (1 << 64) if after[_RAX] >> 63 else after[_RAX]
+        words = [_peek(pid, scratch + 8 * i) for i in range(out_words)]
+        return answer, words
+    finally:
+        _poke(pid, at, old_code)
+        for i, w in enumerate(old_scratch):
+            _poke(pid, scratch + 8 * i, w)
+        _pt(_PTRACE_SETREGS, pid, 0, ctypes.addressof(saved))
