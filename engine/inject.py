@@ -1,16 +1,22 @@
-"""One system call run inside another process (x86-64), for state only the process itself can read
-(prctl(PR_GET_CHILD_SUBREAPER): engine/subreaper.py).
+"""System calls run inside another process (x86-64), for state only the process itself can read:
+its parent-death signal (engine/pdeathsig.py), interval timers (engine/itimers.py), child
+subreaper flag (engine/subreaper.py); no /proc file shows them.
 
 The process is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT: no signal, its parent sees
-nothing); a stopped one (the dump's SIGSTOP) goes back to its stop when detached. Its registers are
-saved, `syscall` is written at an executable address of a private mapping (its instruction
-pointer's, else the first one of /proc/PID/maps: a shared one would write the file), and its
-registers are set to the call with orig_rax -1 (no restart of the call it was interrupted in is
-mixed in). What the call writes goes to the words at its stack pointer (mapped, whatever the
-stack: no code of its own runs until they are put back). It runs the call between two system
-call stops (PTRACE_SYSCALL: no signal is made, its blocked set and actions stay), the answer is
-read, then its code, stack words and registers are put back: an interrupted restartable call is
-restarted as if nothing happened (as CRIU's compel does).
+nothing), whether stopped (the dump's SIGSTOP: it goes back to its stop when detached), asleep in
+a call or running. Its registers are saved, `syscall` is written at an executable address of a
+private mapping (its instruction pointer's, else the first one of /proc/PID/maps: a shared one
+would write the file), and its registers are set to each call in turn with orig_rax -1 (no
+restart of the call it was interrupted in is mixed in). What a call writes goes to the words at
+its stack pointer (mapped, whatever the stack: no code of its own runs until they are put back).
+Each call runs between two system call stops (PTRACE_SYSCALL: no signal is made, its blocked set
+and actions stay); then its code, stack words and registers are put back: an interrupted
+restartable call is restarted as if nothing happened (as CRIU's compel does).
+
+No call is sent that a seccomp filter of the process would not let through (kill, trap, errno:
+engine/seccomp_eval.py, evaluated with the call's real arguments), nor into a process in strict
+seccomp, in an uninterruptible wait (D: a vfork parent's, which no interrupt ends), traced
+already, or on another machine than x86-64: `calls` raises InjectError instead, before any call.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import errno
 import os
 import struct
 
-_PTRACE_PEEKDATA, _PTRACE_POKEDATA, _PTRACE_CONT = 2, 5, 7
+_PTRACE_PEEKDATA, _PTRACE_POKEDATA = 2, 5
 _PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH, _PTRACE_SYSCALL = 12, 13, 17, 24
 _O_TRACESYSGOOD, _SYSCALL_STOP = 1, 0x85   # (system call stops report SIGTRAP | 0x80)
 _PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
@@ -78,12 +84,27 @@ def _code_address(pid: int, rip: int) -> int:
     return first
 
 
-def _wait_stop(pid: int) -> int:
-    """Wait for `pid`'s next stop; its status."""
-    _, status = os.waitpid(pid, _WALL)
-    if not os.WIFSTOPPED(status):
-        raise InjectError(errno.ESRCH, f"process {pid} ended while a call ran in it")
-    return status
+def _wait_stop(pid: int, timeout: float = 10.0) -> int:
+    """The status of `pid`'s next stop. InjectError when it ends instead, or does not stop within
+    `timeout` seconds (a wait no interrupt ends, entered after we looked: it stays seized until we
+    exit, then runs on)."""
+    import time
+    deadline = time.monotonic() + timeout
+    tries = 0
+    while True:
+        got, status = os.waitpid(pid, _WALL | os.WNOHANG)
+        if got:
+            if not os.WIFSTOPPED(status):
+                raise InjectError(errno.ESRCH, f"process {pid} ended while a call ran in it")
+            return status
+        if time.monotonic() > deadline:
+            raise InjectError(errno.ETIMEDOUT, f"process {pid} did not stop for a call to run in it")
+        # (a stop comes within microseconds: yield first, then sleep longer and longer)
+        tries += 1
+        if tries < 200:
+            os.sched_yield()
+        else:
+            time.sleep(min(0.0005 * 2 ** (tries // 50), 0.05))
 
 
 def _run_call(pid: int, at: int, held: list) -> tuple:
@@ -112,23 +133,61 @@ def _run_call(pid: int, at: int, held: list) -> tuple:
     raise InjectError(errno.EIO, f"process {pid} kept stopping before a call could run in it")
 
 
-def call(pid: int, nr: int, args: tuple = (), out_words: int = 0) -> tuple[int, list[int]]:
-    """Run system call `nr` in process `pid` (we may trace it: root, or CAP_SYS_PTRACE) with
-    `args`; an argument None stands for the address of `out_words` words of scratch memory the call
-    may write. (its answer, those words as it left them). The process is left as it was (stopped
-    or running)."""
+def _check_state(pid: int) -> None:
+    """Refuse (InjectError) a process no call may be run in."""
+    from engine import kernel
     if not SUPPORTED:
         raise InjectError(errno.ENOSYS, f"running a call in another process is done on x86-64 only, not {os.uname().machine}")
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+        status = kernel.proc_status(pid, {"TracerPid", "Seccomp"})
+    except OSError:
+        raise InjectError(errno.ESRCH, f"process {pid} is gone") from None
+    traced = status.get("TracerPid", "0").strip() != "0"
+    if state not in (b"S", b"R", b"T") or traced:
+        why = "in an uninterruptible wait" if state == b"D" else "traced by another" if traced else "gone"
+        raise InjectError(errno.EBUSY, f"process {pid} is {why}: no call can be run in it")
+    if status.get("Seccomp", "0").strip() == "1":
+        raise InjectError(errno.EPERM, f"process {pid} is in strict seccomp mode: a call run in it would kill it")
+
+
+def _filters(pid: int) -> list:
+    """`pid`'s seccomp filters ([] without any), read by engine/seccomp.py (its own seize: a
+    stopped process stays stopped)."""
+    from engine import seccomp
+    if seccomp.mode(pid) != seccomp.MODE_FILTER:
+        return []
+    try:
+        return seccomp.read(pid) or []
+    except seccomp.SeccompError as e:
+        raise InjectError(e.errno or errno.EPERM, e.strerror) from None
+
+
+def calls(pid: int, wanted: list[tuple], filters: list | None = None) -> list[tuple[int, list[int]]]:
+    """Run each system call of `wanted` ((nr, args, out_words)) in process `pid` in turn, in one
+    seize (we may trace it: root, or CAP_SYS_PTRACE); an argument None stands for the address of
+    `out_words` words of scratch memory (zeroed) the call may write. [(its answer, those words as
+    it left them)]. `filters`: its seccomp filters as engine/seccomp.py reads them (read here when
+    None); InjectError, before any call, when one would not let a call through. The process is
+    left as it was (stopped or running)."""
+    _check_state(pid)
+    filters = _filters(pid) if filters is None else filters
     waiting = _waits_in(pid)
     _pt(_PTRACE_SEIZE, pid, 0, _O_TRACESYSGOOD)
     held = [0]   # (a signal that came meanwhile: given back as we detach)
     try:
         _pt(_PTRACE_INTERRUPT, pid)
         _wait_stop(pid)
-        return _run(pid, nr, args, out_words, held)
+        return _run(pid, wanted, filters, held)
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(held[0]))
         _settle(pid, waiting)
+
+
+def call(pid: int, nr: int, args: tuple = (), out_words: int = 0, filters: list | None = None) -> tuple[int, list[int]]:
+    """One call of `calls`: (its answer, its `out_words` scratch words)."""
+    return calls(pid, [(nr, args, out_words)], filters)[0]
 
 
 def status_at_rest(pid: int, keys) -> dict[str, str]:
@@ -193,31 +252,47 @@ def _restarted(regs: list[int]) -> list[int]:
     return out
 
 
-def _run(pid: int, nr: int, args: tuple, out_words: int, held: list) -> tuple[int, list[int]]:
-    """call() in a process we hold in a ptrace stop; a signal it was about to take meanwhile goes
+def _refuse_filtered(pid: int, wanted: list[tuple], filters: list, scratch: int, at: int) -> None:
+    """InjectError unless every filter lets each call of `wanted` through, as the process would
+    make it (its arguments, the scratch address, the address after our `syscall`)."""
+    from engine import seccomp_eval
+    for nr, args, _ in wanted:
+        real = [scratch if a is None else a for a in args]
+        if not seccomp_eval.call_allowed(filters, nr, real, at + 2):
+            raise InjectError(errno.EPERM, f"process {pid} has seccomp filters that do not let it make system call "
+                                           f"{nr}: it is not sent")
+
+
+def _run(pid: int, wanted: list[tuple], filters: list, held: list) -> list[tuple[int, list[int]]]:
+    """calls() in a process we hold in a ptrace stop; a signal it was about to take meanwhile goes
     into held[0]."""
     got = ctypes.create_string_buffer(27 * 8)
     _pt(_PTRACE_GETREGS, pid, 0, ctypes.addressof(got))
     regs = list(struct.unpack("=27Q", got.raw))
     saved = ctypes.create_string_buffer(struct.pack("=27Q", *_restarted(regs)))
     at = _code_address(pid, regs[_RIP])
-    old_code = _peek(pid, at)
     scratch = regs[_RSP] & ~7
-    old_scratch = [_peek(pid, scratch + 8 * i) for i in range(out_words)]
+    if filters:
+        _refuse_filtered(pid, wanted, filters, scratch, at)
+    n_words = max((w for _, _, w in wanted), default=0)
+    old_code = _peek(pid, at)
+    old_scratch = [_peek(pid, scratch + 8 * i) for i in range(n_words)]
+    out = []
     try:
         _poke(pid, at, int.from_bytes(_CODE, "little") | old_code & ~0xFFFF)
-        for i in range(out_words):
-            _poke(pid, scratch + 8 * i, 0)
-        new = list(regs)
-        new[_RAX], new[_ORIG_RAX], new[_RIP] = nr, (1 << 64) - 1, at
-        for place, a in zip((_RDI, _RSI, _RDX, _R10, _R8, _R9), args):
-            new[place] = (scratch if a is None else a) & (1 << 64) - 1
-        buf = ctypes.create_string_buffer(struct.pack("=27Q", *new))
-        _pt(_PTRACE_SETREGS, pid, 0, ctypes.addressof(buf))
-        after = _run_call(pid, at, held)
-        answer = after[_RAX] - (1 << 64) if after[_RAX] >> 63 else after[_RAX]
-        words = [_peek(pid, scratch + 8 * i) for i in range(out_words)]
-        return answer, words
+        for nr, args, out_words in wanted:
+            for i in range(out_words):
+                _poke(pid, scratch + 8 * i, 0)
+            new = list(regs)
+            new[_RAX], new[_ORIG_RAX], new[_RIP] = nr, (1 << 64) - 1, at
+            for place, a in zip((_RDI, _RSI, _RDX, _R10, _R8, _R9), args):
+                new[place] = (scratch if a is None else a) & (1 << 64) - 1
+            buf = ctypes.create_string_buffer(struct.pack("=27Q", *new))
+            _pt(_PTRACE_SETREGS, pid, 0, ctypes.addressof(buf))
+            after = _run_call(pid, at, held)
+            answer = after[_RAX] - (1 << 64) if after[_RAX] >> 63 else after[_RAX]
+            out.append((answer, [_peek(pid, scratch + 8 * i) for i in range(out_words)]))
+        return out
     finally:
         _poke(pid, at, old_code)
         for i, w in enumerate(old_scratch):

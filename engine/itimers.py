@@ -3,16 +3,16 @@
 An armed timer delivers SIGALRM, SIGVTALRM or SIGPROF to the process when it expires (alarm() for
 a timeout, a profiler's tick, a periodic wake-up); a stand-in has none, so the restored tree would
 wait for a signal that never comes. Only a process reads its own (getitimer; no /proc file shows
-them): dump has the stopped process make the calls (engine/incall.py) and refuses one with an
-armed timer, the tree resumed. A process incall cannot make calls in is not looked at.
+them): dump has the stopped process make the calls (engine/inject.py, the three in one stop)
+and refuses one with an armed timer, the tree resumed. A process the calls cannot be run in
+(engine/inject.py) is not looked at.
 """
 
 from __future__ import annotations
 
 import errno
-import struct
 
-from engine import incall
+from engine import inject
 
 _NR_GETITIMER = 36
 NAMES = ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF")
@@ -24,11 +24,14 @@ class ItimerError(OSError):
 
 def armed(pid: int) -> list[str] | None:
     """The names of `pid`'s armed interval timers; None when they cannot be read."""
-    got = incall.calls(pid, [(_NR_GETITIMER, lambda slot, which=which: (which, slot)) for which in range(3)])
-    if got is None or any(ret != 0 for ret, _ in got):
+    try:
+        got = inject.calls(pid, [(_NR_GETITIMER, (which, None), 4) for which in range(3)])
+    except OSError:
+        return None
+    if any(ret != 0 for ret, _ in got):
         return None
     # (struct itimerval: interval {sec, usec}, value {sec, usec}; a zero value is disarmed)
-    return [name for name, (_, raw) in zip(NAMES, got) if any(struct.unpack_from("=4q", raw)[2:])]
+    return [name for name, (_, words) in zip(NAMES, got) if any(words[2:])]
 
 
 def check(pid: int) -> None:

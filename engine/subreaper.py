@@ -70,7 +70,7 @@ def read(pid: int, filters: list | None = None) -> bool:
         filters = seccomp.read(pid)
     _allowed(pid, filters)
     try:
-        answer, words = inject.call(pid, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, None), 1)
+        answer, words = inject.call(pid, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, None), 1, filters or [])
     except inject.InjectError as e:
         raise SubreaperError(e.errno or errno.EIO, f"process {pid}: its child subreaper flag cannot be read "
                                                    f"({e.strerror}): dump as root, with CAP_SYS_PTRACE") from None

@@ -1,6 +1,6 @@
 """engine/itimers.py: a process with an armed interval timer (setitimer, alarm) is refused with one
 line (a stand-in would have none: the signal it waits for never comes), the tree resumed; read by
-the stopped process's own getitimer (engine/incall.py)."""
+the stopped process's own getitimer (engine/inject.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import re
 
 import pytest
 
-from engine import incall
+from engine import inject
 from enginecase import CRError, case, py_hold  # noqa: F401  (fixture)
 from zdtm.snapshot import tree_pids
 
-pytestmark = pytest.mark.skipif(not incall.supported(), reason="engine/incall.py makes calls on x86_64 only")
+pytestmark = pytest.mark.skipif(not inject.SUPPORTED, reason="engine/inject.py runs calls on x86_64 only")
 
 _ALARM = ("import signal\n"
           "signal.signal(signal.SIGALRM, signal.SIG_IGN)\n"
