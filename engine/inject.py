@@ -164,13 +164,14 @@ def _filters(pid: int) -> list:
         raise InjectError(e.errno or errno.EPERM, e.strerror) from None
 
 
-def calls(pid: int, wanted: list[tuple], filters: list | None = None) -> list[tuple[int, list[int]]]:
+def calls(pid: int, wanted: list[tuple], filters: list | None = None, skip_denied: bool = False) -> list:
     """Run each system call of `wanted` ((nr, args, out_words)) in process `pid` in turn, in one
     seize (we may trace it: root, or CAP_SYS_PTRACE); an argument None stands for the address of
     `out_words` words of scratch memory (zeroed) the call may write. [(its answer, those words as
     it left them)]. `filters`: its seccomp filters as engine/seccomp.py reads them (read here when
-    None); InjectError, before any call, when one would not let a call through. The process is
-    left as it was (stopped or running)."""
+    None); InjectError, before any call, when one would not let a call through (`skip_denied`:
+    that call is not sent, None in its place). The process is left as it was (stopped or
+    running)."""
     _check_state(pid)
     filters = _filters(pid) if filters is None else filters
     waiting = _waits_in(pid)
@@ -179,7 +180,7 @@ def calls(pid: int, wanted: list[tuple], filters: list | None = None) -> list[tu
     try:
         _pt(_PTRACE_INTERRUPT, pid)
         _wait_stop(pid)
-        return _run(pid, wanted, filters, held)
+        return _run(pid, wanted, filters, held, skip_denied)
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(held[0]))
         _settle(pid, waiting)
@@ -252,18 +253,22 @@ def _restarted(regs: list[int]) -> list[int]:
     return out
 
 
-def _refuse_filtered(pid: int, wanted: list[tuple], filters: list, scratch: int, at: int) -> None:
-    """InjectError unless every filter lets each call of `wanted` through, as the process would
-    make it (its arguments, the scratch address, the address after our `syscall`)."""
+def _denied(pid: int, wanted: list[tuple], filters: list, scratch: int, at: int, skip: bool) -> list[bool]:
+    """For each call of `wanted`, whether a filter would not let it through, as the process would
+    make it (its arguments, the scratch address, the address after our `syscall`); InjectError
+    for one unless `skip`."""
     from engine import seccomp_eval
+    out = []
     for nr, args, _ in wanted:
         real = [scratch if a is None else a for a in args]
-        if not seccomp_eval.call_allowed(filters, nr, real, at + 2):
+        out.append(bool(filters) and not seccomp_eval.call_allowed(filters, nr, real, at + 2))
+        if out[-1] and not skip:
             raise InjectError(errno.EPERM, f"process {pid} has seccomp filters that do not let it make system call "
                                            f"{nr}: it is not sent")
+    return out
 
 
-def _run(pid: int, wanted: list[tuple], filters: list, held: list) -> list[tuple[int, list[int]]]:
+def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool) -> list:
     """calls() in a process we hold in a ptrace stop; a signal it was about to take meanwhile goes
     into held[0]."""
     got = ctypes.create_string_buffer(27 * 8)
@@ -272,15 +277,17 @@ def _run(pid: int, wanted: list[tuple], filters: list, held: list) -> list[tuple
     saved = ctypes.create_string_buffer(struct.pack("=27Q", *_restarted(regs)))
     at = _code_address(pid, regs[_RIP])
     scratch = regs[_RSP] & ~7
-    if filters:
-        _refuse_filtered(pid, wanted, filters, scratch, at)
+    denied = _denied(pid, wanted, filters, scratch, at, skip)
     n_words = max((w for _, _, w in wanted), default=0)
     old_code = _peek(pid, at)
     old_scratch = [_peek(pid, scratch + 8 * i) for i in range(n_words)]
     out = []
     try:
         _poke(pid, at, int.from_bytes(_CODE, "little") | old_code & ~0xFFFF)
-        for nr, args, out_words in wanted:
+        for (nr, args, out_words), no in zip(wanted, denied):
+            if no:
+                out.append(None)
+                continue
             for i in range(out_words):
                 _poke(pid, scratch + 8 * i, 0)
             new = list(regs)

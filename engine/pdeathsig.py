@@ -15,6 +15,7 @@ from engine import inject
 
 _NR_PRCTL = 157
 _PR_GET_PDEATHSIG = 2
+CALLS = [(_NR_PRCTL, (_PR_GET_PDEATHSIG, None), 1)]
 
 
 def supported() -> bool:
@@ -22,10 +23,15 @@ def supported() -> bool:
     return inject.SUPPORTED
 
 
-def read(pid: int) -> int | None:
-    """`pid`'s parent-death signal (0: none), read by the call made in it; None when it cannot be."""
-    try:
-        answer, words = inject.call(pid, _NR_PRCTL, (_PR_GET_PDEATHSIG, None), 1)
-    except OSError:
+def read(pid: int, got=None) -> int | None:
+    """`pid`'s parent-death signal (0: none), read by the call made in it; None when it cannot be.
+    `got`: the answers of CALLS made in it (engine/inject.py `calls`, with skip_denied) or the
+    OSError that made them fail; asked here when None."""
+    if got is None:
+        try:
+            got = inject.calls(pid, CALLS, skip_denied=True)
+        except OSError:
+            return None
+    if isinstance(got, OSError) or got[0] is None or got[0][0] != 0:
         return None
-    return words[0] & 0xFFFFFFFF if answer == 0 else None
+    return got[0][1][0] & 0xFFFFFFFF

@@ -9,7 +9,7 @@ import errno
 import os
 import stat
 
-from engine import (ctty, deadpid, fs, ghosts, image, imageformat, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
+from engine import (ctty, deadpid, fs, ghosts, image, imageformat, inject, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
                     pdeathsig, posixtimers, seccomp, seccomp_eval,
                     sessions, subreaper, thp, threads, timens)
 from engine.dumperror import DumpError, hook
@@ -45,6 +45,21 @@ def _check_early_filters(pid: int, entry: dict) -> None:
         raise DumpError(errno.EOPNOTSUPP, f"process {pid}: its seccomp filters deny {name}(2), which its "
                                           "stand-in makes after installing them (it may not install them after "
                                           "its ids: no no_new_privs, no CAP_SYS_ADMIN): not restored")
+
+
+def _asked_inside(pid: int, filters: list | None, subreaper_too: bool, pdeathsig_too: bool) -> dict:
+    """What dump asks stopped process `pid` itself, all in one seize (engine/inject.py): {module:
+    the answers of its CALLS, or the OSError that made them fail}. A call its seccomp filters
+    would not let through is not sent (None in its place: each module decides what that means)."""
+    users = [itimers] + [subreaper] * subreaper_too + [pdeathsig] * pdeathsig_too
+    try:
+        got = inject.calls(pid, [c for u in users for c in u.CALLS], filters or [], skip_denied=True)
+    except OSError as e:
+        return {u: e for u in users}
+    out, at = {}, 0
+    for u in users:
+        out[u], at = got[at:at + len(u.CALLS)], at + len(u.CALLS)
+    return out
 
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
@@ -83,9 +98,11 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             filters = seccomp.read(pid)
             auid = loginuid.read(pid)
             posixtimers.check([pid])   # (one made since the check before the stop)
-            itimers.check(pid)
-            # (only a parent's flag is ever seen: a stand-in never forks)
-            if pid in parents and subreaper.asked() and subreaper.read(pid, filters or []):
+            # (only a parent's flag is ever seen: a stand-in never forks; the root's parent-death
+            # signal is not kept: its parent is outside the tree)
+            got = _asked_inside(pid, filters, pid in parents and subreaper.asked(), pid != tree[0][0])
+            itimers.check(pid, got[itimers])
+            if subreaper in got and subreaper.read(pid, filters or [], got[subreaper]):
                 entry["child_subreaper"] = True
         except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError,
                 itimers.ItimerError, subreaper.SubreaperError) as e:
@@ -95,8 +112,8 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             _check_early_filters(pid, entry)
         if auid is not None:
             entry["loginuid"] = auid
-        if pid != tree[0][0]:   # (the root's parent is outside the tree: engine/pdeathsig.py)
-            sig = pdeathsig.read(pid)
+        if pdeathsig in got:
+            sig = pdeathsig.read(pid, got[pdeathsig])
             if sig:
                 entry["pdeathsig"] = sig
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)

@@ -17,9 +17,11 @@ from __future__ import annotations
 import errno
 
 from engine import inject, seccomp, seccomp_eval
+from engine.inject import InjectError
 
 _NR_PRCTL = 157
 _PR_GET_CHILD_SUBREAPER = 37
+CALLS = [(_NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, None), 1)]
 
 
 class SubreaperError(OSError):
@@ -63,15 +65,23 @@ def asked() -> bool:
     return inject.SUPPORTED
 
 
-def read(pid: int, filters: list | None = None) -> bool:
+def read(pid: int, filters: list | None = None, got=None) -> bool:
     """Whether `pid` (we may trace it; stopped or running: left as it was) is a child subreaper;
-    `filters`: its seccomp filters as engine/seccomp.py reads them (read here when None)."""
+    `filters`: its seccomp filters as engine/seccomp.py reads them (read here when None); `got`:
+    the answers of CALLS made in it (engine/inject.py `calls`, with skip_denied) or the OSError
+    that made them fail (asked here when None)."""
     if filters is None and seccomp.mode(pid) == seccomp.MODE_FILTER:
         filters = seccomp.read(pid)
     _allowed(pid, filters)
     try:
-        answer, words = inject.call(pid, _NR_PRCTL, (_PR_GET_CHILD_SUBREAPER, None), 1, filters or [])
-    except inject.InjectError as e:
+        if got is None:
+            got = inject.calls(pid, CALLS, filters or [])
+        if isinstance(got, OSError):
+            raise got
+        if got[0] is None:   # (a filter that sees what `_allowed` does not: the real scratch address)
+            raise InjectError(errno.EPERM, "seccomp filters do not let it make the call")
+        answer, words = got[0]
+    except OSError as e:
         raise SubreaperError(e.errno or errno.EIO, f"process {pid}: its child subreaper flag cannot be read "
                                                    f"({e.strerror}): dump as root, with CAP_SYS_PTRACE") from None
     if answer < 0:
