@@ -1,0 +1,95 @@
+"""engine/inject.py: calls run inside another process, a batch in one seize; no call sent where
+the process's seccomp filters would not let it through, none into a process traced already; the
+process left as it was."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+
+import pytest
+
+from engine import inject, seccomp_eval
+
+pytestmark = pytest.mark.skipif(not inject.SUPPORTED, reason="engine/inject.py runs calls on x86-64 only")
+
+_GETPID, _GETPPID, _PRCTL, _GET_PDEATHSIG = 39, 110, 157, 2
+
+# ld nr; jeq prctl ? next : allow; ld args[0]; jeq 2 ? kill : allow
+_KILL_PDEATHSIG = b"".join(struct.pack("=HBBI", *i) for i in (
+    (0x20, 0, 0, 0), (0x15, 0, 3, _PRCTL), (0x20, 0, 0, 16), (0x15, 0, 1, _GET_PDEATHSIG),
+    (0x06, 0, 0, 0x80000000), (0x06, 0, 0, seccomp_eval.RET_ALLOW))).hex()
+
+_CHILD = f"""
+import ctypes, os, struct, sys
+libc = ctypes.CDLL(None)
+libc.prctl(1, 10, 0, 0, 0)   # (PR_SET_PDEATHSIG SIGUSR1)
+if sys.argv[1] == "filter":
+    prog = bytes.fromhex("{_KILL_PDEATHSIG}")
+    buf = ctypes.create_string_buffer(prog)
+    libc.prctl(38, 1, 0, 0, 0)
+    assert libc.prctl(22, 2, ctypes.c_char_p(struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))), 0, 0) == 0
+print("ready", flush=True)
+print(os.read(0, 5).decode(), flush=True)   # (a read the calls interrupt: restarted, not failed)
+"""
+
+
+def _start(kind: str) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", _CHILD, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    time.sleep(0.1)   # (into its read)
+    return p
+
+
+def _finish(p: subprocess.Popen) -> None:
+    try:
+        out, _ = p.communicate(b"alive", timeout=10)
+        assert out == b"alive\n" and p.returncode == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+
+
+def test_a_batch_runs_in_order_in_one_seize_and_the_process_runs_on():
+    p = _start("plain")
+    try:
+        got = inject.calls(p.pid, [(_GETPID, (), 0), (_PRCTL, (_GET_PDEATHSIG, None), 1), (_GETPPID, (), 0)])
+        assert [g[0] for g in got] == [p.pid, 0, os.getpid()]
+        assert got[1][1][0] & 0xFFFFFFFF == signal.SIGUSR1
+    finally:
+        _finish(p)
+
+
+def test_a_call_a_filter_would_kill_is_never_sent():
+    """The filter kills prctl(PR_GET_PDEATHSIG): refused before any call (or skipped, the others
+    made); the process lives (it would die of the call)."""
+    p = _start("filter")
+    try:
+        with pytest.raises(inject.InjectError, match="seccomp filters"):
+            inject.calls(p.pid, [(_GETPID, (), 0), (_PRCTL, (_GET_PDEATHSIG, None), 1)])
+        got = inject.calls(p.pid, [(_GETPID, (), 0), (_PRCTL, (_GET_PDEATHSIG, None), 1)], skip_denied=True)
+        assert got[0][0] == p.pid and got[1] is None
+    finally:
+        _finish(p)
+
+
+def test_a_traced_process_is_left_alone():
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ctypes.CDLL(None).ptrace(0, 0, None, None)   # (PTRACE_TRACEME: we trace it)
+            time.sleep(0.5)
+        finally:
+            os._exit(0)
+    try:
+        time.sleep(0.2)
+        with pytest.raises(inject.InjectError, match="traced by another"):
+            inject.calls(pid, [(_GETPID, (), 0)])
+    finally:
+        assert os.waitpid(pid, 0)[1] == 0
