@@ -137,7 +137,8 @@ def _check_state(pid: int) -> None:
     """Refuse (InjectError) a process no call may be run in."""
     from engine import kernel
     if not SUPPORTED:
-        raise InjectError(errno.ENOSYS, f"running a call in another process is done on x86-64 only, not {os.uname().machine}")
+        raise InjectError(errno.ENOSYS, "running a call in another process is done on x86-64 only, "
+                                        f"not {os.uname().machine}")
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             state = f.read().rsplit(b")", 1)[1].split()[0]

@@ -82,8 +82,9 @@ def read(pid: int, filters: list | None = None, got=None) -> bool:
             raise InjectError(errno.EPERM, "seccomp filters do not let it make the call")
         answer, words = got[0]
     except OSError as e:
+        hint = "" if e.errno == errno.EBUSY else ": dump as root, with CAP_SYS_PTRACE"   # (EBUSY: D wait, traced)
         raise SubreaperError(e.errno or errno.EIO, f"process {pid}: its child subreaper flag cannot be read "
-                                                   f"({e.strerror}): dump as root, with CAP_SYS_PTRACE") from None
+                                                   f"({e.strerror}){hint}") from None
     if answer < 0:
         raise SubreaperError(-answer, f"process {pid}: prctl(PR_GET_CHILD_SUBREAPER) failed in it "
                                       f"({errno.errorcode.get(-answer, -answer)})")
