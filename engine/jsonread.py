@@ -1,0 +1,53 @@
+"""json.loads through the json package's own C scanner, without importing the package.
+
+`import json` loads json.decoder, json.scanner and json.encoder and compiles their regular
+expressions: ~4.4 M instructions (~1 ms) of every restore, which only reads JSON (the manifest, the
+probe cache). This is json.loads's decode path (JSONDecoder.decode, raw_decode) over the same
+_json.make_scanner, with the same defaults, results and errors (json.JSONDecodeError, made by
+importing the json package only when there is an error to report); tests/test_jsonread.py
+compares both. Writers keep using json.dumps.
+"""
+
+from __future__ import annotations
+
+from _json import make_scanner
+
+_WS = " \t\n\r"
+_CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
+
+
+class _Context:
+    # What the C scanner reads of a json.JSONDecoder (its defaults: strict, float, int).
+    __slots__ = ("strict", "object_hook", "object_pairs_hook", "parse_float", "parse_int", "parse_constant")
+
+    def __init__(self, object_hook, parse_constant):
+        self.strict = True
+        self.object_hook = object_hook
+        self.object_pairs_hook = None
+        self.parse_float = float
+        self.parse_int = int
+        self.parse_constant = parse_constant or _CONSTANTS.__getitem__
+
+
+def _error(msg: str, s: str, pos: int) -> ValueError:
+    from json import JSONDecodeError
+    return JSONDecodeError(msg, s, pos)
+
+
+def loads(s: str, parse_constant=None, object_hook=None):
+    """json.loads(s, parse_constant=..., object_hook=...) of a str: the same object, or the same
+    json.JSONDecodeError (a ValueError)."""
+    if not isinstance(s, str):
+        raise TypeError(f"the JSON object must be str, not {s.__class__.__name__}")
+    if s.startswith("\ufeff"):
+        raise _error("Unexpected UTF-8 BOM (decode using utf-8-sig)", s, 0)
+    scan = make_scanner(_Context(object_hook, parse_constant))
+    try:
+        obj, end = scan(s, len(s) - len(s.lstrip(_WS)))
+    except StopIteration as err:
+        raise _error("Expecting value", s, err.value) from None
+    if end != len(s):
+        end = len(s) - len(s[end:].lstrip(_WS))
+        if end != len(s):
+            raise _error("Extra data", s, end)
+    return obj
