@@ -23,7 +23,7 @@ import errno
 import os
 import stat
 
-from engine import jsonread
+from engine import jsonc
 
 DIR = "/run/mntcr"        # tests point this elsewhere
 _VERSION = 1
@@ -79,7 +79,7 @@ def load(k: dict) -> dict[str, tuple[bool, str]] | None:
         if (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022
                 or st.st_size > _MAX_BYTES):
             return None
-        data = jsonread.loads(os.read(fd, _MAX_BYTES + 1).decode())   # (UnicodeDecodeError: a ValueError)
+        data = jsonc.loads(os.read(fd, _MAX_BYTES + 1).decode())   # (UnicodeDecodeError: a ValueError)
     except (OSError, ValueError):
         return None
     finally:
@@ -106,7 +106,7 @@ def store(k: dict, results: dict[str, tuple[bool, str]], errnos: dict[str, int |
     if any(not present and errnos.get(name) not in DEFINITIVE for name, (present, _) in results.items()):
         return False
     try:
-        import json   # (a restore only reads: engine/jsonread.py)
+        import json   # (a restore only reads: engine/jsonc.py)
         os.makedirs(DIR, mode=0o700, exist_ok=True)
         st = os.lstat(DIR)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:

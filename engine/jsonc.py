@@ -1,16 +1,17 @@
-"""json.loads through the json package's own C scanner, without importing the package.
+"""json.loads and the manifest's json.dumps through the json package's own C parts (_json),
+without importing the package.
 
 `import json` loads json.decoder, json.scanner and json.encoder and compiles their regular
-expressions: ~4.4 M instructions (~1 ms) of every restore, which only reads JSON (the manifest, the
-probe cache). This is json.loads's decode path (JSONDecoder.decode, raw_decode) over the same
-_json.make_scanner, with the same defaults, results and errors (json.JSONDecodeError, made by
-importing the json package only when there is an error to report); tests/test_jsonread.py
-compares both. Writers keep using json.dumps.
+expressions: ~4.4 M instructions (~1 ms) of every restore and dump. `loads` is json.loads's decode
+path (JSONDecoder.decode, raw_decode) over the same _json.make_scanner, with the same defaults,
+results and errors (json.JSONDecodeError, made by importing the json package only when there is
+an error to report); `dumps` is JSONEncoder.encode's one-shot path over _json.make_encoder for
+json.dumps(obj, sort_keys=True, separators=(",", ":")). tests/test_jsonc.py compares both ways.
 """
 
 from __future__ import annotations
 
-from _json import make_scanner
+from _json import encode_basestring_ascii, make_encoder, make_scanner
 
 _WS = " \t\n\r"
 _CONSTANTS = {"-Infinity": float("-inf"), "Infinity": float("inf"), "NaN": float("nan")}
@@ -51,3 +52,16 @@ def loads(s: str, parse_constant=None, object_hook=None):
         if end != len(s):
             raise _error("Extra data", s, end)
     return obj
+
+
+def _default(o):
+    raise TypeError(f"Object of type {o.__class__.__name__} is not JSON serializable")
+
+
+def dumps(obj) -> str:
+    """json.dumps(obj, sort_keys=True, separators=(",", ":")): the same text, or the same error."""
+    if isinstance(obj, str):
+        return encode_basestring_ascii(obj)
+    # (markers: the circular-reference check; then default, ensure_ascii's encoder, no indent, the
+    # separators, sort_keys, skipkeys=False, allow_nan=True)
+    return "".join(make_encoder({}, _default, encode_basestring_ascii, None, ":", ",", True, False, True)(obj, 0))

@@ -1,4 +1,4 @@
-"""engine/jsonread.py decodes as json.loads does: the same objects, the same errors."""
+"""engine/jsonc.py decodes as json.loads does: the same objects, the same errors."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from engine import jsonread
+from engine import jsonc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -19,7 +19,7 @@ def _both(text, **kw):
             return ("ok", repr(fn(text, **kw)))
         except Exception as e:  # noqa: BLE001 - compared, type and text
             return (type(e).__name__, str(e), getattr(e, "pos", None))
-    return one(json.loads), one(jsonread.loads)
+    return one(json.loads), one(jsonc.loads)
 
 
 CASES = ['{"a": [1, 2.5, -3e2, true, false, null, "x\\u00e9\\n"]}', "  [] \n", "\t{}\r", "", "   ", "[1,]",
@@ -46,13 +46,13 @@ def test_hooks_as_json_loads():
     assert a[0] == "ValueError" and a == b
     text = '{"x": {"y": 2}, "z": [ {"w": 1} ]}'
     assert json.loads(text, object_hook=lambda o: seen_a.append(o) or dict(o, hooked=1)) == \
-        jsonread.loads(text, object_hook=lambda o: seen_b.append(o) or dict(o, hooked=1))
+        jsonc.loads(text, object_hook=lambda o: seen_b.append(o) or dict(o, hooked=1))
     assert seen_a == seen_b and len(seen_a) == 3
 
 
 def test_not_str_refused():
     with pytest.raises(TypeError):
-        jsonread.loads(b"{}")
+        jsonc.loads(b"{}")
 
 
 _json_values = st.recursive(
@@ -70,10 +70,33 @@ def test_documents_and_damaged_ones(value, tail, cut):
         assert a == b
 
 
-def test_a_restore_line_loads_no_json_package():
+def test_a_restore_loads_no_json_package():
     code = ("import sys; from engine import cli; "
             "rc = cli._main(['restore', '-D', '/nonexistent/mntcr-img']); "
             "print(rc, 'json' in sys.modules, 'json.decoder' in sys.modules)")
     out = subprocess.run([sys.executable, "-S", "-c", code], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["2", "False", "False"], out.stderr
+
+
+class _Odd:
+    pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(_json_values | st.dictionaries(st.integers() | st.booleans() | st.none() | st.floats(), st.integers(), max_size=4)
+       | st.floats() | st.sampled_from([_Odd(), {"a": {1, 2}}, [b"x"], {(1, 2): 3}, {"k": [float("nan")]}]))
+def test_dumps_as_json_dumps(value):
+    def one(fn):
+        try:
+            return ("ok", fn(value))
+        except Exception as e:  # noqa: BLE001 - compared, type and text
+            return (type(e).__name__, str(e))
+    assert one(lambda v: json.dumps(v, sort_keys=True, separators=(",", ":"))) == one(jsonc.dumps)
+
+
+def test_dumps_refuses_a_cycle_as_json_does():
+    a = []
+    a.append(a)
+    with pytest.raises(ValueError, match="Circular reference detected"):
+        jsonc.dumps(a)
