@@ -42,11 +42,19 @@ def loads(s: str, parse_constant=None, object_hook=None):
         raise TypeError(f"the JSON object must be str, not {s.__class__.__name__}")
     if s.startswith("\ufeff"):
         raise _error("Unexpected UTF-8 BOM (decode using utf-8-sig)", s, 0)
-    scan = make_scanner(_Context(object_hook, parse_constant))
+    context = _Context(object_hook, parse_constant)
+    start = len(s) - len(s.lstrip(_WS))
     try:
-        obj, end = scan(s, len(s) - len(s.lstrip(_WS)))
+        obj, end = make_scanner(context)(s, start)
     except StopIteration as err:
         raise _error("Expecting value", s, err.value) from None
+    except SystemError:
+        # The C scanner reports a syntax error inside the document by json.decoder.JSONDecodeError,
+        # which it looks up in sys.modules, never imports: not loaded, it fails without an exception
+        # (SystemError). Loaded now, the same scan raises the same error json.loads would have.
+        import json.decoder  # noqa: F401
+        make_scanner(context)(s, start)
+        raise   # (unreachable: the scan failed once, and fails the same way again)
     if end != len(s):
         end = len(s) - len(s[end:].lstrip(_WS))
         if end != len(s):

@@ -100,3 +100,24 @@ def test_dumps_refuses_a_cycle_as_json_does():
     a.append(a)
     with pytest.raises(ValueError, match="Circular reference detected"):
         jsonc.dumps(a)
+
+
+_BAD = ['[1,', '{"a" 1}', '{"a": "x', '[1 2]', '{"a": 1,}', '"\\x"', '[tru]', '{1: 2}', '"a\x01"', '[1', ' NaN x']
+
+
+@pytest.mark.parametrize("text", _BAD)
+def test_errors_without_the_json_package_loaded(text):
+    # (a fresh interpreter each: the C scanner finds json.decoder's error class only once it is loaded)
+    code = ("import sys; from engine import jsonc\n"
+            "try:\n"
+            "    jsonc.loads(sys.argv[1]); print('ok')\n"
+            "except ValueError as e:\n"
+            "    print(type(e).__name__, e)\n")
+    out = subprocess.run([sys.executable, "-S", "-c", code, text], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
+                         capture_output=True, text=True)
+    try:
+        json.loads(text)
+        want = "ok"
+    except ValueError as e:
+        want = f"{type(e).__name__} {e}"
+    assert out.stdout.strip() == want, out.stderr
