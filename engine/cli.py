@@ -17,9 +17,6 @@ if __name__ == "__main__":  # pragma: no cover - `python -m engine.cli`
     signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("mntcr: interrupted: nothing was done\n"),
                                              os._exit(130)))
 
-import argparse  # noqa: E402
-import functools  # noqa: E402
-
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
 
 
@@ -151,14 +148,19 @@ def _add_check(sub) -> None:
                     "Exit 0 when everything restore needs is present, 2 otherwise.")
 
 
-class _Formatter(argparse.HelpFormatter):
+def _formatter():
     """argparse's help formatter, told the terminal's width: left to find it, it imports shutil
-    (and zlib, bz2, lzma with it) because argparse makes a formatter for every argument it adds."""
+    (and zlib, bz2, lzma with it) because argparse makes a formatter for every argument it adds.
+    (A class made on first use: argparse is imported only when a command line needs it, engine/cliargs.py.)"""
+    import argparse
 
-    def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
-        if width is None:
-            width = _columns() - 2   # as argparse does
-        super().__init__(prog, indent_increment, max_help_position, width)
+    class _Formatter(argparse.HelpFormatter):
+        def __init__(self, prog, indent_increment=2, max_help_position=24, width=None):
+            if width is None:
+                width = _columns() - 2   # as argparse does
+            super().__init__(prog, indent_increment, max_help_position, width)
+
+    return _Formatter
 
 
 def _columns() -> int:
@@ -176,16 +178,19 @@ def _columns() -> int:
 _ADDERS = {"dump": _add_dump, "restore": _add_restore, "show": _add_show, "diff": _add_diff, "check": _add_check}
 
 
-def build_parser(extras: bool = True, only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(extras: bool = True, only: str | None = None):
     """The full argument parser (also used by tests to check --help); without `extras`, only the
     engine's own verbs (the vm and report verbs import much of the runner: ~0.2 s of a dump);
     with `only` (an engine verb), that verb alone (each verb's parser and help text cost a few ms
     of every dump and restore)."""
+    import argparse
+    import functools
+    formatter = _formatter()
     parser = argparse.ArgumentParser(
-        prog="mntcr", formatter_class=_Formatter,
+        prog="mntcr", formatter_class=formatter,
         description="Checkpoint/restore of Linux mount namespaces (the mounts-v2 way).")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True,
-                                parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Formatter))
+                                parser_class=functools.partial(argparse.ArgumentParser, formatter_class=formatter))
     for verb, add in _ADDERS.items():
         if only is None or verb == only:
             add(sub)
@@ -328,8 +333,10 @@ def _exit_now(code: int) -> None:
 def _main(argv: list[str]) -> int:
     # An engine verb parses with its own parser only: dump and restore start fast.
     verb = argv[0] if argv and argv[0] in _COMMANDS else None
-    parser = build_parser(extras=verb is None, only=verb)
-    args = parser.parse_args(argv)
+    from engine import cliargs
+    args = cliargs.parse(argv)   # (a plain dump or restore line: without argparse's ~5 ms)
+    if args is None:
+        args = build_parser(extras=verb is None, only=verb).parse_args(argv)
     handler = _COMMANDS.get(args.verb) or getattr(args, "handler", None)
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on: KeyboardInterrupt below

@@ -13,11 +13,11 @@ anything wrong raises ImageError with one line.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import re
 import stat
 
+from engine import jsonc
 from engine.kernel import DELETED
 
 # An archive member of the image (ImageWriter.new_archive names them).
@@ -87,7 +87,7 @@ def rel_to(path: str, base: str) -> str:
 
 def _dumps(obj) -> str:
     # Compact: with indent json falls back to its slow pure-Python encoder.
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+    return jsonc.dumps(obj)   # (json.dumps(obj, sort_keys=True, separators=(",", ":")))
 
 
 def write_json(write, obj, depth: int = 4, chunk: int = 1000) -> None:
@@ -262,7 +262,7 @@ def load(images_dir: str) -> dict:
         # The bytes go before parsing: of 90,000 mounts the text alone is ~45 MiB.
         text = data.decode("utf-8")
         del data
-        doc = json.loads(text, parse_constant=_no_constant, object_hook=_Sharing().hook)
+        doc = jsonc.loads(text, parse_constant=_no_constant, object_hook=_Sharing().hook)
     except RecursionError:
         _fail(f"{MANIFEST} is nested too deeply")
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, a NaN, an integer of 5,000 digits

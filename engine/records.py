@@ -156,16 +156,17 @@ def _generic_init(flds: list[Field], frozen: bool):
     return init
 
 
-def _lazy_init(qualname: str, flds: list[Field], frozen: bool):
+def _lazy_init(qualname: str, flds: list[Field], frozen: bool, after: int | None = None):
     """An __init__ that makes the first _COMPILE_AFTER instances by the generic loop, then compiles
     the real one and puts it in its own place: a compile is ~0.3 ms, and most record classes a
-    command imports (fs types, fd kinds, plans) get no or a few instances in a small dump or restore."""
+    command imports (fs types, fd kinds, plans) get no or a few instances in a small dump or restore.
+    `after`: the class's own count instead of _COMPILE_AFTER (read at each call: tests change it)."""
     made = []
     generic = _generic_init(flds, frozen)
 
     def __init__(self, *args, **kwargs):
         if not made:
-            if __init__.uses < _COMPILE_AFTER and generic(self, args, kwargs):
+            if __init__.uses < (_COMPILE_AFTER if after is None else after) and generic(self, args, kwargs):
                 __init__.uses += 1
                 return
             src, env = _init_source(flds, frozen)
@@ -180,11 +181,11 @@ def _lazy_init(qualname: str, flds: list[Field], frozen: bool):
     return __init__
 
 
-def _methods(cls, flds: list[Field], frozen: bool) -> dict:
+def _methods(cls, flds: list[Field], frozen: bool, compile_after: int | None = None) -> dict:
     """__init__ is generated (one compile per class, on its first instance); the other methods are
     shared, reading the fields through attrgetters."""
     names = tuple(f.name for f in flds)
-    out = {"__init__": _lazy_init(cls.__qualname__, flds, frozen), "__repr__": _repr, "__eq__": _eq,
+    out = {"__init__": _lazy_init(cls.__qualname__, flds, frozen, compile_after), "__repr__": _repr, "__eq__": _eq,
            "__reduce__": _reduce,
            "__record_fields__": tuple(flds), "__record_names__": names,
            "_record_all": staticmethod(_getter(names)),
@@ -225,11 +226,12 @@ def _frozen_delattr(self, name):
     raise FrozenError(f"cannot delete field {name!r} of a frozen {type(self).__name__}")
 
 
-def record(cls=None, *, frozen: bool = False, slots: bool = False):
-    """Class decorator: make `cls` a record of its annotated fields (see the module text)."""
+def record(cls=None, *, frozen: bool = False, slots: bool = False, compile_after: int | None = None):
+    """Class decorator: make `cls` a record of its annotated fields (see the module text).
+    `compile_after`: instances made by the generic __init__ before its own is compiled (_lazy_init)."""
     def wrap(cls):
         flds = _all_fields(cls)
-        methods = _methods(cls, flds, frozen)
+        methods = _methods(cls, flds, frozen, compile_after)
         for f in flds:   # methods and properties of the class stay; the field defaults live in __init__
             if f.name in cls.__dict__ and isinstance(cls.__dict__[f.name], Field):
                 delattr(cls, f.name)

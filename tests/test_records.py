@@ -136,3 +136,18 @@ def test_the_first_instances_are_made_as_the_compiled_init_makes_them(monkeypatc
         if frozen:
             with pytest.raises(AttributeError):
                 a.name = "y"
+
+
+def test_a_class_can_keep_the_generic_init_longer():
+    """compile_after: a class's own count (imageformat's tables: F and Record are made ~200 and ~30
+    times at import, by the loop, never compiled); a refused call still gets the compiled message."""
+    from engine import imageformat
+    many = record(_fresh("M"), frozen=True, compile_after=500)
+    made = [many(str(i)) for i in range(100)]
+    assert many.__init__.uses == 100 and not many.__init__.__code__.co_filename.startswith("<record ")
+    assert made[7] == many("7") and made[7].extra == 3 and made[7].items == frozenset()
+    with pytest.raises(TypeError):
+        many("x", True, frozenset(), 3, 4)
+    assert many.__init__.__code__.co_filename.startswith("<record ")
+    for klass in (imageformat.F, imageformat.Record):
+        assert not klass.__init__.__code__.co_filename.startswith("<record "), klass
