@@ -406,3 +406,26 @@ for s in (l, a): s.close()
             for _ in range(100):
                 a.send(b"200 OK")
                 time.sleep(0.05)
+
+
+def test_peek_off_before_linux_6_9():
+    """TCP takes a peek offset from Linux 6.9; before, getsockopt(SO_PEEK_OFF) fails with EOPNOTSUPP
+    and dump refused every TCP connection with "inet: Operation not supported" (the 5.10 VM row,
+    session 20): that means no offset; another error still propagates."""
+    import errno as errno_mod
+    import socket as socket_mod
+    from engine.fds import inet_tcp as tcp
+
+    class Old:
+        def __init__(self, err):
+            self.err = err
+
+        def getsockopt(self, level, opt):
+            assert (level, opt) == (socket_mod.SOL_SOCKET, tcp.SO_PEEK_OFF)
+            raise OSError(self.err, "simulated")
+
+    assert tcp.peek_off(Old(errno_mod.EOPNOTSUPP)) == -1
+    with pytest.raises(OSError):
+        tcp.peek_off(Old(errno_mod.EBADF))
+    with socket_mod.socket() as s:   # this kernel's own answer for a fresh TCP socket
+        assert tcp.peek_off(s) == -1

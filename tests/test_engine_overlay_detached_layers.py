@@ -103,3 +103,48 @@ def test_layers_on_a_detached_mount_without_fid_refused_naming_the_kernel(case):
     assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not was_stopped(pid), "dump stopped the tree before it refused"
     assert _state(pid) in "SR", "the tree was not left running"
+
+
+# Kernels without unique mount ids (before 6.8) resolve layers by their files (layers=refuse-ambiguous).
+OLD_IDS = {"MNTCR_STRATEGY": "layers=refuse-ambiguous"}
+
+
+@pytest.mark.parametrize("cover", [True, False], ids=["covered", "uncovered"])
+def test_layers_on_a_detached_mount_found_without_unique_ids(case, cover):
+    """Linux 6.6 and 6.7 (overlay handles, no unique mount ids; forced here): the layer path leads
+    nowhere on any mount, and dump refused it at once without looking for the layers on the
+    detached mount the tree holds a file of; now they are found there as with unique ids, and the
+    tree restores with the overlay showing its files."""
+    _needs_overlay()
+    _needs_fid()
+    pid = case.start(_setup(True, cover))
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(pid), "-D", images, *DUMP_EXTERNALS, env=OLD_IDS)
+    assert r.returncode == 0, r.stderr
+    (sb,) = [s for s in load_manifest(images)["superblocks"].values() if s["fstype"] == "overlay"]
+    assert all(x.get("detached") for x in sb["layers"]), sb["layers"]
+    new = case.restore(images)
+    with open(f"/proc/{new}/mountinfo") as f:
+        assert "lowerdir=/mnt/t0/ov2/l," in f.read()
+    with open(f"/proc/{new}/fd/3") as f:
+        assert f.read() == "4\n"
+    if not cover:
+        with open(f"/proc/{new}/root/mnt/b3/x") as f:
+            assert f.read() == "2\n"
+
+
+@needs_seccomp
+def test_layers_on_a_detached_mount_without_fid_or_unique_ids_refused_naming_the_kernel(case):
+    """Linux 5.10 and 6.1 (neither overlay handles nor unique mount ids; both simulated): the refusal
+    named no kernel, only that the layer path leads nowhere (the 6.1 VM row's dump said so); it now
+    names the facility and the kernel that has it, before the stop."""
+    _needs_overlay()
+    pid = case.start(STOP_WATCH + _setup(True, True))
+    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS, env=OLD_IDS,
+              without=("name_to_handle_at",))
+    assert r.returncode != 0, r.stdout
+    assert "its layer lowerdir=/mnt/t0/ov2/l is no longer a directory at that path" in r.stderr, r.stderr
+    assert "AT_HANDLE_FID: this kernel gives none, Linux >= 6.6" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert _state(pid) in "SR", "the tree was not left running"

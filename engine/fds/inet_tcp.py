@@ -91,6 +91,18 @@ def _ioctl(s: socket.socket, req: int) -> int:
     return struct.unpack("i", fcntl.ioctl(s.fileno(), req, b"\0\0\0\0"))[0]
 
 
+def peek_off(s: socket.socket) -> int:
+    """The peek offset of TCP socket `s`, -1 when none is set. TCP takes one from Linux 6.9: before,
+    getsockopt(SO_PEEK_OFF) fails with EOPNOTSUPP (5.10 and 6.1 refused every connection) and no
+    offset can have been set."""
+    try:
+        return s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF)
+    except OSError as e:
+        if e.errno != errno.EOPNOTSUPP:
+            raise
+        return -1
+
+
 def precheck(s: socket.socket, state: int, where: str) -> None:
     """Refuse (FdError naming `where`) a connection `read` could not keep, without changing it."""
     from engine.fds.inet import TCP_STATES
@@ -98,7 +110,7 @@ def precheck(s: socket.socket, state: int, where: str) -> None:
         raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection in state {TCP_STATES.get(state, state)} (only "
                                         f"{', '.join(STATES)} ones are kept): not supported; dump again once it has "
                                         "settled")
-    if s.getsockopt(socket.SOL_SOCKET, SO_PEEK_OFF) != -1:
+    if peek_off(s) != -1:
         raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with a peek offset (SO_PEEK_OFF): not supported")
     if _ioctl(s, SIOCATMARK):
         raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection with urgent data waiting (MSG_OOB): not supported")

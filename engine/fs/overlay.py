@@ -600,12 +600,22 @@ def _layers(sid: str, sb: dict, plan) -> list[dict]:
     return _layers_in(sid, sb, plan, ns_name, oldest, unique, f"mount {oldest['id']} ({oldest['mountpoint']}) on overlay")
 
 
+def _detached_layer(path: str, sid: str, sb: dict, plan, cache: list) -> dict | None:
+    """The layers entry of the overlay's layer `path` when it lies on a mount lazily unmounted since
+    that a file of the tree keeps alive (_on_detached, looked for once: `cache` keeps its answer
+    across the overlay's layers), else None."""
+    if not cache:
+        cache.append(_on_detached(sid, sb, plan) or (0, {}))
+    mnt, rels = cache[0]
+    return {"path": path, "mnt": mnt, "rel": rels[path], "detached": True} if path in rels else None
+
+
 def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: bool, where: str) -> list[dict]:
     """_layers' answer for the layer paths resolved in namespace `ns_name` as they were when mount
     `oldest` ({id, uid, mountpoint}) was made (`where` names it in refusals)."""
     mounts = plan.ns_mounts[ns_name]
     layers = []
-    on_detached = None   # (detached mount id, {layer path: path in it}), looked for once
+    on_detached: list = []   # _detached_layer's one look for the layers on a detached mount
     for key, path in layer_paths(sb["super_opts"]):
         if not path.startswith("/"):
             raise FsError(errno.EOPNOTSUPP, f"{where}: layer {key}={path} is a relative path: not supported")
@@ -614,7 +624,12 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
             found, absent = _by_files(path, sid, sb, ns_name, plan)
             late = overmounted_after(path, mounts, oldest["id"])
             if found is None and absent == "nowhere":
-                raise _not_there(where, key, path, plan, ns_name)
+                # on no mount of the stack: lazily unmounted since, kept alive by a file of the tree?
+                entry = _detached_layer(path, sid, sb, plan, on_detached)
+                if entry is not None:
+                    layers.append(entry)
+                    continue
+                raise _kernel_why(_not_there(where, key, path, plan, ns_name), plan)
             if found is None and (late is not None or absent):
                 late = late or _top(path, mounts, None, False)
                 raise FsError(errno.EOPNOTSUPP, f"{where}: its layer {key}={path} now lies on mount "
@@ -638,11 +653,9 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
             other = _in_namespace_made_from(path, sid, sb, ns_name, plan)
             if other is None:
                 # the layers' mount lazily unmounted since, kept alive by a file of the tree on it?
-                if on_detached is None:
-                    on_detached = _on_detached(sid, sb, plan) or (0, {})
-                if path in on_detached[1]:
-                    layers.append({"path": path, "mnt": on_detached[0], "rel": on_detached[1][path],
-                                   "detached": True})
+                entry = _detached_layer(path, sid, sb, plan, on_detached)
+                if entry is not None:
+                    layers.append(entry)
                     continue
                 raise _kernel_why(_not_there(where, key, path, plan, ns_name), plan)
             found = other
