@@ -235,6 +235,7 @@ class Proc:
     masters: frozenset = frozenset()   # the numbers of the pty masters it holds (fdinfo tty-index)
     ctty: str = ""               # its controlling terminal, named (`_cttys`)
     ipc: str = ""                # its ipc namespace's sysctls, when not the runner's (`_ipc_sysctls`)
+    roots: dict = field(default_factory=dict)       # mount label -> its root's type, mode and owner (`_root_modes`)
 
     def text(self) -> str:
         """The compared text of this process."""
@@ -249,6 +250,7 @@ class Proc:
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
         out += [f"idmap {label}: {idmap}" for label, idmap in sorted(self.idmaps.items())]
+        out += [f"mount root {label}: {what}" for label, what in sorted(self.roots.items())]
         out += [f"sb owner {label}: {owner}" for label, owner in sorted(self.sb_owners.items())]
         out += [f"user ns: {self.userns}", f"ns owners: {self.owners}", f"creds: {self.creds}"]
         out += [f"root: {self.root}", f"cwd: {self.cwd}"]
@@ -361,8 +363,30 @@ def _user_side(pid: int, users: userns.UsernsTree, canon, mounts, lock_cache: di
     if sb_key not in lock_cache:
         lock_cache[sb_key] = sbowner.probe(pid, mounts, sb_candidates or [])
     sb_owners = {canon.label(m.mnt_id): lock_cache[sb_key][m.dev] for m in mounts if m.dev in lock_cache[sb_key]}
+    roots_key = ("roots", *key)
+    if roots_key not in lock_cache:
+        lock_cache[roots_key] = _root_modes(pid, mounts)
+    roots = {canon.label(i): what for i, what in lock_cache[roots_key].items()}
     return dict(userns=users.describe(own), owners=" ".join(owners), creds=userns.creds(pid),
-                locks=lock_cache[key], idmaps=idmaps, sb_owners=sb_owners)
+                locks=lock_cache[key], idmaps=idmaps, sb_owners=sb_owners, roots=roots)
+
+
+def _root_modes(pid: int, mounts) -> dict[int, str]:
+    """mount id -> "MODE UID:GID" (st_mode in octal, ids as the runner sees them) of the root of
+    each mount `pid`'s root reaches by path: a restore that makes a root directory afresh (an
+    empty one no archive holds) and loses its mode or owner differs. Read from the kernel's cache
+    (AT_STATX_DONT_SYNC): a FUSE daemon or a network server is not asked. Covered mounts are left out."""
+    from engine import kernel
+    out = {}
+    for m in mounts:
+        try:
+            mnt_id, mode, uid, gid = kernel.statx_mnt_id_owner(f"/proc/{pid}/root{m.mountpoint}", flags=(
+                kernel.AT_SYMLINK_NOFOLLOW | kernel.AT_STATX_DONT_SYNC))
+        except OSError:
+            continue
+        if mnt_id == m.mnt_id:
+            out[m.mnt_id] = f"{mode:o} {uid}:{gid}"
+    return out
 
 
 def _proc_pid_path(pid: int, path: str, m, tree: tuple) -> str:
