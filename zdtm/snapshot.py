@@ -245,7 +245,7 @@ class Proc:
         out += [f"ctty: {self.ctty}"] if self.ctty else []
         out += [f"bits: {self.bits}"] if self.bits else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
-        out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []
+        out += [f"ipc: {self.ipc}"] if self.ipc else []
         out += ["mounts:"]
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
@@ -491,9 +491,10 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
 
 
 def _ipc_sysctls(procs: list[Proc]) -> None:
-    """Each process's `ipc`: the sysctls of its ipc namespace (read once per namespace), when it is
-    not the runner's (a restore makes the tree's own; the host's is not its to change)."""
-    from engine import ipcvars
+    """Each process's `ipc`: the sysctls and System V objects of its ipc namespace (read once per
+    namespace), when it is not the runner's (a restore makes the tree's own; the host's is not its
+    to change)."""
+    from engine import ipcvars, sysvipc
     own = os.stat("/proc/self/ns/ipc").st_ino
     seen: dict[int, str] = {}
     for p in procs:
@@ -503,10 +504,11 @@ def _ipc_sysctls(procs: list[Proc]) -> None:
         if ino not in seen:
             try:
                 vals = ipcvars.of_process(p.pid)
+                objs = sysvipc.describe(p.pid)
             except FileNotFoundError:
                 raise SnapshotError(f"process {p.pid} vanished while being read") from None
             seen[ino] = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
-                                 for k, v in sorted(vals.items()))
+                                 for k, v in sorted(vals.items())) + "".join(f"; {o}" for o in objs)
         p.ipc = seen[ino]
 
 
