@@ -245,7 +245,7 @@ class Proc:
         out += [f"ctty: {self.ctty}"] if self.ctty else []
         out += [f"bits: {self.bits}"] if self.bits else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
-        out += [f"ipc: {self.ipc}"] if self.ipc else []
+        out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []  # (and its System V objects)
         out += ["mounts:"]
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
