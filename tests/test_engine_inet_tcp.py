@@ -431,7 +431,7 @@ def test_full_queues_of_small_writes(case):
     socket-tcp-closing without the FINs): the receivers' queues hold many small packets, whose
     memory a restored queue (written at once in repair mode) does not take, so a restored receiver
     opens its window and more bytes move from the sender's queue into its own. The bytes each end
-    has not read, in both queues, stay the same (what the snapshot compares); so do the bytes."""
+    has not read, in both queues, stay the same (what the snapshot compares)."""
     before, after = case.roundtrip(_in_netns(SMALL))
     for n in (10, 11):
         unread = int(re.search(r" inq=(\d+)", _fd(before, n))[1])
