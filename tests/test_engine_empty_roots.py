@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 
-from enginecase import assert_same, case, take  # noqa: F401  (case: fixture)
+import pytest
+
+from enginecase import CRError, assert_same, case, take  # noqa: F401  (case: fixture)
 from engine import image, topology
 
 SETUP = """
@@ -72,3 +74,30 @@ def test_old_image_with_one_empty_root(case):
     after = _roots(take(case.restore(images)))
     # (what an older image cannot say: the other two are plain directories)
     assert after == {"/mnt/pa": WANT["/mnt/pa"], "/mnt/pb": "40755 0:0", "/mnt/pc": "40755 0:0"}
+
+
+def test_empty_roots_checked(case):
+    """The validator refuses an empty root listed twice, and empty roots on a superblock restore
+    does not fill (an mqueue), before anything is made."""
+    pid = case.start("mkdir -p /mnt/mq; mount -t mqueue mq /mnt/mq\n" + SETUP)
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    path = os.path.join(images, image.MANIFEST)
+    with open(path) as f:
+        good = f.read()
+
+    def twice(sbs):
+        roots = next(sb for sb in sbs.values() if sb.get("empty_roots"))["empty_roots"]
+        roots.append(dict(roots[0], mode=0o777))
+
+    def on_mqueue(sbs):
+        next(sb for sb in sbs.values() if sb["fstype"] == "mqueue")["empty_roots"] = [
+            {"root": "/", "mode": 0o777, "uid": 0, "gid": 0}]
+    for change, why in ((twice, "an empty root is listed twice"),
+                        (on_mqueue, "only a tmpfs or ramfs made by restore gets archived files")):
+        doc = json.loads(good)
+        change(doc["superblocks"])
+        with open(path, "w") as f:
+            json.dump(doc, f)
+        with pytest.raises(CRError, match=why):
+            case.restore(images)
