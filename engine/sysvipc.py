@@ -23,7 +23,7 @@ already removed (IPC_RMID while attached) goes with its last detach, and is left
 the dumper's user namespace names them.
 
 Image: "sysvipc": {ipc-N: {"shm": [SHM], "sem": [SEM], "msg": [MSG], "vars": {...}}}, each object with key, id,
-mode (0..0o777), uid, gid, cuid, cgid; SHM with size and data (base64, at most `MAX_BYTES` in all),
+mode (0..0o777), uid, gid, cuid, cgid; SHM with size and data (base64, at most `MAX_BYTES` in all) and locked (true: SHM_LOCK, made again; absent: not),
 SEM with vals (nsems values, each 0..32767), MSG with msgs [[mtype >= 1, base64 text]] and qbytes
 (its msg_qbytes, set with IPC_SET after its messages; absent in older images); and
 "mqueue": [{name, mode, uid, gid, maxmsg, msgsize, msgs [[priority, base64 text]]}].
@@ -51,6 +51,7 @@ _GETALL, _SETALL = 13, 17
 _MSG_COPY = 0o40000
 _SHM_RDONLY = 0o10000
 _SHM_DEST = 0o1000          # in a segment's perms: removed, gone with its last detach
+_SHM_LOCKED, _SHM_LOCK = 0o2000, 11   # in a segment's perms: its pages kept in memory (shmctl SHM_LOCK)
 # struct msqid_ds (64-bit): ipc_perm (48 bytes), three times, cbytes, qnum, then msg_qbytes
 _QBYTES_AT = 88
 _INT_MAX = (1 << 31) - 1    # what msgmnb, which restore raises to set a queue's msg_qbytes, can hold
@@ -123,6 +124,8 @@ def _read_here(proc: int, outsider: int | None = None) -> dict:
             continue
         rec = _ids(row, "shmid")
         rec["size"] = row["size"]
+        if row["perms"] & _SHM_LOCKED:
+            rec["locked"] = True
         total += row["size"]
         if total > MAX_BYTES:
             raise IpcError(errno.EFBIG, f"System V shared memory segment {row['shmid']}: more than "
@@ -200,7 +203,7 @@ def _describe_here(proc: int) -> list[str]:
                 continue
             rec = _ids(row, idkey)
             words = [f"{k}={rec[k]:o}" if k == "mode" else f"{k}={rec[k]}" for k in sorted(rec)]
-            words += [f"{k}={row[k]}" for k in more]
+            words += [f"{k}={row[k]}" for k in more] + (["locked"] if kind == "shm" and row["perms"] & _SHM_LOCKED else [])
             if kind == "msg":
                 buf = ctypes.create_string_buffer(512)
                 words.append(f"qbytes={ctypes.c_ulong.from_buffer(buf, _QBYTES_AT).value}"
@@ -377,6 +380,8 @@ def _make_here(proc: int, doc: dict) -> None:
             ctypes.memmove(addr, data, min(len(data), rec["size"]))
         finally:
             _libc.shmdt(ctypes.c_void_p(addr))
+        if rec.get("locked"):
+            checked(_libc.shmctl(got, _SHM_LOCK, None), f"{what}: shmctl SHM_LOCK")
         _owner(shmctl, got, rec, what)
     for rec in doc.get("sem") or ():
         what = f"System V semaphore set {rec['id']}"
@@ -451,11 +456,12 @@ def check(doc, ns_used: set, fail) -> None:
             seen, keys = set(), set()
             for rec in recs:
                 extra = {"shm": {"size", "data"}, "sem": {"vals"}, "msg": {"msgs"}}[kind]
-                # (a queue's qbytes: images before session 20 lack it)
-                if type(rec) is not dict or set(rec) - {"qbytes"} != {"key", "id", "mode", "uid", "gid", "cuid", "cgid"} | extra \
-                        or ("qbytes" in rec and (kind != "msg" or not int_in(rec["qbytes"], 0, _INT_MAX))):
+                # (a queue's qbytes, a segment's locked: images before session 20 lack them)
+                if type(rec) is not dict or set(rec) - {"qbytes", "locked"} != {"key", "id", "mode", "uid", "gid", "cuid", "cgid"} | extra \
+                        or ("qbytes" in rec and (kind != "msg" or not int_in(rec["qbytes"], 0, _INT_MAX))) \
+                        or ("locked" in rec and (kind != "shm" or rec["locked"] is not True)):
                     fail(f"{what}: an object must have exactly key, id, mode, uid, gid, cuid, cgid, "
-                         f"{', '.join(sorted(extra))}" + (", qbytes? (0..2^31-1)" if kind == "msg" else ""))
+                         f"{', '.join(sorted(extra))}" + {"msg": ", qbytes? (0..2^31-1)", "shm": ", locked? (true)"}.get(kind, ""))
                 if not (int_in(rec["key"], 0, 0xffffffff) and int_in(rec["id"], 0, 0x7fffffff) and int_in(rec["mode"], 0, 0o777)
                         and all(int_in(rec[k], 0, 0xfffffffe) for k in ("uid", "gid", "cuid", "cgid"))):
                     fail(f"{what}: bad key, id, mode or ids")

@@ -195,3 +195,19 @@ def test_qbytes_validator():
     with pytest.raises(ValueError, match="exactly key"):
         sysvipc.check({"ipc-0": {"sem": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0,
                                            "cgid": 0, "vals": [1], "qbytes": 5}]}}, {"ipc-0"}, fail)
+
+
+def test_locked_segment_stays_locked(case):
+    """A segment locked in memory (shmctl SHM_LOCK: SHM_LOCKED in its mode) comes back locked, an
+    unlocked one unlocked; the snapshot compares it."""
+    body = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+locked = libc.shmget(0x81, 4096, 0o1600); libc.shmget(0x82, 4096, 0o1600)
+assert libc.shmctl(locked, 11, None) == 0, ctypes.get_errno()
+"""
+    check = "sed 1d /proc/sysvipc/shm | awk '{print $1, $3}'"
+    before, after = case.roundtrip(py_hold(body), check)
+    assert before.snap.check_output.split() == ["129", "2600", "130", "600"], before.snap.check_output
+    assert after.snap.check_output == before.snap.check_output
+    assert before.root.ipc.count(" locked") == 1, before.root.ipc
