@@ -35,7 +35,7 @@ import stat
 
 from engine import content, fs, kernel, nscopy
 from engine.dumperror import DumpError
-from engine.image import is_beneath, rel_to
+from engine.image import empty_roots, is_beneath, rel_to
 from engine.placement import external_file_hint
 
 
@@ -623,7 +623,7 @@ def _archive_beyond(beyond, superblocks, writer, files) -> None:
     done: dict[str, list[str]] = {}
     for sid, root, d_fd, d_path in sorted(beyond, key=lambda b: (b[0], len(b[1]), b[1])):
         sb = superblocks[sid]
-        covered = [a["root"] for a in sb["archives"] if "only" not in a] + ([sb["empty_root"]["root"]] if sb.get("empty_root") else [])
+        covered = [a["root"] for a in sb["archives"] if "only" not in a] + [e["root"] for e in empty_roots(sb)]
         if any(is_beneath(root, c) for c in covered + done.get(sid, [])):
             continue
         rel = rel_to(root, d_path)

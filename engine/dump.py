@@ -833,8 +833,8 @@ def _add_content(d: _Dump, batch: _Batch, mid: int, mfd: int) -> bool:
         return True
     if not os.listdir(top):
         st = os.stat(top)
-        d.superblocks[sid]["empty_root"] = {"root": root, "mode": st.st_mode & 0o7777,
-                                            "uid": st.st_uid, "gid": st.st_gid}
+        d.superblocks[sid].setdefault("empty_roots", []).append(
+            {"root": root, "mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid})
         return False
     batch.add(mfd, sid, root, None)
     return True

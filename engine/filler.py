@@ -153,7 +153,7 @@ class Filler:
         """`plans`: (sid, fstype, source, fsconfig params, fsmount attributes, where for errors) in
         order of first use; `given`: superblocks that exist already ({sid: fd}, e.g. attached in
         a yard), to fill only; `fills`: (archive fd, name, expected size/sha256, [(sid, root,
-        member)], (uid, gid) to create its files as, or None: ours); `empties`: (sid, empty_root record); `hostproc`: an fd on the host's /proc;
+        member)], (uid, gid) to create its files as, or None: ours); `empties`: (sid, empty root record); `hostproc`: an fd on the host's /proc;
         `where`: {sid: "mount N (PATH) on TYPE"}, to name the mount in an error; `sockets`:
         {(archive, member): socket file records} made after the member is extracted; `ahead`: a
         content.ReadAhead that read some of the archive fds already.

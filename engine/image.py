@@ -85,6 +85,13 @@ def rel_to(path: str, base: str) -> str:
 
 # --- writing -------------------------------------------------------------------
 
+def empty_roots(sb: dict) -> list[dict]:
+    """The empty root records of superblock record `sb`: its `empty_roots`, or an older image's one
+    `empty_root`."""
+    old = sb.get("empty_root")
+    return (sb.get("empty_roots") or []) + ([old] if old is not None else [])
+
+
 def _dumps(obj) -> str:
     # Compact: with indent json falls back to its slow pure-Python encoder.
     return jsonc.dumps(obj)   # (json.dumps(obj, sort_keys=True, separators=(",", ":")))

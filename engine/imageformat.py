@@ -46,7 +46,7 @@ from operator import itemgetter
 from engine import ctty, records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
-                          NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path)
+                          NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, empty_roots)
 
 # --- bounds (far above any real container, low enough to refuse hostile input early) ---------
 
@@ -915,6 +915,8 @@ SUPERBLOCK = Record("superblock", {
     "dev": F(OPT_STR, required=False, rule=pattern(_DEVNUM, "MAJOR:MINOR")),
     "external": F(BOOL, required=False),
     "archives": F(LIST, required=False, rule=list_of(record(ARCHIVE_REF), MAX_ARCHIVES, DICT)),
+    # Each archived root that held no files (its mode and owner); `empty_root`: one, images before session 20.
+    "empty_roots": F(LIST, required=False, rule=list_of(record(EMPTY_ROOT), MAX_MOUNTS, DICT)),
     "empty_root": F(OPT_DICT, required=False, rule=record(EMPTY_ROOT)),
     "device": F(OPT_DICT, required=False, rule=record(DEVICE)),
     "layers": F(OPT_LIST, required=False, rule=list_of(record(LAYER), MAX_LAYERS, DICT)),
@@ -1332,9 +1334,12 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             _fail(f"{what}: filesystem type {sb['fstype']!r} is not supported")
         archives = sb.get("archives") or []
         content = handler is not None and handler.content and not external
-        if (archives or sb.get("empty_root") is not None) and not content:
+        empties = empty_roots(sb)
+        if (archives or empties) and not content:
             _fail(f"{what}: only a tmpfs or ramfs made by restore gets archived files "
                   f"({'external' if external else sb['fstype']} does not)")
+        if len({e["root"] for e in empties}) < len(empties):
+            _fail(f"{what}: an empty root is listed twice")
         for a in archives:
             if a["file"] not in files:
                 _fail(f"{what}: archive {a['file']!r} is not listed in 'files'")

@@ -106,7 +106,9 @@ def _need(doc: dict) -> dict:
     sizes = [b64_size(m[1], "", None) for q in msg for m in q["msgs"]]
     return {
         "kernel/msgmax": max(sizes, default=0),
-        "kernel/msgmnb": max((sum(b64_size(m[1], "", None) for m in q["msgs"]) for q in msg), default=0),
+        # (a queue's own msg_qbytes past msgmnb takes CAP_SYS_RESOURCE to set: msgmnb raised to it)
+        "kernel/msgmnb": max((max(q.get("qbytes", 0), sum(b64_size(m[1], "", None) for m in q["msgs"])) for q in msg),
+                             default=0),
         "kernel/msgmni": len(msg),
         "kernel/shmmni": len(shm),
         "kernel/shmmax": max((r["size"] for r in shm), default=0),

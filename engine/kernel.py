@@ -358,6 +358,13 @@ def statx_mnt_id_mode(path: str, dfd: int = AT_FDCWD, flags: int = 0) -> tuple[i
     return struct.unpack_from("<Q", raw, 0x90)[0], struct.unpack_from("<H", raw, 0x1c)[0]
 
 
+def statx_mnt_id_owner(path: str, dfd: int = AT_FDCWD, flags: int = 0) -> tuple[int, int, int, int]:
+    """(mount id, st_mode, uid, gid) of `path` in one call."""
+    raw = _statx_mnt(path, dfd, flags, False)
+    uid, gid, mode = struct.unpack_from("<IIH", raw, 0x14)
+    return struct.unpack_from("<Q", raw, 0x90)[0], mode, uid, gid
+
+
 # --- statmount / listmount ---------------------------------------------------
 
 def _mnt_id_req(mnt_id: int, param: int, ns_id: int = 0) -> bytes:

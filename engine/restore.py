@@ -1010,8 +1010,7 @@ class _Restorer:
                 fills.setdefault(arc["file"], []).append((sid, arc["root"], arc["member"]))
                 if arc.get("sockets"):
                     sockets[arc["file"], arc["member"]] = arc["sockets"]
-            if sb.get("empty_root") is not None:
-                empties.append((sid, sb["empty_root"]))
+            empties += [(sid, er) for er in image.empty_roots(sb)]
         if not (plans or fills or empties):
             if self.ahead is not None:
                 self.ahead.close()
@@ -1040,7 +1039,8 @@ class _Restorer:
                 os.close(fd)
             if self.ahead is not None:
                 self.ahead.close()   # (our copy: the helper's answers are the filler's)
-        self.filling |= {sid for spec in fills.values() for sid, _, _ in spec}
+        # (A superblock with empty roots only is one too: an older image's lacks its other empty roots.)
+        self.filling |= {sid for spec in fills.values() for sid, _, _ in spec} | {sid for sid, _ in empties}
 
     def _filling_now(self) -> bool:
         """Whether the helper may still be writing files."""
@@ -1181,9 +1181,10 @@ class _Restorer:
         try:
             return kernel.openat2(base, rel, flags, resolve)
         except FileNotFoundError:
-            # A superblock the helper fills may lack a directory after it is done too: dump keeps
-            # one empty root a superblock (`empty_root`), so the roots of its other mounts that
-            # hold no files are in no archive (binds of empty /a and /b of an unmounted filesystem).
+            # A superblock the helper fills may lack a directory after it is done too: an image
+            # from before session 20 keeps one empty root a superblock (`empty_root`), so the roots
+            # of its other mounts that hold no files are in no archive (binds of empty /a and /b of
+            # an unmounted filesystem).
             if sid not in self.filling:
                 raise
         if is_dir():

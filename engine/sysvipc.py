@@ -15,14 +15,17 @@ The namespace's own limits (msgmax, shmmax, mqueue's msg_max...) likewise (engin
 written before its objects are made and set as dumped after.
 
 Not restored: attachments (a stand-in does not map a segment: nattch is 0), the times and the
-pids of the last operations, semaphore undo lists, a message queue's own msg_qbytes (it gets the
-namespace's msgmnb). A segment
+pids of the last operations, semaphore undo lists, the id the kernel would give the next object
+made without a *_next_id (its cyclic cursor and sequence number are kernel state no interface
+shows: a namespace whose objects were removed may give a new one another id after a restore).
+A segment
 already removed (IPC_RMID while attached) goes with its last detach, and is left out. Ids are as
 the dumper's user namespace names them.
 
 Image: "sysvipc": {ipc-N: {"shm": [SHM], "sem": [SEM], "msg": [MSG], "vars": {...}}}, each object with key, id,
-mode (0..0o777), uid, gid, cuid, cgid; SHM with size and data (base64, at most `MAX_BYTES` in all),
-SEM with vals (nsems values, each 0..32767), MSG with msgs [[mtype >= 1, base64 text]]; and
+mode (0..0o777), uid, gid, cuid, cgid; SHM with size and data (base64, at most `MAX_BYTES` in all) and locked (true: SHM_LOCK, made again; absent: not),
+SEM with vals (nsems values, each 0..32767), MSG with msgs [[mtype >= 1, base64 text]] and qbytes
+(its msg_qbytes, set with IPC_SET after its messages; absent in older images); and
 "mqueue": [{name, mode, uid, gid, maxmsg, msgsize, msgs [[priority, base64 text]]}].
 """
 
@@ -48,6 +51,10 @@ _GETALL, _SETALL = 13, 17
 _MSG_COPY = 0o40000
 _SHM_RDONLY = 0o10000
 _SHM_DEST = 0o1000          # in a segment's perms: removed, gone with its last detach
+_SHM_LOCKED, _SHM_LOCK = 0o2000, 11   # in a segment's perms: its pages kept in memory (shmctl SHM_LOCK)
+# struct msqid_ds (64-bit): ipc_perm (48 bytes), three times, cbytes, qnum, then msg_qbytes
+_QBYTES_AT = 88
+_INT_MAX = (1 << 31) - 1    # what msgmnb, which restore raises to set a queue's msg_qbytes, can hold
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.shmat.restype = ctypes.c_void_p
@@ -84,6 +91,19 @@ def _table(proc: int, name: str) -> list[dict]:
     return [{k: int(v, 8 if k == "perms" else 10) for k, v in zip(keys, row.split())} for row in rows if row.strip()]
 
 
+def qbytes(msqid: int) -> int:
+    """The most bytes message queue `msqid` takes (its msg_qbytes: the namespace's msgmnb when it
+    was made, or what IPC_SET gave it), read with IPC_STAT; IpcError when it is more than restore
+    can give again (msgmnb's bound, INT_MAX)."""
+    buf = ctypes.create_string_buffer(512)
+    checked(_libc.msgctl(msqid, _IPC_STAT, buf), f"msgctl IPC_STAT of message queue {msqid}")
+    got = ctypes.c_ulong.from_buffer(buf, _QBYTES_AT).value
+    if got > _INT_MAX:
+        raise IpcError(errno.EOPNOTSUPP, f"System V message queue {msqid}: msg_qbytes {got} is more than restore "
+                                         f"can give again ({_INT_MAX}, what msgmnb holds); not supported")
+    return got
+
+
 def _ids(row: dict, idkey: str) -> dict:
     return {"key": row["key"] & 0xffffffff, "id": row[idkey], "mode": row["perms"] & 0o777,
             "uid": row["uid"], "gid": row["gid"], "cuid": row["cuid"], "cgid": row["cgid"]}
@@ -104,6 +124,8 @@ def _read_here(proc: int, outsider: int | None = None) -> dict:
             continue
         rec = _ids(row, "shmid")
         rec["size"] = row["size"]
+        if row["perms"] & _SHM_LOCKED:
+            rec["locked"] = True
         total += row["size"]
         if total > MAX_BYTES:
             raise IpcError(errno.EFBIG, f"System V shared memory segment {row['shmid']}: more than "
@@ -125,6 +147,7 @@ def _read_here(proc: int, outsider: int | None = None) -> dict:
     buf = ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + _MSG_MAX)
     for row in _table(proc, "msg"):
         rec = _ids(row, "msqid")
+        rec["qbytes"] = qbytes(row["msqid"])
         rec["msgs"] = []
         for n in range(row["qnum"]):
             got = checked(_libc.msgrcv(row["msqid"], buf, _MSG_MAX, n, _IPC_NOWAIT | _MSG_COPY),
@@ -168,6 +191,41 @@ def read(pid: int, tree=()) -> dict:
         os.close(proc)
 
 
+def _describe_here(proc: int) -> list[str]:
+    """In the namespace (joined): one line per System V object, what a restore must give back and
+    a running program does not change by itself (its key, id, mode, owner and creator; a segment's
+    size, a set's number of semaphores, a queue's messages, bytes and msg_qbytes)."""
+    out = []
+    for kind, idkey, more in (("shm", "shmid", ("size",)), ("sem", "semid", ("nsems",)),
+                              ("msg", "msqid", ("qnum", "cbytes"))):
+        for row in _table(proc, kind):
+            if kind == "shm" and row["perms"] & _SHM_DEST:
+                continue
+            rec = _ids(row, idkey)
+            words = [f"{k}={rec[k]:o}" if k == "mode" else f"{k}={rec[k]}" for k in sorted(rec)]
+            words += [f"{k}={row[k]}" for k in more] + (["locked"] if kind == "shm" and row["perms"] & _SHM_LOCKED else [])
+            if kind == "msg":
+                buf = ctypes.create_string_buffer(512)
+                words.append(f"qbytes={ctypes.c_ulong.from_buffer(buf, _QBYTES_AT).value}"
+                             if _libc.msgctl(row["msqid"], _IPC_STAT, buf) == 0 else "qbytes=?")
+            out.append(f"{kind} " + " ".join(words))
+    return sorted(out)
+
+
+def describe(pid: int) -> list[str]:
+    """The System V objects of process `pid`'s ipc namespace, one line each (`_describe_here`): the
+    snapshot's comparison."""
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+        try:
+            return joined(ns, proc, lambda: _describe_here(proc))
+        finally:
+            os.close(ns)
+    finally:
+        os.close(proc)
+
+
 def joined(ns: int, proc: int, fn):
     """fn() run in the ipc namespace `ns` by this thread, which joins it and goes back to its own
     after: no helper to fork (~2 ms and a copy-on-write of the dump's pages each). Joining an ipc
@@ -199,6 +257,8 @@ def _limits_here(proc: int, outsider: int | None) -> int:
             raise IpcError(errno.EOPNOTSUPP, f"{len(rows)} System V {kind} objects in one ipc namespace: at most "
                                              f"{MAX_OBJECTS}")
         total += sum(r[size] for r in rows if size and not (kind == "shm" and r["perms"] & _SHM_DEST))
+        for r in rows if kind == "msg" else ():
+            qbytes(r["msqid"])
         sems += sum(r["nsems"] for r in rows) if kind == "sem" else 0
     if total > MAX_BYTES:
         raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory and messages in "
@@ -278,14 +338,18 @@ def as_ids(uid: int, gid: int, fn):
 
 
 def _owner(ctl, ident: int, rec: dict, what: str) -> None:
-    """Give the object its owner (IPC_SET) when it is not its creator: struct ipc_perm starts with
-    the key, uid and gid (ints) on every architecture; the rest is what IPC_STAT read."""
-    if (rec["uid"], rec["gid"]) == (rec["cuid"], rec["cgid"]):
+    """Give the object its owner (IPC_SET) when it is not its creator, and a message queue its
+    msg_qbytes: struct ipc_perm starts with the key, uid and gid (ints) on every architecture; the
+    rest is what IPC_STAT read. (A queue's qbytes past msgmnb needs CAP_SYS_RESOURCE: ipcvars
+    raised msgmnb to it meanwhile.)"""
+    if (rec["uid"], rec["gid"]) == (rec["cuid"], rec["cgid"]) and "qbytes" not in rec:
         return
     buf = ctypes.create_string_buffer(512)
     checked(ctl(ident, _IPC_STAT, buf), f"{what}: IPC_STAT")
     ctypes.c_uint.from_buffer(buf, 4).value = rec["uid"]
     ctypes.c_uint.from_buffer(buf, 8).value = rec["gid"]
+    if "qbytes" in rec:
+        ctypes.c_ulong.from_buffer(buf, _QBYTES_AT).value = rec["qbytes"]
     checked(ctl(ident, _IPC_SET, buf), f"{what}: IPC_SET")
 
 
@@ -316,6 +380,8 @@ def _make_here(proc: int, doc: dict) -> None:
             ctypes.memmove(addr, data, min(len(data), rec["size"]))
         finally:
             _libc.shmdt(ctypes.c_void_p(addr))
+        if rec.get("locked"):
+            checked(_libc.shmctl(got, _SHM_LOCK, None), f"{what}: shmctl SHM_LOCK")
         _owner(shmctl, got, rec, what)
     for rec in doc.get("sem") or ():
         what = f"System V semaphore set {rec['id']}"
@@ -390,9 +456,12 @@ def check(doc, ns_used: set, fail) -> None:
             seen, keys = set(), set()
             for rec in recs:
                 extra = {"shm": {"size", "data"}, "sem": {"vals"}, "msg": {"msgs"}}[kind]
-                if type(rec) is not dict or set(rec) != {"key", "id", "mode", "uid", "gid", "cuid", "cgid"} | extra:
+                # (a queue's qbytes, a segment's locked: images before session 20 lack them)
+                if type(rec) is not dict or set(rec) - {"qbytes", "locked"} != {"key", "id", "mode", "uid", "gid", "cuid", "cgid"} | extra \
+                        or ("qbytes" in rec and (kind != "msg" or not int_in(rec["qbytes"], 0, _INT_MAX))) \
+                        or ("locked" in rec and (kind != "shm" or rec["locked"] is not True)):
                     fail(f"{what}: an object must have exactly key, id, mode, uid, gid, cuid, cgid, "
-                         f"{', '.join(sorted(extra))}")
+                         f"{', '.join(sorted(extra))}" + {"msg": ", qbytes? (0..2^31-1)", "shm": ", locked? (true)"}.get(kind, ""))
                 if not (int_in(rec["key"], 0, 0xffffffff) and int_in(rec["id"], 0, 0x7fffffff) and int_in(rec["mode"], 0, 0o777)
                         and all(int_in(rec[k], 0, 0xfffffffe) for k in ("uid", "gid", "cuid", "cgid"))):
                     fail(f"{what}: bad key, id, mode or ids")

@@ -277,3 +277,25 @@ hold
     assert re.search(r"fd 10 .*owned by uid 0, which its process's user namespace does not map", str(err.value)), \
         err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+@pytest.mark.parametrize("first", ["off", "on"])
+def test_reuseport_turned_off_beside_a_second_listener(case, first):
+    """Two listeners on one port with SO_REUSEPORT, the first of them turned it off once the second
+    was bound (CRIU's socket-tcp-reuseport): neither could bind beside the other as it is now, so
+    restore failed (EADDRINUSE). Both come back, each with its own SO_REUSEPORT, whichever is made
+    first (`first`: the one turned off has the lower fd, or the higher)."""
+    off, on = (20, 21) if first == "off" else (21, 20)
+    setup = _in_netns(f"""
+import socket
+made = {{}}
+for fd in ({off}, {on}):
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("127.0.0.1", 9191)); s.listen(); os.dup2(s.fileno(), fd); s.close()
+with socket.socket(fileno=os.dup({off})) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+""")
+    before, after = case.roundtrip(setup)
+    for state in (before, after):
+        assert "reuseport:0" in _fd(state, off) and "name=127.0.0.1:9191 state=LISTEN" in _fd(state, off)
+        assert "reuseport:1" in _fd(state, on) and "name=127.0.0.1:9191 state=LISTEN" in _fd(state, on)

@@ -140,3 +140,74 @@ def test_dumper_thread_back_in_its_own_namespace(case):
     with pytest.raises(sysvipc.IpcError, match="more than 64 MiB"):
         sysvipc.precheck([big])
     assert os.stat("/proc/thread-self/ns/ipc").st_ino == own
+
+
+_QBYTES = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+def ok(r):
+    if r == -1:
+        raise OSError(ctypes.get_errno(), "ipc")
+    return r
+def qbytes(q, value):
+    buf = ctypes.create_string_buffer(512)
+    ok(libc.msgctl(q, 2, buf)); ctypes.c_ulong.from_buffer(buf, 88).value = value; ok(libc.msgctl(q, 1, buf))
+def msgmnb(value):
+    with open("/proc/sys/kernel/msgmnb", "w") as f:
+        f.write(value)
+msgmnb("60000")          # (root here lacks CAP_SYS_RESOURCE: qbytes past msgmnb is refused)
+low = ok(libc.msgget(0x71, 0o1600)); high = ok(libc.msgget(0x72, 0o1600))
+body = b"x" * 900
+ok(libc.msgsnd(low, ctypes.create_string_buffer(b"\\1" + b"\\0" * 7 + body), len(body), 0))
+qbytes(low, 1000)        # lowered: a second message of 900 bytes no longer fits
+qbytes(high, 50000)      # past msgmnb once it is back to a fresh namespace's 16384
+msgmnb("16384")
+"""
+
+_QBYTES_LIST = ("python3 -c 'import ctypes; l = ctypes.CDLL(None)\n"
+                "for q in (0, 1):\n"
+                "    b = ctypes.create_string_buffer(512); l.msgctl(q, 2, b)\n"
+                "    print(q, ctypes.c_ulong.from_buffer(b, 88).value, ctypes.c_ulong.from_buffer(b, 72).value)'")
+
+
+def test_message_queue_qbytes_kept(case):
+    """A queue's msg_qbytes lowered below what it holds and another's past msgmnb (made while msgmnb
+    was higher) come back as they were (restore made them with the namespace's msgmnb before), and the
+    snapshot compares them (a restore that loses one fails `assert_same`)."""
+    before, after = case.roundtrip(py_hold(_QBYTES), _QBYTES_LIST)
+    assert before.snap.check_output.split() == ["0", "1000", "900", "1", "50000", "0"], before.snap.check_output
+    assert after.snap.check_output == before.snap.check_output
+    assert "qbytes=1000" in before.root.ipc and "qbytes=50000" in before.root.ipc, before.root.ipc
+
+
+def test_qbytes_validator():
+    """qbytes: a message queue's only, 0..2^31-1; images without it are read."""
+    from engine import sysvipc
+
+    def fail(text):
+        raise ValueError(text)
+    q = {"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0, "cgid": 0, "msgs": []}
+    sysvipc.check({"ipc-0": {"msg": [q]}}, {"ipc-0"}, fail)
+    sysvipc.check({"ipc-0": {"msg": [dict(q, qbytes=1 << 20)]}}, {"ipc-0"}, fail)
+    for bad in (-1, 1 << 31, "9", True):
+        with pytest.raises(ValueError, match="qbytes"):
+            sysvipc.check({"ipc-0": {"msg": [dict(q, qbytes=bad)]}}, {"ipc-0"}, fail)
+    with pytest.raises(ValueError, match="exactly key"):
+        sysvipc.check({"ipc-0": {"sem": [{"key": 1, "id": 0, "mode": 0o600, "uid": 0, "gid": 0, "cuid": 0,
+                                           "cgid": 0, "vals": [1], "qbytes": 5}]}}, {"ipc-0"}, fail)
+
+
+def test_locked_segment_stays_locked(case):
+    """A segment locked in memory (shmctl SHM_LOCK: SHM_LOCKED in its mode) comes back locked, an
+    unlocked one unlocked; the snapshot compares it."""
+    body = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+locked = libc.shmget(0x81, 4096, 0o1600); libc.shmget(0x82, 4096, 0o1600)
+assert libc.shmctl(locked, 11, None) == 0, ctypes.get_errno()
+"""
+    check = "sed 1d /proc/sysvipc/shm | awk '{print $1, $3}'"
+    before, after = case.roundtrip(py_hold(body), check)
+    assert before.snap.check_output.split() == ["129", "2600", "130", "600"], before.snap.check_output
+    assert after.snap.check_output == before.snap.check_output
+    assert before.root.ipc.count(" locked") == 1, before.root.ipc

@@ -226,6 +226,7 @@ def _to_ext4(doc, **device):
     sb = _sb(doc, "/mnt/u")
     sb.update(fstype="ext4", source="/dev/vda", super_opts=["rw"], archives=[])
     sb.pop("empty_root", None)
+    sb.pop("empty_roots", None)
     if device:
         sb["device"] = device
     for m in _ns(doc)["mounts"]:
@@ -313,6 +314,7 @@ def _to_fuse(doc, source: str = "/mnt/t/f", **extra):
     sb.update(fstype="fuse.squashfuse", source=source, archives=[], super_opts=["rw", "user_id=0", "group_id=0"],
               **extra)
     sb.pop("empty_root", None)
+    sb.pop("empty_roots", None)
     for m in _ns(doc)["mounts"]:
         if m["sb"] == sid:
             m.update(fstype="fuse.squashfuse", source=source)

@@ -85,19 +85,35 @@ def _socket(c: int) -> str:
 
 def _inet(s: socket.socket) -> str:
     """An inet socket: family, protocol, name, state (a listener's backlog and accept queue, a TCP
-    connection's or a UDP socket's peer and waiting bytes), its options and its network namespace's lo."""
-    from engine.fds import inet, inet_net, inet_opts
+    connection's or a UDP socket's peer and waiting bytes), its options and its network namespace's lo.
+    A TCP connection's waiting bytes (`inq`) are those sent to it that it has not read, in its
+    receive queue or, when its other end is a socket of its namespace, still unsent in that one's
+    send queue: how they split between the two is TCP's flow, which a restored receiver's window,
+    computed afresh from its queue's memory, changes (CRIU's socket-tcp*-closing)."""
+    from engine import forkrun
+    from engine.fds import inet, inet_diag, inet_net, inet_opts
     fam = inet.FAMILIES[s.family]
     proto = inet.PROTOS.get((s.type, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)), f"type{int(s.type)}")
     host, port = inet._name(s.getsockname())
     out = f"{fam} {proto} name={host}:{port}"
+    table = {}
+    if proto in ("tcp", "udp"):
+        ns = inet_net.netns_fd(s.fileno())
+        try:   # (sock_diag, in its network namespace: shutdown directions, a connection's other end)
+            table = forkrun.run(inet_diag._in, ns, True)
+        finally:
+            os.close(ns)
     if proto == "tcp":
         st, queued, backlog = inet._tcp_info(s)
         out += f" state={inet.TCP_STATES.get(st, st)}"
         if st == inet.TCP_LISTEN:
             out += f" backlog={backlog} queued={queued}"
         elif st != inet.TCP_CLOSE:   # (a connection: its other end, and the bytes nobody read yet)
-            out += " peer={}:{} inq={}".format(*inet._name(s.getpeername()), _inq(s.fileno()))
+            peer = inet._name(s.getpeername())
+            ends = (inet.end_key(*peer), inet.end_key(host, port))
+            other = next((r for r in table.values() if "local" in r and "remote" in r
+                          and (inet.end_key(*r["local"]), inet.end_key(*r["remote"])) == ends), {})
+            out += " peer={}:{} inq={}".format(*peer, _inq(s.fileno()) + other.get("notsent", 0))
     elif proto == "udp":
         try:
             out += " peer={}:{}".format(*inet._name(s.getpeername()))
@@ -108,13 +124,7 @@ def _inet(s: socket.socket) -> str:
         # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
         opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}
         out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))
-        from engine import forkrun
-        from engine.fds import inet_diag
-        ns = inet_net.netns_fd(s.fileno())
-        try:   # (which directions it was shut down in: sock_diag, in its network namespace)
-            rec = forkrun.run(inet_diag._in, ns).get(os.fstat(s.fileno()).st_ino)
-        finally:
-            os.close(ns)
+        rec = table.get(os.fstat(s.fileno()).st_ino)
         out += f" shutdown={rec['shutdown'] if rec else '?'} uid={rec['uid'] if rec else '?'}"
     req = fcntl.ioctl(s.fileno(), inet_net.SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
     return out + f" lo={'up' if struct.unpack_from('H', req, 16)[0] & inet_net.IFF_UP else 'down'}"

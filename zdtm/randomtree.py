@@ -13,7 +13,8 @@ Kinds: mounts (tmpfs, bind, rbind, overlay, a tmpfs in a nested mount
 namespace held by a background process), propagation (shared, slave, private,
 unbindable), overmounts (over), moves, per-mount flags (flag: ro, nosuid,
 nodev, noexec, ...), a read-only superblock (sbro), lazy unmounts with an fd
-kept open (lazy), tmpfs contents (file, dir), open files (fd) and the cwd (cd).
+kept open (lazy), tmpfs contents (file, dir), a mount root's mode and owner (mode), open files
+(fd) and the cwd (cd).
 Flag ops pick among the container root and the mount points made so far
 (index 0 is /, so a shrunk flag op on the root is ``("flag", 0, 0)``);
 propagation, overmounts, moves and lazy unmounts pick among the mount points
@@ -31,8 +32,8 @@ TOO_MANY = "hardening: too many mounts"
 BASE_KINDS = ["tmpfs", "tmpfs", "bind", "bind", "bind", "rbind", "shared", "shared", "slave", "slave", "private",
               "unbindable", "over", "move", "file", "fd", "cd"]
 # Kinds added for the differential runs (per-mount flags, read-only superblocks, overlay,
-# nested mount namespaces, directory trees with symlinks).
-MORE_KINDS = ["flag", "flag", "sbro", "overlay", "nested", "dir"]
+# nested mount namespaces, directory trees with symlinks, a mount root's mode and owner).
+MORE_KINDS = ["flag", "flag", "sbro", "overlay", "nested", "dir", "mode"]
 DETACHED_KINDS = ["lazy"]
 SHARING_OPS = {"shared", "slave"}
 
@@ -115,6 +116,10 @@ def render_setup(ops) -> str:
             if flag_mp == "/":  # the holder (/.zdtm/zdtm-hold) must stay executable
                 flags = ",".join(f for f in flags.split(",") if f != "noexec") or "rw"
             lines.append(f"mount -o remount,bind,{flags} {flag_mp}")
+            continue
+        elif kind == "mode":
+            # (a mount root's mode and owner: the snapshot compares them)
+            lines.append(f"chmod {('700', '1777', '555', '2750')[j % 4]} {mp} && chown {j}:{i} {mp}")
             continue
         elif kind == "sbro":
             lines.append(f"mount -o remount,ro {mp}")

@@ -239,6 +239,7 @@ class Proc:
     ctty: str = ""               # its controlling terminal, named (`_cttys`)
     ipc: str = ""                # its ipc namespace's sysctls, when not the runner's (`_ipc_sysctls`)
     uts: str = ""                # its UTS namespace's host and domain names, when not the runner's (`_uts_names`)
+    roots: dict = field(default_factory=dict)       # mount label -> its root's type, mode and owner (`_root_modes`)
 
     def text(self) -> str:
         """The compared text of this process."""
@@ -248,12 +249,13 @@ class Proc:
         out += [f"ctty: {self.ctty}"] if self.ctty else []
         out += [f"bits: {self.bits}"] if self.bits else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
-        out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []
+        out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []  # (and its System V objects)
         out += [f"uts names: {self.uts}"] if self.uts else []
         out += ["mounts:"]
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
         out += [f"idmap {label}: {idmap}" for label, idmap in sorted(self.idmaps.items())]
+        out += [f"mount root {label}: {what}" for label, what in sorted(self.roots.items())]
         out += [f"sb owner {label}: {owner}" for label, owner in sorted(self.sb_owners.items())]
         out += [f"user ns: {self.userns}", f"ns owners: {self.owners}", f"creds: {self.creds}"]
         out += [f"root: {self.root}", f"cwd: {self.cwd}"]
@@ -366,8 +368,34 @@ def _user_side(pid: int, users: userns.UsernsTree, canon, mounts, lock_cache: di
     if sb_key not in lock_cache:
         lock_cache[sb_key] = sbowner.probe(pid, mounts, sb_candidates or [])
     sb_owners = {canon.label(m.mnt_id): lock_cache[sb_key][m.dev] for m in mounts if m.dev in lock_cache[sb_key]}
+    roots_key = ("roots", *key)
+    if roots_key not in lock_cache:
+        lock_cache[roots_key] = _root_modes(pid, mounts)
+    roots = {canon.label(i): what for i, what in lock_cache[roots_key].items()}
     return dict(userns=users.describe(own), owners=" ".join(owners), creds=userns.creds(pid),
-                locks=lock_cache[key], idmaps=idmaps, sb_owners=sb_owners)
+                locks=lock_cache[key], idmaps=idmaps, sb_owners=sb_owners, roots=roots)
+
+
+def _root_modes(pid: int, mounts) -> dict[int, str]:
+    """mount id -> "MODE UID:GID" (st_mode in octal, ids as the runner sees them) of the root of
+    each mount `pid`'s root reaches by path: a restore that makes a root directory afresh (an
+    empty one no archive holds) and loses its mode or owner differs. Read from the kernel's cache
+    (AT_STATX_DONT_SYNC): a FUSE daemon or a network server is not asked. Covered mounts are left out."""
+    from engine import kernel
+    out = {}
+    for m in mounts:
+        try:
+            mnt_id, mode, uid, gid = kernel.statx_mnt_id_owner(f"/proc/{pid}/root{m.mountpoint}", flags=(
+                kernel.AT_SYMLINK_NOFOLLOW | kernel.AT_STATX_DONT_SYNC))
+        except OSError:
+            continue
+        if mnt_id == m.mnt_id:
+            # Known losses, left out until restored (session 20's report): an mqueue root's owner
+            # (the fsuid of its ipc namespace's creator: a rootless runtime's user namespace root,
+            # the restorer's after a restore) and a pty node's (a runtime's /dev/console, chowned).
+            known = m.fstype in ("mqueue", "devpts")
+            out[m.mnt_id] = f"{mode:o}" if known else f"{mode:o} {uid}:{gid}"
+    return out
 
 
 def _proc_pid_path(pid: int, path: str, m, tree: tuple) -> str:
@@ -508,9 +536,10 @@ def _signal_bits(pid: int) -> str:
 
 
 def _ipc_sysctls(procs: list[Proc]) -> None:
-    """Each process's `ipc`: the sysctls of its ipc namespace (read once per namespace), when it is
-    not the runner's (a restore makes the tree's own; the host's is not its to change)."""
-    from engine import ipcvars
+    """Each process's `ipc`: the sysctls and System V objects of its ipc namespace (read once per
+    namespace), when it is not the runner's (a restore makes the tree's own; the host's is not its
+    to change)."""
+    from engine import ipcvars, sysvipc
     own = os.stat("/proc/self/ns/ipc").st_ino
     seen: dict[int, str] = {}
     for p in procs:
@@ -520,10 +549,11 @@ def _ipc_sysctls(procs: list[Proc]) -> None:
         if ino not in seen:
             try:
                 vals = ipcvars.of_process(p.pid)
+                objs = sysvipc.describe(p.pid)
             except FileNotFoundError:
                 raise SnapshotError(f"process {p.pid} vanished while being read") from None
             seen[ino] = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
-                                 for k, v in sorted(vals.items()))
+                                 for k, v in sorted(vals.items())) + "".join(f"; {o}" for o in objs)
         p.ipc = seen[ino]
 
 

@@ -427,7 +427,7 @@ def _open(r: RestoreFd) -> int:
     spec["lo"] = r.objects[e["obj"]]["lo"]
     fd = None
     try:
-        fd = r.standin("make", spec)[0]
+        fd = _make_bound(r, spec) if spec.get("port") and "addr" in spec else r.standin("make", spec)[0]
         if "tcp" in e:
             _connect(r, fd)
         elif "pending" in e:
@@ -445,6 +445,43 @@ def _open(r: RestoreFd) -> int:
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
+
+
+def _make_bound(r: RestoreFd, spec: dict) -> int:
+    """The stand-in's `make` of a bound socket. Two sockets of the tree may share a port that one
+    of them no longer could bind: one with SO_REUSEPORT, one that turned it off once the other
+    was bound (CRIU's socket-tcp-reuseport); the kernel lets a socket bind (and listen) beside
+    another only while both have it. So when the bind meets such a socket made before, the one
+    without it has it on for the bind and off again after, as the program had it."""
+    e = r.entry
+    made = r.state.setdefault("inet ports", {}).setdefault((e["obj"], e["proto"], e["port"]), [])
+    mine = spec["opts"].get("reuseport", 0)
+    try:
+        fd = r.standin("make", spec)[0]
+    except OSError as err:
+        if err.errno != errno.EADDRINUSE or not any(bool(rp) != bool(mine) for _f, rp in made):
+            raise
+        if mine:
+            off = [f for f, rp in made if not rp]
+            _reuseport(off, 1)
+            try:
+                fd = r.standin("make", spec)[0]
+            finally:
+                _reuseport(off, 0)
+        else:
+            fd = r.standin("make", dict(spec, opts=dict(spec["opts"], reuseport=1)))[0]
+            _reuseport([fd], 0)
+    dup = os.dup(fd)
+    r.keep.append(dup)   # (closed by restore once every process holds its fds)
+    made.append((dup, mine))
+    return fd
+
+
+def _reuseport(fds: list[int], on: int) -> None:
+    """SO_REUSEPORT `on` for the sockets `fds`."""
+    for fd in fds:
+        with _borrowed(fd) as s:
+            s.setsockopt(socket.SOL_SOCKET, inet_opts.OPTS["reuseport"][1], on)
 
 
 def _connect_pending(r: RestoreFd, fd: int) -> None:
