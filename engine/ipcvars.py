@@ -194,13 +194,5 @@ def check(kept, objs: dict, what: str, fail) -> None:
 def of_process(pid: int) -> dict:
     """Every one of `VARS` of process `pid`'s ipc namespace, read by this thread joined to it (the
     snapshot's comparison)."""
-    from engine.sysvipc import joined
-    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
-        try:
-            return joined(ns, proc, lambda: values(proc))
-        finally:
-            os.close(ns)
-    finally:
-        os.close(proc)
+    from engine.sysvipc import in_ipc_of
+    return in_ipc_of(pid, values)

@@ -215,11 +215,16 @@ def _describe_here(proc: int) -> list[str]:
 def describe(pid: int) -> list[str]:
     """The System V objects of process `pid`'s ipc namespace, one line each (`_describe_here`): the
     snapshot's comparison."""
+    return in_ipc_of(pid, _describe_here)
+
+
+def in_ipc_of(pid: int, read):
+    """read(proc_fd) run by this thread joined to process `pid`'s ipc namespace (`joined`)."""
     proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
         try:
-            return joined(ns, proc, lambda: _describe_here(proc))
+            return joined(ns, proc, lambda: read(proc))
         finally:
             os.close(ns)
     finally:
