@@ -133,8 +133,8 @@ def _run_call(pid: int, at: int, held: list) -> tuple:
     raise InjectError(errno.EIO, f"process {pid} kept stopping before a call could run in it")
 
 
-def _check_state(pid: int) -> None:
-    """Refuse (InjectError) a process no call may be run in."""
+def _check_state(pid: int) -> bytes:
+    """Refuse (InjectError) a process no call may be run in; else its state (b"S", b"R", b"T")."""
     from engine import kernel
     if not SUPPORTED:
         raise InjectError(errno.ENOSYS, "running a call in another process is done on x86-64 only, "
@@ -151,6 +151,7 @@ def _check_state(pid: int) -> None:
         raise InjectError(errno.EBUSY, f"process {pid} is {why}: no call can be run in it")
     if status.get("Seccomp", "0").strip() == "1":
         raise InjectError(errno.EPERM, f"process {pid} is in strict seccomp mode: a call run in it would kill it")
+    return state
 
 
 def _filters(pid: int) -> list:
@@ -173,7 +174,7 @@ def calls(pid: int, wanted: list[tuple], filters: list | None = None, skip_denie
     None); InjectError, before any call, when one would not let a call through (`skip_denied`:
     that call is not sent, None in its place). The process is left as it was (stopped or
     running)."""
-    _check_state(pid)
+    state = _check_state(pid)
     filters = _filters(pid) if filters is None else filters
     waiting = _waits_in(pid)
     _pt(_PTRACE_SEIZE, pid, 0, _O_TRACESYSGOOD)
@@ -181,7 +182,7 @@ def calls(pid: int, wanted: list[tuple], filters: list | None = None, skip_denie
     try:
         _pt(_PTRACE_INTERRUPT, pid)
         _wait_stop(pid)
-        return _run(pid, wanted, filters, held, skip_denied)
+        return _run(pid, wanted, filters, held, skip_denied, state == b"T")
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(held[0]))
         _settle(pid, waiting)
@@ -242,7 +243,8 @@ _RESTART_BLOCK, _NR_RESTART_SYSCALL = (1 << 64) - 516, 219
 
 
 def _restarted(regs: list[int]) -> list[int]:
-    """The registers to give back: a call the stop interrupted, to be restarted, is made to run
+    """The registers to give back to a process that was not stopped (`_run`): a call the interrupt
+    ended, to be restarted, is made to run
     again from its `syscall` instruction (as CRIU's compel does): once our call ran, the kernel no
     longer restarts it (no signal is delivered on the way out), and its -ERESTART* answer would
     reach the program."""
@@ -269,13 +271,18 @@ def _denied(pid: int, wanted: list[tuple], filters: list, scratch: int, at: int,
     return out
 
 
-def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool) -> list:
+def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool, stopped: bool) -> list:
     """calls() in a process we hold in a ptrace stop; a signal it was about to take meanwhile goes
     into held[0]."""
     got = ctypes.create_string_buffer(27 * 8)
     _pt(_PTRACE_GETREGS, pid, 0, ctypes.addressof(got))
     regs = list(struct.unpack("=27Q", got.raw))
-    saved = ctypes.create_string_buffer(struct.pack("=27Q", *_restarted(regs)))
+    # A stopped process (the dump's SIGSTOP) goes back into its stop on the signal path, where the
+    # kernel itself finishes the call it was in as it would have: made again, or EINTR when a
+    # handler runs (pause(), sigsuspend, a read without SA_RESTART: the program sees its signal):
+    # its registers are given back as they were. Only one that was not stopped leaves on no
+    # signal path, so its restart is ours to make (`_restarted`).
+    saved = ctypes.create_string_buffer(struct.pack("=27Q", *(regs if stopped else _restarted(regs))))
     at = _code_address(pid, regs[_RIP])
     scratch = regs[_RSP] & ~7
     denied = _denied(pid, wanted, filters, scratch, at, skip)
