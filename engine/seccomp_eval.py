@@ -15,7 +15,8 @@ from __future__ import annotations
 import struct
 
 AUDIT_ARCH_X86_64, AUDIT_ARCH_AARCH64 = 0xC000003E, 0xC00000B7
-RET_ALLOW, RET_LOG = 0x7FFF0000, 0x7FFC0000
+RET_ALLOW, RET_LOG, RET_ERRNO = 0x7FFF0000, 0x7FFC0000, 0x00050000
+_ENOSYS = 38
 _ACTION_FULL = 0xFFFF0000
 _M32 = 0xFFFFFFFF
 
@@ -138,6 +139,9 @@ def denied_standin_call(filters: list[dict], machine: str) -> str | None:
     if calls is None:
         return None
     for name, nr in calls.items():
-        if not allows(answer(filters, AUDIT_ARCH_X86_64, nr)):
+        got = answer(filters, AUDIT_ARCH_X86_64, nr)
+        # (clone3 failing with ENOSYS, as Docker's and podman's default profiles make it, is met by
+        # glibc's fall back to clone, which is in the list too)
+        if not allows(got) and not (name == "clone3" and got == RET_ERRNO | _ENOSYS):
             return name
     return None

@@ -44,6 +44,10 @@ def test_the_calls_a_stand_in_makes_after_early_filters():
     assert se.denied_standin_call([_deny(117, 0)], "x86_64") == "setresuid"
     assert se.denied_standin_call([_deny(101, 0)], "x86_64") is None   # (ptrace: a stand-in never calls it)
     assert se.denied_standin_call([_deny(117, 0)], "riscv64") is None
+    # clone3 failing with ENOSYS (Docker's default profile): glibc falls back to clone
+    assert se.denied_standin_call([_deny(435, se.RET_ERRNO | 38)], "x86_64") is None
+    assert se.denied_standin_call([_deny(435, se.RET_ERRNO | 1)], "x86_64") == "clone3"
+    assert se.denied_standin_call([_deny(435, se.RET_ERRNO | 38), _deny(56, 0)], "x86_64") == "clone"
 
 
 def test_a_program_seccomp_would_not_load_is_not_guessed():

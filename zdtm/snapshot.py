@@ -389,6 +389,10 @@ def _root_modes(pid: int, mounts) -> dict[int, str]:
                 kernel.AT_SYMLINK_NOFOLLOW | kernel.AT_STATX_DONT_SYNC))
         except OSError:
             continue
+        # (a FUSE or network root's cached attributes are what the mount said until its server is
+        # first asked - a FUSE root is its rootmode= option, 40000 - and a restore asks: not compared)
+        if m.fstype.startswith("fuse") or m.fstype in ("nfs", "nfs4", "cifs", "smb3", "9p", "ceph"):
+            continue
         if mnt_id == m.mnt_id:
             # Known losses, left out until restored (session 20's report): an mqueue root's owner
             # (the fsuid of its ipc namespace's creator: a rootless runtime's user namespace root,
@@ -515,7 +519,7 @@ def _syscall(pid: int) -> str:
 def _signal_bits(pid: int) -> str:
     """" sigblk=MASK" (its main thread's blocked signals, read in a ptrace stop when it waits in
     sigtimedwait, which blocks less meanwhile: tini, dumb-init) and, for a process with children,
-    " subreaper=0|1" (asked in the process: engine/subreaper.py; "?" when it cannot be)."""
+    " subreaper=1" when set (asked in the process: engine/subreaper.py; "?" when it cannot be)."""
     from engine import inject, kernel, subreaper
     before = _syscall(pid)
     status = kernel.proc_status(pid, {"SigBlk"})
@@ -527,9 +531,11 @@ def _signal_bits(pid: int) -> str:
         except OSError:
             pass   # (traced by another: as read)
     out = f" sigblk={status.get('SigBlk', '?').strip()}"
+    # (only a set flag is shown: a parent whose children are not made again, as a FUSE daemon a
+    # restore starts afresh, reads as "not asked" after, which is the flag's default)
     if _children(pid):
         try:
-            out += f" subreaper={int(subreaper.read(pid))}"
+            out += " subreaper=1" if subreaper.read(pid) else ""
         except OSError:
             out += " subreaper=?"   # (traced by another, or filters that would deny the call)
     return out
