@@ -427,23 +427,18 @@ def daemons(pids) -> set[int]:
     recognizes): dump leaves them running and out of the image; restore restarts them."""
     for name in DAEMON_MODULES:
         _import(name)
+    from engine import kernel
     serving = [t for t in _REGISTRY.values() if t.daemon]
     out = set()
-    for pid in pids:
+    for pid, path, target in kernel.fd_links(pids):
+        if pid in out or not target.startswith("/"):
+            continue   # (found already; or a pipe, socket or anonymous inode)
         try:
-            names = os.listdir(f"/proc/{pid}/fd")
+            st = os.stat(path)   # the open file itself (the tree still runs)
         except OSError:
             continue
-        for name in names:
-            try:
-                if not os.readlink(f"/proc/{pid}/fd/{name}").startswith("/"):
-                    continue   # a pipe, socket or anonymous inode
-                st = os.stat(f"/proc/{pid}/fd/{name}")   # the open file itself (the tree still runs)
-            except OSError:
-                continue
-            if stat.S_ISCHR(st.st_mode) and any(t.serves(st) for t in serving):
-                out.add(pid)
-                break
+        if stat.S_ISCHR(st.st_mode) and any(t.serves(st) for t in serving):
+            out.add(pid)
     return out
 
 
