@@ -212,6 +212,9 @@ def details(pid: int, fd: int, target: str) -> str:
         return f"unreadable ({type(e).__name__})"
 
 
+_TIOCGPTPEER = 0x5441
+
+
 def _is_pty(rdev: int) -> bool:
     return (os.major(rdev), os.minor(rdev)) == (5, 2) or 136 <= os.major(rdev) < 144
 
@@ -223,11 +226,28 @@ def _pty(pid: int, fd: int) -> str:
     try:
         try:
             outq = struct.unpack("i", fcntl.ioctl(c, termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-            return f"tty inq={_inq(c)} outq={outq}"
+            return f"tty inq={_inq(c)} outq={outq}" + _pty_node(c)
         except OSError:
             return "tty hung-up"   # (a slave whose master is gone: EIO)
     finally:
         os.close(c)
+
+
+def _pty_node(c: int) -> str:
+    """" node=MODE UID:GID" of the slave node of the pty fd `c` is an end of (a login, getty or
+    sshd chowns it to its user, mode 620 group tty; a pty opened by a user is that user's), read
+    through an O_PATH peer (TIOCGPTPEER: nothing is opened); '' when there is none to read."""
+    st = os.fstat(c)
+    if (os.major(st.st_rdev), os.minor(st.st_rdev)) == (5, 2):
+        try:
+            peer = fcntl.ioctl(c, _TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            return ""
+        try:
+            st = os.fstat(peer)
+        finally:
+            os.close(peer)
+    return f" node={st.st_mode & 0o7777:o} {st.st_uid}:{st.st_gid}"
 
 
 def sharing(pids: list[int]) -> str:

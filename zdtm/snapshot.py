@@ -394,11 +394,7 @@ def _root_modes(pid: int, mounts) -> dict[int, str]:
         if m.fstype.startswith("fuse") or m.fstype in ("nfs", "nfs4", "cifs", "smb3", "9p", "ceph"):
             continue
         if mnt_id == m.mnt_id:
-            # Known losses, left out until restored (session 20's report): an mqueue root's owner
-            # (the fsuid of its ipc namespace's creator: a rootless runtime's user namespace root,
-            # the restorer's after a restore) and a pty node's (a runtime's /dev/console, chowned).
-            known = m.fstype in ("mqueue", "devpts")
-            out[m.mnt_id] = f"{mode:o}" if known else f"{mode:o} {uid}:{gid}"
+            out[m.mnt_id] = f"{mode:o} {uid}:{gid}"
     return out
 
 

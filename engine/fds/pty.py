@@ -36,7 +36,7 @@ import stat
 import struct
 import termios
 
-from engine.imageformat import BOOL, DICT, INT, LIST, STR, F, Record, b64, list_of, rng
+from engine.imageformat import BOOL, DICT, INT, LIST, MAX_UID, STR, F, Record, b64, list_of, record, rng
 from engine.ctty import device
 from engine.kernel import undeleted
 from engine.fds import FdError, FdKind, RestoreFd, pty_data, register
@@ -70,6 +70,7 @@ def _dump(d) -> dict:
         _hold(d, key[1], index)
         obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
         o = d.objects.setdefault(obj, {"kind": "pty", "index": index})
+        o.setdefault("node", _node(peer_stat(c)))
         attrs = termios.tcgetattr(c)
         _refuse(_odd_speed(d, attrs, index))   # (set since the precheck)
         o["termios"] = attrs[:6] + [[x if isinstance(x, int) else ord(x) for x in attrs[6]]]
@@ -81,8 +82,10 @@ def _dump(d) -> dict:
         return {"obj": obj, "end": "master"}
     index = number_of(os.major(st.st_rdev), os.minor(st.st_rdev))
     obj = d.scratch.setdefault(key + (index,), f"pty-{len(d.objects)}")
-    d.objects.setdefault(obj, {"kind": "pty", "index": index})
+    o = d.objects.setdefault(obj, {"kind": "pty", "index": index})
     target, deleted = undeleted(d.target)
+    if not deleted:
+        o.setdefault("node", _node(st))
     if deleted:
         # Its master was closed (CRIU's pty04): the kernel hung the slave up and removed its node.
         # Placed here (no ghost on devpts): restore opens it while a master of that number is open,
@@ -286,9 +289,41 @@ def _instance(d, st) -> int:
 
 def peer_dev(master: int) -> int:
     """The device of the devpts instance the pty of master `master` lives on (its slave's)."""
+    return peer_stat(master).st_dev
+
+
+def peer_stat(master: int) -> os.stat_result:
+    """The stat of the slave node of master `master`, through an O_PATH peer (nothing is opened)."""
     peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
     try:
-        return os.fstat(peer).st_dev
+        return os.fstat(peer)
+    finally:
+        os.close(peer)
+
+
+def _node(st: os.stat_result) -> dict:
+    """A slave node's mode and owner (ids as the dumper sees them): whoever opened the ptmx owns
+    it, and a login, getty or sshd chowns it to its user (mode 620, group tty)."""
+    return {"mode": stat.S_IMODE(st.st_mode), "uid": st.st_uid, "gid": st.st_gid}
+
+
+def _give_node(r: RestoreFd, master: int, node: dict) -> None:
+    """The slave node of restored master `master` the mode and owner `node` it had at dump (the
+    restorer opened the ptmx: the node is root's, with the instance's mode= option)."""
+    peer = fcntl.ioctl(master, TIOCGPTPEER, os.O_PATH | os.O_CLOEXEC)
+    try:
+        # (through the magic link: fchown takes no O_PATH fd; the host's /proc with a yard)
+        link, at = (f"self/fd/{peer}", r.proc) if r.proc >= 0 else (f"/proc/self/fd/{peer}", None)
+        st = os.fstat(peer)
+        owned = (st.st_uid, st.st_gid) == (node["uid"], node["gid"])
+        if not owned:
+            os.chown(link, node["uid"], node["gid"], dir_fd=at)
+        if not owned or stat.S_IMODE(st.st_mode) != node["mode"]:
+            os.chmod(link, node["mode"], dir_fd=at)   # (after: chown clears set-id bits)
+    except OSError as e:
+        raise FdError(e.errno or errno.EIO, f"{r.where}: pty {index_of(master)}: giving its node owner "
+                                            f"{node['uid']}:{node['gid']} and mode {node['mode']:o}: "
+                                            f"{e.strerror or e}") from None
     finally:
         os.close(peer)
 
@@ -337,9 +372,17 @@ def _check(entry: dict, what: str) -> None:
         _fail(f"{what}: only a pty slave that is not hung up is a controlling terminal")
 
 
+PTY_NODE = Record("pty node", {
+    "mode": F(INT, rule=rng(0, 0o7777)),
+    "uid": F(INT, rule=rng(0, MAX_UID)),
+    "gid": F(INT, rule=rng(0, MAX_UID)),
+})
+
 PTY_OBJECT = Record("pty object", {
     "kind": F(STR),
     "index": F(INT, rule=rng(0, MAX_INDEX - 1)),
+    # its slave node's mode and owner (absent in images before session 21: the restorer's, root's)
+    "node": F(DICT, required=False, rule=record(PTY_NODE)),
     "termios": F(LIST, required=False),
     "winsize": F(LIST, required=False),
     # bytes waiting at dump (engine/fds/pty_data.py): output on the master; input on the slave,
@@ -457,6 +500,8 @@ def _master(r: RestoreFd, key: str) -> int:
         r.keep.extend(opened.values())   # freed only once every process holds its fds
         r.keep.append(fd)
     unlock(fd)
+    if "node" in o:
+        _give_node(r, fd, o["node"])
     if "termios" in o:
         t = o["termios"]
         termios.tcsetattr(fd, termios.TCSANOW, t[:6] + [[bytes([c]) if i not in (termios.VMIN, termios.VTIME) else c
