@@ -602,8 +602,9 @@ class _Restorer:
         self.jobs = sessions.plan(zombies.in_order(procs, dead))
         self.cttys = ctty.plan(procs)   # (members with their leader's terminal: forked late, late_standins)
         late = set(self.cttys.late)
-        for p in procs:
-            if p["pid"] not in late:
+        for pid in self.jobs.order:   # (parents first; one adopted into a session after its leader)
+            p = by_pid.get(pid)
+            if p is not None and pid not in late:
                 self._spawn_one(p, by_pid.get(p.get("ppid")), own, early_groups)
         for fd in own.values():
             os.close(fd)
@@ -689,51 +690,21 @@ class _Restorer:
 
     def _spawn_one(self, p: dict, parent: dict | None, own: dict, early_groups: dict) -> None:
         """The stand-in of process p, forked by its parent's (the root's by us), in its session and
-        group and namespaces."""
-        ppidns = parent["ns"]["pid"] if parent else None
+        group and namespaces; one adopted into another's session (engine/sessions.py `adopt`) is
+        forked from that session's leader's and starts in its namespaces."""
+        leader = self.jobs.adopt.get(p["pid"])
+        maker = parent if leader is None else next(q for q in self.doc["processes"] if q["pid"] == leader)
         # Namespaces another user namespace made: made there now, joined below (engine/userns_cr.py).
         self._users_call(self.users.premade, p, self.nsfd_of, self._uts_names, self.hostproc)
-        if parent is None:
-            mode = "same" if "pid" in p.get("host_ns", ()) else \
-                "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
-        elif p["ns"]["pid"] == ppidns:
-            mode = "same"
-        elif ("pid", p["ns"]["pid"]) in self.nsfd_of:
-            mode = "join"
-        else:
-            mode = "new"
-        ours, theirs = channel.Channel.pair()
-        fds = [theirs.fileno()]
-        if mode == "join":
-            fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
-        in_userns = self.users.spawn_in(p, parent)   # engine/userns_cr.py
-        groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
-        if parent is None:
-            root = "session" if p["pid"] in self.jobs.setsid else True
-            if in_userns is None:
-                hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root)
-            else:
-                hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
-                                             in_userns, root=root, groups=groups)
-        else:
-            pchan = self.chans[parent["pid"]]
-            before = self._children_of(self.hostpid[parent["pid"]])
-            alone = self.jobs.orphans.get(p["pid"])   # (in a session or group whose leader is gone)
-            if in_userns is None:
-                pchan.call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
-            else:
-                pchan.call(("spawn_in_userns", mode, groups, alone), [fds[0], in_userns, *fds[1:]])
-            new = self._children_of(self.hostpid[parent["pid"]]) - before
-            if len(new) != 1:
-                raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
-            hp = new.pop()
-        theirs.close()
+        hp, ours = self._fork_standin(p, parent, maker, early_groups)
         self.chans[p["pid"]] = ours
         self.hostpid[p["pid"]] = hp
-        if groups is not None and in_userns is None:
+        groups = early_groups.get(p["pid"])
+        if groups is not None and self.users.spawn_in(p, maker) is None:
             ours.call(("groups", groups), [])
         self._job(p, parent)
         step("spawn")
+        parent = maker   # (the namespaces it starts in are its maker's)
         if ("pid", p["ns"]["pid"]) not in self.nsfd_of:
             self.nsfd_of[("pid", p["ns"]["pid"])] = os.open(f"/proc/{hp}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         for kind in _OTHER_NS:
@@ -755,6 +726,69 @@ class _Restorer:
             if (kind, nsid) not in self.nsfd_of:
                 self.nsfd_of[(kind, nsid)] = os.open(f"/proc/{hp}/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC)
         self._timens(p, parent, ours, hp)
+
+    def _fork_standin(self, p: dict, parent: dict | None, maker: dict | None, early_groups: dict):
+        """(host pid, channel) of p's new stand-in, forked by `maker`'s (its parent's, or the leader
+        of the session it is adopted into), in its pid namespace and user namespace."""
+        if maker is None:
+            mode = "same" if "pid" in p.get("host_ns", ()) else \
+                "join" if ("pid", p["ns"]["pid"]) in self.nsfd_of else "new"
+        elif p["ns"]["pid"] == maker["ns"]["pid"]:
+            mode = "same"
+        elif ("pid", p["ns"]["pid"]) in self.nsfd_of:
+            mode = "join"
+        else:
+            mode = "new"
+        ours, theirs = channel.Channel.pair()
+        fds = [theirs.fileno()]
+        if mode == "join":
+            fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
+        in_userns = self.users.spawn_in(p, maker)   # engine/userns_cr.py
+        groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
+        try:
+            if maker is None:
+                root = "session" if p["pid"] in self.jobs.setsid else True
+                if in_userns is None:
+                    return standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root), ours
+                return standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
+                                               in_userns, root=root, groups=groups), ours
+            before = self._children_of(self.hostpid[parent["pid"]])
+            if maker is not parent:
+                self._adopt(p, parent, maker, mode, fds)
+            elif in_userns is None:
+                alone = self.jobs.orphans.get(p["pid"])   # (in a session or group whose leader is gone)
+                self.chans[parent["pid"]].call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
+            else:
+                self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"])),
+                                               [fds[0], in_userns, *fds[1:]])
+            new = self._children_of(self.hostpid[parent["pid"]]) - before
+            if len(new) != 1:
+                raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
+            return new.pop(), ours
+        finally:
+            theirs.close()
+
+    def _adopt(self, p: dict, parent: dict, leader: dict, mode: str, fds: list) -> None:
+        """p's stand-in forked in `leader`'s session by an intermediate child of the leader's stand-in
+        that exits at once; p's parent's stand-in, a child subreaper meanwhile (the nearest above the
+        intermediate: the stand-ins between become subreapers only as they detach), adopts it."""
+        if mode != "same" or len(fds) != 1:
+            raise RestoreError(errno.EINVAL, f"process {p['pid']}: adopted into session {leader['pid']} from "
+                                             "another pid namespace")
+        pchan = self.chans[parent["pid"]]
+        adopter = kernel.pidfd_open(self.hostpid[parent["pid"]])
+        try:
+            pchan.call(("subreaper", True), [])
+            try:
+                self.chans[leader["pid"]].call(("spawn_adopted", mode), [fds[0], adopter])
+            finally:
+                pchan.call(("subreaper", False), [])
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: its stand-in in the session of process "
+                                                     f"{leader['pid']}, adopted by process {parent['pid']}'s: "
+                                                     f"{e.strerror or e}") from None
+        finally:
+            os.close(adopter)
 
     def _timens(self, p: dict, parent: dict | None, chan, hp: int) -> None:
         """Stand-in p's time namespace and its children's (engine/timens.py): each made by the

@@ -7,6 +7,7 @@ the restorer asks, each request answered by ("ok", value) or ("error", text):
   spawn    fork a child stand-in (same, new, or an existing pid namespace)
   spawn_in_userns   the same, the child starting inside its user namespace
   spawn_alone   the same, the child in a session or group whose leader is gone (engine/sessions.py)
+  spawn_adopted   the same, the child adopted by an ancestor (a child subreaper: `subreaper`)
   ns       unshare or setns one namespace (uts, ipc, net, cgroup); set hostname
   fsmount  create a superblock from inside its namespaces (proc, mqueue, ...)
   enter    setns into its restored mount namespace, chroot to its root, chdir
@@ -127,12 +128,21 @@ def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> in
     return _spawn_via_mid(mode, pidns_fd, sock_fd, None, False, None, alone)
 
 
+def spawn_adopted(mode: str, sock_fd: int, adopter: int) -> int:
+    """Like `spawn`, but from an intermediate child that exits at once, so that the stand-in is
+    adopted by an ancestor of ours, `adopter` (a pidfd): a child subreaper meanwhile, nearer than any
+    other above us (engine/sessions.py `adopt`: a stand-in in our session whose parent is that
+    ancestor's). Returns its pid as we see it."""
+    return _spawn_via_mid(mode, None, sock_fd, None, False, None, None, adopter)
+
+
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
-                   groups: list[int] | None, alone: str | None) -> int:
-    me = kernel.pidfd_open(os.getpid())
+                   groups: list[int] | None, alone: str | None, adopter: int | None = None) -> int:
+    me = kernel.pidfd_open(os.getpid()) if adopter is None else os.dup(adopter)
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
-    _subreaper(True)
+    if adopter is None:
+        _subreaper(True)
     try:
         mid = os.fork()
         if mid == 0:
@@ -172,11 +182,13 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
         _, status = os.waitpid(mid, 0)
         if not data or status:
             raise OSError(errno.EPERM, "cannot start a stand-in inside its user namespace" if userns_fd is not None
-                          else f"cannot start a stand-in in a {alone} of its own")
+                          else f"cannot start a stand-in in a {alone} of its own" if alone
+                          else "cannot start a stand-in for an ancestor to adopt")
         os.write(go_w, b"1")
         return int(data)
     finally:
-        _subreaper(False)
+        if adopter is None:
+            _subreaper(False)
         for fd in (pid_r, go_w, me):
             try:
                 os.close(fd)
@@ -377,6 +389,15 @@ class _Server:
     def op_spawn_alone(self, msg, fds):
         """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""
         return spawn_alone(msg[1], fds[1] if len(fds) > 1 else None, fds[0], msg[2])
+
+    def op_spawn_adopted(self, msg, fds):
+        """A child stand-in (channel fds[0]) our ancestor (pidfd fds[1]) adopts (spawn_adopted)."""
+        return spawn_adopted(msg[1], fds[0], fds[1])
+
+    def op_subreaper(self, msg, fds):
+        """Be a child subreaper (msg[1]) or not: while a stand-in of ours is adopted (spawn_adopted)."""
+        _subreaper(bool(msg[1]))
+        return None
 
     def op_setsid(self, msg, fds):
         """A session of our own, before our children are forked (engine/sessions.py)."""

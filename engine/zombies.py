@@ -188,7 +188,8 @@ def in_order(procs: list[dict], zombies: list[dict]) -> list[dict]:
 def refusal(live, dead) -> str | None:
     """Why the sessions and groups of the live processes and zombies cannot be made again
     (engine/sessions.py), in the order restore makes them (`in_order`), or None."""
-    return sessions.refusal(list(live) + list(dead), sessions.ids_of(list(live) + list(dead)))
+    return sessions.refusal(list(live) + list(dead), sessions.ids_of(list(live) + list(dead)),
+                            frozenset(pid for pid, _ in dead))
 
 
 # --- restore: in the zombie's stand-in -------------------------------------------------------------

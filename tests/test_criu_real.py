@@ -258,10 +258,9 @@ TESTS = {
     "child_subreaper": "pass",
     "child_subreaper_existing_child": "pass",
     # an orphan reparented to the subreaper stays in the session of the helper that made it (alive,
-    # not its ancestor): restore makes sessions only by inheritance or setsid, so dump refuses
-    # before the stop (a stand-in of the leader forking it for the restored subreaper to adopt
-    # would make it: not done yet)
-    "child_subreaper_and_reparent": "refused: which it can neither inherit from its parent nor make",
+    # not its ancestor): its stand-in is forked in that session from the helper's and adopted by
+    # the subreaper's (engine/sessions.py `adopt`; refused before session 21)
+    "child_subreaper_and_reparent": "pass",
     # pidfds of processes reaped since: opened on children of restore's that exit and are reaped
     "pidfd_dead": "pass",
     "pidfd_diffdead": "pass",

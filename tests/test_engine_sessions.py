@@ -16,14 +16,14 @@ def test_job_control_shell():
     """`sh -i` leads its session; a pipeline job is a group led by its first process."""
     procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(11, 10, 10, 11), proc(12, 10, 10, 11),
              proc(13, 11, 10, 11)]
-    assert sessions.plan(procs) == ({1, 10}, {11: 11, 12: 11}, [], None, {})
+    assert sessions.plan(procs)[:5] == ({1, 10}, {11: 11, 12: 11}, [], None, {})
 
 
 def test_leader_made_after_its_member():
     """A member forked before its group's leader joins once every stand-in exists; its child, forked
     after the leader (parents first, by pid), joins at once."""
     procs = [proc(1, None, 1, 1), proc(12, 1, 1, 15), proc(15, 1, 1, 15), proc(20, 12, 1, 15)]
-    setsid, now, later, problem, _ = sessions.plan(procs)
+    setsid, now, later, problem = sessions.plan(procs)[:4]
     assert now == {15: 15, 20: 15} and later == [(12, 15)] and problem is None
     procs = [proc(1, None, 1, 1), proc(12, 1, 1, 15), proc(13, 12, 1, 15), proc(15, 1, 1, 15)]
     assert sessions.plan(procs)[1:3] == ({15: 15}, [(12, 15), (13, 15)])
@@ -32,14 +32,14 @@ def test_leader_made_after_its_member():
 def test_inherited_groups_need_no_step():
     """Children in their parent's session and group, the root's outside the tree included."""
     procs = [proc(1, None, 500, 400), proc(2, 1, 500, 400), proc(3, 2, 500, 400)]
-    assert sessions.plan(procs) == (set(), {}, [], None, {})
+    assert sessions.plan(procs)[:5] == (set(), {}, [], None, {})
 
 
 def test_daemon_forked_twice():
     """A session whose leader is gone is made for its first process; its descendants inherit it, and a
     group of their own within it is made as usual."""
     procs = [proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 12, 7, 7), proc(14, 12, 7, 14)]
-    assert sessions.plan(procs) == ({1}, {14: 14}, [], None, {12: "session"})
+    assert sessions.plan(procs)[:5] == ({1}, {14: 14}, [], None, {12: "session"})
 
 
 def test_group_whose_leader_is_gone():
@@ -47,12 +47,13 @@ def test_group_whose_leader_is_gone():
     through sleep; a later member of the session joins it the same way."""
     procs = [proc(1, None, 1, 1), proc(10, 1, 10, 10), proc(12, 10, 10, 11), proc(13, 10, 10, 11),
              proc(14, 13, 10, 14), proc(15, 14, 10, 11)]
-    assert sessions.plan(procs) == ({1, 10}, {13: 12, 14: 14, 15: 12}, [], None, {12: "group"})
+    assert sessions.plan(procs)[:5] == ({1, 10}, {13: 12, 14: 14, 15: 12}, [], None, {12: "group"})
 
 
 @pytest.mark.parametrize("procs, problem", [
     ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 1, 7, 7)], (13, "session", 7)),   # two of a gone leader
-    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 5, 5)], (6, "session", 5)),     # a leader not its ancestor
+    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(7, 1, 1, 1), proc(6, 7, 5, 5)], (6, "session", 5)),   # its parent no ancestor of the leader
+    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 5, 6, 6), proc(7, 6, 5, 5)], (7, "session", 5)),   # its parent below the leader
     ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 12, 7, 9)], None),               # a group made in it
     ([proc(1, None, 1, 1), proc(12, 1, 7, 8)], (12, "pgrp", 8)),             # a gone leader's group and session
     ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 1, 5)], (6, "pgrp", 5)),   # another session's group
@@ -183,3 +184,72 @@ def test_killed_restore_kills_stand_ins_of_other_sessions(case, tmp_path):
     assert_same(before, take(new))
     kill_tree(new)
     assert not problems, problems
+
+
+def test_dumb_init_setsid_orphan_is_adopted():
+    """dumb-init's setsid mode: the holder (1) runs dumb-init (10), whose child shell (20) leads a
+    session; the shell's orphan (30, and its child 31) went to the holder. Its stand-in is forked in
+    the shell's session and adopted by the holder's, after the shell's (listed before it here)."""
+    procs = [proc(1, None, 1, 1), proc(30, 1, 20, 20), proc(31, 30, 20, 20), proc(10, 1, 1, 1), proc(20, 10, 20, 20)]
+    plan = sessions.plan(procs)
+    assert plan.problem is None and plan.adopt == {30: 20} and plan.setsid == {1, 20}
+    assert plan.order == [1, 10, 20, 30, 31] and plan.now == {} and plan.orphans == {}
+    # (its own group within the shell's session, made as usual)
+    procs[2]["pgid"] = 31
+    assert sessions.plan(procs).now == {31: 31}
+
+
+@pytest.mark.parametrize("change", [
+    lambda ps: ps[1].update(ns={"pid": "pid-2"}),   # another pid namespace than the holder's and the shell's
+    lambda ps: ps[1].update(userns="user-1"),        # another user namespace
+    lambda ps: ps[1].update(status=0),               # a zombie (made by its parent's stand-in alone)
+    lambda ps: ps[3].update(status=0),               # a zombie leader (it forks nothing)
+])
+def test_adoption_needs_one_pid_and_user_namespace_and_a_living_process(change):
+    procs = [proc(1, None, 1, 1), proc(30, 1, 20, 20), proc(10, 1, 1, 1), proc(20, 10, 20, 20)]
+    for p in procs:
+        p["ns"] = {"pid": "pid-1"}
+    assert sessions.plan(procs).adopt == {30: 20}
+    change(procs)
+    assert sessions.plan(procs).problem == (30, "session", 20)
+
+
+DUMB_INIT_SETSID = """
+python3 -c '
+import os
+if os.fork() == 0:          # the session leader dumb-init forks (its shell)
+    os.setsid()
+    if os.fork() == 0:      # a subshell whose child outlives it
+        if os.fork() == 0:
+            os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+        os._exit(0)
+    os.wait()
+    open("/run/.orphaned", "w").close()
+    os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])
+os.execv("/.hold/mntcr-hold", ["mntcr-hold", "100000"])   # dumb-init
+' </dev/null >/dev/null 2>&1 &
+wait_for /run/.orphaned
+hold
+"""
+
+
+def test_orphan_in_the_session_of_a_living_non_ancestor_restored(case):
+    """dumb-init's setsid mode: the orphan of the shell's subshell went to the holder (pid 1), in the
+    shell's session, which the holder is not in. It was refused; its stand-in is now forked in the
+    shell's session and adopted by the holder's, and the snapshot's sessions and tree compare."""
+    from enginecase import take, assert_same
+    from zdtm import snapshot
+    pid = case.start(DUMB_INIT_SETSID)
+
+    def layout(root):
+        ids = {p: sessions.read(p) for p in snapshot.tree_pids(root)}
+        ppid = {p: int(open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[1]) for p in ids}
+        leader = next(p for p in ids if ids[p][0] == p and p != root)
+        orphan = next(p for p in ids if ids[p][0] == leader and p != leader)
+        return ppid[orphan] == root and ppid[leader] != root, ids[orphan] == (leader, leader)
+
+    assert layout(pid) == (True, True)
+    before = take(pid)
+    new = case.cr(pid)
+    assert layout(new) == (True, True)
+    assert_same(before, take(new))
