@@ -10,7 +10,7 @@ import os
 import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, inject, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
-                    pdeathsig, posixtimers, seccomp, seccomp_eval,
+                    pdeathsig, posixtimers, seccomp,
                     sessions, subreaper, thp, threads, timens)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
@@ -35,16 +35,9 @@ def unplaced_of(p: dict):
 def _check_early_filters(pid: int, entry: dict) -> None:
     """Refuse filters its stand-in must install before its ids (engine/seccomp.py `late`) that deny
     a call the stand-in makes after them (engine/seccomp_eval.py): restore would fail."""
-    if seccomp.late(entry):
-        return
-    try:
-        name = seccomp_eval.denied_standin_call(entry["seccomp"], os.uname().machine)
-    except seccomp_eval.EvalError:
-        return   # (what it cannot run: left to restore, as before)
-    if name:
-        raise DumpError(errno.EOPNOTSUPP, f"process {pid}: its seccomp filters deny {name}(2), which its "
-                                          "stand-in makes after installing them (it may not install them after "
-                                          "its ids: no no_new_privs, no CAP_SYS_ADMIN): not restored")
+    why = seccomp.standin_refusal(pid, entry)   # (asked before the stop too: filters added since)
+    if why:
+        raise DumpError(errno.EOPNOTSUPP, why)
 
 
 def _asked_inside(pid: int, filters: list | None, subreaper_too: bool, pdeathsig_too: bool) -> dict:

@@ -42,12 +42,15 @@ tree already shows is checked here first, with the line dump would give:
   keep (engine/ipcvars.py);
 - a process under SCHED_DEADLINE (engine/schedattrs.py); time namespaces restore cannot make
   (engine/timens.py: one a process made after another of the tree joined it); seccomp strict
-  mode (engine/seccomp.py); a login uid restore could not set (engine/loginuid.py);
+  mode, and filters that hand calls to a supervisor (SECCOMP_RET_USER_NOTIF) or deny a call the
+  stand-in makes after them (engine/seccomp.py: read last, each process with filters held alone
+  for a moment in a ptrace trap, the only interface that shows them); a login uid restore could
+  not set (engine/loginuid.py);
 - threads with a state of their own (engine/threads.py: an fs, namespaces, ids or
   capabilities other than their process's; checked again once the tree is stopped), and,
   before anything else, a process whose main thread has exited while its threads run.
 
-Everything here only reads. Dump checks everything again once the tree is
+Everything here only reads (seccomp filters under that brief trap, which sends no signal). Dump checks everything again once the tree is
 stopped: that stays the authority for what changes in between (a process that
 opens a socket meanwhile), and for what only a stopped tree shows (a peek with a
 peek offset, archives, devices).
@@ -200,6 +203,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_socket_binds(pids, view)
         for pid in pids:
             threads.check(pid)
+        seccomp.precheck_filters(pids)   # (last: it traps each process with filters for a moment)
     except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError,
             schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, loginuid.LoginuidError,
             posixtimers.TimerError, subreaper.SubreaperError) as e:

@@ -18,9 +18,14 @@ after installing it (answering the restorer, its last word) fails the restore wi
 ANSWER_TIMEOUT, the stand-in killed with the tree (restore.py).
 
 Refused: strict mode (SECCOMP_MODE_STRICT: nothing but read, write, exit and sigreturn, which
-a stand-in cannot be made under; before the stop), and a filter that hands system calls to a
-supervisor (SECCOMP_RET_USER_NOTIF: its listener is another process's; seen once the tree is
-stopped, the tree then resumed).
+a stand-in cannot be made under), a filter that hands system calls to a supervisor
+(SECCOMP_RET_USER_NOTIF: its listener is another process's, a runtime's seccomp agent) and early
+filters that deny a call the stand-in makes after them (engine/seccomp_eval.py), all before the
+tree is stopped. Only ptrace shows a filter, and only in a traced stop: `precheck_filters` holds
+each process with filters alone in a brief trap (PTRACE_SEIZE, PTRACE_INTERRUPT, the read,
+PTRACE_DETACH: no signal is sent, its parent and a SIGCONT watcher see nothing; a blocking call it
+was in restarts, or returns EINTR as after any stop) while the tree runs. A filter added between
+that check and the stop is refused once the tree is stopped, the tree then resumed.
 """
 
 from __future__ import annotations
@@ -74,6 +79,39 @@ def precheck(pids: list[int]) -> None:
         if m == MODE_FILTER and _yama_scope() == 3:
             raise SeccompError(errno.EPERM, f"process {pid} has seccomp filters, which only ptrace reads, and "
                                             "kernel.yama.ptrace_scope is 3 (no attach): not restored")
+
+
+def precheck_filters(pids: list[int]) -> None:
+    """Before the tree is stopped: read the filters of each process that has some (`read`, a brief
+    trap of that process alone) and refuse those restore would not give back (SECCOMP_RET_USER_NOTIF,
+    `standin_refusal`)."""
+    for pid in pids:
+        try:
+            if mode(pid) != MODE_FILTER:
+                continue
+            entry = {"caps": kernel.read_caps(pid), **kernel.read_fs_bits(pid)}
+        except FileNotFoundError:
+            continue   # (gone meanwhile: dump tells)
+        filters = read(pid)
+        why = standin_refusal(pid, dict(entry, seccomp=filters)) if filters else None
+        if why:
+            raise SeccompError(errno.EOPNOTSUPP, why)
+
+
+def standin_refusal(pid: int, entry: dict) -> str | None:
+    """Why the filters of process record `entry` ("seccomp", "caps", "no_new_privs") would stop its
+    stand-in: ones it must install before its ids (`late`) that deny a call it makes after them
+    (engine/seccomp_eval.py); None when they would not (or cannot be run here: left to restore)."""
+    from engine import seccomp_eval
+    if late(entry):
+        return None
+    try:
+        name = seccomp_eval.denied_standin_call(entry["seccomp"], os.uname().machine)
+    except seccomp_eval.EvalError:
+        return None
+    return None if not name else (
+        f"process {pid}: its seccomp filters deny {name}(2), which its stand-in makes after installing them "
+        "(it may not install them after its ids: no no_new_privs, no CAP_SYS_ADMIN): not restored")
 
 
 def _yama_scope() -> int:
