@@ -315,6 +315,7 @@ def _to_fuse(doc, source: str = "/mnt/t/f", **extra):
               **extra)
     sb.pop("empty_root", None)
     sb.pop("empty_roots", None)
+    sb.pop("payload", None)   # (an mqueue's root owner and mode: engine/fs/mqueue.py)
     for m in _ns(doc)["mounts"]:
         if m["sb"] == sid:
             m.update(fstype="fuse.squashfuse", source=source)
