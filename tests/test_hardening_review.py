@@ -79,6 +79,7 @@ def _turn_mqueue(d, fstype: str, **sb) -> None:
     """The mqueue at /mnt/mq (no archive) turned into a superblock of `fstype`."""
     m = _mnt(d, "/mnt/mq")
     d["superblocks"][m["sb"]].update(fstype=fstype, archives=[], **sb)
+    d["superblocks"][m["sb"]].pop("payload", None)   # (an mqueue's root owner and mode: engine/fs/mqueue.py)
     m.update(fstype=fstype, source=sb["source"])
 
 
