@@ -87,8 +87,9 @@ def precheck_filters(pids: list[int]) -> None:
     `standin_refusal`)."""
     for pid in pids:
         try:
-            if mode(pid) != MODE_FILTER:
-                continue
+            status = kernel.proc_status(pid, {"Seccomp", "TracerPid"})
+            if status.get("Seccomp", "0").strip() != str(MODE_FILTER) or status.get("TracerPid", "0").strip() != "0":
+                continue   # (a traced one: refused next, as traced, by dump: engine/freeze.py)
             entry = {"caps": kernel.read_caps(pid), **kernel.read_fs_bits(pid)}
         except FileNotFoundError:
             continue   # (gone meanwhile: dump tells)
