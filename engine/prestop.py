@@ -50,10 +50,10 @@ tree already shows is checked here first, with the line dump would give:
   capabilities other than their process's; checked again once the tree is stopped), and,
   before anything else, a process whose main thread has exited while its threads run.
 
-Everything here only reads (seccomp filters under that brief trap, which sends no signal). Dump checks everything again once the tree is
-stopped: that stays the authority for what changes in between (a process that
-opens a socket meanwhile), and for what only a stopped tree shows (a peek with a
-peek offset, archives, devices).
+Everything here only reads (seccomp filters under that brief trap, which sends no signal).
+Dump checks everything again once the tree is stopped: that stays the authority for what
+changes in between (a process that opens a socket meanwhile), and for what only a stopped
+tree shows (a peek with a peek offset, archives, devices).
 """
 
 from __future__ import annotations

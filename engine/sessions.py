@@ -210,6 +210,8 @@ def _place(p: dict, i: int, by_pid: dict, state: tuple, out) -> tuple | int | No
     if problem is None:
         problem = _group_of(p, by_pid, session, group, made, out)
     return problem
+
+
 def foreground_member(procs: list[dict], leader: dict) -> int | None:
     """A process of `leader`'s session in its terminal's foreground group ("tty_fg"; its own leader
     first, when in the tree): the group restore gives the terminal to is that process's."""

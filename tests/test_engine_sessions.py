@@ -52,8 +52,9 @@ def test_group_whose_leader_is_gone():
 
 @pytest.mark.parametrize("procs, problem", [
     ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 1, 7, 7)], (13, "session", 7)),   # two of a gone leader
-    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(7, 1, 1, 1), proc(6, 7, 5, 5)], (6, "session", 5)),   # its parent no ancestor of the leader
-    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 5, 6, 6), proc(7, 6, 5, 5)], (7, "session", 5)),   # its parent below the leader
+    # its parent no ancestor of the leader; its parent below the leader
+    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(7, 1, 1, 1), proc(6, 7, 5, 5)], (6, "session", 5)),
+    ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 5, 6, 6), proc(7, 6, 5, 5)], (7, "session", 5)),
     ([proc(1, None, 1, 1), proc(12, 1, 7, 7), proc(13, 12, 7, 9)], None),               # a group made in it
     ([proc(1, None, 1, 1), proc(12, 1, 7, 8)], (12, "pgrp", 8)),             # a gone leader's group and session
     ([proc(1, None, 1, 1), proc(5, 1, 5, 5), proc(6, 1, 1, 5)], (6, "pgrp", 5)),   # another session's group
