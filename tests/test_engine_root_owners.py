@@ -145,3 +145,32 @@ def test_mqueue_payload_validates():
 def test_hostile_pty_node_refused(node):
     with pytest.raises(image.ImageError):
         pty._check_object({"kind": "pty", "index": 0, "node": node}, "object pty-0")
+
+
+def test_mqueue_root_of_the_restorers_own_ipc_namespace_is_never_given_an_owner(case, tmp_path):
+    """A forged image: the chowned mqueue's payload, the tree now said to share the restorer's ipc
+    namespace. Restore mounts that namespace's mqueue (the host's) and refuses to chown its root,
+    in one line; the host's root keeps its owner and mode."""
+    from enginecase import CRError, copy_image, load_manifest, save_manifest
+    from engine import standin
+
+    def host_root():
+        fd = standin.fsmount("mqueue", None, [])
+        try:
+            st = os.fstat(fd)
+            return st.st_mode, st.st_uid, st.st_gid
+        finally:
+            os.close(fd)
+
+    pid = case.start(MQUEUE + "hold\n")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    img = copy_image(images, tmp_path)
+    doc = load_manifest(img)
+    for p in doc["processes"]:
+        p["host_ns"] = sorted(set(p.get("host_ns") or []) | {"ipc"})
+    save_manifest(img, doc)
+    before = host_root()
+    with pytest.raises(CRError, match="the superblock made is \\(or may be\\) the restorer's own ipc namespace's"):
+        case.restore(img)
+    assert host_root() == before

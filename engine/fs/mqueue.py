@@ -65,10 +65,12 @@ class Mqueue(FsType):
         if not root:
             return
         st = os.fstat(mount_fd)
-        if st.st_dev == _own_instance():
-            # (a namespace restore did not make: the restorer's own, whose root is the host's)
-            raise FsError(errno.EPERM, f"{where}: mqueue: the superblock made is the restorer's own ipc "
-                                       "namespace's; its root's owner is not given")
+        own = _own_instance()
+        if own is None or st.st_dev == own:
+            # (a namespace restore did not make: the restorer's own, whose root is the host's; or
+            # one it cannot tell from it)
+            raise FsError(errno.EPERM, f"{where}: mqueue: the superblock made is (or may be) the restorer's own "
+                                       "ipc namespace's; its root's owner is not given")
         try:
             if (st.st_uid, st.st_gid) != (root["uid"], root["gid"]):
                 # (through the mount fd itself: with a yard the restorer's "/" has no /proc)
