@@ -163,17 +163,43 @@ def plan(procs: list[dict]):
     parent), is adopted (`adopt`) when all three are in one pid and one user namespace ("ns" "pid"
     and "userns", compared when given).
 
-    It follows which session and group each stand-in is in (by the dumped ids), as forks pass them on."""
+    It follows which session and group each stand-in is in (by the dumped ids), as forks pass them on.
+    Siblings are made in the image's order (by pid, as dump lists them: restored pids keep their
+    order), but where that would make an adopted process wait for itself."""
     by_pid = {p["pid"]: p for p in procs}
+    out = _walk(procs, by_pid, True)
+    if out.problem == "cycle":
+        out = _walk(procs, by_pid, False)
+    if out.problem == "cycle":
+        p = next(p for p in procs if p["pid"] not in out.order)
+        return out._replace(problem=(p["pid"], "session", p.get("sid")))
+    if out.problem is not None:
+        return out
+    for p in procs:
+        fg = p.get("tty_fg")
+        if fg is not None and (p.get("sid") != p["pid"] or foreground_member(procs, p) is None):
+            return out._replace(problem=(p["pid"], "foreground", fg))
+    return out
+
+
+def _walk(procs: list[dict], by_pid: dict, siblings: bool):
+    """`plan`'s steps, each process after its parent, an adopted one after its leader, and, with
+    `siblings`, after its previous sibling; problem "cycle" when some wait for each other."""
     out = Plan(set(), {}, [], None, {}, {}, [])
     state = ({}, {}, {})   # group, session: pid -> the dumped one its stand-in is in; made: group -> first
     waiting: dict[int, list[int]] = {}   # pid -> indexes of the processes made only after it
+    last: dict = {}
+    before = []   # index -> the pid of its previous sibling, or None
+    for p in procs:
+        before.append(last.get(p.get("ppid")) if siblings else None)
+        last[p.get("ppid")] = p["pid"]
     for i in range(len(procs)):
         todo = [i]
         while todo:
             todo.sort(reverse=True)   # (the first of the image's order first)
             j = todo.pop()
-            got = _place(procs[j], j, by_pid, state, out)
+            got = before[j] if before[j] is not None and before[j] not in state[1] else \
+                _place(procs[j], j, by_pid, state, out)
             if isinstance(got, int):
                 waiting.setdefault(got, []).append(j)
                 continue
@@ -181,14 +207,7 @@ def plan(procs: list[dict]):
                 return out._replace(problem=got)
             out.order.append(procs[j]["pid"])
             todo += waiting.pop(procs[j]["pid"], [])
-    if waiting:
-        p = procs[min(j for js in waiting.values() for j in js)]
-        return out._replace(problem=(p["pid"], "session", p.get("sid")))
-    for p in procs:
-        fg = p.get("tty_fg")
-        if fg is not None and (p.get("sid") != p["pid"] or foreground_member(procs, p) is None):
-            return out._replace(problem=(p["pid"], "foreground", fg))
-    return out
+    return out._replace(problem="cycle") if waiting else out
 
 
 def _place(p: dict, i: int, by_pid: dict, state: tuple, out) -> tuple | int | None:

@@ -195,6 +195,10 @@ def test_dumb_init_setsid_orphan_is_adopted():
     plan = sessions.plan(procs)
     assert plan.problem is None and plan.adopt == {30: 20} and plan.setsid == {1, 20}
     assert plan.order == [1, 10, 20, 30, 31] and plan.now == {} and plan.orphans == {}
+    # Siblings keep their order (restored pids keep it, as the snapshot compares): one after the
+    # orphan waits for it, unless the orphan's leader lies below it (then its place is dropped).
+    procs2 = [proc(1, None, 1, 1), proc(10, 1, 1, 1), proc(30, 1, 20, 20), proc(40, 1, 1, 1), proc(20, 10, 20, 20)]
+    assert sessions.plan(procs2).order == [1, 10, 20, 30, 40]
     # (its own group within the shell's session, made as usual)
     procs[2]["pgid"] = 31
     assert sessions.plan(procs).now == {31: 31}
