@@ -183,6 +183,15 @@ def comm_rule(v) -> str | None:
 comm_rule.inline = ("cached",)
 
 
+def _fits_bytes(v: str, hi: int) -> bool:
+    """Whether `v` is at most `hi` bytes in UTF-8 (undecodable bytes kept as surrogates, as dump
+    reads names), without NUL."""
+    try:
+        return len(v.encode("utf-8", "surrogateescape")) <= hi and "\0" not in v
+    except UnicodeEncodeError:
+        return False
+
+
 def path_rule(v) -> str | None:
     """A normalised absolute path with no '.', '..', NUL or oversize (null passes)."""
     if v is None:
@@ -1324,6 +1333,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
     handlers: dict[str, object] = {}
     opts_ok: set[tuple[int, int]] = set()      # (ids of) a super_opts list of `sbs` and its type, checked
     limits: dict[int, int | None] = {}         # id of a super_opts list -> _size_limit
+    roots: set[tuple[str, str]] | None = None   # (sb, root) of every mount and detached mount, once needed
     for sid, sb in sbs.items():
         what = f"superblock {sid} ({sb['fstype']})"
         handler = handlers.get(sb["fstype"], handlers)
@@ -1340,6 +1350,14 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                   f"({'external' if external else sb['fstype']} does not)")
         if len({e["root"] for e in empties}) < len(empties):
             _fail(f"{what}: an empty root is listed twice")
+        if empties:
+            # (dump records the root of a mount of it that held no files: any other path made
+            # directories the tree never had, as many as a manifest holds)
+            if roots is None:
+                roots = {(m["sb"], m["root"]) for m in list(mounts.values()) + list(detached.values())}
+            for e in empties:
+                if (sid, e["root"]) not in roots:
+                    _fail(f"{what}: empty root {e['root'][:80]!r} is the root of no mount of it")
         for a in archives:
             if a["file"] not in files:
                 _fail(f"{what}: archive {a['file']!r} is not listed in 'files'")
@@ -1640,8 +1658,10 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
                 _fail(f"{what} for {str(uts)[:40]!r}, a uts namespace no process is in")
-            if type(name) is not str or strlen(MAX_HOSTNAME)(name):
-                _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+            # (bytes, as the kernel counts them: 64 characters of two bytes each failed at restore
+            # with a bare "Invalid argument")
+            if type(name) is not str or not _fits_bytes(name, MAX_HOSTNAME):
+                _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} bytes (UTF-8) without NUL")
 
 
 def _check_sysvipc(doc: dict) -> None:

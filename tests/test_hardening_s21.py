@@ -1,0 +1,185 @@
+"""Hostile images and hostile trees against session 20's surface: blocked signals, the child
+subreaper flag, the parent-death signal, the THP-disable bit (engine/standin.py's detach), UTS
+host and domain names, empty roots of unmounted superblocks (engine/filler.py), System V
+msg_qbytes and SHM_LOCK (engine/sysvipc.py), and at dump time the calls run inside a stopped
+process (engine/inject.py, engine/seccomp_eval.py).
+
+The image is a real dump of a tree with each of those (a parent that is a subreaper with THP off
+and a blocked signal, a child with a parent-death signal, a NIS domain name, a queue with its
+msg_qbytes raised, a locked segment, two empty binds of an unmounted tmpfs), changed the way an
+attacker with write access to the image directory would. Each is refused with exit status 2 and
+one line, nothing left running or mounted, nothing of the host touched
+(test_hardening_hostile.refused), or restores with what the image says given to the tree alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+
+import enginecase
+from engine import image, imageformat
+from enginecase import case, load_manifest  # noqa: F401  (fixture)
+from test_hardening_hostile import _mutated, refused
+
+_BODY = """
+import ctypes, signal
+libc = ctypes.CDLL(None, use_errno=True)
+def ok(r):
+    if r == -1:
+        raise OSError(ctypes.get_errno(), "setup")
+    return r
+ok(libc.setdomainname(b"dom21", 5))
+open("/proc/sys/kernel/msgmnb", "w").write("50000")
+q = ok(libc.msgget(0x71, 0o1600))
+buf = ctypes.create_string_buffer(512); ok(libc.msgctl(q, 2, buf))
+ctypes.c_ulong.from_buffer(buf, 88).value = 40000; ok(libc.msgctl(q, 1, buf))
+open("/proc/sys/kernel/msgmnb", "w").write("16384")
+ok(libc.shmctl(ok(libc.shmget(0x81, 4096, 0o1600)), 11, None))
+ok(libc.prctl(36, 1, 0, 0, 0)); ok(libc.prctl(41, 1, 0, 0, 0))
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+r, w = os.pipe()
+if os.fork() == 0:
+    ok(libc.prctl(1, signal.SIGTERM, 0, 0, 0))
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    os.close(r); os.close(w)
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    libc.prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True:
+        signal.pause()
+os.close(w); os.read(r, 1); os.close(r)
+"""
+SETUP = """
+mkdir -p /mnt/t /mnt/pa /mnt/pb
+mount -t tmpfs t /mnt/t
+mkdir /mnt/t/a /mnt/t/b; chmod 1750 /mnt/t/a; chown 7:8 /mnt/t/b
+mount --bind /mnt/t/a /mnt/pa; mount --bind /mnt/t/b /mnt/pb
+umount /mnt/t
+""" + enginecase.py_hold(_BODY)
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """The dumped tree of SETUP."""
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _invalid(img: str, mutate, pattern: str) -> None:
+    """The manifest of `img` changed by `mutate` fails validation in one line matching `pattern`."""
+    doc = load_manifest(img)
+    imageformat.validate(json.loads(json.dumps(doc)))
+    mutate(doc)
+    with pytest.raises(image.ImageError) as e:
+        imageformat.validate(doc)
+    assert "\n" not in str(e.value) and re.search(pattern, str(e.value)), e.value
+
+
+def _parent(d) -> dict:
+    return d["processes"][0]
+
+
+def _child(d) -> dict:
+    return d["processes"][1]
+
+
+def _empties(d) -> list[dict]:
+    return next(sb["empty_roots"] for sb in d["superblocks"].values() if sb.get("empty_roots"))
+
+
+def _ipc(d) -> dict:
+    return next(iter(d["sysvipc"].values()))
+
+
+def test_image_has_what_the_tests_change(image_dir):
+    """The dump holds every field the tests below change (else they would pass for nothing)."""
+    d = load_manifest(image_dir)
+    p, c = _parent(d), _child(d)
+    assert (p.get("child_subreaper"), p.get("thp_disable"), p.get("sig_blocked"), "pdeathsig" in p) == \
+        (True, True, 1 << 11, False), p
+    assert (c.get("pdeathsig"), c.get("sig_blocked")) == (15, 1 << 9 | 1 << 11), c
+    assert sorted(e["root"] for e in _empties(d)) == ["/a", "/b"]
+    assert list(d["domainnames"].values()) == ["dom21"] and list(d["hostnames"].values()) == ["mntcr-test"]
+    ipc = _ipc(d)
+    assert [q.get("qbytes") for q in ipc["msg"]] == [40000] and [s.get("locked") for s in ipc["shm"]] == [True], ipc
+
+
+# --- UTS names (engine/kernel.py set_uts_names, in the stand-in's new UTS namespace) ------------
+
+@pytest.mark.parametrize("key", ["hostnames", "domainnames"])
+def test_uts_name_past_64_bytes_refused(image_dir, tmp_path, key):
+    """64 characters of two bytes each (the rule counted characters; the kernel counts bytes): the
+    restore made the tree's namespaces, then failed with "Invalid argument" alone (a domain name:
+    "setdomainname: Invalid argument"). Refused by the validator now, before anything is made."""
+    refused(_mutated(image_dir, tmp_path, lambda d: d[key].update({k: "\u00e9" * 64 for k in d[key]})),
+            r"bad image: (hostname|domain name) of uts-\d+: must be a string of at most 64 bytes", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["\ud800", "a\0b", "x" * 65, 7])
+def test_uts_name_the_kernel_cannot_take_refused(image_dir, name):
+    """A lone surrogate (no byte string: sethostname could not encode it), a NUL, 65 bytes, no
+    string: refused by the validator. (64 bytes a dump read as surrogates pass: test below.)"""
+    for key in ("hostnames", "domainnames"):
+        _invalid(image_dir, lambda d: d[key].update({k: name for k in d[key]}), r"at most 64 bytes")
+
+
+def test_uts_names_of_undecodable_bytes_restored_in_the_trees_namespace(image_dir, tmp_path):
+    """64 bytes that are no UTF-8 (dump reads them as surrogates) are the kernel's limit, restored
+    as they were; in the tree's UTS namespace alone: the test's own names are unchanged."""
+    import socket
+    raw = bytes(range(0x80, 0xc0))
+    name = raw.decode("utf-8", "surrogateescape")
+    ours = (socket.gethostname(), _domainname("self"))
+    img = _mutated(image_dir, tmp_path, lambda d: [d[k].update({u: name for u in d[k]})
+                                                   for k in ("hostnames", "domainnames")])
+    pid = _restored(img, tmp_path)
+    try:
+        assert _uts(pid) == [raw, raw]
+    finally:
+        _kill(pid)
+    assert (socket.gethostname(), _domainname("self")) == ours
+
+
+def _uts(pid: int) -> list[bytes]:
+    """[hostname, domain name] of `pid`'s UTS namespace (/proc/sys shows the reader's)."""
+    import subprocess
+    out = subprocess.run(["nsenter", "-t", str(pid), "-u", "cat", "/proc/sys/kernel/hostname",
+                          "/proc/sys/kernel/domainname"], capture_output=True, check=True).stdout
+    return out.split(b"\n")[:2]
+
+
+def _domainname(pid) -> bytes:
+    with open("/proc/sys/kernel/domainname", "rb") as f:
+        return f.read().rstrip(b"\n")
+
+
+def _restored(img: str, tmp_path) -> int:
+    """The pid of the root of `img` restored (the test kills it)."""
+    return enginecase.EngineCase(str(tmp_path)).restore(img)
+
+
+def _kill(pid: int) -> None:
+    from zdtm.snapshot import kill_tree
+    kill_tree(pid)
+
+
+# --- empty roots of unmounted superblocks (engine/filler.py) ------------------------------------
+
+@pytest.mark.parametrize("roots", [["/zz/yy"], ["/" + "d/" * 2000 + "e"], [f"/{i}/x" for i in range(20000)]],
+                         ids=["other-path", "deep", "many"])
+def test_empty_root_of_no_mount_refused(image_dir, tmp_path, roots):
+    """Empty roots that are the root of no mount of the superblock (dump records only those): the
+    restore made each as directories of the tree's tmpfs, as many as the manifest held (20,000
+    here, 2,000 deep in one). Refused by the validator now: the list is bounded by the mounts."""
+    refused(_mutated(image_dir, tmp_path, lambda d: _empties(d).extend(
+                dict(_empties(d)[0], root=r) for r in roots)),
+            r"bad image: superblock sb-\d+ \(tmpfs\): empty root '/.*' is the root of no mount of it", tmp_path)
+
+
+def test_empty_root_dotdot_refused(image_dir):
+    """'..' and a relative path never reach the filler (path_rule)."""
+    for bad in ("/../x", "a", "/a/../../b"):
+        _invalid(image_dir, lambda d: _empties(d)[0].update(root=bad), r"empty_roots\[0\]\.root")
