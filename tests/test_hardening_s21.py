@@ -183,3 +183,68 @@ def test_empty_root_dotdot_refused(image_dir):
     """'..' and a relative path never reach the filler (path_rule)."""
     for bad in ("/../x", "a", "/a/../../b"):
         _invalid(image_dir, lambda d: _empties(d)[0].update(root=bad), r"empty_roots\[0\]\.root")
+
+
+# --- blocked signals, subreaper, parent-death signal, THP (engine/standin.py detach) -------------
+
+def _status(pid, key: str) -> str:
+    with open(f"/proc/{pid}/status") as f:
+        return next(line.split()[1] for line in f if line.startswith(key + ":"))
+
+
+_ALL = (1 << 64) - 1
+
+
+def _every_bit(d) -> None:
+    """Every signal blocked and ignored, a subreaper and THP off in every process; the child's
+    parent-death signal SIGKILL."""
+    for p in d["processes"]:
+        p.update(sig_blocked=_ALL, sig_ignored=_ALL, child_subreaper=True, thp_disable=True)
+    _child(d)["pdeathsig"] = 9
+
+
+def test_process_bits_are_the_stand_ins_own(image_dir, tmp_path):
+    """Every signal blocked (the C library's own 32 and 33 too) and ignored, subreaper and THP off
+    everywhere, SIGKILL as the child's parent-death signal: the restored processes have them, the
+    restorer's process (the test's) none of them, and the tree still dies of the SIGKILL no mask
+    blocks (kill_tree). The mask came back without 32 and 33 (glibc's sigprocmask leaves them out):
+    a restore that "succeeded" with another mask than the image's."""
+    from engine import pdeathsig, subreaper
+    ours = (_status("self", "SigBlk"), _status("self", "SigIgn"), _status("self", "THP_enabled"))
+    pid = _restored(_mutated(image_dir, tmp_path, _every_bit), tmp_path)
+    try:
+        child = int(open(f"/proc/{pid}/task/{pid}/children").read().split()[0])
+        for p in (pid, child):
+            # (SIGKILL and SIGSTOP are never blocked nor ignored)
+            assert (_status(p, "SigBlk"), _status(p, "SigIgn")) == ("fffffffffffbfeff", "fffffffffffbfeff"), p
+            assert _status(p, "THP_enabled") == "0" and subreaper.read(p), p
+        assert (pdeathsig.read(pid), pdeathsig.read(child)) == (0, 9)
+    finally:
+        _kill(pid)
+    assert (_status("self", "SigBlk"), _status("self", "SigIgn"), _status("self", "THP_enabled")) == ours
+
+
+def test_blocked_signals_do_not_keep_a_failed_tree_alive(image_dir, tmp_path):
+    """Every signal blocked and ignored, and the child's last steps failing (its filter, installed
+    last, denies every call): the restore fails in one line and nothing is left running (the
+    restorer and the root kill with SIGKILL, which no mask holds back)."""
+    from test_hardening_s20 import _RET_ERRNO_ALL
+
+    def mutate(d):
+        _every_bit(d)
+        _child(d).update(seccomp=[{"insns": _RET_ERRNO_ALL, "log": False}], no_new_privs=True)
+    refused(_mutated(image_dir, tmp_path, mutate), r"process \d+: it did not tell how its last steps went",
+            tmp_path, timeout=100)
+
+
+def test_a_mask_with_the_c_librarys_signals_comes_back(case):
+    """A process that blocks every signal by the raw call (runtimes that do not go through glibc,
+    which leaves 32 and 33 out): the snapshot compares its mask; it came back without 32 and 33."""
+    body = """
+import ctypes
+ctypes.CDLL(None, use_errno=True).syscall(14, 2, ctypes.byref(ctypes.c_uint64((1 << 64) - 1)), None, 8)
+"""
+    before, after = case.roundtrip(enginecase.py_hold(body))
+    masks = [line.split("sigblk=")[1].split()[0] for p in after.snap.procs for line in p.text().splitlines()
+             if "sigblk=" in line]
+    assert masks == ["fffffffffffbfeff"], masks
