@@ -9,9 +9,11 @@ private mapping (its instruction pointer's, else the first one of /proc/PID/maps
 would write the file), and its registers are set to each call in turn with orig_rax -1 (no
 restart of the call it was interrupted in is mixed in). What a call writes goes to the words at
 its stack pointer (mapped, whatever the stack: no code of its own runs until they are put back).
-Each call runs between two system call stops (PTRACE_SYSCALL: no signal is made, its blocked set
-and actions stay); then its code, stack words and registers are put back: an interrupted
-restartable call is restarted as if nothing happened (as CRIU's compel does).
+Each call runs between two system call stops (PTRACE_SYSCALL: no signal is made, its actions
+stay), every signal blocked meanwhile (PTRACE_SETSIGMASK: none pending is taken); then its code,
+stack words, registers and mask are put back: an interrupted restartable call is restarted as if
+nothing happened (as CRIU's compel does). 32-bit code gets no call (its `syscall` takes i386
+numbers).
 
 No call is sent that a seccomp filter of the process would not let through (kill, trap, errno:
 engine/seccomp_eval.py, evaluated with the call's real arguments), nor into a process in strict
@@ -30,11 +32,14 @@ _PTRACE_PEEKDATA, _PTRACE_POKEDATA = 2, 5
 _PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH, _PTRACE_SYSCALL = 12, 13, 17, 24
 _O_TRACESYSGOOD, _SYSCALL_STOP = 1, 0x85   # (system call stops report SIGTRAP | 0x80)
 _PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
+_PTRACE_GETSIGMASK, _PTRACE_SETSIGMASK = 0x420A, 0x420B
+_ALL_SIGNALS = (1 << 64) - 1
 _WALL = 0x40000000
 _EVENT_STOP = 128
 # user_regs_struct (27 words): the places of the registers a call uses
 _RAX, _RDX, _RSI, _RDI, _ORIG_RAX, _RIP, _RSP = 10, 12, 13, 14, 15, 16, 19
 _R10, _R8, _R9 = 7, 9, 8
+_CS, _USER_CS = 17, 0x33   # (a 64-bit code segment's selector; 32-bit code runs in 0x23)
 _CODE = b"\x0f\x05"   # syscall
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -182,10 +187,26 @@ def calls(pid: int, wanted: list[tuple], filters: list | None = None, skip_denie
     try:
         _pt(_PTRACE_INTERRUPT, pid)
         _wait_stop(pid)
-        return _run(pid, wanted, filters, held, skip_denied, state == b"T")
+        # Every signal blocked while the calls run (compel's way): a pending one would stop it on
+        # its way to our `syscall`, and of two the second was lost (its handler never ran). Its
+        # mask is put back as the kernel shows it (a sigsuspend's own, which it sets again).
+        mask = _sigmask(pid)
+        _sigmask(pid, _ALL_SIGNALS)
+        try:
+            return _run(pid, wanted, filters, held, skip_denied, state == b"T")
+        finally:
+            _sigmask(pid, mask)
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(held[0]))
         _settle(pid, waiting)
+
+
+def _sigmask(pid: int, new: int | None = None) -> int:
+    """The blocked signals of `pid` (held in a ptrace stop), or set them to `new` (SIGKILL and
+    SIGSTOP stay unblocked)."""
+    buf = ctypes.c_uint64(0 if new is None else new)
+    _pt(_PTRACE_GETSIGMASK if new is None else _PTRACE_SETSIGMASK, pid, 8, ctypes.addressof(buf))
+    return buf.value
 
 
 def call(pid: int, nr: int, args: tuple = (), out_words: int = 0, filters: list | None = None) -> tuple[int, list[int]]:
@@ -277,6 +298,10 @@ def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool, s
     got = ctypes.create_string_buffer(27 * 8)
     _pt(_PTRACE_GETREGS, pid, 0, ctypes.addressof(got))
     regs = list(struct.unpack("=27Q", got.raw))
+    if regs[_CS] != _USER_CS:
+        # (its `syscall` would take i386 numbers, 157 and 36 being sched_getscheduler and sync,
+        # and its filters see another arch than the evaluator's: answers of other calls, a kill)
+        raise InjectError(errno.EOPNOTSUPP, f"process {pid} runs 32-bit code: no call is run in it")
     # A stopped process (the dump's SIGSTOP) goes back into its stop on the signal path, where the
     # kernel itself finishes the call it was in as it would have: made again, or EINTR when a
     # handler runs (pause(), sigsuspend, a read without SA_RESTART: the program sees its signal):

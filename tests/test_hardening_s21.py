@@ -22,7 +22,7 @@ import pytest
 
 import enginecase
 from engine import image, imageformat
-from enginecase import case, load_manifest  # noqa: F401  (fixture)
+from enginecase import CRError, case, load_manifest  # noqa: F401  (fixture)
 from test_hardening_hostile import _mutated, refused
 
 _BODY = """
@@ -248,3 +248,122 @@ ctypes.CDLL(None, use_errno=True).syscall(14, 2, ctypes.byref(ctypes.c_uint64((1
     masks = [line.split("sigblk=")[1].split()[0] for p in after.snap.procs for line in p.text().splitlines()
              if "sigblk=" in line]
     assert masks == ["fffffffffffbfeff"], masks
+
+
+# --- dump: calls run inside a stopped process of a hostile tree (engine/inject.py) ---------------
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+_NOTED = """
+import signal
+def note(n, _):
+    with open("/run/.got", "a") as f:
+        f.write(f"{n}\\n")
+for s in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGRTMIN):
+    signal.signal(s, note)
+if os.fork() == 0:
+    os.dup2(os.open("/dev/null", os.O_RDWR), 0); os.dup2(0, 1); os.dup2(0, 2)
+    ctypes.CDLL(None).prctl(1, signal.SIGHUP, 0, 0, 0)
+    ctypes.CDLL(None).prctl(15, b"mntcr-hold", 0, 0, 0)
+    while True:
+        signal.pause()
+"""
+
+
+def _got(pid: int, want: int) -> list[int]:
+    """The signals the tree at `pid` noted having taken, once `want` of them came (at most 10 s)."""
+    import time
+    path = f"/proc/{pid}/root/run/.got"
+    for _ in range(200):
+        if os.path.exists(path) and len(open(path).read().split()) >= want:
+            break
+        time.sleep(0.05)
+    return sorted(int(n) for n in open(path).read().split()) if os.path.exists(path) else []
+
+
+@pytest.mark.skipif(not __import__("engine.inject").inject.SUPPORTED, reason="engine/inject.py runs on x86-64 only")
+def test_signals_pending_in_a_stopped_process_survive_the_dump(case):
+    """A child stopped before the dump with three signals pending that it handles: the call dump
+    runs in it (PR_GET_PDEATHSIG, getitimer) stopped for each on its way (a signal-delivery stop);
+    the first was kept and given back, the second ended the calls and was lost: the dump
+    succeeded (the child's parent-death signal silently not kept) and the child's handler for it
+    never ran. Every signal is blocked while the calls run now: all three are taken once the
+    child is continued, and the parent-death signal is read."""
+    import signal
+    from zdtm.snapshot import tree_pids
+    pid = case.start(enginecase.py_hold("import ctypes\n" + _NOTED))
+    child = next(p for p in tree_pids(pid) if p != pid)
+    os.kill(child, signal.SIGSTOP)
+    sigs = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGRTMIN)
+    for s in sigs:
+        os.kill(child, s)
+    images = case.new_images_dir()
+    case.dump(pid, images, ("--leave-running",))
+    assert _state(child) == "T"
+    os.kill(child, signal.SIGCONT)
+    assert _got(pid, 3) == sorted(sigs)
+    assert _child(load_manifest(images)).get("pdeathsig") == signal.SIGHUP
+
+
+# A 32-bit process with no C library: its seccomp filter kills i386 sync(2) (36, the number of
+# x86-64's getitimer), it is a child subreaper with one child (so dump asks it), then it sleeps.
+_P32 = r"""
+struct insn { unsigned short code; unsigned char jt, jf; unsigned int k; };
+static struct insn prog[] = {
+    {0x20, 0, 0, 4}, {0x15, 0, 3, 0x40000003},   /* ld arch; jeq I386 ? next : allow */
+    {0x20, 0, 0, 0}, {0x15, 0, 1, 36},           /* ld nr; jeq 36 ? kill : allow */
+    {0x06, 0, 0, 0x80000000}, {0x06, 0, 0, 0x7fff0000},
+};
+static struct { unsigned short len; struct insn *filter; } fprog = {6, prog};
+static long sys(long nr, long a, long b, long c) {
+    long r;
+    __asm__ volatile("int $0x80" : "=a"(r) : "a"(nr), "b"(a), "c"(b), "d"(c) : "memory");
+    return r;
+}
+void _start(void) {
+    sys(172, 38, 1, 0);                       /* prctl(PR_SET_NO_NEW_PRIVS) */
+    if (sys(172, 22, 2, (long)&fprog))        /* prctl(PR_SET_SECCOMP, FILTER) */
+        sys(1, 1, 0, 0);
+    sys(172, 36, 1, 0);                       /* prctl(PR_SET_CHILD_SUBREAPER, 1) */
+    sys(2, 0, 0, 0);                          /* fork */
+    sys(172, 15, (long)"mntcr-hold", 0);      /* PR_SET_NAME: ready */
+    for (;;)
+        sys(29, 0, 0, 0);                     /* pause */
+}
+"""
+
+
+def _p32(tmp_path) -> bytes:
+    """_P32 built (static, 32-bit); a skip when this machine cannot build it."""
+    import subprocess
+    src, out = tmp_path / "p32.c", tmp_path / "p32"
+    src.write_text(_P32)
+    r = subprocess.run(["gcc", "-m32", "-nostdlib", "-static", "-fno-pie", "-no-pie", "-O1", "-o", str(out), str(src)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"no 32-bit build here (gcc -m32 -nostdlib): {r.stderr.strip().splitlines()[-1:]}")
+    return out.read_bytes()
+
+
+@pytest.mark.skipif(not __import__("engine.inject").inject.SUPPORTED, reason="engine/inject.py runs on x86-64 only")
+def test_a_32_bit_parent_is_refused_naming_why_and_runs_on(case, tmp_path):
+    """A 32-bit parent (x86-64 kernel, i386 code: its `syscall` takes i386 numbers, its filters see
+    another arch than the evaluator's): dump wrote `syscall` into its code, ran up to its system
+    call stop and stopped there ("process N stopped elsewhere (signal 133)"), then advised to dump as
+    root with CAP_SYS_PTRACE. No call is run in 32-bit code now: refused before anything is
+    written, naming why; the tree runs on, both processes alive."""
+    import base64
+    from zdtm.snapshot import tree_pids
+    blob = base64.b64encode(_p32(tmp_path)).decode()
+    pid = case.start(f"echo {blob} | base64 -d > /run/p32; chmod 755 /run/p32; exec /run/p32 </dev/null >/dev/null 2>&1")
+    pids = tree_pids(pid)
+    assert len(pids) == 2
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    msg = str(err.value)
+    assert re.search(r"process \d+: its child subreaper flag cannot be read \(process \d+ runs 32-bit code: no call "
+                     r"is run in it\)$", msg.strip()), msg
+    assert tree_pids(pid) == pids and all(_state(p) == "S" for p in pids)
