@@ -8,7 +8,8 @@ a call or running. Its registers are saved, `syscall` is written at an executabl
 private mapping (its instruction pointer's, else the first one of /proc/PID/maps: a shared one
 would write the file), and its registers are set to each call in turn with orig_rax -1 (no
 restart of the call it was interrupted in is mixed in). What a call writes goes to the words at
-its stack pointer (mapped, whatever the stack: no code of its own runs until they are put back).
+its stack pointer (no code of its own runs until they are put back), or at the start of another
+private writable mapping when that one is shared or not writable.
 Each call runs between two system call stops (PTRACE_SYSCALL: no signal is made, its actions
 stay), every signal blocked meanwhile (PTRACE_SETSIGMASK: none pending is taken); then its code,
 stack words, registers and mask are put back: an interrupted restartable call is restarted as if
@@ -70,23 +71,35 @@ def _poke(pid: int, addr: int, word: int) -> None:
     _pt(_PTRACE_POKEDATA, pid, addr, word)
 
 
-def _code_address(pid: int, rip: int) -> int:
-    """An address of a private executable mapping of `pid`: its instruction pointer's, else the
-    start of the first one."""
-    first = None
+def _places(pid: int, rip: int, rsp: int, n_words: int) -> tuple[int, int]:
+    """(an address of a private executable mapping of `pid`: its instruction pointer's, else the
+    start of the first one; `n_words` words of a private writable one: at its stack pointer, else
+    the start of the first one). Words written to a shared mapping would reach its file, or
+    another process: a stack pointer set into one (a page of a file the tree maps shared) got the
+    call's words."""
+    sp, size = rsp & ~7, max(8 * n_words, 8)
+    at = scratch = first_x = first_w = None
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             span, perms = line.split()[:2]
             lo, hi = (int(x, 16) for x in span.split("-"))
-            if perms[2:4] != "xp":
-                continue
-            if lo <= rip and rip + 8 <= hi:
-                return rip
-            if first is None and hi - lo >= 8:
-                first = lo
-    if first is None:
+            if perms[2:4] == "xp" and hi - lo >= 8:
+                if lo <= rip and rip + 8 <= hi:
+                    at = rip
+                elif first_x is None:
+                    first_x = lo
+            if perms[1] == "w" and perms[3] == "p" and hi - lo >= size:
+                if lo <= sp and sp + size <= hi:
+                    scratch = sp
+                elif first_w is None:
+                    first_w = lo
+    at = first_x if at is None else at
+    scratch = (first_w if n_words else sp) if scratch is None else scratch
+    if at is None:
         raise InjectError(errno.EFAULT, f"process {pid} has no private executable mapping to run a call from")
-    return first
+    if scratch is None:
+        raise InjectError(errno.EFAULT, f"process {pid} has no private writable mapping for a call's answer")
+    return at, scratch
 
 
 def _wait_stop(pid: int, timeout: float = 10.0) -> int:
@@ -308,10 +321,9 @@ def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool, s
     # its registers are given back as they were. Only one that was not stopped leaves on no
     # signal path, so its restart is ours to make (`_restarted`).
     saved = ctypes.create_string_buffer(struct.pack("=27Q", *(regs if stopped else _restarted(regs))))
-    at = _code_address(pid, regs[_RIP])
-    scratch = regs[_RSP] & ~7
-    denied = _denied(pid, wanted, filters, scratch, at, skip)
     n_words = max((w for _, _, w in wanted), default=0)
+    at, scratch = _places(pid, regs[_RIP], regs[_RSP], n_words)
+    denied = _denied(pid, wanted, filters, scratch, at, skip)
     old_code = _peek(pid, at)
     old_scratch = [_peek(pid, scratch + 8 * i) for i in range(n_words)]
     out = []

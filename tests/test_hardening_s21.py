@@ -367,3 +367,131 @@ def test_a_32_bit_parent_is_refused_naming_why_and_runs_on(case, tmp_path):
     assert re.search(r"process \d+: its child subreaper flag cannot be read \(process \d+ runs 32-bit code: no call "
                      r"is run in it\)$", msg.strip()), msg
     assert tree_pids(pid) == pids and all(_state(p) == "S" for p in pids)
+
+
+# A process dump runs calls in, hostile in one way (argv[1]); "ready" on stdout, then it waits in
+# pause(2) for good (made by the raw instruction where its stack pointer is set: no stack used).
+_HOSTILE_C = r"""
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <fcntl.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static void wait_on(void *sp) {
+    puts("ready");
+    fflush(stdout);
+    if (sp)
+        __asm__ volatile("mov %0, %%rsp\n1: mov $34, %%eax\nsyscall\njmp 1b" :: "r"(sp));
+    for (;;)
+        pause();
+}
+
+/* prctl(PR_GET_PDEATHSIG, ...) answered `action`; ip_kills: killed unless made at address 0 */
+static void filter(unsigned action, int ip_kills, unsigned flags) {
+    struct sock_filter prog[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_prctl, 0, 5),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PR_GET_PDEATHSIG, 0, 3),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, instruction_pointer)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, ip_kills ? 1 : 0, 0),
+        BPF_STMT(BPF_RET | BPF_K, action),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog fp = {sizeof(prog) / sizeof(prog[0]), prog};
+    prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, flags, &fp) < 0) {
+        perror("seccomp");
+        _exit(1);
+    }
+}
+
+int main(int argc, char **argv) {
+    const char *how = argv[1];
+    prctl(PR_SET_PDEATHSIG, 10);
+    if (!strcmp(how, "shared-stack")) {   /* its stack pointer in a shared mapping of a file */
+        int fd = open(argv[2], O_RDWR | O_CREAT | O_TRUNC, 0600);
+        char *m;
+        if (fd < 0 || ftruncate(fd, 4096) || (m = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+            return 1;
+        wait_on(m + 2048);
+    } else if (!strcmp(how, "no-stack")) {   /* its stack pointer on no mapping */
+        wait_on((void *)4096);
+    } else if (!strcmp(how, "notif")) {
+        filter(SECCOMP_RET_USER_NOTIF, 0, SECCOMP_FILTER_FLAG_NEW_LISTENER);
+    } else if (!strcmp(how, "trace")) {
+        filter(SECCOMP_RET_TRACE, 0, 0);
+    } else if (!strcmp(how, "trap")) {
+        filter(SECCOMP_RET_TRAP, 0, 0);
+    } else if (!strcmp(how, "ip")) {
+        filter(SECCOMP_RET_KILL_PROCESS, 1, 0);
+    }
+    wait_on(0);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def hostile_bin(tmp_path_factory):
+    """_HOSTILE_C built; a skip where it cannot be (no compiler, not x86-64)."""
+    import subprocess
+    from engine import inject
+    if not inject.SUPPORTED:
+        pytest.skip("engine/inject.py runs calls on x86-64 only")
+    d = tmp_path_factory.mktemp("hostile-c")
+    (d / "host.c").write_text(_HOSTILE_C)
+    r = subprocess.run(["gcc", "-O1", "-o", str(d / "host"), str(d / "host.c")], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"no C compiler here: {r.stderr.strip()[-200:]}")
+    return str(d / "host")
+
+
+def _syscall_line(pid: int) -> str:
+    """/proc/PID/syscall once it waits in pause(2) again: the call, its arguments, stack pointer and
+    program counter (at most 5 s: it runs back into the wait after a call ran in it)."""
+    import time
+    for _ in range(100):
+        with open(f"/proc/{pid}/syscall") as f:
+            line = f.read().strip()
+        if line.startswith("34 "):
+            return line
+        time.sleep(0.05)
+    return line
+
+
+@pytest.mark.parametrize("how, want", [
+    ("plain", 10),
+    ("shared-stack", 10),   # (before: read, the words written into the file's page)
+    ("no-stack", 10),       # (before: not read, EIO)
+    ("notif", None), ("trace", None), ("trap", None), ("ip", None),
+])
+def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want):
+    """Its parent-death signal (SIGUSR1) read by a call run in it, or not read when a filter would
+    not let the call through as the process would make it: answered by a supervisor that never
+    answers (USER_NOTIF: a wait for good), a tracer (TRACE), a SIGSYS (TRAP), a kill unless made at
+    address 0 (its real instruction pointer is what the filter sees). Its stack pointer in a page of
+    a file it maps shared: the call's answer was written there, which allocated the file's page
+    (st_blocks 0 -> 8; a page another process shares sees the words); a private writable mapping
+    takes the answer now. On no mapping: not read (EIO); read now. Every way: the process waits in
+    pause(2) as before, at the same address with the same stack pointer; no page of the file."""
+    import subprocess
+    from engine import pdeathsig
+    shared = tmp_path / "shared"
+    p = subprocess.Popen([hostile_bin, how, str(shared)], stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        before = _syscall_line(p.pid)
+        assert pdeathsig.read(p.pid) == want
+        assert p.poll() is None and _syscall_line(p.pid) == before
+        if how == "shared-stack":
+            assert os.stat(shared).st_blocks == 0
+    finally:
+        p.kill()
+        p.wait()
