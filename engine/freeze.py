@@ -133,16 +133,23 @@ def refuse_zombies(tree) -> None:
 def refuse_traced(tree) -> None:
     """A process of the tree under ptrace (strace -p, gdb attached) is refused, naming it and its
     tracer: a stand-in is nobody's tracee, and the tracer's hold (its stops, its syscall reports)
-    is not restored; what our SIGSTOP would do to it is the tracer's to see."""
+    is not restored; what our SIGSTOP would do to it is the tracer's to see. Every thread: one
+    traced alone was dumped (its tracer may run it while the rest is stopped)."""
     for pid, _ in tree:
         try:
-            tracer = int(kernel.proc_status(pid, ("TracerPid",)).get("TracerPid", 0))
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue   # (gone: told by the checks after the stop)
-        if tracer:
-            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({_comm(pid)}) is traced by process {tracer} "
-                                              f"({_comm(tracer)}): ptrace is not restored; detach the tracer "
-                                              "and dump again; the tree keeps running")
+        for tid in sorted(tids, key=lambda t: t != str(pid)):
+            try:
+                tracer = int(kernel.proc_status(f"{pid}/task/{tid}", ("TracerPid",)).get("TracerPid", 0))
+            except OSError:
+                continue
+            if tracer:
+                what = f"process {pid}" if tid == str(pid) else f"thread {tid} of process {pid}"
+                raise DumpError(errno.EOPNOTSUPP, f"{what} ({_comm(pid)}) is traced by process {tracer} "
+                                                  f"({_comm(tracer)}): ptrace is not restored; detach the tracer "
+                                                  "and dump again; the tree keeps running")
 
 
 _comm = kernel.comm_shown

@@ -495,3 +495,64 @@ def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want):
     finally:
         p.kill()
         p.wait()
+
+
+_VFORK_C = r"""
+static long sys(long nr, long a, long b) {
+    long r;
+    __asm__ volatile("syscall" : "=a"(r) : "a"(nr), "D"(a), "S"(b) : "rcx", "r11", "memory");
+    return r;
+}
+void _start(void) {
+    sys(157, 15, (long)"mntcr-hold");   /* PR_SET_NAME: ready */
+    sys(58, 0, 0);                      /* vfork: the child never execs, its parent waits in D for good */
+    for (;;)
+        sys(34, 0, 0);                  /* pause */
+}
+"""
+
+
+def test_a_vfork_parent_is_refused_and_the_tree_runs_on(case, hostile_bin, tmp_path):
+    """A parent in vfork whose child never execs (an uninterruptible wait: no stop, no interrupt
+    ends it): refused in one line naming why (its subreaper flag cannot be asked), the child
+    (which shares its memory) given no call, both left as they were, the child running."""
+    import base64
+    import subprocess
+    from zdtm.snapshot import tree_pids
+    (tmp_path / "vf.c").write_text(_VFORK_C)
+    subprocess.run(["gcc", "-O1", "-nostdlib", "-static", "-o", str(tmp_path / "vf"), str(tmp_path / "vf.c")],
+                   check=True)
+    blob = base64.b64encode((tmp_path / "vf").read_bytes()).decode()
+    pid = case.start(f"echo {blob} | base64 -d > /run/vf; chmod 755 /run/vf; exec /run/vf </dev/null >/dev/null 2>&1")
+    pids = tree_pids(pid)
+    assert [_state(p) for p in pids] == ["D", "S"]
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+: its child subreaper flag cannot be read \(process \d+ is in an uninterruptible "
+                     r"wait: no call can be run in it\)$", str(err.value).strip()), err.value
+    assert tree_pids(pid) == pids and [_state(p) for p in pids] == ["D", "S"]
+
+
+def test_a_thread_traced_by_another_is_refused_and_runs_on(case):
+    """A thread (not the leader) of a process of the tree seized by a tracer outside it: the dump
+    looked at the leader's TracerPid alone and succeeded (the tracer's hold lost at restore; it
+    could run the thread while dump ran calls in the leader). Refused before the stop now, naming
+    the thread and its tracer; the tree keeps running, the tracer keeps its thread."""
+    import ctypes
+    body = ("import threading, signal\n"
+            "threading.Thread(target=lambda: [signal.pause() for _ in iter(int, 1)], daemon=True).start()\n")
+    pid = case.start(enginecase.py_hold(body))
+    tid = next(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.ptrace(0x4206, tid, None, None) == 0, ctypes.get_errno()   # (PTRACE_SEIZE)
+    try:
+        with pytest.raises(CRError) as err:
+            case.dump(pid, case.new_images_dir(), ("--leave-running",))
+        assert re.search(rf"thread {tid} of process {pid} \(mntcr-hold\) is traced by process {os.getpid()} "
+                         r"\(\S+\): ptrace is not restored; detach the tracer and dump again; the tree keeps running$",
+                         str(err.value).strip()), err.value
+        assert _state(pid) == "S"
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            assert f"TracerPid:\t{os.getpid()}\n" in f.read()
+    finally:
+        libc.ptrace(17, tid, None, None)   # (PTRACE_DETACH)
