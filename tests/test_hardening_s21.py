@@ -17,13 +17,17 @@ from __future__ import annotations
 import json
 import os
 import re
+import tempfile
 
 import pytest
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
 
 import enginecase
 from engine import image, imageformat
 from enginecase import CRError, case, load_manifest  # noqa: F401  (fixture)
 from test_hardening_hostile import _mutated, refused
+from test_hardening_s19 import _MUTATIONS
 
 _BODY = """
 import ctypes, signal
@@ -556,3 +560,132 @@ def test_a_thread_traced_by_another_is_refused_and_runs_on(case):
             assert f"TracerPid:\t{os.getpid()}\n" in f.read()
     finally:
         libc.ptrace(17, tid, None, None)   # (PTRACE_DETACH)
+
+
+# --- fuzz: session 20's fields mutated at random --------------------------------------------------
+
+def _surface(doc) -> list[tuple]:
+    """The places of session 20's fields in the image (paths into it): each process's blocked
+    signals, subreaper flag, parent-death signal, THP bit; the UTS names; the superblocks' empty
+    roots; the System V queues' msg_qbytes and segments' locks."""
+    from test_hardening_images import _nodes
+
+    def dicts(v):
+        return v if isinstance(v, dict) else {}
+
+    def items(v):
+        return enumerate(v) if isinstance(v, list) else ()
+    roots = [(k,) for k in ("hostnames", "domainnames") if k in doc]
+    roots += [("superblocks", s, "empty_roots") for s, sb in dicts(doc.get("superblocks")).items()
+              if "empty_roots" in dicts(sb)]
+    for ns, objs in dicts(doc.get("sysvipc")).items():
+        for kind, key in (("msg", "qbytes"), ("shm", "locked"), ("shm", "size")):
+            roots += [("sysvipc", ns, kind, i, key) for i, o in items(dicts(objs).get(kind)) if key in dicts(o)]
+    for i, p in items(doc.get("processes")):
+        roots += [("processes", i, k) for k in ("sig_blocked", "child_subreaper", "pdeathsig", "thp_disable",
+                                                  "sig_ignored") if k in dicts(p)]
+    out = []
+    for root in roots:
+        node = doc
+        for k in root:
+            node = node[k]
+        out += [root + path for path, _ in _nodes(node)]
+    return out
+
+
+def _fuzz_base(image_dir: str, tmp: str) -> tuple[str, dict]:
+    """A copy of the image whose root also ignores a signal (the dump has none ignored) and its
+    manifest."""
+    work = enginecase.copy_image(image_dir, tmp)
+    doc = load_manifest(work)
+    _parent(doc)["sig_ignored"] = 1 << 12
+    return work, doc
+
+
+def _outcome_host_unchanged(work: str, doc: dict, tmp: str) -> None:
+    """Restore `work` (test_hardening_images.restore_outcome: one line or success, no leak), the
+    host's UTS names, ipc namespace and our own signal mask and subreaper flag untouched."""
+    import ctypes
+    import socket
+    from test_hardening_images import restore_outcome
+    from test_hardening_s19 import _host_ipc
+    enginecase.save_manifest(work, doc)
+    libc = ctypes.CDLL(None, use_errno=True)
+    flag = ctypes.c_int(0)
+
+    def ours():
+        libc.prctl(37, ctypes.byref(flag), 0, 0, 0)   # (PR_GET_CHILD_SUBREAPER)
+        return socket.gethostname(), _domainname("self"), _status("self", "SigBlk"), flag.value, _host_ipc()
+    before = ours()
+    code, err = restore_outcome(work, list(enginecase.RESTORE_EXTERNALS), tmp)
+    event("restored" if code == 0 else "refused: " + re.sub(r"\d+", "N", err.split(":")[1].strip())[:40])
+    after = ours()
+    assert after[:4] == before[:4] and after[4] <= before[4], (before, after)
+
+
+_EXAMPLES = int(os.environ.get("MNTCR_S21_EXAMPLES") or 0)
+
+
+@settings(max_examples=_EXAMPLES or 12, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(muts=_MUTATIONS)
+def test_fuzz_session_20_fields(image_dir, muts):
+    """Random changes (hostile values, deletions, duplicates) of session 20's fields: restore
+    refuses in one line (exit 2, no traceback) or restores (the tree is then killed); never a
+    leak, never a change of the host's UTS names or ipc namespace, nor of our mask or flag."""
+    with tempfile.TemporaryDirectory(prefix="mntcr-s21-") as tmp:
+        work, doc = _fuzz_base(image_dir, tmp)
+        for choice, action, value in muts:
+            places = _surface(doc)
+            if not places:
+                break
+            path = places[choice % len(places)]
+            parent = doc
+            for k in path[:-1]:
+                parent = parent[k]
+            if action == "set":
+                parent[path[-1]] = value
+            elif action == "delete":
+                del parent[path[-1]]
+            elif isinstance(parent, list):
+                parent.append(json.loads(json.dumps(parent[path[-1]])))
+            else:
+                parent[path[-1]] = [parent[path[-1]], parent[path[-1]]]
+            note(f"{action} {path!r} <- {value!r}")
+        try:
+            json.dumps(doc).encode()
+        except (ValueError, UnicodeEncodeError):
+            return   # (not representable as JSON)
+        _outcome_host_unchanged(work, doc, tmp)
+
+
+@settings(max_examples=_EXAMPLES or 10, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(-2, 1 << 33), st.binary(max_size=80),
+                                  st.booleans()), min_size=1, max_size=4))
+def test_fuzz_session_20_values_in_range(image_dir, changes):
+    """As above with values of the field's own type (near its old one, or any; a string of random
+    bytes, as text or as surrogates), so that more images pass the validator and reach what
+    restore makes of them: masks, signals, names, empty roots' modes and owners, qbytes."""
+    with tempfile.TemporaryDirectory(prefix="mntcr-s21-") as tmp:
+        work, doc = _fuzz_base(image_dir, tmp)
+        for choice, number, raw, near in changes:
+            places = [p for p in _surface(doc) if type(_at(doc, p)) in (int, str, bool)]
+            path = places[choice % len(places)]
+            parent = _at(doc, path[:-1])
+            old = parent[path[-1]]
+            if type(old) is bool:
+                parent[path[-1]] = not old if near else number % 2 == 0
+            elif type(old) is int:
+                parent[path[-1]] = old + number % 3 if near else number
+            else:
+                parent[path[-1]] = raw.decode("utf-8", "surrogateescape") if near else raw.decode("latin-1")
+            note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+        _outcome_host_unchanged(work, doc, tmp)
+
+
+def _at(doc, path: tuple):
+    node = doc
+    for k in path:
+        node = node[k]
+    return node
