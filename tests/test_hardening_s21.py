@@ -435,6 +435,21 @@ int main(int argc, char **argv) {
         filter(SECCOMP_RET_TRAP, 0, 0);
     } else if (!strcmp(how, "ip")) {
         filter(SECCOMP_RET_KILL_PROCESS, 1, 0);
+    } else if (!strcmp(how, "shift")) {   /* prctl killed unless 1 << X (X = 32) is 0: the kernel masks X to 31 */
+        struct sock_filter prog[] = {
+            BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, SYS_prctl, 0, 5),
+            BPF_STMT(BPF_LDX | BPF_IMM, 32),
+            BPF_STMT(BPF_LD | BPF_IMM, 1),
+            BPF_STMT(BPF_ALU | BPF_LSH | BPF_X, 0),
+            BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, 0, 1, 0),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+            BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        };
+        struct sock_fprog fp = {sizeof(prog) / sizeof(prog[0]), prog};
+        prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0);
+        if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fp) < 0)
+            return 1;
     }
     wait_on(0);
     return 0;
@@ -475,12 +490,15 @@ def _syscall_line(pid: int) -> str:
     ("shared-stack", 10),   # (before: read, the words written into the file's page)
     ("no-stack", 10),       # (before: not read, EIO)
     ("notif", None), ("trace", None), ("trap", None), ("ip", None),
+    ("shift", None),        # (before: sent, and the process killed by its filter)
 ])
 def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want):
     """Its parent-death signal (SIGUSR1) read by a call run in it, or not read when a filter would
     not let the call through as the process would make it: answered by a supervisor that never
     answers (USER_NOTIF: a wait for good), a tracer (TRACE), a SIGSYS (TRAP), a kill unless made at
-    address 0 (its real instruction pointer is what the filter sees). Its stack pointer in a page of
+    address 0 (its real instruction pointer is what the filter sees), a kill unless 1 << 32 is 0
+    (the evaluator shifted by 32; the kernel masks a shift by X to 5 bits: it answered allow, and
+    the call killed the process). Its stack pointer in a page of
     a file it maps shared: the call's answer was written there, which allocated the file's page
     (st_blocks 0 -> 8; a page another process shares sees the words); a private writable mapping
     takes the answer now. On no mapping: not read (EIO); read now. Every way: the process waits in
