@@ -379,10 +379,12 @@ def test_a_32_bit_parent_is_refused_naming_why_and_runs_on(case, tmp_path):
 _HOSTILE_C = r"""
 #include <linux/filter.h>
 #include <linux/seccomp.h>
+#include <linux/userfaultfd.h>
 #include <fcntl.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -428,6 +430,14 @@ int main(int argc, char **argv) {
         wait_on(m + 2048);
     } else if (!strcmp(how, "no-stack")) {   /* its stack pointer on no mapping */
         wait_on((void *)4096);
+    } else if (!strcmp(how, "uffd-stack")) {   /* on a page userfaultfd serves, no one serving it */
+        int uffd = syscall(SYS_userfaultfd, O_CLOEXEC);
+        struct uffdio_api api = {.api = UFFD_API};
+        char *m = mmap(0, 8192, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        struct uffdio_register reg = {.range = {(unsigned long)m, 8192}, .mode = UFFDIO_REGISTER_MODE_MISSING};
+        if (uffd < 0 || ioctl(uffd, UFFDIO_API, &api) || ioctl(uffd, UFFDIO_REGISTER, &reg))
+            return 1;
+        wait_on(m + 4096 + 2048);
     } else if (!strcmp(how, "notif")) {
         filter(SECCOMP_RET_USER_NOTIF, 0, SECCOMP_FILTER_FLAG_NEW_LISTENER);
     } else if (!strcmp(how, "trace")) {
@@ -490,6 +500,7 @@ def _syscall_line(pid: int) -> str:
     ("plain", 10),
     ("shared-stack", 10),   # (before: read, the words written into the file's page)
     ("no-stack", 10),       # (before: not read, EIO)
+    ("uffd-stack", None),   # (its page cannot be read: no wait for a server that never answers)
     ("notif", None), ("trace", None), ("trap", None), ("ip", None),
     ("shift", None),        # (before: sent, and the process killed by its filter)
 ])
@@ -820,3 +831,22 @@ def test_fuzz_the_evaluator_answers_what_the_kernel_does(prog):
     event("kernel refused" if got is None else got.split()[0])
     if got is not None:
         assert _evaluator_answer(prog) == got
+
+
+def test_qbytes_past_the_hosts_msgmnb_stays_in_the_trees_namespace(image_dir, tmp_path):
+    """A queue's msg_qbytes at its highest (2^31 - 1, far past any msgmnb): restore raises msgmnb
+    to set it in the tree's own ipc namespace; the host's msgmnb and msgmax are unchanged."""
+    import subprocess
+    limits = ("/proc/sys/kernel/msgmnb", "/proc/sys/kernel/msgmax")
+    ours = [open(f).read() for f in limits]
+    pid = _restored(_mutated(image_dir, tmp_path, lambda d: _ipc(d)["msg"][0].update(qbytes=(1 << 31) - 1)),
+                    tmp_path)
+    try:
+        code = ("import ctypes; l = ctypes.CDLL(None); b = ctypes.create_string_buffer(512)\n"
+                "assert l.msgctl(l.msgget(0x71, 0), 2, b) == 0; print(ctypes.c_ulong.from_buffer(b, 88).value)")
+        out = subprocess.run(["nsenter", "-t", str(pid), "-i", "python3", "-c", code], capture_output=True,
+                             text=True, check=True).stdout
+        assert out.split() == [str((1 << 31) - 1)]
+    finally:
+        _kill(pid)
+    assert [open(f).read() for f in limits] == ours
