@@ -4,10 +4,12 @@ subreaper flag (engine/subreaper.py); no /proc file shows them.
 
 The process is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT: no signal, its parent sees
 nothing), whether stopped (the dump's SIGSTOP: it goes back to its stop when detached), asleep in
-a call or running. Its registers are saved, `syscall` is written at an executable address of a
-private mapping (its instruction pointer's, else the first one of /proc/PID/maps: a shared one
-would write the file), and its registers are set to each call in turn with orig_rax -1 (no
-restart of the call it was interrupted in is mixed in). What a call writes goes to the words at
+a call or running. Its registers are saved; the call runs from the `syscall` just before its
+instruction pointer when there is one (the call it waits in: nothing of its code is written),
+else `syscall` is written at an executable address of a private mapping (its instruction
+pointer's, else the first one of /proc/PID/maps: a shared one would write the file); its
+registers are set to each call in turn with orig_rax -1 (no restart of the call it was
+interrupted in is mixed in). What a call writes goes to the words at
 its stack pointer (no code of its own runs until they are put back), or at the start of another
 private writable mapping when that one is shared or not writable.
 Each call runs between two system call stops (PTRACE_SYSCALL: no signal is made, its actions
@@ -71,18 +73,22 @@ def _poke(pid: int, addr: int, word: int) -> None:
     _pt(_PTRACE_POKEDATA, pid, addr, word)
 
 
-def _places(pid: int, rip: int, rsp: int, n_words: int) -> tuple[int, int]:
-    """(an address of a private executable mapping of `pid`: its instruction pointer's, else the
-    start of the first one; `n_words` words of a private writable one: at its stack pointer, else
-    the start of the first one). Words written to a shared mapping would reach its file, or
-    another process: a stack pointer set into one (a page of a file the tree maps shared) got the
-    call's words."""
+def _places(pid: int, rip: int, rsp: int, n_words: int) -> tuple[int, int, bool]:
+    """(where the call runs: the `syscall` just before its instruction pointer (the call it waits
+    in), else an address of a private executable mapping, its instruction pointer's or the start
+    of the first one; `n_words` words of a private writable mapping: at its stack pointer, else
+    the start of the first one; whether `syscall` must be written there). Words written to a
+    shared mapping would reach its file, or another process: a stack pointer set into one (a page
+    of a file the tree maps shared) got the call's words; and a page of code written to is the
+    process's own copy for good (a libc page no longer shared: 4 kB more of its memory)."""
     sp, size = rsp & ~7, max(8 * n_words, 8)
-    at = scratch = first_x = first_w = None
+    at = scratch = first_x = first_w = before = None
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             span, perms = line.split()[:2]
             lo, hi = (int(x, 16) for x in span.split("-"))
+            if perms[2] == "x" and lo <= rip - 2 and rip + 6 <= hi:
+                before = rip - 2   # (the `syscall` it waits in, when that is one: _run looks)
             if perms[2:4] == "xp" and hi - lo >= 8:
                 if lo <= rip and rip + 8 <= hi:
                     at = rip
@@ -99,7 +105,12 @@ def _places(pid: int, rip: int, rsp: int, n_words: int) -> tuple[int, int]:
         raise InjectError(errno.EFAULT, f"process {pid} has no private executable mapping to run a call from")
     if scratch is None:
         raise InjectError(errno.EFAULT, f"process {pid} has no private writable mapping for a call's answer")
-    return at, scratch
+    try:
+        if before is not None and _peek(pid, before) & 0xFFFF == int.from_bytes(_CODE, "little"):
+            return before, scratch, False
+    except InjectError:
+        pass   # (not readable: written at `at`)
+    return at, scratch, True
 
 
 def _wait_stop(pid: int, timeout: float = 10.0) -> int:
@@ -322,13 +333,14 @@ def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool, s
     # signal path, so its restart is ours to make (`_restarted`).
     saved = ctypes.create_string_buffer(struct.pack("=27Q", *(regs if stopped else _restarted(regs))))
     n_words = max((w for _, _, w in wanted), default=0)
-    at, scratch = _places(pid, regs[_RIP], regs[_RSP], n_words)
+    at, scratch, write = _places(pid, regs[_RIP], regs[_RSP], n_words)
     denied = _denied(pid, wanted, filters, scratch, at, skip)
-    old_code = _peek(pid, at)
+    old_code = _peek(pid, at) if write else None
     old_scratch = [_peek(pid, scratch + 8 * i) for i in range(n_words)]
     out = []
     try:
-        _poke(pid, at, int.from_bytes(_CODE, "little") | old_code & ~0xFFFF)
+        if write:
+            _poke(pid, at, int.from_bytes(_CODE, "little") | old_code & ~0xFFFF)
         for (nr, args, out_words), no in zip(wanted, denied):
             if no:
                 out.append(None)
@@ -346,7 +358,8 @@ def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool, s
             out.append((answer, [_peek(pid, scratch + 8 * i) for i in range(out_words)]))
         return out
     finally:
-        _poke(pid, at, old_code)
+        if write:
+            _poke(pid, at, old_code)
         for i, w in enumerate(old_scratch):
             _poke(pid, scratch + 8 * i, w)
         _pt(_PTRACE_SETREGS, pid, 0, ctypes.addressof(saved))

@@ -483,6 +483,20 @@ def hostile_bin(tmp_path_factory):
     return str(d / "host")
 
 
+def _code_dirty(pid: int, pc: int) -> str:
+    """Private_Dirty of the mapping of `pid` that holds address `pc` (/proc/PID/smaps)."""
+    inside = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            words = line.split()
+            if "-" in words[0] and len(words) >= 5:
+                lo, hi = (int(x, 16) for x in words[0].split("-"))
+                inside = lo <= pc < hi
+            elif inside and words[0] == "Private_Dirty:":
+                return words[1]
+    return "none"
+
+
 def _syscall_line(pid: int) -> str:
     """/proc/PID/syscall once it waits in pause(2) again: the call, its arguments, stack pointer and
     program counter (at most 5 s: it runs back into the wait after a call ran in it)."""
@@ -514,7 +528,10 @@ def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want):
     a file it maps shared: the call's answer was written there, which allocated the file's page
     (st_blocks 0 -> 8; a page another process shares sees the words); a private writable mapping
     takes the answer now. On no mapping: not read (EIO); read now. Every way: the process waits in
-    pause(2) as before, at the same address with the same stack pointer; no page of the file."""
+    pause(2) as before, at the same address with the same stack pointer; no page of the file; and
+    its code as it was: `syscall` was written at its instruction pointer and put back, which left
+    that page of libc (or of its program) its own copy (Private_Dirty 4 kB), also where no call
+    was sent; the call runs from the `syscall` it waits in now, nothing of its code written."""
     import subprocess
     from engine import pdeathsig
     shared = tmp_path / "shared"
@@ -522,8 +539,10 @@ def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want):
     try:
         assert p.stdout.readline() == b"ready\n"
         before = _syscall_line(p.pid)
+        dirty = _code_dirty(p.pid, int(before.split()[-1], 16))
         assert pdeathsig.read(p.pid) == want
         assert p.poll() is None and _syscall_line(p.pid) == before
+        assert _code_dirty(p.pid, int(before.split()[-1], 16)) == dirty
         if how == "shared-stack":
             assert os.stat(shared).st_blocks == 0
     finally:
