@@ -73,14 +73,15 @@ def _poke(pid: int, addr: int, word: int) -> None:
     _pt(_PTRACE_POKEDATA, pid, addr, word)
 
 
-def _places(pid: int, rip: int, rsp: int, n_words: int) -> tuple[int, int, bool]:
+def _places(pid: int, rip: int, rsp: int, n_words: int, stopped: bool) -> tuple[int, int, bool]:
     """(where the call runs: the `syscall` just before its instruction pointer (the call it waits
     in), else an address of a private executable mapping, its instruction pointer's or the start
     of the first one; `n_words` words of a private writable mapping: at its stack pointer, else
     the start of the first one; whether `syscall` must be written there). Words written to a
     shared mapping would reach its file, or another process: a stack pointer set into one (a page
     of a file the tree maps shared) got the call's words; and a page of code written to is the
-    process's own copy for good (a libc page no longer shared: 4 kB more of its memory)."""
+    process's own copy for good (a libc page no longer shared: 4 kB more of its memory). Another
+    mapping only for a `stopped` process: other threads of a running one may use it meanwhile."""
     sp, size = rsp & ~7, max(8 * n_words, 8)
     at = scratch = first_x = first_w = before = None
     with open(f"/proc/{pid}/maps") as f:
@@ -100,11 +101,12 @@ def _places(pid: int, rip: int, rsp: int, n_words: int) -> tuple[int, int, bool]
                 elif first_w is None:
                     first_w = lo
     at = first_x if at is None else at
-    scratch = (first_w if n_words else sp) if scratch is None else scratch
+    scratch = (first_w if n_words and stopped else None if n_words else sp) if scratch is None else scratch
     if at is None:
         raise InjectError(errno.EFAULT, f"process {pid} has no private executable mapping to run a call from")
     if scratch is None:
-        raise InjectError(errno.EFAULT, f"process {pid} has no private writable mapping for a call's answer")
+        raise InjectError(errno.EFAULT, f"process {pid} has no private writable mapping for a call's answer"
+                                        f"{'' if stopped else ' at its stack pointer'}")
     try:
         if before is not None and _peek(pid, before) & 0xFFFF == int.from_bytes(_CODE, "little"):
             return before, scratch, False
@@ -333,7 +335,7 @@ def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool, s
     # signal path, so its restart is ours to make (`_restarted`).
     saved = ctypes.create_string_buffer(struct.pack("=27Q", *(regs if stopped else _restarted(regs))))
     n_words = max((w for _, _, w in wanted), default=0)
-    at, scratch, write = _places(pid, regs[_RIP], regs[_RSP], n_words)
+    at, scratch, write = _places(pid, regs[_RIP], regs[_RSP], n_words, stopped)
     denied = _denied(pid, wanted, filters, scratch, at, skip)
     old_code = _peek(pid, at) if write else None
     old_scratch = [_peek(pid, scratch + 8 * i) for i in range(n_words)]

@@ -497,19 +497,21 @@ def _code_dirty(pid: int, pc: int) -> str:
     return "none"
 
 
-def _syscall_line(pid: int) -> str:
-    """/proc/PID/syscall once it waits in pause(2) again: the call, its arguments, stack pointer and
-    program counter (at most 5 s: it runs back into the wait after a call ran in it)."""
+def _syscall_line(pid: int, state: str = "S") -> str:
+    """/proc/PID/syscall once it waits in pause(2) again (in `state`): the call, its arguments,
+    stack pointer and program counter (at most 5 s: it runs back into the wait after a call ran
+    in it)."""
     import time
     for _ in range(100):
         with open(f"/proc/{pid}/syscall") as f:
             line = f.read().strip()
-        if line.startswith("34 "):
+        if line.startswith("34 ") and _state(pid) == state:
             return line
         time.sleep(0.05)
     return line
 
 
+@pytest.mark.parametrize("stop", [True, False], ids=["stopped", "running"])
 @pytest.mark.parametrize("how, want", [
     ("plain", 10),
     ("shared-stack", 10),   # (before: read, the words written into the file's page)
@@ -518,7 +520,7 @@ def _syscall_line(pid: int) -> str:
     ("notif", None), ("trace", None), ("trap", None), ("ip", None),
     ("shift", None),        # (before: sent, and the process killed by its filter)
 ])
-def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want):
+def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want, stop):
     """Its parent-death signal (SIGUSR1) read by a call run in it, or not read when a filter would
     not let the call through as the process would make it: answered by a supervisor that never
     answers (USER_NOTIF: a wait for good), a tracer (TRACE), a SIGSYS (TRAP), a kill unless made at
@@ -527,11 +529,14 @@ def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want):
     the call killed the process). Its stack pointer in a page of
     a file it maps shared: the call's answer was written there, which allocated the file's page
     (st_blocks 0 -> 8; a page another process shares sees the words); a private writable mapping
-    takes the answer now. On no mapping: not read (EIO); read now. Every way: the process waits in
+    takes the answer now (stopped, as dump has it: a running one's other threads could use that
+    mapping meanwhile, so not read). On no mapping: not read (EIO); read now (stopped). Every way:
+    the process waits in
     pause(2) as before, at the same address with the same stack pointer; no page of the file; and
     its code as it was: `syscall` was written at its instruction pointer and put back, which left
     that page of libc (or of its program) its own copy (Private_Dirty 4 kB), also where no call
     was sent; the call runs from the `syscall` it waits in now, nothing of its code written."""
+    import signal
     import subprocess
     from engine import pdeathsig
     shared = tmp_path / "shared"
@@ -540,7 +545,13 @@ def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want):
         assert p.stdout.readline() == b"ready\n"
         before = _syscall_line(p.pid)
         dirty = _code_dirty(p.pid, int(before.split()[-1], 16))
-        assert pdeathsig.read(p.pid) == want
+        if stop:
+            os.kill(p.pid, signal.SIGSTOP)
+            _syscall_line(p.pid, "T")
+        assert pdeathsig.read(p.pid) == (want if stop or how not in ("shared-stack", "no-stack") else None)
+        if stop:
+            assert _syscall_line(p.pid, "T") == before and _state(p.pid) == "T"   # (back in its stop)
+            os.kill(p.pid, signal.SIGCONT)
         assert p.poll() is None and _syscall_line(p.pid) == before
         assert _code_dirty(p.pid, int(before.split()[-1], 16)) == dirty
         if how == "shared-stack":
