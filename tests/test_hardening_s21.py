@@ -619,7 +619,11 @@ def test_a_thread_traced_by_another_is_refused_and_runs_on(case):
         with open(f"/proc/{pid}/task/{tid}/status") as f:
             assert f"TracerPid:\t{os.getpid()}\n" in f.read()
     finally:
-        libc.ptrace(17, tid, None, None)   # (PTRACE_DETACH)
+        # (a detach takes a tracee in a stop: interrupt it first, else it stays ours, and killed
+        # with its tree it would wait for us to reap it)
+        libc.ptrace(0x4207, tid, None, None)   # (PTRACE_INTERRUPT)
+        os.waitpid(tid, 0x40000000)            # (__WALL)
+        libc.ptrace(17, tid, None, None)       # (PTRACE_DETACH)
 
 
 # --- fuzz: session 20's fields mutated at random --------------------------------------------------
