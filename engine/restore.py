@@ -53,7 +53,8 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
+                    hostidmap, image, kernel, lastword, mountinfo, netvars, parking, remount, schedattrs, seccomp, sessions,
+                    sharing,
                     standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
@@ -630,6 +631,17 @@ class _Restorer:
                 sysvipc.make(fd, objs, self.hostproc)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
+
+    def make_netvars(self) -> None:
+        """The own sysctls of each restored network namespace (engine/netvars.py)."""
+        for nsid, kept in (self.doc.get("netvars") or {}).items():
+            fd = self.nsfd_of.get(("net", nsid))
+            if fd is None:
+                raise RestoreError(errno.EINVAL, f"network namespace {nsid}: not made by this restore")
+            try:
+                netvars.write(fd, kept)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
 
     def late_standins(self) -> None:
         """Controlling terminals (engine/ctty.py), once every mount exists: each session leader takes
@@ -2567,6 +2579,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.create_superblocks(early=True)   # the filling helper, when it can, beside the stand-ins' start
     r.spawn_standins()
     r.make_sysvipc()
+    r.make_netvars()
     r.open_externals()
     r.create_superblocks()
     if strategy.current().sharing == "construct":

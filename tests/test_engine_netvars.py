@@ -1,0 +1,76 @@
+"""The own sysctls of the tree's network namespace (engine/netvars.py): what differs from a fresh
+namespace comes back in the restored one (devices' settings after `all`'s and `default`'s, which
+change them), the snapshot compares them; the validator's rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.enginecase import case, py_hold  # noqa: F401  (fixture)
+
+_SET = """
+for name, v in (("unix/max_dgram_qlen", "77"), ("ipv4/ping_group_range", "40000\\t50000"),
+                ("ipv4/ip_unprivileged_port_start", "80"), ("ipv4/conf/lo/forwarding", "1"),
+                ("ipv6/conf/all/disable_ipv6", "1"), ("ipv6/conf/default/disable_ipv6", "0"),
+                ("ipv6/conf/lo/disable_ipv6", "0"),
+                ("ipv4/conf/default/rp_filter", "2"), ("ipv6/conf/lo/stable_secret", "2001:db8::4"),
+                ("ipv6/conf/lo/addr_gen_mode", "2")):
+    with open("/proc/sys/net/" + name, "w") as f:
+        f.write(v)
+"""
+
+_NAMES = ("unix/max_dgram_qlen ipv4/ping_group_range ipv4/ip_unprivileged_port_start ipv4/conf/lo/forwarding "
+          "ipv6/conf/all/disable_ipv6 ipv6/conf/default/disable_ipv6 ipv6/conf/lo/disable_ipv6 "
+          "ipv4/conf/default/rp_filter ipv6/conf/lo/stable_secret ipv6/conf/lo/addr_gen_mode")
+# (the check runs in the tree's mount and pid namespaces, not its network namespace: pid 1's)
+_SHOW = f"nsenter -t 1 -n sh -c 'for v in {_NAMES}; do echo $v=$(cat /proc/sys/net/$v); done'"
+
+
+def _in_netns(body: str) -> str:
+    hold = py_hold(body)
+    assert hold.startswith("exec python3 -c ")
+    return "exec unshare -n " + hold[len("exec "):]
+
+
+def test_sysctls_restored(case):
+    """Unix, ipv4 and device sysctls of the tree's own network namespace come back as they were;
+    all/disable_ipv6 (writing it sets default's and lo's too) does not leave them set; a stable
+    secret is written before the address mode that needs it. Without engine/netvars.py they came
+    back as a fresh namespace's."""
+    before, after = case.roundtrip(_in_netns(_SET), _SHOW)
+    out = before.snap.check_output
+    for line in ("unix/max_dgram_qlen=77", "ipv4/ping_group_range=40000 50000", "ipv4/ip_unprivileged_port_start=80",
+                 "ipv4/conf/lo/forwarding=1", "ipv6/conf/all/disable_ipv6=1", "ipv6/conf/default/disable_ipv6=0",
+                 "ipv6/conf/lo/disable_ipv6=0", "ipv4/conf/default/rp_filter=2",
+                 "ipv6/conf/lo/stable_secret=2001:0db8:0000:0000:0000:0000:0000:0004", "ipv6/conf/lo/addr_gen_mode=2"):
+        assert line in out, out
+    assert after.snap.check_output == out
+
+
+@pytest.mark.parametrize("kept, pattern", [
+    ({"../kernel/core_pattern": "x"}, r"not a network sysctl"),
+    ({"ipv4/../../kernel/core_pattern": "x"}, r"not a network sysctl"),
+    ({"bridge/bridge-nf-call-iptables": "1"}, r"not a network sysctl"),
+    ({"ipv4": "1"}, r"not a network sysctl"),
+    ({"ipv4/ip_forward": 1}, r"printable text"),
+    ({"ipv4/ip_forward": "1\x00"}, r"printable text"),
+    ({"ipv4/ip_forward": "1" * 2000}, r"printable text"),
+    ([], r"must be an object"),
+])
+def test_validator(kept, pattern):
+    """Names under the per-namespace tables only, no '..'; printable texts."""
+    from engine import netvars
+
+    def fail(msg):
+        raise ValueError(msg)
+    with pytest.raises(ValueError, match=pattern):
+        netvars.check(kept, "netvars net-0", fail)
+    netvars.check({"ipv4/conf/lo/forwarding": "1\n", "unix/max_dgram_qlen": "77\n"}, "netvars net-0", fail)
+
+
+def test_image_only_for_a_namespace_restore_makes():
+    """netvars naming the host's network namespace (a process's host_ns) is refused by the image check."""
+    from engine import imageformat
+    doc = {"processes": [{"ns": {"net": "net-0"}, "host_ns": ["net"]}], "netvars": {"net-0": {"unix/max_dgram_qlen": "5"}}}
+    with pytest.raises(Exception, match=r"not a network namespace restore makes"):
+        imageformat._check_netvars(doc)
