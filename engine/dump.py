@@ -30,7 +30,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import (ctty, freeze, mountrules, netvars, nscopy, nsinspect, parking, placement, prestop, sysvipc,
+from engine import (ctty, freeze, mountrules, netdevs, netvars, nscopy, nsinspect, parking, placement, prestop, sysvipc,
                     userns_cr, zombies)
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
@@ -411,6 +411,7 @@ class _Dump:
         self.domainnames: dict[str, str] = {}      # uts ns -> its NIS domain name, when one was set
         self.sysvipc: dict[str, dict] = {}         # ipc ns -> its System V IPC objects (engine/sysvipc.py)
         self.netvars: dict[str, dict] = {}         # net ns -> its own sysctls (engine/netvars.py)
+        self.net_lo_up: set[str] = set()           # net ns whose lo is up (engine/netdevs.py)
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
 
@@ -925,6 +926,11 @@ def _collect_processes(d: _Dump) -> None:
         net = p["ns"]["net"]
         if net not in d.netvars and "net" not in p["host_ns"]:
             d.netvars[net] = netvars.read(p["pid"])
+            try:
+                if netdevs.lo_up(p["pid"]):
+                    d.net_lo_up.add(net)
+            except netdevs.NetdevError as e:
+                raise DumpError(e.errno, e.strerror) from None
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
@@ -985,6 +991,8 @@ def _manifest(d: _Dump) -> dict:
         doc["sysvipc"] = {ns: objs for ns, objs in d.sysvipc.items() if objs}
     if any(d.netvars.values()):
         doc["netvars"] = {ns: kept for ns, kept in d.netvars.items() if kept}
+    if d.net_lo_up:
+        doc["net_lo_up"] = sorted(d.net_lo_up)
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's

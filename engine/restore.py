@@ -53,7 +53,7 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, netvars, parking, remount, schedattrs, seccomp, sessions,
+                    hostidmap, image, kernel, lastword, mountinfo, netdevs, netvars, parking, remount, schedattrs, seccomp, sessions,
                     sharing,
                     standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
@@ -633,13 +633,16 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
 
     def make_netvars(self) -> None:
-        """The own sysctls of each restored network namespace (engine/netvars.py)."""
-        for nsid, kept in (self.doc.get("netvars") or {}).items():
+        """The own sysctls of each restored network namespace (engine/netvars.py), then its lo up
+        where it was (engine/netdevs.py)."""
+        todo = [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
+        todo += [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
+        for nsid, make, arg in todo:
             fd = self.nsfd_of.get(("net", nsid))
             if fd is None:
                 raise RestoreError(errno.EINVAL, f"network namespace {nsid}: not made by this restore")
             try:
-                netvars.write(fd, kept)
+                make(fd, arg)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
 

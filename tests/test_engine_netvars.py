@@ -74,3 +74,29 @@ def test_image_only_for_a_namespace_restore_makes():
     doc = {"processes": [{"ns": {"net": "net-0"}, "host_ns": ["net"]}], "netvars": {"net-0": {"unix/max_dgram_qlen": "5"}}}
     with pytest.raises(Exception, match=r"not a network namespace restore makes"):
         imageformat._check_netvars(doc)
+
+
+def test_lo_up_kept_without_a_socket(case):
+    """A network namespace with lo up and no inet socket: lo comes back up (it came back down)."""
+    show = "nsenter -t 1 -n ip -brief link show lo"
+    before, after = case.roundtrip(py_hold("").replace("exec python3 -c ", "exec unshare -n sh -c 'ip link set lo up; "
+                                                       "exec \"$0\" \"$@\"' python3 -c ", 1), show)
+    assert "LOOPBACK,UP" in before.snap.check_output, before.snap.check_output
+    assert after.snap.check_output == before.snap.check_output
+
+
+def test_devices_refused_before_the_stop(case):
+    """An address and a route added to lo, a dummy device: restore makes a fresh namespace (lo only,
+    no address of its own), so dump refuses, before the stop, in one line saying what to do."""
+    import os
+
+    from tests.enginecase import STOP_WATCH, CRError, was_stopped
+    setup = STOP_WATCH + py_hold("").replace(
+        "exec python3 -c ", "exec unshare -n sh -c 'ip link set lo up; ip addr add 10.9.8.7/32 dev lo; "
+        "exec \"$0\" \"$@\"' python3 -c ", 1)
+    pid = case.start(setup)
+    with pytest.raises(CRError, match=r"addresses differ from those a restored one gets .*only lo") as e:
+        case.dump(pid, case.new_images_dir())
+    assert "\n" not in str(e.value).strip().splitlines()[-1]
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert os.path.exists(f"/proc/{pid}")

@@ -123,6 +123,16 @@ def _memberships() -> list[str]:
     return sorted(out)
 
 
+def state_of(fd: int) -> dict:
+    """`state` of network namespace `fd`, read in a child that joins it."""
+    return forkrun.run(_state_of, fd)
+
+
+def fresh_pair() -> tuple[dict, dict]:
+    """A fresh network namespace's state, before and after its lo comes up (a child unshares one)."""
+    return forkrun.run(_fresh, unshare_flags=kernel.CLONE_NEWNET)
+
+
 def _state_of(fd: int) -> dict:
     kernel.setns(fd, kernel.CLONE_NEWNET)
     return state()
@@ -186,6 +196,12 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
     if fresh is None:
         fresh = d.scratch["inet-fresh"] = forkrun.run(_fresh, unshare_flags=kernel.CLONE_NEWNET)
     have = forkrun.run(_state_of, ns)
+    return differs(have, fresh)
+
+
+def differs(have: dict, fresh: tuple[dict, dict]) -> str | bool:
+    """Why a namespace in `have` (`state`) is not one `fresh` (`_fresh`'s pair) becomes by bringing
+    its lo up or not (a line), or whether its lo is up."""
     extra = sorted(set(have["links"]) - set(fresh[0]["links"]))
     if extra:
         return (f"its network namespace has interface {', '.join(extra)}, which a restored one (lo only) would lack: "
