@@ -15,8 +15,6 @@ from __future__ import annotations
 import errno
 import os
 
-from engine.fds import inet_net
-
 __all__ = ["NetdevError", "lo_up", "precheck", "set_lo_up_in"]
 
 _WHAT_TO_DO = "dump a tree whose network namespace holds only lo (devices, addresses and routes are not kept)"
@@ -32,6 +30,7 @@ _fresh: tuple[dict, dict] | None = None
 def lo_up(pid: int) -> bool:
     """Whether process `pid`'s network namespace has its lo up; NetdevError when the namespace holds
     what a fresh one lacks (the caller passes over the dumper's own namespace)."""
+    from engine.fds import inet_net   # (its socket module only for a tree with a network namespace)
     global _fresh
     if _fresh is None:
         _fresh = inet_net.fresh_pair()
@@ -40,7 +39,7 @@ def lo_up(pid: int) -> bool:
         have = inet_net.state_of(fd)
     finally:
         os.close(fd)
-    why = inet_net.differs(have, _fresh)
+    why = inet_net.differs(have, _fresh, loopback_follows=True)
     if isinstance(why, str):
         raise NetdevError(errno.EOPNOTSUPP, f"process {pid}: {why}; {_WHAT_TO_DO}")
     return why
@@ -64,6 +63,7 @@ def precheck(pids: list[int]) -> None:
 
 def _up_in(fd: int) -> None:
     from engine import kernel
+    from engine.fds import inet_net
     kernel.setns(fd, kernel.CLONE_NEWNET)
     inet_net.set_lo_up()
 

@@ -199,9 +199,26 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
     return differs(have, fresh)
 
 
-def differs(have: dict, fresh: tuple[dict, dict]) -> str | bool:
+def _loopback(entry: str) -> bool:
+    """An address or route of lo's own (127/8, ::1, and the link-local and multicast routes the
+    kernel gives lo with them)."""
+    words = entry.split()
+    if "lo" not in (words[0], words[-1]):
+        return False
+    dst = words[-3] if words[-2] == "dev" else words[1]
+    return dst.startswith(("127.", "::1/", "fe80::", "ff00::", "ff02::"))
+
+
+def differs(have: dict, fresh: tuple[dict, dict], loopback_follows: bool = False) -> str | bool:
     """Why a namespace in `have` (`state`) is not one `fresh` (`_fresh`'s pair) becomes by bringing
-    its lo up or not (a line), or whether its lo is up."""
+    its lo up or not (a line), or whether its lo is up. `loopback_follows`: a namespace without an
+    inet socket, whose sysctls restore writes (engine/netvars.py): lo's own addresses and routes
+    follow from them and lo's state (ipv6's disable_ipv6, addr_gen_mode add or drop ::1 even with lo
+    down), and multicast memberships are only the kernel's, so those are not compared."""
+    if loopback_follows:
+        have = {**have, **{k: [e for e in have[k] if not _loopback(e)] for k in ("addrs", "routes")}, "mcast": []}
+        fresh = tuple({**f, **{k: [e for e in f[k] if not _loopback(e)] for k in ("addrs", "routes")}, "mcast": []}
+                      for f in fresh)
     extra = sorted(set(have["links"]) - set(fresh[0]["links"]))
     if extra:
         return (f"its network namespace has interface {', '.join(extra)}, which a restored one (lo only) would lack: "
