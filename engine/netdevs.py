@@ -7,7 +7,10 @@ lack for a namespace holding an inet socket. One without (a tun device's holder,
 route added to lo, a veth, a sub-namespace's bridge) came back as a fresh one, silently, and lo
 down even where it was up. Now every network namespace of the tree that is not the dumper's is
 compared with a fresh one the same way (interfaces, the ones up, addresses, routes, multicast
-memberships: inet_net.differs); its lo comes back up when it was (image "net_lo_up").
+memberships: inet_net.differs); its lo comes back up when it was (image "net_lo_up"). Firewall
+rules are not kept either: a namespace holding a legacy iptables table a fresh one lacks
+(/proc/net/ip_tables_names: made by the first rule or listing in that namespace) is refused too
+(nftables' are not seen: not kept, not refused).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 
 __all__ = ["NetdevError", "lo_up", "precheck", "set_lo_up_in"]
 
-_WHAT_TO_DO = "dump a tree whose network namespace holds only lo (devices, addresses and routes are not kept)"
+_WHAT_TO_DO = "dump a tree whose network namespace holds only lo (devices, addresses, routes and firewall rules are not kept)"
 
 
 class NetdevError(OSError):
@@ -42,6 +45,11 @@ def lo_up(pid: int) -> bool:
     why = inet_net.differs(have, _fresh, loopback_follows=True)
     if isinstance(why, str):
         raise NetdevError(errno.EOPNOTSUPP, f"process {pid}: {why}; {_WHAT_TO_DO}")
+    extra = sorted(set(have.get("tables", ())) - set(_fresh[0].get("tables", ())))
+    if extra:
+        raise NetdevError(errno.EOPNOTSUPP, f"process {pid}: its network namespace has firewall tables "
+                                            f"({', '.join(extra)}), whose rules restore does not make: not supported; "
+                                            + _WHAT_TO_DO)
     return why
 
 

@@ -633,10 +633,10 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
 
     def make_netvars(self) -> None:
-        """The own sysctls of each restored network namespace (engine/netvars.py), then its lo up
-        where it was (engine/netdevs.py)."""
-        todo = [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
-        todo += [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
+        """Each restored network namespace's lo up where it was (engine/netdevs.py), then its own
+        sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
+        todo = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
+        todo += [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
         for nsid, make, arg in todo:
             fd = self.nsfd_of.get(("net", nsid))
             if fd is None:

@@ -100,7 +100,37 @@ def state() -> dict:
             oif = struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0
             table = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else table
             routes.append(f"table {table} type {rtype} {dst}/{dst_len} dev {names.get(oif, oif)}")
-    return {"links": links, "addrs": sorted(addrs), "routes": sorted(routes), "mcast": _memberships()}
+    return {"links": links, "addrs": sorted(addrs), "routes": sorted(routes), "mcast": _memberships(),
+            "tables": _tables()}
+
+
+_NFT_FAMILIES = {1: "inet", 2: "ip", 3: "arp", 7: "bridge", 10: "ip6", 5: "netdev"}
+
+
+def _nft_tables() -> list[str]:
+    """Our namespace's nftables tables ("nft ip filter"...: iptables-nft's too), by NFT_MSG_GETTABLE."""
+    try:
+        got = netlink_dump(12, (10 << 8) | 1, struct.pack("=BBH", socket.AF_UNSPEC, 0, 0), "nftables")
+    except OSError:
+        return []   # (no nf_tables in this kernel: no table anywhere)
+    out = []
+    for _t, msg in got:
+        name = attrs(msg, 4).get(1, b"?\0").split(b"\0")[0].decode(errors="replace")   # NFTA_TABLE_NAME
+        out.append(f"nft {_NFT_FAMILIES.get(msg[0], msg[0])} {name}")
+    return out
+
+
+def _tables() -> list[str]:
+    """Our namespace's firewall tables: nftables' and legacy iptables' ("ip6 filter"...), made by a
+    first rule or listing."""
+    out = _nft_tables()
+    for fam, name in (("ip", "ip_tables_names"), ("ip6", "ip6_tables_names"), ("arp", "arp_tables_names")):
+        try:
+            with open(f"/proc/self/net/{name}") as f:
+                out += [f"{fam} {t.strip()}" for t in f if t.strip()]
+        except OSError:
+            pass   # (the module is not loaded: no table anywhere)
+    return sorted(out)
 
 
 def _memberships() -> list[str]:
