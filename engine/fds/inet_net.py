@@ -10,8 +10,9 @@ own (the host's ports are not restore's to take), one a process outside the tree
 to a file in the dumper's mount namespace (`ip netns add`, a runtime's netns file): its other users
 would not see the restored sockets.
 
-Not compared, and not kept: firewall rules (nftables, iptables), policy routing rules, neighbours,
-the namespace's sysctls (net.ipv4.ip_local_port_range...).
+Not compared, and not kept: policy routing rules, neighbours. The namespace's sysctls are kept
+(engine/netvars.py); its firewall tables (nftables', legacy iptables') are refused by
+engine/netdevs.py, which compares every network namespace of the tree this way.
 
 Compared through rtnetlink (RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE) and /proc/self/net/igmp(6) in a
 child that joins the namespace, against a fresh namespace made by a child (unshare), before and
