@@ -119,3 +119,18 @@ def test_firewall_rules_refused_before_the_stop(case):
         case.dump(pid, case.new_images_dir())
     assert not was_stopped(pid), "dump stopped the tree before it refused"
     assert os.path.exists(f"/proc/{pid}")
+
+
+@pytest.mark.parametrize("ups, pattern", [
+    (["net-1"], r"net_lo_up: network namespaces restore makes"),     # the host's
+    (["net-0", "net-0"], r"net_lo_up: network namespaces restore makes, each once"),
+    ([{"x": 1}], r"net_lo_up: network namespaces restore makes"),
+])
+def test_lo_up_list_validated(ups, pattern):
+    """net_lo_up names namespaces restore makes, each once (never the host's: restore would bring
+    the restorer's lo up)."""
+    from engine import imageformat
+    doc = {"processes": [{"ns": {"net": "net-0"}}, {"ns": {"net": "net-1"}, "host_ns": ["net"]}], "net_lo_up": ups}
+    with pytest.raises(Exception, match=pattern):
+        imageformat._check_netvars(doc)
+    imageformat._check_netvars({**doc, "net_lo_up": ["net-0"]})
