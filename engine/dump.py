@@ -30,7 +30,8 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import ctty, freeze, mountrules, nscopy, nsinspect, parking, placement, prestop, sysvipc, userns_cr, zombies
+from engine import (ctty, freeze, mountrules, netdevs, netvars, nscopy, nsinspect, parking, placement, prestop, sysvipc,
+                    userns_cr, zombies)
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -409,6 +410,8 @@ class _Dump:
         self.uts_names: dict[str, str] = {}
         self.domainnames: dict[str, str] = {}      # uts ns -> its NIS domain name, when one was set
         self.sysvipc: dict[str, dict] = {}         # ipc ns -> its System V IPC objects (engine/sysvipc.py)
+        self.netvars: dict[str, dict] = {}         # net ns -> its own sysctls (engine/netvars.py)
+        self.net_lo_up: set[str] = set()           # net ns whose lo is up (engine/netdevs.py)
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
 
@@ -920,6 +923,14 @@ def _collect_processes(d: _Dump) -> None:
                 d.sysvipc[ipc] = sysvipc.read(p["pid"], [q["pid"] for q in d.procs_doc])
             except OSError as e:
                 raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
+        net = p["ns"]["net"]
+        if net not in d.netvars and "net" not in p["host_ns"]:
+            d.netvars[net] = netvars.read(p["pid"])
+            try:
+                if netdevs.lo_up(p["pid"]):
+                    d.net_lo_up.add(net)
+            except netdevs.NetdevError as e:
+                raise DumpError(e.errno, e.strerror) from None
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
@@ -978,6 +989,10 @@ def _manifest(d: _Dump) -> dict:
         doc["domainnames"] = d.domainnames
     if any(d.sysvipc.values()):
         doc["sysvipc"] = {ns: objs for ns, objs in d.sysvipc.items() if objs}
+    if any(d.netvars.values()):
+        doc["netvars"] = {ns: kept for ns, kept in d.netvars.items() if kept}
+    if d.net_lo_up:
+        doc["net_lo_up"] = sorted(d.net_lo_up)
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's

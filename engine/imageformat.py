@@ -974,6 +974,8 @@ MANIFEST = Record("manifest", {
     "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
     "zombies": F(LIST, required=False),                       # [ZOMBIE], checked with their count
     "sysvipc": F(DICT, required=False),                       # {ipc ns: System V IPC objects} (engine/sysvipc.py)
+    "netvars": F(DICT, required=False),                       # {net ns: {sysctl: text}} (engine/netvars.py)
+    "net_lo_up": F(LIST, required=False),                     # [net ns whose lo is up] (engine/netdevs.py)
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
@@ -1654,6 +1656,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         earlier.add(p["pid"])
     if "sysvipc" in doc:
         _check_sysvipc(doc)
+    if "netvars" in doc or "net_lo_up" in doc:
+        _check_netvars(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
@@ -1670,6 +1674,21 @@ def _check_sysvipc(doc: dict) -> None:
     from engine import sysvipc
     host = {p["ns"]["ipc"] for p in doc["processes"] if "ipc" in (p.get("host_ns") or ())}
     sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"]} - host, _fail)
+
+
+def _check_netvars(doc: dict) -> None:
+    """A network namespace's own sysctls (engine/netvars.py) only of namespaces restore makes: no
+    process may have one as the host's (restore would write the host's)."""
+    from engine import netvars
+    host = {p["ns"]["net"] for p in doc["processes"] if "net" in (p.get("host_ns") or ())}
+    made = {p["ns"]["net"] for p in doc["processes"]} - host
+    for nsid, kept in (doc.get("netvars") or {}).items():
+        if nsid not in made:
+            _fail(f"netvars for {str(nsid)[:40]!r}: not a network namespace restore makes")
+        netvars.check(kept, f"netvars {nsid}", _fail)
+    ups = doc.get("net_lo_up") or []
+    if not all(type(u) is str for u in ups) or len(set(ups)) != len(ups) or not set(ups) <= made:
+        _fail("net_lo_up: network namespaces restore makes, each once")
 
 
 class _Refs:

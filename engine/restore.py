@@ -53,7 +53,8 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
+                    hostidmap, image, kernel, lastword, mountinfo, netdevs, netvars, parking, remount, schedattrs, seccomp, sessions,
+                    sharing,
                     standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
@@ -630,6 +631,20 @@ class _Restorer:
                 sysvipc.make(fd, objs, self.hostproc)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
+
+    def make_netvars(self) -> None:
+        """Each restored network namespace's lo up where it was (engine/netdevs.py), then its own
+        sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
+        todo = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
+        todo += [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
+        for nsid, make, arg in todo:
+            fd = self.nsfd_of.get(("net", nsid))
+            if fd is None:
+                raise RestoreError(errno.EINVAL, f"network namespace {nsid}: not made by this restore")
+            try:
+                make(fd, arg)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
 
     def late_standins(self) -> None:
         """Controlling terminals (engine/ctty.py), once every mount exists: each session leader takes
@@ -2567,6 +2582,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.create_superblocks(early=True)   # the filling helper, when it can, beside the stand-ins' start
     r.spawn_standins()
     r.make_sysvipc()
+    r.make_netvars()
     r.open_externals()
     r.create_superblocks()
     if strategy.current().sharing == "construct":

@@ -11,7 +11,9 @@ those it blocks, whether a parent is a child subreaper, its parent-death signal 
 whether it made a time namespace for its children, its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
 its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py), the host
-and domain names of its UTS namespace when it is not the runner's. Which fds are one
+and domain names of its UTS namespace when it is not the runner's, the sysctls of its network namespace
+that differ from a fresh one's and its interfaces, addresses and routes when it is not the runner's
+(engine/netvars.py, engine/fds/inet_net.py). Which fds are one
 pipe, FIFO or socket pair and which are one open file description. For the tree: which processes share which namespaces (a
 partition, plus whether a namespace is the runner's own), which processes share a session and a
 process group (a partition, with its leader or "outside"), the zombies of the tree's processes
@@ -239,6 +241,7 @@ class Proc:
     ctty: str = ""               # its controlling terminal, named (`_cttys`)
     ipc: str = ""                # its ipc namespace's sysctls, when not the runner's (`_ipc_sysctls`)
     uts: str = ""                # its UTS namespace's host and domain names, when not the runner's (`_uts_names`)
+    net: str = ""                # its network namespace's sysctls and devices, when not the runner's (`_net_sysctls`)
     roots: dict = field(default_factory=dict)       # mount label -> its root's type, mode and owner (`_root_modes`)
 
     def text(self) -> str:
@@ -251,6 +254,7 @@ class Proc:
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
         out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []  # (and its System V objects)
         out += [f"uts names: {self.uts}"] if self.uts else []
+        out += [f"net namespace: {self.net}"] if self.net else []
         out += ["mounts:"]
         out += ["  " + line for line in self.tree_text.splitlines()]
         out += [f"lock {line}" for line in self.lock_lines()]
@@ -561,6 +565,31 @@ def _ipc_sysctls(procs: list[Proc]) -> None:
             seen[ino] = " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}"
                                  for k, v in sorted(vals.items())) + "".join(f"; {o}" for o in objs)
         p.ipc = seen[ino]
+
+
+def _net_sysctls(procs: list[Proc]) -> None:
+    """Each process's `net`: the sysctls of its network namespace that differ from a fresh one's
+    (engine/netvars.py), its interfaces (up or not), addresses, routes and multicast memberships
+    (engine/fds/inet_net.py), read once per namespace, when it is not the runner's."""
+    from engine import netvars
+    from engine.fds import inet_net
+    own = os.stat("/proc/self/ns/net").st_ino
+    seen: dict[int, str] = {}
+    for p in procs:
+        ino = p.ns.get("net")
+        if ino is None or ino == own:
+            continue
+        if ino not in seen:
+            try:
+                fd = os.open(f"/proc/{p.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    state = inet_net.state_of(fd)
+                finally:
+                    os.close(fd)
+                seen[ino] = netvars.of_process(p.pid) + "".join(f"; {k} {state[k]}" for k in sorted(state))
+            except FileNotFoundError:
+                raise SnapshotError(f"process {p.pid} vanished while being read") from None
+        p.net = seen[ino]
 
 
 def _pdeath_signals(procs: list[Proc]) -> None:
@@ -950,6 +979,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
             os.close(fd)
     _ipc_sysctls(procs)
     _uts_names(procs)
+    _net_sysctls(procs)
     _pdeath_signals(procs[1:])
     zombies = _zombies(pids)
     root_pgid = procs[0].pgid if procs else 0
