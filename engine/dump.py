@@ -353,6 +353,7 @@ class _Plan:
         self.pidns_name: dict[int, str] = {}
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
         self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
+        self.ns_names: dict = {}                     # (kind, inode) -> the image's namespace id ("net-1")
         # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
 
@@ -604,6 +605,7 @@ def _settle_externals(d: _Dump) -> None:
     ns_mounts = {d.mntns_name(ino): data["mounts"] for ino, data in d.ns_data.items()}
     d.plan = _Plan(d.superblocks, d.sb_of_dev, d.mntns_doc, ns_mounts, d.mounts_by_id)
     d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
+    d.plan.ns_names = d.names   # (the image's namespace ids: a type may name one, engine/fs/nsfs.py)
 
 
 def _plan_devices(d: _Dump) -> None:

@@ -85,6 +85,9 @@ _MEMBER = re.compile(r"^sb-[0-9]{1,9}\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}\Z")
 _USERNS_ID = re.compile(r"^user-[0-9]{1,9}\Z")
+# Namespaces a mount may bind (nsfs: `ip netns add`); a mount namespace bound on a file is not made again.
+_BOUND_NS_ID = re.compile(r"^(pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
+_LONE_NS_ID = re.compile(r"^net-[0-9]{1,9}\Z")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
 MAX_NGROUPS = 65536             # NGROUPS_MAX
@@ -815,6 +818,10 @@ MOUNT = Record("mount", {
     "idmap": F(DICT, required=False, rule=record(IDMAP)),
     "locked_flags": F(LIST, required=False, rule=list_of(
         lambda v: None if v in LOCK_FLAGS else f"is no lockable flag ({v[:40]!r})", len(LOCK_FLAGS))),
+    # The namespace of the image it binds (a type that makes each mount from its own object, `per_mount`:
+    # nsfs, `ip netns add`): one some process of the image is in (not as the host's), or a `lone_ns` of
+    # its superblock; its `root` is then "/".
+    "bound_ns": F(STR, required=False, rule=pattern(_BOUND_NS_ID, "a namespace id like net-1")),
 })
 
 MNTNS = Record("mount namespace", {
@@ -924,6 +931,11 @@ SUPERBLOCK = Record("superblock", {
     "input": F(OPT_DICT, required=False, rule=record(INPUT)),   # a daemon type's source file
     # What the type's probe recorded beyond files and options (binfmt_misc formats): its module checks it.
     "payload": F(OPT_DICT, required=False),
+    # Namespaces no process is in that its mounts bind (`ip netns add` alone): restore makes each afresh,
+    # {"net-N": {"lo": "up" | "down"}} (a network namespace as a fresh one is, lo brought up when it was).
+    "lone_ns": F(OPT_DICT, required=False),
+    # The tree's network namespaces its mounts bind whose lo was up: restore brings it up (a fresh one's is down).
+    "lo_up": F(LIST, required=False, rule=list_of(pattern(_LONE_NS_ID, "a network namespace id net-N"), MAX_MOUNTS)),
     # The user namespace that made it (absent: the restorer's); restore makes it from inside.
     "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
@@ -1014,6 +1026,53 @@ def validate(doc) -> None:
     _check_zombies(doc)
     _check_sessions(doc)
     _check_userns(doc, mounts)
+    _check_bound_ns(doc, mounts, detached)
+
+
+def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
+    """A mount of a `per_mount` type binds a namespace the image itself makes: one a process is in
+    (not one it shares with the host: restore would bind the restorer's own) or a lone one its
+    superblock records; nothing else may name one (a hostile image must not bind the host's)."""
+    from engine import fs
+    procs = [p for p in doc["processes"] if type(p) is dict and type(p.get("ns")) is dict]
+    host = {p["ns"].get(k) for p in procs for k in (p.get("host_ns") or ()) if type(k) is str}
+    made = {n for p in procs for n in p["ns"].values() if type(n) is str} - host
+    sbs = doc["superblocks"]
+    for sid, sb in sbs.items():
+        lone = sb.get("lone_ns")
+        if lone is None:
+            continue
+        handler = fs.lookup(sb["fstype"])
+        if handler is None or not handler.per_mount or sb.get("external"):
+            _fail(f"superblock {sid}: only a superblock whose mounts bind namespaces has lone namespaces")
+        for nsid, rec in lone.items():
+            if type(nsid) is not str or not _LONE_NS_ID.match(nsid) or nsid in made or nsid in host:
+                _fail(f"superblock {sid}: lone namespace {str(nsid)[:40]!r} is no net-N apart from the processes' ones")
+            if type(rec) is not dict or set(rec) != {"lo"} or rec["lo"] not in ("up", "down"):
+                _fail(f"superblock {sid}: lone namespace {nsid}: must be {{\"lo\": \"up\" or \"down\"}}")
+    for sid, sb in sbs.items():
+        for nsid in sb.get("lo_up") or ():
+            if nsid not in made:
+                _fail(f"superblock {sid}: lo_up names {nsid}, which no process of the image is in (but as the host's)")
+            if not any(m["sb"] == sid and m.get("bound_ns") == nsid for m in mounts.values()):
+                _fail(f"superblock {sid}: lo_up names {nsid}, which none of its mounts binds")
+    for m in list(mounts.values()) + list(detached.values()):
+        sb = sbs[m["sb"]]
+        handler = fs.lookup(sb["fstype"]) if not sb.get("external") else None
+        binds = handler is not None and handler.per_mount
+        what = f"mount {m['id']} ({m.get('mountpoint', 'detached')})"
+        if "bound_ns" not in m:
+            if binds:
+                _fail(f"{what}: a {sb['fstype']} mount names no namespace it binds (bound_ns)")
+            continue
+        if not binds:
+            _fail(f"{what}: only a mount of a type that binds namespaces (nsfs) names one")
+        nsid = m["bound_ns"]
+        if nsid not in made and nsid not in (sb.get("lone_ns") or {}):
+            _fail(f"{what}: binds namespace {nsid}, which the image does not make (no process of the image is "
+                  "in it but as the host's, and its superblock records no such lone namespace)")
+        if m["root"] != "/":
+            _fail(f"{what}: a mount binding a namespace has root /, not {m['root'][:80]!r}")
 
 
 def _covered(ranges, by) -> int | None:

@@ -1293,6 +1293,8 @@ class _Restorer:
         sb = self.doc["superblocks"][m["sb"]]
         if not sb.get("external"):
             handler = fs.lookup(sb["fstype"])
+            if handler is not None and handler.per_mount:
+                return self._own_source(m, sb, handler), ""
             if m["sb"] not in self.sb_fd and self._sb(m["sb"]) is None:   # (made: no call)
                 if handler is None or handler.when != fs.ON_USE:
                     raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
@@ -1321,6 +1323,26 @@ class _Restorer:
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+
+    def _own_source(self, m: dict, sb: dict, handler: fs.FsType) -> int:
+        """The mount its type makes mount `m` from (`mount_source`: a namespace bound on a file), once per
+        object it names (kept with the other sources until assemble ends)."""
+        key = (m["sb"], "object:" + str(m.get("bound_ns")))
+        fd = self.src_fd.get(key)
+        if fd is None:
+            where = f"mount {m['id']} ({m['mountpoint']}) on {sb['fstype']}"
+            try:
+                fd = self.src_fd[key] = handler.mount_source(self, m, sb, where)
+            except fs.FsError as e:
+                raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+        return fd
+
+    def namespace_fd(self, nsid: str) -> int | None:
+        """Our fd on restored namespace `nsid` of the image ("net-1"), None when no process is in it
+        (not the caller's to close)."""
+        return self._ns_fd_of(nsid)
 
     def _make_root(self, m: dict) -> None:
         """Make mount m's root on its new superblock by its type's `make_root` (a pty bound as

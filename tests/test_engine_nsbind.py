@@ -1,16 +1,25 @@
-"""A namespace bound on a file (nsfs: `ip netns add`, `unshare --uts=PATH`) is refused before the stop
-with a line that says whose namespace it is and how to remove the bind (engine/fs/nsfs.py), not the
-generic "declare it --external" advice (an external binds a host path; the tree needs its own
-namespace, which mntcr does not make again as a mount yet)."""
+"""A namespace bound on a file (nsfs: `ip netns add`, `unshare --uts=PATH`) is dumped and restored as a
+bind of the restored namespace it names (engine/fs/nsfs.py): a namespace some process of the tree is
+in, or a network namespace only the bind keeps alive, which restore makes afresh (lo up when it was).
+What restore cannot make again is refused before the stop with a line that says whose namespace it
+is and how to remove the bind: the host's (the dumper's own), a mount namespace, a lone namespace
+of another kind or one that holds what a fresh one lacks. A hostile image may not name a namespace
+it does not make itself."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 
 import pytest
 
 from enginecase import case  # noqa: F401  (fixture)
+
+
+def _need_ip():
+    if shutil.which("ip") is None:
+        pytest.skip("ip (iproute2) is not installed")
 
 
 def _refusal(case, setup: str) -> str:
@@ -23,76 +32,117 @@ def _refusal(case, setup: str) -> str:
     return str(err.value)
 
 
-def test_bare_ip_netns_add_refused_as_no_namespace_of_the_tree(case):
-    """`ip netns add` alone: a new network namespace no process of the tree is in, kept by its bind."""
-    if shutil.which("ip") is None:
-        pytest.skip("ip (iproute2) is not installed")
-    msg = _refusal(case, "ip netns add blue\nhold\n")
-    assert re.search(r"mount \d+ \(/(var/)?run/netns/blue\): a net namespace no process of the tree is in is "
-                     r"bound on it .*unmount it before dump \(ip netns delete blue, in the tree's mount "
-                     r"namespace\)", msg), msg
-    assert "--external" not in msg, msg
+def _binds(pid: int) -> dict[str, str]:
+    """Mount point -> root ("net:[N]") of every nsfs mount the process at `pid` sees."""
+    from engine import mountinfo
+    return {m.mountpoint: m.root for m in mountinfo.read_pid(pid) if m.fstype == "nsfs"}
 
 
-def test_tree_uts_namespace_bound_refused_naming_it_the_trees(case):
-    """`unshare --uts=PATH` whose process stays in the tree: the tree's uts namespace bound on PATH."""
-    from enginecase import HOLD
-    msg = _refusal(case, f"""
+def _ino(root: str) -> int:
+    return int(re.match(r"^[a-z]+:\[(\d+)\]$", root).group(1))
+
+
+# `ip netns add` alone: a network namespace no process of the tree is in (lo up, 127.0.0.1 then).
+LONE = """
+ip netns add blue
+nsenter --net=/run/netns/blue ip link set lo up
+hold
+"""
+CHECK_LONE = ("nsenter --net=/run/netns/blue ip -o addr show | sed 's/[[:space:]]\\+/ /g'; "
+              "nsenter --net=/run/netns/blue ip -o link show lo | grep -o 'state [A-Z]*'")
+
+
+def test_lone_netns_restored_afresh(case):
+    """`ip netns add blue` with its lo up: dumped, restored as a new network namespace (not the host's,
+    not the old one) whose lo is up with 127.0.0.1, bound at /run/netns/blue; the check compares."""
+    from enginecase import take, assert_same
+    _need_ip()
+    pid = case.start(LONE)
+    before = take(pid, CHECK_LONE)
+    assert "127.0.0.1/8" in before.snap.check_output, before.snap.check_output
+    old = _ino(_binds(pid)["/run/netns/blue"])
+    pid = case.cr(pid)
+    after = take(pid, CHECK_LONE)
+    assert_same(before, after)
+    new = _ino(_binds(pid)["/run/netns/blue"])
+    assert new not in (old, os.stat("/proc/self/ns/net").st_ino), (old, new)
+
+
+def test_lone_netns_lo_down_and_second_cr(case):
+    """Its lo left down: restored down (no address); a second C/R of the restored tree works too."""
+    _need_ip()
+    states = case.roundtrip("ip netns add red\nhold\n", CHECK_LONE.replace("blue", "red"), iters=2)
+    assert "127.0.0.1" not in states[0].snap.check_output and "DOWN" in states[0].snap.check_output
+
+
+def test_process_netns_bound_names_the_restored_namespace(case):
+    """A process of the tree in the bound namespace (`ip netns exec`): the restored bind is that
+    process's restored network namespace."""
+    from enginecase import HOLD, take, assert_same
+    _need_ip()
+    setup = f"""
+ip netns add green
+nsenter --net=/run/netns/green ip link set lo up
+nsenter --net=/run/netns/green {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until [ "$(readlink /proc/$!/ns/net)" = "net:[$(stat -L -c %i /run/netns/green)]" ]; do sleep 0.1; done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid, CHECK_LONE.replace("blue", "green"))
+    pid = case.cr(pid)
+    after = take(pid, CHECK_LONE.replace("blue", "green"))
+    assert_same(before, after)
+    root = _binds(pid)["/run/netns/green"]
+    from zdtm.snapshot import tree_pids
+    inside = [p for p in tree_pids(pid) if os.readlink(f"/proc/{p}/ns/net") == root]
+    assert inside, f"no restored process is in the bound namespace {root}"
+    assert _ino(root) != os.stat("/proc/self/ns/net").st_ino
+
+
+def test_tree_uts_namespace_bound(case):
+    """`unshare --uts=PATH` whose process stays in the tree: restored as a bind of its restored uts
+    namespace (its hostname compared by the check)."""
+    from enginecase import HOLD, take, assert_same
+    setup = f"""
 touch /run/uts
-unshare --uts=/run/uts {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+unshare --uts=/run/uts sh -c 'hostname inner; exec {HOLD} 100000' </dev/null >/dev/null 2>&1 &
 until grep -q ' /run/uts ' /proc/self/mountinfo; do sleep 0.1; done
 hold
-""")
-    assert re.search(r"mount \d+ \(/run/uts\): the tree's uts namespace is bound on it .*mntcr does not restore "
-                     r"namespace binds yet; unmount it before dump \(umount /run/uts, in the tree's mount "
-                     r"namespace\)", msg), msg
+"""
+    check = "nsenter --uts=/run/uts hostname"
+    pid = case.start(setup)
+    before = take(pid, check)
+    assert before.snap.check_output.strip() == "inner", before.snap.check_output
+    pid = case.cr(pid)
+    assert_same(before, take(pid, check))
 
 
+def test_host_netns_bound_refused(case):
+    """The container shares the host's network namespace: a bind of it is the dumper's own, refused."""
+    msg = _refusal(case, "touch /run/hostnet\nmount --bind /proc/self/ns/net /run/hostnet\nhold\n")
+    assert re.search(r"mount \d+ \(/run/hostnet\): the host's net namespace \(the dumper's own\) is bound on it "
+                     r"\(nsfs\): restore binds only namespaces it makes; unmount it before dump \(umount "
+                     r"/run/hostnet, in the tree's mount namespace\)", msg), msg
 
 
-
-def test_bind_told_with_the_other_unsupported_mounts(case, tmp_path):
-    """A namespace bind beside a mount of a type mntcr cannot dump (debugfs, its module taken out of a
-    copy of the engine): one line telling the bind's own refusal, then the generic line for the other."""
-    import enginecase
-    from enginecase import DUMP_EXTERNALS, mntcr, was_stopped, STOP_WATCH
-    if shutil.which("ip") is None:
-        pytest.skip("ip (iproute2) is not installed")
-    pid = case.start(STOP_WATCH + "ip netns add red\nmkdir /mnt/dbg; mount -t debugfs debugfs /mnt/dbg\nhold\n")
-    engine = enginecase.engine_without(str(tmp_path / "engine"), "debugfs")
-    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS, engine_root=engine)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode != 0 and len(lines) == 1, r.stderr
-    assert re.search(r"mount \d+ \(/(var/)?run/netns/red\): a net namespace no process of the tree is in .*\(ip "
-                     r"netns delete red, in the tree's mount namespace\); mount \d+ \(/mnt/dbg\) on debugfs: not "
-                     r"supported; declare it with --external mnt\[/mnt/dbg\]:KEY$", lines[0]), lines[0]
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
-
-# A hostile image may not make restore bind a namespace (the restorer's own, the host's) on a mount:
-# no image record names one yet, so an nsfs superblock the image would make is refused by the
-# validator, whatever its mount's root says.
-HOSTILE = {"nsfs-root-of-a-namespace": "net:[4026531840]", "nsfs-root-a-path": "/"}
-_REFUSED = (r"bad image: (superblock sb-\d+ \(nsfs\): filesystem type 'nsfs' is not supported|mount \d+: root "
-            r"'net:\[4026531840\]' is no path; only an external mount may have that)")
+def test_lone_netns_with_an_address_refused(case):
+    """A lone network namespace holding an address a fresh one lacks: refused before the stop."""
+    _need_ip()
+    msg = _refusal(case, "ip netns add blue\nnsenter --net=/run/netns/blue ip link set lo up\nnsenter --net=/run/netns/blue ip addr add 10.9.8.7/24 dev lo\nhold\n")
+    assert re.search(r"mount \d+ \(/run/netns/blue\): a network namespace only the bind keeps .*addresses differ .*"
+                     r"10\.9\.8\.7/24.*\(ip netns delete blue, in the tree's mount namespace\)", msg), msg
 
 
-@pytest.fixture(scope="module")
-def base_image(tmp_path_factory):
-    """An image of test_hardening_review's tree (an mqueue at /mnt/mq to turn into another type)."""
-    import enginecase
-    from test_hardening_review import SETUP
-    yield from enginecase.dumped_image(tmp_path_factory, SETUP, "hostile image tests need root")
+def test_lone_uts_namespace_refused(case):
+    """A uts namespace no process is in any more (only the bind keeps it): refused, saying so."""
+    msg = _refusal(case, "touch /run/uts\nunshare --uts=/run/uts true\nhold\n")
+    assert re.search(r"mount \d+ \(/run/uts\): a uts namespace no process of the tree is in is bound on it .*"
+                     r"unmount it before dump \(umount /run/uts", msg), msg
 
 
-@pytest.mark.parametrize("kind", sorted(HOSTILE))
-def test_image_making_an_nsfs_mount_is_refused(base_image, tmp_path, kind):
-    """The mqueue of a real image turned into an nsfs superblock (not external): refused before
-    anything is made, one line, nothing touched (test_hardening_hostile.refused)."""
-    from test_hardening_hostile import _mutated, refused
-    from test_hardening_review import _mnt, _turn_mqueue
-    root = HOSTILE[kind]
-
-    def mutate(d):
-        _turn_mqueue(d, "nsfs", source="nsfs", super_opts=["rw"])
-        _mnt(d, "/mnt/mq")["root"] = root
-    refused(_mutated(base_image, tmp_path, mutate), _REFUSED, tmp_path)
+def test_mount_namespace_bound_refused(case):
+    """A mount namespace bound on a file: refused with its own line."""
+    msg = _refusal(case, "mkdir /run/m; mount --bind /run/m /run/m; mount --make-private /run/m\n"
+                         "touch /run/m/mnt\nunshare --mount=/run/m/mnt true\nhold\n")
+    assert re.search(r"mount \d+ \(/run/m/mnt\): a mount namespace is bound on it \(nsfs\): mntcr does not restore "
+                     r"a mount namespace bound on a file; unmount it before dump", msg), msg

@@ -128,7 +128,7 @@ def _state_of(fd: int) -> dict:
     return state()
 
 
-def _fresh() -> tuple[dict, dict]:
+def fresh_state() -> tuple[dict, dict]:
     """(a fresh network namespace's state, the same once its lo is up): we are a child that unshared it."""
     before = state()
     set_lo_up()
@@ -184,8 +184,13 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
                 "enter it, and restore makes a new one): not supported")
     fresh = d.scratch.get("inet-fresh")
     if fresh is None:
-        fresh = d.scratch["inet-fresh"] = forkrun.run(_fresh, unshare_flags=kernel.CLONE_NEWNET)
-    have = forkrun.run(_state_of, ns)
+        fresh = d.scratch["inet-fresh"] = forkrun.run(fresh_state, unshare_flags=kernel.CLONE_NEWNET)
+    return unlike_fresh(forkrun.run(_state_of, ns), fresh)
+
+
+def unlike_fresh(have: dict, fresh: tuple[dict, dict]) -> str | bool:
+    """What network namespace state `have` (`state`) holds that a fresh one (`fresh_state`) lacks, as
+    a line, or whether its lo is up when nothing (a bound network namespace is checked so too)."""
     extra = sorted(set(have["links"]) - set(fresh[0]["links"]))
     if extra:
         return (f"its network namespace has interface {', '.join(extra)}, which a restored one (lo only) would lack: "

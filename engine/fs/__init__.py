@@ -171,7 +171,13 @@ class FsType:
     @property
     def when(self) -> str:
         """When restore creates it: PLAIN, AFTER_FILES or ON_USE."""
-        return ON_USE if self.layers else AFTER_FILES if self.device else PLAIN
+        return ON_USE if self.layers or self.per_mount else AFTER_FILES if self.device else PLAIN
+
+    @property
+    def per_mount(self) -> bool:
+        """Whether each mount is made from an object of its own (`mount_source`), never from a
+        superblock restore makes (nsfs: each bind is the restored namespace it names)."""
+        return type(self).mount_source is not FsType.mount_source
 
     def fsconfig_params(self, super_opts: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
         """(key, value) pairs for fsconfig; value None means a flag."""
@@ -303,6 +309,12 @@ class FsType:
         every object opened to make it, which restore hands to the fd kinds (keyed by the
         superblock's device: a process of the tree holds one of them)."""
         raise FsError(errno.EOPNOTSUPP, f"{self.name}: cannot make root {m['root']}")
+
+    def mount_source(self, ctx, m: dict, sb: dict, where: str) -> int:
+        """A detached mount restore clones mount `m` (of superblock record `sb`) from, for a type that
+        makes each mount from an object of its own (`per_mount`: nsfs opens the restored namespace `m`
+        binds, through the restorer `ctx`, its `namespace_fd`); asked once per object, kept by restore."""
+        raise FsError(errno.EOPNOTSUPP, f"{where}: {self.name} makes no mount of its own")
 
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         """Make the superblock; return a detached mount fd. Only for types whose `when` is not PLAIN
