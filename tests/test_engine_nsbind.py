@@ -146,3 +146,60 @@ def test_mount_namespace_bound_refused(case):
                          "touch /run/m/mnt\nunshare --mount=/run/m/mnt true\nhold\n")
     assert re.search(r"mount \d+ \(/run/m/mnt\): a mount namespace is bound on it \(nsfs\): mntcr does not restore "
                      r"a mount namespace bound on a file; unmount it before dump", msg), msg
+
+
+# A hostile image may not make restore bind a namespace it does not make itself (the restorer's own,
+# the host's): the mqueue of a real image (whose tree shares the host's network namespace: its
+# processes' net-0 is the host's) turned into a namespace bind.
+def _nsfs(**fields):
+    def mutate(d):
+        from test_hardening_review import _mnt, _turn_mqueue
+        _turn_mqueue(d, "nsfs", source="nsfs", super_opts=["rw"])
+        m = _mnt(d, "/mnt/mq")
+        m["root"] = fields.pop("root", "/")
+        sb = d["superblocks"][m["sb"]]
+        for key in ("lone_ns", "lo_up"):
+            if key in fields:
+                sb[key] = fields.pop(key)
+        m.update(fields)
+    return mutate
+
+
+def _tmpfs_binding(d):
+    from test_hardening_review import _mnt
+    _mnt(d, "/mnt/t")["bound_ns"] = "net-1"
+
+
+HOSTILE = {
+    "the host's namespace": (_nsfs(bound_ns="net-0"), r"mount \d+ \(/mnt/mq\): binds namespace net-0, which the "
+                                                      r"image does not make"),
+    "no such namespace": (_nsfs(bound_ns="net-7"), r"binds namespace net-7, which the image does not make"),
+    "none named": (_nsfs(), r"mount \d+ \(/mnt/mq\): a nsfs mount names no namespace it binds"),
+    "a mount namespace": (_nsfs(bound_ns="mnt-0"), r"'bound_ns' must be a namespace id like net-1 \(got 'mnt-0'\)"),
+    "a root of an inode": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}}, root="net:[4026531840]"),
+                           r"mount \d+: root 'net:\[4026531840\]' is no path; only an external mount may have that"),
+    "a lone namespace named as the processes'": (_nsfs(bound_ns="net-0", lone_ns={"net-0": {"lo": "up"}}),
+                                                 r"lone namespace 'net-0' is no net-N apart from the processes' ones"),
+    "a lone namespace of odd fields": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up", "path": "/"}}),
+                                       r"lone namespace net-1: must be"),
+    "lo up of the host's namespace": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}}, lo_up=["net-0"]),
+                                      r"lo_up names net-0, which no process of the image is in"),
+    "a tmpfs binding a namespace": (_tmpfs_binding, r"only a mount of a type that binds namespaces \(nsfs\) names one"),
+}
+
+
+@pytest.fixture(scope="module")
+def base_image(tmp_path_factory):
+    """An image of test_hardening_review's tree (an mqueue at /mnt/mq to turn into another type)."""
+    import enginecase
+    from test_hardening_review import SETUP
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP, "hostile image tests need root")
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_hostile_namespace_bind_refused(base_image, tmp_path, kind):
+    """Refused before anything is made, one line, nothing touched (test_hardening_hostile.refused)."""
+    from test_hardening_hostile import _mutated, refused
+    mutate, pattern = HOSTILE[kind]
+    refused(_mutated(base_image, tmp_path, mutate), r"bad image: .*" + pattern, tmp_path)
+
