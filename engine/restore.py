@@ -1649,7 +1649,11 @@ class _Restorer:
                 self.referenced.update((p["ctty_node"]["mnt"], p["ctty_node"]["ptmx"]["mnt"]))
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
-        helper_ok = lambda sid: sid in self.doc["superblocks"] and not self.doc["superblocks"][sid].get("external")  # noqa: E731
+        # (no helper of a superblock restore never makes: external, or one whose type makes each mount from
+        # an object of its own, `per_mount`)
+        no_helper = {sid for sid, sb in self.doc["superblocks"].items()
+                     if sb.get("external") or ((h := fs.lookup(sb["fstype"])) is not None and h.per_mount)}
+        helper_ok = lambda sid: sid in self.doc["superblocks"] and sid not in no_helper  # noqa: E731
         try:
             if strategy.current().sharing == "construct":
                 # Built while mounting (engine.construct); nothing is left for the sharing step.
@@ -1889,9 +1893,9 @@ class _Restorer:
                 def is_dir():
                     fd = self.mnt_fd.get(c["id"])
                     return stat.S_ISDIR(os.fstat(fd).st_mode) if fd is not None else c.get("dir")
-                # (a superblock's root is a directory)
+                # (a superblock's root is a directory; a bind of a namespace is rooted "/" too, `dir` false)
                 return self._beneath_or_made(parent["sb"], pfd, rel, is_dir, os.O_PATH,
-                                             _BENEATH | kernel.RESOLVE_NO_XDEV, c["root"] == "/")
+                                             _BENEATH | kernel.RESOLVE_NO_XDEV, c["root"] == "/" and c.get("dir", True))
             return os.dup(pfd)
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
@@ -1916,7 +1920,7 @@ class _Restorer:
         if mp is None:
             if c["mountpoint"] == parent["mountpoint"] and not kept:
                 mp, own = self.mnt_fd[pid], False   # on the parent's root: no dup to make and close
-            elif not kept and c["root"] == "/" and self._attach_by_name(parent, c):
+            elif not kept and c["root"] == "/" and c.get("dir", True) and self._attach_by_name(parent, c):
                 return
             else:
                 mp = self._mountpoint_fd(parent, c)

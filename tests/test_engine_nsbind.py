@@ -203,3 +203,27 @@ def test_hostile_namespace_bind_refused(base_image, tmp_path, kind):
     mutate, pattern = HOSTILE[kind]
     refused(_mutated(base_image, tmp_path, mutate), r"bad image: .*" + pattern, tmp_path)
 
+
+
+def test_bind_propagates_to_a_peer_namespace(case):
+    """`ip netns add` makes /run/netns a shared mount: a second mount namespace of the tree copied after
+    (unshare -m, propagation unchanged) holds a peer of it, and a namespace bound there later propagates
+    into it. Both binds, peers, restored as such, naming the same new network namespace."""
+    from enginecase import HOLD, take, assert_same
+    from zdtm.snapshot import tree_pids
+    _need_ip()
+    setup = f"""
+ip netns add blue
+unshare -m --propagation unchanged {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until [ "$(readlink /proc/$!/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ]; do sleep 0.1; done
+ip netns add red
+until grep -q ' /run/netns/red ' /proc/$!/mountinfo; do sleep 0.1; done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    assert "/run/netns/red" in before.snap.cross_peers, before.snap.cross_peers
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    roots = {_binds(p)["/run/netns/red"] for p in tree_pids(pid)}
+    assert len(roots) == 1 and roots != {os.readlink("/proc/self/ns/net")}, roots

@@ -113,6 +113,11 @@ def _lone_state(fd: int, own_user: int | None) -> dict | str:
 class Nsfs(FsType):
     """nsfs: each mount binds the restored namespace the image names (`mount_source`)."""
 
+    def mount_root(self, root: str, source: str, sb_source: str, where: str) -> str:
+        """"/": a bind of a namespace is the whole of what it binds (mountinfo's "net:[N]" names which
+        namespace, `plan` keeps that as `bound_ns`); the rules on roots and sharing see a path."""
+        return "/" if _ROOT.match(root) else root
+
     def precheck(self, sid: str, sb: dict, plan) -> None:
         """Refuse, before the stop too, a bind restore cannot make again (one line naming it)."""
         self._bound(sid, plan)
@@ -132,7 +137,7 @@ class Nsfs(FsType):
                 lone[name] = {"lo": "up" if lo else "down"}
             elif lo:
                 up.add(name)
-            e["bound_ns"], e["root"] = name, "/"
+            e["bound_ns"], e["root"], e["dir"] = name, "/", False   # (its root "/" is a file: restore asks)
         if lone:
             sb["lone_ns"] = lone
         if up:
