@@ -611,7 +611,7 @@ def _settle_externals(d: _Dump) -> None:
     ns_mounts = {d.mntns_name(ino): data["mounts"] for ino, data in d.ns_data.items()}
     d.plan = _Plan(d.superblocks, d.sb_of_dev, d.mntns_doc, ns_mounts, d.mounts_by_id)
     d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
-    d.plan.ns_names = d.names   # (the image's namespace ids: a type may name one, engine/fs/nsfs.py)
+    d.plan.ns_names = d.names   # (the image's namespace ids: a type module may name one)
 
 
 def _plan_devices(d: _Dump) -> None:
