@@ -915,6 +915,13 @@ LAYER = Record("overlay layer", {
     "detached": F(BOOL, required=False),                      # the mount is in "detached"
 })
 
+NETNS = Record("bound network namespace", {
+    "lo": F(STR, rule=lambda v: None if v in ("up", "down") else "must be up or down"),   # lo brought up
+    # IPv6 turned off (net.ipv6.conf.X.disable_ipv6) in these, in this order: docker does in a container's.
+    "ipv6_off": F(LIST, required=False, rule=list_of(
+        lambda v: None if v in ("all", "default", "lo") else "must be all, default or lo", 3)),
+})
+
 SUPERBLOCK = Record("superblock", {
     "fstype": F(STR, rule=pattern(_FSTYPE, "a filesystem type name")),
     "source": F(STR, rule=strlen(MAX_PATH)),
@@ -931,11 +938,11 @@ SUPERBLOCK = Record("superblock", {
     "input": F(OPT_DICT, required=False, rule=record(INPUT)),   # a daemon type's source file
     # What the type's probe recorded beyond files and options (binfmt_misc formats): its module checks it.
     "payload": F(OPT_DICT, required=False),
-    # Namespaces no process is in that its mounts bind (`ip netns add` alone): restore makes each afresh,
-    # {"net-N": {"lo": "up" | "down"}} (a network namespace as a fresh one is, lo brought up when it was).
+    # Network namespaces no process is in that its mounts bind (`ip netns add` alone): restore makes each
+    # afresh, {"net-N": NETNS} (as a fresh one is, given what NETNS says).
     "lone_ns": F(OPT_DICT, required=False),
-    # The tree's network namespaces its mounts bind whose lo was up: restore brings it up (a fresh one's is down).
-    "lo_up": F(LIST, required=False, rule=list_of(pattern(_LONE_NS_ID, "a network namespace id net-N"), MAX_MOUNTS)),
+    # The tree's own network namespaces its mounts bind: {"net-N": NETNS}, given to the restored one.
+    "net_state": F(OPT_DICT, required=False),
     # The user namespace that made it (absent: the restorer's); restore makes it from inside.
     "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
@@ -1039,23 +1046,23 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
     made = {n for p in procs for n in p["ns"].values() if type(n) is str} - host
     sbs = doc["superblocks"]
     for sid, sb in sbs.items():
-        lone = sb.get("lone_ns")
-        if lone is None:
+        lone, state = sb.get("lone_ns"), sb.get("net_state")
+        if lone is None and state is None:
             continue
         handler = fs.lookup(sb["fstype"])
         if handler is None or not handler.per_mount or sb.get("external"):
-            _fail(f"superblock {sid}: only a superblock whose mounts bind namespaces has lone namespaces")
-        for nsid, rec in lone.items():
+            _fail(f"superblock {sid}: only a superblock whose mounts bind namespaces records network namespaces")
+        for nsid, rec in (lone or {}).items():
             if type(nsid) is not str or not _LONE_NS_ID.match(nsid) or nsid in made or nsid in host:
                 _fail(f"superblock {sid}: lone namespace {str(nsid)[:40]!r} is no net-N apart from the processes' ones")
-            if type(rec) is not dict or set(rec) != {"lo"} or rec["lo"] not in ("up", "down"):
-                _fail(f"superblock {sid}: lone namespace {nsid}: must be {{\"lo\": \"up\" or \"down\"}}")
-    for sid, sb in sbs.items():
-        for nsid in sb.get("lo_up") or ():
-            if nsid not in made:
-                _fail(f"superblock {sid}: lo_up names {nsid}, which no process of the image is in (but as the host's)")
+            check_record(NETNS, rec, f"superblock {sid}: lone namespace {nsid}")
+        for nsid, rec in (state or {}).items():
+            if nsid not in made or not str(nsid).startswith("net-"):
+                _fail(f"superblock {sid}: net_state names {str(nsid)[:40]!r}, which is no network namespace a process "
+                      "of the image is in (but as the host's)")
             if not any(m["sb"] == sid and m.get("bound_ns") == nsid for m in mounts.values()):
-                _fail(f"superblock {sid}: lo_up names {nsid}, which none of its mounts binds")
+                _fail(f"superblock {sid}: net_state names {nsid}, which none of its mounts binds")
+            check_record(NETNS, rec, f"superblock {sid}: net_state of {nsid}")
     for m in list(mounts.values()) + list(detached.values()):
         sb = sbs[m["sb"]]
         handler = fs.lookup(sb["fstype"]) if not sb.get("external") else None

@@ -158,7 +158,7 @@ def _nsfs(**fields):
         m = _mnt(d, "/mnt/mq")
         m["root"] = fields.pop("root", "/")
         sb = d["superblocks"][m["sb"]]
-        for key in ("lone_ns", "lo_up"):
+        for key in ("lone_ns", "net_state"):
             if key in fields:
                 sb[key] = fields.pop(key)
         m.update(fields)
@@ -181,9 +181,13 @@ HOSTILE = {
     "a lone namespace named as the processes'": (_nsfs(bound_ns="net-0", lone_ns={"net-0": {"lo": "up"}}),
                                                  r"lone namespace 'net-0' is no net-N apart from the processes' ones"),
     "a lone namespace of odd fields": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up", "path": "/"}}),
-                                       r"lone namespace net-1: must be"),
-    "lo up of the host's namespace": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}}, lo_up=["net-0"]),
-                                      r"lo_up names net-0, which no process of the image is in"),
+                                       r"lone namespace net-1.*path"),
+    "a lone namespace's odd sysctl": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up", "ipv6_off": ["../x"]}}),
+                                      r"lone namespace net-1.*must be all, default or lo"),
+    "the state of the host's namespace": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}},
+                                                net_state={"net-0": {"lo": "up", "ipv6_off": ["all"]}}),
+                                          r"net_state names 'net-0', which is no network namespace a process of the "
+                                          r"image is in"),
     "a tmpfs binding a namespace": (_tmpfs_binding, r"only a mount of a type that binds namespaces \(nsfs\) names one"),
 }
 

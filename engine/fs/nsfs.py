@@ -7,7 +7,8 @@ bind: `per_mount`, `mount_source`). The image names the namespace by its id (mou
 root "/"): a pid, uts, ipc, net or cgroup namespace some process of the tree is in, or a network
 namespace no process is in any more that only the bind keeps alive (`ip netns add` alone, the
 superblock's `lone_ns`: restore makes it afresh in a short-lived child that unshares it, lo up
-when it was). Refused before the stop, with a line saying how to remove the bind: the host's
+when it was, IPv6 off where it was: docker turns it off in a container's; the tree's own bound
+network namespaces get the same, `net_state`). Refused before the stop, with a line saying how to remove the bind: the host's
 namespace (the dumper's), one a process outside the tree is in, a mount namespace, a user or time
 namespace, a lone namespace of another kind, and a lone network namespace that holds what a fresh
 one lacks (an interface, an address, a route: engine/fds/inet_net.py says which).
@@ -107,7 +108,37 @@ def _lone_state(fd: int, own_user: int | None) -> dict | str:
         finally:
             os.close(owner)
     kernel.setns(fd, kernel.CLONE_NEWNET)
-    return inet_net.state()
+    return dict(inet_net.state(), ipv6_off=_ipv6_off())
+
+
+IPV6_CONFS = ("all", "default", "lo")   # (in the order restore sets them: docker disables IPv6 in a container's)
+
+
+def _ipv6_off() -> list[str]:
+    """Which of IPV6_CONFS our network namespace has IPv6 disabled in (net.ipv6.conf.X.disable_ipv6)."""
+    out = []
+    for conf in IPV6_CONFS:
+        try:
+            with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6") as f:
+                if f.read().strip() == "1":
+                    out.append(conf)
+        except OSError:
+            pass   # (a kernel without IPv6)
+    return out
+
+
+def _set_net(lo_up: bool, ipv6_off, proc: int | None = None) -> None:
+    """Give our (new) network namespace what the image recorded: IPv6 off where it was, lo up. `proc`:
+    a /proc to write the settings through (restore's own: it may stand in a restored root)."""
+    for conf in ipv6_off:
+        fd = os.open(f"{'' if proc is not None else '/proc/'}sys/net/ipv6/conf/{conf}/disable_ipv6",
+                     os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
+        try:
+            os.write(fd, b"1")
+        finally:
+            os.close(fd)
+    if lo_up:
+        inet_net.set_lo_up()
 
 
 class Nsfs(FsType):
@@ -123,32 +154,32 @@ class Nsfs(FsType):
         self._bound(sid, plan)
 
     def plan(self, sid: str, sb: dict, plan) -> None:
-        """Name the namespace each mount binds (`bound_ns`, root "/"); record the lone ones (`lone_ns`)
-        and the tree's bound network namespaces whose lo was up (`lo_up`)."""
+        """Name the namespace each mount binds (`bound_ns`, root "/"); record the lone network namespaces
+        (`lone_ns`) and the state of the tree's own bound ones (`net_state`): lo up or down, IPv6 off."""
         names = dict(getattr(plan, "ns_names", None) or {})
         count = sum(1 for k, _ in names if k == "net")
         lone: dict[str, dict] = {}
-        up: set[str] = set()
-        for e, kind, ino, lo in self._bound(sid, plan):
+        state: dict[str, dict] = {}
+        for e, kind, ino, net in self._bound(sid, plan):
             name = names.get((kind, ino))
             if name is None:
                 name = names[(kind, ino)] = f"net-{count}"
                 count += 1
-                lone[name] = {"lo": "up" if lo else "down"}
-            elif lo:
-                up.add(name)
+                lone[name] = net
+            elif net is not None and name not in lone:
+                state[name] = net
             e["bound_ns"], e["root"], e["dir"] = name, "/", False   # (its root "/" is a file: restore asks)
         if lone:
             sb["lone_ns"] = lone
-        if up:
-            sb["lo_up"] = sorted(up)
+        if state:
+            sb["net_state"] = state
 
-    def _bound(self, sid: str, plan) -> list[tuple[dict, str, int, bool | None]]:
-        """(mount entry, kind, inode, whether lo is up for a network namespace) of each mount of `sid`;
-        FsError for one refused."""
+    def _bound(self, sid: str, plan) -> list[tuple[dict, str, int, dict | None]]:
+        """(mount entry, kind, inode, the record of a network namespace: {lo, ipv6_off?}) of each mount of
+        `sid`; FsError for one refused."""
         pids = sorted({p for ps in plan.ns_pids.values() for p in ps})
         out = []
-        seen: dict[int, bool] = {}
+        seen: dict[int, dict] = {}
         for ns_name, ns in plan.mntns_doc.items():
             for e in ns["mounts"]:
                 if e["sb"] != sid:
@@ -165,11 +196,11 @@ class Nsfs(FsType):
         return out
 
     @staticmethod
-    def _net_lo(m, pid: int, ino: int, lone: bool) -> bool:
-        """Whether the network namespace bound by mount `m` (as process `pid` sees it) has its lo up;
-        FsError when it holds what a fresh one lacks (restore makes a fresh one: for the tree's
-        own too, engine/fds/inet.py), or, `lone` (no process of the tree is in it), when a user
-        namespace of the tree owns it."""
+    def _net_lo(m, pid: int, ino: int, lone: bool) -> dict:
+        """{lo: up or down, ipv6_off?: [...]} of the network namespace bound by mount `m` (as process
+        `pid` sees it); FsError when it holds what a fresh one given the same lacks (restore makes a
+        fresh one: for the tree's own too, engine/fds/inet.py), or, `lone` (no process of the tree is
+        in it), when a user namespace of the tree owns it."""
         where = f"mount {m.mnt_id} ({m.mountpoint})"
         fd = have = _open_bound(pid, m.mountpoint, ino)
         if not isinstance(fd, str):
@@ -179,53 +210,61 @@ class Nsfs(FsType):
                 os.close(fd)
         if isinstance(have, str):
             raise FsError(errno.EOPNOTSUPP, f"{where}: the network namespace bound on it: {have}")
-        lo = inet_net.unlike_fresh(have, _fresh())
+        off = have.pop("ipv6_off")
+        lo = inet_net.unlike_fresh(have, _fresh(tuple(off)))
         if isinstance(lo, str):
             whose = "a network namespace only the bind keeps" if lone else "the tree's network namespace bound on it"
             raise FsError(errno.EOPNOTSUPP, f"{where}: {whose} (nsfs, `ip netns add`): {lo}; unmount it before dump "
                                             f"({_undo('net', m.mountpoint)})")
-        return lo
+        return {"lo": "up" if lo else "down", **({"ipv6_off": off} if off else {})}
 
     def mount_source(self, ctx, m: dict, sb: dict, where: str) -> int:
-        """A detached bind of the restored namespace m binds: a process's (its lo brought up when it
-        was), or a lone one made now."""
+        """A detached bind of the restored namespace m binds: a process's (its lo brought up and IPv6
+        turned off as recorded), or a lone one made now."""
         nsid = m["bound_ns"]
         lone = (sb.get("lone_ns") or {}).get(nsid)
-        fd = _make_lone(lone["lo"] == "up") if lone is not None else ctx.namespace_fd(nsid)
+        fd = _make_lone(lone, ctx.hostproc) if lone is not None else ctx.namespace_fd(nsid)
         if fd is None:
             raise FsError(errno.EINVAL, f"{where}: no process of the image is in namespace {nsid}")
         try:
-            if lone is None and nsid in (sb.get("lo_up") or ()):
-                forkrun.run(_lo_up_in, fd)
+            net = (sb.get("net_state") or {}).get(nsid)
+            if lone is None and net is not None:
+                forkrun.run(_set_net_in, fd, net["lo"] == "up", net.get("ipv6_off") or (), ctx.hostproc)
             return kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
         finally:
             if lone is not None:
                 os.close(fd)
 
 
-def _lo_up_in(fd: int) -> None:
-    """In a child: bring lo of network namespace `fd` up."""
+def _set_net_in(fd: int, lo_up: bool, ipv6_off, proc: int) -> None:
+    """In a child: give network namespace `fd` what the image recorded (`_set_net`)."""
     kernel.setns(fd, kernel.CLONE_NEWNET)
-    inet_net.set_lo_up()
+    _set_net(lo_up, ipv6_off, proc)
 
 
-_FRESH: list = []
+_FRESH: dict = {}
 
 
-def _fresh() -> tuple[dict, dict]:
-    """A fresh network namespace's state, before and after its lo comes up (engine/fds/inet_net.py),
-    read once a run."""
-    if not _FRESH:
-        _FRESH.append(forkrun.run(inet_net.fresh_state, unshare_flags=kernel.CLONE_NEWNET))
-    return _FRESH[0]
+def _fresh(ipv6_off: tuple = ()) -> tuple[dict, dict]:
+    """A fresh network namespace's state with IPv6 off in `ipv6_off`, before and after its lo comes up
+    (engine/fds/inet_net.py), read once a run."""
+    if ipv6_off not in _FRESH:
+        _FRESH[ipv6_off] = forkrun.run(_fresh_in, ipv6_off, unshare_flags=kernel.CLONE_NEWNET)
+    return _FRESH[ipv6_off]
 
 
-def _make_lone(lo_up: bool) -> int:
-    """An fd on a new network namespace (lo up when `lo_up`), made by a child that unshares it and
-    sends it back; the child ends, the fd (then the bind) keeps it."""
+def _fresh_in(ipv6_off) -> tuple[dict, dict]:
+    _set_net(False, ipv6_off)
+    return inet_net.fresh_state()
+
+
+def _make_lone(rec: dict, proc: int) -> int:
+    """An fd on a new network namespace as `rec` ({lo, ipv6_off?}) says, made by a child that unshares
+    it and sends it back; the child ends, the fd (then the bind) keeps it."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        forkrun.run(_unshare_and_send, theirs.fileno(), lo_up, unshare_flags=kernel.CLONE_NEWNET)
+        forkrun.run(_unshare_and_send, theirs.fileno(), rec["lo"] == "up", rec.get("ipv6_off") or (), proc,
+                    unshare_flags=kernel.CLONE_NEWNET)
         _, fds, _, _ = socket.recv_fds(ours, 1, 1)
     finally:
         ours.close()
@@ -235,10 +274,9 @@ def _make_lone(lo_up: bool) -> int:
     return fds[0]
 
 
-def _unshare_and_send(sock: int, lo_up: bool) -> None:
-    """In a child that unshared its network namespace: bring lo up when asked, send an fd on it."""
-    if lo_up:
-        inet_net.set_lo_up()
+def _unshare_and_send(sock: int, lo_up: bool, ipv6_off, proc: int) -> None:
+    """In a child that unshared its network namespace: set it up (`_set_net`), send an fd on it."""
+    _set_net(lo_up, ipv6_off, proc)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
         fd = inet_net.netns_fd(probe.fileno())   # (no /proc needed: the restorer may stand in a restored root)
     s = socket.socket(fileno=os.dup(sock))
