@@ -231,3 +231,16 @@ hold
     assert_same(before, take(pid))
     roots = {_binds(p)["/run/netns/red"] for p in tree_pids(pid)}
     assert len(roots) == 1 and roots != {os.readlink("/proc/self/ns/net")}, roots
+
+
+def test_lone_netns_ipv6_off_restored(case):
+    """IPv6 turned off in a lone network namespace before its lo came up (as docker does in a
+    container's): restored off, lo up with 127.0.0.1 alone."""
+    _need_ip()
+    ns = "nsenter --net=/run/netns/blue"
+    setup = (f"ip netns add blue\n{ns} sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
+             f"echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6'\n{ns} ip link set lo up\nhold\n")
+    check = CHECK_LONE + f"; {ns} cat /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/lo/disable_ipv6"
+    states = case.roundtrip(setup, check)
+    out = states[0].snap.check_output
+    assert "127.0.0.1/8" in out and "::1" not in out and out.rstrip().endswith("1\n1"), out
