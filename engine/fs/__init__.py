@@ -17,7 +17,9 @@ What a type declares:
   (the namespace that owns it: `probe`);
 - roots: `fresh_roots` (the mount roots a new instance has), `held_root`/`make_root` (a root it lacks
   that restore makes from an object a process of the tree holds: a pty bound as /dev/console);
-- restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
+- restore: `mount_source` (`per_mount`: each mount made from an object of its own, never from a
+  superblock restore makes: nsfs binds the restored namespace a mount names);
+  `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
   and `when` it can be made; options shown vs given (`drop_opts`, `no_opts`,
   `path_opts`, `fsconfig_params`, `id_opts`); `keep_source`;
 - kernel: `requires` (names /proc/filesystems must list);
@@ -370,8 +372,8 @@ _FOUND: dict[str, FsType] = {}   # names looked up -> their type (emptied when a
 
 def refusal(mount, pids) -> str | None:
     """Why dump refuses `mount` (engine.mountinfo.Mount) of a type no module registers, when the
-    module named like the type says it better than "not supported; declare it --external" (nsfs: a
-    namespace bound on a file, engine/fs/nsfs.py `refuse`); None otherwise. `pids`: the dumped tree."""
+    module named like the type says it better than "not supported; declare it --external" (a module
+    that registers no type but defines `refuse`); None otherwise. `pids`: the dumped tree."""
     base = mount.fstype.split(".", 1)[0]
     if lookup(mount.fstype) is not None or base not in _module_names():
         return None
