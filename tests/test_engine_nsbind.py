@@ -244,3 +244,28 @@ def test_lone_netns_ipv6_off_restored(case):
     states = case.roundtrip(setup, check)
     out = states[0].snap.check_output
     assert "127.0.0.1/8" in out and "::1" not in out and out.rstrip().endswith("1\n1"), out
+
+
+def test_tree_pid_ipc_cgroup_namespaces_bound(case):
+    """The other kinds a process of the tree is in, bound as `unshare --ipc=PATH --cgroup=PATH` makes
+    them, and the container's pid namespace bound by hand: each restored bind is its process's restored namespace (the snapshot names the
+    namespace a bind's root names by the first process in it)."""
+    from enginecase import HOLD, take, assert_same
+    from zdtm.snapshot import tree_pids
+    setup = f"""
+touch /run/pid /run/ipc /run/cg
+mount --bind /proc/self/ns/pid /run/pid
+unshare --ipc=/run/ipc --cgroup=/run/cg {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until grep -q ' /run/cg ' /proc/self/mountinfo; do sleep 0.1; done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    text = "\n".join(p.tree_text for p in before.snap.procs)
+    for kind in ("pid", "ipc", "cgroup"):
+        assert re.search(rf"root={kind}:\[P\d+\]", text), text
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    binds = _binds(pid)
+    for kind, path in (("pid", "/run/pid"), ("ipc", "/run/ipc"), ("cgroup", "/run/cg")):
+        assert any(os.readlink(f"/proc/{p}/ns/{kind}") == binds[path] for p in tree_pids(pid)), (kind, binds)
