@@ -269,3 +269,12 @@ hold
     binds = _binds(pid)
     for kind, path in (("pid", "/run/pid"), ("ipc", "/run/ipc"), ("cgroup", "/run/cg")):
         assert any(os.readlink(f"/proc/{p}/ns/{kind}") == binds[path] for p in tree_pids(pid)), (kind, binds)
+
+
+def test_time_namespace_bound_refused(case):
+    """A time namespace bound on a file (`unshare --time=PATH`): refused before the stop, naming the
+    kinds mntcr binds again."""
+    msg = _refusal(case, "touch /run/u\nunshare --time=/run/u true\nhold\n")
+    assert re.search(r"mount \d+ \(/run/u\): a time namespace is bound on it \(nsfs\): mntcr restores only pid, uts, "
+                     r"ipc, net and cgroup binds; unmount it before dump \(umount /run/u, in the tree's mount "
+                     r"namespace\)", msg), msg
