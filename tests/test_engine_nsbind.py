@@ -278,3 +278,28 @@ def test_time_namespace_bound_refused(case):
     assert re.search(r"mount \d+ \(/run/u\): a time namespace is bound on it \(nsfs\): mntcr restores only pid, uts, "
                      r"ipc, net and cgroup binds; unmount it before dump \(umount /run/u, in the tree's mount "
                      r"namespace\)", msg), msg
+
+
+USERNS_SETUP = """
+mkdir -p /run/u; mount -t tmpfs u /run/u; touch /run/u/net
+unshare -U -r -m {net} --propagation private sh -c '{bind} && exec {hold} 100000' </dev/null >/dev/null 2>&1 &
+until [ "$(readlink /proc/$!/ns/user)" != "$(readlink /proc/self/ns/user)" ] && grep -q nsfs /proc/$!/mountinfo; do
+  sleep 0.1; done
+hold
+"""
+
+
+def test_bind_in_a_user_namespace(case):
+    """A process in a user namespace of its own binds its network namespace (owned by that user
+    namespace) in its mount namespace (owned by it too): restored as that process's restored one."""
+    from enginecase import HOLD
+    case.roundtrip(USERNS_SETUP.format(net="-n", bind="mount --bind /proc/self/ns/net /run/u/net", hold=HOLD))
+
+
+def test_lone_netns_of_a_user_namespace_refused(case):
+    """A network namespace no process is in, owned by a user namespace of the tree: refused before the
+    stop (restore makes lone network namespaces as its own only)."""
+    from enginecase import HOLD
+    msg = _refusal(case, USERNS_SETUP.format(net="", bind="unshare --net=/run/u/net true", hold=HOLD))
+    assert re.search(r"mount \d+ \(/run/u/net\): the network namespace bound on it: a user namespace of the tree owns "
+                     r"it, and no process of the tree is in it .*; unmount it before dump \(umount /run/u/net", msg), msg

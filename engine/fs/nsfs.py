@@ -209,7 +209,8 @@ class Nsfs(FsType):
             finally:
                 os.close(fd)
         if isinstance(have, str):
-            raise FsError(errno.EOPNOTSUPP, f"{where}: the network namespace bound on it: {have}")
+            raise FsError(errno.EOPNOTSUPP, f"{where}: the network namespace bound on it: {have}; unmount it before "
+                                            f"dump ({_undo('net', m.mountpoint)})")
         off = have.pop("ipv6_off")
         lo = inet_net.unlike_fresh(have, _fresh(tuple(off)))
         if isinstance(lo, str):
