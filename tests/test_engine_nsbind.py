@@ -128,7 +128,8 @@ def test_host_netns_bound_refused(case):
 def test_lone_netns_with_an_address_refused(case):
     """A lone network namespace holding an address a fresh one lacks: refused before the stop."""
     _need_ip()
-    msg = _refusal(case, "ip netns add blue\nnsenter --net=/run/netns/blue ip link set lo up\nnsenter --net=/run/netns/blue ip addr add 10.9.8.7/24 dev lo\nhold\n")
+    ns = "nsenter --net=/run/netns/blue"
+    msg = _refusal(case, f"ip netns add blue\n{ns} ip link set lo up\n{ns} ip addr add 10.9.8.7/24 dev lo\nhold\n")
     assert re.search(r"mount \d+ \(/run/netns/blue\): a network namespace only the bind keeps .*addresses differ .*"
                      r"10\.9\.8\.7/24.*\(ip netns delete blue, in the tree's mount namespace\)", msg), msg
 
@@ -248,8 +249,9 @@ def test_lone_netns_ipv6_off_restored(case):
 
 def test_tree_pid_ipc_cgroup_namespaces_bound(case):
     """The other kinds a process of the tree is in, bound as `unshare --ipc=PATH --cgroup=PATH` makes
-    them, and the container's pid namespace bound by hand: each restored bind is its process's restored namespace (the snapshot names the
-    namespace a bind's root names by the first process in it)."""
+    them, and the container's pid namespace bound by hand: each restored bind is its process's
+    restored namespace (the snapshot names the namespace a bind's root names by the first process
+    in it)."""
     from enginecase import HOLD, take, assert_same
     from zdtm.snapshot import tree_pids
     setup = f"""
@@ -302,4 +304,5 @@ def test_lone_netns_of_a_user_namespace_refused(case):
     from enginecase import HOLD
     msg = _refusal(case, USERNS_SETUP.format(net="", bind="unshare --net=/run/u/net true", hold=HOLD))
     assert re.search(r"mount \d+ \(/run/u/net\): the network namespace bound on it: a user namespace of the tree owns "
-                     r"it, and no process of the tree is in it .*; unmount it before dump \(umount /run/u/net", msg), msg
+                     r"it, and no process of the tree is in it .*; unmount it before dump \(umount /run/u/net",
+                     msg), msg

@@ -6,12 +6,14 @@ from the restored namespace it names (open_tree of an fd on it, then moved into 
 bind: `per_mount`, `mount_source`). The image names the namespace by its id (mount `bound_ns`,
 root "/"): a pid, uts, ipc, net or cgroup namespace some process of the tree is in, or a network
 namespace no process is in any more that only the bind keeps alive (`ip netns add` alone, the
-superblock's `lone_ns`: restore makes it afresh in a short-lived child that unshares it, lo up
-when it was, IPv6 off where it was: docker turns it off in a container's; the tree's own bound
-network namespaces get the same, `net_state`). Refused before the stop, with a line saying how to remove the bind: the host's
-namespace (the dumper's), one a process outside the tree is in, a mount namespace, a user or time
-namespace, a lone namespace of another kind, and a lone network namespace that holds what a fresh
-one lacks (an interface, an address, a route: engine/fds/inet_net.py says which).
+superblock's `lone_ns`: restore makes it afresh in a short-lived child that unshares it). A bound
+network namespace gets its lo up when it was, and IPv6 off where it was (docker turns it off in a
+container's); the tree's own get that through `net_state`.
+
+Refused before the stop, with a line saying how to remove the bind: the host's namespace (the
+dumper's), one a process outside the tree is in, a mount, user or time namespace, a lone namespace
+of another kind or one a user namespace of the tree owns, and a bound network namespace that holds
+what a fresh one lacks (an interface, an address, a route: engine/fds/inet_net.py says which).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import re
 import socket
 
 from engine import forkrun, kernel
-from engine.fds import inet_net   # (now: restore makes a lone namespace after it pivoted away from the engine)
+# (imported with the module: restore makes a lone namespace after it pivoted away from the engine's files)
+from engine.fds import inet_net
 from engine.fs import FsError, FsType, register
 
 _ROOT = re.compile(r"^([a-z_]+):\[([0-9]+)\]\Z")
@@ -185,10 +188,14 @@ class Nsfs(FsType):
                 if e["sb"] != sid:
                     continue
                 m = plan.mounts_by_id[e["id"]]
+                hit = _ROOT.match(m.root)
+                if hit is None:
+                    raise FsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): an nsfs mount whose root "
+                                                    f"{m.root} names no namespace: not supported")
                 line = refuse(m, pids)
                 if line is not None:
                     raise FsError(errno.EOPNOTSUPP, line)
-                kind, ino = _ROOT.match(m.root).group(1), int(_ROOT.match(m.root).group(2))
+                kind, ino = hit.group(1), int(hit.group(2))
                 if kind == "net" and ino not in seen:
                     lone = not any(kernel.ns_ino(p, kind) == ino for p in pids)
                     seen[ino] = self._net_lo(m, plan.ns_pids[ns_name][0], ino, lone)
