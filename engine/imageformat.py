@@ -1045,6 +1045,7 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
     host = {p["ns"].get(k) for p in procs for k in (p.get("host_ns") or ()) if type(k) is str}
     made = {n for p in procs for n in p["ns"].values() if type(n) is str} - host
     sbs = doc["superblocks"]
+    bound = {(m["sb"], m.get("bound_ns")) for m in mounts.values()}
     for sid, sb in sbs.items():
         lone, state = sb.get("lone_ns"), sb.get("net_state")
         if lone is None and state is None:
@@ -1056,11 +1057,13 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
             if type(nsid) is not str or not _LONE_NS_ID.match(nsid) or nsid in made or nsid in host:
                 _fail(f"superblock {sid}: lone namespace {str(nsid)[:40]!r} is no net-N apart from the processes' ones")
             check_record(NETNS, rec, f"superblock {sid}: lone namespace {nsid}")
+            if (sid, nsid) not in bound:
+                _fail(f"superblock {sid}: lone namespace {nsid}, which none of its mounts binds")
         for nsid, rec in (state or {}).items():
             if nsid not in made or not str(nsid).startswith("net-"):
                 _fail(f"superblock {sid}: net_state names {str(nsid)[:40]!r}, which is no network namespace a process "
                       "of the image is in (but as the host's)")
-            if not any(m["sb"] == sid and m.get("bound_ns") == nsid for m in mounts.values()):
+            if (sid, nsid) not in bound:
                 _fail(f"superblock {sid}: net_state names {nsid}, which none of its mounts binds")
             check_record(NETNS, rec, f"superblock {sid}: net_state of {nsid}")
     for m in list(mounts.values()) + list(detached.values()):

@@ -189,6 +189,8 @@ HOSTILE = {
                                                 net_state={"net-0": {"lo": "up", "ipv6_off": ["all"]}}),
                                           r"net_state names 'net-0', which is no network namespace a process of the "
                                           r"image is in"),
+    "a lone namespace no mount binds": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}, "net-2": {"lo": "up"}}),
+                                        r"lone namespace net-2, which none of its mounts binds"),
     "a tmpfs binding a namespace": (_tmpfs_binding, r"only a mount of a type that binds namespaces \(nsfs\) names one"),
 }
 
