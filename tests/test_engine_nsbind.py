@@ -308,3 +308,17 @@ def test_lone_netns_of_a_user_namespace_refused(case):
     assert re.search(r"mount \d+ \(/run/u/net\): the network namespace bound on it: a user namespace of the tree owns "
                      r"it, and no process of the tree is in it .*; unmount it before dump \(umount /run/u/net",
                      msg), msg
+
+
+def test_external_bind_stands_for_its_namespace_only(case):
+    """One bind declared --external (the old way round) and another left to mntcr: the external stands
+    for binds of its own namespace only, so the other is refused before the stop, not bound from the
+    external's host path."""
+    from enginecase import CRError, STOP_WATCH, was_stopped
+    _need_ip()
+    pid = case.start(STOP_WATCH + "ip netns add blue\nip netns add red\nhold\n")
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir(), ("--external", "mnt[/run/netns/blue]:blue"))
+    assert re.search(r"mount \d+ \(/run/netns/red\) on nsfs: its files lie outside every external mount of the same "
+                     r"filesystem; declare it too with --external", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"

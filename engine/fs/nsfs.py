@@ -148,9 +148,10 @@ class Nsfs(FsType):
     """nsfs: each mount binds the restored namespace the image names (`mount_source`)."""
 
     def mount_root(self, root: str, source: str, sb_source: str, where: str) -> str:
-        """"/": a bind of a namespace is the whole of what it binds (mountinfo's "net:[N]" names which
-        namespace, `plan` keeps that as `bound_ns`); the rules on roots and sharing see a path."""
-        return "/" if _ROOT.match(root) else root
+        """"/net:[N]": the rules on roots and sharing see a path, one per namespace, which covers the
+        binds of that namespace alone (a mount declared --external stands for binds of its own
+        namespace only); `plan` then names the namespace (`bound_ns`) and gives the image root "/"."""
+        return "/" + root if _ROOT.match(root) else root
 
     def precheck(self, sid: str, sb: dict, plan) -> None:
         """Refuse, before the stop too, a bind restore cannot make again (one line naming it)."""
