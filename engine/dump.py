@@ -278,14 +278,20 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, di
     from engine import construct, strategy
     if strategy.current().sharing != "construct":
         return
-    mounts, ext_devs = [], set()
+    mounts, ext_devs, own = [], set(), set()
     for pid, text in texts:
         parsed = mountinfo.parse(text)
         for m in parsed:
             if m.mountpoint in ext_mnts:
                 ext_devs.add(m.dev)
-            mounts.append({"id": m.mnt_id, "parent": m.parent_id, "mountpoint": m.mountpoint, "root": m.root,
-                           "sb": m.dev, "shared": m.shared, "master": m.master,
+            sb, root = m.dev, m.root
+            if (h := fs.lookup(m.fstype)) is not None and h.per_mount:
+                # Made from an object of its own (a namespace it binds), whole: mounts of one object
+                # are one source, and no helper is made of it.
+                sb, root = (m.dev, m.root), "/"
+                own.add(sb)
+            mounts.append({"id": m.mnt_id, "parent": m.parent_id, "mountpoint": m.mountpoint, "root": root,
+                           "sb": sb, "shared": m.shared, "master": m.master,
                            "external": m.mountpoint in ext_mnts, "unbindable": m.unbindable,
                            "fstype": m.fstype, "source": m.source})
     if not any(m["shared"] or m["master"] for m in mounts):
@@ -294,7 +300,7 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, di
     for m in mounts:
         seen.setdefault(m["id"], m)  # one entry per mount, however many namespaces list it
     try:
-        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs,
+        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs and dev not in own,
                        userns_copies=userns_cr.construct_copies(owned),
                        sources=construct.kept_sources((m["id"], m["fstype"], m["source"])
                                                       for m in seen.values() if m["sb"] not in ext_devs))
@@ -354,6 +360,7 @@ class _Plan:
         self.pidns_name: dict[int, str] = {}
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
         self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
+        self.ns_names: dict = {}                     # (kind, inode) -> the image's namespace id ("net-1")
         # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
 
@@ -607,6 +614,7 @@ def _settle_externals(d: _Dump) -> None:
     ns_mounts = {d.mntns_name(ino): data["mounts"] for ino, data in d.ns_data.items()}
     d.plan = _Plan(d.superblocks, d.sb_of_dev, d.mntns_doc, ns_mounts, d.mounts_by_id)
     d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
+    d.plan.ns_names = d.names   # (the image's namespace ids: a type module may name one)
 
 
 def _plan_devices(d: _Dump) -> None:

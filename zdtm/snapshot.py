@@ -702,6 +702,34 @@ _NSFD_INO = re.compile(r"\b(mnt|pid|uts|ipc|net|cgroup|user|time):\[\d+\]")
 _NSFD = re.compile(r"^(\d+): (mnt|pid|uts|ipc|net|cgroup|user|time):\[(\d+)\]( .*)$")
 
 
+def _name_ns_roots(procs: list[Proc], topology) -> None:
+    """A mount that binds a namespace (nsfs, `ip netns add`: root "net:[4026532181]") names it as an fd
+    on one does: by the first process of the tree in it ("net:[P1]"), "host" for the runner's own, and
+    one no process is in by first appearance ("net:[lone1]"): the inode changes across C/R, the
+    namespace it stands for must not. The process's mounts get the named roots too (a tree diff
+    compares them), and its canonical tree is made again from them."""
+    from engine import kernel
+    from engine.records import replace
+    lone: dict[tuple[str, int], str] = {}
+
+    def named(hit) -> str:
+        kind, ino = hit[1], int(hit[2])
+        inos = [q.ns.get(kind) for q in procs] if kind in NS_TYPES else [kernel.ns_ino(q.pid, kind) for q in procs]
+        who = next((f"P{j}" for j, x in enumerate(inos) if x == ino), None)
+        if who is None and kernel.ns_ino(os.getpid(), kind) == ino:
+            who = "host"
+        if who is None:
+            who = lone.setdefault((kind, ino), f"lone{len(lone) + 1}")
+        return f"{kind}:[{who}]"
+
+    for p in procs:
+        if not any(_NS_ROOT.match(m.root) for m in p.mounts):
+            continue
+        p.mounts = [replace(m, root=_NS_ROOT.sub(named, m.root)) if _NS_ROOT.match(m.root) else m for m in p.mounts]
+        p.tree_text = topology.canonical(p.mounts).text
+
+
+_NS_ROOT = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user|time):\[(\d+)\]\Z")
 _PIDFD = re.compile(r" pidfd=(-?\d+)$")
 _OWNER = re.compile(r"\b(async-owner|peercred)=(tid|pid|pgrp|\d+):(\d+)")
 
@@ -987,6 +1015,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     _cttys(procs)
     procs.sort(key=lambda p: _PIDFD_ANY.sub("pidfd=", _OWNER.sub(r"\1=", _NSFD_INO.sub(r"\1:[]", p.text()))))
     _name_ns_fds(procs)
+    _name_ns_roots(procs, topology)
     return Snapshot(procs=procs, namespaces=_partition(procs) + _job_partition(procs),
                     cross_peers=_cross_peers(procs, topology),
                     check_output=check_output, sharing=fdkinds.sharing([p.pid for p in procs]), settled=settled,

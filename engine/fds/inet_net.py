@@ -161,7 +161,7 @@ def state_of(fd: int) -> dict:
 
 def fresh_pair() -> tuple[dict, dict]:
     """A fresh network namespace's state, before and after its lo comes up (a child unshares one)."""
-    return forkrun.run(_fresh, unshare_flags=kernel.CLONE_NEWNET)
+    return forkrun.run(fresh_state, unshare_flags=kernel.CLONE_NEWNET)
 
 
 def _state_of(fd: int) -> dict:
@@ -169,7 +169,7 @@ def _state_of(fd: int) -> dict:
     return state()
 
 
-def _fresh() -> tuple[dict, dict]:
+def fresh_state() -> tuple[dict, dict]:
     """(a fresh network namespace's state, the same once its lo is up): we are a child that unshared it."""
     before = state()
     set_lo_up()
@@ -225,7 +225,7 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
                 "enter it, and restore makes a new one): not supported")
     fresh = d.scratch.get("inet-fresh")
     if fresh is None:
-        fresh = d.scratch["inet-fresh"] = forkrun.run(_fresh, unshare_flags=kernel.CLONE_NEWNET)
+        fresh = d.scratch["inet-fresh"] = forkrun.run(fresh_state, unshare_flags=kernel.CLONE_NEWNET)
     have = forkrun.run(_state_of, ns)
     return differs(have, fresh)
 
@@ -241,7 +241,7 @@ def _loopback(entry: str) -> bool:
 
 
 def differs(have: dict, fresh: tuple[dict, dict], loopback_follows: bool = False) -> str | bool:
-    """Why a namespace in `have` (`state`) is not one `fresh` (`_fresh`'s pair) becomes by bringing
+    """Why a namespace in `have` (`state`) is not one `fresh` (`fresh_state`'s pair) becomes by bringing
     its lo up or not (a line), or whether its lo is up. `loopback_follows`: a namespace without an
     inet socket, whose sysctls restore writes (engine/netvars.py): lo's own addresses and routes
     follow from them and lo's state (ipv6's disable_ipv6, addr_gen_mode add or drop ::1 even with lo
