@@ -546,15 +546,19 @@ def ns_ino(pid, kind: str = "mnt") -> int | None:
 
 def ns_outsider(kind: str, ino: int, tree) -> int | None:
     """A process outside `tree` (pids) in the namespace of `kind` whose inode is `ino`, or None."""
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in tree:
-            continue
-        try:
-            if os.stat(f"/proc/{name}/ns/{kind}").st_ino == ino:
-                return int(name)
-        except OSError:
-            continue
-    return None
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(proc):
+            if not name.isdigit() or int(name) in tree:
+                continue
+            try:
+                if os.stat(f"{name}/ns/{kind}", dir_fd=proc).st_ino == ino:
+                    return int(name)
+            except OSError:
+                continue
+        return None
+    finally:
+        os.close(proc)
 
 
 def drop_ctty() -> None:
