@@ -729,11 +729,16 @@ CAP_SETS = ("inh", "prm", "eff", "bnd", "amb")   # /proc/PID/status CapInh, CapP
 def proc_status(pid, keys) -> dict[str, str]:
     """The values of lines `keys` ("Uid", "CapEff", ...) of /proc/PID/status, where present."""
     out = {}
-    with open(f"/proc/{pid}/status", errors="surrogateescape") as f:   # (its Name: may be any bytes)
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in keys:
-                out[key] = value
+    # (one os.read: a file object costs 4 syscalls more, and this is read ~7 times a process a dump)
+    fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 65536)
+    finally:
+        os.close(fd)
+    for line in data.decode(errors="surrogateescape").split("\n")[:-1]:   # (its Name: may be any bytes)
+        key, _, value = line.partition(":")
+        if key in keys:
+            out[key] = value + "\n"
     return out
 
 
