@@ -138,6 +138,17 @@ def _check(ret: int, what) -> int:
     return ret
 
 
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int) -> None:
+    """Start writing the dirty pages of the file open on `fd` to disk, without waiting
+    (sync_file_range SYNC_FILE_RANGE_WRITE): a later fsync then mostly waits for the journal.
+    No durability of its own; a filesystem that does not take it is left to the fsync."""
+    _libc.sync_file_range(ctypes.c_int(fd), ctypes.c_longlong(0), ctypes.c_longlong(0),
+                          ctypes.c_uint(_SYNC_FILE_RANGE_WRITE))
+
+
 def syscall(name: str, *args) -> int:
     """The raw syscall `name` (of NR) with ctypes `args`: its result, or OSError naming it."""
     return _check(_syscall(NR[name], *args), name)
