@@ -5,9 +5,11 @@ subreaper flag (engine/subreaper.py); no /proc file shows them.
 The process is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT: no signal, its parent sees
 nothing), whether stopped (the dump's SIGSTOP: it goes back to its stop when detached), asleep in
 a call or running. Its registers are saved; the call runs from the `syscall` just before its
-instruction pointer when there is one (the call it waits in: nothing of its code is written),
-else `syscall` is written at an executable address of a private mapping (its instruction
-pointer's, else the first one of /proc/PID/maps: a shared one would write the file); its
+instruction pointer when there is one (the call it waits in), else from one its code already
+holds (the vdso's first): nothing of its code is written, which its other threads could run
+meanwhile. Only where no such bytes are found is `syscall` written at an executable address of a
+private mapping (its instruction pointer's, else the first one of /proc/PID/maps: a shared one
+would write the file), and then only into a stopped or single-threaded process; its
 registers are set to each call in turn with orig_rax -1 (no restart of the call it was
 interrupted in is mixed in). What a call writes goes to the words at
 its stack pointer (no code of its own runs until they are put back), or at the start of another
@@ -81,15 +83,21 @@ def _places(pid: int, rip: int, rsp: int, n_words: int, stopped: bool) -> tuple[
     shared mapping would reach its file, or another process: a stack pointer set into one (a page
     of a file the tree maps shared) got the call's words; and a page of code written to is the
     process's own copy for good (a libc page no longer shared: 4 kB more of its memory). Another
-    mapping only for a `stopped` process: other threads of a running one may use it meanwhile."""
+    mapping only for a `stopped` process: other threads of a running one may use it meanwhile.
+    Not waiting in a call, it runs from a `syscall` its code already holds (`_existing`): code
+    written to in a running process may be run by its other threads meanwhile (a JVM's threads,
+    returning from their futex waits through the same libc page, ran our `syscall` and aborted)."""
     sp, size = rsp & ~7, max(8 * n_words, 8)
     at = scratch = first_x = first_w = before = None
+    code: list[tuple[int, int, bool]] = []   # (executable mappings: start, end, the vdso's)
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             span, perms = line.split()[:2]
             lo, hi = (int(x, 16) for x in span.split("-"))
             if perms[2] == "x" and lo <= rip - 2 and rip + 6 <= hi:
                 before = rip - 2   # (the `syscall` it waits in, when that is one: _run looks)
+            if perms[2] == "x":
+                code.append((lo, hi, line.rstrip().endswith("[vdso]")))
             if perms[2:4] == "xp" and hi - lo >= 8:
                 if lo <= rip and rip + 8 <= hi:
                     at = rip
@@ -111,8 +119,44 @@ def _places(pid: int, rip: int, rsp: int, n_words: int, stopped: bool) -> tuple[
         if before is not None and _peek(pid, before) & 0xFFFF == int.from_bytes(_CODE, "little"):
             return before, scratch, False
     except InjectError:
-        pass   # (not readable: written at `at`)
+        pass   # (not readable: looked for elsewhere)
+    found = _existing(pid, code)
+    if found is not None:
+        return found, scratch, False
+    if not stopped and _threads(pid) > 1:
+        raise InjectError(errno.EFAULT, f"process {pid} runs several threads and its code holds no `syscall` "
+                                        "to run a call from (writing one, its other threads could run it)")
     return at, scratch, True
+
+
+def _existing(pid: int, code: list[tuple[int, int, bool]], limit: int = 1 << 20) -> int | None:
+    """An address in `code` (executable mappings of `pid`, the vdso first: a few pages, whose
+    fallbacks make calls) where the bytes of `syscall` are already, read through /proc/PID/mem
+    (we trace it); any two such bytes decode as one from there on."""
+    try:
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        for lo, hi, _vdso in sorted(code, key=lambda c: not c[2]):
+            try:
+                data = os.pread(fd, min(hi - lo, limit), lo)
+            except OSError:
+                continue   # (a mapping the kernel will not read: vvar-like, or gone)
+            at = data.find(_CODE)
+            if at >= 0:
+                return lo + at
+    finally:
+        os.close(fd)
+    return None
+
+
+def _threads(pid: int) -> int:
+    """How many threads `pid` has (1 when that cannot be read)."""
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 1
 
 
 def _wait_stop(pid: int, timeout: float = 10.0) -> int:
