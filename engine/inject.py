@@ -223,7 +223,9 @@ def _check_state(pid: int) -> bytes:
     traced = status.get("TracerPid", "0").strip() != "0"
     if state not in (b"S", b"R", b"T") or traced:
         why = "in an uninterruptible wait" if state == b"D" else "traced by another" if traced else "gone"
-        raise InjectError(errno.EBUSY, f"process {pid} is {why}: no call can be run in it")
+        todo = ("; dump again once it has left it (a vfork parent waits there until its child execs or exits)"
+                if state == b"D" else "; detach its tracer first" if traced else "")
+        raise InjectError(errno.EBUSY, f"process {pid} is {why}: no call can be run in it{todo}")
     if status.get("Seccomp", "0").strip() == "1":
         raise InjectError(errno.EPERM, f"process {pid} is in strict seccomp mode: a call run in it would kill it")
     return state

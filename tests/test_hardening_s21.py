@@ -593,7 +593,8 @@ def test_a_vfork_parent_is_refused_and_the_tree_runs_on(case, hostile_bin, tmp_p
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
     assert re.search(r"process \d+: its child subreaper flag cannot be read \(process \d+ is in an uninterruptible "
-                     r"wait: no call can be run in it\)$", str(err.value).strip()), err.value
+                     r"wait: no call can be run in it; dump again once it has left it \(a vfork parent waits there until "
+                     r"its child execs or exits\)\)$", str(err.value).strip()), err.value
     assert tree_pids(pid) == pids and [_state(p) for p in pids] == ["D", "S"]
 
 
