@@ -104,3 +104,46 @@ def test_a_timer_not_restored_is_refused_before_the_stop(case, setup, reason):
 def test_without_a_timer_it_dumps(case):
     pid = case.start(py_hold(""))
     case.dump(pid, case.new_images_dir())
+
+
+def _bad(doc: dict, change) -> dict:
+    import json
+    doc = json.loads(json.dumps(doc))
+    change(doc["processes"][0])
+    return doc
+
+
+def test_the_image_checks_its_timers(case):
+    import json
+    import os
+    from engine import image, imageformat
+    pid = case.start(py_hold(_TIMERS + "signal.signal(signal.SIGALRM, lambda *_: None)\n"
+                                       "signal.setitimer(signal.ITIMER_REAL, 3600)\n"))
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        good = json.load(f)
+    p = good["processes"][0]
+    assert [t["id"] for t in p["posix_timers"]] == [0, 1, 3, 4]
+    assert p["posix_timers"][0] == {"id": 0, "clock": 1, "notify": "signal", "signo": 10, "sigval": 42,
+                                    "value": p["posix_timers"][0]["value"], "interval": 7_000_000_000, "overrun": 0}
+    assert 3000e9 < p["posix_timers"][0]["value"] <= 3600e9
+    assert p["posix_timers"][2]["thread"] == 0 and p["posix_timers"][1]["value"] == 0
+    assert [t["which"] for t in p["itimers"]] == [0]
+    assert p["timer_sig_caught"] == 1 << 9 | 1 << 13   # (SIGUSR1, SIGALRM: SIGUSR2 is at its default)
+    imageformat.validate(json.loads(json.dumps(good)))
+
+    def dup(q): q["posix_timers"][1]["id"] = 0
+    def thread(q): q["posix_timers"][2]["thread"] = 1
+    def unsignalled(q): del q["posix_timers"][0]["signo"]
+    def clock(q): q["posix_timers"][0]["clock"] = 5
+    def caught(q): q["timer_sig_caught"] |= 1 << 14   # (SIGTERM: no timer of it delivers it)
+    def which(q): q["itimers"][0]["which"] = 3
+    def twice(q): q["itimers"].append(dict(q["itimers"][0]))
+    def many(q): q["posix_timers"] = [dict(q["posix_timers"][1], id=i) for i in range(posixtimers.MAX_TIMERS + 1)]
+    for change, words in ((dup, "two POSIX timers with one id"), (thread, "which the process does not have"),
+                          (unsignalled, "a signal and its value exactly"), (clock, "is no clock"),
+                          (caught, "timer_sig_caught names signals"), (which, "out of range"),
+                          (twice, "two interval timers of one kind"), (many, "items")):
+        with pytest.raises(image.ImageError, match=words):
+            imageformat.validate(_bad(good, change))
