@@ -36,6 +36,7 @@ _EVENT_STOP = 128
 _RAX, _RDX, _RSI, _RDI, _ORIG_RAX, _RIP, _RSP = 10, 12, 13, 14, 15, 16, 19
 _R10, _R8, _R9 = 7, 9, 8
 _CODE = b"\x0f\x05"   # syscall
+_SIGRTMIN = 32   # (signals from here on are queued, each one of its own)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -123,9 +124,11 @@ def _run_call(pid: int, at: int, held: list) -> tuple:
             if entered:
                 return after
             entered = True
-        elif entered or after[_RIP] != at or status >> 16 not in (0, _EVENT_STOP) or (status >> 16 == 0 and held[0]):
+        elif entered or after[_RIP] != at or status >> 16 not in (0, _EVENT_STOP) or (
+                status >> 16 == 0 and held[0] and (held[0] != sig or sig >= _SIGRTMIN)):
             raise InjectError(errno.EIO, f"process {pid} stopped elsewhere (signal {sig}) while a call ran in it")
         elif status >> 16 == 0:
+            # (the same standard signal again, a timer's next tick: one, as the kernel merges them)
             held[0] = sig
         # (else a trap stop queued before: seizing a stopped process queues its group stop and
         # our interrupt)

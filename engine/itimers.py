@@ -25,12 +25,19 @@ CALLS = [(_NR_GETITIMER, (which, None), 4) for which in range(3)]
 
 def read(pid: int, got) -> list[dict]:
     """`pid`'s armed interval timers as image entries ({which: 0..2, value, interval: microseconds});
-    [] when they cannot be read. `got`: as `armed`'s."""
+    [] when they cannot be read. `got`: as `armed`'s. A periodic ITIMER_REAL that rang and whose
+    SIGALRM the process has not taken yet shows no time left, its interval only (the kernel arms
+    it again as the signal is taken: a stopped process's, or one ringing as it is read): it is
+    recorded due at once (1 us), so that the restored one rings and runs on. (One disarmed by a
+    setitimer that kept an interval reads the same: rare, and armed again.)"""
     if isinstance(got, OSError) or any(g is None or g[0] != 0 for g in got):
         return []
     us = lambda s, u: min(s * 1_000_000 + u, MAX_US)   # noqa: E731
-    return [{"which": which, "value": us(*words[2:]), "interval": us(*words[:2])}
-            for which, (_, words) in enumerate(got) if any(words[2:])]
+    out = []
+    for which, (_, words) in enumerate(got):
+        if any(words[2:]) or which == 0 and any(words[:2]):
+            out.append({"which": which, "value": max(us(*words[2:]), 1), "interval": us(*words[:2])})
+    return out
 
 
 def make(entries: list[dict]) -> None:

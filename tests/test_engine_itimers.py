@@ -59,7 +59,8 @@ def test_an_alarm_that_rings_does_not_kill_the_restored_tree(case):
     child = [p for p in tree_pids(after_pid) if p != after_pid]
     assert len(child) == 1 and _state(child[0]) not in ("Z", "X"), "a SIGALRM killed the restored child"
     with open(f"/proc/{child[0]}/status") as f:
-        assert re.search(r"^SigCgt:\s*0*2000$", f.read(), re.M), "its stand-in does not catch SIGALRM"
+        status = f.read()
+        assert re.search(r"^SigCgt:\s*0*2000$", status, re.M), status
     assert_same(before, take(after_pid))
 
 
@@ -70,3 +71,19 @@ def test_a_timer_that_expired_is_not_armed_again(case):
                              "time.sleep(0.1)\n"))
     after_pid = case.cr(pid)
     assert _itimer_left(after_pid) == [(0, 0)] * 3
+
+
+def test_a_periodic_alarm_whose_signal_is_pending_is_kept(case):
+    # (SIGALRM blocked: it stays pending, and the kernel arms the timer again only as it is taken:
+    # getitimer shows no time left, the interval only)
+    pid = case.start(py_hold("import signal, time\n"
+                             "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})\n"
+                             "signal.setitimer(signal.ITIMER_REAL, 0.01, 0.05)\n"
+                             "time.sleep(0.1)\n"))
+    assert _itimer_left(pid)[0] == (0, 0.05)
+    before = take(pid)
+    assert "itimers=ITIMER_REAL/50000" in before.root.bits, before.root.bits
+    after_pid = case.cr(pid)
+    time.sleep(0.1)
+    assert _itimer_left(after_pid)[0] == (0, 0.05)   # (rang at once, its signal pending as before)
+    assert_same(before, take(after_pid))
