@@ -1,6 +1,7 @@
 """System calls run inside another process (x86-64), for state only the process itself can read:
 its parent-death signal (engine/pdeathsig.py), interval timers (engine/itimers.py), child
-subreaper flag (engine/subreaper.py); no /proc file shows them.
+subreaper flag (engine/subreaper.py), its POSIX timers' time left (engine/posixtimers.py); no
+/proc file shows them.
 
 The process is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT: no signal, its parent sees
 nothing), whether stopped (the dump's SIGSTOP: it goes back to its stop when detached), asleep in

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import errno
 
-from engine import inject
-
 _NR_GETITIMER, _NR_SETITIMER = 36, 38
 NAMES = ("ITIMER_REAL", "ITIMER_VIRTUAL", "ITIMER_PROF")
 SIGNALS = (14, 26, 27)   # what each delivers: SIGALRM, SIGVTALRM, SIGPROF
@@ -51,18 +49,4 @@ def make(entries: list[dict]) -> None:
                         ctypes.create_string_buffer(spec, 32), ctypes.c_void_p(0)) != 0:
             e_no = ctypes.get_errno()
             raise OSError(e_no, f"setitimer({NAMES[e['which']]}): {errno.errorcode.get(e_no, e_no)}")
-
-
-def armed(pid: int, got=None) -> list[str] | None:
-    """The names of `pid`'s armed interval timers; None when they cannot be read. `got`: the
-    answers of CALLS made in it (engine/inject.py `calls`, with skip_denied) or the OSError that
-    made them fail; asked here when None."""
-    if got is None:
-        try:
-            got = inject.calls(pid, CALLS, skip_denied=True)
-        except OSError:
-            return None
-    if isinstance(got, OSError) or any(g is None or g[0] != 0 for g in got):
-        return None
-    return [name for name, (_, words) in zip(NAMES, got) if any(words[2:])]
 

@@ -67,11 +67,6 @@ def parse(pid: int) -> list[dict]:
     return sorted(out, key=lambda t: t["id"])
 
 
-def count(pid: int) -> int:
-    """How many POSIX timers `pid` has (0 on a kernel without /proc/PID/timers, or a process gone)."""
-    return len(parse(pid))
-
-
 def _why_not(pid: int, t: dict) -> str | None:
     if t.get("notify") not in _SIGEV:
         return f"notifies by {t.get('notify')!r}, which is not restored"

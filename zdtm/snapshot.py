@@ -8,6 +8,7 @@ see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd an
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
 stopped (state T), its umask, no_new_privs and THP-disable bits, the signals it ignores and
 those it blocks, whether a parent is a child subreaper, its parent-death signal (not the root's),
+its POSIX and interval timers (`_timers`: which, on what, notifying whom, armed or not, their interval),
 whether it made a time namespace for its children, its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
 its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py), the host
