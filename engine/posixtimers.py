@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import struct
 
 _NR_CREATE, _NR_SETTIME, _NR_GETTIME, _NR_GETOVERRUN, _NR_DELETE = 222, 223, 224, 225, 226
@@ -80,11 +81,16 @@ def _why_not(pid: int, t: dict) -> str | None:
 
 def check(pids) -> None:
     """Refuse (TimerError) the first process of `pids` with a POSIX timer that is not restored."""
+    from engine import inject
     for pid in pids:
         timers = parse(pid)
         if len(timers) > MAX_TIMERS:
             raise TimerError(errno.EOPNOTSUPP, f"process {pid} has {len(timers)} POSIX timers (at most {MAX_TIMERS} "
                                                "are restored)")
+        if timers and not inject.SUPPORTED:
+            raise TimerError(errno.EOPNOTSUPP, f"process {pid} has POSIX timers, whose time left only the process "
+                                               f"reads (by calls made in it on x86-64 only, not {os.uname().machine}): "
+                                               "not restored; stop its timers (or the program) before the dump")
         for t in timers:
             why = _why_not(pid, t)
             if why:
