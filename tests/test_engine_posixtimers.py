@@ -147,3 +147,37 @@ def test_the_image_checks_its_timers(case):
                           (twice, "two interval timers of one kind"), (many, "items")):
         with pytest.raises(image.ImageError, match=words):
             imageformat.validate(_bad(good, change))
+
+
+@pytest.mark.parametrize("restore_ids", [True, False], ids=["prctl", "fillers"])
+def test_make_keeps_the_ids(restore_ids):
+    """posixtimers.make in a fresh child: with PR_TIMER_CREATE_RESTORE_IDS (Linux >= 6.13), and the
+    way before it (fillers made up to each id, then deleted)."""
+    import json
+    import os
+    import signal as sig
+    import subprocess
+    import sys
+    entries = [{"id": 0, "clock": 1, "notify": "none", "value": 0, "interval": 0, "overrun": 0},
+               {"id": 2, "clock": 0, "notify": "signal", "signo": 10, "sigval": 7, "value": 5 * 10 ** 9,
+                "interval": 10 ** 9, "overrun": 0},
+               {"id": 5, "clock": 1, "notify": "thread", "thread": 0, "signo": 12, "sigval": 0, "value": 10 ** 10,
+                "interval": 0, "overrun": 0}]
+    code = ("import json, os, signal, sys\n"
+            "from engine import posixtimers\n"
+            "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGUSR2})\n"
+            f"if not {restore_ids}:\n"
+            "    posixtimers._restore_ids = lambda on: False\n"
+            "elif not posixtimers._restore_ids(False):\n"
+            "    print('[]'); sys.exit(0)\n"
+            "posixtimers.make(json.loads(sys.argv[1]), os.getpid())\n"
+            "print(json.dumps([[t['id'], t['clock'], t['notify'], t.get('tid') == os.getpid(), t['signo'], t['sigval']]\n"
+            "                  for t in posixtimers.parse(os.getpid())]))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-S", "-c", code, json.dumps(entries)], cwd=root, capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": root}).stdout
+    got = json.loads(out)
+    if restore_ids and not got:
+        pytest.skip("no PR_TIMER_CREATE_RESTORE_IDS (Linux < 6.13)")
+    assert got == [[0, 1, "none", False, 0, 0], [2, 0, "signal", False, sig.SIGUSR1, 7],
+                   [5, 1, "thread", True, sig.SIGUSR2, 0]]
