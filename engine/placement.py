@@ -76,13 +76,6 @@ def _timers(pid: int, entry: dict, got: dict, timers: list[dict]) -> None:
     mask = timersigs.caught(pid, timersigs.delivered(entry))
     if mask:
         entry["timer_sig_caught"] = mask
-        # (one of them blocked: most likely stopped inside its handler, which blocks it until it
-        # returns; else blocked but for the waits (ppoll, pselect) that take it, where an idle
-        # process sits: either way its stand-in takes its ticks, not holds them pending for good)
-        if entry.get("sig_blocked", 0) & mask:
-            entry["sig_blocked"] &= ~mask
-            if not entry["sig_blocked"]:
-                del entry["sig_blocked"]
 
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,

@@ -87,22 +87,3 @@ def test_a_periodic_alarm_whose_signal_is_pending_is_kept(case):
     time.sleep(0.1)
     assert _itimer_left(after_pid)[0] == (0, 0.05)   # (rang at once, its signal pending as before)
     assert_same(before, take(after_pid))
-
-
-def test_a_caught_timer_signal_is_not_blocked_for_good(case):
-    # (as when stopped inside its SIGALRM handler, which blocks SIGALRM until it returns: the
-    # stand-in must not hold the ticks pending for good; CRIU's `timers` met it 1 run in 6)
-    import json
-    import os
-    pid = case.start(py_hold("import signal\n"
-                             "signal.signal(signal.SIGALRM, lambda *_: None)\n"
-                             "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGUSR1})\n"
-                             "signal.setitimer(signal.ITIMER_REAL, 3600, 1)\n"))
-    images = case.new_images_dir()
-    case.dump(pid, images)
-    with open(os.path.join(images, "mntcr.json")) as f:
-        p = json.load(f)["processes"][0]
-    assert p["sig_blocked"] == 1 << 9 and p["timer_sig_caught"] == 1 << 13, p   # (SIGUSR1 still blocked)
-    after_pid = case.restore(images)
-    with open(f"/proc/{after_pid}/status") as f:
-        assert re.search(r"^SigBlk:\s*0*200$", f.read(), re.M)
