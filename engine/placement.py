@@ -76,6 +76,14 @@ def _timers(pid: int, entry: dict, got: dict, timers: list[dict]) -> None:
     mask = timersigs.caught(pid, timersigs.delivered(entry))
     if mask:
         entry["timer_sig_caught"] = mask
+    if entry.get("sig_blocked", 0) & mask:
+        # (stopped inside a handler of one, most likely: the mask outside it, which the handler's
+        # end puts back, else its stand-in would hold that timer's ticks pending for good)
+        outside = timersigs.mask_outside_handler(pid, entry["sig_blocked"], mask)
+        if outside is not None:
+            entry["sig_blocked"] = outside
+            if not outside:
+                del entry["sig_blocked"]
 
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,

@@ -38,6 +38,63 @@ def caught(pid: int, signals: set[int]) -> int:
     return sum(1 << (s - 1) for s in signals if cgt >> (s - 1) & 1)
 
 
+# x86-64 rt_sigframe: the handler's return address (the C library's restorer), then struct ucontext:
+# flags (UC_FP_XSTATE, UC_SIGCONTEXT_SS, UC_STRICT_RESTORE_SS), link (0), stack (24 bytes),
+# sigcontext (256), then the mask the handler's end puts back
+_FLAGS_AT, _LINK_AT, _MASK_AT = 8, 16, 8 + 40 + 256
+# the restorers: glibc's `mov $15, %rax; syscall`, musl's (and ours) `mov $15, %eax; syscall`
+_RESTORERS = (b"\x48\xc7\xc0\x0f\x00\x00\x00\x0f\x05", b"\xb8\x0f\x00\x00\x00\x0f\x05")
+_SCAN = 1 << 20
+
+
+def _word(buf: bytes, at: int) -> int:
+    return int.from_bytes(buf[at:at + 8], "little")
+
+
+def mask_outside_handler(pid: int, blocked: int, signals: int) -> int | None:
+    """The blocked mask stopped process `pid` (blocking `blocked` now) had before it entered a
+    handler of one of `signals` (a mask) it is still inside, read from that handler's signal frame
+    on its stack (the outermost one: a handler interrupted by another); None when no such frame
+    is found. A process stopped inside its handler blocks that signal until the handler returns:
+    that moment's mask would block its timer's ticks in its stand-in for good. (x86-64 frames; a
+    frame is one whose mask the handler's entry only added to, one of `signals` among what it
+    added.)"""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            sp = int(f.read().split()[-2], 16) & ~7
+        end = _mapping_end(pid, sp)
+        if end is None:
+            return None
+        found = None
+        with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+            mem.seek(sp)
+            stack = mem.read(min(end - sp, _SCAN))
+            for off in range(0, len(stack) - _MASK_AT - 8, 8):
+                ret, outside = _word(stack, off), _word(stack, off + _MASK_AT)
+                if (outside & ~blocked or not (blocked & ~outside & signals) or _word(stack, off + _FLAGS_AT) & ~7
+                        or _word(stack, off + _LINK_AT) or not 4096 <= ret < 1 << 47):
+                    continue
+                try:
+                    mem.seek(ret)
+                    code = mem.read(9)
+                except OSError:
+                    continue
+                if any(code.startswith(r) for r in _RESTORERS):
+                    found = outside
+    except (OSError, ValueError, IndexError):
+        return None
+    return found
+
+
+def _mapping_end(pid: int, addr: int) -> int | None:
+    with open(f"/proc/{pid}/maps") as f:
+        for line in f:
+            lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+            if lo <= addr < hi:
+                return hi
+    return None
+
+
 def take(mask: int) -> None:
     """Catch each signal of `mask` with a handler that returns at once (x86-64 machine code)."""
     if not mask:

@@ -87,3 +87,34 @@ def test_a_periodic_alarm_whose_signal_is_pending_is_kept(case):
     time.sleep(0.1)
     assert _itimer_left(after_pid)[0] == (0, 0.05)   # (rang at once, its signal pending as before)
     assert_same(before, take(after_pid))
+
+
+def test_stopped_inside_its_handler_the_mask_outside_it_is_kept(case):
+    # (a handler that never returns, made by ctypes: the C library's restorer, a real signal frame;
+    # inside it SIGALRM is blocked, outside SIGUSR1 only: its stand-in must take the ticks, not hold
+    # them pending for good. CRIU's `timers` meets it when the stop lands inside its handler.)
+    import json
+    import os
+    pid = case.start(py_hold("import ctypes, signal, time\n"
+                             "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+                             "def stay(sig):\n"
+                             "    while True:\n"
+                             "        time.sleep(1)\n"
+                             "stay_c = ctypes.CFUNCTYPE(None, ctypes.c_int)(stay)\n"
+                             "ctypes.CDLL(None).signal(signal.SIGALRM, stay_c)\n"
+                             "signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)\n"))
+    for _ in range(200):
+        with open(f"/proc/{pid}/status") as f:
+            if re.search(r"^SigBlk:\s*0*2200$", f.read(), re.M):
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the process never entered its handler")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        p = json.load(f)["processes"][0]
+    assert p["sig_blocked"] == 1 << 9 and p["timer_sig_caught"] == 1 << 13, p   # (SIGUSR1 only)
+    after_pid = case.restore(images)
+    with open(f"/proc/{after_pid}/status") as f:
+        assert re.search(r"^SigBlk:\s*0*200$", f.read(), re.M)
