@@ -5,7 +5,10 @@ a tick whose signal the process caught does not kill the restored tree (engine/t
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
 import time
 
 import pytest
@@ -93,8 +96,6 @@ def test_stopped_inside_its_handler_the_mask_outside_it_is_kept(case):
     # (a handler that never returns, made by ctypes: the C library's restorer, a real signal frame;
     # inside it SIGALRM is blocked, outside SIGUSR1 only: its stand-in must take the ticks, not hold
     # them pending for good. CRIU's `timers` meets it when the stop lands inside its handler.)
-    import json
-    import os
     pid = case.start(py_hold("import ctypes, signal, time\n"
                              "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
                              "def stay(sig):\n"
@@ -102,7 +103,8 @@ def test_stopped_inside_its_handler_the_mask_outside_it_is_kept(case):
                              "        time.sleep(1)\n"
                              "stay_c = ctypes.CFUNCTYPE(None, ctypes.c_int)(stay)\n"
                              "ctypes.CDLL(None).signal(signal.SIGALRM, stay_c)\n"
-                             "signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)\n"))
+                             "signal.setitimer(signal.ITIMER_REAL, 3600, 60)\n"))
+    os.kill(pid, signal.SIGALRM)   # (now, once it holds: its handler is entered for good)
     for _ in range(200):
         with open(f"/proc/{pid}/status") as f:
             if re.search(r"^SigBlk:\s*0*2200$", f.read(), re.M):
