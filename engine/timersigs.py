@@ -8,7 +8,9 @@ which has no handler of the program's, so dump records which of the timers' sign
 (`caught`, image "timer_sig_caught") and the stand-in takes a handler that returns at once for
 each (`take`): machine code of its own page, not the interpreter's, which become_exe unmaps
 (engine/mappings.py); the interrupted call is restarted (SA_RESTART). The stand-in then catches
-them as the process did.
+them as the process did. A process stopped inside such a handler blocks its signal until the
+handler returns: dump keeps the mask outside the handler (`mask_outside_handler`, from the
+handler's signal frame), not that moment's, with which the stand-in would never take a tick.
 """
 
 from __future__ import annotations
