@@ -43,7 +43,7 @@ import os
 import re
 from collections.abc import Callable
 from operator import itemgetter
-from engine import ctty, records, sessions, zombies
+from engine import ctty, itimers, posixtimers, records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
                           NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, empty_roots)
@@ -719,6 +719,28 @@ THREAD = Record("thread", {
     "comm": F(STR, rule=comm_rule),
 })
 
+# A POSIX timer of the process (engine/posixtimers.py), made again by its stand-in under its id and
+# armed with what was left of it (nanoseconds; a value 0: disarmed).
+POSIX_TIMER = Record("posix timer", {
+    "id": F(INT, rule=rng(0, posixtimers.MAX_ID)),
+    "clock": F(INT, rule=lambda v: None if v in posixtimers.CLOCKS else f"is no clock a timer is restored on ({v})"),
+    "notify": F(STR, rule=lambda v: None if v in ("signal", "thread", "none") else "must be signal, thread or none"),
+    "signo": F(INT, required=False, rule=rng(1, 64)),
+    "sigval": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
+    "thread": F(INT, required=False, rule=rng(0, MAX_THREADS)),   # (0: the leader; i: threads[i - 1])
+    "value": F(INT, rule=rng(0, posixtimers.MAX_NS)),
+    "interval": F(INT, rule=rng(0, posixtimers.MAX_NS)),
+    "overrun": F(INT, rule=rng(0, posixtimers.MAX_ID)),
+})
+
+# An armed interval timer of the process (engine/itimers.py): 0 ITIMER_REAL, 1 _VIRTUAL, 2 _PROF;
+# its time left and interval in microseconds.
+ITIMER = Record("interval timer", {
+    "which": F(INT, rule=rng(0, 2)),
+    "value": F(INT, rule=rng(1, itimers.MAX_US)),
+    "interval": F(INT, rule=rng(0, itimers.MAX_US)),
+})
+
 PROCESS = Record("process", {
     "pid": F(INT, rule=rng(1, MAX_PID)),
     "ppid": F(OPT_INT, required=False, rule=rng(1, MAX_PID)),
@@ -778,6 +800,10 @@ PROCESS = Record("process", {
     "locks": F(LIST, required=False, rule=list_of(record(LOCK), MAX_FDS, DICT)),
     "caps": F(DICT, required=False, rule=_caps_rule),        # {inh, prm, eff, bnd, amb}: capability bit masks
     "threads": F(LIST, required=False, rule=list_of(record(THREAD), MAX_THREADS, DICT)),
+    "posix_timers": F(LIST, required=False, rule=list_of(record(POSIX_TIMER), posixtimers.MAX_TIMERS, DICT)),
+    "itimers": F(LIST, required=False, rule=list_of(record(ITIMER), 3, DICT)),
+    # The signals its timers deliver that it caught (engine/timersigs.py), bit n-1 for signal n.
+    "timer_sig_caught": F(INT, required=False, rule=rng(1, (1 << 64) - 1)),
 })
 
 # A process of the tree that had exited and that its parent had not reaped (engine/zombies.py): made
@@ -1711,6 +1737,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
     procs = {p["pid"]: p for p in doc["processes"]}
     for p in doc["processes"]:
         _check_file_locks(p, procs, f"process {p['pid']}")
+        _check_timers(p, f"process {p['pid']}")
     # Stand-ins are forked parents first: the first process is the root of the tree, every
     # other one's parent comes before it (so there is no cycle either).
     earlier: set[int] = set()
@@ -1735,6 +1762,32 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             # with a bare "Invalid argument")
             if type(name) is not str or not _fits_bytes(name, MAX_HOSTNAME):
                 _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} bytes (UTF-8) without NUL")
+
+
+def _check_timers(p: dict, what: str) -> None:
+    """A process's timers (engine/posixtimers.py, engine/itimers.py): one of each id (each kind of
+    interval timer); a signal exactly for those that deliver one; a notified thread one of the
+    process's (only its leader is restored: its stand-in makes its threads after its timers); the
+    caught timer signals among those its timers deliver (engine/timersigs.py)."""
+    from engine import timersigs
+    timers = p.get("posix_timers") or ()
+    if len({t["id"] for t in timers}) != len(timers):
+        _fail(f"{what}: two POSIX timers with one id")
+    for t in timers:
+        if ("signo" in t) != (t["notify"] != "none") or ("sigval" in t) != ("signo" in t):
+            _fail(f"{what}: POSIX timer {t['id']}: a signal and its value exactly when it notifies by one")
+        if ("thread" in t) != (t["notify"] == "thread"):
+            _fail(f"{what}: POSIX timer {t['id']}: a thread exactly when it notifies one")
+        if t.get("thread", 0) > len(p.get("threads") or ()):
+            _fail(f"{what}: POSIX timer {t['id']} notifies thread {t['thread']}, which the process does not have")
+        if t.get("thread", 0):
+            _fail(f"{what}: POSIX timer {t['id']} notifies a thread other than the leader: not restored")
+    which = [t["which"] for t in p.get("itimers") or ()]
+    if len(set(which)) != len(which):
+        _fail(f"{what}: two interval timers of one kind")
+    extra = p.get("timer_sig_caught", 0) & ~sum(1 << (s - 1) for s in timersigs.delivered(p))
+    if extra:
+        _fail(f"{what}: timer_sig_caught names signals no timer of it delivers ({extra:#x})")
 
 
 def _check_sysvipc(doc: dict) -> None:

@@ -1,6 +1,7 @@
 """System calls run inside another process (x86-64), for state only the process itself can read:
 its parent-death signal (engine/pdeathsig.py), interval timers (engine/itimers.py), child
-subreaper flag (engine/subreaper.py); no /proc file shows them.
+subreaper flag (engine/subreaper.py), its POSIX timers' time left (engine/posixtimers.py); no
+/proc file shows them.
 
 The process is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT: no signal, its parent sees
 nothing), whether stopped (the dump's SIGSTOP: it goes back to its stop when detached), asleep in
@@ -46,6 +47,7 @@ _RAX, _RDX, _RSI, _RDI, _ORIG_RAX, _RIP, _RSP = 10, 12, 13, 14, 15, 16, 19
 _R10, _R8, _R9 = 7, 9, 8
 _CS, _USER_CS = 17, 0x33   # (a 64-bit code segment's selector; 32-bit code runs in 0x23)
 _CODE = b"\x0f\x05"   # syscall
+_SIGRTMIN = 32   # (signals from here on are queued, each one of its own)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]
@@ -198,9 +200,11 @@ def _run_call(pid: int, at: int, held: list) -> tuple:
             if entered:
                 return after
             entered = True
-        elif entered or after[_RIP] != at or status >> 16 not in (0, _EVENT_STOP) or (status >> 16 == 0 and held[0]):
+        elif entered or after[_RIP] != at or status >> 16 not in (0, _EVENT_STOP) or (
+                status >> 16 == 0 and held[0] and (held[0] != sig or sig >= _SIGRTMIN)):
             raise InjectError(errno.EIO, f"process {pid} stopped elsewhere (signal {sig}) while a call ran in it")
         elif status >> 16 == 0:
+            # (the same standard signal again, a timer's next tick: one, as the kernel merges them)
             held[0] = sig
         # (else a trap stop queued before: seizing a stopped process queues its group stop and
         # our interrupt)

@@ -2524,7 +2524,8 @@ class _Restorer:
         try:
             chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
                        {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored", "sig_blocked",
-                                              "child_subreaper", "thp_disable") if k in p} | self._pdeathsig(p)),
+                                              "child_subreaper", "thp_disable", "posix_timers", "itimers",
+                                              "timer_sig_caught") if k in p} | self._pdeathsig(p)),
                       [lifeline] if p is procs[0] else [])
             if p is not procs[0]:
                 chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)

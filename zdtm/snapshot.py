@@ -8,6 +8,7 @@ see zdtm/fdkinds.py; the file locks it shows: flock, POSIX, OFD, leases), cwd an
 its name and the number and sorted names of its other threads (tids are not compared), whether it is
 stopped (state T), its umask, no_new_privs and THP-disable bits, the signals it ignores and
 those it blocks, whether a parent is a child subreaper, its parent-death signal (not the root's),
+its POSIX and interval timers (`_timers`: which, on what, notifying whom, armed or not, their interval),
 whether it made a time namespace for its children, its resource limits, whether it leads its session
 and process group, its controlling terminal and that terminal's foreground group, the sysctls of
 its ipc namespace when it is not the runner's (msgmax, mqueue's msg_max...: engine/ipcvars.py), the host
@@ -603,6 +604,35 @@ def _pdeath_signals(procs: list[Proc]) -> None:
             p.bits += f" pdeathsig={sig}"
 
 
+def _timers(procs: list[Proc]) -> None:
+    """Add each process's timers to its `bits`: its POSIX timers (id, clock, notify (a thread: the
+    leader or another), signal and value, armed or not and interval) and its armed interval timers
+    (which and interval); not their time left. Read in the process (engine/inject.py) when it can
+    be, else its POSIX timers as /proc shows them and "?"."""
+    from engine import inject, itimers, posixtimers
+    for p in procs:
+        timers = posixtimers.parse(p.pid)
+        try:
+            got = inject.calls(p.pid, itimers.CALLS + posixtimers.calls(timers), skip_denied=True)
+        except OSError:
+            got = None
+        out = []
+        for i, t in enumerate(timers):
+            who = "" if t.get("notify") != "thread" else ".leader" if t.get("tid") == p.pid else ".other"
+            text = f"{t['id']}:{t.get('clock')}:{t.get('notify')}{who}:{t.get('signo')}/{t.get('sigval'):#x}"
+            spec = got[3 + 2 * i] if got else None
+            if spec is None or spec[0] != 0:
+                out.append(text + ":?")
+            else:
+                out.append(text + (":armed" if any(spec[1][2:]) else ":disarmed") + f"/{spec[1][0]}.{spec[1][1]:09d}")
+        if timers:
+            p.bits += " posix_timers=" + ",".join(out)
+        # (none shown when they cannot be read: a vfork parent in its D wait, whose stand-in is not)
+        armed = itimers.read(p.pid, got[:3]) if got else []
+        if armed:
+            p.bits += " itimers=" + ",".join(f"{itimers.NAMES[a['which']]}/{a['interval']}" for a in armed)
+
+
 def _uts_names(procs: list[Proc]) -> None:
     """Each process's `uts`: the nodename and NIS domain name of its UTS namespace (read once per
     namespace, this thread joining it and coming back), when it is not the runner's."""
@@ -1009,6 +1039,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     _uts_names(procs)
     _net_sysctls(procs)
     _pdeath_signals(procs[1:])
+    _timers(procs)
     zombies = _zombies(pids)
     root_pgid = procs[0].pgid if procs else 0
     _jobs(procs, frozenset(z.pid for z in zombies))
