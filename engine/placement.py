@@ -11,7 +11,7 @@ import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, inject, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
                     pdeathsig, posixtimers, seccomp,
-                    sessions, subreaper, thp, threads, timens)
+                    sessions, subreaper, thp, threads, timens, timersigs)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -40,19 +40,43 @@ def _check_early_filters(pid: int, entry: dict) -> None:
         raise DumpError(errno.EOPNOTSUPP, why)
 
 
-def _asked_inside(pid: int, filters: list | None, subreaper_too: bool, pdeathsig_too: bool) -> dict:
+def _asked_inside(pid: int, filters: list | None, subreaper_too: bool, pdeathsig_too: bool,
+                  timers: list[dict]) -> dict:
     """What dump asks stopped process `pid` itself, all in one seize (engine/inject.py): {module:
-    the answers of its CALLS, or the OSError that made them fail}. A call its seccomp filters
-    would not let through is not sent (None in its place: each module decides what that means)."""
-    users = [itimers] + [subreaper] * subreaper_too + [pdeathsig] * pdeathsig_too
+    the answers of its CALLS (posixtimers: those reading `timers`), or the OSError that made them
+    fail}. A call its seccomp filters would not let through is not sent (None in its place: each
+    module decides what that means)."""
+    users = [(itimers, itimers.CALLS)] + [(subreaper, subreaper.CALLS)] * subreaper_too \
+        + [(pdeathsig, pdeathsig.CALLS)] * pdeathsig_too + [(posixtimers, posixtimers.calls(timers))] * bool(timers)
     try:
-        got = inject.calls(pid, [c for u in users for c in u.CALLS], filters or [], skip_denied=True)
+        got = inject.calls(pid, [c for _, calls in users for c in calls], filters or [], skip_denied=True)
     except OSError as e:
-        return {u: e for u in users}
+        return {u: e for u, _ in users}
     out, at = {}, 0
-    for u in users:
-        out[u], at = got[at:at + len(u.CALLS)], at + len(u.CALLS)
+    for u, calls in users:
+        out[u], at = got[at:at + len(calls)], at + len(calls)
     return out
+
+
+def _timers(pid: int, entry: dict, got: dict, timers: list[dict]) -> None:
+    """Its POSIX and armed interval timers (engine/posixtimers.py, engine/itimers.py) into `entry`,
+    with the timer signals it caught (engine/timersigs.py)."""
+    if timers:
+        entry["posix_timers"] = posixtimers.record(pid, timers, got[posixtimers])
+    armed = itimers.read(pid, got[itimers])
+    if armed:
+        entry["itimers"] = armed
+    mask = timersigs.caught(pid, timersigs.delivered(entry))
+    if mask:
+        entry["timer_sig_caught"] = mask
+    if entry.get("sig_blocked", 0) & mask:
+        # (stopped inside a handler of one, most likely: the mask outside it, which the handler's
+        # end puts back, else its stand-in would hold that timer's ticks pending for good)
+        outside = timersigs.mask_outside_handler(pid, entry["sig_blocked"], mask)
+        if outside is not None:
+            entry["sig_blocked"] = outside
+            if not outside:
+                del entry["sig_blocked"]
 
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
@@ -91,14 +115,15 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             filters = seccomp.read(pid)
             auid = loginuid.read(pid)
             posixtimers.check([pid])   # (one made since the check before the stop)
+            timers = posixtimers.parse(pid)
             # (only a parent's flag is ever seen: a stand-in never forks; the root's parent-death
             # signal is not kept: its parent is outside the tree)
-            got = _asked_inside(pid, filters, pid in parents and subreaper.asked(), pid != tree[0][0])
-            itimers.check(pid, got[itimers])
+            got = _asked_inside(pid, filters, pid in parents and subreaper.asked(), pid != tree[0][0], timers)
+            _timers(pid, entry, got, timers)
             if subreaper in got and subreaper.read(pid, filters or [], got[subreaper]):
                 entry["child_subreaper"] = True
         except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError,
-                itimers.ItimerError, subreaper.SubreaperError) as e:
+                subreaper.SubreaperError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if filters:
             entry["seccomp"] = filters

@@ -47,7 +47,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
 from engine import loginuid, seccomp, timens, userns_cr
-from engine import thp, zombies
+from engine import itimers, posixtimers, thp, timersigs, zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -266,11 +266,12 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
             caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
-            pdeathsig: int = 0, blocked: int = 0) -> None:
+            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
     (`ignored`, a mask) and block those it blocked (`blocked`: its threads, made after, copy it),
-    become the executable, take the ids and the capabilities and then the parent-death signal
-    `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
+    make its `timers` (its image's "posix_timers", "itimers", "timer_sig_caught": the handlers
+    first, so that no tick kills us), become the executable, take the ids and the capabilities and
+    then the parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
     threads (named `threads`: made last, they copy what we took), then install seccomp `filters`
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
@@ -280,6 +281,8 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
+        if timers:
+            _make_timers(timers)
         # (become_exe does not return when it can)
         if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters,
                                                           pdeathsig):
@@ -301,6 +304,14 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         pass   # (the restore is gone: its end of the tree kills us)
     while True:
         signal.pause()
+
+
+def _make_timers(timers: dict) -> None:
+    """The process's timers (engine/posixtimers.py, engine/itimers.py), armed once the handlers of
+    the signals it caught are in (engine/timersigs.py)."""
+    timersigs.take(timers.get("timer_sig_caught", 0))
+    posixtimers.make(timers.get("posix_timers") or [], os.getpid())
+    itimers.make(timers.get("itimers") or [])
 
 
 def _await_commit(lifeline: int, kin=()) -> None:
@@ -584,5 +595,6 @@ class _Server:
         if fds:  # the root stand-in: the tree lives only once the restore commits
             _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
-                self.filters, bits.get("pdeathsig", 0), bits.get("sig_blocked", 0))
+                self.filters, bits.get("pdeathsig", 0), bits.get("sig_blocked", 0),
+                {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits})
         return None

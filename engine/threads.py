@@ -87,8 +87,12 @@ def _named(key: str, value) -> tuple[str, str]:
 def task_state(task: str) -> str:
     """The state letter of /proc/`task` ("PID" or "PID/task/TID"; "" when it is gone)."""
     try:
-        with open(f"/proc/{task}/stat", errors="surrogateescape") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+        fd = os.open(f"/proc/{task}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)   # (one read: polled while the tree stops)
+        finally:
+            os.close(fd)
+        return data.rsplit(b")", 1)[1].split()[0].decode()
     except (OSError, IndexError):
         return ""
 
@@ -185,16 +189,18 @@ def start(names: list[str]) -> None:
 # clone(2) flags of a thread: one memory, fs, fd table, signal handlers and undo list; one process.
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 _PR_SET_NAME = 15
+_STACK = 4 * mmap.PAGESIZE   # (a page would not hold a signal frame with AVX-512 state)
 
 
 def steps(names: list[str], mine: str, keep: list) -> list[tuple]:
     """become_exe's steps (lastword.ENTRY tuples) making a thread named each of `names`: take its
     name (prctl PR_SET_NAME), clone (check 3: the new thread, answer 0, parks at once; its stack
-    a page of its own, never used while it waits), then our own name `mine` back. `keep` holds
+    of its own, used only by a timer's signal its process caught, engine/timersigs.py: room for the
+    kernel's signal frame, AVX-512 state and all), then our own name `mine` back. `keep` holds
     the buffers the steps point at."""
     if not names:
         return []
-    stacks = mmap.mmap(-1, mmap.PAGESIZE * len(names), prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    stacks = mmap.mmap(-1, _STACK * len(names), prot=mmap.PROT_READ | mmap.PROT_WRITE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(stacks))
     keep.append(stacks)
     out = []
@@ -203,5 +209,5 @@ def steps(names: list[str], mine: str, keep: list) -> list[tuple]:
         keep.append(buf)
         out.append((157, _PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0, 0, 1, 0))
         if i < len(names):
-            out.append((56, CLONE_THREAD_FLAGS, base + mmap.PAGESIZE * (i + 1), 0, 0, 0, 0, 3, 0))
+            out.append((56, CLONE_THREAD_FLAGS, base + _STACK * (i + 1), 0, 0, 0, 0, 3, 0))
     return out

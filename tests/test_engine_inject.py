@@ -93,3 +93,56 @@ def test_a_traced_process_is_left_alone():
             inject.calls(pid, [(_GETPID, (), 0)])
     finally:
         assert os.waitpid(pid, 0)[1] == 0
+
+
+_SPINNERS = r"""
+#include <pthread.h>
+#include <stdio.h>
+static volatile unsigned long ticks[2];
+static void *spin(void *arg) { unsigned long i = (unsigned long)arg; for (;;) ticks[i]++; return 0; }
+int main(void) {
+    pthread_t t;
+    pthread_create(&t, 0, spin, (void *)1);
+    printf("%p\n", (void *)spin); fflush(stdout);
+    spin(0);
+}
+"""
+
+
+def _text_dirty(pid: int, addr: int) -> int:
+    """Private_Dirty kB of the mapping of `pid` that holds `addr`."""
+    inside = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            words = line.split()
+            if "-" in words[0] and len(words) >= 5:
+                lo, hi = (int(x, 16) for x in words[0].split("-"))
+                inside = lo <= addr < hi
+            elif inside and words[0] == "Private_Dirty:":
+                return int(words[1])
+    raise AssertionError(f"no mapping of {pid} holds {addr:#x}")
+
+
+def test_a_running_thread_in_its_own_code_gets_nothing_written(tmp_path):
+    """Two threads spinning in the same function, the main one not in a call: the calls run from a
+    `syscall` the process's code already holds (its vdso's), so no page of its code becomes its
+    own copy (which the other thread, running that page meanwhile, could execute: a JVM aborted)."""
+    src = tmp_path / "spin.c"
+    src.write_text(_SPINNERS)
+    r = subprocess.run(["gcc", "-O1", "-pthread", "-o", str(tmp_path / "spin"), str(src)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"no C compiler here: {r.stderr.strip()[-200:]}")
+    p = subprocess.Popen([str(tmp_path / "spin")], stdout=subprocess.PIPE, text=True)
+    try:
+        spin = int(p.stdout.readline(), 16)
+        before = _text_dirty(p.pid, spin)
+        for _ in range(20):
+            ((answer, _words),) = inject.calls(p.pid, [(_GETPID, (), 0)])
+            assert answer == p.pid
+        assert p.poll() is None, "the process died of the calls"
+        assert _text_dirty(p.pid, spin) == before, "a page of its code was written"
+        with open(f"/proc/{p.pid}/stat") as f:
+            assert f.read().rsplit(")", 1)[1].split()[0] == "R"
+    finally:
+        p.kill()
+        p.wait()
