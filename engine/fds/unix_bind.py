@@ -223,15 +223,18 @@ def _bind_renamed(s: socket.socket, spec: dict, d: int, name: str, ids: tuple[in
             if not bind_beside(s, at, name, ids):
                 raise FdError(errno.EOPNOTSUPP, f"{name}: its socket file has another name ({spec['base']}), "
                                                 "which a name with '.' or '..' components cannot be bound beside")
-            os.rename(made, spec["base"], src_dir_fd=at, dst_dir_fd=d)
+            mapped(ids, d, lambda: os.rename(made, spec["base"], src_dir_fd=at, dst_dir_fd=d))
         finally:
             os.close(at)
     finally:
-        try:
-            os.unlink(f"{sub}/{made}", dir_fd=d)   # (left there only when the rename failed)
-        except FileNotFoundError:
-            pass
-        os.rmdir(sub, dir_fd=d)
+        def clean():
+            try:
+                os.unlink(f"{sub}/{made}", dir_fd=d)   # (left there only when the rename failed)
+            except FileNotFoundError:
+                pass
+            os.rmdir(sub, dir_fd=d)
+
+        mapped(ids, d, clean)
 
 
 def _chmod(spec: dict, d: int | None) -> None:
