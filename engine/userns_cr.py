@@ -945,6 +945,14 @@ class Rebuild:
         name = self._spawn_name(p, parent)
         return None if name is None else self.fd[name]
 
+    def again(self, p: dict, parent: dict | None) -> bool:
+        """Whether p's stand-in, started inside a user namespace (`spawn_in`), executes the
+        interpreter again there (engine/reexec.py): where a process of that namespace is not
+        dumpable, whose /proc files belong to the root of its memory's namespace."""
+        name = self._spawn_name(p, parent)
+        return name is not None and any(q.get("userns") == name and (q.get("creds") or {}).get("dumpable") is False
+                                        for q in self.doc["processes"])
+
     @staticmethod
     def _spawn_name(p: dict, parent: dict | None) -> str | None:
         """The name of the user namespace `spawn_in` starts p's stand-in in (None: its parent's)."""
