@@ -13,7 +13,8 @@ Inside, the stand-in keeps the host's root ids (unmapped there), so an exec woul
 capabilities: they are raised ambient for the exec and put back right after (`main`). The
 modules the restorer had loaded are imported again before the stand-in serves its channel (it
 may chroot later, where the engine is out of reach). Where the interpreter or the engine cannot
-be reached, the stand-in goes on as forked (`into_userns` returns).
+be reached, or lie elsewhere than in the host's view the restorer started with (a late
+stand-in inside its restored root), the stand-in goes on as forked (`into_userns` returns).
 """
 
 from __future__ import annotations
@@ -35,7 +36,24 @@ _CARRIED = {"engine.strategy": ("_current",), "engine.features": ("_cache",), "e
 _PR_CAP_AMBIENT, _RAISE, _CLEAR_ALL = 47, 2, 4
 
 
+def _where(path: str) -> tuple[int, int] | None:
+    """(device, inode) of `path` as we see it, None when it cannot be reached."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+_PATHS = ("/", "/usr", PYTHON, os.path.join(ENGINE_ROOT, "engine", "reexec.py"))
+# Where they were when the restorer imported this (the host's view, before anything of the image
+# is mounted or entered): a stand-in executes again only while its view is the same, never a
+# file an image provided (a stand-in holds the host's root ids).
+_HOST = tuple(_where(p) for p in _PATHS)
+
+
 def _last_cap() -> int:
+    """The highest capability this kernel knows."""
     with open("/proc/sys/kernel/cap_last_cap") as f:
         return int(f.read())
 
@@ -52,6 +70,7 @@ def _inheritable(value: int | None = None) -> int:
 
 
 def _permitted() -> int:
+    """Our permitted capability set."""
     head, data = kernel._cap_buffers()
     kernel._check(kernel._libc.capget(ctypes.byref(head), data), "capget")
     return data[0].permitted | data[1].permitted << 32
@@ -60,7 +79,7 @@ def _permitted() -> int:
 def into_userns(sock_fd: int) -> None:
     """In a fresh stand-in inside its user namespace (its channel at `sock_fd`): execute the
     interpreter again to serve the channel there (`main`); returns only when it cannot."""
-    if not (os.access(PYTHON, os.X_OK) and os.path.isfile(os.path.join(ENGINE_ROOT, "engine", "reexec.py"))):
+    if None in _HOST or tuple(_where(p) for p in _PATHS) != _HOST or not os.access(PYTHON, os.X_OK):
         return
     saved = _inheritable()
     prm = _permitted() & ((1 << (_last_cap() + 1)) - 1)
@@ -96,6 +115,7 @@ def _carry() -> int:
 
 
 def _restore_state(fd: int) -> None:
+    """Set the module state `_carry` wrote into memfd `fd` (the modules imported already)."""
     import pickle
     with os.fdopen(fd, "rb") as f:
         for m, attrs in pickle.load(f).items():
