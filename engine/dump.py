@@ -30,7 +30,8 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import ctty, freeze, mountrules, nscopy, nsinspect, parking, placement, prestop, sysvipc, userns_cr, zombies
+from engine import (ctty, freeze, mountrules, netdevs, netvars, nscopy, nsinspect, parking, placement, prestop, sysvipc,
+                    userns_cr, zombies)
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
 from engine.fdtable import FdTable
@@ -274,17 +275,24 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, di
     plan the construction now, from mountinfo (and the locks of a namespace a user namespace owns,
     which restore copies into it midway), and refuse a tree no order builds while it keeps
     running, naming the mount (engine/construct.py)."""
-    from engine import construct, strategy
+    from engine import strategy
     if strategy.current().sharing != "construct":
         return
-    mounts, ext_devs = [], set()
+    from engine import construct   # (only for this strategy: ~0.5 ms of a dump's imports)
+    mounts, ext_devs, own = [], set(), set()
     for pid, text in texts:
         parsed = mountinfo.parse(text)
         for m in parsed:
             if m.mountpoint in ext_mnts:
                 ext_devs.add(m.dev)
-            mounts.append({"id": m.mnt_id, "parent": m.parent_id, "mountpoint": m.mountpoint, "root": m.root,
-                           "sb": m.dev, "shared": m.shared, "master": m.master,
+            sb, root = m.dev, m.root
+            if (h := fs.lookup(m.fstype)) is not None and h.per_mount:
+                # Made from an object of its own (a namespace it binds), whole: mounts of one object
+                # are one source, and no helper is made of it.
+                sb, root = (m.dev, m.root), "/"
+                own.add(sb)
+            mounts.append({"id": m.mnt_id, "parent": m.parent_id, "mountpoint": m.mountpoint, "root": root,
+                           "sb": sb, "shared": m.shared, "master": m.master,
                            "external": m.mountpoint in ext_mnts, "unbindable": m.unbindable,
                            "fstype": m.fstype, "source": m.source})
     if not any(m["shared"] or m["master"] for m in mounts):
@@ -293,7 +301,7 @@ def _check_construct(texts: list[tuple[int, str]], ext_mnts, owned: dict[str, di
     for m in mounts:
         seen.setdefault(m["id"], m)  # one entry per mount, however many namespaces list it
     try:
-        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs,
+        construct.plan(list(seen.values()), helper_ok=lambda dev: dev not in ext_devs and dev not in own,
                        userns_copies=userns_cr.construct_copies(owned),
                        sources=construct.kept_sources((m["id"], m["fstype"], m["source"])
                                                       for m in seen.values() if m["sb"] not in ext_devs))
@@ -305,9 +313,10 @@ def _check_construct_userns(mntns_doc: dict, superblocks: dict) -> None:
     """The construction plan again once locks are known (still before anything is written), where a
     mount namespace is owned by a user namespace: restore copies it into that user namespace midway
     (engine.userns_cr.construct_copies), which the first check, from mountinfo alone, could not plan."""
-    from engine import construct, strategy
+    from engine import strategy
     if strategy.current().sharing != "construct" or not any(ns.get("owner") for ns in mntns_doc.values()):
         return
+    from engine import construct
     mounts = [m for ns in mntns_doc.values() for m in ns["mounts"]]
     if not any(m["shared"] or m["master"] for m in mounts):
         return
@@ -353,6 +362,7 @@ class _Plan:
         self.pidns_name: dict[int, str] = {}
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
         self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
+        self.ns_names: dict = {}                     # (kind, inode) -> the image's namespace id ("net-1")
         # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
 
@@ -409,6 +419,8 @@ class _Dump:
         self.uts_names: dict[str, str] = {}
         self.domainnames: dict[str, str] = {}      # uts ns -> its NIS domain name, when one was set
         self.sysvipc: dict[str, dict] = {}         # ipc ns -> its System V IPC objects (engine/sysvipc.py)
+        self.netvars: dict[str, dict] = {}         # net ns -> its own sysctls (engine/netvars.py)
+        self.net_lo_up: set[str] = set()           # net ns whose lo is up (engine/netdevs.py)
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
 
@@ -604,6 +616,7 @@ def _settle_externals(d: _Dump) -> None:
     ns_mounts = {d.mntns_name(ino): data["mounts"] for ino, data in d.ns_data.items()}
     d.plan = _Plan(d.superblocks, d.sb_of_dev, d.mntns_doc, ns_mounts, d.mounts_by_id)
     d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
+    d.plan.ns_names = d.names   # (the image's namespace ids: a type module may name one)
 
 
 def _plan_devices(d: _Dump) -> None:
@@ -920,6 +933,14 @@ def _collect_processes(d: _Dump) -> None:
                 d.sysvipc[ipc] = sysvipc.read(p["pid"], [q["pid"] for q in d.procs_doc])
             except OSError as e:
                 raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
+        net = p["ns"]["net"]
+        if net not in d.netvars and "net" not in p["host_ns"]:
+            d.netvars[net] = netvars.read(p["pid"])
+            try:
+                if netdevs.lo_up(p["pid"]):
+                    d.net_lo_up.add(net)
+            except netdevs.NetdevError as e:
+                raise DumpError(e.errno, e.strerror) from None
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
@@ -978,6 +999,10 @@ def _manifest(d: _Dump) -> dict:
         doc["domainnames"] = d.domainnames
     if any(d.sysvipc.values()):
         doc["sysvipc"] = {ns: objs for ns, objs in d.sysvipc.items() if objs}
+    if any(d.netvars.values()):
+        doc["netvars"] = {ns: kept for ns, kept in d.netvars.items() if kept}
+    if d.net_lo_up:
+        doc["net_lo_up"] = sorted(d.net_lo_up)
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's

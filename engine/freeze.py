@@ -18,17 +18,28 @@ def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
     if not os.path.isdir(f"/proc/{root_pid}"):
         raise DumpError(errno.ESRCH, f"no such process: {root_pid}")
     children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                data = f.read()
-        except OSError:
-            continue
-        # comm may contain spaces and parens: ppid is the 2nd field after the last ')'
-        ppid = int(data[data.rindex(b")") + 2:].split()[1])
-        children.setdefault(ppid, []).append(int(name))
+    # Every process's stat, by os.open/os.read under one /proc fd: a file object each cost ~40% more
+    # (the scan is ~1.5 ms of a small dump on a host of 160 processes, and grows with the host).
+    proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in os.listdir(proc):
+            if not name.isdigit():
+                continue
+            try:
+                fd = os.open(f"{name}/stat", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+            except OSError:
+                continue
+            try:
+                data = os.read(fd, 4096)   # (a stat line is ~300 bytes; comm is at most 64)
+            except OSError:
+                continue   # (gone since the open)
+            finally:
+                os.close(fd)
+            # comm may contain spaces and parens: ppid is the 2nd field after the last ')'
+            ppid = int(data[data.rindex(b")") + 2:].split()[1])
+            children.setdefault(ppid, []).append(int(name))
+    finally:
+        os.close(proc)
     order = [(root_pid, None)]
     i = 0
     while i < len(order):
@@ -133,16 +144,23 @@ def refuse_zombies(tree) -> None:
 def refuse_traced(tree) -> None:
     """A process of the tree under ptrace (strace -p, gdb attached) is refused, naming it and its
     tracer: a stand-in is nobody's tracee, and the tracer's hold (its stops, its syscall reports)
-    is not restored; what our SIGSTOP would do to it is the tracer's to see."""
+    is not restored; what our SIGSTOP would do to it is the tracer's to see. Every thread: one
+    traced alone was dumped (its tracer may run it while the rest is stopped)."""
     for pid, _ in tree:
         try:
-            tracer = int(kernel.proc_status(pid, ("TracerPid",)).get("TracerPid", 0))
+            tids = os.listdir(f"/proc/{pid}/task")
         except OSError:
             continue   # (gone: told by the checks after the stop)
-        if tracer:
-            raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({_comm(pid)}) is traced by process {tracer} "
-                                              f"({_comm(tracer)}): ptrace is not restored; detach the tracer "
-                                              "and dump again; the tree keeps running")
+        for tid in sorted(tids, key=lambda t: t != str(pid)):
+            try:
+                tracer = int(kernel.proc_status(f"{pid}/task/{tid}", ("TracerPid",)).get("TracerPid", 0))
+            except OSError:
+                continue
+            if tracer:
+                what = f"process {pid}" if tid == str(pid) else f"thread {tid} of process {pid}"
+                raise DumpError(errno.EOPNOTSUPP, f"{what} ({_comm(pid)}) is traced by process {tracer} "
+                                                  f"({_comm(tracer)}): ptrace is not restored; detach the tracer "
+                                                  "and dump again; the tree keeps running")
 
 
 _comm = kernel.comm_shown

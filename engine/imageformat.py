@@ -85,6 +85,9 @@ _MEMBER = re.compile(r"^sb-[0-9]{1,9}\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}\Z")
 _USERNS_ID = re.compile(r"^user-[0-9]{1,9}\Z")
+# Namespaces a mount may bind (nsfs: `ip netns add`); a mount namespace bound on a file is not made again.
+_BOUND_NS_ID = re.compile(r"^(pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
+_LONE_NS_ID = re.compile(r"^net-[0-9]{1,9}\Z")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
 MAX_NGROUPS = 65536             # NGROUPS_MAX
@@ -181,6 +184,15 @@ def comm_rule(v) -> str | None:
 
 
 comm_rule.inline = ("cached",)
+
+
+def _fits_bytes(v: str, hi: int) -> bool:
+    """Whether `v` is at most `hi` bytes in UTF-8 (undecodable bytes kept as surrogates, as dump
+    reads names), without NUL."""
+    try:
+        return len(v.encode("utf-8", "surrogateescape")) <= hi and "\0" not in v
+    except UnicodeEncodeError:
+        return False
 
 
 def path_rule(v) -> str | None:
@@ -817,6 +829,10 @@ MOUNT = Record("mount", {
     "idmap": F(DICT, required=False, rule=record(IDMAP)),
     "locked_flags": F(LIST, required=False, rule=list_of(
         lambda v: None if v in LOCK_FLAGS else f"is no lockable flag ({v[:40]!r})", len(LOCK_FLAGS))),
+    # The namespace of the image it binds (a type that makes each mount from its own object, `per_mount`:
+    # nsfs, `ip netns add`): one some process of the image is in (not as the host's), or a `lone_ns` of
+    # its superblock; its `root` is then "/".
+    "bound_ns": F(STR, required=False, rule=pattern(_BOUND_NS_ID, "a namespace id like net-1")),
 })
 
 MNTNS = Record("mount namespace", {
@@ -910,6 +926,13 @@ LAYER = Record("overlay layer", {
     "detached": F(BOOL, required=False),                      # the mount is in "detached"
 })
 
+NETNS = Record("bound network namespace", {
+    "lo": F(STR, rule=lambda v: None if v in ("up", "down") else "must be up or down"),   # lo brought up
+    # IPv6 turned off (net.ipv6.conf.X.disable_ipv6) in these, in this order: docker does in a container's.
+    "ipv6_off": F(LIST, required=False, rule=list_of(
+        lambda v: None if v in ("all", "default", "lo") else "must be all, default or lo", 3)),
+})
+
 SUPERBLOCK = Record("superblock", {
     "fstype": F(STR, rule=pattern(_FSTYPE, "a filesystem type name")),
     "source": F(STR, rule=strlen(MAX_PATH)),
@@ -926,6 +949,11 @@ SUPERBLOCK = Record("superblock", {
     "input": F(OPT_DICT, required=False, rule=record(INPUT)),   # a daemon type's source file
     # What the type's probe recorded beyond files and options (binfmt_misc formats): its module checks it.
     "payload": F(OPT_DICT, required=False),
+    # Network namespaces no process is in that its mounts bind (`ip netns add` alone): restore makes each
+    # afresh, {"net-N": NETNS} (as a fresh one is, given what NETNS says).
+    "lone_ns": F(OPT_DICT, required=False),
+    # The tree's own network namespaces its mounts bind: {"net-N": NETNS}, given to the restored one.
+    "net_state": F(OPT_DICT, required=False),
     # The user namespace that made it (absent: the restorer's); restore makes it from inside.
     "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
@@ -967,6 +995,8 @@ MANIFEST = Record("manifest", {
     "userns": F(OPT_DICT, required=False),                    # {user-N: USERNS} below the dumper's own
     "zombies": F(LIST, required=False),                       # [ZOMBIE], checked with their count
     "sysvipc": F(DICT, required=False),                       # {ipc ns: System V IPC objects} (engine/sysvipc.py)
+    "netvars": F(DICT, required=False),                       # {net ns: {sysctl: text}} (engine/netvars.py)
+    "net_lo_up": F(LIST, required=False),                     # [net ns whose lo is up] (engine/netdevs.py)
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
@@ -1016,6 +1046,56 @@ def validate(doc) -> None:
     _check_zombies(doc)
     _check_sessions(doc)
     _check_userns(doc, mounts)
+    _check_bound_ns(doc, mounts, detached)
+
+
+def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
+    """A mount of a `per_mount` type binds a namespace the image itself makes: one a process is in
+    (not one it shares with the host: restore would bind the restorer's own) or a lone one its
+    superblock records; nothing else may name one (a hostile image must not bind the host's)."""
+    from engine import fs
+    procs = [p for p in doc["processes"] if type(p) is dict and type(p.get("ns")) is dict]
+    host = {p["ns"].get(k) for p in procs for k in (p.get("host_ns") or ()) if type(k) is str}
+    made = {n for p in procs for n in p["ns"].values() if type(n) is str} - host
+    sbs = doc["superblocks"]
+    bound = {(m["sb"], m.get("bound_ns")) for m in mounts.values()}
+    for sid, sb in sbs.items():
+        lone, state = sb.get("lone_ns"), sb.get("net_state")
+        if lone is None and state is None:
+            continue
+        handler = fs.lookup(sb["fstype"])
+        if handler is None or not handler.per_mount or sb.get("external"):
+            _fail(f"superblock {sid}: only a superblock whose mounts bind namespaces records network namespaces")
+        for nsid, rec in (lone or {}).items():
+            if type(nsid) is not str or not _LONE_NS_ID.match(nsid) or nsid in made or nsid in host:
+                _fail(f"superblock {sid}: lone namespace {str(nsid)[:40]!r} is no net-N apart from the processes' ones")
+            check_record(NETNS, rec, f"superblock {sid}: lone namespace {nsid}")
+            if (sid, nsid) not in bound:
+                _fail(f"superblock {sid}: lone namespace {nsid}, which none of its mounts binds")
+        for nsid, rec in (state or {}).items():
+            if nsid not in made or not str(nsid).startswith("net-"):
+                _fail(f"superblock {sid}: net_state names {str(nsid)[:40]!r}, which is no network namespace a process "
+                      "of the image is in (but as the host's)")
+            if (sid, nsid) not in bound:
+                _fail(f"superblock {sid}: net_state names {nsid}, which none of its mounts binds")
+            check_record(NETNS, rec, f"superblock {sid}: net_state of {nsid}")
+    for m in list(mounts.values()) + list(detached.values()):
+        sb = sbs[m["sb"]]
+        handler = fs.lookup(sb["fstype"]) if not sb.get("external") else None
+        binds = handler is not None and handler.per_mount
+        what = f"mount {m['id']} ({m.get('mountpoint', 'detached')})"
+        if "bound_ns" not in m:
+            if binds:
+                _fail(f"{what}: a {sb['fstype']} mount names no namespace it binds (bound_ns)")
+            continue
+        if not binds:
+            _fail(f"{what}: only a mount of a type that binds namespaces (nsfs) names one")
+        nsid = m["bound_ns"]
+        if nsid not in made and nsid not in (sb.get("lone_ns") or {}):
+            _fail(f"{what}: binds namespace {nsid}, which the image does not make (no process of the image is "
+                  "in it but as the host's, and its superblock records no such lone namespace)")
+        if m["root"] != "/":
+            _fail(f"{what}: a mount binding a namespace has root /, not {m['root'][:80]!r}")
 
 
 def _covered(ranges, by) -> int | None:
@@ -1326,6 +1406,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
     handlers: dict[str, object] = {}
     opts_ok: set[tuple[int, int]] = set()      # (ids of) a super_opts list of `sbs` and its type, checked
     limits: dict[int, int | None] = {}         # id of a super_opts list -> _size_limit
+    roots: set[tuple[str, str]] | None = None   # (sb, root) of every mount and detached mount, once needed
     for sid, sb in sbs.items():
         what = f"superblock {sid} ({sb['fstype']})"
         handler = handlers.get(sb["fstype"], handlers)
@@ -1342,6 +1423,14 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
                   f"({'external' if external else sb['fstype']} does not)")
         if len({e["root"] for e in empties}) < len(empties):
             _fail(f"{what}: an empty root is listed twice")
+        if empties:
+            # (dump records the root of a mount of it that held no files: any other path made
+            # directories the tree never had, as many as a manifest holds)
+            if roots is None:
+                roots = {(m["sb"], m["root"]) for m in list(mounts.values()) + list(detached.values())}
+            for e in empties:
+                if (sid, e["root"]) not in roots:
+                    _fail(f"{what}: empty root {e['root'][:80]!r} is the root of no mount of it")
         for a in archives:
             if a["file"] not in files:
                 _fail(f"{what}: archive {a['file']!r} is not listed in 'files'")
@@ -1638,12 +1727,16 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         earlier.add(p["pid"])
     if "sysvipc" in doc:
         _check_sysvipc(doc)
+    if "netvars" in doc or "net_lo_up" in doc:
+        _check_netvars(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
                 _fail(f"{what} for {str(uts)[:40]!r}, a uts namespace no process is in")
-            if type(name) is not str or strlen(MAX_HOSTNAME)(name):
-                _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} characters")
+            # (bytes, as the kernel counts them: 64 characters of two bytes each failed at restore
+            # with a bare "Invalid argument")
+            if type(name) is not str or not _fits_bytes(name, MAX_HOSTNAME):
+                _fail(f"{what} of {uts}: must be a string of at most {MAX_HOSTNAME} bytes (UTF-8) without NUL")
 
 
 def _check_sysvipc(doc: dict) -> None:
@@ -1652,6 +1745,21 @@ def _check_sysvipc(doc: dict) -> None:
     from engine import sysvipc
     host = {p["ns"]["ipc"] for p in doc["processes"] if "ipc" in (p.get("host_ns") or ())}
     sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"]} - host, _fail)
+
+
+def _check_netvars(doc: dict) -> None:
+    """A network namespace's own sysctls (engine/netvars.py) only of namespaces restore makes: no
+    process may have one as the host's (restore would write the host's)."""
+    from engine import netvars
+    host = {p["ns"]["net"] for p in doc["processes"] if "net" in (p.get("host_ns") or ())}
+    made = {p["ns"]["net"] for p in doc["processes"]} - host
+    for nsid, kept in (doc.get("netvars") or {}).items():
+        if nsid not in made:
+            _fail(f"netvars for {str(nsid)[:40]!r}: not a network namespace restore makes")
+        netvars.check(kept, f"netvars {nsid}", _fail)
+    ups = doc.get("net_lo_up") or []
+    if not all(type(u) is str for u in ups) or len(set(ups)) != len(ups) or not set(ups) <= made:
+        _fail("net_lo_up: network namespaces restore makes, each once")
 
 
 class _Refs:

@@ -4,14 +4,19 @@ subreaper flag (engine/subreaper.py); no /proc file shows them.
 
 The process is seized (PTRACE_SEIZE) and interrupted (PTRACE_INTERRUPT: no signal, its parent sees
 nothing), whether stopped (the dump's SIGSTOP: it goes back to its stop when detached), asleep in
-a call or running. Its registers are saved, `syscall` is written at an executable address of a
-private mapping (its instruction pointer's, else the first one of /proc/PID/maps: a shared one
-would write the file), and its registers are set to each call in turn with orig_rax -1 (no
-restart of the call it was interrupted in is mixed in). What a call writes goes to the words at
-its stack pointer (mapped, whatever the stack: no code of its own runs until they are put back).
-Each call runs between two system call stops (PTRACE_SYSCALL: no signal is made, its blocked set
-and actions stay); then its code, stack words and registers are put back: an interrupted
-restartable call is restarted as if nothing happened (as CRIU's compel does).
+a call or running. Its registers are saved; the call runs from the `syscall` just before its
+instruction pointer when there is one (the call it waits in: nothing of its code is written),
+else `syscall` is written at an executable address of a private mapping (its instruction
+pointer's, else the first one of /proc/PID/maps: a shared one would write the file); its
+registers are set to each call in turn with orig_rax -1 (no restart of the call it was
+interrupted in is mixed in). What a call writes goes to the words at
+its stack pointer (no code of its own runs until they are put back), or at the start of another
+private writable mapping when that one is shared or not writable.
+Each call runs between two system call stops (PTRACE_SYSCALL: no signal is made, its actions
+stay), every signal blocked meanwhile (PTRACE_SETSIGMASK: none pending is taken); then its code,
+stack words, registers and mask are put back: an interrupted restartable call is restarted as if
+nothing happened (as CRIU's compel does). 32-bit code gets no call (its `syscall` takes i386
+numbers).
 
 No call is sent that a seccomp filter of the process would not let through (kill, trap, errno:
 engine/seccomp_eval.py, evaluated with the call's real arguments), nor into a process in strict
@@ -30,11 +35,14 @@ _PTRACE_PEEKDATA, _PTRACE_POKEDATA = 2, 5
 _PTRACE_GETREGS, _PTRACE_SETREGS, _PTRACE_DETACH, _PTRACE_SYSCALL = 12, 13, 17, 24
 _O_TRACESYSGOOD, _SYSCALL_STOP = 1, 0x85   # (system call stops report SIGTRAP | 0x80)
 _PTRACE_SEIZE, _PTRACE_INTERRUPT = 0x4206, 0x4207
+_PTRACE_GETSIGMASK, _PTRACE_SETSIGMASK = 0x420A, 0x420B
+_ALL_SIGNALS = (1 << 64) - 1
 _WALL = 0x40000000
 _EVENT_STOP = 128
 # user_regs_struct (27 words): the places of the registers a call uses
 _RAX, _RDX, _RSI, _RDI, _ORIG_RAX, _RIP, _RSP = 10, 12, 13, 14, 15, 16, 19
 _R10, _R8, _R9 = 7, 9, 8
+_CS, _USER_CS = 17, 0x33   # (a 64-bit code segment's selector; 32-bit code runs in 0x23)
 _CODE = b"\x0f\x05"   # syscall
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -65,23 +73,46 @@ def _poke(pid: int, addr: int, word: int) -> None:
     _pt(_PTRACE_POKEDATA, pid, addr, word)
 
 
-def _code_address(pid: int, rip: int) -> int:
-    """An address of a private executable mapping of `pid`: its instruction pointer's, else the
-    start of the first one."""
-    first = None
+def _places(pid: int, rip: int, rsp: int, n_words: int, stopped: bool) -> tuple[int, int, bool]:
+    """(where the call runs: the `syscall` just before its instruction pointer (the call it waits
+    in), else an address of a private executable mapping, its instruction pointer's or the start
+    of the first one; `n_words` words of a private writable mapping: at its stack pointer, else
+    the start of the first one; whether `syscall` must be written there). Words written to a
+    shared mapping would reach its file, or another process: a stack pointer set into one (a page
+    of a file the tree maps shared) got the call's words; and a page of code written to is the
+    process's own copy for good (a libc page no longer shared: 4 kB more of its memory). Another
+    mapping only for a `stopped` process: other threads of a running one may use it meanwhile."""
+    sp, size = rsp & ~7, max(8 * n_words, 8)
+    at = scratch = first_x = first_w = before = None
     with open(f"/proc/{pid}/maps") as f:
         for line in f:
             span, perms = line.split()[:2]
             lo, hi = (int(x, 16) for x in span.split("-"))
-            if perms[2:4] != "xp":
-                continue
-            if lo <= rip and rip + 8 <= hi:
-                return rip
-            if first is None and hi - lo >= 8:
-                first = lo
-    if first is None:
+            if perms[2] == "x" and lo <= rip - 2 and rip + 6 <= hi:
+                before = rip - 2   # (the `syscall` it waits in, when that is one: _run looks)
+            if perms[2:4] == "xp" and hi - lo >= 8:
+                if lo <= rip and rip + 8 <= hi:
+                    at = rip
+                elif first_x is None:
+                    first_x = lo
+            if perms[1] == "w" and perms[3] == "p" and hi - lo >= size:
+                if lo <= sp and sp + size <= hi:
+                    scratch = sp
+                elif first_w is None:
+                    first_w = lo
+    at = first_x if at is None else at
+    scratch = (first_w if n_words and stopped else None if n_words else sp) if scratch is None else scratch
+    if at is None:
         raise InjectError(errno.EFAULT, f"process {pid} has no private executable mapping to run a call from")
-    return first
+    if scratch is None:
+        raise InjectError(errno.EFAULT, f"process {pid} has no private writable mapping for a call's answer"
+                                        f"{'' if stopped else ' at its stack pointer'}")
+    try:
+        if before is not None and _peek(pid, before) & 0xFFFF == int.from_bytes(_CODE, "little"):
+            return before, scratch, False
+    except InjectError:
+        pass   # (not readable: written at `at`)
+    return at, scratch, True
 
 
 def _wait_stop(pid: int, timeout: float = 10.0) -> int:
@@ -182,10 +213,26 @@ def calls(pid: int, wanted: list[tuple], filters: list | None = None, skip_denie
     try:
         _pt(_PTRACE_INTERRUPT, pid)
         _wait_stop(pid)
-        return _run(pid, wanted, filters, held, skip_denied, state == b"T")
+        # Every signal blocked while the calls run (compel's way): a pending one would stop it on
+        # its way to our `syscall`, and of two the second was lost (its handler never ran). Its
+        # mask is put back as the kernel shows it (a sigsuspend's own, which it sets again).
+        mask = _sigmask(pid)
+        _sigmask(pid, _ALL_SIGNALS)
+        try:
+            return _run(pid, wanted, filters, held, skip_denied, state == b"T")
+        finally:
+            _sigmask(pid, mask)
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(held[0]))
         _settle(pid, waiting)
+
+
+def _sigmask(pid: int, new: int | None = None) -> int:
+    """The blocked signals of `pid` (held in a ptrace stop), or set them to `new` (SIGKILL and
+    SIGSTOP stay unblocked)."""
+    buf = ctypes.c_uint64(0 if new is None else new)
+    _pt(_PTRACE_GETSIGMASK if new is None else _PTRACE_SETSIGMASK, pid, 8, ctypes.addressof(buf))
+    return buf.value
 
 
 def call(pid: int, nr: int, args: tuple = (), out_words: int = 0, filters: list | None = None) -> tuple[int, list[int]]:
@@ -277,21 +324,25 @@ def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool, s
     got = ctypes.create_string_buffer(27 * 8)
     _pt(_PTRACE_GETREGS, pid, 0, ctypes.addressof(got))
     regs = list(struct.unpack("=27Q", got.raw))
+    if regs[_CS] != _USER_CS:
+        # (its `syscall` would take i386 numbers, 157 and 36 being sched_getscheduler and sync,
+        # and its filters see another arch than the evaluator's: answers of other calls, a kill)
+        raise InjectError(errno.EOPNOTSUPP, f"process {pid} runs 32-bit code: no call is run in it")
     # A stopped process (the dump's SIGSTOP) goes back into its stop on the signal path, where the
     # kernel itself finishes the call it was in as it would have: made again, or EINTR when a
     # handler runs (pause(), sigsuspend, a read without SA_RESTART: the program sees its signal):
     # its registers are given back as they were. Only one that was not stopped leaves on no
     # signal path, so its restart is ours to make (`_restarted`).
     saved = ctypes.create_string_buffer(struct.pack("=27Q", *(regs if stopped else _restarted(regs))))
-    at = _code_address(pid, regs[_RIP])
-    scratch = regs[_RSP] & ~7
-    denied = _denied(pid, wanted, filters, scratch, at, skip)
     n_words = max((w for _, _, w in wanted), default=0)
-    old_code = _peek(pid, at)
+    at, scratch, write = _places(pid, regs[_RIP], regs[_RSP], n_words, stopped)
+    denied = _denied(pid, wanted, filters, scratch, at, skip)
+    old_code = _peek(pid, at) if write else None
     old_scratch = [_peek(pid, scratch + 8 * i) for i in range(n_words)]
     out = []
     try:
-        _poke(pid, at, int.from_bytes(_CODE, "little") | old_code & ~0xFFFF)
+        if write:
+            _poke(pid, at, int.from_bytes(_CODE, "little") | old_code & ~0xFFFF)
         for (nr, args, out_words), no in zip(wanted, denied):
             if no:
                 out.append(None)
@@ -309,7 +360,8 @@ def _run(pid: int, wanted: list[tuple], filters: list, held: list, skip: bool, s
             out.append((answer, [_peek(pid, scratch + 8 * i) for i in range(out_words)]))
         return out
     finally:
-        _poke(pid, at, old_code)
+        if write:
+            _poke(pid, at, old_code)
         for i, w in enumerate(old_scratch):
             _poke(pid, scratch + 8 * i, w)
         _pt(_PTRACE_SETREGS, pid, 0, ctypes.addressof(saved))

@@ -40,6 +40,7 @@ tree already shows is checked here first, with the line dump would give:
 - System V IPC objects and POSIX message queues of the tree's ipc namespaces beyond what an image
   keeps, a queue a process is notified on (engine/sysvipc.py), and their sysctls an image cannot
   keep (engine/ipcvars.py);
+- network namespaces holding what a fresh one lacks: devices, addresses, routes (engine/netdevs.py);
 - a process under SCHED_DEADLINE (engine/schedattrs.py); time namespaces restore cannot make
   (engine/timens.py: one a process made after another of the tree joined it); seccomp strict
   mode (engine/seccomp.py); a login uid restore could not set (engine/loginuid.py);
@@ -60,7 +61,8 @@ import os
 import stat
 
 from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
-                    loginuid, nsinspect, posixtimers, schedattrs, seccomp, subreaper, sysvipc, threads, timens, userns_cr)
+                    loginuid, netdevs, nsinspect, posixtimers, schedattrs, seccomp, subreaper, sysvipc, threads, timens,
+                    userns_cr)
 from engine.dumperror import DumpError
 from engine.fds import FdError
 
@@ -181,6 +183,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         # write lease this refuses)
         filelocks.precheck(pids, locks)
         sysvipc.precheck(pids)
+        netdevs.precheck(pids)
         schedattrs.precheck(pids)
         timens.precheck(pids)
         seccomp.precheck(pids)
@@ -202,7 +205,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
             threads.check(pid)
     except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError,
             schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, loginuid.LoginuidError,
-            posixtimers.TimerError, subreaper.SubreaperError) as e:
+            posixtimers.TimerError, subreaper.SubreaperError, netdevs.NetdevError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
 

@@ -53,7 +53,8 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
+                    hostidmap, image, kernel, lastword, mountinfo, netdevs, netvars, parking, remount, schedattrs, seccomp, sessions,
+                    sharing,
                     standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
@@ -630,6 +631,20 @@ class _Restorer:
                 sysvipc.make(fd, objs, self.hostproc)
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
+
+    def make_netvars(self) -> None:
+        """Each restored network namespace's lo up where it was (engine/netdevs.py), then its own
+        sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
+        todo = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
+        todo += [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
+        for nsid, make, arg in todo:
+            fd = self.nsfd_of.get(("net", nsid))
+            if fd is None:
+                raise RestoreError(errno.EINVAL, f"network namespace {nsid}: not made by this restore")
+            try:
+                make(fd, arg)
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
 
     def late_standins(self) -> None:
         """Controlling terminals (engine/ctty.py), once every mount exists: each session leader takes
@@ -1294,6 +1309,8 @@ class _Restorer:
         sb = self.doc["superblocks"][m["sb"]]
         if not sb.get("external"):
             handler = fs.lookup(sb["fstype"])
+            if handler is not None and handler.per_mount:
+                return self._own_source(m, sb, handler), ""
             if m["sb"] not in self.sb_fd and self._sb(m["sb"]) is None:   # (made: no call)
                 if handler is None or handler.when != fs.ON_USE:
                     raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
@@ -1322,6 +1339,26 @@ class _Restorer:
         if best is None:
             raise RestoreError(errno.ENOENT, f"mount {m['id']} ({m['mountpoint']}): no external mount covers its root")
         return self.ext_src[best["id"]], rel_to(m["root"], best["root"])
+
+    def _own_source(self, m: dict, sb: dict, handler: fs.FsType) -> int:
+        """The mount its type makes mount `m` from (`mount_source`: a namespace bound on a file), once per
+        object it names (kept with the other sources until assemble ends)."""
+        key = (m["sb"], "object:" + str(m.get("bound_ns")))
+        fd = self.src_fd.get(key)
+        if fd is None:
+            where = f"mount {m['id']} ({m['mountpoint']}) on {sb['fstype']}"
+            try:
+                fd = self.src_fd[key] = handler.mount_source(self, m, sb, where)
+            except fs.FsError as e:
+                raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
+        return fd
+
+    def namespace_fd(self, nsid: str) -> int | None:
+        """Our fd on restored namespace `nsid` of the image ("net-1"), None when no process is in it
+        (not the caller's to close)."""
+        return self._ns_fd_of(nsid)
 
     def _make_root(self, m: dict) -> None:
         """Make mount m's root on its new superblock by its type's `make_root` (a pty bound as
@@ -1628,7 +1665,11 @@ class _Restorer:
                 self.referenced.update((p["ctty_node"]["mnt"], p["ctty_node"]["ptmx"]["mnt"]))
         self.shared_ids = {m["id"] for m in self.mounts.values()
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
-        helper_ok = lambda sid: sid in self.doc["superblocks"] and not self.doc["superblocks"][sid].get("external")  # noqa: E731
+        # (no helper of a superblock restore never makes: external, or one whose type makes each mount from
+        # an object of its own, `per_mount`)
+        no_helper = {sid for sid, sb in self.doc["superblocks"].items()
+                     if sb.get("external") or ((h := fs.lookup(sb["fstype"])) is not None and h.per_mount)}
+        helper_ok = lambda sid: sid in self.doc["superblocks"] and sid not in no_helper  # noqa: E731
         try:
             if strategy.current().sharing == "construct":
                 # Built while mounting (engine.construct); nothing is left for the sharing step.
@@ -1868,9 +1909,9 @@ class _Restorer:
                 def is_dir():
                     fd = self.mnt_fd.get(c["id"])
                     return stat.S_ISDIR(os.fstat(fd).st_mode) if fd is not None else c.get("dir")
-                # (a superblock's root is a directory)
+                # (a superblock's root is a directory; a bind of a namespace is rooted "/" too, `dir` false)
                 return self._beneath_or_made(parent["sb"], pfd, rel, is_dir, os.O_PATH,
-                                             _BENEATH | kernel.RESOLVE_NO_XDEV, c["root"] == "/")
+                                             _BENEATH | kernel.RESOLVE_NO_XDEV, c["root"] == "/" and c.get("dir", True))
             return os.dup(pfd)
         except OSError as e:
             if e.errno in (errno.EMFILE, errno.ENFILE):
@@ -1895,7 +1936,7 @@ class _Restorer:
         if mp is None:
             if c["mountpoint"] == parent["mountpoint"] and not kept:
                 mp, own = self.mnt_fd[pid], False   # on the parent's root: no dup to make and close
-            elif not kept and c["root"] == "/" and self._attach_by_name(parent, c):
+            elif not kept and c["root"] == "/" and c.get("dir", True) and self._attach_by_name(parent, c):
                 return
             else:
                 mp = self._mountpoint_fd(parent, c)
@@ -2568,6 +2609,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.create_superblocks(early=True)   # the filling helper, when it can, beside the stand-ins' start
     r.spawn_standins()
     r.make_sysvipc()
+    r.make_netvars()
     r.open_externals()
     r.create_superblocks()
     if strategy.current().sharing == "construct":

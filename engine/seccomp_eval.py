@@ -31,9 +31,11 @@ def _load(data: bytes, k: int) -> int:
     return struct.unpack_from("=I", data, k)[0]
 
 
+# (a shift by X takes its low 5 bits, as the kernel's 32-bit shift does: one by 32 is none; a
+# constant one past 31 the kernel does not load)
 _ALU = {0x00: lambda a, x: a + x, 0x10: lambda a, x: a - x, 0x20: lambda a, x: a * x,
         0x30: lambda a, x: a // x if x else None, 0x40: lambda a, x: a | x, 0x50: lambda a, x: a & x,
-        0x60: lambda a, x: a << x if x < 32 else 0, 0x70: lambda a, x: a >> x if x < 32 else 0,
+        0x60: lambda a, x: a << (x & 31), 0x70: lambda a, x: a >> (x & 31),
         0x90: lambda a, x: a % x if x else None, 0xA0: lambda a, x: a ^ x}
 _JMP = {0x10: lambda a, x: a == x, 0x20: lambda a, x: a > x, 0x30: lambda a, x: a >= x,
         0x40: lambda a, x: bool(a & x)}

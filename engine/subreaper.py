@@ -82,7 +82,10 @@ def read(pid: int, filters: list | None = None, got=None) -> bool:
             raise InjectError(errno.EPERM, "seccomp filters do not let it make the call")
         answer, words = got[0]
     except OSError as e:
-        hint = "" if e.errno == errno.EBUSY else ": dump as root, with CAP_SYS_PTRACE"   # (EBUSY: D wait, traced)
+        # (only where ptrace itself was refused: a D wait, a tracer, filters, 32-bit code are no
+        # matter of privilege)
+        ptrace_refused = e.errno == errno.EPERM and "ptrace" in str(e.strerror)
+        hint = ": dump as root, with CAP_SYS_PTRACE" if ptrace_refused else ""
         raise SubreaperError(e.errno or errno.EIO, f"process {pid}: its child subreaper flag cannot be read "
                                                    f"({e.strerror}){hint}") from None
     if answer < 0:

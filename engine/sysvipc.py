@@ -109,9 +109,9 @@ def _ids(row: dict, idkey: str) -> dict:
             "uid": row["uid"], "gid": row["gid"], "cuid": row["cuid"], "cgid": row["cgid"]}
 
 
-def _read_here(proc: int, outsider: int | None = None) -> dict:
-    """In the namespace (joined): its objects (see the module's image format); `outsider`: a
-    process outside the tree in the namespace (posixmq.read_here refuses its full queues)."""
+def _read_here(proc: int, outsider=None) -> dict:
+    """In the namespace (joined): its objects (see the module's image format); `outsider()`: a
+    process outside the tree in the namespace or None (posixmq.read_here refuses its full queues)."""
     out: dict = {}
     from engine import posixmq   # (it imports this module)
     queues = posixmq.read_here(outsider=outsider)
@@ -183,7 +183,8 @@ def read(pid: int, tree=()) -> dict:
     try:
         ns = os.open(f"{pid}/ns/ipc", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
         try:
-            outsider = kernel.ns_outsider("ipc", os.fstat(ns).st_ino, set(tree) | {pid}) if tree else None
+            ino = os.fstat(ns).st_ino
+            outsider = (lambda: kernel.ns_outsider("ipc", ino, set(tree) | {pid})) if tree else None
             return joined(ns, proc, lambda: _read_here(proc, outsider))
         finally:
             os.close(ns)
@@ -247,10 +248,10 @@ def joined(ns: int, proc: int, fn):
         os.close(own)
 
 
-def _limits_here(proc: int, outsider: int | None) -> int:
+def _limits_here(proc: int, outsider) -> int:
     """In the namespace (joined): refuse more objects or bytes than an image keeps (_read_here's
     limits, from the tables alone), POSIX message queues someone is notified on, and a full one when
-    `outsider` (a process outside the tree) is in the namespace. Returns its number of semaphores."""
+    `outsider()` (a process outside the tree, or None) is in the namespace. Returns its number of semaphores."""
     from engine import ipcvars, posixmq
     posixmq.read_here(limits_only=True, outsider=outsider)
     kept = ipcvars.read_here(proc, any(not r["perms"] & _SHM_DEST for r in _table(proc, "shm")))
@@ -312,8 +313,7 @@ def precheck(pids: list[int]) -> None:
                 if ino in seen:
                     continue
                 seen.add(ino)
-                outsider = kernel.ns_outsider("ipc", ino, set(pids))
-                sems += joined(ns, proc, lambda: _limits_here(proc, outsider))
+                sems += joined(ns, proc, lambda: _limits_here(proc, lambda: kernel.ns_outsider("ipc", ino, set(pids))))
             finally:
                 os.close(ns)
         if sems > MAX_SEMS:

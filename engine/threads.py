@@ -87,8 +87,12 @@ def _named(key: str, value) -> tuple[str, str]:
 def task_state(task: str) -> str:
     """The state letter of /proc/`task` ("PID" or "PID/task/TID"; "" when it is gone)."""
     try:
-        with open(f"/proc/{task}/stat", errors="surrogateescape") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
+        fd = os.open(f"/proc/{task}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            data = os.read(fd, 4096)   # (one read: polled while the tree stops)
+        finally:
+            os.close(fd)
+        return data.rsplit(b")", 1)[1].split()[0].decode()
     except (OSError, IndexError):
         return ""
 

@@ -59,6 +59,15 @@ def test_a_dump_without_sockets_loads_no_socket_module(case):
     assert [k for k in ("engine.fds.epoll", "engine.fds.inotify", "engine.fds.pty") if k in kinds] == [], kinds
 
 
+def test_a_dump_loads_the_construction_planner_only_for_its_strategy(case):
+    """engine/construct.py plans peer groups for sharing=construct alone (kernels without
+    MOVE_MOUNT_SET_GROUP): a dump under another strategy never imports it."""
+    from engine import strategy
+    pid = case.start(_NO_SOCKET)
+    mods = _dump_modules(pid, case.new_images_dir())
+    assert ("engine.construct" in mods) == (strategy.current().sharing == "construct"), strategy.current()
+
+
 def test_a_dump_with_a_unix_socket_loads_the_unix_kind_alone(case):
     """A unix socket pair: the unix kind's modules and socket.py, not netlink's or inet's (nor
     ipaddress), which unix.py imports only for a socket of their family."""

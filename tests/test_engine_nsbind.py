@@ -1,16 +1,25 @@
-"""A namespace bound on a file (nsfs: `ip netns add`, `unshare --uts=PATH`) is refused before the stop
-with a line that says whose namespace it is and how to remove the bind (engine/fs/nsfs.py), not the
-generic "declare it --external" advice (an external binds a host path; the tree needs its own
-namespace, which mntcr does not make again as a mount yet)."""
+"""A namespace bound on a file (nsfs: `ip netns add`, `unshare --uts=PATH`) is dumped and restored as a
+bind of the restored namespace it names (engine/fs/nsfs.py): a namespace some process of the tree is
+in, or a network namespace only the bind keeps alive, which restore makes afresh (lo up when it was).
+What restore cannot make again is refused before the stop with a line that says whose namespace it
+is and how to remove the bind: the host's (the dumper's own), a mount namespace, a lone namespace
+of another kind or one that holds what a fresh one lacks. A hostile image may not name a namespace
+it does not make itself."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 
 import pytest
 
 from enginecase import case  # noqa: F401  (fixture)
+
+
+def _need_ip():
+    if shutil.which("ip") is None:
+        pytest.skip("ip (iproute2) is not installed")
 
 
 def _refusal(case, setup: str) -> str:
@@ -23,57 +32,167 @@ def _refusal(case, setup: str) -> str:
     return str(err.value)
 
 
-def test_bare_ip_netns_add_refused_as_no_namespace_of_the_tree(case):
-    """`ip netns add` alone: a new network namespace no process of the tree is in, kept by its bind."""
-    if shutil.which("ip") is None:
-        pytest.skip("ip (iproute2) is not installed")
-    msg = _refusal(case, "ip netns add blue\nhold\n")
-    assert re.search(r"mount \d+ \(/(var/)?run/netns/blue\): a net namespace no process of the tree is in is "
-                     r"bound on it .*unmount it before dump \(ip netns delete blue, in the tree's mount "
-                     r"namespace\)", msg), msg
-    assert "--external" not in msg, msg
+def _binds(pid: int) -> dict[str, str]:
+    """Mount point -> root ("net:[N]") of every nsfs mount the process at `pid` sees."""
+    from engine import mountinfo
+    return {m.mountpoint: m.root for m in mountinfo.read_pid(pid) if m.fstype == "nsfs"}
 
 
-def test_tree_uts_namespace_bound_refused_naming_it_the_trees(case):
-    """`unshare --uts=PATH` whose process stays in the tree: the tree's uts namespace bound on PATH."""
-    from enginecase import HOLD
-    msg = _refusal(case, f"""
+def _ino(root: str) -> int:
+    return int(re.match(r"^[a-z]+:\[(\d+)\]$", root).group(1))
+
+
+# `ip netns add` alone: a network namespace no process of the tree is in (lo up, 127.0.0.1 then).
+LONE = """
+ip netns add blue
+nsenter --net=/run/netns/blue ip link set lo up
+hold
+"""
+CHECK_LONE = ("nsenter --net=/run/netns/blue ip -o addr show | sed 's/[[:space:]]\\+/ /g'; "
+              "nsenter --net=/run/netns/blue ip -o link show lo | grep -o 'state [A-Z]*'")
+
+
+def test_lone_netns_restored_afresh(case):
+    """`ip netns add blue` with its lo up: dumped, restored as a new network namespace (not the host's,
+    not the old one) whose lo is up with 127.0.0.1, bound at /run/netns/blue; the check compares."""
+    from enginecase import take, assert_same
+    _need_ip()
+    pid = case.start(LONE)
+    before = take(pid, CHECK_LONE)
+    assert "127.0.0.1/8" in before.snap.check_output, before.snap.check_output
+    old = _ino(_binds(pid)["/run/netns/blue"])
+    pid = case.cr(pid)
+    after = take(pid, CHECK_LONE)
+    assert_same(before, after)
+    new = _ino(_binds(pid)["/run/netns/blue"])
+    assert new not in (old, os.stat("/proc/self/ns/net").st_ino), (old, new)
+
+
+def test_lone_netns_lo_down_and_second_cr(case):
+    """Its lo left down: restored down (no address); a second C/R of the restored tree works too."""
+    _need_ip()
+    states = case.roundtrip("ip netns add red\nhold\n", CHECK_LONE.replace("blue", "red"), iters=2)
+    assert "127.0.0.1" not in states[0].snap.check_output and "DOWN" in states[0].snap.check_output
+
+
+def test_process_netns_bound_names_the_restored_namespace(case):
+    """A process of the tree in the bound namespace (`ip netns exec`): the restored bind is that
+    process's restored network namespace."""
+    from enginecase import HOLD, take, assert_same
+    _need_ip()
+    setup = f"""
+ip netns add green
+nsenter --net=/run/netns/green ip link set lo up
+nsenter --net=/run/netns/green {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until [ "$(readlink /proc/$!/ns/net)" = "net:[$(stat -L -c %i /run/netns/green)]" ]; do sleep 0.1; done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid, CHECK_LONE.replace("blue", "green"))
+    pid = case.cr(pid)
+    after = take(pid, CHECK_LONE.replace("blue", "green"))
+    assert_same(before, after)
+    root = _binds(pid)["/run/netns/green"]
+    from zdtm.snapshot import tree_pids
+    inside = [p for p in tree_pids(pid) if os.readlink(f"/proc/{p}/ns/net") == root]
+    assert inside, f"no restored process is in the bound namespace {root}"
+    assert _ino(root) != os.stat("/proc/self/ns/net").st_ino
+
+
+def test_tree_uts_namespace_bound(case):
+    """`unshare --uts=PATH` whose process stays in the tree: restored as a bind of its restored uts
+    namespace (its hostname compared by the check)."""
+    from enginecase import HOLD, take, assert_same
+    setup = f"""
 touch /run/uts
-unshare --uts=/run/uts {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+unshare --uts=/run/uts sh -c 'hostname inner; exec {HOLD} 100000' </dev/null >/dev/null 2>&1 &
 until grep -q ' /run/uts ' /proc/self/mountinfo; do sleep 0.1; done
 hold
-""")
-    assert re.search(r"mount \d+ \(/run/uts\): the tree's uts namespace is bound on it .*mntcr does not restore "
-                     r"namespace binds yet; unmount it before dump \(umount /run/uts, in the tree's mount "
-                     r"namespace\)", msg), msg
+"""
+    check = "nsenter --uts=/run/uts hostname"
+    pid = case.start(setup)
+    before = take(pid, check)
+    assert before.snap.check_output.strip() == "inner", before.snap.check_output
+    pid = case.cr(pid)
+    assert_same(before, take(pid, check))
 
 
+def test_host_netns_bound_refused(case):
+    """The container shares the host's network namespace: a bind of it is the dumper's own, refused."""
+    msg = _refusal(case, "touch /run/hostnet\nmount --bind /proc/self/ns/net /run/hostnet\nhold\n")
+    assert re.search(r"mount \d+ \(/run/hostnet\): the host's net namespace \(the dumper's own\) is bound on it "
+                     r"\(nsfs\): restore binds only namespaces it makes; unmount it before dump \(umount "
+                     r"/run/hostnet, in the tree's mount namespace\)", msg), msg
 
 
+def test_lone_netns_with_an_address_refused(case):
+    """A lone network namespace holding an address a fresh one lacks: refused before the stop."""
+    _need_ip()
+    ns = "nsenter --net=/run/netns/blue"
+    msg = _refusal(case, f"ip netns add blue\n{ns} ip link set lo up\n{ns} ip addr add 10.9.8.7/24 dev lo\nhold\n")
+    assert re.search(r"mount \d+ \(/run/netns/blue\): a network namespace only the bind keeps .*addresses differ .*"
+                     r"10\.9\.8\.7/24.*\(ip netns delete blue, in the tree's mount namespace\)", msg), msg
 
-def test_bind_told_with_the_other_unsupported_mounts(case, tmp_path):
-    """A namespace bind beside a mount of a type mntcr cannot dump (debugfs, its module taken out of a
-    copy of the engine): one line telling the bind's own refusal, then the generic line for the other."""
-    import enginecase
-    from enginecase import DUMP_EXTERNALS, mntcr, was_stopped, STOP_WATCH
-    if shutil.which("ip") is None:
-        pytest.skip("ip (iproute2) is not installed")
-    pid = case.start(STOP_WATCH + "ip netns add red\nmkdir /mnt/dbg; mount -t debugfs debugfs /mnt/dbg\nhold\n")
-    engine = enginecase.engine_without(str(tmp_path / "engine"), "debugfs")
-    r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS, engine_root=engine)
-    lines = r.stderr.strip().splitlines()
-    assert r.returncode != 0 and len(lines) == 1, r.stderr
-    assert re.search(r"mount \d+ \(/(var/)?run/netns/red\): a net namespace no process of the tree is in .*\(ip "
-                     r"netns delete red, in the tree's mount namespace\); mount \d+ \(/mnt/dbg\) on debugfs: not "
-                     r"supported; declare it with --external mnt\[/mnt/dbg\]:KEY$", lines[0]), lines[0]
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
 
-# A hostile image may not make restore bind a namespace (the restorer's own, the host's) on a mount:
-# no image record names one yet, so an nsfs superblock the image would make is refused by the
-# validator, whatever its mount's root says.
-HOSTILE = {"nsfs-root-of-a-namespace": "net:[4026531840]", "nsfs-root-a-path": "/"}
-_REFUSED = (r"bad image: (superblock sb-\d+ \(nsfs\): filesystem type 'nsfs' is not supported|mount \d+: root "
-            r"'net:\[4026531840\]' is no path; only an external mount may have that)")
+def test_lone_uts_namespace_refused(case):
+    """A uts namespace no process is in any more (only the bind keeps it): refused, saying so."""
+    msg = _refusal(case, "touch /run/uts\nunshare --uts=/run/uts true\nhold\n")
+    assert re.search(r"mount \d+ \(/run/uts\): a uts namespace no process of the tree is in is bound on it .*"
+                     r"unmount it before dump \(umount /run/uts", msg), msg
+
+
+def test_mount_namespace_bound_refused(case):
+    """A mount namespace bound on a file: refused with its own line."""
+    msg = _refusal(case, "mkdir /run/m; mount --bind /run/m /run/m; mount --make-private /run/m\n"
+                         "touch /run/m/mnt\nunshare --mount=/run/m/mnt true\nhold\n")
+    assert re.search(r"mount \d+ \(/run/m/mnt\): a mount namespace is bound on it \(nsfs\): mntcr does not restore "
+                     r"a mount namespace bound on a file; unmount it before dump", msg), msg
+
+
+# A hostile image may not make restore bind a namespace it does not make itself (the restorer's own,
+# the host's): the mqueue of a real image (whose tree shares the host's network namespace: its
+# processes' net-0 is the host's) turned into a namespace bind.
+def _nsfs(**fields):
+    def mutate(d):
+        from test_hardening_review import _mnt, _turn_mqueue
+        _turn_mqueue(d, "nsfs", source="nsfs", super_opts=["rw"])
+        m = _mnt(d, "/mnt/mq")
+        m["root"] = fields.pop("root", "/")
+        sb = d["superblocks"][m["sb"]]
+        for key in ("lone_ns", "net_state"):
+            if key in fields:
+                sb[key] = fields.pop(key)
+        m.update(fields)
+    return mutate
+
+
+def _tmpfs_binding(d):
+    from test_hardening_review import _mnt
+    _mnt(d, "/mnt/t")["bound_ns"] = "net-1"
+
+
+HOSTILE = {
+    "the host's namespace": (_nsfs(bound_ns="net-0"), r"mount \d+ \(/mnt/mq\): binds namespace net-0, which the "
+                                                      r"image does not make"),
+    "no such namespace": (_nsfs(bound_ns="net-7"), r"binds namespace net-7, which the image does not make"),
+    "none named": (_nsfs(), r"mount \d+ \(/mnt/mq\): a nsfs mount names no namespace it binds"),
+    "a mount namespace": (_nsfs(bound_ns="mnt-0"), r"'bound_ns' must be a namespace id like net-1 \(got 'mnt-0'\)"),
+    "a root of an inode": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}}, root="net:[4026531840]"),
+                           r"mount \d+: root 'net:\[4026531840\]' is no path; only an external mount may have that"),
+    "a lone namespace named as the processes'": (_nsfs(bound_ns="net-0", lone_ns={"net-0": {"lo": "up"}}),
+                                                 r"lone namespace 'net-0' is no net-N apart from the processes' ones"),
+    "a lone namespace of odd fields": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up", "path": "/"}}),
+                                       r"lone namespace net-1.*path"),
+    "a lone namespace's odd sysctl": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up", "ipv6_off": ["../x"]}}),
+                                      r"lone namespace net-1.*must be all, default or lo"),
+    "the state of the host's namespace": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}},
+                                                net_state={"net-0": {"lo": "up", "ipv6_off": ["all"]}}),
+                                          r"net_state names 'net-0', which is no network namespace a process of the "
+                                          r"image is in"),
+    "a lone namespace no mount binds": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}, "net-2": {"lo": "up"}}),
+                                        r"lone namespace net-2, which none of its mounts binds"),
+    "a tmpfs binding a namespace": (_tmpfs_binding, r"only a mount of a type that binds namespaces \(nsfs\) names one"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -85,14 +204,121 @@ def base_image(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE))
-def test_image_making_an_nsfs_mount_is_refused(base_image, tmp_path, kind):
-    """The mqueue of a real image turned into an nsfs superblock (not external): refused before
-    anything is made, one line, nothing touched (test_hardening_hostile.refused)."""
+def test_hostile_namespace_bind_refused(base_image, tmp_path, kind):
+    """Refused before anything is made, one line, nothing touched (test_hardening_hostile.refused)."""
     from test_hardening_hostile import _mutated, refused
-    from test_hardening_review import _mnt, _turn_mqueue
-    root = HOSTILE[kind]
+    mutate, pattern = HOSTILE[kind]
+    refused(_mutated(base_image, tmp_path, mutate), r"bad image: .*" + pattern, tmp_path)
 
-    def mutate(d):
-        _turn_mqueue(d, "nsfs", source="nsfs", super_opts=["rw"])
-        _mnt(d, "/mnt/mq")["root"] = root
-    refused(_mutated(base_image, tmp_path, mutate), _REFUSED, tmp_path)
+
+
+def test_bind_propagates_to_a_peer_namespace(case):
+    """`ip netns add` makes /run/netns a shared mount: a second mount namespace of the tree copied after
+    (unshare -m, propagation unchanged) holds a peer of it, and a namespace bound there later propagates
+    into it. Both binds, peers, restored as such, naming the same new network namespace."""
+    from enginecase import HOLD, take, assert_same
+    from zdtm.snapshot import tree_pids
+    _need_ip()
+    setup = f"""
+ip netns add blue
+unshare -m --propagation unchanged {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until [ "$(readlink /proc/$!/ns/mnt)" != "$(readlink /proc/self/ns/mnt)" ]; do sleep 0.1; done
+ip netns add red
+until grep -q ' /run/netns/red ' /proc/$!/mountinfo; do sleep 0.1; done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    assert "/run/netns/red" in before.snap.cross_peers, before.snap.cross_peers
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    roots = {_binds(p)["/run/netns/red"] for p in tree_pids(pid)}
+    assert len(roots) == 1 and roots != {os.readlink("/proc/self/ns/net")}, roots
+
+
+def test_lone_netns_ipv6_off_restored(case):
+    """IPv6 turned off in a lone network namespace before its lo came up (as docker does in a
+    container's): restored off, lo up with 127.0.0.1 alone."""
+    _need_ip()
+    ns = "nsenter --net=/run/netns/blue"
+    setup = (f"ip netns add blue\n{ns} sh -c 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
+             f"echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6'\n{ns} ip link set lo up\nhold\n")
+    check = CHECK_LONE + f"; {ns} cat /proc/sys/net/ipv6/conf/all/disable_ipv6 /proc/sys/net/ipv6/conf/lo/disable_ipv6"
+    states = case.roundtrip(setup, check)
+    out = states[0].snap.check_output
+    assert "127.0.0.1/8" in out and "::1" not in out and out.rstrip().endswith("1\n1"), out
+
+
+def test_tree_pid_ipc_cgroup_namespaces_bound(case):
+    """The other kinds a process of the tree is in, bound as `unshare --ipc=PATH --cgroup=PATH` makes
+    them, and the container's pid namespace bound by hand: each restored bind is its process's
+    restored namespace (the snapshot names the namespace a bind's root names by the first process
+    in it)."""
+    from enginecase import HOLD, take, assert_same
+    from zdtm.snapshot import tree_pids
+    setup = f"""
+touch /run/pid /run/ipc /run/cg
+mount --bind /proc/self/ns/pid /run/pid
+unshare --ipc=/run/ipc --cgroup=/run/cg {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until grep -q ' /run/cg ' /proc/self/mountinfo; do sleep 0.1; done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    text = "\n".join(p.tree_text for p in before.snap.procs)
+    for kind in ("pid", "ipc", "cgroup"):
+        assert re.search(rf"root={kind}:\[P\d+\]", text), text
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    binds = _binds(pid)
+    for kind, path in (("pid", "/run/pid"), ("ipc", "/run/ipc"), ("cgroup", "/run/cg")):
+        assert any(os.readlink(f"/proc/{p}/ns/{kind}") == binds[path] for p in tree_pids(pid)), (kind, binds)
+
+
+def test_time_namespace_bound_refused(case):
+    """A time namespace bound on a file (`unshare --time=PATH`): refused before the stop, naming the
+    kinds mntcr binds again."""
+    msg = _refusal(case, "touch /run/u\nunshare --time=/run/u true\nhold\n")
+    assert re.search(r"mount \d+ \(/run/u\): a time namespace is bound on it \(nsfs\): mntcr restores only pid, uts, "
+                     r"ipc, net and cgroup binds; unmount it before dump \(umount /run/u, in the tree's mount "
+                     r"namespace\)", msg), msg
+
+
+USERNS_SETUP = """
+mkdir -p /run/u; mount -t tmpfs u /run/u; touch /run/u/net
+unshare -U -r -m {net} --propagation private sh -c '{bind} && exec {hold} 100000' </dev/null >/dev/null 2>&1 &
+until [ "$(readlink /proc/$!/ns/user)" != "$(readlink /proc/self/ns/user)" ] && grep -q nsfs /proc/$!/mountinfo; do
+  sleep 0.1; done
+hold
+"""
+
+
+def test_bind_in_a_user_namespace(case):
+    """A process in a user namespace of its own binds its network namespace (owned by that user
+    namespace) in its mount namespace (owned by it too): restored as that process's restored one."""
+    from enginecase import HOLD
+    case.roundtrip(USERNS_SETUP.format(net="-n", bind="mount --bind /proc/self/ns/net /run/u/net", hold=HOLD))
+
+
+def test_lone_netns_of_a_user_namespace_refused(case):
+    """A network namespace no process is in, owned by a user namespace of the tree: refused before the
+    stop (restore makes lone network namespaces as its own only)."""
+    from enginecase import HOLD
+    msg = _refusal(case, USERNS_SETUP.format(net="", bind="unshare --net=/run/u/net true", hold=HOLD))
+    assert re.search(r"mount \d+ \(/run/u/net\): the network namespace bound on it: a user namespace of the tree owns "
+                     r"it, and no process of the tree is in it .*; unmount it before dump \(umount /run/u/net",
+                     msg), msg
+
+
+def test_external_bind_stands_for_its_namespace_only(case):
+    """One bind declared --external (the old way round) and another left to mntcr: the external stands
+    for binds of its own namespace only, so the other is refused before the stop, not bound from the
+    external's host path."""
+    from enginecase import CRError, STOP_WATCH, was_stopped
+    _need_ip()
+    pid = case.start(STOP_WATCH + "ip netns add blue\nip netns add red\nhold\n")
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir(), ("--external", "mnt[/run/netns/blue]:blue"))
+    assert re.search(r"mount \d+ \(/run/netns/red\) on nsfs: its files lie outside every external mount of the same "
+                     r"filesystem; declare it too with --external", str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"

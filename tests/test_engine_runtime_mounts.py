@@ -386,21 +386,25 @@ hold
     assert alive(pid) and len(tree_pids(pid)) == 3
 
 
-def test_namespace_bound_on_a_mount_refused_unstopped(case):
+def test_namespace_bound_on_a_mount_restored(case):
     """dockerd binds each container's network namespace at exec-root/netns/ID (as `ip netns add`
-    does): an nsfs mount, which mntcr cannot make again. Dump refuses it naming the mount, before
-    the stop: the tree keeps running untouched."""
-    from enginecase import CRError, HOLD, STOP_WATCH, was_stopped
-    setup = STOP_WATCH + f"""
+    does): an nsfs mount of the namespace the container's processes are in. Restored as a bind of
+    that process's restored namespace (engine/fs/nsfs.py), not the old one, nor the host's."""
+    import os
+    from enginecase import HOLD, assert_same, take
+    from engine import mountinfo
+    from zdtm.snapshot import tree_pids
+    setup = f"""
 mkdir -p /run/netns; touch /run/netns/ctr
 unshare -n sh -c 'mount --bind /proc/self/ns/net /run/netns/ctr; exec {HOLD} 100000' </dev/null >/dev/null 2>&1 &
 until grep -q ' /run/netns/ctr ' /proc/self/mountinfo; do sleep 0.1; done
 hold
 """
     pid = case.start(setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(r"mount \d+ \(/run/netns/ctr\): the tree's net namespace is bound on it .*mntcr does not "
-                     r"restore namespace binds yet; unmount it before dump \(ip netns delete ctr,", str(err.value)), err.value
-    assert "--external" not in str(err.value), err.value
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    before = take(pid)
+    old = next(m.root for m in mountinfo.read_pid(pid) if m.mountpoint == "/run/netns/ctr")
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    root = next(m.root for m in mountinfo.read_pid(pid) if m.mountpoint == "/run/netns/ctr")
+    assert root != old and root != os.readlink("/proc/self/ns/net"), root
+    assert any(os.readlink(f"/proc/{p}/ns/net") == root for p in tree_pids(pid)), f"no restored process is in {root}"

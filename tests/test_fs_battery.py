@@ -25,7 +25,7 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_every_module_is_discovered():
     """Each engine/fs/NAME.py (not a _helper) registers at least one type, or only says why dump refuses
-    its type (`refuse`, asked by fs.refusal: nsfs); none is listed anywhere."""
+    its type (`refuse`, asked by fs.refusal); none is listed anywhere."""
     import importlib
     modules = {n[:-3] for n in os.listdir(os.path.join(PROJECT_ROOT, "engine", "fs"))
                if n.endswith(".py") and not n.startswith("_")}

@@ -156,3 +156,29 @@ def test_verb_reads_the_fault_step_of_its_own_environment(monkeypatch):
     _fake_main(monkeypatch, lambda: restore._FAULT_AT)
     monkeypatch.setenv("MNTCR_FAULT_STEP", "9")
     assert freshfork.run_verb(["check"], 60, cwd=PROJECT)[0] == 9
+
+
+def test_fresh_interpreter_waited_for_without_polling(monkeypatch, tmp_path):
+    """Without the fork path (no CAP_SYS_RESOURCE), a verb's end is seen when it comes: Popen.wait
+    with a timeout sleeps between looks (up to 50 ms: benchmarks/backends.py timed that sleep)."""
+    monkeypatch.setattr(freshfork, "_FORKABLE", False)
+    slept = []
+    real_sleep = time.sleep
+    monkeypatch.setattr(time, "sleep", lambda s: (slept.append(s), real_sleep(s)))
+    code, _, err = freshfork.run_verb(["show", str(tmp_path / "no-such-mountinfo")], 60, cwd=PROJECT)
+    assert code == cli.EXIT_ERROR and err.startswith(b"mntcr show: "), err
+    assert slept == []
+
+
+def test_fresh_interpreter_times_out_and_is_killed(monkeypatch):
+    monkeypatch.setattr(freshfork, "_FORKABLE", False)
+    child = freshfork.spawn(None, [sys.executable, "-S", "-c", "import time; time.sleep(30)"], dict(os.environ),
+                            stdin=None, stdout=None, stderr=2, cwd=PROJECT)
+    with pytest.raises(subprocess.TimeoutExpired):
+        child.wait(0.2)
+    child.kill()
+    assert child.wait() == -signal.SIGKILL
+    child.kill()   # (waited for: nothing to do)
+    assert child.stdout.read() == b""
+    child.stdin.close()
+    child.stdout.close()

@@ -10,8 +10,9 @@ own (the host's ports are not restore's to take), one a process outside the tree
 to a file in the dumper's mount namespace (`ip netns add`, a runtime's netns file): its other users
 would not see the restored sockets.
 
-Not compared, and not kept: firewall rules (nftables, iptables), policy routing rules, neighbours,
-the namespace's sysctls (net.ipv4.ip_local_port_range...).
+Not compared, and not kept: policy routing rules, neighbours. The namespace's sysctls are kept
+(engine/netvars.py); its firewall tables (nftables', legacy iptables') are refused by
+engine/netdevs.py, which compares every network namespace of the tree this way.
 
 Compared through rtnetlink (RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE) and /proc/self/net/igmp(6) in a
 child that joins the namespace, against a fresh namespace made by a child (unshare), before and
@@ -100,7 +101,37 @@ def state() -> dict:
             oif = struct.unpack("=I", a[RTA_OIF])[0] if RTA_OIF in a else 0
             table = struct.unpack("=I", a[RTA_TABLE])[0] if RTA_TABLE in a else table
             routes.append(f"table {table} type {rtype} {dst}/{dst_len} dev {names.get(oif, oif)}")
-    return {"links": links, "addrs": sorted(addrs), "routes": sorted(routes), "mcast": _memberships()}
+    return {"links": links, "addrs": sorted(addrs), "routes": sorted(routes), "mcast": _memberships(),
+            "tables": _tables()}
+
+
+_NFT_FAMILIES = {1: "inet", 2: "ip", 3: "arp", 7: "bridge", 10: "ip6", 5: "netdev"}
+
+
+def _nft_tables() -> list[str]:
+    """Our namespace's nftables tables ("nft ip filter"...: iptables-nft's too), by NFT_MSG_GETTABLE."""
+    try:
+        got = netlink_dump(12, (10 << 8) | 1, struct.pack("=BBH", socket.AF_UNSPEC, 0, 0), "nftables")
+    except OSError:
+        return []   # (no nf_tables in this kernel: no table anywhere)
+    out = []
+    for _t, msg in got:
+        name = attrs(msg, 4).get(1, b"?\0").split(b"\0")[0].decode(errors="replace")   # NFTA_TABLE_NAME
+        out.append(f"nft {_NFT_FAMILIES.get(msg[0], msg[0])} {name}")
+    return out
+
+
+def _tables() -> list[str]:
+    """Our namespace's firewall tables: nftables' and legacy iptables' ("ip6 filter"...), made by a
+    first rule or listing."""
+    out = _nft_tables()
+    for fam, name in (("ip", "ip_tables_names"), ("ip6", "ip6_tables_names"), ("arp", "arp_tables_names")):
+        try:
+            with open(f"/proc/self/net/{name}") as f:
+                out += [f"{fam} {t.strip()}" for t in f if t.strip()]
+        except OSError:
+            pass   # (the module is not loaded: no table anywhere)
+    return sorted(out)
 
 
 def _memberships() -> list[str]:
@@ -123,12 +154,22 @@ def _memberships() -> list[str]:
     return sorted(out)
 
 
+def state_of(fd: int) -> dict:
+    """`state` of network namespace `fd`, read in a child that joins it."""
+    return forkrun.run(_state_of, fd)
+
+
+def fresh_pair() -> tuple[dict, dict]:
+    """A fresh network namespace's state, before and after its lo comes up (a child unshares one)."""
+    return forkrun.run(fresh_state, unshare_flags=kernel.CLONE_NEWNET)
+
+
 def _state_of(fd: int) -> dict:
     kernel.setns(fd, kernel.CLONE_NEWNET)
     return state()
 
 
-def _fresh() -> tuple[dict, dict]:
+def fresh_state() -> tuple[dict, dict]:
     """(a fresh network namespace's state, the same once its lo is up): we are a child that unshared it."""
     before = state()
     set_lo_up()
@@ -184,8 +225,31 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
                 "enter it, and restore makes a new one): not supported")
     fresh = d.scratch.get("inet-fresh")
     if fresh is None:
-        fresh = d.scratch["inet-fresh"] = forkrun.run(_fresh, unshare_flags=kernel.CLONE_NEWNET)
+        fresh = d.scratch["inet-fresh"] = forkrun.run(fresh_state, unshare_flags=kernel.CLONE_NEWNET)
     have = forkrun.run(_state_of, ns)
+    return differs(have, fresh)
+
+
+def _loopback(entry: str) -> bool:
+    """An address or route of lo's own (127/8, ::1, and the link-local and multicast routes the
+    kernel gives lo with them)."""
+    words = entry.split()
+    if "lo" not in (words[0], words[-1]):
+        return False
+    dst = words[-3] if words[-2] == "dev" else words[1]
+    return dst.startswith(("127.", "::1/", "fe80::", "ff00::", "ff02::"))
+
+
+def differs(have: dict, fresh: tuple[dict, dict], loopback_follows: bool = False) -> str | bool:
+    """Why a namespace in `have` (`state`) is not one `fresh` (`fresh_state`'s pair) becomes by bringing
+    its lo up or not (a line), or whether its lo is up. `loopback_follows`: a namespace without an
+    inet socket, whose sysctls restore writes (engine/netvars.py): lo's own addresses and routes
+    follow from them and lo's state (ipv6's disable_ipv6, addr_gen_mode add or drop ::1 even with lo
+    down), and multicast memberships are only the kernel's, so those are not compared."""
+    if loopback_follows:
+        have = {**have, **{k: [e for e in have[k] if not _loopback(e)] for k in ("addrs", "routes")}, "mcast": []}
+        fresh = tuple({**f, **{k: [e for e in f[k] if not _loopback(e)] for k in ("addrs", "routes")}, "mcast": []}
+                      for f in fresh)
     extra = sorted(set(have["links"]) - set(fresh[0]["links"]))
     if extra:
         return (f"its network namespace has interface {', '.join(extra)}, which a restored one (lo only) would lack: "

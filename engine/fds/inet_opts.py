@@ -1,6 +1,6 @@
 """Socket options of an inet socket that a program sets and that change what it does or what its
 peers see: address and port reuse (SO_REUSEADDR, SO_REUSEPORT: a second listener on the port),
-IPV6_V6ONLY, keepalive and its timers, TCP_NODELAY, TCP_DEFER_ACCEPT, the buffer sizes, timeouts,
+IPV6_V6ONLY, keepalive and its timers, TCP_NODELAY, TCP_DEFER_ACCEPT, the buffer sizes and their locks, timeouts,
 SO_BROADCAST, IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT, TOS/TTL...
 
 Dump reads them on its copy of the socket; restore sets, before the bind (reuse, v6only and
@@ -38,6 +38,9 @@ OPTS = {
     "keepcnt": (IPPROTO_TCP, 6, "int", None, ("tcp",)), "defer_accept": (IPPROTO_TCP, 9, "int", None, ("tcp",)),
     "user_timeout": (IPPROTO_TCP, 18, "int", None, ("tcp",)), "fastopen": (IPPROTO_TCP, 23, "int", None, ("tcp",)),
     "udp_cork": (IPPROTO_UDP, 1, "int", None, ("udp",)), "udp_segment": (IPPROTO_UDP, 103, "int", None, ("udp",)),
+    # which buffer sizes are the program's (SO_BUF_LOCK, Linux 5.14: bits 1 send, 2 receive): set last,
+    # since setting a size sets its bit too (a lock cleared after a size was set stays cleared)
+    "buf_lock": (SOL_SOCKET, 72, "int", None, None),
 }
 _FORCE = {"rcvbuf": 33, "sndbuf": 32}   # SO_RCVBUFFORCE, SO_SNDBUFFORCE
 _STRUCTS = {"timeval": struct.Struct("ll"), "linger": struct.Struct("ii")}   # [seconds, µs], [on, seconds]
@@ -69,7 +72,7 @@ def read(s: socket.socket, family: str, proto: str) -> dict:
 
 def apply(s: socket.socket, opts: dict) -> None:
     """Give socket `s` the options `opts` (read()'s) where they differ from its own."""
-    for name, want in sorted(opts.items()):
+    for name, want in sorted(opts.items(), key=lambda kv: (kv[0] == "buf_lock", kv[0])):
         if _get(s, name) == want:
             continue
         level, num, how, _f, _p = OPTS[name]

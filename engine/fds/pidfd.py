@@ -42,9 +42,23 @@ def _pid(d) -> int:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pidfd of a process of another pid namespace, outside "
                                         "the dumped tree: not supported")
     if pid not in (d.scratch.get("pids") or ()):
+        tgid = _tgid(pid)
+        if tgid in (d.scratch.get("pids") or ()):
+            # (PIDFD_THREAD: restore makes a stand-in's threads, not pidfds of them)
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pidfd of thread {pid} of process {tgid} of the tree "
+                                            "(PIDFD_THREAD): not supported; close it before the dump")
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a pidfd of process {pid}, which is not in the dumped "
                                         "tree: not supported")
     return pid
+
+
+def _tgid(tid: int) -> int | None:
+    """The process thread `tid` belongs to, or None (gone, or not a thread we see)."""
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith("Tgid:")), None)
+    except (OSError, ValueError):
+        return None
 
 
 def _precheck(d) -> None:

@@ -17,7 +17,9 @@ What a type declares:
   (the namespace that owns it: `probe`);
 - roots: `fresh_roots` (the mount roots a new instance has), `held_root`/`make_root` (a root it lacks
   that restore makes from an object a process of the tree holds: a pty bound as /dev/console);
-- restore: `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
+- restore: `mount_source` (`per_mount`: each mount made from an object of its own, never from a
+  superblock restore makes: nsfs binds the restored namespace a mount names);
+  `create` (make the superblock; None: plain fsopen/fsconfig/fsmount)
   and `when` it can be made; options shown vs given (`drop_opts`, `no_opts`,
   `path_opts`, `fsconfig_params`, `id_opts`); `keep_source`;
 - kernel: `requires` (names /proc/filesystems must list);
@@ -171,7 +173,13 @@ class FsType:
     @property
     def when(self) -> str:
         """When restore creates it: PLAIN, AFTER_FILES or ON_USE."""
-        return ON_USE if self.layers else AFTER_FILES if self.device else PLAIN
+        return ON_USE if self.layers or self.per_mount else AFTER_FILES if self.device else PLAIN
+
+    @property
+    def per_mount(self) -> bool:
+        """Whether each mount is made from an object of its own (`mount_source`), never from a
+        superblock restore makes (nsfs: each bind is the restored namespace it names)."""
+        return type(self).mount_source is not FsType.mount_source
 
     def fsconfig_params(self, super_opts: tuple[str, ...] | list[str]) -> list[tuple[str, str | None]]:
         """(key, value) pairs for fsconfig; value None means a flag."""
@@ -304,6 +312,12 @@ class FsType:
         superblock's device: a process of the tree holds one of them)."""
         raise FsError(errno.EOPNOTSUPP, f"{self.name}: cannot make root {m['root']}")
 
+    def mount_source(self, ctx, m: dict, sb: dict, where: str) -> int:
+        """A detached mount restore clones mount `m` (of superblock record `sb`) from, for a type that
+        makes each mount from an object of its own (`per_mount`: nsfs opens the restored namespace `m`
+        binds, through the restorer `ctx`, its `namespace_fd`); asked once per object, kept by restore."""
+        raise FsError(errno.EOPNOTSUPP, f"{where}: {self.name} makes no mount of its own")
+
     def create(self, sid: str, sb: dict, ctx, where: str) -> int:
         """Make the superblock; return a detached mount fd. Only for types whose `when` is not PLAIN
         (PLAIN types are made by fsopen/fsconfig/fsmount from the image's options)."""
@@ -358,8 +372,8 @@ _FOUND: dict[str, FsType] = {}   # names looked up -> their type (emptied when a
 
 def refusal(mount, pids) -> str | None:
     """Why dump refuses `mount` (engine.mountinfo.Mount) of a type no module registers, when the
-    module named like the type says it better than "not supported; declare it --external" (nsfs: a
-    namespace bound on a file, engine/fs/nsfs.py `refuse`); None otherwise. `pids`: the dumped tree."""
+    module named like the type says it better than "not supported; declare it --external" (a module
+    that registers no type but defines `refuse`); None otherwise. `pids`: the dumped tree."""
     base = mount.fstype.split(".", 1)[0]
     if lookup(mount.fstype) is not None or base not in _module_names():
         return None

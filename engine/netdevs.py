@@ -1,0 +1,84 @@
+"""The devices of the tree's network namespaces, which restore does not make: a namespace that holds
+more than a fresh one (lo, and the fallback tunnel devices the host's modules add, all down) is
+refused, before the stop, in one line; whether its lo is up is kept.
+
+Restore makes a fresh network namespace for the tree; engine/fds/inet_net.py refused what it would
+lack for a namespace holding an inet socket. One without (a tun device's holder, an address or a
+route added to lo, a veth, a sub-namespace's bridge) came back as a fresh one, silently, and lo
+down even where it was up. Now every network namespace of the tree that is not the dumper's is
+compared with a fresh one the same way (interfaces, the ones up, addresses, routes, multicast
+memberships: inet_net.differs); its lo comes back up when it was (image "net_lo_up"). Firewall
+rules are not kept either: a namespace holding a legacy iptables table a fresh one lacks
+(/proc/net/ip_tables_names: made by the first rule or listing in that namespace) is refused too
+(nftables' are not seen: not kept, not refused).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+__all__ = ["NetdevError", "lo_up", "precheck", "set_lo_up_in"]
+
+_WHAT_TO_DO = "dump a tree whose network namespace holds only lo (devices, addresses, routes and firewall rules are not kept)"
+
+
+class NetdevError(OSError):
+    """A network namespace restore would not make as it is; the message is one line."""
+
+
+_fresh: tuple[dict, dict] | None = None
+
+
+def lo_up(pid: int) -> bool:
+    """Whether process `pid`'s network namespace has its lo up; NetdevError when the namespace holds
+    what a fresh one lacks (the caller passes over the dumper's own namespace)."""
+    from engine.fds import inet_net   # (its socket module only for a tree with a network namespace)
+    global _fresh
+    if _fresh is None:
+        _fresh = inet_net.fresh_pair()
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        have = inet_net.state_of(fd)
+    finally:
+        os.close(fd)
+    why = inet_net.differs(have, _fresh, loopback_follows=True)
+    if isinstance(why, str):
+        raise NetdevError(errno.EOPNOTSUPP, f"process {pid}: {why}; {_WHAT_TO_DO}")
+    extra = sorted(set(have.get("tables", ())) - set(_fresh[0].get("tables", ())))
+    if extra:
+        raise NetdevError(errno.EOPNOTSUPP, f"process {pid}: its network namespace has firewall tables "
+                                            f"({', '.join(extra)}), whose rules restore does not make: not supported; "
+                                            + _WHAT_TO_DO)
+    return why
+
+
+def precheck(pids: list[int]) -> None:
+    """Before the stop: refuse (NetdevError, one line) a network namespace of `pids` (not the
+    dumper's) a fresh one would not give back."""
+    own = os.stat("/proc/self/ns/net").st_ino
+    seen = {own}
+    for pid in pids:
+        try:
+            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            continue   # (gone meanwhile: dump tells once the tree is stopped)
+        if ino in seen:
+            continue
+        seen.add(ino)
+        lo_up(pid)
+
+
+def _up_in(fd: int) -> None:
+    from engine import kernel
+    from engine.fds import inet_net
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    inet_net.set_lo_up()
+
+
+def set_lo_up_in(fd: int) -> None:
+    """Bring lo up in network namespace `fd` (never the caller's own: NetdevError)."""
+    from engine import forkrun
+    if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        raise NetdevError(errno.EINVAL, "the network namespace is the restorer's own")
+    forkrun.run(_up_in, fd)

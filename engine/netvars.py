@@ -1,0 +1,180 @@
+"""The own sysctls of the tree's network namespaces (/proc/sys/net/...: ipv4/ping_group_range,
+unix/max_dgram_qlen, ipv4/conf/lo/forwarding, ipv6/conf/all/disable_ipv6...), each namespace's own.
+
+Restore makes a fresh network namespace; before, its sysctls came back as a fresh one's, silently
+(a container runtime sets ping_group_range and ip_unprivileged_port_start; CRIU's netns-dev and
+netns_sub_sysctl set device and unix ones). Dump reads, in a child joined to each namespace of the
+tree that is not the dumper's (a sysctl of /proc/sys/net is the reader's namespace's), every
+writable file under `TOPS` and keeps those whose text differs from a fresh namespace's (names a
+fresh one lacks, a device's restore does not make, are passed over: dump names such devices where
+it matters). Restore writes them in the namespace it made, from a child joined to it: the `all`
+then `default` device settings first (writing them changes the devices'), then the rest, a write
+the kernel refuses tried again once after the others (ip_local_port_range must stay above
+ip_unprivileged_port_start: written in the dumped state's order, either may come first). One the
+kernel refuses still fails the restore in one line.
+
+Only names under `TOPS` (the kernel's per-namespace tables a non-initial namespace shows), no
+".." or "." component: restore never writes another namespace's, and never the host's (the
+restorer's own namespace is refused).
+
+Image (manifest "netvars"): {net-N: {NAME: TEXT}}, NAME relative to /proc/sys/net.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+
+from engine import forkrun, kernel
+
+__all__ = ["NetvarsError", "read", "write", "of_process", "check"]
+
+TOPS = ("core", "ipv4", "ipv6", "unix", "netfilter", "mptcp")
+MAX_NAMES = 2048
+MAX_TEXT = 1024
+_NAME = re.compile(r"^(?:" + "|".join(TOPS) + r")(?:/[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}){1,4}\Z")
+_TEXT = re.compile(r"^[\x20-\x7e\t\n]*\Z")
+_BASE = "/proc/sys/net"
+
+
+class NetvarsError(OSError):
+    """A network namespace sysctl that cannot be read or written; the message is one line."""
+
+
+def _values() -> dict[str, str | None]:
+    """In the namespace (joined by this process): every writable sysctl under TOPS, as its text, or
+    None when it cannot be read (write-only: route/flush; unset: ipv6's stable_secret reads EIO)."""
+    out = {}
+    for top in TOPS:
+        for d, _dirs, files in os.walk(os.path.join(_BASE, top)):
+            for f in files:
+                path = os.path.join(d, f)
+                try:
+                    if not os.stat(path).st_mode & 0o200:
+                        continue
+                except OSError:
+                    continue
+                try:
+                    with open(path, "rb") as fh:
+                        text = fh.read(MAX_TEXT + 1).decode("ascii", "replace")
+                except OSError:
+                    text = None
+                out[path[len(_BASE) + 1:]] = text
+    return out
+
+
+def _values_in(fd: int) -> dict[str, str | None]:
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    return _values()
+
+
+_fresh: dict[str, str | None] | None = None
+
+
+def fresh() -> dict[str, str | None]:
+    """A fresh network namespace's values (read once per process, in a child that unshared one)."""
+    global _fresh
+    if _fresh is None:
+        _fresh = forkrun.run(_values, unshare_flags=kernel.CLONE_NEWNET)
+    return _fresh
+
+
+def _of_pid(pid: int) -> dict[str, str | None]:
+    fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return forkrun.run(_values_in, fd)
+    finally:
+        os.close(fd)
+
+
+def read(pid: int) -> dict[str, str]:
+    """The sysctls of process `pid`'s network namespace that differ from a fresh one's, with the
+    names a fresh namespace has (a device restore does not make is passed over)."""
+    base = fresh()
+    have = _of_pid(pid)
+    return {k: v for k, v in sorted(have.items())
+            if k in base and v is not None and v != base[k] and _NAME.match(k) and len(v) <= MAX_TEXT and _TEXT.match(v)}
+
+
+def of_process(pid: int) -> str:
+    """The same, as one line (the snapshot's comparison)."""
+    return " ".join(f"{k}={v.strip()!r}" for k, v in read(pid).items())
+
+
+def _order(name: str) -> int:
+    parts = name.split("/")
+    if len(parts) > 2 and parts[1] == "conf":
+        return {"all": 0, "default": 1}.get(parts[2], 2)
+    return 3
+
+
+def _put(name: str, text: str) -> None:
+    fd = os.open(os.path.join(_BASE, name), os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
+def _get(name: str) -> str | None:
+    try:
+        with open(os.path.join(_BASE, name), "rb") as fh:
+            return fh.read(MAX_TEXT + 1).decode("ascii", "replace")
+    except OSError:
+        return None
+
+
+def _write_here(kept: dict[str, str], base: dict[str, str | None]) -> None:
+    """Make our namespace's values `kept`, the others a fresh namespace's (`base`): writing an
+    `all` or `default` setting changes the devices' (and ipv6's all/disable_ipv6 the default's),
+    so each round writes what differs, until a round writes nothing."""
+    names = sorted(set(kept) | {n for n, v in base.items() if v is not None}, key=lambda n: (_order(n), n))
+    errors: dict[str, OSError] = {}
+    for _round in range(4):
+        wrote, errors = False, {}
+        for name in names:
+            want, have = kept.get(name, base.get(name)), _get(name)
+            # (a name of a fresh namespace of ours that this one lacks, one a user namespace owns:
+            # core/xfrm_*; a kept one it lacks fails below)
+            if want is None or have == want or (have is None and name not in kept):
+                continue
+            try:
+                _put(name, want)
+                wrote = True
+            except OSError as e:
+                errors[name] = e   # (one that depends on another written after it: the next round)
+        if not wrote:
+            break
+    left = [n for n in names if kept.get(n, base.get(n)) is not None and _get(n) is not None
+            and _get(n) != kept.get(n, base.get(n))]
+    if left and not errors:   # (written, but another write keeps changing it back)
+        errors = {left[0]: OSError(errno.EIO, "does not keep the value written")}
+    for name, e in sorted(errors.items()):
+        raise NetvarsError(e.errno or errno.EIO, f"network namespace sysctl net/{name} = "
+                           f"{kept.get(name, base.get(name)).strip()!r}: {e.strerror or e}")
+
+
+def _write_in(fd: int, kept: dict[str, str], base: dict[str, str | None]) -> None:
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    _write_here(kept, base)
+
+
+def write(fd: int, kept: dict[str, str]) -> None:
+    """Write `kept` into the network namespace `fd` (never the caller's own: NetvarsError)."""
+    if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        raise NetvarsError(errno.EINVAL, "network namespace sysctls: the namespace is the restorer's own")
+    if kept:
+        forkrun.run(_write_in, fd, kept, fresh())
+
+
+def check(kept, what: str, fail) -> None:
+    """The validator's rule for one namespace's sysctls: at most MAX_NAMES names under TOPS, no
+    '.' or '..' component, texts of printable ASCII of at most MAX_TEXT bytes."""
+    if type(kept) is not dict or len(kept) > MAX_NAMES:
+        fail(f"{what}: must be an object of at most {MAX_NAMES} sysctls")
+    for name, text in kept.items():
+        if type(name) is not str or not _NAME.match(name) or any(p in (".", "..") for p in name.split("/")):
+            fail(f"{what}: {name!r} is not a network sysctl under {', '.join(TOPS)}")
+        if type(text) is not str or len(text) > MAX_TEXT or not _TEXT.match(text):
+            fail(f"{what} {name}: its value must be printable text of at most {MAX_TEXT} bytes")
