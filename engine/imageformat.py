@@ -645,6 +645,8 @@ CREDS = Record("credentials", {
     # user of several groups), in the dumper's ids; its stand-in holds them before it enters.
     "unmapped_groups": F(LIST, required=False, rule=_ids_rule(1, MAX_NGROUPS)),
     "dumpable": F(OPT_BOOL, required=False),                  # prctl(PR_SET_DUMPABLE) after the ids
+    # Not dumpable, its memory made (exec'd) in its own user namespace: /proc files its root's
+    "memory_in_userns": F(OPT_BOOL, required=False),
 })
 
 # Its scheduling attributes and per-process knobs (engine/schedattrs.py), set on its stand-in.

@@ -729,7 +729,7 @@ class _Restorer:
                 hp = standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root)
             else:
                 hp = standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
-                                             in_userns, root=root, groups=groups)
+                                             in_userns, root=root, groups=groups, again=self.users.again(p, parent))
         else:
             pchan = self.chans[parent["pid"]]
             before = self._children_of(self.hostpid[parent["pid"]])
@@ -737,7 +737,8 @@ class _Restorer:
             if in_userns is None:
                 pchan.call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
             else:
-                pchan.call(("spawn_in_userns", mode, groups, alone), [fds[0], in_userns, *fds[1:]])
+                pchan.call(("spawn_in_userns", mode, groups, alone, self.users.again(p, parent)),
+                           [fds[0], in_userns, *fds[1:]])
             new = self._children_of(self.hostpid[parent["pid"]]) - before
             if len(new) != 1:
                 raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
