@@ -7,7 +7,8 @@ lack for a namespace holding an inet socket. One without (a tun device's holder,
 route added to lo, a veth, a sub-namespace's bridge) came back as a fresh one, silently, and lo
 down even where it was up. Now every network namespace of the tree that is not the dumper's is
 compared with a fresh one the same way (interfaces, the ones up, addresses, routes, multicast
-memberships: inet_net.differs); its lo comes back up when it was (image "net_lo_up"). Firewall
+memberships: inet_net.differs), and so is each one only a bind keeps (engine/fs/nsfs.py, which
+restore makes afresh: `new_netns`); its lo comes back up when it was (image "net_lo_up"). Firewall
 rules are not kept either: a namespace holding a legacy iptables table a fresh one lacks
 (/proc/net/ip_tables_names: made by the first rule or listing in that namespace) is refused too
 (nftables' are not seen: not kept, not refused).
