@@ -1737,7 +1737,7 @@ def _check_netvars(doc: dict) -> None:
     process may have one as the host's (restore would write the host's)."""
     from engine import netvars
     host = {p["ns"]["net"] for p in doc["processes"] if "net" in (p.get("host_ns") or ())}
-    lone = {n for sb in doc["superblocks"].values() for n in sb.get("lone_ns") or ()}   # (checked: _check_bound_ns)
+    lone = {n for sb in (doc.get("superblocks") or {}).values() for n in sb.get("lone_ns") or ()}   # (_check_bound_ns)
     made = ({p["ns"]["net"] for p in doc["processes"]} | lone) - host
     for nsid, kept in (doc.get("netvars") or {}).items():
         if nsid not in made:

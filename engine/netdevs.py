@@ -19,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 
-__all__ = ["NetdevError", "lo_up", "lo_up_fd", "precheck", "set_lo_up_in", "new_netns"]
+__all__ = ["NetdevError", "lo_up", "lo_up_fd", "new_netns", "precheck", "set_lo_up_in"]
 
 _WHAT_TO_DO = "dump a tree whose network namespace holds only lo (devices, addresses, routes and firewall rules are not kept)"
 
