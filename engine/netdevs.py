@@ -28,9 +28,6 @@ class NetdevError(OSError):
     """A network namespace restore would not make as it is; the message is one line."""
 
 
-_fresh: tuple[dict, dict] | None = None
-
-
 def lo_up(pid: int) -> bool:
     """Whether process `pid`'s network namespace has its lo up; NetdevError when the namespace holds
     what a fresh one lacks (the caller passes over the dumper's own namespace)."""
@@ -45,14 +42,12 @@ def lo_up_fd(fd: int, what: str, to_do: str) -> bool:
     """Whether network namespace `fd` has its lo up; NetdevError "`what` why: not supported; `to_do`"
     when it holds what a fresh one lacks."""
     from engine.fds import inet_net   # (its socket module only for a tree with a network namespace)
-    global _fresh
-    if _fresh is None:
-        _fresh = inet_net.fresh_pair()
+    fresh = inet_net.fresh_pair()
     have = inet_net.state_of(fd)
-    why = inet_net.differs(have, _fresh, loopback_follows=True)
+    why = inet_net.differs(have, fresh, loopback_follows=True)
     if isinstance(why, str):
         raise NetdevError(errno.EOPNOTSUPP, f"{what} {why}; {to_do}")
-    extra = sorted(set(have.get("tables", ())) - set(_fresh[0].get("tables", ())))
+    extra = sorted(set(have.get("tables", ())) - set(fresh[0].get("tables", ())))
     if extra:
         raise NetdevError(errno.EOPNOTSUPP, f"{what} its network namespace has firewall tables ({', '.join(extra)}), "
                                             f"whose rules restore does not make: not supported; {to_do}")
