@@ -261,6 +261,18 @@ def test_lone_netns_ipv6_off_restored(case):
     assert "127.0.0.1/8" in out and "::1" not in out and out.rstrip().endswith("1\n1"), out
 
 
+def test_lone_netns_sysctls_restored(case):
+    """A lone network namespace's own sysctls, as a process's namespace's (engine/netvars.py): restored
+    (before, only its IPv6 switches were kept)."""
+    _need_ip()
+    ns = "nsenter --net=/run/netns/blue"
+    setup = (f"ip netns add blue\n{ns} sh -c 'echo 77 > /proc/sys/net/unix/max_dgram_qlen; "
+             f"echo \"0 4242\" > /proc/sys/net/ipv4/ping_group_range'\nhold\n")
+    check = f"{ns} cat /proc/sys/net/unix/max_dgram_qlen /proc/sys/net/ipv4/ping_group_range"
+    states = case.roundtrip(setup, check)
+    assert states[0].snap.check_output.split() == ["77", "0", "4242"], states[0].snap.check_output
+
+
 def test_tree_pid_ipc_cgroup_namespaces_bound(case):
     """The other kinds a process of the tree is in, bound as `unshare --ipc=PATH --cgroup=PATH` makes
     them, and the container's pid namespace bound by hand: each restored bind is its process's
