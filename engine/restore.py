@@ -633,8 +633,14 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
 
     def make_netvars(self) -> None:
-        """Each restored network namespace's lo up where it was (engine/netdevs.py), then its own
-        sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
+        """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`), made
+        afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), then its
+        own sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
+        for nsid in (n for sb in self.doc["superblocks"].values() for n in sb.get("lone_ns") or ()):
+            try:
+                self.nsfd_of[("net", nsid)] = netdevs.new_netns()
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
         todo = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
         todo += [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
         for nsid, make, arg in todo:
