@@ -363,6 +363,9 @@ class _Plan:
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
         self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
         self.ns_names: dict = {}                     # (kind, inode) -> the image's namespace id ("net-1")
+        # A type's namespaces no process is in: net ns -> its own sysctls, net ns whose lo is up (_Dump's)
+        self.netvars: dict[str, dict] = {}
+        self.net_lo_up: set[str] = set()
         # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
 
@@ -617,6 +620,7 @@ def _settle_externals(d: _Dump) -> None:
     d.plan = _Plan(d.superblocks, d.sb_of_dev, d.mntns_doc, ns_mounts, d.mounts_by_id)
     d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
     d.plan.ns_names = d.names   # (the image's namespace ids: a type module may name one)
+    d.plan.netvars, d.plan.net_lo_up = d.netvars, d.net_lo_up   # (one record of a network namespace's state)
 
 
 def _plan_devices(d: _Dump) -> None:

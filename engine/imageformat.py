@@ -645,6 +645,8 @@ CREDS = Record("credentials", {
     # user of several groups), in the dumper's ids; its stand-in holds them before it enters.
     "unmapped_groups": F(LIST, required=False, rule=_ids_rule(1, MAX_NGROUPS)),
     "dumpable": F(OPT_BOOL, required=False),                  # prctl(PR_SET_DUMPABLE) after the ids
+    # Not dumpable, its memory made (exec'd) in its own user namespace: /proc files its root's
+    "memory_in_userns": F(OPT_BOOL, required=False),
 })
 
 # Its scheduling attributes and per-process knobs (engine/schedattrs.py), set on its stand-in.
@@ -950,13 +952,6 @@ LAYER = Record("overlay layer", {
     "detached": F(BOOL, required=False),                      # the mount is in "detached"
 })
 
-NETNS = Record("bound network namespace", {
-    "lo": F(STR, rule=lambda v: None if v in ("up", "down") else "must be up or down"),   # lo brought up
-    # IPv6 turned off (net.ipv6.conf.X.disable_ipv6) in these, in this order: docker does in a container's.
-    "ipv6_off": F(LIST, required=False, rule=list_of(
-        lambda v: None if v in ("all", "default", "lo") else "must be all, default or lo", 3)),
-})
-
 SUPERBLOCK = Record("superblock", {
     "fstype": F(STR, rule=pattern(_FSTYPE, "a filesystem type name")),
     "source": F(STR, rule=strlen(MAX_PATH)),
@@ -974,10 +969,9 @@ SUPERBLOCK = Record("superblock", {
     # What the type's probe recorded beyond files and options (binfmt_misc formats): its module checks it.
     "payload": F(OPT_DICT, required=False),
     # Network namespaces no process is in that its mounts bind (`ip netns add` alone): restore makes each
-    # afresh, {"net-N": NETNS} (as a fresh one is, given what NETNS says).
-    "lone_ns": F(OPT_DICT, required=False),
-    # The tree's own network namespaces its mounts bind: {"net-N": NETNS}, given to the restored one.
-    "net_state": F(OPT_DICT, required=False),
+    # afresh, then gives it its manifest `netvars` and `net_lo_up` as a process's namespace.
+    "lone_ns": F(OPT_LIST, required=False, rule=list_of(pattern(_LONE_NS_ID, "a network namespace id net-N"),
+                                                        MAX_MOUNTS)),
     # The user namespace that made it (absent: the restorer's); restore makes it from inside.
     "owner": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
 })
@@ -1083,26 +1077,21 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
     made = {n for p in procs for n in p["ns"].values() if type(n) is str} - host
     sbs = doc["superblocks"]
     bound = {(m["sb"], m.get("bound_ns")) for m in mounts.values()}
+    seen: set[str] = set()
     for sid, sb in sbs.items():
-        lone, state = sb.get("lone_ns"), sb.get("net_state")
-        if lone is None and state is None:
+        lone = sb.get("lone_ns") or []
+        if not lone:
             continue
         handler = fs.lookup(sb["fstype"])
         if handler is None or not handler.per_mount or sb.get("external"):
             _fail(f"superblock {sid}: only a superblock whose mounts bind namespaces records network namespaces")
-        for nsid, rec in (lone or {}).items():
-            if type(nsid) is not str or not _LONE_NS_ID.match(nsid) or nsid in made or nsid in host:
-                _fail(f"superblock {sid}: lone namespace {str(nsid)[:40]!r} is no net-N apart from the processes' ones")
-            check_record(NETNS, rec, f"superblock {sid}: lone namespace {nsid}")
+        for nsid in lone:
+            if nsid in made or nsid in host or nsid in seen:
+                _fail(f"superblock {sid}: lone namespace {nsid!r} is no net-N apart from the processes' ones "
+                      "and the other lone ones")
+            seen.add(nsid)
             if (sid, nsid) not in bound:
                 _fail(f"superblock {sid}: lone namespace {nsid}, which none of its mounts binds")
-        for nsid, rec in (state or {}).items():
-            if nsid not in made or not str(nsid).startswith("net-"):
-                _fail(f"superblock {sid}: net_state names {str(nsid)[:40]!r}, which is no network namespace a process "
-                      "of the image is in (but as the host's)")
-            if (sid, nsid) not in bound:
-                _fail(f"superblock {sid}: net_state names {nsid}, which none of its mounts binds")
-            check_record(NETNS, rec, f"superblock {sid}: net_state of {nsid}")
     for m in list(mounts.values()) + list(detached.values()):
         sb = sbs[m["sb"]]
         handler = fs.lookup(sb["fstype"]) if not sb.get("external") else None
@@ -1115,7 +1104,7 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
         if not binds:
             _fail(f"{what}: only a mount of a type that binds namespaces (nsfs) names one")
         nsid = m["bound_ns"]
-        if nsid not in made and nsid not in (sb.get("lone_ns") or {}):
+        if nsid not in made and nsid not in (sb.get("lone_ns") or ()):
             _fail(f"{what}: binds namespace {nsid}, which the image does not make (no process of the image is "
                   "in it but as the host's, and its superblock records no such lone namespace)")
         if m["root"] != "/":
@@ -1803,7 +1792,8 @@ def _check_netvars(doc: dict) -> None:
     process may have one as the host's (restore would write the host's)."""
     from engine import netvars
     host = {p["ns"]["net"] for p in doc["processes"] if "net" in (p.get("host_ns") or ())}
-    made = {p["ns"]["net"] for p in doc["processes"]} - host
+    lone = {n for sb in (doc.get("superblocks") or {}).values() for n in sb.get("lone_ns") or ()}   # (_check_bound_ns)
+    made = ({p["ns"]["net"] for p in doc["processes"]} | lone) - host
     for nsid, kept in (doc.get("netvars") or {}).items():
         if nsid not in made:
             _fail(f"netvars for {str(nsid)[:40]!r}: not a network namespace restore makes")

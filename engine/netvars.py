@@ -3,13 +3,14 @@ unix/max_dgram_qlen, ipv4/conf/lo/forwarding, ipv6/conf/all/disable_ipv6...), ea
 
 Restore makes a fresh network namespace; before, its sysctls came back as a fresh one's, silently
 (a container runtime sets ping_group_range and ip_unprivileged_port_start; CRIU's netns-dev and
-netns_sub_sysctl set device and unix ones). Dump reads, in a child joined to each namespace of the
-tree that is not the dumper's (a sysctl of /proc/sys/net is the reader's namespace's), every
-writable file under `TOPS` and keeps those whose text differs from a fresh namespace's (names a
-fresh one lacks, a device's restore does not make, are passed over: dump names such devices where
-it matters). Restore writes them in the namespace it made, from a child joined to it: the `all`
-then `default` device settings first (writing them changes the devices'), then the rest, a write
-the kernel refuses tried again once after the others (ip_local_port_range must stay above
+netns_sub_sysctl set device and unix ones; docker turns IPv6 off in a container's). Dump reads, in a
+child joined to each namespace of the tree that is not the dumper's, and each one only a bind keeps
+(engine/fs/nsfs.py; a sysctl of /proc/sys/net is the reader's namespace's), every writable file
+under `TOPS` and keeps those whose text differs from a fresh namespace's (names a fresh one lacks,
+a device's restore does not make, are passed over: dump names such devices where it matters).
+Restore writes them in the namespace it made, from a child joined to it: the `all` then `default`
+device settings first (writing them changes the devices'), then the rest, a write the kernel
+refuses tried again once after the others (ip_local_port_range must stay above
 ip_unprivileged_port_start: written in the dumped state's order, either may come first). One the
 kernel refuses still fails the restore in one line.
 
@@ -28,7 +29,7 @@ import re
 
 from engine import forkrun, kernel
 
-__all__ = ["NetvarsError", "read", "write", "of_process", "check"]
+__all__ = ["NetvarsError", "read", "read_fd", "write", "of_process", "check"]
 
 TOPS = ("core", "ipv4", "ipv6", "unix", "netfilter", "mptcp")
 MAX_NAMES = 2048
@@ -80,19 +81,20 @@ def fresh() -> dict[str, str | None]:
     return _fresh
 
 
-def _of_pid(pid: int) -> dict[str, str | None]:
+def read(pid: int) -> dict[str, str]:
+    """The sysctls of process `pid`'s network namespace that differ from a fresh one's (`read_fd`)."""
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return forkrun.run(_values_in, fd)
+        return read_fd(fd)
     finally:
         os.close(fd)
 
 
-def read(pid: int) -> dict[str, str]:
-    """The sysctls of process `pid`'s network namespace that differ from a fresh one's, with the
-    names a fresh namespace has (a device restore does not make is passed over)."""
+def read_fd(fd: int) -> dict[str, str]:
+    """The sysctls of network namespace `fd` that differ from a fresh one's, with the names a fresh
+    namespace has (a device restore does not make is passed over)."""
     base = fresh()
-    have = _of_pid(pid)
+    have = forkrun.run(_values_in, fd)
     return {k: v for k, v in sorted(have.items())
             if k in base and v is not None and v != base[k] and _NAME.match(k) and len(v) <= MAX_TEXT and _TEXT.match(v)}
 

@@ -634,8 +634,14 @@ class _Restorer:
                 raise RestoreError(e.errno or errno.EIO, f"ipc namespace {nsid}: {e.strerror or e}") from None
 
     def make_netvars(self) -> None:
-        """Each restored network namespace's lo up where it was (engine/netdevs.py), then its own
-        sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
+        """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`), made
+        afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), then its
+        own sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
+        for nsid in (n for sb in self.doc["superblocks"].values() for n in sb.get("lone_ns") or ()):
+            try:
+                self.nsfd_of[("net", nsid)] = netdevs.new_netns()
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
         todo = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
         todo += [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
         for nsid, make, arg in todo:
@@ -766,7 +772,8 @@ class _Restorer:
                 if in_userns is None:
                     return standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root), ours
                 return standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
-                                               in_userns, root=root, groups=groups), ours
+                                               in_userns, root=root, groups=groups,
+                                               again=self.users.again(p, maker)), ours
             before = self._children_of(self.hostpid[parent["pid"]])
             if maker is not parent:
                 self._adopt(p, parent, maker, mode, fds)
@@ -774,8 +781,8 @@ class _Restorer:
                 alone = self.jobs.orphans.get(p["pid"])   # (in a session or group whose leader is gone)
                 self.chans[parent["pid"]].call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
             else:
-                self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"])),
-                                               [fds[0], in_userns, *fds[1:]])
+                self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"]),
+                                                self.users.again(p, maker)), [fds[0], in_userns, *fds[1:]])
             new = self._children_of(self.hostpid[parent["pid"]]) - before
             if len(new) != 1:
                 raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")

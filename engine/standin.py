@@ -47,7 +47,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
 from engine import loginuid, seccomp, timens, userns_cr
-from engine import itimers, posixtimers, thp, timersigs, zombies
+from engine import itimers, posixtimers, reexec, thp, timersigs, zombies
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -107,7 +107,7 @@ def _subreaper(on: bool) -> None:
 
 
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
-                    groups: list[int] | None = None, alone: str | None = None) -> int:
+                    groups: list[int] | None = None, alone: str | None = None, again: bool = False) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -116,8 +116,10 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     intermediate child joins and forks the stand-in, then exits; the caller, a child subreaper
     meanwhile, adopts the stand-in. `root` as in spawn; `groups`: the supplementary groups the
     stand-in holds, set before it enters (engine/userns_groups.py); `alone` as in
-    `spawn_alone`. Returns its pid as the caller sees it."""
-    return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone)
+    `spawn_alone`; `again`: the stand-in executes the interpreter again inside, so that its
+    memory, and that of the stand-ins it forks, belongs to the namespace (engine/reexec.py).
+    Returns its pid as the caller sees it."""
+    return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone, again)
 
 
 def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
@@ -133,11 +135,12 @@ def spawn_adopted(mode: str, sock_fd: int, adopter: int) -> int:
     adopted by an ancestor of ours, `adopter` (a pidfd): a child subreaper meanwhile, nearer than any
     other above us (engine/sessions.py `adopt`: a stand-in in our session whose parent is that
     ancestor's). Returns its pid as we see it."""
-    return _spawn_via_mid(mode, None, sock_fd, None, False, None, None, adopter)
+    return _spawn_via_mid(mode, None, sock_fd, None, False, None, None, adopter=adopter)
 
 
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
-                   groups: list[int] | None, alone: str | None, adopter: int | None = None) -> int:
+                   groups: list[int] | None, alone: str | None, again: bool = False,
+                   adopter: int | None = None) -> int:
     me = kernel.pidfd_open(os.getpid()) if adopter is None else os.dup(adopter)
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -169,6 +172,8 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                         kernel.die_with_parent(me, signal.SIGKILL)
                         _lead(root)   # the tree's process group, as in spawn
                         _drop_inherited(sock_fd)
+                        if again:
+                            reexec.into_userns(sock_fd)   # (returns only where it cannot)
                         _serve(channel.Channel.of_fd(sock_fd))
                     finally:
                         os._exit(1)
@@ -334,6 +339,11 @@ def _await_commit(lifeline: int, kin=()) -> None:
     os._exit(1)  # as init of our pid namespace, the kernel kills everything in it with us
 
 
+def serve_fd(sock_fd: int) -> None:
+    """Serve the channel at `sock_fd` (a stand-in executed again: engine/reexec.py); never returns."""
+    _serve(channel.Channel.of_fd(sock_fd))
+
+
 def _serve(chan: channel.Channel) -> None:
     """A stand-in's loop: carry out the restorer's requests (one _Server method each) and answer
     ("ok", reply) or ("error", text); the last request, detach, never returns."""
@@ -395,7 +405,7 @@ class _Server:
         """A child stand-in started inside a user namespace (msg[3]: as in spawn_alone, or None)."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
         return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
-                               alone=msg[3] if len(msg) > 3 else None)
+                               alone=msg[3] if len(msg) > 3 else None, again=len(msg) > 4 and msg[4])
 
     def op_spawn_alone(self, msg, fds):
         """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""

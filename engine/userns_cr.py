@@ -69,6 +69,16 @@ def _dumpable(pid: int, euid: int, egid: int) -> bool:
     return (st.st_uid, st.st_gid) == (euid, egid)
 
 
+def _memory_in_userns(pid: int, maps: userns.Maps) -> bool:
+    """Whether undumpable `pid`'s /proc files belong to the root of its own user namespace (its
+    memory was made by an exec there: a daemon that dropped its ids in a container), not to the
+    host's root (a process that made the namespace after its exec). That root being the dumper's
+    own root, the two read alike: False (its stand-in need not execute again, engine/reexec.py)."""
+    root = (userns.outside([0], maps.uid_map)[0], userns.outside([0], maps.gid_map)[0])
+    st = os.stat(f"/proc/{pid}/status")
+    return root != (0, 0) and (st.st_uid, st.st_gid) == root
+
+
 def _creds(pid: int, maps: userns.Maps) -> dict | None:
     """The ids of `pid` inside its user namespace, and as "unmapped_groups" (the dumper's ids) the
     supplementary groups it does not map (held since before the namespace: `unshare -r` by a user
@@ -85,6 +95,8 @@ def _creds(pid: int, maps: userns.Maps) -> dict | None:
         if unmapped:
             out["unmapped_groups"] = unmapped
         out["dumpable"] = _dumpable(pid, fields["Uid"][1], fields["Gid"][1])
+        if not out["dumpable"] and _memory_in_userns(pid, maps):
+            out["memory_in_userns"] = True
         return out
     if set(fields["Uid"] + fields["Gid"] + groups) == {0}:
         # The dumper's root, unmapped there (a namespace made by root that never switched ids): a
@@ -944,6 +956,15 @@ class Rebuild:
         None: it starts where its parent's stand-in is and joins its user namespace last."""
         name = self._spawn_name(p, parent)
         return None if name is None else self.fd[name]
+
+    def again(self, p: dict, parent: dict | None) -> bool:
+        """Whether p's stand-in, started inside a user namespace (`spawn_in`), executes the
+        interpreter again there (engine/reexec.py): where a process of that namespace is not
+        dumpable and its memory was made there (`memory_in_userns`: its /proc files are that
+        namespace's root's)."""
+        name = self._spawn_name(p, parent)
+        return name is not None and any(q.get("userns") == name and (q.get("creds") or {}).get("memory_in_userns")
+                                        for q in self.doc["processes"])
 
     @staticmethod
     def _spawn_name(p: dict, parent: dict | None) -> str | None:

@@ -134,3 +134,17 @@ def test_lo_up_list_validated(ups, pattern):
     with pytest.raises(Exception, match=pattern):
         imageformat._check_netvars(doc)
     imageformat._check_netvars({**doc, "net_lo_up": ["net-0"]})
+
+
+def test_lone_namespace_state_validated():
+    """A network namespace no process is in (an nsfs superblock's `lone_ns`) is one restore makes: its
+    sysctls and lo go through netvars/net_lo_up like a process's namespace's; a lone id that is the
+    host's is not."""
+    from engine import imageformat
+    procs = [{"ns": {"net": "net-0"}, "host_ns": ["net"]}]
+    doc = {"processes": procs, "superblocks": {"sb-1": {"lone_ns": ["net-1"]}},
+           "netvars": {"net-1": {"ipv6/conf/all/disable_ipv6": "1\n"}}, "net_lo_up": ["net-1"]}
+    imageformat._check_netvars(doc)
+    with pytest.raises(Exception, match=r"netvars for 'net-0': not a network namespace restore makes"):
+        imageformat._check_netvars({**doc, "superblocks": {"sb-1": {"lone_ns": ["net-1", "net-0"]}},
+                                    "netvars": {"net-0": {"ipv6/conf/all/disable_ipv6": "1\n"}}})

@@ -56,16 +56,22 @@ def test_lone_netns_restored_afresh(case):
     """`ip netns add blue` with its lo up: dumped, restored as a new network namespace (not the host's,
     not the old one) whose lo is up with 127.0.0.1, bound at /run/netns/blue; the check compares."""
     from enginecase import take, assert_same
+    import subprocess
     _need_ip()
-    pid = case.start(LONE)
+    # (a policy routing rule, neither kept nor compared, marks the old namespace: its inode number may
+    # be reused once it is gone)
+    pid = case.start(LONE.replace("hold", "nsenter --net=/run/netns/blue ip rule add from 10.1.2.3 table 7\nhold"))
     before = take(pid, CHECK_LONE)
     assert "127.0.0.1/8" in before.snap.check_output, before.snap.check_output
-    old = _ino(_binds(pid)["/run/netns/blue"])
+    rules = ["nsenter", f"--net=/proc/{pid}/root/run/netns/blue", "ip", "rule", "show"]
+    assert "10.1.2.3" in subprocess.run(rules, capture_output=True, text=True, check=True).stdout
     pid = case.cr(pid)
     after = take(pid, CHECK_LONE)
     assert_same(before, after)
     new = _ino(_binds(pid)["/run/netns/blue"])
-    assert new not in (old, os.stat("/proc/self/ns/net").st_ino), (old, new)
+    assert new != os.stat("/proc/self/ns/net").st_ino, new
+    rules[1] = f"--net=/proc/{pid}/root/run/netns/blue"
+    assert "10.1.2.3" not in subprocess.run(rules, capture_output=True, text=True, check=True).stdout
 
 
 def test_lone_netns_lo_down_and_second_cr(case):
@@ -158,10 +164,11 @@ def _nsfs(**fields):
         _turn_mqueue(d, "nsfs", source="nsfs", super_opts=["rw"])
         m = _mnt(d, "/mnt/mq")
         m["root"] = fields.pop("root", "/")
-        sb = d["superblocks"][m["sb"]]
-        for key in ("lone_ns", "net_state"):
+        if "lone_ns" in fields:
+            d["superblocks"][m["sb"]]["lone_ns"] = fields.pop("lone_ns")
+        for key in ("netvars", "net_lo_up"):
             if key in fields:
-                sb[key] = fields.pop(key)
+                d[key] = fields.pop(key)
         m.update(fields)
     return mutate
 
@@ -177,19 +184,24 @@ HOSTILE = {
     "no such namespace": (_nsfs(bound_ns="net-7"), r"binds namespace net-7, which the image does not make"),
     "none named": (_nsfs(), r"mount \d+ \(/mnt/mq\): a nsfs mount names no namespace it binds"),
     "a mount namespace": (_nsfs(bound_ns="mnt-0"), r"'bound_ns' must be a namespace id like net-1 \(got 'mnt-0'\)"),
-    "a root of an inode": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}}, root="net:[4026531840]"),
+    "a root of an inode": (_nsfs(bound_ns="net-1", lone_ns=["net-1"], root="net:[4026531840]"),
                            r"mount \d+: root 'net:\[4026531840\]' is no path; only an external mount may have that"),
-    "a lone namespace named as the processes'": (_nsfs(bound_ns="net-0", lone_ns={"net-0": {"lo": "up"}}),
+    "a lone namespace named as the processes'": (_nsfs(bound_ns="net-0", lone_ns=["net-0"]),
                                                  r"lone namespace 'net-0' is no net-N apart from the processes' ones"),
-    "a lone namespace of odd fields": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up", "path": "/"}}),
-                                       r"lone namespace net-1.*path"),
-    "a lone namespace's odd sysctl": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up", "ipv6_off": ["../x"]}}),
-                                      r"lone namespace net-1.*must be all, default or lo"),
-    "the state of the host's namespace": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}},
-                                                net_state={"net-0": {"lo": "up", "ipv6_off": ["all"]}}),
-                                          r"net_state names 'net-0', which is no network namespace a process of the "
-                                          r"image is in"),
-    "a lone namespace no mount binds": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}, "net-2": {"lo": "up"}}),
+    "a lone namespace twice": (_nsfs(bound_ns="net-1", lone_ns=["net-1", "net-1"]),
+                               r"lone namespace 'net-1' is no net-N apart from the processes' ones and the other"),
+    "a lone namespace of an odd id": (_nsfs(bound_ns="net-1", lone_ns=["../x"]),
+                                      r"lone_ns.*must be a network namespace id net-N"),
+    "a lone namespace of the old record": (_nsfs(bound_ns="net-1", lone_ns={"net-1": {"lo": "up"}}),
+                                           r"lone_ns.*must be"),
+    "a lone namespace's odd sysctl": (_nsfs(bound_ns="net-1", lone_ns=["net-1"], netvars={"net-1": {"../x": "1"}}),
+                                      r"netvars net-1: '\.\./x' is not a network sysctl"),
+    "the sysctls of the host's namespace": (_nsfs(bound_ns="net-1", lone_ns=["net-1"],
+                                                  netvars={"net-0": {"ipv6/conf/all/disable_ipv6": "1\n"}}),
+                                            r"netvars for 'net-0': not a network namespace restore makes"),
+    "the host's lo": (_nsfs(bound_ns="net-1", lone_ns=["net-1"], net_lo_up=["net-1", "net-0"]),
+                      r"net_lo_up: network namespaces restore makes, each once"),
+    "a lone namespace no mount binds": (_nsfs(bound_ns="net-1", lone_ns=["net-1", "net-2"]),
                                         r"lone namespace net-2, which none of its mounts binds"),
     "a tmpfs binding a namespace": (_tmpfs_binding, r"only a mount of a type that binds namespaces \(nsfs\) names one"),
 }
@@ -247,6 +259,18 @@ def test_lone_netns_ipv6_off_restored(case):
     states = case.roundtrip(setup, check)
     out = states[0].snap.check_output
     assert "127.0.0.1/8" in out and "::1" not in out and out.rstrip().endswith("1\n1"), out
+
+
+def test_lone_netns_sysctls_restored(case):
+    """A lone network namespace's own sysctls, as a process's namespace's (engine/netvars.py): restored
+    (before, only its IPv6 switches were kept)."""
+    _need_ip()
+    ns = "nsenter --net=/run/netns/blue"
+    setup = (f"ip netns add blue\n{ns} sh -c 'echo 77 > /proc/sys/net/unix/max_dgram_qlen; "
+             f"echo \"0 4242\" > /proc/sys/net/ipv4/ping_group_range'\nhold\n")
+    check = f"{ns} cat /proc/sys/net/unix/max_dgram_qlen /proc/sys/net/ipv4/ping_group_range"
+    states = case.roundtrip(setup, check)
+    assert states[0].snap.check_output.split() == ["77", "0", "4242"], states[0].snap.check_output
 
 
 def test_tree_pid_ipc_cgroup_namespaces_bound(case):

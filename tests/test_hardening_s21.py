@@ -20,6 +20,8 @@ import re
 import struct
 import tempfile
 
+import time
+
 import pytest
 from hypothesis import HealthCheck, event, example, given, note, settings
 from hypothesis import strategies as st
@@ -589,6 +591,10 @@ def test_a_vfork_parent_is_refused_and_the_tree_runs_on(case, hostile_bin, tmp_p
     blob = base64.b64encode((tmp_path / "vf").read_bytes()).decode()
     pid = case.start(f"echo {blob} | base64 -d > /run/vf; chmod 755 /run/vf; exec /run/vf </dev/null >/dev/null 2>&1")
     pids = tree_pids(pid)
+    for _ in range(500):   # (the child may not have reached its wait yet)
+        if [_state(p) for p in pids] == ["D", "S"]:
+            break
+        time.sleep(0.01)
     assert [_state(p) for p in pids] == ["D", "S"]
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())

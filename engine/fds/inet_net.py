@@ -159,9 +159,15 @@ def state_of(fd: int) -> dict:
     return forkrun.run(_state_of, fd)
 
 
+_FRESH: list[tuple[dict, dict]] = []
+
+
 def fresh_pair() -> tuple[dict, dict]:
-    """A fresh network namespace's state, before and after its lo comes up (a child unshares one)."""
-    return forkrun.run(fresh_state, unshare_flags=kernel.CLONE_NEWNET)
+    """A fresh network namespace's state, before and after its lo comes up (a child unshares one),
+    read once a process: every comparison with a fresh namespace uses it."""
+    if not _FRESH:
+        _FRESH.append(forkrun.run(fresh_state, unshare_flags=kernel.CLONE_NEWNET))
+    return _FRESH[0]
 
 
 def _state_of(fd: int) -> dict:
@@ -223,11 +229,7 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
     if pinned is not None:
         return (f"its network namespace is bound at {pinned} (`ip netns add`, a runtime's netns file: others may "
                 "enter it, and restore makes a new one): not supported")
-    fresh = d.scratch.get("inet-fresh")
-    if fresh is None:
-        fresh = d.scratch["inet-fresh"] = forkrun.run(fresh_state, unshare_flags=kernel.CLONE_NEWNET)
-    have = forkrun.run(_state_of, ns)
-    return differs(have, fresh)
+    return differs(forkrun.run(_state_of, ns), fresh_pair())
 
 
 def _loopback(entry: str) -> bool:

@@ -172,6 +172,10 @@ def bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
         except FileNotFoundError:
             pass
     m = MAGIC.match(name)
+    if m is None and d is not None and not spec.get("ghost") and name.rsplit("/", 1)[-1] != spec["base"]:
+        _bind_renamed(s, spec, d, name, ids)
+        _chmod(spec, d)
+        return
     if m is None and d is not None and bind_beside(s, d, name, ids):
         _chmod(spec, d)
         return
@@ -203,6 +207,34 @@ def bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
         else:
             os.dup2(saved, n, inheritable=not cloexec)
             os.close(saved)
+
+
+def _bind_renamed(s: socket.socket, spec: dict, d: int, name: str, ids: tuple[int, int] | None) -> None:
+    """Bind `name` whose socket file had another name in directory `d` (`spec["base"]`: linked or
+    renamed there after the bind, as supervisord and daemons that bind a temporary name do): bound
+    in a fresh directory beside it (the name's own last part may be another file's now), then
+    renamed into place; the socket keeps the name it was bound to."""
+    made = name.rsplit("/", 1)[-1]
+    sub = f".mntcr-sock-{os.getpid()}"
+    mapped(ids, d, lambda: os.mkdir(sub, 0o700, dir_fd=d))
+    try:
+        at = os.open(sub, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+        try:
+            if not bind_beside(s, at, name, ids):
+                raise FdError(errno.EOPNOTSUPP, f"{name}: its socket file has another name ({spec['base']}), "
+                                                "which a name with '.' or '..' components cannot be bound beside")
+            mapped(ids, d, lambda: os.rename(made, spec["base"], src_dir_fd=at, dst_dir_fd=d))
+        finally:
+            os.close(at)
+    finally:
+        def clean():
+            try:
+                os.unlink(f"{sub}/{made}", dir_fd=d)   # (left there only when the rename failed)
+            except FileNotFoundError:
+                pass
+            os.rmdir(sub, dir_fd=d)
+
+        mapped(ids, d, clean)
 
 
 def _chmod(spec: dict, d: int | None) -> None:

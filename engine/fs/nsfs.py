@@ -6,26 +6,25 @@ from the restored namespace it names (open_tree of an fd on it, then moved into 
 bind: `per_mount`, `mount_source`). The image names the namespace by its id (mount `bound_ns`,
 root "/"): a pid, uts, ipc, net or cgroup namespace some process of the tree is in, or a network
 namespace no process is in any more that only the bind keeps alive (`ip netns add` alone, the
-superblock's `lone_ns`: restore makes it afresh in a short-lived child that unshares it). A bound
-network namespace gets its lo up when it was, and IPv6 off where it was (docker turns it off in a
-container's); the tree's own get that through `net_state`.
+superblock's `lone_ns`, a list of ids: restore makes it afresh, engine/netdevs.py `new_netns`). A
+lone namespace's state is a process's namespace's: its own sysctls (manifest `netvars`, IPv6 off as
+docker turns it off in a container's) and its lo up (`net_lo_up`), read, compared with a fresh one
+and given back by engine/netvars.py and engine/netdevs.py; the tree's own get theirs there too.
 
 Refused before the stop, with a line saying how to remove the bind: the host's namespace (the
 dumper's), one a process outside the tree is in, a mount, user or time namespace, a lone namespace
-of another kind or one a user namespace of the tree owns, and a bound network namespace that holds
-what a fresh one lacks (an interface, an address, a route: engine/fds/inet_net.py says which).
+of another kind or one a user namespace of the tree owns, and a lone network namespace that holds
+what a fresh one lacks (an interface, an address, a route: engine/netdevs.py says which).
 """
 
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import re
-import socket
 
-from engine import forkrun, kernel
-# (imported with the module: restore makes a lone namespace after it pivoted away from the engine's files)
-from engine.fds import inet_net
+from engine import kernel
 from engine.fs import FsError, FsType, register
 
 _ROOT = re.compile(r"^([a-z_]+):\[([0-9]+)\]\Z")
@@ -98,50 +97,13 @@ def _open_bound(pid: int, mountpoint: str, ino: int) -> int | str:
     return fd
 
 
-def _lone_state(fd: int, own_user: int | None) -> dict | str:
-    """In a child: the state (engine/fds/inet_net.py `state`) of network namespace `fd`, or why it is
-    not kept (`own_user`: the dumper's user namespace, which must own it when given)."""
-    import fcntl
-    if own_user is not None:
-        owner = fcntl.ioctl(fd, NS_GET_USERNS)
-        try:
-            if os.fstat(owner).st_ino != own_user:
-                return ("a user namespace of the tree owns it, and no process of the tree is in it (mntcr makes such "
-                        "network namespaces only as the dumper's)")
-        finally:
-            os.close(owner)
-    kernel.setns(fd, kernel.CLONE_NEWNET)
-    return dict(inet_net.state(), ipv6_off=_ipv6_off())
-
-
-IPV6_CONFS = ("all", "default", "lo")   # (in the order restore sets them: docker disables IPv6 in a container's)
-
-
-def _ipv6_off() -> list[str]:
-    """Which of IPV6_CONFS our network namespace has IPv6 disabled in (net.ipv6.conf.X.disable_ipv6)."""
-    out = []
-    for conf in IPV6_CONFS:
-        try:
-            with open(f"/proc/sys/net/ipv6/conf/{conf}/disable_ipv6") as f:
-                if f.read().strip() == "1":
-                    out.append(conf)
-        except OSError:
-            pass   # (a kernel without IPv6)
-    return out
-
-
-def _set_net(lo_up: bool, ipv6_off, proc: int | None = None) -> None:
-    """Give our (new) network namespace what the image recorded: IPv6 off where it was, lo up. `proc`:
-    a /proc to write the settings through (restore's own: it may stand in a restored root)."""
-    for conf in ipv6_off:
-        fd = os.open(f"{'' if proc is not None else '/proc/'}sys/net/ipv6/conf/{conf}/disable_ipv6",
-                     os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
-        try:
-            os.write(fd, b"1")
-        finally:
-            os.close(fd)
-    if lo_up:
-        inet_net.set_lo_up()
+def _owned_by_tree(fd: int) -> bool:
+    """Whether a user namespace other than ours (the dumper's) owns namespace `fd`."""
+    owner = fcntl.ioctl(fd, NS_GET_USERNS)
+    try:
+        return os.fstat(owner).st_ino != os.stat("/proc/self/ns/user").st_ino
+    finally:
+        os.close(owner)
 
 
 class Nsfs(FsType):
@@ -158,32 +120,32 @@ class Nsfs(FsType):
         self._bound(sid, plan)
 
     def plan(self, sid: str, sb: dict, plan) -> None:
-        """Name the namespace each mount binds (`bound_ns`, root "/"); record the lone network namespaces
-        (`lone_ns`) and the state of the tree's own bound ones (`net_state`): lo up or down, IPv6 off."""
+        """Name the namespace each mount binds (`bound_ns`, root "/"); list the lone network namespaces
+        (`lone_ns`), whose sysctls and lo go where a process's namespace's go (plan.netvars, net_lo_up)."""
         names = dict(getattr(plan, "ns_names", None) or {})
         count = sum(1 for k, _ in names if k == "net")
-        lone: dict[str, dict] = {}
-        state: dict[str, dict] = {}
-        for e, kind, ino, net in self._bound(sid, plan):
+        lone: list[str] = []
+        for e, kind, ino, net in self._bound(sid, plan, keep=True):
             name = names.get((kind, ino))
             if name is None:
                 name = names[(kind, ino)] = f"net-{count}"
                 count += 1
-                lone[name] = net
-            elif net is not None and name not in lone:
-                state[name] = net
+                lone.append(name)
+                kept, up = net
+                if kept:
+                    plan.netvars[name] = kept
+                if up:
+                    plan.net_lo_up.add(name)
             e["bound_ns"], e["root"], e["dir"] = name, "/", False   # (its root "/" is a file: restore asks)
         if lone:
             sb["lone_ns"] = lone
-        if state:
-            sb["net_state"] = state
 
-    def _bound(self, sid: str, plan) -> list[tuple[dict, str, int, dict | None]]:
-        """(mount entry, kind, inode, the record of a network namespace: {lo, ipv6_off?}) of each mount of
-        `sid`; FsError for one refused."""
+    def _bound(self, sid: str, plan, keep: bool = False) -> list[tuple[dict, str, int, tuple | None]]:
+        """(mount entry, kind, inode, for a lone network namespace (its sysctls when `keep`, whether its
+        lo is up)) of each mount of `sid`; FsError for one refused."""
         pids = sorted({p for ps in plan.ns_pids.values() for p in ps})
         out = []
-        seen: dict[int, dict] = {}
+        seen: dict[int, tuple | None] = {}
         for ns_name, ns in plan.mntns_doc.items():
             for e in ns["mounts"]:
                 if e["sb"] != sid:
@@ -197,103 +159,43 @@ class Nsfs(FsType):
                 if line is not None:
                     raise FsError(errno.EOPNOTSUPP, line)
                 kind, ino = hit.group(1), int(hit.group(2))
-                if kind == "net" and ino not in seen:
-                    lone = not any(kernel.ns_ino(p, kind) == ino for p in pids)
-                    seen[ino] = self._net_lo(m, plan.ns_pids[ns_name][0], ino, lone)
-                out.append((e, kind, ino, seen.get(ino)))
+                if ino not in seen:
+                    lone = kind == "net" and not any(kernel.ns_ino(p, kind) == ino for p in pids)
+                    seen[ino] = self._lone(m, plan.ns_pids[ns_name][0], ino, keep) if lone else None
+                out.append((e, kind, ino, seen[ino]))
         return out
 
     @staticmethod
-    def _net_lo(m, pid: int, ino: int, lone: bool) -> dict:
-        """{lo: up or down, ipv6_off?: [...]} of the network namespace bound by mount `m` (as process
-        `pid` sees it); FsError when it holds what a fresh one given the same lacks (restore makes a
-        fresh one: for the tree's own too, engine/fds/inet.py), or, `lone` (no process of the tree is
-        in it), when a user namespace of the tree owns it."""
-        where = f"mount {m.mnt_id} ({m.mountpoint})"
-        fd = have = _open_bound(pid, m.mountpoint, ino)
-        if not isinstance(fd, str):
-            try:
-                have = forkrun.run(_lone_state, fd, os.stat("/proc/self/ns/user").st_ino if lone else None)
-            finally:
-                os.close(fd)
-        if isinstance(have, str):
-            raise FsError(errno.EOPNOTSUPP, f"{where}: the network namespace bound on it: {have}; unmount it before "
-                                            f"dump ({_undo('net', m.mountpoint)})")
-        off = have.pop("ipv6_off")
-        lo = inet_net.differs(have, _fresh(tuple(off)))
-        if isinstance(lo, str):
-            whose = "a network namespace only the bind keeps" if lone else "the tree's network namespace bound on it"
-            raise FsError(errno.EOPNOTSUPP, f"{where}: {whose} (nsfs, `ip netns add`): {lo}; unmount it before dump "
-                                            f"({_undo('net', m.mountpoint)})")
-        return {"lo": "up" if lo else "down", **({"ipv6_off": off} if off else {})}
+    def _lone(m, pid: int, ino: int, keep: bool) -> tuple[dict, bool]:
+        """(its sysctls (engine/netvars.py) when `keep`, whether its lo is up) of the network namespace no
+        process of the tree is in that mount `m` binds (as process `pid` sees it); FsError when a user
+        namespace of the tree owns it or it holds what a fresh one lacks (engine/netdevs.py)."""
+        from engine import netdevs, netvars
+        where, undo = f"mount {m.mnt_id} ({m.mountpoint})", _undo("net", m.mountpoint)
+        fd = _open_bound(pid, m.mountpoint, ino)
+        if not isinstance(fd, str) and _owned_by_tree(fd):
+            os.close(fd)
+            fd = ("a user namespace of the tree owns it, and no process of the tree is in it (mntcr makes such "
+                  "network namespaces only as the dumper's)")
+        if isinstance(fd, str):
+            raise FsError(errno.EOPNOTSUPP, f"{where}: the network namespace bound on it: {fd}; unmount it before "
+                                            f"dump ({undo})")
+        try:
+            up = netdevs.lo_up_fd(fd, f"{where}: a network namespace only the bind keeps (nsfs, `ip netns add`):",
+                                  f"unmount it before dump ({undo})")
+            return (netvars.read_fd(fd) if keep else {}), up
+        except netdevs.NetdevError as e:
+            raise FsError(e.errno, e.strerror) from None
+        finally:
+            os.close(fd)
 
     def mount_source(self, ctx, m: dict, sb: dict, where: str) -> int:
-        """A detached bind of the restored namespace m binds: a process's (its lo brought up and IPv6
-        turned off as recorded), or a lone one made now."""
-        nsid = m["bound_ns"]
-        lone = (sb.get("lone_ns") or {}).get(nsid)
-        fd = _make_lone(lone, ctx.hostproc) if lone is not None else ctx.namespace_fd(nsid)
+        """A detached bind of the restored namespace m binds: a process's, or a lone one restore made
+        (engine/netdevs.py `new_netns`)."""
+        fd = ctx.namespace_fd(m["bound_ns"])
         if fd is None:
-            raise FsError(errno.EINVAL, f"{where}: no process of the image is in namespace {nsid}")
-        try:
-            net = (sb.get("net_state") or {}).get(nsid)
-            if lone is None and net is not None:
-                forkrun.run(_set_net_in, fd, net["lo"] == "up", net.get("ipv6_off") or (), ctx.hostproc)
-            return kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
-        finally:
-            if lone is not None:
-                os.close(fd)
-
-
-def _set_net_in(fd: int, lo_up: bool, ipv6_off, proc: int) -> None:
-    """In a child: give network namespace `fd` what the image recorded (`_set_net`)."""
-    kernel.setns(fd, kernel.CLONE_NEWNET)
-    _set_net(lo_up, ipv6_off, proc)
-
-
-_FRESH: dict = {}
-
-
-def _fresh(ipv6_off: tuple = ()) -> tuple[dict, dict]:
-    """A fresh network namespace's state with IPv6 off in `ipv6_off`, before and after its lo comes up
-    (engine/fds/inet_net.py), read once a run."""
-    if ipv6_off not in _FRESH:
-        _FRESH[ipv6_off] = forkrun.run(_fresh_in, ipv6_off, unshare_flags=kernel.CLONE_NEWNET)
-    return _FRESH[ipv6_off]
-
-
-def _fresh_in(ipv6_off) -> tuple[dict, dict]:
-    _set_net(False, ipv6_off)
-    return inet_net.fresh_state()
-
-
-def _make_lone(rec: dict, proc: int) -> int:
-    """An fd on a new network namespace as `rec` ({lo, ipv6_off?}) says, made by a child that unshares
-    it and sends it back; the child ends, the fd (then the bind) keeps it."""
-    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        forkrun.run(_unshare_and_send, theirs.fileno(), rec["lo"] == "up", rec.get("ipv6_off") or (), proc,
-                    unshare_flags=kernel.CLONE_NEWNET)
-        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
-    finally:
-        ours.close()
-        theirs.close()
-    if len(fds) != 1:
-        raise FsError(errno.EIO, "the helper making a network namespace sent none")
-    return fds[0]
-
-
-def _unshare_and_send(sock: int, lo_up: bool, ipv6_off, proc: int) -> None:
-    """In a child that unshared its network namespace: set it up (`_set_net`), send an fd on it."""
-    _set_net(lo_up, ipv6_off, proc)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as probe:
-        fd = inet_net.netns_fd(probe.fileno())   # (no /proc needed: the restorer may stand in a restored root)
-    s = socket.socket(fileno=os.dup(sock))
-    try:
-        socket.send_fds(s, [b"n"], [fd])
-    finally:
-        s.close()
-        os.close(fd)
+            raise FsError(errno.EINVAL, f"{where}: no process of the image is in namespace {m['bound_ns']}")
+        return kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
 
 
 TYPE = register(Nsfs("nsfs", keep_source=False))
