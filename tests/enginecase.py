@@ -734,3 +734,43 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "keeper":
         sys.exit(keeper_main(json.loads(sys.argv[2])))
     sys.exit("usage: enginecase.py keeper CONFIG_JSON")
+
+
+def mutate(doc: dict, muts, surface) -> None:
+    """Apply hypothesis mutations `muts` ([(choice, action, value)]) to manifest `doc` in place:
+    each picks a place among `surface(doc)` (paths of keys/indexes) and sets it to `value`,
+    deletes it, or duplicates it (appended to its list, or the value made a pair). The hardening
+    fuzzers' one way of changing an image."""
+    from hypothesis import note
+    for choice, action, value in muts:
+        places = surface(doc)
+        if not places:
+            break
+        path = places[choice % len(places)]
+        parent = doc
+        for k in path[:-1]:
+            parent = parent[k]
+        if action == "set":
+            parent[path[-1]] = value
+        elif action == "delete":
+            del parent[path[-1]]
+        elif isinstance(parent, list):
+            parent.append(json.loads(json.dumps(parent[path[-1]])))
+        else:
+            parent[path[-1]] = [parent[path[-1]], parent[path[-1]]]
+        note(f"{action} {path!r} <- {value!r}")
+
+
+def private_dirty(pid: int, addr: int) -> str:
+    """Private_Dirty (kB, as /proc/PID/smaps says it) of the mapping of `pid` that holds `addr`;
+    "none" when no mapping does."""
+    inside = False
+    with open(f"/proc/{pid}/smaps") as f:
+        for line in f:
+            words = line.split()
+            if "-" in words[0] and len(words) >= 5:
+                lo, hi = (int(x, 16) for x in words[0].split("-"))
+                inside = lo <= addr < hi
+            elif inside and words[0] == "Private_Dirty:":
+                return words[1]
+    return "none"

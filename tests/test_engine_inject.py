@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import enginecase
 from engine import inject, seccomp_eval
 
 pytestmark = pytest.mark.skipif(not inject.SUPPORTED, reason="engine/inject.py runs calls on x86-64 only")
@@ -109,20 +110,6 @@ int main(void) {
 """
 
 
-def _text_dirty(pid: int, addr: int) -> int:
-    """Private_Dirty kB of the mapping of `pid` that holds `addr`."""
-    inside = False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            words = line.split()
-            if "-" in words[0] and len(words) >= 5:
-                lo, hi = (int(x, 16) for x in words[0].split("-"))
-                inside = lo <= addr < hi
-            elif inside and words[0] == "Private_Dirty:":
-                return int(words[1])
-    raise AssertionError(f"no mapping of {pid} holds {addr:#x}")
-
-
 def test_a_running_thread_in_its_own_code_gets_nothing_written(tmp_path):
     """Two threads spinning in the same function, the main one not in a call: the calls run from a
     `syscall` the process's code already holds (its vdso's), so no page of its code becomes its
@@ -135,12 +122,12 @@ def test_a_running_thread_in_its_own_code_gets_nothing_written(tmp_path):
     p = subprocess.Popen([str(tmp_path / "spin")], stdout=subprocess.PIPE, text=True)
     try:
         spin = int(p.stdout.readline(), 16)
-        before = _text_dirty(p.pid, spin)
+        before = enginecase.private_dirty(p.pid, spin)
         for _ in range(20):
             ((answer, _words),) = inject.calls(p.pid, [(_GETPID, (), 0)])
             assert answer == p.pid
         assert p.poll() is None, "the process died of the calls"
-        assert _text_dirty(p.pid, spin) == before, "a page of its code was written"
+        assert enginecase.private_dirty(p.pid, spin) == before, "a page of its code was written"
         with open(f"/proc/{p.pid}/stat") as f:
             assert f.read().rsplit(")", 1)[1].split()[0] == "R"
     finally:

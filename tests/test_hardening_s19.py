@@ -375,23 +375,7 @@ def test_fuzz_session_18_fields(image_dir, muts):
     with tempfile.TemporaryDirectory(prefix="mntcr-s19-") as tmp:
         work = enginecase.copy_image(image_dir, tmp)
         doc = load_manifest(work)
-        for choice, action, value in muts:
-            places = _surface(doc)
-            if not places:
-                break
-            path = places[choice % len(places)]
-            parent = doc
-            for k in path[:-1]:
-                parent = parent[k]
-            if action == "set":
-                parent[path[-1]] = value
-            elif action == "delete":
-                del parent[path[-1]]
-            elif isinstance(parent, list):
-                parent.append(json.loads(json.dumps(parent[path[-1]])))
-            else:
-                parent[path[-1]] = [parent[path[-1]], parent[path[-1]]]
-            note(f"{action} {path!r} <- {value!r}")
+        enginecase.mutate(doc, muts, _surface)
         try:
             enginecase.save_manifest(work, doc)
         except (ValueError, UnicodeEncodeError):

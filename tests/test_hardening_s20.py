@@ -507,23 +507,7 @@ def test_fuzz_session_19_fields(image_dir, muts):
     leak, never a change of the host's ipc namespace or a packet to its ports."""
     with tempfile.TemporaryDirectory(prefix="mntcr-s20-") as tmp:
         work, doc = _fuzz_base(image_dir, tmp)
-        for choice, action, value in muts:
-            places = _surface(doc)
-            if not places:
-                break
-            path = places[choice % len(places)]
-            parent = doc
-            for k in path[:-1]:
-                parent = parent[k]
-            if action == "set":
-                parent[path[-1]] = value
-            elif action == "delete":
-                del parent[path[-1]]
-            elif isinstance(parent, list):
-                parent.append(json.loads(json.dumps(parent[path[-1]])))
-            else:
-                parent[path[-1]] = [parent[path[-1]], parent[path[-1]]]
-            note(f"{action} {path!r} <- {value!r}")
+        enginecase.mutate(doc, muts, _surface)
         try:
             json.dumps(doc).encode()
         except (ValueError, UnicodeEncodeError):

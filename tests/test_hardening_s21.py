@@ -485,20 +485,6 @@ def hostile_bin(tmp_path_factory):
     return str(d / "host")
 
 
-def _code_dirty(pid: int, pc: int) -> str:
-    """Private_Dirty of the mapping of `pid` that holds address `pc` (/proc/PID/smaps)."""
-    inside = False
-    with open(f"/proc/{pid}/smaps") as f:
-        for line in f:
-            words = line.split()
-            if "-" in words[0] and len(words) >= 5:
-                lo, hi = (int(x, 16) for x in words[0].split("-"))
-                inside = lo <= pc < hi
-            elif inside and words[0] == "Private_Dirty:":
-                return words[1]
-    return "none"
-
-
 def _syscall_line(pid: int, state: str = "S") -> str:
     """/proc/PID/syscall once it waits in pause(2) again (in `state`): the call, its arguments,
     stack pointer and program counter (at most 5 s: it runs back into the wait after a call ran
@@ -546,7 +532,7 @@ def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want, s
     try:
         assert p.stdout.readline() == b"ready\n"
         before = _syscall_line(p.pid)
-        dirty = _code_dirty(p.pid, int(before.split()[-1], 16))
+        dirty = enginecase.private_dirty(p.pid, int(before.split()[-1], 16))
         if stop:
             os.kill(p.pid, signal.SIGSTOP)
             _syscall_line(p.pid, "T")
@@ -555,7 +541,7 @@ def test_a_hostile_process_is_left_as_it_was(hostile_bin, tmp_path, how, want, s
             assert _syscall_line(p.pid, "T") == before and _state(p.pid) == "T"   # (back in its stop)
             os.kill(p.pid, signal.SIGCONT)
         assert p.poll() is None and _syscall_line(p.pid) == before
-        assert _code_dirty(p.pid, int(before.split()[-1], 16)) == dirty
+        assert enginecase.private_dirty(p.pid, int(before.split()[-1], 16)) == dirty
         if how == "shared-stack":
             assert os.stat(shared).st_blocks == 0
     finally:
@@ -706,23 +692,7 @@ def test_fuzz_session_20_fields(image_dir, muts):
     leak, never a change of the host's UTS names or ipc namespace, nor of our mask or flag."""
     with tempfile.TemporaryDirectory(prefix="mntcr-s21-") as tmp:
         work, doc = _fuzz_base(image_dir, tmp)
-        for choice, action, value in muts:
-            places = _surface(doc)
-            if not places:
-                break
-            path = places[choice % len(places)]
-            parent = doc
-            for k in path[:-1]:
-                parent = parent[k]
-            if action == "set":
-                parent[path[-1]] = value
-            elif action == "delete":
-                del parent[path[-1]]
-            elif isinstance(parent, list):
-                parent.append(json.loads(json.dumps(parent[path[-1]])))
-            else:
-                parent[path[-1]] = [parent[path[-1]], parent[path[-1]]]
-            note(f"{action} {path!r} <- {value!r}")
+        enginecase.mutate(doc, muts, _surface)
         try:
             json.dumps(doc).encode()
         except (ValueError, UnicodeEncodeError):
