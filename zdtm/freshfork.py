@@ -164,7 +164,7 @@ def _fork(target, fds: tuple[int, int, int], pass_fds: tuple[int, ...], cwd: str
 
 
 class Child:
-    """A forked child: `pid`, `stdin` and `stdout` (files of pipes to it, or None), `wait`, `kill`."""
+    """A forked child: `pid`, `stdin` and `stdout` (files of pipes to it, or None), `wait`, `poll`, `kill`."""
 
     def __init__(self, pid: int, stdin=None, stdout=None):
         self.pid = pid
@@ -176,6 +176,14 @@ class Child:
         """Its exit status (negative: killed by that signal); subprocess.TimeoutExpired after `timeout` seconds."""
         if self.returncode is None:
             self.returncode = os.waitstatus_to_exitcode(_wait(self.pid, timeout))
+        return self.returncode
+
+    def poll(self) -> int | None:
+        """Its exit status when it has ended (reaped then), else None (Popen.poll's meaning)."""
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
         return self.returncode
 
     def kill(self) -> None:
@@ -227,6 +235,12 @@ class _Fresh(Child):
         if self.returncode is None:
             _exited(self.pid, timeout)
             self.returncode = self.proc.wait()
+        return self.returncode
+
+    def poll(self) -> int | None:
+        """Its exit status when it has ended (reaped then), else None (Popen.poll's meaning)."""
+        if self.returncode is None:
+            self.returncode = self.proc.poll()
         return self.returncode
 
     def kill(self) -> None:
