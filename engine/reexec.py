@@ -45,7 +45,9 @@ def _where(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-_PATHS = ("/", "/usr", PYTHON, os.path.join(ENGINE_ROOT, "engine", "reexec.py"))
+# (the standard library's directory and the engine's: what the executed interpreter reads)
+_CODE_DIRS = (os.path.dirname(os.__file__), os.path.join(ENGINE_ROOT, "engine"))
+_PATHS = ("/", "/usr", PYTHON, os.path.join(ENGINE_ROOT, "engine", "reexec.py"), *_CODE_DIRS)
 # Where they were when the restorer imported this (the host's view, before anything of the image
 # is mounted or entered): a stand-in executes again only while its view is the same, never a
 # file an image provided (a stand-in holds the host's root ids).
@@ -81,6 +83,8 @@ def into_userns(sock_fd: int) -> None:
     interpreter again to serve the channel there (`main`); returns only when it cannot."""
     if None in _HOST or tuple(_where(p) for p in _PATHS) != _HOST or not os.access(PYTHON, os.X_OK):
         return
+    if _mounted_in(_CODE_DIRS):
+        return   # (a mount beneath the code it would read: maybe an image's, in a restored namespace)
     saved = _inheritable()
     prm = _permitted() & ((1 << (_last_cap() + 1)) - 1)
     modules = sorted(m for m in sys.modules if m.startswith("engine."))
@@ -101,6 +105,18 @@ def into_userns(sock_fd: int) -> None:
         os.set_inheritable(sock_fd, False)
         kernel._libc.prctl(_PR_CAP_AMBIENT, _CLEAR_ALL, 0, 0, 0)
         _inheritable(saved)
+
+
+def _mounted_in(dirs) -> bool:
+    """Whether a mount of our namespace lies on or beneath one of `dirs` (a module file or package
+    bound over by a restored tree's mounts would run with our ids; the host keeps none there)."""
+    with open("/proc/self/mountinfo", "rb") as f:
+        points = [line.split(b" ", 5)[4] for line in f]
+    for d in dirs:
+        want = os.fsencode(d).replace(b"\\", b"\\134").replace(b" ", b"\\040")
+        if any(p == want or p.startswith(want + b"/") for p in points):
+            return True
+    return False
 
 
 def _carry() -> int:
