@@ -89,6 +89,7 @@ def _places(pid: int, rip: int, rsp: int, n_words: int, stopped: bool) -> tuple[
     Not waiting in a call, it runs from a `syscall` its code already holds (`_existing`): code
     written to in a running process may be run by its other threads meanwhile (a JVM's threads,
     returning from their futex waits through the same libc page, ran our `syscall` and aborted)."""
+    from engine import threads
     sp, size = rsp & ~7, max(8 * n_words, 8)
     at = scratch = first_x = first_w = before = None
     code: list[tuple[int, int, bool]] = []   # (executable mappings: start, end, the vdso's)
@@ -125,7 +126,7 @@ def _places(pid: int, rip: int, rsp: int, n_words: int, stopped: bool) -> tuple[
     found = _existing(pid, code)
     if found is not None:
         return found, scratch, False
-    if not stopped and _threads(pid) > 1:
+    if not stopped and threads.tids(pid):
         raise InjectError(errno.EFAULT, f"process {pid} runs several threads and its code holds no `syscall` "
                                         "to run a call from (writing one, its other threads could run it)")
     return at, scratch, True
@@ -152,13 +153,6 @@ def _existing(pid: int, code: list[tuple[int, int, bool]], limit: int = 1 << 20)
         os.close(fd)
     return None
 
-
-def _threads(pid: int) -> int:
-    """How many threads `pid` has (1 when that cannot be read)."""
-    try:
-        return len(os.listdir(f"/proc/{pid}/task"))
-    except OSError:
-        return 1
 
 
 def _wait_stop(pid: int, timeout: float = 10.0) -> int:
