@@ -110,11 +110,12 @@ def into_userns(sock_fd: int) -> None:
 def _mounted_in(dirs) -> bool:
     """Whether a mount of our namespace lies on or beneath one of `dirs` (a module file or package
     bound over by a restored tree's mounts would run with our ids; the host keeps none there)."""
-    with open("/proc/self/mountinfo", "rb") as f:
-        points = [line.split(b" ", 5)[4] for line in f]
+    from engine import mountinfo
+    with open("/proc/self/mountinfo", errors="surrogateescape") as f:
+        points = [line.split(" ", 5)[4] for line in f]
     for d in dirs:
-        want = os.fsencode(d).replace(b"\\", b"\\134").replace(b" ", b"\\040")
-        if any(p == want or p.startswith(want + b"/") for p in points):
+        want = mountinfo.escape(d)
+        if any(p == want or p.startswith(want + "/") for p in points):
             return True
     return False
 
