@@ -96,6 +96,10 @@ class View:
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
 
+    def dumper_pidns(self) -> str:
+        """(dump's plan records the dumper's pid namespace: before the stop only its being allowed counts)"""
+        return "pid-dumper"
+
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
         `ns_name` (as dump's plan does it: the running tree's namespace itself is not touched)."""
