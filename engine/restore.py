@@ -469,7 +469,7 @@ def _check_task_room(doc: dict) -> None:
 
 class _Here:
     """The restorer itself as the maker of a superblock tagged with a namespace of its own that no
-    stand-in is in (a proc of the dumper's pid namespace, covered by the tree's: engine/fs/proc.py):
+    stand-in is in (a pid-bound superblock of the dumper's pid namespace that the tree's own covers):
     answers a stand-in channel's "fsmount" request in this process."""
 
     @staticmethod
