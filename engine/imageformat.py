@@ -1775,6 +1775,8 @@ def _check_timers(p: dict, what: str) -> None:
     which = [t["which"] for t in p.get("itimers") or ()]
     if len(set(which)) != len(which):
         _fail(f"{what}: two interval timers of one kind")
+    if p.get("timer_sig_caught", 0) & (1 << 8 | 1 << 18):
+        _fail(f"{what}: timer_sig_caught names SIGKILL or SIGSTOP: SIGKILL and SIGSTOP cannot be caught")
     extra = p.get("timer_sig_caught", 0) & ~sum(1 << (s - 1) for s in timersigs.delivered(p))
     if extra:
         _fail(f"{what}: timer_sig_caught names signals no timer of it delivers ({extra:#x})")

@@ -1,0 +1,126 @@
+"""Hostile images and hostile trees against session 21's surface: POSIX and interval timers and
+the signals they deliver (engine/posixtimers.py, engine/itimers.py, engine/timersigs.py), a lone
+network namespace bound on a file (nsfs `lone_ns`, `bound_ns`), a network namespace's sysctls and
+lo (engine/netvars.py, `net_lo_up`), and the stand-in executed again inside its user namespace
+(engine/reexec.py).
+
+The image is a real dump of a tree with each of those (`ip netns add` with lo up and a sysctl set,
+a process in a network namespace of its own with a sysctl set, a POSIX timer whose SIGUSR1 it
+catches, an interval timer), changed the way an attacker with write access to the image directory
+would. Each is refused with exit status 2 and one line, nothing left running or mounted, nothing of
+the host touched (test_hardening_hostile.refused), or restores with what the image says given to
+the tree alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
+
+import enginecase
+from engine import inject
+from enginecase import case, load_manifest  # noqa: F401  (fixture)
+from test_hardening_hostile import _mutated, refused
+
+_BODY = """
+import ctypes, signal, struct
+libc = ctypes.CDLL(None, use_errno=True)
+def ok(r):
+    if r == -1:
+        raise OSError(ctypes.get_errno(), "setup")
+    return r
+open("/proc/sys/net/unix/max_dgram_qlen", "w").write("77")
+signal.signal(signal.SIGUSR1, lambda *_: None)
+signal.signal(signal.SIGALRM, lambda *_: None)
+sev = ctypes.create_string_buffer(struct.pack("=Qiii", 42, signal.SIGUSR1, 0, 0).ljust(64, b"\\0"), 64)
+t = ctypes.c_int()
+ok(libc.timer_create(1, sev, ctypes.byref(t)))
+ok(libc.timer_settime(ctypes.c_void_p(t.value), 0, struct.pack("=4q", 7, 0, 3600, 0), None))
+signal.setitimer(signal.ITIMER_REAL, 3600, 5)
+"""
+SETUP = """
+ip netns add blue
+nsenter --net=/run/netns/blue ip link set lo up
+nsenter --net=/run/netns/blue sh -c 'echo 55 > /proc/sys/net/unix/max_dgram_qlen'
+""" + "exec unshare -n " + enginecase.py_hold(_BODY)[len("exec "):]
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """The dumped tree of SETUP."""
+    if shutil.which("ip") is None:
+        pytest.skip("ip (iproute2) is not installed: the tree binds a network namespace with it")
+    if not inject.SUPPORTED:
+        pytest.skip("timers are read by calls made in the process: engine/inject.py runs them on x86_64 only")
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _hold(d) -> dict:
+    """The holding process (the one with timers, in a network namespace of its own)."""
+    return next(p for p in d["processes"] if p.get("posix_timers"))
+
+
+def _lone(d) -> tuple[str, str]:
+    """(superblock id, lone network namespace id) of the `ip netns add` bind."""
+    return next((sid, sb["lone_ns"][0]) for sid, sb in d["superblocks"].items() if sb.get("lone_ns"))
+
+
+def test_image_has_what_the_tests_change(image_dir):
+    d = load_manifest(image_dir)
+    p = _hold(d)
+    sid, lone = _lone(d)
+    assert [t["signo"] for t in p["posix_timers"]] == [10], p["posix_timers"]
+    assert [t["which"] for t in p["itimers"]] == [0], p["itimers"]
+    assert p["timer_sig_caught"] == (1 << 9) | (1 << 13), p.get("timer_sig_caught")
+    assert d["netvars"][p["ns"]["net"]] == {"unix/max_dgram_qlen": "77\n"}, d["netvars"]
+    assert d["netvars"][lone] == {"unix/max_dgram_qlen": "55\n"}, d["netvars"]
+    assert lone in d["net_lo_up"], d.get("net_lo_up")
+
+
+def _try(image_dir, tmp_path, mutate) -> tuple[int, str]:
+    """Restore the image changed by `mutate`: (exit status, stderr), the tree killed when it ran."""
+    from test_hardening_images import restore_outcome
+    img = _mutated(image_dir, tmp_path, mutate)
+    return restore_outcome(img, list(enginecase.RESTORE_EXTERNALS), str(tmp_path))
+
+
+# --- timers ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("signo", [9, 19])
+def test_an_uncatchable_timer_signal_caught_is_refused_by_the_validator(image_dir, tmp_path, signo):
+    """A timer of SIGKILL or SIGSTOP with that signal in timer_sig_caught (the kernel never shows
+    either caught): refused by the image check naming it, not by the stand-in's sigaction failing
+    in its last steps ("rt_sigaction: Invalid argument")."""
+    def mutate(d):
+        p = _hold(d)
+        p["posix_timers"][0]["signo"] = signo
+        p["timer_sig_caught"] = (p["timer_sig_caught"] & ~(1 << 9)) | 1 << (signo - 1)
+    refused(_mutated(image_dir, tmp_path, mutate), r"timer_sig_caught.*SIGKILL and SIGSTOP cannot be caught", tmp_path)
+
+
+# --- network namespaces' sysctls ------------------------------------------------------------------
+
+def test_a_congestion_control_the_kernel_has_not_loaded_is_refused(image_dir, tmp_path):
+    """net/ipv4/tcp_congestion_control naming a module the kernel has not loaded: written by the
+    restorer (CAP_NET_ADMIN of the host's) it would have the kernel run modprobe tcp_NAME on the host
+    (tcp_ca_find_autoload). Refused before any write, naming what to do; before, the write was made
+    (here "No such file or directory": this kernel has no modules)."""
+    def mutate(d):
+        d["netvars"][_hold(d)["ns"]["net"]]["ipv4/tcp_congestion_control"] = "mntcrnone\n"
+    refused(_mutated(image_dir, tmp_path, mutate),
+            r"tcp_congestion_control = 'mntcrnone': not loaded by this kernel .*load it on the host first", tmp_path)
+
+
+def test_a_loaded_congestion_control_is_restored(image_dir, tmp_path):
+    """One the kernel has (reno, always built in) is written: the check lets a real one through."""
+    def mutate(d):
+        d["netvars"][_hold(d)["ns"]["net"]]["ipv4/tcp_congestion_control"] = "reno\n"
+    assert _try(image_dir, tmp_path, mutate) == (0, "")
