@@ -124,3 +124,62 @@ def test_a_loaded_congestion_control_is_restored(image_dir, tmp_path):
     def mutate(d):
         d["netvars"][_hold(d)["ns"]["net"]]["ipv4/tcp_congestion_control"] = "reno\n"
     assert _try(image_dir, tmp_path, mutate) == (0, "")
+
+
+# --- the stand-in executed again inside its user namespace (engine/reexec.py) ---------------------
+
+_REEXEC = """
+import os, socket, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from engine import reexec
+libc = next(line.split()[5] for line in open("/proc/self/maps") if "/libc.so" in line)
+how = sys.argv[2]
+if how == "libc":   # (a copy of the C library bound over it: another file where the loader looks)
+    subprocess.run(["cp", libc, "/tmp/.mntcr-s22-libc"], check=True)
+    subprocess.run(["mount", "--bind", "/tmp/.mntcr-s22-libc", libc], check=True)
+elif how == "etc":   # (a tmpfs over /etc, where ld.so.preload and the loader's cache are)
+    subprocess.run(["mount", "-t", "tmpfs", "image", "/etc"], check=True)
+elif how == "env":
+    os.environ["LD_PRELOAD"] = "/nonexistent/mntcr-s22.so"
+    os.environ["PYTHONWARNINGS"] = "error::mntcr_s22_nonexistent.Warning"
+a, b = socket.socketpair()
+a.close()   # (an executed stand-in finds its channel closed and exits 1)
+reexec.into_userns(b.fileno())
+print("returned", flush=True)
+"""
+
+
+def _reexec(how: str):
+    import subprocess
+    import sys
+    from test_engine_reexec import ROOT
+    try:
+        return subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-S", "-c", _REEXEC, ROOT,
+                               how], capture_output=True, text=True, timeout=60)
+    finally:
+        if os.path.exists("/tmp/.mntcr-s22-libc"):
+            os.unlink("/tmp/.mntcr-s22-libc")
+
+
+@pytest.mark.parametrize("how", ["libc", "etc"])
+def test_no_exec_where_the_loader_would_map_anothers_code(how):
+    """A mount over the C library, or over /etc (ld.so.preload, ld.so.cache), in the stand-in's view
+    (a restored root that is the host's, with the image's mounts on it): the stand-in, which holds
+    the host's root ids, goes on as forked instead of executing the interpreter, whose loader would
+    map the image's code. Before, only the standard library's and the engine's directories were
+    looked at: it executed."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (mounts in a namespace of its own)")
+    r = _reexec(how)
+    assert r.stdout.strip() == "returned", (r.returncode, r.stdout, r.stderr[-500:])
+
+
+def test_exec_takes_no_loader_or_interpreter_variable_of_the_restorers():
+    """LD_PRELOAD and PYTHON* variables of the restorer's environment name paths the executed
+    interpreter would look up in the stand-in's view: they are not passed (it executes, and neither
+    the loader nor the warnings filter reads them). Before, both were: the loader complained."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (unshare -m)")
+    r = _reexec("env")
+    assert "returned" not in r.stdout and r.returncode == 1, (r.returncode, r.stdout, r.stderr[-500:])
+    assert "mntcr-s22" not in r.stderr and "mntcr_s22" not in r.stderr, r.stderr[-500:]
