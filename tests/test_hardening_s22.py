@@ -183,3 +183,42 @@ def test_exec_takes_no_loader_or_interpreter_variable_of_the_restorers():
     r = _reexec("env")
     assert "returned" not in r.stdout and r.returncode == 1, (r.returncode, r.stdout, r.stderr[-500:])
     assert "mntcr-s22" not in r.stderr and "mntcr_s22" not in r.stderr, r.stderr[-500:]
+
+
+# --- namespaces bound on files: the lone one and the ones the processes are in --------------------
+
+def _unlone(d) -> dict:
+    """Drop the lone namespace (its netvars, its lo): the bind is free to name another; its mount."""
+    sid, lone = _lone(d)
+    del d["superblocks"][sid]["lone_ns"]
+    del d["netvars"][lone]
+    d["net_lo_up"].remove(lone)
+    return next(m for ns in d["mntns"].values() for m in ns["mounts"] if m.get("bound_ns"))
+
+
+def _lone_is_the_process(d):
+    sid, lone = _lone(d)
+    _unlone(d)
+    d["superblocks"][sid]["lone_ns"] = [_hold(d)["ns"]["net"]]
+
+
+def _bound_is_the_hosts(kind: str):
+    def mutate(d):
+        m, p = _unlone(d), _hold(d)
+        if kind not in p.setdefault("host_ns", []):
+            p["host_ns"].append(kind)
+        d["netvars"].pop(p["ns"]["net"], None) if kind == "net" else None
+        m["bound_ns"] = p["ns"][kind]
+    return mutate
+
+
+@pytest.mark.parametrize("mutate, pattern", [
+    (_lone_is_the_process, r"lone namespace 'net-\d+' is no net-N apart from the processes' ones"),
+    (_bound_is_the_hosts("net"), r"binds namespace net-\d+, which the image does not make"),
+    (_bound_is_the_hosts("cgroup"), r"binds namespace cgroup-\d+, which the image does not make"),
+], ids=["lone-is-a-process's", "bound-host-net", "bound-host-cgroup"])
+def test_a_bind_of_the_hosts_namespace_or_a_confused_lone_one_is_refused(image_dir, tmp_path, mutate, pattern):
+    """A lone namespace that is a process's (restore would make it twice, its sysctls written where
+    the process is), a bind naming a namespace a process has as the host's (restore would bind the
+    restorer's own network or cgroup namespace into the tree): refused by the image check."""
+    refused(_mutated(image_dir, tmp_path, mutate), pattern, tmp_path)
