@@ -222,3 +222,96 @@ def test_a_bind_of_the_hosts_namespace_or_a_confused_lone_one_is_refused(image_d
     the process is), a bind naming a namespace a process has as the host's (restore would bind the
     restorer's own network or cgroup namespace into the tree): refused by the image check."""
     refused(_mutated(image_dir, tmp_path, mutate), pattern, tmp_path)
+
+
+# --- hostile trees: what the dump reads changes while it reads it ---------------------------------
+
+_CHURN_LIB = """
+import ctypes, os, random, signal, struct, threading
+libc = ctypes.CDLL(None, use_errno=True)
+signal.signal(signal.SIGUSR1, lambda *_: None)
+def make(clock, signo, notify, tid=0):
+    sev = ctypes.create_string_buffer(struct.pack("=Qiii", 7, signo, notify, tid).ljust(64, b"\\0"), 64)
+    t = ctypes.c_int()
+    if libc.timer_create(clock, sev, ctypes.byref(t)) != 0:
+        return None
+    libc.timer_settime(ctypes.c_void_p(t.value), 0, struct.pack("=4q", 0, 0, 600 + random.randrange(60), 0), None)
+    return t.value
+"""
+# Timers made and deleted without end by a second thread (ids move on; with `odd`, now and then
+# one dump refuses: on the process's CPU clock named by its pid, or notifying that thread).
+_TIMERS_CHURN = _CHURN_LIB + """
+def churn(odd):
+    live = []
+    while True:
+        if odd and random.random() < 0.3:
+            clock = -((os.getpid() << 3) + 8) + 6 if random.random() < 0.5 else 1   # (~pid << 3 | SCHED)
+            live.append(make(clock, signal.SIGUSR1, 4 if clock == 1 else 0, threading.get_native_id()))
+        else:
+            live.append(make(random.choice((0, 1, 7)), signal.SIGUSR1, random.choice((0, 1))))
+        if len(live) > 8:
+            t = live.pop(random.randrange(len(live)))
+            if t is not None:
+                libc.timer_delete(ctypes.c_void_p(t))
+threading.Thread(target=churn, args=(ODD,), daemon=True).start()
+"""
+# The tree's own network namespace's sysctls written without end by a second thread.
+_NETVARS_CHURN = """
+import random, threading
+def churn():
+    while True:
+        for name, v in (("unix/max_dgram_qlen", random.randrange(20, 90)), ("ipv4/ip_default_ttl", random.randrange(2, 250))):
+            with open("/proc/sys/net/" + name, "w") as f:
+                f.write(str(v))
+threading.Thread(target=churn, daemon=True).start()
+"""
+# A bind of the tree's own uts namespace made and unmounted without end by a second thread.
+_BIND_CHURN = """
+import ctypes, threading
+libc = ctypes.CDLL(None, use_errno=True)
+open("/run/.uts", "w").close()
+def churn():
+    while True:
+        libc.mount(b"/proc/self/ns/uts", b"/run/.uts", None, 4096, None)   # (MS_BIND)
+        libc.umount2(b"/run/.uts", 2)   # (MNT_DETACH)
+threading.Thread(target=churn, daemon=True).start()
+"""
+
+
+def _alive_and_running(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] in "RSD"
+
+
+@pytest.mark.parametrize("body, whole", [
+    (_TIMERS_CHURN.replace("ODD", "False"), True), (_TIMERS_CHURN.replace("ODD", "True"), False),
+    (_NETVARS_CHURN, True), (_BIND_CHURN, False),
+], ids=["timers", "timers-some-refused", "netns-sysctls", "nsfs-bind"])
+def test_a_tree_changing_what_dump_reads_is_dumped_whole_or_refused_running(case, body, whole):
+    """A process making and deleting POSIX timers (some of kinds dump refuses), writing its network
+    namespace's sysctls, or binding and unmounting its uts namespace, all the time: each of three
+    dumps either succeeds and the image restores, or is refused in one line with the tree running
+    on (resumed if it was stopped) - never a hang, never an image restore refuses. (`whole`: the
+    tree holds nothing dump refuses, so each dump must succeed.)"""
+    if not inject.SUPPORTED:
+        pytest.skip("timers are read by calls made in the process: engine/inject.py runs them on x86_64 only")
+    setup = enginecase.py_hold(body)
+    if body == _NETVARS_CHURN:
+        setup = "exec unshare -n " + setup[len("exec "):]
+    pid = case.start(setup)
+    outcomes = []
+    for _ in range(3):
+        images = case.new_images_dir()
+        try:
+            case.dump(pid, images)
+        except enginecase.CRError as e:
+            lines = e.proc.stderr.strip().splitlines()
+            assert e.proc.returncode == 2 and len(lines) == 1 and "Traceback" not in e.proc.stderr, e.proc.stderr
+            assert _alive_and_running(pid), f"a refused dump left the tree stopped or gone: {lines[0]}"
+            outcomes.append("refused: " + lines[0])
+            continue
+        pid = case.restore(images)   # (raises CRError when the image it dumped is refused)
+        outcomes.append("restored")
+    print(outcomes)
+    if whole:
+        assert outcomes == ["restored"] * 3, outcomes
