@@ -315,3 +315,137 @@ def test_a_tree_changing_what_dump_reads_is_dumped_whole_or_refused_running(case
     print(outcomes)
     if whole:
         assert outcomes == ["restored"] * 3, outcomes
+
+
+# --- fuzz: session 21's fields mutated at random --------------------------------------------------
+
+def _surface(doc) -> list[tuple]:
+    """The places of session 21's fields in the image: each process's POSIX timers, interval timers
+    and caught timer signals, the netvars and net_lo_up, the superblocks' lone namespaces and the
+    mounts' bound ones."""
+    from test_hardening_images import _nodes
+
+    def dicts(v):
+        return v if isinstance(v, dict) else {}
+
+    def items(v):
+        return enumerate(v) if isinstance(v, list) else ()
+    roots = [(k,) for k in ("netvars", "net_lo_up") if k in doc]
+    roots += [("superblocks", s, "lone_ns") for s, sb in dicts(doc.get("superblocks")).items() if "lone_ns" in dicts(sb)]
+    for n, ns in dicts(doc.get("mntns")).items():
+        roots += [("mntns", n, "mounts", i, "bound_ns") for i, m in items(dicts(ns).get("mounts"))
+                  if "bound_ns" in dicts(m)]
+    for i, p in items(doc.get("processes")):
+        roots += [("processes", i, k) for k in ("posix_timers", "itimers", "timer_sig_caught") if k in dicts(p)]
+    out = []
+    for root in roots:
+        node = doc
+        for k in root:
+            node = node[k]
+        out += [root + path for path, _ in _nodes(node)]
+    return out
+
+
+_HOST_NET = ("unix/max_dgram_qlen", "ipv4/ip_default_ttl", "ipv4/tcp_congestion_control", "ipv4/ping_group_range",
+             "ipv6/conf/all/disable_ipv6", "core/somaxconn")
+
+
+def _ours() -> tuple:
+    """What a restore must leave as it is here: our network namespace's sysctls, our signal mask and
+    handlers of the timer signals, our timers."""
+    import signal
+    net = []
+    for name in _HOST_NET:
+        try:
+            with open("/proc/sys/net/" + name) as f:
+                net.append(f.read())
+        except OSError:
+            net.append(None)
+    with open("/proc/self/status") as f:
+        masks = [line for line in f if line.startswith(("SigBlk", "SigCgt"))]
+    with open("/proc/self/timers") as f:
+        timers = f.read()
+    return net, masks, signal.getitimer(signal.ITIMER_REAL)[0] > 0, timers, os.readlink("/proc/self/ns/net")
+
+
+def _outcome_host_unchanged(work: str, doc: dict, tmp: str) -> None:
+    """Restore `work` (test_hardening_images.restore_outcome: one line or success, no leak); our
+    network namespace, mask, handlers and timers untouched."""
+    from test_hardening_images import restore_outcome
+    enginecase.save_manifest(work, doc)
+    before = _ours()
+    code, err = restore_outcome(work, list(enginecase.RESTORE_EXTERNALS), tmp)
+    event("restored" if code == 0 else "refused: " + re.sub(r"\d+", "N", err.split(":")[1].strip())[:40])
+    assert _ours() == before
+
+
+_EXAMPLES = int(os.environ.get("MNTCR_S22_EXAMPLES") or 0)
+
+
+def _mutations():
+    from test_hardening_s19 import _MUTATIONS
+    return _MUTATIONS
+
+
+@settings(max_examples=_EXAMPLES or 10, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(muts=_mutations())
+def test_fuzz_session_21_fields(image_dir, muts):
+    """Random changes (hostile values, deletions, duplicates) of session 21's fields: restore
+    refuses in one line (exit 2, no traceback) or restores (the tree is then killed); never a leak,
+    never a change of our network namespace's sysctls, our mask, handlers or timers."""
+    with tempfile.TemporaryDirectory(prefix="mntcr-s22-") as tmp:
+        work = enginecase.copy_image(image_dir, tmp)
+        doc = load_manifest(work)
+        enginecase.mutate(doc, muts, _surface)
+        try:
+            json.dumps(doc).encode()
+        except (ValueError, UnicodeEncodeError):
+            return   # (not representable as JSON)
+        _outcome_host_unchanged(work, doc, tmp)
+
+
+def _at(doc, path: tuple):
+    node = doc
+    for k in path:
+        node = node[k]
+    return node
+
+
+@settings(max_examples=_EXAMPLES or 10, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(-(1 << 33), 1 << 33),
+                                  st.sampled_from(["1\n", "0\n", "reno\n", "bbr\n", "-1\n", "4096 8192\n", "x" * 1025,
+                                                   "../x", "net-0", "net-1", "pid-0", "uts-0", "lo\n"]),
+                                  st.booleans()), min_size=1, max_size=4))
+def test_fuzz_session_21_values_in_range(image_dir, changes):
+    """As above with values of the field's own type (near its old one, or any; a sysctl text or a
+    namespace id), so that more images pass the validator and reach what restore makes of them:
+    timer ids, clocks, signals, values, the sysctls' texts and names, the namespace ids."""
+    with tempfile.TemporaryDirectory(prefix="mntcr-s22-") as tmp:
+        work = enginecase.copy_image(image_dir, tmp)
+        doc = load_manifest(work)
+        for choice, number, text, near in changes:
+            places = [p for p in _surface(doc) if type(_at(doc, p)) in (int, str, bool)]
+            if not places:
+                break
+            path = places[choice % len(places)]
+            parent = _at(doc, path[:-1])
+            old = parent[path[-1]]
+            if type(old) is bool:
+                parent[path[-1]] = not old
+            elif type(old) is int:
+                parent[path[-1]] = old + number % 3 - 1 if near else number
+            else:
+                parent[path[-1]] = text
+            note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+        if "netvars" in doc and doc["netvars"] and not changes[0][3]:
+            # (a name of the netvars renamed now and then: names are keys, not values)
+            ns = sorted(doc["netvars"])[changes[0][0] % len(doc["netvars"])]
+            if doc["netvars"][ns]:
+                old = sorted(doc["netvars"][ns])[0]
+                new = ["ipv4/tcp_congestion_control", "ipv4/conf/eth0/forwarding", "core/../../kernel/x",
+                       "ipv4/neigh/default/gc_thresh1", "unix/max_dgram_qlen"][changes[0][1] % 5]
+                doc["netvars"][ns][new] = doc["netvars"][ns].pop(old)
+                note(f"netvars {ns}: {old} renamed {new}")
+        _outcome_host_unchanged(work, doc, tmp)
