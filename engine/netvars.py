@@ -12,7 +12,8 @@ Restore writes them in the namespace it made, from a child joined to it: the `al
 device settings first (writing them changes the devices'), then the rest, a write the kernel
 refuses tried again once after the others (ip_local_port_range must stay above
 ip_unprivileged_port_start: written in the dumped state's order, either may come first). One the
-kernel refuses still fails the restore in one line.
+kernel refuses still fails the restore in one line, and so does a tcp_congestion_control the kernel has
+not loaded (the restorer's write would load module tcp_NAME: `_LOADED`).
 
 Only names under `TOPS` (the kernel's per-namespace tables a non-initial namespace shows), no
 ".." or "." component: restore never writes another namespace's, and never the host's (the

@@ -14,7 +14,11 @@ capabilities: they are raised ambient for the exec and put back right after (`ma
 modules the restorer had loaded are imported again before the stand-in serves its channel (it
 may chroot later, where the engine is out of reach). Where the interpreter or the engine cannot
 be reached, or lie elsewhere than in the host's view the restorer started with (a late
-stand-in inside its restored root), the stand-in goes on as forked (`into_userns` returns).
+stand-in inside its restored root), or what the loader would map (its libraries, their cache,
+ld.so.preload) is not the host's file or lies beneath a mount, the stand-in goes on as forked
+(`into_userns` returns): it holds the host's root ids, and a restored root that is the host's may
+carry an image's mount over a library. The exec passes none of the restorer's LD_* and PYTHON*
+variables (paths they name would be looked up in the stand-in's view).
 """
 
 from __future__ import annotations
