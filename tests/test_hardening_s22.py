@@ -44,6 +44,11 @@ t = ctypes.c_int()
 ok(libc.timer_create(1, sev, ctypes.byref(t)))
 ok(libc.timer_settime(ctypes.c_void_p(t.value), 0, struct.pack("=4q", 7, 0, 3600, 0), None))
 signal.setitimer(signal.ITIMER_REAL, 3600, 5)
+import socket
+srv = socket.socket(socket.AF_UNIX)
+srv.bind("/run/.s22.tmp")   # (bound under a temporary name, renamed into place: supervisord's way)
+os.rename("/run/.s22.tmp", "/run/s22.sock")
+srv.listen(4)
 """
 SETUP = """
 ip netns add blue
@@ -83,6 +88,12 @@ def test_image_has_what_the_tests_change(image_dir):
     assert d["netvars"][p["ns"]["net"]] == {"unix/max_dgram_qlen": "77\n"}, d["netvars"]
     assert d["netvars"][lone] == {"unix/max_dgram_qlen": "55\n"}, d["netvars"]
     assert lone in d["net_lo_up"], d.get("net_lo_up")
+    assert _listener(d)["path"] == "/run/.s22.tmp" and _listener(d)["bound"]["path"] == "/run/s22.sock", _listener(d)
+
+
+def _listener(d) -> dict:
+    """The holding process's unix listener's fd entry."""
+    return next(f for f in _hold(d)["fds"] if f.get("listen"))
 
 
 def _try(image_dir, tmp_path, mutate) -> tuple[int, str]:
@@ -449,3 +460,46 @@ def test_fuzz_session_21_values_in_range(image_dir, changes):
                 doc["netvars"][ns][new] = doc["netvars"][ns].pop(old)
                 note(f"netvars {ns}: {old} renamed {new}")
         _outcome_host_unchanged(work, doc, tmp)
+
+
+# --- a unix socket's file on the host's files (an external mount) ---------------------------------
+
+def _on_external(base: str, path: str | None = None):
+    """The listener's socket file named `base` in the directory of the /etc external mount (given
+    at restore as a directory of the test's); bound under `path` (its own temporary name, else
+    the file's own)."""
+    def mutate(d):
+        etc = next(m for ns in d["mntns"].values() for m in ns["mounts"] if m.get("external") == "etc")
+        e = _listener(d)
+        etc["mount_opts"] = [o for o in etc["mount_opts"] if o != "ro"]   # (the user's directory, writable)
+        e["bound"] = {"mnt": etc["id"], "path": "/" + base}   # (beneath the mount)
+        e["path"] = path or "/etc/" + base
+    return mutate
+
+
+def _restore_with_etc(img: str, etc: str, tmp_path) -> tuple[int, str]:
+    """Restore `img` with its /etc external given as directory `etc`: (exit status, stderr); the tree
+    killed when it ran."""
+    from zdtm.snapshot import kill_tree
+    pidfile = str(tmp_path / "s22.pid")
+    r = enginecase.mntcr("restore", "-D", img, "--external", "mnt[usr]:/usr", "--external", f"mnt[etc]:{etc}",
+                         "--pidfile", pidfile, timeout=60)
+    if r.returncode == 0:
+        with open(pidfile) as f:
+            kill_tree(int(f.read()))
+    return r.returncode, r.stderr.strip()
+
+
+def test_a_renamed_socket_file_replaces_no_file_of_the_host(image_dir, tmp_path):
+    """A listener bound under a temporary name whose socket file was renamed onto the name of a
+    regular file of an external directory (the host's /etc, given by the user): restore binds it
+    beside and renames it into place - over the host's file, which it replaced with a socket before.
+    Refused in one line; the file is as it was."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "shadow").write_text("root:secret\n")
+    code, err = _restore_with_etc(_mutated(image_dir, tmp_path, _on_external("shadow", "/etc/.s22.tmp")), str(etc),
+                                  tmp_path)
+    assert (etc / "shadow").is_file() and (etc / "shadow").read_text() == "root:secret\n", err
+    assert code == 2 and re.search(r"shadow.*is another file", err), err
+    assert sorted(os.listdir(etc)) == ["shadow"], os.listdir(etc)

@@ -223,7 +223,13 @@ def _bind_renamed(s: socket.socket, spec: dict, d: int, name: str, ids: tuple[in
             if not bind_beside(s, at, name, ids):
                 raise FdError(errno.EOPNOTSUPP, f"{name}: its socket file has another name ({spec['base']}), "
                                                 "which a name with '.' or '..' components cannot be bound beside")
-            mapped(ids, d, lambda: os.rename(made, spec["base"], src_dir_fd=at, dst_dir_fd=d))
+            try:
+                mapped(ids, d, _rename_noreplace, at, made, d, spec["base"])
+            except FileExistsError:
+                # (a socket file of that name was unlinked above: this one is no socket, maybe the
+                # host's own on an external mount, which a rename would have replaced)
+                raise FdError(errno.EEXIST, f"{name}: its socket file's name {spec['base']!r} is another file "
+                                            "(no socket) in its directory: not replaced; remove it first") from None
         finally:
             os.close(at)
     finally:
@@ -235,6 +241,15 @@ def _bind_renamed(s: socket.socket, spec: dict, d: int, name: str, ids: tuple[in
             os.rmdir(sub, dir_fd=d)
 
         mapped(ids, d, clean)
+
+
+def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE): FileExistsError when `dst` exists."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), 1) != 0:   # (RENAME_NOREPLACE)
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), dst)
 
 
 def _chmod(spec: dict, d: int | None) -> None:
