@@ -503,3 +503,40 @@ def test_a_renamed_socket_file_replaces_no_file_of_the_host(image_dir, tmp_path)
     assert (etc / "shadow").is_file() and (etc / "shadow").read_text() == "root:secret\n", err
     assert code == 2 and re.search(r"shadow.*is another file", err), err
     assert sorted(os.listdir(etc)) == ["shadow"], os.listdir(etc)
+
+
+def test_a_live_socket_of_the_host_is_not_taken_over(image_dir, tmp_path):
+    """A listener whose socket file is named as a live listening socket of an external directory
+    (a host daemon's, in a directory the user gave): restore unlinked it as the dumped socket's
+    stale node and bound the tree's listener there - the host's clients then reached the tree.
+    Refused in one line; the host's socket still answers."""
+    import socket
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    host = socket.socket(socket.AF_UNIX)
+    host.bind(str(etc / "daemon.sock"))
+    host.listen(1)
+    try:
+        code, err = _restore_with_etc(_mutated(image_dir, tmp_path, _on_external("daemon.sock")), str(etc), tmp_path)
+        c = socket.socket(socket.AF_UNIX)
+        c.settimeout(5)
+        c.connect(str(etc / "daemon.sock"))
+        host.settimeout(5)
+        host.accept()[0].close()   # (it reached the host's listener, not the tree's)
+        c.close()
+        assert code == 2 and re.search(r"daemon.sock.*a live socket", err), err
+    finally:
+        host.close()
+
+
+def test_a_stale_socket_file_is_replaced(image_dir, tmp_path):
+    """The same name holding a socket file nobody listens on (the dumped tree's, its listener
+    gone): replaced by the restored listener, as before (the check above refuses live ones only)."""
+    import socket
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    old = socket.socket(socket.AF_UNIX)
+    old.bind(str(etc / "daemon.sock"))
+    old.close()
+    code, err = _restore_with_etc(_mutated(image_dir, tmp_path, _on_external("daemon.sock")), str(etc), tmp_path)
+    assert code == 0, err
