@@ -1287,12 +1287,16 @@ def _check_counts(doc: dict) -> None:
         total += len(ns["mounts"])
     if total > MAX_MOUNTS:
         _fail(f"{total} mounts is absurd (at most {MAX_MOUNTS})")
-    nfds = nthreads = 0
+    nfds = nthreads = ntimers = 0
     for i, p in enumerate(procs):
-        if type(p) is not dict or type(p.get("fds")) is not list or type(p.get("threads", [])) is not list:
+        if type(p) is not dict or type(p.get("fds")) is not list or type(p.get("threads", [])) is not list \
+                or type(p.get("posix_timers", [])) is not list:
             check_record(PROCESS, p, f"process #{i}")
         nfds += len(p["fds"])
         nthreads += len(p.get("threads", ()))
+        ntimers += len(p.get("posix_timers", ()))
+    if ntimers > posixtimers.MAX_ALL:   # (each one restore makes is kernel memory of the host's)
+        _fail(f"{ntimers} POSIX timers is absurd (at most {posixtimers.MAX_ALL} in all)")
     if nfds > MAX_FDS:
         _fail(f"{nfds} fds is absurd (at most {MAX_FDS})")
     if nthreads + len(procs) > MAX_PID:   # (each thread has a pid of the host's)

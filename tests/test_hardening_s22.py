@@ -540,3 +540,28 @@ def test_a_stale_socket_file_is_replaced(image_dir, tmp_path):
     old.close()
     code, err = _restore_with_etc(_mutated(image_dir, tmp_path, _on_external("daemon.sock")), str(etc), tmp_path)
     assert code == 0, err
+
+
+def test_timers_are_bounded_in_all(image_dir, monkeypatch):
+    """Each process may have 65536 POSIX timers, and an image has up to 100,000 processes: each
+    timer restore makes is kernel memory of the host's (the stand-in raises its RLIMIT_SIGPENDING
+    as the image says before it makes them). The count over all processes is bounded (here lowered
+    to the image's one timer less one); before, only a process's was."""
+    from engine import imageformat, posixtimers
+    from engine.image import ImageError
+    doc = load_manifest(image_dir)
+    imageformat.validate(doc)
+    monkeypatch.setattr(posixtimers, "MAX_ALL", 0)
+    with pytest.raises(ImageError, match=r"1 POSIX timers is absurd \(at most 0 in all\)"):
+        imageformat.validate(doc)
+
+
+def test_a_tree_past_the_timers_in_all_is_refused_before_the_stop(case, monkeypatch):
+    """Dump counts the tree's timers before the stop (posixtimers.check) the same way."""
+    from engine import posixtimers
+    pid = case.start(enginecase.py_hold(_BODY.replace('open("/proc/sys/net/unix/max_dgram_qlen", "w").write("77")', "")))
+    assert posixtimers.parse(pid), "the tree's root holds the timer (the setup execs it)"
+    posixtimers.check([pid])
+    monkeypatch.setattr(posixtimers, "MAX_ALL", 0)
+    with pytest.raises(posixtimers.TimerError, match=r"more than 0 POSIX timers"):
+        posixtimers.check([pid])
