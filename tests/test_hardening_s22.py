@@ -51,6 +51,9 @@ os.rename("/run/.s22.tmp", "/run/s22.sock")
 srv.listen(4)
 """
 SETUP = """
+mkdir -p /mnt/mq
+mount -t mqueue mq /mnt/mq
+chown 5:6 /mnt/mq; chmod 1730 /mnt/mq
 ip netns add blue
 nsenter --net=/run/netns/blue ip link set lo up
 nsenter --net=/run/netns/blue sh -c 'echo 55 > /proc/sys/net/unix/max_dgram_qlen'
@@ -88,6 +91,7 @@ def test_image_has_what_the_tests_change(image_dir):
     assert d["netvars"][p["ns"]["net"]] == {"unix/max_dgram_qlen": "77\n"}, d["netvars"]
     assert d["netvars"][lone] == {"unix/max_dgram_qlen": "55\n"}, d["netvars"]
     assert lone in d["net_lo_up"], d.get("net_lo_up")
+    assert any(sb.get("payload") == {"root": {"mode": 0o1730, "uid": 5, "gid": 6}} for sb in d["superblocks"].values())
     assert _listener(d)["path"] == "/run/.s22.tmp" and _listener(d)["bound"]["path"] == "/run/s22.sock", _listener(d)
 
 
@@ -565,3 +569,16 @@ def test_a_tree_past_the_timers_in_all_is_refused_before_the_stop(case, monkeypa
     monkeypatch.setattr(posixtimers, "MAX_ALL", 0)
     with pytest.raises(posixtimers.TimerError, match=r"more than 0 POSIX timers"):
         posixtimers.check([pid])
+
+
+# --- an mqueue superblock's root owner and mode ---------------------------------------------------
+
+def test_an_mqueue_root_of_the_restorers_own_ipc_namespace_is_not_chowned(image_dir, tmp_path):
+    """The tree's process said to be in the host's ipc namespace (host_ns ipc): its mqueue mount
+    would be the restorer's own namespace's, whose root owner and mode (the payload, 5:6 1730
+    here) restore would give the host's queues. Refused in one line (it was: the check at the
+    point of use holds); the host's queues as they were."""
+    def mutate(d):
+        _hold(d)["host_ns"].append("ipc")
+        assert any(sb.get("payload", {}).get("root") for sb in d["superblocks"].values() if sb["fstype"] == "mqueue")
+    refused(_mutated(image_dir, tmp_path, mutate), r"mqueue.*restorer's own ipc namespace", tmp_path)
