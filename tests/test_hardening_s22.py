@@ -582,3 +582,43 @@ def test_an_mqueue_root_of_the_restorers_own_ipc_namespace_is_not_chowned(image_
         _hold(d)["host_ns"].append("ipc")
         assert any(sb.get("payload", {}).get("root") for sb in d["superblocks"].values() if sb["fstype"] == "mqueue")
     refused(_mutated(image_dir, tmp_path, mutate), r"mqueue.*restorer's own ipc namespace", tmp_path)
+
+
+# --- a filtered parent trapped once before the stop ------------------------------------------------
+
+def test_a_filtered_parent_is_trapped_once_before_the_stop(monkeypatch):
+    """engine/prestop.py reads a filtered process's seccomp filters (a seize and an interrupt) for
+    the stand-in check, and the subreaper check of a parent asks the same filters: it takes those
+    (`precheck_filters`' answer) instead of trapping the parent a second time; a refusal still
+    comes (the filter kills the call), and the process runs on."""
+    import subprocess
+    import sys
+    from engine import seccomp, subreaper
+    from test_engine_subreaper import _CHILD, _filter
+    code = _CHILD.replace('print("ready"', f'''
+import struct
+prog = bytes.fromhex("{_filter(0x80000000)[0]["insns"]}")
+buf = ctypes.create_string_buffer(prog)
+fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
+libc.prctl(38, 1, 0, 0, 0)
+assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0
+print("ready"''')
+    p = subprocess.Popen([sys.executable, "-c", code, "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert p.stdout.readline() == b"ready\n"
+        with open(f"/proc/{p.pid}/task/{p.pid}/children") as f:
+            pids = [p.pid, *(int(c) for c in f.read().split())]
+        seized = []
+        real = seccomp.read
+        monkeypatch.setattr(seccomp, "read", lambda pid: seized.append(pid) or real(pid))
+        got = seccomp.precheck_filters(pids)
+        assert got[p.pid] and seized.count(p.pid) == 1, (got, seized)
+        with pytest.raises(subreaper.SubreaperError, match="seccomp filters"):
+            subreaper.precheck(pids, got)
+        assert seized.count(p.pid) == 1, seized
+        out, _ = p.communicate(b"alive", timeout=10)
+        assert out == b"alive\n" and p.returncode == 0
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
