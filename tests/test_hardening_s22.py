@@ -622,3 +622,46 @@ print("ready"''')
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_a_socket_files_mode_is_given_to_no_other_file_of_the_host(image_dir, tmp_path):
+    """A listener bound to a relative name whose socket file the image says is a regular file of an
+    external directory (the host's shadow), with a socket mode of 0777: the bind into that
+    directory finds the name taken, so restore never reaches the chmod of the socket file it made.
+    Refused in one line; the file keeps its mode (it did: a name with '.' components, bound as it
+    reads elsewhere and then chmodded here, is refused by the validator)."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "shadow").write_text("root:secret\n")
+    os.chmod(etc / "shadow", 0o640)
+
+    def mutate(d):
+        _on_external("shadow", "shadow")(d)   # (relative: bound where the stand-in is, its cwd)
+        _listener(d)["mode"] = 0o777
+    code, err = _restore_with_etc(_mutated(image_dir, tmp_path, mutate), str(etc), tmp_path)
+    assert oct(os.stat(etc / "shadow").st_mode & 0o7777) == "0o640", err
+    assert code == 2 and re.search(r"Address already in use", err), err
+
+
+def test_a_process_past_the_timers_bound_is_refused_before_the_stop(case):
+    """A process with 65537 POSIX timers (its RLIMIT_SIGPENDING raised): /proc/PID/timers is read
+    whole, the dump refused before the stop in one line naming the bound, the tree runs on."""
+    if not inject.SUPPORTED:
+        pytest.skip("timers are read by calls made in the process: engine/inject.py runs them on x86_64 only")
+    import resource
+    if resource.getrlimit(resource.RLIMIT_SIGPENDING)[1] < 65600:
+        pytest.skip("RLIMIT_SIGPENDING's hard limit here is below 65537 timers")
+    body = _CHURN_LIB + """
+import resource
+hard = resource.getrlimit(resource.RLIMIT_SIGPENDING)[1]
+resource.setrlimit(resource.RLIMIT_SIGPENDING, (hard, hard))
+sev = ctypes.create_string_buffer(struct.pack("=Qiii", 0, 0, 1, 0).ljust(64, b"\\0"), 64)
+t = ctypes.c_int()
+for _ in range(65537):
+    assert libc.timer_create(1, sev, ctypes.byref(t)) == 0, ctypes.get_errno()
+"""
+    pid = case.start(enginecase.STOP_WATCH + enginecase.py_hold(body))
+    with pytest.raises(enginecase.CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"has 65537 POSIX timers \(at most 65536", str(err.value)), str(err.value)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
