@@ -336,8 +336,8 @@ def test_a_tree_changing_what_dump_reads_is_dumped_whole_or_refused_running(case
 
 def _surface(doc) -> list[tuple]:
     """The places of session 21's fields in the image: each process's POSIX timers, interval timers
-    and caught timer signals, the netvars and net_lo_up, the superblocks' lone namespaces and the
-    mounts' bound ones."""
+    and caught timer signals, its unix sockets' names and files, the netvars and net_lo_up, the
+    superblocks' lone namespaces and the mounts' bound ones."""
     from test_hardening_images import _nodes
 
     def dicts(v):
@@ -352,6 +352,9 @@ def _surface(doc) -> list[tuple]:
                   if "bound_ns" in dicts(m)]
     for i, p in items(doc.get("processes")):
         roots += [("processes", i, k) for k in ("posix_timers", "itimers", "timer_sig_caught") if k in dicts(p)]
+        for j, f in items(dicts(p).get("fds")):   # (a unix socket's name and file: bound beside, renamed)
+            roots += [("processes", i, "fds", j, k) for k in ("path", "bound", "mode") if "bound" in dicts(f)
+                      and k in f]
     out = []
     for root in roots:
         node = doc
