@@ -668,3 +668,24 @@ for _ in range(65537):
         case.dump(pid, case.new_images_dir())
     assert re.search(r"has 65537 POSIX timers \(at most 65536", str(err.value)), str(err.value)
     assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
+
+
+@pytest.mark.parametrize("name", ["ipv4/conf/{dev}/forwarding", "ipv4/conf/{dev}/../all/forwarding",
+                                  "ipv4/conf/{dev}/.../forwarding", "ipv4/conf/{dev}%2f../forwarding"])
+def test_netvars_never_reach_a_device_of_the_hosts(image_dir, tmp_path, name):
+    """A sysctl of one of the host's own devices (eth0, or whatever it has), spelled plainly or with
+    '..' and its look-alikes: the namespace restore made has no such device, so the write fails
+    in one line, or the validator refuses the name; the host's device keeps its value."""
+    devs = sorted(set(os.listdir("/proc/sys/net/ipv4/conf")) - {"all", "default", "lo"})
+    if not devs:
+        pytest.skip("the host has no network device but lo")
+    dev, name = devs[0], name.format(dev=devs[0])
+    path = f"/proc/sys/net/ipv4/conf/{dev}/forwarding"
+    with open(path) as f:
+        before = f.read()
+
+    def mutate(d):
+        d["netvars"][_hold(d)["ns"]["net"]][name] = "0\n" if before.strip() == "1" else "1\n"
+    refused(_mutated(image_dir, tmp_path, mutate), r"not a network sysctl|No such file or directory", tmp_path)
+    with open(path) as f:
+        assert f.read() == before
