@@ -51,10 +51,16 @@ def _where(path: str) -> tuple[int, int] | None:
 
 def _mapped_code() -> list[str]:
     """The files our process runs code of (the interpreter, the dynamic loader, the C library and
-    each library and extension module loaded so far), as the kernel names them."""
+    each library and extension module loaded so far), as the kernel names them (a file replaced
+    since by the name it had; no memfd, which has none)."""
+    out = set()
     with open("/proc/self/maps") as f:
-        return sorted({line.split(None, 5)[5].rstrip("\n") for line in f
-                       if line.count(" ") >= 5 and line.split()[1][2] == "x" and line.split(None, 5)[5].startswith("/")})
+        for line in f:
+            fields = line.rstrip("\n").split(None, 5)
+            if len(fields) == 6 and fields[1][2:3] == "x" and fields[5].startswith("/") \
+                    and not fields[5].startswith(("/memfd:", "/dev/")):
+                out.add(fields[5].removesuffix(" (deleted)"))
+    return sorted(out)
 
 
 def _interp(path: str) -> list[str]:
