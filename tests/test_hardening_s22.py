@@ -689,3 +689,38 @@ def test_netvars_never_reach_a_device_of_the_hosts(image_dir, tmp_path, name):
     refused(_mutated(image_dir, tmp_path, mutate), r"not a network sysctl|No such file or directory", tmp_path)
     with open(path) as f:
         assert f.read() == before
+
+
+_FILLERS = """
+import os, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from engine import posixtimers
+hard = resource.getrlimit(resource.RLIMIT_SIGPENDING)[1]
+resource.setrlimit(resource.RLIMIT_SIGPENDING, (hard, hard))
+posixtimers._restore_ids = lambda on: False   # (a kernel before 6.13: fillers)
+t0 = time.monotonic()
+try:
+    posixtimers.make([{"id": int(sys.argv[2]), "clock": 1, "notify": "none", "value": 0, "interval": 0, "overrun": 0}], 0)
+except OSError as e:
+    print("refused", e.strerror, round(time.monotonic() - t0), flush=True)
+print([line for line in open("/proc/self/timers") if line.startswith("ID:")], flush=True)
+"""
+
+
+def test_filler_timers_are_bounded_on_a_kernel_without_restored_ids():
+    """Without PR_TIMER_CREATE_RESTORE_IDS a timer's id is reached by fillers made in order: an
+    image timer of id 2^31-1 stops after 65536 of them (a failure naming it, not 2^31 timers of the
+    host's kernel memory; the stand-in, which holds them, dies with the restore); a low id is made
+    exactly, its fillers deleted (as they were: the loop is bounded)."""
+    import resource
+    import subprocess
+    import sys
+    from test_engine_reexec import ROOT
+    if resource.getrlimit(resource.RLIMIT_SIGPENDING)[1] < 65600:
+        pytest.skip("RLIMIT_SIGPENDING's hard limit here is below 65537 timers")
+    r = subprocess.run([sys.executable, "-S", "-c", _FILLERS, ROOT, str((1 << 31) - 1)], capture_output=True, text=True,
+                       timeout=120)
+    lines = r.stdout.splitlines()
+    assert r.returncode == 0 and lines[0].startswith("refused POSIX timer 2147483647: more than 65536 ids to skip"), r
+    r = subprocess.run([sys.executable, "-S", "-c", _FILLERS, ROOT, "5"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == r"['ID: 5\n']", r
