@@ -1311,12 +1311,16 @@ def _check_counts(doc: dict) -> None:
         total += len(ns["mounts"])
     if total > MAX_MOUNTS:
         _fail(f"{total} mounts is absurd (at most {MAX_MOUNTS})")
-    nfds = nthreads = 0
+    nfds = nthreads = ntimers = 0
     for i, p in enumerate(procs):
-        if type(p) is not dict or type(p.get("fds")) is not list or type(p.get("threads", [])) is not list:
+        if type(p) is not dict or type(p.get("fds")) is not list or type(p.get("threads", [])) is not list \
+                or type(p.get("posix_timers", [])) is not list:
             check_record(PROCESS, p, f"process #{i}")
         nfds += len(p["fds"])
         nthreads += len(p.get("threads", ()))
+        ntimers += len(p.get("posix_timers", ()))
+    if ntimers > posixtimers.MAX_ALL:   # (each one restore makes is kernel memory of the host's)
+        _fail(f"{ntimers} POSIX timers is absurd (at most {posixtimers.MAX_ALL} in all)")
     if nfds > MAX_FDS:
         _fail(f"{nfds} fds is absurd (at most {MAX_FDS})")
     if nthreads + len(procs) > MAX_PID:   # (each thread has a pid of the host's)
@@ -1799,6 +1803,8 @@ def _check_timers(p: dict, what: str) -> None:
     which = [t["which"] for t in p.get("itimers") or ()]
     if len(set(which)) != len(which):
         _fail(f"{what}: two interval timers of one kind")
+    if p.get("timer_sig_caught", 0) & (1 << 8 | 1 << 18):
+        _fail(f"{what}: timer_sig_caught names SIGKILL or SIGSTOP: SIGKILL and SIGSTOP cannot be caught")
     extra = p.get("timer_sig_caught", 0) & ~sum(1 << (s - 1) for s in timersigs.delivered(p))
     if extra:
         _fail(f"{what}: timer_sig_caught names signals no timer of it delivers ({extra:#x})")

@@ -194,7 +194,6 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         schedattrs.precheck(pids)
         timens.precheck(pids)
         seccomp.precheck(pids)
-        subreaper.precheck(pids)
         loginuid.precheck(pids)
         posixtimers.check(pids)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
@@ -210,7 +209,9 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_socket_binds(pids, view)
         for pid in pids:
             threads.check(pid)
-        seccomp.precheck_filters(pids)   # (last: it traps each process with filters for a moment)
+        # (last: it traps each process with filters for a moment; the subreaper check asks the
+        # filters it read, so a filtered parent is trapped once)
+        subreaper.precheck(pids, seccomp.precheck_filters(pids))
     except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError,
             schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, loginuid.LoginuidError,
             posixtimers.TimerError, subreaper.SubreaperError, netdevs.NetdevError) as e:
