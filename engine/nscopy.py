@@ -42,8 +42,21 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
     Works in a private copy of the namespace so it may unmount what covers a
     mount (an overmount, or a mount over one of its ancestors' paths) without
     touching the original: visible mounts are cloned at once, covered ones
-    after their covers are gone (see _uncover).
+    after their covers are gone (see _uncover). A cover the kernel keeps locked
+    is refused (`stream` looks for the superblock elsewhere first).
     """
+    _clone_in_copy(ns_fd, pids, wanted, orig, chan, {}, False)
+
+
+def _clone_reporting(ns_fd: int, pids: list[int], wanted: list[int], orig: list, at: dict[int, str],
+                     chan: channel.Channel) -> None:
+    """clone_mounts, but mounts a locked cover keeps out of reach are sent back as ("locked", [ids],
+    cover id) instead of refused; `at`: original id -> path beneath its root to clone instead of it."""
+    _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, True)
+
+
+def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
+    """clone_mounts' body (`at`, `report`: _clone_reporting)."""
     owner = userns_cr.owner_to_join(ns_fd)   # (not None: mounts of the copy may carry locked ones)
     if owner is not None:
         os.close(owner)
@@ -69,10 +82,15 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
         # "/" names the root we stand on, never what is mounted over it; "/.." does.
         return "/.." if mp == "/" else mp
 
-    def clone(m: mountinfo.Mount) -> None:
+    def clone(m: mountinfo.Mount, as_id: int | None = None, rel: str | None = None) -> None:
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
             raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
+        rel = at.get(m.mnt_id) if rel is None else rel
+        if rel:
+            pending.append((m.mnt_id if as_id is None else as_id, _clone_beneath(path, rel, to_copy[m.mnt_id])))
+            send()
+            return
         try:
             fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
         except OSError as e:
@@ -83,7 +101,7 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
             # container reaches what they cover.
             fd = kernel.open_tree(kernel.AT_FDCWD, path,
                                   kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
-        pending.append((m.mnt_id, fd))
+        pending.append((m.mnt_id if as_id is None else as_id, fd))
         send()
 
     # Fast path: mounts whose path already leads to them.
@@ -99,9 +117,75 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
             pass
         slow.append(mid)
     if slow:
-        _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
+        left = _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path, report)
+        if left:
+            # The kernel keeps a cover locked: another mount of the same superblock that the copy
+            # shows and whose root holds the target's reaches the same files.
+            left_ids, cover = left
+            for mid in list(left_ids):
+                if _clone_elsewhere(orig_by_id[mid], orig, to_copy, clone, top_path):
+                    left_ids.remove(mid)
+            if left_ids:
+                send(final=True)
+                chan.send(("locked", sorted(left_ids), cover))
     send(final=True)
     chan.send("done")
+
+
+def _beneath(root: str, base: str) -> str | None:
+    """`root` relative to `base` ('' when equal) when it lies beneath it, else None."""
+    if root == base:
+        return ""
+    if base == "/":
+        return root[1:]
+    return root[len(base) + 1:] if root.startswith(base + "/") else None
+
+
+def _same_sb_holding(t: mountinfo.Mount, mounts) -> list[tuple[mountinfo.Mount, str]]:
+    """(mount, path of t's root beneath its root) of the mounts of `mounts` on t's superblock
+    (device number, type, source) whose root holds t's root, deepest root first."""
+    if t.root.endswith("//deleted"):
+        return []
+    out = []
+    for m in mounts:
+        if m.mnt_id == t.mnt_id or (m.major, m.minor, m.fstype, m.source) != (t.major, t.minor, t.fstype, t.source):
+            continue
+        rel = _beneath(t.root, m.root)
+        if rel is not None:
+            out.append((m, rel))
+    out.sort(key=lambda x: len(x[1]))
+    return out
+
+
+def _clone_elsewhere(t: mountinfo.Mount, orig, to_copy, clone, top_path) -> bool:
+    """Clone target `t` (which a locked cover hides) at its root on another mount of its superblock
+    that is visible in the copy; False when there is none."""
+    for m, rel in _same_sb_holding(t, orig):
+        try:
+            if kernel.statx_mnt_id(top_path(m.mountpoint), flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
+                continue
+            clone(m, t.mnt_id, rel)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _clone_beneath(path: str, rel: str, mnt_id: int) -> int:
+    """A detached clone rooted at `rel` beneath the root of the mount at `path` (id `mnt_id`), never
+    through a symlink or onto another mount (what lies there must be this superblock's)."""
+    top = kernel.open_tree(kernel.AT_FDCWD, path, kernel.AT_SYMLINK_NOFOLLOW)
+    try:
+        sub = kernel.openat2(top, rel, os.O_PATH | os.O_NOFOLLOW,
+                             kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_BENEATH)
+    finally:
+        os.close(top)
+    try:
+        if kernel.statx_mnt_id("", sub, kernel.AT_EMPTY_PATH) != mnt_id:
+            raise DumpError(errno.EIO, f"{path}: {rel} is not on the mount there")
+        return kernel.open_tree(sub, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+    finally:
+        os.close(sub)
 
 
 def _twins(orig: list, copy: list) -> tuple:
@@ -130,12 +214,72 @@ def _twins(orig: list, copy: list) -> tuple:
     return o_root, o_children, to_copy
 
 
+def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list):
+    """Yield ([original ids], [fds]) of detached clones of the wanted mounts of the namespace, as
+    clone_mounts sends them (run in a forked child). One hidden by a cover the kernel keeps locked
+    (a user namespace's copy of its parent's stacks) comes from another mount of its superblock
+    visible in the copy, else from its twin in the dumper's own namespace (same user namespace:
+    nothing locked there), each rooted where it is; else dump is refused."""
+    left: list[tuple[list[int], int]] = []
+    for msg, fds in channel.fork_stream(_clone_reporting, ns_fd, pids, wanted, orig, {}):
+        if isinstance(msg, tuple) and msg[0] == "locked":
+            left.append((msg[1], msg[2]))
+            continue
+        yield msg, fds
+    if left:
+        yield from _from_dumper(left, orig)
+
+
+def _from_dumper(left: list[tuple[list[int], int]], orig: list):
+    """Clones of the mounts of `orig` that locked covers hide (`left`: ([ids], cover id)) made from
+    their twins in a private copy of the dumper's own mount namespace (see stream)."""
+    by_id = {m.mnt_id: m for m in orig}
+    mine = mountinfo.read_pid(os.getpid())
+    todo: list[tuple[mountinfo.Mount, mountinfo.Mount, str]] = []   # (target, twin, path beneath its root)
+    for ids, cover in left:
+        for mid in ids:
+            t = by_id[mid]
+            twins = _same_sb_holding(t, mine)
+            if not twins:
+                raise _locked_refusal(t, by_id[cover])
+            todo.append((t, *twins[0]))
+    nsfd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        while todo:
+            # One clone of a twin per round (two targets may lie at two paths of one twin).
+            at: dict[int, str] = {}
+            target: dict[int, mountinfo.Mount] = {}
+            for t, twin, rel in list(todo):
+                if twin.mnt_id not in at:
+                    at[twin.mnt_id], target[twin.mnt_id] = rel, t
+                    todo.remove((t, twin, rel))
+            for msg, fds in channel.fork_stream(_clone_reporting, nsfd, [os.getpid()], sorted(at), mine, at):
+                if isinstance(msg, tuple):   # ("locked", ...): the dumper's own copy keeps it out of reach
+                    t = target[msg[1][0]]
+                    raise _locked_refusal(t, by_id[left[0][1]])
+                yield _checked([target[i] for i in msg], fds)
+    finally:
+        os.close(nsfd)
+
+
+def _checked(targets: list[mountinfo.Mount], fds: list[int]) -> tuple[list[int], list[int]]:
+    """(ids, fds) of clones made for `targets`, each checked to lie on its target's superblock."""
+    for t, fd in zip(targets, fds):
+        if os.fstat(fd).st_dev != os.makedev(t.major, t.minor):
+            for f in fds:
+                os.close(f)
+            raise DumpError(errno.EIO, f"mount {t.mnt_id} ({t.mountpoint}): its twin in the dumper's mount "
+                                       "namespace lies on another superblock")
+    return [t.mnt_id for t in targets], fds
+
+
 def clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
     """A detached clone of mount `mnt_id` of the mount namespace `pids` live in (`mounts`: its
-    mount list), even if covered (clone_mounts uncovers it); None when it cannot be made."""
+    mount list), even if covered (stream uncovers it or finds its superblock elsewhere); None when
+    it cannot be made."""
     nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
     try:
-        for _, fds in channel.fork_stream(clone_mounts, nsfd, pids, [mnt_id], mounts):
+        for _, fds in stream(nsfd, pids, [mnt_id], mounts):
             for fd in fds[1:]:
                 os.close(fd)
             return fds[0] if fds else None
@@ -146,13 +290,15 @@ def clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
     return None
 
 
-def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
+def _uncover(targets, by_id, children, root, to_copy, clone, top_path, report=False):
     """Clone covered targets by lazily unmounting what covers them (in a private namespace copy).
 
     A cover is a sibling mounted over a directory above a target's mount
     point, or a mount over its (or an ancestor's) root. One umount takes a
     cover's whole subtree, so only covers holding no pending target are
-    unmounted; repeat until every target is visible.
+    unmounted; repeat until every target is visible. When a locked cover
+    keeps some out of reach: with `report`, returns (their ids, the cover),
+    else refuses. None when all were cloned.
     """
     remaining = set(targets)
     # Children by (parent, mount point): a cover is found by looking up the few
@@ -190,7 +336,7 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                 clone(by_id[mid])
                 remaining.discard(mid)
         if not remaining:
-            return
+            return None
         inside = set()
         for mid in remaining:
             inside.update(chain(mid))
@@ -234,10 +380,18 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
         if not progress:
             mid = min(remaining)
             if locked is not None:
-                # (MNT_LOCKED: the kernel refuses to unmount it even for the host's root)
-                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({by_id[mid].mountpoint}) is covered by mount {locked} "
-                                                  f"({by_id[locked].mountpoint}), locked over it (a user namespace's "
-                                                  "mount namespace copied from its parent's keeps such stacks locked "
-                                                  "together): what it holds cannot be read; dump a tree whose user "
-                                                  "namespace mounts its own root (pivot_root), as container runtimes do")
+                if report:
+                    return set(remaining), locked
+                raise _locked_refusal(by_id[mid], by_id[locked])
             raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")
+
+
+def _locked_refusal(m: mountinfo.Mount, cover: mountinfo.Mount) -> DumpError:
+    """The refusal of mount `m`, which `cover` (locked) hides and whose superblock is reachable nowhere else."""
+    # (MNT_LOCKED: the kernel refuses to unmount it even for the host's root)
+    return DumpError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}) is covered by mount {cover.mnt_id} "
+                                       f"({cover.mountpoint}), locked over it (a user namespace's "
+                                       "mount namespace copied from its parent's keeps such stacks locked "
+                                       "together), and no other mount of its superblock reaches it: what it holds "
+                                       "cannot be read; dump a tree whose user namespace mounts its own root "
+                                       "(pivot_root), as container runtimes do")
