@@ -395,3 +395,50 @@ def _locked_refusal(m: mountinfo.Mount, cover: mountinfo.Mount) -> DumpError:
                                        "together), and no other mount of its superblock reaches it: what it holds "
                                        "cannot be read; dump a tree whose user namespace mounts its own root "
                                        "(pivot_root), as container runtimes do")
+
+
+def precheck(view, owned) -> None:
+    """Before the stop: the mounts dump will archive (one per disjoint root of each content
+    superblock, as dump plans them) that are covered in a mount namespace another user namespace
+    owns (`owned`: their names; `view`: engine/prestop.py's) are cloned as dump will (stream), so a
+    cover the kernel keeps locked with no other way to the superblock is refused while the tree runs."""
+    from engine import fs
+    by_sb: dict[str, list[tuple[str, dict]]] = {}
+    for ns_name, ns in view.mntns_doc.items():
+        for e in ns["mounts"]:
+            by_sb.setdefault(e["sb"], []).append((ns_name, e))
+    wanted: dict[str, list[int]] = {}
+    for sid, es in by_sb.items():
+        sb = view.superblocks[sid]
+        h = fs.lookup(sb["fstype"])
+        if sb["external"] or sid in view.unsure or h is None or not h.content:
+            continue
+        chosen: list[str] = []
+        for ns_name, e in sorted(es, key=lambda x: (len(x[1]["root"]), x[1]["root"])):
+            if not e["root"].startswith("/") or e.get("ghost") or any(_beneath(e["root"], r) is not None
+                                                                     for r in chosen):
+                continue
+            chosen.append(e["root"])
+            if ns_name in owned and view.ns_pids.get(ns_name) and not _leads_to(view.ns_pids[ns_name][0], e):
+                wanted.setdefault(ns_name, []).append(e["id"])
+    for ns_name, ids in wanted.items():
+        pids = view.ns_pids[ns_name]
+        nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            for _, fds in stream(nsfd, pids, ids, view.ns_mounts[ns_name]):
+                for fd in fds:
+                    os.close(fd)
+        except DumpError:
+            raise
+        except OSError:
+            pass   # (a process gone meanwhile: dump tells, once the tree is stopped)
+        finally:
+            os.close(nsfd)
+
+
+def _leads_to(pid: int, e: dict) -> bool:
+    """Whether mount point of entry `e` leads to it in the namespace of `pid` (it is not covered)."""
+    try:
+        return kernel.statx_mnt_id(f"/proc/{pid}/root{e['mountpoint']}", flags=kernel.AT_SYMLINK_NOFOLLOW) == e["id"]
+    except OSError:
+        return False
