@@ -50,8 +50,8 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
 
 def _clone_reporting(ns_fd: int, pids: list[int], wanted: list[int], orig: list, at: dict[int, str],
                      chan: channel.Channel) -> None:
-    """clone_mounts, but mounts a locked cover keeps out of reach are sent back as ("locked", [ids],
-    cover id) instead of refused; `at`: original id -> path beneath its root to clone instead of it."""
+    """clone_mounts, but mounts a locked cover keeps out of reach are sent back as ("locked", {id:
+    cover id}) instead of refused; `at`: original id -> path beneath its root to clone instead of it."""
     _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, True)
 
 
@@ -121,13 +121,12 @@ def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
         if left:
             # The kernel keeps a cover locked: another mount of the same superblock that the copy
             # shows and whose root holds the target's reaches the same files.
-            left_ids, cover = left
-            for mid in list(left_ids):
+            for mid in sorted(left):
                 if _clone_elsewhere(orig_by_id[mid], orig, to_copy, clone, top_path):
-                    left_ids.remove(mid)
-            if left_ids:
+                    del left[mid]
+            if left:
                 send(final=True)
-                chan.send(("locked", sorted(left_ids), cover))
+                chan.send(("locked", left))
     send(final=True)
     chan.send("done")
 
@@ -220,29 +219,28 @@ def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list):
     (a user namespace's copy of its parent's stacks) comes from another mount of its superblock
     visible in the copy, else from its twin in the dumper's own namespace (same user namespace:
     nothing locked there), each rooted where it is; else dump is refused."""
-    left: list[tuple[list[int], int]] = []
+    left: dict[int, int] = {}
     for msg, fds in channel.fork_stream(_clone_reporting, ns_fd, pids, wanted, orig, {}):
         if isinstance(msg, tuple) and msg[0] == "locked":
-            left.append((msg[1], msg[2]))
+            left.update(msg[1])
             continue
         yield msg, fds
     if left:
         yield from _from_dumper(left, orig)
 
 
-def _from_dumper(left: list[tuple[list[int], int]], orig: list):
-    """Clones of the mounts of `orig` that locked covers hide (`left`: ([ids], cover id)) made from
+def _from_dumper(left: dict[int, int], orig: list):
+    """Clones of the mounts of `orig` that locked covers hide (`left`: {id: cover id}) made from
     their twins in a private copy of the dumper's own mount namespace (see stream)."""
     by_id = {m.mnt_id: m for m in orig}
     mine = mountinfo.read_pid(os.getpid())
     todo: list[tuple[mountinfo.Mount, mountinfo.Mount, str]] = []   # (target, twin, path beneath its root)
-    for ids, cover in left:
-        for mid in ids:
-            t = by_id[mid]
-            twins = _same_sb_holding(t, mine)
-            if not twins:
-                raise _locked_refusal(t, by_id[cover])
-            todo.append((t, *twins[0]))
+    for mid, cover in sorted(left.items()):
+        t = by_id[mid]
+        twins = _same_sb_holding(t, mine)
+        if not twins:
+            raise _locked_refusal(t, by_id[cover])
+        todo.append((t, *twins[0]))
     nsfd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     try:
         while todo:
@@ -255,8 +253,8 @@ def _from_dumper(left: list[tuple[list[int], int]], orig: list):
                     todo.remove((t, twin, rel))
             for msg, fds in channel.fork_stream(_clone_reporting, nsfd, [os.getpid()], sorted(at), mine, at):
                 if isinstance(msg, tuple):   # ("locked", ...): the dumper's own copy keeps it out of reach
-                    t = target[msg[1][0]]
-                    raise _locked_refusal(t, by_id[left[0][1]])
+                    t = target[min(msg[1])]
+                    raise _locked_refusal(t, by_id[left[t.mnt_id]])
                 yield _checked([target[i] for i in msg], fds)
     finally:
         os.close(nsfd)
@@ -297,7 +295,7 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path, report=Fa
     point, or a mount over its (or an ancestor's) root. One umount takes a
     cover's whole subtree, so only covers holding no pending target are
     unmounted; repeat until every target is visible. When a locked cover
-    keeps some out of reach: with `report`, returns (their ids, the cover),
+    keeps some out of reach: with `report`, returns {their ids: a locked cover},
     else refuses. None when all were cloned.
     """
     remaining = set(targets)
@@ -341,6 +339,7 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path, report=Fa
         for mid in remaining:
             inside.update(chain(mid))
         covers = set()
+        hides: dict[int, int] = {}   # cover -> a target it hides (named if it is locked)
         for mid in remaining:
             ids = chain(mid)
             for node, parent in zip(ids, ids[1:] + [None]):
@@ -348,12 +347,14 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path, report=Fa
                 for c in at.get((node, n.mountpoint), ()):
                     if c not in inside:
                         covers.add(c)   # a mount over this node's root
+                        hides.setdefault(c, mid)
                 if parent is None:
                     continue
                 for mp in above(n, by_id[parent]):
                     for c in at.get((parent, mp), ()):
                         if c != node and c not in inside:
                             covers.add(c)   # a sibling over a directory above it
+                            hides.setdefault(c, mid)
         # A cover may itself be overmounted (a stack at its mount point, e.g. propagated there):
         # its path leads to the top of that stack, which goes first.
         stack = list(covers)
@@ -362,9 +363,10 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path, report=Fa
             for top in at.get((c, by_id[c].mountpoint), ()):
                 if top not in covers and top not in inside:
                     covers.add(top)
+                    hides.setdefault(top, hides[c])
                     stack.append(top)
         # Outer covers first: what an outer cover hides is reachable only once it is gone.
-        progress, locked = False, None
+        progress, locked = False, {}
         for c in sorted(covers, key=lambda x: (len(by_id[x].mountpoint), x)):
             path = top_path(by_id[c].mountpoint)
             try:
@@ -376,13 +378,15 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path, report=Fa
                 progress = True
             except OSError as e:
                 if e.errno == errno.EINVAL:
-                    locked = c
+                    locked.setdefault(hides[c], c)
         if not progress:
             mid = min(remaining)
-            if locked is not None:
+            if locked:
+                # Each target with a locked cover of its own, else the first locked one.
+                over = {t: locked.get(t, next(iter(locked.values()))) for t in remaining}
                 if report:
-                    return set(remaining), locked
-                raise _locked_refusal(by_id[mid], by_id[locked])
+                    return over
+                raise _locked_refusal(by_id[mid], by_id[over[mid]])
             raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")
 
 

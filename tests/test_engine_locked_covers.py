@@ -84,7 +84,10 @@ def test_locked_cover_refused_when_the_superblock_is_reachable_nowhere_else(case
     pid = case.start(setup, host_pidns=True)
     with pytest.raises(enginecase.CRError) as err:
         case.dump(pid, case.new_images_dir())
-    assert re.search(r"mount \d+ \(/mnt/stack\) is covered by mount \d+ \(/mnt/stack\), locked over it .*"
+    lower = _beneath_cover(pid, "/mnt/stack")
+    with open(f"/proc/{pid}/mountinfo") as f:
+        (upper,) = [int(r[0]) for r in (line.split() for line in f) if r[4] == "/mnt/stack" and int(r[1]) == lower]
+    assert re.search(rf"mount {lower} \(/mnt/stack\) is covered by mount {upper} \(/mnt/stack\), locked over it .*"
                      r"no other mount of its superblock reaches it", str(err.value)), err.value
     assert len(err.value.proc.stderr.strip().splitlines()) == 1, err.value
     assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
