@@ -213,12 +213,13 @@ def _twins(orig: list, copy: list) -> tuple:
     return o_root, o_children, to_copy
 
 
-def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list):
+def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=()):
     """Yield ([original ids], [fds]) of detached clones of the wanted mounts of the namespace, as
     clone_mounts sends them (run in a forked child). One hidden by a cover the kernel keeps locked
     (a user namespace's copy of its parent's stacks) comes from another mount of its superblock
-    visible in the copy, else from its twin in the dumper's own namespace (same user namespace:
-    nothing locked there), each rooted where it is; else dump is refused."""
+    visible in the copy, else from one in the tree's other namespaces (`others`: (pids, mount
+    list) of each), else from its twin in the dumper's own namespace (same user namespace: nothing
+    locked there), each rooted at its root; else dump is refused."""
     left: dict[int, int] = {}
     for msg, fds in channel.fork_stream(_clone_reporting, ns_fd, pids, wanted, orig, {}):
         if isinstance(msg, tuple) and msg[0] == "locked":
@@ -226,38 +227,62 @@ def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list):
             continue
         yield msg, fds
     if left:
-        yield from _from_dumper(left, orig)
+        yield from _from_elsewhere(left, orig, [*others, ([os.getpid()], None)])
 
 
-def _from_dumper(left: dict[int, int], orig: list):
+def _from_elsewhere(left: dict[int, int], orig: list, places: list):
     """Clones of the mounts of `orig` that locked covers hide (`left`: {id: cover id}) made from
-    their twins in a private copy of the dumper's own mount namespace (see stream)."""
+    other mounts of their superblocks in private copies of `places` ((pids, mount list) of a
+    namespace, None: the dumper's own, last), each place tried in turn (see stream)."""
     by_id = {m.mnt_id: m for m in orig}
-    mine = mountinfo.read_pid(os.getpid())
-    todo: list[tuple[mountinfo.Mount, mountinfo.Mount, str]] = []   # (target, twin, path beneath its root)
-    for mid, cover in sorted(left.items()):
-        t = by_id[mid]
-        twins = _same_sb_holding(t, mine)
-        if not twins:
-            raise _locked_refusal(t, by_id[cover])
-        todo.append((t, *twins[0]))
-    nsfd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        while todo:
-            # One clone of a twin per round (two targets may lie at two paths of one twin).
-            at: dict[int, str] = {}
-            target: dict[int, mountinfo.Mount] = {}
-            for t, twin, rel in list(todo):
-                if twin.mnt_id not in at:
-                    at[twin.mnt_id], target[twin.mnt_id] = rel, t
-                    todo.remove((t, twin, rel))
-            for msg, fds in channel.fork_stream(_clone_reporting, nsfd, [os.getpid()], sorted(at), mine, at):
-                if isinstance(msg, tuple):   # ("locked", ...): the dumper's own copy keeps it out of reach
-                    t = target[min(msg[1])]
-                    raise _locked_refusal(t, by_id[left[t.mnt_id]])
-                yield _checked([target[i] for i in msg], fds)
-    finally:
-        os.close(nsfd)
+    for pids, mounts in places:
+        if not left:
+            return
+        own = mounts is None
+        if own:
+            mounts = mountinfo.read_pid(os.getpid())
+        todo = [(by_id[mid], *twins[0]) for mid in sorted(left)
+                if (twins := _same_sb_holding(by_id[mid], mounts))]   # (target, twin, path beneath its root)
+        if not todo:
+            continue
+        try:
+            nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue   # (its processes gone meanwhile)
+        try:
+            yield from _clone_twins(nsfd, pids, mounts, todo, left)
+        except DumpError:
+            if own:
+                raise
+        except OSError:
+            if own:
+                raise
+            # (another namespace of the tree that cannot give it: the next place may)
+        finally:
+            os.close(nsfd)
+    if left:
+        mid = min(left)
+        raise _locked_refusal(by_id[mid], by_id[left[mid]])
+
+
+def _clone_twins(nsfd: int, pids: list[int], mounts: list, todo: list, left: dict[int, int]):
+    """Yield clones of the targets of `todo` [(target, twin, path beneath its root)] made at their
+    twins in a private copy of namespace `nsfd` (mount list `mounts`); each one made leaves `left`."""
+    while todo:
+        # One clone of a twin per round (two targets may lie at two paths of one twin).
+        at: dict[int, str] = {}
+        target: dict[int, mountinfo.Mount] = {}
+        for t, twin, rel in list(todo):
+            if twin.mnt_id not in at:
+                at[twin.mnt_id], target[twin.mnt_id] = rel, t
+                todo.remove((t, twin, rel))
+        for msg, fds in channel.fork_stream(_clone_reporting, nsfd, pids, sorted(at), mounts, at):
+            if isinstance(msg, tuple):   # ("locked", ...): locked there too, left for the next place
+                continue
+            ids, fds = _checked([target[i] for i in msg], fds)
+            for i in ids:
+                left.pop(i, None)
+            yield ids, fds
 
 
 def _checked(targets: list[mountinfo.Mount], fds: list[int]) -> tuple[list[int], list[int]]:
@@ -266,8 +291,8 @@ def _checked(targets: list[mountinfo.Mount], fds: list[int]) -> tuple[list[int],
         if os.fstat(fd).st_dev != os.makedev(t.major, t.minor):
             for f in fds:
                 os.close(f)
-            raise DumpError(errno.EIO, f"mount {t.mnt_id} ({t.mountpoint}): its twin in the dumper's mount "
-                                       "namespace lies on another superblock")
+            raise DumpError(errno.EIO, f"mount {t.mnt_id} ({t.mountpoint}): the mount of its device taken "
+                                       "for it elsewhere shows another device: not its superblock")
     return [t.mnt_id for t in targets], fds
 
 
@@ -429,7 +454,8 @@ def precheck(view, owned) -> None:
         pids = view.ns_pids[ns_name]
         nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            for _, fds in stream(nsfd, pids, ids, view.ns_mounts[ns_name]):
+            others = [(view.ns_pids[n], ms) for n, ms in view.ns_mounts.items() if n != ns_name and view.ns_pids.get(n)]
+            for _, fds in stream(nsfd, pids, ids, view.ns_mounts[ns_name], others):
                 for fd in fds:
                     os.close(fd)
         except DumpError:
