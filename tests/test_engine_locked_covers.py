@@ -26,7 +26,7 @@ from enginecase import case  # noqa: F401  (fixture)
 
 # The held process: notes each SIGCONT (dump stops and resumes the tree) in /run/.continued, as
 # enginecase.STOP_WATCH does, so a refusal can tell whether the tree was stopped.
-_HOLD = ("exec unshare -U -r -m --propagation private python3 -c '"
+_HOLD = ("exec unshare -U -r -m --propagation private UNSHARE python3 -c '"
          "import ctypes, os, signal\n"
          "def cont(*_):\n"
          "    with open(\"/run/.continued\", \"a\") as f:\n"
@@ -41,6 +41,11 @@ _HOLD = ("exec unshare -U -r -m --propagation private python3 -c '"
          "' </dev/null >/dev/null 2>&1\n")
 
 
+def _hold(nested: bool) -> str:
+    """The setup's last line: the held process in a user namespace (`nested`: one inside another)."""
+    return _HOLD.replace("UNSHARE ", "unshare -U -r -m --propagation private " if nested else "")
+
+
 def _beneath_cover(pid: int, mountpoint: str) -> int:
     """The id of the mount at `mountpoint` in `pid`'s namespace that another there covers."""
     with open(f"/proc/{pid}/mountinfo") as f:
@@ -50,15 +55,16 @@ def _beneath_cover(pid: int, mountpoint: str) -> int:
     return lower
 
 
-def test_locked_cover_read_through_another_mount_of_the_superblock(case):
+@pytest.mark.parametrize("nested", [False, True], ids=["userns", "nested-userns"])
+def test_locked_cover_read_through_another_mount_of_the_superblock(case, nested):
     """The covered tmpfs is bound elsewhere too, visible: dump archives it through that mount (was
     refused: 'locked over it'); restored beneath its cover with its files, which the restored bind
-    of the same superblock shows."""
+    of the same superblock shows. Nested: a user namespace inside the first copies it again."""
     setup = ("mkdir /mnt/stack /mnt/view\n"
              "mount -t tmpfs under /mnt/stack\n"
              "echo beneath > /mnt/stack/f; mkdir /mnt/stack/d; echo deep > /mnt/stack/d/g\n"
              "mount --bind /mnt/stack /mnt/view\n"
-             "mount -t tmpfs over /mnt/stack; echo top > /mnt/stack/t\n" + _HOLD)
+             "mount -t tmpfs over /mnt/stack; echo top > /mnt/stack/t\n" + _hold(nested))
     pid = case.start(setup, host_pidns=True)
     before = enginecase.take(pid)
     restored = case.cr(pid)
@@ -80,7 +86,7 @@ def test_locked_cover_refused_when_the_superblock_is_reachable_nowhere_else(case
     setup = ("mkdir /mnt/stack\n"
              "mount -t tmpfs under /mnt/stack; echo beneath > /mnt/stack/f\n"
              "cd /mnt/stack\n"
-             "mount -t tmpfs over /mnt/stack\n" + _HOLD)
+             "mount -t tmpfs over /mnt/stack\n" + _hold(False))
     pid = case.start(setup, host_pidns=True)
     with pytest.raises(enginecase.CRError) as err:
         case.dump(pid, case.new_images_dir())
