@@ -428,9 +428,10 @@ def _locked_refusal(m: mountinfo.Mount, cover: mountinfo.Mount) -> DumpError:
 
 def precheck(view, owned) -> None:
     """Before the stop: the mounts dump will archive (one per disjoint root of each content
-    superblock, as dump plans them) that are covered in a mount namespace another user namespace
-    owns (`owned`: their names; `view`: engine/prestop.py's) are cloned as dump will (stream), so a
-    cover the kernel keeps locked with no other way to the superblock is refused while the tree runs."""
+    superblock, as dump plans them) that are locked and covered in a mount namespace another user
+    namespace owns (`owned`: their names, their locks marked; `view`: engine/prestop.py's) are cloned
+    as dump will (stream), so a cover the kernel keeps locked with no other way to the superblock is
+    refused while the tree runs."""
     from engine import fs
     by_sb: dict[str, list[tuple[str, dict]]] = {}
     for ns_name, ns in view.mntns_doc.items():
@@ -448,7 +449,10 @@ def precheck(view, owned) -> None:
                                                                      for r in chosen):
                 continue
             chosen.append(e["root"])
-            if ns_name in owned and view.ns_pids.get(ns_name) and not _leads_to(view.ns_pids[ns_name][0], e):
+            # (only what was copied with the namespace is locked, and only that can lie beneath a
+            # locked cover: engine/userns_cr.py `locks` marked them)
+            if ns_name in owned and e.get("locked") and view.ns_pids.get(ns_name) \
+                    and not _leads_to(view.ns_pids[ns_name][0], e):
                 wanted.setdefault(ns_name, []).append(e["id"])
     for ns_name, ids in wanted.items():
         pids = view.ns_pids[ns_name]
