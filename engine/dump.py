@@ -814,8 +814,8 @@ def _archive_contents(d: _Dump) -> None:
         for ino, wanted in d.clone_plan.items():
             fd = os.open(f"/proc/{d.by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
             try:
-                for mids, fds in channel.fork_stream(nscopy.clone_mounts, fd, d.by_mntns[ino], wanted,
-                                                     d.ns_data[ino]["mounts"]):
+                others = [(d.by_mntns[o], d.ns_data[o]["mounts"]) for o in d.by_mntns if o != ino]
+                for mids, fds in nscopy.stream(fd, d.by_mntns[ino], wanted, d.ns_data[ino]["mounts"], others):
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):

@@ -202,6 +202,8 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns))
         owned_ns = _check_locks(view, sorted(owners or ()))
+        from engine import nscopy   # (imported late: it is dump's, and dump imports this module)
+        nscopy.precheck(view, owned_ns)   # (covers the kernel keeps locked)
         _check_sb_owners(view, tree, users)
         _check_probes(view, pids, names)
         _check_ghost_names(view)
