@@ -447,9 +447,13 @@ def test_unshare_mount_proc_tree_keeps_the_dumpers_proc_beneath(case):
                           f"umount /proc && test -d /proc/{os.getpid()} && echo sees-the-test"],
                          capture_output=True, text=True, timeout=30)
     assert "sees-the-test" in out.stdout, out
-    # The same proc asked for in a mount namespace an image user namespace owns: refused (the
-    # rule alone: the whole image would need a user namespace record too).
+    # The same proc asked for where a path reaches it (its cover gone from the image): refused.
     from engine import image, imageformat
-    doc["mntns"][next(iter(doc["mntns"]))]["owner"] = "user-0"
-    with pytest.raises(image.ImageError, match="not covered by another at its mount point in a mount namespace"):
-        imageformat._check_restorers_proc(doc, {m["id"]: m for ns in doc["mntns"].values() for m in ns["mounts"]}, {})
+    mounts = {m["id"]: m for ns in doc["mntns"].values() for m in ns["mounts"]}
+    (sid,) = [s for s, sb in doc["superblocks"].items() if sb.get("pidns") == host]
+    (low,) = [m for m in mounts.values() if m["sb"] == sid]
+    for m in mounts.values():
+        if m.get("parent") == low["id"] and m["mountpoint"] == low["mountpoint"]:
+            m["mountpoint"] = low["mountpoint"] + "/sys"
+    with pytest.raises(image.ImageError, match="is not covered by another at its mount point"):
+        imageformat._check_restorers_proc(doc, mounts, {})
