@@ -716,9 +716,10 @@ LOCK = Record("file lock", {
 })
 
 # A thread of the process but its leader (engine/threads.py): made again with the process's state,
-# named as it was (tids are not restored).
+# named as it was (tids are not restored), with its signal mask when not its leader's.
 THREAD = Record("thread", {
     "comm": F(STR, rule=comm_rule),
+    "sig_blocked": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
 })
 
 # A POSIX timer of the process (engine/posixtimers.py), made again by its stand-in under its id and
@@ -1757,8 +1758,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
 def _check_timers(p: dict, what: str) -> None:
     """A process's timers (engine/posixtimers.py, engine/itimers.py): one of each id (each kind of
     interval timer); a signal exactly for those that deliver one; a notified thread one of the
-    process's (only its leader is restored: its stand-in makes its threads after its timers); the
-    caught timer signals among those its timers deliver (engine/timersigs.py)."""
+    process's (its stand-in makes that timer once it made the thread); the caught timer signals among those its timers deliver (engine/timersigs.py)."""
     from engine import timersigs
     timers = p.get("posix_timers") or ()
     if len({t["id"] for t in timers}) != len(timers):
@@ -1770,8 +1770,6 @@ def _check_timers(p: dict, what: str) -> None:
             _fail(f"{what}: POSIX timer {t['id']}: a thread exactly when it notifies one")
         if t.get("thread", 0) > len(p.get("threads") or ()):
             _fail(f"{what}: POSIX timer {t['id']} notifies thread {t['thread']}, which the process does not have")
-        if t.get("thread", 0):
-            _fail(f"{what}: POSIX timer {t['id']} notifies a thread other than the leader: not restored")
     which = [t["which"] for t in p.get("itimers") or ()]
     if len(set(which)) != len(which):
         _fail(f"{what}: two interval timers of one kind")

@@ -28,7 +28,7 @@ import ctypes
 import mmap
 import os
 
-from engine import kernel, lastword, seccomp, threads as threadsteps
+from engine import kernel, lastword, posixtimers, seccomp, threads as threadsteps
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -217,7 +217,8 @@ def can_become_exe() -> bool:
 
 
 def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None, keep: list,
-             threads: list[str] = (), filters: list | None = None, pdeathsig: int = 0) -> list[tuple]:
+             threads: list = (), filters: list | None = None, pdeathsig: int = 0, blocked: int = 0,
+             timers: tuple = ((), (), True)) -> list[tuple]:
     """The system calls of become_exe as lastword.ENTRY tuples; `keep` holds the buffers they point at.
 
     Unmap the interpreter's executable (the kernel refuses a new exe while the old one is mapped),
@@ -227,8 +228,10 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     drop; userns_cr.become says why in this order; each fs id asked again, as setfs*id answers
     the old one), PR_SET_DUMPABLE (changing ids cleared it); with `caps`: capset (last: everything
     before needs them) and an ambient raise a bit; PR_SET_KEEPCAPS 0; PR_SET_PDEATHSIG `pdeathsig`
-    when given (after the ids: changing them clears it); then a thread named each of
-    `threads` (engine/threads.py `steps`: made last, each holds the ids and capabilities taken);
+    when given (after the ids: changing them clears it); then a thread for each (name, mask) of
+    `threads` (engine/threads.py `steps`: made last, each holds the ids and capabilities taken;
+    `blocked`: our mask, given back after a thread's own); then the POSIX timers that notify them
+    (`timers`: (made after them, made before, ids restorable), engine/posixtimers.py `steps`);
     then seccomp `filters` on every thread (engine/seccomp.py `steps`)."""
     prog = [(11, a, n, 0, 0, 0, 0, 1, 0) for a, n in regions]
     prog.append((157, 35, 14, ctypes.addressof(mm_buf), len(mm_buf.raw), 0, 0, 1, 0))
@@ -254,19 +257,25 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     prog.append((157, 8, 0, 0, 0, 0, 0, 1, 0))
     if pdeathsig:
         prog.append((157, 1, pdeathsig, 0, 0, 0, 0, 1, 0))
+    late, made, restore_ids = timers
+    tid_buf = (ctypes.c_int * len(threads))() if late and threads else None
+    keep.append(tid_buf)
     if threads:
-        prog += threadsteps.steps(list(threads), threadsteps.own_name(), keep)
+        prog += threadsteps.steps(list(threads), threadsteps.own_name(), keep, blocked, tid_buf)
+    prog += posixtimers.steps(list(late), list(made), tid_buf, keep, restore_ids)
     if filters:
         prog += seccomp.steps(filters, keep)   # (last, on every thread: engine/seccomp.py `late`)
     return prog
 
 
 def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict | None = None,
-               threads: list[str] = (), filters: list | None = None, pdeathsig: int = 0) -> bool:
+               threads: list = (), filters: list | None = None, pdeathsig: int = 0, blocked: int = 0,
+               timers: tuple = ((), (), True)) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe, then take `ids` (uids,
     gids: real, effective, saved[, fs]; groups; dumpable; whether to keep the permitted set for
-    `caps`) when given, then `caps` (as kernel.take_caps) when given, then make a thread named
-    each of `threads` (engine/threads.py), tell how it went on
+    `caps`) when given, then `caps` (as kernel.take_caps) when given, then make a thread for each
+    (name, mask) of `threads` (engine/threads.py) and the POSIX timers `timers` that notify them
+    (as _program), tell how it went on
     `report_fd` (engine/lastword.py: the first step that failed, which ends the steps) and pause
     for good (never returns). False (nothing done) where this cannot be done: not x86-64, or no
     layout known."""
@@ -282,7 +291,7 @@ def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict
                      field(48), field(49), field(50), field(51), 0, 0, exe_fd)
     mm_buf = ctypes.create_string_buffer(mm, len(mm))
     keep: list = []
-    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep, threads, filters, pdeathsig)
+    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep, threads, filters, pdeathsig, blocked, timers)
     status = ctypes.create_string_buffer(16)
     mask = (1 << 64) - 1
     args = struct.pack("=QQQ", len(prog), report_fd, ctypes.addressof(status)) \

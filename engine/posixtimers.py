@@ -9,10 +9,25 @@ Restore makes each in the stand-in under the same id (`make`: prctl PR_TIMER_CRE
 on Linux >= 6.13, else ids come in order from 0 in a process that never made one: fillers are
 made up to each id and deleted, as CRIU does) and arms it with the time it had left.
 
+A timer that notifies a thread other than the leader (SIGEV_THREAD_ID: glibc's SIGEV_THREAD
+helper thread, blocked in sigwaitinfo on its SIGTIMER, 32; a program's per-thread watchdog) is
+recorded by that thread's place among the process's threads (`thread`, 1.. for threads[0..]).
+A stand-in makes its threads last, under new tids, so such timers are made after them (`split`):
+by its last steps in machine code (`steps`: each clone writes the new tid where the timer's
+struct sigevent wants it) or in Python (`make` with the tids the threads told). Without the prctl
+every timer from the first such id on comes after the threads too, fillers between, so that ids
+still come in order. What the restored thread does with the signal is not restored (no thread
+runs its program again): it gets it with the mask it had (engine/threads.py: glibc's helper
+blocks every signal, so a tick stays pending on it instead of killing the process at SIGTIMER's
+default action), or the handler its process caught it with (engine/timersigs.py).
+
 Refused before the stop (`check`): a timer on a CPU clock named by a pid (another process's, or
-its own by number: restore changes pids), one that notifies a thread other than the leader (a glibc SIGEV_THREAD helper's:
-a stand-in's threads are made after its timers, under other tids), a notify the kernel reports
-otherwise. The overrun count is recorded, not made again (no call sets it).
+its own by number: restore changes pids), one that notifies a thread that exited (no call makes
+one that notifies no thread), a notify the kernel reports otherwise.
+
+The overrun count is recorded, not made again: timer_getoverrun answers the expiries missed
+before the last signal of the timer was taken, a count the kernel keeps and no call sets; only
+missing that many expiries for real, with the signal held, would make it again.
 """
 
 from __future__ import annotations
@@ -68,12 +83,12 @@ def parse(pid: int) -> list[dict]:
     return sorted(out, key=lambda t: t["id"])
 
 
-def _why_not(pid: int, t: dict) -> str | None:
+def _why_not(pid: int, t: dict, tids: list[int]) -> str | None:
     if t.get("notify") not in _SIGEV:
         return f"notifies by {t.get('notify')!r}, which is not restored"
-    if t["notify"] == "thread" and t.get("tid") != pid:
-        return (f"signals thread {t.get('tid')}, not the leader (a glibc SIGEV_THREAD helper's, or a thread's "
-                "own): restore makes a stand-in's threads after its timers")
+    if t["notify"] == "thread" and t.get("tid") != pid and t.get("tid") not in tids:
+        return (f"signals thread {t.get('tid')}, which is no thread of it any more (it exited): no call makes "
+                "a timer for a thread that is gone")
     if t.get("clock") not in CLOCKS:
         return f"runs on clock {t.get('clock')} (a CPU clock named by a pid, which restore changes): not restored"
     return None
@@ -81,7 +96,7 @@ def _why_not(pid: int, t: dict) -> str | None:
 
 def check(pids) -> None:
     """Refuse (TimerError) the first process of `pids` with a POSIX timer that is not restored."""
-    from engine import inject
+    from engine import inject, threads
     for pid in pids:
         timers = parse(pid)
         if len(timers) > MAX_TIMERS:
@@ -91,8 +106,9 @@ def check(pids) -> None:
             raise TimerError(errno.EOPNOTSUPP, f"process {pid} has POSIX timers, whose time left only the process "
                                                f"reads (by calls made in it on x86-64 only, not {os.uname().machine}): "
                                                "not restored; stop its timers (or the program) before the dump")
+        tids = threads.tids(pid) if any(t.get("notify") == "thread" for t in timers) else []
         for t in timers:
-            why = _why_not(pid, t)
+            why = _why_not(pid, t, tids)
             if why:
                 raise TimerError(errno.EOPNOTSUPP, f"process {pid}: its POSIX timer {t['id']} {why}; stop that "
                                                    "timer (or the program) before the dump")
@@ -130,9 +146,22 @@ def record(pid: int, timers: list[dict], got) -> list[dict]:
         if t["notify"] != "none":
             e.update(signo=t["signo"], sigval=t["sigval"])
         if t["notify"] == "thread":
-            e["thread"] = 0   # (the leader: `check` refused any other)
+            e["thread"] = 0 if t["tid"] == pid else -t["tid"]   # (another thread: `number_threads` places it)
         out.append(e)
     return out
+
+
+def number_threads(pid: int, entries: list[dict], tids: list[int]) -> None:
+    """Turn the tid `record` left in each of `entries` (process `pid`'s) that notifies a thread
+    other than the leader into its place among the recorded threads, whose tids are `tids`
+    (threads[i] is thread i + 1); TimerError when that thread is not among them (it exited)."""
+    for e in entries:
+        if e.get("thread", 0) < 0:
+            tid = -e["thread"]
+            if tid not in tids:
+                raise TimerError(errno.ESRCH, f"process {pid}: its POSIX timer {e['id']} signals thread {tid}, "
+                                              "which exited while the tree was read: dump again")
+            e["thread"] = tids.index(tid) + 1
 
 
 # --- in the stand-in ---------------------------------------------------------------------------
@@ -149,12 +178,20 @@ def _sys(nr: int, *args) -> int:
     return ret
 
 
+def _sigevent(e: dict | None, tid: int) -> bytes:
+    """The struct sigevent of entry `e` (None: a filler notifying nothing): sigval, signo, notify,
+    then the thread id at _TID_AT, in 64 bytes."""
+    how = _SIGEV[e["notify"]] if e else _SIGEV["none"]
+    return struct.pack("=Qiii", e.get("sigval", 0) if e else 0, e.get("signo", 0) if e else 0, how, tid).ljust(64, b"\0")
+
+
+_TID_AT = 16   # (sigev_notify_thread_id's offset in struct sigevent)
+
+
 def _create(e: dict | None, tid: int, want: int) -> int:
     """timer_create for entry `e` (None: a filler notifying nothing); `want`: the id asked for
     when ids are restored (else ignored by the kernel). The id made."""
-    how = _SIGEV[e["notify"]] if e else _SIGEV["none"]
-    sev = struct.pack("=Qiii", e.get("sigval", 0) if e else 0, e.get("signo", 0) if e else 0, how, tid)
-    sev_buf = ctypes.create_string_buffer(sev.ljust(64, b"\0"), 64)
+    sev_buf = ctypes.create_string_buffer(_sigevent(e, tid), 64)
     out = ctypes.c_int(want)
     _sys(_NR_CREATE, ctypes.c_long(e["clock"] if e else 1), sev_buf, ctypes.byref(out))
     return out.value
@@ -166,15 +203,36 @@ def _restore_ids(on: bool) -> bool:
                          ctypes.c_long(0)) == 0
 
 
-def make(entries: list[dict], tid: int) -> None:
-    """In a stand-in that never made a timer: make each timer of `entries` (image "posix_timers")
-    under its id, notifying thread `tid` (our leader's tid, as we see it) for a "thread" one, then
-    arm each with its time left and interval (OSError naming what failed)."""
+def ids_restorable() -> bool:
+    """Whether this kernel makes a timer under the id asked for (PR_TIMER_CREATE_RESTORE_IDS)."""
+    return _restore_ids(False)
+
+
+def split(entries: list[dict], restore_ids: bool) -> tuple[list[dict], list[dict]]:
+    """(the timers of `entries` a stand-in makes before its threads, those it makes after them):
+    after, those notifying a thread other than the leader, whose tid it learns as it makes that
+    thread; without `restore_ids` (ids come in order) every timer from the first such id on."""
+    late = [e for e in entries if e.get("thread", 0)]
+    if not late:
+        return list(entries), []
+    if restore_ids:
+        return [e for e in entries if not e.get("thread", 0)], late
+    first = min(e["id"] for e in late)
+    return [e for e in entries if e["id"] < first], [e for e in entries if e["id"] >= first]
+
+
+def make(entries: list[dict], tids: list[int]) -> None:
+    """In a stand-in: make each timer of `entries` (image "posix_timers") under its id, notifying
+    thread tids[e["thread"]] for a "thread" one (tids[0]: our leader's, as we see it), then arm
+    each with its time left and interval (OSError naming what failed). Without the prctl ids come
+    in order: `entries` are the ones `split` gives, in a stand-in whose timers so far are the
+    ones `split` put before them."""
     by_id = sorted(entries, key=lambda e: e["id"])
+    tid = lambda e: tids[e.get("thread", 0)]   # noqa: E731
     if _restore_ids(True):
         try:
             for e in by_id:
-                if _create(e, tid, e["id"]) != e["id"]:
+                if _create(e, tid(e), e["id"]) != e["id"]:
                     raise OSError(errno.EBUSY, f"POSIX timer {e['id']}: made under another id")
         finally:
             _restore_ids(False)
@@ -183,7 +241,7 @@ def make(entries: list[dict], tid: int) -> None:
         for e in by_id:
             # (ids come in order: what comes before the wanted one is a filler, deleted after)
             while len(fillers) <= MAX_FILLERS:
-                got = _create(e, tid, 0)
+                got = _create(e, tid(e), 0)
                 if got == e["id"]:
                     break
                 fillers.append(got)
@@ -196,6 +254,57 @@ def make(entries: list[dict], tid: int) -> None:
             _sys(_NR_DELETE, ctypes.c_long(f))
     for e in by_id:
         if e["value"]:
-            spec = struct.pack("=4q", *divmod(e["interval"], 1_000_000_000), *divmod(e["value"], 1_000_000_000))
-            _sys(_NR_SETTIME, ctypes.c_long(e["id"]), ctypes.c_long(0), ctypes.create_string_buffer(spec, 32),
+            _sys(_NR_SETTIME, ctypes.c_long(e["id"]), ctypes.c_long(0), ctypes.create_string_buffer(_itimerspec(e), 32),
                  ctypes.c_void_p(0))
+
+
+def _itimerspec(e: dict) -> bytes:
+    return struct.pack("=4q", *divmod(e["interval"], 1_000_000_000), *divmod(e["value"], 1_000_000_000))
+
+
+_NR_PROCESS_VM_READV = 310
+
+
+def steps(late: list[dict], made: list[dict], tid_buf, keep: list, restore_ids: bool) -> list[tuple]:
+    """The last steps (lastword.ENTRY tuples, engine/mappings.py `become_exe`) that make the timers
+    `late` (`split`'s second list) once the threads are made: thread i's clone wrote its tid into
+    tid_buf[i - 1] (engine/threads.py `steps`), copied into each timer's struct sigevent with
+    process_vm_readv on ourselves; the leader's is our pid. Under their ids with the prctl
+    (`restore_ids`), else in id order after those of `made` (made before: the kernel's next id is
+    the one after the last of them), fillers notifying nothing between, deleted after; then each
+    armed with its time left. `keep` holds the buffers the steps point at."""
+    if not late:
+        return []
+    pid = os.getpid()
+    out = [(_NR_PRCTL, _PR_TIMER_CREATE_RESTORE_IDS, _ON, 0, 0, 0, 0, 1, 0)] if restore_ids else []
+    filler_sev, scratch = ctypes.create_string_buffer(_sigevent(None, 0), 64), ctypes.c_int(0)
+    keep += [filler_sev, scratch]
+    next_id = max((e["id"] for e in made), default=-1) + 1
+    fillers: list[int] = []
+    for e in sorted(late, key=lambda e: e["id"]):
+        while not restore_ids and next_id < e["id"]:
+            if len(fillers) >= MAX_FILLERS:
+                raise OSError(errno.EBUSY, f"POSIX timer {e['id']}: more than {MAX_FILLERS} ids to skip to make it")
+            out.append((_NR_CREATE, 1, ctypes.addressof(filler_sev), ctypes.addressof(scratch), 0, 0, 0, 1, 0))
+            fillers.append(next_id)
+            next_id += 1
+        sev = ctypes.create_string_buffer(_sigevent(e, pid), 64)
+        want = ctypes.c_int(e["id"])
+        keep += [sev, want]
+        if e.get("thread", 0):
+            iov = (ctypes.c_uint64 * 4)(ctypes.addressof(sev) + _TID_AT, 4,
+                                        ctypes.addressof(tid_buf) + 4 * (e["thread"] - 1), 4)
+            keep.append(iov)
+            out.append((_NR_PROCESS_VM_READV, pid, ctypes.addressof(iov), 1, ctypes.addressof(iov) + 16, 1, 0, 2, 4))
+        out.append((_NR_CREATE, e["clock"] & (1 << 64) - 1, ctypes.addressof(sev), ctypes.addressof(want),
+                    0, 0, 0, 1, 0))
+        next_id = e["id"] + 1
+    if restore_ids:
+        out.append((_NR_PRCTL, _PR_TIMER_CREATE_RESTORE_IDS, _OFF, 0, 0, 0, 0, 1, 0))
+    out += [(_NR_DELETE, f, 0, 0, 0, 0, 0, 1, 0) for f in fillers]
+    for e in late:
+        if e["value"]:
+            spec = ctypes.create_string_buffer(_itimerspec(e), 32)
+            keep.append(spec)
+            out.append((_NR_SETTIME, e["id"], 0, ctypes.addressof(spec), 0, 0, 0, 1, 0))
+    return out

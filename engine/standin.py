@@ -277,7 +277,8 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     make its `timers` (its image's "posix_timers", "itimers", "timer_sig_caught": the handlers
     first, so that no tick kills us), become the executable, take the ids and the capabilities and
     then the parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
-    threads (named `threads`: made last, they copy what we took), then install seccomp `filters`
+    threads (`threads`: (name, own mask or None) each; made last, they copy what we took), then the
+    POSIX timers that notify them (engine/posixtimers.py `split`), then install seccomp `filters`
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
@@ -286,11 +287,13 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
+        late = made = ()
+        restore_ids = True
         if timers:
-            _make_timers(timers)
+            late, made, restore_ids = _make_timers(timers)
         # (become_exe does not return when it can)
         if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters,
-                                                          pdeathsig):
+                                                          pdeathsig, blocked, (late, made, restore_ids)):
             os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
@@ -298,7 +301,9 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
             kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
         if pdeathsig:
             kernel.set_pdeathsig(pdeathsig)
-        threadsteps.start(threads)
+        tids = threadsteps.start(threads, blocked)
+        if late:
+            posixtimers.make(list(late), [os.getpid()] + tids)
         if filters:
             seccomp.install(filters, tsync=True)   # (the very last: engine/seccomp.py `late`)
     except OSError as e:
@@ -311,12 +316,17 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         signal.pause()
 
 
-def _make_timers(timers: dict) -> None:
+def _make_timers(timers: dict) -> tuple[list, list, bool]:
     """The process's timers (engine/posixtimers.py, engine/itimers.py), armed once the handlers of
-    the signals it caught are in (engine/timersigs.py)."""
+    the signals it caught are in (engine/timersigs.py): those that notify none of its threads but
+    the leader (posixtimers.split). (Those that do, made once the threads are, the ones made now,
+    whether ids are restorable.)"""
     timersigs.take(timers.get("timer_sig_caught", 0))
-    posixtimers.make(timers.get("posix_timers") or [], os.getpid())
+    restore_ids = posixtimers.ids_restorable()
+    made, late = posixtimers.split(timers.get("posix_timers") or [], restore_ids)
+    posixtimers.make(made, [os.getpid()])
     itimers.make(timers.get("itimers") or [])
+    return late, made, restore_ids
 
 
 def _await_commit(lifeline: int, kin=()) -> None:
