@@ -83,14 +83,59 @@ def parse(pid: int) -> list[dict]:
     return sorted(out, key=lambda t: t["id"])
 
 
+THREAD_CLOCK = -2   # (the calling thread's CPU clock, CPUCLOCK_SCHED, as pthread_getcpuclockid makes one)
+
+
+def _named_clock(clock) -> tuple[int, int] | None:
+    """(pid or tid, the low 3 bits: per-thread 4, kind 0..2) of a CPU clock id named by a number."""
+    if type(clock) is not int or clock >= -8 or clock & 3 == 3:
+        return None
+    return ~(clock >> 3), clock & 7
+
+
+def clock_owner(pid: int, clock) -> int | None:
+    """The host tid of the thread of `pid` (or `pid` itself) whose number names CPU clock `clock`
+    (the number as the process sees it, in its own pid namespace: /proc/PID/task/TID/status's last
+    NSpid); None when no thread of it has that number, or the clock names none."""
+    named = _named_clock(clock)
+    if named is None:
+        return None
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
+                ns = next(line for line in f if line.startswith(b"NSpid:")).split()[-1]
+        except (OSError, StopIteration):
+            continue
+        if int(ns) == named[0]:
+            return int(tid)
+    return None
+
+
 def _why_not(pid: int, t: dict, tids: list[int]) -> str | None:
     if t.get("notify") not in _SIGEV:
         return f"notifies by {t.get('notify')!r}, which is not restored"
     if t["notify"] == "thread" and t.get("tid") != pid and t.get("tid") not in tids:
         return (f"signals thread {t.get('tid')}, which is no thread of it any more (it exited): no call makes "
                 "a timer for a thread that is gone")
-    if t.get("clock") not in CLOCKS:
-        return f"runs on clock {t.get('clock')} (a CPU clock named by a pid, which restore changes): not restored"
+    if t.get("clock") in CLOCKS:
+        return None
+    named = _named_clock(t.get("clock"))
+    if named is None:
+        return f"runs on clock {t.get('clock')}, which is not restored"
+    number, bits = named
+    who = clock_owner(pid, t["clock"])   # (numbered in its pid namespace)
+    if not bits & 4 and who != pid:
+        return f"runs on the CPU clock of process {number} (clock {t['clock']}), not its own: not restored"
+    if bits & 4 and who is None:
+        return f"runs on the CPU clock of thread {number} (clock {t['clock']}), no thread of it: not restored"
+    if bits & 4 and who != pid and bits != 6:
+        # (another thread's is made from its new tid by the stand-in's last steps, CPUCLOCK_SCHED's
+        # only: the kind pthread_getcpuclockid gives; a PROF or VIRT one is made by hand)
+        return f"runs on thread {number}'s CPU clock of kind {bits & 3} (not the scheduler's): not restored"
     return None
 
 
@@ -143,6 +188,16 @@ def record(pid: int, timers: list[dict], got) -> list[dict]:
         words = spec[1]
         e = {"id": t["id"], "clock": t["clock"], "notify": t["notify"], "value": _ns(words[2], words[3]),
              "interval": _ns(words[0], words[1]), "overrun": min(over[0], MAX_ID)}
+        named = _named_clock(t["clock"])
+        if named:
+            # (its own process's, or a thread's of it, by number: pid 0 names the caller's own)
+            e["clock"] = named[1] | -8
+            who = clock_owner(pid, t["clock"])
+            if who is None:
+                raise TimerError(errno.ESRCH, f"process {pid}: its POSIX timer {t['id']} runs on the CPU clock of "
+                                              "a thread that exited while the tree was read: dump again")
+            if who != pid:
+                e["clock_thread"] = -who   # (`number_threads` places it; `check` let only a thread's by)
         if t["notify"] != "none":
             e.update(signo=t["signo"], sigval=t["sigval"])
         if t["notify"] == "thread":
@@ -153,15 +208,17 @@ def record(pid: int, timers: list[dict], got) -> list[dict]:
 
 def number_threads(pid: int, entries: list[dict], tids: list[int]) -> None:
     """Turn the tid `record` left in each of `entries` (process `pid`'s) that notifies a thread
-    other than the leader into its place among the recorded threads, whose tids are `tids`
-    (threads[i] is thread i + 1); TimerError when that thread is not among them (it exited)."""
+    other than the leader, or runs on its CPU clock, into its place among the recorded threads,
+    whose tids are `tids` (threads[i] is thread i + 1); TimerError when that thread is not among
+    them (it exited)."""
     for e in entries:
-        if e.get("thread", 0) < 0:
-            tid = -e["thread"]
-            if tid not in tids:
-                raise TimerError(errno.ESRCH, f"process {pid}: its POSIX timer {e['id']} signals thread {tid}, "
-                                              "which exited while the tree was read: dump again")
-            e["thread"] = tids.index(tid) + 1
+        for key in ("thread", "clock_thread"):
+            if e.get(key, 0) < 0:
+                tid = -e[key]
+                if tid not in tids:
+                    raise TimerError(errno.ESRCH, f"process {pid}: its POSIX timer {e['id']} names thread {tid}, "
+                                                  "which exited while the tree was read: dump again")
+                e[key] = tids.index(tid) + 1
 
 
 # --- in the stand-in ---------------------------------------------------------------------------
@@ -188,12 +245,12 @@ def _sigevent(e: dict | None, tid: int) -> bytes:
 _TID_AT = 16   # (sigev_notify_thread_id's offset in struct sigevent)
 
 
-def _create(e: dict | None, tid: int, want: int) -> int:
-    """timer_create for entry `e` (None: a filler notifying nothing); `want`: the id asked for
-    when ids are restored (else ignored by the kernel). The id made."""
+def _create(e: dict | None, tid: int, want: int, clock: int = 1) -> int:
+    """timer_create on `clock` for entry `e` (None: a filler notifying nothing); `want`: the id
+    asked for when ids are restored (else ignored by the kernel). The id made."""
     sev_buf = ctypes.create_string_buffer(_sigevent(e, tid), 64)
     out = ctypes.c_int(want)
-    _sys(_NR_CREATE, ctypes.c_long(e["clock"] if e else 1), sev_buf, ctypes.byref(out))
+    _sys(_NR_CREATE, ctypes.c_long(clock), sev_buf, ctypes.byref(out))
     return out.value
 
 
@@ -212,13 +269,23 @@ def split(entries: list[dict], restore_ids: bool) -> tuple[list[dict], list[dict
     """(the timers of `entries` a stand-in makes before its threads, those it makes after them):
     after, those notifying a thread other than the leader, whose tid it learns as it makes that
     thread; without `restore_ids` (ids come in order) every timer from the first such id on."""
-    late = [e for e in entries if e.get("thread", 0)]
+    late = [e for e in entries if _of_thread(e)]
     if not late:
         return list(entries), []
     if restore_ids:
-        return [e for e in entries if not e.get("thread", 0)], late
+        return [e for e in entries if not _of_thread(e)], late
     first = min(e["id"] for e in late)
     return [e for e in entries if e["id"] < first], [e for e in entries if e["id"] >= first]
+
+
+def _of_thread(e: dict) -> bool:
+    """Whether timer entry `e` names a thread other than the leader (notified, or its CPU clock)."""
+    return bool(e.get("thread", 0) or e.get("clock_thread", 0))
+
+
+def _clock(e: dict, tids: list[int]) -> int:
+    """The clock id to make timer entry `e` on: thread i's CPU clock named by its tid tids[i]."""
+    return ~tids[e["clock_thread"]] << 3 | 6 if e.get("clock_thread") else e["clock"]
 
 
 def make(entries: list[dict], tids: list[int]) -> None:
@@ -232,7 +299,7 @@ def make(entries: list[dict], tids: list[int]) -> None:
     if _restore_ids(True):
         try:
             for e in by_id:
-                if _create(e, tid(e), e["id"]) != e["id"]:
+                if _create(e, tid(e), e["id"], _clock(e, tids)) != e["id"]:
                     raise OSError(errno.EBUSY, f"POSIX timer {e['id']}: made under another id")
         finally:
             _restore_ids(False)
@@ -241,7 +308,7 @@ def make(entries: list[dict], tids: list[int]) -> None:
         for e in by_id:
             # (ids come in order: what comes before the wanted one is a filler, deleted after)
             while len(fillers) <= MAX_FILLERS:
-                got = _create(e, tid(e), 0)
+                got = _create(e, tid(e), 0, _clock(e, tids))
                 if got == e["id"]:
                     break
                 fillers.append(got)
@@ -265,17 +332,22 @@ def _itimerspec(e: dict) -> bytes:
 _NR_PROCESS_VM_READV = 310
 
 
-def steps(late: list[dict], made: list[dict], tid_buf, keep: list, restore_ids: bool) -> list[tuple]:
+def steps(late: list[dict], made: list[dict], bufs: tuple, keep: list, restore_ids: bool,
+          fixups: list) -> list[tuple]:
     """The last steps (lastword.ENTRY tuples, engine/mappings.py `become_exe`) that make the timers
     `late` (`split`'s second list) once the threads are made: thread i's clone wrote its tid into
-    tid_buf[i - 1] (engine/threads.py `steps`), copied into each timer's struct sigevent with
-    process_vm_readv on ourselves; the leader's is our pid. Under their ids with the prctl
-    (`restore_ids`), else in id order after those of `made` (made before: the kernel's next id is
-    the one after the last of them), fillers notifying nothing between, deleted after; then each
-    armed with its time left. `keep` holds the buffers the steps point at."""
+    tid_buf[i - 1] and its CPU clock id into clock_buf[i - 1] (`bufs`: engine/threads.py `steps`),
+    copied with process_vm_readv on ourselves into a timer's struct sigevent, and into the clock
+    argument of its timer_create step, whose place in the program is not known yet: (the iovec
+    to point there, that step's index among ours) goes into `fixups`. The leader's tid is our pid.
+    Under their ids with the prctl (`restore_ids`), else in id order after those of `made` (made
+    before: the kernel's next id is the one after the last of them), fillers notifying nothing
+    between, deleted after; then each armed with its time left. `keep` holds the buffers the steps
+    point at."""
     if not late:
         return []
     pid = os.getpid()
+    tid_buf, clock_buf = bufs
     out = [(_NR_PRCTL, _PR_TIMER_CREATE_RESTORE_IDS, _ON, 0, 0, 0, 0, 1, 0)] if restore_ids else []
     filler_sev, scratch = ctypes.create_string_buffer(_sigevent(None, 0), 64), ctypes.c_int(0)
     keep += [filler_sev, scratch]
@@ -292,12 +364,12 @@ def steps(late: list[dict], made: list[dict], tid_buf, keep: list, restore_ids: 
         want = ctypes.c_int(e["id"])
         keep += [sev, want]
         if e.get("thread", 0):
-            iov = (ctypes.c_uint64 * 4)(ctypes.addressof(sev) + _TID_AT, 4,
-                                        ctypes.addressof(tid_buf) + 4 * (e["thread"] - 1), 4)
-            keep.append(iov)
-            out.append((_NR_PROCESS_VM_READV, pid, ctypes.addressof(iov), 1, ctypes.addressof(iov) + 16, 1, 0, 2, 4))
-        out.append((_NR_CREATE, e["clock"] & (1 << 64) - 1, ctypes.addressof(sev), ctypes.addressof(want),
-                    0, 0, 0, 1, 0))
+            out.append(_copy(pid, ctypes.addressof(sev) + _TID_AT, ctypes.addressof(tid_buf) + 4 * (e["thread"] - 1),
+                             keep))
+        if e.get("clock_thread", 0):
+            out.append(_copy(pid, 0, ctypes.addressof(clock_buf) + 4 * (e["clock_thread"] - 1), keep))
+            fixups.append((keep[-1], len(out)))   # (into the clock of the step that comes next)
+        out.append((_NR_CREATE, e["clock"], ctypes.addressof(sev), ctypes.addressof(want), 0, 0, 0, 1, 0))
         next_id = e["id"] + 1
     if restore_ids:
         out.append((_NR_PRCTL, _PR_TIMER_CREATE_RESTORE_IDS, _OFF, 0, 0, 0, 0, 1, 0))
@@ -308,3 +380,11 @@ def steps(late: list[dict], made: list[dict], tid_buf, keep: list, restore_ids: 
             keep.append(spec)
             out.append((_NR_SETTIME, e["id"], 0, ctypes.addressof(spec), 0, 0, 0, 1, 0))
     return out
+
+
+def _copy(pid: int, to: int, frm: int, keep: list) -> tuple:
+    """The step copying 4 bytes at `frm` to `to` in our own memory (process_vm_readv on our own
+    pid: always allowed to the caller's own thread group); its iovec pair is keep[-1]."""
+    iov = (ctypes.c_uint64 * 4)(to, 4, frm, 4)
+    keep.append(iov)
+    return (_NR_PROCESS_VM_READV, pid, ctypes.addressof(iov), 1, ctypes.addressof(iov) + 16, 1, 0, 2, 4)

@@ -222,14 +222,15 @@ _NR_RT_SIGPROCMASK, _SIG_SETMASK = 14, 2
 _STACK = 4 * mmap.PAGESIZE   # (a page would not hold a signal frame with AVX-512 state)
 
 
-def steps(threads: list, mine: str, keep: list, blocked: int = 0, tid_buf=None) -> list[tuple]:
+def steps(threads: list, mine: str, keep: list, blocked: int = 0, tid_buf=None, clock_buf=None) -> list[tuple]:
     """become_exe's steps (lastword.ENTRY tuples) making a thread for each (name, mask or None) of
     `threads`: take its name (prctl PR_SET_NAME) and its mask when it has one of its own
     (rt_sigprocmask), clone (check 3: the new thread, answer 0, parks at once; its stack of its
     own, used only by a timer's signal its process caught, engine/timersigs.py: room for the
     kernel's signal frame, AVX-512 state and all; with `tid_buf`, a ctypes int array, the kernel
-    writes thread i's tid into tid_buf[i]: CLONE_PARENT_SETTID), then our own name `mine` and
-    mask `blocked` back. `keep` holds the buffers the steps point at."""
+    writes thread i's tid into tid_buf[i]: CLONE_PARENT_SETTID; with `clock_buf`, the maker its
+    CPU clock id into clock_buf[i]: engine/mappings.py's clone check), then our own name `mine`
+    and mask `blocked` back. `keep` holds the buffers the steps point at."""
     if not threads:
         return []
     threads = _pairs(threads)
@@ -250,7 +251,8 @@ def steps(threads: list, mine: str, keep: list, blocked: int = 0, tid_buf=None) 
         flags, settid = CLONE_THREAD_FLAGS, 0
         if tid_buf is not None:
             flags, settid = flags | _CLONE_PARENT_SETTID, ctypes.addressof(tid_buf) + 4 * i
-        out.append((56, flags, base + _STACK * (i + 1), settid, 0, 0, 0, 3, 0))
+        clock = ctypes.addressof(clock_buf) + 4 * i if clock_buf is not None else 0
+        out.append((56, flags, base + _STACK * (i + 1), settid, 0, 0, 0, 3, clock))
     if own_mask:
         out.append(_setmask(blocked, keep))
     return out

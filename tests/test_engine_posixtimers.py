@@ -92,9 +92,11 @@ def test_a_timer_that_ticks_does_not_kill_the_restored_tree(case):
             "make(0, signal.SIGUSR1, 4, 0, tid)\n"
             "th.join()\n",
      r"its POSIX timer 0 signals thread \d+, which is no thread of it any more \(it exited\)"),
-    (_LIB + "import os\nmake((~os.getpid()) << 3 | 2, signal.SIGUSR1, 0)\n",   # (its own, by number)
-     r"its POSIX timer 0 runs on clock -\d+ \(a CPU clock named by a pid, which restore changes\): not restored"),
-], ids=["exited-thread", "pid-clock"])
+    # (a thread's CPU clock of the PROF kind, made by hand: not the one pthread_getcpuclockid gives)
+    (_LIB + "th = threading.Thread(target=threading.Event().wait, daemon=True); th.start()\n"
+            "make((~th.native_id) << 3 | 4, signal.SIGUSR1, 0)\n",
+     r"its POSIX timer 0 runs on thread \d+'s CPU clock of kind 0 \(not the scheduler's\): not restored"),
+], ids=["exited-thread", "thread-prof-clock"])
 def test_a_timer_not_restored_is_refused_before_the_stop(case, setup, reason):
     pid = case.start(STOP_WATCH + py_hold(setup))
     with pytest.raises(CRError) as err:
@@ -194,7 +196,8 @@ def test_make_keeps_the_ids(restore_ids):
 # waits for SIGTIMER, 32, blocking every signal; armed an hour, every hour: no callback thread
 # comes and goes while the test looks), 2 thread "caught-w" (SIGALRM, which the process catches,
 # every 20 ms), 3 deleted (a hole), 4 thread "blocked-w" (SIGRTMIN+3, which that thread alone
-# blocks, every 20 ms: the ticks wait on it, pending, where /proc shows them).
+# blocks, every 20 ms: the ticks wait on it, pending, where /proc shows them), 5 on caught-w's CPU
+# clock, signalling it (as haproxy's watchdog), 6 on the process's CPU clock named by its pid.
 _THREADED_C = r"""
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -227,11 +230,13 @@ static void *worker(void *arg) {
         pause();
 }
 
+static clockid_t on = CLOCK_MONOTONIC;
+
 static timer_t make(struct sigevent *sev, double value, double interval) {
     timer_t t;
     struct itimerspec its = {{(time_t)interval, (long)((interval - (time_t)interval) * 1e9)},
                              {(time_t)value, (long)((value - (time_t)value) * 1e9)}};
-    if (timer_create(CLOCK_MONOTONIC, sev, &t) || timer_settime(t, 0, &its, 0)) {
+    if (timer_create(on, sev, &t) || timer_settime(t, 0, &its, 0)) {
         perror("timer");
         exit(1);
     }
@@ -255,9 +260,9 @@ int main(void) {
     sigaction(SIGALRM, &sa, 0);
     signal(SIGUSR1, SIG_IGN);
     pthread_barrier_init(&ready, 0, 3);
-    pthread_t th;
+    pthread_t th[2];
     for (long i = 0; i < 2; i++)
-        pthread_create(&th, 0, worker, (void *)i);
+        pthread_create(&th[i], 0, worker, (void *)i);
     pthread_barrier_wait(&ready);
     to_thread(getpid(), SIGUSR1, 3600, 0);
     struct sigevent sev;
@@ -268,6 +273,11 @@ int main(void) {
     to_thread(tids[0], SIGALRM, 0.02, 0.02);
     timer_delete(to_thread(tids[0], SIGALRM, 0, 0));
     to_thread(tids[1], SIGRTMIN + 3, 0.02, 0.02);
+    pthread_getcpuclockid(th[0], &on);   /* (haproxy's watchdog: a thread's own CPU time) */
+    to_thread(tids[0], SIGALRM, 3600, 3600);
+    clock_getcpuclockid(getpid(), &on);   /* (its own process's, by number) */
+    sev.sigev_notify = SIGEV_NONE;
+    make(&sev, 3600, 0);
     while (!caught)
         usleep(1000);   /* (caught-w takes it) */
     prctl(PR_SET_NAME, "mntcr-hold");
@@ -281,13 +291,15 @@ int main(void) {
 def threaded_setup(tmp_path_factory) -> str:
     """A setup line running _THREADED_C, compiled here (skips without a C compiler)."""
     import base64
+    import shutil
     import subprocess
     d = tmp_path_factory.mktemp("threaded")
     (d / "tt.c").write_text(_THREADED_C)
+    if not shutil.which("gcc"):
+        pytest.skip("no C compiler here (gcc)")
     r = subprocess.run(["gcc", "-O1", "-pthread", "-o", str(d / "tt"), str(d / "tt.c")], capture_output=True,
                        text=True)
-    if r.returncode:
-        pytest.skip(f"no C compiler here: {r.stderr.strip()[-200:]}")
+    assert r.returncode == 0, r.stderr
     blob = base64.b64encode((d / "tt").read_bytes()).decode()
     # (a child of the root: init of a pid namespace would drop a signal at its default action, which
     # must be seen to kill)
@@ -319,6 +331,12 @@ def _notified(pid: int) -> dict[int, int]:
     return {t["id"]: t["tid"] for t in posixtimers.parse(pid) if t["notify"] == "thread"}
 
 
+def _cpu_clocks(pid: int) -> dict[int, int]:
+    """{timer id: the host tid whose CPU clock it runs on} of `pid`'s timers on a CPU clock named
+    by a number."""
+    return {t["id"]: posixtimers.clock_owner(pid, t["clock"]) for t in posixtimers.parse(pid) if t["clock"] < -8}
+
+
 def _wait_pending(pid: int, name: str, sig: int) -> None:
     """Until thread `name` of `pid` has `sig` pending (its timer ticked while it blocks it)."""
     deadline = time.monotonic() + 30   # (a generous bound: ticks come every 20 ms)
@@ -341,14 +359,19 @@ def test_timers_that_signal_threads_are_made_for_the_restored_threads(case, thre
     pid = _program(root)
     tasks, notified = _tasks(pid), _notified(pid)
     assert sorted(tasks) == ["blocked-w", "caught-w", "tt"], tasks
-    assert notified == {0: pid, 1: tasks["tt"]["tid"], 2: tasks["caught-w"]["tid"], 4: tasks["blocked-w"]["tid"]}
-    assert [t["id"] for t in posixtimers.parse(pid)] == [0, 1, 2, 4]
+    assert notified == {0: pid, 1: tasks["tt"]["tid"], 2: tasks["caught-w"]["tid"], 4: tasks["blocked-w"]["tid"],
+                        5: tasks["caught-w"]["tid"]}
+    assert [t["id"] for t in posixtimers.parse(pid)] == [0, 1, 2, 4, 5, 6]
+    assert _cpu_clocks(pid) == {5: tasks["caught-w"]["tid"], 6: pid}
     after_root = case.cr(root)
     after_pid = _program(after_root)
     after = _tasks(after_pid)
     assert sorted(after) == sorted(tasks), after
     assert _notified(after_pid) == {0: after_pid, 1: after["tt"]["tid"], 2: after["caught-w"]["tid"],
-                                    4: after["blocked-w"]["tid"]}
+                                    4: after["blocked-w"]["tid"], 5: after["caught-w"]["tid"]}
+    # (the thread's CPU clock named by its new tid; the process's by pid 0, its own)
+    assert _cpu_clocks(after_pid) == {5: after["caught-w"]["tid"]}
+    assert {t["id"]: t["clock"] for t in posixtimers.parse(after_pid)}[6] == -6
     # (each thread's own mask. glibc's helper blocks every signal but SIGSETXID (33) and the two
     # that cannot be: SIGTIMER (32) too, whose default action would kill; /proc shows it unblocked
     # while the helper waits for it in sigwaitinfo, which the dump's stop ends)
@@ -383,7 +406,8 @@ def test_a_glibc_sigev_thread_timer_ticks_into_its_helper_without_killing(case, 
 
 
 # Timers of a stand-in's last steps: 0 notifies nothing (made before the threads), 1 thread "w-b",
-# 3 the process, 4 thread "w-a", 6 the leader thread; "w-b" blocks signal 40 of its own.
+# 3 the process, 4 thread "w-a", 6 the leader thread, 8 and 9 on "w-b"'s CPU clock (9 notifying
+# "w-a"); "w-b" blocks signal 40 of its own.
 _LATE = [{"id": 0, "clock": 1, "notify": "none", "value": 0, "interval": 0, "overrun": 0},
          {"id": 1, "clock": 1, "notify": "thread", "thread": 2, "signo": 12, "sigval": 5, "value": 10 ** 12,
           "interval": 0, "overrun": 0},
@@ -392,7 +416,10 @@ _LATE = [{"id": 0, "clock": 1, "notify": "none", "value": 0, "interval": 0, "ove
          {"id": 4, "clock": 1, "notify": "thread", "thread": 1, "signo": 40, "sigval": 7, "value": 0,
           "interval": 0, "overrun": 0},
          {"id": 6, "clock": 1, "notify": "thread", "thread": 0, "signo": 41, "sigval": 0, "value": 10 ** 12,
-          "interval": 0, "overrun": 0}]
+          "interval": 0, "overrun": 0},
+         {"id": 8, "clock": -2, "clock_thread": 2, "notify": "none", "value": 10 ** 12, "interval": 0, "overrun": 0},
+         {"id": 9, "clock": -2, "clock_thread": 2, "notify": "thread", "thread": 1, "signo": 12, "sigval": 0,
+          "value": 0, "interval": 0, "overrun": 0}]
 _LATE_THREADS = [("w-a", None), ("w-b", 1 << 39)]
 
 
@@ -427,6 +454,8 @@ def test_last_steps_make_the_timers_of_threads(how):
         names = {int(t): kernel.read_comm(f"{pid}/task/{t}") for t in os.listdir(f"/proc/{pid}/task")}
         seen["timers"] = [(t["id"], t["notify"], names.get(t.get("tid")), t.get("signo"), t.get("sigval"))
                           for t in posixtimers.parse(pid)]
+        seen["clocks"] = {t["id"]: names.get(posixtimers.clock_owner(pid, t["clock"]), t["clock"])
+                          for t in posixtimers.parse(pid)}
         seen["masks"] = {names[int(t)]: kernel.read_blocked_signals(f"{pid}/task/{t}").get("sig_blocked", 0)
                          for t in os.listdir(f"/proc/{pid}/task")}
         seen["armed"] = [a[1][2] for a in inject.calls(pid, posixtimers.calls(posixtimers.parse(pid)))[::2]]
@@ -435,7 +464,9 @@ def test_last_steps_make_the_timers_of_threads(how):
     assert word == lastword.OK, lastword.explain(word)
     leader = next(n for n in seen["masks"] if n not in ("w-a", "w-b"))
     assert seen["timers"] == [(0, "none", None, 0, 0), (1, "thread", "w-b", 12, 5), (3, "signal", None, 10, 0),
-                              (4, "thread", "w-a", 40, 7), (6, "thread", leader, 41, 0)], seen
+                              (4, "thread", "w-a", 40, 7), (6, "thread", leader, 41, 0), (8, "none", None, 0, 0),
+                              (9, "thread", "w-a", 12, 0)], seen
+    assert seen["clocks"] == {0: 1, 1: 1, 3: 0, 4: 1, 6: 1, 8: "w-b", 9: "w-b"}, seen
     assert seen["masks"] == {leader: 1 << 9 | 1 << 11 | 1 << 40, "w-a": 1 << 9 | 1 << 11 | 1 << 40,
                              "w-b": 1 << 39}, seen
-    assert [s > 900 for s in seen["armed"]] == [False, True, True, False, True], seen   # (seconds left)
+    assert [s > 900 for s in seen["armed"]] == [False, True, True, False, True, True, False], seen   # (seconds left)
