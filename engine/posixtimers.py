@@ -13,8 +13,12 @@ A timer that notifies a thread other than the leader (SIGEV_THREAD_ID: glibc's S
 helper thread, blocked in sigwaitinfo on its SIGTIMER, 32; a program's per-thread watchdog) is
 recorded by that thread's place among the process's threads (`thread`, 1.. for threads[0..]).
 A stand-in makes its threads last, under new tids, so such timers are made after them (`split`):
-by its last steps in machine code (`steps`: each clone writes the new tid where the timer's
-struct sigevent wants it) or in Python (`make` with the tids the threads told). Without the prctl
+by its last steps in machine code (`steps`: the maker of each thread writes its new tid where
+the timer's struct sigevent wants it) or in Python (`make` with the tids the threads told). A
+timer on a thread's own CPU clock (haproxy's watchdog, by pthread_getcpuclockid: a clock id made
+from the tid, `clock_thread`) is made on the restored thread's, whose id its maker writes into
+that timer_create's argument likewise; one on the process's own CPU clock named by its pid is
+made on pid 0's, the caller's own. Without the prctl
 every timer from the first such id on comes after the threads too, fillers between, so that ids
 still come in order. What the restored thread does with the signal is not restored (no thread
 runs its program again): it gets it with the mask it had (engine/threads.py: glibc's helper
@@ -329,25 +333,23 @@ def _itimerspec(e: dict) -> bytes:
     return struct.pack("=4q", *divmod(e["interval"], 1_000_000_000), *divmod(e["value"], 1_000_000_000))
 
 
-_NR_PROCESS_VM_READV = 310
-
-
-def steps(late: list[dict], made: list[dict], bufs: tuple, keep: list, restore_ids: bool,
-          fixups: list) -> list[tuple]:
+def steps(late: list[dict], made: list[dict], nthreads: int, keep: list,
+          restore_ids: bool) -> tuple[list[tuple], list[int], list[tuple]]:
     """The last steps (lastword.ENTRY tuples, engine/mappings.py `become_exe`) that make the timers
-    `late` (`split`'s second list) once the threads are made: thread i's clone wrote its tid into
-    tid_buf[i - 1] and its CPU clock id into clock_buf[i - 1] (`bufs`: engine/threads.py `steps`),
-    copied with process_vm_readv on ourselves into a timer's struct sigevent, and into the clock
-    argument of its timer_create step, whose place in the program is not known yet: (the iovec
-    to point there, that step's index among ours) goes into `fixups`. The leader's tid is our pid.
-    Under their ids with the prctl (`restore_ids`), else in id order after those of `made` (made
-    before: the kernel's next id is the one after the last of them), fillers notifying nothing
-    between, deleted after; then each armed with its time left. `keep` holds the buffers the steps
-    point at."""
+    `late` (`split`'s second list) once the `nthreads` threads are made; with, per thread, the
+    address (0: none) of the [address, kind] pairs where its maker writes its new tid (kind 0:
+    into the struct sigevent of each timer notifying it) or CPU clock id (kind 1: into the clock
+    argument of each timer_create on it), engine/threads.py `steps`; and the relocations (pairs
+    array, index, step index among ours) of those clock places, which point into the program
+    once it has its place. The leader's tid is our pid. Under their ids with the prctl
+    (`restore_ids`), else in id order after those of `made` (made before: the kernel's next id is
+    the one after the last of them), fillers notifying nothing between, deleted after; then each
+    armed with its time left. `keep` holds the buffers the steps point at."""
+    places: list[list] = [[] for _ in range(nthreads)]
+    relocs: list[tuple] = []
     if not late:
-        return []
+        return [], [0] * nthreads, relocs
     pid = os.getpid()
-    tid_buf, clock_buf = bufs
     out = [(_NR_PRCTL, _PR_TIMER_CREATE_RESTORE_IDS, _ON, 0, 0, 0, 0, 1, 0)] if restore_ids else []
     filler_sev, scratch = ctypes.create_string_buffer(_sigevent(None, 0), 64), ctypes.c_int(0)
     keep += [filler_sev, scratch]
@@ -364,11 +366,9 @@ def steps(late: list[dict], made: list[dict], bufs: tuple, keep: list, restore_i
         want = ctypes.c_int(e["id"])
         keep += [sev, want]
         if e.get("thread", 0):
-            out.append(_copy(pid, ctypes.addressof(sev) + _TID_AT, ctypes.addressof(tid_buf) + 4 * (e["thread"] - 1),
-                             keep))
+            places[e["thread"] - 1].append((ctypes.addressof(sev) + _TID_AT, 0))
         if e.get("clock_thread", 0):
-            out.append(_copy(pid, 0, ctypes.addressof(clock_buf) + 4 * (e["clock_thread"] - 1), keep))
-            fixups.append((keep[-1], len(out)))   # (into the clock of the step that comes next)
+            places[e["clock_thread"] - 1].append((len(out), 1))   # (a step: relocated)
         out.append((_NR_CREATE, e["clock"], ctypes.addressof(sev), ctypes.addressof(want), 0, 0, 0, 1, 0))
         next_id = e["id"] + 1
     if restore_ids:
@@ -379,12 +379,13 @@ def steps(late: list[dict], made: list[dict], bufs: tuple, keep: list, restore_i
             spec = ctypes.create_string_buffer(_itimerspec(e), 32)
             keep.append(spec)
             out.append((_NR_SETTIME, e["id"], 0, ctypes.addressof(spec), 0, 0, 0, 1, 0))
-    return out
-
-
-def _copy(pid: int, to: int, frm: int, keep: list) -> tuple:
-    """The step copying 4 bytes at `frm` to `to` in our own memory (process_vm_readv on our own
-    pid: always allowed to the caller's own thread group); its iovec pair is keep[-1]."""
-    iov = (ctypes.c_uint64 * 4)(to, 4, frm, 4)
-    keep.append(iov)
-    return (_NR_PROCESS_VM_READV, pid, ctypes.addressof(iov), 1, ctypes.addressof(iov) + 16, 1, 0, 2, 4)
+    fans = []
+    for mine in places:
+        if not mine:
+            fans.append(0)
+            continue
+        arr = (ctypes.c_uint64 * (2 * len(mine) + 2))(*(w for pair in mine for w in pair))
+        keep.append(arr)
+        relocs += [(arr, 2 * k, where) for k, (where, kind) in enumerate(mine) if kind == 1]
+        fans.append(ctypes.addressof(arr))
+    return out, fans, relocs

@@ -216,21 +216,19 @@ def start(threads: list, blocked: int = 0) -> list[int]:
 
 # clone(2) flags of a thread: one memory, fs, fd table, signal handlers and undo list; one process.
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
-_CLONE_PARENT_SETTID = 0x100000
 _PR_SET_NAME = 15
 _NR_RT_SIGPROCMASK, _SIG_SETMASK = 14, 2
 _STACK = 4 * mmap.PAGESIZE   # (a page would not hold a signal frame with AVX-512 state)
 
 
-def steps(threads: list, mine: str, keep: list, blocked: int = 0, tid_buf=None, clock_buf=None) -> list[tuple]:
+def steps(threads: list, mine: str, keep: list, blocked: int = 0, fans: list | None = None) -> list[tuple]:
     """become_exe's steps (lastword.ENTRY tuples) making a thread for each (name, mask or None) of
     `threads`: take its name (prctl PR_SET_NAME) and its mask when it has one of its own
     (rt_sigprocmask), clone (check 3: the new thread, answer 0, parks at once; its stack of its
     own, used only by a timer's signal its process caught, engine/timersigs.py: room for the
-    kernel's signal frame, AVX-512 state and all; with `tid_buf`, a ctypes int array, the kernel
-    writes thread i's tid into tid_buf[i]: CLONE_PARENT_SETTID; with `clock_buf`, the maker its
-    CPU clock id into clock_buf[i]: engine/mappings.py's clone check), then our own name `mine`
-    and mask `blocked` back. `keep` holds the buffers the steps point at."""
+    kernel's signal frame, AVX-512 state and all; fans[i], when not 0, the address of the places
+    the maker writes thread i's tid or CPU clock id into: engine/mappings.py's clone check), then
+    our own name `mine` and mask `blocked` back. `keep` holds the buffers the steps point at."""
     if not threads:
         return []
     threads = _pairs(threads)
@@ -248,11 +246,7 @@ def steps(threads: list, mine: str, keep: list, blocked: int = 0, tid_buf=None, 
         if mask is not None or own_mask:
             out.append(_setmask(blocked if mask is None else mask, keep))
             own_mask = mask is not None
-        flags, settid = CLONE_THREAD_FLAGS, 0
-        if tid_buf is not None:
-            flags, settid = flags | _CLONE_PARENT_SETTID, ctypes.addressof(tid_buf) + 4 * i
-        clock = ctypes.addressof(clock_buf) + 4 * i if clock_buf is not None else 0
-        out.append((56, flags, base + _STACK * (i + 1), settid, 0, 0, 0, 3, clock))
+        out.append((56, CLONE_THREAD_FLAGS, base + _STACK * (i + 1), 0, 0, 0, 0, 3, fans[i] if fans else 0))
     if own_mask:
         out.append(_setmask(blocked, keep))
     return out

@@ -380,7 +380,11 @@ def test_timers_that_signal_threads_are_made_for_the_restored_threads(case, thre
     assert after["blocked-w"]["blocked"] == tasks["blocked-w"]["blocked"] == 1 << (34 + 3 - 1)
     assert after["caught-w"]["blocked"] == tasks["caught-w"]["blocked"] == 0
     _wait_pending(after_pid, "blocked-w", 34 + 3)
-    assert not _tasks(after_pid)["caught-w"]["pending"], "caught-w's SIGALRM is not taken"
+    # (taken by the stand-in's handler as it comes: seen pending at most for a moment, under load)
+    deadline = time.monotonic() + 30
+    while _tasks(after_pid)["caught-w"]["pending"]:
+        assert time.monotonic() < deadline, "caught-w's SIGALRM is not taken"
+        time.sleep(0.01)
     assert _alive(after_pid)
     assert_same(before, take(after_root))
 
