@@ -147,10 +147,15 @@ def test_the_image_checks_its_timers(case):
     def which(q): q["itimers"][0]["which"] = 3
     def twice(q): q["itimers"].append(dict(q["itimers"][0]))
     def many(q): q["posix_timers"] = [dict(q["posix_timers"][1], id=i) for i in range(posixtimers.MAX_TIMERS + 1)]
+    def clock_of_none(q): q["posix_timers"][1].update(clock=-2, clock_thread=1)   # (it has no thread)
+    def clock_thread_not_cpu(q):
+        q["threads"] = [{"comm": "t"}]
+        q["posix_timers"][1].update(clock=1, clock_thread=1)
     for change, words in ((dup, "two POSIX timers with one id"), (thread, "which the process does not have"),
                           (unsignalled, "a signal and its value exactly"), (clock, "is no clock"),
                           (caught, "timer_sig_caught names signals"), (which, "out of range"),
-                          (twice, "two interval timers of one kind"), (many, "items")):
+                          (twice, "two interval timers of one kind"), (many, "items"),
+                          (clock_of_none, "clock_thread names a thread"), (clock_thread_not_cpu, "on clock -2 only")):
         with pytest.raises(image.ImageError, match=words):
             imageformat.validate(_bad(good, change))
 
