@@ -148,15 +148,18 @@ def check(pid: int) -> None:
 _comm = kernel.comm_shown
 
 
-def read(pid: int, blocked: int = 0) -> list[dict]:
+def read(pid: int, blocked: int = 0, caught: int = 0) -> list[dict]:
     """The image's threads of stopped process `pid` ([{"comm", "sig_blocked"?}], its leader
     aside), checked (check); `blocked`: its leader's mask as recorded (a thread's own is kept
-    when it differs)."""
-    return [e for _, e in listed(pid, blocked)]
+    when it differs); `caught`: the timer signals it catches (a thread stopped inside a handler
+    of one keeps the mask outside it, engine/timersigs.py, else its timer's ticks would wait on
+    the restored thread for good)."""
+    return [e for _, e in listed(pid, blocked, caught)]
 
 
-def listed(pid: int, blocked: int = 0) -> list[tuple[int, dict]]:
+def listed(pid: int, blocked: int = 0, caught: int = 0) -> list[tuple[int, dict]]:
     """(tid, image entry) of each thread `read` records, in its order."""
+    from engine import timersigs
     check(pid)
     out = []
     for tid in tids(pid):
@@ -166,6 +169,9 @@ def listed(pid: int, blocked: int = 0) -> list[tuple[int, dict]]:
             mine = kernel.read_blocked_signals(task).get("sig_blocked", 0)
         except FileNotFoundError:
             continue
+        if mine & caught:
+            outside = timersigs.mask_outside_handler(task, mine, caught)
+            mine = mine if outside is None else outside
         if mine != blocked:
             e["sig_blocked"] = mine
         out.append((tid, e))

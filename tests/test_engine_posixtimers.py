@@ -479,3 +479,31 @@ def test_last_steps_make_the_timers_of_threads(how):
     assert seen["masks"] == {leader: 1 << 9 | 1 << 11 | 1 << 40, "w-a": 1 << 9 | 1 << 11 | 1 << 40,
                              "w-b": 1 << 39}, seen
     assert [s > 900 for s in seen["armed"]] == [False, True, True, False, True, True, False], seen   # (seconds left)
+
+
+def test_a_thread_stopped_inside_its_timer_handler_keeps_the_mask_outside_it(case):
+    """A thread whose timer's signal (SIGUSR2, caught) it is handling when the dump stops it blocks
+    that signal only until its handler returns: the image keeps the mask outside the handler
+    (engine/timersigs.py), else the restored thread would hold its ticks pending for good."""
+    pid = case.start(py_hold(_LIB + "import os, time\n"
+                                    "def stay(sig):\n"
+                                    "    while True:\n"
+                                    "        time.sleep(1)\n"
+                                    "stay_c = ctypes.CFUNCTYPE(None, ctypes.c_int)(stay)\n"
+                                    "libc.signal(signal.SIGUSR2, stay_c)\n"
+                                    "th = threading.Thread(target=threading.Event().wait, daemon=True); th.start()\n"
+                                    "t = make(1, signal.SIGUSR2, 4, 0, th.native_id); arm(t, 0.01, 0)\n"))
+    (tid,) = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
+    for _ in range(200):   # (its handler entered for good: SIGUSR2 blocked in it)
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            if re.search(r"^SigBlk:\s*0*800$", f.read(), re.M):
+                break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the thread never entered its handler")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    from enginecase import load_manifest
+    p = load_manifest(images)["processes"][0]
+    assert p["threads"] == [{"comm": "python3"}], p["threads"]   # (its mask the leader's: none of its own)
+    assert p["posix_timers"][0]["thread"] == 1 and p["timer_sig_caught"] == 1 << 11, p
