@@ -203,7 +203,7 @@ _BLOB = bytes.fromhex(
     "eb16"                                                   # jmp close
     "498b7c2408" "498b742410" "ba10000000" "b801000000" "0f05"  # done: write(report, status (zeros), 16)
     "498b7c2408" "b803000000" "0f05"                         # close: close(report)
-    "b822000000" "0f05" "ebf7")                              # hold: pause(); jmp hold                              # hold: pause(); jmp hold                              # hold: pause(); jmp hold
+    "b822000000" "0f05" "ebf7")                              # hold: pause(); jmp hold
 
 
 def _may_set_exe() -> bool:

@@ -243,7 +243,8 @@ def _sigevent(e: dict | None, tid: int) -> bytes:
     """The struct sigevent of entry `e` (None: a filler notifying nothing): sigval, signo, notify,
     then the thread id at _TID_AT, in 64 bytes."""
     how = _SIGEV[e["notify"]] if e else _SIGEV["none"]
-    return struct.pack("=Qiii", e.get("sigval", 0) if e else 0, e.get("signo", 0) if e else 0, how, tid).ljust(64, b"\0")
+    sigval, signo = (e.get("sigval", 0), e.get("signo", 0)) if e else (0, 0)
+    return struct.pack("=Qiii", sigval, signo, how, tid).ljust(64, b"\0")
 
 
 _TID_AT = 16   # (sigev_notify_thread_id's offset in struct sigevent)

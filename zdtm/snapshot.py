@@ -624,7 +624,8 @@ def _timers(procs: list[Proc]) -> None:
         out = []
         for i, t in enumerate(timers):
             who = "" if t.get("notify") != "thread" else ".leader" if t.get("tid") == p.pid else ".other"
-            text = f"{t['id']}:{_clock_text(p.pid, t.get('clock'))}:{t.get('notify')}{who}:{t.get('signo')}/{t.get('sigval'):#x}"
+            clock = _clock_text(p.pid, t.get("clock"))
+            text = f"{t['id']}:{clock}:{t.get('notify')}{who}:{t.get('signo')}/{t.get('sigval'):#x}"
             spec = got[3 + 2 * i] if got else None
             if spec is None or spec[0] != 0:
                 out.append(text + ":?")
