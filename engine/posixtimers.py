@@ -1,7 +1,7 @@
 """A process's POSIX timers (timer_create(2)): recorded at dump, made again by its stand-in.
 
 A timer lives in the process's signal state, armed or not, with its id, clock, and what it
-delivers (a signal and its value, to the process or its leader thread, or nothing); glibc makes
+delivers (a signal and its value, to the process or one of its threads, or nothing); glibc makes
 one for timer_create users (a daemon's periodic tick, vim's redraw timeout). /proc/PID/timers
 shows the id, signal, value, notify and clock; only the process reads its time left, interval
 and overrun (timer_gettime, timer_getoverrun: made in the stopped process, engine/inject.py).
@@ -18,16 +18,17 @@ the timer's struct sigevent wants it) or in Python (`make` with the tids the thr
 timer on a thread's own CPU clock (haproxy's watchdog, by pthread_getcpuclockid: a clock id made
 from the tid, `clock_thread`) is made on the restored thread's, whose id its maker writes into
 that timer_create's argument likewise; one on the process's own CPU clock named by its pid is
-made on pid 0's, the caller's own. Without the prctl
-every timer from the first such id on comes after the threads too, fillers between, so that ids
-still come in order. What the restored thread does with the signal is not restored (no thread
-runs its program again): it gets it with the mask it had (engine/threads.py: glibc's helper
-blocks every signal, so a tick stays pending on it instead of killing the process at SIGTIMER's
-default action), or the handler its process caught it with (engine/timersigs.py).
+made on pid 0's, the caller's own. Without the prctl every timer from the first such id on comes
+after the threads too, fillers between, so that ids still come in order. What the restored
+thread does with the signal is not restored (no thread runs its program again): it gets it with
+the mask it had (engine/threads.py: glibc's helper blocks every signal, so a tick stays pending
+on it instead of killing the process at SIGTIMER's default action), or the handler its process
+caught it with (engine/timersigs.py).
 
-Refused before the stop (`check`): a timer on a CPU clock named by a pid (another process's, or
-its own by number: restore changes pids), one that notifies a thread that exited (no call makes
-one that notifies no thread), a notify the kernel reports otherwise.
+Refused before the stop (`check`): a timer on another process's CPU clock, or on another
+thread's of a kind other than the scheduler's (made by hand: the stand-in makes only that kind
+from a new tid), one that notifies a thread that exited (no call makes one that notifies no
+thread), a notify or clock the kernel reports otherwise.
 
 The overrun count is recorded, not made again: timer_getoverrun answers the expiries missed
 before the last signal of the timer was taken, a count the kernel keeps and no call sets; only
