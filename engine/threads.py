@@ -220,6 +220,34 @@ def start(threads: list, blocked: int = 0) -> list[int]:
     return made
 
 
+def nproc_before(limits: dict) -> tuple[dict, list | None]:
+    """(the resource limits `limits` ({NAME: [soft, hard]}, -1 unlimited) to take before making
+    the threads, RLIMIT_NPROC's to take after them or None). A process that lowered RLIMIT_NPROC
+    once its threads were made (haproxy forbids forking so: 0, 0) would not get them again as a
+    non-root stand-in (clone: EAGAIN): NPROC is kept at least ours until the threads are made,
+    then lowered to the process's (lowering needs no privilege)."""
+    import resource
+    want = limits.get("NPROC")
+    if want is None:
+        return limits, None
+    big = lambda v: float("inf") if v == -1 or v == resource.RLIM_INFINITY else v   # noqa: E731
+    now = resource.getrlimit(_RLIMIT_NPROC)
+    early = [w if big(w) >= big(n) else n for w, n in zip(want, now)]
+    early = [-1 if v == resource.RLIM_INFINITY else v for v in early]
+    if early == list(want):
+        return limits, None
+    return {**limits, "NPROC": early}, list(want)
+
+
+def nproc_step(nproc: list, keep: list) -> tuple:
+    """The step (prlimit64 on ourselves) taking RLIMIT_NPROC `nproc` ([soft, hard], -1 unlimited)."""
+    buf = (ctypes.c_uint64 * 2)(*(v & (1 << 64) - 1 for v in nproc))
+    keep.append(buf)
+    return (302, 0, _RLIMIT_NPROC, ctypes.addressof(buf), 0, 0, 0, 1, 0)
+
+
+_RLIMIT_NPROC = 6
+
 # clone(2) flags of a thread: one memory, fs, fd table, signal handlers and undo list; one process.
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 _PR_SET_NAME = 15
