@@ -88,9 +88,9 @@ def test_a_timer_that_ticks_does_not_kill_the_restored_tree(case):
 
 
 @pytest.mark.parametrize("setup,reason", [
-    (_LIB + "th = threading.Thread(target=lambda: None); th.start(); tid = th.native_id\n"
-            "make(0, signal.SIGUSR1, 4, 0, tid)\n"
-            "th.join()\n",
+    (_LIB + "go = threading.Event(); th = threading.Thread(target=go.wait); th.start()\n"
+            "make(0, signal.SIGUSR1, 4, 0, th.native_id)\n"
+            "go.set(); th.join()\n",
      r"its POSIX timer 0 signals thread \d+, which is no thread of it any more \(it exited\)"),
     # (a thread's CPU clock of the PROF kind, made by hand: not the one pthread_getcpuclockid gives)
     (_LIB + "th = threading.Thread(target=threading.Event().wait, daemon=True); th.start()\n"
