@@ -716,9 +716,10 @@ LOCK = Record("file lock", {
 })
 
 # A thread of the process but its leader (engine/threads.py): made again with the process's state,
-# named as it was (tids are not restored).
+# named as it was (tids are not restored), with its signal mask when not its leader's.
 THREAD = Record("thread", {
     "comm": F(STR, rule=comm_rule),
+    "sig_blocked": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
 })
 
 # A POSIX timer of the process (engine/posixtimers.py), made again by its stand-in under its id and
@@ -730,6 +731,8 @@ POSIX_TIMER = Record("posix timer", {
     "signo": F(INT, required=False, rule=rng(1, 64)),
     "sigval": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
     "thread": F(INT, required=False, rule=rng(0, MAX_THREADS)),   # (0: the leader; i: threads[i - 1])
+    # (on the CPU clock of threads[i - 1], clock -2: the stand-in makes it from that thread's new tid)
+    "clock_thread": F(INT, required=False, rule=rng(1, MAX_THREADS)),
     "value": F(INT, rule=rng(0, posixtimers.MAX_NS)),
     "interval": F(INT, rule=rng(0, posixtimers.MAX_NS)),
     "overrun": F(INT, rule=rng(0, posixtimers.MAX_ID)),
@@ -1784,9 +1787,9 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
 
 def _check_timers(p: dict, what: str) -> None:
     """A process's timers (engine/posixtimers.py, engine/itimers.py): one of each id (each kind of
-    interval timer); a signal exactly for those that deliver one; a notified thread one of the
-    process's (only its leader is restored: its stand-in makes its threads after its timers); the
-    caught timer signals among those its timers deliver (engine/timersigs.py)."""
+    interval timer); a signal exactly for those that deliver one; a notified thread, or one whose
+    CPU clock it runs on, one of the process's (its stand-in makes that timer once it made the
+    thread); the caught timer signals among those its timers deliver (engine/timersigs.py)."""
     from engine import timersigs
     timers = p.get("posix_timers") or ()
     if len({t["id"] for t in timers}) != len(timers):
@@ -1798,8 +1801,10 @@ def _check_timers(p: dict, what: str) -> None:
             _fail(f"{what}: POSIX timer {t['id']}: a thread exactly when it notifies one")
         if t.get("thread", 0) > len(p.get("threads") or ()):
             _fail(f"{what}: POSIX timer {t['id']} notifies thread {t['thread']}, which the process does not have")
-        if t.get("thread", 0):
-            _fail(f"{what}: POSIX timer {t['id']} notifies a thread other than the leader: not restored")
+        if "clock_thread" in t and (t["clock"] != posixtimers.THREAD_CLOCK
+                                    or t["clock_thread"] > len(p.get("threads") or ())):
+            _fail(f"{what}: POSIX timer {t['id']}: clock_thread names a thread of the process, on clock "
+                  f"{posixtimers.THREAD_CLOCK} only")
     which = [t["which"] for t in p.get("itimers") or ()]
     if len(set(which)) != len(which):
         _fail(f"{what}: two interval timers of one kind")

@@ -136,8 +136,11 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
                 entry["pdeathsig"] = sig
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
-            entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)
-        except threads.ThreadError as e:
+            # (checked again: one made after the pre-stop check)
+            listed = threads.listed(pid, entry.get("sig_blocked", 0), entry.get("timer_sig_caught", 0))
+            entry["threads"] = [e for _, e in listed]
+            posixtimers.number_threads(pid, entry.get("posix_timers") or [], [t for t, _ in listed])
+        except (threads.ThreadError, posixtimers.TimerError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if not entry["threads"]:
             del entry["threads"]

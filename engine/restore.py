@@ -2583,7 +2583,8 @@ class _Restorer:
         chan = self.chans[p["pid"]]
         why = None
         try:
-            chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
+            chan.call(("detach", p.get("comm"), p.get("caps"),
+                       [(t["comm"], t.get("sig_blocked")) for t in p.get("threads") or ()],
                        {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored", "sig_blocked",
                                               "child_subreaper", "thp_disable", "posix_timers", "itimers",
                                               "timer_sig_caught") if k in p} | self._pdeathsig(p)),

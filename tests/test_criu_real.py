@@ -231,8 +231,12 @@ TESTS = {
     # POSIX timers (engine/posixtimers.py) and armed setitimer(2) timers (engine/itimers.py), made
     # again by the stand-in
     **{name: "pass" for name in ("posix_timers", "timers", "timers01")},
-    # SIGEV_THREAD: glibc's helper thread is the one notified; a stand-in makes its threads after its timers
-    "pthread_timers": "refused: signals thread",
+    # SIGEV_THREAD: glibc's helper thread is the one notified: its timer is made again once the
+    # stand-in made that thread (engine/posixtimers.py), which blocks SIGTIMER as glibc's did. The
+    # comparison fails: the test's callback adds to an eventfd every 10 ms, so its count at the
+    # snapshot taken before the dump is not the one the dump recorded (the restored tree has the
+    # latter; no thread of it runs the callback)
+    "pthread_timers": "known: compare: its eventfd counts the timer's ticks on between the snapshot and the dump",
     "ptrace_sig": "refused: ptrace is not restored",
     "seccomp_strict": "refused: runs in seccomp strict mode, which is not restored",
     "seccomp_filter_threads": "refused: has its own seccomp mode",
@@ -488,6 +492,7 @@ UNS_TESTS = {
         "oom_score_adj", "timens_for_kids", "loginuid", "seccomp_filter_inheritance")},
     "posix_timers": "pass",
     "timers": "pass",
+    "pthread_timers": TESTS["pthread_timers"],
     # (session 21) network namespaces the user namespace owns: sysctls and lo kept, devices refused
     "netns-dev": "pass",
     "netns": "refused: its network namespace's addresses differ from those a restored one gets",
