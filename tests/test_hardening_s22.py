@@ -700,7 +700,7 @@ resource.setrlimit(resource.RLIMIT_SIGPENDING, (hard, hard))
 posixtimers._restore_ids = lambda on: False   # (a kernel before 6.13: fillers)
 t0 = time.monotonic()
 try:
-    posixtimers.make([{"id": int(sys.argv[2]), "clock": 1, "notify": "none", "value": 0, "interval": 0, "overrun": 0}], 0)
+    posixtimers.make([{"id": int(sys.argv[2]), "clock": 1, "notify": "none", "value": 0, "interval": 0, "overrun": 0}], [0])
 except OSError as e:
     print("refused", e.strerror, round(time.monotonic() - t0), flush=True)
 print([line for line in open("/proc/self/timers") if line.startswith("ID:")], flush=True)
