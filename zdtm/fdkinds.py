@@ -91,16 +91,16 @@ def _inet(s: socket.socket) -> str:
     send queue: how they split between the two is TCP's flow, which a restored receiver's window,
     computed afresh from its queue's memory, changes (CRIU's socket-tcp*-closing)."""
     from engine import forkrun
-    from engine.fds import inet, inet_diag, inet_net, inet_opts
+    from engine.fds import inet, inet_diag, inet_net, inet_opts, inet_proc
     fam = inet.FAMILIES[s.family]
-    proto = inet.PROTOS.get((s.type, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)), f"type{int(s.type)}")
+    proto = inet.proto_of(s) or f"type{int(s.type)}"
     host, port = inet._name(s.getsockname())
     out = f"{fam} {proto} name={host}:{port}"
     table = {}
-    if proto in ("tcp", "udp"):
+    if proto in ("tcp", "udp", "ping", "raw"):
         ns = inet_net.netns_fd(s.fileno())
         try:   # (sock_diag, in its network namespace: shutdown directions, a connection's other end)
-            table = forkrun.run(inet_diag._in, ns, True)
+            table = forkrun.run(inet_diag._in, ns, True) if proto in ("tcp", "udp") else inet_proc.table_of(ns)
         finally:
             os.close(ns)
     if proto == "tcp":
@@ -120,7 +120,12 @@ def _inet(s: socket.socket) -> str:
         except OSError:
             pass
         out += f" inq={_inq(s.fileno())}"
-    if proto in ("tcp", "udp"):
+    elif proto in ("ping", "raw"):   # (connected to port 0: no getpeername, /proc/net's state)
+        rec = table.get(os.fstat(s.fileno()).st_ino) or {}
+        if rec.get("state") == inet_proc.TCP_ESTABLISHED:
+            out += " peer={}:{}".format(*rec["remote"])
+        out += f" waiting={inet._waiting(s)}"   # (no FIONREAD on a ping socket)
+    if proto in ("tcp", "udp", "ping", "raw"):
         # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
         opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}
         out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))
