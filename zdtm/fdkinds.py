@@ -124,7 +124,8 @@ def _inet(s: socket.socket) -> str:
         rec = table.get(os.fstat(s.fileno()).st_ino) or {}
         if rec.get("state") == inet_proc.TCP_ESTABLISHED:
             out += " peer={}:{}".format(*rec["remote"])
-        out += f" waiting={inet._waiting(s)}"   # (no FIONREAD on a ping socket)
+        # (not what waits on it: a live ping reads its replies as they come, a restored one never;
+        # the tests read them)
     if proto in ("tcp", "udp", "ping", "raw"):
         # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
         opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}

@@ -42,6 +42,7 @@ OPTS = {
     "udp_cork": (IPPROTO_UDP, 1, "int", None, ("udp",)), "udp_segment": (IPPROTO_UDP, 103, "int", None, ("udp",)),
     # a datagram socket's (ping's: TTL and errors it reports, path MTU discovery)
     "recvttl": (IPPROTO_IP, 12, "int", ("inet",), _DGRAM), "recvtos": (IPPROTO_IP, 13, "int", ("inet",), _DGRAM),
+    "retopts": (IPPROTO_IP, 7, "int", ("inet",), _DGRAM), "recvopts": (IPPROTO_IP, 6, "int", ("inet",), _DGRAM),
     "mtu_discover": (IPPROTO_IP, 10, "int", ("inet",), _DGRAM),
     "recverr6": (IPPROTO_IPV6, 25, "int", ("inet6",), _DGRAM),
     "recvhoplimit": (IPPROTO_IPV6, 51, "int", ("inet6",), _DGRAM),
