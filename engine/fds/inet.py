@@ -1,7 +1,10 @@
-"""Inet sockets (IPv4, IPv6; TCP, UDP, ICMP ping sockets) of a network namespace the tree owns, in
-the states a new socket can be put in exactly: created and not bound, bound to an address and port
-(a ping socket's port: its identifier), a TCP listener with its backlog, a UDP or ping socket
-(connected to a loopback peer, or not); with the options it was given (engine/fds/inet_opts.py).
+"""Inet sockets (IPv4, IPv6; TCP, UDP, ICMP ping sockets, raw sockets of any protocol) of a network
+namespace the tree owns, in the states a new socket can be put in exactly: created and not bound,
+bound to an address and port (a ping socket's port: its identifier; a raw socket binds an address
+alone), a TCP listener with its backlog, a UDP, ping or raw socket (connected to a loopback peer,
+or not); with the options it was given (engine/fds/inet_opts.py: a raw socket's IP_HDRINCL and
+ICMP filter too). A raw socket is made by the restorer's stand-in as itself (a thread that took
+the socket's owner uid would lack CAP_NET_RAW): its owner is not kept.
 
 A TCP connection whose two ends the tree holds, established or half-closed, is made again in repair mode
 (engine/fds/inet_tcp.py); the clients of a listener's connections waiting to be accepted connect
@@ -13,9 +16,9 @@ from their senders' addresses (engine/fds/inet_udp.py), echo replies waiting on 
 Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
 handshake or whose other end the tree does not hold (inet_tcp), a listener with a connection
 waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
-reads what its client sent), a UDP socket connected to a peer off
-loopback, raw, SCTP, UDP-Lite and MPTCP sockets, one with a socket filter attached, and any socket
-of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
+reads what its client sent), a UDP, ping or raw socket connected to a peer off loopback, a raw
+socket with a packet waiting (`_datagrams`), SCTP, UDP-Lite and MPTCP sockets, one with a socket
+filter attached, and any socket of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
 shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
 
 Restore makes the socket in the stand-in of the process that holds it (in the restored network
@@ -118,9 +121,7 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
     if proto is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket (protocol "
                                         f"{s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}): not supported "
-                                        "(only TCP, UDP and ping)")
-    if proto == "raw":
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket (raw): not supported (only TCP, UDP and ping)")
+                                        "(only TCP, UDP, ping and raw)")
     if _filtered(s):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket with a socket filter (SO_ATTACH_FILTER): "
                                         "not supported")
