@@ -132,6 +132,11 @@ def _inet(s: socket.socket) -> str:
         out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))
         rec = table.get(os.fstat(s.fileno()).st_ino)
         out += f" shutdown={rec['shutdown'] if rec else '?'} uid={rec['uid'] if rec else '?'}"
+        from engine.fds import FdError, inet_filter
+        try:   # (its socket filter's instructions)
+            out += f" filter={inet_filter.read(s, '')}"
+        except FdError:
+            out += " filter=ebpf"
     req = fcntl.ioctl(s.fileno(), inet_net.SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
     return out + f" lo={'up' if struct.unpack_from('H', req, 16)[0] & inet_net.IFF_UP else 'down'}"
 

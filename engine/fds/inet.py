@@ -17,8 +17,9 @@ Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP
 handshake or whose other end the tree does not hold (inet_tcp), a listener with a connection
 waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
 reads what its client sent), a UDP, ping or raw socket connected to a peer off loopback, a raw
-socket with a packet waiting (`_datagrams`), SCTP, UDP-Lite and MPTCP sockets, one with a socket
-filter attached, and any socket of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
+socket with a packet waiting (`_datagrams`), SCTP, UDP-Lite and MPTCP sockets, an eBPF socket
+filter and a filter on a TCP connection (engine/fds/inet_filter.py: a classic filter is kept), and
+any socket of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
 shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
 
 Restore makes the socket in the stand-in of the process that holds it (in the restored network
@@ -41,8 +42,8 @@ import termios
 
 from engine import threadids
 from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
-from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, inet_pending, inet_ping,
-                        inet_proc, inet_tcp, inet_udp, register, unix_bind)
+from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_filter, inet_net, inet_opts, inet_pending,
+                        inet_ping, inet_proc, inet_tcp, inet_udp, register, unix_bind)
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
@@ -53,7 +54,7 @@ TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "ping": socket.S
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 TCP_CLOSE, TCP_LISTEN = 7, 10
-TCP_INFO, SO_GET_FILTER, SO_MEMINFO = 11, 26, 55
+TCP_INFO, SO_MEMINFO = 11, 55
 MAX_BACKLOG = 1 << 31   # (listen() takes an int; the kernel caps it at net.core.somaxconn)
 
 
@@ -69,19 +70,6 @@ def _used(s: socket.socket) -> bool:
     reset or refused one keeps its port in getsockname, unbound; no new socket is that)."""
     raw = s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 144)
     return len(raw) >= 144 and any(struct.unpack_from("=II", raw, 136))
-
-
-def _filtered(s: socket.socket) -> bool:
-    """Whether a socket filter is attached to `s`: SO_GET_FILTER with a length of 0 gives the
-    filter's number of instructions and copies nothing (a length is taken as instructions, not
-    bytes: a buffer Python gives would be overrun)."""
-    import ctypes
-    n = ctypes.c_uint(0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.getsockopt(s.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None, ctypes.byref(n)) < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return n.value > 0
 
 
 def _waiting(s: socket.socket) -> bool:
@@ -122,10 +110,10 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket (protocol "
                                         f"{s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}): not supported "
                                         "(only TCP, UDP, ping and raw)")
-    if _filtered(s):
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket with a socket filter (SO_ATTACH_FILTER): "
-                                        "not supported")
     out = {"family": fam, "proto": proto}
+    filt = inet_filter.read(s, d.where)
+    if filt is not None:
+        out["filter"] = filt
     host, port = _name(s.getsockname())
     if proto == "raw":   # (a raw socket's "port" is its protocol: it binds an address alone)
         out["protocol"], port = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), 0
@@ -139,6 +127,8 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
                 _pending(d, s, out, queued, stopped)
         elif st != TCP_CLOSE:
             inet_tcp.precheck(s, st, d.where)
+            if filt is not None:   # (restore sends its peer's segments through it as it makes it)
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection with a socket filter: not supported")
             peer = _name(s.getpeername())
             if not _loopback(peer[0]) or not _loopback(host):
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
@@ -378,6 +368,8 @@ def _check(e: dict, what: str) -> None:
                 ("tcp" in e and "pending" in e):
             _fail(f"{what}: a TCP connection ('tcp' or 'pending') is a TCP socket with an address and a peer, "
                   "not listening")
+    if "filter" in e and ("tcp" in e or "pending" in e):
+        _fail(f"{what}: a TCP connection has no socket filter")
     if "tcp" in e:
         inet_tcp.check(e["tcp"], what)
     if "dgrams" in e:
@@ -403,6 +395,8 @@ def _make(spec, fds):
     fam = FAMILY_NO[spec["family"]]
     s = _new(fam, spec["proto"], spec.get("protocol"), spec.get("uid"))
     try:
+        if "filter" in spec:   # (before the options: SO_LOCK_FILTER forbids it after)
+            inet_filter.attach(s, spec["filter"])
         inet_opts.apply(s, spec["opts"])
         if "addr" in spec:
             _bind(s, _addr(fam, spec["addr"], spec["port"]), spec["opts"])
@@ -480,7 +474,8 @@ def _open(r: RestoreFd) -> int:
     e = r.entry
     # (a connection: the stand-in makes the socket alone, we make the connection: `_connect`)
     names = ("family", "proto", "uid", "opts") if "tcp" in e or "pending" in e else \
-        ("family", "proto", "protocol", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts")
+        ("family", "proto", "protocol", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts",
+         "filter")
     spec = {k: e[k] for k in names if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
     fd = None
@@ -691,6 +686,8 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         "dgrams": inet_udp.FIELD,
                         # the echo replies waiting on a ping socket, oldest first: sent again from their senders
                         "replies": inet_ping.FIELD,
+                        # its classic BPF socket filter: [[code, jt, jf, k]], attached again before its options
+                        "filter": inet_filter.FIELD,
                         # a listener's connections waiting to be accepted (their clients: "pending")
                         "queued": F(INT, required=False, rule=rng(1, MAX_BACKLOG)),
                         # a client whose connection waits in its listener's queue: connected again

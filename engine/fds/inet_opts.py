@@ -53,6 +53,8 @@ OPTS = {
     "icmp_filter": (SOL_RAW, 1, "mask1", ("inet",), ("raw",)),
     "icmp6_filter": (IPPROTO_ICMPV6, 1, "mask8", ("inet6",), ("raw",)),
     "checksum6": (IPPROTO_IPV6, 7, "int", ("inet6",), ("raw",)),
+    # whether its socket filter is locked (SO_LOCK_FILTER: set after the filter, engine/fds/inet_filter.py)
+    "lock_filter": (SOL_SOCKET, 44, "int", None, None),
     # which buffer sizes are the program's (SO_BUF_LOCK, Linux 5.14: bits 1 send, 2 receive): set last,
     # since setting a size sets its bit too (a lock cleared after a size was set stays cleared)
     "buf_lock": (SOL_SOCKET, 72, "int", None, None),
