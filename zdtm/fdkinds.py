@@ -71,6 +71,14 @@ def _socket(c: int) -> str:
             out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(unix_opts.read(s).items()))
         elif fam in (socket.AF_INET, socket.AF_INET6):
             out += " " + _inet(s)
+        elif fam == socket.AF_PACKET:   # (type, protocol, device by name, options, filter)
+            from engine.fds import inet_filter, inet_opts, packet
+            dev, proto = s.getsockname()[:2]
+            popts = ",".join(f"{k}:{s.getsockopt(packet.SOL_PACKET, n)}" for k, n in sorted(packet.OPTS.items()))
+            opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, "packet", "packet").items()
+                    if inet_opts.OPTS[k][0] == socket.SOL_SOCKET}
+            out += (f" packet {packet.TYPES.get(typ, typ)} protocol={proto} dev={dev} popts={popts} opts="
+                    + ",".join(f"{k}:{v}" for k, v in sorted(opts.items())) + f" filter={inet_filter.read(s, '')}")
         elif fam == socket.AF_NETLINK:
             # (protocol, port id, groups, peer: a restore binds the same port id again)
             raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS
