@@ -78,7 +78,7 @@ time.sleep(0.2); os.dup2(r.fileno(), 10); r.close()
 
 
 def test_raw_image_checked(case):
-    """The validator: a raw socket names its protocol (1..255) and binds no port; a TCP or UDP
+    """The validator: a raw socket names its protocol (0..262) and binds no port; a TCP or UDP
     socket has no protocol field."""
     from engine import image, imageformat
     pid = case.start(_in_netns(RAW))
@@ -86,7 +86,7 @@ def test_raw_image_checked(case):
     case.dump(pid, img)
     imageformat.validate(load_manifest(img))
     for fd, change, text in ((10, lambda f: f.pop("protocol"), "names its protocol"),
-                             (10, lambda f: f.update(protocol=256), "protocol"),
+                             (10, lambda f: f.update(protocol=263), "protocol"),
                              (10, lambda f: f.update(port=80), "binds no port"),
                              (10, lambda f: f["opts"].update(icmp_filter=[1, 2]), "icmp_filter"),
                              (13, lambda f: f["opts"].update(icmp_filter=[1]), "icmp_filter")):

@@ -672,8 +672,9 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         "listen": F(INT, required=False, rule=rng(0, MAX_BACKLOG - 1)),
                         "peer": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
                         "peer_port": F(INT, required=False, rule=rng(0, 65535)),   # (a ping socket's: 0)
-                        # a raw socket's protocol (IPPROTO_*: 255 IPPROTO_RAW, a sender's alone)
-                        "protocol": F(INT, required=False, rule=rng(1, 255)),
+                        # a raw socket's protocol (IPPROTO_*: 255 IPPROTO_RAW, a sender's alone; the kernel
+                        # takes any below IPPROTO_MAX, 263)
+                        "protocol": F(INT, required=False, rule=rng(0, 262)),
                         # directions it was shut down in: 1 receive, 2 send, 3 both (sk_shutdown)
                         "shutdown": F(INT, required=False, rule=rng(1, 3)),
                         # its owner (sk_uid), as the dumper's user namespace names it; taken by a thread
