@@ -18,10 +18,11 @@ from tests.test_engine_inet_ping import _in_netns, _fd
 RAW = """
 import socket, struct
 r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); r.bind(("127.0.0.1", 0))
-r.setsockopt(255, 1, struct.pack("I", ~(1 << 8) & 0xffffffff))   # ICMP_FILTER: echo requests (type 8) alone
+r.setsockopt(255, 1, struct.pack("I", ~(1 << 8) & 0xffffffff))   # ICMP_FILTER: echo requests (8) alone
 os.dup2(r.fileno(), 10)
 h = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW); os.dup2(h.fileno(), 11)
-t = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP); t.setsockopt(socket.IPPROTO_IP, 3, 1)   # IP_HDRINCL
+t = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
+t.setsockopt(socket.IPPROTO_IP, 3, 1)   # IP_HDRINCL
 t.connect(("127.0.0.1", 0)); os.dup2(t.fileno(), 12)
 v = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6); v.connect(("::1", 0))
 v.setsockopt(58, 1, b"\\xff" * 16 + b"\\0" * 16)   # ICMP6_FILTER: types 128..255 pass (1: blocked)
@@ -38,7 +39,8 @@ def test_raw_sockets_kept(case):
     each is there with its protocol, address, peer and options, and the ICMP one receives an echo
     request sent in the restored namespace, not the echo reply its filter blocks."""
     before, _, after = case.roundtrip(_in_netns(RAW), iters=2)
-    assert "inet raw name=127.0.0.1:1 " in _fd(after, 10) and f"icmp_filter:[{~(1 << 8) & 0xffffffff}]" in _fd(after, 10)
+    assert "inet raw name=127.0.0.1:1 " in _fd(after, 10)
+    assert f"icmp_filter:[{~(1 << 8) & 0xffffffff}]" in _fd(after, 10)
     assert "inet raw name=0.0.0.0:255 " in _fd(after, 11) and "hdrincl:1" in _fd(after, 11)
     assert "inet raw name=127.0.0.1:6 peer=127.0.0.1:0 " in _fd(after, 12) and "hdrincl:1" in _fd(after, 12)
     assert "inet6 raw name=::1:58 peer=::1:0 " in _fd(after, 13), _fd(after, 13)

@@ -75,7 +75,8 @@ def _socket(c: int) -> str:
             from engine.fds import inet_filter, inet_opts, packet
             dev, proto = s.getsockname()[:2]
             popts = ",".join(f"{k}:{s.getsockopt(packet.SOL_PACKET, n)}" for k, n in sorted(packet.OPTS.items()))
-            opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, "packet", "packet").items()
+            opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v
+                    for k, v in inet_opts.read(s, "packet", "packet").items()
                     if inet_opts.OPTS[k][0] == socket.SOL_SOCKET}
             out += (f" packet {packet.TYPES.get(typ, typ)} protocol={proto} dev={dev} popts={popts} opts="
                     + ",".join(f"{k}:{v}" for k, v in sorted(opts.items())) + f" filter={inet_filter.read(s, '')}")

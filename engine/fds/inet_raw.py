@@ -1,8 +1,9 @@
 """IP packets restore (and dump, for datagrams it gives back) sends into a network namespace of the
 tree through a raw socket, with a source of its choosing: a UDP datagram from its sender's address
 and port (engine/fds/inet_udp.py), an echo reply to a ping socket (engine/fds/inet_ping.py), a
-TCP segment a connection's peer would have sent (a FIN, an acknowledgment: engine/fds/inet_tcp.py). Sent by a child of ours that joins the namespace (one of
-the tree's, never the dumper's: the callers' sockets are the tree's)."""
+TCP segment a connection's peer would have sent (a FIN, an acknowledgment: engine/fds/inet_tcp.py).
+Sent by a child of ours that joins the namespace (one of the tree's, never the dumper's: the
+callers' sockets are the tree's)."""
 
 from __future__ import annotations
 
