@@ -96,3 +96,38 @@ def test_raw_image_checked(case):
         change(next(f for f in doc["processes"][0]["fds"] if f["fd"] == fd))
         with pytest.raises(image.ImageError, match=text):
             imageformat.validate(doc)
+
+
+# A rootless tree: its process in a new user namespace (uid 0 there is 20000 outside) that owns its
+# network namespace, holding a ping socket, a raw one and a packet one there.
+ROOTLESS = """
+import ctypes, socket, subprocess, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000 | 0x40000000) == 0   # CLONE_NEWUSER | CLONE_NEWNET
+open("/tmp/unshared", "w").close()
+while not os.path.exists("/tmp/mapped"):
+    time.sleep(0.05)
+os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+open("/proc/sys/net/ipv4/ping_group_range", "w").write("0 0")
+p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP); p.bind(("127.0.0.1", 99))
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP); r.bind(("127.0.0.1", 0))
+k = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x88cc)); k.bind(("lo", 0x88cc))
+for n, s in ((10, p), (11, r), (12, k)): os.dup2(s.fileno(), n); s.close()
+"""
+
+
+def test_rootless_ping_raw_packet(case):
+    """In a network namespace a rootless tree's user namespace owns: a ping socket (its group the
+    one ping_group_range allows, 0 there), a raw one and a packet one come back as they were."""
+    from tests.enginecase import py_hold
+    setup = "(" + py_hold(ROOTLESS).strip() + ") </dev/null >/dev/null 2>&1 &\n" + """
+wait_for /tmp/unshared
+echo "0 20000 20000" > /proc/$!/uid_map; echo deny > /proc/$!/setgroups; echo "0 400000 50000" > /proc/$!/gid_map
+touch /tmp/mapped
+hold
+"""
+    before, after = case.roundtrip(setup)
+    fds = "\n".join(after.snap.procs[-1].fds)
+    assert "inet ping name=127.0.0.1:99 " in fds and "inet raw name=127.0.0.1:1 " in fds, fds
+    assert "packet dgram protocol=35020 dev=lo " in fds, fds

@@ -3,8 +3,7 @@ namespace the tree owns, in the states a new socket can be put in exactly: creat
 bound to an address and port (a ping socket's port: its identifier; a raw socket binds an address
 alone), a TCP listener with its backlog, a UDP, ping or raw socket (connected to a loopback peer,
 or not); with the options it was given (engine/fds/inet_opts.py: a raw socket's IP_HDRINCL and
-ICMP filter too). A raw socket is made by the restorer's stand-in as itself (a thread that took
-the socket's owner uid would lack CAP_NET_RAW): its owner is not kept.
+ICMP filter too), and its owner (sk_uid: `_new`).
 
 A TCP connection whose two ends the tree holds, established or half-closed, is made again in repair mode
 (engine/fds/inet_tcp.py); the clients of a listener's connections waiting to be accepted connect
@@ -55,6 +54,7 @@ TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5:
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 TCP_CLOSE, TCP_LISTEN = 7, 10
 TCP_INFO, SO_MEMINFO = 11, 55
+CAP_NET_RAW = 13
 MAX_BACKLOG = 1 << 31   # (listen() takes an int; the kernel caps it at net.core.somaxconn)
 
 
@@ -147,7 +147,7 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
                                         "not in the kernel?): not supported")
     # (sock_diag lists no unbound socket, nor a bound TCP one that does not listen before Linux 6.10:
     # such a socket's shutdown, which only a program that shut down a socket never connected sets, is not kept)
-    if rec is not None and proto != "raw":   # (a raw socket's maker is the restorer: see _new)
+    if rec is not None:
         out["uid"] = rec["uid"]   # (the socket's owner, sk_uid: who made it, as the dumper names it)
     if rec is not None and rec["shutdown"]:
         if "listen" in out:   # (a listener shut down for reading stops listening: not one)
@@ -418,8 +418,8 @@ def _make(spec, fds):
 def _new(fam: int, proto: str, protocol: int | None, uid: int | None) -> socket.socket:
     """A new socket of `proto` (a raw one's `protocol`) owned by `uid` (the dumper's name of it; the
     kernel's sk_uid is the maker's file system uid): made by a thread of ours that takes that uid for
-    itself alone when it is not ours. A raw socket is the restorer's own (a thread that took another
-    uid would lack CAP_NET_RAW)."""
+    itself alone when it is not ours (a raw socket's raises CAP_NET_RAW again, which a nonzero uid
+    clears from its effective set)."""
     typ = TYPE_NO[proto]
     num = protocol if proto == "raw" else inet_ping.PROTO_NO[FAMILIES[fam]] if proto == "ping" else 0
     mine = None if uid is None else unix_bind._here(uid, "uid_map")
@@ -432,7 +432,13 @@ def _new(fam: int, proto: str, protocol: int | None, uid: int | None) -> socket.
     gid = _ping_gid(gids) if proto == "ping" else os.getegid() if ours else gids[0][0]
     if (mine is None or mine == os.geteuid()) and gid == os.getegid():
         return socket.socket(fam, typ, num)
-    return threadids.call_as(os.geteuid() if mine is None else mine, gid, None, lambda: socket.socket(fam, typ, num))
+
+    def make() -> socket.socket:
+        if proto == "raw":
+            from engine import kernel
+            kernel.raise_effective(CAP_NET_RAW)
+        return socket.socket(fam, typ, num)
+    return threadids.call_as(os.geteuid() if mine is None else mine, gid, None, make)
 
 
 def _ping_gid(gids: list) -> int:
