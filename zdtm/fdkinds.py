@@ -80,6 +80,14 @@ def _socket(c: int) -> str:
                     if inet_opts.OPTS[k][0] == socket.SOL_SOCKET}
             out += (f" packet {packet.TYPES.get(typ, typ)} protocol={proto} dev={dev} popts={popts} opts="
                     + ",".join(f"{k}:{v}" for k, v in sorted(opts.items())) + f" filter={inet_filter.read(s, '')}")
+            from engine.fds import inet_net   # (its owner, as packet_diag tells it)
+            ns = inet_net.netns_fd(s.fileno())
+            try:
+                from engine import forkrun
+                rec = forkrun.run(packet._diag_in, ns).get(os.fstat(s.fileno()).st_ino) or {}
+            finally:
+                os.close(ns)
+            out += f" uid={rec.get('uid', '?')}"
         elif fam == socket.AF_NETLINK:
             # (protocol, port id, groups, peer: a restore binds the same port id again)
             raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS

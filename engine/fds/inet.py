@@ -422,6 +422,13 @@ def _new(fam: int, proto: str, protocol: int | None, uid: int | None) -> socket.
     clears from its effective set)."""
     typ = TYPE_NO[proto]
     num = protocol if proto == "raw" else inet_ping.PROTO_NO[FAMILIES[fam]] if proto == "ping" else 0
+    return made_as(uid, lambda: socket.socket(fam, typ, num), raw=proto == "raw", ping=proto == "ping")
+
+
+def made_as(uid: int | None, make, raw: bool = False, ping: bool = False) -> socket.socket:
+    """make() (a new socket) by a thread of ours that takes owner `uid` (the dumper's name of it) for
+    itself alone when it is not ours, with CAP_NET_RAW raised again for a `raw` (or packet) socket,
+    and for a `ping` socket a gid net.ipv4.ping_group_range allows."""
     mine = None if uid is None else unix_bind._here(uid, "uid_map")
     if uid is not None and mine is None:
         raise FdError(errno.EOPNOTSUPP, f"its owner uid {uid} is not mapped in the process's user namespace")
@@ -429,16 +436,16 @@ def _new(fam: int, proto: str, protocol: int | None, uid: int | None) -> socket.
     ours = any(i <= os.getegid() < i + n for i, _o, n in gids)
     # (a gid of our user namespace: ours, or, before the stand-in took its ids there, the first it maps;
     # a ping socket's maker needs one of net.ipv4.ping_group_range, which the namespace has back already)
-    gid = _ping_gid(gids) if proto == "ping" else os.getegid() if ours else gids[0][0]
+    gid = _ping_gid(gids) if ping else os.getegid() if ours else gids[0][0]
     if (mine is None or mine == os.geteuid()) and gid == os.getegid():
-        return socket.socket(fam, typ, num)
+        return make()
 
-    def make() -> socket.socket:
-        if proto == "raw":
+    def as_owner() -> socket.socket:
+        if raw:
             from engine import kernel
             kernel.raise_effective(CAP_NET_RAW)
-        return socket.socket(fam, typ, num)
-    return threadids.call_as(os.geteuid() if mine is None else mine, gid, None, make)
+        return make()
+    return threadids.call_as(os.geteuid() if mine is None else mine, gid, None, as_owner)
 
 
 def _ping_gid(gids: list) -> int:

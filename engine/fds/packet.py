@@ -11,8 +11,8 @@ program's memory holds its frames), a fanout group (PACKET_FANOUT: other sockets
 the tree, share it), a multicast or promiscuous membership (PACKET_ADD_MEMBERSHIP: it changes its
 device), a packet waiting (sent again it would reach every socket of the namespace), a SOCK_PACKET
 socket (the obsolete kind), one bound to a device that is gone. Not kept: PACKET_COPY_THRESH, the
-statistics (PACKET_STATISTICS: reading them resets them). Its owner is the restorer's stand-in (a
-thread that took another uid would lack CAP_NET_RAW).
+statistics (PACKET_STATISTICS: reading them resets them). Its owner (sk_uid) is kept as an inet
+socket's (engine/fds/inet.py `made_as`: the thread that takes it raises CAP_NET_RAW again).
 
 Read with packet_diag (NETLINK_SOCK_DIAG, AF_PACKET) in a child that joins the socket's network
 namespace: its device's index, rings, fanout and memberships.
@@ -25,8 +25,9 @@ import os
 import socket
 import struct
 
-from engine.imageformat import DICT, INT, STR, F, rng
-from engine.fds import FdError, FdKind, RestoreFd, inet_filter, inet_net, inet_opts, register
+from engine.imageformat import DICT, INT, MAX_UID, STR, F, rng
+# (inet: its owner's maker, `made_as`; imported here, before restore pivots away from the engine)
+from engine.fds import FdError, FdKind, RestoreFd, inet, inet_filter, inet_net, inet_opts, register, unix_bind
 
 SOL_PACKET = 263
 TYPES = {socket.SOCK_RAW: "raw", socket.SOCK_DGRAM: "dgram"}
@@ -36,7 +37,7 @@ OPTS = {"version": 10, "reserve": 12, "auxdata": 8, "origdev": 9, "vnet_hdr": 15
 PACKET_FANOUT = 18
 SOCK_DIAG_BY_FAMILY = 20
 SHOW = 0x1 | 0x2 | 0x4 | 0x8   # PACKET_SHOW_INFO, _MCLIST, _RING_CFG, _FANOUT
-DIAG_INFO, DIAG_MCLIST, DIAG_RX_RING, DIAG_TX_RING, DIAG_FANOUT = 0, 1, 2, 3, 4
+DIAG_INFO, DIAG_MCLIST, DIAG_RX_RING, DIAG_TX_RING, DIAG_FANOUT, DIAG_UID = 0, 1, 2, 3, 4, 5
 
 
 def _diag_in(fd: int) -> dict[int, dict]:
@@ -48,7 +49,9 @@ def _diag_in(fd: int) -> dict[int, dict]:
         _f, _typ, _num, ino = struct.unpack_from("=BBHI", msg, 0)
         attrs = inet_net.attrs(msg, 16)   # (packet_diag_msg: family, type, num, ino, cookie[2])
         info = attrs.get(DIAG_INFO, b"")
+        uid = attrs.get(DIAG_UID, b"")
         out[ino] = {"ifindex": struct.unpack_from("=I", info)[0] if len(info) >= 4 else 0,
+                    "uid": struct.unpack_from("=I", uid)[0] if len(uid) >= 4 else None,
                     "ring": DIAG_RX_RING in attrs or DIAG_TX_RING in attrs, "fanout": DIAG_FANOUT in attrs,
                     "mclist": bool(attrs.get(DIAG_MCLIST))}
     return out
@@ -83,6 +86,8 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
                                         "the program has read them")
     dev, proto = s.getsockname()[:2]   # (its device's name as its own namespace calls it)
     out = {"type": TYPES[typ], "protocol": proto}
+    if rec["uid"] is not None:
+        out["uid"] = rec["uid"]   # (its owner, sk_uid, as the dumper names it)
     if rec["ifindex"]:
         if not dev:
             raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket bound to device {rec['ifindex']}, which is "
@@ -104,7 +109,11 @@ def _with_socket(d) -> dict:
     try:
         netns, _lo = inet_net.check(d, ns, d.where)
         with socket.socket(fileno=os.dup(c)) as s:
-            return read(d, s, _record(d, os.fstat(c).st_ino, netns, ns))
+            out = read(d, s, _record(d, os.fstat(c).st_ino, netns, ns))
+        if "uid" in out and unix_bind._here(out["uid"], "uid_map", ranges=inet._map_of(d.pid)) is None:
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a packet socket owned by uid {out['uid']}, which its "
+                                            "process's user namespace does not map: not supported")
+        return out
     except FdError:
         raise
     except (OSError, forkrun.ChildError) as e:   # (named as this kind's, not as unix's which handed it here)
@@ -140,7 +149,8 @@ def _check(e: dict, what: str) -> None:
 def _make(spec, fds):
     """In the stand-in (the restored network namespace): the socket, its filter, options, then bound
     to its device by name."""
-    s = socket.socket(socket.AF_PACKET, TYPE_NO[spec["type"]], socket.htons(spec["protocol"]))
+    s = inet.made_as(spec.get("uid"), lambda: socket.socket(socket.AF_PACKET, TYPE_NO[spec["type"]],
+                                                            socket.htons(spec["protocol"])), raw=True)
     try:
         if "filter" in spec:
             inet_filter.attach(s, spec["filter"])
@@ -165,7 +175,8 @@ def _make(spec, fds):
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    fd = r.standin("make", {k: e[k] for k in ("type", "protocol", "dev", "popts", "opts", "filter") if k in e})[0]
+    fd = r.standin("make", {k: e[k] for k in ("type", "protocol", "dev", "popts", "opts", "filter", "uid")
+                            if k in e})[0]
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
@@ -175,11 +186,13 @@ def _open(r: RestoreFd) -> int:
 # sockets here by their family. Made in the process's network namespace, which must be one restore
 # makes (imageformat: own_netns).
 register(FdKind(name="packet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
-                standin={"make": _make}, own_netns=True,
+                standin={"make": _make}, own_netns=True, ids=lambda e: {"uid": [e["uid"]]} if "uid" in e else {},
                 fields={"type": F(STR),
                         "protocol": F(INT, rule=rng(0, 65535)),   # (an ethertype: ETH_P_ALL 3, ETH_P_IP 0x800...)
                         # the device it is bound to, by name (absent: every device, or none with protocol 0)
                         "dev": F(STR, required=False),
                         "popts": F(DICT),   # PACKET_* options: {name: int}
                         "opts": F(DICT),    # SOL_SOCKET options (engine/fds/inet_opts.py's names)
-                        "filter": inet_filter.FIELD}))
+                        "filter": inet_filter.FIELD,
+                        # its owner (sk_uid) as the dumper names it, taken by the thread that makes it
+                        "uid": F(INT, required=False, rule=rng(0, MAX_UID))}))
