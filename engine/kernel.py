@@ -894,6 +894,15 @@ def set_no_new_privs() -> None:
            "prctl(PR_SET_NO_NEW_PRIVS)")
 
 
+def raise_effective(cap: int) -> None:
+    """Raise capability `cap` in the calling thread's effective set (it must be in its permitted one:
+    a thread that took a nonzero effective uid keeps its permitted set while its real uid is 0)."""
+    head, data = _cap_buffers()
+    _check(_libc.capget(ctypes.byref(head), data), "capget")
+    data[cap // 32].effective |= 1 << (cap % 32)
+    _check(_libc.capset(ctypes.byref(head), data), "capset")
+
+
 def _cap_buffers():
     """A capget/capset header (_LINUX_CAPABILITY_VERSION_3, this process) and its two data words."""
     return _CapHeader(0x20080522, 0), (_CapData * 2)()

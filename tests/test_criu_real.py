@@ -292,11 +292,12 @@ TESTS = {
         "socket_udp_shutdown", "sock_tcp_opts01", "sk-freebind-false")},
     # what cannot be made exactly: refused before the stop, the test left running
     "socket_udplite": "refused: inet socket (protocol 136): not supported",
-    **{name: "refused: with a socket filter (SO_ATTACH_FILTER): not supported" for name in (
-        "sock_filter00", "sock_filter01")},
+    # classic socket filters, one locked (engine/fds/inet_filter.py)
+    **{name: "pass" for name in ("sock_filter00", "sock_filter01")},
     "socket_udp-corked": "refused: not sent yet",
-    **{name: "refused: packet sockets are not supported" for name in ("packet_sock", "packet_sock_mmap",
-                                                                      "packet_sock_spkt")},
+    # packet sockets (engine/fds/packet.py): theirs have mapped rings, or are SOCK_PACKET
+    **{name: "refused: a packet socket with a mapped ring" for name in ("packet_sock", "packet_sock_mmap")},
+    "packet_sock_spkt": "refused: a packet socket of type 10 (SOCK_PACKET)",
     # (noauto in CRIU's zdtm.py) watches on files of the root; _nodel's files stay, so dump's archive
     # of the tmpfs opens and reads them, queueing events the test did not make (as inotify04)
     "inotify_system": "pass",
@@ -343,7 +344,7 @@ TESTS = {
                           "not probe",
     **{name: "unavailable: its .desc needs the criu feature 'ipv6_freebind', which this driver does not probe"
        for name in ("sock_ip_opts00", "sock_ip_opts01")},
-    "socket-raw": "unavailable: its .desc needs the criu feature 'net_diag_raw', which this driver does not probe",
+    "socket-raw": "pass",   # raw sockets of every protocol, bound, IP_HDRINCL, ICMP filters (engine/fds/inet.py)
     "inotify_irmap": "pass",   # (--force-irmap, --irmap-scan-path: how criu names a watch's file)
     "socket_aio": "pass",
     # --- file locks (engine/filelocks.py; the .desc's --file-locks asks nothing more) ------------
@@ -477,7 +478,7 @@ UNS_TESTS = {
                                  "socket_udp_shutdown", "sock_tcp_opts00",
                                  # established connections: repair mode needs no capability there
                                  "socket-tcp-local", "socket-tcp6-local", "socket-tcp4v6-local")},
-    "packet_sock": "refused: packet sockets are not supported",
+    "packet_sock": "refused: a packet socket with a mapped ring",
     "pty-console": "pass",
     # the test pivots into a root with no /proc in a mount namespace of its own: its stand-in, forked
     # inside the user namespace, is told it is there already (setns to one's own user namespace is EINVAL)
