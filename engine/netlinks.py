@@ -11,11 +11,13 @@ Read by rtnetlink (engine/rtnl.py) in a child joined to each namespace:
   (macvlan, ipvlan, vxlan, tun...), a bridge with STP or VLAN filtering on, a queueing discipline
   other than the default are refused.
 - addresses (IPv4, IPv6) with prefix, scope, broadcast and the flags that matter, in the kernel's
-  order (an IPv4 primary before its secondaries). Those the kernel makes itself are left out: lo's
-  127.0.0.1/8 and ::1, and an IPv6 link-local one it made (IFA_PROTO kernel_ll; fe80::/64 on a
-  kernel without IFA_PROTO), which it makes again when the link comes up from the same MAC address
-  (kept) and addr_gen_mode. Adding it ourselves would race the kernel's own. An address with a
-  finite lifetime, one from a router advertisement or a point-to-point peer is refused.
+  order (an IPv4 primary before its secondaries). lo's 127.0.0.1/8 and ::1 are left out (lo makes
+  them when it comes up). An IPv6 link-local address the kernel made is kept exactly, like a user's:
+  restore adds it (NODAD) before the link is up, so it is in use at once as it was (the kernel's
+  own, made again from the kept MAC address, would be tentative for a second, refusing a restored
+  socket's bind, and a stable-privacy or random one would differ); the kernel's attempt at its own
+  then finds it there (with addr_gen_mode stable_privacy or random, it adds a second one). An
+  address with a finite lifetime, one from a router advertisement or a point-to-point peer is refused.
 - routes of every table the kernel did not make (protocol other than kernel; not cloned): its
   prefix, prefix routes and local-table entries come back with the addresses and links up.
   Multipath, encapsulated, source-routed, nexthop-object and expiring routes are refused.
@@ -113,11 +115,8 @@ def _addrs(names: dict[int, str], kept: set[str]) -> list[dict]:
         local = a.get(rtnl.IFA_LOCAL) or a.get(rtnl.IFA_ADDRESS) or b""
         addr = socket.inet_ntop(fam, local)
         proto = (a.get(rtnl.IFA_PROTO) or b"\0")[0]
-        if proto in (1, 3) or (dev == "lo" and f"{addr}/{prefix}" in ("127.0.0.1/8", "::1/128")):
-            continue   # (lo's own, a kernel-made link-local: made again)
-        if proto == 0 and rtnl.IFA_PROTO not in a and fam == socket.AF_INET6 and addr.startswith("fe80:") \
-                and prefix == 64:
-            continue   # (a kernel without IFA_PROTO: taken for the kernel's link-local)
+        if proto == 1 or (dev == "lo" and f"{addr}/{prefix}" in ("127.0.0.1/8", "::1/128")):
+            continue   # (lo's own: made again when lo comes up)
         what = f"address {addr}/{prefix} of {dev}"
         if proto == 2:
             raise NetlinkError(errno.EOPNOTSUPP, f"{what} comes from a router advertisement: not supported")
@@ -197,11 +196,26 @@ def _covered(links: list[dict], addrs: list[dict], routes: list[dict]) -> dict:
     kept = {lk["name"] for lk in links}
     have = inet_net.state()
     mine = {f"{a['dev']} {a['addr']}/{a['prefix']}" for a in addrs}
+    on_lo = [ipaddress.ip_network(f"{a['addr']}/{a['prefix']}", strict=False) for a in addrs if a["dev"] == "lo"]
     return {"links": sorted(kept),
             "addrs": sorted(e for e in have["addrs"] if e.split()[0] in kept or e in mine),
-            "routes": sorted(e for e in have["routes"] if e.split()[-1] in kept or _route_line(e, routes)),
+            "routes": sorted(e for e in have["routes"] if e.split()[-1] in kept or _route_line(e, routes)
+                             or _lo_route(e, on_lo)),
             "mcast": sorted(e for e in have["mcast"] if e.split()[0] in kept
                             and e.split()[1].startswith(_KERNEL_GROUPS))}
+
+
+def _lo_route(line: str, nets: list) -> bool:
+    """Whether inet_net.state's `line` is a route on lo into one of the networks `nets` of lo's kept
+    addresses (the kernel's local, broadcast and prefix routes of them)."""
+    words = line.split()
+    if not nets or words[-1] != "lo" or words[4] == "default/0":
+        return False
+    try:
+        dst = ipaddress.ip_address(words[4].split("/")[0])
+    except ValueError:
+        return False
+    return any(dst.version == n.version and dst in n for n in nets)
 
 
 def _route_line(line: str, routes: list[dict]) -> bool:
@@ -280,7 +294,7 @@ def read(fds: dict[str, int], ext: dict[str, str]) -> tuple[dict[str, dict], dic
 def _ip(value, family: int | None) -> bool:
     """Whether `value` is an address text of `family` (4, 6, or either)."""
     try:
-        return type(value) is str and (family is None or ipaddress.ip_address(value).version == family)
+        return type(value) is str and ipaddress.ip_address(value).version in ((4, 6) if family is None else (family,))
     except ValueError:
         return False
 

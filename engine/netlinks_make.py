@@ -6,7 +6,8 @@ sockets.
 Per namespace: the links (bridges first, with their ifindex, MAC address and MTU; a veth pair of the
 tree is made once, from the end whose (namespace, name) sorts first, its peer put straight into the
 other namespace with IFLA_NET_NS_FD); then in each namespace the masters, addresses (IPv6 ones with
-NODAD: they were in use already, and a tentative one would refuse the restored sockets' binds),
+NODAD: they were in use already, and a tentative one would refuse the restored sockets' binds; the
+link-local one too, before the link is up: the kernel's own attempt at it finds it there),
 links up, and the routes, in rounds until none is left (a route through a gateway needs the route to
 it first).
 
@@ -147,6 +148,29 @@ def _config_in(fd: int, rec: dict) -> None:
         left = [r for r, _ in failed]
 
 
+IFF_RUNNING = 0x40
+
+
+def _await_carrier(names: list[str], seconds: float) -> None:
+    """Wait (at most `seconds`) until links `names` have carrier: the kernel tells a veth's carrier
+    late (its link watch runs up to a second after both ends are up), and the restored tree must see
+    its links as they were, not NO-CARRIER for a moment."""
+    import time
+    deadline = time.monotonic() + seconds
+    while names and time.monotonic() < deadline:
+        got = rtnl.dump(rtnl.RTM_GETLINK, rtnl.IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        running = {socket.if_indextoname(rtnl.IFINFO.unpack_from(m)[2]) for _t, m in got
+                   if rtnl.IFINFO.unpack_from(m)[3] & IFF_RUNNING}
+        names = [n for n in names if n not in running]
+        if names:
+            time.sleep(0.02)
+
+
+def _carrier_in(fd: int, names: list[str]) -> None:
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    _await_carrier(names, 3.0)
+
+
 def _todo(nsid: str, rec: dict, netdevs: dict, fds: dict[str, int], outer: dict[str, str], own: int) -> list:
     """The links namespace `nsid` makes: [(link, peer or None)], bridges first."""
     out = []
@@ -160,6 +184,18 @@ def _todo(nsid: str, rec: dict, netdevs: dict, fds: dict[str, int], outer: dict[
         elif (nsid, lk["name"]) < (peer["ns"], peer["name"]):
             other = next(p for p in netdevs[peer["ns"]]["links"] if p["name"] == peer["name"])
             out.append((lk, ((other["index"], other["name"], other["mtu"], other.get("mac")), fds[peer["ns"]])))
+    return out
+
+
+def _carried(rec: dict, netdevs: dict) -> list[str]:
+    """The veths of `rec` that get carrier: up, their peer up (or outside the tree: brought up)."""
+    out = []
+    for lk in rec.get("links", ()):
+        peer = lk.get("peer") or {}
+        if lk["kind"] != "veth" or not lk["up"]:
+            continue
+        if "external" in peer or any(p["name"] == peer["name"] and p["up"] for p in netdevs[peer["ns"]]["links"]):
+            out.append(lk["name"])
     return out
 
 
@@ -187,6 +223,9 @@ def make(fds: dict[str, int], netdevs: dict, outer: dict[str, str]) -> None:
             if bridge is not None:
                 _set_link(name, master=bridge)
             _set_link(name, IFF_UP, IFF_UP)
+        for nsid in sorted(netdevs):
+            step = "its links' carrier"
+            forkrun.run(_carrier_in, fds[nsid], _carried(netdevs[nsid], netdevs))
     except OSError as e:
         raise NetlinkError(e.errno or errno.EIO, f"network namespace {nsid}: {step}: {e.strerror or e}") from None
     finally:
