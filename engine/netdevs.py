@@ -65,6 +65,8 @@ def collect(nets: dict[str, int], ext_veths: dict[str, str]) -> tuple[dict[str, 
     """({ns id: devices the image keeps (manifest "netdevs")}, {ns id whose lo is up}) of the tree's
     network namespaces `nets` ({ns id: a pid in it}, never the dumper's); `ext_veths`: {NAME: KEY}
     of --external veth[NAME]:KEY. NetdevError, one line, for what restore would not make."""
+    if not nets:
+        return {}, set()   # (the tree is in the dumper's namespace: no socket module for it)
     from engine import netlinks
     fds = {}
     try:

@@ -28,7 +28,6 @@ devices (netvars keeps those of devices a fresh namespace has), bridge and port 
 from __future__ import annotations
 
 import errno
-import ipaddress
 import re
 import socket
 import struct
@@ -192,6 +191,7 @@ def _covered(links: list[dict], addrs: list[dict], routes: list[dict]) -> dict:
     """What inet_net.state shows of these (and of what the kernel makes from them), in its spelling,
     for inet_net.differs to pass over: the kept links, every address and route on them, the kept
     addresses and routes of lo or of none, the all-nodes groups the kernel joins on them."""
+    import ipaddress
     from engine.fds import inet_net
     kept = {lk["name"] for lk in links}
     have = inet_net.state()
@@ -208,6 +208,7 @@ def _covered(links: list[dict], addrs: list[dict], routes: list[dict]) -> dict:
 def _lo_route(line: str, nets: list) -> bool:
     """Whether inet_net.state's `line` is a route on lo into one of the networks `nets` of lo's kept
     addresses (the kernel's local, broadcast and prefix routes of them)."""
+    import ipaddress
     words = line.split()
     if not nets or words[-1] != "lo" or words[4] == "default/0":
         return False
@@ -293,6 +294,7 @@ def read(fds: dict[str, int], ext: dict[str, str]) -> tuple[dict[str, dict], dic
 
 def _ip(value, family: int | None) -> bool:
     """Whether `value` is an address text of `family` (4, 6, or either)."""
+    import ipaddress
     try:
         return type(value) is str and ipaddress.ip_address(value).version in ((4, 6) if family is None else (family,))
     except ValueError:
@@ -333,7 +335,7 @@ def _check_addr(a, nsid: str, devs: set[str], fail) -> None:
         fail(f"{what}: must be an object of dev, addr, prefix, scope, flags, broadcast")
     if a.get("dev") not in devs or not _ip(a.get("addr"), None):
         fail(f"{what} {str(a.get('addr'))[:50]!r}: an address on a link of the namespace")
-    fam = ipaddress.ip_address(a["addr"]).version
+    fam = 6 if ":" in a["addr"] else 4
     if not _int(a.get("prefix"), 0, 32 if fam == 4 else 128) or not _int(a.get("scope"), 0, 255) \
             or not _int(a.get("flags"), 0, IFA_F_KEPT) or a["flags"] & ~IFA_F_KEPT \
             or ("broadcast" in a and not _ip(a["broadcast"], 4)):
