@@ -23,6 +23,7 @@ if child == 0:
     ctypes.CDLL(None).unshare(0x40000000)
     os.write(w, b"x"); os.read(r2, 1)
     srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"v1")
     srv.bind(("10.1.0.2", 7000)); srv.listen(5)
     srv6 = socket.socket(socket.AF_INET6); srv6.bind(("fd00::2", 7000)); srv6.listen(5)
 else:
@@ -49,7 +50,8 @@ def _in_netns(body: str) -> str:
 
 # (in the tree's mount and pid namespaces: pid 1 is in A, its child in B)
 _SHOW = ("for p in 1 $(cat /proc/1/task/1/children); do nsenter -t $p -n sh -c "
-         "'ip -br link | sort; ip -br addr | sort; ip route show table all | grep -v \"proto kernel\" | sort'; done")
+         "'ip -br link | sort; ip -br addr | sort; ip route show table all | grep -v \"proto kernel\" | sort; "
+         "ss -ltnH | sort'; done")
 
 _CONNECT = """
 import socket, sys
@@ -62,11 +64,11 @@ print("connected")
 def test_veth_pair_between_two_namespaces(case):
     """Both ends of a veth pair (each in a namespace of the tree) come back with their names, MAC
     address, MTU, addresses and routes (a gateway route, a blackhole one in table 100), and the
-    listener in B is reached from A through the pair, over IPv4 and IPv6. Before, dump refused the
+    listener in B (bound to v1: SO_BINDTODEVICE) is reached from A through the pair, over IPv4 and IPv6. Before, dump refused the
     namespaces ("interface v0, which a restored one (lo only) would lack")."""
     before, after = case.roundtrip(_in_netns(_PAIR), _SHOW)
     out = before.snap.check_output
-    for want in ("v0@if", "02:00:00:00:00:01", "10.1.0.1/24", "fd00::2/64", "10.9.0.0/16 via 10.1.0.1 dev v1 metric 7",
+    for want in ("v0@if", "02:00:00:00:00:01", "10.1.0.2%v1:7000", "10.1.0.1/24", "fd00::2/64", "10.9.0.0/16 via 10.1.0.1 dev v1 metric 7",
                  "blackhole 10.66.0.0/16 table 100"):
         assert want in out, out
     assert after.snap.check_output == out
@@ -78,12 +80,14 @@ def test_veth_pair_between_two_namespaces(case):
 
 
 def test_lo_address_kept(case):
-    """An address added to lo (a service's anycast address) comes back; dump refused it before."""
-    show = "nsenter -t 1 -n ip -br addr show lo"
+    """An address added to lo (a service's anycast address) and an AnyIP route (`ip route add local
+    10.0.0.0/8 dev lo`) come back; dump refused them before."""
+    show = "nsenter -t 1 -n sh -c 'ip -br addr show lo; ip route show table local | grep -v \"proto kernel\"'"
     before, after = case.roundtrip(py_hold("").replace("exec python3 -c ", "exec unshare -n sh -c 'ip link set lo up; "
-                                                       "ip addr add 10.9.8.7/32 dev lo; exec \"$0\" \"$@\"' python3 -c ",
-                                                       1), show)
+                                                       "ip addr add 10.9.8.7/32 dev lo; ip route add local 10.0.0.0/8 "
+                                                       "dev lo; exec \"$0\" \"$@\"' python3 -c ", 1), show)
     assert "10.9.8.7/32" in before.snap.check_output, before.snap.check_output
+    assert "local 10.0.0.0/8 dev lo" in before.snap.check_output, before.snap.check_output
     assert after.snap.check_output == before.snap.check_output
 
 
