@@ -124,14 +124,42 @@ def _add_route(r: dict) -> None:
     rtnl.request(rtnl.RTM_NEWROUTE, body, f"route {r.get('dst', 'default')}/{r['dst_len']} (table {table})", _CREATE)
 
 
-def _config_in(fd: int, rec: dict) -> None:
-    """In a child joined to the namespace: masters, addresses, links up, routes (in rounds)."""
+def _gen_mode(name: str, mode: int) -> None:
+    """Set link `name`'s IPv6 address generation mode by rtnetlink (unlike the sysctl, it makes no
+    address)."""
+    inet6 = rtnl.attr(socket.AF_INET6, rtnl.attr(rtnl.IFLA_INET6_ADDR_GEN_MODE, bytes([mode])))
+    body = rtnl.IFINFO.pack(socket.AF_UNSPEC, 0, socket.if_nametoindex(name), 0, 0)
+    rtnl.request(rtnl.RTM_SETLINK, body + rtnl.attr(rtnl.IFLA_AF_SPEC, inet6), f"interface {name}")
+
+
+def _no_link_local(rec: dict) -> dict[str, int]:
+    """The links of `rec` coming up with a link-local address kept: their address generation mode
+    set to none until they have carrier ({name: the mode to put back}). The kernel would make one
+    of its own from the link's MAC address at carrier, which need not be the kept one's (a bridge's
+    MAC address is its first port's since, not the one it had when it came up)."""
+    out = {}
+    for lk in rec.get("links", ()):
+        if lk["up"] and any(a["dev"] == lk["name"] and a["addr"].startswith("fe80:") for a in rec.get("addrs", ())):
+            try:
+                with open(f"/proc/sys/net/ipv6/conf/{lk['name']}/addr_gen_mode") as f:
+                    mode = int(f.read())
+                _gen_mode(lk["name"], rtnl.IN6_ADDR_GEN_MODE_NONE)
+            except (OSError, ValueError):
+                continue   # (IPv6 off on it)
+            out[lk["name"]] = mode
+    return out
+
+
+def _config_in(fd: int, rec: dict) -> dict[str, int]:
+    """In a child joined to the namespace: masters, addresses, links up, routes (in rounds); returns
+    the address generation modes to put back once the links have carrier (`_no_link_local`)."""
     kernel.setns(fd, kernel.CLONE_NEWNET)
     for lk in rec.get("links", ()):
         if "master" in lk:
             _set_link(lk["name"], master=lk["master"])
     for a in rec.get("addrs", ()):
         _add_addr(a)
+    modes = _no_link_local(rec)
     for lk in rec.get("links", ()):
         if lk["up"]:
             _set_link(lk["name"], IFF_UP, IFF_UP)
@@ -146,6 +174,7 @@ def _config_in(fd: int, rec: dict) -> None:
         if len(failed) == len(left):
             raise failed[0][1]
         left = [r for r, _ in failed]
+    return modes
 
 
 IFF_RUNNING = 0x40
@@ -166,9 +195,11 @@ def _await_carrier(names: list[str], seconds: float) -> None:
             time.sleep(0.02)
 
 
-def _carrier_in(fd: int, names: list[str]) -> None:
+def _carrier_in(fd: int, names: list[str], modes: dict[str, int]) -> None:
     kernel.setns(fd, kernel.CLONE_NEWNET)
     _await_carrier(names, 3.0)
+    for name, mode in modes.items():
+        _gen_mode(name, mode)
 
 
 def _todo(nsid: str, rec: dict, netdevs: dict, fds: dict[str, int], outer: dict[str, str], own: int) -> list:
@@ -188,15 +219,18 @@ def _todo(nsid: str, rec: dict, netdevs: dict, fds: dict[str, int], outer: dict[
 
 
 def _carried(rec: dict, netdevs: dict) -> list[str]:
-    """The veths of `rec` that get carrier: up, their peer up (or outside the tree: brought up)."""
+    """The links of `rec` that get carrier: up veths whose peer is up (or outside the tree: brought
+    up), up dummies, up bridges with such a port."""
     out = []
     for lk in rec.get("links", ()):
         peer = lk.get("peer") or {}
-        if lk["kind"] != "veth" or not lk["up"]:
+        if not lk["up"] or lk["kind"] == "bridge":
             continue
-        if "external" in peer or any(p["name"] == peer["name"] and p["up"] for p in netdevs[peer["ns"]]["links"]):
+        if lk["kind"] == "dummy" or "external" in peer or any(p["name"] == peer["name"] and p["up"]
+                                                              for p in netdevs[peer["ns"]]["links"]):
             out.append(lk["name"])
-    return out
+    ports = {lk.get("master") for lk in rec.get("links", ()) if lk["name"] in out}
+    return out + [lk["name"] for lk in rec.get("links", ()) if lk["kind"] == "bridge" and lk["up"] and lk["name"] in ports]
 
 
 def make(fds: dict[str, int], netdevs: dict, outer: dict[str, str]) -> None:
@@ -212,9 +246,10 @@ def make(fds: dict[str, int], netdevs: dict, outer: dict[str, str]) -> None:
         for nsid in sorted(netdevs):
             step = "its devices"
             forkrun.run(_links_in, fds[nsid], _todo(nsid, netdevs[nsid], netdevs, fds, outer, own))
+        modes = {}
         for nsid in sorted(netdevs):
             step = "its addresses and routes"
-            forkrun.run(_config_in, fds[nsid], netdevs[nsid])
+            modes[nsid] = forkrun.run(_config_in, fds[nsid], netdevs[nsid])
         nsid = "of the restorer"
         for key in sorted({lk["peer"]["external"] for rec in netdevs.values() for lk in rec.get("links", ())
                            if "external" in (lk.get("peer") or {})}):
@@ -225,7 +260,7 @@ def make(fds: dict[str, int], netdevs: dict, outer: dict[str, str]) -> None:
             _set_link(name, IFF_UP, IFF_UP)
         for nsid in sorted(netdevs):
             step = "its links' carrier"
-            forkrun.run(_carrier_in, fds[nsid], _carried(netdevs[nsid], netdevs))
+            forkrun.run(_carrier_in, fds[nsid], _carried(netdevs[nsid], netdevs), modes[nsid])
     except OSError as e:
         raise NetlinkError(e.errno or errno.EIO, f"network namespace {nsid}: {step}: {e.strerror or e}") from None
     finally:
