@@ -277,9 +277,12 @@ def read(fds: dict[str, int], ext: dict[str, str]) -> tuple[dict[str, dict], dic
             peer = next((p["name"] for p in got[peer_ns]["links"] if p["index"] == index), None) if peer_ns else None
             if peer is not None:
                 lk["peer"] = {"ns": peer_ns, "name": peer}
-            elif lk["name"] in ext:
+            elif lk["name"] in ext and lk["name"] not in used:
                 lk["peer"] = {"external": ext[lk["name"]]}
                 used.add(lk["name"])
+            elif lk["name"] in ext:   # (one key, one outer end: restore could not make two of one name)
+                raise NetlinkError(errno.EOPNOTSUPP, f"network namespace {nsid}: --external veth[{lk['name']}] names "
+                                                     "veths of two namespaces of the tree: not supported")
             else:
                 raise NetlinkError(errno.EOPNOTSUPP, f"network namespace {nsid}: interface {lk['name']} is a veth whose "
                                    "peer is outside the tree: declare it with --external veth[" + lk["name"] + "]:KEY "

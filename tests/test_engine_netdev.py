@@ -136,6 +136,9 @@ def test_external_veth_to_a_bridge(case, outer_netns):
         case.dump(pid, case.new_images_dir())
     assert len(str(e.value).strip().splitlines()) >= 1
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+    with pytest.raises(CRError, match=r"--external veth\[eth9\]: no veth of that name"):
+        case.dump(pid, case.new_images_dir(), ("--external", "veth[eth0]:k0", "--external", "veth[eth9]:k9"))
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
     images = case.new_images_dir()
     case.dump(pid, images, ("--external", "veth[eth0]:k0"))
     with pytest.raises(CRError, match=r"the image needs externals: give --external veth\[k0\]:OUTER\[@BRIDGE\]"):
@@ -226,3 +229,24 @@ def test_image_devices_only_in_namespaces_restore_makes():
             netlinks_make.make({"net-0": own}, {"net-0": {"links": []}}, {})
     finally:
         os.close(own)
+
+
+# (in a setup's sh -c '...': wait until every link has carrier and no address is tentative: the
+# snapshot must not see the kernel still settling)
+_SETTLE = ("for i in $(seq 200); do s=$(ip link; ip -6 addr show tentative); case $s in *NO-CARRIER*|*tentative*) "
+           "sleep 0.05;; *) break;; esac; done; ")
+
+
+def test_veth_in_a_user_namespace(case):
+    """A network namespace a user namespace owns (an unprivileged LXC container's, `unshare -Ur -n`)
+    with a veth pair of its own, an address and a route: made again from restore's child joined to it."""
+    setup = py_hold("").replace(
+        "exec python3 -c ", "exec unshare -Ur -n sh -c 'ip link set lo up; ip link add v0 type veth peer name v1; "
+        "ip addr add 10.5.0.1/24 dev v0; ip link set v1 up; ip link set v0 up; ip route add 10.6.0.0/16 via 10.5.0.2; "
+        + _SETTLE + "exec \"$0\" \"$@\"' python3 -c ", 1)
+    show = ("nsenter -t 1 -U -n --preserve-credentials sh -c \"ip -br link | awk '{print \\$1, \\$2}'; "
+            "ip -4 -br addr; ip route | grep -v 'proto kernel'\"")
+    before, after = case.roundtrip(setup, show)
+    out = before.snap.check_output
+    assert "10.5.0.1/24" in out and "10.6.0.0/16 via 10.5.0.2 dev v0" in out and "v1@v0" in out, out
+    assert after.snap.check_output == out
