@@ -57,13 +57,13 @@ def _ifinfo(index: int, name: str, mtu: int | None, mac: str | None) -> bytes:
     return body
 
 
-def _new_link(lk: dict, data: bytes, index: int) -> None:
-    """RTM_NEWLINK of `lk` at ifindex `index` (0: any), `data` its IFLA_INFO_DATA."""
+def _new_link(lk: dict, data: bytes, index: int, what: str) -> None:
+    """RTM_NEWLINK of `lk` at ifindex `index` (0: any), `data` its IFLA_INFO_DATA; errors name `what`."""
     info = rtnl.attr(rtnl.IFLA_INFO_KIND, lk["kind"].encode())
     if data:
         info += rtnl.attr(rtnl.IFLA_INFO_DATA, data)
     body = _ifinfo(index, lk["name"], lk["mtu"], lk.get("mac")) + rtnl.attr(rtnl.IFLA_LINKINFO, info)
-    rtnl.request(rtnl.RTM_NEWLINK, body, f"interface {lk['name']}", _CREATE)
+    rtnl.request(rtnl.RTM_NEWLINK, body, what, _CREATE)
 
 
 def _peer_data(index: int, peer: tuple) -> bytes:
@@ -75,12 +75,13 @@ def _peer_data(index: int, peer: tuple) -> bytes:
 
 def _make_link(lk: dict, peer: tuple | None) -> None:
     """Make `lk` here; `peer`: ((index, name, mtu, mac), the fd of its namespace) of a veth's other end."""
+    what = f"interface {lk['name']}" + (f" (a veth, its peer {peer[0][1]})" if peer else "")
     try:
-        _new_link(lk, _peer_data(peer[0][0], peer) if peer else b"", lk["index"])
+        _new_link(lk, _peer_data(peer[0][0], peer) if peer else b"", lk["index"], what)
     except OSError as e:
         if e.errno != errno.EBUSY:   # (an ifindex taken in either namespace: any other then)
             raise
-        _new_link(lk, _peer_data(0, peer) if peer else b"", 0)
+        _new_link(lk, _peer_data(0, peer) if peer else b"", 0, what)
 
 
 def _links_in(fd: int, todo: list[tuple[dict, tuple | None]]) -> None:

@@ -153,6 +153,11 @@ def test_external_veth_to_a_bridge(case, outer_netns):
                         "import socket; s = socket.create_connection(('10.2.0.2', 7001), 10); print('connected')"],
                        capture_output=True, text=True, timeout=30)
     assert r.stdout.strip() == "connected", r.stderr
+    # (a second restore naming the same outer end: refused in one line, the first tree untouched)
+    os.unlink(images + ".pid")
+    with pytest.raises(CRError, match=r"interface eth0 \(a veth, its peer vo2\): File exists"):
+        case.restore(images, ("--external", "veth[k0]:vo2@br0"), wrap=("nsenter", "-t", str(o), "-n"))
+    assert "master br0" in _nsh(o, "ip -d link show vo2") and os.path.exists(f"/proc/{new}")
 
 
 def _fail(msg):
