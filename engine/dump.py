@@ -948,7 +948,8 @@ def _collect_processes(d: _Dump) -> None:
             d.netvars[net] = netvars.read(p["pid"])
             nets[net] = p["pid"]
     try:
-        d.netdevs, d.net_lo_up = netdevs.collect(nets, d.ext_veths)
+        d.netdevs, up = netdevs.collect(nets, d.ext_veths)
+        d.net_lo_up |= up   # (a lone namespace's are in already: engine/fs/nsfs.py)
     except netdevs.NetdevError as e:
         raise DumpError(e.errno, e.strerror) from None
 
