@@ -234,6 +234,12 @@ def _read_in(fd: int, fresh: set[str], tree_fds: list[int]) -> dict:
     kept = {lk["name"] for lk in links}
     addrs = _addrs(names, kept)
     routes = _routes(names)
+    # (what the validator would refuse at restore is refused here: a dump that succeeds must restore)
+    odd = [lk["name"] for lk in links if not _NAME.match(lk["name"])]
+    odd += [r["dev"] for r in routes if r.get("dev", "lo") not in kept | {"lo"}]
+    if odd:
+        raise NetlinkError(errno.EOPNOTSUPP, f"interface {odd[0]!r} (its name, or a route on it when restore does not "
+                                             "make it): not supported")
     if len(links) > MAX_LINKS or len(addrs) > MAX_ADDRS or len(routes) > MAX_ROUTES:
         raise NetlinkError(errno.E2BIG, f"more than {MAX_LINKS} devices, {MAX_ADDRS} addresses or {MAX_ROUTES} "
                                         "routes: not supported")
