@@ -272,7 +272,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_dump(args) -> int:
-    from engine import filelocks
+    from engine import filelocks, kernel
+    kernel.check_own_proc()
     filelocks.read_early()   # (its kernel wait overlaps the imports: engine/filelocks.py)
     try:
         from engine import dump
@@ -285,7 +286,8 @@ def _cmd_dump(args) -> int:
 
 
 def _cmd_restore(args) -> int:
-    from engine import restore
+    from engine import kernel, restore
+    kernel.check_own_proc()
     _settled()
     daemons = {}
     for spec in args.fuse_restart:

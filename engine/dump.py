@@ -362,6 +362,8 @@ class _Plan:
         self.strategy = None
         self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
         self.pidns_name: dict[int, str] = {}
+        self.pidns_doc: dict[str, dict] = {}   # (_Dump's: the image's pid namespace records)
+        self.my_pidns: int | None = None
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
         self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
         self.ns_names: dict = {}                     # (kind, inode) -> the image's namespace id ("net-1")
@@ -370,6 +372,15 @@ class _Plan:
         self.net_lo_up: set[str] = set()
         # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
+
+    def dumper_pidns(self) -> str:
+        """The image id of the dumper's own pid namespace, recorded (as the host's: restore gives its
+        own) when no process of the tree is in it: a pid-bound superblock of it is the restorer's."""
+        name = self.pidns_name.get(self.my_pidns)
+        if name is None:
+            name = self.pidns_name[self.my_pidns] = f"pid-{len(self.pidns_name)}"
+            self.pidns_doc[name] = {"parent": None, "host": True}
+        return name
 
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
@@ -736,6 +747,7 @@ def _record_pid_namespaces(d: _Dump) -> None:
         if ident is not None:
             d.plan.members.setdefault(d.ns_of[pid]["pid"], []).append(ident)
     d.plan.pidns_name = ino_name
+    d.plan.pidns_doc, d.plan.my_pidns = d.pidns_doc, d.me["pid"]
 
 
 class _Batch:

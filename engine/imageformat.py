@@ -1066,6 +1066,30 @@ def validate(doc) -> None:
     _check_sessions(doc)
     _check_userns(doc, mounts)
     _check_bound_ns(doc, mounts, detached)
+    _check_restorers_proc(doc, mounts, detached)
+
+
+def _check_restorers_proc(doc: dict, mounts: dict, detached: dict) -> None:
+    """A superblock tagged with a host pid namespace no process is in is a proc the restorer makes of
+    its own pid namespace (the host's /proc beneath the tree's, `unshare --mount-proc`): only where
+    no path reaches it, each of its mounts covered by another at its mount point, none detached, in
+    a mount namespace no user namespace of the image owns (a root there could unmount the cover)."""
+    hostless = {n for n, r in doc["pidns"].items() if r.get("host")} - {p["ns"]["pid"] for p in doc["processes"]}
+    sids = {sid for sid, sb in doc["superblocks"].items() if sb.get("pidns") in hostless}
+    if not sids:
+        return
+    owned = {m["id"] for ns in doc["mntns"].values() if ns.get("owner") for m in ns["mounts"]}
+    covers = {(m.get("parent"), m["mountpoint"]) for m in mounts.values()}
+    for sid in sids:
+        what = f"superblock {sid} (a proc of the restorer's own pid namespace)"
+        if doc["superblocks"][sid].get("owner") is not None:
+            _fail(f"{what}: made by a user namespace of the image")
+        if any(m["sb"] == sid for m in detached.values()):
+            _fail(f"{what}: a detached mount of it")
+        for m in mounts.values():
+            if m["sb"] == sid and ((m["id"], m["mountpoint"]) not in covers or m["id"] in owned):
+                _fail(f"{what}: mount {m['id']} ({m['mountpoint'][:80]}) is not covered by another at its mount "
+                      "point in a mount namespace the restorer's user namespace owns")
 
 
 def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
@@ -1288,12 +1312,16 @@ def _check_counts(doc: dict) -> None:
         total += len(ns["mounts"])
     if total > MAX_MOUNTS:
         _fail(f"{total} mounts is absurd (at most {MAX_MOUNTS})")
-    nfds = nthreads = 0
+    nfds = nthreads = ntimers = 0
     for i, p in enumerate(procs):
-        if type(p) is not dict or type(p.get("fds")) is not list or type(p.get("threads", [])) is not list:
+        if type(p) is not dict or type(p.get("fds")) is not list or type(p.get("threads", [])) is not list \
+                or type(p.get("posix_timers", [])) is not list:
             check_record(PROCESS, p, f"process #{i}")
         nfds += len(p["fds"])
         nthreads += len(p.get("threads", ()))
+        ntimers += len(p.get("posix_timers", ()))
+    if ntimers > posixtimers.MAX_ALL:   # (each one restore makes is kernel memory of the host's)
+        _fail(f"{ntimers} POSIX timers is absurd (at most {posixtimers.MAX_ALL} in all)")
     if nfds > MAX_FDS:
         _fail(f"{nfds} fds is absurd (at most {MAX_FDS})")
     if nthreads + len(procs) > MAX_PID:   # (each thread has a pid of the host's)
@@ -1776,6 +1804,8 @@ def _check_timers(p: dict, what: str) -> None:
     which = [t["which"] for t in p.get("itimers") or ()]
     if len(set(which)) != len(which):
         _fail(f"{what}: two interval timers of one kind")
+    if p.get("timer_sig_caught", 0) & (1 << 8 | 1 << 18):
+        _fail(f"{what}: timer_sig_caught names SIGKILL or SIGSTOP: SIGKILL and SIGSTOP cannot be caught")
     extra = p.get("timer_sig_caught", 0) & ~sum(1 << (s - 1) for s in timersigs.delivered(p))
     if extra:
         _fail(f"{what}: timer_sig_caught names signals no timer of it delivers ({extra:#x})")

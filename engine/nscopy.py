@@ -218,7 +218,7 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                     covers.add(top)
                     stack.append(top)
         # Outer covers first: what an outer cover hides is reachable only once it is gone.
-        progress = False
+        progress, locked = False, None
         for c in sorted(covers, key=lambda x: (len(by_id[x].mountpoint), x)):
             path = top_path(by_id[c].mountpoint)
             try:
@@ -228,8 +228,16 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                     continue
                 kernel.umount2(path, kernel.MNT_DETACH)
                 progress = True
-            except OSError:
-                pass
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    locked = c
         if not progress:
             mid = min(remaining)
+            if locked is not None:
+                # (MNT_LOCKED: the kernel refuses to unmount it even for the host's root)
+                raise DumpError(errno.EOPNOTSUPP, f"mount {mid} ({by_id[mid].mountpoint}) is covered by mount {locked} "
+                                                  f"({by_id[locked].mountpoint}), locked over it (a user namespace's "
+                                                  "mount namespace copied from its parent's keeps such stacks locked "
+                                                  "together): what it holds cannot be read; dump a tree whose user "
+                                                  "namespace mounts its own root (pivot_root), as container runtimes do")
             raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")

@@ -28,6 +28,7 @@ _PR_TIMER_CREATE_RESTORE_IDS, _ON, _OFF = 77, 1, 0   # (include/uapi/linux/prctl
 _SIGEV = {"signal": 0, "none": 1, "thread": 4}        # SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD_ID
 MAX_TIMERS = 1 << 16          # of one process (each counts against RLIMIT_SIGPENDING)
 MAX_ID = (1 << 31) - 1        # ids are ints the kernel hands out from 0
+MAX_ALL = 1 << 18             # of the tree (each ~350 bytes of the restoring host's kernel memory)
 MAX_FILLERS = 1 << 16         # ids skipped without the prctl: restore makes (and deletes) that many at most
 MAX_NS = (1 << 63) - 1
 # Clock ids a timer may have: REALTIME, MONOTONIC, PROCESS_/THREAD_CPUTIME_ID, BOOTTIME, the two
@@ -80,13 +81,19 @@ def _why_not(pid: int, t: dict) -> str | None:
 
 
 def check(pids) -> None:
-    """Refuse (TimerError) the first process of `pids` with a POSIX timer that is not restored."""
+    """Refuse (TimerError) the first process of `pids` with a POSIX timer that is not restored, or
+    more than MAX_TIMERS, or past MAX_ALL in all."""
     from engine import inject
+    total = 0
     for pid in pids:
         timers = parse(pid)
+        total += len(timers)
         if len(timers) > MAX_TIMERS:
             raise TimerError(errno.EOPNOTSUPP, f"process {pid} has {len(timers)} POSIX timers (at most {MAX_TIMERS} "
                                                "are restored)")
+        if total > MAX_ALL:
+            raise TimerError(errno.EOPNOTSUPP, f"the tree has more than {MAX_ALL} POSIX timers (process {pid} the "
+                                               "last counted): at most that many are restored in all")
         if timers and not inject.SUPPORTED:
             raise TimerError(errno.EOPNOTSUPP, f"process {pid} has POSIX timers, whose time left only the process "
                                                f"reads (by calls made in it on x86-64 only, not {os.uname().machine}): "

@@ -96,6 +96,10 @@ class View:
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
 
+    def dumper_pidns(self) -> str:
+        """(dump's plan records the dumper's pid namespace: before the stop only its being allowed counts)"""
+        return "pid-dumper"
+
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
         `ns_name` (as dump's plan does it: the running tree's namespace itself is not touched)."""
@@ -191,7 +195,6 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         schedattrs.precheck(pids)
         timens.precheck(pids)
         seccomp.precheck(pids)
-        subreaper.precheck(pids)
         loginuid.precheck(pids)
         posixtimers.check(pids)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
@@ -207,7 +210,9 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_socket_binds(pids, view)
         for pid in pids:
             threads.check(pid)
-        seccomp.precheck_filters(pids)   # (last: it traps each process with filters for a moment)
+        # (last: it traps each process with filters for a moment; the subreaper check asks the
+        # filters it read, so a filtered parent is trapped once)
+        subreaper.precheck(pids, seccomp.precheck_filters(pids))
     except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError,
             schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, loginuid.LoginuidError,
             posixtimers.TimerError, subreaper.SubreaperError, netdevs.NetdevError) as e:

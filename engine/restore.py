@@ -473,6 +473,23 @@ def _check_task_room(doc: dict) -> None:
                                          f"can make now ({room}: {how}); refused before anything is made")
 
 
+class _Here:
+    """The restorer itself as the maker of a superblock tagged with a namespace of its own that no
+    stand-in is in (a pid-bound superblock of the dumper's pid namespace that the tree's own covers):
+    answers a stand-in channel's "fsmount" request in this process."""
+
+    @staticmethod
+    def call(request):
+        """(None, [detached mount fd]) for ("fsmount", fstype, source, params, attr)."""
+        op, fstype, source, params, attr = request
+        if op != "fsmount":
+            raise RestoreError(errno.EINVAL, f"the restorer makes no {op!r} itself")
+        return None, [standin.fsmount(fstype, source, params, attr)]
+
+
+_HERE = _Here()
+
+
 class _Restorer:
     """State of one restore, inside the restorer process."""
 
@@ -1334,6 +1351,9 @@ class _Restorer:
             if not sb.get(handler.ns_key):
                 raise RestoreError(errno.EINVAL, f"superblock {sid} ({sb['fstype']}) has no {handler.ns} "
                                                  "namespace in the image")
+            if handler.ns_key == "pidns" and self.doc["pidns"][sb["pidns"]].get("host") and not any(
+                    p["ns"]["pid"] == sb["pidns"] for p in self.doc["processes"]):
+                return _HERE   # (the dumper's pid namespace, no process of the tree in it: ours)
             return self._standin_in(handler.ns, sb[handler.ns_key], sb.get("owner"))
         # Tagged with the namespace of the processes that see the mount: made by one of them that
         # stands in the user namespace owning it, else by any stand-in in that namespace that does.
