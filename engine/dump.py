@@ -961,7 +961,7 @@ def _collect_processes(d: _Dump) -> None:
             nets[net] = p["pid"]
     try:
         d.netdevs, up = netdevs.collect(nets, d.ext_veths)
-        d.net_lo_up |= up   # (a lone namespace's are in already: engine/fs/nsfs.py)
+        d.net_lo_up |= up   # (a lone namespace's, one only a bind keeps, are in already)
     except netdevs.NetdevError as e:
         raise DumpError(e.errno, e.strerror) from None
 
