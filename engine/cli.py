@@ -76,7 +76,9 @@ def _add_dump(sub) -> None:
                         "namespace) external: it is recorded by KEY and not dumped; dev[MAJ:MIN]:KEY "
                         "declares a block device external; file[PATH]:KEY declares the file PATH (as "
                         "/proc/PID/fd shows it) that processes hold open external: recorded by KEY with its "
-                        "flags and offset, reopened at restore from the host path given for KEY. Repeatable.")
+                        "flags and offset, reopened at restore from the host path given for KEY; veth[NAME]:KEY "
+                        "declares the veth NAME of the tree whose peer is outside it (a container's eth0): "
+                        "recorded by KEY, made again at restore with its outer end where veth[KEY] says. Repeatable.")
 
 
 def _add_restore(sub) -> None:
@@ -95,7 +97,9 @@ def _add_restore(sub) -> None:
                    help="mnt[KEY]:HOSTPATH gives the host path for the external mount recorded as KEY; "
                         "dev[KEY]:PATH gives a block device (or an image file, attached to a loop device) "
                         "for the external device KEY; file[KEY]:HOSTPATH gives the file to open for the "
-                        "external file KEY. Repeatable.")
+                        "external file KEY; veth[KEY]:OUTER[@BRIDGE] makes the outer end of the external veth KEY "
+                        "in restore's own network namespace, named OUTER, attached to the bridge BRIDGE when given "
+                        "(the only device restore makes outside the tree's namespaces). Repeatable.")
     p.add_argument("--fuse-restart", action="append", default=[], metavar="SUBTYPE=COMMAND",
                    help="the command that serves FUSE superblocks of fstype fuse.SUBTYPE ('fuse' for none) "
                         "again: restore makes the superblock on a new /dev/fuse connection and runs COMMAND "

@@ -1018,6 +1018,7 @@ MANIFEST = Record("manifest", {
     "sysvipc": F(DICT, required=False),                       # {ipc ns: System V IPC objects} (engine/sysvipc.py)
     "netvars": F(DICT, required=False),                       # {net ns: {sysctl: text}} (engine/netvars.py)
     "net_lo_up": F(LIST, required=False),                     # [net ns whose lo is up] (engine/netdevs.py)
+    "netdevs": F(DICT, required=False),                       # {net ns: its links, addresses, routes} (engine/netlinks.py)
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
@@ -1773,7 +1774,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         earlier.add(p["pid"])
     if "sysvipc" in doc:
         _check_sysvipc(doc)
-    if "netvars" in doc or "net_lo_up" in doc:
+    if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc:
         _check_netvars(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
@@ -1824,8 +1825,8 @@ def _check_sysvipc(doc: dict) -> None:
 
 
 def _check_netvars(doc: dict) -> None:
-    """A network namespace's own sysctls (engine/netvars.py) only of namespaces restore makes: no
-    process may have one as the host's (restore would write the host's)."""
+    """A network namespace's own sysctls (engine/netvars.py) and devices (engine/netlinks.py) only of
+    namespaces restore makes: no process may have one as the host's (restore would write the host's)."""
     from engine import netvars
     host = {p["ns"]["net"] for p in doc["processes"] if "net" in (p.get("host_ns") or ())}
     lone = {n for sb in (doc.get("superblocks") or {}).values() for n in sb.get("lone_ns") or ()}   # (_check_bound_ns)
@@ -1834,6 +1835,9 @@ def _check_netvars(doc: dict) -> None:
         if nsid not in made:
             _fail(f"netvars for {str(nsid)[:40]!r}: not a network namespace restore makes")
         netvars.check(kept, f"netvars {nsid}", _fail)
+    if "netdevs" in doc:   # (a device only in a namespace restore makes: never the restorer's own)
+        from engine import netlinks
+        netlinks.check(doc["netdevs"], made, _fail)
     ups = doc.get("net_lo_up") or []
     if not all(type(u) is str for u in ups) or len(set(ups)) != len(ups) or not set(ups) <= made:
         _fail("net_lo_up: network namespaces restore makes, each once")

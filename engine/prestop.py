@@ -136,10 +136,11 @@ def _unique_ids(nsfd: int) -> dict[int, int]:
 
 
 def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_mnts,
-          leave_running: bool, ext_files=(), ext_devs=()) -> dict[str, dict]:
+          leave_running: bool, ext_files=(), ext_devs=(), ext_veths=None) -> dict[str, dict]:
     """Refuse (PrestopError) what the running tree [(pid, ppid)] already shows dump would refuse;
     `texts`: (a pid, its mountinfo) of each mount namespace; fds on `ext_files` (paths declared
-    --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN]. Returns the image-like record of each
+    --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN];
+    `ext_veths`: veths declared --external veth[NAME]:KEY ({NAME: KEY}). Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
     from engine import image, strategy
     locks = filelocks.proc_locks()   # (first: before any fork, while read_early's thread may read it)
@@ -190,7 +191,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         # write lease this refuses)
         filelocks.precheck(pids, locks)
         sysvipc.precheck(pids)
-        netdevs.precheck(pids)
+        netdevs.precheck(pids, ext_veths)
         schedattrs.precheck(pids)
         timens.precheck(pids)
         seccomp.precheck(pids)

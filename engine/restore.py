@@ -68,7 +68,7 @@ from engine.image import is_beneath, rel_to
 
 # Namespaces a stand-in unshares or joins after its pid namespace (image.NS_KINDS past mnt and pid).
 _OTHER_NS = tuple(k for k in image.NS_KINDS if k not in ("mnt", "pid"))
-_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
+_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file|veth)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
 _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
@@ -95,17 +95,21 @@ class RestoreError(OSError):
 
 def parse_externals(specs, root: str | None) -> dict[str, str]:
     """`mnt[KEY]:HOSTPATH` -> {key: hostpath}, `dev[KEY]:PATH` -> {"dev:"+key: path},
-    `file[KEY]:HOSTPATH` -> {"file:"+key: path}; --root DIR is key "root"."""
+    `file[KEY]:HOSTPATH` -> {"file:"+key: path}, `veth[KEY]:OUTER[@BRIDGE]` -> {"veth:"+key: that};
+    --root DIR is key "root"."""
     out: dict[str, str] = {}
     for spec in specs:
         m = _EXT_MNT.match(spec)
         if not m:
-            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH, dev[KEY]:PATH or file[KEY]:HOSTPATH")
+            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH, dev[KEY]:PATH, file[KEY]:HOSTPATH "
+                             "or veth[KEY]:OUTER[@BRIDGE]")
         out[("" if m["kind"] == "mnt" else m["kind"] + ":") + m["key"]] = m["path"]
     if root is not None:
         out["root"] = root
     for key, path in out.items():
-        if not os.path.exists(path):
+        if key.startswith("veth:"):
+            netdevs.outer_name(path)   # (an interface to make, not a path: well-formed names)
+        elif not os.path.exists(path):
             raise ValueError(f"external {key}: {path} does not exist")
     return out
 
@@ -289,7 +293,8 @@ def _externals_given(doc: dict, externals, root: str | None, daemons) -> dict:
     needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
                     | {"dev:" + sb["device"]["key"] for sb in doc["superblocks"].values()
                        if (sb.get("device") or {}).get("key") and not sb.get("external")}
-                    | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
+                    | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")}
+                    | netdevs.externals_of(doc))
     missing = [k for k in needed if k not in ext]
     if root is not None and "root" not in needed:
         # (criu's users give --root always; here a root made inside the tree comes from the image)
@@ -298,6 +303,7 @@ def _externals_given(doc: dict, externals, root: str | None, daemons) -> dict:
     if missing:
         hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
                          else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
+                         else f"--external veth[{k[5:]}]:OUTER[@BRIDGE]" if k.startswith("veth:")
                          else f"--external mnt[{k}]:HOSTPATH" for k in missing)
         raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}")
     return ext
@@ -652,13 +658,18 @@ class _Restorer:
 
     def make_netvars(self) -> None:
         """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`), made
-        afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), then its
+        afresh; then each restored network namespace's devices (engine/netlinks_make.py), its lo up
+        where it was (engine/netdevs.py), then its
         own sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
         for nsid in (n for sb in self.doc["superblocks"].values() for n in sb.get("lone_ns") or ()):
             try:
                 self.nsfd_of[("net", nsid)] = netdevs.new_netns()
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
+        try:   # (devices first: their sysctls are the namespace's too; never in the restorer's namespace)
+            netdevs.make_devices(self.nsfd_of, self.doc.get("netdevs") or {}, self.ext)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
         todo = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
         todo += [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
         for nsid, make, arg in todo:

@@ -142,19 +142,19 @@ u.sendto(b"x", ("127.0.0.1", 7001))
 """, True, r"UDP datagrams wait on a socket with a peek offset"),
     ("interface", """
 import socket, subprocess
-subprocess.run(["ip", "link", "add", "veth9", "type", "veth", "peer", "name", "veth8"], check=True)
+subprocess.run("ip link add br9 type bridge; ip link add mv9 link br9 type macvlan", shell=True, check=True)
 s = socket.socket(); os.dup2(s.fileno(), 10)
-""", True, r"interface veth8, veth9, which a restored one \(lo only\) would lack"),
+""", True, r"interface mv9 is of kind macvlan, which restore does not make"),
     ("address", """
 import socket, subprocess
-subprocess.run(["ip", "addr", "add", "10.9.9.9/32", "dev", "lo"], check=True)
+subprocess.run(["ip", "addr", "add", "10.9.9.9/32", "dev", "lo", "valid_lft", "100", "preferred_lft", "100"], check=True)
 s = socket.socket(); os.dup2(s.fileno(), 10)
-""", True, r"addresses differ .*10\.9\.9\.9/32"),
+""", True, r"address 10\.9\.9\.9/32 of lo has a finite lifetime"),
     ("route", """
 import socket, subprocess
-subprocess.run(["ip", "route", "add", "local", "10.0.0.0/8", "dev", "lo"], check=True)   # (AnyIP)
+subprocess.run(["ip", "route", "add", "throw", "10.0.0.0/8"], check=True)
 s = socket.socket(); os.dup2(s.fileno(), 10)
-""", True, r"routes differ .*10\.0\.0\.0/8 dev lo"),
+""", True, r"route 10\.0\.0\.0/8 \(table 254\) is type 9, which restore does not make"),
     ("multicast", """
 import socket, struct
 u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", 5353)); os.dup2(u.fileno(), 10)

@@ -112,6 +112,8 @@ class MntcrBackend(Backend):
         args = ["-t", str(pid), "-D", images_dir]
         for ext in externals:
             args += ["--external", f"mnt[{ext.mountpoint}]:{ext.key}"]
+        for name, _outer in ctx.scenario.veths:
+            args += ["--external", f"veth[{name}]:{name}"]
         self._run("dump", args, ctx)
 
     def restore(self, images_dir, externals, ctx):
@@ -123,6 +125,8 @@ class MntcrBackend(Backend):
             args += ["--external", f"mnt[{ext.key}]:{ext.host_path}"]
         for key, cmd in ctx.scenario.fuse_restart:
             args += ["--fuse-restart", f"{key}={cmd}"]
+        for name, outer in ctx.scenario.veths:
+            args += ["--external", f"veth[{name}]:{outer}"]
         for spec in _idmap_allowances(images_dir):
             args += ["--allow-idmap", spec]
         self._run("restore", args, ctx)

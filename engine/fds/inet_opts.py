@@ -1,7 +1,7 @@
 """Socket options of an inet socket that a program sets and that change what it does or what its
 peers see: address and port reuse (SO_REUSEADDR, SO_REUSEPORT: a second listener on the port),
 IPV6_V6ONLY, keepalive and its timers, TCP_NODELAY, TCP_DEFER_ACCEPT, the buffer sizes and their locks, timeouts,
-SO_BROADCAST, IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT, TOS/TTL...
+SO_BROADCAST, IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT, TOS/TTL, the device it is bound to (SO_BINDTODEVICE)...
 
 Dump reads them on its copy of the socket; restore sets, before the bind (reuse, v6only and
 freebind decide whether the bind works), those that differ from the new socket's. A value that does
@@ -28,6 +28,8 @@ OPTS = {
     "rcvlowat": (SOL_SOCKET, 18, "int", None, None), "timestamp": (SOL_SOCKET, 29, "int", None, None),
     "rcvtimeo": (SOL_SOCKET, 20, "timeval", None, None), "sndtimeo": (SOL_SOCKET, 21, "timeval", None, None),
     "linger": (SOL_SOCKET, 13, "linger", None, None), "mark": (SOL_SOCKET, 36, "int", None, None),
+    # (SO_BINDTOIFINDEX: a device of the tree's namespace, made again at its ifindex: engine/netlinks.py)
+    "bindtoifindex": (SOL_SOCKET, 62, "int", None, None),
     "tos": (IPPROTO_IP, 1, "int", ("inet",), None), "ttl": (IPPROTO_IP, 2, "int", ("inet",), None),
     "freebind": (IPPROTO_IP, 15, "int", None, None), "bind_address_no_port": (IPPROTO_IP, 24, "int", None, None),
     "transparent": (IPPROTO_IP, 19, "int", None, None),
