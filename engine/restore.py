@@ -658,20 +658,27 @@ class _Restorer:
 
     def make_netvars(self) -> None:
         """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`), made
-        afresh; then each restored network namespace's devices (engine/netlinks_make.py), its lo up
-        where it was (engine/netdevs.py), then its
-        own sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
+        afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), its
+        devices (engine/netlinks_make.py), then its own sysctls (engine/netvars.py: bringing lo up
+        resets some of lo's, ipv6's mtu)."""
         for nsid in (n for sb in self.doc["superblocks"].values() for n in sb.get("lone_ns") or ()):
             try:
                 self.nsfd_of[("net", nsid)] = netdevs.new_netns()
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
-        try:   # (devices first: their sysctls are the namespace's too; never in the restorer's namespace)
+        # lo up first (a route through lo needs it: CRIU's netns), then the devices, whose sysctls
+        # are the namespace's too (never in the restorer's namespace), then the sysctls
+        lo_up = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
+        self._in_netns(lo_up)
+        try:
             netdevs.make_devices(self.nsfd_of, self.doc.get("netdevs") or {}, self.ext)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
-        todo = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
-        todo += [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
+        self._in_netns([(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()])
+
+    def _in_netns(self, todo) -> None:
+        """make(fd, arg) for each (namespace id, make, arg) of `todo`, fd on that network namespace
+        restore made; a failure names the namespace."""
         for nsid, make, arg in todo:
             fd = self.nsfd_of.get(("net", nsid))
             if fd is None:
