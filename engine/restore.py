@@ -53,8 +53,7 @@ import stat
 from operator import itemgetter
 
 from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, netdevs, netvars, parking, remount, schedattrs, seccomp, sessions,
-                    sharing,
+                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
                     standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
@@ -515,6 +514,10 @@ class _Restorer:
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
         self.fill_started = False          # (create_superblocks: the helper started, or found not needed)
         self._sb_planned: tuple | None = None  # (_sb_plan)
+        # Superblocks whose type makes each mount from an object of its own (`per_mount`, a property
+        # of the type): found once a type here, not asked ~3 times a mount (~0.3 M steps at 10k mounts).
+        from engine import imageformat   # (loaded by image.load: the image was validated)
+        self.per_mount_sbs = imageformat.per_mount_sbs(doc["superblocks"])
         self.ahead: content.ReadAhead | None = None  # the archives `mntcr restore` had read (to the filler)
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
@@ -637,7 +640,13 @@ class _Restorer:
         """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`), made
         afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), then its
         own sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
-        for nsid in (n for sb in self.doc["superblocks"].values() for n in sb.get("lone_ns") or ()):
+        lone = [n for sb in self.doc["superblocks"].values() if "lone_ns" in sb for n in sb["lone_ns"] or ()]
+        if not (lone or self.doc.get("net_lo_up") or self.doc.get("netvars")):
+            return
+        # (imported here, in the service namespace, a copy of the host's: most images have none of
+        # these, and the modules' import is ~1 M instructions of every restore's start)
+        from engine import netdevs, netvars
+        for nsid in lone:
             try:
                 self.nsfd_of[("net", nsid)] = netdevs.new_netns()
             except OSError as e:
@@ -954,7 +963,7 @@ class _Restorer:
         that helper, when it fills no superblock this process makes (no yard, no content superblock
         a user namespace owns), so that its fork, superblocks and archives run beside the
         stand-ins' start; the call without it makes the rest."""
-        users, common, handlers, order = self._sb_plan()
+        users, common, handlers, order, whens = self._sb_plan()
         plans = []
         started = self.fill_started   # (by the early call: its plain superblocks are the helper's)
         if early and (self.wants_yard or any(
@@ -962,12 +971,12 @@ class _Restorer:
                 and sb.get("owner") is not None for sid, sb in order)):
             return
         for sid, sb in order:
-            handler = handlers[sid]
-            if sb.get("external") or sid not in users or handler.when == fs.ON_USE:
+            handler, when = handlers[sid], whens.get(sid)
+            if sb.get("external") or sid not in users or when == fs.ON_USE:
                 continue  # external: cloned from the host; on use: created when first cloned (_source)
-            if started and handler.when == fs.PLAIN and not handler.ns and sb.get("owner") is None:
+            if started and when == fs.PLAIN and not handler.ns and sb.get("owner") is None:
                 continue   # (made by the helper the early call started: planned there)
-            if handler.when == fs.AFTER_FILES:
+            if when == fs.AFTER_FILES:
                 if early:
                     continue
                 if not self.fill_started:
@@ -1009,9 +1018,10 @@ class _Restorer:
         if not self.fill_started:
             self._start_filling(plans, users)
 
-    def _sb_plan(self) -> tuple[dict, dict, dict, list]:
+    def _sb_plan(self) -> tuple[dict, dict, dict, list, dict]:
         """What create_superblocks works from (made once: it runs twice): each superblock's first
-        mount, the per-mount options most of its mounts have, its type, and the order to make them in."""
+        mount, the per-mount options most of its mounts have, its type, the order to make them in,
+        and when each is made (its type's `when`)."""
         if self._sb_planned is not None:
             return self._sb_planned
         every = list(itertools.chain(self.mounts.values(), self.detached.values()))
@@ -1035,9 +1045,10 @@ class _Restorer:
             handlers[sid] = fs.lookup(sb["fstype"])
             if handlers[sid] is None and not sb.get("external") and sid in users:
                 raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
-        order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
-                       and handlers[kv[0]].when == fs.AFTER_FILES)
-        self._sb_planned = users, common, handlers, order
+        # (`when` is a property of the type: asked once a superblock here)
+        whens = {sid: h.when for sid, h in handlers.items() if h is not None}
+        order = sorted(self.doc["superblocks"].items(), key=lambda kv: whens.get(kv[0]) == fs.AFTER_FILES)
+        self._sb_planned = users, common, handlers, order, whens
         return self._sb_planned
 
     def _start_filling(self, plans: list, users: dict) -> None:
@@ -1349,9 +1360,10 @@ class _Restorer:
         sb = self.doc["superblocks"][m["sb"]]
         if not sb.get("external"):
             handler = fs.lookup(sb["fstype"])
-            if handler is not None and handler.per_mount:
-                return self._own_source(m, sb, handler), ""
-            if m["sb"] not in self.sb_fd and self._sb(m["sb"]) is None:   # (made: no call)
+            # (made: no call; a `per_mount` superblock is never made)
+            if m["sb"] not in self.sb_fd and (m["sb"] in self.per_mount_sbs or self._sb(m["sb"]) is None):
+                if m["sb"] in self.per_mount_sbs:
+                    return self._own_source(m, sb, handler), ""
                 if handler is None or handler.when != fs.ON_USE:
                     raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
                                                      f"{m['sb']} was not created")
@@ -1707,8 +1719,7 @@ class _Restorer:
                            if m.get("shared") or m.get("master") or m.get("unbindable")}
         # (no helper of a superblock restore never makes: external, or one whose type makes each mount from
         # an object of its own, `per_mount`)
-        no_helper = {sid for sid, sb in self.doc["superblocks"].items()
-                     if sb.get("external") or ((h := fs.lookup(sb["fstype"])) is not None and h.per_mount)}
+        no_helper = {sid for sid, sb in self.doc["superblocks"].items() if sb.get("external")} | self.per_mount_sbs
         helper_ok = lambda sid: sid in self.doc["superblocks"] and sid not in no_helper  # noqa: E731
         try:
             if strategy.current().sharing == "construct":
