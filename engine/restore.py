@@ -52,7 +52,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 from operator import itemgetter
 
-from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
+from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
                     hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
                     standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
@@ -1699,6 +1699,20 @@ class _Restorer:
         for sid in [s for s in self.after_fill if done or s in self.filler.filled]:
             self.parking.drop(self.after_fill.pop(sid))
 
+    def _plan_construct(self, helper_ok) -> None:
+        """Peer groups built while mounting (sharing=construct, engine/construct.py): its plan; nothing
+        is left for the sharing step."""
+        sbs = self.doc["superblocks"]
+        try:
+            self.construct_ops = construct.plan(
+                list(self.mounts.values()), helper_ok, userns_cr.construct_copies(self.doc["mntns"]),
+                userns_cr.construct_subtrees(self.doc["mntns"]),
+                construct.kept_sources((m["id"], sbs[m["sb"]]["fstype"], m.get("source", sbs[m["sb"]]["source"]))
+                                       for m in self.mounts.values() if helper_ok(m["sb"])))
+        except construct.PlanError as e:
+            raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
+        self.sharing_ops = []
+
     def _plan_fds(self) -> None:
         """Decide which fds must outlive the assembly (the rest close as soon as they are done).
 
@@ -1721,20 +1735,13 @@ class _Restorer:
         # an object of its own, `per_mount`)
         no_helper = {sid for sid, sb in self.doc["superblocks"].items() if sb.get("external")} | self.per_mount_sbs
         helper_ok = lambda sid: sid in self.doc["superblocks"] and sid not in no_helper  # noqa: E731
-        try:
-            if strategy.current().sharing == "construct":
-                # Built while mounting (engine.construct); nothing is left for the sharing step.
-                sbs = self.doc["superblocks"]
-                self.construct_ops = construct.plan(
-                    list(self.mounts.values()), helper_ok, userns_cr.construct_copies(self.doc["mntns"]),
-                    userns_cr.construct_subtrees(self.doc["mntns"]),
-                    construct.kept_sources((m["id"], sbs[m["sb"]]["fstype"], m.get("source", sbs[m["sb"]]["source"]))
-                                           for m in self.mounts.values() if helper_ok(m["sb"])))
-                self.sharing_ops = []
-            else:
+        if strategy.current().sharing == "construct":
+            self._plan_construct(helper_ok)
+        else:
+            try:
                 self.sharing_ops = sharing.plan(list(self.mounts.values()), helper_ok=helper_ok)
-        except (sharing.PlanError, construct.PlanError) as e:
-            raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
+            except sharing.PlanError as e:
+                raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
         # Superblocks a helper mount is cloned from (at their root) in the sharing step.
         self.helper_sbs = {op[2] for op in self.sharing_ops if op[0] == "helper"}
         roots = {ns["root"] for ns in self.doc["mntns"].values()}
@@ -2634,6 +2641,18 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
             marshal.dump(prof.stats, f)
 
 
+construct = None   # engine/construct.py, loaded by _load_construct
+
+
+def _load_construct() -> None:
+    """engine/construct.py, for the sharing=construct strategy alone (~1 ms of every restore's
+    imports on kernels with MOVE_MOUNT_SET_GROUP): loaded by the restorer at its start, while it
+    still sees the host's files (later it enters the restored mount namespaces)."""
+    global construct
+    from engine import construct as module
+    construct = module
+
+
 def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
                   ahead=None) -> tuple[int, list[int]]:
     """The restorer process body (already in its own copy of the host mount namespace); `ahead`:
@@ -2652,6 +2671,8 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     want = min(hard, max(soft, 4 * len([m for ns in doc["mntns"].values() for m in ns["mounts"]]) + 1024))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     service_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    if strategy.current().sharing == "construct":
+        _load_construct()
     r = _Restorer(doc, img_fd, ext)
     r.service_fd = service_fd
     r.ahead = ahead
