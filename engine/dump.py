@@ -30,7 +30,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import (ctty, freeze, mountrules, netdevs, netvars, nscopy, nsinspect, parking, placement, prestop, sysvipc,
+from engine import (ctty, freeze, mountrules, netdevs, nscopy, nsinspect, parking, placement, prestop, sysvipc,
                     userns_cr, zombies)
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
@@ -957,6 +957,7 @@ def _collect_processes(d: _Dump) -> None:
                 raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
         net = p["ns"]["net"]
         if net not in d.netvars and "net" not in p["host_ns"]:
+            from engine import netvars   # (a tree with a network namespace of its own: ~1.6 M instructions)
             d.netvars[net] = netvars.read(p["pid"])
             nets[net] = p["pid"]
     try:

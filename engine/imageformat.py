@@ -42,7 +42,8 @@ import bisect
 import os
 import re
 from collections.abc import Callable
-from operator import itemgetter
+from itertools import chain, compress, repeat
+from operator import contains, itemgetter
 from engine import ctty, itimers, posixtimers, records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
@@ -1095,21 +1096,27 @@ def _check_restorers_proc(doc: dict, mounts: dict, detached: dict) -> None:
                 _fail(f"{what}: mount {m['id']} ({m['mountpoint'][:80]}) is not covered by another at its mount point")
 
 
+def per_mount_sbs(sbs: dict) -> set[str]:
+    """The superblocks of `sbs`, not external, whose type makes each mount from an object of its own
+    (`per_mount`: nsfs binds a namespace): each type asked once, not each superblock or mount."""
+    from engine import fs
+    own = {t for t in set(map(itemgetter("fstype"), sbs.values())) if getattr(fs.lookup(t), "per_mount", False)}
+    return {sid for sid, sb in sbs.items() if sb["fstype"] in own and not sb.get("external")} if own else set()
+
+
 def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
     """A mount of a `per_mount` type binds a namespace the image itself makes: one a process is in
     (not one it shares with the host: restore would bind the restorer's own) or a lone one its
     superblock records; nothing else may name one (a hostile image must not bind the host's)."""
-    from engine import fs
     procs = [p for p in doc["processes"] if type(p) is dict and type(p.get("ns")) is dict]
     host = {p["ns"].get(k) for p in procs for k in (p.get("host_ns") or ()) if type(k) is str}
     made = {n for p in procs for n in p["ns"].values() if type(n) is str} - host
     sbs = doc["superblocks"]
-    # (once a superblock, not a mount: a 10,000-mount image is checked in ~1 ms, not ~13)
-    binding = {sid for sid, sb in sbs.items() if not sb.get("external")
-               and getattr(fs.lookup(sb["fstype"]), "per_mount", False)}
+    binding = per_mount_sbs(sbs)
     seen: set[str] = set()
-    for sid, sb in sbs.items():
-        lone = sb.get("lone_ns") or []
+    for sid in compress(sbs, map(contains, sbs.values(), repeat("lone_ns"))):   # (those with the key, in C)
+        sb = sbs[sid]
+        lone = sb["lone_ns"] or []
         if not lone:
             continue
         if sid not in binding:
@@ -1122,7 +1129,9 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
             seen.add(nsid)
             if nsid not in bound:
                 _fail(f"superblock {sid}: lone namespace {nsid}, which none of its mounts binds")
-    for m in (*mounts.values(), *detached.values()):
+    every = (*mounts.values(), *detached.values())
+    # (without a binding superblock, only the mounts naming a namespace, picked in C: ~0.3 M steps at 10k mounts)
+    for m in every if binding else compress(every, map(contains, every, repeat("bound_ns"))):
         binds = m["sb"] in binding
         if "bound_ns" not in m and not binds:
             continue
@@ -1473,7 +1482,7 @@ def _check_superblocks(sbs: dict, files: dict, pidns: dict, mounts: dict, detach
             # (dump records the root of a mount of it that held no files: any other path made
             # directories the tree never had, as many as a manifest holds)
             if roots is None:
-                roots = {(m["sb"], m["root"]) for m in list(mounts.values()) + list(detached.values())}
+                roots = set(map(itemgetter("sb", "root"), chain(mounts.values(), detached.values())))
             for e in empties:
                 if (sid, e["root"]) not in roots:
                     _fail(f"{what}: empty root {e['root'][:80]!r} is the root of no mount of it")
