@@ -7,6 +7,9 @@ unshare then behaves as it does from a shell of the host), dumped, restored and 
 from __future__ import annotations
 
 import os
+import re
+
+import pytest
 
 from enginecase import case  # noqa: F401  (fixture)
 
@@ -41,3 +44,20 @@ def test_unshare_userns_pidns_tree_keeps_the_hosts_cgroup2(case):
     assert all(p.get("userns_first") for p in doc["processes"]), "the tree no longer starts in its user namespace"
     restored = case.restore(images)
     assert_same(before, take(restored))
+
+
+def test_device_opened_outside_on_a_nodev_path_is_refused_before_the_stop(case):
+    """A process holding /dev/null opened before it unshared (stdin of a bwrap sandbox whose /dev
+    is the host's bound nodev): the fd's mount is outside the dumped namespace and its path there
+    lies on a nodev mount, where restore cannot open a device. Refused before the stop in one line
+    (was: dump succeeded, restore failed "openat2('null'): Permission denied")."""
+    import enginecase
+    setup = ("exec unshare -U -r -m --propagation private sh -c "
+             "'mount -o remount,bind,nodev /dev && exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
+    pid = case.start(setup, host_pidns=True)
+    with pytest.raises(enginecase.CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(rf"process {pid} fd 0 \(/dev/null\): a device opened through a mount outside the dumped "
+                     r"namespaces, whose path there lies on a nodev mount", str(err.value)), err.value
+    assert len(err.value.proc.stderr.strip().splitlines()) == 1, err.value
+    assert open(f"/proc/{pid}/stat").read().split(") ")[1][0] not in "Tt"
