@@ -61,3 +61,24 @@ def test_device_opened_outside_on_a_nodev_path_is_refused_before_the_stop(case):
                      r"namespaces, whose path there lies on a nodev mount", str(err.value)), err.value
     assert len(err.value.proc.stderr.strip().splitlines()) == 1, err.value
     assert open(f"/proc/{pid}/stat").read().split(") ")[1][0] not in "Tt"
+
+
+def test_cwd_on_a_covered_mount_of_a_user_namespaces_mount_namespace(case):
+    """`cd /mnt/stack; mount -t tmpfs over /mnt/stack; unshare -Urm CMD`: CMD's cwd lies on the
+    covered tmpfs, locked beneath the cover in the copy its user namespace owns, where no path
+    reaches it. Restored there (was: restore failed with a raw KeyError in restore._open_at)."""
+    import enginecase
+    setup = ("mkdir /mnt/stack /mnt/view\n"
+             "mount -t tmpfs under /mnt/stack; echo beneath > /mnt/stack/f\n"
+             "mount --bind /mnt/stack /mnt/view\n"
+             "cd /mnt/stack\n"
+             "mount -t tmpfs over /mnt/stack; echo top > /mnt/stack/t\n"
+             "exec unshare -U -r -m --propagation private sh -c "
+             "'exec </dev/null >/dev/null 2>&1; exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
+    pid = case.start(setup, host_pidns=True)
+    before = enginecase.take(pid)
+    assert sorted(os.listdir(f"/proc/{pid}/cwd")) == ["f"]
+    restored = case.cr(pid)
+    enginecase.assert_same(before, enginecase.take(restored))
+    assert sorted(os.listdir(f"/proc/{restored}/cwd")) == ["f"]
+    assert open(f"/proc/{restored}/cwd/f").read() == "beneath\n"
