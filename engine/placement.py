@@ -269,6 +269,9 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
                  mounts_by_id, pid, f"fd {f['fd']}")
     if outside:
         loc["outside"] = True
+        visible = mounts_by_id[f["visible_mnt"]]
+        hook(mountrules.device_outside, f"process {pid} fd {f['fd']} ({target})", f["mode"],
+             "nodev" in visible.mount_opts)   # (also asked before the stop)
     if ghost is not None:
         loc["ghost"] = ghost
     return loc

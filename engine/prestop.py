@@ -606,6 +606,8 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                         continue
                     if kind.placed and _detached_fd(pid, n, target, mode, info.get("mnt_id"), view):
                         unplaced.append(({"mnt": info["mnt_id"], "path": target}, pid, f"fd/{n}"))
+                    elif kind.placed:
+                        _device_outside(pid, n, target, mode, info.get("mnt_id"), view)
                     if kind.precheck is None:
                         _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
                         continue
@@ -675,6 +677,20 @@ def _detached_fd(pid: int, n: str, target: str, mode: int, mnt: int | None, view
     m = view.mounts_by_id.get(mid)
     return not ((here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and m is not None
                 and m.dev == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}")
+
+
+def _device_outside(pid: int, n: str, target: str, mode: int, mnt: int | None, view: View) -> None:
+    """engine/mountrules.py `device_outside` for fd `n` of `pid` (not on a detached mount): a device
+    on a mount in no dumped namespace, placed on the mount its path reaches in the tree."""
+    if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) or mnt is None or mnt in view.mounts_by_id:
+        return
+    try:
+        mid = kernel.statx_mnt_id(f"/proc/{pid}/root{target}")
+    except OSError:
+        return   # (gone meanwhile: dump tells)
+    m = view.mounts_by_id.get(mid)
+    if m is not None:
+        mountrules.device_outside(f"process {pid} fd {n} ({target})", mode, "nodev" in m.mount_opts)
 
 
 def _detached_dirs(pid: int, view: View, unplaced: list) -> None:

@@ -495,8 +495,8 @@ def _check_task_room(doc: dict) -> None:
 
 class _Here:
     """The restorer itself as the maker of a superblock tagged with a namespace of its own that no
-    stand-in is in (a pid-bound superblock of the dumper's pid namespace that the tree's own covers):
-    answers a stand-in channel's "fsmount" request in this process."""
+    stand-in is in (a pid-bound superblock of the dumper's pid namespace that the tree's own covers),
+    or one no stand-in in it may make (their user namespaces do not own it): answers a stand-in channel's "fsmount" request in this process."""
 
     @staticmethod
     def call(request):
@@ -1397,6 +1397,10 @@ class _Restorer:
         seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id and p["pid"] in self.chans] \
             or self.doc["processes"][:1]
         p = next((p for p in seers if self.users.stands_in(p) == sb.get("owner")), None)
+        if p is None and sb.get("owner") is None and handler.ns in seers[0].get("host_ns", ()):
+            # (the restorer's own namespace, and no stand-in there stands in its user namespace,
+            # e.g. pid 1 of a pid namespace that a user namespace owns starts inside it: ours)
+            return _HERE
         if p is None and handler.ns in seers[0]["ns"]:
             return self._standin_in(handler.ns, seers[0]["ns"][handler.ns], sb.get("owner"))
         return self.chans[(p or seers[0])["pid"]]
