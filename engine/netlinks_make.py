@@ -179,9 +179,10 @@ def _config_in(fd: int, rec: dict) -> dict[str, int]:
 
 
 IFF_RUNNING = 0x40
+_IFLA_OPERSTATE, _IF_OPER_UP = 16, 6
 
 
-def _await_carrier(names: list[str], seconds: float) -> None:
+def _await_carrier(names: list[str], seconds: float, dummies=frozenset()) -> None:
     """Wait (at most `seconds`) until links `names` have carrier: the kernel tells a veth's carrier
     late (its link watch runs up to a second after both ends are up), and the restored tree must see
     its links as they were, not NO-CARRIER for a moment."""
@@ -189,16 +190,19 @@ def _await_carrier(names: list[str], seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while names and time.monotonic() < deadline:
         got = rtnl.dump(rtnl.RTM_GETLINK, rtnl.IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
-        running = {socket.if_indextoname(rtnl.IFINFO.unpack_from(m)[2]) for _t, m in got
-                   if rtnl.IFINFO.unpack_from(m)[3] & IFF_RUNNING}
-        names = [n for n in names if n not in running]
+        # carrier, and the operational state the link watch sets after it (UNKNOWN until then)
+        running = {socket.if_indextoname(rtnl.IFINFO.unpack_from(m)[2]): rtnl.attrs(m, rtnl.IFINFO.size).get(
+                       _IFLA_OPERSTATE, b"")[:1] == bytes([_IF_OPER_UP])
+                   for _t, m in got if rtnl.IFINFO.unpack_from(m)[3] & IFF_RUNNING}
+        # (a dummy's operational state stays UNKNOWN: carrier is all it shows)
+        names = [n for n in names if not running.get(n, False) and not (n in running and n in dummies)]
         if names:
             time.sleep(0.02)
 
 
-def _carrier_in(fd: int, names: list[str], modes: dict[str, int]) -> None:
+def _carrier_in(fd: int, names: list[str], modes: dict[str, int], dummies=frozenset()) -> None:
     kernel.setns(fd, kernel.CLONE_NEWNET)
-    _await_carrier(names, 3.0)
+    _await_carrier(names, 3.0, dummies)
     for name, mode in modes.items():
         _gen_mode(name, mode)
 
@@ -261,7 +265,8 @@ def make(fds: dict[str, int], netdevs: dict, outer: dict[str, str]) -> None:
             _set_link(name, IFF_UP, IFF_UP)
         for nsid in sorted(netdevs):
             step = "its links' carrier"
-            forkrun.run(_carrier_in, fds[nsid], _carried(netdevs[nsid], netdevs), modes[nsid])
+            forkrun.run(_carrier_in, fds[nsid], _carried(netdevs[nsid], netdevs), modes[nsid],
+                        {lk["name"] for lk in netdevs[nsid].get("links", ()) if lk["kind"] == "dummy"})
     except OSError as e:
         raise NetlinkError(e.errno or errno.EIO, f"network namespace {nsid}: {step}: {e.strerror or e}") from None
     finally:
