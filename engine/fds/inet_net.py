@@ -29,6 +29,7 @@ import socket
 import struct
 
 from engine import forkrun, kernel
+from engine.rtnl import attrs   # (netlink attributes: one parser for rtnetlink and the diag sockets)
 
 RTM_GETLINK, RTM_GETADDR, RTM_GETROUTE = 18, 22, 26
 NLM_F_REQUEST, NLM_F_DUMP = 1, 0x300
@@ -64,18 +65,6 @@ def netlink_dump(proto: int, typ: int, body: bytes, what: str) -> list[tuple[int
 def _dump(typ: int, body: bytes) -> list[tuple[int, bytes]]:
     """[(message type, payload)] of an rtnetlink dump request."""
     return netlink_dump(0, typ, body, "rtnetlink")
-
-
-def attrs(data: bytes, off: int) -> dict[int, bytes]:
-    """The netlink attributes of `data` from `off` on: {type: payload} (the nested/byte-order bits cleared)."""
-    out = {}
-    while off + 4 <= len(data):
-        alen, atype = struct.unpack_from("=HH", data, off)
-        if alen < 4:
-            break
-        out[atype & 0x3FFF] = data[off + 4: off + alen]
-        off += (alen + 3) & ~3
-    return out
 
 
 def state() -> dict:
