@@ -307,3 +307,36 @@ def test_user_namespace_limits_read_back_and_a_bad_one_is_refused_by_the_image_c
     assert imageformat._limits_rule({"user_namespaces": 0}) is None
     assert "not a user namespace limit" in imageformat._limits_rule({"max_user_namespaces": 1})
     assert "0..2^31-1" in imageformat._limits_rule({"user_namespaces": -1})
+
+
+CHRUN_ROOT = """mkdir -p /run/img/.hold /run/img/usr /run/img/x /run/img/sys /sys
+mount -t sysfs sysfs /sys
+for d in bin lib lib64 sbin; do [ -e /$d ] && ln -s usr/$d /run/img/$d; done
+unshare -U -r -m --propagation private sh -c '
+  mount --bind /run/img /run/img
+  mount --bind /.hold /run/img/.hold
+  mount --rbind /usr /run/img/usr
+  mount --bind /sys /run/img/sys
+  mount -t tmpfs own /run/img/x
+  cd /run/img && mount --move . / && exec chroot . /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+hold
+"""
+
+
+def test_an_unlocked_root_bound_inside_a_user_namespace_comes_back_unlocked(case):
+    """ch-run's root: a bind of the image made inside the user namespace and moved over "/" (the
+    locked root it copied stays beneath, out of reach). Dump refused it ("the root ... is not
+    locked"); restore mounts a clone of the root over the root the copy into the user namespace
+    locked, so the root is unlocked again, its own mounts and the bound host dirs on it. The
+    host's sysfs bound inside keeps its locked atime (a clone: restore mounts no sysfs there,
+    which would take it from the visible one; it came back with no flag locks)."""
+    pid = case.start(CHRUN_ROOT)
+    child = next(int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()
+                 if os.readlink(f"/proc/{p}/ns/mnt") != os.readlink(f"/proc/{pid}/ns/mnt"))
+    before = enginecase.take(pid)
+    inner = next(p for p in before.snap.procs if p.pid == child)
+    # (unlocked, with the flag locks of the mount it was bound from)
+    assert "/: unlocked flags=atime" in inner.lock_lines(), inner.lock_lines()
+    assert "/sys: unlocked flags=atime" in inner.lock_lines(), inner.lock_lines()
+    new = case.cr(pid)
+    enginecase.assert_same(before, enginecase.take(new))
