@@ -323,8 +323,10 @@ def _to_fuse(doc, source: str = "/mnt/t/f", **extra):
 
 FUSE = {
     # no --fuse-restart: nothing is run, restore names the option
+    # (its example names {source} only when the image holds the source file: fuse-overlayfs has none)
     "no-restart-command": (lambda d: _to_fuse(d), (), r"on fuse\.squashfuse: its daemon is not restored; give the "
-                                                      r"command that serves it with --fuse-restart squashfuse="),
+                                                      r"command that serves it with --fuse-restart squashfuse="
+                                                      r"COMMAND \(e\.g\. 'squashfuse -f OPTIONS \{conn\}'\)"),
     # the user's command must take the connection: one that does not is refused before anything runs
     "command-without-conn": (lambda d: _to_fuse(d, input={"sb": _mount(d, "/mnt/t")["sb"], "path": "/f"}),
                              ("--fuse-restart", "squashfuse=touch {source}"),
