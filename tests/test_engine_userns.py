@@ -340,3 +340,28 @@ def test_an_unlocked_root_bound_inside_a_user_namespace_comes_back_unlocked(case
     assert "/sys: unlocked flags=atime" in inner.lock_lines(), inner.lock_lines()
     new = case.cr(pid)
     enginecase.assert_same(before, enginecase.take(new))
+
+
+def test_a_process_standing_on_a_user_namespaces_fuse_is_refused_unstopped(case):
+    """A process whose cwd lies on a FUSE filesystem mounted inside a user namespace (rootless
+    podman's fuse-overlayfs root): the kernel answers only that namespace's processes, so dump's
+    looks at it failed deep inside with a bare "statx(''): Permission denied" or "lock probe
+    failed". Refused first, in one line naming the process, and the tree never stopped."""
+    import shutil
+    if shutil.which("bindfs") is None or not os.path.exists("/dev/fuse"):
+        pytest.skip("bindfs or /dev/fuse missing")
+    pid = case.start(enginecase.STOP_WATCH + "mknod -m 666 /dev/fuse c 10 229; mkdir -p /run/src /mnt/fuse\n"
+                     "mount -t tmpfs src /run/src\n"
+                     # (bindfs under the name the test waits for: every process of the tree holds)
+                     f"mkdir /run/bin; ln -s {shutil.which('bindfs')} /run/bin/mntcr-hold\n"
+                     # (as uid 100000: root of the runner's namespace is not the mount's owner, as with podman)
+                     "chmod 777 /run/src /mnt/fuse\n"
+                     "setpriv --reuid=100000 --regid=100000 --clear-groups "
+                     "unshare -U -r -m --propagation unchanged sh -c '/run/bin/mntcr-hold --no-allow-other /run/src /mnt/fuse "
+                     "</dev/null >/dev/null 2>&1 && cd /mnt/fuse && exec /.hold/mntcr-hold 100000' </dev/null "
+                     ">/dev/null 2>&1 &\nhold\n")
+    with pytest.raises(enginecase.CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ \(mntcr-hold\): its cwd lies on a filesystem that refuses the dumper \(a FUSE "
+                     r"filesystem mounted inside a user namespace", str(err.value)), err.value
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
