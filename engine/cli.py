@@ -55,7 +55,7 @@ def _add_dump(sub) -> None:
                     "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets (with queued "
                     "data), netlink sockets (restored empty), inet sockets (TCP, UDP; unbound, bound, listening, "
                     "TCP connections between processes of the tree, established or half-closed, waiting to be accepted; "
-                    "UDP with datagrams waiting) of the tree's own network namespace, /dev/tty, nsfs (fds on the tree's namespaces), "
+                    "UDP with datagrams waiting; ICMP ping sockets with echo replies waiting; raw sockets of any protocol; classic BPF socket filters) and packet sockets (AF_PACKET: protocol, bound device by name, options, filter) of the tree's own network namespace, /dev/tty, nsfs (fds on the tree's namespaces), "
                     "pidfd (of the tree's processes), eventfd, "
                     "signalfd, timerfd, epoll, inotify, fanotify, memfd, ptys, plus each process's executable, "
                     "file mappings and threads (by name: what they run is not restored). Refused with one line naming the cause, the tree left running: other "
@@ -76,7 +76,9 @@ def _add_dump(sub) -> None:
                         "namespace) external: it is recorded by KEY and not dumped; dev[MAJ:MIN]:KEY "
                         "declares a block device external; file[PATH]:KEY declares the file PATH (as "
                         "/proc/PID/fd shows it) that processes hold open external: recorded by KEY with its "
-                        "flags and offset, reopened at restore from the host path given for KEY. Repeatable.")
+                        "flags and offset, reopened at restore from the host path given for KEY; veth[NAME]:KEY "
+                        "declares the veth NAME of the tree whose peer is outside it (a container's eth0): "
+                        "recorded by KEY, made again at restore with its outer end where veth[KEY] says. Repeatable.")
 
 
 def _add_restore(sub) -> None:
@@ -95,7 +97,9 @@ def _add_restore(sub) -> None:
                    help="mnt[KEY]:HOSTPATH gives the host path for the external mount recorded as KEY; "
                         "dev[KEY]:PATH gives a block device (or an image file, attached to a loop device) "
                         "for the external device KEY; file[KEY]:HOSTPATH gives the file to open for the "
-                        "external file KEY. Repeatable.")
+                        "external file KEY; veth[KEY]:OUTER[@BRIDGE] makes the outer end of the external veth KEY "
+                        "in restore's own network namespace, named OUTER, attached to the bridge BRIDGE when given "
+                        "(the only device restore makes outside the tree's namespaces). Repeatable.")
     p.add_argument("--fuse-restart", action="append", default=[], metavar="SUBTYPE=COMMAND",
                    help="the command that serves FUSE superblocks of fstype fuse.SUBTYPE ('fuse' for none) "
                         "again: restore makes the superblock on a new /dev/fuse connection and runs COMMAND "
@@ -268,7 +272,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_dump(args) -> int:
-    from engine import filelocks
+    from engine import filelocks, kernel
+    kernel.check_own_proc()
     filelocks.read_early()   # (its kernel wait overlaps the imports: engine/filelocks.py)
     try:
         from engine import dump
@@ -281,7 +286,8 @@ def _cmd_dump(args) -> int:
 
 
 def _cmd_restore(args) -> int:
-    from engine import restore
+    from engine import kernel, restore
+    kernel.check_own_proc()
     _settled()
     daemons = {}
     for spec in args.fuse_restart:

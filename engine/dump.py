@@ -30,7 +30,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import (ctty, freeze, mountrules, netdevs, netvars, nscopy, nsinspect, parking, placement, prestop, sysvipc,
+from engine import (ctty, freeze, mountrules, netdevs, nscopy, nsinspect, parking, placement, prestop, sysvipc,
                     userns_cr, zombies)
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
@@ -62,9 +62,10 @@ def parse_externals(specs) -> tuple[dict[str, str], dict[str, str]]:
         if m:
             devs[m["what"]] = m["key"]
             continue
-        if _EXT_FILE.match(spec):
-            continue  # see parse_external_files
-        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY, dev[MAJ:MIN]:KEY or file[PATH]:KEY")
+        if _EXT_FILE.match(spec) or netdevs.external_veth(spec):
+            continue  # see parse_external_files, netdevs.parse_externals
+        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY, dev[MAJ:MIN]:KEY, file[PATH]:KEY "
+                         "or veth[NAME]:KEY")
     return mnts, devs
 
 
@@ -119,6 +120,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     is left behind instead of refused (engine/ctty.py): its processes come back without one."""
     ext_mnts, ext_devs = parse_externals(externals)
     ext_files = parse_external_files(externals)
+    ext_veths = netdevs.parse_externals(externals)
     tree = process_tree(root_pid)
     # A filesystem's daemon (a type with `daemon`) keeps running while the tree is dumped (its files
     # stay readable: a stopped one would hang us) and is not dumped: restore restarts it (engine/fs/).
@@ -131,7 +133,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     # Zombies are recorded apart (engine/zombies.py): nothing of theirs is left to look at.
     tree, dead = zombies.split(tree)
     pids = [p for p, _ in tree]
-    _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs)
+    _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths)
     freeze.refuse_traced(tree)
     _refuse_sessions(tree, dead, shell_job)
     writer = image.ImageWriter(images_dir)
@@ -149,7 +151,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
         takes = None if leave_running else []
-        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes, shell_job)
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes, shell_job, ext_veths)
         _record_zombies(doc, dead)
         for p in doc["processes"]:
             if p["pid"] not in resume:
@@ -200,7 +202,7 @@ def _record_zombies(doc: dict, dead) -> None:
 
 
 def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,
-              ext_files=(), declared_devs=()) -> None:
+              ext_files=(), declared_devs=(), ext_veths=None) -> None:
     """Refuse before stopping anything: unsupported filesystems and propagation restore cannot
     build (from mountinfo alone), then what else the running tree already shows (engine/prestop.py:
     types' and fd kinds' prechecks, the locks of namespaces other user namespaces own)."""
@@ -231,7 +233,7 @@ def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leav
     for _, text in texts:
         _refuse_sharing(text)
     try:
-        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files, declared_devs)
+        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files, declared_devs, ext_veths)
     except prestop.PrestopError as e:
         raise DumpError(e.errno, e.strerror) from None
     _check_construct(texts, ext_mnts, owned)
@@ -360,6 +362,8 @@ class _Plan:
         self.strategy = None
         self.members: dict[int, list[tuple[int, bytes]]] = {}   # pid namespace inode -> [(pid there, start)]
         self.pidns_name: dict[int, str] = {}
+        self.pidns_doc: dict[str, dict] = {}   # (_Dump's: the image's pid namespace records)
+        self.my_pidns: int | None = None
         self.wanted: dict[str, list[list]] = {}   # sb id -> [[inode, setter(path), message if missing, found]]
         self.ns_pids: dict[str, list[int]] = {}    # mount namespace name -> the dumped processes in it
         self.ns_names: dict = {}                     # (kind, inode) -> the image's namespace id ("net-1")
@@ -368,6 +372,15 @@ class _Plan:
         self.net_lo_up: set[str] = set()
         # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
+
+    def dumper_pidns(self) -> str:
+        """The image id of the dumper's own pid namespace, recorded (as the host's: restore gives its
+        own) when no process of the tree is in it: a pid-bound superblock of it is the restorer's."""
+        name = self.pidns_name.get(self.my_pidns)
+        if name is None:
+            name = self.pidns_name[self.my_pidns] = f"pid-{len(self.pidns_name)}"
+            self.pidns_doc[name] = {"parent": None, "host": True}
+        return name
 
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
@@ -424,6 +437,8 @@ class _Dump:
         self.sysvipc: dict[str, dict] = {}         # ipc ns -> its System V IPC objects (engine/sysvipc.py)
         self.netvars: dict[str, dict] = {}         # net ns -> its own sysctls (engine/netvars.py)
         self.net_lo_up: set[str] = set()           # net ns whose lo is up (engine/netdevs.py)
+        self.netdevs: dict[str, dict] = {}         # net ns -> devices the image keeps (engine/netlinks.py)
+        self.ext_veths: dict[str, str] = {}        # --external veth[NAME]:KEY
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
 
@@ -438,11 +453,12 @@ class _Dump:
 
 
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None,
-             shell_job: bool = False) -> dict:
+             shell_job: bool = False, ext_veths=None) -> dict:
     """The image document of the stopped tree (archives written through `writer`): the dump
     algorithm, one step after the other; each step refuses with one line naming what it refuses."""
     d = _Dump(tree, writer, ext_mnts, ext_devs, ext_files or {}, takes)
     d.shell_job = shell_job
+    d.ext_veths = ext_veths or {}
     _inspect_namespaces(d)      # 2. namespaces of each process; mountinfo, roots, cwds, fds per mount namespace
     _record_mounts(d)           # 3. superblocks and mount entries (idmaps, superblock owners, locks)
     _settle_externals(d)        #    which mounts and superblocks come from outside the dump
@@ -732,6 +748,7 @@ def _record_pid_namespaces(d: _Dump) -> None:
         if ident is not None:
             d.plan.members.setdefault(d.ns_of[pid]["pid"], []).append(ident)
     d.plan.pidns_name = ino_name
+    d.plan.pidns_doc, d.plan.my_pidns = d.pidns_doc, d.me["pid"]
 
 
 class _Batch:
@@ -803,8 +820,8 @@ def _archive_contents(d: _Dump) -> None:
         for ino, wanted in d.clone_plan.items():
             fd = os.open(f"/proc/{d.by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
             try:
-                for mids, fds in channel.fork_stream(nscopy.clone_mounts, fd, d.by_mntns[ino], wanted,
-                                                     d.ns_data[ino]["mounts"]):
+                others = [(d.by_mntns[o], d.ns_data[o]["mounts"]) for o in d.by_mntns if o != ino]
+                for mids, fds in nscopy.stream(fd, d.by_mntns[ino], wanted, d.ns_data[ino]["mounts"], others):
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):
@@ -926,6 +943,7 @@ def _collect_processes(d: _Dump) -> None:
     finally:
         fdtable.close()
     unplaced = [(loc, p["pid"], link) for p in d.procs_doc for loc, link in placement.unplaced_of(p)] + fdtable.unplaced
+    nets: dict[str, int] = {}
     for p in d.procs_doc:
         uts = p["ns"]["uts"]
         if uts not in d.uts_names and "uts" not in p["host_ns"]:
@@ -940,12 +958,14 @@ def _collect_processes(d: _Dump) -> None:
                 raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
         net = p["ns"]["net"]
         if net not in d.netvars and "net" not in p["host_ns"]:
+            from engine import netvars   # (a tree with a network namespace of its own: ~1.6 M instructions)
             d.netvars[net] = netvars.read(p["pid"])
-            try:
-                if netdevs.lo_up(p["pid"]):
-                    d.net_lo_up.add(net)
-            except netdevs.NetdevError as e:
-                raise DumpError(e.errno, e.strerror) from None
+            nets[net] = p["pid"]
+    try:
+        d.netdevs, up = netdevs.collect(nets, d.ext_veths)
+        d.net_lo_up |= up   # (a lone namespace's, one only a bind keeps, are in already)
+    except netdevs.NetdevError as e:
+        raise DumpError(e.errno, e.strerror) from None
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file
@@ -1008,6 +1028,8 @@ def _manifest(d: _Dump) -> dict:
         doc["netvars"] = {ns: kept for ns, kept in d.netvars.items() if kept}
     if d.net_lo_up:
         doc["net_lo_up"] = sorted(d.net_lo_up)
+    if d.netdevs:
+        doc["netdevs"] = d.netdevs
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's

@@ -13,6 +13,9 @@ from engine import kernel, threads
 from engine.dumperror import DumpError
 
 
+_PF_KTHREAD = 0x00200000   # (task flags, /proc/PID/stat field 9)
+
+
 def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
     """[(pid, ppid)] of the tree rooted at root_pid, parents first (one scan of /proc)."""
     if not os.path.isdir(f"/proc/{root_pid}"):
@@ -36,8 +39,11 @@ def process_tree(root_pid: int) -> list[tuple[int, int | None]]:
             finally:
                 os.close(fd)
             # comm may contain spaces and parens: ppid is the 2nd field after the last ')'
-            ppid = int(data[data.rindex(b")") + 2:].split()[1])
-            children.setdefault(ppid, []).append(int(name))
+            fields = data[data.rindex(b")") + 2:].split()
+            if int(name) == root_pid and int(fields[6]) & _PF_KTHREAD:
+                raise DumpError(errno.EPERM, f"process {root_pid} ({data[data.index(b'(') + 1:data.rindex(b')')].decode(errors='replace')}) "
+                                             "is a kernel thread: give the pid of a process tree's root")
+            children.setdefault(int(fields[1]), []).append(int(name))
     finally:
         os.close(proc)
     order = [(root_pid, None)]

@@ -737,6 +737,20 @@ def become_ids_keeping_caps(uid: int, gid: int, caps=FILE_CAPS) -> None:
 CAP_SETS = ("inh", "prm", "eff", "bnd", "amb")   # /proc/PID/status CapInh, CapPrm, CapEff, CapBnd, CapAmb
 
 
+def check_own_proc() -> None:
+    """OSError (one line) unless /proc is this process's pid namespace's: a proc of another one
+    (`unshare -p -f` without --mount-proc) names other processes by our pids, so dump and restore
+    would read, stop or signal the wrong ones."""
+    try:
+        seen = os.readlink("/proc/self")
+    except OSError as e:
+        raise OSError(e.errno, f"/proc cannot be read ({e.strerror}): mount a proc of this pid namespace on /proc") from None
+    if seen != str(os.getpid()):
+        raise OSError(errno.EINVAL, f"/proc is not this pid namespace's proc (it shows this process as {seen or 'nobody'}, "
+                                    f"its pid is {os.getpid()}): run in a mount namespace of your own with this pid "
+                                    "namespace's proc on /proc (unshare --fork --pid --mount-proc)")
+
+
 def proc_status(pid, keys) -> dict[str, str]:
     """The values of lines `keys` ("Uid", "CapEff", ...) of /proc/PID/status, where present."""
     out = {}
@@ -878,6 +892,15 @@ def set_no_new_privs() -> None:
     """prctl(PR_SET_NO_NEW_PRIVS, 1): never undone, inherited by every thread made after."""
     _check(_libc.prctl(38, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
            "prctl(PR_SET_NO_NEW_PRIVS)")
+
+
+def raise_effective(cap: int) -> None:
+    """Raise capability `cap` in the calling thread's effective set (it must be in its permitted one:
+    a thread that took a nonzero effective uid keeps its permitted set while its real uid is 0)."""
+    head, data = _cap_buffers()
+    _check(_libc.capget(ctypes.byref(head), data), "capget")
+    data[cap // 32].effective |= 1 << (cap % 32)
+    _check(_libc.capset(ctypes.byref(head), data), "capset")
 
 
 def _cap_buffers():

@@ -34,10 +34,16 @@ _NAMES = {3: lambda a: "close", 11: lambda a: "munmap (of the interpreter's exec
           116: lambda a: f"setgroups ({a[0]} groups)", 117: lambda a: f"setresuid({a[0]}, {a[1]}, {a[2]})",
           119: lambda a: f"setresgid({a[0]}, {a[1]}, {a[2]})", 122: lambda a: "setfsuid", 123: lambda a: "setfsgid",
           126: lambda a: "capset", 157: lambda a: _PRCTL.get(a[0], lambda a: f"prctl({a[0]})")(a),
+          14: lambda a: "rt_sigprocmask (a thread's own signal mask, or its own)",
+          222: lambda a: "timer_create (a POSIX timer made once its threads are)",
+          223: lambda a: f"timer_settime (arming POSIX timer {a[0]})",
+          226: lambda a: f"timer_delete({a[0]}) (a filler)",
+          302: lambda a: "prlimit64 (its RLIMIT_NPROC, once its threads are made)",
           317: lambda a: "seccomp (installing its filters)"}
 _PRCTL = {4: lambda a: f"prctl(PR_SET_DUMPABLE, {a[1]})", 8: lambda a: f"prctl(PR_SET_KEEPCAPS, {a[1]})",
           15: lambda a: "prctl(PR_SET_NAME) (a thread's name, or its own)",
           35: lambda a: "prctl(PR_SET_MM_MAP) making its executable",
+          77: lambda a: f"prctl(PR_TIMER_CREATE_RESTORE_IDS, {a[1]})",
           47: lambda a: f"prctl(PR_CAP_AMBIENT_RAISE, {a[2]})"}
 
 def failed(e: OSError) -> bytes:

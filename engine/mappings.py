@@ -28,7 +28,7 @@ import ctypes
 import mmap
 import os
 
-from engine import kernel, lastword, seccomp, threads as threadsteps
+from engine import kernel, lastword, posixtimers, seccomp, threads as threadsteps
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
@@ -176,20 +176,27 @@ _SELF = _interpreter()
 # [n, report fd, &status (16 zero bytes), n entries of lastword.ENTRY (nr, a0..a5, check, expect)];
 # each call is checked (1: an answer -4095..-1 is an error; 2: the answer must be `expect`, as
 # setfsuid(-1) answers the fs id kept; 3: clone, whose new thread, answered 0, parks at once:
-# engine/threads.py); the first that fails writes (its index from 1, the answer) and its entry on
-# the report fd; else the 16 zero bytes go. Then close(report fd) and pause() for ever. (Made with
-# `as`; the source is in the comments.)
+# engine/threads.py; a nonzero `expect` then points at [address, kind] pairs ending in a zero
+# address, where the maker writes the new tid (kind 0) or its CPU clock id, (~tid << 3) | 6
+# (kind 1), as 32 bits: engine/posixtimers.py `steps`); the first that fails writes (its index
+# from 1, the answer) and its entry on the report fd; else the 16 zero bytes go. Then
+# close(report fd) and pause() for ever. (Made with `as`; the source is in the comments.)
 _BLOB = bytes.fromhex(
     "4989fc" "4d8b2c24" "4d8d742418" "4531ff"                 # r12 = args; r13 = n; r14 = entry; r15 = 0
-    "4d39ef" "0f8395000000"                                  # next: cmp r15, r13; jae done
+    "4d39ef" "0f83c6000000"                                  # next: cmp r15, r13; jae done
     "498b06" "498b7e08" "498b7610" "498b5618"                # rax, rdi, rsi, rdx = nr, a0, a1, a2
     "4d8b5620" "4d8b4628" "4d8b4e30" "0f05"                  # r10, r8, r9 = a3, a4, a5; syscall
     "498b4e38" "4883f901" "750a"                             # rcx = check; cmp rcx, 1; jne same
-    "483d01f0ffff" "732c" "eb21"                             # cmp rax, -4095; jae fail; jmp step
-    "4883f902" "7508" "493b4640" "751e" "eb13"               # same: cmp rcx, 2; jne clone; cmp rax, expect; jne fail; jmp step
-    "4883f903" "750d" "4885c0" "746d"                        # clone: cmp rcx, 3; jne step; test rax, rax; jz hold
-    "483d01f0ffff" "7309"                                    # cmp rax, -4095; jae fail
-    "4983c648" "49ffc7" "eb9c"                               # step: r14 += 72; r15++; jmp next
+    "483d01f0ffff" "735d" "eb4f"                             # cmp rax, -4095; jae fail; jmp step
+    "4883f902" "7508" "493b4640" "754f" "eb41"               # same: cmp rcx, 2; jne clone; cmp rax, expect; jne fail; jmp step
+    "4883f903" "753b" "4885c0" "0f849a000000"                # clone: cmp rcx, 3; jne step; test rax, rax; jz hold
+    "483d01f0ffff" "7336"                                    # cmp rax, -4095; jae fail
+    "498b5e40" "4885db" "7421"                               # rbx = expect; test rbx, rbx; jz step
+    "488b13" "4885d2" "7419"                                 # fan: rdx = [rbx]; test rdx, rdx; jz step
+    "89c1" "48837b0800" "7408"                               # ecx = eax; cmp qword [rbx+8], 0; je put
+    "f7d1" "c1e103" "83c906"                                 # not ecx; shl ecx, 3; or ecx, 6
+    "890a" "4883c310" "ebdf"                                 # put: [rdx] = ecx; rbx += 16; jmp fan
+    "4983c648" "49ffc7" "e96bffffff"                         # step: r14 += 72; r15++; jmp next
     "498b5c2410" "498d4f01" "48890b" "48894308"              # fail: rbx = &status; [rbx] = r15 + 1; [rbx+8] = rax
     "498b7c2408" "4889de" "ba10000000" "b801000000" "0f05"   # write(report, status, 16)
     "498b7c2408" "4c89f6" "ba48000000" "b801000000" "0f05"   # write(report, entry, 72)
@@ -217,7 +224,8 @@ def can_become_exe() -> bool:
 
 
 def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None, keep: list,
-             threads: list[str] = (), filters: list | None = None, pdeathsig: int = 0) -> list[tuple]:
+             threads: list = (), filters: list | None = None, pdeathsig: int = 0, blocked: int = 0,
+             timers: tuple = ((), (), True), fixups: list | None = None, nproc: list | None = None) -> list[tuple]:
     """The system calls of become_exe as lastword.ENTRY tuples; `keep` holds the buffers they point at.
 
     Unmap the interpreter's executable (the kernel refuses a new exe while the old one is mapped),
@@ -227,8 +235,12 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     drop; userns_cr.become says why in this order; each fs id asked again, as setfs*id answers
     the old one), PR_SET_DUMPABLE (changing ids cleared it); with `caps`: capset (last: everything
     before needs them) and an ambient raise a bit; PR_SET_KEEPCAPS 0; PR_SET_PDEATHSIG `pdeathsig`
-    when given (after the ids: changing them clears it); then a thread named each of
-    `threads` (engine/threads.py `steps`: made last, each holds the ids and capabilities taken);
+    when given (after the ids: changing them clears it); then a thread for each (name, mask) of
+    `threads` (engine/threads.py `steps`: made last, each holds the ids and capabilities taken;
+    `blocked`: our mask, given back after a thread's own); then the POSIX timers that notify them
+    (`timers`: (made after them, made before, ids restorable), engine/posixtimers.py `steps`:
+    (array, index, step) into `fixups` for a word to point at that step's first argument once
+    the program has its place); RLIMIT_NPROC `nproc` when given;
     then seccomp `filters` on every thread (engine/seccomp.py `steps`)."""
     prog = [(11, a, n, 0, 0, 0, 0, 1, 0) for a, n in regions]
     prog.append((157, 35, 14, ctypes.addressof(mm_buf), len(mm_buf.raw), 0, 0, 1, 0))
@@ -254,19 +266,28 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
     prog.append((157, 8, 0, 0, 0, 0, 0, 1, 0))
     if pdeathsig:
         prog.append((157, 1, pdeathsig, 0, 0, 0, 0, 1, 0))
+    late, made, restore_ids = timers
+    tsteps, fans, relocs = posixtimers.steps(list(late), list(made), len(threads), keep, restore_ids)
     if threads:
-        prog += threadsteps.steps(list(threads), threadsteps.own_name(), keep)
+        prog += threadsteps.steps(list(threads), threadsteps.own_name(), keep, blocked, fans)
+    if fixups is not None:
+        fixups += [(arr, at, len(prog) + i) for arr, at, i in relocs]
+    prog += tsteps
+    if nproc:
+        prog.append(threadsteps.nproc_step(nproc, keep))   # (after the threads: engine/threads.py `nproc_before`)
     if filters:
         prog += seccomp.steps(filters, keep)   # (last, on every thread: engine/seccomp.py `late`)
     return prog
 
 
 def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict | None = None,
-               threads: list[str] = (), filters: list | None = None, pdeathsig: int = 0) -> bool:
+               threads: list = (), filters: list | None = None, pdeathsig: int = 0, blocked: int = 0,
+               timers: tuple = ((), (), True), nproc: list | None = None) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe, then take `ids` (uids,
     gids: real, effective, saved[, fs]; groups; dumpable; whether to keep the permitted set for
-    `caps`) when given, then `caps` (as kernel.take_caps) when given, then make a thread named
-    each of `threads` (engine/threads.py), tell how it went on
+    `caps`) when given, then `caps` (as kernel.take_caps) when given, then make a thread for each
+    (name, mask) of `threads` (engine/threads.py) and the POSIX timers `timers` that notify them
+    (as _program), tell how it went on
     `report_fd` (engine/lastword.py: the first step that failed, which ends the steps) and pause
     for good (never returns). False (nothing done) where this cannot be done: not x86-64, or no
     layout known."""
@@ -282,12 +303,16 @@ def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict
                      field(48), field(49), field(50), field(51), 0, 0, exe_fd)
     mm_buf = ctypes.create_string_buffer(mm, len(mm))
     keep: list = []
-    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep, threads, filters, pdeathsig)
+    fixups: list = []
+    prog = _program(regions, mm_buf, exe_fd, ids, caps, keep, threads, filters, pdeathsig, blocked, timers, fixups,
+                    nproc)
     status = ctypes.create_string_buffer(16)
     mask = (1 << 64) - 1
     args = struct.pack("=QQQ", len(prog), report_fd, ctypes.addressof(status)) \
         + b"".join(lastword.ENTRY.pack(*(x & mask for x in e)) for e in prog)
     args_buf = ctypes.create_string_buffer(args, len(args))
+    for arr, at, i in fixups:
+        arr[at] = ctypes.addressof(args_buf) + 24 + lastword.ENTRY.size * i + 8   # (step i's first argument)
     page = mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
     page.write(_BLOB)
     code = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(ctypes.addressof(ctypes.c_char.from_buffer(page)))

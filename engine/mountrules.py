@@ -198,6 +198,17 @@ def executable(where: str, mode: int, noexec: bool) -> None:
                                            "process's executable again")
 
 
+def device_outside(where: str, mode: int, nodev: bool) -> None:
+    """Refuse a device node (`where` names the fd) opened through a mount outside the dumped
+    namespaces whose path in the tree reaches it on a nodev mount (`nodev`): restore opens it there
+    (engine/placement.py `_place_fd`, outside), which the kernel refuses for a device."""
+    if nodev and (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+        raise fs.FsError(errno.EOPNOTSUPP, f"{where}: a device opened through a mount outside the dumped "
+                                           "namespaces, whose path there lies on a nodev mount: restore could not "
+                                           "open it again (give the tree the device on a mount without nodev, e.g. "
+                                           "bwrap --dev-bind /dev/null /dev/null, or reopen it inside)")
+
+
 def unknown_external_files(ext_files, used) -> None:
     """Refuse --external file[PATH] declarations (`ext_files`) no process of the tree holds open
     (`used`: the paths some fd shows)."""

@@ -12,7 +12,8 @@ Restore writes them in the namespace it made, from a child joined to it: the `al
 device settings first (writing them changes the devices'), then the rest, a write the kernel
 refuses tried again once after the others (ip_local_port_range must stay above
 ip_unprivileged_port_start: written in the dumped state's order, either may come first). One the
-kernel refuses still fails the restore in one line.
+kernel refuses still fails the restore in one line, and so does a tcp_congestion_control the kernel has
+not loaded (the restorer's write would load module tcp_NAME: `_LOADED`).
 
 Only names under `TOPS` (the kernel's per-namespace tables a non-initial namespace shows), no
 ".." or "." component: restore never writes another namespace's, and never the host's (the
@@ -37,6 +38,10 @@ MAX_TEXT = 1024
 _NAME = re.compile(r"^(?:" + "|".join(TOPS) + r")(?:/[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}){1,4}\Z")
 _TEXT = re.compile(r"^[\x20-\x7e\t\n]*\Z")
 _BASE = "/proc/sys/net"
+# A name whose write loads a module named after its value when the kernel has none such
+# (tcp_ca_find_autoload: request_module("tcp_%s") for a writer with CAP_NET_ADMIN, as the restorer
+# is; a container's root is not): only a value the kernel lists there (loaded already) is written.
+_LOADED = {"ipv4/tcp_congestion_control": "ipv4/tcp_available_congestion_control"}
 
 
 class NetvarsError(OSError):
@@ -131,6 +136,7 @@ def _write_here(kept: dict[str, str], base: dict[str, str | None]) -> None:
     """Make our namespace's values `kept`, the others a fresh namespace's (`base`): writing an
     `all` or `default` setting changes the devices' (and ipv6's all/disable_ipv6 the default's),
     so each round writes what differs, until a round writes nothing."""
+    _check_loaded(kept)
     names = sorted(set(kept) | {n for n, v in base.items() if v is not None}, key=lambda n: (_order(n), n))
     errors: dict[str, OSError] = {}
     for _round in range(4):
@@ -155,6 +161,17 @@ def _write_here(kept: dict[str, str], base: dict[str, str | None]) -> None:
     for name, e in sorted(errors.items()):
         raise NetvarsError(e.errno or errno.EIO, f"network namespace sysctl net/{name} = "
                            f"{kept.get(name, base.get(name)).strip()!r}: {e.strerror or e}")
+
+
+def _check_loaded(kept: dict[str, str]) -> None:
+    """Refuse a value of `_LOADED` the kernel has not loaded (writing it would load a module of the
+    host's that the image names)."""
+    for name, listed in _LOADED.items():
+        want = kept.get(name, "").split()
+        if want and not set(want) <= set((_get(listed) or "").split()):
+            raise NetvarsError(errno.ENOENT, f"network namespace sysctl net/{name} = {kept[name].strip()!r}: "
+                               f"not loaded by this kernel (net/{listed}); load it on the host first "
+                               "(restore loads no module an image names)")
 
 
 def _write_in(fd: int, kept: dict[str, str], base: dict[str, str | None]) -> None:

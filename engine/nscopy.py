@@ -42,8 +42,21 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
     Works in a private copy of the namespace so it may unmount what covers a
     mount (an overmount, or a mount over one of its ancestors' paths) without
     touching the original: visible mounts are cloned at once, covered ones
-    after their covers are gone (see _uncover).
+    after their covers are gone (see _uncover). A cover the kernel keeps locked
+    is refused (`stream` looks for the superblock elsewhere first).
     """
+    _clone_in_copy(ns_fd, pids, wanted, orig, chan, {}, False)
+
+
+def _clone_reporting(ns_fd: int, pids: list[int], wanted: list[int], orig: list, at: dict[int, str],
+                     chan: channel.Channel) -> None:
+    """clone_mounts, but mounts a locked cover keeps out of reach are sent back as ("locked", {id:
+    cover id}) instead of refused; `at`: original id -> path beneath its root to clone instead of it."""
+    _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, True)
+
+
+def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
+    """clone_mounts' body (`at`, `report`: _clone_reporting)."""
     owner = userns_cr.owner_to_join(ns_fd)   # (not None: mounts of the copy may carry locked ones)
     if owner is not None:
         os.close(owner)
@@ -69,10 +82,15 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
         # "/" names the root we stand on, never what is mounted over it; "/.." does.
         return "/.." if mp == "/" else mp
 
-    def clone(m: mountinfo.Mount) -> None:
+    def clone(m: mountinfo.Mount, as_id: int | None = None, rel: str | None = None) -> None:
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
             raise DumpError(errno.EIO, f"mount {m.mnt_id} ({m.mountpoint}) is still covered in the copy")
+        rel = at.get(m.mnt_id) if rel is None else rel
+        if rel:
+            pending.append((m.mnt_id if as_id is None else as_id, _clone_beneath(path, rel, to_copy[m.mnt_id])))
+            send()
+            return
         try:
             fd = kernel.open_tree(kernel.AT_FDCWD, path, kernel.OPEN_TREE_CLONE | kernel.AT_SYMLINK_NOFOLLOW)
         except OSError as e:
@@ -83,7 +101,7 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
             # container reaches what they cover.
             fd = kernel.open_tree(kernel.AT_FDCWD, path,
                                   kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
-        pending.append((m.mnt_id, fd))
+        pending.append((m.mnt_id if as_id is None else as_id, fd))
         send()
 
     # Fast path: mounts whose path already leads to them.
@@ -99,9 +117,74 @@ def clone_mounts(ns_fd: int, pids: list[int], wanted: list[int], orig: list, cha
             pass
         slow.append(mid)
     if slow:
-        _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path)
+        left = _uncover(slow, orig_by_id, o_children, o_root, to_copy, clone, top_path, report)
+        if left:
+            # The kernel keeps a cover locked: another mount of the same superblock that the copy
+            # shows and whose root holds the target's reaches the same files.
+            for mid in sorted(left):
+                if _clone_elsewhere(orig_by_id[mid], orig, to_copy, clone, top_path):
+                    del left[mid]
+            if left:
+                send(final=True)
+                chan.send(("locked", left))
     send(final=True)
     chan.send("done")
+
+
+def _beneath(root: str, base: str) -> str | None:
+    """`root` relative to `base` ('' when equal) when it lies beneath it, else None."""
+    if root == base:
+        return ""
+    if base == "/":
+        return root[1:]
+    return root[len(base) + 1:] if root.startswith(base + "/") else None
+
+
+def _same_sb_holding(t: mountinfo.Mount, mounts) -> list[tuple[mountinfo.Mount, str]]:
+    """(mount, path of t's root beneath its root) of the mounts of `mounts` on t's superblock
+    (device number, type, source) whose root holds t's root, deepest root first."""
+    if t.root.endswith("//deleted"):
+        return []
+    out = []
+    for m in mounts:
+        if m.mnt_id == t.mnt_id or (m.major, m.minor, m.fstype, m.source) != (t.major, t.minor, t.fstype, t.source):
+            continue
+        rel = _beneath(t.root, m.root)
+        if rel is not None:
+            out.append((m, rel))
+    out.sort(key=lambda x: len(x[1]))
+    return out
+
+
+def _clone_elsewhere(t: mountinfo.Mount, orig, to_copy, clone, top_path) -> bool:
+    """Clone target `t` (which a locked cover hides) at its root on another mount of its superblock
+    that is visible in the copy; False when there is none."""
+    for m, rel in _same_sb_holding(t, orig):
+        try:
+            if kernel.statx_mnt_id(top_path(m.mountpoint), flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
+                continue
+            clone(m, t.mnt_id, rel)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def _clone_beneath(path: str, rel: str, mnt_id: int) -> int:
+    """A detached clone rooted at `rel` beneath the root of the mount at `path` (id `mnt_id`), never
+    through a symlink or onto another mount (what lies there must be this superblock's)."""
+    top = kernel.open_tree(kernel.AT_FDCWD, path, kernel.AT_SYMLINK_NOFOLLOW)
+    try:
+        sub = kernel.openat2(top, rel, os.O_PATH | os.O_NOFOLLOW,
+                             kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_BENEATH)
+    finally:
+        os.close(top)
+    try:
+        if kernel.statx_mnt_id("", sub, kernel.AT_EMPTY_PATH) != mnt_id:
+            raise DumpError(errno.EIO, f"{path}: {rel} is not on the mount there")
+        return kernel.open_tree(sub, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+    finally:
+        os.close(sub)
 
 
 def _twins(orig: list, copy: list) -> tuple:
@@ -130,12 +213,96 @@ def _twins(orig: list, copy: list) -> tuple:
     return o_root, o_children, to_copy
 
 
+def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=()):
+    """Yield ([original ids], [fds]) of detached clones of the wanted mounts of the namespace, as
+    clone_mounts sends them (run in a forked child). One hidden by a cover the kernel keeps locked
+    (a user namespace's copy of its parent's stacks) comes from another mount of its superblock
+    visible in the copy, else from one in the tree's other namespaces (`others`: (pids, mount
+    list) of each), else from its twin in the dumper's own namespace (same user namespace: nothing
+    locked there), each rooted at its root; else dump is refused."""
+    left: dict[int, int] = {}
+    for msg, fds in channel.fork_stream(_clone_reporting, ns_fd, pids, wanted, orig, {}):
+        if isinstance(msg, tuple) and msg[0] == "locked":
+            left.update(msg[1])
+            continue
+        yield msg, fds
+    if left:
+        yield from _from_elsewhere(left, orig, [*others, ([os.getpid()], None)])
+
+
+def _from_elsewhere(left: dict[int, int], orig: list, places: list):
+    """Clones of the mounts of `orig` that locked covers hide (`left`: {id: cover id}) made from
+    other mounts of their superblocks in private copies of `places` ((pids, mount list) of a
+    namespace, None: the dumper's own, last), each place tried in turn (see stream)."""
+    by_id = {m.mnt_id: m for m in orig}
+    for pids, mounts in places:
+        if not left:
+            return
+        own = mounts is None
+        if own:
+            mounts = mountinfo.read_pid(os.getpid())
+        todo = [(by_id[mid], *twins[0]) for mid in sorted(left)
+                if (twins := _same_sb_holding(by_id[mid], mounts))]   # (target, twin, path beneath its root)
+        if not todo:
+            continue
+        try:
+            nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue   # (its processes gone meanwhile)
+        try:
+            yield from _clone_twins(nsfd, pids, mounts, todo, left)
+        except DumpError:
+            if own:
+                raise
+        except OSError:
+            if own:
+                raise
+            # (another namespace of the tree that cannot give it: the next place may)
+        finally:
+            os.close(nsfd)
+    if left:
+        mid = min(left)
+        raise _locked_refusal(by_id[mid], by_id[left[mid]])
+
+
+def _clone_twins(nsfd: int, pids: list[int], mounts: list, todo: list, left: dict[int, int]):
+    """Yield clones of the targets of `todo` [(target, twin, path beneath its root)] made at their
+    twins in a private copy of namespace `nsfd` (mount list `mounts`); each one made leaves `left`."""
+    while todo:
+        # One clone of a twin per round (two targets may lie at two paths of one twin).
+        at: dict[int, str] = {}
+        target: dict[int, mountinfo.Mount] = {}
+        for t, twin, rel in list(todo):
+            if twin.mnt_id not in at:
+                at[twin.mnt_id], target[twin.mnt_id] = rel, t
+                todo.remove((t, twin, rel))
+        for msg, fds in channel.fork_stream(_clone_reporting, nsfd, pids, sorted(at), mounts, at):
+            if isinstance(msg, tuple):   # ("locked", ...): locked there too, left for the next place
+                continue
+            ids, fds = _checked([target[i] for i in msg], fds)
+            for i in ids:
+                left.pop(i, None)
+            yield ids, fds
+
+
+def _checked(targets: list[mountinfo.Mount], fds: list[int]) -> tuple[list[int], list[int]]:
+    """(ids, fds) of clones made for `targets`, each checked to lie on its target's superblock."""
+    for t, fd in zip(targets, fds):
+        if os.fstat(fd).st_dev != os.makedev(t.major, t.minor):
+            for f in fds:
+                os.close(f)
+            raise DumpError(errno.EIO, f"mount {t.mnt_id} ({t.mountpoint}): the mount of its device taken "
+                                       "for it elsewhere shows another device: not its superblock")
+    return [t.mnt_id for t in targets], fds
+
+
 def clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
     """A detached clone of mount `mnt_id` of the mount namespace `pids` live in (`mounts`: its
-    mount list), even if covered (clone_mounts uncovers it); None when it cannot be made."""
+    mount list), even if covered (stream uncovers it or finds its superblock elsewhere); None when
+    it cannot be made."""
     nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY)
     try:
-        for _, fds in channel.fork_stream(clone_mounts, nsfd, pids, [mnt_id], mounts):
+        for _, fds in stream(nsfd, pids, [mnt_id], mounts):
             for fd in fds[1:]:
                 os.close(fd)
             return fds[0] if fds else None
@@ -146,13 +313,15 @@ def clone_one(pids: list[int], mounts: list, mnt_id: int) -> int | None:
     return None
 
 
-def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
+def _uncover(targets, by_id, children, root, to_copy, clone, top_path, report=False):
     """Clone covered targets by lazily unmounting what covers them (in a private namespace copy).
 
     A cover is a sibling mounted over a directory above a target's mount
     point, or a mount over its (or an ancestor's) root. One umount takes a
     cover's whole subtree, so only covers holding no pending target are
-    unmounted; repeat until every target is visible.
+    unmounted; repeat until every target is visible. When a locked cover
+    keeps some out of reach: with `report`, returns {their ids: a locked cover},
+    else refuses. None when all were cloned.
     """
     remaining = set(targets)
     # Children by (parent, mount point): a cover is found by looking up the few
@@ -190,11 +359,12 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                 clone(by_id[mid])
                 remaining.discard(mid)
         if not remaining:
-            return
+            return None
         inside = set()
         for mid in remaining:
             inside.update(chain(mid))
         covers = set()
+        hides: dict[int, int] = {}   # cover -> a target it hides (named if it is locked)
         for mid in remaining:
             ids = chain(mid)
             for node, parent in zip(ids, ids[1:] + [None]):
@@ -202,12 +372,14 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                 for c in at.get((node, n.mountpoint), ()):
                     if c not in inside:
                         covers.add(c)   # a mount over this node's root
+                        hides.setdefault(c, mid)
                 if parent is None:
                     continue
                 for mp in above(n, by_id[parent]):
                     for c in at.get((parent, mp), ()):
                         if c != node and c not in inside:
                             covers.add(c)   # a sibling over a directory above it
+                            hides.setdefault(c, mid)
         # A cover may itself be overmounted (a stack at its mount point, e.g. propagated there):
         # its path leads to the top of that stack, which goes first.
         stack = list(covers)
@@ -216,9 +388,10 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
             for top in at.get((c, by_id[c].mountpoint), ()):
                 if top not in covers and top not in inside:
                     covers.add(top)
+                    hides.setdefault(top, hides[c])
                     stack.append(top)
         # Outer covers first: what an outer cover hides is reachable only once it is gone.
-        progress = False
+        progress, locked = False, {}
         for c in sorted(covers, key=lambda x: (len(by_id[x].mountpoint), x)):
             path = top_path(by_id[c].mountpoint)
             try:
@@ -228,8 +401,78 @@ def _uncover(targets, by_id, children, root, to_copy, clone, top_path) -> None:
                     continue
                 kernel.umount2(path, kernel.MNT_DETACH)
                 progress = True
-            except OSError:
-                pass
+            except OSError as e:
+                if e.errno == errno.EINVAL:
+                    locked.setdefault(hides[c], c)
         if not progress:
             mid = min(remaining)
+            if locked:
+                # Each target with a locked cover of its own, else the first locked one.
+                over = {t: locked.get(t, next(iter(locked.values()))) for t in remaining}
+                if report:
+                    return over
+                raise _locked_refusal(by_id[mid], by_id[over[mid]])
             raise DumpError(errno.EIO, f"mount {mid} ({by_id[mid].mountpoint}) stays covered in the copy")
+
+
+def _locked_refusal(m: mountinfo.Mount, cover: mountinfo.Mount) -> DumpError:
+    """The refusal of mount `m`, which `cover` (locked) hides and whose superblock is reachable nowhere else."""
+    # (MNT_LOCKED: the kernel refuses to unmount it even for the host's root)
+    return DumpError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}) is covered by mount {cover.mnt_id} "
+                                       f"({cover.mountpoint}), locked over it (a user namespace's "
+                                       "mount namespace copied from its parent's keeps such stacks locked "
+                                       "together), and no other mount of its superblock reaches it: what it holds "
+                                       "cannot be read; dump a tree whose user namespace mounts its own root "
+                                       "(pivot_root), as container runtimes do")
+
+
+def precheck(view, owned) -> None:
+    """Before the stop: the mounts dump will archive (one per disjoint root of each content
+    superblock, as dump plans them) that are locked and covered in a mount namespace another user
+    namespace owns (`owned`: their names, their locks marked; `view`: engine/prestop.py's) are cloned
+    as dump will (stream), so a cover the kernel keeps locked with no other way to the superblock is
+    refused while the tree runs."""
+    from engine import fs
+    by_sb: dict[str, list[tuple[str, dict]]] = {}
+    for ns_name, ns in view.mntns_doc.items():
+        for e in ns["mounts"]:
+            by_sb.setdefault(e["sb"], []).append((ns_name, e))
+    wanted: dict[str, list[int]] = {}
+    for sid, es in by_sb.items():
+        sb = view.superblocks[sid]
+        h = fs.lookup(sb["fstype"])
+        if sb["external"] or sid in view.unsure or h is None or not h.content:
+            continue
+        chosen: list[str] = []
+        for ns_name, e in sorted(es, key=lambda x: (len(x[1]["root"]), x[1]["root"])):
+            if not e["root"].startswith("/") or e.get("ghost") or any(_beneath(e["root"], r) is not None
+                                                                     for r in chosen):
+                continue
+            chosen.append(e["root"])
+            # (only what was copied with the namespace is locked, and only that can lie beneath a
+            # locked cover: engine/userns_cr.py `locks` marked them)
+            if ns_name in owned and e.get("locked") and view.ns_pids.get(ns_name) \
+                    and not _leads_to(view.ns_pids[ns_name][0], e):
+                wanted.setdefault(ns_name, []).append(e["id"])
+    for ns_name, ids in wanted.items():
+        pids = view.ns_pids[ns_name]
+        nsfd = os.open(f"/proc/{pids[0]}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            others = [(view.ns_pids[n], ms) for n, ms in view.ns_mounts.items() if n != ns_name and view.ns_pids.get(n)]
+            for _, fds in stream(nsfd, pids, ids, view.ns_mounts[ns_name], others):
+                for fd in fds:
+                    os.close(fd)
+        except DumpError:
+            raise
+        except OSError:
+            pass   # (a process gone meanwhile: dump tells, once the tree is stopped)
+        finally:
+            os.close(nsfd)
+
+
+def _leads_to(pid: int, e: dict) -> bool:
+    """Whether mount point of entry `e` leads to it in the namespace of `pid` (it is not covered)."""
+    try:
+        return kernel.statx_mnt_id(f"/proc/{pid}/root{e['mountpoint']}", flags=kernel.AT_SYMLINK_NOFOLLOW) == e["id"]
+    except OSError:
+        return False

@@ -136,8 +136,11 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
                 entry["pdeathsig"] = sig
         entry["sid"], entry["pgid"] = sessions.read(pid)   # (restore makes what they mean: engine/sessions.py)
         try:
-            entry["threads"] = threads.read(pid)   # (checked again: one made after the pre-stop check)
-        except threads.ThreadError as e:
+            # (checked again: one made after the pre-stop check)
+            listed = threads.listed(pid, entry.get("sig_blocked", 0), entry.get("timer_sig_caught", 0))
+            entry["threads"] = [e for _, e in listed]
+            posixtimers.number_threads(pid, entry.get("posix_timers") or [], [t for t, _ in listed])
+        except (threads.ThreadError, posixtimers.TimerError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if not entry["threads"]:
             del entry["threads"]
@@ -266,6 +269,9 @@ def _place_fd(pid: int, f: dict, mounts_by_id: dict, ghost_ctx) -> dict:
                  mounts_by_id, pid, f"fd {f['fd']}")
     if outside:
         loc["outside"] = True
+        visible = mounts_by_id[f["visible_mnt"]]
+        hook(mountrules.device_outside, f"process {pid} fd {f['fd']} ({target})", f["mode"],
+             "nodev" in visible.mount_opts)   # (also asked before the stop)
     if ghost is not None:
         loc["ghost"] = ghost
     return loc

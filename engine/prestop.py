@@ -96,6 +96,10 @@ class View:
     def want_file(self, sid: str, ino: int, setter, missing: str) -> None:
         """(dump's plan looks for the file while it archives: nothing to look for before the stop)"""
 
+    def dumper_pidns(self) -> str:
+        """(dump's plan records the dumper's pid namespace: before the stop only its being allowed counts)"""
+        return "pid-dumper"
+
     def in_ns_copy(self, ns_name: str, fn, *args):
         """fn(*args) in a forked child standing at the root of a private copy of mount namespace
         `ns_name` (as dump's plan does it: the running tree's namespace itself is not touched)."""
@@ -132,10 +136,11 @@ def _unique_ids(nsfd: int) -> dict[int, int]:
 
 
 def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_mnts,
-          leave_running: bool, ext_files=(), ext_devs=()) -> dict[str, dict]:
+          leave_running: bool, ext_files=(), ext_devs=(), ext_veths=None) -> dict[str, dict]:
     """Refuse (PrestopError) what the running tree [(pid, ppid)] already shows dump would refuse;
     `texts`: (a pid, its mountinfo) of each mount namespace; fds on `ext_files` (paths declared
-    --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN]. Returns the image-like record of each
+    --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN];
+    `ext_veths`: veths declared --external veth[NAME]:KEY ({NAME: KEY}). Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
     from engine import image, strategy
     locks = filelocks.proc_locks()   # (first: before any fork, while read_early's thread may read it)
@@ -187,11 +192,10 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         # write lease this refuses)
         filelocks.precheck(pids, locks)
         sysvipc.precheck(pids)
-        netdevs.precheck(pids)
+        netdevs.precheck(pids, ext_veths)
         schedattrs.precheck(pids)
         timens.precheck(pids)
         seccomp.precheck(pids)
-        subreaper.precheck(pids)
         loginuid.precheck(pids)
         posixtimers.check(pids)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
@@ -200,6 +204,8 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_mounts(view, ext_mnts, set(ext_devs), root_ns)
         check_sources(view.mntns_doc, _maybe_external(view, ext_mnts, root_ns))
         owned_ns = _check_locks(view, sorted(owners or ()))
+        from engine import nscopy   # (imported late: it is dump's, and dump imports this module)
+        nscopy.precheck(view, owned_ns)   # (covers the kernel keeps locked)
         _check_sb_owners(view, tree, users)
         _check_probes(view, pids, names)
         _check_ghost_names(view)
@@ -207,7 +213,9 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         _check_socket_binds(pids, view)
         for pid in pids:
             threads.check(pid)
-        seccomp.precheck_filters(pids)   # (last: it traps each process with filters for a moment)
+        # (last: it traps each process with filters for a moment; the subreaper check asks the
+        # filters it read, so a filtered parent is trapped once)
+        subreaper.precheck(pids, seccomp.precheck_filters(pids))
     except (fs.FsError, userns_cr.UsernsError, FdError, threads.ThreadError, DumpError, sysvipc.IpcError,
             schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, loginuid.LoginuidError,
             posixtimers.TimerError, subreaper.SubreaperError, netdevs.NetdevError) as e:
@@ -621,6 +629,8 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                         continue
                     if kind.placed and _detached_fd(pid, n, target, mode, info.get("mnt_id"), view):
                         unplaced.append(({"mnt": info["mnt_id"], "path": target}, pid, f"fd/{n}"))
+                    elif kind.placed:
+                        _device_outside(pid, n, target, mode, info.get("mnt_id"), view)
                     if kind.precheck is None:
                         _check_deleted(kind.name, pid, n, target, mode, info.get("mnt_id"), view)
                         continue
@@ -690,6 +700,20 @@ def _detached_fd(pid: int, n: str, target: str, mode: int, mnt: int | None, view
     m = view.mounts_by_id.get(mid)
     return not ((here.st_dev, here.st_ino) == (want.st_dev, want.st_ino) and m is not None
                 and m.dev == f"{os.major(here.st_dev)}:{os.minor(here.st_dev)}")
+
+
+def _device_outside(pid: int, n: str, target: str, mode: int, mnt: int | None, view: View) -> None:
+    """engine/mountrules.py `device_outside` for fd `n` of `pid` (not on a detached mount): a device
+    on a mount in no dumped namespace, placed on the mount its path reaches in the tree."""
+    if not (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) or mnt is None or mnt in view.mounts_by_id:
+        return
+    try:
+        mid = kernel.statx_mnt_id(f"/proc/{pid}/root{target}")
+    except OSError:
+        return   # (gone meanwhile: dump tells)
+    m = view.mounts_by_id.get(mid)
+    if m is not None:
+        mountrules.device_outside(f"process {pid} fd {n} ({target})", mode, "nodev" in m.mount_opts)
 
 
 def _detached_dirs(pid: int, view: View, unplaced: list) -> None:

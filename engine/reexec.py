@@ -14,7 +14,11 @@ capabilities: they are raised ambient for the exec and put back right after (`ma
 modules the restorer had loaded are imported again before the stand-in serves its channel (it
 may chroot later, where the engine is out of reach). Where the interpreter or the engine cannot
 be reached, or lie elsewhere than in the host's view the restorer started with (a late
-stand-in inside its restored root), the stand-in goes on as forked (`into_userns` returns).
+stand-in inside its restored root), or what the loader would map (its libraries, their cache,
+ld.so.preload) is not the host's file or lies beneath a mount, the stand-in goes on as forked
+(`into_userns` returns): it holds the host's root ids, and a restored root that is the host's may
+carry an image's mount over a library. The exec passes none of the restorer's LD_* and PYTHON*
+variables (paths they name would be looked up in the stand-in's view).
 """
 
 from __future__ import annotations
@@ -45,13 +49,60 @@ def _where(path: str) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-# (the standard library's directory and the engine's: what the executed interpreter reads)
-_CODE_DIRS = (os.path.dirname(os.__file__), os.path.join(ENGINE_ROOT, "engine"))
-_PATHS = ("/", "/usr", PYTHON, os.path.join(ENGINE_ROOT, "engine", "reexec.py"), *_CODE_DIRS)
+def _mapped_code() -> list[str]:
+    """The files our process runs code of (the interpreter, the dynamic loader, the C library and
+    each library and extension module loaded so far), as the kernel names them (a file replaced
+    since by the name it had; no memfd, which has none)."""
+    out = set()
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.rstrip("\n").split(None, 5)
+            if len(fields) == 6 and fields[1][2:3] == "x" and fields[5].startswith("/") \
+                    and not fields[5].startswith(("/memfd:", "/dev/")):
+                out.add(fields[5].removesuffix(" (deleted)"))
+    return sorted(out)
+
+
+def _interp(path: str) -> list[str]:
+    """The dynamic loader `path` (an ELF executable) names (PT_INTERP), as it names it: [] if none."""
+    import struct
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:
+                return []
+            phoff, = struct.unpack_from("<Q", head, 32)
+            phentsize, phnum = struct.unpack_from("<HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            for i in range(phnum):
+                kind, _flags, off, _va, _pa, size = struct.unpack_from("<IIQQQQ", table, i * phentsize)
+                if kind == 3:   # (PT_INTERP)
+                    f.seek(off)
+                    return [f.read(size).rstrip(b"\0").decode()]
+    except (OSError, UnicodeDecodeError, struct.error):
+        return []
+    return []
+
+
+# (the standard library's directory and the engine's, and those of the code the loader maps: what
+# the executed interpreter reads)
+_CODE = _mapped_code()
+_CODE_DIRS = (os.path.dirname(os.__file__), os.path.join(ENGINE_ROOT, "engine"),
+              *sorted({os.path.dirname(c) for c in _CODE} - {os.path.dirname(os.__file__)}))
+# (the loader's cache names the libraries it maps: a replaced one maps another file)
+_PATHS = ("/", "/usr", "/etc", "/etc/ld.so.cache", PYTHON, os.path.join(ENGINE_ROOT, "engine", "reexec.py"),
+          *_interp(PYTHON), *_CODE, *_CODE_DIRS)
 # Where they were when the restorer imported this (the host's view, before anything of the image
 # is mounted or entered): a stand-in executes again only while its view is the same, never a
-# file an image provided (a stand-in holds the host's root ids).
+# file an image provided (a stand-in holds the host's root ids). ld.so.preload, which the loader
+# maps into every program, where it was or absent as it was.
 _HOST = tuple(_where(p) for p in _PATHS)
+_PRELOAD = "/etc/ld.so.preload"
+_HOST_PRELOAD = _where(_PRELOAD)
+# What the executed interpreter takes from the environment is ours alone: a path the restorer's
+# names (a preloaded library, a library or module path) would be looked up in the stand-in's view.
+_UNSAFE_ENV = ("LD_", "PYTHON")
 
 
 def _last_cap() -> int:
@@ -81,14 +132,13 @@ def _permitted() -> int:
 def into_userns(sock_fd: int) -> None:
     """In a fresh stand-in inside its user namespace (its channel at `sock_fd`): execute the
     interpreter again to serve the channel there (`main`); returns only when it cannot."""
-    if None in _HOST or tuple(_where(p) for p in _PATHS) != _HOST or not os.access(PYTHON, os.X_OK):
+    if not host_view():
         return
-    if _mounted_in(_CODE_DIRS):
-        return   # (a mount beneath the code it would read: maybe an image's, in a restored namespace)
     saved = _inheritable()
     prm = _permitted() & ((1 << (_last_cap() + 1)) - 1)
     modules = sorted(m for m in sys.modules if m.startswith("engine."))
-    env = dict(os.environ, PYTHONPATH=ENGINE_ROOT, PYTHONDONTWRITEBYTECODE="1", **{_MODULES: ",".join(modules)})
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_UNSAFE_ENV)}
+    env.update(PYTHONPATH=ENGINE_ROOT, PYTHONDONTWRITEBYTECODE="1", **{_MODULES: ",".join(modules)})
     try:
         state = _carry()
     except Exception:   # noqa: BLE001 - (anything unpicklable: served as forked)
@@ -105,6 +155,18 @@ def into_userns(sock_fd: int) -> None:
         os.set_inheritable(sock_fd, False)
         kernel._libc.prctl(_PR_CAP_AMBIENT, _CLEAR_ALL, 0, 0, 0)
         _inheritable(saved)
+
+
+def host_view() -> bool:
+    """Whether what executing the interpreter reads (the interpreter, its loader, libraries and
+    their cache, the standard library, the engine) is what the restorer saw when it started: the
+    same files, no mount on or beneath their directories, no ld.so.preload but as then."""
+    if None in _HOST or tuple(_where(p) for p in _PATHS) != _HOST or _where(_PRELOAD) != _HOST_PRELOAD:
+        return False
+    if not os.access(PYTHON, os.X_OK):
+        return False
+    # (a mount beneath the code it would read: maybe an image's, in a restored namespace)
+    return not _mounted_in(_CODE_DIRS)
 
 
 def _mounted_in(dirs) -> bool:

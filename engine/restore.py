@@ -50,11 +50,10 @@ import resource
 import signal
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 import stat
-from operator import itemgetter
+from operator import itemgetter, methodcaller
 
-from engine import (channel, construct, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, netdevs, netvars, parking, remount, schedattrs, seccomp, sessions,
-                    sharing,
+from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
+                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
                     standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
@@ -68,7 +67,7 @@ from engine.image import is_beneath, rel_to
 
 # Namespaces a stand-in unshares or joins after its pid namespace (image.NS_KINDS past mnt and pid).
 _OTHER_NS = tuple(k for k in image.NS_KINDS if k not in ("mnt", "pid"))
-_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
+_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file|veth)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
 _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,
@@ -95,17 +94,22 @@ class RestoreError(OSError):
 
 def parse_externals(specs, root: str | None) -> dict[str, str]:
     """`mnt[KEY]:HOSTPATH` -> {key: hostpath}, `dev[KEY]:PATH` -> {"dev:"+key: path},
-    `file[KEY]:HOSTPATH` -> {"file:"+key: path}; --root DIR is key "root"."""
+    `file[KEY]:HOSTPATH` -> {"file:"+key: path}, `veth[KEY]:OUTER[@BRIDGE]` -> {"veth:"+key: that};
+    --root DIR is key "root"."""
     out: dict[str, str] = {}
     for spec in specs:
         m = _EXT_MNT.match(spec)
         if not m:
-            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH, dev[KEY]:PATH or file[KEY]:HOSTPATH")
+            raise ValueError(f"--external {spec!r}: expected mnt[KEY]:HOSTPATH, dev[KEY]:PATH, file[KEY]:HOSTPATH "
+                             "or veth[KEY]:OUTER[@BRIDGE]")
         out[("" if m["kind"] == "mnt" else m["kind"] + ":") + m["key"]] = m["path"]
     if root is not None:
         out["root"] = root
     for key, path in out.items():
-        if not os.path.exists(path):
+        if key.startswith("veth:"):
+            from engine import netdevs   # (only then: engine/netdevs.py's import is not every restore's)
+            netdevs.outer_name(path)   # (an interface to make, not a path: well-formed names)
+        elif not os.path.exists(path):
             raise ValueError(f"external {key}: {path} does not exist")
     return out
 
@@ -131,6 +135,13 @@ def _attr_of(opts: frozenset) -> tuple[int, int]:
     else:
         attr_set |= kernel.MOUNT_ATTR_STRICTATIME
     return attr_set, (_ALL_FLAGS | kernel.MOUNT_ATTR__ATIME) & ~attr_set | kernel.MOUNT_ATTR__ATIME
+
+
+def _per_mount_sbs(sbs: dict) -> set[str]:
+    """The superblocks whose type makes each mount from an object of its own (`per_mount`, a
+    property of the type, asked ~3 times a mount before: ~0.3 M steps at 10,000 mounts)."""
+    from engine import imageformat   # (loaded by image.load: the image was validated)
+    return imageformat.per_mount_sbs(sbs)
 
 
 def _make_yard() -> int:
@@ -280,16 +291,28 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     return pid
 
 
+def _veth_externals(doc: dict) -> set[str]:
+    """The "veth:KEY" externals the image's network devices need (engine/netdevs.py, imported only
+    for an image that has devices)."""
+    if not doc.get("netdevs"):
+        return set()
+    from engine import netdevs
+    return netdevs.externals_of(doc)
+
+
 def _externals_given(doc: dict, externals, root: str | None, daemons) -> dict:
     """What the user gave for each external the image names (--external, --root, the daemons restarted);
     refused in one line naming the options missing."""
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
-    needed = sorted({m["external"] for ns in doc["mntns"].values() for m in ns["mounts"] if m.get("external")}
+    # (the mounts' in C: ~13 steps a mount as a comprehension)
+    needed = sorted(set(filter(None, map(methodcaller("get", "external"),
+                                         itertools.chain.from_iterable(map(itemgetter("mounts"), doc["mntns"].values())))))
                     | {"dev:" + sb["device"]["key"] for sb in doc["superblocks"].values()
                        if (sb.get("device") or {}).get("key") and not sb.get("external")}
-                    | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")})
+                    | {"file:" + f["external"] for p in doc["processes"] for f in p["fds"] if f.get("external")}
+                    | _veth_externals(doc))
     missing = [k for k in needed if k not in ext]
     if root is not None and "root" not in needed:
         # (criu's users give --root always; here a root made inside the tree comes from the image)
@@ -298,6 +321,7 @@ def _externals_given(doc: dict, externals, root: str | None, daemons) -> dict:
     if missing:
         hint = ", ".join("--root DIR" if k == "root" else f"--external dev[{k[4:]}]:PATH" if k.startswith("dev:")
                          else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
+                         else f"--external veth[{k[5:]}]:OUTER[@BRIDGE]" if k.startswith("veth:")
                          else f"--external mnt[{k}]:HOSTPATH" for k in missing)
         raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}")
     return ext
@@ -374,9 +398,11 @@ def _check_host_devices(doc: dict, devices: str) -> None:
     image owns is its own)."""
     if devices == "all":
         return
-    for sid, sb in doc["superblocks"].items():
-        t = fs.lookup(sb["fstype"])
-        if t is not None and t.host_global and not sb.get("external") and not sb.get("owner"):
+    # (each type asked once: thousands of superblocks are of a few types)
+    host_types = {t for t in set(map(itemgetter("fstype"), doc["superblocks"].values()))
+                  if getattr(fs.lookup(t), "host_global", False)}
+    for sid, sb in doc["superblocks"].items() if host_types else ():
+        if sb["fstype"] in host_types and not sb.get("external") and not sb.get("owner"):
             raise RestoreError(errno.EPERM, f"superblock {sid} ({sb['fstype']}): one superblock of the whole host, "
                                             "mounted again, would give the tree the host's own (device nodes, "
                                             f"tracing...), which the device policy ({devices}) refuses; --devices "
@@ -467,6 +493,23 @@ def _check_task_room(doc: dict) -> None:
                                          f"can make now ({room}: {how}); refused before anything is made")
 
 
+class _Here:
+    """The restorer itself as the maker of a superblock tagged with a namespace of its own that no
+    stand-in is in (a pid-bound superblock of the dumper's pid namespace that the tree's own covers),
+    or one no stand-in in it may make (their user namespaces do not own it): answers a stand-in channel's "fsmount" request in this process."""
+
+    @staticmethod
+    def call(request):
+        """(None, [detached mount fd]) for ("fsmount", fstype, source, params, attr)."""
+        op, fstype, source, params, attr = request
+        if op != "fsmount":
+            raise RestoreError(errno.EINVAL, f"the restorer makes no {op!r} itself")
+        return None, [standin.fsmount(fstype, source, params, attr)]
+
+
+_HERE = _Here()
+
+
 class _Restorer:
     """State of one restore, inside the restorer process."""
 
@@ -515,6 +558,7 @@ class _Restorer:
         self.filler: filler.Filler | None = None  # the helper that makes and fills superblocks
         self.fill_started = False          # (create_superblocks: the helper started, or found not needed)
         self._sb_planned: tuple | None = None  # (_sb_plan)
+        self.per_mount_sbs = _per_mount_sbs(doc["superblocks"])   # (each type asked once, not ~3 times a mount)
         self.ahead: content.ReadAhead | None = None  # the archives `mntcr restore` had read (to the filler)
         self.filling: set[str] = set()     # superblocks those helpers write into
         self.ro_later: set[str] = set()    # read-only superblocks, created writable to be filled
@@ -635,15 +679,33 @@ class _Restorer:
 
     def make_netvars(self) -> None:
         """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`), made
-        afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), then its
-        own sysctls (engine/netvars.py: bringing lo up resets some of lo's, ipv6's mtu)."""
-        for nsid in (n for sb in self.doc["superblocks"].values() for n in sb.get("lone_ns") or ()):
+        afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), its
+        devices (engine/netlinks_make.py), then its own sysctls (engine/netvars.py: bringing lo up
+        resets some of lo's, ipv6's mtu)."""
+        lone = [n for sb in self.doc["superblocks"].values() if "lone_ns" in sb for n in sb["lone_ns"] or ()]
+        if not (lone or self.doc.get("net_lo_up") or self.doc.get("netvars") or self.doc.get("netdevs")):
+            return
+        # (imported here, in the service namespace, a copy of the host's: most images have none of
+        # these, and the modules' import is ~1 M instructions of every restore's start)
+        from engine import netdevs, netvars
+        for nsid in lone:
             try:
                 self.nsfd_of[("net", nsid)] = netdevs.new_netns()
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
-        todo = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
-        todo += [(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()]
+        # lo up first (a route through lo needs it: CRIU's netns), then the devices, whose sysctls
+        # are the namespace's too (never in the restorer's namespace), then the sysctls
+        lo_up = [(nsid, lambda fd, _: netdevs.set_lo_up_in(fd), None) for nsid in self.doc.get("net_lo_up") or ()]
+        self._in_netns(lo_up)
+        try:
+            netdevs.make_devices(self.nsfd_of, self.doc.get("netdevs") or {}, self.ext)
+        except OSError as e:
+            raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
+        self._in_netns([(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()])
+
+    def _in_netns(self, todo) -> None:
+        """make(fd, arg) for each (namespace id, make, arg) of `todo`, fd on that network namespace
+        restore made; a failure names the namespace."""
         for nsid, make, arg in todo:
             fd = self.nsfd_of.get(("net", nsid))
             if fd is None:
@@ -954,7 +1016,7 @@ class _Restorer:
         that helper, when it fills no superblock this process makes (no yard, no content superblock
         a user namespace owns), so that its fork, superblocks and archives run beside the
         stand-ins' start; the call without it makes the rest."""
-        users, common, handlers, order = self._sb_plan()
+        users, common, handlers, order, whens = self._sb_plan()
         plans = []
         started = self.fill_started   # (by the early call: its plain superblocks are the helper's)
         if early and (self.wants_yard or any(
@@ -962,12 +1024,12 @@ class _Restorer:
                 and sb.get("owner") is not None for sid, sb in order)):
             return
         for sid, sb in order:
-            handler = handlers[sid]
-            if sb.get("external") or sid not in users or handler.when == fs.ON_USE:
+            handler, when = handlers[sid], whens.get(sid)
+            if sb.get("external") or sid not in users or when == fs.ON_USE:
                 continue  # external: cloned from the host; on use: created when first cloned (_source)
-            if started and handler.when == fs.PLAIN and not handler.ns and sb.get("owner") is None:
+            if started and when == fs.PLAIN and not handler.ns and sb.get("owner") is None:
                 continue   # (made by the helper the early call started: planned there)
-            if handler.when == fs.AFTER_FILES:
+            if when == fs.AFTER_FILES:
                 if early:
                     continue
                 if not self.fill_started:
@@ -1009,9 +1071,10 @@ class _Restorer:
         if not self.fill_started:
             self._start_filling(plans, users)
 
-    def _sb_plan(self) -> tuple[dict, dict, dict, list]:
+    def _sb_plan(self) -> tuple[dict, dict, dict, list, dict]:
         """What create_superblocks works from (made once: it runs twice): each superblock's first
-        mount, the per-mount options most of its mounts have, its type, and the order to make them in."""
+        mount, the per-mount options most of its mounts have, its type, the order to make them in,
+        and when each is made (its type's `when`)."""
         if self._sb_planned is not None:
             return self._sb_planned
         every = list(itertools.chain(self.mounts.values(), self.detached.values()))
@@ -1035,9 +1098,10 @@ class _Restorer:
             handlers[sid] = fs.lookup(sb["fstype"])
             if handlers[sid] is None and not sb.get("external") and sid in users:
                 raise RestoreError(errno.EOPNOTSUPP, f"superblock {sid} on {sb['fstype']}: not supported")
-        order = sorted(self.doc["superblocks"].items(), key=lambda kv: handlers[kv[0]] is not None
-                       and handlers[kv[0]].when == fs.AFTER_FILES)
-        self._sb_planned = users, common, handlers, order
+        # (`when` is a property of the type: asked once a superblock here)
+        whens = {sid: h.when for sid, h in handlers.items() if h is not None}
+        order = sorted(self.doc["superblocks"].items(), key=lambda kv: whens.get(kv[0]) == fs.AFTER_FILES)
+        self._sb_planned = users, common, handlers, order, whens
         return self._sb_planned
 
     def _start_filling(self, plans: list, users: dict) -> None:
@@ -1323,6 +1387,9 @@ class _Restorer:
             if not sb.get(handler.ns_key):
                 raise RestoreError(errno.EINVAL, f"superblock {sid} ({sb['fstype']}) has no {handler.ns} "
                                                  "namespace in the image")
+            if handler.ns_key == "pidns" and self.doc["pidns"][sb["pidns"]].get("host") and not any(
+                    p["ns"]["pid"] == sb["pidns"] for p in self.doc["processes"]):
+                return _HERE   # (the dumper's pid namespace, no process of the tree in it: ours)
             return self._standin_in(handler.ns, sb[handler.ns_key], sb.get("owner"))
         # Tagged with the namespace of the processes that see the mount: made by one of them that
         # stands in the user namespace owning it, else by any stand-in in that namespace that does.
@@ -1330,6 +1397,10 @@ class _Restorer:
         seers = [p for p in self.doc["processes"] if p["ns"]["mnt"] == ns_id and p["pid"] in self.chans] \
             or self.doc["processes"][:1]
         p = next((p for p in seers if self.users.stands_in(p) == sb.get("owner")), None)
+        if p is None and sb.get("owner") is None and handler.ns in seers[0].get("host_ns", ()):
+            # (the restorer's own namespace, and no stand-in there stands in its user namespace,
+            # e.g. pid 1 of a pid namespace that a user namespace owns starts inside it: ours)
+            return _HERE
         if p is None and handler.ns in seers[0]["ns"]:
             return self._standin_in(handler.ns, seers[0]["ns"][handler.ns], sb.get("owner"))
         return self.chans[(p or seers[0])["pid"]]
@@ -1349,9 +1420,10 @@ class _Restorer:
         sb = self.doc["superblocks"][m["sb"]]
         if not sb.get("external"):
             handler = fs.lookup(sb["fstype"])
-            if handler is not None and handler.per_mount:
-                return self._own_source(m, sb, handler), ""
-            if m["sb"] not in self.sb_fd and self._sb(m["sb"]) is None:   # (made: no call)
+            # (made: no call; a `per_mount` superblock is never made)
+            if m["sb"] not in self.sb_fd and (m["sb"] in self.per_mount_sbs or self._sb(m["sb"]) is None):
+                if m["sb"] in self.per_mount_sbs:
+                    return self._own_source(m, sb, handler), ""
                 if handler is None or handler.when != fs.ON_USE:
                     raise RestoreError(errno.EINVAL, f"mount {m['id']} ({m['mountpoint']}): its superblock "
                                                      f"{m['sb']} was not created")
@@ -1687,6 +1759,20 @@ class _Restorer:
         for sid in [s for s in self.after_fill if done or s in self.filler.filled]:
             self.parking.drop(self.after_fill.pop(sid))
 
+    def _plan_construct(self, helper_ok) -> None:
+        """Peer groups built while mounting (sharing=construct, engine/construct.py): its plan; nothing
+        is left for the sharing step."""
+        sbs = self.doc["superblocks"]
+        try:
+            self.construct_ops = construct.plan(
+                list(self.mounts.values()), helper_ok, userns_cr.construct_copies(self.doc["mntns"]),
+                userns_cr.construct_subtrees(self.doc["mntns"]),
+                construct.kept_sources((m["id"], sbs[m["sb"]]["fstype"], m.get("source", sbs[m["sb"]]["source"]))
+                                       for m in self.mounts.values() if helper_ok(m["sb"])))
+        except construct.PlanError as e:
+            raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
+        self.sharing_ops = []
+
     def _plan_fds(self) -> None:
         """Decide which fds must outlive the assembly (the rest close as soon as they are done).
 
@@ -1703,27 +1789,21 @@ class _Restorer:
                 self.referenced.update(fdkinds.mounts_used(f))
             if "ctty_node" in p:   # (its leader takes the terminal through them: engine/ctty.py)
                 self.referenced.update((p["ctty_node"]["mnt"], p["ctty_node"]["ptmx"]["mnt"]))
-        self.shared_ids = {m["id"] for m in self.mounts.values()
-                           if m.get("shared") or m.get("master") or m.get("unbindable")}
+        # (a pass in C a key, not ~25 steps a mount as a comprehension)
+        self.shared_ids = set()
+        for key in ("shared", "master", "unbindable"):
+            self.shared_ids.update(map(itemgetter("id"), filter(methodcaller("get", key), self.mounts.values())))
         # (no helper of a superblock restore never makes: external, or one whose type makes each mount from
         # an object of its own, `per_mount`)
-        no_helper = {sid for sid, sb in self.doc["superblocks"].items()
-                     if sb.get("external") or ((h := fs.lookup(sb["fstype"])) is not None and h.per_mount)}
+        no_helper = {sid for sid, sb in self.doc["superblocks"].items() if sb.get("external")} | self.per_mount_sbs
         helper_ok = lambda sid: sid in self.doc["superblocks"] and sid not in no_helper  # noqa: E731
-        try:
-            if strategy.current().sharing == "construct":
-                # Built while mounting (engine.construct); nothing is left for the sharing step.
-                sbs = self.doc["superblocks"]
-                self.construct_ops = construct.plan(
-                    list(self.mounts.values()), helper_ok, userns_cr.construct_copies(self.doc["mntns"]),
-                    userns_cr.construct_subtrees(self.doc["mntns"]),
-                    construct.kept_sources((m["id"], sbs[m["sb"]]["fstype"], m.get("source", sbs[m["sb"]]["source"]))
-                                           for m in self.mounts.values() if helper_ok(m["sb"])))
-                self.sharing_ops = []
-            else:
+        if strategy.current().sharing == "construct":
+            self._plan_construct(helper_ok)
+        else:
+            try:
                 self.sharing_ops = sharing.plan(list(self.mounts.values()), helper_ok=helper_ok)
-        except (sharing.PlanError, construct.PlanError) as e:
-            raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
+            except sharing.PlanError as e:
+                raise RestoreError(errno.EOPNOTSUPP, str(e)) from None
         # Superblocks a helper mount is cloned from (at their root) in the sharing step.
         self.helper_sbs = {op[2] for op in self.sharing_ops if op[0] == "helper"}
         roots = {ns["root"] for ns in self.doc["mntns"].values()}
@@ -2563,7 +2643,8 @@ class _Restorer:
         chan = self.chans[p["pid"]]
         why = None
         try:
-            chan.call(("detach", p.get("comm"), p.get("caps"), [t["comm"] for t in p.get("threads") or ()],
+            chan.call(("detach", p.get("comm"), p.get("caps"),
+                       [(t["comm"], t.get("sig_blocked")) for t in p.get("threads") or ()],
                        {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored", "sig_blocked",
                                               "child_subreaper", "thp_disable", "posix_timers", "itimers",
                                               "timer_sig_caught") if k in p} | self._pdeathsig(p)),
@@ -2623,6 +2704,18 @@ def _restorer(doc: dict, img_fd: int, ext: dict[str, str], lifeline: tuple[int, 
             marshal.dump(prof.stats, f)
 
 
+construct = None   # engine/construct.py, loaded by _load_construct
+
+
+def _load_construct() -> None:
+    """engine/construct.py, for the sharing=construct strategy alone (~1 ms of every restore's
+    imports on kernels with MOVE_MOUNT_SET_GROUP): loaded by the restorer at its start, while it
+    still sees the host's files (later it enters the restored mount namespaces)."""
+    global construct
+    from engine import construct as module
+    construct = module
+
+
 def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
                   ahead=None) -> tuple[int, list[int]]:
     """The restorer process body (already in its own copy of the host mount namespace); `ahead`:
@@ -2641,6 +2734,8 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     want = min(hard, max(soft, 4 * len([m for ns in doc["mntns"].values() for m in ns["mounts"]]) + 1024))
     resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     service_fd = os.open("/proc/self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+    if strategy.current().sharing == "construct":
+        _load_construct()
     r = _Restorer(doc, img_fd, ext)
     r.service_fd = service_fd
     r.ahead = ahead

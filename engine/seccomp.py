@@ -81,10 +81,11 @@ def precheck(pids: list[int]) -> None:
                                             "kernel.yama.ptrace_scope is 3 (no attach): not restored")
 
 
-def precheck_filters(pids: list[int]) -> None:
+def precheck_filters(pids: list[int]) -> dict[int, list[dict] | None]:
     """Before the tree is stopped: read the filters of each process that has some (`read`, a brief
     trap of that process alone) and refuse those restore would not give back (SECCOMP_RET_USER_NOTIF,
-    `standin_refusal`)."""
+    `standin_refusal`). The filters read, by pid (engine/subreaper.py `precheck` asks them again)."""
+    out: dict[int, list[dict] | None] = {}
     for pid in pids:
         try:
             status = kernel.proc_status(pid, {"Seccomp", "TracerPid"})
@@ -93,10 +94,11 @@ def precheck_filters(pids: list[int]) -> None:
             entry = {"caps": kernel.read_caps(pid), **kernel.read_fs_bits(pid)}
         except FileNotFoundError:
             continue   # (gone meanwhile: dump tells)
-        filters = read(pid)
+        filters = out[pid] = read(pid)
         why = standin_refusal(pid, dict(entry, seccomp=filters)) if filters else None
         if why:
             raise SeccompError(errno.EOPNOTSUPP, why)
+    return out
 
 
 def standin_refusal(pid: int, entry: dict) -> str | None:

@@ -271,13 +271,15 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
             caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
-            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None) -> None:
+            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None, nproc: list | None = None) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
     (`ignored`, a mask) and block those it blocked (`blocked`: its threads, made after, copy it),
     make its `timers` (its image's "posix_timers", "itimers", "timer_sig_caught": the handlers
     first, so that no tick kills us), become the executable, take the ids and the capabilities and
     then the parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
-    threads (named `threads`: made last, they copy what we took), then install seccomp `filters`
+    threads (`threads`: (name, own mask or None) each; made last, they copy what we took), then the
+    POSIX timers that notify them (engine/posixtimers.py `split`) and RLIMIT_NPROC `nproc` when
+    given (engine/threads.py `nproc_before`), then install seccomp `filters`
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
@@ -286,11 +288,13 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     kernel.close_fds_except(keep | {report_fd})
     word = lastword.OK
     try:
+        late = made = ()
+        restore_ids = True
         if timers:
-            _make_timers(timers)
+            late, made, restore_ids = _make_timers(timers)
         # (become_exe does not return when it can)
         if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters,
-                                                          pdeathsig):
+                                                          pdeathsig, blocked, (late, made, restore_ids), nproc):
             os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
@@ -298,7 +302,11 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
             kernel.take_caps(caps)   # last: the ids and the executable needed the privilege
         if pdeathsig:
             kernel.set_pdeathsig(pdeathsig)
-        threadsteps.start(threads)
+        tids = threadsteps.start(threads, blocked)
+        if late:
+            posixtimers.make(list(late), [os.getpid()] + tids)
+        if nproc:
+            kernel.set_rlimits({"NPROC": nproc})
         if filters:
             seccomp.install(filters, tsync=True)   # (the very last: engine/seccomp.py `late`)
     except OSError as e:
@@ -311,12 +319,17 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         signal.pause()
 
 
-def _make_timers(timers: dict) -> None:
+def _make_timers(timers: dict) -> tuple[list, list, bool]:
     """The process's timers (engine/posixtimers.py, engine/itimers.py), armed once the handlers of
-    the signals it caught are in (engine/timersigs.py)."""
+    the signals it caught are in (engine/timersigs.py): those that notify none of its threads but
+    the leader (posixtimers.split). (Those that do, made once the threads are, the ones made now,
+    whether ids are restorable.)"""
     timersigs.take(timers.get("timer_sig_caught", 0))
-    posixtimers.make(timers.get("posix_timers") or [], os.getpid())
+    restore_ids = posixtimers.ids_restorable()
+    made, late = posixtimers.split(timers.get("posix_timers") or [], restore_ids)
+    posixtimers.make(made, [os.getpid()])
     itimers.make(timers.get("itimers") or [])
+    return late, made, restore_ids
 
 
 def _await_commit(lifeline: int, kin=()) -> None:
@@ -590,9 +603,12 @@ class _Server:
             thp.take()   # (its mm's: the threads share it, an exec keeps it)
         if bits.get("child_subreaper"):
             _subreaper(True)   # (after its children were made: their makers were the restore's)
+        nproc = None
         if bits.get("rlimits"):
-            # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost)
-            kernel.set_rlimits(bits["rlimits"])
+            # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost;
+            # an NPROC below ours taken once the threads are made)
+            limits, nproc = threadsteps.nproc_before(bits["rlimits"])
+            kernel.set_rlimits(limits)
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)
             kernel.caps_before_bounding(caps)
@@ -606,5 +622,5 @@ class _Server:
             _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
                 self.filters, bits.get("pdeathsig", 0), bits.get("sig_blocked", 0),
-                {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits})
+                {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits}, nproc)
         return None

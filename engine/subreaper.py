@@ -28,10 +28,11 @@ class SubreaperError(OSError):
     """The flag of a process could not be read (one line naming it and what to do)."""
 
 
-def precheck(pids: list[int]) -> None:
+def precheck(pids: list[int], read: dict | None = None) -> None:
     """Refuse, on the running tree, a parent whose flag could not be asked once it is stopped:
-    seccomp filters that would not let the call run (they are read here: a seize and an
-    interrupt, as dump's own)."""
+    seccomp filters that would not let the call run (`read`: those engine/seccomp.py
+    `precheck_filters` read already, by pid; others are read here: a seize and an interrupt, as
+    dump's own)."""
     if not inject.SUPPORTED:
         return   # (not asked there: `asked`)
     parents = set()
@@ -47,7 +48,7 @@ def precheck(pids: list[int]) -> None:
         except FileNotFoundError:
             continue
         if filtered:
-            _allowed(pid, seccomp.read(pid))
+            _allowed(pid, read[pid] if read is not None and pid in read else seccomp.read(pid))
 
 
 def _allowed(pid: int, filters: list | None) -> None:

@@ -11,6 +11,12 @@ makes it, and takes its own back at the end. In machine code (engine/mappings.py
 thread is a clone step whose new thread parks at once; in Python (elsewhere) a thread blocked on
 a lock for good. Either way the steps are told through engine/lastword.py like the others.
 
+A thread's signal mask is kept when it differs from its leader's (`sig_blocked`): the maker
+blocks that mask as it makes the thread, which copies it. It matters for a timer that signals
+that thread (engine/posixtimers.py): glibc's SIGEV_THREAD helper blocks every signal and takes
+SIGTIMER (32) by sigwaitinfo; a restored one that did not block it would take the tick at its
+default action, which kills the process.
+
 What a thread holds apart from its leader, a restored one would lose: its own fs (a root or
 working directory of its own after unshare(CLONE_FS)), its own namespaces (setns or
 unshare in one thread), other ids or capabilities (raw per-thread setresuid, capset). Those are
@@ -142,15 +148,33 @@ def check(pid: int) -> None:
 _comm = kernel.comm_shown
 
 
-def read(pid: int) -> list[dict]:
-    """The image's threads of stopped process `pid` ([{"comm"}], its leader aside), checked (check)."""
+def read(pid: int, blocked: int = 0, caught: int = 0) -> list[dict]:
+    """The image's threads of stopped process `pid` ([{"comm", "sig_blocked"?}], its leader
+    aside), checked (check); `blocked`: its leader's mask as recorded (a thread's own is kept
+    when it differs); `caught`: the timer signals it catches (a thread stopped inside a handler
+    of one keeps the mask outside it, engine/timersigs.py, else its timer's ticks would wait on
+    the restored thread for good)."""
+    return [e for _, e in listed(pid, blocked, caught)]
+
+
+def listed(pid: int, blocked: int = 0, caught: int = 0) -> list[tuple[int, dict]]:
+    """(tid, image entry) of each thread `read` records, in its order."""
+    from engine import timersigs
     check(pid)
     out = []
     for tid in tids(pid):
+        task = f"{pid}/task/{tid}"
         try:
-            out.append({"comm": kernel.read_comm(f"{pid}/task/{tid}")})
+            e = {"comm": kernel.read_comm(task)}
+            mine = kernel.read_blocked_signals(task).get("sig_blocked", 0)
         except FileNotFoundError:
             continue
+        if mine & caught:
+            outside = timersigs.mask_outside_handler(task, mine, caught)
+            mine = mine if outside is None else outside
+        if mine != blocked:
+            e["sig_blocked"] = mine
+        out.append((tid, e))
     return out
 
 
@@ -162,52 +186,113 @@ def own_name() -> str:
     return buf.value.decode("utf-8", "surrogateescape")
 
 
-def _park(lock) -> None:
+def _park(lock, ready, blocked: int, out: list) -> None:
+    # (its mask by the raw call: glibc's new thread leaves out its own signals, 32 and 33)
+    kernel.take_blocked_signals(blocked)
+    out.append(_thread.get_native_id())
+    ready.release()
     lock.acquire()   # (held by its maker for good: the thread sleeps until the process is killed)
 
 
-def start(names: list[str]) -> None:
-    """In a detached stand-in, its ids and capabilities taken: a thread named each of `names`,
-    each parked for good; our own name is kept. Python's threads, where become_exe's machine
-    code is not used."""
-    if not names:
-        return
+def start(threads: list, blocked: int = 0) -> list[int]:
+    """In a detached stand-in, its ids and capabilities taken: a thread for each (name, mask or
+    None: `blocked`, its leader's) of `threads`, each parked for good; our own name is kept. Their
+    tids, in order. Python's threads, where become_exe's machine code is not used."""
+    if not threads:
+        return []
+    threads = _pairs(threads)
     mine = own_name()
-    lock = _thread.allocate_lock()
+    lock, ready = _thread.allocate_lock(), _thread.allocate_lock()
     lock.acquire()
+    made: list[int] = []
     try:
-        for name in names:
+        for name, mask in threads:
             kernel.set_comm(name)   # (the thread copies it when it is made)
+            ready.acquire()
             try:
-                _thread.start_new_thread(_park, (lock,))
+                _thread.start_new_thread(_park, (lock, ready, blocked if mask is None else mask, made))
             except RuntimeError as e:
                 raise OSError(errno.EAGAIN, f"making thread {name!r}: {e}") from None
+            ready.acquire()   # (its tid told)
+            ready.release()
     finally:
         kernel.set_comm(mine)
+    return made
 
+
+def nproc_before(limits: dict) -> tuple[dict, list | None]:
+    """(the resource limits `limits` ({NAME: [soft, hard]}, -1 unlimited) to take before making
+    the threads, RLIMIT_NPROC's to take after them or None). A process that lowered RLIMIT_NPROC
+    once its threads were made (haproxy forbids forking so: 0, 0) would not get them again as a
+    non-root stand-in (clone: EAGAIN): NPROC is kept at least ours until the threads are made,
+    then lowered to the process's (lowering needs no privilege)."""
+    import resource
+    want = limits.get("NPROC")
+    if want is None:
+        return limits, None
+    big = lambda v: float("inf") if v == -1 or v == resource.RLIM_INFINITY else v   # noqa: E731
+    now = resource.getrlimit(_RLIMIT_NPROC)
+    early = [w if big(w) >= big(n) else n for w, n in zip(want, now)]
+    early = [-1 if v == resource.RLIM_INFINITY else v for v in early]
+    if early == list(want):
+        return limits, None
+    return {**limits, "NPROC": early}, list(want)
+
+
+def nproc_step(nproc: list, keep: list) -> tuple:
+    """The step (prlimit64 on ourselves) taking RLIMIT_NPROC `nproc` ([soft, hard], -1 unlimited)."""
+    buf = (ctypes.c_uint64 * 2)(*(v & (1 << 64) - 1 for v in nproc))
+    keep.append(buf)
+    return (302, 0, _RLIMIT_NPROC, ctypes.addressof(buf), 0, 0, 0, 1, 0)
+
+
+_RLIMIT_NPROC = 6
 
 # clone(2) flags of a thread: one memory, fs, fd table, signal handlers and undo list; one process.
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
 _PR_SET_NAME = 15
+_NR_RT_SIGPROCMASK, _SIG_SETMASK = 14, 2
 _STACK = 4 * mmap.PAGESIZE   # (a page would not hold a signal frame with AVX-512 state)
 
 
-def steps(names: list[str], mine: str, keep: list) -> list[tuple]:
-    """become_exe's steps (lastword.ENTRY tuples) making a thread named each of `names`: take its
-    name (prctl PR_SET_NAME), clone (check 3: the new thread, answer 0, parks at once; its stack
-    of its own, used only by a timer's signal its process caught, engine/timersigs.py: room for the
-    kernel's signal frame, AVX-512 state and all), then our own name `mine` back. `keep` holds
-    the buffers the steps point at."""
-    if not names:
+def steps(threads: list, mine: str, keep: list, blocked: int = 0, fans: list | None = None) -> list[tuple]:
+    """become_exe's steps (lastword.ENTRY tuples) making a thread for each (name, mask or None) of
+    `threads`: take its name (prctl PR_SET_NAME) and its mask when it has one of its own
+    (rt_sigprocmask), clone (check 3: the new thread, answer 0, parks at once; its stack of its
+    own, used only by a timer's signal its process caught, engine/timersigs.py: room for the
+    kernel's signal frame, AVX-512 state and all; fans[i], when not 0, the address of the places
+    the maker writes thread i's tid or CPU clock id into: engine/mappings.py's clone check), then
+    our own name `mine` and mask `blocked` back. `keep` holds the buffers the steps point at."""
+    if not threads:
         return []
-    stacks = mmap.mmap(-1, _STACK * len(names), prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    threads = _pairs(threads)
+    stacks = mmap.mmap(-1, _STACK * len(threads), prot=mmap.PROT_READ | mmap.PROT_WRITE)
     base = ctypes.addressof(ctypes.c_char.from_buffer(stacks))
     keep.append(stacks)
     out = []
-    for i, name in enumerate(names + [mine]):
+    own_mask = False
+    for i, (name, mask) in enumerate(list(threads) + [(mine, None)]):
         buf = ctypes.create_string_buffer(name.encode("utf-8", "surrogateescape")[:15], 16)
         keep.append(buf)
         out.append((157, _PR_SET_NAME, ctypes.addressof(buf), 0, 0, 0, 0, 1, 0))
-        if i < len(names):
-            out.append((56, CLONE_THREAD_FLAGS, base + _STACK * (i + 1), 0, 0, 0, 0, 3, 0))
+        if i == len(threads):
+            break
+        if mask is not None or own_mask:
+            out.append(_setmask(blocked if mask is None else mask, keep))
+            own_mask = mask is not None
+        out.append((56, CLONE_THREAD_FLAGS, base + _STACK * (i + 1), 0, 0, 0, 0, 3, fans[i] if fans else 0))
+    if own_mask:
+        out.append(_setmask(blocked, keep))
     return out
+
+
+def _pairs(threads) -> list[tuple[str, int | None]]:
+    """(name, mask or None) of each of `threads`, given so or by name alone."""
+    return [(t, None) if isinstance(t, str) else (t[0], t[1]) for t in threads]
+
+
+def _setmask(mask: int, keep: list) -> tuple:
+    """The step blocking exactly `mask` (as kernel.take_blocked_signals: the raw call)."""
+    buf = ctypes.c_uint64(mask & ~(1 << 8 | 1 << 18) & (1 << 64) - 1)
+    keep.append(buf)
+    return (_NR_RT_SIGPROCMASK, _SIG_SETMASK, ctypes.addressof(buf), 0, 8, 0, 0, 1, 0)

@@ -53,14 +53,14 @@ def _word(buf: bytes, at: int) -> int:
     return int.from_bytes(buf[at:at + 8], "little")
 
 
-def mask_outside_handler(pid: int, blocked: int, signals: int) -> int | None:
-    """The blocked mask stopped process `pid` (blocking `blocked` now) had before it entered a
-    handler of one of `signals` (a mask) it is still inside, read from that handler's signal frame
-    on its stack (the outermost one: a handler interrupted by another); None when no such frame
-    is found. A process stopped inside its handler blocks that signal until the handler returns:
-    that moment's mask would block its timer's ticks in its stand-in for good. (x86-64 frames; a
-    frame is one whose mask the handler's entry only added to, one of `signals` among what it
-    added.)"""
+def mask_outside_handler(pid: int | str, blocked: int, signals: int) -> int | None:
+    """The blocked mask stopped process `pid` (or thread, "PID/task/TID"), blocking `blocked` now,
+    had before it entered a handler of one of `signals` (a mask) it is still inside, read from
+    that handler's signal frame on its stack (the outermost one: a handler interrupted by
+    another); None when no such frame is found. A process stopped inside its handler blocks that
+    signal until the handler returns: that moment's mask would block its timer's ticks in its
+    stand-in for good. (x86-64 frames; a frame is one whose mask the handler's entry only added
+    to, one of `signals` among what it added.)"""
     try:
         with open(f"/proc/{pid}/syscall") as f:
             sp = int(f.read().split()[-2], 16) & ~7

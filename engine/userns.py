@@ -534,23 +534,36 @@ def _map_text(ranges) -> str:
     return "".join(f"{a} {b} {c}\n" for a, b, c in ranges)
 
 
-def copy_mntns_into(userns_fd: int, mntns_fd: int, proc_fd: int | None = None) -> int:
+def copy_mntns_into(userns_fd: int, mntns_fd: int, proc_fd: int | None = None, reach: tuple[int, ...] = (),
+                    reached: list | None = None) -> int:
     """A copy of mount namespace `mntns_fd` made from inside user namespace `userns_fd`; returns an
     fd on the copy (`proc_fd`: a /proc to find it in, when the caller's root has none). The kernel
     locks what it copies into a less privileged user namespace (every
-    mount but the root, and each mount's flags), as it did when the dumped namespace was made."""
+    mount but the root, and each mount's flags), as it did when the dumped namespace was made.
+    `reach`: up to two fds on directories of that namespace no path of the copy will reach (beneath
+    a locked cover); the copier makes them its cwd and root, which the kernel moves onto their
+    copies (as it moved the dumped process's), and `reached` gets an O_PATH fd on each copy."""
+    if len(reach) > 2:
+        raise OSError(errno.EOPNOTSUPP, "more than two covered mounts to reach in one copied mount namespace")
+
     def prepare(keep):
         kernel.setns(mntns_fd, kernel.CLONE_NEWNS)     # as the caller: needs its privilege
+        if len(reach) > 1:
+            os.fchdir(reach[1])
+            os.chroot(".")
+        if reach:
+            os.fchdir(reach[0])
         kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
         kernel.unshare(kernel.CLONE_NEWNS)
     held = _hold_in(prepare)
     pid, ready_r, _ = held
+    base = "/proc/" if proc_fd is None else ""
     try:
         if not os.read(ready_r, 1):
             raise OSError(errno.EPERM, "cannot copy a mount namespace into a user namespace")
-        if proc_fd is None:
-            return os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-        return os.open(f"{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        for link in ("cwd", "root")[:len(reach)]:
+            reached.append(os.open(f"{base}{pid}/{link}", os.O_PATH | os.O_CLOEXEC, dir_fd=proc_fd))
+        return os.open(f"{base}{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
     finally:
         _release(*held)
 

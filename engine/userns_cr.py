@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from engine import channel, mntlocks, mountinfo, remount, sbowner, subids, topology, userns
 
@@ -811,7 +812,12 @@ class Rebuild:
                     _set_attached(r, fd, r.mounts[mid], clear=bits)
                 finally:
                     os.close(fd)
-        new = userns.copy_mntns_into(self.fd[ns["owner"]], r.ns_fd[ns_id], r.hostproc)
+        # A covered mount a process's cwd or file lies on: reached through the copier's cwd or root.
+        beneath = [mid for mid in sorted(covered) if mid in r.referenced and mid in r.mnt_fd
+                   and stat.S_ISDIR(os.fstat(r.mnt_fd[mid]).st_mode)]
+        reached: list[int] = []
+        new = userns.copy_mntns_into(self.fd[ns["owner"]], r.ns_fd[ns_id], r.hostproc,
+                                     tuple(r.mnt_fd[mid] for mid in beneath), reached)
         r.to_service()
         os.close(r.ns_fd[ns_id])
         r.ns_fd[ns_id] = new
@@ -835,7 +841,9 @@ class Rebuild:
             elif mp is not None:
                 os.close(mp)   # reached what the staging mount covered: nothing in the copy
             if mid in covered:
-                continue       # beneath another locked mount: nothing can reach it, nor needs to
+                if mid in beneath:
+                    r.mnt_fd[mid] = reached[beneath.index(mid)]
+                continue       # beneath another locked mount: nothing else can reach it
             fd = self._open(m)
             self._reopen_ghosts(r, mid, fd)
             if mid in extra:

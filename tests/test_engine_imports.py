@@ -67,6 +67,14 @@ def test_restore_loads_only_the_image_types():
     assert types == ["engine.fs.fuse", "engine.fs.proc", "engine.fs.tmpfs"]
 
 
+def test_restore_imports_no_module_of_a_strategy_or_state_the_image_may_lack():
+    """engine/construct.py (sharing=construct alone: the restorer loads it at its start) and the
+    network namespace state's modules (an image with lone namespaces, netvars or net_lo_up: loaded
+    by make_netvars) are not among restore's imports."""
+    mods = _modules("import engine.cli, engine.restore")
+    assert [m for m in ("engine.construct", "engine.netdevs", "engine.netvars") if m in mods] == []
+
+
 def test_lookup_by_module_name_finds_what_the_full_load_finds():
     """A type looked up first (its namesake module alone, or all modules when it has none) is the
     type a lookup after importing every module finds: the lazy path never changes an answer."""

@@ -137,12 +137,16 @@ def test_proc_of_outside_pidns_is_refused_and_tree_resumed(case):
 
 
 def test_covered_proc_of_outside_pidns_says_what_works(case):
-    """`unshare --mount-proc` leaves the old proc beneath the new one: an --external cannot name a
-    covered mount, so the refusal says how to make the tree's proc instead (not to declare it)."""
+    """A proc of a pid namespace neither the tree's nor the dumper's beneath the tree's own: an
+    --external cannot name a covered mount, so the refusal says how to make the tree's proc instead
+    (not to declare it). (The dumper's own proc there, `unshare --mount-proc`'s, is restored.)"""
     import os
     import re
     from enginecase import DUMP_EXTERNALS, mntcr
-    pid = case.start(enginecase.STOP_WATCH + "mount -t proc proc /mnt\nhold\n", binds=(("/proc", "/mnt"),))
+    o = case.outer()
+    o.sh(f"mkdir {o.path}/p; unshare --pid --fork mount -t proc proc {o.path}/p")   # (that namespace ends at once)
+    pid = case.start(enginecase.STOP_WATCH + "mount -t proc proc /mnt\nhold\n", outer=o,
+                     binds=((f"{o.path}/p", "/mnt"),))
     r = mntcr("dump", "-t", str(pid), "-D", case.new_images_dir(), *DUMP_EXTERNALS)
     assert r.returncode != 0
     line = r.stderr.strip()
@@ -408,3 +412,48 @@ hold
     root = next(m.root for m in mountinfo.read_pid(pid) if m.mountpoint == "/run/netns/ctr")
     assert root != old and root != os.readlink("/proc/self/ns/net"), root
     assert any(os.readlink(f"/proc/{p}/ns/net") == root for p in tree_pids(pid)), f"no restored process is in {root}"
+
+
+def test_unshare_mount_proc_tree_keeps_the_dumpers_proc_beneath(case):
+    """`unshare --fork --pid --mount-proc CMD` run in the dumper's pid namespace: CMD's /proc covers
+    the proc of the dumper's namespace, which no process of the tree is in and no path reaches.
+    Dump records that namespace (host) and the covered proc as its; restore makes it a proc of its
+    own pid namespace beneath the tree's again (before: refused, 'make the tree's proc with umount
+    -l'), and a user namespace of the image may not ask for it."""
+    import os
+    import subprocess
+    from enginecase import DUMP_EXTERNALS, load_manifest, mntcr, take, assert_same
+    # (stdio opened again inside: /dev/null opened before the unshare lies on a mount of the
+    # container's namespace, which is not dumped)
+    setup = ("exec unshare --pid --fork --mount-proc --propagation private sh -c "
+             "'exec </dev/null >/dev/null 2>&1; exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
+    outer = case.start(setup, host_pidns=True, daemons=("unshare",))
+    from engine import freeze
+    (child,) = [p for p, _ in freeze.process_tree(outer)
+                if os.readlink(f"/proc/{p}/ns/pid") != os.readlink(f"/proc/{outer}/ns/pid")]
+    before = take(child, "grep -c ' /proc ' /proc/self/mountinfo")
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(child), "-D", images, *DUMP_EXTERNALS)
+    assert r.returncode == 0, r.stderr
+    doc = load_manifest(images)
+    (host,) = [n for n, rec in doc["pidns"].items() if rec.get("host")]
+    assert all(p["ns"]["pid"] != host for p in doc["processes"])
+    assert [sb["fstype"] for sb in doc["superblocks"].values() if sb.get("pidns") == host] == ["proc"]
+    restored = case.restore(images)
+    after = take(restored, "grep -c ' /proc ' /proc/self/mountinfo")
+    assert_same(before, after)
+    # Beneath the cover: a proc of the restorer's (the test's) pid namespace, which shows the test.
+    out = subprocess.run(["nsenter", "-t", str(restored), "-m", "--", "sh", "-c",
+                          f"umount /proc && test -d /proc/{os.getpid()} && echo sees-the-test"],
+                         capture_output=True, text=True, timeout=30)
+    assert "sees-the-test" in out.stdout, out
+    # The same proc asked for where a path reaches it (its cover gone from the image): refused.
+    from engine import image, imageformat
+    mounts = {m["id"]: m for ns in doc["mntns"].values() for m in ns["mounts"]}
+    (sid,) = [s for s, sb in doc["superblocks"].items() if sb.get("pidns") == host]
+    (low,) = [m for m in mounts.values() if m["sb"] == sid]
+    for m in mounts.values():
+        if m.get("parent") == low["id"] and m["mountpoint"] == low["mountpoint"]:
+            m["mountpoint"] = low["mountpoint"] + "/sys"
+    with pytest.raises(image.ImageError, match="is not covered by another at its mount point"):
+        imageformat._check_restorers_proc(doc, mounts, {})

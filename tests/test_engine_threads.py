@@ -115,6 +115,33 @@ def test_a_failed_clone_is_told():
     assert len(tasks) == 1, tasks
 
 
+def test_an_nproc_of_0_is_taken_after_the_threads():
+    """A process that set RLIMIT_NPROC to 0 once its threads ran (haproxy forbids forking so): its
+    stand-in keeps ours until it made the threads as the process's ids, then takes 0 (else the
+    clone fails, as above)."""
+    _needs_root()
+    from engine import mappings
+    if not mappings.can_become_exe():
+        pytest.skip("become_exe works on x86-64 only")
+    limits: list = []
+
+    def steps(w):
+        early, late = threads.nproc_before({"NPROC": [0, 0]})
+        assert late == [0, 0] and early["NPROC"] != [0, 0], (early, late)
+        kernel.set_rlimits(early)
+        fd = os.open("/bin/true", os.O_RDONLY)
+        mappings.become_exe(fd, w, ([54321] * 4, [54321] * 4, [], True, False), None, ["t"], nproc=late)
+
+    def look(pid):
+        with open(f"/proc/{pid}/limits") as f:
+            limits.extend(line.split()[2:4] for line in f if line.startswith("Max processes"))
+        limits.append(len(os.listdir(f"/proc/{pid}/task")))
+
+    word = _last_word(steps, look=look)
+    assert word == lastword.OK, lastword.explain(word)
+    assert limits == [["0", "0"], 2], limits
+
+
 def test_the_image_bounds_threads_and_their_names():
     rule = imageformat.PROCESS.fields["threads"].rule
     assert rule([{"comm": "bio_aof"}, {"comm": "raw\udcff"}]) is None

@@ -112,6 +112,8 @@ class MntcrBackend(Backend):
         args = ["-t", str(pid), "-D", images_dir]
         for ext in externals:
             args += ["--external", f"mnt[{ext.mountpoint}]:{ext.key}"]
+        for name, _outer in ctx.scenario.veths:
+            args += ["--external", f"veth[{name}]:{name}"]
         self._run("dump", args, ctx)
 
     def restore(self, images_dir, externals, ctx):
@@ -126,6 +128,8 @@ class MntcrBackend(Backend):
             # what a daemon serves from outside the tree (podman's storage for fuse-overlayfs)
             cmd = cmd.replace("{outside}", os.path.join(ctx.workdir, "outside"))
             args += ["--fuse-restart", f"{key}={cmd}"]
+        for name, outer in ctx.scenario.veths:
+            args += ["--external", f"veth[{name}]:{outer}"]
         for spec in _idmap_allowances(images_dir):
             args += ["--allow-idmap", spec]
         self._run("restore", args, ctx)

@@ -99,6 +99,8 @@ FEATURES = {
     "sockopt_buf_lock": lambda: _kernel_at_least(5, 14),   # SO_BUF_LOCK
     "aio_remap": lambda: _kernel_at_least(3, 19),          # mremap of an aio ring
     "memfd_hugetlb": lambda: _kernel_at_least(4, 14),      # MFD_HUGETLB
+    # (criu reads raw sockets with raw_diag; mntcr with /proc/net/raw: engine/fds/inet_proc.py)
+    "net_diag_raw": lambda: os.path.exists("/proc/self/net/raw"),
     # the test's own tools: iptables-legacy and nft run inside its root (its .desc's deps)
     "has_ipt_legacy": lambda: shutil.which("iptables-legacy") is not None,
     "nftables": lambda: shutil.which("nft") is not None,

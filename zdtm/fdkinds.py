@@ -71,6 +71,23 @@ def _socket(c: int) -> str:
             out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(unix_opts.read(s).items()))
         elif fam in (socket.AF_INET, socket.AF_INET6):
             out += " " + _inet(s)
+        elif fam == socket.AF_PACKET:   # (type, protocol, device by name, options, filter)
+            from engine.fds import inet_filter, inet_opts, packet
+            dev, proto = s.getsockname()[:2]
+            popts = ",".join(f"{k}:{s.getsockopt(packet.SOL_PACKET, n)}" for k, n in sorted(packet.OPTS.items()))
+            opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v
+                    for k, v in inet_opts.read(s, "packet", "packet").items()
+                    if inet_opts.OPTS[k][0] == socket.SOL_SOCKET}
+            out += (f" packet {packet.TYPES.get(typ, typ)} protocol={proto} dev={dev} popts={popts} opts="
+                    + ",".join(f"{k}:{v}" for k, v in sorted(opts.items())) + f" filter={inet_filter.read(s, '')}")
+            from engine.fds import inet_net   # (its owner, as packet_diag tells it)
+            ns = inet_net.netns_fd(s.fileno())
+            try:
+                from engine import forkrun
+                rec = forkrun.run(packet._diag_in, ns).get(os.fstat(s.fileno()).st_ino) or {}
+            finally:
+                os.close(ns)
+            out += f" uid={rec.get('uid', '?')}"
         elif fam == socket.AF_NETLINK:
             # (protocol, port id, groups, peer: a restore binds the same port id again)
             raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS
@@ -91,16 +108,16 @@ def _inet(s: socket.socket) -> str:
     send queue: how they split between the two is TCP's flow, which a restored receiver's window,
     computed afresh from its queue's memory, changes (CRIU's socket-tcp*-closing)."""
     from engine import forkrun
-    from engine.fds import inet, inet_diag, inet_net, inet_opts
+    from engine.fds import inet, inet_diag, inet_net, inet_opts, inet_proc
     fam = inet.FAMILIES[s.family]
-    proto = inet.PROTOS.get((s.type, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)), f"type{int(s.type)}")
+    proto = inet.proto_of(s) or f"type{int(s.type)}"
     host, port = inet._name(s.getsockname())
     out = f"{fam} {proto} name={host}:{port}"
     table = {}
-    if proto in ("tcp", "udp"):
+    if proto in ("tcp", "udp", "ping", "raw"):
         ns = inet_net.netns_fd(s.fileno())
         try:   # (sock_diag, in its network namespace: shutdown directions, a connection's other end)
-            table = forkrun.run(inet_diag._in, ns, True)
+            table = forkrun.run(inet_diag._in, ns, True) if proto in ("tcp", "udp") else inet_proc.table_of(ns)
         finally:
             os.close(ns)
     if proto == "tcp":
@@ -120,12 +137,23 @@ def _inet(s: socket.socket) -> str:
         except OSError:
             pass
         out += f" inq={_inq(s.fileno())}"
-    if proto in ("tcp", "udp"):
+    elif proto in ("ping", "raw"):   # (connected to port 0: no getpeername, /proc/net's state)
+        rec = table.get(os.fstat(s.fileno()).st_ino) or {}
+        if rec.get("state") == inet_proc.TCP_ESTABLISHED:
+            out += " peer={}:{}".format(*rec["remote"])
+        # (not what waits on it: a live ping reads its replies as they come, a restored one never;
+        # the tests read them)
+    if proto in ("tcp", "udp", "ping", "raw"):
         # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
         opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}
         out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))
         rec = table.get(os.fstat(s.fileno()).st_ino)
         out += f" shutdown={rec['shutdown'] if rec else '?'} uid={rec['uid'] if rec else '?'}"
+        from engine.fds import FdError, inet_filter
+        try:   # (its socket filter's instructions)
+            out += f" filter={inet_filter.read(s, '')}"
+        except FdError:
+            out += " filter=ebpf"
     req = fcntl.ioctl(s.fileno(), inet_net.SIOCGIFFLAGS, struct.pack("16sH14x", b"lo", 0))
     return out + f" lo={'up' if struct.unpack_from('H', req, 16)[0] & inet_net.IFF_UP else 'down'}"
 

@@ -130,6 +130,7 @@ class Scenario:
     container: Container = Container()
     fuse_restart: tuple[tuple[str, str], ...] = ()   # (subtype, command): restore's --fuse-restart
     server: tuple[str, str] | None = None   # (start, stop) sh of an external server (zdtm/fsserver.py)
+    veths: tuple[tuple[str, str], ...] = ()  # (name, OUTER[@BRIDGE]): external veths (mntcr's --external veth)
     golden_path: str | None = None   # NAME.out beside the file, when there is one (zdtm/golden.py)
     golden: str | None = None        # its expected check output for this combination (None: none for it)
 

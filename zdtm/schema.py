@@ -26,6 +26,9 @@ TOP_KEYS = {
     "fuse_restart": "mapping SUBTYPE: COMMAND the mntcr backend's restore gives as --fuse-restart (engine/fs/fuse.py)",
     "server": "mapping with start, stop: sh of a server outside the tree, run in a network and mount namespace of "
               "its own that the container, dump and restore share (zdtm/fsserver.py)",
+    "veths": "mapping NAME: OUTER[@BRIDGE]: veths of the tree whose peer is outside it (in the `server`'s network "
+             "namespace), declared to the mntcr backend's dump (--external veth[NAME]:NAME) and made again at restore "
+             "with the outer end OUTER, on BRIDGE (--external veth[NAME]:OUTER@BRIDGE)",
     "battery": "true: a generic scenario of the --fstype battery (param fstype, template variable fs: zdtm/battery.py)",
 }
 REQUIRED = ("description", "setup")
@@ -330,7 +333,19 @@ def build(sf, raw: dict, params: dict, error):
         container=_container(path, lines, error, raw.get("container")),
         fuse_restart=_fuse_restart(path, lines, error, raw.get("fuse_restart")),
         server=_server(path, lines, error, raw.get("server")),
+        veths=_veths(path, lines, error, raw.get("veths")),
     )
+
+
+def _veths(path, lines, error, value) -> tuple[tuple[str, str], ...]:
+    """`veths: {NAME: OUTER[@BRIDGE]}` -> ((name, spec), ...)."""
+    if value is None:
+        return ()
+    name = re.compile(r"^[A-Za-z0-9_.:+-]{1,15}$")
+    if not isinstance(value, dict) or not all(isinstance(k, str) and name.match(k) and isinstance(v, str)
+                                              and all(name.match(x) for x in v.split("@", 1)) for k, v in value.items()):
+        raise error(path, "key 'veths': expected a mapping NAME: OUTER[@BRIDGE] (interface names)", lines.get("veths"))
+    return tuple(value.items())
 
 
 def _server(path, lines, error, value) -> tuple[str, str] | None:

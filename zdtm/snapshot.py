@@ -606,6 +606,15 @@ def _pdeath_signals(procs: list[Proc]) -> None:
             p.bits += f" pdeathsig={sig}"
 
 
+def _clock_text(pid: int, clock) -> str:
+    """A timer's clock as compared: a CPU clock named by a number, which restore changes: its
+    process's or its leader's as the caller's own (pid 0: -8..-1), another thread's by its kind."""
+    from engine import posixtimers
+    if type(clock) is not int or clock >= -8:
+        return str(clock)
+    return str(clock & 7 | -8) if posixtimers.clock_owner(pid, clock) == pid else f"cpu{clock & 7}.other"
+
+
 def _timers(procs: list[Proc]) -> None:
     """Add each process's timers to its `bits`: its POSIX timers (id, clock, notify (a thread: the
     leader or another), signal and value, armed or not and interval) and its armed interval timers
@@ -621,7 +630,8 @@ def _timers(procs: list[Proc]) -> None:
         out = []
         for i, t in enumerate(timers):
             who = "" if t.get("notify") != "thread" else ".leader" if t.get("tid") == p.pid else ".other"
-            text = f"{t['id']}:{t.get('clock')}:{t.get('notify')}{who}:{t.get('signo')}/{t.get('sigval'):#x}"
+            clock = _clock_text(p.pid, t.get("clock"))
+            text = f"{t['id']}:{clock}:{t.get('notify')}{who}:{t.get('signo')}/{t.get('sigval'):#x}"
             spec = got[3 + 2 * i] if got else None
             if spec is None or spec[0] != 0:
                 out.append(text + ":?")

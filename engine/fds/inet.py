@@ -1,19 +1,24 @@
-"""Inet sockets (IPv4, IPv6; TCP, UDP) of a network namespace the tree owns, in the states a new
-socket can be put in exactly: created and not bound, bound to an address and port, a TCP listener
-with its backlog, a UDP socket (connected to a loopback
-peer, or not); with the options it was given (engine/fds/inet_opts.py).
+"""Inet sockets (IPv4, IPv6; TCP, UDP, ICMP ping sockets, raw sockets of any protocol) of a network
+namespace the tree owns, in the states a new socket can be put in exactly: created and not bound,
+bound to an address and port (a ping socket's port: its identifier; a raw socket binds an address
+alone), a TCP listener with its backlog, a UDP, ping or raw socket (connected to a loopback peer,
+or not); with the options it was given (engine/fds/inet_opts.py: a raw socket's IP_HDRINCL and
+ICMP filter too), and its owner (sk_uid: `_new`).
 
 A TCP connection whose two ends the tree holds, established or half-closed, is made again in repair mode
 (engine/fds/inet_tcp.py); the clients of a listener's connections waiting to be accepted connect
 to it again (engine/fds/inet_pending.py); datagrams waiting on a UDP socket are sent to it again
-from their senders' addresses (engine/fds/inet_udp.py).
+from their senders' addresses (engine/fds/inet_udp.py), echo replies waiting on a ping socket likewise
+(engine/fds/inet_ping.py). A ping or raw socket's owner and peer are read from /proc/net
+(engine/fds/inet_proc.py: sock_diag lists neither).
 
 Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
 handshake or whose other end the tree does not hold (inet_tcp), a listener with a connection
 waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
-reads what its client sent), a UDP socket connected to a peer off
-loopback, raw, SCTP, UDP-Lite and MPTCP sockets, one with a socket filter attached, and any socket
-of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
+reads what its client sent), a UDP, ping or raw socket connected to a peer off loopback, a raw
+socket with a packet waiting (`_datagrams`), SCTP, UDP-Lite and MPTCP sockets, an eBPF socket
+filter and a filter on a TCP connection (engine/fds/inet_filter.py: a classic filter is kept), and
+any socket of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
 shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
 
 Restore makes the socket in the stand-in of the process that holds it (in the restored network
@@ -36,17 +41,20 @@ import termios
 
 from engine import threadids
 from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
-from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_net, inet_opts, inet_pending, inet_tcp, inet_udp,
-                        register, unix_bind)
+from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_filter, inet_net, inet_opts, inet_pending,
+                        inet_ping, inet_proc, inet_tcp, inet_udp, register, unix_bind)
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
-PROTOS = {(socket.SOCK_STREAM, 6): "tcp", (socket.SOCK_DGRAM, 17): "udp"}
-TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM}
+# (a ping socket is ICMP's in inet, ICMPv6's in inet6: a raw socket of any protocol is "raw")
+PROTOS = {(socket.SOCK_STREAM, 6): "tcp", (socket.SOCK_DGRAM, 17): "udp", (socket.SOCK_DGRAM, 1): "ping",
+          (socket.SOCK_DGRAM, 58): "ping"}
+TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "ping": socket.SOCK_DGRAM, "raw": socket.SOCK_RAW}
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 TCP_CLOSE, TCP_LISTEN = 7, 10
-TCP_INFO, SO_GET_FILTER, SO_MEMINFO = 11, 26, 55
+TCP_INFO, SO_MEMINFO = 11, 55
+CAP_NET_RAW = 13
 MAX_BACKLOG = 1 << 31   # (listen() takes an int; the kernel caps it at net.core.somaxconn)
 
 
@@ -62,19 +70,6 @@ def _used(s: socket.socket) -> bool:
     reset or refused one keeps its port in getsockname, unbound; no new socket is that)."""
     raw = s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 144)
     return len(raw) >= 144 and any(struct.unpack_from("=II", raw, 136))
-
-
-def _filtered(s: socket.socket) -> bool:
-    """Whether a socket filter is attached to `s`: SO_GET_FILTER with a length of 0 gives the
-    filter's number of instructions and copies nothing (a length is taken as instructions, not
-    bytes: a buffer Python gives would be overrun)."""
-    import ctypes
-    n = ctypes.c_uint(0)
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.getsockopt(s.fileno(), socket.SOL_SOCKET, SO_GET_FILTER, None, ctypes.byref(n)) < 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e))
-    return n.value > 0
 
 
 def _waiting(s: socket.socket) -> bool:
@@ -110,16 +105,18 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
     line naming d) for what restore cannot make exactly. Only reads while the tree runs
     (engine/prestop.py); once it is `stopped`, a TCP connection is read in repair mode (inet_tcp)."""
     fam = FAMILIES[s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)]
-    typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
-    proto = PROTOS.get((typ, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)))
+    proto = proto_of(s)
     if proto is None:
-        what = {socket.SOCK_RAW: "raw"}.get(typ, f"protocol {s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}")
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket ({what}): not supported (only TCP and UDP)")
-    if _filtered(s):
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket with a socket filter (SO_ATTACH_FILTER): "
-                                        "not supported")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket (protocol "
+                                        f"{s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}): not supported "
+                                        "(only TCP, UDP, ping and raw)")
     out = {"family": fam, "proto": proto}
+    filt = inet_filter.read(s, d.where)
+    if filt is not None:
+        out["filter"] = filt
     host, port = _name(s.getsockname())
+    if proto == "raw":   # (a raw socket's "port" is its protocol: it binds an address alone)
+        out["protocol"], port = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), 0
     if port or not ipaddress.ip_address(host.split("%")[0]).is_unspecified:
         out.update({"addr": host, "port": port})
     if proto == "tcp":
@@ -130,6 +127,8 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
                 _pending(d, s, out, queued, stopped)
         elif st != TCP_CLOSE:
             inet_tcp.precheck(s, st, d.where)
+            if filt is not None:   # (restore sends its peer's segments through it as it makes it)
+                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection with a socket filter: not supported")
             peer = _name(s.getpeername())
             if not _loopback(peer[0]) or not _loopback(host):
                 raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
@@ -142,23 +141,7 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended (reset, refused or "
                                             "closed: a new socket cannot be made so): not supported")
     else:
-        try:
-            peer = _name(s.getpeername())
-        except OSError:
-            peer = None
-        if _waiting(s):
-            if s.getsockopt(socket.SOL_SOCKET, inet_udp.SO_PEEK_OFF) != -1:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: UDP datagrams wait on a socket with a peek offset "
-                                                "(SO_PEEK_OFF): not supported")
-            if stopped:
-                out["dgrams"] = inet_udp.read(s, d.where, peer)
-                if not out["dgrams"]:
-                    del out["dgrams"]   # (an error the socket holds, not a datagram)
-        if peer is not None:
-            if not ipaddress.ip_address(peer[0].split("%")[0]).is_loopback:
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a UDP socket connected to {peer[0]} port {peer[1]}, off "
-                                                "loopback (a restored network namespace has lo only): not supported")
-            out["peer"], out["peer_port"] = peer
+        _datagrams(d, s, out, rec, stopped)
     if rec is None and ("listen" in out or proto == "udp" and "addr" in out):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: sock_diag does not list this {fam} socket (inet_diag, udp_diag "
                                         "not in the kernel?): not supported")
@@ -177,6 +160,42 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
                                         f"{port} (UDP_CORK): not supported")
     out["opts"] = inet_opts.read(s, fam, proto)
     return out
+
+
+def proto_of(s: socket.socket) -> str | None:
+    """The image's name of inet socket `s`'s protocol (PROTOS, "raw"), None for one not kept."""
+    typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    return "raw" if typ == socket.SOCK_RAW else PROTOS.get((typ, s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)))
+
+
+def _datagrams(d, s: socket.socket, out: dict, rec: dict | None, stopped: bool) -> None:
+    """A UDP, ping or raw socket's peer and what waits on it: a UDP socket's datagrams, sent again from
+    their senders (engine/fds/inet_udp.py); a ping socket's echo replies, sent again likewise
+    (engine/fds/inet_ping.py); a raw socket with a packet waiting is refused (sent again, it would
+    reach the namespace's protocol too, which answers an echo request, and every raw socket of it)."""
+    proto, where = out["proto"], d.where
+    try:
+        peer = _name(s.getpeername())
+    except OSError:   # (a ping or raw socket connected to port 0 has no peer name: /proc/net tells it)
+        peer = rec["remote"] if proto != "udp" and rec is not None and rec["state"] == inet_proc.TCP_ESTABLISHED \
+            else None
+    if _waiting(s):
+        if proto == "raw":
+            raise FdError(errno.EOPNOTSUPP, f"{where}: packets wait on a raw socket (protocol {out['protocol']}): not "
+                                            "supported; dump again once the program has read them")
+        if proto == "udp" and s.getsockopt(socket.SOL_SOCKET, inet_udp.SO_PEEK_OFF) != -1:   # (ping has none)
+            raise FdError(errno.EOPNOTSUPP, f"{where}: UDP datagrams wait on a socket with a peek offset "
+                                            "(SO_PEEK_OFF): not supported")
+        key = "dgrams" if proto == "udp" else "replies"
+        if stopped:
+            out[key] = inet_udp.read(s, where, peer) if proto == "udp" else inet_ping.read(s, out["family"], where)
+            if not out[key]:
+                del out[key]   # (an error the socket holds, not a datagram)
+    if peer is not None:
+        if not ipaddress.ip_address(peer[0].split("%")[0]).is_loopback:
+            raise FdError(errno.EOPNOTSUPP, f"{where}: a {proto} socket connected to {peer[0]} port {peer[1]}, off "
+                                            "loopback (a restored network namespace has lo only): not supported")
+        out["peer"], out["peer_port"] = peer
 
 
 def _pending(d, s: socket.socket, out: dict, queued: int, stopped: bool) -> None:
@@ -210,9 +229,9 @@ def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
     ns = inet_net.netns_fd(c)
     try:
         netns, lo = inet_net.check(d, ns, d.where)
-        rec = inet_diag.lookup(d, os.fstat(c).st_ino, netns, ns)
         with socket.socket(fileno=os.dup(c)) as s:
-            out = read(d, s, rec, stopped)
+            table = inet_proc if proto_of(s) in ("ping", "raw") else inet_diag   # (sock_diag lists neither)
+            out = read(d, s, table.lookup(d, os.fstat(c).st_ino, netns, ns), stopped)
         if "uid" in out and unix_bind._here(out["uid"], "uid_map", ranges=_map_of(d.pid)) is None:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: an inet socket owned by uid {out['uid']}, which its process's "
                                             "user namespace does not map (its stand-in could not make it so): "
@@ -332,7 +351,15 @@ def _check(e: dict, what: str) -> None:
                 _fail(f"{what}: a peer off loopback")
     if "listen" in e and e["proto"] != "tcp":
         _fail(f"{what}: only a TCP socket listens")
-    if "peer" in e and e["proto"] != "udp" and "tcp" not in e and "pending" not in e:
+    if ("protocol" in e) != (e["proto"] == "raw") or e["proto"] == "raw" and e.get("port", 0):
+        _fail(f"{what}: a raw socket, and it alone, names its protocol ('protocol'), and binds no port")
+    if e.get("peer_port") == 0 and e["proto"] in ("tcp", "udp"):
+        _fail(f"{what}: a TCP or UDP peer of port 0")
+    if "replies" in e:
+        if e["proto"] != "ping":
+            _fail(f"{what}: only a ping socket has echo replies waiting ('replies')")
+        inet_ping.check(e["replies"], e["family"], e.get("port") or None, what)
+    if "peer" in e and e["proto"] == "tcp" and "tcp" not in e and "pending" not in e:
         _fail(f"{what}: a TCP socket is connected only with its connection's state ('tcp')")
     if "queued" in e and "listen" not in e:
         _fail(f"{what}: only a listener has connections waiting ('queued')")
@@ -341,6 +368,8 @@ def _check(e: dict, what: str) -> None:
                 ("tcp" in e and "pending" in e):
             _fail(f"{what}: a TCP connection ('tcp' or 'pending') is a TCP socket with an address and a peer, "
                   "not listening")
+    if "filter" in e and ("tcp" in e or "pending" in e):
+        _fail(f"{what}: a TCP connection has no socket filter")
     if "tcp" in e:
         inet_tcp.check(e["tcp"], what)
     if "dgrams" in e:
@@ -364,8 +393,10 @@ def _make(spec, fds):
     if spec["lo"] == "up":
         inet_net.set_lo_up()
     fam = FAMILY_NO[spec["family"]]
-    s = _new(fam, TYPE_NO[spec["proto"]], spec.get("uid"))
+    s = _new(fam, spec["proto"], spec.get("protocol"), spec.get("uid"))
     try:
+        if "filter" in spec:   # (before the options: SO_LOCK_FILTER forbids it after)
+            inet_filter.attach(s, spec["filter"])
         inet_opts.apply(s, spec["opts"])
         if "addr" in spec:
             _bind(s, _addr(fam, spec["addr"], spec["port"]), spec["opts"])
@@ -384,18 +415,52 @@ def _make(spec, fds):
         s.close()
 
 
-def _new(fam: int, typ: int, uid: int | None) -> socket.socket:
-    """A new socket owned by `uid` (the dumper's name of it; the kernel's sk_uid is the maker's file
-    system uid): made by a thread of ours that takes that uid for itself alone when it is not ours."""
+def _new(fam: int, proto: str, protocol: int | None, uid: int | None) -> socket.socket:
+    """A new socket of `proto` (a raw one's `protocol`) owned by `uid` (the dumper's name of it; the
+    kernel's sk_uid is the maker's file system uid): made by a thread of ours that takes that uid for
+    itself alone when it is not ours (a raw socket's raises CAP_NET_RAW again, which a nonzero uid
+    clears from its effective set)."""
+    typ = TYPE_NO[proto]
+    num = protocol if proto == "raw" else inet_ping.PROTO_NO[FAMILIES[fam]] if proto == "ping" else 0
+    return made_as(uid, lambda: socket.socket(fam, typ, num), raw=proto == "raw", ping=proto == "ping")
+
+
+def made_as(uid: int | None, make, raw: bool = False, ping: bool = False) -> socket.socket:
+    """make() (a new socket) by a thread of ours that takes owner `uid` (the dumper's name of it) for
+    itself alone when it is not ours, with CAP_NET_RAW raised again for a `raw` (or packet) socket,
+    and for a `ping` socket a gid net.ipv4.ping_group_range allows."""
     mine = None if uid is None else unix_bind._here(uid, "uid_map")
     if uid is not None and mine is None:
         raise FdError(errno.EOPNOTSUPP, f"its owner uid {uid} is not mapped in the process's user namespace")
-    if mine is None or mine == os.geteuid():
-        return socket.socket(fam, typ)
-    # (a gid of our user namespace: ours, or, before the stand-in took its ids there, the first it maps)
     gids = unix_bind._map("gid_map")
-    gid = os.getegid() if any(i <= os.getegid() < i + n for i, _o, n in gids) else gids[0][0]
-    return threadids.call_as(mine, gid, None, lambda: socket.socket(fam, typ))
+    ours = any(i <= os.getegid() < i + n for i, _o, n in gids)
+    # (a gid of our user namespace: ours, or, before the stand-in took its ids there, the first it maps;
+    # a ping socket's maker needs one of net.ipv4.ping_group_range, which the namespace has back already)
+    gid = _ping_gid(gids) if ping else os.getegid() if ours else gids[0][0]
+    if (mine is None or mine == os.geteuid()) and gid == os.getegid():
+        return make()
+
+    def as_owner() -> socket.socket:
+        if raw:
+            from engine import kernel
+            kernel.raise_effective(CAP_NET_RAW)
+        return make()
+    return threadids.call_as(os.geteuid() if mine is None else mine, gid, None, as_owner)
+
+
+def _ping_gid(gids: list) -> int:
+    """A gid of our user namespace that net.ipv4.ping_group_range of our network namespace lets make a
+    ping socket: ours when it does, else the range's first that our namespace maps."""
+    with open("/proc/sys/net/ipv4/ping_group_range") as fh:
+        low, high = (int(x) for x in fh.read().split())
+    if low <= os.getegid() <= high:
+        return os.getegid()
+    for inside, _o, n in gids:
+        first = max(low, inside)
+        if first <= min(high, inside + n - 1):
+            return first
+    raise FdError(errno.EACCES, f"a ping socket: net.ipv4.ping_group_range ({low} {high}) holds no group the "
+                                "process's user namespace maps")
 
 
 def _bind(s: socket.socket, addr: tuple, opts: dict) -> None:
@@ -422,7 +487,8 @@ def _open(r: RestoreFd) -> int:
     e = r.entry
     # (a connection: the stand-in makes the socket alone, we make the connection: `_connect`)
     names = ("family", "proto", "uid", "opts") if "tcp" in e or "pending" in e else \
-        ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts")
+        ("family", "proto", "protocol", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts",
+         "filter")
     spec = {k: e[k] for k in names if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
     fd = None
@@ -440,7 +506,7 @@ def _open(r: RestoreFd) -> int:
         what = f" {e['addr']} port {e['port']}" if "addr" in e else ""
         raise FdError(err.errno or errno.EIO, f"making the {e['family']} {e['proto']} socket{what} again: "
                                               f"{err.strerror or err}") from None
-    if "dgrams" in e:
+    if "dgrams" in e or "replies" in e:
         _deliver(r, fd)
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
@@ -510,7 +576,8 @@ def _connect_pending(r: RestoreFd, fd: int) -> None:
 
 def _deliver(r: RestoreFd, fd: int) -> None:
     """Once every process holds its fds: send the datagrams that waited on UDP socket `fd` again
-    from their senders (engine/fds/inet_udp.py), then set its receive buffer back."""
+    from their senders (engine/fds/inet_udp.py), or the echo replies that waited on ping socket `fd`
+    (engine/fds/inet_ping.py), then set its receive buffer back."""
     e = r.entry
     mine = os.dup(fd)
     r.keep.append(mine)   # (closed by restore once every process holds its fds)
@@ -518,11 +585,15 @@ def _deliver(r: RestoreFd, fd: int) -> None:
     def deliver():
         s = socket.socket(fileno=mine)
         try:
-            inet_udp.deliver(s, e["dgrams"], e["opts"].get("rcvbuf"))
+            if "dgrams" in e:
+                inet_udp.deliver(s, e["dgrams"], e["opts"].get("rcvbuf"))
+            else:
+                inet_ping.deliver(s, e["family"], e["replies"], e["opts"].get("rcvbuf"))
             inet_opts.apply(s, e["opts"])
         finally:
             s.detach()
-    r.late.append((f"the datagrams waiting on UDP port {e['port']}", deliver))
+    r.late.append((f"the {'datagrams' if 'dgrams' in e else 'echo replies'} waiting on {e['proto']} port {e['port']}",
+                   deliver))
 
 
 def _orphan(r: RestoreFd, e: dict) -> None:
@@ -613,7 +684,10 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         "port": F(INT, required=False, rule=rng(0, 65535)),
                         "listen": F(INT, required=False, rule=rng(0, MAX_BACKLOG - 1)),
                         "peer": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),
-                        "peer_port": F(INT, required=False, rule=rng(1, 65535)),
+                        "peer_port": F(INT, required=False, rule=rng(0, 65535)),   # (a ping socket's: 0)
+                        # a raw socket's protocol (IPPROTO_*: 255 IPPROTO_RAW, a sender's alone; the kernel
+                        # takes any below IPPROTO_MAX, 263)
+                        "protocol": F(INT, required=False, rule=rng(0, 262)),
                         # directions it was shut down in: 1 receive, 2 send, 3 both (sk_shutdown)
                         "shutdown": F(INT, required=False, rule=rng(1, 3)),
                         # its owner (sk_uid), as the dumper's user namespace names it; taken by a thread
@@ -624,6 +698,10 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         "tcp": inet_tcp.FIELD,
                         # the datagrams waiting on a bound UDP socket, oldest first: sent again from their senders
                         "dgrams": inet_udp.FIELD,
+                        # the echo replies waiting on a ping socket, oldest first: sent again from their senders
+                        "replies": inet_ping.FIELD,
+                        # its classic BPF socket filter: [[code, jt, jf, k]], attached again before its options
+                        "filter": inet_filter.FIELD,
                         # a listener's connections waiting to be accepted (their clients: "pending")
                         "queued": F(INT, required=False, rule=rng(1, MAX_BACKLOG)),
                         # a client whose connection waits in its listener's queue: connected again

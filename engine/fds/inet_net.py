@@ -1,12 +1,13 @@
 """The network namespace an inet socket lives in, as restore makes it again: a fresh namespace
 (unshare), holding what a fresh one holds (lo, and the fallback tunnel devices the host's modules
-add, all down), with lo brought up when it was up (which gives it 127.0.0.1/8 and ::1).
+add, all down), with lo brought up when it was up (which gives it 127.0.0.1/8 and ::1), and the
+devices, addresses and routes the image keeps (engine/netlinks.py).
 
-Dump refuses, for a namespace holding an inet socket, what that fresh namespace would lack: an
-interface a fresh namespace does not have (a veth of podman's or LXC's networking), an interface
-other than lo that is up, an address, a route or a multicast membership (a socket's: not kept)
-other than those lo gets when it comes up; and a namespace restore would not make: the dumper's
-own (the host's ports are not restore's to take), one a process outside the tree is in or one bound
+Dump refuses, for a namespace holding an inet socket, what that fresh namespace would lack, beyond
+the devices, addresses and routes the image keeps (engine/netlinks.py: veth, bridge and dummy links
+and what is on them): another interface, an interface other than lo and those that is up, an
+address, a route or a multicast membership (a socket's: not kept) other than those; and a
+namespace restore would not make: the dumper's own (the host's ports are not restore's to take), one a process outside the tree is in or one bound
 to a file in the dumper's mount namespace (`ip netns add`, a runtime's netns file): its other users
 would not see the restored sockets.
 
@@ -229,7 +230,12 @@ def _refusal(d, ns: int, ino: int) -> str | bool:
     if pinned is not None:
         return (f"its network namespace is bound at {pinned} (`ip netns add`, a runtime's netns file: others may "
                 "enter it, and restore makes a new one): not supported")
-    return differs(forkrun.run(_state_of, ns), fresh_pair())
+    from engine import netlinks
+    try:
+        kept = netlinks.covered_of(ns)
+    except netlinks.NetlinkError as e:
+        return e.strerror
+    return differs(forkrun.run(_state_of, ns), fresh_pair(), covered=kept)
 
 
 def _loopback(entry: str) -> bool:
@@ -242,12 +248,18 @@ def _loopback(entry: str) -> bool:
     return dst.startswith(("127.", "::1/", "fe80::", "ff00::", "ff02::"))
 
 
-def differs(have: dict, fresh: tuple[dict, dict], loopback_follows: bool = False) -> str | bool:
+def differs(have: dict, fresh: tuple[dict, dict], loopback_follows: bool = False, covered: dict | None = None) -> str | bool:
     """Why a namespace in `have` (`state`) is not one `fresh` (`fresh_state`'s pair) becomes by bringing
     its lo up or not (a line), or whether its lo is up. `loopback_follows`: a namespace without an
     inet socket, whose sysctls restore writes (engine/netvars.py): lo's own addresses and routes
     follow from them and lo's state (ipv6's disable_ipv6, addr_gen_mode add or drop ::1 even with lo
-    down), and multicast memberships are only the kernel's, so those are not compared."""
+    down), and multicast memberships are only the kernel's, so those are not compared. `covered`: what
+    the image keeps of the namespace (engine/netlinks.py `covered_of`: its devices, with their
+    addresses and routes), passed over."""
+    if covered:
+        have = {**have, **{k: [e for e in have[k] if e not in set(covered.get(k, ()))]
+                           for k in ("addrs", "routes", "mcast")},
+                "links": {n: on for n, on in have["links"].items() if n not in set(covered.get("links", ()))}}
     if loopback_follows:
         have = {**have, **{k: [e for e in have[k] if not _loopback(e)] for k in ("addrs", "routes")}, "mcast": []}
         fresh = tuple({**f, **{k: [e for e in f[k] if not _loopback(e)] for k in ("addrs", "routes")}, "mcast": []}

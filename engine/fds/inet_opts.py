@@ -1,7 +1,7 @@
 """Socket options of an inet socket that a program sets and that change what it does or what its
 peers see: address and port reuse (SO_REUSEADDR, SO_REUSEPORT: a second listener on the port),
 IPV6_V6ONLY, keepalive and its timers, TCP_NODELAY, TCP_DEFER_ACCEPT, the buffer sizes and their locks, timeouts,
-SO_BROADCAST, IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT, TOS/TTL...
+SO_BROADCAST, IP_FREEBIND, IP_BIND_ADDRESS_NO_PORT, TOS/TTL, the device it is bound to (SO_BINDTODEVICE)...
 
 Dump reads them on its copy of the socket; restore sets, before the bind (reuse, v6only and
 freebind decide whether the bind works), those that differ from the new socket's. A value that does
@@ -17,7 +17,9 @@ import struct
 from engine.fds import FdError
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = socket.SOL_SOCKET, 0, 41, 6, 17
-# name: (level, option number, "int", "timeval" or "linger", families or None: every one, protocols or None)
+SOL_RAW, IPPROTO_ICMPV6 = 255, 58
+_DGRAM = ("udp", "ping", "raw")
+# name: (level, option number, "int" or a struct of _STRUCTS, families or None: every one, protocols or None)
 OPTS = {
     "reuseaddr": (SOL_SOCKET, 2, "int", None, None), "reuseport": (SOL_SOCKET, 15, "int", None, None),
     "keepalive": (SOL_SOCKET, 9, "int", None, None), "broadcast": (SOL_SOCKET, 6, "int", None, None),
@@ -26,6 +28,8 @@ OPTS = {
     "rcvlowat": (SOL_SOCKET, 18, "int", None, None), "timestamp": (SOL_SOCKET, 29, "int", None, None),
     "rcvtimeo": (SOL_SOCKET, 20, "timeval", None, None), "sndtimeo": (SOL_SOCKET, 21, "timeval", None, None),
     "linger": (SOL_SOCKET, 13, "linger", None, None), "mark": (SOL_SOCKET, 36, "int", None, None),
+    # (SO_BINDTOIFINDEX: a device of the tree's namespace, made again at its ifindex: engine/netlinks.py)
+    "bindtoifindex": (SOL_SOCKET, 62, "int", None, None),
     "tos": (IPPROTO_IP, 1, "int", ("inet",), None), "ttl": (IPPROTO_IP, 2, "int", ("inet",), None),
     "freebind": (IPPROTO_IP, 15, "int", None, None), "bind_address_no_port": (IPPROTO_IP, 24, "int", None, None),
     "transparent": (IPPROTO_IP, 19, "int", None, None),
@@ -38,12 +42,29 @@ OPTS = {
     "keepcnt": (IPPROTO_TCP, 6, "int", None, ("tcp",)), "defer_accept": (IPPROTO_TCP, 9, "int", None, ("tcp",)),
     "user_timeout": (IPPROTO_TCP, 18, "int", None, ("tcp",)), "fastopen": (IPPROTO_TCP, 23, "int", None, ("tcp",)),
     "udp_cork": (IPPROTO_UDP, 1, "int", None, ("udp",)), "udp_segment": (IPPROTO_UDP, 103, "int", None, ("udp",)),
+    # a datagram socket's (ping's: TTL and errors it reports, path MTU discovery)
+    "recvttl": (IPPROTO_IP, 12, "int", ("inet",), _DGRAM), "recvtos": (IPPROTO_IP, 13, "int", ("inet",), _DGRAM),
+    "retopts": (IPPROTO_IP, 7, "int", ("inet",), _DGRAM), "recvopts": (IPPROTO_IP, 6, "int", ("inet",), _DGRAM),
+    "mtu_discover": (IPPROTO_IP, 10, "int", ("inet",), _DGRAM),
+    "recverr6": (IPPROTO_IPV6, 25, "int", ("inet6",), _DGRAM),
+    "recvhoplimit": (IPPROTO_IPV6, 51, "int", ("inet6",), _DGRAM),
+    "mtu_discover6": (IPPROTO_IPV6, 23, "int", ("inet6",), _DGRAM),
+    # a raw socket's: whether the program writes the IP header; which ICMP types it does not receive
+    # (a bit each, on an ICMP or ICMPv6 socket alone); where the kernel puts an IPv6 one's checksum
+    "hdrincl": (IPPROTO_IP, 3, "int", ("inet",), ("raw",)), "hdrincl6": (IPPROTO_IPV6, 36, "int", ("inet6",), ("raw",)),
+    "icmp_filter": (SOL_RAW, 1, "mask1", ("inet",), ("raw",)),
+    "icmp6_filter": (IPPROTO_ICMPV6, 1, "mask8", ("inet6",), ("raw",)),
+    "checksum6": (IPPROTO_IPV6, 7, "int", ("inet6",), ("raw",)),
+    # whether its socket filter is locked (SO_LOCK_FILTER: set after the filter, engine/fds/inet_filter.py)
+    "lock_filter": (SOL_SOCKET, 44, "int", None, None),
     # which buffer sizes are the program's (SO_BUF_LOCK, Linux 5.14: bits 1 send, 2 receive): set last,
     # since setting a size sets its bit too (a lock cleared after a size was set stays cleared)
     "buf_lock": (SOL_SOCKET, 72, "int", None, None),
 }
 _FORCE = {"rcvbuf": 33, "sndbuf": 32}   # SO_RCVBUFFORCE, SO_SNDBUFFORCE
-_STRUCTS = {"timeval": struct.Struct("ll"), "linger": struct.Struct("ii")}   # [seconds, µs], [on, seconds]
+# [seconds, µs], [on, seconds], a filter's 32 or 256 bits as 32-bit words
+_STRUCTS = {"timeval": struct.Struct("ll"), "linger": struct.Struct("ii"), "mask1": struct.Struct("I"),
+            "mask8": struct.Struct("8I")}
 
 
 def _get(s: socket.socket, name: str):
@@ -95,7 +116,7 @@ def apply(s: socket.socket, opts: dict) -> None:
 
 def check(opts, family: str, proto: str, what: str) -> None:
     """The image validator's part: known names that apply to the socket, bounded ints (timeouts:
-    [seconds, microseconds]; linger: [on, seconds])."""
+    [seconds, microseconds]; linger: [on, seconds]; an ICMP filter's words)."""
     from engine.image import _fail
     if not isinstance(opts, dict):
         _fail(f"{what}: socket options must be an object")
@@ -104,7 +125,7 @@ def check(opts, family: str, proto: str, what: str) -> None:
             _fail(f"{what}: bad socket option {str(name)[:40]!r}")
         how = OPTS[name][2]
         ok = (how == "int" and type(v) is int and -(1 << 31) <= v < 1 << 31) or \
-             (how in _STRUCTS and type(v) is list and len(v) == 2
-              and all(type(x) is int and 0 <= x < 1 << 62 for x in v))
+             (how in _STRUCTS and type(v) is list and len(v) == len(_STRUCTS[how].unpack(bytes(_STRUCTS[how].size)))
+              and all(type(x) is int and 0 <= x < 1 << 62 and (how[:4] != "mask" or x < 1 << 32) for x in v))
         if not ok:
             _fail(f"{what}: bad socket option {name!r}")

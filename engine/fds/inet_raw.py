@@ -1,8 +1,9 @@
 """IP packets restore (and dump, for datagrams it gives back) sends into a network namespace of the
 tree through a raw socket, with a source of its choosing: a UDP datagram from its sender's address
-and port (engine/fds/inet_udp.py), a TCP segment a connection's peer would have sent (a FIN, an
-acknowledgment: engine/fds/inet_tcp.py). Sent by a child of ours that joins the namespace (one of
-the tree's, never the dumper's: the callers' sockets are the tree's)."""
+and port (engine/fds/inet_udp.py), an echo reply to a ping socket (engine/fds/inet_ping.py), a
+TCP segment a connection's peer would have sent (a FIN, an acknowledgment: engine/fds/inet_tcp.py).
+Sent by a child of ours that joins the namespace (one of the tree's, never the dumper's: the
+callers' sockets are the tree's)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def _sum(b: bytes) -> int:
 
 def packet(src: str, dst: str, proto: int, payload: bytes) -> tuple[int, str, bytes]:
     """(family, dst, an IP packet from `src` to `dst` carrying `payload` of protocol `proto`, whose
-    checksum field (UDP, TCP) is filled in here)."""
+    checksum field (UDP, TCP, ICMP, ICMPv6) is filled in here)."""
     fam = socket.AF_INET6 if ":" in src else socket.AF_INET
     a, b = socket.inet_pton(fam, src), socket.inet_pton(fam, dst)
-    at = 6 if proto == 17 else 16   # (where the checksum sits in the UDP, TCP header)
-    csum = _sum(a + b + struct.pack("!I3xB", len(payload), proto) + payload)
+    at = {17: 6, 6: 16, 1: 2, 58: 2}[proto]   # (where the checksum sits in the UDP, TCP, ICMP, ICMPv6 header)
+    payload = payload[:at] + b"\0\0" + payload[at + 2:]
+    # (ICMP's sums its message alone; the others' a pseudo-header too)
+    csum = _sum(payload if proto == 1 else a + b + struct.pack("!I3xB", len(payload), proto) + payload)
     if proto == 17:
         csum = csum or 0xFFFF
     payload = payload[:at] + struct.pack("!H", csum) + payload[at + 2:]

@@ -1,6 +1,6 @@
 """Unix sockets (the fd kind): socket pairs (both ends, queued stream data), unbound ones, abstract
-names and names bound to a path, listening or not; netlink and inet sockets are handed to their own
-kinds (engine/fds/netlink.py, inet.py), any other family is refused naming the fd.
+names and names bound to a path, listening or not; netlink, inet and packet sockets are handed to their
+own kinds (engine/fds/netlink.py, inet.py, packet.py), any other family is refused naming the fd.
 
 Dump asks what case a socket is (`case_of`: a listener, a connection not accepted yet, one whose
 peer is gone, a named one with datagrams waiting, a client of a named socket, a pair end) and
@@ -63,6 +63,9 @@ def _dump(d) -> dict:
         if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) in (socket.AF_INET, socket.AF_INET6):
             from engine.fds import inet
             return {"kind": "inet", **inet.dump(d)}   # (a kind of its own, engine/fds/inet.py)
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_PACKET:
+            from engine.fds import packet
+            return {"kind": "packet", **packet.dump(d)}   # (a kind of its own, engine/fds/packet.py)
     out = _dump_one(d)
     with socket.socket(fileno=os.dup(c)) as s:
         out["opts"] = unix_opts.read(s)
@@ -340,9 +343,8 @@ def refuse_family(d, s: socket.socket) -> int:
     fam = s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN)
     typ = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
     if fam != socket.AF_UNIX:
-        what = {socket.AF_PACKET: "packet"}.get(fam, f"family {fam}")
-        raise FdError(errno.EOPNOTSUPP, f"{d.where}: {what} sockets are not supported (only unix, inet and "
-                                        "netlink sockets)")
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: family {fam} sockets are not supported (only unix, inet, "
+                                        "netlink and packet sockets)")
     if typ not in unix_diag.TYPES:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: unix socket of type {typ} is not supported")
     return typ

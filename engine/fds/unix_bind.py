@@ -168,6 +168,9 @@ def bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     if d is not None:
         try:
             if stat.S_ISSOCK(os.lstat(spec["base"], dir_fd=d).st_mode):
+                if _live(d, spec["base"], spec.get("type")):
+                    raise FdError(errno.EADDRINUSE, f"{name}: its socket file's name {spec['base']!r} is a live "
+                                                    "socket's (someone listens or is bound there): not taken over")
                 os.unlink(spec["base"], dir_fd=d)   # the dumped socket's node: bind makes a new one
         except FileNotFoundError:
             pass
@@ -209,6 +212,27 @@ def bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
             os.close(saved)
 
 
+def _live(d: int, base: str, kind: str | None) -> bool:
+    """Whether socket file `base` in directory `d` is bound by a live socket (a connect of its type
+    is not refused): one of the host's on an external mount, never the dumped socket's stale node."""
+    types = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
+    here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with socket.socket(socket.AF_UNIX, types.get(kind, socket.SOCK_STREAM) | socket.SOCK_NONBLOCK) as c:
+            os.fchdir(d)   # (the name relative to it: a stand-in is single-threaded)
+            try:
+                c.connect(base)
+            except ConnectionRefusedError:
+                return False
+            except OSError:
+                return True   # (of another type, its backlog full: someone is there)
+            finally:
+                os.fchdir(here)
+    finally:
+        os.close(here)
+    return True
+
+
 def _bind_renamed(s: socket.socket, spec: dict, d: int, name: str, ids: tuple[int, int] | None) -> None:
     """Bind `name` whose socket file had another name in directory `d` (`spec["base"]`: linked or
     renamed there after the bind, as supervisord and daemons that bind a temporary name do): bound
@@ -223,7 +247,13 @@ def _bind_renamed(s: socket.socket, spec: dict, d: int, name: str, ids: tuple[in
             if not bind_beside(s, at, name, ids):
                 raise FdError(errno.EOPNOTSUPP, f"{name}: its socket file has another name ({spec['base']}), "
                                                 "which a name with '.' or '..' components cannot be bound beside")
-            mapped(ids, d, lambda: os.rename(made, spec["base"], src_dir_fd=at, dst_dir_fd=d))
+            try:
+                mapped(ids, d, _rename_noreplace, at, made, d, spec["base"])
+            except FileExistsError:
+                # (a socket file of that name was unlinked above: this one is no socket, maybe the
+                # host's own on an external mount, which a rename would have replaced)
+                raise FdError(errno.EEXIST, f"{name}: its socket file's name {spec['base']!r} is another file "
+                                            "(no socket) in its directory: not replaced; remove it first") from None
         finally:
             os.close(at)
     finally:
@@ -235,6 +265,15 @@ def _bind_renamed(s: socket.socket, spec: dict, d: int, name: str, ids: tuple[in
             os.rmdir(sub, dir_fd=d)
 
         mapped(ids, d, clean)
+
+
+def _rename_noreplace(src_dir: int, src: str, dst_dir: int, dst: str) -> None:
+    """renameat2(RENAME_NOREPLACE): FileExistsError when `dst` exists."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(src_dir, os.fsencode(src), dst_dir, os.fsencode(dst), 1) != 0:   # (RENAME_NOREPLACE)
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), dst)
 
 
 def _chmod(spec: dict, d: int | None) -> None:

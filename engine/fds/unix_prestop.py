@@ -63,6 +63,10 @@ def _precheck(d) -> None:
             from engine.fds import inet
             inet.precheck(d)
             return
+        if s.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN) == socket.AF_PACKET:
+            from engine.fds import packet
+            packet.precheck(d)
+            return
         k = unix.Sock(d, c, s)
         entry = {**k.out, "_ino": f"{k.netns}:{k.ino}", "_where": d.where}
         if "path" in k.out and (not k.mutual or k.typ == socket.SOCK_DGRAM):

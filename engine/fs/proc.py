@@ -27,6 +27,20 @@ def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:
         return False
 
 
+def _dumpers(proc_fd: int) -> bool:
+    """Whether the proc mount at `proc_fd` is of the dumper's own pid namespace: it shows this process
+    under its pid here, and the same process (start time) as pid 1 as this namespace's /proc does."""
+    base = f"/proc/self/fd/{proc_fd}"
+    try:
+        if os.readlink(f"{base}/self") != str(os.getpid()):
+            return False
+        with open(f"{base}/1/stat", "rb") as f, open("/proc/1/stat", "rb") as g:
+            a, b = f.read(), g.read()
+        return a[a.rindex(b")") + 2:].split()[19] == b[b.rindex(b")") + 2:].split()[19]
+    except (OSError, IndexError, ValueError):
+        return False
+
+
 @record(frozen=True)
 class ProcType(FsType):
     """proc: tagged with the pid namespace whose processes it lists."""
@@ -49,13 +63,19 @@ class ProcType(FsType):
             raise FsError(errno.EOPNOTSUPP, f"{where}: it matches pid namespaces "
                                             f"{', '.join(sorted(plan.pidns_name[i] for i in found))} alike; "
                                             "cannot tell which it belongs to")
+        covered = not found and any(m.parent_id == mid and m.mountpoint == mountpoint
+                                    for m in plan.mounts_by_id.values())
+        if covered and _dumpers(mount_fd):
+            # The host's /proc beneath the one `unshare --fork --pid --mount-proc` mounts: no path
+            # reaches it (an --external cannot name it either). Restore makes it a proc of its own
+            # pid namespace, as this one is of the dumper's (the validator allows that only for a
+            # covered mount of a namespace no image user namespace owns).
+            plan.superblocks[sid][self.ns_key] = plan.dumper_pidns()
+            return
         if not found:
-            covered = any(m.parent_id == mid and m.mountpoint == mountpoint for m in plan.mounts_by_id.values())
-            # (an --external names the top of an overmount stack: it cannot name a covered proc, e.g. the
-            # host's /proc under the one `unshare --mount-proc` mounts)
-            advice = (f"it lies beneath another mount at {mountpoint}, which --external cannot name (unshare "
-                      f"--mount-proc keeps the old proc there): make the tree's proc with 'umount -l {mountpoint}; "
-                      f"mount -t proc proc {mountpoint}' instead" if covered
+            advice = (f"it lies beneath another mount at {mountpoint}, which --external cannot name (a proc of "
+                      f"neither the tree's nor the dumper's pid namespace): make the tree's proc with 'umount -l "
+                      f"{mountpoint}; mount -t proc proc {mountpoint}' instead" if covered
                       else f"declare it --external mnt[{mountpoint}]:KEY")
             raise FsError(errno.EOPNOTSUPP, f"{where}: it belongs to a pid namespace outside the dumped tree "
                                             f"(it shows none of the tree's namespaces' processes as theirs); {advice}")
