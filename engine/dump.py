@@ -605,7 +605,8 @@ def _record_ns_users(d: _Dump, ino: int, mounts: list, entries: list[dict]) -> N
     if owner is not None:
         d.mntns_doc[d.mntns_name(ino)]["owner"] = owner
         try:
-            userns_cr.locks(d.by_mntns[ino][0], entries, d.mntns_name(ino))
+            owned_sbs = {sid for sid, sb in d.superblocks.items() if sb.get("owner")}
+            userns_cr.locks(d.by_mntns[ino][0], entries, d.mntns_name(ino), owned_sbs)
         except OSError as e:
             raise DumpError(e.errno or errno.EOPNOTSUPP, e.strerror or str(e)) from None
 

@@ -1295,13 +1295,14 @@ def _check_userns(doc: dict, mounts: dict) -> None:
         if "owner" in ns and ns["owner"] not in users:
             _fail(f"mount namespace {ns_id}: unknown owner {ns['owner']!r}")
         owned, root = "owner" in ns, ns["root"]
+        by_id = {m["id"]: m for m in ns["mounts"]}
         for m in ns["mounts"]:
             if owned or "locked" in m or "locked_flags" in m:
                 if (m.get("locked") or m.get("locked_flags")) and not owned:
                     _fail(f"mount {m['id']}: locked in {ns_id}, which no user namespace of the image owns")
-                if owned and m["id"] == root and not m.get("locked"):
-                    # Restore copies the namespace into its user namespace, which locks the root.
-                    _fail(f"mount {m['id']}: the root of {ns_id}, owned by {ns['owner']}, must be locked")
+                if owned and m.get("locked") and m.get("parent") == root and not by_id.get(root, {}).get("locked"):
+                    # Restore mounts an unlocked root over its locked copy, which hides such a mount.
+                    _fail(f"mount {m['id']}: locked on the unlocked root of {ns_id}, owned by {ns['owner']}")
             if ("idmap" in m) != ("idmapped" in m["mount_opts"]):
                 _fail(f"mount {m['id']}: 'idmapped' and an idmap record go together")
             if "locked_flags" in m:

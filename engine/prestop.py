@@ -153,6 +153,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
             threads.check_leader(pid)   # (first: a process without its main thread shows no namespaces)
     except threads.ThreadError as e:
         raise PrestopError(e.errno, e.strerror) from None
+    _check_reachable(pids)
     try:
         users = userns_cr.plan(tree, names, image.NS_KINDS)
         owners = users["mntns_owner"]
@@ -249,6 +250,28 @@ def _entries(mounts: list, view: View) -> dict:
             view.superblocks[sid] = {"fstype": m.fstype, "source": m.source, "super_opts": list(m.super_opts),
                                      "dev": m.dev, "external": False, "archives": []}
     return {"root": root, "mounts": entries}
+
+
+def _check_reachable(pids: list[int]) -> None:
+    """Refuse a process whose root, cwd or executable the dumper may not look at: a FUSE filesystem
+    mounted inside a user namespace answers only that namespace's processes (rootless podman's
+    fuse-overlayfs root), and dump reads each of them (EACCES deep inside it otherwise)."""
+    for pid in pids:
+        for what in ("root", "cwd", "exe"):
+            try:
+                os.stat(f"/proc/{pid}/{what}")
+            except PermissionError:
+                try:
+                    with open(f"/proc/{pid}/comm") as f:
+                        comm = f.read().strip()
+                except OSError:
+                    comm = "?"
+                raise PrestopError(errno.EOPNOTSUPP, f"process {pid} ({comm}): its {what} lies on a filesystem that "
+                                                     "refuses the dumper (a FUSE filesystem mounted inside a user "
+                                                     "namespace lets only that namespace's processes in: rootless "
+                                                     "fuse-overlayfs storage): not supported") from None
+            except OSError:
+                pass   # (gone, a kernel thread's exe: dump tells once the tree is stopped)
 
 
 def _roots(view: View) -> None:

@@ -17,7 +17,8 @@ A mount namespace owned by one is assembled as usual up to its locked mounts
 that the kernel locks exactly those mounts and flags (engine/userns.
 copy_mntns_into); the copy replaces it and its own (unlocked) mounts are
 attached to the copy afterwards. A root that holds the mount lock without flag
-locks (pivoted into) is pivoted into again after the copy. Locked mounts below
+locks (pivoted into) is pivoted into again after the copy; an unlocked root (bound
+inside the user namespace: ch-run) is cloned and mounted over the locked copy. Locked mounts below
 an unlocked mount (a recursive bind made inside the user namespace) are made
 with it: the subtree is locked by a copy of a scratch namespace and bound
 recursively from inside the user namespace (Rebuild.lock_subtree). Last, each stand-in joins its user namespace
@@ -424,9 +425,10 @@ def _state_flags(state: str) -> tuple[bool, list[str]]:
     return head != "unlocked", [f for f in rest.split(",") if f] if rest else []
 
 
-def locks(pid: int, entries: list[dict], nsname: str) -> None:
+def locks(pid: int, entries: list[dict], nsname: str, owned_sbs: set | None = None) -> None:
     """Probe which mounts of `pid`'s mount namespace are locked and mark its image entries
-    (``locked``, ``locked_flags``); refuse what restore cannot reproduce."""
+    (``locked``, ``locked_flags``); refuse what restore cannot reproduce. `owned_sbs`: the
+    superblocks a user namespace of the tree owns (None: all may be)."""
     mounts = mountinfo.read_pid(pid)
     canon = topology.canonical(mounts)
     got = mntlocks.probe(pid, mounts, canon.text)
@@ -450,20 +452,26 @@ def locks(pid: int, entries: list[dict], nsname: str) -> None:
             locked, flags = _state_flags(state)
         if not locked:
             unlocked_flags[m.mnt_id] = flags
-        if e is root and not locked:
-            # A restored root sits on the hidden root of its namespace (pivot_root), so the copy
-            # into the user namespace always locks it; an unlocked one cannot be reproduced.
-            raise UsernsError(errno.EOPNOTSUPP, f"mount {m.mnt_id} ({m.mountpoint}): the root of mount "
-                                                f"namespace {nsname} is not locked: not supported yet")
         if locked:
             e["locked"] = True
             e["locked_flags"] = flags
-        elif flags and not (m.fstype in _USERNS_VISIBLE and set(flags) <= {"atime", "ro"}):
+        elif flags and not (m.fstype in _USERNS_VISIBLE and set(flags) <= {"atime", "ro"}
+                            and (owned_sbs is None or e.get("sb") in owned_sbs)):
+            # (a proc or sysfs of the host's bound inside, as ch-run binds /sys: restore clones it, the
+            # kernel checks nothing then, so its locks are made as any bind's)
             # A bind made inside the user namespace of an inherited (locked) mount: unlocked, with
             # its source's locked flags. Restore clones it the same way (Rebuild.lock_flags).
             e["locked_flags"] = flags
     locked_ids = {e["id"] for e in entries if e.get("locked")}
-    if _pivoted(root):
+    if not root.get("locked"):
+        # Bound inside the user namespace (ch-run binds its image and pivots into the bind): restore
+        # mounts a clone over the root the copy locked, which hides whatever is locked on that.
+        stray = next((e for e in entries if e.get("locked") and e.get("parent") == root["id"]), None)
+        if stray is not None:
+            raise UsernsError(errno.EOPNOTSUPP, f"mount {stray['id']} ({stray['mountpoint']}): locked on the root "
+                                                f"of mount namespace {nsname}, which is not locked (bound inside "
+                                                "its user namespace): not supported yet")
+    elif _pivoted(root):
         # Its root took the mount lock from the root it pivoted from (pivot_root); restore does the
         # same after copying the namespace, which drops whatever the copy locked on the old root.
         stray = next((e for e in entries if e.get("locked") and e.get("parent") == root["id"]), None)
@@ -790,7 +798,12 @@ class Rebuild:
         # A root locked without locked flags: the namespace pivoted into a mount made inside it
         # (bwrap into its own tmpfs), and pivot_root passed the old root's mount lock to it. A
         # clone of the root, made before the copy locks anything, gets it the same way.
-        fresh = self._clone_root(r, ns) if _pivoted(r.mounts[ns["root"]]) else None
+        root = r.mounts[ns["root"]]
+        fresh = self._clone_root(r, ns) if _pivoted(root) or not root.get("locked") else None
+        if fresh is not None and not root.get("locked"):
+            # An unlocked root (a bind made inside the user namespace): a clone keeping its flag
+            # locks, mounted over the locked copy below (hidden, as the root it was bound over).
+            fresh = self.lock_flags(root, fresh)
         # Flags set later than the copy are not locked: off while the kernel copies, on again after.
         for mid, bits in extra.items():
             if mid not in covered:
@@ -810,8 +823,10 @@ class Rebuild:
         r.ns_fd[ns_id] = new
         self.copied.add(ns_id)
         r.enter(ns_id)
-        if fresh is not None:
+        if fresh is not None and root.get("locked"):
             self._pivot_to(r, ns_id, fresh)
+        elif fresh is not None:
+            self._cover_root(r, ns_id, fresh)
         for m in mine:
             mid = m["id"]
             old = r.mnt_fd.pop(mid, None)
@@ -886,6 +901,20 @@ class Rebuild:
             os.close(top)
             os.close(fresh)
             # Back on the namespace's hidden root, where the next steps expect to stand.
+            r.to_service()
+            r.enter(ns_id)
+
+    @staticmethod
+    def _cover_root(r, ns_id: str, fresh: int) -> None:
+        """In the copy: mount `fresh` (an unlocked clone of the root) over the locked root, where
+        "/.." and so every later step and stand-in finds it; the locked root stays hidden beneath."""
+        from engine import kernel
+        top = os.open("/..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            kernel.move_mount(fresh, "", top, "", kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+        finally:
+            os.close(top)
+            os.close(fresh)
             r.to_service()
             r.enter(ns_id)
 

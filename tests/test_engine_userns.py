@@ -307,3 +307,61 @@ def test_user_namespace_limits_read_back_and_a_bad_one_is_refused_by_the_image_c
     assert imageformat._limits_rule({"user_namespaces": 0}) is None
     assert "not a user namespace limit" in imageformat._limits_rule({"max_user_namespaces": 1})
     assert "0..2^31-1" in imageformat._limits_rule({"user_namespaces": -1})
+
+
+CHRUN_ROOT = """mkdir -p /run/img/.hold /run/img/usr /run/img/x /run/img/sys /sys
+mount -t sysfs sysfs /sys
+for d in bin lib lib64 sbin; do [ -e /$d ] && ln -s usr/$d /run/img/$d; done
+unshare -U -r -m --propagation private sh -c '
+  mount --bind /run/img /run/img
+  mount --bind /.hold /run/img/.hold
+  mount --rbind /usr /run/img/usr
+  mount --bind /sys /run/img/sys
+  mount -t tmpfs own /run/img/x
+  cd /run/img && mount --move . / && exec chroot . /.hold/mntcr-hold 100000' </dev/null >/dev/null 2>&1 &
+hold
+"""
+
+
+def test_an_unlocked_root_bound_inside_a_user_namespace_comes_back_unlocked(case):
+    """ch-run's root: a bind of the image made inside the user namespace and moved over "/" (the
+    locked root it copied stays beneath, out of reach). Dump refused it ("the root ... is not
+    locked"); restore mounts a clone of the root over the root the copy into the user namespace
+    locked, so the root is unlocked again, its own mounts and the bound host dirs on it. The
+    host's sysfs bound inside keeps its locked atime (a clone: restore mounts no sysfs there,
+    which would take it from the visible one; it came back with no flag locks)."""
+    pid = case.start(CHRUN_ROOT)
+    child = next(int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()
+                 if os.readlink(f"/proc/{p}/ns/mnt") != os.readlink(f"/proc/{pid}/ns/mnt"))
+    before = enginecase.take(pid)
+    inner = next(p for p in before.snap.procs if p.pid == child)
+    # (unlocked, with the flag locks of the mount it was bound from)
+    assert "/: unlocked flags=atime" in inner.lock_lines(), inner.lock_lines()
+    assert "/sys: unlocked flags=atime" in inner.lock_lines(), inner.lock_lines()
+    new = case.cr(pid)
+    enginecase.assert_same(before, enginecase.take(new))
+
+
+def test_a_process_standing_on_a_user_namespaces_fuse_is_refused_unstopped(case):
+    """A process whose cwd lies on a FUSE filesystem mounted inside a user namespace (rootless
+    podman's fuse-overlayfs root): the kernel answers only that namespace's processes, so dump's
+    looks at it failed deep inside with a bare "statx(''): Permission denied" or "lock probe
+    failed". Refused first, in one line naming the process, and the tree never stopped."""
+    import shutil
+    if shutil.which("bindfs") is None or not os.path.exists("/dev/fuse"):
+        pytest.skip("bindfs or /dev/fuse missing")
+    pid = case.start(enginecase.STOP_WATCH + "mknod -m 666 /dev/fuse c 10 229; mkdir -p /run/src /mnt/fuse\n"
+                     "mount -t tmpfs src /run/src\n"
+                     # (bindfs under the name the test waits for: every process of the tree holds)
+                     f"mkdir /run/bin; ln -s {shutil.which('bindfs')} /run/bin/mntcr-hold\n"
+                     # (as uid 100000: root of the runner's namespace is not the mount's owner, as with podman)
+                     "chmod 777 /run/src /mnt/fuse\n"
+                     "setpriv --reuid=100000 --regid=100000 --clear-groups "
+                     "unshare -U -r -m --propagation unchanged sh -c '/run/bin/mntcr-hold --no-allow-other /run/src /mnt/fuse "
+                     "</dev/null >/dev/null 2>&1 && cd /mnt/fuse && exec /.hold/mntcr-hold 100000' </dev/null "
+                     ">/dev/null 2>&1 &\nhold\n")
+    with pytest.raises(enginecase.CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(r"process \d+ \(mntcr-hold\): its cwd lies on a filesystem that refuses the dumper \(a FUSE "
+                     r"filesystem mounted inside a user namespace", str(err.value)), err.value
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"

@@ -323,8 +323,10 @@ def _to_fuse(doc, source: str = "/mnt/t/f", **extra):
 
 FUSE = {
     # no --fuse-restart: nothing is run, restore names the option
+    # (its example names {source} only when the image holds the source file: fuse-overlayfs has none)
     "no-restart-command": (lambda d: _to_fuse(d), (), r"on fuse\.squashfuse: its daemon is not restored; give the "
-                                                      r"command that serves it with --fuse-restart squashfuse="),
+                                                      r"command that serves it with --fuse-restart squashfuse="
+                                                      r"COMMAND \(e\.g\. 'squashfuse -f OPTIONS \{conn\}'\)"),
     # the user's command must take the connection: one that does not is refused before anything runs
     "command-without-conn": (lambda d: _to_fuse(d, input={"sb": _mount(d, "/mnt/t")["sb"], "path": "/f"}),
                              ("--fuse-restart", "squashfuse=touch {source}"),
@@ -786,9 +788,10 @@ STRUCTURE = {
                              r"locked in mnt-\d+, which no user namespace of the image owns"),
     "locked-flag-not-set": (lambda d: _owned(d, locked=True, locked_flags=["noexec", "atime"]),
                             r"flag noexec is locked but not set"),
-    "owned-root-unlocked": (lambda d: (_owned(d), next(m for m in _ns(d)["mounts"]
-                                                      if m["id"] == _ns(d)["root"]).pop("locked")),
-                            r"the root of mnt-\d+, owned by user-1, must be locked"),
+    # (an unlocked root alone is ch-run's: restore covers the locked copy with it, hiding what is locked on that)
+    "owned-root-unlocked": (lambda d: (_owned(d, locked=True, parent=_ns(d)["root"]),
+                                       next(m for m in _ns(d)["mounts"] if m["id"] == _ns(d)["root"]).pop("locked")),
+                            r"mount \d+: locked on the unlocked root of mnt-\d+, owned by user-1"),
 
     "traversal-mountpoint": (lambda d: _mount(d, "/mnt/u").update(mountpoint="/mnt/../../etc"), r"'\.\.'"),
     "traversal-fd-path": (lambda d: d["processes"][0]["fds"][-1].update(path="/../../etc/shadow"), r"'\.\.'"),

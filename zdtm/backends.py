@@ -124,6 +124,9 @@ class MntcrBackend(Backend):
         for ext in externals:
             args += ["--external", f"mnt[{ext.key}]:{ext.host_path}"]
         for key, cmd in ctx.scenario.fuse_restart:
+            # {outside}: $OUT of `container.outside`, where the restore (in the keeper's namespace) finds
+            # what a daemon serves from outside the tree (podman's storage for fuse-overlayfs)
+            cmd = cmd.replace("{outside}", os.path.join(ctx.workdir, "outside"))
             args += ["--fuse-restart", f"{key}={cmd}"]
         for name, outer in ctx.scenario.veths:
             args += ["--external", f"veth[{name}]:{outer}"]

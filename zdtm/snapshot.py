@@ -492,7 +492,13 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         places = {}
         for what in ("root", "cwd"):
             path = os.readlink(f"/proc/{pid}/{what}")
-            places[what] = f"{path} mnt={_where(canon, kernel.statx_mnt_id(f'/proc/{pid}/{what}'), elsewhere)}"
+            try:
+                mnt_id = kernel.statx_mnt_id(f"/proc/{pid}/{what}")
+            except PermissionError:
+                # On a FUSE mount made in a user namespace without allow_other (rootless podman's
+                # fuse-overlayfs root): the kernel lets only its owner in, not the runner.
+                mnt_id = None
+            places[what] = f"{path} mnt={_where(canon, mnt_id, elsewhere)}"
         ns = {t: _ns_ino(pid, t) for t in NS_TYPES}
         if ns["time"] is not None:
             bits += " timens=" + ",".join(f"{k}:{s}.{n:09d}" for k, (s, n) in timens.offsets(pid).items())

@@ -169,8 +169,10 @@ class FuseType(FsType):
         key = restart_key(sb["fstype"])
         template = ctx.daemon_command(key)
         if template is None:
+            # {source} only where the image holds the source file: suggested elsewhere, it is refused
+            example = f"{key} -f {{source}} {{conn}}" if sb.get("input") else f"{key} -f OPTIONS {{conn}}"
             raise FsError(errno.EINVAL, f"{where}: its daemon is not restored; give the command that serves it "
-                                        f"with --fuse-restart {key}=COMMAND (e.g. '{key} -f {{source}} {{conn}}')")
+                                        f"with --fuse-restart {key}=COMMAND (e.g. '{example}')")
         source_fd = conn = mfd = None
         try:
             if sb.get("input"):
