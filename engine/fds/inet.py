@@ -366,7 +366,9 @@ def _make(spec, fds):
     fam = FAMILY_NO[spec["family"]]
     s = _new(fam, TYPE_NO[spec["proto"]], spec.get("uid"))
     try:
-        inet_opts.apply(s, spec["opts"])
+        # (a connection's buffers TCP grew past [rw]mem_max need SO_*BUFFORCE, which a stand-in in a
+        # user namespace may not use: the restorer sets them once the connection is made, `later`)
+        inet_opts.apply(s, spec["opts"], force=not spec.get("later"))
         if "addr" in spec:
             _bind(s, _addr(fam, spec["addr"], spec["port"]), spec["opts"])
         if "listen" in spec:
@@ -425,6 +427,7 @@ def _open(r: RestoreFd) -> int:
         ("family", "proto", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts")
     spec = {k: e[k] for k in names if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
+    spec["later"] = "tcp" in e or "pending" in e   # (we set its options again: `_connect`, `_connect_pending`)
     fd = None
     try:
         fd = _make_bound(r, spec) if spec.get("port") and "addr" in spec else r.standin("make", spec)[0]
