@@ -140,6 +140,35 @@ def test_rootless_container(case):
     _talk(_holder(after.pid))
 
 
+def test_rootless_container_buffers_past_the_limit(case):
+    """A rootless container's connection whose send buffer TCP grew past 2 * wmem_max (Debian's
+    default wmem_max is 212992, the guest's: a loopback connection grows to ~2.6 MB; here the image
+    says 16 MiB, past this host's limit): the stand-in, in the container's user namespace, may not
+    use SO_SNDBUFFORCE (CAP_NET_ADMIN of the initial user namespace), so it leaves the size at the
+    limit and the restorer sets it once the connection is made; before, the restore failed EPERM."""
+    from tests.enginecase import load_manifest, save_manifest
+    # (-m: every namespace of the holder its user namespace's, so its stand-in starts there: userns_first)
+    setup = _in_netns(CONNS).replace("exec unshare -n sh -c", "exec unshare -U -r -m -n sh -c", 1)
+    pid = case.start(setup)
+    img = case.new_images_dir()
+    case.dump(pid, img)
+    doc = load_manifest(img)
+    big = 1 << 24
+    with open("/proc/sys/net/core/wmem_max") as f:
+        assert big > 2 * int(f.read()), "the test needs a size past this host's wmem_max"
+    f10 = next(f for p in doc["processes"] for f in p["fds"] if f.get("kind") == "inet" and f["fd"] == 10)
+    f10["opts"]["sndbuf"] = big
+    save_manifest(img, doc)
+    new = case.restore(img)
+    holder = _holder(new)
+    s = socket.socket(fileno=grab_fd(holder, 10))
+    try:
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) == big
+    finally:
+        s.close()
+    _talk(holder)
+
+
 def _pids(pid: int) -> list[int]:
     from zdtm.snapshot import tree_pids
     return tree_pids(pid)

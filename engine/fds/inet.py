@@ -397,7 +397,9 @@ def _make(spec, fds):
     try:
         if "filter" in spec:   # (before the options: SO_LOCK_FILTER forbids it after)
             inet_filter.attach(s, spec["filter"])
-        inet_opts.apply(s, spec["opts"])
+        # (a connection's buffers TCP grew past [rw]mem_max need SO_*BUFFORCE, which a stand-in in a
+        # user namespace may not use: the restorer sets them once the connection is made, `later`)
+        inet_opts.apply(s, spec["opts"], force=not spec.get("later"))
         if "addr" in spec:
             _bind(s, _addr(fam, spec["addr"], spec["port"]), spec["opts"])
         if "listen" in spec:
@@ -491,6 +493,7 @@ def _open(r: RestoreFd) -> int:
          "filter")
     spec = {k: e[k] for k in names if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
+    spec["later"] = "tcp" in e or "pending" in e   # (we set its options again: `_connect`, `_connect_pending`)
     fd = None
     try:
         fd = _make_bound(r, spec) if spec.get("port") and "addr" in spec else r.standin("make", spec)[0]

@@ -91,8 +91,10 @@ def read(s: socket.socket, family: str, proto: str) -> dict:
     return out
 
 
-def apply(s: socket.socket, opts: dict) -> None:
-    """Give socket `s` the options `opts` (read()'s) where they differ from its own."""
+def apply(s: socket.socket, opts: dict, force: bool = True) -> None:
+    """Give socket `s` the options `opts` (read()'s) where they differ from its own. `force` False:
+    a buffer size past [rw]mem_max is left at that limit, for a caller that may lack CAP_NET_ADMIN
+    of the initial user namespace (SO_*BUFFORCE asks for it) and whose caller sets them again."""
     for name, want in sorted(opts.items(), key=lambda kv: (kv[0] == "buf_lock", kv[0])):
         if _get(s, name) == want:
             continue
@@ -104,6 +106,8 @@ def apply(s: socket.socket, opts: dict) -> None:
                 # (the kernel doubles what it is given, and caps it at [rw]mem_max unless forced)
                 s.setsockopt(level, num, want // 2)
                 if _get(s, name) != want & ~1:
+                    if not force:
+                        continue
                     s.setsockopt(level, _FORCE[name], want // 2)
             else:
                 s.setsockopt(level, num, want)
