@@ -117,7 +117,7 @@ def _inet(s: socket.socket) -> str:
     if proto in ("tcp", "udp", "ping", "raw"):
         ns = inet_net.netns_fd(s.fileno())
         try:   # (sock_diag, in its network namespace: shutdown directions, a connection's other end)
-            table = forkrun.run(inet_diag._in, ns, True) if proto in ("tcp", "udp") else inet_proc.table_of(ns)
+            table = forkrun.run(inet_diag._in, ns, True) if proto in ("tcp", "udp") else inet_proc.table_of(ns, s.family)
         finally:
             os.close(ns)
     if proto == "tcp":

@@ -230,8 +230,10 @@ def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
     try:
         netns, lo = inet_net.check(d, ns, d.where)
         with socket.socket(fileno=os.dup(c)) as s:
-            table = inet_proc if proto_of(s) in ("ping", "raw") else inet_diag   # (sock_diag lists neither)
-            out = read(d, s, table.lookup(d, os.fstat(c).st_ino, netns, ns), stopped)
+            ino = os.fstat(c).st_ino
+            rec = inet_proc.lookup(d, ino, netns, ns, s.family) if proto_of(s) in ("ping", "raw") else \
+                inet_diag.lookup(d, ino, netns, ns)   # (sock_diag lists neither ping nor raw sockets)
+            out = read(d, s, rec, stopped)
         if "uid" in out and unix_bind._here(out["uid"], "uid_map", ranges=_map_of(d.pid)) is None:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: an inet socket owned by uid {out['uid']}, which its process's "
                                             "user namespace does not map (its stand-in could not make it so): "

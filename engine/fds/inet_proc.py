@@ -37,32 +37,36 @@ def parse(text: str) -> dict[int, dict]:
     return out
 
 
-def _all() -> dict[int, dict]:
-    out = {}
+def _all() -> dict[int, dict[int, dict]]:
+    """{family: {inode: record}}: each file read as its family's. (The kernel's walk of a ping hash
+    chain checks the family of its first socket only: an IPv4 ping socket sharing a bucket with an
+    IPv6 one shows in icmp6 too, with '::' for its addresses; read as one table, that record
+    overwrote the true one, now and then.)"""
+    out: dict[int, dict[int, dict]] = {socket.AF_INET: {}, socket.AF_INET6: {}}
     for name in FILES:
         try:
             with open(f"/proc/thread-self/net/{name}") as fh:
-                out.update(parse(fh.read()))
+                out[socket.AF_INET6 if name.endswith("6") else socket.AF_INET].update(parse(fh.read()))
         except FileNotFoundError:
             continue   # (icmp6, raw6: a kernel without IPv6)
     return out
 
 
-def _in(fd: int) -> dict[int, dict]:
+def _in(fd: int) -> dict[int, dict[int, dict]]:
     kernel.setns(fd, kernel.CLONE_NEWNET)
     return _all()
 
 
-def lookup(d, ino: int, netns: int, netns_fd: int) -> dict | None:
-    """The /proc/net record of ping or raw socket `ino` of network namespace `netns` (our fd on it:
-    `netns_fd`), None when none lists it."""
+def lookup(d, ino: int, netns: int, netns_fd: int, family: int = socket.AF_INET) -> dict | None:
+    """The /proc/net record of ping or raw socket `ino` (of `family`) of network namespace `netns`
+    (our fd on it: `netns_fd`), None when none lists it."""
     key = ("inet-proc", netns)
-    table = d.scratch.get(key)
-    if table is None or ino not in table:
-        table = d.scratch[key] = forkrun.run(_in, netns_fd)
-    return table.get(ino)
+    tables = d.scratch.get(key)
+    if tables is None or ino not in tables[family]:
+        tables = d.scratch[key] = forkrun.run(_in, netns_fd)
+    return tables[family].get(ino)
 
 
-def table_of(netns_fd: int) -> dict[int, dict]:
-    """Every record of network namespace `netns_fd` (the snapshot's)."""
-    return forkrun.run(_in, netns_fd)
+def table_of(netns_fd: int, family: int) -> dict[int, dict]:
+    """Every record of the sockets of `family` of network namespace `netns_fd` (the snapshot's)."""
+    return forkrun.run(_in, netns_fd)[family]
