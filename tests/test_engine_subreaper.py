@@ -89,17 +89,23 @@ def test_the_flag_is_read_inside_the_process_and_leaves_nothing_behind():
                 p.wait()
 
 
-def test_a_filter_that_would_kill_the_call_is_refused_and_the_process_lives():
-    """A process whose seccomp filter kills prctl(PR_GET_CHILD_SUBREAPER) is never sent it: the
-    read is refused with the reason (by dump before the stop), the process runs on."""
-    code = _CHILD.replace('print("ready"', f'''
+
+def filtered_child(action: int) -> str:
+    """_CHILD's code with a seccomp filter (no_new_privs first) whose `action` answers
+    prctl(PR_GET_CHILD_SUBREAPER), installed before it says ready."""
+    return _CHILD.replace('print("ready"', f'''
 import struct
-prog = bytes.fromhex("{_filter(0x80000000)[0]["insns"]}")
+prog = bytes.fromhex("{_filter(action)[0]["insns"]}")
 buf = ctypes.create_string_buffer(prog)
 fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
 libc.prctl(38, 1, 0, 0, 0)
 assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0
 print("ready"''')
+
+def test_a_filter_that_would_kill_the_call_is_refused_and_the_process_lives():
+    """A process whose seccomp filter kills prctl(PR_GET_CHILD_SUBREAPER) is never sent it: the
+    read is refused with the reason (by dump before the stop), the process runs on."""
+    code = filtered_child(0x80000000)
     p = subprocess.Popen([sys.executable, "-c", code, "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert p.stdout.readline() == b"ready\n"

@@ -597,15 +597,8 @@ def test_a_filtered_parent_is_trapped_once_before_the_stop(monkeypatch):
     import subprocess
     import sys
     from engine import seccomp, subreaper
-    from test_engine_subreaper import _CHILD, _filter
-    code = _CHILD.replace('print("ready"', f'''
-import struct
-prog = bytes.fromhex("{_filter(0x80000000)[0]["insns"]}")
-buf = ctypes.create_string_buffer(prog)
-fprog = struct.pack("HxxxxxxQ", len(prog) // 8, ctypes.addressof(buf))
-libc.prctl(38, 1, 0, 0, 0)
-assert libc.prctl(22, 2, ctypes.c_char_p(fprog), 0, 0) == 0
-print("ready"''')
+    from test_engine_subreaper import filtered_child
+    code = filtered_child(0x80000000)
     p = subprocess.Popen([sys.executable, "-c", code, "1"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert p.stdout.readline() == b"ready\n"
