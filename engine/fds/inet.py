@@ -42,7 +42,7 @@ import termios
 from engine import threadids
 from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
 from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_filter, inet_net, inet_opts, inet_pending,
-                        inet_ping, inet_proc, inet_tcp, inet_udp, register, unix_bind)
+                        inet_ping, inet_proc, inet_raw, inet_tcp, inet_udp, register, unix_bind)
 
 FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
@@ -85,10 +85,7 @@ def _name(addr: tuple) -> tuple[str, int]:
     return host, addr[1]
 
 
-def _loopback(host: str) -> bool:
-    """Whether `host` is a loopback address (an IPv4 one mapped into IPv6 too)."""
-    a = ipaddress.ip_address(host.split("%")[0])
-    return a.is_loopback or (a.version == 6 and a.ipv4_mapped is not None and a.ipv4_mapped.is_loopback)
+_loopback = inet_raw.loopback   # (one rule for every inet kind)
 
 
 def end_key(host: str, port: int) -> tuple[str, int]:

@@ -38,9 +38,7 @@ REPLY = Record("echo reply", {
 FIELD = F(LIST, required=False, rule=list_of(record(REPLY), MAX_REPLIES, DICT))
 
 
-def _loopback(host: str) -> bool:
-    a = ipaddress.ip_address(host.split("%")[0])
-    return (a.ipv4_mapped if a.version == 6 and a.ipv4_mapped else a).is_loopback
+_loopback = inet_raw.loopback   # (one rule for every inet kind)
 
 
 def read(s: socket.socket, family: str, where: str) -> list[dict]:

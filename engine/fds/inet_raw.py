@@ -25,6 +25,14 @@ def _sum(b: bytes) -> int:
     return ~s & 0xFFFF
 
 
+def loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (an IPv4 one mapped into IPv6 too; a scope suffix
+    "%lo" ignored): the only senders a restored namespace's packets may claim."""
+    import ipaddress
+    a = ipaddress.ip_address(host.split("%")[0])
+    return (a.ipv4_mapped if a.version == 6 and a.ipv4_mapped else a).is_loopback
+
+
 def packet(src: str, dst: str, proto: int, payload: bytes) -> tuple[int, str, bytes]:
     """(family, dst, an IP packet from `src` to `dst` carrying `payload` of protocol `proto`, whose
     checksum field (UDP, TCP, ICMP, ICMPv6) is filled in here)."""

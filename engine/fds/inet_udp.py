@@ -73,9 +73,7 @@ def read(s: socket.socket, where: str, peer: tuple | None) -> list[dict]:
     return out
 
 
-def _loopback(host: str) -> bool:
-    a = ipaddress.ip_address(host)
-    return (a.ipv4_mapped if a.version == 6 and a.ipv4_mapped else a).is_loopback
+_loopback = inet_raw.loopback   # (one rule for every inet kind)
 
 
 def check(dgrams: list, family: str, what: str) -> None:
