@@ -46,13 +46,7 @@ def read(s: socket.socket, family: str, where: str) -> list[dict]:
     sent back at once, as restore sends them (`deliver`): the tree finds them as they were."""
     out, total, why = [], 0, None
     try:
-        while True:
-            try:
-                data, addr = s.recvfrom(65536, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError:
-                continue   # (an error the socket held: returned before the replies)
+        for data, addr in inet_raw.received(s):
             out.append({"from": addr[0].split("%")[0], "data": base64.b64encode(data).decode()})
             total += len(data)
             if why is None and not _loopback(addr[0]):

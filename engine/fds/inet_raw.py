@@ -25,6 +25,18 @@ def _sum(b: bytes) -> int:
     return ~s & 0xFFFF
 
 
+def received(s: socket.socket):
+    """Yield (data, address) of each datagram waiting on `s`, oldest first, until none is left; an
+    error the socket held (ECONNREFUSED...) comes back before them and is passed over."""
+    while True:
+        try:
+            yield s.recvfrom(65536, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            continue
+
+
 def loopback(host: str) -> bool:
     """Whether `host` is a loopback address (an IPv4 one mapped into IPv6 too; a scope suffix
     "%lo" ignored): the only senders a restored namespace's packets may claim."""

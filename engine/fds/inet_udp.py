@@ -46,13 +46,7 @@ def read(s: socket.socket, where: str, peer: tuple | None) -> list[dict]:
                                         "not supported")
     out, total, why = [], 0, None
     try:
-        while True:
-            try:
-                data, addr = s.recvfrom(65536, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError:
-                continue   # (an error the socket held, ECONNREFUSED: returned before the datagrams)
+        for data, addr in inet_raw.received(s):
             host = ipaddress.ip_address(addr[0].split("%")[0])
             mapped = host.version == 6 and host.ipv4_mapped is not None
             out.append({"from": str(host), "port": addr[1], "data": base64.b64encode(data).decode()})
