@@ -159,6 +159,21 @@ def mapped(ids: tuple[int, int] | None, where, fn, *args) -> None:
 
 
 def bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
+    """Bind to the dumped name (`_bind_path`); a name another file holds there is refused in one line
+    that says so (the kernel's "Address already in use" does not)."""
+    try:
+        _bind_path(s, spec, fds)
+    except FdError:
+        raise
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        raise FdError(errno.EADDRINUSE, f"{spec['path']}: another file has that name (a unix socket is bound "
+                                        "again only where the name is free or a stale socket's): Address already "
+                                        "in use; remove that file, or restore where the name is free") from None
+
+
+def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     """Bind to the dumped name, the socket file landing in the directory received (fds[0]).
 
     A name through /proc/self/fd/N/ is bound the same way, with that directory at N for the
