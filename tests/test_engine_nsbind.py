@@ -151,8 +151,18 @@ def test_mount_namespace_bound_refused(case):
     """A mount namespace bound on a file: refused with its own line."""
     msg = _refusal(case, "mkdir /run/m; mount --bind /run/m /run/m; mount --make-private /run/m\n"
                          "touch /run/m/mnt\n"
-                         # (its bind failed now and then under load with EINVAL: tried again)
-                         "for i in 1 2 3 4 5; do unshare --mount=/run/m/mnt true && break; sleep 0.2; done\n"
+                         # Bound by hand, on each CPU in turn: the kernel refuses (EINVAL) to bind a
+                         # mount namespace whose id is not above the binder's (mnt_ns_loop), and on
+                         # this 6.18 kernel a newer namespace made on another CPU can have a lower id
+                         # (`unshare --mount=FILE` failed five times in a row once in CI).
+                         "for c in $(seq 0 $(($(nproc) - 1))) 0; do\n"
+                         "  taskset -c $c unshare -m sleep 1000 & p=$!\n"
+                         "  while [ \"$(readlink /proc/$p/ns/mnt)\" = \"$(readlink /proc/self/ns/mnt)\" ]; do sleep 0.02; done\n"
+                         "  ok=; mount --bind /proc/$p/ns/mnt /run/m/mnt 2>/dev/null && ok=1\n"
+                         "  kill $p; wait $p 2>/dev/null || true\n"
+                         "  [ -n \"$ok\" ] && break\n"
+                         "done\n"
+                         "grep -q ' /run/m/mnt ' /proc/self/mountinfo || { echo 'setup: no namespace bound on /run/m/mnt' >&2; exit 1; }\n"
                          "hold\n")
     assert re.search(r"mount \d+ \(/run/m/mnt\): a mount namespace is bound on it \(nsfs\): mntcr does not restore "
                      r"a mount namespace bound on a file; unmount it before dump", msg), msg
