@@ -44,7 +44,7 @@ from engine.records import record
 
 from engine import channel, forkrun, kernel
 from engine.standin import fsmount
-from engine.fs import FsError, FsType, register
+from engine.fs import FsError, FsType, lookup, register
 from engine.image import is_beneath, rel_to
 from engine.mountinfo import unescape
 
@@ -664,6 +664,94 @@ def _layers_in(sid: str, sb: dict, plan, ns_name: str, oldest: dict, unique: boo
     return layers
 
 
+def _default_on(feature: str) -> bool:
+    """The overlay module's default for `feature` (its parameter), which mountinfo leaves unsaid."""
+    try:
+        with open(f"/sys/module/overlay/parameters/{feature}") as f:
+            return f.read().strip() in ("Y", "on")
+    except OSError:
+        return False
+
+
+def _handles_kept(super_opts) -> list[str]:
+    """The options under which the overlay records its layers' files by file handle (the upper
+    root's origin, the index and its entries) and checks them at the next mount."""
+    opts = set(super_opts)
+    if not any(o.startswith("upperdir=") for o in opts):
+        return []   # (no upper layer: nowhere to record them)
+    return [f"{k}=on" for k in ("index", "nfs_export")
+            if f"{k}=on" in opts or (f"{k}=off" not in opts and _default_on(k))]
+
+
+def _volatile(super_opts) -> bool:
+    """Mounted volatile (shown `fsync=volatile` since Linux 6.18)."""
+    return "volatile" in super_opts or "fsync=volatile" in super_opts
+
+
+def _where(sid: str, plan) -> str:
+    """'mount N (PATH) on overlay' for the superblock's first mount in the dump."""
+    e = next(e for ns in plan.mntns_doc.values() for e in ns["mounts"] if e["sb"] == sid)
+    return f"mount {e['id']} ({e['mountpoint']}) on overlay"
+
+
+def _check_remountable(sb: dict, layers: list[dict], plan, where: str) -> None:
+    """Refuse what the kernel would not mount again on the restored layers: an index (or NFS export)
+    of handles on a layer restore makes afresh (its files archived: new inodes, a new fs uuid), the
+    kernel failing with ESTALE; a volatile overlay whose workdir restore does not make afresh (the
+    kernel refuses its work/incompat/volatile mark until someone removes it)."""
+    def fresh(layer: dict) -> bool | None:
+        m = plan.mounts_by_id.get(layer["mnt"])
+        sid = m is not None and plan.sb_of_dev.get(m.dev)
+        lsb = plan.superblocks.get(sid) if sid else None
+        if lsb is None:
+            return None   # (a detached layer mount: not told here)
+        handler = lookup(lsb["fstype"])
+        return bool(handler is not None and handler.content and not lsb.get("external"))
+    kept = _handles_kept(sb["super_opts"])
+    fresh_layer = next((x for x in layers if fresh(x)), None)
+    if kept and fresh_layer is not None:
+        raise FsError(errno.EOPNOTSUPP, f"{where}: mounted with {','.join(kept)}, which records the files of "
+                                        "its layers by file handle, and its layer "
+                                        f"{fresh_layer['path']} lies on a filesystem restore makes afresh "
+                                        "(new inodes): the kernel would refuse the restored layers (ESTALE); "
+                                        "mount it with index=off, or keep its layers on a filesystem "
+                                        "declared --external")
+    work = next((x for x in layers if x["path"] == dict(layer_paths(sb["super_opts"])).get("workdir")), None)
+    if _volatile(sb["super_opts"]) and work is not None and fresh(work) is False:
+        raise FsError(errno.EOPNOTSUPP, f"{where}: a volatile overlay whose workdir {work['path']} is not "
+                                        "made afresh by restore: the kernel refuses to mount it again while "
+                                        "its work/incompat/volatile mark is there; mount it without "
+                                        "volatile, or its layers on a tmpfs of the tree")
+
+
+def _clear_volatile_mark(sb: dict, ctx) -> None:
+    """Remove work/incompat/volatile/dirty from the restored workdir: the kernel leaves that mark while a
+    volatile overlay is mounted and refuses the workdir while it is there (its writes may not have
+    reached the disk); the archived copy holds what the dumped overlay showed, so the new mount may
+    use it. Only on a workdir restore made itself (dump refuses the others)."""
+    work = dict(layer_paths(sb["super_opts"])).get("workdir")
+    layer = next((x for x in sb["layers"] if x["path"] == work and not x.get("detached")), None)
+    m = layer and ctx.mounts.get(layer["mnt"])
+    lsb = m and ctx.doc["superblocks"].get(m["sb"])
+    handler = lsb and lookup(lsb["fstype"])
+    if not handler or not handler.content or lsb.get("external"):
+        return
+    base, root_rel = ctx.source_of(m)
+    inner = "/".join(x for x in (root_rel, layer["rel"].strip("/"), "work/incompat") if x)
+    try:
+        fd = kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH)
+    except FileNotFoundError:
+        return
+    try:
+        for name, remove in (("volatile/dirty", os.unlink), ("volatile", os.rmdir)):
+            try:
+                remove(name, dir_fd=fd)   # (rmdir: only once empty, nothing else goes)
+            except FileNotFoundError:
+                pass
+    finally:
+        os.close(fd)
+
+
 @record(frozen=True)
 class OverlayType(FsType):
     """overlayfs: layers recorded as (mount, path) at dump, a yard of layer clones at restore."""
@@ -706,11 +794,12 @@ class OverlayType(FsType):
         if any(e["id"] == ns["root"] and e["sb"] == sid for ns in plan.mntns_doc.values() for e in ns["mounts"]) \
                 and self.made_outside(sid, sb, plan):
             return
-        _layers(sid, sb, plan)
+        _check_remountable(sb, _layers(sid, sb, plan), plan, _where(sid, plan))
 
     def plan(self, sid: str, sb: dict, plan) -> None:
         """Record the layers as (mount, path) as they were at the overlay's creation."""
         sb["layers"] = _layers(sid, sb, plan)
+        _check_remountable(sb, sb["layers"], plan, _where(sid, plan))
 
     def plan_detached(self, sid: str, sb: dict, plan, ns_name: str, made: dict) -> None:
         """An overlay only a detached mount shows (lazily unmounted while a process keeps a file on
@@ -735,6 +824,8 @@ class OverlayType(FsType):
                 inner = "/".join(x for x in (root_rel, rel.strip("/")) if x)
                 binds.append((path, kernel.openat2(base, inner, os.O_PATH | os.O_DIRECTORY, _BENEATH)
                               if inner else os.dup(base)))
+            if _volatile(sb["super_opts"]):
+                _clear_volatile_mark(sb, ctx)
             ctx.to_service()  # the layers are cloned from the service namespace
             return create(sb["source"], sb["super_opts"], binds, ctx.owner_userns(sb))
         finally:
