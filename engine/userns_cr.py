@@ -597,6 +597,7 @@ class Rebuild:
         self.copied: set[str] = set()
         self.idmap_fd: dict[str, int] = {}   # maps (repr) -> user namespace giving them to idmapped mounts
         self._ns_of: dict[int, str] | None = None   # mount id -> mount namespace id (lock_flags)
+        self._stands: dict[int, str | None] | None = None   # pid -> _started_in's answer (stands_in)
         # Locked mounts below an unlocked one (lock_groups): made with it, from a locked copy.
         self.groups: dict[int, list[dict]] = {}
         for ns_id in self.owned:
@@ -983,10 +984,11 @@ class Rebuild:
 
     def stands_in(self, p: dict) -> str | None:
         """The user namespace p's stand-in stands in until it takes its ids (become): the one it
-        started in, None for the restorer's."""
-        if p.get("userns_start"):
-            return p["userns_start"]
-        return p["userns"] if p.get("userns_first") else None
+        started in, or its parent stand-in's that its fork stayed in (the children of pid 1 of
+        `unshare -Urpf`, which starts in its user namespace); None for the restorer's."""
+        if self._stands is None:
+            self._stands = self._started_in()
+        return self._stands.get(p["pid"])
 
     def spawn_in(self, p: dict, parent: dict | None) -> int | None:
         """The user namespace fd p's stand-in must start in (its own namespaces belong to it), or
