@@ -41,9 +41,9 @@ def test_dump_help_names_every_supported_type_and_fd_kind():
     text = " ".join(r.stdout.split())
     missing = [n for n in fs.supported() if not re.search(rf"\b{re.escape(n)}\b", text)]
     assert missing == [], f"dump --help does not name {missing}"
-    # (unix_*.py, inet_*.py and pty_*.py are helper modules of the unix, inet and pty kinds, not kinds)
+    # (unix_*.py, inet_*.py, pty_*.py and pipe_*.py are helper modules of the unix, inet, pty and pipe kinds)
     kinds = {n[:-3] for n in os.listdir(os.path.join(PROJECT_ROOT, "engine", "fds"))
-             if n.endswith(".py") and not n.startswith(("_", "unix_", "inet_", "pty_"))} - {"file", "sys"}
+             if n.endswith(".py") and not n.startswith(("_", "unix_", "inet_", "pty_", "pipe_"))} - {"file", "sys"}
     words = {"pipe": "pipes", "pty": "ptys", "unix": "unix sockets", "netlink": "netlink sockets"}
     missing = [k for k in sorted(kinds) if words.get(k, k) not in text]
     assert missing == [], f"dump --help does not name the fd kinds {missing}"

@@ -173,8 +173,18 @@ def _dump_fifo(d) -> dict:
     return {"obj": pipe_object(d.objects, f"/proc/{d.pid}/fd/{d.fd}", packets=bool(d.flags & os.O_DIRECT))}
 
 
+def _precheck(d) -> None:
+    from engine.fds import pipe_outside   # (only a tree with pipes loads it)
+    pipe_outside.precheck(d)
+
+
+def _prefinish(scratch: dict) -> None:
+    from engine.fds import pipe_outside
+    pipe_outside.prefinish(scratch)
+
+
 register(FdKind(name="pipe", matches=lambda t, m: t.startswith("pipe:["), dump=_dump, open=_open_pipe,
-                check=_check, check_object=check_object, order=10))
+                check=_check, check_object=check_object, order=10, precheck=_precheck, prefinish=_prefinish))
 register(FdKind(name="fifo", matches=lambda t, m: stat.S_ISFIFO(m) and t.startswith("/"), dump=_dump_fifo,
                 open=_open_fifo, check=_check, placed=True, order=10, obj_kind="pipe",
                 # A FIFO unlinked while open: its ghost (engine/ghosts.py) on the same superblock.

@@ -1,0 +1,97 @@
+"""Pipes the tree shares with a process outside it (`producer | TREE`, `TREE | tee log`): refused
+before the stop.
+
+Restore makes each pipe again from the ends the tree holds; an end a process outside the tree
+holds is not part of the image, so the restored pipe would have no reader (the tree's next write
+fails with EPIPE, or SIGPIPE kills it) or no writer (the tree reads end-of-file at once): the
+restored tree would not behave as the dumped one. Dump sees this only while the tree runs, by
+looking for the pipe in the other processes' fds, which is why this is a precheck (the tree is
+never stopped for it). A pipe whose other end no process holds any more is restored as it is
+(a reader gone is a reader gone after restore too).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+SCRATCH = "pipe-outside"
+
+
+def precheck(d) -> None:
+    """Note which ends of pipe fd `d` (a running process's) the tree holds, for `prefinish`."""
+    flags = _flags(d.pid, d.fd)
+    if flags is None:
+        return   # (closed meanwhile)
+    ends = d.scratch.setdefault(SCRATCH, {}).setdefault(d.target, {"r": [], "w": []})
+    ends["w" if flags & os.O_ACCMODE == os.O_WRONLY else "r"].append((d.pid, d.fd))
+
+
+def prefinish(scratch: dict) -> None:
+    """Refuse a pipe of which the tree holds only one end while a process outside it holds the
+    other (its fds looked for in /proc once, only when some pipe lacks an end)."""
+    from engine.fds import FdError
+    pipes = scratch.pop(SCRATCH, {})
+    lacking = {target: ends for target, ends in pipes.items() if not ends["r"] or not ends["w"]}
+    if not lacking:
+        return
+    tree = set(scratch.get("pids", ()))
+    for pid, fd, target in _holders(set(lacking), tree):
+        ends = lacking[target]
+        if not _is_end(pid, fd, "r" if not ends["r"] else "w"):
+            continue
+        mine_pid, mine_fd = (ends["w"] or ends["r"])[0]
+        side = "read" if not ends["r"] else "write"
+        what = ("nothing would read what the tree writes (EPIPE)" if side == "read"
+                else "the tree would read end-of-file at once")
+        raise FdError(errno.EOPNOTSUPP,
+                      f"process {mine_pid} fd {mine_fd} ({target}): the pipe's {side} end is held by "
+                      f"process {pid} ({_comm(pid)}) outside the tree, which restore cannot connect "
+                      f"again: {what}; dump that process with the tree (its parent as the root), "
+                      "or give the tree a file or FIFO instead of the pipe")
+
+
+def _holders(targets: set[str], tree: set[int]):
+    """(pid, fd, target) of each fd on one of the pipes `targets` held by a process not in `tree`."""
+    me = os.getpid()
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in tree or int(name) == me:
+            continue
+        try:
+            fds = os.listdir(f"/proc/{name}/fd")
+        except OSError:
+            continue   # (gone, or a kernel thread's)
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/{name}/fd/{fd}")
+            except OSError:
+                continue
+            if target in targets:
+                yield int(name), int(fd), target
+
+
+def _is_end(pid: int, fd: int, side: str) -> bool:
+    """Whether fd `fd` of process `pid` is the `side` ("r"/"w") end of its pipe."""
+    flags = _flags(pid, fd)
+    return flags is not None and (flags & os.O_ACCMODE == os.O_WRONLY) == (side == "w")
+
+
+def _flags(pid: int, fd: int) -> int | None:
+    """The open flags fdinfo shows for fd `fd` of process `pid`, None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+            for line in f:
+                if line.startswith("flags:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        return None
+    return None
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return "gone"
+
