@@ -438,6 +438,7 @@ class _Dump:
         self.netvars: dict[str, dict] = {}         # net ns -> its own sysctls (engine/netvars.py)
         self.net_lo_up: set[str] = set()           # net ns whose lo is up (engine/netdevs.py)
         self.netdevs: dict[str, dict] = {}         # net ns -> devices the image keeps (engine/netlinks.py)
+        self.netfilter: dict[str, dict] = {}       # net ns -> its firewall ruleset (engine/netfilter.py)
         self.ext_veths: dict[str, str] = {}        # --external veth[NAME]:KEY
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
@@ -964,6 +965,9 @@ def _collect_processes(d: _Dump) -> None:
     try:
         d.netdevs, up = netdevs.collect(nets, d.ext_veths)
         d.net_lo_up |= up   # (a lone namespace's, one only a bind keeps, are in already)
+        if nets:   # (firewall tables: engine/netfilter.py, after the devices their chains may name)
+            from engine import netfilter
+            d.netfilter = netfilter.collect(nets, d.netdevs)
     except netdevs.NetdevError as e:
         raise DumpError(e.errno, e.strerror) from None
 
@@ -1030,6 +1034,8 @@ def _manifest(d: _Dump) -> dict:
         doc["net_lo_up"] = sorted(d.net_lo_up)
     if d.netdevs:
         doc["netdevs"] = d.netdevs
+    if d.netfilter:
+        doc["netfilter"] = d.netfilter
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's
