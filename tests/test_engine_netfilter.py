@@ -138,8 +138,8 @@ def test_iptables_tables_kept_as_text(case):
 @pytest.mark.parametrize("rules, why", [
     ("iptables-legacy -A INPUT -p icmp -j DROP\n", r"has firewall tables \(ip filter\) \(iptables-legacy's: use iptables-nft\)"),
     ("iptables -A INPUT -p tcp -j NFQUEUE --queue-num 3\n", r"target 'NFQUEUE' is neither one restore makes"),
-    ("nft add table inet q; nft add chain inet q c '{ type filter hook input priority 0; }'\n"
-     "nft add rule inet q c tcp dport 9 queue num 3\n", r"expression key 'queue' is not one restore makes"),
+    ("nft add table ip q; nft add chain ip q c '{ type filter hook output priority 0; }'\n"
+     "nft add rule ip q c udp dport 9 dup to 127.0.0.2\n", r"expression key 'dup' is not one restore makes"),
 ])
 def test_refused_before_the_stop(case, rules, why):
     """A legacy iptables table (not kept), an iptables-nft target or an nft object restore does not
