@@ -1,9 +1,11 @@
 """The firewall tables of the tree's network namespaces (nftables, and iptables-nft's tables in it).
 
 Dump lists, in a child joined to each network namespace of the tree, its nftables ruleset with
-`nft -j list ruleset`. The tables iptables-nft owns (families ip and ip6, named as iptables' own:
-`XT_TABLES`) are kept as `iptables-nft-save` / `ip6tables-nft-save` text instead: their rules use
-the kernel's xtables extensions (REDIRECT, DNAT, comment...), which nft lists without their options.
+`nft -j list ruleset`. A table of iptables-nft's (families ip and ip6, named as iptables' own:
+`XT_TABLES`) with a rule using one of the kernel's xtables extensions (REDIRECT, DNAT, comment...,
+which nft lists without their options) is kept as `iptables-nft-save -t TABLE` text instead;
+one with native rules only (iptables-nft's DROP of a port, or nft's own `table ip filter`) as
+nft's JSON like the others.
 Legacy iptables tables (/proc/net/ip_tables_names) are refused by engine/netdevs.py.
 
 Restore makes them, in a child joined to the network namespace it made for the tree (never the
@@ -21,7 +23,9 @@ read the text from stdin only.
 Not kept (lost): conntrack entries and the NAT bindings of connections made before the dump (a
 restored TCP connection's next packet is picked up as a new flow, when net.netfilter's
 nf_conntrack_tcp_loose allows it: its default); counters restart from the dumped values for nft,
-from zero for the iptables-nft tables; sets' dynamic elements' timeouts restart.
+from zero for the iptables-nft tables; sets' dynamic elements' timeouts restart; the order of
+base chains of equal priority on one hook in different tables (the kernel runs them in the order
+they were made: restore makes nft's JSON tables first, then iptables-nft's).
 
 Image (manifest "netfilter"): {net-N: {"nft": [OBJECT...], "iptables": TEXT, "ip6tables": TEXT}}.
 """
@@ -119,29 +123,37 @@ def _read_here() -> dict:
     if not _has_tables():
         return {}
     doc = json.loads(_run(["nft", "-j", "list", "ruleset"]) or b'{"nftables": []}')
+    objs = [{k: {f: v for f, v in b.items() if f != "handle"} for k, b in o.items()}
+            for o in doc.get("nftables") or () if "metainfo" not in o]
+    # (a table of iptables-nft's names holding an xtables extension's rule: its text; others, nft's own
+    # or iptables-nft's with native rules only, as nft's JSON)
+    xt = {(fam, t) for o in objs for fam, t in [_table_of(o)]
+          if fam in ("ip", "ip6") and t in XT_TABLES and "rule" in o and _has_xt(o["rule"].get("expr"))}
     out: dict = {}
-    xt = {"ip": set(), "ip6": set()}
-    objs = []
-    for obj in doc.get("nftables") or ():
-        (kind, body), = obj.items()
-        if kind == "metainfo":
-            continue
-        body = {k: v for k, v in body.items() if k != "handle"}
-        fam, table = body.get("family"), body.get("table", body.get("name") if kind == "table" else None)
-        if fam in xt and table in XT_TABLES:
-            xt[fam].add(table)   # (iptables-nft's: kept as its text)
-            continue
-        objs.append({kind: body})
-    if objs:
-        out["nft"] = objs
+    if any(_table_of(o) not in xt for o in objs):
+        out["nft"] = [o for o in objs if _table_of(o) not in xt]
     for fam, tool in (("ip", "iptables"), ("ip6", "ip6tables")):
-        if xt[fam]:
-            text = _run([f"{tool}-nft-save"]).decode(errors="replace")
-            if "incompatible" in text:
-                raise NetfilterError(errno.EOPNOTSUPP, f"its {fam} table {' '.join(sorted(xt[fam]))} was made by nft "
-                                                       f"with rules {tool}-nft cannot list: not supported; {_WHAT_TO_DO}")
+        text = "".join(_run([f"{tool}-nft-save", "-t", t]).decode(errors="replace") for f, t in sorted(xt) if f == fam)
+        if "incompatible" in text:
+            raise NetfilterError(errno.EOPNOTSUPP, f"its {fam} table {' '.join(t for f, t in sorted(xt) if f == fam)} "
+                                                   f"mixes iptables-nft's rules with nft's own, which {tool}-nft cannot "
+                                                   f"list: not supported; {_WHAT_TO_DO}")
+        if text:
             out[tool] = "".join(line + "\n" for line in text.splitlines() if line and not line.startswith("#"))
     return out
+
+
+def _table_of(obj: dict) -> tuple:
+    """(family, table) of one object of nft's JSON."""
+    (kind, body), = obj.items()
+    return body.get("family"), body.get("name") if kind == "table" else body.get("table")
+
+
+def _has_xt(v) -> bool:
+    """Whether JSON value `v` holds an "xt" key (an xtables extension's match or target)."""
+    if type(v) is dict:
+        return "xt" in v or any(_has_xt(x) for x in v.values())
+    return type(v) is list and any(_has_xt(x) for x in v)
 
 
 def _read_in(fd: int) -> dict:
@@ -233,8 +245,6 @@ def _check_nft(objs, links: set[str], fail) -> None:
         for k in ("table", "name", "chain"):
             if k in body and (type(body[k]) is not str or not _NAME.match(body[k])):
                 fail(f"nft {kind}: {k} must be a name of letters, digits and _.:-")
-        if body["family"] in ("ip", "ip6") and body.get("table", body.get("name") if kind == "table" else None) in XT_TABLES:
-            fail(f"nft {kind}: table {body['family']} {body.get('table', body.get('name'))} is iptables-nft's (its text)")
         devs = body.get("dev", [])
         for dev in [devs] if type(devs) is str else devs if type(devs) is list else [None]:
             if type(dev) is not str or dev not in links | {"lo"}:
@@ -293,9 +303,14 @@ def check_one(kept, what: str, links: set[str], fail) -> None:
         fail(f"{what}: must be an object of nft, iptables, ip6tables")
     if "nft" in kept:
         _check_nft(kept["nft"], links, lambda m: fail(f"{what}: {m}"))
-    for tool in ("iptables", "ip6tables"):
+    for fam, tool in (("ip", "iptables"), ("ip6", "ip6tables")):
         if tool in kept:
             _check_xt(kept[tool], tool, lambda m: fail(f"{what}: {m}"))
+            # (one table made twice: the text's -restore would replace nft's)
+            both = {(fam, line[1:]) for line in kept[tool].splitlines() if line.startswith("*")} & \
+                {_table_of(o) for o in kept.get("nft") or ()}
+            if both:
+                fail(f"{what}: table {' '.join(sorted(both)[0])} both in nft's objects and {tool}'s text")
 
 
 def check(netfilter, made: set[str], netdevs: dict, fail) -> None:

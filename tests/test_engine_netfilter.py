@@ -21,7 +21,8 @@ pytestmark = pytest.mark.skipif(not (shutil.which("nft") and shutil.which("iptab
 # Made in the tree's own network namespace before its process runs: iptables-nft rules (a REDIRECT
 # 80 -> 8080 of lo's output, a REJECT of 81 with a user chain, docker's embedded DNS: 127.0.0.11:53
 # DNAT to its resolver's port 40053 and SNAT back), an ip6tables one (REJECT of 83), and nftables'
-# own table (a DROP of 82 through a set, a named counter).
+# own table (a DROP of 82 through a set, a named counter); a DROP of 84 in iptables-nft's mangle
+# table, whose native rules nft lists whole, and nft's own table of an iptables name (ip raw, a set).
 _RULES = r"""
 set -e
 ip link set lo up
@@ -30,6 +31,9 @@ iptables -A LOCAL81 -p tcp -m tcp --dport 81 -m comment --comment "refuse 81" -j
 iptables -A INPUT -i lo -j LOCAL81
 iptables -t nat -A OUTPUT -d 127.0.0.1/32 -p tcp --dport 80 -j REDIRECT --to-ports 8080
 ip6tables -A INPUT -p tcp --dport 83 -j REJECT --reject-with tcp-reset
+iptables -t mangle -A OUTPUT -p tcp --dport 84 -j DROP
+nft add table ip raw
+nft add set ip raw blocked '{ type ipv4_addr; elements = { 192.0.2.1 } }'
 iptables -t nat -N DOCKER_OUTPUT
 iptables -t nat -N DOCKER_POSTROUTING
 iptables -t nat -A OUTPUT -d 127.0.0.11/32 -j DOCKER_OUTPUT
@@ -56,7 +60,8 @@ _PROBE = r"""
 import select, socket
 ls = []
 for fam, host, port in ((socket.AF_INET, "127.0.0.1", 8080), (socket.AF_INET, "127.0.0.1", 81),
-                        (socket.AF_INET, "127.0.0.1", 82), (socket.AF_INET6, "::1", 83)):
+                        (socket.AF_INET, "127.0.0.1", 82), (socket.AF_INET6, "::1", 83),
+                        (socket.AF_INET, "127.0.0.1", 84)):
     l = socket.socket(fam); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind((host, port)); l.listen()
     ls.append(l)
 def attempt(fam, host, port, wait):
@@ -77,6 +82,7 @@ print("port 80:", "redirected to 8080" if got else r)
 print("port 81:", attempt(socket.AF_INET, "127.0.0.1", 81, 30))
 print("port 82:", attempt(socket.AF_INET, "127.0.0.1", 82, 3))
 print("port 83:", attempt(socket.AF_INET6, "::1", 83, 30))
+print("port 84:", attempt(socket.AF_INET, "127.0.0.1", 84, 3))
 dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); dns.bind(("127.0.0.11", 40053))
 q = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); q.sendto(b"query", ("127.0.0.11", 53))
 if select.select([dns], [], [], 30)[0]:
@@ -84,13 +90,15 @@ if select.select([dns], [], [], 30)[0]:
 print("dns:", q.recvfrom(100) if select.select([q], [], [], 30)[0] else "no answer")
 """
 
-# (chains' counters not compared: iptables-nft-restore gives its base chains counters, which
+# (tables listed sorted: restore makes nft's JSON ones first, then iptables-nft's; chains' counters
+# not compared: iptables-nft-restore gives its base chains counters, which
 # iptables-save then shows, where iptables had made them without)
 _CHECK = ("nsenter -t 1 -n python3 -c '" + _PROBE.replace("'", "'\\''") + "'; "
           "(nsenter -t 1 -n iptables-save; nsenter -t 1 -n ip6tables-save) | grep -v '^#' | sed 's/ \\[[0-9:]*\\]$//'; "
+          "nsenter -t 1 -n nft list tables | sort; nsenter -t 1 -n nft list table ip raw; "
           "nsenter -t 1 -n nft list table inet guard | sed 's/packets [0-9]* bytes [0-9]*/N/'")
 
-_WANT = ("port 80: redirected to 8080", "port 81: refused", "port 82: dropped", "port 83: refused",
+_WANT = ("port 80: redirected to 8080", "port 81: refused", "port 82: dropped", "port 83: refused", "port 84: dropped",
          "dns: (b'answer', ('127.0.0.11', 53))")
 
 
@@ -110,7 +118,8 @@ def test_rules_act_after_restore(case):
     if "port 80: redirected to 8080" not in out:
         raise SetupError(f"the rules did not act before the dump:\n{out}")
     for line in _WANT + ("-A LOCAL81 -p tcp -m tcp --dport 81 -m comment --comment \"refuse 81\" -j REJECT",
-                         "tcp dport @ports counter name \"dropped\" drop"):
+                         "tcp dport @ports counter name \"dropped\" drop", "-A OUTPUT -p tcp -m tcp --dport 84 -j DROP",
+                         "elements = { 192.0.2.1 }"):
         assert line in out, out
     assert after.snap.check_output == out
 
@@ -123,15 +132,17 @@ def _keep(case, rules: str) -> dict:
 
 
 def test_iptables_tables_kept_as_text(case):
-    """iptables-nft's tables are kept as iptables-save text (nft's JSON lists REDIRECT without its
-    port), the others as nft JSON without handles."""
+    """iptables-nft's tables with an extension's rule are kept as iptables-save text (nft's JSON
+    lists REDIRECT without its port); the others, iptables-nft's mangle with a native DROP only and
+    nft's own ones, as nft JSON without handles."""
     kept = list(_keep(case, _RULES).values())
     assert len(kept) == 1, kept
     kept = kept[0]
     assert "-A OUTPUT -d 127.0.0.1/32 -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 8080" in kept["iptables"]
+    assert [t for t in kept["iptables"].splitlines() if t.startswith("*")] == ["*filter", "*nat"], kept["iptables"]
     assert "--dport 83 -j REJECT" in kept["ip6tables"]
-    tables = [o["table"] for o in kept["nft"] if "table" in o]
-    assert tables == [{"family": "inet", "name": "guard"}], tables
+    tables = sorted((o["table"]["family"], o["table"]["name"]) for o in kept["nft"] if "table" in o)
+    assert tables == [("inet", "guard"), ("ip", "mangle"), ("ip", "raw")], tables
     assert not any("handle" in body for o in kept["nft"] for body in o.values())
 
 
@@ -182,7 +193,7 @@ def _rule(expr):
     (lambda k: k["nft"].append(_rule([{"queue": {"num": 1}}])), r"key 'queue'"),
     (lambda k: k["nft"].append(_rule([{"osf": {"key": "name"}}])), r"key 'osf'"),
     (lambda k: k["nft"].append(_rule([{"match": {"left": {"x": 1}}}])), r"key 'x'"),
-    (lambda k: k["nft"].append({"table": {"family": "ip", "name": "nat"}}), r"iptables-nft's"),
+    (lambda k: k["nft"].append({"table": {"family": "ip", "name": "nat"}}), r"table ip nat both in nft's objects and iptables'"),
     (lambda k: k["nft"].append({"table": {"family": "inet", "name": "../x"}}), r"table must be a name|name must be"),
     (lambda k: k["nft"].append({"table": {"family": "inet", "name": "t", "handle": 3, "file": "/x"}}),
      r"only the fields"),
