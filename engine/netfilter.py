@@ -49,12 +49,13 @@ MAX_STR = 256
 MAX_TEXT = 1 << 18
 MAX_LINES = 4096
 OBJECTS = {
-    "table": {"family", "name", "flags"},
-    "chain": {"family", "table", "name", "type", "hook", "prio", "policy", "dev"},
+    "table": {"family", "name", "flags", "comment"},
+    "chain": {"family", "table", "name", "type", "hook", "prio", "policy", "dev", "comment"},
     "rule": {"family", "table", "chain", "expr", "comment"},
-    "set": {"family", "table", "name", "type", "flags", "elem", "timeout", "gc-interval", "size", "policy", "auto-merge"},
+    "set": {"family", "table", "name", "type", "flags", "elem", "timeout", "gc-interval", "size", "policy", "auto-merge",
+            "comment"},
     "map": {"family", "table", "name", "type", "map", "flags", "elem", "timeout", "gc-interval", "size", "policy",
-            "auto-merge"},
+            "auto-merge", "comment"},
     "counter": {"family", "table", "name", "packets", "bytes"},
     "quota": {"family", "table", "name", "bytes", "used", "inv"},
     "limit": {"family", "table", "name", "rate", "per", "burst", "unit", "inv"},

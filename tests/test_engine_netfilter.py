@@ -256,21 +256,41 @@ def test_write_never_in_the_restorers_namespace():
         os.close(fd)
 
 
+def _host_ruleset() -> str:
+    import subprocess
+    return subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True, check=True).stdout
+
+
 def test_hostile_image_refused_at_restore(case, tmp_path):
-    """An image whose ruleset was edited to an iptables --modprobe of a program of the host's is
-    refused by restore before it makes anything (the program never runs)."""
+    """An image whose ruleset was edited is refused by restore before it makes anything, in one line,
+    the host's ruleset unchanged: an iptables --modprobe of a program of the host's (it never runs),
+    an nft include of a host file, a chain hooked on the host's interface, a flush of the ruleset, a
+    huge ruleset."""
     img = case.new_images_dir()
     pid = case.start(_setup())
     case.dump(pid, img)
-    bad = copy_image(img, str(tmp_path / "bad"))
-    doc = load_manifest(bad)
     marker = tmp_path / "ran"
     prog = tmp_path / "prog.sh"
     prog.write_text(f"#!/bin/sh\ntouch {marker}\n")
     prog.chmod(0o755)
-    (kept,) = doc["netfilter"].values()
-    kept["iptables"] = kept["iptables"].replace("-j REDIRECT", f"--modprobe={prog} -j REDIRECT")
-    save_manifest(bad, doc)
-    with pytest.raises(CRError, match=r"option '--modprobe="):
-        case.restore(bad)
+    host = _host_ruleset()
+    for n, (mut, why) in enumerate([
+        (lambda k: k.update(iptables=k["iptables"].replace("-j REDIRECT", f"--modprobe={prog} -j REDIRECT")),
+         r"option '--modprobe="),
+        (lambda k: k["nft"].insert(0, {"include": "/etc/shadow"}), r"object 'include' is not one restore makes"),
+        (lambda k: k["nft"].append({"chain": {"family": "netdev", "table": "guard", "name": "in", "type": "filter",
+                                              "hook": "ingress", "prio": 0, "dev": "eth0"}}),
+         r"device 'eth0' is not one restore makes in the namespace"),
+        (lambda k: k["nft"].insert(0, {"flush": {"ruleset": None}}), r"object 'flush' is not one restore makes"),
+        (lambda k: k["nft"].extend([k["nft"][-1]] * 5000), r"at most 4096 objects"),
+    ]):
+        bad = copy_image(img, str(tmp_path / f"bad{n}"))
+        doc = load_manifest(bad)
+        (kept,) = doc["netfilter"].values()
+        mut(kept)
+        save_manifest(bad, doc)
+        with pytest.raises(CRError, match=why) as e:
+            case.restore(bad)
+        assert "\n" not in str(e.value).strip().splitlines()[-1]
     assert not marker.exists()
+    assert _host_ruleset() == host
