@@ -294,3 +294,56 @@ def test_hostile_image_refused_at_restore(case, tmp_path):
         assert "\n" not in str(e.value).strip().splitlines()[-1]
     assert not marker.exists()
     assert _host_ruleset() == host
+
+
+# A connection on 127.0.0.1:7000 (client fd 10, server's end fd 11) under a stateful input filter
+# that lets TCP in only for an established flow or to port 7000 (`strict`: established flows only).
+_CONN = """
+import socket
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("127.0.0.1", 7000)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept()
+c.sendall(b"to-server")
+os.dup2(c.fileno(), 10); os.dup2(a.fileno(), 11)
+for s in (l, c, a): s.close()
+"""
+_STATEFUL = r"""
+set -e
+ip link set lo up
+nft -f - <<'EOF'
+table inet fw {
+    chain in {
+        type filter hook input priority 0; policy accept;
+        ct state established,related accept
+        tcp dport 7000 accept
+        meta l4proto tcp drop
+    }
+}
+EOF
+exec "$@"
+"""
+
+
+def test_connection_through_a_stateful_filter(case):
+    """The rules are made before the sockets: a TCP connection the filter let through comes back
+    and carries data both ways (its conntrack entry is not kept: the restored flow's first packet,
+    to port 7000, is taken as a new one, nf_conntrack_tcp_loose's pickup, and its replies as
+    established)."""
+    import socket
+
+    from tests.enginecase import grab_fd
+    hold = py_hold(_CONN)
+    pid = case.start("cat > /run/fw.sh <<'FWEOF'\n" + _STATEFUL + "FWEOF\nexec unshare -n sh /run/fw.sh "
+                     + hold[len("exec "):])
+    pid = case.cr(pid)
+    c, a = (socket.socket(fileno=grab_fd(pid, n)) for n in (10, 11))
+    try:
+        for s in (c, a):
+            s.settimeout(30)
+        assert a.recv(100) == b"to-server"
+        c.sendall(b"more")
+        assert a.recv(100) == b"more"
+        a.sendall(b"back")
+        assert c.recv(100) == b"back"
+    finally:
+        c.close()
+        a.close()
