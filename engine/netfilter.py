@@ -22,9 +22,10 @@ read the text from stdin only.
 
 Not kept (lost): conntrack entries and the NAT bindings of connections made before the dump (a
 restored TCP connection's next packet is picked up as a new flow, when net.netfilter's
-nf_conntrack_tcp_loose allows it: its default; once a packet of the other way is seen the flow is
-established again, so a filter of `ct state established` lets it through after a retransmission:
-tests/test_engine_netfilter.py). No network lock as CRIU's: the namespace is new and the tree's
+nf_conntrack_tcp_loose allows it: its default; both ends are the tree's, and each sends a window
+probe as restore ends its repair, so the flow is seen both ways and established again at once,
+even through a filter that lets a new flow start only with a SYN: tests/test_engine_netfilter.py).
+No network lock as CRIU's: the namespace is new and the tree's
 own, and a socket in repair mode sends nothing until restore ends repair. Counters restart from the dumped values for nft,
 from zero for the iptables-nft tables; sets' dynamic elements' timeouts restart; the order of
 base chains of equal priority on one hook in different tables (the kernel runs them in the order

@@ -314,7 +314,7 @@ table inet fw {
     chain in {
         type filter hook input priority 0; policy accept;
         ct state established,related accept
-        tcp dport 7000 accept
+        tcp dport 7000 NEW accept
         meta l4proto tcp drop
     }
 }
@@ -323,17 +323,19 @@ exec "$@"
 """
 
 
-def test_connection_through_a_stateful_filter(case):
+@pytest.mark.parametrize("new", ["", "tcp flags & (syn | ack) == syn"])
+def test_connection_through_a_stateful_filter(case, new):
     """The rules are made before the sockets: a TCP connection the filter let through comes back
-    and carries data both ways (its conntrack entry is not kept: the restored flow's first packet,
-    to port 7000, is taken as a new one, nf_conntrack_tcp_loose's pickup, and its replies as
-    established)."""
+    and carries data both ways. Its conntrack entry is not kept: the restored flow's first packet
+    is taken as a new one (nf_conntrack_tcp_loose's pickup), accepted to port 7000; when only a SYN
+    may start a flow (`new`), that first packet (the client's window probe as restore ends its
+    repair) is dropped, and the server's probe, a reply, makes the flow established."""
     import socket
 
     from tests.enginecase import grab_fd
     hold = py_hold(_CONN)
-    pid = case.start("cat > /run/fw.sh <<'FWEOF'\n" + _STATEFUL + "FWEOF\nexec unshare -n sh /run/fw.sh "
-                     + hold[len("exec "):])
+    pid = case.start("cat > /run/fw.sh <<'FWEOF'\n" + _STATEFUL.replace("NEW", new) + "FWEOF\n"
+                     "exec unshare -n sh /run/fw.sh " + hold[len("exec "):])
     pid = case.cr(pid)
     c, a = (socket.socket(fileno=grab_fd(pid, n)) for n in (10, 11))
     try:
