@@ -76,7 +76,6 @@ notrack mangle value exthdr name fib result rt socket quota val val_unit used us
 mode mod symhash jhash seed | & ^ << >> != == < > <= >= in
 """.split()) | {"tcp option", "ip option", "sctp chunk", "counter name", "quota name", "limit name"}
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
-_IFNAME = re.compile(r"^[^/\s\0:]{1,15}\Z")
 _TEXT = re.compile(r"^[\x20-\x7e]*\Z")
 # iptables-save text: the options, matches and targets of the rules it writes that act in the namespace
 _XT_OPTS = frozenset("""
@@ -92,7 +91,7 @@ _XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport ma
                         "pkttype length ttl hl".split())
 _XT_TARGETS = frozenset("ACCEPT DROP RETURN REJECT REDIRECT DNAT SNAT MASQUERADE LOG MARK".split())
 _TOKEN = re.compile(r'"[^"\\]*"|[^\s"\\]+')
-_CHAIN = re.compile(r"^[A-Za-z0-9_.-]{1,28}\Z")
+_CHAIN_LINE = re.compile(r"^:[A-Za-z0-9_.-]{1,28} (ACCEPT|DROP|-) \[\d{1,20}:\d{1,20}\]\Z")
 _WHAT_TO_DO = "keep the namespace's firewall to nftables' rules (nft) and iptables-nft's common matches and targets"
 
 
@@ -275,7 +274,7 @@ def _check_xt(text, tool: str, fail) -> None:
             table, chains = line[1:], set()
         elif line == "COMMIT" and table:
             table = None
-        elif line.startswith(":") and table and re.match(r"^:([A-Za-z0-9_.-]{1,28}) (ACCEPT|DROP|-) \[\d{1,20}:\d{1,20}\]\Z", line):
+        elif line.startswith(":") and table and _CHAIN_LINE.match(line):
             chains.add(line[1:].split()[0])
         elif line.startswith("-A ") and table:
             _check_rule(_TOKEN.findall(line), line, chains, tool, fail)
