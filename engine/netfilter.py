@@ -52,19 +52,21 @@ MAX_DEPTH = 24
 MAX_STR = 256
 MAX_TEXT = 1 << 18
 MAX_LINES = 4096
+MAX_VALUES = 1 << 18
 OBJECTS = {
     "table": {"family", "name", "flags", "comment"},
     "chain": {"family", "table", "name", "type", "hook", "prio", "policy", "dev", "comment"},
     "rule": {"family", "table", "chain", "expr", "comment"},
     "set": {"family", "table", "name", "type", "flags", "elem", "timeout", "gc-interval", "size", "policy", "auto-merge",
-            "comment"},
+            "comment", "stmt"},
     "map": {"family", "table", "name", "type", "map", "flags", "elem", "timeout", "gc-interval", "size", "policy",
-            "auto-merge", "comment"},
+            "auto-merge", "comment", "stmt"},
     "counter": {"family", "table", "name", "packets", "bytes"},
     "quota": {"family", "table", "name", "bytes", "used", "inv"},
     "limit": {"family", "table", "name", "rate", "per", "burst", "unit", "inv"},
 }
 FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+_NESTED = ("expr", "elem", "type", "map", "flags", "stmt")   # (fields holding JSON values: `_keys`)
 # The keys nft's JSON uses in expressions and statements that act in the namespace only (matches,
 # verdicts, NAT, marks, sets, maps, counters, logging); an unknown one (xt, a helper, osf's host-wide
 # fingerprints, synproxy, secmark, tproxy, queue to a host daemon...) is refused.
@@ -73,7 +75,7 @@ match op left right payload protocol field base offset len meta key counter pack
 jump goto target reject type expr redirect dnat snat masquerade addr port family flags ct dir set range prefix concat
 elem map data vmap log level group snaplen queue-threshold limit rate per burst rate_unit burst_unit unit inv
 notrack mangle value exthdr name fib result rt socket quota val val_unit used used_unit timeout expires comment numgen
-mode mod symhash jhash seed | & ^ << >> != == < > <= >= in
+mode mod symhash jhash seed stmt | & ^ << >> != == < > <= >= in
 """.split()) | {"tcp option", "ip option", "sctp chunk", "counter name", "quota name", "limit name"}
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
 _TEXT = re.compile(r"^[\x20-\x7e]*\Z")
@@ -216,18 +218,22 @@ def write(fd: int, kept: dict) -> None:
         forkrun.run(_write_in, fd, kept)
 
 
-def _keys(v, depth: int, fail) -> None:
-    """Every key of nested JSON value `v` one of `_KEYS`, strings bounded, at most MAX_DEPTH deep."""
+def _keys(v, depth: int, fail, budget: list[int]) -> None:
+    """Every key of nested JSON value `v` one of `_KEYS`, strings bounded, at most MAX_DEPTH deep;
+    `budget`: [values left] of the whole ruleset (MAX_VALUES: a set of millions of elements)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        fail(f"more than {MAX_VALUES} values in the ruleset")
     if depth > MAX_DEPTH:
         fail(f"an expression nested deeper than {MAX_DEPTH}")
     if type(v) is dict:
         for k, x in v.items():
             if k not in _KEYS:
                 fail(f"expression key {str(k)[:40]!r} is not one restore makes")
-            _keys(x, depth + 1, fail)
+            _keys(x, depth + 1, fail, budget)
     elif type(v) is list:
         for x in v:
-            _keys(x, depth + 1, fail)
+            _keys(x, depth + 1, fail, budget)
     elif type(v) is str:
         if len(v) > MAX_STR or not _TEXT.match(v):
             fail(f"a string of more than {MAX_STR} printable characters")
@@ -238,6 +244,7 @@ def _keys(v, depth: int, fail) -> None:
 def _check_nft(objs, links: set[str], fail) -> None:
     if type(objs) is not list or len(objs) > MAX_OBJECTS:
         fail(f"nft: must be a list of at most {MAX_OBJECTS} objects")
+    budget = [MAX_VALUES]
     for obj in objs:
         if type(obj) is not dict or len(obj) != 1:
             fail("nft: each object must be {KIND: {...}}")
@@ -253,10 +260,10 @@ def _check_nft(objs, links: set[str], fail) -> None:
         for dev in [devs] if type(devs) is str else devs if type(devs) is list else [None]:
             if type(dev) is not str or dev not in links | {"lo"}:
                 fail(f"nft chain {body.get('name')!r}: device {str(dev)[:20]!r} is not one restore makes in the namespace")
-        _keys({k: v for k, v in body.items() if k in ("expr", "elem", "type", "map", "flags")}, 0,
-              lambda m: fail(f"nft {kind} {body.get('name', body.get('chain'))!r}: {m}"))
+        _keys({k: v for k, v in body.items() if k in _NESTED}, 0,
+              lambda m: fail(f"nft {kind} {body.get('name', body.get('chain'))!r}: {m}"), budget)
         for k, v in body.items():
-            if k not in ("expr", "elem", "type", "map", "flags", "dev") and type(v) not in (str, int, bool):
+            if k not in _NESTED and k != "dev" and type(v) not in (str, int, bool):
                 fail(f"nft {kind}: {k} must be a string or number")
             if type(v) is str and (len(v) > MAX_STR or not _TEXT.match(v)):
                 fail(f"nft {kind}: {k} must be printable text of at most {MAX_STR} characters")

@@ -199,6 +199,8 @@ def _rule(expr):
      r"only the fields"),
     (lambda k: k["nft"].extend([{"table": {"family": "inet", "name": "t"}}] * 5000), r"at most 4096 objects"),
     (lambda k: k["nft"].append(_rule([{"match": {"left": "a" * 300}}])), r"printable characters"),
+    (lambda k: k["nft"].append({"set": {"family": "inet", "table": "t", "name": "s", "type": "ipv4_addr",
+                                        "elem": ["10.0.0.1"] * 300000}}), r"more than 262144 values"),
     (lambda k: k["nft"].append(_rule(_deep(40))), r"nested deeper"),
     (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-j X --modprobe=/tmp/x")), r"option '--modprobe=/tmp/x'"),
     (lambda k: k.update(iptables=k["iptables"].replace("-j X", "-j X --modprobe /tmp/x")), r"option '--modprobe'"),
