@@ -370,6 +370,7 @@ class _Plan:
         # A type's namespaces no process is in: net ns -> its own sysctls, net ns whose lo is up (_Dump's)
         self.netvars: dict[str, dict] = {}
         self.net_lo_up: set[str] = set()
+        self.netfilter: dict[str, dict] = {}   # net ns -> its firewall ruleset (engine/netfilter.py)
         # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
 
@@ -639,6 +640,7 @@ def _settle_externals(d: _Dump) -> None:
     d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
     d.plan.ns_names = d.names   # (the image's namespace ids: a type module may name one)
     d.plan.netvars, d.plan.net_lo_up = d.netvars, d.net_lo_up   # (one record of a network namespace's state)
+    d.plan.netfilter = d.netfilter
 
 
 def _plan_devices(d: _Dump) -> None:
@@ -967,7 +969,7 @@ def _collect_processes(d: _Dump) -> None:
         d.net_lo_up |= up   # (a lone namespace's, one only a bind keeps, are in already)
         if nets:   # (firewall tables: engine/netfilter.py, after the devices their chains may name)
             from engine import netfilter
-            d.netfilter = netfilter.collect(nets, d.netdevs)
+            d.netfilter.update(netfilter.collect(nets, d.netdevs))   # (a lone namespace's are in already)
     except netdevs.NetdevError as e:
         raise DumpError(e.errno, e.strerror) from None
 

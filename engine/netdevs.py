@@ -9,10 +9,10 @@ refuses what it would lack for a namespace holding an inet socket. Every network
 tree that is not the dumper's is compared with a fresh one the same way (interfaces, the ones up,
 addresses, routes, multicast memberships: inet_net.differs, passing over what the image keeps), and
 so is each one only a bind keeps (engine/fs/nsfs.py, which restore makes afresh: `new_netns`: its
-devices are not kept); its lo comes back up when it was (image "net_lo_up"). A process's namespace's
-nftables tables (iptables-nft's too) are kept by engine/netfilter.py; a legacy iptables table a
-fresh namespace lacks (/proc/net/ip_tables_names: made by the first rule or listing in that
-namespace) is refused, and so is any table of a namespace only a bind keeps.
+devices are not kept); its lo comes back up when it was (image "net_lo_up"). Its nftables tables
+(iptables-nft's too) are kept by engine/netfilter.py (`keeps_nft`); a legacy iptables table a fresh
+namespace lacks (/proc/net/ip_tables_names: made by the first rule or listing in that namespace) is
+refused.
 """
 
 from __future__ import annotations

@@ -351,3 +351,26 @@ def test_connection_through_a_stateful_filter(case, new):
     finally:
         c.close()
         a.close()
+
+
+def test_lone_netns_rules_restored(case):
+    """`ip netns add blue` alone (no process in it), with an iptables-nft REDIRECT and an nft table:
+    its ruleset comes back in the namespace restore makes for it (before, dump refused it: "has
+    firewall tables"), and a rule restore would not make is refused before the stop."""
+    ns = "nsenter --net=/run/netns/blue"
+    setup = (f"ip netns add blue\n{ns} ip link set lo up\n"
+             f"{ns} iptables -t nat -A OUTPUT -p tcp --dport 80 -j REDIRECT --to-ports 8080\n"
+             f"{ns} nft add table inet lone\n"
+             f"{ns} nft add chain inet lone c '{{ type filter hook input priority 0; }}'\n"
+             f"{ns} nft add rule inet lone c tcp dport 82 drop\nhold\n")
+    check = f"{ns} iptables-save -t nat | grep '^-A'; {ns} nft list table inet lone"
+    before, after = case.roundtrip(setup, check)
+    out = before.snap.check_output
+    for line in ("-A OUTPUT -p tcp -m tcp --dport 80 -j REDIRECT --to-ports 8080", "tcp dport 82 drop"):
+        assert line in out, out
+    assert after.snap.check_output == out
+    pid = case.start(STOP_WATCH + f"ip netns add red\nnsenter --net=/run/netns/red iptables -A INPUT -j NFQUEUE\nhold\n")
+    with pytest.raises(CRError, match=r"only the bind keeps .*target 'NFQUEUE' is neither one restore makes") as e:
+        case.dump(pid, case.new_images_dir())
+    assert "\n" not in str(e.value).strip().splitlines()[-1]
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
