@@ -128,7 +128,12 @@ def _read_here() -> dict:
     """Our namespace's ruleset as the image keeps it (`check`'s shape), {} when it has none."""
     if not _has_tables():
         return {}
-    doc = json.loads(_run(["nft", "-j", "list", "ruleset"]) or b'{"nftables": []}')
+    try:
+        doc = json.loads(_run(["nft", "-j", "list", "ruleset"]) or b'{"nftables": []}')
+    except ValueError:   # (nft 1.0.6 lists a table's flags so: `flags dormant`)
+        raise NetfilterError(errno.EOPNOTSUPP, "its network namespace's firewall is not listed as JSON by `nft -j "
+                                               "list ruleset` (this nft's bug with a table's flags: dormant): not "
+                                               f"supported; {_WHAT_TO_DO}") from None
     objs = [{k: {f: v for f, v in b.items() if f != "handle"} for k, b in o.items()}
             for o in doc.get("nftables") or () if "metainfo" not in o]
     # (a table of iptables-nft's names holding an xtables extension's rule: its text; others, nft's own
@@ -256,6 +261,10 @@ def _check_nft(objs, links: set[str], fail) -> None:
         for k in ("table", "name", "chain"):
             if k in body and (type(body[k]) is not str or not _NAME.match(body[k])):
                 fail(f"nft {kind}: {k} must be a name of letters, digits and _.:-")
+        flags = body.get("flags", []) if kind == "table" else []
+        if not all(f == "dormant" for f in ([flags] if type(flags) is str else flags if type(flags) is list else [None])):
+            # (an owner flag ties the table to its maker's netlink socket: nft's, gone once it made it)
+            fail(f"nft table {body.get('name')!r}: flags other than dormant (owner: a process's own table)")
         devs = body.get("dev", [])
         for dev in [devs] if type(devs) is str else devs if type(devs) is list else [None]:
             if type(dev) is not str or dev not in links | {"lo"}:

@@ -151,6 +151,10 @@ def test_iptables_tables_kept_as_text(case):
     ("iptables -A INPUT -p tcp -j NFQUEUE --queue-num 3\n", r"target 'NFQUEUE' is neither one restore makes"),
     ("nft add table ip q; nft add chain ip q c '{ type filter hook output priority 0; }'\n"
      "nft add rule ip q c udp dport 9 dup to 127.0.0.2\n", r"expression key 'dup' is not one restore makes"),
+    # (nft 1.0.6 writes broken JSON for a table's flags; a later nft lists them, and this test must
+    # then keep a dormant table: to be changed with the nft version)
+    ("nft add table inet d '{ flags dormant; }'\n",
+     r"not listed as JSON by `nft -j list ruleset`"),
 ])
 def test_refused_before_the_stop(case, rules, why):
     """A legacy iptables table (not kept), an iptables-nft target or an nft object restore does not
@@ -199,6 +203,8 @@ def _rule(expr):
      r"only the fields"),
     (lambda k: k["nft"].extend([{"table": {"family": "inet", "name": "t"}}] * 5000), r"at most 4096 objects"),
     (lambda k: k["nft"].append(_rule([{"match": {"left": "a" * 300}}])), r"printable characters"),
+    (lambda k: k["nft"][0]["table"].update(flags=["owner"]), r"flags other than dormant"),
+    (lambda k: k["nft"][0]["table"].update(flags=[{"x": 1}]), r"flags other than dormant"),
     (lambda k: k["nft"].append({"set": {"family": "inet", "table": "t", "name": "s", "type": "ipv4_addr",
                                         "elem": ["10.0.0.1"] * 300000}}), r"more than 262144 values"),
     (lambda k: k["nft"].append(_rule(_deep(40))), r"nested deeper"),
