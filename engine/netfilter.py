@@ -93,7 +93,8 @@ _XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport ma
                         "pkttype length ttl hl".split())
 _XT_TARGETS = frozenset("ACCEPT DROP RETURN REJECT REDIRECT DNAT SNAT MASQUERADE LOG MARK".split())
 _TOKEN = re.compile(r'"[^"\\]*"|[^\s"\\]+')
-_CHAIN_LINE = re.compile(r"^:[A-Za-z0-9_.-]{1,28} (ACCEPT|DROP|-) \[\d{1,20}:\d{1,20}\]\Z")
+# (a chain's name never starts with '-': the -restore tools' option parser would read it as an option)
+_CHAIN_LINE = re.compile(r"^:[A-Za-z0-9_][A-Za-z0-9_.-]{0,27} (ACCEPT|DROP|-) \[\d{1,20}:\d{1,20}\]\Z")
 _WHAT_TO_DO = "keep the namespace's firewall to nftables' rules (nft) and iptables-nft's common matches and targets"
 
 

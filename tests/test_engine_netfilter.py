@@ -220,6 +220,7 @@ def _rule(expr):
     (lambda k: k.update(iptables=k["iptables"] + "*filter\n"), r"without COMMIT"),
     (lambda k: k.update(iptables=k["iptables"].replace("*nat", "*nat\n# x")), r"is not one of"),
     (lambda k: k.update(iptables=k["iptables"].replace("*nat", "*broute")), r"is not one of"),
+    (lambda k: k.update(iptables=k["iptables"].replace(":X -", ":-M -").replace("-j X", "-j -M")), r"is not one of"),
     (lambda k: k.update(arptables="*filter\nCOMMIT\n"), r"must be an object of nft, iptables, ip6tables"),
 ])
 def test_validator(mut, pattern):
