@@ -10,7 +10,7 @@ tree that is not the dumper's is compared with a fresh one the same way (interfa
 addresses, routes, multicast memberships: inet_net.differs, passing over what the image keeps), and
 so is each one only a bind keeps (engine/fs/nsfs.py, which restore makes afresh: `new_netns`: its
 devices are not kept); its lo comes back up when it was (image "net_lo_up"). Its nftables tables
-(iptables-nft's too) are kept by engine/netfilter.py (`keeps_nft`); a legacy iptables table a fresh
+(iptables-nft's too) are kept by engine/netfilter.py; a legacy iptables table a fresh
 namespace lacks (/proc/net/ip_tables_names: made by the first rule or listing in that namespace) is
 refused.
 """
@@ -45,21 +45,20 @@ class NetdevError(OSError):
     """A network namespace restore would not make as it is; the message is one line."""
 
 
-def lo_up_fd(fd: int, what: str, to_do: str, covered: dict | None = None, keeps_nft: bool = False) -> bool:
+def lo_up_fd(fd: int, what: str, to_do: str, covered: dict | None = None) -> bool:
     """Whether network namespace `fd` has its lo up; NetdevError "`what` why: not supported; `to_do`"
-    when it holds what a fresh one lacks beyond what the image keeps (`covered`: netlinks.read's;
-    `keeps_nft`: its nftables tables, engine/netfilter.py's)."""
+    when it holds what a fresh one lacks beyond what the image keeps (`covered`: netlinks.read's; its
+    nftables tables: engine/netfilter.py's)."""
     from engine.fds import inet_net   # (its socket module only for a tree with a network namespace)
     fresh = inet_net.fresh_pair()
     have = inet_net.state_of(fd)
     why = inet_net.differs(have, fresh, loopback_follows=True, covered=covered)
     if isinstance(why, str):
         raise NetdevError(errno.EOPNOTSUPP, f"{what} {why}; {to_do}")
-    extra = sorted(t for t in set(have.get("tables", ())) - set(fresh[0].get("tables", ()))
-                   if not (keeps_nft and t.startswith("nft ")))
+    extra = sorted(t for t in set(have.get("tables", ())) - set(fresh[0].get("tables", ())) if not t.startswith("nft "))
     if extra:
-        legacy = " (iptables-legacy's: use iptables-nft)" if keeps_nft else ""
-        raise NetdevError(errno.EOPNOTSUPP, f"{what} its network namespace has firewall tables ({', '.join(extra)}){legacy}, "
+        raise NetdevError(errno.EOPNOTSUPP, f"{what} its network namespace has firewall tables ({', '.join(extra)}) "
+                                            "(iptables-legacy's: use iptables-nft), "
                                             f"whose rules restore does not make: not supported; {to_do}")
     return why
 
@@ -80,7 +79,7 @@ def collect(nets: dict[str, int], ext_veths: dict[str, str]) -> tuple[dict[str, 
         except netlinks.NetlinkError as e:
             raise NetdevError(e.errno, f"{e.strerror}; {_WHAT_TO_DO}") from None
         up = {nsid for nsid, fd in fds.items()
-              if lo_up_fd(fd, f"process {nets[nsid]}:", _WHAT_TO_DO, covered[nsid], keeps_nft=True)}
+              if lo_up_fd(fd, f"process {nets[nsid]}:", _WHAT_TO_DO, covered[nsid])}
         return kept, up
     finally:
         for fd in fds.values():
