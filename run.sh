@@ -27,7 +27,9 @@ fi
 # tests, built statically from Debian's criu source package: tests/test_criu_real.py), the servers of
 # scenarios/fds/servers.yaml (installed sizes, with their libraries: openssh-server 2 MB, memcached 0.6,
 # haproxy 4, dnsmasq-base 1, rsyslog 2, apache2 6, supervisor 2, runit 0.6, prometheus-node-exporter 13),
-# iputils-ping (scenarios/fds/ping_loop.yaml: ping on ICMP ping sockets; busybox's makes raw ones only).
+# iputils-ping (scenarios/fds/ping_loop.yaml: ping on ICMP ping sockets; busybox's makes raw ones only),
+# nftables and iptables (nft, iptables-nft-save/-restore: a network namespace's firewall, engine/netfilter.py;
+# nftables' own service is not enabled by its package, and policy-rc.d keeps it from starting).
 pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3 squashfuse
       erofs-utils dosfstools exfatprogs f2fs-tools nfs-kernel-server
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
@@ -36,7 +38,7 @@ pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squash
       buildah charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
       nginx lighttpd redis-server screen sqlite3 inotify-tools curl gcc make libc6-dev
       openssh-server memcached haproxy dnsmasq-base rsyslog apache2 supervisor runit prometheus-node-exporter
-      iputils-ping)
+      iputils-ping nftables iptables)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -370,6 +370,7 @@ class _Plan:
         # A type's namespaces no process is in: net ns -> its own sysctls, net ns whose lo is up (_Dump's)
         self.netvars: dict[str, dict] = {}
         self.net_lo_up: set[str] = set()
+        self.netfilter: dict[str, dict] = {}   # net ns -> its firewall ruleset (engine/netfilter.py)
         # detached mount id -> handle of a layer directory on it (engine/fs/_layers_detached.py)
         self.layer_anchors: dict[int, tuple] = {}
 
@@ -438,6 +439,7 @@ class _Dump:
         self.netvars: dict[str, dict] = {}         # net ns -> its own sysctls (engine/netvars.py)
         self.net_lo_up: set[str] = set()           # net ns whose lo is up (engine/netdevs.py)
         self.netdevs: dict[str, dict] = {}         # net ns -> devices the image keeps (engine/netlinks.py)
+        self.netfilter: dict[str, dict] = {}       # net ns -> its firewall ruleset (engine/netfilter.py)
         self.ext_veths: dict[str, str] = {}        # --external veth[NAME]:KEY
         self.detached_doc: dict = {}
         self.objects: dict[str, dict] = {}
@@ -638,6 +640,7 @@ def _settle_externals(d: _Dump) -> None:
     d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
     d.plan.ns_names = d.names   # (the image's namespace ids: a type module may name one)
     d.plan.netvars, d.plan.net_lo_up = d.netvars, d.net_lo_up   # (one record of a network namespace's state)
+    d.plan.netfilter = d.netfilter
 
 
 def _plan_devices(d: _Dump) -> None:
@@ -964,6 +967,9 @@ def _collect_processes(d: _Dump) -> None:
     try:
         d.netdevs, up = netdevs.collect(nets, d.ext_veths)
         d.net_lo_up |= up   # (a lone namespace's, one only a bind keeps, are in already)
+        if nets:   # (firewall tables: engine/netfilter.py, after the devices their chains may name)
+            from engine import netfilter
+            d.netfilter.update(netfilter.collect(nets, d.netdevs))   # (a lone namespace's are in already)
     except netdevs.NetdevError as e:
         raise DumpError(e.errno, e.strerror) from None
 
@@ -1030,6 +1036,8 @@ def _manifest(d: _Dump) -> dict:
         doc["net_lo_up"] = sorted(d.net_lo_up)
     if d.netdevs:
         doc["netdevs"] = d.netdevs
+    if d.netfilter:
+        doc["netfilter"] = d.netfilter
     if d.users["userns"]:
         doc["userns"] = d.users["userns"]
     # Also without any user namespace: a process of the dumper's own under other ids (a user's

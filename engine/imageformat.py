@@ -1020,6 +1020,7 @@ MANIFEST = Record("manifest", {
     "netvars": F(DICT, required=False),                       # {net ns: {sysctl: text}} (engine/netvars.py)
     "net_lo_up": F(LIST, required=False),                     # [net ns whose lo is up] (engine/netdevs.py)
     "netdevs": F(DICT, required=False),                       # {net ns: its links, addresses, routes} (engine/netlinks.py)
+    "netfilter": F(DICT, required=False),                     # {net ns: its firewall ruleset} (engine/netfilter.py)
 })
 
 _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS, MOUNT, MNTNS, ARCHIVE_REF, SOCKET_FILE, EMPTY_ROOT, LOOP,
@@ -1784,7 +1785,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         earlier.add(p["pid"])
     if "sysvipc" in doc:
         _check_sysvipc(doc)
-    if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc:
+    if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc or "netfilter" in doc:
         _check_netvars(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
@@ -1848,6 +1849,9 @@ def _check_netvars(doc: dict) -> None:
     if "netdevs" in doc:   # (a device only in a namespace restore makes: never the restorer's own)
         from engine import netlinks
         netlinks.check(doc["netdevs"], made, _fail)
+    if "netfilter" in doc:   # (rules only for a namespace restore makes: never the restorer's own)
+        from engine import netfilter
+        netfilter.check(doc["netfilter"], made, doc.get("netdevs") or {}, _fail)
     ups = doc.get("net_lo_up") or []
     if not all(type(u) is str for u in ups) or len(set(ups)) != len(ups) or not set(ups) <= made:
         _fail("net_lo_up: network namespaces restore makes, each once")

@@ -9,10 +9,10 @@ refuses what it would lack for a namespace holding an inet socket. Every network
 tree that is not the dumper's is compared with a fresh one the same way (interfaces, the ones up,
 addresses, routes, multicast memberships: inet_net.differs, passing over what the image keeps), and
 so is each one only a bind keeps (engine/fs/nsfs.py, which restore makes afresh: `new_netns`: its
-devices are not kept); its lo comes back up when it was (image "net_lo_up"). Firewall rules are not
-kept either: a namespace holding a legacy iptables table a fresh one lacks
-(/proc/net/ip_tables_names: made by the first rule or listing in that namespace) is refused too
-(nftables' are not seen: not kept, not refused).
+devices are not kept); its lo comes back up when it was (image "net_lo_up"). Its nftables tables
+(iptables-nft's too) are kept by engine/netfilter.py; a legacy iptables table a fresh
+namespace lacks (/proc/net/ip_tables_names: made by the first rule or listing in that namespace) is
+refused.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import re
 
 __all__ = ["NetdevError", "collect", "external_veth", "parse_externals", "lo_up_fd", "new_netns", "precheck", "set_lo_up_in"]
 
-_WHAT_TO_DO = ("dump a tree whose network namespace holds only lo and veth, bridge or dummy devices (other devices and "
-               "firewall rules are not kept)")
+_WHAT_TO_DO = ("dump a tree whose network namespace holds only lo and veth, bridge or dummy devices (other devices and legacy "
+               "iptables tables are not kept)")
 
 
 _EXT_VETH = re.compile(r"^veth\[(?P<name>[^\]/\s]{1,15})\]:(?P<key>[A-Za-z0-9_.:+-]{1,64})$")
@@ -47,16 +47,18 @@ class NetdevError(OSError):
 
 def lo_up_fd(fd: int, what: str, to_do: str, covered: dict | None = None) -> bool:
     """Whether network namespace `fd` has its lo up; NetdevError "`what` why: not supported; `to_do`"
-    when it holds what a fresh one lacks beyond what the image keeps (`covered`: netlinks.read's)."""
+    when it holds what a fresh one lacks beyond what the image keeps (`covered`: netlinks.read's; its
+    nftables tables: engine/netfilter.py's)."""
     from engine.fds import inet_net   # (its socket module only for a tree with a network namespace)
     fresh = inet_net.fresh_pair()
     have = inet_net.state_of(fd)
     why = inet_net.differs(have, fresh, loopback_follows=True, covered=covered)
     if isinstance(why, str):
         raise NetdevError(errno.EOPNOTSUPP, f"{what} {why}; {to_do}")
-    extra = sorted(set(have.get("tables", ())) - set(fresh[0].get("tables", ())))
+    extra = sorted(t for t in set(have.get("tables", ())) - set(fresh[0].get("tables", ())) if not t.startswith("nft "))
     if extra:
-        raise NetdevError(errno.EOPNOTSUPP, f"{what} its network namespace has firewall tables ({', '.join(extra)}), "
+        raise NetdevError(errno.EOPNOTSUPP, f"{what} its network namespace has firewall tables ({', '.join(extra)}) "
+                                            "(iptables-legacy's: use iptables-nft), "
                                             f"whose rules restore does not make: not supported; {to_do}")
     return why
 
@@ -98,7 +100,8 @@ def precheck(pids: list[int], ext_veths: dict[str, str] | None = None) -> None:
             nets.setdefault(f"net:{ino}", pid)
     if nets:
         try:
-            collect(nets, ext_veths or {})
+            from engine import netfilter
+            netfilter.collect(nets, collect(nets, ext_veths or {})[0])
         except FileNotFoundError:
             pass   # (a process gone meanwhile: dump tells once the tree is stopped)
 

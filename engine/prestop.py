@@ -40,7 +40,8 @@ tree already shows is checked here first, with the line dump would give:
 - System V IPC objects and POSIX message queues of the tree's ipc namespaces beyond what an image
   keeps, a queue a process is notified on (engine/sysvipc.py), and their sysctls an image cannot
   keep (engine/ipcvars.py);
-- network namespaces holding what a fresh one lacks: devices, addresses, routes (engine/netdevs.py);
+- network namespaces holding what a fresh one lacks: devices, addresses, routes, legacy iptables
+  tables (engine/netdevs.py), firewall rules restore would not make (engine/netfilter.py);
 - a process under SCHED_DEADLINE (engine/schedattrs.py); time namespaces restore cannot make
   (engine/timens.py: one a process made after another of the tree joined it); seccomp strict
   mode, and filters that hand calls to a supervisor (SECCOMP_RET_USER_NOTIF) or deny a call the

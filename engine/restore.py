@@ -680,10 +680,11 @@ class _Restorer:
     def make_netvars(self) -> None:
         """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`), made
         afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), its
-        devices (engine/netlinks_make.py), then its own sysctls (engine/netvars.py: bringing lo up
+        devices (engine/netlinks_make.py), its firewall (engine/netfilter.py), then its own sysctls (engine/netvars.py: bringing lo up
         resets some of lo's, ipv6's mtu)."""
         lone = [n for sb in self.doc["superblocks"].values() if "lone_ns" in sb for n in sb["lone_ns"] or ()]
-        if not (lone or self.doc.get("net_lo_up") or self.doc.get("netvars") or self.doc.get("netdevs")):
+        if not (lone or self.doc.get("net_lo_up") or self.doc.get("netvars") or self.doc.get("netdevs")
+                or self.doc.get("netfilter")):
             return
         # (imported here, in the service namespace, a copy of the host's: most images have none of
         # these, and the modules' import is ~1 M instructions of every restore's start)
@@ -701,6 +702,9 @@ class _Restorer:
             netdevs.make_devices(self.nsfd_of, self.doc.get("netdevs") or {}, self.ext)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
+        if self.doc.get("netfilter"):   # (before any socket: a rule acts on a restored connection's first packet)
+            from engine import netfilter
+            self._in_netns([(nsid, netfilter.write, kept) for nsid, kept in self.doc["netfilter"].items()])
         self._in_netns([(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()])
 
     def _in_netns(self, todo) -> None:

@@ -397,11 +397,12 @@ TESTS = {
     "tun_ns": "refused: is of kind tun, which restore does not make",
     # (its own check may then fail: its bridge's IPv6 link-local address comes late, a race of the test's)
     "bridge": "known: dump: refused (its network namespace has interface zdtmbr0)",
-    # (their iptables rules, which drop the peer's packets to hold the state, refused first)
-    "socket-tcp-syn-sent": "refused: its network namespace has firewall tables",
-    "socket-tcp-closed-last-ack": "refused: its network namespace has firewall tables",
-    # an iptables rule (nftables' backend here) of the test's namespace: rules are not kept
-    "netns-nf": "refused: its network namespace has firewall tables",
+    # (their iptables rules, which drop the peer's packets to hold the state, are kept now
+    # (engine/netfilter.py); the socket's state is what is refused)
+    "socket-tcp-syn-sent": "refused: a TCP connection in state SYN_SENT",
+    "socket-tcp-closed-last-ack": "refused: a TCP socket whose connection ended",
+    # an iptables rule (iptables-nft) of the test's namespace: kept (engine/netfilter.py)
+    "netns-nf": "pass",
     # its .checkskip loads an AppArmor profile into the host (apparmor_parser), which this driver does
     # not run: the test cannot then confine itself
     "apparmor": "known: verdict: its .checkskip (a host AppArmor profile, not run here) did not load its profile",

@@ -8,13 +8,15 @@ root "/"): a pid, uts, ipc, net or cgroup namespace some process of the tree is 
 namespace no process is in any more that only the bind keeps alive (`ip netns add` alone, the
 superblock's `lone_ns`, a list of ids: restore makes it afresh, engine/netdevs.py `new_netns`). A
 lone namespace's state is a process's namespace's: its own sysctls (manifest `netvars`, IPv6 off as
-docker turns it off in a container's) and its lo up (`net_lo_up`), read, compared with a fresh one
-and given back by engine/netvars.py and engine/netdevs.py; the tree's own get theirs there too.
+docker turns it off in a container's), its lo up (`net_lo_up`) and its firewall (`netfilter`), read,
+compared with a fresh one and given back by engine/netvars.py, engine/netdevs.py and
+engine/netfilter.py; the tree's own get theirs there too.
 
 Refused before the stop, with a line saying how to remove the bind: the host's namespace (the
 dumper's), one a process outside the tree is in, a mount, user or time namespace, a lone namespace
 of another kind or one a user namespace of the tree owns, and a lone network namespace that holds
-what a fresh one lacks (an interface, an address, a route: engine/netdevs.py says which).
+what a fresh one lacks (an interface, an address, a route, a legacy iptables table: engine/netdevs.py
+says which) or a firewall rule restore would not make (engine/netfilter.py).
 """
 
 from __future__ import annotations
@@ -131,11 +133,13 @@ class Nsfs(FsType):
                 name = names[(kind, ino)] = f"net-{count}"
                 count += 1
                 lone.append(name)
-                kept, up = net
+                kept, up, rules = net
                 if kept:
                     plan.netvars[name] = kept
                 if up:
                     plan.net_lo_up.add(name)
+                if rules:
+                    plan.netfilter[name] = rules
             e["bound_ns"], e["root"], e["dir"] = name, "/", False   # (its root "/" is a file: restore asks)
         if lone:
             sb["lone_ns"] = lone
@@ -166,10 +170,11 @@ class Nsfs(FsType):
         return out
 
     @staticmethod
-    def _lone(m, pid: int, ino: int, keep: bool) -> tuple[dict, bool]:
-        """(its sysctls (engine/netvars.py) when `keep`, whether its lo is up) of the network namespace no
-        process of the tree is in that mount `m` binds (as process `pid` sees it); FsError when a user
-        namespace of the tree owns it or it holds what a fresh one lacks (engine/netdevs.py)."""
+    def _lone(m, pid: int, ino: int, keep: bool) -> tuple[dict, bool, dict]:
+        """(its sysctls (engine/netvars.py) when `keep`, whether its lo is up, its firewall
+        (engine/netfilter.py) when `keep`) of the network namespace no process of the tree is in that
+        mount `m` binds (as process `pid` sees it); FsError when a user namespace of the tree owns it
+        or it holds what a fresh one lacks (engine/netdevs.py) or a ruleset restore would not make."""
         from engine import netdevs, netvars
         where, undo = f"mount {m.mnt_id} ({m.mountpoint})", _undo("net", m.mountpoint)
         fd = _open_bound(pid, m.mountpoint, ino)
@@ -181,9 +186,10 @@ class Nsfs(FsType):
             raise FsError(errno.EOPNOTSUPP, f"{where}: the network namespace bound on it: {fd}; unmount it before "
                                             f"dump ({undo})")
         try:
-            up = netdevs.lo_up_fd(fd, f"{where}: a network namespace only the bind keeps (nsfs, `ip netns add`):",
-                                  f"unmount it before dump ({undo})")
-            return (netvars.read_fd(fd) if keep else {}), up
+            what = f"{where}: a network namespace only the bind keeps (nsfs, `ip netns add`):"
+            up = netdevs.lo_up_fd(fd, what, f"unmount it before dump ({undo})")
+            rules = _rules(fd, what)   # (checked before the stop too: kept only when `keep`)
+            return (netvars.read_fd(fd) if keep else {}), up, (rules if keep else {})
         except netdevs.NetdevError as e:
             raise FsError(e.errno, e.strerror) from None
         finally:
@@ -196,6 +202,17 @@ class Nsfs(FsType):
         if fd is None:
             raise FsError(errno.EINVAL, f"{where}: no process of the image is in namespace {m['bound_ns']}")
         return kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+
+
+
+def _rules(fd: int, what: str) -> dict:
+    """Network namespace `fd`'s firewall as the image keeps it (engine/netfilter.py; no device of
+    it is kept: a netdev chain only on lo); NetdevError naming `what` for one restore would not make."""
+    from engine import netfilter
+    try:
+        return netfilter.read_fd(fd)
+    except netfilter.NetfilterError as e:
+        raise netfilter.NetfilterError(e.errno, f"{what} {e.strerror}") from None
 
 
 TYPE = register(Nsfs("nsfs", keep_source=False))

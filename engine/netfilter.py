@@ -1,0 +1,346 @@
+"""The firewall tables of the tree's network namespaces (nftables, and iptables-nft's tables in it).
+
+Dump lists, in a child joined to each network namespace of the tree, its nftables ruleset with
+`nft -j list ruleset`. A table of iptables-nft's (families ip and ip6, named as iptables' own:
+`XT_TABLES`) with a rule using one of the kernel's xtables extensions (REDIRECT, DNAT, comment...,
+which nft lists without their options) is kept as `iptables-nft-save -t TABLE` text instead;
+one with native rules only (iptables-nft's DROP of a port, or nft's own `table ip filter`) as
+nft's JSON like the others.
+Legacy iptables tables (/proc/net/ip_tables_names) are refused by engine/netdevs.py.
+
+Restore makes them, in a child joined to the network namespace it made for the tree (never the
+restorer's own: NetfilterError), after the namespace's devices and before any socket: `nft -j -f -`
+then `iptables-nft-restore` / `ip6tables-nft-restore`, each fed on its stdin. An image is
+untrusted and a ruleset is code-like input, so `check` (the validator's rule, which dump applies
+too: a dump that succeeds restores) bounds it: nft's JSON only as objects `OBJECTS` (no command,
+no flowtable, no ct helper or secmark object: a host module or LSM context), every key anywhere of
+`_KEYS` (no "xt": an extension nft cannot make), a netdev chain's device only one restore makes in
+that namespace; the iptables text only as its four line kinds with the options, matches and
+targets of `_XT_OPTS`, `_XT_MATCHES`, `_XT_TARGETS` (no --modprobe, no bpf object path, no
+extension library by another name). JSON carries no include and names no file; the -restore tools
+read the text from stdin only.
+
+Not kept (lost): conntrack entries and the NAT bindings of connections made before the dump (a
+restored TCP connection's next packet is picked up as a new flow, when net.netfilter's
+nf_conntrack_tcp_loose allows it: its default; both ends are the tree's, and each sends a window
+probe as restore ends its repair, so the flow is seen both ways and established again at once,
+even through a filter that lets a new flow start only with a SYN: tests/test_engine_netfilter.py).
+No network lock as CRIU's: the namespace is new and the tree's
+own, and a socket in repair mode sends nothing until restore ends repair. Counters restart from the dumped values for nft,
+from zero for the iptables-nft tables; sets' dynamic elements' timeouts restart; the order of
+base chains of equal priority on one hook in different tables (the kernel runs them in the order
+they were made: restore makes nft's JSON tables first, then iptables-nft's).
+
+Image (manifest "netfilter"): {net-N: {"nft": [OBJECT...], "iptables": TEXT, "ip6tables": TEXT}}.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+
+from engine import forkrun, kernel
+from engine.netdevs import NetdevError
+
+__all__ = ["NetfilterError", "collect", "read_fd", "write", "check", "check_one", "XT_TABLES"]
+
+XT_TABLES = ("filter", "nat", "mangle", "raw", "security")
+MAX_OBJECTS = 4096
+MAX_DEPTH = 24
+MAX_STR = 256
+MAX_TEXT = 1 << 18
+MAX_LINES = 4096
+MAX_VALUES = 1 << 18
+OBJECTS = {
+    "table": {"family", "name", "flags", "comment"},
+    "chain": {"family", "table", "name", "type", "hook", "prio", "policy", "dev", "comment"},
+    "rule": {"family", "table", "chain", "expr", "comment"},
+    "set": {"family", "table", "name", "type", "flags", "elem", "timeout", "gc-interval", "size", "policy", "auto-merge",
+            "comment", "stmt"},
+    "map": {"family", "table", "name", "type", "map", "flags", "elem", "timeout", "gc-interval", "size", "policy",
+            "auto-merge", "comment", "stmt"},
+    "counter": {"family", "table", "name", "packets", "bytes"},
+    "quota": {"family", "table", "name", "bytes", "used", "inv"},
+    "limit": {"family", "table", "name", "rate", "per", "burst", "unit", "inv"},
+}
+FAMILIES = ("ip", "ip6", "inet", "arp", "bridge", "netdev")
+_NESTED = ("expr", "elem", "type", "map", "flags", "stmt")   # (fields holding JSON values: `_keys`)
+# The keys nft's JSON uses in expressions and statements that act in the namespace only (matches,
+# verdicts, NAT, marks, sets, maps, counters, logging); an unknown one (xt, a helper, osf's host-wide
+# fingerprints, synproxy, secmark, tproxy, queue to a host daemon...) is refused.
+_KEYS = frozenset("""
+match op left right payload protocol field base offset len meta key counter packets bytes accept drop continue return
+jump goto target reject type expr redirect dnat snat masquerade addr port family flags ct dir set range prefix concat
+elem map data vmap log level group snaplen queue-threshold limit rate per burst rate_unit burst_unit unit inv
+notrack mangle value exthdr name fib result rt socket quota val val_unit used used_unit timeout expires comment numgen
+mode mod symhash jhash seed stmt | & ^ << >> != == < > <= >= in
+""".split()) | {"tcp option", "ip option", "sctp chunk", "counter name", "quota name", "limit name"}
+_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
+_TEXT = re.compile(r"^[\x20-\x7e]*\Z")
+# iptables-save text: the options, matches and targets of the rules it writes that act in the namespace
+_XT_OPTS = frozenset("""
+! -s -d -i -o -p -m -j -g -f --dport --sport --dports --sports --tcp-flags --syn --tcp-option --icmp-type
+--icmpv6-type --state --ctstate --ctstatus --ctproto --ctorigsrc --ctorigdst --ctrepldst --ctreplsrc --ctdir --comment
+--to-ports --to-destination --to-source --random --persistent --random-fully --reject-with --log-prefix --log-level
+--log-uid --log-tcp-sequence --log-tcp-options --log-ip-options --mark --set-mark --set-xmark --and-mark --or-mark
+--xor-mark --src-type --dst-type --limit-iface-in --limit-iface-out --limit --limit-burst --uid-owner --gid-owner
+--socket-exists --src-range --dst-range --mac-source --pkt-type --length --ttl-eq --ttl-gt --ttl-lt --hl-eq --hl-gt
+--hl-lt
+""".split())
+_XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport mark addrtype limit owner iprange mac "
+                        "pkttype length ttl hl".split())
+_XT_TARGETS = frozenset("ACCEPT DROP RETURN REJECT REDIRECT DNAT SNAT MASQUERADE LOG MARK".split())
+_TOKEN = re.compile(r'"[^"\\]*"|[^\s"\\]+')
+# (a chain's name never starts with '-': the -restore tools' option parser would read it as an option)
+_CHAIN_LINE = re.compile(r"^:[A-Za-z0-9_][A-Za-z0-9_.-]{0,27} (ACCEPT|DROP|-) \[\d{1,20}:\d{1,20}\]\Z")
+_WHAT_TO_DO = "keep the namespace's firewall to nftables' rules (nft) and iptables-nft's common matches and targets"
+
+
+class NetfilterError(NetdevError):
+    """A firewall ruleset that cannot be dumped or made again; the message is one line."""
+
+
+def _run(argv: list[str], data: bytes = b"") -> bytes:
+    """`argv`'s output, fed `data`, in a minimal environment (no XTABLES_LIBDIR of the caller's);
+    NetfilterError, one line, when it fails or is missing."""
+    import subprocess   # (only a tree with a firewall: not every dump's start-up)
+    try:
+        got = subprocess.run(argv, input=data, capture_output=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+    except FileNotFoundError:
+        raise NetfilterError(errno.ENOENT, f"{argv[0]} is not installed (Debian: apt-get install nftables iptables)") from None
+    if got.returncode:
+        err = (got.stderr.decode(errors="replace").strip().splitlines() or ["(no message)"])[0]
+        raise NetfilterError(errno.EINVAL, f"{argv[0]} failed: {err[:200]}")
+    return got.stdout
+
+
+def _has_tables() -> bool:
+    """Whether our namespace has an nftables table (NFT_MSG_GETTABLE: no program run for none)."""
+    from engine.fds import inet_net
+    try:
+        return bool(inet_net.netlink_dump(12, (10 << 8) | 1, b"\0\0\0\0", "nftables"))
+    except OSError:
+        return False   # (no nf_tables in this kernel: no table anywhere)
+
+
+def _read_here() -> dict:
+    """Our namespace's ruleset as the image keeps it (`check`'s shape), {} when it has none."""
+    if not _has_tables():
+        return {}
+    try:
+        doc = json.loads(_run(["nft", "-j", "list", "ruleset"]) or b'{"nftables": []}')
+    except ValueError:   # (nft 1.0.6 lists a table's flags so: `flags dormant`)
+        raise NetfilterError(errno.EOPNOTSUPP, "its network namespace's firewall is not listed as JSON by `nft -j "
+                                               "list ruleset` (this nft's bug with a table's flags: dormant): not "
+                                               f"supported; {_WHAT_TO_DO}") from None
+    objs = [{k: {f: v for f, v in b.items() if f != "handle"} for k, b in o.items()}
+            for o in doc.get("nftables") or () if "metainfo" not in o]
+    # (a table of iptables-nft's names holding an xtables extension's rule: its text; others, nft's own
+    # or iptables-nft's with native rules only, as nft's JSON)
+    xt = {(fam, t) for o in objs for fam, t in [_table_of(o)]
+          if fam in ("ip", "ip6") and t in XT_TABLES and "rule" in o and _has_xt(o["rule"].get("expr"))}
+    out: dict = {}
+    if any(_table_of(o) not in xt for o in objs):
+        out["nft"] = [o for o in objs if _table_of(o) not in xt]
+    for fam, tool in (("ip", "iptables"), ("ip6", "ip6tables")):
+        text = "".join(_run([f"{tool}-nft-save", "-t", t]).decode(errors="replace") for f, t in sorted(xt) if f == fam)
+        if "incompatible" in text:
+            raise NetfilterError(errno.EOPNOTSUPP, f"its {fam} table {' '.join(t for f, t in sorted(xt) if f == fam)} "
+                                                   f"mixes iptables-nft's rules with nft's own, which {tool}-nft cannot "
+                                                   f"list: not supported; {_WHAT_TO_DO}")
+        if text:
+            out[tool] = "".join(line + "\n" for line in text.splitlines() if line and not line.startswith("#"))
+    return out
+
+
+def _table_of(obj: dict) -> tuple:
+    """(family, table) of one object of nft's JSON."""
+    (kind, body), = obj.items()
+    return body.get("family"), body.get("name") if kind == "table" else body.get("table")
+
+
+def _has_xt(v) -> bool:
+    """Whether JSON value `v` holds an "xt" key (an xtables extension's match or target)."""
+    if type(v) is dict:
+        return "xt" in v or any(_has_xt(x) for x in v.values())
+    return type(v) is list and any(_has_xt(x) for x in v)
+
+
+def _read_in(fd: int) -> dict:
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    return _read_here()
+
+
+def read_fd(fd: int, links: set[str] | frozenset = frozenset()) -> dict:
+    """The firewall ruleset of network namespace `fd` as the image keeps it ({} for none), checked
+    as restore will (`links`: the devices the image makes in it); NetfilterError, one line, for
+    one restore would not make."""
+    kept = forkrun.run(_read_in, fd)
+
+    def fail(msg: str) -> None:
+        raise NetfilterError(errno.EOPNOTSUPP, f"its network namespace's firewall: {msg}: not supported; {_WHAT_TO_DO}")
+    if kept:
+        check_one(kept, "netfilter", set(links), fail)
+    return kept
+
+
+def collect(nets: dict[str, int], netdevs: dict) -> dict[str, dict]:
+    """{ns id: its ruleset} (manifest "netfilter", those with one) of the tree's network namespaces
+    `nets` ({ns id: a pid in it}, never the dumper's); `netdevs`: the devices the image keeps
+    (engine/netlinks.py). NetfilterError "process PID: ..." for one restore would not make."""
+    out = {}
+    for nsid, pid in nets.items():
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            links = {lk["name"] for lk in (netdevs.get(nsid) or {}).get("links") or ()}
+            kept = read_fd(fd, links)
+        except NetfilterError as e:
+            raise NetfilterError(e.errno, f"process {pid}: {e.strerror}") from None
+        finally:
+            os.close(fd)
+        if kept:
+            out[nsid] = kept
+    return out
+
+
+def _write_in(fd: int, kept: dict) -> None:
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    if kept.get("nft"):
+        _run(["nft", "-j", "-f", "-"], json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}]
+                                                  + kept["nft"]}).encode())
+    for tool in ("iptables", "ip6tables"):
+        if kept.get(tool):
+            _run([f"{tool}-nft-restore"], kept[tool].encode())
+
+
+def write(fd: int, kept: dict) -> None:
+    """Make ruleset `kept` (one namespace's of manifest "netfilter") in network namespace `fd`,
+    restore's (never the caller's own: NetfilterError)."""
+    if os.fstat(fd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        raise NetfilterError(errno.EINVAL, "firewall rules: the network namespace is the restorer's own")
+    if kept:
+        forkrun.run(_write_in, fd, kept)
+
+
+def _keys(v, depth: int, fail, budget: list[int]) -> None:
+    """Every key of nested JSON value `v` one of `_KEYS`, strings bounded, at most MAX_DEPTH deep;
+    `budget`: [values left] of the whole ruleset (MAX_VALUES: a set of millions of elements)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        fail(f"more than {MAX_VALUES} values in the ruleset")
+    if depth > MAX_DEPTH:
+        fail(f"an expression nested deeper than {MAX_DEPTH}")
+    if type(v) is dict:
+        for k, x in v.items():
+            if k not in _KEYS:
+                fail(f"expression key {str(k)[:40]!r} is not one restore makes")
+            _keys(x, depth + 1, fail, budget)
+    elif type(v) is list:
+        for x in v:
+            _keys(x, depth + 1, fail, budget)
+    elif type(v) is str:
+        if len(v) > MAX_STR or not _TEXT.match(v):
+            fail(f"a string of more than {MAX_STR} printable characters")
+    elif v is not None and type(v) not in (int, float, bool):
+        fail("a value of an unknown type")
+
+
+def _check_nft(objs, links: set[str], fail) -> None:
+    if type(objs) is not list or len(objs) > MAX_OBJECTS:
+        fail(f"nft: must be a list of at most {MAX_OBJECTS} objects")
+    budget = [MAX_VALUES]
+    for obj in objs:
+        if type(obj) is not dict or len(obj) != 1:
+            fail("nft: each object must be {KIND: {...}}")
+        (kind, body), = obj.items()
+        if kind not in OBJECTS:
+            fail(f"nft: object {str(kind)[:40]!r} is not one restore makes (only {', '.join(OBJECTS)})")
+        if type(body) is not dict or not set(body) <= OBJECTS[kind] or body.get("family") not in FAMILIES:
+            fail(f"nft {kind}: only the fields {', '.join(sorted(OBJECTS[kind]))}, of a family of {', '.join(FAMILIES)}")
+        for k in ("table", "name", "chain"):
+            if k in body and (type(body[k]) is not str or not _NAME.match(body[k])):
+                fail(f"nft {kind}: {k} must be a name of letters, digits and _.:-")
+        flags = body.get("flags", []) if kind == "table" else []
+        if not all(f == "dormant" for f in ([flags] if type(flags) is str else flags if type(flags) is list else [None])):
+            # (an owner flag ties the table to its maker's netlink socket: nft's, gone once it made it)
+            fail(f"nft table {body.get('name')!r}: flags other than dormant (owner: a process's own table)")
+        devs = body.get("dev", [])
+        for dev in [devs] if type(devs) is str else devs if type(devs) is list else [None]:
+            if type(dev) is not str or dev not in links | {"lo"}:
+                fail(f"nft chain {body.get('name')!r}: device {str(dev)[:20]!r} is not one restore makes in the namespace")
+        _keys({k: v for k, v in body.items() if k in _NESTED}, 0,
+              lambda m: fail(f"nft {kind} {body.get('name', body.get('chain'))!r}: {m}"), budget)
+        for k, v in body.items():
+            if k not in _NESTED and k != "dev" and type(v) not in (str, int, bool):
+                fail(f"nft {kind}: {k} must be a string or number")
+            if type(v) is str and (len(v) > MAX_STR or not _TEXT.match(v)):
+                fail(f"nft {kind}: {k} must be printable text of at most {MAX_STR} characters")
+
+
+def _check_xt(text, tool: str, fail) -> None:
+    """iptables-save text: `*TABLE`, `:CHAIN POLICY [n:n]`, `-A CHAIN OPTIONS...`, `COMMIT` lines only,
+    the options, matches and targets of the allowlists, jumps to a chain of the table."""
+    if type(text) is not str or len(text) > MAX_TEXT or text.count("\n") > MAX_LINES or not _TEXT.match(text.replace("\n", "")):
+        fail(f"{tool}: must be printable text of at most {MAX_LINES} lines, {MAX_TEXT} bytes")
+    chains: set[str] = set()
+    table = None
+    for line in text.splitlines():
+        if line.startswith("*") and table is None and line[1:] in XT_TABLES:
+            table, chains = line[1:], set()
+        elif line == "COMMIT" and table:
+            table = None
+        elif line.startswith(":") and table and _CHAIN_LINE.match(line):
+            chains.add(line[1:].split()[0])
+        elif line.startswith("-A ") and table:
+            _check_rule(_TOKEN.findall(line), line, chains, tool, fail)
+        else:
+            fail(f"{tool}: line {line[:60]!r} is not one of *TABLE, :CHAIN, -A CHAIN, COMMIT")
+    if table:
+        fail(f"{tool}: table {table} without COMMIT")
+
+
+def _check_rule(words: list[str], line: str, chains: set[str], tool: str, fail) -> None:
+    if _TOKEN.sub("", line).strip() or len(words) < 2 or words[1] not in chains:
+        fail(f"{tool}: rule {line[:60]!r}: not a rule of a chain of its table")
+    for prev, w in zip(words[1:], words[2:]):
+        # (the -restore tools unquote a word: a quoted one is a comment's or a log prefix's text only)
+        if w.startswith('"') and (prev not in ("--comment", "--log-prefix") or w[1:2] == "-"):
+            fail(f"{tool}: a quoted word {w[:30]!r} other than a comment or log prefix")
+        if w.startswith("-") and w not in _XT_OPTS:
+            fail(f"{tool}: option {w[:30]!r} is not one restore makes")
+        if prev == "-m" and w not in _XT_MATCHES:
+            fail(f"{tool}: match {w[:30]!r} is not one restore makes")
+        if prev in ("-j", "-g") and w not in _XT_TARGETS | chains:
+            fail(f"{tool}: target {w[:30]!r} is neither one restore makes nor a chain of the table")
+        if len(w) > MAX_STR:
+            fail(f"{tool}: a word of more than {MAX_STR} characters")
+
+
+def check_one(kept, what: str, links: set[str], fail) -> None:
+    """One namespace's ruleset: {"nft": [...], "iptables": TEXT, "ip6tables": TEXT}, each bounded."""
+    if type(kept) is not dict or not set(kept) <= {"nft", "iptables", "ip6tables"}:
+        fail(f"{what}: must be an object of nft, iptables, ip6tables")
+    if "nft" in kept:
+        _check_nft(kept["nft"], links, lambda m: fail(f"{what}: {m}"))
+    for fam, tool in (("ip", "iptables"), ("ip6", "ip6tables")):
+        if tool in kept:
+            _check_xt(kept[tool], tool, lambda m: fail(f"{what}: {m}"))
+            # (one table made twice: the text's -restore would replace nft's)
+            both = {(fam, line[1:]) for line in kept[tool].splitlines() if line.startswith("*")} & \
+                {_table_of(o) for o in kept.get("nft") or ()}
+            if both:
+                fail(f"{what}: table {' '.join(sorted(both)[0])} both in nft's objects and {tool}'s text")
+
+
+def check(netfilter, made: set[str], netdevs: dict, fail) -> None:
+    """The validator's rule for manifest "netfilter": only namespaces restore makes (`made`), each
+    ruleset `check_one`'s (a netdev chain's device one of `netdevs`' links of that namespace, or lo)."""
+    if type(netfilter) is not dict:
+        fail("netfilter: must be an object {net ns: ruleset}")
+    for nsid, kept in netfilter.items():
+        if nsid not in made:
+            fail(f"netfilter for {str(nsid)[:40]!r}: not a network namespace restore makes")
+        links = {lk.get("name") for lk in ((netdevs or {}).get(nsid) or {}).get("links") or () if type(lk) is dict}
+        check_one(kept, f"netfilter {nsid}", links, fail)
