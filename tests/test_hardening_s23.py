@@ -1,0 +1,216 @@
+"""Hostile images and hostile trees against session 22's surface: network devices with their
+addresses and routes (manifest `netdevs`: engine/netlinks.py, netlinks_make.py), the packets restore
+sends into a restored namespace (UDP datagrams and echo replies waiting: engine/fds/inet_raw.py,
+inet_udp.py, inet_ping.py), raw and packet sockets, classic socket filters (engine/fds/inet_filter.py)
+and the socket buffers the restorer forces (SO_*BUFFORCE).
+
+The image is a real dump of a tree in a network namespace of its own (lo up, a veth pair, one end with an
+address, a default route through it and a route of another table; a UDP socket with a filter and a
+datagram waiting; a ping socket with an echo reply waiting; a raw socket; a packet socket bound to
+the device by name), changed the way an attacker with write access to the image directory would.
+Each change is refused with exit status 2 and one line, nothing left running or mounted, nothing
+of the host touched (test_hardening_hostile.refused), or restores with what the image says given to
+the tree alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import strategies as st
+
+import enginecase
+from enginecase import load_manifest
+from test_hardening_hostile import _mutated, refused
+
+_BODY = """
+import ctypes, socket, struct, time
+def attach(s, insns):
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+    s.setsockopt(socket.SOL_SOCKET, 26, struct.pack("HxxxxxxQ", len(insns), ctypes.addressof(code)))
+def wait(s):
+    for _ in range(1000):
+        if struct.unpack_from("=I", s.getsockopt(socket.SOL_SOCKET, 55, 36))[0]:
+            return
+        time.sleep(0.01)
+    raise SystemExit("setup: nothing arrived")
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 5000))
+attach(u, [(0x06, 0, 0, 0xffff)])
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); c.bind(("127.0.0.1", 5001)); c.sendto(b"hello", ("127.0.0.1", 5000))
+wait(u); os.dup2(u.fileno(), 10)
+p = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP); p.bind(("127.0.0.1", 4242))
+p.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + b"ping", ("127.0.0.1", 0)); wait(p); os.dup2(p.fileno(), 11)
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); os.dup2(r.fileno(), 12)
+k = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5)); k.bind(("d0", 0x88b5))
+os.dup2(k.fileno(), 13)
+b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.setsockopt(socket.SOL_SOCKET, 62, socket.if_nametoindex("d0"))
+os.dup2(b.fileno(), 14)
+for s in (u, c, p, r, k, b): s.close()
+"""
+_NET = ("ip link set lo up; echo \"0 2147483647\" > /proc/sys/net/ipv4/ping_group_range; "
+        "ip link add d0 type veth peer name d1; ip addr add 10.2.0.2/24 dev d0; ip link set d1 up; ip link set d0 up; "
+        "ip route add default via 10.2.0.1; ip route add blackhole 10.66.0.0/16 table 100; "
+        # (every link with carrier, no address tentative: the dump must not see the kernel settling)
+        "for i in $(seq 400); do s=$(ip link; ip -6 addr show tentative); case $s in *NO-CARRIER*|*tentative*) "
+        "sleep 0.05;; *) break;; esac; done; case $(ip link; ip -6 addr show tentative) in *NO-CARRIER*|*tentative*) "
+        "echo setup: the links did not settle >&2; exit 1;; esac; ")
+SETUP = "exec unshare -n sh -ec '" + _NET.replace("'", "'\\''") + "exec \"$0\" \"$@\"' " + \
+    enginecase.py_hold(_BODY)[len("exec "):]
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """The dumped tree of SETUP."""
+    if subprocess.run(["sh", "-c", "command -v ip"], capture_output=True).returncode:
+        pytest.skip("ip (iproute2) is not installed: the tree makes its devices with it")
+    yield from enginecase.dumped_image(tmp_path_factory, SETUP,
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _hold(d) -> dict:
+    """The holding process (the one with the sockets)."""
+    return next(p for p in d["processes"] if any(f.get("kind") == "packet" for f in p["fds"]))
+
+
+def _fd(d, n: int) -> dict:
+    return next(f for f in _hold(d)["fds"] if f["fd"] == n)
+
+
+def _net(d) -> str:
+    return _hold(d)["ns"]["net"]
+
+
+def _link(d, name: str) -> dict:
+    return next(lk for lk in d["netdevs"][_net(d)]["links"] if lk["name"] == name)
+
+
+def test_image_has_what_the_tests_change(image_dir):
+    d = load_manifest(image_dir)
+    net = d["netdevs"][_net(d)]
+    assert sorted((lk["name"], lk["kind"]) for lk in net["links"]) == [("d0", "veth"), ("d1", "veth")], net
+    assert "10.2.0.2" in [a["addr"] for a in net["addrs"]], net
+    assert sorted(r["table"] for r in net["routes"]) == [100, 254], net
+    assert [x["data"] for x in _fd(d, 10)["dgrams"]] == ["aGVsbG8="] and _fd(d, 10)["filter"], _fd(d, 10)
+    assert len(_fd(d, 11)["replies"]) == 1, _fd(d, 11)
+    assert _fd(d, 12)["proto"] == "raw" and _fd(d, 13)["dev"] == "d0", (_fd(d, 12), _fd(d, 13))
+    assert _fd(d, 14)["opts"]["bindtoifindex"] == _link(d, "d0")["index"], _fd(d, 14)
+
+
+# --- packets restore sends into a restored namespace ----------------------------------------------
+
+@pytest.fixture
+def outer_netns():
+    """A network namespace of the test's own (a sleeping holder, killed at the end), the side where
+    an external veth's outer end is made: a bridge br0 with 10.2.0.1/24 there."""
+    p = subprocess.Popen(["unshare", "-n", "sh", "-ec", "ip link add br0 type bridge; ip addr add 10.2.0.1/24 dev br0; "
+                          "ip link set br0 up; touch /tmp/.mntcr-s23-outer-$$; exec sleep 1000"],
+                         stdin=subprocess.DEVNULL)
+    mark = f"/tmp/.mntcr-s23-outer-{p.pid}"
+    try:
+        for _ in range(1000):
+            if os.path.exists(mark) or p.poll() is not None:
+                break
+            os.sched_yield() if _ % 2 else __import__("time").sleep(0.01)
+        if not os.path.exists(mark):
+            raise enginecase.SetupError("the outer network namespace with br0 was not made")
+        yield p.pid
+    finally:
+        p.kill()
+        p.wait()
+        if os.path.exists(mark):
+            os.unlink(mark)
+
+
+def _external_d0(d) -> None:
+    """The veth pair d0/d1 made a veth d0 whose peer is outside the tree (`--external veth[d0]:k0`)."""
+    rec = d["netdevs"][_net(d)]
+    rec["links"] = [{**lk, "peer": {"external": "k0"}} for lk in rec["links"] if lk["name"] == "d0"]
+    rec["addrs"] = [a for a in rec["addrs"] if a["dev"] != "d1"]
+    rec["routes"] = [r for r in rec["routes"] if r.get("dev") != "d1"]
+
+
+def _sniff_in(pid: int) -> socket.socket:
+    """A packet socket (every protocol) of the network namespace of `pid`, bound to its br0: made by
+    a thread of ours that joins that namespace (a thread's network namespace is its own) and ends."""
+    import threading
+    from engine import kernel
+    got = []
+
+    def make():
+        ns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+        try:
+            kernel.setns(ns, kernel.CLONE_NEWNET)
+        finally:
+            os.close(ns)
+        s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        s.bind(("br0", 3))
+        got.append(s)
+    t = threading.Thread(target=make)
+    t.start()
+    t.join()
+    if not got:
+        raise enginecase.SetupError("no packet socket on the outer br0")
+    return got[0]
+
+
+def _restore_in(outer: int, img: str, tmp_path) -> subprocess.CompletedProcess:
+    """Restore `img` run in the network namespace of `outer`, its external veth k0's outer end vo9
+    on br0 there; a tree that ran is killed. Then wait (at most 30 s) until vo9 is gone when the
+    restore failed (the pair goes with the restored namespace, which the kernel frees later)."""
+    pidfile = str(tmp_path / "pid")
+    r = enginecase.mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, "--external", "veth[k0]:vo9@br0",
+                         "--pidfile", pidfile, wrap=("nsenter", "-t", str(outer), "-n"))
+    if r.returncode == 0:
+        from zdtm.snapshot import kill_tree
+        with open(pidfile) as f:
+            kill_tree(int(f.read()))
+        return r
+    import time
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        links = subprocess.run(["nsenter", "-t", str(outer), "-n", "ip", "-br", "link"], capture_output=True,
+                               text=True, check=True).stdout
+        if "vo9" not in links:
+            return r
+        time.sleep(0.05)
+    raise AssertionError(f"the outer end vo9 of a failed restore is left: {links}")
+
+
+@pytest.mark.parametrize("fd, key", [(10, "udp"), (11, "ping")])
+def test_waiting_packets_never_leave_the_namespace(image_dir, tmp_path, outer_netns, fd, key):
+    """A UDP socket with a datagram waiting (or a ping socket with an echo reply), its address
+    changed to one off the namespace (10.2.0.1, the bridge's beyond its external veth, bound with
+    IP_FREEBIND), restored where the user gives that veth's outer end on br0: restore sends what
+    waited only to an address of the namespace and on its lo alone, never through a device out of
+    it, and refuses the image in one line naming the socket. Before, restore succeeded, having
+    sent a packet from 127.0.0.1 to 10.2.0.1 out of the namespace through the veth (its TX count),
+    onto the host's bridge."""
+    def mutate(d):
+        _external_d0(d)
+        e = _fd(d, fd)
+        e["addr"] = "10.2.0.1"
+        e["opts"]["freebind"] = 1
+    img = _mutated(image_dir, tmp_path, mutate)
+    sniff = _sniff_in(outer_netns)
+    r = _restore_in(outer_netns, img, tmp_path)
+    sniff.setblocking(False)
+    seen = []
+    while True:
+        try:
+            frame = sniff.recv(2048)
+        except BlockingIOError:
+            break
+        if frame[12:14] == b"\x08\x00" and frame[26:30] == socket.inet_aton("127.0.0.1"):
+            seen.append(frame)
+    sniff.close()
+    assert not seen, f"restore sent {len(seen)} packets from 127.0.0.1 onto the outer bridge: {r.stderr}"
+    assert r.returncode == 2 and re.fullmatch(
+        rf"mntcr restore: the [\w ]+ waiting on {key} port \d+: 10\.2\.0\.1 is not an address of its network "
+        r"namespace .*\n", r.stderr), r.stderr
