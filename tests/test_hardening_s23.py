@@ -214,3 +214,22 @@ def test_waiting_packets_never_leave_the_namespace(image_dir, tmp_path, outer_ne
     assert r.returncode == 2 and re.fullmatch(
         rf"mntcr restore: the [\w ]+ waiting on {key} port \d+: 10\.2\.0\.1 is not an address of its network "
         r"namespace .*\n", r.stderr), r.stderr
+
+
+# --- socket buffers the restorer forces -----------------------------------------------------------
+
+def _try(image_dir, tmp_path, mutate) -> tuple[int, str]:
+    """Restore the image changed by `mutate`: (exit status, stderr), the tree killed when it ran."""
+    from test_hardening_images import restore_outcome
+    img = _mutated(image_dir, tmp_path, mutate)
+    return restore_outcome(img, list(enginecase.RESTORE_EXTERNALS), str(tmp_path))
+
+
+@pytest.mark.parametrize("fd", [10, 11])
+def test_a_receive_buffer_at_the_kernels_most_is_restored(image_dir, tmp_path, fd):
+    """A receive buffer of 2^31 - 2 bytes (the most SO_RCVBUFFORCE gives) on a socket with packets
+    waiting: restore widens it for them, at most to what setsockopt takes, and gives it back its
+    size. Before, the widened size overflowed setsockopt's int: "restore failed: TypeError"."""
+    def mutate(d):
+        _fd(d, fd)["opts"]["rcvbuf"] = (1 << 31) - 2
+    assert _try(image_dir, tmp_path, mutate) == (0, "")

@@ -39,6 +39,17 @@ def received(s: socket.socket):
             continue
 
 
+SO_RCVBUFFORCE = 33
+_INT_MAX = (1 << 31) - 1
+
+
+def widen(s: socket.socket, rcvbuf: int, packets: list) -> None:
+    """Force the receive buffer of `s` wide enough for `packets` (`packet`'s) on top of `rcvbuf`
+    (the image's size, which its caller sets again afterwards); at most what setsockopt takes (an
+    int: the kernel halves a forced size past INT_MAX / 2 anyway)."""
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, min(rcvbuf + sum(len(p) + 1024 for _f, _d, p in packets), _INT_MAX))
+
+
 def loopback(host: str) -> bool:
     """Whether `host` is a loopback address (an IPv4 one mapped into IPv6 too; a scope suffix
     "%lo" ignored): the only senders a restored namespace's packets may claim."""
