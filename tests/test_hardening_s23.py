@@ -233,3 +233,38 @@ def test_a_receive_buffer_at_the_kernels_most_is_restored(image_dir, tmp_path, f
     def mutate(d):
         _fd(d, fd)["opts"]["rcvbuf"] = (1 << 31) - 2
     assert _try(image_dir, tmp_path, mutate) == (0, "")
+
+
+# --- network devices ------------------------------------------------------------------------------
+
+def _rename(d, old: str, new: str) -> None:
+    """Link `old` of the tree's namespace renamed `new`, with its peer's name of it, its addresses and
+    routes."""
+    rec = d["netdevs"][_net(d)]
+    for lk in rec["links"]:
+        if lk["name"] == old:
+            lk["name"] = new
+        if (lk.get("peer") or {}).get("name") == old:
+            lk["peer"]["name"] = new
+    for x in rec["addrs"] + rec["routes"]:
+        if x.get("dev") == old:
+            x["dev"] = new
+
+
+@pytest.mark.parametrize("name", ["..", ".", "a:b", "all", "default"])
+def test_a_device_name_the_kernel_refuses_is_refused_by_the_validator(image_dir, tmp_path, name):
+    """A link named as the kernel names no device (dev_valid_name: not . or .., no ':'; nor all or
+    default, /proc/sys/net/*/conf's own entries): refused by the image check, naming the rule, not
+    by RTM_NEWLINK's bare "Invalid argument" once restore made its namespaces."""
+    refused(_mutated(image_dir, tmp_path, lambda d: _rename(d, "d1", name)),
+            r"netdevs net-\d+: link name .*not lo, \., \.\., all or default", tmp_path)
+
+
+def test_an_ifindex_a_device_of_the_namespace_has_is_given_another(image_dir, tmp_path):
+    """A link at ifindex 1 (lo's, a device every fresh namespace has: so are a tunnel's fallback
+    devices on a host whose kernel has its module, which the dumper's may not have had): made at
+    another index, as for one taken by its peer's namespace; never lo changed (RTM_NEWLINK at an
+    index with NLM_F_EXCL). Before, the restore failed "File exists"."""
+    def mutate(d):
+        _link(d, "d0")["index"] = 1
+    assert _try(image_dir, tmp_path, mutate) == (0, "")
