@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import HealthCheck, Phase, event, given, note, settings
 from hypothesis import strategies as st
 
 import enginecase
@@ -108,8 +108,11 @@ def test_image_has_what_the_tests_change(image_dir):
 @pytest.fixture
 def outer_netns():
     """A network namespace of the test's own (a sleeping holder, killed at the end), the side where
-    an external veth's outer end is made: a bridge br0 with 10.2.0.1/24 there."""
-    p = subprocess.Popen(["unshare", "-n", "sh", "-ec", "ip link add br0 type bridge; ip addr add 10.2.0.1/24 dev br0; "
+    an external veth's outer end is made: a bridge br0 with 10.2.0.1/24 there (IPv6 off: the
+    kernel's link-local address would come when a port joins, a change of the fuzzers' outer state)."""
+    p = subprocess.Popen(["unshare", "-n", "sh", "-ec", "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6; "
+                          "echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; "
+                          "ip link add br0 type bridge; ip addr add 10.2.0.1/24 dev br0; "
                           "ip link set br0 up; touch /tmp/.mntcr-s23-outer-$$; exec sleep 1000"],
                          stdin=subprocess.DEVNULL)
     mark = f"/tmp/.mntcr-s23-outer-{p.pid}"
@@ -160,27 +163,29 @@ def _sniff_in(pid: int) -> socket.socket:
     return got[0]
 
 
+def _outer_links(outer: int) -> str:
+    return subprocess.run(["nsenter", "-t", str(outer), "-n", "ip", "-br", "link"], capture_output=True, text=True,
+                          check=True, timeout=30).stdout
+
+
 def _restore_in(outer: int, img: str, tmp_path) -> subprocess.CompletedProcess:
     """Restore `img` run in the network namespace of `outer`, its external veth k0's outer end vo9
-    on br0 there; a tree that ran is killed. Then wait (at most 30 s) until vo9 is gone when the
-    restore failed (the pair goes with the restored namespace, which the kernel frees later)."""
-    pidfile = str(tmp_path / "pid")
+    on br0 there; a tree that ran is killed. Then wait (at most 30 s) until vo9 is gone (the pair
+    goes with the restored namespace, which the kernel frees later)."""
+    pidfile = os.path.join(str(tmp_path), "pid")
     r = enginecase.mntcr("restore", "-D", img, *enginecase.RESTORE_EXTERNALS, "--external", "veth[k0]:vo9@br0",
-                         "--pidfile", pidfile, wrap=("nsenter", "-t", str(outer), "-n"))
+                         "--pidfile", pidfile, wrap=("nsenter", "-t", str(outer), "-n"), timeout=90)
     if r.returncode == 0:
         from zdtm.snapshot import kill_tree
         with open(pidfile) as f:
             kill_tree(int(f.read()))
-        return r
+        os.unlink(pidfile)
     import time
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        links = subprocess.run(["nsenter", "-t", str(outer), "-n", "ip", "-br", "link"], capture_output=True,
-                               text=True, check=True).stdout
-        if "vo9" not in links:
-            return r
+    while "vo9" in _outer_links(outer):
+        assert time.monotonic() < deadline, f"the outer end vo9 is left: {_outer_links(outer)}"
         time.sleep(0.05)
-    raise AssertionError(f"the outer end vo9 of a failed restore is left: {links}")
+    return r
 
 
 @pytest.mark.parametrize("fd, key", [(10, "udp"), (11, "ping")])
@@ -268,3 +273,124 @@ def test_an_ifindex_a_device_of_the_namespace_has_is_given_another(image_dir, tm
     def mutate(d):
         _link(d, "d0")["index"] = 1
     assert _try(image_dir, tmp_path, mutate) == (0, "")
+
+
+# --- fuzz: session 22's fields mutated at random --------------------------------------------------
+
+_EXAMPLES = int(os.environ.get("MNTCR_S23_EXAMPLES") or 0)
+
+
+def _surface(doc) -> list[tuple]:
+    """The places of session 22's fields in the image: the network devices, addresses and routes
+    (netdevs) and the holder's sockets' addresses, options, filters, devices and what waits on them."""
+    from test_hardening_images import _nodes
+    roots = [("netdevs",)] if isinstance(doc.get("netdevs"), dict) else []
+    for i, p in enumerate(doc.get("processes") if isinstance(doc.get("processes"), list) else ()):
+        for j, f in enumerate(p.get("fds") if isinstance(p, dict) and isinstance(p.get("fds"), list) else ()):
+            if isinstance(f, dict) and f.get("kind") in ("inet", "packet"):
+                roots += [("processes", i, "fds", j, k) for k in ("filter", "dgrams", "replies", "opts", "popts", "dev",
+                                                               "protocol", "addr", "port", "type", "proto") if k in f]
+    out = []
+    for root in roots:
+        node = doc
+        for k in root:
+            node = node[k]
+        out += [root + path for path, _ in _nodes(node)]
+    return out
+
+
+def _outer_state(outer: int) -> str:
+    """What restore must leave as it is in the restorer's network namespace (the outer one, ours
+    alone): its links, addresses, routes of every table, sysctls of its devices (not `ip -d`: a
+    bridge's timers move; not the neighbours, a cache)."""
+    return subprocess.run(["nsenter", "-t", str(outer), "-n", "sh", "-c",
+                           "ip link; ip addr; ip route show table all; ip -6 route show table all; "
+                           "grep -r . /proc/sys/net/ipv4/conf /proc/sys/net/ipv6/conf 2>/dev/null | sort"],
+                          capture_output=True, text=True, check=True, timeout=30).stdout
+
+
+def _fuzz_outcome(image_dir: str, outer: int, edit) -> None:
+    """Restore a copy of the image (its veth pair made an external veth, `edit`ed) in namespace
+    `outer`: refused in one line (exit 2, no traceback, no pid file) or restored (the tree then
+    killed); never a leak, the image unchanged, nothing of the outer namespace changed."""
+    from zdtm import leakguard
+    with tempfile.TemporaryDirectory(prefix="mntcr-s23-") as tmp:
+        work = enginecase.copy_image(image_dir, tmp)
+        doc = load_manifest(work)
+        _external_d0(doc)
+        edit(doc)
+        try:
+            enginecase.save_manifest(work, doc)
+        except (ValueError, UnicodeEncodeError):
+            return   # (not representable as JSON)
+        digest = enginecase.tree_hash(work)
+        guard = leakguard.Guard()
+        before = _outer_state(outer)
+        r = _restore_in(outer, work, tmp)
+        lines = r.stderr.strip().splitlines()
+        event("restored" if r.returncode == 0 else "refused: " + re.sub(r"\d+", "N", r.stderr.split(":")[1].strip())[:40])
+        assert r.returncode in (0, 2), r.stderr
+        assert r.returncode == 0 or (len(lines) == 1 and lines[0].startswith("mntcr restore: ")
+                                     and "Traceback" not in r.stderr and "restore failed: " not in r.stderr), r.stderr
+        assert not os.path.exists(os.path.join(tmp, "pid")), "a refused restore wrote its pid file"
+        leaked = guard.own_leaks(work, tmp)
+        assert not leaked, leakguard.describe(leaked)
+        assert enginecase.tree_hash(work) == digest, "restore changed the image directory"
+        after = _outer_state(outer)
+        if after != before:
+            import difflib
+            raise AssertionError("the restorer's network namespace changed:\n" + "\n".join(
+                difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0)))
+
+
+def _mutations():
+    from test_hardening_s19 import _MUTATIONS
+    return _MUTATIONS
+
+
+@settings(max_examples=_EXAMPLES or 6, deadline=None, derandomize=True, database=None, phases=(Phase.generate,),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(muts=_mutations())
+def test_fuzz_session_22_fields(image_dir, outer_netns, muts):
+    """Random changes (hostile values, deletions, duplicates) of session 22's fields, restored where
+    the user gives the external veth: one line or a restore, never a leak nor a change of the
+    restorer's network namespace. Derandomized: the same examples each run;
+    not shrunk (a failure names its example: each restore takes seconds)."""
+    _fuzz_outcome(image_dir, outer_netns, lambda doc: enginecase.mutate(doc, muts, _surface))
+
+
+def _at(doc, path: tuple):
+    node = doc
+    for k in path:
+        node = node[k]
+    return node
+
+
+_TEXTS = ["lo", "d0", "vo9", "br0", "..", "all", "10.2.0.1", "127.0.0.1", "::1", "0.0.0.0", "255.255.255.255",
+          "224.0.0.1", "fe80::1", "ff02::1", "veth", "bridge", "dummy", "k0", "AAAA", "CAAAAAAAAAA="]
+
+
+@settings(max_examples=_EXAMPLES or 6, deadline=None, derandomize=True, database=None, phases=(Phase.generate,),
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(changes=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(-(1 << 33), 1 << 33), st.sampled_from(_TEXTS),
+                                  st.booleans()), min_size=1, max_size=4))
+def test_fuzz_session_22_values_in_range(image_dir, outer_netns, changes):
+    """As above with values of the field's own type (near its old one, or any; a device name, an
+    address), so that more images pass the validator and reach what restore makes of them: links,
+    indexes, addresses, routes and tables, socket addresses, options, filters, packets."""
+    def edit(doc):
+        for choice, number, text, near in changes:
+            places = [p for p in _surface(doc) if type(_at(doc, p)) in (int, str, bool)]
+            if not places:
+                break
+            path = places[choice % len(places)]
+            parent = _at(doc, path[:-1])
+            old = parent[path[-1]]
+            if type(old) is bool:
+                parent[path[-1]] = not old
+            elif type(old) is int:
+                parent[path[-1]] = old + number % 3 - 1 if near else number
+            else:
+                parent[path[-1]] = text
+            note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+    _fuzz_outcome(image_dir, outer_netns, edit)
