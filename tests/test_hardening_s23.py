@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, Phase, event, given, note, settings
 from hypothesis import strategies as st
 
 import enginecase
-from enginecase import load_manifest
+from enginecase import case, load_manifest  # noqa: F401  (fixture)
 from test_hardening_hostile import _mutated, refused
 
 _BODY = """
@@ -54,13 +54,13 @@ b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.setsockopt(socket.SOL_SO
 os.dup2(b.fileno(), 14)
 for s in (u, c, p, r, k, b): s.close()
 """
+# (every link with carrier, no address tentative: the dump must not see the kernel settling)
+_SETTLE = ("for i in $(seq 400); do s=$(ip link; ip -6 addr show tentative); case $s in *NO-CARRIER*|*tentative*) "
+           "sleep 0.05;; *) break;; esac; done; case $(ip link; ip -6 addr show tentative) in *NO-CARRIER*|*tentative*) "
+           "echo setup: the links did not settle >&2; exit 1;; esac; ")
 _NET = ("ip link set lo up; echo \"0 2147483647\" > /proc/sys/net/ipv4/ping_group_range; "
         "ip link add d0 type veth peer name d1; ip addr add 10.2.0.2/24 dev d0; ip link set d1 up; ip link set d0 up; "
-        "ip route add default via 10.2.0.1; ip route add blackhole 10.66.0.0/16 table 100; "
-        # (every link with carrier, no address tentative: the dump must not see the kernel settling)
-        "for i in $(seq 400); do s=$(ip link; ip -6 addr show tentative); case $s in *NO-CARRIER*|*tentative*) "
-        "sleep 0.05;; *) break;; esac; done; case $(ip link; ip -6 addr show tentative) in *NO-CARRIER*|*tentative*) "
-        "echo setup: the links did not settle >&2; exit 1;; esac; ")
+        "ip route add default via 10.2.0.1; ip route add blackhole 10.66.0.0/16 table 100; " + _SETTLE)
 SETUP = "exec unshare -n sh -ec '" + _NET.replace("'", "'\\''") + "exec \"$0\" \"$@\"' " + \
     enginecase.py_hold(_BODY)[len("exec "):]
 
@@ -397,3 +397,74 @@ def test_fuzz_session_22_values_in_range(image_dir, outer_netns, changes):
                 parent[path[-1]] = text
             note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
     _fuzz_outcome(image_dir, outer_netns, edit)
+
+
+# --- hostile trees: what dump reads changing while it reads ----------------------------------------
+
+_PAIR = ("ip link set lo up; ip link add d0 type veth peer name d1; ip link set d0 up; ip link set d1 up; " + _SETTLE)
+# Frames of a local ethertype sent on d1 without end (they arrive on d0, where a packet socket
+# takes them), a second thread reading them now and then.
+_PACKET_FLOOD = """
+import socket, threading, time
+k = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5)); k.bind(("d0", 0x88b5)); os.dup2(k.fileno(), 10)
+o = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0); os.dup2(o.fileno(), 11)
+def flood():
+    while True:
+        o.sendto(b"\\xff" * 6 + b"\\x02" * 6 + b"\\x88\\xb5" + b"flood" * 10, ("d1", 0x88b5))
+def drain():
+    while True:
+        k.recv(2048)
+threading.Thread(target=flood, daemon=True).start()
+threading.Thread(target=drain, daemon=True).start()
+"""
+# Datagrams of protocol 253 sent to 127.0.0.1 without end, which a raw socket of that protocol takes,
+# a second thread reading them.
+_RAW_FLOOD = """
+import socket, threading
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253); os.dup2(r.fileno(), 10)
+def flood():
+    with socket.socket(socket.AF_INET, socket.SOCK_RAW, 253) as o:
+        while True:
+            o.sendto(b"flood", ("127.0.0.1", 0))
+def drain():
+    while True:
+        r.recv(2048)
+threading.Thread(target=flood, daemon=True).start()
+threading.Thread(target=drain, daemon=True).start()
+"""
+# d1 brought down and up, its IPv4 address set and cleared, without end (SIOCSIFFLAGS, SIOCSIFADDR).
+_LINK_CHURN = """
+import fcntl, random, socket, struct, threading
+def churn():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    while True:
+        fcntl.ioctl(s, 0x8914, struct.pack("16sH22x", b"d1", 0x1 | 0x2 | 0x1000 if random.random() < 0.5 else 0x2 | 0x1000))
+        addr = socket.inet_aton("10.3.0.1" if random.random() < 0.5 else "0.0.0.0")
+        fcntl.ioctl(s, 0x8916, struct.pack("16sHH4s8x", b"d1", socket.AF_INET, 0, addr))
+threading.Thread(target=churn, daemon=True).start()
+"""
+
+
+@pytest.mark.parametrize("body", [_PACKET_FLOOD, _RAW_FLOOD, _LINK_CHURN], ids=["packet-flood", "raw-flood", "link-churn"])
+def test_a_tree_changing_its_network_while_dumped_is_dumped_whole_or_refused_running(case, body):
+    """A packet socket on a veth flooded with frames, a raw socket with datagrams, a veth brought
+    down and up with its address set and cleared, all the time, by threads of the tree: each of
+    three dumps either succeeds and the image restores, or is refused in one line with the tree
+    running on (resumed if it was stopped) - never a hang, never an image restore refuses."""
+    from test_hardening_s22 import _alive_and_running
+    hold = enginecase.py_hold(body)
+    pid = case.start("exec unshare -n sh -ec '" + _PAIR + "exec \"$0\" \"$@\"' " + hold[len("exec "):])
+    outcomes = []
+    for _ in range(3):
+        images = case.new_images_dir()
+        try:
+            case.dump(pid, images)
+        except enginecase.CRError as e:
+            lines = e.proc.stderr.strip().splitlines()
+            assert e.proc.returncode == 2 and len(lines) == 1 and "Traceback" not in e.proc.stderr, e.proc.stderr
+            assert _alive_and_running(pid), f"a refused dump left the tree stopped or gone: {lines[0]}"
+            outcomes.append("refused: " + lines[0])
+            continue
+        pid = case.restore(images)   # (raises CRError when the image it dumped is refused)
+        outcomes.append("restored")
+    print(outcomes)
