@@ -468,3 +468,51 @@ def test_a_tree_changing_its_network_while_dumped_is_dumped_whole_or_refused_run
         pid = case.restore(images)   # (raises CRError when the image it dumped is refused)
         outcomes.append("restored")
     print(outcomes)
+
+
+# --- left from session 22: a pty of the host's devpts ----------------------------------------------
+
+_HOST_PTY = enginecase.py_hold("""
+m = os.open("/dev/pts/ptmx", os.O_RDWR | os.O_NOCTTY)   # (a master of the host's devpts, bound in)
+os.dup2(m, 10); os.close(m)
+""")
+
+
+def _free_host_ptys() -> int:
+    """How many more ptys the host's devpts hands out (pty.max less those in use)."""
+    with open("/proc/sys/kernel/pty/max") as f, open("/proc/sys/kernel/pty/nr") as g:
+        return int(f.read()) - int(g.read())
+
+
+def test_a_pty_of_the_hosts_devpts_far_up_is_refused(case, tmp_path):
+    """A master of the tree on the host's devpts (an external mount), its number in the image moved
+    up past 100 free ones: restore, which opens masters until the kernel hands out that number,
+    holds at most pty.HOST_MOST of the host's ptys (its users' terminals) and refuses in one line.
+    Before, it held every free number below it (up to 4096: the host's pty.max) until every
+    process had its fds, and restored."""
+    from engine.fds import pty
+    if _free_host_ptys() < 400:
+        pytest.skip("fewer than 400 free ptys on this host")
+    pid = case.start(_HOST_PTY, binds=(("/dev/pts", "/dev/pts"),))
+    images = case.new_images_dir()
+    case.dump(pid, images, ("--external", "mnt[/dev/pts]:pts"))
+    d = load_manifest(images)
+    obj = next(k for k, o in d["objects"].items() if o["kind"] == "pty")
+    index = d["objects"][obj]["index"]
+    used = set(int(n) for n in os.listdir("/dev/pts") if n.isdigit())
+    # (a number past HOST_MOST + 100 free ones from the lowest free: whatever the host opens meanwhile)
+    free = [n for n in range(4096) if n not in used and n != index]
+    d["objects"][obj]["index"] = free[pty.HOST_MOST + 100]
+    enginecase.save_manifest(images, d)
+    refused(images, rf"pty {free[pty.HOST_MOST + 100]} of an external devpts \(the host's\): more than "
+                    rf"{pty.HOST_MOST} of its free numbers lie below it", tmp_path,
+            extra=("--external", "mnt[pts]:/dev/pts"))
+
+
+def test_a_pty_of_the_hosts_devpts_near_is_restored(case):
+    """Control: the same tree restores (its number, free again once it is dumped, within reach)."""
+    pid = case.start(_HOST_PTY, binds=(("/dev/pts", "/dev/pts"),))
+    new = case.cr(pid, ("--external", "mnt[/dev/pts]:pts"), ("--external", "mnt[pts]:/dev/pts"))
+    holder = next(p for p in [new] + __import__("zdtm.snapshot", fromlist=["x"]).tree_pids(new)
+                  if os.path.exists(f"/proc/{p}/fd/10"))
+    assert os.readlink(f"/proc/{holder}/fd/10") == "/dev/pts/ptmx", os.readlink(f"/proc/{holder}/fd/10")
