@@ -7,7 +7,7 @@ and the socket buffers the restorer forces (SO_*BUFFORCE).
 The image is a real dump of a tree in a network namespace of its own (lo up, a veth pair, one end with an
 address, a default route through it and a route of another table; a UDP socket with a filter and a
 datagram waiting; a ping socket with an echo reply waiting; a raw socket; a packet socket bound to
-the device by name), changed the way an attacker with write access to the image directory would.
+the device by name; a unix listener whose socket file was renamed), changed the way an attacker with write access to the image directory would.
 Each change is refused with exit status 2 and one line, nothing left running or mounted, nothing
 of the host touched (test_hardening_hostile.refused), or restores with what the image says given to
 the tree alone.
@@ -52,7 +52,9 @@ k = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x88b5)); k.bi
 os.dup2(k.fileno(), 13)
 b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); b.setsockopt(socket.SOL_SOCKET, 62, socket.if_nametoindex("d0"))
 os.dup2(b.fileno(), 14)
-for s in (u, c, p, r, k, b): s.close()
+l = socket.socket(socket.AF_UNIX); l.bind("/run/.s23.tmp"); os.rename("/run/.s23.tmp", "/run/s23.sock"); l.listen(4)
+os.dup2(l.fileno(), 15)   # (bound under a temporary name: its record says where its file is, `bound`)
+for s in (u, c, p, r, k, b, l): s.close()
 """
 # (every link with carrier, no address tentative: the dump must not see the kernel settling)
 _SETTLE = ("for i in $(seq 400); do s=$(ip link; ip -6 addr show tentative); case $s in *NO-CARRIER*|*tentative*) "
@@ -516,3 +518,47 @@ def test_a_pty_of_the_hosts_devpts_near_is_restored(case):
     holder = next(p for p in [new] + __import__("zdtm.snapshot", fromlist=["x"]).tree_pids(new)
                   if os.path.exists(f"/proc/{p}/fd/10"))
     assert os.readlink(f"/proc/{holder}/fd/10") == "/dev/pts/ptmx", os.readlink(f"/proc/{holder}/fd/10")
+
+
+
+# --- left from session 22: the check of a live socket of the host ----------------------------------
+
+def _on_external(base: str):
+    """The unix listener's socket file named `base` in the directory of the /etc external mount
+    (given at restore as a directory of the test's), bound under its temporary name."""
+    def mutate(d):
+        etc = next(m for ns in d["mntns"].values() for m in ns["mounts"] if m.get("external") == "etc")
+        e = _fd(d, 15)
+        etc["mount_opts"] = [o for o in etc["mount_opts"] if o != "ro"]   # (the user's directory, writable)
+        e["bound"] = {"mnt": etc["id"], "path": "/" + base}
+        e["path"] = "/etc/.s23.tmp"
+    return mutate
+
+
+@pytest.mark.parametrize("listening", [False, True])
+def test_a_host_socket_is_neither_connected_to_nor_taken_over(image_dir, tmp_path, listening):
+    """A listener whose socket file is named as a socket of the host's in an external directory: one
+    bound but not listening yet (a daemon between its bind and its listen), or a listener. Restore
+    asks whether a socket is bound there without connecting to it (a datagram connect: EPROTOTYPE)
+    and refuses in one line; the host's socket keeps its file and finds no connection queued. Before,
+    restore connected to it (a stream connect): the host's listener found a connection of restore's
+    in its queue, and one not listening yet answered ECONNREFUSED as a stale node does, so restore
+    unlinked the host's socket file and bound the tree's listener in its place."""
+    from test_hardening_s22 import _restore_with_etc
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    host = socket.socket(socket.AF_UNIX)
+    host.bind(str(etc / "daemon.sock"))
+    ino = os.stat(etc / "daemon.sock").st_ino
+    if listening:
+        host.listen(1)
+    try:
+        code, err = _restore_with_etc(_mutated(image_dir, tmp_path, _on_external("daemon.sock")), str(etc), tmp_path)
+        assert os.stat(etc / "daemon.sock").st_ino == ino, f"the host's socket file was replaced: {err}"
+        if listening:
+            host.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                host.accept()[0].close()
+        assert code == 2 and re.search(r"daemon.sock.*a live socket", err), err
+    finally:
+        host.close()
