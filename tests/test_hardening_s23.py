@@ -562,3 +562,74 @@ def test_a_host_socket_is_neither_connected_to_nor_taken_over(image_dir, tmp_pat
         assert code == 2 and re.search(r"daemon.sock.*a live socket", err), err
     finally:
         host.close()
+
+
+# --- the dumper's /proc beneath the tree's, made by the restorer of its own pid namespace -----------
+
+_MOUNT_PROC = ("exec unshare --pid --fork --mount-proc --propagation private sh -c "
+               "'exec </dev/null >/dev/null 2>&1; exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
+
+
+@pytest.fixture(scope="module")
+def covered_proc_image(tmp_path_factory):
+    """An image of `unshare --pid --fork --mount-proc` run in the dumper's pid namespace: the dumper's
+    /proc lies beneath the tree's (engine/restore.py `_HERE` makes it of the restorer's own)."""
+    from engine import freeze
+    if os.geteuid() != 0:
+        pytest.skip("needs root (dumps a real container)")
+    c = enginecase.EngineCase(tmp_path_factory.mktemp("here"))
+    try:
+        outer = c.start(_MOUNT_PROC, host_pidns=True, daemons=("unshare",))
+        import time
+        deadline = time.monotonic() + 30   # (start may return before unshare's child is there)
+        while True:
+            kids = [p for p, _ in freeze.process_tree(outer)
+                    if os.readlink(f"/proc/{p}/ns/pid") != os.readlink(f"/proc/{outer}/ns/pid")
+                    and enginecase._comm(p) == enginecase.HOLD_COMM]
+            if kids or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        if len(kids) != 1:
+            raise enginecase.SetupError(f"no one process in the new pid namespace: {kids}")
+        images = c.new_images_dir()
+        r = enginecase.mntcr("dump", "-t", str(kids[0]), "-D", images, *enginecase.DUMP_EXTERNALS)
+        if r.returncode:
+            raise enginecase.SetupError(r.stderr)
+        yield images
+    finally:
+        c.close()
+
+
+def _covered_proc(d) -> dict:
+    """The mount of the proc of the dumper's pid namespace (covered by the tree's /proc)."""
+    host = next(n for n, rec in d["pidns"].items() if rec.get("host"))
+    sid = next(s for s, sb in d["superblocks"].items() if sb.get("pidns") == host)
+    return next(m for ns in d["mntns"].values() for m in ns["mounts"] if m["sb"] == sid)
+
+
+@pytest.mark.parametrize("where, path", [("fd", "/1/status"), ("fd", "/1/net/unix"), ("fd", "/1/mem"), ("cwd", "/1"),
+                                         ("root", "/1/root"), ("watch", "/1")])
+def test_nothing_of_the_tree_lies_on_the_restorers_proc(covered_proc_image, tmp_path, where, path):
+    """An fd on a file of pid 1 (its status, its network namespace's unix sockets, its memory), a
+    cwd or root in it, an inotify watch on it, on the covered proc mount that restore makes of its
+    own pid namespace (pid 1 the host's init when it runs in the host's): the tree would hold the
+    restorer's pid 1's files, opened by restore as root. Refused by the image check. Before, the
+    tree got /1/status and /1/net/unix, its cwd /1 (its memory and root: "Permission denied" as the
+    open is made, not a rule)."""
+    def mutate(d):
+        p = d["processes"][0]
+        loc = {"mnt": _covered_proc(d)["id"], "path": path}
+        if where == "fd":
+            p["fds"].append({"fd": 20, "flags": 2 if path.endswith("mem") else 0, "pos": 0, **loc})
+        elif where == "watch":
+            p["fds"].append({"fd": 20, "flags": 0, "pos": 0, "kind": "inotify",
+                             "watches": [{"wd": 1, "mask": 0x100, **loc}]})
+        else:
+            p[where] = loc
+    refused(_mutated(covered_proc_image, tmp_path, mutate),
+            r"bad image: .*a file on mount \d+ of superblock sb-\d+ \(a proc of the restorer's own pid namespace", tmp_path)
+
+
+def test_the_covered_proc_image_restores(covered_proc_image, tmp_path):
+    """Control: the image restores unchanged (the refusals above are the changes')."""
+    assert _try(covered_proc_image, tmp_path, lambda d: None) == (0, "")
