@@ -15,7 +15,6 @@ the tree alone.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -515,8 +514,8 @@ def test_a_pty_of_the_hosts_devpts_near_is_restored(case):
     """Control: the same tree restores (its number, free again once it is dumped, within reach)."""
     pid = case.start(_HOST_PTY, binds=(("/dev/pts", "/dev/pts"),))
     new = case.cr(pid, ("--external", "mnt[/dev/pts]:pts"), ("--external", "mnt[pts]:/dev/pts"))
-    holder = next(p for p in [new] + __import__("zdtm.snapshot", fromlist=["x"]).tree_pids(new)
-                  if os.path.exists(f"/proc/{p}/fd/10"))
+    from zdtm.snapshot import tree_pids
+    holder = next(p for p in [new] + tree_pids(new) if os.path.exists(f"/proc/{p}/fd/10"))
     assert os.readlink(f"/proc/{holder}/fd/10") == "/dev/pts/ptmx", os.readlink(f"/proc/{holder}/fd/10")
 
 
