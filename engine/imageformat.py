@@ -1086,6 +1086,7 @@ def _check_restorers_proc(doc: dict, mounts: dict, detached: dict) -> None:
     if not sids:
         return
     covers = {(m.get("parent"), m["mountpoint"]) for m in mounts.values()}
+    _nothing_on(doc, {m["id"]: m["sb"] for m in mounts.values() if m["sb"] in sids})
     for sid in sids:
         what = f"superblock {sid} (a proc of the restorer's own pid namespace)"
         if doc["superblocks"][sid].get("owner") is not None:
@@ -1095,6 +1096,22 @@ def _check_restorers_proc(doc: dict, mounts: dict, detached: dict) -> None:
         for m in mounts.values():
             if m["sb"] == sid and (m["id"], m["mountpoint"]) not in covers:
                 _fail(f"{what}: mount {m['id']} ({m['mountpoint'][:80]}) is not covered by another at its mount point")
+
+
+def _nothing_on(doc: dict, ids: dict) -> None:
+    """Refuse any record of the image placed on one of the mounts `ids` ({mount id: superblock}):
+    an fd, root, cwd, mapping, socket file, watch, layer... (a `mnt` of theirs). Restore would open
+    it on the restorer's own /proc for the tree, as root: its pid 1's files, the host's init's."""
+    stack: list = [(k, v) for k, v in doc.items() if k != "mntns"]
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, dict):
+            if type(node.get("mnt")) is int and node["mnt"] in ids:
+                _fail(f"{key}: a file on mount {node['mnt']} of superblock {ids[node['mnt']]} (a proc of the "
+                      "restorer's own pid namespace, which nothing of the tree reaches)")
+            stack.extend((key, v) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((key, v) for v in node)
 
 
 def per_mount_sbs(sbs: dict) -> set[str]:

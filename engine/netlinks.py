@@ -42,7 +42,9 @@ IFF_UP = 1
 IFA_F_KEPT = 0x2 | 0x10 | 0x100 | 0x200   # NODAD, HOMEADDRESS, MANAGETEMPADDR, NOPREFIXROUTE
 RTM_F_CLONED, RTNH_F_ONLINK, RTPROT_KERNEL = 0x200, 4, 2
 ROUTE_TYPES = (1, 2, 6, 7, 8)   # unicast, local, blackhole, unreachable, prohibit
-_NAME = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}\Z")   # (no '/', no space: the kernel's dev_valid_name)
+# (the kernel's dev_valid_name: no '/', ':' or space, not "." or ".."; nor "all" or "default", the
+# names of /proc/sys/net/*/conf's own entries, which it refuses too)
+_NAME = re.compile(r"^(?!(?:\.|\.\.|all|default)\Z)[A-Za-z0-9_.@+-]{1,15}\Z")
 _MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}\Z")
 _KEY = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}\Z")
 
@@ -319,7 +321,8 @@ def _check_link(lk, nsid: str, made: set[str], doc_netdevs: dict, fail) -> None:
     if type(lk) is not dict or set(lk) - {"name", "kind", "index", "mtu", "mac", "up", "master", "peer"}:
         fail(f"{what}: a link must be an object of name, kind, index, mtu, mac, up, master, peer")
     if type(lk.get("name")) is not str or not _NAME.match(lk["name"]) or lk["name"] == "lo":
-        fail(f"{what}: link name {str(lk.get('name'))[:40]!r}: 1 to 15 letters, digits or _.:@+- (no '/'), not lo")
+        fail(f"{what}: link name {str(lk.get('name'))[:40]!r}: 1 to 15 letters, digits or _.@+- (no '/' or ':'), not lo, "
+             "., .., all or default (the kernel's rule)")
     what += f" link {lk['name']}"
     if lk.get("kind") not in KINDS or not _int(lk.get("index"), 1, 2**31 - 1) or not _int(lk.get("mtu"), 1, 65535) \
             or type(lk.get("up")) is not bool or ("mac" in lk and (type(lk["mac"]) is not str or not _MAC.match(lk["mac"]))):

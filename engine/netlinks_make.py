@@ -40,7 +40,7 @@ def outer_of(spec: str) -> tuple[str, str | None]:
     outer, _, bridge = spec.partition("@")
     if not _NAME.match(outer) or (bridge and not _NAME.match(bridge)):
         raise ValueError(f"--external veth[...]:{spec}: OUTER[@BRIDGE], interface names of 1 to 15 letters, "
-                         "digits or _.:+-")
+                         "digits or _.@+-, not ., .., all or default")
     return outer, bridge or None
 
 
@@ -79,7 +79,11 @@ def _make_link(lk: dict, peer: tuple | None) -> None:
     try:
         _new_link(lk, _peer_data(peer[0][0], peer) if peer else b"", lk["index"], what)
     except OSError as e:
-        if e.errno != errno.EBUSY:   # (an ifindex taken in either namespace: any other then)
+        # (an ifindex taken in either namespace: any other then; taken here by a device a fresh
+        # namespace of this host has and the dumper's had not, a tunnel's fallback device, it is
+        # EEXIST: with NLM_F_EXCL the kernel does not take it for that device's; a name taken
+        # fails again below)
+        if e.errno not in (errno.EBUSY, errno.EEXIST):
             raise
         _new_link(lk, _peer_data(0, peer) if peer else b"", 0, what)
 

@@ -757,6 +757,11 @@ class _Restorer:
             raise RestoreError(err.errno or errno.EIO, f"process {p['pid']}: taking its controlling terminal "
                                                        f"{node['path']}: {err.strerror or err}") from None
 
+    def _host_mounts(self) -> frozenset:
+        """The ids of the mounts of the host's files (external ones, or of an external superblock)."""
+        return frozenset(i for i, m in self.mounts.items()
+                         if m.get("external") or self.doc["superblocks"][m["sb"]].get("external"))
+
     def _pty_master(self, obj: str, ptmx: dict) -> None:
         """Master of pty `obj` opened through its ptmx and unlocked, kept in self.made (the fd stage
         gives it to the process holding it: engine/fds/pty.py)."""
@@ -772,7 +777,7 @@ class _Restorer:
         finally:
             os.close(probe)
         if index not in pool:
-            pool.update(pty.open_until(open_ptmx, index))
+            pool.update(pty.open_until(open_ptmx, index, ptmx["mnt"] in self._host_mounts()))
         pty.unlock(pool[index])
 
     def _spawn_one(self, p: dict, parent: dict | None, own: dict, early_groups: dict) -> None:
@@ -2344,6 +2349,9 @@ class _Restorer:
     def place_processes(self) -> None:
         self._fds = FdMaker(self.doc.get("objects") or {}, self.open_at, self.hostproc, self._open_ghost,
                             self.hostpid.get, self._ns_fd_of)
+        if any(f.get("kind") == "pty" for p in self.doc["processes"] for f in p["fds"]):
+            from engine.fds import pty
+            self._fds.state[pty.HOST_MOUNTS] = self._host_mounts()
         for dev, opened in self.made.items():   # (closed with the fd stage's own, once all hold theirs)
             self._fds.state[("made", dev)] = dict(opened)
             self._fds.keep.extend(opened.values())

@@ -28,7 +28,6 @@ from engine.fds import FdError, inet_raw
 
 ECHO_REPLY = {"inet": 0, "inet6": 129}
 PROTO_NO = {"inet": 1, "inet6": 58}
-SO_RCVBUFFORCE = 33
 MAX_REPLIES = 1024
 MAX_BYTES = 1 << 20   # of one socket's replies
 REPLY = Record("echo reply", {
@@ -92,5 +91,5 @@ def deliver(s: socket.socket, family: str, replies: list, rcvbuf: int | None) ->
         dst = ipaddress.ip_address("127.0.0.1" if family == "inet" else "::1")
     packets = [inet_raw.packet(r["from"], str(dst), PROTO_NO[family], base64.b64decode(r["data"])) for r in replies]
     if rcvbuf is not None:
-        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf + sum(len(p) + 1024 for _f, _d, p in packets))
+        inet_raw.widen(s, rcvbuf, packets)
     inet_raw.send(s, packets)

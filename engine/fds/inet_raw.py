@@ -3,7 +3,9 @@ tree through a raw socket, with a source of its choosing: a UDP datagram from it
 and port (engine/fds/inet_udp.py), an echo reply to a ping socket (engine/fds/inet_ping.py), a
 TCP segment a connection's peer would have sent (a FIN, an acknowledgment: engine/fds/inet_tcp.py).
 Sent by a child of ours that joins the namespace (one of the tree's, never the dumper's: the
-callers' sockets are the tree's)."""
+callers' sockets are the tree's), on its lo alone, each to an address of the namespace: since the
+namespace may have devices (engine/netlinks.py), one a veth whose peer is outside the tree, an
+image's socket bound elsewhere (IP_FREEBIND) must not have restore send from loopback out of it."""
 
 from __future__ import annotations
 
@@ -35,6 +37,17 @@ def received(s: socket.socket):
             return
         except OSError:
             continue
+
+
+SO_RCVBUFFORCE = 33
+_INT_MAX = (1 << 31) - 1
+
+
+def widen(s: socket.socket, rcvbuf: int, packets: list) -> None:
+    """Force the receive buffer of `s` wide enough for `packets` (`packet`'s) on top of `rcvbuf`
+    (the image's size, which its caller sets again afterwards); at most what setsockopt takes (an
+    int: the kernel halves a forced size past INT_MAX / 2 anyway)."""
+    s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, min(rcvbuf + sum(len(p) + 1024 for _f, _d, p in packets), _INT_MAX))
 
 
 def loopback(host: str) -> bool:
@@ -97,11 +110,28 @@ def _fragments(pkt: bytes) -> list[bytes]:
     return out
 
 
+def _local(fam: int, dst: str) -> None:
+    """Refuse `dst` unless it is an address of our namespace (a bind to it works without IP_FREEBIND)."""
+    import errno
+    with socket.socket(fam, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((dst, 0))
+        except OSError as e:
+            if e.errno != errno.EADDRNOTAVAIL:
+                raise
+            raise OSError(errno.EADDRNOTAVAIL, f"{dst} is not an address of its network namespace (a socket bound "
+                                               "there with IP_FREEBIND receives nothing restore may send)") from None
+
+
 def _send_in(netns: int, packets: list) -> None:
     from engine import kernel
     kernel.setns(netns, kernel.CLONE_NEWNET)
     for fam, dst, pkt in packets:
+        _local(fam, dst)
         with socket.socket(fam, socket.SOCK_RAW, socket.IPPROTO_RAW) as r:
+            # (on lo alone: a packet restore makes never leaves the namespace through a device, one
+            # whose peer is outside it, an external veth's, on the host's bridge)
+            r.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"lo")
             if fam == socket.AF_INET6:
                 r.setsockopt(socket.IPPROTO_IPV6, IPV6_HDRINCL, 1)
             for part in _fragments(pkt) if fam == socket.AF_INET6 else [pkt]:

@@ -26,7 +26,7 @@ import socket
 from engine.imageformat import DICT, INT, LIST, STR, F, Record, b64, list_of, record, rng
 from engine.fds import FdError, inet_raw
 
-SO_PEEK_OFF, SO_RCVBUFFORCE = 42, 33
+SO_PEEK_OFF = 42
 MAX_DGRAMS = 4096
 MAX_BYTES = 1 << 22   # of one socket's datagrams
 DGRAM = Record("udp datagram", {
@@ -105,5 +105,5 @@ def deliver(s: socket.socket, dgrams: list, rcvbuf: int | None) -> None:
         src = src.ipv4_mapped if src.version == 6 and src.ipv4_mapped else src
         packets.append(inet_raw.udp(str(src), d["port"], str(dst), name[1], base64.b64decode(d["data"])))
     if rcvbuf is not None:
-        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, rcvbuf + sum(len(p) + 1024 for _f, _d, p in packets))
+        inet_raw.widen(s, rcvbuf, packets)
     inet_raw.send(s, packets)

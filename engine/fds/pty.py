@@ -415,10 +415,18 @@ def _check_object(obj: dict, what: str) -> None:
         _fail(f"{what}: more input waiting in a pty than its line discipline holds")
 
 
-def open_until(open_ptmx, index: int) -> dict[int, int]:
+# Masters restore may hold on a devpts it did not make (an external one: the host's, shared with its
+# users, whose numbers are pty.max's, 4096, in all) to reach the number of one of the tree's ptys.
+HOST_MOST = 64
+HOST_MOUNTS = "host mounts"   # (RestoreFd.state's key of the ids of the external mounts, restore's)
+
+
+def open_until(open_ptmx, index: int, host: bool = False) -> dict[int, int]:
     """Masters opened through `open_ptmx()` until the kernel hands out pty `index`: {number: fd},
     the numbers below it among them (they stay taken while their masters are open, and a new
-    instance hands out the lowest free one). EBUSY when a higher number comes first."""
+    instance hands out the lowest free one). EBUSY when a higher number comes first, or past
+    HOST_MOST masters on the host's devpts (`host`: an external mount's, where more free numbers
+    below `index` would have restore hold that many of the host's ptys, the users' terminals)."""
     got: dict[int, int] = {}
     try:
         while True:
@@ -433,6 +441,10 @@ def open_until(open_ptmx, index: int) -> dict[int, int]:
                 return got
             if n > index or len(got) > 4096:
                 raise OSError(errno.EBUSY, f"pty {index} is taken on the restored devpts (got {n})")
+            if host and len(got) >= HOST_MOST:
+                raise OSError(errno.EBUSY, f"pty {index} of an external devpts (the host's): more than {HOST_MOST} "
+                                           "of its free numbers lie below it, which restore would hold to reach it; "
+                                           "restore where fewer are free, or dump the tree with a devpts of its own")
     except BaseException:
         for fd in got.values():
             os.close(fd)
@@ -495,7 +507,7 @@ def _master(r: RestoreFd, key: str) -> int:
 
     fd = _made(r, open_ptmx, o["index"])   # (kept by restore already)
     if fd is None:
-        opened = open_until(open_ptmx, o["index"])
+        opened = open_until(open_ptmx, o["index"], m["mnt"] in r.state.get(HOST_MOUNTS, ()))
         fd = opened.pop(o["index"])
         r.keep.extend(opened.values())   # freed only once every process holds its fds
         r.keep.append(fd)

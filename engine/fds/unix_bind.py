@@ -183,7 +183,7 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
     if d is not None:
         try:
             if stat.S_ISSOCK(os.lstat(spec["base"], dir_fd=d).st_mode):
-                if _live(d, spec["base"], spec.get("type")):
+                if _live(d, spec["base"]):
                     raise FdError(errno.EADDRINUSE, f"{name}: its socket file's name {spec['base']!r} is a live "
                                                     "socket's (someone listens or is bound there): not taken over")
                 os.unlink(spec["base"], dir_fd=d)   # the dumped socket's node: bind makes a new one
@@ -227,20 +227,22 @@ def _bind_path(s: socket.socket, spec: dict, fds: list[int]) -> None:
             os.close(saved)
 
 
-def _live(d: int, base: str, kind: str | None) -> bool:
-    """Whether socket file `base` in directory `d` is bound by a live socket (a connect of its type
-    is not refused): one of the host's on an external mount, never the dumped socket's stale node."""
-    types = {"stream": socket.SOCK_STREAM, "dgram": socket.SOCK_DGRAM, "seqpacket": socket.SOCK_SEQPACKET}
+def _live(d: int, base: str) -> bool:
+    """Whether socket file `base` in directory `d` is bound by a live socket (one of the host's on an
+    external mount, never the dumped socket's stale node). Asked by a datagram connect, which reaches
+    no listener: the kernel answers EPROTOTYPE for a socket of another type bound there, ECONNREFUSED
+    for none (a stream connect would queue a connection on a host daemon's listener, and take one
+    bound but not listening yet, refusing it likewise, for a stale node)."""
     here = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with socket.socket(socket.AF_UNIX, types.get(kind, socket.SOCK_STREAM) | socket.SOCK_NONBLOCK) as c:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK) as c:
             os.fchdir(d)   # (the name relative to it: a stand-in is single-threaded)
             try:
                 c.connect(base)
             except ConnectionRefusedError:
                 return False
             except OSError:
-                return True   # (of another type, its backlog full: someone is there)
+                return True   # (EPROTOTYPE: a socket of another type is bound there)
             finally:
                 os.fchdir(here)
     finally:
