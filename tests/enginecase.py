@@ -125,6 +125,23 @@ while True:
 """.replace("'", "'\\''") + "' </dev/null >/dev/null 2>&1 &\nwait_for /run/.watching\n"
 
 
+def in_own_pidns(outer: int, timeout: float = 30) -> int:
+    """The topmost process of container `outer`'s tree that lives in a pid namespace other than
+    outer's, once it runs `hold` (`start` returns when the tree's `unshare -fp`, a daemon, is
+    there, maybe before its child is, or before that child exec'd)."""
+    from engine import freeze
+    deadline = time.monotonic() + timeout
+    while True:
+        inner = {p: ppid for p, ppid in freeze.process_tree(outer)
+                 if os.readlink(f"/proc/{p}/ns/pid") != os.readlink(f"/proc/{outer}/ns/pid")}
+        top = [p for p, ppid in inner.items() if ppid not in inner]
+        if len(top) == 1 and _comm(top[0]) == HOLD_COMM:
+            return top[0]
+        if time.monotonic() > deadline:
+            raise SetupError(f"no one process running hold in a new pid namespace under {outer}: {top}")
+        time.sleep(0.05)
+
+
 def was_stopped(pid: int) -> bool:
     """Whether the tree of container pid `pid` (set up with STOP_WATCH) got a SIGCONT: it was stopped."""
     return os.path.exists(f"/proc/{pid}/root/run/.continued")

@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import pytest
 
 from enginecase import case  # noqa: F401  (fixture)
-from test_engine_rootless import _child_in_own_pidns
+from enginecase import in_own_pidns
 
 TREE = "unshare -fp --mount-proc /.hold/mntcr-hold 1000000"
 
@@ -20,15 +19,7 @@ TREE = "unshare -fp --mount-proc /.hold/mntcr-hold 1000000"
 def _start(case, line: str, daemons: tuple[str, ...]) -> int:
     """The tree `TREE` in `line` (a shell pipeline run by the container's setup), started; its pid."""
     setup = f"exec sh -c '{line}' </dev/null >/dev/null 2>&1\n"
-    outer = case.start(setup, host_pidns=True, daemons=("unshare", "sh") + daemons)
-    deadline = time.monotonic() + 20
-    while True:   # (unshare counts as ready before it forked the tree)
-        try:
-            return _child_in_own_pidns(outer)
-        except ValueError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    return in_own_pidns(case.start(setup, host_pidns=True, daemons=("unshare", "sh") + daemons))
 
 
 def _state(pid: int) -> str:

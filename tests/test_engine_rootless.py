@@ -14,15 +14,6 @@ import pytest
 from enginecase import case  # noqa: F401  (fixture)
 
 
-def _child_in_own_pidns(outer: int) -> int:
-    """The topmost process of the tree at `outer` that lives in a pid namespace other than outer's."""
-    from engine import freeze
-    inner = {p: ppid for p, ppid in freeze.process_tree(outer)
-             if os.readlink(f"/proc/{p}/ns/pid") != os.readlink(f"/proc/{outer}/ns/pid")}
-    (child,) = [p for p, ppid in inner.items() if ppid not in inner]
-    return child
-
-
 CMDS = {"alone": "exec /.hold/mntcr-hold 1000000",
         "with_child": "/.hold/mntcr-hold 1000000 & exec /.hold/mntcr-hold 1000000"}
 
@@ -35,14 +26,14 @@ def test_unshare_userns_pidns_tree_keeps_the_hosts_cgroup2(case, cmd):
     succeeded, restore failed 'creating cgroup2: fsconfig(6): Operation not permitted'). Also when
     CMD has a child (`sh -c 'sleep | cat'`): its stand-in, forked by pid 1's, is in that user
     namespace too (it was taken for one of the restorer's, asked to make the cgroup2: EPERM)."""
-    from enginecase import DUMP_EXTERNALS, assert_same, load_manifest, mntcr, take
+    from enginecase import DUMP_EXTERNALS, assert_same, in_own_pidns, load_manifest, mntcr, take
     # (in the test's uts and ipc namespaces, as from a shell of the host: the container's own,
     # which init's user namespace owns, a stand-in that starts in the tree's could not make)
     me = os.getpid()
     setup = ("mkdir /mnt/cg; mount -t cgroup2 none /mnt/cg\n"
              f"exec nsenter --uts=/proc/{me}/ns/uts --ipc=/proc/{me}/ns/ipc unshare -U -r -m -p -f --mount-proc --propagation private sh -c "
              f"'exec </dev/null >/dev/null 2>&1; {CMDS[cmd]}' </dev/null >/dev/null 2>&1\n")
-    child = _child_in_own_pidns(case.start(setup, host_pidns=True, daemons=("unshare",)))
+    child = in_own_pidns(case.start(setup, host_pidns=True, daemons=("unshare",)))
     before = take(child)
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(child), "-D", images, *DUMP_EXTERNALS)

@@ -427,10 +427,8 @@ def test_unshare_mount_proc_tree_keeps_the_dumpers_proc_beneath(case):
     # container's namespace, which is not dumped)
     setup = ("exec unshare --pid --fork --mount-proc --propagation private sh -c "
              "'exec </dev/null >/dev/null 2>&1; exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
-    outer = case.start(setup, host_pidns=True, daemons=("unshare",))
-    from engine import freeze
-    (child,) = [p for p, _ in freeze.process_tree(outer)
-                if os.readlink(f"/proc/{p}/ns/pid") != os.readlink(f"/proc/{outer}/ns/pid")]
+    from enginecase import in_own_pidns
+    child = in_own_pidns(case.start(setup, host_pidns=True, daemons=("unshare",)))
     before = take(child, "grep -c ' /proc ' /proc/self/mountinfo")
     images = case.new_images_dir()
     r = mntcr("dump", "-t", str(child), "-D", images, *DUMP_EXTERNALS)

@@ -573,25 +573,13 @@ _MOUNT_PROC = ("exec unshare --pid --fork --mount-proc --propagation private sh 
 def covered_proc_image(tmp_path_factory):
     """An image of `unshare --pid --fork --mount-proc` run in the dumper's pid namespace: the dumper's
     /proc lies beneath the tree's (engine/restore.py `_HERE` makes it of the restorer's own)."""
-    from engine import freeze
     if os.geteuid() != 0:
         pytest.skip("needs root (dumps a real container)")
     c = enginecase.EngineCase(tmp_path_factory.mktemp("here"))
     try:
-        outer = c.start(_MOUNT_PROC, host_pidns=True, daemons=("unshare",))
-        import time
-        deadline = time.monotonic() + 30   # (start may return before unshare's child is there)
-        while True:
-            kids = [p for p, _ in freeze.process_tree(outer)
-                    if os.readlink(f"/proc/{p}/ns/pid") != os.readlink(f"/proc/{outer}/ns/pid")
-                    and enginecase._comm(p) == enginecase.HOLD_COMM]
-            if kids or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        if len(kids) != 1:
-            raise enginecase.SetupError(f"no one process in the new pid namespace: {kids}")
+        kid = enginecase.in_own_pidns(c.start(_MOUNT_PROC, host_pidns=True, daemons=("unshare",)))
         images = c.new_images_dir()
-        r = enginecase.mntcr("dump", "-t", str(kids[0]), "-D", images, *enginecase.DUMP_EXTERNALS)
+        r = enginecase.mntcr("dump", "-t", str(kid), "-D", images, *enginecase.DUMP_EXTERNALS)
         if r.returncode:
             raise enginecase.SetupError(r.stderr)
         yield images
