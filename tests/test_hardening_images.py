@@ -31,7 +31,7 @@ from zdtm.flavors.ns import NsFlavor  # noqa: E402
 from zdtm.scenario import Expectation, Requires, Scenario  # noqa: E402
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESTORE_TIMEOUT = 60
+RESTORE_TIMEOUT = 300   # (a hang, not a slow restore: the deep-chain image takes over 60 s at load ~20)
 EXAMPLES = {"default": 100, "long": 1000}.get(os.environ.get("HYPOTHESIS_PROFILE", "default"), 100)
 
 # A small tree with everything the manifest describes: tmpfs contents, a bind of a
