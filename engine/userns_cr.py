@@ -46,6 +46,9 @@ import stat
 from engine import channel, mntlocks, mountinfo, remount, sbowner, subids, topology, userns
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
+# Namespaces the restorer makes ahead for a stand-in that starts in its user namespace, joined
+# before it enters ("ns_before_userns")
+EARLY_NS = ("uts", "ipc")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
 # namespace (FS_USERNS_VISIBLE): the new mount takes the visible one's locked ro and atime. A
 # stand-in in the user namespace makes them the same way, so such an unlocked mount with those
@@ -217,12 +220,15 @@ class _Plan:
         # stand-in from inside it: the stand-in starts there ("userns_first").
         first = False
         first_kinds: list[str] = []
+        outside: list[str] = []
         made_in: dict[str, int] = {}
         for kind in ns_kinds:
             if kind == "mnt":
                 continue
             owner = users.owner_of(pid, kind)
             inherited = ppid in ns_ino and ns_ino[ppid][kind] == ns_ino[pid][kind]
+            if owner == users.top and not inherited and not _dumpers(kind, ns_ino[pid][kind]):
+                outside.append(kind)
             if owner == users.top or inherited:
                 continue
             if owner != own:
@@ -239,7 +245,29 @@ class _Plan:
             # stays the restorer's, and a helper makes these namespaces there (as for joined ones).
             made_in = {kind: own for kind in first_kinds}
             first = False
+        if first and outside:
+            self.record_outside(pid, ppid, own, outside)
         return first, made_in
+
+    def record_outside(self, pid: int, ppid, own: int, outside: list[str]) -> None:
+        """A process whose stand-in starts in its user namespace but whose `outside` namespaces the
+        dumper's user namespace owns (the tree's root in a container's uts and ipc namespaces, made
+        before `unshare -U`): the restorer makes them and the stand-in joins them before it enters
+        ("ns_before_userns"), else they would belong to its user namespace. Refused where its
+        parent's stand-in, already inside that user namespace, would fork it."""
+        parent = self.procs.get(ppid, {})
+        late = [k for k in outside if k not in EARLY_NS]
+        if late:
+            # (a pid namespace is made as the stand-in forks, a net namespace is set up from inside
+            # it, a cgroup namespace is rooted where its maker is: none is made ahead)
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {late[0]} namespace belongs to the dumper's "
+                                                "user namespace, others of its namespaces to its own: not supported "
+                                                "yet")
+        if parent.get("userns_first") and self.own_of.get(ppid) == own:
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {outside[0]} namespace belongs to the dumper's "
+                                                "user namespace, not its own, and its parent made namespaces inside "
+                                                "that user namespace too: not supported yet")
+        self.procs.setdefault(pid, {})["ns_before_userns"] = sorted(outside)
 
     def record_made_in(self, pid: int, ppid, own: int, mnt_owner: int, made_in: dict, first: bool) -> None:
         """Where the namespaces other user namespaces own are made ("userns_start", "ns_made_in"),
@@ -299,6 +327,14 @@ class _Plan:
         return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners,
                 "ino_name": {key: n for key, n in ids.items()},
                 "depth": {n: self.users.depth(k) for k, n in ids.items()}}
+
+
+def _dumpers(kind: str, ino: int) -> bool:
+    """Whether namespace `ino` of `kind` is the dumper's own (restore's stand-ins inherit the restorer's)."""
+    try:
+        return os.stat(f"/proc/self/ns/{kind}").st_ino == ino
+    except OSError:
+        return False
 
 
 def _is_ancestor(users: userns.UsernsTree, a: int, b: int) -> bool:
@@ -756,6 +792,21 @@ class Rebuild:
                 _, fds = channel.call_in_child(_make_ns_child, self.fd[owner], kind, names, hostproc)
                 nsfd_of[key] = fds[0]
 
+    def early(self, p: dict, nsfd_of: dict, uts_names, hostproc: int) -> list[int]:
+        """The fds of p's namespaces the restorer's user namespace owns though p's stand-in starts in
+        its own (``ns_before_userns``), made here once (into `nsfd_of`, as `premade`): the stand-in
+        joins them before it enters its user namespace (engine/standin.spawn_in_userns)."""
+        from engine import channel
+        out = []
+        for kind in p.get("ns_before_userns") or ():
+            key = (kind, p["ns"][kind])
+            if key not in nsfd_of:
+                names = uts_names(p["ns"][kind]) if kind == "uts" else None
+                _, fds = channel.call_in_child(_make_ns_child, None, kind, names, hostproc)
+                nsfd_of[key] = fds[0]
+            out.append(nsfd_of[key])
+        return out
+
     def writer_ids(self, owner: str) -> tuple[int, int]:
         """(uid, gid) that may create files in a superblock `owner` owns (its root's, in ours)."""
         return owner_ids(self.users, owner)
@@ -1137,9 +1188,10 @@ def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, opts: lis
 _NS_FLAG = {"pid": 0x20000000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000, "cgroup": 0x02000000}
 
 
-def _make_ns_child(userns_fd: int, kind: str, names: tuple | None, hostproc: int, chan) -> None:
+def _make_ns_child(userns_fd: int | None, kind: str, names: tuple | None, hostproc: int, chan) -> None:
     from engine import kernel
-    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    if userns_fd is not None:   # (None: in ours)
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     kernel.unshare(_NS_FLAG[kind])
     if names is not None:
         kernel.set_uts_names(*names)

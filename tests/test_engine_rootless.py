@@ -82,3 +82,27 @@ def test_cwd_on_a_covered_mount_of_a_user_namespaces_mount_namespace(case):
     enginecase.assert_same(before, enginecase.take(restored))
     assert sorted(os.listdir(f"/proc/{restored}/cwd")) == ["f"]
     assert open(f"/proc/{restored}/cwd/f").read() == "beneath\n"
+
+
+def test_unshare_userns_pidns_tree_in_the_containers_uts_and_ipc(case):
+    """`unshare -Urmpf --mount-proc CMD` dumped from inside a container, in its uts and ipc
+    namespaces (not the restorer's: the container's, which init's user namespace owns, with a
+    hostname and System V objects): CMD's stand-in starts inside its user namespace, and joins the
+    uts and ipc namespaces the restorer makes before it enters, so that they belong to init's user
+    namespace again (was: made by the stand-in, they came back owned by CMD's user namespace)."""
+    from enginecase import DUMP_EXTERNALS, assert_same, load_manifest, mntcr, take
+    setup = ("hostname box; ipcmk -M 4096 >/dev/null; ipcmk -Q >/dev/null\n"
+             "exec unshare -U -r -m -p -f --mount-proc --propagation private sh -c "
+             "'exec </dev/null >/dev/null 2>&1; exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
+    child = _child_in_own_pidns(case.start(setup, host_pidns=True, daemons=("unshare",)))
+    before = take(child)
+    text = before.snap.procs[0].text()
+    assert "ns owners: mnt=own pid=own uts=init ipc=init" in text and "uts names: host='box'" in text, text
+    assert re.search(r"ipc sysctls: .*; msg .*; shm ", text), text
+    images = case.new_images_dir()
+    r = mntcr("dump", "-t", str(child), "-D", images, *DUMP_EXTERNALS)
+    assert r.returncode == 0, r.stderr
+    (p,) = load_manifest(images)["processes"]
+    assert p.get("userns_first") and p.get("ns_before_userns") == ["ipc", "uts"], p
+    restored = case.restore(images)
+    assert_same(before, take(restored))
