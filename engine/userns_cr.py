@@ -836,9 +836,7 @@ class Rebuild:
         if missing:
             raise UsernsError(errno.EINVAL, f"mount {missing[0]['id']} ({missing[0]['mountpoint']}): locked but "
                                             f"not attached before {ns_id} is copied into its user namespace")
-        ids = {m["id"] for m in mine}
-        covered = {m["parent"] for m in mine if m.get("parent") in ids
-                   and r.mounts[m["parent"]]["mountpoint"] == m["mountpoint"]}
+        covered = _out_of_reach(mine, r.mounts)
         extra = {}
         for m in mine:
             locked = set(m.get("locked_flags") or ())
@@ -1064,6 +1062,26 @@ class Rebuild:
         if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
             return None  # the parent's stand-in is in it already: the fork inherits it
         return p["userns"]
+
+
+def _out_of_reach(mine: list[dict], mounts: dict) -> set[int]:
+    """The ids of `mine` (a namespace's root and locked mounts) no path reaches once the namespace
+    is copied into its user namespace: those a locked mount covers (at the same mount point), and
+    what lies beneath them (a mount on one's contents, and all below: the cover hides it too)."""
+    ids = {m["id"] for m in mine}
+    covered = {m["parent"] for m in mine if m.get("parent") in ids
+               and mounts[m["parent"]]["mountpoint"] == m["mountpoint"]}
+    hidden: set[int] = set()
+    grew = True
+    while grew:   # (to a fixed point: `mine` need not list parents first)
+        grew = False
+        for m in mine:
+            parent = m.get("parent")
+            if m["id"] not in hidden and (parent in hidden or (
+                    parent in covered and mounts[parent]["mountpoint"] != m["mountpoint"])):
+                hidden.add(m["id"])
+                grew = True
+    return covered | hidden
 
 
 def _lock_bits(m: dict) -> tuple[int, int]:

@@ -106,3 +106,28 @@ def test_unshare_userns_pidns_tree_in_the_containers_uts_and_ipc(case):
     assert p.get("userns_first") and p.get("ns_before_userns") == ["ipc", "uts"], p
     restored = case.restore(images)
     assert_same(before, take(restored))
+
+
+@pytest.mark.parametrize("where", ["/mnt/stack/sub", "/mnt/stack/sub/d"])
+def test_cwd_on_a_mount_hidden_under_a_cover_of_its_parent(case, where):
+    """`cd /mnt/stack/sub; mount -t tmpfs over /mnt/stack; unshare -Urm CMD`: CMD's cwd lies on
+    the tmpfs mounted at /mnt/stack/sub, which the cover over its parent hides (locked over it in
+    the copy its user namespace owns). Restored there, reached like a covered mount (was: dump
+    succeeded, restore failed 'user namespaces: No such file or directory': it was looked for by
+    its path, which leads into the cover)."""
+    import enginecase
+    setup = ("mkdir /mnt/stack /mnt/view /mnt/subview\n"
+             "mount -t tmpfs under /mnt/stack; mkdir /mnt/stack/sub\n"
+             "mount -t tmpfs sub /mnt/stack/sub; mkdir /mnt/stack/sub/d; echo beneath > /mnt/stack/sub/f\n"
+             "mount --bind /mnt/stack /mnt/view; mount --bind /mnt/stack/sub /mnt/subview\n"
+             f"cd {where}\n"
+             "mount -t tmpfs over /mnt/stack; echo top > /mnt/stack/t\n"
+             "exec unshare -U -r -m --propagation private sh -c "
+             "'exec </dev/null >/dev/null 2>&1; exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
+    pid = case.start(setup, host_pidns=True)
+    before = enginecase.take(pid)
+    assert open(f"/proc/{pid}/cwd/{os.path.relpath('/mnt/stack/sub/f', where)}").read() == "beneath\n"
+    restored = case.cr(pid)
+    enginecase.assert_same(before, enginecase.take(restored))
+    assert os.readlink(f"/proc/{restored}/cwd") == where
+    assert open(f"/proc/{restored}/cwd/{os.path.relpath('/mnt/stack/sub/f', where)}").read() == "beneath\n"
