@@ -134,6 +134,9 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     tree, dead = zombies.split(tree)
     pids = [p for p, _ in tree]
     _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths)
+    why = fs.daemon_refusal(daemons, ext_mnts)   # (a daemon restore could not restart on its superblock)
+    if why:
+        raise DumpError(errno.EOPNOTSUPP, why)
     freeze.refuse_traced(tree)
     _refuse_sessions(tree, dead, shell_job)
     writer = image.ImageWriter(images_dir)
