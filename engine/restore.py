@@ -1011,8 +1011,10 @@ class _Restorer:
         found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid and p["pid"] in self.chans]
         if not found:
             raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
-        best = next((p for p in found if self.users.stands_in(p) == owner), found[0])
-        return self.chans[best["pid"]]
+        best = next((p for p in found if self.users.stands_in(p) == owner), None)
+        if best is None and owner is None and any(kind in p.get("ns_before_userns", ()) for p in found):
+            return userns_cr.Joined(self.nsfd_of[(kind, nsid)])   # (ours, its stand-ins all inside theirs)
+        return self.chans[(best or found[0])["pid"]]
 
     # -- 2. superblocks ---------------------------------------------------------
 

@@ -1206,6 +1206,30 @@ def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, opts: lis
 _NS_FLAG = {"pid": 0x20000000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000, "cgroup": 0x02000000}
 
 
+class Joined:
+    """The maker of a superblock tagged with a namespace the restorer made for a stand-in that
+    starts in its own user namespace (``ns_before_userns``: a container's ipc namespace, whose
+    mqueue only its owner, ours, may make): answers a stand-in channel's "fsmount" request from a
+    child of ours that joins it."""
+
+    def __init__(self, ns_fd: int):
+        self.ns_fd = ns_fd
+
+    def call(self, request):
+        """(None, [detached mount fd]) for ("fsmount", fstype, source, params, attr)."""
+        from engine import channel
+        op, fstype, source, params, attr = request
+        if op != "fsmount":
+            raise OSError(errno.EINVAL, f"no {op!r} in a namespace made for a stand-in")
+        return None, channel.call_in_child(_fsmount_joined, self.ns_fd, fstype, source, params, attr)[1]
+
+
+def _fsmount_joined(ns_fd: int, fstype: str, source: str | None, params, attr: int, chan) -> None:
+    from engine import kernel, standin
+    kernel.setns(ns_fd, 0)
+    chan.send(("ok", None), [standin.fsmount(fstype, source, params, attr)])
+
+
 def _make_ns_child(userns_fd: int | None, kind: str, names: tuple | None, hostproc: int, chan) -> None:
     from engine import kernel
     if userns_fd is not None:   # (None: in ours)
