@@ -798,9 +798,9 @@ PROCESS = Record("process", {
     # them there first and the stand-in joins them (engine/userns_cr.py).
     "ns_made_in": F(DICT, required=False),
     # Its namespaces the dumper's user namespace owns though its stand-in starts in its own (uts,
-    # ipc): the restorer makes them and the stand-in joins them before it enters (engine/userns_cr.py).
+    # ipc, pid): made, or joined, before it enters (engine/userns_cr.py).
     "ns_before_userns": F(LIST, required=False, rule=list_of(
-        lambda v: None if v in ("uts", "ipc") else "must be uts or ipc", 2)),
+        lambda v: None if v in ("uts", "ipc", "pid") else "must be uts, ipc or pid", 3)),
     # The user namespace (above its own) its stand-in starts in: its pid namespace's owner.
     "userns_start": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     # Its name (/proc/PID/comm: the kernel keeps 15 bytes); the stand-in takes it (prctl PR_SET_NAME):

@@ -841,7 +841,8 @@ class _Restorer:
                     return standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root), ours
                 return standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
                                                in_userns, root=root, groups=groups,
-                                               again=self.users.again(p, maker), early=early), ours
+                                               again=self.users.again(p, maker), early=early,
+                                               pid_first="pid" in p.get("ns_before_userns", ())), ours
             before = self._children_of(self.hostpid[parent["pid"]])
             if maker is not parent:
                 self._adopt(p, parent, maker, mode, fds)
@@ -850,7 +851,8 @@ class _Restorer:
                 self.chans[parent["pid"]].call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
             else:
                 self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"]),
-                                                self.users.again(p, maker), len(early)),
+                                                self.users.again(p, maker), len(early),
+                                                "pid" in p.get("ns_before_userns", ())),
                                                [fds[0], in_userns, *fds[1:], *early])
             new = self._children_of(self.hostpid[parent["pid"]]) - before
             if len(new) != 1:
@@ -1011,10 +1013,11 @@ class _Restorer:
         found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid and p["pid"] in self.chans]
         if not found:
             raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
-        best = next((p for p in found if self.users.stands_in(p) == owner), None)
-        if best is None and owner is None and any(kind in p.get("ns_before_userns", ()) for p in found):
-            return userns_cr.Joined(self.nsfd_of[(kind, nsid)])   # (ours, its stand-ins all inside theirs)
-        return self.chans[(best or found[0])["pid"]]
+        if owner is None and any(kind in p.get("ns_before_userns", ()) for p in found):
+            # (made for a stand-in that starts inside its user namespace, as its children: ours)
+            return userns_cr.Joined(self.nsfd_of[(kind, nsid)], kind)
+        best = next((p for p in found if self.users.stands_in(p) == owner), found[0])
+        return self.chans[best["pid"]]
 
     # -- 2. superblocks ---------------------------------------------------------
 

@@ -48,7 +48,7 @@ from engine import channel, mntlocks, mountinfo, remount, sbowner, subids, topol
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Namespaces the restorer makes ahead for a stand-in that starts in its user namespace, joined
 # before it enters ("ns_before_userns")
-EARLY_NS = ("uts", "ipc")
+EARLY_NS = ("uts", "ipc", "pid")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
 # namespace (FS_USERNS_VISIBLE): the new mount takes the visible one's locked ro and atime. A
 # stand-in in the user namespace makes them the same way, so such an unlocked mount with those
@@ -258,8 +258,8 @@ class _Plan:
         parent = self.procs.get(ppid, {})
         late = [k for k in outside if k not in EARLY_NS]
         if late:
-            # (a pid namespace is made as the stand-in forks, a net namespace is set up from inside
-            # it, a cgroup namespace is rooted where its maker is: none is made ahead)
+            # (a net namespace is set up from inside it, a cgroup namespace is rooted where its
+            # maker is: neither is made ahead)
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {late[0]} namespace belongs to the dumper's "
                                                 "user namespace, others of its namespaces to its own: not supported "
                                                 "yet")
@@ -799,6 +799,8 @@ class Rebuild:
         from engine import channel
         out = []
         for kind in p.get("ns_before_userns") or ():
+            if kind == "pid":
+                continue   # (made, or joined, as it forks: engine/standin.spawn_in_userns `pid_first`)
             key = (kind, p["ns"][kind])
             if key not in nsfd_of:
                 names = uts_names(p["ns"][kind]) if kind == "uts" else None
@@ -1212,8 +1214,8 @@ class Joined:
     mqueue only its owner, ours, may make): answers a stand-in channel's "fsmount" request from a
     child of ours that joins it."""
 
-    def __init__(self, ns_fd: int):
-        self.ns_fd = ns_fd
+    def __init__(self, ns_fd: int, kind: str):
+        self.ns_fd, self.kind = ns_fd, kind
 
     def call(self, request):
         """(None, [detached mount fd]) for ("fsmount", fstype, source, params, attr)."""
@@ -1221,12 +1223,17 @@ class Joined:
         op, fstype, source, params, attr = request
         if op != "fsmount":
             raise OSError(errno.EINVAL, f"no {op!r} in a namespace made for a stand-in")
-        return None, channel.call_in_child(_fsmount_joined, self.ns_fd, fstype, source, params, attr)[1]
+        return None, channel.call_in_child(_fsmount_joined, self.ns_fd, self.kind == "pid", fstype, source,
+                                           params, attr)[1]
 
 
-def _fsmount_joined(ns_fd: int, fstype: str, source: str | None, params, attr: int, chan) -> None:
-    from engine import kernel, standin
-    kernel.setns(ns_fd, 0)
+def _fsmount_joined(ns_fd: int, fork: bool, fstype: str, source: str | None, params, attr: int, chan) -> None:
+    from engine import channel, kernel, standin
+    if ns_fd is not None:
+        kernel.setns(ns_fd, 0)
+    if fork:   # (a pid namespace is our children's: a proc is made by a child born in it)
+        chan.send(("ok", None), channel.call_in_child(_fsmount_joined, None, False, fstype, source, params, attr)[1])
+        return
     chan.send(("ok", None), [standin.fsmount(fstype, source, params, attr)])
 
 

@@ -133,3 +133,25 @@ def test_cwd_on_a_mount_hidden_under_a_cover_of_its_parent(case, where):
     enginecase.assert_same(before, enginecase.take(restored))
     assert os.readlink(f"/proc/{restored}/cwd") == where
     assert open(f"/proc/{restored}/cwd/{os.path.relpath('/mnt/stack/sub/f', where)}").read() == "beneath\n"
+
+
+def test_unshare_userns_in_a_containers_pid_namespace(case):
+    """`unshare -Urmu CMD` as pid 1 of a container (its pid and ipc namespaces, and its /proc, the
+    container's, which init's user namespace owns): CMD's stand-in starts inside its user
+    namespace (its uts namespace belongs there) but makes its pid namespace before it enters, and
+    the restorer makes the proc of that pid namespace, so that init's user namespace owns both
+    again (was: both came back owned by CMD's user namespace; then refused at dump)."""
+    import enginecase
+    setup = ("exec unshare -U -r -m -u sh -c 'hostname inner; exec </dev/null >/dev/null 2>&1; "
+             "/.hold/mntcr-hold 1000000 & exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
+    pid = case.start(setup)
+    before = enginecase.take(pid)
+    text = before.snap.procs[0].text()
+    assert "ns owners: mnt=own pid=init uts=own ipc=init" in text, text
+    assert len(before.snap.procs) == 2, before.snap.procs
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    p = enginecase.load_manifest(images)["processes"][0]
+    assert p.get("userns_first") and p.get("ns_before_userns") == ["ipc", "pid"], p
+    restored = case.restore(images)
+    enginecase.assert_same(before, enginecase.take(restored))
