@@ -1068,22 +1068,30 @@ class Rebuild:
 
 def _out_of_reach(mine: list[dict], mounts: dict) -> set[int]:
     """The ids of `mine` (a namespace's root and locked mounts) no path reaches once the namespace
-    is copied into its user namespace: those a locked mount covers (at the same mount point), and
-    what lies beneath them (a mount on one's contents, and all below: the cover hides it too)."""
+    is copied into its user namespace (locked, none can be unmounted there): each one another of
+    them hides, mounted at its mount point on top of it (a cover) or at a path above its mount
+    point while not below it (a cover over a parent's directory, made after it)."""
     ids = {m["id"] for m in mine}
-    covered = {m["parent"] for m in mine if m.get("parent") in ids
-               and mounts[m["parent"]]["mountpoint"] == m["mountpoint"]}
-    hidden: set[int] = set()
-    grew = True
-    while grew:   # (to a fixed point: `mine` need not list parents first)
-        grew = False
-        for m in mine:
-            parent = m.get("parent")
-            if m["id"] not in hidden and (parent in hidden or (
-                    parent in covered and mounts[parent]["mountpoint"] != m["mountpoint"])):
-                hidden.add(m["id"])
-                grew = True
-    return covered | hidden
+    at: dict[str, list[int]] = {}
+    for m in mine:
+        at.setdefault(m["mountpoint"], []).append(m["id"])
+
+    def chain(mid) -> set[int]:
+        out = set()
+        while mid in ids and mid not in out:
+            out.add(mid)
+            mid = mounts[mid].get("parent")
+        return out
+
+    hidden = set()
+    for m in mine:
+        mine_up = chain(m["id"])
+        mp = m["mountpoint"].rstrip("/")
+        above = [mp[:k] or "/" for k in range(len(mp)) if mp[k] == "/"]   # (its proper prefixes)
+        if any(c not in mine_up for p in above for c in at.get(p, ())) or any(
+                c != m["id"] and m["id"] in chain(c) for c in at.get(m["mountpoint"], ())):
+            hidden.add(m["id"])
+    return hidden
 
 
 def _lock_bits(m: dict) -> tuple[int, int]:

@@ -155,3 +155,26 @@ def test_unshare_userns_in_a_containers_pid_namespace(case):
     assert p.get("userns_first") and p.get("ns_before_userns") == ["ipc", "pid"], p
     restored = case.restore(images)
     enginecase.assert_same(before, enginecase.take(restored))
+
+
+def test_an_overlay_hidden_under_a_cover_of_its_parents_directory(case):
+    """A tmpfs at /mnt/s holding an overlay's layers and the overlay at /mnt/s/d/ov/m, then a tmpfs
+    over /mnt/s/d, then `unshare -Urm CMD` (found by random trees run through unshare -Urm): in
+    the copy its user namespace owns, the cover hides both. The tmpfs's files are archived
+    through its bind at /mnt/view, which has nothing mounted on it (was: through /mnt/s, cloned
+    with the locked mounts on it, so tar left out d, the cover's mount point: the restore found no
+    layers), and the overlay, hidden though it is no cover's parent, is not looked for by its path
+    in the copy (was: 'user namespaces: No such file or directory')."""
+    import enginecase
+    setup = ("mkdir /mnt/s /mnt/view; mount -t tmpfs base /mnt/s; mount --bind /mnt/s /mnt/view\n"
+             "mkdir -p /mnt/s/d/ov/l /mnt/s/d/ov/u /mnt/s/d/ov/w /mnt/s/d/ov/m; echo low > /mnt/s/d/ov/l/x\n"
+             "mount -t overlay ov -o lowerdir=/mnt/s/d/ov/l,upperdir=/mnt/s/d/ov/u,workdir=/mnt/s/d/ov/w "
+             "/mnt/s/d/ov/m; echo up > /mnt/s/d/ov/m/y\n"
+             "mount -t tmpfs cover /mnt/s/d\n"
+             "exec unshare -U -r -m --propagation private sh -c "
+             "'exec </dev/null >/dev/null 2>&1; exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
+    pid = case.start(setup, host_pidns=True)
+    before = enginecase.take(pid)
+    restored = case.cr(pid)
+    enginecase.assert_same(before, enginecase.take(restored))
+    assert open(f"/proc/{restored}/root/mnt/view/d/ov/u/y").read() == "up\n"
