@@ -6,9 +6,9 @@ mount reaches); a dump that succeeds must restore the same tree. A fixed list of
 real container (a few seconds each): the seeds below found 'dump OK, restore failed' once (an
 overlay and its layers hidden under a cover, tests/test_engine_rootless.py); more seeds:
 MNTCR_USERNS_SEEDS=FROM:TO. Known left (session 23): seed 41 (MNTCR_USERNS_SEEDS=41:42) restores
-with a wrong mode on the root of /mnt/t3/b4, a bind of a directory a locked cover hides: the
-superblock is archived through the one mount with its root, cloned with its locked mounts, and
-tar leaves out the directories they sit on."""
+/mnt/t3/b4, a bind of the empty directory /mnt/m0 that a locked tmpfs covers, with a tmpfs root's
+mode (1777, not 755): as if bound from the cover's root (not pinned down; archiving that
+directory apart, as an empty root with its mode, did not change it)."""
 
 from __future__ import annotations
 
