@@ -726,7 +726,7 @@ def _plan_clones(d: _Dump) -> None:
             # Of mounts with one root, one with nothing mounted on it first: in a namespace a user
             # namespace owns, a clone keeps the locked mounts on it, whose files tar would take
             # for the superblock's where they share its device (a bind of it), and whose mount
-            # points it would leave out (a cover of another type: overlay layers beneath it).
+            # points it would leave out (a cover of another type, and the files beneath it).
             for e in sorted(es, key=lambda e: (len(e["root"]), e["root"], e["id"] in parents)):
                 if not e["root"].startswith("/") or e.get("ghost"):
                     continue
