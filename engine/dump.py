@@ -134,6 +134,9 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     tree, dead = zombies.split(tree)
     pids = [p for p, _ in tree]
     _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths)
+    why = fs.daemon_refusal(daemons, ext_mnts)   # (a daemon restore could not restart on its superblock)
+    if why:
+        raise DumpError(errno.EOPNOTSUPP, why)
     freeze.refuse_traced(tree)
     _refuse_sessions(tree, dead, shell_job)
     writer = image.ImageWriter(images_dir)
@@ -702,8 +705,10 @@ def _plan_clones(d: _Dump) -> None:
     """Which mounts to clone: one per disjoint root of each content superblock, one of each type
     probes, one per deleted root (a ghost) to archive."""
     mounts_of_sb: dict[str, list[dict]] = {}
+    parents: set[int] = set()
     for e in d.all_mounts():
         mounts_of_sb.setdefault(e["sb"], []).append(e)
+        parents.add(e.get("parent"))
     for sid, es in mounts_of_sb.items():
         sb = d.superblocks[sid]
         if sb["external"]:
@@ -721,7 +726,11 @@ def _plan_clones(d: _Dump) -> None:
                 d.clone_plan.setdefault(d.mount_ns[e["id"]], []).append(e["id"])
         if handler.content:
             chosen: list[str] = []
-            for e in sorted(es, key=lambda e: (len(e["root"]), e["root"])):
+            # Of mounts with one root, one with nothing mounted on it first: in a namespace a user
+            # namespace owns, a clone keeps the locked mounts on it, whose files tar would take
+            # for the superblock's where they share its device (a bind of it), and whose mount
+            # points it would leave out (a cover of another type, and the files beneath it).
+            for e in sorted(es, key=lambda e: (len(e["root"]), e["root"], e["id"] in parents)):
                 if not e["root"].startswith("/") or e.get("ghost"):
                     continue
                 if not any(is_beneath(e["root"], r) for r in chosen):

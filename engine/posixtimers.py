@@ -28,7 +28,10 @@ caught it with (engine/timersigs.py).
 Refused before the stop (`check`): a timer on another process's CPU clock, or on another
 thread's of a kind other than the scheduler's (made by hand: the stand-in makes only that kind
 from a new tid), one that notifies a thread that exited (no call makes one that notifies no
-thread), a notify or clock the kernel reports otherwise.
+thread), a notify or clock the kernel reports otherwise; one on the CPU clock of the thread that
+made it (CLOCK_THREAD_CPUTIME_ID, shown as -2 whichever thread made it) in a process of several
+threads: nothing tells which thread that was (a single-threaded process's is its leader's, or
+one of a thread gone, which no longer runs: made disarmed on the leader's).
 
 The overrun count is recorded, not made again: timer_getoverrun answers the expiries missed
 before the last signal of the timer was taken, a count the kernel keeps and no call sets; only
@@ -121,12 +124,22 @@ def clock_owner(pid: int, clock) -> int | None:
     return None
 
 
+# The calling thread's own CPU clocks (pid 0, per-thread: CLOCK_THREAD_CPUTIME_ID is -2 once made)
+OWN_THREAD_CLOCKS = frozenset({-4, -3, -2})
+
+
 def _why_not(pid: int, t: dict, tids: list[int]) -> str | None:
     if t.get("notify") not in _SIGEV:
         return f"notifies by {t.get('notify')!r}, which is not restored"
     if t["notify"] == "thread" and t.get("tid") != pid and t.get("tid") not in tids:
         return (f"signals thread {t.get('tid')}, which is no thread of it any more (it exited): no call makes "
                 "a timer for a thread that is gone")
+    if t.get("clock") in OWN_THREAD_CLOCKS and tids:
+        # (the kernel binds it to the thread that made it, which neither /proc/PID/timers nor a
+        # call tells: its stand-in's leader would make it on its own clock)
+        return (f"runs on the CPU clock of the thread that made it (clock {t['clock']}: "
+                f"CLOCK_THREAD_CPUTIME_ID), which nothing tells among its {len(tids) + 1} threads: not restored; "
+                "pthread_getcpuclockid names a thread's clock, which is")
     if t.get("clock") in CLOCKS:
         return None
     named = _named_clock(t.get("clock"))
@@ -163,7 +176,8 @@ def check(pids) -> None:
             raise TimerError(errno.EOPNOTSUPP, f"process {pid} has POSIX timers, whose time left only the process "
                                                f"reads (by calls made in it on x86-64 only, not {os.uname().machine}): "
                                                "not restored; stop its timers (or the program) before the dump")
-        tids = threads.tids(pid) if any(t.get("notify") == "thread" for t in timers) else []
+        tids = threads.tids(pid) if any(t.get("notify") == "thread" or t.get("clock") in OWN_THREAD_CLOCKS
+                                        for t in timers) else []
         for t in timers:
             why = _why_not(pid, t, tids)
             if why:

@@ -809,7 +809,8 @@ class _Restorer:
             elif kind in p.get("host_ns", ()):
                 action, fds = "join", [own[kind]]
             elif (kind, nsid) in self.nsfd_of:
-                action, fds = "join", [self.nsfd_of[(kind, nsid)]]
+                # (one joined before it entered its user namespace is its already)
+                action, fds = None if kind in p.get("ns_before_userns", ()) else "join", [self.nsfd_of[(kind, nsid)]]
             else:
                 action, fds = "new", []
             names = self._uts_names(nsid) if kind == "uts" and action == "new" else None
@@ -837,6 +838,11 @@ class _Restorer:
             fds.append(self.nsfd_of[("pid", p["ns"]["pid"])])
         in_userns = self.users.spawn_in(p, maker)   # engine/userns_cr.py
         groups = early_groups.get(p["pid"])   # (engine/userns_groups.py)
+        if p.get("ns_before_userns") and in_userns is None:
+            raise RestoreError(errno.EINVAL, f"process {p['pid']}: ns_before_userns, but its stand-in does not "
+                                             "start in its user namespace")
+        early = self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc) \
+            if in_userns is not None else []
         try:
             if maker is None:
                 root = "session" if p["pid"] in self.jobs.setsid else True
@@ -844,7 +850,8 @@ class _Restorer:
                     return standin.spawn(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(), root=root), ours
                 return standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
                                                in_userns, root=root, groups=groups,
-                                               again=self.users.again(p, maker)), ours
+                                               again=self.users.again(p, maker), early=early,
+                                               pid_first="pid" in p.get("ns_before_userns", ())), ours
             before = self._children_of(self.hostpid[parent["pid"]])
             if maker is not parent:
                 self._adopt(p, parent, maker, mode, fds)
@@ -853,7 +860,9 @@ class _Restorer:
                 self.chans[parent["pid"]].call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
             else:
                 self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"]),
-                                                self.users.again(p, maker)), [fds[0], in_userns, *fds[1:]])
+                                                self.users.again(p, maker), len(early),
+                                                "pid" in p.get("ns_before_userns", ())),
+                                               [fds[0], in_userns, *fds[1:], *early])
             new = self._children_of(self.hostpid[parent["pid"]]) - before
             if len(new) != 1:
                 raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
@@ -1013,6 +1022,9 @@ class _Restorer:
         found = [p for p in self.doc["processes"] if p["ns"][kind] == nsid and p["pid"] in self.chans]
         if not found:
             raise RestoreError(errno.EINVAL, f"no process lives in {kind} namespace {nsid}")
+        if owner is None and any(kind in p.get("ns_before_userns", ()) for p in found):
+            # (made for a stand-in that starts inside its user namespace, as its children: ours)
+            return userns_cr.Joined(self.nsfd_of[(kind, nsid)], kind)
         best = next((p for p in found if self.users.stands_in(p) == owner), found[0])
         return self.chans[best["pid"]]
 
@@ -1988,10 +2000,10 @@ class _Restorer:
         return None if host is None else (host, (self.doc.get("domainnames") or {}).get(nsid))
 
     @staticmethod
-    def _users_call(fn, *args) -> None:
-        """A user-namespace step (engine/userns_cr.py); its OSError becomes one RestoreError line."""
+    def _users_call(fn, *args):
+        """A user-namespace step (engine/userns_cr.py), its result; its OSError becomes one RestoreError line."""
         try:
-            fn(*args)
+            return fn(*args)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
 

@@ -107,7 +107,8 @@ def _subreaper(on: bool) -> None:
 
 
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
-                    groups: list[int] | None = None, alone: str | None = None, again: bool = False) -> int:
+                    groups: list[int] | None = None, alone: str | None = None, again: bool = False,
+                    early: list[int] = (), pid_first: bool = False) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -117,9 +118,13 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     meanwhile, adopts the stand-in. `root` as in spawn; `groups`: the supplementary groups the
     stand-in holds, set before it enters (engine/userns_groups.py); `alone` as in
     `spawn_alone`; `again`: the stand-in executes the interpreter again inside, so that its
-    memory, and that of the stand-ins it forks, belongs to the namespace (engine/reexec.py).
+    memory, and that of the stand-ins it forks, belongs to the namespace (engine/reexec.py);
+    `early`: fds of namespaces (uts, ipc) of the caller's user namespace the stand-in joins before
+    it enters (engine/userns_cr.py "ns_before_userns"); `pid_first`: its pid namespace is made (or
+    joined) before too, so that the caller's user namespace owns it.
     Returns its pid as the caller sees it."""
-    return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone, again)
+    return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone, again, early=early,
+                          pid_first=pid_first)
 
 
 def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
@@ -138,9 +143,17 @@ def spawn_adopted(mode: str, sock_fd: int, adopter: int) -> int:
     return _spawn_via_mid(mode, None, sock_fd, None, False, None, None, adopter=adopter)
 
 
+def _pidns(mode: str, pidns_fd: int | None) -> None:
+    """Our children's pid namespace: a new one (mode "new"), `pidns_fd` ("join"), or ours."""
+    if mode == "new":
+        kernel.unshare(kernel.CLONE_NEWPID)
+    elif mode == "join":
+        kernel.setns(pidns_fd, kernel.CLONE_NEWPID)
+
+
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
                    groups: list[int] | None, alone: str | None, again: bool = False,
-                   adopter: int | None = None) -> int:
+                   adopter: int | None = None, early=(), pid_first: bool = False) -> int:
     me = kernel.pidfd_open(os.getpid()) if adopter is None else os.dup(adopter)
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -155,14 +168,16 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                 os.close(go_w)
                 if groups is not None:
                     os.setgroups(groups)
+                for fd in early:
+                    kernel.setns(fd, 0)   # (while we may: the namespace's owner is ours)
+                if pid_first:
+                    _pidns(mode, pidns_fd)
                 if userns_fd is not None:
                     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
                     kernel.unshare(kernel.CLONE_NEWNS)
                 _lead(alone)   # (the session or group of a leader gone: ours, once we exit)
-                if mode == "new":
-                    kernel.unshare(kernel.CLONE_NEWPID)
-                elif mode == "join":
-                    kernel.setns(pidns_fd, kernel.CLONE_NEWPID)
+                if not pid_first:
+                    _pidns(mode, pidns_fd)
                 pid = os.fork()
                 if pid == 0:
                     try:
@@ -417,8 +432,11 @@ class _Server:
     def op_spawn_in_userns(self, msg, fds):
         """A child stand-in started inside a user namespace (msg[3]: as in spawn_alone, or None)."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
+        n = msg[5] if len(msg) > 5 else 0   # (the last n fds: namespaces it joins before, `early`)
+        fds, early = fds[:len(fds) - n], fds[len(fds) - n:]
         return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
-                               alone=msg[3] if len(msg) > 3 else None, again=len(msg) > 4 and msg[4])
+                               alone=msg[3] if len(msg) > 3 else None, again=len(msg) > 4 and msg[4], early=early,
+                               pid_first=len(msg) > 6 and msg[6])
 
     def op_spawn_alone(self, msg, fds):
         """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""

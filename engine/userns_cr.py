@@ -46,6 +46,9 @@ import stat
 from engine import channel, mntlocks, mountinfo, remount, sbowner, subids, topology, userns
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
+# Namespaces the restorer makes ahead for a stand-in that starts in its user namespace, joined
+# before it enters ("ns_before_userns")
+EARLY_NS = ("uts", "ipc", "pid")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
 # namespace (FS_USERNS_VISIBLE): the new mount takes the visible one's locked ro and atime. A
 # stand-in in the user namespace makes them the same way, so such an unlocked mount with those
@@ -217,12 +220,15 @@ class _Plan:
         # stand-in from inside it: the stand-in starts there ("userns_first").
         first = False
         first_kinds: list[str] = []
+        outside: list[str] = []
         made_in: dict[str, int] = {}
         for kind in ns_kinds:
             if kind == "mnt":
                 continue
             owner = users.owner_of(pid, kind)
             inherited = ppid in ns_ino and ns_ino[ppid][kind] == ns_ino[pid][kind]
+            if owner == users.top and not inherited and not _dumpers(kind, ns_ino[pid][kind]):
+                outside.append(kind)
             if owner == users.top or inherited:
                 continue
             if owner != own:
@@ -239,7 +245,29 @@ class _Plan:
             # stays the restorer's, and a helper makes these namespaces there (as for joined ones).
             made_in = {kind: own for kind in first_kinds}
             first = False
+        if first and outside:
+            self.record_outside(pid, ppid, own, outside)
         return first, made_in
+
+    def record_outside(self, pid: int, ppid, own: int, outside: list[str]) -> None:
+        """A process whose stand-in starts in its user namespace but whose `outside` namespaces the
+        dumper's user namespace owns (the tree's root in a container's uts and ipc namespaces, made
+        before `unshare -U`): the restorer makes them and the stand-in joins them before it enters
+        ("ns_before_userns"), else they would belong to its user namespace. Refused where its
+        parent's stand-in, already inside that user namespace, would fork it."""
+        parent = self.procs.get(ppid, {})
+        late = [k for k in outside if k not in EARLY_NS]
+        if late:
+            # (a net namespace is set up from inside it, a cgroup namespace is rooted where its
+            # maker is: neither is made ahead)
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {late[0]} namespace belongs to the dumper's "
+                                                "user namespace, others of its namespaces to its own: not supported "
+                                                "yet")
+        if parent.get("userns_first") and self.own_of.get(ppid) == own:
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {outside[0]} namespace belongs to the dumper's "
+                                                "user namespace, not its own, and its parent made namespaces inside "
+                                                "that user namespace too: not supported yet")
+        self.procs.setdefault(pid, {})["ns_before_userns"] = sorted(outside)
 
     def record_made_in(self, pid: int, ppid, own: int, mnt_owner: int, made_in: dict, first: bool) -> None:
         """Where the namespaces other user namespaces own are made ("userns_start", "ns_made_in"),
@@ -299,6 +327,14 @@ class _Plan:
         return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners,
                 "ino_name": {key: n for key, n in ids.items()},
                 "depth": {n: self.users.depth(k) for k, n in ids.items()}}
+
+
+def _dumpers(kind: str, ino: int) -> bool:
+    """Whether namespace `ino` of `kind` is the dumper's own (restore's stand-ins inherit the restorer's)."""
+    try:
+        return os.stat(f"/proc/self/ns/{kind}").st_ino == ino
+    except OSError:
+        return False
 
 
 def _is_ancestor(users: userns.UsernsTree, a: int, b: int) -> bool:
@@ -757,6 +793,23 @@ class Rebuild:
                 _, fds = channel.call_in_child(_make_ns_child, self.fd[owner], kind, names, hostproc)
                 nsfd_of[key] = fds[0]
 
+    def early(self, p: dict, nsfd_of: dict, uts_names, hostproc: int) -> list[int]:
+        """The fds of p's namespaces the restorer's user namespace owns though p's stand-in starts in
+        its own (``ns_before_userns``), made here once (into `nsfd_of`, as `premade`): the stand-in
+        joins them before it enters its user namespace (engine/standin.spawn_in_userns)."""
+        from engine import channel
+        out = []
+        for kind in p.get("ns_before_userns") or ():
+            if kind == "pid":
+                continue   # (made, or joined, as it forks: engine/standin.spawn_in_userns `pid_first`)
+            key = (kind, p["ns"][kind])
+            if key not in nsfd_of:
+                names = uts_names(p["ns"][kind]) if kind == "uts" else None
+                _, fds = channel.call_in_child(_make_ns_child, None, kind, names, hostproc)
+                nsfd_of[key] = fds[0]
+            out.append(nsfd_of[key])
+        return out
+
     def writer_ids(self, owner: str) -> tuple[int, int]:
         """(uid, gid) that may create files in a superblock `owner` owns (its root's, in ours)."""
         return owner_ids(self.users, owner)
@@ -786,9 +839,7 @@ class Rebuild:
         if missing:
             raise UsernsError(errno.EINVAL, f"mount {missing[0]['id']} ({missing[0]['mountpoint']}): locked but "
                                             f"not attached before {ns_id} is copied into its user namespace")
-        ids = {m["id"] for m in mine}
-        covered = {m["parent"] for m in mine if m.get("parent") in ids
-                   and r.mounts[m["parent"]]["mountpoint"] == m["mountpoint"]}
+        covered = _out_of_reach(mine, r.mounts)
         extra = {}
         for m in mine:
             locked = set(m.get("locked_flags") or ())
@@ -1017,6 +1068,34 @@ class Rebuild:
         return p["userns"]
 
 
+def _out_of_reach(mine: list[dict], mounts: dict) -> set[int]:
+    """The ids of `mine` (a namespace's root and locked mounts) no path reaches once the namespace
+    is copied into its user namespace (locked, none can be unmounted there): each one another of
+    them hides, mounted at its mount point on top of it (a cover) or at a path above its mount
+    point while not below it (a cover over a parent's directory, made after it)."""
+    ids = {m["id"] for m in mine}
+    at: dict[str, list[int]] = {}
+    for m in mine:
+        at.setdefault(m["mountpoint"], []).append(m["id"])
+
+    def chain(mid) -> set[int]:
+        out = set()
+        while mid in ids and mid not in out:
+            out.add(mid)
+            mid = mounts[mid].get("parent")
+        return out
+
+    hidden = set()
+    for m in mine:
+        mine_up = chain(m["id"])
+        mp = m["mountpoint"].rstrip("/")
+        above = [mp[:k] or "/" for k in range(len(mp)) if mp[k] == "/"]   # (its proper prefixes)
+        if any(c not in mine_up for p in above for c in at.get(p, ())) or any(
+                c != m["id"] and m["id"] in chain(c) for c in at.get(m["mountpoint"], ())):
+            hidden.add(m["id"])
+    return hidden
+
+
 def _lock_bits(m: dict) -> tuple[int, int]:
     """(MOUNT_ATTR_* bits of m's locked flags, of its other set flags)."""
     flags = set(m.get("locked_flags") or ())
@@ -1139,9 +1218,39 @@ def _locked_clone(userns_fd: int, mount_fd: int, lock: int, rest: int, opts: lis
 _NS_FLAG = {"pid": 0x20000000, "uts": 0x04000000, "ipc": 0x08000000, "net": 0x40000000, "cgroup": 0x02000000}
 
 
-def _make_ns_child(userns_fd: int, kind: str, names: tuple | None, hostproc: int, chan) -> None:
+class Joined:
+    """The maker of a superblock tagged with a namespace the restorer made for a stand-in that
+    starts in its own user namespace (``ns_before_userns``: a container's ipc namespace, whose
+    mqueue only its owner, ours, may make): answers a stand-in channel's "fsmount" request from a
+    child of ours that joins it."""
+
+    def __init__(self, ns_fd: int, kind: str):
+        self.ns_fd, self.kind = ns_fd, kind
+
+    def call(self, request):
+        """(None, [detached mount fd]) for ("fsmount", fstype, source, params, attr)."""
+        from engine import channel
+        op, fstype, source, params, attr = request
+        if op != "fsmount":
+            raise OSError(errno.EINVAL, f"no {op!r} in a namespace made for a stand-in")
+        return None, channel.call_in_child(_fsmount_joined, self.ns_fd, self.kind == "pid", fstype, source,
+                                           params, attr)[1]
+
+
+def _fsmount_joined(ns_fd: int, fork: bool, fstype: str, source: str | None, params, attr: int, chan) -> None:
+    from engine import channel, kernel, standin
+    if ns_fd is not None:
+        kernel.setns(ns_fd, 0)
+    if fork:   # (a pid namespace is our children's: a proc is made by a child born in it)
+        chan.send(("ok", None), channel.call_in_child(_fsmount_joined, None, False, fstype, source, params, attr)[1])
+        return
+    chan.send(("ok", None), [standin.fsmount(fstype, source, params, attr)])
+
+
+def _make_ns_child(userns_fd: int | None, kind: str, names: tuple | None, hostproc: int, chan) -> None:
     from engine import kernel
-    kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
+    if userns_fd is not None:   # (None: in ours)
+        kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
     kernel.unshare(_NS_FLAG[kind])
     if names is not None:
         kernel.set_uts_names(*names)

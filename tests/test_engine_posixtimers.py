@@ -65,6 +65,17 @@ def test_posix_timers_are_restored_under_their_ids(case):
     assert_same(before, take(after_pid))
 
 
+def test_a_single_threaded_processs_thread_cputime_timer_is_restored(case):
+    """CLOCK_THREAD_CPUTIME_ID in a process of one thread is its leader's clock: not refused (the
+    refusal of such a timer among several threads stays narrow), made again on the leader's."""
+    pid = case.start(py_hold(_LIB + "arm(make(3, signal.SIGUSR1, 0), 3600, 0)\n"))
+    before = take(pid)
+    assert _ids(pid) == [(0, -2, "signal", 10)]
+    after_pid = case.cr(pid)
+    assert _ids(after_pid) == [(0, -2, "signal", 10)]
+    assert_same(before, take(after_pid))
+
+
 def _alive(pid: int) -> bool:
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
@@ -96,7 +107,16 @@ def test_a_timer_that_ticks_does_not_kill_the_restored_tree(case):
     (_LIB + "th = threading.Thread(target=threading.Event().wait, daemon=True); th.start()\n"
             "make((~th.native_id) << 3 | 4, signal.SIGUSR1, 0)\n",
      r"its POSIX timer 0 runs on thread \d+'s CPU clock of kind 0 \(not the scheduler's\): not restored"),
-], ids=["exited-thread", "thread-prof-clock"])
+    # (CLOCK_THREAD_CPUTIME_ID made by a thread other than the leader: the kernel binds it to that
+    # thread, /proc/PID/timers shows clock -2 whichever thread made it; was: made on the leader's)
+    (_LIB + "made = threading.Event()\n"
+            "def run():\n"
+            "    arm(make(3, signal.SIGUSR1, 0), 3600, 0); made.set(); threading.Event().wait()\n"
+            "threading.Thread(target=run, daemon=True).start()\n"
+            "assert made.wait(60)\n",
+     r"its POSIX timer 0 runs on the CPU clock of the thread that made it \(clock -2: CLOCK_THREAD_CPUTIME_ID\), "
+     r"which nothing tells among its 2 threads: not restored"),
+], ids=["exited-thread", "thread-prof-clock", "thread-cputime-of-a-thread"])
 def test_a_timer_not_restored_is_refused_before_the_stop(case, setup, reason):
     pid = case.start(STOP_WATCH + py_hold(setup))
     with pytest.raises(CRError) as err:

@@ -14,7 +14,7 @@ namespace held by a background process), propagation (shared, slave, private,
 unbindable), overmounts (over), moves, per-mount flags (flag: ro, nosuid,
 nodev, noexec, ...), a read-only superblock (sbro), lazy unmounts with an fd
 kept open (lazy), tmpfs contents (file, dir), a mount root's mode and owner (mode), open files
-(fd) and the cwd (cd).
+(fd) and the cwd (cd). `in_userns` ends a tree in a user namespace of its own (unshare -Urm).
 Flag ops pick among the container root and the mount points made so far
 (index 0 is /, so a shrunk flag op on the root is ``("flag", 0, 0)``);
 propagation, overmounts, moves and lazy unmounts pick among the mount points
@@ -144,6 +144,21 @@ def render_setup(ops) -> str:
     guard = (f'[ "$(wc -l < /proc/self/mountinfo)" -le {MAX_MOUNTS} ] || '
              f'{{ echo "{TOO_MANY}" >&2; exit 1; }}')
     return f"{body}\n{guard}\nexec zdtm-hold\n"
+
+
+# The op kinds of trees whose holder ends in a user namespace of its own (`in_userns`): no fds or
+# detached mounts (opened before the unshare, they would lie in the namespace left behind), no
+# nested namespace (a process left behind there).
+USERNS_KINDS = ["tmpfs", "tmpfs", "bind", "bind", "rbind", "shared", "slave", "private", "over", "over", "move",
+                "file", "cd", "cd", "flag", "dir", "mode", "overlay"]
+
+
+def in_userns(setup: str, hold: str) -> str:
+    """`setup` (render_setup's) ending in `unshare -Urm` (propagation unchanged) running `hold`
+    (an absolute path): its mount namespace is copied into a user namespace of its own, every
+    mount locked there, covers and what they hide with them; the cwd is moved onto the copy."""
+    return setup.replace("exec zdtm-hold\n", "exec unshare -U -r -m --propagation unchanged sh -c "
+                         f"'exec </dev/null >/dev/null 2>&1; exec {hold} 1000000' </dev/null >/dev/null 2>&1\n")
 
 
 def scenario(setup: str, timeout: float, name: str = "random_tree", expect: dict | None = None) -> Scenario:

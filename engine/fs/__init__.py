@@ -257,6 +257,12 @@ class FsType:
         """Whether an open file with this stat is the connection a daemon of this type serves on."""
         return False
 
+    def restart_refusal(self, pid: int, ext_mnts) -> str | None:
+        """Before the stop, for daemon `pid` of this type (`serves`): why its restart at restore
+        could not serve the restored superblock (what it serves from lies where the restarted
+        daemon cannot reach it; `ext_mnts`: the external mount points), or None."""
+        return None
+
     def wants_probe(self) -> bool:
         """Whether dump clones one mount of the superblock and hands it to `probe`."""
         return False
@@ -454,6 +460,18 @@ def daemons(pids) -> set[int]:
         if stat.S_ISCHR(st.st_mode) and any(t.serves(st) for t in serving):
             out.add(pid)
     return out
+
+
+def daemon_refusal(daemons, ext_mnts) -> str | None:
+    """Before the stop: the first reason a daemon of `daemons` could not be restarted at restore
+    (a type's `restart_refusal`), or None."""
+    serving = [t for t in _REGISTRY.values() if t.daemon]
+    for pid in sorted(daemons):
+        for t in serving:
+            why = t.restart_refusal(pid, ext_mnts)
+            if why:
+                return why
+    return None
 
 
 def made_for_image(fstype: str) -> bool:

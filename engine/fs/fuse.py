@@ -16,6 +16,10 @@ a program, which mntcr does not checkpoint. So the daemon is *restarted*, not re
   beneath the restored superblock. The command never comes from the image (images are
   untrusted): without one for the subtype, restore refuses naming the option.
 
+Since the command runs in the restorer's mount namespace, dump refuses before the stop a daemon
+serving from a directory only the image holds (`serves_from_the_image`: fuse-overlayfs layers on
+a tmpfs of the tree), which it could not reach; a mount declared external is reached.
+
 The new daemon is no process of the restored tree (zdtm's snapshot leaves FUSE daemons out);
 it exits when the superblock goes (the kernel ends the connection).
 """
@@ -66,6 +70,45 @@ def command(template: str, conn: int, source_fd: int | None, key: str) -> list[s
         raise FsError(errno.EINVAL, f"--fuse-restart {key}: the command must take the connection as its "
                                     "mount point: put {conn} where the mount point goes")
     return argv
+
+
+def serves_from_the_image(pid: int, ext_mnts) -> str | None:
+    """Why daemon `pid` could not be restarted, or None: a directory it holds open (the layers
+    fuse-overlayfs serves, bindfs's source) lies on a superblock only the image holds (a tmpfs of
+    the tree, say, not declared external): the --fuse-restart command runs in the restorer's mount
+    namespace, which cannot reach what the restored tree's mounts hold, so dump refuses before the
+    stop (was: dump OK, restore failed as the daemon found no layers). Its cwd is not asked (a
+    daemon run in the foreground keeps its shell's), nor its root directory."""
+    from engine import fs, mountinfo
+    try:
+        with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="surrogateescape") as f:
+            mounts = mountinfo.brief(f.read())
+        root = os.stat(f"/proc/{pid}/root")
+        places = [f"/proc/{pid}/fd/{n}" for n in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return None   # (gone: the tree's own checks tell)
+    ext_devs = {dev for _, _, dev, mp, _ in mounts if mp in ext_mnts}
+    by_id = {mid: (dev, mp, fstype) for mid, _, dev, mp, fstype in mounts}
+    for place in places:
+        try:
+            st = os.stat(place)
+            if not stat.S_ISDIR(st.st_mode) or (st.st_dev, st.st_ino) == (root.st_dev, root.st_ino):
+                continue
+            mid = kernel.statx_mnt_id(place)
+            path = os.readlink(place)
+        except OSError:
+            continue
+        dev, mp, fstype = by_id.get(mid, (None, None, None))
+        t = lookup(fstype) if fstype else None
+        if dev is None or dev in ext_devs or t is None or t.daemon or not fs.made_for_image(fstype):
+            continue
+        with open(f"/proc/{pid}/comm", errors="replace") as f:
+            comm = f.read().strip()
+        return (f"process {pid} ({comm}) serves a FUSE filesystem from {path}, on mount {mid} ({fstype} at {mp}) "
+                "whose files only the image holds: the daemon restarted at restore (--fuse-restart) runs in the "
+                "restorer's mount namespace, which cannot reach them; keep what it serves from on a mount "
+                "declared external (--external mnt[MOUNTPOINT]:KEY)")
+    return None
 
 
 def _start(argv: list[str], keep: list[int], mntns: int) -> None:
@@ -135,6 +178,9 @@ class FuseType(FsType):
 
     def serves(self, st: os.stat_result) -> bool:
         return is_fuse_conn(st)
+
+    def restart_refusal(self, pid: int, ext_mnts) -> str | None:
+        return serves_from_the_image(pid, ext_mnts)
 
     def plan(self, sid: str, sb: dict, plan) -> None:
         src = sb["source"]
