@@ -274,7 +274,10 @@ def calls(pid: int, wanted: list[tuple], filters: list | None = None, skip_denie
             _sigmask(pid, mask)
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(held[0]))
-        _settle(pid, waiting)
+        if state == b"T":
+            _stopped_again(pid)
+        else:
+            _settle(pid, waiting)
 
 
 def _sigmask(pid: int, new: int | None = None) -> int:
@@ -295,6 +298,7 @@ def status_at_rest(pid: int, keys) -> dict[str, str]:
     a wait that changes what they show (sigtimedwait blocks less while it waits) has ended."""
     from engine import kernel
     waiting = _waits_in(pid)
+    stopped = waiting is None and _state(pid) == b"T"
     _pt(_PTRACE_SEIZE, pid)
     try:
         _pt(_PTRACE_INTERRUPT, pid)
@@ -302,7 +306,10 @@ def status_at_rest(pid: int, keys) -> dict[str, str]:
         return kernel.proc_status(pid, keys)
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, None)
-        _settle(pid, waiting)
+        if stopped:
+            _stopped_again(pid)
+        else:
+            _settle(pid, waiting)
 
 
 def _waits_in(pid: int) -> str | None:
@@ -316,6 +323,31 @@ def _waits_in(pid: int) -> str | None:
     except OSError:
         return None
     return word if word.isdigit() else None
+
+
+def _state(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b""
+
+
+def _stopped_again(pid: int, timeout: float = 1.0) -> None:
+    """Wait (a while at most) until `pid`, stopped when seized and now let go, is back in its stop:
+    it runs a moment to get there from its trace stop, and meanwhile /proc/PID/syscall says
+    "running" (what a reader after us read of it then: its stack pointer, lost ~1 time in 10)."""
+    import time
+    end, pause = time.monotonic() + timeout, 0.00005
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/syscall", "rb") as f:
+                if not f.read().startswith(b"running") and _state(pid) == b"T":
+                    return
+        except OSError:
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.002)
 
 
 def _settle(pid: int, waiting: str | None, timeout: float = 1.0) -> None:
