@@ -159,7 +159,8 @@ def _existing(pid: int, code: list[tuple[int, int, bool]], limit: int = 1 << 20)
 def _wait_stop(pid: int, timeout: float = 10.0) -> int:
     """The status of `pid`'s next stop. InjectError when it ends instead, or does not stop within
     `timeout` seconds (a wait no interrupt ends, entered after we looked: it stays seized until we
-    exit, then runs on)."""
+    exit, then runs on). The SIGCHLDs that come meanwhile are taken here (no engine process
+    handles SIGCHLD: a handler would miss them)."""
     import time
     deadline = time.monotonic() + timeout
     # Each stop of a tracee is told its tracer by a SIGCHLD: we sleep until that signal (blocked,
