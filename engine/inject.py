@@ -32,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 import struct
 
 _PTRACE_PEEKDATA, _PTRACE_POKEDATA = 2, 5
@@ -158,24 +159,30 @@ def _existing(pid: int, code: list[tuple[int, int, bool]], limit: int = 1 << 20)
 def _wait_stop(pid: int, timeout: float = 10.0) -> int:
     """The status of `pid`'s next stop. InjectError when it ends instead, or does not stop within
     `timeout` seconds (a wait no interrupt ends, entered after we looked: it stays seized until we
-    exit, then runs on)."""
+    exit, then runs on). The SIGCHLDs that come meanwhile are taken here (no engine process
+    handles SIGCHLD: a handler would miss them)."""
     import time
     deadline = time.monotonic() + timeout
-    tries = 0
-    while True:
-        got, status = os.waitpid(pid, _WALL | os.WNOHANG)
-        if got:
-            if not os.WIFSTOPPED(status):
-                raise InjectError(errno.ESRCH, f"process {pid} ended while a call ran in it")
-            return status
-        if time.monotonic() > deadline:
-            raise InjectError(errno.ETIMEDOUT, f"process {pid} did not stop for a call to run in it")
-        # (a stop comes within microseconds: yield first, then sleep longer and longer)
-        tries += 1
-        if tries < 200:
-            os.sched_yield()
-        else:
-            time.sleep(min(0.0005 * 2 ** (tries // 50), 0.05))
+    # Each stop of a tracee is told its tracer by a SIGCHLD: we sleep until that signal (blocked,
+    # so one that comes between a look and the wait is kept), not in a spin or growing sleeps.
+    # The tracee often needs our CPU to reach its stop (a seized stopped process runs to re-trap):
+    # a spin kept it from it, and sleeps of 8-16 ms saw it late (~50 ms of a small dump under load).
+    was = signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGCHLD,))
+    try:
+        while True:
+            got, status = os.waitpid(pid, _WALL | os.WNOHANG)
+            if got:
+                if not os.WIFSTOPPED(status):
+                    raise InjectError(errno.ESRCH, f"process {pid} ended while a call ran in it")
+                return status
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InjectError(errno.ETIMEDOUT, f"process {pid} did not stop for a call to run in it")
+            # (a short bound: another thread of ours, unblocked, may have taken the signal)
+            signal.sigtimedwait((signal.SIGCHLD,), min(left, 0.005))
+    finally:
+        if signal.SIGCHLD not in was:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGCHLD,))
 
 
 def _run_call(pid: int, at: int, held: list) -> tuple:
@@ -268,7 +275,10 @@ def calls(pid: int, wanted: list[tuple], filters: list | None = None, skip_denie
             _sigmask(pid, mask)
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, ctypes.c_void_p(held[0]))
-        _settle(pid, waiting)
+        if state == b"T":
+            _stopped_again(pid)
+        else:
+            _settle(pid, waiting)
 
 
 def _sigmask(pid: int, new: int | None = None) -> int:
@@ -289,6 +299,7 @@ def status_at_rest(pid: int, keys) -> dict[str, str]:
     a wait that changes what they show (sigtimedwait blocks less while it waits) has ended."""
     from engine import kernel
     waiting = _waits_in(pid)
+    stopped = waiting is None and _state(pid) == b"T"
     _pt(_PTRACE_SEIZE, pid)
     try:
         _pt(_PTRACE_INTERRUPT, pid)
@@ -296,7 +307,10 @@ def status_at_rest(pid: int, keys) -> dict[str, str]:
         return kernel.proc_status(pid, keys)
     finally:
         _libc.ptrace(_PTRACE_DETACH, pid, None, None)
-        _settle(pid, waiting)
+        if stopped:
+            _stopped_again(pid)
+        else:
+            _settle(pid, waiting)
 
 
 def _waits_in(pid: int) -> str | None:
@@ -310,6 +324,31 @@ def _waits_in(pid: int) -> str | None:
     except OSError:
         return None
     return word if word.isdigit() else None
+
+
+def _state(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return b""
+
+
+def _stopped_again(pid: int, timeout: float = 1.0) -> None:
+    """Wait (a while at most) until `pid`, stopped when seized and now let go, is back in its stop:
+    it runs a moment to get there from its trace stop, and meanwhile /proc/PID/syscall says
+    "running" (what a reader after us read of it then: its stack pointer, lost ~1 time in 10)."""
+    import time
+    end, pause = time.monotonic() + timeout, 0.00005
+    while time.monotonic() < end:
+        try:
+            with open(f"/proc/{pid}/syscall", "rb") as f:
+                if not f.read().startswith(b"running") and _state(pid) == b"T":
+                    return
+        except OSError:
+            return
+        time.sleep(pause)
+        pause = min(pause * 2, 0.002)
 
 
 def _settle(pid: int, waiting: str | None, timeout: float = 1.0) -> None:

@@ -67,6 +67,69 @@ def test_a_batch_runs_in_order_in_one_seize_and_the_process_runs_on():
         _finish(p)
 
 
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def test_stops_are_waited_for_on_sigchld_not_polled(monkeypatch):
+    """The tracer sleeps until the tracee's stop is told it (SIGCHLD), neither spinning on
+    sched_yield nor sleeping in steps (which kept a tracee that needed our CPU from its stop, or
+    saw it 8-16 ms late); our SIGCHLD mask is left as it was, blocked or not."""
+    def polled(*_):
+        raise AssertionError("polled for a stop")
+
+    def sleep(t, _sleep=time.sleep):
+        if sys._getframe(1).f_code is inject._wait_stop.__code__:
+            polled()
+        _sleep(t)
+    p = _start("plain")
+    try:
+        # (a stopped process: seized, it has to run to report its trap; stopped before the call, or
+        # the call waits for it to be back in its read, by looks and sleeps of its own)
+        os.kill(p.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while _state(p.pid) != "T":
+            assert time.monotonic() < deadline, "the process did not stop"
+            time.sleep(0.01)
+        monkeypatch.setattr(os, "sched_yield", polled)
+        monkeypatch.setattr(time, "sleep", sleep)
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        assert inject.call(p.pid, _GETPID)[0] == p.pid
+        assert signal.pthread_sigmask(signal.SIG_BLOCK, ()) == before
+        signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGCHLD,))
+        try:
+            assert inject.call(p.pid, _GETPPID)[0] == os.getpid()
+            assert signal.SIGCHLD in signal.pthread_sigmask(signal.SIG_BLOCK, ())
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    finally:
+        monkeypatch.undo()
+        os.kill(p.pid, signal.SIGCONT)
+        _finish(p)
+
+
+def test_a_stopped_process_is_back_in_its_stop_when_the_call_returns():
+    """Let go, a stopped process runs a moment from its trace stop back to its stop: the call
+    returns once it is there, so what is read of it next (its stack pointer in /proc/PID/syscall,
+    engine/timersigs.py) is not "running" (it was, ~1 call in 30 under load)."""
+    p = _start("plain")
+    try:
+        os.kill(p.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + 30
+        while _state(p.pid) != "T":
+            assert time.monotonic() < deadline, "the process did not stop"
+            time.sleep(0.01)
+        for _ in range(100):
+            assert inject.call(p.pid, _GETPID)[0] == p.pid
+            with open(f"/proc/{p.pid}/syscall") as f:
+                assert not f.read().startswith("running")
+            assert _state(p.pid) == "T"
+    finally:
+        os.kill(p.pid, signal.SIGCONT)
+        _finish(p)
+
+
 def test_a_call_a_filter_would_kill_is_never_sent():
     """The filter kills prctl(PR_GET_PDEATHSIG): refused before any call (or skipped, the others
     made); the process lives (it would die of the call)."""
