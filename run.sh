@@ -29,7 +29,9 @@ fi
 # haproxy 4, dnsmasq-base 1, rsyslog 2, apache2 6, supervisor 2, runit 0.6, prometheus-node-exporter 13),
 # iputils-ping (scenarios/fds/ping_loop.yaml: ping on ICMP ping sockets; busybox's makes raw ones only),
 # nftables and iptables (nft, iptables-nft-save/-restore: a network namespace's firewall, engine/netfilter.py;
-# nftables' own service is not enabled by its package, and policy-rc.d keeps it from starting).
+# nftables' own service is not enabled by its package, and policy-rc.d keeps it from starting),
+# the databases of scenarios/runtimes/app_containers.yaml and scenarios/fds/daemons.yaml (postgresql-15 25 MB,
+# mariadb-server 100 MB with its client).
 pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3 squashfuse
       erofs-utils dosfstools exfatprogs f2fs-tools nfs-kernel-server
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
@@ -38,14 +40,14 @@ pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squash
       buildah charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
       nginx lighttpd redis-server screen sqlite3 inotify-tools curl gcc make libc6-dev
       openssh-server memcached haproxy dnsmasq-base rsyslog apache2 supervisor runit prometheus-node-exporter
-      iputils-ping nftables iptables)
+      iputils-ping nftables iptables postgresql-15 mariadb-server)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "run.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   # The servers among them (nginx, lighttpd, redis-server, dockerd, containerd, sshd, memcached, haproxy,
-  # rsyslogd, apache2, supervisord, node_exporter; schroot's session recovery) run only inside scenarios: a policy-rc.d for the
+  # rsyslogd, apache2, supervisord, node_exporter, postgres, mariadbd; schroot's session recovery) run only inside scenarios: a policy-rc.d for the
   # install's time keeps their packages from starting them as the machine's services.
   # Made with noclobber (O_EXCL: a file, or a symlink even dangling, already there is the admin's
   # and stays as it is), and removed only when this run made it.
@@ -63,13 +65,15 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # systemctl disable works without a running systemd (it removes the units' links).
   if command -v systemctl >/dev/null; then
     for s in nginx lighttpd redis-server schroot docker.io openssh-server memcached haproxy rsyslog apache2 supervisor \
-             prometheus-node-exporter; do
+             prometheus-node-exporter postgresql-15 mariadb-server; do
       case " ${missing[*]} " in *" $s "*) ;; *) continue ;; esac
       # docker.io's units are docker.service, docker.socket and containerd.service; the others' as named
       case "$s" in
         docker.io) units="docker.service docker.socket containerd.service" ;;
         openssh-server) units="ssh.service ssh.socket" ;;
         apache2) units="apache2.service apache-htcacheclean.service" ;;
+        postgresql-15) units="postgresql.service postgresql@15-main.service" ;;
+        mariadb-server) units="mariadb.service" ;;
         *) units="$s.service" ;;
       esac
       for u in $units; do systemctl disable --quiet "$u" 2>/dev/null || true; done

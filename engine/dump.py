@@ -30,7 +30,7 @@ import sys
 import time
 
 from engine import channel, content, fds as fdkinds, forkrun, fs, ghosts, image, kernel, mountinfo
-from engine import (ctty, freeze, mountrules, netdevs, nscopy, nsinspect, parking, placement, prestop, sysvipc,
+from engine import (ctty, freeze, mountrules, netdevs, nscopy, nsinspect, parking, placement, prestop, shmattach, sysvipc,
                     userns_cr, zombies)
 from engine.dumperror import DumpError, hook as _hook
 from engine.fds import FdError
@@ -968,6 +968,9 @@ def _collect_processes(d: _Dump) -> None:
                 d.sysvipc[ipc] = sysvipc.read(p["pid"], [q["pid"] for q in d.procs_doc])
             except OSError as e:
                 raise DumpError(e.errno or errno.EIO, f"process {p['pid']}: ipc namespace: {e.strerror or e}") from None
+        segments = {s["id"] for s in d.sysvipc.get(ipc, {}).get("shm", ())}
+        if segments and (attached := shmattach.read(p["pid"], segments)):
+            p["shm"] = attached
         net = p["ns"]["net"]
         if net not in d.netvars and "net" not in p["host_ns"]:
             from engine import netvars   # (a tree with a network namespace of its own: ~1.6 M instructions)

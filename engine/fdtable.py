@@ -40,8 +40,7 @@ class FdTable:
         kind = fds.classify(f["target"], f["mode"])
         self.note_locks(pid, f)
         if kind is None:
-            raise fds.FdError(errno.EOPNOTSUPP, f"process {pid} fd {f['fd']} ({f['target']}): "
-                                                f"{fds.describe(f['target'])} fds are not supported")
+            raise fds.FdError(errno.EOPNOTSUPP, fds.unsupported(pid, f["fd"], f["target"]))
         d = fds.DumpFd(pid=pid, fd=f["fd"], target=f["target"], mode=f["mode"], flags=f["flags"], pos=f["pos"],
                        pidfd=self._pidfd(pid), objects=self.objects, scratch=self.scratch,
                        in_ns=f.get("in_ns"), place=place, mnt=f.get("mnt_id", 0),

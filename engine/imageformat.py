@@ -759,6 +759,9 @@ PROCESS = Record("process", {
     # Mapped files and the executable on mounts of the tree (engine/mappings.py).
     "maps": F(LIST, required=False, rule=list_of(record(MAP_LOC), MAX_FDS, DICT)),
     "exe": F(DICT, required=False, rule=record(MAP_LOC)),   # (a deleted one: its mapping's ghost)
+    # System V segments it attached, [shmid, read-only] per mapping (engine/shmattach.py; checked
+    # against its ipc namespace's segments in _check_sysvipc).
+    "shm": F(LIST, required=False),
     "stopped": F(BOOL, required=False),                       # stopped (SIGSTOP, Ctrl-Z) before the dump
     # Its session and process group ids as the dumper saw them, like "pid" (engine/sessions.py).
     "sid": F(INT, required=False, rule=rng(0, MAX_PID)),
@@ -1808,8 +1811,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         if i > 0 and ppid not in earlier:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
-    if "sysvipc" in doc:
-        _check_sysvipc(doc)
+    _check_sysvipc(doc)
     if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc or "netfilter" in doc:
         _check_netvars(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
@@ -1854,10 +1856,26 @@ def _check_timers(p: dict, what: str) -> None:
 
 def _check_sysvipc(doc: dict) -> None:
     """The ipc objects (engine/sysvipc.py) only of namespaces restore makes: no process may have
-    one as the host's (restore would join the host's namespace for it)."""
-    from engine import sysvipc
-    host = {p["ns"]["ipc"] for p in doc["processes"] if "ipc" in (p.get("host_ns") or ())}
-    sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"]} - host, _fail)
+    one as the host's (restore would join the host's namespace for it); the processes' attachments
+    only of those objects."""
+    if "sysvipc" in doc:
+        from engine import sysvipc
+        host = {p["ns"]["ipc"] for p in doc["processes"] if "ipc" in (p.get("host_ns") or ())}
+        sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"]} - host, _fail)
+    _check_shm_attachments(doc)
+
+
+def _check_shm_attachments(doc: dict) -> None:
+    """Each process's System V attachments (engine/shmattach.py) only of segments the image makes in
+    its own ipc namespace."""
+    from engine import shmattach
+    for p in doc["processes"]:
+        if "shm" in p:
+            own = (doc.get("sysvipc") or {}).get(p["ns"]["ipc"]) or {}
+            ids = set() if "ipc" in (p.get("host_ns") or ()) else {s["id"] for s in own.get("shm", ())}
+            why = shmattach.check(p["shm"], ids)
+            if why:
+                _fail(f"process {p['pid']}: shm: {why}")
 
 
 def _check_netvars(doc: dict) -> None:

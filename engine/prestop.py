@@ -622,8 +622,7 @@ def _check_fds(pids: list[int], view: View, leave_running: bool, ext_files: set[
                         continue
                     kind = fdkinds.classify(target, mode)
                     if kind is None:
-                        raise FdError(errno.EOPNOTSUPP, f"process {pid} fd {n} ({target}): "
-                                                        f"{fdkinds.describe(target)} fds are not supported")
+                        raise FdError(errno.EOPNOTSUPP, fdkinds.unsupported(pid, n, target))
                     info = _fdinfo(pid, n)
                     if info is None or not _check_owner(pidfd, pid, n, target, pids):
                         complete = False

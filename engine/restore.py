@@ -2413,6 +2413,7 @@ class _Restorer:
             chan, where = self.chans[p["pid"]], f"process {p['pid']}"
             after += self._place_fd_list(p, later, chan, where)
             self._map_files(p, chan, where)
+            self._attach_shm(p, chan, where)
             self._after_fds(after, chan, where)
         try:
             self._fds.finish()
@@ -2457,7 +2458,18 @@ class _Restorer:
             deferred.append((p, [f for f in p["fds"] if fdkinds.deferred(f)], after))
             return
         self._map_files(p, chan, where)
+        self._attach_shm(p, chan, where)
         self._after_fds(after, chan, where)
+
+    def _attach_shm(self, p: dict, chan, where: str) -> None:
+        """Have the stand-in attach the System V segments the process attached (engine/shmattach.py):
+        their ipc namespace holds them again (make_sysvipc)."""
+        if p.get("shm"):
+            creds = p.get("creds")
+            try:
+                chan.call(("shmat", p["shm"], creds and (creds["uid"][1], creds["gid"][1])))
+            except OSError as e:
+                raise RestoreError(e.errno or errno.EIO, f"{where}: {e.strerror or e}") from None
 
     def _after_fds(self, after: list, chan, where: str) -> None:
         """Run the stand-in steps of fds installed (FdMaker.after: epoll registrations)."""

@@ -580,6 +580,13 @@ class _Server:
         mappings.map_files(fds)
         return None
 
+    def op_shmat(self, msg, fds):
+        """Attach the process's System V segments (msg[1]: its image "shm"; msg[2]: its effective
+        (uid, gid) or None)."""
+        from engine import shmattach   # (only a tree that attached some loads it)
+        shmattach.attach(msg[1], msg[2])
+        return None
+
     def op_exe(self, msg, fds):
         """The executable to become once detached (mappings.become_exe)."""
         self.exe_fd = fcntl.fcntl(fds[0], fcntl.F_DUPFD_CLOEXEC, 3)   # (a free number: all fds are in)

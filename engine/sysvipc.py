@@ -14,7 +14,8 @@ Its POSIX message queues likewise (engine/posixmq.py).
 The namespace's own limits (msgmax, shmmax, mqueue's msg_max...) likewise (engine/ipcvars.py),
 written before its objects are made and set as dumped after.
 
-Not restored: attachments (a stand-in does not map a segment: nattch is 0), the times and the
+Attachments are the processes' (engine/shmattach.py: each stand-in attaches what its process
+did, so nattch is kept). Not restored: the times and the
 pids of the last operations, semaphore undo lists, the id the kernel would give the next object
 made without a *_next_id (its cyclic cursor and sequence number are kernel state no interface
 shows: a namespace whose objects were removed may give a new one another id after a restore).
@@ -195,7 +196,8 @@ def read(pid: int, tree=()) -> dict:
 def _describe_here(proc: int) -> list[str]:
     """In the namespace (joined): one line per System V object, what a restore must give back and
     a running program does not change by itself (its key, id, mode, owner and creator; a segment's
-    size, a set's number of semaphores, a queue's messages, bytes and msg_qbytes)."""
+    size and how many mappings attach it, a set's number of semaphores, a queue's messages, bytes
+    and msg_qbytes)."""
     out = []
     for kind, idkey, more in (("shm", "shmid", ("size",)), ("sem", "semid", ("nsems",)),
                               ("msg", "msqid", ("qnum", "cbytes"))):
@@ -205,6 +207,8 @@ def _describe_here(proc: int) -> list[str]:
             rec = _ids(row, idkey)
             words = [f"{k}={rec[k]:o}" if k == "mode" else f"{k}={rec[k]}" for k in sorted(rec)]
             words += [f"{k}={row[k]}" for k in more] + (["locked"] if kind == "shm" and row["perms"] & _SHM_LOCKED else [])
+            if kind == "shm":
+                words.append(f"nattch={row['nattch']}")   # (attachments, by the tree's processes: engine/shmattach.py)
             if kind == "msg":
                 buf = ctypes.create_string_buffer(512)
                 words.append(f"qbytes={ctypes.c_ulong.from_buffer(buf, _QBYTES_AT).value}"

@@ -356,6 +356,20 @@ def mounts_used(entry: dict) -> list[int]:
     return own + (list(kind.mounts(entry)) if kind is not None else [])
 
 
+# What to do about an fd of a kind no module dumps, where there is something to do (by `describe`).
+_WHAT_TO_DO = {
+    "io_uring": " (its rings and requests in flight are kernel state no interface gives back): run the program "
+                "without io_uring to dump it (MariaDB: --innodb-use-native-aio=0)",
+}
+
+
+def unsupported(pid: int, fd: int, target: str) -> str:
+    """The refusal of fd `fd` of process `pid`, of a kind no module dumps: what it is, and what to do
+    where there is something (`_WHAT_TO_DO`)."""
+    name = describe(target)
+    return f"process {pid} fd {fd} ({target}): {name} fds are not supported{_WHAT_TO_DO.get(name, '')}"
+
+
 def describe(target: str) -> str:
     """A short name of what an unsupported fd is, for the refusal ("socket:[123]" -> "socket")."""
     if target.startswith("anon_inode:"):
