@@ -89,13 +89,13 @@ def test_unshare_userns_pidns_tree_in_the_containers_uts_and_ipc(case):
     hostname, System V objects and a mqueue mount): CMD's stand-in starts inside its user namespace, and joins the
     uts and ipc namespaces the restorer makes before it enters, so that they belong to init's user
     namespace again (was: made by the stand-in, they came back owned by CMD's user namespace)."""
-    from enginecase import DUMP_EXTERNALS, assert_same, load_manifest, mntcr, take
+    from enginecase import DUMP_EXTERNALS, assert_same, in_own_pidns, load_manifest, mntcr, take
     setup = ("hostname box; ipcmk -M 4096 >/dev/null; ipcmk -Q >/dev/null\n"
              # (its mqueue: made by the restorer, whose user namespace owns the ipc namespace)
              "mkdir /run/mq; mount -t mqueue none /run/mq; touch /run/mq/q\n"
              "exec unshare -U -r -m -p -f --mount-proc --propagation private sh -c "
              "'exec </dev/null >/dev/null 2>&1; exec /.hold/mntcr-hold 1000000' </dev/null >/dev/null 2>&1\n")
-    child = _child_in_own_pidns(case.start(setup, host_pidns=True, daemons=("unshare",)))
+    child = in_own_pidns(case.start(setup, host_pidns=True, daemons=("unshare",)))
     before = take(child)
     text = before.snap.procs[0].text()
     assert "ns owners: mnt=own pid=own uts=init ipc=init" in text and "uts names: host='box'" in text, text
