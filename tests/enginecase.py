@@ -76,9 +76,10 @@ _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 
 # Prepended to every setup script.
 PRELUDE = f"""
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# wait_for FILE: until FILE exists (a background process says it is done), at most 10s.
+# wait_for FILE: until FILE exists (a background process says it is done), at most 30s (a loaded
+# machine needs more than 10: a wait that gives up fails the setup, it never goes on).
 wait_for() {{
-    _n=200
+    _n=600
     while [ ! -e "$1" ]; do
         _n=$((_n - 1)); [ "$_n" -gt 0 ] || {{ echo "wait_for: $1 did not appear" >&2; return 1; }}
         sleep 0.05
@@ -406,7 +407,7 @@ class EngineCase:
         self.outers.append(o)
         return o
 
-    def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 20,
+    def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 60,
               host_pidns: bool = False, daemons: tuple[str, ...] = ()) -> int:
         """Run `setup` as pid 1 of a new container; return its host pid once the tree is ready.
 
