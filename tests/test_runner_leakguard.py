@@ -194,7 +194,7 @@ def test_leftover_processes_of_the_session_are_named():
     plain = _spawn(["sleep", "60"], session)                                  # not ours to judge
     foreign = _spawn(["sleep", "60"], other, argv0=leakguard.HOLDER_ARGV0)    # another session's holder
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while True:  # until bash has exec'd and the environ/cmdline are the final ones
             found = leakguard.leftover_processes(session)
             if len(found) >= 2 or time.monotonic() > deadline:

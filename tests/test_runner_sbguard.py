@@ -23,7 +23,7 @@ def _tree(tmp_path, source="sbguard-test"):
                           f"mount -t tmpfs {source} {mnt} && echo > {mnt}/f && exec sleep 60"],
                          stdin=subprocess.DEVNULL)
     # Ready once its file is there (the mount alone shows before `echo` wrote it).
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while p.poll() is None and not os.path.exists(f"/proc/{p.pid}/root{mnt}/f"):
         assert time.monotonic() < deadline, "the tree did not mount its tmpfs"
         time.sleep(0.02)
