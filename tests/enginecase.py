@@ -135,6 +135,16 @@ class SetupError(Exception):
     """The container could not be built or its setup failed (message has the setup output)."""
 
 
+def wait_until(cond, what: str, timeout: float = 60.0) -> None:
+    """Poll `cond()` until it is true; SetupError saying `what` did not happen after `timeout`
+    seconds (generous: a loaded machine is slow, and a wait that gives up must never go on)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise SetupError(f"{what} did not happen within {timeout:g}s")
+        time.sleep(0.02)
+
+
 class CRError(AssertionError):
     """mntcr dump or restore failed; the message has its exit status and stderr."""
 

@@ -27,7 +27,7 @@ def _zombie_children(pid: int) -> list[tuple[str, int, int, int]]:
     return sorted(out)
 
 
-def _wait_zombies(pid: int, n: int, of=None, timeout: float = 10) -> None:
+def _wait_zombies(pid: int, n: int, of=None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while len(_zombie_children(of or pid)) < n:
         assert time.monotonic() < deadline, f"no {n} zombies under {of or pid}"

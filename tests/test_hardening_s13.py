@@ -443,16 +443,19 @@ def test_outermost_owned_keeps_no_fd_when_its_walk_fails(monkeypatch):
     child = subprocess.Popen(["setpriv", "--reuid", "1000", "--regid", "1000", "--clear-groups",
                               "unshare", "-U", "sleep", "30"])
     try:
-        for _ in range(100):   # (until it runs in its own user namespace)
+        deadline = time.monotonic() + 60   # (until it runs in its own user namespace; slow when loaded)
+        while True:
             try:
                 if os.stat(f"/proc/{child.pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino and \
                         os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"):
                     break
             except OSError:
                 pass
+            if child.poll() is not None:
+                pytest.skip("a user namespace made by uid 1000 could not be made here")
+            if time.monotonic() > deadline:
+                raise enginecase.SetupError("unshare -U as uid 1000 did not reach its sleep within 60s")
             time.sleep(0.05)
-        else:
-            pytest.skip("a user namespace made by uid 1000 could not be made here")
         maps, owner = userns.outermost_owned(child.pid)
         assert owner == 1000, (maps, owner)   # (no map written: unshare -U alone)
 
