@@ -416,13 +416,16 @@ def test_zombie_init_of_its_own_pid_namespace_killed(case):
     """The init of a pid namespace its parent unshared was SIGKILLed (from the parent's namespace:
     nothing inside can kill an init that has no handler). Restored, its stand-in is init of a new
     pid namespace again, and dies of SIGKILL again."""
-    body = ("import ctypes, signal, time\n"
+    body = ("import ctypes, signal\n"
             "ctypes.CDLL(None).unshare(0x20000000)\n"
+            "r, w = os.pipe()\n"
             "c = os.fork()\n"
             "if c == 0:\n"
             "    ctypes.CDLL(None).prctl(15, b'ns-init-killed', 0, 0, 0)\n"
+            "    os.write(w, b'x')\n"
             "    while True: signal.pause()\n"
-            "time.sleep(0.1); os.kill(c, signal.SIGKILL)\n")
+            # (killed once named: a kill before its prctl left a zombie named python3)
+            "os.read(r, 1); os.close(r); os.close(w); os.kill(c, signal.SIGKILL)\n")
     pid = case.start(py_hold(body))
     _wait_zombies(pid, 1)
     new, doc = _cr(case, pid)
