@@ -61,7 +61,7 @@ def _wait_in_read(pid: int, timeout: float = 60) -> None:
 
 def _finish(p: subprocess.Popen) -> None:
     try:
-        out, _ = p.communicate(b"alive", timeout=10)
+        out, _ = p.communicate(b"alive", timeout=60)
         assert out == b"alive\n" and p.returncode == 0
     finally:
         if p.poll() is None:
