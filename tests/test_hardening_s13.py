@@ -195,7 +195,7 @@ def test_listener_with_ngroups_max_groups(image, tmp_path):
             buf = (ctypes.c_uint * 65536)()
             assert ctypes.CDLL(None).getsockopt(c.fileno(), socket.SOL_SOCKET, 59, buf, ctypes.byref(size)) == 0
     assert sorted(buf[:size.value // 4]) == groups
-    assert took < 30, took
+    assert took < 90, took   # (minutes before the fix; a loaded machine's restore takes longer)
     img = _mutated(image, tmp_path / "more", lambda d: _fd(d["processes"][0], 11).update(cred_groups=groups + [7]))
     refused(img, r"cred_groups.*at most 65536", tmp_path)
 

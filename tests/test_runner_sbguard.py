@@ -44,8 +44,8 @@ def test_a_superblock_that_goes_with_its_tree_is_no_leak(tmp_path):
         assert [sb.source for sb in w.live.values()] == ["sbguard-test"]  # the host's are not watched
         _kill(p)
         started = time.monotonic()
-        assert w.leaked(grace=10) == []
-        assert time.monotonic() - started < 5, "waited for an unmount the kernel had reported"
+        assert w.leaked(grace=60) == []   # (a grace far above the bound: waiting it out cannot pass)
+        assert time.monotonic() - started < 30, "waited for an unmount the kernel had reported"
     finally:
         w.close()
         if p.poll() is None:
