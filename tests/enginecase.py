@@ -468,7 +468,7 @@ class EngineCase:
                 raise SetupError(f"setup did not reach `hold` in every process within {timeout:g}s:\n"
                                  f"{pipe.text().rstrip()}")
             time.sleep(0.02)
-        if not pipe.closed.wait(30):   # (at once, unless a process kept it: 30 s for a loaded machine)
+        if not pipe.closed.wait(15):   # (at once, unless a process kept it: 15 s for a loaded machine)
             raise SetupError("a process of the tree still has setup's stdout/stderr open (a pipe to the test): "
                              "end background processes in `hold` or redirect their stdio")
         self._watch(pid)
