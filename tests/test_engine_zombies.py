@@ -350,8 +350,8 @@ def _named_zombies(comm: str) -> list[int]:
     """The host's zombies named `comm`."""
     out = []
     for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{p}/stat") as f:
+        try:   # (any process of the machine: another test's may have a name of undecodable bytes)
+            with open(f"/proc/{p}/stat", errors="surrogateescape") as f:
                 data = f.read()
         except OSError:
             continue
