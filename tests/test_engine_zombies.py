@@ -304,10 +304,11 @@ def test_restore_killed_at_any_step_leaves_no_zombie(case, tmp_path):
     its parent's); the one that finishes has the zombie leading its group again."""
     from test_engine_failures import _killed_restore
     from enginecase import host_mountinfo, tree_hash
+    name = f"zf-{os.getpid()}"   # (the zombie's name, this run's only: zombies are looked for machine-wide)
     body = ("r, w = os.pipe()\n"
             "a = os.fork()\n"
             "if a == 0:\n"
-            "    import ctypes; ctypes.CDLL(None).prctl(15, b'zombie-fault', 0, 0, 0)\n"
+            f"    import ctypes; ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)\n"
             "    os.setpgid(0, 0); os.close(w); os.read(r, 1); os._exit(5)\n"
             "os.setpgid(a, a)\n"   # (here too: b must find the group whoever runs first)
             "b = os.fork()\n"
@@ -336,9 +337,9 @@ def test_restore_killed_at_any_step_leaves_no_zombie(case, tmp_path):
         # with its tree)
         # (one whose parent just died is reaped by whoever adopts it: give it a moment)
         deadline = time.monotonic() + 60
-        while _named_zombies("zombie-fault") and time.monotonic() < deadline:
+        while _named_zombies(name) and time.monotonic() < deadline:
             time.sleep(0.05)
-        problems += [f"step {k}: zombie {p} left behind" for p in _named_zombies("zombie-fault")]
+        problems += [f"step {k}: zombie {p} left behind" for p in _named_zombies(name)]
     with open(pidfile) as f:
         new = int(f.read())
     case.trees.append(new)
