@@ -58,8 +58,20 @@ if [ "${#missing[@]}" -gt 0 ]; then
   elif [ ! -e /usr/sbin/policy-rc.d ] && [ ! -L /usr/sbin/policy-rc.d ]; then
     echo "run.sh: cannot make /usr/sbin/policy-rc.d (it keeps the servers installed from starting)" >&2; exit 1
   fi
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # A mirror's transient error (a timeout, a 5xx, a sync in progress: "Hash Sum mismatch") must not
+  # fail a CI run: apt retries each download, and the whole update+install is tried 3 times.
+  for try in 1 2 3; do
+    if apt-get -o Acquire::Retries=5 update -qq && \
+       apt-get -o Acquire::Retries=5 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; then
+      break
+    fi
+    if [ "$try" -eq 3 ]; then
+      echo "run.sh: apt-get could not install the packages after 3 tries (see the errors above): check the machine's apt mirror" >&2
+      exit 1
+    fi
+    echo "run.sh: apt-get failed (try $try of 3), trying again in $((try * 20)) s" >&2
+    sleep $((try * 20))
+  done
   if [ -n "$policy" ]; then rm -f "$policy"; trap - EXIT; fi
   # Their packages also enable them for the next boot (systemd): not the machine's services either.
   # systemctl disable works without a running systemd (it removes the units' links).
@@ -80,7 +92,19 @@ if [ "${#missing[@]}" -gt 0 ]; then
     done
   fi
 fi
-python3 -m pip install -q --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "Running pip as the 'root' user" || true
+# pip's failure fails the run (a missing test dependency would only show as errors much later);
+# its own retries and a longer timeout ride out a slow or flaky index, then 3 tries in all.
+for try in 1 2 3; do
+  out=$(python3 -m pip install -q --disable-pip-version-check --retries 5 --timeout 60 -e '.[test]' 2>&1) && rc=0 || rc=$?
+  printf '%s\n' "$out" | grep -v -e "Running pip as the 'root' user" -e '^$' >&2 || true
+  [ "$rc" -eq 0 ] && break
+  if [ "$try" -eq 3 ]; then
+    echo "run.sh: pip could not install mntcr's Python dependencies after 3 tries (exit $rc, see above)" >&2
+    exit 1
+  fi
+  echo "run.sh: pip failed (exit $rc, try $try of 3), trying again in $((try * 20)) s" >&2
+  sleep $((try * 20))
+done
 # An editable install leaves byte-compiling to the first import, which PYTHONDONTWRITEBYTECODE
 # forbids: every mntcr run would compile the engine again (as a wheel install does, compile once).
 python3 -m compileall -q engine zdtm vm >/dev/null

@@ -76,9 +76,10 @@ _ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 
 # Prepended to every setup script.
 PRELUDE = f"""
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-# wait_for FILE: until FILE exists (a background process says it is done), at most 10s.
+# wait_for FILE: until FILE exists (a background process says it is done), at most 30s (a loaded
+# machine needs more than 10: a wait that gives up fails the setup, it never goes on).
 wait_for() {{
-    _n=200
+    _n=600
     while [ ! -e "$1" ]; do
         _n=$((_n - 1)); [ "$_n" -gt 0 ] || {{ echo "wait_for: $1 did not appear" >&2; return 1; }}
         sleep 0.05
@@ -149,6 +150,16 @@ def was_stopped(pid: int) -> bool:
 
 class SetupError(Exception):
     """The container could not be built or its setup failed (message has the setup output)."""
+
+
+def wait_until(cond, what: str, timeout: float = 60.0) -> None:
+    """Poll `cond()` until it is true; SetupError saying `what` did not happen after `timeout`
+    seconds (generous: a loaded machine is slow, and a wait that gives up must never go on)."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise SetupError(f"{what} did not happen within {timeout:g}s")
+        time.sleep(0.02)
 
 
 class CRError(AssertionError):
@@ -423,7 +434,7 @@ class EngineCase:
         self.outers.append(o)
         return o
 
-    def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 20,
+    def start(self, setup: str, outer: Outer | None = None, binds: tuple = (), timeout: float = 60,
               host_pidns: bool = False, daemons: tuple[str, ...] = ()) -> int:
         """Run `setup` as pid 1 of a new container; return its host pid once the tree is ready.
 
@@ -474,7 +485,7 @@ class EngineCase:
                 raise SetupError(f"setup did not reach `hold` in every process within {timeout:g}s:\n"
                                  f"{pipe.text().rstrip()}")
             time.sleep(0.02)
-        if not pipe.closed.wait(5):
+        if not pipe.closed.wait(15):   # (at once, unless a process kept it: 15 s for a loaded machine)
             raise SetupError("a process of the tree still has setup's stdout/stderr open (a pipe to the test): "
                              "end background processes in `hold` or redirect their stdio")
         self._watch(pid)

@@ -74,7 +74,7 @@ def spawn_tree(workdir: str, setup: str = "", before_exec: str = "", unshare: st
     with open(errpath, "w") as err:
         proc = subprocess.Popen(["unshare", unshare, "--propagation", "private", "sh", "-c", script, "sh", root],
                                 stdin=subprocess.DEVNULL, stdout=err, stderr=err, close_fds=True)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for child in _children(proc.pid):
             try:

@@ -59,7 +59,7 @@ def _external_slave_tree(workdir: str, crit: CriuBackend) -> dict:
     proc = subprocess.Popen(["unshare", "-mpf", "--propagation", "unchanged", "sh", "-c", script, "sh", ctroot],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     pid = None
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while pid is None and time.monotonic() < deadline and proc.poll() is None:
         kids = open(f"/proc/{proc.pid}/task/{proc.pid}/children").read().split()
         for k in kids:

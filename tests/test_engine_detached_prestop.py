@@ -208,11 +208,10 @@ def test_our_fds_on_socket_files_closed_when_another_fd_is_refused(monkeypatch):
     monkeypatch.setattr(fdkinds, "classify", lambda target, mode: fake)
     child = subprocess.Popen(["sh", "-c", "exec 5</dev/null 6</dev/null; exec sleep 30"])
     try:
-        import time
-        for _ in range(100):   # (until its exec of sleep holds fds 5 and 6)
-            if os.path.exists(f"/proc/{child.pid}/fd/6") and os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"):
-                break
-            time.sleep(0.05)
+        import enginecase
+        enginecase.wait_until(lambda: os.path.exists(f"/proc/{child.pid}/fd/6")
+                              and os.readlink(f"/proc/{child.pid}/exe").endswith("sleep"),
+                              "the child's exec of sleep holding fds 5 and 6")
         with pytest.raises(FdError, match="refused"):
             prestop._check_fds([child.pid], prestop.View(None), False, set())
     finally:

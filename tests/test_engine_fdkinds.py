@@ -1018,7 +1018,9 @@ def test_executable_is_the_stand_ins_own(case):
     setup = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t; cp -L /.hold/mntcr-hold /mnt/t/mntcr-hold
 /mnt/t/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
-sleep 0.5; mount -t tmpfs cover /mnt/t
+# (covered once the child runs the file: its exec done, not after a sleep a loaded machine outruns)
+c=$!; while [ "$(cat /proc/$c/comm)" != mntcr-hold ]; do sleep 0.05; done
+mount -t tmpfs cover /mnt/t
 hold
 """
     before, after = case.roundtrip(setup)

@@ -198,7 +198,7 @@ hold
     assert held, "the restored tree shows no loop device"
     bound = {rdev: loop_status(rdev) for rdev in held}
     case.close()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while True:
         # gone, or bound again to another file (the number reused by someone else)
         left = [rdev for rdev in held if bound[rdev] is not None and loop_status(rdev) == bound[rdev]]

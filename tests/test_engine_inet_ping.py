@@ -30,10 +30,10 @@ ECHO = """
 import socket, struct, time
 def echo(s, host, ident=0, seq=1, data=b"", v6=False):
     s.sendto(struct.pack("!BBHHH", 128 if v6 else 8, 0, 0, ident, seq) + data, (host, 0))
-def wait(s):
-    for _ in range(500):
-        if struct.unpack_from("=I", s.getsockopt(socket.SOL_SOCKET, 55, 36))[0]:
-            return
+def wait(s):   # (until a reply waits on s: SO_MEMINFO's rmem_alloc; none in 60 s fails the setup)
+    deadline = time.monotonic() + 60
+    while not struct.unpack_from("=I", s.getsockopt(socket.SOL_SOCKET, 55, 36))[0]:
+        assert time.monotonic() < deadline, "no echo reply arrived"
         time.sleep(0.01)
 """
 

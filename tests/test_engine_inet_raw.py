@@ -68,10 +68,11 @@ def test_raw_packet_waiting_refused(case):
     """A raw socket with a packet waiting is refused before the stop (sent again, it would reach
     the namespace's ICMP too, which answers a request, and every other raw socket): the tree runs on."""
     pid = case.start(STOP_WATCH + _in_netns("""
-import socket, struct, time
+import select, socket, struct
 r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
 r.sendto(struct.pack("!BBHHH", 8, 0, 0xf7fe, 1, 0) + b"x", ("127.0.0.1", 0))
-time.sleep(0.2); os.dup2(r.fileno(), 10); r.close()
+assert select.select([r], [], [], 60)[0], "no packet reached the raw socket"   # (waiting: the setup fails)
+os.dup2(r.fileno(), 10); r.close()
 """))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())

@@ -43,13 +43,25 @@ print(os.read(0, 5).decode(), flush=True)   # (a read the calls interrupt: resta
 def _start(kind: str) -> subprocess.Popen:
     p = subprocess.Popen([sys.executable, "-c", _CHILD, kind], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     assert p.stdout.readline() == b"ready\n"
-    time.sleep(0.1)   # (into its read)
+    _wait_in_read(p.pid)
     return p
+
+
+def _wait_in_read(pid: int, timeout: float = 60) -> None:
+    """Until `pid` waits in read(2) (/proc/PID/syscall's first word 0): the calls then interrupt it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{pid}/syscall") as f:
+            if f.read().split()[0] == "0":
+                return
+        if time.monotonic() > deadline:
+            raise enginecase.SetupError(f"process {pid} did not reach its read within {timeout:g}s")
+        time.sleep(0.01)
 
 
 def _finish(p: subprocess.Popen) -> None:
     try:
-        out, _ = p.communicate(b"alive", timeout=10)
+        out, _ = p.communicate(b"alive", timeout=60)
         assert out == b"alive\n" and p.returncode == 0
     finally:
         if p.poll() is None:
@@ -144,18 +156,30 @@ def test_a_call_a_filter_would_kill_is_never_sent():
 
 
 def test_a_traced_process_is_left_alone():
+    traced_r, traced_w = os.pipe()   # (the child says it is traced)
+    done_r, done_w = os.pipe()       # (we say the calls are over: it exits)
     pid = os.fork()
     if pid == 0:
+        code = 1
         try:
-            ctypes.CDLL(None).ptrace(0, 0, None, None)   # (PTRACE_TRACEME: we trace it)
-            time.sleep(0.5)
+            os.close(traced_r)
+            os.close(done_w)
+            if ctypes.CDLL(None).ptrace(0, 0, None, None) == 0:   # (PTRACE_TRACEME: we trace it)
+                os.write(traced_w, b"t")
+                os.read(done_r, 1)
+                code = 0
         finally:
-            os._exit(0)
+            os._exit(code)
+    os.close(traced_w)
+    os.close(done_r)
     try:
-        time.sleep(0.2)
+        if os.read(traced_r, 1) != b"t":
+            raise enginecase.SetupError("the child could not make us its tracer (PTRACE_TRACEME)")
         with pytest.raises(inject.InjectError, match="traced by another"):
             inject.calls(pid, [(_GETPID, (), 0)])
     finally:
+        os.close(done_w)
+        os.close(traced_r)
         assert os.waitpid(pid, 0)[1] == 0
 
 

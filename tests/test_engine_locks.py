@@ -21,11 +21,13 @@ LOCKER = """
 import fcntl, struct
 def ofd(fd, kind, start, length):
     fcntl.fcntl(fd, 37, struct.pack("hhqqi4x", kind, 0, start, length, 0))   # F_OFD_SETLK
-def wait_blocked():   # until /proc/locks shows a waiter (a child blocked in a lock wait), at most 10s
-    import time
-    for _ in range(1000):
-        if "->" in open("/proc/locks").read():
-            return
+def wait_blocked(fd):   # until /proc/locks shows a waiter on fd's file (a child blocked in a lock wait)
+    import time   # (that file's lines only: every OFD lock of the machine shows in any pid namespace)
+    st = os.fstat(fd)
+    me = f" {os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino} "
+    deadline = time.monotonic() + 60
+    while not any(line.split()[1] == "->" and me in line for line in open("/proc/locks")):
+        assert time.monotonic() < deadline, "no lock waiter in /proc/locks"
         time.sleep(0.01)
 def ready():   # a child: off the setup's pipe, named as a holder
     import ctypes
@@ -138,7 +140,7 @@ if os.fork() == 0:
     ready()
     g = os.open("/mnt/t/f", os.O_RDWR); fcntl.lockf(g, fcntl.LOCK_EX)
     os._exit(0)
-wait_blocked()
+wait_blocked(f)
 """)
     pid = case.start(setup)
     _refused_unstopped(case, pid, r"process \d+ waits for a POSIX WRITE lock on inode \S+: a blocked lock wait "
@@ -157,7 +159,7 @@ if c == 0:
     ready()
     g = os.open("/mnt/t/f", os.O_RDWR); fcntl.flock(g, fcntl.LOCK_EX)
     os._exit(0)
-wait_blocked()
+wait_blocked(f)
 os.kill(c, signal.SIGSTOP)
 while open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
     time.sleep(0.01)
@@ -173,7 +175,7 @@ while open(f"/proc/{c}/stat").read().rsplit(")", 1)[1].split()[0] != "T":
     assert open(f"/proc/{stopped[0]}/stat").read().rsplit(")", 1)[1].split()[0] == "T", "not left stopped"
 
 
-def _until(cond, timeout: float = 10.0) -> None:
+def _until(cond, timeout: float = 60.0) -> None:
     import time
     deadline = time.monotonic() + timeout
     while not cond():
@@ -434,7 +436,7 @@ if os.fork() == 0:
     g = os.open("/mnt/t/f", os.O_RDWR)
     fcntl.fcntl(g, 38, struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 0, 0))   # F_OFD_SETLKW: blocks
     os._exit(0)
-wait_blocked()
+wait_blocked(f)
 """)
     pid = case.start(setup)
     _refused_unstopped(case, pid, r"process \d+ waits for a lock \(an OFD lock is waited for on inode \S+\): a blocked "

@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from tests.enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from tests.enginecase import STOP_WATCH, CRError, case, py_hold, wait_until, was_stopped  # noqa: F401  (fixture)
 
 # pid 1 (network namespace A) forks a child that unshares namespace B; A makes the veth pair v0/v1
 # into B, addresses on both ends, a route in B; B listens on 10.1.0.2:7000 and fd00::2.
@@ -96,11 +96,8 @@ def outer_netns():
     """A network namespace of the test's own (a sleeping holder, killed at the end): the outer side."""
     p = subprocess.Popen(["unshare", "-n", "sleep", "1000"], stdin=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            if os.stat(f"/proc/{p.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino:
-                break
-            import time
-            time.sleep(0.02)
+        wait_until(lambda: os.stat(f"/proc/{p.pid}/ns/net").st_ino != os.stat("/proc/self/ns/net").st_ino,
+                   "the holder's unshare -n")
         yield p.pid
     finally:
         p.kill()

@@ -33,38 +33,64 @@ def test_pdeathsig_survives_restore(case):
     assert_same(before, take(restored))
 
 
+def _in_sleep(pid: int) -> bool:
+    """Whether `pid` waits in its sleep: state S in clock_nanosleep (230) or nanosleep (35)."""
+    with open(f"/proc/{pid}/stat") as f:
+        state = f.read().rsplit(")", 1)[1].split()[0]
+    with open(f"/proc/{pid}/syscall") as f:
+        return state == "S" and f.read().split()[0] in ("230", "35")
+
+
 @pytest.mark.parametrize("stop", [False, True])
 def test_reading_leaves_the_process_as_it_was(stop):
+    import enginecase
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:
         try:
+            os.close(r)
             kernel.set_pdeathsig(signal.SIGUSR2)
-            time.sleep(1.0)   # (nanosleep: interrupted by the read, made again for what is left)
-            os.write(w, b"s")
+
+            def done(*_):
+                raise InterruptedError
+            signal.signal(signal.SIGUSR1, done)   # (the test ends the sleep once it has seen it made again)
+            try:
+                time.sleep(600)   # (nanosleep: interrupted by the read, made again for what is left)
+            except InterruptedError:
+                os.write(w, b"s")
         finally:
             os._exit(0)
+    os.close(w)   # (the child's end only: its death without "s" reads as EOF)
     try:
-        time.sleep(0.2)
+        enginecase.wait_until(lambda: _in_sleep(pid), "the child's sleep")
         if stop:
             os.kill(pid, signal.SIGSTOP)
             os.waitpid(pid, os.WUNTRACED)
         assert pdeathsig.read(pid) == signal.SIGUSR2
         if stop:
             # (stopped again once let go; nothing comes from it until SIGCONT)
-            for _ in range(500):
+            deadline = time.monotonic() + 60
+            while True:
                 with open(f"/proc/{pid}/stat") as f:
                     if f.read().rsplit(")", 1)[1].split()[0] == "T":
                         break
+                if time.monotonic() > deadline:
+                    pytest.fail("the process did not stop again after the read")
                 time.sleep(0.01)
-            else:
-                pytest.fail("the process did not stop again after the read")
             os.kill(pid, signal.SIGCONT)
+        deadline = time.monotonic() + 60
+        while not _in_sleep(pid):   # (its sleep made again: not ended, not failed)
+            assert time.monotonic() < deadline, "the process did not go back to its sleep after the read"
+            time.sleep(0.01)
+        os.kill(pid, signal.SIGUSR1)
         assert os.read(r, 1) == b"s"
-        assert os.waitpid(pid, 0)[1] == 0
+        status, pid = os.waitpid(pid, 0)[1], 0
+        assert status == 0
     finally:
         os.close(r)
-        os.close(w)
+        if pid:   # (a failure above: the child sleeps on)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
 
 def test_the_image_keeps_it_for_non_roots_only(case):

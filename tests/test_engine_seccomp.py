@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import enginecase
 from engine import imageformat, seccomp
 from enginecase import case  # noqa: F401  (fixture)
 
@@ -34,10 +35,8 @@ def test_read_a_stopped_process_leaves_it_stopped():
     try:
         assert child.stdout.read(1) == b"x"
         os.kill(child.pid, signal.SIGSTOP)
-        for _ in range(100):
-            if open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T":
-                break
-            time.sleep(0.01)
+        enginecase.wait_until(lambda: open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "T",
+                              "the child's stop (SIGSTOP)")
         got = seccomp.read(child.pid)
         assert got == [{"insns": struct.pack("=HBBI", 6, 0, 0, 0x7FFF0000).hex(), "log": False},
                        {"insns": struct.pack("=HBBI", 6, 0, 0, 0x7FFF0001).hex(), "log": True}]

@@ -80,7 +80,7 @@ def test_the_flag_is_read_inside_the_process_and_leaves_nothing_behind():
         os.kill(procs[0].pid, signal.SIGCONT)
         assert [_blocked(p.pid) for p in procs] == masks
         for p in procs:
-            out, _ = p.communicate(b"hello", timeout=10)
+            out, _ = p.communicate(b"hello", timeout=60)
             assert out == b"hello\n" and p.returncode == 0
     finally:
         for p in procs:
@@ -117,7 +117,7 @@ def test_a_filter_that_would_kill_the_call_is_refused_and_the_process_lives():
         with pytest.raises(subreaper.SubreaperError, match="seccomp filters"):
             subreaper.precheck([p.pid, *kids])
         subreaper.precheck(kids)   # (no parent among them: nothing asked)
-        out, _ = p.communicate(b"alive", timeout=10)
+        out, _ = p.communicate(b"alive", timeout=60)
         assert out == b"alive\n" and p.returncode == 0
     finally:
         if p.poll() is None:

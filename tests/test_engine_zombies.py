@@ -27,7 +27,7 @@ def _zombie_children(pid: int) -> list[tuple[str, int, int, int]]:
     return sorted(out)
 
 
-def _wait_zombies(pid: int, n: int, of=None, timeout: float = 10) -> None:
+def _wait_zombies(pid: int, n: int, of=None, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while len(_zombie_children(of or pid)) < n:
         assert time.monotonic() < deadline, f"no {n} zombies under {of or pid}"
@@ -304,10 +304,11 @@ def test_restore_killed_at_any_step_leaves_no_zombie(case, tmp_path):
     its parent's); the one that finishes has the zombie leading its group again."""
     from test_engine_failures import _killed_restore
     from enginecase import host_mountinfo, tree_hash
+    name = f"zf-{os.getpid()}"   # (the zombie's name, this run's only: zombies are looked for machine-wide)
     body = ("r, w = os.pipe()\n"
             "a = os.fork()\n"
             "if a == 0:\n"
-            "    import ctypes; ctypes.CDLL(None).prctl(15, b'zombie-fault', 0, 0, 0)\n"
+            f"    import ctypes; ctypes.CDLL(None).prctl(15, {name.encode()!r}, 0, 0, 0)\n"
             "    os.setpgid(0, 0); os.close(w); os.read(r, 1); os._exit(5)\n"
             "os.setpgid(a, a)\n"   # (here too: b must find the group whoever runs first)
             "b = os.fork()\n"
@@ -335,10 +336,10 @@ def test_restore_killed_at_any_step_leaves_no_zombie(case, tmp_path):
         # (a zombie has no command line naming the image: found by its name; the dumped one went
         # with its tree)
         # (one whose parent just died is reaped by whoever adopts it: give it a moment)
-        deadline = time.monotonic() + 5
-        while _named_zombies("zombie-fault") and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while _named_zombies(name) and time.monotonic() < deadline:
             time.sleep(0.05)
-        problems += [f"step {k}: zombie {p} left behind" for p in _named_zombies("zombie-fault")]
+        problems += [f"step {k}: zombie {p} left behind" for p in _named_zombies(name)]
     with open(pidfile) as f:
         new = int(f.read())
     case.trees.append(new)
@@ -350,8 +351,8 @@ def _named_zombies(comm: str) -> list[int]:
     """The host's zombies named `comm`."""
     out = []
     for p in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{p}/stat") as f:
+        try:   # (any process of the machine: another test's may have a name of undecodable bytes)
+            with open(f"/proc/{p}/stat", errors="surrogateescape") as f:
                 data = f.read()
         except OSError:
             continue
@@ -416,13 +417,16 @@ def test_zombie_init_of_its_own_pid_namespace_killed(case):
     """The init of a pid namespace its parent unshared was SIGKILLed (from the parent's namespace:
     nothing inside can kill an init that has no handler). Restored, its stand-in is init of a new
     pid namespace again, and dies of SIGKILL again."""
-    body = ("import ctypes, signal, time\n"
+    body = ("import ctypes, signal\n"
             "ctypes.CDLL(None).unshare(0x20000000)\n"
+            "r, w = os.pipe()\n"
             "c = os.fork()\n"
             "if c == 0:\n"
             "    ctypes.CDLL(None).prctl(15, b'ns-init-killed', 0, 0, 0)\n"
+            "    os.write(w, b'x')\n"
             "    while True: signal.pause()\n"
-            "time.sleep(0.1); os.kill(c, signal.SIGKILL)\n")
+            # (killed once named: a kill before its prctl left a zombie named python3)
+            "os.read(r, 1); os.close(r); os.close(w); os.kill(c, signal.SIGKILL)\n")
     pid = case.start(py_hold(body))
     _wait_zombies(pid, 1)
     new, doc = _cr(case, pid)

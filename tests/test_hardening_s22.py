@@ -612,7 +612,7 @@ def test_a_filtered_parent_is_trapped_once_before_the_stop(monkeypatch):
         with pytest.raises(subreaper.SubreaperError, match="seccomp filters"):
             subreaper.precheck(pids, got)
         assert seized.count(p.pid) == 1, seized
-        out, _ = p.communicate(b"alive", timeout=10)
+        out, _ = p.communicate(b"alive", timeout=60)
         assert out == b"alive\n" and p.returncode == 0
     finally:
         if p.poll() is None:

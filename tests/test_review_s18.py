@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
 from engine import ctty, image, imageformat
-from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, CRError, case, py_hold, wait_until, was_stopped  # noqa: F401  (fixture)
 from test_engine_ctty import _pty_tree
 
 # A session leader whose terminal is a pty of the host (its master outside the tree: a shell started
@@ -84,7 +83,10 @@ def test_posix_queue_of_an_ipc_namespace_shared_with_a_process_outside(case):
     sender = subprocess.Popen(["nsenter", f"--ipc=/proc/{pid}/ns/ipc", "python3", "-c", _SENDER],
                               stdout=subprocess.PIPE, text=True)
     try:
-        time.sleep(0.5)   # (blocked: the queue holds its one message)
+        def blocked():   # (in mq_timedsend, 242: the queue holds its one message)
+            with open(f"/proc/{sender.pid}/syscall") as f:
+                return f.read().split()[0] == "242"
+        wait_until(blocked, "the sender's blocked send")
         with pytest.raises(CRError, match=r"POSIX message queue /jobs is full and process \d+, outside the tree, "
                                           r"is in its ipc namespace \(it may be waiting to send to it\)"):
             case.dump(pid, case.new_images_dir(), ("--leave-running",))

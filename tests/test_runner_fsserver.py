@@ -24,7 +24,9 @@ _LISTEN = ("python3 -c 'import socket\n"
            "s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
            "s.bind((\"127.0.0.1\", 7999)); s.listen()\n"
            "while True:\n    c, _ = s.accept(); c.sendall(b\"served\\n\"); c.close()' </dev/null >/dev/null 2>&1 &\n"
-           "sleep 0.5\n")
+           # (started once it listens: its socket in LISTEN (0A) in /proc/net/tcp, at most 60 s)
+           "n=0; until grep -q ' 0100007F:1F3F 00000000:0000 0A ' /proc/net/tcp; do\n"
+           "  n=$((n + 1)); [ $n -lt 1200 ] || { echo 'the listener did not listen' >&2; exit 1; }; sleep 0.05; done\n")
 _ASK = "python3 -c 'import socket; print(socket.create_connection((\"127.0.0.1\", 7999)).recv(64).decode().strip())'"
 
 

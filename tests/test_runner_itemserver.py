@@ -99,7 +99,7 @@ def test_a_dead_server_is_noticed_even_as_a_zombie(tmp_path):
         os.mkfifo(rundir / itemserver.REQUESTS)
         os.kill(proc.pid, signal.SIGKILL)
         import time
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.01)
@@ -124,7 +124,11 @@ def test_a_server_dying_during_an_item_ends_the_job_at_once(server, tmp_path):
         while not any(n.startswith("done.") for n in os.listdir(rundir)) or client.poll() is not None:
             assert client.poll() is None and time.monotonic() < deadline, open(tmp_path / "err").read()
             time.sleep(0.05)
-        time.sleep(0.5)  # the request is being served: the child waits on its spec
+        # the request is being served: the server holds the client's done fifo and its child waits on
+        # its spec (a kill before the server opened the fifo left the client waiting for a writer)
+        while not open(f"/proc/{pid}/task/{pid}/children").read().split():
+            assert client.poll() is None and time.monotonic() < deadline, open(tmp_path / "err").read()
+            time.sleep(0.05)
         assert client.poll() is None
         os.kill(pid, signal.SIGKILL)
         assert client.wait(timeout=20) == 125

@@ -194,7 +194,7 @@ def test_leftover_processes_of_the_session_are_named():
     plain = _spawn(["sleep", "60"], session)                                  # not ours to judge
     foreign = _spawn(["sleep", "60"], other, argv0=leakguard.HOLDER_ARGV0)    # another session's holder
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while True:  # until bash has exec'd and the environ/cmdline are the final ones
             found = leakguard.leftover_processes(session)
             if len(found) >= 2 or time.monotonic() > deadline:
@@ -256,9 +256,9 @@ def test_leaves_a_holder():
     open({str(pidfile)!r}, "w").write(str(p.pid))
     # a holder is a holder once bash has exec'd it (else the session may end first and see only bash)
     import time
-    for _ in range(500):
-        if open(f"/proc/{{p.pid}}/cmdline", "rb").read().startswith({leakguard.HOLDER_ARGV0.encode()!r}):
-            break
+    deadline = time.monotonic() + 60
+    while not open(f"/proc/{{p.pid}}/cmdline", "rb").read().startswith({leakguard.HOLDER_ARGV0.encode()!r}):
+        assert time.monotonic() < deadline, "bash did not exec the holder"
         time.sleep(0.01)
 ''')
     try:
@@ -340,9 +340,9 @@ def _foreign_program(tmp_path):
                               stdin=subprocess.DEVNULL)
     foreign = None
     try:
-        for _ in range(200):  # until unshare has exec'd sleep in the new namespace
-            if os.readlink(f"/proc/{holder.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt"):
-                break
+        deadline = time.monotonic() + 60   # until unshare has exec'd sleep in the new namespace
+        while os.readlink(f"/proc/{holder.pid}/ns/mnt") == os.readlink("/proc/self/ns/mnt"):
+            assert time.monotonic() < deadline, "unshare -m did not make its namespace"
             time.sleep(0.05)
         foreign = subprocess.Popen(["nsenter", "-t", str(holder.pid), "-m", "sh", "-ec",
                                     FOREIGN.format(flags=flags, work=work)],

@@ -113,6 +113,13 @@ _LATE_WRITER = """
 import os, signal, sys, time
 r, w = os.pipe()
 if os.fork() == 0:
+    os.set_blocking(0, False)
+    while True:                   # busy from before "ready" until the test says go (a byte on stdin),
+        try:                      # then for argv[1] seconds: the test saw the pipe empty meanwhile
+            if os.read(0, 1):
+                break
+        except BlockingIOError:
+            pass
     end = time.monotonic() + float(sys.argv[1])
     while time.monotonic() < end:
         pass                      # still busy when the parent says it is ready
@@ -144,19 +151,23 @@ def test_settle_waits_for_a_tree_still_busy_after_ready(busy):
     import sys
     import time
     p = subprocess.Popen([sys.executable, "-c", _LATE_WRITER, busy],
-                         stdout=subprocess.PIPE, text=True)
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline() == "ready\n"
         assert _pipe_bytes(p.pid) == 0
+        p.stdin.write("g")
+        p.stdin.flush()
         start = time.monotonic()
-        settled = snapshot.settle(p.pid, timeout=2.0)
         if busy == "1e9":
+            settled = snapshot.settle(p.pid, timeout=2.0)
             assert not settled and time.monotonic() - start >= 2.0
-        else:
+        else:   # (a generous bound: on a loaded machine the child may wait long for a CPU)
+            settled = snapshot.settle(p.pid, timeout=60.0)
             assert settled and _pipe_bytes(p.pid) == 4
     finally:
         snapshot.kill_tree(p.pid)
         p.wait()
+        p.stdin.close()
         p.stdout.close()
 
 

@@ -35,9 +35,10 @@ exec {HOLD_ARGV0} infinity
 # Shell helpers for both setup and check scripts (fstests' common/filter): one
 # spelling of the filters that keep check output comparable.
 HELPERS = r"""# zdtm_wait FILE [SECONDS]: wait until FILE exists (e.g. a background process in a
-# nested namespace says it has finished its mounts).
+# nested namespace says it has finished its mounts); default 30 s, which a loaded CI machine needs
+# (a failed wait fails the setup: the limit only bounds how long a broken setup takes to say so).
 zdtm_wait() {
-    _n=$(( ${2:-10} * 20 ))
+    _n=$(( ${2:-30} * 20 ))
     while [ ! -e "$1" ]; do
         _n=$((_n - 1)); [ "$_n" -gt 0 ] || { echo "zdtm_wait: $1 did not appear" >&2; return 1; }
         sleep 0.05
@@ -47,7 +48,7 @@ zdtm_wait() {
 # has exec'd zdtm-hold), so that whatever its script did after its ready file (a remount, a lazy
 # umount, a chdir) is done before the runner looks.
 zdtm_held() {
-    _n=200
+    _n=600
     while [ "$(cat /proc/$1/comm 2>/dev/null)" != "${2:-HOLD_COMM}" ]; do
         _n=$((_n - 1)); [ "$_n" -gt 0 ] || { echo "zdtm_held: process $1 did not exec ${2:-the holder}" >&2; return 1; }
         sleep 0.05

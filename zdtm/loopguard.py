@@ -103,8 +103,14 @@ class Guard:
         minors, names = held(self.proc)
         return [lp for lp in new if lp.minor not in minors and lp.name not in names]
 
-    def leaked(self, grace: float = 3.0) -> list[Loop]:
-        """Loop devices bound since creation that stayed unheld (see the module doc) for `grace` s."""
+    def leaked(self, grace: float | None = None) -> list[Loop]:
+        """Loop devices bound since creation that stayed unheld (see the module doc) for `grace` s.
+
+        By default 30 s: the kernel clears an autoclear device in a work item after its last close,
+        late on a loaded machine, and a device another job just let go is seen here too (a leak
+        stays); 3 s on a made-up /sys/block (no kernel work to wait for)."""
+        if grace is None:
+            grace = 30.0 if self.sysblock == "/sys/block" else 3.0
         deadline = time.monotonic() + grace
         suspects = self._suspects()
         while suspects and time.monotonic() < deadline:

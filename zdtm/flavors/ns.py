@@ -64,8 +64,10 @@ _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
 _DEV_NODES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9),
               ("tty", 5, 0))
 # After the holder is ready, the setup pipe must close this fast (else a
-# process started by setup still has it as stdout/stderr).
-_PIPE_GRACE = 3.0
+# process started by setup still has it as stdout/stderr). Generous: a background
+# process forked just before the holder's exec may wait seconds for a CPU on a
+# loaded machine before its redirections close its copy.
+_PIPE_GRACE = 15.0
 SETUP_FAILED = 125
 
 
