@@ -789,6 +789,41 @@ def mutate(doc: dict, muts, surface) -> None:
         note(f"{action} {path!r} <- {value!r}")
 
 
+def at(doc, path: tuple):
+    """The node at `path` (keys and indexes) in manifest `doc`."""
+    node = doc
+    for k in path:
+        node = node[k]
+    return node
+
+
+def mutate_in_range(doc: dict, changes, surface, value, kinds=(int, str, bool)) -> None:
+    """Apply hypothesis `changes` ([(choice, number, payload, near)]) to manifest `doc` in place:
+    each picks a place among `surface(doc)` that holds a value of a type in `kinds` and sets it to
+    `value(old, number, payload, near)` (one of the old value's own type: near it, or any). The
+    hardening fuzzers' way of changing an image so that more of them pass the validator."""
+    from hypothesis import note
+    for choice, number, payload, near in changes:
+        places = [p for p in surface(doc) if type(at(doc, p)) in kinds]
+        if not places:
+            break
+        path = places[choice % len(places)]
+        parent = at(doc, path[:-1])
+        old = parent[path[-1]]
+        parent[path[-1]] = value(old, number, payload, near)
+        note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+
+
+def near_or_text(old, number: int, text: str, near: bool):
+    """`mutate_in_range`'s value of sessions 22 and 23: a flag flipped, a number moved by one or
+    any, a text of the fuzzer's list."""
+    if type(old) is bool:
+        return not old
+    if type(old) is int:
+        return old + number % 3 - 1 if near else number
+    return text
+
+
 def private_dirty(pid: int, addr: int) -> str:
     """Private_Dirty (kB, as /proc/PID/smaps says it) of the mapping of `pid` that holds `addr`;
     "none" when no mapping does."""

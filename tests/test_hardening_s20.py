@@ -20,7 +20,7 @@ import struct
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import enginecase
@@ -523,27 +523,10 @@ def test_fuzz_session_19_values_in_range(image_dir, changes):
     """As above with values of the field's own type (near its old one, or any, a string of random
     bytes in base64 or as they are), so that more images pass the validator and reach what restore
     makes of them: sequence numbers, windows, queues, offsets, priorities, sysctls."""
-    import base64
     with tempfile.TemporaryDirectory(prefix="mntcr-s20-") as tmp:
         work, doc = _fuzz_base(image_dir, tmp)
-        for choice, number, raw, near in changes:
-            places = [p for p in _surface(doc) if type(_at(doc, p)) in (int, str)]
-            path = places[choice % len(places)]
-            parent = _at(doc, path[:-1])
-            old = parent[path[-1]]
-            if type(old) is int:
-                parent[path[-1]] = old + number % 3 if near else number
-            else:
-                parent[path[-1]] = base64.b64encode(raw).decode() if near else raw.decode("latin-1")
-            note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+        enginecase.mutate_in_range(doc, changes, _surface, _in_range, kinds=(int, str))
         _outcome_no_host_change(work, doc, tmp)
-
-
-def _at(doc, path: tuple):
-    node = doc
-    for k in path:
-        node = node[k]
-    return node
 
 
 # --- found on the way: a long IPv6 datagram (engine/fds/inet_raw.py) ------------------------------
@@ -604,3 +587,11 @@ def test_silent_child_is_killed_with_the_failed_restore(image_dir, tmp_path, roo
     from killing them)."""
     refused(_mutated(image_dir, tmp_path, lambda d: _with_a_child(d, root_denies_kill)),
             r"process \d+: it did not tell how its last steps went in 60 s", tmp_path, timeout=100)
+
+
+def _in_range(old, number: int, raw: bytes, near: bool):
+    """A number (moved up by up to two, or any), bytes in base64 or as they are."""
+    import base64
+    if type(old) is int:
+        return old + number % 3 if near else number
+    return base64.b64encode(raw).decode() if near else raw.decode("latin-1")

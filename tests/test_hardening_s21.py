@@ -23,7 +23,7 @@ import tempfile
 import time
 
 import pytest
-from hypothesis import HealthCheck, event, example, given, note, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 import enginecase
@@ -709,26 +709,8 @@ def test_fuzz_session_20_values_in_range(image_dir, changes):
     restore makes of them: masks, signals, names, empty roots' modes and owners, qbytes."""
     with tempfile.TemporaryDirectory(prefix="mntcr-s21-") as tmp:
         work, doc = _fuzz_base(image_dir, tmp)
-        for choice, number, raw, near in changes:
-            places = [p for p in _surface(doc) if type(_at(doc, p)) in (int, str, bool)]
-            path = places[choice % len(places)]
-            parent = _at(doc, path[:-1])
-            old = parent[path[-1]]
-            if type(old) is bool:
-                parent[path[-1]] = not old if near else number % 2 == 0
-            elif type(old) is int:
-                parent[path[-1]] = old + number % 3 if near else number
-            else:
-                parent[path[-1]] = raw.decode("utf-8", "surrogateescape") if near else raw.decode("latin-1")
-            note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+        enginecase.mutate_in_range(doc, changes, _surface, _in_range)
         _outcome_host_unchanged(work, doc, tmp)
-
-
-def _at(doc, path: tuple):
-    node = doc
-    for k in path:
-        node = node[k]
-    return node
 
 
 # --- fuzz: the seccomp evaluator against the kernel (engine/seccomp_eval.py) ----------------------
@@ -860,3 +842,12 @@ def test_qbytes_past_the_hosts_msgmnb_stays_in_the_trees_namespace(image_dir, tm
     finally:
         _kill(pid)
     assert [open(f).read() for f in limits] == ours
+
+
+def _in_range(old, number: int, raw: bytes, near: bool):
+    """A flag (flipped or any), a number (moved up by up to two, or any), bytes as text or as surrogates."""
+    if type(old) is bool:
+        return not old if near else number % 2 == 0
+    if type(old) is int:
+        return old + number % 3 if near else number
+    return raw.decode("utf-8", "surrogateescape") if near else raw.decode("latin-1")

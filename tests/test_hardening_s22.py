@@ -423,13 +423,6 @@ def test_fuzz_session_21_fields(image_dir, muts):
         _outcome_host_unchanged(work, doc, tmp)
 
 
-def _at(doc, path: tuple):
-    node = doc
-    for k in path:
-        node = node[k]
-    return node
-
-
 @settings(max_examples=_EXAMPLES or 10, deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(changes=st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(-(1 << 33), 1 << 33),
@@ -443,20 +436,7 @@ def test_fuzz_session_21_values_in_range(image_dir, changes):
     with tempfile.TemporaryDirectory(prefix="mntcr-s22-") as tmp:
         work = enginecase.copy_image(image_dir, tmp)
         doc = load_manifest(work)
-        for choice, number, text, near in changes:
-            places = [p for p in _surface(doc) if type(_at(doc, p)) in (int, str, bool)]
-            if not places:
-                break
-            path = places[choice % len(places)]
-            parent = _at(doc, path[:-1])
-            old = parent[path[-1]]
-            if type(old) is bool:
-                parent[path[-1]] = not old
-            elif type(old) is int:
-                parent[path[-1]] = old + number % 3 - 1 if near else number
-            else:
-                parent[path[-1]] = text
-            note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+        enginecase.mutate_in_range(doc, changes, _surface, enginecase.near_or_text)
         if "netvars" in doc and doc["netvars"] and not changes[0][3]:
             # (a name of the netvars renamed now and then: names are keys, not values)
             ns = sorted(doc["netvars"])[changes[0][0] % len(doc["netvars"])]

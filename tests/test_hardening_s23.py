@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 
 import pytest
-from hypothesis import HealthCheck, Phase, event, given, note, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 import enginecase
@@ -363,13 +363,6 @@ def test_fuzz_session_22_fields(image_dir, outer_netns, muts):
     _fuzz_outcome(image_dir, outer_netns, lambda doc: enginecase.mutate(doc, muts, _surface))
 
 
-def _at(doc, path: tuple):
-    node = doc
-    for k in path:
-        node = node[k]
-    return node
-
-
 _TEXTS = ["lo", "d0", "vo9", "br0", "..", "all", "10.2.0.1", "127.0.0.1", "::1", "0.0.0.0", "255.255.255.255",
           "224.0.0.1", "fe80::1", "ff02::1", "veth", "bridge", "dummy", "k0", "AAAA", "CAAAAAAAAAA="]
 
@@ -383,20 +376,7 @@ def test_fuzz_session_22_values_in_range(image_dir, outer_netns, changes):
     address), so that more images pass the validator and reach what restore makes of them: links,
     indexes, addresses, routes and tables, socket addresses, options, filters, packets."""
     def edit(doc):
-        for choice, number, text, near in changes:
-            places = [p for p in _surface(doc) if type(_at(doc, p)) in (int, str, bool)]
-            if not places:
-                break
-            path = places[choice % len(places)]
-            parent = _at(doc, path[:-1])
-            old = parent[path[-1]]
-            if type(old) is bool:
-                parent[path[-1]] = not old
-            elif type(old) is int:
-                parent[path[-1]] = old + number % 3 - 1 if near else number
-            else:
-                parent[path[-1]] = text
-            note(f"{path!r}: {old!r} -> {parent[path[-1]]!r}")
+        enginecase.mutate_in_range(doc, changes, _surface, enginecase.near_or_text)
     _fuzz_outcome(image_dir, outer_netns, edit)
 
 
