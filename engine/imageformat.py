@@ -1784,11 +1784,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
         earlier.add(p["pid"])
     if "sysvipc" in doc:
         _check_sysvipc(doc)
-    if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc:
-        _check_netvars(doc)
-    if any(f.get("kind") == "tun" and "dev" in f for p in doc["processes"] for f in p["fds"]):
-        from engine import tundev
-        tundev.check_attached(doc, _net_made(doc), _fail)
+    _check_net(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
@@ -1835,6 +1831,16 @@ def _check_sysvipc(doc: dict) -> None:
     from engine import sysvipc
     host = {p["ns"]["ipc"] for p in doc["processes"] if "ipc" in (p.get("host_ns") or ())}
     sysvipc.check(doc["sysvipc"], {p["ns"]["ipc"] for p in doc["processes"]} - host, _fail)
+
+
+def _check_net(doc: dict) -> None:
+    """The network namespaces' sysctls and devices (`_check_netvars`), the tun fds attached to those
+    devices (engine/tundev.py)."""
+    if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc:
+        _check_netvars(doc)
+    if any(f.get("kind") == "tun" and "dev" in f for p in doc["processes"] for f in p["fds"]):
+        from engine import tundev
+        tundev.check_attached(doc, _net_made(doc), _fail)
 
 
 def _net_made(doc: dict) -> set[str]:
