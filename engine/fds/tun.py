@@ -13,7 +13,9 @@ device's namespace, opens it anew there (a tun fd finds its device in the namesp
 in; the process holding it may be in another, as slirp4netns is), attaches it with the flags the
 restored device has, detaches the queue when it was, sets the vnet header size and send buffer,
 and drops the device's persistence when it had none (engine/tundev.py made it persistent).
-The frames waiting in the queue are not kept: the restored queue starts empty (IMAGE.md).
+The frames waiting in the queue are not kept: the restored queue starts empty (IMAGE.md); nor is
+the fd's position (the bytes read(2) and write(2) moved, which the device never looks at, and which
+llseek cannot set).
 """
 
 from __future__ import annotations
