@@ -94,6 +94,7 @@ def _links(fresh: set[str], tree_fds: list[int]) -> tuple[list[dict], dict[int, 
                 link["tun"] = tundev.info_of(rtnl.attrs(info.get(rtnl.IFLA_INFO_DATA, b"")), name)
             except ValueError as e:
                 raise NetlinkError(errno.EOPNOTSUPP, str(e)) from None
+            link["tun"]["ifflags"] = flags & tundev.IFFLAGS   # (slirp4netns turns multicast off)
         if kind == "veth":
             nsid = a.get(rtnl.IFLA_LINK_NETNSID)
             where = None   # (no netns id: the peer is in this namespace)

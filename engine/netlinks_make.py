@@ -91,6 +91,8 @@ def _make_tun(lk: dict) -> None:
     tundev.make(lk)
     body = _ifinfo(socket.if_nametoindex(lk["name"]), lk["name"], lk["mtu"], lk.get("mac"))
     rtnl.request(rtnl.RTM_SETLINK, body, f"interface {lk['name']}")
+    if "ifflags" in lk["tun"]:
+        _set_link(lk["name"], lk["tun"]["ifflags"], tundev.IFFLAGS)
 
 
 def _links_in(fd: int, todo: list[tuple[dict, tuple | None]]) -> None:

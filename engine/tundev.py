@@ -4,7 +4,7 @@ makes it again (engine/netlinks_make.py); engine/fds/tun.py keeps the fds attach
 
 Kept, read by rtnetlink (IFLA_LINKINFO's IFLA_TUN_* attributes, Linux >= 4.15): its type (tun or
 tap), packet information (IFF_NO_PI off), IFF_VNET_HDR, IFF_MULTI_QUEUE, persistence and owner and
-group (the dumper's ids; absent: none), besides what every kept link has (name, ifindex, MTU, MAC
+group (the dumper's ids; absent: none), its IFF_NOARP and IFF_MULTICAST flags ("ifflags"), besides what every kept link has (name, ifindex, MTU, MAC
 address, up, addresses, routes). The device's default queueing discipline is the one a restored
 device gets too.
 
@@ -39,7 +39,8 @@ TUNGETVNETHDRSZ, TUNSETVNETHDRSZ, TUNSETQUEUE, TUNSETIFINDEX = 0x800454D7, 0x400
 TUNGETFILTER, TUNGETDEVNETNS = 0x801054DB, 0x54E3
 # IFLA_TUN_* (linux/if_link.h)
 _OWNER, _GROUP, _TYPE, _PI, _VNET_HDR, _PERSIST, _MULTI_QUEUE = 1, 2, 3, 4, 5, 6, 7
-_KEYS = {"type", "pi", "vnet_hdr", "multi_queue", "persist", "owner", "group"}
+_KEYS = {"type", "pi", "vnet_hdr", "multi_queue", "persist", "owner", "group", "ifflags"}
+IFFLAGS = 0x80 | 0x1000   # the device's IFF_NOARP and IFF_MULTICAST, kept ("ifflags"; a program may change them)
 MAX_ID = 2**32 - 2   # (-1 is "none": the key is absent then)
 
 
@@ -67,9 +68,10 @@ def check(rec, what: str, fail) -> None:
     """The validator's rule for a link's "tun" record: its keys, a type, booleans, ids in range."""
     if type(rec) is not dict or set(rec) - _KEYS or rec.get("type") not in ("tun", "tap") \
             or any(type(rec.get(k)) is not bool for k in ("pi", "vnet_hdr", "multi_queue", "persist")) \
-            or any(k in rec and (type(rec[k]) is not int or not 0 <= rec[k] <= MAX_ID) for k in ("owner", "group")):
+            or any(k in rec and (type(rec[k]) is not int or not 0 <= rec[k] <= MAX_ID) for k in ("owner", "group")) \
+            or "ifflags" in rec and (type(rec["ifflags"]) is not int or rec["ifflags"] & ~IFFLAGS or rec["ifflags"] < 0):
         fail(f"{what}: its tun record must be {{type tun or tap, pi, vnet_hdr, multi_queue, persist: true or false, "
-             "owner, group: ids}")
+             f"owner, group: ids, ifflags: of {IFFLAGS:#x}}}")
 
 
 def flags_of(rec: dict) -> int:

@@ -8,9 +8,9 @@ engine/tundev.py), whether the queue is detached (IFF_DETACH_QUEUE), the device'
 header size and send buffer. Refused: a device of a namespace outside the tree or of the dumper's, a
 socket filter on a tap queue (TUNATTACHFILTER: the program is in the process's memory), IFF_NAPI.
 
-Restore opens the node again on its mount (like a file), then, in a child joined to the restored
-device's namespace, opens it anew there (a tun fd finds its device in the namespace it was opened
-in; the process holding it may be in another, as slirp4netns is), attaches it with the flags the
+Restore opens the node again on its mount (like a file), in a child joined to the restored device's
+namespace (a tun fd finds its device in the namespace it was opened in; the process holding it may
+be in another, as slirp4netns is), attaches it with the flags the
 restored device has, detaches the queue when it was, sets the vnet header size and send buffer,
 and drops the device's persistence when it had none (engine/tundev.py made it persistent).
 The frames waiting in the queue are not kept: the restored queue starts empty (IMAGE.md); nor is
@@ -100,21 +100,34 @@ def _precheck(d) -> None:
     _read(d)
 
 
-def _attach_in(netfd: int, base: int, proc: int, e: dict, sock: int) -> None:
-    """In a child: join the restored device's namespace, open the tun node anew there (our fd `base`
-    on it, reopened through /proc `proc`), attach it as entry `e` says, send it back on `sock`."""
+def _attach_in(netfd: int, r: RestoreFd, flags: int, sock: int) -> None:
+    """In a child: join the restored device's namespace, open the tun node there (on its restored
+    mount, r.open_at: a tun fd belongs to the namespace it was opened in), attach it as the entry
+    says, send it back on `sock`."""
     from engine import kernel, rtnl
-    kernel.setns(netfd, kernel.CLONE_NEWNET)
-    rec = _restored_record(e["dev"], rtnl)
-    fd = os.open(f"self/fd/{base}", os.O_RDWR | os.O_CLOEXEC, dir_fd=proc) if proc >= 0 \
-        else os.open(f"/proc/self/fd/{base}", os.O_RDWR | os.O_CLOEXEC)
-    fcntl.ioctl(fd, tundev.TUNSETIFF, tundev.ifreq(e["dev"], tundev.flags_of(rec)))
-    if e["detached_queue"]:
-        fcntl.ioctl(fd, tundev.TUNSETQUEUE, tundev.ifreq("", tundev.IFF_DETACH_QUEUE))
-    fcntl.ioctl(fd, tundev.TUNSETVNETHDRSZ, struct.pack("=i", e["vnet_hdr_sz"]))
-    fcntl.ioctl(fd, tundev.TUNSETSNDBUF, struct.pack("=i", e["sndbuf"]))
-    if not e["persist"]:
-        fcntl.ioctl(fd, tundev.TUNSETPERSIST, 0)   # (this fd holds the device now)
+    e = r.entry
+    step = "joining its network namespace"
+    try:
+        kernel.setns(netfd, kernel.CLONE_NEWNET)
+        step = "finding it"
+        rec = _restored_record(e["dev"], rtnl)
+        step = f"opening {e['path']}"
+        fd = r.open_at(e["mnt"], e["path"], flags)
+        st = os.fstat(fd)   # (no tun ioctl on another device an image names)
+        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (tundev.TUN_MAJOR,
+                                                                                            tundev.TUN_MINOR):
+            raise OSError(errno.EINVAL, "not the tun device (10:200)")
+        step = "attaching (TUNSETIFF)"
+        fcntl.ioctl(fd, tundev.TUNSETIFF, tundev.ifreq(e["dev"], tundev.flags_of(rec)))
+        step = "its queue, vnet header size, send buffer, persistence"
+        if e["detached_queue"]:
+            fcntl.ioctl(fd, tundev.TUNSETQUEUE, tundev.ifreq("", tundev.IFF_DETACH_QUEUE))
+        fcntl.ioctl(fd, tundev.TUNSETVNETHDRSZ, struct.pack("=i", e["vnet_hdr_sz"]))
+        fcntl.ioctl(fd, tundev.TUNSETSNDBUF, struct.pack("=i", e["sndbuf"]))
+        if not e["persist"]:
+            fcntl.ioctl(fd, tundev.TUNSETPERSIST, 0)   # (this fd holds the device now)
+    except OSError as err:
+        raise OSError(err.errno, f"{step}: {err.strerror or err}") from None
     s = socket.socket(fileno=os.dup(sock))
     try:
         socket.send_fds(s, [b"t"], [fd])
@@ -136,22 +149,19 @@ def _restored_record(dev: str, rtnl) -> dict:
 
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    flags = e["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC)
-    base = r.open_at(e["mnt"], e["path"], flags)
+    flags = e["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC) | os.O_CLOEXEC
     if "dev" not in e:
-        return base
+        return r.open_at(e["mnt"], e["path"], flags)
     from engine import forkrun
     try:
-        st = os.fstat(base)
-        if not stat.S_ISCHR(st.st_mode) or (os.major(st.st_rdev), os.minor(st.st_rdev)) != (tundev.TUN_MAJOR, tundev.TUN_MINOR):
-            raise FdError(errno.EINVAL, f"{r.where}: {e['path']} is not the tun device (10:200)")
         netfd = r.ns_fd(e["net"]) if r.ns_fd is not None else None
         # (never the restorer's own namespace: a device of the host's is not the image's to attach to)
-        if netfd is None or os.fstat(netfd).st_ino == os.stat("/proc/self/ns/net").st_ino:
+        own = os.stat("self/ns/net", dir_fd=r.proc) if r.proc >= 0 else os.stat("/proc/self/ns/net")
+        if netfd is None or os.fstat(netfd).st_ino == own.st_ino:
             raise FdError(errno.EINVAL, f"{r.where}: network namespace {e['net']} is not one this restore made")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
-            forkrun.run(_attach_in, netfd, base, r.proc, e, theirs.fileno())
+            forkrun.run(_attach_in, netfd, r, flags, theirs.fileno())
             _, fds, _, _ = socket.recv_fds(ours, 1, 1)
         finally:
             ours.close()
@@ -159,11 +169,8 @@ def _open(r: RestoreFd) -> int:
     except (OSError, forkrun.ChildError) as err:
         raise FdError(getattr(err, "errno", None) or errno.EIO,
                       f"{r.where}: tun device {e['dev']}: {getattr(err, 'strerror', None) or err}") from None
-    finally:
-        os.close(base)
     if len(fds) != 1:
         raise FdError(errno.EIO, f"{r.where}: the helper attaching tun device {e['dev']} sent no fd")
-    os.set_blocking(fds[0], not e["flags"] & os.O_NONBLOCK)
     return fds[0]
 
 
