@@ -211,3 +211,49 @@ def test_tun_image_checked(case):
     doc["processes"][0]["host_ns"] = sorted(set(doc["processes"][0].get("host_ns", [])) | {"net"})
     with pytest.raises(image.ImageError, match="network namespace"):
         imageformat.validate(doc)
+
+
+def _host_links() -> list[tuple[int, str, int]]:
+    """(ifindex, name, flags) of our network namespace's links."""
+    from engine import rtnl
+    return sorted((rtnl.IFINFO.unpack_from(m)[2], rtnl.text(rtnl.attrs(m, rtnl.IFINFO.size)[rtnl.IFLA_IFNAME]),
+                   rtnl.IFINFO.unpack_from(m)[3])
+                  for _t, m in rtnl.dump(rtnl.RTM_GETLINK, rtnl.IFINFO.pack(socket.AF_UNSPEC, 0, 0, 0, 0)))
+
+
+def test_tun_name_and_index_of_a_host_device(case):
+    """An image whose tap has the name and ifindex of a device of the restorer's network namespace
+    (the host's): the tap is made in the restored namespace only (under that name, at another index
+    when the restored namespace has that one taken), the fd attached to it; the host's devices are
+    untouched."""
+    from engine import forkrun
+    host = [lk for lk in _host_links() if lk[1] != "lo"]
+    if not host:
+        pytest.skip("the host's network namespace has no device but lo to collide with")
+    index, name, _flags = host[0]
+    pid = case.start(_in_netns(TREE))
+    img = case.new_images_dir()
+    case.dump(pid, img)
+    doc = load_manifest(img)
+    links = next(iter(doc["netdevs"].values()))["links"]
+    for other in links:   # (the image's other devices out of the way: one index each)
+        if other["index"] == index:
+            other["index"] = 90
+    lk = next(lk for lk in links if lk["name"] == "tap0")
+    lk.update(name=name, index=index)
+    for f in (f for p in doc["processes"] for f in p["fds"] if f.get("dev") == "tap0"):
+        f["dev"] = name
+    for a in next(iter(doc["netdevs"].values()))["addrs"] + next(iter(doc["netdevs"].values()))["routes"]:
+        if a.get("dev") == "tap0":
+            a["dev"] = name
+    from tests.enginecase import save_manifest
+    save_manifest(img, doc)
+    before = _host_links()
+    restored = case.restore(img)
+    assert _host_links() == before
+    assert name in forkrun.run(_tun_records, restored)
+    got = grab_fd(restored, 10)
+    try:
+        assert struct.unpack_from("16s", fcntl.ioctl(got, 0x800454D2, bytes(40)))[0].rstrip(b"\0") == name.encode()
+    finally:
+        os.close(got)
