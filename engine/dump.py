@@ -966,6 +966,9 @@ def _collect_processes(d: _Dump) -> None:
         d.net_lo_up |= up   # (a lone namespace's, one only a bind keeps, are in already)
     except netdevs.NetdevError as e:
         raise DumpError(e.errno, e.strerror) from None
+    outside = netdevs.tun_held_outside(d.netdevs, d.procs_doc)
+    if outside is not None:
+        raise DumpError(errno.EOPNOTSUPP, outside)
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file

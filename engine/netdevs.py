@@ -84,6 +84,15 @@ def collect(nets: dict[str, int], ext_veths: dict[str, str]) -> tuple[dict[str, 
             os.close(fd)
 
 
+def tun_held_outside(kept: dict[str, dict], procs: list[dict]) -> str | None:
+    """Why dump refuses a tun device of `kept` (collect's) some of whose fds the tree's processes
+    `procs` do not hold (engine/tundev.py held_outside), or None."""
+    if not any(lk["kind"] == "tun" for rec in kept.values() for lk in rec.get("links", ())):
+        return None
+    from engine import tundev
+    return tundev.held_outside(kept, procs)
+
+
 def precheck(pids: list[int], ext_veths: dict[str, str] | None = None) -> None:
     """Before the stop: refuse (NetdevError, one line) a network namespace of `pids` (not the
     dumper's) restore would not give back as it is (`collect`)."""

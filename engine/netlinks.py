@@ -91,7 +91,8 @@ def _links(fresh: set[str], tree_fds: list[int]) -> tuple[list[dict], dict[int, 
                                                      "does not make: not supported")
         if kind == "tun":
             try:
-                link["tun"] = tundev.info_of(rtnl.attrs(info.get(rtnl.IFLA_INFO_DATA, b"")), name)
+                link["tun"] = tundev.info_of(rtnl.attrs(info.get(rtnl.IFLA_INFO_DATA, b"")), name,
+                                             bool((a.get(tundev.IFLA_CARRIER) or b"\0")[0]))
             except ValueError as e:
                 raise NetlinkError(errno.EOPNOTSUPP, str(e)) from None
             link["tun"]["ifflags"] = flags & tundev.IFFLAGS   # (slirp4netns turns multicast off)

@@ -32,21 +32,23 @@ DEV = "/dev/net/tun"
 TUN_MAJOR, TUN_MINOR = 10, 200
 IFF_TUN, IFF_TAP, IFF_NAPI, IFF_NAPI_FRAGS = 0x1, 0x2, 0x10, 0x20
 IFF_MULTI_QUEUE, IFF_ATTACH_QUEUE, IFF_DETACH_QUEUE, IFF_PERSIST = 0x100, 0x200, 0x400, 0x800
-IFF_NO_PI, IFF_VNET_HDR = 0x1000, 0x4000   # (IFF_NOFILTER, TUNGETIFF's, is 0x1000 too)
+IFF_NO_PI, IFF_VNET_HDR = 0x1000, 0x4000
+IFLA_CARRIER = 33   # (IFF_NOFILTER, TUNGETIFF's, is 0x1000 too)
 TUNSETIFF, TUNSETPERSIST, TUNSETOWNER, TUNSETGROUP = 0x400454CA, 0x400454CB, 0x400454CC, 0x400454CE
 TUNGETIFF, TUNGETSNDBUF, TUNSETSNDBUF = 0x800454D2, 0x800454D3, 0x400454D4
 TUNGETVNETHDRSZ, TUNSETVNETHDRSZ, TUNSETQUEUE, TUNSETIFINDEX = 0x800454D7, 0x400454D8, 0x400454D9, 0x400454DA
 TUNGETFILTER, TUNGETDEVNETNS = 0x801054DB, 0x54E3
 # IFLA_TUN_* (linux/if_link.h)
-_OWNER, _GROUP, _TYPE, _PI, _VNET_HDR, _PERSIST, _MULTI_QUEUE = 1, 2, 3, 4, 5, 6, 7
-_KEYS = {"type", "pi", "vnet_hdr", "multi_queue", "persist", "owner", "group", "ifflags"}
+_OWNER, _GROUP, _TYPE, _PI, _VNET_HDR, _PERSIST, _MULTI_QUEUE, _NUM_QUEUES, _NUM_DISABLED = 1, 2, 3, 4, 5, 6, 7, 8, 9
+_KEYS = {"type", "pi", "vnet_hdr", "multi_queue", "persist", "owner", "group", "ifflags", "queues"}
 IFFLAGS = 0x80 | 0x1000   # the device's IFF_NOARP and IFF_MULTICAST, kept ("ifflags"; a program may change them)
 MAX_ID = 2**32 - 2   # (-1 is "none": the key is absent then)
 
 
-def info_of(data: dict[int, bytes], name: str) -> dict:
+def info_of(data: dict[int, bytes], name: str, carrier: bool | None = None) -> dict:
     """The "tun" record of link `name` from its IFLA_INFO_DATA attributes ({IFLA_TUN_*: payload});
-    ValueError (a line) when the kernel does not tell them."""
+    ValueError (a line) when the kernel does not tell them. With `carrier` (IFLA_CARRIER: a
+    single-queue device has it while an fd is attached), its "queues" too."""
     if _TYPE not in data:
         raise ValueError(f"interface {name} is a tun device whose flags rtnetlink does not tell (Linux < 4.15): "
                          "not supported")
@@ -56,6 +58,11 @@ def info_of(data: dict[int, bytes], name: str) -> dict:
     out = {"type": "tun" if typ == IFF_TUN else "tap"}
     for key, t in (("pi", _PI), ("vnet_hdr", _VNET_HDR), ("multi_queue", _MULTI_QUEUE), ("persist", _PERSIST)):
         out[key] = bool((data.get(t) or b"\0")[0])
+    # its fds, attached or detached queues: each an fd of the tree, or the tap would come back without its
+    # holder (the kernel counts them for a multi-queue device only)
+    if carrier is not None:
+        out["queues"] = sum(struct.unpack_from("=I", data[t])[0] for t in (_NUM_QUEUES, _NUM_DISABLED) if t in data) \
+            if out["multi_queue"] else int(carrier)
     for key, t in (("owner", _OWNER), ("group", _GROUP)):
         if t in data:
             value = struct.unpack_from("=I", data[t])[0]
@@ -69,9 +76,10 @@ def check(rec, what: str, fail) -> None:
     if type(rec) is not dict or set(rec) - _KEYS or rec.get("type") not in ("tun", "tap") \
             or any(type(rec.get(k)) is not bool for k in ("pi", "vnet_hdr", "multi_queue", "persist")) \
             or any(k in rec and (type(rec[k]) is not int or not 0 <= rec[k] <= MAX_ID) for k in ("owner", "group")) \
-            or "ifflags" in rec and (type(rec["ifflags"]) is not int or rec["ifflags"] & ~IFFLAGS or rec["ifflags"] < 0):
+            or "ifflags" in rec and (type(rec["ifflags"]) is not int or rec["ifflags"] & ~IFFLAGS or rec["ifflags"] < 0) \
+            or "queues" in rec and (type(rec["queues"]) is not int or not 0 <= rec["queues"] <= 65535):
         fail(f"{what}: its tun record must be {{type tun or tap, pi, vnet_hdr, multi_queue, persist: true or false, "
-             f"owner, group: ids, ifflags: of {IFFLAGS:#x}}}")
+             f"owner, group: ids, ifflags: of {IFFLAGS:#x}, queues: 0..65535}}")
 
 
 def flags_of(rec: dict) -> int:
@@ -140,3 +148,24 @@ def check_attached(doc: dict, made: set[str], fail) -> None:
             if lk["tun"]["persist"] != e["persist"]:
                 fail(f"process {p['pid']} fd {e['fd']}: its tun device {e['dev']}'s persistence differs from the "
                      "device's record")
+
+
+def held_outside(netdevs: dict, procs: list[dict]) -> str | None:
+    """Why dump refuses (a line), or None: a tun device of `netdevs` (dump's) with more fds (its
+    "queues") than the tree's processes `procs` hold open descriptions attached to it: the others'
+    holder is outside the tree (slirp4netns, a VPN client), and the device would come back without it."""
+    held: dict[tuple[str, str], set] = {}
+    for p in procs:
+        for e in p["fds"]:
+            if e.get("kind") == "tun" and "dev" in e:
+                held.setdefault((e["net"], e["dev"]), set()).add(e.get("desc") or (p["pid"], e["fd"]))
+    for nsid, rec in sorted(netdevs.items()):
+        for lk in rec.get("links", ()):
+            want = lk.get("tun", {}).get("queues", 0)
+            have = len(held.get((nsid, lk["name"]), ()))
+            if lk["kind"] == "tun" and have < want:
+                return (f"network namespace {nsid}: interface {lk['name']} is a tun device with {want} fds attached, "
+                        f"{have} of them the tree's: the other holder is outside the tree (slirp4netns, a VPN "
+                        "client...), and the device would come back without it: not supported; dump the tree "
+                        "that holds it too")
+    return None

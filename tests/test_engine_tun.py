@@ -257,3 +257,35 @@ def test_tun_name_and_index_of_a_host_device(case):
         assert struct.unpack_from("16s", fcntl.ioctl(got, 0x800454D2, bytes(40)))[0].rstrip(b"\0") == name.encode()
     finally:
         os.close(got)
+
+
+def _tap_in(pid: int, name: str, sock: int) -> None:
+    """In a child: a tap `name` in process `pid`'s network namespace, its fd sent back on `sock`."""
+    from engine import kernel
+    kernel.setns(os.open(f"/proc/{pid}/ns/net", os.O_RDONLY), kernel.CLONE_NEWNET)
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", name.encode(), 0x2 | 0x1000))
+    socket.send_fds(socket.socket(fileno=os.dup(sock)), [b"t"], [fd])
+
+
+def test_tun_holder_outside_refused(case):
+    """A tap of the tree's network namespace whose fd a process outside the tree holds (the test, as
+    a slirp4netns left out of the dump would): refused in one line naming it (restore would make a
+    tap no one holds), the tree left running."""
+    from engine import forkrun
+    pid = case.start(_in_netns(TUN + 'os.dup2(tun("tap0", 0x2 | 0x1000), 10)\n'))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        forkrun.run(_tap_in, pid, "tapx", theirs.fileno())
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+        assert len(fds) == 1, "the helper sent no tap fd"
+        try:
+            with pytest.raises(CRError, match=r"interface tapx is a tun device with 1 fds attached, 0 of them the "
+                                              r"tree's: the other holder is outside the tree"):
+                case.dump(pid, case.new_images_dir())
+            os.kill(pid, 0)   # (still there: the refusal resumed it)
+        finally:
+            os.close(fds[0])
+    finally:
+        ours.close()
+        theirs.close()
