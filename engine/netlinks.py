@@ -3,7 +3,8 @@ keeps them (manifest "netdevs": {net-N: NETDEVS}); engine/netlinks_make.py makes
 
 Read by rtnetlink (engine/rtnl.py) in a child joined to each namespace:
 - links of kind veth, dummy, bridge and tun (IFLA_LINKINFO's kind; a tun or tap device's own
-  record: engine/tundev.py): name, ifindex, MTU, MAC address, up, master (a bridge of the same namespace); a veth's peer (IFLA_LINK, IFLA_LINK_NETNSID) is a
+  record: engine/tundev.py): name, ifindex, MTU, MAC address, up, master (a bridge of the same
+  namespace); a veth's peer (IFLA_LINK, IFLA_LINK_NETNSID) is a
   link of the same or another namespace of the tree (found by RTM_GETNSID on each), or outside the
   tree: then it must be declared `--external veth[NAME]:KEY` at dump, and restore makes the outer
   end where the user says (`veth[KEY]:OUTER[@BRIDGE]`). lo and the fallback tunnel devices a fresh

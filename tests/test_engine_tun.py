@@ -165,10 +165,14 @@ os.dup2(tun("tap0", 0x2 | 0x1000), 10)
 assert libc.setns(home, 0x40000000) == 0
 """, r"fd [0-9]+ \(/dev/net/tun\): attached to tun device tap0 of a network namespace that is not the tree's own"),
     ("napi", TUN + 'os.dup2(tun("tap0", 0x2 | 0x1000 | 0x10), 10)\n', r"fd [0-9]+ .*IFF_NAPI"),
+    ("renamed", 'import fcntl, struct\nos.mknod("/dev/net/tapctl", 0o20600, os.makedev(10, 200))\n'
+                'fd = os.open("/dev/net/tapctl", os.O_RDWR)\n'
+                'fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", b"tap0", 0x1002)); os.dup2(fd, 10)\n',
+     r"fd [0-9]+ \(/dev/net/tapctl\): the tun device \(10:200\) under another name than tun"),
 ])
 def test_tun_refused_before_stop(case, what, body, why):
-    """A tap of a network namespace no process of the tree is in, one made with IFF_NAPI: refused
-    naming the fd, before the stop."""
+    """A tap of a network namespace no process of the tree is in, one made with IFF_NAPI, one attached
+    through a tun node of another name: refused naming the fd, before the stop."""
     pid = case.start(STOP_WATCH + _in_netns(body))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
