@@ -55,7 +55,7 @@ def _add_dump(sub) -> None:
                     "files, directories, O_PATH, pipes and FIFOs (with buffered data), unix sockets (with queued "
                     "data), netlink sockets (restored empty), inet sockets (TCP, UDP; unbound, bound, listening, "
                     "TCP connections between processes of the tree, established or half-closed, waiting to be accepted; "
-                    "UDP with datagrams waiting; ICMP ping sockets with echo replies waiting; raw sockets of any protocol; classic BPF socket filters) and packet sockets (AF_PACKET: protocol, bound device by name, options, filter) of the tree's own network namespace, /dev/tty, nsfs (fds on the tree's namespaces), "
+                    "UDP with datagrams waiting; ICMP ping sockets with echo replies waiting; raw sockets of any protocol; classic BPF socket filters) and packet sockets (AF_PACKET: protocol, bound device by name, options, filter) of the tree's own network namespace, tun/tap fds (/dev/net/tun attached to a tun or tap device of the tree's network namespace, kept with it), /dev/tty, nsfs (fds on the tree's namespaces), "
                     "pidfd (of the tree's processes), eventfd, "
                     "signalfd, timerfd, epoll, inotify, fanotify, memfd, ptys, plus each process's executable, "
                     "file mappings and threads (by name: what they run is not restored). Refused with one line naming the cause, the tree left running: other "

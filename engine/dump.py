@@ -984,6 +984,9 @@ def _collect_processes(d: _Dump) -> None:
             d.netfilter.update(netfilter.collect(nets, d.netdevs))   # (a lone namespace's are in already)
     except netdevs.NetdevError as e:
         raise DumpError(e.errno, e.strerror) from None
+    outside = netdevs.tun_held_outside(d.netdevs, d.procs_doc)
+    if outside is not None:
+        raise DumpError(errno.EOPNOTSUPP, outside)
 
     for g in d.ghosts_doc.values():
         g.pop("inode", None)  # only to share one ghost between the fds and mounts of one file

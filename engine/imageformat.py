@@ -1812,8 +1812,7 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"process {p['pid']}: parent {ppid} is not listed before it in the image")
         earlier.add(p["pid"])
     _check_sysvipc(doc)
-    if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc or "netfilter" in doc:
-        _check_netvars(doc)
+    _check_net(doc)
     for key, what in (("hostnames", "hostname"), ("domainnames", "domain name")):
         for uts, name in (doc.get(key) or {}).items():
             if uts not in uts_used:
@@ -1878,13 +1877,29 @@ def _check_shm_attachments(doc: dict) -> None:
                 _fail(f"process {p['pid']}: shm: {why}")
 
 
+def _check_net(doc: dict) -> None:
+    """The network namespaces' sysctls and devices (`_check_netvars`), the tun fds attached to those
+    devices (engine/tundev.py)."""
+    if "netvars" in doc or "net_lo_up" in doc or "netdevs" in doc or "netfilter" in doc:
+        _check_netvars(doc)
+    if any(f.get("kind") == "tun" and "dev" in f for p in doc["processes"] for f in p["fds"]):
+        from engine import tundev
+        tundev.check_attached(doc, _net_made(doc), _fail)
+
+
+def _net_made(doc: dict) -> set[str]:
+    """The network namespaces restore makes: those of the processes and the lone ones bound, never
+    one a process has as the host's."""
+    host = {p["ns"]["net"] for p in doc["processes"] if "net" in (p.get("host_ns") or ())}
+    lone = {n for sb in (doc.get("superblocks") or {}).values() for n in sb.get("lone_ns") or ()}   # (_check_bound_ns)
+    return ({p["ns"]["net"] for p in doc["processes"]} | lone) - host
+
+
 def _check_netvars(doc: dict) -> None:
     """A network namespace's own sysctls (engine/netvars.py) and devices (engine/netlinks.py) only of
     namespaces restore makes: no process may have one as the host's (restore would write the host's)."""
     from engine import netvars
-    host = {p["ns"]["net"] for p in doc["processes"] if "net" in (p.get("host_ns") or ())}
-    lone = {n for sb in (doc.get("superblocks") or {}).values() for n in sb.get("lone_ns") or ()}   # (_check_bound_ns)
-    made = ({p["ns"]["net"] for p in doc["processes"]} | lone) - host
+    made = _net_made(doc)
     for nsid, kept in (doc.get("netvars") or {}).items():
         if nsid not in made:
             _fail(f"netvars for {str(nsid)[:40]!r}: not a network namespace restore makes")

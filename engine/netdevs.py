@@ -1,4 +1,4 @@
-"""The devices of the tree's network namespaces: those the image keeps (veth pairs, bridges, dummies,
+"""The devices of the tree's network namespaces: those the image keeps (veth pairs, bridges, dummies, tuns,
 with their addresses and routes: engine/netlinks.py, made again by engine/netlinks_make.py), and
 whether lo is up; a namespace that holds more than a fresh one (lo, and the fallback tunnel devices
 the host's modules add, all down) and those is refused, before the stop, in one line, and so is a
@@ -23,8 +23,8 @@ import re
 
 __all__ = ["NetdevError", "collect", "external_veth", "parse_externals", "lo_up_fd", "new_netns", "precheck", "set_lo_up_in"]
 
-_WHAT_TO_DO = ("dump a tree whose network namespace holds only lo and veth, bridge or dummy devices (other devices and legacy "
-               "iptables tables are not kept)")
+_WHAT_TO_DO = ("dump a tree whose network namespace holds only lo and veth, bridge or dummy devices (and tun devices "
+               "whose fds the tree holds; other devices and legacy iptables tables are not kept)")
 
 
 _EXT_VETH = re.compile(r"^veth\[(?P<name>[^\]/\s]{1,15})\]:(?P<key>[A-Za-z0-9_.:+-]{1,64})$")
@@ -84,6 +84,15 @@ def collect(nets: dict[str, int], ext_veths: dict[str, str]) -> tuple[dict[str, 
     finally:
         for fd in fds.values():
             os.close(fd)
+
+
+def tun_held_outside(kept: dict[str, dict], procs: list[dict]) -> str | None:
+    """Why dump refuses a tun device of `kept` (collect's) some of whose fds the tree's processes
+    `procs` do not hold (engine/tundev.py held_outside), or None."""
+    if not any(lk["kind"] == "tun" for rec in kept.values() for lk in rec.get("links", ())):
+        return None
+    from engine import tundev
+    return tundev.held_outside(kept, procs)
 
 
 def precheck(pids: list[int], ext_veths: dict[str, str] | None = None) -> None:

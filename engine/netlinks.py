@@ -2,13 +2,14 @@
 keeps them (manifest "netdevs": {net-N: NETDEVS}); engine/netlinks_make.py makes them again.
 
 Read by rtnetlink (engine/rtnl.py) in a child joined to each namespace:
-- links of kind veth, dummy and bridge (IFLA_LINKINFO's kind): name, ifindex, MTU, MAC address,
-  up, master (a bridge of the same namespace); a veth's peer (IFLA_LINK, IFLA_LINK_NETNSID) is a
+- links of kind veth, dummy, bridge and tun (IFLA_LINKINFO's kind; a tun or tap device's own
+  record: engine/tundev.py): name, ifindex, MTU, MAC address, up, master (a bridge of the same
+  namespace); a veth's peer (IFLA_LINK, IFLA_LINK_NETNSID) is a
   link of the same or another namespace of the tree (found by RTM_GETNSID on each), or outside the
   tree: then it must be declared `--external veth[NAME]:KEY` at dump, and restore makes the outer
   end where the user says (`veth[KEY]:OUTER[@BRIDGE]`). lo and the fallback tunnel devices a fresh
   namespace has are not links of the record (lo's state: engine/netdevs.py); any other kind
-  (macvlan, ipvlan, vxlan, tun...), a bridge with STP or VLAN filtering on, a queueing discipline
+  (macvlan, ipvlan, vxlan...), a bridge with STP or VLAN filtering on, a queueing discipline
   other than the default are refused.
 - addresses (IPv4, IPv6) with prefix, scope, broadcast and the flags that matter, in the kernel's
   order (an IPv4 primary before its secondaries). lo's 127.0.0.1/8 and ::1 are left out (lo makes
@@ -32,11 +33,11 @@ import re
 import socket
 import struct
 
-from engine import forkrun, kernel, rtnl
+from engine import forkrun, kernel, rtnl, tundev
 
 __all__ = ["NetlinkError", "covered_of", "read", "check", "KINDS"]
 
-KINDS = ("bridge", "dummy", "veth")
+KINDS = ("bridge", "dummy", "tun", "veth")
 MAX_LINKS, MAX_ADDRS, MAX_ROUTES = 64, 256, 1024
 IFF_UP = 1
 IFA_F_KEPT = 0x2 | 0x10 | 0x100 | 0x200   # NODAD, HOMEADDRESS, MANAGETEMPADDR, NOPREFIXROUTE
@@ -75,7 +76,7 @@ def _links(fresh: set[str], tree_fds: list[int]) -> tuple[list[dict], dict[int, 
             raise NetlinkError(errno.EOPNOTSUPP, f"interface {name} is of kind {kind or 'unknown'}, which restore "
                                                  f"does not make (only {', '.join(KINDS)}): not supported")
         qdisc = rtnl.text(a.get(rtnl.IFLA_QDISC))
-        if qdisc not in (None, "", "noqueue", "noop"):
+        if qdisc not in (None, "", "noqueue", "noop") and not (kind == "tun" and qdisc in _default_qdiscs()):
             raise NetlinkError(errno.EOPNOTSUPP, f"interface {name} has queueing discipline {qdisc}, which restore "
                                                  "does not make: not supported")
         link = {"name": name, "kind": kind, "index": index, "mtu": rtnl.u32(a.get(rtnl.IFLA_MTU)) or 1500,
@@ -91,6 +92,13 @@ def _links(fresh: set[str], tree_fds: list[int]) -> tuple[list[dict], dict[int, 
             if rtnl.u32(data.get(rtnl.IFLA_BR_STP_STATE)) or (data.get(rtnl.IFLA_BR_VLAN_FILTERING) or b"\0")[0]:
                 raise NetlinkError(errno.EOPNOTSUPP, f"bridge {name} has STP or VLAN filtering on, which restore "
                                                      "does not make: not supported")
+        if kind == "tun":
+            try:
+                link["tun"] = tundev.info_of(rtnl.attrs(info.get(rtnl.IFLA_INFO_DATA, b"")), name,
+                                             bool((a.get(tundev.IFLA_CARRIER) or b"\0")[0]))
+            except ValueError as e:
+                raise NetlinkError(errno.EOPNOTSUPP, str(e)) from None
+            link["tun"]["ifflags"] = flags & tundev.IFFLAGS   # (slirp4netns turns multicast off)
         if kind == "veth":
             nsid = a.get(rtnl.IFLA_LINK_NETNSID)
             where = None   # (no netns id: the peer is in this namespace)
@@ -102,6 +110,16 @@ def _links(fresh: set[str], tree_fds: list[int]) -> tuple[list[dict], dict[int, 
             link["peer_at"] = (where, rtnl.u32(a.get(rtnl.IFLA_LINK)) or 0)
         out.append(link)
     return out, names
+
+
+def _default_qdiscs() -> tuple[str, ...]:
+    """The queueing disciplines the kernel gives a device with a queue (a tun device: a restored one
+    gets the same): net.core.default_qdisc, and mq over several queues."""
+    try:
+        with open("/proc/sys/net/core/default_qdisc") as f:
+            return (f.read().strip(), "mq")
+    except OSError:
+        return ("pfifo_fast", "mq")
 
 
 def _addrs(names: dict[int, str], kept: set[str]) -> list[dict]:
@@ -318,8 +336,8 @@ def _int(value, lo: int, hi: int) -> bool:
 
 def _check_link(lk, nsid: str, made: set[str], doc_netdevs: dict, fail) -> None:
     what = f"netdevs {nsid}"
-    if type(lk) is not dict or set(lk) - {"name", "kind", "index", "mtu", "mac", "up", "master", "peer"}:
-        fail(f"{what}: a link must be an object of name, kind, index, mtu, mac, up, master, peer")
+    if type(lk) is not dict or set(lk) - {"name", "kind", "index", "mtu", "mac", "up", "master", "peer", "tun"}:
+        fail(f"{what}: a link must be an object of name, kind, index, mtu, mac, up, master, peer, tun")
     if type(lk.get("name")) is not str or not _NAME.match(lk["name"]) or lk["name"] == "lo":
         fail(f"{what}: link name {str(lk.get('name'))[:40]!r}: 1 to 15 letters, digits or _.@+- (no '/' or ':'), not lo, "
              "., .., all or default (the kernel's rule)")
@@ -327,6 +345,10 @@ def _check_link(lk, nsid: str, made: set[str], doc_netdevs: dict, fail) -> None:
     if lk.get("kind") not in KINDS or not _int(lk.get("index"), 1, 2**31 - 1) or not _int(lk.get("mtu"), 1, 65535) \
             or type(lk.get("up")) is not bool or ("mac" in lk and (type(lk["mac"]) is not str or not _MAC.match(lk["mac"]))):
         fail(f"{what}: kind one of {', '.join(KINDS)}, index and mtu in range, up true or false, mac aa:bb:cc:dd:ee:ff")
+    if (lk["kind"] == "tun") != ("tun" in lk):
+        fail(f"{what}: a tun link, and only a tun link, has a tun record")
+    if "tun" in lk:
+        tundev.check(lk["tun"], what, fail)
     peer = lk.get("peer")
     if (lk["kind"] == "veth") != (peer is not None):
         fail(f"{what}: a veth, and only a veth, has a peer")

@@ -16,6 +16,8 @@ end in the restorer's network namespace, named as the user says at restore (`--e
 veth[KEY]:OUTER[@BRIDGE]`), attached to BRIDGE when given and brought up: nothing in the image names
 a device of the restorer's namespace. The pair goes when the restored namespace goes (a failed
 restore leaves no outer end behind).
+
+A tun or tap device is made by /dev/net/tun (engine/tundev.py), persistent until its fds are attached.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import os
 import socket
 import struct
 
-from engine import forkrun, kernel, rtnl
+from engine import forkrun, kernel, rtnl, tundev
 from engine.netlinks import NetlinkError, _NAME
 
 __all__ = ["make", "outer_of"]
@@ -88,10 +90,22 @@ def _make_link(lk: dict, peer: tuple | None) -> None:
         _new_link(lk, _peer_data(0, peer) if peer else b"", 0, what)
 
 
+def _make_tun(lk: dict) -> None:
+    """A tun or tap device (rtnetlink cannot make one: engine/tundev.py), then its MTU and MAC address."""
+    tundev.make(lk)
+    body = _ifinfo(socket.if_nametoindex(lk["name"]), lk["name"], lk["mtu"], lk.get("mac"))
+    rtnl.request(rtnl.RTM_SETLINK, body, f"interface {lk['name']}")
+    if "ifflags" in lk["tun"]:
+        _set_link(lk["name"], lk["tun"]["ifflags"], tundev.IFFLAGS)
+
+
 def _links_in(fd: int, todo: list[tuple[dict, tuple | None]]) -> None:
     kernel.setns(fd, kernel.CLONE_NEWNET)
     for lk, peer in todo:
-        _make_link(lk, peer)
+        if lk["kind"] == "tun":
+            _make_tun(lk)
+        else:
+            _make_link(lk, peer)
 
 
 def _set_link(name: str, flags: int = 0, change: int = 0, master: str | None = None) -> None:
@@ -233,7 +247,7 @@ def _carried(rec: dict, netdevs: dict) -> list[str]:
     out = []
     for lk in rec.get("links", ()):
         peer = lk.get("peer") or {}
-        if not lk["up"] or lk["kind"] == "bridge":
+        if not lk["up"] or lk["kind"] in ("bridge", "tun"):   # (a tun's carrier: once an fd is attached)
             continue
         if lk["kind"] == "dummy" or "external" in peer or any(p["name"] == peer["name"] and p["up"]
                                                               for p in netdevs[peer["ns"]]["links"]):
@@ -258,7 +272,11 @@ def make(fds: dict[str, int], netdevs: dict, outer: dict[str, str]) -> None:
         modes = {}
         for nsid in sorted(netdevs):
             step = "its addresses and routes"
-            modes[nsid] = forkrun.run(_config_in, fds[nsid], netdevs[nsid])
+            # (an IFF_TUN device's mode stays none: the kernel, in mode eui64 or random, would add a
+            # random link-local address of its own once an fd is attached)
+            modes[nsid] = {n: m for n, m in forkrun.run(_config_in, fds[nsid], netdevs[nsid]).items()
+                           if not any(lk["name"] == n and lk.get("tun", {}).get("type") == "tun"
+                                      for lk in netdevs[nsid].get("links", ()))}
         nsid = "of the restorer"
         for key in sorted({lk["peer"]["external"] for rec in netdevs.values() for lk in rec.get("links", ())
                            if "external" in (lk.get("peer") or {})}):

@@ -393,8 +393,9 @@ TESTS = {
     # (engine/netdevs.py; they came back as a fresh namespace, silently)
     # its address and routes on lo (engine/netlinks.py, session 22), made once lo is up
     "netns": "pass",
-    "tun": "refused: is of kind tun, which restore does not make",
-    "tun_ns": "refused: is of kind tun, which restore does not make",
+    # tun and tap devices and their fds (engine/tundev.py, engine/fds/tun.py, session 23)
+    "tun": "pass",
+    "tun_ns": "pass",
     # (its own check may then fail: its bridge's IPv6 link-local address comes late, a race of the test's)
     "bridge": "known: dump: refused (its network namespace has interface zdtmbr0)",
     # (their iptables rules, which drop the peer's packets to hold the state, are kept now
@@ -496,10 +497,10 @@ UNS_TESTS = {
     "posix_timers": "pass",
     "timers": "pass",
     "pthread_timers": TESTS["pthread_timers"],
-    # (session 21) network namespaces the user namespace owns: sysctls and lo kept, devices refused
+    # (session 21) network namespaces the user namespace owns: sysctls and lo kept, devices refused (tun kept)
     "netns-dev": "pass",
     "netns": TESTS["netns"],
-    "tun": "refused: is of kind tun, which restore does not make",
+    "tun": "pass",   # (session 23: its tun devices and fds in a namespace the user namespace owns)
     # sub-namespaces unshared by processes inside the user namespace (before session 21 too)
     "netns_sub": "known: restore: cannot start a stand-in inside its user namespace",
     **{name: "pass" for name in ("sock_peercred", "sock_opts02", "socket-tcp-keepalive", "shm-mp", "env00",

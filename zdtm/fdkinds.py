@@ -191,6 +191,21 @@ def async_owner(pid: int, fd: int, flags: int) -> str:
         os.close(c)
 
 
+def _tun(pid: int, fd: int) -> str:
+    """A /dev/net/tun fd: the device it is attached to (fdinfo's iff) and its TUNGETIFF flags, but
+    IFF_NOFILTER (0x1000, IFF_NO_PI's bit too: the device's packet information is `ip -d link`'s)."""
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        iff = re.search(r"^iff:\s*(\S*)", f.read(), re.M)
+    c = _copy(pid, fd)
+    try:
+        flags = struct.unpack_from("=H", fcntl.ioctl(c, 0x800454D2, bytes(40)), 16)[0] & ~0x1000
+    except OSError:
+        flags = None   # (not attached)
+    finally:
+        os.close(c)
+    return f"tun iff={iff[1] if iff else '?'} tunflags={'-' if flags is None else hex(flags)}"
+
+
 def details(pid: int, fd: int, target: str) -> str:
     """The compared state of fd `fd` of `pid` beyond path, flags, offset and mount ('' for files)."""
     try:
@@ -223,6 +238,8 @@ def details(pid: int, fd: int, target: str) -> str:
         import stat as st_mod
         if st_mod.S_ISCHR(st.st_mode) and _is_pty(st.st_rdev):
             return _pty(pid, fd)
+        if st_mod.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == (10, 200):
+            return _tun(pid, fd)
         if not (target.startswith(("pipe:", "socket:")) or target.startswith("/memfd:") or st_mod.S_ISFIFO(st.st_mode)):
             return ""
         c = _copy(pid, fd)

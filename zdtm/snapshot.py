@@ -487,7 +487,10 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
             mnt = int(info["mnt_id"]) if "mnt_id" in info else None
             if mnt in proc_mounts:
                 path = _proc_pid_path(pid, path, proc_mounts[mnt], tree or (pid,))
-            fds.append(f"{fd}: {path} flags={flags:o} pos={info.get('pos', '?')} mnt={_where(canon, mnt, elsewhere)}"
+            # (a tun fd's position counts the bytes read(2) and write(2) moved, which the device never
+            # looks at and llseek cannot set: not kept, engine/fds/tun.py)
+            pos = "-" if extra.startswith("tun ") else info.get("pos", "?")
+            fds.append(f"{fd}: {path} flags={flags:o} pos={pos} mnt={_where(canon, mnt, elsewhere)}"
                        + (f" {extra}" if extra else "") + _locks(pid, info.get("locks", ())))
         places = {}
         for what in ("root", "cwd"):

@@ -272,6 +272,8 @@ def _by_path(target: str, mode: int) -> tuple[str, ...]:
     out = ("file",)
     if stat.S_ISFIFO(mode):
         out += ("pipe",)
+    elif stat.S_ISCHR(mode) and target.rsplit("/", 1)[-1] == "tun":
+        out += ("tun",)   # (/dev/net/tun: engine/fds/tun.py)
     elif stat.S_ISCHR(mode) and ("pts" in target or "ptmx" in target or "tty" in target):
         out += ("pty",)   # (/dev/null and the like do not load pty.py, termios and select)
     if target.startswith("/memfd:") or target == _SHMEM:

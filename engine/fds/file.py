@@ -101,7 +101,18 @@ def _of_live_pid(r: RestoreFd, e: dict, flags: int) -> int:
     return r.open_at(e["mnt"], _PID_DIR.sub(f"/{n}/", e["path"], count=1).rstrip("/") or "/", flags)
 
 
+def _refuse_tun(d) -> None:
+    """A node of the tun device (10:200) not called tun (engine/fds/tun.py claims those): reopened as
+    a file, it would come back attached to no device."""
+    if stat.S_ISCHR(d.mode):
+        rdev = os.fstat(d.copy()).st_rdev
+        if (os.major(rdev), os.minor(rdev)) == (10, 200):
+            raise FdError(errno.EOPNOTSUPP, f"{d.where}: the tun device (10:200) under another name than tun, "
+                                            "whose device restore would not attach: not supported")
+
+
 def _dump(d) -> dict:
+    _refuse_tun(d)
     out = {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
     pid_fields = _refuse_gone_pid_dir(d)
     out.update(pid_fields)
@@ -121,6 +132,7 @@ _PID_DIR = re.compile(r"/(\d+)(?:/|$)")
 def _precheck(d) -> None:
     """Before the tree is stopped: the same refusal, the fd's mount read from its fdinfo only for a
     path beneath a proc mount."""
+    _refuse_tun(d)
     key = ("proc-mounts", id(d.mounts))   # (one list a namespace: a tree may have 90,000 mounts)
     prefixes = d.scratch.get(key)
     if prefixes is None:

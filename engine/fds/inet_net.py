@@ -4,7 +4,7 @@ add, all down), with lo brought up when it was up (which gives it 127.0.0.1/8 an
 devices, addresses and routes the image keeps (engine/netlinks.py).
 
 Dump refuses, for a namespace holding an inet socket, what that fresh namespace would lack, beyond
-the devices, addresses and routes the image keeps (engine/netlinks.py: veth, bridge and dummy links
+the devices, addresses and routes the image keeps (engine/netlinks.py: veth, bridge, dummy and tun links
 and what is on them): another interface, an interface other than lo and those that is up, an
 address, a route or a multicast membership (a socket's: not kept) other than those; and a
 namespace restore would not make: the dumper's own (the host's ports are not restore's to take), one a process outside the tree is in or one bound
