@@ -465,10 +465,7 @@ def _surface(doc) -> list[tuple]:
                                                                   "peer_port", "queued") if k in f]
     out = []
     for root in roots:
-        node = doc
-        for k in root:
-            node = node[k]
-        out += [root + path for path, _ in _nodes(node)]
+        out += [root + path for path, _ in _nodes(enginecase.at(doc, root))]
     return out
 
 

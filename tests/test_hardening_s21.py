@@ -642,10 +642,7 @@ def _surface(doc) -> list[tuple]:
                                                   "sig_ignored") if k in dicts(p)]
     out = []
     for root in roots:
-        node = doc
-        for k in root:
-            node = node[k]
-        out += [root + path for path, _ in _nodes(node)]
+        out += [root + path for path, _ in _nodes(enginecase.at(doc, root))]
     return out
 
 

@@ -298,6 +298,27 @@ def _alive_and_running(pid: int) -> bool:
         return f.read().rsplit(")", 1)[1].split()[0] in "RSD"
 
 
+def dumped_whole_or_refused_running(case, pid: int, rounds: int = 3) -> list[str]:
+    """Dump the tree at `pid` (changing all the time) `rounds` times: each dump succeeds and its image
+    restores (the next round dumps the restored tree), or is refused in one line with the tree
+    running on; the outcomes ("restored" or "refused: LINE"), printed too."""
+    outcomes = []
+    for _ in range(rounds):
+        images = case.new_images_dir()
+        try:
+            case.dump(pid, images)
+        except enginecase.CRError as e:
+            lines = e.proc.stderr.strip().splitlines()
+            assert e.proc.returncode == 2 and len(lines) == 1 and "Traceback" not in e.proc.stderr, e.proc.stderr
+            assert _alive_and_running(pid), f"a refused dump left the tree stopped or gone: {lines[0]}"
+            outcomes.append("refused: " + lines[0])
+            continue
+        pid = case.restore(images)   # (raises CRError when the image it dumped is refused)
+        outcomes.append("restored")
+    print(outcomes)
+    return outcomes
+
+
 @pytest.mark.parametrize("body, whole", [
     (_TIMERS_CHURN.replace("ODD", "False"), True), (_TIMERS_CHURN.replace("ODD", "True"), False),
     (_NETVARS_CHURN, True), (_BIND_CHURN, False),
@@ -314,20 +335,7 @@ def test_a_tree_changing_what_dump_reads_is_dumped_whole_or_refused_running(case
     if body == _NETVARS_CHURN:
         setup = "exec unshare -n " + setup[len("exec "):]
     pid = case.start(setup)
-    outcomes = []
-    for _ in range(3):
-        images = case.new_images_dir()
-        try:
-            case.dump(pid, images)
-        except enginecase.CRError as e:
-            lines = e.proc.stderr.strip().splitlines()
-            assert e.proc.returncode == 2 and len(lines) == 1 and "Traceback" not in e.proc.stderr, e.proc.stderr
-            assert _alive_and_running(pid), f"a refused dump left the tree stopped or gone: {lines[0]}"
-            outcomes.append("refused: " + lines[0])
-            continue
-        pid = case.restore(images)   # (raises CRError when the image it dumped is refused)
-        outcomes.append("restored")
-    print(outcomes)
+    outcomes = dumped_whole_or_refused_running(case, pid)
     if whole:
         assert outcomes == ["restored"] * 3, outcomes
 
@@ -357,10 +365,7 @@ def _surface(doc) -> list[tuple]:
                       and k in f]
     out = []
     for root in roots:
-        node = doc
-        for k in root:
-            node = node[k]
-        out += [root + path for path, _ in _nodes(node)]
+        out += [root + path for path, _ in _nodes(enginecase.at(doc, root))]
     return out
 
 

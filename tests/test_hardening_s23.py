@@ -294,10 +294,7 @@ def _surface(doc) -> list[tuple]:
                                                                "protocol", "addr", "port", "type", "proto") if k in f]
     out = []
     for root in roots:
-        node = doc
-        for k in root:
-            node = node[k]
-        out += [root + path for path, _ in _nodes(node)]
+        out += [root + path for path, _ in _nodes(enginecase.at(doc, root))]
     return out
 
 
@@ -432,23 +429,10 @@ def test_a_tree_changing_its_network_while_dumped_is_dumped_whole_or_refused_run
     down and up with its address set and cleared, all the time, by threads of the tree: each of
     three dumps either succeeds and the image restores, or is refused in one line with the tree
     running on (resumed if it was stopped) - never a hang, never an image restore refuses."""
-    from test_hardening_s22 import _alive_and_running
+    from test_hardening_s22 import dumped_whole_or_refused_running
     hold = enginecase.py_hold(body)
     pid = case.start("exec unshare -n sh -ec '" + _PAIR + "exec \"$0\" \"$@\"' " + hold[len("exec "):])
-    outcomes = []
-    for _ in range(3):
-        images = case.new_images_dir()
-        try:
-            case.dump(pid, images)
-        except enginecase.CRError as e:
-            lines = e.proc.stderr.strip().splitlines()
-            assert e.proc.returncode == 2 and len(lines) == 1 and "Traceback" not in e.proc.stderr, e.proc.stderr
-            assert _alive_and_running(pid), f"a refused dump left the tree stopped or gone: {lines[0]}"
-            outcomes.append("refused: " + lines[0])
-            continue
-        pid = case.restore(images)   # (raises CRError when the image it dumped is refused)
-        outcomes.append("restored")
-    print(outcomes)
+    dumped_whole_or_refused_running(case, pid)
 
 
 # --- left from session 22: a pty of the host's devpts ----------------------------------------------
