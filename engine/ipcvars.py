@@ -96,7 +96,8 @@ def read_here(proc: int, segments: bool) -> dict:
         out[name] = v
     if out.get("kernel/shm_rmid_forced") and segments:
         raise IpcError(errno.EOPNOTSUPP, "ipc namespace with kernel.shm_rmid_forced = 1 and System V shared memory "
-                                         "segments: restore attaches none, so they would be removed; not supported")
+                                         "segments: restore makes the segments before any process attaches them, so "
+                                         "they would be removed; not supported")
     return out
 
 

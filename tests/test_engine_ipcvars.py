@@ -63,8 +63,8 @@ def test_image_keeps_only_what_differs(case):
 
 
 def test_rmid_forced_with_a_segment_refused_unstopped(case):
-    """shm_rmid_forced with a segment in the namespace: restore attaches none, so writing it would
-    remove them; refused before the stop, in one line."""
+    """shm_rmid_forced with a segment in the namespace: restore makes it before any process
+    attaches it, so writing it would remove it; refused before the stop, in one line."""
     setup = STOP_WATCH + py_hold("""
 import ctypes
 libc = ctypes.CDLL(None, use_errno=True)
