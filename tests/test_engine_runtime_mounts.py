@@ -407,9 +407,15 @@ hold
     pid = case.start(setup)
     before = take(pid)
     old = next(m.root for m in mountinfo.read_pid(pid) if m.mountpoint == "/run/netns/ctr")
-    pid = case.cr(pid)
-    assert_same(before, take(pid))
-    root = next(m.root for m in mountinfo.read_pid(pid) if m.mountpoint == "/run/netns/ctr")
+    # The old namespace held open through the test: freed when the dumped tree dies, its inode
+    # number could go to the restored one (the kernel reuses them) and `root != old` would fail.
+    keep = os.open(f"/proc/{pid}/root/run/netns/ctr", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pid = case.cr(pid)
+        assert_same(before, take(pid))
+        root = next(m.root for m in mountinfo.read_pid(pid) if m.mountpoint == "/run/netns/ctr")
+    finally:
+        os.close(keep)
     assert root != old and root != os.readlink("/proc/self/ns/net"), root
     assert any(os.readlink(f"/proc/{p}/ns/net") == root for p in tree_pids(pid)), f"no restored process is in {root}"
 
