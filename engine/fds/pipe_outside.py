@@ -15,6 +15,8 @@ from __future__ import annotations
 import errno
 import os
 
+from engine import kernel
+
 SCRATCH = "pipe-outside"
 
 
@@ -54,20 +56,10 @@ def prefinish(scratch: dict) -> None:
 def _holders(targets: set[str], tree: set[int]):
     """(pid, fd, target) of each fd on one of the pipes `targets` held by a process not in `tree`."""
     me = os.getpid()
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in tree or int(name) == me:
-            continue
-        try:
-            fds = os.listdir(f"/proc/{name}/fd")
-        except OSError:
-            continue   # (gone, or a kernel thread's)
-        for fd in fds:
-            try:
-                target = os.readlink(f"/proc/{name}/fd/{fd}")
-            except OSError:
-                continue
-            if target in targets:
-                yield int(name), int(fd), target
+    others = (int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in tree and int(n) != me)
+    for pid, path, target in kernel.fd_links(others):
+        if target in targets:
+            yield pid, int(path.rsplit("/", 1)[1]), target
 
 
 def _is_end(pid: int, fd: int, side: str) -> bool:
