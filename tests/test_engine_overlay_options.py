@@ -15,6 +15,7 @@ import shutil
 import pytest
 
 from enginecase import case  # noqa: F401  (fixture)
+from test_engine_nsbind import _refusal
 
 SETUP = """
 mkdir /run/l; mount -t tmpfs l /run/l; cd /run/l; mkdir -p l1/d l2 data upper work merged
@@ -82,16 +83,6 @@ def test_volatile_overlay_restored_twice(case):
     out = after.snap.check_output
     assert "volatile" in out.splitlines()[0], out
     assert "./new -rw-r--r-- 2" in out and "./b " not in out, out
-
-
-def _refusal(case, setup: str) -> str:
-    """The dump's refusal of the tree `setup` builds, checked to come before the stop."""
-    from enginecase import CRError, STOP_WATCH, was_stopped
-    pid = case.start(STOP_WATCH + setup)
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
-    return str(err.value)
 
 
 @pytest.mark.parametrize("opts", ["index=on", "index=on,nfs_export=on"])
