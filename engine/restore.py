@@ -114,6 +114,22 @@ def parse_externals(specs, root: str | None) -> dict[str, str]:
     return out
 
 
+def _open_external(path: str, flags: int) -> int:
+    """Open the host file `path` given for an external fd with its dumped `flags`; a FIFO without
+    blocking (an open for writing would wait for a reader forever: ENXIO says there is none)."""
+    if not stat.S_ISFIFO(os.stat(path).st_mode) or flags & os.O_NONBLOCK:
+        return os.open(path, flags)
+    import fcntl   # (only for a FIFO)
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise OSError(e.errno, "a FIFO no process has open for reading (start its reader first)") from None
+        raise
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK & ~os.O_ACCMODE)
+    return fd
+
+
 def attr_of(mount_opts) -> tuple[int, int]:
     """(attr_set, attr_clr) for mount_setattr from mountinfo per-mount options."""
     key = frozenset(mount_opts)
@@ -1557,9 +1573,9 @@ class _Restorer:
             for f in p["fds"]:
                 if f.get("external"):
                     path = self.ext["file:" + f["external"]]
+                    flags = (f["flags"] & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOCTTY
                     try:
-                        fd = self.ext_files[(p["pid"], f["fd"])] = os.open(
-                            path, (f["flags"] & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOCTTY)
+                        fd = self.ext_files[(p["pid"], f["fd"])] = _open_external(path, flags)
                         if f["pos"] and f.get("type") != "dir" and not f["flags"] & os.O_PATH:
                             os.lseek(fd, f["pos"], os.SEEK_SET)
                     except OSError as e:
