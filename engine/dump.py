@@ -153,8 +153,20 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     watchdog = freeze.watchdog(resume)
     freeze.stop_in_order(pids)
     ok = False
+    late_watchdog = None
     try:
         freeze.wait_stopped(pids)
+        # The tree as it is once stopped: a process forked since the look above (a shell loop's next
+        # command) stopped too, one that exited since a zombie or gone (engine/freeze.py).
+        now, started = freeze.settle(root_pid, everyone, daemons)
+        if started:
+            late_watchdog = freeze.watchdog(started)
+            resume += started
+        freeze.refuse_left(pids, now)
+        everyone = list(dict.fromkeys(everyone + [p for p, _ in now]))
+        tree, dead = zombies.split(now)
+        if started:   # (what was asked of the running tree, asked of the new ones too)
+            _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths)
         freeze.refuse_zombies(tree)   # (a live one that exited since the split)
         freeze.refuse_traced(tree)
         _refuse_sessions(tree, dead, shell_job)
@@ -180,11 +192,15 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             writer.abort()
         if ok and not leave_running:
             # (the watchdog with it, waited for at once: nothing is left for it to resume)
-            freeze.kill_all(everyone + [watchdog])
+            freeze.kill_all(everyone + [watchdog] + ([late_watchdog] if late_watchdog else []))
         else:
             freeze.signal_all(resume, signal.SIGCONT)
             os.kill(watchdog, signal.SIGKILL)
+            if late_watchdog:
+                os.kill(late_watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
+        if late_watchdog:
+            os.waitpid(late_watchdog, 0)
 
 
 def _refuse_sessions(tree, dead=(), shell_job: bool = False) -> None:
