@@ -156,7 +156,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     late_watchdog = None
     try:
         freeze.wait_stopped(pids)
-        # The tree as it is once stopped: a process forked since the look above (a shell loop's next
+        # The tree as it is once stopped: a process forked since the look above (a shell's next
         # command) stopped too, one that exited since a zombie or gone (engine/freeze.py).
         now, started = freeze.settle(root_pid, everyone, daemons)
         if started:
