@@ -76,7 +76,9 @@ def _add_dump(sub) -> None:
                         "namespace) external: it is recorded by KEY and not dumped; dev[MAJ:MIN]:KEY "
                         "declares a block device external; file[PATH]:KEY declares the file PATH (as "
                         "/proc/PID/fd shows it) that processes hold open external: recorded by KEY with its "
-                        "flags and offset, reopened at restore from the host path given for KEY; veth[NAME]:KEY "
+                        "flags and offset, reopened at restore from the host path given for KEY; pipe[INODE]:KEY "
+                        "declares the pipe pipe:[INODE] whose other end a process outside the tree holds (a "
+                        "harness reading the tree's output), recorded by KEY as such a file; veth[NAME]:KEY "
                         "declares the veth NAME of the tree whose peer is outside it (a container's eth0): "
                         "recorded by KEY, made again at restore with its outer end where veth[KEY] says. Repeatable.")
 
@@ -97,7 +99,9 @@ def _add_restore(sub) -> None:
                    help="mnt[KEY]:HOSTPATH gives the host path for the external mount recorded as KEY; "
                         "dev[KEY]:PATH gives a block device (or an image file, attached to a loop device) "
                         "for the external device KEY; file[KEY]:HOSTPATH gives the file to open for the "
-                        "external file KEY; veth[KEY]:OUTER[@BRIDGE] makes the outer end of the external veth KEY "
+                        "external file KEY (for a pipe declared pipe[INODE]:KEY at dump: a file, a FIFO some "
+                        "process reads or writes, or /proc/self/fd/N of a pipe restore inherits); "
+                        "veth[KEY]:OUTER[@BRIDGE] makes the outer end of the external veth KEY "
                         "in restore's own network namespace, named OUTER, attached to the bridge BRIDGE when given "
                         "(the only device restore makes outside the tree's namespaces). Repeatable.")
     p.add_argument("--fuse-restart", action="append", default=[], metavar="SUBTYPE=COMMAND",

@@ -42,6 +42,10 @@ NS_GET_PARENT = 0xB702
 _EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
 _EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
 _EXT_FILE = re.compile(r"^file\[(?P<what>/[^\]]*)\]:(?P<key>[^\s\[\]]+)$")
+# A pipe whose other end a process outside the tree holds (a harness reading the tree's stdout):
+# its inode as /proc/PID/fd shows it, `pipe:[INO]`; restore connects the fd to what
+# `--external file[KEY]:PATH` gives (a file, a FIFO, /proc/self/fd/N of a pipe restore inherits).
+_EXT_PIPE = re.compile(r"^pipe\[(?P<ino>[0-9]{1,20})\]:(?P<key>[^\s\[\]/]+)$")
 
 
 # --- externals -----------------------------------------------------------------
@@ -62,21 +66,25 @@ def parse_externals(specs) -> tuple[dict[str, str], dict[str, str]]:
         if m:
             devs[m["what"]] = m["key"]
             continue
-        if _EXT_FILE.match(spec) or netdevs.external_veth(spec):
+        if _EXT_FILE.match(spec) or _EXT_PIPE.match(spec) or netdevs.external_veth(spec):
             continue  # see parse_external_files, netdevs.parse_externals
-        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY, dev[MAJ:MIN]:KEY, file[PATH]:KEY "
-                         "or veth[NAME]:KEY")
+        raise ValueError(f"--external {spec!r}: expected mnt[MOUNTPOINT]:KEY, dev[MAJ:MIN]:KEY, file[PATH]:KEY, "
+                         "pipe[INODE]:KEY or veth[NAME]:KEY")
     return mnts, devs
 
 
 def parse_external_files(specs) -> dict[str, str]:
     """`file[PATH]:KEY` -> {PATH: KEY}: fds on PATH (as /proc/PID/fd shows it) are not dumped;
-    restore opens the host path given with `file[KEY]:HOSTPATH` (a log on the host, say)."""
+    restore opens the host path given with `file[KEY]:HOSTPATH` (a log on the host, say).
+    `pipe[INO]:KEY` -> {"pipe:[INO]": KEY}: the tree's ends of that pipe, reopened the same way."""
     out: dict[str, str] = {}
     for spec in specs:
         m = _EXT_FILE.match(spec)
         if m:
             out[m["what"]] = m["key"]
+        m = _EXT_PIPE.match(spec)
+        if m:
+            out[f"pipe:[{int(m['ino'])}]"] = m["key"]
     return out
 
 
@@ -145,8 +153,20 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     watchdog = freeze.watchdog(resume)
     freeze.stop_in_order(pids)
     ok = False
+    late_watchdog = None
     try:
         freeze.wait_stopped(pids)
+        # The tree as it is once stopped: a process forked since the look above (a shell's next
+        # command) stopped too, one that exited since a zombie or gone (engine/freeze.py).
+        now, started = freeze.settle(root_pid, everyone, daemons)
+        if started:
+            late_watchdog = freeze.watchdog(started)
+            resume += started
+        freeze.refuse_left(pids, now)
+        everyone = list(dict.fromkeys(everyone + [p for p, _ in now]))
+        tree, dead = zombies.split(now)
+        if started:   # (what was asked of the running tree, asked of the new ones too)
+            _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths)
         freeze.refuse_zombies(tree)   # (a live one that exited since the split)
         freeze.refuse_traced(tree)
         _refuse_sessions(tree, dead, shell_job)
@@ -172,11 +192,15 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             writer.abort()
         if ok and not leave_running:
             # (the watchdog with it, waited for at once: nothing is left for it to resume)
-            freeze.kill_all(everyone + [watchdog])
+            freeze.kill_all(everyone + [watchdog] + ([late_watchdog] if late_watchdog else []))
         else:
             freeze.signal_all(resume, signal.SIGCONT)
             os.kill(watchdog, signal.SIGKILL)
+            if late_watchdog:
+                os.kill(late_watchdog, signal.SIGKILL)
         os.waitpid(watchdog, 0)
+        if late_watchdog:
+            os.waitpid(late_watchdog, 0)
 
 
 def _refuse_sessions(tree, dead=(), shell_job: bool = False) -> None:

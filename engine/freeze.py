@@ -147,6 +147,38 @@ def refuse_zombies(tree) -> None:
                                           "keeps running")
 
 
+def settle(root_pid: int, known, skip=(), rounds: int = 50) -> tuple[list[tuple[int, int | None]], list[int]]:
+    """Once the processes `known` (pids) are stopped: the tree as it is now ([(pid, ppid)], parents
+    first, `skip`'s processes and their children left out) and the processes found running in it
+    and stopped here (to resume). A shell loop forks its next command between dump's look at the
+    tree and its stop: that child is stopped too and the tree looked at again, until a look finds
+    no process running (a stopped parent forks no more: a few looks). One that exited meanwhile
+    is a zombie in the tree now, or gone: the caller takes it as such."""
+    known = set(known)
+    started: list[int] = []
+    for _ in range(rounds):
+        tree = [(p, pp) for p, pp in process_tree(root_pid) if p not in skip and pp not in skip]
+        new = [p for p, _ in tree if p not in known and state(p) not in ("Z", "X", "")]
+        if not new:
+            return tree, started
+        started += [p for p in new if state(p) not in ("T", "t")]   # (one stopped already stays so)
+        stop_in_order(new)
+        wait_stopped(new)
+        known.update(new)
+    raise DumpError(errno.EAGAIN, f"the tree of process {root_pid} kept starting processes while dump stopped "
+                                  "it: dump again; the tree keeps running")
+
+
+def refuse_left(pids, tree) -> None:
+    """Refuse a process of `pids` (the tree as dump first saw it) that lives but is no longer in
+    `tree` (as it is once stopped): its parent exited meanwhile and it was adopted outside."""
+    now = {p for p, _ in tree}
+    for pid in pids:
+        if pid not in now and state(pid) not in ("Z", "X", ""):
+            raise DumpError(errno.EAGAIN, f"process {pid} ({_comm(pid)}) left the tree while dump stopped it (its "
+                                          "parent exited): dump again; the tree keeps running")
+
+
 def refuse_traced(tree) -> None:
     """A process of the tree under ptrace (strace -p, gdb attached) is refused, naming it and its
     tracer: a stand-in is nobody's tracee, and the tracer's hold (its stops, its syscall reports)

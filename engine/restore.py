@@ -114,6 +114,22 @@ def parse_externals(specs, root: str | None) -> dict[str, str]:
     return out
 
 
+def _open_external(path: str, flags: int) -> int:
+    """Open the host file `path` given for an external fd with its dumped `flags`; a FIFO without
+    blocking (an open for writing would wait for a reader forever: ENXIO says there is none)."""
+    if not stat.S_ISFIFO(os.stat(path).st_mode) or flags & os.O_NONBLOCK:
+        return os.open(path, flags)
+    import fcntl   # (only for a FIFO)
+    try:
+        fd = os.open(path, flags | os.O_NONBLOCK)
+    except OSError as e:
+        if e.errno == errno.ENXIO:
+            raise OSError(e.errno, "a FIFO no process has open for reading (start its reader first)") from None
+        raise
+    fcntl.fcntl(fd, fcntl.F_SETFL, flags & ~os.O_NONBLOCK & ~os.O_ACCMODE)
+    return fd
+
+
 def attr_of(mount_opts) -> tuple[int, int]:
     """(attr_set, attr_clr) for mount_setattr from mountinfo per-mount options."""
     key = frozenset(mount_opts)
@@ -211,14 +227,17 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
-    _check_host_devices(doc, devices)
+    devices_line = _host_devices_refusal(doc, devices)
     _check_caps(doc)
     _check_userns_owners(doc)
     # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach; not for
     # those read ahead (hashed by that helper: ~4 ms less before the fork).
     content.tools(big=any(f["size"] >= content.BIG and (ahead is None or name not in ahead.fds)
                           for name, f in (doc.get("files") or {}).items()))
-    ext = _externals_given(doc, externals, root, daemons)
+    # (both told at once where both are missing: a user should not learn one option per run)
+    ext = _externals_given(doc, externals, root, daemons, also=devices_line)
+    if devices_line:
+        raise RestoreError(errno.EPERM, devices_line)
     # An idmap that would hand the host's files (externals, devices, --root) to other ids: only
     # with the user's consent (engine/hostidmap.py).
     line = hostidmap.refusal(doc, hostidmap.parse_allowances(allow_idmap), ext)
@@ -300,9 +319,9 @@ def _veth_externals(doc: dict) -> set[str]:
     return netdevs.externals_of(doc)
 
 
-def _externals_given(doc: dict, externals, root: str | None, daemons) -> dict:
+def _externals_given(doc: dict, externals, root: str | None, daemons, also: str | None = None) -> dict:
     """What the user gave for each external the image names (--external, --root, the daemons restarted);
-    refused in one line naming the options missing."""
+    refused in one line naming the options missing (and `also`, another refusal of the same run)."""
     ext = parse_externals(externals, root)
     # (tuple keys: no image's external key can name one)
     ext.update({("daemon", k): v for k, v in (daemons or {}).items()})
@@ -323,7 +342,7 @@ def _externals_given(doc: dict, externals, root: str | None, daemons) -> dict:
                          else f"--external file[{k[5:]}]:HOSTPATH" if k.startswith("file:")
                          else f"--external veth[{k[5:]}]:OUTER[@BRIDGE]" if k.startswith("veth:")
                          else f"--external mnt[{k}]:HOSTPATH" for k in missing)
-        raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}")
+        raise RestoreError(errno.EINVAL, f"the image needs externals: give {hint}" + (f"; and {also}" if also else ""))
     return ext
 
 
@@ -391,22 +410,22 @@ def _hang_up(commit) -> None:
         commit.close()
 
 
-def _check_host_devices(doc: dict, devices: str) -> None:
-    """A filesystem of one superblock for the whole machine (FsType.host_global) mounted again gives
-    the tree the host's own: every device node of the host, its tracing, its security policy
-    files... No device policy but `all` lets an image have that (one a user namespace of the
-    image owns is its own)."""
+def _host_devices_refusal(doc: dict, devices: str) -> str | None:
+    """The refusal of a filesystem of one superblock for the whole machine (FsType.host_global)
+    mounted again, which gives the tree the host's own: every device node of the host, its tracing,
+    its security policy files... No device policy but `all` lets an image have that (one a user
+    namespace of the image owns is its own). None when there is none to refuse."""
     if devices == "all":
-        return
+        return None
     # (each type asked once: thousands of superblocks are of a few types)
     host_types = {t for t in set(map(itemgetter("fstype"), doc["superblocks"].values()))
                   if getattr(fs.lookup(t), "host_global", False)}
     for sid, sb in doc["superblocks"].items() if host_types else ():
         if sb["fstype"] in host_types and not sb.get("external") and not sb.get("owner"):
-            raise RestoreError(errno.EPERM, f"superblock {sid} ({sb['fstype']}): one superblock of the whole host, "
-                                            "mounted again, would give the tree the host's own (device nodes, "
-                                            f"tracing...), which the device policy ({devices}) refuses; --devices "
-                                            "all restores it (images you trust)")
+            return (f"superblock {sid} ({sb['fstype']}): one superblock of the whole host, mounted again, would "
+                    "give the tree the host's own (device nodes, tracing...), which the device policy "
+                    f"({devices}) refuses; --devices all restores it (images you trust)")
+    return None
 
 
 def _check_caps(doc: dict) -> None:
@@ -1557,9 +1576,9 @@ class _Restorer:
             for f in p["fds"]:
                 if f.get("external"):
                     path = self.ext["file:" + f["external"]]
+                    flags = (f["flags"] & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOCTTY
                     try:
-                        fd = self.ext_files[(p["pid"], f["fd"])] = os.open(
-                            path, (f["flags"] & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOCTTY)
+                        fd = self.ext_files[(p["pid"], f["fd"])] = _open_external(path, flags)
                         if f["pos"] and f.get("type") != "dir" and not f["flags"] & os.O_PATH:
                             os.lseek(fd, f["pos"], os.SEEK_SET)
                     except OSError as e:

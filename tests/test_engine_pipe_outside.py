@@ -56,3 +56,64 @@ def test_pipe_whose_reader_is_gone_restored(case):
     restored = case.restore(images)
     assert_same(before, take(restored))
     assert os.readlink(f"/proc/{restored}/fd/1").startswith("pipe:[")
+
+
+def _pipe_ino(pid: int, fd: int) -> str:
+    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    assert link.startswith("pipe:["), link
+    return link[6:-1]
+
+
+@pytest.mark.parametrize("line,fd,side", [
+    (f"{TREE} | cat >/dev/null", 1, os.O_RDONLY),
+    (f"sleep 1000000 | {TREE}", 0, os.O_WRONLY),
+])
+def test_pipe_declared_external_connected_to_a_fifo(case, tmp_path, line, fd, side):
+    """`--external pipe[INO]:KEY` at dump, `--external file[KEY]:FIFO` at restore: the restored
+    tree's end is the FIFO's, with the pipe end's access mode (the harness reading the tree's
+    output is given a FIFO it opened)."""
+    pid = _start(case, line, ("cat", "sleep"))
+    ino = _pipe_ino(pid, fd)
+    images = case.new_images_dir()
+    case.dump(pid, images, ("--external", f"pipe[{ino}]:io"))
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    ours = os.open(fifo, side | os.O_NONBLOCK) if side == os.O_RDONLY else None
+    if ours is None:   # (a writer's open waits for a reader: restore opens without waiting)
+        ours = os.open(fifo, os.O_RDWR)
+    try:
+        restored = case.restore(images, ("--external", f"file[io]:{fifo}"))
+        link = f"/proc/{restored}/fd/{fd}"
+        assert os.stat(link).st_ino == os.fstat(ours).st_ino, os.readlink(link)
+        with open(f"/proc/{restored}/fdinfo/{fd}") as f:
+            flags = int(f.read().split("flags:")[1].split()[0], 8)
+        assert flags & os.O_ACCMODE == (os.O_WRONLY if fd == 1 else os.O_RDONLY)
+        assert not flags & os.O_NONBLOCK, "restore's non-blocking open of the FIFO stayed non-blocking"
+    finally:
+        os.close(ours)
+
+
+def test_pipe_declared_external_fifo_without_reader_refused(case, tmp_path):
+    """The FIFO given for a write end has no reader: restore says so in one line (never waits for
+    one) and leaves nothing running."""
+    from enginecase import CRError
+    pid = _start(case, f"{TREE} | cat >/dev/null", ("cat",))
+    images = case.new_images_dir()
+    case.dump(pid, images, ("--external", f"pipe[{_pipe_ino(pid, 1)}]:io"))
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    with pytest.raises(CRError) as err:
+        case.restore(images, ("--external", f"file[io]:{fifo}"))
+    msg = err.value.proc.stderr.strip()
+    assert msg.endswith("a FIFO no process has open for reading (start its reader first)"), msg
+    assert len(msg.splitlines()) == 1, msg
+
+
+def test_refusal_names_the_declaration(case):
+    """The refusal of a pipe shared with an outside process names `--external pipe[INO]:KEY`."""
+    from enginecase import CRError
+    pid = _start(case, f"{TREE} | cat >/dev/null", ("cat",))
+    ino = _pipe_ino(pid, 1)
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert f"--external pipe[{ino}]:KEY and restore with --external file[KEY]:PATH" in str(err.value)

@@ -250,6 +250,21 @@ def test_devtmpfs_needs_devices_all(base_image, tmp_path, policy):
                  rf"\({policy}\) refuses; --devices all", tmp_path, extra=("--devices", policy))
 
 
+def test_devtmpfs_and_a_missing_external_told_at_once(base_image, tmp_path):
+    """An image that needs both --devices all and an external the user did not give: one line names
+    both (a user should not learn one missing option per run); nothing is left behind."""
+    if "devtmpfs" not in open("/proc/filesystems").read():
+        pytest.skip("no devtmpfs on this kernel")
+    img = _mutated(base_image, tmp_path, lambda d: _turn_mqueue(d, "devtmpfs", source="devtmpfs", super_opts=["rw"]))
+    pidfile = os.path.join(str(tmp_path), "both.pid")
+    r = enginecase.mntcr("restore", "-D", img, "--external", "mnt[usr]:/usr", "--pidfile", pidfile)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert re.search(r"the image needs externals: give --external mnt\[etc\]:HOSTPATH; and superblock sb-\d+ "
+                     r"\(devtmpfs\): .*--devices all restores it", lines[0]), lines[0]
+    assert not os.path.exists(pidfile)
+
+
 @pytest.mark.parametrize("fstype", ["debugfs", "tracefs", "securityfs"])
 def test_host_global_pseudo_filesystems_need_devices_all(base_image, tmp_path, fstype):
     """The mqueue turned into one of the machine's single-superblock filesystems: restore mounted the

@@ -7,7 +7,8 @@ fails with EPIPE, or SIGPIPE kills it) or no writer (the tree reads end-of-file 
 restored tree would not behave as the dumped one. Dump sees this only while the tree runs, by
 looking for the pipe in the other processes' fds, which is why this is a precheck (the tree is
 never stopped for it). A pipe whose other end no process holds any more is restored as it is
-(a reader gone is a reader gone after restore too).
+(a reader gone is a reader gone after restore too). A pipe declared `--external pipe[INO]:KEY`
+is no kind's: restore connects the tree's end to what `--external file[KEY]:PATH` gives.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ def prefinish(scratch: dict) -> None:
         raise FdError(errno.EOPNOTSUPP,
                       f"process {mine_pid} fd {mine_fd} ({target}): the pipe's {side} end is held by "
                       f"process {pid} ({_comm(pid)}) outside the tree, which restore cannot connect "
-                      f"again: {what}; dump that process with the tree (its parent as the root), "
-                      "or give the tree a file or FIFO instead of the pipe")
+                      f"again: {what}; dump that process with the tree (its parent as the root), or "
+                      f"declare the pipe with --external pipe[{target[6:-1]}]:KEY and restore with --external "
+                      "file[KEY]:PATH (a file, a FIFO or /proc/self/fd/N of a pipe given to restore)")
 
 
 def _holders(targets: set[str], tree: set[int]):
