@@ -14,7 +14,7 @@ import time
 import pytest
 
 from engine import inject
-from enginecase import assert_same, case, py_hold, take  # noqa: F401  (fixture)
+from enginecase import assert_same, case, py_hold, take, wait_until  # noqa: F401  (fixture)
 from zdtm.snapshot import tree_pids
 
 pytestmark = pytest.mark.skipif(not inject.SUPPORTED, reason="engine/inject.py runs calls on x86_64 only")
@@ -105,13 +105,8 @@ def test_stopped_inside_its_handler_the_mask_outside_it_is_kept(case):
                              "ctypes.CDLL(None).signal(signal.SIGALRM, stay_c)\n"
                              "signal.setitimer(signal.ITIMER_REAL, 3600, 60)\n"))
     os.kill(pid, signal.SIGALRM)   # (now, once it holds: its handler is entered for good)
-    for _ in range(200):
-        with open(f"/proc/{pid}/status") as f:
-            if re.search(r"^SigBlk:\s*0*2200$", f.read(), re.M):
-                break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the process never entered its handler")
+    wait_until(lambda: re.search(r"^SigBlk:\s*0*2200$", open(f"/proc/{pid}/status").read(), re.M),
+               "the process's entry into its handler")
     images = case.new_images_dir()
     case.dump(pid, images)
     with open(os.path.join(images, "mntcr.json")) as f:

@@ -118,10 +118,12 @@ def test_locked_cover_read_through_the_dumpers_twin_at_the_targets_root(case, tm
                              "private", "sh", "-c", script], stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     case.trees.append(tree.pid)
-    for _ in range(400):
-        if open(f"/proc/{tree.pid}/comm").read().strip() == "sleep":
-            break
-        subprocess.run(["sleep", "0.05"])
+
+    def sleeping() -> bool:   # (a setup that failed is a SetupError at once, not a wait)
+        if tree.poll() is not None:
+            raise enginecase.SetupError(f"the tree's setup exited {tree.returncode} before its sleep")
+        return open(f"/proc/{tree.pid}/comm").read().strip() == "sleep"
+    enginecase.wait_until(sleeping, "the tree's exec of sleep")
     assert os.readlink(f"/proc/{tree.pid}/ns/user") != os.readlink("/proc/self/ns/user")
     outer.sh(f"mount -t tmpfs cover {p}/u")   # the dumper's twin is covered as well
     assert f"{p}/u " not in open(f"/proc/{tree.pid}/mountinfo").read()

@@ -17,7 +17,7 @@ import pytest
 
 from engine import inject, posixtimers
 from zdtm.snapshot import tree_pids
-from enginecase import STOP_WATCH, CRError, assert_same, case, py_hold, take, was_stopped  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, CRError, assert_same, case, py_hold, take, wait_until, was_stopped  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.skipif(not inject.SUPPORTED, reason="timers are read by calls made in the process: "
                                                               "engine/inject.py runs them on x86_64 only")
@@ -516,13 +516,8 @@ def test_a_thread_stopped_inside_its_timer_handler_keeps_the_mask_outside_it(cas
                                     "th = threading.Thread(target=threading.Event().wait, daemon=True); th.start()\n"
                                     "t = make(1, signal.SIGUSR2, 4, 0, th.native_id); arm(t, 0.01, 0)\n"))
     (tid,) = [int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid]
-    for _ in range(200):   # (its handler entered for good: SIGUSR2 blocked in it)
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            if re.search(r"^SigBlk:\s*0*800$", f.read(), re.M):
-                break
-        time.sleep(0.05)
-    else:
-        pytest.fail("the thread never entered its handler")
+    wait_until(lambda: re.search(r"^SigBlk:\s*0*800$", open(f"/proc/{pid}/task/{tid}/status").read(), re.M),
+               "the thread's entry into its handler (SIGUSR2 blocked in it)")
     images = case.new_images_dir()
     case.dump(pid, images)
     from enginecase import load_manifest
