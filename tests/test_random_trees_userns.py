@@ -5,10 +5,8 @@ engine/nscopy.py). A dump may refuse (one line, a clear cause: many such trees h
 mount reaches); a dump that succeeds must restore the same tree. A fixed list of seeds, each a
 real container (a few seconds each): the seeds below found 'dump OK, restore failed' once (an
 overlay and its layers hidden under a cover, tests/test_engine_rootless.py); more seeds:
-MNTCR_USERNS_SEEDS=FROM:TO. Known left (session 23): seed 41 (MNTCR_USERNS_SEEDS=41:42) restores
-/mnt/t3/b4, a bind of the empty directory /mnt/m0 that a locked tmpfs covers, with a tmpfs root's
-mode (1777, not 755): as if bound from the cover's root (not pinned down; archiving that
-directory apart, as an empty root with its mode, did not change it)."""
+MNTCR_USERNS_SEEDS=FROM:TO. Seed 41 (session 23) restored a bind of a directory a locked tmpfs
+covers with the cover's root's mode: its shrunk form is the test at the end."""
 
 from __future__ import annotations
 
@@ -47,4 +45,41 @@ def test_a_tree_in_its_own_user_namespace_restores_or_is_refused(case, seed):
         assert len(lines) == 1 and lines[0].startswith("mntcr dump: "), e   # (a refusal: one line)
         return
     restored = case.restore(images)
+    enginecase.assert_same(before, enginecase.take(restored))
+
+
+# Seed 41, shrunk: a bind of a directory that a tmpfs covers afterwards. In the user namespace's
+# copy the cover is locked, so dump's clone of the base tmpfs brings it along and tar archived
+# the cover's root (1777) for that directory; the bind came back with that mode. Times and an
+# owner of its own make the directory's attributes unlike any root's. Also a directory under a
+# covered one (both covered, the deeper one seen through a bind of the upper one; what covers it
+# reached through another bind).
+COVERED_BIND = """\
+mount -t tmpfs base /mnt || exit 1
+mkdir -p /mnt/m0 /mnt/b4 /mnt/x/y /mnt/bx /mnt/by || exit 1
+chmod 750 /mnt/m0 && chown 5:6 /mnt/m0 && touch -m -d @1000000000 /mnt/m0 || exit 1
+echo held > /mnt/x/f && chmod 705 /mnt/x/y && chown 7:8 /mnt/x/y || exit 1
+touch -m -d @1100000000 /mnt/x/y /mnt/x || exit 1
+mount --bind /mnt/m0 /mnt/b4 && mount --bind /mnt/x /mnt/bx || exit 1
+mount -t tmpfs o5 /mnt/m0 && mount -t tmpfs o6 /mnt/x/y && mount --bind /mnt/x/y /mnt/by || exit 1
+mount -t tmpfs o7 /mnt/x || exit 1
+exec zdtm-hold
+"""
+
+
+def _attrs(pid: int, path: str) -> tuple:
+    st = os.stat(f"/proc/{pid}/root{path}")
+    return oct(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns
+
+
+def test_a_bind_of_a_directory_a_locked_mount_covers_keeps_its_mode_owner_and_times(case):
+    pid = case.start(randomtree.in_userns(COVERED_BIND, HOLD), host_pidns=True)
+    before = enginecase.take(pid)
+    want = {p: _attrs(pid, p) for p in ("/mnt/b4", "/mnt/bx/y", "/mnt/bx")}
+    if want["/mnt/b4"][:3] != (oct(0o40750), 5, 6) or want["/mnt/bx/y"][:3] != (oct(0o40705), 7, 8):
+        raise enginecase.SetupError(f"the setup did not make the directories it meant to: {want}")
+    restored = case.cr(pid)
+    assert {p: _attrs(restored, p) for p in want} == want
+    with open(f"/proc/{restored}/root/mnt/bx/f") as f:
+        assert f.read() == "held\n"
     enginecase.assert_same(before, enginecase.take(restored))
