@@ -83,3 +83,26 @@ def test_a_bind_of_a_directory_a_locked_mount_covers_keeps_its_mode_owner_and_ti
     with open(f"/proc/{restored}/root/mnt/bx/f") as f:
         assert f.read() == "held\n"
     enginecase.assert_same(before, enginecase.take(restored))
+
+
+# Seed 17 (and 21, 25, 30, 51), shrunk: mounts beneath a directory whose owner the user namespace
+# does not map and which grants others no search permission. The lock probe, root of that user
+# namespace, cannot reach them ("lock probe failed: Permission denied" before); the refusal now
+# names the directory and what to do, and comes before the tree is stopped.
+UNSEARCHABLE = """\
+mount -t tmpfs base /mnt && mkdir /mnt/t && mount -t tmpfs t /mnt/t || exit 1
+chmod 700 /mnt && chown 12:10 /mnt || exit 1
+exec zdtm-hold
+"""
+
+
+def test_mounts_beneath_a_directory_the_user_namespace_may_not_search_are_refused_saying_what_to_do(case):
+    pid = case.start(enginecase.STOP_WATCH + randomtree.in_userns(UNSEARCHABLE, HOLD), host_pidns=True)
+    if not os.path.exists(f"/proc/{pid}/root/run/.watching"):
+        raise enginecase.SetupError("the stop watcher is not seen from the tree's root")
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    lines = err.value.proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "lock probe failed: the mount at /mnt/t lies beneath /mnt" in lines[0], lines
+    assert "chmod o+x /mnt" in lines[0]
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
