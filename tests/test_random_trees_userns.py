@@ -5,7 +5,11 @@ engine/nscopy.py). A dump may refuse (one line, a clear cause: many such trees h
 mount reaches); a dump that succeeds must restore the same tree. A fixed list of seeds, each a
 real container (a few seconds each): the seeds below found 'dump OK, restore failed' once (an
 overlay and its layers hidden under a cover, tests/test_engine_rootless.py); more seeds:
-MNTCR_USERNS_SEEDS=FROM:TO. Seed 41 (session 23) restored a bind of a directory a locked tmpfs
+MNTCR_USERNS_SEEDS=FROM:TO. The shaped seeds (MNTCR_USERNS_SHAPED_SEEDS=FROM:TO, 0:8 here) make
+wider trees (randomtree.USERNS_MORE_KINDS: unbindable mounts, read-only superblocks, up to 17 ops)
+in user namespaces of other maps in turn (randomtree.USERNS_SHAPES: only root, 0-65535 as
+themselves, shifted to 100000 as rootless runtimes map, and a second user namespace inside the
+shifted one). Seed 41 (session 23) restored a bind of a directory a locked tmpfs
 covers with the cover's root's mode: its shrunk form is the test at the end."""
 
 from __future__ import annotations
@@ -30,12 +34,40 @@ def ops_of(seed: int) -> list[tuple]:
             for _ in range(rnd.randrange(3, 12))]
 
 
+_SFROM, _, _STO = os.environ.get("MNTCR_USERNS_SHAPED_SEEDS", "0:8").partition(":")
+SHAPED_SEEDS = range(int(_SFROM), int(_STO))
+
+
+def shaped_ops_of(seed: int) -> tuple[str, list[tuple]]:
+    """The user namespace shape (randomtree.USERNS_SHAPES, by seed in turn) and op list (3 to 17 ops
+    of randomtree.USERNS_MORE_KINDS) of shaped seed `seed` (deterministic)."""
+    rnd = random.Random(f"shaped-{seed}")
+    return (randomtree.USERNS_SHAPES[seed % len(randomtree.USERNS_SHAPES)],
+            [(rnd.choice(randomtree.USERNS_MORE_KINDS), rnd.randrange(16), rnd.randrange(16))
+             for _ in range(rnd.randrange(3, 18))])
+
+
+def _uid_map(pid: int) -> str:
+    with open(f"/proc/{pid}/uid_map") as f:
+        return " ".join(f.read().split())
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_a_tree_in_its_own_user_namespace_restores_or_is_refused(case, seed):
-    setup = randomtree.in_userns(randomtree.render_setup(ops_of(seed)), HOLD)
-    assert "unshare -U -r -m" in setup
+    _restores_or_is_refused(case, randomtree.in_userns(randomtree.render_setup(ops_of(seed)), HOLD), "0 0 1")
+
+
+@pytest.mark.parametrize("seed", SHAPED_SEEDS)
+def test_a_tree_in_user_namespaces_of_other_maps_restores_or_is_refused(case, seed):
+    shape, ops = shaped_ops_of(seed)
+    maps = {"root": "0 0 1", "range": "0 0 65536", "shifted": "0 100000 65536", "nested": "0 100000 1"}
+    _restores_or_is_refused(case, randomtree.in_userns(randomtree.render_setup(ops), HOLD, shape), maps[shape])
+
+
+def _restores_or_is_refused(case, setup: str, uid_map: str) -> None:
     pid = case.start(setup, host_pidns=True)
-    assert os.readlink(f"/proc/{pid}/ns/user") != os.readlink("/proc/self/ns/user"), "the setup made no user namespace"
+    if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user") or _uid_map(pid) != uid_map:
+        raise enginecase.SetupError(f"the setup made no user namespace mapping {uid_map!r}")
     before = enginecase.take(pid)
     images = case.new_images_dir()
     try:
