@@ -83,6 +83,15 @@ def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
         # "/" names the root we stand on, never what is mounted over it; "/.." does.
         return "/.." if mp == "/" else mp
 
+    by_sb: dict[tuple, list[mountinfo.Mount]] = {}
+
+    def same_sb(m: mountinfo.Mount) -> list[mountinfo.Mount]:
+        # (indexed once, when a first clone needs it: thousands of mounts may each need it)
+        if not by_sb:
+            for x in orig:
+                by_sb.setdefault((x.major, x.minor, x.fstype, x.source), []).append(x)
+        return by_sb[(m.major, m.minor, m.fstype, m.source)]
+
     def clone(m: mountinfo.Mount, as_id: int | None = None, rel: str | None = None) -> None:
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
@@ -104,7 +113,7 @@ def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
                                   kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
             # tar shows the directories those mounts sit on as their roots: what they hold, and
             # their own modes, owners and times, come from other mounts that show them (binds).
-            views = _covered_views(m, o_children.get(m.mnt_id, ()), orig, to_copy, top_path) if report else []
+            views = _covered_views(m, o_children.get(m.mnt_id, ()), same_sb(m), to_copy, top_path) if report else []
             if views:
                 chan.send(("beneath", m.mnt_id if as_id is None else as_id, [rel for rel, _ in views]),
                           [vfd for _, vfd in views])
@@ -140,18 +149,19 @@ def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
     chan.send("done")
 
 
-def _covered_views(m: mountinfo.Mount, children, orig: list, to_copy: dict, top_path) -> list[tuple[str, int]]:
+def _covered_views(m: mountinfo.Mount, children, same: list, to_copy: dict, top_path) -> list[tuple[str, int]]:
     """[(path beneath m's root, detached clone)] of the directories of `m` that its `children` are
-    mounted on, each cloned from another mount of m's superblock visible in the copy that shows it
-    uncovered (a bind of it or of a directory above); one no mount shows is left out (what covers
-    it is all the container reaches there), and so is one beneath another that is cloned."""
+    mounted on, each cloned from another mount of m's superblock (`same`: them all, m too) visible
+    in the copy that shows it uncovered (a bind of it or of a directory above); one no mount shows
+    is left out (what covers it is all the container reaches there), and so is one beneath another
+    that is cloned."""
     out: list[tuple[str, int]] = []
     for rel in sorted({r for c in children if (r := _beneath(c.mountpoint, m.mountpoint))}):
         if any(rel.startswith(done + "/") for done, _ in out):
             continue
         where = (m.root.rstrip("/") + "/" + rel) if m.root != "/" else "/" + rel
-        for m2 in orig:
-            if m2.mnt_id == m.mnt_id or (m2.major, m2.minor, m2.fstype, m2.source) != (m.major, m.minor, m.fstype, m.source):
+        for m2 in same:
+            if m2.mnt_id == m.mnt_id:
                 continue
             rel2 = _beneath(where, m2.root)
             fd = None if rel2 is None else _clone_uncovered(top_path(m2.mountpoint), rel2, to_copy.get(m2.mnt_id))
