@@ -417,30 +417,81 @@ else:
 
 # --- device nodes, directories --------------------------------------------------------------------
 
-def test_device_nodes_and_a_directory_offset(case, got):
-    """fds on /dev/null, /dev/zero, /dev/urandom, /dev/full and a directory read part way (getdents
-    offset): after restore the devices do what they do and the directory goes on where it was."""
+def test_device_nodes(case, got):
+    """fds on /dev/null, /dev/zero, /dev/urandom and /dev/full: after restore each does what its
+    device does."""
     setup = """
 mknod -m 666 /dev/urandom c 1 9; mknod -m 666 /dev/full c 1 7
-mkdir /run/d; for i in $(seq 1 200); do touch /run/d/file$i; done
 """ + py_hold("""
 for n, (path, flags) in enumerate((("/dev/null", os.O_RDWR), ("/dev/zero", os.O_RDONLY), ("/dev/urandom", os.O_RDONLY),
                                    ("/dev/full", os.O_WRONLY))):
     f = os.open(path, flags); os.dup2(f, 100 + n); os.close(f)
-d = os.open("/run/d", os.O_RDONLY | os.O_DIRECTORY)
-import ctypes
-buf = ctypes.create_string_buffer(1024)
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.syscall(217, d, buf, 1024) > 0   # getdents64: part of the directory read
-os.dup2(d, 110); os.close(d)
 """)
     before, after = case.roundtrip(setup)
     pid = after.pid
+    assert os.write(got.fd(pid, 100), b"gone") == 4 and os.read(got.fd(pid, 100), 4) == b""
     assert os.read(got.fd(pid, 101), 4) == b"\0\0\0\0"
     assert len(os.read(got.fd(pid, 102), 16)) == 16
     with pytest.raises(OSError) as e:
         os.write(got.fd(pid, 103), b"x")
     assert e.value.errno == 28   # ENOSPC
+
+
+# A holder that reads part of directory PATH (one getdents64 of 1 KiB: ., .. and some names) at fd N
+# and writes the names it read, one a line, to /run/read-N.
+_READ_PART = """
+import ctypes, struct
+def part(path, n, size=1024):
+    d = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    buf = ctypes.create_string_buffer(size)
+    got = ctypes.CDLL(None, use_errno=True).syscall(217, d, buf, size)   # getdents64
+    assert got > 0
+    names, i = [], 0
+    while i < got:
+        reclen = struct.unpack_from("H", buf.raw, i + 16)[0]
+        names.append(buf.raw[i + 19:i + reclen].split(b"\\0")[0].decode()); i += reclen
+    os.dup2(d, n); os.close(d)
+    with open(f"/run/read-{n}", "w") as f:
+        f.write("".join(x + "\\n" for x in names))
+"""
+
+
+def _rest(got, pid: int, n: int) -> list[str]:
+    """The names fd `n` of process `pid` has left to read (its own getdents position moves)."""
+    from engine.fds import dirpos
+    return [name.decode() for name, _ in dirpos.listing(got.fd(pid, n))]
+
+
+def test_directory_offsets(case, got):
+    """A directory of an external mount (/etc) read part way (a `find` or `du` mid-walk) and one of
+    the container's tmpfs read to its end: each goes on where it was after restore: /etc's lists the
+    names it had left to read, the tmpfs one nothing more."""
+    setup = "mkdir /run/d; for i in $(seq 1 100); do touch /run/d/file$i; done\n" + py_hold(_READ_PART + """
+part("/etc", 110)
+d = os.open("/run/d", os.O_RDONLY | os.O_DIRECTORY); os.dup2(d, 111); os.close(d)
+buf = ctypes.create_string_buffer(4096)
+while ctypes.CDLL(None).syscall(217, 111, buf, 4096) > 0:   # (read to its end)
+    pass
+""")
+    before, after = case.roundtrip(setup)
+    pid = after.pid
+    with open(f"/proc/{pid}/root/run/read-110") as f:
+        read = f.read().split()
+    left = _rest(got, pid, 110)
+    assert read and left and sorted(read + left) == sorted([".", ".."] + os.listdir("/etc")), (read, left)
+    assert _rest(got, pid, 111) == []
+
+
+def test_directory_read_part_way_on_a_filesystem_restore_remakes_refused_unstopped(case):
+    """A directory of the container's tmpfs read part way: the restored tmpfs lists its entries in
+    another order, so dump refuses it, in one line that says what to do, before the stop."""
+    setup = STOP_WATCH + "mkdir /run/d; for i in $(seq 1 100); do touch /run/d/file$i; done\n" + py_hold(
+        _READ_PART + 'part("/run/d", 112)\n')
+    pid = case.start(setup)
+    with pytest.raises(CRError, match=r"fd 112 \(/run/d\): a directory read part way \(\d+ of its 102 entries\) on "
+                                      r"a filesystem whose files restore makes again.*: not supported; dump it once"):
+        case.dump(pid, case.new_images_dir())
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
 
 
 # --- kinds no module dumps: refused before the stop, saying what to do ----------------------------
