@@ -561,7 +561,7 @@ FD = Record("fd", {
     # number that process has at restore in that proc mount's pid namespace (engine/fds/file.py).
     "live_pid": F(INT, required=False, rule=rng(1, MAX_PID)),
     # A directory read to its end on a filesystem restore makes again: read to its end again
-    # (engine/fds/dirpos.py; its offset, a cookie of the dumped filesystem, says nothing there).
+    # (engine/dirpos.py; its offset, a cookie of the dumped filesystem, says nothing there).
     "dir_end": F(BOOL, required=False),
 })
 

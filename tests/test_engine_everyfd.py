@@ -458,7 +458,7 @@ def part(path, n, size=1024):
 
 def _rest(got, pid: int, n: int) -> list[str]:
     """The names fd `n` of process `pid` has left to read (its own getdents position moves)."""
-    from engine.fds import dirpos
+    from engine import dirpos
     return [name.decode() for name, _ in dirpos.listing(got.fd(pid, n))]
 
 

@@ -7,8 +7,8 @@ import os
 import re
 import stat
 
-from engine import deadpid
-from engine.fds import FdError, FdKind, RestoreFd, dirpos, register
+from engine import deadpid, dirpos
+from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.imageformat import O_TMPFILE_BIT
 
 # Flags that only mattered when the file was opened (or that we set ourselves).
