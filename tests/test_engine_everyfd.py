@@ -288,6 +288,89 @@ os.fork()
     assert _read_all(got.fd(after.pid, 65), 3) == b"200"
 
 
+def _fds_of(pid: int) -> dict[int, str]:
+    return {int(n): os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd")}
+
+
+def _by_comm(root: int) -> dict[str, int]:
+    from zdtm.snapshot import tree_pids
+    return {_comm(p): p for p in tree_pids(root)}
+
+
+def test_real_tools(case, got):
+    """Real programs in their waiting states: socat listening on a unix socket, inotifywait and
+    tail -f watching, flock(1) holding a lock for its command, script(1) with its pty, a bash coproc
+    with its two pipes. After restore (stand-ins: the programs do not run again) each fd does what
+    the program's would: the listener takes a connection, the inotify watches report, the lock is
+    the restored flock's, the pty carries bytes both ways, the coproc's pipes carry data."""
+    setup = """
+mkdir -p /dev/pts; mount -t devpts -o newinstance,ptmxmode=0666 devpts /dev/pts; ln -s pts/ptmx /dev/ptmx
+mkdir /run/w; echo line1 > /run/tailed
+socat UNIX-LISTEN:/run/socat.sock OPEN:/dev/null </dev/null >/dev/null 2>&1 &
+inotifywait -m -e create --format %f /run/w </dev/null >/run/inotify.log 2>/run/inotify.err &
+tail -f /run/tailed </dev/null >/run/tail.out 2>/dev/null &
+flock /run/lk /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
+script -q -c 'exec /.hold/mntcr-hold 100000' /dev/null </dev/null >/dev/null 2>&1 &
+bash -c 'coproc /.hold/mntcr-hold 100000; wait' </dev/null >/dev/null 2>&1 &
+wait_for /run/socat.sock
+n=600; until grep -q established /run/inotify.err; do n=$((n - 1)); [ $n -gt 0 ]; sleep 0.05; done
+n=600; until grep -q line1 /run/tail.out; do n=$((n - 1)); [ $n -gt 0 ]; sleep 0.05; done
+# (flock locks before it runs its command; the tree's pid namespace shows its locks alone)
+n=600; until [ -n "$(cat /proc/locks)" ]; do n=$((n - 1)); [ $n -gt 0 ]; sleep 0.05; done
+hold
+"""
+    pid = case.start(setup, daemons=("socat", "inotifywait", "tail", "flock", "script", "bash"))
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    tools = _by_comm(pid)
+    # socat's listener queues a new connection.
+    socks = [got.sock(tools["socat"], n) for n, t in _fds_of(tools["socat"]).items() if t.startswith("socket:")]
+    lst, = [x for x in socks if x.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)]
+    c = got.keep(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM))
+    c.connect(f"/proc/{pid}/root/run/socat.sock")
+    conn = got.keep(lst.accept()[0])
+    c.send(b"x")
+    assert conn.recv(1) == b"x"
+    # inotifywait's and tail's watches report.
+    ino_w = next(n for n, t in _fds_of(tools["inotifywait"]).items() if t == "anon_inode:inotify")
+    ino_t = next(n for n, t in _fds_of(tools["tail"]).items() if t == "anon_inode:inotify")
+    open(f"/proc/{pid}/root/run/w/made", "w").close()
+    with open(f"/proc/{pid}/root/run/tailed", "a") as f:
+        f.write("line2\n")
+    for who, n in (("inotifywait", ino_w), ("tail", ino_t)):
+        fd = got.fd(tools[who], n)
+        assert _readable(fd, 30), f"{who}'s restored inotify watch did not report"
+    # flock's lock is the restored flock process's.
+    with open("/proc/locks") as f:
+        assert re.search(rf"FLOCK\s+ADVISORY\s+WRITE\s+{tools['flock']}\s", f.read())
+    # script's pty: bytes written to its master come out of the slave its child holds, and back.
+    fds = _fds_of(tools["script"])
+    master = next(n for n, t in fds.items() if t.endswith("/ptmx"))
+    child = next(p for p in _children(tools["script"]))
+    slave = next(n for n, t in _fds_of(child).items() if t.startswith("/dev/pts/"))
+    m, sl = got.fd(tools["script"], master), got.fd(child, slave)
+    import termios
+    attrs = termios.tcgetattr(sl)
+    attrs[3] &= ~(termios.ICANON | termios.ECHO)
+    termios.tcsetattr(sl, termios.TCSANOW, attrs)
+    while _readable(sl, 0):   # (what script wrote when its stdin ended: kept, not what this checks)
+        os.read(sl, 100)
+    os.write(m, b"k")
+    assert _read_all(sl, 1) == b"k"
+    os.write(sl, b"j")
+    assert _read_all(m, 1) == b"j"
+    # The coproc's pipes: bash writes to the coproc's stdin and reads its stdout.
+    shell = tools["bash"]
+    co = _children(shell)[0]
+    ends = {t: n for n, t in _fds_of(shell).items() if t.startswith("pipe:")}
+    co_in, co_out = _fds_of(co)[0], _fds_of(co)[1]
+    os.write(got.fd(shell, ends[co_in]), b"to coproc")
+    assert _read_all(got.fd(co, 0), 9) == b"to coproc"
+    os.write(got.fd(co, 1), b"from coproc")
+    assert _read_all(got.fd(shell, ends[co_out]), 11) == b"from coproc"
+
+
 # --- anon inodes ----------------------------------------------------------------------------------
 
 def test_timerfd_fires_eventfd_counts_signalfd_reads_epoll_reports(case, got):
