@@ -309,12 +309,15 @@ mkdir /run/w; echo line1 > /run/tailed
 socat UNIX-LISTEN:/run/socat.sock OPEN:/dev/null </dev/null >/dev/null 2>&1 &
 inotifywait -m -e create --format %f /run/w </dev/null >/run/inotify.log 2>/run/inotify.err &
 tail -f /run/tailed </dev/null >/run/tail.out 2>/dev/null &
+tail=$!
 flock /run/lk /.hold/mntcr-hold 100000 </dev/null >/dev/null 2>&1 &
 script -q -c 'exec /.hold/mntcr-hold 100000' /dev/null </dev/null >/dev/null 2>&1 &
 bash -c 'coproc /.hold/mntcr-hold 100000; wait' </dev/null >/dev/null 2>&1 &
-wait_for /run/socat.sock
+# (each in the state the test uses: socat listening, not just bound; tail's watch added, after it
+# printed the file)
+n=600; until grep -q ' 00010000 .* /run/socat.sock$' /proc/net/unix; do n=$((n - 1)); [ $n -gt 0 ]; sleep 0.05; done
 n=600; until grep -q established /run/inotify.err; do n=$((n - 1)); [ $n -gt 0 ]; sleep 0.05; done
-n=600; until grep -q line1 /run/tail.out; do n=$((n - 1)); [ $n -gt 0 ]; sleep 0.05; done
+n=600; until cat /proc/$tail/fdinfo/* 2>/dev/null | grep -q '^inotify wd'; do n=$((n - 1)); [ $n -gt 0 ]; sleep 0.05; done
 # (flock locks before it runs its command; the tree's pid namespace shows its locks alone)
 n=600; until [ -n "$(cat /proc/locks)" ]; do n=$((n - 1)); [ $n -gt 0 ]; sleep 0.05; done
 hold
