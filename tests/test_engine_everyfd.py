@@ -150,19 +150,26 @@ hold
 
 def test_fd_flags_and_numbers_above_1024(case, got):
     """O_APPEND, O_NONBLOCK, O_CLOEXEC, O_DIRECT, O_NOATIME on fds numbered above 1024 (the
-    holder raised its RLIMIT_NOFILE): numbers and flags come back, and an O_APPEND fd still
-    appends after a seek."""
+    holder raised its RLIMIT_NOFILE), and a deleted file: numbers and flags come back, an O_APPEND
+    fd still appends after a seek, the deleted file reads its data from its offset."""
     setup = "echo start > /run/log\n" + py_hold("""
 import resource
 resource.setrlimit(resource.RLIMIT_NOFILE, (8192, 8192))
 a = os.open("/run/log", os.O_WRONLY | os.O_APPEND); os.dup2(a, 1500); os.close(a)
 r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC); os.dup2(r, 4000, inheritable=False); os.dup2(w, 4001); os.close(r); os.close(w)
 d = os.open("/run/log", os.O_RDONLY | os.O_NOATIME | os.O_CLOEXEC); os.dup2(d, 1025, inheritable=False); os.close(d)
+x = os.open("/run/log", os.O_RDONLY | os.O_DIRECT); os.dup2(x, 2000); os.close(x)
+g = os.open("/run/gone", os.O_RDWR | os.O_CREAT); os.write(g, b"deleted but open"); os.lseek(g, 8, 0)
+os.unlink("/run/gone"); os.dup2(g, 3000); os.close(g)
 """)
     before, after = case.roundtrip(setup)
     pid = after.pid
-    for n in (1500, 4000, 4001, 1025):
+    for n in (1500, 4000, 4001, 1025, 2000, 3000):
         assert os.path.exists(f"/proc/{pid}/fd/{n}")
+    with open(f"/proc/{pid}/fdinfo/2000") as f:
+        assert int(re.search(r"flags:\s+(\d+)", f.read())[1], 8) & os.O_DIRECT
+    assert os.read(got.fd(pid, 3000), 100) == b"but open"   # (its data from its offset, 8)
+    assert os.readlink(f"/proc/{pid}/fd/3000") == "/run/gone (deleted)"
     with open(f"/proc/{pid}/fdinfo/4000") as f:
         assert re.search(r"flags:\s+0*2004000\n", f.read())   # O_CLOEXEC|O_NONBLOCK
     a = got.fd(pid, 1500)
