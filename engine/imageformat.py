@@ -560,6 +560,9 @@ FD = Record("fd", {
     # A file of /proc/N/ of a live process of the tree (its pid in the image): reopened under the
     # number that process has at restore in that proc mount's pid namespace (engine/fds/file.py).
     "live_pid": F(INT, required=False, rule=rng(1, MAX_PID)),
+    # A directory read to its end on a filesystem restore makes again: read to its end again
+    # (engine/dirpos.py; its offset, a cookie of the dumped filesystem, says nothing there).
+    "dir_end": F(BOOL, required=False),
 })
 
 _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}\Z")

@@ -30,11 +30,11 @@ _ARCH = os.uname().machine
 if _ARCH == "x86_64":
     NR = dict(setns=308, unshare=272, pivot_root=155, name_to_handle_at=303, open_by_handle_at=304,
               statx=332, mount=165, umount2=166, setgroups=116, setresuid=117, setresgid=119, tgkill=234,
-              rt_sigaction=13, rt_sigprocmask=14)
+              rt_sigaction=13, rt_sigprocmask=14, getdents64=217)
 elif _ARCH in ("aarch64", "arm64"):
     NR = dict(setns=268, unshare=97, pivot_root=41, name_to_handle_at=264, open_by_handle_at=265,
               statx=291, mount=40, umount2=39, setgroups=159, setresuid=147, setresgid=149, tgkill=131,
-              rt_sigaction=134, rt_sigprocmask=135)
+              rt_sigaction=134, rt_sigprocmask=135, getdents64=61)
 else:  # pragma: no cover - other architectures are not supported yet
     raise ImportError(f"mntcr: unsupported architecture {_ARCH}")
 NR.update(open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
