@@ -19,7 +19,7 @@ fi
 # mkfs tools, squashfs and squashfuse (the fuse battery) for the filesystem scenarios and the --fstype battery, qemu + busybox for the VM flavor, debootstrap for criu
 # and the Vagrant box, vagrant + vagrant-libvirt + libvirt for the Vagrant provider, the container runtimes
 # of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container docker.io firejail schroot buildah
-# charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns docker-compose lxd distrobox; containerd comes with docker.io, lxcfs with lxd), the container inits of
+# charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns docker-compose lxd distrobox podman-toolbox; containerd comes with docker.io, lxcfs with lxd), the container inits of
 # scenarios/fds/container_inits.yaml (tini dumb-init catatonit), uidmap (newuidmap for the
 # rootless scenarios in scenarios/userns/ and scenarios/runtimes/), the real programs of
 # scenarios/fds/real_programs.yaml (tmux, dbus-daemon, socat) and scenarios/fds/apps.yaml (nginx, lighttpd,
@@ -37,7 +37,7 @@ pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squash
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
       vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-utils openssh-client rsync
       runc crun podman lxc bubblewrap systemd-container docker.io firejail schroot
-      buildah charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns docker-compose lxd distrobox tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
+      buildah charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns docker-compose lxd distrobox podman-toolbox tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
       nginx lighttpd redis-server screen sqlite3 inotify-tools curl gcc make libc6-dev
       openssh-server memcached haproxy dnsmasq-base rsyslog apache2 supervisor runit prometheus-node-exporter
       iputils-ping nftables iptables postgresql-15 mariadb-server)
