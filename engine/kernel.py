@@ -767,6 +767,20 @@ def proc_status(pid, keys) -> dict[str, str]:
     return out
 
 
+# Capability names by bit (linux/capability.h), as capsh and setpriv spell them.
+CAP_NAMES = ("chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+             "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
+             "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
+             "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control",
+             "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read",
+             "perfmon", "bpf", "checkpoint_restore")
+
+
+def cap_names(mask: int) -> list[str]:
+    """The capabilities of bit mask `mask` by name (cap_sys_nice...; an unnamed bit as cap_N)."""
+    return [f"cap_{CAP_NAMES[b]}" if b < len(CAP_NAMES) else f"cap_{b}" for b in range(mask.bit_length()) if mask >> b & 1]
+
+
 def read_caps(pid: int) -> dict[str, int]:
     """The capability sets of `pid` (inheritable, permitted, effective, bounding, ambient), as bit masks."""
     got = proc_status(pid, {"Cap" + s.capitalize() for s in CAP_SETS})

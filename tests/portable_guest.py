@@ -24,20 +24,27 @@ from enginecase import EngineCase, assert_same, take  # noqa: E402  (after the p
 
 EXTERNAL_MOUNTS = ("/usr", "/etc")   # enginecase's externals: the host's own binds
 _AFFINITY = re.compile(r"cpus_allowed_list=\S+ ?")
+# Superblock options whose default or display differs between kernels (zdtm/holder.py zdtm_kopts: overlay's
+# uuid=on that 6.18 shows for the default 6.1 shows nothing for, tmpfs's inode64 of some configurations).
+_KERNEL_OPTS = re.compile(r"^((uuid|redirect_dir|index|xino|metacopy|nfs_export|errors)=[a-z]*|inode(64|32))\Z")
 PR_CAPBSET_DROP = 24
 
 
-def comparable(state):
-    """A copy of an enginecase State without what differs between machines by design."""
+def comparable(state, externals: tuple[str, ...] = EXTERNAL_MOUNTS):
+    """A copy of an enginecase State without what differs between machines by design: the
+    superblock and root of the external mounts at `externals` (the host's own, given by the user),
+    superblock options kernels show differently for their defaults, and a CPU affinity of every CPU."""
     from engine import topology
     from engine.records import replace
     state = copy.deepcopy(state)
     for p in state.snap.procs:
         p.bits = _AFFINITY.sub("", p.bits)
-        # each external its own made-up superblock: which device, type and options it has is the machine's
-        p.mounts = [replace(m, fstype="external", source=m.mountpoint, super_opts=(), major=0,
-                            minor=1 + EXTERNAL_MOUNTS.index(m.mountpoint))
-                    if m.mountpoint in EXTERNAL_MOUNTS else m for m in p.mounts]
+        # each external its own made-up superblock: which device, type, options and directory it has is the machine's
+        p.mounts = [replace(m, fstype="external", source=m.mountpoint, super_opts=(), major=0, root="/",
+                            minor=1 + externals.index(m.mountpoint))
+                    if m.mountpoint in externals else
+                    replace(m, super_opts=tuple(o for o in m.super_opts if not _KERNEL_OPTS.match(o)))
+                    for m in p.mounts]
         p.tree_text = topology.canonical(p.mounts).text
     return state
 
