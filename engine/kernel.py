@@ -751,6 +751,23 @@ def check_own_proc() -> None:
                                     "namespace's proc on /proc (unshare --fork --pid --mount-proc)")
 
 
+def check_host_root(verb: str) -> None:
+    """OSError (one line) unless this process holds CAP_SYS_ADMIN in the initial user namespace:
+    `verb` mounts, makes namespaces and devices of the host's. In a user namespace (`unshare -Ur`,
+    an unprivileged container) the kernel refuses some of those steps with EINVAL or EPERM, which
+    the feature probe would report as a kernel lacking them."""
+    with open("/proc/self/uid_map") as f:
+        initial = f.read().split() == ["0", "0", "4294967295"]
+    admin = int(proc_status("self", {"CapEff"}).get("CapEff", "0"), 16) >> 21 & 1
+    if initial and admin:
+        return
+    where = "in the initial user namespace" if initial else "in a user namespace (a rootless one's root is not the host's)"
+    raise OSError(errno.EPERM, f"{verb} needs root of the host (CAP_SYS_ADMIN in the initial user namespace); this "
+                               f"process is uid {os.getuid()} {where}{'' if admin else ' without CAP_SYS_ADMIN'}: "
+                               f"run mntcr {verb} as root (sudo), outside any user namespace (the image's own user "
+                               "namespaces come back as they were)")
+
+
 def proc_status(pid, keys) -> dict[str, str]:
     """The values of lines `keys` ("Uid", "CapEff", ...) of /proc/PID/status, where present."""
     out = {}

@@ -1,6 +1,6 @@
 """Images restored on another machine than the one that dumped them, as far as one host can play
 it: the host's external bind at another path, a restorer with another hostname or fewer
-capabilities, an image directory reached through a symlink, copied with hard links, rsync (modes
+capabilities or no root at all, an image directory reached through a symlink, copied with hard links, rsync (modes
 and times lost) or sparse, on FUSE storage without xattrs (dumped there and restored from there),
 an image an older mntcr wrote, and one dumped on a kernel that reports an I/O priority otherwise.
 Each restores exactly or is refused in one line that says what to do, with nothing left mounted.
@@ -182,6 +182,20 @@ def test_restorer_lacking_a_capability_is_told_which(case, image):
     img = copy_image(image, case.workdir)
     line = _refused(case, _restore(case, img, wrap=("setpriv", "--bounding-set", "-sys_nice")), host_mountinfo())
     assert "cap_sys_nice" in line and "capsh --drop=cap_sys_nice" in line, line
+
+
+@pytest.mark.parametrize("wrap", [("unshare", "-Urm", "--propagation", "private"),
+                                  ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups")],
+                         ids=["userns-root", "nobody"])
+def test_rootless_restorer_is_told_to_restore_as_root(case, image, wrap):
+    """Restore makes mounts, namespaces and devices of the host's: as root of a user namespace (the
+    kernel's EINVAL there read as "kernel lacks open_tree" before) or as a user it is refused in one
+    line saying to run it as the host's root; a rootless tree is restored by root too."""
+    img = copy_image(image, case.workdir)
+    subprocess.run(["chmod", "-R", "a+rX", case.workdir], check=True)   # (the user may read it: the refusal is not that)
+    os.chmod(case.workdir, 0o777)
+    line = _refused(case, _restore(case, img, wrap=wrap), host_mountinfo())
+    assert "restore needs root of the host" in line and "outside any user namespace" in line, line
 
 
 # --- images of other kernels and other mntcrs ----------------------------------------------------------
