@@ -213,6 +213,29 @@ def test_io_priority_of_none_set_as_an_older_kernel_reports_it(case, image):
     assert schedattrs.values(pid)["ioprio"] == 0
 
 
+def test_overlay_default_an_older_kernel_lacks_is_left_out(monkeypatch):
+    """`uuid=on` (6.18 shows it for its default) is refused by a kernel without uuid= (5.10: EINVAL
+    at the create): the overlay is made without it, which is that kernel's only way; any other
+    refusal stands."""
+    import errno
+
+    from engine.fs import overlay
+    asked = []
+
+    def old_kernel(fstype, source, params, attr=0):
+        asked.append(list(params))
+        if ("uuid", "on") in params or ("xino", "frob") in params:
+            raise OSError(errno.EINVAL, "creating overlay: fsconfig(6): Invalid argument")
+        return 99
+
+    monkeypatch.setattr(overlay, "fsmount", old_kernel)
+    params = [("lowerdir", "/l"), ("upperdir", "/u"), ("workdir", "/w"), ("uuid", "on")]
+    assert overlay.make("ov", params) == 99
+    assert asked[-1] == params[:3]
+    with pytest.raises(OSError):
+        overlay.make("ov", params + [("xino", "frob")])
+
+
 def test_image_of_an_older_mntcr_restores_with_a_note(case, image):
     """An older mntcr wrote fewer per-process records (the format grows by optional fields): the
     restore works and says, in one note, what the image does not tell and the tree gets instead."""

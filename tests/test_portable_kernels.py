@@ -90,9 +90,10 @@ def test_dumped_on_an_older_kernel_restores_here(name, tmp_path):
     shutil.rmtree(d, ignore_errors=True)
 
 
-def test_dumped_here_restores_on_an_older_kernel(tmp_path):
-    """Dump here, restore in a 6.1 VM from the shared directory: exact."""
-    kernel = _kernel("6.1")
+@pytest.mark.parametrize("name", ["6.1", "5.10"])
+def test_dumped_here_restores_on_an_older_kernel(name, tmp_path):
+    """Dump here, restore in the VM from the shared directory: exact."""
+    kernel = _kernel(name)
     d = _shared_dir(tmp_path)
     case = EngineCase(str(tmp_path / "host"))
     os.mkdir(case.workdir)
@@ -101,3 +102,4 @@ def test_dumped_here_restores_on_an_older_kernel(tmp_path):
     finally:
         case.close()
     _in_vm(kernel, d, "restore", d)
+
