@@ -114,6 +114,19 @@ def precheck(pids: list[int]) -> None:
             continue   # (gone meanwhile: dump tells)
 
 
+def _ranges(cpus) -> str:
+    """CPU numbers as taskset's list shows them: 0-3,6."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
 def apply(pid: int, want: dict, proc_fd: int) -> None:
     """Give stand-in `pid` (as the caller sees it; `proc_fd` the caller's /proc) the attributes of
     `want` but its personality, each only where it differs."""
@@ -136,6 +149,11 @@ def apply(pid: int, want: dict, proc_fd: int) -> None:
             os.sched_setaffinity(pid, want["cpus"])
         except OSError as e:
             cpus = want["cpus"]   # (up to 8192 of them: the line names the first few)
+            if e.errno == errno.EINVAL and not set(cpus) & os.sched_getaffinity(0):
+                # (an image of another machine: none of its CPUs is one this restore may use)
+                e = OSError(e.errno, f"no CPU of it is one this machine lets restore use ({_ranges(os.sched_getaffinity(0))}): "
+                                     "restore where those CPUs exist, or give the process another affinity "
+                                     "(taskset -p) and dump again")
             fail(f"CPU affinity {cpus[:8]}{' ...' if len(cpus) > 8 else ''}", e)
     ioprio = io_priority(want["ioprio"])
     if _ioprio_get(pid) != ioprio:

@@ -198,6 +198,19 @@ def test_rootless_restorer_is_told_to_restore_as_root(case, image, wrap):
     assert "restore needs root of the host" in line and "outside any user namespace" in line, line
 
 
+def test_cpu_affinity_on_cpus_this_machine_lacks_is_told(case, image):
+    """A process pinned to a CPU of the dumping machine (taskset -c 4095) that this one lacks: one
+    line naming the CPUs restore may use and what to do, nothing left."""
+    if 4095 in os.sched_getaffinity(0):
+        pytest.skip("this machine has CPU 4095")
+    img = copy_image(image, case.workdir)
+    doc = load_manifest(img)
+    for p in doc["processes"]:
+        p["sched"]["cpus"] = [4095]
+    save_manifest(img, doc)
+    line = _refused(case, _restore(case, img), host_mountinfo())
+    assert "CPU affinity [4095]" in line and "restore where those CPUs exist" in line, line
+
 # --- images of other kernels and other mntcrs ----------------------------------------------------------
 
 def test_io_priority_of_none_set_as_an_older_kernel_reports_it(case, image):
