@@ -4,7 +4,7 @@ the directory the VM shares with the host (9p: the dump writes it there), the du
 snapshot beside it; the restore is compared with it as every engine test does, but for what two
 machines rightly show differently (tests/portable_guest.py `comparable`).
 
-Marked vm and slow: each case boots a VM under TCG (70 to 110 s with the dump or restore in it on a
+Marked vm and slow: each case boots a VM under TCG (1.5 to 3 minutes with the dump or restore in it on a
 loaded 2-core host), so CI (CI=true) skips them, saying so, unless MNTCR_PORTABLE_VM=1; skipped
 with the reason when qemu is missing; a kernel not yet cached is fetched first.
 """
@@ -46,7 +46,7 @@ CHECK = "cat /mnt/b/f /mnt/sl/x /mnt/o/l /mnt/o/u; cat /proc/self/mountinfo >/de
 
 def _kernel(name: str):
     if os.environ.get("CI") and not os.environ.get("MNTCR_PORTABLE_VM"):
-        pytest.skip("a VM under TCG and a C/R in it: 70-110 s a case, more than CI's quick job takes; "
+        pytest.skip("a VM under TCG and a C/R in it: 1.5-3 minutes a case, more than CI's quick job takes; "
                     "MNTCR_PORTABLE_VM=1 runs it")
     if os.geteuid() != 0:
         pytest.skip("dumps and restores trees: needs root")
