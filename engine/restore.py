@@ -212,9 +212,6 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     fdkinds.load(kinds | {"file"})
     _check_host_devices(doc, devices)
     _check_caps(doc)
-    note = imageformat.older_writer(doc)
-    if note:
-        os.write(2, f"mntcr restore: note: {note}\n".encode())
     _check_userns_owners(doc)
     # OpenSSL's sha256 for big archives, loaded while the interpreter's library is in reach; not for
     # those read ahead (hashed by that helper: ~4 ms less before the fork).
@@ -290,6 +287,9 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
             os.kill(p, signal.SIGSTOP)
         except ProcessLookupError:
             pass   # (killed since the commit: nothing to stop)
+    note = imageformat.older_writer(doc)   # (once restored: a refusal stays one line)
+    if note:
+        os.write(2, f"mntcr restore: note: {note}\n".encode())
     return pid
 
 

@@ -263,6 +263,11 @@ def test_image_of_an_older_mntcr_restores_with_a_note(case, image):
     notes = [line for line in r.stderr.splitlines() if "older mntcr" in line]
     assert len(notes) == 1 and "capabilities, resource limits, scheduling attributes" in notes[0], r.stderr
     assert "dump again with this mntcr" in notes[0]
+    # refused for another reason (an option this kernel lacks), the line stays the only one
+    sb = next(sb for sb in doc["superblocks"].values() if sb["fstype"] == "tmpfs" and sb.get("archives"))
+    sb["super_opts"] = sb["super_opts"] + ["frobnicate_99"]
+    save_manifest(img, doc)
+    assert "frobnicate_99" in _refused(case, _restore(case, img), host_mountinfo())
 
 
 def test_image_of_a_newer_mntcr_is_refused_saying_so(case, image):
