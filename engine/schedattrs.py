@@ -41,8 +41,8 @@ def _ioprio_get(pid: int) -> int:
 
 def io_priority(value: int) -> int:
     """An I/O priority as the image keeps it: class NONE (none set: it follows the nice value) is 0
-    whatever its level. Kernels before 5.19 report a process that set none as NONE level 4 (their
-    IOPRIO_NORM), which later ones refuse to set (EINVAL): an image of 5.10 has it."""
+    whatever its level. Older kernels (5.10; not 6.1) report a process that set none as NONE
+    level 4 (their IOPRIO_NORM), which later ones refuse to set (EINVAL): an image of 5.10 has it."""
     return value if value >> _IOPRIO_CLASS_SHIFT else 0
 
 
