@@ -292,6 +292,7 @@ def _cmd_dump(args) -> int:
 def _cmd_restore(args) -> int:
     from engine import kernel, restore
     kernel.check_own_proc()
+    kernel.check_host_root("restore")
     _settled()
     daemons = {}
     for spec in args.fuse_restart:

@@ -751,6 +751,23 @@ def check_own_proc() -> None:
                                     "namespace's proc on /proc (unshare --fork --pid --mount-proc)")
 
 
+def check_host_root(verb: str) -> None:
+    """OSError (one line) unless this process holds CAP_SYS_ADMIN in the initial user namespace:
+    `verb` mounts, makes namespaces and devices of the host's. In a user namespace (`unshare -Ur`,
+    an unprivileged container) the kernel refuses some of those steps with EINVAL or EPERM, which
+    the feature probe would report as a kernel lacking them."""
+    with open("/proc/self/uid_map") as f:
+        initial = f.read().split() == ["0", "0", "4294967295"]
+    admin = int(proc_status("self", {"CapEff"}).get("CapEff", "0"), 16) >> 21 & 1
+    if initial and admin:
+        return
+    where = "in the initial user namespace" if initial else "in a user namespace (a rootless one's root is not the host's)"
+    raise OSError(errno.EPERM, f"{verb} needs root of the host (CAP_SYS_ADMIN in the initial user namespace); this "
+                               f"process is uid {os.getuid()} {where}{'' if admin else ' without CAP_SYS_ADMIN'}: "
+                               f"run mntcr {verb} as root (sudo), outside any user namespace (the image's own user "
+                               "namespaces come back as they were)")
+
+
 def proc_status(pid, keys) -> dict[str, str]:
     """The values of lines `keys` ("Uid", "CapEff", ...) of /proc/PID/status, where present."""
     out = {}
@@ -765,6 +782,20 @@ def proc_status(pid, keys) -> dict[str, str]:
         if key in keys:
             out[key] = value + "\n"
     return out
+
+
+# Capability names by bit (linux/capability.h), as capsh and setpriv spell them.
+CAP_NAMES = ("chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+             "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
+             "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
+             "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control",
+             "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read",
+             "perfmon", "bpf", "checkpoint_restore")
+
+
+def cap_names(mask: int) -> list[str]:
+    """The capabilities of bit mask `mask` by name (cap_sys_nice...; an unnamed bit as cap_N)."""
+    return [f"cap_{CAP_NAMES[b]}" if b < len(CAP_NAMES) else f"cap_{b}" for b in range(mask.bit_length()) if mask >> b & 1]
 
 
 def read_caps(pid: int) -> dict[str, int]:

@@ -53,7 +53,7 @@ import stat
 from operator import itemgetter, methodcaller
 
 from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
+                    hostidmap, image, imageformat, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
                     standin,
                     strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
@@ -156,7 +156,6 @@ def _attr_of(opts: frozenset) -> tuple[int, int]:
 def _per_mount_sbs(sbs: dict) -> set[str]:
     """The superblocks whose type makes each mount from an object of its own (`per_mount`, a
     property of the type, asked ~3 times a mount before: ~0.3 M steps at 10,000 mounts)."""
-    from engine import imageformat   # (loaded by image.load: the image was validated)
     return imageformat.per_mount_sbs(sbs)
 
 
@@ -307,6 +306,9 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
             os.kill(p, signal.SIGSTOP)
         except ProcessLookupError:
             pass   # (killed since the commit: nothing to stop)
+    note = imageformat.older_writer(doc)   # (once restored: a refusal stays one line)
+    if note:
+        os.write(2, f"mntcr restore: note: {note}\n".encode())
     return pid
 
 
@@ -439,8 +441,12 @@ def _check_caps(doc: dict) -> None:
             continue
         lack = (caps["prm"] | caps["inh"]) & ~own["prm"] | caps["bnd"] & ~own["bnd"]
         if lack:
-            raise RestoreError(errno.EPERM, f"process {p['pid']}: its capabilities (mask {lack:#x}) are not the "
-                                            "restorer's to give")
+            # (a tree dumped on a host whose root holds every capability, restored in a container that lacks some)
+            names = ",".join(kernel.cap_names(lack))
+            raise RestoreError(errno.EPERM, f"process {p['pid']}: its capabilities {names} (mask {lack:#x}) are not "
+                                            "the restorer's to give (not in its bounding or permitted set): restore "
+                                            "where mntcr holds them, or dump a tree started without them "
+                                            f"(capsh --drop={names} -- ...)")
 
 
 def _check_userns_owners(doc: dict) -> None:
