@@ -55,7 +55,7 @@ from operator import itemgetter, methodcaller
 from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
                     hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
                     standin,
-                    strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
+                    strategy, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -211,6 +211,7 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
+    _load_for(doc)
     _check_host_devices(doc, devices)
     _check_caps(doc)
     _check_userns_owners(doc)
@@ -289,6 +290,19 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
         except ProcessLookupError:
             pass   # (killed since the commit: nothing to stop)
     return pid
+
+
+def _load_for(doc: dict) -> None:
+    """Import the modules only some images need, here in `mntcr restore` before the restorer forks:
+    the restorer and the stand-ins import them again by name, and find them loaded, where the
+    engine's files are out of reach (a restored root, a chroot). Any other image never loads them
+    (~1 ms of a small restore's imports; tests/test_engine_imports.py)."""
+    if doc.get("userns"):
+        # (a stand-in that executes the interpreter again inside its user namespace; the host's view
+        # of what that reads is taken as this imports, before anything of the image is mounted)
+        from engine import reexec  # noqa: F401
+    if doc.get("sysvipc"):
+        from engine import sysvipc  # noqa: F401
 
 
 def _veth_externals(doc: dict) -> set[str]:
@@ -436,6 +450,7 @@ def _check_userns_owners(doc: dict) -> None:
     for ns_id, ns in users.items():
         if not ns.get("owner"):
             continue
+        from engine import subids   # (only then: it reads the passwd database and /etc/subuid)
         line = subids.owned_refusal(ns_id, ns["owner"], ns.get("parent") is None, ns["uid_map"], ns["gid_map"],
                                     ns["setgroups"])
         if line is not None:
@@ -672,6 +687,7 @@ class _Restorer:
             # (never the restorer's own: the host's objects are not the image's to make)
             if fd is None or os.fstat(fd).st_ino == os.stat("/proc/self/ns/ipc").st_ino:
                 raise RestoreError(errno.EINVAL, f"ipc namespace {nsid}: not made by this restore")
+            from engine import sysvipc   # (loaded by _load_for)
             try:
                 sysvipc.make(fd, objs, self.hostproc)
             except OSError as e:
