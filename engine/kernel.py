@@ -576,14 +576,14 @@ def drop_ctty() -> None:
     """Leave our controlling terminal, if we have one and do not lead our session (TIOCNOTTY: our
     session and process group keep it, Ctrl-C still reaches us): an open of a tty node (5:0) by us,
     or by a child made after, then fails (ENXIO) instead of giving the terminal we were started from."""
-    import fcntl
-    import termios
     if os.getsid(0) == os.getpid():
         return   # (a leader's TIOCNOTTY would hang its whole session up)
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return   # (none)
+    import fcntl
+    import termios   # (only then: an extension module to load, ~0.3 ms)
     try:
         fcntl.ioctl(fd, termios.TIOCNOTTY)
     finally:
