@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import sys
 
 if __name__ == "__main__":  # pragma: no cover - `python -m engine.cli`

@@ -812,7 +812,7 @@ def take_blocked_signals(blocked: int) -> None:
 def take_ignored_signals(ignored: int) -> None:
     """Every signal ignored whose bit is set in `ignored`, any other back to its default action: no
     handler of ours stays, and Python ignores SIGPIPE and SIGXFSZ, which the process may not have."""
-    import signal
+    import _signal as signal
     for sig in range(1, signal.NSIG):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -1016,7 +1016,7 @@ def hold_pid(pidns: int, pid: int, proc: int, fn):
     with set_tid; the child exits and is reaped right after, so what fn() opened of /proc/PID/ is
     a file of a process that is gone (CRIU's remap_dead_pid). `proc`: an fd on the host's /proc.
     EEXIST when that number is taken there."""
-    import signal
+    import _signal as signal
     back = os.open("self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
     r, w = os.pipe()
     try:

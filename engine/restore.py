@@ -47,7 +47,7 @@ import marshal
 import os
 import re
 import resource
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 import stat
 from operator import itemgetter, methodcaller

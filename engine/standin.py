@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
 # (imported before a stand-in chroots)

@@ -27,7 +27,10 @@ _NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site"
           # loads subprocess); OpenSSL's hashes: content.tools() only for archives of a MiB or more
           "subprocess", "hashlib", "_hashlib",
           # channel and forkrun pickle through the C module alone
-          "pickle")
+          "pickle",
+          # the engine's modules take the signal numbers and calls from _signal (signal.py's enum
+          # classes: ~2.5 M instructions of each verb's imports)
+          "signal")
 
 
 def _modules(code: str) -> list[str]:
@@ -158,3 +161,18 @@ def test_a_type_module_out_of_reach_is_an_fs_error(tmp_path):
         assert line.startswith("FsError 2 the module of filesystem type ") and line.endswith("dump again"), line
     assert "engine/fs/squashfs.py" in lines[0]
     assert lines[2] == "loaded False"
+
+
+def test_a_child_killed_by_a_signal_is_named_as_signal_names_it():
+    """forkrun.signame (from _signal's constants) gives the name signal.Signals gives each signal, the
+    number itself for one that has none; a forked child killed by one is reported by that name."""
+    import signal
+    from engine import forkrun
+    for n in range(1, signal.NSIG):
+        try:
+            want = signal.Signals(n).name
+        except ValueError:
+            want = str(n)
+        assert forkrun.signame(n) == want
+    with pytest.raises(forkrun.ChildError, match="child killed by SIGKILL"):
+        forkrun.run(lambda: os.kill(os.getpid(), signal.SIGKILL))
