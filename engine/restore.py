@@ -52,7 +52,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 import stat
 from operator import itemgetter, methodcaller
 
-from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
+from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs,
                     hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
                     standin,
                     strategy, timens, userns_cr, userns_groups, zombies)
@@ -296,13 +296,15 @@ def _load_for(doc: dict) -> None:
     """Import the modules only some images need, here in `mntcr restore` before the restorer forks:
     the restorer and the stand-ins import them again by name, and find them loaded, where the
     engine's files are out of reach (a restored root, a chroot). Any other image never loads them
-    (~1 ms of a small restore's imports; tests/test_engine_imports.py)."""
+    (~2 ms of a small restore's imports; tests/test_engine_imports.py)."""
     if doc.get("userns"):
         # (a stand-in that executes the interpreter again inside its user namespace; the host's view
         # of what that reads is taken as this imports, before anything of the image is mounted)
         from engine import reexec  # noqa: F401
     if doc.get("sysvipc"):
         from engine import sysvipc  # noqa: F401
+    if doc.get("ghosts"):
+        from engine import ghosts  # noqa: F401  (deleted files made again: _Restorer._ghost)
 
 
 def _veth_externals(doc: dict) -> set[str]:
@@ -1673,6 +1675,7 @@ class _Restorer:
             with contextlib.ExitStack() as as_ids:
                 if ids is not None:
                     as_ids.enter_context(kernel.fs_ids_for_a_while(*ids))
+                from engine import ghosts   # (loaded by _load_for)
                 ghost = self.ghost_live[gid] = ghosts.Ghost(
                     base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,
                     g.get("only"), links=g.get("links") or (), linked=g.get("linked"), ids=ids)

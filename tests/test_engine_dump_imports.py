@@ -187,8 +187,8 @@ def test_load_tree_imports_the_kinds_of_the_fds_a_process_holds():
 
 def test_a_small_restore_loads_no_module_only_some_images_need(case):
     """The same tree restored by `mntcr restore` (in a fresh `python -S`): the modules the stand-ins
-    and the restorer inherit from it include none of those for user namespaces or System V IPC
-    (restore._load_for imports them for an image that has them), nor the socket kinds'."""
+    and the restorer inherit from it include none of those for user namespaces, System V IPC or
+    deleted files (restore._load_for imports them for an image that has them), nor the socket kinds'."""
     images = case.new_images_dir()
     case.dump(case.start(_NO_SOCKET), images)
     pidfile = images + ".pid"
@@ -204,4 +204,4 @@ def test_a_small_restore_loads_no_module_only_some_images_need(case):
     code, mods = json.loads(r.stdout.splitlines()[-1])
     assert code == 0, r.stderr
     assert "engine.restore" in mods and "engine.standin" in mods
-    assert [m for m in _USERNS_ONLY + ("engine.sysvipc",) + _SOCKET_ONLY if m in mods] == []
+    assert [m for m in _USERNS_ONLY + ("engine.sysvipc", "engine.ghosts") + _SOCKET_ONLY if m in mods] == []

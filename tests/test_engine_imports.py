@@ -80,13 +80,13 @@ def test_restore_imports_no_module_of_a_strategy_or_state_the_image_may_lack():
 
 def test_restore_loads_what_an_image_needs_before_its_restorer_forks():
     """restore._load_for imports engine/reexec.py for an image with user namespaces (a stand-in that
-    executes again) and engine/sysvipc.py for one with System V IPC objects, and neither for an image
-    without: the restorer and the stand-ins find them loaded where the engine's files are out of reach."""
+    executes again), engine/sysvipc.py for one with System V IPC objects and engine/ghosts.py for one
+    with deleted files, and none of them for an image without: the restorer and the stand-ins find them loaded where the engine's files are out of reach."""
     code = "import engine.cli, engine.restore, sys\nengine.restore._load_for({doc})\n"
     for doc, want in (({}, []), ({"userns": {"user-1": {}}}, ["engine.reexec"]),
-                      ({"sysvipc": {"ipc-1": {}}}, ["engine.sysvipc"])):
+                      ({"sysvipc": {"ipc-1": {}}}, ["engine.sysvipc"]), ({"ghosts": {"g-1": {}}}, ["engine.ghosts"])):
         mods = _modules(code.format(doc=doc))
-        assert [m for m in ("engine.reexec", "engine.sysvipc") if m in mods] == want, doc
+        assert [m for m in ("engine.reexec", "engine.sysvipc", "engine.ghosts") if m in mods] == want, doc
 
 
 def test_lookup_by_module_name_finds_what_the_full_load_finds():
