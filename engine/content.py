@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import os
 import re
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import stat
+import sys
 
 from engine import channel, image, kernel
 
@@ -60,10 +61,11 @@ def _sha256(size: int):
             return hashlib.sha256()
         except ImportError:   # (out of the library's reach, e.g. an archive its read-ahead failed on)
             pass
-    try:
-        from _sha2 import sha256        # Python >= 3.12
-    except ImportError:
-        from _sha256 import sha256      # Python 3.11
+    # (by version: a failed import is a search of every directory on the path)
+    if sys.version_info >= (3, 12):
+        from _sha2 import sha256
+    else:
+        from _sha256 import sha256
     return sha256()
 
 

@@ -1889,9 +1889,9 @@ def _check_sysvipc(doc: dict) -> None:
 def _check_shm_attachments(doc: dict) -> None:
     """Each process's System V attachments (engine/shmattach.py) only of segments the image makes in
     its own ipc namespace."""
-    from engine import shmattach
     for p in doc["processes"]:
         if "shm" in p:
+            from engine import shmattach   # (only then)
             own = (doc.get("sysvipc") or {}).get(p["ns"]["ipc"]) or {}
             ids = set() if "ipc" in (p.get("host_ns") or ()) else {s["id"] for s in own.get("shm", ())}
             why = shmattach.check(p["shm"], ids)

@@ -576,14 +576,14 @@ def drop_ctty() -> None:
     """Leave our controlling terminal, if we have one and do not lead our session (TIOCNOTTY: our
     session and process group keep it, Ctrl-C still reaches us): an open of a tty node (5:0) by us,
     or by a child made after, then fails (ENXIO) instead of giving the terminal we were started from."""
-    import fcntl
-    import termios
     if os.getsid(0) == os.getpid():
         return   # (a leader's TIOCNOTTY would hang its whole session up)
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return   # (none)
+    import fcntl
+    import termios   # (only then: an extension module to load, ~0.3 ms)
     try:
         fcntl.ioctl(fd, termios.TIOCNOTTY)
     finally:
@@ -843,7 +843,7 @@ def take_blocked_signals(blocked: int) -> None:
 def take_ignored_signals(ignored: int) -> None:
     """Every signal ignored whose bit is set in `ignored`, any other back to its default action: no
     handler of ours stays, and Python ignores SIGPIPE and SIGXFSZ, which the process may not have."""
-    import signal
+    import _signal as signal
     for sig in range(1, signal.NSIG):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -1047,7 +1047,7 @@ def hold_pid(pidns: int, pid: int, proc: int, fn):
     with set_tid; the child exits and is reaped right after, so what fn() opened of /proc/PID/ is
     a file of a process that is gone (CRIU's remap_dead_pid). `proc`: an fd on the host's /proc.
     EEXIST when that number is taken there."""
-    import signal
+    import _signal as signal
     back = os.open("self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
     r, w = os.pipe()
     try:
