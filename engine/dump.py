@@ -130,6 +130,9 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     ext_files = parse_external_files(externals)
     ext_veths = netdevs.parse_externals(externals)
     tree = process_tree(root_pid)
+    if os.getpid() in {p for p, _ in tree}:   # (it would stop itself, and hang)
+        raise DumpError(errno.EINVAL, f"the dump runs inside the tree of process {root_pid} it dumps (as one of "
+                                      "its descendants): run mntcr dump from outside that tree")
     # A filesystem's daemon (a type with `daemon`) keeps running while the tree is dumped (its files
     # stay readable: a stopped one would hang us) and is not dumped: restore restarts it (engine/fs/).
     daemons = fs.daemons(p for p, _ in tree)
