@@ -150,8 +150,8 @@ def _add_diff(sub) -> None:
         description="Compare two mount trees in canonical form (mount ids, peer-group ids and devices "
                     "renamed by first appearance, siblings sorted). Prints a tree marking each mount and "
                     "attribute that differs. Exit status: 0 equal, 1 different, 2 error.")
-    p.add_argument("a", metavar="A", help="pid:N or a mountinfo file")
-    p.add_argument("b", metavar="B", help="pid:N or a mountinfo file")
+    p.add_argument("a", metavar="A", help="pid:N, a mountinfo file, or an image directory (its root process's mount namespace)")
+    p.add_argument("b", metavar="B", help="the same kinds as A")
 
 
 def _add_check(sub) -> None:
@@ -244,13 +244,24 @@ def _settled() -> None:
 
 
 def _cmd_diff(args) -> int:
-    from engine import mountinfo, topology
+    from engine import topology
     _settled()
-    a = mountinfo.read_source(args.a)
-    b = mountinfo.read_source(args.b)
+    a, b = _mounts_of(args.a), _mounts_of(args.b)
     equal, text = topology.diff_report(a, b, names=(args.a, args.b))
     sys.stdout.write(text)
     return EXIT_OK if equal else EXIT_DIFFERENT
+
+
+def _mounts_of(spec: str) -> list:
+    """The mounts `mntcr diff` compares: pid:N, a mountinfo file, or an image directory (the mount
+    namespace of its root process, as restore makes it)."""
+    import os
+    from engine import mountinfo
+    if not spec.startswith("pid:") and os.path.isdir(spec):
+        from engine import image
+        doc = image.load(spec)
+        return image.to_mounts(doc, doc["processes"][0]["ns"]["mnt"])
+    return mountinfo.read_source(spec)
 
 
 def _cmd_show(args) -> int:
