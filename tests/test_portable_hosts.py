@@ -19,7 +19,7 @@ import pytest
 import portable_guest
 from enginecase import (DUMP_EXTERNALS, ENGINE_ROOT, PROJECT_ROOT, RESTORE_EXTERNALS, SetupError, assert_same,  # noqa: F401
                         case, copy_image, dumped_image, host_mountinfo, load_manifest, mntcr, mounts_added, save_manifest,
-                        take)
+                        take, was_stopped)
 
 # tmpfs with content, a bind of a subdirectory, a shared/slave pair, an fd on a file, a ghost.
 SETUP = """
@@ -187,7 +187,7 @@ def test_restorer_lacking_a_capability_is_told_which(case, image):
 @pytest.mark.parametrize("wrap", [("unshare", "-Urm", "--propagation", "private"),
                                   ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups")],
                          ids=["userns-root", "nobody"])
-def test_rootless_restorer_is_told_to_restore_as_root(case, image, wrap):
+def test_rootless_restorer_and_dumper_are_told_to_run_as_root(case, image, wrap):
     """Restore makes mounts, namespaces and devices of the host's: as root of a user namespace (the
     kernel's EINVAL there read as "kernel lacks open_tree" before) or as a user it is refused in one
     line saying to run it as the host's root; a rootless tree is restored by root too."""
@@ -196,6 +196,11 @@ def test_rootless_restorer_is_told_to_restore_as_root(case, image, wrap):
     os.chmod(case.workdir, 0o777)
     line = _refused(case, _restore(case, img, wrap=wrap), host_mountinfo())
     assert "restore needs root of the host" in line and "outside any user namespace" in line, line
+    # and dump, which read "Permission denied: '/proc/N/ns/mnt'" before, the tree left running
+    pid = case.start("hold\n")
+    r = mntcr("dump", "-t", str(pid), "-D", os.path.join(case.workdir, "img2"), *DUMP_EXTERNALS, wrap=wrap)
+    assert r.returncode == 2 and r.stderr.strip().startswith("mntcr dump: dump needs root of the host"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not was_stopped(pid) and os.path.exists(f"/proc/{pid}")
 
 
 def test_cpu_affinity_on_cpus_this_machine_lacks_is_told(case, image):
