@@ -296,6 +296,7 @@ def _cmd_check(args) -> int:
 def _cmd_dump(args) -> int:
     from engine import filelocks, kernel
     kernel.check_own_proc()
+    kernel.check_host_root("dump")
     filelocks.read_early()   # (its kernel wait overlaps the imports: engine/filelocks.py)
     try:
         from engine import dump

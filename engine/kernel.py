@@ -764,8 +764,8 @@ def check_host_root(verb: str) -> None:
     where = "in the initial user namespace" if initial else "in a user namespace (a rootless one's root is not the host's)"
     raise OSError(errno.EPERM, f"{verb} needs root of the host (CAP_SYS_ADMIN in the initial user namespace); this "
                                f"process is uid {os.getuid()} {where}{'' if admin else ' without CAP_SYS_ADMIN'}: "
-                               f"run mntcr {verb} as root (sudo), outside any user namespace (the image's own user "
-                               "namespaces come back as they were)")
+                               f"run mntcr {verb} as root (sudo), outside any user namespace (the host's root dumps and "
+                               "restores a rootless tree's user namespaces as they are)")
 
 
 def proc_status(pid, keys) -> dict[str, str]:

@@ -19,7 +19,7 @@ import pytest
 import portable_guest
 from enginecase import (DUMP_EXTERNALS, ENGINE_ROOT, PROJECT_ROOT, RESTORE_EXTERNALS, SetupError, assert_same,  # noqa: F401
                         case, copy_image, dumped_image, host_mountinfo, load_manifest, mntcr, mounts_added, save_manifest,
-                        take)
+                        take, was_stopped)
 
 # tmpfs with content, a bind of a subdirectory, a shared/slave pair, an fd on a file, a ghost.
 SETUP = """
@@ -39,8 +39,11 @@ def _restore(case, img: str, *extra: str, wrap: tuple = (), cwd: str | None = No
     """`mntcr restore -D img` with the usual externals (and `extra`), from `cwd`, under `wrap`."""
     cmd = [*wrap, sys.executable, "-m", "engine.cli", "restore", "-D", img, *RESTORE_EXTERNALS, "--devices", "all",
            *extra, "--pidfile", os.path.join(case.workdir, "r.pid")]
-    return subprocess.run(cmd, cwd=cwd or ENGINE_ROOT, env=dict(os.environ, PYTHONPATH=ENGINE_ROOT),
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    before = host_mountinfo()
+    r = subprocess.run(cmd, cwd=cwd or ENGINE_ROOT, env=dict(os.environ, PYTHONPATH=ENGINE_ROOT),
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180)
+    r.mounts_before = before   # (for _refused: what the host had before this restore)
+    return r
 
 
 def _restored(case, r: subprocess.CompletedProcess) -> int:
@@ -53,13 +56,13 @@ def _restored(case, r: subprocess.CompletedProcess) -> int:
     return pid
 
 
-def _refused(case, r: subprocess.CompletedProcess, before_mounts: str) -> str:
-    """The one error line of a refused restore that left nothing behind."""
+def _refused(case, r: subprocess.CompletedProcess) -> str:
+    """The one error line of a refused restore (`_restore`) that left nothing behind."""
     assert r.returncode == 2, f"exit {r.returncode}:\n{r.stdout}{r.stderr}"
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mntcr restore: ") and "Traceback" not in r.stderr, r.stderr
     assert not os.path.exists(os.path.join(case.workdir, "r.pid"))
-    assert not mounts_added(before_mounts, host_mountinfo())
+    assert not mounts_added(r.mounts_before, host_mountinfo())
     return lines[0]
 
 
@@ -154,7 +157,7 @@ def test_external_bind_given_at_another_host_path(case):
     shutil.rmtree(old)
     with open(os.path.join(new, "only-here"), "w") as f:
         f.write("the restoring machine's\n")
-    line = _refused(case, _restore(case, img), host_mountinfo())
+    line = _refused(case, _restore(case, img))
     assert "--external mnt[data]:HOSTPATH" in line, line
     pid = _restored(case, _restore(case, img, "--external", f"mnt[data]:{new}"))
     assert_same(before, portable_guest.comparable(take(pid, "cat /mnt/data/f; pwd"), externals=("/mnt/data",)))
@@ -180,22 +183,27 @@ def test_restorer_lacking_a_capability_is_told_which(case, image):
         if not int(next(line for line in f if line.startswith("CapBnd:")).split()[1], 16) >> 23 & 1:
             pytest.skip("this runner lacks cap_sys_nice already")
     img = copy_image(image, case.workdir)
-    line = _refused(case, _restore(case, img, wrap=("setpriv", "--bounding-set", "-sys_nice")), host_mountinfo())
+    line = _refused(case, _restore(case, img, wrap=("setpriv", "--bounding-set", "-sys_nice")))
     assert "cap_sys_nice" in line and "capsh --drop=cap_sys_nice" in line, line
 
 
 @pytest.mark.parametrize("wrap", [("unshare", "-Urm", "--propagation", "private"),
                                   ("setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups")],
                          ids=["userns-root", "nobody"])
-def test_rootless_restorer_is_told_to_restore_as_root(case, image, wrap):
+def test_rootless_restorer_and_dumper_are_told_to_run_as_root(case, image, wrap):
     """Restore makes mounts, namespaces and devices of the host's: as root of a user namespace (the
     kernel's EINVAL there read as "kernel lacks open_tree" before) or as a user it is refused in one
     line saying to run it as the host's root; a rootless tree is restored by root too."""
     img = copy_image(image, case.workdir)
     subprocess.run(["chmod", "-R", "a+rX", case.workdir], check=True)   # (the user may read it: the refusal is not that)
     os.chmod(case.workdir, 0o777)
-    line = _refused(case, _restore(case, img, wrap=wrap), host_mountinfo())
+    line = _refused(case, _restore(case, img, wrap=wrap))
     assert "restore needs root of the host" in line and "outside any user namespace" in line, line
+    # and dump, which read "Permission denied: '/proc/N/ns/mnt'" before, the tree left running
+    pid = case.start("hold\n")
+    r = mntcr("dump", "-t", str(pid), "-D", os.path.join(case.workdir, "img2"), *DUMP_EXTERNALS, wrap=wrap)
+    assert r.returncode == 2 and r.stderr.strip().startswith("mntcr dump: dump needs root of the host"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not was_stopped(pid) and os.path.exists(f"/proc/{pid}")
 
 
 def test_cpu_affinity_on_cpus_this_machine_lacks_is_told(case, image):
@@ -208,7 +216,7 @@ def test_cpu_affinity_on_cpus_this_machine_lacks_is_told(case, image):
     for p in doc["processes"]:
         p["sched"]["cpus"] = [4095]
     save_manifest(img, doc)
-    line = _refused(case, _restore(case, img), host_mountinfo())
+    line = _refused(case, _restore(case, img))
     assert "CPU affinity [4095]" in line and "restore where those CPUs exist" in line, line
 
 # --- images of other kernels and other mntcrs ----------------------------------------------------------
@@ -267,7 +275,7 @@ def test_image_of_an_older_mntcr_restores_with_a_note(case, image):
     sb = next(sb for sb in doc["superblocks"].values() if sb["fstype"] == "tmpfs" and sb.get("archives"))
     sb["super_opts"] = sb["super_opts"] + ["frobnicate_99"]
     save_manifest(img, doc)
-    assert "frobnicate_99" in _refused(case, _restore(case, img), host_mountinfo())
+    assert "frobnicate_99" in _refused(case, _restore(case, img))
 
 
 def test_image_of_a_newer_mntcr_is_refused_saying_so(case, image):
@@ -275,7 +283,7 @@ def test_image_of_a_newer_mntcr_is_refused_saying_so(case, image):
     doc = load_manifest(img)
     doc["version"] = 2
     save_manifest(img, doc)
-    line = _refused(case, _restore(case, img), host_mountinfo())
+    line = _refused(case, _restore(case, img))
     assert "format version 2" in line and "newer mntcr" in line, line
 
 
