@@ -2,7 +2,8 @@
 namespace copied into a user namespace of its own, every mount locked there, so that covers, what
 they hide and the cwd beneath them take the engine's locked-copy paths (engine/userns_cr.py,
 engine/nscopy.py). A dump may refuse (one line, a clear cause: many such trees hide files no
-mount reaches); a dump that succeeds must restore the same tree. A fixed list of seeds, each a
+mount reaches); a dump that succeeds must restore the same tree, and the same files under /mnt
+(randomtree.CHECK: what a bind of a covered directory showed once came back empty). A fixed list of seeds, each a
 real container (a few seconds each): the seeds below found 'dump OK, restore failed' once (an
 overlay and its layers hidden under a cover, tests/test_engine_rootless.py); more seeds:
 MNTCR_USERNS_SEEDS=FROM:TO. The shaped seeds (MNTCR_USERNS_SHAPED_SEEDS=FROM:TO, 0:8 here) make
@@ -68,7 +69,7 @@ def _restores_or_is_refused(case, setup: str, uid_map: str) -> None:
     pid = case.start(setup, host_pidns=True)
     if os.readlink(f"/proc/{pid}/ns/user") == os.readlink("/proc/self/ns/user") or _uid_map(pid) != uid_map:
         raise enginecase.SetupError(f"the setup made no user namespace mapping {uid_map!r}")
-    before = enginecase.take(pid)
+    before = enginecase.take(pid, randomtree.CHECK)
     images = case.new_images_dir()
     try:
         case.dump(pid, images)
@@ -77,7 +78,7 @@ def _restores_or_is_refused(case, setup: str, uid_map: str) -> None:
         assert len(lines) == 1 and lines[0].startswith("mntcr dump: "), e   # (a refusal: one line)
         return
     restored = case.restore(images)
-    enginecase.assert_same(before, enginecase.take(restored))
+    enginecase.assert_same(before, enginecase.take(restored, randomtree.CHECK))
 
 
 # Seed 41, shrunk: a bind of a directory that a tmpfs covers afterwards. In the user namespace's
@@ -106,7 +107,7 @@ def _attrs(pid: int, path: str) -> tuple:
 
 def test_a_bind_of_a_directory_a_locked_mount_covers_keeps_its_mode_owner_and_times(case):
     pid = case.start(randomtree.in_userns(COVERED_BIND, HOLD), host_pidns=True)
-    before = enginecase.take(pid)
+    before = enginecase.take(pid, randomtree.CHECK)
     want = {p: _attrs(pid, p) for p in ("/mnt/b4", "/mnt/bx/y", "/mnt/bx")}
     if want["/mnt/b4"][:3] != (oct(0o40750), 5, 6) or want["/mnt/bx/y"][:3] != (oct(0o40705), 7, 8):
         raise enginecase.SetupError(f"the setup did not make the directories it meant to: {want}")
@@ -114,7 +115,7 @@ def test_a_bind_of_a_directory_a_locked_mount_covers_keeps_its_mode_owner_and_ti
     assert {p: _attrs(restored, p) for p in want} == want
     with open(f"/proc/{restored}/root/mnt/bx/f") as f:
         assert f.read() == "held\n"
-    enginecase.assert_same(before, enginecase.take(restored))
+    enginecase.assert_same(before, enginecase.take(restored, randomtree.CHECK))
 
 
 # Seed 17 (and 21, 25, 30, 51), shrunk: mounts beneath a directory whose owner the user namespace
