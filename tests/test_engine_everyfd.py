@@ -508,6 +508,59 @@ else:
                "the child's death")
 
 
+def test_epoll_oneshot_fired_and_an_fd_in_flight(case, got):
+    """An epoll whose one-shot watch already fired and was not armed again (a worker thread took
+    its event) beside an edge-triggered one, and a pipe's read end in flight on a datagram pair:
+    after restore the one-shot watch stays quiet while the other reports, and the fd received from
+    the pair reads what the pipe carries."""
+    setup = py_hold("""
+import select, socket, array
+a_r, a_w = os.pipe(); b_r, b_w = os.pipe()
+ep = select.epoll(); ep.register(a_r, select.EPOLLIN | select.EPOLLONESHOT); ep.register(b_r, select.EPOLLIN | select.EPOLLET)
+os.write(a_w, b"1"); assert ep.poll(0) == [(a_r, select.EPOLLIN)]   # fired once: disarmed now
+open("/run/ep", "w").write(f"{a_r} {b_r}")   # (the data words python's epoll gave them)
+os.dup2(ep.fileno(), 131); os.dup2(a_r, 132); os.dup2(a_w, 133); os.dup2(b_r, 134); os.dup2(b_w, 135)
+ep.close()
+for fd in (a_r, a_w, b_r, b_w): os.close(fd)
+s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+s1.sendmsg([b"here"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+os.close(r); os.dup2(w, 136); os.close(w)
+os.dup2(s1.fileno(), 137); os.dup2(s2.fileno(), 138); s1.close(); s2.close()
+""")
+    before, after = case.roundtrip(setup)
+    pid = after.pid
+    ep = got.keep(select.epoll.fromfd(os.dup(got.fd(pid, 131))))
+    os.write(got.fd(pid, 133), b"2")
+    os.write(got.fd(pid, 135), b"3")
+    with open(f"/proc/{pid}/root/run/ep") as f:
+        oneshot, edge = map(int, f.read().split())
+    assert ep.poll(5) == [(edge, select.EPOLLIN)], f"not only the edge-triggered one ({edge}; one-shot: {oneshot})"
+    s2 = got.sock(pid, 138)
+    msg, anc, _, _ = s2.recvmsg(100, socket.CMSG_SPACE(4))
+    assert msg == b"here" and len(anc) == 1
+    received = got.keep(struct.unpack("i", anc[0][2][:4])[0])
+    os.write(got.fd(pid, 136), b"through")
+    assert _read_all(received, 7) == b"through"
+
+
+def test_epoll_oneshot_fired_on_a_file_with_nothing_to_report_refused_unstopped(case):
+    """A one-shot watch that fired and whose event the program consumed (the pipe read empty):
+    nothing would disarm it again at restore, so dump refuses it before the stop, saying what to do."""
+    setup = STOP_WATCH + py_hold("""
+import select
+r, w = os.pipe()
+ep = select.epoll(); ep.register(r, select.EPOLLIN | select.EPOLLONESHOT)
+os.write(w, b"1"); assert ep.poll(0) == [(r, select.EPOLLIN)]; os.read(r, 1)
+os.dup2(ep.fileno(), 140); ep.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError, match=r"fd 140 \(anon_inode:\[eventpoll\]\): epoll target fd \d+ is a one-shot watch "
+                                      r"that fired .*: restore could not disarm it again; dump once the program armed"):
+        case.dump(pid, case.new_images_dir())
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
 # --- device nodes, directories --------------------------------------------------------------------
 
 def test_device_nodes(case, got):
