@@ -561,6 +561,36 @@ os.dup2(ep.fileno(), 140); ep.close()
     assert not was_stopped(pid), "dump stopped the tree before it refused"
 
 
+def test_timers_on_other_clocks_and_a_nonblocking_pidfd(case, got):
+    """A timerfd armed at an absolute CLOCK_REALTIME time and a periodic CLOCK_BOOTTIME one, an
+    eventfd in semaphore mode, a PIDFD_NONBLOCK pidfd: after restore the timers fire, the
+    semaphore counts down by one, the pidfd keeps its flag."""
+    setup = py_hold("""
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+class TS(ctypes.Structure): _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+class ITS(ctypes.Structure): _fields_ = [("i", TS), ("v", TS)]
+t = libc.timerfd_create(0, 0); libc.timerfd_settime(t, 1, ctypes.byref(ITS(TS(0, 0), TS(int(time.time()) + 6, 0))), None)
+os.dup2(t, 150); os.close(t)
+b = libc.timerfd_create(7, 0); libc.timerfd_settime(b, 0, ctypes.byref(ITS(TS(1, 0), TS(1, 0))), None)
+os.dup2(b, 151); os.close(b)
+e = os.eventfd(3, os.EFD_SEMAPHORE); os.dup2(e, 152); os.close(e)
+pid = os.fork()
+if pid:
+    p = os.pidfd_open(pid, os.O_NONBLOCK); os.dup2(p, 153); os.close(p)
+""")
+    before, after = case.roundtrip(setup)
+    pid = after.pid
+    for n in (150, 151):
+        fd = got.fd(pid, n)
+        assert _readable(fd, 60), f"timerfd {n} did not fire"
+        assert struct.unpack("Q", os.read(fd, 8))[0] >= 1
+    e = got.fd(pid, 152)
+    assert [os.eventfd_read(e) for _ in range(3)] == [1, 1, 1]
+    with open(f"/proc/{pid}/fdinfo/153") as f:
+        assert int(re.search(r"flags:\s+(\d+)", f.read())[1], 8) & os.O_NONBLOCK
+
+
 # --- device nodes, directories --------------------------------------------------------------------
 
 def test_device_nodes(case, got):
