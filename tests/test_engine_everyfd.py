@@ -237,6 +237,29 @@ for t in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET):
         assert a.recv(100) == b"again"
 
 
+def test_unix_pair_shut_down_one_way_with_options(case, got):
+    """A stream pair whose one end shut down writing after sending (a client that sent its request)
+    and whose other end passes credentials (SO_PASSCRED): after restore the request then end of
+    file come out, the other direction still carries data, and the option is set."""
+    setup = py_hold("""
+import socket
+a, b = socket.socketpair()
+a.send(b"request"); a.shutdown(socket.SHUT_WR)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+os.dup2(a.fileno(), 160); os.dup2(b.fileno(), 161); a.close(); b.close()
+""")
+    before, after = case.roundtrip(setup)
+    a, b = got.sock(after.pid, 160), got.sock(after.pid, 161)
+    assert _read_all(b.fileno(), 7) == b"request"
+    assert _readable(b.fileno(), 30), "no end of file after the request: the shutdown was not kept"
+    assert b.recv(10) == b""   # end of file: a shut down writing
+    b.send(b"reply")
+    assert _read_all(a.fileno(), 5) == b"reply"
+    assert b.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) == 1
+    with pytest.raises(BrokenPipeError):
+        a.send(b"more", socket.MSG_NOSIGNAL)
+
+
 def test_abstract_and_pathname_listeners_with_queued_connections(case, got):
     """A stream listener on an abstract name and a seqpacket one on a path, each with a connection
     its client (a child, holding it at two fds) made and that was never accepted: after restore
