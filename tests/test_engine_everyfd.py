@@ -237,6 +237,29 @@ for t in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET):
         assert a.recv(100) == b"again"
 
 
+def test_unix_pair_shut_down_one_way_with_options(case, got):
+    """A stream pair whose one end shut down writing after sending (a client that sent its request)
+    and whose other end passes credentials (SO_PASSCRED): after restore the request then end of
+    file come out, the other direction still carries data, and the option is set."""
+    setup = py_hold("""
+import socket
+a, b = socket.socketpair()
+a.send(b"request"); a.shutdown(socket.SHUT_WR)
+b.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+os.dup2(a.fileno(), 160); os.dup2(b.fileno(), 161); a.close(); b.close()
+""")
+    before, after = case.roundtrip(setup)
+    a, b = got.sock(after.pid, 160), got.sock(after.pid, 161)
+    assert _read_all(b.fileno(), 7) == b"request"
+    assert _readable(b.fileno(), 30), "no end of file after the request: the shutdown was not kept"
+    assert b.recv(10) == b""   # end of file: a shut down writing
+    b.send(b"reply")
+    assert _read_all(a.fileno(), 5) == b"reply"
+    assert b.getsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED) == 1
+    with pytest.raises(BrokenPipeError):
+        a.send(b"more", socket.MSG_NOSIGNAL)
+
+
 def test_abstract_and_pathname_listeners_with_queued_connections(case, got):
     """A stream listener on an abstract name and a seqpacket one on a path, each with a connection
     its client (a child, holding it at two fds) made and that was never accepted: after restore
@@ -506,6 +529,89 @@ else:
     assert _readable(p, 30), "the pidfd did not report its restored child's exit"
     wait_until(lambda: not os.path.exists(f"/proc/{child}/status") or "Z (zombie)" in open(f"/proc/{child}/status").read(),
                "the child's death")
+
+
+def test_epoll_oneshot_fired_and_an_fd_in_flight(case, got):
+    """An epoll whose one-shot watch already fired and was not armed again (a worker thread took
+    its event) beside an edge-triggered one, and a pipe's read end in flight on a datagram pair:
+    after restore the one-shot watch stays quiet while the other reports, and the fd received from
+    the pair reads what the pipe carries."""
+    setup = py_hold("""
+import select, socket, array
+a_r, a_w = os.pipe(); b_r, b_w = os.pipe()
+ep = select.epoll(); ep.register(a_r, select.EPOLLIN | select.EPOLLONESHOT); ep.register(b_r, select.EPOLLIN | select.EPOLLET)
+os.write(a_w, b"1"); assert ep.poll(0) == [(a_r, select.EPOLLIN)]   # fired once: disarmed now
+open("/run/ep", "w").write(f"{a_r} {b_r}")   # (the data words python's epoll gave them)
+os.dup2(ep.fileno(), 131); os.dup2(a_r, 132); os.dup2(a_w, 133); os.dup2(b_r, 134); os.dup2(b_w, 135)
+ep.close()
+for fd in (a_r, a_w, b_r, b_w): os.close(fd)
+s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+r, w = os.pipe()
+s1.sendmsg([b"here"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+os.close(r); os.dup2(w, 136); os.close(w)
+os.dup2(s1.fileno(), 137); os.dup2(s2.fileno(), 138); s1.close(); s2.close()
+""")
+    before, after = case.roundtrip(setup)
+    pid = after.pid
+    ep = got.keep(select.epoll.fromfd(os.dup(got.fd(pid, 131))))
+    os.write(got.fd(pid, 133), b"2")
+    os.write(got.fd(pid, 135), b"3")
+    with open(f"/proc/{pid}/root/run/ep") as f:
+        oneshot, edge = map(int, f.read().split())
+    assert ep.poll(5) == [(edge, select.EPOLLIN)], f"not only the edge-triggered one ({edge}; one-shot: {oneshot})"
+    s2 = got.sock(pid, 138)
+    msg, anc, _, _ = s2.recvmsg(100, socket.CMSG_SPACE(4))
+    assert msg == b"here" and len(anc) == 1
+    received = got.keep(struct.unpack("i", anc[0][2][:4])[0])
+    os.write(got.fd(pid, 136), b"through")
+    assert _read_all(received, 7) == b"through"
+
+
+def test_epoll_oneshot_fired_on_a_file_with_nothing_to_report_refused_unstopped(case):
+    """A one-shot watch that fired and whose event the program consumed (the pipe read empty):
+    nothing would disarm it again at restore, so dump refuses it before the stop, saying what to do."""
+    setup = STOP_WATCH + py_hold("""
+import select
+r, w = os.pipe()
+ep = select.epoll(); ep.register(r, select.EPOLLIN | select.EPOLLONESHOT)
+os.write(w, b"1"); assert ep.poll(0) == [(r, select.EPOLLIN)]; os.read(r, 1)
+os.dup2(ep.fileno(), 140); ep.close()
+""")
+    pid = case.start(setup)
+    with pytest.raises(CRError, match=r"fd 140 \(anon_inode:\[eventpoll\]\): epoll target fd \d+ is a one-shot watch "
+                                      r"that fired .*: restore could not disarm it again; dump once the program armed"):
+        case.dump(pid, case.new_images_dir())
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_timers_on_other_clocks_and_a_nonblocking_pidfd(case, got):
+    """A timerfd armed at an absolute CLOCK_REALTIME time and a periodic CLOCK_BOOTTIME one, an
+    eventfd in semaphore mode, a PIDFD_NONBLOCK pidfd: after restore the timers fire, the
+    semaphore counts down by one, the pidfd keeps its flag."""
+    setup = py_hold("""
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+class TS(ctypes.Structure): _fields_ = [("s", ctypes.c_long), ("ns", ctypes.c_long)]
+class ITS(ctypes.Structure): _fields_ = [("i", TS), ("v", TS)]
+t = libc.timerfd_create(0, 0); libc.timerfd_settime(t, 1, ctypes.byref(ITS(TS(0, 0), TS(int(time.time()) + 6, 0))), None)
+os.dup2(t, 150); os.close(t)
+b = libc.timerfd_create(7, 0); libc.timerfd_settime(b, 0, ctypes.byref(ITS(TS(1, 0), TS(1, 0))), None)
+os.dup2(b, 151); os.close(b)
+e = os.eventfd(3, os.EFD_SEMAPHORE); os.dup2(e, 152); os.close(e)
+pid = os.fork()
+if pid:
+    p = os.pidfd_open(pid, os.O_NONBLOCK); os.dup2(p, 153); os.close(p)
+""")
+    before, after = case.roundtrip(setup)
+    pid = after.pid
+    for n in (150, 151):
+        fd = got.fd(pid, n)
+        assert _readable(fd, 60), f"timerfd {n} did not fire"
+        assert struct.unpack("Q", os.read(fd, 8))[0] >= 1
+    e = got.fd(pid, 152)
+    assert [os.eventfd_read(e) for _ in range(3)] == [1, 1, 1]
+    with open(f"/proc/{pid}/fdinfo/153") as f:
+        assert int(re.search(r"flags:\s+(\d+)", f.read())[1], 8) & os.O_NONBLOCK
 
 
 # --- device nodes, directories --------------------------------------------------------------------

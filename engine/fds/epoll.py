@@ -7,6 +7,11 @@ dup registered, then closed) but whose file the owner still holds at another
 number (`via`, found with kcmp KCMP_EPOLL_TFD) is registered as it was made: the
 stand-in puts that file at the number for the call. One the owner holds at no
 number cannot be named again: refused at dump, and before the tree is stopped.
+
+A one-shot target (EPOLLONESHOT) that fired and was not armed again (EPOLL_CTL_MOD) keeps only
+its flags: epoll_ctl cannot register it so, so the stand-in registers it armed for every event and
+takes its one event at once, which disarms it as it was; registered first, alone able to report.
+That needs its file to have something to report: one with nothing is refused at dump.
 """
 
 from __future__ import annotations
@@ -19,6 +24,17 @@ from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
 _TFD = re.compile(r"^(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
+_ONESHOT = 1 << 30
+# The bits a one-shot item keeps once it fired (the kernel's EP_PRIVATE_BITS: EPOLLWAKEUP,
+# EPOLLONESHOT, EPOLLET, EPOLLEXCLUSIVE); every event a file may report (IN, PRI, OUT, RDNORM,
+# RDBAND, WRNORM, WRBAND, MSG, RDHUP; ERR and HUP come with any registration).
+_PRIVATE = 0xF << 28
+_ANY = 0x1 | 0x2 | 0x4 | 0x40 | 0x80 | 0x100 | 0x200 | 0x400 | 0x2000
+
+
+def _disarmed(events: int) -> bool:
+    """A one-shot item that fired and was not armed again."""
+    return bool(events & _ONESHOT) and not events & ~_PRIVATE
 
 
 def _dump(d) -> dict:
@@ -59,8 +75,24 @@ def _targets(d) -> list[dict]:
                 raise FdError(0, f"{d.where}: epoll target fd {tfd} is no longer open at that number, and the "
                                  "process holds its file at no other")
             target["via"] = via
+        if _disarmed(target["events"]) and not _reports(d, target.get("via", tfd)):
+            raise FdError(0, f"{d.where}: epoll target fd {tfd} is a one-shot watch that fired and was not armed "
+                             "again, and its file has nothing to report: restore could not disarm it again; dump "
+                             "once the program armed it again (EPOLL_CTL_MOD)")
         targets.append(target)
     return targets
+
+
+def _reports(d, fd: int) -> bool:
+    """Whether fd `fd` of d's process has an event to report (what disarms a one-shot item)."""
+    import select
+    copy = fsys.pidfd_getfd(d.pidfd, fd)
+    try:
+        p = select.poll()
+        p.register(copy, _ANY)
+        return bool(p.poll(0))
+    finally:
+        os.close(copy)
 
 
 def _holder(d, tfd: int, toff: int, ino: int) -> int | None:
@@ -113,9 +145,9 @@ def _after(entry: dict):
 def _register(args, fds):
     """In the stand-in, once its fds are installed: add each target under its own number."""
     epfd, targets = args
-    for t in targets:
+    for t in sorted(targets, key=lambda t: not _disarmed(t["events"])):   # (the disarmed ones first)
         if "via" not in t:
-            fsys.epoll_add(epfd, t["fd"], t["events"], t["data"])
+            _add(epfd, t["fd"], t)
             continue
         # The file at `via` goes to the number it was registered under, for the call only; what
         # holds that number now (another file: the number was reused) steps aside meanwhile.
@@ -128,7 +160,7 @@ def _register(args, fds):
             saved = None
         os.dup2(t["via"], n, inheritable=False)
         try:
-            fsys.epoll_add(epfd, n, t["events"], t["data"])
+            _add(epfd, n, t)
         finally:
             if saved is None:
                 os.close(n)
@@ -136,6 +168,18 @@ def _register(args, fds):
                 os.dup2(saved, n, inheritable=inheritable)
                 os.close(saved)
     return None, []
+
+
+def _add(epfd: int, n: int, t: dict) -> None:
+    """Register target `t` at fd number `n`; a disarmed one-shot one is armed for every event, then
+    fired (the only item that can report: the others registered so far are disarmed ones)."""
+    if not _disarmed(t["events"]):
+        fsys.epoll_add(epfd, n, t["events"], t["data"])
+        return
+    fsys.epoll_add(epfd, n, t["events"] | _ANY, t["data"])
+    if fsys.epoll_wait_one(epfd) != t["data"]:
+        raise FdError(0, f"epoll fd {epfd}: one-shot target fd {n} has nothing to report: it could not be disarmed "
+                         "as it was at dump")
 
 
 register(FdKind(name="epoll", matches=lambda t, m: t == "anon_inode:[eventpoll]", dump=_dump, open=_open,

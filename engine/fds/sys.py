@@ -10,10 +10,10 @@ from engine.kernel import _ARCH, _check, _libc, _syscall
 
 if _ARCH == "x86_64":
     _NR = dict(kcmp=312, tee=276, timerfd_create=283, timerfd_settime=286, timerfd_gettime=287,
-               signalfd4=289, epoll_ctl=233, memfd_create=319)
+               signalfd4=289, epoll_ctl=233, memfd_create=319, epoll_pwait=281)
 else:
     _NR = dict(kcmp=272, tee=77, timerfd_create=85, timerfd_settime=86, timerfd_gettime=87,
-               signalfd4=74, epoll_ctl=21, memfd_create=279)
+               signalfd4=74, epoll_ctl=21, memfd_create=279, epoll_pwait=22)
 _NR["pidfd_getfd"] = 438
 
 KCMP_FILE = 0
@@ -99,10 +99,18 @@ def epoll_add(epfd: int, fd: int, events: int, data: int) -> None:
            lambda: f"epoll_ctl(ADD fd {fd})")
 
 
+def epoll_wait_one(epfd: int) -> int | None:
+    """The data word of one event epoll `epfd` reports now (epoll_pwait, no wait), or None."""
+    ev = _EpollEvent()
+    n = _check(_syscall(_NR["epoll_pwait"], ctypes.c_int(epfd), ctypes.byref(ev), ctypes.c_int(1), ctypes.c_int(0),
+                        None, ctypes.c_size_t(8)), "epoll_pwait")
+    return ev.data if n else None
+
+
 def memfd_create(name: str, flags: int) -> int:
     """memfd_create(2)."""
     return _check(_syscall(_NR["memfd_create"], os.fsencode(name), ctypes.c_uint(flags)), "memfd_create")
 
 
-__all__ = ["pidfd_getfd", "same_file", "epoll_target_is", "tee", "timerfd_create", "timerfd_settime", "signalfd", "epoll_add",
+__all__ = ["pidfd_getfd", "same_file", "epoll_target_is", "tee", "timerfd_create", "timerfd_settime", "signalfd", "epoll_add", "epoll_wait_one",
            "memfd_create", "_libc"]

@@ -540,7 +540,7 @@ def _open(r: RestoreFd) -> int:
             sent = unix_queue.open_inflight(r, [m for q in obj.get("msgs") or () for m in q])
             try:
                 st = r.state[e["obj"]] = r.standin("make", {"pair": True, "type": obj["type"], "data": obj["data"],
-                                                            "msgs": obj.get("msgs")}, sent)
+                                                            "msgs": obj.get("msgs"), "shut": obj.get("shut")}, sent)
             finally:
                 for x in sent:
                     os.close(x)

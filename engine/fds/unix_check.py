@@ -174,6 +174,10 @@ def check_object(obj: dict, what: str) -> None:
             _fail(f"{what}: bad queued messages of a socket pair")
         for q in msgs:
             _check_msgs(q, what)
+    shut = obj.get("shut")
+    if shut is not None and (not isinstance(shut, list) or len(shut) != 2
+                             or not all(type(x) is int and 0 <= x <= 3 for x in shut)):
+        _fail(f"{what}: bad shutdown of a socket pair")
     via = obj.get("via")
     if via is not None:
         if not isinstance(via, dict) or via.get("end") not in (0, 1) or ("path" in via) == ("abstract" in via) \

@@ -22,6 +22,7 @@ UDIAG_SHOW_NAME, UDIAG_SHOW_VFS, UDIAG_SHOW_PEER, UDIAG_SHOW_ICONS, UDIAG_SHOW_R
 
 
 UNIX_DIAG_NAME, UNIX_DIAG_VFS, UNIX_DIAG_PEER, UNIX_DIAG_ICONS, UNIX_DIAG_RQLEN = 0, 1, 2, 3, 4
+UNIX_DIAG_SHUTDOWN = 6   # (always sent: the socket's sk_shutdown, RCV_SHUTDOWN 1 | SEND_SHUTDOWN 2)
 
 
 TYPES = {socket.SOCK_STREAM: "stream", socket.SOCK_DGRAM: "dgram", socket.SOCK_SEQPACKET: "seqpacket"}
@@ -60,6 +61,8 @@ def diag_all() -> dict[int, dict]:
                         rec["icons"] = list(struct.unpack_from(f"={(alen - 4) // 4}I", data, a + 4))
                     elif atype == UNIX_DIAG_RQLEN:
                         rec["rqueue"], rec["wqueue"] = struct.unpack_from("=II", data, a + 4)
+                    elif atype == UNIX_DIAG_SHUTDOWN:
+                        rec["shutdown"] = data[a + 4]
                     a += (alen + 3) & ~3
                 out[ino] = rec
                 off += (ln + 3) & ~3

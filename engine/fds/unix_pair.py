@@ -28,6 +28,8 @@ def dump_end(k) -> None:
     out.update({"obj": obj, "end": end})
     # (is this end's holder in the pair's network namespace: `settle` picks the end that makes it)
     o.setdefault("_home", [False, False])[end] |= k.holder_netns == k.netns
+    if k.rec.get("shutdown"):   # (the directions shut down: restore shuts them down after queueing the data)
+        o.setdefault("shut", [0, 0])[end] = k.rec["shutdown"]
     if out["type"] == "dgram":
         pass   # (named or not, each end binds its own name at restore: _name_spec)
     elif "path" in out or "abstract" in out:
@@ -88,7 +90,8 @@ def prepare(key: str, obj: dict, holders: list, call):
         return None
     maker = via.get("maker", via["end"])
     chan = next((ch for e, ch in holders if e.get("end") == maker), holders[0][1])
-    spec = {"type": obj["type"], "data": obj["data"], "msgs": obj.get("msgs"), "accepted": via["end"],
+    spec = {"type": obj["type"], "data": obj["data"], "msgs": obj.get("msgs"), "shut": obj.get("shut"),
+            "accepted": via["end"],
             **{k: via[k] for k in ("path", "abstract") if k in via}}
     if maker != via["end"]:
         spec["aside"] = True   # (the client's holder: the name may lead nowhere in its mount namespace)
@@ -119,6 +122,10 @@ def fill(ends: list[int], spec: dict, fds: list[int]) -> list[int]:
     for end, queue in enumerate(spec.get("msgs") or ()):
         with socket.socket(fileno=os.dup(ends[1 - end])) as peer:
             rest = unix_queue.send_queue(peer, queue, rest)
+    for end, bits in enumerate(spec.get("shut") or ()):
+        if bits:   # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2; the peer gets the other side)
+            with socket.socket(fileno=os.dup(ends[end])) as s:
+                s.shutdown(bits - 1)
     return ends
 
 
