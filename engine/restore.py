@@ -62,8 +62,9 @@ from engine.fds import sys as fsys
 from engine.fdmaker import FdMaker
 from engine.image import is_beneath, rel_to
 
-# Every module the restorer uses after it pivots into a restored root must be imported here;
-# the filesystem type modules (discovered) of the image's superblocks are, in restore().
+# Every module the restorer uses after it pivots into a restored root must be imported here, or
+# for the images that need it by _load_for; the filesystem type modules (discovered) of the
+# image's superblocks are, in _restore().
 
 # Namespaces a stand-in unshares or joins after its pid namespace (image.NS_KINDS past mnt and pid).
 _OTHER_NS = tuple(k for k in image.NS_KINDS if k not in ("mnt", "pid"))
@@ -317,7 +318,7 @@ def _load_for(doc: dict) -> None:
     """Import the modules only some images need, here in `mntcr restore` before the restorer forks:
     the restorer and the stand-ins import them again by name, and find them loaded, where the
     engine's files are out of reach (a restored root, a chroot). Any other image never loads them
-    (~2 ms of a small restore's imports; tests/test_engine_imports.py)."""
+    (tests/test_engine_imports.py, test_engine_dump_imports.py)."""
     if doc.get("userns"):
         # (a stand-in that executes the interpreter again inside its user namespace; the host's view
         # of what that reads is taken as this imports, before anything of the image is mounted)

@@ -29,8 +29,9 @@ _NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site"
           # channel and forkrun pickle through the C module alone
           "pickle",
           # the engine's modules take the signal numbers and calls from _signal (signal.py's enum
-          # classes: ~2.5 M instructions of each verb's imports)
-          "signal")
+          # classes: ~2.5 M instructions of each verb's imports); fds and fs load their modules by
+          # __import__ (importlib's package, which loads warnings: ~1.4 M)
+          "signal", "importlib")
 
 
 def _modules(code: str) -> list[str]:

@@ -16,7 +16,6 @@ payload, checked by its `check`.
 
 from __future__ import annotations
 
-import importlib
 import os
 import stat
 from collections.abc import Callable
@@ -207,7 +206,7 @@ def _load() -> None:
         return
     _loaded = True
     for name in sorted(_module_names()):
-        importlib.import_module(f"{__name__}.{name}")
+        __import__(f"{__name__}.{name}")   # (not importlib: its package and warnings, ~1.4 M instructions a verb)
 
 
 _names: frozenset[str] | None = None
@@ -245,7 +244,7 @@ def lookup(name: str) -> FdKind | None:
     if found is None and not _loaded:
         module = _MODULE_OF.get(name, name)
         if module in _module_names():
-            importlib.import_module(f"{__name__}.{module}")
+            __import__(f"{__name__}.{module}")
             found = _REGISTRY.get(name)
         if found is None:
             _load()
@@ -303,7 +302,7 @@ def load_for(target: str, mode: int) -> None:
         return
     for name in names:
         if f"{__name__}.{name}" not in _imported:
-            importlib.import_module(f"{__name__}.{name}")
+            __import__(f"{__name__}.{name}")
             _imported.add(f"{__name__}.{name}")
 
 

@@ -29,9 +29,9 @@ What a type declares:
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import stat
+import sys
 from engine.records import record, field
 
 from engine.mountinfo import unescape
@@ -383,7 +383,8 @@ def refusal(mount, pids) -> str | None:
     base = mount.fstype.split(".", 1)[0]
     if lookup(mount.fstype) is not None or base not in _module_names():
         return None
-    refuse = getattr(importlib.import_module(f"{__name__}.{base}"), "refuse", None)
+    __import__(f"{__name__}.{base}")   # (not importlib: its package and warnings, ~1.4 M instructions a verb)
+    refuse = getattr(sys.modules[f"{__name__}.{base}"], "refuse", None)
     return refuse(mount, pids) if refuse is not None else None
 
 
@@ -541,7 +542,7 @@ def _import(name: str) -> None:
     """Import type module `name` (once), noting which types it registers."""
     _current_module.append(name)
     try:
-        importlib.import_module(f"{__name__}.{name}")
+        __import__(f"{__name__}.{name}")
     except (ImportError, OSError) as e:
         # A dump helper inside the tree's root (engine/nsinspect.py) imports a type first seen
         # there: the engine's files are out of reach. Said so, not an internal error.
