@@ -487,7 +487,7 @@ def test_unix_connection_through_a_listener(case, name):
     """A service listening on a name, a client (another process) connected to it and the accepted
     connection, with data queued both ways: the accepted end keeps the listener's name, the
     client's peer name is the listener's, and the listener still works."""
-    addr = '"/mnt/t/srv.sock"' if name == "path" else 'b"\\0zdtm-srv"'
+    addr = '"/mnt/t/srv.sock"' if name == "path" else 'b"\\0zdtm-srv@RUN"'
     setup = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t
 """ + py_hold(f"""
