@@ -19,7 +19,7 @@ fi
 # mkfs tools, squashfs and squashfuse (the fuse battery) for the filesystem scenarios and the --fstype battery, qemu + busybox for the VM flavor, debootstrap for criu
 # and the Vagrant box, vagrant + vagrant-libvirt + libvirt for the Vagrant provider, the container runtimes
 # of scenarios/runtimes/ (runc crun podman lxc bubblewrap systemd-container docker.io firejail schroot buildah
-# charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns; containerd comes with docker.io), the container inits of
+# charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns docker-compose lxd distrobox podman-toolbox; containerd comes with docker.io, lxcfs with lxd), the container inits of
 # scenarios/fds/container_inits.yaml (tini dumb-init catatonit), uidmap (newuidmap for the
 # rootless scenarios in scenarios/userns/ and scenarios/runtimes/), the real programs of
 # scenarios/fds/real_programs.yaml (tmux, dbus-daemon, socat) and scenarios/fds/apps.yaml (nginx, lighttpd,
@@ -37,7 +37,7 @@ pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squash
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
       vagrant vagrant-libvirt libvirt-daemon-system libvirt-clients qemu-utils openssh-client rsync
       runc crun podman lxc bubblewrap systemd-container docker.io firejail schroot
-      buildah charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
+      buildah charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns docker-compose lxd distrobox podman-toolbox tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
       nginx lighttpd redis-server screen sqlite3 inotify-tools curl gcc make libc6-dev
       openssh-server memcached haproxy dnsmasq-base rsyslog apache2 supervisor runit prometheus-node-exporter
       iputils-ping nftables iptables postgresql-15 mariadb-server)
@@ -47,7 +47,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "run.sh: installing ${missing[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
   # The servers among them (nginx, lighttpd, redis-server, dockerd, containerd, sshd, memcached, haproxy,
-  # rsyslogd, apache2, supervisord, node_exporter, postgres, mariadbd; schroot's session recovery) run only inside scenarios: a policy-rc.d for the
+  # rsyslogd, apache2, supervisord, node_exporter, postgres, mariadbd, lxd and lxcfs; schroot's session recovery) run only inside scenarios: a policy-rc.d for the
   # install's time keeps their packages from starting them as the machine's services.
   # Made with noclobber (O_EXCL: a file, or a symlink even dangling, already there is the admin's
   # and stays as it is), and removed only when this run made it.
@@ -77,7 +77,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   # systemctl disable works without a running systemd (it removes the units' links).
   if command -v systemctl >/dev/null; then
     for s in nginx lighttpd redis-server schroot docker.io openssh-server memcached haproxy rsyslog apache2 supervisor \
-             prometheus-node-exporter postgresql-15 mariadb-server; do
+             prometheus-node-exporter postgresql-15 mariadb-server lxd; do
       case " ${missing[*]} " in *" $s "*) ;; *) continue ;; esac
       # docker.io's units are docker.service, docker.socket and containerd.service; the others' as named
       case "$s" in
@@ -86,6 +86,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
         apache2) units="apache2.service apache-htcacheclean.service" ;;
         postgresql-15) units="postgresql.service postgresql@15-main.service" ;;
         mariadb-server) units="mariadb.service" ;;
+        lxd) units="lxd.service lxd.socket lxcfs.service" ;;
         *) units="$s.service" ;;
       esac
       for u in $units; do systemctl disable --quiet "$u" 2>/dev/null || true; done

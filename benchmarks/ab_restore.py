@@ -3,7 +3,7 @@
     python benchmarks/scale.py --mounts 1000,10000 --keep KEEP      # once: makes KEEP/nN/images
     python benchmarks/ab_restore.py KEEP --mounts 1000,10000 --rounds 4 BASE_TREE NEW_TREE
 
-Each round restores each image once with each tree (`python -S -m engine.cli restore` run from
+Each round restores each image once with each tree (`python -S -c 'from engine.cli import main ...' restore`, as cli.command runs it, from
 that tree, e.g. two `git archive` snapshots), kills the restored tree and records the CPU time
 (user+sys of the restore and every helper it waits for, RUSAGE_CHILDREN) and the wall time.
 CPU moves much less with load than wall time on this shared machine; the last lines give, per
@@ -30,9 +30,13 @@ print(json.dumps({"rc": p.returncode, "wall": time.monotonic() - t,
 """
 
 
+# engine.cli's main as cli.command() runs it (without runpy), in a tree of any age
+_LAUNCH = "import sys; from engine.cli import main; sys.exit(main())"
+
+
 def restore_once(tree: str, images: str, pidfile: str) -> dict:
     """Restore `images` with the engine in `tree`, kill the restored tree; CPU and wall seconds."""
-    cmd = [sys.executable, "-c", _MEASURE, sys.executable, "-S", "-m", "engine.cli", "restore",
+    cmd = [sys.executable, "-c", _MEASURE, sys.executable, "-S", "-c", _LAUNCH, "restore",
            "-D", images, "--pidfile", pidfile,
            # scale.py's trees bind the host's /usr and /etc as externals
            "--external", "mnt[usr]:/usr", "--external", "mnt[etc]:/etc"]

@@ -11,7 +11,8 @@ of the ratios, like a refusal).
 
 What is measured (the smallest of --repeat runs):
 - wall: the backend call as the runner makes it, i.e. the wall time of the CLI
-  invocation: `python -S -m engine.cli dump|restore` for mntcr (engine byte-compiled first), and for criu the
+  invocation: `python -S -c 'from engine.cli import run; run()' dump|restore` for mntcr (engine.cli.command;
+  engine byte-compiled first), and for criu the
   `criu dump|restore` process (entered through the small helper that pivots
   into its userland for a userland criu), plus what the adapter does around it
   (the root-mount copy at dump). Both include a Python interpreter start-up,
@@ -45,6 +46,7 @@ import time
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _PROJECT)
 
+from engine.cli import LAUNCH  # noqa: E402
 from zdtm import backends, snapshot  # noqa: E402
 from zdtm import scenario as scenario_mod  # noqa: E402
 from zdtm.backends import BackendError, Context  # noqa: E402
@@ -198,8 +200,8 @@ def main(argv=None) -> int:
             return 1
     keep, left = cases(paths)
     compile_engine()
-    print(f"kernel {os.uname().release}; {bk['criu'].impl().env().describe()}; mntcr: python -S -m engine.cli")
-    print(f"measured: wall = the backend's CLI invocation (python -S -m engine.cli | criu, incl. start-up); "
+    print(f"kernel {os.uname().release}; {bk['criu'].impl().env().describe()}; mntcr: python -S -c '{LAUNCH}'")
+    print(f"measured: wall = the backend's CLI invocation (python -S -c LAUNCH | criu, incl. start-up); "
           f"criu-own = criu's log time; smallest of {args.repeat}")
     for module in ("engine.cli", "engine.dump", "engine.restore"):
         wall, cpu = startup_baseline(module)

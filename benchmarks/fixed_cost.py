@@ -8,7 +8,8 @@ checkout), each restore compared with the state before. Measured, as CPU time (u
 command and of every helper it waits for, from RUSAGE_CHILDREN), never wall time: this machine is
 shared, and CPU time moves much less with load than wall time does.
 
-Printed per verb (least of the repeats): `cpu` of `python -S -m engine.cli dump|restore`; the
+Printed per verb (least of the repeats): `cpu` of `python -S -c LAUNCH dump|restore` (engine.cli's main, as
+cli.command runs it); the
 phases `start` (`python -S -c pass`), `imports` (`python -S -c 'import engine.cli, engine.VERB'`
 less `start`) and `run` (the rest: the verb's own work, its helpers, tar, the stand-ins' start);
 and, when `perf` can count the sched tracepoints, the `forks` and `execs` of the command and its
@@ -29,6 +30,8 @@ import tempfile
 
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _EVENTS = "sched:sched_process_fork,sched:sched_process_exec,page-faults"
+# engine.cli's main as cli.command() runs it (without runpy), in a tree of any age
+_LAUNCH = "import sys; from engine.cli import main; sys.exit(main())"
 
 
 # perf mounts tracefs on /sys/kernel/tracing when it is not mounted, to read the tracepoints:
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
             before = snapshot.take(running.pid, sc.check, sc.timeout)
             img = os.path.join(wd, "img")
             def measured(verb: str, a: list[str]) -> bool:
-                cpu, found, proc = _cpu_of(py + ["-m", "engine.cli", verb, *a], env, tree, counts)
+                cpu, found, proc = _cpu_of(py + ["-c", _LAUNCH, verb, *a], env, tree, counts)
                 if proc.returncode:
                     print(f"{verb} failed: {proc.stderr.strip()}", file=sys.stderr)
                     return False

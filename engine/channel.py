@@ -134,7 +134,7 @@ def _fork(fn, args) -> tuple[int, Channel]:
     """Fork a child running ``fn(*args, chan)``; return (pid, our end). An exception in the
     child is sent as ("error", text); the child dies with us (SIGKILL)."""
     import os
-    import signal
+    import _signal as signal
     from engine import kernel
     from engine.forkrun import format_tb
     parent, child = Channel.pair()

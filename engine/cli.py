@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import gc
 import os
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import sys
 
-if __name__ == "__main__":  # pragma: no cover - `python -m engine.cli`
-    # Ctrl-C before main() takes over (while modules load): nothing was done yet; one line, no traceback.
-    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("mntcr: interrupted: nothing was done\n"),
-                                             os._exit(130)))
-
 EXIT_OK, EXIT_DIFFERENT, EXIT_ERROR = 0, 1, 2
+
+# What command() runs: run() below, as an installed console script would (`-m engine.cli` goes
+# through runpy, importlib.util and importlib.machinery first: ~4.4 M instructions, ~1 ms, a verb).
+LAUNCH = "from engine.cli import run; run()"
 
 
 def command(*args: str) -> list[str]:
     """argv that runs this CLI in a fresh interpreter, for callers that put the project on PYTHONPATH
     (the runner, benchmarks). The engine needs only the standard library, so `-S` skips site-packages'
     start-up hooks (.pth files: ~40 ms of CPU per run on the test machine)."""
-    return [sys.executable, "-S", "-m", "engine.cli", *args]
+    return [sys.executable, "-S", "-c", LAUNCH, *args]
+
+
+def run() -> None:
+    """`mntcr` as a program (command(), `python -m engine.cli`): main() on sys.argv, then exit."""
+    # Ctrl-C before main() takes over (while modules load): nothing was done yet; one line, no traceback.
+    signal.signal(signal.SIGINT, lambda *_: (sys.stderr.write("mntcr: interrupted: nothing was done\n"),
+                                             os._exit(130)))
+    sys.exit(main())
 
 
 class UsageError(Exception):
@@ -143,8 +150,8 @@ def _add_diff(sub) -> None:
         description="Compare two mount trees in canonical form (mount ids, peer-group ids and devices "
                     "renamed by first appearance, siblings sorted). Prints a tree marking each mount and "
                     "attribute that differs. Exit status: 0 equal, 1 different, 2 error.")
-    p.add_argument("a", metavar="A", help="pid:N or a mountinfo file")
-    p.add_argument("b", metavar="B", help="pid:N or a mountinfo file")
+    p.add_argument("a", metavar="A", help="pid:N, a mountinfo file, or an image directory (its root process's mount namespace)")
+    p.add_argument("b", metavar="B", help="the same kinds as A")
 
 
 def _add_check(sub) -> None:
@@ -237,13 +244,24 @@ def _settled() -> None:
 
 
 def _cmd_diff(args) -> int:
-    from engine import mountinfo, topology
+    from engine import topology
     _settled()
-    a = mountinfo.read_source(args.a)
-    b = mountinfo.read_source(args.b)
+    a, b = _mounts_of(args.a), _mounts_of(args.b)
     equal, text = topology.diff_report(a, b, names=(args.a, args.b))
     sys.stdout.write(text)
     return EXIT_OK if equal else EXIT_DIFFERENT
+
+
+def _mounts_of(spec: str) -> list:
+    """The mounts `mntcr diff` compares: pid:N, a mountinfo file, or an image directory (the mount
+    namespace of its root process, as restore makes it)."""
+    import os
+    from engine import mountinfo
+    if not spec.startswith("pid:") and os.path.isdir(spec):
+        from engine import image
+        doc = image.load(spec)
+        return image.to_mounts(doc, doc["processes"][0]["ns"]["mnt"])
+    return mountinfo.read_source(spec)
 
 
 def _cmd_show(args) -> int:
@@ -278,6 +296,7 @@ def _cmd_check(args) -> int:
 def _cmd_dump(args) -> int:
     from engine import filelocks, kernel
     kernel.check_own_proc()
+    kernel.check_host_root("dump")
     filelocks.read_early()   # (its kernel wait overlaps the imports: engine/filelocks.py)
     try:
         from engine import dump
@@ -290,8 +309,11 @@ def _cmd_dump(args) -> int:
 
 
 def _cmd_restore(args) -> int:
-    from engine import kernel, restore
+    # (imageformat: image.load validates every image with it; loaded here, its ~200 records are
+    # frozen with the other modules' objects, never walked by a collection)
+    from engine import imageformat, kernel, restore  # noqa: F401
     kernel.check_own_proc()
+    kernel.check_host_root("restore")
     _settled()
     daemons = {}
     for spec in args.fuse_restart:
@@ -375,5 +397,5 @@ def _main(argv: list[str]) -> int:
         return EXIT_ERROR
 
 
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+if __name__ == "__main__":  # pragma: no cover - `python -m engine.cli`
+    run()

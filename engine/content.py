@@ -15,8 +15,9 @@ from __future__ import annotations
 import functools
 import os
 import re
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import stat
+import sys
 
 from engine import channel, image, kernel
 
@@ -60,10 +61,11 @@ def _sha256(size: int):
             return hashlib.sha256()
         except ImportError:   # (out of the library's reach, e.g. an archive its read-ahead failed on)
             pass
-    try:
-        from _sha2 import sha256        # Python >= 3.12
-    except ImportError:
-        from _sha256 import sha256      # Python 3.11
+    # (by version: a failed import is a search of every directory on the path)
+    if sys.version_info >= (3, 12):
+        from _sha2 import sha256
+    else:
+        from _sha256 import sha256
     return sha256()
 
 
@@ -185,12 +187,17 @@ def _staging(mounts: list[tuple[int, str]]) -> int:
 _SOCKET_IGNORED = re.compile(r'^[^ ]*tar: (".*"): socket ignored$')
 
 
-def _archive_child(mounts: list[tuple[int, str]], out_fd: int, chan: channel.Channel) -> None:
+def _archive_child(mounts: list[tuple[int, str]], out_fd: int, dirs: dict, chan: channel.Channel) -> None:
     staging = _staging(mounts)
+    covered = _covered_dirs(staging, dirs)
     # --one-file-system: a mount cloned with the locked mounts on it (a namespace a user namespace
     # owns: engine.nscopy's clone_mounts) must not bring their files (proc's, another tmpfs's) along.
     cmd = [_tar(), "-C", f"/proc/self/fd/{staging}", "--sparse", "--one-file-system", *_COMMON,
            "--quoting-style=c", "-cf", "-", *sorted(name for _, name in mounts)]
+    if covered:
+        # Last, so that extracting them sets those directories as they are (tar keeps a directory
+        # that exists and gives it the later member's mode, owner and times), then fills them.
+        cmd += ["-C", f"/proc/self/fd/{staging}/{_COVERED}", *covered]
     code, _, err = run(cmd, stdout=out_fd, pass_fds=(staging,), env={**os.environ, "LC_ALL": "C"})
     if code not in (0, 1):  # 1: "file changed as we read it", the tree is stopped
         raise OSError(f"archiving files failed: {_last_line(_text(err), 'tar failed')}")
@@ -219,16 +226,38 @@ def _sockets_left_out(staging: int, stderr: str) -> list[tuple[str, dict]]:
     return out
 
 
-def archive(mounts: list[tuple[int, str]], out_path: str, sockets: dict | None = None) -> dict:
+# The staging directory where other mounts' views of covered directories are attached (no
+# member is named so: sb-N only).
+_COVERED = ".covered"
+
+
+def _covered_dirs(staging: int, dirs: dict) -> list[str]:
+    """Attach each clone of `dirs` ({member: [(path beneath it, clone of that directory)]}) at
+    _COVERED/MEMBER/PATH in `staging`; return those names, which tar archives after the members.
+    (A member cloned with locked mounts on it, engine/nscopy.py, shows their roots in place of
+    the directories they sit on: those come from the clones, with what they hold.)"""
+    names = []
+    for member, views in sorted(dirs.items()):
+        for rel, fd in views:
+            name = f"{member}/{rel}"
+            os.makedirs(f"/proc/self/fd/{staging}/{_COVERED}/{name}", 0o700)
+            kernel.move_mount(fd, "", staging, f"{_COVERED}/{name}", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+            names.append(name)
+    return names
+
+
+def archive(mounts: list[tuple[int, str]], out_path: str, sockets: dict | None = None,
+            dirs: dict | None = None) -> dict:
     """Archive the files of each (detached mount fd, member name) into out_path; return its size and sha256.
     A mount of a single file is named "MEMBER/FILENAME": the member then holds that file alone.
     Socket files, which tar leaves out, go into `sockets` ({member: [record]}, see make_sockets).
+    `dirs`: {member: [(path, clone)] of its directories that mounts cover} (_covered_dirs).
 
     The mount fds are attached inside a throwaway namespace (the caller's fds
     stay open but their mounts end up detached).
     """
     with open(out_path, "wb") as out:
-        left_out, _ = channel.call_in_child(_archive_child, mounts, out.fileno())
+        left_out, _ = channel.call_in_child(_archive_child, mounts, out.fileno(), dirs or {})
         out.flush()
         # (to disk while the dump goes on: the image's commit fsyncs every archive before the manifest)
         kernel.start_writeback(out.fileno())

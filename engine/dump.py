@@ -24,7 +24,7 @@ import fcntl
 import itertools
 import os
 import re
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import stat
 import sys
 import time
@@ -130,6 +130,9 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     ext_files = parse_external_files(externals)
     ext_veths = netdevs.parse_externals(externals)
     tree = process_tree(root_pid)
+    if os.getpid() in {p for p, _ in tree}:   # (it would stop itself, and hang)
+        raise DumpError(errno.EINVAL, f"the dump runs inside the tree of process {root_pid} it dumps (as one of "
+                                      "its descendants): run mntcr dump from outside that tree")
     # A filesystem's daemon (a type with `daemon`) keeps running while the tree is dumped (its files
     # stay readable: a stopped one would hang us) and is not dumped: restore restarts it (engine/fs/).
     daemons = fs.daemons(p for p, _ in tree)
@@ -794,16 +797,21 @@ class _Batch:
         self.d = d
         # (mount fd, member, sb id, directory the member fills, the only name it holds there or None)
         self.items: list[tuple[int, str, str, str, str | None]] = []
+        self.dirs: dict[str, list] = {}   # member -> [(path, clone)] of what mounts cover (nscopy.stream)
         self.member_no = itertools.count()
 
-    def add(self, mfd: int, sid: str, root: str, only: str | None) -> None:
-        """Queue clone `mfd` of superblock `sid` (filling `root`; `only`: the one file it holds there);
-        the batch owns the fd once queued."""
+    def add(self, mfd: int, sid: str, root: str, only: str | None, dirs=()) -> None:
+        """Queue clone `mfd` of superblock `sid` (filling `root`; `only`: the one file it holds there;
+        `dirs`: [(path, clone)] of its directories that mounts cover, as other mounts show them:
+        content.archive); the batch owns the fds once queued."""
         superblocks = self.d.superblocks
         # One archive holds superblocks of one owner: restore extracts it as that owner's root.
         if self.items and superblocks[self.items[0][2]].get("owner") != superblocks[sid].get("owner"):
             self.flush()
-        self.items.append((mfd, f"sb-{next(self.member_no)}", sid, root, only))
+        member = f"sb-{next(self.member_no)}"
+        self.items.append((mfd, member, sid, root, only))
+        if dirs:
+            self.dirs[member] = list(dirs)
 
     def flush_if_full(self) -> None:
         """Write the archive once it has 500 members."""
@@ -817,7 +825,8 @@ class _Batch:
         name, path = self.d.writer.new_archive()
         sockets: dict[str, list] = {}   # socket files tar leaves out, made again at restore
         self.d.files[name] = content.archive([(mfd, member if only is None else f"{member}/{only}")
-                                              for mfd, member, _, _, only in self.items], path, sockets)
+                                              for mfd, member, _, _, only in self.items], path, sockets,
+                                             self.dirs)
         for mfd, member, sid, root, only in self.items:
             arc = {"file": name, "member": member, "root": root}
             if only is not None:
@@ -827,11 +836,19 @@ class _Batch:
             self.d.superblocks[sid]["archives"].append(arc)
             os.close(mfd)
         self.items.clear()
+        self._close_dirs()
+
+    def _close_dirs(self) -> None:
+        for views in self.dirs.values():
+            for _, vfd in views:
+                os.close(vfd)
+        self.dirs.clear()
 
     def close(self) -> None:
         """Close what was queued and not written (a refusal)."""
         for mfd, *_ in self.items:
             os.close(mfd)
+        self._close_dirs()
 
 
 def _archive_contents(d: _Dump) -> None:
@@ -854,17 +871,19 @@ def _archive_contents(d: _Dump) -> None:
                            anchored=True)
     try:
         for ino, wanted in d.clone_plan.items():
+            beneath: dict[int, list] = {}   # mount -> [(path, clone)] of what mounts on it cover
             fd = os.open(f"/proc/{d.by_mntns[ino][0]}/ns/mnt", os.O_RDONLY)
             try:
                 others = [(d.by_mntns[o], d.ns_data[o]["mounts"]) for o in d.by_mntns if o != ino]
-                for mids, fds in nscopy.stream(fd, d.by_mntns[ino], wanted, d.ns_data[ino]["mounts"], others):
+                for mids, fds in nscopy.stream(fd, d.by_mntns[ino], wanted, d.ns_data[ino]["mounts"], others,
+                                               beneath):
                     kept = set()
                     try:
                         for mid, mfd in zip(mids, fds):
                             if mid in d.ghost_for:
                                 _archive_ghost(d, mid, mfd)
                             elif mid in d.archive_for:
-                                if _add_content(d, batch, mid, mfd):
+                                if _add_content(d, batch, mid, mfd, beneath.pop(mid, ())):
                                     kept.add(mfd)  # the batch owns it now (flush closes it)
                                     batch.flush_if_full()
                             else:
@@ -876,6 +895,9 @@ def _archive_contents(d: _Dump) -> None:
                                 park.drop(mfd)
             finally:
                 os.close(fd)
+                for views in beneath.values():   # (of mounts not archived: probed, or a ghost)
+                    for _, vfd in views:
+                        os.close(vfd)
         batch.flush()
     finally:
         batch.close()
@@ -886,7 +908,7 @@ def _archive_contents(d: _Dump) -> None:
             raise DumpError(errno.EOPNOTSUPP, want[2])
 
 
-def _add_content(d: _Dump, batch: _Batch, mid: int, mfd: int) -> bool:
+def _add_content(d: _Dump, batch: _Batch, mid: int, mfd: int, dirs=()) -> bool:
     """Clone `mfd` of mount `mid` into the batch (True: the batch owns it now); first the files the
     type hooks asked for by inode are looked for on it, and an empty root is only recorded."""
     sid, root = d.archive_for[mid]
@@ -903,11 +925,13 @@ def _add_content(d: _Dump, batch: _Batch, mid: int, mfd: int) -> bool:
         batch.add(mfd, sid, parent or "/", base)
         return True
     if not os.listdir(top):
+        for _, vfd in dirs:   # (nothing mounted on it: none)
+            os.close(vfd)
         st = os.stat(top)
         d.superblocks[sid].setdefault("empty_roots", []).append(
             {"root": root, "mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid})
         return False
-    batch.add(mfd, sid, root, None)
+    batch.add(mfd, sid, root, None, dirs)
     return True
 
 

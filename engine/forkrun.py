@@ -13,7 +13,7 @@ try:   # the C pickler pickle.py re-exports; pickle.py's own Python (and its re)
     import _pickle as pickle
 except ImportError:   # an interpreter without it
     import pickle
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import sys
 
 from engine import kernel
@@ -48,6 +48,13 @@ def format_tb(e: BaseException, limit: int | None = None) -> str:
     text = str(e)
     return ("Traceback (most recent call last):\n" if frames else "") + "".join(frames) + \
         (f"{name}: {text}\n" if text else f"{name}\n")
+
+
+def signame(sig: int) -> str:
+    """The name signal.Signals gives signal number `sig` (of aliases the first by name: SIGABRT, not
+    SIGIOT), from _signal's constants; the number itself for one without a name."""
+    return min((k for k, v in vars(signal).items() if k.startswith("SIG") and "_" not in k and v == sig),
+               default=str(sig))
 
 
 def _read_all(fd: int) -> bytes:
@@ -119,7 +126,7 @@ def run(fn, *args, unshare_flags: int = 0, private: bool = True, pass_fds: tuple
         _, status = os.waitpid(pid, 0)
     if not data:
         if os.WIFSIGNALED(status):
-            raise ChildError(None, f"child killed by {signal.Signals(os.WTERMSIG(status)).name}", "")
+            raise ChildError(None, f"child killed by {signame(os.WTERMSIG(status))}", "")
         raise ChildError(None, f"child exited with status {os.waitstatus_to_exitcode(status)} and no result", "")
     kind, payload = pickle.loads(data)
     if kind == "ok":

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import time
 
 from engine import kernel, threads

@@ -560,6 +560,9 @@ FD = Record("fd", {
     # A file of /proc/N/ of a live process of the tree (its pid in the image): reopened under the
     # number that process has at restore in that proc mount's pid namespace (engine/fds/file.py).
     "live_pid": F(INT, required=False, rule=rng(1, MAX_PID)),
+    # A directory read to its end on a filesystem restore makes again: read to its end again
+    # (engine/dirpos.py; its offset, a cookie of the dumped filesystem, says nothing there).
+    "dir_end": F(BOOL, required=False),
 })
 
 _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}\Z")
@@ -1037,6 +1040,23 @@ _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS
 
 # --- the validator ----------------------------------------------------------------------------
 
+# Per-process records every dump of this mntcr writes, and what a process lacking one gets at
+# restore (the restorer's own): the format grows by optional fields (version 1 throughout), so an
+# image of an older mntcr loads, and `older_writer` tells what it does not say.
+ALWAYS_WRITTEN = {"caps": "capabilities", "rlimits": "resource limits", "sched": "scheduling attributes",
+                  "sid": "session and process group", "umask": "umask"}
+
+
+def older_writer(doc: dict) -> str | None:
+    """A note for an image of an older mntcr (a validated manifest): which per-process records it
+    lacks, restored as the restorer's own; None for an image of this one."""
+    missing = [what for key, what in ALWAYS_WRITTEN.items() if any(key not in p for p in doc["processes"])]
+    if not missing:
+        return None
+    return (f"the image is an older mntcr's: its processes have no record of their {', '.join(missing)}, "
+            "which they get from this restore (the restorer's own); dump again with this mntcr for an exact tree")
+
+
 def validate(doc) -> None:
     """Check the whole manifest; raise ImageError (one line) on the first problem.
 
@@ -1050,7 +1070,9 @@ def validate(doc) -> None:
     version = doc.get("version")
     if version != VERSION or type(version) is not int:
         import json   # (as JSON wrote it: "1", a string, is no 1)
-        _fail(f"format version {json.dumps(version)[:20]} is not supported by this mntcr (it reads version {VERSION})")
+        newer = type(version) is int and version > VERSION
+        _fail(f"format version {json.dumps(version)[:20]} is not supported by this mntcr (it reads version {VERSION})"
+              + (": the image is a newer mntcr's, restore it with that one" if newer else ""))
     check_record(MANIFEST, doc, "manifest")
     _check_counts(doc)
     files = doc.get("files") or {}
@@ -1867,9 +1889,9 @@ def _check_sysvipc(doc: dict) -> None:
 def _check_shm_attachments(doc: dict) -> None:
     """Each process's System V attachments (engine/shmattach.py) only of segments the image makes in
     its own ipc namespace."""
-    from engine import shmattach
     for p in doc["processes"]:
         if "shm" in p:
+            from engine import shmattach   # (only then)
             own = (doc.get("sysvipc") or {}).get(p["ns"]["ipc"]) or {}
             ids = set() if "ipc" in (p.get("host_ns") or ()) else {s["id"] for s in own.get("shm", ())}
             why = shmattach.check(p["shm"], ids)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import struct
 
 _PTRACE_PEEKDATA, _PTRACE_POKEDATA = 2, 5

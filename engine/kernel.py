@@ -30,11 +30,11 @@ _ARCH = os.uname().machine
 if _ARCH == "x86_64":
     NR = dict(setns=308, unshare=272, pivot_root=155, name_to_handle_at=303, open_by_handle_at=304,
               statx=332, mount=165, umount2=166, setgroups=116, setresuid=117, setresgid=119, tgkill=234,
-              rt_sigaction=13, rt_sigprocmask=14)
+              rt_sigaction=13, rt_sigprocmask=14, getdents64=217)
 elif _ARCH in ("aarch64", "arm64"):
     NR = dict(setns=268, unshare=97, pivot_root=41, name_to_handle_at=264, open_by_handle_at=265,
               statx=291, mount=40, umount2=39, setgroups=159, setresuid=147, setresgid=149, tgkill=131,
-              rt_sigaction=134, rt_sigprocmask=135)
+              rt_sigaction=134, rt_sigprocmask=135, getdents64=61)
 else:  # pragma: no cover - other architectures are not supported yet
     raise ImportError(f"mntcr: unsupported architecture {_ARCH}")
 NR.update(open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432, fspick=433,
@@ -576,14 +576,14 @@ def drop_ctty() -> None:
     """Leave our controlling terminal, if we have one and do not lead our session (TIOCNOTTY: our
     session and process group keep it, Ctrl-C still reaches us): an open of a tty node (5:0) by us,
     or by a child made after, then fails (ENXIO) instead of giving the terminal we were started from."""
-    import fcntl
-    import termios
     if os.getsid(0) == os.getpid():
         return   # (a leader's TIOCNOTTY would hang its whole session up)
     try:
         fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return   # (none)
+    import fcntl
+    import termios   # (only then: an extension module to load, ~0.3 ms)
     try:
         fcntl.ioctl(fd, termios.TIOCNOTTY)
     finally:
@@ -751,6 +751,23 @@ def check_own_proc() -> None:
                                     "namespace's proc on /proc (unshare --fork --pid --mount-proc)")
 
 
+def check_host_root(verb: str) -> None:
+    """OSError (one line) unless this process holds CAP_SYS_ADMIN in the initial user namespace:
+    `verb` mounts, makes namespaces and devices of the host's. In a user namespace (`unshare -Ur`,
+    an unprivileged container) the kernel refuses some of those steps with EINVAL or EPERM, which
+    the feature probe would report as a kernel lacking them."""
+    with open("/proc/self/uid_map") as f:
+        initial = f.read().split() == ["0", "0", "4294967295"]
+    admin = int(proc_status("self", {"CapEff"}).get("CapEff", "0"), 16) >> 21 & 1
+    if initial and admin:
+        return
+    where = "in the initial user namespace" if initial else "in a user namespace (a rootless one's root is not the host's)"
+    raise OSError(errno.EPERM, f"{verb} needs root of the host (CAP_SYS_ADMIN in the initial user namespace); this "
+                               f"process is uid {os.getuid()} {where}{'' if admin else ' without CAP_SYS_ADMIN'}: "
+                               f"run mntcr {verb} as root (sudo), outside any user namespace (the host's root dumps and "
+                               "restores a rootless tree's user namespaces as they are)")
+
+
 def proc_status(pid, keys) -> dict[str, str]:
     """The values of lines `keys` ("Uid", "CapEff", ...) of /proc/PID/status, where present."""
     out = {}
@@ -765,6 +782,20 @@ def proc_status(pid, keys) -> dict[str, str]:
         if key in keys:
             out[key] = value + "\n"
     return out
+
+
+# Capability names by bit (linux/capability.h), as capsh and setpriv spell them.
+CAP_NAMES = ("chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid", "setpcap",
+             "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw", "ipc_lock", "ipc_owner",
+             "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct", "sys_admin", "sys_boot", "sys_nice",
+             "sys_resource", "sys_time", "sys_tty_config", "mknod", "lease", "audit_write", "audit_control",
+             "setfcap", "mac_override", "mac_admin", "syslog", "wake_alarm", "block_suspend", "audit_read",
+             "perfmon", "bpf", "checkpoint_restore")
+
+
+def cap_names(mask: int) -> list[str]:
+    """The capabilities of bit mask `mask` by name (cap_sys_nice...; an unnamed bit as cap_N)."""
+    return [f"cap_{CAP_NAMES[b]}" if b < len(CAP_NAMES) else f"cap_{b}" for b in range(mask.bit_length()) if mask >> b & 1]
 
 
 def read_caps(pid: int) -> dict[str, int]:
@@ -812,7 +843,7 @@ def take_blocked_signals(blocked: int) -> None:
 def take_ignored_signals(ignored: int) -> None:
     """Every signal ignored whose bit is set in `ignored`, any other back to its default action: no
     handler of ours stays, and Python ignores SIGPIPE and SIGXFSZ, which the process may not have."""
-    import signal
+    import _signal as signal
     for sig in range(1, signal.NSIG):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
@@ -1016,7 +1047,7 @@ def hold_pid(pidns: int, pid: int, proc: int, fn):
     with set_tid; the child exits and is reaped right after, so what fn() opened of /proc/PID/ is
     a file of a process that is gone (CRIU's remap_dead_pid). `proc`: an fd on the host's /proc.
     EEXIST when that number is taken there."""
-    import signal
+    import _signal as signal
     back = os.open("self/ns/pid_for_children", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
     r, w = os.pipe()
     try:

@@ -177,7 +177,32 @@ def _child(pid: int, owner_fd: int | None, proc_fd: int, legacy: bool) -> list[t
     os.chroot(".")
     os.chdir("/")
     kernel.unshare(kernel.CLONE_NEWNS)
-    return _probe_in_copy(proc_fd, full=owner_fd is not None, legacy=legacy)
+    try:
+        return _probe_in_copy(proc_fd, full=owner_fd is not None, legacy=legacy)
+    except PermissionError as e:
+        raise OSError(errno.EACCES, _unsearchable(proc_fd) or f"{e}") from None
+
+
+def _unsearchable(proc_fd: int) -> str | None:
+    """The refusal of a probe that met a directory it may not search (in the copy): the first mount
+    point beneath one, and that directory, and what to do; None when none is found again."""
+    with os.fdopen(os.open(f"{os.getpid()}/mountinfo", os.O_RDONLY, dir_fd=proc_fd)) as f:
+        points = sorted({m.mountpoint for m in mountinfo.parse(f.read())})
+    for mp in points:
+        parts = mp.strip("/").split("/")
+        for k in range(1, len(parts) + 1):
+            path = "/" + "/".join(parts[:k])
+            try:
+                os.stat(path, follow_symlinks=False)
+            except PermissionError:
+                where = "/" + "/".join(parts[:k - 1])
+                return (f"the mount at {mp} lies beneath {where}, a directory root of the tree's user namespace "
+                        "may not search (its owner is not mapped there and it grants others no search "
+                        "permission), so the mounts' locks cannot be probed: make it searchable from inside "
+                        f"(chmod o+x {where}, or chown it to an id the namespace maps) and dump again")
+            except OSError:
+                break
+    return None
 
 
 def probe(pid: int, mounts, canon_text: str) -> dict[str, str] | str:
@@ -201,6 +226,8 @@ def probe(pid: int, mounts, canon_text: str) -> dict[str, str] | str:
         same = userns.ino(owner) == userns.own_userns_ino()
         result = forkrun.run(_child, pid, None if same else owner, proc_fd, remount.legacy())
     except (OSError, forkrun.ChildError) as e:
+        if isinstance(e, OSError) and e.errno == errno.EACCES and e.strerror:
+            return f"lock probe failed: {e.strerror}"   # (_unsearchable's: it says what to do)
         return f"lock probe failed: {e}"
     finally:
         os.close(owner)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from engine import channel, kernel, mountinfo, nsinspect, userns_cr
 from engine.dumperror import DumpError
@@ -82,6 +83,15 @@ def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
         # "/" names the root we stand on, never what is mounted over it; "/.." does.
         return "/.." if mp == "/" else mp
 
+    by_sb: dict[tuple, list[mountinfo.Mount]] = {}
+
+    def same_sb(m: mountinfo.Mount) -> list[mountinfo.Mount]:
+        # (indexed once, when a first clone needs it: thousands of mounts may each need it)
+        if not by_sb:
+            for x in orig:
+                by_sb.setdefault((x.major, x.minor, x.fstype, x.source), []).append(x)
+        return by_sb[(m.major, m.minor, m.fstype, m.source)]
+
     def clone(m: mountinfo.Mount, as_id: int | None = None, rel: str | None = None) -> None:
         path = top_path(m.mountpoint)
         if kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != to_copy[m.mnt_id]:
@@ -101,6 +111,14 @@ def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
             # container reaches what they cover.
             fd = kernel.open_tree(kernel.AT_FDCWD, path,
                                   kernel.OPEN_TREE_CLONE | kernel.AT_RECURSIVE | kernel.AT_SYMLINK_NOFOLLOW)
+            # tar shows the directories those mounts sit on as their roots: what they hold, and
+            # their own modes, owners and times, come from other mounts that show them (binds).
+            views = _covered_views(m, o_children.get(m.mnt_id, ()), same_sb(m), to_copy, top_path) if report else []
+            if views:
+                chan.send(("beneath", m.mnt_id if as_id is None else as_id, [rel for rel, _ in views]),
+                          [vfd for _, vfd in views])
+                for _, vfd in views:
+                    os.close(vfd)
         pending.append((m.mnt_id if as_id is None else as_id, fd))
         send()
 
@@ -129,6 +147,55 @@ def _clone_in_copy(ns_fd, pids, wanted, orig, chan, at, report) -> None:
                 chan.send(("locked", left))
     send(final=True)
     chan.send("done")
+
+
+def _covered_views(m: mountinfo.Mount, children, same: list, to_copy: dict, top_path) -> list[tuple[str, int]]:
+    """[(path beneath m's root, detached clone)] of the directories of `m` that its `children` are
+    mounted on, each cloned from another mount of m's superblock (`same`: them all, m too) visible
+    in the copy that shows it uncovered (a bind of it or of a directory above); one no mount shows
+    is left out (what covers it is all the container reaches there), and so is one beneath another
+    that is cloned."""
+    out: list[tuple[str, int]] = []
+    for rel in sorted({r for c in children if (r := _beneath(c.mountpoint, m.mountpoint))}):
+        if any(rel.startswith(done + "/") for done, _ in out):
+            continue
+        where = (m.root.rstrip("/") + "/" + rel) if m.root != "/" else "/" + rel
+        for m2 in same:
+            if m2.mnt_id == m.mnt_id:
+                continue
+            rel2 = _beneath(where, m2.root)
+            fd = None if rel2 is None else _clone_uncovered(top_path(m2.mountpoint), rel2, to_copy.get(m2.mnt_id))
+            if fd is not None:
+                out.append((rel, fd))
+                break
+    return out
+
+
+def _clone_uncovered(path: str, rel: str, mnt_id: int | None) -> int | None:
+    """A detached clone (no mounts on it) of the directory `rel` beneath the root of the mount at
+    `path` (id `mnt_id` in the copy), reached with no mount crossed nor symlink followed; None
+    when it is not so reachable or the kernel clones it only with locked mounts."""
+    try:
+        if mnt_id is None or kernel.statx_mnt_id(path, flags=kernel.AT_SYMLINK_NOFOLLOW) != mnt_id:
+            return None
+        sub = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if rel:
+            # (not even "." when there is no path: a lookup in a directory whose owner the user
+            # namespace we stand in does not map needs its search permission)
+            top, sub = sub, None
+            try:
+                sub = kernel.openat2(top, rel, os.O_PATH | os.O_NOFOLLOW,
+                                     kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_BENEATH)
+            finally:
+                os.close(top)
+        try:
+            if not stat.S_ISDIR(os.fstat(sub).st_mode) or kernel.statx_mnt_id("", sub, kernel.AT_EMPTY_PATH) != mnt_id:
+                return None
+            return kernel.open_tree(sub, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+        finally:
+            os.close(sub)
+    except OSError:
+        return None
 
 
 def _beneath(root: str, base: str) -> str | None:
@@ -213,15 +280,24 @@ def _twins(orig: list, copy: list) -> tuple:
     return o_root, o_children, to_copy
 
 
-def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=()):
+def stream(ns_fd: int, pids: list[int], wanted: list[int], orig: list, others=(), beneath: dict | None = None):
     """Yield ([original ids], [fds]) of detached clones of the wanted mounts of the namespace, as
     clone_mounts sends them (run in a forked child). One hidden by a cover the kernel keeps locked
     (a user namespace's copy of its parent's stacks) comes from another mount of its superblock
     visible in the copy, else from one in the tree's other namespaces (`others`: (pids, mount
     list) of each), else from its twin in the dumper's own namespace (same user namespace: nothing
-    locked there), each rooted at its root; else dump is refused."""
+    locked there), each rooted at its root; else dump is refused. A clone that had to bring locked
+    mounts along puts into `beneath` {id: [(path, clone of that directory)]} (_covered_views): the
+    caller owns those fds."""
     left: dict[int, int] = {}
     for msg, fds in channel.fork_stream(_clone_reporting, ns_fd, pids, wanted, orig, {}):
+        if isinstance(msg, tuple) and msg[0] == "beneath":
+            if beneath is None:
+                for vfd in fds:
+                    os.close(vfd)
+            else:
+                beneath[msg[1]] = list(zip(msg[2], fds))
+            continue
         if isinstance(msg, tuple) and msg[0] == "locked":
             left.update(msg[1])
             continue
@@ -278,6 +354,8 @@ def _clone_twins(nsfd: int, pids: list[int], mounts: list, todo: list, left: dic
                 todo.remove((t, twin, rel))
         for msg, fds in channel.fork_stream(_clone_reporting, nsfd, pids, sorted(at), mounts, at):
             if isinstance(msg, tuple):   # ("locked", ...): locked there too, left for the next place
+                for vfd in fds:
+                    os.close(vfd)
                 continue
             ids, fds = _checked([target[i] for i in msg], fds)
             for i in ids:

@@ -31,7 +31,9 @@ from a new tid), one that notifies a thread that exited (no call makes one that 
 thread), a notify or clock the kernel reports otherwise; one on the CPU clock of the thread that
 made it (CLOCK_THREAD_CPUTIME_ID, shown as -2 whichever thread made it) in a process of several
 threads: nothing tells which thread that was (a single-threaded process's is its leader's, or
-one of a thread gone, which no longer runs: made disarmed on the leader's).
+one of a thread gone, which no longer runs: made disarmed on the leader's, as CRIU makes every
+timer on the restorer's clock; the kernel shows such a timer disarmed, and only timer_settime
+tells them apart: ESRCH on the gone thread's, not on the leader's, which a program must look for).
 
 The overrun count is recorded, not made again: timer_getoverrun answers the expiries missed
 before the last signal of the timer was taken, a count the kernel keeps and no call sets; only

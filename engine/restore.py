@@ -47,15 +47,15 @@ import marshal
 import os
 import re
 import resource
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 import stat
 from operator import itemgetter, methodcaller
 
-from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs, ghosts,
-                    hostidmap, image, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
+from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs,
+                    hostidmap, image, imageformat, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
                     standin,
-                    strategy, subids, sysvipc, timens, userns_cr, userns_groups, zombies)
+                    strategy, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
 from engine import fds as fdkinds
 from engine.fds import sys as fsys
@@ -156,7 +156,6 @@ def _attr_of(opts: frozenset) -> tuple[int, int]:
 def _per_mount_sbs(sbs: dict) -> set[str]:
     """The superblocks whose type makes each mount from an object of its own (`per_mount`, a
     property of the type, asked ~3 times a mount before: ~0.3 M steps at 10,000 mounts)."""
-    from engine import imageformat   # (loaded by image.load: the image was validated)
     return imageformat.per_mount_sbs(sbs)
 
 
@@ -227,6 +226,7 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
     kinds = {f.get("kind", "file") for p in doc["processes"] for f in p["fds"]}
     kinds.update(o["kind"] for o in (doc.get("objects") or {}).values() if o.get("kind"))
     fdkinds.load(kinds | {"file"})
+    _load_for(doc)
     devices_line = _host_devices_refusal(doc, devices)
     _check_caps(doc)
     _check_userns_owners(doc)
@@ -307,7 +307,25 @@ def _restore(images_dir: str, root: str | None, externals, pidfile: str | None, 
             os.kill(p, signal.SIGSTOP)
         except ProcessLookupError:
             pass   # (killed since the commit: nothing to stop)
+    note = imageformat.older_writer(doc)   # (once restored: a refusal stays one line)
+    if note:
+        os.write(2, f"mntcr restore: note: {note}\n".encode())
     return pid
+
+
+def _load_for(doc: dict) -> None:
+    """Import the modules only some images need, here in `mntcr restore` before the restorer forks:
+    the restorer and the stand-ins import them again by name, and find them loaded, where the
+    engine's files are out of reach (a restored root, a chroot). Any other image never loads them
+    (~2 ms of a small restore's imports; tests/test_engine_imports.py)."""
+    if doc.get("userns"):
+        # (a stand-in that executes the interpreter again inside its user namespace; the host's view
+        # of what that reads is taken as this imports, before anything of the image is mounted)
+        from engine import reexec  # noqa: F401
+    if doc.get("sysvipc"):
+        from engine import sysvipc  # noqa: F401
+    if doc.get("ghosts"):
+        from engine import ghosts  # noqa: F401  (deleted files made again: _Restorer._ghost)
 
 
 def _veth_externals(doc: dict) -> set[str]:
@@ -439,8 +457,12 @@ def _check_caps(doc: dict) -> None:
             continue
         lack = (caps["prm"] | caps["inh"]) & ~own["prm"] | caps["bnd"] & ~own["bnd"]
         if lack:
-            raise RestoreError(errno.EPERM, f"process {p['pid']}: its capabilities (mask {lack:#x}) are not the "
-                                            "restorer's to give")
+            # (a tree dumped on a host whose root holds every capability, restored in a container that lacks some)
+            names = ",".join(kernel.cap_names(lack))
+            raise RestoreError(errno.EPERM, f"process {p['pid']}: its capabilities {names} (mask {lack:#x}) are not "
+                                            "the restorer's to give (not in its bounding or permitted set): restore "
+                                            "where mntcr holds them, or dump a tree started without them "
+                                            f"(capsh --drop={names} -- ...)")
 
 
 def _check_userns_owners(doc: dict) -> None:
@@ -455,6 +477,7 @@ def _check_userns_owners(doc: dict) -> None:
     for ns_id, ns in users.items():
         if not ns.get("owner"):
             continue
+        from engine import subids   # (only then: it reads the passwd database and /etc/subuid)
         line = subids.owned_refusal(ns_id, ns["owner"], ns.get("parent") is None, ns["uid_map"], ns["gid_map"],
                                     ns["setgroups"])
         if line is not None:
@@ -691,6 +714,7 @@ class _Restorer:
             # (never the restorer's own: the host's objects are not the image's to make)
             if fd is None or os.fstat(fd).st_ino == os.stat("/proc/self/ns/ipc").st_ino:
                 raise RestoreError(errno.EINVAL, f"ipc namespace {nsid}: not made by this restore")
+            from engine import sysvipc   # (loaded by _load_for)
             try:
                 sysvipc.make(fd, objs, self.hostproc)
             except OSError as e:
@@ -1676,6 +1700,7 @@ class _Restorer:
             with contextlib.ExitStack() as as_ids:
                 if ids is not None:
                     as_ids.enter_context(kernel.fs_ids_for_a_while(*ids))
+                from engine import ghosts   # (loaded by _load_for)
                 ghost = self.ghost_live[gid] = ghosts.Ghost(
                     base, g["path"], afd, g.get("file"), self.doc["files"][g["file"]] if afd is not None else None,
                     g.get("only"), links=g.get("links") or (), linked=g.get("linked"), ids=ids)

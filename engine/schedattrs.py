@@ -23,6 +23,7 @@ SCHED_DEADLINE = 6
 # (x86_64, aarch64)
 _NR = {"x86_64": (252, 251), "aarch64": (31, 30), "arm64": (31, 30)}[os.uname().machine]
 _IOPRIO_WHO_PROCESS = 1
+_IOPRIO_CLASS_SHIFT = 13
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -35,7 +36,14 @@ def _ioprio_get(pid: int) -> int:
     if ret < 0:
         e = ctypes.get_errno()
         raise OSError(e, f"ioprio_get({pid}): {os.strerror(e)}")
-    return ret
+    return io_priority(ret)
+
+
+def io_priority(value: int) -> int:
+    """An I/O priority as the image keeps it: class NONE (none set: it follows the nice value) is 0
+    whatever its level. Older kernels (5.10; not 6.1) report a process that set none as NONE
+    level 4 (their IOPRIO_NORM), which later ones refuse to set (EINVAL): an image of 5.10 has it."""
+    return value if value >> _IOPRIO_CLASS_SHIFT else 0
 
 
 def _read_int(path: str, dir_fd: int | None = None) -> int:
@@ -106,6 +114,19 @@ def precheck(pids: list[int]) -> None:
             continue   # (gone meanwhile: dump tells)
 
 
+def _ranges(cpus) -> str:
+    """CPU numbers as taskset's list shows them: 0-3,6."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
+
+
 def apply(pid: int, want: dict, proc_fd: int) -> None:
     """Give stand-in `pid` (as the caller sees it; `proc_fd` the caller's /proc) the attributes of
     `want` but its personality, each only where it differs."""
@@ -128,10 +149,16 @@ def apply(pid: int, want: dict, proc_fd: int) -> None:
             os.sched_setaffinity(pid, want["cpus"])
         except OSError as e:
             cpus = want["cpus"]   # (up to 8192 of them: the line names the first few)
+            if e.errno == errno.EINVAL and not set(cpus) & os.sched_getaffinity(0):
+                # (an image of another machine: none of its CPUs is one this restore may use)
+                e = OSError(e.errno, f"no CPU of it is one this machine lets restore use ({_ranges(os.sched_getaffinity(0))}): "
+                                     "restore where those CPUs exist, or give the process another affinity "
+                                     "(taskset -p) and dump again")
             fail(f"CPU affinity {cpus[:8]}{' ...' if len(cpus) > 8 else ''}", e)
-    if _ioprio_get(pid) != want["ioprio"]:
-        if _libc.syscall(_NR[1], _IOPRIO_WHO_PROCESS, pid, want["ioprio"]) < 0:
-            fail(f"I/O priority {want['ioprio']:#x}", OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno())))
+    ioprio = io_priority(want["ioprio"])
+    if _ioprio_get(pid) != ioprio:
+        if _libc.syscall(_NR[1], _IOPRIO_WHO_PROCESS, pid, ioprio) < 0:
+            fail(f"I/O priority {ioprio:#x}", OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno())))
     for name in ("oom_score_adj", "timerslack_ns"):
         # (a real-time task's timer slack is the kernel's 0, which a write does not change)
         if _read_int(f"{pid}/{name}", proc_fd) != want[name]:

@@ -41,13 +41,14 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
 
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
 from engine import loginuid, seccomp, timens, userns_cr
-from engine import itimers, posixtimers, reexec, thp, timersigs, zombies
+from engine import itimers, posixtimers, thp, timersigs, zombies
+# (engine/reexec.py: restore loads it for an image with user namespaces, restore._load_for)
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
             "cgroup": kernel.CLONE_NEWCGROUP, "pid": kernel.CLONE_NEWPID, "mnt": kernel.CLONE_NEWNS}
@@ -188,6 +189,7 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                         _lead(root)   # the tree's process group, as in spawn
                         _drop_inherited(sock_fd)
                         if again:
+                            from engine import reexec   # (loaded by the restorer's parent already)
                             reexec.into_userns(sock_fd)   # (returns only where it cannot)
                         _serve(channel.Channel.of_fd(sock_fd))
                     finally:

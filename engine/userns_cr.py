@@ -43,7 +43,9 @@ import errno
 import os
 import stat
 
-from engine import channel, mntlocks, mountinfo, remount, sbowner, subids, topology, userns
+from engine import channel, mountinfo, remount, userns
+# (engine/mntlocks.py, sbowner.py, subids.py and topology.py: imported by the dump-side functions that
+# use them, for a tree with user namespaces; restore's Rebuild needs none of them)
 
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Namespaces the restorer makes ahead for a stand-in that starts in its user namespace, joined
@@ -181,6 +183,7 @@ class _Plan:
             maps = users.maps(key)
             if maps.owner:
                 # Restore refuses maps the owner could not have written here (engine/subids.py).
+                from engine import subids
                 line = subids.owned_refusal(self.ids[key], maps.owner, pname is None, maps.uid_map, maps.gid_map,
                                             maps.setgroups)
                 if line is not None:
@@ -377,7 +380,7 @@ def record_sb_owners(pid: int, mounts, sb_of_dev: dict, superblocks: dict, tree,
     """Give each superblock `pid` sees that a user namespace of the image owns its ``owner``
     (user-N): restore makes it from inside the restored one (engine/sbowner.py tells it). `clone`:
     mount -> a detached clone of it or None, for superblocks whose every mount is covered."""
-    from engine import fs
+    from engine import fs, sbowner
     candidates = sb_owner_candidates(tree, users_plan)
     try:
         for dev, name in sbowner.probe(pid, mounts, candidates, clone).items():
@@ -465,6 +468,7 @@ def locks(pid: int, entries: list[dict], nsname: str, owned_sbs: set | None = No
     """Probe which mounts of `pid`'s mount namespace are locked and mark its image entries
     (``locked``, ``locked_flags``); refuse what restore cannot reproduce. `owned_sbs`: the
     superblocks a user namespace of the tree owns (None: all may be)."""
+    from engine import mntlocks, topology   # (before mntlocks' helper forks: it uses topology too)
     mounts = mountinfo.read_pid(pid)
     canon = topology.canonical(mounts)
     got = mntlocks.probe(pid, mounts, canon.text)

@@ -11,6 +11,7 @@ import pytest
 
 from engine import cli, kernel, mountinfo
 from engine.forkrun import in_mount_ns
+from enginecase import case  # noqa: F401  (fixture)
 
 
 def _mountinfo_with_extra_tmpfs() -> tuple[str, str]:
@@ -144,3 +145,19 @@ def test_no_test_mounts_left_on_host():
     # The checks above mounted in child namespaces only; none of it may show up here.
     leftovers = [m.mountpoint for m in mountinfo.read_pid("self") if "/mntcr-diff-" in m.mountpoint]
     assert leftovers == []
+
+
+def test_diff_restored_tree_against_its_image(case):
+    """`mntcr diff pid:N DIR`: a restored tree against the image it came from is equal; a tmpfs
+    mounted in it since makes them differ, naming the mount."""
+    from enginecase import mntcr
+    pid = case.start("mkdir -p /mnt/a /mnt/b; mount -t tmpfs t /mnt/a; mount --make-shared /mnt/a; "
+                     "mount --bind /mnt/a /mnt/b\nhold\n")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    restored = case.restore(images)
+    r = mntcr("diff", f"pid:{restored}", images)
+    assert r.returncode == 0 and r.stdout.startswith("equal"), r.stdout + r.stderr
+    subprocess.run(["nsenter", "-t", str(restored), "-m", "mount", "-t", "tmpfs", "late", "/mnt/a"], check=True)
+    r = mntcr("diff", f"pid:{restored}", images)
+    assert r.returncode == 1 and "/mnt/a" in r.stdout, r.stdout + r.stderr

@@ -10,12 +10,18 @@ import stat
 import subprocess
 import sys
 
-from enginecase import DUMP_EXTERNALS, PROJECT_ROOT, case, py_hold  # noqa: F401  (fixture)
+from enginecase import DUMP_EXTERNALS, PROJECT_ROOT, RESTORE_EXTERNALS, case, py_hold  # noqa: F401  (fixture)
 
 # Loaded by the socket kinds alone (socket.py pulls selectors; unix_bind threadids, threading;
 # inet ipaddress): with every fd kind, 27% of the instructions of dump's imports.
 _SOCKET_ONLY = ("socket", "selectors", "threading", "ipaddress", "engine.fds.unix", "engine.fds.netlink",
                 "engine.fds.inet")
+
+# Used for trees with user namespaces alone (engine/userns_cr.py's dump side: locked mounts, owned
+# superblocks, an owner's subordinate ids; restore: a stand-in that executes again) or System V IPC
+# objects: neither a small dump nor a small restore loads them.
+_USERNS_ONLY = ("engine.topology", "engine.mntlocks", "engine.sbowner", "engine.subids", "engine.ownergroups",
+                "engine.reexec", "heapq", "pwd")
 
 _NO_SOCKET = py_hold("""
 r, w = os.pipe(); os.dup2(r, 10); os.dup2(w, 11)
@@ -54,6 +60,8 @@ def test_a_dump_without_sockets_loads_no_socket_module(case):
     pid = case.start(_NO_SOCKET)
     mods = _dump_modules(pid, case.new_images_dir())
     assert [m for m in _SOCKET_ONLY if m in mods] == []
+    assert [m for m in _USERNS_ONLY if m in mods] == [], "a tree without user namespaces"
+    assert "engine.standin" not in mods   # (restore's stand-ins: the block types load it only to make one)
     kinds = _kinds(mods)
     assert {"engine.fds.file", "engine.fds.pipe", "engine.fds.eventfd"} <= set(kinds), kinds
     assert [k for k in ("engine.fds.epoll", "engine.fds.inotify", "engine.fds.pty") if k in kinds] == [], kinds
@@ -176,3 +184,25 @@ def test_load_tree_imports_the_kinds_of_the_fds_a_process_holds():
     before, after = json.loads(r.stdout)
     assert "engine.fds.inotify" not in before
     assert {"engine.fds.inotify", "engine.fds.pipe"} <= set(after) and "engine.fds.unix" not in after, after
+
+
+def test_a_small_restore_loads_no_module_only_some_images_need(case):
+    """The same tree restored by `mntcr restore` (in a fresh `python -S`): the modules the stand-ins
+    and the restorer inherit from it include none of those for user namespaces, System V IPC or
+    deleted files (restore._load_for imports them for an image that has them), nor the socket kinds'."""
+    images = case.new_images_dir()
+    case.dump(case.start(_NO_SOCKET), images)
+    pidfile = images + ".pid"
+    code = ("from engine import cli\n"
+            f"code = cli.main(['restore', '-D', {images!r}, *{list(RESTORE_EXTERNALS)!r}, '--pidfile', {pidfile!r}])\n"
+            "import sys, json\nprint(json.dumps([code, sorted(sys.modules)]))")
+    r = subprocess.run([sys.executable, "-S", "-c", code], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
+                       cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    if os.path.exists(pidfile):
+        with open(pidfile) as f:
+            case.trees.append(int(f.read()))   # (killed when the case closes)
+    assert r.returncode == 0, r.stderr
+    code, mods = json.loads(r.stdout.splitlines()[-1])
+    assert code == 0, r.stderr
+    assert "engine.restore" in mods and "engine.standin" in mods
+    assert [m for m in _USERNS_ONLY + ("engine.sysvipc", "engine.ghosts") + _SOCKET_ONLY if m in mods] == []

@@ -27,7 +27,10 @@ _NEVER = ("vm", "zdtm", "certifi", "pytest", "_pytest", "jinja2", "yaml", "site"
           # loads subprocess); OpenSSL's hashes: content.tools() only for archives of a MiB or more
           "subprocess", "hashlib", "_hashlib",
           # channel and forkrun pickle through the C module alone
-          "pickle")
+          "pickle",
+          # the engine's modules take the signal numbers and calls from _signal (signal.py's enum
+          # classes: ~2.5 M instructions of each verb's imports)
+          "signal")
 
 
 def _modules(code: str) -> list[str]:
@@ -73,6 +76,17 @@ def test_restore_imports_no_module_of_a_strategy_or_state_the_image_may_lack():
     by make_netvars) are not among restore's imports."""
     mods = _modules("import engine.cli, engine.restore")
     assert [m for m in ("engine.construct", "engine.netdevs", "engine.netvars") if m in mods] == []
+
+
+def test_restore_loads_what_an_image_needs_before_its_restorer_forks():
+    """restore._load_for imports engine/reexec.py for an image with user namespaces (a stand-in that
+    executes again), engine/sysvipc.py for one with System V IPC objects and engine/ghosts.py for one
+    with deleted files, and none of them for an image without: the restorer and the stand-ins find them loaded where the engine's files are out of reach."""
+    code = "import engine.cli, engine.restore, sys\nengine.restore._load_for({doc})\n"
+    for doc, want in (({}, []), ({"userns": {"user-1": {}}}, ["engine.reexec"]),
+                      ({"sysvipc": {"ipc-1": {}}}, ["engine.sysvipc"]), ({"ghosts": {"g-1": {}}}, ["engine.ghosts"])):
+        mods = _modules(code.format(doc=doc))
+        assert [m for m in ("engine.reexec", "engine.sysvipc", "engine.ghosts") if m in mods] == want, doc
 
 
 def test_lookup_by_module_name_finds_what_the_full_load_finds():
@@ -147,3 +161,31 @@ def test_a_type_module_out_of_reach_is_an_fs_error(tmp_path):
         assert line.startswith("FsError 2 the module of filesystem type ") and line.endswith("dump again"), line
     assert "engine/fs/squashfs.py" in lines[0]
     assert lines[2] == "loaded False"
+
+
+def test_a_child_killed_by_a_signal_is_named_as_signal_names_it():
+    """forkrun.signame (from _signal's constants) gives the name signal.Signals gives each signal, the
+    number itself for one that has none; a forked child killed by one is reported by that name."""
+    import signal
+    from engine import forkrun
+    for n in range(1, signal.NSIG):
+        try:
+            want = signal.Signals(n).name
+        except ValueError:
+            want = str(n)
+        assert forkrun.signame(n) == want
+    with pytest.raises(forkrun.ChildError, match="child killed by SIGKILL"):
+        forkrun.run(lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def test_the_command_line_runs_without_runpy():
+    """cli.command() (the runner's and the benchmarks' way to run a verb) starts main() as an installed
+    console script does, not through `-m` (runpy, importlib.util and importlib.machinery: ~1 ms a verb)."""
+    from engine import cli
+    argv = cli.command("diff", "/proc/self/mountinfo", "/proc/self/mountinfo")
+    r = subprocess.run([argv[0], "-X", "importtime", *argv[1:]], env=dict(os.environ, PYTHONPATH=_PROJECT),
+                       cwd="/", capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("equal"), r.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")}
+    assert "engine.cli" in imported and "engine.topology" in imported
+    assert [m for m in ("runpy", "importlib.util", "importlib.machinery") if m in imported] == []

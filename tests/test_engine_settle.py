@@ -34,3 +34,21 @@ def test_shell_loop_dumped_every_time(case):
     restored = case.cr(pid)
     with open(f"/proc/{restored}/comm") as f:
         assert f.read().strip() == "sh"
+
+
+def test_dump_from_inside_the_tree_refused(tmp_path):
+    """`mntcr dump -t $$` run by a shell of the tree: dump would stop itself and hang (it did until
+    session 24); it refuses in one line instead, the tree left running."""
+    import subprocess
+    import sys
+    from enginecase import ENGINE_ROOT
+    images = str(tmp_path / "images")
+    script = (f'sleep 1000 & echo $! > {tmp_path}/sleep; '
+              f'PYTHONPATH={ENGINE_ROOT} {sys.executable} -S -m engine.cli dump -t $$ -D {images} --leave-running; '
+              f'echo "rc=$?"; kill $!')
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=ENGINE_ROOT,
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "rc=2", (r.stdout, r.stderr)
+    assert r.stderr.strip().endswith("it dumps (as one of its descendants): run mntcr dump from outside that tree"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not os.path.exists(images)

@@ -43,5 +43,5 @@ def test_io_uring_refused_unstopped_saying_what_to_do(case):
 def test_other_kinds_say_what_they_are():
     """A kind with nothing to do about it: the refusal names it, nothing more."""
     from engine import fds
-    assert fds.unsupported(7, 3, "anon_inode:[userfaultfd]") == (
-        "process 7 fd 3 (anon_inode:[userfaultfd]): userfaultfd fds are not supported")
+    assert fds.unsupported(7, 3, "anon_inode:[fscontext]") == (
+        "process 7 fd 3 (anon_inode:[fscontext]): fscontext fds are not supported")

@@ -185,7 +185,8 @@ def test_a_daemon_superblock_made_inside_a_user_namespace_is_refused_at_dump(mon
     import types
     monkeypatch.setattr(userns_cr, "sb_owner_candidates", lambda tree, plan: [])
     owners = {"0:99": "user-1", "0:98": "user-1"}
-    monkeypatch.setattr(userns_cr.sbowner, "probe", lambda pid, mounts, cands, clone=None: owners)
+    from engine import sbowner   # (userns_cr imports it in record_sb_owners: that module's probe)
+    monkeypatch.setattr(sbowner, "probe", lambda pid, mounts, cands, clone=None: owners)
     mounts = [types.SimpleNamespace(mnt_id=7, mountpoint="/run/c", dev="0:98"),
               types.SimpleNamespace(mnt_id=8, mountpoint="/run/c/fuse", dev="0:99")]
     sbs = {"sb-0": {"fstype": "tmpfs"}, "sb-1": {"fstype": "fuse.zdtm"}}

@@ -109,7 +109,7 @@ CAPS = {
     "effective-beyond-permitted": ({**_CAPS, "eff": 0x420}, r"eff must be within prm, amb within prm and inh"),
     "ambient-beyond-inheritable": ({**_CAPS, "amb": 0x400}, r"eff must be within prm, amb within prm and inh"),
     # (bit 63: no kernel has it; a stand-in's capset after the commit would fail)
-    "beyond-the-restorer": ({**_CAPS, "prm": 1 << 63 | 0x400}, r"capabilities \(mask 0x8000000000000000\) are not "
+    "beyond-the-restorer": ({**_CAPS, "prm": 1 << 63 | 0x400}, r"capabilities cap_63 \(mask 0x8000000000000000\) are not "
                                                                 r"the restorer's to give"),
 }
 

@@ -71,7 +71,8 @@ def test_option_this_kernel_lacks_names_the_dumping_kernel(small_image, tmp_path
     sb = next(sb for sb in doc["superblocks"].values() if sb["fstype"] == "tmpfs" and sb.get("archives"))
     sb["super_opts"] = sb["super_opts"] + ["frobnicate_99"]
     save_manifest(img, doc)
-    line = _refused(_restore(img, str(tmp_path)), str(tmp_path), host_mountinfo())
+    before = host_mountinfo()   # (before the restore: an argument after it would see its leaks)
+    line = _refused(_restore(img, str(tmp_path)), str(tmp_path), before)
     assert "frobnicate_99" in line and "dumped on Linux 99.1.0-future" in line, line
 
 
@@ -82,7 +83,8 @@ def test_unknown_memfd_seals_are_refused(small_image, tmp_path):
     obj = next(o for o in doc["objects"].values() if o["kind"] == "memfd")
     obj["seals"] |= 0x4000
     save_manifest(img, doc)
-    line = _refused(_restore(img, str(tmp_path)), str(tmp_path), host_mountinfo())
+    before = host_mountinfo()   # (before the restore: an argument after it would see its leaks)
+    line = _refused(_restore(img, str(tmp_path)), str(tmp_path), before)
     assert "seals" in line and "0x4000" in line, line
 
 

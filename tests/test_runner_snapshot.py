@@ -228,3 +228,49 @@ def test_the_host_and_domain_names_of_a_uts_namespace_are_compared():
     assert "uts names: host='before.example' domain='dom.example'" in first.text()
     equal, report = snapshot.compare(first, second)
     assert not equal and "host='after.example'" in report, report
+
+
+def _respawner():
+    """A tree that keeps starting a child (as buildah's runtime monitor runs `RUNTIME state` every
+    100 ms): a shell whose subshell starts a sleep again whenever one ends. (root, subshell, sleep)."""
+    import subprocess
+    from tests.enginecase import wait_until
+    root = subprocess.Popen(["sh", "-c", "(while :; do sleep 1000; done) & exec sleep 1000"])
+    try:
+        wait_until(lambda: len(snapshot.tree_pids(root.pid)) == 3, "the respawning sleep started")
+    except BaseException:
+        snapshot.kill_tree(root.pid)
+        root.wait()
+        raise
+    return root, *snapshot.tree_pids(root.pid)[1:]
+
+
+def test_a_process_that_exits_while_the_tree_is_read_is_left_out(monkeypatch):
+    """The tree's listed child ends before it is read (killed, reaped by its parent): the snapshot
+    is the tree without it, not "vanished while being read" (5.10 and 7.2 guests met buildah's
+    `runc state` so before every dump). A process still there whose read fails is still an error."""
+    import signal
+    from tests.enginecase import wait_until
+    root, sub, child = _respawner()
+    read_proc = snapshot.read_proc
+
+    def ends_first(pid, *args, **kwargs):
+        if pid == child:
+            os.kill(child, signal.SIGKILL)
+            wait_until(lambda: not os.path.exists(f"/proc/{child}"), "the killed sleep reaped")
+        return read_proc(pid, *args, **kwargs)
+    try:
+        monkeypatch.setattr(snapshot, "read_proc", ends_first)
+        snap = snapshot.take(root.pid)
+        assert sorted(p.pid for p in snap.procs) == sorted([root.pid, sub])
+
+        def fails_alive(pid, *args, **kwargs):
+            if pid == sub:
+                raise snapshot.SnapshotError(f"process {pid} vanished while being read")
+            return read_proc(pid, *args, **kwargs)
+        monkeypatch.setattr(snapshot, "read_proc", fails_alive)
+        with pytest.raises(snapshot.SnapshotError, match=f"process {sub} vanished"):
+            snapshot.take(root.pid)
+    finally:
+        snapshot.kill_tree(root.pid)
+        root.wait()

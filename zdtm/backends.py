@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 from dataclasses import dataclass, field
 
@@ -103,7 +104,7 @@ class MntcrBackend(Backend):
         except subprocess.TimeoutExpired:
             raise BackendError(stage, f"mntcr {stage}: timed out after {timeout:g}s", log) from None
         with open(log, "wb") as f:
-            f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + out + b"--- stderr\n" + err)
+            f.write(b"$ " + shlex.join(cmd).encode() + b"\n--- stdout\n" + out + b"--- stderr\n" + err)
         if code != 0:
             err_line = _error_line(err.decode(errors="replace")) or f"exit status {code}, no message"
             raise BackendError(stage, err_line, log)

@@ -35,6 +35,7 @@ import fcntl
 import json
 import os
 import shutil
+import shlex
 import signal
 import stat
 import subprocess
@@ -448,7 +449,7 @@ def _mntcr(stage: str, args: list[str], log: str, timeout: float) -> str | None:
     except subprocess.TimeoutExpired:
         return f"{TIMED_OUT} after {timeout:g}s"
     with open(log, "wb") as f:
-        f.write(b"$ " + " ".join(cmd).encode() + b"\n--- stdout\n" + proc.stdout + b"--- stderr\n" + proc.stderr)
+        f.write(b"$ " + shlex.join(cmd).encode() + b"\n--- stdout\n" + proc.stdout + b"--- stderr\n" + proc.stderr)
     if proc.returncode == 0:
         return None
     lines = [ln.strip() for ln in proc.stderr.decode(errors="replace").splitlines() if ln.strip()]

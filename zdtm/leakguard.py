@@ -314,7 +314,7 @@ def _classify(argv: list[str], comm: str) -> str | None:
         return "holder"
     if "zdtm.flavors.ns" in argv:
         return "keeper"
-    if "engine.cli" in argv:
+    if "engine.cli" in argv or "from engine.cli import run; run()" in argv:   # (-m, or cli.command's -c)
         return "stand-in or engine process"
     return None
 

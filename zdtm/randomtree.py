@@ -14,7 +14,8 @@ namespace held by a background process), propagation (shared, slave, private,
 unbindable), overmounts (over), moves, per-mount flags (flag: ro, nosuid,
 nodev, noexec, ...), a read-only superblock (sbro), lazy unmounts with an fd
 kept open (lazy), tmpfs contents (file, dir), a mount root's mode and owner (mode), open files
-(fd) and the cwd (cd). `in_userns` ends a tree in a user namespace of its own (unshare -Urm).
+(fd) and the cwd (cd). `in_userns` ends a tree in a user namespace of its own (unshare -Urm, or
+one of the other USERNS_SHAPES: other maps, two user namespaces nested).
 Flag ops pick among the container root and the mount points made so far
 (index 0 is /, so a shrunk flag op on the root is ``("flag", 0, 0)``);
 propagation, overmounts, moves and lazy unmounts pick among the mount points
@@ -151,14 +152,54 @@ def render_setup(ops) -> str:
 # nested namespace (a process left behind there).
 USERNS_KINDS = ["tmpfs", "tmpfs", "bind", "bind", "rbind", "shared", "slave", "private", "over", "over", "move",
                 "file", "cd", "cd", "flag", "dir", "mode", "overlay"]
+# More of them for wider trees (tests/test_random_trees_userns.py's shaped ones): unbindable mounts
+# and read-only superblocks too, and more mounts.
+USERNS_MORE_KINDS = USERNS_KINDS + ["unbindable", "sbro", "tmpfs", "rbind", "slave", "shared"]
 
 
-def in_userns(setup: str, hold: str) -> str:
-    """`setup` (render_setup's) ending in `unshare -Urm` (propagation unchanged) running `hold`
-    (an absolute path): its mount namespace is copied into a user namespace of its own, every
-    mount locked there, covers and what they hide with them; the cwd is moved onto the copy."""
-    return setup.replace("exec zdtm-hold\n", "exec unshare -U -r -m --propagation unchanged sh -c "
-                         f"'exec </dev/null >/dev/null 2>&1; exec {hold} 1000000' </dev/null >/dev/null 2>&1\n")
+# The user namespace shapes of `in_userns`: "root" (unshare -Urm: only root, mapped to root), or
+# made by _MAKE_USERNS with a uid and gid map: "range" (0-65535 as themselves: the ids the ops
+# chown to are mapped), "shifted" (0-65535 as 100000-165535, as rootless runtimes map a
+# container: the host's root and the ops' ids unmapped), "nested" (shifted, then unshare -Urm
+# inside it: two user namespaces, each mount namespace copy locking the last's mounts).
+USERNS_SHAPES = ("root", "range", "shifted", "nested")
+_MAPS = {"range": "0 0 65536", "shifted": "0 100000 65536", "nested": "0 100000 65536"}
+
+# Python (python3 -c): unshare a user and a mount namespace (propagation unchanged) in this
+# process, while a forked helper left outside writes its maps; then open stdio again on the copy's
+# /dev/null (as the "root" shape's sh does: one opened before lies on a mount of the namespace
+# left behind), become root there and exec argv[2:]. (unshare(1) maps other ranges only through
+# newuidmap and /etc/subuid.)
+_MAKE_USERNS = ";".join((
+    "import ctypes, os, sys",
+    "libc = ctypes.CDLL(None, use_errno=True)",
+    "r, w = os.pipe()",
+    "pid = os.fork()",
+    "pid or (os.close(w), os.read(r, 1), "
+    "[os.write(os.open(f'/proc/{os.getppid()}/{k}_map', os.O_WRONLY), sys.argv[1].encode()) for k in ('uid', 'gid')], os._exit(0))",
+    "os.close(r)",
+    "libc.unshare(0x10000000 | 0x00020000) == 0 or sys.exit('unshare: %d' % ctypes.get_errno())",
+    "os.write(w, b'x')",
+    "os.waitpid(pid, 0)[1] == 0 or sys.exit('writing the maps failed')",
+    "[os.dup2(os.open('/dev/null', os.O_RDWR), n) for n in (0, 1, 2)]",
+    "os.setresgid(0, 0, 0)",
+    "os.setresuid(0, 0, 0)",
+    "os.execv(sys.argv[2], sys.argv[2:])",
+))
+
+
+def in_userns(setup: str, hold: str, shape: str = "root") -> str:
+    """`setup` (render_setup's) ending in a user namespace of `shape` (USERNS_SHAPES) with a mount
+    namespace of its own (propagation unchanged) running `hold` (an absolute path): its mount
+    namespace is copied into the user namespace, every mount locked there, covers and what they
+    hide with them; the cwd is moved onto the copy."""
+    run = f"sh -c 'exec </dev/null >/dev/null 2>&1; exec {hold} 1000000'"
+    if shape == "root":
+        made = f"unshare -U -r -m --propagation unchanged {run}"
+    else:
+        inner = (["/usr/bin/unshare", "-U", "-r", "-m", "--propagation", "unchanged"] if shape == "nested" else [])
+        made = f"python3 -c \"{_MAKE_USERNS}\" '{_MAPS[shape]}' {' '.join([*inner, hold])} 1000000"
+    return setup.replace("exec zdtm-hold\n", f"exec {made} </dev/null >/dev/null 2>&1\n")
 
 
 def scenario(setup: str, timeout: float, name: str = "random_tree", expect: dict | None = None) -> Scenario:

@@ -1013,6 +1013,13 @@ def _userns_candidates(pids, users: userns.UsernsTree) -> list[tuple[str, int]]:
     return [(users.describe(k), found[k]) for k in order]
 
 
+def _exited(pid: int, root: int) -> bool:
+    """Whether `pid`, whose read just failed, is a process of the tree other than the root that
+    has exited since the tree was listed: it is left out (a short-lived child the tree keeps
+    starting, as buildah's runtime monitor runs `RUNTIME state` every 100 ms), not an error."""
+    return pid != root and not alive(pid)
+
+
 def take(root: int, check: str | None = None, timeout: float = 30.0, topology=None,
          ignore_maps_on=None) -> Snapshot:
     """Snapshot the tree rooted at host pid `root` (and run `check` in it when given); mapped files
@@ -1039,17 +1046,27 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
         try:
             tables[pid] = mountinfo.read_pid(pid)
         except FileNotFoundError:
-            raise SnapshotError(f"process {pid} vanished while being read") from None
+            if not _exited(pid, root):
+                raise SnapshotError(f"process {pid} vanished while being read") from None
+            continue
         canon = topology.canonical(tables[pid])
         labels.update({m.mnt_id: canon.label(m.mnt_id) for m in tables[pid]})
+    pids = [p for p in pids if p in tables]
     users, lock_cache = userns.UsernsTree(), {}
     candidates = _userns_candidates(pids, users)
+    procs = []
     try:
-        procs = [read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache, candidates,
-                           tuple(pids)) for pid in pids]
+        for pid in pids:
+            try:
+                procs.append(read_proc(pid, topology, labels, tables[pid], ignore_maps_on, users, lock_cache,
+                                       candidates, tuple(pids)))
+            except (SnapshotError, OSError):
+                if not _exited(pid, root):
+                    raise
     finally:
         for _, fd in candidates:
             os.close(fd)
+    pids = [p.pid for p in procs]
     _ipc_sysctls(procs)
     _uts_names(procs)
     _net_sysctls(procs)

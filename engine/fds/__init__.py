@@ -362,6 +362,12 @@ def mounts_used(entry: dict) -> list[int]:
 _WHAT_TO_DO = {
     "io_uring": " (its rings and requests in flight are kernel state no interface gives back): run the program "
                 "without io_uring to dump it (MariaDB: --innodb-use-native-aio=0)",
+    "userfaultfd": " (its registered ranges and the faults waiting on it are kernel state no interface gives back): "
+                   "dump it once the program closed it (QEMU: after its postcopy migration ends)",
+    "perf_event": " (its counters and sample buffer are kernel state no interface gives back): stop the profiler "
+                  "(perf record, perf stat) to dump it",
+    "bpf": " (bpf maps, programs and links are kernel objects restore cannot load again): run the program "
+           "without its bpf objects (or stop the tool that loaded them) to dump it",
 }
 
 
@@ -369,7 +375,9 @@ def unsupported(pid: int, fd: int, target: str) -> str:
     """The refusal of fd `fd` of process `pid`, of a kind no module dumps: what it is, and what to do
     where there is something (`_WHAT_TO_DO`)."""
     name = describe(target)
-    return f"process {pid} fd {fd} ({target}): {name} fds are not supported{_WHAT_TO_DO.get(name, '')}"
+    # (bpf-map, bpf-prog, bpf_link...: one advice)
+    todo = _WHAT_TO_DO.get(name) or _WHAT_TO_DO.get("bpf" if name.startswith("bpf") else "", "")
+    return f"process {pid} fd {fd} ({target}): {name} fds are not supported{todo}"
 
 
 def describe(target: str) -> str:

@@ -7,7 +7,7 @@ import os
 import re
 import stat
 
-from engine import deadpid
+from engine import deadpid, dirpos
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.imageformat import O_TMPFILE_BIT
 
@@ -42,8 +42,15 @@ def _open(r: RestoreFd) -> int:
         os.close(fd)
         raise FdError(errno.EINVAL, f"{r.where}: {e['path']} is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}, "
                                     "where the image has a file")
-    if e["pos"] and e.get("type") != "dir" and not e["flags"] & os.O_PATH:
-        os.lseek(fd, e["pos"], os.SEEK_SET)
+    try:
+        if e.get("type") == "dir" and not e["flags"] & os.O_PATH:
+            dirpos.restore(fd, e)
+        elif e["pos"] and not e["flags"] & os.O_PATH:
+            os.lseek(fd, e["pos"], os.SEEK_SET)
+    except OSError as err:
+        os.close(fd)
+        raise FdError(err.errno, f"{r.where}: {e['path']}: its offset {e['pos']} is not one the file takes "
+                                 f"({err.strerror or err}): was it changed since the dump?") from None
     return fd
 
 
@@ -114,6 +121,8 @@ def _refuse_tun(d) -> None:
 def _dump(d) -> dict:
     _refuse_tun(d)
     out = {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
+    if stat.S_ISDIR(d.mode) and not d.flags & os.O_PATH:
+        out.update(dirpos.dump(d.where, f"/proc/{d.pid}/fd/{d.fd}", d.pos))
     pid_fields = _refuse_gone_pid_dir(d)
     out.update(pid_fields)
     if "dead_pid" in pid_fields:
@@ -133,6 +142,8 @@ def _precheck(d) -> None:
     """Before the tree is stopped: the same refusal, the fd's mount read from its fdinfo only for a
     path beneath a proc mount."""
     _refuse_tun(d)
+    if stat.S_ISDIR(d.mode):   # (an O_PATH fd's offset is 0)
+        dirpos.dump(d.where, f"/proc/{d.pid}/fd/{d.fd}", int(d.info()["pos"][0]))
     key = ("proc-mounts", id(d.mounts))   # (one list a namespace: a tree may have 90,000 mounts)
     prefixes = d.scratch.get(key)
     if prefixes is None:
@@ -198,6 +209,8 @@ def _tree_process(d, m, n: int) -> int:
 
 def _check(entry: dict, what: str) -> None:
     from engine.image import _fail
+    if entry.get("dir_end") and entry.get("type") != "dir":
+        _fail(f"{what}: 'dir_end' on an fd that is no directory")
     n = entry.get("dead_pid")
     if n is not None and (entry.get("ghost") or entry.get("path") != f"/{n}"
                           and not str(entry.get("path", "")).startswith(f"/{n}/")):

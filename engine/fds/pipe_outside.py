@@ -39,7 +39,7 @@ def prefinish(scratch: dict) -> None:
     if not lacking:
         return
     tree = set(scratch.get("pids", ()))
-    for pid, fd, target in _holders(set(lacking), tree):
+    for pid, fd, target in holders(set(lacking), tree):
         ends = lacking[target]
         if not _is_end(pid, fd, "r" if not ends["r"] else "w"):
             continue
@@ -49,14 +49,15 @@ def prefinish(scratch: dict) -> None:
                 else "the tree would read end-of-file at once")
         raise FdError(errno.EOPNOTSUPP,
                       f"process {mine_pid} fd {mine_fd} ({target}): the pipe's {side} end is held by "
-                      f"process {pid} ({_comm(pid)}) outside the tree, which restore cannot connect "
+                      f"process {pid} ({comm(pid)}) outside the tree, which restore cannot connect "
                       f"again: {what}; dump that process with the tree (its parent as the root), or "
                       f"declare the pipe with --external pipe[{target[6:-1]}]:KEY and restore with --external "
                       "file[KEY]:PATH (a file, a FIFO or /proc/self/fd/N of a pipe given to restore)")
 
 
-def _holders(targets: set[str], tree: set[int]):
-    """(pid, fd, target) of each fd on one of the pipes `targets` held by a process not in `tree`."""
+def holders(targets: set[str], tree: set[int]):
+    """(pid, fd, target) of each fd on one of `targets` (fd link targets: pipe:[N], socket:[N]) held by
+    a process not in `tree` (nor this one)."""
     me = os.getpid()
     others = (int(n) for n in os.listdir("/proc") if n.isdigit() and int(n) not in tree and int(n) != me)
     for pid, path, target in kernel.fd_links(others):
@@ -82,7 +83,8 @@ def _flags(pid: int, fd: int) -> int | None:
     return None
 
 
-def _comm(pid: int) -> str:
+def comm(pid: int) -> str:
+    """The name of process `pid`, "gone" once it is."""
     try:
         with open(f"/proc/{pid}/comm") as f:
             return f.read().strip()

@@ -373,11 +373,12 @@ def _pending(k: Sock) -> list[str | None]:
     that is refused."""
     d = k.d
     out, last = pending_clients(d, k.rec, k.diag, k.netns)
-    if last >= 0:
+    key = ("unix-take", k.netns, k.ino)
+    if last >= 0 and key not in d.scratch:   # (once for a listener: each fd on it, dups or a child's, would accept again)
         takes = d.scratch.get("takes")
         if takes is None:
             refuse_pending_data(d, None in out[: last + 1])
-        lst = os.dup(d.copy())
+        d.scratch[key] = lst = os.dup(d.copy())
         takes.append(lambda doc: unix_backlog.take_pending(lst, out[: last + 1], k.typ, doc, d.where,
                                                                 f"{k.netns}:{k.ino}"))
     return out

@@ -24,6 +24,7 @@ import base64
 import errno
 import os
 import re
+import select
 import socket
 import struct
 
@@ -80,26 +81,31 @@ def take_pending(lst: int, clients: list[str | None], typ: int, doc: dict, where
         for e in p["fds"]:
             if e.get("kind") == "unix" and ("order" in e.get("connect", {}) or "listen" in e):
                 ino = os.stat(f"/proc/{p['pid']}/fd/{e['fd']}").st_ino
-                if "listen" not in e:
-                    entries[f"{netns}:{ino}"] = e
+                if "listen" not in e:   # (every fd of the client: restore makes its socket from any one)
+                    entries.setdefault(f"{netns}:{ino}", []).append(e)
                 elif f"{netns}:{ino}" == listener:
                     listeners.append(e)
     s = socket.socket(fileno=lst)
     try:
         for order, key in enumerate(clients):
-            a, _ = s.accept()   # (each is there: the tree is stopped)
+            # (each is there, the tree being stopped: one that is not would block dump for ever)
+            if not select.select([s], [], [], 0)[0]:
+                raise FdError(errno.EOPNOTSUPP, f"{where}: a connection not yet accepted went from the queue while "
+                                                "the tree was stopped: not supported")
+            a, _ = s.accept()
             with a:
                 msgs = _read_all(a, where)
-            e = {"order": order} if key is None else entries.get(key)
-            if e is None:
+            clients = [{"order": order}] if key is None else entries.get(key)
+            if not clients:
                 raise FdError(errno.EOPNOTSUPP, f"{where}: the client of a connection not yet accepted is no fd of "
                                                 "the tree: not supported")
-            if typ == socket.SOCK_STREAM and msgs:
-                e["sent"] = base64.b64encode(b"".join(msgs)).decode()
-            elif msgs:
-                e["sent"] = [base64.b64encode(m).decode() for m in msgs]
+            for e in clients:
+                if typ == socket.SOCK_STREAM and msgs:
+                    e["sent"] = base64.b64encode(b"".join(msgs)).decode()
+                elif msgs:
+                    e["sent"] = [base64.b64encode(m).decode() for m in msgs]
             for x in listeners if key is None else ():
-                x.setdefault("gone", []).append(dict(e))
+                x.setdefault("gone", []).append(dict(clients[0]))
     finally:
         s.close()
 

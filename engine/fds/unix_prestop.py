@@ -27,6 +27,7 @@ one is left to `dump`). `dump` checks everything again on the stopped tree.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -89,6 +90,8 @@ def _precheck(d) -> None:
             name = unix.peer_name(d, s, k.typ, peer, k.diag if case == "embryo" else k.peer_diag, k.inflight)
             if case == "client":
                 entry.update({"connect": name, "_peer": f"{k.peer_netns}:{peer}"})
+        elif case == "pair":
+            entry["_pair"] = (f"{k.peer_netns}:{k.peer}", k.typ)   # (for _refuse_outside_peers)
         elif case == "dangling":
             unix.refuse_dangling(k)
         elif case == "backlog" and k.typ == socket.SOCK_DGRAM and not unix.connected(s) \
@@ -124,6 +127,32 @@ def prefinish(scratch: dict) -> None:
         unix.refuse_outside(entries)
     except FdError:
         unix.refuse_outside(entries + [{"_ino": ino} for ino in _sockets(scratch.get("pids", ()))])
+    _refuse_outside_peers(entries, scratch)
+
+
+def _refuse_outside_peers(entries: list[dict], scratch: dict) -> None:
+    """Refuse a connected socket (a pair's end, an accepted connection's, a client's) whose other end
+    a process outside the tree holds (a tree's stdout connected to a log daemon, a client attached
+    from outside): restore makes the pair again with both ends in the tree, and the one outside is
+    not part of it, so the restored end would be connected to nothing. A peer no process holds (in
+    flight in a queue, or gone) is left to dump."""
+    from engine.fds import FdError, pipe_outside
+    have = {e["_ino"] for e in entries}
+    lacking = {e["_pair"][0]: e for e in entries if "_pair" in e and e["_pair"][0] not in have}
+    if lacking:   # (the tree's sockets listed again: one made after its process was looked at counts)
+        have = _sockets(scratch.get("pids", ()))
+        lacking = {peer: e for peer, e in lacking.items() if peer not in have}
+    if not lacking:
+        return
+    targets = {f"socket:[{peer.split(':')[1]}]": e for peer, e in lacking.items()}
+    for pid, _fd, target in pipe_outside.holders(set(targets), set(scratch.get("pids", ()))):
+        e = targets[target]
+        kind = "datagram" if e["_pair"][1] == socket.SOCK_DGRAM else "stream"
+        raise FdError(errno.EOPNOTSUPP, f"{e['_where']}: the other end of this unix {kind} connection is held by process "
+                                        f"{pid} ({pipe_outside.comm(pid)}) outside the tree, which restore cannot "
+                                        "connect again (the restored end would be connected to nothing): close the "
+                                        "connection first (detach the client), dump that process with the tree, or "
+                                        "give the tree a file instead")
 
 
 def _sockets(pids) -> set[str]:

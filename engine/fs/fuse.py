@@ -30,7 +30,7 @@ import errno
 import os
 import select
 import shlex
-import signal
+import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import stat
 
 from engine.records import record

@@ -278,6 +278,12 @@ def yard_binds(layers: list[dict]) -> list[tuple[str, int, str]]:
     return sorted(out, key=lambda t: (len(t[0]), t[0]))
 
 
+# Options a newer kernel shows for its default that older kernels lack (and refuse, EINVAL at the
+# create, where they parse options): `uuid=on` (uuid= came after 5.10; 6.18 shows uuid=on when none
+# was given) is how every kernel before it works. An image of 6.18 restored on 5.10 failed on it.
+_SHOWN_DEFAULTS = frozenset({("uuid", "on")})
+
+
 def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, str | None]],
            userns_fd: int | None, chan: channel.Channel) -> None:
     """In a forked child: a yard where the layer clones sit at their original paths, then create the
@@ -309,8 +315,20 @@ def _build(binds: list[tuple[str, int]], source: str, params: list[tuple[str, st
     os.chdir("/")
     if userns_fd is not None:
         _become_owner(userns_fd)
-    mfd = fsmount("overlay", source, params)
-    chan.send(("ok", None), [mfd])
+    chan.send(("ok", None), [make(source, params)])
+
+
+def make(source: str, params: list[tuple[str, str | None]]) -> int:
+    """fsmount an overlay with `params`; again without the `_SHOWN_DEFAULTS` when the kernel refuses
+    them (EINVAL): one that lacks such an option works only that way."""
+    try:
+        return fsmount("overlay", source, params)
+    except OSError as e:
+        lean = [p for p in params if p not in _SHOWN_DEFAULTS]
+        if e.errno != errno.EINVAL or lean == params:
+            raise
+        return fsmount("overlay", source, lean)
+
 
 
 def _become_owner(userns_fd: int) -> None:

@@ -14,17 +14,33 @@ from engine.records import record
 from engine.fs import FsError, FsType, register
 
 
-def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool:
+def _shows(proc_fd: int, pid: int, starttime: bytes, ino: int) -> bool | None:
     """Whether the proc mount at `proc_fd` shows, as `pid`, the process started at `starttime`
-    that lives in pid namespace `ino`."""
+    that lives in pid namespace `ino`: None when it shows no live process as `pid` (the process
+    exited since the tree was listed, a zombie or gone: a shell's command ends while the running
+    tree is prechecked), which tells nothing."""
     base = f"/proc/self/fd/{proc_fd}/{pid}"
     try:
         with open(f"{base}/stat", "rb") as f:
             data = f.read()
-        return (data[data.rindex(b")") + 2:].split()[19] == starttime
-                and os.stat(f"{base}/ns/pid").st_ino == ino)
-    except (OSError, IndexError, ValueError):
+    except OSError:
+        return None
+    try:
+        if data[data.rindex(b")") + 2:].split()[19] != starttime:
+            return False
+    except (IndexError, ValueError):
         return False
+    try:
+        return os.stat(f"{base}/ns/pid").st_ino == ino
+    except OSError:
+        return None   # (a zombie has no namespaces)
+
+
+def _all_shown(proc_fd: int, procs, ino: int) -> bool:
+    """Whether the proc mount at `proc_fd` shows every live one of `procs` [(pid there, start time)]
+    of pid namespace `ino` as that pid, and one at least."""
+    seen = [_shows(proc_fd, pid, start, ino) for pid, start in procs]
+    return False not in seen and True in seen
 
 
 def _dumpers(proc_fd: int) -> bool:
@@ -56,8 +72,7 @@ class ProcType(FsType):
         own pids; `plan.members` gives them per namespace inode: [(pid there, start time)]."""
         mountpoint = plan.mounts_by_id[mid].mountpoint
         where = f"mount {mid} ({mountpoint}) on proc"
-        found = [ino for ino, procs in plan.members.items()
-                 if all(_shows(mount_fd, pid, start, ino) for pid, start in procs)]
+        found = [ino for ino, procs in plan.members.items() if _all_shown(mount_fd, procs, ino)]
         if len(found) > 1:
             # Only if each process had the same pid in a namespace and in its parent: not seen in practice.
             raise FsError(errno.EOPNOTSUPP, f"{where}: it matches pid namespaces "
