@@ -15,7 +15,18 @@ import subprocess
 
 import pytest
 
-from enginecase import STOP_WATCH, CRError, case, py_hold, was_stopped  # noqa: F401  (fixture)
+from enginecase import STOP_WATCH, CRError, case, was_stopped  # noqa: F401  (fixture)
+from enginecase import py_hold as _py_hold
+
+# Abstract unix names are the network namespace's, which these trees share with the host: a suffix
+# of this run's own keeps two runs apart (xdist workers, another checkout's tests on the machine: a
+# name taken there failed the setup with EADDRINUSE, or sent a datagram into the other run's tree).
+RUN = os.urandom(4).hex()
+
+
+def py_hold(body: str) -> str:
+    """enginecase.py_hold, each @RUN in `body` this run's suffix."""
+    return _py_hold(body.replace("@RUN", RUN))
 
 
 def _lines(state, pid_index=None) -> list[str]:
@@ -257,7 +268,7 @@ if os.fork() == 0:
 else:
     os.dup2(sp_a, 21); os.close(sp_a); os.close(sp_b)
     u = socket.socket(socket.AF_UNIX); os.dup2(u.fileno(), 22)
-    ab = socket.socket(socket.AF_UNIX); ab.bind(b"\\0zdtm-abstract"); ab.listen(7); os.dup2(ab.fileno(), 23)
+    ab = socket.socket(socket.AF_UNIX); ab.bind(b"\\0zdtm-abstract@RUN"); ab.listen(7); os.dup2(ab.fileno(), 23)
     ls = socket.socket(socket.AF_UNIX); ls.bind("/mnt/t/listen.sock"); ls.listen(); os.dup2(ls.fileno(), 24)
     dg = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); dg.bind("/mnt/t/dgram.sock"); os.dup2(dg.fileno(), 25)
     for s in (u, ab, ls, dg): s.close()
@@ -266,7 +277,7 @@ else:
     lines = after.snap.sharing.splitlines()
     assert any(re.fullmatch(r"socketpair P\d:2[01] \| P\d:2[01]", line) for line in lines), lines
     assert "inq=5" in _fd(after, 21)
-    assert "name=b'\\x00zdtm-abstract' listening=1" in _fd(after, 23)
+    assert f"name=b'\\x00zdtm-abstract{RUN}' listening=1" in _fd(after, 23)
     assert "name='/mnt/t/listen.sock' listening=1" in _fd(after, 24)
     assert "name='/mnt/t/dgram.sock' listening=0" in _fd(after, 25)
 
@@ -476,7 +487,7 @@ def test_unix_connection_through_a_listener(case, name):
     """A service listening on a name, a client (another process) connected to it and the accepted
     connection, with data queued both ways: the accepted end keeps the listener's name, the
     client's peer name is the listener's, and the listener still works."""
-    addr = '"/mnt/t/srv.sock"' if name == "path" else 'b"\\0zdtm-srv"'
+    addr = '"/mnt/t/srv.sock"' if name == "path" else 'b"\\0zdtm-srv@RUN"'
     setup = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t
 """ + py_hold(f"""
@@ -577,9 +588,9 @@ mkdir /mnt/t; mount -t tmpfs t /mnt/t
 """ + py_hold("""
 import socket, subprocess
 srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); srv.bind("/mnt/t/notify")
-ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind(b"\\0zdtm-notify")
+ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind(b"\\0zdtm-notify@RUN")
 c1 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c1.connect("/mnt/t/notify")
-c2 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c2.connect(b"\\0zdtm-notify")
+c2 = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c2.connect(b"\\0zdtm-notify@RUN")
 subprocess.run(["mount", "-t", "tmpfs", "over", "/mnt/t"], check=True)
 if os.fork() == 0:
     os.dup2(c1.fileno(), 11); os.dup2(c2.fileno(), 12)
@@ -1055,13 +1066,13 @@ mkdir /mnt/t; mount -t tmpfs t /mnt/t
 """ + py_hold("""
 import socket, subprocess
 log = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); log.bind("/mnt/t/log")
-ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind(b"\\0zdtm-inbox")
+ab = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); ab.bind(b"\\0zdtm-inbox@RUN")
 anon = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 named = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); named.bind("/mnt/t/client")
-abc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); abc.bind(b"\\0zdtm-client")
+abc = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); abc.bind(b"\\0zdtm-client@RUN")
 anon.sendto(b"<13>first", "/mnt/t/log"); named.sendto(b"<13>second", "/mnt/t/log")
 abc.sendto(b"<13>third", "/mnt/t/log"); anon.sendto(b"<13>fourth", "/mnt/t/log")
-named.sendto(b"a1", b"\\0zdtm-inbox"); anon.sendto(b"a2", b"\\0zdtm-inbox"); abc.sendto(b"a3", b"\\0zdtm-inbox")
+named.sendto(b"a1", b"\\0zdtm-inbox@RUN"); anon.sendto(b"a2", b"\\0zdtm-inbox@RUN"); abc.sendto(b"a3", b"\\0zdtm-inbox@RUN")
 anon.close()
 subprocess.run(["mount", "-t", "tmpfs", "over", "/mnt/t"], check=True)
 if os.fork() == 0:
@@ -1071,9 +1082,9 @@ else:
 for x in (log, ab, named, abc): x.close()
 """)
     states = case.roundtrip(setup)
-    want10 = [(b"<13>first", None), (b"<13>second", "/mnt/t/client"), (b"<13>third", b"\0zdtm-client"),
-              (b"<13>fourth", None)]
-    want11 = [(b"a1", "/mnt/t/client"), (b"a2", None), (b"a3", b"\0zdtm-client")]
+    abc = b"\0zdtm-client" + RUN.encode()
+    want10 = [(b"<13>first", None), (b"<13>second", "/mnt/t/client"), (b"<13>third", abc), (b"<13>fourth", None)]
+    want11 = [(b"a1", "/mnt/t/client"), (b"a2", None), (b"a3", abc)]
     state = states[-1]
     assert (_inbox(state.pid, 10), _inbox(state.pid, 11)) == (want10, want11)
     # The senders are the child's own sockets again: a reply to the abstract one reaches it.
@@ -1081,7 +1092,7 @@ for x in (log, ab, named, abc): x.close()
     kid = _first_child(state.pid)
     srv, client = _grab_socket(state.pid, 11), _grab_socket(kid, 12)
     with srv, client:
-        srv.sendto(b"reply", b"\0zdtm-client")
+        srv.sendto(b"reply", abc)
         assert client.recv(100, socket.MSG_DONTWAIT) == b"reply"
 
 
@@ -1178,8 +1189,8 @@ import socket
 srv = socket.socket(socket.AF_UNIX); srv.bind("/mnt/t/srv"); srv.listen(8)
 c0 = socket.socket(socket.AF_UNIX); c0.connect("/mnt/t/srv")
 c1 = socket.socket(socket.AF_UNIX); c1.connect("/mnt/t/srv"); c1.send(b"GET / HTTP/1.0\\r\\n\\r\\n")
-sq = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); sq.bind(b"\\0zdtm-seq"); sq.listen(4)
-c2 = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); c2.connect(b"\\0zdtm-seq"); c2.send(b"one"); c2.send(b"two")
+sq = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); sq.bind(b"\\0zdtm-seq@RUN"); sq.listen(4)
+c2 = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); c2.connect(b"\\0zdtm-seq@RUN"); c2.send(b"one"); c2.send(b"two")
 if os.fork() == 0:
     os.dup2(c0.fileno(), 11); os.dup2(c1.fileno(), 12); os.dup2(c2.fileno(), 13)
 else:
@@ -1386,11 +1397,11 @@ mkdir /mnt/t; mount -t tmpfs t /mnt/t; echo "in flight" > /mnt/t/file
 """ + py_hold("""
 import socket
 p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.bind("/mnt/t/recv")
-a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(b"\\0zdtm-recv")
+a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(b"\\0zdtm-recv@RUN")
 f = os.open("/mnt/t/file", os.O_RDONLY); os.lseek(f, 3, 0)
 c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
 r = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, f.to_bytes(4, "little"))]
-c.sendmsg([b"with fd"], r, 0, "/mnt/t/recv"); c.sendmsg([b"abstract"], r, 0, b"\\0zdtm-recv")
+c.sendmsg([b"with fd"], r, 0, "/mnt/t/recv"); c.sendmsg([b"abstract"], r, 0, b"\\0zdtm-recv@RUN")
 c.close(); os.close(f)
 os.dup2(p.fileno(), 10); os.dup2(a.fileno(), 11); p.close(); a.close()
 """)
@@ -1445,9 +1456,9 @@ mkdir /mnt/t; mount -t tmpfs t /mnt/t
 """ + py_hold("""
 import socket
 p = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); p.bind("/mnt/t/log")
-a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(b"\\0zdtm-reached")
+a = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); a.bind(b"\\0zdtm-reached@RUN")
 n = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); n.bind("/mnt/t/never")
-for name in ("/mnt/t/log", b"\\0zdtm-reached"):
+for name in ("/mnt/t/log", b"\\0zdtm-reached@RUN"):
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
         c.connect(name)
 os.dup2(p.fileno(), 10); os.dup2(a.fileno(), 11); os.dup2(n.fileno(), 12)

@@ -7,6 +7,7 @@ outcome, the exit status and the job's stdout/stderr without booting a VM.
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -137,9 +138,19 @@ def test_a_server_dying_during_an_item_ends_the_job_at_once(server, tmp_path):
     finally:
         if client.poll() is None:
             client.kill()
-        # let the orphaned item child go: it reads a broken spec and exits
-        fd = os.open(wd / item.SPEC_FILE, os.O_WRONLY | os.O_NONBLOCK)
-        os.write(fd, b"x")
-        os.close(fd)
+        # let the orphaned item child go: it reads a broken spec and exits. It may not have reached
+        # its open of the spec yet (forked, waiting for a CPU): no reader is ENXIO, so wait for it.
+        stop = time.monotonic() + 60
+        while True:
+            try:
+                fd = os.open(wd / item.SPEC_FILE, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as e:
+                if e.errno != errno.ENXIO or time.monotonic() > stop:
+                    raise
+                time.sleep(0.05)
+                continue
+            os.write(fd, b"x")
+            os.close(fd)
+            break
         out.close()
         err.close()
