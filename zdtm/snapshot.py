@@ -115,8 +115,20 @@ def tree_pids(root: int) -> list[int]:
     while todo:
         pid = todo.pop(0)
         out.append(pid)
-        todo.extend(sorted(k for k in _children(pid) if alive(k)))
+        todo.extend(sorted((k for k in _children(pid) if alive(k)), key=_start_key))
     return out
+
+
+def _start_key(pid: int) -> tuple[int, int]:
+    """(start time, pid) of `pid`: siblings in the order they were made. By pid alone, the order
+    turned over when pids wrapped (pid_max is 32768 on a busy host) between two siblings' forks,
+    and a restored tree's processes were paired with the wrong originals."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        return int(data[data.rindex(b")") + 2:].split()[19]), pid
+    except (OSError, IndexError, ValueError):
+        return 0, pid
 
 
 def _tree_from_scan(root: int) -> list[int]:
@@ -131,7 +143,7 @@ def _tree_from_scan(root: int) -> list[int]:
     while todo:
         pid = todo.pop(0)
         out.append(pid)
-        todo.extend(sorted(children.get(pid, ())))
+        todo.extend(sorted(children.get(pid, ()), key=_start_key))
     return out
 
 
