@@ -182,12 +182,7 @@ def _clone_uncovered(path: str, rel: str, mnt_id: int | None) -> int | None:
         if rel:
             # (not even "." when there is no path: a lookup in a directory whose owner the user
             # namespace we stand in does not map needs its search permission)
-            top, sub = sub, None
-            try:
-                sub = kernel.openat2(top, rel, os.O_PATH | os.O_NOFOLLOW,
-                                     kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_BENEATH)
-            finally:
-                os.close(top)
+            sub = _open_beneath(sub, rel)
         try:
             if not stat.S_ISDIR(os.fstat(sub).st_mode) or kernel.statx_mnt_id("", sub, kernel.AT_EMPTY_PATH) != mnt_id:
                 return None
@@ -196,6 +191,16 @@ def _clone_uncovered(path: str, rel: str, mnt_id: int | None) -> int | None:
             os.close(sub)
     except OSError:
         return None
+
+
+def _open_beneath(top: int, rel: str) -> int:
+    """An O_PATH fd of `rel` beneath directory fd `top` (closed here), no mount crossed nor symlink
+    followed."""
+    try:
+        return kernel.openat2(top, rel, os.O_PATH | os.O_NOFOLLOW,
+                              kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_BENEATH)
+    finally:
+        os.close(top)
 
 
 def _beneath(root: str, base: str) -> str | None:
@@ -240,12 +245,7 @@ def _clone_elsewhere(t: mountinfo.Mount, orig, to_copy, clone, top_path) -> bool
 def _clone_beneath(path: str, rel: str, mnt_id: int) -> int:
     """A detached clone rooted at `rel` beneath the root of the mount at `path` (id `mnt_id`), never
     through a symlink or onto another mount (what lies there must be this superblock's)."""
-    top = kernel.open_tree(kernel.AT_FDCWD, path, kernel.AT_SYMLINK_NOFOLLOW)
-    try:
-        sub = kernel.openat2(top, rel, os.O_PATH | os.O_NOFOLLOW,
-                             kernel.RESOLVE_NO_XDEV | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_BENEATH)
-    finally:
-        os.close(top)
+    sub = _open_beneath(kernel.open_tree(kernel.AT_FDCWD, path, kernel.AT_SYMLINK_NOFOLLOW), rel)
     try:
         if kernel.statx_mnt_id("", sub, kernel.AT_EMPTY_PATH) != mnt_id:
             raise DumpError(errno.EIO, f"{path}: {rel} is not on the mount there")
