@@ -153,17 +153,16 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     writer = image.ImageWriter(images_dir)
     # A process that was stopped already stays stopped, whatever happens (--leave-running too).
     resume = [p for p in pids if freeze.state(p) not in ("T", "t")]
-    watchdog = freeze.watchdog(resume)
+    watchdogs = [freeze.watchdog(resume)]   # (and one for the processes `settle` stops)
     freeze.stop_in_order(pids)
     ok = False
-    late_watchdog = None
     try:
         freeze.wait_stopped(pids)
         # The tree as it is once stopped: a process forked since the look above (a shell's next
         # command) stopped too, one that exited since a zombie or gone (engine/freeze.py).
         now, started = freeze.settle(root_pid, everyone, daemons)
         if started:
-            late_watchdog = freeze.watchdog(started)
+            watchdogs.append(freeze.watchdog(started))
             resume += started
         freeze.refuse_left(pids, now)
         everyone = list(dict.fromkeys(everyone + [p for p, _ in now]))
@@ -194,16 +193,13 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         if not ok:
             writer.abort()
         if ok and not leave_running:
-            # (the watchdog with it, waited for at once: nothing is left for it to resume)
-            freeze.kill_all(everyone + [watchdog] + ([late_watchdog] if late_watchdog else []))
+            # (the watchdogs with it, waited for at once: nothing is left for it to resume)
+            freeze.kill_all(everyone + watchdogs)
         else:
             freeze.signal_all(resume, signal.SIGCONT)
-            os.kill(watchdog, signal.SIGKILL)
-            if late_watchdog:
-                os.kill(late_watchdog, signal.SIGKILL)
-        os.waitpid(watchdog, 0)
-        if late_watchdog:
-            os.waitpid(late_watchdog, 0)
+            freeze.signal_all(watchdogs, signal.SIGKILL)
+        for w in watchdogs:
+            os.waitpid(w, 0)
 
 
 def _refuse_sessions(tree, dead=(), shell_job: bool = False) -> None:
