@@ -115,20 +115,21 @@ def tree_pids(root: int) -> list[int]:
     while todo:
         pid = todo.pop(0)
         out.append(pid)
-        todo.extend(sorted((k for k in _children(pid) if alive(k)), key=_start_key))
+        todo.extend(k for _, k in sorted(filter(None, map(_live_start, _children(pid)))))
     return out
 
 
-def _start_key(pid: int) -> tuple[int, int]:
-    """(start time, pid) of `pid`: siblings in the order they were made. By pid alone, the order
-    turned over when pids wrapped (pid_max is 32768 on a busy host) between two siblings' forks,
-    and a restored tree's processes were paired with the wrong originals."""
+def _live_start(pid: int) -> tuple[int, int] | None:
+    """(start time, pid) of `pid`, None when it is gone or a zombie (one read: `alive` and the
+    key). Siblings sort by it in the order they were made: by pid alone, the order turned over
+    when pids wrapped (pid_max is 32768 on a busy host) between two siblings' forks, and a
+    restored tree's processes were paired with the wrong originals."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        return int(data[data.rindex(b")") + 2:].split()[19]), pid
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return None if fields[0] == b"Z" else (int(fields[19]), pid)
     except (OSError, IndexError, ValueError):
-        return 0, pid
+        return None
 
 
 def _tree_from_scan(root: int) -> list[int]:
@@ -143,7 +144,7 @@ def _tree_from_scan(root: int) -> list[int]:
     while todo:
         pid = todo.pop(0)
         out.append(pid)
-        todo.extend(sorted(children.get(pid, ()), key=_start_key))
+        todo.extend(sorted(children.get(pid, ()), key=lambda k: _live_start(k) or (0, k)))
     return out
 
 
