@@ -151,6 +151,7 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             p.record_made_in(pid, ppid, own, mnt_owner, made_in, first)
         if first:
             p.record_first(pid, ppid, own, mnt_owner)
+        p.record_stand(pid, ppid)
     from engine import userns_groups   # (it builds on this module)
     out = p.result()
     userns_groups.check(tree, out)   # (groups of namespaces that deny setgroups: engine/userns_groups.py)
@@ -168,6 +169,7 @@ class _Plan:
         self.procs: dict[int, dict] = {}
         self.owners: dict[str, str] = {}
         self.own_of: dict[int, int] = {}
+        self.stand: dict[int, int] = {}   # pid -> the user namespace its stand-in starts in or inherits
 
     def name(self, key: int) -> str | None:
         """The image id of user namespace `key` (its ancestors named first); None for the dumper's."""
@@ -314,15 +316,27 @@ class _Plan:
                                                 f"but its mount namespace belongs to another "
                                                 f"({users.describe(mnt_owner)}; its own is {users.describe(own)}): "
                                                 "not supported yet")
-        parent_first = self.procs.get(ppid, {}).get("userns_first")
         # The parent's stand-in is still the restorer's (it joins its user namespace last) unless
-        # it started in one itself: then only that one can be joined from it.
-        if parent_first and self.own_of[ppid] != own:
+        # it started in one itself, or was forked by one that did: then only that one can be
+        # joined from it.
+        parent_stand = self.stand.get(ppid)
+        if parent_stand is not None and parent_stand != own:
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
                                                 f"({users.describe(own)}) nested in its parent's "
-                                                f"({users.describe(self.own_of[ppid])}), which made namespaces too: "
+                                                f"({users.describe(parent_stand)}), which made namespaces too: "
                                                 "not supported yet")
         self.procs[pid]["userns_first"] = True
+
+    def record_stand(self, pid: int, ppid) -> None:
+        """Where the process's stand-in is until it takes its ids (restore's Rebuild._started_in):
+        the user namespace it starts in, else its parent stand-in's, which its fork stays in."""
+        rec = self.procs.get(pid, {})
+        if rec.get("userns_first"):
+            self.stand[pid] = self.own_of[pid]
+        elif rec.get("userns_start"):
+            self.stand[pid] = next(k for k, n in self.ids.items() if n == rec["userns_start"])
+        elif ppid in self.stand:
+            self.stand[pid] = self.stand[ppid]
 
     def result(self) -> dict:
         """plan()'s document."""
@@ -1033,8 +1047,9 @@ class Rebuild:
         by_pid = {p["pid"]: p for p in self.doc["processes"]}
         for p in self.doc["processes"]:   # (parents first)
             parent = by_pid.get(p.get("ppid"))
-            name = self._spawn_name(p, parent)
-            out[p["pid"]] = name if name is not None else (out.get(parent["pid"]) if parent else None)
+            at = out.get(parent["pid"]) if parent else None
+            name = self._spawn_name(p, at)
+            out[p["pid"]] = name if name is not None else at
         return out
 
     def stands_in(self, p: dict) -> str | None:
@@ -1048,7 +1063,7 @@ class Rebuild:
     def spawn_in(self, p: dict, parent: dict | None) -> int | None:
         """The user namespace fd p's stand-in must start in (its own namespaces belong to it), or
         None: it starts where its parent's stand-in is and joins its user namespace last."""
-        name = self._spawn_name(p, parent)
+        name = self._spawn_name(p, self._parent_at(parent))
         return None if name is None else self.fd[name]
 
     def again(self, p: dict, parent: dict | None) -> bool:
@@ -1056,19 +1071,26 @@ class Rebuild:
         interpreter again there (engine/reexec.py): where a process of that namespace is not
         dumpable and its memory was made there (`memory_in_userns`: its /proc files are that
         namespace's root's)."""
-        name = self._spawn_name(p, parent)
+        name = self._spawn_name(p, self._parent_at(parent))
         return name is not None and any(q.get("userns") == name and (q.get("creds") or {}).get("memory_in_userns")
                                         for q in self.doc["processes"])
 
+    def _parent_at(self, parent: dict | None) -> str | None:
+        """The user namespace the parent's stand-in is in (`stands_in`; None: the restorer's)."""
+        return None if parent is None else self.stands_in(parent)
+
     @staticmethod
-    def _spawn_name(p: dict, parent: dict | None) -> str | None:
-        """The name of the user namespace `spawn_in` starts p's stand-in in (None: its parent's)."""
+    def _spawn_name(p: dict, parent_at: str | None) -> str | None:
+        """The name of the user namespace `spawn_in` starts p's stand-in in (None: its parent's);
+        `parent_at`: the one its parent's stand-in is in."""
         if p.get("userns_start"):
             return p["userns_start"]   # the owner of its pid namespace, above its own
         if not p.get("userns_first"):
             return None
-        if parent is not None and parent.get("userns_first") and parent.get("userns") == p["userns"]:
-            return None  # the parent's stand-in is in it already: the fork inherits it
+        if parent_at == p["userns"]:
+            # The parent's stand-in is in it already (started there, or forked by one that was):
+            # the fork inherits it (setns into one's own user namespace is EINVAL).
+            return None
         return p["userns"]
 
 

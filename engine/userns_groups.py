@@ -45,7 +45,7 @@ def plan(processes: list[dict], users: dict) -> dict[int, list[int]]:
     for p in processes:
         parent = by_pid.get(p.get("ppid"))
         where = started.get(parent["pid"]) if parent else None   # (the namespace its stand-in is in at first)
-        name = userns_cr.Rebuild._spawn_name(p, parent)
+        name = userns_cr.Rebuild._spawn_name(p, where)
         started[p["pid"]] = name if name is not None else where
         kernel[p["pid"]] = groups = _kernel_groups(p, users)
         if groups is None:

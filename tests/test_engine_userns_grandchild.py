@@ -1,0 +1,46 @@
+"""A process two forks below the one that made a user namespace makes a network namespace of its
+own (CRIU's netns_sub under the uns flavor). Its parent made none, so its parent's stand-in is
+the fork of a stand-in already in the user namespace: restore had the grandchild's stand-in join
+that namespace again as it started, "cannot start a stand-in inside its user namespace" (setns
+EINVAL), a dump that did not restore."""
+
+from __future__ import annotations
+
+from enginecase import case, py_hold  # noqa: F401  (fixture)
+
+BODY = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000 | 0x20000000 | 0x00020000) == 0   # CLONE_NEWUSER | NEWPID | NEWNS
+open("/tmp/unshared", "w").close()
+while not os.path.exists("/tmp/mapped"):
+    time.sleep(0.05)
+os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
+if os.fork() == 0:          # pid 1 of the new pid namespace
+    if os.fork() == 0:      # its child: no namespace of its own
+        if os.fork() == 0:  # the grandchild: a network namespace of the user namespace's
+            assert libc.unshare(0x40000000) == 0   # CLONE_NEWNET
+            open("/tmp/netns-made", "w").close()
+"""
+
+SETUP = "(" + py_hold(BODY).strip() + ") </dev/null >/dev/null 2>&1 &\n" + """
+wait_for /tmp/unshared
+echo "0 20000 20000" > /proc/$!/uid_map; echo "0 400000 50000" > /proc/$!/gid_map; touch /tmp/mapped
+wait_for /tmp/netns-made
+hold
+"""
+
+
+def _net(pid: int) -> str:
+    import os
+    return os.readlink(f"/proc/{pid}/ns/net")
+
+
+def test_grandchild_makes_a_network_namespace_inside_the_user_namespace(case):
+    before, after = case.roundtrip(SETUP)
+    procs = after.snap.procs
+    assert len(procs) == 5, procs
+    # The grandchild's network namespace is its own again, not its parent's.
+    nets = [_net(p.pid) for p in procs]
+    # the holder's and the unsharer's, pid 1's and its child's (those four the same) and the grandchild's
+    assert len(set(nets[:4])) == 1 and nets[4] not in nets[:4], nets
