@@ -63,15 +63,21 @@ def spawn(mode: str, pidns_fd: int | None, sock_fd: int, root: bool = False) -> 
     leads a process group of its own, inherited by the whole tree (see detach);
     root "session": a session of its own (engine/sessions.py), which it leads too.
     """
-    me = kernel.pidfd_open(os.getpid())
     saved = None
     if mode != "same":
         saved = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        if mode == "new":
-            kernel.unshare(kernel.CLONE_NEWPID)
-        else:
-            kernel.setns(pidns_fd, kernel.CLONE_NEWPID)
+        try:
+            kernel.setns(saved, kernel.CLONE_NEWPID)   # (a no-op: whether we may put it back)
+        except PermissionError:
+            # We are in a user namespace that does not own our pid namespace (it was made
+            # before, or the pid namespace above): what we set for our children would stay. An
+            # intermediate child sets it, forks the stand-in and exits; we adopt the stand-in.
+            os.close(saved)
+            return _spawn_via_mid(mode, pidns_fd, sock_fd, None, root, None, None)
+    me = kernel.pidfd_open(os.getpid())
     try:
+        if saved is not None:
+            _pidns(mode, pidns_fd)
         pid = os.fork()
         if pid == 0:
             try:

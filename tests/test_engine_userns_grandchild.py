@@ -44,3 +44,40 @@ def test_grandchild_makes_a_network_namespace_inside_the_user_namespace(case):
     nets = [_net(p.pid) for p in procs]
     # the holder's and the unsharer's, pid 1's and its child's (those four the same) and the grandchild's
     assert len(set(nets[:4])) == 1 and nets[4] not in nets[:4], nets
+
+
+# Random namespace tree seed 39 (tests/test_random_nstrees.py), shrunk: the child makes a pid
+# namespace for its own child. Its stand-in, in the user namespace, which does not own the pid
+# namespace the stand-in is in, unshared a pid namespace for the grandchild's stand-in and could
+# not put its own back: "setns: Operation not permitted", a dump that did not restore.
+PID_BODY = """
+import ctypes, time
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.unshare(0x10000000) == 0   # CLONE_NEWUSER
+open("/tmp/unshared", "w").close()
+while not os.path.exists("/tmp/mapped"):
+    time.sleep(0.05)
+os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
+assert libc.unshare(0x04000000 | 0x00020000) == 0   # CLONE_NEWUTS | CLONE_NEWNS
+if os.fork() == 0:              # the child: a pid namespace for its children
+    assert libc.unshare(0x20000000) == 0
+    if os.fork() == 0:          # pid 1 there
+        open("/tmp/pidns-made", "w").close()
+"""
+
+PID_SETUP = "(" + py_hold(PID_BODY).strip() + ") </dev/null >/dev/null 2>&1 &\n" + """
+wait_for /tmp/unshared
+echo "0 0 65536" > /proc/$!/uid_map; echo "0 0 65536" > /proc/$!/gid_map; touch /tmp/mapped
+wait_for /tmp/pidns-made
+hold
+"""
+
+
+def test_a_pid_namespace_made_below_the_user_namespace_s_first_process(case):
+    before, after = case.roundtrip(PID_SETUP)
+    procs = after.snap.procs
+    assert len(procs) == 4, procs
+    # The child's children are in its new pid namespace; its own is its parent's.
+    import os
+    pids = [os.readlink(f"/proc/{p.pid}/ns/pid") for p in procs]
+    assert pids[2] == pids[1] and pids[3] != pids[2], pids

@@ -1,0 +1,47 @@
+"""Random process trees whose processes make namespaces of their own, user namespaces with their
+maps among them, in any order and at any depth (zdtm/randomns.py): what runtimes, sandboxes and
+CRIU's uns tests leave. A dump may refuse (one line); a dump that succeeds must restore the same
+processes, namespaces, owners and maps. CRIU's netns_sub in `uns` was such a tree that dumped and
+did not restore, and seed 39 (tests/test_engine_userns_grandchild.py). A fixed list of seeds here; more:
+MNTCR_NSTREE_SEEDS=FROM:TO."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import enginecase
+from enginecase import CRError, case, py_hold  # noqa: F401  (fixture)
+from zdtm import randomns
+
+_FROM, _, _TO = os.environ.get("MNTCR_NSTREE_SEEDS", "0:16").partition(":")
+SEEDS = sorted(set(range(int(_FROM), int(_TO))) | {39})   # (39: a dump that did not restore, fixed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_a_tree_of_namespaces_restores_or_is_refused(case, seed):
+    tree = randomns.make(seed)
+    setup = "(" + py_hold(randomns.body(tree)).strip() + ") </dev/null >/dev/null 2>&1 &\nhold\n"
+    pid = case.start(setup)
+    before = enginecase.take(pid)
+    want = randomns.count(tree) + 1   # (and the setup's shell, holding)
+    if len(before.snap.procs) != want:
+        raise enginecase.SetupError(f"the setup holds {len(before.snap.procs)} processes, not {want}:\n"
+                                    + randomns.describe(tree))
+    images = case.new_images_dir()
+    try:
+        case.dump(pid, images)
+    except CRError as e:
+        lines = e.proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("mntcr dump: "), f"{e}\n{randomns.describe(tree)}"
+        return
+    try:
+        restored = case.restore(images)
+    except CRError as e:
+        raise AssertionError(f"dump succeeded, restore failed: {e}\n{randomns.describe(tree)}") from None
+    after = enginecase.take(restored)
+    try:
+        enginecase.assert_same(before, after)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{randomns.describe(tree)}") from None
