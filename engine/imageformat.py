@@ -791,6 +791,9 @@ PROCESS = Record("process", {
     "sched": F(DICT, required=False, rule=record(SCHED)),
     "timens": F(DICT, required=False, rule=record(TIMENS)),
     "timens_children": F(DICT, required=False, rule=record(TIMENS)),   # its children's, made by it
+    # The pid namespace its children go to when not its own (`unshare --pid --fork`), one below its
+    # own that a process of the image is in.
+    "pidns_children": F(STR, required=False, rule=pattern(_NS_ID, "a pid namespace id pid-N")),
     "seccomp": F(LIST, required=False, rule=_seccomp_rule),
     "loginuid": F(INT, required=False, rule=rng(0, 4294967295)),   # its audit login uid, when not the dumper's
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
@@ -1397,6 +1400,20 @@ def _check_counts(doc: dict) -> None:
             _fail(f"{len(doc[key])} {key} is absurd (at most {hi})")
 
 
+def _check_pidns_children(doc: dict, p: dict, what: str) -> None:
+    """A process's pid namespace for children: below its own, and one a process is in (restore
+    joins it through that process)."""
+    want, pidns = p["pidns_children"], doc["pidns"]
+    if want not in pidns or not any(q["ns"]["pid"] == want for q in doc["processes"] if type(q) is dict
+                                    and type(q.get("ns")) is dict):
+        _fail(f"{what}: pidns_children {want[:40]!r} is no pid namespace a process is in")
+    cur = pidns[want].get("parent")
+    while cur is not None and cur != p["ns"]["pid"]:
+        cur = pidns[cur].get("parent")
+    if cur is None:
+        _fail(f"{what}: pidns_children {want!r} is not below its own pid namespace")
+
+
 def _check_pidns(pidns: dict) -> None:
     for pid_id, p in pidns.items():
         if not _NS_ID.match(pid_id) or not pid_id.startswith("pid-"):
@@ -1768,6 +1785,8 @@ def _check_processes(doc: dict, mounts: dict, detached: dict) -> None:
             _fail(f"{what}: unknown mount namespace {ns['mnt']!r}")
         if ns["pid"] not in pidns:
             _fail(f"{what}: unknown pid namespace {ns['pid']!r}")
+        if "pidns_children" in p:
+            _check_pidns_children(doc, p, what)
         uts_used.add(ns["uts"])
         if len(set(p.get("host_ns") or ())) != len(p.get("host_ns") or ()):
             _fail(f"{what}: 'host_ns' names a namespace twice")

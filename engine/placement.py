@@ -79,6 +79,19 @@ def _timers(pid: int, entry: dict, got: dict, timers: list[dict]) -> None:
                 del entry["sig_blocked"]
 
 
+def _pidns_children(pid: int, own: int, names: dict) -> dict:
+    """{"pidns_children": id} when `pid`'s children go to another pid namespace than its own
+    (`unshare --pid --fork` made it and forked pid 1 there): one a process of the tree is in."""
+    later = kernel.ns_ino(pid, "pid_for_children")
+    if later is None or later == own:
+        return {}
+    if ("pid", later) not in names:
+        raise DumpError(errno.EOPNOTSUPP, f"process {pid}: the pid namespace its children go to holds no process "
+                                          "of the tree (`unshare --pid` without --fork, or its init exited): not "
+                                          "supported")
+    return {"pidns_children": names[("pid", later)]}
+
+
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
               map_unplaced: list) -> list[dict]:
     """The image's process entries: namespaces, threads, root, cwd, fds (each by its kind) and mapped files.
@@ -100,6 +113,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "pid": pid, "ppid": ppid,
             "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
             "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
+            **_pidns_children(pid, ns_of[pid]["pid"], names),
             "fds": [],
             "comm": kernel.read_comm(pid),
             "caps": kernel.read_caps(pid),

@@ -699,6 +699,18 @@ class _Restorer:
         if not late:
             self._after_spawn(by_pid)
 
+    def pidns_children(self) -> None:
+        """Each process whose children went to another pid namespace than its own (`unshare --pid
+        --fork`) sends its next ones there again: its stand-in's was put back after each fork; now
+        that none forks any more, it joins the one its children are in (still privileged)."""
+        for p in self.doc["processes"]:
+            if "pidns_children" in p:
+                try:
+                    self.chans[p["pid"]].call(("pidns_children",), [self.nsfd_of[("pid", p["pidns_children"])]])
+                except OSError as e:
+                    raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: its children's pid namespace "
+                                                             f"{p['pidns_children']}: {e.strerror or e}") from None
+
     def _after_spawn(self, by_pid: dict) -> None:
         """Once every live process's stand-in exists: the zombies', the process groups whose leader
         came later, then the zombies die."""
@@ -2842,6 +2854,7 @@ def _restore_body(doc: dict, img_fd: int, ext: dict[str, str], lifeline: int,
     r.take_locks()
     r.sched()
     r.loginuids()
+    r.pidns_children()
     r.seccomp()   # (installed before the ids: that needs CAP_SYS_ADMIN or no_new_privs)
     r._users_call(r.users.become, r.chans, r.hostproc)
     r.detach(lifeline)

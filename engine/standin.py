@@ -529,6 +529,11 @@ class _Server:
             seccomp.install(self.filters)
             self.filters = None
 
+    def op_pidns_children(self, msg, fds):
+        """Our children's pid namespace: fds[0] (restore's last step before the ids)."""
+        kernel.setns(fds[0], kernel.CLONE_NEWPID)
+        return None
+
     def op_timens(self, msg, fds):
         """Enter time namespace fds[0], or make one with offsets msg[1] for our children, which we
         enter too when msg[2] (engine/timens.py)."""

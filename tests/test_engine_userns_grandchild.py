@@ -81,3 +81,4 @@ def test_a_pid_namespace_made_below_the_user_namespace_s_first_process(case):
     import os
     pids = [os.readlink(f"/proc/{p.pid}/ns/pid") for p in procs]
     assert pids[2] == pids[1] and pids[3] != pids[2], pids
+    assert os.readlink(f"/proc/{procs[2].pid}/ns/pid_for_children") == pids[3]

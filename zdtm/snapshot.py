@@ -516,6 +516,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
                 mnt_id = None
             places[what] = f"{path} mnt={_where(canon, mnt_id, elsewhere)}"
         ns = {t: _ns_ino(pid, t) for t in NS_TYPES}
+        ns["pid_for_children"] = _ns_ino(pid, "pid_for_children")
         if ns["time"] is not None:
             bits += " timens=" + ",".join(f"{k}:{s}.{n:09d}" for k, (s, n) in timens.offsets(pid).items())
             # (unshare(CLONE_NEWTIME) made one for its children, which it is not in: CRIU's timens_for_kids)
@@ -836,7 +837,18 @@ def _partition(procs: list[Proc]) -> str:
         parts = sorted(("{" + ",".join(members) + "}" + ("=runner's" if ino == own[t] else ""))
                        for ino, members in groups.items())
         lines.append(f"{t}: " + " ".join(parts))
-    return "\n".join(lines)
+    return "\n".join(lines + _pid_for_children(procs))
+
+
+def _pid_for_children(procs: list[Proc]) -> list[str]:
+    """Where each process whose children go to another pid namespace than its own sends them: the
+    first process in that namespace, or "no process" (`unshare --pid --fork` then pid 1 forked)."""
+    first: dict[int, str] = {}
+    for i, p in enumerate(procs):
+        first.setdefault(p.ns["pid"], f"P{i}")
+    return [f"pid_for_children P{i}: {first.get(p.ns['pid_for_children'], 'no process')}'s"
+            for i, p in enumerate(procs)
+            if p.ns.get("pid_for_children") not in (None, p.ns["pid"])]
 
 
 @dataclass
