@@ -9,8 +9,9 @@ Read by rtnetlink (engine/rtnl.py) in a child joined to each namespace:
   tree: then it must be declared `--external veth[NAME]:KEY` at dump, and restore makes the outer
   end where the user says (`veth[KEY]:OUTER[@BRIDGE]`). lo and the fallback tunnel devices a fresh
   namespace has are not links of the record (lo's state: engine/netdevs.py); any other kind
-  (macvlan, ipvlan, vxlan...), a bridge with STP or VLAN filtering on, a queueing discipline
-  other than the default are refused.
+  (macvlan, ipvlan, vxlan...), a queueing discipline other than the default are refused. A bridge's
+  settings and its ports' ("bridge", "port": engine/netbridge.py, which refuses what it does not
+  make), and whether a link has the kernel's IPv6 multicast route ("mroute6").
 - addresses (IPv4, IPv6) with prefix, scope, broadcast and the flags that matter, in the kernel's
   order (an IPv4 primary before its secondaries). lo's 127.0.0.1/8 and ::1 are left out (lo makes
   them when it comes up). An IPv6 link-local address the kernel made is kept exactly, like a user's:
@@ -22,8 +23,9 @@ Read by rtnetlink (engine/rtnl.py) in a child joined to each namespace:
 - routes of every table the kernel did not make (protocol other than kernel; not cloned): its
   prefix, prefix routes and local-table entries come back with the addresses and links up.
   Multipath, encapsulated, source-routed, nexthop-object and expiring routes are refused.
-Not kept: neighbour entries (learnt again), policy routing rules, per-device sysctls of the kept
-devices (netvars keeps those of devices a fresh namespace has), bridge and port options.
+Not kept: neighbour entries (learnt again), policy routing rules (per-device sysctls of the kept
+devices: engine/netvars.py). An IPv6 address tentative at dump keeps the flag: restore lets it go
+through DAD again.
 """
 
 from __future__ import annotations

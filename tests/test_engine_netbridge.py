@@ -113,3 +113,27 @@ def test_validator(doc, pattern):
     with pytest.raises(ValueError, match=pattern):
         netlinks.check(doc, {"net-0"}, _fail)
 
+
+_DEVICE_SYSCTLS = ("ip link set lo up; ip link add br0 type bridge; ip link add v0 type veth peer name v1; "
+                   "ip link set v0 master br0; sysctl -qw net.ipv6.conf.br0.disable_ipv6=1 "
+                   "net.ipv6.conf.v0.disable_ipv6=1 net.ipv4.conf.v1.arp_ignore=2 net.ipv4.neigh.v1.ucast_solicit=5 "
+                   "; ip addr add 10.4.0.1/24 dev br0; ip link set v1 up; ip link set v0 up; "
+                   "ip link set br0 up; sysctl -qw net.ipv6.conf.v1.mtu=1300; for i in $(seq 300); do s=$(ip link; ip -6 addr show tentative); case $s in "
+                   "*NO-CARRIER*|*tentative*) sleep 0.05;; *) break;; esac; done; ")
+_SHOW_SYSCTLS = ("nsenter -t 1 -n sh -c 'sysctl net.ipv6.conf.br0.disable_ipv6 net.ipv6.conf.v0.disable_ipv6 "
+                 "net.ipv4.conf.v1.arp_ignore net.ipv4.neigh.v1.ucast_solicit net.ipv6.conf.v1.mtu; ip -br addr | sort'")
+
+
+def test_device_sysctls(case):
+    """Per-device sysctls of the devices restore makes (lxd's bridge and a veth with IPv6 off, an
+    ARP and a neighbour setting, an IPv6 MTU below the link's) come back; before, the restored
+    devices had a fresh device's (IPv6 on: link-local addresses, groups and routes appeared)."""
+    setup = py_hold("").replace("exec python3 -c ", "exec unshare -n sh -c '" + _DEVICE_SYSCTLS
+                                + "exec \"$0\" \"$@\"' python3 -c ", 1)
+    before, after = case.roundtrip(setup, _SHOW_SYSCTLS)
+    out = before.snap.check_output
+    for want in ("net.ipv6.conf.br0.disable_ipv6 = 1", "net.ipv6.conf.v0.disable_ipv6 = 1",
+                 "net.ipv4.conf.v1.arp_ignore = 2", "net.ipv4.neigh.v1.ucast_solicit = 5", "net.ipv6.conf.v1.mtu = 1300"):
+        assert want in out, out
+    assert "fe80" not in out.split("br0 ", 1)[1].splitlines()[0], out
+    assert after.snap.check_output == out
