@@ -137,3 +137,24 @@ def test_device_sysctls(case):
         assert want in out, out
     assert "fe80" not in out.split("br0 ", 1)[1].splitlines()[0], out
     assert after.snap.check_output == out
+
+
+def test_bridge_without_port_ipv6(case):
+    """CRIU's bridge test, settled: a bridge with no port, an IPv4 address and a link-local one added
+    `nodad`, up (its MAC address never set: it has carrier, and the kernel's own link-local address).
+    `ip addr` comes back with the same flags (the kernel's address not shown `nodad`, the user's
+    shown so), and so do the local table's IPv6 routes (the multicast route the kernel adds at
+    carrier, which the restored bridge, its MAC address set, lacks: restore adds it). The one
+    difference left is that carrier (the kernel gives a bridge whose address was set carrier only
+    through a forwarding port): its routes show `linkdown`, passed over here."""
+    setup = py_hold("").replace(
+        "exec python3 -c ", "exec unshare -n sh -c 'ip link set lo up; ip link add zdtmbr0 type bridge; "
+        "ip addr add 10.0.55.55/32 dev zdtmbr0; ip addr add fe80:4567::1/64 nodad dev zdtmbr0; "
+        "ip link set zdtmbr0 up; exec \"$0\" \"$@\"' python3 -c ", 1)
+    show = ("nsenter -t 1 -n sh -c 'ip addr show dev zdtmbr0 | grep inet | sort; "
+            "ip -6 route show table local dev zdtmbr0 | sed \"s/ linkdown//\" | sort'")
+    before, after = case.roundtrip(setup, show)
+    out = before.snap.check_output
+    assert "fe80:4567::1/64 scope link nodad" in out and "multicast ff00::/8" in out, out
+    assert "tentative" not in out, out   # (the snapshot waits until DAD is over)
+    assert after.snap.check_output == out
