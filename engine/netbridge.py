@@ -80,7 +80,7 @@ def kept_of(which: str, data: dict[int, bytes], base: dict[str, object], what: s
         for t, why in _PORT_REFUSED.items():
             if rtnl.u32(data.get(t)):
                 raise ValueError(f"{what} has {why}, which restore does not make: not supported")
-    elif rtnl.u32(data.get(5)) and (data.get(_BR_TOPOLOGY_CHANGE) or b"\0")[0]:
+    elif rtnl.u32(data.get(rtnl.IFLA_BR_STP_STATE)) and (data.get(_BR_TOPOLOGY_CHANGE) or b"\0")[0]:
         raise ValueError(f"{what} is in an STP topology change, which shows its ageing time as twice its forward "
                          "delay instead of its own: dump again once it is over (`ip -d link show`: topology_change 0)")
     have = values(BR if which == "bridge" else PORT, data)

@@ -158,3 +158,19 @@ def test_bridge_without_port_ipv6(case):
     assert "fe80:4567::1/64 scope link nodad" in out and "multicast ff00::/8" in out, out
     assert "tentative" not in out, out   # (the snapshot waits until DAD is over)
     assert after.snap.check_output == out
+
+
+def test_bridge_in_a_topology_change_refused(case):
+    """A bridge with STP on whose port just reached forwarding is in a topology change (for max age
+    plus forward delay: 42 s here), during which the kernel shows its ageing time as twice its
+    forward delay: refused before the stop, in one line saying when to dump."""
+    setup = py_hold("").replace(
+        "exec python3 -c ", "exec unshare -n sh -c 'ip link add br0 type bridge stp_state 1 forward_delay 200 "
+        "max_age 4000; ip link add v0 type veth peer name v1; ip link set v0 master br0; ip link set v1 up; "
+        "ip link set v0 up; ip link set br0 up; for i in $(seq 300); do case $(ip link show br0) in *NO-CARRIER*) "
+        "sleep 0.05;; *) break;; esac; done; exec \"$0\" \"$@\"' python3 -c ", 1)
+    pid = case.start(STOP_WATCH + setup)
+    with pytest.raises(CRError, match=r"bridge br0 is in an STP topology change, which shows its ageing time as "
+                                      r"twice its forward delay instead of its own: dump again once it is over"):
+        case.dump(pid, case.new_images_dir())
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
