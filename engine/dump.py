@@ -1016,9 +1016,7 @@ def _collect_processes(d: _Dump) -> None:
         if segments and (attached := shmattach.read(p["pid"], segments)):
             p["shm"] = attached
         net = p["ns"]["net"]
-        if net not in d.netvars and "net" not in p["host_ns"]:
-            from engine import netvars   # (a tree with a network namespace of its own: ~1.6 M instructions)
-            d.netvars[net] = netvars.read(p["pid"])
+        if net not in nets and net not in d.netvars and "net" not in p["host_ns"]:
             nets[net] = p["pid"]
     try:
         d.netdevs, up = netdevs.collect(nets, d.ext_veths)
@@ -1028,6 +1026,10 @@ def _collect_processes(d: _Dump) -> None:
             d.netfilter.update(netfilter.collect(nets, d.netdevs))   # (a lone namespace's are in already)
     except netdevs.NetdevError as e:
         raise DumpError(e.errno, e.strerror) from None
+    for net, pid in nets.items():
+        from engine import netvars   # (a tree with a network namespace of its own: ~1.6 M instructions)
+        # (with those of the devices the image makes: lxd's bridge with IPv6 off)
+        d.netvars[net] = netvars.read(pid, {lk["name"]: lk["mtu"] for lk in d.netdevs.get(net, {}).get("links", ())})
     outside = netdevs.tun_held_outside(d.netdevs, d.procs_doc)
     if outside is not None:
         raise DumpError(errno.EOPNOTSUPP, outside)

@@ -9,8 +9,9 @@ Read by rtnetlink (engine/rtnl.py) in a child joined to each namespace:
   tree: then it must be declared `--external veth[NAME]:KEY` at dump, and restore makes the outer
   end where the user says (`veth[KEY]:OUTER[@BRIDGE]`). lo and the fallback tunnel devices a fresh
   namespace has are not links of the record (lo's state: engine/netdevs.py); any other kind
-  (macvlan, ipvlan, vxlan...), a bridge with STP or VLAN filtering on, a queueing discipline
-  other than the default are refused.
+  (macvlan, ipvlan, vxlan...), a queueing discipline other than the default are refused. A bridge's
+  settings and its ports' ("bridge", "port": engine/netbridge.py, which refuses what it does not
+  make), and whether a link has the kernel's IPv6 multicast route ("mroute6").
 - addresses (IPv4, IPv6) with prefix, scope, broadcast and the flags that matter, in the kernel's
   order (an IPv4 primary before its secondaries). lo's 127.0.0.1/8 and ::1 are left out (lo makes
   them when it comes up). An IPv6 link-local address the kernel made is kept exactly, like a user's:
@@ -22,8 +23,9 @@ Read by rtnetlink (engine/rtnl.py) in a child joined to each namespace:
 - routes of every table the kernel did not make (protocol other than kernel; not cloned): its
   prefix, prefix routes and local-table entries come back with the addresses and links up.
   Multipath, encapsulated, source-routed, nexthop-object and expiring routes are refused.
-Not kept: neighbour entries (learnt again), policy routing rules, per-device sysctls of the kept
-devices (netvars keeps those of devices a fresh namespace has), bridge and port options.
+Not kept: neighbour entries (learnt again), policy routing rules (per-device sysctls of the kept
+devices: engine/netvars.py). An IPv6 address tentative at dump keeps the flag: restore lets it go
+through DAD again.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ __all__ = ["NetlinkError", "covered_of", "read", "check", "KINDS"]
 KINDS = ("bridge", "dummy", "tun", "veth")
 MAX_LINKS, MAX_ADDRS, MAX_ROUTES = 64, 256, 1024
 IFF_UP = 1
-IFA_F_KEPT = 0x2 | 0x10 | 0x100 | 0x200   # NODAD, HOMEADDRESS, MANAGETEMPADDR, NOPREFIXROUTE
+IFA_F_KEPT = 0x2 | 0x10 | 0x40 | 0x100 | 0x200   # NODAD, HOMEADDRESS, TENTATIVE, MANAGETEMPADDR, NOPREFIXROUTE
+RTN_MULTICAST = 5
 RTM_F_CLONED, RTNH_F_ONLINK, RTPROT_KERNEL = 0x200, 4, 2
 ROUTE_TYPES = (1, 2, 6, 7, 8)   # unicast, local, blackhole, unreachable, prohibit
 # (the kernel's dev_valid_name: no '/', ':' or space, not "." or ".."; nor "all" or "default", the
@@ -87,11 +90,7 @@ def _links(fresh: set[str], tree_fds: list[int]) -> tuple[list[dict], dict[int, 
         master = rtnl.u32(a.get(rtnl.IFLA_MASTER))
         if master:
             link["master"] = names.get(master, "?")
-        if kind == "bridge":
-            data = rtnl.attrs(info.get(rtnl.IFLA_INFO_DATA, b""))
-            if rtnl.u32(data.get(rtnl.IFLA_BR_STP_STATE)) or (data.get(rtnl.IFLA_BR_VLAN_FILTERING) or b"\0")[0]:
-                raise NetlinkError(errno.EOPNOTSUPP, f"bridge {name} has STP or VLAN filtering on, which restore "
-                                                     "does not make: not supported")
+        _bridge_options(link, info)
         if kind == "tun":
             try:
                 link["tun"] = tundev.info_of(rtnl.attrs(info.get(rtnl.IFLA_INFO_DATA, b"")), name,
@@ -110,6 +109,26 @@ def _links(fresh: set[str], tree_fds: list[int]) -> tuple[list[dict], dict[int, 
             link["peer_at"] = (where, rtnl.u32(a.get(rtnl.IFLA_LINK)) or 0)
         out.append(link)
     return out, names
+
+
+def _bridge_options(link: dict, info: dict[int, bytes]) -> None:
+    """Put a bridge's settings and a bridge port's on `link` ("bridge", "port": engine/netbridge.py),
+    those that differ from a fresh one's; NetlinkError for what restore does not make."""
+    from engine import netbridge
+    try:
+        if link["kind"] == "bridge":
+            data = rtnl.attrs(info.get(rtnl.IFLA_INFO_DATA, b""))
+            kept = netbridge.kept_of("bridge", data, netbridge.fresh()["bridge"], f"bridge {link['name']}")
+            link.update({"bridge": kept} if kept else {})
+            have = netbridge.values(netbridge.BR, data)
+            if have.get("vlan_filtering"):
+                link["_pvid"] = have.get("vlan_default_pvid", 1)   # (its VLAN entries: checked in _read_in)
+        if rtnl.text(info.get(netbridge.IFLA_INFO_SLAVE_KIND)) == "bridge":
+            data = rtnl.attrs(info.get(netbridge.IFLA_INFO_SLAVE_DATA, b""))
+            kept = netbridge.kept_of("port", data, netbridge.fresh()["port"], f"bridge port {link['name']}")
+            link.update({"port": kept} if kept else {})
+    except ValueError as e:
+        raise NetlinkError(errno.EOPNOTSUPP, str(e)) from None
 
 
 def _default_qdiscs() -> tuple[str, ...]:
@@ -193,6 +212,19 @@ def _route(fam: int, msg: bytes, names: dict[int, str]) -> dict | None:
     return rec
 
 
+def _mroutes6(names: dict[int, str]) -> set[str]:
+    """The links with the IPv6 multicast route the kernel adds when it sets IPv6 up on a link with
+    carrier (ff00::/8, table local): one without carrier when it is made again (a bridge with no
+    port) lacks it, and restore adds it then."""
+    out = set()
+    for _t, msg in rtnl.dump(rtnl.RTM_GETROUTE, rtnl.RTMSG.pack(socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)):
+        _f, dst_len, _s, _tos, _table, proto, _scope, rtype, _flags = rtnl.RTMSG.unpack_from(msg)
+        a = rtnl.attrs(msg, rtnl.RTMSG.size)
+        if rtype == RTN_MULTICAST and proto == RTPROT_KERNEL and dst_len == 8 and a.get(rtnl.RTA_DST, b"")[:1] == b"\xff":
+            out.add(names.get(rtnl.u32(a.get(rtnl.RTA_OIF)) or 0, "?"))
+    return out
+
+
 def _routes(names: dict[int, str]) -> list[dict]:
     out = []
     for fam in (socket.AF_INET, socket.AF_INET6):
@@ -205,6 +237,9 @@ def _routes(names: dict[int, str]) -> list[dict]:
 
 _KERNEL_GROUPS = ("E0000001", "010000E0", "ff020000000000000000000000000001", "ff010000000000000000000000000001",
                   "ff020000000000000000000000000002", "ff0200000000000000000001ff")
+# (a bridge with multicast snooping on joins the multicast router discovery groups, 224.0.0.106 and
+# ff02::6a, when it comes up: a restored one joins them the same way)
+_BRIDGE_GROUPS = ("6A0000E0", "ff02000000000000000000000000006a")
 
 
 def _covered(links: list[dict], addrs: list[dict], routes: list[dict]) -> dict:
@@ -214,6 +249,7 @@ def _covered(links: list[dict], addrs: list[dict], routes: list[dict]) -> dict:
     import ipaddress
     from engine.fds import inet_net
     kept = {lk["name"] for lk in links}
+    bridges = {lk["name"] for lk in links if lk["kind"] == "bridge"}
     have = inet_net.state()
     mine = {f"{a['dev']} {a['addr']}/{a['prefix']}" for a in addrs}
     on_lo = [ipaddress.ip_network(f"{a['addr']}/{a['prefix']}", strict=False) for a in addrs if a["dev"] == "lo"]
@@ -222,7 +258,8 @@ def _covered(links: list[dict], addrs: list[dict], routes: list[dict]) -> dict:
             "routes": sorted(e for e in have["routes"] if e.split()[-1] in kept or _route_line(e, routes)
                              or _lo_route(e, on_lo)),
             "mcast": sorted(e for e in have["mcast"] if e.split()[0] in kept
-                            and e.split()[1].startswith(_KERNEL_GROUPS))}
+                            and (e.split()[1].startswith(_KERNEL_GROUPS) or e.split()[0] in bridges
+                                 and e.split()[1] in _BRIDGE_GROUPS))}
 
 
 def _lo_route(line: str, nets: list) -> bool:
@@ -251,9 +288,17 @@ def _route_line(line: str, routes: list[dict]) -> bool:
 def _read_in(fd: int, fresh: set[str], tree_fds: list[int]) -> dict:
     kernel.setns(fd, kernel.CLONE_NEWNET)
     links, names = _links(fresh, tree_fds)
+    from engine import netbridge
+    why = netbridge.vlans_refused(names, {lk["name"]: lk.pop("_pvid") for lk in links if "_pvid" in lk})
+    if why:
+        raise NetlinkError(errno.EOPNOTSUPP, why)
     kept = {lk["name"] for lk in links}
     addrs = _addrs(names, kept)
     routes = _routes(names)
+    mroutes = _mroutes6(names)
+    for lk in links:
+        if lk["name"] in mroutes:
+            lk["mroute6"] = True
     # (what the validator would refuse at restore is refused here: a dump that succeeds must restore)
     odd = [lk["name"] for lk in links if not _NAME.match(lk["name"])]
     odd += [r["dev"] for r in routes if r.get("dev", "lo") not in kept | {"lo"}]
@@ -336,8 +381,10 @@ def _int(value, lo: int, hi: int) -> bool:
 
 def _check_link(lk, nsid: str, made: set[str], doc_netdevs: dict, fail) -> None:
     what = f"netdevs {nsid}"
-    if type(lk) is not dict or set(lk) - {"name", "kind", "index", "mtu", "mac", "up", "master", "peer", "tun"}:
-        fail(f"{what}: a link must be an object of name, kind, index, mtu, mac, up, master, peer, tun")
+    if type(lk) is not dict or set(lk) - {"name", "kind", "index", "mtu", "mac", "up", "master", "peer", "tun", "bridge",
+                                          "port", "mroute6"}:
+        fail(f"{what}: a link must be an object of name, kind, index, mtu, mac, up, master, peer, tun, bridge, port, "
+             "mroute6")
     if type(lk.get("name")) is not str or not _NAME.match(lk["name"]) or lk["name"] == "lo":
         fail(f"{what}: link name {str(lk.get('name'))[:40]!r}: 1 to 15 letters, digits or _.@+- (no '/' or ':'), not lo, "
              "., .., all or default (the kernel's rule)")
@@ -349,6 +396,7 @@ def _check_link(lk, nsid: str, made: set[str], doc_netdevs: dict, fail) -> None:
         fail(f"{what}: a tun link, and only a tun link, has a tun record")
     if "tun" in lk:
         tundev.check(lk["tun"], what, fail)
+    _check_bridge(lk, what, fail)
     peer = lk.get("peer")
     if (lk["kind"] == "veth") != (peer is not None):
         fail(f"{what}: a veth, and only a veth, has a peer")
@@ -363,6 +411,22 @@ def _check_link(lk, nsid: str, made: set[str], doc_netdevs: dict, fail) -> None:
                 fail(f"{what}: its peer must be a veth of a network namespace restore makes, naming it back")
 
 
+def _check_bridge(lk: dict, what: str, fail) -> None:
+    """A link's bridge settings (a bridge's only), port settings (a link with a master only), and
+    mroute6 (true or false)."""
+    from engine import netbridge
+    if "bridge" in lk:
+        if lk["kind"] != "bridge":
+            fail(f"{what}: only a bridge has bridge settings")
+        netbridge.check("bridge", lk["bridge"], what, fail)
+    if "port" in lk:
+        if "master" not in lk:
+            fail(f"{what}: only a link with a master has port settings")
+        netbridge.check("port", lk["port"], what, fail)
+    if type(lk.get("mroute6", False)) is not bool:
+        fail(f"{what}: mroute6 is true or false")
+
+
 def _check_addr(a, nsid: str, devs: set[str], fail) -> None:
     what = f"netdevs {nsid}: address"
     if type(a) is not dict or set(a) - {"dev", "addr", "prefix", "scope", "flags", "broadcast"}:
@@ -373,7 +437,7 @@ def _check_addr(a, nsid: str, devs: set[str], fail) -> None:
     if not _int(a.get("prefix"), 0, 32 if fam == 4 else 128) or not _int(a.get("scope"), 0, 255) \
             or not _int(a.get("flags"), 0, IFA_F_KEPT) or a["flags"] & ~IFA_F_KEPT \
             or ("broadcast" in a and not _ip(a["broadcast"], 4)):
-        fail(f"{what} {a['addr']}: prefix, scope, flags (NODAD, HOMEADDRESS, MANAGETEMPADDR, NOPREFIXROUTE) "
+        fail(f"{what} {a['addr']}: prefix, scope, flags (NODAD, HOMEADDRESS, TENTATIVE, MANAGETEMPADDR, NOPREFIXROUTE) "
              "or broadcast out of range")
 
 

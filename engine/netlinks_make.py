@@ -27,13 +27,14 @@ import os
 import socket
 import struct
 
-from engine import forkrun, kernel, rtnl, tundev
+from engine import forkrun, kernel, netbridge, rtnl, tundev
 from engine.netlinks import NetlinkError, _NAME
 
 __all__ = ["make", "outer_of"]
 
 IFF_UP = 1
-IFA_F_NODAD = 2
+IFA_F_NODAD, IFA_F_TENTATIVE = 2, 0x40
+NLM_F_REPLACE = 0x100
 _CREATE = rtnl.NLM_F_CREATE | rtnl.NLM_F_EXCL
 
 
@@ -78,8 +79,9 @@ def _peer_data(index: int, peer: tuple) -> bytes:
 def _make_link(lk: dict, peer: tuple | None) -> None:
     """Make `lk` here; `peer`: ((index, name, mtu, mac), the fd of its namespace) of a veth's other end."""
     what = f"interface {lk['name']}" + (f" (a veth, its peer {peer[0][1]})" if peer else "")
+    data = netbridge.data_of("bridge", lk.get("bridge") or {}) if lk["kind"] == "bridge" else b""
     try:
-        _new_link(lk, _peer_data(peer[0][0], peer) if peer else b"", lk["index"], what)
+        _new_link(lk, _peer_data(peer[0][0], peer) if peer else data, lk["index"], what)
     except OSError as e:
         # (an ifindex taken in either namespace: any other then; taken here by a device a fresh
         # namespace of this host has and the dumper's had not, a tunnel's fallback device, it is
@@ -87,7 +89,29 @@ def _make_link(lk: dict, peer: tuple | None) -> None:
         # fails again below)
         if e.errno not in (errno.EBUSY, errno.EEXIST):
             raise
-        _new_link(lk, _peer_data(0, peer) if peer else b"", 0, what)
+        _new_link(lk, _peer_data(0, peer) if peer else data, 0, what)
+
+
+def _set_port(lk: dict) -> None:
+    """Give bridge port `lk` its kept settings (RTM_NEWLINK on the link: IFLA_INFO_SLAVE_DATA)."""
+    info = rtnl.attr(netbridge.IFLA_INFO_SLAVE_KIND, b"bridge\0")
+    info += rtnl.attr(netbridge.IFLA_INFO_SLAVE_DATA, netbridge.data_of("port", lk["port"]))
+    body = rtnl.IFINFO.pack(socket.AF_UNSPEC, 0, socket.if_nametoindex(lk["name"]), 0, 0)
+    rtnl.request(rtnl.RTM_NEWLINK, body + rtnl.attr(rtnl.IFLA_LINKINFO, info), f"bridge port {lk['name']}")
+
+
+def _bridge_kept(rec: dict) -> None:
+    """Check that the kernel kept the bridge and port settings of `rec` given (an older kernel
+    passes over an attribute it does not know): OSError naming the first it did not."""
+    for lk in rec.get("links", ()):
+        for which, table, i in (("bridge", netbridge.BR, 0), ("port", netbridge.PORT, 1)):
+            if not lk.get(which):
+                continue
+            have = netbridge.values(table, netbridge.info_data(lk["name"])[i])
+            odd = sorted(k for k, v in lk[which].items() if have.get(k) != v)
+            if odd:
+                raise OSError(errno.EOPNOTSUPP, f"{'bridge' if i == 0 else 'bridge port'} {lk['name']}: this kernel "
+                              f"did not keep its setting {odd[0]} = {lk[which][odd[0]]} (it has {have.get(odd[0])})")
 
 
 def _make_tun(lk: dict) -> None:
@@ -115,15 +139,27 @@ def _set_link(name: str, flags: int = 0, change: int = 0, master: str | None = N
     rtnl.request(rtnl.RTM_SETLINK, body, f"interface {name}")
 
 
-def _add_addr(a: dict) -> None:
-    fam = socket.AF_INET6 if ":" in a["addr"] else socket.AF_INET
+def _addr_body(a: dict, fam: int, flags: int) -> bytes:
     raw = socket.inet_pton(fam, a["addr"])
-    flags = a["flags"] | (IFA_F_NODAD if fam == socket.AF_INET6 else 0)
     body = rtnl.IFADDR.pack(fam, a["prefix"], flags & 0xFF, a["scope"], socket.if_nametoindex(a["dev"]))
     body += rtnl.attr(rtnl.IFA_LOCAL, raw) + rtnl.attr(rtnl.IFA_ADDRESS, raw) + rtnl.attr(rtnl.IFA_FLAGS, struct.pack("=I", flags))
     if "broadcast" in a:
         body += rtnl.attr(rtnl.IFA_BROADCAST, socket.inet_pton(fam, a["broadcast"]))
-    rtnl.request(rtnl.RTM_NEWADDR, body, f"address {a['addr']}/{a['prefix']} of {a['dev']}", _CREATE)
+    return body
+
+
+def _add_addr(a: dict) -> None:
+    """Add address `a`. An IPv6 one that was in use (not tentative) is added with NODAD, so it is in
+    use at once, then given its own flags again (a change of flags starts no DAD: `ip addr` shows
+    it as it was); one that was tentative is added without: the kernel runs its DAD again."""
+    fam = socket.AF_INET6 if ":" in a["addr"] else socket.AF_INET
+    what = f"address {a['addr']}/{a['prefix']} of {a['dev']}"
+    flags = a["flags"] & ~IFA_F_TENTATIVE
+    if fam == socket.AF_INET6 and not a["flags"] & IFA_F_TENTATIVE:
+        flags |= IFA_F_NODAD
+    rtnl.request(rtnl.RTM_NEWADDR, _addr_body(a, fam, flags), what, _CREATE)
+    if flags != a["flags"] & ~IFA_F_TENTATIVE:
+        rtnl.request(rtnl.RTM_NEWADDR, _addr_body(a, fam, a["flags"]), what, NLM_F_REPLACE)
 
 
 def _add_route(r: dict) -> None:
@@ -176,6 +212,9 @@ def _config_in(fd: int, rec: dict) -> dict[str, int]:
     for lk in rec.get("links", ()):
         if "master" in lk:
             _set_link(lk["name"], master=lk["master"])
+        if lk.get("port"):
+            _set_port(lk)
+    _bridge_kept(rec)
     for a in rec.get("addrs", ()):
         _add_addr(a)
     modes = _no_link_local(rec)
@@ -197,6 +236,7 @@ def _config_in(fd: int, rec: dict) -> dict[str, int]:
 
 
 IFF_RUNNING = 0x40
+_RTN_MULTICAST = 5
 _IFLA_OPERSTATE, _IF_OPER_UP = 16, 6
 
 
@@ -218,11 +258,34 @@ def _await_carrier(names: list[str], seconds: float, dummies=frozenset()) -> Non
             time.sleep(0.02)
 
 
-def _carrier_in(fd: int, names: list[str], modes: dict[str, int], dummies=frozenset()) -> None:
+def _carrier_in(fd: int, names: list[str], modes: dict[str, int], dummies=frozenset(), mroutes=()) -> None:
     kernel.setns(fd, kernel.CLONE_NEWNET)
     _await_carrier(names, 3.0, dummies)
     for name, mode in modes.items():
         _gen_mode(name, mode)
+    _add_mroutes6(mroutes)
+
+
+def _add_mroutes6(names) -> None:
+    """Add the kernel's IPv6 multicast route (ff00::/8, table local) to the links `names` that lack
+    it: the kernel adds it when it sets IPv6 up on a link with carrier, which a link made again
+    without carrier (a bridge with no port, its MAC address given) has not."""
+    if not names:
+        return
+    have = set()
+    for _t, msg in rtnl.dump(rtnl.RTM_GETROUTE, rtnl.RTMSG.pack(socket.AF_INET6, 0, 0, 0, 0, 0, 0, 0, 0)):
+        _f, dst_len, _s, _tos, _table, _proto, _scope, rtype, _flags = rtnl.RTMSG.unpack_from(msg)
+        a = rtnl.attrs(msg, rtnl.RTMSG.size)
+        if rtype == _RTN_MULTICAST and dst_len == 8 and a.get(rtnl.RTA_DST, b"")[:1] == b"\xff":
+            have.add(rtnl.u32(a.get(rtnl.RTA_OIF)))
+    for name in names:
+        if socket.if_nametoindex(name) in have:
+            continue
+        try:
+            _add_route({"family": 6, "dst": "ff00::", "dst_len": 8, "table": 255, "protocol": 2, "scope": 0,
+                        "type": _RTN_MULTICAST, "tos": 0, "flags": 0, "dev": name, "priority": 256})
+        except FileExistsError:
+            pass   # (the link got carrier meanwhile: the kernel added it)
 
 
 def _todo(nsid: str, rec: dict, netdevs: dict, fds: dict[str, int], outer: dict[str, str], own: int) -> list:
@@ -287,8 +350,10 @@ def make(fds: dict[str, int], netdevs: dict, outer: dict[str, str]) -> None:
             _set_link(name, IFF_UP, IFF_UP)
         for nsid in sorted(netdevs):
             step = "its links' carrier"
+            links = netdevs[nsid].get("links", ())
             forkrun.run(_carrier_in, fds[nsid], _carried(netdevs[nsid], netdevs), modes[nsid],
-                        {lk["name"] for lk in netdevs[nsid].get("links", ()) if lk["kind"] == "dummy"})
+                        {lk["name"] for lk in links if lk["kind"] == "dummy"},
+                        sorted(lk["name"] for lk in links if lk.get("mroute6") and lk["up"]))
     except OSError as e:
         raise NetlinkError(e.errno or errno.EIO, f"network namespace {nsid}: {step}: {e.strerror or e}") from None
     finally:

@@ -6,8 +6,10 @@ Restore makes a fresh network namespace; before, its sysctls came back as a fres
 netns_sub_sysctl set device and unix ones; docker turns IPv6 off in a container's). Dump reads, in a
 child joined to each namespace of the tree that is not the dumper's, and each one only a bind keeps
 (engine/fs/nsfs.py; a sysctl of /proc/sys/net is the reader's namespace's), every writable file
-under `TOPS` and keeps those whose text differs from a fresh namespace's (names a fresh one lacks,
-a device's restore does not make, are passed over: dump names such devices where it matters).
+under `TOPS` and keeps those whose text differs from a fresh namespace's; of the names a fresh one
+lacks, only those of a device restore makes (engine/netlinks.py), compared with what a device made
+afresh gets (`_device_base`: lxd turns IPv6 off on its bridge); the others are passed over (dump
+names such devices where it matters).
 Restore writes them in the namespace it made, from a child joined to it: the `all` then `default`
 device settings first (writing them changes the devices'), then the rest, a write the kernel
 refuses tried again once after the others (ip_local_port_range must stay above
@@ -86,22 +88,49 @@ def fresh() -> dict[str, str | None]:
     return _fresh
 
 
-def read(pid: int) -> dict[str, str]:
+def read(pid: int, devices: dict[str, int] | None = None) -> dict[str, str]:
     """The sysctls of process `pid`'s network namespace that differ from a fresh one's (`read_fd`)."""
     fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return read_fd(fd)
+        return read_fd(fd, devices)
     finally:
         os.close(fd)
 
 
-def read_fd(fd: int) -> dict[str, str]:
+def read_fd(fd: int, devices: dict[str, int] | None = None) -> dict[str, str]:
     """The sysctls of network namespace `fd` that differ from a fresh one's, with the names a fresh
-    namespace has (a device restore does not make is passed over)."""
+    namespace has, and those of `devices` ({name: MTU}, the devices restore makes; None: every
+    device a fresh namespace lacks) that differ from what a device made afresh gets (`_device_base`)."""
     base = fresh()
     have = forkrun.run(_values_in, fd)
-    return {k: v for k, v in sorted(have.items())
-            if k in base and v is not None and v != base[k] and _NAME.match(k) and len(v) <= MAX_TEXT and _TEXT.match(v)}
+    out = {}
+    for k, v in sorted(have.items()):
+        want = base.get(k) if k in base else _device_base(k, base, devices)
+        if want is not _NONE and v is not None and v != want and _NAME.match(k) and len(v) <= MAX_TEXT and _TEXT.match(v):
+            out[k] = v
+    return out
+
+
+_NONE = object()
+# (per device, set by the kernel or by restore's engine/netlinks_make.py, not from `default`: the
+# address generation mode (a tun device's is random; writing it makes a link-local address))
+_DEVICE_OWN = ("addr_gen_mode", "stable_secret")
+
+
+def _device_base(name: str, base: dict[str, str | None], devices: dict[str, int] | None):
+    """What sysctl `name` of a device a fresh namespace lacks is on a device made afresh: the
+    namespace's `default` setting it copies when it is made (ipv6's mtu: the device's MTU; a
+    neighbour setting: a fresh namespace's lo's), or
+    _NONE for a name not kept (a device not in `devices`, a setting of its own)."""
+    parts = name.split("/")
+    if len(parts) != 4 or parts[0] not in ("ipv4", "ipv6") or parts[1] not in ("conf", "neigh") \
+            or (devices is not None and parts[2] not in devices) or parts[3] in _DEVICE_OWN:
+        return _NONE
+    if parts[:2] == ["ipv6", "conf"] and parts[3] == "mtu":
+        return f"{devices[parts[2]]}\n" if devices is not None else _NONE
+    # (a namespace but the initial one has no neigh/default: a device's neighbour settings are copied
+    # from the kernel's, as a fresh namespace's lo's were)
+    return base.get("/".join(parts[:2] + ["default" if parts[1] == "conf" else "lo", parts[3]]), _NONE)
 
 
 def of_process(pid: int) -> str:

@@ -202,6 +202,58 @@ def settle(root: int, timeout: float = 5.0) -> bool:
     return True
 
 
+def _tentative_here() -> bool:
+    """Whether our network namespace has an IPv6 address in duplicate address detection (tentative,
+    not failed) on a link with carrier (one without never ends it)."""
+    import socket
+    from engine import rtnl
+    running = {rtnl.IFINFO.unpack_from(m)[2] for _t, m in rtnl.dump(rtnl.RTM_GETLINK, rtnl.IFINFO.pack(0, 0, 0, 0, 0))
+               if rtnl.IFINFO.unpack_from(m)[3] & 0x40}   # (IFF_RUNNING)
+    for _t, msg in rtnl.dump(rtnl.RTM_GETADDR, rtnl.IFADDR.pack(socket.AF_INET6, 0, 0, 0, 0)):
+        _fam, _prefix, flags8, _scope, index = rtnl.IFADDR.unpack_from(msg)
+        flags = rtnl.u32(rtnl.attrs(msg, rtnl.IFADDR.size).get(rtnl.IFA_FLAGS)) or flags8
+        if index in running and flags & 0x40 and not flags & 0x08:   # (IFA_F_TENTATIVE, IFA_F_DADFAILED)
+            return True
+    return False
+
+
+def _tentative_in(fd: int) -> bool:
+    from engine import kernel
+    kernel.setns(fd, kernel.CLONE_NEWNET)
+    return _tentative_here()
+
+
+def settle_dad(root: int, timeout: float = 5.0) -> bool:
+    """Wait until no IPv6 address of the tree's network namespaces (but the runner's) is in duplicate
+    address detection (a second or two after a link comes up): a test that said it is ready right
+    after adding one would have a snapshot taken before its local route exists and one restored
+    after it does. False when one still is after `timeout` seconds."""
+    from engine import forkrun
+    own = os.stat("/proc/self/ns/net").st_ino
+    nets = {}
+    for pid in tree_pids(root):
+        try:
+            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+        except OSError:
+            continue
+        if ino != own:
+            nets.setdefault(ino, pid)
+    deadline = time.monotonic() + timeout
+    for pid in nets.values():
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            while forkrun.run(_tentative_in, fd):
+                if time.monotonic() > deadline:
+                    return False
+                time.sleep(0.05)
+        finally:
+            os.close(fd)
+    return True
+
+
 def kill_tree(root: int, timeout: float = 10.0) -> None:
     """SIGKILL `root` and its descendants and wait until they are gone (or zombies)."""
     pids = tree_pids(root)
@@ -1057,6 +1109,7 @@ def take(root: int, check: str | None = None, timeout: float = 30.0, topology=No
     # exec still has the loader's /etc/ld.so.cache open, a booted init still arms its watches.
     # (A tree that never sleeps is snapshot as it is after the wait.)
     settled = settle(root, min(timeout, 5.0))
+    settle_dad(root, min(timeout, 5.0))
     check_output = run_check(root, check, timeout) if check else None
     if check:
         settled = settle(root, min(timeout, 5.0))

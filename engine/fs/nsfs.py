@@ -189,7 +189,7 @@ class Nsfs(FsType):
             what = f"{where}: a network namespace only the bind keeps (nsfs, `ip netns add`):"
             up = netdevs.lo_up_fd(fd, what, f"unmount it before dump ({undo})")
             rules = _rules(fd, what)   # (checked before the stop too: kept only when `keep`)
-            return (netvars.read_fd(fd) if keep else {}), up, (rules if keep else {})
+            return (netvars.read_fd(fd, {}) if keep else {}), up, (rules if keep else {})
         except netdevs.NetdevError as e:
             raise FsError(e.errno, e.strerror) from None
         finally:
