@@ -102,7 +102,8 @@ def _socket(c: int) -> str:
 
 def _inet(s: socket.socket) -> str:
     """An inet socket: family, protocol, name, state (a listener's backlog and accept queue, a TCP
-    connection's or a UDP socket's peer and waiting bytes), its options and its network namespace's lo.
+    connection's or a UDP socket's peer and waiting bytes; a TCP socket whose connection ended, its
+    peer, unread bytes and whether an error waits), its options and its network namespace's lo.
     A TCP connection's waiting bytes (`inq`) are those sent to it that it has not read, in its
     receive queue or, when its other end is a socket of its namespace, still unsent in that one's
     send queue: how they split between the two is TCP's flow, which a restored receiver's window,
@@ -131,6 +132,9 @@ def _inet(s: socket.socket) -> str:
             other = next((r for r in table.values() if "local" in r and "remote" in r
                           and (inet.end_key(*r["local"]), inet.end_key(*r["remote"])) == ends), {})
             out += " peer={}:{} inq={}".format(*peer, _inq(s.fileno()) + other.get("notsent", 0))
+        elif inet.peer_name(s) is not None:   # (one whose connection ended: its other end, unread bytes, error)
+            out += " peer={}:{} inq={}".format(*inet.peer_name(s), _inq(s.fileno()))
+            out += " error=pending" if inet.error_pending(s) else ""
     elif proto == "udp":
         try:
             out += " peer={}:{}".format(*inet._name(s.getpeername()))

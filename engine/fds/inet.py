@@ -72,6 +72,34 @@ def _used(s: socket.socket) -> bool:
     return len(raw) >= 144 and any(struct.unpack_from("=II", raw, 136))
 
 
+SO_PEERNAME = 28
+
+
+def peer_name(s: socket.socket) -> tuple[str, int] | None:
+    """The other end of TCP socket `s`, which a socket whose connection ended (CLOSE) still names to
+    SO_PEERNAME (getpeername says ENOTCONN then); None for one never connected."""
+    size = 16 if s.family == socket.AF_INET else 28
+    try:
+        raw = s.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, size)
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise
+        return None
+    port = struct.unpack_from("!H", raw, 2)[0]
+    if s.family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    return _name((socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, 0, struct.unpack_from("=I", raw, 24)[0]))
+
+
+def error_pending(s: socket.socket) -> bool:
+    """Whether `s` holds an error its program has not read (SO_ERROR would take it; poll's POLLERR
+    only looks)."""
+    import select
+    p = select.poll()
+    p.register(s.fileno(), select.POLLIN)
+    return any(ev & select.POLLERR for _fd, ev in p.poll(0))
+
+
 def _waiting(s: socket.socket) -> bool:
     """Whether a datagram waits on `s` (SO_MEMINFO's receive memory: a zero-length one counts; a peek
     would consume an error the socket holds, ECONNREFUSED from a port no one listens on)."""
@@ -122,21 +150,10 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
             out["listen"] = backlog
             if queued:
                 _pending(d, s, out, queued, stopped)
-        elif st != TCP_CLOSE:
-            inet_tcp.precheck(s, st, d.where)
-            if filt is not None:   # (restore sends its peer's segments through it as it makes it)
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection with a socket filter: not supported")
-            peer = _name(s.getpeername())
-            if not _loopback(peer[0]) or not _loopback(host):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
-                                                "off loopback (a restored network namespace has lo only): not supported")
-            out["peer"], out["peer_port"] = peer
-            out["_alone"] = st == inet_tcp.STATES["CLOSE_WAIT"][0]   # (for `_refuse_lone`)
-            if stopped:
-                out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
-        elif _used(s):
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended (reset, refused or "
-                                            "closed: a new socket cannot be made so): not supported")
+        elif st != TCP_CLOSE or _used(s):
+            _connection(d, s, out, st, host, filt, stopped)
+            if stopped and st == TCP_CLOSE:   # (sock_diag lists an ended one that holds its port: Linux 6.10)
+                out["tcp"]["port_held"] = rec is not None
     else:
         _datagrams(d, s, out, rec, stopped)
     if rec is None and ("listen" in out or proto == "udp" and "addr" in out):
@@ -157,6 +174,32 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
                                         f"{port} (UDP_CORK): not supported")
     out["opts"] = inet_opts.read(s, fam, proto)
     return out
+
+
+def _connection(d, s: socket.socket, out: dict, st: int, host: str, filt, stopped: bool) -> None:
+    """A TCP connection (`st` its state), or a socket whose connection ended (CLOSE: closed by FINs
+    both ways, or reset, its error read since; made again as one closed by FINs, inet_tcp): its peer
+    and, once `stopped`, what repair mode reads (inet_tcp.read)."""
+    peer = peer_name(s) if st == TCP_CLOSE else _name(s.getpeername())
+    if peer is None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended and that was disconnected "
+                                        "since (connect to AF_UNSPEC): a new socket cannot be made so: not supported")
+    if st == TCP_CLOSE and error_pending(s):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended holds an error its program "
+                                        "has not read (ECONNRESET, ETIMEDOUT...: only reading it tells which, and that "
+                                        "takes it from the program): not supported; dump again once the program has "
+                                        "read it (SO_ERROR, a read or a write)")
+    inet_tcp.precheck(s, st, d.where)
+    if filt is not None:   # (restore sends its peer's segments through it as it makes it)
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection with a socket filter: not supported")
+    if not _loopback(peer[0]) or not _loopback(host):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
+                                        "off loopback (a restored network namespace has lo only): not supported")
+    out["peer"], out["peer_port"] = peer
+    # (for `_refuse_lone`: a CLOSE_WAIT end may be alone; an ended one is no connection: None)
+    out["_alone"] = None if st == TCP_CLOSE else st == inet_tcp.STATES["CLOSE_WAIT"][0]
+    if stopped:
+        out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
 
 
 def proto_of(s: socket.socket) -> str | None:
@@ -242,10 +285,11 @@ def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
                       f"{d.where}: inet: {getattr(e, 'strerror', None) or e}") from None
     finally:
         os.close(ns)
-    if out["proto"] == "tcp" and "peer" in out:
+    if out["proto"] == "tcp" and "peer" in out and out["_alone"] is not None:
         d.scratch.setdefault("inet-conns", []).append(
             (netns, end_key(out["addr"], out["port"]), end_key(out["peer"], out["peer_port"]), d.where,
-             out.pop("_alone")))
+             out["_alone"]))
+    out.pop("_alone", None)
     if out.get("queued"):
         d.scratch.setdefault("inet-queues", []).append(
             (netns, end_key(out.get("addr", "0.0.0.0"), out["port"]), out["queued"], d.where))
@@ -296,7 +340,7 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     makes both; one alone would meet a port nobody holds), or waits in a listener's queue, or is
     an orphan a CLOSE_WAIT end may have."""
     where = lambda e: f"fd {e['fd']} (inet)"   # noqa: E731
-    tcp = [e for e in entries if e.get("kind") == "inet" and "tcp" in e]
+    tcp = [e for e in entries if e.get("kind") == "inet" and "tcp" in e and e["tcp"].get("state") != "CLOSE"]
     key = lambda e: (e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]))   # noqa: E731
     conns = [(*key(e), where(e), e["tcp"].get("state") == "CLOSE_WAIT") for e in tcp]
     queues = [(e["obj"], end_key(e.get("addr", "0.0.0.0"), e["port"]), e["queued"], where(e))
@@ -666,7 +710,7 @@ def _connect(r: RestoreFd, fd: int) -> None:
         with _borrowed(mine) as s:
             inet_tcp.release(s, e["tcp"], *ends)
             inet_opts.apply(s, e["opts"])
-            if e.get("shutdown"):
+            if e.get("shutdown") and e["tcp"].get("state") != "CLOSE":   # (an ended one's: both, ENOTCONN)
                 s.shutdown(e["shutdown"] - 1)
     what = f"the TCP connection from {e['addr']} port {e['port']} to {e['peer']} port {e['peer_port']}"
     # (every connection settles in repair mode before any leaves it: steps without an order run at -1)
