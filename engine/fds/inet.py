@@ -6,14 +6,16 @@ or not); with the options it was given (engine/fds/inet_opts.py: a raw socket's 
 ICMP filter too), and its owner (sk_uid: `_new`).
 
 A TCP connection whose two ends the tree holds, established or half-closed, is made again in repair mode
-(engine/fds/inet_tcp.py); the clients of a listener's connections waiting to be accepted connect
+(engine/fds/inet_tcp.py), and so is a TCP socket whose connection ended (CLOSE), before any fd
+(`_prepare`); the clients of a listener's connections waiting to be accepted connect
 to it again (engine/fds/inet_pending.py); datagrams waiting on a UDP socket are sent to it again
 from their senders' addresses (engine/fds/inet_udp.py), echo replies waiting on a ping socket likewise
 (engine/fds/inet_ping.py). A ping or raw socket's owner and peer are read from /proc/net
 (engine/fds/inet_proc.py: sock_diag lists neither).
 
 Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
-handshake or whose other end the tree does not hold (inet_tcp), a listener with a connection
+handshake or whose other end the tree does not hold (inet_tcp), a TCP socket whose connection
+ended with an error its program has not read (only SO_ERROR tells which, and takes it), a listener with a connection
 waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
 reads what its client sent), a UDP, ping or raw socket connected to a peer off loopback, a raw
 socket with a packet waiting (`_datagrams`), SCTP, UDP-Lite and MPTCP sockets, an eBPF socket
@@ -539,8 +541,11 @@ def _open(r: RestoreFd) -> int:
     spec["later"] = "tcp" in e or "pending" in e   # (we set its options again: `_connect`, `_connect_pending`)
     fd = None
     try:
-        fd = _make_bound(r, spec) if spec.get("port") and "addr" in spec else r.standin("make", spec)[0]
-        if "tcp" in e:
+        if _ended(e):
+            fd = _prepared(r)
+        else:
+            fd = _make_bound(r, spec) if spec.get("port") and "addr" in spec else r.standin("make", spec)[0]
+        if "tcp" in e and not _ended(e):
             _connect(r, fd)
         elif "pending" in e:
             _connect_pending(r, fd)
@@ -557,6 +562,56 @@ def _open(r: RestoreFd) -> int:
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
+
+
+def _ended(e: dict) -> bool:
+    """Whether entry `e` is a TCP socket whose connection ended (CLOSE)."""
+    return e.get("tcp", {}).get("state") == "CLOSE"
+
+
+def _prepare(key: str, obj: dict, holders: list, call) -> list | None:
+    """Before any fd (FdKind.prepare): the sockets of network namespace `key` whose connection ended,
+    each made by a stand-in of its holders (`_make`) and by us in repair mode (inet_tcp.make), reset
+    from its peer's address and let go of (inet_tcp.settle, release), its options set: its port,
+    when it was no bind's, comes from its connect (inet_tcp._autobound), which takes no port a
+    bind holds, a listener's. Returns our fds on them ([] none), in `_prepared`'s care."""
+    made, seen = [], set()
+    try:
+        for e, chan in holders:
+            ident = e.get("desc", id(e))   # (an fd and its dups: one socket)
+            if not _ended(e) or ident in seen:
+                continue
+            seen.add(ident)
+            spec = {**{k: e[k] for k in ("family", "proto", "uid", "opts") if k in e}, "lo": obj["lo"], "later": True}
+            made.append(call(chan, "make", spec)[0])
+            fam = FAMILY_NO[e["family"]]
+            local, peer = _addr(fam, e["addr"], e["port"]), _addr(fam, e["peer"], e["peer_port"])
+            with _borrowed(made[-1]) as s:
+                inet_tcp.make(s, e["tcp"], local, peer, e["opts"].get("v6only", 0))
+                ends = end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"])
+                inet_tcp.settle(s, e["tcp"], *ends)
+                inet_tcp.release(s, e["tcp"], *ends)
+                inet_opts.apply(s, e["opts"])
+    except OSError as err:
+        for fd in made:
+            os.close(fd)
+        raise OSError(err.errno or errno.EIO, f"making the {e['family']} TCP socket {e['addr']} port {e['port']}, "
+                                              f"whose connection ended, again: {err.strerror or err}") from None
+    return made
+
+
+def _prepared(r: RestoreFd) -> int:
+    """A new fd on the socket `_prepare` made for entry r.entry (one whose connection ended): the
+    first not taken yet with its ends."""
+    e = r.entry
+    taken = r.state.setdefault("inet ended taken", set())
+    for fd in r.state.get(e["obj"]) or ():
+        with _borrowed(fd) as s:
+            ends = (s.family, *_name(s.getsockname()), *(peer_name(s) or ()))
+        if fd not in taken and ends == (FAMILY_NO[e["family"]], e["addr"], e["port"], e["peer"], e["peer_port"]):
+            taken.add(fd)
+            return os.dup(fd)
+    raise FdError(errno.EIO, f"{r.where}: the socket whose connection ended was not made before the fds")
 
 
 def _make_bound(r: RestoreFd, spec: dict) -> int:
@@ -723,7 +778,8 @@ def _connect(r: RestoreFd, fd: int) -> None:
 # which must be one restore makes (imageformat: own_netns).
 register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
                 check_object=_check_object, standin={"make": _make}, own_netns=True, finish=_finish,
-                deferred=lambda e: "tcp" in e,
+                # (an ended one is not: `_prepare` made it before any fd)
+                deferred=lambda e: "tcp" in e and e["tcp"].get("state") != "CLOSE", prepare=_prepare,
                 ids=lambda e: {"uid": [e["uid"]]} if "uid" in e else {},
                 fields={"family": F(STR), "proto": F(STR),
                         "addr": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),

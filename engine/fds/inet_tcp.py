@@ -28,6 +28,14 @@ is made with that peer (`orphan_of`, "alone"): made in repair mode from the end'
 first, let go of and closed, an orphan again, answering the end as the first one did (its
 program reads the bytes, then the end; a write meets a reset).
 
+A socket whose connection ended (CLOSE: FINs both ways, or reset and its error read since) is made
+ESTABLISHED in repair mode with its names and unread bytes, then reset from its peer's address
+(`_ended`), as soon as it is made: its program reads the bytes, then the end; a write says EPIPE.
+One whose error was not read yet is refused (engine/fds/inet.py): only SO_ERROR tells which it is,
+and that takes it. The kernel lets go of its port when it ends unless a bind gave it
+(`port_held`): its connect takes it as an unbound socket's (`_autobound`), or a bind gives it where
+the connect cannot (a port a listener's bind holds).
+
 Refused: SYN_SENT and SYN_RECV (a handshake under way), any other end whose peer no process of the
 tree holds (a client waiting in a listener's queue is inet_pending's),
 urgent data, a peek offset (SO_PEEK_OFF), queues over MAX_QUEUE bytes.
