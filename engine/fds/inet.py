@@ -326,7 +326,8 @@ def _refuse_lone(conns: list, queues: list) -> set:
         if lst is None:
             raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection to {b[0]} port {b[1]} whose other end no "
                                             "process of the tree holds (closed, or waiting in the queue of a "
-                                            "listener the tree does not hold): not supported")
+                                            "listener the tree does not hold): not supported; dump again once "
+                                            "the connection has ended (an ended one is kept)")
         waiting[lst] = waiting.get(lst, 0) + 1
     for lst, (n, where) in lists.items():
         if waiting.get(lst, 0) != n:
