@@ -115,10 +115,11 @@ def _inet(s: socket.socket) -> str:
     host, port = inet._name(s.getsockname())
     out = f"{fam} {proto} name={host}:{port}"
     table = {}
-    if proto in ("tcp", "udp", "ping", "raw"):
+    if proto in ("tcp", "udp", "udplite", "ping", "raw"):
         ns = inet_net.netns_fd(s.fileno())
         try:   # (sock_diag, in its network namespace: shutdown directions, a connection's other end)
-            table = forkrun.run(inet_diag._in, ns, True) if proto in ("tcp", "udp") else inet_proc.table_of(ns, s.family)
+            table = forkrun.run(inet_diag._in, ns, True) if proto in ("tcp", *inet.UDPS) else \
+                inet_proc.table_of(ns, s.family)
         finally:
             os.close(ns)
     if proto == "tcp":
@@ -135,7 +136,7 @@ def _inet(s: socket.socket) -> str:
         elif inet.peer_name(s) is not None:   # (one whose connection ended: its other end, unread bytes, error)
             out += " peer={}:{} inq={}".format(*inet.peer_name(s), _inq(s.fileno()))
             out += " error=pending" if inet.error_pending(s) else ""
-    elif proto == "udp":
+    elif proto in inet.UDPS:
         try:
             out += " peer={}:{}".format(*inet._name(s.getpeername()))
         except OSError:
@@ -147,7 +148,7 @@ def _inet(s: socket.socket) -> str:
             out += " peer={}:{}".format(*rec["remote"])
         # (not what waits on it: a live ping reads its replies as they come, a restored one never;
         # the tests read them)
-    if proto in ("tcp", "udp", "ping", "raw"):
+    if proto in ("tcp", "udp", "udplite", "ping", "raw"):
         # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
         opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}
         out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))

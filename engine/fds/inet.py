@@ -1,9 +1,9 @@
-"""Inet sockets (IPv4, IPv6; TCP, UDP, ICMP ping sockets, raw sockets of any protocol) of a network
+"""Inet sockets (IPv4, IPv6; TCP, UDP, UDP-Lite, ICMP ping sockets, raw sockets of any protocol) of a network
 namespace the tree owns, in the states a new socket can be put in exactly: created and not bound,
 bound to an address and port (a ping socket's port: its identifier; a raw socket binds an address
 alone), a TCP listener with its backlog, a UDP, ping or raw socket (connected to a loopback peer,
 or not); with the options it was given (engine/fds/inet_opts.py: a raw socket's IP_HDRINCL and
-ICMP filter too), and its owner (sk_uid: `_new`).
+ICMP filter too, a UDP-Lite socket's checksum coverage), and its owner (sk_uid: `_new`).
 
 A TCP connection whose two ends the tree holds, established or half-closed, is made again in repair mode
 (engine/fds/inet_tcp.py), and so is a TCP socket whose connection ended (CLOSE), before any fd
@@ -15,10 +15,11 @@ from their senders' addresses (engine/fds/inet_udp.py), echo replies waiting on 
 
 Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
 handshake or whose other end the tree does not hold (inet_tcp), a TCP socket whose connection
-ended with an error its program has not read (only SO_ERROR tells which, and takes it), a listener with a connection
-waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
-reads what its client sent), a UDP, ping or raw socket connected to a peer off loopback, a raw
-socket with a packet waiting (`_datagrams`), SCTP, UDP-Lite and MPTCP sockets, an eBPF socket
+ended with an error its program has not read (only SO_ERROR tells which, and takes it), a
+listener with a connection waiting to be accepted whose client the tree does not hold, or with
+--leave-running (only accept() reads what its client sent), a UDP, ping or raw socket connected to
+a peer off loopback, a raw or UDP-Lite socket with a packet waiting (`_datagrams`), a UDP one's
+datagram corked (UDP_CORK: not sent yet, nothing reads it back), SCTP and MPTCP sockets, an eBPF socket
 filter and a filter on a TCP connection (engine/fds/inet_filter.py: a classic filter is kept), and
 any socket of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
 shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
@@ -50,8 +51,11 @@ FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
 # (a ping socket is ICMP's in inet, ICMPv6's in inet6: a raw socket of any protocol is "raw")
 PROTOS = {(socket.SOCK_STREAM, 6): "tcp", (socket.SOCK_DGRAM, 17): "udp", (socket.SOCK_DGRAM, 1): "ping",
+          (socket.SOCK_DGRAM, inet_opts.IPPROTO_UDPLITE): "udplite",
           (socket.SOCK_DGRAM, 58): "ping"}
-TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "ping": socket.SOCK_DGRAM, "raw": socket.SOCK_RAW}
+TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "ping": socket.SOCK_DGRAM, "raw": socket.SOCK_RAW,
+           "udplite": socket.SOCK_DGRAM}
+UDPS = ("udp", "udplite")   # (UDP-Lite: UDP whose checksum covers what its socket says, UDPLITE_*_CSCOV)
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 TCP_CLOSE, TCP_LISTEN = 7, 10
@@ -136,7 +140,7 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
     if proto is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket (protocol "
                                         f"{s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}): not supported "
-                                        "(only TCP, UDP, ping and raw)")
+                                        "(only TCP, UDP, UDP-Lite, ping and raw)")
     out = {"family": fam, "proto": proto}
     filt = inet_filter.read(s, d.where)
     if filt is not None:
@@ -158,7 +162,7 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
                 out["tcp"]["port_held"] = rec is not None
     else:
         _datagrams(d, s, out, rec, stopped)
-    if rec is None and ("listen" in out or proto == "udp" and "addr" in out):
+    if rec is None and ("listen" in out or proto in UDPS and "addr" in out):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: sock_diag does not list this {fam} socket (inet_diag, udp_diag "
                                         "not in the kernel?): not supported")
     # (sock_diag lists no unbound socket, nor a bound TCP one that does not listen before Linux 6.10:
@@ -170,10 +174,11 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener shut down: not supported")
         out["shutdown"] = rec["shutdown"]
     # (a UDP socket's corked datagram, not sent yet; a listener has no send queue: EINVAL)
-    unsent = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0] if proto == "udp" else 0
-    if unsent:
+    unsent = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0] if proto in UDPS else 0
+    if unsent:   # (no call reads them back)
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {unsent} bytes not sent yet on the {proto} socket of port "
-                                        f"{port} (UDP_CORK): not supported")
+                                        f"{port} (UDP_CORK): not supported; dump again once the program has sent "
+                                        "them (UDP_CORK off, or a send without MSG_MORE)")
     out["opts"] = inet_opts.read(s, fam, proto)
     return out
 
@@ -219,12 +224,13 @@ def _datagrams(d, s: socket.socket, out: dict, rec: dict | None, stopped: bool) 
     try:
         peer = _name(s.getpeername())
     except OSError:   # (a ping or raw socket connected to port 0 has no peer name: /proc/net tells it)
-        peer = rec["remote"] if proto != "udp" and rec is not None and rec["state"] == inet_proc.TCP_ESTABLISHED \
+        peer = rec["remote"] if proto not in UDPS and rec is not None and rec["state"] == inet_proc.TCP_ESTABLISHED \
             else None
     if _waiting(s):
-        if proto == "raw":
-            raise FdError(errno.EOPNOTSUPP, f"{where}: packets wait on a raw socket (protocol {out['protocol']}): not "
-                                            "supported; dump again once the program has read them")
+        if proto in ("raw", "udplite"):   # (UDP-Lite's: sent again as UDP's are, their checksum's cover is theirs)
+            what = f"a raw socket (protocol {out['protocol']})" if proto == "raw" else "a UDP-Lite socket"
+            raise FdError(errno.EOPNOTSUPP, f"{where}: packets wait on {what}: not supported; dump again once the "
+                                            "program has read them")
         if proto == "udp" and s.getsockopt(socket.SOL_SOCKET, inet_udp.SO_PEEK_OFF) != -1:   # (ping has none)
             raise FdError(errno.EOPNOTSUPP, f"{where}: UDP datagrams wait on a socket with a peek offset "
                                             "(SO_PEEK_OFF): not supported")
@@ -399,7 +405,7 @@ def _check(e: dict, what: str) -> None:
         _fail(f"{what}: only a TCP socket listens")
     if ("protocol" in e) != (e["proto"] == "raw") or e["proto"] == "raw" and e.get("port", 0):
         _fail(f"{what}: a raw socket, and it alone, names its protocol ('protocol'), and binds no port")
-    if e.get("peer_port") == 0 and e["proto"] in ("tcp", "udp"):
+    if e.get("peer_port") == 0 and e["proto"] in ("tcp", *UDPS):
         _fail(f"{what}: a TCP or UDP peer of port 0")
     if "replies" in e:
         if e["proto"] != "ping":
@@ -469,7 +475,8 @@ def _new(fam: int, proto: str, protocol: int | None, uid: int | None) -> socket.
     itself alone when it is not ours (a raw socket's raises CAP_NET_RAW again, which a nonzero uid
     clears from its effective set)."""
     typ = TYPE_NO[proto]
-    num = protocol if proto == "raw" else inet_ping.PROTO_NO[FAMILIES[fam]] if proto == "ping" else 0
+    num = protocol if proto == "raw" else inet_ping.PROTO_NO[FAMILIES[fam]] if proto == "ping" else \
+        inet_opts.IPPROTO_UDPLITE if proto == "udplite" else 0
     return made_as(uid, lambda: socket.socket(fam, typ, num), raw=proto == "raw", ping=proto == "ping")
 
 
