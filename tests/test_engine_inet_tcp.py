@@ -488,3 +488,61 @@ def test_full_queues_of_small_writes(case):
     for n in (10, 11):
         unread = int(re.search(r" inq=(\d+)", _fd(before, n))[1])
         assert unread > 300000 and f" inq={unread} " in _fd(after, n), (_fd(before, n), _fd(after, n))
+
+
+# Connections that ended (CLOSE), each end held on: a client and its server that both shut down
+# their sending side (FINs both ways), bytes unread at each end (fds 10, 11); the same over ::1 (12,
+# 13); a client whose server reset the connection after sending it bytes, the error read since
+# (SO_ERROR), the bytes not (14); a server's listener (15) and its end of a connection whose client
+# closed, the request unread, that the server shut down since (16: its port the listener's).
+ENDED = """
+import socket, struct, time
+def ended(fam, host, port, cfd, afd):
+    l = socket.socket(fam); l.bind((host, port)); l.listen()
+    c = socket.socket(fam); c.connect((host, port)); a, _ = l.accept(); l.close()
+    c.sendall(b"request"); c.shutdown(socket.SHUT_WR)
+    a.sendall(b"answer"); a.shutdown(socket.SHUT_WR)
+    os.dup2(c.fileno(), cfd); os.dup2(a.fileno(), afd); c.close(); a.close()
+ended(socket.AF_INET, "127.0.0.1", 7000, 10, 11)
+ended(socket.AF_INET6, "::1", 7001, 12, 13)
+l = socket.socket(); l.bind(("127.0.0.1", 7002)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7002)); a, _ = l.accept(); l.close()
+a.sendall(b"bye"); time.sleep(0.2)
+a.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)); a.close()   # (an RST)
+while c.getsockopt(socket.SOL_TCP, socket.TCP_INFO, 1)[0] != 7:
+    time.sleep(0.05)
+assert c.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 104   # (ECONNRESET, read)
+os.dup2(c.fileno(), 14); c.close()
+l = socket.socket(); l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); l.bind(("127.0.0.1", 7003)); l.listen()
+c = socket.socket(); c.connect(("127.0.0.1", 7003)); a, _ = l.accept()
+c.sendall(b"GET /"); c.close(); a.shutdown(socket.SHUT_WR)
+os.dup2(l.fileno(), 15); os.dup2(a.fileno(), 16); l.close(); a.close()
+"""
+
+
+def test_ended_connections_kept(case):
+    """TCP sockets whose connection ended (CLOSE: by FINs both ways, or reset with its error read),
+    each with bytes its program has not read, one beside its listener: after C/R (twice) each is
+    CLOSE with the same name and peer (SO_PEERNAME), no error waiting, and holds its port no more
+    than it did (sock_diag lists one that does); it reads its bytes, then the end; a write is
+    refused."""
+    before, _, after = case.roundtrip(_in_netns(ENDED), iters=2)
+    for n, what in ((10, r"inet tcp name=127\.0\.0\.1:(\d+) state=CLOSE peer=127\.0\.0\.1:7000 inq=6 "),
+                    (11, r"inet tcp name=127\.0\.0\.1:7000 state=CLOSE peer=127\.0\.0\.1:\d+ inq=7 "),
+                    (12, r"inet6 tcp name=::1:\d+ state=CLOSE peer=::1:7001 inq=6 "),
+                    (13, r"inet6 tcp name=::1:7001 state=CLOSE peer=::1:\d+ inq=7 "),
+                    (14, r"inet tcp name=127\.0\.0\.1:\d+ state=CLOSE peer=127\.0\.0\.1:7002 inq=3 "),
+                    (15, r"inet tcp name=127\.0\.0\.1:7003 state=LISTEN "),
+                    (16, r"inet tcp name=127\.0\.0\.1:7003 state=CLOSE peer=127\.0\.0\.1:\d+ inq=5 ")):
+        assert re.search(what, _fd(after, n)), _fd(after, n)
+    socks = {n: socket.socket(fileno=grab_fd(after.pid, n)) for n in (10, 11, 12, 13, 14, 16)}
+    try:
+        for n, data in ((10, b"answer"), (11, b"request"), (12, b"answer"), (13, b"request"), (14, b"bye"),
+                        (16, b"GET /")):
+            assert socks[n].getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0, n
+            assert socks[n].recv(100) == data and socks[n].recv(100) == b"", n
+            with pytest.raises(BrokenPipeError):
+                socks[n].send(b"more")
+    finally:
+        for s in socks.values():
+            s.close()

@@ -102,7 +102,8 @@ def _socket(c: int) -> str:
 
 def _inet(s: socket.socket) -> str:
     """An inet socket: family, protocol, name, state (a listener's backlog and accept queue, a TCP
-    connection's or a UDP socket's peer and waiting bytes), its options and its network namespace's lo.
+    connection's or a UDP socket's peer and waiting bytes; a TCP socket whose connection ended, its
+    peer, unread bytes and whether an error waits), its options and its network namespace's lo.
     A TCP connection's waiting bytes (`inq`) are those sent to it that it has not read, in its
     receive queue or, when its other end is a socket of its namespace, still unsent in that one's
     send queue: how they split between the two is TCP's flow, which a restored receiver's window,
@@ -114,10 +115,11 @@ def _inet(s: socket.socket) -> str:
     host, port = inet._name(s.getsockname())
     out = f"{fam} {proto} name={host}:{port}"
     table = {}
-    if proto in ("tcp", "udp", "ping", "raw"):
+    if proto in ("tcp", "udp", "udplite", "ping", "raw"):
         ns = inet_net.netns_fd(s.fileno())
         try:   # (sock_diag, in its network namespace: shutdown directions, a connection's other end)
-            table = forkrun.run(inet_diag._in, ns, True) if proto in ("tcp", "udp") else inet_proc.table_of(ns, s.family)
+            table = forkrun.run(inet_diag._in, ns, True) if proto in ("tcp", *inet.UDPS) else \
+                inet_proc.table_of(ns, s.family)
         finally:
             os.close(ns)
     if proto == "tcp":
@@ -131,7 +133,10 @@ def _inet(s: socket.socket) -> str:
             other = next((r for r in table.values() if "local" in r and "remote" in r
                           and (inet.end_key(*r["local"]), inet.end_key(*r["remote"])) == ends), {})
             out += " peer={}:{} inq={}".format(*peer, _inq(s.fileno()) + other.get("notsent", 0))
-    elif proto == "udp":
+        elif inet.peer_name(s) is not None:   # (one whose connection ended: its other end, unread bytes, error)
+            out += " peer={}:{} inq={}".format(*inet.peer_name(s), _inq(s.fileno()))
+            out += " error=pending" if inet.error_pending(s) else ""
+    elif proto in inet.UDPS:
         try:
             out += " peer={}:{}".format(*inet._name(s.getpeername()))
         except OSError:
@@ -143,7 +148,7 @@ def _inet(s: socket.socket) -> str:
             out += " peer={}:{}".format(*rec["remote"])
         # (not what waits on it: a live ping reads its replies as they come, a restored one never;
         # the tests read them)
-    if proto in ("tcp", "udp", "ping", "raw"):
+    if proto in ("tcp", "udp", "udplite", "ping", "raw"):
         # (buffer sizes as a program can set them: TCP's autotuning of a connection's gives odd ones too)
         opts = {k: v & ~1 if k in ("rcvbuf", "sndbuf") else v for k, v in inet_opts.read(s, fam, proto).items()}
         out += " opts=" + ",".join(f"{k}:{v}" for k, v in sorted(opts.items()))

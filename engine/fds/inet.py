@@ -1,22 +1,25 @@
-"""Inet sockets (IPv4, IPv6; TCP, UDP, ICMP ping sockets, raw sockets of any protocol) of a network
+"""Inet sockets (IPv4, IPv6; TCP, UDP, UDP-Lite, ICMP ping sockets, raw sockets of any protocol) of a network
 namespace the tree owns, in the states a new socket can be put in exactly: created and not bound,
 bound to an address and port (a ping socket's port: its identifier; a raw socket binds an address
 alone), a TCP listener with its backlog, a UDP, ping or raw socket (connected to a loopback peer,
 or not); with the options it was given (engine/fds/inet_opts.py: a raw socket's IP_HDRINCL and
-ICMP filter too), and its owner (sk_uid: `_new`).
+ICMP filter too, a UDP-Lite socket's checksum coverage), and its owner (sk_uid: `_new`).
 
 A TCP connection whose two ends the tree holds, established or half-closed, is made again in repair mode
-(engine/fds/inet_tcp.py); the clients of a listener's connections waiting to be accepted connect
+(engine/fds/inet_tcp.py), and so is a TCP socket whose connection ended (CLOSE), before any fd
+(`_prepare`); the clients of a listener's connections waiting to be accepted connect
 to it again (engine/fds/inet_pending.py); datagrams waiting on a UDP socket are sent to it again
 from their senders' addresses (engine/fds/inet_udp.py), echo replies waiting on a ping socket likewise
 (engine/fds/inet_ping.py). A ping or raw socket's owner and peer are read from /proc/net
 (engine/fds/inet_proc.py: sock_diag lists neither).
 
 Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
-handshake or whose other end the tree does not hold (inet_tcp), a listener with a connection
-waiting to be accepted whose client the tree does not hold, or with --leave-running (only accept()
-reads what its client sent), a UDP, ping or raw socket connected to a peer off loopback, a raw
-socket with a packet waiting (`_datagrams`), SCTP, UDP-Lite and MPTCP sockets, an eBPF socket
+handshake or whose other end the tree does not hold (inet_tcp), a TCP socket whose connection
+ended with an error its program has not read (only SO_ERROR tells which, and takes it), a
+listener with a connection waiting to be accepted whose client the tree does not hold, or with
+--leave-running (only accept() reads what its client sent), a UDP, ping or raw socket connected to
+a peer off loopback, a raw or UDP-Lite socket with a packet waiting (`_datagrams`), a UDP one's
+datagram corked (UDP_CORK: not sent yet, nothing reads it back), SCTP and MPTCP sockets, an eBPF socket
 filter and a filter on a TCP connection (engine/fds/inet_filter.py: a classic filter is kept), and
 any socket of a network namespace restore would not make as it was (engine/fds/inet_net.py: the host's, one
 shared with processes outside the tree, one with interfaces or addresses a fresh one lacks).
@@ -48,8 +51,11 @@ FAMILIES = {socket.AF_INET: "inet", socket.AF_INET6: "inet6"}
 FAMILY_NO = {v: k for k, v in FAMILIES.items()}
 # (a ping socket is ICMP's in inet, ICMPv6's in inet6: a raw socket of any protocol is "raw")
 PROTOS = {(socket.SOCK_STREAM, 6): "tcp", (socket.SOCK_DGRAM, 17): "udp", (socket.SOCK_DGRAM, 1): "ping",
+          (socket.SOCK_DGRAM, inet_opts.IPPROTO_UDPLITE): "udplite",
           (socket.SOCK_DGRAM, 58): "ping"}
-TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "ping": socket.SOCK_DGRAM, "raw": socket.SOCK_RAW}
+TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "ping": socket.SOCK_DGRAM, "raw": socket.SOCK_RAW,
+           "udplite": socket.SOCK_DGRAM}
+UDPS = ("udp", "udplite")   # (UDP-Lite: UDP whose checksum covers what its socket says, UDPLITE_*_CSCOV)
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
 TCP_CLOSE, TCP_LISTEN = 7, 10
@@ -70,6 +76,34 @@ def _used(s: socket.socket) -> bool:
     reset or refused one keeps its port in getsockname, unbound; no new socket is that)."""
     raw = s.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 144)
     return len(raw) >= 144 and any(struct.unpack_from("=II", raw, 136))
+
+
+SO_PEERNAME = 28
+
+
+def peer_name(s: socket.socket) -> tuple[str, int] | None:
+    """The other end of TCP socket `s`, which a socket whose connection ended (CLOSE) still names to
+    SO_PEERNAME (getpeername says ENOTCONN then); None for one never connected."""
+    size = 16 if s.family == socket.AF_INET else 28
+    try:
+        raw = s.getsockopt(socket.SOL_SOCKET, SO_PEERNAME, size)
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise
+        return None
+    port = struct.unpack_from("!H", raw, 2)[0]
+    if s.family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    return _name((socket.inet_ntop(socket.AF_INET6, raw[8:24]), port, 0, struct.unpack_from("=I", raw, 24)[0]))
+
+
+def error_pending(s: socket.socket) -> bool:
+    """Whether `s` holds an error its program has not read (SO_ERROR would take it; poll's POLLERR
+    only looks)."""
+    import select
+    p = select.poll()
+    p.register(s.fileno(), select.POLLIN)
+    return any(ev & select.POLLERR for _fd, ev in p.poll(0))
 
 
 def _waiting(s: socket.socket) -> bool:
@@ -106,7 +140,7 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
     if proto is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {fam} socket (protocol "
                                         f"{s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}): not supported "
-                                        "(only TCP, UDP, ping and raw)")
+                                        "(only TCP, UDP, UDP-Lite, ping and raw)")
     out = {"family": fam, "proto": proto}
     filt = inet_filter.read(s, d.where)
     if filt is not None:
@@ -122,24 +156,13 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
             out["listen"] = backlog
             if queued:
                 _pending(d, s, out, queued, stopped)
-        elif st != TCP_CLOSE:
-            inet_tcp.precheck(s, st, d.where)
-            if filt is not None:   # (restore sends its peer's segments through it as it makes it)
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection with a socket filter: not supported")
-            peer = _name(s.getpeername())
-            if not _loopback(peer[0]) or not _loopback(host):
-                raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
-                                                "off loopback (a restored network namespace has lo only): not supported")
-            out["peer"], out["peer_port"] = peer
-            out["_alone"] = st == inet_tcp.STATES["CLOSE_WAIT"][0]   # (for `_refuse_lone`)
-            if stopped:
-                out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
-        elif _used(s):
-            raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended (reset, refused or "
-                                            "closed: a new socket cannot be made so): not supported")
+        elif st != TCP_CLOSE or _used(s):
+            _connection(d, s, out, st, host, filt, stopped)
+            if stopped and st == TCP_CLOSE:   # (sock_diag lists an ended one that holds its port: Linux 6.10)
+                out["tcp"]["port_held"] = rec is not None
     else:
         _datagrams(d, s, out, rec, stopped)
-    if rec is None and ("listen" in out or proto == "udp" and "addr" in out):
+    if rec is None and ("listen" in out or proto in UDPS and "addr" in out):
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: sock_diag does not list this {fam} socket (inet_diag, udp_diag "
                                         "not in the kernel?): not supported")
     # (sock_diag lists no unbound socket, nor a bound TCP one that does not listen before Linux 6.10:
@@ -151,12 +174,39 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP listener shut down: not supported")
         out["shutdown"] = rec["shutdown"]
     # (a UDP socket's corked datagram, not sent yet; a listener has no send queue: EINVAL)
-    unsent = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0] if proto == "udp" else 0
-    if unsent:
+    unsent = struct.unpack("i", fcntl.ioctl(s.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0] if proto in UDPS else 0
+    if unsent:   # (no call reads them back)
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: {unsent} bytes not sent yet on the {proto} socket of port "
-                                        f"{port} (UDP_CORK): not supported")
+                                        f"{port} (UDP_CORK): not supported; dump again once the program has sent "
+                                        "them (UDP_CORK off, or a send without MSG_MORE)")
     out["opts"] = inet_opts.read(s, fam, proto)
     return out
+
+
+def _connection(d, s: socket.socket, out: dict, st: int, host: str, filt, stopped: bool) -> None:
+    """A TCP connection (`st` its state), or a socket whose connection ended (CLOSE: closed by FINs
+    both ways, or reset, its error read since; made again as one closed by FINs, inet_tcp): its peer
+    and, once `stopped`, what repair mode reads (inet_tcp.read)."""
+    peer = peer_name(s) if st == TCP_CLOSE else _name(s.getpeername())
+    if peer is None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended and that was disconnected "
+                                        "since (connect to AF_UNSPEC): a new socket cannot be made so: not supported")
+    if st == TCP_CLOSE and error_pending(s):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended holds an error its program "
+                                        "has not read (ECONNRESET, ETIMEDOUT...: only reading it tells which, and that "
+                                        "takes it from the program): not supported; dump again once the program has "
+                                        "read it (SO_ERROR, a read or a write)")
+    inet_tcp.precheck(s, st, d.where)
+    if filt is not None:   # (restore sends its peer's segments through it as it makes it)
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection with a socket filter: not supported")
+    if not _loopback(peer[0]) or not _loopback(host):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
+                                        "off loopback (a restored network namespace has lo only): not supported")
+    out["peer"], out["peer_port"] = peer
+    # (for `_refuse_lone`: a CLOSE_WAIT end may be alone; an ended one is no connection: None)
+    out["_alone"] = None if st == TCP_CLOSE else st == inet_tcp.STATES["CLOSE_WAIT"][0]
+    if stopped:
+        out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
 
 
 def proto_of(s: socket.socket) -> str | None:
@@ -174,12 +224,13 @@ def _datagrams(d, s: socket.socket, out: dict, rec: dict | None, stopped: bool) 
     try:
         peer = _name(s.getpeername())
     except OSError:   # (a ping or raw socket connected to port 0 has no peer name: /proc/net tells it)
-        peer = rec["remote"] if proto != "udp" and rec is not None and rec["state"] == inet_proc.TCP_ESTABLISHED \
+        peer = rec["remote"] if proto not in UDPS and rec is not None and rec["state"] == inet_proc.TCP_ESTABLISHED \
             else None
     if _waiting(s):
-        if proto == "raw":
-            raise FdError(errno.EOPNOTSUPP, f"{where}: packets wait on a raw socket (protocol {out['protocol']}): not "
-                                            "supported; dump again once the program has read them")
+        if proto in ("raw", "udplite"):   # (UDP-Lite's: sent again as UDP's are, their checksum's cover is theirs)
+            what = f"a raw socket (protocol {out['protocol']})" if proto == "raw" else "a UDP-Lite socket"
+            raise FdError(errno.EOPNOTSUPP, f"{where}: packets wait on {what}: not supported; dump again once the "
+                                            "program has read them")
         if proto == "udp" and s.getsockopt(socket.SOL_SOCKET, inet_udp.SO_PEEK_OFF) != -1:   # (ping has none)
             raise FdError(errno.EOPNOTSUPP, f"{where}: UDP datagrams wait on a socket with a peek offset "
                                             "(SO_PEEK_OFF): not supported")
@@ -242,10 +293,11 @@ def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
                       f"{d.where}: inet: {getattr(e, 'strerror', None) or e}") from None
     finally:
         os.close(ns)
-    if out["proto"] == "tcp" and "peer" in out:
+    if out["proto"] == "tcp" and "peer" in out and out["_alone"] is not None:
         d.scratch.setdefault("inet-conns", []).append(
             (netns, end_key(out["addr"], out["port"]), end_key(out["peer"], out["peer_port"]), d.where,
-             out.pop("_alone")))
+             out["_alone"]))
+    out.pop("_alone", None)
     if out.get("queued"):
         d.scratch.setdefault("inet-queues", []).append(
             (netns, end_key(out.get("addr", "0.0.0.0"), out["port"]), out["queued"], d.where))
@@ -280,7 +332,8 @@ def _refuse_lone(conns: list, queues: list) -> set:
         if lst is None:
             raise FdError(errno.EOPNOTSUPP, f"{where}: a TCP connection to {b[0]} port {b[1]} whose other end no "
                                             "process of the tree holds (closed, or waiting in the queue of a "
-                                            "listener the tree does not hold): not supported")
+                                            "listener the tree does not hold): not supported; dump again once "
+                                            "the connection has ended (an ended one is kept)")
         waiting[lst] = waiting.get(lst, 0) + 1
     for lst, (n, where) in lists.items():
         if waiting.get(lst, 0) != n:
@@ -296,7 +349,7 @@ def _finish(objects: dict, entries: list[dict]) -> None:
     makes both; one alone would meet a port nobody holds), or waits in a listener's queue, or is
     an orphan a CLOSE_WAIT end may have."""
     where = lambda e: f"fd {e['fd']} (inet)"   # noqa: E731
-    tcp = [e for e in entries if e.get("kind") == "inet" and "tcp" in e]
+    tcp = [e for e in entries if e.get("kind") == "inet" and "tcp" in e and e["tcp"].get("state") != "CLOSE"]
     key = lambda e: (e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]))   # noqa: E731
     conns = [(*key(e), where(e), e["tcp"].get("state") == "CLOSE_WAIT") for e in tcp]
     queues = [(e["obj"], end_key(e.get("addr", "0.0.0.0"), e["port"]), e["queued"], where(e))
@@ -352,7 +405,7 @@ def _check(e: dict, what: str) -> None:
         _fail(f"{what}: only a TCP socket listens")
     if ("protocol" in e) != (e["proto"] == "raw") or e["proto"] == "raw" and e.get("port", 0):
         _fail(f"{what}: a raw socket, and it alone, names its protocol ('protocol'), and binds no port")
-    if e.get("peer_port") == 0 and e["proto"] in ("tcp", "udp"):
+    if e.get("peer_port") == 0 and e["proto"] in ("tcp", *UDPS):
         _fail(f"{what}: a TCP or UDP peer of port 0")
     if "replies" in e:
         if e["proto"] != "ping":
@@ -422,7 +475,8 @@ def _new(fam: int, proto: str, protocol: int | None, uid: int | None) -> socket.
     itself alone when it is not ours (a raw socket's raises CAP_NET_RAW again, which a nonzero uid
     clears from its effective set)."""
     typ = TYPE_NO[proto]
-    num = protocol if proto == "raw" else inet_ping.PROTO_NO[FAMILIES[fam]] if proto == "ping" else 0
+    num = protocol if proto == "raw" else inet_ping.PROTO_NO[FAMILIES[fam]] if proto == "ping" else \
+        inet_opts.IPPROTO_UDPLITE if proto == "udplite" else 0
     return made_as(uid, lambda: socket.socket(fam, typ, num), raw=proto == "raw", ping=proto == "ping")
 
 
@@ -495,8 +549,11 @@ def _open(r: RestoreFd) -> int:
     spec["later"] = "tcp" in e or "pending" in e   # (we set its options again: `_connect`, `_connect_pending`)
     fd = None
     try:
-        fd = _make_bound(r, spec) if spec.get("port") and "addr" in spec else r.standin("make", spec)[0]
-        if "tcp" in e:
+        if _ended(e):
+            fd = _prepared(r)
+        else:
+            fd = _make_bound(r, spec) if spec.get("port") and "addr" in spec else r.standin("make", spec)[0]
+        if "tcp" in e and not _ended(e):
             _connect(r, fd)
         elif "pending" in e:
             _connect_pending(r, fd)
@@ -513,6 +570,56 @@ def _open(r: RestoreFd) -> int:
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
+
+
+def _ended(e: dict) -> bool:
+    """Whether entry `e` is a TCP socket whose connection ended (CLOSE)."""
+    return e.get("tcp", {}).get("state") == "CLOSE"
+
+
+def _prepare(key: str, obj: dict, holders: list, call) -> list | None:
+    """Before any fd (FdKind.prepare): the sockets of network namespace `key` whose connection ended,
+    each made by a stand-in of its holders (`_make`) and by us in repair mode (inet_tcp.make), reset
+    from its peer's address and let go of (inet_tcp.settle, release), its options set: its port,
+    when it was no bind's, comes from its connect (inet_tcp._autobound), which takes no port a
+    bind holds, a listener's. Returns our fds on them ([] none), in `_prepared`'s care."""
+    made, seen = [], set()
+    try:
+        for e, chan in holders:
+            ident = e.get("desc", id(e))   # (an fd and its dups: one socket)
+            if not _ended(e) or ident in seen:
+                continue
+            seen.add(ident)
+            spec = {**{k: e[k] for k in ("family", "proto", "uid", "opts") if k in e}, "lo": obj["lo"], "later": True}
+            made.append(call(chan, "make", spec)[0])
+            fam = FAMILY_NO[e["family"]]
+            local, peer = _addr(fam, e["addr"], e["port"]), _addr(fam, e["peer"], e["peer_port"])
+            with _borrowed(made[-1]) as s:
+                inet_tcp.make(s, e["tcp"], local, peer, e["opts"].get("v6only", 0))
+                ends = end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"])
+                inet_tcp.settle(s, e["tcp"], *ends)
+                inet_tcp.release(s, e["tcp"], *ends)
+                inet_opts.apply(s, e["opts"])
+    except OSError as err:
+        for fd in made:
+            os.close(fd)
+        raise OSError(err.errno or errno.EIO, f"making the {e['family']} TCP socket {e['addr']} port {e['port']}, "
+                                              f"whose connection ended, again: {err.strerror or err}") from None
+    return made
+
+
+def _prepared(r: RestoreFd) -> int:
+    """A new fd on the socket `_prepare` made for entry r.entry (one whose connection ended): the
+    first not taken yet with its ends."""
+    e = r.entry
+    taken = r.state.setdefault("inet ended taken", set())
+    for fd in r.state.get(e["obj"]) or ():
+        with _borrowed(fd) as s:
+            ends = (s.family, *_name(s.getsockname()), *(peer_name(s) or ()))
+        if fd not in taken and ends == (FAMILY_NO[e["family"]], e["addr"], e["port"], e["peer"], e["peer_port"]):
+            taken.add(fd)
+            return os.dup(fd)
+    raise FdError(errno.EIO, f"{r.where}: the socket whose connection ended was not made before the fds")
 
 
 def _make_bound(r: RestoreFd, spec: dict) -> int:
@@ -666,7 +773,7 @@ def _connect(r: RestoreFd, fd: int) -> None:
         with _borrowed(mine) as s:
             inet_tcp.release(s, e["tcp"], *ends)
             inet_opts.apply(s, e["opts"])
-            if e.get("shutdown"):
+            if e.get("shutdown") and e["tcp"].get("state") != "CLOSE":   # (an ended one's: both, ENOTCONN)
                 s.shutdown(e["shutdown"] - 1)
     what = f"the TCP connection from {e['addr']} port {e['port']} to {e['peer']} port {e['peer_port']}"
     # (every connection settles in repair mode before any leaves it: steps without an order run at -1)
@@ -679,7 +786,8 @@ def _connect(r: RestoreFd, fd: int) -> None:
 # which must be one restore makes (imageformat: own_netns).
 register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, check=_check,
                 check_object=_check_object, standin={"make": _make}, own_netns=True, finish=_finish,
-                deferred=lambda e: "tcp" in e,
+                # (an ended one is not: `_prepare` made it before any fd)
+                deferred=lambda e: "tcp" in e and e["tcp"].get("state") != "CLOSE", prepare=_prepare,
                 ids=lambda e: {"uid": [e["uid"]]} if "uid" in e else {},
                 fields={"family": F(STR), "proto": F(STR),
                         "addr": F(STR, required=False, rule=lambda v: None if len(v) <= 64 else "is too long"),

@@ -1,4 +1,4 @@
-"""What the kernel lists of a network namespace's TCP and UDP sockets (NETLINK_SOCK_DIAG, inet_diag)
+"""What the kernel lists of a network namespace's TCP, UDP and UDP-Lite sockets (NETLINK_SOCK_DIAG, inet_diag)
 that no getsockopt tells: which directions a socket was shut down in (INET_DIAG_SHUTDOWN), by
 inode; read once per network namespace and dump, in a child that joins it. With `info` (the
 snapshot's): each socket's two ends and a TCP socket's bytes not sent yet (tcp_info's
@@ -45,12 +45,18 @@ def _dump(family: int, proto: int, info: bool = False) -> dict[int, dict]:
 
 
 def diag_all(info: bool = False) -> dict[int, dict]:
-    """{inode: {state, rqueue, wqueue, uid, shutdown}} of our network namespace's TCP and UDP
-    sockets; with `info`, local and remote (host, port) too, and a TCP socket's notsent."""
+    """{inode: {state, rqueue, wqueue, uid, shutdown}} of our network namespace's TCP, UDP and
+    UDP-Lite sockets; with `info`, local and remote (host, port) too, and a TCP socket's notsent."""
     out = {}
     for fam in (socket.AF_INET, socket.AF_INET6):
-        for proto in (6, 17):
-            out.update(_dump(fam, proto, info))
+        for proto in (6, 17, 136):
+            try:
+                out.update(_dump(fam, proto, info))
+            except OSError:
+                if proto != 136:
+                    raise
+                # (a kernel without UDP-Lite, or whose udp_diag lacks it: a bound UDP-Lite socket it
+                # does not list is refused, engine/fds/inet.py)
     return out
 
 

@@ -17,8 +17,8 @@ import struct
 from engine.fds import FdError
 
 SOL_SOCKET, IPPROTO_IP, IPPROTO_IPV6, IPPROTO_TCP, IPPROTO_UDP = socket.SOL_SOCKET, 0, 41, 6, 17
-SOL_RAW, IPPROTO_ICMPV6 = 255, 58
-_DGRAM = ("udp", "ping", "raw")
+SOL_RAW, IPPROTO_ICMPV6, IPPROTO_UDPLITE = 255, 58, 136
+_DGRAM = ("udp", "udplite", "ping", "raw")
 # name: (level, option number, "int" or a struct of _STRUCTS, families or None: every one, protocols or None)
 OPTS = {
     "reuseaddr": (SOL_SOCKET, 2, "int", None, None), "reuseport": (SOL_SOCKET, 15, "int", None, None),
@@ -41,7 +41,11 @@ OPTS = {
     "keepidle": (IPPROTO_TCP, 4, "int", None, ("tcp",)), "keepintvl": (IPPROTO_TCP, 5, "int", None, ("tcp",)),
     "keepcnt": (IPPROTO_TCP, 6, "int", None, ("tcp",)), "defer_accept": (IPPROTO_TCP, 9, "int", None, ("tcp",)),
     "user_timeout": (IPPROTO_TCP, 18, "int", None, ("tcp",)), "fastopen": (IPPROTO_TCP, 23, "int", None, ("tcp",)),
-    "udp_cork": (IPPROTO_UDP, 1, "int", None, ("udp",)), "udp_segment": (IPPROTO_UDP, 103, "int", None, ("udp",)),
+    "udp_cork": (IPPROTO_UDP, 1, "int", None, ("udp", "udplite")),
+    "udp_segment": (IPPROTO_UDP, 103, "int", None, ("udp", "udplite")),
+    # how much of each datagram UDP-Lite's checksum covers, sent and required received (0: all)
+    "udplite_send_cscov": (IPPROTO_UDPLITE, 10, "int", None, ("udplite",)),
+    "udplite_recv_cscov": (IPPROTO_UDPLITE, 11, "int", None, ("udplite",)),
     # a datagram socket's (ping's: TTL and errors it reports, path MTU discovery)
     "recvttl": (IPPROTO_IP, 12, "int", ("inet",), _DGRAM), "recvtos": (IPPROTO_IP, 13, "int", ("inet",), _DGRAM),
     "retopts": (IPPROTO_IP, 7, "int", ("inet",), _DGRAM), "recvopts": (IPPROTO_IP, 6, "int", ("inet",), _DGRAM),

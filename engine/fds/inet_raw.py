@@ -14,7 +14,7 @@ import socket
 import struct
 
 IPV6_HDRINCL = 36
-TCP_FIN, TCP_ACK = 0x01, 0x10
+TCP_FIN, TCP_RST, TCP_ACK = 0x01, 0x04, 0x10
 
 
 def _sum(b: bytes) -> int:

@@ -28,6 +28,14 @@ is made with that peer (`orphan_of`, "alone"): made in repair mode from the end'
 first, let go of and closed, an orphan again, answering the end as the first one did (its
 program reads the bytes, then the end; a write meets a reset).
 
+A socket whose connection ended (CLOSE: FINs both ways, or reset and its error read since) is made
+ESTABLISHED in repair mode with its names and unread bytes, then reset from its peer's address
+(`_ended`), as soon as it is made: its program reads the bytes, then the end; a write says EPIPE.
+One whose error was not read yet is refused (engine/fds/inet.py): only SO_ERROR tells which it is,
+and that takes it. The kernel lets go of its port when it ends unless a bind gave it
+(`port_held`): its connect takes it as an unbound socket's (`_autobound`), or a bind gives it where
+the connect cannot (a port a listener's bind holds).
+
 Refused: SYN_SENT and SYN_RECV (a handshake under way), any other end whose peer no process of the
 tree holds (a client waiting in a listener's queue is inet_pending's),
 urgent data, a peek offset (SO_PEEK_OFF), queues over MAX_QUEUE bytes.
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import os
 import socket
 import struct
 
@@ -53,10 +62,15 @@ TCPOPT_MSS, TCPOPT_WINDOW, TCPOPT_SACK_PERM, TCPOPT_TIMESTAMP = 2, 3, 4, 8
 TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE = 1, 2, 4
 SIOCINQ, SIOCOUTQ, SIOCOUTQNSD, SIOCATMARK = 0x541B, 0x5411, 0x894B, 0x8905
 SO_PEEK_OFF, SO_SNDBUFFORCE, SO_RCVBUFFORCE = 42, 32, 33
+IP_BIND_ADDRESS_NO_PORT = 24
 # The states kept: the FINs each has, in which order (restore makes them so).
 # name: (state number, the peer's FIN received, ours sent, ours acknowledged, the peer's first)
 STATES = {"ESTABLISHED": (1, 0, 0, 0, 0), "FIN_WAIT1": (4, 0, 1, 0, 0), "FIN_WAIT2": (5, 0, 1, 1, 0),
-          "CLOSE_WAIT": (8, 1, 0, 0, 1), "LAST_ACK": (9, 1, 1, 0, 1), "CLOSING": (11, 1, 1, 0, 0)}
+          "CLOSE_WAIT": (8, 1, 0, 0, 1), "LAST_ACK": (9, 1, 1, 0, 1), "CLOSING": (11, 1, 1, 0, 0),
+          # (a connection that ended, by FINs or by a reset whose error was read since: made ESTABLISHED,
+          # then reset (`_ended`), its error taken; its sequence numbers are no one's then, a FIN that
+          # came is counted as a byte of its receive queue's)
+          "CLOSE": (7, 0, 0, 0, 0)}
 _BY_NO = {v[0]: k for k, v in STATES.items()}
 MAX_QUEUE = 1 << 24   # bytes per queue (net.ipv4.tcp_rmem's default maximum is 6 MiB)
 _WINDOW = struct.Struct("=5I")   # struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
@@ -78,6 +92,8 @@ CONN = Record("tcp connection", {
     "state": F(STR, required=False, rule=lambda v: None if v in STATES else f"must be one of {sorted(STATES)}"),
     "fin_unsent": F(BOOL, required=False),   # our FIN was not sent yet: it follows the unsent bytes
     "alone": F(BOOL, required=False),   # a CLOSE_WAIT end whose peer is an orphan: made again from it
+    # a CLOSE one still holds its port (bound by bind(), which sock_diag lists from Linux 6.10): made so
+    "port_held": F(BOOL, required=False),
 })
 FIELD = F(DICT, required=False, rule=record(CONN))
 
@@ -142,6 +158,8 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
         write = _int(s, TCP_QUEUE_SEQ) & 0xFFFFFFFF
         unsent = _ioctl(s, SIOCOUTQNSD)
         outq = _ioctl(s, SIOCOUTQ)
+        if name == "CLOSE":   # (what a reset left unacknowledged is never sent nor read: CRIU drops it too)
+            unsent = outq = 0
         fin_unsent = fin_out and unsent > 0   # (our FIN waits behind bytes the peer's window holds back)
         unsent -= fin_unsent
         if fin_out and not acked:
@@ -189,6 +207,9 @@ def check(conn: dict, what: str) -> None:
         _fail(f"{what}: only a FIN sent and not acknowledged may wait behind unsent bytes")
     if conn.get("alone") and conn.get("state") != "CLOSE_WAIT":
         _fail(f"{what}: only a CLOSE_WAIT end is made alone")
+    if "port_held" in conn and conn.get("state") != "CLOSE" or conn.get("state") == "CLOSE" and (
+            conn["sendq"] or conn.get("fin_unsent")):
+        _fail(f"{what}: only an ended connection (CLOSE), whose send queue is empty, says whether it holds its port")
 
 
 def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 0) -> None:
@@ -207,8 +228,9 @@ def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 
         # (a bind to a v6 address sets IPV6_V6ONLY for good, which a socket bound by its connect
         # has off: bound to the port alone, the connect gives it the address routing picks, ::1)
         local = ("::", *local[1:])
-    s.bind(local)          # (repair mode binds beside a listener of the port: SK_FORCE_REUSE)
-    s.connect(peer)        # (repair mode: no SYN, ESTABLISHED at once)
+    if conn.get("state") != "CLOSE" or conn.get("port_held") or not _autobound(s, local, peer):
+        s.bind(local)      # (repair mode binds beside a listener of the port: SK_FORCE_REUSE)
+        s.connect(peer)    # (repair mode: no SYN, ESTABLISHED at once)
     opts = [(TCPOPT_MSS, conn["mss"])]
     if "wscale" in conn:
         opts.append((TCPOPT_WINDOW, conn["wscale"][0] | conn["wscale"][1] << 16))
@@ -228,6 +250,57 @@ def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 
             window[4] = rcv_nxt
     s.setsockopt(SOL_TCP, TCP_REPAIR_WINDOW, _WINDOW.pack(*window))
     s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, NO_QUEUE)
+
+
+def _autobound(s: socket.socket, local: tuple, peer: tuple) -> bool:
+    """Connect `s` (repair mode) to `peer` from `local`, its port chosen by the connect as an unbound
+    socket's is, from its network namespace's ephemeral range narrowed to that port for the connect
+    alone (`_port_range`): the kernel lets go of such a port when the connection ends, of one a bind
+    gave not (`port_held`). False, `s` left to be bound, where the connect cannot take it (a port a
+    bind holds, a listener's; a reserved one): a bind then holds it, as CRIU's restore does."""
+    from engine import forkrun
+    from engine.fds import inet_net
+    ns = inet_net.netns_fd(s.fileno())
+    try:
+        old = forkrun.run(_port_range, ns, [None, local[1], local[1]])
+        try:
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 1)
+            s.bind((local[0], 0, *local[2:]))
+            s.connect(peer)
+        except OSError as e:
+            if e.errno not in (errno.EADDRNOTAVAIL, errno.EADDRINUSE):
+                raise
+            return False
+        finally:   # (the program's own IP_BIND_ADDRESS_NO_PORT comes back with its options)
+            s.setsockopt(socket.IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, 0)
+            forkrun.run(_port_range, ns, old)
+    finally:
+        os.close(ns)
+    if s.getsockname()[1] != local[1]:
+        raise OSError(errno.EIO, f"connected from port {s.getsockname()[1]}, not {local[1]}")
+    return True
+
+
+_PORT_SYSCTLS = ("/proc/sys/net/ipv4/ip_unprivileged_port_start", "/proc/sys/net/ipv4/ip_local_port_range")
+
+
+def _port_range(netns: int, values: list) -> list:
+    """(In a child) set network namespace `netns`'s first unprivileged port and ephemeral port range
+    (low, high) to `values` (the first None: lowered to the range's low end if above it; the kernel
+    keeps it at or below that, so it moves first when it goes down, last when it goes up); returns
+    the old ones."""
+    from engine import kernel
+    kernel.setns(netns, kernel.CLONE_NEWNET)
+    old = []
+    for path in _PORT_SYSCTLS:
+        with open(path) as f:
+            old += [int(x) for x in f.read().split()]
+    if values[0] is None:   # (no lower than it is unless the range goes there)
+        values = [min(values[1], old[0]), *values[1:]]
+    for path in _PORT_SYSCTLS if values[0] < old[0] else _PORT_SYSCTLS[::-1]:
+        with open(path, "w") as f:
+            f.write(" ".join(str(v) for v in (values[:1] if path == _PORT_SYSCTLS[0] else values[1:])))
+    return old
 
 
 def _fins(conn: dict) -> tuple:
@@ -301,12 +374,30 @@ def orphan_of(conn: dict) -> dict:
     return out
 
 
+def _ended(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
+    """End connection `s` (ESTABLISHED, in repair mode) as its peer's reset does, which no packet
+    answers (a FIN would be acknowledged, to a peer that may be an ended socket being made too: its
+    reset would end the peer's making), then take the error the reset left (ECONNRESET): a program
+    reads its bytes, then the end (RCV_SHUTDOWN); a write says EPIPE."""
+    from engine.fds import inet_raw
+    rcv_nxt = (conn["recv_seq"] + len(base64.b64decode(conn["recvq"]))) & 0xFFFFFFFF
+    inet_raw.send(s, [inet_raw.tcp(peer, local, rcv_nxt, conn["send_seq"], inet_raw.TCP_RST | inet_raw.TCP_ACK, 0)])
+    state = s.getsockopt(SOL_TCP, TCP_INFO, 1)[0]
+    err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if state != STATES["CLOSE"][0] or err != errno.ECONNRESET:
+        from engine.fds.inet import TCP_STATES
+        raise OSError(errno.EIO, f"the connection is {TCP_STATES.get(state, state)} (error {err}) once reset, not "
+                                 "CLOSE (error ECONNRESET)")
+
+
 def settle(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
     """Give half-closed connection `s` (`conn` from `local` to `peer`, (address, port) each, an IPv4
     one mapped into IPv6 as IPv4) the FINs it had, as far as repair mode goes (`_closing`): done for
     every connection before any leaves repair mode (`release`), whose first packets would move the
     peer's sequence numbers past those of the segments sent again here."""
-    if "state" in conn:
+    if conn.get("state") == "CLOSE":
+        _ended(s, conn, local, peer)
+    elif "state" in conn:
         _closing(s, conn, local, peer, True)
 
 
