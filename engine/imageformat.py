@@ -86,8 +86,8 @@ _MEMBER = re.compile(r"^sb-[0-9]{1,9}\Z")
 _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}\Z")
 _USERNS_ID = re.compile(r"^user-[0-9]{1,9}\Z")
-# Namespaces a mount may bind (nsfs: `ip netns add`); a mount namespace bound on a file is not made again.
-_BOUND_NS_ID = re.compile(r"^(pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
+# Namespaces a mount may bind (nsfs: `ip netns add`, `unshare --mount=PATH`).
+_BOUND_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
 _LONE_NS_ID = re.compile(r"^net-[0-9]{1,9}\Z")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
@@ -1197,6 +1197,8 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
                   "in it but as the host's, and its superblock records no such lone namespace)")
         if m["root"] != "/":
             _fail(f"{what}: a mount binding a namespace has root /, not {m['root'][:80]!r}")
+        if nsid.startswith("mnt-") and any(x is m for x in (doc["mntns"].get(nsid) or {}).get("mounts", ())):
+            _fail(f"{what}: binds {nsid}, the mount namespace it is in (a loop the kernel refuses)")
 
 
 def _covered(ranges, by) -> int | None:

@@ -167,6 +167,24 @@ def _bindable(mounts) -> list:
     return [m.with_(unbindable=False) if m.unbindable else m for m in mounts]
 
 
+def _copied(mounts) -> list:
+    """`mounts` without what a namespace unshare leaves out of its copy: a mount namespace bound on a
+    file (`unshare --mount=PATH`, root mnt:[N]) and every mount on it (the probe's copy lacks them)."""
+    gone = {m.mnt_id for m in mounts if m.root.startswith("mnt:[")}
+    if not gone:
+        return list(mounts)
+    by_parent: dict[int, list[int]] = {}
+    for m in mounts:
+        by_parent.setdefault(m.parent_id, []).append(m.mnt_id)
+    todo = list(gone)
+    while todo:
+        for c in by_parent.get(todo.pop(), ()):
+            if c not in gone:
+                gone.add(c)
+                todo.append(c)
+    return [m for m in mounts if m.mnt_id not in gone]
+
+
 def _child(pid: int, owner_fd: int | None, proc_fd: int, legacy: bool) -> list[tuple[str, str]]:
     mnt_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
     root_fd = os.open(f"/proc/{pid}/root", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -211,13 +229,14 @@ def probe(pid: int, mounts, canon_text: str) -> dict[str, str] | str:
     Returns a one-line reason (str) instead when the probe cannot tell (the copy's tree differs
     from `canon_text`, which a concurrent mount change would cause)."""
     from engine import topology, userns
-    plain = topology.canonical(_bindable(mounts))
+    kept = _copied(mounts)
+    plain = topology.canonical(_bindable(kept))
     if plain.text != canon_text:
-        # the caller's labels name unbindable mounts: translate the probe's back to them
+        # the caller's labels name unbindable mounts or mount namespace files: translate the probe's back to them
         canon = topology.canonical(mounts)
         if canon.text != canon_text:
             return "lock probe failed: the mounts given differ from their canonical text"
-        relabel = {plain.label(m.mnt_id): canon.label(m.mnt_id) for m in mounts}
+        relabel = {plain.label(m.mnt_id): canon.label(m.mnt_id) for m in kept}
     else:
         relabel = None
     owner = userns.ns_owner_fd(f"/proc/{pid}/ns/mnt")

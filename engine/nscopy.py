@@ -273,6 +273,8 @@ def _twins(orig: list, copy: list) -> tuple:
         m = stack.pop()
         for c in o_children.get(m.mnt_id, ()):
             cid = c_children.get((to_copy[m.mnt_id], c.mountpoint))
+            if cid is None and c.root.startswith("mnt:["):
+                continue   # a mount namespace's file (`unshare --mount=PATH`): a copy leaves it, and what is on it, out
             if cid is None:
                 raise DumpError(errno.EIO, f"mount {c.mnt_id} ({c.mountpoint}) has no twin in the namespace copy")
             to_copy[c.mnt_id] = cid

@@ -41,6 +41,7 @@ import bisect
 import collections
 import contextlib
 import errno
+import functools
 import gc
 import itertools
 import marshal
@@ -152,6 +153,26 @@ def _attr_of(opts: frozenset) -> tuple[int, int]:
     else:
         attr_set |= kernel.MOUNT_ATTR_STRICTATIME
     return attr_set, (_ALL_FLAGS | kernel.MOUNT_ATTR__ATIME) & ~attr_set | kernel.MOUNT_ATTR__ATIME
+
+
+def _one_cpu(doc: dict) -> int | None:
+    """The CPU restore makes mount namespaces on when a mount binds one of them, else None. The kernel
+    binds a mount namespace only in an older one (a larger id: mnt_ns_loop), and since Linux 6.18 a
+    namespace's id comes from a batch of the CPU that made it: made on one CPU, the restored
+    namespaces' ids follow the order restore makes them in, the order of their roots' creation."""
+    if not any(str(m.get("bound_ns", "")).startswith("mnt-") for ns in doc["mntns"].values() for m in ns["mounts"]):
+        return None
+    return min(os.sched_getaffinity(0))
+
+
+def _unshare_on(cpu: int, flags: int) -> None:
+    """unshare(`flags`) run on `cpu`; the caller's CPU affinity given back after."""
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        kernel.unshare(flags)
+    finally:
+        os.sched_setaffinity(0, mask)
 
 
 def _per_mount_sbs(sbs: dict) -> set[str]:
@@ -2064,10 +2085,18 @@ class _Restorer:
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, f"user namespaces: {e.strerror or e}") from None
 
+    @functools.cached_property
+    def one_cpu(self) -> int | None:
+        """The CPU mount namespaces are made on (_one_cpu), or None."""
+        return _one_cpu(self.doc)
+
     def _new_namespace(self, ns_id: str, root: dict, service_fd: int) -> None:
         """A copy of the service namespace, pivoted into `root` (nothing else of it stays)."""
         kernel.setns(service_fd, kernel.CLONE_NEWNS)
-        kernel.unshare(kernel.CLONE_NEWNS)
+        if self.one_cpu is None:
+            kernel.unshare(kernel.CLONE_NEWNS)
+        else:
+            _unshare_on(self.one_cpu, kernel.CLONE_NEWNS)
         self.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
         self.current_ns = ns_id
         self._pivot_into(root)

@@ -148,7 +148,7 @@ def test_lone_uts_namespace_refused(case):
 
 
 def test_mount_namespace_bound_refused(case):
-    """A mount namespace bound on a file: refused with its own line."""
+    """A mount namespace no process of the tree is in, bound on a file: refused with its own line."""
     msg = _refusal(case, "mkdir /run/m; mount --bind /run/m /run/m; mount --make-private /run/m\n"
                          "touch /run/m/mnt\n"
                          # Bound by hand, on each CPU in turn: the kernel refuses (EINVAL) to bind a
@@ -164,8 +164,8 @@ def test_mount_namespace_bound_refused(case):
                          "done\n"
                          "grep -q ' /run/m/mnt ' /proc/self/mountinfo || { echo 'setup: no namespace bound on /run/m/mnt' >&2; exit 1; }\n"
                          "hold\n")
-    assert re.search(r"mount \d+ \(/run/m/mnt\): a mount namespace is bound on it \(nsfs\): mntcr does not restore "
-                     r"a mount namespace bound on a file; unmount it before dump", msg), msg
+    assert re.search(r"mount \d+ \(/run/m/mnt\): a mount namespace no process of the tree is in is bound on it "
+                     r"\(nsfs\): mntcr restores only binds of the tree's mount namespaces; unmount it before dump", msg), msg
 
 
 # A hostile image may not make restore bind a namespace it does not make itself (the restorer's own,
@@ -196,7 +196,10 @@ HOSTILE = {
                                                       r"image does not make"),
     "no such namespace": (_nsfs(bound_ns="net-7"), r"binds namespace net-7, which the image does not make"),
     "none named": (_nsfs(), r"mount \d+ \(/mnt/mq\): a nsfs mount names no namespace it binds"),
-    "a mount namespace": (_nsfs(bound_ns="mnt-0"), r"'bound_ns' must be a namespace id like net-1 \(got 'mnt-0'\)"),
+    "a mount namespace in itself": (_nsfs(bound_ns="mnt-0"), r"mount \d+ \(/mnt/mq\): binds mnt-0, the mount namespace "
+                                                             r"it is in \(a loop the kernel refuses\)"),
+    "a pid namespace as a mount namespace": (_nsfs(bound_ns="mnt-pid-0"), r"'bound_ns' must be a namespace id like "
+                                                                           r"net-1 \(got 'mnt-pid-0'\)"),
     "a root of an inode": (_nsfs(bound_ns="net-1", lone_ns=["net-1"], root="net:[4026531840]"),
                            r"mount \d+: root 'net:\[4026531840\]' is no path; only an external mount may have that"),
     "a lone namespace named as the processes'": (_nsfs(bound_ns="net-0", lone_ns=["net-0"]),
@@ -316,8 +319,8 @@ def test_time_namespace_bound_refused(case):
     """A time namespace bound on a file (`unshare --time=PATH`): refused before the stop, naming the
     kinds mntcr binds again."""
     msg = _refusal(case, "touch /run/u\nunshare --time=/run/u true\nhold\n")
-    assert re.search(r"mount \d+ \(/run/u\): a time namespace is bound on it \(nsfs\): mntcr restores only pid, uts, "
-                     r"ipc, net and cgroup binds; unmount it before dump \(umount /run/u, in the tree's mount "
+    assert re.search(r"mount \d+ \(/run/u\): a time namespace is bound on it \(nsfs\): mntcr restores only mnt, pid, "
+                     r"uts, ipc, net and cgroup binds; unmount it before dump \(umount /run/u, in the tree's mount "
                      r"namespace\)", msg), msg
 
 

@@ -4,7 +4,9 @@
 Every such mount is a bind of one namespace, not of a superblock restore could make: each is made
 from the restored namespace it names (open_tree of an fd on it, then moved into place like any
 bind: `per_mount`, `mount_source`). The image names the namespace by its id (mount `bound_ns`,
-root "/"): a pid, uts, ipc, net or cgroup namespace some process of the tree is in, or a network
+root "/"): a mount, pid, uts, ipc, net or cgroup namespace some process of the tree is in (a mount
+namespace's bind, `unshare --mount=PATH`, lies in an older namespace: restore makes them in order on
+one CPU, engine/restore.py `_one_cpu`; a namespace's copy leaves such binds out), or a network
 namespace no process is in any more that only the bind keeps alive (`ip netns add` alone, the
 superblock's `lone_ns`, a list of ids: restore makes it afresh, engine/netdevs.py `new_netns`). A
 lone namespace's state is a process's namespace's: its own sysctls (manifest `netvars`, IPv6 off as
@@ -13,9 +15,9 @@ compared with a fresh one and given back by engine/netvars.py, engine/netdevs.py
 engine/netfilter.py; the tree's own get theirs there too.
 
 Refused before the stop, with a line saying how to remove the bind: the host's namespace (the
-dumper's), one a process outside the tree is in, a mount, user or time namespace, a lone namespace
-of another kind or one a user namespace of the tree owns, and a lone network namespace that holds
-what a fresh one lacks (an interface, an address, a route, a legacy iptables table: engine/netdevs.py
+dumper's), one a process outside the tree is in, a user or time namespace, a lone namespace of
+another kind (a mount namespace too) or one a user namespace of the tree owns, and a lone network
+namespace that holds what a fresh one lacks (an interface, an address, a route, a legacy iptables table: engine/netdevs.py
 says which) or a firewall rule restore would not make (engine/netfilter.py).
 """
 
@@ -30,8 +32,8 @@ from engine import kernel
 from engine.fs import FsError, FsType, register
 
 _ROOT = re.compile(r"^([a-z_]+):\[([0-9]+)\]\Z")
-# Kinds whose restored namespace restore keeps an fd on (engine/image.py NS_KINDS but mnt).
-KINDS = ("pid", "uts", "ipc", "net", "cgroup")
+# Kinds whose restored namespace restore keeps an fd on (engine/image.py NS_KINDS).
+KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup")
 # Where `ip netns add` binds a network namespace (iproute2's NETNS_RUN_DIR, /var/run a link to /run).
 _NETNS_DIRS = ("/run/netns", "/var/run/netns")
 NS_GET_USERNS = 0xB701
@@ -53,12 +55,11 @@ def refuse(mount, pids) -> str | None:
 
 def _why_not(kind: str, ino: int, pids) -> str | None:
     """Why the bind of namespace `ino` of `kind` cannot be made again (the line's middle), or None."""
-    if kind == "mnt":
-        return ("the tree's mount namespace is bound on it (nsfs): mntcr does not restore a mount namespace bound on "
-                "a file" if any(kernel.ns_ino(p, kind) == ino for p in pids) else
-                "a mount namespace is bound on it (nsfs): mntcr does not restore a mount namespace bound on a file")
+    if kind == "mnt" and not any(kernel.ns_ino(p, kind) == ino for p in pids):
+        return ("a mount namespace no process of the tree is in is bound on it (nsfs): mntcr restores only binds of "
+                "the tree's mount namespaces")
     if kind not in KINDS:
-        return f"a {kind} namespace is bound on it (nsfs): mntcr restores only pid, uts, ipc, net and cgroup binds"
+        return f"a {kind} namespace is bound on it (nsfs): mntcr restores only mnt, pid, uts, ipc, net and cgroup binds"
     if ino == kernel.ns_ino(os.getpid(), kind):
         return (f"the host's {kind} namespace (the dumper's own) is bound on it (nsfs): restore binds only namespaces "
                 "it makes")
