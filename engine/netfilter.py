@@ -9,7 +9,7 @@ nft's JSON like the others.
 Legacy iptables tables (/proc/net/ip_tables_names) are refused by engine/netdevs.py.
 
 Restore makes them, in a child joined to the network namespace it made for the tree (never the
-restorer's own: NetfilterError), after the namespace's devices and before any socket: `nft -j -f -`
+restorer's own: NetfilterError), after the namespace's devices and before any socket: `nft -j -f /proc/self/fd/0`
 then `iptables-nft-restore` / `ip6tables-nft-restore`, each fed on its stdin. An image is
 untrusted and a ruleset is code-like input, so `check` (the validator's rule, which dump applies
 too: a dump that succeeds restores) bounds it: nft's JSON only as objects `OBJECTS` (no command,
@@ -208,7 +208,8 @@ def collect(nets: dict[str, int], netdevs: dict) -> dict[str, dict]:
 def _write_in(fd: int, kept: dict) -> None:
     kernel.setns(fd, kernel.CLONE_NEWNET)
     if kept.get("nft"):
-        _run(["nft", "-j", "-f", "-"], json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}]
+        # (`-f -` makes nft open /dev/stdin, a link a bare /dev lacks; its own fd 0 by /proc is there)
+        _run(["nft", "-j", "-f", "/proc/self/fd/0"], json.dumps({"nftables": [{"metainfo": {"json_schema_version": 1}}]
                                                   + kept["nft"]}).encode())
     for tool in ("iptables", "ip6tables"):
         if kept.get(tool):

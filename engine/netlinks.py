@@ -79,7 +79,7 @@ def _links(fresh: set[str], tree_fds: list[int]) -> tuple[list[dict], dict[int, 
             raise NetlinkError(errno.EOPNOTSUPP, f"interface {name} is of kind {kind or 'unknown'}, which restore "
                                                  f"does not make (only {', '.join(KINDS)}): not supported")
         qdisc = rtnl.text(a.get(rtnl.IFLA_QDISC))
-        if qdisc not in (None, "", "noqueue", "noop") and not (kind == "tun" and qdisc in _default_qdiscs()):
+        if qdisc not in (None, "", "noqueue", "noop") and (kind != "tun" or index in _users_qdiscs()):
             raise NetlinkError(errno.EOPNOTSUPP, f"interface {name} has queueing discipline {qdisc}, which restore "
                                                  "does not make: not supported")
         link = {"name": name, "kind": kind, "index": index, "mtu": rtnl.u32(a.get(rtnl.IFLA_MTU)) or 1500,
@@ -131,14 +131,18 @@ def _bridge_options(link: dict, info: dict[int, bytes]) -> None:
         raise NetlinkError(errno.EOPNOTSUPP, str(e)) from None
 
 
-def _default_qdiscs() -> tuple[str, ...]:
-    """The queueing disciplines the kernel gives a device with a queue (a tun device: a restored one
-    gets the same): net.core.default_qdisc, and mq over several queues."""
-    try:
-        with open("/proc/sys/net/core/default_qdisc") as f:
-            return (f.read().strip(), "mq")
-    except OSError:
-        return ("pfifo_fast", "mq")
+def _users_qdiscs() -> set[int]:
+    """The ifindexes of our namespace's devices that have a queueing discipline the kernel did not
+    attach itself. The kernel's own (a device's default root when it comes up, net.core.default_qdisc
+    or mq over several queues, and mq's per-queue children) have handle 0; one added with tc gets
+    another (its own, or 8001: on). (A restored tun device gets the kernel's default again; the
+    sysctl itself cannot tell: it is shown in the initial network namespace only.)"""
+    out = set()
+    for _t, msg in rtnl.dump(rtnl.RTM_GETQDISC, rtnl.TCMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0)):
+        _fam, index, handle, _parent, _info = rtnl.TCMSG.unpack_from(msg)
+        if handle:
+            out.add(index)
+    return out
 
 
 def _addrs(names: dict[int, str], kept: set[str]) -> list[dict]:

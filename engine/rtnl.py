@@ -1,4 +1,4 @@
-"""rtnetlink from Python: the message headers (nlmsghdr, ifinfomsg, ifaddrmsg, rtmsg, rtgenmsg) and
+"""rtnetlink from Python: the message headers (nlmsghdr, ifinfomsg, ifaddrmsg, rtmsg, tcmsg, rtgenmsg) and
 attributes packed and unpacked with struct, a dump request and a request the kernel acknowledges.
 Each call opens its own NETLINK_ROUTE socket in the caller's network namespace (a child joins the
 namespace first: engine/netlinks.py). The layouts are the kernel's uapi (linux/netlink.h,
@@ -10,13 +10,14 @@ from __future__ import annotations
 import socket
 import struct
 
-__all__ = ["attr", "attrs", "dump", "request", "IFINFO", "IFADDR", "RTMSG"]
+__all__ = ["attr", "attrs", "dump", "request", "IFINFO", "IFADDR", "RTMSG", "TCMSG"]
 
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_DUMP = 1, 4, 0x200, 0x400, 0x300
 RTM_NEWLINK, RTM_GETLINK, RTM_SETLINK = 16, 18, 19
 RTM_NEWADDR, RTM_GETADDR = 20, 22
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
+RTM_GETQDISC = 38
 RTM_GETNSID = 90
 # ifinfomsg attributes (IFLA_*) and those nested in IFLA_LINKINFO (IFLA_INFO_*)
 IFLA_ADDRESS, IFLA_IFNAME, IFLA_MTU, IFLA_LINK, IFLA_QDISC, IFLA_MASTER = 1, 3, 4, 5, 6, 10
@@ -35,6 +36,7 @@ NETNSA_NSID, NETNSA_FD = 1, 3
 IFINFO = struct.Struct("=BxHiII")      # family, type, index, flags, change
 IFADDR = struct.Struct("=BBBBI")       # family, prefixlen, flags, scope, index
 RTMSG = struct.Struct("=BBBBBBBBI")    # family, dst_len, src_len, tos, table, protocol, scope, type, flags
+TCMSG = struct.Struct("=BxxxiIII")     # family, ifindex, handle, parent, info
 _HDR = struct.Struct("=IHHII")         # length, type, flags, seq, port
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -161,6 +162,12 @@ def test_refused_before_the_stop(case, rules, why):
     make: dump refuses in one line before the stop, and the tree keeps running."""
     if "iptables-legacy" in rules and not shutil.which("iptables-legacy"):
         pytest.skip("no iptables-legacy here")
+    if "iptables-legacy" in rules:
+        # (the tree's /usr is a non-recursive bind: a module directory mounted below /usr, as the vm
+        # flavor's guest has, is out of modprobe's reach there; the legacy tables' modules load here)
+        got = subprocess.run(["unshare", "-n", "iptables-legacy", "-L", "-n"], capture_output=True, text=True)
+        if got.returncode:
+            pytest.skip(f"iptables-legacy makes no table here: {(got.stderr.strip().splitlines() or [''])[-1]}")
     pid = case.start(_setup("set -e\n" + rules + "exec \"$@\"\n", watch=True))
     with pytest.raises(CRError, match=why) as e:
         case.dump(pid, case.new_images_dir())
@@ -472,3 +479,22 @@ def test_typical_ruleset_made_again():
     assert "elements = { 10.0.0.0/8, 192.168.1.1 }" in before, before
     netfilter.check_one(kept, "netfilter net-0", set(), fail)
     assert forkrun.run(_write_and_list, kept, unshare_flags=kernel.CLONE_NEWNET) == before
+
+
+def _write_and_list_without_dev_stdin(kept: dict) -> str:
+    from engine import kernel
+    # (the child's own mount namespace: a /dev without the links udev makes, as a bare devtmpfs is)
+    kernel.mount("none", "/dev", "tmpfs", 0)
+    assert not os.path.exists("/dev/stdin")
+    return _write_and_list(kept)
+
+
+def test_ruleset_made_where_dev_has_no_stdin():
+    """Restore makes the nft ruleset where /dev has no stdin link (a guest's bare /dev: nft -f - opens
+    /dev/stdin, which the 7.2 guest of the kernel matrix lacks)."""
+    from engine import forkrun, kernel
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network and mount namespaces)")
+    kept, before = forkrun.run(_make_and_read, _TYPICAL, unshare_flags=kernel.CLONE_NEWNET)
+    got = forkrun.run(_write_and_list_without_dev_stdin, kept, unshare_flags=kernel.CLONE_NEWNET | kernel.CLONE_NEWNS)
+    assert got == before

@@ -169,10 +169,15 @@ assert libc.setns(home, 0x40000000) == 0
                 'fd = os.open("/dev/net/tapctl", os.O_RDWR)\n'
                 'fcntl.ioctl(fd, 0x400454CA, struct.pack("16sH22x", b"tap0", 0x1002)); os.dup2(fd, 10)\n',
      r"fd [0-9]+ \(/dev/net/tapctl\): the tun device \(10:200\) under another name than tun"),
+    # (a queueing discipline added with tc, though of the kind the kernel gives by default: restore's
+    # device would get the kernel's own)
+    ("qdisc", TUN + 'os.dup2(tun("tun0", 0x1), 10)\nsh("ip link set tun0 up; tc qdisc replace dev tun0 root pfifo_fast")\n',
+     r"interface tun0 has queueing discipline pfifo_fast, which restore does not make: not supported"),
 ])
 def test_tun_refused_before_stop(case, what, body, why):
     """A tap of a network namespace no process of the tree is in, one made with IFF_NAPI, one attached
-    through a tun node of another name: refused naming the fd, before the stop."""
+    through a tun node of another name, a tun with a queueing discipline of the user's: refused naming
+    the fd or the device, before the stop."""
     pid = case.start(STOP_WATCH + _in_netns(body))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
