@@ -1689,3 +1689,27 @@ def test_listener_held_only_by_the_child_that_listened(case):
     before, after = case.roundtrip(py_hold(_LISTENS_IN_CHILD + "os.close(20)\n"))
     lines = [line for p in after.snap.procs for line in p.fds if "name='/run/l.sock'" in line]
     assert len(lines) == 1 and "peercred=pid:P1 " in lines[0], lines
+
+
+def test_unix_shutdown_directions_kept(case):
+    """Unix sockets shut down in one direction or both: a stream pair (SHUT_WR on one end: the peer
+    reads EOF), a seqpacket pair (SHUT_RD), a connection through a listener (the accepted end
+    SHUT_RDWR after queueing data), a lone datagram socket (SHUT_WR). The snapshot's "shutdown" lines
+    (sock_diag's sk_shutdown of each) are the same after restore."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); s1.send(b"bye"); s1.shutdown(socket.SHUT_WR)
+q1, q2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET); q1.shutdown(socket.SHUT_RD)
+lst = socket.socket(socket.AF_UNIX); lst.bind("/mnt/t/srv.sock"); lst.listen(4)
+c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv.sock")
+a, _ = lst.accept(); a.send(b"last words"); a.shutdown(socket.SHUT_RDWR)
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.shutdown(socket.SHUT_WR)
+for n, s in enumerate((s1, s2, q1, q2, lst, c, a, d)):
+    os.dup2(s.fileno(), 20 + n); s.close()
+""")
+    before, after = case.roundtrip(setup)
+    shut = sorted(line for line in after.snap.sharing.splitlines() if line.startswith("shutdown "))
+    assert shut == sorted(["shutdown P0:20 wr", "shutdown P0:21 rd", "shutdown P0:22 rd", "shutdown P0:23 wr",
+                           "shutdown P0:25 rdwr", "shutdown P0:26 rdwr", "shutdown P0:27 wr"]), shut

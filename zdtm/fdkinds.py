@@ -347,7 +347,8 @@ def _is_fifo(pid: int, fd: int) -> bool:
 
 def _socket_pairs(by_inode: dict) -> list[str]:
     """Lines "socketpair P0:3 | P1:4" for unix sockets held by the tree that are each other's peers,
-    "connected P1:5 -> P0:3" for one connected to another that is not connected back (sock_diag)."""
+    "connected P1:5 -> P0:3" for one connected to another that is not connected back, "shutdown
+    P0:3 rdwr" for one shut down in a direction (sock_diag)."""
     from engine.fds import unix_diag
     socks = {}
     for (_, ino), members in by_inode.items():
@@ -368,6 +369,10 @@ def _socket_pairs(by_inode: dict) -> list[str]:
     lines = []
     table = diag.get("all", {})
     for ino, members in socks.items():
+        shut = table.get(ino, {}).get("shutdown")
+        if shut:   # (sk_shutdown: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2; a peer's shutdown sets the other's)
+            lines.append(" ".join(["shutdown", *sorted(f"P{i}:{fd}" for i, _, fd, _ in members),
+                                   "rd" * (shut & 1) + "wr" * (shut >> 1 & 1)]))
         peer = table.get(ino, {}).get("peer")
         if peer not in socks:
             continue
