@@ -3,8 +3,8 @@
 `details` reads an fd's kind-specific state through a copy of it (pidfd_getfd:
 the same open file description, read without consuming anything): buffered
 bytes and capacity of a pipe or FIFO, eventfd counter, signalfd mask, timerfd
-clock and interval (and whether it is armed, or fired unread: the time left moves), epoll
-targets, memfd seals and size, a socket's family, type, name and state (and how many fds are in
+clock and interval (and whether it is armed, or fired unread: the time left moves), inotify
+watches and the bytes of events waiting, epoll targets, memfd seals and size, a socket's family, type, name and state (and how many fds are in
 flight on it), the bytes waiting in a pty at each end.
 `sharing` names, per pipe/FIFO and per open file description held by more
 than one fd, which processes (by their index in the sorted snapshot) and fd
@@ -224,7 +224,12 @@ def details(pid: int, fd: int, target: str) -> str:
                 with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                     ws = sorted((int(m[1], 16), m[2]) for m in re.finditer(r"inotify wd:([0-9a-f]+) .*?mask:([0-9a-f]+)",
                                                                          f.read()))
-                return "watches=" + ",".join(f"{wd}:{mask}" for wd, mask in ws)
+                c = _copy(pid, fd)
+                try:   # (the bytes of events waiting to be read: FIONREAD reads none)
+                    queued = _inq(c)
+                finally:
+                    os.close(c)
+                return "watches=" + ",".join(f"{wd}:{mask}" for wd, mask in ws) + f" queued={queued}"
             if target == "anon_inode:[pidfd]":
                 return f"pidfd={info.get('Pid', '?')}"   # a host pid: zdtm/snapshot.py names its process
             if target == "anon_inode:[fanotify]":
