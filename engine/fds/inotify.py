@@ -16,7 +16,15 @@ through that ghost before the ghost is unlinked again.
 
 A watched inode no mount of the process's namespace reaches is looked for
 through the visible mounts of the tree's other namespaces (a runtime's monitor
-watching a file of the container's cgroup). Not done: unread events, watches
+watching a file of the container's cgroup).
+
+Events waiting to be read are refused (before the stop; restore cannot make them happen again in
+their order: making them would reach every other watcher of those files too). The dump's own reads
+of the tree's files (its archive of a tmpfs opens and reads them) queue events on watches of them:
+those are read and dropped before the tree resumes (the queue was empty at the stop); the
+restore's own (a gap's IN_IGNORED, files it opens for other fds) once every fd exists.
+
+Not done: watches
 on a filesystem reachable only beneath an overmount, unless the watching process holds
 something on that mount (`_by_held`: tail -f holds the file it watches), or on a detached mount
 (refused at dump, and before the tree is stopped: `_precheck`). fanotify marks: engine/fds/fanotify.py.
@@ -32,6 +40,7 @@ import re
 import stat
 import struct
 import termios
+import time
 
 from engine.imageformat import GHOST_ID, LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
@@ -42,6 +51,7 @@ from engine.kernel import undeleted
 _WATCH = re.compile(r"^inotify wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) [^\n]*?"
                     r"(?:fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+))?$", re.M)
 MAX_GAP = 4096
+UNREAD_LOOKS = 20   # events waiting before the stop: looked at again this many times, 50 ms apart
 DRAIN_ORDER = (1 << 30) + 1   # (a late step after unix_ghost.CLEANUP_ORDER's: ghosts unlinked again)
 IN_DONT_FOLLOW = 0x02000000
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -398,6 +408,11 @@ def _precheck(d) -> None:
     runs: a watch it changed while we looked is refused only when a second look finds it too."""
     from engine import forkrun
     waiting = queued(d.copy())
+    for _ in range(UNREAD_LOOKS):   # (the process runs: one that reads its events may not have had a CPU yet)
+        if not waiting:
+            break
+        time.sleep(0.05)
+        waiting = queued(d.copy())
     if waiting:
         raise FdError(errno.EOPNOTSUPP, _unread(d, waiting))
     with open(f"/proc/{d.pid}/fdinfo/{d.fd}") as f:
