@@ -156,6 +156,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     watchdogs = [freeze.watchdog(resume)]   # (and one for the processes `settle` stops)
     freeze.stop_in_order(pids)
     ok = False
+    after_reads: list = []   # (engine/fds/ kinds' steps once dump read the tree's files, before it resumes)
     try:
         freeze.wait_stopped(pids)
         # The tree as it is once stopped: a process forked since the look above (a shell's next
@@ -176,7 +177,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
         takes = None if leave_running else []
-        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes, shell_job, ext_veths)
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes, shell_job, ext_veths, after_reads)
         _record_zombies(doc, dead)
         for p in doc["processes"]:
             if p["pid"] not in resume:
@@ -196,10 +197,21 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
             # (the watchdogs with it, waited for at once: nothing is left for it to resume)
             freeze.kill_all(everyone + watchdogs)
         else:
+            _run_after_reads(after_reads)
             freeze.signal_all(resume, signal.SIGCONT)
             freeze.signal_all(watchdogs, signal.SIGKILL)
         for w in watchdogs:
             os.waitpid(w, 0)
+
+
+def _run_after_reads(steps: list) -> None:
+    """Before the tree resumes: each kind's undo of what the dump's own reads of the tree's files did
+    to it (inotify events they queued, engine/fds/inotify.py); a step that fails is told, not fatal."""
+    for what, fn in steps:
+        try:
+            fn()
+        except OSError as e:
+            sys.stderr.write(f"mntcr dump: note: {what}: {e.strerror or e}\n")
 
 
 def _refuse_sessions(tree, dead=(), shell_job: bool = False) -> None:
@@ -481,10 +493,12 @@ class _Dump:
 
 
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None,
-             shell_job: bool = False, ext_veths=None) -> dict:
+             shell_job: bool = False, ext_veths=None, after_reads=None) -> dict:
     """The image document of the stopped tree (archives written through `writer`): the dump
-    algorithm, one step after the other; each step refuses with one line naming what it refuses."""
+    algorithm, one step after the other; each step refuses with one line naming what it refuses.
+    `after_reads` gets the fd kinds' (what, fn) steps to run before the tree resumes."""
     d = _Dump(tree, writer, ext_mnts, ext_devs, ext_files or {}, takes)
+    d.after_reads = [] if after_reads is None else after_reads
     d.shell_job = shell_job
     d.ext_veths = ext_veths or {}
     _inspect_namespaces(d)      # 2. namespaces of each process; mountinfo, roots, cwds, fds per mount namespace
@@ -984,6 +998,7 @@ def _collect_processes(d: _Dump) -> None:
     # the tree's processes (files of /proc/N/ of one, pidfds, fds on its namespaces)
     fdtable.scratch["pids"] = [pid for pid, _ in d.tree]
     fdtable.scratch["user_names"] = d.users.get("ino_name", {})   # its user namespaces' image ids
+    fdtable.scratch["after_reads"] = d.after_reads   # (FdKind.dump: steps run before the tree resumes)
     map_unplaced: list = []
     try:
         d.procs_doc = placement.processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,

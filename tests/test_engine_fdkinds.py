@@ -328,7 +328,8 @@ os.waitpid(kid, 0); os.dup2(gs.fileno(), 22); gs.close()
 
 def test_inotify_watches(case):
     """Watches on a directory and a file of a tmpfs, with a gap in the wds (a watch removed), seen
-    through a bind of a subdirectory too; events after restore reach the restored instance."""
+    through a bind of a subdirectory too; events after restore reach the restored instance, and none
+    of the restore's own (the gap's IN_IGNORED) waits there."""
     setup = """
 mkdir /mnt/t /mnt/b; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d /mnt/t/e; touch /mnt/t/d/f /mnt/t/e/g
 mount --bind /mnt/t/e /mnt/b
@@ -338,6 +339,7 @@ libc = ctypes.CDLL(None)
 i = libc.inotify_init1(os.O_NONBLOCK)
 libc.inotify_add_watch(i, b"/mnt/t/d", 0x100 | 0x200)
 gone = libc.inotify_add_watch(i, b"/mnt/t", 0x2); libc.inotify_rm_watch(i, gone)
+assert len(os.read(i, 4096)) == 16   # (its IN_IGNORED, read: unread events are refused)
 libc.inotify_add_watch(i, b"/mnt/t/d/f", 0x2)
 libc.inotify_add_watch(i, b"/mnt/b/g", 0x4)
 os.dup2(i, 10); os.close(i)
@@ -1689,3 +1691,76 @@ def test_listener_held_only_by_the_child_that_listened(case):
     before, after = case.roundtrip(py_hold(_LISTENS_IN_CHILD + "os.close(20)\n"))
     lines = [line for p in after.snap.procs for line in p.fds if "name='/run/l.sock'" in line]
     assert len(lines) == 1 and "peercred=pid:P1 " in lines[0], lines
+
+
+def test_unix_shutdown_directions_kept(case):
+    """Unix sockets shut down in one direction or both: a stream pair (SHUT_WR on one end: the peer
+    reads EOF), a seqpacket pair (SHUT_RD), a connection through a listener (the accepted end
+    SHUT_RDWR after queueing data), a lone datagram socket (SHUT_WR). The snapshot's "shutdown" lines
+    (sock_diag's sk_shutdown of each) are the same after restore."""
+    setup = """
+mkdir /mnt/t; mount -t tmpfs t /mnt/t
+""" + py_hold("""
+import socket
+s1, s2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM); s1.send(b"bye"); s1.shutdown(socket.SHUT_WR)
+q1, q2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET); q1.shutdown(socket.SHUT_RD)
+lst = socket.socket(socket.AF_UNIX); lst.bind("/mnt/t/srv.sock"); lst.listen(4)
+c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv.sock")
+a, _ = lst.accept(); a.send(b"last words"); a.shutdown(socket.SHUT_RDWR)
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.shutdown(socket.SHUT_WR)
+for n, s in enumerate((s1, s2, q1, q2, lst, c, a, d)):
+    os.dup2(s.fileno(), 20 + n); s.close()
+""")
+    before, after = case.roundtrip(setup)
+    shut = sorted(line for line in after.snap.sharing.splitlines() if line.startswith("shutdown "))
+    assert shut == sorted(["shutdown P0:20 wr", "shutdown P0:21 rd", "shutdown P0:22 rd", "shutdown P0:23 wr",
+                           "shutdown P0:25 rdwr", "shutdown P0:26 rdwr", "shutdown P0:27 wr"]), shut
+
+
+def test_inotify_unread_events_refused_unstopped(case):
+    """inotify events queued and not read (restore cannot make them happen again on the restored
+    instance in their order: other watchers of the same files would see them too): refused naming
+    the fd and the bytes waiting, before the stop."""
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t; touch /mnt/t/f\n" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None)
+i = libc.inotify_init1(os.O_NONBLOCK)
+assert libc.inotify_add_watch(i, b"/mnt/t/f", 0x4) == 1   # IN_ATTRIB
+os.chmod("/mnt/t/f", 0o600)
+os.dup2(i, 10); os.close(i)
+""")
+    _refused_unstopped(case, setup, r"process \d+ fd 10 \(anon_inode:inotify\): inotify events wait to be read "
+                                    r"on it \(16 bytes; restore cannot make them again\): not supported")
+
+
+def test_inotify_dump_and_restore_queue_no_events(case):
+    """CRIU's inotify04 and inotify_system_nodel: every event of watches on tmpfs files and
+    directories (IN_ALL_EVENTS, two instances on one file, one directory watch) while the dump
+    archives the tmpfs, which opens, reads and closes them, and while the restore fills and opens
+    them: the tree dumped with --leave-running has no event to read after it, nor the restored one
+    (the snapshot's queued= bytes)."""
+    setup = "mkdir /mnt/t; mount -t tmpfs t /mnt/t; mkdir /mnt/t/d; echo data > /mnt/t/d/f\n" + py_hold("""
+import ctypes
+libc = ctypes.CDLL(None)
+os.dup2(os.open("/mnt/t/d/f", os.O_RDONLY), 13)   # (a file fd restore opens again: after the watches?)
+for n, path in ((10, b"/mnt/t/d/f"), (11, b"/mnt/t/d/f"), (12, b"/mnt/t/d")):
+    i = libc.inotify_init1(os.O_NONBLOCK)
+    assert libc.inotify_add_watch(i, path, 0xfff) == 1   # IN_ALL_EVENTS
+    os.dup2(i, n); os.close(i)
+""")
+    from zdtm import snapshot
+
+    def snap(pid):   # (the runner's snapshot: enginecase.take also reads fd 13's file, making events)
+        return snapshot.take(pid, timeout=30, ignore_maps_on=("/usr", "/etc"))
+
+    def same(a, b):
+        equal, report = snapshot.compare(a, b)
+        assert equal, report
+
+    pid = case.start(setup)
+    before = snap(pid)
+    assert [line for line in before.procs[0].fds if line.startswith(("10:", "11:", "12:"))] == [
+        f"{n}: anon_inode:inotify flags=4000 pos=0 mnt=detached watches=1:fff queued=0" for n in (10, 11, 12)]
+    case.dump(pid, case.new_images_dir(), ("--leave-running",))
+    same(before, snap(pid))
+    same(before, snap(case.cr(pid)))

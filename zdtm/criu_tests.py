@@ -537,7 +537,12 @@ class _Run:
         # FIFO buffers or socket files. Sockets are not copied: restore binds them again.
         restore_root = os.path.join(self.mounts, "restore-root")
         _mount_root(restore_root)
+        left = _inotify_fds(pid, queued=True)
+        if left:   # (the dump refuses a queue that is not empty: these are its own reads')
+            return self.res("fail", "dump", "the dump left inotify events on the test's " + ", ".join(
+                f"process {p} fd {n} ({b} bytes)" for p, n, b in left))
         criu_env.copy_tree(self.root, restore_root)
+        _drop_copy_events(pid)
         pidfile = os.path.join(self.w, "restored.pid")
         err = _mntcr("restore", ["-D", images, "--root", restore_root, "--external", f"mnt[ZDTM_DEV]:{self.dev}",
                                  *restore_ext, "--pidfile", pidfile, "--devices", "all"],
@@ -602,6 +607,45 @@ class _Run:
                                    stderr=log, timeout=60)
                 except (OSError, subprocess.SubprocessError):
                     pass   # its log says what went wrong; nothing it cleans is needed by the result
+
+
+def _drop_copy_events(pid: int) -> None:
+    """Drop the inotify events our copy of the test's root made on the test's watches (it opened and
+    read the watched files: CRIU's inotify04 found them after the dump): every event waiting on an
+    inotify fd of the tree at `pid`, whose queue was empty at the dump (which refuses one that is
+    not); the test is asleep in test_waitsig and makes none of its own."""
+    from engine.fds import inotify
+    for p, n, copy in _inotify_fds(pid):
+        inotify.drain(copy)
+
+
+def _inotify_fds(pid: int, queued: bool = False) -> list[tuple]:
+    """(pid, fd, our copy) of each inotify fd of the tree at `pid`; with `queued`, (pid, fd, bytes
+    of events waiting) of those with events waiting instead (copies closed)."""
+    from engine.fds import inotify
+    from engine.fds import sys as fsys
+    out = []
+    for p in snapshot.tree_pids(pid):
+        try:
+            fds = [int(n) for n in os.listdir(f"/proc/{p}/fd")
+                   if os.readlink(f"/proc/{p}/fd/{n}") == "anon_inode:inotify"]
+            pidfd = os.pidfd_open(p)
+        except OSError:
+            continue
+        try:
+            for n in fds:
+                copy = fsys.pidfd_getfd(pidfd, n)
+                if not queued:
+                    out.append((p, n, copy))
+                    continue
+                try:
+                    if inotify.queued(copy):
+                        out.append((p, n, inotify.queued(copy)))
+                finally:
+                    os.close(copy)
+        finally:
+            os.close(pidfd)
+    return out
 
 
 def _clear_zdtm_cgroups(scratch: str) -> None:

@@ -3,8 +3,8 @@
 `details` reads an fd's kind-specific state through a copy of it (pidfd_getfd:
 the same open file description, read without consuming anything): buffered
 bytes and capacity of a pipe or FIFO, eventfd counter, signalfd mask, timerfd
-clock and interval (and whether it is armed, or fired unread: the time left moves), epoll
-targets, memfd seals and size, a socket's family, type, name and state (and how many fds are in
+clock and interval (and whether it is armed, or fired unread: the time left moves), inotify
+watches and the bytes of events waiting, epoll targets, memfd seals and size, a socket's family, type, name and state (and how many fds are in
 flight on it), the bytes waiting in a pty at each end.
 `sharing` names, per pipe/FIFO and per open file description held by more
 than one fd, which processes (by their index in the sorted snapshot) and fd
@@ -229,7 +229,12 @@ def details(pid: int, fd: int, target: str) -> str:
                 with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                     ws = sorted((int(m[1], 16), m[2]) for m in re.finditer(r"inotify wd:([0-9a-f]+) .*?mask:([0-9a-f]+)",
                                                                          f.read()))
-                return "watches=" + ",".join(f"{wd}:{mask}" for wd, mask in ws)
+                c = _copy(pid, fd)
+                try:   # (the bytes of events waiting to be read: FIONREAD reads none)
+                    queued = _inq(c)
+                finally:
+                    os.close(c)
+                return "watches=" + ",".join(f"{wd}:{mask}" for wd, mask in ws) + f" queued={queued}"
             if target == "anon_inode:[pidfd]":
                 return f"pidfd={info.get('Pid', '?')}"   # a host pid: zdtm/snapshot.py names its process
             if target == "anon_inode:[fanotify]":
@@ -352,7 +357,8 @@ def _is_fifo(pid: int, fd: int) -> bool:
 
 def _socket_pairs(by_inode: dict) -> list[str]:
     """Lines "socketpair P0:3 | P1:4" for unix sockets held by the tree that are each other's peers,
-    "connected P1:5 -> P0:3" for one connected to another that is not connected back (sock_diag)."""
+    "connected P1:5 -> P0:3" for one connected to another that is not connected back, "shutdown
+    P0:3 rdwr" for one shut down in a direction (sock_diag)."""
     from engine.fds import unix_diag
     socks = {}
     for (_, ino), members in by_inode.items():
@@ -373,6 +379,10 @@ def _socket_pairs(by_inode: dict) -> list[str]:
     lines = []
     table = diag.get("all", {})
     for ino, members in socks.items():
+        shut = table.get(ino, {}).get("shutdown")
+        if shut:   # (sk_shutdown: RCV_SHUTDOWN 1, SEND_SHUTDOWN 2; a peer's shutdown sets the other's)
+            lines.append(" ".join(["shutdown", *sorted(f"P{i}:{fd}" for i, _, fd, _ in members),
+                                   "rd" * (shut & 1) + "wr" * (shut >> 1 & 1)]))
         peer = table.get(ino, {}).get("peer")
         if peer not in socks:
             continue

@@ -39,7 +39,9 @@ class DumpFd:
     pidfd: int           # pidfd of the process (the tree is stopped)
     objects: dict        # the image's "objects", shared by all fds of the dump
     mnt: int = 0         # fdinfo mnt_id
-    # Per-dump caches of the kinds (e.g. sock_diag tables); scratch["takes"]: FdTable's `takes`.
+    # Per-dump caches of the kinds (e.g. sock_diag tables); scratch["takes"]: FdTable's `takes`;
+    # scratch["after_reads"]: (what, fn) steps run once the dump read the tree's files, before the
+    # tree resumes (not when it is killed): undo what those reads did to it (inotify events).
     scratch: dict = field(default_factory=dict)
     in_ns: object = None                          # what the kind's in_ns hook read
     place: Callable | None = None                 # place(abs path, mnt id, what) -> {mnt, path[, detached]}

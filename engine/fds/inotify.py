@@ -16,7 +16,15 @@ through that ghost before the ghost is unlinked again.
 
 A watched inode no mount of the process's namespace reaches is looked for
 through the visible mounts of the tree's other namespaces (a runtime's monitor
-watching a file of the container's cgroup). Not done: unread events, watches
+watching a file of the container's cgroup).
+
+Events waiting to be read are refused (before the stop; restore cannot make them happen again in
+their order: making them would reach every other watcher of those files too). The dump's own reads
+of the tree's files (its archive of a tmpfs opens and reads them) queue events on watches of them:
+those are read and dropped before the tree resumes (the queue was empty at the stop); the
+restore's own (a gap's IN_IGNORED, files it opens for other fds) once every fd exists.
+
+Not done: watches
 on a filesystem reachable only beneath an overmount, unless the watching process holds
 something on that mount (`_by_held`: tail -f holds the file it watches), or on a detached mount
 (refused at dump, and before the tree is stopped: `_precheck`). fanotify marks: engine/fds/fanotify.py.
@@ -26,26 +34,57 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import re
 import stat
+import struct
+import termios
+import time
 
 from engine.imageformat import GHOST_ID, LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
+from engine.fds import sys as fsys
 from engine.kernel import undeleted
 
 # One fdinfo line a watch; the handle is left out when the kernel cannot encode one for the inode.
 _WATCH = re.compile(r"^inotify wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) [^\n]*?"
                     r"(?:fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+))?$", re.M)
 MAX_GAP = 4096
+UNREAD_LOOKS = 20   # events waiting before the stop: looked at again this many times, 50 ms apart
+DRAIN_ORDER = (1 << 30) + 1   # (a late step after unix_ghost.CLEANUP_ORDER's: ghosts unlinked again)
 IN_DONT_FOLLOW = 0x02000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> list[dict]:
-    """In the namespace: [{wd, mask, abs, mnt}] or [{wd, error}] per watch."""
+def _in_ns(hostproc: int, pid: int, fd: int, mounts) -> dict:
+    """In the namespace: {"watches": [{wd, mask, abs, mnt}] or [{wd, error}] per watch, "queued":
+    the bytes of events waiting to be read (before the dump read any file of the tree)}."""
     with open(os.open(f"{pid}/fdinfo/{fd}", os.O_RDONLY, dir_fd=hostproc)) as f:
         text = f.read()
+    return {"watches": _watches(hostproc, pid, fd, mounts, text), "queued": _queued_of(pid, fd)}
+
+
+def _queued_of(pid: int, fd: int) -> int:
+    """The bytes of events waiting on fd `fd` of process `pid` (FIONREAD on a copy reads none)."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        copy = fsys.pidfd_getfd(pidfd, fd)
+    finally:
+        os.close(pidfd)
+    try:
+        return queued(copy)
+    finally:
+        os.close(copy)
+
+
+def queued(fd: int) -> int:
+    """The bytes of events waiting on our inotify fd `fd` (FIONREAD reads none)."""
+    return struct.unpack("i", fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+
+
+def _watches(hostproc: int, pid: int, fd: int, mounts, text: str) -> list[dict]:
+    """[{wd, mask, abs, mnt}] or [{wd, error}] per watch line of fdinfo `text`."""
     out = []
     for m in _WATCH.finditer(text):
         wd, mask, sdev, ino = int(m[1], 16), int(m[4], 16), int(m[3], 16), int(m[2], 16)
@@ -275,8 +314,16 @@ def _within(h: int, path: str, mnt) -> bool:
 
 
 def _dump(d) -> dict:
+    seen = d.in_ns or {"watches": [], "queued": 0}
+    if seen["queued"]:   # (queued between the precheck and the stop)
+        raise FdError(errno.EOPNOTSUPP, _unread(d, seen["queued"]))
+    steps = d.scratch.get("after_reads")
+    if steps is not None:
+        copy, where = os.dup(d.copy()), d.where
+        steps.append((f"{where}: dropping the inotify events of the dump's own reads",
+                      lambda: _drop_dump_events(copy, where)))
     watches = []
-    for w in _located(d, d.in_ns or []):
+    for w in _located(d, seen["watches"]):
         abs_path, deleted = undeleted(w["abs"])
         loc = d.place(abs_path, w["mnt"], f"fd {d.fd} inotify watch {w['wd']}")
         if loc.get("detached"):
@@ -286,6 +333,42 @@ def _dump(d) -> dict:
             watch["_deleted"] = d.where   # (_finish names the ghost of the fd that holds that file)
         watches.append(watch)
     return {"watches": sorted(watches, key=lambda w: w["wd"])}
+
+
+def _unread(d, waiting: int) -> str:
+    return (f"{d.where}: inotify events wait to be read on it ({waiting} bytes; restore cannot make them "
+            "again): not supported")
+
+
+# What reading a file or directory makes (open, read, close), as the dump reads the tree's files:
+# IN_ACCESS, IN_CLOSE_NOWRITE, IN_OPEN.
+READ_EVENTS = (0x1, 0x10, 0x20)
+IN_ISDIR = 0x40000000
+
+
+def _drop_dump_events(copy: int, where: str) -> None:
+    """Before the tree resumes: read (and drop) the events queued on our `copy` (closed here) of an
+    inotify fd whose queue was empty when the tree stopped: the dump's reads of the tree's files
+    made them (archives of its filesystems). An event of another kind was made by someone else
+    while the tree was stopped: told, as it is gone with them."""
+    try:
+        others = 0
+        for _ in range(64):   # (bounded: a writer outside the tree could keep it busy)
+            n = queued(copy)
+            if not n:
+                break
+            data = os.read(copy, n)
+            off = 0
+            while off + 16 <= len(data):
+                _wd, mask, _cookie, ln = struct.unpack_from("iIII", data, off)
+                others += (mask & ~IN_ISDIR) not in READ_EVENTS
+                off += 16 + ln
+        if others:
+            import sys
+            sys.stderr.write(f"mntcr dump: note: {where}: {others} inotify events someone else made while the "
+                             "tree was stopped were dropped with those of the dump's own reads\n")
+    finally:
+        os.close(copy)
 
 
 def _finish(objects: dict, entries: list[dict]) -> None:
@@ -324,17 +407,25 @@ def _precheck(d) -> None:
     in a child that entered the process's namespace (only for an fd with watches). The process
     runs: a watch it changed while we looked is refused only when a second look finds it too."""
     from engine import forkrun
+    waiting = queued(d.copy())
+    for _ in range(UNREAD_LOOKS):   # (the process runs: one that reads its events may not have had a CPU yet)
+        if not waiting:
+            break
+        time.sleep(0.05)
+        waiting = queued(d.copy())
+    if waiting:
+        raise FdError(errno.EOPNOTSUPP, _unread(d, waiting))
     with open(f"/proc/{d.pid}/fdinfo/{d.fd}") as f:
         if "inotify wd:" not in f.read():
             return
     members = (d.scratch.get("members") or {}).get(d.pid) or [d.pid]
     try:
-        _located(d, forkrun.run(_in_own_ns, d.pid, members, d.fd, d.mounts))
+        _located(d, forkrun.run(_in_own_ns, d.pid, members, d.fd, d.mounts)["watches"])
     except FdError:
-        _located(d, forkrun.run(_in_own_ns, d.pid, members, d.fd, d.mounts))
+        _located(d, forkrun.run(_in_own_ns, d.pid, members, d.fd, d.mounts)["watches"])
 
 
-def _in_own_ns(pid: int, members: list[int], fd: int, mounts) -> list[dict]:
+def _in_own_ns(pid: int, members: list[int], fd: int, mounts) -> dict:
     """In a forked child: the in_ns hook for fd `fd` of `pid`, standing at the root of its mount
     namespace as dump's helper stands (`members`: the tree's processes in it)."""
     from engine import nsinspect
@@ -413,10 +504,26 @@ def _open(r: RestoreFd) -> int:
             if wd != w["wd"]:
                 raise OSError(errno.EEXIST, f"inotify watch came back as wd {wd}, not {w['wd']}")
             nxt = wd + 1
+        # The dumped queue was empty (refused otherwise): what waits once every fd exists and every
+        # ghost was unlinked again is the restore's own (a gap's IN_IGNORED, files it opened).
+        copy = os.dup(ifd)
+        r.late.append((f"{r.where}: dropping the events the restore caused", lambda: drain(copy), DRAIN_ORDER))
         return ifd
     except BaseException:
         os.close(ifd)
         raise
+
+
+def drain(fd: int) -> None:
+    """Read and drop every event waiting on our copy `fd` of an inotify fd (closed here)."""
+    try:
+        for _ in range(64):   # (bounded: each read takes what waits)
+            n = queued(fd)
+            if not n:
+                return
+            os.read(fd, n)
+    finally:
+        os.close(fd)
 
 
 def _ghost(r: RestoreFd, w: dict) -> int:

@@ -185,6 +185,8 @@ def _dump_one(d) -> dict:
         if "path" in out and (not k.mutual or k.typ == socket.SOCK_DGRAM):
             _record_bound(k)   # (an accepted end's name is its listener's; a datagram pair end's its own)
         case, detail = case_of(k)
+        if case != "pair" and k.rec.get("shutdown"):
+            out["shut"] = k.rec["shutdown"]   # (a pair's ends: its object's "shut", unix_pair.dump_end)
         if case == "listener":
             return _as_listener(k)
         if case == "embryo":
@@ -596,7 +598,21 @@ def _open(r: RestoreFd) -> int:
         # (a listener's pending connections connect in their queue order)
         r.late.append((f"{r.where}: connecting to {c.get('path') or '(abstract)'}",
                        lambda: _connect(r, mine, c, e.get("sent")), c.get("order", -1)))
+    if e.get("shut"):
+        _shut_late(r, fd, e["shut"])
     return fd
+
+
+def _shut_late(r: RestoreFd, fd: int, bits: int) -> None:
+    """Shut our copy of socket `fd` down in directions `bits` (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2) once
+    it is connected and what it holds was sent again (a datagram to a socket shut for reading fails)."""
+    mine = os.dup(fd)
+    r.keep.append(mine)
+
+    def shut():
+        with socket.socket(fileno=os.dup(mine)) as s:
+            s.shutdown(bits - 1)   # (SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2)
+    r.late.append((f"{r.where}: shutting it down again", shut, unix_ghost.CLEANUP_ORDER - 1))
 
 
 def _name_spec(r: RestoreFd, e: dict) -> tuple[dict, list[int]]:

@@ -4,7 +4,7 @@ restore reads (names, mounts, queues, pending connections, ghosts, senders) is c
 
 from __future__ import annotations
 
-from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record
+from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record, rng
 from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_opts, unix_queue
 
 
@@ -248,4 +248,6 @@ FIELDS = {
     "reached": F(BOOL, required=False),
     "gone": F(LIST, required=False),
     "opts": F(DICT, required=False),   # (engine/fds/unix_opts.py)
+    # The directions a socket that is not a pair's end was shut down in (sk_shutdown: RCV 1, SEND 2).
+    "shut": F(INT, required=False, rule=rng(1, 3)),
 }
