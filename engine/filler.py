@@ -220,7 +220,11 @@ class Filler:
 
     def _recv(self) -> None:
         try:
-            msg, fds = self.pending.recv()
+            try:
+                msg, fds = self.pending.recv()
+            except ConnectionResetError:
+                # It failed with a grant unread: the reset comes first, its error message after it.
+                msg, fds = self.pending.recv()
         except OSError:
             self.pending.reap()
             raise
@@ -240,10 +244,16 @@ class Filler:
             raise OSError(f"superblock helper sent {msg!r}")
 
     def _grant(self, more: int) -> None:
-        """Let the helper send `more` superblocks (while it is still making them)."""
+        """Let the helper send `more` superblocks (while it is still making them). Never more than
+        it will send: it reads every grant before it exits (a socket closed with a message unread
+        makes our next recv fail with ECONNRESET instead of reading its last messages)."""
+        more = min(more, len(self.sids) - self.granted)
         if more > 0 and not self.made:
             self.granted += more
-            self.pending.chan.send(("credit", more))
+            try:
+                self.pending.chan.send(("credit", more))
+            except OSError:
+                pass   # (it is gone: its error, or its death, is what the next recv reports)
 
     def _starved(self) -> bool:
         """Whether the helper has sent all it may: waiting for it needs a grant first."""
