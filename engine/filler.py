@@ -20,9 +20,11 @@ superblocks received but not taken yet, given back as it takes them), and
 extracts the archives that are ready while it waits for more; it holds at most
 `held` superblocks waiting for their files. A restorer that takes out of the
 helper's order (or waits for the files first) grants what that needs: a count
-fixed by the image, never by which process ran ahead. Cloning from a detached superblock mount whose
-files are still arriving is fine: the restorer makes missing directories
-itself (restore.py) and waits for anything else.
+fixed by the image, never by which process ran ahead.
+
+Cloning from a detached superblock mount whose files are still arriving is
+fine: the restorer makes missing directories itself (restore.py) and waits
+for anything else.
 """
 
 from __future__ import annotations
@@ -138,8 +140,8 @@ def _extract(fill, i: int, made: dict, given: dict, last_fill: dict, mount_of: d
              ahead, here: bool, unsent=frozenset()) -> list[str]:
     """Extract archive `fill` (number i) into its superblocks, and make the socket files it left
     out (`sockets`: {(archive, member): records}); close the superblocks it was the last for but
-    those `unsent`, and return them. `ahead`: a content.ReadAhead whose reading of the archive the checks use. In this
-    process when `here` (content.extract: it stays in a private mount namespace)."""
+    those `unsent`, and return them. `ahead`: a content.ReadAhead whose reading of the archive the
+    checks use. In this process when `here` (content.extract: it stays in a private mount namespace)."""
     archive_fd, name, expect, spec, ids = fill
     targets = []
     read = ahead.result(name) if ahead is not None else None
@@ -277,7 +279,12 @@ class Filler:
 
     def poll(self) -> None:
         """Take in what the helper has sent so far, without waiting."""
-        while not self.done and self.pending.chan.ready():
+        while not self.done:
+            try:
+                if not self.pending.chan.ready():
+                    return
+            except ConnectionResetError:
+                pass   # (it failed with a grant unread: its error message follows, _recv reads it)
             self._recv()
 
     def wait(self) -> None:

@@ -112,6 +112,30 @@ def test_a_superblock_taken_out_of_order_is_granted_through():
     assert out["peak"] == 100, out   # all of them at once: every one before it, exactly
 
 
+def _failing_helper() -> str:
+    """In this (forked) process: a helper whose 50th superblock fails, a window of 16 granted back
+    as superblocks are taken; what taking them all says."""
+    hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    plans = _plans(100)
+    plans[50] = ("sb-50", "mntcr-no-such-type", None, [], 0, "superblock 50")
+    f = filler.Filler(plans, [], [], {}, hostproc, window=16)
+    try:
+        for sid, *_ in plans:
+            os.close(f.take(sid))
+            f.poll()
+    except OSError as e:
+        return str(e)
+    return "no error"
+
+
+def test_the_helpers_error_comes_through_its_unread_grants():
+    """The helper fails, maybe with credit messages still unread (that is timing): a socket closed so
+    makes the peer's next recv fail with ECONNRESET before the messages queued for it (a socketpair
+    shows it: reset, then the message). The helper's own line comes through either way."""
+    said = forkrun.run(_failing_helper, unshare_flags=kernel.CLONE_NEWNS)
+    assert "superblock 50: " in said and "No such device" in said, said
+
+
 def _archives(tmp_path, n: int, per: int) -> list[tuple[str, list]]:
     """Archives of `per` superblocks each (sb-I/f reads "data I"), with their fill specs."""
     out = []
