@@ -630,8 +630,7 @@ class _Restorer:
         # Superblock mounts done with while the filling helper still holds them: let go of once it
         # closed its own, so that the last close is ours and goes in a batch (_drop_sb).
         self.after_fill: dict[str, int] = {}
-        room = resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 4 - len(self.mounts) // 4
-        self.after_fill_max = max(_AFTER_FILL, min(4 * _AFTER_FILL, room))
+        self._fill_budget()
         # Ghosts (engine/ghosts.py): unlinked mount roots and files held open after unlinking.
         self.ghost_src: dict[str, int] = {}   # ghost id -> O_PATH fd to clone its mounts from
         # (ghost id, mount, name) -> O_PATH fd its open files on that mount under that name are reopened
@@ -677,6 +676,16 @@ class _Restorer:
         self.wants_yard = chosen.sources == "yard"
         # Superblock and source mounts let go of in batches (a yard's are attached: closed alone).
         self.parking = parking.Parking(not self.wants_yard and features.available()["move_mount(to-detached)"].present)
+
+    def _fill_budget(self) -> None:
+        """The fds the filling helper's superblocks may take, by the fd limit, never by which process
+        runs ahead: kept here until it is done with them (after_fill_max), sent by it and not taken
+        yet (its window), held by it until their files are in (in its own fd table)."""
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        room = soft // 4 - len(self.mounts) // 4
+        self.after_fill_max = max(min(_AFTER_FILL, soft // 8), min(4 * _AFTER_FILL, room))
+        self.fill_window = max(16, min(filler.WINDOW, soft // 8))
+        self.fill_held = max(16, min(filler.HELD, soft // 4))
 
     def start_yard(self) -> None:
         """The yard of sources=yard (see __init__), once the user namespaces exist."""
@@ -1251,7 +1260,8 @@ class _Restorer:
                              None if owner is None else self.users.writer_ids(owner)))
             where = {sid: f"mount {m['id']} ({m['mountpoint']}) on {self.doc['superblocks'][sid]['fstype']}"
                      for sid, m in users.items()}
-            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets, self.ahead)
+            self.filler = filler.Filler(plans, jobs, empties, given, self.hostproc, where, sockets, self.ahead,
+                                        window=self.fill_window, held=self.fill_held)
         finally:
             for fd in afds:
                 os.close(fd)
