@@ -6,6 +6,11 @@ EINVAL), a dump that did not restore."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
+
+import enginecase
 from enginecase import case, py_hold  # noqa: F401  (fixture)
 
 BODY = """
@@ -82,3 +87,23 @@ def test_a_pid_namespace_made_below_the_user_namespace_s_first_process(case):
     pids = [os.readlink(f"/proc/{p.pid}/ns/pid") for p in procs]
     assert pids[2] == pids[1] and pids[3] != pids[2], pids
     assert os.readlink(f"/proc/{procs[2].pid}/ns/pid_for_children") == pids[3]
+
+
+@pytest.mark.parametrize("mutate, pattern", [
+    (lambda p, doc: p.update(pidns_children=p["ns"]["pid"]), r"pidns_children 'pid-\d+' is not below its own"),
+    (lambda p, doc: p.update(pidns_children="pid-999"), r"pidns_children 'pid-999' is no pid namespace a process"),
+], ids=["its-own", "unknown"])
+def test_a_pid_namespace_for_children_the_image_makes_up_is_refused(case, mutate, pattern):
+    """The image's pidns_children must name a pid namespace below the process's own that a process
+    is in (restore joins it through that process): the validator refuses others in one line."""
+    import json
+    from engine import image, imageformat
+    images = case.new_images_dir()
+    case.dump(case.start(PID_SETUP), images)
+    doc = enginecase.load_manifest(images)
+    p = next(q for q in doc["processes"] if "pidns_children" in q)
+    imageformat.validate(json.loads(json.dumps(doc)))
+    mutate(p, doc)
+    with pytest.raises(image.ImageError) as e:
+        imageformat.validate(doc)
+    assert "\n" not in str(e.value) and re.search(pattern, str(e.value)), e.value
