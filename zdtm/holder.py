@@ -82,6 +82,19 @@ zdtm_kopts() { sed 's/,\(uuid\|redirect_dir\|index\|xino\|metacopy\|nfs_export\|
 # /proc/kcore, /proc/acpi, /proc/sysrq-trigger... with a tmpfs or a read-only bind when the
 # kernel has them: Debian's 6.1 guest has /proc/kcore, this host's 6.18 does not), dropped.
 zdtm_kmasks() { grep -v -E '^/(proc/(acpi|asound|kcore|latency_stats|timer_stats|sched_debug|scsi|sysrq-trigger)|sys/devices/virtual/powercap)( |$)' || true; }
+# zdtm_uid UID: a system user's uid (100-999, which Debian gives its packages' users in the
+# order they are installed: memcache was 105 on one machine and 111 on another) as its name in the
+# passwd the check sees; one of the scenarios' subordinate range (1-65535 of a container mapped
+# to 200000-265534) of such a user as sub:NAME. Others as they are.
+zdtm_uid() {
+    if [ "$1" -ge 100 ] 2>/dev/null && [ "$1" -lt 1000 ]; then
+        _n=$(getent passwd "$1" | cut -d: -f1); echo "${_n:-$1}"
+    elif [ "$1" -ge 200099 ] 2>/dev/null && [ "$1" -lt 200999 ]; then
+        _n=$(getent passwd $(($1 - 199999)) | cut -d: -f1); echo "${_n:+sub:}${_n:-$1}"
+    else
+        echo "$1"
+    fi
+}
 # zdtm_host: the host's root device (the source of the container's /usr bind, /dev/sda1 on
 # one machine, /dev/vda on another) becomes HOST, with its type when that precedes it, so
 # that check output naming host binds is the same on every machine.
