@@ -797,6 +797,8 @@ PROCESS = Record("process", {
     # The pid namespace its children go to when not its own (`unshare --pid --fork`), one below its
     # own that a process of the image is in.
     "pidns_children": F(STR, required=False, rule=pattern(_NS_ID, "a pid namespace id pid-N")),
+    # ...or that of its zombie child (a pid), which was init there: the namespace is gone with it.
+    "pidns_children_zombie": F(INT, required=False),
     "seccomp": F(LIST, required=False, rule=_seccomp_rule),
     "loginuid": F(INT, required=False, rule=rng(0, 4294967295)),   # its audit login uid, when not the dumper's
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
@@ -2105,6 +2107,14 @@ def _check_zombies(doc: dict) -> None:
             _fail(f"{what}: 'uid' and 'gid' go together")
         if z.get("pidns_init") and zombies.init_status_problem(z["status"]):
             _fail(f"{what}: {zombies.init_status_problem(z['status'])}")
+    for p in doc["processes"]:
+        want = p.get("pidns_children_zombie")
+        if want is not None and not any(z["pid"] == want and z["ppid"] == p["pid"] and z.get("pidns_init")
+                                         for z in doc.get("zombies") or ()):
+            _fail(f"process {p['pid']}: pidns_children_zombie {want} is no zombie child of it that was init "
+                  "of a pid namespace")
+        if want is not None and "pidns_children" in p:
+            _fail(f"process {p['pid']}: pidns_children and pidns_children_zombie exclude each other")
 
 
 def _check_file_locks(p: dict, procs: dict, what: str) -> None:

@@ -86,10 +86,32 @@ def _pidns_children(pid: int, own: int, names: dict) -> dict:
     if later is None or later == own:
         return {}
     if ("pid", later) not in names:
+        init = _zombie_init_child(pid)
+        if init is not None:
+            # (its init exited and waits for it: `unshare -p -f` whose program ended; restore makes
+            # that zombie init of a pid namespace below its own again, engine/zombies.py)
+            return {"pidns_children_zombie": init}
         raise DumpError(errno.EOPNOTSUPP, f"process {pid}: the pid namespace its children go to holds no process "
                                           "of the tree (`unshare --pid` without --fork, or its init exited): not "
                                           "supported")
     return {"pidns_children": names[("pid", later)]}
+
+
+def _zombie_init_child(pid: int) -> int | None:
+    """The zombie child of `pid` that was init of a pid namespace below its own, if any."""
+    from engine import zombies
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            kids = [int(k) for k in f.read().split()]
+    except OSError:
+        return None
+    for kid in kids:
+        try:
+            if zombies.is_pidns_init(kid, pid):
+                return kid
+        except OSError:
+            continue
+    return None
 
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,

@@ -734,12 +734,14 @@ class _Restorer:
         --fork`) sends its next ones there again: its stand-in's was put back after each fork; now
         that none forks any more, it joins the one its children are in (still privileged)."""
         for p in self.doc["processes"]:
-            if "pidns_children" in p:
+            key = ("pid", p["pidns_children"]) if "pidns_children" in p else \
+                ("zombie pid", p["pidns_children_zombie"]) if "pidns_children_zombie" in p else None
+            if key is not None:
                 try:
-                    self.chans[p["pid"]].call(("pidns_children",), [self.nsfd_of[("pid", p["pidns_children"])]])
+                    self.chans[p["pid"]].call(("pidns_children",), [self.nsfd_of[key]])
                 except OSError as e:
                     raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: its children's pid namespace "
-                                                             f"{p['pidns_children']}: {e.strerror or e}") from None
+                                                             f"{key[1]}: {e.strerror or e}") from None
 
     def _after_spawn(self, by_pid: dict) -> None:
         """Once every live process's stand-in exists: the zombies', the process groups whose leader
@@ -1028,6 +1030,9 @@ class _Restorer:
         if len(new) != 1:
             raise RestoreError(errno.EIO, f"cannot find the stand-in for zombie {z['pid']}")
         self.chans[z["pid"]], self.hostpid[z["pid"]] = ours, new.pop()
+        if z.get("pidns_init"):   # (its namespace, while it lives: its parent's children's, pidns_children)
+            self.nsfd_of[("zombie pid", z["pid"])] = os.open(f"/proc/{self.hostpid[z['pid']]}/ns/pid",
+                                                             os.O_RDONLY | os.O_CLOEXEC)
         self._job(z, parent)
 
     def _end_zombies(self, by_pid: dict) -> None:

@@ -143,6 +143,12 @@ def read(pid: int, ppid: int) -> dict | None:
     return rec
 
 
+def is_pidns_init(pid: int, ppid: int) -> bool:
+    """Whether `pid`, a zombie child of `ppid`, was init of a pid namespace below its parent's."""
+    mine, theirs = _nspid(pid), _nspid(ppid)
+    return _stat(pid)[0] in (b"Z", b"X") and len(mine) == len(theirs) + 1 and mine[-1] == 1
+
+
 def _own_pidns(pid: int, ppid: int, comm: str, nspids: tuple | None = None) -> bool:
     """Whether zombie `pid` was init of a pid namespace of its own, below its parent's (its parent
     unshared one before forking it: `unshare -p -f` whose child exited). One in any other pid
