@@ -385,7 +385,8 @@ def test_half_closed_kept(case):
 
 def test_image_queues_checked(case):
     """The validator bounds waiting datagrams (a loopback sender of the socket's family, base64),
-    a listener's count of waiting connections, a waiting client's bytes, a half-closed state."""
+    a listener's count of waiting connections, a waiting client's bytes, a half-closed state, what
+    only an ended connection says (whether it holds its port)."""
     from tests.enginecase import load_manifest
     from engine import imageformat, image
     imgs = {}
@@ -404,7 +405,8 @@ def test_image_queues_checked(case):
             ("waiting", "pending", lambda f: f["pending"].update(sent="!"), "base64"),
             ("waiting", "pending", lambda f: f.update(listen=4), "'tcp' or 'pending'"),
             ("half", "tcp", lambda f: f["tcp"].update(state="TIME_WAIT"), "must be one of"),
-            ("half", "tcp", lambda f: f["tcp"].update(fin_unsent=True), "FIN sent and not acknowledged")):
+            ("half", "tcp", lambda f: f["tcp"].update(fin_unsent=True), "FIN sent and not acknowledged"),
+            ("half", "tcp", lambda f: f["tcp"].update(port_held=True), "only an ended connection")):
         doc = load_manifest(imgs[name])
         f = next(f for p in doc["processes"] for f in p["fds"] if f.get("kind") == "inet" and has in f
                  and (has != "tcp" or f["tcp"].get("state") == "FIN_WAIT2"))
