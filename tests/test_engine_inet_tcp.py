@@ -118,9 +118,19 @@ l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
 c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept()
 c.send(b"!", socket.MSG_OOB)
 """, r"fd \d+ .*urgent data waiting"),
+    ("""
+import socket, time
+l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen(0)
+c = socket.socket(); c.connect(("127.0.0.1", 7000))   # (its accept queue full now: the next SYN is dropped)
+s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", 7000))
+while s.getsockopt(socket.SOL_TCP, socket.TCP_INFO, 1)[0] != 2:
+    time.sleep(0.05)
+os.dup2(s.fileno(), 10)
+""", r"fd \d+ .*a TCP connection in state SYN_SENT"),
 ])
 def test_refused_before_stop(case, body, why):
-    """A connection with urgent data: refused with one line naming the fd before the stop."""
+    """A connection with urgent data, one whose handshake is under way (SYN_SENT, which has no peer
+    name: checked before it is asked for): refused with one line naming the fd before the stop."""
     pid = case.start(STOP_WATCH + _in_netns(body))
     with pytest.raises(CRError) as err:
         case.dump(pid, case.new_images_dir())
@@ -385,7 +395,8 @@ def test_half_closed_kept(case):
 
 def test_image_queues_checked(case):
     """The validator bounds waiting datagrams (a loopback sender of the socket's family, base64),
-    a listener's count of waiting connections, a waiting client's bytes, a half-closed state."""
+    a listener's count of waiting connections, a waiting client's bytes, a half-closed state, what
+    only an ended connection says (whether it holds its port)."""
     from tests.enginecase import load_manifest
     from engine import imageformat, image
     imgs = {}
@@ -404,7 +415,8 @@ def test_image_queues_checked(case):
             ("waiting", "pending", lambda f: f["pending"].update(sent="!"), "base64"),
             ("waiting", "pending", lambda f: f.update(listen=4), "'tcp' or 'pending'"),
             ("half", "tcp", lambda f: f["tcp"].update(state="TIME_WAIT"), "must be one of"),
-            ("half", "tcp", lambda f: f["tcp"].update(fin_unsent=True), "FIN sent and not acknowledged")):
+            ("half", "tcp", lambda f: f["tcp"].update(fin_unsent=True), "FIN sent and not acknowledged"),
+            ("half", "tcp", lambda f: f["tcp"].update(port_held=True), "only an ended connection")):
         doc = load_manifest(imgs[name])
         f = next(f for p in doc["processes"] for f in p["fds"] if f.get("kind") == "inet" and has in f
                  and (has != "tcp" or f["tcp"].get("state") == "FIN_WAIT2"))

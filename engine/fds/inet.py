@@ -185,8 +185,9 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
 
 def _connection(d, s: socket.socket, out: dict, st: int, host: str, filt, stopped: bool) -> None:
     """A TCP connection (`st` its state), or a socket whose connection ended (CLOSE: closed by FINs
-    both ways, or reset, its error read since; made again as one closed by FINs, inet_tcp): its peer
+    both ways, or reset, its error read since; made again as one reset, inet_tcp): its peer
     and, once `stopped`, what repair mode reads (inet_tcp.read)."""
+    inet_tcp.precheck(s, st, d.where)   # (first: a handshake's socket has no peer name)
     peer = peer_name(s) if st == TCP_CLOSE else _name(s.getpeername())
     if peer is None:
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP socket whose connection ended and that was disconnected "
@@ -196,7 +197,6 @@ def _connection(d, s: socket.socket, out: dict, st: int, host: str, filt, stoppe
                                         "has not read (ECONNRESET, ETIMEDOUT...: only reading it tells which, and that "
                                         "takes it from the program): not supported; dump again once the program has "
                                         "read it (SO_ERROR, a read or a write)")
-    inet_tcp.precheck(s, st, d.where)
     if filt is not None:   # (restore sends its peer's segments through it as it makes it)
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection with a socket filter: not supported")
     if not _loopback(peer[0]) or not _loopback(host):
@@ -582,7 +582,7 @@ def _prepare(key: str, obj: dict, holders: list, call) -> list | None:
     each made by a stand-in of its holders (`_make`) and by us in repair mode (inet_tcp.make), reset
     from its peer's address and let go of (inet_tcp.settle, release), its options set: its port,
     when it was no bind's, comes from its connect (inet_tcp._autobound), which takes no port a
-    bind holds, a listener's. Returns our fds on them ([] none), in `_prepared`'s care."""
+    bind holds, a listener's. Returns our fds on them (None: none), in `_prepared`'s care."""
     made, seen = [], set()
     try:
         for e, chan in holders:
@@ -605,7 +605,7 @@ def _prepare(key: str, obj: dict, holders: list, call) -> list | None:
             os.close(fd)
         raise OSError(err.errno or errno.EIO, f"making the {e['family']} TCP socket {e['addr']} port {e['port']}, "
                                               f"whose connection ended, again: {err.strerror or err}") from None
-    return made
+    return made or None
 
 
 def _prepared(r: RestoreFd) -> int:
