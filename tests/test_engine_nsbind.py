@@ -195,6 +195,7 @@ HOSTILE = {
     "the host's namespace": (_nsfs(bound_ns="net-0"), r"mount \d+ \(/mnt/mq\): binds namespace net-0, which the "
                                                       r"image does not make"),
     "no such namespace": (_nsfs(bound_ns="net-7"), r"binds namespace net-7, which the image does not make"),
+    "no such user namespace": (_nsfs(bound_ns="user-3"), r"binds namespace user-3, which the image does not make"),
     "none named": (_nsfs(), r"mount \d+ \(/mnt/mq\): a nsfs mount names no namespace it binds"),
     "a mount namespace in itself": (_nsfs(bound_ns="mnt-0"), r"mount \d+ \(/mnt/mq\): binds mnt-0, the mount namespace "
                                                              r"it is in \(a loop the kernel refuses\)"),
@@ -320,7 +321,7 @@ def test_time_namespace_bound_refused(case):
     kinds mntcr binds again."""
     msg = _refusal(case, "touch /run/u\nunshare --time=/run/u true\nhold\n")
     assert re.search(r"mount \d+ \(/run/u\): a time namespace is bound on it \(nsfs\): mntcr restores only mnt, pid, "
-                     r"uts, ipc, net and cgroup binds; unmount it before dump \(umount /run/u, in the tree's mount "
+                     r"uts, ipc, net, cgroup and user binds; unmount it before dump \(umount /run/u, in the tree's mount "
                      r"namespace\)", msg), msg
 
 
@@ -362,3 +363,27 @@ def test_external_bind_stands_for_its_namespace_only(case):
     assert re.search(r"mount \d+ \(/run/netns/red\) on nsfs: its files lie outside every external mount of the same "
                      r"filesystem; declare it too with --external", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_user_namespace_binds_restored(case):
+    """User namespaces bound on files: the one the tree runs in (`flatpak run` as root binds it on the
+    sandbox's /run/.userns) and a user namespace of the tree (`unshare -U` bound from its parent):
+    each bound again, the first to the restorer's own, the second to the restored namespace."""
+    from enginecase import HOLD, take, assert_same
+    from zdtm.snapshot import tree_pids
+    setup = f"""
+touch /run/own /run/child
+mount --bind /proc/self/ns/user /run/own
+unshare -U -r {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until [ "$(readlink /proc/$!/ns/user)" != "$(readlink /proc/self/ns/user)" ]; do sleep 0.05; done
+mount --bind /proc/$!/ns/user /run/child
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    binds = _binds(pid)
+    assert binds["/run/own"] == os.readlink("/proc/self/ns/user"), binds
+    assert binds["/run/child"] != binds["/run/own"], binds
+    assert any(os.readlink(f"/proc/{p}/ns/user") == binds["/run/child"] for p in tree_pids(pid)), binds
