@@ -1158,7 +1158,7 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
     procs = [p for p in doc["processes"] if type(p) is dict and type(p.get("ns")) is dict]
     host = {p["ns"].get(k) for p in procs for k in (p.get("host_ns") or ()) if type(k) is str}
     made = {n for p in procs for n in p["ns"].values() if type(n) is str} - host
-    made.update(p["userns"] for p in procs if type(p.get("userns")) is str)
+    made.update(n for n in (doc.get("userns") or {}) if type(n) is str)   # (restore makes each, with its parents)
     if any("userns" not in p for p in procs):
         made.add("user-0")   # (the restorer's own, which such a process is in: binding it grants nothing)
     sbs = doc["superblocks"]

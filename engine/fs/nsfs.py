@@ -71,7 +71,7 @@ def _why_not(kind: str, ino: int, pids) -> str | None:
             return None   # (OWN_USERNS)
         return (f"the host's {kind} namespace (the dumper's own) is bound on it (nsfs): restore binds only namespaces "
                 "it makes")
-    if any(kernel.ns_ino(p, kind) == ino for p in pids):
+    if any(kernel.ns_ino(p, kind) == ino for p in pids) or (kind == "user" and _above_tree(ino, pids)):
         return None
     outside = kernel.ns_outsider(kind, ino, set(pids) | {os.getpid()})
     if outside is not None:
@@ -81,6 +81,27 @@ def _why_not(kind: str, ino: int, pids) -> str | None:
         return (f"a {kind} namespace no process of the tree is in is bound on it (nsfs: one only the bind keeps "
                 "alive): mntcr makes only such network namespaces again")
     return None
+
+
+def _above_tree(ino: int, pids) -> bool:
+    """Whether user namespace `ino` is an ancestor of a user namespace of the tree, one the image keeps
+    though no process is in it (`flatpak run` by a user binds the outer of bwrap's two on
+    /run/.userns: --disable-userns nests the sandbox in a second one)."""
+    from engine import userns
+    for pid in pids:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue   # (gone: dump tells)
+        while fd is not None:
+            try:
+                if os.fstat(fd).st_ino == ino:
+                    return True
+                up = userns.parent_fd(fd)
+            finally:
+                os.close(fd)
+            fd = up
+    return False
 
 
 def _undo(kind: str, mountpoint: str) -> str:
