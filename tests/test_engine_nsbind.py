@@ -316,13 +316,36 @@ hold
         assert any(os.readlink(f"/proc/{p}/ns/{kind}") == binds[path] for p in tree_pids(pid)), (kind, binds)
 
 
-def test_time_namespace_bound_refused(case):
-    """A time namespace bound on a file (`unshare --time=PATH`): refused before the stop, naming the
-    kinds mntcr binds again."""
+def test_lone_time_namespace_bound_refused(case):
+    """A time namespace no process is in, bound on a file (`unshare --time=PATH` of a command that
+    ended): refused before the stop, saying how to remove the bind."""
     msg = _refusal(case, "touch /run/u\nunshare --time=/run/u true\nhold\n")
-    assert re.search(r"mount \d+ \(/run/u\): a time namespace is bound on it \(nsfs\): mntcr restores only mnt, pid, "
-                     r"uts, ipc, net, cgroup and user binds; unmount it before dump \(umount /run/u, in the tree's mount "
-                     r"namespace\)", msg), msg
+    assert re.search(r"mount \d+ \(/run/u\): a time namespace no process of the tree is in is bound on it \(nsfs: "
+                     r"one only the bind keeps alive\): mntcr makes only such network namespaces again; unmount it "
+                     r"before dump \(umount /run/u, in the tree's mount namespace\)", msg), msg
+
+
+def test_time_namespace_bind_restored(case):
+    """`unshare --time=PATH --monotonic N`, then `nsenter --time=PATH` of a process: the time namespace
+    bound on a file is bound again to the restored namespace, which has the process and its offset."""
+    from enginecase import HOLD, take, assert_same
+    from zdtm.snapshot import tree_pids
+    setup = f"""
+touch /run/t
+unshare --time=/run/t --monotonic 5000 true
+nsenter --time=/run/t {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until [ "$(stat -L -c %i /proc/$!/ns/time)" = "$(stat -L -c %i /run/t)" ]; do sleep 0.05; done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    bound = _binds(pid)["/run/t"]
+    inside = [p for p in tree_pids(pid) if os.readlink(f"/proc/{p}/ns/time") == bound]
+    assert inside, (bound, tree_pids(pid))
+    with open(f"/proc/{inside[0]}/timens_offsets") as f:
+        assert re.search(r"^monotonic\s+5000\s", f.read(), re.M)
 
 
 USERNS_SETUP = """

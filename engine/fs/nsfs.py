@@ -4,8 +4,9 @@
 Every such mount is a bind of one namespace, not of a superblock restore could make: each is made
 from the restored namespace it names (open_tree of an fd on it, then moved into place like any
 bind: `per_mount`, `mount_source`). The image names the namespace by its id (mount `bound_ns`,
-root "/"): a mount, pid, uts, ipc, net, cgroup or user namespace some process of the tree is in
-(the user namespace restore runs in when a process of the tree is in the dumper's: OWN_USERNS; a
+root "/"): a mount, pid, uts, ipc, net, cgroup, user or time namespace some process of the tree is
+in (a time namespace also as its children's; the user namespace restore runs in when a process of
+the tree is in the dumper's: OWN_USERNS, and a parent of the tree's user namespaces; a
 mount namespace's bind, `unshare --mount=PATH`, lies in an older namespace: restore makes them in
 order on one CPU, engine/restore.py `_one_cpu`; a namespace's copy leaves such binds out), or a
 network namespace no process is in any more that only the bind keeps alive (`ip netns add` alone,
@@ -17,7 +18,7 @@ engine/netfilter.py; the tree's own get theirs there too.
 
 Refused before the stop, with a line saying how to remove the bind: the host's namespace (the
 dumper's; its user namespace only when no process of the tree is in it), one a process outside the
-tree is in, a time namespace, a lone namespace of another kind (a mount namespace too) or one a
+tree is in, a lone namespace of another kind (a mount namespace too) or one a
 user namespace of the tree owns, and a lone network namespace that holds what a fresh one lacks (an
 interface, an address, a route, a legacy iptables table: engine/netdevs.py says which) or a
 firewall rule restore would not make (engine/netfilter.py).
@@ -34,8 +35,8 @@ from engine import kernel
 from engine.fs import FsError, FsType, register
 
 _ROOT = re.compile(r"^([a-z_]+):\[([0-9]+)\]\Z")
-# Kinds whose restored namespace restore keeps an fd on (engine/image.py NS_KINDS, and user namespaces).
-KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup", "user")
+# Kinds whose restored namespace restore keeps an fd on (engine/image.py NS_KINDS, user and time namespaces).
+KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup", "user", "time")
 # Where `ip netns add` binds a network namespace (iproute2's NETNS_RUN_DIR, /var/run a link to /run).
 _NETNS_DIRS = ("/run/netns", "/var/run/netns")
 NS_GET_USERNS = 0xB701
@@ -65,13 +66,14 @@ def _why_not(kind: str, ino: int, pids) -> str | None:
         return ("a mount namespace no process of the tree is in is bound on it (nsfs): mntcr restores only binds of "
                 "the tree's mount namespaces")
     if kind not in KINDS:
-        return f"a {kind} namespace is bound on it (nsfs): mntcr restores only mnt, pid, uts, ipc, net, cgroup and user binds"
+        return f"a {kind} namespace is bound on it (nsfs): mntcr restores only mnt, pid, uts, ipc, net, cgroup, user and time binds"
     if ino == kernel.ns_ino(os.getpid(), kind):
         if kind == "user" and any(kernel.ns_ino(p, kind) == ino for p in pids):
             return None   # (OWN_USERNS)
         return (f"the host's {kind} namespace (the dumper's own) is bound on it (nsfs): restore binds only namespaces "
                 "it makes")
-    if any(kernel.ns_ino(p, kind) == ino for p in pids) or (kind == "user" and _above_tree(ino, pids)):
+    if any(kernel.ns_ino(p, kind) == ino for p in pids) or (kind == "user" and _above_tree(ino, pids)) or (
+            kind == "time" and any(kernel.ns_ino(p, "time_for_children") == ino for p in pids)):
         return None
     outside = kernel.ns_outsider(kind, ino, set(pids) | {os.getpid()})
     if outside is not None:
