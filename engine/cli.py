@@ -54,7 +54,7 @@ def _add_dump(sub) -> None:
                     "a dumped image file is found automatically, any other device must be declared external), "
                     "nfs and nfs4 (external server), FUSE (its daemon is neither stopped nor dumped: restore "
                     "restarts it with --fuse-restart), nsfs (a namespace of the tree bound on a file, `ip netns add`, "
-                    "`unshare --mount=PATH`: bound again to the restored one; a network namespace only the bind keeps is made afresh). "
+                    "`unshare --mount=PATH`, flatpak's /run/.userns: bound again to the restored one; a network namespace only the bind keeps is made afresh). "
                     "Also files and cwds on lazily unmounted mounts, deleted "
                     "files (ghosts), user namespaces (maps, owners, locked and idmapped mounts), System V IPC objects "
                     "of the tree's ipc namespaces (shared memory, semaphores, message queues) and its POSIX message "

@@ -678,7 +678,9 @@ def _settle_externals(d: _Dump) -> None:
     ns_mounts = {d.mntns_name(ino): data["mounts"] for ino, data in d.ns_data.items()}
     d.plan = _Plan(d.superblocks, d.sb_of_dev, d.mntns_doc, ns_mounts, d.mounts_by_id)
     d.plan.ns_pids = {d.mntns_name(ino): pids for ino, pids in d.by_mntns.items()}
-    d.plan.ns_names = d.names   # (the image's namespace ids: a type module may name one)
+    # (the image's namespace ids, its user and time namespaces' too: a type module may name one)
+    d.plan.ns_names = {**d.names, **{("user", ino): n for ino, n in d.users.get("ino_name", {}).items()},
+                       **{("time", ino): n for ino, n in placement.time_names([p for p, _ in d.tree]).items()}}
     d.plan.netvars, d.plan.net_lo_up = d.netvars, d.net_lo_up   # (one record of a network namespace's state)
     d.plan.netfilter = d.netfilter
 

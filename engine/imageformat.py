@@ -87,7 +87,7 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
 _GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}\Z")
 _USERNS_ID = re.compile(r"^user-[0-9]{1,9}\Z")
 # Namespaces a mount may bind (nsfs: `ip netns add`, `unshare --mount=PATH`).
-_BOUND_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
+_BOUND_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user|time)-[0-9]{1,9}\Z")
 _LONE_NS_ID = re.compile(r"^net-[0-9]{1,9}\Z")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
@@ -1166,6 +1166,11 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
     procs = [p for p in doc["processes"] if type(p) is dict and type(p.get("ns")) is dict]
     host = {p["ns"].get(k) for p in procs for k in (p.get("host_ns") or ()) if type(k) is str}
     made = {n for p in procs for n in p["ns"].values() if type(n) is str} - host
+    made.update(n for n in (doc.get("userns") or {}) if type(n) is str)   # (restore makes each, with its parents)
+    made.update(t["id"] for p in procs for k in ("timens", "timens_children")
+                if type(t := p.get(k)) is dict and type(t.get("id")) is str)
+    if any("userns" not in p for p in procs):
+        made.add("user-0")   # (the restorer's own, which such a process is in: binding it grants nothing)
     sbs = doc["superblocks"]
     binding = per_mount_sbs(sbs)
     seen: set[str] = set()

@@ -114,6 +114,11 @@ def _zombie_init_child(pid: int) -> int | None:
     return None
 
 
+def time_names(pids: list[int]) -> dict[int, str]:
+    """{inode: image id} of the time namespaces of `pids` (tree order) that `processes` records."""
+    return timens.names(pids, timens.ns_ino("self"))
+
+
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
               map_unplaced: list) -> list[dict]:
     """The image's process entries: namespaces, threads, root, cwd, fds (each by its kind) and mapped files.
@@ -121,8 +126,8 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
     detached mounts are added to `map_unplaced` (_place_maps)."""
     procs_doc = []
     used_files: set[str] = set()
-    time_names: dict[int, str] = {}
     my_time = timens.ns_ino("self")
+    time_names = timens.names([pid for pid, _ in tree], my_time)   # (as `time_names` gives them)
     try:
         timens.check_tree([pid for pid, _ in tree], my_time)
     except timens.TimensError as e:

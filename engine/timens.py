@@ -86,6 +86,19 @@ def precheck(pids: list[int]) -> None:
         pass   # (a process gone meanwhile: dump tells)
 
 
+def names(pids: list[int], mine: int | None) -> dict[int, str]:
+    """{inode: image id} of the time namespaces of `pids` (tree order) but ours (`mine`), each
+    process's own then its children's: time-N in the order `read` meets them."""
+    out: dict[int, str] = {}
+    for pid in pids:
+        now, later = _inos(pid)
+        if now is not None and now != mine:
+            out.setdefault(now, f"time-{len(out) + 1}")
+        if later != now:
+            out.setdefault(later, f"time-{len(out) + 1}")
+    return out
+
+
 def read(pid: int, mine: int | None, names: dict[int, str]) -> dict:
     """{"timens": record} of `pid`'s time namespace when it is not ours (`mine`: its inode), and
     {"timens_children": record} of its children's when that is not its own; `names` gives each

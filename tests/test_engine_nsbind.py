@@ -195,6 +195,7 @@ HOSTILE = {
     "the host's namespace": (_nsfs(bound_ns="net-0"), r"mount \d+ \(/mnt/mq\): binds namespace net-0, which the "
                                                       r"image does not make"),
     "no such namespace": (_nsfs(bound_ns="net-7"), r"binds namespace net-7, which the image does not make"),
+    "no such user namespace": (_nsfs(bound_ns="user-3"), r"binds namespace user-3, which the image does not make"),
     "none named": (_nsfs(), r"mount \d+ \(/mnt/mq\): a nsfs mount names no namespace it binds"),
     "a mount namespace in itself": (_nsfs(bound_ns="mnt-0"), r"mount \d+ \(/mnt/mq\): binds mnt-0, the mount namespace "
                                                              r"it is in \(a loop the kernel refuses\)"),
@@ -315,13 +316,36 @@ hold
         assert any(os.readlink(f"/proc/{p}/ns/{kind}") == binds[path] for p in tree_pids(pid)), (kind, binds)
 
 
-def test_time_namespace_bound_refused(case):
-    """A time namespace bound on a file (`unshare --time=PATH`): refused before the stop, naming the
-    kinds mntcr binds again."""
+def test_lone_time_namespace_bound_refused(case):
+    """A time namespace no process is in, bound on a file (`unshare --time=PATH` of a command that
+    ended): refused before the stop, saying how to remove the bind."""
     msg = _refusal(case, "touch /run/u\nunshare --time=/run/u true\nhold\n")
-    assert re.search(r"mount \d+ \(/run/u\): a time namespace is bound on it \(nsfs\): mntcr restores only mnt, pid, "
-                     r"uts, ipc, net and cgroup binds; unmount it before dump \(umount /run/u, in the tree's mount "
-                     r"namespace\)", msg), msg
+    assert re.search(r"mount \d+ \(/run/u\): a time namespace no process of the tree is in is bound on it \(nsfs: "
+                     r"one only the bind keeps alive\): mntcr makes only such network namespaces again; unmount it "
+                     r"before dump \(umount /run/u, in the tree's mount namespace\)", msg), msg
+
+
+def test_time_namespace_bind_restored(case):
+    """`unshare --time=PATH --monotonic N`, then `nsenter --time=PATH` of a process: the time namespace
+    bound on a file is bound again to the restored namespace, which has the process and its offset."""
+    from enginecase import HOLD, take, assert_same
+    from zdtm.snapshot import tree_pids
+    setup = f"""
+touch /run/t
+unshare --time=/run/t --monotonic 5000 true
+nsenter --time=/run/t {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until [ "$(stat -L -c %i /proc/$!/ns/time)" = "$(stat -L -c %i /run/t)" ]; do sleep 0.05; done
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    bound = _binds(pid)["/run/t"]
+    inside = [p for p in tree_pids(pid) if os.readlink(f"/proc/{p}/ns/time") == bound]
+    assert inside, (bound, tree_pids(pid))
+    with open(f"/proc/{inside[0]}/timens_offsets") as f:
+        assert re.search(r"^monotonic\s+5000\s", f.read(), re.M)
 
 
 USERNS_SETUP = """
@@ -362,3 +386,27 @@ def test_external_bind_stands_for_its_namespace_only(case):
     assert re.search(r"mount \d+ \(/run/netns/red\) on nsfs: its files lie outside every external mount of the same "
                      r"filesystem; declare it too with --external", str(err.value)), err.value
     assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_user_namespace_binds_restored(case):
+    """User namespaces bound on files: the one the tree runs in (`flatpak run` as root binds it on the
+    sandbox's /run/.userns) and a user namespace of the tree (`unshare -U` bound from its parent):
+    each bound again, the first to the restorer's own, the second to the restored namespace."""
+    from enginecase import HOLD, take, assert_same
+    from zdtm.snapshot import tree_pids
+    setup = f"""
+touch /run/own /run/child
+mount --bind /proc/self/ns/user /run/own
+unshare -U -r {HOLD} 100000 </dev/null >/dev/null 2>&1 &
+until [ "$(readlink /proc/$!/ns/user)" != "$(readlink /proc/self/ns/user)" ]; do sleep 0.05; done
+mount --bind /proc/$!/ns/user /run/child
+hold
+"""
+    pid = case.start(setup)
+    before = take(pid)
+    pid = case.cr(pid)
+    assert_same(before, take(pid))
+    binds = _binds(pid)
+    assert binds["/run/own"] == os.readlink("/proc/self/ns/user"), binds
+    assert binds["/run/child"] != binds["/run/own"], binds
+    assert any(os.readlink(f"/proc/{p}/ns/user") == binds["/run/child"] for p in tree_pids(pid)), binds

@@ -4,21 +4,24 @@
 Every such mount is a bind of one namespace, not of a superblock restore could make: each is made
 from the restored namespace it names (open_tree of an fd on it, then moved into place like any
 bind: `per_mount`, `mount_source`). The image names the namespace by its id (mount `bound_ns`,
-root "/"): a mount, pid, uts, ipc, net or cgroup namespace some process of the tree is in (a mount
-namespace's bind, `unshare --mount=PATH`, lies in an older namespace: restore makes them in order on
-one CPU, engine/restore.py `_one_cpu`; a namespace's copy leaves such binds out), or a network
-namespace no process is in any more that only the bind keeps alive (`ip netns add` alone, the
-superblock's `lone_ns`, a list of ids: restore makes it afresh, engine/netdevs.py `new_netns`). A
-lone namespace's state is a process's namespace's: its own sysctls (manifest `netvars`, IPv6 off as
-docker turns it off in a container's), its lo up (`net_lo_up`) and its firewall (`netfilter`), read,
-compared with a fresh one and given back by engine/netvars.py, engine/netdevs.py and
+root "/"): a mount, pid, uts, ipc, net, cgroup, user or time namespace some process of the tree is
+in (a time namespace also as its children's; the user namespace restore runs in when a process of
+the tree is in the dumper's: OWN_USERNS, and a parent of the tree's user namespaces; a
+mount namespace's bind, `unshare --mount=PATH`, lies in an older namespace: restore makes them in
+order on one CPU, engine/restore.py `_one_cpu`; a namespace's copy leaves such binds out), or a
+network namespace no process is in any more that only the bind keeps alive (`ip netns add` alone,
+the superblock's `lone_ns`, a list of ids: restore makes it afresh, engine/netdevs.py `new_netns`).
+A lone namespace's state is a process's namespace's: its own sysctls (manifest `netvars`, IPv6 off
+as docker turns it off in a container's), its lo up (`net_lo_up`) and its firewall (`netfilter`),
+read, compared with a fresh one and given back by engine/netvars.py, engine/netdevs.py and
 engine/netfilter.py; the tree's own get theirs there too.
 
 Refused before the stop, with a line saying how to remove the bind: the host's namespace (the
-dumper's), one a process outside the tree is in, a user or time namespace, a lone namespace of
-another kind (a mount namespace too) or one a user namespace of the tree owns, and a lone network
-namespace that holds what a fresh one lacks (an interface, an address, a route, a legacy iptables table: engine/netdevs.py
-says which) or a firewall rule restore would not make (engine/netfilter.py).
+dumper's; its user namespace only when no process of the tree is in it), one a process outside the
+tree is in, a lone namespace of another kind (a mount namespace too) or one a
+user namespace of the tree owns, and a lone network namespace that holds what a fresh one lacks (an
+interface, an address, a route, a legacy iptables table: engine/netdevs.py says which) or a
+firewall rule restore would not make (engine/netfilter.py).
 """
 
 from __future__ import annotations
@@ -32,11 +35,15 @@ from engine import kernel
 from engine.fs import FsError, FsType, register
 
 _ROOT = re.compile(r"^([a-z_]+):\[([0-9]+)\]\Z")
-# Kinds whose restored namespace restore keeps an fd on (engine/image.py NS_KINDS).
-KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup")
+# Kinds whose restored namespace restore keeps an fd on (engine/image.py NS_KINDS, user and time namespaces).
+KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup", "user", "time")
 # Where `ip netns add` binds a network namespace (iproute2's NETNS_RUN_DIR, /var/run a link to /run).
 _NETNS_DIRS = ("/run/netns", "/var/run/netns")
 NS_GET_USERNS = 0xB701
+# The image's id of the user namespace restore runs in (the dumper's at dump), which a process of the
+# tree is in: `flatpak run` as root binds it on the sandbox's /run/.userns. Binding a user namespace's
+# file grants nothing (entering one takes CAP_SYS_ADMIN in it), so restore binds its own.
+OWN_USERNS = "user-0"
 
 
 def refuse(mount, pids) -> str | None:
@@ -59,11 +66,14 @@ def _why_not(kind: str, ino: int, pids) -> str | None:
         return ("a mount namespace no process of the tree is in is bound on it (nsfs): mntcr restores only binds of "
                 "the tree's mount namespaces")
     if kind not in KINDS:
-        return f"a {kind} namespace is bound on it (nsfs): mntcr restores only mnt, pid, uts, ipc, net and cgroup binds"
+        return f"a {kind} namespace is bound on it (nsfs): mntcr restores only mnt, pid, uts, ipc, net, cgroup, user and time binds"
     if ino == kernel.ns_ino(os.getpid(), kind):
+        if kind == "user" and any(kernel.ns_ino(p, kind) == ino for p in pids):
+            return None   # (OWN_USERNS)
         return (f"the host's {kind} namespace (the dumper's own) is bound on it (nsfs): restore binds only namespaces "
                 "it makes")
-    if any(kernel.ns_ino(p, kind) == ino for p in pids):
+    if any(kernel.ns_ino(p, kind) == ino for p in pids) or (kind == "user" and _above_tree(ino, pids)) or (
+            kind == "time" and any(kernel.ns_ino(p, "time_for_children") == ino for p in pids)):
         return None
     outside = kernel.ns_outsider(kind, ino, set(pids) | {os.getpid()})
     if outside is not None:
@@ -73,6 +83,27 @@ def _why_not(kind: str, ino: int, pids) -> str | None:
         return (f"a {kind} namespace no process of the tree is in is bound on it (nsfs: one only the bind keeps "
                 "alive): mntcr makes only such network namespaces again")
     return None
+
+
+def _above_tree(ino: int, pids) -> bool:
+    """Whether user namespace `ino` is an ancestor of a user namespace of the tree, one the image keeps
+    though no process is in it (`flatpak run` by a user binds the outer of bwrap's two on
+    /run/.userns: --disable-userns nests the sandbox in a second one)."""
+    from engine import userns
+    for pid in pids:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue   # (gone: dump tells)
+        while fd is not None:
+            try:
+                if os.fstat(fd).st_ino == ino:
+                    return True
+                up = userns.parent_fd(fd)
+            finally:
+                os.close(fd)
+            fd = up
+    return False
 
 
 def _undo(kind: str, mountpoint: str) -> str:
@@ -129,7 +160,7 @@ class Nsfs(FsType):
         count = sum(1 for k, _ in names if k == "net")
         lone: list[str] = []
         for e, kind, ino, net in self._bound(sid, plan, keep=True):
-            name = names.get((kind, ino))
+            name = names.get((kind, ino)) or (OWN_USERNS if kind == "user" else None)
             if name is None:
                 name = names[(kind, ino)] = f"net-{count}"
                 count += 1
@@ -197,8 +228,14 @@ class Nsfs(FsType):
             os.close(fd)
 
     def mount_source(self, ctx, m: dict, sb: dict, where: str) -> int:
-        """A detached bind of the restored namespace m binds: a process's, or a lone one restore made
-        (engine/netdevs.py `new_netns`)."""
+        """A detached bind of the restored namespace m binds: a process's, a lone one restore made
+        (engine/netdevs.py `new_netns`), or the user namespace restore runs in (OWN_USERNS)."""
+        if m["bound_ns"] == OWN_USERNS:
+            own = os.open("self/ns/user", os.O_RDONLY | os.O_CLOEXEC, dir_fd=ctx.hostproc)
+            try:
+                return kernel.open_tree(own, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH)
+            finally:
+                os.close(own)
         fd = ctx.namespace_fd(m["bound_ns"])
         if fd is None:
             raise FsError(errno.EINVAL, f"{where}: no process of the image is in namespace {m['bound_ns']}")
