@@ -314,11 +314,11 @@ def _within(h: int, path: str, mnt) -> bool:
 
 
 def _dump(d) -> dict:
-    seen = d.in_ns or {"watches": [], "queued": 0}
-    if seen["queued"]:   # (queued between the precheck and the stop)
+    seen = d.in_ns or {"watches": []}
+    if seen.get("queued"):   # (queued between the precheck and the stop)
         raise FdError(errno.EOPNOTSUPP, _unread(d, seen["queued"]))
     steps = d.scratch.get("after_reads")
-    if steps is not None:
+    if steps is not None and seen.get("queued") == 0:   # (known empty once the tree stopped)
         copy, where = os.dup(d.copy()), d.where
         steps.append((f"{where}: dropping the inotify events of the dump's own reads",
                       lambda: _drop_dump_events(copy, where)))
