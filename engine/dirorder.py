@@ -44,6 +44,8 @@ def keep(staging: int, members: list[str]) -> list[str]:
         try:
             if not _reorder(fd, names):
                 wrong.append(parent)
+        except OSError:
+            wrong.append(parent)   # (an order is not worth a failed restore: dirpos checks what needs it)
         finally:
             os.close(fd)
     return wrong
@@ -70,14 +72,14 @@ def _listed(fd: int, names: list[str]) -> list[str]:
 
 
 def _reorder(fd: int, names: list[str]) -> bool:
-    """Make directory `fd` list `names` in that order (True when it does)."""
-    now = _listed(fd, names)
-    if now == names:
-        return True
-    if len(now) != len(names) or _AWAY in names:
-        return False
+    """Make directory `fd` list `names` in that order (True when it does); its times stay tar's."""
     st = os.fstat(fd)
     try:
+        now = _listed(fd, names)
+        if now == names:
+            return True
+        if len(now) != len(names) or _AWAY in names:
+            return False
         # Newest first (it lists the extracted entries reversed): the last one renamed first;
         # else (oldest first) the first one first.
         for order in (names[::-1], names):
@@ -88,4 +90,6 @@ def _reorder(fd: int, names: list[str]) -> bool:
                 return True
         return False
     finally:
-        os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+        now_st = os.fstat(fd)
+        if (now_st.st_atime_ns, now_st.st_mtime_ns) != (st.st_atime_ns, st.st_mtime_ns):
+            os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))

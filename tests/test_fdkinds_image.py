@@ -83,6 +83,15 @@ MUTATIONS = {
                                                       if "kind" not in f).update(live_pid=5),
     "file of a live pid and a gone one": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(
         path="/5/status", live_pid=5, dead_pid=5),
+    "file read part way not a directory": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(
+        type="file", dir_read=1, dir_last="61"),
+    "directory read part way name not hex": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(
+        type="dir", dir_read=1, dir_last="../x"),
+    "directory read part way without its name": lambda d: next(f for f in d["processes"][0]["fds"]
+                                                              if "kind" not in f).update(type="dir", dir_read=3),
+    "directory read part way none in": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(
+        type="dir", dir_read=0, dir_last="61"),
+    "unix shutdown directions": lambda d: _fd(d, "unix").update(shut=4),
     "mapping path": lambda d: d["processes"][0]["maps"][0].update(path="/a/../b"),
     "mapping mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654),
     "mapping ghost": lambda d: d["processes"][0]["maps"][0].update(ghost="g-99"),

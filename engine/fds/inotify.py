@@ -314,11 +314,11 @@ def _within(h: int, path: str, mnt) -> bool:
 
 
 def _dump(d) -> dict:
-    seen = d.in_ns or {"watches": [], "queued": 0}
-    if seen["queued"]:   # (queued between the precheck and the stop)
+    seen = d.in_ns or {"watches": []}
+    if seen.get("queued"):   # (queued between the precheck and the stop)
         raise FdError(errno.EOPNOTSUPP, _unread(d, seen["queued"]))
     steps = d.scratch.get("after_reads")
-    if steps is not None:
+    if steps is not None and seen.get("queued") == 0:   # (known empty once the tree stopped)
         copy, where = os.dup(d.copy()), d.where
         steps.append((f"{where}: dropping the inotify events of the dump's own reads",
                       lambda: _drop_dump_events(copy, where)))
@@ -344,6 +344,7 @@ def _unread(d, waiting: int) -> str:
 # IN_ACCESS, IN_CLOSE_NOWRITE, IN_OPEN.
 READ_EVENTS = (0x1, 0x10, 0x20)
 IN_ISDIR = 0x40000000
+IN_IGNORED = 0x8000
 
 
 def _drop_dump_events(copy: int, where: str) -> None:
@@ -352,7 +353,7 @@ def _drop_dump_events(copy: int, where: str) -> None:
     made them (archives of its filesystems). An event of another kind was made by someone else
     while the tree was stopped: told, as it is gone with them."""
     try:
-        others = 0
+        others, gone = 0, []
         for _ in range(64):   # (bounded: a writer outside the tree could keep it busy)
             n = queued(copy)
             if not n:
@@ -360,13 +361,20 @@ def _drop_dump_events(copy: int, where: str) -> None:
             data = os.read(copy, n)
             off = 0
             while off + 16 <= len(data):
-                _wd, mask, _cookie, ln = struct.unpack_from("iIII", data, off)
-                others += (mask & ~IN_ISDIR) not in READ_EVENTS
+                wd, mask, _cookie, ln = struct.unpack_from("iIII", data, off)
+                if mask == IN_IGNORED:
+                    gone.append(wd)   # (an IN_ONESHOT watch a read of the dump fired: removed)
+                else:
+                    others += (mask & ~IN_ISDIR) not in READ_EVENTS
                 off += 16 + ln
+        import sys
         if others:
-            import sys
             sys.stderr.write(f"mntcr dump: note: {where}: {others} inotify events someone else made while the "
                              "tree was stopped were dropped with those of the dump's own reads\n")
+        if gone:
+            sys.stderr.write(f"mntcr dump: note: {where}: inotify watches {', '.join(map(str, gone))} were "
+                             "removed from the running tree (IN_ONESHOT, or their file gone) while it was stopped; "
+                             "the image has them\n")
     finally:
         os.close(copy)
 
