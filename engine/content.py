@@ -157,9 +157,11 @@ tar, COMMON, last_line = _tar, _COMMON, _last_line
 _private_in: int | None = None   # the pid of the process that left its mount namespace for a private one
 
 
-def _staging(mounts: list[tuple[int, str]]) -> int:
+def _staging(mounts: list[tuple[int, str]], clone: bool = False) -> int:
     """In a private namespace: a tmpfs with each (mount fd, name) attached at name; return its fd.
-    A process makes that namespace once (extract `here`: the filler stages every archive there)."""
+    A process makes that namespace once (extract `here`: the filler stages every archive there).
+    `clone`: attach a clone of each (made, attached and closed one at a time: one fd more, not one
+    per mount) and leave the given fds alone."""
     global _private_in
     if _private_in != os.getpid():   # (a forked child has a pid of its own: it makes its own)
         kernel.unshare(kernel.CLONE_NEWNS)
@@ -169,17 +171,22 @@ def _staging(mounts: list[tuple[int, str]]) -> int:
     # Stacked on "/" of this private namespace: our own lookups of "/usr/bin/tar" still
     # start below it, while /proc/self/fd/STAGING reaches it.
     kernel.move_mount(staging, "", kernel.AT_FDCWD, "/", kernel.MOVE_MOUNT_F_EMPTY_PATH)
-    for mfd, name in mounts:
-        member, _, only = name.partition("/")
-        os.mkdir(member, 0o700, dir_fd=staging)
-        if only:
-            # A mount of one file (or of an unlinked directory): attached on an empty object of
-            # its kind, named as it was, inside the member.
-            if stat.S_ISDIR(os.fstat(mfd).st_mode):
-                os.mkdir(f"{member}/{only}", 0o700, dir_fd=staging)
-            else:
-                os.close(os.open(f"{member}/{only}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=staging))
-        kernel.move_mount(mfd, "", staging, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    for fd, name in mounts:
+        mfd = kernel.open_tree(fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH) if clone else fd
+        try:
+            member, _, only = name.partition("/")
+            os.mkdir(member, 0o700, dir_fd=staging)
+            if only:
+                # A mount of one file (or of an unlinked directory): attached on an empty object of
+                # its kind, named as it was, inside the member.
+                if stat.S_ISDIR(os.fstat(mfd).st_mode):
+                    os.mkdir(f"{member}/{only}", 0o700, dir_fd=staging)
+                else:
+                    os.close(os.open(f"{member}/{only}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600, dir_fd=staging))
+            kernel.move_mount(mfd, "", staging, name, kernel.MOVE_MOUNT_F_EMPTY_PATH)
+        finally:
+            if clone:
+                os.close(mfd)
     return staging
 
 
@@ -527,14 +534,15 @@ def _checked(archive_fd: int, name: str, expect: dict, allowed: set[str], ahead:
 
 
 def _check_and_extract(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
-                       ids: tuple[int, int] | None, ahead: tuple | None) -> None:
+                       ids: tuple[int, int] | None, ahead: tuple | None, clone: bool = False) -> None:
     """The extraction itself, in a process that stays in a private mount namespace (_staging) and,
-    with `ids`, takes them for good: the checks, the staging, tar -x. The targets' fds are closed."""
+    with `ids`, takes them for good: the checks, the staging, tar -x. The targets' fds are closed;
+    with `clone`, they are the caller's directories, cloned one at a time, and stay open."""
     try:
         xattrs, members = _checked(archive_fd, name, expect, {m for _, m in targets}, ahead)
-        staging = _staging(targets)
+        staging = _staging(targets, clone)
     finally:
-        for fd, _ in targets:
+        for fd, _ in () if clone else targets:
             os.close(fd)   # (attached in staging now: tar's spawn has one close action fewer each)
     try:
         os.lseek(archive_fd, 0, os.SEEK_SET)
@@ -572,15 +580,16 @@ def extract(archive_fd: int, name: str, expect: dict, targets: list[tuple[int, s
     it exits (the filler: it only makes detached superblocks and extracts); without `ids` the
     archive is then extracted in this process, not a forked child (10,000 mounts: four children's
     forks and exits, ~10-25 ms each, off the filler's path, which the restorer waits for)."""
+    if here and ids is None:
+        # Each directory cloned as it is staged, after the checks: the fds of one archive's
+        # superblocks (dump puts up to 500 in one) are not all doubled at once.
+        _check_and_extract(targets, archive_fd, name, expect, ids, ahead, clone=True)
+        return
     clones = []
     try:
         for dir_fd, member in targets:
             clones.append((kernel.open_tree(dir_fd, "", kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH), member))
-        if here and ids is None:
-            mine, clones = clones, []   # (closed there, once attached in the staging namespace)
-            _check_and_extract(mine, archive_fd, name, expect, ids, ahead)
-        else:
-            channel.call_in_child(_extract_child, clones, archive_fd, name, expect, ids, ahead)
+        channel.call_in_child(_extract_child, clones, archive_fd, name, expect, ids, ahead)
     finally:
         for fd, _ in clones:
             os.close(fd)
