@@ -30,7 +30,7 @@ fi
 # iputils-ping (scenarios/fds/ping_loop.yaml: ping on ICMP ping sockets; busybox's makes raw ones only),
 # nftables and iptables (nft, iptables-nft-save/-restore: a network namespace's firewall, engine/netfilter.py;
 # nftables' own service is not enabled by its package, and policy-rc.d keeps it from starting),
-# the databases of scenarios/runtimes/app_containers.yaml and scenarios/fds/daemons.yaml (postgresql-15 25 MB,
+# flatpak (scenarios/runtimes/flatpak.yaml), the databases of scenarios/runtimes/app_containers.yaml and scenarios/fds/daemons.yaml (postgresql-15 25 MB,
 # mariadb-server 100 MB with its client).
 pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3 squashfuse
       erofs-utils dosfstools exfatprogs f2fs-tools nfs-kernel-server
@@ -40,7 +40,7 @@ pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squash
       buildah charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns docker-compose lxd distrobox podman-toolbox tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
       nginx lighttpd redis-server screen sqlite3 inotify-tools curl gcc make libc6-dev
       openssh-server memcached haproxy dnsmasq-base rsyslog apache2 supervisor runit prometheus-node-exporter
-      iputils-ping nftables iptables postgresql-15 mariadb-server)
+      iputils-ping nftables iptables postgresql-15 mariadb-server flatpak)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then
