@@ -103,6 +103,21 @@ while True:
 """
 
 
+def userns_setup(flags: int, body: str, uid_map: str = "0 20000 20000", gid_map: str = "0 400000 50000",
+                 ready: str | None = None) -> str:
+    """A setup whose Python process unshares a user namespace with `flags` (CLONE_NEW*), gets the
+    maps from the setup's shell, takes root there, then runs `body` (`libc` is loaded) and holds;
+    the shell waits for the file `ready` (made by the body) before it holds."""
+    code = ("import ctypes, time\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"assert libc.unshare(0x10000000 | {flags:#x}) == 0\n"
+            "open('/tmp/unshared', 'w').close()\n"
+            "while not os.path.exists('/tmp/mapped'):\n    time.sleep(0.05)\n"
+            "os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)\n" + body)
+    return ("(" + py_hold(code).strip() + ") </dev/null >/dev/null 2>&1 &\nwait_for /tmp/unshared\n"
+            f'echo "{uid_map}" > /proc/$!/uid_map; echo "{gid_map}" > /proc/$!/gid_map; touch /tmp/mapped\n'
+            + (f"wait_for {ready}\n" if ready else "") + "hold\n")
+
+
 def py_hold(body: str) -> str:
     """A setup line that execs python3 running `body` (which may open fds), then holding."""
     code = "import os\n" + body + _PY_HOLD_TAIL

@@ -11,29 +11,15 @@ import re
 import pytest
 
 import enginecase
-from enginecase import case, py_hold  # noqa: F401  (fixture)
+from enginecase import case, userns_setup  # noqa: F401  (fixture)
 
-BODY = """
-import ctypes, time
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.unshare(0x10000000 | 0x20000000 | 0x00020000) == 0   # CLONE_NEWUSER | NEWPID | NEWNS
-open("/tmp/unshared", "w").close()
-while not os.path.exists("/tmp/mapped"):
-    time.sleep(0.05)
-os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
-if os.fork() == 0:          # pid 1 of the new pid namespace
+SETUP = userns_setup(0x20000000 | 0x00020000, """
+if os.fork() == 0:          # pid 1 of the new pid namespace (CLONE_NEWPID | NEWNS)
     if os.fork() == 0:      # its child: no namespace of its own
         if os.fork() == 0:  # the grandchild: a network namespace of the user namespace's
             assert libc.unshare(0x40000000) == 0   # CLONE_NEWNET
             open("/tmp/netns-made", "w").close()
-"""
-
-SETUP = "(" + py_hold(BODY).strip() + ") </dev/null >/dev/null 2>&1 &\n" + """
-wait_for /tmp/unshared
-echo "0 20000 20000" > /proc/$!/uid_map; echo "0 400000 50000" > /proc/$!/gid_map; touch /tmp/mapped
-wait_for /tmp/netns-made
-hold
-"""
+""", ready="/tmp/netns-made")
 
 
 def _net(pid: int) -> str:
@@ -55,27 +41,13 @@ def test_grandchild_makes_a_network_namespace_inside_the_user_namespace(case):
 # namespace for its own child. Its stand-in, in the user namespace, which does not own the pid
 # namespace the stand-in is in, unshared a pid namespace for the grandchild's stand-in and could
 # not put its own back: "setns: Operation not permitted", a dump that did not restore.
-PID_BODY = """
-import ctypes, time
-libc = ctypes.CDLL(None, use_errno=True)
-assert libc.unshare(0x10000000) == 0   # CLONE_NEWUSER
-open("/tmp/unshared", "w").close()
-while not os.path.exists("/tmp/mapped"):
-    time.sleep(0.05)
-os.setresgid(0, 0, 0); os.setresuid(0, 0, 0)
+PID_SETUP = userns_setup(0, """
 assert libc.unshare(0x04000000 | 0x00020000) == 0   # CLONE_NEWUTS | CLONE_NEWNS
 if os.fork() == 0:              # the child: a pid namespace for its children
     assert libc.unshare(0x20000000) == 0
     if os.fork() == 0:          # pid 1 there
         open("/tmp/pidns-made", "w").close()
-"""
-
-PID_SETUP = "(" + py_hold(PID_BODY).strip() + ") </dev/null >/dev/null 2>&1 &\n" + """
-wait_for /tmp/unshared
-echo "0 0 65536" > /proc/$!/uid_map; echo "0 0 65536" > /proc/$!/gid_map; touch /tmp/mapped
-wait_for /tmp/pidns-made
-hold
-"""
+""", uid_map="0 0 65536", gid_map="0 0 65536", ready="/tmp/pidns-made")
 
 
 def test_a_pid_namespace_made_below_the_user_namespace_s_first_process(case):
