@@ -22,7 +22,6 @@ A port's STP state follows from the bridge's settings: a restored port goes thro
 
 from __future__ import annotations
 
-import errno
 import socket
 import struct
 
