@@ -38,13 +38,14 @@ def located(monkeypatch):
 
     monkeypatch.setattr(inotify, "locate_handle", by_handle)
     monkeypatch.setattr(inotify, "_by_ino", by_ino)
+    monkeypatch.setattr(inotify, "_queued_of", lambda pid, fd: 0)   # (process 7 is this fake /proc's)
     return asked
 
 
 def test_watches_with_and_without_handle_are_all_kept(tmp_path, located):
     hostproc = _fdinfo(tmp_path, _WITH + _WITHOUT)
     try:
-        got = inotify._in_ns(hostproc, 7, 6, [])
+        got = inotify._in_ns(hostproc, 7, 6, [])["watches"]
     finally:
         os.close(hostproc)
     assert got == [{"wd": 2, "mask": 2, "abs": "/sys/fs/cgroup/system.slice/cgroup.events", "mnt": 40},
@@ -55,9 +56,10 @@ def test_watches_with_and_without_handle_are_all_kept(tmp_path, located):
 
 def test_unreached_watch_without_handle_is_refused_not_looked_for_elsewhere(tmp_path, monkeypatch):
     monkeypatch.setattr(inotify, "_by_ino", lambda *a: None)
+    monkeypatch.setattr(inotify, "_queued_of", lambda pid, fd: 0)
     hostproc = _fdinfo(tmp_path, _WITHOUT)
     try:
-        seen = inotify._in_ns(hostproc, 7, 6, [])
+        seen = inotify._in_ns(hostproc, 7, 6, [])["watches"]
     finally:
         os.close(hostproc)
     assert seen[0]["find"] is None and "no visible mount reaches" in seen[0]["error"]
