@@ -19,7 +19,7 @@ import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every
 import stat
 import sys
 
-from engine import channel, dirorder, image, kernel
+from engine import channel, image, kernel
 
 _COMMON = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"]
 _PLAIN = ["--numeric-owner"]   # extracting an archive with no xattr or ACL (XATTR_WORDS)
@@ -452,12 +452,11 @@ def _member_ok(member: str, allowed: set[str]) -> bool:
 _LIST = ["-tvf", "-", "--quoting-style=c", "--numeric-owner"]
 
 
-def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple | None = None) -> list[str]:
+def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple | None = None) -> None:
     """Refuse an archive whose members could reach outside the superblocks it fills: absolute names,
     `..`, a top-level name not in `allowed`, a path through a member that is a symlink, a hard
     link to outside, or a device node the device policy does not allow (see IMAGE.md).
-    `listed`: (status, stdout, stderr) of tar's listing of that archive, made already (ReadAhead).
-    Returns the members' names in the archive's order."""
+    `listed`: (status, stdout, stderr) of tar's listing of that archive, made already (ReadAhead)."""
     if listed is None:
         os.lseek(archive_fd, 0, os.SEEK_SET)
         listed = run([_tar(), *_LIST], stdin=archive_fd)
@@ -465,7 +464,6 @@ def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple |
     if code != 0:
         raise OSError(f"archive {name} is damaged: {_last_line(err.decode(errors='replace'), 'unreadable')}")
     symlinks: set[str] = set()
-    members: list[str] = []
     for line in _text(out).split("\n"):
         if not line:
             continue
@@ -481,7 +479,6 @@ def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple |
         parts = member.split("/")
         if member[0] == "/" or ".." in parts or parts[0] not in allowed:
             raise OSError(f"archive {name} has an unsafe member {member!r}")
-        members.append(member)
         if symlinks:
             for k in range(1, len(parts)):
                 if "/".join(parts[:k]) in symlinks:
@@ -502,7 +499,6 @@ def check_members(archive_fd: int, name: str, allowed: set[str], listed: tuple |
                 raise OSError(f"archive {name}: member {member!r} is a {'character' if kind == 'c' else 'block'} "
                               f"device {dev[0]}:{dev[1]}, which the device policy ({_device_policy}) refuses; "
                               "restore --devices all trusts the image's device nodes")
-    return members
 
 
 def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
@@ -516,9 +512,9 @@ def _extract_child(targets: list[tuple[int, str]], archive_fd: int, name: str, e
     chan.send(("ok", None))
 
 
-def _checked(archive_fd: int, name: str, expect: dict, allowed: set[str], ahead: tuple | None) -> tuple[bool, list]:
+def _checked(archive_fd: int, name: str, expect: dict, allowed: set[str], ahead: tuple | None) -> bool:
     """Refuse the archive unless its size and sha256 are the manifest's and its members pass
-    check_members; return whether it may hold xattr or ACL records (XATTR_WORDS), and its members."""
+    check_members; return whether it may hold xattr or ACL records (XATTR_WORDS)."""
     # The size first: only a manifest's own big archives are hashed by OpenSSL (restore loads it
     # for them, tools), and one that lies about its size is refused without reading it.
     got, xattrs = {"size": os.fstat(archive_fd).st_size, "sha256": "(not read)"}, True
@@ -530,7 +526,8 @@ def _checked(archive_fd: int, name: str, expect: dict, allowed: set[str], ahead:
         raise OSError(f"archive {name} is damaged: size {got['size']}, sha256 {got['sha256'][:16]}... "
                       f"do not match the manifest ({expect.get('size')}, {str(expect.get('sha256'))[:16]}...)")
     listed = None if ahead is None else (ahead[2], read_from_start(ahead[4]), ahead[3])
-    return xattrs, check_members(archive_fd, name, allowed, listed)
+    check_members(archive_fd, name, allowed, listed)
+    return xattrs
 
 
 def _check_and_extract(targets: list[tuple[int, str]], archive_fd: int, name: str, expect: dict,
@@ -539,7 +536,7 @@ def _check_and_extract(targets: list[tuple[int, str]], archive_fd: int, name: st
     with `ids`, takes them for good: the checks, the staging, tar -x. The targets' fds are closed;
     with `clone`, they are the caller's directories, cloned one at a time, and stay open."""
     try:
-        xattrs, members = _checked(archive_fd, name, expect, {m for _, m in targets}, ahead)
+        xattrs = _checked(archive_fd, name, expect, {m for _, m in targets}, ahead)
         staging = _staging(targets, clone)
     finally:
         for fd, _ in () if clone else targets:
@@ -561,8 +558,6 @@ def _check_and_extract(targets: list[tuple[int, str]], archive_fd: int, name: st
             kernel.become_ids_keeping_caps(*ids)
             kernel.set_pdeathsig(signal.SIGKILL)
         code, _, err = run(cmd, stdin=archive_fd, pass_fds=(staging,))
-        if code == 0:   # (each directory lists its entries as the dumped one did: engine/dirorder.py)
-            dirorder.keep(staging, members)
     finally:
         os.close(staging)
     if code != 0:

@@ -4,11 +4,11 @@ A directory's offset is its filesystem's cookie, not a count of entries: a hash 
 (ext4), an index each entry got when it was made (tmpfs). On a filesystem restore opens again as
 it was (an external mount, a block device, an overlay's layers) the directory is the same and so is
 the cookie: restore seeks its new fd there, as CRIU does. A filesystem whose files restore makes
-again (archived at dump: tmpfs, ramfs) hands out new cookies, in the same listing order
-(engine/dirorder.py): a directory read to its end there is read to its end again at restore
-(`dir_end`); one read part way is read as far again (`dir_read` entries, the last of them named
-`dir_last`, hex), and restore checks that name. One holding a socket file (made again after the
-others, so listed elsewhere) read part way is refused, before the stop.
+again (archived at dump: tmpfs, ramfs) hands out new cookies and lists its entries in another
+order (tar extracts them in the order it read them, and tmpfs lists the newest first): a directory
+read to its end there is read to its end again at restore (`dir_end`), one read part way is
+refused, before the stop, since what the process had left to read could not be what the restored
+fd gives.
 """
 
 from __future__ import annotations
@@ -24,10 +24,9 @@ from engine.fds import FdError
 _BUF = 1 << 16
 
 
-def listing(fd: int, types: list | None = None) -> list[tuple[bytes, int]]:
+def listing(fd: int) -> list[tuple[bytes, int]]:
     """(name, the offset after it) of each entry of directory `fd` from its position on, in the
-    order getdents gives them; the fd's position ends at the end of the directory. `types`, when
-    given, gets each entry's d_type."""
+    order getdents gives them; the fd's position ends at the end of the directory."""
     buf = ctypes.create_string_buffer(_BUF)
     out = []
     while True:
@@ -38,12 +37,7 @@ def listing(fd: int, types: list | None = None) -> list[tuple[bytes, int]]:
         while i < n:
             _ino, off, reclen = struct.unpack_from("=QqH", raw, i)
             out.append((raw[i + 19:i + reclen].split(b"\0", 1)[0], off))
-            if types is not None:
-                types.append(raw[i + 18])
             i += reclen
-
-
-DT_SOCK = 12
 
 
 def _remade(fd: int) -> bool:
@@ -63,34 +57,21 @@ def dump(where: str, link: str, pos: int) -> dict:
     try:
         if not _remade(fd):
             return {}
-        types: list[int] = []
-        names = listing(fd, types)
+        names = listing(fd)
     finally:
         os.close(fd)
     if names and pos == names[-1][1]:
         return {"dir_end": True}
     done = next((i + 1 for i, (_, off) in enumerate(names) if off == pos), None)
-    if done is not None and DT_SOCK not in types:
-        return {"dir_read": done, "dir_last": names[done - 1][0].hex()}
     read = f"{done} of its {len(names)} entries" if done is not None else f"to offset {pos}"
-    why = "a socket file among them, which restore makes again after the others" if done is not None \
-        else "an offset no entry ends at"
     raise FdError(errno.EOPNOTSUPP, f"{where}: a directory read part way ({read}) on a filesystem whose files "
-                                    f"restore makes again ({why}): not supported; dump it once the "
+                                    "restore makes again, in another order: not supported; dump it once the "
                                     "process has read the directory to its end or closed it")
 
 
 def restore(fd: int, entry: dict) -> None:
-    """Put restored directory `fd` where the dumped one was: its end, as many entries in (the last
-    of them checked), or the dumped offset."""
+    """Put restored directory `fd` where the dumped one was: its end, or the dumped offset."""
     if entry.get("dir_end"):
         listing(fd)
-    elif entry.get("dir_read"):
-        names = listing(fd)
-        n, last = entry["dir_read"], bytes.fromhex(entry["dir_last"])
-        if len(names) < n or names[n - 1][0] != last:
-            raise OSError(errno.ESTALE, f"the restored directory does not list {last!r} as its entry {n}, "
-                                        "where the dumped one did")
-        os.lseek(fd, names[n - 1][1], os.SEEK_SET)
     elif entry["pos"]:
         os.lseek(fd, entry["pos"], os.SEEK_SET)

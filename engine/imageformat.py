@@ -563,9 +563,6 @@ FD = Record("fd", {
     # A directory read to its end on a filesystem restore makes again: read to its end again
     # (engine/dirpos.py; its offset, a cookie of the dumped filesystem, says nothing there).
     "dir_end": F(BOOL, required=False),
-    # One read part way there: this many entries read again, the last of them named `dir_last` (hex).
-    "dir_read": F(INT, required=False, rule=rng(1, 1 << 31)),
-    "dir_last": F(STR, required=False, rule=pattern(re.compile(r"^(?:[0-9a-f]{2}){1,255}\Z"), "a name in hex")),
 })
 
 _EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}\Z")

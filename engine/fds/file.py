@@ -209,10 +209,8 @@ def _tree_process(d, m, n: int) -> int:
 
 def _check(entry: dict, what: str) -> None:
     from engine.image import _fail
-    if (entry.get("dir_end") or "dir_read" in entry) and entry.get("type") != "dir":
-        _fail(f"{what}: 'dir_end' or 'dir_read' on an fd that is no directory")
-    if ("dir_read" in entry) != ("dir_last" in entry) or ("dir_read" in entry and entry.get("dir_end")):
-        _fail(f"{what}: 'dir_read' goes with 'dir_last', not with 'dir_end'")
+    if entry.get("dir_end") and entry.get("type") != "dir":
+        _fail(f"{what}: 'dir_end' on an fd that is no directory")
     n = entry.get("dead_pid")
     if n is not None and (entry.get("ghost") or entry.get("path") != f"/{n}"
                           and not str(entry.get("path", "")).startswith(f"/{n}/")):
