@@ -805,6 +805,8 @@ PROCESS = Record("process", {
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),
     "userns_first": F(BOOL, required=False),                  # its stand-in starts in its user namespace
+    # ... after it entered its mount namespace, root and cwd, forked late (`unshare -rpf` without -m)
+    "enter_first": F(BOOL, required=False),
     # Its namespaces (kind -> user-N) that another user namespace than its own made: restore makes
     # them there first and the stand-in joins them (engine/userns_cr.py).
     "ns_made_in": F(DICT, required=False),
@@ -1332,6 +1334,8 @@ def _check_userns(doc: dict, mounts: dict) -> None:
         _check_fd_ids(p, users)
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
+        if p.get("enter_first") and not p.get("userns_first"):
+            _fail(f"process {p['pid']}: enter_first without userns_first")
         for kind, owner in (p.get("ns_made_in") or {}).items():
             if kind not in ("pid", "uts", "ipc", "net", "cgroup") or not isinstance(owner, str) or owner not in users:
                 _fail(f"process {p['pid']}: ns_made_in {str(kind)[:20]!r}: {str(owner)[:20]!r} is no namespace kind "

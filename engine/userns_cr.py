@@ -152,6 +152,8 @@ def plan(tree, names: dict, ns_kinds) -> dict:
         if first:
             p.record_first(pid, ppid, own, mnt_owner)
         p.record_stand(pid, ppid)
+        p.check_late(pid, ppid, mnt_owner, ns_ino)
+    p.check_late_shared(tree, ns_ino)
     from engine import userns_groups   # (it builds on this module)
     out = p.result()
     userns_groups.check(tree, out)   # (groups of namespaces that deny setgroups: engine/userns_groups.py)
@@ -170,6 +172,8 @@ class _Plan:
         self.owners: dict[str, str] = {}
         self.own_of: dict[int, int] = {}
         self.stand: dict[int, int] = {}   # pid -> the user namespace its stand-in starts in or inherits
+        self.first_kinds: dict[int, list[str]] = {}   # pid -> its namespaces its own user namespace made
+        self.late: set[int] = set()   # "enter_first" processes and their descendants (check_late)
 
     def name(self, key: int) -> str | None:
         """The image id of user namespace `key` (its ancestors named first); None for the dumper's."""
@@ -245,6 +249,7 @@ class _Plan:
                 continue
             first = True
             first_kinds.append(kind)
+        self.first_kinds[pid] = first_kinds
         if first and mnt_owner != own and "pid" not in first_kinds and not made_in:
             # Its stand-in could not enter its mount namespace from inside its user namespace: it
             # stays the restorer's, and a helper makes these namespaces there (as for joined ones).
@@ -311,7 +316,11 @@ class _Plan:
     def record_first(self, pid: int, ppid, own: int, mnt_owner: int) -> None:
         """The process's stand-in starts in its user namespace ("userns_first"), where it can."""
         users = self.users
-        if mnt_owner != own:
+        if mnt_owner != own and "pid" in self.first_kinds[pid]:
+            # `unshare -rpf` without -m: its stand-in, forked once every mount exists, enters its
+            # mount namespace, root and cwd before its user namespace (restore's late stand-ins).
+            self.procs[pid]["enter_first"] = True
+        elif mnt_owner != own:
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside its user namespace "
                                                 f"but its mount namespace belongs to another "
                                                 f"({users.describe(mnt_owner)}; its own is {users.describe(own)}): "
@@ -337,6 +346,42 @@ class _Plan:
             self.stand[pid] = next(k for k, n in self.ids.items() if n == rec["userns_start"])
         elif ppid in self.stand:
             self.stand[pid] = self.stand[ppid]
+
+    def check_late(self, pid: int, ppid, mnt_owner: int, ns_ino: dict) -> None:
+        """Refuse what a stand-in forked late (its own "enter_first", or an ancestor's: restore forks
+        them once every mount exists) could not make: namespaces other steps of restore fill before
+        (ipc, net, cgroup), a mount namespace its stand-in, inside a user namespace, could not join."""
+        if not (self.procs.get(pid, {}).get("enter_first") or ppid in self.late):
+            return
+        self.late.add(pid)
+        why = "its stand-in, or an ancestor's, enters its mount namespace before its user namespace " \
+              "(`unshare -rpf` without -m)"
+        if ppid not in ns_ino:
+            return
+        for kind in ("ipc", "net", "cgroup"):
+            if ns_ino[pid][kind] != ns_ino[ppid][kind]:
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is not its parent's and "
+                                                    f"{why}: not supported yet")
+        stand = self.stand.get(pid)
+        if ns_ino[pid]["mnt"] != ns_ino[ppid]["mnt"] and stand is not None and mnt_owner != stand \
+                and not _is_ancestor(self.users, stand, mnt_owner):
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its mount namespace belongs to "
+                                                f"{self.users.describe(mnt_owner)}, outside the user namespace its "
+                                                f"stand-in is in, and {why}: not supported yet")
+
+    def check_late_shared(self, tree, ns_ino: dict) -> None:
+        """Refuse a namespace a late process (check_late) is the first of the tree in, that another
+        process, forked before it at restore, is in too: it would not exist yet."""
+        first: dict[tuple[str, int], int] = {}
+        for pid, _ in tree:
+            for kind, ino in ns_ino[pid].items():
+                if ino is None:
+                    continue
+                maker = first.setdefault((kind, ino), pid)
+                if maker in self.late and pid not in self.late:
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is that of process "
+                                                        f"{maker}, whose stand-in enters its mount namespace before "
+                                                        "its user namespace, late: not supported yet")
 
     def result(self) -> dict:
         """plan()'s document."""
@@ -1050,6 +1095,15 @@ class Rebuild:
             at = out.get(parent["pid"]) if parent else None
             name = self._spawn_name(p, at)
             out[p["pid"]] = name if name is not None else at
+        return out
+
+    def late(self) -> set[int]:
+        """The processes whose stand-ins are forked once every mount exists: those that enter their
+        mount namespace before their user namespace (``enter_first``), and their descendants."""
+        out: set[int] = set()
+        for p in self.doc["processes"]:   # (parents first)
+            if p.get("enter_first") or p.get("ppid") in out:
+                out.add(p["pid"])
         return out
 
     def stands_in(self, p: dict) -> str | None:
