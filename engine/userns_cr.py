@@ -289,7 +289,14 @@ class _Plan:
                                                 f"{users.describe(made_in[kind])}, others of its namespaces to "
                                                 f"its own user namespace ({users.describe(own)}): not supported "
                                                 "yet")
-        if procs.get(ppid, {}).get("userns_first") or procs.get(ppid, {}).get("userns_start"):
+        at = self.stand.get(ppid)
+        if at is not None and made_in.get("pid") == at:
+            # Its pid namespace's owner is the user namespace its parent's stand-in is inside: the
+            # stand-in's fork makes it there, as the parent did.
+            made_in = {k: o for k, o in made_in.items() if k != "pid"}
+        if at is not None and not self._reachable_from(at, [own, *made_in.values()], "pid" not in made_in):
+            # (its parent's stand-in, which forks its, is inside user namespace `at`, which can make
+            # and join only namespaces owned at or below it, and not start it elsewhere)
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its namespaces belong to another user namespace "
                                                 f"than its own ({', '.join(sorted(set(map(users.describe, made_in.values()))))}), "
                                                 "and its parent made namespaces inside a user namespace: not supported yet")
@@ -310,8 +317,13 @@ class _Plan:
                                                     f"{users.describe(mnt_owner)}, which is not at or below it: "
                                                     "a stand-in starting there could not enter it: not supported yet")
             procs.setdefault(pid, {})["userns_start"] = self.name(o)
-        else:
+        elif made_in:
             procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
+
+    def _reachable_from(self, at: int, owners: list[int], ok: bool = True) -> bool:
+        """Whether a stand-in inside user namespace `at` may join namespaces `owners` own (each at
+        or below it), given `ok`."""
+        return ok and all(o == at or _is_ancestor(self.users, at, o) for o in owners)
 
     def record_first(self, pid: int, ppid, own: int, mnt_owner: int) -> None:
         """The process's stand-in starts in its user namespace ("userns_first"), where it can."""
