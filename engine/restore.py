@@ -903,7 +903,7 @@ class _Restorer:
                 action, fds = "join", [own[kind]]
             elif (kind, nsid) in self.nsfd_of:
                 # (one joined before it entered its user namespace is its already)
-                action, fds = None if kind in p.get("ns_before_userns", ()) else "join", [self.nsfd_of[(kind, nsid)]]
+                action, fds = None if kind in self.users.joined_before(p) else "join", [self.nsfd_of[(kind, nsid)]]
             else:
                 action, fds = "new", []
             names = self._uts_names(nsid) if kind == "uts" and action == "new" else None
@@ -937,6 +937,7 @@ class _Restorer:
         early = self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc) \
             if in_userns is not None else []
         enter = self._root_cwd(p) if p.get("enter_first") else ()
+        pid_in = self.users.pid_in(p)   # (its pid namespace's owner, above its own)
         # (where its stand-in is: one that entered, and those it forks in its mount namespace, skip the setns)
         self.entered[p["pid"]] = p["ns"]["mnt"] if enter else self.entered.get(maker["pid"]) \
             if maker is not None and in_userns is None else None
@@ -948,7 +949,8 @@ class _Restorer:
                 return standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
                                                in_userns, root=root, groups=groups,
                                                again=self.users.again(p, maker), early=early,
-                                               pid_first="pid" in p.get("ns_before_userns", ()), enter=enter), ours
+                                               pid_first="pid" in p.get("ns_before_userns", ()), enter=enter,
+                                               pid_userns=pid_in), ours
             before = self._children_of(self.hostpid[parent["pid"]])
             if maker is not parent:
                 self._adopt(p, parent, maker, mode, fds)
@@ -958,8 +960,10 @@ class _Restorer:
             else:
                 self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"]),
                                                 self.users.again(p, maker), len(early),
-                                                "pid" in p.get("ns_before_userns", ()), bool(enter)),
-                                               [fds[0], in_userns, *fds[1:], *early, *enter])
+                                                "pid" in p.get("ns_before_userns", ()),
+                                                {"enter": bool(enter), "pid_userns": pid_in is not None}),
+                                               [fds[0], in_userns, *fds[1:], *early, *enter,
+                                                *([] if pid_in is None else [pid_in])])
             new = self._children_of(self.hostpid[parent["pid"]]) - before
             if len(new) != 1:
                 raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")

@@ -115,7 +115,8 @@ def _subreaper(on: bool) -> None:
 
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
                     groups: list[int] | None = None, alone: str | None = None, again: bool = False,
-                    early: list[int] = (), pid_first: bool = False, enter: tuple = ()) -> int:
+                    early: list[int] = (), pid_first: bool = False, enter: tuple = (),
+                    pid_userns: int | None = None) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -130,10 +131,11 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     it enters (engine/userns_cr.py "ns_before_userns"); `pid_first`: its pid namespace is made (or
     joined) before too, so that the caller's user namespace owns it; `enter`: (mount namespace,
     root, cwd) fds the stand-in enters before its user namespace, which does not own that mount
-    namespace (`unshare -rpf` without -m: engine/userns_cr.py "enter_first"), instead of a scratch one.
+    namespace (`unshare -rpf` without -m: engine/userns_cr.py "enter_first"), instead of a scratch one;
+    `pid_userns`: the user namespace, above `userns_fd`, that makes its pid namespace (joined first).
     Returns its pid as the caller sees it."""
     return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone, again, early=early,
-                          pid_first=pid_first, enter=enter)
+                          pid_first=pid_first, enter=(enter, pid_userns))
 
 
 def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
@@ -162,7 +164,7 @@ def _pidns(mode: str, pidns_fd: int | None) -> None:
 
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
                    groups: list[int] | None, alone: str | None, again: bool = False,
-                   adopter: int | None = None, early=(), pid_first: bool = False, enter: tuple = ()) -> int:
+                   adopter: int | None = None, early=(), pid_first: bool = False, enter: tuple = ((), None)) -> int:
     me = kernel.pidfd_open(os.getpid()) if adopter is None else os.dup(adopter)
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -181,13 +183,16 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                     kernel.setns(fd, 0)   # (while we may: the namespace's owner is ours)
                 if pid_first:
                     _pidns(mode, pidns_fd)
-                null = _enter(*enter) if enter else None
+                null = _enter(*enter[0]) if enter[0] else None
+                if enter[1] is not None:   # (its pid namespace's owner, above its own: made there)
+                    kernel.setns(enter[1], kernel.CLONE_NEWUSER)
+                    _pidns(mode, pidns_fd)
                 if userns_fd is not None:
                     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
-                    if not enter:
+                    if not enter[0]:
                         kernel.unshare(kernel.CLONE_NEWNS)
                 _lead(alone)   # (the session or group of a leader gone: ours, once we exit)
-                if not pid_first:
+                if not pid_first and enter[1] is None:
                     _pidns(mode, pidns_fd)
                 pid = os.fork()
                 if pid == 0:
@@ -457,13 +462,15 @@ class _Server:
     def op_spawn_in_userns(self, msg, fds):
         """A child stand-in started inside a user namespace (msg[3]: as in spawn_alone, or None)."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
-        e = 3 if len(msg) > 7 and msg[7] else 0   # (the last 3 fds: mount namespace, root, cwd it enters first)
+        more = msg[7] if len(msg) > 7 else {}
+        pid_userns = fds.pop() if more.get("pid_userns") else None   # (the last fd: its pid namespace's owner)
+        e = 3 if more.get("enter") else 0   # (the 3 fds before: mount namespace, root, cwd it enters first)
         fds, enter = fds[:len(fds) - e], tuple(fds[len(fds) - e:])
         n = msg[5] if len(msg) > 5 else 0   # (the last n fds before: namespaces it joins before, `early`)
         fds, early = fds[:len(fds) - n], fds[len(fds) - n:]
         return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
                                alone=msg[3] if len(msg) > 3 else None, again=len(msg) > 4 and msg[4], early=early,
-                               pid_first=len(msg) > 6 and msg[6], enter=enter)
+                               pid_first=len(msg) > 6 and msg[6], enter=enter, pid_userns=pid_userns)
 
     def op_spawn_alone(self, msg, fds):
         """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""

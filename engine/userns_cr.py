@@ -50,7 +50,7 @@ from engine import channel, mountinfo, remount, userns
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Namespaces the restorer makes ahead for a stand-in that starts in its user namespace, joined
 # before it enters ("ns_before_userns")
-EARLY_NS = ("uts", "ipc", "pid")
+EARLY_NS = ("uts", "ipc", "pid", "net", "cgroup")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
 # namespace (FS_USERNS_VISIBLE): the new mount takes the visible one's locked ro and atime. A
 # stand-in in the user namespace makes them the same way, so such an unlocked mount with those
@@ -250,10 +250,10 @@ class _Plan:
             first = True
             first_kinds.append(kind)
         self.first_kinds[pid] = first_kinds
-        if first and mnt_owner != own and "pid" not in first_kinds and not made_in:
+        if first and mnt_owner != own and "pid" not in first_kinds and "pid" not in made_in:
             # Its stand-in could not enter its mount namespace from inside its user namespace: it
             # stays the restorer's, and a helper makes these namespaces there (as for joined ones).
-            made_in = {kind: own for kind in first_kinds}
+            made_in = {**made_in, **{kind: own for kind in first_kinds}}
             first = False
         if first and outside:
             self.record_outside(pid, ppid, own, outside)
@@ -266,13 +266,6 @@ class _Plan:
         ("ns_before_userns"), else they would belong to its user namespace. Refused where its
         parent's stand-in, already inside that user namespace, would fork it."""
         parent = self.procs.get(ppid, {})
-        late = [k for k in outside if k not in EARLY_NS]
-        if late:
-            # (a net namespace is set up from inside it, a cgroup namespace is rooted where its
-            # maker is: neither is made ahead)
-            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {late[0]} namespace belongs to the dumper's "
-                                                "user namespace, others of its namespaces to its own: not supported "
-                                                "yet")
         if parent.get("userns_first") and self.own_of.get(ppid) == own:
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {outside[0]} namespace belongs to the dumper's "
                                                 "user namespace, not its own, and its parent made namespaces inside "
@@ -283,6 +276,14 @@ class _Plan:
         """Where the namespaces other user namespaces own are made ("userns_start", "ns_made_in"),
         or refuse what a stand-in could not do."""
         users, procs = self.users, self.procs
+        if first and self._pid_above(pid, ppid, own, made_in):
+            return
+        at = self.stand.get(ppid)
+        if first and "pid" not in made_in and (at is None or self._reachable_from(at, list(made_in.values()))):
+            # Its stand-in starts in its user namespace and joins these first, made by a helper
+            # inside their owners (Rebuild.premade, Rebuild.early), where the parent's stand-in is.
+            procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
+            return
         if first:
             kind = next(iter(made_in))
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to "
@@ -320,6 +321,19 @@ class _Plan:
         elif made_in:
             procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
 
+    def _pid_above(self, pid: int, ppid, own: int, made_in: dict) -> bool:
+        """For a process whose stand-in starts in its user namespace: whether its pid namespace alone
+        another user namespace owns, an ancestor of its own, so that its stand-in starts in that one
+        (``userns_start``), makes it, and enters its own to make the rest; its parent's stand-in the
+        restorer's, or inside an ancestor of that one (which it can enter from there)."""
+        o = made_in.get("pid")
+        at = self.stand.get(ppid)
+        if set(made_in) != {"pid"} or not _is_ancestor(self.users, o, own) or (
+                at is not None and not _is_ancestor(self.users, at, o)):
+            return False
+        self.procs.setdefault(pid, {})["userns_start"] = self.name(o)
+        return True
+
     def _reachable_from(self, at: int, owners: list[int], ok: bool = True) -> bool:
         """Whether a stand-in inside user namespace `at` may join namespaces `owners` own (each at
         or below it), given `ok`."""
@@ -328,7 +342,7 @@ class _Plan:
     def record_first(self, pid: int, ppid, own: int, mnt_owner: int) -> None:
         """The process's stand-in starts in its user namespace ("userns_first"), where it can."""
         users = self.users
-        if mnt_owner != own and "pid" in self.first_kinds[pid]:
+        if mnt_owner != own and ("pid" in self.first_kinds[pid] or self.procs[pid].get("userns_start")):
             # `unshare -rpf` without -m: its stand-in, forked once every mount exists, enters its
             # mount namespace, root and cwd before its user namespace (restore's late stand-ins).
             self.procs[pid]["enter_first"] = True
@@ -341,7 +355,7 @@ class _Plan:
         # it started in one itself, or was forked by one that did: then only that one can be
         # joined from it.
         parent_stand = self.stand.get(ppid)
-        if parent_stand is not None and parent_stand != own:
+        if parent_stand is not None and parent_stand != own and not _is_ancestor(users, parent_stand, own):
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
                                                 f"({users.describe(own)}) nested in its parent's "
                                                 f"({users.describe(parent_stand)}), which made namespaces too: "
@@ -871,9 +885,10 @@ class Rebuild:
     def early(self, p: dict, nsfd_of: dict, uts_names, hostproc: int) -> list[int]:
         """The fds of p's namespaces the restorer's user namespace owns though p's stand-in starts in
         its own (``ns_before_userns``), made here once (into `nsfd_of`, as `premade`): the stand-in
-        joins them before it enters its user namespace (engine/standin.spawn_in_userns)."""
+        joins them before it enters its user namespace (engine/standin.spawn_in_userns); and those
+        other user namespaces made (``ns_made_in``: `premade` made them)."""
         from engine import channel
-        out = []
+        out = [nsfd_of[(k, p["ns"][k])] for k in p.get("ns_made_in") or ()]
         for kind in p.get("ns_before_userns") or ():
             if kind == "pid":
                 continue   # (made, or joined, as it forks: engine/standin.spawn_in_userns `pid_first`)
@@ -1132,6 +1147,19 @@ class Rebuild:
         name = self._spawn_name(p, self._parent_at(parent))
         return None if name is None else self.fd[name]
 
+    @staticmethod
+    def joined_before(p: dict) -> set[str]:
+        """The kinds of p's namespaces its stand-in joined before it entered its user namespace
+        (`early`), when it starts there."""
+        if not p.get("userns_first"):
+            return set()
+        return set(p.get("ns_before_userns") or ()) | set(p.get("ns_made_in") or ())
+
+    def pid_in(self, p: dict) -> int | None:
+        """The fd of the user namespace, above p's own, whose pid namespace p's stand-in starts in
+        before it enters its own (``userns_start`` with ``userns_first``), else None."""
+        return self.fd[p["userns_start"]] if p.get("userns_start") and p.get("userns_first") else None
+
     def again(self, p: dict, parent: dict | None) -> bool:
         """Whether p's stand-in, started inside a user namespace (`spawn_in`), executes the
         interpreter again there (engine/reexec.py): where a process of that namespace is not
@@ -1149,7 +1177,7 @@ class Rebuild:
     def _spawn_name(p: dict, parent_at: str | None) -> str | None:
         """The name of the user namespace `spawn_in` starts p's stand-in in (None: its parent's);
         `parent_at`: the one its parent's stand-in is in."""
-        if p.get("userns_start"):
+        if p.get("userns_start") and not p.get("userns_first"):
             return p["userns_start"]   # the owner of its pid namespace, above its own
         if not p.get("userns_first"):
             return None
