@@ -805,13 +805,15 @@ PROCESS = Record("process", {
     "userns": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     "creds": F(DICT, required=False, rule=record(CREDS)),
     "userns_first": F(BOOL, required=False),                  # its stand-in starts in its user namespace
+    # ... after it entered its mount namespace, root and cwd, forked late (`unshare -rpf` without -m)
+    "enter_first": F(BOOL, required=False),
     # Its namespaces (kind -> user-N) that another user namespace than its own made: restore makes
     # them there first and the stand-in joins them (engine/userns_cr.py).
     "ns_made_in": F(DICT, required=False),
     # Its namespaces the dumper's user namespace owns though its stand-in starts in its own (uts,
     # ipc, pid): made, or joined, before it enters (engine/userns_cr.py).
     "ns_before_userns": F(LIST, required=False, rule=list_of(
-        lambda v: None if v in ("uts", "ipc", "pid") else "must be uts, ipc or pid", 3)),
+        lambda v: None if v in ("uts", "ipc", "pid", "net", "cgroup") else "must be uts, ipc, pid, net or cgroup", 5)),
     # The user namespace (above its own) its stand-in starts in: its pid namespace's owner.
     "userns_start": F(STR, required=False, rule=pattern(_USERNS_ID, "a user namespace id user-N")),
     # Its name (/proc/PID/comm: the kernel keeps 15 bytes); the stand-in takes it (prctl PR_SET_NAME):
@@ -1332,18 +1334,18 @@ def _check_userns(doc: dict, mounts: dict) -> None:
         _check_fd_ids(p, users)
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
+        if p.get("enter_first") and not p.get("userns_first"):
+            _fail(f"process {p['pid']}: enter_first without userns_first")
         for kind, owner in (p.get("ns_made_in") or {}).items():
             if kind not in ("pid", "uts", "ipc", "net", "cgroup") or not isinstance(owner, str) or owner not in users:
                 _fail(f"process {p['pid']}: ns_made_in {str(kind)[:20]!r}: {str(owner)[:20]!r} is no namespace kind "
                       "and user namespace of the image")
-        if p.get("ns_made_in") and p.get("userns_first"):
-            _fail(f"process {p['pid']}: ns_made_in and userns_first exclude each other")
         if p.get("ns_before_userns") and (not p.get("userns_first") or set(p["ns_before_userns"]) & set(
                 p.get("host_ns") or ()) or len(set(p["ns_before_userns"])) != len(p["ns_before_userns"])):
             _fail(f"process {p['pid']}: ns_before_userns needs userns_first and names a namespace once, none of "
                   "the restorer's")
-        if "userns_start" in p and (p["userns_start"] not in users or "userns" not in p or p.get("userns_first")):
-            _fail(f"process {p['pid']}: userns_start needs a user namespace of its own and no userns_first")
+        if "userns_start" in p and (p["userns_start"] not in users or "userns" not in p):
+            _fail(f"process {p['pid']}: userns_start needs a user namespace of its own")
     procs = {p["pid"]: p for p in doc["processes"]}
     for z in doc.get("zombies") or ():
         name = procs[z["ppid"]].get("userns")

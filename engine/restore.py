@@ -657,6 +657,7 @@ class _Restorer:
         self.ns_fd: dict[str, int] = {}
         self.chans: dict[int, channel.Channel] = {}  # dumped pid -> channel
         self.hostpid: dict[int, int] = {}
+        self.entered: dict[int, str | None] = {}   # dumped pid -> the mount namespace its stand-in is in, when entered
         self.nsfd_of: dict[tuple[str, str], int] = {}  # (kind, ns id) -> fd
         self.current_ns: str | None = None
         self.users = userns_cr.Rebuild(doc)  # user namespaces, locked mounts (engine/userns_cr.py)
@@ -719,7 +720,7 @@ class _Restorer:
         # checker refused what it cannot make)
         self.jobs = sessions.plan(zombies.in_order(procs, dead))
         self.cttys = ctty.plan(procs)   # (members with their leader's terminal: forked late, late_standins)
-        late = set(self.cttys.late)
+        late = self._late()
         for pid in self.jobs.order:   # (parents first; one adopted into a session after its leader)
             p = by_pid.get(pid)
             if p is not None and pid not in late:
@@ -807,11 +808,15 @@ class _Restorer:
             except OSError as e:
                 raise RestoreError(e.errno or errno.EIO, f"network namespace {nsid}: {e.strerror or e}") from None
 
+    def _late(self) -> set[int]:
+        """The pids whose stand-ins are forked once every mount exists (late_standins)."""
+        return set(self.cttys.late) | self.users.late()
+
     def late_standins(self) -> None:
         """Controlling terminals (engine/ctty.py), once every mount exists: each session leader takes
         its terminal, then the stand-ins of the members that have it (and their descendants) are
         forked, inheriting it; a late leader takes its own right after its stand-in exists."""
-        late = set(self.cttys.late)
+        late = self._late()
         procs = self.doc["processes"]
         by_pid = {p["pid"]: p for p in procs}
         for pid in self.cttys.takes:
@@ -819,7 +824,7 @@ class _Restorer:
                 self._take_ctty(by_pid[pid])
         if not late:
             return
-        for p in procs:
+        for p in procs:   # (those that enter their mount namespace first, too: engine/userns_cr.py late)
             if p["pid"] in late:
                 self._spawn_one(p, by_pid.get(p.get("ppid")), {}, {})
                 if p["pid"] in self.cttys.takes:
@@ -898,7 +903,7 @@ class _Restorer:
                 action, fds = "join", [own[kind]]
             elif (kind, nsid) in self.nsfd_of:
                 # (one joined before it entered its user namespace is its already)
-                action, fds = None if kind in p.get("ns_before_userns", ()) else "join", [self.nsfd_of[(kind, nsid)]]
+                action, fds = None if kind in self.users.joined_before(p) else "join", [self.nsfd_of[(kind, nsid)]]
             else:
                 action, fds = "new", []
             names = self._uts_names(nsid) if kind == "uts" and action == "new" else None
@@ -931,6 +936,11 @@ class _Restorer:
                                              "start in its user namespace")
         early = self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc) \
             if in_userns is not None else []
+        enter = self._root_cwd(p) if p.get("enter_first") else ()
+        pid_in = self.users.pid_in(p)   # (its pid namespace's owner, above its own)
+        # (where its stand-in is: one that entered, and those it forks in its mount namespace, skip the setns)
+        self.entered[p["pid"]] = p["ns"]["mnt"] if enter else self.entered.get(maker["pid"]) \
+            if maker is not None and in_userns is None else None
         try:
             if maker is None:
                 root = "session" if p["pid"] in self.jobs.setsid else True
@@ -939,7 +949,8 @@ class _Restorer:
                 return standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
                                                in_userns, root=root, groups=groups,
                                                again=self.users.again(p, maker), early=early,
-                                               pid_first="pid" in p.get("ns_before_userns", ())), ours
+                                               pid_first="pid" in p.get("ns_before_userns", ()), enter=enter,
+                                               pid_userns=pid_in), ours
             before = self._children_of(self.hostpid[parent["pid"]])
             if maker is not parent:
                 self._adopt(p, parent, maker, mode, fds)
@@ -949,14 +960,18 @@ class _Restorer:
             else:
                 self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"]),
                                                 self.users.again(p, maker), len(early),
-                                                "pid" in p.get("ns_before_userns", ())),
-                                               [fds[0], in_userns, *fds[1:], *early])
+                                                "pid" in p.get("ns_before_userns", ()),
+                                                {"enter": bool(enter), "pid_userns": pid_in is not None}),
+                                               [fds[0], in_userns, *fds[1:], *early, *enter,
+                                                *([] if pid_in is None else [pid_in])])
             new = self._children_of(self.hostpid[parent["pid"]]) - before
             if len(new) != 1:
                 raise RestoreError(errno.EIO, f"cannot find the stand-in for process {p['pid']}")
             return new.pop(), ours
         finally:
             theirs.close()
+            for fd in enter[1:]:
+                os.close(fd)
 
     def _adopt(self, p: dict, parent: dict, leader: dict, mode: str, fds: list) -> None:
         """p's stand-in forked in `leader`'s session by an intermediate child of the leader's stand-in
@@ -2534,19 +2549,27 @@ class _Restorer:
 
     def _enter_now(self, p: dict) -> None:
         chan = self.chans[p["pid"]]
-        where = f"process {p['pid']}"
+        ns_fd, root, cwd = self._root_cwd(p)
+        try:
+            # (one in it already, maybe inside a user namespace that does not own it, only chroots)
+            chan.call(("enter", self.entered.get(p["pid"]) == p["ns"]["mnt"]), [ns_fd, root, cwd])
+        finally:
+            os.close(root)
+            os.close(cwd)
+
+    def _root_cwd(self, p: dict) -> tuple[int, int, int]:
+        """(our fd on p's mount namespace, new fds on its root and cwd) for its stand-in to enter."""
+        if p.get("enter_first") and ("dead_pid" in p["root"] or "dead_pid" in p["cwd"]):
+            raise RestoreError(errno.EINVAL, f"process {p['pid']}: its root or cwd lies in /proc of a process "
+                                             "gone, and it enters its mount namespace first")
         try:
             root, cwd = (self._open_ghost(loc["ghost"], os.O_PATH | os.O_DIRECTORY, loc["mnt"], loc["path"])
                          if loc.get("ghost")
                          else self.open_at(loc["mnt"], loc["path"], os.O_PATH | os.O_DIRECTORY)
                          for loc in (p["root"], p["cwd"]))
         except OSError as e:
-            raise RestoreError(e.errno, f"{where}: root or cwd: {e.strerror or e}") from None
-        try:
-            chan.call(("enter",), [self.ns_fd[p["ns"]["mnt"]], root, cwd])
-        finally:
-            os.close(root)
-            os.close(cwd)
+            raise RestoreError(e.errno, f"process {p['pid']}: root or cwd: {e.strerror or e}") from None
+        return self.ns_fd[p["ns"]["mnt"]], root, cwd
 
     def _place_fds(self, p: dict, chan, where: str, deferred: list) -> None:
         """Make process p's fds (engine/fds/), install them at their numbers, map its files; when some

@@ -115,7 +115,8 @@ def _subreaper(on: bool) -> None:
 
 def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int, root: bool = False,
                     groups: list[int] | None = None, alone: str | None = None, again: bool = False,
-                    early: list[int] = (), pid_first: bool = False) -> int:
+                    early: list[int] = (), pid_first: bool = False, enter: tuple = (),
+                    pid_userns: int | None = None) -> int:
     """Like `spawn`, but the stand-in starts inside user namespace `userns_fd` (so the pid, uts,
     ipc and net namespaces it makes belong to it), in a scratch mount namespace of its own there
     (superblocks it makes need one), until it enters its restored one.
@@ -128,10 +129,13 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     memory, and that of the stand-ins it forks, belongs to the namespace (engine/reexec.py);
     `early`: fds of namespaces (uts, ipc) of the caller's user namespace the stand-in joins before
     it enters (engine/userns_cr.py "ns_before_userns"); `pid_first`: its pid namespace is made (or
-    joined) before too, so that the caller's user namespace owns it.
+    joined) before too, so that the caller's user namespace owns it; `enter`: (mount namespace,
+    root, cwd) fds the stand-in enters before its user namespace, which does not own that mount
+    namespace (`unshare -rpf` without -m: engine/userns_cr.py "enter_first"), instead of a scratch one;
+    `pid_userns`: the user namespace, above `userns_fd`, that makes its pid namespace (joined first).
     Returns its pid as the caller sees it."""
     return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone, again, early=early,
-                          pid_first=pid_first)
+                          pid_first=pid_first, enter=(enter, pid_userns))
 
 
 def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
@@ -160,7 +164,7 @@ def _pidns(mode: str, pidns_fd: int | None) -> None:
 
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
                    groups: list[int] | None, alone: str | None, again: bool = False,
-                   adopter: int | None = None, early=(), pid_first: bool = False) -> int:
+                   adopter: int | None = None, early=(), pid_first: bool = False, enter: tuple = ((), None)) -> int:
     me = kernel.pidfd_open(os.getpid()) if adopter is None else os.dup(adopter)
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -179,11 +183,16 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                     kernel.setns(fd, 0)   # (while we may: the namespace's owner is ours)
                 if pid_first:
                     _pidns(mode, pidns_fd)
+                null = _enter(*enter[0]) if enter[0] else None
+                if enter[1] is not None:   # (its pid namespace's owner, above its own: made there)
+                    kernel.setns(enter[1], kernel.CLONE_NEWUSER)
+                    _pidns(mode, pidns_fd)
                 if userns_fd is not None:
                     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
-                    kernel.unshare(kernel.CLONE_NEWNS)
+                    if not enter[0]:
+                        kernel.unshare(kernel.CLONE_NEWNS)
                 _lead(alone)   # (the session or group of a leader gone: ours, once we exit)
-                if not pid_first:
+                if not pid_first and enter[1] is None:
                     _pidns(mode, pidns_fd)
                 pid = os.fork()
                 if pid == 0:
@@ -193,7 +202,7 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                         os.close(go_r)
                         kernel.die_with_parent(me, signal.SIGKILL)
                         _lead(root)   # the tree's process group, as in spawn
-                        _drop_inherited(sock_fd)
+                        _drop_inherited(sock_fd, null)
                         if again:
                             from engine import reexec   # (loaded by the restorer's parent already)
                             reexec.into_userns(sock_fd)   # (returns only where it cannot)
@@ -224,13 +233,26 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                 pass
 
 
-def _drop_inherited(keep: int) -> None:
-    """Close every fd inherited from the parent but our channel; stdio onto /dev/null.
+def _enter(ns_fd: int, root_fd: int, cwd_fd: int) -> int:
+    """Join mount namespace `ns_fd`, with root `root_fd` and cwd `cwd_fd`; returns an fd on the
+    /dev/null we saw before (the root entered may have none)."""
+    null = os.open("/dev/null", os.O_RDWR)
+    kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+    os.fchdir(root_fd)
+    os.chroot(".")
+    os.fchdir(cwd_fd)
+    return null
+
+
+def _drop_inherited(keep: int, null: int | None = None) -> None:
+    """Close every fd inherited from the parent but our channel; stdio onto /dev/null (`null`: an
+    fd on it, else opened here).
 
     Otherwise a stand-in would hold the restorer's end of its own channel (and
     the caller's result pipe) and never see them close if the restorer dies.
     """
-    null = os.open("/dev/null", os.O_RDWR)
+    if null is None:
+        null = os.open("/dev/null", os.O_RDWR)
     for n in (0, 1, 2):
         if n != null:
             os.dup2(null, n)
@@ -440,11 +462,15 @@ class _Server:
     def op_spawn_in_userns(self, msg, fds):
         """A child stand-in started inside a user namespace (msg[3]: as in spawn_alone, or None)."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
-        n = msg[5] if len(msg) > 5 else 0   # (the last n fds: namespaces it joins before, `early`)
+        more = msg[7] if len(msg) > 7 else {}
+        pid_userns = fds.pop() if more.get("pid_userns") else None   # (the last fd: its pid namespace's owner)
+        e = 3 if more.get("enter") else 0   # (the 3 fds before: mount namespace, root, cwd it enters first)
+        fds, enter = fds[:len(fds) - e], tuple(fds[len(fds) - e:])
+        n = msg[5] if len(msg) > 5 else 0   # (the last n fds before: namespaces it joins before, `early`)
         fds, early = fds[:len(fds) - n], fds[len(fds) - n:]
         return spawn_in_userns(mode, fds[2] if len(fds) > 2 else None, fds[0], fds[1], groups=groups,
                                alone=msg[3] if len(msg) > 3 else None, again=len(msg) > 4 and msg[4], early=early,
-                               pid_first=len(msg) > 6 and msg[6])
+                               pid_first=len(msg) > 6 and msg[6], enter=enter, pid_userns=pid_userns)
 
     def op_spawn_alone(self, msg, fds):
         """A child stand-in started in a session or group (msg[2]) whose leader is gone (spawn_alone)."""
@@ -554,9 +580,11 @@ class _Server:
         return _ANSWERED
 
     def op_enter(self, msg, fds):
-        """Join the mount namespace fds[0], with root fds[1] and cwd fds[2]."""
+        """Join the mount namespace fds[0] (unless msg[1]: we are in it already, maybe inside a user
+        namespace that does not own it), with root fds[1] and cwd fds[2]."""
         ns_fd, root_fd, cwd_fd = fds
-        kernel.setns(ns_fd, kernel.CLONE_NEWNS)
+        if not (len(msg) > 1 and msg[1]):
+            kernel.setns(ns_fd, kernel.CLONE_NEWNS)
         os.fchdir(root_fd)
         os.chroot(".")
         os.fchdir(cwd_fd)

@@ -50,7 +50,7 @@ from engine import channel, mountinfo, remount, userns
 FLAG_NAMES = ("ro", "nosuid", "nodev", "noexec")
 # Namespaces the restorer makes ahead for a stand-in that starts in its user namespace, joined
 # before it enters ("ns_before_userns")
-EARLY_NS = ("uts", "ipc", "pid")
+EARLY_NS = ("uts", "ipc", "pid", "net", "cgroup")
 # Filesystems the kernel checks against what is already visible when one is mounted in a user
 # namespace (FS_USERNS_VISIBLE): the new mount takes the visible one's locked ro and atime. A
 # stand-in in the user namespace makes them the same way, so such an unlocked mount with those
@@ -152,6 +152,8 @@ def plan(tree, names: dict, ns_kinds) -> dict:
         if first:
             p.record_first(pid, ppid, own, mnt_owner)
         p.record_stand(pid, ppid)
+        p.check_late(pid, ppid, mnt_owner, ns_ino)
+    p.check_late_shared(tree, ns_ino)
     from engine import userns_groups   # (it builds on this module)
     out = p.result()
     userns_groups.check(tree, out)   # (groups of namespaces that deny setgroups: engine/userns_groups.py)
@@ -170,6 +172,8 @@ class _Plan:
         self.owners: dict[str, str] = {}
         self.own_of: dict[int, int] = {}
         self.stand: dict[int, int] = {}   # pid -> the user namespace its stand-in starts in or inherits
+        self.first_kinds: dict[int, list[str]] = {}   # pid -> its namespaces its own user namespace made
+        self.late: set[int] = set()   # "enter_first" processes and their descendants (check_late)
 
     def name(self, key: int) -> str | None:
         """The image id of user namespace `key` (its ancestors named first); None for the dumper's."""
@@ -245,10 +249,11 @@ class _Plan:
                 continue
             first = True
             first_kinds.append(kind)
-        if first and mnt_owner != own and "pid" not in first_kinds and not made_in:
+        self.first_kinds[pid] = first_kinds
+        if first and mnt_owner != own and "pid" not in first_kinds and "pid" not in made_in:
             # Its stand-in could not enter its mount namespace from inside its user namespace: it
             # stays the restorer's, and a helper makes these namespaces there (as for joined ones).
-            made_in = {kind: own for kind in first_kinds}
+            made_in = {**made_in, **{kind: own for kind in first_kinds}}
             first = False
         if first and outside:
             self.record_outside(pid, ppid, own, outside)
@@ -261,13 +266,6 @@ class _Plan:
         ("ns_before_userns"), else they would belong to its user namespace. Refused where its
         parent's stand-in, already inside that user namespace, would fork it."""
         parent = self.procs.get(ppid, {})
-        late = [k for k in outside if k not in EARLY_NS]
-        if late:
-            # (a net namespace is set up from inside it, a cgroup namespace is rooted where its
-            # maker is: neither is made ahead)
-            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {late[0]} namespace belongs to the dumper's "
-                                                "user namespace, others of its namespaces to its own: not supported "
-                                                "yet")
         if parent.get("userns_first") and self.own_of.get(ppid) == own:
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {outside[0]} namespace belongs to the dumper's "
                                                 "user namespace, not its own, and its parent made namespaces inside "
@@ -278,13 +276,28 @@ class _Plan:
         """Where the namespaces other user namespaces own are made ("userns_start", "ns_made_in"),
         or refuse what a stand-in could not do."""
         users, procs = self.users, self.procs
+        if first and self._pid_above(pid, ppid, own, made_in):
+            return
+        at = self.stand.get(ppid)
+        if first and "pid" not in made_in and (at is None or self._reachable_from(at, list(made_in.values()))):
+            # Its stand-in starts in its user namespace and joins these first, made by a helper
+            # inside their owners (Rebuild.premade, Rebuild.early), where the parent's stand-in is.
+            procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
+            return
         if first:
             kind = next(iter(made_in))
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace belongs to "
                                                 f"{users.describe(made_in[kind])}, others of its namespaces to "
                                                 f"its own user namespace ({users.describe(own)}): not supported "
                                                 "yet")
-        if procs.get(ppid, {}).get("userns_first") or procs.get(ppid, {}).get("userns_start"):
+        at = self.stand.get(ppid)
+        if at is not None and made_in.get("pid") == at:
+            # Its pid namespace's owner is the user namespace its parent's stand-in is inside: the
+            # stand-in's fork makes it there, as the parent did.
+            made_in = {k: o for k, o in made_in.items() if k != "pid"}
+        if at is not None and not self._reachable_from(at, [own, *made_in.values()], "pid" not in made_in):
+            # (its parent's stand-in, which forks its, is inside user namespace `at`, which can make
+            # and join only namespaces owned at or below it, and not start it elsewhere)
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its namespaces belong to another user namespace "
                                                 f"than its own ({', '.join(sorted(set(map(users.describe, made_in.values()))))}), "
                                                 "and its parent made namespaces inside a user namespace: not supported yet")
@@ -305,13 +318,35 @@ class _Plan:
                                                     f"{users.describe(mnt_owner)}, which is not at or below it: "
                                                     "a stand-in starting there could not enter it: not supported yet")
             procs.setdefault(pid, {})["userns_start"] = self.name(o)
-        else:
+        elif made_in:
             procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
+
+    def _pid_above(self, pid: int, ppid, own: int, made_in: dict) -> bool:
+        """For a process whose stand-in starts in its user namespace: whether its pid namespace alone
+        another user namespace owns, an ancestor of its own, so that its stand-in starts in that one
+        (``userns_start``), makes it, and enters its own to make the rest; its parent's stand-in the
+        restorer's, or inside an ancestor of that one (which it can enter from there)."""
+        o = made_in.get("pid")
+        at = self.stand.get(ppid)
+        if set(made_in) != {"pid"} or not _is_ancestor(self.users, o, own) or (
+                at is not None and not _is_ancestor(self.users, at, o)):
+            return False
+        self.procs.setdefault(pid, {})["userns_start"] = self.name(o)
+        return True
+
+    def _reachable_from(self, at: int, owners: list[int], ok: bool = True) -> bool:
+        """Whether a stand-in inside user namespace `at` may join namespaces `owners` own (each at
+        or below it), given `ok`."""
+        return ok and all(o == at or _is_ancestor(self.users, at, o) for o in owners)
 
     def record_first(self, pid: int, ppid, own: int, mnt_owner: int) -> None:
         """The process's stand-in starts in its user namespace ("userns_first"), where it can."""
         users = self.users
-        if mnt_owner != own:
+        if mnt_owner != own and ("pid" in self.first_kinds[pid] or self.procs[pid].get("userns_start")):
+            # `unshare -rpf` without -m: its stand-in, forked once every mount exists, enters its
+            # mount namespace, root and cwd before its user namespace (restore's late stand-ins).
+            self.procs[pid]["enter_first"] = True
+        elif mnt_owner != own:
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside its user namespace "
                                                 f"but its mount namespace belongs to another "
                                                 f"({users.describe(mnt_owner)}; its own is {users.describe(own)}): "
@@ -320,7 +355,7 @@ class _Plan:
         # it started in one itself, or was forked by one that did: then only that one can be
         # joined from it.
         parent_stand = self.stand.get(ppid)
-        if parent_stand is not None and parent_stand != own:
+        if parent_stand is not None and parent_stand != own and not _is_ancestor(users, parent_stand, own):
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: it made namespaces inside a user namespace "
                                                 f"({users.describe(own)}) nested in its parent's "
                                                 f"({users.describe(parent_stand)}), which made namespaces too: "
@@ -337,6 +372,42 @@ class _Plan:
             self.stand[pid] = next(k for k, n in self.ids.items() if n == rec["userns_start"])
         elif ppid in self.stand:
             self.stand[pid] = self.stand[ppid]
+
+    def check_late(self, pid: int, ppid, mnt_owner: int, ns_ino: dict) -> None:
+        """Refuse what a stand-in forked late (its own "enter_first", or an ancestor's: restore forks
+        them once every mount exists) could not make: namespaces other steps of restore fill before
+        (ipc, net, cgroup), a mount namespace its stand-in, inside a user namespace, could not join."""
+        if not (self.procs.get(pid, {}).get("enter_first") or ppid in self.late):
+            return
+        self.late.add(pid)
+        why = "its stand-in, or an ancestor's, enters its mount namespace before its user namespace " \
+              "(`unshare -rpf` without -m)"
+        if ppid not in ns_ino:
+            return
+        for kind in ("ipc", "net", "cgroup"):
+            if ns_ino[pid][kind] != ns_ino[ppid][kind]:
+                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is not its parent's and "
+                                                    f"{why}: not supported yet")
+        stand = self.stand.get(pid)
+        if ns_ino[pid]["mnt"] != ns_ino[ppid]["mnt"] and stand is not None and mnt_owner != stand \
+                and not _is_ancestor(self.users, stand, mnt_owner):
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its mount namespace belongs to "
+                                                f"{self.users.describe(mnt_owner)}, outside the user namespace its "
+                                                f"stand-in is in, and {why}: not supported yet")
+
+    def check_late_shared(self, tree, ns_ino: dict) -> None:
+        """Refuse a namespace a late process (check_late) is the first of the tree in, that another
+        process, forked before it at restore, is in too: it would not exist yet."""
+        first: dict[tuple[str, int], int] = {}
+        for pid, _ in tree:
+            for kind, ino in ns_ino[pid].items():
+                if ino is None:
+                    continue
+                maker = first.setdefault((kind, ino), pid)
+                if maker in self.late and pid not in self.late:
+                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is that of process "
+                                                        f"{maker}, whose stand-in enters its mount namespace before "
+                                                        "its user namespace, late: not supported yet")
 
     def result(self) -> dict:
         """plan()'s document."""
@@ -814,9 +885,10 @@ class Rebuild:
     def early(self, p: dict, nsfd_of: dict, uts_names, hostproc: int) -> list[int]:
         """The fds of p's namespaces the restorer's user namespace owns though p's stand-in starts in
         its own (``ns_before_userns``), made here once (into `nsfd_of`, as `premade`): the stand-in
-        joins them before it enters its user namespace (engine/standin.spawn_in_userns)."""
+        joins them before it enters its user namespace (engine/standin.spawn_in_userns); and those
+        other user namespaces made (``ns_made_in``: `premade` made them)."""
         from engine import channel
-        out = []
+        out = [nsfd_of[(k, p["ns"][k])] for k in p.get("ns_made_in") or ()]
         for kind in p.get("ns_before_userns") or ():
             if kind == "pid":
                 continue   # (made, or joined, as it forks: engine/standin.spawn_in_userns `pid_first`)
@@ -1052,6 +1124,15 @@ class Rebuild:
             out[p["pid"]] = name if name is not None else at
         return out
 
+    def late(self) -> set[int]:
+        """The processes whose stand-ins are forked once every mount exists: those that enter their
+        mount namespace before their user namespace (``enter_first``), and their descendants."""
+        out: set[int] = set()
+        for p in self.doc["processes"]:   # (parents first)
+            if p.get("enter_first") or p.get("ppid") in out:
+                out.add(p["pid"])
+        return out
+
     def stands_in(self, p: dict) -> str | None:
         """The user namespace p's stand-in stands in until it takes its ids (become): the one it
         started in, or its parent stand-in's that its fork stayed in (the children of pid 1 of
@@ -1065,6 +1146,19 @@ class Rebuild:
         None: it starts where its parent's stand-in is and joins its user namespace last."""
         name = self._spawn_name(p, self._parent_at(parent))
         return None if name is None else self.fd[name]
+
+    @staticmethod
+    def joined_before(p: dict) -> set[str]:
+        """The kinds of p's namespaces its stand-in joined before it entered its user namespace
+        (`early`), when it starts there."""
+        if not p.get("userns_first"):
+            return set()
+        return set(p.get("ns_before_userns") or ()) | set(p.get("ns_made_in") or ())
+
+    def pid_in(self, p: dict) -> int | None:
+        """The fd of the user namespace, above p's own, whose pid namespace p's stand-in starts in
+        before it enters its own (``userns_start`` with ``userns_first``), else None."""
+        return self.fd[p["userns_start"]] if p.get("userns_start") and p.get("userns_first") else None
 
     def again(self, p: dict, parent: dict | None) -> bool:
         """Whether p's stand-in, started inside a user namespace (`spawn_in`), executes the
@@ -1083,7 +1177,7 @@ class Rebuild:
     def _spawn_name(p: dict, parent_at: str | None) -> str | None:
         """The name of the user namespace `spawn_in` starts p's stand-in in (None: its parent's);
         `parent_at`: the one its parent's stand-in is in."""
-        if p.get("userns_start"):
+        if p.get("userns_start") and not p.get("userns_first"):
             return p["userns_start"]   # the owner of its pid namespace, above its own
         if not p.get("userns_first"):
             return None

@@ -1,0 +1,52 @@
+"""`unshare -rpf` without -m: pid 1 of a pid namespace its user namespace owns, in a mount
+namespace the dumper's user namespace owns (dump refused it: "it made namespaces inside its user
+namespace but its mount namespace belongs to another"). Its stand-in is forked once every mount
+exists and enters its mount namespace, root and cwd before its user namespace."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import enginecase
+from enginecase import case, userns_setup  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="making user namespaces with any map needs root")
+
+# unshare(CLONE_NEWUSER | flags), then fork: the child is pid 1 of the new pid namespace, with a cwd
+# of its own; its child too (forked by the late stand-in, entered already)
+BODY = """
+os.makedirs("/tmp/sub", exist_ok=True)
+if os.fork() == 0:
+    os.chdir("/tmp/sub")
+    os.fork()
+"""
+FLAGS = {"pid": 0x20000000, "pid+net": 0x20000000 | 0x40000000,                     # unshare -rpf, -rpfn
+         "pid+ipc+uts+cgroup": 0x20000000 | 0x08000000 | 0x04000000 | 0x02000000}   # unshare -rpfiuC
+
+
+@pytest.mark.parametrize("flags", FLAGS.values(), ids=FLAGS.keys())
+def test_unshare_rpf_without_a_mount_namespace(case, flags):
+    before, after = case.roundtrip(userns_setup(flags, BODY))
+    procs = after.snap.procs
+    assert len(procs) == 4, procs
+    pid1 = procs[2].pid
+    assert os.readlink(f"/proc/{pid1}/ns/mnt") == os.readlink(f"/proc/{procs[0].pid}/ns/mnt")
+    assert os.readlink(f"/proc/{pid1}/ns/pid") != os.readlink(f"/proc/{procs[1].pid}/ns/pid")
+    assert os.readlink(f"/proc/{pid1}/cwd") == os.readlink(f"/proc/{procs[3].pid}/cwd") == "/tmp/sub"
+
+
+def test_a_late_process_making_a_network_namespace_is_refused_before_the_stop(case, tmp_path):
+    # pid 1 then makes a network namespace inside the user namespace: its stand-in, forked late,
+    # would make it after restore set up the network namespaces.
+    pid = case.start(enginecase.STOP_WATCH + userns_setup(0x20000000, """
+if os.fork() == 0:
+    assert libc.unshare(0x40000000) == 0
+    open("/tmp/netns-made", "w").close()
+""", ready="/tmp/netns-made"))
+    with pytest.raises(AssertionError) as err:
+        case.dump(pid, str(tmp_path / "img"))
+    assert "its net namespace is not its parent's and its stand-in, or an ancestor's, enters its mount namespace " \
+           "before its user namespace (`unshare -rpf` without -m): not supported yet" in str(err.value)
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
