@@ -144,7 +144,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
     # Zombies are recorded apart (engine/zombies.py): nothing of theirs is left to look at.
     tree, dead = zombies.split(tree)
     pids = [p for p, _ in tree]
-    _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths)
+    _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths, dead)
     why = fs.daemon_refusal(daemons, ext_mnts)   # (a daemon restore could not restart on its superblock)
     if why:
         raise DumpError(errno.EOPNOTSUPP, why)
@@ -169,7 +169,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         everyone = list(dict.fromkeys(everyone + [p for p, _ in now]))
         tree, dead = zombies.split(now)
         if started:   # (what was asked of the running tree, asked of the new ones too)
-            _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths)
+            _precheck(tree, ext_mnts, leave_running, ext_files, ext_devs, ext_veths, dead)
         freeze.refuse_zombies(tree)   # (a live one that exited since the split)
         freeze.refuse_traced(tree)
         _refuse_sessions(tree, dead, shell_job)
@@ -177,7 +177,7 @@ def dump(root_pid: int, images_dir: str, leave_running: bool = False, externals=
         # connection not accepted yet) run last, once nothing else refuses; never with
         # --leave-running (such an fd is refused then).
         takes = None if leave_running else []
-        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes, shell_job, ext_veths, after_reads)
+        doc = _collect(tree, writer, ext_mnts, ext_devs, ext_files, takes, shell_job, ext_veths, after_reads, dead)
         _record_zombies(doc, dead)
         for p in doc["processes"]:
             if p["pid"] not in resume:
@@ -240,7 +240,7 @@ def _record_zombies(doc: dict, dead) -> None:
 
 
 def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leave_running: bool = False,
-              ext_files=(), declared_devs=(), ext_veths=None) -> None:
+              ext_files=(), declared_devs=(), ext_veths=None, dead=()) -> None:
     """Refuse before stopping anything: unsupported filesystems and propagation restore cannot
     build (from mountinfo alone), then what else the running tree already shows (engine/prestop.py:
     types' and fd kinds' prechecks, the locks of namespaces other user namespaces own)."""
@@ -271,7 +271,7 @@ def _precheck(tree: list[tuple[int, int | None]], ext_mnts: dict[str, str], leav
     for _, text in texts:
         _refuse_sharing(text)
     try:
-        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files, declared_devs, ext_veths)
+        owned = prestop.check(tree, texts, ext_mnts, leave_running, ext_files, declared_devs, ext_veths, dead)
     except prestop.PrestopError as e:
         raise DumpError(e.errno, e.strerror) from None
     _check_construct(texts, ext_mnts, owned)
@@ -443,6 +443,7 @@ class _Dump:
     def __init__(self, tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files, takes):
         self.tree, self.writer, self.takes = tree, writer, takes
         self.shell_job = False   # leave the terminal of a session led outside the tree (--shell-job)
+        self.dead: list[tuple[int, int]] = []   # the tree's zombies [(pid, ppid)] (engine/zombies.py)
         self.ext_mnts, self.ext_devs, self.ext_files = ext_mnts, ext_devs, ext_files
         # _inspect_namespaces
         self.me: dict[str, int | None] = {}               # the dumper's own namespace inodes
@@ -493,14 +494,16 @@ class _Dump:
 
 
 def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None, takes=None,
-             shell_job: bool = False, ext_veths=None, after_reads=None) -> dict:
+             shell_job: bool = False, ext_veths=None, after_reads=None, dead=()) -> dict:
     """The image document of the stopped tree (archives written through `writer`): the dump
     algorithm, one step after the other; each step refuses with one line naming what it refuses.
-    `after_reads` gets the fd kinds' (what, fn) steps to run before the tree resumes."""
+    `after_reads` gets the fd kinds' (what, fn) steps to run before the tree resumes; `dead`: the
+    tree's zombies [(pid, ppid)]."""
     d = _Dump(tree, writer, ext_mnts, ext_devs, ext_files or {}, takes)
     d.after_reads = [] if after_reads is None else after_reads
     d.shell_job = shell_job
     d.ext_veths = ext_veths or {}
+    d.dead = list(dead)
     _inspect_namespaces(d)      # 2. namespaces of each process; mountinfo, roots, cwds, fds per mount namespace
     _record_mounts(d)           # 3. superblocks and mount entries (idmaps, superblock owners, locks)
     _settle_externals(d)        #    which mounts and superblocks come from outside the dump
@@ -1005,7 +1008,7 @@ def _collect_processes(d: _Dump) -> None:
     try:
         d.procs_doc = placement.processes(d.tree, d.ns_of, d.ns_data, d.names, d.me, d.mounts_by_id, fdtable,
                                           (d.mntns_doc, d.superblocks, d.ghosts_doc, d.writer, d.files,
-                                           d.linked_names), d.ext_files, map_unplaced)
+                                           d.linked_names), d.ext_files, map_unplaced, d.dead)
         fdtable.finish(d.procs_doc)
         _record_cttys(d.procs_doc, d.shell_job)
         # (roots made again from what a process holds: a pty bound as /dev/console needs its master)

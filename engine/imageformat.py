@@ -1201,6 +1201,9 @@ def _check_bound_ns(doc: dict, mounts: dict, detached: dict) -> None:
         if not binds:
             _fail(f"{what}: only a mount of a type that binds namespaces (nsfs) names one")
         nsid = m["bound_ns"]
+        if nsid == "user-0" and "user-0" in (doc.get("userns") or {}):
+            _fail(f"{what}: binds user-0, the id of the user namespace restore runs in, which the image also declares "
+                  "as one restore makes (dump numbers those from user-1)")
         if nsid not in made and nsid not in (sb.get("lone_ns") or ()):
             _fail(f"{what}: binds namespace {nsid}, which the image does not make (no process of the image is "
                   "in it but as the host's, and its superblock records no such lone namespace)")

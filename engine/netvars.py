@@ -37,7 +37,9 @@ __all__ = ["NetvarsError", "read", "read_fd", "write", "of_process", "check"]
 TOPS = ("core", "ipv4", "ipv6", "unix", "netfilter", "mptcp")
 MAX_NAMES = 2048
 MAX_TEXT = 1024
-_NAME = re.compile(r"^(?:" + "|".join(TOPS) + r")(?:/[A-Za-z0-9_][A-Za-z0-9_.:-]{0,63}){1,4}\Z")
+# (a component: a table's entry, or a device's name as the kernel allows it, '@' and '+' too; never
+# "." or "..")
+_NAME = re.compile(r"^(?:" + "|".join(TOPS) + r")(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9_.:@+-]{1,64}){1,4}\Z")
 _TEXT = re.compile(r"^[\x20-\x7e\t\n]*\Z")
 _BASE = "/proc/sys/net"
 # A name whose write loads a module named after its value when the kernel has none such

@@ -11,7 +11,7 @@ import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, inject, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
                     pdeathsig, posixtimers, seccomp,
-                    sessions, subreaper, thp, threads, timens, timersigs)
+                    sessions, subreaper, thp, threads, timens, timersigs, zombies)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
 
@@ -79,49 +79,15 @@ def _timers(pid: int, entry: dict, got: dict, timers: list[dict]) -> None:
                 del entry["sig_blocked"]
 
 
-def _pidns_children(pid: int, own: int, names: dict) -> dict:
-    """{"pidns_children": id} when `pid`'s children go to another pid namespace than its own
-    (`unshare --pid --fork` made it and forked pid 1 there): one a process of the tree is in."""
-    later = kernel.ns_ino(pid, "pid_for_children")
-    if later is None or later == own:
-        return {}
-    if ("pid", later) not in names:
-        init = _zombie_init_child(pid)
-        if init is not None:
-            # (its init exited and waits for it: `unshare -p -f` whose program ended; restore makes
-            # that zombie init of a pid namespace below its own again, engine/zombies.py)
-            return {"pidns_children_zombie": init}
-        raise DumpError(errno.EOPNOTSUPP, f"process {pid}: the pid namespace its children go to holds no process "
-                                          "of the tree (`unshare --pid` without --fork, or its init exited): not "
-                                          "supported")
-    return {"pidns_children": names[("pid", later)]}
-
-
-def _zombie_init_child(pid: int) -> int | None:
-    """The zombie child of `pid` that was init of a pid namespace below its own, if any."""
-    from engine import zombies
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as f:
-            kids = [int(k) for k in f.read().split()]
-    except OSError:
-        return None
-    for kid in kids:
-        try:
-            if zombies.is_pidns_init(kid, pid):
-                return kid
-        except OSError:
-            continue
-    return None
-
-
 def time_names(pids: list[int]) -> dict[int, str]:
     """{inode: image id} of the time namespaces of `pids` (tree order) that `processes` records."""
     return timens.names(pids, timens.ns_ino("self"))
 
 
 def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx, ext_files,
-              map_unplaced: list) -> list[dict]:
+              map_unplaced: list, dead=()) -> list[dict]:
     """The image's process entries: namespaces, threads, root, cwd, fds (each by its kind) and mapped files.
+    `dead`: the tree's zombies [(pid, ppid)] (a pid namespace's init that exited: zombies.pidns_children).
     fds on a path of `ext_files` (--external file[PATH]:KEY) are recorded by KEY only; mappings on
     detached mounts are added to `map_unplaced` (_place_maps)."""
     procs_doc = []
@@ -140,7 +106,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "pid": pid, "ppid": ppid,
             "ns": {k: names[(k, ns_of[pid][k])] for k in image.NS_KINDS},
             "host_ns": [k for k in image.NS_KINDS if ns_of[pid][k] == me[k]],
-            **_pidns_children(pid, ns_of[pid]["pid"], names),
+            **zombies.pidns_children(pid, ns_of[pid]["pid"], names, dead),
             "fds": [],
             "comm": kernel.read_comm(pid),
             "caps": kernel.read_caps(pid),

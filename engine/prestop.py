@@ -42,6 +42,8 @@ tree already shows is checked here first, with the line dump would give:
   keep (engine/ipcvars.py);
 - network namespaces holding what a fresh one lacks: devices, addresses, routes, legacy iptables
   tables (engine/netdevs.py), firewall rules restore would not make (engine/netfilter.py);
+- a process whose children go to a pid namespace that holds no process of the tree (engine/zombies.py
+  `pidns_children`: `unshare --pid` without --fork, or its init exited and was reaped);
 - a process under SCHED_DEADLINE (engine/schedattrs.py); time namespaces restore cannot make
   (engine/timens.py: one a process made after another of the tree joined it); seccomp strict
   mode, and filters that hand calls to a supervisor (SECCOMP_RET_USER_NOTIF) or deny a call the
@@ -66,7 +68,7 @@ import stat
 
 from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
                     loginuid, netdevs, nsinspect, posixtimers, schedattrs, seccomp, subreaper, sysvipc, threads, timens,
-                    userns_cr)
+                    userns_cr, zombies)
 from engine.dumperror import DumpError
 from engine.fds import FdError
 
@@ -137,11 +139,12 @@ def _unique_ids(nsfd: int) -> dict[int, int]:
 
 
 def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_mnts,
-          leave_running: bool, ext_files=(), ext_devs=(), ext_veths=None) -> dict[str, dict]:
+          leave_running: bool, ext_files=(), ext_devs=(), ext_veths=None, dead=()) -> dict[str, dict]:
     """Refuse (PrestopError) what the running tree [(pid, ppid)] already shows dump would refuse;
     `texts`: (a pid, its mountinfo) of each mount namespace; fds on `ext_files` (paths declared
     --external file[PATH]) are not looked at; `ext_devs`: devices declared --external dev[MAJ:MIN];
-    `ext_veths`: veths declared --external veth[NAME]:KEY ({NAME: KEY}). Returns the image-like record of each
+    `ext_veths`: veths declared --external veth[NAME]:KEY ({NAME: KEY}); `dead`: the tree's zombies
+    [(pid, ppid)]. Returns the image-like record of each
     mount namespace another user namespace owns, its locks marked ({name: {root, mounts, owner}})."""
     from engine import image, strategy
     locks = filelocks.proc_locks()   # (first: before any fork, while read_early's thread may read it)
@@ -199,6 +202,8 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         seccomp.precheck(pids)
         loginuid.precheck(pids)
         posixtimers.check(pids)
+        for pid in pids:   # (a pid namespace for children that holds no process)
+            zombies.pidns_children(pid, kernel.ns_ino(pid, "pid"), names, dead)
         root_ns = names.get(("mnt", kernel.ns_ino(pids[0])))
         _roots(view)
         _check_types(view, ext_mnts, root_ns)

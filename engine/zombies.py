@@ -143,10 +143,36 @@ def read(pid: int, ppid: int) -> dict | None:
     return rec
 
 
-def is_pidns_init(pid: int, ppid: int) -> bool:
-    """Whether `pid`, a zombie child of `ppid`, was init of a pid namespace below its parent's."""
-    mine, theirs = _nspid(pid), _nspid(ppid)
-    return _stat(pid)[0] in (b"Z", b"X") and len(mine) == len(theirs) + 1 and mine[-1] == 1
+def pidns_children(pid: int, own: int | None, names: dict, dead) -> dict:
+    """{"pidns_children": id} when `pid`'s children go to another pid namespace than its own (`own`:
+    its inode; `unshare --pid --fork` made it and forked pid 1 there), one a process of the tree is
+    in (`names`: {(kind, inode): image id}); {"pidns_children_zombie": pid} when that namespace's init
+    exited and waits for it (`dead`: the tree's zombies [(pid, ppid)], as engine/freeze.py found
+    them: `unshare -p -f` whose program ended; restore makes that zombie init again). DumpError for
+    one that holds no process, asked before the stop (engine/prestop.py) and again once stopped."""
+    later = kernel.ns_ino(pid, "pid_for_children")
+    if later is None and kernel.ns_ino(pid, "pid") is None or later == own:
+        return {}   # (gone meanwhile: dump tells once stopped)
+    # (the kernel shows a pid namespace for children only once it has an init: `unshare --pid`
+    # without --fork, before the first fork, shows none)
+    if later is not None and ("pid", later) in names:
+        return {"pidns_children": names[("pid", later)]}
+    for kid, ppid in dead:
+        try:
+            if later is not None and ppid == pid and _init_below(_nspid(kid), _nspid(pid)):
+                return {"pidns_children_zombie": kid}
+        except OSError:
+            continue   # (reaped meanwhile)
+    raise DumpError(errno.EOPNOTSUPP, _NO_PROCESS.format(pid=pid))
+
+
+_NO_PROCESS = ("process {pid}: the pid namespace its children go to holds no process of the tree (`unshare --pid` "
+               "without --fork, or its init exited): not supported")
+
+
+def _init_below(mine: list[int], theirs: list[int]) -> bool:
+    """Whether NSpid `mine` is pid 1 of a pid namespace one below that of NSpid `theirs`."""
+    return len(mine) == len(theirs) + 1 and mine[-1] == 1
 
 
 def _own_pidns(pid: int, ppid: int, comm: str, nspids: tuple | None = None) -> bool:
@@ -157,7 +183,7 @@ def _own_pidns(pid: int, ppid: int, comm: str, nspids: tuple | None = None) -> b
     mine, theirs = nspids or (_nspid(pid), _nspid(ppid))
     if len(mine) == len(theirs):
         return False
-    if len(mine) == len(theirs) + 1 and mine[-1] == 1:
+    if _init_below(mine, theirs):
         return True
     raise DumpError(errno.EOPNOTSUPP, f"process {pid} ({comm}), a zombie of {ppid}: it was in a pid namespace "
                                       "its parent joined, not its parent's nor one of its own: not supported; "

@@ -1730,7 +1730,8 @@ os.chmod("/mnt/t/f", 0o600)
 os.dup2(i, 10); os.close(i)
 """)
     _refused_unstopped(case, setup, r"process \d+ fd 10 \(anon_inode:inotify\): inotify events wait to be read "
-                                    r"on it \(16 bytes; restore cannot make them again\): not supported")
+                                    r"on it \(16 bytes; restore cannot make them again\): not supported; dump again once "
+                                    r"the program has read them")
 
 
 def test_inotify_dump_and_restore_queue_no_events(case):

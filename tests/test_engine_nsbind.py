@@ -186,6 +186,13 @@ def _nsfs(**fields):
     return mutate
 
 
+def _own_userns_declared(d):
+    """A bind of user-0, the id of the user namespace restore runs in, which the image also declares
+    as one restore makes: restore bound its own (engine/fs/nsfs.py OWN_USERNS), not the declared one."""
+    _nsfs(bound_ns="user-0")(d)
+    d["userns"] = {"user-0": {"uid_map": [[0, 100000, 65536]], "gid_map": [[0, 100000, 65536]], "setgroups": "allow"}}
+
+
 def _tmpfs_binding(d):
     from test_hardening_review import _mnt
     _mnt(d, "/mnt/t")["bound_ns"] = "net-1"
@@ -220,6 +227,9 @@ HOSTILE = {
                       r"net_lo_up: network namespaces restore makes, each once"),
     "a lone namespace no mount binds": (_nsfs(bound_ns="net-1", lone_ns=["net-1", "net-2"]),
                                         r"lone namespace net-2, which none of its mounts binds"),
+    "the restorer's user namespace declared": (_own_userns_declared, r"mount \d+ \(/mnt/mq\): binds user-0, the id "
+                                                                     r"of the user namespace restore runs in, which the "
+                                                                     r"image also declares"),
     "a tmpfs binding a namespace": (_tmpfs_binding, r"only a mount of a type that binds namespaces \(nsfs\) names one"),
 }
 

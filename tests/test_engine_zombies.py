@@ -149,6 +149,8 @@ def test_zombie_init_of_its_own_pid_namespace(case):
     new, doc = _cr(case, pid)
     (z,) = doc["zombies"]
     assert z.get("pidns_init") is True
+    # (its parent's children go to the zombie's namespace: engine/zombies.py pidns_children)
+    assert next(p for p in doc["processes"] if p["pid"] == pid).get("pidns_children_zombie") == z["pid"], doc
     (zpid,) = [k for k in map(int, open(f"/proc/{new}/task/{new}/children").read().split()) if _state(k) == "Z"]
     with open(f"/proc/{zpid}/status") as f:
         nspid = next(line for line in f if line.startswith("NSpid:")).split()[1:]

@@ -337,7 +337,7 @@ def _dump(d) -> dict:
 
 def _unread(d, waiting: int) -> str:
     return (f"{d.where}: inotify events wait to be read on it ({waiting} bytes; restore cannot make them "
-            "again): not supported")
+            "again): not supported; dump again once the program has read them")
 
 
 # What reading a file or directory makes (open, read, close), as the dump reads the tree's files:
