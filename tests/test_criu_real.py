@@ -348,8 +348,8 @@ TESTS = {
     # (its .desc's has_ipt_legacy feature: probed since iptables is installed, session 23) its server's end
     # was reset, its ECONNRESET not read: only SO_ERROR tells which error waits, and it takes it from the test
     "socket-tcp-reseted": "refused: a TCP socket whose connection ended holds an error its program has not read",
-    **{name: "unavailable: its .desc needs the criu feature 'ipv6_freebind', which this driver does not probe"
-       for name in ("sock_ip_opts00", "sock_ip_opts01")},
+    # IP and IPv6 options of UDP and raw sockets (IPV6_FREEBIND among them: the driver probes ipv6_freebind)
+    **{name: "pass" for name in ("sock_ip_opts00", "sock_ip_opts01")},
     "socket-raw": "pass",   # raw sockets of every protocol, bound, IP_HDRINCL, ICMP filters (engine/fds/inet.py)
     "inotify_irmap": "pass",   # (--force-irmap, --irmap-scan-path: how criu names a watch's file)
     "socket_aio": "pass",
