@@ -9,7 +9,9 @@ nft's JSON like the others.
 Legacy iptables tables (/proc/net/ip_tables_names) are refused by engine/netdevs.py.
 
 Restore makes them, in a child joined to the network namespace it made for the tree (never the
-restorer's own: NetfilterError), after the namespace's devices and before any socket: `nft -j -f /proc/self/fd/0`
+restorer's own: NetfilterError), once its sockets are made and its TCP connections settled in repair
+mode (the segments of their peers restore sends again, which a rule may drop: CRIU's
+socket-tcp-closed-last-ack), before any leaves repair mode (engine/restore.py): `nft -j -f /proc/self/fd/0`
 then `iptables-nft-restore` / `ip6tables-nft-restore`, each fed on its stdin. An image is
 untrusted and a ruleset is code-like input, so `check` (the validator's rule, which dump applies
 too: a dump that succeeds restores) bounds it: nft's JSON only as objects `OBJECTS` (no command,

@@ -348,8 +348,8 @@ TESTS = {
     # (its .desc's has_ipt_legacy feature: probed since iptables is installed, session 23) its server's end
     # was reset, its ECONNRESET not read: only SO_ERROR tells which error waits, and it takes it from the test
     "socket-tcp-reseted": "refused: a TCP socket whose connection ended holds an error its program has not read",
-    **{name: "unavailable: its .desc needs the criu feature 'ipv6_freebind', which this driver does not probe"
-       for name in ("sock_ip_opts00", "sock_ip_opts01")},
+    # IP and IPv6 options of UDP and raw sockets (IPV6_FREEBIND among them: the driver probes ipv6_freebind)
+    **{name: "pass" for name in ("sock_ip_opts00", "sock_ip_opts01")},
     "socket-raw": "pass",   # raw sockets of every protocol, bound, IP_HDRINCL, ICMP filters (engine/fds/inet.py)
     "inotify_irmap": "pass",   # (--force-irmap, --irmap-scan-path: how criu names a watch's file)
     "socket_aio": "pass",
@@ -410,10 +410,11 @@ TESTS = {
     # (their iptables rules, which drop the peer's packets to hold the state, are kept now
     # (engine/netfilter.py); the socket's state is what is refused)
     "socket-tcp-syn-sent": "refused: a TCP connection in state SYN_SENT",
-    # (the client's end ended (CLOSE, kept); the server's waits in LAST_ACK for the acknowledgment of its
-    # FIN the rule drops, its peer a TIME_WAIT orphan: restore would send its peer's segments through the
-    # test's rule, which drops them too)
-    "socket-tcp-closed-last-ack": "refused: whose other end no process of the tree holds",
+    # the client's end ended (CLOSE, kept); the server's waits in LAST_ACK for the acknowledgment of its
+    # FIN the test's rule drops, its peer a TIME_WAIT orphan: made with an orphan peer (FIN_WAIT2), the
+    # rule made once the connections settled, before they leave repair mode (it dropped the peer's
+    # segments restore sends again; refused before session 26: "whose other end no process of the tree holds")
+    "socket-tcp-closed-last-ack": "pass",
     # an iptables rule (iptables-nft) of the test's namespace: kept (engine/netfilter.py)
     "netns-nf": "pass",
     # its .checkskip loads an AppArmor profile into the host (apparmor_parser), which this driver does
@@ -495,7 +496,8 @@ UNS_TESTS = {
                                  # established connections: repair mode needs no capability there
                                  "socket-tcp-local", "socket-tcp6-local", "socket-tcp4v6-local",
                                  # ended ones: made with their port's range of the namespace widened
-                                 "socket-tcp-closed", "socket-tcp6-closed", "socket-tcp4v6-closed")},
+                                 "socket-tcp-closed", "socket-tcp6-closed", "socket-tcp4v6-closed",
+                                 "socket-tcp-closed-last-ack")},
     "packet_sock": "refused: a packet socket with a mapped ring",
     "pty-console": "pass",
     # the test pivots into a root with no /proc in a mount namespace of its own: its stand-in, forked
@@ -519,7 +521,8 @@ UNS_TESTS = {
     # sub-namespaces unshared by processes inside the user namespace: a grandchild of the one that
     # made it, whose parent made none (tests/test_engine_userns_grandchild.py)
     "netns_sub": "pass",
-    **{name: "pass" for name in ("sock_peercred", "sock_opts02", "socket-tcp-keepalive", "shm-mp", "env00",
+    **{name: "pass" for name in ("sock_peercred", "sock_opts02", "socket-tcp-keepalive", "sock_ip_opts00", "sock_ip_opts01",
+                                 "shm-mp", "env00",
                                  "cmdlinenv00", "pthread00", "futex", "membarrier", "sleeping00")},
 }
 

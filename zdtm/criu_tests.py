@@ -102,6 +102,7 @@ FEATURES = {
     "memfd_hugetlb": lambda: _kernel_at_least(4, 14),      # MFD_HUGETLB
     # (criu reads raw sockets with raw_diag; mntcr with /proc/net/raw: engine/fds/inet_proc.py)
     "net_diag_raw": lambda: os.path.exists("/proc/self/net/raw"),
+    "ipv6_freebind": lambda: _ipv6_freebind(),   # IPV6_FREEBIND (Linux 4.15)
     # the test's own tools: iptables-legacy and nft run inside its root (its .desc's deps)
     "has_ipt_legacy": lambda: shutil.which("iptables-legacy") is not None,
     "nftables": lambda: shutil.which("nft") is not None,
@@ -123,6 +124,17 @@ def _sk_unix_file() -> bool:
             return True
     finally:
         shutil.rmtree(d, ignore_errors=True)
+
+
+def _ipv6_freebind() -> bool:
+    """IPV6_FREEBIND (78) on an IPv6 socket: zdtm.py's ipv6_freebind feature (criu check)."""
+    import socket
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, 78, 1)
+    except OSError:
+        return False
+    return True
 
 
 def _kernel_filesystems() -> set[str]:

@@ -203,8 +203,8 @@ def _connection(d, s: socket.socket, out: dict, st: int, host: str, filt, stoppe
         raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection from {host} to {peer[0]} port {peer[1]}, "
                                         "off loopback (a restored network namespace has lo only): not supported")
     out["peer"], out["peer_port"] = peer
-    # (for `_refuse_lone`: a CLOSE_WAIT end may be alone; an ended one is no connection: None)
-    out["_alone"] = None if st == TCP_CLOSE else st == inet_tcp.STATES["CLOSE_WAIT"][0]
+    # (for `_refuse_lone`: a CLOSE_WAIT or LAST_ACK end may be alone; an ended one is no connection: None)
+    out["_alone"] = None if st == TCP_CLOSE else st in (inet_tcp.STATES[n][0] for n in inet_tcp.ALONE)
     if stopped:
         out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
 
@@ -314,9 +314,9 @@ def prefinish(scratch: dict) -> None:
 def _refuse_lone(conns: list, queues: list) -> set:
     """Refuse the first of `conns` [(netns, local, peer, where, may be alone)] whose reverse is not
     among them, that waits in no listener's queue (`queues`: [(netns, listener's end, connections
-    waiting, where)]) and may not be alone (a CLOSE_WAIT end may: its peer is an orphan its program
-    closed, FIN_WAIT2, which answers nothing but a reset, as a port nobody holds does); then a
-    listener whose queue holds a connection of no client of the tree (one closed). An fd and its
+    waiting, where)]) and may not be alone (a CLOSE_WAIT or LAST_ACK end may: its peer is an
+    orphan its program closed, FIN_WAIT2 or TIME_WAIT, which answers nothing but a FIN or a reset,
+    as a port nobody holds does); then a listener whose queue holds a connection of no client of the tree (one closed). An fd and its
     dups give the same connection several times: it counts once. Returns the lone ends."""
     have = {(ns, a, b) for ns, a, b, _w, _l in conns}
     lists = {(ns, key): (n, where) for ns, key, n, where in queues}
@@ -347,11 +347,11 @@ def _refuse_lone(conns: list, queues: list) -> set:
 def _finish(objects: dict, entries: list[dict]) -> None:
     """Once every fd is dumped: each TCP connection's other end is an fd of the tree too (restore
     makes both; one alone would meet a port nobody holds), or waits in a listener's queue, or is
-    an orphan a CLOSE_WAIT end may have."""
+    an orphan a CLOSE_WAIT or LAST_ACK end may have."""
     where = lambda e: f"fd {e['fd']} (inet)"   # noqa: E731
     tcp = [e for e in entries if e.get("kind") == "inet" and "tcp" in e and e["tcp"].get("state") != "CLOSE"]
     key = lambda e: (e["obj"], end_key(e["addr"], e["port"]), end_key(e["peer"], e["peer_port"]))   # noqa: E731
-    conns = [(*key(e), where(e), e["tcp"].get("state") == "CLOSE_WAIT") for e in tcp]
+    conns = [(*key(e), where(e), e["tcp"].get("state") in inet_tcp.ALONE) for e in tcp]
     queues = [(e["obj"], end_key(e.get("addr", "0.0.0.0"), e["port"]), e["queued"], where(e))
               for e in entries if e.get("kind") == "inet" and e.get("queued")]
     alone = _refuse_lone(conns, queues)
@@ -706,7 +706,7 @@ def _deliver(r: RestoreFd, fd: int) -> None:
 
 
 def _orphan(r: RestoreFd, e: dict) -> None:
-    """The peer a CLOSE_WAIT end had, an orphan its program closed (inet_tcp.orphan_of): made in
+    """The peer a CLOSE_WAIT or LAST_ACK end had, an orphan its program closed (inet_tcp.orphan_of): made in
     repair mode like a connection of the tree, settled with it, let go of with it and closed at the
     end (r.keep), an orphan in FIN_WAIT2 again."""
     fam = FAMILY_NO[e["family"]]

@@ -26,7 +26,11 @@ directions back (engine/fds/inet.py).
 A CLOSE_WAIT end whose peer its program closed (an orphan in FIN_WAIT2, which no process holds)
 is made with that peer (`orphan_of`, "alone"): made in repair mode from the end's state, settled
 first, let go of and closed, an orphan again, answering the end as the first one did (its
-program reads the bytes, then the end; a write meets a reset).
+program reads the bytes, then the end; a write meets a reset). So is a LAST_ACK end (such an
+end that closed its side too), whose orphan peer got its FIN (TIME_WAIT) or not yet (FIN_WAIT2):
+made in FIN_WAIT2, it takes the FIN the end sends again as the first did, and its acknowledgment
+ends the end (CLOSE) unless a rule of the tree drops it, as CRIU's socket-tcp-closed-last-ack's
+does (the firewall is made once the connections settled: engine/restore.py).
 
 A socket whose connection ended (CLOSE: FINs both ways, or reset and its error read since) is made
 ESTABLISHED in repair mode with its names and unread bytes, then reset from its peer's address
@@ -72,6 +76,8 @@ STATES = {"ESTABLISHED": (1, 0, 0, 0, 0), "FIN_WAIT1": (4, 0, 1, 0, 0), "FIN_WAI
           # came is counted as a byte of its receive queue's)
           "CLOSE": (7, 0, 0, 0, 0)}
 _BY_NO = {v[0]: k for k, v in STATES.items()}
+# The states of an end whose peer may be an orphan (its program closed it once it had sent its FIN)
+ALONE = ("CLOSE_WAIT", "LAST_ACK")
 MAX_QUEUE = 1 << 24   # bytes per queue (net.ipv4.tcp_rmem's default maximum is 6 MiB)
 _WINDOW = struct.Struct("=5I")   # struct tcp_repair_window: snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup
 _U32 = rng(0, (1 << 32) - 1)
@@ -91,7 +97,7 @@ CONN = Record("tcp connection", {
     # ESTABLISHED, or a half-closed one's (STATES): the FINs past the queues, who sent first, ours acknowledged
     "state": F(STR, required=False, rule=lambda v: None if v in STATES else f"must be one of {sorted(STATES)}"),
     "fin_unsent": F(BOOL, required=False),   # our FIN was not sent yet: it follows the unsent bytes
-    "alone": F(BOOL, required=False),   # a CLOSE_WAIT end whose peer is an orphan: made again from it
+    "alone": F(BOOL, required=False),   # an end (ALONE) whose peer is an orphan: made again from it
     # a CLOSE one still holds its port (bound by bind(), which sock_diag lists from Linux 6.10): made so
     "port_held": F(BOOL, required=False),
 })
@@ -205,8 +211,8 @@ def check(conn: dict, what: str) -> None:
     _n, _in, fin_out, acked, _first = _fins(conn)
     if conn.get("fin_unsent") and not (fin_out and not acked):
         _fail(f"{what}: only a FIN sent and not acknowledged may wait behind unsent bytes")
-    if conn.get("alone") and conn.get("state") != "CLOSE_WAIT":
-        _fail(f"{what}: only a CLOSE_WAIT end is made alone")
+    if conn.get("alone") and conn.get("state") not in ALONE:
+        _fail(f"{what}: only a {' or '.join(ALONE)} end is made alone")
     if "port_held" in conn and conn.get("state") != "CLOSE" or conn.get("state") == "CLOSE" and (
             conn["sendq"] or conn.get("fin_unsent")):
         _fail(f"{what}: only an ended connection (CLOSE), whose send queue is empty, says whether it holds its port")
@@ -357,7 +363,7 @@ def _write(s: socket.socket, queue: int, data: bytes) -> None:
 
 
 def orphan_of(conn: dict) -> dict:
-    """The connection of the orphan peer of CLOSE_WAIT end `conn` (`alone`): its program closed it
+    """The connection of the orphan peer of CLOSE_WAIT or LAST_ACK end `conn` (`alone`): its program closed it
     once it had read everything and sent its FIN, which `conn` acknowledged (FIN_WAIT2; a reset
     would have left `conn` CLOSE), so it holds no byte; made again in repair mode and closed once
     out of it, it is an orphan in FIN_WAIT2 again, answering `conn` as the first did."""
