@@ -44,7 +44,7 @@ import re
 from collections.abc import Callable
 from itertools import chain, compress, repeat
 from operator import contains, itemgetter
-from engine import ctty, itimers, posixtimers, records, sessions, zombies
+from engine import ctty, itimers, posixtimers, procargs, records, sessions, zombies
 
 from engine.image import (ARCHIVE_NAME, FORMAT, MAX_FDS, MAX_MOUNTS, MAX_PATH, MAX_PROCESSES, MAX_THREADS,
                           NS_KINDS, RLIMITS, USERNS_LIMITS, VERSION, ImageError, check_abs_path, empty_roots)
@@ -780,6 +780,10 @@ PROCESS = Record("process", {
     # Signals it ignores, bit n-1 for signal n (`nohup`, a shell's background job): taken by its stand-in too.
     "sig_ignored": F(INT, required=False, rule=rng(0, (1 << 64) - 1)),
     "thp_disable": F(BOOL, required=False),                   # prctl(PR_SET_THP_DISABLE) (engine/thp.py)
+    # /proc/PID/cmdline and /proc/PID/environ, base64 (both always written): shown by its stand-in
+    # (engine/procargs.py)
+    "cmdline": F(STR, required=False, rule=b64(procargs.MAX_BYTES)),
+    "environ": F(STR, required=False, rule=b64(procargs.MAX_BYTES)),
     # Its parent-death signal (prctl PR_SET_PDEATHSIG; engine/pdeathsig.py), never the root's: its
     # stand-in takes it as it detaches, under its parent's stand-in.
     "pdeathsig": F(INT, required=False, rule=rng(1, 64)),
@@ -1051,7 +1055,7 @@ _REQUIRED = {r.name: r.required for r in (LOC, DIR_LOC, FD, EXTERNAL_FD, PROCESS
 # restore (the restorer's own): the format grows by optional fields (version 1 throughout), so an
 # image of an older mntcr loads, and `older_writer` tells what it does not say.
 ALWAYS_WRITTEN = {"caps": "capabilities", "rlimits": "resource limits", "sched": "scheduling attributes",
-                  "sid": "session and process group", "umask": "umask"}
+                  "sid": "session and process group", "umask": "umask", "cmdline": "command line and environment"}
 
 
 def older_writer(doc: dict) -> str | None:

@@ -282,14 +282,15 @@ def _program(regions, mm_buf, exe_fd: int, ids: tuple | None, caps: dict | None,
 
 def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict | None = None,
                threads: list = (), filters: list | None = None, pdeathsig: int = 0, blocked: int = 0,
-               timers: tuple = ((), (), True), nproc: list | None = None) -> bool:
+               timers: tuple = ((), (), True), nproc: list | None = None, args: tuple | None = None) -> bool:
     """In a detached stand-in: make the file `exe_fd` our /proc/PID/exe, then take `ids` (uids,
     gids: real, effective, saved[, fs]; groups; dumpable; whether to keep the permitted set for
     `caps`) when given, then `caps` (as kernel.take_caps) when given, then make a thread for each
     (name, mask) of `threads` (engine/threads.py) and the POSIX timers `timers` that notify them
     (as _program), tell how it went on
     `report_fd` (engine/lastword.py: the first step that failed, which ends the steps) and pause
-    for good (never returns). False (nothing done) where this cannot be done: not x86-64, or no
+    for good (never returns). `args`: the (arg_start, arg_end, env_start, env_end) our command line
+    and environment were given (engine/procargs.py `take`), kept by our PR_SET_MM_MAP. False (nothing done) where this cannot be done: not x86-64, or no
     layout known."""
     import struct
     if _SELF is None or not _may_set_exe():
@@ -299,8 +300,9 @@ def become_exe(exe_fd: int, report_fd: int, ids: tuple | None = None, caps: dict
     field = lambda n: int(st[n - 3])   # noqa: E731  (field n, 1-indexed, of /proc/PID/stat)
     _libc.sbrk.restype = ctypes.c_void_p
     brk = _libc.sbrk(0)
+    shown = args or (field(48), field(49), field(50), field(51))
     mm = struct.pack("=11QQII", field(26), field(27), field(45), field(46), field(47), brk, field(28),
-                     field(48), field(49), field(50), field(51), 0, 0, exe_fd)
+                     *shown, 0, 0, exe_fd)
     mm_buf = ctypes.create_string_buffer(mm, len(mm))
     keep: list = []
     fixups: list = []

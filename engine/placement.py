@@ -10,7 +10,7 @@ import os
 import stat
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, inject, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
-                    pdeathsig, posixtimers, seccomp,
+                    pdeathsig, posixtimers, procargs, seccomp,
                     sessions, subreaper, thp, threads, timens, timersigs, zombies)
 from engine.dumperror import DumpError, hook
 from engine.image import is_beneath, rel_to
@@ -117,6 +117,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             "rlimits": kernel.read_rlimits(pid),
         }
         try:
+            entry.update(procargs.read(pid))
             entry["sched"] = schedattrs.read(pid)
             entry.update(timens.read(pid, my_time, time_names))
             filters = seccomp.read(pid)
@@ -129,7 +130,7 @@ def processes(tree, ns_of, ns_data, names, me, mounts_by_id, fdtable, ghost_ctx,
             _timers(pid, entry, got, timers)
             if subreaper in got and subreaper.read(pid, filters or [], got[subreaper]):
                 entry["child_subreaper"] = True
-        except (schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError,
+        except (procargs.ArgsError, schedattrs.SchedError, timens.TimensError, seccomp.SeccompError, posixtimers.TimerError,
                 subreaper.SubreaperError) as e:
             raise DumpError(e.errno, e.strerror) from None
         if filters:

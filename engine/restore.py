@@ -54,7 +54,7 @@ import stat
 from operator import itemgetter, methodcaller
 
 from engine import (channel, content, ctty, deadpid, features, filelocks, filler, forkrun, fs,
-                    hostidmap, image, imageformat, kernel, lastword, mountinfo, parking, remount, schedattrs, seccomp, sessions, sharing,
+                    hostidmap, image, imageformat, kernel, lastword, mountinfo, parking, procargs, remount, schedattrs, seccomp, sessions, sharing,
                     standin,
                     strategy, timens, userns_cr, userns_groups, zombies)
 from engine import pidfile as pidfile_mod
@@ -2821,7 +2821,8 @@ class _Restorer:
                        [(t["comm"], t.get("sig_blocked")) for t in p.get("threads") or ()],
                        {k: p[k] for k in ("umask", "no_new_privs", "rlimits", "sig_ignored", "sig_blocked",
                                               "child_subreaper", "thp_disable", "posix_timers", "itimers",
-                                              "timer_sig_caught") if k in p} | self._pdeathsig(p)),
+                                              "timer_sig_caught") if k in p} | self._pdeathsig(p)
+                       | ({"args": shown} if (shown := procargs.decoded(p)) else {})),
                       [lifeline] if p is procs[0] else [])
             if p is not procs[0]:
                 chan.sock.settimeout(60)   # (a few system calls: a stand-in stopped from outside must not hang us)

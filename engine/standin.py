@@ -47,7 +47,7 @@ import _socket   # not socket.py: its enum classes cost every restore ~7 ms (eng
 # (imported before a stand-in chroots)
 from engine import channel, fds as fdkinds, filelocks, kernel, lastword, mappings, schedattrs, threads as threadsteps
 from engine import loginuid, seccomp, timens, userns_cr
-from engine import itimers, posixtimers, thp, timersigs, zombies
+from engine import itimers, posixtimers, procargs, thp, timersigs, zombies
 # (engine/reexec.py: restore loads it for an image with user namespaces, restore._load_for)
 
 NS_FLAGS = {"uts": kernel.CLONE_NEWUTS, "ipc": kernel.CLONE_NEWIPC, "net": kernel.CLONE_NEWNET,
@@ -316,11 +316,13 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
             caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
-            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None, nproc: list | None = None) -> None:
+            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None, nproc: list | None = None,
+            args: tuple | None = None) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
     (`ignored`, a mask) and block those it blocked (`blocked`: its threads, made after, copy it),
     make its `timers` (its image's "posix_timers", "itimers", "timer_sig_caught": the handlers
-    first, so that no tick kills us), become the executable, take the ids and the capabilities and
+    first, so that no tick kills us), show its command line and environment (`args`: (cmdline,
+    environ) bytes, engine/procargs.py), become the executable, take the ids and the capabilities and
     then the parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
     threads (`threads`: (name, own mask or None) each; made last, they copy what we took), then the
     POSIX timers that notify them (engine/posixtimers.py `split`) and RLIMIT_NPROC `nproc` when
@@ -337,9 +339,11 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         restore_ids = True
         if timers:
             late, made, restore_ids = _make_timers(timers)
+        shown = procargs.take(*args) if args else None
         # (become_exe does not return when it can)
         if exe_fd is not None and not mappings.become_exe(exe_fd, report_fd, ids, caps, threads, filters,
-                                                          pdeathsig, blocked, (late, made, restore_ids), nproc):
+                                                          pdeathsig, blocked, (late, made, restore_ids), nproc,
+                                                          shown):
             os.close(exe_fd)
         if ids:
             userns_cr.become(None, *ids)
@@ -688,5 +692,6 @@ class _Server:
             _await_commit(fds[0], self.kin)
         _detach(self.installed, report, self.exe_fd, self.ids, caps, threads, bits.get("sig_ignored", 0),
                 self.filters, bits.get("pdeathsig", 0), bits.get("sig_blocked", 0),
-                {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits}, nproc)
+                {k: bits[k] for k in ("posix_timers", "itimers", "timer_sig_caught") if k in bits}, nproc,
+                bits.get("args"))
         return None

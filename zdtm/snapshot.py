@@ -309,6 +309,7 @@ class Proc:
     uts: str = ""                # its UTS namespace's host and domain names, when not the runner's (`_uts_names`)
     net: str = ""                # its network namespace's sysctls and devices, when not the runner's (`_net_sysctls`)
     roots: dict = field(default_factory=dict)       # mount label -> its root's type, mode and owner (`_root_modes`)
+    args: str = ""               # /proc/PID/cmdline and /proc/PID/environ (engine/procargs.py)
 
     def text(self) -> str:
         """The compared text of this process."""
@@ -317,6 +318,7 @@ class Proc:
         out += [f"job: {self.job}"] if self.job else []
         out += [f"ctty: {self.ctty}"] if self.ctty else []
         out += [f"bits: {self.bits}"] if self.bits else []
+        out += [self.args] if self.args else []
         out += [f"rlimits: {self.rlimits}"] if self.rlimits else []
         out += [f"ipc sysctls: {self.ipc}"] if self.ipc else []  # (and its System V objects)
         out += [f"uts names: {self.uts}"] if self.uts else []
@@ -338,6 +340,15 @@ class Proc:
         if isinstance(self.locks, str):
             return [self.locks]
         return mntlocks.summary(self.locks)
+
+
+def _args(pid: int) -> str:
+    """Its command line and environment, as a stand-in must show them again (engine/procargs.py)."""
+    out = []
+    for name in ("cmdline", "environ"):
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            out.append(f"{name}: {f.read()!r}")
+    return "\n".join(out)
 
 
 def _fdinfo(pid: int, fd: str) -> dict:
@@ -521,6 +532,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         bits += "".join(f" {k}={v:#x}" if k in ("policy", "personality") else f" {k}={v}"
                         for k, v in sorted(schedattrs.values(pid).items()))
         rlimits = " ".join(f"{k}={s}:{h}" for k, (s, h) in sorted(kernel.read_rlimits(pid).items()))
+        args = _args(pid)
         mounts = mounts if mounts is not None else mountinfo.read_pid(pid)
         canon = topology.canonical(mounts)
         proc_mounts = {m.mnt_id: m for m in mounts if m.fstype == "proc"}
@@ -580,7 +592,7 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
         raise SnapshotError(f"process {pid} vanished while being read ({e.filename})") from None
     return Proc(pid=pid, comm=comm, mounts=mounts, tree_text=canon.text, root=places["root"], cwd=places["cwd"],
                 fds=fds, ns=ns, maps=maps, threads=threads, stopped=stopped, bits=bits, rlimits=rlimits, sid=sid,
-                pgid=pgid, tty_nr=tty_nr, tpgid=tpgid, masters=frozenset(masters), **user_side)
+                pgid=pgid, tty_nr=tty_nr, tpgid=tpgid, masters=frozenset(masters), args=args, **user_side)
 
 
 def _syscall(pid: int) -> str:
