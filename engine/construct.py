@@ -1022,8 +1022,9 @@ class _Builder:
         import os
 
         from engine import kernel
+        from engine.restore import bind_order
         r = self.r
-        for ns_id in r.doc["mntns"]:
+        for ns_id in bind_order(r.doc, list(r.doc["mntns"])):   # (a bound mount namespace after its binder's)
             r.to_service()
             kernel.unshare(kernel.CLONE_NEWNS)
             r.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=r.hostproc)

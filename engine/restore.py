@@ -168,6 +168,26 @@ def _one_cpu(doc: dict) -> int | None:
     return min(os.sched_getaffinity(0))
 
 
+def bind_order(doc: dict, base: list[str]) -> list[str]:
+    """The mount namespaces of `base` (restore's order) reordered so that each namespace a mount binds
+    comes after the namespace of that mount: the kernel binds a mount namespace only in an older one
+    (mnt_ns_loop). Without unique mount ids (before Linux 6.8) the roots' legacy ids may put the bound
+    namespace first. Otherwise `base`'s order is kept; a cycle (which no kernel makes) keeps it too."""
+    after: dict[str, set[str]] = {ns_id: set() for ns_id in base}
+    for ns_id, ns in doc["mntns"].items():
+        for m in ns["mounts"]:
+            bound = str(m.get("bound_ns", ""))
+            if bound.startswith("mnt-") and bound != ns_id and bound in after and ns_id in after:
+                after[bound].add(ns_id)
+    out: list[str] = []
+    left = list(base)
+    while left:
+        ready = next((n for n in left if after[n] <= set(out)), left[0])
+        out.append(ready)
+        left.remove(ready)
+    return out
+
+
 def _unshare_on(cpu: int, flags: int) -> None:
     """unshare(`flags`) run on `cpu`; the caller's CPU affinity given back after."""
     mask = os.sched_getaffinity(0)
@@ -663,6 +683,7 @@ class _Restorer:
         self.entered: dict[int, str | None] = {}   # dumped pid -> the mount namespace its stand-in is in, when entered
         self.nsfd_of: dict[tuple[str, str], int] = {}  # (kind, ns id) -> fd
         self.current_ns: str | None = None
+        self._premade: set[str] = set()   # mount namespaces made before their roots (_premake_namespaces)
         self.users = userns_cr.Rebuild(doc)  # user namespaces, locked mounts (engine/userns_cr.py)
         # The host's /proc, reachable whatever mount namespace we stand in (reopening fds).
         self.hostproc = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -2016,6 +2037,8 @@ class _Restorer:
         else:   # (the same order: the second part would be True for every mount)
             key = lambda m: (m.get("uid") or 0, m.get("uid") is None, m["id"])  # noqa: E731
         order = fs.held_roots_last(sorted(self.mounts.values(), key=key))
+        if self.one_cpu is not None:   # (a mount binds a mount namespace: made first, in bind order)
+            self._premake_namespaces([self.ns_of_mount[m["id"]] for m in order if m["id"] in roots], service_fd)
         grouped_ids, owned = self.users.grouped, self.users.owned   # (set up before: fixed from here)
 
         keep, mnt_fd, ns_of, mounts = self.keep, self.mnt_fd, self.ns_of_mount, self.mounts
@@ -2133,14 +2156,27 @@ class _Restorer:
         """The CPU mount namespaces are made on (_one_cpu), or None."""
         return _one_cpu(self.doc)
 
-    def _new_namespace(self, ns_id: str, root: dict, service_fd: int) -> None:
-        """A copy of the service namespace, pivoted into `root` (nothing else of it stays)."""
-        kernel.setns(service_fd, kernel.CLONE_NEWNS)
-        if self.one_cpu is None:
-            kernel.unshare(kernel.CLONE_NEWNS)
-        else:
+    def _premake_namespaces(self, base: list[str], service_fd: int) -> None:
+        """Every mount namespace made at once, on one CPU, as copies of the service namespace, in
+        `bind_order`: a namespace a mount binds is made after the namespace of that mount (the kernel
+        refuses the bind otherwise: ELOOP); `_new_namespace` pivots each into its root later."""
+        for ns_id in bind_order(self.doc, base):
+            kernel.setns(service_fd, kernel.CLONE_NEWNS)
             _unshare_on(self.one_cpu, kernel.CLONE_NEWNS)
-        self.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
+            self.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
+            self._premade.add(ns_id)
+        kernel.setns(service_fd, kernel.CLONE_NEWNS)
+        self.current_ns = None
+
+    def _new_namespace(self, ns_id: str, root: dict, service_fd: int) -> None:
+        """A copy of the service namespace, pivoted into `root` (nothing else of it stays); one made
+        before (`_premake_namespaces`) is entered."""
+        if ns_id in self._premade:
+            kernel.setns(self.ns_fd[ns_id], kernel.CLONE_NEWNS)
+        else:
+            kernel.setns(service_fd, kernel.CLONE_NEWNS)
+            kernel.unshare(kernel.CLONE_NEWNS)
+            self.ns_fd[ns_id] = os.open("self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.hostproc)
         self.current_ns = ns_id
         self._pivot_into(root)
 

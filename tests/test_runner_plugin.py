@@ -133,12 +133,12 @@ def test_schema_error_is_a_collection_error(run):
 
 
 def test_skip_reasons_in_summary(run):
-    scens = {"k.yaml": "description: d\nrequires: {kernel: '<2.6'}\nsetup: exec zdtm-hold\n",
+    scens = {"k.yaml": "description: d\nrequires: {kernel: '<2.6', kernel_feature: old locks}\nsetup: exec zdtm-hold\n",
              "s.yaml": "description: d\nexpect: {skip: not today}\nsetup: exec zdtm-hold\n"}
     result = run(scens, "--backend", "rerun")
     result.assert_outcomes(skipped=2)
     table = summary(result)
-    assert re.search(r"k\.yaml\s+skip: needs kernel <2.6", table)
+    assert re.search(r"k\.yaml\s+skip: needs kernel <2.6 \(old locks\)", table)
     assert re.search(r"s\.yaml\s+skip: rerun: not today", table)
 
 

@@ -39,11 +39,12 @@ def _scenario(root, name: str, text: str):
 
 def test_skip_reason_is_computed_on_the_guest_kernel(flavor):
     f, root = flavor
-    s = _scenario(root, "old", "description: d\nrequires:\n  kernel: '<5.0'\nsetup: exec zdtm-hold\n")
+    s = _scenario(root, "old", "description: d\nrequires:\n  kernel: '<5.0'\n  kernel_feature: old locks\n"
+                               "setup: exec zdtm-hold\n")
     res = f.run(_spec(s), str(root / "old"))
     assert res.outcome == "skip"
     assert res.kernel != os.uname().release  # it ran on the VM's kernel, not the host's
-    assert f"this is {res.kernel}" in res.message
+    assert f"needs kernel <5.0 (old locks), this is {res.kernel}" in res.message
 
 
 def test_setup_output_and_failure_come_back(flavor):

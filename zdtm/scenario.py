@@ -67,6 +67,7 @@ class Requires:
     """What the machine must offer; a missing item skips the scenario with the reason."""
 
     kernel: str = ""            # version range, e.g. ">=5.15,<6.13"
+    kernel_feature: str = ""    # what the range stands for (the skip line names it)
     filesystems: tuple[str, ...] = ()
     commands: tuple[str, ...] = ()
     features: tuple[str, ...] = ()
@@ -345,7 +346,8 @@ def missing_requirement(req: Requires, features: dict | None = None) -> str | No
     if req.kernel:
         release = os.uname().release
         if not schema.kernel_in_range(release, req.kernel):
-            return f"needs kernel {req.kernel}, this is {release}"
+            what = f" ({req.kernel_feature})" if req.kernel_feature else ""
+            return f"needs kernel {req.kernel}{what}, this is {release}"
     if req.filesystems:
         have = _filesystems()
         for fs in req.filesystems:

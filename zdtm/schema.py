@@ -33,7 +33,9 @@ TOP_KEYS = {
 }
 REQUIRED = ("description", "setup")
 REQUIRES_KEYS = {
-    "kernel": "version range like '>=5.15' or '>=5.15,<6.13'",
+    "kernel": "version range like '>=5.15' or '>=5.15,<6.13' (with kernel_feature)",
+    "kernel_feature": "what the kernel range stands for, named in the skip line: the facility an older (or newer) "
+                      "kernel lacks (required with kernel)",
     "filesystems": "list of names from /proc/filesystems",
     "commands": "list of commands that must be on PATH",
     "features": "list of `mntcr check` feature names",
@@ -309,8 +311,13 @@ def build(sf, raw: dict, params: dict, error):
             check_kernel_range(kernel)
         except ValueError as e:
             raise error(path, f"key 'requires.kernel': {e}", lines.get("requires.kernel")) from None
+    feature = req.get("kernel_feature", "")
+    if not isinstance(feature, str) or (kernel and not feature.strip()):
+        raise error(path, "key 'requires.kernel' needs 'requires.kernel_feature': the facility the range stands for "
+                          "(the skip line names it)", lines.get("requires.kernel")) from None
     requires = Requires(
         kernel=kernel,
+        kernel_feature=" ".join(feature.split()) if kernel else "",
         filesystems=_str_list(path, lines, error, "requires.filesystems", req.get("filesystems", [])),
         commands=_str_list(path, lines, error, "requires.commands", req.get("commands", [])),
         features=_str_list(path, lines, error, "requires.features", req.get("features", [])),
