@@ -30,13 +30,18 @@ print(json.dumps({"rc": p.returncode, "wall": time.monotonic() - t,
 """
 
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from engine.cli import interpreter  # noqa: E402
+
+# Both trees run by the interpreter cli.command() starts (this checkout's choice).
+_PYTHON = interpreter()
 # engine.cli's main as cli.command() runs it (without runpy), in a tree of any age
 _LAUNCH = "import sys; from engine.cli import main; sys.exit(main())"
 
 
 def restore_once(tree: str, images: str, pidfile: str) -> dict:
     """Restore `images` with the engine in `tree`, kill the restored tree; CPU and wall seconds."""
-    cmd = [sys.executable, "-c", _MEASURE, sys.executable, "-S", "-c", _LAUNCH, "restore",
+    cmd = [sys.executable, "-c", _MEASURE, _PYTHON, "-S", "-c", _LAUNCH, "restore",
            "-D", images, "--pidfile", pidfile,
            # scale.py's trees bind the host's /usr and /etc as externals
            "--external", "mnt[usr]:/usr", "--external", "mnt[etc]:/etc"]

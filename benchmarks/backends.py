@@ -46,7 +46,7 @@ import time
 _PROJECT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, _PROJECT)
 
-from engine.cli import LAUNCH  # noqa: E402
+from engine.cli import LAUNCH, interpreter  # noqa: E402
 from zdtm import backends, snapshot  # noqa: E402
 from zdtm import scenario as scenario_mod  # noqa: E402
 from zdtm.backends import BackendError, Context  # noqa: E402
@@ -155,7 +155,7 @@ def startup_baseline(module: str = "engine.cli") -> tuple[float, float]:
     wall = cpu = math.inf
     for _ in range(5):
         c, t = _children_cpu(), time.monotonic()
-        subprocess.run([sys.executable, "-S", "-c", f"import engine.cli, {module}"], env=env, check=True, cwd=_PROJECT)
+        subprocess.run([interpreter(), "-S", "-c", f"import engine.cli, {module}"], env=env, check=True, cwd=_PROJECT)
         wall, cpu = min(wall, time.monotonic() - t), min(cpu, _children_cpu() - c)
     return wall, cpu
 

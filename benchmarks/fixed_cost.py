@@ -90,7 +90,8 @@ def main(argv=None) -> int:
                    stdout=subprocess.DEVNULL)
     counts = subprocess.run(_PRIVATE + ["perf", "stat", "-e", _EVENTS, "--", "true"],
                             capture_output=True).returncode == 0
-    py = [sys.executable, "-S"]
+    from engine.cli import interpreter
+    py = [interpreter(), "-S"]   # the interpreter cli.command() starts
     start = _least(py + ["-c", "pass"], env, tree)
     imports = {v: _least(py + ["-c", f"import engine.cli, engine.{v}"], env, tree) - start for v in ("dump", "restore")}
     sc = scenario_mod.load(args.scenario).render_all()[0]
