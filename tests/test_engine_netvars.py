@@ -56,6 +56,18 @@ def test_sysctls_restored(case):
     ({"ipv4/ip_forward": "1\x00"}, r"printable text"),
     ({"ipv4/ip_forward": "1" * 2000}, r"printable text"),
     ([], r"must be an object"),
+    # per-device names (a device's conf and neigh directories): a device part that leaves the table
+    ({"ipv4/conf/../../kernel/core_pattern": "|/x"}, r"not a network sysctl"),
+    ({"ipv6/conf/./../../kernel/modprobe": "/x"}, r"not a network sysctl"),
+    ({"ipv4/neigh/../../../vm/drop_caches": "3"}, r"not a network sysctl"),
+    ({"ipv4/conf/eth0/../forwarding": "1"}, r"not a network sysctl"),
+    ({"ipv4/conf/a/b/c/forwarding": "1"}, r"not a network sysctl"),
+    ({"ipv4/conf//forwarding": "1"}, r"not a network sysctl"),
+    ({"ipv4/conf/eth 0/forwarding": "1"}, r"not a network sysctl"),
+    ({"ipv4/conf/eth0\n/forwarding": "1"}, r"not a network sysctl"),
+    ({"ipv4/conf/" + "e" * 65 + "/forwarding": "1"}, r"not a network sysctl"),
+    ({"/proc/sys/net/ipv4/conf/all/forwarding": "1"}, r"not a network sysctl"),
+    ({"ipv4/conf/all/forwarding": "1\x1b"}, r"printable text"),
 ])
 def test_validator(kept, pattern):
     """Names under the per-namespace tables only, no '..'; printable texts."""
@@ -66,6 +78,10 @@ def test_validator(kept, pattern):
     with pytest.raises(ValueError, match=pattern):
         netvars.check(kept, "netvars net-0", fail)
     netvars.check({"ipv4/conf/lo/forwarding": "1\n", "unix/max_dgram_qlen": "77\n"}, "netvars net-0", fail)
+    # (the namespace's own all and default, devices named as the kernel allows: '.', '@', '+', '-')
+    netvars.check({"ipv4/conf/all/forwarding": "1\n", "ipv6/conf/default/disable_ipv6": "1\n",
+                   "ipv6/conf/eth0.100/disable_ipv6": "1\n", "ipv4/neigh/d@2/ucast_solicit": "5\n",
+                   "ipv4/conf/d+1/arp_ignore": "2\n", "ipv4/conf/..x/arp_ignore": "2\n"}, "netvars net-0", fail)
 
 
 def test_image_only_for_a_namespace_restore_makes():
