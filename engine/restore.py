@@ -663,15 +663,8 @@ class _Restorer:
         self.ghost_live: dict[str, ghosts.Ghost] = {}  # ghosts recreated, linked until the mounts are attached
         self.ghost_fds_on: dict[int, list[tuple[str, str]]] = {}  # mount -> [(ghost id, path on it)]
         self.ghost_user: dict[str, dict] = {}  # ghost id -> a mount that needs it (for errors)
-        for p in doc["processes"]:
-            for f in [p["root"], p["cwd"], *p["fds"], *p.get("maps", ())]:
-                if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
-                    self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
-                    self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
-        self.ghost_mounts = [m for m in itertools.chain(self.mounts.values(), self.detached.values()) if m.get("ghost")]
-        for m in self.ghost_mounts:
-            if m["id"] in self.mounts:
-                self.ghost_user.setdefault(m["ghost"], m)
+        self.ghost_mounts: list[dict] = []
+        self._index_ghosts(doc)
         # Objects opened to make mount roots a new instance lacks (engine/fs `make_root`): the
         # superblock's device -> {number: fd}, handed to the fd stage; and the (sb, root) made.
         self.made: dict[int, dict[int, int]] = {}
@@ -701,6 +694,18 @@ class _Restorer:
         self.wants_yard = chosen.sources == "yard"
         # Superblock and source mounts let go of in batches (a yard's are attached: closed alone).
         self.parking = parking.Parking(not self.wants_yard and features.available()["move_mount(to-detached)"].present)
+
+    def _index_ghosts(self, doc: dict) -> None:
+        """Fill ghost_fds_on, ghost_user and ghost_mounts from the image's processes and mounts."""
+        for p in doc["processes"]:
+            for f in [p["root"], p["cwd"], *p["fds"], *p.get("maps", ())]:
+                if f.get("ghost") and (f["ghost"], f["path"]) not in self.ghost_fds_on.get(f["mnt"], ()):
+                    self.ghost_fds_on.setdefault(f["mnt"], []).append((f["ghost"], f["path"]))
+                    self.ghost_user.setdefault(f["ghost"], self.mounts[f["mnt"]])
+        self.ghost_mounts = [m for m in itertools.chain(self.mounts.values(), self.detached.values()) if m.get("ghost")]
+        for m in self.ghost_mounts:
+            if m["id"] in self.mounts:
+                self.ghost_user.setdefault(m["ghost"], m)
 
     def _fill_budget(self) -> None:
         """The fds the filling helper's superblocks may take, by the fd limit, never by which process

@@ -17,18 +17,25 @@ from zdtm.backends import Backend, BackendError
 pytest_plugins = ["zdtm.plugin"]
 
 
+_RUN_IDS = {}   # images_dir -> the dumped tree's ZDTM_RUN_ID
+
+
 class Rerun(Backend):
-    """Restores by running the scenario's setup again in a fresh container."""
+    """Restores by running the scenario's setup again in a fresh container, with the dumped tree's
+    run tag: a restore keeps the processes' environment, which the snapshot compares."""
     name = "rerun"
     prefix = ""
 
     def dump(self, pid, images_dir, externals, ctx):
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            env = dict(v.split(b"=", 1) for v in f.read().split(b"\\0") if b"=" in v)
+        _RUN_IDS[images_dir] = env[b"ZDTM_RUN_ID"].decode()
         snapshot.kill_tree(pid)
 
     def restore(self, images_dir, externals, ctx):
         sc = ctx.scenario
-        if self.prefix:
-            sc = dataclasses.replace(sc, setup=self.prefix + "\\n" + sc.setup)
+        prefix = "\\n".join(filter(None, (f"ZDTM_RUN_ID={_RUN_IDS[images_dir]}", self.prefix)))
+        sc = dataclasses.replace(sc, setup=prefix + "\\n" + sc.setup)
         running = ctx.flavor.start(sc, f"{ctx.workdir}/rerun{ctx.iteration}")
         ctx.on_cleanup(lambda: ctx.flavor.stop(running))
         return running.pid
