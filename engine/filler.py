@@ -61,10 +61,14 @@ class _Helper:
         self.roots: dict[str, list] = {}
         for sid, er in empties:
             self.roots.setdefault(sid, []).append(er)
+        # The restorer waits for these to be filled (no archive: their empty roots, set up before
+        # they are sent): it is told so, else it keeps their mounts until the helper exits.
+        self.told = set(self.roots)
         self.last_fill: dict[str, int] = {}
         for i, (_, _, _, spec, _) in enumerate(fills):
             for sid, _, _ in spec:
                 self.last_fill[sid] = i
+                self.told.add(sid)
         for sid in given:
             _empty_roots(self.made[sid], self.roots.pop(sid, ()), mount_of.get(sid, sid), hostproc)
         self.batch: list[str] = []   # made, not sent yet: kept here whatever is extracted meanwhile
@@ -104,7 +108,7 @@ class _Helper:
             gone = [s for s in part if self.last_fill.get(s, -1) < self.done]
             for s in gone:
                 os.close(self.made.pop(s))
-            gone = [s for s in gone if s in self.last_fill]
+            gone = [s for s in gone if s in self.told]
             if gone:
                 self.chan.send(("filled", gone))
         if len(self.made) > self.held:
