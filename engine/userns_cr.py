@@ -153,7 +153,7 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             p.record_first(pid, ppid, own, mnt_owner)
         p.record_stand(pid, ppid)
         p.check_late(pid, ppid, mnt_owner, ns_ino)
-    p.check_late_shared(tree, ns_ino)
+    p.check_late_shared(tree, ns_ino, names)
     from engine import userns_groups   # (it builds on this module)
     out = p.result()
     userns_groups.check(tree, out)   # (groups of namespaces that deny setgroups: engine/userns_groups.py)
@@ -174,6 +174,7 @@ class _Plan:
         self.stand: dict[int, int] = {}   # pid -> the user namespace its stand-in starts in or inherits
         self.first_kinds: dict[int, list[str]] = {}   # pid -> its namespaces its own user namespace made
         self.late: set[int] = set()   # "enter_first" processes and their descendants (check_late)
+        self.late_ns: list[str] = []   # names of the namespaces a late process is the first in
 
     def name(self, key: int) -> str | None:
         """The image id of user namespace `key` (its ancestors named first); None for the dumper's."""
@@ -395,15 +396,18 @@ class _Plan:
                                                 f"{self.users.describe(mnt_owner)}, outside the user namespace its "
                                                 f"stand-in is in, and {why}: not supported yet")
 
-    def check_late_shared(self, tree, ns_ino: dict) -> None:
+    def check_late_shared(self, tree, ns_ino: dict, names: dict) -> None:
         """Refuse a namespace a late process (check_late) is the first of the tree in, that another
-        process, forked before it at restore, is in too: it would not exist yet."""
+        process, forked before it at restore, is in too: it would not exist yet. Those namespaces'
+        names go to `late_ns` (check_late_superblocks)."""
         first: dict[tuple[str, int], int] = {}
         for pid, _ in tree:
             for kind, ino in ns_ino[pid].items():
                 if ino is None:
                     continue
                 maker = first.setdefault((kind, ino), pid)
+                if maker == pid and pid in self.late and (kind, ino) in names:
+                    self.late_ns.append(names[(kind, ino)])
                 if maker in self.late and pid not in self.late:
                     raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is that of process "
                                                         f"{maker}, whose stand-in enters its mount namespace before "
@@ -412,7 +416,7 @@ class _Plan:
     def result(self) -> dict:
         """plan()'s document."""
         ids = self.ids
-        return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners,
+        return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners, "late_ns": self.late_ns,
                 "ino_name": {key: n for key, n in ids.items()},
                 "depth": {n: self.users.depth(k) for k, n in ids.items()}}
 
@@ -433,6 +437,23 @@ def _is_ancestor(users: userns.UsernsTree, a: int, b: int) -> bool:
             return True
         cur = users.parent(cur)
     return False
+
+
+def check_late_superblocks(superblocks: dict, users_plan: dict) -> None:
+    """Refuse a superblock tagged with a namespace a late process (one whose stand-in enters its
+    mount namespace before its user namespace, or its descendant) is the first in, as a proc of the
+    pid namespace of `unshare -rpf` mounted after `unshare -m` inside it: restore makes superblocks
+    before those stand-ins exist."""
+    from engine import fs
+    late = set(users_plan.get("late_ns") or ())
+    for sid, sb in superblocks.items() if late else ():
+        handler = fs.lookup(sb["fstype"])
+        key = handler.ns_key if handler is not None else None
+        if key and sb.get(key) in late:
+            raise UsernsError(errno.EOPNOTSUPP, f"superblock {sid} ({sb['fstype']}): it belongs to {sb[key]}, made "
+                                                "by a process whose stand-in, or an ancestor's, enters its mount "
+                                                "namespace before its user namespace (`unshare -rpf` without -m), "
+                                                "late: not supported yet")
 
 
 def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:
