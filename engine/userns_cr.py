@@ -27,11 +27,20 @@ and takes its credentials there.
 A process whose pid, uts, ipc, net or cgroup namespace its own user namespace
 made (rootless podman, `unshare -Urp`) gets ``userns_first``: its stand-in
 starts inside the user namespace (engine/standin.spawn_in_userns) so that what
-it makes belongs there.
+it makes belongs there. Where its mount namespace is another's (`unshare -rpf`
+without -m) it gets ``enter_first`` too: its stand-in, and its descendants', are
+forked late, once every mount exists, entering the mount namespace, root and cwd
+before the user namespace. A pid namespace owned by an ancestor of its user
+namespace is made there first (``userns_start``); its other namespaces other user
+namespaces own are made by helpers and joined before it enters (``ns_made_in``).
 
-What is refused (at dump, the tree keeps running): pid, uts, ipc, net and
-cgroup namespaces owned by another user namespace of the tree than the
-process's own, or made inside a user namespace nested in the parent's; idmapped mounts on a
+What is refused (at dump, the tree keeps running): namespaces owned by a user
+namespace a stand-in could neither make them in nor join them from (owners not
+at or below the one its parent's stand-in is in; a pid namespace of neither its
+own user namespace nor an ancestor's); a late process (``enter_first`` and its
+descendants) with an ipc, net or cgroup namespace of its own, a namespace shared
+with a process forked before it, or a superblock of a namespace it is the first
+in (checked after the stop); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
 (its root, made first at restore, and those below an unlocked mount aside: see lock_groups); locked mounts below an unlocked mount whose
 atime is not locked, or covered there.
