@@ -515,7 +515,7 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     _name_ghosts(d)
     _collect_processes(d)       # 5. fds by kind, hostnames, detached mounts
     try:
-        userns_cr.check_late_superblocks(d.superblocks, d.users)
+        userns_cr.check_late_superblocks(d.superblocks, d.mntns_doc, d.users)
     except userns_cr.UsernsError as e:
         raise DumpError(e.errno, e.strerror) from None
     return _manifest(d)

@@ -448,21 +448,31 @@ def _is_ancestor(users: userns.UsernsTree, a: int, b: int) -> bool:
     return False
 
 
-def check_late_superblocks(superblocks: dict, users_plan: dict) -> None:
-    """Refuse a superblock tagged with a namespace a late process (one whose stand-in enters its
-    mount namespace before its user namespace, or its descendant) is the first in, as a proc of the
-    pid namespace of `unshare -rpf` mounted after `unshare -m` inside it: restore makes superblocks
-    before those stand-ins exist."""
+def check_late_superblocks(superblocks: dict, mntns: dict, users_plan: dict) -> None:
+    """Refuse a superblock restore would make before the late stand-ins that it needs exist (a
+    late process: one whose stand-in enters its mount namespace before its user namespace, or its
+    descendant): one tagged with a namespace a late process is the first in (a proc of the pid
+    namespace of `unshare -rpf`), or of a type bound to a namespace mounted only in mount
+    namespaces late processes made (its maker is found among the processes that see it)."""
     from engine import fs
     late = set(users_plan.get("late_ns") or ())
-    for sid, sb in superblocks.items() if late else ():
+    if not late:
+        return
+    early = {m["sb"] for name, ns in mntns.items() if name not in late for m in ns["mounts"]}
+    why = "enters its mount namespace before its user namespace (`unshare -rpf` without -m), late: not supported yet"
+    for sid, sb in superblocks.items():
         handler = fs.lookup(sb["fstype"])
         key = handler.ns_key if handler is not None else None
         if key and sb.get(key) in late:
             raise UsernsError(errno.EOPNOTSUPP, f"superblock {sid} ({sb['fstype']}): it belongs to {sb[key]}, made "
-                                                "by a process whose stand-in, or an ancestor's, enters its mount "
-                                                "namespace before its user namespace (`unshare -rpf` without -m), "
-                                                "late: not supported yet")
+                                                f"by a process whose stand-in, or an ancestor's, {why}")
+    for name in sorted(late & set(mntns)):
+        for m in mntns[name]["mounts"]:
+            handler = fs.lookup(superblocks[m["sb"]]["fstype"])
+            if handler is not None and handler.ns and m["sb"] not in early:
+                raise UsernsError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}) on "
+                                                    f"{superblocks[m['sb']]['fstype']}: made in {name}, whose "
+                                                    f"processes' stand-ins are forked late: the first {why}")
 
 
 def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:

@@ -69,3 +69,21 @@ if os.fork() == 0 and os.fork() == 0:
                      r"or an ancestor's, enters its mount namespace before its user namespace \(`unshare -rpf` "
                      r"without -m\), late: not supported yet", str(err.value)), err.value
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
+
+
+def test_an_ipc_bound_mount_made_by_a_late_process_is_refused(case, tmp_path):
+    # `unshare -rpfi`, then a child of pid 1 mounts an mqueue in a mount namespace of its own:
+    # restore finds a superblock's maker among the processes that see it, none yet (late).
+    pid = case.start(userns_setup(0x20000000 | 0x08000000, """
+os.makedirs("/tmp/mq", exist_ok=True)
+if os.fork() == 0 and os.fork() == 0:
+    assert libc.unshare(0x00020000) == 0
+    assert libc.mount(b"mqueue", b"/tmp/mq", b"mqueue", 0, None) == 0
+    open("/tmp/mq-made", "w").close()
+""", ready="/tmp/mq-made"))
+    with pytest.raises(AssertionError) as err:
+        case.dump(pid, str(tmp_path / "img"))
+    assert re.search(r"mntcr dump: mount \d+ \(/tmp/mq\) on mqueue: made in mnt-\d+, whose processes' stand-ins are "
+                     r"forked late: the first enters its mount namespace before its user namespace", str(err.value)), \
+        err.value
+    assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
