@@ -323,11 +323,11 @@ class _Plan:
             if not _is_ancestor(users, o, own):
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, which is no ancestor of its own "
                                                     f"({users.describe(own)}; joined with setns): not supported yet")
-            if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, its mount namespace to "
-                                                    f"{users.describe(mnt_owner)}, which is not at or below it: "
-                                                    "a stand-in starting there could not enter it: not supported yet")
             procs.setdefault(pid, {})["userns_start"] = self.name(o)
+            if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
+                # A stand-in starting there could not enter its mount namespace: it enters it first,
+                # forked late (as `unshare -rpf` without -m: record_first).
+                procs[pid]["enter_first"] = True
         elif made_in:
             procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
 
