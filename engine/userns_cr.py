@@ -38,7 +38,7 @@ What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
 at or below the one its parent's stand-in is in; a pid namespace of neither its
 own user namespace nor an ancestor's); a late process (``enter_first`` and its
-descendants) with an ipc, net or cgroup namespace of its own, a namespace shared
+descendants) with an ipc or net namespace of its own, a namespace shared
 with a process forked before it, or a superblock of a namespace it is the first
 in (checked after the stop); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
@@ -332,16 +332,20 @@ class _Plan:
             procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
 
     def _pid_above(self, pid: int, ppid, own: int, made_in: dict) -> bool:
-        """For a process whose stand-in starts in its user namespace: whether its pid namespace alone
-        another user namespace owns, an ancestor of its own, so that its stand-in starts in that one
-        (``userns_start``), makes it, and enters its own to make the rest; its parent's stand-in the
-        restorer's, or inside an ancestor of that one (which it can enter from there)."""
+        """For a process whose stand-in starts in its user namespace: whether its pid namespace is
+        owned by an ancestor of its own, which its parent's stand-in is in or can enter, so that its
+        stand-in makes it there first (``userns_start``), then enters its own to make the rest; its
+        other namespaces other user namespaces own (``ns_made_in``) made by helpers and joined
+        before, where the parent's stand-in can join them."""
         o = made_in.get("pid")
+        rest = {k: v for k, v in made_in.items() if k != "pid"}
         at = self.stand.get(ppid)
-        if set(made_in) != {"pid"} or not _is_ancestor(self.users, o, own) or (
-                at is not None and not _is_ancestor(self.users, at, o)):
+        if o is None or not _is_ancestor(self.users, o, own) or (at is not None and (
+                (at != o and not _is_ancestor(self.users, at, o)) or not self._reachable_from(at, list(rest.values())))):
             return False
         self.procs.setdefault(pid, {})["userns_start"] = self.name(o)
+        if rest:
+            self.procs[pid]["ns_made_in"] = {k: self.name(v) for k, v in rest.items()}
         return True
 
     def _reachable_from(self, at: int, owners: list[int], ok: bool = True) -> bool:
@@ -386,7 +390,7 @@ class _Plan:
     def check_late(self, pid: int, ppid, mnt_owner: int, ns_ino: dict) -> None:
         """Refuse what a stand-in forked late (its own "enter_first", or an ancestor's: restore forks
         them once every mount exists) could not make: namespaces other steps of restore fill before
-        (ipc, net, cgroup), a mount namespace its stand-in, inside a user namespace, could not join."""
+        (ipc, net), a mount namespace its stand-in, inside a user namespace, could not join."""
         if not (self.procs.get(pid, {}).get("enter_first") or ppid in self.late):
             return
         self.late.add(pid)
@@ -394,8 +398,8 @@ class _Plan:
               "(`unshare -rpf` without -m)"
         if ppid not in ns_ino:
             return
-        for kind in ("ipc", "net", "cgroup"):
-            if ns_ino[pid][kind] != ns_ino[ppid][kind]:
+        for kind in ("ipc", "net"):   # (a cgroup namespace has no step of its own: its superblocks, see
+            if ns_ino[pid][kind] != ns_ino[ppid][kind]:   # check_late_superblocks)
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is not its parent's and "
                                                     f"{why}: not supported yet")
         stand = self.stand.get(pid)
@@ -1195,10 +1199,19 @@ class Rebuild:
             return set()
         return set(p.get("ns_before_userns") or ()) | set(p.get("ns_made_in") or ())
 
-    def pid_in(self, p: dict) -> int | None:
+    def pid_in(self, p: dict, parent: dict | None) -> int | None:
         """The fd of the user namespace, above p's own, whose pid namespace p's stand-in starts in
-        before it enters its own (``userns_start`` with ``userns_first``), else None."""
-        return self.fd[p["userns_start"]] if p.get("userns_start") and p.get("userns_first") else None
+        before it enters its own (``userns_start`` with ``userns_first``), else None (also where
+        the parent's stand-in is in it already: `pid_first`)."""
+        start = p.get("userns_start") if p.get("userns_first") else None
+        return None if start is None or start == self._parent_at(parent) else self.fd[start]
+
+    def pid_first(self, p: dict, parent: dict | None) -> bool:
+        """Whether p's stand-in's pid namespace is made (or joined) before it enters its user
+        namespace, where its maker is: the dumper's user namespace owns it (``ns_before_userns``),
+        or the one p's parent's stand-in is in (``userns_start``)."""
+        return "pid" in (p.get("ns_before_userns") or ()) or bool(
+            p.get("userns_first") and p.get("userns_start") and p["userns_start"] == self._parent_at(parent))
 
     def again(self, p: dict, parent: dict | None) -> bool:
         """Whether p's stand-in, started inside a user namespace (`spawn_in`), executes the

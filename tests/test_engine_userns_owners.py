@@ -32,6 +32,8 @@ SHAPES = {
     80: "pid 1 of a pid namespace owned by its parent user namespace, in the dumper's mount namespace",
     101: "the same, pid 1 forks a child",
     109: "pid 1 of a pid namespace owned by its parent user namespace, a uts one made before its own",
+    85: "a child of a late process (pid namespace of its user namespace, the dumper's mount namespace) makes a cgroup one",
+    115: "a late pid 1 of a pid namespace its parent user namespace owns makes a cgroup namespace",
 }
 
 
