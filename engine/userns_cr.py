@@ -308,9 +308,12 @@ class _Plan:
         if at is not None and not self._reachable_from(at, [own, *made_in.values()], "pid" not in made_in):
             # (its parent's stand-in, which forks its, is inside user namespace `at`, which can make
             # and join only namespaces owned at or below it, and not start it elsewhere)
-            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its namespaces belong to another user namespace "
-                                                f"than its own ({', '.join(sorted(set(map(users.describe, made_in.values()))))}), "
-                                                "and its parent made namespaces inside a user namespace: not supported yet")
+            owners = ", ".join(sorted(set(map(users.describe, made_in.values() or [own]))))
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {', '.join(sorted(made_in) or ['user'])} "
+                                                f"namespaces belong to "
+                                                f"{owners} (its own user namespace: {users.describe(own)}), which the "
+                                                f"stand-in of its parent, inside {users.describe(at)}, could neither "
+                                                "make nor join: not supported yet")
         if "pid" in made_in:
             # A pid namespace cannot be made ahead and joined (it has no init to open it by):
             # the stand-in starts inside its owner, makes it there, and joins its own user
