@@ -517,6 +517,10 @@ def _collect(tree, writer: image.ImageWriter, ext_mnts, ext_devs, ext_files=None
     _archive_contents(d)        #    clone them from namespace copies and archive their files
     _name_ghosts(d)
     _collect_processes(d)       # 5. fds by kind, hostnames, detached mounts
+    try:
+        userns_cr.check_late_superblocks(d.superblocks, d.mntns_doc, d.users)
+    except userns_cr.UsernsError as e:
+        raise DumpError(e.errno, e.strerror) from None
     return _manifest(d)
 
 

@@ -1341,8 +1341,8 @@ def _check_userns(doc: dict, mounts: dict) -> None:
         _check_fd_ids(p, users)
         if p.get("userns_first") and "userns" not in p:
             _fail(f"process {p['pid']}: userns_first without a user namespace")
-        if p.get("enter_first") and not p.get("userns_first"):
-            _fail(f"process {p['pid']}: enter_first without userns_first")
+        if p.get("enter_first") and not (p.get("userns_first") or p.get("userns_start")):
+            _fail(f"process {p['pid']}: enter_first without userns_first or userns_start")
         for kind, owner in (p.get("ns_made_in") or {}).items():
             if kind not in ("pid", "uts", "ipc", "net", "cgroup") or not isinstance(owner, str) or owner not in users:
                 _fail(f"process {p['pid']}: ns_made_in {str(kind)[:20]!r}: {str(owner)[:20]!r} is no namespace kind "

@@ -976,7 +976,8 @@ class _Restorer:
         early = self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc) \
             if in_userns is not None else []
         enter = self._root_cwd(p) if p.get("enter_first") else ()
-        pid_in = self.users.pid_in(p)   # (its pid namespace's owner, above its own)
+        pid_in = self.users.pid_in(p, maker)   # (its pid namespace's owner, above its own)
+        pid_first = self.users.pid_first(p, maker)
         # (where its stand-in is: one that entered, and those it forks in its mount namespace, skip the setns)
         self.entered[p["pid"]] = p["ns"]["mnt"] if enter else self.entered.get(maker["pid"]) \
             if maker is not None and in_userns is None else None
@@ -988,7 +989,7 @@ class _Restorer:
                 return standin.spawn_in_userns(mode, fds[1] if len(fds) > 1 else None, theirs.fileno(),
                                                in_userns, root=root, groups=groups,
                                                again=self.users.again(p, maker), early=early,
-                                               pid_first="pid" in p.get("ns_before_userns", ()), enter=enter,
+                                               pid_first=pid_first, enter=enter,
                                                pid_userns=pid_in), ours
             before = self._children_of(self.hostpid[parent["pid"]])
             if maker is not parent:
@@ -998,8 +999,7 @@ class _Restorer:
                 self.chans[parent["pid"]].call(("spawn_alone", mode, alone) if alone else ("spawn", mode), fds)
             else:
                 self.chans[parent["pid"]].call(("spawn_in_userns", mode, groups, self.jobs.orphans.get(p["pid"]),
-                                                self.users.again(p, maker), len(early),
-                                                "pid" in p.get("ns_before_userns", ()),
+                                                self.users.again(p, maker), len(early), pid_first,
                                                 {"enter": bool(enter), "pid_userns": pid_in is not None}),
                                                [fds[0], in_userns, *fds[1:], *early, *enter,
                                                 *([] if pid_in is None else [pid_in])])

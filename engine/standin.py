@@ -135,7 +135,7 @@ def spawn_in_userns(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: in
     `pid_userns`: the user namespace, above `userns_fd`, that makes its pid namespace (joined first).
     Returns its pid as the caller sees it."""
     return _spawn_via_mid(mode, pidns_fd, sock_fd, userns_fd, root, groups, alone, again, early=early,
-                          pid_first=pid_first, enter=(enter, pid_userns))
+                          pid_first=pid_first, enter=enter, pid_userns=pid_userns)
 
 
 def spawn_alone(mode: str, pidns_fd: int | None, sock_fd: int, alone: str) -> int:
@@ -164,7 +164,8 @@ def _pidns(mode: str, pidns_fd: int | None) -> None:
 
 def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int | None, root,
                    groups: list[int] | None, alone: str | None, again: bool = False,
-                   adopter: int | None = None, early=(), pid_first: bool = False, enter: tuple = ((), None)) -> int:
+                   adopter: int | None = None, early=(), pid_first: bool = False, enter: tuple = (),
+                   pid_userns: int | None = None) -> int:
     me = kernel.pidfd_open(os.getpid()) if adopter is None else os.dup(adopter)
     pid_r, pid_w = os.pipe()
     go_r, go_w = os.pipe()
@@ -183,16 +184,16 @@ def _spawn_via_mid(mode: str, pidns_fd: int | None, sock_fd: int, userns_fd: int
                     kernel.setns(fd, 0)   # (while we may: the namespace's owner is ours)
                 if pid_first:
                     _pidns(mode, pidns_fd)
-                null = _enter(*enter[0]) if enter[0] else None
-                if enter[1] is not None:   # (its pid namespace's owner, above its own: made there)
-                    kernel.setns(enter[1], kernel.CLONE_NEWUSER)
+                null = _enter(*enter) if enter else None
+                if pid_userns is not None:   # (its pid namespace's owner, above its own: made there)
+                    kernel.setns(pid_userns, kernel.CLONE_NEWUSER)
                     _pidns(mode, pidns_fd)
                 if userns_fd is not None:
                     kernel.setns(userns_fd, kernel.CLONE_NEWUSER)
-                    if not enter[0]:
+                    if not enter:
                         kernel.unshare(kernel.CLONE_NEWNS)
                 _lead(alone)   # (the session or group of a leader gone: ours, once we exit)
-                if not pid_first and enter[1] is None:
+                if not pid_first and pid_userns is None:
                     _pidns(mode, pidns_fd)
                 pid = os.fork()
                 if pid == 0:
@@ -467,7 +468,8 @@ class _Server:
         """A child stand-in started inside a user namespace (msg[3]: as in spawn_alone, or None)."""
         mode, groups = msg[1], msg[2] if len(msg) > 2 else None
         more = msg[7] if len(msg) > 7 else {}
-        pid_userns = fds.pop() if more.get("pid_userns") else None   # (the last fd: its pid namespace's owner)
+        pid_userns = fds[-1] if more.get("pid_userns") else None   # (the last fd: its pid namespace's owner)
+        fds = fds[:-1] if more.get("pid_userns") else fds
         e = 3 if more.get("enter") else 0   # (the 3 fds before: mount namespace, root, cwd it enters first)
         fds, enter = fds[:len(fds) - e], tuple(fds[len(fds) - e:])
         n = msg[5] if len(msg) > 5 else 0   # (the last n fds before: namespaces it joins before, `early`)

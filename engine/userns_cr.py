@@ -27,11 +27,20 @@ and takes its credentials there.
 A process whose pid, uts, ipc, net or cgroup namespace its own user namespace
 made (rootless podman, `unshare -Urp`) gets ``userns_first``: its stand-in
 starts inside the user namespace (engine/standin.spawn_in_userns) so that what
-it makes belongs there.
+it makes belongs there. Where its mount namespace is another's (`unshare -rpf`
+without -m) it gets ``enter_first`` too: its stand-in, and its descendants', are
+forked late, once every mount exists, entering the mount namespace, root and cwd
+before the user namespace. A pid namespace owned by an ancestor of its user
+namespace is made there first (``userns_start``); its other namespaces other user
+namespaces own are made by helpers and joined before it enters (``ns_made_in``).
 
-What is refused (at dump, the tree keeps running): pid, uts, ipc, net and
-cgroup namespaces owned by another user namespace of the tree than the
-process's own, or made inside a user namespace nested in the parent's; idmapped mounts on a
+What is refused (at dump, the tree keeps running): namespaces owned by a user
+namespace a stand-in could neither make them in nor join them from (owners not
+at or below the one its parent's stand-in is in; a pid namespace of neither its
+own user namespace nor an ancestor's); a late process (``enter_first`` and its
+descendants) with an ipc or net namespace of its own, a namespace shared
+with a process forked before it, or a superblock of a namespace it is the first
+in (checked after the stop); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
 (its root, made first at restore, and those below an unlocked mount aside: see lock_groups); locked mounts below an unlocked mount whose
 atime is not locked, or covered there.
@@ -153,7 +162,7 @@ def plan(tree, names: dict, ns_kinds) -> dict:
             p.record_first(pid, ppid, own, mnt_owner)
         p.record_stand(pid, ppid)
         p.check_late(pid, ppid, mnt_owner, ns_ino)
-    p.check_late_shared(tree, ns_ino)
+    p.check_late_shared(tree, ns_ino, names)
     from engine import userns_groups   # (it builds on this module)
     out = p.result()
     userns_groups.check(tree, out)   # (groups of namespaces that deny setgroups: engine/userns_groups.py)
@@ -174,6 +183,7 @@ class _Plan:
         self.stand: dict[int, int] = {}   # pid -> the user namespace its stand-in starts in or inherits
         self.first_kinds: dict[int, list[str]] = {}   # pid -> its namespaces its own user namespace made
         self.late: set[int] = set()   # "enter_first" processes and their descendants (check_late)
+        self.late_ns: list[str] = []   # names of the namespaces a late process is the first in
 
     def name(self, key: int) -> str | None:
         """The image id of user namespace `key` (its ancestors named first); None for the dumper's."""
@@ -298,9 +308,12 @@ class _Plan:
         if at is not None and not self._reachable_from(at, [own, *made_in.values()], "pid" not in made_in):
             # (its parent's stand-in, which forks its, is inside user namespace `at`, which can make
             # and join only namespaces owned at or below it, and not start it elsewhere)
-            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its namespaces belong to another user namespace "
-                                                f"than its own ({', '.join(sorted(set(map(users.describe, made_in.values()))))}), "
-                                                "and its parent made namespaces inside a user namespace: not supported yet")
+            owners = ", ".join(sorted(set(map(users.describe, made_in.values() or [own]))))
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {', '.join(sorted(made_in) or ['user'])} "
+                                                f"namespaces belong to "
+                                                f"{owners} (its own user namespace: {users.describe(own)}), which the "
+                                                f"stand-in of its parent, inside {users.describe(at)}, could neither "
+                                                "make nor join: not supported yet")
         if "pid" in made_in:
             # A pid namespace cannot be made ahead and joined (it has no init to open it by):
             # the stand-in starts inside its owner, makes it there, and joins its own user
@@ -313,25 +326,29 @@ class _Plan:
             if not _is_ancestor(users, o, own):
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, which is no ancestor of its own "
                                                     f"({users.describe(own)}; joined with setns): not supported yet")
-            if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: {where}, its mount namespace to "
-                                                    f"{users.describe(mnt_owner)}, which is not at or below it: "
-                                                    "a stand-in starting there could not enter it: not supported yet")
             procs.setdefault(pid, {})["userns_start"] = self.name(o)
+            if mnt_owner != o and not _is_ancestor(users, o, mnt_owner):
+                # A stand-in starting there could not enter its mount namespace: it enters it first,
+                # forked late (as `unshare -rpf` without -m: record_first).
+                procs[pid]["enter_first"] = True
         elif made_in:
             procs.setdefault(pid, {})["ns_made_in"] = {k: self.name(o) for k, o in made_in.items()}
 
     def _pid_above(self, pid: int, ppid, own: int, made_in: dict) -> bool:
-        """For a process whose stand-in starts in its user namespace: whether its pid namespace alone
-        another user namespace owns, an ancestor of its own, so that its stand-in starts in that one
-        (``userns_start``), makes it, and enters its own to make the rest; its parent's stand-in the
-        restorer's, or inside an ancestor of that one (which it can enter from there)."""
+        """For a process whose stand-in starts in its user namespace: whether its pid namespace is
+        owned by an ancestor of its own, which its parent's stand-in is in or can enter, so that its
+        stand-in makes it there first (``userns_start``), then enters its own to make the rest; its
+        other namespaces other user namespaces own (``ns_made_in``) made by helpers and joined
+        before, where the parent's stand-in can join them."""
         o = made_in.get("pid")
+        rest = {k: v for k, v in made_in.items() if k != "pid"}
         at = self.stand.get(ppid)
-        if set(made_in) != {"pid"} or not _is_ancestor(self.users, o, own) or (
-                at is not None and not _is_ancestor(self.users, at, o)):
+        if o is None or not _is_ancestor(self.users, o, own) or (at is not None and (
+                (at != o and not _is_ancestor(self.users, at, o)) or not self._reachable_from(at, list(rest.values())))):
             return False
         self.procs.setdefault(pid, {})["userns_start"] = self.name(o)
+        if rest:
+            self.procs[pid]["ns_made_in"] = {k: self.name(v) for k, v in rest.items()}
         return True
 
     def _reachable_from(self, at: int, owners: list[int], ok: bool = True) -> bool:
@@ -376,7 +393,7 @@ class _Plan:
     def check_late(self, pid: int, ppid, mnt_owner: int, ns_ino: dict) -> None:
         """Refuse what a stand-in forked late (its own "enter_first", or an ancestor's: restore forks
         them once every mount exists) could not make: namespaces other steps of restore fill before
-        (ipc, net, cgroup), a mount namespace its stand-in, inside a user namespace, could not join."""
+        (ipc, net), a mount namespace its stand-in, inside a user namespace, could not join."""
         if not (self.procs.get(pid, {}).get("enter_first") or ppid in self.late):
             return
         self.late.add(pid)
@@ -384,8 +401,8 @@ class _Plan:
               "(`unshare -rpf` without -m)"
         if ppid not in ns_ino:
             return
-        for kind in ("ipc", "net", "cgroup"):
-            if ns_ino[pid][kind] != ns_ino[ppid][kind]:
+        for kind in ("ipc", "net"):   # (a cgroup namespace has no step of its own: its superblocks, see
+            if ns_ino[pid][kind] != ns_ino[ppid][kind]:   # check_late_superblocks)
                 raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is not its parent's and "
                                                     f"{why}: not supported yet")
         stand = self.stand.get(pid)
@@ -395,15 +412,18 @@ class _Plan:
                                                 f"{self.users.describe(mnt_owner)}, outside the user namespace its "
                                                 f"stand-in is in, and {why}: not supported yet")
 
-    def check_late_shared(self, tree, ns_ino: dict) -> None:
+    def check_late_shared(self, tree, ns_ino: dict, names: dict) -> None:
         """Refuse a namespace a late process (check_late) is the first of the tree in, that another
-        process, forked before it at restore, is in too: it would not exist yet."""
+        process, forked before it at restore, is in too: it would not exist yet. Those namespaces'
+        names go to `late_ns` (check_late_superblocks)."""
         first: dict[tuple[str, int], int] = {}
         for pid, _ in tree:
             for kind, ino in ns_ino[pid].items():
                 if ino is None:
                     continue
                 maker = first.setdefault((kind, ino), pid)
+                if maker == pid and pid in self.late and (kind, ino) in names:
+                    self.late_ns.append(names[(kind, ino)])
                 if maker in self.late and pid not in self.late:
                     raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is that of process "
                                                         f"{maker}, whose stand-in enters its mount namespace before "
@@ -412,7 +432,7 @@ class _Plan:
     def result(self) -> dict:
         """plan()'s document."""
         ids = self.ids
-        return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners,
+        return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners, "late_ns": self.late_ns,
                 "ino_name": {key: n for key, n in ids.items()},
                 "depth": {n: self.users.depth(k) for k, n in ids.items()}}
 
@@ -433,6 +453,33 @@ def _is_ancestor(users: userns.UsernsTree, a: int, b: int) -> bool:
             return True
         cur = users.parent(cur)
     return False
+
+
+def check_late_superblocks(superblocks: dict, mntns: dict, users_plan: dict) -> None:
+    """Refuse a superblock restore would make before the late stand-ins that it needs exist (a
+    late process: one whose stand-in enters its mount namespace before its user namespace, or its
+    descendant): one tagged with a namespace a late process is the first in (a proc of the pid
+    namespace of `unshare -rpf`), or of a type bound to a namespace mounted only in mount
+    namespaces late processes made (its maker is found among the processes that see it)."""
+    from engine import fs
+    late = set(users_plan.get("late_ns") or ())
+    if not late:
+        return
+    early = {m["sb"] for name, ns in mntns.items() if name not in late for m in ns["mounts"]}
+    why = "enters its mount namespace before its user namespace (`unshare -rpf` without -m), late: not supported yet"
+    for sid, sb in superblocks.items():
+        handler = fs.lookup(sb["fstype"])
+        key = handler.ns_key if handler is not None else None
+        if key and sb.get(key) in late:
+            raise UsernsError(errno.EOPNOTSUPP, f"superblock {sid} ({sb['fstype']}): it belongs to {sb[key]}, made "
+                                                f"by a process whose stand-in, or an ancestor's, {why}")
+    for name in sorted(late & set(mntns)):
+        for m in mntns[name]["mounts"]:
+            handler = fs.lookup(superblocks[m["sb"]]["fstype"])
+            if handler is not None and handler.ns and m["sb"] not in early:
+                raise UsernsError(errno.EOPNOTSUPP, f"mount {m['id']} ({m['mountpoint']}) on "
+                                                    f"{superblocks[m['sb']]['fstype']}: made in {name}, whose "
+                                                    f"processes' stand-ins are forked late: the first {why}")
 
 
 def sb_owner_candidates(tree, users_plan: dict) -> list[tuple[str, int]]:
@@ -1155,10 +1202,19 @@ class Rebuild:
             return set()
         return set(p.get("ns_before_userns") or ()) | set(p.get("ns_made_in") or ())
 
-    def pid_in(self, p: dict) -> int | None:
+    def pid_in(self, p: dict, parent: dict | None) -> int | None:
         """The fd of the user namespace, above p's own, whose pid namespace p's stand-in starts in
-        before it enters its own (``userns_start`` with ``userns_first``), else None."""
-        return self.fd[p["userns_start"]] if p.get("userns_start") and p.get("userns_first") else None
+        before it enters its own (``userns_start`` with ``userns_first``), else None (also where
+        the parent's stand-in is in it already: `pid_first`)."""
+        start = p.get("userns_start") if p.get("userns_first") else None
+        return None if start is None or start == self._parent_at(parent) else self.fd[start]
+
+    def pid_first(self, p: dict, parent: dict | None) -> bool:
+        """Whether p's stand-in's pid namespace is made (or joined) before it enters its user
+        namespace, where its maker is: the dumper's user namespace owns it (``ns_before_userns``),
+        or the one p's parent's stand-in is in (``userns_start``)."""
+        return "pid" in (p.get("ns_before_userns") or ()) or bool(
+            p.get("userns_first") and p.get("userns_start") and p["userns_start"] == self._parent_at(parent))
 
     def again(self, p: dict, parent: dict | None) -> bool:
         """Whether p's stand-in, started inside a user namespace (`spawn_in`), executes the

@@ -3,7 +3,8 @@ user namespaces than the process's own own, which dump refused ("its namespaces 
 user namespace than its own, and its parent made namespaces inside a user namespace", "its pid
 namespace belongs to ..., others of its namespaces to its own user namespace", "its net namespace
 belongs to the dumper's user namespace, others of its namespaces to its own", "it made namespaces
-inside its user namespace but its mount namespace belongs to another"): each must now dump and
+inside its user namespace but its mount namespace belongs to another", "its pid namespace belongs
+to ..., its mount namespace to ..., which is not at or below it"): each must now dump and
 restore the same namespaces, owners and maps (the random test accepts a refusal)."""
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ SHAPES = {
     49: "a net namespace made before its user namespace, uts and ipc ones after",
     50: "a pid namespace owned by the parent's user namespace, its own a nested one",
     54: "a pid namespace owned by an ancestor user namespace, a cgroup one by its own",
+    80: "pid 1 of a pid namespace owned by its parent user namespace, in the dumper's mount namespace",
+    101: "the same, pid 1 forks a child",
+    109: "pid 1 of a pid namespace owned by its parent user namespace, a uts one made before its own",
+    85: "a child of a late process (pid namespace of its user namespace, the dumper's mount namespace) makes a cgroup one",
+    115: "a late pid 1 of a pid namespace its parent user namespace owns makes a cgroup namespace",
 }
 
 
