@@ -445,8 +445,8 @@ def _check(e: dict, what: str) -> None:
     if _client(e):
         if e["proto"] != "tcp" or "peer" not in e or "addr" not in e or "listen" in e or \
                 sum(k in e for k in ("tcp", "pending", "syn_sent")) > 1:
-            _fail(f"{what}: a TCP connection ('tcp', 'pending' or 'syn_sent') is a TCP socket with an address "
-                  "and a peer, not listening")
+            _fail(f"{what}: a TCP connection ('tcp' or 'pending') or a connecting client ('syn_sent') is a TCP "
+                  "socket with an address and a peer, not listening, one of the three")
     if "filter" in e and _client(e):
         _fail(f"{what}: a TCP connection has no socket filter")
     if "tcp" in e:
