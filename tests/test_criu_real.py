@@ -532,7 +532,7 @@ UNS_TESTS = {
 QUICK = {"bind-mount", "mntns_open", "mntns_overmount", "mntns_shared_bind", "mount_complex_sharing",
          "mountpoints", "non_uniform_share_propagation", "overmount_sock", "shared_slave_mount_children",
          "tempfs_ro", "tempfs_subns", "unbindable", "mnt_ext_master", "fifo-rowo-pair", "pipe00",
-         "eventfs00", "sk-unix-rel", "sockets00", "memfd00", "mntns_ghost", "pty00", "fd01", "file_locks03",
+         "eventfs00", "sk-unix-rel", "sockets00", "sockets03", "memfd00", "mntns_ghost", "pty00", "fd01", "file_locks03",
          "socket_listen4v6",
          "uns:bind-mount", "uns:sk-unix-mntns", "uns:unbindable", "uns:mnt_ext_master", "uns:mntns_ghost01",
          "uns:mntns_pivot_root", "uns:file_lease01"}

@@ -1696,7 +1696,9 @@ def test_listener_held_only_by_the_child_that_listened(case):
 def test_unix_shutdown_directions_kept(case):
     """Unix sockets shut down in one direction or both: a stream pair (SHUT_WR on one end: the peer
     reads EOF), a seqpacket pair (SHUT_RD), a connection through a listener (the accepted end
-    SHUT_RDWR after queueing data), a lone datagram socket (SHUT_WR). The snapshot's "shutdown" lines
+    SHUT_RDWR after queueing data), a lone datagram socket (SHUT_WR), a client shut for reading before
+    it connected (CRIU's sockets03: its accepted end is not shut for writing; restore shut the
+    client after connecting, which gave the accepted end "wr"). The snapshot's "shutdown" lines
     (sock_diag's sk_shutdown of each) are the same after restore."""
     setup = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t
@@ -1708,13 +1710,15 @@ lst = socket.socket(socket.AF_UNIX); lst.bind("/mnt/t/srv.sock"); lst.listen(4)
 c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv.sock")
 a, _ = lst.accept(); a.send(b"last words"); a.shutdown(socket.SHUT_RDWR)
 d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.shutdown(socket.SHUT_WR)
-for n, s in enumerate((s1, s2, q1, q2, lst, c, a, d)):
+e = socket.socket(socket.AF_UNIX); e.shutdown(socket.SHUT_RD); e.connect("/mnt/t/srv.sock"); f, _ = lst.accept()
+for n, s in enumerate((s1, s2, q1, q2, lst, c, a, d, e, f)):
     os.dup2(s.fileno(), 20 + n); s.close()
 """)
     before, after = case.roundtrip(setup)
     shut = sorted(line for line in after.snap.sharing.splitlines() if line.startswith("shutdown "))
     assert shut == sorted(["shutdown P0:20 wr", "shutdown P0:21 rd", "shutdown P0:22 rd", "shutdown P0:23 wr",
-                           "shutdown P0:25 rdwr", "shutdown P0:26 rdwr", "shutdown P0:27 wr"]), shut
+                           "shutdown P0:25 rdwr", "shutdown P0:26 rdwr", "shutdown P0:27 wr",
+                           "shutdown P0:28 rd"]), shut
 
 
 def test_inotify_unread_events_refused_unstopped(case):
