@@ -417,9 +417,13 @@ def _with_device(program: TestProgram, workdir: str, flavor: str, timeout: float
     img = os.path.join(workdir, "ext-dev.img")
     with open(img, "wb") as f:
         f.truncate(64 << 20)
-    subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True, capture_output=True)
-    dev = subprocess.run(["losetup", "--find", "--show", img], check=True, capture_output=True,
-                         text=True).stdout.strip()
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True, capture_output=True)
+        dev = subprocess.run(["losetup", "--find", "--show", img], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        os.unlink(img)
+        return Result(program.name, "skip", "", f"no ext4 loop device for {criu_source.EXT_DEV}: {e}")
     try:
         os.environ[criu_source.EXT_DEV] = dev
         desc = eval(program.desc["code"], {"__builtins__": {}, "os": os})   # noqa: S307 (zdtm.py's own way)
