@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import _signal   # (not signal.py: engine/freeze.py)
 
 from engine import (ctty, deadpid, fs, ghosts, image, imageformat, inject, itimers, kernel, loginuid, mappings, mountrules, schedattrs,
                     pdeathsig, posixtimers, procargs, seccomp,
@@ -69,9 +70,13 @@ def _timers(pid: int, entry: dict, got: dict, timers: list[dict]) -> None:
     mask = timersigs.caught(pid, timersigs.delivered(entry))
     if mask:
         entry["timer_sig_caught"] = mask
+    # (SIGCHLD too: a parent the stop of its child reached before its own stop, which
+    # freeze.stop_in_order waits for a moment only, runs its handler and stops inside it)
+    mask |= timersigs.caught(pid, {_signal.SIGCHLD})
     if entry.get("sig_blocked", 0) & mask:
         # (stopped inside a handler of one, most likely: the mask outside it, which the handler's
-        # end puts back, else its stand-in would hold that timer's ticks pending for good)
+        # end puts back, else its stand-in would hold that timer's ticks pending for good, or
+        # block SIGCHLD: CRIU's zdtm tests' init, whose handler blocks SIGTERM and SIGCHLD)
         outside = timersigs.mask_outside_handler(pid, entry["sig_blocked"], mask)
         if outside is not None:
             entry["sig_blocked"] = outside

@@ -83,14 +83,20 @@ _AFTER_FILL = 512
 _MOVE_FLAGS = kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH
 _CLONE = kernel.OPEN_TREE_CLONE | kernel.AT_EMPTY_PATH
 _SET_GROUP = kernel.MOVE_MOUNT_SET_GROUP | _MOVE_FLAGS
-# (FdMaker.finish's order of the firewall step: after the TCP connections settled in repair mode
-# (engine/fds/inet.py: -3, -2), before the steps without an order (-1), which let them go)
-_NETFILTER_ORDER = -1.5
 _BENEATH = kernel.RESOLVE_BENEATH | kernel.RESOLVE_NO_SYMLINKS | kernel.RESOLVE_NO_MAGICLINKS
 _O_CLOEXEC_DUMPED = 0o2000000
 _PLAIN = frozenset({"rw", "relatime"})   # what fsmount gives without attributes
 # Options a superblock's base mount may be made with (fsmount attributes; never "ro").
 _BASE_OK = frozenset({"rw", "relatime", "noatime", "strictatime"}) | (frozenset(_ATTR_FLAGS) - {"ro"})
+# (FdMaker.finish's order of the firewall step: after the TCP connections settled in repair mode
+# (engine/fds/inet.py: -3, -2), before the steps without an order (-1), which let them go)
+_NETFILTER_ORDER = -1.5
+
+
+def _netfilter_write():
+    """engine/netfilter.py's `write` (imported when an image has a firewall)."""
+    from engine import netfilter
+    return netfilter.write
 
 
 class RestoreError(OSError):
@@ -799,7 +805,8 @@ class _Restorer:
         """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`), made
         afresh; then each restored network namespace's lo up where it was (engine/netdevs.py), its
         devices (engine/netlinks_make.py), then its own sysctls (engine/netvars.py: bringing lo up
-        resets some of lo's, ipv6's mtu). Its firewall comes later (`_netfilter_late`)."""
+        resets some of lo's, ipv6's mtu). A lone namespace's firewall too; the others' comes later
+        (`_netfilter_late`)."""
         lone = [n for sb in self.doc["superblocks"].values() if "lone_ns" in sb for n in sb["lone_ns"] or ()]
         if not (lone or self.doc.get("net_lo_up") or self.doc.get("netvars") or self.doc.get("netdevs")
                 or self.doc.get("netfilter")):
@@ -820,7 +827,9 @@ class _Restorer:
             netdevs.make_devices(self.nsfd_of, self.doc.get("netdevs") or {}, self.ext)
         except OSError as e:
             raise RestoreError(e.errno or errno.EIO, e.strerror or str(e)) from None
-        # (the firewall: `_netfilter_late`, once the sockets are made)
+        # (a lone namespace's firewall now: no socket is in it; the others' `_netfilter_late`)
+        self._in_netns([(nsid, _netfilter_write(), self.doc["netfilter"][nsid]) for nsid in lone
+                        if nsid in (self.doc.get("netfilter") or {})])
         self._in_netns([(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()])
 
     def _netfilter_late(self) -> None:
@@ -829,11 +838,11 @@ class _Restorer:
         segments restore sends again from their addresses, which a rule of the tree may drop (CRIU's
         socket-tcp-closed-last-ack drops its server port's input), and before any leaves repair
         mode: a rule acts on a restored connection's first packet."""
-        if not self.doc.get("netfilter"):
-            return
-        from engine import netfilter
-        todo = [(nsid, netfilter.write, kept) for nsid, kept in self.doc["netfilter"].items()]
-        self._fds.late.append(("the firewall", lambda: self._in_netns(todo), _NETFILTER_ORDER))
+        lone = {n for sb in self.doc["superblocks"].values() if "lone_ns" in sb for n in sb["lone_ns"] or ()}
+        todo = [(nsid, _netfilter_write(), kept) for nsid, kept in (self.doc.get("netfilter") or {}).items()
+                if nsid not in lone]
+        if todo:
+            self._fds.late.append(("the firewall", lambda: self._in_netns(todo), _NETFILTER_ORDER))
 
     def _in_netns(self, todo) -> None:
         """make(fd, arg) for each (namespace id, make, arg) of `todo`, fd on that network namespace

@@ -1121,6 +1121,38 @@ os.dup2(s.fileno(), 10); s.close()
         assert f.read().rsplit(")", 1)[1].split()[0] in "SR"
 
 
+def test_datagram_from_a_closed_abstract_sender_kept(case):
+    """A datagram waiting on an abstract socket, sent from a socket bound to an abstract name and
+    closed since (CRIU's socket_snd_addr; refused before session 26), then one from a live sender:
+    after C/R (twice) they wait in order, each from the same sender name (the first sent again
+    from a fresh socket bound to the gone name, closed since), and the name is free again."""
+    import socket
+    setup = py_hold("""
+import socket
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(b"\\0zdtm-srv@RUN")
+c = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); c.bind(b"\\0zdtm-gone@RUN")
+c.sendto(b"hello", b"\\0zdtm-srv@RUN"); c.close()
+d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.bind(b"\\0zdtm-live@RUN")
+d.sendto(b"again", b"\\0zdtm-srv@RUN")
+os.dup2(s.fileno(), 10); os.dup2(d.fileno(), 11); s.close(); d.close()
+""")
+    state = case.roundtrip(setup, iters=2)[-1]
+    gone, live = (b"\0zdtm-" + w + RUN.encode() for w in (b"gone", b"live"))
+    assert _inbox(state.pid, 10) == [(b"hello", gone), (b"again", live)]
+    free = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with open(f"/proc/{state.pid}/ns/net") as ns, free:
+        import ctypes
+        pid = os.fork()
+        if pid == 0:   # (in the tree's network namespace: its abstract names)
+            try:
+                ctypes.CDLL(None, use_errno=True).setns(ns.fileno(), 0x40000000)
+                free.bind(gone)
+                os._exit(0)
+            except BaseException:
+                os._exit(1)
+        assert os.waitpid(pid, 0)[1] == 0, "the gone sender's name is still bound after restore"
+
+
 def _socket_file_mount(pid: int, fd: int) -> tuple[str, int]:
     """(path, mount id) of the file of bound socket fd `fd` of `pid` (SIOCUNIXFILE)."""
     import fcntl
@@ -1696,7 +1728,9 @@ def test_listener_held_only_by_the_child_that_listened(case):
 def test_unix_shutdown_directions_kept(case):
     """Unix sockets shut down in one direction or both: a stream pair (SHUT_WR on one end: the peer
     reads EOF), a seqpacket pair (SHUT_RD), a connection through a listener (the accepted end
-    SHUT_RDWR after queueing data), a lone datagram socket (SHUT_WR). The snapshot's "shutdown" lines
+    SHUT_RDWR after queueing data), a lone datagram socket (SHUT_WR), a client shut for reading before
+    it connected (CRIU's sockets03: its accepted end is not shut for writing; restore shut the
+    client after connecting, which gave the accepted end "wr"). The snapshot's "shutdown" lines
     (sock_diag's sk_shutdown of each) are the same after restore."""
     setup = """
 mkdir /mnt/t; mount -t tmpfs t /mnt/t
@@ -1708,13 +1742,15 @@ lst = socket.socket(socket.AF_UNIX); lst.bind("/mnt/t/srv.sock"); lst.listen(4)
 c = socket.socket(socket.AF_UNIX); c.connect("/mnt/t/srv.sock")
 a, _ = lst.accept(); a.send(b"last words"); a.shutdown(socket.SHUT_RDWR)
 d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); d.shutdown(socket.SHUT_WR)
-for n, s in enumerate((s1, s2, q1, q2, lst, c, a, d)):
+e = socket.socket(socket.AF_UNIX); e.shutdown(socket.SHUT_RD); e.connect("/mnt/t/srv.sock"); f, _ = lst.accept()
+for n, s in enumerate((s1, s2, q1, q2, lst, c, a, d, e, f)):
     os.dup2(s.fileno(), 20 + n); s.close()
 """)
     before, after = case.roundtrip(setup)
     shut = sorted(line for line in after.snap.sharing.splitlines() if line.startswith("shutdown "))
     assert shut == sorted(["shutdown P0:20 wr", "shutdown P0:21 rd", "shutdown P0:22 rd", "shutdown P0:23 wr",
-                           "shutdown P0:25 rdwr", "shutdown P0:26 rdwr", "shutdown P0:27 wr"]), shut
+                           "shutdown P0:25 rdwr", "shutdown P0:26 rdwr", "shutdown P0:27 wr",
+                           "shutdown P0:28 rd"]), shut
 
 
 def test_inotify_unread_events_refused_unstopped(case):

@@ -118,24 +118,41 @@ l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen()
 c = socket.socket(); c.connect(("127.0.0.1", 7000)); a, _ = l.accept()
 c.send(b"!", socket.MSG_OOB)
 """, r"fd \d+ .*urgent data waiting"),
-    ("""
+])
+def test_refused_before_stop(case, body, why):
+    """A connection with urgent data: refused with one line naming the fd before the stop."""
+    pid = case.start(STOP_WATCH + _in_netns(body))
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    assert re.search(why, str(err.value)), err.value
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+
+
+def test_syn_sent_kept(case):
+    """A client whose connect is under way (SYN_SENT: its listener's queue is full, the SYN dropped;
+    dumped and refused before session 26), behind a connection waiting in that queue: after C/R
+    (twice) it is SYN_SENT to the same port, the waiting client connected first; once the listener
+    accepts that one, the SYN sent again gets through and the client is connected."""
+    setup = _in_netns("""
 import socket, time
 l = socket.socket(); l.bind(("127.0.0.1", 7000)); l.listen(0)
 c = socket.socket(); c.connect(("127.0.0.1", 7000))   # (its accept queue full now: the next SYN is dropped)
 s = socket.socket(); s.setblocking(False); s.connect_ex(("127.0.0.1", 7000))
 while s.getsockopt(socket.SOL_TCP, socket.TCP_INFO, 1)[0] != 2:
     time.sleep(0.05)
-os.dup2(s.fileno(), 10)
-""", r"fd \d+ .*a TCP connection in state SYN_SENT"),
-])
-def test_refused_before_stop(case, body, why):
-    """A connection with urgent data, one whose handshake is under way (SYN_SENT, which has no peer
-    name: checked before it is asked for): refused with one line naming the fd before the stop."""
-    pid = case.start(STOP_WATCH + _in_netns(body))
-    with pytest.raises(CRError) as err:
-        case.dump(pid, case.new_images_dir())
-    assert re.search(why, str(err.value)), err.value
-    assert not was_stopped(pid), "dump stopped the tree before it refused"
+os.dup2(s.fileno(), 10); os.dup2(l.fileno(), 11); os.dup2(c.fileno(), 12)
+for x in (s, l, c): x.close()
+""")
+    before, _, after = case.roundtrip(setup, iters=2)
+    assert re.search(r"state=SYN_SENT peer=127\.0\.0\.1:7000", _fd(after, 10)), _fd(after, 10)
+    assert re.search(r"state=ESTABLISHED peer=127\.0\.0\.1:7000", _fd(after, 12)), _fd(after, 12)
+    import select
+    with socket.socket(fileno=grab_fd(after.pid, 11)) as l, socket.socket(fileno=grab_fd(after.pid, 10)) as s:
+        l.settimeout(30)
+        l.accept()[0].close()   # (the waiting client's)
+        assert select.select([], [s], [], 60)[1], "the client never connected once the queue had room"
+        assert s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+        assert s.getpeername() == ("127.0.0.1", 7000)
 
 
 def test_rootless_container(case):

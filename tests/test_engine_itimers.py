@@ -115,3 +115,29 @@ def test_stopped_inside_its_handler_the_mask_outside_it_is_kept(case):
     after_pid = case.restore(images)
     with open(f"/proc/{after_pid}/status") as f:
         assert re.search(r"^SigBlk:\s*0*200$", f.read(), re.M)
+
+
+def test_stopped_inside_its_sigchld_handler_the_mask_outside_it_is_kept(case):
+    # (a parent that caught SIGCHLD and stopped inside its handler: what the tree's stop did to
+    # CRIU's zdtm init on a loaded machine, its child's stop before its own; the handler blocks
+    # SIGTERM and SIGCHLD as that one's does, outside SIGUSR1 only: the stand-in must not keep
+    # the handler's mask, fifo and mnt_ext_sharing came back with it)
+    pid = case.start(py_hold("import ctypes, signal, time\n"
+                             "signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})\n"
+                             "def stay(sig):\n"
+                             "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})\n"
+                             "    while True:\n"
+                             "        time.sleep(1)\n"
+                             "stay_c = ctypes.CFUNCTYPE(None, ctypes.c_int)(stay)\n"
+                             "ctypes.CDLL(None).signal(signal.SIGCHLD, stay_c)\n"))
+    os.kill(pid, signal.SIGCHLD)   # (now, once it holds: its handler is entered for good)
+    wait_until(lambda: re.search(r"^SigBlk:\s*0*14200$", open(f"/proc/{pid}/status").read(), re.M),
+               "the process's entry into its handler")
+    images = case.new_images_dir()
+    case.dump(pid, images)
+    with open(os.path.join(images, "mntcr.json")) as f:
+        p = json.load(f)["processes"][0]
+    assert p["sig_blocked"] == 1 << 9, p   # (SIGUSR1 only)
+    after_pid = case.restore(images)
+    with open(f"/proc/{after_pid}/status") as f:
+        assert re.search(r"^SigBlk:\s*0*200$", f.read(), re.M)

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from engine import cli as engine_cli
 from engine import mountinfo
 from zdtm import criu_env, snapshot, watchdog
+from zdtm import criu_source
 from zdtm.criu_source import TestProgram
 
 __all__ = ["Result", "run", "unsupported_flavor"]
@@ -201,6 +202,13 @@ def options(desc: dict) -> Options:
                     else:
                         restore_args += ["--external", f"mnt[{inside}]:{os.path.join('/', rest)}"]
                 continue
+            if opt == "--external" and value and value.startswith("dev[") and "]:" in value:
+                # (criu's dev[MAJOR/MINOR]:KEY at dump, dev[KEY]:PATH at restore; mntcr's dev[MAJOR:MINOR])
+                inside, _, rest = value[4:].partition("]:")
+                for stage in stages:
+                    (dump_args if stage == "dump" else restore_args).extend(
+                        ["--external", f"dev[{inside.replace('/', ':')}]:{rest}"])
+                continue
             if opt == "--ext-mount-map" and value == "auto":
                 flags.add("auto")
                 continue
@@ -267,6 +275,8 @@ def run(program: TestProgram, workdir: str, flavor: str = "ns", timeout: float |
     Runs in a helper process in a private mount namespace; `workdir` (created,
     must be empty) keeps the image, the logs and the snapshots.
     """
+    if "code" in program.desc:
+        return _with_device(program, workdir, flavor, timeout)
     why = unsupported_flavor(program, flavor)
     if why:
         return Result(program.name, "skip", "", why)
@@ -398,6 +408,33 @@ def _build_root(root: str, program: TestProgram) -> str:
     return static
 
 
+def _with_device(program: TestProgram, workdir: str, flavor: str, timeout: float | None) -> Result:
+    """`run` a test whose .desc is code that needs ZDTM_MNT_EXT_DEV (mnt_ext_dev: it mounts that
+    ext4 block device): a loop device on a fresh 64 MiB ext4 image in `workdir`, its .desc
+    evaluated as zdtm.py does (with `os` alone), detached again at the end."""
+    import dataclasses
+    os.makedirs(workdir, exist_ok=True)
+    img = os.path.join(workdir, "ext-dev.img")
+    with open(img, "wb") as f:
+        f.truncate(64 << 20)
+    try:
+        subprocess.run(["mkfs.ext4", "-q", "-F", img], check=True, capture_output=True)
+        dev = subprocess.run(["losetup", "--find", "--show", img], check=True, capture_output=True,
+                             text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError) as e:
+        os.unlink(img)
+        return Result(program.name, "skip", "", f"no ext4 loop device for {criu_source.EXT_DEV}: {e}")
+    try:
+        os.environ[criu_source.EXT_DEV] = dev
+        desc = eval(program.desc["code"], {"__builtins__": {}, "os": os})   # noqa: S307 (zdtm.py's own way)
+        return run(dataclasses.replace(program, desc=desc if isinstance(desc, dict) else {}), workdir, flavor,
+                   timeout)
+    finally:
+        os.environ.pop(criu_source.EXT_DEV, None)
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+        os.unlink(img)
+
+
 def _build_dev(dev: str) -> None:
     """ZDTM_DEV: a tmpfs with the nodes test/zdtm.py makes (tty, null, net/tun, rtc, autofs)."""
     os.makedirs(dev)
@@ -415,6 +452,9 @@ def _build_dev(dev: str) -> None:
         path = os.path.join(dev, name)
         os.mknod(path, 0o666 | stat.S_IFCHR, rdev)
         os.chmod(path, 0o666)
+    ext = os.environ.get(criu_source.EXT_DEV)
+    if ext:   # (the block device mnt_ext_dev mounts, where the test finds it: `_with_device`)
+        os.mknod(os.path.join(dev, os.path.basename(ext)), 0o600 | stat.S_IFBLK, os.stat(ext).st_rdev)
 
 
 
@@ -502,6 +542,8 @@ class _Run:
         os.chmod(static, os.stat(static).st_mode | 0o222)
         if "suid" not in flags:
             env.update(TEST_CREDS)
+        if os.environ.get(criu_source.EXT_DEV):
+            env[criu_source.EXT_DEV] = os.environ[criu_source.EXT_DEV]
         name = self.p.name
         with open(os.path.join(self.w, "start.log"), "wb") as log:
             try:

@@ -127,6 +127,9 @@ def _inet(s: socket.socket) -> str:
         out += f" state={inet.TCP_STATES.get(st, st)}"
         if st == inet.TCP_LISTEN:
             out += f" backlog={backlog} queued={queued}"
+        elif st == inet.TCP_SYN_SENT:   # (connecting: no peer name yet, sock_diag's)
+            rec = table.get(os.fstat(s.fileno()).st_ino) or {}
+            out += " peer={}:{}".format(*rec.get("remote", ("?", "?")))
         elif st != inet.TCP_CLOSE:   # (a connection: its other end, and the bytes nobody read yet)
             peer = inet._name(s.getpeername())
             ends = (inet.end_key(*peer), inet.end_key(host, port))

@@ -13,8 +13,11 @@ from their senders' addresses (engine/fds/inet_udp.py), echo replies waiting on 
 (engine/fds/inet_ping.py). A ping or raw socket's owner and peer are read from /proc/net
 (engine/fds/inet_proc.py: sock_diag lists neither).
 
+A TCP client whose connect is under way (SYN_SENT) is bound again and connects again, once the
+firewall is made (`_connect_syn_sent`).
+
 Refused, before the tree is stopped (engine/prestop.py) and again at dump: a TCP connection in a
-handshake or whose other end the tree does not hold (inet_tcp), a TCP socket whose connection
+handshake (SYN_RECV) or whose other end the tree does not hold (inet_tcp), a TCP socket whose connection
 ended with an error its program has not read (only SO_ERROR tells which, and takes it), a
 listener with a connection waiting to be accepted whose client the tree does not hold, or with
 --leave-running (only accept() reads what its client sent), a UDP, ping or raw socket connected to
@@ -43,7 +46,7 @@ import struct
 import termios
 
 from engine import threadids
-from engine.imageformat import INT, MAX_UID, STR, DICT, F, rng
+from engine.imageformat import BOOL, INT, MAX_UID, STR, DICT, F, rng
 from engine.fds import (FdError, FdKind, RestoreFd, inet_diag, inet_filter, inet_net, inet_opts, inet_pending,
                         inet_ping, inet_proc, inet_raw, inet_tcp, inet_udp, register, unix_bind)
 
@@ -58,7 +61,7 @@ TYPE_NO = {"tcp": socket.SOCK_STREAM, "udp": socket.SOCK_DGRAM, "ping": socket.S
 UDPS = ("udp", "udplite")   # (UDP-Lite: UDP whose checksum covers what its socket says, UDPLITE_*_CSCOV)
 TCP_STATES = {1: "ESTABLISHED", 2: "SYN_SENT", 3: "SYN_RECV", 4: "FIN_WAIT1", 5: "FIN_WAIT2", 6: "TIME_WAIT",
               7: "CLOSE", 8: "CLOSE_WAIT", 9: "LAST_ACK", 10: "LISTEN", 11: "CLOSING"}
-TCP_CLOSE, TCP_LISTEN = 7, 10
+TCP_SYN_SENT, TCP_CLOSE, TCP_LISTEN = 2, 7, 10
 TCP_INFO, SO_MEMINFO = 11, 55
 CAP_NET_RAW = 13
 MAX_BACKLOG = 1 << 31   # (listen() takes an int; the kernel caps it at net.core.somaxconn)
@@ -156,6 +159,8 @@ def read(d, s: socket.socket, rec: dict | None, stopped: bool = False) -> dict:
             out["listen"] = backlog
             if queued:
                 _pending(d, s, out, queued, stopped)
+        elif st == TCP_SYN_SENT:
+            _syn_sent(d, out, rec, host, filt)
         elif st != TCP_CLOSE or _used(s):
             _connection(d, s, out, st, host, filt, stopped)
             if stopped and st == TCP_CLOSE:   # (sock_diag lists an ended one that holds its port: Linux 6.10)
@@ -207,6 +212,26 @@ def _connection(d, s: socket.socket, out: dict, st: int, host: str, filt, stoppe
     out["_alone"] = None if st == TCP_CLOSE else st in (inet_tcp.STATES[n][0] for n in inet_tcp.ALONE)
     if stopped:
         out["tcp"] = inet_tcp.read(s, d.where, s.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR))
+
+
+def _syn_sent(d, out: dict, rec: dict | None, host: str, filt) -> None:
+    """A TCP client whose connect is under way (SYN_SENT: nothing answered its SYN yet; CRIU's
+    socket-tcp-syn-sent drops the answer with a rule): its peer, which only sock_diag tells (no
+    peer name yet). Restore binds a new socket to its address and port and connects it again
+    without waiting, once the firewall is made (`_connect_syn_sent`): its SYN goes out again."""
+    peer = rec.get("remote") if rec is not None else None
+    if peer is None or "port" not in out:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP client connecting (SYN_SENT) that sock_diag does not "
+                                        "list with its names: not supported")
+    if filt is not None:
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP connection with a socket filter: not supported")
+    if not _loopback(peer[0]) or not _loopback(host):
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a TCP client connecting from {host} to {peer[0]} port "
+                                        f"{peer[1]}, off loopback (a restored network namespace has lo only): "
+                                        "not supported")
+    out["peer"], out["peer_port"] = peer
+    out["syn_sent"] = True
+    out["_alone"] = None   # (no connection yet: `_refuse_lone` does not look for its other end)
 
 
 def proto_of(s: socket.socket) -> str | None:
@@ -281,6 +306,8 @@ def _with_socket(d, stopped: bool = False) -> tuple[dict, int, bool]:
             ino = os.fstat(c).st_ino
             rec = inet_proc.lookup(d, ino, netns, ns, s.family) if proto_of(s) in ("ping", "raw") else \
                 inet_diag.lookup(d, ino, netns, ns)   # (sock_diag lists neither ping nor raw sockets)
+            if rec is not None and rec["state"] == TCP_SYN_SENT:   # (its peer: sock_diag's names, `_syn_sent`)
+                rec = inet_diag.lookup(d, ino, netns, ns, info=True)
             out = read(d, s, rec, stopped)
         if "uid" in out and unix_bind._here(out["uid"], "uid_map", ranges=_map_of(d.pid)) is None:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: an inet socket owned by uid {out['uid']}, which its process's "
@@ -399,7 +426,7 @@ def _check(e: dict, what: str) -> None:
             if a.version != (4 if e["family"] == "inet" else 6) or \
                     (scope and not (scope.isdigit() and len(scope) < 11)):
                 _fail(f"{what}: inet {key} {e[key][:60]!r} is not of family {e['family']}")
-            if (key == "peer" or "tcp" in e or "pending" in e) and not _loopback(e[key]):
+            if (key == "peer" or _client(e)) and not _loopback(e[key]):
                 _fail(f"{what}: a peer off loopback")
     if "listen" in e and e["proto"] != "tcp":
         _fail(f"{what}: only a TCP socket listens")
@@ -411,16 +438,16 @@ def _check(e: dict, what: str) -> None:
         if e["proto"] != "ping":
             _fail(f"{what}: only a ping socket has echo replies waiting ('replies')")
         inet_ping.check(e["replies"], e["family"], e.get("port") or None, what)
-    if "peer" in e and e["proto"] == "tcp" and "tcp" not in e and "pending" not in e:
+    if "peer" in e and e["proto"] == "tcp" and not _client(e):
         _fail(f"{what}: a TCP socket is connected only with its connection's state ('tcp')")
     if "queued" in e and "listen" not in e:
         _fail(f"{what}: only a listener has connections waiting ('queued')")
-    if "tcp" in e or "pending" in e:
+    if _client(e):
         if e["proto"] != "tcp" or "peer" not in e or "addr" not in e or "listen" in e or \
-                ("tcp" in e and "pending" in e):
-            _fail(f"{what}: a TCP connection ('tcp' or 'pending') is a TCP socket with an address and a peer, "
-                  "not listening")
-    if "filter" in e and ("tcp" in e or "pending" in e):
+                sum(k in e for k in ("tcp", "pending", "syn_sent")) > 1:
+            _fail(f"{what}: a TCP connection ('tcp' or 'pending') or a connecting client ('syn_sent') is a TCP "
+                  "socket with an address and a peer, not listening, one of the three")
+    if "filter" in e and _client(e):
         _fail(f"{what}: a TCP connection has no socket filter")
     if "tcp" in e:
         inet_tcp.check(e["tcp"], what)
@@ -431,6 +458,11 @@ def _check(e: dict, what: str) -> None:
     if "obj" not in e:
         _fail(f"{what}: an inet socket names its network namespace ('obj')")
     inet_opts.check(e["opts"], e["family"], e["proto"], what)
+
+
+def _client(e: dict) -> bool:
+    """Whether entry `e` is a TCP client that restore connects (in repair mode, or for real)."""
+    return "tcp" in e or "pending" in e or "syn_sent" in e
 
 
 def _check_object(obj: dict, what: str) -> None:
@@ -541,12 +573,12 @@ def _addr(fam: int, host: str, port: int) -> tuple:
 def _open(r: RestoreFd) -> int:
     e = r.entry
     # (a connection: the stand-in makes the socket alone, we make the connection: `_connect`)
-    names = ("family", "proto", "uid", "opts") if "tcp" in e or "pending" in e else \
+    names = ("family", "proto", "uid", "opts") if _client(e) else \
         ("family", "proto", "protocol", "addr", "port", "listen", "peer", "peer_port", "shutdown", "uid", "opts",
          "filter")
     spec = {k: e[k] for k in names if k in e}
     spec["lo"] = r.objects[e["obj"]]["lo"]
-    spec["later"] = "tcp" in e or "pending" in e   # (we set its options again: `_connect`, `_connect_pending`)
+    spec["later"] = _client(e)   # (we set its options again: `_connect`, `_connect_pending`, `_connect_syn_sent`)
     fd = None
     try:
         if _ended(e):
@@ -557,6 +589,8 @@ def _open(r: RestoreFd) -> int:
             _connect(r, fd)
         elif "pending" in e:
             _connect_pending(r, fd)
+        elif "syn_sent" in e:
+            _connect_syn_sent(r, fd)
     except OSError as err:
         if fd is not None:
             os.close(fd)
@@ -681,6 +715,27 @@ def _connect_pending(r: RestoreFd, fd: int) -> None:
     # (after the steps without an order: the connections made in repair mode are let go first)
     r.late.append((f"the TCP client {e['addr']} port {e['port']} of a connection waiting on port {e['peer_port']}",
                    connect, e["pending"]["order"]))
+
+
+def _connect_syn_sent(r: RestoreFd, fd: int) -> None:
+    """Once every process holds its fds and the firewall is made (engine/restore.py: a rule may drop
+    what answers the SYN): bind the client whose connect was under way to its address and port,
+    connect it again without waiting (a new SYN, a new initial sequence number, which no program
+    reads; it is connected when nothing drops the answer, as the first would have been), then set
+    its options back."""
+    e = r.entry
+    fam = FAMILY_NO[e["family"]]
+    mine = os.dup(fd)
+    r.keep.append(mine)
+
+    def connect():
+        with _borrowed(mine) as s:
+            inet_pending.connect_now(s, _addr(fam, e["addr"], e["port"]), _addr(fam, e["peer"], e["peer_port"]),
+                                     e["opts"].get("v6only", 0))
+            inet_opts.apply(s, e["opts"])
+    # (after the clients of the connections waiting in a listener's queue, which were there first)
+    r.late.append((f"the TCP client {e['addr']} port {e['port']} connecting to port {e['peer_port']}", connect,
+                   inet_pending.AFTER))
 
 
 def _deliver(r: RestoreFd, fd: int) -> None:
@@ -815,4 +870,6 @@ register(FdKind(name="inet", matches=lambda t, m: False, dump=dump, open=_open, 
                         # a listener's connections waiting to be accepted (their clients: "pending")
                         "queued": F(INT, required=False, rule=rng(1, MAX_BACKLOG)),
                         # a client whose connection waits in its listener's queue: connected again
-                        "pending": inet_pending.FIELD}))
+                        "pending": inet_pending.FIELD,
+                        # a client whose connect was under way (SYN_SENT): connected again, without waiting
+                        "syn_sent": F(BOOL, required=False, rule=lambda v: None if v else "is true when present")}))

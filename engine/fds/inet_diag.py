@@ -65,12 +65,13 @@ def _in(fd: int, info: bool = False) -> dict[int, dict]:
     return diag_all(info)
 
 
-def lookup(d, ino: int, netns: int, netns_fd: int) -> dict | None:
+def lookup(d, ino: int, netns: int, netns_fd: int, info: bool = False) -> dict | None:
     """inet_diag's record of socket `ino` of network namespace `netns` (our fd on it: `netns_fd`),
-    None when it lists none (a socket made since the table was read is looked for in a fresh one)."""
-    key = ("inet-diag", netns)
+    None when it lists none (a socket made since the table was read is looked for in a fresh one);
+    with `info`, its local and remote names too (`diag_all`)."""
+    key = ("inet-diag", netns, info)
     table = d.scratch.get(key)
     if table is None or ino not in table:
-        table = d.scratch[key] = forkrun.run(_in, netns_fd)
+        table = d.scratch[key] = forkrun.run(_in, netns_fd, info)
     return table.get(ino)
 

@@ -30,6 +30,7 @@ PENDING = Record("pending tcp connection", {
     "sent": F(STR, rule=b64(inet_tcp.MAX_QUEUE)),   # what the client sent that nobody read
 })
 FIELD = F((dict,), required=False, rule=record(PENDING))
+AFTER = 1 << 31   # (a late step's order after every pending client's connect: theirs are below)
 TIMEOUT = 10.0   # seconds for a connect or a send over loopback (a full listener queue: an error)
 
 
@@ -90,6 +91,22 @@ def connect(s: socket.socket, local: tuple, peer: tuple, pending: dict, v6only: 
             view = view[s.send(view, socket.MSG_DONTWAIT):]
         except BlockingIOError:
             _wait(s, "sending what it had sent")
+
+
+def connect_now(s: socket.socket, local: tuple, peer: tuple, v6only: int = 0) -> None:
+    """Bind new socket `s` to `local` and start its connect to `peer` without waiting for it
+    (engine/fds/inet.py: a client that was connecting, SYN_SENT); its blocking mode is kept."""
+    if s.family == socket.AF_INET6 and not v6only:
+        local = ("::", *local[1:])   # (as `connect`)
+    s.bind(local)
+    blocking = os.get_blocking(s.fileno())
+    os.set_blocking(s.fileno(), False)
+    try:
+        err = s.connect_ex(peer)
+    finally:
+        os.set_blocking(s.fileno(), blocking)
+    if err not in (0, errno.EINPROGRESS):
+        raise OSError(err, os.strerror(err))
 
 
 def _wait(s: socket.socket, what: str) -> None:

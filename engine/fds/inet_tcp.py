@@ -40,7 +40,7 @@ and that takes it. The kernel lets go of its port when it ends unless a bind gav
 (`port_held`): its connect takes it as an unbound socket's (`_autobound`), or a bind gives it where
 the connect cannot (a port a listener's bind holds).
 
-Refused: SYN_SENT and SYN_RECV (a handshake under way), any other end whose peer no process of the
+Refused: SYN_RECV (a handshake under way; a client's SYN_SENT is engine/fds/inet.py's), any other end whose peer no process of the
 tree holds (a client waiting in a listener's queue is inet_pending's),
 urgent data, a peek offset (SO_PEEK_OFF), queues over MAX_QUEUE bytes.
 """

@@ -39,8 +39,10 @@ def name_senders(unix: list[dict]) -> None:
     """The named senders of the datagrams queued on a named socket (`_senders`): each must be a
     datagram socket of the tree (in the receiver's network namespace, for an abstract name), which
     gets a "sender_id" (on every fd of its description); the receiver's "senders" lists, per
-    message, that id or None (an unbound sender). Refused when no socket of the tree, or several,
-    have the name: restore could not send that datagram from the name the receiver saw."""
+    message, that id or None (an unbound sender), or {"abstract": NAME} for an abstract name no
+    socket holds any more when the receiver's name is abstract too (sent again from a fresh socket
+    bound to it in the stand-in). Refused when no socket of the tree, or several, have the name
+    otherwise: restore could not send that datagram from the name the receiver saw."""
     ids: dict[str, str] = {}
     for e in unix:
         senders = e.pop("_senders", None)
@@ -56,6 +58,11 @@ def name_senders(unix: list[dict]) -> None:
             holders = [x for x in unix if x.get("type") == "dgram" and x.get(key) == value
                        and (key == "path" or x["_ino"].split(":")[0] == net)]
             socks = {x["_ino"] for x in holders}   # (fds of one socket share its inode)
+            if not socks and key == "abstract" and "abstract" in e:
+                # (its sender closed since, CRIU's socket_snd_addr: a fresh socket bound to that name
+                # in the receiver's network namespace sends it, then closes)
+                out.append({"abstract": value})
+                continue
             if len(socks) != 1:
                 shown = value if key == "path" else "@" + base64.b64decode(value).decode(errors="replace")
                 held = "several sockets of the tree hold" if socks else "no datagram socket of the tree holds"
@@ -146,6 +153,9 @@ def deliver(r: RestoreFd, e: dict) -> None:
         if sid is None:
             who.append(-1)
             continue
+        if isinstance(sid, dict):   # (a name no socket holds: bound again by a fresh one, `_resend`)
+            who.append(sid["abstract"])
+            continue
         if sid not in named:
             raise FdError(errno.EINVAL, f"sender {sid} of a queued datagram is no socket of the image")
         if named[sid] not in senders:
@@ -177,15 +187,31 @@ def deliver_in(args, fds):
     _resend(b"\0" + base64.b64decode(args["to"]), args["msgs"], args["who"], fds[:n], fds[n:])
     return None, []
 
-def _resend(to, msgs, who: list[int], senders: list[int], inflight: list[int]) -> None:
-    """Send each of `msgs` to address `to` from senders[who[i]], or (-1) from a fresh unbound socket;
-    the fds in flight are taken in order from `inflight`. Never blocks: a queue that does not take
-    them all (a smaller net.unix.max_dgram_qlen here) is an error."""
+def _bound_to(name: str, socks: dict) -> socket.socket:
+    """A fresh datagram socket bound to abstract name `name` (base64), one per name (`socks`)."""
+    if name not in socks:
+        s = socks[name] = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+        try:
+            s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * MAX_DATA)
+        except OSError:
+            pass
+        s.bind(b"\0" + base64.b64decode(name))
+    return socks[name]
+
+
+def _resend(to, msgs, who: list, senders: list[int], inflight: list[int]) -> None:
+    """Send each of `msgs` to address `to` from senders[who[i]], or (-1) from a fresh unbound socket,
+    or (an abstract name, base64) from a fresh socket bound to it, closed at the end (the receiver
+    reads that name still); the fds in flight are taken in order from `inflight`. Never blocks: a
+    queue that does not take them all (a smaller net.unix.max_dgram_qlen here) is an error."""
     fresh = None
+    named: dict = {}
     rest = list(inflight)
     try:
         for m, w in zip(msgs, who, strict=True):
-            if w < 0:
+            if isinstance(w, str):
+                s = socket.socket(fileno=os.dup(_bound_to(w, named).fileno()))
+            elif w < 0:
                 if fresh is None:
                     fresh = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
                     try:   # (what it sent stays charged to it until read: room for the whole queue)
@@ -212,3 +238,5 @@ def _resend(to, msgs, who: list[int], senders: list[int], inflight: list[int]) -
     finally:
         if fresh is not None:
             fresh.close()
+        for x in named.values():
+            x.close()

@@ -4,6 +4,8 @@ restore reads (names, mounts, queues, pending connections, ghosts, senders) is c
 
 from __future__ import annotations
 
+import base64
+
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record, rng
 from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_opts, unix_queue
 
@@ -100,7 +102,7 @@ def check(entry: dict, what: str) -> None:
         if senders is not None and (not named or not isinstance(senders, list)
                                     or len(senders) != len(entry["msgs"])
                                     or not all(x is None or (isinstance(x, str) and unix_backlog.SENDER_ID.match(x))
-                                               for x in senders)):
+                                               or _gone_sender(x, entry) for x in senders)):
             _fail(f"{what}: bad senders of queued datagrams")
     elif "senders" in entry:
         _fail(f"{what}: senders without queued datagrams")
@@ -127,6 +129,18 @@ def _gone_ok(entry: dict, g) -> bool:
     """Is `g` a pending connection whose client is gone: {order[, sent]}?"""
     return isinstance(g, dict) and set(g) <= {"order", "sent"} and type(g.get("order")) is int \
         and 0 <= g["order"] < 1 << 20 and ("sent" not in g or _sent_ok(entry, g["sent"]))
+
+
+def _gone_sender(x, entry: dict) -> bool:
+    """Whether `x` is {"abstract": NAME} (base64, a name no socket holds), on a receiver whose name
+    is abstract too (its datagrams are sent again in its network namespace, from the stand-in)."""
+    if not isinstance(x, dict) or set(x) != {"abstract"} or "abstract" not in entry:
+        return False
+    name = x["abstract"]
+    try:
+        return isinstance(name, str) and len(name) <= 148 and 0 < len(base64.b64decode(name, validate=True)) <= 107
+    except ValueError:
+        return False
 
 
 def _check_msgs(queue, what: str) -> None:

@@ -102,13 +102,29 @@ def via_in(spec, fds):
     """In the stand-in: a connection through a temporary listener at the dumped name."""
     t = unix_diag.TYPE_NO[spec["type"]]
     name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
+    pre = early_shut(spec.get("shut"), spec["accepted"])
     if isinstance(name, str) and (spec.get("aside") or not os.path.isdir(os.path.dirname(name) or ".")):
-        a, c = _accept_aside(t, name)   # (the listener's directory was removed: CRIU's sk-unix01)
+        a, c = _accept_aside(t, name, pre)   # (the listener's directory was removed: CRIU's sk-unix01)
     else:
-        a, c = _accept_at(t, name)
+        a, c = _accept_at(t, name, pre)
     ends = [None, None]
     ends[spec["accepted"]], ends[1 - spec["accepted"]] = a.detach(), c.detach()
+    if pre:
+        shut = list(spec["shut"])
+        shut[1 - spec["accepted"]] &= ~pre
+        spec = {**spec, "shut": shut}
     return None, fill(ends, spec, fds)
+
+
+def early_shut(shut, accepted: int) -> int:
+    """The directions the client end of pair `shut` ([end 0's, end 1's] sk_shutdown bits: 1 receive,
+    2 send) was shut down in before it connected: those its accepted peer lacks the other side of
+    (a shutdown of a connected end gives its peer the other direction: CRIU's sockets03 shut its
+    client for reading first, and its accepted end is not shut for writing). 0: none."""
+    if not shut:
+        return 0
+    other = shut[accepted]
+    return shut[1 - accepted] & ~((other & 1) << 1 | (other & 2) >> 1)
 
 
 def fill(ends: list[int], spec: dict, fds: list[int]) -> list[int]:
@@ -129,9 +145,18 @@ def fill(ends: list[int], spec: dict, fds: list[int]) -> list[int]:
     return ends
 
 
-def _accept_aside(t: int, name: str) -> tuple[socket.socket, socket.socket]:
+def _client(t: int, pre: int) -> socket.socket:
+    """A new client socket of type `t`, shut down in the directions `pre` (early_shut) before it connects."""
+    c = socket.socket(socket.AF_UNIX, t)
+    if pre:
+        c.shutdown(pre - 1)   # (RCV_SHUTDOWN 1, SEND_SHUTDOWN 2: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2)
+    return c
+
+
+def _accept_aside(t: int, name: str, pre: int = 0) -> tuple[socket.socket, socket.socket]:
     """(accepted, client) of a connection through a temporary listener bound to `name` with its
-    file in a fresh detached tmpfs (unix_bind.bind_beside), where the name leads nowhere any more."""
+    file in a fresh detached tmpfs (unix_bind.bind_beside), where the name leads nowhere any more;
+    the client shut down in the directions `pre` first."""
     top = unix_bind.fresh_mount("tmpfs")
     lst = socket.socket(socket.AF_UNIX, t)
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)
@@ -143,7 +168,7 @@ def _accept_aside(t: int, name: str) -> tuple[socket.socket, socket.socket]:
                                             "gone is made through a name bound aside, which a name with '.' or "
                                             "'..' components cannot be")
         lst.listen(1)
-        c = socket.socket(socket.AF_UNIX, t)
+        c = _client(t, pre)
         os.fchdir(top)
         c.connect(os.path.basename(name))
         a, _ = lst.accept()
@@ -155,9 +180,10 @@ def _accept_aside(t: int, name: str) -> tuple[socket.socket, socket.socket]:
         os.close(top)
 
 
-def _accept_at(t: int, name) -> tuple[socket.socket, socket.socket]:
+def _accept_at(t: int, name, pre: int = 0) -> tuple[socket.socket, socket.socket]:
     """(accepted, client) of a connection through a temporary listener at `name` (a socket file
-    there, restored with its filesystem, is moved aside for the moment)."""
+    there, restored with its filesystem, is moved aside for the moment); the client shut down in
+    the directions `pre` first."""
     lst = socket.socket(socket.AF_UNIX, t)
     aside = None
     where = (os.path.dirname(name) or ".") if isinstance(name, str) else None   # (for unix_bind.mapped)
@@ -176,7 +202,7 @@ def _accept_at(t: int, name) -> tuple[socket.socket, socket.socket]:
         else:
             unix_bind.mapped(None, where, lst.bind, name)
         lst.listen(1)
-        c = socket.socket(socket.AF_UNIX, t)
+        c = _client(t, pre)
         c.connect(name)
         a, _ = lst.accept()
     finally:
