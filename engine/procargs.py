@@ -55,6 +55,9 @@ def read(pid: int, proc: str = "/proc") -> dict:
                 data = f.read(MAX_BYTES + 1)
         except ProcessLookupError:
             data = b""   # (exiting: dump tells once it is gone)
+        except OSError as e:
+            raise ArgsError(e.errno, f"process {pid}: its /proc/PID/{name} cannot be read: "
+                                     f"{e.strerror or e}") from None
         if len(data) > MAX_BYTES:
             raise ArgsError(7, f"process {pid}: its /proc/PID/{name} is larger than {MAX_BYTES} bytes, "
                                "which an image does not keep")   # (E2BIG)

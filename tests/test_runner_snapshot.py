@@ -1,6 +1,7 @@
 """Snapshots of real scenario trees (ns flavor) and their comparison."""
 
 import os
+import re
 import shutil
 
 import pytest
@@ -70,6 +71,10 @@ def test_compare_equal_and_different(tmp_path):
         snap_b = snapshot.take(b.pid)
     finally:
         ns.FLAVOR.stop(b)
+    # (two runs: each place's holder has its own ZDTM_RUN_ID in its environment, which a restore keeps)
+    assert all("ZDTM_RUN_ID=" in p.args for p in snap_a.procs)
+    for p in snap_a.procs + snap_b.procs:
+        p.args = re.sub(r"ZDTM_RUN_ID=[0-9a-f]+", "ZDTM_RUN_ID=R", p.args)
     equal, report = snapshot.compare(snap_a, snap_b)
     assert equal, report
     sc, c = start(tmp_path, setup.replace("exec 5<", "mount -o remount,ro /mnt\nexec 6<"))
@@ -77,6 +82,8 @@ def test_compare_equal_and_different(tmp_path):
         snap_c = snapshot.take(c.pid)
     finally:
         ns.FLAVOR.stop(c)
+    for p in snap_c.procs:
+        p.args = re.sub(r"ZDTM_RUN_ID=[0-9a-f]+", "ZDTM_RUN_ID=R", p.args)
     equal, report = snapshot.compare(snap_a, snap_c)
     assert not equal
     assert "mount tree differs" in report and "root/cwd/fds differ" in report
