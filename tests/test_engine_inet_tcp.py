@@ -575,3 +575,24 @@ def test_ended_connections_kept(case):
     finally:
         for s in socks.values():
             s.close()
+
+
+@pytest.mark.parametrize("change,text", [
+    (lambda e: e.update(tcp={}), "one of the three"),
+    (lambda e: e.update(pending={"order": 0, "sent": ""}), "one of the three"),
+    (lambda e: e.update(peer="10.0.0.1"), "off loopback"),
+    (lambda e: e.pop("addr") and e.pop("port"), "with an address"),
+    (lambda e: e.update(listen=1), "not listening"),
+    (lambda e: e.update(proto="udp"), "TCP socket"),
+])
+def test_syn_sent_entry_checked(change, text):
+    """An image's connecting client ('syn_sent') is a TCP socket with a loopback address and peer,
+    not listening, and neither 'tcp' nor 'pending' (the validator refuses any other)."""
+    from engine import image
+    from engine.fds import inet
+    entry = {"fd": 10, "flags": 2, "kind": "inet", "family": "inet", "proto": "tcp", "addr": "127.0.0.1",
+             "port": 40000, "peer": "127.0.0.1", "peer_port": 7000, "syn_sent": True, "obj": "net-0", "opts": {}}
+    inet._check(dict(entry), "fd 10")   # (as dump writes it)
+    change(entry)
+    with pytest.raises(image.ImageError, match=text):
+        inet._check(entry, "fd 10")
