@@ -800,6 +800,9 @@ PROCESS = Record("process", {
     "pidns_children": F(STR, required=False, rule=pattern(_NS_ID, "a pid namespace id pid-N")),
     # ...or that of its zombie child (a pid), which was init there: the namespace is gone with it.
     "pidns_children_zombie": F(INT, required=False),
+    # ...or a new one it made that has no init yet (`unshare --pid` without --fork): its stand-in
+    # makes it again (unshare), owned by its user namespace.
+    "pidns_children_new": F(BOOL, required=False),
     "seccomp": F(LIST, required=False, rule=_seccomp_rule),
     "loginuid": F(INT, required=False, rule=rng(0, 4294967295)),   # its audit login uid, when not the dumper's
     "rlimits": F(DICT, required=False, rule=lambda v: None if all(
@@ -2124,8 +2127,9 @@ def _check_zombies(doc: dict) -> None:
                                          for z in doc.get("zombies") or ()):
             _fail(f"process {p['pid']}: pidns_children_zombie {want} is no zombie child of it that was init "
                   "of a pid namespace")
-        if want is not None and "pidns_children" in p:
-            _fail(f"process {p['pid']}: pidns_children and pidns_children_zombie exclude each other")
+        if sum(k in p for k in ("pidns_children", "pidns_children_zombie", "pidns_children_new")) > 1:
+            _fail(f"process {p['pid']}: pidns_children, pidns_children_zombie and pidns_children_new exclude "
+                  "each other")
 
 
 def _check_file_locks(p: dict, procs: dict, what: str) -> None:

@@ -43,7 +43,7 @@ tree already shows is checked here first, with the line dump would give:
 - network namespaces holding what a fresh one lacks: devices, addresses, routes, legacy iptables
   tables (engine/netdevs.py), firewall rules restore would not make (engine/netfilter.py);
 - a process whose children go to a pid namespace that holds no process of the tree (engine/zombies.py
-  `pidns_children`: `unshare --pid` without --fork, or its init exited and was reaped);
+  `pidns_children`: its init exited and was reaped);
 - a process under SCHED_DEADLINE (engine/schedattrs.py); time namespaces restore cannot make
   (engine/timens.py: one a process made after another of the tree joined it); seccomp strict
   mode, and filters that hand calls to a supervisor (SECCOMP_RET_USER_NOTIF) or deny a call the

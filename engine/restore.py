@@ -768,13 +768,16 @@ class _Restorer:
     def pidns_children(self) -> None:
         """Each process whose children went to another pid namespace than its own (`unshare --pid
         --fork`) sends its next ones there again: its stand-in's was put back after each fork; now
-        that none forks any more, it joins the one its children are in (still privileged)."""
+        that none forks any more, it joins the one its children are in (still privileged), or makes
+        the one it had made that no process was in yet (`pidns_children_new`)."""
         for p in self.doc["processes"]:
             key = ("pid", p["pidns_children"]) if "pidns_children" in p else \
-                ("zombie pid", p["pidns_children_zombie"]) if "pidns_children_zombie" in p else None
+                ("zombie pid", p["pidns_children_zombie"]) if "pidns_children_zombie" in p else \
+                ("new pid", "a new one") if p.get("pidns_children_new") else None
             if key is not None:
                 try:
-                    self.chans[p["pid"]].call(("pidns_children",), [self.nsfd_of[key]])
+                    fds = [] if key[0] == "new pid" else [self.nsfd_of[key]]
+                    self.chans[p["pid"]].call(("pidns_children",), fds)
                 except OSError as e:
                     raise RestoreError(e.errno or errno.EIO, f"process {p['pid']}: its children's pid namespace "
                                                              f"{key[1]}: {e.strerror or e}") from None

@@ -562,8 +562,12 @@ class _Server:
             self.filters = None
 
     def op_pidns_children(self, msg, fds):
-        """Our children's pid namespace: fds[0] (restore's last step before the ids)."""
-        kernel.setns(fds[0], kernel.CLONE_NEWPID)
+        """Our children's pid namespace: fds[0], or a new one (none: restore's last step before the
+        ids, in our own user namespace, which owns it)."""
+        if fds:
+            kernel.setns(fds[0], kernel.CLONE_NEWPID)
+        else:
+            kernel.unshare(kernel.CLONE_NEWPID)
         return None
 
     def op_timens(self, msg, fds):

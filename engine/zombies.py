@@ -149,25 +149,28 @@ def pidns_children(pid: int, own: int | None, names: dict, dead) -> dict:
     in (`names`: {(kind, inode): image id}); {"pidns_children_zombie": pid} when that namespace's init
     exited and waits for it (`dead`: the tree's zombies [(pid, ppid)], as engine/freeze.py found
     them: `unshare -p -f` whose program ended; restore makes that zombie init again). DumpError for
-    one that holds no process, asked before the stop (engine/prestop.py) and again once stopped."""
+    {"pidns_children_new": True} when it made one that has no init yet (`unshare --pid` without
+    --fork, before the first fork: the kernel shows no link for it), which its stand-in makes again.
+    DumpError for one that holds no process, asked before the stop (engine/prestop.py) and again once
+    stopped."""
     later = kernel.ns_ino(pid, "pid_for_children")
     if later is None and kernel.ns_ino(pid, "pid") is None or later == own:
         return {}   # (gone meanwhile: dump tells once stopped)
-    # (the kernel shows a pid namespace for children only once it has an init: `unshare --pid`
-    # without --fork, before the first fork, shows none)
-    if later is not None and ("pid", later) in names:
+    if later is None:
+        return {"pidns_children_new": True}
+    if ("pid", later) in names:
         return {"pidns_children": names[("pid", later)]}
     for kid, ppid in dead:
         try:
-            if later is not None and ppid == pid and _init_below(_nspid(kid), _nspid(pid)):
+            if ppid == pid and _init_below(_nspid(kid), _nspid(pid)):
                 return {"pidns_children_zombie": kid}
         except OSError:
             continue   # (reaped meanwhile)
     raise DumpError(errno.EOPNOTSUPP, _NO_PROCESS.format(pid=pid))
 
 
-_NO_PROCESS = ("process {pid}: the pid namespace its children go to holds no process of the tree (`unshare --pid` "
-               "without --fork, or its init exited): not supported")
+_NO_PROCESS = ("process {pid}: the pid namespace its children go to holds no process of the tree (its init "
+               "exited and was reaped: `unshare --pid --fork` whose program ended): not supported")
 
 
 def _init_below(mine: list[int], theirs: list[int]) -> bool:

@@ -580,7 +580,8 @@ def read_proc(pid: int, topology, elsewhere: dict | None = None, mounts=None, ig
                 mnt_id = None
             places[what] = f"{path} mnt={_where(canon, mnt_id, elsewhere)}"
         ns = {t: _ns_ino(pid, t) for t in NS_TYPES}
-        ns["pid_for_children"] = _ns_ino(pid, "pid_for_children")
+        # (no link: `unshare --pid` made one that has no init yet: NEW_PIDNS, not its own)
+        ns["pid_for_children"] = _ns_ino(pid, "pid_for_children") or NEW_PIDNS
         if ns["time"] is not None:
             bits += " timens=" + ",".join(f"{k}:{s}.{n:09d}" for k, (s, n) in timens.offsets(pid).items())
             # (unshare(CLONE_NEWTIME) made one for its children, which it is not in: CRIU's timens_for_kids)
@@ -904,10 +905,14 @@ def _partition(procs: list[Proc]) -> str:
     return "\n".join(lines + _pid_for_children(procs))
 
 
+NEW_PIDNS = -1   # (Proc.ns["pid_for_children"] of a process whose next child will be init of a new one)
+
+
 def _pid_for_children(procs: list[Proc]) -> list[str]:
     """Where each process whose children go to another pid namespace than its own sends them: the
-    first process in that namespace, or "no process" (`unshare --pid --fork` then pid 1 forked)."""
-    first: dict[int, str] = {}
+    first process in that namespace, or "no process" (`unshare --pid --fork` then pid 1 forked), or
+    "a new one" (`unshare --pid` that forked nothing yet)."""
+    first: dict[int, str] = {NEW_PIDNS: "a new one, no process yet"}
     for i, p in enumerate(procs):
         first.setdefault(p.ns["pid"], f"P{i}")
     return [f"pid_for_children P{i}: {first.get(p.ns['pid_for_children'], 'no process')}'s"
