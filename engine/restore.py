@@ -845,7 +845,16 @@ class _Restorer:
         todo = [(nsid, _netfilter_write(), kept) for nsid, kept in (self.doc.get("netfilter") or {}).items()
                 if nsid not in lone]
         if todo:
-            self._fds.late.append(("the firewall", lambda: self._in_netns(todo), _NETFILTER_ORDER))
+            self._fds.late.append(("the firewall", lambda: self._in_service(self._in_netns, todo), _NETFILTER_ORDER))
+
+    def _in_service(self, work, *args) -> None:
+        """work(*args) from the service namespace's root (its /proc, the host's tools): a late step may
+        find us in a restored mount namespace, whose /proc is another pid namespace's or none."""
+        self.to_service()
+        os.fchdir(self.service_root)
+        os.chroot(".")
+        os.chdir("/")
+        work(*args)
 
     def _in_netns(self, todo) -> None:
         """make(fd, arg) for each (namespace id, make, arg) of `todo`, fd on that network namespace
