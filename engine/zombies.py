@@ -148,7 +148,7 @@ def pidns_children(pid: int, own: int | None, names: dict, dead) -> dict:
     its inode; `unshare --pid --fork` made it and forked pid 1 there), one a process of the tree is
     in (`names`: {(kind, inode): image id}); {"pidns_children_zombie": pid} when that namespace's init
     exited and waits for it (`dead`: the tree's zombies [(pid, ppid)], as engine/freeze.py found
-    them: `unshare -p -f` whose program ended; restore makes that zombie init again). DumpError for
+    them: `unshare -p -f` whose program ended; restore makes that zombie init again);
     {"pidns_children_new": True} when it made one that has no init yet (`unshare --pid` without
     --fork, before the first fork: the kernel shows no link for it), which its stand-in makes again.
     DumpError for one that holds no process, asked before the stop (engine/prestop.py) and again once
