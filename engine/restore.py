@@ -810,7 +810,7 @@ class _Restorer:
         devices (engine/netlinks_make.py), then its own sysctls (engine/netvars.py: bringing lo up
         resets some of lo's, ipv6's mtu). A lone namespace's firewall too; the others' comes later
         (`_netfilter_late`)."""
-        lone = [n for sb in self.doc["superblocks"].values() if "lone_ns" in sb for n in sb["lone_ns"] or ()]
+        lone = self._lone_netns()
         if not (lone or self.doc.get("net_lo_up") or self.doc.get("netvars") or self.doc.get("netdevs")
                 or self.doc.get("netfilter")):
             return
@@ -835,13 +835,17 @@ class _Restorer:
                         if nsid in (self.doc.get("netfilter") or {})])
         self._in_netns([(nsid, netvars.write, kept) for nsid, kept in (self.doc.get("netvars") or {}).items()])
 
+    def _lone_netns(self) -> list[str]:
+        """The network namespaces no process is in that a superblock's mounts bind (`lone_ns`)."""
+        return [n for sb in self.doc["superblocks"].values() if "lone_ns" in sb for n in sb["lone_ns"] or ()]
+
     def _netfilter_late(self) -> None:
         """Each restored network namespace's firewall (engine/netfilter.py), as a late step of the
         fds (_NETFILTER_ORDER): once every TCP connection is settled in repair mode, whose peers'
         segments restore sends again from their addresses, which a rule of the tree may drop (CRIU's
         socket-tcp-closed-last-ack drops its server port's input), and before any leaves repair
         mode: a rule acts on a restored connection's first packet."""
-        lone = {n for sb in self.doc["superblocks"].values() if "lone_ns" in sb for n in sb["lone_ns"] or ()}
+        lone = set(self._lone_netns())
         todo = [(nsid, _netfilter_write(), kept) for nsid, kept in (self.doc.get("netfilter") or {}).items()
                 if nsid not in lone]
         if todo:
