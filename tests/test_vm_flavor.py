@@ -45,6 +45,7 @@ def test_skip_reason_is_computed_on_the_guest_kernel(flavor):
     assert res.outcome == "skip"
     assert res.kernel != os.uname().release  # it ran on the VM's kernel, not the host's
     assert f"needs kernel <5.0 (old locks), this is {res.kernel}" in res.message
+    assert res.message.count(res.kernel) == 1  # the host side adds no second "(kernel ...)"
 
 
 def test_setup_output_and_failure_come_back(flavor):

@@ -177,7 +177,8 @@ class VmFlavor:
             raise VMError(f"kernel {kernel}: the item runner in the VM wrote no result "
                           f"(status {r.status}): {(r.stderr.strip().splitlines() or ['no output'])[-1]}")
         out.seconds = r.seconds
-        if out.outcome == "skip" and out.kernel:
+        if out.outcome == "skip" and out.kernel and out.kernel not in out.message:
+            # a kernel-range skip already says "this is <release>"
             out.message += f" (kernel {out.kernel})"
         return out
 
