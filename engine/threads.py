@@ -118,8 +118,9 @@ def check_leader(pid: int) -> None:
 
 def check(pid: int) -> None:
     """Refuse (ThreadError) a process whose main thread has exited (check_leader), a thread of `pid`
-    whose state differs from its leader's (see the module docstring), or more threads than an image
-    keeps. A thread gone meanwhile is skipped."""
+    whose state differs from its leader's (see the module docstring), more threads than an image
+    keeps, or threads in a process whose children go to another pid namespace than its own. A
+    thread gone meanwhile is skipped."""
     others = tids(pid)
     if not others:
         return
@@ -143,6 +144,13 @@ def check(pid: int) -> None:
                                                     f"({_comm(f'{pid}/task/{tid}')}) has its own {what} ({mine}; "
                                                     f"the process's: {_named(key, ours.get(key))[1]}): a restored "
                                                     "thread holds its process's; the tree keeps running")
+    if kernel.ns_ino(pid, "pid_for_children") != kernel.ns_ino(pid, "pid"):
+        # (its threads too: one of them alone would have been refused above)
+        raise ThreadError(errno.EOPNOTSUPP, f"process {pid} ({_comm(str(pid))}): it has threads and its children go "
+                                            "to another pid namespace than its own: restore makes a process's "
+                                            "threads last, and the kernel refuses a thread to a task whose "
+                                            "children's pid namespace is not its own: not supported; the tree "
+                                            "keeps running")
 
 
 _comm = kernel.comm_shown

@@ -84,3 +84,50 @@ def _children_ns(pid: int) -> str | None:
 def _tree(pid: int) -> list[int]:
     from engine import freeze
     return [p for p, _ in freeze.process_tree(pid)]
+
+
+
+# A process that made a thread, then a pid namespace for its children (and, `joined`, the thread
+# joined it too: pid_for_children is a task's, not a process's), and forked that namespace's init
+# (before the thread joins: the kernel shows no link to a pid namespace without one).
+# Restore makes a process's threads last, and the kernel refuses a thread to a task whose
+# children's pid namespace is not its own (clone: EINVAL): refused before the stop either way.
+def _threaded(joined: bool) -> str:
+    join = ("libc.setns(os.open(f'/proc/self/task/{os.getpid()}/ns/pid_for_children', os.O_RDONLY), 0)"
+            if joined else "0")
+    return "(" + py_hold(f"""
+import ctypes, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+done = threading.Event()
+def thread():
+    done.wait()
+    assert {join} == 0
+    done.clear()
+    time.sleep(100000)
+threading.Thread(target=thread, daemon=True).start()
+assert libc.unshare(0x20000000) == 0   # CLONE_NEWPID
+if os.fork():   # (the child, the namespace's init, holds; the link shows once it exists)
+    done.set()
+    while done.is_set():
+        time.sleep(0.01)
+""").strip() + ") </dev/null >/dev/null 2>&1 &\nhold\n"
+
+
+@pytest.mark.parametrize("joined", [False, True], ids=["leader-only", "thread-joined"])
+def test_threads_and_another_pid_namespace_for_children_are_refused_unstopped(case, joined):
+    """A process with threads whose children go to another pid namespace: one line, never stopped."""
+    pid = case.start(STOP_WATCH + _threaded(joined))
+    held = [p for p in _tree(pid) if _children_ns(p) != os.readlink(f"/proc/{p}/ns/pid")]
+    assert len(held) == 1, "the setup made no process whose children go to another pid namespace"
+    tids = sorted(int(t) for t in os.listdir(f"/proc/{held[0]}/task"))
+    assert len(tids) == 2, "the setup's process has no thread"
+    assert (_children_ns(tids[0]) == _children_ns(tids[1])) == joined, "the thread did not join as asked"
+    with pytest.raises(CRError) as err:
+        case.dump(pid, case.new_images_dir())
+    msg = str(err.value)
+    want = (rf"process {held[0]} \(mntcr-hold\): it has threads and its children go to another pid namespace "
+            "than its own" if joined else rf"process {held[0]} \(mntcr-hold\): thread {tids[1]} \(python3\) has its own "
+            r"pid_for_children namespace")
+    assert re.search(want, msg), msg
+    assert not was_stopped(pid), "dump stopped the tree before it refused"
+    assert _state(pid) in "SR", "the tree was not left running"
