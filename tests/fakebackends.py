@@ -1,7 +1,7 @@
 """The fake backends the runner's own tests load as a conftest (pytester or a job directory):
 rerun restores by running the setup again, mutate does so with ZDTM_RESTORED=1 set (so a setup
 can build a different tree), refuse refuses every dump (with a two-line message: only the first
-line belongs in a summary). `scenario_runner` writes scenario files and runs pytest on them."""
+line belongs in a summary), forget restores as rerun but leaves another tree running. `scenario_runner` writes scenario files and runs pytest on them."""
 
 from __future__ import annotations
 
@@ -62,10 +62,27 @@ class Mutate(Rerun):
 backends.register("mutate", Mutate)
 '''
 
+_FORGET = '''
+
+class Forget(Rerun):
+    """Restores as rerun, and starts the setup once more in a container it never stops (a runner
+    that forgot a tree)."""
+    name = "forget"
+
+    def restore(self, images_dir, externals, ctx):
+        ctx.flavor.start(ctx.scenario, f"{ctx.workdir}/forgotten{ctx.iteration}")
+        return super().restore(images_dir, externals, ctx)
+
+
+backends.register("forget", Forget)
+'''
+
 # rerun and refuse only (a `--backend all` table with exactly those columns).
 RERUN_REFUSE = _HEAD
 # rerun, refuse and mutate.
 FAKES = _HEAD + _MUTATE
+# and forget.
+FORGETFUL = FAKES + _FORGET
 
 
 def scenario_runner(pytester, monkeypatch, fakes: str = FAKES, timeout: int = 300, env: dict | None = None):

@@ -220,3 +220,16 @@ def test_expect_differs_passes_on_a_difference_and_fails_on_an_equal_restore(run
     out = result.stdout.str()
     assert "shared[prop=shared-mutate-ns] PASSED" in out
     assert "unexpected success: rerun was expected to restore a different state (a known bug)" in out
+
+
+def test_a_tree_the_runner_left_running_fails_its_item(pytester, monkeypatch):
+    """A root the runner started or restored and never stopped fails the item that made it, named by
+    pid (the session's scan by command line cannot tell a restored stand-in from a host process)."""
+    run = fakebackends.scenario_runner(pytester, monkeypatch, fakes=fakebackends.FORGETFUL)
+    result = run({"c.yaml": "description: d\nsetup: exec zdtm-hold\n"}, "--backend", "forget")
+    out = result.stdout.str()
+    found = re.search(r"a tree it started or restored is still running: pid (\d+) \((.*?)\); "
+                      r"end it with: kill -9 (\d+)", out)
+    assert found, out
+    assert found[1] == found[3] and "zdtm-hold" in found[2], out
+    result.assert_outcomes(failed=1)

@@ -129,11 +129,13 @@ def run(spec: ItemSpec, place, workdir: str, *, load_modules: bool = False, watc
     os.makedirs(workdir, exist_ok=True)
     from zdtm import sbguard
     watch = sbguard.Watch() if watch_sbs else None
+    from zdtm import watchdog
+    watchdog.left_running(grace=0)   # (forget roots guarded before this item: not its own)
     try:
         res, running = _run_cycle(sc, spec, place, workdir, release, watch)
         if res.outcome == "setup-error":
             return res
-        leaks = list(running.leaks)
+        leaks = list(running.leaks) + [_still_running(pid) for pid in watchdog.left_running()]
         if watch is not None:
             leaks += [sb.describe() for sb in watch.leaked()]
     finally:
@@ -168,6 +170,16 @@ def _run_cycle(sc, spec: ItemSpec, place, workdir: str, release: str, watch) -> 
             res = Outcome("fail", str(e), kind=e.kind, kernel=release, setup_output=running.setup_output,
                           timings=timings)
     return res, running
+
+
+def _still_running(pid: int) -> str:
+    """A leak line for the root of a tree the item started or restored that is still alive."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            argv = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        argv = "?"
+    return f"a tree it started or restored is still running: pid {pid} ({argv}); end it with: kill -9 {pid}"
 
 
 def _with_leaks(res: Outcome, leaks: list[str]) -> Outcome:

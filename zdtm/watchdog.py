@@ -12,6 +12,10 @@ children close every fd they are not given: zdtm/freshfork.py). When that end cl
 exited, however), the watchdog SIGKILLs each guarded root still alive, and its descendants, then
 exits. A root that ends on its own is forgotten (its pidfd turns readable). A runner that ends
 normally has killed its trees: the watchdog finds none alive and exits.
+
+The runner process keeps a pidfd of each root too: `left_running` names those still alive when an
+item is over (the leak guard of zdtm/item.py): a restored stand-in shows the dumped process's
+command line and environment, so the session's leftover scan cannot tell it from a host process.
 """
 
 from __future__ import annotations
@@ -22,11 +26,15 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 _PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _runner_end: socket.socket | None = None
 _owner_pid = 0   # the process that started the watchdog (a forked child must start its own)
 _enabled = True
+# (pidfd, pid) of every root guarded by this process since the last `left_running`: a root still
+# alive once its item is over is one the runner forgot to stop (zdtm/item.py reports it).
+_held: list[tuple[int, int]] = []
 
 
 def disable() -> None:
@@ -49,8 +57,47 @@ def guard(pid: int) -> None:
         if _runner_end is None or _owner_pid != os.getpid():
             _runner_end, _owner_pid = _start(), os.getpid()
         socket.send_fds(_runner_end, [b"p"], [pidfd])
-    finally:
+    except BaseException:
         os.close(pidfd)
+        raise
+    if len(_held) >= 64:   # (callers that never ask, e.g. a long differential run: keep the live ones)
+        _held[:] = _prune(_held)
+    _held.append((pidfd, pid))
+
+
+def _prune(held: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`held` without the roots that have exited (their pidfds closed)."""
+    poll = select.poll()
+    for pidfd, _ in held:
+        poll.register(pidfd, select.POLLIN)
+    ended = {fd for fd, _ in poll.poll(0)}
+    for fd in ended:
+        os.close(fd)
+    return [(pidfd, pid) for pidfd, pid in held if pidfd not in ended]
+
+
+def left_running(grace: float = 5.0) -> list[int]:
+    """The pids of the roots `guard`ed by this process since the last call that are still alive after
+    up to `grace` seconds (a killed tree's root ends once its pid namespace's last process is reaped);
+    forgets them all."""
+    held, _held[:] = list(_held), []
+    poll = select.poll()
+    for pidfd, _ in held:
+        poll.register(pidfd, select.POLLIN)   # (readable once the process has exited)
+    deadline = time.monotonic() + grace
+    alive = {pidfd for pidfd, _ in held}
+    try:
+        while alive:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            for fd, _ in poll.poll(left * 1000):
+                alive.discard(fd)
+                poll.unregister(fd)
+        return [pid for pidfd, pid in held if pidfd in alive]
+    finally:
+        for pidfd, _ in held:
+            os.close(pidfd)
 
 
 def _start() -> socket.socket:
