@@ -76,7 +76,7 @@ def _prune(held: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [(pidfd, pid) for pidfd, pid in held if pidfd not in ended]
 
 
-def left_running(grace: float = 5.0) -> list[int]:
+def left_running(grace: float = 15.0) -> list[int]:
     """The pids of the roots `guard`ed by this process since the last call that are still alive after
     up to `grace` seconds (a killed tree's root ends once its pid namespace's last process is reaped);
     forgets them all."""
