@@ -1114,7 +1114,36 @@ def validate(doc) -> None:
     _check_sessions(doc)
     _check_userns(doc, mounts)
     _check_bound_ns(doc, mounts, detached)
+    _check_mntns_bind_cycles(doc)
     _check_restorers_proc(doc, mounts, detached)
+
+
+def _check_mntns_bind_cycles(doc: dict) -> None:
+    """No mount namespace binds, through its mounts and those of the namespaces they bind, itself:
+    the kernel binds a mount namespace only in an older one (mnt_ns_loop), so no tree has such a
+    cycle, and restore, which makes a bound namespace after its binder's, would fail midway."""
+    binds: dict[str, set[str]] = {}
+    for ns_id, ns in doc["mntns"].items():
+        for m in ns["mounts"]:
+            bound = m.get("bound_ns")
+            if type(bound) is str and bound.startswith("mnt-") and bound in doc["mntns"]:
+                binds.setdefault(ns_id, set()).add(bound)
+    done: set[str] = set()
+    for start in binds:
+        path, stack = {start}, [(start, iter(sorted(binds[start])))]
+        while stack:
+            nxt = next(stack[-1][1], None)
+            if nxt is None:
+                node = stack.pop()[0]
+                done.add(node)
+                path.discard(node)
+                continue
+            if nxt in path:
+                _fail(f"mount namespace {nxt}: its mounts bind, through other mount namespaces, {nxt} itself "
+                      "(a cycle of bound mount namespaces no kernel makes)")
+            if nxt not in done:
+                path.add(nxt)
+                stack.append((nxt, iter(sorted(binds.get(nxt, ())))))
 
 
 def _check_restorers_proc(doc: dict, mounts: dict, detached: dict) -> None:

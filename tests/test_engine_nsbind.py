@@ -420,3 +420,22 @@ hold
     assert binds["/run/own"] == os.readlink("/proc/self/ns/user"), binds
     assert binds["/run/child"] != binds["/run/own"], binds
     assert any(os.readlink(f"/proc/{p}/ns/user") == binds["/run/child"] for p in tree_pids(pid)), binds
+
+
+@pytest.mark.parametrize("chain", [["mnt-0", "mnt-1"], ["mnt-0", "mnt-1", "mnt-2"], ["mnt-1", "mnt-2", "mnt-3"]])
+def test_a_cycle_of_bound_mount_namespaces_is_refused(chain):
+    """Each mount namespace of `chain` binds the next, the last the first: no kernel makes that (a
+    namespace binds only older ones), and restore, which makes a bound namespace after its binder's,
+    would have failed midway. One that binds a chain without a way back is fine."""
+    from engine.imageformat import ImageError, _check_mntns_bind_cycles
+    ids = ["mnt-0", "mnt-1", "mnt-2", "mnt-3"]
+    doc = {"mntns": {n: {"mounts": [{"id": 1, "mountpoint": "/"}]} for n in ids}}
+    for a, b in zip(chain[:-1], chain[1:]):
+        doc["mntns"][a]["mounts"].append({"bound_ns": b})
+    _check_mntns_bind_cycles(doc)   # (a chain)
+    doc["mntns"]["mnt-0"]["mounts"].append({"bound_ns": "mnt-3"})   # (another way in, not back)
+    _check_mntns_bind_cycles(doc)
+    doc["mntns"][chain[-1]]["mounts"].append({"bound_ns": chain[0]})
+    with pytest.raises(ImageError, match=r"bad image: mount namespace mnt-\d: its mounts bind, through other mount "
+                                         r"namespaces, mnt-\d itself \(a cycle of bound mount namespaces"):
+        _check_mntns_bind_cycles(doc)
