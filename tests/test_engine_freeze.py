@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 
-from engine import freeze
+from engine import freeze, kernel
 
 
 def _state(pid: int) -> str:
@@ -78,3 +78,73 @@ def test_dump_and_restore_refuse_a_proc_of_another_pid_namespace(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 2 and all("/proc is not this pid namespace's proc" in l for l in lines), out.stderr
     assert not os.path.exists(f"{tmp_path}/img")
+
+
+_THREAD_FORKS = """
+import os, subprocess, sys, threading, time
+kids = [subprocess.Popen(["sleep", "600"])]
+def fork_in_thread():
+    kids.append(subprocess.Popen(["sh", "-c", "sleep 600 & exec sleep 600"]))
+t = threading.Thread(target=fork_in_thread)
+t.start(); t.join()
+time.sleep(0.02)
+kids.append(subprocess.Popen(["sleep", "600"]))
+threading.Thread(target=time.sleep, args=(600,), daemon=True).start()
+print(" ".join(str(k.pid) for k in kids), flush=True)
+sys.stdin.read()
+"""
+
+
+def _tree_with_thread_children():
+    import sys
+    p = subprocess.Popen([sys.executable, "-S", "-c", _THREAD_FORKS], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         text=True)
+    kids = [int(x) for x in p.stdout.readline().split()]
+    for _ in range(500):   # (the sh's own child: forked once sh runs, then sh execs sleep)
+        if len(freeze.process_tree(kids[1])) == 2 and kernel.read_comm(kids[1]) == "sleep":
+            break
+        import time
+        time.sleep(0.01)
+    return p, kids
+
+
+def test_the_tree_from_children_lists_is_the_scans(monkeypatch):
+    """process_tree reads each process's children from its threads' /proc children lists (a child
+    forked by a thread other than the leader is listed by that thread): the same tree, in the same
+    order, as the scan of every process of the host that a kernel without those lists gets."""
+    p, kids = _tree_with_thread_children()
+    try:
+        listed = freeze.process_tree(p.pid)
+        assert [q for q, _ in listed][:4] == [p.pid] + kids, listed
+        assert len(listed) == 5 and listed[4][1] == kids[1], listed
+        real_exists = os.path.exists
+        monkeypatch.setattr(os.path, "exists", lambda path: False if path.endswith("/children") else real_exists(path))
+        assert freeze.process_tree(p.pid) == listed
+    finally:
+        subprocess.run(["pkill", "-KILL", "-P", str(kids[1])])
+        for k in kids:
+            os.kill(k, signal.SIGKILL)
+        p.kill()
+        p.wait()
+
+
+def test_the_tree_reads_its_own_processes_not_the_hosts(monkeypatch):
+    """A small tree's look opens the stat files of its own processes, not one of every process of
+    the host (the scan grew with the host: 690 processes under a loaded test run)."""
+    kid = subprocess.Popen(["sleep", "600"])
+    host = sum(1 for n in os.listdir("/proc") if n.isdigit())
+    opened = []
+    real_open = os.open
+    def counting(path, *a, **kw):
+        if str(path).endswith("/stat"):
+            opened.append(path)
+        return real_open(path, *a, **kw)
+    try:
+        monkeypatch.setattr(os, "open", counting)
+        tree = freeze.process_tree(os.getpid())
+    finally:
+        kid.kill()
+        kid.wait()
+    assert (kid.pid, os.getpid()) in tree
+    assert host > 2 * len(tree) + 4, "the host shows too few processes for the count to tell"
+    assert len(opened) <= 2 * len(tree), opened
