@@ -32,15 +32,16 @@ without -m) it gets ``enter_first`` too: its stand-in, and its descendants', are
 forked late, once every mount exists, entering the mount namespace, root and cwd
 before the user namespace. A pid namespace owned by an ancestor of its user
 namespace is made there first (``userns_start``); its other namespaces other user
-namespaces own are made by helpers and joined before it enters (``ns_made_in``).
+namespaces own are made by helpers and joined before it enters (``ns_made_in``), as
+are a late process's own ipc and net namespaces, made before restore fills them.
 
 What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
 at or below the one its parent's stand-in is in; a pid namespace of neither its
 own user namespace nor an ancestor's); a late process (``enter_first`` and its
-descendants) with an ipc or net namespace of its own, a namespace shared
-with a process forked before it, or a superblock of a namespace it is the first
-in (checked after the stop); idmapped mounts on a
+descendants) with a namespace shared with a process forked before it, or a
+superblock of a namespace it is the first in (asked before the stop too: engine/
+prestop.py); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
 (its root, made first at restore, and those below an unlocked mount aside: see lock_groups); locked mounts below an unlocked mount whose
 atime is not locked, or covered there.
@@ -403,14 +404,31 @@ class _Plan:
             return
         for kind in ("ipc", "net"):   # (a cgroup namespace has no step of its own: its superblocks, see
             if ns_ino[pid][kind] != ns_ino[ppid][kind]:   # check_late_superblocks)
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is not its parent's and "
-                                                    f"{why}: not supported yet")
+                self._premade_late(pid, ppid, kind, why)
         stand = self.stand.get(pid)
         if ns_ino[pid]["mnt"] != ns_ino[ppid]["mnt"] and stand is not None and mnt_owner != stand \
                 and not _is_ancestor(self.users, stand, mnt_owner):
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its mount namespace belongs to "
                                                 f"{self.users.describe(mnt_owner)}, outside the user namespace its "
                                                 f"stand-in is in, and {why}: not supported yet")
+
+    def _premade_late(self, pid: int, ppid, kind: str, why: str) -> None:
+        """A late process's own ipc or net namespace, which restore fills (System V objects, devices,
+        sysctls) before late stand-ins exist: made ahead by a helper inside its owner and joined by
+        the stand-in (``ns_made_in``, as a namespace another user namespace made), unless the
+        restorer makes it already (``ns_before_userns``). Refused where the stand-in, inside the
+        user namespace its parent's is in, could not join it."""
+        rec = self.procs.setdefault(pid, {})
+        if kind in (rec.get("ns_before_userns") or ()) or kind in (rec.get("ns_made_in") or {}):
+            return
+        owner = self.users.owner_of(pid, kind)
+        at = self.stand.get(ppid)
+        if owner == self.users.top or (at is not None and not self._reachable_from(at, [owner])):
+            where = "the dumper's user namespace" if owner == self.users.top else self.users.describe(owner)
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace, not its parent's, belongs to "
+                                                f"{where}, which its stand-in could not join there, and {why}: "
+                                                "not supported yet")
+        rec["ns_made_in"] = {**(rec.get("ns_made_in") or {}), kind: self.name(owner)}
 
     def check_late_shared(self, tree, ns_ino: dict, names: dict) -> None:
         """Refuse a namespace a late process (check_late) is the first of the tree in, that another
