@@ -478,7 +478,8 @@ def check_late_superblocks(superblocks: dict, mntns: dict, users_plan: dict) -> 
     late process: one whose stand-in enters its mount namespace before its user namespace, or its
     descendant): one tagged with a namespace a late process is the first in (a proc of the pid
     namespace of `unshare -rpf`), or of a type bound to a namespace mounted only in mount
-    namespaces late processes made (its maker is found among the processes that see it)."""
+    namespaces late processes made (its maker is found among the processes that see it). Asked
+    before the stop (engine/prestop.py, with the superblocks its probes tagged) and once stopped."""
     from engine import fs
     late = set(users_plan.get("late_ns") or ())
     if not late:

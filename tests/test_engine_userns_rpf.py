@@ -78,7 +78,7 @@ def test_a_late_process_making_ipc_and_network_namespaces_restores(case):
     assert _late_view(after.snap.procs[-1].pid) == want
 
 
-def test_a_proc_of_the_late_pid_namespace_is_refused(case, tmp_path):
+def test_a_proc_of_the_late_pid_namespace_is_refused_before_the_stop(case, tmp_path):
     # `unshare -rpf`, then a child of pid 1 mounts a proc of their pid namespace in a mount
     # namespace of its own (`unshare -m --mount-proc` inside): restore makes superblocks before the
     # late stand-ins exist. (pid 1 itself making the mount namespace is `unshare -rpfm`: not late.)
@@ -93,13 +93,14 @@ if os.fork() == 0 and os.fork() == 0:
     assert re.search(r"mntcr dump: superblock \S+ \(proc\): it belongs to pid-\d+, made by a process whose stand-in, "
                      r"or an ancestor's, enters its mount namespace before its user namespace \(`unshare -rpf` "
                      r"without -m\), late: not supported yet", str(err.value)), err.value
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
 
 
-def test_an_ipc_bound_mount_made_by_a_late_process_is_refused(case, tmp_path):
+def test_an_ipc_bound_mount_made_by_a_late_process_is_refused_before_the_stop(case, tmp_path):
     # `unshare -rpfi`, then a child of pid 1 mounts an mqueue in a mount namespace of its own:
     # restore finds a superblock's maker among the processes that see it, none yet (late).
-    pid = case.start(userns_setup(0x20000000 | 0x08000000, """
+    pid = case.start(enginecase.STOP_WATCH + userns_setup(0x20000000 | 0x08000000, """
 os.makedirs("/tmp/mq", exist_ok=True)
 if os.fork() == 0 and os.fork() == 0:
     assert libc.unshare(0x00020000) == 0
@@ -111,4 +112,5 @@ if os.fork() == 0 and os.fork() == 0:
     assert re.search(r"mntcr dump: mount \d+ \(/tmp/mq\) on mqueue: made in mnt-\d+, whose processes' stand-ins are "
                      r"forked late: the first enters its mount namespace before its user namespace", str(err.value)), \
         err.value
+    assert not enginecase.was_stopped(pid), "dump stopped the tree before it refused"
     assert os.path.exists(f"/proc/{pid}") and open(f"/proc/{pid}/stat").read().split(") ")[1][0] != "T"
