@@ -978,7 +978,7 @@ class _Restorer:
                 action, fds = "join", [own[kind]]
             elif (kind, nsid) in self.nsfd_of:
                 # (one joined before it entered its user namespace is its already)
-                action, fds = None if kind in self.users.joined_before(p) else "join", [self.nsfd_of[(kind, nsid)]]
+                action, fds = None if kind in self.users.joined_before(p, parent) else "join", [self.nsfd_of[(kind, nsid)]]
             else:
                 action, fds = "new", []
             names = self._uts_names(nsid) if kind == "uts" and action == "new" else None

@@ -1213,11 +1213,11 @@ class Rebuild:
         name = self._spawn_name(p, self._parent_at(parent))
         return None if name is None else self.fd[name]
 
-    @staticmethod
-    def joined_before(p: dict) -> set[str]:
+    def joined_before(self, p: dict, parent: dict | None) -> set[str]:
         """The kinds of p's namespaces its stand-in joined before it entered its user namespace
-        (`early`), when it starts there."""
-        if not p.get("userns_first"):
+        (`early`), when it starts there; none when its fork inherits that user namespace from its
+        parent's stand-in (`parent`: the one that forks it), which joins them once forked."""
+        if not p.get("userns_first") or self.spawn_in(p, parent) is None:
             return set()
         return set(p.get("ns_before_userns") or ()) | set(p.get("ns_made_in") or ())
 
