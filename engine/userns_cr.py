@@ -443,9 +443,7 @@ class _Plan:
                 if maker == pid and pid in self.late and (kind, ino) in names:
                     self.late_ns.append(names[(kind, ino)])
                 if maker in self.late and pid not in self.late:
-                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is that of process "
-                                                        f"{maker}, whose stand-in enters its mount namespace before "
-                                                        "its user namespace, late: not supported yet")
+                    raise UsernsError(errno.EOPNOTSUPP, _late_shared_line(pid, kind, maker, tree))
 
     def result(self) -> dict:
         """plan()'s document."""
@@ -453,6 +451,20 @@ class _Plan:
         return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners, "late_ns": self.late_ns,
                 "ino_name": {key: n for key, n in ids.items()},
                 "depth": {n: self.users.depth(k) for k, n in ids.items()}}
+
+
+def _late_shared_line(pid: int, kind: str, maker: int, tree) -> str:
+    """The refusal of process `pid`, forked before late process `maker` at restore, in `maker`'s
+    `kind` namespace: joined with setns when `maker` is none of its ancestors (bubblewrap's --pidns
+    FD into the pid namespace of `unshare -rpf` without -m), else inherited."""
+    parent = dict(tree)
+    up = parent.get(pid)
+    while up is not None and up != maker:
+        up = parent.get(up)
+    how = "" if up == maker else " (joined with setns: `nsenter`" + (", `bwrap --pidns FD`" if kind == "pid" else "") + ")"
+    return (f"process {pid}: its {kind} namespace is that of process {maker}{how}, whose stand-in enters its mount "
+            f"namespace before its user namespace, late: not supported yet; give process {maker} a mount namespace "
+            "of its own (`unshare -rpfm`)")
 
 
 def _dumpers(kind: str, ino: int) -> bool:
