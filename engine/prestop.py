@@ -214,6 +214,8 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
         nscopy.precheck(view, owned_ns)   # (covers the kernel keeps locked)
         _check_sb_owners(view, tree, users)
         _check_probes(view, pids, names)
+        if users is not None:   # (superblocks restore would make before the late stand-ins they need)
+            userns_cr.check_late_superblocks(view.superblocks, view.mntns_doc, users)
         _check_ghost_names(view)
         _check_fds(pids, view, leave_running, set(ext_files))
         _check_socket_binds(pids, view)

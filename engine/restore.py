@@ -762,8 +762,19 @@ class _Restorer:
                 self._spawn_one(p, by_pid.get(p.get("ppid")), own, early_groups)
         for fd in own.values():
             os.close(fd)
+        self._premake_late(late, by_pid)
         if not late:
             self._after_spawn(by_pid)
+
+    def _premake_late(self, late: set[int], by_pid: dict) -> None:
+        """The namespaces late stand-ins (late_standins) join rather than make, made now: the steps
+        before them fill those (System V objects, network devices and sysctls: engine/userns_cr.py
+        `_premade_late`)."""
+        for pid in sorted(late, key=list(by_pid).index):   # (parents first)
+            p = by_pid[pid]
+            self._users_call(self.users.premade, p, self.nsfd_of, self._uts_names, self.hostproc)
+            if p.get("ns_before_userns"):
+                self._users_call(self.users.early, p, self.nsfd_of, self._uts_names, self.hostproc)
 
     def pidns_children(self) -> None:
         """Each process whose children went to another pid namespace than its own (`unshare --pid
@@ -967,7 +978,7 @@ class _Restorer:
                 action, fds = "join", [own[kind]]
             elif (kind, nsid) in self.nsfd_of:
                 # (one joined before it entered its user namespace is its already)
-                action, fds = None if kind in self.users.joined_before(p) else "join", [self.nsfd_of[(kind, nsid)]]
+                action, fds = None if kind in self.users.joined_before(p, parent) else "join", [self.nsfd_of[(kind, nsid)]]
             else:
                 action, fds = "new", []
             names = self._uts_names(nsid) if kind == "uts" and action == "new" else None

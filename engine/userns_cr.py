@@ -32,15 +32,16 @@ without -m) it gets ``enter_first`` too: its stand-in, and its descendants', are
 forked late, once every mount exists, entering the mount namespace, root and cwd
 before the user namespace. A pid namespace owned by an ancestor of its user
 namespace is made there first (``userns_start``); its other namespaces other user
-namespaces own are made by helpers and joined before it enters (``ns_made_in``).
+namespaces own are made by helpers and joined before it enters (``ns_made_in``), as
+are a late process's own ipc and net namespaces, made before restore fills them.
 
 What is refused (at dump, the tree keeps running): namespaces owned by a user
 namespace a stand-in could neither make them in nor join them from (owners not
 at or below the one its parent's stand-in is in; a pid namespace of neither its
 own user namespace nor an ancestor's); a late process (``enter_first`` and its
-descendants) with an ipc or net namespace of its own, a namespace shared
-with a process forked before it, or a superblock of a namespace it is the first
-in (checked after the stop); idmapped mounts on a
+descendants) with a namespace shared with a process forked before it, or a
+superblock of a namespace it is the first in (asked before the stop too: engine/
+prestop.py); idmapped mounts on a
 kernel that does not tell their map (before 6.15); a mount namespace whose locked mounts are not all older than its unlocked ones
 (its root, made first at restore, and those below an unlocked mount aside: see lock_groups); locked mounts below an unlocked mount whose
 atime is not locked, or covered there.
@@ -403,14 +404,31 @@ class _Plan:
             return
         for kind in ("ipc", "net"):   # (a cgroup namespace has no step of its own: its superblocks, see
             if ns_ino[pid][kind] != ns_ino[ppid][kind]:   # check_late_superblocks)
-                raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is not its parent's and "
-                                                    f"{why}: not supported yet")
+                self._premade_late(pid, ppid, kind, why)
         stand = self.stand.get(pid)
         if ns_ino[pid]["mnt"] != ns_ino[ppid]["mnt"] and stand is not None and mnt_owner != stand \
                 and not _is_ancestor(self.users, stand, mnt_owner):
             raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its mount namespace belongs to "
                                                 f"{self.users.describe(mnt_owner)}, outside the user namespace its "
                                                 f"stand-in is in, and {why}: not supported yet")
+
+    def _premade_late(self, pid: int, ppid, kind: str, why: str) -> None:
+        """A late process's own ipc or net namespace, which restore fills (System V objects, devices,
+        sysctls) before late stand-ins exist: made ahead by a helper inside its owner and joined by
+        the stand-in (``ns_made_in``, as a namespace another user namespace made), unless the
+        restorer makes it already (``ns_before_userns``). Refused where the stand-in, inside the
+        user namespace its parent's is in, could not join it."""
+        rec = self.procs.setdefault(pid, {})
+        if kind in (rec.get("ns_before_userns") or ()) or kind in (rec.get("ns_made_in") or {}):
+            return
+        owner = self.users.owner_of(pid, kind)
+        at = self.stand.get(ppid)
+        if owner == self.users.top or (at is not None and not self._reachable_from(at, [owner])):
+            where = "the dumper's user namespace" if owner == self.users.top else self.users.describe(owner)
+            raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace, not its parent's, belongs to "
+                                                f"{where}, which its stand-in could not join there, and {why}: "
+                                                "not supported yet")
+        rec["ns_made_in"] = {**(rec.get("ns_made_in") or {}), kind: self.name(owner)}
 
     def check_late_shared(self, tree, ns_ino: dict, names: dict) -> None:
         """Refuse a namespace a late process (check_late) is the first of the tree in, that another
@@ -425,9 +443,7 @@ class _Plan:
                 if maker == pid and pid in self.late and (kind, ino) in names:
                     self.late_ns.append(names[(kind, ino)])
                 if maker in self.late and pid not in self.late:
-                    raise UsernsError(errno.EOPNOTSUPP, f"process {pid}: its {kind} namespace is that of process "
-                                                        f"{maker}, whose stand-in enters its mount namespace before "
-                                                        "its user namespace, late: not supported yet")
+                    raise UsernsError(errno.EOPNOTSUPP, _late_shared_line(pid, kind, maker, tree))
 
     def result(self) -> dict:
         """plan()'s document."""
@@ -435,6 +451,20 @@ class _Plan:
         return {"userns": self.doc, "proc": self.procs, "mntns_owner": self.owners, "late_ns": self.late_ns,
                 "ino_name": {key: n for key, n in ids.items()},
                 "depth": {n: self.users.depth(k) for k, n in ids.items()}}
+
+
+def _late_shared_line(pid: int, kind: str, maker: int, tree) -> str:
+    """The refusal of process `pid`, forked before late process `maker` at restore, in `maker`'s
+    `kind` namespace: joined with setns when `maker` is none of its ancestors (bubblewrap's --pidns
+    FD into the pid namespace of `unshare -rpf` without -m), else inherited."""
+    parent = dict(tree)
+    up = parent.get(pid)
+    while up is not None and up != maker:
+        up = parent.get(up)
+    how = "" if up == maker else " (joined with setns: `nsenter`" + (", `bwrap --pidns FD`" if kind == "pid" else "") + ")"
+    return (f"process {pid}: its {kind} namespace is that of process {maker}{how}, whose stand-in enters its mount "
+            f"namespace before its user namespace, late: not supported yet; give process {maker} a mount namespace "
+            "of its own (`unshare -rpfm`)")
 
 
 def _dumpers(kind: str, ino: int) -> bool:
@@ -460,7 +490,8 @@ def check_late_superblocks(superblocks: dict, mntns: dict, users_plan: dict) -> 
     late process: one whose stand-in enters its mount namespace before its user namespace, or its
     descendant): one tagged with a namespace a late process is the first in (a proc of the pid
     namespace of `unshare -rpf`), or of a type bound to a namespace mounted only in mount
-    namespaces late processes made (its maker is found among the processes that see it)."""
+    namespaces late processes made (its maker is found among the processes that see it). Asked
+    before the stop (engine/prestop.py, with the superblocks its probes tagged) and once stopped."""
     from engine import fs
     late = set(users_plan.get("late_ns") or ())
     if not late:
@@ -1194,11 +1225,11 @@ class Rebuild:
         name = self._spawn_name(p, self._parent_at(parent))
         return None if name is None else self.fd[name]
 
-    @staticmethod
-    def joined_before(p: dict) -> set[str]:
+    def joined_before(self, p: dict, parent: dict | None) -> set[str]:
         """The kinds of p's namespaces its stand-in joined before it entered its user namespace
-        (`early`), when it starts there."""
-        if not p.get("userns_first"):
+        (`early`), when it starts there; none when its fork inherits that user namespace from its
+        parent's stand-in (`parent`: the one that forks it), which joins them once forked."""
+        if not p.get("userns_first") or self.spawn_in(p, parent) is None:
             return set()
         return set(p.get("ns_before_userns") or ()) | set(p.get("ns_made_in") or ())
 
