@@ -550,7 +550,9 @@ FD_BASE = {
 FD = Record("fd", {
     **FD_BASE,
     **LOC_FIELDS,
-    "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir") else "must be 'file' or 'dir'"),
+    # "sock": an O_PATH fd on a socket file (engine/fds/file.py).
+    "type": F(STR, required=False, rule=lambda v: None if v in ("file", "dir", "sock") else
+              "must be 'file', 'dir' or 'sock'"),
     # A file unlinked while open: reopened from that ghost (engine/ghosts.py), on the same superblock.
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
     # Opened through a mount outside the dumped namespaces: restored on the visible one (dump.py).

@@ -91,6 +91,11 @@ MUTATIONS = {
                                                               if "kind" not in f).update(type="dir", dir_read=3),
     "directory read part way none in": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(
         type="dir", dir_read=0, dir_last="61"),
+    "socket file reopened not O_PATH": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(
+        type="sock", flags=0),
+    "socket file from a ghost": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(
+        type="sock", flags=0o10000000, ghost="g-1"),
+    "file type": lambda d: next(f for f in d["processes"][0]["fds"] if "kind" not in f).update(type="fifo"),
     "unix shutdown directions": lambda d: _fd(d, "unix").update(shut=4),
     "mapping path": lambda d: d["processes"][0]["maps"][0].update(path="/a/../b"),
     "mapping mount": lambda d: d["processes"][0]["maps"][0].update(mnt=987654),

@@ -1,4 +1,10 @@
-"""Files, directories, device nodes and O_PATH fds: reopened by path on the same mount."""
+"""Files, directories, device nodes and O_PATH fds: reopened by path on the same mount.
+
+An O_PATH fd on a unix socket's file (the only open a socket file takes: a program that connects
+to a path too long for sun_path through /proc/self/fd/N, a runtime keeping a container's socket)
+is one more file ("type": "sock"), reopened O_PATH once every process holds its other fds: by
+then the restored socket bound to that path made its file again.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_TRUNC | os.O_NOCTTY | os.O_CLOEXEC
 
 def _matches(target: str, mode: int) -> bool:
     return target.startswith("/") and (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISCHR(mode)
-                                       or stat.S_ISBLK(mode) or stat.S_ISLNK(mode))
+                                       or stat.S_ISBLK(mode) or stat.S_ISLNK(mode) or stat.S_ISSOCK(mode))
 
 
 def _open(r: RestoreFd) -> int:
@@ -37,7 +43,7 @@ def _open(r: RestoreFd) -> int:
     else:
         fd = r.open_at(e["mnt"], e["path"], flags)
     mode = os.fstat(fd).st_mode
-    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
+    if stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) != (e.get("type") == "sock"):
         # (dump gives FIFOs and sockets kinds of their own: the image's file is not what it says)
         os.close(fd)
         raise FdError(errno.EINVAL, f"{r.where}: {e['path']} is a {'FIFO' if stat.S_ISFIFO(mode) else 'socket'}, "
@@ -120,6 +126,8 @@ def _refuse_tun(d) -> None:
 
 def _dump(d) -> dict:
     _refuse_tun(d)
+    if stat.S_ISSOCK(d.mode):
+        return {"type": "sock"}   # (an O_PATH fd: no other open of a socket file succeeds)
     out = {"type": "dir" if stat.S_ISDIR(d.mode) else "file"}
     if stat.S_ISDIR(d.mode) and not d.flags & os.O_PATH:
         out.update(dirpos.dump(d.where, f"/proc/{d.pid}/fd/{d.fd}", d.pos))
@@ -209,6 +217,9 @@ def _tree_process(d, m, n: int) -> int:
 
 def _check(entry: dict, what: str) -> None:
     from engine.image import _fail
+    if entry.get("type") == "sock" and (not entry["flags"] & os.O_PATH or entry.get("ghost") or "dead_pid" in entry
+                                        or "live_pid" in entry):
+        _fail(f"{what}: a socket file is reopened only O_PATH, by its name")
     if entry.get("dir_end") and entry.get("type") != "dir":
         _fail(f"{what}: 'dir_end' on an fd that is no directory")
     n = entry.get("dead_pid")
@@ -229,4 +240,4 @@ def _refs(entry: dict) -> list:
 
 
 register(FdKind(name="file", matches=_matches, dump=_dump, open=_open, placed=True, order=90, precheck=_precheck,
-                check=_check, deferred=lambda e: "live_pid" in e, refs=_refs))
+                check=_check, deferred=lambda e: "live_pid" in e or e.get("type") == "sock", refs=_refs))
