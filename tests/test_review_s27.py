@@ -71,3 +71,60 @@ def test_missing_externals_are_named_in_one_line(elsewhere_image, tmp_path):
     assert lines[0] == "mntcr restore: the image needs externals: give --external mnt[etc]:HOSTPATH, " \
                        "--external mnt[usr]:HOSTPATH", lines[0]
     assert not os.path.exists(tmp_path / "p")
+
+
+# --- hostile images: where a stand-in starts (engine/userns_cr.py, engine/standin.py) -------------
+
+# `unshare -rpfn` without -m: pid 1 of a pid namespace its user namespace owns (enter_first), its
+# child forked by the late stand-in; the net namespace the user namespace's too (ns_made_in)
+RPF_BODY = """
+os.makedirs("/tmp/sub", exist_ok=True)
+if os.fork() == 0:
+    os.chdir("/tmp/sub")
+    os.fork()
+"""
+
+
+@pytest.fixture(scope="module")
+def rpf_image(tmp_path_factory):
+    """The dumped tree of `unshare -rpfn` without -m (processes: the shell, the unsharer, pid 1, its child)."""
+    if os.geteuid() != 0:
+        pytest.skip("making user namespaces with any map needs root")
+    yield from enginecase.dumped_image(tmp_path_factory, enginecase.userns_setup(0x20000000 | 0x40000000, RPF_BODY),
+                                       "hostile image tests need root (they dump a real container and restore)")
+
+
+def _late_child_in_the_restorers_net(d):
+    d["processes"][3]["ns"]["net"] = d["processes"][0]["ns"]["net"]   # (the shell's: host_ns net)
+
+
+def _no_enter_first(d):
+    d["processes"][2].pop("enter_first")
+
+
+def _start_in_its_own(d):
+    d["processes"][2]["userns_start"] = d["processes"][2]["userns"]
+
+
+HOSTILE_STARTS = {
+    "late child in the restorer's net namespace": (_late_child_in_the_restorers_net,
+                                                   r"bad image: process \d+: its net namespace net-0 is not the "
+                                                   r"restorer's \(host_ns\), but it is for process \d+"),
+    "enter_first dropped": (_no_enter_first, r"bad image: process \d+: its stand-in starts in its user namespace "
+                                             r"user-1, which does not own its mount namespace mnt-0, and does not "
+                                             r"enter that first \(enter_first\)"),
+    "userns_start its own": (_start_in_its_own, r"bad image: process \d+: userns_start user-1 is no ancestor of its "
+                                                r"user namespace user-1"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_STARTS)
+def test_a_stand_in_started_where_it_cannot_be_is_refused_by_the_validator(rpf_image, tmp_path, name):
+    """Combinations dump never writes: the first two failed late with 'setns: Operation not
+    permitted', the third with 'cannot start a stand-in inside its user namespace' (nothing left
+    behind, but no line that tells what is wrong)."""
+    mutate, pattern = HOSTILE_STARTS[name]
+    d = enginecase.load_manifest(rpf_image)
+    assert d["processes"][2].get("enter_first") and d["processes"][2].get("userns_first"), d["processes"][2]
+    assert "net" in d["processes"][0]["host_ns"] and "net" not in d["processes"][3]["host_ns"]
+    refused(_mutated(rpf_image, tmp_path, mutate), pattern, tmp_path)
