@@ -1112,6 +1112,7 @@ def validate(doc) -> None:
     _check_ghosts(doc.get("ghosts") or {}, sbs, files, mounts)
     _check_objects(doc.get("objects") or {})
     _check_processes(doc, mounts, detached)
+    _check_host_ns(doc["processes"])
     _check_zombies(doc)
     _check_sessions(doc)
     _check_userns(doc, mounts)
@@ -1146,6 +1147,21 @@ def _check_mntns_bind_cycles(doc: dict) -> None:
             if nxt not in done:
                 path.add(nxt)
                 stack.append((nxt, iter(sorted(binds.get(nxt, ())))))
+
+
+def _check_host_ns(procs: list) -> None:
+    """A namespace is the restorer's (`host_ns`) for every process in it or for none, as dump
+    tells it (by the namespace's inode): restore joins the restorer's for one process and makes or
+    joins the image's for another (a stand-in inside a user namespace then failed 'setns: Operation
+    not permitted')."""
+    seen: dict[tuple[str, str], tuple[int, bool]] = {}
+    for p in procs:
+        mine = set(p.get("host_ns") or ())
+        for kind, nsid in p["ns"].items():
+            first, was = seen.setdefault((kind, nsid), (p["pid"], kind in mine))
+            if was != (kind in mine):
+                _fail(f"process {p['pid']}: its {kind} namespace {nsid} is {'not ' if was else ''}the restorer's "
+                      f"(host_ns), but it is {'' if was else 'not '}for process {first}")
 
 
 def _check_restorers_proc(doc: dict, mounts: dict, detached: dict) -> None:
@@ -1343,6 +1359,26 @@ def _check_fd_ids(p: dict, users: dict) -> None:
                       f"restore, which {made}, does not map: no id that user could give it")
 
 
+def _check_start(p: dict, users: dict, mntns: dict) -> None:
+    """Where a process's stand-in starts, as dump plans it (engine/userns_cr.py): `userns_start`, the
+    owner of its pid namespace, above its own user namespace; a stand-in that starts in its user
+    namespace (`userns_first`) enters a mount namespace that one owns, or enters it first
+    (`enter_first`). A stand-in started otherwise failed late, with a bare 'setns: Operation not
+    permitted' or 'cannot start a stand-in inside its user namespace'."""
+    own = p.get("userns")
+    if "userns_start" in p:
+        above, cur = set(), users[own].get("parent")
+        while cur is not None and cur not in above:
+            above.add(cur)
+            cur = users.get(cur, {}).get("parent")
+        if p["userns_start"] not in above:
+            _fail(f"process {p['pid']}: userns_start {p['userns_start']} is no ancestor of its user namespace {own}")
+    mnt = mntns.get(p["ns"]["mnt"]) if type(p.get("ns")) is dict else None
+    if p.get("userns_first") and not p.get("enter_first") and type(mnt) is dict and mnt.get("owner") != own:
+        _fail(f"process {p['pid']}: its stand-in starts in its user namespace {own}, which does not own its mount "
+              f"namespace {p['ns']['mnt']}, and does not enter that first (enter_first)")
+
+
 def _check_userns(doc: dict, mounts: dict) -> None:
     """User namespace records, their parent chains, and who names them."""
     users = doc.get("userns") or {}
@@ -1387,6 +1423,7 @@ def _check_userns(doc: dict, mounts: dict) -> None:
                   "the restorer's")
         if "userns_start" in p and (p["userns_start"] not in users or "userns" not in p):
             _fail(f"process {p['pid']}: userns_start needs a user namespace of its own")
+        _check_start(p, users, doc["mntns"])
     procs = {p["pid"]: p for p in doc["processes"]}
     for z in doc.get("zombies") or ():
         name = procs[z["ppid"]].get("userns")

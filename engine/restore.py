@@ -1878,8 +1878,10 @@ class _Restorer:
             else:
                 fd = kernel.open_tree(base, "", _CLONE)
         except OSError as e:
+            hint = getattr(fs.lookup(self.doc["superblocks"][m["sb"]]["fstype"]), "missing_root", None) \
+                if e.errno == errno.ENOENT and given is None and not m.get("ghost") else None
             raise RestoreError(e.errno, f"{what} {m['id']} ({m['mountpoint']}): cannot bind root "
-                                        f"{m['root']}: {e.strerror}") from None
+                                        f"{m['root']}: {hint or e.strerror}") from None
         plain = False
         if given is None:
             sid = m["sb"]

@@ -317,7 +317,7 @@ def _install_fds(chan: channel.Channel, items, fds) -> channel.Channel:
 
 def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tuple | None = None,
             caps: dict | None = None, threads: list[str] = (), ignored: int = 0, filters: list | None = None,
-            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None, nproc: list | None = None,
+            pdeathsig: int = 0, blocked: int = 0, timers: dict | None = None, nproc: dict | None = None,
             args: tuple | None = None) -> None:
     """Close every fd but `keep` and `report_fd`; ignore the signals the process ignored
     (`ignored`, a mask) and block those it blocked (`blocked`: its threads, made after, copy it),
@@ -326,8 +326,8 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
     environ) bytes, engine/procargs.py), become the executable, take the ids and the capabilities and
     then the parent-death signal `pdeathsig` (a change of ids clears it: engine/pdeathsig.py), then make the
     threads (`threads`: (name, own mask or None) each; made last, they copy what we took), then the
-    POSIX timers that notify them (engine/posixtimers.py `split`) and RLIMIT_NPROC `nproc` when
-    given (engine/threads.py `nproc_before`), then install seccomp `filters`
+    POSIX timers that notify them (engine/posixtimers.py `split`) and the resource limits `nproc`
+    ({NAME: [soft, hard]}) when given (engine/threads.py `limits_before`), then install seccomp `filters`
     on every thread (engine/seccomp.py `late`); tell how that went on
     `report_fd` (engine/lastword.py) and sleep until killed.
     A step that fails ends them: the stand-in never runs on with the restorer's identity."""
@@ -356,7 +356,7 @@ def _detach(keep: set[int], report_fd: int, exe_fd: int | None = None, ids: tupl
         if late:
             posixtimers.make(list(late), [os.getpid()] + tids)
         if nproc:
-            kernel.set_rlimits({"NPROC": nproc})
+            kernel.set_rlimits(nproc)
         if filters:
             seccomp.install(filters, tsync=True)   # (the very last: engine/seccomp.py `late`)
     except OSError as e:
@@ -682,8 +682,8 @@ class _Server:
         nproc = None
         if bits.get("rlimits"):
             # (ours were the restorer's, its NOFILE raised for the restore: a runtime's 1024 lost;
-            # an NPROC below ours taken once the threads are made)
-            limits, nproc = threadsteps.nproc_before(bits["rlimits"])
+            # an NPROC, DATA or AS below ours taken once the threads are made)
+            limits, nproc = threadsteps.limits_before(bits["rlimits"])
             kernel.set_rlimits(limits)
         if caps is not None:
             # (now: joining a user namespace gave a full bounding set; it never raises what we hold)

@@ -228,33 +228,41 @@ def start(threads: list, blocked: int = 0) -> list[int]:
     return made
 
 
-def nproc_before(limits: dict) -> tuple[dict, list | None]:
-    """(the resource limits `limits` ({NAME: [soft, hard]}, -1 unlimited) to take before making
-    the threads, RLIMIT_NPROC's to take after them or None). A process that lowered RLIMIT_NPROC
-    once its threads were made (haproxy forbids forking so: 0, 0) would not get them again as a
-    non-root stand-in (clone: EAGAIN): NPROC is kept at least ours until the threads are made,
-    then lowered to the process's (lowering needs no privilege)."""
+def limits_before(limits: dict) -> tuple[dict, dict]:
+    """(the resource limits `limits` ({NAME: [soft, hard]}, -1 unlimited) to take before the last
+    steps, {NAME: [soft, hard]} to take after them). Each of _LATE is kept at least ours until the
+    threads are made, then lowered to the process's (lowering needs no privilege): a process that
+    lowered RLIMIT_NPROC once its threads were made (haproxy forbids forking so: 0, 0) would not get
+    them again as a non-root stand-in (clone: EAGAIN); a stand-in holds the restorer's memory, which
+    a process's RLIMIT_DATA or RLIMIT_AS (`ulimit -d`, `ulimit -v`) need not cover: with either
+    taken first, PR_SET_MM_MAP (its brk and data against RLIMIT_DATA) and the stand-in's own
+    allocations (a buffer, a thread's stack) failed on a tree that ran under them."""
     import resource
-    want = limits.get("NPROC")
-    if want is None:
-        return limits, None
     big = lambda v: float("inf") if v == -1 or v == resource.RLIM_INFINITY else v   # noqa: E731
-    now = resource.getrlimit(_RLIMIT_NPROC)
-    early = [w if big(w) >= big(n) else n for w, n in zip(want, now)]
-    early = [-1 if v == resource.RLIM_INFINITY else v for v in early]
-    if early == list(want):
-        return limits, None
-    return {**limits, "NPROC": early}, list(want)
+    early, late = dict(limits), {}
+    for name, nr in _LATE.items():
+        want = limits.get(name)
+        if want is None:
+            continue
+        now = resource.getrlimit(nr)
+        first = [w if big(w) >= big(n) else n for w, n in zip(want, now)]
+        first = [-1 if v == resource.RLIM_INFINITY else v for v in first]
+        if first != list(want):
+            early[name], late[name] = first, list(want)
+    return early, late
 
 
-def nproc_step(nproc: list, keep: list) -> tuple:
-    """The step (prlimit64 on ourselves) taking RLIMIT_NPROC `nproc` ([soft, hard], -1 unlimited)."""
-    buf = (ctypes.c_uint64 * 2)(*(v & (1 << 64) - 1 for v in nproc))
-    keep.append(buf)
-    return (302, 0, _RLIMIT_NPROC, ctypes.addressof(buf), 0, 0, 0, 1, 0)
+def late_steps(late: dict, keep: list) -> list[tuple]:
+    """The steps (prlimit64 on ourselves) taking each of `late` ({NAME: [soft, hard]}, -1 unlimited)."""
+    steps = []
+    for name, pair in sorted(late.items()):
+        buf = (ctypes.c_uint64 * 2)(*(v & (1 << 64) - 1 for v in pair))
+        keep.append(buf)
+        steps.append((302, 0, _LATE[name], ctypes.addressof(buf), 0, 0, 0, 1, 0))
+    return steps
 
 
-_RLIMIT_NPROC = 6
+_LATE = {"NPROC": 6, "DATA": 2, "AS": 9}   # (RLIMIT_*)
 
 # clone(2) flags of a thread: one memory, fs, fd table, signal handlers and undo list; one process.
 CLONE_THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000

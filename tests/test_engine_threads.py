@@ -126,8 +126,8 @@ def test_an_nproc_of_0_is_taken_after_the_threads():
     limits: list = []
 
     def steps(w):
-        early, late = threads.nproc_before({"NPROC": [0, 0]})
-        assert late == [0, 0] and early["NPROC"] != [0, 0], (early, late)
+        early, late = threads.limits_before({"NPROC": [0, 0]})
+        assert late == {"NPROC": [0, 0]} and early["NPROC"] != [0, 0], (early, late)
         kernel.set_rlimits(early)
         fd = os.open("/bin/true", os.O_RDONLY)
         mappings.become_exe(fd, w, ([54321] * 4, [54321] * 4, [], True, False), None, ["t"], nproc=late)

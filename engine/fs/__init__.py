@@ -169,6 +169,9 @@ class FsType:
     requires: tuple[str, ...] = ()
     # How the --fstype battery makes a fresh superblock of this type (scenarios/battery/), or None.
     recipe: Recipe | None = None
+    # What to do when a mount's root is missing on a superblock of this type that restore neither
+    # fills nor makes the roots of (a cgroup an image from elsewhere names), or None.
+    missing_root: str | None = None
 
     @property
     def when(self) -> str:
