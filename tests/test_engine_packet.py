@@ -85,6 +85,25 @@ a.setsockopt(263, 5, struct.pack("IIII", 4096, 1, 4096, 1))   # PACKET_RX_RING: 
 m1, m2 = mmap.mmap(a.fileno(), 4096), mmap.mmap(a.fileno(), 4096)
 os.dup2(a.fileno(), 10); a.close()
 """, r"fd \d+ .*whose ring is mapped other than once, whole, by the process of this fd"),
+    ("rx frame waiting", """
+import socket, struct, mmap, time
+a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); a.setsockopt(263, 10, 1)   # TPACKET_V2
+a.setsockopt(263, 5, struct.pack("IIII", 4096, 1, 2048, 2)); a.bind(("lo", 3))   # PACKET_RX_RING
+ring = mmap.mmap(a.fileno(), 4096)
+a.sendto(bytes(12) + b"\\x88\\xb5" + b"waits", ("lo", 0x88b5))
+deadline = time.monotonic() + 60
+while not struct.unpack_from("I", ring, 0)[0] & 1 and not struct.unpack_from("I", ring, 2048)[0] & 1:
+    assert time.monotonic() < deadline, "no frame came"
+    time.sleep(0.05)
+os.dup2(a.fileno(), 10); a.close()
+""", r"fd \d+ .*a packet socket with received packets in its rx ring that the program has not read"),
+    ("tx frame queued", """
+import socket, struct, mmap
+a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); a.setsockopt(263, 10, 1); a.bind(("lo", 3))
+a.setsockopt(263, 13, struct.pack("IIII", 4096, 1, 2048, 2))   # PACKET_TX_RING
+ring = mmap.mmap(a.fileno(), 4096); struct.pack_into("I", ring, 0, 1)   # TP_STATUS_SEND_REQUEST, no send()
+os.dup2(a.fileno(), 10); a.close()
+""", r"fd \d+ .*a packet socket with frames in its tx ring not sent yet"),
     ("fanout bpf", """
 import socket
 a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); a.setsockopt(263, 18, 7 | 6 << 16)
@@ -93,8 +112,9 @@ os.dup2(a.fileno(), 10); a.close()
     ("host", None, r"host's network namespace"),
 ])
 def test_packet_refused_before_stop(case, what, body, why):
-    """A ring mapped twice, a fanout group with a BPF program, a packet socket of the host's network
-    namespace: refused naming the fd, before the stop."""
+    """A ring mapped twice, frames waiting in a ring (received, not read; queued, not sent), a fanout
+    group with a BPF program, a packet socket of the host's network namespace: refused naming the
+    fd, before the stop."""
     host = """
 import socket
 a = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0); os.dup2(a.fileno(), 10); a.close()

@@ -114,6 +114,10 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
         raise FdError(errno.EOPNOTSUPP, f"{where}: sock_diag does not list this packet socket (packet_diag not in "
                                         "the kernel?): not supported")
     mapped = _mapped(d, os.fstat(s.fileno()).st_ino, rec["rings"]) if rec["rings"] else None
+    waiting = _ring_waiting(s, rec["rings"]) if rec["rings"] else None
+    if waiting:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket with {waiting}: not supported; dump again once "
+                                        "the program has handled them")
     fanout = _fanout(s, where)
     if struct.unpack_from("=I", s.getsockopt(socket.SOL_SOCKET, 55, 36))[0]:   # SO_MEMINFO: receive memory
         raise FdError(errno.EOPNOTSUPP, f"{where}: packets wait on a packet socket: not supported; dump again once "
@@ -145,6 +149,37 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
     if filt is not None:
         out["filter"] = filt
     return out
+
+
+def _frames(geometry: list, base: int):
+    """The offsets of a ring's frames (`geometry`: packet_diag_ring's numbers) in a mapping of the
+    socket where the ring starts at `base`: frame_nr of them, block after block."""
+    block_size, block_nr, frame_size, frame_nr = geometry[:4]
+    per_block = block_size // frame_size if frame_size else 0
+    for n in range(min(frame_nr, per_block * block_nr)):
+        yield base + n // per_block * block_size + n % per_block * frame_size
+
+
+def _ring_waiting(s: socket.socket, rings: dict) -> str | None:
+    """What waits in socket `s`'s rings, read through a mapping of ours (the rx ring first, then
+    the tx one): frames the kernel handed to the program (TP_STATUS_USER) that it has not handed
+    back, frames the program queued for sending (any status but TP_STATUS_AVAILABLE); or None."""
+    version = s.getsockopt(SOL_PACKET, OPTS["version"])
+    size = sum(g[0] * g[1] for g in rings.values())
+    with mmap.mmap(s.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
+        rx = rings.get("rx")
+        if rx and version == TPACKET_V3:   # (a block's status: tpacket_block_desc's hdr.bh1.block_status)
+            if any(struct.unpack_from("=I", m, b * rx[0] + 8)[0] & 1 for b in range(rx[1])):
+                return "received packets in its rx ring that the program has not read"
+        elif rx and any(struct.unpack_from("=Q" if version == 0 else "=I", m, off)[0] & 1 for off in _frames(rx, 0)):
+            return "received packets in its rx ring that the program has not read"
+        tx = rings.get("tx")
+        status = 20 if version == TPACKET_V3 else 0   # (tpacket3_hdr's tp_status; the others' first field)
+        base = rx[0] * rx[1] if rx else 0
+        if tx and any(struct.unpack_from("=Q" if version == 0 else "=I", m, off + status)[0]
+                      for off in _frames(tx, base)):
+            return "frames in its tx ring not sent yet"
+    return None
 
 
 def _fanout(s: socket.socket, where: str) -> int:
