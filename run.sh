@@ -31,7 +31,9 @@ fi
 # nftables and iptables (nft, iptables-nft-save/-restore: a network namespace's firewall, engine/netfilter.py;
 # nftables' own service is not enabled by its package, and policy-rc.d keeps it from starting),
 # flatpak (scenarios/runtimes/flatpak.yaml), the databases of scenarios/runtimes/app_containers.yaml and scenarios/fds/daemons.yaml (postgresql-15 25 MB,
-# mariadb-server 100 MB with its client).
+# mariadb-server 100 MB with its client), and the headers CRIU's zdtm tests build with (libcap-dev:
+# thread_different_uid_gid; libaio-dev: aio00; libnl-3-dev, libnl-route-3-dev: netns_sub_veth; libbpf-dev:
+# bpf_hash, bpf_array, tests/test_criu_real.py).
 pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squashfs-tools fuse3 squashfuse
       erofs-utils dosfstools exfatprogs f2fs-tools nfs-kernel-server
       qemu-system-x86 busybox-static debootstrap cpio kmod zstd xz-utils bindfs attr
@@ -40,7 +42,8 @@ pkgs=(tar util-linux mount procps graphviz e2fsprogs xfsprogs btrfs-progs squash
       buildah charliecloud-runtime rootlesskit fuse-overlayfs slirp4netns docker-compose lxd distrobox podman-toolbox tini dumb-init catatonit uidmap chromium tmux dbus-daemon socat
       nginx lighttpd redis-server screen sqlite3 inotify-tools curl gcc make libc6-dev
       openssh-server memcached haproxy dnsmasq-base rsyslog apache2 supervisor runit prometheus-node-exporter
-      iputils-ping nftables iptables postgresql-15 mariadb-server flatpak)
+      iputils-ping nftables iptables postgresql-15 mariadb-server flatpak
+      libcap-dev libbpf-dev libaio-dev libnl-3-dev libnl-route-3-dev)
 missing=()
 for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p"); done
 if [ "${#missing[@]}" -gt 0 ]; then

@@ -213,6 +213,31 @@ def _run_call(pid: int, at: int, held: list) -> tuple:
     raise InjectError(errno.EIO, f"process {pid} kept stopping before a call could run in it")
 
 
+_NR_CLONE, _NR_VFORK, _NR_CLONE3, _CLONE_VFORK = 56, 58, 435, 0x4000
+
+
+def in_vfork(pid: int) -> bool:
+    """Whether `pid` waits in vfork(2) (or clone, clone3 with CLONE_VFORK) for its child to exec or
+    exit: an uninterruptible wait (D) in which no call can be run in it, which may last (a child
+    that neither execs nor exits). False when it cannot tell (x86-64 only: its syscall numbers)."""
+    if not SUPPORTED:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rsplit(b")", 1)[1].split()[0] != b"D":
+                return False
+        with open(f"/proc/{pid}/syscall") as f:
+            words = f.read().split()
+        nr, arg = int(words[0]), int(words[1], 16)
+        if nr == _NR_CLONE3:   # (its flags: struct clone_args's first field, in its memory)
+            with open(f"/proc/{pid}/mem", "rb", buffering=0) as m:
+                m.seek(arg)
+                arg = struct.unpack("=Q", m.read(8))[0]
+    except (OSError, ValueError, IndexError, struct.error):
+        return False
+    return nr == _NR_VFORK or nr in (_NR_CLONE, _NR_CLONE3) and bool(arg & _CLONE_VFORK)
+
+
 def _check_state(pid: int) -> bytes:
     """Refuse (InjectError) a process no call may be run in; else its state (b"S", b"R", b"T")."""
     from engine import kernel

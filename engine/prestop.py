@@ -66,8 +66,8 @@ import errno
 import os
 import stat
 
-from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, kernel, mappings, mountinfo, mountrules,
-                    loginuid, netdevs, nsinspect, posixtimers, schedattrs, seccomp, subreaper, sysvipc, threads, timens,
+from engine import (deadpid, detached, fds as fdkinds, filelocks, forkrun, fown, fs, ghosts, inject, kernel, mappings,
+                    mountinfo, mountrules, loginuid, netdevs, nsinspect, posixtimers, schedattrs, seccomp, subreaper, sysvipc, threads, timens,
                     userns_cr, zombies)
 from engine.dumperror import DumpError
 from engine.fds import FdError
@@ -158,6 +158,7 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
     except threads.ThreadError as e:
         raise PrestopError(e.errno, e.strerror) from None
     _check_reachable(pids)
+    _check_vfork(pids)
     try:
         users = userns_cr.plan(tree, names, image.NS_KINDS)
         owners = users["mntns_owner"]
@@ -229,6 +230,16 @@ def check(tree: list[tuple[int, int | None]], texts: list[tuple[int, str]], ext_
             posixtimers.TimerError, subreaper.SubreaperError, netdevs.NetdevError) as e:
         raise PrestopError(e.errno or errno.EOPNOTSUPP, f"{e.strerror or e}") from None
     return owned_ns
+
+
+def _check_vfork(pids: list[int]) -> None:
+    """Refuse a process that waits in vfork for its child (engine/inject.py `in_vfork`): dump runs
+    calls in each stopped process, which cannot run there (refused after the stop otherwise)."""
+    for pid in pids:
+        if inject.in_vfork(pid):
+            raise PrestopError(errno.EBUSY, f"process {pid} is in an uninterruptible wait: a vfork parent waits "
+                                            "there until its child execs or exits, and no call can be run in it "
+                                            "(dump reads its state with calls); dump again once it has left it")
 
 
 def _prechecks(fstype: str) -> bool:

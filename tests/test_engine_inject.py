@@ -220,3 +220,49 @@ def test_a_running_thread_in_its_own_code_gets_nothing_written(tmp_path):
     finally:
         p.kill()
         p.wait()
+
+
+_VFORKER = r"""
+#define _GNU_SOURCE
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+    printf("%d\n", getpid()); fflush(stdout);
+    if (argv[1][0] == 'v') {
+        if (vfork() == 0) { pause(); _exit(0); }   /* a child that neither execs nor exits */
+    } else if (argv[1][0] == 'c') {   /* clone(CLONE_VFORK | SIGCHLD) on the same stack, as vfork */
+        if (syscall(SYS_clone, CLONE_VFORK | CLONE_VM | SIGCHLD, 0, 0, 0, 0) == 0) { pause(); _exit(0); }
+    } else {
+        pause();
+    }
+    return 0;
+}
+"""
+
+
+@pytest.mark.parametrize("how,waits", [("vfork", True), ("clone", True), ("pause", False)])
+def test_in_vfork(tmp_path, how, waits):
+    """A parent waiting in vfork(2) or clone(CLONE_VFORK) for a child that neither execs nor exits
+    is told (prestop refuses it before the stop: no call runs in it); a process sleeping in pause
+    is not."""
+    src = tmp_path / "vforker.c"
+    src.write_text(_VFORKER)
+    r = subprocess.run(["gcc", "-O1", "-o", str(tmp_path / "vforker"), str(src)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"no C compiler here: {r.stderr.strip()[-200:]}")
+    p = subprocess.Popen([str(tmp_path / "vforker"), how], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        pid = int(p.stdout.readline())
+        for _ in range(200):   # (until it sleeps: D in the vfork wait, S in pause)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in ("D", "S"):
+                    break
+            time.sleep(0.05)
+        assert inject.in_vfork(pid) is waits
+    finally:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()

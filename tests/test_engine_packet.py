@@ -47,29 +47,74 @@ def test_packet_sockets_kept(case):
     assert forkrun.run(sniff) == b"sniffed"
 
 
+# A TPACKET_V2 raw socket with a receive ring its process maps (rw, private), promiscuous on lo; two
+# dgram ETH_P_IP sockets bound to lo in one fanout group (hash, defrag), one with a transmit ring
+# (TPACKET_V1) and a unicast membership added twice.
+RINGS = """
+import socket, struct, mmap
+a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0); a.setsockopt(263, 10, 1)   # PACKET_VERSION V2
+a.setsockopt(263, 5, struct.pack("IIII", 4096, 2, 1024, 8))   # PACKET_RX_RING: two blocks of four frames
+ring = mmap.mmap(a.fileno(), 8192, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE)
+a.setsockopt(263, 1, struct.pack("iHH8s", 1, 1, 0, b""))   # PACKET_ADD_MEMBERSHIP lo, PACKET_MR_PROMISC
+b = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x800)); b.bind(("lo", 0x800))
+c = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, socket.htons(0x800)); c.bind(("lo", 0x800))
+b.setsockopt(263, 13, struct.pack("IIII", 4096, 1, 2048, 2))   # PACKET_TX_RING
+for s in (b, c): s.setsockopt(263, 18, struct.pack("I", 13 | 0x8000 << 16))   # PACKET_FANOUT: 13, hash, defrag
+for _ in range(2): b.setsockopt(263, 1, struct.pack("iHH8s", 1, 3, 6, b"\\x02" * 6))   # PACKET_MR_UNICAST
+for n, s in ((10, a), (11, b), (12, c)): os.dup2(s.fileno(), n)
+"""
+
+
+def test_packet_rings_fanout_memberships_kept(case):
+    """Rings (one mapped by its process), a fanout group of two sockets and memberships: after C/R
+    (twice) each socket has them as it had, the mapped ring mapped again (whole, by its process)."""
+    before, _, after = case.roundtrip(_in_netns(RINGS), iters=2)
+    assert "rings={'rx': [4096, 2, 1024, 8, 0, 0, 0]} fanout=0x0 mclist=[{'dev': 'lo', 'type': 1, 'addr': '', " \
+           "'count': 1}]" in _fd(after, 10), _fd(after, 10)
+    assert "rings={'tx': [4096, 1, 2048, 2, 0, 0, 0]} fanout=0x8000000d mclist=[{'dev': 'lo', 'type': 3, " \
+           "'addr': '020202020202', 'count': 2}]" in _fd(after, 11), _fd(after, 11)
+    assert "rings={} fanout=0x8000000d mclist=[]" in _fd(after, 12), _fd(after, 12)
+    assert "socket ring 8192 bytes" in after.snap.procs[0].maps, after.snap.procs[0].maps
+
+
 @pytest.mark.parametrize("what,body,why", [
-    ("ring", """
-import socket, struct
+    ("mapped twice", """
+import socket, struct, mmap
 a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 a.setsockopt(263, 5, struct.pack("IIII", 4096, 1, 4096, 1))   # PACKET_RX_RING: one block, one frame
+m1, m2 = mmap.mmap(a.fileno(), 4096), mmap.mmap(a.fileno(), 4096)
 os.dup2(a.fileno(), 10); a.close()
-""", r"fd 10 .*a mapped ring \(PACKET_RX_RING"),
-    ("fanout", """
+""", r"fd \d+ .*whose ring is mapped other than once, whole, by the process of this fd"),
+    ("rx frame waiting", """
+import socket, struct, mmap, time
+a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); a.setsockopt(263, 10, 1)   # TPACKET_V2
+a.setsockopt(263, 5, struct.pack("IIII", 4096, 1, 2048, 2)); a.bind(("lo", 3))   # PACKET_RX_RING
+ring = mmap.mmap(a.fileno(), 4096)
+a.sendto(bytes(12) + b"\\x88\\xb5" + b"waits", ("lo", 0x88b5))
+deadline = time.monotonic() + 60
+while not struct.unpack_from("I", ring, 0)[0] & 1 and not struct.unpack_from("I", ring, 2048)[0] & 1:
+    assert time.monotonic() < deadline, "no frame came"
+    time.sleep(0.05)
+os.dup2(a.fileno(), 10); a.close()
+""", r"fd \d+ .*a packet socket with received packets in its rx ring that the program has not read"),
+    ("tx frame queued", """
+import socket, struct, mmap
+a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); a.setsockopt(263, 10, 1); a.bind(("lo", 3))
+a.setsockopt(263, 13, struct.pack("IIII", 4096, 1, 2048, 2))   # PACKET_TX_RING
+ring = mmap.mmap(a.fileno(), 4096); struct.pack_into("I", ring, 0, 1)   # TP_STATUS_SEND_REQUEST, no send()
+os.dup2(a.fileno(), 10); a.close()
+""", r"fd \d+ .*a packet socket with frames in its tx ring not sent yet"),
+    ("fanout bpf", """
 import socket
-a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); a.setsockopt(263, 18, 7)   # PACKET_FANOUT
+a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3)); a.setsockopt(263, 18, 7 | 6 << 16)
 os.dup2(a.fileno(), 10); a.close()
-""", r"fd 10 .*a fanout group \(PACKET_FANOUT\)"),
-    ("promisc", """
-import socket, struct
-a = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-a.setsockopt(263, 1, struct.pack("iHH8s", socket.if_nametoindex("lo"), 1, 0, b""))   # PACKET_ADD_MEMBERSHIP, MR_PROMISC
-os.dup2(a.fileno(), 10); a.close()
-""", r"fd 10 .*a multicast or promiscuous membership"),
+""", r"fd 10 .*a fanout group that runs a BPF program \(PACKET_FANOUT_CBPF"),
     ("host", None, r"host's network namespace"),
 ])
 def test_packet_refused_before_stop(case, what, body, why):
-    """A ring, a fanout group, a membership, a packet socket of the host's network namespace:
-    refused naming the fd, before the stop."""
+    """A ring mapped twice, frames waiting in a ring (received, not read; queued, not sent), a fanout
+    group with a BPF program, a packet socket of the host's network namespace: refused naming the
+    fd, before the stop."""
     host = """
 import socket
 a = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0); os.dup2(a.fileno(), 10); a.close()
@@ -83,7 +128,9 @@ a = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0); os.dup2(a.fileno(), 1
 
 def test_packet_image_checked(case):
     """The validator: a device name as the kernel allows one, known PACKET_* options, SOL_SOCKET
-    options only, a protocol of 16 bits; a packet socket in the restorer's own namespace refused."""
+    options only, a protocol of 16 bits, rings of seven numbers, a mapping of rings it has, a
+    fanout restore can join, memberships of a named device; a packet socket in the restorer's own
+    namespace refused."""
     from engine import image, imageformat
     pid = case.start(_in_netns(PACKETS))
     img = case.new_images_dir()
@@ -94,7 +141,17 @@ def test_packet_image_checked(case):
                          (lambda f: f["popts"].update(rx_ring=1), "PACKET_"),
                          (lambda f: f["opts"].update(ttl=1), "SOL_SOCKET"),
                          (lambda f: f.update(protocol=1 << 16), "protocol"),
-                         (lambda f: f.update(type="packet"), "raw or dgram")):
+                         (lambda f: f.update(type="packet"), "raw or dgram"),
+                         (lambda f: f.update(rings={"rx": [1] * 6}), "rings"),
+                         (lambda f: f.update(rings={"rx": [1] * 7}, mapped="rwxp"), "ring mapping"),
+                         (lambda f: f.update(mapped="rw-p"), "ring mapping"),
+                         (lambda f: f.update(fanout=7 | 6 << 16), "fanout"),
+                         (lambda f: f.update(mclist=[{"dev": "../lo", "type": 1, "addr": "", "count": 1}]),
+                          "memberships"),
+                         (lambda f: f.update(mclist=[{"dev": "lo", "type": 9, "addr": "", "count": 1}]),
+                          "memberships"),
+                         (lambda f: f.update(mclist=[{"dev": "lo", "type": 1, "addr": "zz", "count": 1}]),
+                          "memberships")):
         doc = load_manifest(img)
         change(next(f for f in doc["processes"][0]["fds"] if f["fd"] == 10))
         with pytest.raises(image.ImageError, match=text):

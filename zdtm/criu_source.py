@@ -242,6 +242,39 @@ def _last_error(text: str) -> str:
     return (errs or lines or ["no output"])[0][:300]
 
 
+def _lib_options() -> str:
+    """The optional libraries test/zdtm/lib's Makefile builds helpers for when pkg-config finds them
+    (libbpf: bpfmap_zdtm.c, which bpf_hash and bpf_array link with), as "NAME=y|n" words."""
+    def found(name: str) -> str:
+        try:
+            return "y" if subprocess.run(["pkg-config", "--exists", name], capture_output=True).returncode == 0 else "n"
+        except OSError:
+            return "n"
+    return " ".join(f"{name}={found(name)}" for name in ("libbpf",))
+
+
+def _build_lib(zdtm_dir: str) -> None:
+    """test/zdtm/lib's libzdtmtst.a, built again when the optional libraries found differ from those
+    it was built with (a -dev package installed since: its helpers were left out)."""
+    lib = os.path.join(zdtm_dir, "lib", "libzdtmtst.a")
+    stamp = os.path.join(zdtm_dir, "lib", ".mntcr-lib-options")
+    want = _lib_options()
+    try:
+        with open(stamp) as f:
+            had = f.read().strip()
+    except OSError:
+        had = None
+    if os.path.exists(lib) and had == want:
+        return
+    if os.path.exists(lib):
+        os.unlink(lib)
+    p = _make(["-C", "lib", "libzdtmtst.a"], zdtm_dir)
+    if p.returncode != 0:
+        raise SourceError(f"building test/zdtm/lib failed: {_last_error(p.stderr + p.stdout)}")
+    with open(stamp, "w") as f:
+        f.write(want + "\n")
+
+
 def build(names, top: str | None = None) -> dict[str, TestProgram | SourceError]:
     """Build the named static tests (cached); name -> TestProgram, or the SourceError saying why not."""
     top = top or source_tree()
@@ -249,10 +282,7 @@ def build(names, top: str | None = None) -> dict[str, TestProgram | SourceError]
     static = os.path.join(zdtm_dir, "static")
     out: dict[str, TestProgram | SourceError] = {}
     with _locked(os.path.join(top, ".mntcr-build.lock")):
-        if not os.path.exists(os.path.join(zdtm_dir, "lib", "libzdtmtst.a")):
-            p = _make(["-C", "lib", "libzdtmtst.a"], zdtm_dir)
-            if p.returncode != 0:
-                raise SourceError(f"building test/zdtm/lib failed: {_last_error(p.stderr + p.stdout)}")
+        _build_lib(zdtm_dir)
         for name in names:
             binary = os.path.join(static, name)
             if not os.path.exists(os.path.join(static, name + ".c")):

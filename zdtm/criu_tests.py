@@ -98,6 +98,7 @@ FEATURES = {
     "ns_pid": lambda: "NSpid:" in open("/proc/self/status").read(),
     "tun": lambda: os.path.exists("/dev/net/tun"),
     "tun_ns": lambda: os.path.exists("/dev/net/tun") and _kernel_at_least(5, 2),   # TUNGETDEVNETNS
+    "link_nsid": lambda: _kernel_at_least(4, 0),   # IFLA_LINK_NETNSID of a veth whose peer is in another namespace
     "sockopt_buf_lock": lambda: _kernel_at_least(5, 14),   # SO_BUF_LOCK
     "aio_remap": lambda: _kernel_at_least(3, 19),          # mremap of an aio ring
     "memfd_hugetlb": lambda: _kernel_at_least(4, 14),      # MFD_HUGETLB

@@ -88,6 +88,9 @@ def _socket(c: int) -> str:
             finally:
                 os.close(ns)
             out += f" uid={rec.get('uid', '?')}"
+            # (its rings' geometry, fanout group and memberships: what restore makes again)
+            out += (f" rings={rec.get('rings')} fanout={s.getsockopt(packet.SOL_PACKET, packet.PACKET_FANOUT) & 0xffffffff:#x}"
+                    f" mclist={rec.get('mclist')}")
         elif fam == socket.AF_NETLINK:
             # (protocol, port id, groups, peer: a restore binds the same port id again)
             raw = s.getsockopt(270, 9, 512)   # SOL_NETLINK, NETLINK_LIST_MEMBERSHIPS

@@ -423,6 +423,10 @@ def _maps(pid: int, canon, elsewhere: dict, ignore: tuple) -> list[str]:
             label = _where(canon, kernel.statx_mnt_id(link), elsewhere)
         except OSError:
             continue
+        if path.startswith("socket:["):   # (a packet socket's ring: its size, whatever the socket's number)
+            start, _, end = os.path.basename(link).partition("-")
+            out.add(f"socket ring {int(end, 16) - int(start, 16)} bytes")
+            continue
         # A stand-in's interpreter may live outside the tree altogether ("detached": on no mount of
         # the tree's namespaces); mappings there are not compared (nor restored: engine/mappings.py).
         if label == "detached" or ignored(label):

@@ -6,26 +6,37 @@ their PACKET_* options (version, reserve, auxdata, origdev, vnet_hdr, loss, time
 ignore_outgoing), SOL_SOCKET options (engine/fds/inet_opts.py's) and classic socket filter
 (engine/fds/inet_filter.py).
 
-Refused, before the stop and again at dump: a mapped ring (PACKET_RX_RING, PACKET_TX_RING: the
-program's memory holds its frames), a fanout group (PACKET_FANOUT: other sockets, maybe outside
-the tree, share it), a multicast or promiscuous membership (PACKET_ADD_MEMBERSHIP: it changes its
-device), a packet waiting (sent again it would reach every socket of the namespace), a SOCK_PACKET
+Its rings (PACKET_RX_RING, PACKET_TX_RING: their geometry, made again after its version and
+reserve, once bound), its fanout group (PACKET_FANOUT: id, mode and flags, joined again once
+bound: the namespace is restore's, so the group's other members are the tree's sockets that join
+it too) and its memberships (PACKET_ADD_MEMBERSHIP: promiscuous, all-multicast, multicast and
+unicast addresses, by device name, added as many times as they were) are kept.
+
+A ring its own process maps once, whole, is mapped again by its stand-in (rw-p, r--s...: the frames
+are that program's memory, which is not restored; the kernel's ring is new and empty).
+Refused, before the stop and again at dump: a ring mapped otherwise (twice, in part, by another
+process), a fanout group that runs a BPF program (PACKET_FANOUT_CBPF, _EBPF: not readable),
+a packet waiting (sent again it would reach every socket of the namespace), a SOCK_PACKET
 socket (the obsolete kind), one bound to a device that is gone. Not kept: PACKET_COPY_THRESH, the
-statistics (PACKET_STATISTICS: reading them resets them). Its owner (sk_uid) is kept as an inet
-socket's (engine/fds/inet.py `made_as`: the thread that takes it raises CAP_NET_RAW again).
+statistics (PACKET_STATISTICS: reading them resets them), a fanout group's member limit
+(PACKET_FANOUT with struct fanout_args: not readable; the default, 256). Its owner (sk_uid) is
+kept as an inet socket's (engine/fds/inet.py `made_as`: the thread that takes it raises CAP_NET_RAW again).
 
 Read with packet_diag (NETLINK_SOCK_DIAG, AF_PACKET) in a child that joins the socket's network
-namespace: its device's index, rings, fanout and memberships.
+namespace: its device's index, rings and memberships (their devices named there); its fanout with
+getsockopt(PACKET_FANOUT).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import mmap
 import os
 import socket
 import struct
 
-from engine.imageformat import DICT, INT, MAX_UID, STR, F, rng
+from engine.imageformat import DICT, INT, LIST, MAX_UID, STR, F, rng
 # (inet: its owner's maker, `made_as`; imported here, before restore pivots away from the engine)
 from engine.fds import FdError, FdKind, RestoreFd, inet, inet_filter, inet_net, inet_opts, register, unix_bind
 
@@ -35,9 +46,36 @@ TYPE_NO = {v: k for k, v in TYPES.items()}
 OPTS = {"version": 10, "reserve": 12, "auxdata": 8, "origdev": 9, "vnet_hdr": 15, "loss": 14, "timestamp": 17,
         "qdisc_bypass": 20, "ignore_outgoing": 23}
 PACKET_FANOUT = 18
+PACKET_ADD_MEMBERSHIP = 1
+RING_OPTS = {"rx": 5, "tx": 13}   # PACKET_RX_RING, PACKET_TX_RING
+TPACKET_V3 = 2
+FANOUT_CBPF, FANOUT_EBPF, FANOUT_UNIQUEID = 6, 7, 0x2000
+MR_TYPES = range(4)   # PACKET_MR_MULTICAST, _PROMISC, _ALLMULTI, _UNICAST
 SOCK_DIAG_BY_FAMILY = 20
 SHOW = 0x1 | 0x2 | 0x4 | 0x8   # PACKET_SHOW_INFO, _MCLIST, _RING_CFG, _FANOUT
 DIAG_INFO, DIAG_MCLIST, DIAG_RX_RING, DIAG_TX_RING, DIAG_FANOUT, DIAG_UID = 0, 1, 2, 3, 4, 5
+
+
+def _rings(attrs: dict) -> dict:
+    """{"rx"|"tx": [block_size, block_nr, frame_size, frame_nr, retire_tmo, sizeof_priv, features]}
+    of a packet_diag record's PACKET_DIAG_RX_RING, _TX_RING (struct packet_diag_ring)."""
+    return {name: list(struct.unpack_from("=7I", attrs[key])) for name, key in (("rx", DIAG_RX_RING),
+                                                                               ("tx", DIAG_TX_RING))
+            if len(attrs.get(key, b"")) >= 28}
+
+
+def _mclist(raw: bytes) -> list[dict]:
+    """The memberships of a PACKET_DIAG_MCLIST (struct packet_diag_mclist each: index, count, type,
+    alen, addr[32]), each with its device's name in this namespace ("" when it has none)."""
+    out = []
+    for off in range(0, len(raw) - 43, 44):
+        index, count, typ, alen = struct.unpack_from("=IIHH", raw, off)
+        try:
+            dev = socket.if_indextoname(index)
+        except OSError:
+            dev = ""
+        out.append({"dev": dev, "type": typ, "addr": raw[off + 12:off + 12 + min(alen, 32)].hex(), "count": count})
+    return out
 
 
 def _diag_in(fd: int) -> dict[int, dict]:
@@ -52,8 +90,7 @@ def _diag_in(fd: int) -> dict[int, dict]:
         uid = attrs.get(DIAG_UID, b"")
         out[ino] = {"ifindex": struct.unpack_from("=I", info)[0] if len(info) >= 4 else 0,
                     "uid": struct.unpack_from("=I", uid)[0] if len(uid) >= 4 else None,
-                    "ring": DIAG_RX_RING in attrs or DIAG_TX_RING in attrs, "fanout": DIAG_FANOUT in attrs,
-                    "mclist": bool(attrs.get(DIAG_MCLIST))}
+                    "rings": _rings(attrs), "mclist": _mclist(attrs.get(DIAG_MCLIST, b""))}
     return out
 
 
@@ -76,16 +113,28 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
     if rec is None:
         raise FdError(errno.EOPNOTSUPP, f"{where}: sock_diag does not list this packet socket (packet_diag not in "
                                         "the kernel?): not supported")
-    for bad, why in (("ring", "a mapped ring (PACKET_RX_RING, PACKET_TX_RING)"),
-                     ("fanout", "a fanout group (PACKET_FANOUT)"),
-                     ("mclist", "a multicast or promiscuous membership (PACKET_ADD_MEMBERSHIP)")):
-        if rec[bad]:
-            raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket with {why}: not supported")
+    mapped = _mapped(d, os.fstat(s.fileno()).st_ino, rec["rings"]) if rec["rings"] else None
+    waiting = _ring_waiting(s, rec["rings"]) if rec["rings"] else None
+    if waiting:
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket with {waiting}: not supported; dump again once "
+                                        "the program has handled them")
+    fanout = _fanout(s, where)
     if struct.unpack_from("=I", s.getsockopt(socket.SOL_SOCKET, 55, 36))[0]:   # SO_MEMINFO: receive memory
         raise FdError(errno.EOPNOTSUPP, f"{where}: packets wait on a packet socket: not supported; dump again once "
                                         "the program has read them")
     dev, proto = s.getsockname()[:2]   # (its device's name as its own namespace calls it)
     out = {"type": TYPES[typ], "protocol": proto}
+    if rec["rings"]:
+        out["rings"] = rec["rings"]
+    if mapped:
+        out["mapped"] = mapped
+    if fanout:
+        out["fanout"] = fanout
+    if rec["mclist"]:
+        if any(not m["dev"] for m in rec["mclist"]):
+            raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket's membership of a device that is gone: "
+                                            "not supported")
+        out["mclist"] = rec["mclist"]
     if rec["uid"] is not None:
         out["uid"] = rec["uid"]   # (its owner, sk_uid, as the dumper names it)
     if rec["ifindex"]:
@@ -100,6 +149,80 @@ def read(d, s: socket.socket, rec: dict | None) -> dict:
     if filt is not None:
         out["filter"] = filt
     return out
+
+
+def _frames(geometry: list, base: int):
+    """The offsets of a ring's frames (`geometry`: packet_diag_ring's numbers) in a mapping of the
+    socket where the ring starts at `base`: frame_nr of them, block after block."""
+    block_size, block_nr, frame_size, frame_nr = geometry[:4]
+    per_block = block_size // frame_size if frame_size else 0
+    for n in range(min(frame_nr, per_block * block_nr)):
+        yield base + n // per_block * block_size + n % per_block * frame_size
+
+
+def _ring_waiting(s: socket.socket, rings: dict) -> str | None:
+    """What waits in socket `s`'s rings, read through a mapping of ours (the rx ring first, then
+    the tx one): frames the kernel handed to the program (TP_STATUS_USER) that it has not handed
+    back, frames the program queued for sending (any status but TP_STATUS_AVAILABLE); or None."""
+    version = s.getsockopt(SOL_PACKET, OPTS["version"])
+    size = sum(g[0] * g[1] for g in rings.values())
+    with mmap.mmap(s.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ) as m:
+        rx = rings.get("rx")
+        if rx and version == TPACKET_V3:   # (a block's status: tpacket_block_desc's hdr.bh1.block_status)
+            if any(struct.unpack_from("=I", m, b * rx[0] + 8)[0] & 1 for b in range(rx[1])):
+                return "received packets in its rx ring that the program has not read"
+        elif rx and any(struct.unpack_from("=Q" if version == 0 else "=I", m, off)[0] & 1 for off in _frames(rx, 0)):
+            return "received packets in its rx ring that the program has not read"
+        tx = rings.get("tx")
+        status = 20 if version == TPACKET_V3 else 0   # (tpacket3_hdr's tp_status; the others' first field)
+        base = rx[0] * rx[1] if rx else 0
+        if tx and any(struct.unpack_from("=Q" if version == 0 else "=I", m, off + status)[0]
+                      for off in _frames(tx, base)):
+            return "frames in its tx ring not sent yet"
+    return None
+
+
+def _fanout(s: socket.socket, where: str) -> int:
+    """Socket `s`'s PACKET_FANOUT (id | mode << 16 | flags << 24; 0: none), or FdError for a group
+    restore cannot join again as it was. (A group made with PACKET_FANOUT_FLAG_UNIQUEID shows its
+    kernel-chosen id without the flag, which the kernel drops: joined again by that id.)"""
+    fanout = s.getsockopt(SOL_PACKET, PACKET_FANOUT) & 0xffffffff   # (an int: flags in its sign bit)
+    if fanout and (fanout >> 16 & 0xff) in (FANOUT_CBPF, FANOUT_EBPF):
+        raise FdError(errno.EOPNOTSUPP, f"{where}: a packet socket in a fanout group that runs a BPF program "
+                                        "(PACKET_FANOUT_CBPF, _EBPF: not readable): not supported")
+    return fanout
+
+
+def _mappings(d, ino: int) -> list[tuple[int, int, str]]:
+    """The mappings of socket `ino` (its rings) by the tree's processes (d.scratch["pids"], else d's):
+    [(pid, size, perms as /proc/PID/maps shows them)]."""
+    want, out = f" socket:[{ino}]", []
+    for pid in d.scratch.get("pids") or [d.pid]:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for line in f:
+                    if line.rstrip("\n").endswith(want):
+                        start, _, end = line.split()[0].partition("-")
+                        out.append((pid, int(end, 16) - int(start, 16), line.split()[1]))
+        except OSError:
+            continue
+    return out
+
+
+def _mapped(d, ino: int, rings: dict) -> str | None:
+    """How the ring of socket `ino` is mapped ("rw-p": perms and sharing, as /proc/PID/maps shows
+    them), or None; FdError unless the fd's own process maps the whole ring once (what its stand-in,
+    which makes the socket, can map again)."""
+    maps = _mappings(d, ino)
+    if not maps:
+        return None
+    size = sum(g[0] * g[1] for g in rings.values())
+    pid, got, perms = maps[0]
+    if len(maps) > 1 or pid != d.pid or got != size or perms[3] not in "ps" or perms[2] == "x":
+        raise FdError(errno.EOPNOTSUPP, f"{d.where}: a packet socket whose ring is mapped other than once, whole, by "
+                                        f"the process of this fd (process {pid}, {got} bytes of {size}, "
+                                        f"{len(maps)} mappings): not supported")
+    return perms
 
 
 def _with_socket(d) -> dict:
@@ -144,6 +267,33 @@ def _check(e: dict, what: str) -> None:
     if any(k not in inet_opts.OPTS or inet_opts.OPTS[k][0] != socket.SOL_SOCKET for k in e["opts"]):
         _fail(f"{what}: a packet socket's options are SOL_SOCKET ones")
     inet_opts.check(e["opts"], "packet", "packet", what)
+    _check_extras(e, what)
+
+
+def _check_extras(e: dict, what: str) -> None:
+    """The rings, fanout and memberships of entry `e`, as the kernel could have them."""
+    from engine.image import _fail
+    rings = e.get("rings", {})
+    if not isinstance(rings, dict) or set(rings) - set(RING_OPTS) or any(
+            not isinstance(v, list) or len(v) != 7 or any(type(x) is not int or not 0 <= x < 1 << 32 for x in v)
+            for v in rings.values()):
+        _fail(f"{what}: bad packet socket rings (rx, tx: seven 32-bit numbers each)")
+    mapped = e.get("mapped")
+    if mapped is not None and not (rings and len(mapped) == 4 and mapped[0] in "r-" and mapped[1] in "w-"
+                                   and mapped[2] == "-" and mapped[3] in "ps"):
+        _fail(f"{what}: bad packet socket ring mapping {str(mapped)[:20]!r} (rw-p, r--s...; rings needed)")
+    fanout = e.get("fanout", 0)
+    if type(fanout) is not int or not 0 <= fanout < 1 << 32 or (fanout >> 16 & 0xff) in (FANOUT_CBPF, FANOUT_EBPF) \
+            or fanout >> 16 & FANOUT_UNIQUEID:
+        _fail(f"{what}: bad packet socket fanout {fanout!r}")
+    mcl = e.get("mclist", [])
+    if not isinstance(mcl, list) or len(mcl) > 256 or any(
+            not isinstance(m, dict) or set(m) != {"dev", "type", "addr", "count"}
+            or not isinstance(m["dev"], str) or not 0 < len(m["dev"]) < 16 or "/" in m["dev"] or "\0" in m["dev"]
+            or m["type"] not in MR_TYPES or type(m["count"]) is not int or not 0 < m["count"] <= 1024
+            or not isinstance(m["addr"], str) or len(m["addr"]) > 64 or len(m["addr"]) % 2
+            or any(c not in "0123456789abcdef" for c in m["addr"]) for m in mcl):
+        _fail(f"{what}: bad packet socket memberships (device, type 0-3, address, count)")
 
 
 def _make(spec, fds):
@@ -168,15 +318,59 @@ def _make(spec, fds):
             except OSError as e:
                 raise FdError(e.errno or errno.ENODEV, f"binding a packet socket to device {spec['dev']}: "
                                                        f"{e.strerror or e}") from None
+        _make_extras(s, spec)
         return None, [s.detach()]
     finally:
         s.close()
 
 
+def _make_extras(s: socket.socket, spec: dict) -> None:
+    """Its rings (its version and reserve set before), fanout group (once bound: the kernel joins
+    a running socket only) and memberships."""
+    step = ""
+    try:
+        for name, geometry in spec.get("rings", {}).items():
+            step = f"its {name} ring"
+            if spec["popts"].get("version") == TPACKET_V3:
+                s.setsockopt(SOL_PACKET, RING_OPTS[name], struct.pack("=7I", *geometry))
+            else:   # (struct tpacket_req: the geometry alone)
+                s.setsockopt(SOL_PACKET, RING_OPTS[name], struct.pack("=4I", *geometry[:4]))
+        if spec.get("mapped"):
+            step = "mapping its rings"
+            _map_rings(s.fileno(), spec)
+        if spec.get("fanout"):
+            step = "its fanout group"
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("=I", spec["fanout"]))
+        for m in spec.get("mclist", []):
+            step = f"its membership of {m['dev']}"
+            addr = bytes.fromhex(m["addr"])
+            mreq = struct.pack("=iHH32s", socket.if_nametoindex(m["dev"]), m["type"], len(addr), addr)
+            for _ in range(m["count"]):
+                s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+    except OSError as e:
+        raise FdError(e.errno or errno.EINVAL, f"packet socket: {step}: {e.strerror or e}") from None
+
+
+def _map_rings(fd: int, spec: dict) -> None:
+    """Map socket `fd`'s rings whole, as the process did ("rw-p"...), for good: the stand-in holds
+    the mapping (at an address of the kernel's choice: addresses are not restored)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    perms = spec["mapped"]
+    prot = (mmap.PROT_READ if perms[0] == "r" else 0) | (mmap.PROT_WRITE if perms[1] == "w" else 0)
+    flags = mmap.MAP_SHARED if perms[3] == "s" else mmap.MAP_PRIVATE
+    size = sum(g[0] * g[1] for g in spec["rings"].values())
+    addr = libc.mmap(None, size, prot, flags, fd, 0)
+    if addr in (None, ctypes.c_void_p(-1).value):
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _open(r: RestoreFd) -> int:
     e = r.entry
-    fd = r.standin("make", {k: e[k] for k in ("type", "protocol", "dev", "popts", "opts", "filter", "uid")
-                            if k in e})[0]
+    fd = r.standin("make", {k: e[k] for k in ("type", "protocol", "dev", "popts", "opts", "filter", "uid", "rings",
+                                              "mapped", "fanout", "mclist") if k in e})[0]
     if e["flags"] & os.O_NONBLOCK:
         os.set_blocking(fd, False)
     return fd
@@ -195,4 +389,10 @@ register(FdKind(name="packet", matches=lambda t, m: False, dump=dump, open=_open
                         "opts": F(DICT),    # SOL_SOCKET options (engine/fds/inet_opts.py's names)
                         "filter": inet_filter.FIELD,
                         # its owner (sk_uid) as the dumper names it, taken by the thread that makes it
-                        "uid": F(INT, required=False, rule=rng(0, MAX_UID))}))
+                        "uid": F(INT, required=False, rule=rng(0, MAX_UID)),
+                        # {"rx"|"tx": packet_diag_ring's seven numbers}, PACKET_FANOUT's value, and the
+                        # memberships [{dev, type, addr (hex), count}] (checked by _check_extras)
+                        "rings": F(DICT, required=False),
+                        "mapped": F(STR, required=False),   # its rings mapped by its process: "rw-p"...
+                        "fanout": F(INT, required=False),
+                        "mclist": F(LIST, required=False)}))
