@@ -332,6 +332,10 @@ def _cmd_restore(args) -> int:
     kernel.check_host_root("restore")
     _settled()
     daemons = {}
+    if args.fuse_restart:
+        # (engine/fs/fuse.py splits the command in the restorer, where the standard library may be
+        # out of reach: loaded here, only for a restore that restarts daemons; shlex imports re)
+        import shlex  # noqa: F401
     for spec in args.fuse_restart:
         key, sep, cmd = spec.partition("=")
         if not sep or not key or not cmd.strip():

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
-import re
+from engine import rx
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import stat
 import sys
@@ -23,7 +23,7 @@ from engine import channel, image, kernel
 
 _COMMON = ["--xattrs", "--xattrs-include=*", "--acls", "--numeric-owner"]
 _PLAIN = ["--numeric-owner"]   # extracting an archive with no xattr or ACL (XATTR_WORDS)
-MEMBER = re.compile(r"^sb-[0-9]+$")
+MEMBER = rx.compile(r"^sb-[0-9]+$")
 
 
 @functools.cache
@@ -191,7 +191,7 @@ def _staging(mounts: list[tuple[int, str]], clone: bool = False) -> int:
 
 
 # tar's warning for a socket file it leaves out (with --quoting-style=c and LC_ALL=C).
-_SOCKET_IGNORED = re.compile(r'^[^ ]*tar: (".*"): socket ignored$')
+_SOCKET_IGNORED = rx.compile(r'^[^ ]*tar: (".*"): socket ignored$')
 
 
 def _archive_child(mounts: list[tuple[int, str]], out_fd: int, dirs: dict, chan: channel.Channel) -> None:

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 
 from engine.kernel import DELETED
+
+
+_PID_DIR = rx.compile(r"/[0-9]+")
 
 
 def gone_pid_dir(target: str, m) -> bool:
@@ -24,7 +27,7 @@ def gone_pid_dir(target: str, m) -> bool:
     if m is None or m.fstype != "proc" or m.root != "/" or not target.endswith(DELETED):
         return False
     top = m.mountpoint.rstrip("/")
-    return target.startswith(top + "/") and bool(re.fullmatch(r"/[0-9]+", target[len(top): -len(DELETED)]))
+    return target.startswith(top + "/") and bool(_PID_DIR.fullmatch(target[len(top): -len(DELETED)]))
 
 
 def reopen(open_at, proc: int, mnt: int, path: str, n: int, flags: int) -> int:

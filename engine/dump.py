@@ -23,7 +23,7 @@ import errno
 import fcntl
 import itertools
 import os
-import re
+from engine import rx
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import stat
 import sys
@@ -39,13 +39,13 @@ from engine.freeze import process_tree
 from engine.image import is_beneath
 
 NS_GET_PARENT = 0xB702
-_EXT_MNT = re.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
-_EXT_DEV = re.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
-_EXT_FILE = re.compile(r"^file\[(?P<what>/[^\]]*)\]:(?P<key>[^\s\[\]]+)$")
+_EXT_MNT = rx.compile(r"^mnt\[(?P<what>[^\]]+)\]:(?P<key>[^\s]+)$")
+_EXT_DEV = rx.compile(r"^dev\[(?P<what>[0-9]+:[0-9]+)\]:(?P<key>[^\s]+)$")
+_EXT_FILE = rx.compile(r"^file\[(?P<what>/[^\]]*)\]:(?P<key>[^\s\[\]]+)$")
 # A pipe whose other end a process outside the tree holds (a harness reading the tree's stdout):
 # its inode as /proc/PID/fd shows it, `pipe:[INO]`; restore connects the fd to what
 # `--external file[KEY]:PATH` gives (a file, a FIFO, /proc/self/fd/N of a pipe restore inherits).
-_EXT_PIPE = re.compile(r"^pipe\[(?P<ino>[0-9]{1,20})\]:(?P<key>[^\s\[\]/]+)$")
+_EXT_PIPE = rx.compile(r"^pipe\[(?P<ino>[0-9]{1,20})\]:(?P<key>[^\s\[\]/]+)$")
 
 
 # --- externals -----------------------------------------------------------------

@@ -16,12 +16,12 @@ Superblocks of the whole host (devtmpfs, debugfs... FsType.host_global) are rest
 
 from __future__ import annotations
 
-import re
+from engine import rx
 
 from engine import fs
 from engine.image import is_beneath
 
-_SPEC = re.compile(r"^(?:(?P<kind>mnt|dev|fuse)\[(?P<key>[^\]]+)\]|root)$")
+_SPEC = rx.compile(r"^(?:(?P<kind>mnt|dev|fuse)\[(?P<key>[^\]]+)\]|root)$")
 SPELLINGS = "mnt[KEY], dev[KEY], fuse[KEY] or root"
 
 

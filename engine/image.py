@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 import stat
 
 from engine import jsonc
 from engine.kernel import DELETED
 
 # An archive member of the image (ImageWriter.new_archive names them).
-ARCHIVE_NAME = re.compile(r"^files-[0-9]{1,9}\.tar\Z")
+ARCHIVE_NAME = rx.compile(r"^files-[0-9]{1,9}\.tar\Z")
 
 FORMAT = "mntcr-image"
 VERSION = 1

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import bisect
 import os
-import re
+from engine import rx
 from collections.abc import Callable
 from itertools import chain, compress, repeat
 from operator import contains, itemgetter
@@ -77,18 +77,18 @@ OPEN_FLAGS = (os.O_ACCMODE | os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_TRUNC |
 # realtime device, a btrfs member device): the image may never make restore open one.
 HOST_OPTS = frozenset({"journal_dev", "journal_path", "logdev", "rtdev", "device"})
 
-_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
-_SB_ID = re.compile(r"^sb-[0-9]{1,9}\Z")
-_DEVNUM = re.compile(r"^[0-9]{1,10}:[0-9]{1,10}\Z")
-_FSTYPE = re.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}\Z")
-_KEY = re.compile(r"^[^\s\[\]\x00]{1,256}\Z")  # what --external accepts: no space, no brackets
-_MEMBER = re.compile(r"^sb-[0-9]{1,9}\Z")
-_SHA256 = re.compile(r"^[0-9a-f]{64}\Z")
-_GHOST_ID = GHOST_ID = re.compile(r"^g-[0-9]{1,9}\Z")
-_USERNS_ID = re.compile(r"^user-[0-9]{1,9}\Z")
+_NS_ID = rx.compile(r"^(mnt|pid|uts|ipc|net|cgroup)-[0-9]{1,9}\Z")
+_SB_ID = rx.compile(r"^sb-[0-9]{1,9}\Z")
+_DEVNUM = rx.compile(r"^[0-9]{1,10}:[0-9]{1,10}\Z")
+_FSTYPE = rx.compile(r"^[a-z0-9_][a-z0-9_.+-]{0,63}\Z")
+_KEY = rx.compile(r"^[^\s\[\]\x00]{1,256}\Z")  # what --external accepts: no space, no brackets
+_MEMBER = rx.compile(r"^sb-[0-9]{1,9}\Z")
+_SHA256 = rx.compile(r"^[0-9a-f]{64}\Z")
+_GHOST_ID = GHOST_ID = rx.compile(r"^g-[0-9]{1,9}\Z")
+_USERNS_ID = rx.compile(r"^user-[0-9]{1,9}\Z")
 # Namespaces a mount may bind (nsfs: `ip netns add`, `unshare --mount=PATH`).
-_BOUND_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user|time)-[0-9]{1,9}\Z")
-_LONE_NS_ID = re.compile(r"^net-[0-9]{1,9}\Z")
+_BOUND_NS_ID = rx.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user|time)-[0-9]{1,9}\Z")
+_LONE_NS_ID = rx.compile(r"^net-[0-9]{1,9}\Z")
 MAX_USERNS = 1024               # user namespaces of one image
 MAX_MAP = 340                   # the kernel's limit of lines in one uid_map / gid_map
 MAX_NGROUPS = 65536             # NGROUPS_MAX
@@ -151,13 +151,14 @@ def rng(lo: int, hi: int) -> Rule:
     return rule
 
 
-def pattern(rx: re.Pattern, text: str, cached: bool = False) -> Rule:
-    """A string matching rx (described as `text` in errors); `cached` when few values repeat often."""
+def pattern(pat, text: str, cached: bool = False) -> Rule:
+    """A string matching the compiled pattern `pat` (described as `text` in errors); `cached` when
+    few values repeat often."""
     def rule(v):
-        if v is not None and not rx.match(v):
+        if v is not None and not pat.match(v):
             return f"must be {text} (got {v[:80]!r})"
         return None
-    rule.inline = ("cached",) if cached else ("pattern", rx)
+    rule.inline = ("cached",) if cached else ("pattern", pat)
     return rule
 
 
@@ -210,7 +211,7 @@ def path_rule(v) -> str | None:
 path_rule.inline = ("path",)
 
 
-_NS_ROOT = re.compile(r"^[a-z_]{1,16}:\[[0-9]{1,20}\]\Z")
+_NS_ROOT = rx.compile(r"^[a-z_]{1,16}:\[[0-9]{1,20}\]\Z")
 
 
 def root_rule(v) -> str | None:
@@ -224,7 +225,7 @@ def root_rule(v) -> str | None:
 root_rule.inline = ("path",)  # the fast test of a path, else this rule
 
 
-_B64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")   # (fullmatch: `$` would take a newline last)
+_B64 = rx.compile(r"[A-Za-z0-9+/]*={0,2}")   # (fullmatch: `$` would take a newline last)
 
 
 def b64(hi: int) -> Rule:
@@ -524,8 +525,8 @@ MAP_LOC = Record("mapping", {
     "ghost": F(STR, required=False, rule=pattern(_GHOST_ID, "a ghost id g-N")),
 })
 
-_DESC_ID = re.compile(r"^d-[0-9]{1,9}\Z")
-_OBJ_ID = re.compile(r"^[a-z]{1,16}-[0-9-]{1,64}\Z")
+_DESC_ID = rx.compile(r"^d-[0-9]{1,9}\Z")
+_OBJ_ID = rx.compile(r"^[a-z]{1,16}-[0-9-]{1,64}\Z")
 
 # Fields of every fd entry, whatever its kind (engine/fds/): a kind adds its own (FdKind.fields)
 # and, when its fd names a file on a mount (FdKind.placed), the location fields.
@@ -534,7 +535,7 @@ FD_BASE = {
     "flags": F(INT, rule=lambda v: None if v & ~OPEN_FLAGS == 0 and v >= 0
                else f"has bits that are no open(2) flags ({v:#o})"),
     "pos": F(INT, rule=rng(0, MAX_OFF)),
-    "kind": F(STR, required=False, rule=pattern(re.compile(r"^[a-z]{1,16}\Z"), "an fd kind name")),  # absent: file
+    "kind": F(STR, required=False, rule=pattern(rx.compile(r"^[a-z]{1,16}\Z"), "an fd kind name")),  # absent: file
     # One open file description held by several fds (of one or several processes).
     "desc": F(STR, required=False, rule=pattern(_DESC_ID, "a description id d-N")),
     # An entry of "objects" (a pipe, a socket pair, a memfd, a pty) the description belongs to.
@@ -567,7 +568,7 @@ FD = Record("fd", {
     "dir_end": F(BOOL, required=False),
 })
 
-_EXT_FILE_KEY = re.compile(r"^[^\s\[\]/\x00]{1,256}\Z")
+_EXT_FILE_KEY = rx.compile(r"^[^\s\[\]/\x00]{1,256}\Z")
 
 # An fd declared external at dump (--external file[PATH]:KEY) has no mount: restore opens the
 # host path given for KEY (--external file[KEY]:HOSTPATH), with these flags and offset.
@@ -673,7 +674,7 @@ SCHED = Record("scheduling attributes", {
 
 _CLOCKS = ("monotonic", "boottime")
 _TIMENS_MAX = ((1 << 63) - 1) // 10**9 // 2   # (KTIME_SEC_MAX / 2: no clock of a time namespace passes it)
-_TIME_ID = re.compile(r"time-[1-9][0-9]{0,5}\Z")
+_TIME_ID = rx.compile(r"time-[1-9][0-9]{0,5}\Z")
 # Its time namespace when not the dumper's, and its children's when not its own (engine/timens.py):
 # the clock offsets [seconds, nanoseconds] and the initial namespace's clocks (ns) at the dump.
 TIMENS = Record("time namespace", {
@@ -704,7 +705,7 @@ def _seccomp_rule(v) -> str | None:
     return None
 
 
-_HEX = re.compile(r"[0-9a-f]*\Z")
+_HEX = rx.compile(r"[0-9a-f]*\Z")
 
 # A file lock the process holds (engine/filelocks.py), taken again through its fd `fd`: a POSIX lock
 # of the process, or the flock lock, OFD lock or lease of that fd's open file description.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 from engine.records import record, field, replace
 
 from engine import kernel
@@ -45,7 +45,7 @@ class MountinfoError(ValueError):
         return (type(self), (self.lineno, self.message, self.line), self.__dict__)
 
 
-_OCTAL = re.compile(r"\\([0-7]{3})")
+_OCTAL = rx.compile(r"\\([0-7]{3})")
 
 
 def unescape(text: str) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 
 __all__ = ["NetdevError", "collect", "external_veth", "parse_externals", "lo_up_fd", "new_netns", "precheck", "set_lo_up_in"]
 
@@ -27,7 +27,7 @@ _WHAT_TO_DO = ("dump a tree whose network namespace holds only lo and veth, brid
                "whose fds the tree holds; other devices and legacy iptables tables are not kept)")
 
 
-_EXT_VETH = re.compile(r"^veth\[(?P<name>[^\]/\s]{1,15})\]:(?P<key>[A-Za-z0-9_.:+-]{1,64})$")
+_EXT_VETH = rx.compile(r"^veth\[(?P<name>[^\]/\s]{1,15})\]:(?P<key>[A-Za-z0-9_.:+-]{1,64})$")
 
 
 def external_veth(spec: str):

@@ -41,7 +41,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
+from engine import rx
 
 from engine import forkrun, kernel
 from engine.netdevs import NetdevError
@@ -79,8 +79,8 @@ elem map data vmap log level group snaplen queue-threshold limit rate per burst 
 notrack mangle value exthdr name fib result rt socket quota val val_unit used used_unit timeout expires comment numgen
 mode mod symhash jhash seed stmt | & ^ << >> != == < > <= >= in
 """.split()) | {"tcp option", "ip option", "sctp chunk", "counter name", "quota name", "limit name"}
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
-_TEXT = re.compile(r"^[\x20-\x7e]*\Z")
+_NAME = rx.compile(r"^[A-Za-z0-9_.:-]{1,64}\Z")
+_TEXT = rx.compile(r"^[\x20-\x7e]*\Z")
 # iptables-save text: the options, matches and targets of the rules it writes that act in the namespace
 _XT_OPTS = frozenset("""
 ! -s -d -i -o -p -m -j -g -f --dport --sport --dports --sports --tcp-flags --syn --tcp-option --icmp-type
@@ -94,9 +94,9 @@ _XT_OPTS = frozenset("""
 _XT_MATCHES = frozenset("tcp udp icmp icmp6 comment conntrack state multiport mark addrtype limit owner iprange mac "
                         "pkttype length ttl hl".split())
 _XT_TARGETS = frozenset("ACCEPT DROP RETURN REJECT REDIRECT DNAT SNAT MASQUERADE LOG MARK".split())
-_TOKEN = re.compile(r'"[^"\\]*"|[^\s"\\]+')
+_TOKEN = rx.compile(r'"[^"\\]*"|[^\s"\\]+')
 # (a chain's name never starts with '-': the -restore tools' option parser would read it as an option)
-_CHAIN_LINE = re.compile(r"^:[A-Za-z0-9_][A-Za-z0-9_.-]{0,27} (ACCEPT|DROP|-) \[\d{1,20}:\d{1,20}\]\Z")
+_CHAIN_LINE = rx.compile(r"^:[A-Za-z0-9_][A-Za-z0-9_.-]{0,27} (ACCEPT|DROP|-) \[\d{1,20}:\d{1,20}\]\Z")
 _WHAT_TO_DO = "keep the namespace's firewall to nftables' rules (nft) and iptables-nft's common matches and targets"
 
 

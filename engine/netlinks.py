@@ -31,7 +31,7 @@ through DAD again.
 from __future__ import annotations
 
 import errno
-import re
+from engine import rx
 import socket
 import struct
 
@@ -48,9 +48,9 @@ RTM_F_CLONED, RTNH_F_ONLINK, RTPROT_KERNEL = 0x200, 4, 2
 ROUTE_TYPES = (1, 2, 6, 7, 8)   # unicast, local, blackhole, unreachable, prohibit
 # (the kernel's dev_valid_name: no '/', ':' or space, not "." or ".."; nor "all" or "default", the
 # names of /proc/sys/net/*/conf's own entries, which it refuses too)
-_NAME = re.compile(r"^(?!(?:\.|\.\.|all|default)\Z)[A-Za-z0-9_.@+-]{1,15}\Z")
-_MAC = re.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}\Z")
-_KEY = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}\Z")
+_NAME = rx.compile(r"^(?!(?:\.|\.\.|all|default)\Z)[A-Za-z0-9_.@+-]{1,15}\Z")
+_MAC = rx.compile(r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}\Z")
+_KEY = rx.compile(r"^[A-Za-z0-9_.:+-]{1,64}\Z")
 
 
 class NetlinkError(OSError):

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 
 from engine import forkrun, kernel
 
@@ -39,8 +39,8 @@ MAX_NAMES = 2048
 MAX_TEXT = 1024
 # (a component: a table's entry, or a device's name as the kernel allows it, '@' and '+' too; never
 # "." or "..")
-_NAME = re.compile(r"^(?:" + "|".join(TOPS) + r")(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9_.:@+-]{1,64}){1,4}\Z")
-_TEXT = re.compile(r"^[\x20-\x7e\t\n]*\Z")
+_NAME = rx.compile(r"^(?:" + "|".join(TOPS) + r")(?:/(?!\.\.?(?:/|\Z))[A-Za-z0-9_.:@+-]{1,64}){1,4}\Z")
+_TEXT = rx.compile(r"^[\x20-\x7e\t\n]*\Z")
 _BASE = "/proc/sys/net"
 # A name whose write loads a module named after its value when the kernel has none such
 # (tcp_ca_find_autoload: request_module("tcp_%s") for a writer with CAP_NET_ADMIN, as the restorer

@@ -10,7 +10,7 @@ msgs [[priority, base64 text]]}].
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import ctypes
 import errno
 import os
@@ -101,7 +101,7 @@ def read_here(limits_only: bool = False, outsider=None) -> list[dict]:
                     checked(_libc.mq_send(fd, body, len(body), p), f"mq_send to /{name}")
                 out.append({"name": name, "mode": st.st_mode & 0o777, "uid": st.st_uid, "gid": st.st_gid,
                             "maxmsg": attr.maxmsg, "msgsize": attr.msgsize,
-                            "msgs": [[p, base64.b64encode(body).decode()] for p, body in msgs]})
+                            "msgs": [[p, binascii.b2a_base64(body, newline=False).decode()] for p, body in msgs]})
             finally:
                 os.close(fd)
     finally:
@@ -128,7 +128,7 @@ def make_here(queues: list) -> None:
                 kernel.set_fs_ids(0, 0)
             try:
                 for p, text in q["msgs"]:
-                    body = base64.b64decode(text)
+                    body = binascii.a2b_base64(text)
                     checked(_libc.mq_send(fd, body, len(body), p), f"{what}: mq_send")
             finally:
                 os.close(fd)

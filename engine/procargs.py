@@ -17,7 +17,7 @@ the bytes and ends arg_end before it, so the same bytes come back. The image kee
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import ctypes
 import os
 import struct
@@ -61,7 +61,7 @@ def read(pid: int, proc: str = "/proc") -> dict:
         if len(data) > MAX_BYTES:
             raise ArgsError(7, f"process {pid}: its /proc/PID/{name} is larger than {MAX_BYTES} bytes, "
                                "which an image does not keep")   # (E2BIG)
-        out[name] = base64.b64encode(data).decode("ascii")
+        out[name] = binascii.b2a_base64(data, newline=False).decode("ascii")
     return out
 
 
@@ -69,7 +69,7 @@ def decoded(p: dict) -> tuple[bytes, bytes] | None:
     """(cmdline, environ) bytes of image process `p`, None when it records neither."""
     if "cmdline" not in p and "environ" not in p:
         return None
-    return base64.b64decode(p.get("cmdline") or ""), base64.b64decode(p.get("environ") or "")
+    return binascii.a2b_base64(p.get("cmdline") or ""), binascii.a2b_base64(p.get("environ") or "")
 
 
 def layout(cmdline: bytes, environ: bytes) -> tuple[int, int, int, int]:

@@ -46,7 +46,7 @@ import gc
 import itertools
 import marshal
 import os
-import re
+from engine import rx
 import resource
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import _socket   # not socket.py: its enum classes cost every restore ~7 ms (engine/channel.py)
@@ -69,7 +69,7 @@ from engine.image import is_beneath, rel_to
 
 # Namespaces a stand-in unshares or joins after its pid namespace (image.NS_KINDS past mnt and pid).
 _OTHER_NS = tuple(k for k in image.NS_KINDS if k not in ("mnt", "pid"))
-_EXT_MNT = re.compile(r"^(?P<kind>mnt|dev|file|veth)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
+_EXT_MNT = rx.compile(r"^(?P<kind>mnt|dev|file|veth)\[(?P<key>[^\]]+)\]:(?P<path>.+)$")
 
 _ATTR_FLAGS = {"ro": kernel.MOUNT_ATTR_RDONLY, "nosuid": kernel.MOUNT_ATTR_NOSUID,
                "nodev": kernel.MOUNT_ATTR_NODEV, "noexec": kernel.MOUNT_ATTR_NOEXEC,

@@ -22,12 +22,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
+from engine import rx
 
 MAX_ATTACHMENTS = 4096   # per process (the kernel's SHMMNI-bounded shm_nattch is per segment)
 
 _SHM_RDONLY = 0o10000
-_SYSV = re.compile(r"/SYSV[0-9a-f]{8} \(deleted\)\Z")
+_SYSV = rx.compile(r"/SYSV[0-9a-f]{8} \(deleted\)\Z")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.shmat.restype = ctypes.c_void_p

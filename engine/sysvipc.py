@@ -32,7 +32,7 @@ SEM with vals (nsems values, each 0..32767), MSG with msgs [[mtype >= 1, base64 
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import ctypes
 import errno
 import os
@@ -133,7 +133,7 @@ def _read_here(proc: int, outsider=None) -> dict:
                                         f"{MAX_BYTES >> 20} MiB of segments in the tree's ipc namespaces")
         addr = checked(_libc.shmat(row["shmid"], None, _SHM_RDONLY), f"shmat of segment {row['shmid']}")
         try:
-            rec["data"] = base64.b64encode(ctypes.string_at(addr, row["size"])).decode()
+            rec["data"] = binascii.b2a_base64(ctypes.string_at(addr, row["size"]), newline=False).decode()
         finally:
             _libc.shmdt(ctypes.c_void_p(addr))
         shms.append(rec)
@@ -158,9 +158,10 @@ def _read_here(proc: int, outsider=None) -> dict:
                 raise IpcError(errno.EFBIG, f"System V message queue {row['msqid']}: more than "
                                             f"{MAX_BYTES >> 20} MiB of segments and messages in the tree's ipc namespaces")
             mtype = ctypes.c_long.from_buffer(buf).value
-            rec["msgs"].append([mtype, base64.b64encode(buf.raw[ctypes.sizeof(ctypes.c_long):][:got]).decode()])
+            body = buf.raw[ctypes.sizeof(ctypes.c_long):][:got]
+            rec["msgs"].append([mtype, binascii.b2a_base64(body, newline=False).decode()])
         msgs.append(rec)
-    total += sum(len(base64.b64decode(m[1])) for q in queues for m in q["msgs"])
+    total += sum(len(binascii.a2b_base64(m[1])) for q in queues for m in q["msgs"])
     if total > MAX_BYTES:
         raise IpcError(errno.EFBIG, f"more than {MAX_BYTES >> 20} MiB of System V shared memory, messages and "
                                     "POSIX messages in the tree's ipc namespaces")
@@ -383,7 +384,7 @@ def _make_here(proc: int, doc: dict) -> None:
             _libc.shmget(_key(rec), rec["size"], _IPC_CREAT | _IPC_EXCL | rec["mode"]), f"{what}: shmget"))
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
-        data = base64.b64decode(rec["data"])
+        data = binascii.a2b_base64(rec["data"])
         addr = checked(_libc.shmat(got, None, 0), f"{what}: shmat")
         try:
             ctypes.memmove(addr, data, min(len(data), rec["size"]))
@@ -410,7 +411,7 @@ def _make_here(proc: int, doc: dict) -> None:
         if got != rec["id"]:
             raise IpcError(errno.EEXIST, f"{what}: made as {got}")
         for mtype, text in rec["msgs"]:
-            body = base64.b64decode(text)
+            body = binascii.a2b_base64(text)
             buf = ctypes.create_string_buffer(ctypes.sizeof(ctypes.c_long) + len(body))
             ctypes.c_long.from_buffer(buf).value = mtype
             ctypes.memmove(ctypes.addressof(buf) + ctypes.sizeof(ctypes.c_long), body, len(body))
@@ -436,7 +437,7 @@ def int_in(v, lo: int, hi: int) -> bool:
 def b64_size(text: str, what: str, fail) -> int:
     """The size of base64 `text` decoded; `fail` (one line naming `what`) when it is not base64."""
     try:
-        return len(base64.b64decode(text, validate=True))
+        return len(binascii.a2b_base64(text, strict_mode=True))
     except ValueError:
         fail(f"{what}: contents are not base64")
 

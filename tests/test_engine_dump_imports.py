@@ -41,13 +41,19 @@ def _dump_modules(pid: int, images: str, before: str = "") -> list[str]:
     code = (before + "from engine import cli\n"
             f"code = cli.main(['dump', '-t', '{pid}', '-D', {images!r}, '--leave-running', "
             f"*{list(DUMP_EXTERNALS)!r}])\n"
-            "import sys, json\nprint(json.dumps([code, sorted(sys.modules)]))")
+            "import sys\nmods = sorted(sys.modules)\nimport json\nprint(json.dumps([code, mods]))")
     r = subprocess.run([sys.executable, "-S", "-c", code], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
                        cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     code, mods = json.loads(r.stdout.splitlines()[-1])
     assert code == 0, r.stderr
     return mods
+
+
+def _rx_current() -> bool:
+    """Whether engine/rx.py serves the patterns from its table here (else re.compile, re loaded)."""
+    from engine import rx
+    return rx._CURRENT
 
 
 def _kinds(mods: list[str]) -> list[str]:
@@ -62,6 +68,9 @@ def test_a_dump_without_sockets_loads_no_socket_module(case):
     assert [m for m in _SOCKET_ONLY if m in mods] == []
     assert [m for m in _USERNS_ONLY if m in mods] == [], "a tree without user namespaces"
     assert "engine.standin" not in mods   # (restore's stand-ins: the block types load it only to make one)
+    # (engine/rx.py: the patterns from their kept code, where the interpreter's _sre is the table's;
+    # base64 and shlex import re)
+    assert [m for m in ("re", "enum", "base64", "shlex") if m in mods and (m not in ("re", "enum") or _rx_current())] == []
     kinds = _kinds(mods)
     assert {"engine.fds.file", "engine.fds.pipe", "engine.fds.eventfd"} <= set(kinds), kinds
     assert [k for k in ("engine.fds.epoll", "engine.fds.inotify", "engine.fds.pty") if k in kinds] == [], kinds
@@ -195,7 +204,7 @@ def test_a_small_restore_loads_no_module_only_some_images_need(case):
     pidfile = images + ".pid"
     code = ("from engine import cli\n"
             f"code = cli.main(['restore', '-D', {images!r}, *{list(RESTORE_EXTERNALS)!r}, '--pidfile', {pidfile!r}])\n"
-            "import sys, json\nprint(json.dumps([code, sorted(sys.modules)]))")
+            "import sys\nmods = sorted(sys.modules)\nimport json\nprint(json.dumps([code, mods]))")
     r = subprocess.run([sys.executable, "-S", "-c", code], env=dict(os.environ, PYTHONPATH=PROJECT_ROOT),
                        cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
     if os.path.exists(pidfile):
@@ -206,3 +215,5 @@ def test_a_small_restore_loads_no_module_only_some_images_need(case):
     assert code == 0, r.stderr
     assert "engine.restore" in mods and "engine.standin" in mods
     assert [m for m in _USERNS_ONLY + ("engine.sysvipc", "engine.ghosts") + _SOCKET_ONLY if m in mods] == []
+    assert "base64" not in mods   # (binascii's calls)
+    assert [m for m in ("re", "enum") if m in mods] == [] or not _rx_current()   # (engine/rx.py)

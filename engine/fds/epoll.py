@@ -17,13 +17,13 @@ That needs its file to have something to report: one with nothing is refused at 
 from __future__ import annotations
 
 import os
-import re
+from engine import rx
 
 from engine.imageformat import LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
-_TFD = re.compile(r"^(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
+_TFD = rx.compile(r"^(\d+)\s+events:\s*([0-9a-f]+)\s+data:\s*([0-9a-f]+)")
 _ONESHOT = 1 << 30
 # The bits a one-shot item keeps once it fired (the kernel's EP_PRIVATE_BITS: EPOLLWAKEUP,
 # EPOLLONESHOT, EPOLLET, EPOLLEXCLUSIVE); every event a file may report (IN, PRI, OUT, RDNORM,
@@ -112,8 +112,11 @@ def _target_ino(pid: int, fd: int) -> int:
     return os.stat(f"/proc/{pid}/fd/{fd}").st_ino
 
 
+_INO = rx.compile(r"ino:([0-9a-f]+)")
+
+
 def _line_ino(line: str) -> int:
-    m = re.search(r"ino:([0-9a-f]+)", line)
+    m = _INO.search(line)
     return int(m[1], 16) if m else -1
 
 

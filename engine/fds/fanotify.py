@@ -27,18 +27,18 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import re
+from engine import rx
 
 from engine.imageformat import INT, LIST, F
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds.inotify import locate_handle
 
-_GROUP = re.compile(r"^fanotify flags:([0-9a-f]+) event-flags:([0-9a-f]+)$", re.M)
-_INODE = re.compile(r"^fanotify ino:([0-9a-f]+) sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) "
+_GROUP = rx.compile(r"^fanotify flags:([0-9a-f]+) event-flags:([0-9a-f]+)$", rx.M)
+_INODE = rx.compile(r"^fanotify ino:([0-9a-f]+) sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) "
                     r"ignored_mask:([0-9a-f]+) fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) "
-                    r"f_handle:([0-9a-f]+)$", re.M)
-_MOUNT = re.compile(r"^fanotify mnt_id:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:([0-9a-f]+)$", re.M)
-_FS = re.compile(r"^fanotify sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:([0-9a-f]+)$", re.M)
+                    r"f_handle:([0-9a-f]+)$", rx.M)
+_MOUNT = rx.compile(r"^fanotify mnt_id:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:([0-9a-f]+)$", rx.M)
+_FS = rx.compile(r"^fanotify sdev:([0-9a-f]+) mflags:([0-9a-f]+) mask:([0-9a-f]+) ignored_mask:([0-9a-f]+)$", rx.M)
 
 FAN_CLOEXEC, FAN_NONBLOCK = 0x1, 0x2
 FAN_MARK_ADD, FAN_MARK_MOUNT, FAN_MARK_FILESYSTEM = 0x1, 0x10, 0x100

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 import stat
 
 from engine import deadpid, dirpos
@@ -143,7 +143,7 @@ def _dump(d) -> dict:
 
 
 DELETED = deadpid.DELETED
-_PID_DIR = re.compile(r"/(\d+)(?:/|$)")
+_PID_DIR = rx.compile(r"/(\d+)(?:/|$)")
 
 
 def _precheck(d) -> None:

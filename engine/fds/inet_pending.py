@@ -16,7 +16,7 @@ reads them); the connection's handshake options are the loopback's again.
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import os
 import select
@@ -57,7 +57,7 @@ def take(lst: int, queued: int, doc: dict, obj: str, where: str) -> None:
             sent = _unread(server, clients[0]["tcp"])
             for e in clients:
                 del e["tcp"]
-                e["pending"] = {"order": order, "sent": base64.b64encode(sent).decode()}
+                e["pending"] = {"order": order, "sent": binascii.b2a_base64(sent, newline=False).decode()}
     finally:
         s.close()
 
@@ -65,8 +65,8 @@ def take(lst: int, queued: int, doc: dict, obj: str, where: str) -> None:
 def _unread(server: dict, client: dict) -> bytes:
     """The bytes a client sent that its connection's server end never gave to a reader: those the
     server end holds, then those of the client's send queue past them (sequence numbers tell)."""
-    got = base64.b64decode(server["recvq"])
-    sendq = base64.b64decode(client["sendq"])
+    got = binascii.a2b_base64(server["recvq"])
+    sendq = binascii.a2b_base64(client["sendq"])
     rcv_nxt = (server["recv_seq"] + len(got)) & 0xFFFFFFFF
     skip = (rcv_nxt - client["send_seq"]) & 0xFFFFFFFF   # (how much of sendq the server end has)
     return got + sendq[skip:] if skip <= len(sendq) else got
@@ -85,7 +85,7 @@ def connect(s: socket.socket, local: tuple, peer: tuple, pending: dict, v6only: 
         err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if err:
             raise OSError(err, os.strerror(err)) from None
-    view = memoryview(base64.b64decode(pending["sent"]))
+    view = memoryview(binascii.a2b_base64(pending["sent"]))
     while view:
         try:
             view = view[s.send(view, socket.MSG_DONTWAIT):]

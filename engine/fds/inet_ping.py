@@ -17,7 +17,7 @@ the error queue (IP_RECVERR: ICMP errors), ancillary data (TTL, timestamps).
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import ipaddress
 import socket
@@ -46,7 +46,7 @@ def read(s: socket.socket, family: str, where: str) -> list[dict]:
     out, total, why = [], 0, None
     try:
         for data, addr in inet_raw.received(s):
-            out.append({"from": addr[0].split("%")[0], "data": base64.b64encode(data).decode()})
+            out.append({"from": addr[0].split("%")[0], "data": binascii.b2a_base64(data, newline=False).decode()})
             total += len(data)
             if why is None and not _loopback(addr[0]):
                 why = (f"an echo reply from {addr[0]}, off loopback (a restored network namespace has lo only): "
@@ -76,7 +76,7 @@ def check(replies: list, family: str, ident: int | None, what: str) -> None:
             _fail(f"{what}: bad echo reply sender {r['from'][:60]!r}")
         if a.version != (4 if family == "inet" else 6) or not a.is_loopback:
             _fail(f"{what}: an echo reply sender {r['from'][:60]!r} off loopback or of another family")
-        msg = base64.b64decode(r["data"])
+        msg = binascii.a2b_base64(r["data"])
         if len(msg) < 8 or msg[0] != ECHO_REPLY[family] or msg[1] != 0 or struct.unpack_from("!H", msg, 4)[0] != ident:
             _fail(f"{what}: a waiting ICMP message that is not an echo reply to the socket's identifier {ident}")
 
@@ -89,7 +89,7 @@ def deliver(s: socket.socket, family: str, replies: list, rcvbuf: int | None) ->
     dst = ipaddress.ip_address(host)
     if dst.is_unspecified:
         dst = ipaddress.ip_address("127.0.0.1" if family == "inet" else "::1")
-    packets = [inet_raw.packet(r["from"], str(dst), PROTO_NO[family], base64.b64decode(r["data"])) for r in replies]
+    packets = [inet_raw.packet(r["from"], str(dst), PROTO_NO[family], binascii.a2b_base64(r["data"])) for r in replies]
     if rcvbuf is not None:
         inet_raw.widen(s, rcvbuf, packets)
     inet_raw.send(s, packets)

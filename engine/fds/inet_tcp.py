@@ -47,7 +47,7 @@ urgent data, a peek offset (SO_PEEK_OFF), queues over MAX_QUEUE bytes.
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import os
 import socket
@@ -185,8 +185,8 @@ def read(s: socket.socket, where: str, reuseaddr: int) -> dict:
         out["fin_unsent"] = True
     out.update({"send_seq": (write - len(sendq) - fin_out) & 0xFFFFFFFF,
                 "recv_seq": (nxt - len(recvq) - fin_in) & 0xFFFFFFFF,
-                "sendq": base64.b64encode(sendq).decode(), "unsent": unsent,
-                "recvq": base64.b64encode(recvq).decode()})
+                "sendq": binascii.b2a_base64(sendq, newline=False).decode(), "unsent": unsent,
+                "recvq": binascii.b2a_base64(recvq, newline=False).decode()})
     return out
 
 
@@ -206,7 +206,7 @@ def check(conn: dict, what: str) -> None:
     from engine.image import _fail
     if len(conn["window"]) != 5 or ("wscale" in conn and len(conn["wscale"]) != 2):
         _fail(f"{what}: a TCP connection's window has 5 numbers, its wscale 2")
-    if conn["unsent"] > len(base64.b64decode(conn["sendq"])):
+    if conn["unsent"] > len(binascii.a2b_base64(conn["sendq"])):
         _fail(f"{what}: more TCP bytes unsent than in the send queue")
     _n, _in, fin_out, acked, _first = _fins(conn)
     if conn.get("fin_unsent") and not (fin_out and not acked):
@@ -223,7 +223,7 @@ def make(s: socket.socket, conn: dict, local: tuple, peer: tuple, v6only: int = 
     `peer`, its queues filled; it stays in repair mode until `release`. `v6only`: its IPV6_V6ONLY."""
     s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_ON)
     # (room for both queues whatever the buffers were: `release`'s caller gives them back)
-    sendq, recvq = base64.b64decode(conn["sendq"]), base64.b64decode(conn["recvq"])
+    sendq, recvq = binascii.a2b_base64(conn["sendq"]), binascii.a2b_base64(conn["recvq"])
     s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(sendq) + (1 << 20))
     s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, len(recvq) + (1 << 20))
     s.setsockopt(SOL_TCP, TCP_REPAIR_QUEUE, SEND_QUEUE)
@@ -323,9 +323,9 @@ def _closing(s: socket.socket, conn: dict, local: tuple, peer: tuple, repair: bo
     from engine.fds import inet_raw
     _n, fin_in, fin_out, acked, peer_first = _fins(conn)
     late = bool(conn.get("fin_unsent"))
-    rcv_nxt = (conn["recv_seq"] + len(base64.b64decode(conn["recvq"]))) & 0xFFFFFFFF
+    rcv_nxt = (conn["recv_seq"] + len(binascii.a2b_base64(conn["recvq"]))) & 0xFFFFFFFF
     snd_una = conn["send_seq"]
-    ours = (snd_una + len(base64.b64decode(conn["sendq"]))) & 0xFFFFFFFF   # (our FIN's sequence number)
+    ours = (snd_una + len(binascii.a2b_base64(conn["sendq"]))) & 0xFFFFFFFF   # (our FIN's sequence number)
     window = conn["window"][1] >> (conn["wscale"][0] if "wscale" in conn else 0)
 
     def fin_in_now():   # (acknowledging what we sent before our FIN, not the FIN)
@@ -368,7 +368,7 @@ def orphan_of(conn: dict) -> dict:
     would have left `conn` CLOSE), so it holds no byte; made again in repair mode and closed once
     out of it, it is an orphan in FIN_WAIT2 again, answering `conn` as the first did."""
     rcv_nxt = (conn["send_seq"]) & 0xFFFFFFFF   # (what it acknowledged: conn's unacknowledged bytes it drops)
-    fin = (conn["recv_seq"] + len(base64.b64decode(conn["recvq"]))) & 0xFFFFFFFF
+    fin = (conn["recv_seq"] + len(binascii.a2b_base64(conn["recvq"]))) & 0xFFFFFFFF
     snd_wnd, rcv_wnd = conn["window"][3], conn["window"][1]
     out = {"send_seq": fin, "recv_seq": rcv_nxt, "sendq": "", "unsent": 0, "recvq": "",
            "window": [rcv_nxt, snd_wnd, max(snd_wnd, conn["window"][2]), rcv_wnd, rcv_nxt],
@@ -386,7 +386,7 @@ def _ended(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
     reset would end the peer's making), then take the error the reset left (ECONNRESET): a program
     reads its bytes, then the end (RCV_SHUTDOWN); a write says EPIPE."""
     from engine.fds import inet_raw
-    rcv_nxt = (conn["recv_seq"] + len(base64.b64decode(conn["recvq"]))) & 0xFFFFFFFF
+    rcv_nxt = (conn["recv_seq"] + len(binascii.a2b_base64(conn["recvq"]))) & 0xFFFFFFFF
     inet_raw.send(s, [inet_raw.tcp(peer, local, rcv_nxt, conn["send_seq"], inet_raw.TCP_RST | inet_raw.TCP_ACK, 0)])
     state = s.getsockopt(SOL_TCP, TCP_INFO, 1)[0]
     err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -413,7 +413,7 @@ def release(s: socket.socket, conn: dict, local: tuple, peer: tuple) -> None:
     back), then our FIN when it waited behind them. An end `alone` sends no window probe (its
     orphan peer, closed at the end, takes none)."""
     s.setsockopt(SOL_TCP, TCP_REPAIR, REPAIR_OFF_NO_WP if conn.get("alone") else REPAIR_OFF)
-    sendq = base64.b64decode(conn["sendq"])
+    sendq = binascii.a2b_base64(conn["sendq"])
     view = memoryview(sendq)[len(sendq) - conn["unsent"]:]
     while view:
         view = view[s.send(view, socket.MSG_DONTWAIT):]

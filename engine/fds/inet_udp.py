@@ -18,7 +18,7 @@ holds (ECONNREFUSED: dump's read takes it from a socket with datagrams waiting, 
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import ipaddress
 import socket
@@ -49,7 +49,7 @@ def read(s: socket.socket, where: str, peer: tuple | None) -> list[dict]:
         for data, addr in inet_raw.received(s):
             host = ipaddress.ip_address(addr[0].split("%")[0])
             mapped = host.version == 6 and host.ipv4_mapped is not None
-            out.append({"from": str(host), "port": addr[1], "data": base64.b64encode(data).decode()})
+            out.append({"from": str(host), "port": addr[1], "data": binascii.b2a_base64(data, newline=False).decode()})
             total += len(data)
             if why is None and not (host.ipv4_mapped if mapped else host).is_loopback:
                 why = (f"a UDP datagram from {addr[0]} port {addr[1]}, off loopback (a restored network namespace "
@@ -85,7 +85,7 @@ def check(dgrams: list, family: str, what: str) -> None:
         if family == "inet" and a.version != 4 or not (a.ipv4_mapped or a if a.version == 6 else a).is_loopback:
             _fail(f"{what}: a UDP sender {d['from'][:60]!r} off loopback or of another family")
         most = 65535 - 20 - 8 if a.version == 4 or a.ipv4_mapped else 65535 - 8   # (IPv4's total length, UDP's)
-        if len(base64.b64decode(d["data"])) > most:
+        if len(binascii.a2b_base64(d["data"])) > most:
             _fail(f"{what}: a UDP datagram of more than {most} bytes from {d['from']}")
 
 
@@ -103,7 +103,7 @@ def deliver(s: socket.socket, dgrams: list, rcvbuf: int | None) -> None:
         if dst.is_unspecified or (dst.version == 4) != v4:
             dst = ipaddress.ip_address("127.0.0.1" if v4 else "::1")
         src = src.ipv4_mapped if src.version == 6 and src.ipv4_mapped else src
-        packets.append(inet_raw.udp(str(src), d["port"], str(dst), name[1], base64.b64decode(d["data"])))
+        packets.append(inet_raw.udp(str(src), d["port"], str(dst), name[1], binascii.a2b_base64(d["data"])))
     if rcvbuf is not None:
         inet_raw.widen(s, rcvbuf, packets)
     inet_raw.send(s, packets)

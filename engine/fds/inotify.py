@@ -36,7 +36,7 @@ import ctypes
 import errno
 import fcntl
 import os
-import re
+from engine import rx
 import stat
 import struct
 import termios
@@ -48,8 +48,8 @@ from engine.fds import sys as fsys
 from engine.kernel import undeleted
 
 # One fdinfo line a watch; the handle is left out when the kernel cannot encode one for the inode.
-_WATCH = re.compile(r"^inotify wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) [^\n]*?"
-                    r"(?:fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+))?$", re.M)
+_WATCH = rx.compile(r"^inotify wd:([0-9a-f]+) ino:([0-9a-f]+) sdev:([0-9a-f]+) mask:([0-9a-f]+) [^\n]*?"
+                    r"(?:fhandle-bytes:([0-9a-f]+) fhandle-type:([0-9a-f]+) f_handle:([0-9a-f]+))?$", rx.M)
 MAX_GAP = 4096
 UNREAD_LOOKS = 20   # events waiting before the stop: looked at again this many times, 50 ms apart
 DRAIN_ORDER = (1 << 30) + 1   # (a late step after unix_ghost.CLEANUP_ORDER's: ghosts unlinked again)

@@ -9,18 +9,18 @@ and gives the file the dumped size and content. Descriptions of one file share o
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import ctypes
 import errno
 import fcntl
 import mmap
 import os
-import re
+from engine import rx
 
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
-_NAME = re.compile(r"^/memfd:(.*) \(deleted\)$")
+_NAME = rx.compile(r"^/memfd:(.*) \(deleted\)$")
 SHMEM = "/dev/zero (deleted)"   # shmem_zero_setup's file, on the kernel's shmem mount
 MAX_SIZE = 64 << 20   # kept inline in the image: refuse bigger ones rather than bloat the manifest
 MFD_CLOEXEC, MFD_ALLOW_SEALING = 1, 2
@@ -69,7 +69,8 @@ def _dump(d) -> dict:
     obj = f"memfd-{os.stat(f'/proc/{d.pid}/fd/{d.fd}').st_ino}"
     if obj not in d.objects:
         data, seals = _content(d)
-        d.objects[obj] = {"kind": "memfd", "name": _NAME.match(d.target)[1], "data": base64.b64encode(data).decode(),
+        d.objects[obj] = {"kind": "memfd", "name": _NAME.match(d.target)[1],
+                          "data": binascii.b2a_base64(data, newline=False).decode(),
                           "seals": seals}
     return {"obj": obj}
 
@@ -78,7 +79,7 @@ def _shmem_dump(d) -> dict:
     _shmem_precheck(d)
     obj = f"shmem-{os.stat(f'/proc/{d.pid}/fd/{d.fd}').st_ino}"
     if obj not in d.objects:
-        d.objects[obj] = {"kind": "shmem", "data": base64.b64encode(_content(d)[0]).decode()}
+        d.objects[obj] = {"kind": "shmem", "data": binascii.b2a_base64(_content(d)[0], newline=False).decode()}
     return {"obj": obj}
 
 
@@ -106,7 +107,7 @@ def _check_object(obj: dict, what: str) -> None:
 
 def _make_memfd(r: RestoreFd, obj: dict) -> int:
     fd = fsys.memfd_create(obj["name"], MFD_CLOEXEC | MFD_ALLOW_SEALING)
-    os.write(fd, base64.b64decode(obj["data"]))
+    os.write(fd, binascii.a2b_base64(obj["data"]))
     # Seals last (a write seal would stop the write above); a memfd made without
     # MFD_ALLOW_SEALING shows F_SEAL_SEAL, which is what we add then.
     if obj["seals"]:
@@ -137,7 +138,7 @@ def _make_shmem(r: RestoreFd, obj: dict) -> int:
     finally:
         _libc.munmap(ctypes.c_void_p(addr), ctypes.c_size_t(mmap.PAGESIZE))
     os.ftruncate(fd, 0)
-    os.write(fd, base64.b64decode(obj["data"]))
+    os.write(fd, binascii.a2b_base64(obj["data"]))
     return fd
 
 

@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 
 from engine.imageformat import STR, F, pattern
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 # Kinds the image names ("KIND-N", engine/prestop.ns_names): what restore keeps an fd on.
 KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup")
-_TARGET = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user|time):\[([0-9]+)\]$")
-_NS_ID = re.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user)-[0-9]{1,9}\Z")
+_TARGET = rx.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user|time):\[([0-9]+)\]$")
+_NS_ID = rx.compile(r"^(mnt|pid|uts|ipc|net|cgroup|user)-[0-9]{1,9}\Z")
 
 
 def _matches(target: str, mode: int) -> bool:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 
 from engine.imageformat import INT, MAX_PID, STR, F, pattern, rng
 from engine.fds import FdError, FdKind, RestoreFd, register
 
 
-_DEAD = re.compile(r"^[0-9]{1,20}\Z")
+_DEAD = rx.compile(r"^[0-9]{1,20}\Z")
 
 
 def _check(entry: dict, what: str) -> None:

@@ -17,7 +17,7 @@ run of bytes of them, which a reader would take in one read).
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import fcntl
 import os
@@ -39,7 +39,7 @@ def pipe_object(objects: dict, link: str, prefix: str = "fifo", packets: bool = 
     obj = f"{prefix}-{st.st_dev}-{st.st_ino}"
     if obj not in objects or packets and "packets" not in objects[obj]:
         data, size, reads = read_buffer_at(link)
-        objects[obj] = {"kind": "pipe", "size": size, "data": base64.b64encode(data).decode()}
+        objects[obj] = {"kind": "pipe", "size": size, "data": binascii.b2a_base64(data, newline=False).decode()}
         if packets:
             objects[obj]["packets"] = reads
     return obj
@@ -88,7 +88,7 @@ def check_object(obj: dict, what: str) -> None:
     if not isinstance(obj.get("size"), int) or not 0 < obj["size"] <= MAX_DATA:
         _fail(f"{what}: bad pipe size")
     try:
-        data = base64.b64decode(obj.get("data", ""), validate=True)
+        data = binascii.a2b_base64(obj.get("data", ""), strict_mode=True)
     except (ValueError, TypeError):
         _fail(f"{what}: pipe data is not base64")
     if len(data) > obj["size"]:
@@ -101,7 +101,7 @@ def check_object(obj: dict, what: str) -> None:
 
 def _fill(w: int, obj: dict, where: str) -> None:
     fcntl.fcntl(w, fsys.F_SETPIPE_SZ, obj["size"])
-    data = base64.b64decode(obj["data"])
+    data = binascii.a2b_base64(obj["data"])
     fl = fcntl.fcntl(w, fcntl.F_GETFL)
     # (in packet mode each recorded read is written alone, as a packet)
     fcntl.fcntl(w, fcntl.F_SETFL, fl | os.O_NONBLOCK | (os.O_DIRECT if "packets" in obj else 0))

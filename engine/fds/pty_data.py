@@ -22,7 +22,7 @@ CRIU (criu/tty.c) writes both queues into the peer as they are, through the line
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import fcntl
 import os
@@ -274,15 +274,15 @@ def encode(out: bytes, chunks: list[bytes]) -> dict:
     """The pty object's fields for what waits in it (none when nothing does)."""
     fields = {}
     if out:
-        fields["out"] = base64.b64encode(out).decode()
+        fields["out"] = binascii.b2a_base64(out, newline=False).decode()
     if chunks:
-        fields["in"] = [base64.b64encode(c).decode() for c in chunks]
+        fields["in"] = [binascii.b2a_base64(c, newline=False).decode() for c in chunks]
     return fields
 
 
 def decode(obj: dict) -> tuple[bytes, list[bytes]]:
     """What waits in the pty of image object `obj` (validated): output, input chunks."""
-    return base64.b64decode(obj.get("out", "")), [base64.b64decode(c) for c in obj.get("in", ())]
+    return binascii.a2b_base64(obj.get("out", "")), [binascii.a2b_base64(c) for c in obj.get("in", ())]
 
 
 def too_much(out: bytes, chunks: list[bytes]) -> str | None:

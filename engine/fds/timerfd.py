@@ -8,13 +8,13 @@ read (fdinfo ticks) are not given back: the kernel has no way to set them.
 from __future__ import annotations
 
 import os
-import re
+from engine import rx
 
 from engine.imageformat import INT, F
 from engine.fds import FdKind, RestoreFd, register
 from engine.fds import sys as fsys
 
-_PAIR = re.compile(r"\((\d+),\s*(\d+)\)")
+_PAIR = rx.compile(r"\((\d+),\s*(\d+)\)")
 CLOCKS = (0, 1, 7, 8, 9)   # REALTIME, MONOTONIC, BOOTTIME, REALTIME_ALARM, BOOTTIME_ALARM
 
 

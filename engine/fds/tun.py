@@ -23,7 +23,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
+from engine import rx
 import socket
 import stat
 import struct
@@ -32,8 +32,8 @@ from engine import tundev
 from engine.fds import FdError, FdKind, RestoreFd, register
 from engine.imageformat import BOOL, INT, STR, F, pattern, rng
 
-_NS_ID = re.compile(r"^net-[0-9]{1,9}\Z")
-_DEV = re.compile(r"^[A-Za-z0-9_.:@+-]{1,15}\Z")   # (engine/netlinks.py's link names)
+_NS_ID = rx.compile(r"^net-[0-9]{1,9}\Z")
+_DEV = rx.compile(r"^[A-Za-z0-9_.:@+-]{1,15}\Z")   # (engine/netlinks.py's link names)
 
 
 def _matches(target: str, mode: int) -> bool:

@@ -43,7 +43,7 @@ a detached mount where the kernel lacks SIOCUNIXFILE.
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import os
 import socket
@@ -255,7 +255,8 @@ def _as_dangling(k: Sock) -> dict:
         out["mnts"] = unix_queue.inflight_mounts(out["msgs"])
     elif unix_queue.inq(k.c):
         # (CRIU's sockets02: what the peer wrote before it closed; sent again by the peer made for it)
-        out["data"] = base64.b64encode(k.s.recv(unix_queue.inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)).decode()
+        data = k.s.recv(unix_queue.inq(k.c), socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        out["data"] = binascii.b2a_base64(data, newline=False).decode()
     return out
 
 
@@ -488,7 +489,7 @@ def refuse_outside(unix: list[dict]) -> None:
     for e in unix:
         if e.get("_peer") and e["_peer"] not in have:
             c = e["connect"]
-            target = c.get("path") or "@" + base64.b64decode(c["abstract"]).decode(errors="replace")
+            target = c.get("path") or "@" + binascii.a2b_base64(c["abstract"]).decode(errors="replace")
             raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: connected to {target}, a socket no process of the "
                                             "tree holds: not supported")
 
@@ -509,7 +510,7 @@ def _make(args, fds):
         a, b = socket.socketpair(socket.AF_UNIX, unix_diag.TYPE_NO[spec["type"]])
         unix_queue.send_queue(b, spec.get("msgs") or (), fds)   # its queue, sent by the peer that goes at once
         if spec.get("data"):
-            unix_queue.send_all(b, base64.b64decode(spec["data"]))
+            unix_queue.send_all(b, binascii.a2b_base64(spec["data"]))
         b.close()
         return None, [a.detach()]
     if spec.get("pair"):
@@ -518,7 +519,7 @@ def _make(args, fds):
     s = socket.socket(socket.AF_UNIX, unix_diag.TYPE_NO[spec["type"]])
     try:
         if "abstract" in spec:
-            s.bind(b"\0" + base64.b64decode(spec["abstract"]))
+            s.bind(b"\0" + binascii.a2b_base64(spec["abstract"]))
         elif "path" in spec:
             if unix_bind.MAGIC.match(spec["path"]):
                 import fcntl
@@ -660,7 +661,7 @@ def _bind_in(spec, fds):
     s = socket.socket(fileno=fds[0])
     try:
         if "abstract" in spec:
-            s.bind(b"\0" + base64.b64decode(spec["abstract"]))
+            s.bind(b"\0" + binascii.a2b_base64(spec["abstract"]))
         else:
             unix_bind.bind_path(s, spec, fds[1:])
     finally:
@@ -682,7 +683,7 @@ def _reach(r: RestoreFd, e: dict) -> None:
 def _reach_in(name, fds):
     """In the stand-in: _reach for abstract name `name` (base64)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-        s.connect(b"\0" + base64.b64decode(name))
+        s.connect(b"\0" + binascii.a2b_base64(name))
     return None, []
 
 
@@ -697,7 +698,7 @@ def _connect(r: RestoreFd, fd: int, c: dict, sent=None) -> None:
         _connect_to(r, s, c)
         for m in [sent] if isinstance(sent, str) else sent or ():
             try:
-                s.sendall(base64.b64decode(m), socket.MSG_DONTWAIT)
+                s.sendall(binascii.a2b_base64(m), socket.MSG_DONTWAIT)
             except BlockingIOError:
                 raise FdError(errno.EAGAIN, "the data its client had sent does not fit its send buffer") from None
     finally:
@@ -718,7 +719,7 @@ def _connect_gone(r: RestoreFd, e: dict, g: dict) -> None:
 def _connect_to(r: RestoreFd, s: socket.socket, c: dict) -> None:
     """Connect `s` to named socket `c` (a `connect`, or a named entry): see _connect."""
     if "abstract" in c:
-        s.connect(b"\0" + base64.b64decode(c["abstract"]))
+        s.connect(b"\0" + binascii.a2b_base64(c["abstract"]))
         return
     at = unix_ghost.sock_file(r, c)
     cwd = os.open(".", os.O_PATH | os.O_CLOEXEC)

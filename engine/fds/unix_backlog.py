@@ -20,10 +20,10 @@ their clients read an end of file).
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import os
-import re
+from engine import rx
 import select
 import socket
 import struct
@@ -32,7 +32,7 @@ from engine.fds import FdError, RestoreFd, unix_queue
 
 MAX_DATA = unix_queue.MAX_DATA
 SO_SNDBUFFORCE = 32
-SENDER_ID = re.compile(r"^u-[0-9]{1,9}\Z")
+SENDER_ID = rx.compile(r"^u-[0-9]{1,9}\Z")
 
 
 def name_senders(unix: list[dict]) -> None:
@@ -64,7 +64,7 @@ def name_senders(unix: list[dict]) -> None:
                 out.append({"abstract": value})
                 continue
             if len(socks) != 1:
-                shown = value if key == "path" else "@" + base64.b64decode(value).decode(errors="replace")
+                shown = value if key == "path" else "@" + binascii.a2b_base64(value).decode(errors="replace")
                 held = "several sockets of the tree hold" if socks else "no datagram socket of the tree holds"
                 raise FdError(errno.EOPNOTSUPP, f"{e.get('_where')}: a datagram queued on it was sent from {shown}, "
                                                 f"a name {held}: restore could not send it from there again; "
@@ -108,9 +108,9 @@ def take_pending(lst: int, clients: list[str | None], typ: int, doc: dict, where
                                                 "the tree: not supported")
             for e in clients:
                 if typ == socket.SOCK_STREAM and msgs:
-                    e["sent"] = base64.b64encode(b"".join(msgs)).decode()
+                    e["sent"] = binascii.b2a_base64(b"".join(msgs), newline=False).decode()
                 elif msgs:
-                    e["sent"] = [base64.b64encode(m).decode() for m in msgs]
+                    e["sent"] = [binascii.b2a_base64(m, newline=False).decode() for m in msgs]
             for x in listeners if key is None else ():
                 x.setdefault("gone", []).append(dict(clients[0]))
     finally:
@@ -184,7 +184,7 @@ def deliver(r: RestoreFd, e: dict) -> None:
 def deliver_in(args, fds):
     """In the stand-in: _resend to an abstract name of its network namespace."""
     n = args["n"]
-    _resend(b"\0" + base64.b64decode(args["to"]), args["msgs"], args["who"], fds[:n], fds[n:])
+    _resend(b"\0" + binascii.a2b_base64(args["to"]), args["msgs"], args["who"], fds[:n], fds[n:])
     return None, []
 
 def _bound_to(name: str, socks: dict) -> socket.socket:
@@ -195,7 +195,7 @@ def _bound_to(name: str, socks: dict) -> socket.socket:
             s.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 2 * MAX_DATA)
         except OSError:
             pass
-        s.bind(b"\0" + base64.b64decode(name))
+        s.bind(b"\0" + binascii.a2b_base64(name))
     return socks[name]
 
 
@@ -227,11 +227,11 @@ def _resend(to, msgs, who: list, senders: list[int], inflight: list[int]) -> Non
                 try:
                     if mine:
                         # (not socket.send_fds: Python 3.11's drops its flags and address)
-                        s.sendmsg([base64.b64decode(data)],
+                        s.sendmsg([binascii.a2b_base64(data)],
                                   [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(mine)}i", *mine))],
                                   socket.MSG_DONTWAIT, to)
                     else:
-                        s.sendto(base64.b64decode(data), socket.MSG_DONTWAIT, to)
+                        s.sendto(binascii.a2b_base64(data), socket.MSG_DONTWAIT, to)
                 except BlockingIOError:
                     raise FdError(errno.EAGAIN, "its queue took fewer datagrams than were queued at dump "
                                                 "(net.unix.max_dgram_qlen, or the sender's buffer)") from None

@@ -10,10 +10,10 @@ private mount namespace of the child (`attach_privately`).
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import os
-import re
+from engine import rx
 import socket
 import stat
 
@@ -24,13 +24,14 @@ from engine.fds import FdError
 def name_of(raw) -> dict:
     """A socket name as getsockname/getpeername give it, as the image keeps it: {"abstract": base64}, {"path": name}, or {} for none."""
     if isinstance(raw, bytes):
-        return {"abstract": base64.b64encode(raw[1:] if raw[:1] == b"\0" else raw).decode()} if raw else {}
+        name = raw[1:] if raw[:1] == b"\0" else raw
+        return {"abstract": binascii.b2a_base64(name, newline=False).decode()} if raw else {}
     if not raw:
         return {}
     return {"path": raw}
 
 
-MAGIC = re.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
+MAGIC = rx.compile(r"^/proc/(?:self|thread-self|[0-9]+)/fd/([0-9]+)/([^/]+)$")
 
 
 def _map(map_name: str, proc: int = -1) -> list[tuple[int, int, int]]:

@@ -4,7 +4,7 @@ restore reads (names, mounts, queues, pending connections, ghosts, senders) is c
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 
 from engine.imageformat import BOOL, DICT, INT, LIST, LOC, STR, F, path_rule, record, rng
 from engine.fds import unix_backlog, unix_bind, unix_diag, unix_ghost, unix_opts, unix_queue
@@ -138,7 +138,7 @@ def _gone_sender(x, entry: dict) -> bool:
         return False
     name = x["abstract"]
     try:
-        return isinstance(name, str) and len(name) <= 148 and 0 < len(base64.b64decode(name, validate=True)) <= 107
+        return isinstance(name, str) and len(name) <= 148 and 0 < len(binascii.a2b_base64(name, strict_mode=True)) <= 107
     except ValueError:
         return False
 

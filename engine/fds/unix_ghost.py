@@ -23,13 +23,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
+from engine import rx
 import stat
 
 from engine.fds import FdError, RestoreFd, unix_bind, unix_locate
 
 SIOCUNIXFILE = 0x89E0
-GHOST_ID = re.compile(r"^s-[0-9]{1,9}\Z")
+GHOST_ID = rx.compile(r"^s-[0-9]{1,9}\Z")
 STATE = "unix-ghosts"
 CLEANUP_ORDER = 1 << 30   # (after every connect and resend: FdMaker.finish sorts late steps by it)
 

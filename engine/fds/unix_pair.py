@@ -8,7 +8,7 @@ network namespace, so a client that connected from another one holds the pair's 
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import os
 import socket
@@ -54,7 +54,7 @@ def dump_end(k) -> None:
             raise FdError(errno.EOPNOTSUPP, f"{d.where}: {n} bytes queued: too many")
         if n:
             data = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            d.objects[obj]["data"][end] = base64.b64encode(data).decode()
+            d.objects[obj]["data"][end] = binascii.b2a_base64(data, newline=False).decode()
     elif unix_queue.inq(k.c) or k.inflight:
         o.setdefault("msgs", [[], []])[end] = unix_queue.peek_messages(s, d, k.inflight)
         if k.inflight and "via" in o:
@@ -101,7 +101,7 @@ def prepare(key: str, obj: dict, holders: list, call):
 def via_in(spec, fds):
     """In the stand-in: a connection through a temporary listener at the dumped name."""
     t = unix_diag.TYPE_NO[spec["type"]]
-    name = b"\0" + base64.b64decode(spec["abstract"]) if "abstract" in spec else spec["path"]
+    name = b"\0" + binascii.a2b_base64(spec["abstract"]) if "abstract" in spec else spec["path"]
     pre = early_shut(spec.get("shut"), spec["accepted"])
     if isinstance(name, str) and (spec.get("aside") or not os.path.isdir(os.path.dirname(name) or ".")):
         a, c = _accept_aside(t, name, pre)   # (the listener's directory was removed: CRIU's sk-unix01)
@@ -133,7 +133,7 @@ def fill(ends: list[int], spec: dict, fds: list[int]) -> list[int]:
     for end, data in enumerate(spec.get("data") or ()):
         if data:
             with socket.socket(fileno=os.dup(ends[1 - end])) as peer:   # what `end` will read, sent by its peer
-                unix_queue.send_all(peer, base64.b64decode(data))
+                unix_queue.send_all(peer, binascii.a2b_base64(data))
     rest = list(fds)
     for end, queue in enumerate(spec.get("msgs") or ()):
         with socket.socket(fileno=os.dup(ends[1 - end])) as peer:

@@ -7,7 +7,7 @@ those again and sends the queue from the peer, one message a send.
 
 from __future__ import annotations
 
-import base64
+import binascii   # (base64's own calls, without base64.py: it imports re)
 import errno
 import os
 import socket
@@ -63,7 +63,7 @@ def peek_messages(s: socket.socket, d, inflight: int, senders: list | None = Non
                         level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS for level, kind, _ in anc):
                     raise FdError(errno.EOPNOTSUPP, f"{d.where}: a queued message over 128 KiB, or with other "
                                                     "ancillary data than fds: not supported")
-                msg = base64.b64encode(data).decode()
+                msg = binascii.b2a_base64(data, newline=False).decode()
                 if got:
                     msg = {"data": msg, "fds": [inflight_entry(d, fd) for fd in got]}
                 out.append(msg)
@@ -206,14 +206,14 @@ def send_queue(peer: socket.socket, queue, fds: list[int]) -> list[int]:
                 mine, fds = fds[:n], fds[n:]
                 if len(mine) != n:
                     raise FdError(errno.EINVAL, "fewer fds in flight received than the queue carries")
-                data = base64.b64decode(m["data"])
+                data = binascii.a2b_base64(m["data"])
                 sent = socket.send_fds(peer, [data], mine, socket.MSG_DONTWAIT)
                 if stream:
                     send_all(peer, data[sent:])   # (a stream may take part of it: the fds went with the first)
             elif stream:
-                send_all(peer, base64.b64decode(m))
+                send_all(peer, binascii.a2b_base64(m))
             else:
-                peer.send(base64.b64decode(m), socket.MSG_DONTWAIT)
+                peer.send(binascii.a2b_base64(m), socket.MSG_DONTWAIT)
     except BlockingIOError:
         # (one argument: the stand-in reports str(e), which would show an errno before it)
         raise FdError(f"its queue does not fit back: the socket takes {i} of its {len(queue)} messages") from None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-import re
+from engine import rx
 
 from engine.records import record
 from engine.fs import FsError, FsType, register
@@ -23,10 +23,10 @@ from engine.fs import FsError, FsType, register
 _FIXED = frozenset({"register", "status"})
 MAX_FORMATS = 256
 MAX_LINE = 1920        # the kernel's limit of one register write
-_NAME = re.compile(r"[^/:\s\x00]{1,255}")
-_FLAGS = re.compile(r"^[POC]{0,3}\Z")
+_NAME = rx.compile(r"[^/:\s\x00]{1,255}")
+_FLAGS = rx.compile(r"^[POC]{0,3}\Z")
 # :name:type:offset:magic:mask:interpreter:flags, magic and mask as \xHH escapes
-_LINE = re.compile(r":([^/:\x00\n]{1,255}):([ME]):([0-9]*):((?:\\x[0-9a-f]{2})*|[^:/\x00\n]*):"
+_LINE = rx.compile(r":([^/:\x00\n]{1,255}):([ME]):([0-9]*):((?:\\x[0-9a-f]{2})*|[^:/\x00\n]*):"
                    r"((?:\\x[0-9a-f]{2})*):(/[^:\x00\n]{0,1024}):([POC]{0,3})")
 
 

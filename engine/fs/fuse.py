@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import os
 import select
-import shlex
 import _signal as signal   # (not signal.py: its enum classes are ~1 ms of every verb's imports)
 import stat
 
@@ -55,6 +54,7 @@ def restart_key(fstype: str) -> str:
 
 def command(template: str, conn: int, source_fd: int | None, key: str) -> list[str]:
     """argv of the user's restart command: `{conn}` replaced by /dev/fd/N, `{source}` by /proc/self/fd/M."""
+    import shlex   # (loaded by `mntcr restore` when daemons are restarted; a dump never needs it)
     argv = []
     for word in shlex.split(template):
         if "{source}" in word and source_fd is None:

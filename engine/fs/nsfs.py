@@ -29,12 +29,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import re
+from engine import rx
 
 from engine import kernel
 from engine.fs import FsError, FsType, register
 
-_ROOT = re.compile(r"^([a-z_]+):\[([0-9]+)\]\Z")
+_ROOT = rx.compile(r"^([a-z_]+):\[([0-9]+)\]\Z")
 # Kinds whose restored namespace restore keeps an fd on (engine/image.py NS_KINDS, user and time namespaces).
 KINDS = ("mnt", "pid", "uts", "ipc", "net", "cgroup", "user", "time")
 # Where `ip netns add` binds a network namespace (iproute2's NETNS_RUN_DIR, /var/run a link to /run).
