@@ -139,7 +139,7 @@ def _bounded(write, doc: dict):
 
 def too_large(doc: dict) -> str:
     """The line refusing `doc`, whose manifest is larger than restore reads: restore refused such an
-    image ("absurdly large"), and the processes' command lines and environments (up to 4 MiB each,
+    image ("absurdly large"), and the processes' command lines and environments (up to 6 MiB each,
     base64) make one of a few dozen processes."""
     args = sum(len(p.get(k) or "") for p in doc.get("processes") or () for k in ("cmdline", "environ"))
     return (f"the image's manifest would be larger than restore reads ({MAX_MANIFEST_BYTES} bytes), "

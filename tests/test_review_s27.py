@@ -170,3 +170,34 @@ def test_a_manifest_larger_than_restore_reads_is_refused_at_dump(case, tmp_path)
     for p in pids:   # (resumed: none left stopped)
         with open(f"/proc/{p}/stat") as f:
             assert f.read().rsplit(")", 1)[1].split()[0] != "T", p
+
+
+def test_an_environment_exec_took_under_a_big_stack_limit_comes_back(case):
+    """exec takes up to 6 MiB of arguments and environment when the stack limit is 24 MiB or more
+    (`ulimit -s unlimited`: a linker's command line, a CI job's environment); dump refused more than
+    4 MiB, after the stop ('which an image does not keep')."""
+    pid = case.start("ulimit -s 65536\ncat > /tmp/big_env.py <<'PYEND'\n"
+                     + _BIG_ENV.replace("range(32)", "range(50)").replace("range(27)", "range(0)")
+                     + "PYEND\nexec python3 /tmp/big_env.py </dev/null >/dev/null 2>&1\n")
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        want = f.read()
+    assert len(want) > 5_900_000
+    after = case.cr(pid)
+    with open(f"/proc/{after}/environ", "rb") as f:
+        assert f.read() == want
+
+
+@pytest.mark.parametrize("where", ["cmdline", "environ"])
+def test_a_command_line_or_environment_of_300_kb_comes_back(case, where):
+    """A stand-in's detach request carried both: past the channel socket's send buffer (~200 KiB by
+    default) restore failed after the dump with 'Message too long' (a java -cp of a thousand jars)."""
+    # (built by the shell: one string of argv or the environment holds 128 KiB at most)
+    run = f"{enginecase.HOLD} 100000 $(seq 60000)" if where == "cmdline" else \
+        f"env B1=$x B2=$x B3=$x {enginecase.HOLD} 100000"
+    pid = case.start(f"x=$(head -c 100000 /dev/zero | tr '\\0' x)\nexec </dev/null >/dev/null 2>&1\nexec {run}\n")
+    with open(f"/proc/{pid}/{where}", "rb") as f:
+        want = f.read()
+    assert len(want) > 300_000
+    after = case.cr(pid)
+    with open(f"/proc/{after}/{where}", "rb") as f:
+        assert f.read() == want
